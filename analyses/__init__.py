@@ -1,0 +1,1 @@
+"""Balance and specialisation metrics, expert ablations and placement planning over recorded runs."""

@@ -1,0 +1,1 @@
+"""Streamlit dashboards over recorded runs (reads Parquet only; never imports torch at start)."""

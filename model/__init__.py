@@ -1,0 +1,14 @@
+"""A faithful, hookable DeepSeek-V3 (and V2) in PyTorch.
+
+    import model
+    m = model.load("path/to/hf-checkpoint")          # -> model.Transformer, eval mode
+    logits, cache = m.run_with_cache(tokens, names="layers.*.ffn.gate.hook_topk_ids")
+"""
+
+from .args import ConfigError, ModelArgs
+from .checkpoint import CheckpointError, load, save
+from .hooks import HookError, HookPoint
+from .transformer import MTP, Block, Transformer
+
+__all__ = ["ModelArgs", "ConfigError", "Transformer", "Block", "MTP", "HookPoint", "HookError", "load", "save",
+           "CheckpointError"]

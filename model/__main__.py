@@ -1,0 +1,109 @@
+"""Command line for the model: a quick look at a checkpoint or a shipped config.
+
+    python -m model summary                       # random weights, shipped 'tiny' config
+    python -m model summary --ckpt DIR --text "def f(x):"   # a Hugging Face checkpoint
+    python -m model params --config 671B          # parameter counts on the meta device (no memory)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+
+from . import CheckpointError, ConfigError, ModelArgs, Transformer, load
+
+
+def _build(ns) -> Transformer:
+    if ns.ckpt:
+        return load(ns.ckpt, dtype=torch.float32)
+    torch.manual_seed(ns.seed)
+    return Transformer(ModelArgs.from_name(ns.config), dtype=torch.float32).eval()
+
+
+def _tokens(ns, m: Transformer) -> torch.Tensor:
+    if ns.text is not None:
+        from pathlib import Path
+
+        from tokenizers import Tokenizer
+        tok_path = Path(ns.ckpt or "") / "tokenizer.json"
+        if not ns.ckpt or not tok_path.exists():
+            raise SystemExit("error: --text needs --ckpt DIR with a tokenizer.json")
+        ids = Tokenizer.from_file(str(tok_path)).encode(ns.text).ids
+        return torch.tensor([ids])
+    g = torch.Generator().manual_seed(ns.seed)
+    return torch.randint(0, m.args.vocab_size, (ns.batch, ns.seq_len), generator=g)
+
+
+def summary(ns) -> None:
+    m = _build(ns)
+    a = m.args
+    counts = m.param_counts()
+    print(f"model: {a.model_type}  dim={a.dim} layers={a.n_layers} (dense {a.n_dense_layers}) "
+          f"experts={a.n_routed_experts} top-{a.n_activated_experts} groups={a.n_expert_groups}/"
+          f"{a.n_limited_groups} score={a.score_func} mtp={len(m.mtp)}")
+    print(f"parameters: main {counts['main']:,}  activated/token {counts['activated']:,}  mtp {counts['mtp']:,}")
+    tokens = _tokens(ns, m)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        out, cache = m.run_with_cache(tokens, names=["layers.*.ffn.gate.hook_topk_ids",
+                                                     "layers.*.attn.hook_c_kv"], mtp=len(m.mtp) > 0)
+    dt = time.perf_counter() - t0
+    logits = out[0] if isinstance(out, tuple) else out
+    n = tokens.numel()
+    print(f"forward: {tuple(tokens.shape)} tokens -> logits {tuple(logits.shape)} in {dt * 1e3:.1f} ms "
+          f"({n / dt:,.0f} tokens/s)")
+    if tokens.shape[1] > 1:
+        nll = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())
+        print(f"next-token loss on these tokens: {nll.item():.3f} (uniform would be {torch.log(torch.tensor(float(a.vocab_size))).item():.3f})")
+    print(f"{'layer':>5} {'max/mean load':>14} {'experts used':>13} {'latent |c_kv| mean':>19}")
+    for i in range(a.n_layers):
+        ids = cache.get(f"layers.{i}.ffn.gate.hook_topk_ids")
+        ckv = cache[f"layers.{i}.attn.hook_c_kv"]
+        if ids is None:
+            load_s, used = "dense", "-"
+        else:
+            load = torch.bincount(ids.flatten(), minlength=a.n_routed_experts).float()
+            load_s, used = f"{(load.max() / load.mean()).item():.2f}", f"{int((load > 0).sum())}/{a.n_routed_experts}"
+        print(f"{i:>5} {load_s:>14} {used:>13} {ckv.norm(dim=-1).mean().item():>19.3f}")
+
+
+def params(ns) -> None:
+    args = ModelArgs.from_name(ns.config)
+    with torch.device("meta"):
+        m = Transformer(args)
+    c = m.param_counts()
+    line = f"{ns.config}: main {c['main'] / 1e9:.2f}B, activated per token {c['activated'] / 1e9:.2f}B"
+    if args.n_mtp_layers:
+        line += (f", MTP module {c['mtp'] / 1e9:.2f}B (+{2 * args.vocab_size * args.dim / 1e9:.2f}B for the "
+                 "embedding/head copies its checkpoint layer stores)")
+    print(line)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m model", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("summary", help="forward pass and a routing / latent summary")
+    s.add_argument("--ckpt", help="Hugging Face checkpoint directory (default: random weights)")
+    s.add_argument("--config", default="tiny", help="shipped config for random weights (default: tiny)")
+    s.add_argument("--text", help="text to run (needs --ckpt with tokenizer.json); default random tokens")
+    s.add_argument("--batch", type=int, default=4, help="random-token batch size")
+    s.add_argument("--seq-len", type=int, default=128, help="random-token sequence length")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=summary)
+    q = sub.add_parser("params", help="parameter counts of a shipped config, on the meta device")
+    q.add_argument("--config", default="671B", help="671B, V3.1, 236B, 16B or tiny")
+    q.set_defaults(fn=params)
+    ns = p.parse_args(argv)
+    try:
+        ns.fn(ns)
+    except (CheckpointError, ConfigError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

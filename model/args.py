@@ -1,0 +1,334 @@
+"""Model arguments: one dataclass for every DeepSeek-V3-family size.
+
+`ModelArgs` uses the field names of DeepSeek's published inference code. Two ways in:
+
+    ModelArgs.from_name("671B")               # a shipped JSON in model/configs/
+    ModelArgs.from_hf_config("ckpt/")         # a Hugging Face config.json (dir, file or dict)
+
+and one way out, `args.to_hf_config()`, which writes the Hugging Face keys back (used to save
+checkpoints that transformers also reads). The mapping between the two vocabularies is the table
+`_HF_KEYS` below; nothing else in the project reads Hugging Face config keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+SUPPORTED_MODEL_TYPES = ("deepseek_v3", "deepseek_v2")
+
+
+class ConfigError(ValueError):
+    """A config that cannot describe a model we can build (message names the file and key)."""
+
+
+@dataclass
+class ModelArgs:
+    # sizes
+    vocab_size: int = 129280
+    dim: int = 7168
+    inter_dim: int = 18432  # dense SwiGLU hidden size
+    moe_inter_dim: int = 2048  # per routed / shared expert
+    n_layers: int = 61
+    n_dense_layers: int = 3  # layers [0, n_dense_layers) are dense, the rest MoE
+    n_heads: int = 128
+    # MoE
+    n_routed_experts: int = 256
+    n_shared_experts: int = 1
+    n_activated_experts: int = 8
+    n_expert_groups: int = 8
+    n_limited_groups: int = 4
+    score_func: str = "sigmoid"  # "sigmoid" (V3) or "softmax" (V2)
+    route_scale: float = 2.5
+    norm_topk_prob: bool = True  # renormalise the chosen weights to sum 1 (V3: yes, V2: no)
+    # MLA
+    q_lora_rank: int = 1536  # 0 = a single full-rank wq (V2-Lite)
+    kv_lora_rank: int = 512
+    qk_nope_head_dim: int = 128
+    qk_rope_head_dim: int = 64
+    v_head_dim: int = 128
+    # RoPE / YaRN
+    rope_theta: float = 10000.0
+    rope_type: str = "yarn"  # "yarn" or "default" (plain RoPE); taken from the checkpoint's config
+    rope_factor: float = 40.0
+    original_seq_len: int = 4096
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    mscale: float = 1.0  # YaRN softmax-scale multiplier (HF `mscale_all_dim`)
+    rope_attention_factor: float = 1.0  # cos/sin multiplier (HF: mscale(factor, mscale)/mscale(factor, all_dim))
+    max_seq_len: int = 163840
+    # misc
+    norm_eps: float = 1e-6
+    n_mtp_layers: int = 1  # MTP depth D (HF `num_nextn_predict_layers`)
+    bos_token_id: int | None = 0
+    eos_token_id: int | list[int] | None = 1
+    dtype: str = "bfloat16"  # the checkpoint's compute dtype (FP8 checkpoints compute in bf16)
+    # FP8 checkpoint format (None = plain weights)
+    quant_block: tuple[int, int] | None = None
+    scale_fmt: str | None = None  # "ue8m0" for power-of-two activation scales (V3.1)
+    model_type: str = "deepseek_v3"
+    # not part of the architecture: provenance notes kept with the args
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.quant_block, list):
+            self.quant_block = tuple(self.quant_block)
+        self.validate()
+
+    # ----------------------------------------------------------------- derived
+    @property
+    def qk_head_dim(self) -> int:
+        return self.qk_nope_head_dim + self.qk_rope_head_dim
+
+    @property
+    def n_moe_layers(self) -> int:
+        return self.n_layers - self.n_dense_layers
+
+    @property
+    def yarn(self) -> bool:
+        return self.rope_type == "yarn"
+
+    @property
+    def softmax_scale(self) -> float:
+        """(nope+rope)^-0.5, times mscale^2 when YaRN is on (0.1352338 for 671B)."""
+        scale = self.qk_head_dim**-0.5
+        if self.yarn and self.rope_factor > 1 and self.mscale:
+            m = 0.1 * self.mscale * math.log(self.rope_factor) + 1.0
+            scale = scale * m * m
+        return scale
+
+    def is_moe_layer(self, layer_id: int) -> bool:
+        """True for MoE layers, including the MTP block (layer index >= n_layers)."""
+        return layer_id >= self.n_dense_layers
+
+    def validate(self) -> None:
+        """Reject configs the architecture forbids, with the offending fields named."""
+        def bad(msg: str) -> None:
+            raise ConfigError(f"invalid ModelArgs: {msg}")
+
+        for name in ("vocab_size", "dim", "n_layers", "n_heads", "kv_lora_rank", "qk_rope_head_dim",
+                     "v_head_dim"):
+            if getattr(self, name) <= 0:
+                bad(f"{name}={getattr(self, name)} must be positive")
+        if self.qk_rope_head_dim % 2:
+            bad(f"qk_rope_head_dim={self.qk_rope_head_dim} must be even (RoPE rotates pairs)")
+        if not 0 <= self.n_dense_layers <= self.n_layers:
+            bad(f"n_dense_layers={self.n_dense_layers} must be in [0, n_layers={self.n_layers}]")
+        if self.score_func not in ("sigmoid", "softmax"):
+            bad(f"score_func={self.score_func!r} must be 'sigmoid' or 'softmax'")
+        if self.rope_type not in ("yarn", "default"):
+            bad(f"rope_type={self.rope_type!r} must be 'yarn' or 'default'")
+        if self.n_dense_layers < self.n_layers or self.n_mtp_layers > 0:  # some MoE layer exists
+            E, G = self.n_routed_experts, self.n_expert_groups
+            if E <= 0 or G <= 0 or E % G:
+                bad(f"n_routed_experts={E} must be a positive multiple of n_expert_groups={G}")
+            if not 1 <= self.n_limited_groups <= G:
+                bad(f"n_limited_groups={self.n_limited_groups} must be in [1, n_expert_groups={G}]")
+            allowed = self.n_limited_groups * (E // G)
+            if not 1 <= self.n_activated_experts <= allowed:
+                bad(f"n_activated_experts={self.n_activated_experts} must be in [1, {allowed}] "
+                    f"(n_limited_groups x experts per group)")
+            if G > 1 and self.score_func == "sigmoid" and E // G < 2:
+                bad("group-limited sigmoid routing scores a group by its top-2 experts; "
+                    f"experts per group is {E // G}")
+
+    # --------------------------------------------------------------- factories
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelArgs":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown ModelArgs fields {unknown}")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "ModelArgs":
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read model args: {e}") from None
+        return cls.from_dict(d)
+
+    @classmethod
+    def from_name(cls, name: str) -> "ModelArgs":
+        """A shipped size: '671B', 'V3.1', '236B', '16B' or 'tiny'."""
+        path = CONFIG_DIR / f"config_{name}.json"
+        if not path.exists():
+            names = sorted(p.stem.removeprefix("config_") for p in CONFIG_DIR.glob("config_*.json"))
+            raise ConfigError(f"no shipped config {name!r}; available: {names}")
+        return cls.from_json(path)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("extra")
+        if d["quant_block"] is not None:
+            d["quant_block"] = list(d["quant_block"])
+        return d
+
+    def save_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def from_hf_config(cls, source: str | Path | dict[str, Any]) -> "ModelArgs":
+        """Read a DeepSeek-V3 / V2 / V2-Lite Hugging Face `config.json` (a directory, a file, or a dict)."""
+        if isinstance(source, dict):
+            cfg, where = dict(source), "config dict"
+        else:
+            p = Path(source)
+            if p.is_dir():
+                p = p / "config.json"
+            where = str(p)
+            if not p.exists():
+                raise ConfigError(f"{where}: not found (a checkpoint directory needs a config.json)")
+            try:
+                cfg = json.loads(p.read_text())
+            except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ConfigError(f"{where}: not valid JSON: {e}") from None
+        return _from_hf(cfg, where)
+
+    def to_hf_config(self) -> dict[str, Any]:
+        """Hugging Face `config.json` keys for these args (readable by transformers' DeepseekV3)."""
+        cfg: dict[str, Any] = {
+            "architectures": ["DeepseekV3ForCausalLM" if self.model_type == "deepseek_v3"
+                              else "DeepseekV2ForCausalLM"],
+            "model_type": self.model_type,
+        }
+        for hf_key, ours in _HF_KEYS.items():
+            cfg[hf_key] = getattr(self, ours)
+        cfg["q_lora_rank"] = self.q_lora_rank or None
+        cfg["num_key_value_heads"] = self.n_heads
+        cfg["scoring_func"] = self.score_func
+        cfg["topk_method"] = "noaux_tc" if self.score_func == "sigmoid" else (
+            "group_limited_greedy" if self.n_expert_groups > 1 else "greedy")
+        cfg["moe_layer_freq"] = 1
+        cfg["hidden_act"] = "silu"
+        cfg["tie_word_embeddings"] = False
+        cfg["attention_bias"] = False
+        cfg["rope_theta"] = self.rope_theta
+        if self.yarn:
+            cfg["rope_scaling"] = {
+                "type": "yarn", "rope_type": "yarn", "factor": self.rope_factor,
+                "original_max_position_embeddings": self.original_seq_len,
+                "beta_fast": self.beta_fast, "beta_slow": self.beta_slow,
+                "mscale": self.mscale, "mscale_all_dim": self.mscale,
+            }
+            if self.rope_attention_factor != 1.0:
+                cfg["rope_scaling"]["attention_factor"] = self.rope_attention_factor
+        else:
+            cfg["rope_scaling"] = None
+        cfg["torch_dtype"] = self.dtype
+        if self.quant_block is not None:
+            cfg["quantization_config"] = {
+                "quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+                "weight_block_size": list(self.quant_block),
+            }
+            if self.scale_fmt:
+                cfg["quantization_config"]["scale_fmt"] = self.scale_fmt
+        return cfg
+
+
+# Hugging Face key -> ModelArgs field, for keys that map one to one.
+_HF_KEYS = {
+    "vocab_size": "vocab_size",
+    "hidden_size": "dim",
+    "intermediate_size": "inter_dim",
+    "moe_intermediate_size": "moe_inter_dim",
+    "num_hidden_layers": "n_layers",
+    "first_k_dense_replace": "n_dense_layers",
+    "num_attention_heads": "n_heads",
+    "n_routed_experts": "n_routed_experts",
+    "n_shared_experts": "n_shared_experts",
+    "num_experts_per_tok": "n_activated_experts",
+    "n_group": "n_expert_groups",
+    "topk_group": "n_limited_groups",
+    "routed_scaling_factor": "route_scale",
+    "norm_topk_prob": "norm_topk_prob",
+    "kv_lora_rank": "kv_lora_rank",
+    "qk_nope_head_dim": "qk_nope_head_dim",
+    "qk_rope_head_dim": "qk_rope_head_dim",
+    "v_head_dim": "v_head_dim",
+    "max_position_embeddings": "max_seq_len",
+    "rms_norm_eps": "norm_eps",
+    "num_nextn_predict_layers": "n_mtp_layers",
+    "bos_token_id": "bos_token_id",
+    "eos_token_id": "eos_token_id",
+}
+_REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+             "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
+
+
+def _yarn_mscale(factor: float, m: float) -> float:
+    return 1.0 if factor <= 1 else 0.1 * m * math.log(factor) + 1.0
+
+
+def _from_hf(cfg: dict[str, Any], where: str) -> ModelArgs:
+    model_type = cfg.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ConfigError(f"{where}: unsupported model_type {model_type!r} "
+                          f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})")
+    missing = [k for k in _REQUIRED if cfg.get(k) is None]
+    if missing:
+        raise ConfigError(f"{where}: missing required keys {missing}")
+    kw: dict[str, Any] = {ours: cfg[hf] for hf, ours in _HF_KEYS.items() if cfg.get(hf) is not None}
+    kw["model_type"] = model_type
+    if model_type == "deepseek_v2":  # V2 defaults where its config leaves keys out
+        kw.setdefault("n_mtp_layers", 0)
+        kw.setdefault("norm_topk_prob", False)
+    kw["q_lora_rank"] = cfg.get("q_lora_rank") or 0
+    kw["score_func"] = cfg.get("scoring_func") or ("sigmoid" if model_type == "deepseek_v3" else "softmax")
+    # NOTE: `num_key_value_heads` is ignored: MLA has no grouped-query attention.
+    if cfg.get("moe_layer_freq", 1) != 1:
+        raise ConfigError(f"{where}: moe_layer_freq={cfg['moe_layer_freq']} is not supported (only 1)")
+    if cfg.get("n_routed_experts") is None:  # a dense-only config
+        kw["n_routed_experts"], kw["n_expert_groups"], kw["n_limited_groups"] = 1, 1, 1
+        kw["n_activated_experts"], kw["n_dense_layers"] = 1, cfg["num_hidden_layers"]
+    if kw.get("n_expert_groups") is None or cfg.get("n_group") is None:
+        kw["n_expert_groups"], kw["n_limited_groups"] = 1, 1
+    if cfg.get("topk_method") == "greedy":  # V2-Lite: no group limit regardless of n_group
+        kw["n_limited_groups"] = kw["n_expert_groups"]
+
+    # RoPE: HF has had two spellings: `rope_scaling` + `rope_theta`, or `rope_parameters` (transformers 5).
+    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    kw["rope_theta"] = float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0)))
+    rtype = rope.get("rope_type", rope.get("type", "default"))
+    if rtype not in ("yarn", "default"):
+        raise ConfigError(f"{where}: rope type {rtype!r} is not supported (yarn or default)")
+    kw["rope_type"] = rtype
+    if rtype == "yarn":
+        factor = float(rope.get("factor") or 1.0)
+        m, m_all = rope.get("mscale"), rope.get("mscale_all_dim")
+        kw["rope_factor"] = factor
+        kw["original_seq_len"] = int(rope.get("original_max_position_embeddings", 4096))
+        kw["beta_fast"] = float(rope.get("beta_fast") or 32)
+        kw["beta_slow"] = float(rope.get("beta_slow") or 1)
+        kw["mscale"] = float(m_all or 0.0)  # no mscale_all_dim: no softmax-scale correction
+        if rope.get("attention_factor") is not None:
+            kw["rope_attention_factor"] = float(rope["attention_factor"])
+        elif m and m_all:
+            kw["rope_attention_factor"] = _yarn_mscale(factor, m) / _yarn_mscale(factor, m_all)
+        else:
+            kw["rope_attention_factor"] = _yarn_mscale(factor, 1.0)
+    else:
+        kw["rope_factor"], kw["mscale"] = 1.0, 0.0
+
+    q = cfg.get("quantization_config")
+    if q:
+        if q.get("quant_method") != "fp8":
+            raise ConfigError(f"{where}: quantization_config.quant_method={q.get('quant_method')!r} "
+                              "is not supported (only fp8)")
+        kw["quant_block"] = tuple(q.get("weight_block_size") or (128, 128))
+        kw["scale_fmt"] = q.get("scale_fmt")
+        kw["dtype"] = "bfloat16"
+    else:
+        kw["dtype"] = str(cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16").removeprefix("torch.")
+    try:
+        return ModelArgs(**kw)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None

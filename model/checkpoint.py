@@ -1,0 +1,370 @@
+"""Hugging Face checkpoints in and out: one name table, streaming loads, FP8 dequantisation.
+
+    m = model.load("DeepSeek-V3/")                  # BF16/FP32 or FP8 (dequantised to bf16)
+    m = model.load("DeepSeek-V3/", device="meta")   # validate names/shapes, read no tensor data
+    model.save(m, "out/", fp8=True)                 # HF layout (+ MTP layer), readable by transformers
+
+The checkpoint layout is in `../shared/docs/deepseek-v3-facts.md`. Loading opens every shard's
+header first (names, shapes, dtypes), checks them against the model built on the meta device, and
+only then materialises the model and copies tensors in one at a time, so the checkpoint is never in
+memory twice. Every problem raises `CheckpointError` with one line naming the file and tensor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .args import ConfigError, ModelArgs
+from .fp8 import dequantize_block, quantize_block
+from .layers import rope_inv_freq
+from .transformer import Transformer
+
+
+class CheckpointError(ValueError):
+    """A checkpoint we cannot load; the message names the file and the tensor."""
+
+
+# (HF name under `model.layers.L.`, our name under the block, stored as FP8 in FP8 checkpoints)
+# `{E}` marks a routed expert index: those tensors are rows of our stacked [E, ...] parameters.
+BLOCK_TABLE = [
+    ("input_layernorm.weight", "attn_norm.weight", False),
+    ("post_attention_layernorm.weight", "ffn_norm.weight", False),
+    ("self_attn.q_proj.weight", "attn.wq.weight", True),
+    ("self_attn.q_a_proj.weight", "attn.wq_a.weight", True),
+    ("self_attn.q_a_layernorm.weight", "attn.q_norm.weight", False),
+    ("self_attn.q_b_proj.weight", "attn.wq_b.weight", True),
+    ("self_attn.kv_a_proj_with_mqa.weight", "attn.wkv_a.weight", True),
+    ("self_attn.kv_a_layernorm.weight", "attn.kv_norm.weight", False),
+    ("self_attn.kv_b_proj.weight", "attn.wkv_b.weight", True),
+    ("self_attn.o_proj.weight", "attn.wo.weight", True),
+    ("mlp.gate_proj.weight", "ffn.w1.weight", True),
+    ("mlp.up_proj.weight", "ffn.w3.weight", True),
+    ("mlp.down_proj.weight", "ffn.w2.weight", True),
+    ("mlp.shared_experts.gate_proj.weight", "ffn.shared_experts.w1.weight", True),
+    ("mlp.shared_experts.up_proj.weight", "ffn.shared_experts.w3.weight", True),
+    ("mlp.shared_experts.down_proj.weight", "ffn.shared_experts.w2.weight", True),
+    ("mlp.gate.weight", "ffn.gate.weight", False),  # the router is never FP8
+    ("mlp.gate.e_score_correction_bias", "ffn.gate.bias", False),
+    ("mlp.experts.{E}.gate_proj.weight", "ffn.experts.w1", True),
+    ("mlp.experts.{E}.up_proj.weight", "ffn.experts.w3", True),
+    ("mlp.experts.{E}.down_proj.weight", "ffn.experts.w2", True),
+]
+# MTP module k is checkpoint layer n_layers + k: a full block plus these.
+MTP_TABLE = [
+    ("enorm.weight", "enorm.weight", False),
+    ("hnorm.weight", "hnorm.weight", False),
+    ("eh_proj.weight", "eh_proj.weight", False),
+    ("shared_head.norm.weight", "norm.weight", False),
+]
+# Copies of the main model's embedding and head stored in the MTP layer: shared, so not loaded.
+MTP_SHARED = {"embed_tokens.weight": "embed.weight", "shared_head.head.weight": "head.weight"}
+TOP_TABLE = [
+    ("model.embed_tokens.weight", "embed.weight", False),
+    ("model.norm.weight", "norm.weight", False),
+    ("lm_head.weight", "head.weight", False),
+]
+IGNORED = re.compile(r".*rotary_emb\.inv_freq$")  # buffers some old exports saved
+_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+_EXPERT = re.compile(r"^mlp\.experts\.(\d+)\.(.+)$")
+_BLOCK = {hf: (ours, fp8) for hf, ours, fp8 in BLOCK_TABLE}
+_MTP = {hf: (ours, fp8) for hf, ours, fp8 in MTP_TABLE}
+_TOP = {hf: (ours, fp8) for hf, ours, fp8 in TOP_TABLE}
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where one checkpoint tensor goes: our parameter name, and the expert row for stacked experts."""
+    name: str
+    expert: int | None = None
+    fp8: bool = False  # an FP8-capable projection
+
+
+def hf_to_ours(hf_name: str, args: ModelArgs) -> Target | str | None:
+    """Map a checkpoint tensor name; None = unknown, "skip" = known but not loaded (shared copies)."""
+    if hf_name in _TOP:
+        ours, fp8 = _TOP[hf_name]
+        return Target(ours, None, fp8)
+    m = _LAYER.match(hf_name)
+    if not m:
+        return None
+    layer, rest = int(m.group(1)), m.group(2)
+    if layer < args.n_layers:
+        prefix = f"layers.{layer}."
+    elif layer < args.n_layers + args.n_mtp_layers:
+        prefix = f"mtp.{layer - args.n_layers}."
+        if rest in MTP_SHARED:
+            return "skip"
+        if rest in _MTP:
+            ours, fp8 = _MTP[rest]
+            return Target(prefix + ours, None, fp8)
+        prefix += "block."
+    else:
+        return None
+    if rest in _BLOCK:
+        ours, fp8 = _BLOCK[rest]
+        return Target(prefix + ours, None, fp8)
+    e = _EXPERT.match(rest)
+    if e and f"mlp.experts.{{E}}.{e.group(2)}" in _BLOCK:
+        ours, fp8 = _BLOCK[f"mlp.experts.{{E}}.{e.group(2)}"]
+        return Target(prefix + ours, int(e.group(1)), fp8)
+    return None
+
+
+def ours_to_hf(model: Transformer) -> list[tuple[str, str, int | None, bool]]:
+    """Every checkpoint tensor of `model` as (hf_name, our_name, expert, fp8), in checkpoint order."""
+    args = model.args
+    rev_block = [(hf, ours, fp8) for hf, ours, fp8 in BLOCK_TABLE]
+    state = set(model.state_dict())
+    out = [(hf, ours, None, fp8) for hf, ours, fp8 in TOP_TABLE]
+    for layer in range(args.n_layers + len(model.mtp)):
+        is_mtp = layer >= args.n_layers
+        prefix = f"mtp.{layer - args.n_layers}.block." if is_mtp else f"layers.{layer}."
+        if is_mtp:
+            for hf, ours, fp8 in MTP_TABLE:
+                out.append((f"model.layers.{layer}.{hf}", f"mtp.{layer - args.n_layers}.{ours}", None, fp8))
+        for hf, ours, fp8 in rev_block:
+            if prefix + ours not in state:
+                continue
+            if "{E}" in hf:
+                for e in range(args.n_routed_experts):
+                    out.append((f"model.layers.{layer}.{hf.replace('{E}', str(e))}", prefix + ours, e, fp8))
+            else:
+                out.append((f"model.layers.{layer}.{hf}", prefix + ours, None, fp8))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ load
+def _shard_files(path: Path) -> tuple[list[Path], dict[str, Path] | None]:
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{index}: not a valid safetensors index ({e})") from None
+        files = sorted({path / f for f in weight_map.values()})
+        for f in files:
+            if not f.exists():
+                some = next(k for k, v in weight_map.items() if path / v == f)
+                raise CheckpointError(f"{f}: shard listed in {index.name} (e.g. for {some}) is missing")
+        return files, {k: path / v for k, v in weight_map.items()}
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{path}: no *.safetensors files")
+    return files, None
+
+
+def _read_headers(files: list[Path]) -> dict[str, tuple[Path, torch.Size, torch.dtype]]:
+    """name -> (file, shape, dtype), from the headers only."""
+    found: dict[str, tuple[Path, torch.Size, torch.dtype]] = {}
+    for f in files:
+        try:
+            with safe_open(f, framework="pt") as h:
+                for k in h.keys():
+                    sl = h.get_slice(k)
+                    if k in found:
+                        raise CheckpointError(f"{f}: tensor {k} also appears in {found[k][0].name}")
+                    found[k] = (f, torch.Size(sl.get_shape()), _DTYPES.get(sl.get_dtype(), sl.get_dtype()))
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"{f}: not a readable safetensors file ({e})") from None
+    return found
+
+
+_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64,
+           "F8_E4M3": torch.float8_e4m3fn, "I64": torch.int64, "I32": torch.int32}
+
+
+def load(path: str | os.PathLike, *, dtype: torch.dtype | None = None, device=None,
+         attn_impl: str = "absorb") -> Transformer:
+    """Load a Hugging Face DeepSeek-V3/V2 checkpoint directory into a `Transformer` (eval mode).
+
+    dtype: compute dtype (default: the config's `torch_dtype`; bf16 for FP8 checkpoints, whose
+        weights are dequantised on load). The router is always float32.
+    device: where to build it; "meta" validates the checkpoint and reads no tensor data.
+    MTP weights (layer n_layers) are loaded when present; without them the model has no MTP module.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a checkpoint directory")
+    if not (path / "config.json").exists():
+        raise CheckpointError(f"{path}: no config.json (a Hugging Face checkpoint directory needs one)")
+    try:
+        args = ModelArgs.from_hf_config(path)
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None
+    files, weight_map = _shard_files(path)
+    headers = _read_headers(files)
+    if weight_map is not None:
+        for k in weight_map:
+            if k not in headers:
+                raise CheckpointError(f"{weight_map[k]}: tensor {k} listed in the index is not in the file")
+    mtp_prefixes = [f"model.layers.{args.n_layers + k}." for k in range(args.n_mtp_layers)]
+    present = [p for p in mtp_prefixes if any(n.startswith(p) for n in headers)]
+    args.extra["mtp_weights"] = bool(present)
+    args.n_mtp_layers = len(present)  # MTP modules absent from the checkpoint are not built
+    if dtype is None:
+        dtype = getattr(torch, args.dtype)
+    args.extra["checkpoint"] = str(path.resolve())
+
+    with torch.device("meta"):
+        meta = Transformer(args, attn_impl=attn_impl, dtype=dtype, init=False)
+    plan = _plan(meta, headers)
+    if torch.device(device or "cpu").type == "meta":
+        return meta.eval()
+
+    model = meta.to_empty(device=device or "cpu")
+    model.rope_inv_freq = rope_inv_freq(args).to(model.rope_inv_freq.device)  # not in the checkpoint
+    params = dict(model.named_parameters()) | dict(model.named_buffers())
+    block = args.quant_block or (128, 128)
+    with contextlib.ExitStack() as stack, torch.no_grad():
+        handles = {f: stack.enter_context(safe_open(f, framework="pt")) for f in files}
+        for hf_name, target in plan:
+            f = headers[hf_name][0]
+            try:
+                t = handles[f].get_tensor(hf_name)
+                if t.dtype == torch.float8_e4m3fn:
+                    sf = headers[hf_name + "_scale_inv"][0]
+                    t = dequantize_block(t, handles[sf].get_tensor(hf_name + "_scale_inv"), block)
+            except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+                raise CheckpointError(f"{f}: cannot read tensor {hf_name} ({e})") from None
+            dst = params[target.name]
+            (dst if target.expert is None else dst[target.expert]).copy_(t)
+    return model.eval()
+
+
+def _plan(meta: Transformer, headers: dict) -> list[tuple[str, Target]]:
+    """Check every checkpoint tensor against the model; returns (hf_name, target) in file order."""
+    args = meta.args
+    expect = dict(meta.named_parameters()) | dict(meta.named_buffers())
+    expect.pop("rope_inv_freq", None)
+    covered: dict[str, set] = defaultdict(set)
+    plan = []
+    for hf_name, (f, shape, dt) in headers.items():
+        if IGNORED.match(hf_name):
+            continue
+        if hf_name.endswith("_scale_inv"):
+            w = hf_name[: -len("_scale_inv")]
+            if w not in headers:
+                raise CheckpointError(f"{f}: scale {hf_name} has no weight {w}")
+            continue
+        target = hf_to_ours(hf_name, args)
+        if target == "skip":
+            continue
+        if target is None:
+            raise CheckpointError(f"{f}: unexpected tensor {hf_name} (not part of a {args.model_type} model "
+                                  f"with {args.n_layers} layers)")
+        want = expect[target.name].shape if target.name in expect else None
+        if want is None:
+            raise CheckpointError(f"{f}: tensor {hf_name} maps to {target.name}, which this config does not have")
+        if target.expert is not None:
+            if target.expert >= want[0]:
+                raise CheckpointError(f"{f}: tensor {hf_name}: expert {target.expert} out of range "
+                                      f"(n_routed_experts={want[0]})")
+            want = want[1:]
+        if tuple(shape) != tuple(want):
+            raise CheckpointError(f"{f}: tensor {hf_name} has shape {list(shape)}, expected {list(want)}")
+        if dt == torch.float8_e4m3fn:
+            if hf_name + "_scale_inv" not in headers:
+                raise CheckpointError(f"{f}: FP8 tensor {hf_name} has no {hf_name}_scale_inv")
+            block = args.quant_block or (128, 128)
+            s_shape = tuple(headers[hf_name + "_scale_inv"][1])
+            s_want = (-(-shape[0] // block[0]), -(-shape[1] // block[1]))
+            if s_shape != s_want:
+                raise CheckpointError(f"{headers[hf_name + '_scale_inv'][0]}: tensor {hf_name}_scale_inv has "
+                                      f"shape {list(s_shape)}, expected {list(s_want)}")
+        elif not (dt.is_floating_point if isinstance(dt, torch.dtype) else False):
+            raise CheckpointError(f"{f}: tensor {hf_name} has unsupported dtype {dt}")
+        key = target.expert if target.expert is not None else -1
+        if key in covered[target.name]:
+            raise CheckpointError(f"{f}: tensor {hf_name} loaded twice")
+        covered[target.name].add(key)
+        plan.append((hf_name, target))
+    missing = []
+    by_ours = defaultdict(list)
+    for hf, ours, e, _ in ours_to_hf(meta):
+        by_ours[ours].append((hf, e))
+    for ours, entries in by_ours.items():
+        for hf, e in entries:
+            if (e if e is not None else -1) not in covered[ours]:
+                missing.append(hf)
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise CheckpointError(f"{meta.args.extra.get('checkpoint', 'checkpoint')}: missing tensor "
+                              f"{missing[0]}{more}")
+    return plan
+
+
+# ------------------------------------------------------------------------------------------ save
+def save(model: Transformer, path: str | os.PathLike, *, fp8: bool = False,
+         max_shard_bytes: int | None = None, dtype: torch.dtype | None = None) -> None:
+    """Write `model` as a Hugging Face checkpoint directory (config.json, *.safetensors, index).
+
+    fp8: store the FP8-capable projections as float8_e4m3fn + `weight_scale_inv` in 128x128 blocks.
+    max_shard_bytes: split into several files listed in `model.safetensors.index.json`.
+    The MTP layer gets copies of the embedding and head, as in the published checkpoints.
+    Files are written under temporary names and renamed when complete.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    args = model.args
+    state = model.state_dict()
+    out_dtype = dtype or next(p.dtype for n, p in state.items() if n == "embed.weight")
+    block = (128, 128)
+    tensors: list[tuple[str, torch.Tensor]] = []
+    for hf, ours, e, is_fp8 in ours_to_hf(model):
+        t = state[ours] if e is None else state[ours][e]
+        if fp8 and is_fp8:
+            q, s = quantize_block(t, block)
+            tensors += [(hf, q), (hf + "_scale_inv", s)]
+        elif ours.endswith("gate.weight") or ours.endswith("gate.bias"):
+            tensors.append((hf, t.float()))
+        else:
+            tensors.append((hf, t.to(out_dtype)))
+    for k in range(len(model.mtp)):
+        for hf, ours in MTP_SHARED.items():
+            tensors.append((f"model.layers.{args.n_layers + k}.{hf}", state[ours].to(out_dtype)))
+
+    shards: list[list[tuple[str, torch.Tensor]]] = [[]]
+    size = 0
+    for name, t in tensors:
+        nbytes = t.numel() * t.element_size()
+        if max_shard_bytes and shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append((name, t))
+        size += nbytes
+    names = (["model.safetensors"] if len(shards) == 1 else
+             [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+    weight_map = {}
+    for fname, shard in zip(names, shards):
+        tmp = path / (fname + ".tmp")
+        save_file({n: t.contiguous() for n, t in shard}, str(tmp), metadata={"format": "pt"})
+        os.replace(tmp, path / fname)
+        weight_map.update({n: fname for n, _ in shard})
+    cfg = args.to_hf_config()
+    cfg["torch_dtype"] = str(out_dtype).removeprefix("torch.")
+    if fp8:
+        cfg["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+                                      "weight_block_size": list(block)}
+    else:
+        cfg.pop("quantization_config", None)
+    _write_json(path / "config.json", cfg)
+    if len(shards) > 1:
+        total = sum(t.numel() * t.element_size() for _, t in tensors)
+        _write_json(path / "model.safetensors.index.json",
+                    {"metadata": {"total_size": total}, "weight_map": weight_map})
+
+
+def _write_json(p: Path, obj) -> None:
+    tmp = p.with_suffix(p.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, p)

@@ -1,0 +1,42 @@
+"""FP8 e4m3 block quantisation of weights, as in DeepSeek-V3's checkpoints (pure torch).
+
+A 2-D weight W [out, in] is stored as float8_e4m3fn values Q plus `weight_scale_inv` S of shape
+[ceil(out/b0), ceil(in/b1)] (b = 128 x 128), and W = Q * S blockwise: S is a multiplier despite
+its name. Edge blocks may be partial.
+"""
+
+from __future__ import annotations
+
+import torch
+
+FP8_MAX = 448.0  # largest finite float8_e4m3fn
+
+
+def _expand(scale: torch.Tensor, shape: torch.Size, block: tuple[int, int]) -> torch.Tensor:
+    """Blockwise scale [ceil(o/b0), ceil(i/b1)] -> elementwise [o, i]."""
+    o, i = shape[-2:]
+    s = scale.repeat_interleave(block[0], dim=-2).repeat_interleave(block[1], dim=-1)
+    return s[..., :o, :i]
+
+
+def dequantize_block(q: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int] = (128, 128),
+                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """W = Q * scale_inv, block by block; returns `dtype`."""
+    expect = (-(-q.shape[-2] // block[0]), -(-q.shape[-1] // block[1]))
+    if tuple(scale_inv.shape[-2:]) != expect:
+        raise ValueError(f"scale shape {tuple(scale_inv.shape)} does not match weight {tuple(q.shape)} "
+                         f"in {block[0]}x{block[1]} blocks (expected {expect})")
+    return (q.float() * _expand(scale_inv.float(), q.shape, block)).to(dtype)
+
+
+def quantize_block(w: torch.Tensor, block: tuple[int, int] = (128, 128)) -> tuple[torch.Tensor, torch.Tensor]:
+    """W -> (Q float8_e4m3fn, scale_inv float32) with scale = amax(block) / 448 (1e-12 floor)."""
+    o, i = w.shape[-2:]
+    bo, bi = -(-o // block[0]), -(-i // block[1])
+    pad = torch.zeros(*w.shape[:-2], bo * block[0], bi * block[1], dtype=torch.float32, device=w.device)
+    pad[..., :o, :i] = w.float()
+    blocks = pad.unflatten(-1, (bi, block[1])).unflatten(-3, (bo, block[0]))  # [..., bo, b0, bi, b1]
+    amax = blocks.abs().amax(dim=(-3, -1))  # [..., bo, bi]
+    scale = (amax / FP8_MAX).clamp(min=1e-12)
+    q = (w.float() / _expand(scale, w.shape, block)).to(torch.float8_e4m3fn)
+    return q, scale

@@ -1,0 +1,136 @@
+"""Named hook points: identity modules that let a caller read or replace any internal tensor.
+
+A `HookPoint` returns its input unchanged; the model calls it inline where a tensor is produced:
+
+    scores = self.hook_scores(scores)  # [T, E]
+
+Its dotted module name (`layers.3.ffn.gate.hook_scores`) is its stable public name. A hook function
+has the signature `fn(tensor, hook) -> tensor | None`; returning a tensor replaces the value
+downstream (ablation, steering, patching). Hooks are scoped: `with model.hooks([(name, fn)]):` attaches
+and always detaches, and `run_with_cache` records copies. With nothing attached a HookPoint costs one
+Python call (`nn.Module.__call__` takes its no-hook fast path).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+from collections.abc import Callable, Iterable, Iterator
+from typing import Union
+
+import torch
+from torch import nn
+
+HookFn = Callable[[torch.Tensor, "HookPoint"], Union[torch.Tensor, None]]
+NameFilter = Union[str, Callable[[str], bool], Iterable[str], None]
+
+# Hooks whose tensors are large ([B, H, S, T]); `run_with_cache` skips them unless named explicitly.
+OPT_IN_SUFFIXES = ("hook_pattern",)
+
+
+class HookError(KeyError):
+    def __str__(self) -> str:  # KeyError quotes its message; keep it one plain line
+        return str(self.args[0])
+
+
+class HookPoint(nn.Module):
+    """Identity; `name` is filled in by `HookedModule.setup_hooks()`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.name = ""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    @property
+    def active(self) -> bool:
+        """True when something is attached (lets the model pick a path that materialises the tensor)."""
+        return bool(self._forward_hooks)
+
+    def add(self, fn: HookFn) -> torch.utils.hooks.RemovableHandle:
+        def _wrapped(module: nn.Module, args: tuple, output: torch.Tensor):
+            return fn(output, self)
+
+        return self.register_forward_hook(_wrapped)
+
+    def extra_repr(self) -> str:
+        return self.name
+
+
+def _matcher(names: NameFilter, all_names: list[str]) -> Callable[[str], bool]:
+    """A name filter: None = all (except opt-in), str = exact name or glob, callable, or a list of names."""
+    if names is None:
+        return lambda n: not n.endswith(OPT_IN_SUFFIXES)
+    if callable(names):
+        return names
+    if isinstance(names, str):
+        names = [names]
+    names = list(names)
+    exact, patterns = set(), []
+    for n in names:
+        if any(c in n for c in "*?["):
+            patterns.append(n)
+        elif n in all_names:
+            exact.add(n)
+        else:
+            raise HookError(f"no hook point named {n!r} (see model.hook_names())")
+    return lambda n: n in exact or any(fnmatch.fnmatchcase(n, p) for p in patterns)
+
+
+class HookedModule(nn.Module):
+    """Mixin for the root model: names hook points, attaches and removes hooks, caches activations."""
+
+    def setup_hooks(self) -> None:
+        self._hook_points: dict[str, HookPoint] = {}
+        for name, mod in self.named_modules():
+            if isinstance(mod, HookPoint):
+                mod.name = name
+                self._hook_points[name] = mod
+
+    @property
+    def hook_points(self) -> dict[str, HookPoint]:
+        return self._hook_points
+
+    def hook_names(self) -> list[str]:
+        """Every hook point's name, in the order the forward pass reaches them."""
+        return list(self._hook_points)
+
+    @contextlib.contextmanager
+    def hooks(self, fwd_hooks: Iterable[tuple[NameFilter, HookFn]] = ()) -> Iterator["HookedModule"]:
+        """Attach `(name_or_filter, fn)` pairs for the duration of the block; always detached after."""
+        handles = []
+        try:
+            names = list(self._hook_points)
+            for name_filter, fn in fwd_hooks:
+                if isinstance(name_filter, str) and name_filter in self._hook_points:
+                    hit = [name_filter]
+                else:
+                    match = _matcher(name_filter, names)
+                    hit = [n for n in names if match(n)]
+                    if not hit:
+                        raise HookError(f"hook filter {name_filter!r} matches no hook point")
+                handles.extend(self._hook_points[n].add(fn) for n in hit)
+            yield self
+        finally:
+            for h in handles:
+                h.remove()
+
+    def run_with_cache(self, *args, names: NameFilter = None, detach: bool = True, device=None, **kwargs):
+        """Run `forward(*args, **kwargs)` and return `(output, cache)` with `cache[name] = tensor`.
+
+        `names`: None = every hook point except the opt-in ones (`hook_pattern`), a name, a glob
+        ("layers.*.ffn.gate.hook_topk_ids"), a list of names or a predicate. Tensors are detached
+        unless `detach=False`, and moved to `device` if given.
+        """
+        match = _matcher(names, list(self._hook_points))
+        cache: dict[str, torch.Tensor] = {}
+
+        def save(t: torch.Tensor, hook: HookPoint) -> None:
+            t = t.detach() if detach else t
+            cache[hook.name] = t.to(device) if device is not None else t
+
+        selected = [(n, save) for n in self._hook_points if match(n)]
+        with self.hooks(selected):
+            out = self(*args, **kwargs)
+        return out, cache

@@ -1,0 +1,100 @@
+"""Small building blocks: RMSNorm, the projection Linear, YaRN RoPE on interleaved pairs.
+
+Shapes: B = batch, S = query positions, T = key positions, H = heads, R = rope dims.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .args import ModelArgs
+
+
+class RMSNorm(nn.Module):
+    """y = x / rms(x) * weight, computed in float32 and cast back to the input dtype."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, *, device=None, dtype=None) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.empty(dim, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.rms_norm(x.float(), self.weight.shape, eps=self.eps)
+        return y.to(x.dtype) * self.weight
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+class Linear(nn.Module):
+    """y = x W^T (no bias). The one place projections go through, so that a different GEMM
+    (FP8 weights kept resident, tensor-parallel shards) can be swapped in without touching the model.
+    FP8 checkpoints are dequantised into `weight` on load."""
+
+    def __init__(self, in_features: int, out_features: int, *, device=None, dtype=None) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)
+
+    def reset_parameters(self, std: float = 0.02) -> None:
+        nn.init.normal_(self.weight, std=std)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}"
+
+
+# ------------------------------------------------------------------------------------------- RoPE
+def rope_inv_freq(args: ModelArgs) -> torch.Tensor:
+    """Per-pair inverse frequencies [R/2] (float64 for the ramp, returned as float32).
+
+    YaRN (when the checkpoint's config says so): with corr(r) = d ln(L0 / (2 pi r)) / (2 ln theta),
+    low = floor(corr(beta_fast)), high = ceil(corr(beta_slow)) clamped to [0, d-1]; pair indices
+    below `low` keep `freq`, above `high` use `freq / factor`, with a linear ramp in between.
+    """
+    d = args.qk_rope_head_dim
+    freqs = 1.0 / (args.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+    if args.yarn and args.rope_factor > 1:
+        def corr(rotations: float) -> float:
+            return d * math.log(args.original_seq_len / (rotations * 2 * math.pi)) / (2 * math.log(args.rope_theta))
+
+        low = max(math.floor(corr(args.beta_fast)), 0)
+        high = min(math.ceil(corr(args.beta_slow)), d - 1)
+        if low == high:
+            high += 0.001  # avoid a zero-width ramp
+        ramp = ((torch.arange(d // 2, dtype=torch.float64) - low) / (high - low)).clamp(0, 1)
+        keep = 1 - ramp  # 1 = original frequency, 0 = interpolated
+        freqs = freqs / args.rope_factor * (1 - keep) + freqs * keep
+    return freqs.float()
+
+
+def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, factor: float = 1.0):
+    """cos, sin of positions [B, S] x inv_freq [R/2] -> two [B, S, R/2] float32 tensors."""
+    angles = positions.to(torch.float32)[..., None] * inv_freq.to(positions.device)
+    cos, sin = angles.cos(), angles.sin()
+    if factor != 1.0:
+        cos, sin = cos * factor, sin * factor
+    return cos, sin
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate INTERLEAVED pairs (x0,x1),(x2,x3),... of x [B, S, (H,) R] by cos/sin [B, S, R/2].
+
+    NOTE: DeepSeek's weights expect interleaved pairs; transformers rotates the same pairs but
+    writes them de-interleaved. Scores agree; the k_pe tensors themselves differ by a permutation.
+    """
+    if x.dim() == 4:  # [B, S, H, R]: broadcast over heads
+        cos, sin = cos[:, :, None], sin[:, :, None]
+    xf = x.float()
+    x0, x1 = xf[..., 0::2], xf[..., 1::2]
+    out = torch.stack((x0 * cos - x1 * sin, x1 * cos + x0 * sin), dim=-1)
+    return out.flatten(-2).to(x.dtype)

@@ -1,0 +1,158 @@
+"""Multi-head latent attention (MLA) with two equivalent computations and a static KV cache.
+
+Legend: B batch, S query positions (this call), T key positions (cache prefix + this call),
+H heads, D model dim, C kv_lora_rank (the latent), R qk_rope_head_dim, N qk_nope_head_dim,
+V v_head_dim.
+
+- "naive": expand the latent with `wkv_b` into per-head keys [N | R] and values [V]; the cache
+  holds those full keys and values (H x (N+R+V) numbers per token).
+- "absorb": fold wkv_b's key part into the query and its value part into the output; the cache
+  holds only kv_norm(latent) [C] and the post-RoPE shared key k_pe [R] (C+R numbers per token).
+
+Both use `scaled_dot_product_attention` (fp32 accumulation) unless `hook_pattern` has a hook
+attached, in which case the scores are materialised, softmaxed in float32 and passed through the
+hook (so it may read or replace the attention pattern).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .args import ModelArgs
+from .hooks import HookPoint
+from .layers import Linear, RMSNorm, apply_rope
+
+ATTN_IMPLS = ("absorb", "naive")
+
+
+class MLA(nn.Module):
+    def __init__(self, args: ModelArgs, *, attn_impl: str = "absorb", device=None, dtype=None) -> None:
+        super().__init__()
+        kw = dict(device=device, dtype=dtype)
+        self.n_heads = args.n_heads
+        self.q_lora_rank = args.q_lora_rank
+        self.kv_lora_rank = args.kv_lora_rank
+        self.nope, self.rope, self.v_dim = args.qk_nope_head_dim, args.qk_rope_head_dim, args.v_head_dim
+        self.softmax_scale = args.softmax_scale
+        self.attn_impl = attn_impl
+        qk = self.nope + self.rope
+        if self.q_lora_rank == 0:
+            self.wq = Linear(args.dim, self.n_heads * qk, **kw)
+        else:
+            self.wq_a = Linear(args.dim, self.q_lora_rank, **kw)
+            self.q_norm = RMSNorm(self.q_lora_rank, args.norm_eps, **kw)
+            self.wq_b = Linear(self.q_lora_rank, self.n_heads * qk, **kw)
+        self.wkv_a = Linear(args.dim, self.kv_lora_rank + self.rope, **kw)
+        self.kv_norm = RMSNorm(self.kv_lora_rank, args.norm_eps, **kw)
+        self.wkv_b = Linear(self.kv_lora_rank, self.n_heads * (self.nope + self.v_dim), **kw)
+        self.wo = Linear(self.n_heads * self.v_dim, args.dim, **kw)
+
+        self.hook_q_nope = HookPoint()  # [B, S, H, N]
+        self.hook_q_pe = HookPoint()  # [B, S, H, R] after RoPE
+        self.hook_c_kv = HookPoint()  # [B, S, C] the latent after kv_norm (what absorb caches)
+        self.hook_k_pe = HookPoint()  # [B, S, R] the shared rope key after RoPE (cached too)
+        self.hook_pattern = HookPoint()  # [B, H, S, T] softmax probabilities, opt-in
+        self.hook_z = HookPoint()  # [B, S, H, V] per-head outputs before wo
+        self.cache: dict[str, torch.Tensor] = {}  # static KV cache, see `alloc_cache`
+
+    @property
+    def attn_impl(self) -> str:
+        return self._attn_impl
+
+    @attn_impl.setter
+    def attn_impl(self, impl: str) -> None:
+        if impl not in ATTN_IMPLS:
+            raise ValueError(f"attn_impl={impl!r}: choose one of {ATTN_IMPLS}")
+        self._attn_impl = impl
+        self.cache = {}  # the two layouts cache different tensors
+
+    # ------------------------------------------------------------------------------ cache
+    def alloc_cache(self, batch: int, length: int) -> None:
+        """(Re)allocate the static cache for `batch` rows x `length` positions, keeping what fits."""
+        w = self.wkv_b.weight
+        kw = dict(device=w.device, dtype=w.dtype)
+        if self.attn_impl == "absorb":
+            shapes = {"kv": (batch, length, self.kv_lora_rank), "pe": (batch, length, self.rope)}
+        else:
+            shapes = {"k": (batch, length, self.n_heads, self.nope + self.rope),
+                      "v": (batch, length, self.n_heads, self.v_dim)}
+        new = {k: torch.zeros(s, **kw) for k, s in shapes.items()}
+        for k, old in self.cache.items():
+            if k in new:
+                b, t = min(batch, old.shape[0]), min(length, old.shape[1])
+                new[k][:b, :t] = old[:b, :t]
+        self.cache = new
+
+    @property
+    def cache_shape(self) -> tuple[int, int]:
+        """(rows, positions) the cache can hold; (0, 0) when none is allocated."""
+        if not self.cache:
+            return 0, 0
+        t = next(iter(self.cache.values()))
+        return t.shape[0], t.shape[1]
+
+    def _store(self, name: str, value: torch.Tensor, pos: torch.Tensor, n_keys: int) -> torch.Tensor:
+        """Write `value` [B, S, ...] at positions `pos` [B, S] and return the prefix [B, n_keys, ...]."""
+        buf = self.cache[name]
+        bsz = value.shape[0]
+        rows = torch.arange(bsz, device=pos.device)[:, None]
+        buf[rows, pos] = value.to(buf.dtype)
+        return buf[:bsz, :n_keys]
+
+    # ----------------------------------------------------------------------------- forward
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor,
+                mask: torch.Tensor | None, n_keys: int, use_cache: bool) -> torch.Tensor:
+        """x [B, S, D]; cos/sin [B, S, R/2]; pos [B, S] absolute positions; mask [B, 1, S, T] bool
+        (True = may attend) or None for plain causal attention over this call's tokens;
+        n_keys = T. Returns [B, S, D]."""
+        bsz, seqlen, _ = x.shape
+        q = self.wq(x) if self.q_lora_rank == 0 else self.wq_b(self.q_norm(self.wq_a(x)))
+        q = q.view(bsz, seqlen, self.n_heads, self.nope + self.rope)
+        q_nope, q_pe = q.split([self.nope, self.rope], dim=-1)
+        q_nope = self.hook_q_nope(q_nope)  # [B, S, H, N]
+        q_pe = self.hook_q_pe(apply_rope(q_pe, cos, sin))  # [B, S, H, R]
+
+        kv, k_pe = self.wkv_a(x).split([self.kv_lora_rank, self.rope], dim=-1)
+        kv = self.hook_c_kv(self.kv_norm(kv))  # [B, S, C]
+        k_pe = self.hook_k_pe(apply_rope(k_pe, cos, sin))  # [B, S, R]
+
+        wkv_b = self.wkv_b.weight.view(self.n_heads, self.nope + self.v_dim, self.kv_lora_rank)
+        if self.attn_impl == "absorb":
+            if use_cache:
+                kv = self._store("kv", kv, pos, n_keys)  # [B, T, C]
+                k_pe = self._store("pe", k_pe, pos, n_keys)  # [B, T, R]
+            # NOTE: absorb: score_h(s,t) = q_nope_h(s) . (W_k,h c_t) + q_pe_h(s) . k_pe_t
+            #                            = (W_k,h^T q_nope_h(s)) . c_t + ...: keys stay in latent space.
+            q_lat = torch.einsum("bshn,hnc->bshc", q_nope, wkv_b[:, : self.nope])  # [B, S, H, C]
+            query = torch.cat([q_lat, q_pe], dim=-1).transpose(1, 2)  # [B, H, S, C+R]
+            key = torch.cat([kv, k_pe], dim=-1)[:, None]  # [B, 1, T, C+R], shared by all heads
+            out = self._attend(query, key, kv[:, None], mask)  # [B, H, S, C]
+            z = torch.einsum("bhsc,hvc->bshv", out, wkv_b[:, self.nope :])  # [B, S, H, V]
+        else:
+            kvb = F.linear(kv, self.wkv_b.weight).view(bsz, -1, self.n_heads, self.nope + self.v_dim)
+            k_nope, v = kvb.split([self.nope, self.v_dim], dim=-1)
+            k = torch.cat([k_nope, k_pe[:, :, None].expand(-1, -1, self.n_heads, -1)], dim=-1)
+            if use_cache:
+                k = self._store("k", k, pos, n_keys)  # [B, T, H, N+R]
+                v = self._store("v", v, pos, n_keys)  # [B, T, H, V]
+            query = torch.cat([q_nope, q_pe], dim=-1).transpose(1, 2)  # [B, H, S, N+R]
+            out = self._attend(query, k.transpose(1, 2), v.transpose(1, 2), mask)  # [B, H, S, V]
+            z = out.transpose(1, 2)
+        z = self.hook_z(z)  # [B, S, H, V]
+        return self.wo(z.flatten(2))  # [B, S, D]
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None):
+        """q [B, H, S, E], k [B, 1|H, T, E], v [B, 1|H, T, F] -> [B, H, S, F]."""
+        if not self.hook_pattern.active:
+            return F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=mask is None, scale=self.softmax_scale,
+                enable_gqa=k.shape[1] != q.shape[1])
+        scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * self.softmax_scale  # [B, H, S, T]
+        if mask is None:
+            s, t = scores.shape[-2:]
+            mask = torch.ones(s, t, dtype=torch.bool, device=q.device).tril(t - s)
+        scores = scores.masked_fill(~mask, float("-inf"))
+        probs = self.hook_pattern(scores.softmax(dim=-1))  # [B, H, S, T] float32
+        return torch.matmul(probs.to(v.dtype), v)

@@ -1,0 +1,161 @@
+"""DeepSeekMoE: the router (Gate), routed experts, shared experts, and the dense SwiGLU MLP.
+
+Legend: T = tokens (batch x positions, flattened), D = model dim, E = routed experts,
+K = experts per token (top-k), G = expert groups, I = expert hidden dim.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .args import ModelArgs
+from .hooks import HookPoint
+from .layers import Linear
+
+
+class MLP(nn.Module):
+    """SwiGLU: w2(silu(w1 x) * w3 x). Dense layers and the shared experts."""
+
+    def __init__(self, dim: int, inter_dim: int, *, device=None, dtype=None) -> None:
+        super().__init__()
+        self.w1 = Linear(dim, inter_dim, device=device, dtype=dtype)
+        self.w2 = Linear(inter_dim, dim, device=device, dtype=dtype)
+        self.w3 = Linear(dim, inter_dim, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Gate(nn.Module):
+    """The router. Weight and bias are float32 and the scores are computed in float32.
+
+    1. logits = x W^T; scores = sigmoid(logits) (V3) or softmax(logits) (V2)        [T, E]
+    2. selection scores = scores + bias (sigmoid models always carry the bias)        [T, E]
+    3. if G > 1: a group's score is the sum of its top-2 selection scores (with bias)
+       or its max (no bias); experts outside the best `n_limited_groups` groups get -inf
+    4. ids = top-k of the selection scores (sorted, best first)                       [T, K]
+    5. weights = the UNBIASED scores at ids, normalised to sum 1 when `norm_topk_prob`,
+       times route_scale                                                              [T, K]
+    """
+
+    def __init__(self, args: ModelArgs, *, device=None) -> None:
+        super().__init__()
+        self.n_experts = args.n_routed_experts
+        self.topk = args.n_activated_experts
+        self.n_groups = args.n_expert_groups
+        self.topk_groups = args.n_limited_groups
+        self.score_func = args.score_func
+        self.route_scale = args.route_scale
+        self.norm_topk_prob = args.norm_topk_prob
+        self.weight = nn.Parameter(torch.empty(self.n_experts, args.dim, device=device, dtype=torch.float32))
+        # The aux-loss-free balancing bias: updated by the training loop, never by gradients.
+        if self.score_func == "sigmoid":
+            self.register_buffer("bias", torch.zeros(self.n_experts, device=device, dtype=torch.float32))
+        else:
+            self.bias = None
+
+        self.hook_logits = HookPoint()  # [T, E]
+        self.hook_scores = HookPoint()  # [T, E] unbiased scores (the weights come from these)
+        self.hook_select_scores = HookPoint()  # [T, E] biased scores used to choose, before group masking
+        self.hook_topk_ids = HookPoint()  # [T, K] chosen experts, best first
+        self.hook_topk_weights = HookPoint()  # [T, K] float32, after normalisation and route_scale
+
+    def forward(self, x_TD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns (weights_TK float32, ids_TK, scores_TE)."""
+        logits_TE = self.hook_logits(F.linear(x_TD.float(), self.weight))
+        if self.score_func == "softmax":
+            scores_TE = logits_TE.softmax(dim=-1)
+        else:
+            scores_TE = logits_TE.sigmoid()
+        scores_TE = self.hook_scores(scores_TE)
+        select_TE = scores_TE if self.bias is None else scores_TE + self.bias
+        select_TE = self.hook_select_scores(select_TE)
+        if self.n_groups > 1:
+            grouped = select_TE.unflatten(-1, (self.n_groups, -1))  # [T, G, E/G]
+            if self.bias is None:
+                group_scores_TG = grouped.amax(dim=-1)
+            else:
+                group_scores_TG = grouped.topk(2, dim=-1).values.sum(dim=-1)
+            keep_TG = torch.zeros_like(group_scores_TG, dtype=torch.bool)
+            keep_TG.scatter_(1, group_scores_TG.topk(self.topk_groups, dim=-1).indices, True)
+            select_TE = grouped.masked_fill(~keep_TG[..., None], float("-inf")).flatten(1)
+        ids_TK = self.hook_topk_ids(select_TE.topk(self.topk, dim=-1).indices)
+        # NOTE: the bias picks the experts; the weights come from the unbiased scores.
+        weights_TK = scores_TE.gather(1, ids_TK)
+        if self.norm_topk_prob:
+            weights_TK = weights_TK / weights_TK.sum(dim=-1, keepdim=True)
+        weights_TK = self.hook_topk_weights(weights_TK * self.route_scale)
+        return weights_TK, ids_TK, scores_TE
+
+    def reset_parameters(self, std: float = 0.02) -> None:
+        nn.init.normal_(self.weight, std=std)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+
+class Experts(nn.Module):
+    """The routed experts as stacked SwiGLU weights: w1, w3 [E, I, D] and w2 [E, D, I].
+
+    `expert_range` = (first, end) of the experts held here (all of them on one process; a slice
+    under expert parallelism). Tokens routed elsewhere contribute nothing here.
+    """
+
+    def __init__(self, args: ModelArgs, *, device=None, dtype=None) -> None:
+        super().__init__()
+        E, I, D = args.n_routed_experts, args.moe_inter_dim, args.dim
+        self.n_experts = E
+        self.expert_range = (0, E)
+        self.w1 = nn.Parameter(torch.empty(E, I, D, device=device, dtype=dtype))
+        self.w2 = nn.Parameter(torch.empty(E, D, I, device=device, dtype=dtype))
+        self.w3 = nn.Parameter(torch.empty(E, I, D, device=device, dtype=dtype))
+
+    def forward(self, x_TD: torch.Tensor, weights_TK: torch.Tensor, ids_TK: torch.Tensor) -> torch.Tensor:
+        T, K = ids_TK.shape
+        first, end = self.expert_range
+        flat_ids = ids_TK.flatten()  # [T*K]
+        order = flat_ids.argsort(stable=True)  # assignments grouped by expert
+        counts = torch.bincount(flat_ids, minlength=self.n_experts).tolist()
+        tok = order // K  # token of each sorted assignment
+        x_sorted = x_TD[tok]  # [T*K, D]
+        outs, start = [], 0
+        for e, n in enumerate(counts):
+            if n and first <= e < end:
+                xe = x_sorted[start : start + n]
+                le = e - first
+                h = F.silu(F.linear(xe, self.w1[le])) * F.linear(xe, self.w3[le])
+                outs.append(F.linear(h, self.w2[le]))
+            elif n:
+                outs.append(x_sorted.new_zeros(n, x_TD.shape[1]))
+            start += n
+        if not outs:
+            return torch.zeros_like(x_TD)
+        y = torch.cat(outs) * weights_TK.flatten()[order, None].to(x_TD.dtype)
+        return torch.zeros_like(x_TD).index_add_(0, tok, y)
+
+    def reset_parameters(self, std: float = 0.02) -> None:
+        for w in (self.w1, self.w2, self.w3):
+            nn.init.normal_(w, std=std)
+
+
+class MoE(nn.Module):
+    """out = sum_k weight_k * expert_{id_k}(x) + shared_experts(x); no capacity limit, no dropping."""
+
+    def __init__(self, args: ModelArgs, *, device=None, dtype=None) -> None:
+        super().__init__()
+        self.gate = Gate(args, device=device)
+        self.experts = Experts(args, device=device, dtype=dtype)
+        self.shared_experts = MLP(args.dim, args.n_shared_experts * args.moe_inter_dim,
+                                  device=device, dtype=dtype) if args.n_shared_experts else None
+        self.hook_routed_out = HookPoint()  # [B, S, D] weighted sum of the routed experts
+        self.hook_shared_out = HookPoint()  # [B, S, D] shared experts' output
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x_TD = x.reshape(-1, shape[-1])
+        weights_TK, ids_TK, _ = self.gate(x_TD)
+        routed = self.hook_routed_out(self.experts(x_TD, weights_TK, ids_TK).view(shape))
+        if self.shared_experts is None:
+            return routed
+        return routed + self.hook_shared_out(self.shared_experts(x))

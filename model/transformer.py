@@ -1,0 +1,263 @@
+"""The DeepSeek-V3 transformer: blocks, the MTP module, masks and positions, the KV cache.
+
+    model = Transformer(ModelArgs.from_name("tiny"))       # random init (or model.load(ckpt))
+    logits = model(tokens)                                   # [B, S, V] for every position
+    logits, mtp_logits = model(tokens, mtp=True)             # mtp_logits[:, i] predicts token i+2
+
+    # prefill then decode, or chunked prefill, through the static KV cache
+    model(prompt, use_cache=True); model(next_tok, start_pos=prompt.shape[1])
+
+    # a batch of different-length texts, right-padded: same logits as each text alone
+    model(padded, lengths=torch.tensor([5, 3]))
+
+Legend: B batch, S positions in this call, T key positions, D dim, V vocab.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .args import ModelArgs
+from .hooks import HookedModule, HookPoint
+from .layers import Linear, RMSNorm, rope_cos_sin, rope_inv_freq
+from .mla import MLA
+from .moe import MLP, MoE
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: h += attn(attn_norm(h)); h += ffn(ffn_norm(h))."""
+
+    def __init__(self, layer_id: int, args: ModelArgs, *, attn_impl: str = "absorb", device=None,
+                 dtype=None) -> None:
+        super().__init__()
+        kw = dict(device=device, dtype=dtype)
+        self.layer_id = layer_id
+        # NOTE: declared in the order forward() reaches them: that order is the hook-name order.
+        self.hook_resid_pre = HookPoint()  # [B, S, D] block input
+        self.attn_norm = RMSNorm(args.dim, args.norm_eps, **kw)
+        self.hook_attn_in = HookPoint()  # [B, S, D] attn_norm(h), the attention input
+        self.attn = MLA(args, attn_impl=attn_impl, **kw)
+        self.hook_attn_out = HookPoint()  # [B, S, D] attention output (after wo)
+        self.hook_resid_mid = HookPoint()  # [B, S, D] after the attention residual add
+        self.ffn_norm = RMSNorm(args.dim, args.norm_eps, **kw)
+        self.hook_ffn_in = HookPoint()  # [B, S, D] ffn_norm(h)
+        self.ffn = MoE(args, **kw) if args.is_moe_layer(layer_id) else MLP(args.dim, args.inter_dim, **kw)
+        self.hook_ffn_out = HookPoint()  # [B, S, D] MLP or MoE output (routed + shared)
+        self.hook_resid_post = HookPoint()  # [B, S, D] block output
+
+    def forward(self, h: torch.Tensor, cos, sin, pos, mask, n_keys: int, use_cache: bool) -> torch.Tensor:
+        h = self.hook_resid_pre(h)
+        a = self.hook_attn_in(self.attn_norm(h))
+        h = self.hook_resid_mid(h + self.hook_attn_out(self.attn(a, cos, sin, pos, mask, n_keys, use_cache)))
+        f = self.hook_ffn_in(self.ffn_norm(h))
+        return self.hook_resid_post(h + self.hook_ffn_out(self.ffn(f)))
+
+
+class MTP(nn.Module):
+    """One multi-token-prediction module (checkpoint layer index n_layers + k).
+
+    For position i: h' = eh_proj([enorm(emb(t_{i+1})) ; hnorm(h_i)]) (embedding first, as in the
+    released weights), one full block (MLA + MoE), then `norm` (the checkpoint's shared_head.norm)
+    and the main model's output head. Embedding and head are shared with the main model.
+    """
+
+    def __init__(self, layer_id: int, args: ModelArgs, *, attn_impl: str = "absorb", device=None,
+                 dtype=None) -> None:
+        super().__init__()
+        kw = dict(device=device, dtype=dtype)
+        self.enorm = RMSNorm(args.dim, args.norm_eps, **kw)
+        self.hnorm = RMSNorm(args.dim, args.norm_eps, **kw)
+        self.eh_proj = Linear(2 * args.dim, args.dim, **kw)
+        self.hook_in = HookPoint()  # [B, S, D] eh_proj output, the block's input
+        self.block = Block(layer_id, args, attn_impl=attn_impl, **kw)
+        self.norm = RMSNorm(args.dim, args.norm_eps, **kw)
+        self.hook_hidden = HookPoint()  # [B, S, D] after the block and norm
+        self.hook_logits = HookPoint()  # [B, S, V] predictions of token i+2
+
+    def forward(self, h, emb_next, head: nn.Module, cos, sin, pos, mask, n_keys, use_cache):
+        x = self.eh_proj(torch.cat([self.enorm(emb_next), self.hnorm(h)], dim=-1))
+        x = self.block(self.hook_in(x), cos, sin, pos, mask, n_keys, use_cache)
+        x = self.hook_hidden(self.norm(x))
+        return x, self.hook_logits(head(x))
+
+
+class Transformer(HookedModule):
+    def __init__(self, args: ModelArgs, *, attn_impl: str = "absorb", device=None, dtype=None,
+                 init: bool = True) -> None:
+        """Build the model. `dtype` defaults to `args.dtype`; the router stays float32.
+        On the meta device nothing is allocated (`init` is then ignored)."""
+        super().__init__()
+        if dtype is None:
+            dtype = getattr(torch, args.dtype)
+        kw = dict(device=device, dtype=dtype)
+        self.args = args
+        self.embed = nn.Embedding(args.vocab_size, args.dim, **kw)
+        self.hook_embed = HookPoint()  # [B, S, D]
+        self.layers = nn.ModuleList(Block(i, args, attn_impl=attn_impl, **kw) for i in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, args.norm_eps, **kw)
+        self.hook_final = HookPoint()  # [B, S, D] after the final norm (the head's input; MTP's h)
+        self.head = Linear(args.dim, args.vocab_size, **kw)
+        self.mtp = nn.ModuleList(MTP(args.n_layers + k, args, attn_impl=attn_impl, **kw)
+                                 for k in range(args.n_mtp_layers))
+        self.register_buffer("rope_inv_freq", rope_inv_freq(args).to(device), persistent=False)
+        self.setup_hooks()
+        if init and torch.device(device or "cpu").type != "meta":
+            self.reset_parameters()
+
+    # ------------------------------------------------------------------------- utilities
+    def reset_parameters(self, std: float = 0.02, seed: int | None = None) -> None:
+        """Random init (normal(0, std) weights, unit norms, zero bias), for tests and training."""
+        gen_state = None
+        if seed is not None:
+            gen_state = torch.random.get_rng_state()
+            torch.manual_seed(seed)
+        for m in self.modules():
+            if m is not self and hasattr(m, "reset_parameters"):
+                if isinstance(m, nn.Embedding):
+                    nn.init.normal_(m.weight, std=std)
+                else:
+                    m.reset_parameters()
+        if gen_state is not None:
+            torch.random.set_rng_state(gen_state)
+
+    @property
+    def attn_impl(self) -> str:
+        return self.layers[0].attn.attn_impl
+
+    @attn_impl.setter
+    def attn_impl(self, impl: str) -> None:
+        """Switch every layer between 'absorb' and 'naive' (drops the KV cache)."""
+        for m in self.modules():
+            if isinstance(m, MLA):
+                m.attn_impl = impl
+
+    def attention_modules(self) -> list[MLA]:
+        return [m for m in self.modules() if isinstance(m, MLA)]
+
+    def setup_cache(self, batch: int, length: int) -> None:
+        """Preallocate the static KV cache for `batch` rows and `length` positions."""
+        if length > self.args.max_seq_len:
+            raise ValueError(f"cache length {length} exceeds max_seq_len={self.args.max_seq_len}")
+        for m in self.attention_modules():
+            m.alloc_cache(batch, length)
+
+    def reset_cache(self) -> None:
+        for m in self.attention_modules():
+            m.cache = {}
+
+    def _ensure_cache(self, batch: int, end: int, fresh: bool) -> None:
+        rows, length = self.layers[0].attn.cache_shape
+        if not fresh and rows < batch:
+            raise ValueError(f"start_pos > 0 but the KV cache holds {rows} rows, not {batch}: "
+                             "prefill with use_cache=True first")
+        if rows >= batch and length >= end:
+            return
+        # grow by doubling, capped at max_seq_len: a static buffer, reallocated only when outgrown
+        new_len = min(self.args.max_seq_len, max(end, 2 * length, 256))
+        self.setup_cache(max(rows, batch), new_len)
+
+    # ---------------------------------------------------------------------------- forward
+    def forward(self, tokens: torch.Tensor, start_pos: int | torch.Tensor = 0, *,
+                lengths: torch.Tensor | None = None, use_cache: bool = False, mtp: bool = False,
+                return_hidden: bool = False):
+        """tokens [B, S] -> logits [B, S, V] for every position.
+
+        start_pos: where this chunk starts (an int, or a [B] tensor of per-row starts). Above 0 the
+            earlier positions are read from the KV cache, which is then required.
+        lengths: [B] valid tokens of each row in this chunk (right padding). Padding is never
+            attended to, so each row's logits equal that row alone; logits at padding are junk.
+        use_cache: write this chunk's keys into the static KV cache (for decode / chunked prefill).
+        mtp: also run the MTP module(s): returns (logits, mtp_logits [B, S-1, V]) where
+            mtp_logits[:, i] predicts token i+2 from the hidden state at i and token i+1.
+        return_hidden: also return the final-normed hidden state [B, S, D] (last element).
+        """
+        tokens = self._check_tokens(tokens)
+        bsz, seqlen = tokens.shape
+        dev = tokens.device
+        if isinstance(start_pos, torch.Tensor):
+            start = start_pos.to(device=dev, dtype=torch.long).reshape(-1).expand(bsz)
+            max_start = int(start.max())
+        else:
+            start, max_start = torch.full((bsz,), int(start_pos), device=dev, dtype=torch.long), int(start_pos)
+        if max_start > 0:
+            use_cache = True
+        end = max_start + seqlen
+        if end > self.args.max_seq_len:
+            raise ValueError(f"positions up to {end} exceed max_seq_len={self.args.max_seq_len}")
+        pos = start[:, None] + torch.arange(seqlen, device=dev)  # [B, S]
+        if use_cache:
+            self._ensure_cache(bsz, end, fresh=max_start == 0)
+        mask, n_keys = self._mask(pos, start, lengths, seqlen, end, use_cache)
+        cos, sin = rope_cos_sin(pos, self.rope_inv_freq, self.args.rope_attention_factor)
+
+        h = self.hook_embed(self.embed(tokens))
+        for layer in self.layers:
+            h = layer(h, cos, sin, pos, mask, n_keys, use_cache)
+        h = self.hook_final(self.norm(h))
+        logits = self.head(h)
+        out = [logits]
+        if mtp:
+            out.append(self.mtp_logits(h, tokens, start, lengths, use_cache))
+        if return_hidden:
+            out.append(h)
+        return out[0] if len(out) == 1 else tuple(out)
+
+    def mtp_logits(self, h: torch.Tensor, tokens: torch.Tensor, start_pos: int | torch.Tensor = 0,
+                   lengths: torch.Tensor | None = None, use_cache: bool = False,
+                   depth: int = 0) -> torch.Tensor:
+        """MTP module `depth` on final-normed hidden states h [B, S, D] of `tokens` [B, S]:
+        position i uses h_i and token i+1, so the result is [B, S-1, V], row i predicting token i+2."""
+        if not len(self.mtp):
+            raise ValueError("this model has no MTP module (the checkpoint carried no MTP weights)")
+        bsz, seqlen = tokens.shape
+        if isinstance(start_pos, int):
+            start_pos = torch.full((bsz,), start_pos, dtype=torch.long, device=tokens.device)
+        start = start_pos.to(tokens.device).reshape(-1).expand(bsz)
+        n = seqlen - 1
+        pos = start[:, None] + torch.arange(n, device=tokens.device)
+        lens = None if lengths is None else (lengths.to(tokens.device) - 1).clamp(min=0)
+        end = int(start.max()) + n
+        if use_cache:
+            self._ensure_cache(bsz, end, fresh=int(start.max()) == 0)
+        mask, n_keys = self._mask(pos, start, lens, n, end, use_cache)
+        cos, sin = rope_cos_sin(pos, self.rope_inv_freq, self.args.rope_attention_factor)
+        _, logits = self.mtp[depth](h[:, :n], self.embed(tokens[:, 1:]), self.head,
+                                    cos, sin, pos, mask, n_keys, use_cache)
+        return logits
+
+    def _mask(self, pos, start, lengths, seqlen, end, use_cache):
+        """Boolean attention mask [B, 1, S, T] (True = attend) and T, or None for plain causal.
+
+        Key t is visible to the query at absolute position p when t <= p and t lies before the
+        row's end (start + length); a padding query also sees itself, so no row is all-masked."""
+        if not use_cache and lengths is None and int(start.max()) == 0:
+            return None, seqlen
+        n_keys = end if use_cache else seqlen
+        key = torch.arange(n_keys, device=pos.device)
+        row_end = start + (lengths.to(pos.device) if lengths is not None else seqlen)
+        q = pos[:, :, None]  # [B, S, 1]
+        visible = (key <= q) & ((key < row_end[:, None, None]) | (key == q))
+        return visible[:, None], n_keys
+
+    def _check_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2:
+            shape = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+            raise ValueError(f"tokens must be a 2-D [batch, seq] tensor of token ids, got {shape}")
+        if tokens.dtype not in (torch.long, torch.int32, torch.int64):
+            raise ValueError(f"tokens must be integer token ids, got dtype {tokens.dtype}")
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.args.vocab_size):
+            raise ValueError(f"token ids must be in [0, {self.args.vocab_size}); got "
+                             f"[{int(tokens.min())}, {int(tokens.max())}]")
+        return tokens.long()
+
+    # ---------------------------------------------------------------------------- counting
+    def param_counts(self) -> dict[str, int]:
+        """Parameter counts (works on meta): total main model, activated per token, MTP module."""
+        a = self.args
+        main = sum(p.numel() for n, p in self.named_parameters() if not n.startswith("mtp."))
+        mtp = sum(p.numel() for n, p in self.named_parameters() if n.startswith("mtp."))
+        per_expert = 3 * a.dim * a.moe_inter_dim
+        inactive = a.n_moe_layers * (a.n_routed_experts - a.n_activated_experts) * per_expert
+        return {"main": main, "activated": main - inactive, "mtp": mtp,
+                "mtp_activated": mtp - len(self.mtp) * (a.n_routed_experts - a.n_activated_experts) * per_expert}
