@@ -128,7 +128,10 @@ class MLA(nn.Module):
             q_lat = torch.einsum("bshn,hnc->bshc", q_nope, wkv_b[:, : self.nope])  # [B, S, H, C]
             query = torch.cat([q_lat, q_pe], dim=-1).transpose(1, 2)  # [B, H, S, C+R]
             key = torch.cat([kv, k_pe], dim=-1)[:, None]  # [B, 1, T, C+R], shared by all heads
-            out = self._attend(query, key, kv[:, None], mask)  # [B, H, S, C]
+            # NOTE: the values are the latents, i.e. the key's first C dims: passing the whole key
+            # as value keeps q, k, v the same width (the fused SDPA kernel needs that); the extra
+            # R output dims are dropped.
+            out = self._attend(query, key, key, mask)[..., : self.kv_lora_rank]  # [B, H, S, C]
             z = torch.einsum("bhsc,hvc->bshv", out, wkv_b[:, self.nope :])  # [B, S, H, V]
         else:
             kvb = F.linear(kv, self.wkv_b.weight).view(bsz, -1, self.n_heads, self.nope + self.v_dim)
@@ -138,8 +141,10 @@ class MLA(nn.Module):
                 k = self._store("k", k, pos, n_keys)  # [B, T, H, N+R]
                 v = self._store("v", v, pos, n_keys)  # [B, T, H, V]
             query = torch.cat([q_nope, q_pe], dim=-1).transpose(1, 2)  # [B, H, S, N+R]
-            out = self._attend(query, k.transpose(1, 2), v.transpose(1, 2), mask)  # [B, H, S, V]
-            z = out.transpose(1, 2)
+            # zero-pad values to the key width so the fused SDPA kernel applies; pads dropped after
+            v_pad = F.pad(v, (0, self.nope + self.rope - self.v_dim)) if self.v_dim < self.nope + self.rope else v
+            out = self._attend(query, k.transpose(1, 2), v_pad.transpose(1, 2), mask)  # [B, H, S, N+R]
+            z = out[..., : self.v_dim].transpose(1, 2)
         z = self.hook_z(z)  # [B, S, H, V]
         return self.wo(z.flatten(2))  # [B, S, D]
 

@@ -1,0 +1,212 @@
+"""Hook points: pinned names, cached shapes, replacement semantics, scoping."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import model
+from conftest import random_model
+
+# The full ordered list for the shipped tiny config (1 dense layer, 2 MoE layers, 1 MTP module).
+# Changing a name breaks users' code: update this list only on purpose.
+TINY_HOOK_NAMES = [
+    "hook_embed",
+    "layers.0.hook_resid_pre",
+    "layers.0.hook_attn_in",
+    "layers.0.attn.hook_q_nope",
+    "layers.0.attn.hook_q_pe",
+    "layers.0.attn.hook_c_kv",
+    "layers.0.attn.hook_k_pe",
+    "layers.0.attn.hook_pattern",
+    "layers.0.attn.hook_z",
+    "layers.0.hook_attn_out",
+    "layers.0.hook_resid_mid",
+    "layers.0.hook_ffn_in",
+    "layers.0.hook_ffn_out",
+    "layers.0.hook_resid_post",
+    "layers.1.hook_resid_pre",
+    "layers.1.hook_attn_in",
+    "layers.1.attn.hook_q_nope",
+    "layers.1.attn.hook_q_pe",
+    "layers.1.attn.hook_c_kv",
+    "layers.1.attn.hook_k_pe",
+    "layers.1.attn.hook_pattern",
+    "layers.1.attn.hook_z",
+    "layers.1.hook_attn_out",
+    "layers.1.hook_resid_mid",
+    "layers.1.hook_ffn_in",
+    "layers.1.ffn.gate.hook_logits",
+    "layers.1.ffn.gate.hook_scores",
+    "layers.1.ffn.gate.hook_select_scores",
+    "layers.1.ffn.gate.hook_topk_ids",
+    "layers.1.ffn.gate.hook_topk_weights",
+    "layers.1.ffn.hook_routed_out",
+    "layers.1.ffn.hook_shared_out",
+    "layers.1.hook_ffn_out",
+    "layers.1.hook_resid_post",
+    "layers.2.hook_resid_pre",
+    "layers.2.hook_attn_in",
+    "layers.2.attn.hook_q_nope",
+    "layers.2.attn.hook_q_pe",
+    "layers.2.attn.hook_c_kv",
+    "layers.2.attn.hook_k_pe",
+    "layers.2.attn.hook_pattern",
+    "layers.2.attn.hook_z",
+    "layers.2.hook_attn_out",
+    "layers.2.hook_resid_mid",
+    "layers.2.hook_ffn_in",
+    "layers.2.ffn.gate.hook_logits",
+    "layers.2.ffn.gate.hook_scores",
+    "layers.2.ffn.gate.hook_select_scores",
+    "layers.2.ffn.gate.hook_topk_ids",
+    "layers.2.ffn.gate.hook_topk_weights",
+    "layers.2.ffn.hook_routed_out",
+    "layers.2.ffn.hook_shared_out",
+    "layers.2.hook_ffn_out",
+    "layers.2.hook_resid_post",
+    "hook_final",
+    "mtp.0.hook_in",
+    "mtp.0.block.hook_resid_pre",
+    "mtp.0.block.hook_attn_in",
+    "mtp.0.block.attn.hook_q_nope",
+    "mtp.0.block.attn.hook_q_pe",
+    "mtp.0.block.attn.hook_c_kv",
+    "mtp.0.block.attn.hook_k_pe",
+    "mtp.0.block.attn.hook_pattern",
+    "mtp.0.block.attn.hook_z",
+    "mtp.0.block.hook_attn_out",
+    "mtp.0.block.hook_resid_mid",
+    "mtp.0.block.hook_ffn_in",
+    "mtp.0.block.ffn.gate.hook_logits",
+    "mtp.0.block.ffn.gate.hook_scores",
+    "mtp.0.block.ffn.gate.hook_select_scores",
+    "mtp.0.block.ffn.gate.hook_topk_ids",
+    "mtp.0.block.ffn.gate.hook_topk_weights",
+    "mtp.0.block.ffn.hook_routed_out",
+    "mtp.0.block.ffn.hook_shared_out",
+    "mtp.0.block.hook_ffn_out",
+    "mtp.0.block.hook_resid_post",
+    "mtp.0.hook_hidden",
+    "mtp.0.hook_logits",
+]
+
+
+def test_pinned_hook_names():
+    m = model.Transformer(model.ModelArgs.from_name("tiny"))
+    assert m.hook_names() == TINY_HOOK_NAMES
+
+
+def test_hook_names_follow_forward_order():
+    m = random_model("tiny")
+    seen = []
+    with m.hooks([(lambda n: True, lambda t, hook: seen.append(hook.name))]):
+        m(torch.zeros(1, 4, dtype=torch.long), mtp=True)
+    assert seen == TINY_HOOK_NAMES
+
+
+def test_run_with_cache_shapes():
+    m = random_model("tiny")
+    a = m.args
+    B, S = 2, 9
+    T, H, K, E = B * S, a.n_heads, a.n_activated_experts, a.n_routed_experts
+    (logits, mtp_logits), cache = m.run_with_cache(torch.zeros(B, S, dtype=torch.long), mtp=True)
+    assert "layers.0.attn.hook_pattern" not in cache  # opt-in
+    D, C, R, N, V = a.dim, a.kv_lora_rank, a.qk_rope_head_dim, a.qk_nope_head_dim, a.v_head_dim
+    expect = {
+        "hook_embed": (B, S, D), "hook_final": (B, S, D),
+        "layers.0.hook_resid_pre": (B, S, D), "layers.0.hook_attn_in": (B, S, D),
+        "layers.0.attn.hook_q_nope": (B, S, H, N), "layers.0.attn.hook_q_pe": (B, S, H, R),
+        "layers.0.attn.hook_c_kv": (B, S, C), "layers.0.attn.hook_k_pe": (B, S, R),
+        "layers.0.attn.hook_z": (B, S, H, V), "layers.0.hook_attn_out": (B, S, D),
+        "layers.0.hook_resid_mid": (B, S, D), "layers.0.hook_ffn_out": (B, S, D),
+        "layers.1.ffn.gate.hook_logits": (T, E), "layers.1.ffn.gate.hook_scores": (T, E),
+        "layers.1.ffn.gate.hook_select_scores": (T, E), "layers.1.ffn.gate.hook_topk_ids": (T, K),
+        "layers.1.ffn.gate.hook_topk_weights": (T, K), "layers.1.ffn.hook_routed_out": (B, S, D),
+        "layers.1.ffn.hook_shared_out": (B, S, D), "layers.2.hook_resid_post": (B, S, D),
+        "mtp.0.hook_in": (B, S - 1, D), "mtp.0.block.ffn.gate.hook_topk_ids": ((S - 1) * B, K),
+        "mtp.0.hook_hidden": (B, S - 1, D), "mtp.0.hook_logits": (B, S - 1, a.vocab_size),
+    }
+    for name, shape in expect.items():
+        assert tuple(cache[name].shape) == shape, name
+    assert set(cache) == set(TINY_HOOK_NAMES) - {n for n in TINY_HOOK_NAMES if n.endswith("hook_pattern")}
+    assert torch.equal(cache["hook_final"], cache["hook_final"].detach())
+    assert torch.allclose(cache["mtp.0.hook_logits"], mtp_logits)
+
+
+def test_cached_values_are_consistent():
+    m = random_model("tiny", seed=2)
+    x = torch.randint(0, 512, (2, 7))
+    logits, c = m.run_with_cache(x)
+    g = "layers.1.ffn.gate."
+    w, ids, scores = c[g + "hook_topk_weights"], c[g + "hook_topk_ids"], c[g + "hook_scores"]
+    # weights come from the UNBIASED scores, normalised and scaled
+    s = scores.gather(1, ids)
+    assert torch.allclose(w, s / s.sum(-1, keepdim=True) * m.args.route_scale)
+    # the bias only enters the selection scores
+    assert torch.allclose(c[g + "hook_select_scores"] - scores, m.layers[1].ffn.gate.bias.expand_as(scores))
+    assert torch.allclose(c["layers.1.hook_resid_post"],
+                          c["layers.1.hook_resid_mid"] + c["layers.1.hook_ffn_out"], atol=1e-6)
+    assert torch.allclose(c["layers.1.hook_ffn_out"],
+                          c["layers.1.ffn.hook_routed_out"] + c["layers.1.ffn.hook_shared_out"], atol=1e-6)
+    assert torch.allclose(logits, m.head(c["hook_final"]), atol=1e-6)
+
+
+def test_attention_pattern_opt_in():
+    m = random_model("tiny", seed=3)
+    x = torch.randint(0, 512, (2, 6))
+    ref = m(x)
+    out, c = m.run_with_cache(x, names="layers.*.attn.hook_pattern")
+    p = c["layers.2.attn.hook_pattern"]
+    assert p.shape == (2, m.args.n_heads, 6, 6)
+    assert torch.allclose(p.sum(-1), torch.ones(2, m.args.n_heads, 6))
+    assert p.triu(1).abs().max() == 0  # causal
+    assert torch.allclose(out, ref, atol=1e-5)  # the materialised path computes the same thing
+
+
+def test_replacing_hooks_change_the_output_as_expected():
+    m = random_model("tiny", seed=4)
+    x = torch.randint(0, 512, (2, 8))
+    # zero the last block's output: the final norm of zeros is zero, so the logits are exactly 0
+    with m.hooks([("layers.2.hook_resid_post", lambda t, hook: torch.zeros_like(t))]):
+        assert m(x).abs().max() == 0
+    # removing layer 1's FFN through its hook equals skipping the FFN by hand
+    with m.hooks([("layers.1.hook_ffn_out", lambda t, hook: torch.zeros_like(t))]):
+        ablated, c = m.run_with_cache(x, names=["layers.1.hook_resid_mid", "layers.2.hook_resid_pre"])
+    assert torch.equal(c["layers.1.hook_resid_mid"], c["layers.2.hook_resid_pre"])
+    # masking an expert's selection score to -inf: it is never chosen, and the output changes
+    ids = m.run_with_cache(x, names="layers.1.ffn.gate.hook_topk_ids")[1]["layers.1.ffn.gate.hook_topk_ids"]
+    hot = int(ids.flatten().mode().values)
+
+    def mask_expert(s, hook):
+        s = s.clone()
+        s[:, hot] = float("-inf")
+        return s
+
+    with m.hooks([("layers.1.ffn.gate.hook_select_scores", mask_expert)]):
+        out, c = m.run_with_cache(x, names="layers.1.ffn.gate.hook_topk_ids")
+    assert not (c["layers.1.ffn.gate.hook_topk_ids"] == hot).any()
+    assert (out - m(x)).abs().max() > 1e-4
+
+
+def test_hooks_are_scoped_and_detached_on_error():
+    m = random_model("tiny")
+    x = torch.zeros(1, 3, dtype=torch.long)
+    calls = []
+    with pytest.raises(RuntimeError, match="boom"):
+        with m.hooks([("layers.*.hook_resid_pre", lambda t, hook: calls.append(1))]):
+            m(x)
+            raise RuntimeError("boom")
+    assert len(calls) == 3
+    assert all(not hp.active for hp in m.hook_points.values())
+    m(x)
+    assert len(calls) == 3
+
+
+def test_unknown_hook_names_are_errors():
+    m = random_model("tiny")
+    with pytest.raises(model.HookError, match="no hook point named 'layers.9.hook_resid_pre'"):
+        m.run_with_cache(torch.zeros(1, 2, dtype=torch.long), names=["layers.9.hook_resid_pre"])
+    with pytest.raises(model.HookError, match="matches no hook point"):
+        with m.hooks([("nothing.*", lambda t, hook: None)]):
+            pass
