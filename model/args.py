@@ -219,7 +219,10 @@ class ModelArgs:
                 "beta_fast": self.beta_fast, "beta_slow": self.beta_slow,
                 "mscale": self.mscale, "mscale_all_dim": self.mscale,
             }
-            if self.rope_attention_factor != 1.0:
+            # readers derive the cos/sin factor from mscale / mscale_all_dim unless it is given:
+            # write it whenever that derivation would not give ours back
+            derived = 1.0 if self.mscale else _yarn_mscale(self.rope_factor, 1.0)
+            if self.rope_attention_factor != derived:
                 cfg["rope_scaling"]["attention_factor"] = self.rope_attention_factor
         else:
             cfg["rope_scaling"] = None
@@ -277,6 +280,9 @@ def _from_hf(cfg: dict[str, Any], where: str) -> ModelArgs:
     if missing:
         raise ConfigError(f"{where}: missing required keys {missing}")
     kw: dict[str, Any] = {ours: cfg[hf] for hf, ours in _HF_KEYS.items() if cfg.get(hf) is not None}
+    for k in ("bos_token_id", "eos_token_id"):  # an explicit null means "no such token", not the default
+        if k in cfg and cfg[k] is None:
+            kw[k] = None
     kw["model_type"] = model_type
     if model_type == "deepseek_v2":  # V2 defaults where its config leaves keys out
         kw.setdefault("n_mtp_layers", 0)

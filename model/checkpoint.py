@@ -331,7 +331,8 @@ def save(model: Transformer, path: str | os.PathLike, *, fp8: bool = False,
             tensors.append((hf, t.to(out_dtype)))
     for k in range(len(model.mtp)):
         for hf, ours in MTP_SHARED.items():
-            tensors.append((f"model.layers.{args.n_layers + k}.{hf}", state[ours].to(out_dtype)))
+            # NOTE: copy=True: safetensors refuses to write two names that share memory
+            tensors.append((f"model.layers.{args.n_layers + k}.{hf}", state[ours].to(out_dtype, copy=True)))
 
     shards: list[list[tuple[str, torch.Tensor]]] = [[]]
     size = 0

@@ -1,0 +1,288 @@
+"""ModelArgs: reading published Hugging Face configs, the shipped JSONs, round trips, YaRN, bad configs.
+
+    python -m pytest tests/test_args.py -q
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from model import ConfigError, ModelArgs
+from model.layers import rope_inv_freq
+
+from conftest import HF_TINY
+
+TINY_HF = HF_TINY | {"model_type": "deepseek_v3"}  # conftest's kwargs for DeepseekV3Config, as a config.json
+
+# The published DeepSeek-V3 config.json (its architecture and routing keys; the remaining keys,
+# such as auto_map or initializer_range, do not describe the model's arithmetic).
+V3_HF = {
+    "architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3",
+    "attention_bias": False, "attention_dropout": 0.0, "aux_loss_alpha": 0.001, "ep_size": 1,
+    "bos_token_id": 0, "eos_token_id": 1, "first_k_dense_replace": 3, "hidden_act": "silu",
+    "hidden_size": 7168, "initializer_range": 0.02, "intermediate_size": 18432, "kv_lora_rank": 512,
+    "max_position_embeddings": 163840, "moe_intermediate_size": 2048, "moe_layer_freq": 1,
+    "n_group": 8, "n_routed_experts": 256, "n_shared_experts": 1, "norm_topk_prob": True,
+    "num_attention_heads": 128, "num_experts_per_tok": 8, "num_hidden_layers": 61, "num_key_value_heads": 128,
+    "num_nextn_predict_layers": 1, "pretraining_tp": 1, "q_lora_rank": 1536, "qk_nope_head_dim": 128,
+    "qk_rope_head_dim": 64,
+    "quantization_config": {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+                            "weight_block_size": [128, 128]},
+    "rms_norm_eps": 1e-06,
+    "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 1.0, "mscale_all_dim": 1.0,
+                     "original_max_position_embeddings": 4096, "type": "yarn"},
+    "rope_theta": 10000, "routed_scaling_factor": 2.5, "scoring_func": "sigmoid", "seq_aux": True,
+    "tie_word_embeddings": False, "topk_group": 4, "topk_method": "noaux_tc", "torch_dtype": "bfloat16",
+    "use_cache": True, "v_head_dim": 128, "vocab_size": 129280,
+}
+# DeepSeek-V2 (236B): softmax routing, group-limited greedy, no renormalisation, scale 16.
+V2_HF = {
+    "architectures": ["DeepseekV2ForCausalLM"], "model_type": "deepseek_v2",
+    "attention_bias": False, "bos_token_id": 100000, "eos_token_id": 100001, "first_k_dense_replace": 1,
+    "hidden_act": "silu", "hidden_size": 5120, "intermediate_size": 12288, "kv_lora_rank": 512,
+    "max_position_embeddings": 163840, "moe_intermediate_size": 1536, "moe_layer_freq": 1, "n_group": 8,
+    "n_routed_experts": 160, "n_shared_experts": 2, "norm_topk_prob": False, "num_attention_heads": 128,
+    "num_experts_per_tok": 6, "num_hidden_layers": 60, "num_key_value_heads": 128, "q_lora_rank": 1536,
+    "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "rms_norm_eps": 1e-06,
+    "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 0.707, "mscale_all_dim": 0.707,
+                     "original_max_position_embeddings": 4096, "type": "yarn"},
+    "rope_theta": 10000, "routed_scaling_factor": 16.0, "scoring_func": "softmax", "seq_aux": True,
+    "tie_word_embeddings": False, "topk_group": 3, "topk_method": "group_limited_greedy",
+    "torch_dtype": "bfloat16", "v_head_dim": 128, "vocab_size": 102400,
+}
+# DeepSeek-V2-Lite (16B): no query LoRA, one expert group, plain greedy top-k.
+V2_LITE_HF = V2_HF | {
+    "hidden_size": 2048, "intermediate_size": 10944, "moe_intermediate_size": 1408, "n_group": 1,
+    "n_routed_experts": 64, "num_attention_heads": 16, "num_key_value_heads": 16, "num_hidden_layers": 27,
+    "q_lora_rank": None, "routed_scaling_factor": 1.0, "topk_group": 1, "topk_method": "greedy",
+}
+
+
+# ------------------------------------------------------------------------- published configs
+def test_v3_published_config():
+    a = ModelArgs.from_hf_config(V3_HF)
+    assert a.softmax_scale == pytest.approx(0.1352338, abs=5e-8)
+    assert a.softmax_scale == pytest.approx(192**-0.5 * (1 + 0.1 * math.log(40)) ** 2, rel=1e-12)
+    assert (a.dim, a.n_layers, a.n_dense_layers, a.n_heads, a.vocab_size) == (7168, 61, 3, 128, 129280)
+    assert (a.n_routed_experts, a.n_activated_experts, a.n_expert_groups, a.n_limited_groups) == (256, 8, 8, 4)
+    assert (a.score_func, a.route_scale, a.norm_topk_prob) == ("sigmoid", 2.5, True)
+    assert (a.q_lora_rank, a.kv_lora_rank, a.qk_head_dim) == (1536, 512, 192)
+    assert (a.rope_type, a.rope_factor, a.original_seq_len, a.mscale, a.rope_attention_factor) == \
+        ("yarn", 40.0, 4096, 1.0, 1.0)
+    assert a.quant_block == (128, 128) and a.scale_fmt is None and a.dtype == "bfloat16"
+    assert a.n_mtp_layers == 1
+    assert a == ModelArgs.from_name("671B")
+
+
+def test_v31_config_has_ue8m0_scales():
+    cfg = json.loads(json.dumps(V3_HF))
+    cfg["quantization_config"]["scale_fmt"] = "ue8m0"
+    a = ModelArgs.from_hf_config(cfg)
+    assert a.scale_fmt == "ue8m0"
+    assert a == ModelArgs.from_name("V3.1")
+
+
+def test_v2_config():
+    a = ModelArgs.from_hf_config(V2_HF)
+    assert a.model_type == "deepseek_v2"
+    assert (a.score_func, a.norm_topk_prob, a.route_scale) == ("softmax", False, 16.0)
+    assert (a.n_expert_groups, a.n_limited_groups, a.n_activated_experts) == (8, 3, 6)
+    assert a.n_mtp_layers == 0 and a.quant_block is None
+    assert a.mscale == 0.707 and a.rope_attention_factor == 1.0  # mscale / mscale_all_dim = 1
+    assert a.softmax_scale == pytest.approx(192**-0.5 * (1 + 0.1 * 0.707 * math.log(40)) ** 2, rel=1e-12)
+    assert a == ModelArgs.from_name("236B")
+
+
+def test_v2_lite_config():
+    a = ModelArgs.from_hf_config(V2_LITE_HF)
+    assert a.q_lora_rank == 0  # null -> a single full-rank wq
+    assert (a.n_expert_groups, a.n_limited_groups) == (1, 1)
+    assert (a.score_func, a.norm_topk_prob, a.route_scale, a.n_activated_experts) == ("softmax", False, 1.0, 6)
+    assert a.mscale == 0.707
+    assert a == ModelArgs.from_name("16B")
+
+
+def test_greedy_topk_method_lifts_the_group_limit():
+    # topk_method greedy means no group limit whatever n_group says
+    a = ModelArgs.from_hf_config(V2_HF | {"topk_method": "greedy"})
+    assert a.n_limited_groups == a.n_expert_groups == 8
+
+
+def test_rope_parameters_transformers5_style():
+    cfg = {k: v for k, v in V3_HF.items() if k not in ("rope_scaling", "rope_theta")}
+    cfg["rope_parameters"] = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 40.0,
+                              "original_max_position_embeddings": 4096, "beta_fast": 32.0, "beta_slow": 1.0,
+                              "mscale": 1.0, "mscale_all_dim": 1.0}
+    assert ModelArgs.from_hf_config(cfg) == ModelArgs.from_hf_config(V3_HF)
+    # a different theta in rope_parameters is honoured
+    cfg["rope_parameters"]["rope_theta"] = 50000.0
+    assert ModelArgs.from_hf_config(cfg).rope_theta == 50000.0
+    # plain RoPE: no YaRN, no softmax-scale correction
+    cfg["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0}
+    a = ModelArgs.from_hf_config(cfg)
+    assert a.rope_type == "default" and not a.yarn
+    assert a.softmax_scale == pytest.approx(192**-0.5)
+
+
+def test_config_written_by_transformers():
+    """transformers 5 turns `rope_scaling` into `rope_parameters`: both spellings give the same args."""
+    from transformers import DeepseekV3Config
+
+    ours = ModelArgs.from_hf_config(TINY_HF)
+    hf = DeepseekV3Config(**HF_TINY).to_dict()
+    assert "rope_parameters" in hf
+    assert ModelArgs.from_hf_config(hf) == ours
+    assert (ours.dim, ours.n_heads, ours.rope_factor, ours.original_seq_len) == (72, 4, 4.0, 64)
+
+
+def test_from_hf_config_reads_dir_and_file(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(V3_HF))
+    assert ModelArgs.from_hf_config(tmp_path) == ModelArgs.from_hf_config(tmp_path / "config.json") \
+        == ModelArgs.from_hf_config(V3_HF)
+    with pytest.raises(ConfigError, match="config.json"):
+        ModelArgs.from_hf_config(tmp_path / "missing")
+
+
+def test_yarn_without_mscale_all_dim():
+    # no mscale_all_dim: no softmax-scale correction, cos/sin scaled by 0.1 ln(factor) + 1
+    rope = {k: v for k, v in V3_HF["rope_scaling"].items() if k not in ("mscale", "mscale_all_dim")}
+    a = ModelArgs.from_hf_config(V3_HF | {"rope_scaling": rope})
+    assert a.softmax_scale == pytest.approx(192**-0.5)
+    assert a.rope_attention_factor == pytest.approx(1 + 0.1 * math.log(40))
+    # an explicit attention_factor wins
+    b = ModelArgs.from_hf_config(V3_HF | {"rope_scaling": rope | {"attention_factor": 1.0}})
+    assert b.rope_attention_factor == 1.0
+
+
+# ------------------------------------------------------------------------------ shipped JSONs
+@pytest.mark.parametrize("name", ["671B", "V3.1", "236B", "16B", "tiny"])
+def test_shipped_configs_load_and_round_trip(name):
+    a = ModelArgs.from_name(name)
+    assert a == ModelArgs.from_dict(a.to_dict())
+    hf = a.to_hf_config()
+    json.dumps(hf)  # serialisable
+    assert hf["model_type"] == a.model_type
+    assert ModelArgs.from_hf_config(hf) == a
+    assert ModelArgs.from_hf_config(json.loads(json.dumps(hf))) == a
+
+
+def test_shipped_config_values():
+    assert ModelArgs.from_name("tiny").dtype == "float32"
+    assert ModelArgs.from_name("V3.1").scale_fmt == "ue8m0"
+    assert ModelArgs.from_name("16B").q_lora_rank == 0
+    assert ModelArgs.from_name("671B").quant_block == (128, 128)
+    with pytest.raises(ConfigError, match="671B"):  # the message lists what is available
+        ModelArgs.from_name("70B")
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(rope_attention_factor=1.25),
+    dict(mscale=0.0),  # yarn without mscale_all_dim, cos/sin factor 1
+    dict(mscale=0.0, rope_attention_factor=1.3),
+    dict(mscale=0.707),
+    dict(q_lora_rank=0, n_expert_groups=1, n_limited_groups=1, score_func="softmax", norm_topk_prob=False,
+         model_type="deepseek_v2", n_mtp_layers=0),
+    dict(n_shared_experts=0, eos_token_id=[1, 2], bos_token_id=None),
+])
+def test_round_trip_variants(overrides):
+    a = ModelArgs.from_dict(ModelArgs.from_name("tiny").to_dict() | overrides)
+    assert ModelArgs.from_hf_config(a.to_hf_config()) == a
+
+
+def test_round_trip_plain_rope_is_a_fixed_point():
+    """Plain RoPE ignores the YaRN fields; from HF config on, the round trip is exact."""
+    cfg = TINY_HF | {"rope_scaling": None}
+    a = ModelArgs.from_hf_config(cfg)
+    assert not a.yarn
+    assert ModelArgs.from_hf_config(a.to_hf_config()) == a
+
+
+# ------------------------------------------------------------------------------------- YaRN
+def test_yarn_correction_range_671B():
+    a = ModelArgs.from_name("671B")
+    d, L0, theta = a.qk_rope_head_dim, a.original_seq_len, a.rope_theta
+
+    def corr(rotations):  # the pair index whose wavelength fits `rotations` times into L0
+        return d * math.log(L0 / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+    low, high = math.floor(corr(a.beta_fast)), math.ceil(corr(a.beta_slow))
+    assert (low, high) == (10, 23)
+
+    base = 1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
+    got = rope_inv_freq(a).double()
+    assert got.shape == (d // 2,)
+    untouched = torch.isclose(got, base, rtol=1e-6, atol=0)
+    interpolated = torch.isclose(got, base / a.rope_factor, rtol=1e-6, atol=0)
+    assert untouched.nonzero().flatten().tolist() == list(range(0, low + 1))  # ramp 0 at index low
+    assert interpolated.nonzero().flatten().tolist() == list(range(high, d // 2))  # ramp 1 from high
+    mid = slice(low + 1, high)
+    assert ((got[mid] < base[mid]) & (got[mid] > base[mid] / a.rope_factor)).all()
+    # in between, a linear blend: keep = 1 - (i - low) / (high - low)
+    i = torch.arange(d // 2, dtype=torch.float64)
+    keep = 1 - ((i - low) / (high - low)).clamp(0, 1)
+    assert torch.allclose(got, base * keep + base / a.rope_factor * (1 - keep), rtol=1e-6, atol=0)
+
+
+def test_plain_rope_frequencies():
+    a = ModelArgs.from_hf_config(TINY_HF | {"rope_scaling": None})
+    d = a.qk_rope_head_dim
+    want = 1.0 / a.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
+    assert torch.allclose(rope_inv_freq(a).double(), want, rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------- bad configs
+@pytest.mark.parametrize("overrides,fields", [
+    (dict(n_routed_experts=10), ["n_routed_experts", "n_expert_groups"]),  # 10 experts in 4 groups
+    (dict(n_activated_experts=9), ["n_activated_experts", "n_limited_groups"]),  # > 2 groups x 4 experts
+    (dict(n_limited_groups=5), ["n_limited_groups"]),
+    (dict(qk_rope_head_dim=7), ["qk_rope_head_dim"]),
+    (dict(score_func="relu"), ["score_func", "relu"]),
+    (dict(rope_type="longrope"), ["rope_type"]),
+    (dict(dim=0), ["dim"]),
+    (dict(n_dense_layers=4), ["n_dense_layers"]),
+    (dict(n_expert_groups=16, n_limited_groups=4, n_activated_experts=4), ["experts per group"]),
+])
+def test_invalid_args(overrides, fields):
+    with pytest.raises(ConfigError) as ei:
+        ModelArgs.from_dict(ModelArgs.from_name("tiny").to_dict() | overrides)
+    msg = str(ei.value)
+    assert "\n" not in msg
+    for f in fields:
+        assert f in msg, f"{f!r} not in {msg!r}"
+
+
+@pytest.mark.parametrize("overrides,fields", [
+    (dict(n_group=5), ["config dict", "n_routed_experts", "n_expert_groups"]),
+    (dict(num_experts_per_tok=9), ["config dict", "n_activated_experts"]),
+    (dict(qk_rope_head_dim=7), ["config dict", "qk_rope_head_dim"]),
+    (dict(scoring_func="relu"), ["config dict", "score_func", "relu"]),
+    (dict(model_type="llama"), ["config dict", "model_type", "llama"]),
+    (dict(hidden_size=None), ["config dict", "hidden_size"]),
+    (dict(moe_layer_freq=2), ["moe_layer_freq"]),
+    (dict(rope_scaling={"type": "linear", "factor": 2.0}), ["rope type", "linear"]),
+    (dict(quantization_config={"quant_method": "gptq"}), ["quant_method", "gptq"]),
+])
+def test_invalid_hf_config(overrides, fields):
+    with pytest.raises(ConfigError) as ei:
+        ModelArgs.from_hf_config(TINY_HF | overrides)
+    msg = str(ei.value)
+    assert "\n" not in msg
+    for f in fields:
+        assert f in msg, f"{f!r} not in {msg!r}"
+
+
+def test_invalid_hf_config_file_is_named(tmp_path):
+    p = tmp_path / "config.json"
+    p.write_text(json.dumps(TINY_HF | {"n_group": 5}))
+    with pytest.raises(ConfigError, match=str(p)):
+        ModelArgs.from_hf_config(tmp_path)
+
+
+def test_unknown_field():
+    with pytest.raises(ConfigError, match="n_experts"):
+        ModelArgs.from_dict(ModelArgs.from_name("tiny").to_dict() | {"n_experts": 3})
+    assert issubclass(ConfigError, ValueError)

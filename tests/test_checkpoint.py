@@ -1,0 +1,497 @@
+"""Checkpoints: FP8 blocks, the loading variants, counts on the meta device, and bad input.
+
+    python -m pytest tests/test_checkpoint.py -q -s      # -s shows the parameter counts
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import model
+import model.checkpoint as ckpt
+from model import CheckpointError, ModelArgs, Transformer
+from model.fp8 import FP8_MAX, dequantize_block, quantize_block
+
+from conftest import load_hf, random_model
+
+# Dims that are not multiples of 128, some above it: every FP8 weight has partial edge blocks and
+# several have full ones too (wq_a 136x200, w1 300x200, experts 136x200 / 200x136, wo 200x32).
+FP8_OVERRIDES = dict(vocab_size=97, dim=200, inter_dim=300, moe_inter_dim=136, n_layers=2, n_heads=2,
+                     q_lora_rank=136, kv_lora_rank=24)
+BLOCK = (128, 128)
+
+
+def tokens_for(m: Transformer, seed: int = 0, shape=(2, 9)) -> torch.Tensor:
+    return torch.randint(0, m.args.vocab_size, shape, generator=torch.Generator().manual_seed(seed))
+
+
+def assert_close_rel(got: torch.Tensor, want: torch.Tensor, rel: float) -> None:
+    """|got - want| <= rel * max|want| everywhere."""
+    err = (got.float() - want.float()).abs().max().item()
+    scale = want.float().abs().max().item()
+    assert err <= rel * scale, f"max abs error {err:.3g} > {rel:g} x max|ref| {scale:.3g}"
+
+
+def edit_tensors(file: Path, fn) -> None:
+    """Rewrite one .safetensors file through fn(dict) -> dict."""
+    tensors = fn(load_file(file))
+    save_file(tensors, str(file), metadata={"format": "pt"})
+
+
+def edit_config(d: Path, fn) -> None:
+    p = d / "config.json"
+    p.write_text(json.dumps(fn(json.loads(p.read_text()))))
+
+
+# ------------------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def tiny():
+    return random_model("tiny", seed=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tiny, tmp_path_factory) -> Path:
+    """The tiny model (with its MTP module) as one float32 model.safetensors."""
+    d = tmp_path_factory.mktemp("tiny_ckpt")
+    model.save(tiny, d)
+    return d
+
+
+@pytest.fixture
+def tiny_copy(tiny_dir, tmp_path) -> Path:
+    """A private copy of `tiny_dir` that a test may damage."""
+    return Path(shutil.copytree(tiny_dir, tmp_path / "ckpt"))
+
+
+@pytest.fixture(scope="module")
+def fp8_model():
+    return random_model("tiny", seed=1, **FP8_OVERRIDES)
+
+
+@pytest.fixture(scope="module")
+def fp8_dir(fp8_model, tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("fp8_ckpt")
+    model.save(fp8_model, d, fp8=True)
+    return d
+
+
+# ----------------------------------------------------------------------------------------- FP8
+def blockwise_dequant_loop(q: torch.Tensor, s: torch.Tensor, block=BLOCK) -> torch.Tensor:
+    """An independent dequantisation: one slice per block, W = Q * scale_inv."""
+    out = torch.empty(q.shape, dtype=torch.float32)
+    for i in range(s.shape[0]):
+        for j in range(s.shape[1]):
+            rows = slice(i * block[0], (i + 1) * block[0])
+            cols = slice(j * block[1], (j + 1) * block[1])
+            out[rows, cols] = q[rows, cols].float() * s[i, j]
+    return out
+
+
+def test_quantize_block_round_trip_error_and_scale_shapes():
+    g = torch.Generator().manual_seed(0)
+    o, i = 300, 200  # blocks: rows 128,128,44 x cols 128,72
+    w = torch.randn(o, i, generator=g)
+    # a different magnitude in every block (1e-4 .. 1e2), heavy tails, and one all-zero block
+    mags = torch.tensor([[1e-4, 1e-1], [1.0, 30.0], [1e2, 0.0]])
+    w = w * mags.repeat_interleave(128, 0).repeat_interleave(128, 1)[:o, :i]
+    w[5, 7] = 40.0 * w.abs().max()  # an outlier: the rest of its block falls into small FP8 values
+    q, s = quantize_block(w, BLOCK)
+
+    assert q.dtype == torch.float8_e4m3fn and s.dtype == torch.float32
+    assert tuple(s.shape) == (math.ceil(o / 128), math.ceil(i / 128)) == (3, 2)
+    assert q.float().abs().max() <= FP8_MAX
+    deq = dequantize_block(q, s, BLOCK)
+    assert deq.dtype == torch.float32 and deq.shape == w.shape
+    assert torch.equal(deq, blockwise_dequant_loop(q, s))
+    # the largest element of every non-empty block is stored as +-448 (scale = amax / 448)
+    for bi in range(3):
+        for bj in range(2):
+            blk = q[bi * 128:(bi + 1) * 128, bj * 128:(bj + 1) * 128].float().abs()
+            if mags[bi, bj] > 0:
+                assert blk.max() == FP8_MAX
+    assert torch.equal(deq[256:, 128:], torch.zeros_like(deq[256:, 128:]))  # the zero block stays zero
+
+    # Error bound. x = w / s lies in [-448, 448]. e4m3 has 3 mantissa bits: a normal x (|x| >= 2^-6)
+    # rounds with error <= half a spacing = 2^-4 |x|; a subnormal one (spacing 2^-9) with error
+    # <= 2^-10. So |deq - w| <= max(2^-4 |w|, 2^-10 s), plus float32 rounding of the divide and
+    # multiply (a few 2^-24 |w|).
+    s_el = s.repeat_interleave(128, 0).repeat_interleave(128, 1)[:o, :i]
+    err = (deq - w).abs()
+    bound = torch.maximum(2.0**-4 * w.abs(), 2.0**-10 * s_el) + 2.0**-20 * w.abs()
+    assert (err <= bound).all(), f"worst excess {(err - bound).max().item():.3g}"
+    # the bound is nearly reached (so this checks FP8 rounding really happened, not a float copy)
+    normal = w.abs() >= 2.0**-6 * s_el
+    worst_rel = (err[normal] / w.abs()[normal]).max().item()
+    assert 2.0**-5 < worst_rel <= 2.0**-4 * (1 + 1e-5)
+    assert (err[~normal] > 0).any()  # the outlier's block has subnormal entries, also rounded
+
+
+def test_dequantize_block_rejects_wrong_scale_shape():
+    q, s = quantize_block(torch.randn(300, 200), BLOCK)
+    with pytest.raises(ValueError, match="scale shape"):
+        dequantize_block(q, s[:2], BLOCK)
+
+
+def test_fp8_checkpoint_layout(fp8_dir, fp8_model):
+    sd = load_file(fp8_dir / "model.safetensors")
+    cfg = json.loads((fp8_dir / "config.json").read_text())
+    assert cfg["quantization_config"]["quant_method"] == "fp8"
+    assert cfg["quantization_config"]["weight_block_size"] == [128, 128]
+    fp8 = {k: t for k, t in sd.items() if t.dtype == torch.float8_e4m3fn}
+    assert fp8, "no FP8 tensors written"
+    partial_and_full = 0
+    for k, t in fp8.items():
+        s = sd[k + "_scale_inv"]
+        assert s.dtype == torch.float32
+        assert tuple(s.shape) == (math.ceil(t.shape[0] / 128), math.ceil(t.shape[1] / 128)), k
+        partial_and_full += any(n > 128 and n % 128 for n in t.shape)
+    assert partial_and_full >= 5  # weights with a full block and a partial edge block
+    # never FP8: embedding, head, norms, router weight and bias
+    for k in ("model.embed_tokens.weight", "lm_head.weight", "model.norm.weight",
+              "model.layers.1.mlp.gate.weight", "model.layers.1.mlp.gate.e_score_correction_bias",
+              "model.layers.1.input_layernorm.weight"):
+        assert sd[k].dtype == torch.float32, k
+    # every FP8-capable projection of the model was quantised (layer 2 is the MTP block)
+    for hf, _, _, is_fp8 in ckpt.ours_to_hf(fp8_model):
+        assert (hf in fp8) == is_fp8, hf
+
+
+def test_fp8_checkpoint_logits_equal_dequantised_checkpoint(fp8_dir, fp8_model, tmp_path):
+    # Reference: dequantise every FP8 tensor ourselves and save a plain float32 checkpoint.
+    sd = load_file(fp8_dir / "model.safetensors")
+    plain = {}
+    for k, t in sd.items():
+        if k.endswith("_scale_inv"):
+            continue
+        if t.dtype == torch.float8_e4m3fn:
+            s = sd[k + "_scale_inv"]
+            plain[k] = dequantize_block(t, s, BLOCK)
+            assert torch.equal(plain[k], blockwise_dequant_loop(t, s))
+        else:
+            plain[k] = t.float()
+    ref_dir = tmp_path / "dequantised"
+    ref_dir.mkdir()
+    save_file(plain, str(ref_dir / "model.safetensors"), metadata={"format": "pt"})
+    cfg = json.loads((fp8_dir / "config.json").read_text())
+    del cfg["quantization_config"]
+    cfg["torch_dtype"] = "float32"
+    (ref_dir / "config.json").write_text(json.dumps(cfg))
+
+    ref = model.load(ref_dir, dtype=torch.float32)
+    got = model.load(fp8_dir, dtype=torch.float32)
+    assert next(got.parameters()).dtype == torch.float32
+    tok = tokens_for(got)
+    ref_logits, ref_mtp = ref(tok, mtp=True)
+    got_logits, got_mtp = got(tok, mtp=True)
+    assert_close_rel(got_logits, ref_logits, 1e-6)
+    assert_close_rel(got_mtp, ref_mtp, 1e-6)
+    # Negative control: the FP8 model is NOT the unquantised original (rounding really happened;
+    # its logits can differ a lot, as rounding flips some routing choices), but every weight is
+    # within FP8 rounding (2^-4 relative, or 2^-10 of its block scale) of the original.
+    orig = fp8_model(tok)
+    assert (got_logits - orig).abs().max() > 1e-4 * orig.abs().max()
+    for name, w in fp8_model.named_parameters():
+        w8 = got.get_parameter(name)
+        amax = w.detach().abs().max()
+        assert ((w8 - w).abs() <= 2.0**-4 * w.abs() + 2.0**-10 * amax / FP8_MAX + 1e-7 * amax).all(), name
+
+
+def test_fp8_checkpoint_default_dtype_is_bf16_with_fp32_router(fp8_dir):
+    m = model.load(fp8_dir)
+    assert m.args.quant_block == (128, 128)
+    assert next(p for n, p in m.named_parameters() if "gate" not in n).dtype == torch.bfloat16
+    assert m.layers[0].attn.wq_a.weight.dtype == torch.bfloat16
+    for blk in (m.layers[1], m.mtp[0].block):
+        assert blk.ffn.gate.weight.dtype == torch.float32
+        assert blk.ffn.gate.bias.dtype == torch.float32
+    assert torch.isfinite(m(tokens_for(m))).all()
+
+
+# ------------------------------------------------------------------------------- loading variants
+def test_single_file_round_trip(tiny, tiny_dir):
+    assert sorted(p.name for p in tiny_dir.iterdir()) == ["config.json", "model.safetensors"]
+    m = model.load(tiny_dir)
+    assert m.args == tiny.args and m.args.dtype == "float32"
+    assert not m.training
+    want = tiny.state_dict()
+    got = m.state_dict()
+    assert set(got) == set(want)
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
+    tok = tokens_for(m)
+    assert torch.equal(m(tok), tiny(tok))
+
+
+@pytest.fixture(scope="module")
+def sharded_dir(tiny, tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("sharded")
+    model.save(tiny, d, max_shard_bytes=300_000)
+    return d
+
+
+def test_sharded_with_index(tiny, sharded_dir):
+    shards = sorted(sharded_dir.glob("*.safetensors"))
+    assert len(shards) >= 3, [s.name for s in shards]
+    index = json.loads((sharded_dir / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"].values()) == {s.name for s in shards}
+    on_disk = set()
+    for s in shards:
+        on_disk |= set(load_file(s))
+    assert set(index["weight_map"]) == on_disk
+    m = model.load(sharded_dir)
+    tok = tokens_for(m)
+    a, b = m(tok, mtp=True), tiny(tok, mtp=True)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_sharded_without_index(tiny, sharded_dir, tmp_path):
+    d = Path(shutil.copytree(sharded_dir, tmp_path / "noindex"))
+    (d / "model.safetensors.index.json").unlink()
+    assert len(list(d.glob("*.safetensors"))) >= 3
+    m = model.load(d)
+    tok = tokens_for(m)
+    assert torch.equal(m(tok), tiny(tok))
+    assert len(m.mtp) == 1
+
+
+def test_mtp_weights_round_trip(tiny, tiny_dir):
+    n = tiny.args.n_layers
+    names = set(load_file(tiny_dir / "model.safetensors"))
+    assert f"model.layers.{n}.eh_proj.weight" in names
+    assert f"model.layers.{n}.shared_head.head.weight" in names  # copies, as published
+    assert f"model.layers.{n}.embed_tokens.weight" in names
+    m = model.load(tiny_dir)
+    assert len(m.mtp) == 1 and m.args.extra["mtp_weights"]
+    tok = tokens_for(m, shape=(2, 11))
+    before = tiny(tok, mtp=True)[1]
+    after = m(tok, mtp=True)[1]
+    assert after.shape == (2, 10, tiny.args.vocab_size)
+    assert torch.equal(after, before)
+
+
+def test_checkpoint_without_mtp_layer_loads_without_mtp(tiny, tiny_copy):
+    prefix = f"model.layers.{tiny.args.n_layers}."
+    edit_tensors(tiny_copy / "model.safetensors",
+                 lambda sd: {k: v for k, v in sd.items() if not k.startswith(prefix)})
+    m = model.load(tiny_copy)
+    assert len(m.mtp) == 0 and m.args.n_mtp_layers == 0 and not m.args.extra["mtp_weights"]
+    tok = tokens_for(m)
+    assert torch.equal(m(tok), tiny(tok))
+    with pytest.raises(ValueError, match="no MTP module"):
+        m(tok, mtp=True)
+
+
+@pytest.mark.parametrize("overrides", [
+    {},
+    dict(mscale=0.0),  # YaRN without mscale_all_dim: config.json must spell out attention_factor 1.0
+    dict(rope_attention_factor=1.2),
+])
+def test_transformers_reads_our_checkpoint(overrides, tiny, tiny_dir, tmp_path):
+    m, d = tiny, tiny_dir
+    if overrides:
+        m = random_model("tiny", seed=2, **overrides)
+        d = tmp_path / "ckpt"
+        model.save(m, d)
+        assert model.load(d).args == m.args
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf = load_hf(d)
+    tok = tokens_for(m, seed=3, shape=(2, 13))
+    with torch.no_grad():
+        want = hf(tok).logits
+        got = m(tok)
+    assert_close_rel(got, want, 1e-4)
+    # Negative control: without the balancing bias the routing changes and the check fails.
+    with torch.no_grad():
+        off = model.load(d)
+        for layer in off.layers[off.args.n_dense_layers:]:
+            layer.ffn.gate.bias.zero_()
+        off_logits = off(tok)
+    assert (off_logits - want).abs().max() > 1e-3 * want.abs().max()
+
+
+def test_load_on_meta_reads_no_tensor_data(tiny, tiny_dir, monkeypatch):
+    real_open = ckpt.safe_open
+
+    class HeaderOnly:
+        """safe_open, except that reading tensor data fails."""
+
+        def __init__(self, *a, **kw):
+            self._h = real_open(*a, **kw)
+
+        def __enter__(self):
+            self._h.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self._h.__exit__(*exc)
+
+        def keys(self):
+            return self._h.keys()
+
+        def get_slice(self, name):
+            sl = self._h.get_slice(name)
+
+            class Shape:  # only the header fields
+                def get_shape(self):
+                    return sl.get_shape()
+
+                def get_dtype(self):
+                    return sl.get_dtype()
+
+            return Shape()
+
+        def get_tensor(self, name):
+            raise AssertionError(f"tensor data read: {name}")
+
+    monkeypatch.setattr(ckpt, "safe_open", HeaderOnly)
+    m = model.load(tiny_dir, device="meta")
+    assert isinstance(m, Transformer)
+    assert all(p.is_meta for p in m.parameters())
+    assert m.args == tiny.args and len(m.mtp) == 1
+    assert {n: p.shape for n, p in m.named_parameters()} == {n: p.shape for n, p in tiny.named_parameters()}
+    with pytest.raises(AssertionError, match="tensor data read"):  # the patch does bite
+        model.load(tiny_dir)
+
+
+# ------------------------------------------------------------------------------ counts on meta
+def meta_counts(name: str) -> dict[str, int]:
+    args = ModelArgs.from_name(name)
+    with torch.device("meta"):
+        m = Transformer(args)
+    assert all(p.is_meta for p in m.parameters())
+    return m.param_counts() | {"embed": args.vocab_size * args.dim}
+
+
+def test_param_counts_671B():
+    c = meta_counts("671B")
+    mtp_stored = c["mtp"] + 2 * c["embed"]  # + the embedding and head copies in layer 61
+    print(f"\n671B: main {c['main'] / 1e9:.3f}B, activated {c['activated'] / 1e9:.3f}B, MTP unique "
+          f"{c['mtp'] / 1e9:.3f}B (activated {c['mtp_activated'] / 1e9:.3f}B), MTP as stored "
+          f"{mtp_stored / 1e9:.3f}B, on disk {(c['main'] + mtp_stored) / 1e9:.3f}B")
+    assert abs(c["main"] / 671e9 - 1) < 0.01
+    assert abs(c["activated"] / 37e9 - 1) < 0.03
+    assert abs(c["mtp"] / 11.6e9 - 1) < 0.01
+    assert abs(mtp_stored / 14e9 - 1) < 0.05
+    assert abs((c["main"] + mtp_stored) / 685e9 - 1) < 0.01
+
+
+@pytest.mark.parametrize("name,total,activated", [("236B", 236e9, 21e9), ("16B", 15.7e9, None)])
+def test_param_counts_v2(name, total, activated):
+    c = meta_counts(name)
+    print(f"\n{name}: main {c['main'] / 1e9:.3f}B, activated {c['activated'] / 1e9:.3f}B, MTP {c['mtp']}")
+    assert abs(c["main"] / total - 1) < 0.01
+    if activated:
+        assert abs(c["activated"] / activated - 1) < 0.03
+    assert c["mtp"] == 0
+
+
+# ------------------------------------------------------------------------------------ bad input
+def load_error(path, *needles) -> str:
+    """model.load(path) must raise a one-line CheckpointError containing every needle."""
+    with pytest.raises(CheckpointError) as ei:
+        model.load(path)
+    msg = str(ei.value)
+    assert isinstance(ei.value, ValueError)
+    assert "\n" not in msg, msg
+    for n in needles:
+        assert str(n) in msg, f"{n!r} not in {msg!r}"
+    return msg
+
+
+def test_error_no_config(tiny_copy):
+    (tiny_copy / "config.json").unlink()
+    load_error(tiny_copy, tiny_copy, "config.json")
+
+
+@pytest.mark.parametrize("name", ["model.layers.1.self_attn.kv_b_proj.weight", "lm_head.weight",
+                                  "model.layers.2.mlp.experts.7.down_proj.weight",
+                                  "model.layers.3.eh_proj.weight"])  # the MTP layer, partly present
+def test_error_missing_tensor(tiny_copy, name):
+    edit_tensors(tiny_copy / "model.safetensors", lambda sd: {k: v for k, v in sd.items() if k != name})
+    load_error(tiny_copy, tiny_copy.resolve(), "missing", name)
+
+
+@pytest.mark.parametrize("name", ["model.layers.1.mlp.foo.weight", "model.layers.9.input_layernorm.weight",
+                                  "model.layers.1.mlp.experts.16.up_proj.weight", "something_else"])
+def test_error_unexpected_tensor(tiny_copy, name):
+    f = tiny_copy / "model.safetensors"
+    edit_tensors(f, lambda sd: sd | {name: torch.zeros(32, 64)})
+    load_error(tiny_copy, f, name)
+
+
+def test_error_wrong_shape(tiny_copy):
+    f = tiny_copy / "model.safetensors"
+    name = "model.layers.0.self_attn.q_b_proj.weight"
+    edit_tensors(f, lambda sd: sd | {name: sd[name][:-1]})
+    load_error(tiny_copy, f, name, "shape")
+
+
+def test_error_wrong_expert_shape(tiny_copy):
+    f = tiny_copy / "model.safetensors"
+    name = "model.layers.1.mlp.experts.3.gate_proj.weight"
+    edit_tensors(f, lambda sd: sd | {name: sd[name].T.contiguous()})
+    load_error(tiny_copy, f, name, "shape")
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.999, 6])
+def test_error_truncated_file(tiny_copy, keep):
+    f = tiny_copy / "model.safetensors"
+    data = f.read_bytes()
+    f.write_bytes(data[: int(len(data) * keep) if keep < 1 else keep])
+    load_error(tiny_copy, f)
+
+
+def test_error_unsupported_model_type(tiny_copy):
+    edit_config(tiny_copy, lambda c: c | {"model_type": "llama"})
+    load_error(tiny_copy, tiny_copy / "config.json", "llama")
+
+
+def test_error_config_not_json(tiny_copy):
+    (tiny_copy / "config.json").write_text("{not json\n\n")
+    load_error(tiny_copy, tiny_copy / "config.json")
+
+
+def test_error_missing_shard(sharded_dir, tmp_path):
+    d = Path(shutil.copytree(sharded_dir, tmp_path / "ckpt"))
+    shard = sorted(d.glob("*.safetensors"))[1]
+    shard.unlink()
+    load_error(d, shard, "model.safetensors.index.json")
+
+
+def test_error_index_names_tensor_not_in_shard(sharded_dir, tmp_path):
+    d = Path(shutil.copytree(sharded_dir, tmp_path / "ckpt"))
+    p = d / "model.safetensors.index.json"
+    index = json.loads(p.read_text())
+    index["weight_map"]["model.layers.0.extra.weight"] = next(iter(index["weight_map"].values()))
+    p.write_text(json.dumps(index))
+    load_error(d, "model.layers.0.extra.weight")
+
+
+def test_error_fp8_weight_without_scale(fp8_dir, tmp_path):
+    d = Path(shutil.copytree(fp8_dir, tmp_path / "ckpt"))
+    f = d / "model.safetensors"
+    name = "model.layers.1.mlp.experts.5.up_proj.weight"
+    edit_tensors(f, lambda sd: {k: v for k, v in sd.items() if k != name + "_scale_inv"})
+    load_error(d, f, name, "scale_inv")
+
+
+def test_error_fp8_scale_wrong_shape(fp8_dir, tmp_path):
+    d = Path(shutil.copytree(fp8_dir, tmp_path / "ckpt"))
+    f = d / "model.safetensors"
+    name = "model.layers.0.mlp.down_proj.weight_scale_inv"
+    edit_tensors(f, lambda sd: sd | {name: sd[name][:, :1].contiguous()})
+    load_error(d, f, name, "shape")
+
+
+def test_error_not_a_directory(tiny_dir, tmp_path):
+    load_error(tiny_dir / "model.safetensors", tiny_dir / "model.safetensors", "not a checkpoint directory")
+    load_error(tmp_path / "nowhere", tmp_path / "nowhere")
