@@ -112,27 +112,27 @@ class Experts(nn.Module):
         self.w3 = nn.Parameter(torch.empty(E, I, D, device=device, dtype=dtype))
 
     def forward(self, x_TD: torch.Tensor, weights_TK: torch.Tensor, ids_TK: torch.Tensor) -> torch.Tensor:
-        T, K = ids_TK.shape
+        K = ids_TK.shape[1]
         first, end = self.expert_range
         flat_ids = ids_TK.flatten()  # [T*K]
         order = flat_ids.argsort(stable=True)  # assignments grouped by expert
         counts = torch.bincount(flat_ids, minlength=self.n_experts).tolist()
-        tok = order // K  # token of each sorted assignment
-        x_sorted = x_TD[tok]  # [T*K, D]
-        outs, start = [], 0
+        tok_A = order // K  # token of each sorted assignment (A = T*K assignments)
+        w_A = weights_TK.flatten()[order].to(x_TD.dtype)
+        out_TD = torch.zeros_like(x_TD)
+        # NOTE: one expert at a time, gathering and scattering only its own tokens: no [T*K, D]
+        # temporaries (on CPU their allocation and first touch cost more than the GEMMs).
+        start = 0
         for e, n in enumerate(counts):
             if n and first <= e < end:
-                xe = x_sorted[start : start + n]
+                tok = tok_A[start : start + n]
+                xe = x_TD.index_select(0, tok)  # [n, D]
                 le = e - first
-                h = F.silu(F.linear(xe, self.w1[le])) * F.linear(xe, self.w3[le])
-                outs.append(F.linear(h, self.w2[le]))
-            elif n:
-                outs.append(x_sorted.new_zeros(n, x_TD.shape[1]))
+                # the routing weight scales the [n, I] hidden state: w * (h W2^T) == (w * h) W2^T
+                h = F.silu(F.linear(xe, self.w1[le])) * F.linear(xe, self.w3[le]) * w_A[start : start + n, None]
+                out_TD.index_add_(0, tok, F.linear(h, self.w2[le]))
             start += n
-        if not outs:
-            return torch.zeros_like(x_TD)
-        y = torch.cat(outs) * weights_TK.flatten()[order, None].to(x_TD.dtype)
-        return torch.zeros_like(x_TD).index_add_(0, tok, y)
+        return out_TD
 
     def reset_parameters(self, std: float = 0.02) -> None:
         for w in (self.w1, self.w2, self.w3):
