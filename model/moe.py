@@ -12,6 +12,8 @@ from torch import nn
 
 from .args import ModelArgs
 from .hooks import HookPoint
+from .fp8 import quantize_block
+from .kernels import act_quant, fp8_gemm
 from .layers import Linear
 
 
@@ -59,6 +61,7 @@ class Gate(nn.Module):
         self.hook_logits = HookPoint()  # [T, E]
         self.hook_scores = HookPoint()  # [T, E] unbiased scores (the weights come from these)
         self.hook_select_scores = HookPoint()  # [T, E] biased scores used to choose, before group masking
+        self.hook_allowed_scores = HookPoint()  # [T, E] selection scores after group masking (-inf = excluded)
         self.hook_topk_ids = HookPoint()  # [T, K] chosen experts, best first
         self.hook_topk_weights = HookPoint()  # [T, K] float32, after normalisation and route_scale
 
@@ -81,6 +84,7 @@ class Gate(nn.Module):
             keep_TG = torch.zeros_like(group_scores_TG, dtype=torch.bool)
             keep_TG.scatter_(1, group_scores_TG.topk(self.topk_groups, dim=-1).indices, True)
             select_TE = grouped.masked_fill(~keep_TG[..., None], float("-inf")).flatten(1)
+        select_TE = self.hook_allowed_scores(select_TE)
         ids_TK = self.hook_topk_ids(select_TE.topk(self.topk, dim=-1).indices)
         # NOTE: the bias picks the experts; the weights come from the unbiased scores.
         weights_TK = scores_TE.gather(1, ids_TK)
@@ -100,7 +104,13 @@ class Experts(nn.Module):
 
     `expert_range` = (first, end) of the experts held here (all of them on one process; a slice
     under expert parallelism). Tokens routed elsewhere contribute nothing here.
+
+    FP8 resident (`make_fp8_()`, or `model.load(..., gemm_impl="fp8")`): w1/w2/w3 are float8_e4m3fn
+    with block scales `w1_scale_inv` etc. [E, ceil(out/b), ceil(in/b)] (b = 128), and every expert
+    GEMM is the block-scaled FP8 GEMM of `model.kernels` (the input quantised once for w1 and w3).
     """
+
+    WEIGHTS = ("w1", "w2", "w3")
 
     def __init__(self, args: ModelArgs, *, device=None, dtype=None) -> None:
         super().__init__()
@@ -110,6 +120,10 @@ class Experts(nn.Module):
         self.w1 = nn.Parameter(torch.empty(E, I, D, device=device, dtype=dtype))
         self.w2 = nn.Parameter(torch.empty(E, D, I, device=device, dtype=dtype))
         self.w3 = nn.Parameter(torch.empty(E, I, D, device=device, dtype=dtype))
+        for name in self.WEIGHTS:  # float32 block scales once FP8 resident
+            self.register_buffer(f"{name}_scale_inv", None)
+        self.block: int | None = None
+        self.scale_fmt: str | None = None
 
     def forward(self, x_TD: torch.Tensor, weights_TK: torch.Tensor, ids_TK: torch.Tensor) -> torch.Tensor:
         K = ids_TK.shape[1]
@@ -120,6 +134,7 @@ class Experts(nn.Module):
         tok_A = order // K  # token of each sorted assignment (A = T*K assignments)
         w_A = weights_TK.flatten()[order].to(x_TD.dtype)
         out_TD = torch.zeros_like(x_TD)
+        fp8_in = self.w1_scale_inv is not None or self.w3_scale_inv is not None
         # NOTE: one expert at a time, gathering and scattering only its own tokens: no [T*K, D]
         # temporaries (on CPU their allocation and first touch cost more than the GEMMs).
         start = 0
@@ -128,15 +143,60 @@ class Experts(nn.Module):
                 tok = tok_A[start : start + n]
                 xe = x_TD.index_select(0, tok)  # [n, D]
                 le = e - first
+                xq = act_quant(xe, self.block, self.scale_fmt) if fp8_in else None
                 # the routing weight scales the [n, I] hidden state: w * (h W2^T) == (w * h) W2^T
-                h = F.silu(F.linear(xe, self.w1[le])) * F.linear(xe, self.w3[le]) * w_A[start : start + n, None]
-                out_TD.index_add_(0, tok, F.linear(h, self.w2[le]))
+                h = (F.silu(self._linear(xe, "w1", le, xq)) * self._linear(xe, "w3", le, xq)
+                     * w_A[start : start + n, None])
+                out_TD.index_add_(0, tok, self._linear(h, "w2", le))
             start += n
         return out_TD
 
+    def _linear(self, x: torch.Tensor, name: str, le: int, xq=None) -> torch.Tensor:
+        """x W^T for local expert `le`'s weight `name`; xq = (q, s) reuses a quantised x."""
+        w, s = getattr(self, name)[le], getattr(self, f"{name}_scale_inv")
+        if s is None:
+            return F.linear(x, w)
+        if w.dtype != torch.float8_e4m3fn:
+            raise RuntimeError(f"FP8-resident experts hold a {w.dtype} {name} (was the model cast with .to(dtype)?)")
+        if xq is None:
+            xq = act_quant(x, self.block, self.scale_fmt)
+        return fp8_gemm(*xq, w, s[le], self.block, x.dtype)
+
+    def make_fp8_(self, block: int = 128, scale_fmt: str | None = None,
+                  names: tuple[str, ...] = WEIGHTS) -> "Experts":
+        """Switch `names` to FP8-resident storage in place (quantised per expert; on the meta
+        device only the storage changes and the loader fills it)."""
+        if scale_fmt not in (None, "ue8m0"):
+            raise ValueError(f"scale_fmt={scale_fmt!r} must be None or 'ue8m0'")
+        for name in names:
+            if getattr(self, f"{name}_scale_inv") is not None:
+                raise ValueError(f"experts' {name} is already FP8 resident")
+            w = getattr(self, name).detach()
+            nb = (w.shape[0], -(-w.shape[1] // block), -(-w.shape[2] // block))
+            if w.device.type == "meta":
+                q = torch.empty(w.shape, dtype=torch.float8_e4m3fn, device=w.device)
+                s = torch.empty(nb, dtype=torch.float32, device=w.device)
+            else:
+                qs = [quantize_block(we, (block, block)) for we in w]
+                q = torch.stack([a for a, _ in qs]) if qs else w.to(torch.float8_e4m3fn)
+                s = torch.stack([b for _, b in qs]) if qs else torch.empty(nb, dtype=torch.float32)
+            setattr(self, name, nn.Parameter(q, requires_grad=False))
+            setattr(self, f"{name}_scale_inv", s)
+        self.block, self.scale_fmt = block, scale_fmt
+        return self
+
     def reset_parameters(self, std: float = 0.02) -> None:
-        for w in (self.w1, self.w2, self.w3):
-            nn.init.normal_(w, std=std)
+        for name in self.WEIGHTS:
+            w, s = getattr(self, name), getattr(self, f"{name}_scale_inv")
+            if s is None:
+                nn.init.normal_(w, std=std)
+                continue
+            with torch.no_grad():  # draw dense, store quantised
+                for e in range(w.shape[0]):
+                    q, sc = quantize_block(torch.empty(w.shape[1:], device=w.device).normal_(std=std),
+                                           (self.block, self.block))
+                    w[e].copy_(q)
+                    s[e].copy_(sc)
 
 
 class MoE(nn.Module):

@@ -83,3 +83,55 @@ def hf_tiny_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def tiny_model():
     return random_model("tiny", seed=0)
+
+
+# ------------------------------------------------------------------ probe fixtures
+_WORDS = ("the quick brown fox jumps over a lazy dog while cats sleep in the warm sun and "
+          "rivers run down to the sea under grey skies").split()
+
+
+def make_corpus(root: Path, docs_per_domain: int = 6, seed: int = 0, scale: int = 1) -> Path:
+    """A small two-domain corpus directory (prose, code); `scale` multiplies document lengths."""
+    import random
+
+    rng = random.Random(seed)
+    for dom in ("code", "prose"):
+        (root / dom).mkdir(parents=True, exist_ok=True)
+    for i in range(docs_per_domain):
+        n = rng.randint(20, 300) * scale
+        (root / "prose" / f"d{i}.txt").write_text(" ".join(rng.choice(_WORDS) for _ in range(n)))
+        body = "\n".join(f"def f{j}(x):\n    return x * {j} + {i}" for j in range(rng.randint(3, 40) * scale))
+        (root / "code" / f"c{i}.py").write_text(body)
+    return root
+
+
+def make_tokenizer(texts_dir: Path, path: Path, vocab_size: int = 300) -> Path:
+    """A byte-level BPE trained on the corpus files (deterministic)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tr = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<bos>", "<eos>"], show_progress=False,
+                             initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train(sorted(str(p) for p in Path(texts_dir).rglob("*") if p.is_file()), tr)
+    tok.save(str(path))
+    return path
+
+
+def make_probe_ckpt(root: Path, corpus: Path, seed: int = 0) -> Path:
+    """A random tiny checkpoint (with MTP) plus a tokenizer trained on `corpus`."""
+    import model
+
+    m = random_model("tiny", seed=seed)
+    model.save(m, root)
+    make_tokenizer(corpus, root / "tokenizer.json")
+    return root
+
+
+@pytest.fixture(scope="session")
+def probe_env(tmp_path_factory):
+    base = tmp_path_factory.mktemp("probe_env")
+    corpus = make_corpus(base / "corpus")
+    ckpt = make_probe_ckpt(base / "ckpt", corpus)
+    return {"base": base, "corpus": corpus, "ckpt": ckpt}

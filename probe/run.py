@@ -1,0 +1,88 @@
+"""Reading a run back: `probe.open_run(path)`.
+
+    run = probe.open_run("runs/x")
+    run.info["status"]                      # run.json as a dict
+    df = run.df("routing", columns=["layer", "expert_ids"])    # pandas
+    rel = run.rel("expert_load")            # a DuckDB relation (lazy, nothing loaded yet)
+    run.sql("select layer, sum(count) from expert_load group by layer").df()
+
+Only committed part files are read (temporary files of a running or killed job are ignored).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .schema import TABLES
+from .writer import RunError, read_run_json
+
+
+class Run:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.info = read_run_json(self.path)
+        self._con = None
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r}, status={self.status!r}, tables={self.tables})"
+
+    @property
+    def status(self) -> str:
+        return self.info.get("status", "unknown")
+
+    @property
+    def tables(self) -> list[str]:
+        """Tables that have at least one committed part file."""
+        return [t for t in TABLES if self.files(t)]
+
+    def files(self, table: str) -> list[Path]:
+        if table not in TABLES:
+            raise RunError(f"unknown table {table!r}; tables are {list(TABLES)}")
+        d = self.path / table
+        return sorted(d.glob("*.parquet")) if d.is_dir() else []
+
+    def arrow(self, table: str, columns: list[str] | None = None) -> pa.Table:
+        files = self.files(table)
+        schema = TABLES[table]
+        if not files:
+            return schema.empty_table().select(columns) if columns else schema.empty_table()
+        try:
+            parts = [pq.read_table(f, columns=columns, schema=schema) for f in files]
+        except (pa.ArrowInvalid, OSError) as e:
+            raise RunError(f"{self.path / table}: unreadable part file ({e})") from None
+        return pa.concat_tables(parts)
+
+    def df(self, table: str, columns: list[str] | None = None):
+        """The table as a pandas DataFrame (loads it; prefer `rel`/`sql` for big tables)."""
+        return self.arrow(table, columns).to_pandas()
+
+    @property
+    def con(self):
+        """A DuckDB connection with one view per table."""
+        if self._con is None:
+            import duckdb
+
+            self._con = duckdb.connect()
+            for t in TABLES:
+                files = self.files(t)
+                if files:
+                    lst = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
+                    self._con.execute(f"create view {t} as select * from read_parquet([{lst}])")
+                else:
+                    self._con.register(t, TABLES[t].empty_table())
+        return self._con
+
+    def rel(self, table: str):
+        if table not in TABLES:
+            raise RunError(f"unknown table {table!r}; tables are {list(TABLES)}")
+        return self.con.table(table)
+
+    def sql(self, query: str):
+        return self.con.sql(query)
+
+
+def open_run(path: str | Path) -> Run:
+    return Run(path)

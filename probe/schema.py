@@ -1,0 +1,141 @@
+"""Every table of a run directory: its columns, types and meaning, in one place.
+
+A run directory holds `run.json` and one Parquet dataset (a folder of part files) per table:
+
+    runs/NAME/run.json
+    runs/NAME/tokens/r000-b0000000-0000063.parquet   (rank 0, global batches 0..63)
+    runs/NAME/routing/...   expert_load/...   mtp/...   kv_stats/...   kv_spectrum/...
+
+`TABLES[name]` is the pyarrow schema; `DOCS[name]` documents each column (the README's table
+reference is generated from it). Definitions follow `shared/docs/metrics.md`.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+K_LIST = pa.list_(pa.uint16())  # expert ids (K per token)
+
+TABLES: dict[str, pa.Schema] = {
+    "tokens": pa.schema([
+        ("doc_id", pa.string()),
+        ("seq_id", pa.int64()),
+        ("pos", pa.int32()),
+        ("doc_pos", pa.int64()),
+        ("token_id", pa.int32()),
+        ("domain", pa.string()),
+        ("loss", pa.float32()),
+    ]),
+    "routing": pa.schema([
+        ("seq_id", pa.int64()),
+        ("pos", pa.int32()),
+        ("layer", pa.int16()),
+        ("expert_ids", K_LIST),
+        ("expert_weights", pa.list_(pa.float32())),
+        ("margin_k", pa.float32()),
+        ("margin_1", pa.float32()),
+        ("scores", pa.list_(pa.float32())),
+    ]),
+    "expert_load": pa.schema([
+        ("step", pa.int64()),
+        ("layer", pa.int16()),
+        ("expert", pa.int32()),
+        ("domain", pa.string()),
+        ("count", pa.int64()),
+        ("weight_sum", pa.float64()),
+        ("tokens", pa.int64()),
+    ]),
+    "mtp": pa.schema([
+        ("seq_id", pa.int64()),
+        ("pos", pa.int32()),
+        ("domain", pa.string()),
+        ("mtp_top1", pa.int32()),
+        ("main_top1", pa.int32()),
+        ("agree", pa.bool_()),
+        ("target", pa.int32()),
+        ("mtp_loss", pa.float32()),
+    ]),
+    "kv_stats": pa.schema([
+        ("layer", pa.int16()),
+        ("tokens", pa.int64()),
+        ("latent_dim", pa.int32()),
+        ("latent_norm_mean", pa.float64()),
+        ("latent_norm_std", pa.float64()),
+        ("latent_norm_min", pa.float64()),
+        ("latent_norm_max", pa.float64()),
+        ("k_pe_norm_mean", pa.float64()),
+        ("k_pe_norm_std", pa.float64()),
+        ("k_pe_norm_min", pa.float64()),
+        ("k_pe_norm_max", pa.float64()),
+        ("channel_mean", pa.list_(pa.float64())),
+        ("channel_var", pa.list_(pa.float64())),
+        ("effective_rank", pa.float64()),
+        ("energy90", pa.int32()),
+        ("energy95", pa.int32()),
+        ("energy99", pa.int32()),
+        ("bytes_absorb", pa.int64()),
+        ("bytes_naive", pa.int64()),
+        ("bytes_mha", pa.int64()),
+    ]),
+    "kv_spectrum": pa.schema([
+        ("layer", pa.int16()),
+        ("component", pa.int32()),
+        ("eigenvalue", pa.float64()),
+    ]),
+}
+
+DOCS: dict[str, dict[str, str]] = {
+    "tokens": {
+        "doc_id": "document id (the corpus record's `id`, else `relative/path` or `file:line`)",
+        "seq_id": "global index of the sequence window (documents are cut into windows of --seq-len)",
+        "pos": "position inside the window (0-based; the model sees each window on its own)",
+        "doc_pos": "position inside the whole document (window start + pos)",
+        "token_id": "token id",
+        "domain": "corpus domain (sub-folder name, or the record's `domain`)",
+        "loss": "surprisal of this token: -log p(token | earlier tokens of the window) under the main "
+                "model, nats; null at pos 0",
+    },
+    "routing": {
+        "seq_id": "window (joins tokens)", "pos": "position in the window",
+        "layer": "MoE layer index (dense layers have no rows)",
+        "expert_ids": "the K chosen experts, best selection score first",
+        "expert_weights": "their weights (unbiased scores, normalised, times route_scale)",
+        "margin_k": "selection score of the K-th chosen minus the best unchosen allowed expert "
+                    "(distance to a different route; null when no expert is left)",
+        "margin_1": "top-1 selection score minus the best unchosen allowed expert",
+        "scores": "every routed expert's unbiased score [E] (--router-logits full, on the --sample "
+                  "fraction of tokens; null elsewhere)",
+    },
+    "expert_load": {
+        "step": "global batch index", "layer": "MoE layer", "expert": "routed expert id",
+        "domain": "domain of the tokens", "count": "top-k assignments of this batch's tokens of this domain",
+        "weight_sum": "sum of their routing weights",
+        "tokens": "tokens of this domain in this batch (mean load = tokens*K/E); every expert has a "
+                  "row, zero counts included",
+    },
+    "mtp": {
+        "seq_id": "window", "pos": "position i (the MTP module sees h_i and token i+1)", "domain": "domain",
+        "mtp_top1": "MTP module's top-1 prediction of token i+2",
+        "main_top1": "main model's top-1 prediction at position i+1 (also of token i+2)",
+        "agree": "mtp_top1 == main_top1: teacher-forced agreement (greedy acceptance)",
+        "target": "the actual token i+2 (null at the window's last usable position)",
+        "mtp_loss": "-log p_MTP(token i+2), nats (null where target is null)",
+    },
+    "kv_stats": {
+        "layer": "layer (the MTP block is not included)", "tokens": "tokens accumulated",
+        "latent_dim": "kv_lora_rank C",
+        "latent_norm_*": "L2 norm statistics of c_kv after kv_norm",
+        "k_pe_norm_*": "L2 norm statistics of the shared rope key after RoPE",
+        "channel_mean": "per-channel mean of c_kv [C]", "channel_var": "per-channel variance [C]",
+        "effective_rank": "exp(-sum p_k ln p_k), p_k = eigenvalue_k / sum (Roy & Vetterli), of the "
+                          "latent covariance (accumulated in float64)",
+        "energy90/95/99": "components needed for 90/95/99% of the covariance's energy",
+        "bytes_absorb": "cache bytes per token per layer, absorb form: (C + R) x element size",
+        "bytes_naive": "naive MLA cache: H x (N + R + V) x element size",
+        "bytes_mha": "a standard MHA cache of the same model width: 2 x dim x element size",
+    },
+    "kv_spectrum": {
+        "layer": "layer", "component": "rank of the eigenvalue (0 = largest)",
+        "eigenvalue": "eigenvalue of the latent covariance",
+    },
+}

@@ -1,0 +1,160 @@
+"""Run directories: streaming Parquet part files, atomic commits, resume, and reading a run back.
+
+Each rank streams every table into an open temporary Parquet file, one row group per flush, so
+memory stays bounded. At a commit point the files are closed and renamed to their final names,
+
+    TABLE/r{rank:03d}-b{first:07d}-{last:07d}.parquet      (global batches first..last)
+
+and then `_progress/r{rank:03d}.json` is replaced atomically, recording the last committed batch
+and the streaming accumulators (an `.npz` beside it). Whatever is not committed is temporary:
+a killed run loses at most the batches since the last commit, and `--resume` deletes any part
+file past the recorded progress before continuing, so no row is duplicated or missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .schema import TABLES
+
+RUN_JSON = "run.json"
+PROGRESS = "_progress"
+
+
+class RunError(ValueError):
+    """A run directory we cannot use (message names it)."""
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def read_run_json(run: Path) -> dict:
+    p = Path(run) / RUN_JSON
+    try:
+        return json.loads(p.read_text())
+    except FileNotFoundError:
+        raise RunError(f"{run}: not a run directory (no {RUN_JSON})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunError(f"{p}: unreadable ({e})") from None
+
+
+class PartWriter:
+    """One rank's streaming writer for every table of a run."""
+
+    def __init__(self, run: Path, rank: int, tables: list[str], row_group_rows: int = 262_144) -> None:
+        self.run, self.rank, self.tables = Path(run), rank, tables
+        self.row_group_rows = row_group_rows
+        self._open: dict[str, pq.ParquetWriter] = {}
+        self._buf: dict[str, list[pa.RecordBatch]] = {t: [] for t in tables}
+        self._buf_rows: dict[str, int] = dict.fromkeys(tables, 0)
+        self.first_uncommitted: int | None = None
+        for t in tables:
+            (self.run / t).mkdir(parents=True, exist_ok=True)
+        (self.run / PROGRESS).mkdir(exist_ok=True)
+
+    def _tmp(self, table: str) -> Path:
+        return self.run / table / f".r{self.rank:03d}-open.parquet.tmp"
+
+    def append(self, table: str, columns: dict[str, Any], batch: int) -> None:
+        """Add rows (a dict of column -> array) produced by global batch `batch`."""
+        if self.first_uncommitted is None:
+            self.first_uncommitted = batch
+        rb = pa.RecordBatch.from_pydict(columns, schema=TABLES[table]) if not isinstance(
+            columns, pa.RecordBatch) else columns
+        if rb.num_rows == 0:
+            return
+        self._buf[table].append(rb)
+        self._buf_rows[table] += rb.num_rows
+        if self._buf_rows[table] >= self.row_group_rows:
+            self._flush(table)
+
+    def _flush(self, table: str) -> None:
+        if not self._buf[table]:
+            return
+        w = self._open.get(table)
+        if w is None:
+            w = pq.ParquetWriter(self._tmp(table), TABLES[table], compression="zstd",
+                                 use_byte_stream_split=_float_columns(TABLES[table]))
+            self._open[table] = w
+        w.write_table(pa.Table.from_batches(self._buf[table], schema=TABLES[table]))
+        self._buf[table], self._buf_rows[table] = [], 0
+
+    def commit(self, last_batch: int, progress: dict, arrays: dict[str, np.ndarray]) -> None:
+        """Make every row up to global batch `last_batch` durable, with the accumulator state."""
+        first = self.first_uncommitted if self.first_uncommitted is not None else last_batch
+        for t in self.tables:
+            self._flush(t)
+            w = self._open.pop(t, None)
+            if w is not None:
+                w.close()
+                os.replace(self._tmp(t), self.run / t / f"r{self.rank:03d}-b{first:07d}-{last_batch:07d}.parquet")
+        commit_no = progress.get("commits", 0) + 1
+        npz = self.run / PROGRESS / f"r{self.rank:03d}-c{commit_no:06d}.npz"
+        tmp = npz.with_name(npz.name + ".tmp.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, npz)
+        progress = progress | {"done": last_batch, "commits": commit_no, "state": npz.name,
+                               "time": time.time()}
+        write_json_atomic(self.run / PROGRESS / f"r{self.rank:03d}.json", progress)
+        for old in (self.run / PROGRESS).glob(f"r{self.rank:03d}-c*.npz"):
+            if old != npz:
+                old.unlink(missing_ok=True)
+        self.first_uncommitted = None
+
+    def abandon(self) -> None:
+        """Drop uncommitted rows (their temporary files)."""
+        for t in list(self._open):
+            self._open.pop(t).close()
+        for t in self.tables:
+            self._tmp(t).unlink(missing_ok=True)
+            self._buf[t], self._buf_rows[t] = [], 0
+        self.first_uncommitted = None
+
+
+def _float_columns(schema: pa.Schema) -> list[str]:
+    """Float columns (scalars and lists) get BYTE_STREAM_SPLIT, which zstd compresses far better."""
+    out = []
+    for f in schema:
+        t = f.type.value_type if pa.types.is_list(f.type) else f.type
+        if pa.types.is_floating(t):
+            out.append(f.name)
+    return out
+
+
+def load_progress(run: Path, rank: int) -> tuple[dict, dict[str, np.ndarray]]:
+    """The rank's last commit: (progress dict, accumulator arrays); empty when none."""
+    p = Path(run) / PROGRESS / f"r{rank:03d}.json"
+    if not p.exists():
+        return {}, {}
+    progress = json.loads(p.read_text())
+    with np.load(Path(run) / PROGRESS / progress["state"]) as z:
+        arrays = {k: z[k] for k in z.files}
+    return progress, arrays
+
+
+def prune_uncommitted(run: Path, rank: int, done: int | None, tables: list[str]) -> int:
+    """Delete this rank's part files past batch `done` (None = all) and stale temporaries."""
+    removed = 0
+    for t in tables:
+        d = Path(run) / t
+        if not d.exists():
+            continue
+        for f in d.glob(f".r{rank:03d}-*.tmp"):
+            f.unlink()
+        for f in d.glob(f"r{rank:03d}-b*.parquet"):
+            last = int(f.stem.rsplit("-", 1)[1])
+            if done is None or last > done:
+                f.unlink()
+                removed += 1
+    return removed

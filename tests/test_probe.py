@@ -1,0 +1,365 @@
+"""The record job: tables against direct computation, multi-process equality, interrupt/resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import model
+import probe
+from probe.record import RecordError, RecordOptions, record
+from probe.corpus import CorpusError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def rec(env, out, **kw):
+    opts = RecordOptions(ckpt=str(env["ckpt"]), corpus=str(kw.pop("corpus", env["corpus"])), out=str(out),
+                         seq_len=kw.pop("seq_len", 64), batch_size=kw.pop("batch_size", 4), progress=False, **kw)
+    return record(opts)
+
+
+def sorted_df(run, table):
+    df = run.df(table)
+    keys = [c for c in ("step", "seq_id", "pos", "layer", "expert", "domain", "component") if c in df.columns]
+    return df.sort_values(keys).reset_index(drop=True)
+
+
+def assert_tables_equal(a, b, tables):
+    for t in tables:
+        da, db = sorted_df(a, t), sorted_df(b, t)
+        assert len(da) == len(db) and len(da) > 0, t
+        for c in da.columns:
+            x, y = da[c].to_numpy(), db[c].to_numpy()
+            if x.dtype == object and len(x) and isinstance(x[0], np.ndarray):
+                assert all(np.allclose(u, v, atol=1e-5) if u is not None else v is None for u, v in zip(x, y)), (t, c)
+            elif np.issubdtype(x.dtype, np.floating):
+                np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5, err_msg=f"{t}.{c}")
+            else:
+                assert (x == y).all(), (t, c)
+
+
+@pytest.fixture(scope="module")
+def full_run(probe_env, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "full"
+    rec(probe_env, out, router_logits="full", sample=1.0)
+    return probe.open_run(out)
+
+
+@pytest.fixture(scope="module")
+def direct(probe_env, full_run):
+    """Each recorded window run alone through run_with_cache."""
+    m = model.load(probe_env["ckpt"], dtype=torch.float32)
+    toks = full_run.df("tokens").sort_values(["seq_id", "pos"])
+    out = {}
+    for seq_id, g in toks.groupby("seq_id"):
+        x = torch.tensor(g.token_id.to_numpy(), dtype=torch.long)[None]
+        with torch.no_grad():
+            (logits, mtp_logits), cache = m.run_with_cache(x, mtp=True)
+        out[seq_id] = (x[0], logits[0], mtp_logits[0], cache)
+    return m, out
+
+
+def test_every_table_written(full_run):
+    assert full_run.status == "complete"
+    assert set(full_run.tables) == {"tokens", "routing", "expert_load", "mtp", "kv_stats", "kv_spectrum"}
+    info = full_run.info
+    assert info["recorded"]["tokens"] == info["planned"]["tokens"] == len(full_run.df("tokens"))
+    assert info["planned"]["tokens_per_domain"].keys() == {"code", "prose"}
+
+
+def test_expert_load_equals_counts_from_routing(full_run):
+    from_routing = full_run.sql("""
+        select r.layer, e as expert, t.domain, count(*) as n
+        from (select seq_id, pos, layer, unnest(expert_ids) as e from routing) r
+        join tokens t using (seq_id, pos) group by all""").df()
+    loads = full_run.sql("select layer, expert, domain, sum(count) as n from expert_load group by all").df()
+    merged = loads.merge(from_routing, on=["layer", "expert", "domain"], how="left", suffixes=("", "_r"))
+    merged["n_r"] = merged["n_r"].fillna(0)
+    assert (merged.n == merged.n_r).all()
+    assert merged.n.sum() == len(full_run.df("tokens")) * 4 * 2  # K=4, 2 MoE layers
+
+
+def test_routing_matches_run_with_cache(full_run, direct):
+    _, d = direct
+    r = full_run.df("routing").sort_values(["layer", "seq_id", "pos"])
+    same = total = 0
+    for (layer, seq_id), g in r.groupby(["layer", "seq_id"]):
+        cache = d[seq_id][3]
+        pre = f"layers.{layer}.ffn.gate."
+        pos = torch.from_numpy(g.pos.to_numpy().copy())
+        ids = cache[pre + "hook_topk_ids"][pos].numpy()
+        got_ids = np.stack(g.expert_ids.to_numpy())
+        ok = (np.sort(ids, 1) == np.sort(got_ids, 1)).all(1)
+        same, total = same + ok.sum(), total + len(ok)
+        np.testing.assert_array_equal(ids[ok], got_ids[ok])  # same order too
+        np.testing.assert_allclose(cache[pre + "hook_topk_weights"][pos].numpy()[ok],
+                                   np.stack(g.expert_weights.to_numpy())[ok], rtol=1e-4)
+        np.testing.assert_allclose(cache[pre + "hook_scores"][pos].numpy(), np.stack(g.scores.to_numpy()),
+                                   rtol=1e-4, atol=1e-6)
+    print(f"routing rows identical to run_with_cache: {same}/{total}")
+    assert same / total >= 0.999
+
+
+def test_margins(full_run, direct):
+    _, d = direct
+    row = full_run.df("routing").iloc[5]
+    allowed = d[row.seq_id][3][f"layers.{row.layer}.ffn.gate.hook_allowed_scores"][row.pos]
+    top = allowed.topk(5).values
+    assert row.margin_k == pytest.approx(float(top[3] - top[4]), abs=1e-5)
+    assert row.margin_1 == pytest.approx(float(top[0] - top[4]), abs=1e-5)
+
+
+def test_token_loss_equals_direct(full_run, direct):
+    _, d = direct
+    toks = full_run.df("tokens")
+    for seq_id, g in toks.groupby("seq_id"):
+        x, logits, _, _ = d[seq_id]
+        want = torch.nn.functional.cross_entropy(logits[:-1], x[1:], reduction="none").numpy()
+        got = g.sort_values("pos").loss.to_numpy()
+        assert np.isnan(got[0])
+        np.testing.assert_allclose(got[1:], want, rtol=1e-4, atol=1e-5)
+
+
+def test_mtp_table_equals_direct(full_run, direct):
+    _, d = direct
+    mt = full_run.df("mtp")
+    assert (mt.agree == (mt.mtp_top1 == mt.main_top1)).all()
+    for seq_id, g in list(mt.groupby("seq_id"))[:5]:
+        x, logits, mtp_logits, _ = d[seq_id]
+        g = g.sort_values("pos")
+        n = len(x)
+        assert len(g) == n - 1
+        np.testing.assert_array_equal(g.mtp_top1, mtp_logits.argmax(-1).numpy())
+        np.testing.assert_array_equal(g.main_top1, logits[1:].argmax(-1).numpy())
+        want = torch.nn.functional.cross_entropy(mtp_logits[:-1], x[2:], reduction="none").numpy()
+        np.testing.assert_allclose(g.mtp_loss.to_numpy()[:-1], want, rtol=1e-4, atol=1e-5)
+        assert np.isnan(g.mtp_loss.to_numpy()[-1])
+
+
+def test_kv_stats_equal_direct_computation(full_run, direct):
+    m, d = direct
+    ks = full_run.df("kv_stats").set_index("layer")
+    spec = full_run.df("kv_spectrum")
+    for layer in range(m.args.n_layers):
+        c = torch.cat([v[3][f"layers.{layer}.attn.hook_c_kv"][0] for v in d.values()]).double()
+        kpe = torch.cat([v[3][f"layers.{layer}.attn.hook_k_pe"][0] for v in d.values()]).double()
+        row = ks.loc[layer]
+        assert row.tokens == len(c)
+        np.testing.assert_allclose(row.channel_mean, c.mean(0).numpy(), rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(row.channel_var, c.var(0, unbiased=False).numpy(), rtol=1e-5, atol=1e-9)
+        assert row.latent_norm_mean == pytest.approx(c.norm(dim=-1).mean().item(), rel=1e-6)
+        assert row.k_pe_norm_max == pytest.approx(kpe.norm(dim=-1).max().item(), rel=1e-6)
+        cov = torch.cov(c.T, correction=0)
+        eig = torch.linalg.eigvalsh(cov).flip(0).clamp(min=0).numpy()
+        got = spec[spec.layer == layer].sort_values("component").eigenvalue.to_numpy()
+        np.testing.assert_allclose(got, eig, rtol=1e-6, atol=1e-9)
+        p = eig / eig.sum()
+        p = p[p > 0]
+        assert row.effective_rank == pytest.approx(float(np.exp(-(p * np.log(p)).sum())), rel=1e-9)
+        assert row.energy90 == int(np.searchsorted(np.cumsum(eig) / eig.sum(), 0.9 - 1e-12) + 1)
+        a = m.args
+        assert row.bytes_absorb == (a.kv_lora_rank + a.qk_rope_head_dim) * 4
+
+
+def test_topk_run_has_null_scores_and_sampling_is_deterministic(probe_env, tmp_path):
+    r1 = probe.open_run(rec(probe_env, tmp_path / "a", router_logits="full", sample=0.3, kv_stats=False, mtp=False))
+    r2 = probe.open_run(rec(probe_env, tmp_path / "b", router_logits="full", sample=0.3, kv_stats=False,
+                            mtp=False, batch_size=3))
+    s1, s2 = sorted_df(r1, "routing"), sorted_df(r2, "routing")
+    kept1, kept2 = s1.scores.notna(), s2.scores.notna()
+    assert 0.2 < kept1.mean() < 0.4
+    assert (kept1 == kept2).all()  # the same tokens whatever the batching
+    r3 = probe.open_run(rec(probe_env, tmp_path / "c", router_logits="topk", kv_stats=False, mtp=False))
+    assert r3.df("routing").scores.isna().all()
+    assert set(r3.tables) == {"tokens", "routing", "expert_load"}
+    r4 = probe.open_run(rec(probe_env, tmp_path / "d", router_logits="none", kv_stats=False, mtp=False))
+    assert "routing" not in r4.tables and "expert_load" in r4.tables
+
+
+def test_windows_and_max_tokens(probe_env, tmp_path):
+    run = probe.open_run(rec(probe_env, tmp_path / "w", seq_len=16, max_tokens=300, kv_stats=False, mtp=False))
+    t = run.df("tokens")
+    assert len(t) == 300
+    assert t.pos.max() == 15
+    # windows of one document continue its positions
+    doc = t[t.doc_id == t.doc_id.iloc[0]].sort_values("doc_pos")
+    assert (doc.doc_pos.diff().dropna() == 1).all()
+    assert (doc.groupby("seq_id").pos.min() == 0).all()
+
+
+def test_jsonl_and_parquet_corpora(probe_env, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    recs = [{"text": "def f(x): return x", "domain": "code", "id": "a"},
+            {"text": "the fox sleeps", "domain": "prose", "id": "b"}, {"text": "the dog", "id": "c"}]
+    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    pq.write_table(pa.Table.from_pylist(recs), tmp_path / "c.parquet")
+    for f in ("c.jsonl", "c.parquet"):
+        t = probe.open_run(rec(probe_env, tmp_path / f"run_{f}", corpus=tmp_path / f, kv_stats=False)).df("tokens")
+        assert set(t.doc_id) == {"a", "b", "c"}
+        assert dict(t.groupby("doc_id").domain.first()) == {"a": "code", "b": "prose", "c": "default"}
+
+
+# ------------------------------------------------------------------------ bad input
+def cli(*args, cwd=None):
+    if "--seq-len" not in args:
+        args = (*args, "--seq-len", "64")
+    return subprocess.run([sys.executable, "-m", "probe", *args], capture_output=True, text=True, cwd=cwd,
+                          env=os.environ | {"PYTHONPATH": str(REPO)}, timeout=300)
+
+
+def assert_one_line_error(p, *needles):
+    assert p.returncode == 2, p.stderr
+    err = p.stderr.strip()
+    assert "\n" not in err and err.startswith("error: "), err
+    for n in needles:
+        assert n in err, err
+
+
+def test_bad_inputs_give_one_line_errors_and_write_nothing(probe_env, tmp_path):
+    ck, corpus = str(probe_env["ckpt"]), str(probe_env["corpus"])
+    out = tmp_path / "out"
+    assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", str(tmp_path / "nope"), "--out", str(out)),
+                          "nope", "corpus not found")
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", str(tmp_path / "empty"), "--out", str(out)),
+                          "has no files")
+    (tmp_path / "blank").mkdir()
+    (tmp_path / "blank" / "a.txt").write_text("")
+    assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", str(tmp_path / "blank"), "--out", str(out),
+                              "--no-bos"), "no text")
+    assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", corpus, "--out", str(out), "--seq-len", "4096"),
+                          "--seq-len 4096", "max_seq_len 256")
+    f = tmp_path / "afile"
+    f.write_text("x")
+    assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", corpus, "--out", str(f / "run")), "is a file")
+    assert_one_line_error(cli("record", "--ckpt", str(tmp_path), "--corpus", corpus, "--out", str(out)),
+                          "no config.json")
+    assert not out.exists()
+
+
+def test_vocab_mismatch_is_refused(probe_env, tmp_path):
+    from conftest import make_tokenizer
+
+    from tokenizers import Tokenizer
+
+    big = make_tokenizer(probe_env["corpus"], tmp_path / "big.json")
+    tok = Tokenizer.from_file(str(big))
+    tok.add_tokens([f"<extra{i}>" for i in range(600 - tok.get_vocab_size())])
+    tok.save(str(big))
+    with pytest.raises(RecordError, match="600 tokens but the checkpoint's vocab_size is 512"):
+        rec(probe_env, tmp_path / "o", tokenizer=str(big))
+    assert not (tmp_path / "o").exists()
+
+
+def test_existing_out_needs_a_flag(probe_env, tmp_path):
+    out = rec(probe_env, tmp_path / "r", max_tokens=200, kv_stats=False)
+    with pytest.raises(RecordError, match="exists: pass --overwrite"):
+        rec(probe_env, out, max_tokens=200)
+    (tmp_path / "notrun").mkdir()
+    (tmp_path / "notrun" / "precious.txt").write_text("keep")
+    with pytest.raises(RecordError, match="not a run directory"):
+        rec(probe_env, tmp_path / "notrun", overwrite=True)
+    assert (tmp_path / "notrun" / "precious.txt").exists()
+    rec(probe_env, out, max_tokens=100, kv_stats=False, overwrite=True)
+    assert probe.open_run(out).info["recorded"]["tokens"] == 100
+
+
+def test_non_utf8_bytes_are_replaced_and_counted(probe_env, tmp_path):
+    c = tmp_path / "c"
+    (c / "x").mkdir(parents=True)
+    (c / "x" / "a.txt").write_bytes(b"the fox \xff\xfe jumps \xc3")
+    run = probe.open_run(rec(probe_env, tmp_path / "r", corpus=c, kv_stats=False))
+    assert run.info["corpus"]["replaced_bytes"] == 3
+    assert run.info["corpus"]["files_with_replacements"] == ["x/a.txt"]
+
+
+# ------------------------------------------------------------- interrupt / resume / torchrun
+def record_cmd(env, corpus, out, *extra):
+    return [sys.executable, "-m", "probe", "record", "--ckpt", str(env["ckpt"]), "--corpus", str(corpus),
+            "--out", str(out), "--seq-len", "32", "--batch-size", "2", "--no-progress", *extra]
+
+
+@pytest.fixture(scope="module")
+def big_corpus(tmp_path_factory):
+    from conftest import make_corpus
+
+    return make_corpus(tmp_path_factory.mktemp("bigc") / "corpus", docs_per_domain=8, seed=1, scale=3)
+
+
+@pytest.fixture(scope="module")
+def reference_run(probe_env, big_corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "run"
+    p = subprocess.run(record_cmd(probe_env, big_corpus, out, "--router-logits", "full"),
+                       capture_output=True, text=True, env=os.environ | {"PYTHONPATH": str(REPO)})
+    assert p.returncode == 0, p.stderr
+    return probe.open_run(out)
+
+
+TABLES = ["tokens", "routing", "expert_load", "mtp", "kv_stats", "kv_spectrum"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_interrupt_then_resume_equals_uninterrupted(probe_env, big_corpus, reference_run, tmp_path, sig):
+    out = tmp_path / "run"
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(record_cmd(probe_env, big_corpus, out, "--router-logits", "full", "--commit-every", "2"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    prog = out / "_progress" / "r000.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if prog.exists() and json.loads(prog.read_text()).get("done", -1) >= 3:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    partial = probe.open_run(out)  # readable after any kind of stop
+    if sig == signal.SIGKILL:
+        assert partial.status == "running"
+    else:
+        assert proc.returncode == 130, err
+        assert partial.status == "interrupted"
+        assert "continue with --resume" in err
+    n_partial = len(partial.df("tokens"))
+    assert 0 < n_partial < reference_run.info["planned"]["tokens"]
+    assert "kv_stats" not in partial.tables
+    p = subprocess.run(record_cmd(probe_env, big_corpus, out, "--router-logits", "full", "--resume"),
+                       capture_output=True, text=True, env=env)
+    assert p.returncode == 0, p.stderr
+    done = probe.open_run(out)
+    assert done.status == "complete"
+    assert_tables_equal(done, reference_run, TABLES)
+
+
+def test_resume_refuses_changed_options(probe_env, big_corpus, reference_run, tmp_path):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(reference_run.path, out)
+    with pytest.raises(RecordError, match="option seq_len was 32, now 64"):
+        rec(probe_env, out, corpus=big_corpus, resume=True, router_logits="full", batch_size=2)
+
+
+def test_two_processes_equal_one(probe_env, big_corpus, reference_run, tmp_path):
+    out = tmp_path / "run2"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+           "-m", "probe", *record_cmd(probe_env, big_corpus, out, "--router-logits", "full")[3:]]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"PYTHONPATH": str(REPO),
+                                                                                "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    run2 = probe.open_run(out)
+    assert run2.info["world"] == {"size": 2, "model_parallel": 1, "replicas": 2}
+    assert {f.name[:4] for f in run2.files("routing")} == {"r000", "r001"}
+    assert_tables_equal(run2, reference_run, TABLES)
