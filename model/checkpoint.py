@@ -1,6 +1,7 @@
 """Hugging Face checkpoints in and out: one name table, streaming loads, FP8 dequantisation.
 
     m = model.load("DeepSeek-V3/")                  # BF16/FP32 or FP8 (dequantised to bf16)
+    m = model.load("DeepSeek-V3/", gemm_impl="fp8") # FP8 weights stay resident, FP8 GEMMs
     m = model.load("DeepSeek-V3/", device="meta")   # validate names/shapes, read no tensor data
     model.save(m, "out/", fp8=True)                 # HF layout (+ MTP layer), readable by transformers
 
@@ -183,15 +184,24 @@ _DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "
            "F8_E4M3": torch.float8_e4m3fn, "I64": torch.int64, "I32": torch.int32}
 
 
+GEMM_IMPLS = ("bf16", "fp8")
+
+
 def load(path: str | os.PathLike, *, dtype: torch.dtype | None = None, device=None,
-         attn_impl: str = "absorb") -> Transformer:
+         attn_impl: str = "absorb", gemm_impl: str = "bf16") -> Transformer:
     """Load a Hugging Face DeepSeek-V3/V2 checkpoint directory into a `Transformer` (eval mode).
 
-    dtype: compute dtype (default: the config's `torch_dtype`; bf16 for FP8 checkpoints, whose
-        weights are dequantised on load). The router is always float32.
+    dtype: compute dtype (default: the config's `torch_dtype`; bf16 for FP8 checkpoints). The
+        router is always float32.
     device: where to build it; "meta" validates the checkpoint and reads no tensor data.
+    gemm_impl: "bf16" dequantises FP8 weights into the compute dtype on load; "fp8" keeps every
+        FP8 tensor of the checkpoint resident (float8_e4m3fn weight + float32 `*_scale_inv` block
+        scales in the Linear layers and the stacked experts) and runs the block-scaled FP8 GEMM
+        (`model.kernels`). "fp8" needs an FP8 checkpoint.
     MTP weights (layer n_layers) are loaded when present; without them the model has no MTP module.
     """
+    if gemm_impl not in GEMM_IMPLS:
+        raise CheckpointError(f"gemm_impl={gemm_impl!r}: choose one of {GEMM_IMPLS}")
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a checkpoint directory")
@@ -218,6 +228,14 @@ def load(path: str | os.PathLike, *, dtype: torch.dtype | None = None, device=No
     with torch.device("meta"):
         meta = Transformer(args, attn_impl=attn_impl, dtype=dtype, init=False)
     plan = _plan(meta, headers)
+    resident: set[str] = set()
+    if gemm_impl == "fp8":
+        resident = _fp8_resident_names(plan, headers, path)
+        block = args.quant_block or (128, 128)
+        if block[0] != block[1]:
+            raise CheckpointError(f"{path}: gemm_impl='fp8' needs square weight blocks, "
+                                  f"config has weight_block_size {list(block)}")
+        make_fp8_resident(meta, resident, block=block[0], scale_fmt=args.scale_fmt)
     if torch.device(device or "cpu").type == "meta":
         return meta.eval()
 
@@ -229,16 +247,68 @@ def load(path: str | os.PathLike, *, dtype: torch.dtype | None = None, device=No
         handles = {f: stack.enter_context(safe_open(f, framework="pt")) for f in files}
         for hf_name, target in plan:
             f = headers[hf_name][0]
+            scale = None
             try:
                 t = handles[f].get_tensor(hf_name)
                 if t.dtype == torch.float8_e4m3fn:
                     sf = headers[hf_name + "_scale_inv"][0]
-                    t = dequantize_block(t, handles[sf].get_tensor(hf_name + "_scale_inv"), block)
+                    scale = handles[sf].get_tensor(hf_name + "_scale_inv")
+                    if target.name not in resident:
+                        t, scale = dequantize_block(t, scale, block), None
             except (SafetensorError, OSError, RuntimeError, ValueError) as e:
                 raise CheckpointError(f"{f}: cannot read tensor {hf_name} ({e})") from None
-            dst = params[target.name]
-            (dst if target.expert is None else dst[target.expert]).copy_(t)
+            for name, value in ((target.name, t), (_scale_name(target.name), scale)):
+                if value is not None:
+                    dst = params[name]
+                    (dst if target.expert is None else dst[target.expert]).copy_(value)
     return model.eval()
+
+
+def _scale_name(name: str) -> str:
+    """Our name of the block scales of FP8-resident weight `name` (`*.weight_scale_inv`, `*.w1_scale_inv`)."""
+    return name + "_scale_inv"
+
+
+def _fp8_resident_names(plan: list[tuple[str, "Target"]], headers: dict, path: Path) -> set[str]:
+    """Our parameter names whose checkpoint tensors are all FP8 (stacked experts: every expert)."""
+    dtypes: dict[str, set] = defaultdict(set)
+    for hf_name, target in plan:
+        if target.fp8:
+            dtypes[target.name].add(headers[hf_name][2])
+    names = set()
+    for name, dts in dtypes.items():
+        if torch.float8_e4m3fn in dts:
+            if len(dts) > 1:
+                raise CheckpointError(f"{path}: gemm_impl='fp8': {name} mixes FP8 and "
+                                      f"{sorted(str(d) for d in dts - {torch.float8_e4m3fn})} tensors")
+            names.add(name)
+    if not names:
+        raise CheckpointError(f"{path}: gemm_impl='fp8' needs an FP8 checkpoint (float8_e4m3fn weights with "
+                              "weight_scale_inv); this one has none: use gemm_impl='bf16'")
+    return names
+
+
+def make_fp8_resident(model: Transformer, names=None, *, block: int = 128, scale_fmt: str | None = None) -> Transformer:
+    """Keep FP8-capable weights in FP8 (in place): `names` are our parameter names (default: every
+    projection an FP8 checkpoint stores as FP8, see BLOCK_TABLE). Materialised weights are quantised
+    in `block` x `block` tiles; on the meta device only the storage changes (for load and sizing)."""
+    capable = {ours for _, ours, _, fp8 in ours_to_hf(model) if fp8}
+    names = capable if names is None else set(names)
+    unknown = sorted(names - capable)
+    if unknown:
+        raise ValueError(f"not FP8-capable weights: {unknown[:3]}")
+    from .moe import Experts
+    experts: dict[str, list[str]] = defaultdict(list)
+    for name in sorted(names):
+        mod_name, attr = name.rsplit(".", 1)
+        mod = model.get_submodule(mod_name)
+        if isinstance(mod, Experts):
+            experts[mod_name].append(attr)
+        else:
+            mod.make_fp8_(block, scale_fmt)
+    for mod_name, attrs in experts.items():
+        model.get_submodule(mod_name).make_fp8_(block, scale_fmt, tuple(attrs))
+    return model
 
 
 def _plan(meta: Transformer, headers: dict) -> list[tuple[str, Target]]:
@@ -322,7 +392,10 @@ def save(model: Transformer, path: str | os.PathLike, *, fp8: bool = False,
     tensors: list[tuple[str, torch.Tensor]] = []
     for hf, ours, e, is_fp8 in ours_to_hf(model):
         t = state[ours] if e is None else state[ours][e]
-        if fp8 and is_fp8:
+        if t.dtype == torch.float8_e4m3fn:  # FP8 resident: written as is, or dequantised
+            sc = state[_scale_name(ours)] if e is None else state[_scale_name(ours)][e]
+            tensors += [(hf, t), (hf + "_scale_inv", sc)] if fp8 else [(hf, dequantize_block(t, sc, block, out_dtype))]
+        elif fp8 and is_fp8:
             q, s = quantize_block(t, block)
             tensors += [(hf, q), (hf + "_scale_inv", s)]
         elif ours.endswith("gate.weight") or ours.endswith("gate.bias"):

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .args import ModelArgs
+from .fp8 import quantize_block
+from .kernels import fp8_linear, weight_dequant
 
 
 class RMSNorm(nn.Module):
@@ -36,21 +38,82 @@ class RMSNorm(nn.Module):
 class Linear(nn.Module):
     """y = x W^T (no bias). The one place projections go through, so that a different GEMM
     (FP8 weights kept resident, tensor-parallel shards) can be swapped in without touching the model.
-    FP8 checkpoints are dequantised into `weight` on load."""
+
+    Two ways to hold the weight:
+    - dense (default): `weight` in the compute dtype; FP8 checkpoints are dequantised into it on load.
+    - FP8 resident (`make_fp8_()`, or `model.load(..., gemm_impl="fp8")`): `weight` is float8_e4m3fn
+      and the buffer `weight_scale_inv` [ceil(out/b), ceil(in/b)] float32 holds one multiplier per
+      b x b block (b = 128). forward() quantises x per (token, b channels) and runs the block-scaled
+      FP8 GEMM (`model.kernels`: Triton on CUDA, the torch twin elsewhere); the output has x's dtype.
+    """
 
     def __init__(self, in_features: int, out_features: int, *, device=None, dtype=None) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype))
+        self.register_buffer("weight_scale_inv", None)  # float32 block scales once FP8 resident
+        self.block: int | None = None  # FP8 block size
+        self.scale_fmt: str | None = None  # activation scale format: None or "ue8m0"
+        self.compute_dtype = self.weight.dtype  # dtype of dense_weight() when FP8 resident
+        self._dense: tuple | None = None  # (key, dequantised weight), see dense_weight()
+
+    @property
+    def fp8(self) -> bool:
+        return self.weight_scale_inv is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight)
+        if self.weight_scale_inv is None:
+            return F.linear(x, self.weight)
+        if self.weight.dtype != torch.float8_e4m3fn:
+            raise RuntimeError(f"FP8-resident Linear holds a {self.weight.dtype} weight (was the model cast "
+                               "with .to(dtype)? that drops FP8 storage; cast only floating activations)")
+        return fp8_linear(x, self.weight, self.weight_scale_inv, self.block, self.scale_fmt)
+
+    def dense_weight(self) -> torch.Tensor:
+        """The weight in the compute dtype: `weight` itself, or, when FP8 resident, its block
+        dequantisation, computed on first use and kept (redone only if the FP8 weight or its
+        scales are written or moved). MLA's absorbed attention reads wkv_b this way."""
+        if self.weight_scale_inv is None:
+            return self.weight
+        w, s = self.weight, self.weight_scale_inv
+        key = (w.device, w.data_ptr(), w._version, s.data_ptr(), s._version)
+        if self._dense is None or self._dense[0] != key:
+            self._dense = (key, weight_dequant(w.detach(), s, self.block, self.compute_dtype))
+        return self._dense[1]
+
+    def make_fp8_(self, block: int = 128, scale_fmt: str | None = None) -> "Linear":
+        """Switch to FP8-resident storage in place: the current weight is quantised in `block` x
+        `block` tiles (on the meta device only the storage changes; the loader fills it)."""
+        if self.fp8:
+            raise ValueError("Linear is already FP8 resident")
+        if scale_fmt not in (None, "ue8m0"):
+            raise ValueError(f"scale_fmt={scale_fmt!r} must be None or 'ue8m0'")
+        w = self.weight.detach()
+        nb = (-(-self.out_features // block), -(-self.in_features // block))
+        if w.device.type == "meta":
+            q = torch.empty(w.shape, dtype=torch.float8_e4m3fn, device=w.device)
+            s = torch.empty(nb, dtype=torch.float32, device=w.device)
+        else:
+            q, s = quantize_block(w, (block, block))
+        self.compute_dtype = w.dtype
+        self.weight = nn.Parameter(q, requires_grad=False)
+        self.weight_scale_inv = s
+        self.block, self.scale_fmt, self._dense = block, scale_fmt, None
+        return self
 
     def reset_parameters(self, std: float = 0.02) -> None:
-        nn.init.normal_(self.weight, std=std)
+        if self.fp8:  # draw a dense weight, store it quantised
+            w = torch.empty(self.weight.shape, device=self.weight.device, dtype=torch.float32).normal_(std=std)
+            q, s = quantize_block(w, (self.block, self.block))
+            with torch.no_grad():
+                self.weight.copy_(q)
+                self.weight_scale_inv.copy_(s)
+        else:
+            nn.init.normal_(self.weight, std=std)
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}"
+        fp8 = f", fp8 {self.block}x{self.block} blocks" if self.fp8 else ""
+        return f"in={self.in_features}, out={self.out_features}{fp8}"
 
 
 # ------------------------------------------------------------------------------------------- RoPE

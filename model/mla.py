@@ -71,7 +71,7 @@ class MLA(nn.Module):
     # ------------------------------------------------------------------------------ cache
     def alloc_cache(self, batch: int, length: int) -> None:
         """(Re)allocate the static cache for `batch` rows x `length` positions, keeping what fits."""
-        w = self.wkv_b.weight
+        w = self.kv_norm.weight  # the compute dtype (wkv_b may hold FP8)
         kw = dict(device=w.device, dtype=w.dtype)
         if self.attn_impl == "absorb":
             shapes = {"kv": (batch, length, self.kv_lora_rank), "pe": (batch, length, self.rope)}
@@ -118,8 +118,11 @@ class MLA(nn.Module):
         kv = self.hook_c_kv(self.kv_norm(kv))  # [B, S, C]
         k_pe = self.hook_k_pe(apply_rope(k_pe, cos, sin))  # [B, S, R]
 
-        wkv_b = self.wkv_b.weight.view(self.n_heads, self.nope + self.v_dim, self.kv_lora_rank)
         if self.attn_impl == "absorb":
+            # NOTE: absorb multiplies by wkv_b's blocks directly, so it reads the dense weight: an
+            # FP8-resident wkv_b is dequantised once and kept (Linear.dense_weight), trading
+            # kv_lora_rank x H x (N+V) compute-dtype numbers per layer for no per-call dequantisation.
+            wkv_b = self.wkv_b.dense_weight().view(self.n_heads, self.nope + self.v_dim, self.kv_lora_rank)
             if use_cache:
                 kv = self._store("kv", kv, pos, n_keys)  # [B, T, C]
                 k_pe = self._store("pe", k_pe, pos, n_keys)  # [B, T, R]
@@ -134,7 +137,7 @@ class MLA(nn.Module):
             out = self._attend(query, key, key, mask)[..., : self.kv_lora_rank]  # [B, H, S, C]
             z = torch.einsum("bhsc,hvc->bshv", out, wkv_b[:, self.nope :])  # [B, S, H, V]
         else:
-            kvb = F.linear(kv, self.wkv_b.weight).view(bsz, -1, self.n_heads, self.nope + self.v_dim)
+            kvb = self.wkv_b(kv).view(bsz, -1, self.n_heads, self.nope + self.v_dim)
             k_nope, v = kvb.split([self.nope, self.v_dim], dim=-1)
             k = torch.cat([k_nope, k_pe[:, :, None].expand(-1, -1, self.n_heads, -1)], dim=-1)
             if use_cache:

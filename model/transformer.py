@@ -75,11 +75,19 @@ class MTP(nn.Module):
         self.hook_hidden = HookPoint()  # [B, S, D] after the block and norm
         self.hook_logits = HookPoint()  # [B, S, V] predictions of token i+2
 
-    def forward(self, h, emb_next, head: nn.Module, cos, sin, pos, mask, n_keys, use_cache):
+    def forward(self, h, emb_next, head: nn.Module, cos, sin, pos, mask, n_keys, use_cache, logits_at=None):
         x = self.eh_proj(torch.cat([self.enorm(emb_next), self.hnorm(h)], dim=-1))
         x = self.block(self.hook_in(x), cos, sin, pos, mask, n_keys, use_cache)
         x = self.hook_hidden(self.norm(x))
-        return x, self.hook_logits(head(x))
+        return x, self.hook_logits(head(_select(x, logits_at)))
+
+
+def _select(x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+    """x [B, S, D] -> x at positions `index` [B, K] of each row ([B, K, D]); all of x when None."""
+    if index is None:
+        return x
+    index = index.to(device=x.device, dtype=torch.long).reshape(x.shape[0], -1)
+    return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
 
 
 class Transformer(HookedModule):
@@ -160,7 +168,7 @@ class Transformer(HookedModule):
     # ---------------------------------------------------------------------------- forward
     def forward(self, tokens: torch.Tensor, start_pos: int | torch.Tensor = 0, *,
                 lengths: torch.Tensor | None = None, use_cache: bool = False, mtp: bool = False,
-                return_hidden: bool = False):
+                return_hidden: bool = False, logits_at: torch.Tensor | None = None):
         """tokens [B, S] -> logits [B, S, V] for every position.
 
         start_pos: where this chunk starts (an int, or a [B] tensor of per-row starts). Above 0 the
@@ -171,10 +179,15 @@ class Transformer(HookedModule):
         mtp: also run the MTP module(s): returns (logits, mtp_logits [B, S-1, V]) where
             mtp_logits[:, i] predicts token i+2 from the hidden state at i and token i+1.
         return_hidden: also return the final-normed hidden state [B, S, D] (last element).
+        logits_at: [B, K] positions within this chunk: apply the output head only there and return
+            logits [B, K, V] (generation needs one position per row, not a [B, S, V] prefill tensor).
+            Not combinable with mtp=True.
         """
         tokens = self._check_tokens(tokens)
         bsz, seqlen = tokens.shape
         dev = tokens.device
+        if logits_at is not None and mtp:
+            raise ValueError("logits_at selects main-model logits; call mtp_logits(..., logits_at=) for MTP")
         if isinstance(start_pos, torch.Tensor):
             start = start_pos.to(device=dev, dtype=torch.long).reshape(-1).expand(bsz)
             max_start = int(start.max())
@@ -195,7 +208,7 @@ class Transformer(HookedModule):
         for layer in self.layers:
             h = layer(h, cos, sin, pos, mask, n_keys, use_cache)
         h = self.hook_final(self.norm(h))
-        logits = self.head(h)
+        logits = self.head(_select(h, logits_at))
         out = [logits]
         if mtp:
             out.append(self.mtp_logits(h, tokens, start, lengths, use_cache))
@@ -205,9 +218,11 @@ class Transformer(HookedModule):
 
     def mtp_logits(self, h: torch.Tensor, tokens: torch.Tensor, start_pos: int | torch.Tensor = 0,
                    lengths: torch.Tensor | None = None, use_cache: bool = False,
-                   depth: int = 0) -> torch.Tensor:
+                   depth: int = 0, logits_at: torch.Tensor | None = None) -> torch.Tensor:
         """MTP module `depth` on final-normed hidden states h [B, S, D] of `tokens` [B, S]:
-        position i uses h_i and token i+1, so the result is [B, S-1, V], row i predicting token i+2."""
+        position i uses h_i and token i+1, so the result is [B, S-1, V], row i predicting token i+2.
+        With use_cache the MTP block's own KV cache is written at positions start_pos + i.
+        logits_at: [B, K] indices into those S-1 positions: the head runs only there -> [B, K, V]."""
         if not len(self.mtp):
             raise ValueError("this model has no MTP module (the checkpoint carried no MTP weights)")
         bsz, seqlen = tokens.shape
@@ -223,7 +238,7 @@ class Transformer(HookedModule):
         mask, n_keys = self._mask(pos, start, lens, n, end, use_cache)
         cos, sin = rope_cos_sin(pos, self.rope_inv_freq, self.args.rope_attention_factor)
         _, logits = self.mtp[depth](h[:, :n], self.embed(tokens[:, 1:]), self.head,
-                                    cos, sin, pos, mask, n_keys, use_cache)
+                                    cos, sin, pos, mask, n_keys, use_cache, logits_at)
         return logits
 
     def _mask(self, pos, start, lengths, seqlen, end, use_cache):

@@ -1,0 +1,103 @@
+"""Run the Triton kernels under Triton's CPU interpreter against their torch twins; print JSON.
+
+Not collected by pytest (no test_ prefix): tests/test_kernels.py runs it in a subprocess, because
+TRITON_INTERPRET must be set before triton is first imported and must not leak into other tests.
+
+    TRITON_INTERPRET=1 python tests/_kernel_interp_checks.py     # one JSON object per line
+
+Each line: {"kind": ..., "case": ..., measured errors...}. Shapes are small (the interpreter runs
+every program instance in Python) and include partial 128-blocks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+if os.environ.get("TRITON_INTERPRET") != "1":
+    sys.exit("run with TRITON_INTERPRET=1 (set before triton is imported)")
+
+import torch  # noqa: E402
+
+from model import kernels as K  # noqa: E402
+from model.fp8 import quantize_block  # noqa: E402
+
+torch.set_num_threads(1)
+g = torch.Generator().manual_seed(0)
+
+
+def emit(**kw) -> None:
+    print(json.dumps(kw), flush=True)
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp(min=1e-30)).item()
+
+
+def activations(shape, dtype) -> torch.Tensor:
+    """Channels with magnitudes from 1e-3 to 1e2, one all-zero 128-block row, one huge row."""
+    x = torch.randn(*shape, generator=g) * torch.logspace(-3, 2, shape[-1])[torch.randperm(shape[-1], generator=g)]
+    flat = x.view(-1, shape[-1])
+    flat[0, :128] = 0.0  # the scale floor
+    if flat.shape[0] > 1:
+        flat[1, -1] = 3e4  # one outlier in the last (partial) block
+    return x.to(dtype)
+
+
+# --- activation quantisation
+for shape in [(5, 300), (2, 3, 200), (1, 40), (33, 128)]:
+    for fmt in (None, "ue8m0"):
+        for dtype in (torch.float32, torch.bfloat16):
+            x = activations(shape, dtype)
+            qt, st = K.act_quant(x, scale_fmt=fmt, impl="triton")
+            qr, sr = K.act_quant(x, scale_fmt=fmt, impl="torch")
+            deq_t = qt.float() * st.repeat_interleave(128, -1)[..., : shape[-1]]
+            deq_r = qr.float() * sr.repeat_interleave(128, -1)[..., : shape[-1]]
+            emit(kind="act_quant", case=f"{shape} {fmt} {str(dtype)[6:]}",
+                 dtypes=[str(qt.dtype), str(st.dtype)], shapes=[list(qt.shape), list(st.shape)],
+                 scale_rel=rel(st, sr), deq_rel=rel(deq_t, deq_r),
+                 q_mismatch=int((qt.float() != qr.float()).sum()), numel=qt.numel())
+
+# negative control: the twin with 64-channel blocks is a different quantisation (no outliers here,
+# so the 128-blocks' scales are set by ordinary values and the difference is visible everywhere)
+x = torch.randn(5, 300, generator=g) * torch.logspace(-3, 2, 300)[torch.randperm(300, generator=g)]
+qt, st = K.act_quant(x, impl="triton")
+q64, s64 = K.act_quant(x, 64, impl="torch")
+deq128 = qt.float() * st.repeat_interleave(128, -1)[:, :300]
+deq64 = q64.float() * s64.repeat_interleave(64, -1)[:, :300]
+emit(kind="control", case="act_quant block 64 vs 128", deq_rel=rel(deq128, deq64),
+     frac_differ=((deq128 != deq64).sum() / deq64.numel()).item())
+
+# --- weight dequantisation (2-D and stacked experts)
+for shape in [(300, 200), (3, 200, 136)]:
+    w = torch.randn(*shape, generator=g)
+    if len(shape) == 2:
+        q, s = quantize_block(w)
+    else:
+        pairs = [quantize_block(we) for we in w]
+        q, s = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+    for dtype in (torch.float32, torch.bfloat16):
+        yt = K.weight_dequant(q, s, dtype=dtype, impl="triton")
+        yr = K.weight_dequant(q, s, dtype=dtype, impl="torch")
+        emit(kind="weight_dequant", case=f"{shape} {str(dtype)[6:]}", dtype=str(yt.dtype),
+             rel=rel(yt, yr), exact=bool(torch.equal(yt, yr)))
+
+# --- block-scaled FP8 GEMM: M x N x K with partial blocks in every dim
+for m, n, k in [(5, 200, 300), (33, 130, 256), (1, 64, 40), (70, 256, 384)]:
+    x = torch.randn(m, k, generator=g)
+    w = torch.randn(n, k, generator=g) * torch.logspace(-2, 1, k)  # per-block weight scales vary
+    wq, ws = quantize_block(w)
+    xq, xs = K.act_quant(x, impl="torch")
+    for dtype in (torch.float32, torch.bfloat16):
+        ct = K.fp8_gemm(xq, xs, wq, ws, out_dtype=dtype, impl="triton")
+        cr = K.fp8_gemm(xq, xs, wq, ws, out_dtype=dtype, impl="torch")
+        emit(kind="fp8_gemm", case=f"{m}x{n}x{k} {str(dtype)[6:]}", dtype=str(ct.dtype), shape=list(ct.shape),
+             rel=rel(ct, cr))
+    if (m, n, k) == (5, 200, 300):  # negative control: weight scales of the wrong blocks
+        wrong = K.fp8_gemm(xq, xs, wq, ws.flip(0).contiguous(), out_dtype=torch.float32, impl="torch")
+        emit(kind="control", case="fp8_gemm flipped weight scales",
+             rel=rel(K.fp8_gemm(xq, xs, wq, ws, out_dtype=torch.float32, impl="triton"), wrong))
+        # the whole FP8 linear (quantise + GEMM) through each implementation
+        emit(kind="fp8_linear", case="5x200x300 float32",
+             rel=rel(K.fp8_linear(x, wq, ws, impl="triton"), K.fp8_linear(x, wq, ws, impl="torch")))

@@ -1,0 +1,366 @@
+"""Generation (model/generate.py): batched decoding with the static KV cache, sampling, stop
+conditions, MTP speculative decoding (greedy output identical to plain greedy; both caches roll
+back), the tokenizer / chat format, prompt files and the command line.
+
+    python -m pytest tests/test_generate.py -q -s      # -s prints acceptance rates
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.generate import (ASSISTANT, USER, GenerateError, SamplingParams, _Streamer, _verify, generate,
+                            load_codec, main, read_prompts, write_demo_checkpoint)
+
+from conftest import random_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Decoding is many tiny ops: one thread is faster, and immune to busy-waiting when the CPU is shared."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return random_model("tiny", seed=0)
+
+
+def prompts_of(lengths, seed=0, vocab=512):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(2, vocab, (n,), generator=g).tolist() for n in lengths]
+
+
+# ------------------------------------------------------------------------------------ plain decoding
+@torch.no_grad()
+def test_batched_greedy_equals_each_prompt_alone_and_full_forward(tiny):
+    prompts = prompts_of([9, 3, 14])
+    batch = generate(tiny, prompts, max_new_tokens=8)
+    for i, p in enumerate(prompts):
+        alone = generate(tiny, [p], max_new_tokens=8)
+        assert alone.tokens[0] == batch.tokens[i], f"row {i}"
+        # every generated token is the argmax of a full (no-cache) forward over what came before
+        seq = torch.tensor([p + batch.tokens[i]])
+        full = tiny(seq)[0, len(p) - 1 : -1].argmax(-1).tolist()
+        assert full == batch.tokens[i], f"row {i}"
+    assert batch.finish_reasons == ["length"] * 3 and batch.forward_passes == [8, 8, 8]
+    assert batch.tokens_per_forward == [1.0, 1.0, 1.0] and batch.acceptance_rate is None
+
+
+@torch.no_grad()
+def test_stop_token_ends_a_row(tiny):
+    prompts = prompts_of([6, 11], seed=1)
+    ref = generate(tiny, prompts, max_new_tokens=12)
+    stop = ref.tokens[0][4]
+    k = ref.tokens[0].index(stop)
+    for mtp in (False, True):
+        got = generate(tiny, prompts, max_new_tokens=12, stop_ids=[stop], mtp=mtp)
+        assert got.tokens[0] == ref.tokens[0][: k + 1] and got.finish_reasons[0] == "stop"
+        row1 = ref.tokens[1][: ref.tokens[1].index(stop) + 1] if stop in ref.tokens[1] else ref.tokens[1]
+        assert got.tokens[1] == row1
+
+
+@torch.no_grad()
+def test_streaming_callback_order(tiny):
+    seen = []
+    res = generate(tiny, prompts_of([5, 8], seed=2), max_new_tokens=6,
+                   on_token=lambda i, t, fin: seen.append((i, t, fin)), mtp=True)
+    for i in range(2):
+        mine = [(t, fin) for j, t, fin in seen if j == i]
+        assert [t for t, _ in mine] == res.tokens[i]
+        assert [fin for _, fin in mine] == [False] * 5 + [True]
+
+
+@torch.no_grad()
+def test_max_seq_len_and_bad_input():
+    m = random_model("tiny", seed=3, max_seq_len=32)
+    for mtp in (False, True):
+        res = generate(m, prompts_of([29, 10], seed=3), max_new_tokens=10, mtp=mtp)
+        assert len(res.tokens[0]) == 3 and res.finish_reasons[0] == "length"  # 29 + 3 = max_seq_len
+        assert len(res.tokens[1]) == 10
+        full = generate(m, prompts_of([32], seed=3), max_new_tokens=5, mtp=mtp)
+        assert full.tokens == [[]] and full.finish_reasons == ["length"]
+    with pytest.raises(GenerateError, match="prompt 1 has 33 tokens, longer than max_seq_len=32"):
+        generate(m, prompts_of([4, 33]))
+    with pytest.raises(GenerateError, match="prompt 0 is empty"):
+        generate(m, [[]])
+    with pytest.raises(GenerateError, match="no prompts"):
+        generate(m, [])
+    with pytest.raises(GenerateError, match="no MTP module"):
+        generate(random_model("tiny", n_mtp_layers=0), [[1, 2]], mtp=True)
+    with pytest.raises(GenerateError, match=r"top_p=0 must be in \(0, 1\]"):
+        SamplingParams(temperature=1.0, top_p=0)
+    with pytest.raises(GenerateError, match="temperature=-1"):
+        SamplingParams(temperature=-1)
+
+
+# --------------------------------------------------------------------------------------- sampling
+def test_sampling_filters():
+    logits = torch.log(torch.tensor([[0.5, 0.2, 0.15, 0.1, 0.05]]))
+    assert torch.allclose(SamplingParams(1.0).probs(logits), logits.exp())
+    assert torch.allclose(SamplingParams(1.0, top_k=2).probs(logits), torch.tensor([[5 / 7, 2 / 7, 0, 0, 0]]))
+    # top-p keeps the smallest prefix holding p: 0.5 + 0.2 >= 0.6
+    assert torch.allclose(SamplingParams(1.0, top_p=0.6).probs(logits), torch.tensor([[5 / 7, 2 / 7, 0, 0, 0]]))
+    assert torch.allclose(SamplingParams(1.0, top_p=0.5).probs(logits), torch.tensor([[1.0, 0, 0, 0, 0]]))
+    sharp = SamplingParams(0.5).probs(logits)
+    assert torch.allclose(sharp, logits.mul(2).softmax(-1))
+
+
+@torch.no_grad()
+def test_seeded_sampling(tiny):
+    prompts = prompts_of([7, 4], seed=4)
+    sp = dict(max_new_tokens=10)
+    a = generate(tiny, prompts, sampling=SamplingParams(1.0, top_p=0.9, seed=1), **sp)
+    b = generate(tiny, prompts, sampling=SamplingParams(1.0, top_p=0.9, seed=1), **sp)
+    c = generate(tiny, prompts, sampling=SamplingParams(1.0, top_p=0.9, seed=2), **sp)
+    assert a.tokens == b.tokens and a.tokens != c.tokens
+    greedy = generate(tiny, prompts, **sp)
+    assert generate(tiny, prompts, sampling=SamplingParams(1.0, top_k=1, seed=0), **sp).tokens == greedy.tokens
+    s = generate(tiny, prompts, sampling=SamplingParams(0.8, top_k=50, seed=3), mtp=True, **sp)
+    assert all(len(t) == 10 and all(0 <= x < 512 for x in t) for t in s.tokens)
+
+
+def test_speculative_sampling_keeps_the_target_distribution():
+    """The accept/resample rule: the committed token is distributed as p whatever the draft's q."""
+    n, V = 40000, 5
+    g = torch.Generator().manual_seed(0)
+    p = torch.tensor([0.4, 0.3, 0.15, 0.1, 0.05])
+    q = torch.tensor([0.05, 0.1, 0.15, 0.3, 0.4])  # a poor draft distribution
+    logits = torch.log(p).expand(n, 2, V).clone()
+    draft = torch.multinomial(q.expand(n, V), 1, replacement=True, generator=g)[:, 0]
+    acc, t1, _ = _verify(logits, draft, q.expand(n, V), SamplingParams(1.0), g)
+    emp = torch.bincount(t1, minlength=V).float() / n
+    assert (emp - p).abs().max() < 0.01, emp
+    expected_acc = torch.minimum(p, q).sum()  # P(accept) = sum_x min(p, q)
+    assert abs(acc.float().mean() - expected_acc) < 0.01
+    # negative control: keeping every draft would give q, not p
+    assert (torch.bincount(draft, minlength=V).float() / n - p).abs().max() > 0.2
+    # a deterministic draft (q = one-hot): accepted with probability p(draft)
+    acc1, t1d, _ = _verify(logits, torch.full((n,), 3), None, SamplingParams(1.0), g)
+    assert abs(acc1.float().mean() - p[3]) < 0.01
+    assert ((torch.bincount(t1d, minlength=V).float() / n) - p).abs().max() < 0.01
+
+
+# ------------------------------------------------------------------- MTP speculative decoding
+SPEC_CASES = [([12, 5, 8], 24), ([3], 16), ([20, 1, 9, 6], 12)]
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("lengths,new", SPEC_CASES)
+def test_greedy_speculative_equals_plain_greedy(tiny, lengths, new):
+    prompts = prompts_of(lengths, seed=sum(lengths))
+    plain = generate(tiny, prompts, max_new_tokens=new)
+    spec = generate(tiny, prompts, max_new_tokens=new, mtp=True)
+    assert spec.tokens == plain.tokens
+    assert spec.finish_reasons == plain.finish_reasons
+    assert [len(d) for d in spec.drafts] == [p[0] for p in spec.drafts_proposed]
+    assert all(sum(a for _, _, a in d) == acc[0] for d, acc in zip(spec.drafts, spec.drafts_accepted))
+    print(f"\nrandom tiny model, prompts {lengths}: MTP acceptance {spec.acceptance_rate:.1%}, "
+          f"tokens per forward {spec.mean_tokens_per_forward:.2f}, per prompt accepted/proposed "
+          f"{[(a[0], p[0]) for a, p in zip(spec.drafts_accepted, spec.drafts_proposed)]}")
+
+
+@torch.no_grad()
+def test_greedy_speculative_naive_attention_and_other_weights():
+    m = random_model("tiny", seed=11, attn_impl="naive")
+    prompts = prompts_of([7, 15], seed=5)
+    assert generate(m, prompts, max_new_tokens=20, mtp=True).tokens == generate(m, prompts, max_new_tokens=20).tokens
+
+
+def oracle(prompts, reference, every=1, recorded=None):
+    """draft_fn giving the true next tokens (at sequence indices divisible by `every`; a wrong token
+    elsewhere), recording the MTP module's own argmax for each draft position."""
+    seqs = [p + t for p, t in zip(prompts, reference)]
+
+    def fn(mtp_logits, seq_index):
+        out = []
+        for i, j in enumerate(seq_index.tolist()):
+            if recorded is not None:
+                recorded.setdefault(i, []).append((j, int(mtp_logits[i].argmax())))
+            right = seqs[i][j] if j < len(seqs[i]) else 0
+            out.append(right if j % every == 0 else (right + 1) % 512)
+        return torch.tensor(out)
+    return fn
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("every", [1, 2, 3])
+def test_speculative_accept_path_with_oracle_drafts(tiny, every):
+    """Random-model drafts are almost never accepted; oracle drafts exercise acceptance (all, or a
+    mixed accept/reject pattern that differs between rows) and the caches after it."""
+    prompts = prompts_of([10, 4, 7], seed=6)
+    new = 21
+    ref = generate(tiny, prompts, max_new_tokens=new)
+    recorded: dict[int, list] = {}
+    spec = generate(tiny, prompts, max_new_tokens=new, mtp=True, draft_fn=oracle(prompts, ref.tokens, every, recorded))
+    assert spec.tokens == ref.tokens
+    for i, d in enumerate(spec.drafts):
+        assert all(acc == (j % every == 0) for j, _, acc in d), f"row {i}"
+    if every == 1:
+        assert spec.acceptance_rate == 1.0
+        # 1 token from the prefill, then 2 per pass: ceil(20 / 2) more passes
+        assert spec.forward_passes == [11, 11, 11] and spec.mean_tokens_per_forward == pytest.approx(21 / 11)
+    else:
+        assert 0 < spec.acceptance_rate < 1
+    # the MTP cache stayed right through accepts and rejections: each draft-time MTP prediction
+    # equals the MTP module's prediction from a full forward over the final sequence
+    for i, p in enumerate(prompts):
+        seq = torch.tensor([p + ref.tokens[i]])
+        _, mtp_full = tiny(seq, mtp=True)  # mtp_full[0, k] predicts token k + 2
+        for j, pred in recorded[i]:
+            if j < seq.shape[1]:
+                assert int(mtp_full[0, j - 2].argmax()) == pred, f"row {i}, draft for index {j}"
+    print(f"\noracle every {every}: acceptance {spec.acceptance_rate:.2f}, "
+          f"tokens per forward {spec.mean_tokens_per_forward:.2f}")
+
+
+@torch.no_grad()
+def test_speculative_mtp_drafts_match_full_forward(tiny):
+    """With the MTP module's own (rejected) drafts: each draft is the argmax of the MTP logits a
+    full forward computes at that position, so the MTP KV cache rolled back correctly."""
+    prompts = prompts_of([8, 13], seed=7)
+    spec = generate(tiny, prompts, max_new_tokens=16, mtp=True)
+    for i, p in enumerate(prompts):
+        seq = torch.tensor([p + spec.tokens[i]])
+        _, mtp_full = tiny(seq, mtp=True)
+        for j, tok, _ in spec.drafts[i]:
+            assert int(mtp_full[0, j - 2].argmax()) == tok, f"row {i}, draft for index {j}"
+
+
+# ------------------------------------------------------------------ tokenizer, prompt files, CLI
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory) -> Path:
+    return write_demo_checkpoint(tmp_path_factory.mktemp("demo") / "ckpt")
+
+
+def test_codec_chat_format_and_stops(demo_dir):
+    from model import ModelArgs
+    codec = load_codec(demo_dir, ModelArgs.from_hf_config(demo_dir))
+    assert codec.chat and codec.bos_id == 0 and codec.stop_ids == [1]
+    tok = codec.tokenizer
+    chat = codec.encode("héllo")
+    assert chat == [0] + tok.encode(USER + "héllo" + ASSISTANT, add_special_tokens=False).ids
+    assert chat[1] == tok.token_to_id(USER) and chat[-1] == tok.token_to_id(ASSISTANT)
+    assert codec.encode("héllo", chat=False) == [0] + tok.encode("héllo", add_special_tokens=False).ids
+    assert codec.encode("x", system="Be brief.")[1:4] == tok.encode("Be ", add_special_tokens=False).ids
+    assert codec.decode(chat) == "héllo"  # special tokens are not shown
+    # streaming holds back an incomplete UTF-8 character
+    s = _Streamer(codec, 1)
+    b1, b2 = tok.encode("é", add_special_tokens=False).ids
+    assert s.push(0, b1) == "" and s.push(0, b2) == "é"
+
+
+def test_read_prompts(tmp_path):
+    f = tmp_path / "p.txt"
+    f.write_text("first prompt\n\n  second  \n")
+    assert read_prompts(f) == ["first prompt", "  second  "]
+    j = tmp_path / "p.jsonl"
+    j.write_text('{"prompt": "a"}\n{"prompt": "b c", "id": 2}\n')
+    assert read_prompts(j) == ["a", "b c"]
+    for text, msg in [("", "no prompts \\(the file is empty\\)"), ("\n  \n", "no prompts"),
+                      ('{"prompt": "a"}\n{"text": "b"}\n',
+                       ':2: each JSON line needs a non-empty string field "prompt"'),
+                      ('{"prompt": "a"}\nnot json\n', ":2: not valid JSON")]:
+        f.write_text(text)
+        with pytest.raises(GenerateError, match=msg):
+            read_prompts(f)
+    with pytest.raises(GenerateError, match="cannot read prompt file"):
+        read_prompts(tmp_path / "missing.txt")
+
+
+def run_cli(capsys, *argv):
+    try:
+        main([str(a) for a in argv])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_batch_file_jsonl_output(demo_dir, tmp_path, capsys):
+    f = tmp_path / "prompts.txt"
+    f.write_text("hello\nsomething longer, with ünïcode\nx\n")
+    out_file = tmp_path / "out.jsonl"
+    code, out, err = run_cli(capsys, "--ckpt", demo_dir, "--prompt-file", f, "--max-new-tokens", 6, "--mtp",
+                             "--output", out_file)
+    assert code == 0, err
+    assert all(f"[{i}] " in out for i in range(3))
+    assert "tokens per forward pass; MTP drafts accepted" in err
+    rows = [json.loads(line) for line in out_file.read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == ["hello", "something longer, with ünïcode", "x"]
+    assert all(len(r["tokens"]) <= 6 and r["finish_reason"] in ("stop", "length") for r in rows)
+    assert all(r["drafts_proposed"][0] >= r["drafts_accepted"][0] for r in rows)
+
+
+def test_cli_single_prompt_streams_and_matches_library(demo_dir, capsys):
+    code, out, err = run_cli(capsys, "--ckpt", demo_dir, "--prompt", "hi", "--max-new-tokens", 5,
+                             "--no-chat-template")
+    assert code == 0, err
+    import model
+    from model import ModelArgs
+    codec = load_codec(demo_dir, ModelArgs.from_hf_config(demo_dir))
+    m = model.load(demo_dir)
+    res = generate(m, [codec.encode("hi", chat=False)], max_new_tokens=5, stop_ids=codec.stop_ids)
+    assert out == codec.decode(res.tokens[0]) + "\n"
+
+
+def test_cli_interactive(demo_dir, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("first\n\nsecond\n/exit\nnever\n"))
+    code, out, err = run_cli(capsys, "--ckpt", demo_dir, "--interactive", "--max-new-tokens", 3)
+    assert code == 0, err
+    assert err.count("tokens/s") == 2 and err.count("> ") == 4  # two prompts, one blank line, /exit
+
+
+def test_cli_errors(demo_dir, tmp_path, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    no_tok = Path(shutil.copytree(demo_dir, tmp_path / "no_tok"))
+    (no_tok / "tokenizer.json").unlink()
+    cases = [
+        (["--ckpt", demo_dir, "--prompt-file", empty], "no prompts (the file is empty)"),
+        (["--ckpt", no_tok, "--prompt", "hi"], "no tokenizer.json (generation needs the checkpoint's tokenizer)"),
+        (["--ckpt", demo_dir, "--prompt", "y" * 300], "has 301 tokens, longer than max_seq_len=256"),
+        (["--ckpt", demo_dir], "give --prompt, --prompt-file or --interactive"),
+        (["--ckpt", tmp_path / "nowhere", "--prompt", "a"], "not a checkpoint directory"),
+        (["--ckpt", demo_dir, "--prompt", "a", "--top-p", "1.5"], "top_p=1.5 must be in (0, 1]"),
+        (["--ckpt", demo_dir, "--prompt", "a", "--gemm", "fp8"], "gemm_impl='fp8' needs an FP8 checkpoint"),
+    ]
+    for argv, msg in cases:
+        code, out, err = run_cli(capsys, *argv, "--no-chat-template")
+        assert code == 2, argv
+        assert err.startswith("error: ") and msg in err and err.count("\n") == 1, err
+
+
+def test_torchrun_two_ranks_print_once(demo_dir, tmp_path):
+    """Under torchrun (gloo, 2 ranks) the batch runs on both ranks in step; rank 0 alone prints."""
+    f = tmp_path / "prompts.jsonl"
+    f.write_text('{"prompt": "one"}\n{"prompt": "two two"}\n')
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "model.generate",
+           "--ckpt", str(demo_dir), "--prompt-file", str(f), "--max-new-tokens", "4", "--mtp"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # the same completions as one process, each printed once
+    import model
+    from model import ModelArgs
+    codec = load_codec(demo_dir, ModelArgs.from_hf_config(demo_dir))
+    res = generate(model.load(demo_dir), [codec.encode(t) for t in ("one", "two two")], max_new_tokens=4,
+                   stop_ids=codec.stop_ids, mtp=True)
+    for i, text in enumerate(("one", "two two")):
+        assert proc.stdout.count(f"[{i}] {text}\n{codec.decode(res.tokens[i])}\n") == 1, proc.stdout
+    assert proc.stderr.count("MTP drafts accepted") == 1

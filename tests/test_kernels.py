@@ -1,0 +1,270 @@
+"""FP8 kernels (model/kernels.py): the torch twins against independent references, the Triton
+kernels against the twins under Triton's CPU interpreter (in a subprocess: TRITON_INTERPRET must be
+set before triton is imported), on CUDA when present, and the wrappers' input checks.
+
+    python -m pytest tests/test_kernels.py -q -s     # -s prints the measured kernel-vs-twin errors
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from model import kernels as K
+from model.fp8 import FP8_MAX, quantize_block
+
+ROOT = Path(__file__).resolve().parents[1]
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+CUDA = torch.cuda.is_available()
+
+# Kernel vs twin tolerances. Both round to e4m3 with round-to-nearest-even from the same float32
+# quotient, so they agree exactly here; on a GPU a different float32 rounding of x / s could move
+# an element by one e4m3 step, hence "at most 1% of elements differ". GEMMs: the same float32
+# sums in a different order (1e-5 of the largest output), plus one bf16 rounding for bf16 output.
+Q_MISMATCH_FRAC = 0.01
+SCALE_REL = 1e-6
+GEMM_REL = {"float32": 1e-5, "bfloat16": 2.0**-7}
+DEQUANT_REL = {"float32": 1e-6, "bfloat16": 2.0**-8}
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+# --------------------------------------------------------------------------- torch twins, references
+def test_act_quant_torch_format_and_error_bound():
+    g = gen(1)
+    x = torch.randn(7, 300, generator=g) * torch.logspace(-3, 2, 300)[torch.randperm(300, generator=g)]
+    x[3, :128] = 0.0  # an all-zero block: scale floor 1e-4 / 448
+    x[4, 256:] *= 1e3  # the partial last block of one row only
+    q, s = K.act_quant(x, impl="torch")
+    assert q.dtype == torch.float8_e4m3fn and q.shape == x.shape
+    assert s.dtype == torch.float32 and s.shape == (7, 3)
+    blocks = [slice(0, 128), slice(128, 256), slice(256, 300)]
+    for r in range(7):
+        for b, cols in enumerate(blocks):
+            amax = x[r, cols].abs().max().item()
+            assert s[r, b].item() == pytest.approx(max(amax, 1e-4) / 448, rel=1e-6), (r, b)
+            if amax >= 1e-4:  # the block's largest element is stored as +-448
+                assert q[r, cols].float().abs().max().item() == FP8_MAX
+    assert s[3, 0].item() == pytest.approx(1e-4 / 448) and (q[3, :128].float() == 0).all()
+    # the scaled-up partial block did not leak into the row's other blocks
+    assert s[4, 2] > 100 * s[4, 1]
+    # e4m3 rounding error: <= 2^-4 relative for normal values, <= 2^-10 x scale for subnormals
+    s_el = s.repeat_interleave(128, -1)[:, :300]
+    deq = q.float() * s_el
+    err = (deq - x).abs()
+    bound = torch.maximum(2.0**-4 * x.abs(), 2.0**-10 * s_el) * (1 + 1e-6)
+    assert (err <= bound).all()
+    assert (err > 0).any()  # rounding really happened
+
+
+def test_act_quant_ue8m0_scales_are_powers_of_two_rounded_up():
+    x = torch.randn(4, 200, generator=gen(2)) * 3.7
+    _, s = K.act_quant(x, impl="torch")
+    q8, s8 = K.act_quant(x, scale_fmt="ue8m0", impl="torch")
+    assert torch.equal(s8, 2.0 ** torch.log2(s8).round())  # powers of two
+    assert (s8 >= s).all() and (s8 < 2 * s).all()  # the next power of two up
+    assert q8.float().abs().max() <= FP8_MAX
+    assert not torch.equal(s8, s)  # negative control: the format changes the scales
+
+
+def test_act_quant_leading_dims_and_bf16():
+    x = torch.randn(2, 3, 130, generator=gen(3)).to(torch.bfloat16)
+    q, s = K.act_quant(x, impl="torch")
+    assert q.shape == (2, 3, 130) and s.shape == (2, 3, 2)
+    q2, s2 = K.act_quant(x.reshape(6, 130), impl="torch")
+    assert torch.equal(q.view(6, 130).float(), q2.float()) and torch.equal(s.view(6, 2), s2)
+
+
+def blockwise_gemm_reference(a, a_s, b, b_s, block=128) -> torch.Tensor:
+    """The kernel's formula, in float64 with explicit loops over K and N blocks."""
+    m, k = a.shape
+    n = b.shape[0]
+    out = torch.zeros(m, n, dtype=torch.float64)
+    for kb in range(-(-k // block)):
+        ks = slice(kb * block, (kb + 1) * block)
+        for nb in range(-(-n // block)):
+            ns = slice(nb * block, (nb + 1) * block)
+            part = a[:, ks].double() @ b[ns, ks].double().T
+            out[:, ns] += part * a_s[:, kb, None].double() * b_s[nb, kb].double()
+    return out
+
+
+@pytest.mark.parametrize("m,n,k", [(5, 200, 300), (1, 64, 40), (17, 256, 128)])
+def test_fp8_gemm_torch_equals_blockwise_reference(m, n, k):
+    g = gen(4)
+    a = torch.randn(m, k, generator=g)
+    w = torch.randn(n, k, generator=g) * torch.logspace(-2, 1, k)
+    wq, ws = quantize_block(w)
+    aq, as_ = K.act_quant(a, impl="torch")
+    ref = blockwise_gemm_reference(aq, as_, wq, ws)
+    got = K.fp8_gemm(aq, as_, wq, ws, out_dtype=torch.float32, impl="torch")
+    assert got.shape == (m, n) and got.dtype == torch.float32
+    assert ((got.double() - ref).abs().max() / ref.abs().max()).item() < 1e-6
+    # negative control: scales of the wrong weight blocks give a different product
+    if ws.shape[0] > 1:
+        bad = K.fp8_gemm(aq, as_, wq, ws.flip(0).contiguous(), out_dtype=torch.float32, impl="torch")
+        assert ((bad.double() - ref).abs().max() / ref.abs().max()).item() > 1e-2
+    # and the whole FP8 linear is close to the unquantised product (FP8 error, a few percent)
+    full = a @ w.T
+    lin = K.fp8_linear(a, wq, ws, impl="torch")
+    assert ((lin - full).norm() / full.norm()).item() < 0.06
+
+
+def test_weight_dequant_torch_stacked_experts():
+    w = torch.randn(3, 200, 136, generator=gen(5))
+    pairs = [quantize_block(we) for we in w]
+    q, s = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+    y = K.weight_dequant(q, s, dtype=torch.float32, impl="torch")
+    for e in range(3):
+        assert torch.equal(y[e], K.weight_dequant(q[e], s[e], dtype=torch.float32, impl="torch"))
+    assert K.weight_dequant(q, s, impl="torch").dtype == torch.bfloat16
+
+
+# ------------------------------------------------------------------------------- the switch, errors
+def test_resolve_impl(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.delenv(K.ENV_VAR, raising=False)
+    assert K.resolve_impl(None, cpu) == "torch"  # auto: torch off CUDA
+    assert K.resolve_impl("torch", cpu) == "torch"
+    monkeypatch.setenv(K.ENV_VAR, "torch")
+    assert K.resolve_impl(None, torch.device("cuda")) == "torch"  # the env var decides
+    monkeypatch.setenv(K.ENV_VAR, "cuda")
+    with pytest.raises(K.KernelError, match=r"DSV3_KERNELS='cuda': choose one of"):
+        K.resolve_impl(None, cpu)
+    with pytest.raises(K.KernelError, match=r"impl='fast': choose one of"):
+        K.resolve_impl("fast", cpu)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    if HAS_TRITON:
+        with pytest.raises(K.KernelError, match="needs CUDA tensors.*TRITON_INTERPRET=1"):
+            K.resolve_impl("triton", cpu)
+    else:
+        with pytest.raises(K.KernelError, match="needs the triton package"):
+            K.resolve_impl("triton", cpu)
+
+
+def test_wrapper_input_errors():
+    x = torch.randn(4, 200)
+    q, s = K.act_quant(x, impl="torch")
+    wq, ws = quantize_block(torch.randn(130, 200))
+    cases = [
+        (lambda: K.act_quant(x.long()), "act_quant: x must be float32, bfloat16 or float16"),
+        (lambda: K.act_quant(torch.zeros(3, 0)), "non-empty last"),
+        (lambda: K.act_quant(x, scale_fmt="e8m0"), "scale_fmt='e8m0'"),
+        (lambda: K.act_quant(x, 100), "block=100 must be a power of two"),
+        (lambda: K.weight_dequant(wq.float(), ws), "weight_dequant: q must be float8_e4m3fn"),
+        (lambda: K.weight_dequant(wq, ws[:1]), r"weight_dequant: s has shape \(1, 2\), expected \(2, 2\)"),
+        (lambda: K.weight_dequant(wq, ws.double()), "s must be a float32 tensor"),
+        (lambda: K.weight_dequant(wq[None, None], ws), "must have 2 or 3 dims"),
+        (lambda: K.fp8_gemm(x, s, wq, ws), "fp8_gemm: a must be float8_e4m3fn"),
+        (lambda: K.fp8_gemm(q, s, wq[:, :100], ws), r"a has 200 channels but b \(130, 100\) has 100"),
+        (lambda: K.fp8_gemm(q, s[:, :1], wq, ws), r"fp8_gemm: a_s has shape \(4, 1\), expected \(4, 2\)"),
+        (lambda: K.fp8_gemm(q, s, wq, ws[:, :1]), r"fp8_gemm: b_s has shape \(2, 1\), expected \(2, 2\)"),
+        (lambda: K.fp8_gemm(q, s, wq, ws, out_dtype=torch.int32), "out_dtype must be"),
+    ]
+    for fn, msg in cases:
+        with pytest.raises(K.KernelError, match=msg):
+            fn()
+
+
+# -------------------------------------------------------------------- Triton under the interpreter
+@pytest.fixture(scope="module")
+def interp_results() -> list[dict]:
+    if not HAS_TRITON:
+        pytest.skip("triton is not installed (pip install -e '.[triton]')")
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
+    env.pop(K.ENV_VAR, None)
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "_kernel_interp_checks.py")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    print(f"\n{'kernel':15} {'case':32} measured (Triton interpreter vs torch twin)")
+    for r in rows:
+        vals = {k: v for k, v in r.items() if k not in ("kind", "case", "dtypes", "shapes", "dtype", "shape")}
+        print(f"{r['kind']:15} {r['case']:32} " + " ".join(
+            f"{k}={v:.2e}" if isinstance(v, float) else f"{k}={v}" for k, v in vals.items()))
+    return rows
+
+
+def of_kind(rows, kind):
+    got = [r for r in rows if r["kind"] == kind]
+    assert got, f"no {kind} results"
+    return got
+
+
+def test_interp_act_quant_matches_twin(interp_results):
+    rows = of_kind(interp_results, "act_quant")
+    assert len(rows) == 16
+    for r in rows:
+        assert r["dtypes"] == ["torch.float8_e4m3fn", "torch.float32"], r["case"]
+        assert r["shapes"][0][:-1] == r["shapes"][1][:-1], r["case"]
+        assert r["scale_rel"] <= SCALE_REL, r["case"]
+        assert r["q_mismatch"] <= Q_MISMATCH_FRAC * r["numel"], r["case"]
+        assert r["deq_rel"] <= 2.0**-4, r["case"]  # at most one e4m3 step of the largest value
+    control = next(r for r in interp_results if r["case"] == "act_quant block 64 vs 128")
+    assert control["frac_differ"] > 10 * Q_MISMATCH_FRAC  # the mismatch measure can fail
+
+
+def test_interp_weight_dequant_matches_twin(interp_results):
+    for r in of_kind(interp_results, "weight_dequant"):
+        dtype = r["case"].split()[-1]
+        assert r["dtype"] == f"torch.{dtype}"
+        assert r["rel"] <= DEQUANT_REL[dtype], r["case"]
+
+
+def test_interp_fp8_gemm_matches_twin(interp_results):
+    rows = of_kind(interp_results, "fp8_gemm")
+    assert len(rows) == 8
+    for r in rows:
+        dtype = r["case"].split()[-1]
+        assert r["dtype"] == f"torch.{dtype}"
+        assert r["rel"] <= GEMM_REL[dtype], r["case"]
+    control = next(r for r in interp_results if r["case"] == "fp8_gemm flipped weight scales")
+    assert control["rel"] > 100 * GEMM_REL["float32"]
+    assert of_kind(interp_results, "fp8_linear")[0]["rel"] <= GEMM_REL["float32"]
+
+
+# --------------------------------------------------------------------------------------------- CUDA
+cuda_only = pytest.mark.skipif(not (CUDA and HAS_TRITON), reason="needs a CUDA GPU and triton")
+
+
+@cuda_only
+@pytest.mark.parametrize("shape", [(5, 300), (257, 7168), (2, 3, 200)])
+@pytest.mark.parametrize("fmt", [None, "ue8m0"])
+def test_cuda_act_quant(shape, fmt):
+    x = torch.randn(*shape, device="cuda", dtype=torch.bfloat16)
+    qt, st = K.act_quant(x, scale_fmt=fmt, impl="triton")
+    qr, sr = K.act_quant(x, scale_fmt=fmt, impl="torch")
+    assert ((st - sr).abs() / sr).max().item() <= SCALE_REL
+    assert (qt.float() != qr.float()).sum().item() <= Q_MISMATCH_FRAC * qt.numel()
+
+
+@cuda_only
+@pytest.mark.parametrize("shape", [(300, 200), (4, 2048, 7168)])
+def test_cuda_weight_dequant(shape):
+    q = torch.randn(*shape, device="cuda").clamp(-448, 448).to(torch.float8_e4m3fn)
+    s = torch.rand(*shape[:-2], -(-shape[-2] // 128), -(-shape[-1] // 128), device="cuda")
+    for dtype in (torch.float32, torch.bfloat16):
+        yt = K.weight_dequant(q, s, dtype=dtype, impl="triton")
+        yr = K.weight_dequant(q, s, dtype=dtype, impl="torch")
+        assert ((yt.float() - yr.float()).abs().max() / yr.float().abs().max()).item() <= DEQUANT_REL[str(dtype)[6:]]
+
+
+@cuda_only
+@pytest.mark.parametrize("m,n,k", [(1, 7168, 2048), (5, 200, 300), (300, 4096, 7168)])
+def test_cuda_fp8_gemm(m, n, k):
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    wq, ws = quantize_block(torch.randn(n, k, device="cuda"))
+    xq, xs = K.act_quant(x, impl="torch")
+    for dtype in (torch.float32, torch.bfloat16):
+        ct = K.fp8_gemm(xq, xs, wq, ws, out_dtype=dtype, impl="triton")
+        cr = K.fp8_gemm(xq, xs, wq, ws, out_dtype=dtype, impl="torch")
+        assert ((ct.float() - cr.float()).abs().max() / cr.float().abs().max()).item() <= GEMM_REL[str(dtype)[6:]]
