@@ -337,7 +337,7 @@ def token_streams(jsonl: Path, tok, cache_dir: Path | None) -> dict[str, np.ndar
     streams = {k: np.concatenate(v) for k, v in sorted(parts.items())}
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_name(cached.stem + ".tmp.npz")
+        tmp = cached.with_name(f"{cached.stem}.{os.getpid()}.tmp.npz")  # concurrent runs share the cache
         np.savez(tmp, **streams)
         os.replace(tmp, cached)
     return streams
