@@ -139,3 +139,30 @@ DOCS: dict[str, dict[str, str]] = {
         "eigenvalue": "eigenvalue of the latent covariance",
     },
 }
+
+
+def markdown() -> str:
+    """The table reference as Markdown (the README's "Run tables" section is this text;
+    a test keeps the two equal; regenerate with
+    `python -c "import probe.schema as s; print(s.markdown())"`)."""
+    out = []
+    for table, schema in TABLES.items():
+        out.append(f"#### `{table}`\n\n| column | type | meaning |\n|---|---|---|")
+        docs = DOCS.get(table, {})
+        for f in schema:
+            doc = docs.get(f.name)
+            if doc is None:  # grouped docs such as "latent_norm_*" or "energy90/95/99"
+                doc = next((v for k, v in docs.items() if _matches(k, f.name)), "")
+            typ = str(f.type).replace("list<item: ", "list<")
+            out.append(f"| `{f.name}` | {typ} | {doc.replace('|', chr(92) + '|')} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def _matches(pattern: str, name: str) -> bool:
+    if pattern.endswith("*"):
+        return name.startswith(pattern[:-1])
+    if "/" in pattern:  # "energy90/95/99"
+        head = pattern.rstrip("0123456789/")
+        return name.startswith(head) and name[len(head):] in pattern[len(head):].split("/")
+    return False

@@ -363,3 +363,11 @@ def test_two_processes_equal_one(probe_env, big_corpus, reference_run, tmp_path)
     assert run2.info["world"] == {"size": 2, "model_parallel": 1, "replicas": 2}
     assert {f.name[:4] for f in run2.files("routing")} == {"r000", "r001"}
     assert_tables_equal(run2, reference_run, TABLES)
+
+
+def test_readme_table_reference_is_generated_from_schema():
+    """The README's run-table reference is `probe.schema.markdown()` verbatim (regenerate it when a
+    column changes)."""
+    import probe.schema as sch
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert sch.markdown() in readme, "README 'Run tables' is stale: paste probe.schema.markdown() there"
