@@ -8,6 +8,11 @@ V v_head_dim.
   holds those full keys and values (H x (N+R+V) numbers per token).
 - "absorb": fold wkv_b's key part into the query and its value part into the output; the cache
   holds only kv_norm(latent) [C] and the post-RoPE shared key k_pe [R] (C+R numbers per token).
+  A call attends in latent space only when that costs fewer FLOPs than expanding its T keys: one
+  new token against a long cache (decode) does; a prefill (S close to T) does not, since latent
+  attention spends 2(C+R) per (query, key, head) against N+R+V for expanded keys (for 671B:
+  1,152 vs 320). So an absorb prefill expands the latents it caches, as serving engines do;
+  `MLA.latent_attention = "always"` forces the latent form (the tests check both agree).
 
 Both use `scaled_dot_product_attention` (fp32 accumulation) unless `hook_pattern` has a hook
 attached, in which case the scores are materialised, softmaxed in float32 and passed through the
@@ -56,6 +61,7 @@ class MLA(nn.Module):
         self.hook_pattern = HookPoint()  # [B, H, S, T] softmax probabilities, opt-in
         self.hook_z = HookPoint()  # [B, S, H, V] per-head outputs before wo
         self.cache: dict[str, torch.Tensor] = {}  # static KV cache, see `alloc_cache`
+        self.latent_attention = "auto"  # absorb only: "auto" (cheaper form per call) or "always"
 
     @property
     def attn_impl(self) -> str:
@@ -126,6 +132,11 @@ class MLA(nn.Module):
             if use_cache:
                 kv = self._store("kv", kv, pos, n_keys)  # [B, T, C]
                 k_pe = self._store("pe", k_pe, pos, n_keys)  # [B, T, R]
+            if self.latent_attention != "always" and self._expand_is_cheaper(seqlen, kv.shape[1]):
+                kvb = F.linear(kv, wkv_b.flatten(0, 1)).view(bsz, -1, self.n_heads, self.nope + self.v_dim)
+                z = self._attend_expanded(q_nope, q_pe, kvb, k_pe, mask)
+                z = self.hook_z(z)  # [B, S, H, V]
+                return self.wo(z.flatten(2))  # [B, S, D]
             # NOTE: absorb: score_h(s,t) = q_nope_h(s) . (W_k,h c_t) + q_pe_h(s) . k_pe_t
             #                            = (W_k,h^T q_nope_h(s)) . c_t + ...: keys stay in latent space.
             q_lat = torch.einsum("bshn,hnc->bshc", q_nope, wkv_b[:, : self.nope])  # [B, S, H, C]
@@ -138,18 +149,38 @@ class MLA(nn.Module):
             z = torch.einsum("bhsc,hvc->bshv", out, wkv_b[:, self.nope :])  # [B, S, H, V]
         else:
             kvb = self.wkv_b(kv).view(bsz, -1, self.n_heads, self.nope + self.v_dim)
-            k_nope, v = kvb.split([self.nope, self.v_dim], dim=-1)
-            k = torch.cat([k_nope, k_pe[:, :, None].expand(-1, -1, self.n_heads, -1)], dim=-1)
             if use_cache:
+                k_nope, v = kvb.split([self.nope, self.v_dim], dim=-1)
+                k = torch.cat([k_nope, k_pe[:, :, None].expand(-1, -1, self.n_heads, -1)], dim=-1)
                 k = self._store("k", k, pos, n_keys)  # [B, T, H, N+R]
                 v = self._store("v", v, pos, n_keys)  # [B, T, H, V]
-            query = torch.cat([q_nope, q_pe], dim=-1).transpose(1, 2)  # [B, H, S, N+R]
-            # zero-pad values to the key width so the fused SDPA kernel applies; pads dropped after
-            v_pad = F.pad(v, (0, self.nope + self.rope - self.v_dim)) if self.v_dim < self.nope + self.rope else v
-            out = self._attend(query, k.transpose(1, 2), v_pad.transpose(1, 2), mask)  # [B, H, S, N+R]
-            z = out[..., : self.v_dim].transpose(1, 2)
+                z = self._attend_kv(q_nope, q_pe, k, v, mask)
+            else:
+                z = self._attend_expanded(q_nope, q_pe, kvb, k_pe, mask)
         z = self.hook_z(z)  # [B, S, H, V]
         return self.wo(z.flatten(2))  # [B, S, D]
+
+    def _expand_is_cheaper(self, s: int, t: int) -> bool:
+        """FLOPs per head of the expanded form (decompress T keys, attend at width N+R+V) against
+        the latent form (fold S queries and outputs through wkv_b, attend at width 2(C+R))."""
+        c, nv = self.kv_lora_rank, self.nope + self.v_dim
+        expanded = t * c * nv + s * t * (self.nope + self.rope + self.v_dim)
+        latent = s * c * nv + s * t * 2 * (c + self.rope)
+        return expanded < latent
+
+    def _attend_expanded(self, q_nope, q_pe, kvb, k_pe, mask) -> torch.Tensor:
+        """kvb [B, T, H, N+V] (wkv_b applied to the latents), k_pe [B, T, R] -> z [B, S, H, V]."""
+        k_nope, v = kvb.split([self.nope, self.v_dim], dim=-1)
+        k = torch.cat([k_nope, k_pe[:, :, None].expand(-1, -1, self.n_heads, -1)], dim=-1)  # [B, T, H, N+R]
+        return self._attend_kv(q_nope, q_pe, k, v, mask)
+
+    def _attend_kv(self, q_nope, q_pe, k, v, mask) -> torch.Tensor:
+        """k [B, T, H, N+R], v [B, T, H, V] -> z [B, S, H, V]."""
+        query = torch.cat([q_nope, q_pe], dim=-1).transpose(1, 2)  # [B, H, S, N+R]
+        # zero-pad values to the key width so the fused SDPA kernel applies; pads dropped after
+        v_pad = F.pad(v, (0, self.nope + self.rope - self.v_dim)) if self.v_dim < self.nope + self.rope else v
+        out = self._attend(query, k.transpose(1, 2), v_pad.transpose(1, 2), mask)  # [B, H, S, N+R]
+        return out[..., : self.v_dim].transpose(1, 2)
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None):
         """q [B, H, S, E], k [B, 1|H, T, E], v [B, 1|H, T, F] -> [B, H, S, F]."""

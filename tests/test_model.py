@@ -35,6 +35,31 @@ def test_absorb_equals_naive():
 
 
 @torch.no_grad()
+def test_absorb_latent_and_expanded_forms_agree():
+    """Absorb picks, per call, latent-space attention (decode) or expanded keys (prefill); forcing
+    the latent form everywhere gives the same logits, in a full forward, a prefill + decode and a
+    chunked prefill. The cost rule itself: one query against many keys stays latent, a prefill expands."""
+    m = random_model("tiny", seed=4)
+    attn = m.layers[0].attn
+    assert not attn._expand_is_cheaper(1, 500) and attn._expand_is_cheaper(64, 64)
+    x = tokens(2, 40, seed=5)
+
+    def run():
+        full = m(x)
+        stepped = [m(x[:, :17], use_cache=True)] + [m(x[:, i:i + 1], start_pos=i) for i in range(17, 21)]
+        stepped.append(m(x[:, 21:], start_pos=21))  # a chunk at start_pos > 0
+        return full, torch.cat(stepped, 1)
+
+    auto = run()
+    for a in m.attention_modules():
+        a.latent_attention = "always"
+    latent = run()
+    for a, b in zip(auto, latent):
+        assert rel(a, b) < ATOL
+    assert rel(auto[0], auto[1]) < ATOL
+
+
+@torch.no_grad()
 def test_prefill_then_decode_equals_full_forward(impl_model):
     m, x = impl_model, tokens(2, 24)
     full = m(x)

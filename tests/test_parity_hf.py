@@ -60,7 +60,9 @@ V2_CONFIGS = {
     "v2_greedy": dict(topk_method="greedy", n_group=1, topk_group=1),  # V2-Lite style
     "v2_group_limited": dict(topk_method="group_limited_greedy", n_group=4, topk_group=2),  # V2 236B style
 }
-ATTN_IMPLS = ("absorb", "naive")
+# "absorb-latent": absorb with latent-space attention forced on every call (plain "absorb" expands
+# the latents in a prefill, where that is cheaper; decode stays latent)
+ATTN_IMPLS = ("absorb", "naive", "absorb-latent")
 ORIGINAL_MAX_POS = HF_TINY["rope_scaling"]["original_max_position_embeddings"]  # 64
 
 
@@ -205,7 +207,11 @@ class Case:
 
     def ours(self, attn_impl: str) -> model.Transformer:
         if attn_impl not in self._ours:
-            self._ours[attn_impl] = model.load(self.dir, attn_impl=attn_impl)
+            m = model.load(self.dir, attn_impl=attn_impl.removesuffix("-latent"))
+            if attn_impl.endswith("-latent"):
+                for a in m.attention_modules():
+                    a.latent_attention = "always"
+            self._ours[attn_impl] = m
         return self._ours[attn_impl]
 
 
