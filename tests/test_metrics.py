@@ -56,3 +56,362 @@ def test_mutual_information_and_nmi():
 def test_bad_shapes():
     with pytest.raises(ValueError, match="1-D"):
         M.maxvio([[1, 2], [3, 4]])
+
+
+# ------------------------------------------------------------------------------ load balance
+def _one_line(excinfo) -> str:
+    msg = str(excinfo.value)
+    assert "\n" not in msg and msg
+    return msg
+
+
+@pytest.mark.parametrize("bad, needle", [([[1, 2], [3, 4]], "1-D"), ([], "empty"), ([1, -2, 3], "negative"),
+                                         ([1, float("nan")], "finite")])
+def test_bad_loads_raise_one_line_errors(bad, needle):
+    for fn in (M.maxvio, M.relative_load, M.balancedness, M.imbalance_ratio, M.cv, M.normalised_entropy,
+               M.gini, M.jain_index):
+        with pytest.raises(M.MetricsError, match=needle) as e:
+            fn(bad)
+        _one_line(e)
+
+
+def test_maxvio_batch_and_imbalance_ratio():
+    np.testing.assert_allclose(M.maxvio_batch([[4, 0], [2, 2], [0, 0]]), [1.0, 0.0, np.nan])
+    with pytest.raises(M.MetricsError, match="batches"):
+        M.maxvio_batch([1, 2])
+    assert M.imbalance_ratio([4, 2, 1, 1]) == pytest.approx(1.0)  # 4 / 2 - 1
+    assert M.imbalance_ratio([3, 3, 3]) == 0.0
+    assert M.imbalance_ratio([8, 0, 0, 0]) == pytest.approx(3.0)
+    assert M.imbalance_ratio([7]) == 0.0
+    assert math.isnan(M.imbalance_ratio([0, 0]))
+
+
+def test_gini_and_jain():
+    # |x_i - x_j| summed over ordered pairs of [1, 2, 3] = 8; / (2 * 3^2 * mean 2) = 2/9
+    assert M.gini([3, 1, 2]) == pytest.approx(2 / 9)
+    assert M.gini([1, 1, 1, 1]) == pytest.approx(0.0, abs=1e-12)
+    assert M.gini([4, 0, 0, 0]) == pytest.approx(0.75)  # (N-1)/N
+    assert M.gini([5]) == pytest.approx(0.0, abs=1e-12)
+    assert math.isnan(M.gini([0, 0, 0]))
+    assert M.jain_index([1, 2, 3]) == pytest.approx(36 / 42)
+    assert M.jain_index([2, 2]) == pytest.approx(1.0)
+    assert M.jain_index([4, 0, 0, 0]) == pytest.approx(0.25)
+    assert M.jain_index([9]) == 1.0
+    assert math.isnan(M.jain_index([0, 0]))
+
+
+def test_single_expert_and_empty_layer_edge_cases():
+    for fn, want in ((M.balancedness, 1.0), (M.cv, 0.0), (M.maxvio, 0.0), (M.normalised_entropy, 1.0)):
+        assert fn([6]) == want
+    np.testing.assert_allclose(M.relative_load([6]), [1.0])
+    assert np.isnan(M.relative_load([0, 0])).all()
+    for fn in (M.balancedness, M.cv, M.maxvio):
+        assert math.isnan(fn([0, 0, 0]))
+
+
+def test_switch_balance():
+    assert M.switch_balance([2, 2, 2, 2], [0.25] * 4) == pytest.approx(1.0)  # uniform: f = 1, P = 1/N
+    assert M.switch_balance([4, 0], [1.0, 0.0]) == pytest.approx(2.0)  # all on one: N
+    # f = 2 * [3, 1] / 4 = [1.5, 0.5]; 1.5 * 0.6 + 0.5 * 0.4 = 1.1
+    assert M.switch_balance([3, 1], [0.6, 0.4]) == pytest.approx(1.1)
+    assert math.isnan(M.switch_balance([0, 0], [0.5, 0.5]))
+    with pytest.raises(M.MetricsError, match="does not match"):
+        M.switch_balance([1, 2, 3], [0.5, 0.5])
+    np.testing.assert_allclose(M.normalised_scores([[1, 1], [3, 1]]), [[0.5, 0.5], [0.75, 0.25]])
+    with pytest.raises(M.MetricsError, match="negative"):
+        M.normalised_scores([[1, -1]])
+
+
+def test_gpu_loads_and_balance_summary():
+    np.testing.assert_allclose(M.gpu_loads([4, 2, 1, 1], 2), [6, 2])
+    np.testing.assert_allclose(M.gpu_loads([1, 2, 3], 2), [3, 3])  # chunks [1, 2] and [3]
+    with pytest.raises(M.MetricsError, match="exceeds"):
+        M.gpu_loads([1, 2], 3)
+    s = M.balance_summary([4, 2, 1, 1], batch_loads=[[2, 1, 1, 0], [2, 1, 0, 1]], n_gpus=2)
+    assert s["maxvio_global"] == pytest.approx(1.0) and s["balancedness"] == pytest.approx(0.5)
+    assert s["maxvio_batch_mean"] == pytest.approx(1.0) and s["maxvio_batch_max"] == pytest.approx(1.0)
+    assert s["imbalance_ratio"] == pytest.approx(3 / 2 - 1)  # per batch GPU loads [3, 1]: 3/2 - 1
+    assert s["gpu_balancedness"] == pytest.approx(4 / 6)
+    assert math.isnan(s["switch"]) and s["batches"] == 2
+    with pytest.raises(M.MetricsError, match="batch_loads"):
+        M.balance_summary([1, 2], batch_loads=[[1, 2, 3]])
+
+
+# ------------------------------------------------------------------------------ specialisation
+def test_contingency_lift_share():
+    names, c = M.contingency(["a", "b", "a"], [[0, 1], [1, 2], [0, 2]])
+    assert names == ["a", "b"]
+    np.testing.assert_array_equal(c, [[2, 1, 1], [0, 1, 1]])
+    _, c4 = M.contingency(["a"], [[1, 2]], n_experts=4)
+    np.testing.assert_array_equal(c4, [[0, 1, 1, 0]])
+    with pytest.raises(M.MetricsError, match="out of range"):
+        M.contingency(["a"], [[1, 5]], n_experts=4)
+    with pytest.raises(M.MetricsError, match="lengths differ"):
+        M.contingency(["a", "b"], [[1, 2]])
+    # P(d, e) = 3/8 on the diagonal, P(d) = P(e) = 1/2 -> lift 1.5 and 0.5
+    np.testing.assert_allclose(M.lift([[3, 1], [1, 3]]), [[1.5, 0.5], [0.5, 1.5]])
+    li = M.lift([[2, 0], [2, 0]])  # expert 1 never chosen: NaN; expert 0 equally shared: 1
+    np.testing.assert_allclose(li, [[1, np.nan], [1, np.nan]])
+    np.testing.assert_allclose(M.domain_share([[3, 0], [1, 0]]), [[0.75, np.nan], [0.25, np.nan]])
+    assert np.isnan(M.lift(np.zeros((2, 2)))).all()
+    with pytest.raises(M.MetricsError, match="2-D"):
+        M.lift([1, 2])
+
+
+def test_nmi_matches_scikit_learn():
+    from sklearn.metrics import normalized_mutual_info_score
+
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 4, 500)
+    b = (a + rng.integers(0, 3, 500)) % 6
+    c = np.zeros((4, 6))
+    np.add.at(c, (a, b), 1)
+    for avg in ("arithmetic", "geometric", "min", "max"):
+        assert M.nmi(c, avg) == pytest.approx(normalized_mutual_info_score(a, b, average_method=avg))
+    # negative control: an unrelated labeling scores far lower, so the comparison can fail
+    assert M.nmi(c) > normalized_mutual_info_score(a, rng.permutation(b)) + 0.1
+    assert M.nmi([[5, 0], [0, 5]]) == pytest.approx(1.0)
+    assert M.nmi([[7]]) == 1.0 and M.nmi([[3, 4]]) == 0.0  # sklearn's conventions
+    with pytest.raises(M.MetricsError, match="average"):
+        M.nmi(c, "mean")
+
+
+def test_vocabulary_specialisation():
+    # id 5 -> experts [0, 0, 1]: 2/3; id 7 -> [2, 3]: 1/2; mean over ids 7/12
+    assert M.vocabulary_specialisation([5, 5, 5, 7, 7], [0, 0, 1, 2, 3]) == pytest.approx(7 / 12)
+    assert M.vocabulary_specialisation([5, 5, 5, 7, 7], [0, 0, 1, 2, 3], min_count=3) == pytest.approx(2 / 3)
+    assert M.vocabulary_specialisation([1, 1, 2], [4, 4, 0]) == 1.0  # each id has one expert
+    assert math.isnan(M.vocabulary_specialisation([], []))
+    with pytest.raises(M.MetricsError, match="one expert"):
+        M.vocabulary_specialisation([1], [[1, 2]])
+    v = M.expert_vocabulary([5, 5, 6, 7, 7, 7], [0, 0, 0, 1, 1, 1], n_experts=3, top=1)
+    assert v.tokens.tolist() == [3, 3, 0] and v.distinct_ids.tolist() == [2, 1, 0]
+    assert v.top_ids[0] == [5] and v.top_share[0] == pytest.approx(2 / 3) and v.top_share[1] == 1.0
+    assert v.vocab_entropy[0] == pytest.approx(M.entropy([2, 1]) / math.log(2))
+    assert math.isnan(v.top_share[2])
+
+
+# ------------------------------------------------------------------------------ routing patterns
+def test_random_overlap_baseline_matches_mixtral():
+    assert M.random_overlap_baseline(8, 1) == pytest.approx(0.125)
+    assert M.random_overlap_baseline(8, 2) == pytest.approx(1 - 15 / 28)  # Mixtral's 46%
+    assert M.random_overlap_baseline(3, 2) == 1.0  # two 2-subsets of 3 always meet
+    with pytest.raises(M.MetricsError):
+        M.random_overlap_baseline(4, 5)
+
+
+def test_repetition_hand_computed():
+    ids = [[0, 1], [0, 2], [3, 1], [3, 0]]
+    r = M.repetition(ids, n_experts=4)
+    assert r["pairs"] == 3
+    assert r["same_top1"] == pytest.approx(2 / 3)
+    assert r["topk_any"] == pytest.approx(2 / 3)
+    assert r["topk_overlap"] == pytest.approx((1 + 0 + 1) / 3 / 2)
+    assert r["baseline_top1_uniform"] == 0.25
+    assert r["baseline_top1_load"] == pytest.approx(0.5)  # first choices [0, 0, 3, 3]
+    assert r["baseline_topk_overlap_load"] == pytest.approx((0.75**2 + 0.5**2 + 0.25**2 + 0.5**2) / 2)
+    assert r["baseline_topk_any_uniform"] == pytest.approx(1 - 1 / 6)
+    assert r["baseline_topk_overlap_uniform"] == 0.5
+    r2 = M.repetition(ids, seq_id=[0, 0, 1, 1])  # the middle pair crosses windows
+    assert r2["pairs"] == 2 and r2["same_top1"] == 1.0
+    assert M.repetition(ids, pos=[0, 1, 5, 6])["pairs"] == 2
+    assert M.repetition([[2]], n_experts=3)["pairs"] == 0 and math.isnan(M.repetition([[2]], n_experts=3)["same_top1"])
+    assert M.repetition([[0], [0]], n_experts=1)["baseline_top1_load"] == 1.0  # single expert
+    with pytest.raises(M.MetricsError, match="lengths differ"):
+        M.repetition(ids, seq_id=[0, 0])
+
+
+def test_repetition_negative_control():
+    """Independent routing with skewed loads repeats at the load-aware baseline, not at 1/N;
+    sticky routing repeats far more."""
+    rng = np.random.default_rng(0)
+    p = np.array([0.5, 0.2, 0.1, 0.1, 0.05, 0.05])
+    iid = rng.choice(6, size=(20000, 1), p=p)
+    r = M.repetition(iid, n_experts=6)
+    assert r["same_top1"] == pytest.approx(r["baseline_top1_load"], abs=0.02)
+    assert abs(r["same_top1"] - r["baseline_top1_uniform"]) > 0.1
+    sticky = np.repeat(iid[:2000], 10, axis=0)
+    assert M.repetition(sticky, n_experts=6)["same_top1"] > 0.85
+
+
+def test_coactivation_hand_computed():
+    ids = [[0, 1], [0, 2], [1, 0]]
+    c = M.coactivation(ids, n_experts=3, normalise=False)
+    np.testing.assert_array_equal(c, [[3, 2, 1], [2, 2, 0], [1, 0, 1]])
+    n = M.coactivation(ids, n_experts=3)
+    np.testing.assert_allclose(n, [[np.nan, 2 / 3, 1 / 3], [1, np.nan, 0], [1, 0, np.nan]])
+    n4 = M.coactivation(ids, n_experts=4)  # expert 3 never chosen: NaN row
+    assert np.isnan(n4[3]).all()
+    assert M.coactivation(np.zeros((0, 2), int), n_experts=2, normalise=False).sum() == 0
+
+
+def test_routing_agreement_hand_computed():
+    a, b = [[0, 1], [2, 3]], [[0, 2], [3, 2]]
+    r = M.routing_agreement(a, b)
+    assert r["top1_same"] == 0.5
+    assert r["overlap"] == pytest.approx((1 / 2 + 2 / 2) / 2)
+    assert r["jaccard"] == pytest.approx((1 / 3 + 1) / 2)
+    assert r["nmi_top1"] == pytest.approx(1.0)  # first choices [0, 2] vs [0, 3]: a relabelling
+    same = M.routing_agreement(a, a)
+    assert same["top1_same"] == same["overlap"] == same["jaccard"] == 1.0
+    assert math.isnan(M.routing_agreement(np.zeros((0, 2), int), np.zeros((0, 2), int))["overlap"])
+    with pytest.raises(M.MetricsError, match="lengths differ"):
+        M.routing_agreement(a, a[:1])
+
+
+def test_margin_summary_and_score_entropy():
+    s = M.margin_summary([0.0, 0.005, 0.1, np.nan])
+    assert s["count"] == 3 and s["near"] == pytest.approx(2 / 3)
+    assert s["mean"] == pytest.approx(0.035) and s["p50"] == pytest.approx(0.005) and s["max"] == 0.1
+    assert s["p10"] == pytest.approx(0.001)  # linear interpolation
+    e = M.margin_summary([np.nan])
+    assert e["count"] == 0 and math.isnan(e["mean"])
+    np.testing.assert_allclose(M.score_entropy([[1, 1], [1, 0], [0, 0]]), [1.0, 0.0, np.nan])
+    np.testing.assert_allclose(M.score_entropy([[0.5, 0.25, 0.25]]), [1.5 * math.log(2) / math.log(3)])
+    np.testing.assert_allclose(M.score_entropy([[0.3]]), [1.0])
+
+
+# ------------------------------------------------------------------------------ run versions
+from _synthetic_run import write_run  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    import probe
+
+    d = tmp_path_factory.mktemp("runs") / "synth"
+    arrays = write_run(d)
+    return probe.open_run(d), arrays
+
+
+def test_run_loads_and_balance_table_equal_array_versions(synth):
+    run, a = synth
+    loads = M.layer_loads_from_run(run)
+    assert sorted(loads) == a["layers"]
+    for layer in a["layers"]:
+        ids = a["ids"][layer]
+        want = np.bincount(ids.reshape(-1), minlength=a["E"])
+        np.testing.assert_array_equal(loads[layer], want)
+        steps, b = M.batch_loads_from_run(run, layer)
+        wb = np.stack([np.bincount(ids[a["step"] == s].reshape(-1), minlength=a["E"]) for s in (0, 1)])
+        np.testing.assert_array_equal(b, wb)
+        mv = M.maxvio_batch_from_run(run)
+        np.testing.assert_allclose(mv[mv.layer == layer].maxvio, M.maxvio_batch(wb))
+        # Switch from the scored rows only
+        sc = a["scores"][layer]
+        keep = ~np.isnan(sc[:, 0])
+        load_s = np.bincount(ids[keep].reshape(-1), minlength=a["E"])
+        P = M.normalised_scores(sc[keep]).mean(0)
+        sw = M.switch_inputs_from_run(run)[layer]
+        np.testing.assert_allclose(sw[0], load_s)
+        np.testing.assert_allclose(sw[1], P, rtol=1e-6)
+        row = M.balance_table(run, n_gpus=2).set_index("layer").loc[layer]
+        want_row = M.balance_summary(want, wb, n_gpus=2)
+        for k, v in want_row.items():
+            if k != "switch":
+                assert row[k] == pytest.approx(v, nan_ok=True), k
+        assert row["switch"] == pytest.approx(M.switch_balance(load_s, P), rel=1e-6)
+
+
+def test_run_specialisation_equals_array_versions(synth):
+    run, a = synth
+    for layer in a["layers"]:
+        names, c = M.contingency_from_run(run, layer)
+        wn, wc = M.contingency(a["domain"], a["ids"][layer], a["E"])
+        assert names == wn
+        np.testing.assert_array_equal(c, wc)
+        assert M.domain_contingency_from_run(run)[layer][0] == wn
+        np.testing.assert_allclose(M.lift_from_run(run, layer)[1], M.lift(wc))
+    t = M.specialisation_table(run).set_index("layer")
+    for layer in a["layers"]:
+        c = M.contingency(a["domain"], a["ids"][layer], a["E"])[1]
+        assert t.loc[layer, "domain_nmi"] == pytest.approx(M.domain_nmi(c))
+        assert t.loc[layer, "mutual_information"] == pytest.approx(M.mutual_information(c))
+        assert t.loc[layer, "max_lift"] == pytest.approx(np.nanmax(M.lift(c)))
+    # the domain-routed layer specialises by domain more than the token-routed one
+    assert t.loc[2, "domain_nmi"] > t.loc[1, "domain_nmi"]
+
+
+def test_run_vocabulary_equals_array_versions(synth):
+    run, a = synth
+    cur = M.vocabulary_specialisation_from_run(run).set_index("layer")
+    nxt = M.vocabulary_specialisation_from_run(run, against="next", min_count=2).set_index("layer")
+    same_seq = a["seq"][1:] == a["seq"][:-1]
+    for layer in a["layers"]:
+        top1 = a["ids"][layer][:, 0]
+        assert cur.loc[layer, "vocabulary_specialisation"] == pytest.approx(
+            M.vocabulary_specialisation(a["token_id"], top1))
+        assert nxt.loc[layer, "vocabulary_specialisation"] == pytest.approx(
+            M.vocabulary_specialisation(a["token_id"][1:][same_seq], top1[:-1][same_seq], min_count=2))
+        ev = M.expert_vocabulary_from_run(run, layer, top=3)
+        wv = M.expert_vocabulary(a["token_id"], top1, a["E"], top=3)
+        assert ev.drop(columns=["top_shares", "top_share", "vocab_entropy"]).equals(
+            wv.drop(columns=["top_shares", "top_share", "vocab_entropy"]))
+        np.testing.assert_allclose(ev.top_share, wv.top_share)
+        np.testing.assert_allclose(ev.vocab_entropy, wv.vocab_entropy)
+    assert cur.loc[1, "vocabulary_specialisation"] == 1.0  # layer 1 routes by token id
+
+
+def test_run_repetition_coactivation_agreement_margins(synth):
+    run, a = synth
+    rep = M.repetition_from_run(run).set_index("layer")
+    for layer in a["layers"]:
+        ids = a["ids"][layer]
+        want = M.repetition(ids, seq_id=a["seq"], pos=a["pos"], n_experts=a["E"])
+        for k, v in want.items():
+            assert rep.loc[layer, k] == pytest.approx(v), k
+        np.testing.assert_allclose(M.coactivation_from_run(run, layer), M.coactivation(ids, a["E"]))
+        np.testing.assert_array_equal(M.coactivation_from_run(run, layer, normalise=False),
+                                      M.coactivation(ids, a["E"], normalise=False))
+        mg = M.margins_from_run(run, near=0.02)
+        for col in ("margin_1", "margin_k"):
+            got = mg[(mg.layer == layer) & (mg.margin == col)].iloc[0]
+            for k, v in M.margin_summary(a[col][layer], near=0.02).items():
+                assert got[k] == pytest.approx(v, rel=1e-6), (col, k)
+        se = M.score_entropy_from_run(run).set_index("layer")
+        sc = a["scores"][layer]
+        assert se.loc[layer, "score_entropy"] == pytest.approx(
+            np.nanmean(M.score_entropy(sc[~np.isnan(sc[:, 0])])), rel=1e-6)
+    la = M.layer_agreement_from_run(run).iloc[0]
+    want = M.routing_agreement(a["ids"][1], a["ids"][2])
+    assert (la.layer_a, la.layer_b) == (1, 2)
+    for k, v in want.items():
+        assert la[k] == pytest.approx(v), k
+
+
+def test_cross_run_agreement_and_negative_control(synth, tmp_path):
+    import probe
+
+    run, a = synth
+    same = M.routing_agreement_from_runs(run, run.path)
+    assert (same.top1_same == 1).all() and (same.jaccard == 1).all()
+    other = write_run(tmp_path / "other", seed=5, token_seed=0)  # same tokens, different routing
+    got = M.routing_agreement_from_runs(run, probe.open_run(tmp_path / "other")).set_index("layer")
+    for layer in a["layers"]:
+        want = M.routing_agreement(a["ids"][layer], other["ids"][layer])
+        for k, v in want.items():
+            assert got.loc[layer, k] == pytest.approx(v), k
+    # negative control: the run versions do see the difference between the two runs
+    assert got.loc[2, "top1_same"] < 1
+    assert not np.array_equal(M.contingency_from_run(tmp_path / "other", 2)[1], M.contingency_from_run(run, 2)[1])
+    write_run(tmp_path / "diff", seed=0, token_seed=9)  # different tokens
+    with pytest.raises(M.MetricsError, match="different tokens") as e:
+        M.routing_agreement_from_runs(run, tmp_path / "diff")
+    _one_line(e)
+
+
+def test_run_bad_input_errors(synth, tmp_path):
+    run, _ = synth
+    write_run(tmp_path / "empty", empty=True)
+    for fn in (M.layer_loads_from_run, M.balance_table, M.contingency_from_run, M.repetition_from_run,
+               M.margins_from_run, M.specialisation_table, M.vocabulary_specialisation_from_run):
+        with pytest.raises(M.MetricsError, match="no (expert_load|routing) table") as e:
+            fn(tmp_path / "empty")
+        _one_line(e)
+    with pytest.raises(M.MetricsError, match="layer 0 has no routing rows") as e:
+        M.coactivation_from_run(run, 0)
+    _one_line(e)
+    with pytest.raises(M.MetricsError, match="against"):
+        M.vocabulary_specialisation_from_run(run, against="prev")
+    with pytest.raises(ValueError, match="not a run directory"):
+        M.balance_table(tmp_path / "nothing")

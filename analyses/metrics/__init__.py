@@ -1,0 +1,82 @@
+"""Load-balance and specialisation metrics, defined as in `shared/docs/metrics.md`.
+
+Every metric has an array version (numpy, in memory) and a run version that aggregates a run
+directory's Parquet tables with DuckDB SQL (GROUP BY / UNNEST) so that only per-expert or per-layer
+aggregates reach Python. Run arguments accept a `probe.Run` or a run directory path. Bad input
+raises `MetricsError` (a ValueError) with a one-line message. A "load" is the number of (token,
+top-k slot) assignments an expert received.
+
+    from analyses.metrics import balance_table, maxvio
+    balance_table("runs/x")                  # one row per MoE layer, every balance metric
+
+Load balance (`balance.py`)
+- maxvio(load, mean_load=None)            MaxVio = (max - mean)/mean (2408.15664 Eq. 4), global
+- maxvio_batch(batch_loads)               MaxVio per batch, rows of a [batches, N] table
+- relative_load(load)                     load / mean load (DeepSeek-V3 Fig. 9)
+- balancedness(load)                      mean / max (SGLang / vLLM EPLB)
+- imbalance_ratio(load)                   max / mean - 1 of per-rank loads (TensorRT-LLM)
+- cv, normalised_entropy, gini, jain_index   secondary views
+- normalised_scores(scores)               s / sum(s) per token
+- switch_balance(load, mean_score)        sum f_i P_i, top-K Switch form (2408.15664 Eq. 2)
+- gpu_loads(load, n_gpus)                 per-GPU loads of the contiguous placement
+- balance_summary(load, batch_loads=None, n_gpus=None, mean_score=None)   all of the above, a dict
+- layer_loads_from_run(run)               {layer: [N] total loads}
+- batch_loads_from_run(run, layer)        (steps, [B, N]) per-batch loads
+- maxvio_batch_from_run(run)              DataFrame layer, step, assignments, maxvio (SQL)
+- switch_inputs_from_run(run)             {layer: (load, mean normalised score, tokens)} from scored rows
+- balance_table(run, n_gpus=None)         DataFrame, one row per layer, every balance metric
+
+Specialisation (`specialisation.py`)
+- contingency(labels, expert_ids, n_experts=None)   (labels, [D, N] top-k assignment counts)
+- entropy(p), mutual_information(table)   nats
+- nmi(table, average="arithmetic")        I / mean(H) (also geometric, min, max, rows)
+- domain_nmi(table)                       I(domain; expert) / H(domain)
+- domain_share(table)                     P(domain | expert)
+- lift(table)                             P(domain | expert) / P(domain)
+- vocabulary_specialisation(token_ids, top1, min_count=1)   OLMoE: mean over ids of top expert share
+- expert_vocabulary(token_ids, top1, n_experts=None, top=5) per expert: ids, entropy, top ids, share
+- contingency_from_run(run, layer=None), domain_contingency_from_run(run), lift_from_run(run, layer)
+- specialisation_table(run)               DataFrame per layer: MI, domain_nmi, nmi, max lift
+- vocabulary_specialisation_from_run(run, against="current"|"next", min_count=1)
+- expert_vocabulary_from_run(run, layer, top=5)
+
+Routing patterns (`routing.py`)
+- repetition(expert_ids, seq_id=None, pos=None, n_experts=None)  Mixtral Table 5 + baselines
+- random_overlap_baseline(n_experts, k)   1 - C(N-k, k) / C(N, k)
+- coactivation(expert_ids, n_experts=None, normalise=True)   OLMoE N(Ei, Ej) / N(Ei)
+- routing_agreement(ids_a, ids_b)         top1_same, overlap |∩|/K, jaccard, nmi_top1
+- margin_summary(margins, near=0.01)      count, mean, std, quantiles, share below `near`
+- score_entropy(scores)                   per-token normalised routing entropy
+- repetition_from_run(run, layer=None), coactivation_from_run(run, layer, normalise=True)
+- layer_agreement_from_run(run, layers=None)     consecutive MoE layers
+- routing_agreement_from_runs(run_a, run_b)      same tokens, two runs
+- margins_from_run(run, near=0.01), score_entropy_from_run(run)
+"""
+
+from __future__ import annotations
+
+from ._common import MetricsError
+from .balance import (balance_summary, balance_table, balancedness, batch_loads_from_run, cv, gini, gpu_loads,
+                      imbalance_ratio, jain_index, layer_loads_from_run, maxvio, maxvio_batch,
+                      maxvio_batch_from_run, normalised_entropy, normalised_scores, relative_load,
+                      switch_balance, switch_inputs_from_run)
+from .routing import (coactivation, coactivation_from_run, layer_agreement_from_run, margin_summary,
+                      margins_from_run, random_overlap_baseline, repetition, repetition_from_run,
+                      routing_agreement, routing_agreement_from_runs, score_entropy, score_entropy_from_run)
+from .specialisation import (contingency, contingency_from_run, domain_contingency_from_run, domain_nmi,
+                             domain_share, entropy, expert_vocabulary, expert_vocabulary_from_run, lift,
+                             lift_from_run, mutual_information, nmi, specialisation_table,
+                             vocabulary_specialisation, vocabulary_specialisation_from_run)
+
+__all__ = [
+    "MetricsError",
+    "balance_summary", "balance_table", "balancedness", "batch_loads_from_run", "cv", "gini", "gpu_loads",
+    "imbalance_ratio", "jain_index", "layer_loads_from_run", "maxvio", "maxvio_batch", "maxvio_batch_from_run",
+    "normalised_entropy", "normalised_scores", "relative_load", "switch_balance", "switch_inputs_from_run",
+    "coactivation", "coactivation_from_run", "layer_agreement_from_run", "margin_summary", "margins_from_run",
+    "random_overlap_baseline", "repetition", "repetition_from_run", "routing_agreement",
+    "routing_agreement_from_runs", "score_entropy", "score_entropy_from_run",
+    "contingency", "contingency_from_run", "domain_contingency_from_run", "domain_nmi", "domain_share", "entropy",
+    "expert_vocabulary", "expert_vocabulary_from_run", "lift", "lift_from_run", "mutual_information", "nmi",
+    "specialisation_table", "vocabulary_specialisation", "vocabulary_specialisation_from_run",
+]

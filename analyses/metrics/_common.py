@@ -1,0 +1,103 @@
+"""Input checks and run helpers shared by the metric modules (private)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+class MetricsError(ValueError):
+    """Bad input to a metric (the message is one line and names the problem)."""
+
+
+def as_loads(load, name: str = "load") -> np.ndarray:
+    """A 1-D float64 vector of non-negative per-expert loads (at least one expert)."""
+    x = np.asarray(load, dtype=np.float64)
+    if x.ndim != 1:
+        raise MetricsError(f"{name}: expected a 1-D vector of per-expert loads, got shape {x.shape}")
+    if len(x) == 0:
+        raise MetricsError(f"{name}: empty vector (no experts)")
+    if not np.isfinite(x).all():
+        raise MetricsError(f"{name}: loads must be finite")
+    if (x < 0).any():
+        raise MetricsError(f"{name}: negative load {x.min():g} (loads are counts)")
+    return x
+
+
+def as_ids(ids, name: str = "expert_ids") -> np.ndarray:
+    """[T, K] integer expert ids (a 1-D vector is read as K = 1)."""
+    a = np.asarray(ids)
+    if a.ndim == 1:
+        a = a[:, None]
+    if a.ndim != 2:
+        raise MetricsError(f"{name}: expected [tokens, K] expert ids, got shape {a.shape}")
+    if a.size and not np.issubdtype(a.dtype, np.integer):
+        if not np.all(np.mod(a, 1) == 0):
+            raise MetricsError(f"{name}: expert ids must be integers")
+    a = a.astype(np.int64)
+    if a.size and a.min() < 0:
+        raise MetricsError(f"{name}: negative expert id {a.min()}")
+    return a
+
+
+def n_experts_of(ids: np.ndarray, n_experts: int | None, name: str = "expert_ids") -> int:
+    if n_experts is None:
+        return int(ids.max()) + 1 if ids.size else 0
+    if n_experts < 1:
+        raise MetricsError(f"n_experts must be >= 1, got {n_experts}")
+    if ids.size and ids.max() >= n_experts:
+        raise MetricsError(f"{name}: expert id {ids.max()} out of range for {n_experts} experts")
+    return int(n_experts)
+
+
+def same_length(*arrays, names: str) -> None:
+    n = {len(a) for a in arrays}
+    if len(n) > 1:
+        raise MetricsError(f"{names}: lengths differ ({', '.join(str(len(a)) for a in arrays)})")
+
+
+def nan_if(cond: bool, value) -> float:
+    return float("nan") if cond else float(value)
+
+
+# ------------------------------------------------------------------------------ runs
+def as_run(run):
+    """A `probe.Run`, from a Run or a run directory path."""
+    if isinstance(run, (str, Path)):
+        import probe
+
+        return probe.open_run(run)
+    return run
+
+
+def model_arg(run, key: str, default=None):
+    return (run.info.get("model_args") or {}).get(key, default)
+
+
+def n_experts_of_run(run, table: str = "expert_load") -> int:
+    """Routed experts E: run.json's model args, else the largest id seen + 1."""
+    e = model_arg(run, "n_routed_experts")
+    if e:
+        return int(e)
+    if table == "expert_load":
+        m = run.sql("select max(expert) from expert_load").fetchall()[0][0]
+    else:
+        m = run.sql("select max(e) from (select unnest(expert_ids) e from routing)").fetchall()[0][0]
+    return int(m) + 1 if m is not None else 0
+
+
+def need_rows(run, table: str) -> None:
+    """Raise when the run has no rows in `table` (an empty run or a table not recorded)."""
+    if not run.files(table):
+        raise MetricsError(f"{run.path}: run has no {table} table (empty run, or not recorded)")
+    n = run.sql(f"select count(*) from {table}").fetchall()[0][0]
+    if n == 0:
+        raise MetricsError(f"{run.path}: run's {table} table is empty")
+
+
+def check_layer(run, layer, table: str = "routing") -> int:
+    layers = [int(r[0]) for r in run.sql(f"select distinct layer from {table} order by 1").fetchall()]
+    if int(layer) not in layers:
+        raise MetricsError(f"layer {layer} has no {table} rows (MoE layers recorded: {layers})")
+    return int(layer)

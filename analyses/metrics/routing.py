@@ -1,0 +1,336 @@
+"""Routing-pattern metrics (metrics.md, "Specialization" second half): consecutive-token repetition
+with random baselines, co-activation, cross-layer and cross-run routing agreement, score margins and
+routing entropy. Array versions and run versions (DuckDB SQL over `routing`; only aggregates return).
+"""
+
+from __future__ import annotations
+
+from math import comb
+
+import numpy as np
+
+from ._common import (MetricsError, as_ids, as_run, check_layer, n_experts_of, n_experts_of_run, need_rows,
+                      same_length)
+from .specialisation import nmi
+
+
+# ------------------------------------------------------------------------------ repetition
+def random_overlap_baseline(n_experts: int, k: int) -> float:
+    """P(two independent uniformly random k-subsets of N experts share an expert)
+    = 1 - C(N-k, k) / C(N, k) (Mixtral paper, Table 5: 1/8 = 12.5% for k = 1 and 46% for
+    "first or second choice", k = 2, N = 8; metrics.md "Consecutive-token repetition")."""
+    if n_experts < 1 or not 1 <= k <= n_experts:
+        raise MetricsError(f"need 1 <= k <= n_experts, got k={k}, n_experts={n_experts}")
+    return 1 - comb(n_experts - k, k) / comb(n_experts, k)
+
+
+def _pairs(ids: np.ndarray, seq_id, pos) -> np.ndarray:
+    """Indices t such that rows t and t+1 are adjacent tokens of one window."""
+    ok = np.ones(max(len(ids) - 1, 0), bool)
+    if seq_id is not None:
+        s = np.asarray(seq_id)
+        same_length(s, ids, names="seq_id, expert_ids")
+        ok &= s[1:] == s[:-1]
+    if pos is not None:
+        p = np.asarray(pos)
+        same_length(p, ids, names="pos, expert_ids")
+        ok &= p[1:] == p[:-1] + 1
+    return np.nonzero(ok)[0]
+
+
+def repetition(expert_ids, seq_id=None, pos=None, n_experts: int | None = None) -> dict:
+    """Consecutive-token repetition of one layer (Mixtral paper Table 5; metrics.md
+    "Consecutive-token repetition"), measured on adjacent tokens of a window (rows t, t+1 with the
+    same seq_id and, when given, pos + 1), with random baselines:
+
+    - same_top1: share of adjacent pairs whose first-choice expert is the same.
+      baseline_top1_uniform = 1/N (Mixtral); baseline_top1_load = sum_i p_i^2 with p_i the share of
+      the layer's tokens whose first choice is i (independent routing with the measured loads).
+    - topk_any: share of pairs whose top-k sets share an expert (Mixtral's "first or second choice"
+      for K = 2); baseline_topk_any_uniform = 1 - C(N-K, K) / C(N, K).
+    - topk_overlap: mean |TopK_t ∩ TopK_t+1| / K; baseline_topk_overlap_uniform = K / N,
+      baseline_topk_overlap_load = sum_i q_i^2 / K with q_i the share of tokens having i in their
+      top-k (the exact expected overlap of two independent tokens drawn from the layer).
+
+    expert_ids: [T, K] in token order, best first. NaN measures when there is no pair."""
+    ids = as_ids(expert_ids)
+    T, K = ids.shape
+    E = n_experts_of(ids, n_experts)
+    t = _pairs(ids, seq_id, pos)
+    a, b = ids[t], ids[t + 1]
+    out = {"tokens": T, "pairs": len(t)}
+    if len(t):
+        inter = (a[:, :, None] == b[:, None, :]).any(2).sum(1)  # |A ∩ B| (ids within a row distinct)
+        out |= {"same_top1": float((a[:, 0] == b[:, 0]).mean()), "topk_any": float((inter > 0).mean()),
+                "topk_overlap": float(inter.mean() / K)}
+    else:
+        out |= {"same_top1": float("nan"), "topk_any": float("nan"), "topk_overlap": float("nan")}
+    if T and E:
+        p = np.bincount(ids[:, 0], minlength=E) / T
+        q = np.bincount(ids.reshape(-1), minlength=E) / T
+        out |= {"baseline_top1_uniform": 1 / E, "baseline_top1_load": float((p**2).sum()),
+                "baseline_topk_any_uniform": random_overlap_baseline(E, K) if K <= E else float("nan"),
+                "baseline_topk_overlap_uniform": K / E, "baseline_topk_overlap_load": float((q**2).sum() / K)}
+    else:
+        out |= dict.fromkeys(["baseline_top1_uniform", "baseline_top1_load", "baseline_topk_any_uniform",
+                              "baseline_topk_overlap_uniform", "baseline_topk_overlap_load"], float("nan"))
+    return out
+
+
+def repetition_from_run(run, layer: int | None = None) -> "pandas.DataFrame":  # noqa: F821
+    """`repetition` per MoE layer in SQL: routing self-joined on (seq_id, layer, pos + 1), top-1
+    equality and list_intersect of the top-k lists aggregated per layer; baselines from per-expert
+    first-choice and top-k counts (GROUP BY over UNNEST). One row per layer (or only `layer`)."""
+    import pandas as pd
+
+    run = as_run(run)
+    need_rows(run, "routing")
+    E = n_experts_of_run(run, "routing")
+    where = f"where layer = {check_layer(run, layer)}" if layer is not None else ""
+    src = f"(select layer, seq_id, pos, expert_ids from routing {where})"
+    m = run.sql(f"""
+        select a.layer, count(*) as pairs,
+               avg((a.expert_ids[1] = b.expert_ids[1])::int) as same_top1,
+               avg(list_has_any(a.expert_ids, b.expert_ids)::int) as topk_any,
+               avg(len(list_intersect(a.expert_ids, b.expert_ids)) / len(a.expert_ids)) as topk_overlap
+        from {src} a join {src} b on a.layer = b.layer and a.seq_id = b.seq_id and b.pos = a.pos + 1
+        group by a.layer""").fetchnumpy()
+    tk = run.sql(f"select layer, count(*) as t, max(len(expert_ids)) as k from {src} "
+                 "group by layer order by layer").fetchnumpy()
+    p = run.sql(f"select layer, expert_ids[1] as e, count(*) as n from {src} group by all").fetchnumpy()
+    q = run.sql(f"select layer, e, count(*) as n from (select layer, unnest(expert_ids) as e from {src}) "
+                "group by all").fetchnumpy()
+    rows = []
+    for layer_, T, K in zip(tk["layer"], tk["t"], tk["k"]):
+        T, K = int(T), int(K)
+        i = np.nonzero(m["layer"] == layer_)[0]
+        pairs = int(m["pairs"][i[0]]) if len(i) else 0
+        get = (lambda c: float(m[c][i[0]])) if pairs else (lambda c: float("nan"))
+        ps = p["n"][p["layer"] == layer_] / T
+        qs = q["n"][q["layer"] == layer_] / T
+        rows.append({"layer": int(layer_), "tokens": T, "pairs": pairs, "same_top1": get("same_top1"),
+                     "topk_any": get("topk_any"), "topk_overlap": get("topk_overlap"),
+                     "baseline_top1_uniform": 1 / E, "baseline_top1_load": float((ps**2).sum()),
+                     "baseline_topk_any_uniform": random_overlap_baseline(E, K) if K <= E else float("nan"),
+                     "baseline_topk_overlap_uniform": K / E, "baseline_topk_overlap_load": float((qs**2).sum() / K)})
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------ co-activation
+def coactivation(expert_ids, n_experts: int | None = None, normalise: bool = True) -> np.ndarray:
+    """Co-activation (OLMoE; metrics.md "Co-activation") of one layer, [N, N].
+
+    counts[i, j] (i != j) = tokens whose top-k contains both i and j (every ordered pair within a
+    token's top-k counts once); counts[i, i] = N(E_i), tokens choosing i.
+    normalise=True returns counts[i, j] / N(E_i): the share of i's tokens that also chose j
+    (row i; NaN on the diagonal and for experts never chosen)."""
+    ids = as_ids(expert_ids)
+    E = n_experts_of(ids, n_experts)
+    c = np.zeros((E, E))
+    K = ids.shape[1]
+    for x in range(K):
+        for y in range(K):
+            np.add.at(c, (ids[:, x], ids[:, y]), 1)  # x == y fills the diagonal with N(E_i)
+    if not normalise:
+        return c
+    d = np.diag(c).copy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(d[:, None] > 0, c / d[:, None], np.nan)
+    np.fill_diagonal(out, np.nan)
+    return out
+
+
+def coactivation_from_run(run, layer: int, normalise: bool = True) -> np.ndarray:
+    """`coactivation` of one layer in SQL (lateral UNNEST of each token's top-k twice, GROUP BY the
+    expert pair)."""
+    run = as_run(run)
+    need_rows(run, "routing")
+    layer = check_layer(run, layer)
+    E = n_experts_of_run(run, "routing")
+    r = run.sql(f"""select e1, e2, count(*) as n from
+                        (select unnest(expert_ids) as e1, expert_ids from routing where layer = {layer}) t,
+                        unnest(t.expert_ids) as u(e2) group by all""").fetchnumpy()
+    c = np.zeros((E, E))
+    c[r["e1"].astype(np.int64), r["e2"].astype(np.int64)] = r["n"]
+    if not normalise:
+        return c
+    d = np.diag(c).copy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(d[:, None] > 0, c / d[:, None], np.nan)
+    np.fill_diagonal(out, np.nan)
+    return out
+
+
+# ------------------------------------------------------------------------------ agreement
+def routing_agreement(ids_a, ids_b) -> dict:
+    """Agreement of two routings of the same tokens (two layers, expert ids mapped by index, or two
+    checkpoints; metrics.md "Router saturation / cross-layer agreement"):
+
+    - top1_same: share of tokens with the same first choice;
+    - overlap: mean |TopK_a ∩ TopK_b| / K (metrics.md's overlap; K of `ids_a`);
+    - jaccard: mean |TopK_a ∩ TopK_b| / |TopK_a ∪ TopK_b|;
+    - nmi_top1: NMI (arithmetic normalisation, as scikit-learn) of the two first-choice labelings,
+      which needs no mapping of ids between the two sides.
+    NaN when there are no tokens."""
+    a, b = as_ids(ids_a, "ids_a"), as_ids(ids_b, "ids_b")
+    same_length(a, b, names="ids_a, ids_b")
+    out = {"tokens": len(a)}
+    if not len(a):
+        return out | dict.fromkeys(["top1_same", "overlap", "jaccard", "nmi_top1"], float("nan"))
+    inter = (a[:, :, None] == b[:, None, :]).any(2).sum(1)
+    union = a.shape[1] + b.shape[1] - inter
+    E = int(max(a.max(), b.max())) + 1
+    c = np.zeros((E, E))
+    np.add.at(c, (a[:, 0], b[:, 0]), 1)
+    return out | {"top1_same": float((a[:, 0] == b[:, 0]).mean()), "overlap": float(inter.mean() / a.shape[1]),
+                  "jaccard": float((inter / union).mean()), "nmi_top1": nmi(c)}
+
+
+def _agreement_sql(con, a: str, b: str, on: str) -> "pandas.DataFrame":  # noqa: F821
+    """Aggregate routing_agreement in SQL over `a join b on ...`; returns per (la, lb) rows with
+    top1_same, overlap, jaccard and nmi_top1 (from a GROUP BY top-1 pair contingency)."""
+    import pandas as pd
+
+    j = f"from {a} a join {b} b on {on}"
+    m = con.sql(f"""
+        select a.layer as layer_a, b.layer as layer_b, count(*) as tokens,
+               avg((a.expert_ids[1] = b.expert_ids[1])::int) as top1_same,
+               avg(len(list_intersect(a.expert_ids, b.expert_ids)) / len(a.expert_ids)) as overlap,
+               avg(len(list_intersect(a.expert_ids, b.expert_ids))
+                   / (len(a.expert_ids) + len(b.expert_ids) - len(list_intersect(a.expert_ids, b.expert_ids))))
+                   as jaccard
+        {j} group by all order by all""").df()
+    c = con.sql(f"""select a.layer as layer_a, b.layer as layer_b, a.expert_ids[1] as ea, b.expert_ids[1] as eb,
+                           count(*) as n {j} group by all""").fetchnumpy()
+    vals = []
+    for la, lb in zip(m["layer_a"], m["layer_b"]):
+        s = (c["layer_a"] == la) & (c["layer_b"] == lb)
+        ea, eb = c["ea"][s].astype(np.int64), c["eb"][s].astype(np.int64)
+        t = np.zeros((ea.max() + 1, eb.max() + 1))
+        t[ea, eb] = c["n"][s]
+        vals.append(nmi(t))
+    m["nmi_top1"] = vals
+    return pd.DataFrame(m)
+
+
+def layer_agreement_from_run(run, layers: list[int] | None = None) -> "pandas.DataFrame":  # noqa: F821
+    """Cross-layer routing agreement (`routing_agreement`) between consecutive MoE layers
+    (or consecutive entries of `layers`) over the same tokens, in SQL (routing joined to itself on
+    seq_id, pos). Expert ids are compared by index (meaningful for upcycled or tied experts);
+    nmi_top1 needs no mapping. Columns layer_a, layer_b, tokens, top1_same, overlap, jaccard, nmi_top1."""
+    import pandas as pd
+
+    run = as_run(run)
+    need_rows(run, "routing")
+    have = [int(r[0]) for r in run.sql("select distinct layer from routing order by 1").fetchall()]
+    layers = have if layers is None else [check_layer(run, x) for x in layers]
+    frames = []
+    for la, lb in zip(layers[:-1], layers[1:]):
+        frames.append(_agreement_sql(run.con, f"(select * from routing where layer = {la})",
+                                     f"(select * from routing where layer = {lb})",
+                                     "a.seq_id = b.seq_id and a.pos = b.pos"))
+    cols = ["layer_a", "layer_b", "tokens", "top1_same", "overlap", "jaccard", "nmi_top1"]
+    return pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)
+
+
+def routing_agreement_from_runs(run_a, run_b, check_tokens: bool = True) -> "pandas.DataFrame":  # noqa: F821
+    """Cross-run routing agreement per MoE layer (`routing_agreement`): two runs over the same tokens
+    (e.g. two checkpoints on one corpus), routing rows matched on (seq_id, pos, layer) in SQL.
+    check_tokens: the matched positions must hold the same token ids (from both runs' `tokens`),
+    else an error. Columns layer, tokens, top1_same, overlap, jaccard, nmi_top1."""
+    import duckdb
+
+    run_a, run_b = as_run(run_a), as_run(run_b)
+    for r in (run_a, run_b):
+        need_rows(r, "routing")
+    con = duckdb.connect()
+
+    def files(r, t):
+        return "[" + ", ".join("'" + str(f).replace("'", "''") + "'" for f in r.files(t)) + "]"
+
+    con.execute(f"create view ra as select * from read_parquet({files(run_a, 'routing')})")
+    con.execute(f"create view rb as select * from read_parquet({files(run_b, 'routing')})")
+    if check_tokens and run_a.files("tokens") and run_b.files("tokens"):
+        bad = con.sql(f"""select count(*) from read_parquet({files(run_a, 'tokens')}) a
+                          join read_parquet({files(run_b, 'tokens')}) b using (seq_id, pos)
+                          where a.token_id <> b.token_id""").fetchall()[0][0]
+        if bad:
+            raise MetricsError(f"{run_a.path} and {run_b.path} hold different tokens at {bad} matched "
+                               "positions (not the same corpus and windows)")
+    df = _agreement_sql(con, "ra", "rb", "a.seq_id = b.seq_id and a.pos = b.pos and a.layer = b.layer")
+    if df.empty:
+        raise MetricsError(f"{run_a.path} and {run_b.path} share no routed (seq_id, pos, layer)")
+    return df.drop(columns="layer_b").rename(columns={"layer_a": "layer"})
+
+
+# ------------------------------------------------------------------------------ margins, entropy
+def margin_summary(margins, near: float = 0.01) -> dict:
+    """Summary of score margins (metrics.md: top-1 vs top-(K+1) score margin, how close a token was
+    to another route; the run's `margin_1` and `margin_k`): count, mean, population std, min,
+    p10/p50/p90 (linear interpolation, as numpy and DuckDB's quantile_cont), max, and `near` =
+    share of margins below `near`. NaN/null margins (no expert left) are dropped; NaN stats when
+    none remain."""
+    x = np.asarray(margins, dtype=np.float64).ravel()
+    x = x[np.isfinite(x)]
+    if not len(x):
+        return {"count": 0} | dict.fromkeys(["mean", "std", "min", "p10", "p50", "p90", "max", "near"], float("nan"))
+    p10, p50, p90 = np.percentile(x, [10, 50, 90])
+    return {"count": len(x), "mean": float(x.mean()), "std": float(x.std()), "min": float(x.min()),
+            "p10": float(p10), "p50": float(p50), "p90": float(p90), "max": float(x.max()),
+            "near": float((x < near).mean())}
+
+
+def margins_from_run(run, near: float = 0.01) -> "pandas.DataFrame":  # noqa: F821
+    """`margin_summary` of margin_1 and margin_k per MoE layer, in SQL (quantile_cont, stddev_pop).
+    Columns layer, margin, count, mean, std, min, p10, p50, p90, max, near."""
+    import pandas as pd
+
+    run = as_run(run)
+    need_rows(run, "routing")
+    frames = []
+    for col in ("margin_1", "margin_k"):
+        df = run.sql(f"""
+            select layer, '{col}' as margin, count({col}) as count, avg({col}) as mean,
+                   stddev_pop({col}) as std, min({col}) as min,
+                   quantile_cont({col}, 0.1) as p10, quantile_cont({col}, 0.5) as p50,
+                   quantile_cont({col}, 0.9) as p90, max({col}) as max,
+                   avg(({col} < {float(near)})::int) as near
+            from routing where isfinite({col}) group by layer order by layer""").df()
+        frames.append(df)
+    out = pd.concat(frames, ignore_index=True).sort_values(["layer", "margin"], ignore_index=True)
+    for c in ("mean", "std", "min", "p10", "p50", "p90", "max", "near"):
+        out[c] = out[c].astype(float)
+    return out
+
+
+def score_entropy(scores) -> np.ndarray:
+    """Routing entropy per token (metrics.md "Router saturation"): H(s_t / sum s_t) / ln N of the
+    normalised score distribution [T, N] -> [T]; 1 = indifferent router, 0 = one expert.
+    NaN for all-zero rows; 1 when N = 1."""
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != 2:
+        raise MetricsError(f"scores: expected [tokens, experts], got shape {s.shape}")
+    if (s < 0).any():
+        raise MetricsError("scores: negative score (expected sigmoid or softmax scores)")
+    if s.shape[1] == 1:
+        return np.where(s[:, 0] > 0, 1.0, np.nan)
+    tot = s.sum(1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = s / tot
+        h = -np.where(p > 0, p * np.log(p), 0.0).sum(1)
+    return np.where(tot[:, 0] > 0, h / np.log(s.shape[1]), np.nan)
+
+
+def score_entropy_from_run(run) -> "pandas.DataFrame":  # noqa: F821
+    """Mean `score_entropy` per MoE layer over routing rows with full scores (SQL list lambdas);
+    columns layer, tokens, score_entropy. Empty when the run kept no scores."""
+    run = as_run(run)
+    need_rows(run, "routing")
+    return run.sql("""
+        select layer, count(*) as tokens,
+               avg(case when len(scores) = 1 then 1.0 else
+                   -list_sum(list_transform(scores, lambda x: case when x > 0 then x / tot * ln(x / tot) else 0 end))
+                   / ln(len(scores)) end) as score_entropy
+        from (select layer, scores, list_sum(scores) as tot from routing
+              where scores is not null and list_sum(scores) > 0)
+        group by layer order by layer""").df()

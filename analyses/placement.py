@@ -1,0 +1,315 @@
+"""Expert placement planner: replicate hot experts and pack experts onto nodes and GPUs from the
+loads a run measured, as DeepSeek's open EPLB does (our own implementation of the same policy).
+
+    python -m analyses.placement runs/x --gpus 8 --redundant 8                       # hierarchical, 1 node
+    python -m analyses.placement runs/x --gpus 16 --nodes 2 --redundant 16 --out plan.parquet
+    python -m analyses.placement runs/x --gpus 8 --redundant 8 --mode global --out plan.json
+
+Input: per MoE layer, the total load of each logical expert (`expert_load`, summed over the run).
+Each layer gets `E + redundant` physical slots, the same number on every GPU.
+
+- replicate: repeatedly give one more replica to the expert with the highest load per replica
+  (a replica serves load / replicas of its expert's tokens);
+- pack: place items largest first, each onto the least-loaded GPU that still has a free slot;
+- hierarchical (`--mode hierarchical`): the model's expert groups (`n_expert_groups`, the groups
+  node-limited routing selects from) are first packed onto nodes the same way (equal groups per
+  node, by group load); each node then replicates its own experts into its share of the redundant
+  slots and packs them onto its GPUs, so a token's experts stay inside the nodes its group routing
+  allows;
+- global (`--mode global`): one pool: replicate over all experts, pack onto all GPUs.
+
+Output: the physical-to-logical map (layer, node, gpu, slot, physical, logical expert, replicas of
+that expert, predicted load of the replica) as Parquet (`.parquet`) or JSON (`.json`), and a table
+per layer of the predicted per-GPU balancedness (mean / max GPU load, SGLang / vLLM EPLB metric)
+before (the plain contiguous placement: experts in order, E / GPUs per GPU, no replicas) and after.
+
+NOTE: greedy packing is a heuristic; in contrived cases (loads [3, 3, 0, 2, 2, 2] on 2 GPUs) it
+loses to the contiguous placement. When E is a multiple of the GPU count the planner therefore also
+tries the contiguous placement (its spare slots filled with replicas of experts already on that GPU,
+which leaves every GPU's load unchanged) and keeps the better, so balancedness after >= before.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+class PlacementError(ValueError):
+    """Impossible placement request or unusable input (one-line message)."""
+
+
+@dataclass
+class Placement:
+    """One layer's plan. phy_to_log[g, s] = logical expert in slot s of GPU g."""
+    loads: np.ndarray  # [E] logical expert loads
+    phy_to_log: np.ndarray  # [G, S] int
+    n_nodes: int
+    mode: str
+
+    @property
+    def n_gpus(self) -> int:
+        return self.phy_to_log.shape[0]
+
+    @property
+    def replicas(self) -> np.ndarray:  # [E] replicas per logical expert
+        return np.bincount(self.phy_to_log.reshape(-1), minlength=len(self.loads))
+
+    @property
+    def slot_load(self) -> np.ndarray:  # [G, S] predicted load of each replica: load / replicas
+        return self.loads[self.phy_to_log] / self.replicas[self.phy_to_log]
+
+    @property
+    def gpu_load(self) -> np.ndarray:  # [G]
+        return self.slot_load.sum(1)
+
+    @property
+    def gpu_load_before(self) -> np.ndarray:  # [G] contiguous placement, no replicas
+        return np.array([c.sum() for c in np.array_split(self.loads, self.n_gpus)])
+
+    @property
+    def balancedness_before(self) -> float:
+        return _balancedness(self.gpu_load_before)
+
+    @property
+    def balancedness_after(self) -> float:
+        return _balancedness(self.gpu_load)
+
+    def to_frame(self, layer: int = 0):
+        import pandas as pd
+
+        G, S = self.phy_to_log.shape
+        g = np.repeat(np.arange(G), S)
+        return pd.DataFrame({"layer": layer, "node": g // (G // self.n_nodes), "gpu": g,
+                             "slot": np.tile(np.arange(S), G),
+                             "physical": np.arange(G * S), "logical": self.phy_to_log.reshape(-1),
+                             "replicas": self.replicas[self.phy_to_log.reshape(-1)],
+                             "predicted_load": self.slot_load.reshape(-1)})
+
+
+def _balancedness(x: np.ndarray) -> float:
+    """mean / max (SGLang / vLLM EPLB); NaN when nothing is loaded."""
+    return float(x.mean() / x.max()) if len(x) and x.max() > 0 else float("nan")
+
+
+# ------------------------------------------------------------------------------ building blocks
+def replicate(loads, n_slots: int) -> np.ndarray:
+    """Replica counts [E] filling n_slots >= E: each expert gets one, then each extra slot goes to
+    the expert with the highest load per replica (ties: lowest id)."""
+    x = np.asarray(loads, dtype=np.float64)
+    if n_slots < len(x):
+        raise PlacementError(f"{n_slots} slots cannot hold {len(x)} experts")
+    r = np.ones(len(x), dtype=np.int64)
+    for _ in range(n_slots - len(x)):
+        r[int(np.argmax(x / r))] += 1
+    return r
+
+
+def pack(weights, n_bins: int, per_bin: int) -> np.ndarray:
+    """Bin of each item [n]: largest weight first (ties: lowest index) onto the least-loaded bin
+    with a free place (ties: lowest bin), exactly `per_bin` items per bin (n = n_bins * per_bin)."""
+    w = np.asarray(weights, dtype=np.float64)
+    if len(w) != n_bins * per_bin:
+        raise PlacementError(f"{len(w)} items do not fill {n_bins} bins of {per_bin}")
+    load, count = np.zeros(n_bins), np.zeros(n_bins, dtype=np.int64)
+    out = np.empty(len(w), dtype=np.int64)
+    for i in np.argsort(-w, kind="stable"):
+        free = np.nonzero(count < per_bin)[0]
+        b = int(free[np.argmin(load[free])])
+        out[i], load[b], count[b] = b, load[b] + w[i], count[b] + 1
+    return out
+
+
+def _refine(w: np.ndarray, bins: np.ndarray, n_bins: int, rounds: int = 1000) -> np.ndarray:
+    """Local search after packing: swap the pair (item of the most-loaded bin, item of another bin)
+    that lowers the maximum bin load most, while one does. Slot counts are unchanged."""
+    bins = bins.copy()
+    for _ in range(rounds):
+        load = np.bincount(bins, weights=w, minlength=n_bins)
+        hi = int(np.argmax(load))
+        i, j = np.nonzero(bins == hi)[0], np.nonzero(bins != hi)[0]
+        if not len(j):
+            break
+        d = w[i][:, None] - w[j][None, :]  # [I, J] load moved from hi to bins[j]
+        rest = load.copy()
+        rest[hi] = -np.inf
+        order = np.argsort(-rest)
+        top, second = order[0], (order[1] if n_bins > 2 else order[0])
+        others = np.where(bins[j] == top, rest[second] if n_bins > 2 else -np.inf, rest[top])  # [J]
+        new_max = np.maximum(np.maximum(load[hi] - d, load[bins[j]][None, :] + d), others[None, :])
+        new_max = np.where(d > 0, new_max, np.inf)
+        k = np.unravel_index(int(np.argmin(new_max)), new_max.shape)
+        if not new_max[k] < load[hi] - 1e-12:
+            break
+        a, b = i[k[0]], j[k[1]]
+        bins[a], bins[b] = bins[b], bins[a]
+    return bins
+
+
+def _place(loads: np.ndarray, experts: np.ndarray, n_slots: int, n_gpus: int) -> np.ndarray:
+    """Replicate `experts` (ids into loads) into n_slots and pack onto n_gpus: [n_gpus, n_slots/n_gpus]."""
+    per = n_slots // n_gpus
+    r = replicate(loads[experts], n_slots)
+    items = np.repeat(experts, r)  # logical id of each replica
+    w = loads[items] / np.repeat(r, r)
+    bins = _refine(w, pack(w, n_gpus, per), n_gpus)
+    out = np.empty((n_gpus, per), dtype=np.int64)
+    for g in range(n_gpus):
+        mine = np.nonzero(bins == g)[0]
+        out[g] = items[mine[np.argsort(-w[mine], kind="stable")]]
+    return out
+
+
+def _contiguous(loads: np.ndarray, n_gpus: int, per: int) -> np.ndarray | None:
+    """The contiguous placement padded with same-GPU replicas (each GPU's spare slots go to its own
+    experts, highest load per replica first); None unless E divides by n_gpus."""
+    E = len(loads)
+    if E % n_gpus:
+        return None
+    out = np.empty((n_gpus, per), dtype=np.int64)
+    for g, chunk in enumerate(np.arange(E).reshape(n_gpus, -1)):
+        r = replicate(loads[chunk], per)
+        out[g] = np.repeat(chunk, r)
+    return out
+
+
+# ------------------------------------------------------------------------------ planner
+def plan_placement(loads, n_gpus: int, n_nodes: int = 1, n_redundant: int = 0, groups: int = 1,
+                   mode: str = "hierarchical") -> Placement:
+    """Plan one layer: loads [E] per logical expert -> a `Placement` on n_gpus GPUs in n_nodes nodes
+    with E + n_redundant slots in all (see the module docstring for the policy)."""
+    x = np.asarray(loads, dtype=np.float64)
+    if x.ndim != 1 or len(x) == 0:
+        raise PlacementError(f"loads: expected a non-empty 1-D vector of expert loads, got shape {x.shape}")
+    if not np.isfinite(x).all() or (x < 0).any():
+        raise PlacementError("loads: must be finite and non-negative")
+    if mode not in ("hierarchical", "global"):
+        raise PlacementError(f"mode={mode!r}: choose 'hierarchical' or 'global'")
+    E = len(x)
+    for name, v in (("gpus", n_gpus), ("nodes", n_nodes), ("groups", groups)):
+        if v < 1:
+            raise PlacementError(f"--{name} must be >= 1, got {v}")
+    if n_redundant < 0:
+        raise PlacementError(f"--redundant must be >= 0, got {n_redundant}")
+    n_slots = E + n_redundant
+    if n_slots % n_gpus:
+        raise PlacementError(f"--gpus {n_gpus} does not divide the {n_slots} slots ({E} experts + "
+                             f"{n_redundant} redundant): every GPU needs the same number of slots")
+    if n_gpus % n_nodes:
+        raise PlacementError(f"--nodes {n_nodes} does not divide --gpus {n_gpus}")
+    per = n_slots // n_gpus
+    if mode == "global":
+        plan = _place(x, np.arange(E), n_slots, n_gpus)
+    else:
+        if E % groups:
+            raise PlacementError(f"{E} experts do not split into {groups} groups")
+        if groups % n_nodes:
+            raise PlacementError(f"{groups} expert groups are not divisible by --nodes {n_nodes}")
+        # NOTE: (E + R) % gpus == 0, gpus % nodes == 0 and E % nodes == 0 imply R % nodes == 0:
+        # every node gets the same number of redundant slots.
+        gsize = E // groups
+        members = np.arange(E).reshape(groups, gsize)
+        node_of_group = pack(x[members].sum(1), n_nodes, groups // n_nodes)
+        gpn = n_gpus // n_nodes
+        plan = np.concatenate([_place(x, members[node_of_group == n].reshape(-1), n_slots // n_nodes, gpn)
+                               for n in range(n_nodes)])
+    out = Placement(x, plan, n_nodes, mode)
+    fallback = _contiguous(x, n_gpus, per)
+    if fallback is not None:
+        alt = Placement(x, fallback, n_nodes, mode)
+        if _max(alt.gpu_load) < _max(out.gpu_load) - 1e-9:
+            out = alt
+    return out
+
+
+def _max(v: np.ndarray) -> float:
+    return float(v.max()) if len(v) else 0.0
+
+
+def plan_layers(loads_by_layer: dict, **kw) -> dict:
+    """{layer: loads} -> {layer: Placement} with the same arguments as `plan_placement`."""
+    return {layer: plan_placement(v, **kw) for layer, v in loads_by_layer.items()}
+
+
+def plan_run(run, n_gpus: int, n_nodes: int = 1, n_redundant: int = 0, groups: int | None = None,
+             mode: str = "hierarchical") -> dict:
+    """Plan every MoE layer of a run from its `expert_load` (summed in SQL); groups default to the
+    run's model args n_expert_groups (1 when absent)."""
+    from analyses.metrics import MetricsError, layer_loads_from_run
+    from analyses.metrics._common import as_run, model_arg
+
+    try:
+        run = as_run(run)
+        loads = layer_loads_from_run(run)
+    except MetricsError as e:
+        raise PlacementError(str(e)) from None
+    if groups is None:
+        groups = int(model_arg(run, "n_expert_groups", 1) or 1)
+    return plan_layers(loads, n_gpus=n_gpus, n_nodes=n_nodes, n_redundant=n_redundant, groups=groups, mode=mode)
+
+
+def summary_frame(plans: dict):
+    """One row per layer: balancedness before/after, max GPU load before/after, replicas used."""
+    import pandas as pd
+
+    return pd.DataFrame([{"layer": layer, "balancedness_before": p.balancedness_before,
+                          "balancedness_after": p.balancedness_after,
+                          "max_gpu_load_before": _max(p.gpu_load_before), "max_gpu_load_after": _max(p.gpu_load),
+                          "mean_gpu_load": float(p.gpu_load.mean()), "replicated": int((p.replicas > 1).sum())}
+                         for layer, p in plans.items()])
+
+
+def write_plan(plans: dict, out: Path, config: dict) -> None:
+    """Parquet: the long map table. JSON: config, per-layer summary and phy_to_log [gpu][slot]."""
+    import pandas as pd
+
+    out = Path(out)
+    if out.suffix == ".parquet":
+        pd.concat([p.to_frame(layer) for layer, p in plans.items()], ignore_index=True).to_parquet(out, index=False)
+    elif out.suffix == ".json":
+        layers = [{"layer": int(layer), "balancedness_before": p.balancedness_before,
+                   "balancedness_after": p.balancedness_after, "gpu_load_before": p.gpu_load_before.tolist(),
+                   "gpu_load_after": p.gpu_load.tolist(), "replicas": p.replicas.tolist(),
+                   "phy_to_log": p.phy_to_log.tolist()} for layer, p in plans.items()]
+        out.write_text(json.dumps({"config": config, "layers": layers}, indent=1) + "\n")
+    else:
+        raise PlacementError(f"--out {out}: use a .parquet or .json file name")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m analyses.placement", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", help="run directory recorded by `python -m probe record` (its expert_load table)")
+    p.add_argument("--gpus", type=int, required=True, help="GPUs in all (must divide experts + redundant)")
+    p.add_argument("--nodes", type=int, default=1, help="nodes (must divide --gpus; default 1)")
+    p.add_argument("--redundant", type=int, default=0, help="extra physical slots for replicas per layer (default 0)")
+    p.add_argument("--groups", type=int, default=None,
+                   help="expert groups for --mode hierarchical (default: run.json model_args n_expert_groups)")
+    p.add_argument("--mode", choices=("hierarchical", "global"), default="hierarchical",
+                   help="hierarchical: groups to nodes, then replicas to GPUs; global: one pool (default hierarchical)")
+    p.add_argument("--out", type=Path, default=None, help="write the physical-to-logical map (.parquet or .json)")
+    ns = p.parse_args(argv)
+    try:
+        plans = plan_run(ns.run, ns.gpus, ns.nodes, ns.redundant, ns.groups, ns.mode)
+        if ns.out is not None:
+            write_plan(plans, ns.out, {"run": str(ns.run), "gpus": ns.gpus, "nodes": ns.nodes,
+                                       "redundant": ns.redundant, "groups": ns.groups, "mode": ns.mode})
+    except (PlacementError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    import pandas as pd
+
+    with pd.option_context("display.width", 200, "display.max_rows", 500):
+        print(summary_frame(plans).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if ns.out is not None:
+        print(f"wrote {ns.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

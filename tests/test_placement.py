@@ -1,0 +1,151 @@
+"""Expert placement planner: hand-checked small cases, invariants, the CLI on a synthetic run, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from _synthetic_run import write_run
+from analyses.placement import PlacementError, pack, plan_placement, plan_run, replicate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_replicate_and_pack_hand_checked():
+    # [10, 1, 1, 1] with 2 extra slots: both go to expert 0 (10 > 5 > 1 per replica)
+    np.testing.assert_array_equal(replicate([10, 1, 1, 1], 6), [3, 1, 1, 1])
+    np.testing.assert_array_equal(replicate([4, 3], 4), [2, 2])  # 4 -> 2/replica, then 3 is highest
+    # largest first onto the least-loaded bin with room: 5->0, 4->1, 3->1 (7), 1->0 (6)
+    np.testing.assert_array_equal(pack([5, 4, 3, 1], 2, 2), [0, 1, 1, 0])
+    with pytest.raises(PlacementError, match="slots cannot hold"):
+        replicate([1, 2, 3], 2)
+
+
+def test_four_experts_two_gpus_two_redundant_global():
+    p = plan_placement([10, 1, 1, 1], n_gpus=2, n_redundant=2, mode="global")
+    # replicas of 10/3 each; LPT puts two on one GPU (with a 1) and one on the other (with two 1s)
+    np.testing.assert_array_equal(p.replicas, [3, 1, 1, 1])
+    np.testing.assert_allclose(sorted(p.gpu_load), [10 / 3 + 2, 2 * 10 / 3 + 1])
+    assert p.balancedness_before == pytest.approx(6.5 / 11)  # contiguous [10, 1] | [1, 1]
+    assert p.balancedness_after == pytest.approx(6.5 / (20 / 3 + 1))
+    assert p.phy_to_log.shape == (2, 3)
+
+
+def test_hierarchical_keeps_replicas_in_the_groups_node():
+    # groups {0, 1} (load 11) and {2, 3} (load 2) on two nodes of one GPU: the hot expert can only
+    # be replicated inside its own node, so nothing beats the contiguous placement here
+    p = plan_placement([10, 1, 1, 1], n_gpus=2, n_nodes=2, n_redundant=2, groups=2)
+    assert set(p.phy_to_log[0]) == {0, 1} and set(p.phy_to_log[1]) == {2, 3}
+    np.testing.assert_allclose(sorted(p.gpu_load), [2, 11])
+    assert p.balancedness_after == pytest.approx(p.balancedness_before)
+    # one node: hierarchical reduces to global
+    g = plan_placement([10, 1, 1, 1], n_gpus=2, n_nodes=1, n_redundant=2, groups=2)
+    glob = plan_placement([10, 1, 1, 1], 2, 1, 2, mode="global")
+    assert g.balancedness_after == pytest.approx(glob.balancedness_after)
+
+
+def test_groups_packed_onto_nodes_by_load():
+    # 4 groups of 2 experts with loads 9, 1, 8, 2
+    loads = [5, 4, 1, 0, 4, 4, 1, 1]
+    p = plan_placement(loads, n_gpus=4, n_nodes=2, n_redundant=0, groups=4)
+    nodes = [set(p.phy_to_log[0]) | set(p.phy_to_log[1]), set(p.phy_to_log[2]) | set(p.phy_to_log[3])]
+    # 9 -> node 0, 8 -> node 1, 2 -> node 1 (8 < 9), 1 -> node 0: both nodes carry 10
+    assert nodes == [{0, 1, 2, 3}, {4, 5, 6, 7}]
+    np.testing.assert_allclose([p.gpu_load[:2].sum(), p.gpu_load[2:].sum()], [10, 10])
+
+
+def test_greedy_loses_to_contiguous_is_caught():
+    # LPT alone gives 7 | 5 here; the planner never returns worse than the contiguous 6 | 6
+    p = plan_placement([3, 3, 0, 2, 2, 2], n_gpus=2, mode="global")
+    np.testing.assert_allclose(p.gpu_load, [6, 6])
+
+
+@pytest.mark.parametrize("mode", ["hierarchical", "global"])
+@pytest.mark.parametrize("seed", range(6))
+def test_invariants_on_random_loads(mode, seed):
+    rng = np.random.default_rng(seed)
+    E, G, R, nodes, groups = 32, 8, 8, 2, 4
+    loads = np.floor(rng.pareto(1.2, E) * 100)
+    p = plan_placement(loads, n_gpus=G, n_nodes=nodes, n_redundant=R, groups=groups, mode=mode)
+    assert p.phy_to_log.shape == (G, (E + R) // G)  # equal slots per GPU
+    assert (p.replicas >= 1).all() and p.replicas.sum() == E + R  # every expert placed
+    assert p.gpu_load.sum() == pytest.approx(loads.sum())  # load conserved
+    assert p.balancedness_after >= p.balancedness_before - 1e-12
+    if mode == "hierarchical":  # every expert's replicas on the GPUs of one node
+        gpn = G // nodes
+        for e in range(E):
+            assert len({g // gpn for g in np.nonzero((p.phy_to_log == e).any(1))[0]}) == 1
+            # and a whole group on one node
+        for grp in np.arange(E).reshape(groups, -1):
+            assert len({g // gpn for e in grp for g in np.nonzero((p.phy_to_log == e).any(1))[0]}) == 1
+
+
+def test_uniform_loads_are_already_balanced():
+    p = plan_placement(np.full(8, 5.0), n_gpus=4, n_redundant=4, mode="global")
+    assert p.balancedness_before == 1.0 and p.balancedness_after == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("kw, needle", [
+    (dict(n_gpus=3, n_redundant=0), "does not divide the 4 slots"),
+    (dict(n_gpus=2, n_nodes=3, n_redundant=2), "--nodes 3 does not divide --gpus 2"),
+    (dict(n_gpus=2, n_nodes=2, n_redundant=2, groups=1), "not divisible by --nodes 2"),
+    (dict(n_gpus=2, groups=3), "do not split into 3 groups"),
+    (dict(n_gpus=2, n_redundant=-1), "--redundant must be >= 0"),
+    (dict(n_gpus=2, mode="ring"), "mode="),
+])
+def test_errors(kw, needle):
+    with pytest.raises(PlacementError, match=needle) as e:
+        plan_placement([10, 1, 1, 1], **kw)
+    assert "\n" not in str(e.value)
+    with pytest.raises(PlacementError, match="non-empty"):
+        plan_placement([], n_gpus=1)
+    with pytest.raises(PlacementError, match="non-negative"):
+        plan_placement([1, -1], n_gpus=1)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "analyses.placement", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_on_a_synthetic_run(tmp_path):
+    arrays = write_run(tmp_path / "run", E=8, K=2, groups=4)
+    assert "--redundant" in _cli("--help").stdout
+    out = tmp_path / "plan.parquet"
+    p = _cli(tmp_path / "run", "--gpus", 4, "--nodes", 2, "--redundant", 4, "--out", out)
+    assert p.returncode == 0, p.stderr
+    assert "balancedness_before" in p.stdout and "balancedness_after" in p.stdout
+    df = pd.read_parquet(out)
+    assert list(df.columns) == ["layer", "node", "gpu", "slot", "physical", "logical", "replicas", "predicted_load"]
+    assert sorted(df.layer.unique()) == arrays["layers"]
+    for layer, d in df.groupby("layer"):
+        assert len(d) == 12 and d.groupby("gpu").size().eq(3).all()
+        assert set(d.logical) == set(range(8))
+        load = np.bincount(arrays["ids"][layer].reshape(-1), minlength=8)
+        assert d.predicted_load.sum() == pytest.approx(load.sum())
+        plan = plan_run(tmp_path / "run", 4, 2, 4)[layer]  # groups from run.json (4)
+        np.testing.assert_array_equal(d.sort_values("physical").logical, plan.phy_to_log.reshape(-1))
+    js = tmp_path / "plan.json"
+    assert _cli(tmp_path / "run", "--gpus", 2, "--redundant", 2, "--mode", "global", "--out", js).returncode == 0
+    j = json.loads(js.read_text())
+    assert j["config"]["mode"] == "global" and len(j["layers"]) == 2
+    assert all(lay["balancedness_after"] >= lay["balancedness_before"] - 1e-12 for lay in j["layers"])
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    write_run(tmp_path / "run", E=8, groups=4)
+    write_run(tmp_path / "empty", empty=True)
+    for args, needle in ((("--gpus", 3), "does not divide"), (("--gpus", 4, "--nodes", 3), "does not divide --gpus"),
+                         (("--gpus", 4, "--nodes", 4, "--groups", 2), "not divisible by --nodes 4")):
+        p = _cli(tmp_path / "run", *args)
+        assert p.returncode == 2 and needle in p.stderr and p.stderr.count("\n") == 1, p.stderr
+    p = _cli(tmp_path / "empty", "--gpus", 2)
+    assert p.returncode == 2 and "no expert_load table" in p.stderr and p.stderr.count("\n") == 1
+    p = _cli(tmp_path / "run", "--gpus", 2, "--out", tmp_path / "plan.csv")
+    assert p.returncode == 2 and ".parquet or .json" in p.stderr
