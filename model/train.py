@@ -43,8 +43,6 @@ Rank 0 alone prints and writes; `torch.distributed` is initialised only when WOR
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import hashlib
 import json
 import math
 import os
@@ -60,21 +58,19 @@ import torch.nn.functional as F
 
 from .args import ConfigError, ModelArgs
 from .checkpoint import save as save_hf
-from .moe import MoE
+from .train_balance import (GateRef, RoutingTap, expert_counts, max_violation, moe_gates,  # noqa: F401
+                            seq_balance_loss, switch_balance_loss, update_bias)
+from .train_data import SPECIAL_TOKENS, Batches, TrainError, load_tokenizer, token_streams, val_windows  # noqa: F401
+from .train_log import LoadLog, _now, read_table, write_json, write_table  # noqa: F401
 from .transformer import Transformer
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "data" / "model_config.json"
-SPECIAL_TOKENS = ("<|bos|>", "<|eos|>", "<|pad|>")  # ids 0, 1, 2 (data/tokenizer.py)
 BALANCE_MODES = ("aux-free", "switch", "none")
 # flags that change what a resumed run computes; a resume with other values is allowed but reported
 RESUME_CHECKED = ("seed", "batch_size", "seq_len", "lr", "min_lr_ratio", "warmup_steps", "steps", "weight_decay",
                   "beta1", "beta2", "grad_clip", "mtp_weight", "balance", "bias_update_speed", "seq_aux_weight",
                   "switch_weight", "mix_alpha")
-
-
-class TrainError(RuntimeError):
-    """Bad input to training: the message is one line naming the problem."""
 
 
 # ------------------------------------------------------------------------------------------ flags
@@ -196,274 +192,6 @@ def model_args(ns: argparse.Namespace, vocab_size: int) -> ModelArgs:
     if ns.seq_len > args.max_seq_len:
         raise TrainError(f"--seq-len={ns.seq_len} exceeds the config's max_seq_len={args.max_seq_len}")
     return args
-
-
-@dataclass(frozen=True)
-class GateRef:
-    label: str  # "layer3" or "mtp0": column suffix in the tables
-    prefix: str  # hook prefix, e.g. "layers.3.ffn.gate"
-
-
-def moe_gates(m: Transformer) -> list[GateRef]:
-    """Every MoE router: main MoE layers, then each MTP block."""
-    gates = [GateRef(f"layer{i}", f"layers.{i}.ffn.gate") for i, layer in enumerate(m.layers)
-             if isinstance(layer.ffn, MoE)]
-    gates += [GateRef(f"mtp{k}", f"mtp.{k}.block.ffn.gate") for k in range(len(m.mtp))]
-    return gates
-
-
-class RoutingTap:
-    """Hooks that keep the live (autograd-connected) scores [T, E] and chosen ids [T, K] of every gate."""
-
-    def __init__(self, gates: list[GateRef]) -> None:
-        self.gates = gates
-        self.scores: dict[str, torch.Tensor] = {}
-        self.ids: dict[str, torch.Tensor] = {}
-
-    def hooks(self) -> list:
-        def keep(store: dict, label: str):
-            def fn(t: torch.Tensor, hook) -> None:
-                store[label] = t
-            return fn
-
-        out = []
-        for g in self.gates:
-            out.append((f"{g.prefix}.hook_scores", keep(self.scores, g.label)))
-            out.append((f"{g.prefix}.hook_topk_ids", keep(self.ids, g.label)))
-        return out
-
-    def clear(self) -> None:
-        self.scores.clear()
-        self.ids.clear()
-
-
-def expert_counts(ids_TK: torch.Tensor, n_experts: int) -> torch.Tensor:
-    """Assignments per expert [E] (float32)."""
-    return torch.bincount(ids_TK.flatten(), minlength=n_experts).float()
-
-
-def seq_balance_loss(scores_TE: torch.Tensor, ids_TK: torch.Tensor, batch: int) -> torch.Tensor:
-    """DeepSeek-V3's sequence-wise balance loss, before the alpha weight, averaged over sequences:
-    sum_i f_i P_i with f_i = E/(K S) * #tokens of the sequence choosing i and P_i the sequence mean
-    of s'_i,t = s_i,t / sum_j s_j,t. Equals 1 when every sequence is perfectly balanced."""
-    E, K = scores_TE.shape[-1], ids_TK.shape[-1]
-    s_BSE = scores_TE.view(batch, -1, E)
-    S = s_BSE.shape[1]
-    p_BE = (s_BSE / s_BSE.sum(-1, keepdim=True)).mean(1)
-    ids_BA = ids_TK.reshape(batch, -1)  # A = S*K assignments of each sequence
-    counts_BE = torch.zeros(batch, E, device=scores_TE.device).scatter_add_(
-        1, ids_BA, torch.ones_like(ids_BA, dtype=torch.float32))
-    f_BE = counts_BE * (E / (K * S))
-    return (f_BE * p_BE).sum(-1).mean()
-
-
-def switch_balance_loss(scores_TE: torch.Tensor, ids_TK: torch.Tensor) -> torch.Tensor:
-    """Switch-style balance loss over this process's batch, before its weight: E * sum_i f_i P_i with
-    f_i = #assignments to i / (K T) and P_i = mean_t s'_i,t. Equals 1 at perfect balance."""
-    T, E = scores_TE.shape
-    K = ids_TK.shape[-1]
-    f = expert_counts(ids_TK, E) / (K * T)
-    p = (scores_TE / scores_TE.sum(-1, keepdim=True)).mean(0)
-    return E * (f * p).sum()
-
-
-@torch.no_grad()
-def update_bias(bias: torch.Tensor, load: torch.Tensor, speed: float) -> None:
-    """Auxiliary-loss-free balancing: bias_i -= speed * sign(load_i - mean load) (in place).
-    Overloaded experts become less likely to be chosen; the weights still come from unbiased scores."""
-    bias.sub_(speed * torch.sign(load - load.mean()))
-
-
-def max_violation(load: torch.Tensor) -> float:
-    """MaxVio = (max_i load_i - mean load) / mean load (Wang et al. 2024, Eq. 4); 0 = perfect balance."""
-    mean = load.mean()
-    return float((load.max() - mean) / mean) if mean > 0 else float("nan")
-
-
-# ------------------------------------------------------------------------------------------- data
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        raise TrainError(f"{path}: not found (build the corpus with: python -m data.build_corpus)")
-    docs = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TrainError(f"{path}:{i}: not valid JSON ({e})") from None
-            if not isinstance(d, dict) or not isinstance(d.get("text"), str) or not isinstance(d.get("domain"), str):
-                raise TrainError(f"{path}:{i}: a document needs string fields 'text' and 'domain'")
-            docs.append(d)
-    return docs
-
-
-def load_tokenizer(path: Path):
-    from tokenizers import Tokenizer
-
-    if not path.exists():
-        raise TrainError(f"{path}: no tokenizer (train one with: python -m data.tokenizer)")
-    try:
-        tok = Tokenizer.from_file(str(path))
-    except Exception as e:  # tokenizers raises a bare Exception
-        raise TrainError(f"{path}: not a readable tokenizer.json ({str(e).splitlines()[0]})") from None
-    for i, s in enumerate(SPECIAL_TOKENS):
-        if tok.token_to_id(s) != i:
-            raise TrainError(f"{path}: special token {s} must have id {i} (has {tok.token_to_id(s)})")
-    return tok
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def token_streams(jsonl: Path, tok, cache_dir: Path | None) -> dict[str, np.ndarray]:
-    """domain -> int32 stream of <|bos|> ids <|eos|> for its documents in file order.
-    Cached as .npz in `cache_dir`, keyed by the SHA-256 of the corpus file and the tokenizer."""
-    key = hashlib.sha256((_sha256(jsonl) + tok.to_str()).encode()).hexdigest()[:16]
-    cached = cache_dir / f"{jsonl.stem}-{key}.npz" if cache_dir else None
-    if cached is not None and cached.exists():
-        with np.load(cached) as z:
-            return {k: z[k] for k in z.files}
-    docs = _read_jsonl(jsonl)
-    encoded = tok.encode_batch([d["text"] for d in docs])
-    parts: dict[str, list[np.ndarray]] = {}
-    for d, enc in zip(docs, encoded):
-        parts.setdefault(d["domain"], []).append(np.asarray([0, *enc.ids, 1], dtype=np.int32))
-    streams = {k: np.concatenate(v) for k, v in sorted(parts.items())}
-    if cached is not None:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_name(f"{cached.stem}.{os.getpid()}.tmp.npz")  # concurrent runs share the cache
-        np.savez(tmp, **streams)
-        os.replace(tmp, cached)
-    return streams
-
-
-class Batches:
-    """Random windows of seq_len + 1 tokens; a step's batch depends only on (seed, step)."""
-
-    def __init__(self, streams: dict[str, np.ndarray], seq_len: int, global_batch: int, mix_alpha: float,
-                 seed: int) -> None:
-        self.all_domains = list(streams)
-        self.domains = [d for d in streams if len(streams[d]) >= seq_len + 1]
-        self.streams = [torch.from_numpy(streams[d].astype(np.int64)) for d in self.domains]
-        self.seq_len, self.global_batch, self.seed = seq_len, global_batch, seed
-        windows = sum(len(s) // (seq_len + 1) for s in self.streams)
-        if windows < global_batch:
-            total = sum(len(s) for s in streams.values())
-            raise TrainError(f"corpus too small for one batch: the train split has {total:,} tokens, "
-                             f"{windows} windows of seq_len+1={seq_len + 1}, and a batch needs {global_batch}; "
-                             "lower --batch-size / --seq-len or build a larger corpus")
-        sizes = np.array([len(s) for s in self.streams], dtype=np.float64)
-        w = sizes**mix_alpha
-        self.weights = w / w.sum()
-
-    def get(self, step: int, rank: int = 0, world: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-        """(windows [B, seq_len + 1] int64, domain index per row [B]) for this rank's share of `step`."""
-        g = np.random.default_rng([self.seed, step])
-        dom = g.choice(len(self.domains), size=self.global_batch, p=self.weights)
-        hi = np.array([len(self.streams[d]) - self.seq_len for d in dom])  # exclusive upper bound of starts
-        starts = (g.random(self.global_batch) * hi).astype(np.int64)
-        per = self.global_batch // world
-        rows = range(rank * per, (rank + 1) * per)
-        x = torch.stack([self.streams[dom[i]][starts[i]: starts[i] + self.seq_len + 1] for i in rows])
-        return x, torch.as_tensor(dom[rank * per: (rank + 1) * per], dtype=torch.long)
-
-
-def val_windows(streams: dict[str, np.ndarray], seq_len: int, per_domain: int) -> dict[str, torch.Tensor]:
-    """The first `per_domain` non-overlapping windows of each domain's validation stream."""
-    out = {}
-    for d, s in streams.items():
-        n = min(per_domain, len(s) // (seq_len + 1))
-        if n:
-            out[d] = torch.from_numpy(s[: n * (seq_len + 1)].astype(np.int64)).view(n, seq_len + 1)
-    return out
-
-
-# ---------------------------------------------------------------------------------------- tables
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def write_table(rows: list[dict], path: Path) -> None:
-    """Rewrite a Parquet table under a temporary name, then rename."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(pa.Table.from_pylist(rows), tmp)
-    os.replace(tmp, path)
-
-
-def read_table(path: Path, max_step: int) -> list[dict]:
-    """Rows of a Parquet table with step <= max_step (what a resumed run keeps)."""
-    if not path.exists():
-        return []
-    import pyarrow.parquet as pq
-
-    return [r for r in pq.read_table(path).to_pylist() if r["step"] <= max_step]
-
-
-class LoadLog:
-    """Per-expert loads and biases of every gate at recorded steps, kept as arrays (not row dicts):
-    the table `expert_load.parquet` has columns step, gate, expert, load, bias."""
-
-    def __init__(self, gates: list[str], n_experts: int) -> None:
-        self.gates, self.E = gates, n_experts
-        self.steps: list[int] = []
-        self.loads: list[np.ndarray] = []  # [G, E] int64 each
-        self.biases: list[np.ndarray] = []  # [G, E] float32 each
-
-    def append(self, step: int, loads: torch.Tensor, biases: torch.Tensor) -> None:
-        self.steps.append(step)
-        self.loads.append(loads.round().long().cpu().numpy())
-        self.biases.append(biases.float().cpu().numpy())
-
-    def write(self, path: Path) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        n, G, E = len(self.steps), len(self.gates), self.E
-        table = pa.table({
-            "step": np.repeat(np.asarray(self.steps, dtype=np.int64), G * E),
-            "gate": pa.array(np.tile(np.repeat(np.asarray(self.gates, dtype=object), E), n).tolist(),
-                             pa.string()),
-            "expert": np.tile(np.arange(E, dtype=np.int64), n * G),
-            "load": np.concatenate(self.loads).reshape(-1) if n else np.zeros(0, np.int64),
-            "bias": np.concatenate(self.biases).reshape(-1) if n else np.zeros(0, np.float32),
-        })
-        tmp = path.with_name(path.name + ".tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-
-    def read(self, path: Path, max_step: int) -> None:
-        """Take back the records of an earlier run up to `max_step` (a resume)."""
-        if not path.exists():
-            return
-        import pyarrow.parquet as pq
-
-        t = pq.read_table(path)
-        steps, gates = t.column("step").to_numpy(), t.column("gate").to_pylist()
-        loads, biases = t.column("load").to_numpy(), t.column("bias").to_numpy()
-        G, E = len(self.gates), self.E
-        if len(steps) % (G * E) or (len(steps) and gates[: G * E: E] != self.gates):
-            raise TrainError(f"{path}: does not match this model's gates {self.gates} x {E} experts")
-        for i in range(0, len(steps), G * E):
-            if steps[i] <= max_step:
-                self.steps.append(int(steps[i]))
-                self.loads.append(loads[i: i + G * E].reshape(G, E))
-                self.biases.append(biases[i: i + G * E].reshape(G, E))
-
-
-def write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 # -------------------------------------------------------------------------------------- training

@@ -1,0 +1,98 @@
+"""Load balancing for `model.train`: a tap on every MoE router, the DeepSeek-V3 balancing terms.
+
+Legend: T tokens, E routed experts, K experts per token, B sequences.
+- aux-free: after each optimizer step `update_bias` moves each gate's bias by -gamma * sign(load - mean).
+- `seq_balance_loss`: the sequence-wise balance loss alpha * sum_i f_i P_i, averaged over sequences.
+- `switch_balance_loss`: the Switch-style auxiliary loss over the whole batch (for comparisons).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .moe import MoE
+from .transformer import Transformer
+
+
+@dataclass(frozen=True)
+class GateRef:
+    label: str  # "layer3" or "mtp0": column suffix in the tables
+    prefix: str  # hook prefix, e.g. "layers.3.ffn.gate"
+
+
+def moe_gates(m: Transformer) -> list[GateRef]:
+    """Every MoE router: main MoE layers, then each MTP block."""
+    gates = [GateRef(f"layer{i}", f"layers.{i}.ffn.gate") for i, layer in enumerate(m.layers)
+             if isinstance(layer.ffn, MoE)]
+    gates += [GateRef(f"mtp{k}", f"mtp.{k}.block.ffn.gate") for k in range(len(m.mtp))]
+    return gates
+
+
+class RoutingTap:
+    """Hooks that keep the live (autograd-connected) scores [T, E] and chosen ids [T, K] of every gate."""
+
+    def __init__(self, gates: list[GateRef]) -> None:
+        self.gates = gates
+        self.scores: dict[str, torch.Tensor] = {}
+        self.ids: dict[str, torch.Tensor] = {}
+
+    def hooks(self) -> list:
+        def keep(store: dict, label: str):
+            def fn(t: torch.Tensor, hook) -> None:
+                store[label] = t
+            return fn
+
+        out = []
+        for g in self.gates:
+            out.append((f"{g.prefix}.hook_scores", keep(self.scores, g.label)))
+            out.append((f"{g.prefix}.hook_topk_ids", keep(self.ids, g.label)))
+        return out
+
+    def clear(self) -> None:
+        self.scores.clear()
+        self.ids.clear()
+
+
+def expert_counts(ids_TK: torch.Tensor, n_experts: int) -> torch.Tensor:
+    """Assignments per expert [E] (float32)."""
+    return torch.bincount(ids_TK.flatten(), minlength=n_experts).float()
+
+
+def seq_balance_loss(scores_TE: torch.Tensor, ids_TK: torch.Tensor, batch: int) -> torch.Tensor:
+    """DeepSeek-V3's sequence-wise balance loss, before the alpha weight, averaged over sequences:
+    sum_i f_i P_i with f_i = E/(K S) * #tokens of the sequence choosing i and P_i the sequence mean
+    of s'_i,t = s_i,t / sum_j s_j,t. Equals 1 when every sequence is perfectly balanced."""
+    E, K = scores_TE.shape[-1], ids_TK.shape[-1]
+    s_BSE = scores_TE.view(batch, -1, E)
+    S = s_BSE.shape[1]
+    p_BE = (s_BSE / s_BSE.sum(-1, keepdim=True)).mean(1)
+    ids_BA = ids_TK.reshape(batch, -1)  # A = S*K assignments of each sequence
+    counts_BE = torch.zeros(batch, E, device=scores_TE.device).scatter_add_(
+        1, ids_BA, torch.ones_like(ids_BA, dtype=torch.float32))
+    f_BE = counts_BE * (E / (K * S))
+    return (f_BE * p_BE).sum(-1).mean()
+
+
+def switch_balance_loss(scores_TE: torch.Tensor, ids_TK: torch.Tensor) -> torch.Tensor:
+    """Switch-style balance loss over this process's batch, before its weight: E * sum_i f_i P_i with
+    f_i = #assignments to i / (K T) and P_i = mean_t s'_i,t. Equals 1 at perfect balance."""
+    T, E = scores_TE.shape
+    K = ids_TK.shape[-1]
+    f = expert_counts(ids_TK, E) / (K * T)
+    p = (scores_TE / scores_TE.sum(-1, keepdim=True)).mean(0)
+    return E * (f * p).sum()
+
+
+@torch.no_grad()
+def update_bias(bias: torch.Tensor, load: torch.Tensor, speed: float) -> None:
+    """Auxiliary-loss-free balancing: bias_i -= speed * sign(load_i - mean load) (in place).
+    Overloaded experts become less likely to be chosen; the weights still come from unbiased scores."""
+    bias.sub_(speed * torch.sign(load - load.mean()))
+
+
+def max_violation(load: torch.Tensor) -> float:
+    """MaxVio = (max_i load_i - mean load) / mean load (Wang et al. 2024, Eq. 4); 0 = perfect balance."""
+    mean = load.mean()
+    return float((load.max() - mean) / mean) if mean > 0 else float("nan")

@@ -1,0 +1,122 @@
+"""Training data for `model.train`: the corpus JSON lines, the tokenizer, token streams per domain
+(cached as .npz), the seeded batch sampler and the validation windows."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SPECIAL_TOKENS = ("<|bos|>", "<|eos|>", "<|pad|>")  # ids 0, 1, 2 (data/tokenizer.py)
+
+
+class TrainError(RuntimeError):
+    """Bad input to training: the message is one line naming the problem."""
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        raise TrainError(f"{path}: not found (build the corpus with: python -m data.build_corpus)")
+    docs = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                d = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise TrainError(f"{path}:{i}: not valid JSON ({e})") from None
+            if not isinstance(d, dict) or not isinstance(d.get("text"), str) or not isinstance(d.get("domain"), str):
+                raise TrainError(f"{path}:{i}: a document needs string fields 'text' and 'domain'")
+            docs.append(d)
+    return docs
+
+
+def load_tokenizer(path: Path):
+    from tokenizers import Tokenizer
+
+    if not path.exists():
+        raise TrainError(f"{path}: no tokenizer (train one with: python -m data.tokenizer)")
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises a bare Exception
+        raise TrainError(f"{path}: not a readable tokenizer.json ({str(e).splitlines()[0]})") from None
+    for i, s in enumerate(SPECIAL_TOKENS):
+        if tok.token_to_id(s) != i:
+            raise TrainError(f"{path}: special token {s} must have id {i} (has {tok.token_to_id(s)})")
+    return tok
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def token_streams(jsonl: Path, tok, cache_dir: Path | None) -> dict[str, np.ndarray]:
+    """domain -> int32 stream of <|bos|> ids <|eos|> for its documents in file order.
+    Cached as .npz in `cache_dir`, keyed by the SHA-256 of the corpus file and the tokenizer."""
+    key = hashlib.sha256((_sha256(jsonl) + tok.to_str()).encode()).hexdigest()[:16]
+    cached = cache_dir / f"{jsonl.stem}-{key}.npz" if cache_dir else None
+    if cached is not None and cached.exists():
+        with np.load(cached) as z:
+            return {k: z[k] for k in z.files}
+    docs = _read_jsonl(jsonl)
+    encoded = tok.encode_batch([d["text"] for d in docs])
+    parts: dict[str, list[np.ndarray]] = {}
+    for d, enc in zip(docs, encoded):
+        parts.setdefault(d["domain"], []).append(np.asarray([0, *enc.ids, 1], dtype=np.int32))
+    streams = {k: np.concatenate(v) for k, v in sorted(parts.items())}
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_name(f"{cached.stem}.{os.getpid()}.tmp.npz")  # concurrent runs share the cache
+        np.savez(tmp, **streams)
+        os.replace(tmp, cached)
+    return streams
+
+
+class Batches:
+    """Random windows of seq_len + 1 tokens; a step's batch depends only on (seed, step)."""
+
+    def __init__(self, streams: dict[str, np.ndarray], seq_len: int, global_batch: int, mix_alpha: float,
+                 seed: int) -> None:
+        self.all_domains = list(streams)
+        self.domains = [d for d in streams if len(streams[d]) >= seq_len + 1]
+        self.streams = [torch.from_numpy(streams[d].astype(np.int64)) for d in self.domains]
+        self.seq_len, self.global_batch, self.seed = seq_len, global_batch, seed
+        windows = sum(len(s) // (seq_len + 1) for s in self.streams)
+        if windows < global_batch:
+            total = sum(len(s) for s in streams.values())
+            raise TrainError(f"corpus too small for one batch: the train split has {total:,} tokens, "
+                             f"{windows} windows of seq_len+1={seq_len + 1}, and a batch needs {global_batch}; "
+                             "lower --batch-size / --seq-len or build a larger corpus")
+        sizes = np.array([len(s) for s in self.streams], dtype=np.float64)
+        w = sizes**mix_alpha
+        self.weights = w / w.sum()
+
+    def get(self, step: int, rank: int = 0, world: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """(windows [B, seq_len + 1] int64, domain index per row [B]) for this rank's share of `step`."""
+        g = np.random.default_rng([self.seed, step])
+        dom = g.choice(len(self.domains), size=self.global_batch, p=self.weights)
+        hi = np.array([len(self.streams[d]) - self.seq_len for d in dom])  # exclusive upper bound of starts
+        starts = (g.random(self.global_batch) * hi).astype(np.int64)
+        per = self.global_batch // world
+        rows = range(rank * per, (rank + 1) * per)
+        x = torch.stack([self.streams[dom[i]][starts[i]: starts[i] + self.seq_len + 1] for i in rows])
+        return x, torch.as_tensor(dom[rank * per: (rank + 1) * per], dtype=torch.long)
+
+
+def val_windows(streams: dict[str, np.ndarray], seq_len: int, per_domain: int) -> dict[str, torch.Tensor]:
+    """The first `per_domain` non-overlapping windows of each domain's validation stream."""
+    out = {}
+    for d, s in streams.items():
+        n = min(per_domain, len(s) // (seq_len + 1))
+        if n:
+            out[d] = torch.from_numpy(s[: n * (seq_len + 1)].astype(np.int64)).view(n, seq_len + 1)
+    return out
