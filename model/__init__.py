@@ -3,12 +3,14 @@
     import model
     m = model.load("path/to/hf-checkpoint")          # -> model.Transformer, eval mode
     logits, cache = m.run_with_cache(tokens, names="layers.*.ffn.gate.hook_topk_ids")
+    m = model.load("path/to/hf-checkpoint", parallel=True)   # under torchrun: TP + EP shards (model.parallel)
 """
 
 from .args import ConfigError, ModelArgs
 from .checkpoint import CheckpointError, load, save
 from .hooks import HookError, HookPoint
+from .parallel import ParallelError
 from .transformer import MTP, Block, Transformer
 
 __all__ = ["ModelArgs", "ConfigError", "Transformer", "Block", "MTP", "HookPoint", "HookError", "load", "save",
-           "CheckpointError"]
+           "CheckpointError", "ParallelError"]

@@ -3,6 +3,7 @@
     python -m model summary                       # random weights, shipped 'tiny' config
     python -m model summary --ckpt DIR --text "def f(x):"   # a Hugging Face checkpoint
     python -m model params --config 671B          # parameter counts on the meta device (no memory)
+    python -m model params --config 671B --world-size 16   # + bytes per rank under TP+EP (FP8 weights)
 """
 
 from __future__ import annotations
@@ -80,6 +81,9 @@ def params(ns) -> None:
         line += (f", MTP module {c['mtp'] / 1e9:.2f}B (+{2 * args.vocab_size * args.dim / 1e9:.2f}B for the "
                  "embedding/head copies its checkpoint layer stores)")
     print(line)
+    if ns.world_size:
+        from .parallel import format_plan, shard_plan
+        print(format_plan(shard_plan(args, ns.world_size, fp8=not ns.dense), ns.config))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -96,6 +100,9 @@ def main(argv: list[str] | None = None) -> None:
     s.set_defaults(fn=summary)
     q = sub.add_parser("params", help="parameter counts of a shipped config, on the meta device")
     q.add_argument("--config", default="671B", help="671B, V3.1, 236B, 16B or tiny")
+    q.add_argument("--world-size", type=int, help="also print parameter bytes per rank under tensor + expert "
+                   "parallelism over this many ranks (meta device)")
+    q.add_argument("--dense", action="store_true", help="with --world-size: bf16 weights instead of FP8")
     q.set_defaults(fn=params)
     ns = p.parse_args(argv)
     try:

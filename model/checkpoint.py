@@ -3,12 +3,21 @@
     m = model.load("DeepSeek-V3/")                  # BF16/FP32 or FP8 (dequantised to bf16)
     m = model.load("DeepSeek-V3/", gemm_impl="fp8") # FP8 weights stay resident, FP8 GEMMs
     m = model.load("DeepSeek-V3/", device="meta")   # validate names/shapes, read no tensor data
+    m = model.load("DeepSeek-V3/")   # under torchrun (WORLD_SIZE > 1): reads only this rank's shard
     model.save(m, "out/", fp8=True)                 # HF layout (+ MTP layer), readable by transformers
 
 The checkpoint layout is in `../shared/docs/deepseek-v3-facts.md`. Loading opens every shard's
 header first (names, shapes, dtypes), checks them against the model built on the meta device, and
 only then materialises the model and copies tensors in one at a time, so the checkpoint is never in
 memory twice. Every problem raises `CheckpointError` with one line naming the file and tensor.
+
+With `parallel=True` (under torchrun) the meta model is cut by `model.parallel.shard_` before it is
+materialised, and each tensor is read through safetensors' `get_slice`: only this rank's rows or
+columns, and only this rank's routed experts. FP8 tensors: when they stay resident
+(gemm_impl="fp8") the slice must start on a 128-block boundary or lie inside one block (otherwise
+`ParallelError` says so) and takes the matching rows/columns of `weight_scale_inv`; when they are
+dequantised (gemm_impl="bf16") the covering whole blocks are read, dequantised, then trimmed, so
+any world size that divides the layout works.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from safetensors.torch import save_file
 
 from .args import ConfigError, ModelArgs
 from .fp8 import dequantize_block, quantize_block
+from . import parallel as _parallel
 from .layers import rope_inv_freq
 from .transformer import Transformer
 
@@ -188,7 +198,7 @@ GEMM_IMPLS = ("bf16", "fp8")
 
 
 def load(path: str | os.PathLike, *, dtype: torch.dtype | None = None, device=None,
-         attn_impl: str = "absorb", gemm_impl: str = "bf16") -> Transformer:
+         attn_impl: str = "absorb", gemm_impl: str = "bf16", parallel="auto") -> Transformer:
     """Load a Hugging Face DeepSeek-V3/V2 checkpoint directory into a `Transformer` (eval mode).
 
     dtype: compute dtype (default: the config's `torch_dtype`; bf16 for FP8 checkpoints). The
@@ -198,6 +208,12 @@ def load(path: str | os.PathLike, *, dtype: torch.dtype | None = None, device=No
         FP8 tensor of the checkpoint resident (float8_e4m3fn weight + float32 `*_scale_inv` block
         scales in the Linear layers and the stacked experts) and runs the block-scaled FP8 GEMM
         (`model.kernels`). "fp8" needs an FP8 checkpoint.
+    parallel: "auto" (default) = tensor + expert parallel when torchrun started several processes
+        (WORLD_SIZE > 1), else the whole model; True = tensor + expert parallel over torchrun's ranks
+        (the process group is initialised when needed, gloo on CPU, NCCL on CUDA; one process = the
+        whole model), reading only this rank's shard; False = the whole model in every process
+        (data-parallel replicas, as `probe record` under torchrun uses); or a `model.parallel.Shards`.
+        See model/parallel.py.
     MTP weights (layer n_layers) are loaded when present; without them the model has no MTP module.
     """
     if gemm_impl not in GEMM_IMPLS:
@@ -236,6 +252,11 @@ def load(path: str | os.PathLike, *, dtype: torch.dtype | None = None, device=No
             raise CheckpointError(f"{path}: gemm_impl='fp8' needs square weight blocks, "
                                   f"config has weight_block_size {list(block)}")
         make_fp8_resident(meta, resident, block=block[0], scale_fmt=args.scale_fmt)
+    shards = _parallel.resolve(parallel)
+    spec: dict[str, _parallel.Cut] = {}
+    if shards is not None:
+        spec = _parallel.shard_(meta, shards)  # shapes only: nothing is allocated yet
+        device = _parallel.device_for(device, shards)
     if torch.device(device or "cpu").type == "meta":
         return meta.eval()
 
@@ -246,22 +267,54 @@ def load(path: str | os.PathLike, *, dtype: torch.dtype | None = None, device=No
     with contextlib.ExitStack() as stack, torch.no_grad():
         handles = {f: stack.enter_context(safe_open(f, framework="pt")) for f in files}
         for hf_name, target in plan:
+            cut, row = spec.get(target.name), target.expert
+            if cut is not None and row is not None:  # expert parallel: whole experts, this rank's only
+                if not cut.start <= row < cut.start + cut.size:
+                    continue
+                cut, row = None, row - cut.start
             f = headers[hf_name][0]
             scale = None
             try:
-                t = handles[f].get_tensor(hf_name)
-                if t.dtype == torch.float8_e4m3fn:
-                    sf = headers[hf_name + "_scale_inv"][0]
-                    scale = handles[sf].get_tensor(hf_name + "_scale_inv")
-                    if target.name not in resident:
-                        t, scale = dequantize_block(t, scale, block), None
+                if cut is not None:
+                    t, scale = _read_cut(handles, headers, hf_name, cut, target.name in resident, block)
+                else:
+                    t = handles[f].get_tensor(hf_name)
+                    if t.dtype == torch.float8_e4m3fn:
+                        sf = headers[hf_name + "_scale_inv"][0]
+                        scale = handles[sf].get_tensor(hf_name + "_scale_inv")
+                        if target.name not in resident:
+                            t, scale = dequantize_block(t, scale, block), None
             except (SafetensorError, OSError, RuntimeError, ValueError) as e:
                 raise CheckpointError(f"{f}: cannot read tensor {hf_name} ({e})") from None
             for name, value in ((target.name, t), (_scale_name(target.name), scale)):
                 if value is not None:
                     dst = params[name]
-                    (dst if target.expert is None else dst[target.expert]).copy_(value)
+                    (dst if row is None else dst[row]).copy_(value)
+    if shards is not None:
+        _parallel.install(model, shards)
     return model.eval()
+
+
+def _take(sl, dim: int, start: int, end: int) -> torch.Tensor:
+    """Rows (dim 0) or columns (dim 1) [start, end) of a 2-D safetensors slice, reading only those."""
+    return sl[start:end] if dim == 0 else sl[:, start:end]
+
+
+def _read_cut(handles, headers, hf_name: str, cut: "_parallel.Cut", resident: bool, block):
+    """This rank's `cut` of checkpoint tensor `hf_name` -> (tensor, FP8 scales or None)."""
+    sl = handles[headers[hf_name][0]].get_slice(hf_name)
+    end = cut.start + cut.size
+    if headers[hf_name][2] != torch.float8_e4m3fn:
+        return _take(sl, cut.dim, cut.start, end), None
+    sname = hf_name + "_scale_inv"
+    b = block[cut.dim]
+    first, last = cut.start // b, (end - 1) // b  # the checkpoint blocks this cut touches
+    scale = _take(handles[headers[sname][0]].get_slice(sname), cut.dim, first, last + 1)
+    if resident:  # alignment was checked by parallel.shard_spec
+        return _take(sl, cut.dim, cut.start, end), scale
+    lo, hi = first * b, min((last + 1) * b, cut.full)  # whole blocks, dequantised, then trimmed
+    dense = dequantize_block(_take(sl, cut.dim, lo, hi), scale, block)
+    return dense.narrow(cut.dim, cut.start - lo, cut.size), None
 
 
 def _scale_name(name: str) -> str:
@@ -383,6 +436,9 @@ def save(model: Transformer, path: str | os.PathLike, *, fp8: bool = False,
     The MTP layer gets copies of the embedding and head, as in the published checkpoints.
     Files are written under temporary names and renamed when complete.
     """
+    if getattr(model, "shards", None) is not None:
+        raise CheckpointError("cannot save a tensor/expert-parallel model: each rank holds only its shard "
+                              "(save a model loaded with parallel=False)")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     args = model.args
@@ -422,6 +478,7 @@ def save(model: Transformer, path: str | os.PathLike, *, fp8: bool = False,
     for fname, shard in zip(names, shards):
         tmp = path / (fname + ".tmp")
         save_file({n: t.contiguous() for n, t in shard}, str(tmp), metadata={"format": "pt"})
+        os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates 0600 files; a checkpoint is shared
         os.replace(tmp, path / fname)
         weight_map.update({n: fname for n, _ in shard})
     cfg = args.to_hf_config()
@@ -436,6 +493,12 @@ def save(model: Transformer, path: str | os.PathLike, *, fp8: bool = False,
         total = sum(t.numel() * t.element_size() for _, t in tensors)
         _write_json(path / "model.safetensors.index.json",
                     {"metadata": {"total_size": total}, "weight_map": weight_map})
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _write_json(p: Path, obj) -> None:

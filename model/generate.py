@@ -7,6 +7,7 @@
     python -m model.generate --ckpt DIR --interactive --mtp
     python -m model.generate --ckpt DIR --gemm fp8 --device cuda --prompt "Hi"     # FP8 weights resident
     torchrun --nproc-per-node 2 -m model.generate --ckpt DIR --interactive          # rank 0 reads stdin
+    torchrun --nproc-per-node 8 -m model.generate --ckpt DIR --gemm fp8 --prompt-file p.txt  # TP+EP shards
 
     # no checkpoint at hand: a random tiny model plus a byte-level tokenizer, written once into DIR
     python -m model.generate --demo /tmp/dsv3-demo --prompt "hello" --max-new-tokens 16 --mtp
@@ -41,8 +42,10 @@ decoding; with sampling the standard speculative-sampling rule (accept with min(
 resample from max(p - q, 0)) keeps the main model's distribution. `generate()` returns the
 acceptance counts per prompt and draft position, and the tokens per forward pass.
 
-Under torchrun, torch.distributed is initialised (gloo on CPU, NCCL on CUDA) when WORLD_SIZE > 1;
-every rank runs the same batch, rank 0 reads stdin and prints, the prompt and each step's sampled
+Under torchrun, torch.distributed is initialised (gloo on CPU, NCCL on CUDA) when WORLD_SIZE > 1
+and the model is loaded tensor + expert parallel (`model.load(..., parallel=True)`: each rank reads
+only its shard; `--replicate` loads the whole model on every rank instead). Every rank runs the same
+batch; rank 0 alone reads the prompt file and stdin and prints; the prompts and each step's sampled
 tokens are broadcast from rank 0 so all ranks stay in step.
 """
 
@@ -463,14 +466,19 @@ class _Streamer:
         return self.codec.decode(self.ids[i])
 
 
-def _init_distributed() -> int:
-    """Initialise torch.distributed under torchrun (WORLD_SIZE > 1); returns this rank."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend)
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+def _prompts_from_rank0(ns, rank: int) -> list[str]:
+    """The --prompt / --prompt-file texts, read by rank 0 alone and broadcast (errors too)."""
+    box: list = [None, None]
+    if rank == 0:
+        try:
+            box = [list(ns.prompt) + (read_prompts(ns.prompt_file) if ns.prompt_file else []), None]
+        except GenerateError as e:
+            box = [None, str(e)]
+    if dist.is_available() and dist.is_initialized():
+        dist.broadcast_object_list(box, src=0)
+    if box[1] is not None:
+        raise GenerateError(box[1])
+    return box[0]
 
 
 def _run_batch(m, codec: TextCodec, texts: list[str], ns, rank: int, sampling: SamplingParams) -> GenerationOutput:
@@ -557,21 +565,28 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--system", help="system text before the user turn (chat format only)")
     p.add_argument("--gemm", choices=["bf16", "fp8"], default="bf16", help="fp8: keep FP8 weights resident")
     p.add_argument("--dtype", choices=["bfloat16", "float32"], help="compute dtype (default: the checkpoint's)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="under torchrun, 'cuda' is each rank's LOCAL_RANK GPU")
+    p.add_argument("--replicate", action="store_true",
+                   help="under torchrun: a whole model on every rank instead of tensor + expert parallel shards")
     p.add_argument("--output", help="append one JSON line per prompt (completion, tokens, acceptance) to this file")
     ns = p.parse_args(argv)
 
     from .args import ConfigError
     from .checkpoint import CheckpointError, load
+    from .parallel import device_for, init_distributed
 
+    code = None  # the exit status once main's work ended normally or with a reported error
+    rank = 0
     try:
         if not (ns.prompt or ns.prompt_file or ns.interactive):
             raise GenerateError("give --prompt, --prompt-file or --interactive")
         if ns.max_new_tokens < 0:
             raise GenerateError(f"--max-new-tokens {ns.max_new_tokens} must be >= 0")
         sampling = SamplingParams(ns.temperature, ns.top_p, ns.top_k, ns.seed)
-        texts = list(ns.prompt) + (read_prompts(ns.prompt_file) if ns.prompt_file else [])
-        rank = _init_distributed()
+        shards = init_distributed()
+        rank = shards.rank if shards is not None else 0
+        texts = _prompts_from_rank0(ns, rank)
         ckpt = ns.ckpt
         if ns.demo:
             if rank == 0:
@@ -583,22 +598,35 @@ def main(argv: list[str] | None = None) -> None:
         if not Path(ckpt).is_dir():
             raise GenerateError(f"{ckpt}: not a checkpoint directory")
         codec = load_codec(ckpt, ModelArgs.from_hf_config(ckpt))  # before the weights: fail fast
-        device = ns.device
-        if device == "cuda" and dist.is_available() and dist.is_initialized():
-            device = f"cuda:{torch.cuda.current_device()}"
-        m = load(ckpt, dtype=getattr(torch, ns.dtype) if ns.dtype else None, device=device, gemm_impl=ns.gemm)
+        m = load(ckpt, dtype=getattr(torch, ns.dtype) if ns.dtype else None, device=device_for(ns.device, shards),
+                 gemm_impl=ns.gemm, parallel=shards is not None and not ns.replicate)
+        if rank == 0 and shards is not None:
+            how = "a whole model on every rank" if ns.replicate else "tensor + expert parallel shards"
+            print(f"[{shards.world} ranks: {how}]", file=sys.stderr, flush=True)
         if ns.mtp and not len(m.mtp):
             raise GenerateError(f"{ckpt}: --mtp needs MTP weights, and this checkpoint has none")
         if texts:
             _run_batch(m, codec, texts, ns, rank, sampling)
         if ns.interactive:
             _interactive(m, codec, ns, rank, sampling)
+        code = 0
     except (GenerateError, CheckpointError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        if rank == 0:  # every rank raises the same error; one line is enough
+            print(f"error: {e}", file=sys.stderr)
+        code = 2
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
+            if code is not None:
+                # NOTE: under torchrun, leave without interpreter teardown: with torch 2.13 (CPU, gloo)
+                # a rank that ran forward passes intermittently aborts at exit ("terminate called
+                # without an active exception") after all its work and output are done, which
+                # torchrun reports as a failed launch. Reproduced with and without sharding.
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+    if code:
+        raise SystemExit(code) from None
 
 
 if __name__ == "__main__":

@@ -249,7 +249,8 @@ def record(opts: RecordOptions) -> Path:
     corpus_fp = fingerprint(corpus)
     ckpt_fp = checkpoint_fingerprint(ckpt)
 
-    m = model_pkg.load(ckpt, dtype=getattr(torch, opts.dtype) if opts.dtype else torch.float32)
+    # data-parallel replicas: every process holds the whole model and reads its own batches
+    m = model_pkg.load(ckpt, dtype=getattr(torch, opts.dtype) if opts.dtype else torch.float32, parallel=False)
     if opts.mtp and not len(m.mtp):
         print("note: the checkpoint has no MTP weights; the mtp table is skipped", file=sys.stderr)
     tables = [t for t in STREAM_TABLES if not (t == "routing" and opts.router_logits == "none")

@@ -141,6 +141,11 @@ def test_fp8_gemm_logits_close_to_dequantised_path(resident, dense):
 def test_fp8_resident_bf16_and_kv_cache(fp8_dir):
     m = model.load(fp8_dir, gemm_impl="fp8")  # default compute dtype for FP8 checkpoints: bf16
     assert m.layers[0].attn.wq_a.weight.dtype == torch.float8_e4m3fn
+    # NOTE: the same attention form for the full forward and the chunks: in bf16 the expanded form
+    # a prefill would pick rounds differently from the latent form (measured here: 0.11 max rel,
+    # the size of the FP8-vs-dequantised gap; 3e-7 in float32, see test_model)
+    for a in m.attention_modules():
+        a.latent_attention = "always"
     tok = tokens(m, seed=1, shape=(2, 12))
     full = m(tok)
     assert full.dtype == torch.bfloat16

@@ -1,0 +1,458 @@
+"""Tensor and expert parallelism, applied to a model after it is built. The only module that knows
+ranks and process groups: the model files stay single-device and read no process-group state.
+
+    torchrun --standalone --nproc-per-node 2 my_script.py
+        import model
+        m = model.load("ckpt/", parallel=True)     # each rank reads only its shard of the checkpoint
+        logits = m(tokens)                         # the full [B, S, V] logits on every rank
+
+    # a model already in memory, with the same weights on every rank (same seed or same load):
+    from model import parallel
+    shards = parallel.init_distributed()           # gloo on CPU, NCCL on CUDA; None when WORLD_SIZE <= 1
+    parallel.parallelize(m, shards)
+
+    parallel.shard_plan(ModelArgs.from_name("671B"), 16)   # bytes per rank, on the meta device
+    python -m model params --config 671B --world-size 16   # the same, printed
+
+Layout (W ranks; the table PLAN below; see ../shared/docs/deepseek-v3-facts.md):
+- vocab: `embed` and `head` keep rows [r V/W, (r+1) V/W); the embedding zeroes ids outside its
+  rows and all-reduces, the head all-gathers its logits, so `forward` returns full [B, S, V].
+- attention: heads [r H/W, (r+1) H/W) per rank: `wq`/`wq_b`/`wkv_b` split by output rows (head
+  blocks), `wo` by input columns, then an all-reduce. `wq_a`, `q_norm`, `wkv_a`, `kv_norm` are
+  replicated, so the latent KV cache (absorb) is the full [B, T, C + R] on every rank.
+- dense MLP and shared experts: `w1`/`w3` split by output rows, `w2` by input columns, all-reduce.
+- routed experts (expert parallel): rank r holds experts [r E/W, (r+1) E/W) (`Experts.expert_range`);
+  every rank runs the router on all tokens, computes the tokens routed to its own experts, and one
+  all-reduce sums the partial outputs. Router, norms, `eh_proj` and the balancing bias are replicated.
+
+Why the all-reduce layout for experts (the published inference code's) and not all-to-all dispatch:
+under tensor parallelism every rank already holds every token's activations, so there is nothing to
+dispatch: the all-reduce costs what one row-parallel projection costs and needs no token
+permutation, capacity or padding, and its result is exactly the single-process sum (no dropping).
+The router runs, unchanged and replicated, on every rank, so its hooks show the full [T, E] scores
+and top-k choices on every rank and the probe needs no extra communication to record them.
+All-to-all pays off only when ranks hold different tokens (data-parallel attention), which this
+code does not do.
+
+FP8 weights kept resident: a cut must start on a 128-block or lie inside one block (checked for
+every rank, so all ranks raise the same `ParallelError`). A row-parallel FP8 GEMM (`wo`, `w2`)
+quantises its local input in its own 128-channel blocks: with whole-block shards (671B at 8, 16 or
+32 ranks) these are the single process's blocks and the result is the same; with shards inside one
+block (toy sizes) it differs by FP8 rounding.
+
+Hooks under parallelism keep their names and shapes except these per-rank ones:
+- `*.attn.hook_q_nope`, `hook_q_pe` [B, S, H/W, .], `hook_z` [B, S, H/W, V], `hook_pattern`
+  [B, H/W, S, T]: this rank's heads, global heads `attn.head_range` = (first, end).
+Everything else (residual stream, attention/FFN outputs after their all-reduce, `hook_c_kv`,
+`hook_k_pe`, every router hook, `hook_routed_out`, `hook_shared_out`, MTP logits) is the full
+tensor, identical up to float rounding on every rank. A hook that replaces a per-rank tensor
+(e.g. ablating a head) acts on this rank's heads only; use `head_range` to address global heads.
+
+Communication sits at module boundaries as forward hooks (and one wrapper, `ShardedEmbedding`,
+which replaces `embed` keeping the name `embed.weight`): every sharded module (MLA, MLP, Experts,
+head) gets "copy in" on its input and "reduce out" (head: gather) on its output. Autograd works:
+the copy is the identity forward and an all-reduce of gradients backward, the reduce is an
+all-reduce forward and the identity backward (Megatron's f/g pair), the gather's backward keeps
+this rank's slice; replicated parameters inside MLA (wq_a, q_norm, wkv_a, kv_norm) see only this
+rank's heads, so a gradient hook sums their gradients across ranks. Every rank must then call
+backward on the same (replicated) loss. NOTE: no-grad forwards all-reduce module outputs in place.
+
+Two parallel models in one process work (the group travels in the hooks, never in a global).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from .args import ConfigError, ModelArgs
+from .layers import Linear
+from .mla import MLA
+from .moe import MLP, Experts
+from .transformer import Transformer
+
+
+class ParallelError(ConfigError):
+    """A layout that cannot be sharded (one line naming the field, its value and the world size)."""
+
+
+# (our parameter name, as a full-match regex; the dimension it is split along; what must divide)
+PLAN = [
+    (r"embed\.weight", 0, "vocab_size"),
+    (r"head\.weight", 0, "vocab_size"),
+    (r".*\.attn\.(wq|wq_b|wkv_b)\.weight", 0, "n_heads"),  # output rows, head-major
+    (r".*\.attn\.wo\.weight", 1, "n_heads"),  # input columns, head-major
+    (r"layers\.\d+\.ffn\.(w1|w3)\.weight", 0, "inter_dim"),  # dense SwiGLU
+    (r"layers\.\d+\.ffn\.w2\.weight", 1, "inter_dim"),
+    (r".*\.ffn\.shared_experts\.(w1|w3)\.weight", 0, "shared_inter_dim"),
+    (r".*\.ffn\.shared_experts\.w2\.weight", 1, "shared_inter_dim"),
+    (r".*\.ffn\.experts\.(w1|w2|w3)", 0, "n_routed_experts"),  # stacked [E, ...]: whole experts
+]
+_PLAN = [(re.compile(p), dim, field) for p, dim, field in PLAN]
+_WHY = {"vocab_size": "embedding and head rows are split across ranks",
+        "n_heads": "attention heads are split across ranks",
+        "inter_dim": "the dense MLP hidden size is split across ranks",
+        "shared_inter_dim": "the shared experts' hidden size (n_shared_experts x moe_inter_dim) is split",
+        "n_routed_experts": "routed experts are split across ranks"}
+
+
+@dataclass(frozen=True)
+class Shards:
+    """This process's place: `rank` of `world`, and the process group joining them (None when
+    only planning, e.g. on the meta device, where nothing communicates)."""
+    rank: int
+    world: int
+    group: object = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rank < self.world:
+            raise ParallelError(f"rank {self.rank} is not in [0, world size {self.world})")
+
+    def part(self, n: int) -> tuple[int, int]:
+        """(start, size) of this rank's equal share of n items."""
+        size = n // self.world
+        return self.rank * size, size
+
+
+@dataclass(frozen=True)
+class Cut:
+    """This rank's slice of one tensor: `size` items from `start` along `dim` (`full` there)."""
+    dim: int
+    start: int
+    size: int
+    full: int
+
+    def slice(self, t: torch.Tensor) -> torch.Tensor:
+        return t.narrow(self.dim, self.start, self.size)
+
+
+# ------------------------------------------------------------------------------- process groups
+def init_distributed(backend: str | None = None) -> Shards | None:
+    """Under torchrun (WORLD_SIZE > 1): initialise the default process group if needed (NCCL when
+    CUDA is available, gloo otherwise; `backend` overrides) and return this rank's `Shards`.
+    None for a single process."""
+    if dist.is_available() and dist.is_initialized():
+        return world_shards()
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    if not dist.is_available():
+        raise ParallelError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend)
+    return world_shards()
+
+
+def world_shards() -> Shards | None:
+    """The default process group as `Shards`; None when not initialised or of size 1."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return None
+    return Shards(dist.get_rank(), dist.get_world_size(), dist.group.WORLD)
+
+
+def resolve(parallel) -> Shards | None:
+    """`model.load`'s `parallel=` argument: False/None = one full model per process; True = the
+    default group (initialised from torchrun's environment when needed); "auto" = True when torchrun
+    started several processes (WORLD_SIZE > 1), else False; or a `Shards`."""
+    if parallel == "auto":
+        parallel = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if parallel is None or parallel is False:
+        return None
+    if parallel is True:
+        return init_distributed()
+    if isinstance(parallel, Shards):
+        return parallel if parallel.world > 1 else None
+    raise ParallelError(f"parallel={parallel!r}: pass True, False or a model.parallel.Shards")
+
+
+def device_for(device, shards: Shards | None):
+    """'cuda' means this rank's GPU (torchrun's LOCAL_RANK) under a process group."""
+    if shards is not None and device is not None and str(device) == "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+# ----------------------------------------------------------------------------------- the plan
+def _quantity(args: ModelArgs, field: str) -> int | None:
+    """The size that `field` splits, or None when this config has no such part."""
+    has_moe = args.n_dense_layers < args.n_layers or args.n_mtp_layers > 0
+    if field == "inter_dim":
+        return args.inter_dim if args.n_dense_layers > 0 else None
+    if field == "shared_inter_dim":
+        return args.n_shared_experts * args.moe_inter_dim if has_moe and args.n_shared_experts else None
+    if field == "n_routed_experts":
+        return args.n_routed_experts if has_moe else None
+    return getattr(args, field)
+
+
+def check_world(args: ModelArgs, world: int) -> None:
+    """Raise ParallelError naming the first field that `world` does not divide."""
+    if world < 1:
+        raise ParallelError(f"world size {world} must be >= 1")
+    for field in _WHY:
+        n = _quantity(args, field)
+        if n is not None and n % world:
+            shown = (f"n_shared_experts x moe_inter_dim = {args.n_shared_experts} x {args.moe_inter_dim} = {n}"
+                     if field == "shared_inter_dim" else f"{field}={n}")
+            raise ParallelError(f"world size {world} does not divide {shown} ({_WHY[field]})")
+
+
+def shard_spec(model: Transformer, shards: Shards) -> dict[str, Cut]:
+    """Our parameter/buffer name -> this rank's `Cut`, for every sharded tensor of the FULL
+    `model` (meta or real), FP8 block scales included. Tensors not listed are replicated."""
+    check_world(model.args, shards.world)
+    tensors = dict(model.named_parameters()) | {n: b for n, b in model.named_buffers() if b is not None}
+    spec: dict[str, Cut] = {}
+    for name, t in tensors.items():
+        for pat, dim, _ in _PLAN:
+            if pat.fullmatch(name):
+                start, size = shards.part(t.shape[dim])
+                spec[name] = Cut(dim, start, size, t.shape[dim])
+                scale = name + "_scale_inv"
+                if scale in tensors:
+                    mod = model.get_submodule(name.rsplit(".", 1)[0])
+                    # NOTE: every rank's cut is checked, so that all ranks raise the same error together
+                    cuts = [Cut(dim, r * size, size, t.shape[dim]) for r in range(shards.world)]
+                    scales = [_scale_cut(name, r, c, tensors[scale], mod.block, isinstance(mod, Experts))
+                              for r, c in enumerate(cuts)]
+                    spec[scale] = scales[shards.rank]
+                break
+    return spec
+
+
+def _scale_cut(name: str, rank: int, cut: Cut, scale: torch.Tensor, block: int, stacked: bool) -> Cut:
+    """The block-scale rows/columns of an FP8 weight's cut. NOTE: a local b x b block must lie in
+    one checkpoint block, so a cut must start on a block boundary or fit inside one block."""
+    if stacked:  # experts: whole experts, the scales follow them
+        return Cut(0, cut.start, cut.size, scale.shape[0])
+    end = cut.start + cut.size
+    first, last = cut.start // block, (end - 1) // block
+    if cut.start % block and first != last:
+        raise ParallelError(f"{name}: rank {rank}'s rows/columns [{cut.start}, {end}) of {cut.full} do not align "
+                            f"to the {block}-wide FP8 blocks; use gemm_impl='bf16' (dequantise on load) or a "
+                            f"world size whose shards are multiples of {block}")
+    return Cut(cut.dim, first, last - first + 1, scale.shape[cut.dim])
+
+
+# ---------------------------------------------------------------------------------- sharding
+def shard_(model: Transformer, shards: Shards) -> dict[str, Cut]:
+    """Keep only this rank's slice of every sharded tensor (in place, meta or real; no
+    communication is installed) and fix the modules' sizes. Returns the spec."""
+    if getattr(model, "shards", None) is not None:
+        raise ParallelError("this model is already sharded")
+    spec = shard_spec(model, shards)
+    for name, cut in spec.items():
+        mod_name, attr = name.rsplit(".", 1)
+        mod = model.get_submodule(mod_name)
+        old = getattr(mod, attr)
+        new = cut.slice(old.detach()).clone()
+        if isinstance(old, nn.Parameter):
+            setattr(mod, attr, nn.Parameter(new, requires_grad=old.requires_grad))
+        else:
+            setattr(mod, attr, new)
+    for mod in model.modules():
+        if isinstance(mod, Linear):
+            mod.out_features, mod.in_features = mod.weight.shape
+            mod._dense = None
+        elif isinstance(mod, MLA):
+            start, size = shards.part(mod.n_heads)
+            mod.n_heads, mod.head_range = size, (start, start + size)
+            mod.cache = {}
+        elif isinstance(mod, Experts):
+            start, size = shards.part(mod.n_experts)
+            mod.expert_range = (start, start + size)
+        elif isinstance(mod, nn.Embedding):
+            mod.num_embeddings = mod.weight.shape[0]
+    model.shards = shards
+    return spec
+
+
+def parallelize(model: Transformer, shards: Shards | None) -> Transformer:
+    """Shard a full model held identically on every rank and install the communication (in place).
+    `shards` None (one process) leaves the model untouched."""
+    if shards is None or shards.world == 1:
+        return model
+    if shards.group is None:
+        raise ParallelError("parallelize needs Shards with a process group (see init_distributed)")
+    shard_(model, shards)
+    return install(model, shards)
+
+
+def install(model: Transformer, shards: Shards) -> Transformer:
+    """Install the collectives on a model already cut by `shard_` (as `model.load` does after
+    filling the shards): the ShardedEmbedding, and hooks at every sharded module's boundary."""
+    if shards.group is None:
+        raise ParallelError("install needs Shards with a process group (see init_distributed)")
+    if getattr(model, "shards", None) != shards:
+        raise ParallelError("install: cut the model with shard_(model, shards) first")
+    if isinstance(model.embed, ShardedEmbedding):
+        raise ParallelError("install: this model's collectives are already installed")
+    g = shards.group
+    model.embed = ShardedEmbedding(model.embed.weight, shards.part(model.args.vocab_size)[0], g)
+    copy_in = functools.partial(_copy_first, n=1, group=g)
+    reduce_out = functools.partial(_reduce_output, group=g)
+    model.head.register_forward_pre_hook(copy_in)
+    model.head.register_forward_hook(functools.partial(_gather_output, group=g))
+    for mod in model.modules():
+        if isinstance(mod, (MLA, MLP)):
+            mod.register_forward_pre_hook(copy_in)
+            mod.register_forward_hook(reduce_out)
+        elif isinstance(mod, Experts):  # (x_TD, weights_TK, ids_TK): both float inputs cross in
+            mod.register_forward_pre_hook(functools.partial(_copy_first, n=2, group=g))
+            mod.register_forward_hook(reduce_out)
+        if isinstance(mod, MLA):  # replicated weights that only this rank's heads use
+            for attr in ("wq_a", "q_norm", "wkv_a", "kv_norm"):
+                sub = getattr(mod, attr, None)
+                if sub is not None and sub.weight.requires_grad:
+                    sub.weight.register_hook(functools.partial(_sum_grad, group=g))
+    return model
+
+
+class ShardedEmbedding(nn.Module):
+    """Vocabulary-parallel embedding: `weight` holds rows [start, start + n) of the full table;
+    ids outside them look up zeros, and an all-reduce completes every row."""
+
+    def __init__(self, weight: nn.Parameter, start: int, group) -> None:
+        super().__init__()
+        self.weight, self.start, self.group = weight, start, group
+        self.num_embeddings, self.embedding_dim = weight.shape
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        local = ids - self.start
+        outside = (local < 0) | (local >= self.num_embeddings)
+        out = F.embedding(local.masked_fill(outside, 0), self.weight)
+        return all_reduce(out.masked_fill(outside[..., None], 0.0), self.group)
+
+    def extra_repr(self) -> str:
+        return f"rows [{self.start}, {self.start + self.num_embeddings}) x {self.embedding_dim}"
+
+
+# ------------------------------------------------------------------------------ collectives
+def _grad_tracked(x: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and x.requires_grad
+
+
+class _Copy(torch.autograd.Function):
+    """Identity forward; backward sums the gradient over ranks (each rank saw only its shard's)."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
+class _Reduce(torch.autograd.Function):
+    """Sum over ranks forward; identity backward (the loss downstream is replicated)."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        y = x.contiguous().clone()
+        dist.all_reduce(y, group=group)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+class _Gather(torch.autograd.Function):
+    """Concatenate the ranks' last dims forward; backward keeps this rank's slice."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.rank, ctx.n = dist.get_rank(group), x.shape[-1]
+        return _gather_last(x, group)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.narrow(-1, ctx.rank * ctx.n, ctx.n).contiguous(), None
+
+
+def _gather_last(x: torch.Tensor, group) -> torch.Tensor:
+    x = x.contiguous()
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, x, group=group)
+    return torch.cat(parts, dim=-1)
+
+
+def all_reduce(x: torch.Tensor, group) -> torch.Tensor:
+    """Sum over the group (differentiable; in place when no gradient is tracked)."""
+    if _grad_tracked(x):
+        return _Reduce.apply(x, group)
+    dist.all_reduce(x, group=group)
+    return x
+
+
+def _copy_first(module, args, *, n: int, group):
+    """Forward pre-hook: the first n inputs enter the sharded region (f)."""
+    if not any(_grad_tracked(a) for a in args[:n]):
+        return None
+    return tuple(_Copy.apply(a, group) if i < n else a for i, a in enumerate(args))
+
+
+def _reduce_output(module, args, out, *, group):
+    return all_reduce(out, group)
+
+
+def _gather_output(module, args, out, *, group):
+    return _Gather.apply(out, group) if _grad_tracked(out) else _gather_last(out, group)
+
+
+def _sum_grad(grad: torch.Tensor, *, group) -> torch.Tensor:
+    grad = grad.clone()
+    dist.all_reduce(grad, group=group)
+    return grad
+
+
+# ------------------------------------------------------------------------------- accounting
+def tensor_bytes(model: nn.Module, names=None) -> int:
+    """Bytes of parameters and buffers (FP8 weights 1 byte + their float32 scales), optionally
+    only those named (works on the meta device)."""
+    items = list(model.named_parameters()) + [(n, b) for n, b in model.named_buffers() if b is not None]
+    return sum(t.numel() * t.element_size() for n, t in items if names is None or n in names)
+
+
+def shard_plan(args: ModelArgs, world_size: int, *, fp8: bool = True, dtype: torch.dtype = torch.bfloat16,
+               rank: int = 0) -> dict:
+    """Per-rank parameter bytes of `args` at `world_size` (meta device: no memory). fp8: every
+    projection an FP8 checkpoint stores as FP8 stays FP8 (1 byte + float32 128x128 block scales),
+    the rest in `dtype`. MTP modules count when the config has them."""
+    from .checkpoint import make_fp8_resident
+
+    check_world(args, world_size)
+    with torch.device("meta"):
+        m = Transformer(args, dtype=dtype, init=False)
+    if fp8:
+        make_fp8_resident(m, block=(args.quant_block or (128, 128))[0])
+    full = tensor_bytes(m)
+    spec = shard_spec(m, Shards(rank, world_size))
+    sharded_full = tensor_bytes(m, set(spec))
+    shard_(m, Shards(rank, world_size))
+    local = tensor_bytes(m)
+    return {"world_size": world_size, "fp8": fp8, "full_bytes": full, "per_rank_bytes": local,
+            "sharded_full_bytes": sharded_full, "sharded_per_rank_bytes": tensor_bytes(m, set(spec)),
+            "replicated_bytes": full - sharded_full}
+
+
+def _size(n: float) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.2f} MB"
+
+
+def format_plan(p: dict, name: str = "") -> str:
+    return (f"{name + ': ' if name else ''}world size {p['world_size']} ({'FP8' if p['fp8'] else 'dense'} weights): "
+            f"{_size(p['per_rank_bytes'])} per rank (sharded {_size(p['sharded_per_rank_bytes'])} + replicated "
+            f"{_size(p['replicated_bytes'])}) of {_size(p['full_bytes'])} in one process")

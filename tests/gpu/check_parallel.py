@@ -1,0 +1,179 @@
+"""GPU check: a tensor + expert parallel forward (model.load(..., parallel=True)) against the whole
+model, timed, under torchrun. Not a pytest module (CI never collects it); it needs a GPU machine.
+
+    torchrun --standalone --nproc-per-node 8 tests/gpu/check_parallel.py           # 8 GPUs, NCCL
+    torchrun --standalone --nproc-per-node 2 tests/gpu/check_parallel.py --backend gloo   # 2 ranks, one GPU
+    torchrun --standalone --nproc-per-node 2 tests/gpu/check_parallel.py --cpu     # the script itself, CPU
+    python tests/gpu/check_parallel.py --help
+
+Rank 0 writes a random checkpoint whose shards are whole 128-blocks at this world size (FP8 and
+dense copies); every rank loads it whole and sharded and rank 0 prints one table: per mode (dense
+float32, FP8 dequantised to bf16, FP8 resident with FP8 GEMMs) and attention path, the max error of
+the logits and MTP logits relative to the largest whole-model logit, milliseconds per prefill
+forward and per decode step (whole model vs shards, median), and parameter bytes per rank. Exits
+non-zero when an error exceeds its tolerance (see MODES). NCCL cannot put two ranks on one GPU: use
+`--backend gloo` there (collectives then go through host memory, so the timings mean little).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import model  # noqa: E402
+from model import ModelArgs, parallel  # noqa: E402
+
+# (mode, compute dtype, gemm_impl, checkpoint). float32: the shards must equal the whole model up to
+# summation order (max |diff| / max |logit| <= 1e-4). bf16: each row-parallel output is rounded to
+# bf16 per rank before the sum, and in these random unit-gain models that flips some routing choices,
+# so the check is statistical, with tests/test_fp8_model.py's tolerances: mean |diff| <= 25% of mean
+# |logit| and argmax agreement >= 75% (typically far better).
+MODES = [("dense fp32", torch.float32, "bf16", "dense"),
+         ("fp8 -> bf16", torch.bfloat16, "bf16", "fp8"),
+         ("fp8 resident", torch.bfloat16, "fp8", "fp8")]
+EXACT, MEAN_REL, AGREE = 1e-4, 0.25, 0.75
+
+
+def config(world: int, small: bool) -> ModelArgs:
+    """Every split is a multiple of 128 per rank (heads x 192 / 256 / 128, FFN 128 x k)."""
+    heads = (2 if small else 4) * world
+    return ModelArgs.from_dict(ModelArgs.from_name("tiny").to_dict() | dict(
+        vocab_size=(1024 if small else 32768) * world, dim=256 if small else 2048,
+        inter_dim=128 * world * (1 if small else 4), moe_inter_dim=128 * world, n_layers=2 if small else 4,
+        n_dense_layers=1, n_heads=heads, n_routed_experts=4 * world if small else 8 * world,
+        n_shared_experts=1, n_activated_experts=4, n_expert_groups=4, n_limited_groups=2,
+        q_lora_rank=256 if small else 768, kv_lora_rank=256 if small else 512, qk_nope_head_dim=128,
+        qk_rope_head_dim=64, v_head_dim=128, max_seq_len=1024, dtype="bfloat16"))
+
+
+def timed(fn, repeats: int, device: torch.device) -> float:
+    """Median milliseconds per call (synchronised on CUDA)."""
+    fn()
+    ts = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        ts.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(ts)
+
+
+def errors(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float, float]:
+    """(max |diff| / max |b|, mean |diff| / mean |b|, argmax agreement) of logits a vs b."""
+    a, b = a.float(), b.float()
+    d = (a - b).abs()
+    return (float(d.max() / b.abs().max()), float(d.mean() / b.abs().mean()),
+            float((a.argmax(-1) == b.argmax(-1)).float().mean()))
+
+
+def make_checkpoints(root: Path, args: ModelArgs, rank: int) -> dict[str, Path]:
+    paths = {"dense": root / "dense", "fp8": root / "fp8"}
+    if rank == 0:
+        torch.manual_seed(0)
+        m = model.Transformer(args, dtype=torch.float32)
+        with torch.no_grad():  # weights large enough that routing and attention are not uniform
+            for p in m.parameters():
+                if p.dim() > 1:
+                    p.normal_(std=p.shape[-1] ** -0.5)
+        model.save(m, paths["dense"])
+        model.save(m, paths["fp8"], fp8=True)
+    dist.barrier()
+    return paths
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cpu", action="store_true", help="run on the CPU (gloo, small config): checks the script")
+    p.add_argument("--backend", choices=["nccl", "gloo"], help="default: nccl on CUDA, gloo on the CPU")
+    p.add_argument("--small", action="store_true", help="a smaller config (default with --cpu)")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--dir", help="where rank 0 writes the checkpoints (default: a temporary directory)")
+    ns = p.parse_args()
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        p.error("run under torchrun with --nproc-per-node 2 or more (see --help)")
+    if not ns.cpu and not torch.cuda.is_available():
+        p.error("no CUDA device: pass --cpu to check the script on the CPU")
+    shards = parallel.init_distributed("gloo" if ns.cpu else ns.backend)
+    rank, world = shards.rank, shards.world
+    if ns.cpu:
+        device = torch.device("cpu")
+    else:
+        n = torch.cuda.device_count()
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % n)
+        torch.cuda.set_device(device)
+    small = ns.small or ns.cpu
+    args = config(world, small)
+    seq = min(ns.seq_len, 32) if ns.cpu else ns.seq_len
+    tmp = tempfile.TemporaryDirectory() if ns.dir is None else None
+    root = Path(ns.dir or (tmp.name if rank == 0 else ""))
+    box = [str(root)]
+    dist.broadcast_object_list(box, src=0)  # every rank reads rank 0's directory
+    paths = make_checkpoints(Path(box[0]), args, rank)
+
+    g = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, args.vocab_size, (ns.batch, seq), generator=g).to(device)
+    rows, failed = [], False
+    for mode, dtype, gemm, ckpt in MODES:
+        whole = model.load(paths[ckpt], dtype=dtype, device=device, gemm_impl=gemm, parallel=False)
+        shard = model.load(paths[ckpt], dtype=dtype, device=device, gemm_impl=gemm, parallel=shards)
+        for impl in ("absorb", "naive"):
+            whole.attn_impl = shard.attn_impl = impl
+            with torch.no_grad():
+                ref, ref_mtp = whole(tokens, mtp=True)
+                got, got_mtp = shard(tokens, mtp=True)
+                e, e_mtp = errors(got, ref), errors(got_mtp, ref_mtp)
+                t_whole = timed(lambda m=whole: m(tokens), ns.repeats, device)
+                t_shard = timed(lambda m=shard: m(tokens), ns.repeats, device)
+                shard(tokens, use_cache=True)
+                step = tokens[:, -1:]
+                t_dec = timed(lambda m=shard, x=step: m(x, start_pos=seq), ns.repeats, device)
+            if dtype == torch.float32:
+                ok = e[0] <= EXACT and e_mtp[0] <= EXACT
+            else:
+                ok = all(x[1] <= MEAN_REL and x[2] >= AGREE for x in (e, e_mtp))
+            failed |= not ok
+            rows.append((mode, impl, e, e_mtp, t_whole, t_shard, t_dec,
+                         parallel.tensor_bytes(shard), parallel.tensor_bytes(whole), ok))
+        del whole, shard
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    if rank == 0:
+        where = "CPU" if ns.cpu else torch.cuda.get_device_name(device)
+        print(f"\ntensor + expert parallel forward: world {world} ({dist.get_backend()}), {where}, "
+              f"batch {ns.batch} x {seq} tokens, dim {args.dim}, {args.n_heads} heads, "
+              f"{args.n_routed_experts} experts")
+        print("errors vs the whole model: max |diff|/max |logit|, mean |diff|/mean |logit|, argmax agreement")
+        print(f"{'mode':<13} {'attn':<6} {'logits max/mean/agree':>22} {'MTP max/mean/agree':>22} {'whole ms':>9} "
+              f"{'shards ms':>9} {'decode ms':>9} {'MB/rank':>8} {'of MB':>8}  ok")
+
+        def err(x):
+            return f"{x[0]:.1e}/{x[1]:.1e}/{x[2]:.2f}"
+
+        for r in rows:
+            print(f"{r[0]:<13} {r[1]:<6} {err(r[2]):>22} {err(r[3]):>22} {r[4]:>9.2f} {r[5]:>9.2f} "
+                  f"{r[6]:>9.2f} {r[7] / 1e6:>8.1f} {r[8] / 1e6:>8.1f}  {'yes' if r[9] else 'NO'}")
+    dist.barrier()
+    dist.destroy_process_group()
+    if tmp is not None:
+        tmp.cleanup()
+    sys.stdout.flush()
+    os._exit(1 if failed else 0)  # NOTE: skip teardown, see model/generate.py main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,298 @@
+"""Tensor + expert parallelism (model/parallel.py) and per-rank shard loading (model.load(parallel=True)).
+
+The torchrun part launches `tests/_parallel_worker.py` once on 2 CPU processes (gloo) over a set of
+checkpoints; each rank loads every checkpoint whole and sharded in one process and reports logits,
+MTP logits, decode, hook and gradient differences and its resident bytes. The rest runs in-process.
+
+    python -m pytest -q -s tests/test_parallel.py      # -s prints byte ratios and the 671B plan
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import model
+from model import ModelArgs, parallel
+from model.parallel import ParallelError, Shards
+
+from conftest import hf_checkpoint, random_model
+
+ROOT = Path(__file__).resolve().parents[1]
+WORLD = 2
+EXACT = 1e-5  # max |diff| / max |logit|, float32: only the all-reduce summation order differs
+# head/expert/FFN shards that are whole 128-blocks: FP8 activation blocks match the single process
+ALIGNED = dict(vocab_size=256, dim=256, inter_dim=256, moe_inter_dim=128, n_layers=2, n_heads=2,
+               n_routed_experts=4, n_expert_groups=1, n_limited_groups=1, n_activated_experts=2,
+               n_shared_experts=2, q_lora_rank=128, kv_lora_rank=128, qk_nope_head_dim=128,
+               qk_rope_head_dim=128, v_head_dim=128)
+# the dense MLP's shards start mid-block (320 / 2 = 160): fine dequantised, refused FP8 resident
+BLOCKS = dict(inter_dim=320)
+FP8_MEAN_REL, FP8_MAX_REL = 0.25, 0.50  # the FP8 GEMM tolerance of tests/test_fp8_model.py
+
+
+@pytest.fixture(scope="module")
+def worker_results(tmp_path_factory) -> dict:
+    base = tmp_path_factory.mktemp("parallel")
+
+    def save(name, m, **kw):
+        model.save(m, base / name, **kw)
+        return str(base / name)
+
+    tiny = random_model("tiny", seed=0)
+    missing = save("missing", tiny, max_shard_bytes=300_000)
+    files = sorted(Path(missing).glob("model-*.safetensors"))
+    assert len(files) > 2
+    files[1].unlink()
+    cases = [
+        {"name": "tiny", "ckpt": save("tiny", tiny), "grads": True},
+        {"name": "tiny_fp8_dequant", "ckpt": save("tiny8", tiny, fp8=True)},
+        {"name": "tiny_fp8_resident", "ckpt": str(base / "tiny8"), "gemm_impl": "fp8"},
+        {"name": "aligned_fp8_resident", "gemm_impl": "fp8",
+         "ckpt": save("aligned", random_model("tiny", seed=3, **ALIGNED), fp8=True)},
+        {"name": "blocks_fp8_dequant", "ckpt": save("blocks", random_model("tiny", seed=4, **BLOCKS), fp8=True)},
+        {"name": "blocks_fp8_resident", "ckpt": str(base / "blocks"), "gemm_impl": "fp8"},
+        {"name": "experts6", "ckpt": save("e6", random_model("tiny", seed=5, n_routed_experts=6, n_expert_groups=2,
+                                                            n_limited_groups=1, n_activated_experts=2))},
+        {"name": "experts5", "ckpt": save("e5", random_model("tiny", seed=6, n_routed_experts=5, n_expert_groups=1,
+                                                            n_limited_groups=1, n_activated_experts=2))},
+        {"name": "hf_vocab212", "ckpt": str(hf_checkpoint(base / "hf212", seed=7, vocab_size=212))},
+        {"name": "hf_vocab211", "ckpt": str(hf_checkpoint(base / "hf211", seed=7))},
+        {"name": "missing_shard", "ckpt": missing, "missing": files[1].name},
+    ]
+    (base / "cases.json").write_text(json.dumps(cases))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(WORLD),
+           str(ROOT / "tests" / "_parallel_worker.py"), str(base / "cases.json")]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    res: dict = {}
+    for rank in range(WORLD):
+        for line in (base / f"results.rank{rank}.jsonl").read_text().splitlines():
+            r = json.loads(line)
+            assert "crash" not in r, r
+            res.setdefault(r["name"], {})[r["rank"]] = r
+    res["_cases"] = {c["name"]: c for c in cases}
+    return res
+
+
+def per_rank(res: dict, name: str) -> list[dict]:
+    got = res[name]
+    assert sorted(got) == list(range(WORLD)), f"{name}: ranks {sorted(got)}"
+    return [got[r] for r in range(WORLD)]
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny_fp8_dequant", "blocks_fp8_dequant", "experts6", "hf_vocab212"])
+def test_sharded_logits_equal_single_process(worker_results, name):
+    for r in per_rank(worker_results, name):
+        assert "error" not in r, r
+        assert r["world"] == WORLD and r["logits_shape"][-1] > 0
+        keys = ["logits_rel_absorb", "logits_rel_naive", "mtp_rel_absorb", "mtp_rel_naive", "decode_rel",
+                "hook_scores_rel", "hook_z_rel", "hook_c_kv_rel", "hook_routed_out_rel"]
+        for k in keys:
+            if k.startswith("mtp") and k not in r:  # a checkpoint without MTP weights (transformers')
+                continue
+            assert r[k] <= EXACT, f"{name} rank {r['rank']}: {k} = {r[k]:.3g}"
+        assert r["hook_topk_equal"], "router choices must be the single-process ones on every rank"
+        assert r["hook_z_shape"][2] * WORLD == ModelArgs.from_hf_config(
+            worker_results["_cases"][name]["ckpt"]).n_heads  # per-rank heads
+        print(f"\n{name} rank {r['rank']}: logits max rel {r['logits_rel_absorb']:.2e}"
+              + (f", MTP {r['mtp_rel_absorb']:.2e}" if "mtp_rel_absorb" in r else " (no MTP weights)")
+              + f", decode {r['decode_rel']:.2e}")
+
+
+def test_mtp_logits_compared(worker_results):
+    for name in ("tiny", "tiny_fp8_dequant", "blocks_fp8_dequant", "experts6"):
+        for r in per_rank(worker_results, name):
+            assert r["mtp_rel_absorb"] <= EXACT and r["mtp_rel_naive"] <= EXACT
+
+
+def test_resident_bytes_are_half_for_sharded_parts(worker_results):
+    for name in ("tiny", "aligned_fp8_resident", "experts6"):
+        for r in per_rank(worker_results, name):
+            print(f"\n{name} rank {r['rank']}: resident {r['bytes_rank']:,} B of {r['bytes_full']:,} B "
+                  f"single-process (total ratio {r['total_ratio']:.3f}); sharded parts "
+                  f"{r['bytes_sharded_rank']:,} / {r['bytes_sharded_full']:,} = {r['sharded_ratio']:.4f}")
+            assert abs(r["sharded_ratio"] - 1 / WORLD) < 0.01
+            replicated = r["bytes_full"] - r["bytes_sharded_full"]
+            assert r["bytes_rank"] == r["bytes_sharded_rank"] + replicated and r["total_ratio"] < 0.7
+
+
+def test_gradients_match_single_process(worker_results):
+    """Replicated weights get the full gradient, sharded ones the slice of it (Megatron f/g pair)."""
+    for r in per_rank(worker_results, "tiny"):
+        assert r["grad_rel_replicated"] <= 1e-4 and r["grad_rel_sharded"] <= 1e-4, r
+
+
+def test_fp8_resident_sharded(worker_results):
+    # aligned shards: the FP8 activation blocks are the single process's, so only summation order differs
+    for r in per_rank(worker_results, "aligned_fp8_resident"):
+        print(f"\naligned FP8 resident rank {r['rank']}: logits max rel {r['logits_rel_absorb']:.2e}")
+        assert r["logits_rel_absorb"] <= 1e-4 and r["mtp_rel_absorb"] <= 1e-4 and r["hook_topk_equal"]
+    # shards inside one 128-block (tiny dims): allowed, but a row-parallel GEMM quantises its local
+    # activations in their own block, so the result is within FP8 rounding, not equal
+    for r in per_rank(worker_results, "tiny_fp8_resident"):
+        print(f"\ntiny FP8 resident rank {r['rank']}: logits mean rel {r['logits_mean_rel_absorb']:.3f}, "
+              f"max rel {r['logits_rel_absorb']:.3f} (FP8 rounding)")
+        assert r["logits_mean_rel_absorb"] <= FP8_MEAN_REL and r["logits_rel_absorb"] <= FP8_MAX_REL + 0.5
+
+
+@pytest.mark.parametrize("name, error, words", [
+    ("experts5", "ParallelError", ["world size 2 does not divide n_routed_experts=5"]),
+    ("hf_vocab211", "ParallelError", ["world size 2 does not divide vocab_size=211"]),
+    ("blocks_fp8_resident", "ParallelError", ["ffn.w1.weight", "[160, 320)", "align", "gemm_impl='bf16'"]),
+    ("missing_shard", "CheckpointError", ["is missing"]),
+])
+def test_clear_errors_under_torchrun(worker_results, name, error, words):
+    case = worker_results["_cases"][name]
+    words = words + ([case["missing"]] if "missing" in case else [])
+    for r in per_rank(worker_results, name):
+        assert r.get("error") == error, r
+        assert "\n" not in r["message"]
+        for w in words:
+            assert w in r["message"], r["message"]
+
+
+def test_two_sharded_models_in_one_process(worker_results):
+    for r in per_rank(worker_results, "two_models"):
+        assert r["models"] >= 5 and r["rel"] == 0.0
+
+
+# ------------------------------------------------------------------------------------- in-process
+@pytest.mark.parametrize("override, field", [
+    (dict(n_heads=3), "n_heads=3"),
+    (dict(vocab_size=511), "vocab_size=511"),
+    (dict(inter_dim=129), "inter_dim=129"),
+    (dict(n_routed_experts=5, n_expert_groups=1, n_limited_groups=1, n_activated_experts=2), "n_routed_experts=5"),
+    (dict(moe_inter_dim=31), "n_shared_experts x moe_inter_dim = 1 x 31 = 31"),
+])
+def test_world_size_must_divide(override, field):
+    args = ModelArgs.from_dict(ModelArgs.from_name("tiny").to_dict() | override)
+    with pytest.raises(ParallelError, match=f"world size 2 does not divide {field}") as e:
+        parallel.check_world(args, 2)
+    assert "\n" not in str(e.value)
+    parallel.check_world(ModelArgs.from_name("tiny"), 2)
+
+
+def test_dense_only_config_needs_no_expert_split():
+    args = ModelArgs.from_dict(ModelArgs.from_name("tiny").to_dict() | dict(n_dense_layers=3, n_mtp_layers=0,
+                                                                              n_routed_experts=3, n_expert_groups=1,
+                                                                              n_limited_groups=1, n_activated_experts=1))
+    parallel.check_world(args, 2)  # no MoE layer: the expert count is irrelevant
+
+
+def test_671B_shard_plan_fits_80GB_at_world_16():
+    plan = parallel.shard_plan(ModelArgs.from_name("671B"), 16, fp8=True)
+    print("\n" + parallel.format_plan(plan, "671B"))
+    gb = plan["per_rank_bytes"] / 1e9
+    assert gb < 80, f"{gb:.1f} GB per rank does not fit an 80 GB GPU"
+    # 685B parameters, nearly all FP8: about 685 GB / 16 plus the replicated parts
+    assert 40 < gb < 50 and 680e9 < plan["full_bytes"] < 700e9
+    assert plan["per_rank_bytes"] == plan["sharded_full_bytes"] // 16 + plan["replicated_bytes"]
+    assert parallel.shard_plan(ModelArgs.from_name("671B"), 8)["per_rank_bytes"] / 1e9 > 80  # one 8-GPU node: no
+
+
+def test_params_cli_world_size(capsys):
+    from model.__main__ import main
+    main(["params", "--config", "671B", "--world-size", "16"])
+    out = capsys.readouterr().out
+    assert "world size 16 (FP8 weights): 44." in out and "GB per rank" in out
+    with pytest.raises(SystemExit):
+        main(["params", "--config", "671B", "--world-size", "3"])
+    assert "error: world size 3 does not divide vocab_size=129280" in capsys.readouterr().err
+
+
+def test_fp8_misaligned_shard_is_refused_on_meta():
+    args = ModelArgs.from_dict(ModelArgs.from_name("tiny").to_dict() | BLOCKS)
+    with torch.device("meta"):
+        m = model.Transformer(args, init=False)
+    model.checkpoint.make_fp8_resident(m)
+    for rank in (0, 1):  # rank 0's [0, 160) starts on a block, rank 1's does not: both ranks raise
+        with pytest.raises(ParallelError, match=r"layers\.0\.ffn\.w1\.weight: rank 1's rows/columns \[160, 320\) "
+                                                r"of 320 do not align"):
+            parallel.shard_spec(m, Shards(rank, 2))
+    spec = parallel.shard_spec(model.checkpoint.make_fp8_resident(
+        model.Transformer(ModelArgs.from_name("tiny"), device="meta", init=False)), Shards(1, 2))
+    assert spec["layers.0.attn.wq_b.weight_scale_inv"] == parallel.Cut(0, 0, 1, 1)  # inside one block
+
+
+def test_shard_in_process_and_save_refused(tmp_path):
+    m = random_model("tiny", seed=0)
+    full = dict(m.named_parameters())
+    full = {k: v.detach().clone() for k, v in full.items()}
+    spec = parallel.shard_(m, Shards(1, 2))  # no group: cut only (planning), no communication
+    assert m.layers[0].attn.n_heads == 2 and m.layers[0].attn.head_range == (2, 4)
+    assert m.layers[1].ffn.experts.expert_range == (8, 16) and m.layers[1].ffn.experts.w1.shape[0] == 8
+    assert torch.equal(m.head.weight, full["head.weight"][256:]) and m.head.out_features == 256
+    assert torch.equal(m.layers[0].attn.wo.weight, full["layers.0.attn.wo.weight"][:, 32:])
+    assert spec["layers.0.attn.wo.weight"] == parallel.Cut(1, 32, 32, 64)
+    assert torch.equal(m.layers[0].attn.wq_a.weight, full["layers.0.attn.wq_a.weight"])  # replicated
+    with pytest.raises(ParallelError, match="already sharded"):
+        parallel.shard_(m, Shards(1, 2))
+    with pytest.raises(model.CheckpointError, match="cannot save a tensor/expert-parallel model"):
+        model.save(m, tmp_path / "x")
+    with pytest.raises(ParallelError, match="install needs Shards with a process group"):
+        parallel.install(m, Shards(1, 2))
+
+
+def test_single_process_parallel_true_is_the_whole_model(tmp_path, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    m = random_model("tiny", seed=0)
+    model.save(m, tmp_path)
+    a, b = model.load(tmp_path, dtype=torch.float32), model.load(tmp_path, dtype=torch.float32, parallel=True)
+    assert getattr(b, "shards", None) is None
+    tok = torch.randint(0, 512, (1, 6))
+    with torch.no_grad():
+        assert torch.equal(a(tok), b(tok))
+    with pytest.raises(ParallelError, match="parallel='yes'"):
+        model.load(tmp_path, parallel="yes")
+
+
+# ------------------------------------------------------------------------------------ generation
+def _torchrun(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(WORLD), *args]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_generate_under_torchrun_is_sharded_and_equals_single_process(tmp_path):
+    from model.generate import generate, load_codec, write_demo_checkpoint
+
+    demo = write_demo_checkpoint(tmp_path / "demo")
+    texts = ["one", "two two", "the third prompt"]
+    f = tmp_path / "prompts.txt"
+    f.write_text("\n".join(texts) + "\n")
+    out = tmp_path / "out.jsonl"
+    proc = _torchrun("-m", "model.generate", "--ckpt", str(demo), "--prompt-file", str(f), "--max-new-tokens", "6",
+                     "--mtp", "--output", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"[{WORLD} ranks: tensor + expert parallel shards]" in proc.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == texts  # rank 0 alone writes
+    codec = load_codec(demo, ModelArgs.from_hf_config(demo))
+    single = model.load(demo)
+    prompts = [codec.encode(t) for t in texts]
+    for mtp in (True, False):  # greedy MTP decoding == plain greedy == the sharded run
+        ref = generate(single, prompts, max_new_tokens=6, stop_ids=codec.stop_ids, mtp=mtp)
+        assert [r["tokens"] for r in rows] == ref.tokens
+
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    proc = _torchrun("-m", "model.generate", "--ckpt", str(demo), "--prompt-file", str(empty))
+    assert proc.returncode != 0
+    assert proc.stderr.count("error: ") == 1 and "no prompts (the file is empty)" in proc.stderr
+
+
+def test_auto_shards_only_under_a_multi_process_launch(monkeypatch):
+    """`model.load(parallel="auto")` (the default) is the whole model unless torchrun started
+    several processes; there it means tensor + expert parallel (exercised by the torchrun tests)."""
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert parallel.resolve("auto") is None
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert parallel.resolve("auto") is None
