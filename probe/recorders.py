@@ -67,6 +67,17 @@ class Batch:
         return torch.arange(self.tokens.shape[1])[None] < self.lengths[:, None]
 
 
+def token_nll(batch: Batch, logits: torch.Tensor) -> torch.Tensor:
+    """Surprisal [B, S] (nats, float32) of token p from the prediction at p-1; NaN at position 0
+    and at padding. The `tokens.loss` column, and the loss `analyses.ablate` compares."""
+    B, S = batch.tokens.shape
+    nll = torch.full((B, S), float("nan"))
+    if S > 1:  # log-softmax only where needed
+        m = batch.valid[:, 1:]
+        nll[:, 1:][m] = F.cross_entropy(logits[:, :-1][m].float(), batch.tokens[:, 1:][m], reduction="none")
+    return nll
+
+
 class Recorder:
     """Attaches capture hooks, runs the model on a batch, and returns rows for each table."""
 
@@ -134,11 +145,7 @@ class Recorder:
 
     def _tokens(self, batch: Batch, logits, seq, pos, dom) -> dict:
         B, S = batch.tokens.shape
-        # surprisal of token p from the prediction at p-1 (log-softmax only where needed)
-        nll = torch.full((B, S), float("nan"))
-        if S > 1:
-            m = batch.valid[:, 1:]
-            nll[:, 1:][m] = F.cross_entropy(logits[:, :-1][m].float(), batch.tokens[:, 1:][m], reduction="none")
+        nll = token_nll(batch, logits)
         valid = batch.valid.reshape(-1).numpy()
         loss = nll.reshape(-1).numpy()[valid]
         doc_ids = np.repeat(np.array([w.doc_id for w in batch.windows], dtype=object), S)[valid]

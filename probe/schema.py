@@ -5,6 +5,8 @@ A run directory holds `run.json` and one Parquet dataset (a folder of part files
     runs/NAME/run.json
     runs/NAME/tokens/r000-b0000000-0000063.parquet   (rank 0, global batches 0..63)
     runs/NAME/routing/...   expert_load/...   mtp/...   kv_stats/...   kv_spectrum/...
+    runs/NAME/spec_decode/part-0.parquet, spec_drafts/...   (written by `dsv3-probe spec`)
+    runs/NAME/ablations/<hash>.parquet   (written by `python -m analyses.ablate`)
 
 `TABLES[name]` is the pyarrow schema; `DOCS[name]` documents each column (the README's table
 reference is generated from it). Definitions follow `shared/docs/metrics.md`.
@@ -82,6 +84,40 @@ TABLES: dict[str, pa.Schema] = {
         ("component", pa.int32()),
         ("eigenvalue", pa.float64()),
     ]),
+    "spec_decode": pa.schema([
+        ("doc_id", pa.string()),
+        ("domain", pa.string()),
+        ("prompt_tokens", pa.int32()),
+        ("new_tokens", pa.int32()),
+        ("forward_passes", pa.int32()),
+        ("drafts_proposed", pa.int32()),
+        ("drafts_accepted", pa.int32()),
+        ("tokens_per_forward", pa.float64()),
+        ("finish_reason", pa.string()),
+    ]),
+    "spec_drafts": pa.schema([
+        ("doc_id", pa.string()),
+        ("domain", pa.string()),
+        ("position", pa.int32()),
+        ("token", pa.int32()),
+        ("accepted", pa.bool_()),
+    ]),
+    "ablations": pa.schema([
+        ("ablation", pa.string()),
+        ("spec", pa.string()),
+        ("mode", pa.string()),
+        ("renormalise", pa.bool_()),
+        ("shared", pa.bool_()),
+        ("n_disabled", pa.int32()),
+        ("domain", pa.string()),
+        ("tokens", pa.int64()),
+        ("loss", pa.float64()),
+        ("baseline_loss", pa.float64()),
+        ("delta", pa.float64()),
+        ("routing_changed", pa.float64()),
+        ("experts_changed", pa.float64()),
+        ("downstream_layers", pa.int32()),
+    ]),
 }
 
 DOCS: dict[str, dict[str, str]] = {
@@ -137,6 +173,40 @@ DOCS: dict[str, dict[str, str]] = {
     "kv_spectrum": {
         "layer": "layer", "component": "rank of the eigenvalue (0 = largest)",
         "eigenvalue": "eigenvalue of the latent covariance",
+    },
+    "spec_decode": {
+        "doc_id": "document whose first tokens are the prompt (`dsv3-probe spec`)", "domain": "its domain",
+        "prompt_tokens": "prompt length (BOS included)",
+        "new_tokens": "tokens generated greedily (stops at EOS or --new-tokens)",
+        "forward_passes": "main-model forward passes for this prompt, prefill included",
+        "drafts_proposed": "MTP drafts verified", "drafts_accepted": "drafts equal to the main model's greedy token",
+        "tokens_per_forward": "new_tokens / forward_passes (1.0 without drafts)",
+        "finish_reason": "`stop` (EOS) or `length`",
+    },
+    "spec_drafts": {
+        "doc_id": "prompt document", "domain": "its domain",
+        "position": "index of the generated token the draft was proposed for (0 = the first new token)",
+        "token": "the drafted token id", "accepted": "the main model's greedy token equals the draft",
+    },
+    "ablations": {
+        "ablation": "name of the ablation (`python -m analyses.ablate`; one row per ablation and domain)",
+        "spec": "the ablation as JSON: its selection rule and the resolved `disabled` experts per layer",
+        "mode": "`reroute`: disabled experts' selection scores set to -inf before group-limited top-k "
+                "(DeepSeekMoE protocol); `zero`: routing kept, disabled experts' weights set to 0",
+        "renormalise": "zero mode: the remaining weights rescaled to the token's original weight sum "
+                       "(false = left as they are; always false for reroute)",
+        "shared": "the shared expert was disabled too (in the ablation's layers)",
+        "n_disabled": "routed experts disabled, summed over layers",
+        "domain": "corpus domain, or `all` for every token",
+        "tokens": "tokens scored (positions > 0 of each window)",
+        "loss": "mean surprisal under the ablation, nats",
+        "baseline_loss": "mean surprisal of the same tokens with nothing disabled",
+        "delta": "loss - baseline_loss",
+        "routing_changed": "share of (token, MoE layer after the first ablated layer, ablated or not; "
+                           "every MoE layer when nothing is disabled) whose top-k set differs from the "
+                           "baseline's (null when no MoE layer follows)",
+        "experts_changed": "mean share of the K experts replaced, over the same (token, layer) pairs",
+        "downstream_layers": "MoE layers compared (those after the first ablated layer)",
     },
 }
 

@@ -1,0 +1,302 @@
+"""Dashboard query benchmark: every page's data-layer calls on a synthetic run with 10 million
+routing rows, cold (no cache), with the time per page against the 2 s budget.
+
+    python benchmarks/bench_dashboard.py                      # 10M routing rows in a temporary dir
+    python benchmarks/bench_dashboard.py --rows 2000000 --out /tmp/bench-run --keep
+
+The run is written through the probe's own `PartWriter` (same part files, row groups and encodings
+as `dsv3-probe record`): 8 MoE layers of 64 experts, top-6, windows of 512 tokens, 5 domains,
+routing with a domain-dependent preference so the aggregates are not uniform. A training run
+(2,000 steps x 4 gates x 64 experts) is written beside it for the Training page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from probe.schema import TABLES  # noqa: E402
+from probe.writer import PartWriter, write_json_atomic  # noqa: E402
+
+E, K, SEQ, BATCH, LAYERS, DENSE, DOMAINS = 64, 6, 512, 8, 8, 1, ["code", "chinese", "literature", "math", "web"]
+BUDGET_S = 2.0
+
+
+def list_array(values: np.ndarray, typ) -> pa.Array:
+    n, w = values.shape
+    return pa.ListArray.from_arrays(pa.array(np.arange(0, (n + 1) * w, w, dtype=np.int32)),
+                                    pa.array(values.reshape(-1), type=typ))
+
+
+def synth_probe_run(out: Path, rows: int, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    tokens_total = rows // LAYERS
+    n_batches = -(-tokens_total // (SEQ * BATCH))
+    pref = rng.normal(0, 1.0, (LAYERS, len(DOMAINS), E))  # domain preference of each expert per layer
+    layers = list(range(DENSE, DENSE + LAYERS))
+    out.mkdir(parents=True)
+    w = PartWriter(out, 0, ["tokens", "routing", "expert_load", "mtp"])
+    per_domain = dict.fromkeys(DOMAINS, 0)
+    done = 0
+    for b in range(n_batches):
+        n = min(SEQ * BATCH, tokens_total - done)
+        seq = (b * BATCH + np.arange(n) // SEQ).astype(np.int64)
+        pos = (np.arange(n) % SEQ).astype(np.int32)
+        dom_idx = (seq // 4) % len(DOMAINS)  # documents of 4 windows, domains in turn
+        doms = np.array(DOMAINS, dtype=object)[dom_idx]
+        tok = np.minimum(rng.zipf(1.3, n), 32000).astype(np.int32)
+        loss = rng.gamma(2.0, 1.5, n).astype(np.float32)
+        w.append("tokens", {"doc_id": [f"doc{s // 4}" for s in seq], "seq_id": seq, "pos": pos,
+                            "doc_pos": (seq % 4) * SEQ + pos, "token_id": tok, "domain": doms.tolist(),
+                            "loss": loss}, b)
+        ids_all, w_all = [], []
+        for li in range(LAYERS):
+            score = pref[li][dom_idx] + rng.gumbel(size=(n, E))
+            ids = np.argpartition(-score, K, axis=1)[:, :K]
+            order = np.argsort(-np.take_along_axis(score, ids, 1), axis=1)
+            ids = np.take_along_axis(ids, order, 1).astype(np.uint16)
+            wt = rng.dirichlet(np.ones(K), n).astype(np.float32) * 2.5
+            ids_all.append(ids)
+            w_all.append(wt)
+        w.append("routing", {
+            "seq_id": np.tile(seq, LAYERS), "pos": np.tile(pos, LAYERS),
+            "layer": np.repeat(np.array(layers, np.int16), n),
+            "expert_ids": list_array(np.concatenate(ids_all), pa.uint16()),
+            "expert_weights": list_array(np.concatenate(w_all), pa.float32()),
+            "margin_k": rng.random(n * LAYERS).astype(np.float32),
+            "margin_1": rng.random(n * LAYERS).astype(np.float32),
+            "scores": pa.nulls(n * LAYERS, pa.list_(pa.float32()))}, b)
+        rows_l = {k: [] for k in ("step", "layer", "expert", "domain", "count", "weight_sum", "tokens")}
+        for li, (ids, wt) in enumerate(zip(ids_all, w_all)):
+            for d in range(len(DOMAINS)):
+                m = dom_idx == d
+                if not m.any():
+                    continue
+                cnt = np.bincount(ids[m].ravel(), minlength=E)
+                ws = np.bincount(ids[m].ravel(), weights=wt[m].ravel(), minlength=E)
+                rows_l["step"] += [b] * E
+                rows_l["layer"] += [layers[li]] * E
+                rows_l["expert"] += list(range(E))
+                rows_l["domain"] += [DOMAINS[d]] * E
+                rows_l["count"] += cnt.tolist()
+                rows_l["weight_sum"] += ws.tolist()
+                rows_l["tokens"] += [int(m.sum())] * E
+        w.append("expert_load", rows_l, b)
+        agree = rng.random(n) < 0.6
+        w.append("mtp", {"seq_id": seq, "pos": pos, "domain": doms.tolist(), "mtp_top1": tok, "main_top1": tok,
+                         "agree": agree, "target": tok, "mtp_loss": loss}, b)
+        for d, c in zip(*np.unique(doms, return_counts=True)):
+            per_domain[d] += int(c)
+        done += n
+        if (b + 1) % 32 == 0 or b == n_batches - 1:
+            w.commit(b, {"tokens": done}, {})
+    C = 512
+    kv = {c: [] for c in TABLES["kv_stats"].names}
+    spec = {"layer": [], "component": [], "eigenvalue": []}
+    for layer in range(DENSE + LAYERS):
+        ev = np.sort(rng.gamma(0.5, 1.0, C))[::-1]
+        p = ev / ev.sum()
+        cum = np.cumsum(p)
+        vals = {"layer": layer, "tokens": done, "latent_dim": C, "channel_mean": rng.normal(0, 1, C).tolist(),
+                "channel_var": rng.random(C).tolist(), "effective_rank": float(np.exp(-(p * np.log(p)).sum())),
+                "energy90": int(np.searchsorted(cum, 0.9)) + 1, "energy95": int(np.searchsorted(cum, 0.95)) + 1,
+                "energy99": int(np.searchsorted(cum, 0.99)) + 1, "bytes_absorb": 1152, "bytes_naive": 40960,
+                "bytes_mha": 14336}
+        for k in kv:
+            kv[k].append(vals.get(k, 1.0))
+        spec["layer"] += [layer] * C
+        spec["component"] += list(range(C))
+        spec["eigenvalue"] += ev.tolist()
+    for name, cols in (("kv_stats", kv), ("kv_spectrum", spec)):
+        (out / name).mkdir()
+        pq.write_table(pa.Table.from_pydict(cols, schema=TABLES[name]), out / name / "part-0.parquet")
+    info = {"status": "complete", "format": 1, "checkpoint": {"path": "", "fingerprint": "synthetic"},
+            "corpus": {"path": "synthetic", "documents": int(done // (4 * SEQ)) + 1},
+            "model_args": {"n_layers": DENSE + LAYERS, "n_dense_layers": DENSE, "n_routed_experts": E,
+                           "n_activated_experts": K, "dim": 1024, "kv_lora_rank": C},
+            "options": {"seq_len": SEQ, "batch_size": BATCH, "router_logits": "topk"},
+            "planned": {"windows": int(seq[-1]) + 1, "tokens": done, "batches": n_batches,
+                        "tokens_per_domain": per_domain},
+            "recorded": {"tokens": done}, "tables": list(TABLES)}
+    write_json_atomic(out / "run.json", info)
+    return info
+
+
+def synth_spec(run: Path, prompts: int = 2000, new: int = 64, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    acc = rng.random((prompts, new)) < 0.8
+    doms = [DOMAINS[i % len(DOMAINS)] for i in range(prompts)]
+    dec = {"doc_id": [f"doc{i}" for i in range(prompts)], "domain": doms, "prompt_tokens": [32] * prompts,
+           "new_tokens": [new] * prompts, "forward_passes": (new - acc.sum(1) // 2).tolist(),
+           "drafts_proposed": [new] * prompts, "drafts_accepted": acc.sum(1).tolist(),
+           "tokens_per_forward": (new / (new - acc.sum(1) // 2)).tolist(), "finish_reason": ["length"] * prompts}
+    drafts = {"doc_id": np.repeat([f"doc{i}" for i in range(prompts)], new).tolist(),
+              "domain": np.repeat(doms, new).tolist(), "position": np.tile(np.arange(new), prompts),
+              "token": np.zeros(prompts * new, np.int32), "accepted": acc.ravel()}
+    for name, cols in (("spec_decode", dec), ("spec_drafts", drafts)):
+        (run / name).mkdir()
+        pq.write_table(pa.Table.from_pydict(cols, schema=TABLES[name]), run / name / "part-0.parquet")
+
+
+def synth_train_run(out: Path, steps: int = 2000, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    out.mkdir(parents=True)
+    gates = ["layer1", "layer2", "layer3", "mtp0"]
+    s = np.arange(1, steps + 1)
+    tm = {"step": s, "lr": np.full(steps, 1e-3), "loss": 5 + np.exp(-s / 300), "lm_loss": 4 + np.exp(-s / 300),
+          "mtp_loss": 4.2 + np.exp(-s / 300), "tokens": np.full(steps, 4096), "tokens_seen": 4096 * s,
+          "tokens_per_s": np.full(steps, 3000.0)}
+    for d in DOMAINS:
+        tm[f"loss_{d}"] = 4 + np.exp(-s / 300) + rng.normal(0, 0.05, steps)
+    for g in gates:
+        tm[f"maxvio_{g}"] = 0.2 + np.exp(-s / 300)
+        tm[f"bias_norm_{g}"] = np.sqrt(s) * 0.003
+    pq.write_table(pa.table(tm), out / "train_metrics.parquet")
+    ev = {"step": np.arange(100, steps + 1, 100), "val_loss": np.linspace(5, 4, steps // 100)}
+    pq.write_table(pa.table(ev), out / "eval_metrics.parquet")
+    n = steps * len(gates) * E
+    pq.write_table(pa.table({"step": np.repeat(s, len(gates) * E), "gate": np.tile(np.repeat(gates, E), steps),
+                             "expert": np.tile(np.arange(E), steps * len(gates)),
+                             "load": rng.poisson(400, n).astype(np.int64),
+                             "bias": rng.normal(0, 0.01, n).astype(np.float32)}), out / "expert_load.parquet")
+    (out / "run.json").write_text(json.dumps({"status": "completed", "step": steps, "steps": steps, "gates": gates,
+                                              "domains": DOMAINS, "flags": {"balance": "aux-free"}}))
+
+
+def pages(runs: Path) -> dict:
+    """page -> callable doing that page's data-layer and metric work (uncached)."""
+    import logging
+
+    import streamlit.runtime.caching.cache_data_api  # noqa: F401
+
+    # st.cache_data outside a server warns on every call
+    logging.getLogger("streamlit.runtime.caching.cache_data_api").setLevel(logging.ERROR)
+    from dashboards import compute, data
+
+    refs = {r.name: r for r in data.discover(runs)}
+    ref, tr = refs["big"], refs["train"]
+    u = lambda f: f.uncached  # noqa: E731 - the function behind the st.cache_data wrapper
+
+    def overview():
+        data._discover.clear()
+        data.discover(runs)
+        data.file_health(ref)
+
+    def load_balance():
+        loads, by_step = u(data.total_loads)(ref, None), u(data.loads_by_step)(ref)
+        compute.relative_loads(loads, E)
+        compute.balance_rows(loads, by_step, E)
+        compute.maxvio_over_steps(by_step, E)
+        u(data.bias)(ref)
+
+    def specialisation():
+        de = u(data.domain_expert)(ref)
+        compute.nmi_by_layer(de, E)
+        doms, C = compute.contingency(de, "layer1", E)
+        compute.metric("lift")(C)
+        tt = u(data.token_top1)(ref, 1)
+        compute.metric("vocabulary_specialisation")(tt.token_id.to_numpy(), tt.e1.to_numpy(), min_count=5)
+        top = u(data.expert_top_tokens)(ref, 1, 7, 15)
+        u(data.token_snippets)(ref, 1, 7, int(top.token_id.iloc[0]))
+
+    def token_explorer():
+        docs = u(data.documents)(ref)
+        d = docs.iloc[len(docs) // 2]
+        toks = u(data.doc_tokens)(ref, d.doc_id, int(d.seq_lo), int(d.seq_hi), 1200)
+        u(data.doc_routing)(ref, int(toks.seq_id.min()), int(toks.seq_id.max()))
+
+    def coactivation():
+        ids = u(data.layer_topk)(ref, 1)
+        compute.coactivation(ids, E)
+        u(data.top1_flow)(ref, 1, 2)
+
+    def latent_kv():
+        u(data.kv_stats)(ref)
+        u(data.kv_spectrum)(ref)
+
+    def mtp():
+        u(data.mtp_by_domain)(ref)
+        u(data.mtp_by_position)(ref)
+        u(data.spec_by_domain)(ref)
+        u(data.spec_by_position)(ref)
+
+    def ablations():
+        u(data.ablations)(ref)
+
+    def compare():
+        for r in (ref, ref):
+            loads = u(data.total_loads)(r, None)
+            compute.balance_rows(loads, None, E)
+            compute.relative_loads(loads, E)
+            compute.nmi_by_layer(u(data.domain_expert)(r), E)
+
+    def training():
+        u(data.train_metrics)(tr)
+        u(data.eval_metrics)(tr)
+        u(data.bias_by_step)(tr, "layer1", 10)
+        u(data.total_loads)(tr, 50)
+
+    return {"Overview": overview, "Load balance": load_balance, "Specialisation": specialisation,
+            "Token explorer": token_explorer, "Co-activation & flow": coactivation, "Latent KV": latent_kv,
+            "MTP": mtp, "Ablations": ablations, "Compare runs": compare, "Training": training}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=10_000_000, help="routing rows (default 10 million)")
+    ap.add_argument("--out", help="runs directory to write (default: a temporary one)")
+    ap.add_argument("--keep", action="store_true", help="keep the synthetic runs")
+    ap.add_argument("--repeat", type=int, default=2, help="timings per page; the best is reported (default 2)")
+    ns = ap.parse_args()
+    runs = Path(ns.out or tempfile.mkdtemp(prefix="bench-dashboard-"))
+    try:
+        if not (runs / "big" / "run.json").exists():
+            t = time.time()
+            synth_probe_run(runs / "big", ns.rows)
+            synth_train_run(runs / "train")
+            ab = [{"ablation": f"top{n}", "spec": json.dumps({"top": n}), "mode": "reroute", "renormalise": False,
+                   "shared": False, "n_disabled": n * LAYERS, "domain": d, "tokens": 1000, "loss": 4.0 + n / 10,
+                   "baseline_loss": 4.0, "delta": n / 10, "routing_changed": 0.1, "experts_changed": 0.1,
+                   "downstream_layers": LAYERS - 1} for n in (1, 2, 4, 8) for d in ["all", *DOMAINS]]
+            (runs / "big" / "ablations").mkdir()
+            pq.write_table(pa.Table.from_pylist(ab, schema=TABLES["ablations"]),
+                           runs / "big" / "ablations" / "a.parquet")
+            synth_spec(runs / "big")
+            print(f"wrote {runs} in {time.time() - t:.1f} s")
+        import duckdb
+
+        n = duckdb.sql(f"select count(*) from read_parquet('{runs / 'big' / 'routing'}/*.parquet')").fetchall()[0][0]
+        size = sum(f.stat().st_size for f in (runs / "big").rglob("*.parquet")) / 2**20
+        print(f"synthetic run: {n:,} routing rows, {size:.0f} MiB of Parquet; budget {BUDGET_S:.1f} s per page (cold)")
+        worst = 0.0
+        for name, fn in pages(runs).items():
+            best = min(_timed(fn) for _ in range(max(1, ns.repeat)))
+            worst = max(worst, best)
+            print(f"  {name:22s} {best:6.2f} s  {'ok' if best <= BUDGET_S else 'OVER BUDGET'}")
+        verdict = "all within" if worst <= BUDGET_S else "over"
+        print(f"slowest page: {worst:.2f} s ({verdict} the {BUDGET_S:.0f} s budget)")
+        return 0 if worst <= BUDGET_S else 1
+    finally:
+        if not ns.keep and not ns.out:
+            shutil.rmtree(runs, ignore_errors=True)
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""The dashboard: `dsv3-probe dashboard [RUNS_DIR]`, or directly
+
+    streamlit run dashboards/app.py -- runs/          # the runs directory (default: runs/, or $DSV3_RUNS_DIR)
+
+Every page reads Parquet through `dashboards.data` (DuckDB, cached); torch is never imported.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `streamlit run` puts only dashboards/ on the path
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+from dashboards import ui  # noqa: E402
+
+# (file, title, icon, section): the file path is also what AppTest.switch_page takes
+PAGES = [
+    ("pages/overview.py", "Overview", ":material/dashboard:", "Runs"),
+    ("pages/load_balance.py", "Load balance", ":material/balance:", "Routing"),
+    ("pages/specialisation.py", "Specialisation", ":material/category:", "Routing"),
+    ("pages/token_explorer.py", "Token explorer", ":material/text_fields:", "Routing"),
+    ("pages/coactivation.py", "Co-activation & flow", ":material/hub:", "Routing"),
+    ("pages/latent_kv.py", "Latent KV", ":material/memory:", "Model"),
+    ("pages/mtp.py", "MTP", ":material/fast_forward:", "Model"),
+    ("pages/ablations.py", "Ablations", ":material/content_cut:", "Experiments"),
+    ("pages/compare.py", "Compare runs", ":material/compare:", "Experiments"),
+    ("pages/training.py", "Training", ":material/monitoring:", "Experiments"),
+]
+
+st.set_page_config(page_title="DeepSeek-V3 probe", page_icon=":material/biotech:", layout="wide")
+
+here = Path(__file__).parent
+sections: dict[str, list] = {}
+for i, (f, title, icon, section) in enumerate(PAGES):
+    sections.setdefault(section, []).append(st.Page(str(here / f), title=title, icon=icon, default=i == 0))
+nav = st.navigation(sections)
+
+with st.sidebar:
+    st.markdown("### :material/biotech: DeepSeek-V3 probe")
+    runs = ui.all_runs()
+    st.caption(f"Runs directory: `{ui.runs_dir()}`")
+    if runs:
+        names = [r.name for r in runs]
+        asked = st.query_params.get("run")  # a shared link: ?run=NAME
+        if asked in names and st.session_state.get("_asked_run") != asked:
+            st.session_state[ui.RUN_KEY] = st.session_state["_asked_run"] = asked
+        if st.session_state.get(ui.RUN_KEY) not in names:
+            st.session_state[ui.RUN_KEY] = names[0]
+        labels = {r.name: f"{r.name} · {r.kind} · {r.status}" for r in runs}
+        st.selectbox("Run", names, key=ui.RUN_KEY, format_func=labels.get)
+        st.query_params["run"] = st.session_state[ui.RUN_KEY]
+    else:
+        st.caption("No runs yet.")
+    if st.button("Reload runs", icon=":material/refresh:", help="Forget cached queries and re-read the runs"):
+        st.cache_data.clear()
+        st.rerun()
+
+nav.run()

@@ -1,0 +1,123 @@
+"""Plotly figures and the colour maps every page shares (one colour per domain and per expert).
+
+Domains get colours in sorted order of all the domains seen across the runs directory, so a domain
+has the same colour on every page and in every run; experts cycle through a fixed qualitative
+palette by id. Heatmaps use one sequential scale for counts and one diverging scale centred on the
+balanced value for relative loads and lifts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+
+DOMAIN_PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#EECA3B", "#9D755D",
+                  "#FF9DA6", "#BAB0AC"]
+EXPERT_PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+                  "#bcbd22", "#17becf", "#393b79", "#e6550d", "#31a354", "#756bb1", "#636363", "#843c39",
+                  "#7b4173", "#3182bd", "#fd8d3c", "#74c476", "#9e9ac8", "#bd9e39", "#ad494a", "#6baed6"]
+SEQUENTIAL = "Viridis"
+DIVERGING = "RdBu_r"
+TEMPLATE = "plotly_white"
+
+
+def domain_colors(domains: Iterable[str]) -> dict[str, str]:
+    """A stable domain -> colour map over the given (all known) domains."""
+    return {d: DOMAIN_PALETTE[i % len(DOMAIN_PALETTE)] for i, d in enumerate(sorted(set(domains)))}
+
+
+def expert_color(e: int) -> str:
+    return EXPERT_PALETTE[int(e) % len(EXPERT_PALETTE)]
+
+
+def text_color(bg: str) -> str:
+    """Black or white text for a hex background."""
+    r, g, b = (int(bg[i:i + 2], 16) for i in (1, 3, 5))
+    return "#111" if 0.299 * r + 0.587 * g + 0.114 * b > 150 else "#fff"
+
+
+def style(fig: go.Figure, title: str | None = None, height: int = 380, **layout) -> go.Figure:
+    fig.update_layout(template=TEMPLATE, height=height, margin=dict(l=10, r=10, t=50 if title else 20, b=10),
+                      title=dict(text=title, x=0.01, font=dict(size=15)) if title else None,
+                      hoverlabel=dict(font_size=12), legend=dict(orientation="h", y=-0.18), **layout)
+    return fig
+
+
+def ratio_scale(zmax: float, centre: float = 1.0) -> list:
+    """Blue below `centre`, white at it, red above, on the range [0, zmax] (relative loads, lifts):
+    unlike a symmetric diverging scale it never shows impossible negative values."""
+    zmax = max(float(zmax), centre * 1.01)
+    w = centre / zmax
+    return [[0.0, "#2166ac"], [w / 2, "#92c5de"], [w, "#f7f7f7"], [w + (1 - w) / 2, "#f4a582"], [1.0, "#b2182b"]]
+
+
+def heatmap(z: np.ndarray, x: Sequence, y: Sequence, *, title: str | None = None, xlabel: str = "",
+            ylabel: str = "", zlabel: str = "value", colorscale: str = SEQUENTIAL, zmid: float | None = None,
+            fmt: str = ".3g", customdata: np.ndarray | None = None, extra_hover: str = "",
+            height: int | None = None, y_numeric: bool = False) -> go.Figure:
+    """A heatmap whose tooltip gives the exact cell value (and `customdata` when given).
+    colorscale=DIVERGING with zmid: a ratio scale on [0, max] with white at zmid."""
+    z = np.asarray(z, dtype=float)
+    hover = f"{ylabel} %{{y}}<br>{xlabel} %{{x}}<br>{zlabel}: %{{z:{fmt}}}{extra_hover}<extra></extra>"
+    extra = {}
+    if colorscale == DIVERGING and zmid and np.isfinite(z).any() and np.nanmin(z) >= 0:
+        zmax = float(np.nanmax(z))
+        colorscale, extra = ratio_scale(zmax, zmid), dict(zmin=0.0, zmax=max(zmax, zmid * 1.01))
+    elif zmid is not None and np.isfinite(z).any():  # symmetric around zmid (e.g. 0 for a loss change)
+        lim = float(np.nanmax(np.abs(z - zmid))) or 1.0
+        extra = dict(zmin=zmid - lim, zmax=zmid + lim)
+    fig = go.Figure(go.Heatmap(z=z, x=[str(v) for v in x], y=list(y) if y_numeric else [str(v) for v in y],
+                               colorscale=colorscale, customdata=customdata, hovertemplate=hover,
+                               colorbar=dict(title=dict(text=zlabel), thickness=12), **extra))
+    fig.update_xaxes(title=xlabel, type="category")
+    fig.update_yaxes(title=ylabel, type="linear" if y_numeric else "category", autorange="reversed")
+    return style(fig, title, height or max(260, 60 + 28 * len(y)))
+
+
+def bars(x: Sequence, y: Sequence, *, title: str | None = None, xlabel: str = "", ylabel: str = "",
+         colors: Sequence[str] | str | None = None, fmt: str = ".4g", height: int = 340,
+         hover_extra: Sequence[str] | None = None) -> go.Figure:
+    tmpl = f"{xlabel} %{{x}}<br>{ylabel}: %{{y:{fmt}}}" + ("<br>%{customdata}" if hover_extra is not None else "")
+    fig = go.Figure(go.Bar(x=[str(v) for v in x], y=list(y), marker_color=colors, customdata=hover_extra,
+                           hovertemplate=tmpl + "<extra></extra>"))
+    fig.update_xaxes(title=xlabel, type="category")
+    fig.update_yaxes(title=ylabel, tickformat=".0%" if "%" in fmt else None)
+    return style(fig, title, height)
+
+
+def lines(series: dict[str, tuple[Sequence, Sequence]], *, title: str | None = None, xlabel: str = "",
+          ylabel: str = "", colors: dict[str, str] | None = None, fmt: str = ".4g", height: int = 360,
+          log_y: bool = False, markers: bool = False, dash: dict[str, str] | None = None) -> go.Figure:
+    """One line per named series {name: (x, y)}; the tooltip shows the exact value."""
+    fig = go.Figure()
+    for name, (x, y) in series.items():
+        fig.add_trace(go.Scatter(
+            x=list(x), y=list(y), name=name, mode="lines+markers" if markers else "lines",
+            line=dict(color=(colors or {}).get(name), dash=(dash or {}).get(name)),
+            hovertemplate=f"{name}<br>{xlabel} %{{x}}<br>{ylabel}: %{{y:{fmt}}}<extra></extra>"))
+    fig.update_xaxes(title=xlabel)
+    fig.update_yaxes(title=ylabel, type="log" if log_y else None, tickformat=".0%" if "%" in fmt else None)
+    return style(fig, title, height)
+
+
+def sankey(src_labels: list[str], dst_labels: list[str], links: list[tuple[int, int, float]], *,
+           src_colors: list[str], dst_colors: list[str], title: str | None = None, height: int = 560) -> go.Figure:
+    """Flows from the left column (src) to the right column (dst); link = (src index, dst index, value)."""
+    n = len(src_labels)
+    link_colors = [_rgba(src_colors[s], 0.35) for s, _, _ in links]
+    fig = go.Figure(go.Sankey(
+        arrangement="snap",
+        textfont=dict(color="#222", size=12),
+        node=dict(label=src_labels + dst_labels, color=src_colors + dst_colors, pad=8, thickness=14,
+                  hovertemplate="%{label}<br>tokens: %{value:,}<extra></extra>"),
+        link=dict(source=[s for s, _, _ in links], target=[n + d for _, d, _ in links],
+                  value=[v for _, _, v in links], color=link_colors,
+                  hovertemplate="%{source.label} → %{target.label}<br>tokens: %{value:,}<extra></extra>")))
+    return style(fig, title, height)
+
+
+def _rgba(hex_color: str, alpha: float) -> str:
+    r, g, b = (int(hex_color[i:i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},{alpha})"

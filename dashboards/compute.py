@@ -1,0 +1,109 @@
+"""From the data layer's aggregates to what the pages plot, through `analyses.metrics` only.
+
+No metric formula lives here: the functions reshape DuckDB aggregates into the arrays the metric
+functions take (per-layer load vectors, [batches, N] load tables, [D, N] contingency tables,
+[T, K] expert ids) and call them.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pandas as pd
+
+
+def metrics():
+    """`analyses.metrics`, imported on first use (numpy only; never torch)."""
+    return importlib.import_module("analyses.metrics")
+
+
+def metric(name: str):
+    fn = getattr(metrics(), name, None)
+    if fn is None:
+        raise NotImplementedError(f"analyses.metrics has no `{name}` in this checkout")
+    return fn
+
+
+def layer_order(labels) -> list[str]:
+    """layer1, layer2, ..., layer10, then mtp0, ...: numeric order within each prefix."""
+    def key(s: str):
+        head = s.rstrip("0123456789")
+        num = s[len(head):]
+        return (head != "layer", head, int(num) if num else -1)
+    return sorted(set(labels), key=key)
+
+
+def load_matrix(loads: pd.DataFrame, n_experts: int | None = None) -> tuple[list[str], np.ndarray]:
+    """(layers, [L, N] loads) from rows layer, expert, load (missing experts count 0)."""
+    layers = layer_order(loads["layer"])
+    n = int(n_experts or (loads["expert"].max() + 1 if len(loads) else 0))
+    m = np.zeros((len(layers), n))
+    idx = {lab: i for i, lab in enumerate(layers)}
+    for lab, e, v in zip(loads["layer"], loads["expert"], loads["load"]):
+        if e < n:
+            m[idx[lab], int(e)] += v
+    return layers, m
+
+
+def relative_loads(loads: pd.DataFrame, n_experts: int | None = None) -> tuple[list[str], np.ndarray]:
+    layers, m = load_matrix(loads, n_experts)
+    rel = metric("relative_load")
+    return layers, np.array([rel(row) for row in m]) if len(m) else m
+
+
+def batch_table(by_step: pd.DataFrame, layer: str, n_experts: int) -> tuple[np.ndarray, np.ndarray]:
+    """(steps [B], loads [B, N]) of one layer from rows step, layer, expert, load."""
+    d = by_step[by_step["layer"] == layer]
+    t = d.pivot_table(index="step", columns="expert", values="load", aggfunc="sum", fill_value=0)
+    t = t.reindex(columns=range(n_experts), fill_value=0)
+    return t.index.to_numpy(), t.to_numpy(dtype=np.float64)
+
+
+def balance_rows(loads: pd.DataFrame, by_step: pd.DataFrame | None, n_experts: int | None = None) -> pd.DataFrame:
+    """One row per layer: `analyses.metrics.balance_summary` of its total and per-batch loads."""
+    layers, m = load_matrix(loads, n_experts)
+    summary = getattr(metrics(), "balance_summary", None)
+    rows = []
+    for lab, load in zip(layers, m):
+        batches = batch_table(by_step, lab, m.shape[1])[1] if by_step is not None and len(by_step) else None
+        if summary is not None:
+            row = summary(load, batches)
+        else:  # an older analyses.metrics: the per-metric functions
+            M = metrics()
+            row = {"maxvio_global": M.maxvio(load), "balancedness": M.balancedness(load), "cv": M.cv(load),
+                   "normalised_entropy": M.normalised_entropy(load)}
+        rows.append({"layer": lab, **row})
+    return pd.DataFrame(rows)
+
+
+def maxvio_over_steps(by_step: pd.DataFrame, n_experts: int) -> pd.DataFrame:
+    """step, layer, maxvio: MaxVio_batch of each layer at each step."""
+    out = []
+    mvb = getattr(metrics(), "maxvio_batch", None)
+    for lab in layer_order(by_step["layer"]):
+        steps, b = batch_table(by_step, lab, n_experts)
+        mv = mvb(b) if mvb is not None else np.array([metrics().maxvio(r) for r in b])
+        out.append(pd.DataFrame({"step": steps, "layer": lab, "maxvio": mv}))
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame(columns=["step", "layer", "maxvio"])
+
+
+def contingency(dom_exp: pd.DataFrame, layer: str, n_experts: int) -> tuple[list[str], np.ndarray]:
+    """(domains, [D, N] top-k assignment counts) of one layer."""
+    d = dom_exp[dom_exp["layer"] == layer]
+    t = d.pivot_table(index="domain", columns="expert", values="count", aggfunc="sum", fill_value=0)
+    t = t.reindex(columns=range(n_experts), fill_value=0).sort_index()
+    return list(t.index), t.to_numpy(dtype=np.float64)
+
+
+def nmi_by_layer(dom_exp: pd.DataFrame, n_experts: int) -> pd.DataFrame:
+    nmi = metric("domain_nmi")
+    rows = [{"layer": lab, "nmi": nmi(contingency(dom_exp, lab, n_experts)[1])}
+            for lab in layer_order(dom_exp["layer"])]
+    return pd.DataFrame(rows, columns=["layer", "nmi"])
+
+
+def coactivation(ids: np.ndarray, n_experts: int) -> np.ndarray:
+    """[N, N] co-activation N(E_i, E_j) / N(E_i) of a layer's [T, K] top-k ids (analyses.metrics)."""
+    fn = metric("coactivation")
+    return np.asarray(fn(ids, n_experts=n_experts), dtype=np.float64)

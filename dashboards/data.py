@@ -1,0 +1,470 @@
+"""The dashboard's data layer: find runs, read their Parquet through DuckDB, cache the aggregates.
+
+Two kinds of run directory are understood:
+
+- **probe** runs (`dsv3-probe record`): `run.json` plus one folder of part files per table of
+  `probe.schema.TABLES` (and `ablations/` when `analyses.ablate` wrote one);
+- **train** runs (`python -m model.train`): `run.json`, `train_metrics.parquet`,
+  `eval_metrics.parquet`, `expert_load.parquet` (step, gate, expert, load, bias).
+
+Every query aggregates in SQL (the routing table is never loaded whole) and is cached with
+`st.cache_data`, keyed on the run's file signature (names, sizes and mtimes), so a run that is still
+being written is re-read when new part files are committed. Metric formulas are never written
+here: the aggregates go to the array functions of `analyses.metrics`.
+
+Errors a page should show rather than raise: `MissingTable` (the run has no such table) and
+`DataError` (an unreadable Parquet file or run.json); both carry a one-line message.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import streamlit as st
+
+from probe.schema import TABLES
+
+TRAIN_FILES = ("train_metrics", "eval_metrics", "expert_load")
+OPTIONAL_TABLES = ("ablations",)  # written by analyses.ablate; absent from most runs
+# Per-token views (co-activation, top tokens, Sankey) read at most this many tokens per layer: the
+# first windows of the run (row groups past them are skipped by their seq_id statistics).
+SAMPLE_TOKENS = 250_000
+
+
+class DataError(Exception):
+    """A table or file that exists but cannot be read."""
+
+
+class MissingTable(DataError):
+    """The run has no such table (not recorded, or not written yet)."""
+
+
+@dataclass(frozen=True)
+class RunRef:
+    name: str
+    path: str
+    kind: str  # probe | train | unknown
+    status: str  # running | complete | interrupted | unknown | unreadable
+    info: dict = field(default_factory=dict, hash=False, compare=False)
+    error: str | None = None
+
+    @property
+    def sig(self) -> tuple:
+        return signature(self.path)
+
+
+# ------------------------------------------------------------------------------ discovery
+def signature(path: str | Path) -> tuple:
+    """(name, size, mtime_ns) of run.json and every Parquet file: the cache key of a run."""
+    p = Path(path)
+    out = []
+    for f in [p / "run.json", *sorted(p.glob("*.parquet")), *sorted(p.glob("*/*.parquet"))]:
+        try:
+            s = f.stat()
+        except OSError:
+            continue
+        out.append((str(f.relative_to(p)), s.st_size, s.st_mtime_ns))
+    return tuple(out)
+
+
+def _dir_signature(root: Path) -> tuple:
+    if not root.is_dir():
+        return ()
+    out = []
+    for d in sorted(root.iterdir()):
+        j = d / "run.json"
+        if d.is_dir() and j.exists():
+            s = j.stat()
+            out.append((d.name, s.st_mtime_ns, s.st_size))
+    return tuple(out)
+
+
+def run_kind(path: Path, info: dict) -> str:
+    if (path / "train_metrics.parquet").exists() or "gates" in info:
+        return "train"
+    if "format" in info or any((path / t).is_dir() for t in TABLES):
+        return "probe"
+    return "unknown"
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _discover(root: str, _sig: tuple) -> list[RunRef]:
+    refs = []
+    for name, *_ in _sig:
+        p = Path(root) / name
+        try:
+            info = json.loads((p / "run.json").read_text())
+            if not isinstance(info, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as e:
+            refs.append(RunRef(name, str(p), run_kind(p, {}), "unreadable", {}, f"run.json unreadable: {e}"))
+            continue
+        refs.append(RunRef(name, str(p), run_kind(p, info), str(info.get("status", "unknown")), info))
+    return refs
+
+
+def discover(root: str | Path) -> list[RunRef]:
+    """Every run directory directly under `root` (a folder holding a run.json)."""
+    root = Path(root)
+    return _discover(str(root.resolve()), _dir_signature(root))
+
+
+def domains_of(ref: RunRef) -> list[str]:
+    info = ref.info
+    if ref.kind == "train":
+        return list(info.get("domains", []))
+    return sorted((info.get("planned") or {}).get("tokens_per_domain", {}))
+
+
+def moe_layers(ref: RunRef) -> list[int]:
+    a = ref.info.get("model_args", {})
+    n, d = a.get("n_layers"), a.get("n_dense_layers", 0)
+    return list(range(d, n)) if n else []
+
+
+# ------------------------------------------------------------------------------ tables
+def table_files(ref: RunRef, table: str) -> list[Path]:
+    p = Path(ref.path)
+    if ref.kind == "train":
+        f = p / f"{table}.parquet"
+        return [f] if table in TRAIN_FILES and f.exists() else []
+    d = p / table
+    files = sorted(d.glob("*.parquet")) if d.is_dir() else []
+    if not files and table in OPTIONAL_TABLES and (p / f"{table}.parquet").exists():
+        files = [p / f"{table}.parquet"]
+    return files
+
+
+def has_table(ref: RunRef, table: str) -> bool:
+    return bool(table_files(ref, table))
+
+
+def _quote(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def _connect(ref: RunRef, tables: tuple[str, ...]) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    for t in tables:
+        files = table_files(ref, t)
+        if not files:
+            raise MissingTable(f"run {ref.name!r} has no `{t}` table")
+        lst = ", ".join(_quote(str(f)) for f in files)
+        con.execute(f"create view {t} as select * from read_parquet([{lst}], union_by_name = true)")
+    return con
+
+
+def query(ref: RunRef, sql: str, tables: tuple[str, ...], params: list | None = None) -> pd.DataFrame:
+    """Run `sql` over views of the named tables; unreadable files become a DataError."""
+    try:
+        con = _connect(ref, tables)
+        try:
+            return con.execute(sql, params or []).df()
+        finally:
+            con.close()
+    except MissingTable:
+        raise
+    except (duckdb.Error, OSError) as e:
+        msg = str(e).strip().splitlines()[0][:300]
+        raise DataError(f"run {ref.name!r}: cannot read {', '.join(f'`{t}`' for t in tables)} ({msg})") from None
+
+
+def cached(fn):
+    """st.cache_data keyed on the run's file signature: `fn(ref, *args)` -> `cached(ref, *args)`."""
+    # NOTE: every wrapper shares one source text, and st.cache_data keys functions on their source,
+    # so the wrapped function's name is part of the arguments (the cache key).
+    inner = st.cache_data(show_spinner=False, max_entries=64)(
+        lambda fname, path, sig, kind, name, args: fn(RunRef(name, path, kind, "", _read_info(path)), *args))
+
+    def call(ref: RunRef, *args):
+        return inner(f"{fn.__module__}.{fn.__qualname__}", ref.path, ref.sig, ref.kind, ref.name, args)
+
+    call.__name__, call.__doc__, call.clear, call.uncached = fn.__name__, fn.__doc__, inner.clear, fn
+    return call
+
+
+def _read_info(path: str) -> dict:
+    try:
+        info = json.loads((Path(path) / "run.json").read_text())
+        return info if isinstance(info, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def file_health(ref: RunRef) -> pd.DataFrame:
+    """Per Parquet file: table, rows, and an error when the footer cannot be read."""
+    rows = []
+    p = Path(ref.path)
+    for f in sorted([*p.glob("*.parquet"), *p.glob("*/*.parquet")]):
+        table = f.parent.name if f.parent != p else f.stem
+        try:
+            n, err = pq.ParquetFile(f).metadata.num_rows, None
+        except Exception as e:  # noqa: BLE001 - any failure means the file is unusable
+            n, err = None, str(e).splitlines()[0][:200]
+        rows.append({"table": table, "file": str(f.relative_to(p)), "rows": n, "bytes": f.stat().st_size,
+                     "error": err})
+    return pd.DataFrame(rows, columns=["table", "file", "rows", "bytes", "error"])
+
+
+# ------------------------------------------------------------------------------ loads
+def _layer_label(layer) -> str:
+    return f"layer{int(layer)}"
+
+
+@cached
+def loads_by_step(ref: RunRef) -> pd.DataFrame:
+    """step, layer (label, e.g. 'layer3' or 'mtp0'), expert, load: top-k assignments per batch."""
+    if ref.kind == "train":
+        df = query(ref, "select step, gate as layer, expert, load::bigint as load from expert_load "
+                        "order by step, layer, expert", ("expert_load",))
+        return df
+    df = query(ref, "select step, layer, expert, sum(count)::bigint as load from expert_load "
+                    "group by all order by step, layer, expert", ("expert_load",))
+    df["layer"] = df["layer"].map(_layer_label)
+    return df
+
+
+@cached
+def total_loads(ref: RunRef, last_steps: int | None = None) -> pd.DataFrame:
+    """layer, expert, load summed over the run (train runs: over the last `last_steps` steps)."""
+    if ref.kind == "train":
+        n = int(last_steps or 50)
+        return query(ref, "select gate as layer, expert, sum(load)::bigint as load from expert_load "
+                          "where step > (select max(step) from expert_load) - ? group by all order by all",
+                     ("expert_load",), [n])
+    df = query(ref, "select layer, expert, sum(count)::bigint as load from expert_load group by all "
+                    "order by all", ("expert_load",))
+    df["layer"] = df["layer"].map(_layer_label)
+    return df
+
+
+@cached
+def bias(ref: RunRef) -> pd.DataFrame:
+    """layer, expert, bias: the balancing bias (train runs: at the last step; probe runs: read from the
+    checkpoint's safetensors header, without torch). Empty when unavailable."""
+    if ref.kind == "train":
+        return query(ref, "select gate as layer, expert, bias::double as bias from expert_load "
+                          "where step = (select max(step) from expert_load) order by all", ("expert_load",))
+    ck = Path((ref.info.get("checkpoint") or {}).get("path", "") or "/nonexistent")
+    rows = []
+    for f in sorted(ck.glob("*.safetensors")) if ck.is_dir() else []:
+        for name, arr in _safetensors_vectors(f, "e_score_correction_bias").items():
+            parts = name.split(".")
+            layer = int(parts[parts.index("layers") + 1]) if "layers" in parts else -1
+            rows += [{"layer": _layer_label(layer), "expert": i, "bias": float(v)} for i, v in enumerate(arr)]
+    return pd.DataFrame(rows, columns=["layer", "expert", "bias"])
+
+
+def _safetensors_vectors(path: Path, suffix: str) -> dict[str, np.ndarray]:
+    """Read the small tensors whose name ends with `suffix` straight from a safetensors file (8-byte
+    header length, JSON header, raw little-endian data), so the dashboard needs no torch."""
+    out = {}
+    with open(path, "rb") as fh:
+        n = struct.unpack("<Q", fh.read(8))[0]
+        header = json.loads(fh.read(n))
+        for name, meta in header.items():
+            if not name.endswith(suffix) or not isinstance(meta, dict):
+                continue
+            a, b = meta["data_offsets"]
+            fh.seek(8 + n + a)
+            raw = fh.read(b - a)
+            if meta["dtype"] == "F32":
+                out[name] = np.frombuffer(raw, "<f4").astype(np.float64)
+            elif meta["dtype"] == "BF16":
+                out[name] = (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view("<f4").astype(np.float64)
+            elif meta["dtype"] == "F16":
+                out[name] = np.frombuffer(raw, "<f2").astype(np.float64)
+    return out
+
+
+# ------------------------------------------------------------------------------ specialisation
+@cached
+def domain_expert(ref: RunRef) -> pd.DataFrame:
+    """layer, domain, expert, count: top-k assignments (probe runs)."""
+    df = query(ref, "select layer, domain, expert, sum(count)::bigint as count from expert_load "
+                    "group by all order by all", ("expert_load",))
+    df["layer"] = df["layer"].map(_layer_label)
+    return df
+
+
+def _seq_cap(ref: RunRef) -> int:
+    seq_len = int((ref.info.get("options") or {}).get("seq_len") or 512)
+    return max(1, SAMPLE_TOKENS // seq_len)
+
+
+@cached
+def expert_top_tokens(ref: RunRef, layer: int, expert: int, limit: int = 20) -> pd.DataFrame:
+    """token_id, n (times `expert` was among the token's top-k), total (occurrences of the token),
+    share = n / total: over the first SAMPLE_TOKENS tokens."""
+    cap = _seq_cap(ref)
+    return query(ref, """
+        with r as (select seq_id, pos, list_contains(expert_ids, ?::usmallint) as hit from routing
+                   where layer = ? and seq_id < ?),
+             j as (select t.token_id, r.hit from r join tokens t using (seq_id, pos))
+        select token_id, count(*) filter (where hit) as n, count(*) as total,
+               n / total as share
+        from j group by token_id having n > 0 order by n desc, token_id limit ?""",
+                 ("routing", "tokens"), [expert, layer, cap, limit])
+
+
+@cached
+def token_top1(ref: RunRef, layer: int) -> pd.DataFrame:
+    """token_id, e1 (top-1 expert at `layer`) of the first SAMPLE_TOKENS tokens."""
+    return query(ref, """
+        select t.token_id, r.expert_ids[1]::int as e1
+        from (select seq_id, pos, expert_ids from routing where layer = ? and seq_id < ?) r
+        join tokens t using (seq_id, pos)""", ("routing", "tokens"), [layer, _seq_cap(ref)])
+
+
+@cached
+def token_snippets(ref: RunRef, layer: int, expert: int, token_id: int, n: int = 6, width: int = 8) -> pd.DataFrame:
+    """Up to `n` places where `token_id` was routed to `expert` (in its top-k): seq_id, pos, domain, and the
+    token ids of the window around it (`ids`, `centre` = index of the token in `ids`)."""
+    cap = _seq_cap(ref)
+    hits = query(ref, """
+        select r.seq_id, r.pos, t.domain from routing r join tokens t using (seq_id, pos)
+        where r.layer = ? and r.seq_id < ? and list_contains(r.expert_ids, ?::usmallint) and t.token_id = ?
+        order by r.seq_id, r.pos limit ?""", ("routing", "tokens"), [layer, cap, expert, token_id, n])
+    if hits.empty:
+        return hits.assign(ids=[], centre=[])
+    ctx = _snippet_context(ref, hits, width)
+    return hits.merge(ctx, left_on=["seq_id", "pos"], right_on=["seq_id", "hit"]).drop(columns="hit")
+
+
+def _snippet_context(ref: RunRef, hits: pd.DataFrame, width: int) -> pd.DataFrame:
+    conds = " or ".join(f"(seq_id = {int(s)} and pos between {int(p) - width} and {int(p) + width})"
+                        for s, p in zip(hits.seq_id, hits.pos))
+    toks = query(ref, f"select seq_id, pos, token_id from tokens where {conds} order by seq_id, pos", ("tokens",))
+    rows = []
+    for s, p in zip(hits.seq_id, hits.pos):
+        w = toks[(toks.seq_id == s) & (toks.pos.between(p - width, p + width))]
+        rows.append({"seq_id": s, "hit": p, "ids": w.token_id.tolist(), "centre": int((w.pos < p).sum())})
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------ tokens
+@cached
+def documents(ref: RunRef) -> pd.DataFrame:
+    """doc_id, domain, tokens, first seq_id, mean loss: one row per document."""
+    return query(ref, "select doc_id, any_value(domain) as domain, count(*) as tokens, min(seq_id) as seq_lo, "
+                      "max(seq_id) as seq_hi, avg(loss) as mean_loss from tokens group by doc_id "
+                      "order by seq_lo", ("tokens",))
+
+
+@cached
+def doc_tokens(ref: RunRef, doc_id: str, seq_lo: int, seq_hi: int, max_tokens: int = 1500) -> pd.DataFrame:
+    """The document's tokens in order (seq_id, pos, doc_pos, token_id, loss), at most max_tokens."""
+    return query(ref, "select seq_id, pos, doc_pos, token_id, loss from tokens where seq_id between ? and ? "
+                      "and doc_id = ? order by doc_pos limit ?", ("tokens",), [seq_lo, seq_hi, doc_id, max_tokens])
+
+
+@cached
+def doc_routing(ref: RunRef, seq_lo: int, seq_hi: int, max_pos: int | None = None) -> pd.DataFrame:
+    """Routing rows (seq_id, pos, layer, expert_ids, expert_weights, margin_1) of windows seq_lo..seq_hi."""
+    return query(ref, "select seq_id, pos, layer, expert_ids, expert_weights, margin_1 from routing "
+                      "where seq_id between ? and ? order by seq_id, pos, layer", ("routing",), [seq_lo, seq_hi])
+
+
+# ------------------------------------------------------------------------------ co-activation, flow
+@cached
+def layer_topk(ref: RunRef, layer: int) -> np.ndarray:
+    """[T, K] expert ids of `layer` over the first SAMPLE_TOKENS tokens (uint16)."""
+    try:
+        con = _connect(ref, ("routing",))
+        tbl = con.sql("select expert_ids from routing where layer = ? and seq_id < ?",
+                      params=[layer, _seq_cap(ref)]).to_arrow_table()
+        con.close()
+    except MissingTable:
+        raise
+    except duckdb.Error as e:
+        raise DataError(f"run {ref.name!r}: cannot read `routing` ({str(e).splitlines()[0][:300]})") from None
+    col = tbl.column(0).combine_chunks()
+    if len(col) == 0:
+        return np.zeros((0, 0), np.uint16)
+    values = col.flatten().to_numpy(zero_copy_only=False)
+    return values.reshape(len(col), -1)
+
+
+@cached
+def top1_flow(ref: RunRef, layer_a: int, layer_b: int) -> pd.DataFrame:
+    """src, dst, n: tokens whose top-1 expert is `src` at layer_a and `dst` at layer_b."""
+    return query(ref, """
+        select a.expert_ids[1]::int as src, b.expert_ids[1]::int as dst, count(*) as n
+        from (select seq_id, pos, expert_ids from routing where layer = ? and seq_id < ?) a
+        join (select seq_id, pos, expert_ids from routing where layer = ? and seq_id < ?) b using (seq_id, pos)
+        group by all order by n desc""", ("routing",), [layer_a, _seq_cap(ref), layer_b, _seq_cap(ref)])
+
+
+# ------------------------------------------------------------------------------ KV, MTP, ablations
+@cached
+def kv_stats(ref: RunRef) -> pd.DataFrame:
+    return query(ref, "select * exclude (channel_mean, channel_var) from kv_stats order by layer", ("kv_stats",))
+
+
+@cached
+def kv_spectrum(ref: RunRef) -> pd.DataFrame:
+    return query(ref, "select layer, component, eigenvalue, eigenvalue / sum(eigenvalue) over (partition by layer) "
+                      "as share from kv_spectrum order by layer, component", ("kv_spectrum",))
+
+
+@cached
+def mtp_by_domain(ref: RunRef) -> pd.DataFrame:
+    """domain, positions, agree (share), mtp_loss (mean), accuracy (mtp_top1 == target)."""
+    return query(ref, "select domain, count(*) as positions, avg(agree::int) as agree, avg(mtp_loss) as mtp_loss, "
+                      "avg((mtp_top1 = target)::int) as accuracy from mtp group by domain order by domain", ("mtp",))
+
+
+@cached
+def mtp_by_position(ref: RunRef, buckets: int = 16) -> pd.DataFrame:
+    """domain, bucket (start position), positions, agree: agreement by position in the window."""
+    seq_len = int((ref.info.get("options") or {}).get("seq_len") or 512)
+    size = max(1, -(-seq_len // buckets))
+    return query(ref, "select domain, (pos // ?) * ? as bucket, count(*) as positions, avg(agree::int) as agree "
+                      "from mtp group by all order by domain, bucket", ("mtp",), [size, size])
+
+
+@cached
+def spec_by_domain(ref: RunRef) -> pd.DataFrame:
+    """domain, prompts, proposed, accepted, acceptance (accepted / proposed), tokens_per_forward
+    (new tokens / forward passes): speculative decoding with MTP drafts (`dsv3-probe spec`)."""
+    return query(ref, "select domain, count(*) as prompts, sum(drafts_proposed) as proposed, "
+                      "sum(drafts_accepted) as accepted, sum(drafts_accepted) / nullif(sum(drafts_proposed), 0) "
+                      "as acceptance, sum(new_tokens) / nullif(sum(forward_passes), 0) as tokens_per_forward "
+                      "from spec_decode group by domain order by domain", ("spec_decode",))
+
+
+@cached
+def spec_by_position(ref: RunRef) -> pd.DataFrame:
+    """domain, position (generated token index), proposed, acceptance of the drafts at that position."""
+    return query(ref, "select domain, position, count(*) as proposed, avg(accepted::int) as acceptance "
+                      "from spec_drafts group by all order by domain, position", ("spec_drafts",))
+
+
+@cached
+def ablations(ref: RunRef) -> pd.DataFrame:
+    return query(ref, "select * from ablations", ("ablations",))
+
+
+# ------------------------------------------------------------------------------ training runs
+@cached
+def train_metrics(ref: RunRef) -> pd.DataFrame:
+    return query(ref, "select * from train_metrics order by step", ("train_metrics",))
+
+
+@cached
+def eval_metrics(ref: RunRef) -> pd.DataFrame:
+    return query(ref, "select * from eval_metrics order by step", ("eval_metrics",))
+
+
+@cached
+def bias_by_step(ref: RunRef, gate: str, every: int = 1) -> pd.DataFrame:
+    """step, expert, bias, load of one gate of a training run (every `every`-th step)."""
+    return query(ref, "select step, expert, bias::double as bias, load from expert_load where gate = ? "
+                      "and step % ? = 0 order by step, expert", ("expert_load",), [gate, max(1, every)])

@@ -1,0 +1,94 @@
+"""Ablations: the loss change of each ablation per domain, and the masked-fraction curve (loss change
+against the share of routed experts disabled), from the `ablations` table of `analyses.ablate`."""
+
+from __future__ import annotations
+
+import json
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from dashboards import charts, data, ui
+
+
+def rule_of(spec: str) -> str:
+    """The selection rule of an ablation's spec JSON: top-N, random or chosen experts."""
+    try:
+        s = json.loads(spec) if isinstance(spec, str) else {}
+    except ValueError:
+        return "?"
+    s = s.get("ablation", s) if isinstance(s, dict) else {}
+    if s.get("top"):
+        return f"top-N{' (' + s['domain'] + ')' if s.get('domain') else ''}"
+    if s.get("random"):
+        return "random"
+    if s.get("shared") and not s.get("experts"):
+        return "shared"
+    return "chosen"
+
+
+def main() -> None:
+    st.title("Ablations")
+    ref = ui.selected_run(("probe",))
+    if ref is None:
+        return
+    if not data.has_table(ref, "ablations"):
+        st.info(f"Run `{ref.name}` has no ablations yet. Run a sweep over it with `python -m analyses.ablate` "
+                "(it writes `ablations/` into the run directory); the results appear here.", icon="ℹ️")
+        return
+    with ui.guard("the ablation results"):
+        ab = data.ablations(ref)
+        if ab.empty:
+            st.info("The ablations table is empty.")
+            return
+        name = "ablation" if "ablation" in ab.columns else "name"
+        ab["rule"] = ab["spec"].map(rule_of) if "spec" in ab.columns else "?"
+        colors = ui.domain_colors()
+        per = ab[ab.domain != "all"] if (ab.domain != "all").any() else ab
+        if per[name].nunique() > 6:  # many ablations: a heatmap reads better than grouped bars
+            t = per.pivot_table(index=name, columns="domain", values="delta", aggfunc="mean")
+            t = t.loc[per.drop_duplicates(name)[name]]  # the sweep's order
+            st.plotly_chart(charts.heatmap(t.to_numpy(), list(t.columns), list(t.index),
+                                           title="Loss change per domain for each ablation (nats)", xlabel="domain",
+                                           ylabel="ablation", zlabel="Δ loss", colorscale=charts.DIVERGING, zmid=0.0,
+                                           fmt="+.4f"), key="delta_domain")
+        else:
+            fig = go.Figure()
+            for dom, g in per.groupby("domain"):
+                fig.add_trace(go.Bar(x=g[name], y=g.delta, name=dom, marker_color=colors.get(dom),
+                                     customdata=g[["loss", "baseline_loss", "tokens"]].to_numpy(),
+                                     hovertemplate=f"{dom} · %{{x}}<br>Δ loss %{{y:+.4f}} nats<br>"
+                                                   "loss %{customdata[0]:.4f} vs %{customdata[1]:.4f}"
+                                                   "<br>tokens %{customdata[2]:,}<extra></extra>"))
+            fig.update_layout(barmode="group")
+            fig.update_yaxes(title="Δ loss (nats)")
+            fig.add_hline(y=0, line_color="#444")
+            st.plotly_chart(charts.style(fig, "Loss change per domain for each ablation", 420), key="delta_domain")
+
+        pooled = ab[ab.domain == "all"] if (ab.domain == "all").any() else \
+            ab.groupby([name, "mode", "rule", "n_disabled"], as_index=False).delta.mean()
+        E = int((ref.info.get("model_args") or {}).get("n_routed_experts") or 0)
+        n_layers = len(data.moe_layers(ref)) or 1
+        pooled = pooled.assign(frac=pooled.n_disabled / (E * n_layers) if E else pooled.n_disabled)
+        xl = "share of routed experts disabled" if E else "experts disabled"
+        fig = go.Figure()
+        for i, ((mode, rule), g) in enumerate(pooled.groupby(["mode", "rule"])):
+            color = charts.DOMAIN_PALETTE[i % len(charts.DOMAIN_PALETTE)]
+            mean = g.groupby("frac", as_index=False).delta.mean()  # repeated draws (seeds) averaged
+            fig.add_trace(go.Scatter(x=mean.frac, y=mean.delta, mode="lines", name=f"{mode} · {rule}",
+                                     line=dict(color=color), legendgroup=f"{mode}{rule}", hoverinfo="skip"))
+            fig.add_trace(go.Scatter(x=g.frac, y=g.delta, mode="markers", marker=dict(color=color, size=8),
+                                     legendgroup=f"{mode}{rule}", showlegend=False,
+                                     customdata=g[[name, "n_disabled"]].to_numpy(),
+                                     hovertemplate="%{customdata[0]}<br>" + xl + " %{x:.3f} (%{customdata[1]})"
+                                                   "<br>Δ loss %{y:+.4f} nats<extra></extra>"))
+        fig.update_xaxes(title=xl, tickformat=".0%" if E else None)
+        fig.update_yaxes(title="Δ loss, all tokens (nats)")
+        st.plotly_chart(charts.style(fig, "Masked-fraction curve", 400), key="masked_curve")
+        cols = [c for c in (name, "mode", "rule", "n_disabled", "domain", "tokens", "baseline_loss", "loss", "delta",
+                            "routing_changed", "experts_changed") if c in ab.columns]
+        st.dataframe(ab[cols].sort_values([name, "domain"]), hide_index=True, width="stretch")
+
+
+with ui.guard("this page"):
+    main()

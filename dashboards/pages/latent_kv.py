@@ -1,0 +1,60 @@
+"""Latent KV: the spectrum of the compressed KV latent per layer, its effective rank and energy
+components, and the cache bytes per token of each attention form."""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from dashboards import charts, data, ui
+
+LAYER_COLORS = charts.EXPERT_PALETTE
+
+
+def main() -> None:
+    st.title("Latent KV")
+    ref = ui.selected_run(("probe",))
+    if ref is None:
+        return
+    with ui.guard("the latent spectrum"):
+        spec = data.kv_spectrum(ref)
+        log = st.toggle("Log scale", True, key="kv_log")
+        series = {f"layer{l}": (g.component, g.share) for l, g in spec.groupby("layer")}
+        colors = {k: LAYER_COLORS[i % len(LAYER_COLORS)] for i, k in enumerate(series)}
+        st.plotly_chart(charts.lines(series, title="Spectrum of the latent covariance (eigenvalue / total)",
+                                     xlabel="component", ylabel="share of energy", colors=colors, log_y=log,
+                                     fmt=".3e", markers=True), key="spectrum")
+    with ui.guard("the latent statistics"):
+        kv = data.kv_stats(ref)
+        c = kv.iloc[0] if len(kv) else None
+        if c is not None:
+            m = st.columns(4)
+            m[0].metric("Latent dim C", int(c.latent_dim))
+            m[1].metric("Mean effective rank", f"{kv.effective_rank.mean():.1f}")
+            m[2].metric("Tokens", f"{int(c.tokens):,}")
+            m[3].metric("Absorb vs MHA cache", f"{c.bytes_absorb / c.bytes_mha:.1%}",
+                        help="bytes per token per layer, absorb form / standard MHA of the same width")
+        left, right = st.columns(2)
+        labels = [f"layer{l}" for l in kv.layer]
+        fig = go.Figure()
+        fig.add_trace(go.Bar(x=labels, y=kv.effective_rank, name="effective rank", marker_color="#4C78A8",
+                             hovertemplate="%{x}<br>effective rank %{y:.2f}<extra></extra>"))
+        for col, colr in (("energy90", "#9ecae1"), ("energy95", "#6baed6"), ("energy99", "#2171b5")):
+            fig.add_trace(go.Scatter(x=labels, y=kv[col], name=f"{col[6:]}% energy", mode="lines+markers",
+                                     line=dict(color=colr),
+                                     hovertemplate="%{x}<br>" + col[6:] + "% of energy in %{y} components"
+                                                   "<extra></extra>"))
+        fig.update_yaxes(title="components")
+        left.plotly_chart(charts.style(fig, "Effective rank and energy components", 360), key="erank")
+        forms = ["bytes_absorb", "bytes_naive", "bytes_mha"]
+        names = ["MLA absorb (C + R)", "MLA naive (H·(N+R+V))", "standard MHA (2·dim)"]
+        vals = [int(kv[f].iloc[0]) for f in forms]
+        right.plotly_chart(charts.bars(names, vals, title="KV cache bytes per token per layer", xlabel="form",
+                                       ylabel="bytes", colors=["#54A24B", "#EECA3B", "#E45756"], fmt=",d"),
+                           key="bytes")
+        with st.expander("Norm statistics per layer"):
+            st.dataframe(kv, hide_index=True, width="stretch")
+
+
+with ui.guard("this page"):
+    main()

@@ -1,0 +1,119 @@
+"""Load balance: layer x expert relative load, per-layer balance metrics, load over the run's batches
+and the balancing bias beside the loads."""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+from plotly.subplots import make_subplots
+
+from dashboards import charts, compute, data, ui
+
+METRIC_COLS = {"maxvio_global": "MaxVio (global)", "maxvio_batch_mean": "MaxVio (batch mean)",
+               "balancedness": "balancedness", "cv": "CV", "normalised_entropy": "norm. entropy",
+               "gini": "Gini", "imbalance_ratio": "imbalance ratio"}
+
+
+def n_experts(ref: data.RunRef, loads) -> int:
+    return int((ref.info.get("model_args") or {}).get("n_routed_experts") or loads["expert"].max() + 1)
+
+
+def main() -> None:
+    st.title("Load balance")
+    ref = ui.selected_run()
+    if ref is None:
+        return
+    window = None
+    if ref.kind == "train":
+        window = st.slider("Loads summed over the last N steps", 1, max(1, int(ref.info.get("step") or 1)),
+                           min(50, max(1, int(ref.info.get("step") or 1))), key="lb_window")
+    loads = None
+    with ui.guard("the load heatmap"):
+        loads = data.total_loads(ref, window)
+        if loads.empty:
+            st.info("No expert loads recorded yet.")
+    if loads is None or loads.empty:
+        return
+    E = n_experts(ref, loads)
+    layers, rel = compute.relative_loads(loads, E)
+    _, raw = compute.load_matrix(loads, E)
+    with ui.guard("the load heatmap"):
+        what = f"last {window} steps" if window else "whole run"
+        st.plotly_chart(charts.heatmap(
+            rel, list(range(E)), layers, title=f"Relative load (load / mean load), {what}", xlabel="expert",
+            ylabel="", zlabel="relative load", colorscale=charts.DIVERGING, zmid=1.0, fmt=".3f",
+            customdata=raw, extra_hover="<br>assignments: %{customdata:,}"), key="rel_heatmap")
+
+    by_step = None
+    with ui.guard("the per-batch loads"):
+        by_step = data.loads_by_step(ref)
+    with ui.guard("the balance metrics"):
+        table = compute.balance_rows(loads, by_step, E)
+        cols = ["layer"] + [c for c in METRIC_COLS if c in table.columns]
+        st.subheader("Balance per layer")
+        st.caption("MaxVio = (max − mean) / mean load (Wang et al. 2024); balancedness = mean / max; "
+                   "entropy normalised by ln N. Definitions: `analyses.metrics`.")
+        st.dataframe(table[cols].rename(columns=METRIC_COLS), hide_index=True, width="stretch",
+                     column_config={v: st.column_config.NumberColumn(format="%.3f") for v in METRIC_COLS.values()})
+    left, right = st.columns([1, 2])
+    with left, ui.guard("the MaxVio bars"):
+        st.plotly_chart(charts.bars(table.layer, table.maxvio_global, title="MaxVio (global) per layer",
+                                    xlabel="layer", ylabel="MaxVio", colors="#E45756", height=340), key="maxvio_bars")
+    if by_step is not None and len(by_step):
+        with right, ui.guard("the load over batches"):
+            mv = compute.maxvio_over_steps(by_step, E)
+            series = {lab: (g.step, g.maxvio) for lab, g in mv.groupby("layer", sort=False)}
+            xl = "step" if ref.kind == "train" else "batch"
+            st.plotly_chart(charts.lines(series, title=f"MaxVio per {xl}", xlabel=xl, ylabel="MaxVio_batch",
+                                         height=340), key="maxvio_steps")
+
+    st.subheader("One layer")
+    layer = ui.layer_picker(layers, "lb_layer")
+    if layer is None:
+        return
+    c1, c2 = st.columns([3, 2])
+    with c1, ui.guard("the loads and bias"):
+        b = data.bias(ref)
+        b = b[b.layer == layer]
+        i = layers.index(layer)
+        has_bias = len(b) > 0
+        fig = make_subplots(rows=2 if has_bias else 1, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                            row_heights=[0.6, 0.4] if has_bias else None)
+        fig.add_trace(go.Bar(x=list(range(E)), y=rel[i], marker_color=[charts.expert_color(e) for e in range(E)],
+                             customdata=raw[i], name="relative load",
+                             hovertemplate="expert %{x}<br>relative load %{y:.3f}<br>assignments %{customdata:,}"
+                                           "<extra></extra>"), row=1, col=1)
+        fig.add_hline(y=1.0, line_dash="dot", line_color="#555", row=1, col=1)
+        fig.update_yaxes(title_text="relative load", row=1, col=1)
+        if has_bias:
+            fig.add_trace(go.Bar(x=b.expert, y=b.bias, marker_color="#72B7B2", name="bias",
+                                 hovertemplate="expert %{x}<br>bias %{y:.5f}<extra></extra>"), row=2, col=1)
+            fig.update_yaxes(title_text="bias", row=2, col=1)
+            corr = np.corrcoef(rel[i][b.expert.to_numpy()], b.bias)[0, 1] if len(b) > 1 else np.nan
+        fig.update_xaxes(title_text="expert", type="category", row=2 if has_bias else 1, col=1)
+        src = "at the last step" if ref.kind == "train" else "of the checkpoint"
+        st.plotly_chart(charts.style(fig, f"{layer}: relative load and balancing bias {src}" if has_bias
+                                     else f"{layer}: relative load", 460, showlegend=False), key="load_bias")
+        if has_bias:
+            st.caption(f"Correlation of relative load and bias across experts: {corr:+.2f}. The bias is added to "
+                       "the selection score only, so a higher bias means more tokens; aux-loss-free balancing "
+                       "lowers the bias of overloaded experts until the loads even out.")
+        else:
+            st.caption("No balancing bias found (the checkpoint is not readable from here, or has none).")
+    with c2, ui.guard("the per-batch loads"):
+        if by_step is not None and len(by_step):
+            steps, tb = compute.batch_table(by_step, layer, E)
+            every = max(1, len(steps) // 300)
+            relb = np.array([compute.metric("relative_load")(r) if r.sum() > 0 else np.full(E, np.nan)
+                             for r in tb[::every]])
+            st.plotly_chart(charts.heatmap(relb, list(range(E)), steps[::every],
+                                           title=f"{layer}: relative load per batch", xlabel="expert",
+                                           ylabel="step" if ref.kind == "train" else "batch", zlabel="relative load",
+                                           colorscale=charts.DIVERGING, zmid=1.0, fmt=".3f", height=460,
+                                           y_numeric=True),
+                            key="load_steps")
+
+
+with ui.guard("this page"):
+    main()

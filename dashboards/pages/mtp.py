@@ -1,0 +1,82 @@
+"""MTP: teacher-forced agreement of the MTP module with the main model (greedy acceptance) by domain
+and by position in the window; and, when `dsv3-probe spec` has run, the acceptance measured by
+actually generating with MTP drafts."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboards import charts, data, ui
+
+
+def teacher_forced(ref: data.RunRef, colors: dict) -> None:
+    st.caption("Agreement: the MTP module's top-1 guess of token i+2 equals the main model's top-1 at i+1 "
+               "(teacher-forced greedy acceptance). Mean acceptance length = 1 + agreement.")
+    d = data.mtp_by_domain(ref)
+    if d.empty:
+        st.info("No MTP rows recorded yet.")
+        return
+    tot = (d.agree * d.positions).sum() / d.positions.sum()
+    m = st.columns(3)
+    m[0].metric("Agreement (all)", f"{tot:.1%}")
+    m[1].metric("Mean acceptance length", f"{1 + tot:.2f}")
+    m[2].metric("Positions", f"{int(d.positions.sum()):,}")
+    left, right = st.columns(2)
+    left.plotly_chart(charts.bars(d.domain, d.agree, title="Agreement by domain", xlabel="domain",
+                                  ylabel="agreement", colors=[colors.get(x, "#888") for x in d.domain],
+                                  fmt=".2%", hover_extra=[f"positions {n:,}" for n in d.positions]),
+                      key="agree_domain")
+    right.plotly_chart(charts.bars(d.domain, d.mtp_loss, title="MTP loss by domain (nats)", xlabel="domain",
+                                   ylabel="loss", colors=[colors.get(x, "#888") for x in d.domain], fmt=".3f",
+                                   hover_extra=[f"MTP top-1 accuracy {a:.1%}" for a in d.accuracy]),
+                       key="loss_domain")
+    p = data.mtp_by_position(ref)
+    series = {dom: (g.bucket, g.agree) for dom, g in p.groupby("domain")}
+    st.plotly_chart(charts.lines(series, title="Agreement by position in the window", xlabel="position",
+                                 ylabel="agreement", colors=colors, fmt=".2%", markers=True), key="agree_pos")
+
+
+def speculative(ref: data.RunRef, colors: dict) -> None:
+    st.subheader("Speculative decoding with MTP drafts")
+    if not data.has_table(ref, "spec_decode"):
+        st.caption("Not measured for this run: `dsv3-probe spec --out RUN` generates with MTP drafts and "
+                   "records how many are accepted.")
+        return
+    d = data.spec_by_domain(ref)
+    if d.empty:
+        st.info("The spec_decode table is empty.")
+        return
+    acc = d.accepted.sum() / max(d.proposed.sum(), 1)
+    m = st.columns(3)
+    m[0].metric("Acceptance rate", f"{acc:.1%}", help="accepted drafts / proposed drafts")
+    m[1].metric("Prompts", f"{int(d.prompts.sum()):,}")
+    m[2].metric("Drafts proposed", f"{int(d.proposed.sum()):,}")
+    left, right = st.columns(2)
+    left.plotly_chart(charts.bars(d.domain, d.acceptance, title="Acceptance rate by domain", xlabel="domain",
+                                  ylabel="acceptance", colors=[colors.get(x, "#888") for x in d.domain], fmt=".2%",
+                                  hover_extra=[f"{a:,} of {p:,} drafts" for a, p in zip(d.accepted, d.proposed)]),
+                      key="spec_domain")
+    right.plotly_chart(charts.bars(d.domain, d.tokens_per_forward, title="Tokens per forward pass", xlabel="domain",
+                                   ylabel="tokens / forward", colors=[colors.get(x, "#888") for x in d.domain],
+                                   fmt=".3f"), key="spec_tpf")
+    with ui.guard("acceptance by position"):
+        p = data.spec_by_position(ref)
+        series = {dom: (g.position, g.acceptance) for dom, g in p.groupby("domain")}
+        st.plotly_chart(charts.lines(series, title="Acceptance by generated position", xlabel="generated token",
+                                     ylabel="acceptance", colors=colors, fmt=".2%", markers=True), key="spec_pos")
+
+
+def main() -> None:
+    st.title("MTP")
+    ref = ui.selected_run(("probe",))
+    if ref is None:
+        return
+    colors = ui.domain_colors()
+    with ui.guard("the teacher-forced MTP agreement"):
+        teacher_forced(ref, colors)
+    with ui.guard("the speculative-decoding acceptance"):
+        speculative(ref, colors)
+
+
+with ui.guard("this page"):
+    main()

@@ -1,0 +1,150 @@
+"""Overview: every run of the directory (model, corpus, tokens, status, options) and the selected
+run's health (status, unreadable files, tables missing against run.json)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pandas as pd
+import streamlit as st
+
+from dashboards import charts, data, ui
+
+
+def _when(v) -> str:
+    if isinstance(v, (int, float)):
+        return dt.datetime.fromtimestamp(v, dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    return str(v or "")[:16].replace("T", " ")
+
+
+def _model(info: dict) -> str:
+    a = info.get("model_args") or {}
+    if not a:
+        return ""
+    return (f"{a.get('n_layers')} layers, dim {a.get('dim')}, {a.get('n_routed_experts')} experts "
+            f"(top-{a.get('n_activated_experts')})")
+
+
+def _tokens(ref: data.RunRef) -> int | None:
+    i = ref.info
+    if ref.kind == "train":
+        return i.get("tokens_seen")
+    return (i.get("recorded") or {}).get("tokens") or (i.get("planned") or {}).get("tokens")
+
+
+def _source(ref: data.RunRef) -> str:
+    i = ref.info
+    if ref.kind == "train":
+        return str((i.get("flags") or {}).get("corpus", ""))
+    return str((i.get("corpus") or {}).get("path", ""))
+
+
+def runs_table(runs: list[data.RunRef]) -> pd.DataFrame:
+    return pd.DataFrame([{
+        "run": r.name, "kind": r.kind, "status": r.status, "model": _model(r.info),
+        "corpus": _source(r), "tokens": _tokens(r), "domains": ", ".join(data.domains_of(r)),
+        "started": _when(r.info.get("started")),
+    } for r in runs])
+
+
+def probe_details(ref: data.RunRef) -> None:
+    i = ref.info
+    planned, opts = i.get("planned") or {}, i.get("options") or {}
+    a = i.get("model_args") or {}
+    c = st.columns(5)
+    c[0].metric("Tokens", f"{_tokens(ref) or 0:,}")
+    c[1].metric("Documents", f"{(i.get('corpus') or {}).get('documents', 0):,}")
+    c[2].metric("Windows", f"{planned.get('windows', 0):,}", help=f"seq_len {opts.get('seq_len')}")
+    c[3].metric("MoE layers", len(data.moe_layers(ref)))
+    c[4].metric("Experts", f"{a.get('n_routed_experts', '?')} · top-{a.get('n_activated_experts', '?')}")
+    per = planned.get("tokens_per_domain") or {}
+    left, right = st.columns([3, 2])
+    if per:
+        colors = ui.domain_colors()
+        doms = sorted(per)
+        left.plotly_chart(charts.bars(doms, [per[d] for d in doms], title="Tokens per domain", xlabel="domain",
+                                      ylabel="tokens", colors=[colors[d] for d in doms], fmt=",d"),
+                          key="tokens_per_domain")
+    with right:
+        st.markdown("**Recording options**")
+        st.dataframe(pd.DataFrame({"option": list(opts), "value": [str(v) for v in opts.values()]}),
+                     hide_index=True, width="stretch")
+    rep = (i.get("corpus") or {}).get("replaced_bytes", 0)
+    if rep:
+        st.warning(f"The corpus had {rep:,} bytes that were not valid UTF-8 (replaced); files: "
+                   f"{', '.join((i.get('corpus') or {}).get('files_with_replacements', [])[:5])}")
+    if opts.get("router_logits") == "none":
+        st.info("Recorded with `--router-logits none`: no routing table (Token explorer and Co-activation "
+                "need it).")
+
+
+def train_details(ref: data.RunRef) -> None:
+    i = ref.info
+    f = i.get("flags") or {}
+    c = st.columns(5)
+    c[0].metric("Step", f"{i.get('step', 0):,} / {i.get('steps', '?'):,}" if isinstance(i.get('steps'), int)
+                else str(i.get("step")))
+    c[1].metric("Tokens seen", f"{i.get('tokens_seen', 0):,}")
+    c[2].metric("Balancing", str(f.get("balance", "?")))
+    c[3].metric("Batch", f"{f.get('batch_size', '?')} × {f.get('seq_len', '?')}")
+    fin = i.get("final") or {}
+    c[4].metric("Final val loss", f"{fin['val_loss']:.3f}" if "val_loss" in fin else "—")
+    per = i.get("train_tokens") or {}
+    if per:
+        colors = ui.domain_colors()
+        doms = sorted(per)
+        st.plotly_chart(charts.bars(doms, [per[d] for d in doms], title="Training tokens per domain (corpus)",
+                                    xlabel="domain", ylabel="tokens", colors=[colors[d] for d in doms], fmt=",d"),
+                        key="train_tokens_per_domain")
+    with st.expander("Training flags"):
+        st.json(f, expanded=False)
+
+
+def health(ref: data.RunRef) -> None:
+    st.subheader("Tables and health")
+    h = data.file_health(ref)
+    if h.empty:
+        st.info("No Parquet files yet.")
+        return
+    bad = h[h.error.notna()]
+    for _, r in bad.iterrows():
+        st.warning(f"Unreadable Parquet file `{r.file}` ({r.error}): pages that read `{r.table}` show a warning.",
+                   icon="⚠️")
+    expected = ref.info.get("tables") or []
+    missing = [t for t in expected if t not in set(h.table)]
+    if missing and ref.status == "complete":
+        st.warning(f"run.json lists tables with no files: {', '.join(missing)}")
+    elif missing:
+        st.info(f"Not written yet: {', '.join(missing)} (written when the run finishes).")
+    summary = h.groupby("table", as_index=False).agg(files=("file", "count"), rows=("rows", "sum"),
+                                                     bytes=("bytes", "sum"))
+    summary["unreadable"] = summary.table.map(bad.table.value_counts()).fillna(0).astype(int)
+    st.dataframe(summary, hide_index=True, width="stretch",
+                 column_config={"rows": st.column_config.NumberColumn(format="%d"),
+                                "bytes": st.column_config.NumberColumn(format="%d")})
+    if not bad.empty or ref.status != "complete":
+        if not bad.empty:
+            st.caption(f"{len(bad)} of {len(h)} files unreadable.")
+    else:
+        st.success("Every table is readable.", icon=":material/check_circle:")
+
+
+st.title("Overview")
+runs = ui.all_runs()
+if not runs:
+    ui.no_runs()
+else:
+    st.dataframe(runs_table(runs), hide_index=True, width="stretch",
+                 column_config={"tokens": st.column_config.NumberColumn(format="%d")})
+    ref = ui.selected_run(("probe", "train", "unknown"))
+    if ref is not None:
+        st.header(ref.name, divider="gray")
+        with ui.guard("the run's summary"):
+            if ref.kind == "train":
+                train_details(ref)
+            elif ref.kind == "probe":
+                probe_details(ref)
+            else:
+                st.info("Not a probe or training run: only its files are listed.")
+        with ui.guard("the health check"):
+            health(ref)

@@ -1,0 +1,125 @@
+"""Token explorer: one document with each token coloured by its top-1 expert at a chosen layer (hover:
+top-k ids, weights and token loss) and a layer-by-layer route view of one token."""
+
+from __future__ import annotations
+
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+
+from dashboards import charts, data, ui
+
+MAX_TOKENS = 1200
+
+
+def token_html(texts, top1, tips) -> str:
+    spans = []
+    for t, e, tip in zip(texts, top1, tips):
+        t = ui.html_text(t).replace("\n", "↵<br>")
+        # NOTE: no raw newline may reach the markdown (it would end the HTML block)
+        tip = ui.html_text(tip).replace("\n", "&#10;")
+        if e is None:
+            spans.append(f"<span title='{tip}'>{t}</span>")
+            continue
+        bg = charts.expert_color(e)
+        spans.append(f"<span class='tok' title='{tip}' style='background:{bg};"
+                     f"color:{charts.text_color(bg)}'>{t}</span>")
+    style = ("<style>.tokdoc{font-family:ui-monospace,monospace;font-size:0.9rem;line-height:1.9;"
+             "white-space:pre-wrap;border:1px solid #ddd;border-radius:8px;padding:12px;max-height:420px;"
+             "overflow-y:auto}.tokdoc .tok{border-radius:3px;padding:1px 1px;margin:0 1px}</style>")
+    return style + "<div class='tokdoc'>" + "".join(spans) + "</div>"
+
+
+def main() -> None:
+    st.title("Token explorer")
+    ref = ui.selected_run(("probe",))
+    if ref is None:
+        return
+    with ui.guard("the document list"):
+        docs = data.documents(ref)
+    if "docs" not in locals() or docs.empty:
+        if "docs" in locals():
+            st.info("No tokens recorded yet.")
+        return
+    c1, c2, c3 = st.columns([1, 2, 1])
+    doms = ["all"] + sorted(docs.domain.dropna().unique())
+    dom = c1.selectbox("Domain", doms, key="te_domain")
+    sub = docs if dom == "all" else docs[docs.domain == dom]
+    doc_id = c2.selectbox("Document", sub.doc_id.tolist(), key="te_doc",
+                          format_func=lambda d: f"{d}  ({int(sub.set_index('doc_id').tokens[d]):,} tokens)")
+    layers = data.moe_layers(ref)
+    layer = c3.selectbox("MoE layer", layers, key="te_layer") if layers else None
+    d = docs.set_index("doc_id").loc[doc_id]
+
+    with ui.guard("the document's tokens"):
+        toks = data.doc_tokens(ref, doc_id, int(d.seq_lo), int(d.seq_hi), MAX_TOKENS)
+        if len(toks) >= MAX_TOKENS:
+            st.caption(f"First {MAX_TOKENS:,} tokens of the document.")
+        tok = ui.tokenizer_for(ref)
+        texts = ui.token_text(tok, toks.token_id)
+        route = None
+        with ui.guard("the routing of this document"):
+            route = data.doc_routing(ref, int(toks.seq_id.min()), int(toks.seq_id.max()))
+        top1, tips = [None] * len(toks), []
+        if route is not None and layer is not None:
+            r = route[route.layer == layer].set_index(["seq_id", "pos"])
+            look = {k: (ids, w, m) for k, ids, w, m in zip(r.index, r.expert_ids, r.expert_weights, r.margin_1)}
+            for i, (s, p, tid, loss, txt) in enumerate(zip(toks.seq_id, toks.pos, toks.token_id, toks.loss, texts)):
+                ids, w, m1 = look.get((s, p), (None, None, None))
+                top1[i] = int(ids[0]) if ids is not None and len(ids) else None
+                route_s = ", ".join(f"{int(e)} ({x:.3f})" for e, x in zip(ids, w)) if ids is not None else "—"
+                loss_s = f"{loss:.3f}" if loss == loss else "—"
+                margin = (f"\nselection-score margin, top-1 over the best unchosen expert: {m1:.3f}"
+                          if m1 is not None and m1 == m1 else "")
+                tips.append(f"{txt!r} id {tid} · doc pos {toks.doc_pos.iloc[i]}\nlayer {layer} top-k (weight): "
+                            f"{route_s}\nloss {loss_s} nats{margin}")
+        else:
+            tips = [f"{t!r} id {i}" for t, i in zip(texts, toks.token_id)]
+        st.markdown(f"**{ui.html_text(str(doc_id))}** · coloured by the top-1 expert at layer {layer}; "
+                    "hover a token for its route.")
+        st.markdown(token_html(texts, top1, tips), unsafe_allow_html=True)
+        seen = sorted({e for e in top1 if e is not None})
+        if seen:
+            counts = {e: top1.count(e) for e in seen}
+            chips = " ".join(f"<span style='background:{charts.expert_color(e)};"
+                             f"color:{charts.text_color(charts.expert_color(e))};"
+                             f"border-radius:4px;padding:1px 6px;margin:2px;display:inline-block;font-size:0.8rem'>"
+                             f"expert {e}: {counts[e]}</span>" for e in sorted(seen, key=lambda e: -counts[e])[:24])
+            st.markdown(chips, unsafe_allow_html=True)
+
+        fig = go.Figure(go.Scatter(
+            x=toks.doc_pos, y=toks.loss, mode="lines+markers", line=dict(color="#999", width=1),
+            marker=dict(size=5, color=[charts.expert_color(e) if e is not None else "#999" for e in top1]),
+            customdata=np.array([[t, "—" if e is None else e] for t, e in zip(texts, top1)], dtype=object),
+            hovertemplate="pos %{x}<br>token %{customdata[0]}<br>loss %{y:.3f} nats<br>top-1 expert "
+                          "%{customdata[1]}<extra></extra>"))
+        fig.update_xaxes(title="position in document")
+        fig.update_yaxes(title="token loss (nats)")
+        st.plotly_chart(charts.style(fig, "Token loss along the document (marker colour = top-1 expert)", 300),
+                        key="doc_loss")
+
+        st.subheader("Route of one token through the layers")
+        if route is None or route.empty:
+            st.info("No routing rows for this document (recorded with `--router-logits none`?).")
+            return
+        opts = list(range(len(toks)))
+        i = st.select_slider("Token", opts, value=min(1, len(opts) - 1), key="te_token",
+                             format_func=lambda j: f"{j}: {texts[j]!r}")
+        s, p = int(toks.seq_id.iloc[i]), int(toks.pos.iloc[i])
+        rr = route[(route.seq_id == s) & (route.pos == p)].sort_values("layer")
+        E = int((ref.info.get("model_args") or {}).get("n_routed_experts") or
+                max(int(max(x)) for x in rr.expert_ids) + 1)
+        z = np.full((len(rr), E), np.nan)
+        rank = np.full((len(rr), E), np.nan)
+        for j, (ids, w) in enumerate(zip(rr.expert_ids, rr.expert_weights)):
+            z[j, np.asarray(ids, int)] = w
+            rank[j, np.asarray(ids, int)] = np.arange(1, len(ids) + 1)
+        st.plotly_chart(charts.heatmap(z, list(range(E)), [f"layer{l}" for l in rr.layer],
+                                       title=f"Token {texts[i]!r} (window {s}, pos {p}): weight of each chosen expert",
+                                       xlabel="expert", ylabel="", zlabel="weight", fmt=".4f", customdata=rank,
+                                       extra_hover="<br>rank %{customdata}"), key="route")
+
+
+with ui.guard("this page"):
+    main()

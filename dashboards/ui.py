@@ -1,0 +1,204 @@
+"""Helpers every page uses: the runs directory, the selected run, status banners and the error guard.
+
+A page never shows a traceback: `guard()` turns a missing table into an info box, an unreadable
+file into a warning and anything unexpected into an error box naming it, and the rest of the page
+(and every other page) keeps working.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import streamlit as st
+
+from . import charts, data
+
+RUNS_ENV = "DSV3_RUNS_DIR"
+RUN_KEY = "run"  # session-state key of the selected run's name
+
+
+def runs_dir() -> Path:
+    """The runs directory: `streamlit run dashboards/app.py -- DIR`, else $DSV3_RUNS_DIR, else runs/."""
+    if "runs_dir" in st.session_state:
+        return Path(st.session_state["runs_dir"])
+    args = [a for a in sys.argv[1:] if not a.startswith("-")]
+    if args and Path(args[0]).is_dir():
+        return Path(args[0])
+    return Path(os.environ.get(RUNS_ENV, "runs"))
+
+
+def all_runs() -> list[data.RunRef]:
+    return data.discover(runs_dir())
+
+
+def domain_colors() -> dict[str, str]:
+    doms = set()
+    for r in all_runs():
+        doms.update(data.domains_of(r))
+    return charts.domain_colors(doms)
+
+
+def kind_label(ref: data.RunRef) -> str:
+    return f"{ref.name}  ·  {ref.kind} · {ref.status}"
+
+
+def selected_run(kinds: tuple[str, ...] = ("probe", "train")) -> data.RunRef | None:
+    """The run picked in the sidebar, or None (with an explanation shown) when there is none usable."""
+    runs = all_runs()
+    if not runs:
+        no_runs()
+        return None
+    name = st.session_state.get(RUN_KEY)
+    ref = next((r for r in runs if r.name == name), runs[0])
+    if ref.kind not in kinds:
+        other = [r for r in runs if r.kind in kinds]
+        what = " or ".join(kinds)
+        if not other:
+            st.info(f"This page needs a **{what}** run; `{runs_dir()}` has none. "
+                    + ("Record one with `dsv3-probe record`." if "probe" in kinds
+                       else "Train one with `python -m model.train --out runs/NAME`."))
+            return None
+        st.info(f"`{ref.name}` is a {ref.kind} run; this page shows {what} runs.")
+        pick = st.selectbox(f"{what.capitalize()} run", [r.name for r in other], key=f"pick_{what}")
+        ref = next(r for r in other if r.name == pick)
+    status_banner(ref)
+    return ref
+
+
+def no_runs() -> None:
+    st.info(f"No runs in `{runs_dir()}` yet. Record one with `dsv3-probe record --out {runs_dir()}/NAME`, "
+            "train one with `python -m model.train --out runs/NAME`, or start the dashboard on another "
+            "directory: `dsv3-probe dashboard DIR`.", icon="📭")
+
+
+def status_banner(ref: data.RunRef) -> None:
+    if ref.error:
+        st.error(f"`{ref.name}`: {ref.error}")
+    elif ref.status == "running":
+        extra = ""
+        if ref.kind == "train":
+            extra = f" (step {ref.info.get('step', '?')} of {ref.info.get('steps', '?')})"
+        st.info(f"`{ref.name}` is still **running**{extra}: showing what has been committed so far.", icon="⏳")
+    elif ref.status == "failed":
+        st.error(f"`{ref.name}` **failed**: {ref.info.get('error', 'see its log')}. Showing what it wrote.")
+    elif ref.status == "stopped":
+        st.warning(f"`{ref.name}` was **stopped** at step {ref.info.get('step', '?')} "
+                   f"({ref.info.get('stop_reason', 'no reason recorded')}); resume it with "
+                   "`python -m model.train ... --resume`.", icon="⚠️")
+    elif ref.status == "interrupted":
+        hint = "`dsv3-probe record ... --resume`" if ref.kind == "probe" else "`python -m model.train ... --resume`"
+        st.warning(f"`{ref.name}` was **interrupted**: its tables hold the batches committed before the stop; "
+                   f"continue it with {hint}.", icon="⚠️")
+
+
+@contextmanager
+def guard(what: str = "this section"):
+    """Show a failure of `what` in the page instead of raising."""
+    try:
+        yield
+    except data.MissingTable as e:
+        st.info(f"{str(e)[:1].upper()}{str(e)[1:]}: {what} is not available.", icon="ℹ️")
+    except data.DataError as e:
+        st.warning(f"{e}. {what[:1].upper()}{what[1:]} is skipped; the other pages still work.", icon="⚠️")
+    except Exception as e:  # noqa: BLE001 - a page must never show a traceback
+        if type(e).__name__ in ("StopException", "RerunException", "RerunData"):
+            raise
+        st.error(f"Could not draw {what}: {type(e).__name__}: {e}")
+
+
+def layer_picker(layers: list, key: str, label: str = "MoE layer", index: int = 0):
+    if not layers:
+        return None
+    return st.columns(3)[0].selectbox(label, layers, index=min(index, len(layers) - 1), key=key)
+
+
+def caption_sample(ref: data.RunRef) -> None:
+    st.caption(f"Per-token view over the first ~{data.SAMPLE_TOKENS:,} tokens of the run "
+               "(aggregate views use every token).")
+
+
+@st.cache_resource(show_spinner=False)
+def _tokenizer(path: str):
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(path)
+
+
+def tokenizer_for(ref: data.RunRef):
+    """The run's tokenizer (probe: --tokenizer or the checkpoint's; train: its flags), or None."""
+    info = ref.info
+    cands = [(info.get("options") or {}).get("tokenizer"), (info.get("flags") or {}).get("tokenizer")]
+    ck = (info.get("checkpoint") or {}).get("path")
+    if ck:
+        cands.append(str(Path(ck) / "tokenizer.json"))
+    for c in cands:
+        if c and Path(c).is_file():
+            try:
+                return _tokenizer(str(c))
+            except Exception:  # noqa: BLE001 - an unreadable tokenizer only costs us the text
+                return None
+    return None
+
+
+def _byte_table() -> dict[str, int]:
+    """Byte-level BPE spells each byte as one printable character (printable Latin-1 bytes as
+    themselves, the others as chr(256 + n) in byte order); this maps those characters back."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, n = {chr(b): b for b in keep}, 0
+    for b in range(256):
+        if b not in keep:
+            table[chr(256 + n)] = b
+            n += 1
+    return table
+
+
+_BYTES = _byte_table()
+
+
+def token_text(tok, ids, stream: bool = True) -> list[str]:
+    """Display text of each token id (ids only when the tokenizer is missing).
+
+    stream=True (a run of consecutive tokens): byte-level tokens are decoded as one UTF-8 stream, so
+    a character split over several tokens (CJK, emoji) appears on the token that completes it; the
+    tokens before it show "·". stream=False (unrelated tokens): each on its own, a partial
+    character as its bytes (<e5 ad>)."""
+    if tok is None:
+        return [f"#{int(i)}" for i in ids]
+    import codecs
+
+    if not stream:
+        out = []
+        for i in ids:
+            piece = tok.id_to_token(int(i)) or f"#{int(i)}"
+            if all(c in _BYTES for c in piece):
+                raw = bytes(_BYTES[c] for c in piece)
+                text = raw.decode("utf-8", errors="replace")
+                out.append(text if "\ufffd" not in text else "<" + raw.hex(" ") + ">")
+            else:
+                out.append(tok.decode([int(i)], skip_special_tokens=False) or piece)
+        return out
+    dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    out = []
+    for i in ids:
+        piece = tok.id_to_token(int(i))
+        if piece is None:
+            out.append(f"#{int(i)}")
+            continue
+        if all(c in _BYTES for c in piece):
+            text = dec.decode(bytes(_BYTES[c] for c in piece))
+        else:  # not byte-level (a special token or another tokenizer family)
+            text = dec.decode(b"", final=True) + (tok.decode([int(i)], skip_special_tokens=False) or piece)
+        out.append(text if text else "·")
+    return out
+
+
+_MARKDOWN_CHARS = "\\`*_{}[]()#+-!|$~<>&\"'"
+
+
+def html_text(s: str) -> str:
+    """Text for an HTML snippet passed to st.markdown: every markup character as an entity, so
+    neither HTML, Markdown (a backslash, `*`, `_`) nor LaTeX (`$`) can act on it."""
+    return "".join(f"&#{ord(c)};" if c in _MARKDOWN_CHARS else c for c in s)

@@ -1,0 +1,165 @@
+"""The Streamlit dashboard under streamlit.testing.v1.AppTest: every page on a small recorded run,
+on training runs, on an empty runs directory and on a run with corrupted files (no exception, no
+traceback, the expected elements present); and `import dashboards` never imports torch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from _dashboard_runs import dashboard_runs
+
+REPO = Path(__file__).resolve().parent.parent
+APP = str(REPO / "dashboards" / "app.py")
+PAGES = {  # page file -> title shown
+    "overview": "Overview", "load_balance": "Load balance", "specialisation": "Specialisation",
+    "token_explorer": "Token explorer", "coactivation": "Co-activation & flow", "latent_kv": "Latent KV",
+    "mtp": "MTP", "ablations": "Ablations", "compare": "Compare runs", "training": "Training",
+}
+# plotly charts each page must draw for the complete probe run `demo`
+CHARTS_DEMO = {"overview": 1, "load_balance": 4, "specialisation": 2, "token_explorer": 2, "coactivation": 2,
+               "latent_kv": 3, "mtp": 6, "ablations": 2, "compare": 4, "training": 6}
+
+
+@pytest.fixture(scope="module")
+def runs(probe_env, tmp_path_factory):
+    return dashboard_runs(probe_env, tmp_path_factory)
+
+
+def app(runs_dir: Path, run: str | None = None):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.session_state["runs_dir"] = str(runs_dir)
+    if run:
+        at.session_state["run"] = run
+    return at.run()
+
+
+def open_page(at, page: str):
+    at.switch_page(f"pages/{page}.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.title and at.title[0].value == PAGES[page]
+    return at
+
+
+def texts(elems) -> str:
+    return " | ".join(e.value for e in elems)
+
+
+def test_every_page_on_a_recorded_run(runs):
+    at = app(runs["good"], "demo")
+    for page, n in CHARTS_DEMO.items():
+        open_page(at, page)
+        assert not at.error, (page, texts(at.error))
+        assert not at.warning, (page, texts(at.warning))
+        assert len(at.get("plotly_chart")) >= n, (page, len(at.get("plotly_chart")))
+    # the token explorer colours tokens and the specialisation page shows snippets
+    open_page(at, "token_explorer")
+    assert any("class='tokdoc'" in m.value for m in at.markdown)
+    open_page(at, "specialisation")
+    assert len(at.dataframe) >= 2 and any("window" in m.value for m in at.markdown)
+
+
+def test_widgets_change_the_view(runs):
+    at = open_page(app(runs["good"], "demo"), "specialisation")
+    at.radio(key="sp_view").set_value("share").run()
+    assert not at.exception and not at.error
+    at = open_page(at, "coactivation")
+    layers = at.selectbox(key="flow_a").options
+    at.selectbox(key="flow_b").set_value(layers[0]).run()
+    assert "Pick two different layers" in texts(at.info)
+    at = open_page(at, "token_explorer")
+    at.selectbox(key="te_domain").set_value("prose").run()
+    assert not at.exception and not at.error and len(at.get("plotly_chart")) >= 2
+
+
+def test_training_runs(runs):
+    at = app(runs["good"], "train-demo")
+    for page in ("overview", "load_balance", "training"):
+        open_page(at, page)
+        assert not at.error and not at.warning, (page, texts(at.error), texts(at.warning))
+        assert len(at.get("plotly_chart")) >= (6 if page == "training" else 1), page
+    open_page(at, "specialisation")  # a probe-only page says so and offers the probe runs
+    assert "train run" in texts(at.info) and not at.error
+    open_page(at, "compare")
+    at.selectbox(key="cmp_b").set_value("train-nobal").run()
+    assert not at.exception and not at.error and len(at.get("plotly_chart")) >= 6
+
+
+def test_running_and_interrupted_runs_are_flagged(runs):
+    at = app(runs["good"], "demo-running")
+    for page in PAGES:
+        open_page(at, page)
+        assert not at.error, (page, texts(at.error))
+    open_page(at, "overview")
+    assert "still **running**" in texts(at.info)
+    open_page(at, "latent_kv")  # its tables are written only when the run finishes
+    assert "no `kv_spectrum` table" in texts(at.info)
+    open_page(at, "ablations")
+    assert "no ablations yet" in texts(at.info)
+    at = app(runs["good"], "demo-stopped")
+    for page in PAGES:
+        open_page(at, page)
+        assert not at.error, (page, texts(at.error))
+    open_page(at, "load_balance")
+    assert "**interrupted**" in texts(at.warning) and len(at.get("plotly_chart")) >= 4
+
+
+def test_empty_runs_directory(runs):
+    at = app(runs["empty"])
+    for page in PAGES:
+        open_page(at, page)
+        assert not at.error
+        assert "No runs in" in texts(at.info), page
+
+
+def test_corrupted_files_are_warnings_not_tracebacks(runs):
+    at = app(runs["corrupt"], "demo")
+    seen = set()
+    for page in PAGES:
+        open_page(at, page)
+        assert not at.error, (page, texts(at.error))
+        seen.update(w.value for w in at.warning)
+    joined = " ".join(seen)
+    assert "Unreadable Parquet file" in joined  # the overview's health check names the file
+    assert "cannot read `routing`" in joined or "cannot read `routing`, `tokens`" in joined
+    assert "cannot read `tokens`" in joined or "`routing`, `tokens`" in joined
+    # pages that do not read the broken tables still draw
+    for page in ("load_balance", "latent_kv", "mtp"):
+        open_page(at, page)
+        assert len(at.get("plotly_chart")) >= 2, page
+    at = app(runs["corrupt"], "loads")
+    for page in PAGES:
+        open_page(at, page)
+        assert not at.error, (page, texts(at.error))
+    open_page(at, "load_balance")
+    assert "cannot read `expert_load`" in texts(at.warning)
+    at = app(runs["corrupt"], "badjson")
+    open_page(at, "overview")
+    assert "run.json unreadable" in texts(at.error) or "run.json unreadable" in texts(at.info + at.warning)
+
+
+def test_dashboards_never_import_torch():
+    code = ("import sys; import dashboards.data, dashboards.charts, dashboards.ui, dashboards.compute; "
+            "import analyses.metrics; print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'torch')))")
+    out = subprocess.run([sys.executable, "-c", "import json; " + code], cwd=REPO, capture_output=True, text=True,
+                         check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_cli_dashboard_subcommand_parses(monkeypatch, tmp_path):
+    """`dsv3-probe dashboard DIR --host --port` builds the streamlit command (not started here)."""
+    from probe import cli
+
+    calls = []
+    monkeypatch.setattr(cli, "_exec_streamlit", lambda cmd, env: calls.append((cmd, env)) or 0)
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "run.json").write_text("{}")
+    assert cli.main(["dashboard", str(tmp_path), "--host", "0.0.0.0", "--port", "8765"]) == 0
+    cmd, env = calls[0]
+    assert cmd[cmd.index("--server.address") + 1] == "0.0.0.0" and cmd[cmd.index("--server.port") + 1] == "8765"
+    assert cmd[-1] == str(tmp_path) and env["DSV3_RUNS_DIR"] == str(tmp_path)

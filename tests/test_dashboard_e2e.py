@@ -1,0 +1,167 @@
+"""End to end: the real `streamlit run` server, every page opened in headless Chromium (Debian
+`chromium`, driven by Python `playwright` through `executable_path`), plotly charts rendered, no
+error text; screenshots saved under a folder the test prints.
+
+Also a screenshot tool for the README:
+
+    python tests/test_dashboard_e2e.py RUNS_DIR OUT_DIR [RUN_NAME [PAGE,PAGE...]]   # one PNG per page
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+APP = REPO / "dashboards" / "app.py"
+CHROMIUM = os.environ.get("DSV3_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+                 "--disable-extensions", "--no-first-run", "--mute-audio"]
+# url path -> (title, plotly charts expected on the `demo` run)
+PAGES = {
+    "": ("Overview", 1), "load_balance": ("Load balance", 4), "specialisation": ("Specialisation", 2),
+    "token_explorer": ("Token explorer", 2), "coactivation": ("Co-activation & flow", 2),
+    "latent_kv": ("Latent KV", 3), "mtp": ("MTP", 6), "ablations": ("Ablations", 2),
+    "compare": ("Compare runs", 4), "training": ("Training", 6),
+}
+ERROR_SELECTORS = ['[data-testid="stException"]', '[data-testid="stAlertContentError"]']
+ERROR_TEXT = ("Traceback (most recent call last)", "StreamlitAPIException", "Could not draw")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`streamlit run dashboards/app.py -- RUNS_DIR` on a free port, headless."""
+
+    def __init__(self, runs_dir: Path, log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(log, "w")
+        cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true",
+               "--server.address", "127.0.0.1", "--server.port", str(self.port), "--browser.gatherUsageStats",
+               "false", "--server.fileWatcherType", "none", "--client.toolbarMode", "viewer", "--", str(runs_dir)]
+        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env=os.environ | {"DSV3_RUNS_DIR": str(runs_dir)})
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"streamlit exited with {self.proc.returncode}; log: {log}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as r:
+                    if r.read().strip() == b"ok":
+                        return
+            except OSError:
+                time.sleep(0.5)
+        self.close()
+        raise RuntimeError(f"streamlit did not answer on {self.url} within 90 s; log: {log}")
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def open_page(page, url: str, title: str, charts: int, timeout_ms: int = 90_000) -> dict:
+    """Load one page, wait until the script has finished and the charts are drawn; returns findings."""
+    page.goto(url, wait_until="domcontentloaded")
+    page.get_by_role("heading", name=title, exact=True).first.wait_for(timeout=timeout_ms)
+    page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {charts}",
+                           timeout=timeout_ms)
+    # the script is done when the "running" status widget is gone
+    page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"] button')",
+                           timeout=timeout_ms)
+    page.wait_for_timeout(800)  # plotly's transitions
+    body = page.inner_text("body")
+    return {"charts": page.locator(".js-plotly-plot").count(),
+            "errors": sum(page.locator(s).count() for s in ERROR_SELECTORS),
+            "error_text": [t for t in ERROR_TEXT if t in body]}
+
+
+def shoot(page, path: Path, width: int, height: int, max_height: int = 5000) -> None:
+    """Screenshot the whole page: Streamlit scrolls inside its main container, so the viewport is
+    stretched to the container's height first."""
+    h = page.evaluate("Math.max(...[...document.querySelectorAll('[data-testid=stMain], "
+                      "[data-testid=stAppViewContainer], section')].map(e => e.scrollHeight), 0)")
+    page.set_viewport_size({"width": width, "height": int(min(max(h, height), max_height))})
+    page.wait_for_timeout(700)
+    page.screenshot(path=str(path), full_page=True)
+    page.set_viewport_size({"width": width, "height": height})
+
+
+def browse(runs_dir: Path, out_dir: Path, pages: dict = PAGES, run: str | None = None,
+           width: int = 1400, height: int = 1000) -> dict[str, dict]:
+    """Start the server, open every page, screenshot each into out_dir; returns findings per page."""
+    from playwright.sync_api import sync_playwright
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    server = Server(runs_dir, out_dir / "streamlit.log")
+    found, js_errors = {}, []
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.on("pageerror", lambda e: js_errors.append(str(e)))
+            page.goto(server.url, wait_until="domcontentloaded")  # throw-away load: warms the server up
+            page.get_by_role("heading", name="Overview", exact=True).first.wait_for(timeout=120_000)
+            if run:
+                page.goto(server.url)
+            for path, (title, n) in pages.items():
+                url = f"{server.url}/{path}" + (f"?run={run}" if run else "")
+                found[path or "overview"] = open_page(page, url, title, n)
+                shoot(page, out_dir / ((path or "overview") + ".png"), width, height)
+            browser.close()
+    finally:
+        server.close()
+    found["_js_errors"] = js_errors
+    return found
+
+
+def have_chromium() -> bool:
+    return Path(CHROMIUM).exists() or shutil.which(CHROMIUM) is not None
+
+
+@pytest.fixture(scope="module")
+def runs(probe_env, tmp_path_factory):
+    from _dashboard_runs import dashboard_runs
+
+    return dashboard_runs(probe_env, tmp_path_factory)
+
+
+def test_every_page_in_a_real_browser(runs, tmp_path_factory, capsys):
+    if not have_chromium():
+        msg = f"{CHROMIUM} not found: install Debian `chromium` (.ci/run does)"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    out = Path(os.environ.get("DSV3_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
+    t = time.time()
+    found = browse(runs["good"], out)
+    with capsys.disabled():  # shown even when pytest captures output
+        print(f"\nscreenshots of every page: {out} ({time.time() - t:.1f} s)")
+    assert found.pop("_js_errors") == []
+    for page, f in found.items():
+        assert f["errors"] == 0 and not f["error_text"], (page, f)
+        assert (out / f"{page}.png").stat().st_size > 10_000, page
+
+
+if __name__ == "__main__":
+    runs_dir, out_dir = Path(sys.argv[1]), Path(sys.argv[2])
+    only = sys.argv[4].split(",") if len(sys.argv) > 4 else None
+    pages = {k: v for k, v in PAGES.items() if only is None or (k or "overview") in only}
+    res = browse(runs_dir, out_dir, pages, run=sys.argv[3] if len(sys.argv) > 3 else None)
+    print(res)
