@@ -69,8 +69,8 @@ DEFAULT_CONFIG = REPO / "data" / "model_config.json"
 BALANCE_MODES = ("aux-free", "switch", "none")
 # flags that change what a resumed run computes; a resume with other values is allowed but reported
 RESUME_CHECKED = ("seed", "batch_size", "seq_len", "lr", "min_lr_ratio", "warmup_steps", "steps", "weight_decay",
-                  "beta1", "beta2", "grad_clip", "mtp_weight", "balance", "bias_update_speed", "seq_aux_weight",
-                  "switch_weight", "mix_alpha")
+                  "beta1", "beta2", "grad_clip", "mtp_weight", "balance", "bias_update_speed", "bias_schedule",
+                  "seq_aux_weight", "switch_weight", "mix_alpha")
 
 
 # ------------------------------------------------------------------------------------------ flags
@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="aux-free: bias updates + sequence-wise loss; switch: Switch-style aux loss; none")
     b.add_argument("--bias-update-speed", type=float, default=3e-3, help="gamma: bias step per update (aux-free; DeepSeek-V3 used 0.001 over ~"
                         "100k steps, a 600-step run needs a faster bias)")
+    b.add_argument("--bias-schedule", choices=("constant", "cosine"), default="constant",
+                   help="constant: gamma throughout (DeepSeek-V3); cosine: gamma follows the learning-rate "
+                        "decay after warm-up (gamma x lr/peak), so the bias jitters less at the end")
     b.add_argument("--seq-aux-weight", type=float, default=1e-4,
                    help="alpha: sequence-wise balance loss weight (aux-free)")
     b.add_argument("--switch-weight", type=float, default=1e-2, help="Switch-style balance loss weight (switch)")
@@ -201,6 +204,13 @@ def lr_at(step: int, ns: argparse.Namespace) -> float:
         return ns.lr * (step + 1) / ns.warmup_steps
     progress = min(1.0, (step - ns.warmup_steps) / max(1, ns.steps - ns.warmup_steps))
     return ns.lr * (ns.min_lr_ratio + (1 - ns.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def bias_speed_at(step: int, ns: argparse.Namespace) -> float:
+    """gamma for the bias update after optimizer step `step` (`--bias-schedule`)."""
+    if ns.bias_schedule == "constant" or step < ns.warmup_steps:
+        return ns.bias_update_speed
+    return ns.bias_update_speed * lr_at(step, ns) / ns.lr
 
 
 def make_optimizer(m: Transformer, ns: argparse.Namespace) -> torch.optim.AdamW:
@@ -544,7 +554,7 @@ def _run(ns: argparse.Namespace, dist: Dist) -> dict:
             loads = vec[5 + 2 * D:].view(len(gates), E)
             if ns.balance == "aux-free" and ns.bias_update_speed > 0:
                 for gi, g in enumerate(gates):
-                    update_bias(gate_mods[g.label].bias, loads[gi], ns.bias_update_speed)
+                    update_bias(gate_mods[g.label].bias, loads[gi], bias_speed_at(step, ns))
             step += 1
             step_tokens = n * ns.seq_len
             tokens_seen += int(step_tokens)
