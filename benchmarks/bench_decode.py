@@ -2,6 +2,7 @@
 
     python benchmarks/bench_decode.py                        # random weights: hidden 512, 6 layers, 32 experts top-4
     python benchmarks/bench_decode.py --batch 1 --new 128 --repeats 5 --threads 2
+    python benchmarks/bench_decode.py --ckpt data/model --batch 5   # the bundled model, prompts from its corpus
     python benchmarks/bench_decode.py --ckpt DIR --prompt-file prompts.txt   # a real checkpoint (tokenizer.json)
 
 Runs greedy decoding three ways, alternating, after a warm-up: plain (one token per forward pass),
@@ -29,11 +30,27 @@ CONFIG = dict(vocab_size=8192, dim=512, inter_dim=1408, moe_inter_dim=256, n_lay
               n_mtp_layers=1)
 
 
+def corpus_prompts(codec, n: int, chars: int = 120) -> list[list[int]]:
+    """The first `chars` characters of the first document of each domain in data/corpus/val.jsonl,
+    cycling over domains until there are `n` prompts."""
+    import json
+    from pathlib import Path
+
+    val = Path(__file__).resolve().parent.parent / "data" / "corpus" / "val.jsonl"
+    firsts: dict[str, list[str]] = {}
+    for line in val.read_text().splitlines():
+        d = json.loads(line)
+        firsts.setdefault(d["domain"], []).append(d["text"][:chars])
+    doms = sorted(firsts)
+    return [codec.encode(firsts[doms[i % len(doms)]][i // len(doms)]) for i in range(n)]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", help="Hugging Face checkpoint directory (default: random weights, CONFIG above)")
     p.add_argument("--prompt-file", help="with --ckpt: prompts (one per line or JSONL); default random ids")
-    p.add_argument("--batch", type=int, default=4, help="random prompts (lengths 16, 40, 64, ...)")
+    p.add_argument("--batch", type=int, default=4, help="prompts: random (lengths 16, 40, 64, ...), or with --ckpt "
+                                                        "and no --prompt-file the bundled corpus' openings")
     p.add_argument("--new", type=int, default=64, help="new tokens per prompt")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
@@ -50,17 +67,19 @@ def main() -> None:
         m = model.load(ns.ckpt, gemm_impl=ns.gemm)
         if not len(m.mtp):
             raise SystemExit(f"error: {ns.ckpt} has no MTP weights")
+        codec = load_codec(ns.ckpt, m.args)
+        stop = codec.stop_ids
         if ns.prompt_file:
-            codec = load_codec(ns.ckpt, m.args)
             prompts = [codec.encode(t) for t in read_prompts(ns.prompt_file)]
-            stop = codec.stop_ids
+        else:  # the opening of the first validation document of each domain of the bundled corpus
+            prompts = corpus_prompts(codec, ns.batch)
         what = f"checkpoint {ns.ckpt}"
     else:
         torch.manual_seed(0)
         m = Transformer(ModelArgs.from_dict(ModelArgs.from_name("tiny").to_dict() | CONFIG)).eval()
         what = (f"random weights (hidden {CONFIG['dim']}, {CONFIG['n_layers']} layers, "
                 f"{CONFIG['n_routed_experts']} experts top-{CONFIG['n_activated_experts']}, MTP depth 1)")
-    if not ns.ckpt or not ns.prompt_file:
+    if not ns.ckpt:
         g = torch.Generator().manual_seed(1)
         prompts = [torch.randint(2, m.args.vocab_size, (16 + 24 * i,), generator=g).tolist() for i in range(ns.batch)]
 
