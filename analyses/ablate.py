@@ -1,0 +1,466 @@
+"""Scripted expert ablations: disable routed (and shared) experts through the router's hooks, run a
+corpus, and compare the language-model loss per domain with a baseline pass over the same tokens.
+
+    python -m analyses.ablate --run runs/model-val --top 4 --control         # top-4 vs random-4 (reroute)
+    python -m analyses.ablate --run runs/model-val --top 2 --domain code     # code's own top-2
+    python -m analyses.ablate --run runs/model-val --experts 1:3+5,2:7 --mode zero --renormalise
+    python -m analyses.ablate --ckpt CKPT --corpus val.jsonl --out runs/abl --spec sweep.yaml --domain-tokens 4000
+    torchrun --nproc-per-node 2 -m analyses.ablate --run runs/model-val --spec sweep.yaml
+
+Every ablation of one command shares one baseline pass. `--run RUN` takes the checkpoint, corpus,
+window length and token limit from RUN's run.json and the loads for top-N from its `expert_load`
+table (`--loads-from baseline` measures them on the baseline pass instead), and writes the results
+into RUN; `--out DIR` writes them elsewhere (a new run directory holding only `ablations`).
+Results: one row per ablation and domain (plus domain `all`) in the run's `ablations` table
+(`probe/schema.py`), one part file per command (its name hashes the sweep and the inputs, so
+repeating a command replaces its own part), written under a temporary name and renamed.
+
+Spec file (YAML or JSON; keys as `analyses.ablation.Ablation`):
+
+    - {name: top4, top: 4}                          # mode reroute by default
+    - {name: random4, random: 4, seed: 0}           # the control: same count, random experts
+    - {name: code-top4, top: 4, domain: code}
+    - {name: l1-zero, experts: "1:3+5", mode: zero, renormalise: true, shared: true}
+
+Under torchrun, global batch b is evaluated by replica b % R (as `probe record` does) and the
+per-domain sums are all-reduced, so the table is the same whatever the world size; rank 0 writes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from analyses.ablation import (ALL, Ablation, AblationError, Loads, Plan, RouterShape, ablated,
+                               ablation_hooks, check_names, load_spec, parse_experts, plan_hooks, resolve,
+                               top_vs_random)
+from probe.corpus import CorpusError, CorpusStats, Window, fingerprint, iter_documents, iter_windows
+from probe.recorders import Batch, token_nll
+from probe.schema import TABLES
+from probe.writer import RunError, read_run_json, write_json_atomic
+
+__all__ = ["Ablation", "AblationError", "AblateOptions", "ablate", "ablated", "ablation_hooks", "evaluate",
+           "load_spec", "loads_from_run", "parse_experts", "resolve", "top_vs_random", "write_ablations", "main"]
+ACC = ("nll", "n", "pairs", "changed", "replaced")  # per-domain sums of an ablation pass
+
+
+# ------------------------------------------------------------------------------ evaluation
+def _domains_of(batch: Batch, index: dict[str, int]) -> np.ndarray:
+    """Domain index of every valid token of the batch (row-major, as `valid` flattens)."""
+    d = np.array([index[w.domain] for w in batch.windows])
+    return np.repeat(d, batch.tokens.shape[1])[batch.valid.reshape(-1).numpy()]
+
+
+@torch.no_grad()
+def _forward(model, batch: Batch, moe_layers: list[int], hooks: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (per-token surprisal [B, S] with NaN at pos 0 / padding, top-k ids [L, n_valid, K] int16)."""
+    cap: dict[str, torch.Tensor] = {}
+
+    def save(t, hook):
+        cap[hook.name] = t
+
+    names = [f"layers.{i}.ffn.gate.hook_topk_ids" for i in moe_layers]
+    with model.hooks(hooks + [(n, save) for n in names]):
+        logits = model(batch.tokens, lengths=batch.lengths)
+    valid = batch.valid.reshape(-1)
+    ids = torch.stack([cap[n][valid] for n in names]) if names else torch.empty(0, 0, 0)
+    return token_nll(batch, logits), ids.to(torch.int16)
+
+
+def _add_loss(acc_D2: np.ndarray, nll: torch.Tensor, dom: np.ndarray) -> None:
+    """acc[:, 0] += per-domain surprisal sums, acc[:, 1] += scored tokens (float64)."""
+    flat = nll.reshape(-1).double().numpy()
+    ok = ~np.isnan(flat)
+    acc_D2[:, 0] += np.bincount(dom[ok], flat[ok], len(acc_D2))
+    acc_D2[:, 1] += np.bincount(dom[ok], minlength=len(acc_D2))
+
+
+def _pairs_changed(ids, base, layers: slice) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per token: (top-k sets differing from the baseline's, experts replaced), summed over `layers`."""
+    a, b = ids[layers].long(), base[layers].long()  # [L', n, K]
+    changed = (a.sort(-1).values != b.sort(-1).values).any(-1)
+    kept = (a[..., :, None] == b[..., None, :]).any(-1).sum(-1)
+    return changed.sum(0).double(), (a.shape[-1] - kept).sum(0).double()
+
+
+def evaluate(model, batches: list[Batch], ablations: list[Ablation], *, domains: list[str] | None = None,
+             loads: Loads | None = None, loads_source: str = "given", world=None, progress=None):
+    """Run the baseline and every ablation over `batches`; returns (DataFrame of `ablations` rows, plans).
+
+    batches: this replica's share (all of them in one process). domains: every domain of the
+    corpus, the same list on every rank (default: those of `batches`). loads: {domain or "all":
+    [n_moe_layers, E] counts} for top-N; None = measured on the baseline pass (summed over ranks).
+    """
+    import pandas as pd
+
+    check_names(ablations)
+    shape = RouterShape.of(model.args)
+    moe = shape.moe_layers
+    domains = domains if domains is not None else sorted({w.domain for b in batches for w in b.windows})
+    index = {d: i for i, d in enumerate(domains)}
+    D, E, K = len(domains), shape.n_experts, shape.topk
+    tick = progress or (lambda: None)
+    # plans that need no loads are resolved (and refused) before any forward pass
+    plans: dict[str, Plan] = {}
+    for a in ablations:
+        if not a.needs_loads or loads is not None:
+            plans[a.name] = resolve(a, shape, loads, loads_source)
+
+    base_acc, base_loads, stored = np.zeros((D, 2)), np.zeros((D, len(moe), E), np.int64), []
+    for batch in batches:
+        nll, ids = _forward(model, batch, moe, [])
+        dom_tok = _domains_of(batch, index)
+        dom_nll = np.repeat([index[w.domain] for w in batch.windows], batch.tokens.shape[1])
+        _add_loss(base_acc, nll, dom_nll)
+        for j in range(len(moe)):
+            key = torch.from_numpy(dom_tok.astype(np.int64))[:, None] * E + ids[j].long()
+            base_loads[:, j] += torch.bincount(key.reshape(-1), minlength=D * E).reshape(D, E).numpy()
+        stored.append((ids, dom_tok, dom_nll))
+        tick()
+    if loads is None:
+        base_loads = _allreduce(base_loads, world)
+        loads = {d: base_loads[i] for i, d in enumerate(domains)} | {ALL: base_loads.sum(0)}
+        loads_source = "baseline"
+    for a in ablations:
+        if a.name not in plans:
+            plans[a.name] = resolve(a, shape, loads, loads_source)
+
+    acc = np.zeros((len(ablations), D, len(ACC)))
+    for i, a in enumerate(ablations):
+        plan = plans[a.name]
+        hooks = plan_hooks(model, plan)
+        first = plan.first_layer
+        # routing is compared at the MoE layers after the first ablated layer (all when nothing is)
+        down = slice(0 if first is None else moe.index(first) + 1, None)
+        n_down = len(moe[down])
+        for batch, (base_ids, dom_tok, dom_nll) in zip(batches, stored):
+            nll, ids = _forward(model, batch, moe, hooks)
+            _add_loss(acc[i], nll, dom_nll)
+            if n_down:
+                changed, replaced = _pairs_changed(ids, base_ids, down)
+                acc[i, :, 2] += np.bincount(dom_tok, minlength=D) * n_down
+                acc[i, :, 3] += np.bincount(dom_tok, changed.numpy(), D)
+                acc[i, :, 4] += np.bincount(dom_tok, replaced.numpy() / K, D)
+            tick()
+    base_acc = _allreduce(base_acc, world)
+    acc = _allreduce(acc, world)
+
+    rows = []
+    for i, a in enumerate(ablations):
+        plan = plans[a.name]
+        first = plan.first_layer
+        n_down = len([x for x in moe if first is None or x > first])
+        for d, (b, s) in [(ALL, (base_acc.sum(0), acc[i].sum(0)))] + [
+                (dom, (base_acc[j], acc[i, j])) for j, dom in enumerate(domains)]:
+            if s[1] == 0:
+                continue
+            loss, base = s[0] / s[1], b[0] / b[1]
+            rows.append({"ablation": a.name, "spec": plan.spec(), "mode": a.mode, "renormalise": a.renormalise,
+                         "shared": bool(plan.shared_layers), "n_disabled": plan.n_disabled, "domain": d,
+                         "tokens": int(s[1]), "loss": loss, "baseline_loss": base, "delta": loss - base,
+                         "routing_changed": s[3] / s[2] if s[2] else None,
+                         "experts_changed": s[4] / s[2] if s[2] else None, "downstream_layers": n_down})
+    df = pd.DataFrame(rows, columns=TABLES["ablations"].names)
+    return df, [plans[a.name] for a in ablations]
+
+
+def _allreduce(x: np.ndarray, world) -> np.ndarray:
+    if world is None or world.size == 1:
+        return x
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
+    torch.distributed.all_reduce(t)
+    return t.numpy().astype(x.dtype)
+
+
+# ---------------------------------------------------------------------------------- the job
+@dataclass
+class AblateOptions:
+    run: str | None = None
+    out: str | None = None
+    ckpt: str | None = None
+    corpus: str | None = None
+    tokenizer: str | None = None
+    max_tokens: int | None = None
+    domain_tokens: int | None = None  # at most this many tokens of each domain (corpus order)
+    seq_len: int | None = None
+    batch_size: int | None = None
+    add_bos: bool | None = None
+    dtype: str | None = None
+    loads_from: str = "auto"  # auto | run | baseline
+    progress: bool = True
+
+
+def _defaults(opts: AblateOptions) -> tuple[AblateOptions, dict | None]:
+    """Fill unset options from --run's run.json; returns (options, run info)."""
+    info = None
+    if opts.run is None and opts.out is None:
+        raise AblationError("pass --run RUN (a recorded run) or --out DIR (where to write the results)")
+    if opts.loads_from not in ("auto", "run", "baseline"):
+        raise AblationError(f"--loads-from {opts.loads_from!r}: choose auto, run or baseline")
+    if opts.run is not None:
+        info = read_run_json(Path(opts.run))
+        ro = info.get("options", {})
+        opts.ckpt = opts.ckpt or info.get("checkpoint", {}).get("path")
+        opts.corpus = opts.corpus or info.get("corpus", {}).get("path")
+        opts.tokenizer = opts.tokenizer or ro.get("tokenizer")
+        for k in ("max_tokens", "seq_len", "batch_size", "add_bos"):
+            if getattr(opts, k) is None:
+                setattr(opts, k, ro.get(k))
+    elif opts.loads_from == "run":
+        raise AblationError("--loads-from run needs --run RUN")
+    opts.seq_len = opts.seq_len or 512
+    opts.batch_size = opts.batch_size or 8
+    opts.add_bos = True if opts.add_bos is None else opts.add_bos
+    if opts.batch_size < 1 or opts.seq_len < 2:
+        raise AblationError("--batch-size must be >= 1 and --seq-len >= 2")
+    if opts.max_tokens is not None and opts.max_tokens < 1:
+        raise AblationError(f"--max-tokens {opts.max_tokens}: must be >= 1")
+    if opts.domain_tokens is not None and opts.domain_tokens < 1:
+        raise AblationError(f"--domain-tokens {opts.domain_tokens}: must be >= 1")
+    return opts, info
+
+
+def loads_from_run(run_dir: str | Path, shape: RouterShape) -> Loads:
+    """{domain or "all": [n_moe_layers, E] counts} summed over a run's `expert_load` table."""
+    import probe
+
+    run = probe.open_run(run_dir)
+    df = run.sql("select layer, expert, domain, sum(count)::bigint as n from expert_load group by all").df()
+    if df.empty:
+        raise AblationError(f"{run_dir}: empty run: its expert_load table has no rows (record it first, "
+                            "or pass --loads-from baseline)")
+    moe = shape.moe_layers
+    bad = sorted(set(df.layer) - set(moe))
+    if bad or df.expert.max() >= shape.n_experts:
+        raise AblationError(f"{run_dir}: its expert_load does not fit this model (layers {sorted(set(df.layer))}, "
+                            f"experts up to {df.expert.max()}; the model has MoE layers {moe} and "
+                            f"{shape.n_experts} experts)")
+    out = {}
+    for dom, g in df.groupby("domain"):
+        a = np.zeros((len(moe), shape.n_experts), np.int64)
+        np.add.at(a, ([moe.index(x) for x in g.layer], g.expert.to_numpy()), g.n.to_numpy())
+        out[dom] = a
+    out[ALL] = sum(out.values())
+    return out
+
+
+def ablate(opts: AblateOptions, ablations: list[Ablation]):
+    """Run the job; returns (output run directory, DataFrame of the rows). Rank 0 writes."""
+    import model as model_pkg
+    from model.args import ConfigError
+    from probe.record import (RecordError, RecordOptions, _bound_heap, _resolve, _tokenizer,
+                              checkpoint_fingerprint, init_world)
+
+    if not ablations:
+        raise AblationError("nothing to ablate: pass --experts, --top, --random, --shared or --spec")
+    check_names(ablations)
+    opts, info = _defaults(opts)
+    if info is not None and info.get("status") == "running":
+        raise AblationError(f"{opts.run}: the run is still being recorded (status running)")
+    ropts = RecordOptions(ckpt=opts.ckpt, corpus=opts.corpus, out=opts.out or opts.run, tokenizer=opts.tokenizer)
+    ckpt, corpus, out = _resolve(ropts)
+    _check_out(out)
+    try:
+        args = model_pkg.ModelArgs.from_hf_config(ckpt)
+    except ConfigError as e:
+        raise RecordError(str(e)) from None
+    if opts.seq_len > args.max_seq_len:
+        raise AblationError(f"--seq-len {opts.seq_len} exceeds the model's max_seq_len {args.max_seq_len}")
+    shape = RouterShape.of(args)
+    loads, source = None, "baseline"
+    needs = any(a.needs_loads for a in ablations)
+    if needs and (opts.loads_from == "run" or (opts.loads_from == "auto" and opts.run is not None
+                                               and _has_loads(opts.run))):
+        loads, source = loads_from_run(opts.run, shape), f"run:{Path(opts.run).resolve()}"
+    for a in ablations:  # refuse bad selections before loading anything big
+        if not a.needs_loads or loads is not None:
+            resolve(a, shape, loads, source)
+
+    tok = _tokenizer(ropts, ckpt, args.vocab_size)
+    bos = args.bos_token_id if opts.add_bos else None
+    if not corpus.exists():
+        raise CorpusError(f"{corpus}: corpus not found")
+    windows = iter_windows(iter_documents(corpus, CorpusStats()), lambda t: tok.encode(t, add_special_tokens=False).ids,
+                           opts.seq_len, bos, None if opts.domain_tokens else opts.max_tokens)
+    windows = _limit(windows, opts.domain_tokens, opts.max_tokens) if opts.domain_tokens else list(windows)
+    if not windows:
+        raise CorpusError(f"{corpus}: corpus has no text")
+    domains = sorted({w.domain for w in windows})
+    _bound_heap()
+    world = init_world()
+    bs = opts.batch_size
+    batches = [Batch(b, windows[s: s + bs]) for b, s in enumerate(range(0, len(windows), bs))
+               if b % world.replicas == world.replica]
+    # data-parallel replicas: every process holds the whole model and evaluates its own batches
+    m = model_pkg.load(ckpt, dtype=getattr(torch, opts.dtype) if opts.dtype else torch.float32, parallel=False)
+    bar = None
+    if opts.progress and world.rank == 0:
+        from tqdm import tqdm
+        bar = tqdm(total=len(batches) * (1 + len(ablations)), unit="batch", desc="ablate", dynamic_ncols=True)
+    df, plans = evaluate(m, batches, ablations, domains=domains, loads=loads, loads_source=source, world=world,
+                         progress=bar.update if bar is not None else None)
+    if bar is not None:
+        bar.close()
+    if world.rank == 0:
+        meta = {"checkpoint": {"path": str(ckpt.resolve()), "fingerprint": checkpoint_fingerprint(ckpt)},
+                "corpus": {"path": str(corpus.resolve()), "fingerprint": fingerprint(corpus)},
+                "options": {"max_tokens": opts.max_tokens, "domain_tokens": opts.domain_tokens,
+                            "seq_len": opts.seq_len, "batch_size": bs,
+                            "add_bos": opts.add_bos, "dtype": opts.dtype or "float32"},
+                "loads": source, "world": {"size": world.size, "replicas": world.replicas}}
+        write_ablations(out, df, meta, args)
+    world.barrier()
+    return out, df
+
+
+def _limit(windows, per_domain: int, total: int | None) -> list:
+    """The first `per_domain` tokens of every domain (corpus order; the last window cut), then at
+    most `total` tokens overall: a balanced sample of a corpus stored domain by domain."""
+    seen: dict[str, int] = {}
+    out, n = [], 0
+    for w in windows:
+        left = min(per_domain - seen.get(w.domain, 0), (total - n) if total is not None else len(w.ids))
+        if left <= 0:
+            if total is not None and n >= total:
+                break
+            continue
+        ids = w.ids[:left]
+        out.append(Window(w.seq_id, w.doc_id, w.domain, w.doc_start, ids))
+        seen[w.domain] = seen.get(w.domain, 0) + len(ids)
+        n += len(ids)
+    return out
+
+
+def _has_loads(run: str) -> bool:
+    d = Path(run) / "expert_load"
+    # a recorded run (even an empty one, which then fails loudly) versus an ablations-only directory
+    return (d.is_dir() and any(d.glob("*.parquet"))) or "planned" in read_run_json(Path(run))
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise AblationError(f"--out {out}: is a file, not a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / "run.json").exists():
+        raise AblationError(f"--out {out}: not a run directory (no run.json) and not empty")
+
+
+def write_ablations(out: str | Path, df, meta: dict, args=None) -> Path:
+    """Write `df` as one part of `out/ablations/` (temporary name, then rename) and note it in
+    run.json; a directory without run.json becomes a run holding only this table."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pandas(df, schema=TABLES["ablations"], preserve_index=False)
+    key = json.dumps({"rows": sorted(set(zip(df.ablation, df.spec))), "checkpoint": meta["checkpoint"],
+                      "corpus": meta["corpus"], "options": meta["options"]}, sort_keys=True, default=str)
+    name = hashlib.sha256(key.encode()).hexdigest()[:16]
+    d = out / "ablations"
+    d.mkdir(exist_ok=True)
+    tmp = d / f".{name}.parquet.tmp{os.getpid()}"
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, d / f"{name}.parquet")
+    if (out / "run.json").exists():
+        info = read_run_json(out)
+    else:
+        info = {"status": "complete", "format": 1, "kind": "ablations", "checkpoint": meta["checkpoint"],
+                "corpus": meta["corpus"], "model_args": args.to_dict() if args is not None else None,
+                "options": meta["options"], "tables": [], "started": time.time()}
+    if "ablations" not in info.setdefault("tables", []):
+        info["tables"].append("ablations")
+    info.setdefault("ablation_parts", {})[name] = meta | {"ablations": list(dict.fromkeys(df.ablation)),
+                                                           "written": time.time()}
+    write_json_atomic(out / "run.json", info)
+    return d / f"{name}.parquet"
+
+
+# ------------------------------------------------------------------------------------ CLI
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m analyses.ablate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    io = p.add_argument_group("inputs and output")
+    io.add_argument("--run", help="a recorded run: its checkpoint, corpus and options are the defaults, its "
+                                  "expert_load gives the loads for --top, and the results are written into it")
+    io.add_argument("--out", help="run directory to write the ablations table into (default: --run)")
+    io.add_argument("--ckpt", help="Hugging Face checkpoint directory (default: the run's, else the bundled model)")
+    io.add_argument("--corpus", help="corpus as for `probe record` (default: the run's, else the bundled val.jsonl)")
+    io.add_argument("--tokenizer", help="tokenizer.json (default: the checkpoint's)")
+    io.add_argument("--max-tokens", type=int, help="stop after this many tokens (default: the run's, else all)")
+    io.add_argument("--domain-tokens", type=int,
+                    help="at most this many tokens of each domain, in corpus order (a balanced sample of a "
+                         "corpus stored domain by domain; --max-tokens then caps the total)")
+    io.add_argument("--seq-len", type=int, help="window length (default: the run's, else 512)")
+    io.add_argument("--batch-size", type=int, help="windows per forward pass (default: the run's, else 8)")
+    io.add_argument("--bos", dest="add_bos", action=argparse.BooleanOptionalAction, default=None,
+                    help="prepend BOS to each document (default: the run's, else on)")
+    io.add_argument("--dtype", choices=["float32", "bfloat16"], help="compute dtype (default float32)")
+    io.add_argument("--loads-from", choices=["auto", "run", "baseline"], default="auto",
+                    help="loads ranking --top: the run's expert_load, or measured on the baseline pass "
+                         "(default auto: the run's when it has them)")
+    io.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    sel = p.add_argument_group("one ablation (or --spec for a sweep)")
+    sel.add_argument("--spec", help="YAML/JSON sweep file: a list of ablations (see above)")
+    sel.add_argument("--experts", help="explicit experts: layer:expert[+expert],... e.g. 1:3+5,2:7")
+    sel.add_argument("--top", type=int, help="disable the N most loaded experts of each layer")
+    sel.add_argument("--domain", help="with --top: rank experts by this domain's load")
+    sel.add_argument("--random", type=int, help="disable N random experts per layer (the control)")
+    sel.add_argument("--seed", type=int, default=0, help="seed of --random / --control (default 0)")
+    sel.add_argument("--layers", help="comma-separated MoE layers for --top/--random/--shared (default all)")
+    sel.add_argument("--shared", action="store_true", help="also disable the shared expert (in --layers)")
+    sel.add_argument("--mode", choices=["reroute", "zero"], default="reroute",
+                     help="reroute: re-select top-k among the remaining experts (DeepSeekMoE); zero: keep "
+                          "the routing, drop the disabled experts' contributions (default reroute)")
+    sel.add_argument("--renormalise", action="store_true",
+                     help="zero mode: rescale the remaining weights to their original sum")
+    sel.add_argument("--name", help="name of the ablation (default: from the selection)")
+    sel.add_argument("--control", action="store_true",
+                     help="with --top N: add the random-N control (same layers, mode and --seed)")
+    return p
+
+
+def ablations_from_args(ns) -> list[Ablation]:
+    flags = [f for f in ("experts", "top", "random", "domain", "layers", "name") if getattr(ns, f) is not None]
+    flags += [f for f in ("shared", "renormalise", "control") if getattr(ns, f)]
+    if ns.spec:
+        if flags or ns.mode != "reroute":
+            raise AblationError(f"--spec excludes the single-ablation flags (got --{flags[0] if flags else 'mode'})")
+        return load_spec(ns.spec)
+    if not any(getattr(ns, f) is not None for f in ("experts", "top", "random")) and not ns.shared:
+        raise AblationError("nothing to ablate: pass --experts, --top, --random, --shared or --spec")
+    main = Ablation(name=ns.name or "", mode=ns.mode, renormalise=ns.renormalise, experts=ns.experts, top=ns.top,
+                    random=ns.random, domain=ns.domain, seed=ns.seed, layers=ns.layers, shared=ns.shared)
+    out = [main]
+    if ns.control:
+        if ns.top is None:
+            raise AblationError("--control adds the random counterpart of --top N: use it with --top")
+        out.append(Ablation(name=f"{main.name}-control", mode=ns.mode, renormalise=ns.renormalise,
+                            random=ns.top, seed=ns.seed, layers=ns.layers, shared=ns.shared))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = _parser().parse_args(argv)
+    opts = AblateOptions(**{k: v for k, v in vars(ns).items() if k in AblateOptions.__dataclass_fields__})
+    try:
+        out, df = ablate(opts, ablations_from_args(ns))
+    except (AblationError, CorpusError, RunError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if int(os.environ.get("RANK", "0")) == 0:
+        show = df.drop(columns=["spec"]).copy()
+        print(show.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+        print(f"wrote {out / 'ablations'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,437 @@
+"""Expert ablations, the core: what to disable (selections and spec files), the routing guard,
+and the hooks that disable experts. The job that runs them over a corpus is `analyses.ablate`.
+
+    from analyses.ablation import ablated
+    with ablated(model, {1: [3, 5], 2: [7]}, mode="reroute"):   # layer -> disabled routed experts
+        logits = model(tokens)
+
+Modes (definitions: shared/docs/metrics.md, "Ablation"):
+
+- `reroute` (DeepSeekMoE protocol, section 4.5): a hook on `layers.L.ffn.gate.hook_select_scores`
+  sets the disabled experts' selection scores to -inf BEFORE group-limited routing, so the group
+  scores and the top-k are chosen among the remaining experts. The weights still come from the
+  unbiased scores of the experts finally chosen (normalised over them), exactly as in the Gate.
+  NOTE: with the sigmoid bias a group's score is the sum of its two best selection scores, so a
+  group left with fewer than two experts scores -inf and is never chosen (its last expert becomes
+  unreachable); without bias (max) one expert is enough. The guard below counts this.
+- `zero`: routing untouched; hooks on `hook_topk_ids` (to see the ids) and `hook_topk_weights` set
+  the disabled experts' weights to 0. The other weights are left as they are, or with
+  `renormalise` rescaled so each token's weights keep their original sum (route_scale when
+  norm_topk_prob); a token whose K experts are all disabled gets no routed output either way.
+- `shared_layers`: a hook on `layers.L.ffn.hook_shared_out` replaces the shared expert's output by 0.
+
+Routing guard (reroute only): with E experts in G groups of E/G, top-k K and `n_limited_groups`
+groups kept, a layer stays routable only when at least `n_limited_groups` groups remain eligible
+(>= 2 remaining experts with bias, >= 1 without) and the `n_limited_groups` eligible groups with the
+fewest remaining experts still hold K experts together (G = 1: K experts left). Anything else could
+route a token to a disabled expert, so it is refused before running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+MODES = ("reroute", "zero")
+SPEC_KEYS = ("name", "mode", "renormalise", "experts", "top", "random", "domain", "seed", "layers", "shared")
+ALL = "all"  # the domain of the pooled rows
+RANDOM_DRAWS = 100  # redraws of a random selection that the guard refuses (reroute)
+
+
+class AblationError(ValueError):
+    """A bad ablation request (one line, naming the culprit)."""
+
+
+# ----------------------------------------------------------------------------- the router
+@dataclass(frozen=True)
+class RouterShape:
+    """What the guard and the selections need to know about a model's routing."""
+    n_layers: int
+    n_dense_layers: int
+    n_experts: int  # E routed experts per MoE layer
+    topk: int  # K
+    n_groups: int  # G
+    topk_groups: int  # groups kept per token
+    has_bias: bool  # sigmoid routers carry the balancing bias: group score = sum of the top-2
+    n_shared: int
+
+    @classmethod
+    def of(cls, args) -> "RouterShape":
+        return cls(args.n_layers, args.n_dense_layers, args.n_routed_experts, args.n_activated_experts,
+                   args.n_expert_groups, args.n_limited_groups, args.score_func == "sigmoid",
+                   args.n_shared_experts)
+
+    @property
+    def moe_layers(self) -> list[int]:
+        return list(range(self.n_dense_layers, self.n_layers))
+
+    def check_layer(self, layer: int, what: str = "layer") -> int:
+        if not 0 <= layer < self.n_layers:
+            raise AblationError(f"{what} {layer} out of range: the model has layers 0..{self.n_layers - 1} "
+                                f"(MoE layers {self.n_dense_layers}..{self.n_layers - 1})")
+        if layer < self.n_dense_layers:
+            raise AblationError(f"{what} {layer} is dense (n_dense_layers={self.n_dense_layers}): it has no "
+                                f"experts; MoE layers are {self.n_dense_layers}..{self.n_layers - 1}")
+        return layer
+
+    def check_expert(self, layer: int, expert: int) -> int:
+        if not 0 <= expert < self.n_experts:
+            raise AblationError(f"expert {layer}:{expert} out of range: layers have experts 0..{self.n_experts - 1}")
+        return expert
+
+
+def check_routable(shape: RouterShape, layer: int, disabled: Iterable[int]) -> None:
+    """Raise AblationError if `reroute` with `disabled` experts of `layer` could leave a token fewer
+    than K experts to choose (see the module docstring for the rule)."""
+    alive = np.ones(shape.n_experts, bool)
+    alive[list(disabled)] = False
+    K, G, keep = shape.topk, shape.n_groups, shape.topk_groups
+    if G <= 1:
+        if alive.sum() < K:
+            raise AblationError(f"layer {layer}: {int(alive.sum())} experts left but every token needs top-k={K}: "
+                                "too many experts disabled to reroute")
+        return
+    per_group = alive.reshape(G, -1).sum(1)
+    need = 2 if shape.has_bias else 1
+    eligible = np.sort(per_group[per_group >= need])
+    if len(eligible) < keep:
+        raise AblationError(
+            f"layer {layer}: only {len(eligible)} of {G} expert groups keep >= {need} experts but routing keeps "
+            f"{keep} groups per token (remaining per group: {per_group.tolist()}): a whole group is disabled "
+            "and the group limit cannot be met")
+    if eligible[:keep].sum() < K:
+        raise AblationError(
+            f"layer {layer}: a token routed to the {keep} groups with the fewest remaining experts "
+            f"would have {int(eligible[:keep].sum())} < top-k={K} experts (remaining per group: "
+            f"{per_group.tolist()}): too many experts disabled to reroute")
+
+
+def normalise_disabled(shape: RouterShape, disabled: Mapping) -> dict[int, list[int]]:
+    """{layer: experts} validated, sorted and deduplicated (empty layers dropped)."""
+    out: dict[int, list[int]] = {}
+    for layer, experts in disabled.items():
+        layer = shape.check_layer(_int(layer, "layer"))
+        ids = sorted({shape.check_expert(layer, _int(e, "expert")) for e in experts})
+        if ids:
+            out[layer] = sorted(set(out.get(layer, [])) | set(ids))
+    return dict(sorted(out.items()))
+
+
+def _int(v, what: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer, str)):
+        raise AblationError(f"{what} {v!r} is not an integer")
+    try:
+        return int(v)
+    except ValueError:
+        raise AblationError(f"{what} {v!r} is not an integer") from None
+
+
+def parse_experts(text: str) -> dict[int, list[int]]:
+    """`"1:3+5,2:7"` -> {1: [3, 5], 2: [7]} (layer:expert[+expert...], comma separated)."""
+    out: dict[int, list[int]] = {}
+    for item in filter(None, (s.strip() for s in str(text).split(","))):
+        if not re.fullmatch(r"\d+:\d+(\+\d+)*", item.replace(" ", "")):
+            raise AblationError(f"experts {item!r}: expected layer:expert or layer:e1+e2 (e.g. 1:3+5,2:7)")
+        layer, ids = item.replace(" ", "").split(":")
+        out.setdefault(int(layer), []).extend(int(e) for e in ids.split("+"))
+    return out
+
+
+def parse_layers(value) -> list[int] | None:
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise AblationError(f"layers {value!r}: expected a list of layer indices")
+    return sorted({_int(x.strip() if isinstance(x, str) else x, "layer") for x in items})
+
+
+# ---------------------------------------------------------------------------- selections
+@dataclass
+class Ablation:
+    """One ablation: a mode and a selection of experts to disable.
+
+    Selection (at most one of): `experts` {layer: [ids]} (or "1:3+5,2:7"); `top` N = the N most
+    loaded experts of every layer in `layers` (by `domain`'s load if given); `random` N = N experts
+    drawn per layer, seeded by (`seed`, layer); none = only the shared expert (`shared`) or nothing.
+    `layers` restricts top/random (default: every MoE layer) and says where `shared` applies.
+    """
+    name: str = ""
+    mode: str = "reroute"
+    renormalise: bool = False
+    experts: dict[int, list[int]] | None = None
+    top: int | None = None
+    random: int | None = None
+    domain: str | None = None
+    seed: int = 0
+    layers: list[int] | None = None
+    shared: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise AblationError(f"mode {self.mode!r}: choose {' or '.join(MODES)}")
+        if isinstance(self.experts, str):
+            self.experts = parse_experts(self.experts)
+        elif self.experts is not None:
+            if not isinstance(self.experts, Mapping):
+                raise AblationError(f"experts {self.experts!r}: expected 'layer:e1+e2,...' or a mapping layer -> ids")
+            self.experts = {_int(k, "layer"): str(v).split("+") if isinstance(v, (int, str)) else list(v)
+                            for k, v in self.experts.items()}
+        self.layers = parse_layers(self.layers)
+        who = f"ablation {self.name!r}: " if self.name else ""
+        chosen = [k for k in ("experts", "top", "random") if getattr(self, k) is not None]
+        if len(chosen) > 1:
+            raise AblationError(f"{who}choose one of experts, top, random (got {', '.join(chosen)})")
+        for k in ("top", "random"):
+            v = getattr(self, k)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                raise AblationError(f"{who}{k} must be a non-negative integer, not {v!r}")
+        if self.domain is not None and self.top is None:
+            raise AblationError(f"{who}domain selects the top experts of a domain: use it with top")
+        if self.renormalise and self.mode != "zero":
+            raise AblationError(f"{who}renormalise applies to mode zero only")
+        if not self.name:
+            self.name = self.default_name()
+
+    def default_name(self) -> str:
+        if self.experts:
+            sel = "experts-" + ",".join(f"{k}:{'+'.join(map(str, v))}" for k, v in self.experts.items())
+        elif self.top is not None:
+            sel = f"top{self.top}" + (f"-{self.domain}" if self.domain else "")
+        elif self.random is not None:
+            sel = f"random{self.random}-s{self.seed}"
+        else:
+            sel = "none"
+        if self.shared:
+            sel = "shared" if sel == "none" else sel + "+shared"
+        return sel + ("" if self.mode == "reroute" else "-zero" + ("-renorm" if self.renormalise else ""))
+
+    @property
+    def needs_loads(self) -> bool:
+        return self.top is not None
+
+
+@dataclass
+class Plan:
+    """An ablation resolved against a model (and loads): exactly which experts are disabled."""
+    ablation: Ablation
+    disabled: dict[int, list[int]]
+    shared_layers: list[int] = field(default_factory=list)
+    loads: str | None = None  # where top-N loads came from
+
+    @property
+    def n_disabled(self) -> int:
+        return sum(len(v) for v in self.disabled.values())
+
+    @property
+    def first_layer(self) -> int | None:
+        layers = list(self.disabled) + self.shared_layers
+        return min(layers) if layers else None
+
+    def spec(self) -> str:
+        a = {k: v for k, v in asdict(self.ablation).items() if v is not None}
+        a["disabled"] = {str(k): v for k, v in self.disabled.items()}
+        a["shared_layers"] = self.shared_layers
+        if self.loads:
+            a["loads"] = self.loads
+        return json.dumps(a, sort_keys=True)
+
+
+Loads = dict  # domain (or ALL) -> int64 [n_moe_layers, E] assignment counts
+
+
+def resolve(ab: Ablation, shape: RouterShape, loads: Loads | None = None, loads_source: str | None = None) -> Plan:
+    """Turn a selection into {layer: disabled experts}; checks layers, ids and (reroute) routability."""
+    moe = shape.moe_layers
+    layers = [shape.check_layer(x) for x in ab.layers] if ab.layers is not None else moe
+    disabled: dict[int, list[int]] = {}
+    if ab.experts is not None:
+        disabled = normalise_disabled(shape, ab.experts)
+    elif ab.top is not None:
+        if ab.top > shape.n_experts:
+            raise AblationError(f"ablation {ab.name!r}: top {ab.top} > the {shape.n_experts} experts of a layer")
+        if loads is None:
+            raise AblationError(f"ablation {ab.name!r}: top-N needs expert loads (a run or a baseline pass)")
+        key = ab.domain or ALL
+        if key not in loads:
+            raise AblationError(f"ablation {ab.name!r}: no loads for domain {key!r}; domains are "
+                                f"{sorted(k for k in loads if k != ALL)}")
+        for layer in layers:
+            counts = np.asarray(loads[key][moe.index(layer)])
+            order = np.argsort(-counts, kind="stable")  # ties: lower expert id first
+            if ab.top:
+                disabled[layer] = sorted(order[: ab.top].tolist())
+    elif ab.random is not None:
+        if ab.random > shape.n_experts:
+            raise AblationError(f"ablation {ab.name!r}: random {ab.random} > the {shape.n_experts} experts of a layer")
+        for layer in layers:
+            if ab.random:
+                disabled[layer] = _draw(ab, shape, layer)
+    if ab.mode == "reroute":
+        for layer, ids in disabled.items():
+            try:
+                check_routable(shape, layer, ids)
+            except AblationError as e:
+                raise AblationError(f"ablation {ab.name!r}: {e}") from None
+    shared = []
+    if ab.shared:
+        if not shape.n_shared:
+            raise AblationError(f"ablation {ab.name!r}: the model has no shared experts")
+        shared = layers
+    return Plan(ab, disabled, shared, loads_source if ab.needs_loads else None)
+
+
+def _draw(ab: Ablation, shape: RouterShape, layer: int) -> list[int]:
+    """N distinct experts, seeded by (seed, layer) so each layer's draw is reproducible on its own;
+    in reroute mode a draw the guard refuses is redrawn (deterministically)."""
+    rng = np.random.default_rng([ab.seed, layer])
+    for _ in range(RANDOM_DRAWS):
+        ids = sorted(rng.choice(shape.n_experts, ab.random, replace=False).tolist())
+        if ab.mode != "reroute":
+            return ids
+        try:
+            check_routable(shape, layer, ids)
+            return ids
+        except AblationError:
+            continue
+    raise AblationError(f"ablation {ab.name!r}: no routable draw of {ab.random} random experts in layer {layer} "
+                        f"after {RANDOM_DRAWS} tries")
+
+
+# ----------------------------------------------------------------------------- spec files
+def load_spec(path: str | Path) -> list[Ablation]:
+    """A sweep: a YAML or JSON list of ablations (or {"ablations": [...]}), each a mapping of
+    SPEC_KEYS, e.g. `- {name: top4, mode: reroute, top: 4}`."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise AblationError(f"spec file {path}: cannot read it ({e.strerror})") from None
+    try:
+        if path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as e:  # noqa: BLE001 - json and yaml raise their own types
+        raise AblationError(f"spec file {path}: malformed ({' '.join(str(e).split())})") from None
+    if isinstance(data, dict) and set(data) == {"ablations"}:
+        data = data["ablations"]
+    if not isinstance(data, list) or not data:
+        raise AblationError(f"spec file {path}: expected a non-empty list of ablations (or {{ablations: [...]}})")
+    out = []
+    for i, item in enumerate(data):
+        if not isinstance(item, dict):
+            raise AblationError(f"spec file {path}: ablation #{i + 1} is not a mapping")
+        unknown = sorted(set(item) - set(SPEC_KEYS))
+        if unknown:
+            raise AblationError(f"spec file {path}: ablation #{i + 1}: unknown key {unknown[0]!r} "
+                                f"(allowed: {', '.join(SPEC_KEYS)})")
+        try:
+            out.append(Ablation(**item))
+        except (AblationError, TypeError) as e:
+            raise AblationError(f"spec file {path}: ablation #{i + 1}: {e}") from None
+    try:
+        check_names(out)
+    except AblationError as e:
+        raise AblationError(f"spec file {path}: {e}") from None
+    return out
+
+
+def top_vs_random(ns: Iterable[int], *, seeds: Iterable[int] = (0,), mode: str = "reroute",
+                  domain: str | None = None, layers=None) -> list[Ablation]:
+    """The DeepSeekMoE comparison as a sweep: for each N, the N most loaded experts of every layer
+    (of `domain` if given) and N random experts per layer for each seed (the control)."""
+    out = []
+    for n in ns:
+        out.append(Ablation(top=n, domain=domain, mode=mode, layers=layers))
+        out += [Ablation(random=n, seed=s, mode=mode, layers=layers) for s in seeds]
+    return out
+
+
+def check_names(ablations: list[Ablation]) -> None:
+    seen = set()
+    for a in ablations:
+        if a.name in seen:
+            raise AblationError(f"two ablations are named {a.name!r}: names must be unique")
+        seen.add(a.name)
+
+
+# ---------------------------------------------------------------------------------- hooks
+def ablation_hooks(model, disabled: Mapping, mode: str = "reroute", *, renormalise: bool = False,
+                   shared_layers: Iterable[int] = ()) -> list:
+    """`(hook name, fn)` pairs for `model.hooks(...)` that disable `disabled` = {layer: experts}
+    (and the shared expert of `shared_layers`). Validates ids and, for reroute, routability."""
+    if mode not in MODES:
+        raise AblationError(f"mode {mode!r}: choose {' or '.join(MODES)}")
+    if renormalise and mode != "zero":
+        raise AblationError("renormalise applies to mode zero only")
+    shape = RouterShape.of(model.args)
+    disabled = normalise_disabled(shape, disabled)
+    hooks = []
+    for layer, ids in disabled.items():
+        mask_E = torch.zeros(shape.n_experts, dtype=torch.bool)
+        mask_E[ids] = True
+        g = f"layers.{layer}.ffn.gate."
+        if mode == "reroute":
+            check_routable(shape, layer, ids)
+            hooks.append((g + "hook_select_scores", _reroute(mask_E)))
+        else:
+            seen: dict[str, torch.Tensor] = {}
+            hooks.append((g + "hook_topk_ids", _remember(seen)))
+            hooks.append((g + "hook_topk_weights", _zero(mask_E, seen, renormalise)))
+    for layer in shared_layers:
+        shape.check_layer(layer)
+        if not shape.n_shared:
+            raise AblationError("the model has no shared experts to disable")
+        hooks.append((f"layers.{layer}.ffn.hook_shared_out", _drop))
+    return hooks
+
+
+@contextlib.contextmanager
+def ablated(model, disabled: Mapping, mode: str = "reroute", *, renormalise: bool = False,
+            shared_layers: Iterable[int] = ()):
+    """`with ablated(model, {layer: [experts]}, mode): model(tokens)`; hooks removed afterwards."""
+    with model.hooks(ablation_hooks(model, disabled, mode, renormalise=renormalise,
+                                    shared_layers=shared_layers)):
+        yield model
+
+
+def plan_hooks(model, plan: Plan) -> list:
+    return ablation_hooks(model, plan.disabled, plan.ablation.mode, renormalise=plan.ablation.renormalise,
+                          shared_layers=plan.shared_layers)
+
+
+def _reroute(mask_E: torch.Tensor):
+    def fn(select_TE: torch.Tensor, hook) -> torch.Tensor:
+        return select_TE.masked_fill(mask_E.to(select_TE.device), float("-inf"))
+    return fn
+
+
+def _remember(seen: dict):
+    def fn(ids_TK: torch.Tensor, hook) -> None:
+        seen["ids"] = ids_TK  # read by the weights hook of the same gate call, just after
+    return fn
+
+
+def _zero(mask_E: torch.Tensor, seen: dict, renormalise: bool):
+    def fn(w_TK: torch.Tensor, hook) -> torch.Tensor:
+        keep_TK = ~mask_E.to(w_TK.device)[seen.pop("ids")]
+        out = w_TK * keep_TK
+        if renormalise:
+            total, kept = w_TK.sum(-1, keepdim=True), out.sum(-1, keepdim=True)
+            out = out * torch.where(kept > 0, total / kept.where(kept > 0, torch.ones_like(kept)), 0.0)
+        return out
+    return fn
+
+
+def _drop(out: torch.Tensor, hook) -> torch.Tensor:
+    return torch.zeros_like(out)

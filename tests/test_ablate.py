@@ -1,0 +1,353 @@
+"""Expert ablations (analyses.ablation, analyses.ablate) on random tiny checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import probe
+from analyses.ablate import AblateOptions, ablate, evaluate, main
+from analyses.ablation import (Ablation, AblationError, RouterShape, ablated, ablation_hooks, check_routable,
+                               load_spec, parse_experts, resolve, top_vs_random)
+from conftest import random_model
+from probe.corpus import Window
+from probe.recorders import Batch
+
+torch.set_num_threads(1)
+REPO = Path(__file__).resolve().parent.parent
+IDS = "layers.*.ffn.gate.hook_topk_ids"
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return random_model("tiny", seed=0)  # 3 layers (layer 0 dense), E=16 in 4 groups, top-4 of 2 groups
+
+
+@pytest.fixture(scope="module")
+def tokens():
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(2, 512, (3, 24), generator=g)
+
+
+def _batches(n_windows=6, seq=20, seed=0, bs=3):
+    rng = np.random.default_rng(seed)
+    ws = [Window(i, f"d{i}", "code" if i % 2 else "prose", 0,
+                 rng.integers(2, 512, rng.integers(5, seq + 1)).astype(np.int32)) for i in range(n_windows)]
+    return [Batch(b, ws[s: s + bs]) for b, s in enumerate(range(0, len(ws), bs))]
+
+
+def _ids(model, tokens, **kw):
+    if kw:
+        with ablated(model, **kw):
+            _, cache = model.run_with_cache(tokens, names=IDS)
+    else:
+        _, cache = model.run_with_cache(tokens, names=IDS)
+    return {int(k.split(".")[1]): v for k, v in cache.items()}
+
+
+# ----------------------------------------------------------------------------- the hooks
+def test_reroute_never_selects_a_disabled_expert(tiny, tokens):
+    disabled = {1: [0, 3, 5, 9, 12], 2: [2, 7]}
+    base = _ids(tiny, tokens)
+    for layer, ids in disabled.items():  # negative control: the baseline does pick them
+        assert torch.isin(base[layer], torch.tensor(ids)).any()
+    got = _ids(tiny, tokens, disabled=disabled, mode="reroute")
+    for layer, ids in disabled.items():
+        assert not torch.isin(got[layer], torch.tensor(ids)).any()
+        assert (got[layer].sort(-1).values.diff(dim=-1) != 0).all()  # still K distinct experts
+
+
+def test_reroute_equals_a_reference_router(tiny, tokens):
+    """Per token, in plain Python: selection = sigmoid(logit) + bias, disabled experts removed, groups
+    ranked by the sum of their two best remaining experts, top-k of the kept groups, weights = the
+    unbiased scores normalised, times route_scale."""
+    off = {3, 4, 5, 6, 9}  # group 1 keeps only expert 7: its group score is -inf, it cannot be chosen
+    gate = tiny.layers[1].ffn.gate
+    with ablated(tiny, {1: sorted(off)}):
+        _, cache = tiny.run_with_cache(tokens, names="layers.1.ffn.gate.hook_*")
+    logits, bias = cache["layers.1.ffn.gate.hook_logits"].double(), gate.bias.double()
+    per_group, K = 16 // gate.n_groups, gate.topk
+    for t in range(0, logits.shape[0], 7):
+        score = [1 / (1 + np.exp(-float(v))) for v in logits[t]]
+        sel = {e: score[e] + float(bias[e]) for e in range(16) if e not in off}
+        gscore = {}
+        for g in range(gate.n_groups):
+            best = sorted((sel[e] for e in range(g * per_group, (g + 1) * per_group) if e in sel), reverse=True)
+            gscore[g] = best[0] + best[1] if len(best) >= 2 else float("-inf")
+        groups = sorted(gscore, key=gscore.get, reverse=True)[: gate.topk_groups]
+        ids = sorted((e for e in sel if e // per_group in groups), key=sel.get, reverse=True)[:K]
+        assert cache["layers.1.ffn.gate.hook_topk_ids"][t].tolist() == ids and 7 not in ids
+        w = np.array([score[e] for e in ids])
+        np.testing.assert_allclose(cache["layers.1.ffn.gate.hook_topk_weights"][t].numpy(),
+                                   w / w.sum() * gate.route_scale, rtol=1e-5)
+
+
+def test_negative_control_zero_mode_keeps_the_disabled_experts_selected(tiny, tokens):
+    """The check above can fail: zero mode routes as before, so the disabled experts stay chosen."""
+    got = _ids(tiny, tokens, disabled={2: [2, 7]}, mode="zero")
+    assert torch.isin(got[2], torch.tensor([2, 7])).any()
+
+
+def test_nothing_disabled_is_exactly_the_baseline(tiny, tokens):
+    from analyses.ablation import _reroute, _zero
+
+    ref = tiny(tokens)
+    with ablated(tiny, {}, mode="reroute"):
+        assert torch.equal(tiny(tokens), ref)
+    none = torch.zeros(16, dtype=torch.bool)  # the hook path itself, with an empty mask
+    seen: dict = {}
+    hooks = [(f"layers.{i}.ffn.gate.hook_select_scores", _reroute(none)) for i in (1, 2)]
+    hooks += [("layers.1.ffn.gate.hook_topk_ids", lambda t, h: seen.__setitem__("ids", t)),
+              ("layers.1.ffn.gate.hook_topk_weights", _zero(none, seen, True))]
+    with tiny.hooks(hooks):
+        assert torch.equal(tiny(tokens), ref)
+
+
+def test_zero_mode_keeps_routing_and_changes_outputs(tiny, tokens):
+    ref = tiny(tokens)
+    base = _ids(tiny, tokens)
+    got = _ids(tiny, tokens, disabled={2: [2, 7]}, mode="zero")
+    assert all(torch.equal(got[i], base[i]) for i in base)  # the last MoE layer: nothing downstream
+    with ablated(tiny, {2: [2, 7]}, mode="zero"):
+        assert not torch.allclose(tiny(tokens), ref)
+    # renormalised: disabled weights 0, each token's weights keep their sum (route_scale) if any is left
+    with ablated(tiny, {1: [0, 3, 5]}, mode="zero", renormalise=True):
+        _, cache = tiny.run_with_cache(tokens, names="layers.1.ffn.gate.hook_topk_*")
+    ids, w = cache["layers.1.ffn.gate.hook_topk_ids"], cache["layers.1.ffn.gate.hook_topk_weights"]
+    off = torch.isin(ids, torch.tensor([0, 3, 5]))
+    assert off.any() and (w[off] == 0).all()
+    left = ~off.all(-1)
+    torch.testing.assert_close(w.sum(-1)[left], torch.full_like(w.sum(-1)[left], tiny.args.route_scale))
+
+
+def test_shared_expert_off(tiny, tokens):
+    ref = tiny(tokens)
+    with ablated(tiny, {}, shared_layers=[2]):
+        _, cache = tiny.run_with_cache(tokens, names="layers.2.ffn.hook_shared_out")
+        assert not torch.allclose(tiny(tokens), ref)
+    assert (cache["layers.2.ffn.hook_shared_out"] == 0).all()
+
+
+# ------------------------------------------------------------------ selections and guard
+def test_random_selection_is_seeded():
+    shape = RouterShape.of(random_model("tiny").args)
+    a = resolve(Ablation(random=3, seed=1), shape).disabled
+    assert a == resolve(Ablation(random=3, seed=1), shape).disabled
+    assert a != resolve(Ablation(random=3, seed=2), shape).disabled
+    assert set(a) == {1, 2} and all(len(v) == 3 for v in a.values())
+    # each layer's draw depends on (seed, layer) only
+    assert resolve(Ablation(random=3, seed=1, layers=[2]), shape).disabled == {2: a[2]}
+
+
+def test_top_n_per_layer_and_domain():
+    shape = RouterShape.of(random_model("tiny").args)
+    load = np.arange(32).reshape(2, 16)
+    loads = {"all": load, "code": load[:, ::-1].copy()}
+    assert resolve(Ablation(top=2), shape, loads).disabled == {1: [14, 15], 2: [14, 15]}
+    assert resolve(Ablation(top=2, domain="code"), shape, loads).disabled == {1: [0, 1], 2: [0, 1]}
+    with pytest.raises(AblationError, match="no loads for domain 'math'; domains are \\['code'\\]"):
+        resolve(Ablation(top=2, domain="math"), shape, loads)
+    sweep = top_vs_random([1, 2], seeds=(0, 1))
+    assert [a.name for a in sweep] == ["top1", "random1-s0", "random1-s1", "top2", "random2-s0", "random2-s1"]
+    assert Ablation(experts={"1": "3+5", 2: 7}).experts == {1: ["3", "5"], 2: ["7"]}
+    assert resolve(Ablation(experts={"1": "3+5", 2: 7}), shape).disabled == {1: [3, 5], 2: [7]}
+
+
+def test_guard():
+    shape = RouterShape.of(random_model("tiny").args)  # G=4 groups of 4, keep 2 groups, K=4, bias
+    check_routable(shape, 1, [0, 1, 2, 3])  # one whole group off: three groups remain
+    check_routable(shape, 1, [0, 1, 4, 5, 8, 9, 12, 13])  # two left in every group: 2 + 2 = K
+    with pytest.raises(AblationError, match="layer 1: only 1 of 4 expert groups keep >= 2 experts"):
+        check_routable(shape, 1, list(range(12)))  # three whole groups off
+    with pytest.raises(AblationError, match="group limit cannot be met"):
+        check_routable(shape, 1, [0, 1, 2, 4, 5, 6, 8, 9, 10])  # one expert per group: no top-2 group score
+    k6 = RouterShape.of(random_model("tiny", n_activated_experts=6).args)
+    check_routable(k6, 1, [0, 1])
+    with pytest.raises(AblationError, match="would have 5 < top-k=6 experts"):
+        check_routable(k6, 1, [0, 1, 4])
+    flat = RouterShape.of(random_model("tiny", n_expert_groups=1, n_limited_groups=1).args)
+    with pytest.raises(AblationError, match="3 experts left but every token needs top-k=4"):
+        check_routable(flat, 1, list(range(13)))
+    with pytest.raises(AblationError, match="ablation 'top12'"):  # refused before any forward pass
+        resolve(Ablation(top=12), shape, {"all": np.ones((2, 16))})
+    resolve(Ablation(top=12, mode="zero"), shape, {"all": np.ones((2, 16))})  # zero mode keeps routing
+
+
+def test_bad_input_errors(tiny, tmp_path):
+    shape = RouterShape.of(tiny.args)
+    cases = [({1: [16]}, "expert 1:16 out of range: layers have experts 0..15"),
+             ({0: [1]}, "layer 0 is dense \\(n_dense_layers=1\\)"),
+             ({7: [1]}, "layer 7 out of range")]
+    for disabled, msg in cases:
+        with pytest.raises(AblationError, match=msg):
+            resolve(Ablation(experts=disabled), shape)
+        with pytest.raises(AblationError, match=msg):
+            ablation_hooks(tiny, disabled)
+    assert parse_experts("1:3+5, 2:7") == {1: [3, 5], 2: [7]}
+    for bad in ("1-3", "1:", "a:1", "1:2+"):
+        with pytest.raises(AblationError, match="expected layer:expert"):
+            parse_experts(bad)
+    with pytest.raises(AblationError, match="mode 'drop'"):
+        Ablation(top=1, mode="drop")
+    with pytest.raises(AblationError, match="choose one of experts, top, random"):
+        Ablation(top=1, random=2)
+    specs = {"a.yaml": ("- {name: x, top: [", "malformed"), "b.yaml": ("- {name: x, tops: 2}", "unknown key 'tops'"),
+             "c.json": ('{"name": "x"}', "expected a non-empty list"),
+             "d.yaml": ("- {top: 1}\n- {top: 1}", "two ablations are named 'top1'"),
+             "e.yaml": ("- {top: -1}", "ablation #1: top must be a non-negative integer, not -1")}
+    for name, (text, msg) in specs.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(AblationError, match=msg) as e:
+            load_spec(tmp_path / name)
+        assert "\n" not in str(e.value) and name in str(e.value)
+    bundled = load_spec(REPO / "analyses" / "sweeps" / "top_vs_random.yaml")  # the shipped example parses
+    assert len(bundled) == 20 and bundled[0].name == "top1"
+    (tmp_path / "ok.json").write_text(json.dumps({"ablations": [{"top": 2}, {"random": 2, "mode": "zero"}]}))
+    assert [a.name for a in load_spec(tmp_path / "ok.json")] == ["top2", "random2-s0-zero"]
+
+
+# ------------------------------------------------------------------------------ evaluate
+def test_evaluate_baseline_control_and_reroute(tiny):
+    batches = _batches()
+    abls = [Ablation(name="none", experts={}), Ablation(name="top3", top=3), Ablation(name="rand3", random=3),
+            Ablation(name="z", experts="2:1+2", mode="zero", renormalise=True)]
+    df, plans = evaluate(tiny, batches, abls)
+    assert list(df.domain.unique()) == ["all", "code", "prose"]
+    none = df[df.ablation == "none"]
+    assert (none.loss == none.baseline_loss).all() and (none.delta == 0).all()
+    assert (none.routing_changed == 0).all() and (none.downstream_layers == 2).all()
+    top = df[(df.ablation == "top3") & (df.domain == "all")].iloc[0]
+    assert top.n_disabled == 6 and top.delta != 0 and top.downstream_layers == 1 and top.routing_changed > 0
+    assert json.loads(top.spec)["loads"] == "baseline"
+    z = df[df.ablation == "z"]
+    assert z.renormalise.all() and z.routing_changed.isna().all() and (z.downstream_layers == 0).all()
+    n_targets = sum(int((b.lengths - 1).sum()) for b in batches)
+    assert df[df.domain == "all"].tokens.eq(n_targets).all()
+    # the top-3 are the most loaded experts of the baseline pass, counted here independently
+    counts = {1: torch.zeros(16, dtype=torch.long), 2: torch.zeros(16, dtype=torch.long)}
+    for b in batches:
+        _, cache = tiny.run_with_cache(b.tokens, lengths=b.lengths, names=IDS)
+        for name, ids in cache.items():
+            counts[int(name.split(".")[1])] += torch.bincount(ids[b.valid.reshape(-1)].reshape(-1), minlength=16)
+    assert plans[1].disabled == {k: sorted(np.argsort(-v.numpy(), kind="stable")[:3].tolist())
+                                 for k, v in counts.items()}
+
+
+# ----------------------------------------------------------------------------------- CLI
+def _cli(env, out, *extra):
+    return ["--ckpt", str(env["ckpt"]), "--corpus", str(env["corpus"]), "--out", str(out), "--seq-len", "32",
+            "--batch-size", "4", "--max-tokens", "3000", "--no-progress", *extra]
+
+
+def test_cli_end_to_end_writes_the_ablations_table(probe_env, tmp_path, capsys):
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text("- {name: top2, top: 2}\n- {name: random2, random: 2, seed: 3}\n"
+                    "- {name: code-top2, top: 2, domain: code}\n"
+                    "- {name: z, experts: '1:0+1', mode: zero, shared: true, layers: [1]}\n")
+    out = tmp_path / "run"
+    assert main(_cli(probe_env, out, "--spec", str(spec))) == 0
+    assert "wrote" in capsys.readouterr().out
+    run = probe.open_run(out)
+    assert run.tables == ["ablations"] and run.status == "complete"
+    df = run.df("ablations")
+    assert list(dict.fromkeys(df.ablation)) == ["top2", "random2", "code-top2", "z"]
+    assert len(df) == 4 * 3 and df.spec.map(json.loads).map(lambda s: "disabled" in s).all()
+    z = df[df.ablation == "z"].iloc[0]
+    assert z["shared"] and z["mode"] == "zero" and not z["renormalise"] and z.n_disabled == 2
+    parts = run.files("ablations")
+    assert main(_cli(probe_env, out, "--spec", str(spec))) == 0  # the same command replaces its part
+    assert probe.open_run(out).files("ablations") == parts
+    assert not list((out / "ablations").glob(".*"))  # no temporary left behind
+    assert main(_cli(probe_env, out, "--top", "1", "--control")) == 0  # another part alongside
+    assert set(probe.open_run(out).df("ablations").ablation) == {"top2", "random2", "code-top2", "z",
+                                                                    "top1", "top1-control"}
+
+
+def test_cli_with_a_recorded_run_uses_its_loads(probe_env, tmp_path):
+    from probe.record import RecordOptions, record
+
+    run_dir = record(RecordOptions(ckpt=str(probe_env["ckpt"]), corpus=str(probe_env["corpus"]),
+                                   out=str(tmp_path / "rec"), max_tokens=3000, seq_len=32, batch_size=4,
+                                   kv_stats=False, mtp=False, progress=False))
+    common = dict(seq_len=None, batch_size=None, progress=False)
+    _, from_run = ablate(AblateOptions(run=str(run_dir), **common), [Ablation(top=2)])
+    _, from_base = ablate(AblateOptions(run=str(run_dir), loads_from="baseline", **common), [Ablation(top=2)])
+    assert json.loads(from_run.spec[0])["loads"].startswith("run:")
+    # the same tokens: the run's loads and the baseline pass's rank the same experts
+    assert json.loads(from_run.spec[0])["disabled"] == json.loads(from_base.spec[0])["disabled"]
+    assert from_run.loss.tolist() == from_base.loss.tolist()
+    run = probe.open_run(run_dir)
+    assert "ablations" in run.tables and "tokens" in run.tables
+    tok = run.df("tokens")
+    assert from_run.tokens[0] == tok.loss.notna().sum()
+    assert from_run.baseline_loss[0] == pytest.approx(tok.loss.astype("float64").mean(), rel=1e-6)
+
+
+@pytest.mark.parametrize("extra,msg", [
+    (["--experts", "1:99"], "expert 1:99 out of range"),
+    (["--experts", "0:1"], "layer 0 is dense"),
+    (["--top", "13"], "group limit cannot be met"),
+    (["--top", "1", "--domain", "poetry"], "no loads for domain 'poetry'"),
+    ([], "nothing to ablate"),
+    (["--random", "2", "--control"], "--control adds the random counterpart"),
+])
+def test_cli_bad_inputs_are_one_line_errors(probe_env, tmp_path, capsys, extra, msg):
+    assert main(_cli(probe_env, tmp_path / "o", *extra)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and msg in err and "\n" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_empty_run_and_empty_corpus(probe_env, tmp_path, capsys):
+    empty = tmp_path / "empty_run"
+    (empty / "expert_load").mkdir(parents=True)
+    info = {"status": "complete", "planned": {"tokens": 0}, "checkpoint": {"path": str(probe_env["ckpt"])},
+            "corpus": {"path": str(probe_env["corpus"])}, "options": {"seq_len": 32}}
+    (empty / "run.json").write_text(json.dumps(info))
+    assert main(["--run", str(empty), "--top", "2", "--no-progress"]) == 2
+    assert "empty run: its expert_load table has no rows" in capsys.readouterr().err
+    (tmp_path / "blank.jsonl").write_text("\n")
+    assert main(_cli(probe_env, tmp_path / "o", "--corpus", str(tmp_path / "blank.jsonl"), "--random", "1")) == 2
+    assert "corpus has no text" in capsys.readouterr().err
+    assert main(["--run", str(tmp_path / "nope"), "--top", "1"]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+
+
+def test_domain_tokens_takes_a_balanced_sample():
+    from analyses.ablate import _limit
+
+    ws = [w for b in _batches(n_windows=8, seq=20) for w in b.windows]
+    ws = sorted(ws, key=lambda w: w.domain)  # stored domain by domain
+    got = _limit(iter(ws), 25, None)
+    per = {d: sum(len(w.ids) for w in got if w.domain == d) for d in ("code", "prose")}
+    assert per == {"code": 25, "prose": 25}
+    assert sum(len(w.ids) for w in _limit(iter(ws), 25, 30)) == 30
+
+
+def test_help():
+    p = subprocess.run([sys.executable, "-m", "analyses.ablate", "--help"], capture_output=True, text=True,
+                       cwd=REPO)
+    assert p.returncode == 0 and "--renormalise" in p.stdout and "torchrun" in p.stdout
+
+
+def test_two_processes_equal_one(probe_env, tmp_path):
+    args = _cli(probe_env, tmp_path / "one", "--top", "2", "--control")
+    assert main(args) == 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29531",
+           "-m", "analyses.ablate", *_cli(probe_env, tmp_path / "two", "--top", "2", "--control")]
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
+                       env=os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    one, two = probe.open_run(tmp_path / "one").df("ablations"), probe.open_run(tmp_path / "two").df("ablations")
+    (part,) = probe.open_run(tmp_path / "two").info["ablation_parts"].values()
+    assert part["world"] == {"size": 2, "replicas": 2}
+    assert one[["ablation", "domain", "tokens", "spec"]].equals(two[["ablation", "domain", "tokens", "spec"]])
+    for col in ("loss", "baseline_loss", "delta", "routing_changed", "experts_changed"):
+        np.testing.assert_allclose(one[col], two[col], rtol=1e-9, atol=1e-12)
