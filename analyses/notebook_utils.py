@@ -1,0 +1,153 @@
+"""Small helpers shared by the notebooks (`analyses/notebooks/`) and the report: finding (or
+recording) the run to analyse, and a token-balanced sample of a corpus (the bundled corpus is
+sorted by domain, so a plain token limit would keep only its first domain).
+
+    from analyses.notebook_utils import default_run
+    run = default_run()            # a probe.Run: $DSV3_NOTEBOOK_RUN, else runs/model-val, else a small run
+
+Environment (what the notebook tests set to point the notebooks at a small run):
+- DSV3_NOTEBOOK_RUN: the run directory to open (recorded there on the bundled model when missing);
+- DSV3_NOTEBOOK_MAX_TOKENS: tokens of the small run recorded when no run exists (default 40000);
+- DSV3_NOTEBOOK_ABLATION_TOKENS: tokens the ablation notebook evaluates per pass (default 8000).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import defaultdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_RUN = REPO / "runs" / "model-val"  # what `dsv3-probe record` writes with its defaults
+SMALL_TOKENS = 40_000
+ABLATION_TOKENS = 8_000
+
+
+def env_int(name: str, default: int) -> int:
+    v = os.environ.get(name)
+    if v in (None, ""):
+        return default
+    try:
+        n = int(v)
+    except ValueError:
+        raise ValueError(f"${name}={v!r}: expected an integer") from None
+    if n < 1:
+        raise ValueError(f"${name}={v!r}: must be >= 1")
+    return n
+
+
+def balanced_corpus(corpus: str | Path, tokenizer: str | Path, tokens_per_domain: int,
+                    dest_dir: str | Path) -> Path:
+    """A JSONL sample of `corpus` with about `tokens_per_domain` tokens of every domain (documents
+    taken in corpus order, the last one of a domain cut at a token boundary), the domains'
+    documents interleaved (1st of each domain, then the 2nd, ...). Needed because the bundled
+    corpus is sorted by domain, so a plain token limit would keep only its first domain.
+    Deterministic; written once per (corpus content, tokenizer, budget) under a temporary name,
+    then renamed; returns its path."""
+    from tokenizers import Tokenizer
+
+    from probe.corpus import CorpusError, fingerprint, iter_documents
+
+    corpus, tokenizer = Path(corpus), Path(tokenizer)
+    if not corpus.exists():
+        raise CorpusError(f"{corpus}: corpus not found")
+    if tokens_per_domain < 1:
+        raise ValueError(f"tokens_per_domain {tokens_per_domain}: must be >= 1")
+    key = digest(fingerprint(corpus), fingerprint(tokenizer), tokens_per_domain)
+    out = Path(dest_dir) / f"{corpus.stem}-{tokens_per_domain}per-domain-{key}.jsonl"
+    if out.exists():
+        return out
+    tok = Tokenizer.from_file(str(tokenizer))
+    picked: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    have: dict[str, int] = defaultdict(int)
+    for d in iter_documents(corpus):
+        left = tokens_per_domain - have[d.domain]
+        if left <= 0 or not d.text:
+            continue
+        enc = tok.encode(d.text, add_special_tokens=False)
+        text = d.text
+        if len(enc.ids) > left:
+            text = d.text[: enc.offsets[left - 1][1]]
+        picked[d.domain].append((d.doc_id, text))
+        have[d.domain] += min(left, len(enc.ids))
+    if not picked:
+        raise CorpusError(f"{corpus}: corpus has no documents")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    n = max(len(v) for v in picked.values())
+    with open(tmp, "w", encoding="utf-8") as f:
+        for i in range(n):
+            for dom in sorted(picked):
+                if i < len(picked[dom]):
+                    doc_id, text = picked[dom][i]
+                    f.write(json.dumps({"id": doc_id, "domain": dom, "text": text}, ensure_ascii=False) + "\n")
+    os.replace(tmp, out)
+    return out
+
+
+def domains_of(corpus: str | Path) -> list[str]:
+    from probe.corpus import iter_documents
+
+    return sorted({d.domain for d in iter_documents(corpus)})
+
+
+def record_small(out: str | Path, max_tokens: int, ckpt: str | Path | None = None,
+                 corpus: str | Path | None = None, progress: bool = False, **options) -> Path:
+    """Record a small run of about `max_tokens` tokens, split evenly between the domains of `corpus`
+    (a `balanced_corpus` sample; default: the bundled model and validation corpus), into `out`."""
+    from probe.record import DEFAULT_CKPT, DEFAULT_CORPUS, RecordError, RecordOptions, record
+
+    out = Path(out)
+    ckpt = Path(ckpt) if ckpt else DEFAULT_CKPT
+    if not (ckpt / "config.json").exists():
+        raise RecordError(f"{ckpt}: no checkpoint there (config.json missing); the bundled model may not be "
+                          "trained yet, or pass a checkpoint")
+    corpus = Path(corpus) if corpus else DEFAULT_CORPUS
+    tokenizer = Path(options.get("tokenizer") or ckpt / "tokenizer.json")
+    if not tokenizer.exists():
+        raise RecordError(f"{tokenizer}: no tokenizer (is the checkpoint {ckpt} there?)")
+    per = max(1, max_tokens // max(1, len(domains_of(corpus))))
+    sample = balanced_corpus(corpus, tokenizer, per, out.parent / ".corpus-samples")
+    opts = RecordOptions(ckpt=str(ckpt), corpus=str(sample), out=str(out), progress=progress, **options)
+    return record(opts)
+
+
+def _complete(path: Path) -> bool:
+    try:
+        return json.loads((path / "run.json").read_text()).get("status") == "complete"
+    except (OSError, ValueError):
+        return False
+
+
+def default_run(max_tokens: int | None = None):
+    """The run the notebooks analyse, as a `probe.Run`:
+
+    1. $DSV3_NOTEBOOK_RUN when set (recorded there, small, on the bundled model when missing);
+    2. else the default run `runs/model-val` when it is complete;
+    3. else a small run `runs/model-val-<N>tok` of N = `max_tokens` ($DSV3_NOTEBOOK_MAX_TOKENS,
+       default 40000) tokens of the bundled validation corpus, recorded now if missing (about a
+       minute on two cores)."""
+    import probe
+
+    n = max_tokens or env_int("DSV3_NOTEBOOK_MAX_TOKENS", SMALL_TOKENS)
+    env = os.environ.get("DSV3_NOTEBOOK_RUN")
+    if env:
+        path = Path(env)
+    elif _complete(DEFAULT_RUN):
+        path = DEFAULT_RUN
+    else:
+        path = DEFAULT_RUN.with_name(f"{DEFAULT_RUN.name}-{n}tok")
+    if not _complete(path):
+        print(f"recording a small run ({n} tokens) into {path} ...")
+        record_small(path, n, overwrite=path.exists())
+    run = probe.open_run(path)
+    print(f"run {run.path}: {run.info.get('checkpoint', {}).get('path')} on {run.info.get('corpus', {}).get('path')}, "
+          f"tables {run.tables}")
+    return run
+
+
+def digest(*parts) -> str:
+    """A short stable hash of `parts` (file names of cached results)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]

@@ -1,0 +1,408 @@
+"""The findings report: one self-contained HTML file (plotly.js inlined once, works offline) with
+every figure also printed as a table on stdout, all computed from a run and from ablations on the
+run's checkpoint (`analyses.report_data`); nothing is hard-coded.
+
+    python -m analyses.report                                  # the default run runs/model-val (recorded if missing)
+    python -m analyses.report runs/x --out runs/x/report.html --max-tokens 20000 --seeds 3
+    python -m analyses.report --findings analyses/FINDINGS.md  # also write the measured numbers as Markdown
+
+Sections: per-layer load balance; domain specialisation per layer (NMI, lift heatmaps); loss vs
+fraction of the most-used experts masked (DeepSeekMoE protocol, mode reroute) against the same
+number of random experts (several seeds); per-domain ablation (each domain's own top experts vs the
+other domains'); consecutive-token repetition vs its random baselines; MTP agreement by domain;
+latent-KV effective rank by layer. The ablations evaluate about --max-tokens tokens split evenly
+between the domains and are also written into the run's `ablations` table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import html
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analyses import report_data as rd
+from analyses.notebook_utils import DEFAULT_RUN
+
+SECTIONS = ("Summary", "Load balance", "Domain specialisation", "Loss vs masked experts",
+            "Per-domain ablation", "Consecutive-token repetition", "MTP agreement", "Latent KV effective rank")
+
+
+class ReportError(ValueError):
+    """A run the report cannot use (one line)."""
+
+
+def fmt(x, digits: int = 4) -> str:
+    if isinstance(x, (float, np.floating)):
+        return "nan" if not np.isfinite(x) else f"{x:.{digits}f}"
+    return str(x)
+
+
+def md_table(df: pd.DataFrame, index: bool = False, digits: int = 4) -> str:
+    """A Markdown table of `df` (no extra dependency)."""
+    d = df.reset_index() if index else df
+    head = "| " + " | ".join(map(str, d.columns)) + " |"
+    sep = "|" + "|".join("---" for _ in d.columns) + "|"
+    rows = ["| " + " | ".join(fmt(v, digits) for v in r) + " |" for r in d.itertuples(index=False)]
+    return "\n".join([head, sep, *rows])
+
+
+# --------------------------------------------------------------------------------- compute
+def check_run(path: Path) -> None:
+    import probe
+
+    if not path.exists():
+        raise ReportError(f"{path}: no such run directory")
+    if not (path / "run.json").exists():
+        raise ReportError(f"{path}: not a run directory (no run.json)")
+    run = probe.open_run(path)
+    if not run.files("expert_load") or run.sql("select count(*) from expert_load").fetchall()[0][0] == 0:
+        raise ReportError(f"{path}: empty run: no expert_load rows (status {run.status!r}); record it first")
+
+
+def compute(run_dir: Path, ns) -> dict:
+    """Every section's numbers: DataFrames and the sentences of the summary, from the run."""
+    import probe
+
+    run = probe.open_run(run_dir)
+    tables = set(run.tables)
+    out: dict = {"run": run, "label": rd.run_label(run)}
+    out["tokens"] = run.sql("select domain, count(*)::bigint as tokens from tokens group by 1 order by 1").df() \
+        if "tokens" in tables else None
+    out["balance"] = rd.balance(run)
+    out["relative_load"] = rd.relative_loads(run)
+    out["specialisation"], out["lift"] = rd.specialisation(run)
+    out["repetition"] = rd.repetition(run) if "routing" in tables else None
+    out["mtp"] = rd.mtp_by_domain(run) if "mtp" in tables else None
+    out["kv"] = rd.latent_rank(run) if "kv_stats" in tables else None
+    out["sweep"] = None
+    if not ns.skip_ablation:
+        t = time.time()
+        out["sweep"] = rd.ablation_sweep(run, max_tokens=ns.max_tokens, fractions=ns.fractions,
+                                         seeds=tuple(range(ns.seeds)), domain_top=ns.domain_top,
+                                         batch_size=ns.batch_size, progress=ns.progress, rank_by=ns.rank_by,
+                                         compare_run_ranking=ns.rank_by == "eval")
+        out["ablation_seconds"] = time.time() - t
+    out["summary"] = summary(out)
+    return out
+
+
+def summary(r: dict) -> list[str]:
+    """One sentence per finding, written from the computed values."""
+    s = []
+    b = r["balance"]
+    s.append("Load balance: MaxVio_global per layer " + ", ".join(
+        f"L{int(x.layer)} {x.maxvio_global:.3f}" for x in b.itertuples()) + "; balancedness (mean/max) "
+        + ", ".join(f"L{int(x.layer)} {x.balancedness:.3f}" for x in b.itertuples()) + ".")
+    sp = r["specialisation"]
+    top = sp.loc[sp.max_lift.fillna(-np.inf).idxmax()]
+    s.append("Domain specialisation: I(domain; expert)/H(domain) per layer " + ", ".join(
+        f"L{int(x.layer)} {x.domain_nmi:.3f}" for x in sp.itertuples()) + f"; largest lift {top.max_lift:.2f} "
+        f"({top.max_lift_domain}, layer {int(top.layer)}, expert {int(top.max_lift_expert)}).")
+    sw = r["sweep"]
+    if sw is not None:
+        c = sw.curve[sw.curve.masked > 0]
+        wins = int((c.top_delta > c.random_delta).sum())
+        how = ("ranked by load on the evaluated tokens" if sw.options["rank_by"] == "eval"
+               else "ranked by load over the whole run")
+        s.append(f"Masking the most-used experts ({how}; reroute, {sw.options['tokens']} tokens, "
+                 f"{sw.options['domain_tokens']} per domain): loss delta " + ", ".join(
+            f"{int(x.masked)}/{sw.options['n_experts']} -> {x.top_delta:+.4f} (random {x.random_delta:+.4f} "
+            f"± {x.random_delta_std:.4f}, {int(x.random_seeds)} seeds)" for x in c.itertuples())
+            + f"; top-used hurts more than random at {wins} of {len(c)} fractions.")
+        if "run_top_delta" in c:
+            s.append("The same masks ranked by load over the whole run instead (its domain mix differs from the "
+                     "balanced sample): loss delta " + ", ".join(
+                         f"{int(x.masked)}/{sw.options['n_experts']} -> {x.run_top_delta:+.4f}" for x in c.itertuples())
+                     + f"; more than random at {int((c.run_top_delta > c.random_delta).sum())} of {len(c)} fractions.")
+        ds = sw.domain_summary.dropna(subset=["own", "on_others"])
+        n_own = int(ds.own_hurts_most.astype(bool).sum())
+        n_row = int((ds.own > ds.by_others).sum())
+        s.append(f"Per-domain ablation (each domain's top {sw.options['domain_top']} experts per layer by its load "
+                 "over the whole run; reroute): a domain's "
+                 f"own experts hurt it more than they hurt the other domains (mean) for {n_own} of {len(ds)} "
+                 f"domains, and more than the other domains' experts hurt it for {n_row} of {len(ds)}; own deltas "
+                 + ", ".join(f"{x.domain} {x.own:+.4f} (on others {x.on_others:+.4f})" for x in ds.itertuples()) + ".")
+    rep = r["repetition"]
+    if rep is not None:
+        s.append("Consecutive tokens with the same first-choice expert: " + ", ".join(
+            f"L{int(x.layer)} {x.same_top1:.3f} (uniform {x.baseline_top1_uniform:.3f}, load-matched "
+            f"{x.baseline_top1_load:.3f})" for x in rep.itertuples()) + ".")
+    m = r["mtp"]
+    if m is not None:
+        s.append("Teacher-forced MTP agreement: " + ", ".join(
+            f"{x.domain} {x.agreement:.3f}" for x in m.itertuples()) + ".")
+    kv = r["kv"]
+    if kv is not None:
+        s.append("Latent c_kv effective rank: " + ", ".join(
+            f"L{int(x.layer)} {x.effective_rank:.1f}/{int(x.latent_dim)} (99% energy in {int(x.energy99)})"
+            for x in kv.itertuples()) + ".")
+    return s
+
+
+# --------------------------------------------------------------------------------- figures
+def figures(r: dict) -> dict[str, list]:
+    """section -> [(title, plotly figure or None, table DataFrame, show index)]."""
+    import plotly.graph_objects as go
+
+    def heat(df, title, zmid=None, colorscale="Viridis", x="expert"):
+        fig = go.Figure(go.Heatmap(z=df.to_numpy(dtype=float), x=[str(c) for c in df.columns],
+                                   y=[str(i) for i in df.index], zmid=zmid, colorscale=colorscale,
+                                   colorbar={"title": title}))
+        return fig.update_layout(xaxis_title=x, height=180 + 28 * len(df), margin={"t": 40})
+
+    out: dict[str, list] = {s: [] for s in SECTIONS}
+    b = r["balance"]
+    cols = ["layer", "maxvio_global", "maxvio_batch_mean", "balancedness", "cv", "normalised_entropy", "gini",
+            "max_relative_load", "min_relative_load"]
+    fig = go.Figure([go.Bar(name=c, x=[f"L{x}" for x in b.layer], y=b[c]) for c in
+                     ("maxvio_global", "balancedness", "normalised_entropy", "gini")])
+    out["Load balance"].append(("Balance metrics per MoE layer (balance_table)", fig.update_layout(barmode="group"),
+                                b[[c for c in cols if c in b]], False))
+    rl = r["relative_load"]
+    out["Load balance"].append(("Relative expert load (load / mean load) per layer",
+                                heat(rl, "relative", zmid=1.0, colorscale="RdBu_r"), rl.round(3), True))
+    sp = r["specialisation"]
+    fig = go.Figure([go.Bar(name=c, x=[f"L{x}" for x in sp.layer], y=sp[c]) for c in ("domain_nmi", "nmi")])
+    out["Domain specialisation"].append(("I(domain; expert) / H(domain) and NMI per layer (specialisation_table)",
+                                         fig.update_layout(barmode="group", yaxis_title="nats / nats"), sp, False))
+    for layer, li in r["lift"].items():
+        out["Domain specialisation"].append((f"Lift P(domain | expert) / P(domain), layer {layer}",
+                                             heat(np.log2(li.astype(float).where(li > 0)), "log2 lift", zmid=0.0,
+                                                  colorscale="RdBu_r"), li.round(2), True))
+    sw = r["sweep"]
+    if sw is not None:
+        c = sw.curve
+        extra = [go.Scatter(name="top-used, ranked over the whole run", x=c.fraction, y=c.run_top_delta,
+                            mode="lines+markers", line={"dash": "dot"})] if "run_top_delta" in c else []
+        fig = go.Figure(extra + [
+                         go.Scatter(name="top-used experts masked", x=c.fraction, y=c.top_delta, mode="lines+markers"),
+                         go.Scatter(name=f"random experts masked (mean of {len(sw.options['seeds'])} seeds)",
+                                    x=c.fraction, y=c.random_delta, mode="lines+markers",
+                                    error_y={"type": "data", "array": c.random_delta_std})])
+        fig.update_layout(xaxis_title="fraction of routed experts masked in every MoE layer",
+                          yaxis_title="loss - baseline (nats)")
+        out["Loss vs masked experts"].append(("Loss delta vs fraction masked (reroute)", fig, c, False))
+        if sw.skipped:
+            out["Loss vs masked experts"].append(("Selections refused by the routing guard (not run)", None,
+                                                  pd.DataFrame({"ablation": list(sw.skipped),
+                                                                "reason": list(sw.skipped.values())}), False))
+        out["Per-domain ablation"].append((
+            (f"Loss delta (rows: evaluated domain; columns: domain whose top {sw.options['domain_top']} experts "
+             "per layer are masked)"), heat(sw.domains, "delta", zmid=0.0, colorscale="RdBu_r", x="masked domain"),
+            sw.domains, True))
+        out["Per-domain ablation"].append(("Own vs other domains' top experts", None, sw.domain_summary, False))
+    rep = r["repetition"]
+    if rep is not None:
+        fig = go.Figure([go.Bar(name=n, x=[f"L{x}" for x in rep.layer], y=rep[c]) for n, c in
+                         (("same top-1 (measured)", "same_top1"), ("uniform 1/N", "baseline_top1_uniform"),
+                          ("load-matched", "baseline_top1_load"), ("top-k share one (measured)", "topk_any"),
+                          ("top-k uniform", "baseline_topk_any_uniform"))])
+        title = "Adjacent tokens routed alike vs random baselines (repetition_from_run)"
+        out["Consecutive-token repetition"].append((title, fig.update_layout(barmode="group"), rep, False))
+    m = r["mtp"]
+    if m is not None:
+        fig = go.Figure([go.Bar(name="agreement", x=m.domain, y=m.agreement),
+                         go.Bar(name="MTP accuracy on token i+2", x=m.domain, y=m.mtp_accuracy)])
+        out["MTP agreement"].append(("Teacher-forced MTP agreement by domain", fig.update_layout(barmode="group"),
+                                     m, False))
+    kv = r["kv"]
+    if kv is not None:
+        fig = go.Figure([go.Bar(name="effective rank", x=[f"L{x}" for x in kv.layer], y=kv.effective_rank)] +
+                        [go.Scatter(name=f"{p}% energy", x=[f"L{x}" for x in kv.layer], y=kv[f"energy{p}"],
+                                    mode="lines+markers") for p in (90, 95, 99)])
+        title = f"c_kv effective rank and components for 90/95/99% energy (of {int(kv.latent_dim.max())})"
+        out["Latent KV effective rank"].append((title, fig, kv, False))
+    return out
+
+
+# ----------------------------------------------------------------------------------- output
+def print_text(r: dict, figs: dict) -> None:
+    print(f"# Findings report: {r['run'].path} — checkpoint {r['label']}")
+    if r["tokens"] is not None:
+        print(r["tokens"].to_string(index=False))
+    for sec in SECTIONS:
+        print(f"\n## {sec}")
+        if sec == "Summary":
+            for line in r["summary"]:
+                print(f"- {line}")
+            continue
+        if not figs[sec]:
+            print(_missing(sec, r))
+        for title, _, table, index in figs[sec]:
+            print(f"\n### {title}")
+            if table.shape[1] > 12 and all(isinstance(c, (int, np.integer)) for c in table.columns):
+                print("(transposed: one row per expert)")  # layer/domain x expert tables
+                print(table.T.rename_axis("expert").to_string(float_format=lambda x: f"{x:.2f}"))
+            else:
+                print(table.to_string(index=index, float_format=lambda x: f"{x:.4f}"))
+
+
+def _missing(sec: str, r: dict) -> str:
+    if sec in ("Loss vs masked experts", "Per-domain ablation") and r["sweep"] is None:
+        return "(skipped: --skip-ablation)"
+    return "(not in this run: the table was not recorded)"
+
+
+def write_html(r: dict, figs: dict, path: Path, argv: list[str]) -> Path:
+    from plotly.offline import get_plotlyjs
+
+    now = dt.datetime.now(dt.timezone.utc)
+    parts = [(f"<h1>Findings report</h1><p>Run <code>{html.escape(str(r['run'].path))}</code>, checkpoint "
+              f"<code>{html.escape(r['label'])}</code>; generated {now:%Y-%m-%d %H:%M UTC} by "
+              f"<code>{html.escape(command(argv))}</code>.</p>")]
+    if r["tokens"] is not None:
+        parts.append("<p>Tokens per domain in the run:</p>" + r["tokens"].to_html(index=False))
+    for i, sec in enumerate(SECTIONS):
+        parts.append(f'<h2 id="s{i}">{html.escape(sec)}</h2>')
+        if sec == "Summary":
+            parts.append("<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in r["summary"]) + "</ul>")
+            continue
+        if not figs[sec]:
+            parts.append(f"<p>{html.escape(_missing(sec, r))}</p>")
+        for title, fig, table, index in figs[sec]:
+            parts.append(f"<h3>{html.escape(title)}</h3>")
+            if fig is not None:
+                parts.append(fig.to_html(full_html=False, include_plotlyjs=False))
+            parts.append("<details><summary>table</summary>" +
+                         table.to_html(index=index, float_format=lambda x: f"{x:.4f}", na_rep="nan") + "</details>")
+    toc = "<nav>" + " · ".join(f'<a href="#s{i}">{html.escape(s)}</a>' for i, s in enumerate(SECTIONS)) + "</nav>"
+    doc = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>DeepSeek-V3 probe findings</title>"
+           "<style>body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}table{border-collapse:"
+           "collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}</style>"
+           f'<script type="text/javascript">{get_plotlyjs()}</script></head><body>{toc}{"".join(parts)}</body></html>')
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(doc, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def write_findings(r: dict, figs: dict, path: Path, argv: list[str]) -> Path:
+    """The measured numbers as Markdown (date, exact command, checkpoint), written atomically."""
+    ck = Path(str(r["run"].info.get("checkpoint", {}).get("path", "")))
+    bundled = ck.resolve() == (DEFAULT_RUN.parents[1] / "data" / "model").resolve()
+    label = r["label"].replace(str(DEFAULT_RUN.parents[1]) + os.sep, "")
+    lines = ["# Findings on " + ("the bundled model" if bundled else f"checkpoint {label}"), "",
+             (f"Generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC} by `{command(argv)}` "
+              f"(run `{shown(r['run'].path)}`, checkpoint `{label}`). Every number below is computed by that "
+              "command; rerun it to refresh this file."), "", "## Summary", ""]
+    lines += [f"- {x}" for x in r["summary"]]
+    keep = {"Load balance": [0], "Domain specialisation": [0], "Loss vs masked experts": None,
+            "Per-domain ablation": None, "Consecutive-token repetition": None, "MTP agreement": None,
+            "Latent KV effective rank": None}
+    for sec, which in keep.items():
+        items = figs[sec] if which is None else [figs[sec][i] for i in which if i < len(figs[sec])]
+        if not items:
+            continue
+        lines += ["", f"## {sec}"]
+        for title, _, table, index in items:
+            lines += ["", f"{title}:", "", md_table(table, index=index)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def shown(path) -> str:
+    """A path relative to the repository when inside it (what goes into committed files)."""
+    p = Path(path).resolve()
+    root = DEFAULT_RUN.parents[1]
+    return str(p.relative_to(root)) if p.is_relative_to(root) else str(p)
+
+
+def command(argv: list[str]) -> str:
+    return shlex.join(["python", "-m", "analyses.report", *argv])
+
+
+# -------------------------------------------------------------------------------------- CLI
+def _fractions(text: str) -> list[float]:
+    try:
+        out = [float(eval_fraction(x)) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated fractions like 1/16,1/8,0.25") from None
+    if not out or any(not 0 < f <= 1 for f in out):
+        raise argparse.ArgumentTypeError(f"{text!r}: fractions must be in (0, 1]")
+    return out
+
+
+def eval_fraction(x: str) -> float:
+    x = x.strip()
+    if "/" in x:
+        a, b = x.split("/", 1)
+        return float(a) / float(b)
+    return float(x)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m analyses.report", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", nargs="?", help=f"run directory (default {DEFAULT_RUN.relative_to(DEFAULT_RUN.parents[1])}, "
+                                          "recorded with the bundled model and validation corpus if missing)")
+    p.add_argument("--out", help="HTML file to write (default RUN/report.html)")
+    p.add_argument("--findings", help="also write the measured numbers as Markdown here (e.g. analyses/FINDINGS.md)")
+    p.add_argument("--max-tokens", type=int, default=20_000,
+                   help="tokens the ablations evaluate, split evenly between domains (default 20000)")
+    p.add_argument("--fractions", type=_fractions, default=list(rd.FRACTIONS),
+                   help="fractions of the routed experts to mask per layer (default 1/16,1/8,1/4)")
+    p.add_argument("--seeds", type=int, default=len(rd.SEEDS),
+                   help=f"random-masking seeds per fraction (default {len(rd.SEEDS)})")
+    p.add_argument("--rank-by", choices=rd.RANK_BY, default="eval",
+                   help="rank the most-used experts by their load on the evaluated tokens (eval, default; the "
+                        "whole-run ranking is then shown too) or by the run's expert_load (run)")
+    p.add_argument("--domain-top", type=int, help="experts per layer masked in the per-domain ablation (default E/8)")
+    p.add_argument("--batch-size", type=int, help="windows per forward pass in the ablations (default: the run's)")
+    p.add_argument("--skip-ablation", action="store_true", help="leave out the two ablation sections (fast)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ns = parser().parse_args(argv)
+    from analyses.ablation import AblationError
+    from analyses.metrics import MetricsError
+    from probe.corpus import CorpusError
+    from probe.record import RecordError, RecordOptions, record
+    from probe.writer import RunError
+
+    try:
+        if ns.max_tokens is not None and ns.max_tokens < 1:
+            raise ReportError(f"--max-tokens {ns.max_tokens}: must be >= 1")
+        if ns.seeds < 1:
+            raise ReportError(f"--seeds {ns.seeds}: must be >= 1")
+        if ns.run is None and not (DEFAULT_RUN / "run.json").exists():
+            print(f"no default run yet: recording {DEFAULT_RUN} (bundled model, whole validation corpus) ...",
+                  file=sys.stderr)
+            try:
+                record(RecordOptions(out=str(DEFAULT_RUN), progress=ns.progress))
+            except (RecordError, CorpusError) as e:
+                raise ReportError(f"cannot record the default run ({e}); or pass RUN, a run recorded with "
+                                  "`dsv3-probe record --ckpt DIR`") from None
+        run_dir = Path(ns.run) if ns.run else DEFAULT_RUN
+        check_run(run_dir)
+        t = time.time()
+        r = compute(run_dir, ns)
+        figs = figures(r)
+        print_text(r, figs)
+        out = write_html(r, figs, Path(ns.out) if ns.out else run_dir / "report.html", argv)
+        print(f"\nwrote {out} ({time.time() - t:.0f} s" +
+              (f", ablations {r['ablation_seconds']:.0f} s)" if "ablation_seconds" in r else ")"))
+        if ns.findings:
+            print(f"wrote {write_findings(r, figs, Path(ns.findings), argv)}")
+    except (ReportError, AblationError, MetricsError, CorpusError, RecordError, RunError, ValueError, OSError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

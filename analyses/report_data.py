@@ -1,0 +1,248 @@
+"""The numbers behind the findings report (`analyses.report`) and the notebooks: each function takes
+a run (a `probe.Run` or its directory) and returns DataFrames computed with `analyses.metrics` and
+the ablation API (`analyses.ablate`); nothing here defines a metric of its own.
+
+    from analyses import report_data as rd
+    rd.balance(run); rd.specialisation(run); rd.repetition(run); rd.mtp_by_domain(run); rd.latent_rank(run)
+    sweep = rd.ablation_sweep(run, max_tokens=20000)     # loss vs masked fraction, per-domain ablation
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analyses.metrics import (MetricsError, balance_table, layer_loads_from_run, lift_from_run, relative_load,
+                              repetition_from_run, specialisation_table)
+from analyses.metrics._common import as_run, need_rows
+
+FRACTIONS = (1 / 16, 1 / 8, 1 / 4)
+SEEDS = (0, 1, 2, 3, 4)
+
+
+# ------------------------------------------------------------------------ routing statistics
+def balance(run) -> pd.DataFrame:
+    """`balance_table`: one row per MoE layer (MaxVio, balancedness, CV, entropy, Gini, ...)."""
+    return balance_table(as_run(run))
+
+
+def relative_loads(run) -> pd.DataFrame:
+    """[layer x expert] `relative_load` (load / mean load; 1 = balanced) of the whole run."""
+    loads = layer_loads_from_run(as_run(run))
+    return pd.DataFrame({f"layer {k}": relative_load(v) for k, v in loads.items()}).T.rename_axis("layer")
+
+
+def specialisation(run) -> tuple[pd.DataFrame, dict[int, pd.DataFrame]]:
+    """(`specialisation_table` per layer: MI, NMI, max lift; {layer: [domain x expert] `lift`})."""
+    run = as_run(run)
+    table = specialisation_table(run)
+    lifts = {}
+    for layer in table.layer:
+        domains, li = lift_from_run(run, int(layer))
+        lifts[int(layer)] = pd.DataFrame(li, index=pd.Index(domains, name="domain"))
+    return table, lifts
+
+
+def repetition(run) -> pd.DataFrame:
+    """`repetition_from_run`, with the measured / random-baseline ratios added."""
+    df = repetition_from_run(as_run(run))
+    df["top1_vs_uniform"] = df.same_top1 / df.baseline_top1_uniform
+    df["top1_vs_load"] = df.same_top1 / df.baseline_top1_load
+    df["topk_any_vs_uniform"] = df.topk_any / df.baseline_topk_any_uniform
+    return df
+
+
+def mtp_by_domain(run) -> pd.DataFrame:
+    """Teacher-forced MTP agreement (metrics.md: share of positions where the MTP module's top-1
+    for token i+2 equals the main model's top-1 at i+1; the `mtp` table's `agree`) per domain and
+    overall, with the MTP module's own accuracy on the real token i+2 and its mean loss (nats)."""
+    run = as_run(run)
+    need_rows(run, "mtp")
+    q = """select {key} as domain, count(*)::bigint as positions, avg(agree::int) as agreement,
+                  avg(case when target is null then null else (mtp_top1 = target)::int end) as mtp_accuracy,
+                  avg(mtp_loss) as mtp_loss
+           from mtp {group}"""
+    per = run.sql(q.format(key="domain", group="group by domain order by domain")).df()
+    allr = run.sql(q.format(key="'all'", group="")).df()
+    return pd.concat([per, allr], ignore_index=True)
+
+
+def latent_rank(run) -> pd.DataFrame:
+    """Per layer, from the `kv_stats` table: latent dim C, effective rank of the c_kv covariance
+    (Roy & Vetterli, accumulated in float64 by the probe), components for 90/95/99% energy."""
+    run = as_run(run)
+    need_rows(run, "kv_stats")
+    cols = ["layer", "tokens", "latent_dim", "effective_rank", "energy90", "energy95", "energy99"]
+    df = run.df("kv_stats", columns=cols).sort_values("layer", ignore_index=True)
+    df["rank_share"] = df.effective_rank / df.latent_dim
+    return df
+
+
+# ------------------------------------------------------------------------------ ablations
+@dataclass
+class Sweep:
+    """An ablation sweep's results. `rows`: the `ablations` rows as written into the run; `curve`:
+    one row per masked count (top-used vs random, all domains pooled); `domains`: [evaluated domain x
+    masked domain] loss deltas; `domain_summary`: own vs other deltas per domain; `skipped`: selections
+    the routing guard refused (name -> reason)."""
+    rows: pd.DataFrame
+    curve: pd.DataFrame
+    domains: pd.DataFrame
+    domain_summary: pd.DataFrame
+    skipped: dict[str, str] = field(default_factory=dict)
+    options: dict = field(default_factory=dict)
+
+
+def masked_counts(n_experts: int, fractions) -> list[int]:
+    """0 plus round(f * E) for each fraction (distinct, sorted; at least 1 for f > 0)."""
+    out = {0}
+    for f in fractions:
+        if not 0 <= f <= 1:
+            raise ValueError(f"fraction {f} out of range: expected 0..1 of the {n_experts} experts")
+        out.add(max(1, round(f * n_experts)) if f > 0 else 0)
+    return sorted(out)
+
+
+RANK_BY = ("eval", "run")
+
+
+def ablation_sweep(run, *, max_tokens: int | None = 20_000, fractions=FRACTIONS, seeds=SEEDS,
+                   domain_top: int | None = None, batch_size: int | None = None, progress: bool = False,
+                   balanced: bool = True, rank_by: str = "eval", compare_run_ranking: bool = False) -> Sweep:
+    """DeepSeekMoE-style masking on the run's checkpoint, through `analyses.ablate` (one or two
+    calls, each with its baseline pass over the same tokens): for each count n = f * E, the n
+    most-used experts of every MoE layer vs n random experts per layer for each seed (mode
+    reroute); and, per domain, that domain's own top-`domain_top` experts (default E/8), ranked by
+    the run's per-domain `expert_load` (a domain's own ranking does not depend on the domain mix).
+    Evaluated on about `max_tokens` tokens of the run's corpus: with `balanced`, the first
+    max_tokens / D tokens of each of its D domains (the API's `domain_tokens`; the bundled corpus
+    is sorted by domain), else its first max_tokens tokens.
+
+    rank_by: "eval" ranks the top-n by their load on the evaluated tokens (the baseline pass; ranking
+    and loss on the same distribution, as in DeepSeekMoE), "run" by the run's `expert_load` (the
+    whole recorded corpus, whose domain mix may differ from the balanced sample). With
+    `compare_run_ranking` (and rank_by "eval") the top-n masks ranked by the run's loads are also
+    evaluated (curve column `run_top_delta`). A selection the routing guard refuses is left out and
+    listed in `skipped`. The rows are also written into the run's `ablations` table."""
+    from analyses.ablation import ALL, Ablation, RouterShape
+    from model import ModelArgs
+
+    if rank_by not in RANK_BY:
+        raise ValueError(f"rank_by {rank_by!r}: choose {' or '.join(RANK_BY)}")
+    run = as_run(run)
+    need_rows(run, "expert_load")
+    margs = run.info.get("model_args")
+    if not margs:
+        raise MetricsError(f"{run.path}: run.json has no model_args (not a recorded run)")
+    shape = RouterShape.of(ModelArgs.from_dict(margs))
+    E = shape.n_experts
+    domains = sorted(r[0] for r in run.sql("select distinct domain from expert_load").fetchall())
+    domain_top = domain_top if domain_top is not None else max(1, E // 8)
+    counts = masked_counts(E, fractions)
+
+    wanted: list[Ablation] = []
+    for n in counts:
+        wanted.append(Ablation(name=f"top{n}", top=n))
+        if n:
+            wanted += [Ablation(name=f"random{n}-s{s}", random=n, seed=s) for s in seeds]
+    # a domain's own top experts come from the run's per-domain loads (they do not depend on the
+    # corpus's domain mix, and the run saw more of each domain than the sample evaluated here)
+    by_run = [Ablation(name=f"own{domain_top}-{d}", top=domain_top, domain=d) for d in domains]
+    if compare_run_ranking and rank_by == "eval":
+        by_run += [Ablation(name=f"run-top{n}", top=n) for n in counts if n]
+    per_domain = max(1, max_tokens // len(domains)) if balanced and max_tokens else None
+    skipped: dict[str, str] = {}
+    if rank_by == "run":
+        rows = _ablate_skipping(run, wanted + by_run, max_tokens, per_domain, batch_size, progress, "run", skipped)
+    else:
+        rows = pd.concat([_ablate_skipping(run, x, max_tokens, per_domain, batch_size, progress, src, skipped)
+                          for x, src in ((wanted, "baseline"), (by_run, "run"))], ignore_index=True)
+    curve = _curve(rows, counts, seeds, E)
+    mat, summary = _domain_table(rows, domains, domain_top)
+    return Sweep(rows, curve, mat, summary, skipped,
+                 {"max_tokens": max_tokens, "fractions": list(fractions), "seeds": list(seeds),
+                  "domain_top": domain_top, "n_experts": E, "moe_layers": shape.moe_layers, "rank_by": rank_by,
+                  "domain_tokens": per_domain, "tokens": int(rows.loc[rows.domain == ALL, "tokens"].max())})
+
+
+def _ablate_skipping(run, ablations, max_tokens, per_domain, batch_size, progress, loads_from,
+                     skipped: dict) -> pd.DataFrame:
+    """`analyses.ablate.ablate` on the run; an ablation the routing guard refuses (it names itself
+    in the error) is moved to `skipped` and the rest rerun."""
+    import re
+
+    from analyses.ablate import AblateOptions, ablate
+    from analyses.ablation import AblationError
+
+    ablations = list(ablations)
+    while ablations:
+        opts = AblateOptions(run=str(run.path), max_tokens=max_tokens, domain_tokens=per_domain,
+                             batch_size=batch_size, loads_from=loads_from, progress=progress)
+        try:
+            return ablate(opts, ablations)[1]
+        except AblationError as e:
+            m = re.match(r"ablation '([^']+)'", str(e))
+            if not m or m.group(1) not in {a.name for a in ablations}:
+                raise
+            skipped[m.group(1)] = str(e)
+            ablations = [a for a in ablations if a.name != m.group(1)]
+    raise MetricsError("every ablation was refused by the routing guard")
+
+
+def _curve(rows: pd.DataFrame, counts, seeds, E: int) -> pd.DataFrame:
+    pooled = rows[rows.domain == "all"].set_index("ablation")
+    base = float(pooled.baseline_loss.iloc[0])
+    out = []
+    for n in counts:
+        top = pooled.loss.get(f"top{n}", np.nan)
+        rnd = np.array([pooled.loss.get(f"random{n}-s{s}", np.nan) for s in seeds]) if n else np.array([top])
+        rnd = rnd[np.isfinite(rnd)]
+        out.append({"masked": n, "fraction": n / E, "baseline_loss": base, "top_loss": top,
+                    "top_delta": top - base, "random_loss": rnd.mean() if len(rnd) else np.nan,
+                    "random_delta": rnd.mean() - base if len(rnd) else np.nan,
+                    "random_delta_std": rnd.std() if len(rnd) > 1 else 0.0 if len(rnd) else np.nan,
+                    "random_seeds": len(rnd) if n else 0,
+                    "top_minus_random": top - rnd.mean() if len(rnd) else np.nan})
+        if any(str(x).startswith("run-top") for x in pooled.index):
+            out[-1]["run_top_delta"] = pooled.loss.get(f"run-top{n}", top if n == 0 else np.nan) - base
+    return pd.DataFrame(out)
+
+
+def _domain_table(rows: pd.DataFrame, domains: list[str], n: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """[evaluated domain x masked domain] deltas, and per domain: own = its own top experts' delta
+    on itself; by_others = mean delta on it of the other domains' top experts (row, off-diagonal);
+    on_others = mean delta its top experts cause on the other domains (column, off-diagonal)."""
+    mat = pd.DataFrame(np.nan, index=pd.Index(domains, name="evaluated"),
+                       columns=pd.Index(domains, name="masked"))
+    for m in domains:
+        sub = rows[(rows.ablation == f"own{n}-{m}") & (rows.domain != "all")]
+        for _, r in sub.iterrows():
+            if r.domain in mat.index:
+                mat.loc[r.domain, m] = r.delta
+    out = []
+    for d in domains:
+        others = [x for x in domains if x != d]
+        own = mat.loc[d, d]
+        by = mat.loc[d, others].mean() if others else np.nan
+        on = mat.loc[others, d].mean() if others else np.nan
+        out.append({"domain": d, "own": own, "by_others": by, "on_others": on,
+                    "own_minus_by_others": own - by, "own_minus_on_others": own - on,
+                    "own_hurts_most": bool(own > on) if np.isfinite(own) and np.isfinite(on) else None})
+    return mat, pd.DataFrame(out)
+
+
+def run_label(run) -> str:
+    """The run's checkpoint: its directory and when its weights were written (the probe's
+    checkpoint fingerprint covers the layout only, not the weights)."""
+    import datetime as dt
+
+    run = as_run(run)
+    ck = Path(str(run.info.get("checkpoint", {}).get("path", "?")))
+    files = sorted(ck.glob("*.safetensors")) if ck.is_dir() else []
+    if not files:
+        return str(ck)
+    t = dt.datetime.fromtimestamp(max(f.stat().st_mtime for f in files), dt.timezone.utc)
+    return f"{ck} (weights written {t:%Y-%m-%d %H:%M} UTC)"

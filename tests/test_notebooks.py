@@ -1,0 +1,67 @@
+"""Every notebook in analyses/notebooks runs top to bottom (nbclient, kernel python3) on a small run,
+is stored without outputs, states its question and ends with a conclusion computed in the notebook."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from _analysis_runs import small_run
+
+REPO = Path(__file__).resolve().parent.parent
+NB_DIR = REPO / "analyses" / "notebooks"
+NAMES = ["load_balance", "specialisation", "ablation", "latent_kv", "mtp"]
+BUDGET_S = 180  # all notebooks together
+_TIMES: dict[str, float] = {}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return small_run(tmp_path_factory)
+
+
+def test_every_notebook_is_there_and_stored_without_outputs():
+    assert sorted(p.stem for p in NB_DIR.glob("*.ipynb")) == sorted(NAMES)
+    for name in NAMES:
+        nb = nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
+        nbformat.validate(nb)
+        assert nb.metadata.kernelspec.name == "python3"
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert all(c.outputs == [] and c.execution_count is None for c in code), f"{name}: outputs stored"
+        md = [c.source for c in nb.cells if c.cell_type == "markdown"]
+        assert "**Question.**" in md[0], f"{name}: the first cell should state the question"
+        assert any(s.startswith("## Conclusion") for s in md), f"{name}: no conclusion"
+        assert "default_run()" in code[0].source
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_notebook_runs(name, run_dir, monkeypatch):
+    monkeypatch.setenv("DSV3_NOTEBOOK_RUN", str(run_dir))
+    monkeypatch.setenv("DSV3_NOTEBOOK_ABLATION_TOKENS", "1500")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # steady on a shared CPU
+    nb = nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
+    t = time.perf_counter()
+    NotebookClient(nb, kernel_name="python3", timeout=240,
+                   resources={"metadata": {"path": str(NB_DIR)}}).execute()
+    _TIMES[name] = time.perf_counter() - t
+    print(f"{name}.ipynb: {_TIMES[name]:.1f} s")
+    outs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outs if o.output_type == "error"]
+    assert any(str(run_dir) in o.get("text", "") for o in outs), "the notebook did not open the test run"
+    # the conclusion is Markdown displayed by the last cell, built from computed values
+    last = [c for c in nb.cells if c.cell_type == "code"][-1]
+    md = [o.data["text/markdown"] for o in last.outputs if o.output_type == "display_data"
+          and "text/markdown" in o.get("data", {})]
+    assert md and md[0].startswith("- ") and any(ch.isdigit() for ch in md[0])
+
+
+def test_notebooks_fit_the_time_budget():
+    if len(_TIMES) < len(NAMES):
+        pytest.skip("not every notebook ran in this session")
+    total = sum(_TIMES.values())
+    print("notebook times: " + ", ".join(f"{k} {v:.1f} s" for k, v in _TIMES.items()) + f"; total {total:.1f} s")
+    assert total < BUDGET_S

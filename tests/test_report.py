@@ -1,0 +1,105 @@
+"""`python -m analyses.report`: every section on a small run, the ablation numbers come from the
+ablation API, clear one-line errors for a missing or empty run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import probe
+from _analysis_runs import small_run
+from analyses import report
+from analyses.report_data import ablation_sweep, masked_counts
+
+REPO = Path(__file__).resolve().parent.parent
+torch.set_num_threads(1)  # the ablations run in this process: one thread is steady on a shared CPU
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return small_run(tmp_path_factory)
+
+
+def test_help():
+    p = subprocess.run([sys.executable, "-m", "analyses.report", "--help"], capture_output=True, text=True, cwd=REPO)
+    assert p.returncode == 0
+    for flag in ("--out", "--findings", "--max-tokens", "--fractions", "--seeds", "--skip-ablation"):
+        assert flag in p.stdout
+
+
+def test_report_has_every_section(run_dir, tmp_path, capsys):
+    out, findings = tmp_path / "r" / "report.html", tmp_path / "FINDINGS.md"
+    t = time.perf_counter()
+    rc = report.main([str(run_dir), "--out", str(out), "--findings", str(findings), "--max-tokens", "1500",
+                      "--fractions", "1/8", "--seeds", "2", "--no-progress"])
+    print(f"report: {time.perf_counter() - t:.1f} s")
+    text = capsys.readouterr().out
+    assert rc == 0
+    doc = out.read_text()
+    for sec in report.SECTIONS:
+        assert f">{sec}</h2>" in doc
+        assert f"## {sec}" in text  # every figure is printed as a table too
+    # self-contained: plotly.js inlined exactly once, nothing fetched from a CDN
+    from plotly.offline import get_plotlyjs
+
+    assert doc.count(get_plotlyjs()[:300]) == 1 and "<script src=" not in doc
+    assert doc.count('class="plotly-graph-div"') >= 7
+    assert "(skipped" not in doc and "(not in this run" not in doc
+    assert not list(out.parent.glob(".*tmp*"))  # written atomically, no temporary left
+    md = findings.read_text()
+    assert "python -m analyses.report" in md and "--max-tokens 1500" in md
+    for sec in ("Loss vs masked experts", "Per-domain ablation", "Consecutive-token repetition", "MTP agreement",
+                "Latent KV effective rank"):
+        assert f"## {sec}" in md
+    # the curve's numbers come from the run's ablations table, written by the ablation API
+    rows = probe.open_run(run_dir).df("ablations")
+    E = json.loads((run_dir / "run.json").read_text())["model_args"]["n_routed_experts"]
+    assert {"top0", f"top{E // 8}", f"random{E // 8}-s0", f"random{E // 8}-s1"} <= set(rows.ablation)
+
+
+def test_loss_vs_masked_comes_from_the_ablation_api(run_dir):
+    sw = ablation_sweep(run_dir, max_tokens=1000, fractions=(1 / 8,), seeds=(0, 1))
+    info = json.loads((run_dir / "run.json").read_text())["model_args"]
+    E, moe = info["n_routed_experts"], info["n_layers"] - info["n_dense_layers"]
+    c = sw.curve.set_index("masked")
+    assert list(c.index) == masked_counts(E, (1 / 8,)) == [0, E // 8]
+    assert c.loc[0, "top_loss"] == c.loc[0, "baseline_loss"] and c.loc[0, "top_delta"] == 0  # nothing masked
+    pooled = sw.rows[sw.rows.domain == "all"].set_index("ablation")
+    n = E // 8
+    if f"top{n}" not in sw.skipped:
+        assert pooled.loc[f"top{n}", "n_disabled"] == n * moe  # n experts in every MoE layer
+        assert c.loc[n, "top_loss"] == pooled.loc[f"top{n}", "loss"] != c.loc[n, "baseline_loss"]
+    rnd = [pooled.loc[f"random{n}-s{s}", "loss"] for s in (0, 1)]
+    assert c.loc[n, "random_loss"] == pytest.approx(np.mean(rnd))
+    assert c.loc[n, "random_seeds"] == 2
+    # the per-domain table: one column per domain, each from that domain's own-top ablation
+    doms = sorted(sw.rows.loc[sw.rows.domain != "all", "domain"].unique())
+    assert list(sw.domains.columns) == doms == list(sw.domain_summary.domain)
+    for d in doms:
+        r = sw.rows[(sw.rows.ablation == f"own{sw.options['domain_top']}-{d}") & (sw.rows.domain == d)]
+        assert sw.domains.loc[d, d] == pytest.approx(float(r.delta.iloc[0]))
+
+
+def _err(argv, capsys) -> str:
+    assert report.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+    return err
+
+
+def test_errors_for_missing_and_empty_runs(tmp_path, capsys):
+    assert "no such run directory" in _err([str(tmp_path / "nope")], capsys)
+    (tmp_path / "empty").mkdir()
+    assert "not a run directory" in _err([str(tmp_path / "empty")], capsys)
+    (tmp_path / "empty" / "run.json").write_text(json.dumps({"status": "running", "format": 1}))
+    assert "empty run" in _err([str(tmp_path / "empty")], capsys)
+    (tmp_path / "expert_load").mkdir()  # an empty table folder is still an empty run
+    assert "empty run" in _err([str(tmp_path / "empty"), "--skip-ablation"], capsys)
+    assert "--max-tokens" in _err([str(tmp_path / "empty"), "--max-tokens", "0"], capsys)
