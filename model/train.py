@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--bias-schedule", choices=("constant", "cosine"), default="constant",
                    help="constant: gamma throughout (DeepSeek-V3); cosine: gamma follows the learning-rate "
                         "decay after warm-up (gamma x lr/peak), so the bias jitters less at the end")
-    b.add_argument("--seq-aux-weight", type=float, default=1e-4,
+    b.add_argument("--seq-aux-weight", type=float, default=1e-3,
                    help="alpha: sequence-wise balance loss weight (aux-free)")
     b.add_argument("--switch-weight", type=float, default=1e-2, help="Switch-style balance loss weight (switch)")
     r = p.add_argument_group("run control")
