@@ -126,13 +126,14 @@ def coactivation(expert_ids, n_experts: int | None = None, normalise: bool = Tru
     (row i; NaN on the diagonal and for experts never chosen)."""
     ids = as_ids(expert_ids)
     E = n_experts_of(ids, n_experts)
-    c = np.zeros((E, E))
-    K = ids.shape[1]
-    for x in range(K):
-        for y in range(K):
-            np.add.at(c, (ids[:, x], ids[:, y]), 1)  # x == y fills the diagonal with N(E_i)
-    if not normalise:
-        return c
+    # every ordered pair (x, y) of a token's top-k as one flat index; x == y fills the diagonal
+    pairs = (ids[:, :, None] * E + ids[:, None, :]).ravel()
+    c = np.bincount(pairs, minlength=E * E).reshape(E, E).astype(np.float64)
+    return _share_of_row(c) if normalise else c
+
+
+def _share_of_row(c: np.ndarray) -> np.ndarray:
+    """counts[i, j] / counts[i, i]; NaN on the diagonal and for experts never chosen."""
     d = np.diag(c).copy()
     with np.errstate(invalid="ignore", divide="ignore"):
         out = np.where(d[:, None] > 0, c / d[:, None], np.nan)
@@ -152,13 +153,7 @@ def coactivation_from_run(run, layer: int, normalise: bool = True) -> np.ndarray
                         unnest(t.expert_ids) as u(e2) group by all""").fetchnumpy()
     c = np.zeros((E, E))
     c[r["e1"].astype(np.int64), r["e2"].astype(np.int64)] = r["n"]
-    if not normalise:
-        return c
-    d = np.diag(c).copy()
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.where(d[:, None] > 0, c / d[:, None], np.nan)
-    np.fill_diagonal(out, np.nan)
-    return out
+    return _share_of_row(c) if normalise else c
 
 
 # ------------------------------------------------------------------------------ agreement
