@@ -36,11 +36,12 @@ def main() -> None:
     ref = ui.selected_run(("probe",))
     if ref is None:
         return
+    docs = None
     with ui.guard("the document list"):
         docs = data.documents(ref)
-    if "docs" not in locals() or docs.empty:
-        if "docs" in locals():
+        if docs.empty:
             st.info("No tokens recorded yet.")
+    if docs is None or docs.empty:
         return
     c1, c2, c3 = st.columns([1, 2, 1])
     doms = ["all"] + sorted(docs.domain.dropna().unique())
