@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .corpus import CorpusError
 from .record import DEFAULT_CKPT, DEFAULT_CORPUS, RecordError, RecordOptions, record
-from .writer import RunError
+from .writer import RunError, read_run_json
 
 
 def _add_record(sub) -> None:
@@ -123,7 +123,7 @@ def _spec(ns) -> int:
     kw = {k: v for k, v in vars(ns).items() if k in SpecOptions.__dataclass_fields__}
     kw["max_prompts"] = kw["max_prompts"] or None
     out = record_spec(SpecOptions(**kw))
-    info = __import__("json").loads((out / "run.json").read_text())["spec_decode"]
+    info = read_run_json(out)["spec_decode"]
     rate = info["acceptance_rate"]
     print(f"{info['prompts']} prompts, {info['generated']} tokens in {info['forward_passes']} forward passes "
           f"({info['generated'] / max(info['forward_passes'], 1):.2f} tokens/pass); MTP draft acceptance "
