@@ -135,18 +135,8 @@ class MLA(nn.Module):
             if self.latent_attention != "always" and self._expand_is_cheaper(seqlen, kv.shape[1]):
                 kvb = F.linear(kv, wkv_b.flatten(0, 1)).view(bsz, -1, self.n_heads, self.nope + self.v_dim)
                 z = self._attend_expanded(q_nope, q_pe, kvb, k_pe, mask)
-                z = self.hook_z(z)  # [B, S, H, V]
-                return self.wo(z.flatten(2))  # [B, S, D]
-            # NOTE: absorb: score_h(s,t) = q_nope_h(s) . (W_k,h c_t) + q_pe_h(s) . k_pe_t
-            #                            = (W_k,h^T q_nope_h(s)) . c_t + ...: keys stay in latent space.
-            q_lat = torch.einsum("bshn,hnc->bshc", q_nope, wkv_b[:, : self.nope])  # [B, S, H, C]
-            query = torch.cat([q_lat, q_pe], dim=-1).transpose(1, 2)  # [B, H, S, C+R]
-            key = torch.cat([kv, k_pe], dim=-1)[:, None]  # [B, 1, T, C+R], shared by all heads
-            # NOTE: the values are the latents, i.e. the key's first C dims: passing the whole key
-            # as value keeps q, k, v the same width (the fused SDPA kernel needs that); the extra
-            # R output dims are dropped.
-            out = self._attend(query, key, key, mask)[..., : self.kv_lora_rank]  # [B, H, S, C]
-            z = torch.einsum("bhsc,hvc->bshv", out, wkv_b[:, self.nope :])  # [B, S, H, V]
+            else:
+                z = self._attend_latent(q_nope, q_pe, kv, k_pe, wkv_b, mask)
         else:
             kvb = self.wkv_b(kv).view(bsz, -1, self.n_heads, self.nope + self.v_dim)
             if use_cache:
@@ -159,6 +149,20 @@ class MLA(nn.Module):
                 z = self._attend_expanded(q_nope, q_pe, kvb, k_pe, mask)
         z = self.hook_z(z)  # [B, S, H, V]
         return self.wo(z.flatten(2))  # [B, S, D]
+
+    def _attend_latent(self, q_nope, q_pe, kv, k_pe, wkv_b, mask) -> torch.Tensor:
+        """Attention in latent space: kv [B, T, C], k_pe [B, T, R], wkv_b [H, N+V, C] -> z [B, S, H, V]."""
+        # NOTE: absorb: score_h(s,t) = q_nope_h(s) . (W_k,h c_t) + q_pe_h(s) . k_pe_t
+        #                            = (W_k,h^T q_nope_h(s)) . c_t + ...: keys stay in latent space.
+        q_lat = torch.einsum("bshn,hnc->bshc", q_nope, wkv_b[:, : self.nope])  # [B, S, H, C]
+        query = torch.cat([q_lat, q_pe], dim=-1).transpose(1, 2)  # [B, H, S, C+R]
+        key = torch.cat([kv, k_pe], dim=-1)[:, None]  # [B, 1, T, C+R], shared by all heads
+        # NOTE: the values are the latents, i.e. the key's first C dims: passing the whole key
+        # as value keeps q, k, v the same width (the fused SDPA kernel needs that); the extra
+        # R output dims are dropped.
+        out = self._attend(query, key, key, mask)[..., : self.kv_lora_rank]  # [B, H, S, C]
+        z = torch.einsum("bhsc,hvc->bshv", out, wkv_b[:, self.nope :])  # [B, S, H, V]
+        return z
 
     def _expand_is_cheaper(self, s: int, t: int) -> bool:
         """FLOPs per head of the expanded form (decompress T keys, attend at width N+R+V) against
