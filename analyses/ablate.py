@@ -219,10 +219,9 @@ def _defaults(opts: AblateOptions) -> tuple[AblateOptions, dict | None]:
                 setattr(opts, k, ro.get(k))
     elif opts.loads_from == "run":
         raise AblationError("--loads-from run needs --run RUN")
-    opts.seq_len = opts.seq_len or 512
     opts.batch_size = opts.batch_size or 8
     opts.add_bos = True if opts.add_bos is None else opts.add_bos
-    if opts.batch_size < 1 or opts.seq_len < 2:
+    if opts.batch_size < 1 or (opts.seq_len is not None and opts.seq_len < 2):
         raise AblationError("--batch-size must be >= 1 and --seq-len >= 2")
     if opts.max_tokens is not None and opts.max_tokens < 1:
         raise AblationError(f"--max-tokens {opts.max_tokens}: must be >= 1")
@@ -260,7 +259,7 @@ def ablate(opts: AblateOptions, ablations: list[Ablation]):
     import model as model_pkg
     from model.args import ConfigError
     from probe.record import (RecordError, RecordOptions, _bound_heap, _resolve, _tokenizer,
-                              checkpoint_fingerprint, init_world)
+                              checkpoint_fingerprint, default_seq_len, init_world)
 
     if not ablations:
         raise AblationError("nothing to ablate: pass --experts, --top, --random, --shared or --spec")
@@ -275,6 +274,8 @@ def ablate(opts: AblateOptions, ablations: list[Ablation]):
         args = model_pkg.ModelArgs.from_hf_config(ckpt)
     except ConfigError as e:
         raise RecordError(str(e)) from None
+    if opts.seq_len is None:
+        opts.seq_len = default_seq_len(args)
     if opts.seq_len > args.max_seq_len:
         raise AblationError(f"--seq-len {opts.seq_len} exceeds the model's max_seq_len {args.max_seq_len}")
     shape = RouterShape.of(args)
@@ -398,7 +399,9 @@ def _parser() -> argparse.ArgumentParser:
     io.add_argument("--domain-tokens", type=int,
                     help="at most this many tokens of each domain, in corpus order (a balanced sample of a "
                          "corpus stored domain by domain; --max-tokens then caps the total)")
-    io.add_argument("--seq-len", type=int, help="window length (default: the run's, else 512)")
+    io.add_argument("--seq-len", type=int,
+                    help="window length (default: the run's, else as dsv3-probe record: 512 or the model's "
+                         "training length when shorter)")
     io.add_argument("--batch-size", type=int, help="windows per forward pass (default: the run's, else 8)")
     io.add_argument("--bos", dest="add_bos", action=argparse.BooleanOptionalAction, default=None,
                     help="prepend BOS to each document (default: the run's, else on)")

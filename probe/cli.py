@@ -27,7 +27,9 @@ def _add_record(sub) -> None:
     p.add_argument("--out", help="run directory to write (default: runs/<ckpt>-<corpus>)")
     p.add_argument("--tokenizer", help="tokenizer.json (default: the checkpoint's)")
     p.add_argument("--max-tokens", type=int, help="stop after this many tokens (default: the whole corpus)")
-    p.add_argument("--seq-len", type=int, default=512, help="window length in tokens (default 512)")
+    p.add_argument("--seq-len", type=int,
+                   help="window length in tokens (default 512, or the model's training length when "
+                        "shorter: rope_scaling's original_max_position_embeddings)")
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
     p.add_argument("--router-logits", choices=["none", "topk", "full"], default="topk",
                    help="per-token routing rows: none, top-k ids and weights, or also every expert's score")

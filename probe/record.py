@@ -50,7 +50,7 @@ class RecordOptions:
     out: str | None = None
     tokenizer: str | None = None
     max_tokens: int | None = None
-    seq_len: int = 512
+    seq_len: int | None = None  # None: default_seq_len(args)
     batch_size: int = 8
     router_logits: str = "topk"
     sample: float = 1.0
@@ -62,6 +62,12 @@ class RecordOptions:
     add_bos: bool = True
     dtype: str | None = None
     progress: bool = True
+
+
+def default_seq_len(args) -> int:
+    """512 tokens, or less when the model was trained on shorter windows (the YaRN original length or
+    max_seq_len): routing beyond a model's training length is not the routing it learned."""
+    return min(512, args.original_seq_len, args.max_seq_len)
 
 
 # the options that must match to resume a run
@@ -213,13 +219,15 @@ def record(opts: RecordOptions) -> Path:
         raise RecordError(f"--router-logits {opts.router_logits!r}: choose none, topk or full")
     if not 0 < opts.sample <= 1:
         raise RecordError(f"--sample {opts.sample}: must be in (0, 1]")
-    if opts.batch_size < 1 or opts.seq_len < 2:
+    if opts.batch_size < 1 or (opts.seq_len is not None and opts.seq_len < 2):
         raise RecordError("--batch-size must be >= 1 and --seq-len >= 2")
     ckpt, corpus, out = _resolve(opts)
     try:
         args = model_pkg.ModelArgs.from_hf_config(ckpt)
     except ConfigError as e:
         raise RecordError(str(e)) from None
+    if opts.seq_len is None:
+        opts.seq_len = default_seq_len(args)
     if opts.seq_len > args.max_seq_len:
         raise RecordError(f"--seq-len {opts.seq_len} exceeds the model's max_seq_len {args.max_seq_len}")
     tok = _tokenizer(opts, ckpt, args.vocab_size)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -195,6 +196,20 @@ def test_windows_and_max_tokens(probe_env, tmp_path):
     doc = t[t.doc_id == t.doc_id.iloc[0]].sort_values("doc_pos")
     assert (doc.doc_pos.diff().dropna() == 1).all()
     assert (doc.groupby("seq_id").pos.min() == 0).all()
+
+
+def test_default_window_is_the_models_training_length(probe_env, tmp_path):
+    from probe.record import default_seq_len
+
+    a = model.ModelArgs.from_hf_config(probe_env["ckpt"])
+    assert default_seq_len(dataclasses.replace(a, original_seq_len=256, max_seq_len=1024)) == 256
+    assert default_seq_len(dataclasses.replace(a, original_seq_len=4096, max_seq_len=163840)) == 512
+    assert default_seq_len(dataclasses.replace(a, original_seq_len=4096, max_seq_len=100)) == 100
+    out = record(RecordOptions(ckpt=str(probe_env["ckpt"]), corpus=str(probe_env["corpus"]), out=str(tmp_path / "d"),
+                               max_tokens=200, kv_stats=False, mtp=False, progress=False))
+    want = default_seq_len(a)
+    assert json.loads((out / "run.json").read_text())["options"]["seq_len"] == want
+    assert probe.open_run(out).df("tokens").pos.max() == min(want, 200) - 1
 
 
 def test_jsonl_and_parquet_corpora(probe_env, tmp_path):
