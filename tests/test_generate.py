@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.generate import (ASSISTANT, USER, GenerateError, SamplingParams, _Streamer, _verify, generate,
-                            load_codec, main, read_prompts, write_demo_checkpoint)
+from model.generate import (ASSISTANT, USER, GenerateError, SamplingParams, _verify, generate,
+                            load_codec, read_prompts, write_demo_checkpoint)
+from model.generate_cli import _Streamer, main
 
 from conftest import random_model
 

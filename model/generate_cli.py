@@ -1,0 +1,199 @@
+"""The command line of `python -m model.generate` (usage: model/generate.py's docstring)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from . import generate as _gen
+from .generate import (GenerateError, GenerationOutput, SamplingParams, TextCodec, generate, load_codec,
+                       read_prompts, write_demo_checkpoint)
+
+
+class _Streamer:
+    """Decodes each row's tokens incrementally; holds back an incomplete UTF-8 tail."""
+
+    def __init__(self, codec: TextCodec, n: int) -> None:
+        self.codec, self.ids, self.shown = codec, [[] for _ in range(n)], [""] * n
+
+    def push(self, i: int, tok: int, final: bool = False) -> str:
+        self.ids[i].append(tok)
+        text = self.codec.decode(self.ids[i])
+        if text.endswith("\ufffd") and not final:
+            return ""
+        new, self.shown[i] = text[len(self.shown[i]):], text
+        return new
+
+    def text(self, i: int) -> str:
+        return self.codec.decode(self.ids[i])
+
+
+def _prompts_from_rank0(ns, rank: int) -> list[str]:
+    """The --prompt / --prompt-file texts, read by rank 0 alone and broadcast (errors too)."""
+    box: list = [None, None]
+    if rank == 0:
+        try:
+            box = [list(ns.prompt) + (read_prompts(ns.prompt_file) if ns.prompt_file else []), None]
+        except GenerateError as e:
+            box = [None, str(e)]
+    if dist.is_available() and dist.is_initialized():
+        dist.broadcast_object_list(box, src=0)
+    if box[1] is not None:
+        raise GenerateError(box[1])
+    return box[0]
+
+
+def _run_batch(m, codec: TextCodec, texts: list[str], ns, rank: int, sampling: SamplingParams) -> GenerationOutput:
+    prompts = [codec.encode(t, chat=not ns.no_chat_template and codec.chat, system=ns.system) for t in texts]
+    streamer = _Streamer(codec, len(prompts))
+    single = len(prompts) == 1
+
+    printed: set[int] = set()
+
+    def show(i: int) -> None:
+        printed.add(i)
+        if rank == 0:
+            print(f"[{i}] {texts[i]}\n{streamer.text(i)}\n", flush=True)
+
+    def on_token(i: int, tok: int, finished: bool) -> None:
+        piece = streamer.push(i, tok, final=finished)
+        if single:
+            if rank == 0:
+                print(piece, end="\n" if finished else "", flush=True)
+            printed.update([i] if finished else [])
+        elif finished:
+            show(i)
+
+    t0 = time.perf_counter()
+    res = generate(m, prompts, max_new_tokens=ns.max_new_tokens, sampling=sampling, stop_ids=codec.stop_ids,
+                   mtp=ns.mtp, on_token=on_token)
+    dt = time.perf_counter() - t0
+    for i in range(len(prompts)):  # rows that had no room to generate anything
+        if i not in printed:
+            show(i)
+    if rank == 0:
+        s = res.summary()
+        line = (f"[{s['generated_tokens']} tokens in {dt:.2f} s = {s['generated_tokens'] / dt:.1f} tokens/s; "
+                f"{s['tokens_per_forward']:.2f} tokens per forward pass")
+        if ns.mtp:
+            rate = res.acceptance_rate
+            line += f"; MTP drafts accepted {s['drafts_accepted']}/{s['drafts_proposed']}"
+            line += f" ({rate:.1%})" if rate is not None else ""
+        print(line + "]", file=sys.stderr, flush=True)
+        if ns.output:
+            with open(ns.output, "a", encoding="utf-8") as f:
+                for i, text in enumerate(texts):
+                    f.write(json.dumps({
+                        "prompt": text, "completion": streamer.text(i), "tokens": res.tokens[i],
+                        "finish_reason": res.finish_reasons[i], "forward_passes": res.forward_passes[i],
+                        "drafts_proposed": res.drafts_proposed[i] if ns.mtp else None,
+                        "drafts_accepted": res.drafts_accepted[i] if ns.mtp else None}, ensure_ascii=False) + "\n")
+    return res
+
+
+def _interactive(m, codec, ns, rank, sampling) -> None:
+    while True:
+        line = None
+        if rank == 0:
+            print("> ", end="", file=sys.stderr, flush=True)
+            line = sys.stdin.readline()
+            line = None if line == "" or line.strip() in ("/exit", "/quit") else line.rstrip("\n")
+        if dist.is_available() and dist.is_initialized():
+            box = [line]
+            dist.broadcast_object_list(box, src=0)
+            line = box[0]
+        if line is None:
+            return
+        if line.strip():
+            _run_batch(m, codec, [line], ns, rank, sampling)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m model.generate", description=_gen.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--ckpt", help="Hugging Face checkpoint directory with tokenizer.json")
+    src.add_argument("--demo", metavar="DIR", help="write (once) and use a random tiny checkpoint in DIR")
+    p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
+    p.add_argument("--prompt-file", help="prompts, one per line, or JSONL with a 'prompt' field")
+    p.add_argument("--interactive", action="store_true", help="read prompts from stdin (rank 0)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0, help="0 = off")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mtp", action="store_true", help="speculative decoding with MTP drafts")
+    p.add_argument("--no-chat-template", action="store_true", help="send prompts raw (after BOS)")
+    p.add_argument("--system", help="system text before the user turn (chat format only)")
+    p.add_argument("--gemm", choices=["bf16", "fp8"], default="bf16", help="fp8: keep FP8 weights resident")
+    p.add_argument("--dtype", choices=["bfloat16", "float32"], help="compute dtype (default: the checkpoint's)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="under torchrun, 'cuda' is each rank's LOCAL_RANK GPU")
+    p.add_argument("--replicate", action="store_true",
+                   help="under torchrun: a whole model on every rank instead of tensor + expert parallel shards")
+    p.add_argument("--output", help="append one JSON line per prompt (completion, tokens, acceptance) to this file")
+    ns = p.parse_args(argv)
+
+    from .args import ConfigError
+    from .checkpoint import CheckpointError, load
+    from .parallel import device_for, init_distributed
+
+    code = None  # the exit status once main's work ended normally or with a reported error
+    rank = 0
+    try:
+        if not (ns.prompt or ns.prompt_file or ns.interactive):
+            raise GenerateError("give --prompt, --prompt-file or --interactive")
+        if ns.max_new_tokens < 0:
+            raise GenerateError(f"--max-new-tokens {ns.max_new_tokens} must be >= 0")
+        sampling = SamplingParams(ns.temperature, ns.top_p, ns.top_k, ns.seed)
+        shards = init_distributed()
+        rank = shards.rank if shards is not None else 0
+        texts = _prompts_from_rank0(ns, rank)
+        ckpt = ns.ckpt
+        if ns.demo:
+            if rank == 0:
+                write_demo_checkpoint(ns.demo)
+            if dist.is_available() and dist.is_initialized():
+                dist.barrier()
+            ckpt = ns.demo
+        from .args import ModelArgs
+        if not Path(ckpt).is_dir():
+            raise GenerateError(f"{ckpt}: not a checkpoint directory")
+        codec = load_codec(ckpt, ModelArgs.from_hf_config(ckpt))  # before the weights: fail fast
+        m = load(ckpt, dtype=getattr(torch, ns.dtype) if ns.dtype else None, device=device_for(ns.device, shards),
+                 gemm_impl=ns.gemm, parallel=shards is not None and not ns.replicate)
+        if rank == 0 and shards is not None:
+            how = "a whole model on every rank" if ns.replicate else "tensor + expert parallel shards"
+            print(f"[{shards.world} ranks: {how}]", file=sys.stderr, flush=True)
+        if ns.mtp and not len(m.mtp):
+            raise GenerateError(f"{ckpt}: --mtp needs MTP weights, and this checkpoint has none")
+        if texts:
+            _run_batch(m, codec, texts, ns, rank, sampling)
+        if ns.interactive:
+            _interactive(m, codec, ns, rank, sampling)
+        code = 0
+    except (GenerateError, CheckpointError, ConfigError) as e:
+        if rank == 0:  # every rank raises the same error; one line is enough
+            print(f"error: {e}", file=sys.stderr)
+        code = 2
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+            if code is not None:
+                # NOTE: under torchrun, leave without interpreter teardown: with torch 2.13 (CPU, gloo)
+                # a rank that ran forward passes intermittently aborts at exit ("terminate called
+                # without an active exception") after all its work and output are done, which
+                # torchrun reports as a failed launch. Reproduced with and without sharding.
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+    if code:
+        raise SystemExit(code) from None
+
