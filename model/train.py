@@ -2,7 +2,7 @@
 
     python -m data.build_corpus && python -m data.tokenizer        # corpus + data/tokenizer.json, once
     python -m model.train --out runs/small                          # the recipe: data/model_config.json,
-                                                                    # 700 steps x 16 x 256 tokens (27-42 min, 2 cores)
+                                                                    # 700 steps x 16 x 256 tokens (~10 min on 2 idle cores)
     torchrun --standalone --nproc-per-node 2 -m model.train --out runs/small --batch-size 8
                                     # the same global batch as 2 processes x 8 (gloo; one core each on a
                                     # 2-core CPU, nccl on GPUs): the same steps up to float rounding
@@ -22,6 +22,10 @@ The DeepSeek-V3 recipe at small scale:
       whole global batch; plus the sequence-wise balance loss alpha * sum_i f_i P_i per sequence
       (`--seq-aux-weight`), f_i = E / (K S) * #tokens of the sequence choosing i, P_i = mean over
       the sequence's tokens of s'_i,t = s_i,t / sum_j s_j,t; averaged over sequences, summed over gates.
+      After the last step the bias settles (`--settle-updates` U, `--settle-batches` P, `--settle-speed`
+      g): U bias-only updates with the weights frozen, each on loads pooled over P fresh training
+      batches, the step decaying linearly from g to 0 (DeepSeek-V3 froze the bias for its last 500B
+      tokens; a 700-step run instead ends with the bias wherever its last +-gamma jitter left it).
   switch: no bias updates; w * E * sum_i f_i P_i over the batch (`--switch-weight`) with
       f_i = #assignments to i / (K T) and P_i = mean_t s'_i,t (1.0 at perfect balance; the same
       quantity as Wang et al. 2024, Eq. 2, with their f_i = E x ours).
@@ -59,7 +63,7 @@ import torch.nn.functional as F
 from .args import ConfigError, ModelArgs
 from .checkpoint import save as save_hf
 from .train_balance import (GateRef, RoutingTap, expert_counts, max_violation, moe_gates,  # noqa: F401
-                            seq_balance_loss, switch_balance_loss, update_bias)
+                            seq_balance_loss, settle_biases, switch_balance_loss, update_bias)
 from .train_data import SPECIAL_TOKENS, Batches, TrainError, load_tokenizer, token_streams, val_windows  # noqa: F401
 from .train_log import LoadLog, _now, read_table, write_json, write_table  # noqa: F401
 from .transformer import Transformer
@@ -108,13 +112,19 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--mtp-weight", type=float, default=0.3, help="lambda: weight of the MTP loss (0 = skip MTP)")
     b.add_argument("--balance", choices=BALANCE_MODES, default="aux-free",
                    help="aux-free: bias updates + sequence-wise loss; switch: Switch-style aux loss; none")
-    b.add_argument("--bias-update-speed", type=float, default=3e-3, help="gamma: bias step per update (aux-free; DeepSeek-V3 used 0.001 over ~"
-                        "100k steps, a 600-step run needs a faster bias)")
+    b.add_argument("--bias-update-speed", type=float, default=5e-3, help="gamma: bias step per update (aux-free; DeepSeek-V3 used 0.001 over ~"
+                        "100k steps, a 700-step run needs a faster bias)")
     b.add_argument("--bias-schedule", choices=("constant", "cosine"), default="constant",
                    help="constant: gamma throughout (DeepSeek-V3); cosine: gamma follows the learning-rate "
                         "decay after warm-up (gamma x lr/peak), so the bias jitters less at the end")
-    b.add_argument("--seq-aux-weight", type=float, default=1e-3,
-                   help="alpha: sequence-wise balance loss weight (aux-free)")
+    b.add_argument("--seq-aux-weight", type=float, default=1e-4,
+                   help="alpha: sequence-wise balance loss weight (aux-free; DeepSeek-V3's 1e-4)")
+    b.add_argument("--settle-updates", type=int, default=30,
+                   help="aux-free, after the last step: bias-only updates with the weights frozen (0 = off)")
+    b.add_argument("--settle-batches", type=int, default=8,
+                   help="batches whose loads each settle update pools (fresh training batches)")
+    b.add_argument("--settle-speed", type=float, default=1e-3,
+                   help="the first settle update's bias step; it decays linearly to 0")
     b.add_argument("--switch-weight", type=float, default=1e-2, help="Switch-style balance loss weight (switch)")
     r = p.add_argument_group("run control")
     r.add_argument("--resume", nargs="?", const="auto", default=None, metavar="DIR",
@@ -141,14 +151,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _check_flags(ns: argparse.Namespace) -> None:
-    positive = ("steps", "batch_size", "seq_len", "eval_windows", "flush_every", "load_every")
+    positive = ("steps", "batch_size", "seq_len", "eval_windows", "flush_every", "load_every", "settle_batches")
     for name in positive:
         if getattr(ns, name) < 1:
             raise TrainError(f"--{name.replace('_', '-')}={getattr(ns, name)} must be at least 1")
     if ns.seq_len < 3:
         raise TrainError(f"--seq-len={ns.seq_len} must be at least 3 (MTP predicts two tokens ahead)")
     for name in ("lr", "warmup_steps", "weight_decay", "grad_clip", "mtp_weight", "bias_update_speed",
-                 "seq_aux_weight", "switch_weight", "mix_alpha", "eval_every", "checkpoint_every"):
+                 "seq_aux_weight", "settle_updates", "settle_speed", "switch_weight", "mix_alpha", "eval_every",
+                 "checkpoint_every"):
         if getattr(ns, name) < 0:
             raise TrainError(f"--{name.replace('_', '-')}={getattr(ns, name)} must not be negative")
     if not 0 <= ns.min_lr_ratio <= 1:
@@ -606,6 +617,20 @@ def _run(ns: argparse.Namespace, dist: Dist) -> dict:
         if dist.main:
             print(f"stopped after step {step} ({stop_reason}); continue with --resume")
         return info
+    if ns.balance == "aux-free" and ns.settle_updates and gates:
+        t0 = time.perf_counter()
+
+        def settle_batch(i: int) -> torch.Tensor:  # training batches after the last step's
+            return batches.get(ns.steps + i, dist.rank, dist.world)[0].to(dist.device)
+
+        history = settle_biases(raw, tap, gate_mods, settle_batch, ns.settle_updates, ns.settle_batches,
+                                ns.settle_speed, dist.all_reduce)
+        info["bias_settle"] = {"updates": ns.settle_updates, "batches_per_update": ns.settle_batches,
+                               "speed": ns.settle_speed, "seconds": time.perf_counter() - t0,
+                               "maxvio_pooled": history}
+        if dist.main:
+            print("bias settled (weights frozen): MaxVio over pooled batches " + " ".join(
+                f"{g}={h[0]:.2f}->{h[-1]:.2f}" for g, h in history.items()))
     final = do_eval() if vwin else {}
     if dist.main:
         path = save_final(raw, ns.out, ns.tokenizer, getattr(torch, ns.save_dtype))

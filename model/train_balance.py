@@ -4,6 +4,9 @@ Legend: T tokens, E routed experts, K experts per token, B sequences.
 - aux-free: after each optimizer step `update_bias` moves each gate's bias by -gamma * sign(load - mean).
 - `seq_balance_loss`: the sequence-wise balance loss alpha * sum_i f_i P_i, averaged over sequences.
 - `switch_balance_loss`: the Switch-style auxiliary loss over the whole batch (for comparisons).
+- `settle_biases`: after training, bias updates alone (weights frozen) on loads pooled over several
+  batches, with a step that decays to zero, so the shipped bias sits at balance instead of
+  wherever the last +-gamma jitter of training left it.
 """
 
 from __future__ import annotations
@@ -96,3 +99,32 @@ def max_violation(load: torch.Tensor) -> float:
     """MaxVio = (max_i load_i - mean load) / mean load (Wang et al. 2024, Eq. 4); 0 = perfect balance."""
     mean = load.mean()
     return float((load.max() - mean) / mean) if mean > 0 else float("nan")
+
+
+@torch.no_grad()
+def settle_biases(raw: Transformer, tap: RoutingTap, gate_mods: dict, get_batch, updates: int, pooled: int,
+                  speed: float, all_reduce) -> dict[str, list[float]]:
+    """Bias-only updates with the weights frozen: `updates` times, count each gate's loads over
+    `pooled` batches (`get_batch(i)` -> windows [B, S+1], i = 0, 1, ...; loads summed over ranks by
+    `all_reduce`) and move the bias by -gamma_u * sign(load - mean), gamma_u = speed * (1 - u/updates).
+    Returns per gate the MaxVio of the pooled loads before each update (the first is where training
+    left the bias, the last where it settled)."""
+    E = raw.args.n_routed_experts
+    labels = [g.label for g in tap.gates]
+    use_mtp = len(raw.mtp) > 0
+    history: dict[str, list[float]] = {label: [] for label in labels}
+    for u in range(updates):
+        loads = torch.zeros(len(labels), E, device=raw.embed.weight.device)
+        for j in range(pooled):
+            x = get_batch(u * pooled + j)
+            tap.clear()
+            with raw.hooks(tap.hooks()):
+                raw(x[:, :-1], mtp=use_mtp)
+            for gi, label in enumerate(labels):
+                if label in tap.ids:
+                    loads[gi] += expert_counts(tap.ids[label], E)
+        loads = all_reduce(loads)
+        for gi, label in enumerate(labels):
+            history[label].append(max_violation(loads[gi]))
+            update_bias(gate_mods[label].bias, loads[gi], speed * (1 - u / updates))
+    return history

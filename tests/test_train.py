@@ -16,8 +16,8 @@ from data.tokenizer import save_tokenizer, train_tokenizer
 from model import ConfigError, ModelArgs, Transformer
 from model import load as load_ckpt
 from model.moe import Gate
-from model.train import (TrainError, max_violation, parse_args, run, seq_balance_loss, switch_balance_loss,
-                         update_bias)
+from model.train import (RoutingTap, TrainError, max_violation, moe_gates, parse_args, run, seq_balance_loss,
+                         settle_biases, switch_balance_loss, update_bias)
 from model.train import main as train_main
 
 WORDS = "the king queen night watch ghost castle sword crown speak love death".split()
@@ -85,6 +85,42 @@ def test_update_bias_sign_and_direction():
     assert max(max_violation(v) for v in late) < 0.3 * max_violation(loads[0])
 
 
+def test_settle_biases_balances_a_lopsided_router_and_touches_nothing_else():
+    args = ModelArgs.from_name("tiny")
+    torch.manual_seed(0)
+    m = Transformer(args, dtype=torch.float32)
+    m.reset_parameters()
+    gates = moe_gates(m)
+    mods = {g.label: m.get_submodule(g.prefix) for g in gates}
+    with torch.no_grad():
+        for mod in mods.values():
+            mod.bias[:2] = 0.5  # experts 0 and 1 win nearly every token
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+
+    def batch(i: int) -> torch.Tensor:
+        return torch.randint(0, args.vocab_size, (4, 33), generator=torch.Generator().manual_seed(i))
+
+    history = settle_biases(m, RoutingTap(gates), mods, batch, updates=40, pooled=2, speed=0.05,
+                            all_reduce=lambda t: t)
+    assert set(history) == {g.label for g in gates} and all(len(h) == 40 for h in history.values())
+    for label, h in history.items():
+        assert h[0] > 2.0, (label, h[0])  # lopsided to begin with
+        assert max(h[-5:]) < 0.25 * h[0], (label, h)
+        assert float(mods[label].bias[:2].max()) < 0.5
+    after = m.state_dict()
+    for k, v in before.items():
+        assert torch.equal(after[k], v) == (not k.endswith("gate.bias")), k
+    # the step decays linearly: 4 updates from 0.04 move a still-overloaded expert by
+    # 0.04 + 0.03 + 0.02 + 0.01 = 0.10 (a constant step would give 0.16)
+    with torch.no_grad():
+        for mod in mods.values():
+            mod.bias.zero_()
+            mod.bias[:2] = 0.5
+    settle_biases(m, RoutingTap(gates), mods, batch, updates=4, pooled=1, speed=0.04, all_reduce=lambda t: t)
+    for mod in mods.values():
+        torch.testing.assert_close(mod.bias[:2], torch.full((2,), 0.4), rtol=0, atol=1e-6)
+
+
 def test_balance_losses_on_hand_computed_cases():
     E, K, S = 4, 2, 3
     # uniform scores, each token picks a different pair: perfectly balanced -> 1.0 for both losses
@@ -126,11 +162,20 @@ def test_training_reduces_loss_and_writes_the_run(corpus, tmp_path):
     assert loads.num_rows == 40 * 3 * 16  # steps x gates x experts
     assert json.loads((out / "run.json").read_text())["final"]["val_loss_math"] == ev[-1]["val_loss_math"]
 
-    # the final model: our loader gives the trained weights back, with the tokenizer beside it
+    # the final model: our loader gives the trained weights back (the gate biases settled after the
+    # last step, everything else as trained), with the tokenizer beside it
     m = load_ckpt(out / "model", dtype=torch.float32)
     state = torch.load(out / "checkpoint" / "state.pt", weights_only=False)["model"]
+    final = m.state_dict()
+    settled = {k for k in state if k.endswith("gate.bias")}
+    assert len(settled) == 3 and all(not torch.equal(final[k], state[k]) for k in settled)
+    for k, v in state.items():
+        if k not in settled:
+            assert torch.equal(final[k], v), k
+    settle = info["bias_settle"]
+    assert settle["updates"] == 30 and set(settle["maxvio_pooled"]) == {"layer1", "layer2", "mtp0"}
     ref = Transformer(m.args, dtype=torch.float32)
-    ref.load_state_dict(state)
+    ref.load_state_dict(state | {k: final[k] for k in settled})
     tokens = torch.randint(0, m.args.vocab_size, (1, 12), generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(m(tokens), ref.eval()(tokens), rtol=0, atol=0)
     assert (out / "model" / "tokenizer.json").read_bytes() == (corpus / "tokenizer.json").read_bytes()
