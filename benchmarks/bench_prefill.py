@@ -9,6 +9,11 @@ nothing attached; a no-op hook attached to every hook point except the opt-in at
 ("attached but idle"); and with the attention pattern hooked (materialised). Printed: median
 tokens/s and the ratio to transformers, and the best-of-N times (less sensitive to a noisy
 machine). Target: ours >= 1.3x transformers with idle hooks.
+
+`--profile` also splits one forward of each (torch.profiler, self CPU time of every op, mean of 3
+forwards) into dense GEMMs (aten::mm / addmm), attention (bmm, softmax, the fused SDPA kernel) and
+everything else, and prints the speed-up ours would reach if everything but its GEMMs cost nothing:
+the ceiling for an implementation that runs the same GEMMs as transformers.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--profile", action="store_true", help="also print where one forward's time goes")
     ns = p.parse_args()
     torch.set_num_threads(ns.threads)
 
@@ -106,6 +112,33 @@ def main() -> None:
     for name, ts in results.items():
         t, b = statistics.median(ts), min(ts)
         print(f"{name:36} {t:9.4f} {n_tok / t:10.0f} {base / t:15.2f}x {b:8.4f} {best / b:12.2f}x")
+    if ns.profile:
+        parts = {name: op_split(cases[name]) for name in ("transformers", "ours (hook points, none attached)")}
+        print("\nwhere one forward's time goes (self CPU ms, mean of 3 profiled forwards):")
+        print(f"{'':36} {'GEMM':>8} {'attention':>10} {'other':>8} {'total':>8}")
+        for name, d in parts.items():
+            print(f"{name:36} {d['gemm']:8.1f} {d['attention']:10.1f} {d['other']:8.1f} {sum(d.values()):8.1f}")
+        hf, ours = parts["transformers"], parts["ours (hook points, none attached)"]
+        print(f"ceiling with ours' GEMMs alone (attention and all else free): "
+              f"{sum(hf.values()) / ours['gemm']:.2f}x transformers")
+
+
+GEMM_OPS = {"aten::mm", "aten::addmm"}
+ATTENTION_OPS = {"aten::bmm", "aten::baddbmm", "aten::_softmax", "aten::_scaled_dot_product_flash_attention_for_cpu"}
+
+
+def op_split(fn, n: int = 3) -> dict[str, float]:
+    """Self CPU time per forward (ms) in dense GEMMs, attention and the rest."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(n):
+            fn()
+    out = {"gemm": 0.0, "attention": 0.0, "other": 0.0}
+    for ev in prof.key_averages():
+        kind = "gemm" if ev.key in GEMM_OPS else "attention" if ev.key in ATTENTION_OPS else "other"
+        out[kind] += ev.self_cpu_time_total / 1e3 / n
+    return out
 
 
 if __name__ == "__main__":
