@@ -10,6 +10,10 @@ nothing attached; a no-op hook attached to every hook point except the opt-in at
 tokens/s and the ratio to transformers, and the best-of-N times (less sensitive to a noisy
 machine). Target: ours >= 1.3x transformers with idle hooks.
 
+Our float32 CPU GEMMs go through oneDNN (`model.layers.dense_linear`), transformers' through
+F.linear (MKL sgemm); the last row runs ours with F.linear too, to show what the kernel choice is
+worth and what the rest of the implementation is worth.
+
 `--profile` also splits one forward of each (torch.profiler, self CPU time of every op, mean of 3
 forwards) into dense GEMMs (aten::mm / addmm), attention (bmm, softmax, the fused SDPA kernel) and
 everything else, and prints the speed-up ours would reach if everything but its GEMMs cost nothing:
@@ -61,6 +65,7 @@ def main() -> None:
     from transformers.utils import logging
 
     import model
+    from model import layers
 
     logging.set_verbosity_error()
     warnings.simplefilter("ignore")
@@ -80,6 +85,8 @@ def main() -> None:
         got = ours(tokens)
     err = ((ref - got).abs().max() / ref.abs().max()).item()
 
+    onednn = layers.ONEDNN_LINEAR
+    print(f"our float32 GEMMs: {'oneDNN (model.layers.dense_linear)' if onednn else 'F.linear'}")
     noop = [(lambda n: not n.endswith("hook_pattern"), lambda t, hook: None)]
     pattern = [("layers.*.attn.hook_pattern", lambda t, hook: None)]
 
@@ -93,8 +100,16 @@ def main() -> None:
                 ours(tokens)
         return f
 
+    def run_ours_mkl():  # F.linear (MKL sgemm) for every GEMM, as transformers runs them
+        layers.ONEDNN_LINEAR = False
+        try:
+            run_ours()()
+        finally:
+            layers.ONEDNN_LINEAR = onednn
+
     cases = {"transformers": run_hf, "ours (hook points, none attached)": run_ours(),
-             "ours (no-op hooks attached)": run_ours(noop), "ours (attention pattern hooked)": run_ours(pattern)}
+             "ours (no-op hooks attached)": run_ours(noop), "ours (attention pattern hooked)": run_ours(pattern),
+             "ours, GEMMs through F.linear": run_ours_mkl}
     for fn in cases.values():  # warm-up
         fn()
     results = {name: [] for name in cases}
@@ -113,17 +128,18 @@ def main() -> None:
         t, b = statistics.median(ts), min(ts)
         print(f"{name:36} {t:9.4f} {n_tok / t:10.0f} {base / t:15.2f}x {b:8.4f} {best / b:12.2f}x")
     if ns.profile:
-        parts = {name: op_split(cases[name]) for name in ("transformers", "ours (hook points, none attached)")}
+        parts = {name: op_split(cases[name]) for name in ("transformers", "ours (hook points, none attached)",
+                                                          "ours, GEMMs through F.linear")}
         print("\nwhere one forward's time goes (self CPU ms, mean of 3 profiled forwards):")
         print(f"{'':36} {'GEMM':>8} {'attention':>10} {'other':>8} {'total':>8}")
         for name, d in parts.items():
             print(f"{name:36} {d['gemm']:8.1f} {d['attention']:10.1f} {d['other']:8.1f} {sum(d.values()):8.1f}")
-        hf, ours = parts["transformers"], parts["ours (hook points, none attached)"]
-        print(f"ceiling with ours' GEMMs alone (attention and all else free): "
-              f"{sum(hf.values()) / ours['gemm']:.2f}x transformers")
+        hf, mkl = parts["transformers"], parts["ours, GEMMs through F.linear"]
+        print(f"with transformers' GEMM kernel, ours could reach at most {sum(hf.values()) / mkl['gemm']:.2f}x "
+              "(everything but the GEMMs free)")
 
 
-GEMM_OPS = {"aten::mm", "aten::addmm"}
+GEMM_OPS = {"aten::mm", "aten::addmm", "mkldnn::_linear_pointwise"}
 ATTENTION_OPS = {"aten::bmm", "aten::baddbmm", "aten::_softmax", "aten::_scaled_dot_product_flash_attention_for_cpu"}
 
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from .args import ModelArgs
 from .hooks import HookPoint
-from .layers import Linear, RMSNorm, apply_rope
+from .layers import Linear, RMSNorm, apply_rope, dense_linear
 
 ATTN_IMPLS = ("absorb", "naive")
 
@@ -133,7 +133,7 @@ class MLA(nn.Module):
                 kv = self._store("kv", kv, pos, n_keys)  # [B, T, C]
                 k_pe = self._store("pe", k_pe, pos, n_keys)  # [B, T, R]
             if self.latent_attention != "always" and self._expand_is_cheaper(seqlen, kv.shape[1]):
-                kvb = F.linear(kv, wkv_b.flatten(0, 1)).view(bsz, -1, self.n_heads, self.nope + self.v_dim)
+                kvb = dense_linear(kv, wkv_b.flatten(0, 1)).view(bsz, -1, self.n_heads, self.nope + self.v_dim)
                 z = self._attend_expanded(q_nope, q_pe, kvb, k_pe, mask)
             else:
                 z = self._attend_latent(q_nope, q_pe, kv, k_pe, wkv_b, mask)

@@ -14,7 +14,7 @@ from .args import ModelArgs
 from .hooks import HookPoint
 from .fp8 import quantize_block
 from .kernels import act_quant, fp8_gemm
-from .layers import Linear
+from .layers import Linear, dense_linear
 
 
 class MLP(nn.Module):
@@ -155,7 +155,7 @@ class Experts(nn.Module):
         """x W^T for local expert `le`'s weight `name`; xq = (q, s) reuses a quantised x."""
         w, s = getattr(self, name)[le], getattr(self, f"{name}_scale_inv")
         if s is None:
-            return F.linear(x, w)
+            return dense_linear(x, w)
         if w.dtype != torch.float8_e4m3fn:
             raise RuntimeError(f"FP8-resident experts hold a {w.dtype} {name} (was the model cast with .to(dtype)?)")
         if xq is None:

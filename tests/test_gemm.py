@@ -1,0 +1,93 @@
+"""model.layers.dense_linear: float32 CPU GEMMs through oneDNN when no gradient is needed, F.linear otherwise."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
+
+from model import layers
+from model.layers import dense_linear
+
+needs_onednn = pytest.mark.skipif(not layers.ONEDNN_LINEAR, reason="oneDNN linear unavailable in this torch build, or switched off (DSV3_ONEDNN=0)")
+
+
+def ops_called(fn) -> set[str]:
+    with profile(activities=[ProfilerActivity.CPU]) as p:
+        fn()
+    return {e.key for e in p.key_averages()}
+
+
+@pytest.fixture
+def onednn(request):
+    saved = layers.ONEDNN_LINEAR
+    layers.ONEDNN_LINEAR = request.param
+    yield request.param
+    layers.ONEDNN_LINEAR = saved
+
+
+@needs_onednn
+def test_same_numbers_as_f_linear_on_every_layout():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(96, 80, generator=g)
+    cases = {
+        "2d": torch.randn(33, 80, generator=g),
+        "3d": torch.randn(2, 17, 80, generator=g),
+        "non-contiguous x": torch.randn(80, 2, 9, generator=g).permute(1, 2, 0),
+        "empty": torch.randn(0, 80, generator=g),
+    }
+    with torch.no_grad():
+        for name, x in cases.items():
+            got, want = dense_linear(x, w), F.linear(x, w)
+            assert got.shape == want.shape, name
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=name)
+        wt = torch.randn(80, 96, generator=g).t()  # a transposed (non-contiguous) weight
+        torch.testing.assert_close(dense_linear(cases["2d"], wt), F.linear(cases["2d"], wt), rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+def test_onednn_only_without_gradients_and_gradients_still_flow():
+    x = torch.randn(8, 16)
+    w = torch.nn.Parameter(torch.randn(4, 16))
+    with torch.no_grad():
+        assert "mkldnn::_linear_pointwise" in ops_called(lambda: dense_linear(x, w))
+    assert "mkldnn::_linear_pointwise" not in ops_called(lambda: dense_linear(x, w))  # w needs a gradient
+    dense_linear(x, w).square().sum().backward()
+    ref = w.detach().clone().requires_grad_()
+    F.linear(x, ref).square().sum().backward()
+    torch.testing.assert_close(w.grad, ref.grad, rtol=0, atol=0)
+    # bfloat16 and the switch turned off: plain F.linear, bit for bit
+    xb, wb = x.bfloat16(), w.detach().bfloat16()
+    with torch.no_grad():
+        assert "mkldnn::_linear_pointwise" not in ops_called(lambda: dense_linear(xb, wb))
+        assert torch.equal(dense_linear(xb, wb), F.linear(xb, wb))
+
+
+@pytest.mark.parametrize("onednn", [False], indirect=True)
+def test_switched_off_is_f_linear_bit_for_bit(onednn):
+    x, w = torch.randn(8, 16), torch.randn(4, 16)
+    with torch.no_grad():
+        assert "mkldnn::_linear_pointwise" not in ops_called(lambda: dense_linear(x, w))
+        assert torch.equal(dense_linear(x, w), F.linear(x, w))
+
+
+@needs_onednn
+def test_whole_model_agrees_with_and_without_onednn():
+    from conftest import random_model
+
+    m = random_model("tiny", seed=3)
+    tokens = torch.randint(0, m.args.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
+    saved = layers.ONEDNN_LINEAR
+    try:
+        with torch.no_grad():
+            layers.ONEDNN_LINEAR = True
+            fast, cache_fast = m.run_with_cache(tokens, names="layers.*.ffn.gate.hook_topk_ids")
+            assert "mkldnn::_linear_pointwise" in ops_called(lambda: m(tokens))
+            layers.ONEDNN_LINEAR = False
+            plain, cache_plain = m.run_with_cache(tokens, names="layers.*.ffn.gate.hook_topk_ids")
+    finally:
+        layers.ONEDNN_LINEAR = saved
+    assert float((fast - plain).abs().max() / plain.abs().max()) < 1e-5
+    same = [(a.sort(-1).values == cache_plain[k].sort(-1).values).all(-1).float().mean() for k, a in cache_fast.items()]
+    assert min(same) >= 0.99
