@@ -34,14 +34,15 @@ ONEDNN_LINEAR = _onednn_linear_available()  # read at every call: tests and benc
 
 def dense_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """x W^T for a dense weight. Float32 on the CPU with no gradient to track goes through oneDNN's
-    linear primitive (the one torch.compile's CPU backend calls), else F.linear.
+    linear primitive (torch.ops.mkldnn._linear_pointwise, an op torch.compile's CPU backend also
+    emits), everything else through F.linear.
 
-    NOTE: torch's CPU wheels run F.linear on float32 through MKL's sgemm, which on AMD CPUs keeps to
-    its AVX2 code path; oneDNN uses AVX-512 there: 2.2x the GEMM throughput on our 2-core AMD EPYC
-    (493 vs 222 GFLOPS for 1024x512x256, 2 threads). Same float32 arithmetic, a different summation
-    order (differences ~1e-6 relative). oneDNN's op has no autograd formula, so whenever x or w
-    needs a gradient F.linear is used. DSV3_ONEDNN=0 in the environment (or
-    `model.layers.ONEDNN_LINEAR = False`) turns it off."""
+    NOTE: torch's CPU wheels run a float32 F.linear through MKL's sgemm, which measured half of
+    oneDNN's throughput on our 2-core AMD EPYC (222 vs 493 GFLOPS for 1024x512x256 with 2 threads;
+    113 GFLOPS on one core, the AVX2 rate, where oneDNN uses AVX-512). Same float32 arithmetic in a
+    different summation order (differences ~1e-6 relative, tested). The oneDNN op has no autograd
+    formula, so whenever x or w needs a gradient F.linear is used. DSV3_ONEDNN=0 in the environment
+    (or `model.layers.ONEDNN_LINEAR = False`) turns it off."""
     if (ONEDNN_LINEAR and x.dtype == torch.float32 and w.dtype == torch.float32 and x.device.type == "cpu"
             and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))):
         return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
