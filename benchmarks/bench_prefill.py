@@ -4,7 +4,7 @@
     python benchmarks/bench_prefill.py --repeats 10 --threads 2
 
 Both models run in this one process on the same checkpoint (written by transformers, loaded by
-`model.load`), alternating, after a warm-up. Ours is timed three ways: hook points present with
+`model.load`), alternating, after a warm-up, each repeat on a fresh random batch. Ours is timed three ways: hook points present with
 nothing attached; a no-op hook attached to every hook point except the opt-in attention pattern
 ("attached but idle"); and with the attention pattern hooked (materialised). Printed: median
 tokens/s and the ratio to transformers, and the best-of-N times (less sensitive to a noisy
@@ -90,14 +90,19 @@ def main() -> None:
     noop = [(lambda n: not n.endswith("hook_pattern"), lambda t, hook: None)]
     pattern = [("layers.*.attn.hook_pattern", lambda t, hook: None)]
 
+    # every repeat feeds a fresh batch (the same one to every case): routing, and so each expert's
+    # row count, changes from repeat to repeat as it would over a corpus
+    gen = torch.Generator().manual_seed(2)
+    batch = {"tokens": tokens}
+
     def run_hf():
         with torch.no_grad():
-            hf(tokens)
+            hf(batch["tokens"])
 
     def run_ours(hooks=()):
         def f():
             with torch.no_grad(), ours.hooks(hooks):
-                ours(tokens)
+                ours(batch["tokens"])
         return f
 
     def run_ours_mkl():  # F.linear (MKL sgemm) for every GEMM, as transformers runs them
@@ -114,6 +119,7 @@ def main() -> None:
         fn()
     results = {name: [] for name in cases}
     for _ in range(ns.repeats):  # interleave so drift hits all cases alike
+        batch["tokens"] = torch.randint(0, CONFIG["vocab_size"], tokens.shape, generator=gen)
         for name, fn in cases.items():
             results[name].append(median_time(fn, 1))
     n_tok = ns.batch * ns.seq_len

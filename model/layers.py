@@ -32,19 +32,31 @@ def _onednn_linear_available() -> bool:
 ONEDNN_LINEAR = _onednn_linear_available()  # read at every call: tests and benchmarks may switch it
 
 
+ONEDNN_MIN_MACS = 1 << 20  # smaller GEMMs are dominated by call overhead, where F.linear is quicker
+ONEDNN_ROW_BUCKET = 16  # callers with varying row counts pad to a multiple of this (see Experts)
+
+
+def uses_onednn(x: torch.Tensor, w: torch.Tensor) -> bool:
+    """Whether dense_linear(x, w) runs on oneDNN (see there)."""
+    return (ONEDNN_LINEAR and x.dtype == torch.float32 and w.dtype == torch.float32 and x.device.type == "cpu"
+            and x.numel() * w.shape[0] >= ONEDNN_MIN_MACS
+            and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)))
+
+
 def dense_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """x W^T for a dense weight. Float32 on the CPU with no gradient to track goes through oneDNN's
-    linear primitive (torch.ops.mkldnn._linear_pointwise, an op torch.compile's CPU backend also
-    emits), everything else through F.linear.
+    """x W^T for a dense weight. Float32 on the CPU with no gradient to track, and not tiny, goes
+    through oneDNN's linear primitive (torch.ops.mkldnn._linear_pointwise, an op torch.compile's CPU
+    backend also emits), everything else through F.linear.
 
     NOTE: torch's CPU wheels run a float32 F.linear through MKL's sgemm, which measured half of
     oneDNN's throughput on our 2-core AMD EPYC (222 vs 493 GFLOPS for 1024x512x256 with 2 threads;
     113 GFLOPS on one core, the AVX2 rate, where oneDNN uses AVX-512). Same float32 arithmetic in a
-    different summation order (differences ~1e-6 relative, tested). The oneDNN op has no autograd
-    formula, so whenever x or w needs a gradient F.linear is used. DSV3_ONEDNN=0 in the environment
-    (or `model.layers.ONEDNN_LINEAR = False`) turns it off."""
-    if (ONEDNN_LINEAR and x.dtype == torch.float32 and w.dtype == torch.float32 and x.device.type == "cpu"
-            and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))):
+    different summation order (differences ~1e-6 relative, tested). oneDNN compiles a kernel per
+    shape (about 0.4 ms, cached for 1,024 shapes), so callers whose row count varies from call to
+    call pad it to a multiple of ONEDNN_ROW_BUCKET. The oneDNN op has no autograd formula, so
+    whenever x or w needs a gradient F.linear is used. DSV3_ONEDNN=0 in the environment (or
+    `model.layers.ONEDNN_LINEAR = False`) turns it off."""
+    if uses_onednn(x, w):
         return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
     return F.linear(x, w)
 

@@ -14,7 +14,7 @@ from .args import ModelArgs
 from .hooks import HookPoint
 from .fp8 import quantize_block
 from .kernels import act_quant, fp8_gemm
-from .layers import Linear, dense_linear
+from .layers import ONEDNN_ROW_BUCKET, Linear, dense_linear, uses_onednn
 
 
 class MLP(nn.Module):
@@ -137,17 +137,26 @@ class Experts(nn.Module):
         fp8_in = self.w1_scale_inv is not None or self.w3_scale_inv is not None
         # NOTE: one expert at a time, gathering and scattering only its own tokens: no [T*K, D]
         # temporaries (on CPU their allocation and first touch cost more than the GEMMs).
+        # oneDNN compiles a GEMM per row count: pad each expert's rows to a bucket so that a long
+        # run meets a bounded set of shapes (pad rows are zeros, computed and dropped)
+        bucket = ONEDNN_ROW_BUCKET if not fp8_in and len(self.w1) and uses_onednn(x_TD, self.w1[0]) else 1
         start = 0
         for e, n in enumerate(counts):
             if n and first <= e < end:
                 tok = tok_A[start : start + n]
-                xe = x_TD.index_select(0, tok)  # [n, D]
+                m = -(-n // bucket) * bucket
+                if m == n:
+                    xe = x_TD.index_select(0, tok)  # [n, D]
+                else:
+                    xe = x_TD.new_zeros(m, x_TD.shape[1])
+                    torch.index_select(x_TD, 0, tok, out=xe[:n])
                 le = e - first
                 xq = act_quant(xe, self.block, self.scale_fmt) if fp8_in else None
                 # the routing weight scales the [n, I] hidden state: w * (h W2^T) == (w * h) W2^T
+                w = w_A[start : start + n, None]
                 h = (F.silu(self._linear(xe, "w1", le, xq)) * self._linear(xe, "w3", le, xq)
-                     * w_A[start : start + n, None])
-                out_TD.index_add_(0, tok, self._linear(h, "w2", le))
+                     * (w if m == n else F.pad(w, (0, 0, 0, m - n))))
+                out_TD.index_add_(0, tok, self._linear(h, "w2", le)[:n])
             start += n
         return out_TD
 

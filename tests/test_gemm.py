@@ -30,28 +30,31 @@ def onednn(request):
 @needs_onednn
 def test_same_numbers_as_f_linear_on_every_layout():
     g = torch.Generator().manual_seed(0)
-    w = torch.randn(96, 80, generator=g)
-    cases = {
-        "2d": torch.randn(33, 80, generator=g),
-        "3d": torch.randn(2, 17, 80, generator=g),
-        "non-contiguous x": torch.randn(80, 2, 9, generator=g).permute(1, 2, 0),
-        "empty": torch.randn(0, 80, generator=g),
+    w = torch.randn(256, 128, generator=g)
+    cases = {  # each at least ONEDNN_MIN_MACS, so each really runs on oneDNN
+        "2d": torch.randn(40, 128, generator=g),
+        "3d": torch.randn(2, 21, 128, generator=g),
+        "non-contiguous x": torch.randn(128, 2, 20, generator=g).permute(1, 2, 0),
     }
     with torch.no_grad():
         for name, x in cases.items():
+            assert layers.uses_onednn(x, w), name
             got, want = dense_linear(x, w), F.linear(x, w)
             assert got.shape == want.shape, name
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=name)
-        wt = torch.randn(80, 96, generator=g).t()  # a transposed (non-contiguous) weight
+        wt = torch.randn(128, 256, generator=g).t()  # a transposed (non-contiguous) weight
         torch.testing.assert_close(dense_linear(cases["2d"], wt), F.linear(cases["2d"], wt), rtol=1e-5, atol=1e-5)
+        assert dense_linear(torch.randn(0, 128), w).shape == (0, 256)
 
 
 @needs_onednn
 def test_onednn_only_without_gradients_and_gradients_still_flow():
-    x = torch.randn(8, 16)
-    w = torch.nn.Parameter(torch.randn(4, 16))
+    x = torch.randn(64, 128)
+    w = torch.nn.Parameter(torch.randn(256, 128))
     with torch.no_grad():
         assert "mkldnn::_linear_pointwise" in ops_called(lambda: dense_linear(x, w))
+        # a tiny GEMM (below ONEDNN_MIN_MACS) stays on F.linear
+        assert "mkldnn::_linear_pointwise" not in ops_called(lambda: dense_linear(x[:2, :16], w[:8, :16]))
     assert "mkldnn::_linear_pointwise" not in ops_called(lambda: dense_linear(x, w))  # w needs a gradient
     dense_linear(x, w).square().sum().backward()
     ref = w.detach().clone().requires_grad_()
@@ -66,7 +69,7 @@ def test_onednn_only_without_gradients_and_gradients_still_flow():
 
 @pytest.mark.parametrize("onednn", [False], indirect=True)
 def test_switched_off_is_f_linear_bit_for_bit(onednn):
-    x, w = torch.randn(8, 16), torch.randn(4, 16)
+    x, w = torch.randn(64, 128), torch.randn(256, 128)
     with torch.no_grad():
         assert "mkldnn::_linear_pointwise" not in ops_called(lambda: dense_linear(x, w))
         assert torch.equal(dense_linear(x, w), F.linear(x, w))
@@ -91,3 +94,40 @@ def test_whole_model_agrees_with_and_without_onednn():
     assert float((fast - plain).abs().max() / plain.abs().max()) < 1e-5
     same = [(a.sort(-1).values == cache_plain[k].sort(-1).values).all(-1).float().mean() for k, a in cache_fast.items()]
     assert min(same) >= 0.99
+
+
+@needs_onednn
+def test_experts_pad_rows_to_the_bucket_and_compute_the_same():
+    """Each expert's rows are padded to a multiple of ONEDNN_ROW_BUCKET for oneDNN (a bounded set of
+    kernel shapes); the result equals the unpadded F.linear computation."""
+    from model import ModelArgs
+    from model.moe import Experts
+
+    args = ModelArgs.from_dict(ModelArgs.from_name("tiny").to_dict()
+                               | dict(dim=256, moe_inter_dim=128, n_routed_experts=8, n_activated_experts=2,
+                                      n_expert_groups=1, n_limited_groups=1))
+    torch.manual_seed(0)
+    ex = Experts(args, dtype=torch.float32)
+    ex.reset_parameters(std=0.05)
+    T = 301
+    x = torch.randn(T, 256)
+    ids = torch.stack([torch.randperm(8)[:2] for _ in range(T)])
+    w = torch.rand(T, 2)
+    counts = torch.bincount(ids.flatten(), minlength=8)
+    assert (counts % layers.ONEDNN_ROW_BUCKET != 0).any()  # some experts really need padding
+    with torch.no_grad():
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as p:
+            fast = ex(x, w, ids)
+        rows = [e.input_shapes[0][0] for e in p.events() if e.name == "mkldnn::_linear_pointwise"]
+        assert len(rows) == 3 * 8 and all(r % layers.ONEDNN_ROW_BUCKET == 0 for r in rows), rows
+        saved = layers.ONEDNN_LINEAR
+        layers.ONEDNN_LINEAR = False
+        try:
+            plain = ex(x, w, ids)
+        finally:
+            layers.ONEDNN_LINEAR = saved
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+    # with gradients: F.linear, no padding, and the router weights get their gradient
+    wg = w.clone().requires_grad_()
+    ex(x, wg, ids).sum().backward()
+    assert wg.grad is not None and wg.grad.abs().sum() > 0
