@@ -257,9 +257,8 @@ def loads_from_run(run_dir: str | Path, shape: RouterShape) -> Loads:
 def ablate(opts: AblateOptions, ablations: list[Ablation]):
     """Run the job; returns (output run directory, DataFrame of the rows). Rank 0 writes."""
     import model as model_pkg
-    from model.args import ConfigError
-    from probe.record import (RecordError, RecordOptions, _bound_heap, _resolve, _tokenizer,
-                              checkpoint_fingerprint, default_seq_len, init_world)
+    from probe.record import (RecordOptions, _bound_heap, _resolve, _tokenizer, checkpoint_args,
+                              checkpoint_fingerprint, init_world, window_length)
 
     if not ablations:
         raise AblationError("nothing to ablate: pass --experts, --top, --random, --shared or --spec")
@@ -270,14 +269,8 @@ def ablate(opts: AblateOptions, ablations: list[Ablation]):
     ropts = RecordOptions(ckpt=opts.ckpt, corpus=opts.corpus, out=opts.out or opts.run, tokenizer=opts.tokenizer)
     ckpt, corpus, out = _resolve(ropts)
     _check_out(out)
-    try:
-        args = model_pkg.ModelArgs.from_hf_config(ckpt)
-    except ConfigError as e:
-        raise RecordError(str(e)) from None
-    if opts.seq_len is None:
-        opts.seq_len = default_seq_len(args)
-    if opts.seq_len > args.max_seq_len:
-        raise AblationError(f"--seq-len {opts.seq_len} exceeds the model's max_seq_len {args.max_seq_len}")
+    args = checkpoint_args(ckpt)
+    opts.seq_len = window_length(opts.seq_len, args, AblationError)
     shape = RouterShape.of(args)
     loads, source = None, "baseline"
     needs = any(a.needs_loads for a in ablations)

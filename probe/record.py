@@ -70,6 +70,25 @@ def default_seq_len(args) -> int:
     return min(512, args.original_seq_len, args.max_seq_len)
 
 
+def checkpoint_args(ckpt: Path):
+    """The checkpoint's `model.ModelArgs`; a bad config.json is a one-line RecordError."""
+    import model as model_pkg
+    from model.args import ConfigError
+
+    try:
+        return model_pkg.ModelArgs.from_hf_config(ckpt)
+    except ConfigError as e:
+        raise RecordError(str(e)) from None
+
+
+def window_length(seq_len: int | None, args, error: type[Exception] = RecordError) -> int:
+    """--seq-len, or `default_seq_len` when unset; `error` when it exceeds the model's max_seq_len."""
+    seq_len = default_seq_len(args) if seq_len is None else seq_len
+    if seq_len > args.max_seq_len:
+        raise error(f"--seq-len {seq_len} exceeds the model's max_seq_len {args.max_seq_len}")
+    return seq_len
+
+
 # the options that must match to resume a run
 RESUME_KEYS = ("seq_len", "batch_size", "router_logits", "sample", "kv_stats", "mtp", "max_tokens", "add_bos")
 
@@ -211,7 +230,6 @@ def _bound_heap() -> None:
 def record(opts: RecordOptions) -> Path:
     """Run the job; returns the run directory. Raises RecordError / CorpusError on bad input."""
     import model as model_pkg
-    from model.args import ConfigError
 
     _bound_heap()
 
@@ -222,14 +240,8 @@ def record(opts: RecordOptions) -> Path:
     if opts.batch_size < 1 or (opts.seq_len is not None and opts.seq_len < 2):
         raise RecordError("--batch-size must be >= 1 and --seq-len >= 2")
     ckpt, corpus, out = _resolve(opts)
-    try:
-        args = model_pkg.ModelArgs.from_hf_config(ckpt)
-    except ConfigError as e:
-        raise RecordError(str(e)) from None
-    if opts.seq_len is None:
-        opts.seq_len = default_seq_len(args)
-    if opts.seq_len > args.max_seq_len:
-        raise RecordError(f"--seq-len {opts.seq_len} exceeds the model's max_seq_len {args.max_seq_len}")
+    args = checkpoint_args(ckpt)
+    opts.seq_len = window_length(opts.seq_len, args)
     tok = _tokenizer(opts, ckpt, args.vocab_size)
     _check_out(out, opts)
     if not corpus.exists():

@@ -32,8 +32,8 @@ import pyarrow.parquet as pq
 import torch
 
 from .corpus import CorpusError, CorpusStats, iter_documents
-from .record import (DEFAULT_CKPT, DEFAULT_CORPUS, REPO, RecordError, _tokenizer, checkpoint_fingerprint,
-                     init_world)
+from .record import (DEFAULT_CKPT, DEFAULT_CORPUS, REPO, RecordError, _tokenizer, checkpoint_args,
+                     checkpoint_fingerprint, init_world)
 from .schema import TABLES
 from .writer import RUN_JSON, read_run_json, write_json_atomic
 
@@ -103,7 +103,6 @@ def _write_table(out: Path, table: str, columns: dict) -> None:
 def record_spec(opts: SpecOptions) -> Path:
     """Generate with MTP drafts and write `spec_decode` and `spec_drafts`; returns the run directory."""
     import model as model_pkg
-    from model.args import ConfigError
     from model.generate import GenerateError, generate
 
     if opts.prompt_tokens < 1 or opts.new_tokens < 1 or opts.batch_size < 1:
@@ -111,10 +110,7 @@ def record_spec(opts: SpecOptions) -> Path:
     if opts.max_prompts is not None and opts.max_prompts < 1:
         raise RecordError("--max-prompts must be >= 1")
     ckpt, corpus, out = _resolve(opts)
-    try:
-        args = model_pkg.ModelArgs.from_hf_config(ckpt)
-    except ConfigError as e:
-        raise RecordError(str(e)) from None
+    args = checkpoint_args(ckpt)
     if opts.prompt_tokens + opts.new_tokens > args.max_seq_len:
         raise RecordError(f"--prompt-tokens + --new-tokens = {opts.prompt_tokens + opts.new_tokens} exceeds "
                           f"the model's max_seq_len {args.max_seq_len}")
