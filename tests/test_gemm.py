@@ -19,14 +19,6 @@ def ops_called(fn) -> set[str]:
     return {e.key for e in p.key_averages()}
 
 
-@pytest.fixture
-def onednn(request):
-    saved = layers.ONEDNN_LINEAR
-    layers.ONEDNN_LINEAR = request.param
-    yield request.param
-    layers.ONEDNN_LINEAR = saved
-
-
 @needs_onednn
 def test_same_numbers_as_f_linear_on_every_layout():
     g = torch.Generator().manual_seed(0)
@@ -67,8 +59,8 @@ def test_onednn_only_without_gradients_and_gradients_still_flow():
         assert torch.equal(dense_linear(xb, wb), F.linear(xb, wb))
 
 
-@pytest.mark.parametrize("onednn", [False], indirect=True)
-def test_switched_off_is_f_linear_bit_for_bit(onednn):
+def test_switched_off_is_f_linear_bit_for_bit(monkeypatch):
+    monkeypatch.setattr(layers, "ONEDNN_LINEAR", False)
     x, w = torch.randn(64, 128), torch.randn(256, 128)
     with torch.no_grad():
         assert "mkldnn::_linear_pointwise" not in ops_called(lambda: dense_linear(x, w))
@@ -76,28 +68,23 @@ def test_switched_off_is_f_linear_bit_for_bit(onednn):
 
 
 @needs_onednn
-def test_whole_model_agrees_with_and_without_onednn():
+def test_whole_model_agrees_with_and_without_onednn(monkeypatch):
     from conftest import random_model
 
     m = random_model("tiny", seed=3)
     tokens = torch.randint(0, m.args.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
-    saved = layers.ONEDNN_LINEAR
-    try:
-        with torch.no_grad():
-            layers.ONEDNN_LINEAR = True
-            fast, cache_fast = m.run_with_cache(tokens, names="layers.*.ffn.gate.hook_topk_ids")
-            assert "mkldnn::_linear_pointwise" in ops_called(lambda: m(tokens))
-            layers.ONEDNN_LINEAR = False
-            plain, cache_plain = m.run_with_cache(tokens, names="layers.*.ffn.gate.hook_topk_ids")
-    finally:
-        layers.ONEDNN_LINEAR = saved
+    with torch.no_grad():
+        fast, cache_fast = m.run_with_cache(tokens, names="layers.*.ffn.gate.hook_topk_ids")
+        assert "mkldnn::_linear_pointwise" in ops_called(lambda: m(tokens))
+        monkeypatch.setattr(layers, "ONEDNN_LINEAR", False)
+        plain, cache_plain = m.run_with_cache(tokens, names="layers.*.ffn.gate.hook_topk_ids")
     assert float((fast - plain).abs().max() / plain.abs().max()) < 1e-5
     same = [(a.sort(-1).values == cache_plain[k].sort(-1).values).all(-1).float().mean() for k, a in cache_fast.items()]
     assert min(same) >= 0.99
 
 
 @needs_onednn
-def test_experts_pad_rows_to_the_bucket_and_compute_the_same():
+def test_experts_pad_rows_to_the_bucket_and_compute_the_same(monkeypatch):
     """Each expert's rows are padded to a multiple of ONEDNN_ROW_BUCKET for oneDNN (a bounded set of
     kernel shapes); the result equals the unpadded F.linear computation."""
     from model import ModelArgs
@@ -114,20 +101,16 @@ def test_experts_pad_rows_to_the_bucket_and_compute_the_same():
     ids = torch.stack([torch.randperm(8)[:2] for _ in range(T)])
     w = torch.rand(T, 2)
     counts = torch.bincount(ids.flatten(), minlength=8)
+    # with gradients: F.linear, no padding, and the router weights get their gradient
+    wg = w.clone().requires_grad_()
+    assert "mkldnn::_linear_pointwise" not in ops_called(lambda: ex(x, wg, ids).sum().backward())
+    assert wg.grad is not None and wg.grad.abs().sum() > 0
     assert (counts % layers.ONEDNN_ROW_BUCKET != 0).any()  # some experts really need padding
     with torch.no_grad():
         with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as p:
             fast = ex(x, w, ids)
         rows = [e.input_shapes[0][0] for e in p.events() if e.name == "mkldnn::_linear_pointwise"]
         assert len(rows) == 3 * 8 and all(r % layers.ONEDNN_ROW_BUCKET == 0 for r in rows), rows
-        saved = layers.ONEDNN_LINEAR
-        layers.ONEDNN_LINEAR = False
-        try:
-            plain = ex(x, w, ids)
-        finally:
-            layers.ONEDNN_LINEAR = saved
+        monkeypatch.setattr(layers, "ONEDNN_LINEAR", False)
+        plain = ex(x, w, ids)
     torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
-    # with gradients: F.linear, no padding, and the router weights get their gradient
-    wg = w.clone().requires_grad_()
-    ex(x, wg, ids).sum().backward()
-    assert wg.grad is not None and wg.grad.abs().sum() > 0
