@@ -1,0 +1,101 @@
+"""The command-line flags of `python -m model.train` (usage and recipe: model/train.py's docstring)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .train_data import TrainError
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO / "data" / "model_config.json"
+BALANCE_MODES = ("aux-free", "switch", "none")
+# flags that change what a resumed run computes; a resume with other values is allowed but reported
+RESUME_CHECKED = ("seed", "batch_size", "seq_len", "lr", "min_lr_ratio", "warmup_steps", "steps", "weight_decay",
+                  "beta1", "beta2", "grad_clip", "mtp_weight", "balance", "bias_update_speed", "bias_schedule",
+                  "seq_aux_weight", "switch_weight", "mix_alpha")
+
+
+# ------------------------------------------------------------------------------------------ flags
+def build_parser(description: str | None = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m model.train", description=description,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument_group("data and model")
+    a.add_argument("--corpus", type=Path, default=REPO / "data" / "corpus",
+                   help="directory with train.jsonl and val.jsonl (default: data/corpus)")
+    a.add_argument("--tokenizer", type=Path, default=REPO / "data" / "tokenizer.json",
+                   help="tokenizer.json with <|bos|>=0, <|eos|>=1, <|pad|>=2 (default: data/tokenizer.json)")
+    a.add_argument("--config", default=str(DEFAULT_CONFIG),
+                   help="model: a shipped config name (tiny, 16B, ...), a ModelArgs JSON or a Hugging Face "
+                        "config.json (default: data/model_config.json); vocab_size follows the tokenizer")
+    a.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a ModelArgs field, e.g. --set n_routed_experts=64 (repeatable; JSON values)")
+    a.add_argument("--token-cache", type=Path, default=None,
+                   help="where tokenised corpora are cached as .npz (default: CORPUS/token_cache)")
+    a.add_argument("--out", type=Path, default=Path("runs/train"), help="run directory (default: runs/train)")
+    t = p.add_argument_group("optimisation")
+    t.add_argument("--steps", type=int, default=700, help="optimizer steps in the whole run (the schedule's length)")
+    t.add_argument("--batch-size", type=int, default=16, help="sequences per step on each process")
+    t.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (windows hold seq_len + 1)")
+    t.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
+    t.add_argument("--min-lr-ratio", type=float, default=0.1, help="final lr as a fraction of the peak (cosine)")
+    t.add_argument("--warmup-steps", type=int, default=40, help="linear warm-up steps")
+    t.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (matrices only)")
+    t.add_argument("--beta1", type=float, default=0.9, help="AdamW beta1")
+    t.add_argument("--beta2", type=float, default=0.95, help="AdamW beta2")
+    t.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm (0 = off)")
+    t.add_argument("--mix-alpha", type=float, default=1.0,
+                   help="domain sampling weights ~ (tokens in domain)^alpha: 0 = uniform, 1 = proportional")
+    t.add_argument("--seed", type=int, default=0, help="seed of the initialisation and of the batches")
+    b = p.add_argument_group("MTP and load balancing")
+    b.add_argument("--mtp-weight", type=float, default=0.3, help="lambda: weight of the MTP loss (0 = skip MTP)")
+    b.add_argument("--balance", choices=BALANCE_MODES, default="aux-free",
+                   help="aux-free: bias updates + sequence-wise loss; switch: Switch-style aux loss; none")
+    b.add_argument("--bias-update-speed", type=float, default=5e-3, help="gamma: bias step per update (aux-free; DeepSeek-V3 used 0.001 over ~"
+                        "100k steps, a 700-step run needs a faster bias)")
+    b.add_argument("--bias-schedule", choices=("constant", "cosine"), default="constant",
+                   help="constant: gamma throughout (DeepSeek-V3); cosine: gamma follows the learning-rate "
+                        "decay after warm-up (gamma x lr/peak), so the bias jitters less at the end")
+    b.add_argument("--seq-aux-weight", type=float, default=1e-4,
+                   help="alpha: sequence-wise balance loss weight (aux-free; DeepSeek-V3's 1e-4)")
+    b.add_argument("--settle-updates", type=int, default=30,
+                   help="aux-free, after the last step: bias-only updates with the weights frozen (0 = off)")
+    b.add_argument("--settle-batches", type=int, default=8,
+                   help="batches whose loads each settle update pools (fresh training batches)")
+    b.add_argument("--settle-speed", type=float, default=1e-3,
+                   help="the first settle update's bias step; it decays linearly to 0")
+    b.add_argument("--switch-weight", type=float, default=1e-2, help="Switch-style balance loss weight (switch)")
+    r = p.add_argument_group("run control")
+    r.add_argument("--resume", nargs="?", const="auto", default=None, metavar="DIR",
+                   help="continue from a checkpoint directory (default: OUT/checkpoint)")
+    r.add_argument("--eval-every", type=int, default=100,
+                   help="validation every N steps (and at the end; 0 = at the end only)")
+    r.add_argument("--eval-windows", type=int, default=32, help="validation windows per domain")
+    r.add_argument("--checkpoint-every", type=int, default=100, help="save checkpoint/ every N steps (0 = end only)")
+    r.add_argument("--flush-every", type=int, default=50, help="rewrite the Parquet tables every N steps")
+    r.add_argument("--load-every", type=int, default=1, help="record per-expert loads every N steps")
+    r.add_argument("--stop-at", type=int, default=None,
+                   help="stop (with a checkpoint) after this step, keeping the --steps schedule")
+    r.add_argument("--time-limit", type=float, default=None, help="stop (with a checkpoint) after this many minutes")
+    r.add_argument("--save-dtype", choices=("float32", "bfloat16"), default="bfloat16",
+                   help="dtype of the final Hugging Face checkpoint (the router stays float32)")
+    r.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda")
+    r.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def check_flags(ns: argparse.Namespace) -> None:
+    positive = ("steps", "batch_size", "seq_len", "eval_windows", "flush_every", "load_every", "settle_batches")
+    for name in positive:
+        if getattr(ns, name) < 1:
+            raise TrainError(f"--{name.replace('_', '-')}={getattr(ns, name)} must be at least 1")
+    if ns.seq_len < 3:
+        raise TrainError(f"--seq-len={ns.seq_len} must be at least 3 (MTP predicts two tokens ahead)")
+    for name in ("lr", "warmup_steps", "weight_decay", "grad_clip", "mtp_weight", "bias_update_speed",
+                 "seq_aux_weight", "settle_updates", "settle_speed", "switch_weight", "mix_alpha", "eval_every",
+                 "checkpoint_every"):
+        if getattr(ns, name) < 0:
+            raise TrainError(f"--{name.replace('_', '-')}={getattr(ns, name)} must not be negative")
+    if not 0 <= ns.min_lr_ratio <= 1:
+        raise TrainError(f"--min-lr-ratio={ns.min_lr_ratio} must be in [0, 1]")
