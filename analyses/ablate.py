@@ -5,7 +5,8 @@ corpus, and compare the language-model loss per domain with a baseline pass over
     python -m analyses.ablate --run runs/model-val --top 2 --domain code     # code's own top-2
     python -m analyses.ablate --run runs/model-val --experts 1:3+5,2:7 --mode zero --renormalise
     python -m analyses.ablate --ckpt CKPT --corpus val.jsonl --out runs/abl --spec sweep.yaml --domain-tokens 4000
-    torchrun --nproc-per-node 2 -m analyses.ablate --run runs/model-val --spec sweep.yaml
+    torchrun --nproc-per-node 2 -m analyses.ablate --run runs/model-val --spec sweep.yaml   # 2 replicas
+    torchrun --nproc-per-node 8 -m analyses.ablate --run runs/v3 --top 8 --model-parallel auto --gemm fp8
 
 Every ablation of one command shares one baseline pass. `--run RUN` takes the checkpoint, corpus,
 window length and token limit from RUN's run.json and the loads for top-N from its `expert_load`
@@ -22,8 +23,10 @@ Spec file (YAML or JSON; keys as `analyses.ablation.Ablation`):
     - {name: code-top4, top: 4, domain: code}
     - {name: l1-zero, experts: "1:3+5", mode: zero, renormalise: true, shared: true}
 
-Under torchrun, global batch b is evaluated by replica b % R (as `probe record` does) and the
-per-domain sums are all-reduced, so the table is the same whatever the world size; rank 0 writes it.
+Under torchrun the ranks form replicas of --model-parallel ranks (each one model, sharded over its
+ranks; probe/job.py): global batch b is evaluated by replica b % R (as `probe record` does) and the
+per-domain sums are added over the replicas, so the table is the same whatever the layout; rank 0
+writes it.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ import torch
 from analyses.ablation import (ALL, Ablation, AblationError, Loads, Plan, RouterShape, ablated,
                                ablation_hooks, check_names, load_spec, parse_experts, plan_hooks, resolve,
                                top_vs_random)
+from probe.job import add_model_flags
 from probe.corpus import CorpusError, CorpusStats, Window, fingerprint, iter_documents, iter_windows
 from probe.recorders import Batch, token_nll
 from probe.schema import TABLES
@@ -68,11 +72,12 @@ def _forward(model, batch: Batch, moe_layers: list[int], hooks: list) -> tuple[t
     cap: dict[str, torch.Tensor] = {}
 
     def save(t, hook):
-        cap[hook.name] = t
+        cap[hook.name] = t.cpu()
 
     names = [f"layers.{i}.ffn.gate.hook_topk_ids" for i in moe_layers]
+    dev = model.embed.weight.device
     with model.hooks(hooks + [(n, save) for n in names]):
-        logits = model(batch.tokens, lengths=batch.lengths)
+        logits = model(batch.tokens.to(dev), lengths=batch.lengths.to(dev))
     valid = batch.valid.reshape(-1)
     ids = torch.stack([cap[n][valid] for n in names]) if names else torch.empty(0, 0, 0)
     return token_nll(batch, logits), ids.to(torch.int16)
@@ -176,11 +181,8 @@ def evaluate(model, batches: list[Batch], ablations: list[Ablation], *, domains:
 
 
 def _allreduce(x: np.ndarray, world) -> np.ndarray:
-    if world is None or world.size == 1:
-        return x
-    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
-    torch.distributed.all_reduce(t)
-    return t.numpy().astype(x.dtype)
+    """Sum over the replicas (the ranks of one sharded model hold the same sums; one counts)."""
+    return x if world is None else world.sum_replicas(x)
 
 
 # ---------------------------------------------------------------------------------- the job
@@ -197,6 +199,9 @@ class AblateOptions:
     batch_size: int | None = None
     add_bos: bool | None = None
     dtype: str | None = None
+    gemm: str = "bf16"
+    device: str | None = None
+    model_parallel: str | int = 1
     loads_from: str = "auto"  # auto | run | baseline
     progress: bool = True
 
@@ -256,9 +261,8 @@ def loads_from_run(run_dir: str | Path, shape: RouterShape) -> Loads:
 
 def ablate(opts: AblateOptions, ablations: list[Ablation]):
     """Run the job; returns (output run directory, DataFrame of the rows). Rank 0 writes."""
-    import model as model_pkg
-    from probe.record import (RecordOptions, _bound_heap, _resolve, _tokenizer, checkpoint_args,
-                              checkpoint_fingerprint, init_world, window_length)
+    from probe.job import (agree, bound_heap, checkpoint_args, checkpoint_fingerprint, load_model, load_tokenizer,
+                           resolve_paths, start_world, window_length)
 
     if not ablations:
         raise AblationError("nothing to ablate: pass --experts, --top, --random, --shared or --spec")
@@ -266,10 +270,9 @@ def ablate(opts: AblateOptions, ablations: list[Ablation]):
     opts, info = _defaults(opts)
     if info is not None and info.get("status") == "running":
         raise AblationError(f"{opts.run}: the run is still being recorded (status running)")
-    ropts = RecordOptions(ckpt=opts.ckpt, corpus=opts.corpus, out=opts.out or opts.run, tokenizer=opts.tokenizer)
-    ckpt, corpus, out = _resolve(ropts)
+    ckpt, corpus, out = resolve_paths(opts.ckpt, opts.corpus, opts.out or opts.run, error=AblationError)
     _check_out(out)
-    args = checkpoint_args(ckpt)
+    args = checkpoint_args(ckpt, AblationError)
     opts.seq_len = window_length(opts.seq_len, args, AblationError)
     shape = RouterShape.of(args)
     loads, source = None, "baseline"
@@ -281,7 +284,7 @@ def ablate(opts: AblateOptions, ablations: list[Ablation]):
         if not a.needs_loads or loads is not None:
             resolve(a, shape, loads, source)
 
-    tok = _tokenizer(ropts, ckpt, args.vocab_size)
+    tok = load_tokenizer(opts.tokenizer, ckpt, args.vocab_size, AblationError)
     bos = args.bos_token_id if opts.add_bos else None
     if not corpus.exists():
         raise CorpusError(f"{corpus}: corpus not found")
@@ -291,13 +294,13 @@ def ablate(opts: AblateOptions, ablations: list[Ablation]):
     if not windows:
         raise CorpusError(f"{corpus}: corpus has no text")
     domains = sorted({w.domain for w in windows})
-    _bound_heap()
-    world = init_world()
+    bound_heap()
+    world = start_world(opts.model_parallel, opts.device, args)
     bs = opts.batch_size
+    # replicas take batches round robin; the ranks of one replica (one sharded model) run the same ones
     batches = [Batch(b, windows[s: s + bs]) for b, s in enumerate(range(0, len(windows), bs))
                if b % world.replicas == world.replica]
-    # data-parallel replicas: every process holds the whole model and evaluates its own batches
-    m = model_pkg.load(ckpt, dtype=getattr(torch, opts.dtype) if opts.dtype else torch.float32, parallel=False)
+    m = load_model(ckpt, world, dtype=opts.dtype, gemm=opts.gemm)
     bar = None
     if opts.progress and world.rank == 0:
         from tqdm import tqdm
@@ -306,15 +309,13 @@ def ablate(opts: AblateOptions, ablations: list[Ablation]):
                          progress=bar.update if bar is not None else None)
     if bar is not None:
         bar.close()
-    if world.rank == 0:
-        meta = {"checkpoint": {"path": str(ckpt.resolve()), "fingerprint": checkpoint_fingerprint(ckpt)},
-                "corpus": {"path": str(corpus.resolve()), "fingerprint": fingerprint(corpus)},
-                "options": {"max_tokens": opts.max_tokens, "domain_tokens": opts.domain_tokens,
-                            "seq_len": opts.seq_len, "batch_size": bs,
-                            "add_bos": opts.add_bos, "dtype": opts.dtype or "float32"},
-                "loads": source, "world": {"size": world.size, "replicas": world.replicas}}
-        write_ablations(out, df, meta, args)
-    world.barrier()
+    meta = {"checkpoint": {"path": str(ckpt.resolve()), "fingerprint": checkpoint_fingerprint(ckpt)},
+            "corpus": {"path": str(corpus.resolve()), "fingerprint": fingerprint(corpus)},
+            "options": {"max_tokens": opts.max_tokens, "domain_tokens": opts.domain_tokens, "seq_len": opts.seq_len,
+                        "batch_size": bs, "add_bos": opts.add_bos, "dtype": opts.dtype or "float32",
+                        "gemm": opts.gemm},
+            "loads": source, "world": world.describe()}
+    agree(world, lambda: write_ablations(out, df, meta, args))  # rank 0 writes; a failure stops every rank
     return out, df
 
 
@@ -398,7 +399,7 @@ def _parser() -> argparse.ArgumentParser:
     io.add_argument("--batch-size", type=int, help="windows per forward pass (default: the run's, else 8)")
     io.add_argument("--bos", dest="add_bos", action=argparse.BooleanOptionalAction, default=None,
                     help="prepend BOS to each document (default: the run's, else on)")
-    io.add_argument("--dtype", choices=["float32", "bfloat16"], help="compute dtype (default float32)")
+    add_model_flags(io)
     io.add_argument("--loads-from", choices=["auto", "run", "baseline"], default="auto",
                     help="loads ranking --top: the run's expert_load, or measured on the baseline pass "
                          "(default auto: the run's when it has them)")
@@ -446,16 +447,18 @@ def ablations_from_args(ns) -> list[Ablation]:
 def main(argv: list[str] | None = None) -> int:
     ns = _parser().parse_args(argv)
     opts = AblateOptions(**{k: v for k, v in vars(ns).items() if k in AblateOptions.__dataclass_fields__})
+    from probe.cli import exit_ranks
+
     try:
         out, df = ablate(opts, ablations_from_args(ns))
     except (AblationError, CorpusError, RunError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return exit_ranks(2)
     if int(os.environ.get("RANK", "0")) == 0:
         show = df.drop(columns=["spec"]).copy()
         print(show.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
         print(f"wrote {out / 'ablations'}")
-    return 0
+    return exit_ranks(0)
 
 
 if __name__ == "__main__":

@@ -82,7 +82,7 @@ def params(ns) -> None:
                  "embedding/head copies its checkpoint layer stores)")
     print(line)
     if ns.world_size:
-        from .parallel import format_plan, shard_plan
+        from .memory import format_plan, shard_plan
         print(format_plan(shard_plan(args, ns.world_size, fp8=not ns.dense), ns.config))
 
 

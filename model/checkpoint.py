@@ -295,6 +295,69 @@ def load(path: str | os.PathLike, *, dtype: torch.dtype | None = None, device=No
     return model.eval()
 
 
+def inspect(path: str | os.PathLike, *, gemm_impl: str = "bf16", dtype: torch.dtype | None = None) -> dict:
+    """Check a checkpoint without reading any tensor data, for planning a run before the weights are
+    on disk. With every shard file present: the full check of `load(..., device="meta")` (every
+    name, shape and dtype against the config). When `model.safetensors.index.json` lists shard files
+    that are absent: the index's names against the config (every expected tensor listed, nothing
+    unknown; shapes cannot be checked without the files). Returns what was checked:
+    {"args", "checked": "headers" | "index", "files", "missing_files", "tensors", "fp8", "mtp"}."""
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise CheckpointError(f"{path}: no config.json (a Hugging Face checkpoint directory needs one)")
+    index = path / "model.safetensors.index.json"
+    if not index.exists():
+        m = load(path, device="meta", gemm_impl=gemm_impl, dtype=dtype, parallel=False)
+        files = sorted(path.glob("*.safetensors"))
+        return {"args": m.args, "checked": "headers", "files": [f.name for f in files], "missing_files": [],
+                "tensors": None, "fp8": _is_fp8_args(m.args), "mtp": len(m.mtp)}
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{index}: not a valid safetensors index ({e})") from None
+    files = sorted(set(weight_map.values()))
+    missing = [f for f in files if not (path / f).exists()]
+    if not missing:
+        m = load(path, device="meta", gemm_impl=gemm_impl, dtype=dtype, parallel=False)
+        return {"args": m.args, "checked": "headers", "files": files, "missing_files": [],
+                "tensors": len(weight_map), "fp8": _is_fp8_args(m.args), "mtp": len(m.mtp)}
+    args = _config(path)
+    names = set(weight_map)
+    fp8 = any(n.endswith("_scale_inv") for n in names)
+    if gemm_impl == "fp8" and not fp8:
+        raise CheckpointError(f"{path}: gemm_impl='fp8' needs an FP8 checkpoint; {index.name} lists no "
+                              "weight_scale_inv tensors: use gemm_impl='bf16'")
+    args.n_mtp_layers = sum(any(n.startswith(f"model.layers.{args.n_layers + k}.") for n in names)
+                            for k in range(args.n_mtp_layers))
+    with torch.device("meta"):
+        meta = Transformer(args, dtype=dtype or torch.bfloat16, init=False)
+    for n in sorted(names):
+        scale = n.endswith("_scale_inv")
+        if (scale and n[: -len("_scale_inv")] not in names) or (not scale and not IGNORED.match(n)
+                                                                  and hf_to_ours(n, args) is None):
+            raise CheckpointError(f"{index}: unexpected tensor {n} (not part of a {args.model_type} model with "
+                                  f"{args.n_layers} layers)")
+    want = [hf for hf, _, _, is_fp8 in ours_to_hf(meta)]
+    want += [hf + "_scale_inv" for hf, _, _, is_fp8 in ours_to_hf(meta) if fp8 and is_fp8]
+    absent = [n for n in want if n not in names]
+    if absent:
+        more = f" (and {len(absent) - 1} more)" if len(absent) > 1 else ""
+        raise CheckpointError(f"{index}: missing tensor {absent[0]}{more}")
+    return {"args": args, "checked": "index", "files": files, "missing_files": missing, "tensors": len(names),
+            "fp8": fp8, "mtp": args.n_mtp_layers}
+
+
+def _config(path: Path) -> ModelArgs:
+    try:
+        return ModelArgs.from_hf_config(path)
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None
+
+
+def _is_fp8_args(args: ModelArgs) -> bool:
+    return args.quant_block is not None
+
+
 def _take(sl, dim: int, start: int, end: int) -> torch.Tensor:
     """Rows (dim 0) or columns (dim 1) [start, end) of a 2-D safetensors slice, reading only those."""
     return sl[start:end] if dim == 0 else sl[:, start:end]

@@ -51,6 +51,7 @@ tokens are broadcast from rank 0 so all ranks stay in step.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -58,7 +59,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
+
+from .parallel import broadcast_from_first
 
 USER, ASSISTANT = "<｜User｜>", "<｜Assistant｜>"
 BOS_TEXT, EOS_TEXT = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"
@@ -148,17 +150,6 @@ class GenerationOutput:
 
 
 # ------------------------------------------------------------------------------------- generation
-def _broadcast(t: torch.Tensor) -> torch.Tensor:
-    """Rank 0's tensor on every rank (no-op without an initialised multi-process group)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        if t.dtype == torch.bool:  # not every backend broadcasts bool
-            u = t.to(torch.uint8)
-            dist.broadcast(u, src=0)
-            return u.bool()
-        dist.broadcast(t, src=0)
-    return t
-
-
 OnToken = Callable[[int, int, bool], None]  # (prompt index, token id, row finished)
 DraftFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (mtp logits [B, V], seq index [B]) -> [B]
 
@@ -194,6 +185,8 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int = 6
     cache_len = max(n + b for n, b in zip(lens, budget)) + (1 if mtp else 0)
     cache_len = max(min(cache_len, args.max_seq_len), smax)
     model.setup_cache(bsz, cache_len)
+    # NOTE: the ranks holding one sharded model must pick the same tokens: the first rank's choice wins
+    sync = functools.partial(broadcast_from_first, shards=getattr(model, "shards", None))
     gen = None
     if sampling.seed is not None:
         gen = torch.Generator(device=dev).manual_seed(sampling.seed)
@@ -230,7 +223,7 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int = 6
     last_idx = (lengths - 1)[:, None]
     logits, h = model(padded, lengths=lengths, use_cache=True, return_hidden=True, logits_at=last_idx)
     out.total_forward_passes = 1
-    first = _broadcast(sampling.sample(logits[:, 0], gen))
+    first = sync(sampling.sample(logits[:, 0], gen))
     for i in range(bsz):
         if not done[i]:
             commit(i, int(first[i]))
@@ -245,7 +238,7 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int = 6
         while not all(done):
             logits = model(newest[:, None], start_pos=starts(1))
             out.total_forward_passes += 1
-            nxt = _broadcast(sampling.sample(logits[:, 0], gen))
+            nxt = sync(sampling.sample(logits[:, 0], gen))
             for i in range(bsz):
                 if not done[i]:
                     out.forward_passes[i] += 1
@@ -259,14 +252,14 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int = 6
     ext[torch.arange(bsz, device=dev), lengths] = first
     mtp_l = model.mtp_logits(h, ext, 0, lengths=lengths + 1, use_cache=True, logits_at=last_idx)
     out.mtp_passes = 1
-    draft, q = _propose(mtp_l[:, 0], pos + 1, sampling, gen, draft_fn)
+    draft, q = _propose(mtp_l[:, 0], pos + 1, sampling, gen, draft_fn, sync)
     while not all(done):
         start = starts(2)
         # verify: positions P (newest) and P+1 (the draft) in one chunk
         logits, h = model(torch.stack([newest, draft], dim=1), start_pos=start, return_hidden=True)
         out.total_forward_passes += 1
         acc, t1, t2 = _verify(logits, draft, q, sampling, gen)
-        acc, t1, t2 = (_broadcast(x) for x in (acc, t1, t2))
+        acc, t1, t2 = (sync(x) for x in (acc, t1, t2))
         for i in range(bsz):
             if done[i]:
                 continue
@@ -286,19 +279,19 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int = 6
         out.mtp_passes += 1
         newest = torch.where(acc, t2, t1)
         pos = pos + 1 + a
-        draft, q = _propose(mtp_l[:, 0], pos + 1, sampling, gen, draft_fn)
+        draft, q = _propose(mtp_l[:, 0], pos + 1, sampling, gen, draft_fn, sync)
     return out
 
 
 def _propose(mtp_logits: torch.Tensor, seq_index: torch.Tensor, sampling: SamplingParams,
-             gen: torch.Generator | None, draft_fn: DraftFn | None):
+             gen: torch.Generator | None, draft_fn: DraftFn | None, sync):
     """A draft token per row and its proposal distribution q ([B, V], or None = deterministic)."""
     if draft_fn is not None:
-        return _broadcast(draft_fn(mtp_logits, seq_index).to(mtp_logits.device, torch.long).reshape(-1)), None
+        return sync(draft_fn(mtp_logits, seq_index).to(mtp_logits.device, torch.long).reshape(-1)), None
     if sampling.greedy:
-        return _broadcast(mtp_logits.argmax(dim=-1)), None
+        return sync(mtp_logits.argmax(dim=-1)), None
     q = sampling.probs(mtp_logits)
-    return _broadcast(torch.multinomial(q, 1, generator=gen)[:, 0]), q
+    return sync(torch.multinomial(q, 1, generator=gen)[:, 0]), q
 
 
 def _verify(logits: torch.Tensor, draft: torch.Tensor, q: torch.Tensor | None, sampling: SamplingParams,

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from . import generate as _gen
 from .generate import (GenerateError, GenerationOutput, SamplingParams, TextCodec, generate, load_codec,
@@ -35,16 +34,15 @@ class _Streamer:
         return self.codec.decode(self.ids[i])
 
 
-def _prompts_from_rank0(ns, rank: int) -> list[str]:
+def _prompts_from_rank0(ns, world) -> list[str]:
     """The --prompt / --prompt-file texts, read by rank 0 alone and broadcast (errors too)."""
     box: list = [None, None]
-    if rank == 0:
+    if world.rank == 0:
         try:
             box = [list(ns.prompt) + (read_prompts(ns.prompt_file) if ns.prompt_file else []), None]
         except GenerateError as e:
             box = [None, str(e)]
-    if dist.is_available() and dist.is_initialized():
-        dist.broadcast_object_list(box, src=0)
+    box = world.broadcast(box)
     if box[1] is not None:
         raise GenerateError(box[1])
     return box[0]
@@ -98,21 +96,18 @@ def _run_batch(m, codec: TextCodec, texts: list[str], ns, rank: int, sampling: S
     return res
 
 
-def _interactive(m, codec, ns, rank, sampling) -> None:
+def _interactive(m, codec, ns, world, sampling) -> None:
     while True:
         line = None
-        if rank == 0:
+        if world.rank == 0:
             print("> ", end="", file=sys.stderr, flush=True)
             line = sys.stdin.readline()
             line = None if line == "" or line.strip() in ("/exit", "/quit") else line.rstrip("\n")
-        if dist.is_available() and dist.is_initialized():
-            box = [line]
-            dist.broadcast_object_list(box, src=0)
-            line = box[0]
+        line = world.broadcast(line)
         if line is None:
             return
         if line.strip():
-            _run_batch(m, codec, [line], ns, rank, sampling)
+            _run_batch(m, codec, [line], ns, world.rank, sampling)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -134,58 +129,57 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--system", help="system text before the user turn (chat format only)")
     p.add_argument("--gemm", choices=["bf16", "fp8"], default="bf16", help="fp8: keep FP8 weights resident")
     p.add_argument("--dtype", choices=["bfloat16", "float32"], help="compute dtype (default: the checkpoint's)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="under torchrun, 'cuda' is each rank's LOCAL_RANK GPU")
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA when torch sees a GPU), cpu or cuda; under torchrun 'cuda' is each rank's "
+                        "LOCAL_RANK GPU")
     p.add_argument("--replicate", action="store_true",
                    help="under torchrun: a whole model on every rank instead of tensor + expert parallel shards")
     p.add_argument("--output", help="append one JSON line per prompt (completion, tokens, acceptance) to this file")
     ns = p.parse_args(argv)
 
-    from .args import ConfigError
+    from .args import ConfigError, ModelArgs
     from .checkpoint import CheckpointError, load
-    from .parallel import device_for, init_distributed
+    from .parallel import ParallelError, World, init_world
 
     code = None  # the exit status once main's work ended normally or with a reported error
-    rank = 0
+    world = World()
     try:
         if not (ns.prompt or ns.prompt_file or ns.interactive):
             raise GenerateError("give --prompt, --prompt-file or --interactive")
         if ns.max_new_tokens < 0:
             raise GenerateError(f"--max-new-tokens {ns.max_new_tokens} must be >= 0")
         sampling = SamplingParams(ns.temperature, ns.top_p, ns.top_k, ns.seed)
-        shards = init_distributed()
-        rank = shards.rank if shards is not None else 0
-        texts = _prompts_from_rank0(ns, rank)
+        # every rank one whole model (--replicate), or all ranks one sharded model
+        world = init_world(1 if ns.replicate else "auto", device=ns.device)
+        texts = _prompts_from_rank0(ns, world)
         ckpt = ns.ckpt
         if ns.demo:
-            if rank == 0:
+            if world.rank == 0:
                 write_demo_checkpoint(ns.demo)
-            if dist.is_available() and dist.is_initialized():
-                dist.barrier()
+            world.barrier()
             ckpt = ns.demo
-        from .args import ModelArgs
         if not Path(ckpt).is_dir():
             raise GenerateError(f"{ckpt}: not a checkpoint directory")
         codec = load_codec(ckpt, ModelArgs.from_hf_config(ckpt))  # before the weights: fail fast
-        m = load(ckpt, dtype=getattr(torch, ns.dtype) if ns.dtype else None, device=device_for(ns.device, shards),
-                 gemm_impl=ns.gemm, parallel=shards is not None and not ns.replicate)
-        if rank == 0 and shards is not None:
+        m = load(ckpt, dtype=getattr(torch, ns.dtype) if ns.dtype else None, device=world.device,
+                 gemm_impl=ns.gemm, parallel=world.shards if world.shards is not None else False)
+        if world.rank == 0 and world.size > 1:
             how = "a whole model on every rank" if ns.replicate else "tensor + expert parallel shards"
-            print(f"[{shards.world} ranks: {how}]", file=sys.stderr, flush=True)
+            print(f"[{world.size} ranks: {how}]", file=sys.stderr, flush=True)
         if ns.mtp and not len(m.mtp):
             raise GenerateError(f"{ckpt}: --mtp needs MTP weights, and this checkpoint has none")
         if texts:
-            _run_batch(m, codec, texts, ns, rank, sampling)
+            _run_batch(m, codec, texts, ns, world.rank, sampling)
         if ns.interactive:
-            _interactive(m, codec, ns, rank, sampling)
+            _interactive(m, codec, ns, world, sampling)
         code = 0
-    except (GenerateError, CheckpointError, ConfigError) as e:
-        if rank == 0:  # every rank raises the same error; one line is enough
+    except (GenerateError, CheckpointError, ConfigError, ParallelError) as e:
+        if world.rank == 0:  # every rank raises the same error; one line is enough
             print(f"error: {e}", file=sys.stderr)
         code = 2
     finally:
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+        if world.size > 1:
+            world.close()
             if code is not None:
                 # NOTE: under torchrun, leave without interpreter teardown: with torch 2.13 (CPU, gloo)
                 # a rank that ran forward passes intermittently aborts at exit ("terminate called
@@ -196,4 +190,3 @@ def main(argv: list[str] | None = None) -> None:
                 os._exit(code)
     if code:
         raise SystemExit(code) from None
-

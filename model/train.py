@@ -144,22 +144,15 @@ class Dist:
     """Process-group facts; everything single-process when WORLD_SIZE is unset or 1."""
 
     def __init__(self, device_flag: str) -> None:
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = 0
         want_cuda = device_flag.startswith("cuda") or (device_flag == "auto" and torch.cuda.is_available())
         if device_flag not in ("auto", "cpu") and not device_flag.startswith("cuda"):
             raise TrainError(f"--device={device_flag!r}: choose auto, cpu or cuda")
         if want_cuda and not torch.cuda.is_available():
             raise TrainError("--device=cuda but torch sees no CUDA device")
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        self.device = torch.device("cuda", local) if want_cuda else torch.device("cpu")
-        if want_cuda:
-            torch.cuda.set_device(self.device)
-        if self.world > 1:
-            import torch.distributed as dist
+        from .parallel import init_world  # the one place that creates process groups
 
-            dist.init_process_group("nccl" if want_cuda else "gloo")
-            self.rank = dist.get_rank()
+        self.ranks = init_world(1, device="cuda" if want_cuda else "cpu")  # data parallel: a whole model each
+        self.world, self.rank, self.device = self.ranks.size, self.ranks.rank, torch.device(self.ranks.device)
 
     @property
     def main(self) -> bool:
@@ -173,16 +166,10 @@ class Dist:
         return t
 
     def barrier(self) -> None:
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
+        self.ranks.barrier()
 
     def close(self) -> None:
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+        self.ranks.close()
 
 
 @dataclass

@@ -2,7 +2,10 @@
 
     dsv3-probe record                               # bundled model + corpus -> runs/<name>
     dsv3-probe record --ckpt CKPT --corpus DIR --out runs/x --max-tokens 100000
-    torchrun --nproc-per-node 2 -m probe record --ckpt CKPT --corpus DIR --out runs/x
+    dsv3-probe record --ckpt CKPT --dry-run --world-size 8 --model-parallel auto --gemm fp8 --device-memory 141
+    torchrun --nproc-per-node 2 -m probe record --ckpt CKPT --corpus DIR --out runs/x   # 2 replicas
+    torchrun --nproc-per-node 8 -m probe record --ckpt CKPT --out runs/x --model-parallel auto --gemm fp8
+    dsv3-probe spec --out runs/x                    # + MTP speculative-decoding acceptance
     dsv3-probe dashboard [RUNS_DIR] [--host 127.0.0.1] [--port 8501]   # the Streamlit dashboard
 """
 
@@ -14,7 +17,8 @@ import sys
 from pathlib import Path
 
 from .corpus import CorpusError
-from .record import DEFAULT_CKPT, DEFAULT_CORPUS, RecordError, RecordOptions, record
+from .job import DEFAULT_CKPT, DEFAULT_CORPUS, RecordError, add_model_flags
+from .record import RecordOptions, record
 from .writer import RunError, read_run_json
 
 
@@ -44,8 +48,14 @@ def _add_record(sub) -> None:
     p.add_argument("--commit-every", type=int, default=32, help="batches between durable commits (default 32)")
     p.add_argument("--bos", dest="add_bos", action=argparse.BooleanOptionalAction, default=True,
                    help="prepend the model's BOS token to each document (default on)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], help="compute dtype (default float32)")
+    add_model_flags(p)
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    plan = p.add_argument_group("planning (--dry-run: read the checkpoint's headers and the corpus, load no weights)")
+    plan.add_argument("--dry-run", action="store_true",
+                      help="check everything and print the per-rank memory and disk plan, then exit")
+    plan.add_argument("--world-size", type=int, help="ranks to plan for (default: torchrun's WORLD_SIZE, else 1)")
+    plan.add_argument("--device-memory", type=float, metavar="GB",
+                      help="memory per rank to check the plan against, in GB (e.g. 141 for an H200, 80 for an H800)")
     p.set_defaults(fn=_record)
 
 
@@ -56,7 +66,8 @@ def _record(ns) -> int:
     except KeyboardInterrupt as e:
         print(f"\n{e}", file=sys.stderr)
         return 130
-    print(f"wrote {out}")
+    if not opts.dry_run and int(os.environ.get("RANK", "0")) == 0:
+        print(f"wrote {out}")
     return 0
 
 
@@ -114,7 +125,7 @@ def _add_spec(sub) -> None:
                    help="prompts, round-robin over domains (default 64; 0 = every document)")
     p.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (default 8)")
     p.add_argument("--overwrite", action="store_true", help="replace spec tables already in --out")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], help="compute dtype (default float32)")
+    add_model_flags(p)
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(fn=_spec)
 
@@ -142,10 +153,25 @@ def main(argv: list[str] | None = None) -> int:
     _add_dashboard(sub)
     ns = p.parse_args(argv)
     try:
-        return ns.fn(ns)
+        code = ns.fn(ns)
     except (RecordError, CorpusError, RunError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        code = 2
+    return exit_ranks(code)
+
+
+def exit_ranks(code: int) -> int:
+    """Under torchrun, end the process here. NOTE: with torch 2.13 (CPU, gloo) a rank that ran
+    forward passes intermittently aborts during interpreter teardown ("terminate called without an
+    active exception") after all its work is done, which torchrun would report as a failure; and
+    after a peer died, tearing the process group down can block. So flush and leave at once."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -2,45 +2,47 @@
 
     python -m probe record                                     # bundled model + corpus -> runs/<name>
     python -m probe record --ckpt CKPT --corpus DIR --out runs/x --router-logits full --sample 0.1
-    torchrun --nproc-per-node 2 -m probe record --ckpt CKPT --corpus DIR --out runs/x
+    python -m probe record --ckpt CKPT --dry-run --world-size 8 --model-parallel auto --gemm fp8
+    torchrun --nproc-per-node 2 -m probe record --ckpt CKPT --out runs/x                  # 2 replicas
+    torchrun --nproc-per-node 8 -m probe record --ckpt CKPT --out runs/x --model-parallel auto --gemm fp8
 
-Batches are numbered globally in corpus order; with R data-parallel replicas, replica r takes
-batches r, r+R, r+2R, ... and writes its own part files, so the tables are identical (after sorting)
-whatever the world size. See `probe/writer.py` for commits and resume, `probe/schema.py` for tables.
+Batches are numbered globally in corpus order. Under torchrun the W ranks form W/M replicas of
+M = --model-parallel consecutive ranks (`model.parallel.World`); each replica holds one model
+(sharded over its ranks when M > 1), replica r takes batches r, r+R, r+2R, ..., and the replica's
+first rank alone captures and writes its part files, so the tables are the same (after sorting)
+whatever the layout. All ranks agree after every round of R batches whether to stop (a signal on
+any rank stops them all at the same batch); a rank that dies makes the others mark the run
+`interrupted`. See `probe/writer.py` for commits and resume, `probe/schema.py` for tables,
+`probe/plan.py` for --dry-run.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
 from .corpus import CorpusError, CorpusStats, fingerprint, iter_documents, iter_windows
+from .job import (DEFAULT_CKPT, DEFAULT_CORPUS, RecordError, agree, bound_heap, checkpoint_args,
+                  checkpoint_fingerprint, default_seq_len, load_model, load_tokenizer, package_version,
+                  resolve_paths,
+                  start_world, window_length)
 from .recorders import Batch, RecordConfig, Recorder
 from .schema import TABLES
 from .stats import KVAccumulator, summarise
-from .writer import (PartWriter, RunError, load_progress, prune_uncommitted, read_run_json,
-                     write_json_atomic)
+from .writer import PartWriter, load_progress, prune_uncommitted, read_run_json, write_json_atomic
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_CKPT = REPO / "data" / "model"
-DEFAULT_CORPUS = REPO / "data" / "corpus" / "val.jsonl"
+__all__ = ["RecordOptions", "RecordError", "record", "default_seq_len", "DEFAULT_CKPT", "DEFAULT_CORPUS"]
 STREAM_TABLES = ["tokens", "routing", "expert_load", "mtp"]
 FINAL_TABLES = ["kv_stats", "kv_spectrum"]
-
-
-class RecordError(ValueError):
-    """Bad options or inputs for a record job (one line, naming the culprit)."""
 
 
 @dataclass
@@ -61,122 +63,80 @@ class RecordOptions:
     commit_every: int = 32
     add_bos: bool = True
     dtype: str | None = None
+    gemm: str = "bf16"
+    device: str | None = None
+    model_parallel: str | int = 1
     progress: bool = True
+    dry_run: bool = False  # plan only (probe/plan.py): read headers and the corpus, load no weights
+    world_size: int | None = None  # --dry-run: plan for this many ranks (default: torchrun's WORLD_SIZE)
+    device_memory: float | None = None  # --dry-run: GB per rank to check the plan against
 
 
-def default_seq_len(args) -> int:
-    """512 tokens, or less when the model was trained on shorter windows (the YaRN original length or
-    max_seq_len): routing beyond a model's training length is not the routing it learned."""
-    return min(512, args.original_seq_len, args.max_seq_len)
+# the options that must match to resume a run (with their value in runs recorded before they existed)
+RESUME_KEYS = {"seq_len": None, "batch_size": None, "router_logits": None, "sample": None, "kv_stats": None,
+               "mtp": None, "max_tokens": None, "add_bos": None, "dtype": None, "gemm": "bf16"}
+NOT_RECORDED = ("overwrite", "resume", "progress", "dry_run", "world_size", "device_memory")
 
 
-def checkpoint_args(ckpt: Path):
-    """The checkpoint's `model.ModelArgs`; a bad config.json is a one-line RecordError."""
-    import model as model_pkg
-    from model.args import ConfigError
-
-    try:
-        return model_pkg.ModelArgs.from_hf_config(ckpt)
-    except ConfigError as e:
-        raise RecordError(str(e)) from None
-
-
-def window_length(seq_len: int | None, args, error: type[Exception] = RecordError) -> int:
-    """--seq-len, or `default_seq_len` when unset; `error` when it exceeds the model's max_seq_len."""
-    seq_len = default_seq_len(args) if seq_len is None else seq_len
-    if seq_len > args.max_seq_len:
-        raise error(f"--seq-len {seq_len} exceeds the model's max_seq_len {args.max_seq_len}")
-    return seq_len
-
-
-# the options that must match to resume a run
-RESUME_KEYS = ("seq_len", "batch_size", "router_logits", "sample", "kv_stats", "mtp", "max_tokens", "add_bos")
-
-
-# ---------------------------------------------------------------------------- distributed
 @dataclass
-class World:
-    rank: int = 0
-    size: int = 1
-    model_parallel: int = 1
+class Job:
+    """The resolved inputs of a record job."""
+    ckpt: Path
+    corpus: Path
+    out: Path
+    args: object  # model.ModelArgs
+    tok: object  # tokenizers.Tokenizer
+    bos: int | None
 
-    @property
-    def replicas(self) -> int:
-        return self.size // self.model_parallel
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False).ids
 
-    @property
-    def replica(self) -> int:
-        return self.rank // self.model_parallel
-
-    @property
-    def writes(self) -> bool:  # one writer per replica
-        return self.rank % self.model_parallel == 0
-
-    def barrier(self) -> None:
-        if self.size > 1:
-            torch.distributed.barrier()
+    def windows(self, seq_len: int, max_tokens: int | None, stats: CorpusStats | None = None):
+        return iter_windows(iter_documents(self.corpus, stats or CorpusStats()), self.encode, seq_len, self.bos,
+                            max_tokens)
 
 
-def init_world() -> World:
-    size = int(os.environ.get("WORLD_SIZE", "1"))
-    if size == 1:
-        return World()
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return World(rank=dist.get_rank(), size=dist.get_world_size(), model_parallel=1)
+@dataclass
+class CorpusPlan:
+    """The counting pass: exact totals for the progress bar, run.json and --dry-run."""
+    windows: int = 0
+    tokens: int = 0
+    per_domain: dict = field(default_factory=dict)
+    stats: CorpusStats = field(default_factory=CorpusStats)
+    batches: int = 0
 
 
 # --------------------------------------------------------------------------------- inputs
-def checkpoint_fingerprint(ckpt: Path) -> str:
-    """sha256 of config.json and every safetensors header (names, shapes, offsets): cheap, and it
-    changes whenever the weights' layout does. Not a hash of the weights' bytes."""
-    h = hashlib.sha256((ckpt / "config.json").read_bytes())
-    for f in sorted(ckpt.glob("*.safetensors")):
-        with open(f, "rb") as fh:
-            n = int.from_bytes(fh.read(8), "little")
-            h.update(f.name.encode() + fh.read(min(n, 100_000_000)))
-        h.update(str(f.stat().st_size).encode())
-    return h.hexdigest()
-
-
-def _resolve(opts: RecordOptions) -> tuple[Path, Path, Path]:
-    ckpt = Path(opts.ckpt) if opts.ckpt else DEFAULT_CKPT
-    corpus = Path(opts.corpus) if opts.corpus else DEFAULT_CORPUS
-    if opts.ckpt is None and not (ckpt / "config.json").exists():
-        raise RecordError(f"the bundled checkpoint {ckpt} is not there yet: pass --ckpt DIR "
-                          "(a Hugging Face DeepSeek-V3 checkpoint directory)")
-    if opts.corpus is None and not corpus.exists():
-        raise RecordError(f"the bundled corpus {corpus} is not there yet: pass --corpus PATH")
-    if not ckpt.is_dir() or not (ckpt / "config.json").exists():
-        raise RecordError(f"--ckpt {ckpt}: not a checkpoint directory (no config.json)")
-    out = Path(opts.out) if opts.out else REPO / "runs" / f"{ckpt.name}-{corpus.stem}"
-    return ckpt, corpus, out
-
-
-def _tokenizer(opts: RecordOptions, ckpt: Path, vocab_size: int):
-    from tokenizers import Tokenizer
-
-    path = Path(opts.tokenizer) if opts.tokenizer else ckpt / "tokenizer.json"
-    if not path.exists():
-        raise RecordError(f"{path}: no tokenizer (put tokenizer.json in the checkpoint or pass --tokenizer)")
-    try:
-        tok = Tokenizer.from_file(str(path))
-    except Exception as e:  # noqa: BLE001 - tokenizers raises its own exception type
-        raise RecordError(f"{path}: not a tokenizers JSON file ({e})") from None
-    n = tok.get_vocab_size(with_added_tokens=True)
-    if n > vocab_size:
-        raise RecordError(f"{path} has {n} tokens but the checkpoint's vocab_size is {vocab_size}: "
-                          "tokenizer and checkpoint do not belong together")
-    return tok
-
-
-def _check_out(out: Path, opts: RecordOptions) -> None:
-    if out.exists() and not (opts.overwrite or opts.resume):
-        raise RecordError(f"--out {out} exists: pass --overwrite to replace it or --resume to continue it")
+def check_options(opts: RecordOptions) -> None:
+    if opts.router_logits not in ("none", "topk", "full"):
+        raise RecordError(f"--router-logits {opts.router_logits!r}: choose none, topk or full")
+    if not 0 < opts.sample <= 1:
+        raise RecordError(f"--sample {opts.sample}: must be in (0, 1]")
+    if opts.batch_size < 1 or (opts.seq_len is not None and opts.seq_len < 2):
+        raise RecordError("--batch-size must be >= 1 and --seq-len >= 2")
+    if opts.max_tokens is not None and opts.max_tokens < 1:
+        raise RecordError(f"--max-tokens {opts.max_tokens}: must be >= 1")
+    if not opts.dry_run and (opts.world_size is not None or opts.device_memory is not None):
+        raise RecordError("--world-size and --device-memory plan a run: use them with --dry-run")
     if opts.overwrite and opts.resume:
         raise RecordError("--overwrite and --resume exclude each other")
+
+
+def prepare(opts: RecordOptions) -> Job:
+    """Check the options and resolve checkpoint, config, window length, tokenizer and corpus."""
+    check_options(opts)
+    ckpt, corpus, out = resolve_paths(opts.ckpt, opts.corpus, opts.out)
+    args = checkpoint_args(ckpt)
+    opts.seq_len = window_length(opts.seq_len, args)
+    tok = load_tokenizer(opts.tokenizer, ckpt, args.vocab_size)
+    if not corpus.exists():
+        raise CorpusError(f"{corpus}: corpus not found")
+    return Job(ckpt, corpus, out, args, tok, args.bos_token_id if opts.add_bos else None)
+
+
+def check_out(out: Path, opts: RecordOptions) -> None:
+    if out.exists() and not (opts.overwrite or opts.resume):
+        raise RecordError(f"--out {out} exists: pass --overwrite to replace it or --resume to continue it")
     if out.exists() and opts.overwrite:
         if any(out.iterdir()) and not (out / "run.json").exists():
             raise RecordError(f"--out {out} is not a run directory (no run.json): refusing to delete it")
@@ -191,8 +151,97 @@ def _check_out(out: Path, opts: RecordOptions) -> None:
         raise RecordError(f"--out {out}: directory {parent} is not writable")
 
 
+def count_corpus(job: Job, opts: RecordOptions) -> CorpusPlan:
+    """Tokenise the corpus once to count windows and tokens (cheap next to the model)."""
+    plan = CorpusPlan()
+    for w in job.windows(opts.seq_len, opts.max_tokens, plan.stats):
+        plan.windows += 1
+        plan.tokens += len(w.ids)
+        plan.per_domain[w.domain] = plan.per_domain.get(w.domain, 0) + len(w.ids)
+    if plan.tokens == 0:
+        raise CorpusError(f"{job.corpus}: corpus has no text")
+    plan.batches = -(-plan.windows // opts.batch_size)
+    return plan
+
+
+# ----------------------------------------------------------------------------- the job
+def record(opts: RecordOptions) -> Path:
+    """Run the job; returns the run directory. Raises RecordError / CorpusError on bad input
+    (the same error on every rank under torchrun)."""
+    bound_heap()
+    job = prepare(opts)
+    if opts.dry_run:
+        from .plan import dry_run
+
+        dry_run(job, opts)
+        return job.out
+    world = start_world(opts.model_parallel, opts.device, job.args)
+    agree(world, lambda: check_out(job.out, opts))
+    plan = count_corpus(job, opts)
+    m = load_model(job.ckpt, world, dtype=opts.dtype, gemm=opts.gemm)
+    if opts.mtp and not len(m.mtp) and world.rank == 0:
+        print("note: the checkpoint has no MTP weights; the mtp table is skipped", file=sys.stderr)
+    tables = [t for t in STREAM_TABLES if not (t == "routing" and opts.router_logits == "none")
+              and not (t == "mtp" and not (opts.mtp and len(m.mtp)))]
+    info = run_info(job, plan, opts, world, m, tables)
+    agree(world, lambda: open_run(job.out, info, opts))
+    if world.any(world.writes and not (job.out / "run.json").exists()):
+        raise RecordError(f"--out {job.out}: a writing rank does not see run.json there: under several "
+                          "nodes the run directory must be on a filesystem every node shares")
+    return _record_loop(job, opts, world, m, plan, info, tables)
+
+
+def run_info(job: Job, plan: CorpusPlan, opts: RecordOptions, world, m, tables: list[str]) -> dict:
+    return {
+        "status": "running", "format": 1,
+        "checkpoint": {"path": str(job.ckpt.resolve()), "fingerprint": checkpoint_fingerprint(job.ckpt)},
+        "corpus": {"path": str(job.corpus.resolve()), "fingerprint": fingerprint(job.corpus),
+                   "documents": plan.stats.documents, "replaced_bytes": plan.stats.replaced_bytes,
+                   "files_with_replacements": plan.stats.files_with_replacements[:100]},
+        "model_args": job.args.to_dict(), "mtp_module": bool(len(m.mtp)),
+        "options": {k: v for k, v in asdict(opts).items() if k not in NOT_RECORDED},
+        "world": world.describe(),
+        "tables": tables + (FINAL_TABLES if opts.kv_stats else []),
+        "planned": {"windows": plan.windows, "tokens": plan.tokens, "batches": plan.batches,
+                    "tokens_per_domain": plan.per_domain},
+        "versions": {"python": sys.version.split()[0], "torch": torch.__version__, "pyarrow": pa.__version__,
+                     "dsv3_probe": package_version()},
+        "started": time.time(),
+    }
+
+
+def open_run(out: Path, info: dict, opts: RecordOptions) -> None:
+    """Rank 0: create (or check, to resume) the run directory and write run.json."""
+    if opts.resume:
+        old = read_run_json(out)
+        check_resumable(old, info, out)
+        info["started"] = old.get("started", info["started"])
+        info["resumed"] = old.get("resumed", 0) + 1
+    elif out.exists() and opts.overwrite:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "run.json", info)
+
+
+def check_resumable(old: dict, new: dict, out: Path) -> None:
+    for key in ("checkpoint", "corpus"):
+        if old[key]["fingerprint"] != new[key]["fingerprint"]:
+            raise RecordError(f"--resume: the {key} differs from the one {out} was recorded with")
+    for k, before in RESUME_KEYS.items():
+        was, now = old["options"].get(k, before), new["options"].get(k)
+        if was != now:
+            raise RecordError(f"--resume: option {k} was {was!r}, now {now!r}")
+    layout = lambda w: (w.get("size"), w.get("model_parallel"))  # noqa: E731
+    if layout(old["world"]) != layout(new["world"]):
+        raise RecordError(f"--resume: the run was recorded with {old['world'].get('size')} ranks in replicas of "
+                          f"{old['world'].get('model_parallel')}, now {new['world']['size']} ranks in replicas of "
+                          f"{new['world']['model_parallel']}: resume with the same torchrun and --model-parallel")
+
+
 # ----------------------------------------------------------------------------- main loop
 class _Stop:
+    """SIGINT / SIGTERM set a flag that the loop reads between batches; a second signal stops now."""
+
     def __init__(self) -> None:
         self.signal: int | None = None
         self._old = {}
@@ -203,7 +252,7 @@ class _Stop:
         return self
 
     def _handle(self, signum, frame) -> None:
-        if self.signal is not None:  # a second signal: stop now
+        if self.signal is not None:
             raise KeyboardInterrupt
         self.signal = signum
 
@@ -212,180 +261,114 @@ class _Stop:
             signal.signal(s, h)
 
 
-def _bound_heap() -> None:
-    """NOTE: glibc raises its mmap threshold as large blocks are freed, after which the model's
-    activations come from the heap; the small, longer-lived buffers of rows waiting to be written
-    then pin that heap and resident memory grows with the run (measured: ~20 MB per batch on the
-    hidden-512 benchmark). A fixed 1 MiB threshold keeps large blocks in mmap, so memory stays
-    flat however many tokens are recorded. No-op off glibc."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None)
-        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
+@dataclass
+class _Progress:
+    """What this writer has committed (restored from `_progress/` on --resume)."""
+    done: int = -1  # last global batch committed
+    tokens: int = 0
+    commits: int = 0
+    last: int = -1  # last global batch recorded
+    since_commit: int = 0
 
 
-def record(opts: RecordOptions) -> Path:
-    """Run the job; returns the run directory. Raises RecordError / CorpusError on bad input."""
-    import model as model_pkg
+def _batches(windows, size: int):
+    buf = []
+    for w in windows:
+        buf.append(w)
+        if len(buf) == size:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
 
-    _bound_heap()
 
-    if opts.router_logits not in ("none", "topk", "full"):
-        raise RecordError(f"--router-logits {opts.router_logits!r}: choose none, topk or full")
-    if not 0 < opts.sample <= 1:
-        raise RecordError(f"--sample {opts.sample}: must be in (0, 1]")
-    if opts.batch_size < 1 or (opts.seq_len is not None and opts.seq_len < 2):
-        raise RecordError("--batch-size must be >= 1 and --seq-len >= 2")
-    ckpt, corpus, out = _resolve(opts)
-    args = checkpoint_args(ckpt)
-    opts.seq_len = window_length(opts.seq_len, args)
-    tok = _tokenizer(opts, ckpt, args.vocab_size)
-    _check_out(out, opts)
-    if not corpus.exists():
-        raise CorpusError(f"{corpus}: corpus not found")
-    world = init_world()
-
-    bos = args.bos_token_id if opts.add_bos else None
-
-    def encode(text: str) -> list[int]:
-        return tok.encode(text, add_special_tokens=False).ids
-
-    def windows():
-        return iter_windows(iter_documents(corpus, CorpusStats()), encode, opts.seq_len, bos, opts.max_tokens)
-
-    # counting pass: exact totals for the progress bar and run.json (tokenising is cheap next to the model)
-    stats = CorpusStats()
-    n_windows, n_tokens, per_domain = 0, 0, {}
-    for w in iter_windows(iter_documents(corpus, stats), encode, opts.seq_len, bos, opts.max_tokens):
-        n_windows += 1
-        n_tokens += len(w.ids)
-        per_domain[w.domain] = per_domain.get(w.domain, 0) + len(w.ids)
-    if n_tokens == 0:
-        raise CorpusError(f"{corpus}: corpus has no text")
-    n_batches = -(-n_windows // opts.batch_size)
-    corpus_fp = fingerprint(corpus)
-    ckpt_fp = checkpoint_fingerprint(ckpt)
-
-    # data-parallel replicas: every process holds the whole model and reads its own batches
-    m = model_pkg.load(ckpt, dtype=getattr(torch, opts.dtype) if opts.dtype else torch.float32, parallel=False)
-    if opts.mtp and not len(m.mtp):
-        print("note: the checkpoint has no MTP weights; the mtp table is skipped", file=sys.stderr)
-    tables = [t for t in STREAM_TABLES if not (t == "routing" and opts.router_logits == "none")
-              and not (t == "mtp" and not (opts.mtp and len(m.mtp)))]
-
-    info = {
-        "status": "running", "format": 1,
-        "checkpoint": {"path": str(ckpt.resolve()), "fingerprint": ckpt_fp},
-        "corpus": {"path": str(corpus.resolve()), "fingerprint": corpus_fp, "documents": stats.documents,
-                   "replaced_bytes": stats.replaced_bytes,
-                   "files_with_replacements": stats.files_with_replacements[:100]},
-        "model_args": args.to_dict(), "mtp_module": bool(len(m.mtp)),
-        "options": {k: v for k, v in asdict(opts).items() if k not in ("overwrite", "resume", "progress")},
-        "world": {"size": world.size, "model_parallel": world.model_parallel, "replicas": world.replicas},
-        "tables": tables + (FINAL_TABLES if opts.kv_stats else []),
-        "planned": {"windows": n_windows, "tokens": n_tokens, "batches": n_batches, "tokens_per_domain": per_domain},
-        "versions": {"python": sys.version.split()[0], "torch": torch.__version__, "pyarrow": pa.__version__,
-                     "dsv3_probe": _version()},
-        "started": time.time(),
-    }
-    if world.rank == 0:
-        if opts.resume:
-            old = read_run_json(out)
-            _check_resumable(old, info, out)
-            info["started"] = old.get("started", info["started"])
-            info["resumed"] = old.get("resumed", 0) + 1
-        elif out.exists() and opts.overwrite:
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / "run.json", info)
-    world.barrier()
-
-    cfg = RecordConfig(router_logits=opts.router_logits, sample=opts.sample, kv_stats=opts.kv_stats, mtp=opts.mtp)
-    rec = Recorder(m, cfg, domains=sorted(per_domain))
-    writer = PartWriter(out, world.rank, tables) if world.writes else None
-    progress, state = load_progress(out, world.rank) if opts.resume else ({}, {})
-    done = progress.get("done", -1)
-    if opts.resume:
-        prune_uncommitted(out, world.rank, done if progress else None, tables)
+def _restore(out: Path, world, rec: Recorder, tables: list[str], resume: bool) -> _Progress:
+    """This replica's progress (its writer's, which every rank of the replica reads, so that they
+    all skip the same batches); the writer also drops part files past its last commit."""
+    progress, state = load_progress(out, world.leader) if resume else ({}, {})
+    if world.writes:
+        prune_uncommitted(out, world.rank, progress.get("done") if progress else None, tables)
         if state:
             rec.kv.load_state(state)
-    else:
-        prune_uncommitted(out, world.rank, None, tables)
-    tokens_done = progress.get("tokens", 0)
-    commits = progress.get("commits", 0)
-    t_start = time.time()
+    done = progress.get("done", -1)
+    return _Progress(done=done, tokens=progress.get("tokens", 0), commits=progress.get("commits", 0), last=done)
+
+
+def _record_loop(job: Job, opts: RecordOptions, world, m, plan: CorpusPlan, info: dict, tables) -> Path:
+    out = job.out
+    cfg = RecordConfig(router_logits=opts.router_logits, sample=opts.sample, kv_stats=opts.kv_stats, mtp=opts.mtp)
+    rec = Recorder(m, cfg, domains=sorted(plan.per_domain))
+    writer = PartWriter(out, world.rank, tables) if world.writes else None
+    prog = _restore(out, world, rec, tables, opts.resume)
     bar = None
     if opts.progress and world.rank == 0:
         from tqdm import tqdm
-        bar = tqdm(total=n_tokens, unit="tok", unit_scale=True, desc="record", dynamic_ncols=True)
-    status, last, since_commit = "complete", done, 0
-
-    def commit(final: bool = False) -> None:
-        nonlocal since_commit, commits
-        if writer is not None:
-            writer.commit(last, {"tokens": tokens_done, "commits": commits, "finished": final}, rec.kv.state())
-            commits += 1
-        since_commit = 0
-
-    def batches():
-        buf = []
-        for w in windows():
-            buf.append(w)
-            if len(buf) == opts.batch_size:
-                yield buf
-                buf = []
-        if buf:
-            yield buf
-
+        bar = tqdm(total=plan.tokens, unit="tok", unit_scale=True, desc="record", dynamic_ncols=True)
+    t_start = time.time()
     with _Stop() as stop:
-        for b, bw in enumerate(batches()):
-            n = sum(len(x.ids) for x in bw)
-            if b % world.replicas == world.replica and b > done:
-                rows = rec.run(Batch(b, bw))
-                if writer is not None:
-                    for table, cols in rows.items():
-                        if cols and table in writer.tables:
-                            writer.append(table, cols, b)
-                tokens_done += n
-                last, since_commit = b, since_commit + 1
-                if since_commit >= opts.commit_every:
-                    commit()
-            if bar is not None:
-                bar.update(n)
-            if stop.signal is not None:
-                status = "interrupted"
-                break
-        commit(final=status == "complete")
-        if bar is not None:
-            bar.close()
-
+        status, failure = _run_batches(job, opts, world, rec, writer, prog, plan, stop, bar)
+    if bar is not None:
+        bar.close()
     elapsed = time.time() - t_start
+    if failure is not None:
+        # NOTE: no collective from here on: a peer may be gone. Any surviving rank marks the run.
+        finish(out, info, "interrupted", opts, job.args, world, elapsed)
+        if world.size == 1:
+            raise failure
+        cause = str(failure).strip().splitlines()[0][:300] if str(failure).strip() else type(failure).__name__
+        raise RecordError(f"rank {world.rank} of {world.size} stopped: {cause}; {out} is marked interrupted "
+                          "(continue with --resume)") from None
     world.barrier()
     if world.rank == 0:
-        _finish(out, info, status, opts, args, world, elapsed)
+        finish(out, info, status, opts, job.args, world, elapsed)
     world.barrier()
     if status == "interrupted":
-        raise KeyboardInterrupt(f"interrupted by signal {stop.signal}; {out} is marked interrupted "
-                                "(continue with --resume)")
+        raise KeyboardInterrupt(f"interrupted by signal {stop.signal or 'on another rank'}; {out} is marked "
+                                "interrupted (continue with --resume)")
     return out
 
 
-def _check_resumable(old: dict, new: dict, out: Path) -> None:
-    for key in ("checkpoint", "corpus"):
-        if old[key]["fingerprint"] != new[key]["fingerprint"]:
-            raise RecordError(f"--resume: the {key} differs from the one {out} was recorded with")
-    for k in RESUME_KEYS:
-        if old["options"].get(k) != new["options"].get(k):
-            raise RecordError(f"--resume: option {k} was {old['options'].get(k)!r}, now {new['options'].get(k)!r}")
-    if old["world"] != new["world"]:
-        raise RecordError(f"--resume: world layout was {old['world']}, now {new['world']}")
+def _run_batches(job: Job, opts, world, rec: Recorder, writer, prog: _Progress, plan: CorpusPlan, stop, bar):
+    """Run this replica's batches; returns (status, the exception that stopped this rank or None)."""
+    R = world.replicas
+
+    def commit(final: bool = False) -> None:
+        writer.commit(prog.last, {"tokens": prog.tokens, "commits": prog.commits, "finished": final},
+                      rec.kv.state())
+        prog.commits, prog.since_commit = prog.commits + 1, 0
+
+    try:
+        for b, bw in enumerate(_batches(job.windows(opts.seq_len, opts.max_tokens), opts.batch_size)):
+            n = sum(len(x.ids) for x in bw)
+            if b % R == world.replica and b > prog.done:
+                if writer is None:
+                    rec.forward_only(Batch(b, bw))
+                else:
+                    for table, cols in rec.run(Batch(b, bw)).items():
+                        if cols and table in writer.tables:
+                            writer.append(table, cols, b)
+                    prog.tokens, prog.last, prog.since_commit = prog.tokens + n, b, prog.since_commit + 1
+                    if prog.since_commit >= opts.commit_every:
+                        commit()
+            if bar is not None:
+                bar.update(n)
+            # every R batches (a round), all ranks agree whether any of them was asked to stop
+            if (b % R == R - 1 or b == plan.batches - 1) and world.any(stop.signal is not None):
+                if writer is not None:
+                    commit()
+                return "interrupted", None
+    except Exception as e:  # noqa: BLE001 - a dead peer, out of memory, a bug: never commit half a batch
+        if writer is not None:
+            writer.abandon()
+        return "interrupted", e
+    if writer is not None:
+        commit(final=True)
+    return "complete", None
 
 
-def _finish(out: Path, info: dict, status: str, opts, args, world: World, elapsed: float) -> None:
-    """Rank 0: merge the replicas' accumulators, write the final tables, update run.json."""
+def finish(out: Path, info: dict, status: str, opts, args, world, elapsed: float) -> None:
+    """Merge the replicas' committed progress and accumulators, write the final tables when the
+    run is complete, and update run.json (rank 0; on a failure, any surviving rank)."""
     import json
 
     finished = True
@@ -400,17 +383,7 @@ def _finish(out: Path, info: dict, status: str, opts, args, world: World, elapse
             other.load_state(state)
             acc.merge(other)
     if status == "complete" and finished and opts.kv_stats:
-        elem = torch.finfo(getattr(torch, args.dtype)).bits // 8
-        per = {"bytes_absorb": (args.kv_lora_rank + args.qk_rope_head_dim) * elem,
-               "bytes_naive": args.n_heads * (args.qk_head_dim + args.v_head_dim) * elem,
-               "bytes_mha": 2 * args.dim * elem}
-        stats, spec = summarise(acc, per)
-        for name, cols in (("kv_stats", stats), ("kv_spectrum", spec)):
-            d = out / name
-            d.mkdir(exist_ok=True)
-            tmp = d / "part-0.parquet.tmp"
-            pq.write_table(pa.Table.from_pydict(cols, schema=TABLES[name]), tmp, compression="zstd")
-            os.replace(tmp, d / "part-0.parquet")
+        _write_kv_tables(out, acc, args)
     info = json.loads((out / "run.json").read_text())
     info["status"] = "complete" if (status == "complete" and finished) else "interrupted"
     info["recorded"] = {"tokens": tokens}
@@ -418,10 +391,15 @@ def _finish(out: Path, info: dict, status: str, opts, args, world: World, elapse
     write_json_atomic(out / "run.json", info)
 
 
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-        return version("dsv3-probe")
-    except Exception:  # noqa: BLE001
-        return "unknown"
-
+def _write_kv_tables(out: Path, acc: KVAccumulator, args) -> None:
+    elem = torch.finfo(getattr(torch, args.dtype)).bits // 8
+    per = {"bytes_absorb": (args.kv_lora_rank + args.qk_rope_head_dim) * elem,
+           "bytes_naive": args.n_heads * (args.qk_head_dim + args.v_head_dim) * elem,
+           "bytes_mha": 2 * args.dim * elem}
+    stats, spec = summarise(acc, per)
+    for name, cols in (("kv_stats", stats), ("kv_spectrum", spec)):
+        d = out / name
+        d.mkdir(exist_ok=True)
+        tmp = d / "part-0.parquet.tmp"
+        pq.write_table(pa.Table.from_pydict(cols, schema=TABLES[name]), tmp, compression="zstd")
+        os.replace(tmp, d / "part-0.parquet")

@@ -79,8 +79,8 @@ def token_nll(batch: Batch, logits: torch.Tensor) -> torch.Tensor:
         # one row at a time: its temporaries stay small enough for the allocator to reuse
         pred = logits[:, :-1]
         lse = torch.stack([torch.logsumexp(pred[b].float(), dim=-1) for b in range(B)])
-        target = pred.gather(-1, batch.tokens[:, 1:, None]).squeeze(-1).float()
-        nll[:, 1:] = torch.where(batch.valid[:, 1:], lse - target, float("nan"))
+        target = pred.gather(-1, batch.tokens[:, 1:, None].to(pred.device)).squeeze(-1).float()
+        nll[:, 1:] = torch.where(batch.valid[:, 1:], (lse - target).cpu(), float("nan"))
     return nll
 
 
@@ -111,7 +111,11 @@ class Recorder:
         return names
 
     def _save(self, t: torch.Tensor, hook) -> None:
-        self._cap[hook.name] = t
+        if hook.name.endswith("hook_allowed_scores"):  # only the margins need it: keep [T, K+1], not [T, E]
+            t = t.topk(min(self.K + 1, self.E), dim=-1).values
+        # routing goes to the host for rows; the latents stay where the model is (KVAccumulator's
+        # float64 products are cheaper there on a GPU)
+        self._cap[hook.name] = t if ".attn." in hook.name else t.cpu()
 
     def domain_index(self, d: str) -> int:
         if d not in self._dom_index:
@@ -123,9 +127,19 @@ class Recorder:
     def run(self, batch: Batch) -> dict[str, dict]:
         self._cap = {}
         with self.model.hooks([(n, self._save) for n in self.hook_names()]):
-            out = self.model(batch.tokens, lengths=batch.lengths, mtp=self.mtp)
+            out = self._forward(batch)
         logits, mtp_logits = (out if self.mtp else (out, None))
         return self.rows(batch, logits, mtp_logits)
+
+    @torch.no_grad()
+    def forward_only(self, batch: Batch) -> None:
+        """The same forward pass without capturing anything: what the ranks of a sharded model that
+        do not write contribute (their collectives), at no recording cost."""
+        self._forward(batch)
+
+    def _forward(self, batch: Batch):
+        dev = self.model.embed.weight.device
+        return self.model(batch.tokens.to(dev), lengths=batch.lengths.to(dev), mtp=self.mtp)
 
     # ------------------------------------------------------------------------------ rows
     def rows(self, batch: Batch, logits: torch.Tensor, mtp_logits: torch.Tensor | None) -> dict[str, dict]:
@@ -144,8 +158,9 @@ class Recorder:
             out["mtp"] = self._mtp(batch, logits, mtp_logits)
         if self.cfg.kv_stats:
             for i in range(self.model.args.n_layers):
-                c = self._cap[f"layers.{i}.attn.hook_c_kv"].reshape(B * S, -1)[vidx]
-                k = self._cap[f"layers.{i}.attn.hook_k_pe"].reshape(B * S, -1)[vidx]
+                c = self._cap[f"layers.{i}.attn.hook_c_kv"].reshape(B * S, -1)
+                k = self._cap[f"layers.{i}.attn.hook_k_pe"].reshape(B * S, -1)
+                c, k = c[vidx.to(c.device)], k[vidx.to(k.device)]
                 self.kv.add(i, c, k)
         return out
 
@@ -170,7 +185,7 @@ class Recorder:
         for layer in self.moe_layers:
             g = f"layers.{layer}.ffn.gate."
             ids = self._cap[g + "hook_topk_ids"][vidx]
-            top = self._cap[g + "hook_allowed_scores"][vidx].topk(min(K + 1, E), dim=-1).values
+            top = self._cap[g + "hook_allowed_scores"][vidx]  # [n, K+1] best allowed scores (see _save)
             kth, first = top[:, K - 1], top[:, 0]
             nxt = top[:, K] if E > K else torch.full_like(kth, float("-inf"))
             cols["seq_id"].append(seq)
@@ -227,14 +242,16 @@ class Recorder:
         lens = batch.lengths
         i = torch.arange(S - 1)
         rows = i[None] <= (lens[:, None] - 2)  # [B, S-1]: position i uses token i+1
-        mtp_top1 = mtp_logits.argmax(-1)  # [B, S-1] prediction of token i+2
-        main_top1 = logits[:, 1:].argmax(-1)  # [B, S-1] main prediction at i+1
+        mtp_top1 = mtp_logits.argmax(-1).cpu()  # [B, S-1] prediction of token i+2
+        main_top1 = logits[:, 1:].argmax(-1).cpu()  # [B, S-1] main prediction at i+1
         has_target = i[None] <= (lens[:, None] - 3)
         target = torch.zeros(B, S - 1, dtype=torch.long)
         target[:, : max(S - 2, 0)] = batch.tokens[:, 2:]
         loss = torch.full((B, S - 1), float("nan"))
         if has_target.any():
-            loss[has_target] = F.cross_entropy(mtp_logits[has_target].float(), target[has_target], reduction="none")
+            dev = mtp_logits.device
+            loss[has_target] = F.cross_entropy(mtp_logits[has_target.to(dev)].float(), target[has_target].to(dev),
+                                               reduction="none").cpu()
         sel = rows.reshape(-1).numpy()
         seq = np.repeat([w.seq_id for w in batch.windows], S - 1)[sel]
         doms = np.repeat(np.array([w.domain for w in batch.windows], dtype=object), S - 1)[sel]

@@ -2,7 +2,8 @@
 
     dsv3-probe spec                                   # bundled model; prompts cut from the bundled corpus
     dsv3-probe spec --ckpt CKPT --corpus DIR --out runs/x --prompt-tokens 32 --new-tokens 32 --max-prompts 64
-    torchrun --nproc-per-node 2 -m probe spec --ckpt CKPT --out runs/x     # a sharded model; rank 0 writes
+    torchrun --nproc-per-node 2 -m probe spec --ckpt CKPT --out runs/x --model-parallel 2   # one sharded model
+    torchrun --nproc-per-node 4 -m probe spec --ckpt CKPT --out runs/x --model-parallel 2   # 2 replicas of 2
 
 The `mtp` table of `record` measures teacher-forced agreement (the MTP head against the main
 model on the corpus' own tokens). This measures what a server would see: each prompt (the first
@@ -32,8 +33,8 @@ import pyarrow.parquet as pq
 import torch
 
 from .corpus import CorpusError, CorpusStats, iter_documents
-from .record import (DEFAULT_CKPT, DEFAULT_CORPUS, REPO, RecordError, _tokenizer, checkpoint_args,
-                     checkpoint_fingerprint, init_world)
+from .job import (RecordError, agree, checkpoint_args, checkpoint_fingerprint, load_model, load_tokenizer,
+                  resolve_paths, start_world)
 from .schema import TABLES
 from .writer import RUN_JSON, read_run_json, write_json_atomic
 
@@ -52,6 +53,9 @@ class SpecOptions:
     batch_size: int = 8
     overwrite: bool = False
     dtype: str | None = None
+    gemm: str = "bf16"
+    device: str | None = None
+    model_parallel: str | int = 1
     progress: bool = True
 
 
@@ -68,17 +72,6 @@ def _prompts(corpus: Path, tok, bos: int | None, n_tokens: int, limit: int | Non
     for i in range(max((len(v) for v in lists), default=0)):
         out += [v[i] for v in lists if i < len(v)]
     return out[:limit] if limit else out
-
-
-def _resolve(opts: SpecOptions) -> tuple[Path, Path, Path]:
-    ckpt = Path(opts.ckpt) if opts.ckpt else DEFAULT_CKPT
-    corpus = Path(opts.corpus) if opts.corpus else DEFAULT_CORPUS
-    if not ckpt.is_dir() or not (ckpt / "config.json").exists():
-        raise RecordError(f"--ckpt {ckpt}: not a checkpoint directory (no config.json)")
-    if not corpus.exists():
-        raise CorpusError(f"{corpus}: corpus not found")
-    out = Path(opts.out) if opts.out else REPO / "runs" / f"{ckpt.name}-{corpus.stem}-spec"
-    return ckpt, corpus, out
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
@@ -101,82 +94,108 @@ def _write_table(out: Path, table: str, columns: dict) -> None:
 
 
 def record_spec(opts: SpecOptions) -> Path:
-    """Generate with MTP drafts and write `spec_decode` and `spec_drafts`; returns the run directory."""
-    import model as model_pkg
-    from model.generate import GenerateError, generate
+    """Generate with MTP drafts and write `spec_decode` and `spec_drafts`; returns the run directory.
+    Under torchrun, batches of prompts go round robin to the replicas (each one model, sharded over
+    --model-parallel ranks); rank 0 gathers the rows and writes."""
+    from model.generate import GenerateError
 
     if opts.prompt_tokens < 1 or opts.new_tokens < 1 or opts.batch_size < 1:
         raise RecordError("--prompt-tokens, --new-tokens and --batch-size must be >= 1")
     if opts.max_prompts is not None and opts.max_prompts < 1:
         raise RecordError("--max-prompts must be >= 1")
-    ckpt, corpus, out = _resolve(opts)
+    ckpt, corpus, out = resolve_paths(opts.ckpt, opts.corpus, opts.out, suffix="-spec")
+    if not corpus.exists():
+        raise CorpusError(f"{corpus}: corpus not found")
     args = checkpoint_args(ckpt)
     if opts.prompt_tokens + opts.new_tokens > args.max_seq_len:
         raise RecordError(f"--prompt-tokens + --new-tokens = {opts.prompt_tokens + opts.new_tokens} exceeds "
                           f"the model's max_seq_len {args.max_seq_len}")
     if args.n_mtp_layers < 1:
         raise RecordError(f"{ckpt}: the model has no MTP module (n_mtp_layers = 0): nothing to draft with")
-    tok = _tokenizer(opts, ckpt, args.vocab_size)
-    _check_out(out, opts.overwrite)
+    tok = load_tokenizer(opts.tokenizer, ckpt, args.vocab_size)
+    world = start_world(opts.model_parallel, opts.device, args)
+    agree(world, lambda: _check_out(out, opts.overwrite))
     prompts = _prompts(corpus, tok, args.bos_token_id, opts.prompt_tokens, opts.max_prompts)
     if not prompts:
         raise CorpusError(f"{corpus}: no document has {opts.prompt_tokens} tokens for a prompt")
-    world = init_world()
-    m = model_pkg.load(ckpt, dtype=getattr(torch, opts.dtype) if opts.dtype else torch.float32)
+    m = load_model(ckpt, world, dtype=opts.dtype, gemm=opts.gemm)
     if not len(m.mtp):
         raise RecordError(f"{ckpt}: the checkpoint holds no MTP weights (layer {args.n_layers}): nothing to draft with")
-    stop = [args.eos_token_id] if args.eos_token_id is not None else []
-
-    rows: dict[str, list] = {k: [] for k in TABLES["spec_decode"].names}
-    drafts: dict[str, list] = {k: [] for k in TABLES["spec_drafts"].names}
     t0 = time.time()
+    try:
+        mine = _generate(m, prompts, opts, world, [args.eos_token_id] if args.eos_token_id is not None else [])
+    except GenerateError as e:
+        raise RecordError(str(e)) from None
+    parts = world.gather_leaders(mine)
+    if world.rank == 0:
+        rows, drafts = _tables(prompts, sorted((i, r) for part in parts for i, r in part))
+        _write_run(out, rows, drafts, opts, ckpt, corpus, args, world, time.time() - t0)
+    world.barrier()
+    return out
+
+
+def _generate(m, prompts, opts: SpecOptions, world, stop: list[int]) -> list[tuple[int, dict]]:
+    """This replica's share: batches b, b+R, ... of the prompts -> [(prompt index, result)]."""
+    from model.generate import generate
+
+    batches = [list(range(i, min(i + opts.batch_size, len(prompts)))) for i in range(0, len(prompts), opts.batch_size)]
+    mine = [b for j, b in enumerate(batches) if j % world.replicas == world.replica]
     bar = None
     if opts.progress and world.rank == 0:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(prompts), unit="prompt", desc="spec decode", file=sys.stderr)
+        bar = tqdm(total=sum(map(len, mine)), unit="prompt", desc="spec decode", file=sys.stderr)
+    done = []
     try:
-        for i in range(0, len(prompts), opts.batch_size):
-            chunk = prompts[i:i + opts.batch_size]
+        for idx in mine:
             with torch.no_grad():
-                res = generate(m, [p for _, _, p in chunk], max_new_tokens=opts.new_tokens, stop_ids=stop, mtp=True)
-            for j, (doc_id, domain, p) in enumerate(chunk):
-                rows["doc_id"].append(doc_id)
-                rows["domain"].append(domain)
-                rows["prompt_tokens"].append(len(p))
-                rows["new_tokens"].append(len(res.tokens[j]))
-                rows["forward_passes"].append(res.forward_passes[j])
-                rows["drafts_proposed"].append(sum(res.drafts_proposed[j]))
-                rows["drafts_accepted"].append(sum(res.drafts_accepted[j]))
-                rows["tokens_per_forward"].append(res.tokens_per_forward[j])
-                rows["finish_reason"].append(res.finish_reasons[j])
-                for seq_index, token, accepted in res.drafts[j]:
-                    drafts["doc_id"].append(doc_id)
-                    drafts["domain"].append(domain)
-                    drafts["position"].append(seq_index - len(p))
-                    drafts["token"].append(token)
-                    drafts["accepted"].append(bool(accepted))
+                res = generate(m, [prompts[i][2] for i in idx], max_new_tokens=opts.new_tokens, stop_ids=stop, mtp=True)
+            for j, i in enumerate(idx):
+                done.append((i, {"tokens": res.tokens[j], "forward_passes": res.forward_passes[j],
+                                 "proposed": sum(res.drafts_proposed[j]), "accepted": sum(res.drafts_accepted[j]),
+                                 "per_forward": res.tokens_per_forward[j], "finish": res.finish_reasons[j],
+                                 "drafts": res.drafts[j]}))
             if bar is not None:
-                bar.update(len(chunk))
-    except GenerateError as e:
-        raise RecordError(str(e)) from None
+                bar.update(len(idx))
     finally:
         if bar is not None:
             bar.close()
-    if world.rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        _write_table(out, "spec_decode", rows)
-        _write_table(out, "spec_drafts", drafts)
-        proposed, accepted = sum(rows["drafts_proposed"]), sum(rows["drafts_accepted"])
-        summary = {"prompts": len(prompts), "prompt_tokens": opts.prompt_tokens, "new_tokens": opts.new_tokens,
-                   "generated": int(np.sum(rows["new_tokens"])), "forward_passes": int(np.sum(rows["forward_passes"])),
-                   "drafts_proposed": proposed, "drafts_accepted": accepted,
-                   "acceptance_rate": accepted / proposed if proposed else None,
-                   "seconds": round(time.time() - t0, 2), "world_size": world.size}
-        info = read_run_json(out) if (out / RUN_JSON).exists() else {
-            "status": "complete", "format": 1, "kind": "spec",
-            "checkpoint": {"path": str(ckpt.resolve()), "fingerprint": checkpoint_fingerprint(ckpt)},
-            "corpus": {"path": str(corpus.resolve())}, "model_args": args.to_dict()}
-        info["spec_decode"] = summary
-        write_json_atomic(out / RUN_JSON, info)
-    return out
+    return done
+
+
+def _tables(prompts, results) -> tuple[dict, dict]:
+    """Rows of spec_decode and spec_drafts, in prompt order."""
+    rows: dict[str, list] = {k: [] for k in TABLES["spec_decode"].names}
+    drafts: dict[str, list] = {k: [] for k in TABLES["spec_drafts"].names}
+    for i, r in results:
+        doc_id, domain, p = prompts[i]
+        for k, v in (("doc_id", doc_id), ("domain", domain), ("prompt_tokens", len(p)),
+                     ("new_tokens", len(r["tokens"])), ("forward_passes", r["forward_passes"]),
+                     ("drafts_proposed", r["proposed"]), ("drafts_accepted", r["accepted"]),
+                     ("tokens_per_forward", r["per_forward"]), ("finish_reason", r["finish"])):
+            rows[k].append(v)
+        for seq_index, token, accepted in r["drafts"]:
+            for k, v in (("doc_id", doc_id), ("domain", domain), ("position", seq_index - len(p)),
+                         ("token", token), ("accepted", bool(accepted))):
+                drafts[k].append(v)
+    return rows, drafts
+
+
+def _write_run(out: Path, rows: dict, drafts: dict, opts: SpecOptions, ckpt: Path, corpus: Path, args, world,
+               seconds: float) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    _write_table(out, "spec_decode", rows)
+    _write_table(out, "spec_drafts", drafts)
+    proposed, accepted = sum(rows["drafts_proposed"]), sum(rows["drafts_accepted"])
+    summary = {"prompts": len(rows["doc_id"]), "prompt_tokens": opts.prompt_tokens, "new_tokens": opts.new_tokens,
+               "generated": int(np.sum(rows["new_tokens"])), "forward_passes": int(np.sum(rows["forward_passes"])),
+               "drafts_proposed": proposed, "drafts_accepted": accepted,
+               "acceptance_rate": accepted / proposed if proposed else None,
+               "seconds": round(seconds, 2), "world_size": world.size, "world": world.describe(),
+               "dtype": opts.dtype or "float32", "gemm": opts.gemm}
+    info = read_run_json(out) if (out / RUN_JSON).exists() else {
+        "status": "complete", "format": 1, "kind": "spec",
+        "checkpoint": {"path": str(ckpt.resolve()), "fingerprint": checkpoint_fingerprint(ckpt)},
+        "corpus": {"path": str(corpus.resolve())}, "model_args": args.to_dict()}
+    info["spec_decode"] = summary
+    write_json_atomic(out / RUN_JSON, info)

@@ -30,8 +30,8 @@ class KVAccumulator:
             return
         x = c_kv.detach().to(torch.float64)
         self.n[i] += len(x)
-        self.sum[i] += x.sum(0).numpy()
-        self.outer[i] += (x.T @ x).numpy()
+        self.sum[i] += x.sum(0).cpu().numpy()
+        self.outer[i] += (x.T @ x).cpu().numpy()
         for key, t in (("latent", x), ("k_pe", k_pe.detach().to(torch.float64))):
             nrm = t.norm(dim=-1)
             a = self.norms[key][i]

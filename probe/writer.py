@@ -84,9 +84,7 @@ class PartWriter:
             return
         w = self._open.get(table)
         if w is None:
-            floats, others = _split_columns(TABLES[table])
-            w = pq.ParquetWriter(self._tmp(table), TABLES[table], compression="zstd",
-                                 use_dictionary=others, use_byte_stream_split=floats or False)
+            w = pq.ParquetWriter(self._tmp(table), TABLES[table], **parquet_options(TABLES[table]))
             self._open[table] = w
         w.write_table(pa.Table.from_batches(self._buf[table], schema=TABLES[table]))
         self._buf[table], self._buf_rows[table] = [], 0
@@ -121,6 +119,12 @@ class PartWriter:
             self._tmp(t).unlink(missing_ok=True)
             self._buf[t], self._buf_rows[t] = [], 0
         self.first_uncommitted = None
+
+
+def parquet_options(schema: pa.Schema) -> dict:
+    """How every streamed table is written (also what `--dry-run` measures its sizes with)."""
+    floats, others = _split_columns(schema)
+    return {"compression": "zstd", "use_dictionary": others, "use_byte_stream_split": floats or False}
 
 
 def _split_columns(schema: pa.Schema) -> tuple[list[str], list[str]]:

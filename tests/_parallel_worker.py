@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import model  # noqa: E402
-from model import parallel  # noqa: E402
+from model import memory, parallel  # noqa: E402
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -89,10 +89,10 @@ def grad_checks(full, sh, out: dict) -> None:
 
 def bytes_checks(full, sh, out: dict) -> None:
     spec = parallel.shard_spec(full, sh.shards)
-    out["bytes_full"] = parallel.tensor_bytes(full)
-    out["bytes_rank"] = parallel.tensor_bytes(sh)
-    out["bytes_sharded_full"] = parallel.tensor_bytes(full, set(spec))
-    out["bytes_sharded_rank"] = parallel.tensor_bytes(sh, set(spec))
+    out["bytes_full"] = memory.tensor_bytes(full)
+    out["bytes_rank"] = memory.tensor_bytes(sh)
+    out["bytes_sharded_full"] = memory.tensor_bytes(full, set(spec))
+    out["bytes_sharded_rank"] = memory.tensor_bytes(sh, set(spec))
     out["sharded_ratio"] = out["bytes_sharded_rank"] / out["bytes_sharded_full"]
     out["total_ratio"] = out["bytes_rank"] / out["bytes_full"]
 

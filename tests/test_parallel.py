@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import model
-from model import ModelArgs, parallel
+from model import ModelArgs, memory, parallel
 from model.parallel import ParallelError, Shards
 
 from conftest import hf_checkpoint, random_model
@@ -188,14 +188,14 @@ def test_dense_only_config_needs_no_expert_split():
 
 
 def test_671B_shard_plan_fits_80GB_at_world_16():
-    plan = parallel.shard_plan(ModelArgs.from_name("671B"), 16, fp8=True)
-    print("\n" + parallel.format_plan(plan, "671B"))
+    plan = memory.shard_plan(ModelArgs.from_name("671B"), 16, fp8=True)
+    print("\n" + memory.format_plan(plan, "671B"))
     gb = plan["per_rank_bytes"] / 1e9
     assert gb < 80, f"{gb:.1f} GB per rank does not fit an 80 GB GPU"
     # 685B parameters, nearly all FP8: about 685 GB / 16 plus the replicated parts
     assert 40 < gb < 50 and 680e9 < plan["full_bytes"] < 700e9
     assert plan["per_rank_bytes"] == plan["sharded_full_bytes"] // 16 + plan["replicated_bytes"]
-    assert parallel.shard_plan(ModelArgs.from_name("671B"), 8)["per_rank_bytes"] / 1e9 > 80  # one 8-GPU node: no
+    assert memory.shard_plan(ModelArgs.from_name("671B"), 8)["per_rank_bytes"] / 1e9 > 80  # one 8-GPU node: no
 
 
 def test_params_cli_world_size(capsys):

@@ -375,7 +375,9 @@ def test_two_processes_equal_one(probe_env, big_corpus, reference_run, tmp_path)
                                                                                 "OMP_NUM_THREADS": "1"})
     assert p.returncode == 0, p.stderr[-3000:]
     run2 = probe.open_run(out)
-    assert run2.info["world"] == {"size": 2, "model_parallel": 1, "replicas": 2}
+    world = run2.info["world"]
+    assert (world["size"], world["model_parallel"], world["replicas"], world["backend"]) == (2, 1, 2, "gloo")
+    assert len(world["devices"]) == 2 and all(d.endswith(":cpu") for d in world["devices"])
     assert {f.name[:4] for f in run2.files("routing")} == {"r000", "r001"}
     assert_tables_equal(run2, reference_run, TABLES)
 

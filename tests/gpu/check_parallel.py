@@ -31,7 +31,7 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import model  # noqa: E402
-from model import ModelArgs, parallel  # noqa: E402
+from model import ModelArgs, memory, parallel  # noqa: E402
 
 # (mode, compute dtype, gemm_impl, checkpoint). float32: the shards must equal the whole model up to
 # summation order (max |diff| / max |logit| <= 1e-4). bf16: each row-parallel output is rounded to
@@ -148,7 +148,7 @@ def main() -> int:
                 ok = all(x[1] <= MEAN_REL and x[2] >= AGREE for x in (e, e_mtp))
             failed |= not ok
             rows.append((mode, impl, e, e_mtp, t_whole, t_shard, t_dec,
-                         parallel.tensor_bytes(shard), parallel.tensor_bytes(whole), ok))
+                         memory.tensor_bytes(shard), memory.tensor_bytes(whole), ok))
         del whole, shard
         if device.type == "cuda":
             torch.cuda.empty_cache()

@@ -1,0 +1,108 @@
+"""Bytes per rank before anything is loaded: weights (meta device), the latent KV cache, and an
+estimate of a forward pass's activations. What `python -m model params` and `dsv3-probe record
+--dry-run` print.
+
+    memory.shard_plan(ModelArgs.from_name("671B"), 8)                  # weight bytes per rank
+    memory.forward_plan(args, model_parallel=8, batch=8, seq_len=512)  # activations of one forward
+
+Legend: B batch rows, S positions, T = B*S tokens, D dim, V vocab, E routed experts, K top-k,
+H heads, M ranks holding one model (tensor + expert parallel, see model/parallel.py).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .args import ModelArgs
+from .checkpoint import make_fp8_resident
+from .parallel import Shards, check_world, shard_, shard_spec
+from .transformer import Transformer
+
+
+def tensor_bytes(model: nn.Module, names=None) -> int:
+    """Bytes of parameters and buffers (FP8 weights 1 byte + their float32 scales), optionally
+    only those named (works on the meta device)."""
+    items = list(model.named_parameters()) + [(n, b) for n, b in model.named_buffers() if b is not None]
+    return sum(t.numel() * t.element_size() for n, t in items if names is None or n in names)
+
+
+def shard_plan(args: ModelArgs, world_size: int, *, fp8: bool = True, dtype: torch.dtype = torch.bfloat16,
+               rank: int = 0) -> dict:
+    """Per-rank parameter bytes of `args` at `world_size` (meta device: no memory). fp8: every
+    projection an FP8 checkpoint stores as FP8 stays FP8 (1 byte + float32 128x128 block scales),
+    the rest in `dtype`. MTP modules count when the config has them. `absorb_dense_bytes`: the
+    dequantised copy of each FP8 `wkv_b` that absorbed attention keeps (see model/mla.py)."""
+    check_world(args, world_size)
+    with torch.device("meta"):
+        m = Transformer(args, dtype=dtype, init=False)
+    if fp8:
+        make_fp8_resident(m, block=(args.quant_block or (128, 128))[0])
+    full = tensor_bytes(m)
+    spec = shard_spec(m, Shards(rank, world_size))
+    sharded_full = tensor_bytes(m, set(spec))
+    shard_(m, Shards(rank, world_size))
+    local = tensor_bytes(m)
+    elem = torch.finfo(dtype).bits // 8
+    heads = args.n_heads // world_size
+    absorb = (args.n_layers + args.n_mtp_layers) * heads * (args.qk_nope_head_dim + args.v_head_dim) \
+        * args.kv_lora_rank * elem if fp8 else 0
+    return {"world_size": world_size, "fp8": fp8, "full_bytes": full, "per_rank_bytes": local,
+            "sharded_full_bytes": sharded_full, "sharded_per_rank_bytes": tensor_bytes(m, set(spec)),
+            "replicated_bytes": full - sharded_full, "absorb_dense_bytes": absorb}
+
+
+def kv_cache_bytes(args: ModelArgs, batch: int, seq_len: int, dtype: torch.dtype = torch.bfloat16,
+                   mtp: bool = True) -> int:
+    """The absorb-form static cache for `batch` x `seq_len` positions: kv_norm(latent) [C] and the
+    rope key [R] per token per layer (MTP block included), replicated on every rank."""
+    layers = args.n_layers + (args.n_mtp_layers if mtp else 0)
+    return layers * batch * seq_len * (args.kv_lora_rank + args.qk_rope_head_dim) * (torch.finfo(dtype).bits // 8)
+
+
+def forward_plan(args: ModelArgs, *, model_parallel: int = 1, batch: int = 8, seq_len: int = 512,
+                 dtype: torch.dtype = torch.bfloat16, mtp: bool = True, captures: dict | None = None) -> dict:
+    """Estimated peak bytes of one no-grad prefill forward on one rank (a model of the tensors the
+    forward allocates, not a measurement): the logits (full [B, S, V] on every rank after the
+    all-gather; MTP logits too), the largest single layer's transients (attention with its
+    [B, H/M, S, S] float32 scores as the unfused kernel holds them, or the MoE router and one
+    expert's tokens), the residual stream, and `captures` (bytes a recorder holds until the
+    forward ends, see probe.plan). Returns the components and `peak`."""
+    M, B, S = model_parallel, batch, seq_len
+    T, D, V = B * S, args.dim, args.vocab_size
+    e = torch.finfo(dtype).bits // 8
+    f32 = 4
+    H = args.n_heads // M
+    qk, nv = args.qk_nope_head_dim + args.qk_rope_head_dim, args.qk_nope_head_dim + args.v_head_dim
+    # head: the local [T, V/M] part, the gathered parts and their concatenation; the loss reads
+    # one row of float32 logits at a time
+    one_logits = T * V * e * ((2 + 1 / M) if M > 1 else 1) + S * V * f32
+    logits = one_logits * (2 if mtp and args.n_mtp_layers else 1)
+    attn = (T * (args.q_lora_rank or 0) * 2 * e + T * H * qk * e * 3      # q_a, q_norm, q; q_pe; query
+            + T * (args.kv_lora_rank + args.qk_rope_head_dim) * 2 * e      # wkv_a out, kv_norm
+            + T * H * nv * e + T * H * qk * e * 2                          # kvb, k, padded v
+            + B * H * S * S * f32 * 2                                      # scores, probabilities
+            + T * H * qk * e + T * D * e)                                  # attention out, wo out
+    E, K = args.n_routed_experts, args.n_activated_experts
+    per_expert = -(-T * K // E) * 2  # a busy expert: twice its mean share of the tokens
+    moe = (T * E * f32 * 5 + T * K * 8 * 3                                 # router scores, ids, weights
+           + per_expert * (D * e * 2 + args.moe_inter_dim * e * 3)         # one expert's rows
+           + T * args.n_shared_experts * args.moe_inter_dim // M * e * 3 + T * D * e * 2)
+    dense = T * args.inter_dim // M * e * 3 + T * D * e
+    layer = max(attn, moe if args.n_layers > args.n_dense_layers else 0, dense if args.n_dense_layers else 0)
+    residual = T * D * e * 4  # h, the norm's output, the block output, the embedding
+    caught = sum((captures or {}).values())
+    out = {"logits": int(logits), "largest_layer": int(layer), "residual": int(residual), "captures": int(caught)}
+    out["peak"] = sum(out.values())
+    return out
+
+
+def size(n: float) -> str:
+    """Bytes as GB (10^9) or MB."""
+    return f"{n / 1e9:.2f} GB" if abs(n) >= 1e9 else f"{n / 1e6:.2f} MB"
+
+
+def format_plan(p: dict, name: str = "") -> str:
+    return (f"{name + ': ' if name else ''}world size {p['world_size']} ({'FP8' if p['fp8'] else 'dense'} weights): "
+            f"{size(p['per_rank_bytes'])} per rank (sharded {size(p['sharded_per_rank_bytes'])} + replicated "
+            f"{size(p['replicated_bytes'])}) of {size(p['full_bytes'])} in one process")

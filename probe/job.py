@@ -1,0 +1,172 @@
+"""What the jobs over a checkpoint share (record, spec, `analyses.ablate`, `analyses.report`):
+resolving the checkpoint, corpus and output, the tokenizer, the window length, the ranks (through
+`model.parallel.init_world`, the one place that creates process groups), loading the model, and the
+command-line flags that choose how the model runs.
+
+Under torchrun, W ranks split into W / M replicas of M = `--model-parallel` consecutive ranks: each
+replica holds one model sharded over its M ranks (tensor + expert parallel, model/parallel.py), the
+replicas share the batches, and the first rank of each replica writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_CKPT = REPO / "data" / "model"
+DEFAULT_CORPUS = REPO / "data" / "corpus" / "val.jsonl"
+DTYPES = ("float32", "bfloat16", "float64")
+
+
+class RecordError(ValueError):
+    """Bad options or inputs for a job (one line, naming the culprit)."""
+
+
+# ------------------------------------------------------------------------------ inputs
+def resolve_paths(ckpt: str | None, corpus: str | None, out: str | None, suffix: str = "",
+                  error: type[Exception] = RecordError) -> tuple[Path, Path, Path]:
+    """(checkpoint dir, corpus path, output dir): the bundled model and corpus by default, and
+    runs/<ckpt>-<corpus><suffix> as the output."""
+    ckpt_p = Path(ckpt) if ckpt else DEFAULT_CKPT
+    corpus_p = Path(corpus) if corpus else DEFAULT_CORPUS
+    if ckpt is None and not (ckpt_p / "config.json").exists():
+        raise error(f"the bundled checkpoint {ckpt_p} is not there yet: pass --ckpt DIR "
+                    "(a Hugging Face DeepSeek-V3 checkpoint directory)")
+    if corpus is None and not corpus_p.exists():
+        raise error(f"the bundled corpus {corpus_p} is not there yet: pass --corpus PATH")
+    if not ckpt_p.is_dir() or not (ckpt_p / "config.json").exists():
+        raise error(f"--ckpt {ckpt_p}: not a checkpoint directory (no config.json)")
+    out_p = Path(out) if out else REPO / "runs" / f"{ckpt_p.name}-{corpus_p.stem}{suffix}"
+    return ckpt_p, corpus_p, out_p
+
+
+def checkpoint_args(ckpt: Path, error: type[Exception] = RecordError):
+    """The checkpoint's `model.ModelArgs`; a bad config.json is a one-line error."""
+    from model.args import ConfigError, ModelArgs
+
+    try:
+        return ModelArgs.from_hf_config(ckpt)
+    except ConfigError as e:
+        raise error(str(e)) from None
+
+
+def default_seq_len(args) -> int:
+    """512 tokens, or less when the model was trained on shorter windows (the YaRN original length or
+    max_seq_len): routing beyond a model's training length is not the routing it learned."""
+    return min(512, args.original_seq_len, args.max_seq_len)
+
+
+def window_length(seq_len: int | None, args, error: type[Exception] = RecordError) -> int:
+    """--seq-len, or `default_seq_len` when unset; `error` when it exceeds the model's max_seq_len."""
+    seq_len = default_seq_len(args) if seq_len is None else seq_len
+    if seq_len > args.max_seq_len:
+        raise error(f"--seq-len {seq_len} exceeds the model's max_seq_len {args.max_seq_len}")
+    return seq_len
+
+
+def load_tokenizer(path: str | None, ckpt: Path, vocab_size: int, error: type[Exception] = RecordError):
+    """`tokenizers.Tokenizer` from --tokenizer or the checkpoint's tokenizer.json, checked against
+    the model's vocabulary."""
+    from tokenizers import Tokenizer
+
+    p = Path(path) if path else ckpt / "tokenizer.json"
+    if not p.exists():
+        raise error(f"{p}: no tokenizer (put tokenizer.json in the checkpoint or pass --tokenizer)")
+    try:
+        tok = Tokenizer.from_file(str(p))
+    except Exception as e:  # noqa: BLE001 - tokenizers raises its own exception type
+        raise error(f"{p}: not a tokenizers JSON file ({e})") from None
+    n = tok.get_vocab_size(with_added_tokens=True)
+    if n > vocab_size:
+        raise error(f"{p} has {n} tokens but the checkpoint's vocab_size is {vocab_size}: "
+                    "tokenizer and checkpoint do not belong together")
+    return tok
+
+
+def checkpoint_fingerprint(ckpt: Path) -> str:
+    """sha256 of config.json and every safetensors header (names, shapes, offsets): cheap, and it
+    changes whenever the weights' layout does. Not a hash of the weights' bytes."""
+    h = hashlib.sha256((ckpt / "config.json").read_bytes())
+    for f in sorted(ckpt.glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            h.update(f.name.encode() + fh.read(min(n, 100_000_000)))
+        h.update(str(f.stat().st_size).encode())
+    return h.hexdigest()
+
+
+def package_version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("dsv3-probe")
+    except Exception:  # noqa: BLE001 - not installed (a checkout on PYTHONPATH)
+        return "unknown"
+
+
+def bound_heap() -> None:
+    """NOTE: glibc raises its mmap threshold as large blocks are freed, after which the model's
+    activations come from the heap and the small, longer-lived row buffers pin it: resident memory
+    then grows with the run. A fixed 1 MiB threshold keeps large blocks in mmap. No-op off glibc."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+# ------------------------------------------------------------------------------- ranks
+def start_world(model_parallel, device: str | None, args=None):
+    """This process's `model.parallel.World`; with `args`, also checks that the model splits over
+    --model-parallel ranks (a one-line ParallelError naming the field, on every rank alike)."""
+    from model.parallel import check_world, init_world, model_parallel_size, env_world_size
+
+    if args is not None:  # before any process group exists, so that every rank stops the same way
+        check_world(args, model_parallel_size(model_parallel, env_world_size()), what="--model-parallel")
+    return init_world(model_parallel, device=device)
+
+
+def agree(world, fn):
+    """Run `fn` on rank 0 only and share its outcome: its result on every rank, or the same
+    RecordError (ValueError) raised on every rank instead of rank 0 alone."""
+    res, err = None, None
+    if world.rank == 0:
+        try:
+            res = fn()
+        except (ValueError, OSError) as e:
+            err = (type(e).__name__, str(e))
+    res, err = world.broadcast((res, err))
+    if err is not None:
+        raise RecordError(err[1])
+    return res
+
+
+def compute_dtype(name: str | None) -> torch.dtype:
+    return getattr(torch, name) if name else torch.float32
+
+
+def load_model(ckpt: Path, world, *, dtype: str | None = None, gemm: str = "bf16"):
+    """The checkpoint as this replica's model: whole (model_parallel 1) or this rank's shards."""
+    import model
+
+    return model.load(ckpt, dtype=compute_dtype(dtype), device=world.device, gemm_impl=gemm,
+                      parallel=world.shards if world.shards is not None else False)
+
+
+def add_model_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """--dtype, --gemm, --device and --model-parallel, the same for every job."""
+    p.add_argument("--dtype", choices=list(DTYPES),
+                   help="compute dtype (default float32; float64 = reference precision, e.g. to compare "
+                        "layouts without rounding differences)")
+    p.add_argument("--gemm", choices=["bf16", "fp8"], default="bf16",
+                   help="bf16: dequantise FP8 checkpoint weights on load (default); fp8: keep them resident "
+                        "(1 byte per weight + block scales) and run block-scaled FP8 GEMMs")
+    p.add_argument("--device", default=None, help="cpu, cuda or auto (default auto: CUDA when torch sees a GPU; "
+                                                  "under torchrun 'cuda' is each rank's LOCAL_RANK GPU)")
+    p.add_argument("--model-parallel", default="1", metavar="M",
+                   help="ranks that hold one model, sharded tensor + expert parallel (default 1: every rank a "
+                        "whole model); 'auto' = the whole torchrun world; the world splits into W/M replicas")

@@ -1,0 +1,210 @@
+"""`dsv3-probe record --dry-run`: everything a record run would check, and what it will cost per
+rank, without loading a weight.
+
+    dsv3-probe record --ckpt DeepSeek-V3/ --dry-run --world-size 8 --model-parallel auto --gemm fp8 \\
+        --dtype bfloat16 --device-memory 141
+
+Checked: the options, the checkpoint (every tensor's name, shape and dtype from the safetensors
+headers; or, when only `config.json` and `model.safetensors.index.json` are there, the index's
+names), that --model-parallel divides the world and the model's heads/experts/vocabulary (and
+that FP8 shards align to their blocks), the output directory, and the corpus (tokenised and
+counted). Printed per rank: weight bytes (FP8 resident or dequantised), the latent KV cache for
+--batch-size x --seq-len, an estimate of a forward pass's peak activations (model/memory.py), the
+table bytes per 1M tokens for the chosen --router-logits and the expected run size on disk.
+Table bytes are measured by writing synthetic rows with the run's schema and compression.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from .job import RecordError, compute_dtype
+from .recorders import _list_array
+from .schema import TABLES
+from .writer import parquet_options
+
+GB = 1e9
+
+
+def dry_run(job, opts) -> dict:
+    """Check and plan a record job (see the module docstring); prints the plan, returns it."""
+    from model.checkpoint import CheckpointError, inspect
+    from model.memory import forward_plan, kv_cache_bytes, shard_plan
+    from model.parallel import check_world, env_world_size, model_parallel_size
+
+    from .record import check_out, count_corpus
+
+    world = opts.world_size or env_world_size()
+    if world < 1:
+        raise RecordError(f"--world-size {world} must be >= 1")
+    mp = model_parallel_size(opts.model_parallel, world)
+    args = job.args
+    check_world(args, mp, "--model-parallel")
+    dtype = compute_dtype(opts.dtype)
+    try:
+        ck = inspect(job.ckpt, gemm_impl=opts.gemm, dtype=dtype)
+    except CheckpointError as e:
+        raise RecordError(str(e)) from None
+    check_out(job.out, opts)
+    corpus = count_corpus(job, opts)
+    mtp = bool(opts.mtp and ck["mtp"])
+    args.n_mtp_layers = ck["mtp"]
+    weights = shard_plan(args, mp, fp8=opts.gemm == "fp8", dtype=dtype)  # also checks FP8 block alignment
+    caps = capture_bytes(args, opts, dtype)
+    act = forward_plan(args, model_parallel=mp, batch=opts.batch_size, seq_len=opts.seq_len, dtype=dtype,
+                       mtp=mtp, captures=caps)
+    kv = kv_cache_bytes(args, opts.batch_size, opts.seq_len, dtype, mtp)
+    per_token = table_bytes_per_token(args, opts, mtp)
+    plan = {"world_size": world, "model_parallel": mp, "replicas": world // mp, "checkpoint": ck,
+            "corpus": {"tokens": corpus.tokens, "windows": corpus.windows, "per_domain": corpus.per_domain},
+            "weights": weights, "kv_cache": kv, "activations": act, "table_bytes_per_token": per_token}
+    plan["per_rank"] = weights["per_rank_bytes"] + weights["absorb_dense_bytes"] + act["peak"]
+    plan["run_bytes"] = int(sum(per_token.values()) * corpus.tokens)
+    print(format_dry_run(job, opts, plan))
+    return plan
+
+
+def capture_bytes(args, opts, dtype: torch.dtype) -> dict:
+    """Bytes the recorder holds until a forward pass ends (its hooks' captures), per rank that writes."""
+    T = opts.batch_size * opts.seq_len
+    n_moe = sum(args.is_moe_layer(i) for i in range(args.n_layers))
+    K, E = args.n_activated_experts, args.n_routed_experts
+    out = {"routing": n_moe * T * (K * 8 + K * 4 + (K + 1) * 4)}  # ids int64, weights, best K+1 allowed
+    if opts.router_logits == "full":
+        out["scores"] = n_moe * T * E * 4
+    if opts.kv_stats:
+        out["latents"] = args.n_layers * T * (args.kv_lora_rank + args.qk_rope_head_dim) * (torch.finfo(dtype).bits // 8)
+    return out
+
+
+def table_bytes_per_token(args, opts, mtp: bool, tokens: int | None = None) -> dict[str, float]:
+    """Bytes on disk per recorded token of each streamed table, measured by writing synthetic rows
+    (random expert ids and weights, as incompressible as real ones) with the run's Parquet options."""
+    n_moe = sum(args.is_moe_layer(i) for i in range(args.n_layers))
+    width = args.n_routed_experts if opts.router_logits == "full" else args.n_activated_experts
+    tokens = tokens or int(max(256, min(4096, 2_000_000 // max(1, n_moe * width))))
+    rng = np.random.default_rng(0)
+    S = min(opts.seq_len, tokens)
+    seq, pos = np.arange(tokens) // S, (np.arange(tokens) % S).astype(np.int32)
+    samples = {"tokens": _tokens_rows(rng, seq, pos, args.vocab_size)}
+    if opts.router_logits != "none" and n_moe:
+        samples["routing"] = _routing_rows(rng, seq, pos, n_moe, args, opts)
+    if n_moe:
+        samples["expert_load"] = _load_rows(rng, tokens, n_moe, args, opts)
+    if mtp:
+        samples["mtp"] = _mtp_rows(rng, seq, pos, args.vocab_size)
+    out = {}
+    with tempfile.TemporaryDirectory() as d:
+        for name, cols in samples.items():
+            f = Path(d) / f"{name}.parquet"
+            pq.write_table(pa.table(cols, schema=TABLES[name]), f, **parquet_options(TABLES[name]))
+            out[name] = f.stat().st_size / tokens
+    return out
+
+
+def _tokens_rows(rng, seq, pos, vocab) -> dict:
+    n = len(seq)
+    return {"doc_id": [f"docs/{s // 4:06d}.txt" for s in seq], "seq_id": seq, "pos": pos,
+            "doc_pos": pos.astype(np.int64), "token_id": rng.integers(0, vocab, n).astype(np.int32),
+            "domain": [f"d{s % 5}" for s in seq // 64], "loss": rng.gamma(2.0, 1.5, n).astype(np.float32)}
+
+
+def _routing_rows(rng, seq, pos, n_moe: int, args, opts) -> dict:
+    n, K, E = len(seq), args.n_activated_experts, args.n_routed_experts
+    rows = n * n_moe
+    ids = np.argsort(rng.random((rows, E)), axis=1)[:, :K].astype(np.uint16)
+    w = rng.random((rows, K)).astype(np.float32)
+    cols = {"seq_id": np.tile(seq, n_moe), "pos": np.tile(pos, n_moe),
+            "layer": np.repeat(np.arange(n_moe, dtype=np.int16), n),
+            "expert_ids": _list_array(ids, K, pa.uint16()), "expert_weights": _list_array(w, K, pa.float32()),
+            "margin_k": rng.random(rows).astype(np.float32) * 0.1, "margin_1": rng.random(rows).astype(np.float32)}
+    if opts.router_logits == "full":
+        keep = rng.random(rows) < opts.sample
+        cols["scores"] = _list_array(rng.random((rows, E)).astype(np.float32), E, pa.float32(), keep)
+    else:
+        cols["scores"] = pa.nulls(rows, pa.list_(pa.float32()))
+    return cols
+
+
+def _load_rows(rng, tokens: int, n_moe: int, args, opts) -> dict:
+    """expert_load: a row per (batch, layer, expert, domain present in the batch); 2 domains a batch."""
+    E = args.n_routed_experts
+    batches = max(1, tokens // (opts.batch_size * opts.seq_len))
+    rows = batches * n_moe * E * 2
+    return {"step": np.repeat(np.arange(batches, dtype=np.int64), rows // batches),
+            "layer": np.tile(np.repeat(np.arange(n_moe, dtype=np.int16), E * 2), batches),
+            "expert": np.tile(np.arange(E, dtype=np.int32), rows // E), "domain": ["a", "b"] * (rows // 2),
+            "count": rng.poisson(8, rows).astype(np.int64), "weight_sum": rng.random(rows) * 8,
+            "tokens": np.full(rows, opts.batch_size * opts.seq_len, np.int64)}
+
+
+def _mtp_rows(rng, seq, pos, vocab) -> dict:
+    n = len(seq)
+    a, b = rng.integers(0, vocab, n).astype(np.int32), rng.integers(0, vocab, n).astype(np.int32)
+    return {"seq_id": seq, "pos": pos, "domain": ["d0"] * n, "mtp_top1": a, "main_top1": b, "agree": a == b,
+            "target": b, "mtp_loss": rng.gamma(2.0, 1.5, n).astype(np.float32)}
+
+
+# ------------------------------------------------------------------------------ printing
+def _gb(n: float) -> str:
+    return f"{n / GB:.2f} GB" if abs(n) >= 0.01 * GB else f"{n / 1e6:.1f} MB"
+
+
+def format_dry_run(job, opts, p: dict) -> str:
+    ck, w, act = p["checkpoint"], p["weights"], p["activations"]
+    a = job.args
+    lines = [f"dry run: {job.ckpt} ({a.n_layers} layers, {a.n_routed_experts} experts, vocab {a.vocab_size}"
+             f"{', MTP' if ck['mtp'] else ''}{', FP8 checkpoint' if ck['fp8'] else ''})"]
+    if ck["checked"] == "index":
+        lines.append(f"  checkpoint: {len(ck['missing_files'])} of {len(ck['files'])} shard files are absent "
+                     f"(e.g. {ck['missing_files'][0]}); checked the {ck['tensors']:,} names of "
+                     "model.safetensors.index.json against the config (shapes need the files)")
+    else:
+        lines.append(f"  checkpoint: every tensor's name, shape and dtype checked against config.json "
+                     f"({len(ck['files'])} file{'s' if len(ck['files']) != 1 else ''}, headers only)")
+    lines.append(f"  corpus: {job.corpus}: {p['corpus']['tokens']:,} tokens in {p['corpus']['windows']:,} windows "
+                 f"of <= {opts.seq_len} ({', '.join(f'{d} {n:,}' for d, n in sorted(p['corpus']['per_domain'].items()))})")
+    lines.append(f"  world: {p['world_size']} rank(s) = {p['replicas']} replica(s) x {p['model_parallel']} "
+                 f"(--model-parallel); output {job.out}")
+    how = "FP8 resident (1 byte + block scales)" if opts.gemm == "fp8" else f"dequantised to {opts.dtype or 'float32'}"
+    lines.append(f"  per rank (every rank holds the same share; weights {how}):")
+    rows = [("weights", w["per_rank_bytes"], f"sharded {_gb(w['sharded_per_rank_bytes'])} + replicated "
+                                             f"{_gb(w['replicated_bytes'])}")]
+    if w["absorb_dense_bytes"]:
+        rows.append(("wkv_b dequantised", w["absorb_dense_bytes"], "absorbed attention keeps it (model/mla.py)"))
+    rows += [("activations (est.)", act["peak"],
+              f"logits {_gb(act['logits'])}, largest layer {_gb(act['largest_layer'])}, residual "
+              f"{_gb(act['residual'])}, recorder captures {_gb(act['captures'])}")]
+    for name, n, note in rows:
+        lines.append(f"    {name:<20} {_gb(n):>10}   {note}")
+    lines.append(f"    {'total':<20} {_gb(p['per_rank']):>10}   ranks 0..{p['world_size'] - 1}")
+    lines.append(f"    {'(KV cache)':<20} {_gb(p['kv_cache']):>10}   latent cache for {opts.batch_size} x {opts.seq_len} "
+                 "positions, as `spec` or a decode holds it (a record prefill keeps none)")
+    if opts.device_memory:
+        cap = opts.device_memory * GB
+        left = cap - p["per_rank"]
+        lines.append(f"  fits {opts.device_memory:g} GB per rank with {_gb(left)} to spare" if left >= 0 else
+                     f"  does NOT fit {opts.device_memory:g} GB per rank: {_gb(-left)} short "
+                     "(more ranks, --gemm fp8, or a smaller --batch-size)")
+    per_m = {t: b * 1e6 for t, b in p["table_bytes_per_token"].items()}
+    lines.append(f"  tables per 1M tokens (--router-logits {opts.router_logits}"
+                 f"{f', --sample {opts.sample:g}' if opts.router_logits == 'full' else ''}): "
+                 + ", ".join(f"{t} {_gb(b)}" for t, b in per_m.items()) + f"; total {_gb(sum(per_m.values()))}")
+    free = shutil.disk_usage(_existing(job.out)).free
+    lines.append(f"  expected run size: {_gb(p['run_bytes'])} for {p['corpus']['tokens']:,} tokens "
+                 f"({_gb(free)} free there{'' if free > p['run_bytes'] else ': NOT ENOUGH'})")
+    lines.append("  nothing loaded, nothing written: drop --dry-run to record")
+    return "\n".join(lines)
+
+
+def _existing(p: Path) -> Path:
+    while not p.exists():
+        p = p.parent
+    return p

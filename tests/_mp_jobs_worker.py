@@ -1,0 +1,43 @@
+"""torchrun worker for tests/test_mp_jobs.py: runs the record, spec and ablate jobs one after the
+other in one launch (the library entry points, as the commands call them), so that one start-up of
+the ranks covers all three. Not a test module.
+
+    python -m torch.distributed.run --standalone --nproc-per-node 4 tests/_mp_jobs_worker.py JOBS.json
+
+JOBS.json: {"record": RecordOptions fields, "spec": SpecOptions fields, "ablate": AblateOptions fields
+plus "ablations": [Ablation fields]}; each key optional.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> None:
+    from analyses.ablate import AblateOptions, ablate
+    from analyses.ablation import Ablation
+    from probe.record import RecordOptions, record
+    from probe.speculative import SpecOptions, record_spec
+
+    jobs = json.loads(Path(sys.argv[1]).read_text())
+    if "record" in jobs:
+        record(RecordOptions(**jobs["record"]))
+    if "spec" in jobs:
+        record_spec(SpecOptions(**jobs["spec"]))
+    if "ablate" in jobs:
+        kw = dict(jobs["ablate"])
+        ablate(AblateOptions(**{k: v for k, v in kw.items() if k != "ablations"}),
+               [Ablation(**a) for a in kw["ablations"]])
+    # NOTE: leave without interpreter teardown (see probe.cli.exit_ranks)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
