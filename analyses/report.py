@@ -30,6 +30,7 @@ import pandas as pd
 
 from analyses import report_data as rd
 from analyses.notebook_utils import DEFAULT_RUN
+from probe.job import MODEL_FLAGS, add_model_flags
 
 SECTIONS = ("Summary", "Load balance", "Domain specialisation", "Loss vs masked experts",
             "Per-domain ablation", "Consecutive-token repetition", "MTP agreement", "Latent KV effective rank")
@@ -88,7 +89,8 @@ def compute(run_dir: Path, ns) -> dict:
         out["sweep"] = rd.ablation_sweep(run, max_tokens=ns.max_tokens, fractions=ns.fractions,
                                          seeds=tuple(range(ns.seeds)), domain_top=ns.domain_top,
                                          batch_size=ns.batch_size, progress=ns.progress, rank_by=ns.rank_by,
-                                         compare_run_ranking=ns.rank_by == "eval")
+                                         compare_run_ranking=ns.rank_by == "eval",
+                                         model_opts={k: getattr(ns, k) for k in MODEL_FLAGS})
         out["ablation_seconds"] = time.time() - t
     out["summary"] = summary(out)
     return out
@@ -362,6 +364,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="windows per forward pass in the ablations (default: the run's)")
     p.add_argument("--skip-ablation", action="store_true", help="leave out the two ablation sections (fast)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_model_flags(p.add_argument_group("how the ablations run the model (under torchrun: replicas of "
+                                         "--model-parallel ranks, as analyses.ablate)"))
     return p
 
 
@@ -371,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     from analyses.ablation import AblationError
     from analyses.metrics import MetricsError
     from probe.corpus import CorpusError
+    from probe.cli import exit_ranks
     from probe.record import RecordError, RecordOptions, record
     from probe.writer import RunError
 
@@ -383,7 +388,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"no default run yet: recording {DEFAULT_RUN} (bundled model, whole validation corpus) ...",
                   file=sys.stderr)
             try:
-                record(RecordOptions(out=str(DEFAULT_RUN), progress=ns.progress))
+                record(RecordOptions(out=str(DEFAULT_RUN), progress=ns.progress,
+                                     **{k: getattr(ns, k) for k in MODEL_FLAGS}))
             except (RecordError, CorpusError) as e:
                 raise ReportError(f"cannot record the default run ({e}); or pass RUN, a run recorded with "
                                   "`dsv3-probe record --ckpt DIR`") from None
@@ -391,17 +397,18 @@ def main(argv: list[str] | None = None) -> int:
         check_run(run_dir)
         t = time.time()
         r = compute(run_dir, ns)
-        figs = figures(r)
-        print_text(r, figs)
-        out = write_html(r, figs, Path(ns.out) if ns.out else run_dir / "report.html", argv)
-        print(f"\nwrote {out} ({time.time() - t:.0f} s" +
-              (f", ablations {r['ablation_seconds']:.0f} s)" if "ablation_seconds" in r else ")"))
-        if ns.findings:
-            print(f"wrote {write_findings(r, figs, Path(ns.findings), argv)}")
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank ran the ablations; one writes
+            figs = figures(r)
+            print_text(r, figs)
+            out = write_html(r, figs, Path(ns.out) if ns.out else run_dir / "report.html", argv)
+            print(f"\nwrote {out} ({time.time() - t:.0f} s" +
+                  (f", ablations {r['ablation_seconds']:.0f} s)" if "ablation_seconds" in r else ")"))
+            if ns.findings:
+                print(f"wrote {write_findings(r, figs, Path(ns.findings), argv)}")
     except (ReportError, AblationError, MetricsError, CorpusError, RecordError, RunError, ValueError, OSError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-    return 0
+        return exit_ranks(2)
+    return exit_ranks(0)
 
 
 if __name__ == "__main__":

@@ -111,7 +111,8 @@ RANK_BY = ("eval", "run")
 
 def ablation_sweep(run, *, max_tokens: int | None = 20_000, fractions=FRACTIONS, seeds=SEEDS,
                    domain_top: int | None = None, batch_size: int | None = None, progress: bool = False,
-                   balanced: bool = True, rank_by: str = "eval", compare_run_ranking: bool = False) -> Sweep:
+                   balanced: bool = True, rank_by: str = "eval", compare_run_ranking: bool = False,
+                   model_opts: dict | None = None) -> Sweep:
     """DeepSeekMoE-style masking on the run's checkpoint, through `analyses.ablate` (one or two
     calls, each with its baseline pass over the same tokens): for each count n = f * E, the n
     most-used experts of every MoE layer vs n random experts per layer for each seed (mode
@@ -126,7 +127,9 @@ def ablation_sweep(run, *, max_tokens: int | None = 20_000, fractions=FRACTIONS,
     whole recorded corpus, whose domain mix may differ from the balanced sample). With
     `compare_run_ranking` (and rank_by "eval") the top-n masks ranked by the run's loads are also
     evaluated (curve column `run_top_delta`). A selection the routing guard refuses is left out and
-    listed in `skipped`. The rows are also written into the run's `ablations` table."""
+    listed in `skipped`. The rows are also written into the run's `ablations` table. `model_opts`:
+    how the model runs (`analyses.ablate.AblateOptions` fields dtype, gemm, device, model_parallel;
+    under torchrun the ranks split into replicas of model_parallel ranks)."""
     from analyses.ablation import ALL, Ablation, RouterShape
     from model import ModelArgs
 
@@ -156,9 +159,11 @@ def ablation_sweep(run, *, max_tokens: int | None = 20_000, fractions=FRACTIONS,
     per_domain = max(1, max_tokens // len(domains)) if balanced and max_tokens else None
     skipped: dict[str, str] = {}
     if rank_by == "run":
-        rows = _ablate_skipping(run, wanted + by_run, max_tokens, per_domain, batch_size, progress, "run", skipped)
+        rows = _ablate_skipping(run, wanted + by_run, max_tokens, per_domain, batch_size, progress, "run", skipped,
+                                model_opts)
     else:
-        rows = pd.concat([_ablate_skipping(run, x, max_tokens, per_domain, batch_size, progress, src, skipped)
+        rows = pd.concat([_ablate_skipping(run, x, max_tokens, per_domain, batch_size, progress, src, skipped,
+                                           model_opts)
                           for x, src in ((wanted, "baseline"), (by_run, "run"))], ignore_index=True)
     curve = _curve(rows, counts, seeds, E)
     mat, summary = _domain_table(rows, domains, domain_top)
@@ -169,7 +174,7 @@ def ablation_sweep(run, *, max_tokens: int | None = 20_000, fractions=FRACTIONS,
 
 
 def _ablate_skipping(run, ablations, max_tokens, per_domain, batch_size, progress, loads_from,
-                     skipped: dict) -> pd.DataFrame:
+                     skipped: dict, model_opts: dict | None = None) -> pd.DataFrame:
     """`analyses.ablate.ablate` on the run; an ablation the routing guard refuses (it names itself
     in the error) is moved to `skipped` and the rest rerun."""
     import re
@@ -180,7 +185,7 @@ def _ablate_skipping(run, ablations, max_tokens, per_domain, batch_size, progres
     ablations = list(ablations)
     while ablations:
         opts = AblateOptions(run=str(run.path), max_tokens=max_tokens, domain_tokens=per_domain,
-                             batch_size=batch_size, loads_from=loads_from, progress=progress)
+                             batch_size=batch_size, loads_from=loads_from, progress=progress, **(model_opts or {}))
         try:
             return ablate(opts, ablations)[1]
         except AblationError as e:

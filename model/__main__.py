@@ -4,6 +4,7 @@
     python -m model summary --ckpt DIR --text "def f(x):"   # a Hugging Face checkpoint
     python -m model params --config 671B          # parameter counts on the meta device (no memory)
     python -m model params --config 671B --world-size 16   # + bytes per rank under TP+EP (FP8 weights)
+    python -m model params --config 671B --world-size 8 --device-memory 141   # one 8x H200 node
 """
 
 from __future__ import annotations
@@ -82,8 +83,21 @@ def params(ns) -> None:
                  "embedding/head copies its checkpoint layer stores)")
     print(line)
     if ns.world_size:
-        from .memory import format_plan, shard_plan
-        print(format_plan(shard_plan(args, ns.world_size, fp8=not ns.dense), ns.config))
+        from .memory import forward_plan, format_plan, kv_cache_bytes, shard_plan, size
+
+        dtype = torch.bfloat16
+        w = shard_plan(args, ns.world_size, fp8=not ns.dense, dtype=dtype)
+        print(format_plan(w, ns.config))
+        act = forward_plan(args, model_parallel=ns.world_size, batch=ns.batch_size, seq_len=ns.seq_len, dtype=dtype)
+        total = w["per_rank_bytes"] + w["absorb_dense_bytes"] + act["peak"]
+        print(f"  + {size(w['absorb_dense_bytes'])} dequantised wkv_b (absorbed attention) + {size(act['peak'])} for a "
+              f"bf16 forward of {ns.batch_size} x {ns.seq_len} tokens (estimated: logits {size(act['logits'])}, "
+              f"largest layer {size(act['largest_layer'])}) = {size(total)} per rank; latent KV cache for those "
+              f"positions {size(kv_cache_bytes(args, ns.batch_size, ns.seq_len, dtype))}")
+        if ns.device_memory:
+            left = ns.device_memory * 1e9 - total
+            print(f"  fits {ns.device_memory:g} GB per rank with {size(left)} to spare" if left >= 0 else
+                  f"  does NOT fit {ns.device_memory:g} GB per rank: {size(-left)} short")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -103,6 +117,9 @@ def main(argv: list[str] | None = None) -> None:
     q.add_argument("--world-size", type=int, help="also print parameter bytes per rank under tensor + expert "
                    "parallelism over this many ranks (meta device)")
     q.add_argument("--dense", action="store_true", help="with --world-size: bf16 weights instead of FP8")
+    q.add_argument("--batch-size", type=int, default=8, help="with --world-size: rows of the forward pass sized (default 8)")
+    q.add_argument("--seq-len", type=int, default=512, help="with --world-size: positions per row (default 512)")
+    q.add_argument("--device-memory", type=float, metavar="GB", help="with --world-size: GB per rank to check against")
     q.set_defaults(fn=params)
     ns = p.parse_args(argv)
     try:

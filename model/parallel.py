@@ -1,5 +1,8 @@
-"""Tensor and expert parallelism, applied to a model after it is built. The only module that knows
-ranks and process groups: the model files stay single-device and read no process-group state.
+"""Ranks, process groups, and tensor + expert parallelism applied to a model after it is built. The
+only module that creates process groups: the model files stay single-device and read no
+process-group state; the jobs (probe/, analyses/), training and generation take their ranks from
+`init_world` (a `World`: the whole job, and replicas of `model_parallel` ranks that each hold one
+sharded model).
 
     torchrun --standalone --nproc-per-node 2 my_script.py
         import model
@@ -10,6 +13,9 @@ ranks and process groups: the model files stay single-device and read no process
     from model import parallel
     shards = parallel.init_distributed()           # gloo on CPU, NCCL on CUDA; None when WORLD_SIZE <= 1
     parallel.parallelize(m, shards)
+
+    world = parallel.init_world(model_parallel=2)  # under torchrun: replicas of 2 ranks
+    m = model.load("ckpt/", parallel=world.shards)  # this replica's model, sharded over its 2 ranks
 
     memory.shard_plan(ModelArgs.from_name("671B"), 16)     # bytes per rank (model/memory.py)
     python -m model params --config 671B --world-size 16   # the same, printed

@@ -14,12 +14,11 @@ import argparse
 import hashlib
 from pathlib import Path
 
-import torch
-
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CKPT = REPO / "data" / "model"
 DEFAULT_CORPUS = REPO / "data" / "corpus" / "val.jsonl"
 DTYPES = ("float32", "bfloat16", "float64")
+MODEL_FLAGS = ("dtype", "gemm", "device", "model_parallel")  # the options add_model_flags adds
 
 
 class RecordError(ValueError):
@@ -145,7 +144,9 @@ def agree(world, fn):
     return res
 
 
-def compute_dtype(name: str | None) -> torch.dtype:
+def compute_dtype(name: str | None):
+    import torch
+
     return getattr(torch, name) if name else torch.float32
 
 

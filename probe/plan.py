@@ -169,8 +169,11 @@ def format_dry_run(job, opts, p: dict) -> str:
     else:
         lines.append(f"  checkpoint: every tensor's name, shape and dtype checked against config.json "
                      f"({len(ck['files'])} file{'s' if len(ck['files']) != 1 else ''}, headers only)")
+    est = "" if job.tok is not None else (" (ESTIMATED at 4 UTF-8 bytes per token: no tokenizer.json in the "
+                                          "checkpoint; pass --tokenizer for exact counts)")
     lines.append(f"  corpus: {job.corpus}: {p['corpus']['tokens']:,} tokens in {p['corpus']['windows']:,} windows "
-                 f"of <= {opts.seq_len} ({', '.join(f'{d} {n:,}' for d, n in sorted(p['corpus']['per_domain'].items()))})")
+                 f"of <= {opts.seq_len} ({', '.join(f'{d} {n:,}' for d, n in sorted(p['corpus']['per_domain'].items()))})"
+                 + est)
     lines.append(f"  world: {p['world_size']} rank(s) = {p['replicas']} replica(s) x {p['model_parallel']} "
                  f"(--model-parallel); output {job.out}")
     how = "FP8 resident (1 byte + block scales)" if opts.gemm == "fp8" else f"dequantised to {opts.dtype or 'float32'}"

@@ -42,6 +42,7 @@ from .writer import PartWriter, load_progress, prune_uncommitted, read_run_json,
 
 __all__ = ["RecordOptions", "RecordError", "record", "default_seq_len", "DEFAULT_CKPT", "DEFAULT_CORPUS"]
 STREAM_TABLES = ["tokens", "routing", "expert_load", "mtp"]
+BYTES_PER_TOKEN = 4
 FINAL_TABLES = ["kv_stats", "kv_spectrum"]
 
 
@@ -85,10 +86,12 @@ class Job:
     corpus: Path
     out: Path
     args: object  # model.ModelArgs
-    tok: object  # tokenizers.Tokenizer
+    tok: object  # tokenizers.Tokenizer (None: --dry-run without one, token counts estimated)
     bos: int | None
 
     def encode(self, text: str) -> list[int]:
+        if self.tok is None:  # NOTE: an estimate for planning only: ~4 UTF-8 bytes per BPE token
+            return [0] * -(-len(text.encode()) // BYTES_PER_TOKEN)
         return self.tok.encode(text, add_special_tokens=False).ids
 
     def windows(self, seq_len: int, max_tokens: int | None, stats: CorpusStats | None = None):
@@ -128,7 +131,10 @@ def prepare(opts: RecordOptions) -> Job:
     ckpt, corpus, out = resolve_paths(opts.ckpt, opts.corpus, opts.out)
     args = checkpoint_args(ckpt)
     opts.seq_len = window_length(opts.seq_len, args)
-    tok = load_tokenizer(opts.tokenizer, ckpt, args.vocab_size)
+    if opts.dry_run and not opts.tokenizer and not (ckpt / "tokenizer.json").exists():
+        tok = None  # plan from config.json + index alone; counts are estimated (format_dry_run says so)
+    else:
+        tok = load_tokenizer(opts.tokenizer, ckpt, args.vocab_size)
     if not corpus.exists():
         raise CorpusError(f"{corpus}: corpus not found")
     return Job(ckpt, corpus, out, args, tok, args.bos_token_id if opts.add_bos else None)

@@ -5,7 +5,7 @@ the ranks covers all three. Not a test module.
     python -m torch.distributed.run --standalone --nproc-per-node 4 tests/_mp_jobs_worker.py JOBS.json
 
 JOBS.json: {"record": RecordOptions fields, "spec": SpecOptions fields, "ablate": AblateOptions fields
-plus "ablations": [Ablation fields]}; each key optional.
+plus "ablations": [Ablation fields], "report": analyses.report arguments}; each key optional.
 """
 
 from __future__ import annotations
@@ -33,6 +33,10 @@ def main() -> None:
         kw = dict(jobs["ablate"])
         ablate(AblateOptions(**{k: v for k, v in kw.items() if k != "ablations"}),
                [Ablation(**a) for a in kw["ablations"]])
+    if "report" in jobs:  # last: analyses.report.main leaves the process itself (probe.cli.exit_ranks)
+        from analyses.report import main as report
+
+        report(jobs["report"])
     # NOTE: leave without interpreter teardown (see probe.cli.exit_ranks)
     sys.stdout.flush()
     sys.stderr.flush()

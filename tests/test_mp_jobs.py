@@ -35,6 +35,7 @@ ABLATE = dict(seq_len=32, batch_size=2, max_tokens=600, dtype="float64", progres
 ABLATIONS = [{"name": "top8", "top": 8}, {"name": "rand8", "random": 8, "seed": 1},
              {"name": "zero", "experts": {1: [0, 5, 77]}, "mode": "zero", "shared": True}]
 TABLES = ["tokens", "routing", "expert_load", "mtp", "kv_stats", "kv_spectrum"]
+REPORT = ["--max-tokens", "300", "--fractions", "1/32", "--seeds", "1", "--no-progress", "--dtype", "float64"]
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +67,7 @@ def single(env):
     """record, spec and ablate in this process (one whole model)."""
     from analyses.ablate import AblateOptions, ablate
     from analyses.ablation import Ablation
+    from analyses.report import main as report_main
     from probe.record import RecordOptions, record
     from probe.speculative import SpecOptions, record_spec
 
@@ -73,6 +75,7 @@ def single(env):
     record(RecordOptions(**_opts(env, base / "rec", RECORD)))
     record_spec(SpecOptions(**_opts(env, base / "spec", SPEC)))
     ablate(AblateOptions(**_opts(env, base / "abl", ABLATE)), [Ablation(**a) for a in ABLATIONS])
+    assert report_main([str(base / "rec"), *REPORT]) == 0
     return {k: probe.open_run(base / k) for k in ("rec", "spec", "abl")}
 
 
@@ -82,7 +85,8 @@ def four_ranks(env):
     base = env["base"] / "four"
     mp = {"model_parallel": 2}
     jobs = {"record": _opts(env, base / "rec", RECORD | mp), "spec": _opts(env, base / "spec", SPEC | mp),
-            "ablate": _opts(env, base / "abl", ABLATE | mp) | {"ablations": ABLATIONS}}
+            "ablate": _opts(env, base / "abl", ABLATE | mp) | {"ablations": ABLATIONS},
+            "report": [str(base / "rec"), *REPORT, "--model-parallel", "2"]}
     (env["base"] / "jobs.json").write_text(json.dumps(jobs))
     p = torchrun(4, str(ROOT / "tests" / "_mp_jobs_worker.py"), str(env["base"] / "jobs.json"))
     assert p.returncode == 0, p.stderr[-4000:]
@@ -148,6 +152,19 @@ def test_ablate_four_ranks_equals_one_process(single, four_ranks):
     for col in ("loss", "baseline_loss", "delta", "routing_changed", "experts_changed"):
         np.testing.assert_allclose(a[col], b[col], rtol=1e-9, atol=1e-12, err_msg=col)
     assert (a.delta.abs() > 1e-6).all()  # the ablations changed something (a control for the equality)
+
+
+def test_report_ablations_four_ranks_equal_one_process(single, four_ranks):
+    """analyses.report runs its ablation sweep on replicas of a sharded model too."""
+    a, b = sorted_df(four_ranks["rec"], "ablations"), sorted_df(single["rec"], "ablations")
+    for df, run in ((a, four_ranks["rec"]), (b, single["rec"])):  # specs name the run their loads came from
+        df["spec"] = df.spec.str.replace(str(Path(run.path).resolve()), "RUN")
+    assert len(a) == len(b) > 0 and set(a.ablation) >= {"top8", "random8-s0"}
+    assert a[["ablation", "domain", "tokens", "spec"]].equals(b[["ablation", "domain", "tokens", "spec"]])
+    np.testing.assert_allclose(a.loss, b.loss, rtol=1e-9)
+    assert (Path(four_ranks["rec"].path) / "report.html").exists()
+    parts = four_ranks["rec"].info["ablation_parts"].values()
+    assert all(p["world"]["model_parallel"] == 2 and p["world"]["size"] == 4 for p in parts)
 
 
 def test_negative_control_another_model_differs(env, single):
@@ -247,3 +264,90 @@ def test_model_parallel_must_divide_the_model(env, tmp_path, monkeypatch, overri
     with pytest.raises(ParallelError, match=f"--model-parallel 2 does not divide {field}"):
         record(RecordOptions(**_opts(env, tmp_path / "out", RECORD) | {"ckpt": str(ckpt), "model_parallel": 2}))
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------- --dry-run
+def index_only(path: Path, args, n_files: int = 163, drop: str | None = None, add: str | None = None) -> Path:
+    """A checkpoint directory as a user has it before downloading the weights: config.json and
+    model.safetensors.index.json (names -> shard files), no shard file."""
+    import torch
+
+    from model import Transformer
+    from model.checkpoint import MTP_SHARED, ours_to_hf
+
+    with torch.device("meta"):
+        m = Transformer(args, init=False)
+    scaled = args.quant_block is not None  # an FP8 checkpoint stores block scales beside FP8 weights
+    names = [n for hf, _, _, fp8 in ours_to_hf(m) for n in ([hf, hf + "_scale_inv"] if fp8 and scaled else [hf])]
+    names += [f"model.layers.{args.n_layers}.{k}" for k in MTP_SHARED]
+    names = [n for n in names if n != drop] + ([add] if add else [])
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps(args.to_hf_config()))
+    wm = {n: f"model-{i * n_files // len(names) + 1:05d}-of-{n_files:06d}.safetensors" for i, n in enumerate(names)}
+    (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": wm}))
+    return path
+
+
+def dry(capsys, ckpt, *extra):
+    from probe.cli import main
+
+    code = main(["record", "--ckpt", str(ckpt), "--dry-run", "--no-progress", *extra])
+    got = capsys.readouterr()
+    return code, got.out, got.err
+
+
+def test_dry_run_plans_671B_from_config_and_index_alone(tmp_path, capsys):
+    ckpt = index_only(tmp_path / "DeepSeek-V3", model.ModelArgs.from_name("671B"))
+    out = tmp_path / "run"
+    code, text, err = dry(capsys, ckpt, "--out", str(out), "--world-size", "8", "--model-parallel", "auto",
+                          "--gemm", "fp8", "--dtype", "bfloat16", "--device-memory", "141")
+    print(text)
+    assert code == 0, err
+    assert "163 of 163 shard files are absent" in text and "checked the 91,991 names" in text
+    assert "8 rank(s) = 1 replica(s) x 8" in text
+    assert "weights                87.02 GB" in text  # 685 GB of FP8 weights + scales over 8 ranks
+    assert "fits 141 GB per rank with" in text and "ESTIMATED" in text
+    assert not out.exists()  # nothing written
+    # the same run on 80 GB cards does not fit at 8 ranks, and says by how much
+    code, text, _ = dry(capsys, ckpt, "--out", str(out), "--world-size", "8", "--model-parallel", "auto",
+                        "--gemm", "fp8", "--dtype", "bfloat16", "--device-memory", "80")
+    assert code == 0 and "does NOT fit 80 GB per rank: 13." in text
+
+
+def test_dry_run_checks_the_index_names_and_the_layout(tmp_path, capsys):
+    args = model.ModelArgs.from_name("tiny")
+    bad = index_only(tmp_path / "a", args, n_files=3, drop="model.layers.1.mlp.experts.3.up_proj.weight")
+    code, _, err = dry(capsys, bad)
+    assert code == 2 and "missing tensor model.layers.1.mlp.experts.3.up_proj.weight" in err
+    extra = index_only(tmp_path / "b", args, n_files=3, add="model.layers.9.mlp.gate.weight")
+    code, _, err = dry(capsys, extra)
+    assert code == 2 and "unexpected tensor model.layers.9.mlp.gate.weight" in err
+    ok = index_only(tmp_path / "c", args, n_files=3)
+    code, _, err = dry(capsys, ok, "--world-size", "6", "--model-parallel", "3")
+    assert code == 2 and err.strip() == "error: --model-parallel 3 does not divide vocab_size=512 (embedding and head " \
+                                        "rows are split across ranks)"
+    code, _, err = dry(capsys, ok, "--world-size", "4", "--model-parallel", "3")
+    assert code == 2 and "--model-parallel 3 does not divide the world size 4" in err
+
+
+def test_dry_run_with_the_weights_reads_headers_only(env, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, text, err = dry(capsys, env["ckpt"], "--corpus", str(env["corpus"]), "--out", str(out),
+                          "--router-logits", "full", "--sample", "0.5")
+    assert code == 0, err
+    assert "every tensor's name, shape and dtype checked" in text and "ESTIMATED" not in text
+    assert "tables per 1M tokens (--router-logits full, --sample 0.5)" in text
+    assert not out.exists()
+    # a tensor of the wrong shape is found from the headers, before anything loads
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in env["ckpt"].iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    t = load_file(bad / "model.safetensors")
+    t["model.layers.1.mlp.gate.weight"] = torch.zeros(256, 60)
+    save_file(t, bad / "model.safetensors")
+    code, _, err = dry(capsys, bad, "--corpus", str(env["corpus"]))
+    assert code == 2 and "model.layers.1.mlp.gate.weight has shape [256, 60], expected [256, 64]" in err

@@ -1,0 +1,258 @@
+"""GPU check: record DeepSeek-V3-width routing with FP8 weights resident, on one CUDA GPU. Not a pytest
+module (CI never collects it); it needs a GPU machine.
+
+    python tests/gpu/check_record.py                     # one GPU: as many 671B-width MoE layers as fit
+    python tests/gpu/check_record.py --moe-layers 4 --tokens 16384
+    python tests/gpu/check_record.py --cpu               # the script itself, on the CPU (a narrow model)
+
+The model has DeepSeek-V3's routing topology and widths (dim 7168, 128 heads, MLA ranks 1536/512,
+256 routed experts of moe_inter_dim 2048 in 8 groups, 4 groups kept, top-8, one shared expert,
+vocabulary 129,280): one dense layer, then as many MoE layers as fit beside the working memory,
+random weights drawn per module and stored as FP8 e4m3 with 128x128 block scales (the published
+layout; model.load(..., gemm_impl="fp8") holds the same). It records `--tokens` random tokens
+through the recorder the `record` job uses (tokens, routing, expert_load, kv statistics written as
+Parquet) and prints: tokens/s of a plain forward and of record (overhead %), peak GPU memory, and
+how the routing compares with the same weights dequantised to bf16 (computed block by block: each
+block's weights are dequantised just before it runs and dropped after, so the reference needs one
+block's bf16 weights at a time). FP8 GEMMs round activations to 3 mantissa bits (a few percent per
+GEMM), and among 256 experts the 8th and 9th selection scores of random weights are often closer
+than that: such near-ties flip. So the check passes when the (token, layer) pairs whose reference
+margin exceeds twice the 99th-percentile score difference keep an identical top-8 set in >= 99% of
+cases and >= 95% of all chosen experts are kept; it also prints the plain identical share.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from model import ModelArgs, Transformer  # noqa: E402
+from model.checkpoint import make_fp8_resident  # noqa: E402
+from model.kernels import weight_dequant  # noqa: E402
+from model.layers import Linear  # noqa: E402
+from model.memory import tensor_bytes  # noqa: E402
+from model.moe import Experts  # noqa: E402
+
+AGREE, KEPT = 0.99, 0.95
+ROUTER_STD = 1.0  # std of a random router's logits for a unit-RMS input
+EMBED_STD = 1.0
+
+
+def config(moe_layers: int, small: bool) -> ModelArgs:
+    base = ModelArgs.from_name("671B").to_dict() | {"n_layers": 1 + moe_layers, "n_dense_layers": 1,
+                                                    "n_mtp_layers": 0, "dtype": "bfloat16", "max_seq_len": 4096}
+    if small:  # the same routing topology, narrow
+        base |= dict(vocab_size=4096, dim=256, inter_dim=512, moe_inter_dim=128, n_heads=4, q_lora_rank=128,
+                     kv_lora_rank=128, qk_nope_head_dim=32, qk_rope_head_dim=32, v_head_dim=32)
+    return ModelArgs.from_dict(base)
+
+
+def layers_that_fit(device: torch.device, small: bool, headroom: float) -> int:
+    """MoE layers whose FP8 weights fit beside `headroom` bytes (one block's bf16 weights for the
+    reference, the activations and the recorder's captures)."""
+    if device.type != "cuda":
+        return 2
+    with torch.device("meta"):
+        one, two = (make_fp8_resident(Transformer(config(n, small), dtype=torch.bfloat16, init=False)) for n in (1, 2))
+    per_layer = tensor_bytes(two) - tensor_bytes(one)
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(1, int((free - tensor_bytes(one) - headroom) // per_layer) + 1)
+
+
+def build(args: ModelArgs, device: torch.device, seed: int) -> Transformer:
+    """Random FP8-resident weights drawn on the device module by module (no full bf16 copy)."""
+    with torch.device("meta"):
+        m = make_fp8_resident(Transformer(args, dtype=torch.bfloat16, init=False), block=128)
+    m = m.to_empty(device=device)
+    m.reset_parameters(std=0.02, seed=seed)
+    with torch.no_grad():
+        # NOTE: unit-scale embeddings: each random layer then adds a small update to the residual
+        # stream, as in a trained model, instead of replacing it with FP8-rounded noise
+        m.embed.weight.normal_(std=EMBED_STD)
+        g = torch.Generator(device=device).manual_seed(seed + 1)
+        for layer in m.layers:
+            gate = getattr(layer.ffn, "gate", None)
+            if gate is not None:
+                # router logits of std ROUTER_STD and a nonzero balancing bias (as published)
+                gate.weight.normal_(std=ROUTER_STD / args.dim ** 0.5, generator=g)
+                gate.bias.copy_(0.02 * torch.randn(gate.bias.shape, generator=g, device=device))
+    return m.eval()
+
+
+class Dequantised:
+    """Forward hooks that run each block with its FP8 weights dequantised to bf16 (made just before
+    the block runs, dropped after): the bf16-dequantised model, one block's weights at a time."""
+
+    def __init__(self, model: Transformer) -> None:
+        self.handles = []
+        for block in model.layers:
+            self.handles.append(block.register_forward_pre_hook(self._swap_in))
+            self.handles.append(block.register_forward_hook(self._swap_out))
+        self.saved: dict = {}
+
+    def _swap_in(self, block, args) -> None:
+        for mod in block.modules():
+            if isinstance(mod, Linear) and mod.fp8:
+                self.saved[mod] = (mod.weight, mod.weight_scale_inv)
+                mod.weight = torch.nn.Parameter(weight_dequant(mod.weight, mod.weight_scale_inv, mod.block,
+                                                               torch.bfloat16), requires_grad=False)
+                mod.weight_scale_inv = None
+            elif isinstance(mod, Experts) and mod.w1_scale_inv is not None:
+                self.saved[mod] = {n: (getattr(mod, n), getattr(mod, f"{n}_scale_inv")) for n in mod.WEIGHTS}
+                for n, (w, s) in self.saved[mod].items():  # stacked [E, out, in]: one kernel call
+                    dense = weight_dequant(w, s, mod.block, torch.bfloat16)
+                    setattr(mod, n, torch.nn.Parameter(dense, requires_grad=False))
+                    setattr(mod, f"{n}_scale_inv", None)
+
+    def _swap_out(self, block, args, out) -> None:
+        for mod, saved in list(self.saved.items()):
+            if isinstance(mod, Linear):
+                mod.weight, mod.weight_scale_inv = saved
+            else:
+                for n, (w, s) in saved.items():
+                    setattr(mod, n, w)
+                    setattr(mod, f"{n}_scale_inv", s)
+            del self.saved[mod]
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def routing(model: Transformer, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted top-k ids [L, T, K] and allowed selection scores [L, T, E] of every MoE layer."""
+    layers = range(model.args.n_dense_layers, model.args.n_layers)
+    names = [f"layers.{i}.ffn.gate.hook_{k}" for i in layers for k in ("topk_ids", "allowed_scores")]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names=names)
+    ids = torch.stack([cache[f"layers.{i}.ffn.gate.hook_topk_ids"].sort(-1).values.cpu() for i in layers])
+    return ids, torch.stack([cache[f"layers.{i}.ffn.gate.hook_allowed_scores"].float().cpu() for i in layers])
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cpu", action="store_true", help="run on the CPU with a narrow model: checks the script")
+    p.add_argument("--moe-layers", type=int, help="MoE layers (default: as many as fit; 2 with --cpu)")
+    p.add_argument("--tokens", type=int, default=65536, help="tokens to record (default 65,536)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--compare-tokens", type=int, default=8192, help="tokens for the bf16 routing comparison")
+    p.add_argument("--headroom-gb", type=float, default=40.0, help="GPU memory kept free of weights (default 40)")
+    p.add_argument("--out", help="run directory for the recorded tables (default: a temporary directory)")
+    ns = p.parse_args()
+    if not ns.cpu and not torch.cuda.is_available():
+        p.error("no CUDA device: pass --cpu to check the script on the CPU")
+    device = torch.device("cpu" if ns.cpu else "cuda", 0 if not ns.cpu else None)
+    if ns.cpu:
+        ns.tokens, ns.compare_tokens, ns.seq_len = min(ns.tokens, 2048), min(ns.compare_tokens, 512), min(ns.seq_len, 256)
+    L = ns.moe_layers or layers_that_fit(device, ns.cpu, ns.headroom_gb * 1e9)
+    args = config(L, ns.cpu)
+    t0 = time.perf_counter()
+    m = build(args, device, seed=0)
+    sync(device)
+    print(f"model: {L} MoE layers + 1 dense, dim {args.dim}, {args.n_routed_experts} experts top-"
+          f"{args.n_activated_experts} in {args.n_expert_groups} groups ({args.n_limited_groups} kept), FP8 resident: "
+          f"{tensor_bytes(m) / 1e9:.2f} GB of weights, built in {time.perf_counter() - t0:.1f} s on {device}")
+    speed = record_speed(m, args, ns, device)
+    r = compare_routing(m, args, ns, device)
+    print(f"plain forward {speed['plain']:,.0f} tokens/s; record {speed['record']:,.0f} tokens/s "
+          f"(overhead {100 * (speed['plain'] / speed['record'] - 1):.1f}%); {speed['tokens']:,} tokens recorded into "
+          f"{speed['rows']:,} routing rows")
+    if device.type == "cuda":
+        print(f"peak GPU memory {torch.cuda.max_memory_allocated(device) / 1e9:.1f} GB allocated, "
+              f"{torch.cuda.max_memory_reserved(device) / 1e9:.1f} GB reserved")
+    dec = r["decisive_identical"]
+    ok = r["kept"] >= KEPT and (dec is None or dec >= AGREE)
+    print(f"routing vs the bf16-dequantised weights over {ns.compare_tokens:,} tokens x {L} MoE layers: top-"
+          f"{args.n_activated_experts} sets identical {100 * r['identical']:.2f}%, experts kept {100 * r['kept']:.2f}% "
+          f"(>= {100 * KEPT:.0f}%); decisive pairs (margin > 2 x {r['noise']:.4f}, the p99 score difference) "
+          f"{100 * r['decisive_share']:.1f}% of all, identical "
+          f"{'n/a' if dec is None else f'{100 * dec:.2f}%'} (>= {100 * AGREE:.0f}%): {'ok' if ok else 'FAILED'}")
+    return 0 if ok else 1
+
+
+def record_speed(m: Transformer, args: ModelArgs, ns, device: torch.device) -> dict:
+    """Tokens/s of a plain forward and of the recorder (capture + rows + Parquet), same batches."""
+    import numpy as np
+
+    from probe.corpus import Window
+    from probe.recorders import Batch, RecordConfig, Recorder
+    from probe.writer import PartWriter
+
+    g = torch.Generator().manual_seed(1)
+    n_batches = max(1, ns.tokens // (ns.batch * ns.seq_len))
+    batches = [Batch(b, [Window(b * ns.batch + i, f"d{b}", "random", 0,
+                                torch.randint(0, args.vocab_size, (ns.seq_len,), generator=g).numpy().astype(np.int32))
+                         for i in range(ns.batch)]) for b in range(n_batches)]
+    rec = Recorder(m, RecordConfig(router_logits="topk", kv_stats=True, mtp=False), domains=["random"])
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(ns.out or tmp)
+        writer = PartWriter(out, 0, ["tokens", "routing", "expert_load"])
+        times = {"plain": [], "record": []}
+        rows = 0
+        for b in [batches[0]] + batches:  # the first batch twice: warm-up (kernels compile)
+            sync(device)
+            t0 = time.perf_counter()
+            rec.forward_only(b)
+            sync(device)
+            times["plain"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            for table, cols in rec.run(b).items():
+                if cols and table in writer.tables:
+                    writer.append(table, cols, b.index)
+                    rows += len(cols["seq_id"]) if table == "routing" else 0
+            sync(device)
+            times["record"].append(time.perf_counter() - t0)
+        writer.commit(n_batches - 1, {}, rec.kv.state())
+    per = ns.batch * ns.seq_len
+    return {"plain": per / statistics.median(times["plain"][1:]), "record": per / statistics.median(times["record"][1:]),
+            "tokens": per * n_batches, "rows": rows}
+
+
+def compare_routing(m: Transformer, args: ModelArgs, ns, device: torch.device) -> dict:
+    """FP8 routing against the bf16-dequantised weights' on the same tokens: the share of (token,
+    layer) top-k sets that are identical, the mean share of the K experts kept, and the identical
+    share among decisive pairs, whose reference K-th vs (K+1)-th selection-score margin exceeds
+    twice the 99th percentile of the score differences (FP8 activation rounding moves the scores by
+    a few percent; only near-tied choices may flip, while a wrong kernel changes decisive ones too)."""
+    g = torch.Generator().manual_seed(2)
+    rows = max(1, ns.compare_tokens // ns.seq_len)
+    K = args.n_activated_experts
+    eq, kept, margin, diff = [], [], [], []
+    for start in range(0, rows, ns.batch):
+        tokens = torch.randint(0, args.vocab_size, (min(ns.batch, rows - start), ns.seq_len), generator=g).to(device)
+        ids, scores = routing(m, tokens)
+        hooks = Dequantised(m)
+        try:
+            ref_ids, ref_scores = routing(m, tokens)
+        finally:
+            hooks.remove()
+        eq.append((ids == ref_ids).all(-1).flatten())
+        kept.append(((ids[..., :, None] == ref_ids[..., None, :]).any(-1).sum(-1) / K).flatten())
+        top = ref_scores.topk(K + 1, dim=-1).values
+        margin.append((top[..., K - 1] - top[..., K]).flatten())
+        finite = torch.isfinite(ref_scores) & torch.isfinite(scores)
+        diff.append((scores - ref_scores)[finite].abs())
+    eq, kept, margin, diff = (torch.cat(x) for x in (eq, kept, margin, diff))
+    noise = float(torch.quantile(diff[torch.randperm(len(diff), generator=g)[:1_000_000]], 0.99))
+    decisive = margin > 2 * noise
+    return {"identical": float(eq.float().mean()), "kept": float(kept.float().mean()), "noise": noise,
+            "decisive_share": float(decisive.float().mean()),
+            "decisive_identical": float(eq[decisive].float().mean()) if decisive.any() else None}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
