@@ -60,7 +60,7 @@ def main() -> None:
 
     import model
     from model import ModelArgs, Transformer
-    from model.generate import generate, load_codec, read_prompts
+    from generate import generate, load_codec, read_prompts
 
     stop: list[int] = []
     if ns.ckpt:

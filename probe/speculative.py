@@ -8,7 +8,7 @@
 The `mtp` table of `record` measures teacher-forced agreement (the MTP head against the main
 model on the corpus' own tokens). This measures what a server would see: each prompt (the first
 `--prompt-tokens` tokens of a corpus document, BOS first) is continued greedily by
-`model.generate.generate(..., mtp=True)`, where the MTP module drafts one token that the next main
+`generate.generate(..., mtp=True)`, where the MTP module drafts one token that the next main
 forward pass verifies; greedy output is the same as without drafts, so only the number of forward
 passes changes. Two tables are added to `--out` (a new run directory, or a recorded run whose
 prompts then come from the same corpus):
@@ -97,7 +97,7 @@ def record_spec(opts: SpecOptions) -> Path:
     """Generate with MTP drafts and write `spec_decode` and `spec_drafts`; returns the run directory.
     Under torchrun, batches of prompts go round robin to the replicas (each one model, sharded over
     --model-parallel ranks); rank 0 gathers the rows and writes."""
-    from model.generate import GenerateError
+    from generate import GenerateError
 
     if opts.prompt_tokens < 1 or opts.new_tokens < 1 or opts.batch_size < 1:
         raise RecordError("--prompt-tokens, --new-tokens and --batch-size must be >= 1")
@@ -136,7 +136,7 @@ def record_spec(opts: SpecOptions) -> Path:
 
 def _generate(m, prompts, opts: SpecOptions, world, stop: list[int]) -> list[tuple[int, dict]]:
     """This replica's share: batches b, b+R, ... of the prompts -> [(prompt index, result)]."""
-    from model.generate import generate
+    from generate import generate
 
     batches = [list(range(i, min(i + opts.batch_size, len(prompts)))) for i in range(0, len(prompts), opts.batch_size)]
     mine = [b for j, b in enumerate(batches) if j % world.replicas == world.replica]

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.generate import (ASSISTANT, USER, GenerateError, SamplingParams, _verify, generate,
-                            load_codec, read_prompts, write_demo_checkpoint)
-from model.generate_cli import _Streamer, main
+from generate import (ASSISTANT, USER, GenerateError, SamplingParams, generate, verify_drafts,
+                      load_codec, read_prompts, write_demo_checkpoint)
+from generate.__main__ import Streamer, main
 
 from conftest import random_model
 
@@ -143,7 +143,7 @@ def test_speculative_sampling_keeps_the_target_distribution():
     q = torch.tensor([0.05, 0.1, 0.15, 0.3, 0.4])  # a poor draft distribution
     logits = torch.log(p).expand(n, 2, V).clone()
     draft = torch.multinomial(q.expand(n, V), 1, replacement=True, generator=g)[:, 0]
-    acc, t1, _ = _verify(logits, draft, q.expand(n, V), SamplingParams(1.0), g)
+    acc, t1, _ = verify_drafts(logits, draft, q.expand(n, V), SamplingParams(1.0), g)
     emp = torch.bincount(t1, minlength=V).float() / n
     assert (emp - p).abs().max() < 0.01, emp
     expected_acc = torch.minimum(p, q).sum()  # P(accept) = sum_x min(p, q)
@@ -151,7 +151,7 @@ def test_speculative_sampling_keeps_the_target_distribution():
     # negative control: keeping every draft would give q, not p
     assert (torch.bincount(draft, minlength=V).float() / n - p).abs().max() > 0.2
     # a deterministic draft (q = one-hot): accepted with probability p(draft)
-    acc1, t1d, _ = _verify(logits, torch.full((n,), 3), None, SamplingParams(1.0), g)
+    acc1, t1d, _ = verify_drafts(logits, torch.full((n,), 3), None, SamplingParams(1.0), g)
     assert abs(acc1.float().mean() - p[3]) < 0.01
     assert ((torch.bincount(t1d, minlength=V).float() / n) - p).abs().max() < 0.01
 
@@ -260,7 +260,7 @@ def test_codec_chat_format_and_stops(demo_dir):
     assert codec.encode("x", system="Be brief.")[1:4] == tok.encode("Be ", add_special_tokens=False).ids
     assert codec.decode(chat) == "héllo"  # special tokens are not shown
     # streaming holds back an incomplete UTF-8 character
-    s = _Streamer(codec, 1)
+    s = Streamer(codec, 1)
     b1, b2 = tok.encode("é", add_special_tokens=False).ids
     assert s.push(0, b1) == "" and s.push(0, b2) == "é"
 
@@ -352,7 +352,7 @@ def test_torchrun_two_ranks_print_once(demo_dir, tmp_path):
     f = tmp_path / "prompts.jsonl"
     f.write_text('{"prompt": "one"}\n{"prompt": "two two"}\n')
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "model.generate",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "generate",
            "--ckpt", str(demo_dir), "--prompt-file", str(f), "--max-new-tokens", "4", "--mtp"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -262,14 +262,14 @@ def _torchrun(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
 
 
 def test_generate_under_torchrun_is_sharded_and_equals_single_process(tmp_path):
-    from model.generate import generate, load_codec, write_demo_checkpoint
+    from generate import generate, load_codec, write_demo_checkpoint
 
     demo = write_demo_checkpoint(tmp_path / "demo")
     texts = ["one", "two two", "the third prompt"]
     f = tmp_path / "prompts.txt"
     f.write_text("\n".join(texts) + "\n")
     out = tmp_path / "out.jsonl"
-    proc = _torchrun("-m", "model.generate", "--ckpt", str(demo), "--prompt-file", str(f), "--max-new-tokens", "6",
+    proc = _torchrun("-m", "generate", "--ckpt", str(demo), "--prompt-file", str(f), "--max-new-tokens", "6",
                      "--mtp", "--output", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"[{WORLD} ranks: tensor + expert parallel shards]" in proc.stderr
@@ -284,7 +284,7 @@ def test_generate_under_torchrun_is_sharded_and_equals_single_process(tmp_path):
 
     empty = tmp_path / "empty.txt"
     empty.write_text("\n")
-    proc = _torchrun("-m", "model.generate", "--ckpt", str(demo), "--prompt-file", str(empty))
+    proc = _torchrun("-m", "generate", "--ckpt", str(demo), "--prompt-file", str(empty))
     assert proc.returncode != 0
     assert proc.stderr.count("error: ") == 1 and "no prompts (the file is empty)" in proc.stderr
 

@@ -32,7 +32,7 @@ def test_spec_tables_match_a_direct_generate_call(probe_env, tmp_path):
     m = model.load(probe_env["ckpt"], dtype=torch.float32)
     prompts = _prompts(probe_env["corpus"], tok, m.args.bos_token_id, 12, 6)
     assert [p[0] for p in prompts] == list(dec.doc_id)
-    from model.generate import generate
+    from generate import generate
 
     with torch.no_grad():
         res = generate(m, [p for _, _, p in prompts], max_new_tokens=10, stop_ids=[m.args.eos_token_id], mtp=True)

@@ -141,7 +141,7 @@ def forward_check(dev: torch.device, smoke: bool) -> list[str]:
     """A random FP8 checkpoint: logits with FP8 weights resident vs dequantised, and decode speed."""
     import model
     from model import ModelArgs, Transformer
-    from model.generate import generate
+    from generate import generate
 
     over = dict(vocab_size=97, dim=200, inter_dim=300, moe_inter_dim=136, n_layers=2, n_heads=2, q_lora_rank=136,
                 kv_lora_rank=24) if smoke else dict(

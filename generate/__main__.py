@@ -1,4 +1,4 @@
-"""The command line of `python -m model.generate` (usage: model/generate.py's docstring)."""
+"""`python -m generate`: the command line (usage: the package docstring, generate/__init__.py)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from pathlib import Path
 
 import torch
 
-from . import generate as _gen
-from .generate import (GenerateError, GenerationOutput, SamplingParams, TextCodec, generate, load_codec,
-                       read_prompts, write_demo_checkpoint)
+import generate as package
+from generate import (GenerateError, GenerationOutput, SamplingParams, TextCodec, generate, load_codec,
+                      read_prompts, write_demo_checkpoint)
 
 
-class _Streamer:
+class Streamer:
     """Decodes each row's tokens incrementally; holds back an incomplete UTF-8 tail."""
 
     def __init__(self, codec: TextCodec, n: int) -> None:
@@ -50,7 +50,7 @@ def _prompts_from_rank0(ns, world) -> list[str]:
 
 def _run_batch(m, codec: TextCodec, texts: list[str], ns, rank: int, sampling: SamplingParams) -> GenerationOutput:
     prompts = [codec.encode(t, chat=not ns.no_chat_template and codec.chat, system=ns.system) for t in texts]
-    streamer = _Streamer(codec, len(prompts))
+    streamer = Streamer(codec, len(prompts))
     single = len(prompts) == 1
 
     printed: set[int] = set()
@@ -111,7 +111,7 @@ def _interactive(m, codec, ns, world, sampling) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m model.generate", description=_gen.__doc__,
+    p = argparse.ArgumentParser(prog="python -m generate", description=package.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--ckpt", help="Hugging Face checkpoint directory with tokenizer.json")
@@ -137,9 +137,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--output", help="append one JSON line per prompt (completion, tokens, acceptance) to this file")
     ns = p.parse_args(argv)
 
-    from .args import ConfigError, ModelArgs
-    from .checkpoint import CheckpointError, load
-    from .parallel import ParallelError, World, init_world
+    from model import CheckpointError, ConfigError, ModelArgs, ParallelError, load
+    from model.parallel import World, init_world
 
     code = None  # the exit status once main's work ended normally or with a reported error
     world = World()
@@ -190,3 +189,7 @@ def main(argv: list[str] | None = None) -> None:
                 os._exit(code)
     if code:
         raise SystemExit(code) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Sampling: temperature / top-k / top-p, and the speculative-sampling rule that verifies drafts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+class GenerateError(ValueError):
+    """Bad generation input (one line naming the problem)."""
+
+
+@dataclass
+class SamplingParams:
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = no top-k cut
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.temperature >= 0:
+            raise GenerateError(f"temperature={self.temperature} must be >= 0 (0 = greedy)")
+        if not 0 < self.top_p <= 1:
+            raise GenerateError(f"top_p={self.top_p} must be in (0, 1]")
+        if self.top_k < 0:
+            raise GenerateError(f"top_k={self.top_k} must be >= 0 (0 = off)")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """[B, V] logits -> [B, V] float32 sampling probabilities (temperature, top-k, top-p)."""
+        logits = logits.float() / self.temperature
+        if self.top_k and self.top_k < logits.shape[-1]:
+            kth = logits.topk(self.top_k, dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = logits.softmax(dim=-1)
+        if self.top_p < 1:
+            sorted_p, order = probs.sort(dim=-1, descending=True)
+            # drop a token when the tokens before it already hold top_p (the first is always kept)
+            drop = (sorted_p.cumsum(dim=-1) - sorted_p) >= self.top_p
+            probs = probs.scatter(1, order, sorted_p.masked_fill(drop, 0.0))
+            probs = probs / probs.sum(dim=-1, keepdim=True)
+        return probs
+
+    def sample(self, logits: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        """[B, V] -> [B] token ids."""
+        if self.greedy:
+            return logits.argmax(dim=-1)
+        return torch.multinomial(self.probs(logits), 1, generator=gen)[:, 0]
+
+
+def propose(mtp_logits: torch.Tensor, seq_index: torch.Tensor, sampling: SamplingParams,
+            gen: torch.Generator | None, draft_fn, sync):
+    """A draft token per row and its proposal distribution q ([B, V], or None = deterministic);
+    `sync` makes the ranks that hold one sharded model agree on it."""
+    if draft_fn is not None:
+        return sync(draft_fn(mtp_logits, seq_index).to(mtp_logits.device, torch.long).reshape(-1)), None
+    if sampling.greedy:
+        return sync(mtp_logits.argmax(dim=-1)), None
+    q = sampling.probs(mtp_logits)
+    return sync(torch.multinomial(q, 1, generator=gen)[:, 0]), q
+
+
+def verify_drafts(logits: torch.Tensor, draft: torch.Tensor, q: torch.Tensor | None, sampling: SamplingParams,
+                  gen: torch.Generator | None):
+    """logits [B, 2, V] at (newest, draft). Returns (accepted [B] bool, t1 [B], t2 [B]): t1 is the
+    token after the newest (the draft when accepted, else a correction), t2 the one after the draft
+    (meaningful only where accepted)."""
+    if sampling.greedy:
+        t1 = logits[:, 0].argmax(dim=-1)
+        return t1 == draft, t1, logits[:, 1].argmax(dim=-1)
+    p0, p1 = sampling.probs(logits[:, 0]), sampling.probs(logits[:, 1])
+    one_hot = torch.zeros_like(p0).scatter_(1, draft[:, None], 1.0)
+    q = one_hot if q is None else q
+    p_d, q_d = p0.gather(1, draft[:, None])[:, 0], q.gather(1, draft[:, None])[:, 0]
+    u = torch.rand(p_d.shape, generator=gen, device=p_d.device)
+    acc = u * q_d < p_d  # accept with probability min(1, p/q)
+    resid = (p0 - q).clamp(min=0)
+    resid = torch.where(resid.sum(dim=-1, keepdim=True) > 0, resid, p0)
+    corr = torch.multinomial(resid, 1, generator=gen)[:, 0]
+    return acc, torch.where(acc, draft, corr), torch.multinomial(p1, 1, generator=gen)[:, 0]

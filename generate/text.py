@@ -1,0 +1,136 @@
+"""Text in and out: the checkpoint's tokenizer and chat format, prompt files, and a demo checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .sampling import GenerateError
+
+USER, ASSISTANT = "<｜User｜>", "<｜Assistant｜>"
+BOS_TEXT, EOS_TEXT = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"
+
+
+@dataclass
+class TextCodec:
+    """The checkpoint's tokenizer plus what generation needs from its configs."""
+    tokenizer: object
+    bos_id: int | None
+    stop_ids: list[int]
+    chat: bool  # the tokenizer config has a chat template
+
+    def encode(self, text: str, *, chat: bool | None = None, system: str | None = None) -> list[int]:
+        if self.chat if chat is None else chat:
+            text = (system or "") + USER + text + ASSISTANT
+        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+        return ([self.bos_id] if self.bos_id is not None else []) + ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+
+def _token_text(v) -> str | None:
+    return v.get("content") if isinstance(v, dict) else v
+
+
+def _read_json(p: Path) -> dict:
+    if not p.exists():
+        return {}
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise GenerateError(f"{p}: not valid JSON ({e})") from None
+
+
+def load_codec(ckpt: str | os.PathLike, args=None) -> TextCodec:
+    """tokenizer.json (required) + tokenizer_config.json / generation_config.json (optional)."""
+    from tokenizers import Tokenizer
+
+    ckpt = Path(ckpt)
+    path = ckpt / "tokenizer.json"
+    if not path.exists():
+        raise GenerateError(f"{ckpt}: no tokenizer.json (generation needs the checkpoint's tokenizer)")
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as e:  # the tokenizers library raises its own exception type
+        raise GenerateError(f"{path}: not a readable tokenizer ({str(e).splitlines()[0]})") from None
+    cfg = _read_json(ckpt / "tokenizer_config.json")
+    gen_cfg = _read_json(ckpt / "generation_config.json")
+    bos = None
+    if cfg.get("add_bos_token", True):
+        bos_text = _token_text(cfg.get("bos_token"))
+        bos = tok.token_to_id(bos_text) if bos_text else None
+        if bos is None and args is not None:
+            bos = args.bos_token_id
+    stops: list[int] = []
+    for v in (getattr(args, "eos_token_id", None), gen_cfg.get("eos_token_id")):
+        stops += [v] if isinstance(v, int) else list(v or [])
+    eos_text = _token_text(cfg.get("eos_token"))
+    if eos_text and tok.token_to_id(eos_text) is not None:
+        stops.append(tok.token_to_id(eos_text))
+    return TextCodec(tok, bos, sorted(set(stops)), bool(cfg.get("chat_template")))
+
+
+def read_prompts(path: str | os.PathLike) -> list[str]:
+    """One prompt per non-blank line, or JSON Lines with a "prompt" field."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise GenerateError(f"{path}: cannot read prompt file ({e})") from None
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if not lines:
+        raise GenerateError(f"{path}: no prompts (the file is empty)")
+    if path.suffix != ".jsonl" and not lines[0][1].lstrip().startswith("{"):
+        return [line for _, line in lines]
+    prompts = []
+    for n, line in lines:
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise GenerateError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+        p = obj.get("prompt") if isinstance(obj, dict) else None
+        if not isinstance(p, str) or not p:
+            raise GenerateError(f"{path}:{n}: each JSON line needs a non-empty string field \"prompt\"")
+        prompts.append(p)
+    return prompts
+
+
+# ------------------------------------------------------------------------------------ demo weights
+def write_demo_checkpoint(path: str | os.PathLike, seed: int = 0) -> Path:
+    """A random tiny DeepSeek-V3 (with MTP) and a byte-level tokenizer with DeepSeek's special
+    tokens and a chat template, in `path` (kept if already there). Its text is noise."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    from model import ModelArgs, Transformer, save
+
+    path = Path(path)
+    if (path / "config.json").exists() and (path / "tokenizer.json").exists():
+        return path
+    path.mkdir(parents=True, exist_ok=True)
+    specials = [BOS_TEXT, EOS_TEXT, USER, ASSISTANT]
+    vocab = {s: i for i, s in enumerate(specials)}
+    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[ch] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(specials)
+    tok.save(str(path / "tokenizer.json"))
+    (path / "tokenizer_config.json").write_text(json.dumps({
+        "bos_token": BOS_TEXT, "eos_token": EOS_TEXT, "add_bos_token": True,
+        # stored for tools that run it; TextCodec renders the same format itself
+        "chat_template": "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}" + USER +
+                         "{{ m['content'] }}{% endif %}{% endfor %}{% if add_generation_prompt %}" + ASSISTANT +
+                         "{% endif %}",
+    }, ensure_ascii=False, indent=1))
+    args = ModelArgs.from_name("tiny")
+    args.vocab_size = len(vocab)
+    torch.manual_seed(seed)
+    save(Transformer(args, dtype=torch.float32).eval(), path)
+    return path
