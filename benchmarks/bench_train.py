@@ -1,4 +1,4 @@
-"""Training throughput of candidate model configs: the exact step `model.train` takes.
+"""Training throughput of candidate model configs: the exact step `python -m train` takes.
 
     python benchmarks/bench_train.py                                   # data/model_config.json, 1 thread
     python benchmarks/bench_train.py --config data/model_config.json tiny --threads 2 --steps 8
@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model import ModelArgs, Transformer  # noqa: E402
-from model.train import RoutingTap, forward_losses, make_optimizer, moe_gates, parse_args, update_bias  # noqa: E402
+from train import RoutingTap, forward_losses, make_optimizer, moe_gates, parse_args, update_bias  # noqa: E402
 
 
 def load_args(src: str, overrides: list[str]) -> ModelArgs:

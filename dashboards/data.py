@@ -1,11 +1,10 @@
 """The dashboard's data layer: find runs, read their Parquet through DuckDB, cache the aggregates.
 
-Two kinds of run directory are understood:
-
-- **probe** runs (`dsv3-probe record`): `run.json` plus one folder of part files per table of
-  `probe.schema.TABLES` (and `ablations/` when `analyses.ablate` wrote one);
-- **train** runs (`python -m model.train`): `run.json`, `train_metrics.parquet`,
-  `eval_metrics.parquet`, `expert_load.parquet` (step, gate, expert, load, bias).
+Every run directory has one layout (probe/schema.py, probe/writer.py): `run.json` plus one folder of
+part files per table. A recorded run (`dsv3-probe record`) holds tokens, routing, expert_load, mtp,
+kv_stats, ...; a training run (`python -m train`, run.json `kind: train`) holds train_steps,
+train_domains, train_gates, train_eval, expert_load and router_bias. The views are made by
+`probe.run.create_views`, as `probe.open_run` makes them; `kind` only decides which pages apply.
 
 Every query aggregates in SQL (the routing table is never loaded whole) and is cached with
 `st.cache_data`, keyed on the run's file signature (names, sizes and mtimes), so a run that is still
@@ -29,10 +28,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import streamlit as st
 
+from probe.run import create_views, table_files as run_table_files
 from probe.schema import TABLES
 
-TRAIN_FILES = ("train_metrics", "eval_metrics", "expert_load")
-OPTIONAL_TABLES = ("ablations",)  # written by analyses.ablate; absent from most runs
 # Per-token views (co-activation, top tokens, Sankey) read at most this many tokens per layer: the
 # first windows of the run (row groups past them are skipped by their seq_id statistics).
 SAMPLE_TOKENS = 250_000
@@ -87,7 +85,9 @@ def _dir_signature(root: Path) -> tuple:
 
 
 def run_kind(path: Path, info: dict) -> str:
-    if (path / "train_metrics.parquet").exists() or "gates" in info:
+    """train (run.json kind), probe (any other run of this layout), or unknown (e.g. a training run
+    written before training runs had this layout: flat train_metrics.parquet files)."""
+    if info.get("kind") == "train":
         return "train"
     if "format" in info or any((path / t).is_dir() for t in TABLES):
         return "probe"
@@ -118,9 +118,7 @@ def discover(root: str | Path) -> list[RunRef]:
 
 def domains_of(ref: RunRef) -> list[str]:
     info = ref.info
-    if ref.kind == "train":
-        return list(info.get("domains", []))
-    return sorted((info.get("planned") or {}).get("tokens_per_domain", {}))
+    return list(info.get("domains") or sorted((info.get("planned") or {}).get("tokens_per_domain", {})))
 
 
 def moe_layers(ref: RunRef) -> list[int]:
@@ -131,15 +129,7 @@ def moe_layers(ref: RunRef) -> list[int]:
 
 # ------------------------------------------------------------------------------ tables
 def table_files(ref: RunRef, table: str) -> list[Path]:
-    p = Path(ref.path)
-    if ref.kind == "train":
-        f = p / f"{table}.parquet"
-        return [f] if table in TRAIN_FILES and f.exists() else []
-    d = p / table
-    files = sorted(d.glob("*.parquet")) if d.is_dir() else []
-    if not files and table in OPTIONAL_TABLES and (p / f"{table}.parquet").exists():
-        files = [p / f"{table}.parquet"]
-    return files
+    return run_table_files(ref.path, table)
 
 
 def has_table(ref: RunRef, table: str) -> bool:
@@ -152,12 +142,10 @@ def _quote(s: str) -> str:
 
 def _connect(ref: RunRef, tables: tuple[str, ...]) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
-    for t in tables:
-        files = table_files(ref, t)
-        if not files:
-            raise MissingTable(f"run {ref.name!r} has no `{t}` table")
-        lst = ", ".join(_quote(str(f)) for f in files)
-        con.execute(f"create view {t} as select * from read_parquet([{lst}], union_by_name = true)")
+    missing = create_views(con, ref.path, tables)
+    if missing:
+        con.close()
+        raise MissingTable(f"run {ref.name!r} has no `{missing[0]}` table")
     return con
 
 
@@ -214,51 +202,48 @@ def file_health(ref: RunRef) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------ loads
-def _layer_label(layer) -> str:
-    return f"layer{int(layer)}"
+def _layer_label(ref: RunRef, layer) -> str:
+    """'layer3', or 'mtp0' for an MTP block's router (layer n_layers + k, as in the checkpoint)."""
+    n = (ref.info.get("model_args") or {}).get("n_layers")
+    return f"mtp{int(layer) - n}" if n is not None and int(layer) >= n else f"layer{int(layer)}"
+
+
+def _labelled(ref: RunRef, df: pd.DataFrame) -> pd.DataFrame:
+    df["layer"] = [_layer_label(ref, x) for x in df["layer"]]
+    return df
 
 
 @cached
 def loads_by_step(ref: RunRef) -> pd.DataFrame:
-    """step, layer (label, e.g. 'layer3' or 'mtp0'), expert, load: top-k assignments per batch."""
-    if ref.kind == "train":
-        df = query(ref, "select step, gate as layer, expert, load::bigint as load from expert_load "
-                        "order by step, layer, expert", ("expert_load",))
-        return df
-    df = query(ref, "select step, layer, expert, sum(count)::bigint as load from expert_load "
-                    "group by all order by step, layer, expert", ("expert_load",))
-    df["layer"] = df["layer"].map(_layer_label)
-    return df
+    """step, layer (label, e.g. 'layer3' or 'mtp0'), expert, load: top-k assignments per batch or step."""
+    return _labelled(ref, query(ref, "select step, layer, expert, sum(count)::bigint as load from expert_load "
+                                     "group by all order by step, layer, expert", ("expert_load",)))
 
 
 @cached
 def total_loads(ref: RunRef, last_steps: int | None = None) -> pd.DataFrame:
-    """layer, expert, load summed over the run (train runs: over the last `last_steps` steps)."""
-    if ref.kind == "train":
-        n = int(last_steps or 50)
-        return query(ref, "select gate as layer, expert, sum(load)::bigint as load from expert_load "
-                          "where step > (select max(step) from expert_load) - ? group by all order by all",
-                     ("expert_load",), [n])
-    df = query(ref, "select layer, expert, sum(count)::bigint as load from expert_load group by all "
-                    "order by all", ("expert_load",))
-    df["layer"] = df["layer"].map(_layer_label)
-    return df
+    """layer, expert, load summed over the run, or over its last `last_steps` steps."""
+    where = "where step > (select max(step) from expert_load) - ?" if last_steps else ""
+    return _labelled(ref, query(ref, f"select layer, expert, sum(count)::bigint as load from expert_load {where} "
+                                     "group by all order by all", ("expert_load",),
+                                [int(last_steps)] if last_steps else None))
 
 
 @cached
 def bias(ref: RunRef) -> pd.DataFrame:
-    """layer, expert, bias: the balancing bias (train runs: at the last step; probe runs: read from the
-    checkpoint's safetensors header, without torch). Empty when unavailable."""
-    if ref.kind == "train":
-        return query(ref, "select gate as layer, expert, bias::double as bias from expert_load "
-                          "where step = (select max(step) from expert_load) order by all", ("expert_load",))
+    """layer, expert, bias: the balancing bias at the run's last step (`router_bias`: a recorded
+    run's is its checkpoint's). Runs recorded before that table existed: read from the checkpoint's
+    safetensors header, without torch. Empty when unavailable."""
+    if table_files(ref, "router_bias"):
+        return _labelled(ref, query(ref, "select layer, expert, bias::double as bias from router_bias where step = "
+                                         "(select max(step) from router_bias) order by all", ("router_bias",)))
     ck = Path((ref.info.get("checkpoint") or {}).get("path", "") or "/nonexistent")
     rows = []
     for f in sorted(ck.glob("*.safetensors")) if ck.is_dir() else []:
         for name, arr in _safetensors_vectors(f, "e_score_correction_bias").items():
             parts = name.split(".")
             layer = int(parts[parts.index("layers") + 1]) if "layers" in parts else -1
-            rows += [{"layer": _layer_label(layer), "expert": i, "bias": float(v)} for i, v in enumerate(arr)]
+            rows += [{"layer": _layer_label(ref, layer), "expert": i, "bias": float(v)} for i, v in enumerate(arr)]
     return pd.DataFrame(rows, columns=["layer", "expert", "bias"])
 
 
@@ -288,10 +273,8 @@ def _safetensors_vectors(path: Path, suffix: str) -> dict[str, np.ndarray]:
 @cached
 def domain_expert(ref: RunRef) -> pd.DataFrame:
     """layer, domain, expert, count: top-k assignments (probe runs)."""
-    df = query(ref, "select layer, domain, expert, sum(count)::bigint as count from expert_load "
-                    "group by all order by all", ("expert_load",))
-    df["layer"] = df["layer"].map(_layer_label)
-    return df
+    return _labelled(ref, query(ref, "select layer, domain, expert, sum(count)::bigint as count from expert_load "
+                                     "group by all order by all", ("expert_load",)))
 
 
 def _seq_cap(ref: RunRef) -> int:
@@ -455,16 +438,45 @@ def ablations(ref: RunRef) -> pd.DataFrame:
 # ------------------------------------------------------------------------------ training runs
 @cached
 def train_metrics(ref: RunRef) -> pd.DataFrame:
-    return query(ref, "select * from train_metrics order by step", ("train_metrics",))
+    """One row per step: train_steps' columns, plus loss_<domain> and maxvio_<gate> / bias_norm_<gate>
+    (gate labels as `_layer_label`) from the train split of train_domains and train_gates."""
+    steps = query(ref, "select * from train_steps order by step", ("train_steps",))
+    dom = query(ref, "select step, domain, loss from train_domains where split = 'train'", ("train_domains",))
+    gates = _labelled(ref, query(ref, "select step, layer, maxvio, bias_norm from train_gates where split = 'train'",
+                                 ("train_gates",)))
+    return _wide(steps, dom, gates)
 
 
 @cached
 def eval_metrics(ref: RunRef) -> pd.DataFrame:
-    return query(ref, "select * from eval_metrics order by step", ("eval_metrics",))
+    """One row per evaluation: train_eval's columns, plus val_loss_<domain>, val_mtp_loss_<domain>
+    and val_maxvio_<gate>."""
+    ev = query(ref, "select * from train_eval order by step", ("train_eval",))
+    dom = query(ref, "select step, domain, loss, mtp_loss from train_domains where split = 'val'", ("train_domains",))
+    gates = _labelled(ref, query(ref, "select step, layer, maxvio from train_gates where split = 'val'", ("train_gates",)))
+    return _wide(ev, dom.rename(columns={"loss": "val_loss", "mtp_loss": "val_mtp_loss"}),
+                 gates.rename(columns={"maxvio": "val_maxvio"}))
+
+
+def _wide(base: pd.DataFrame, dom: pd.DataFrame, gates: pd.DataFrame) -> pd.DataFrame:
+    """base joined with dom pivoted to <value>_<domain> and gates to <value>_<gate> columns, by step."""
+    out = base
+    for df, key in ((dom, "domain"), (gates, "layer")):
+        if df.empty:
+            continue
+        wide = df.pivot_table(index="step", columns=key, values=[c for c in df.columns if c not in ("step", key)],
+                              dropna=False)
+        wide.columns = [f"{value}_{name}" for value, name in wide.columns]
+        out = out.merge(wide.reset_index(), on="step", how="left")
+    return out
 
 
 @cached
 def bias_by_step(ref: RunRef, gate: str, every: int = 1) -> pd.DataFrame:
-    """step, expert, bias, load of one gate of a training run (every `every`-th step)."""
-    return query(ref, "select step, expert, bias::double as bias, load from expert_load where gate = ? "
-                      "and step % ? = 0 order by step, expert", ("expert_load",), [gate, max(1, every)])
+    """step, expert, bias, load of one gate ('layer3', 'mtp0') over steps (every `every`-th step)."""
+    n = (ref.info.get("model_args") or {}).get("n_layers", 0)
+    layer = n + int(gate[3:]) if gate.startswith("mtp") else int(gate.removeprefix("layer"))
+    return query(ref, "select b.step, b.expert, b.bias::double as bias, coalesce(l.load, 0)::bigint as load "
+                      "from router_bias b left join (select step, layer, expert, sum(count) as load from expert_load "
+                      "group by all) l using (step, layer, expert) where b.layer = ? and b.step % ? = 0 "
+                      "order by b.step, b.expert", ("router_bias", "expert_load"), [layer, max(1, every)])

@@ -59,7 +59,7 @@ def selected_run(kinds: tuple[str, ...] = ("probe", "train")) -> data.RunRef | N
         if not other:
             st.info(f"This page needs a **{what}** run; `{runs_dir()}` has none. "
                     + ("Record one with `dsv3-probe record`." if "probe" in kinds
-                       else "Train one with `python -m model.train --out runs/NAME`."))
+                       else "Train one with `python -m train --out runs/NAME`."))
             return None
         st.info(f"`{ref.name}` is a {ref.kind} run; this page shows {what} runs.")
         pick = st.selectbox(f"{what.capitalize()} run", [r.name for r in other], key=f"pick_{what}")
@@ -70,7 +70,7 @@ def selected_run(kinds: tuple[str, ...] = ("probe", "train")) -> data.RunRef | N
 
 def no_runs() -> None:
     st.info(f"No runs in `{runs_dir()}` yet. Record one with `dsv3-probe record --out {runs_dir()}/NAME`, "
-            "train one with `python -m model.train --out runs/NAME`, or start the dashboard on another "
+            "train one with `python -m train --out runs/NAME`, or start the dashboard on another "
             "directory: `dsv3-probe dashboard DIR`.", icon="📭")
 
 
@@ -82,16 +82,12 @@ def status_banner(ref: data.RunRef) -> None:
         if ref.kind == "train":
             extra = f" (step {ref.info.get('step', '?')} of {ref.info.get('steps', '?')})"
         st.info(f"`{ref.name}` is still **running**{extra}: showing what has been committed so far.", icon="⏳")
-    elif ref.status == "failed":
-        st.error(f"`{ref.name}` **failed**: {ref.info.get('error', 'see its log')}. Showing what it wrote.")
-    elif ref.status == "stopped":
-        st.warning(f"`{ref.name}` was **stopped** at step {ref.info.get('step', '?')} "
-                   f"({ref.info.get('stop_reason', 'no reason recorded')}); resume it with "
-                   "`python -m model.train ... --resume`.", icon="⚠️")
-    elif ref.status == "interrupted":
-        hint = "`dsv3-probe record ... --resume`" if ref.kind == "probe" else "`python -m model.train ... --resume`"
-        st.warning(f"`{ref.name}` was **interrupted**: its tables hold the batches committed before the stop; "
-                   f"continue it with {hint}.", icon="⚠️")
+    elif ref.status in ("interrupted", "failed", "stopped"):  # failed / stopped: training runs of older versions
+        hint = "`dsv3-probe record ... --resume`" if ref.kind == "probe" else "`python -m train ... --resume`"
+        why = ref.info.get("stop_reason") or ref.info.get("error")
+        where = f" at step {ref.info['step']}" if ref.kind == "train" and "step" in ref.info else ""
+        st.warning(f"`{ref.name}` was **interrupted**{where}{f' ({why})' if why else ''}: its tables hold what was "
+                   f"committed before the stop; continue it with {hint}.", icon="⚠️")
 
 
 @contextmanager

@@ -26,6 +26,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
@@ -190,7 +191,12 @@ def record(opts: RecordOptions) -> Path:
     tables = [t for t in STREAM_TABLES if not (t == "routing" and opts.router_logits == "none")
               and not (t == "mtp" and not (opts.mtp and len(m.mtp)))]
     info = run_info(job, plan, opts, world, m, tables)
-    agree(world, lambda: open_run(job.out, info, opts))
+
+    def create() -> None:  # rank 0
+        open_run(job.out, info, opts)
+        write_router_bias(job.out, m)
+
+    agree(world, create)
     if world.any(world.writes and not (job.out / "run.json").exists()):
         raise RecordError(f"--out {job.out}: a writing rank does not see run.json there: under several "
                           "nodes the run directory must be on a filesystem every node shares")
@@ -207,7 +213,8 @@ def run_info(job: Job, plan: CorpusPlan, opts: RecordOptions, world, m, tables: 
         "model_args": job.args.to_dict(), "mtp_module": bool(len(m.mtp)),
         "options": {k: v for k, v in asdict(opts).items() if k not in NOT_RECORDED},
         "world": world.describe(),
-        "tables": tables + (FINAL_TABLES if opts.kv_stats else []),
+        "tables": tables + (FINAL_TABLES if opts.kv_stats else []) + ["router_bias"],
+        "domains": sorted(plan.per_domain),
         "planned": {"windows": plan.windows, "tokens": plan.tokens, "batches": plan.batches,
                     "tokens_per_domain": plan.per_domain},
         "versions": {"python": sys.version.split()[0], "torch": torch.__version__, "pyarrow": pa.__version__,
@@ -395,6 +402,27 @@ def finish(out: Path, info: dict, status: str, opts, args, world, elapsed: float
     info["recorded"] = {"tokens": tokens}
     info["timings"] = {"last_session_s": round(elapsed, 3), "finished": time.time()}
     write_json_atomic(out / "run.json", info)
+
+
+def write_router_bias(out: Path, m) -> None:
+    """The checkpoint's balancing bias of every router (main MoE layers, then MTP blocks at layer
+    n_layers + k) as the `router_bias` table, step 0: what a training run logs over its steps."""
+    layers, biases = [], []
+    for i, block in enumerate(list(m.layers) + [mtp.block for mtp in m.mtp]):
+        gate = getattr(block.ffn, "gate", None)
+        if gate is not None and gate.bias is not None:
+            layers.append(i)
+            biases.append(gate.bias.detach().float().cpu().numpy())
+    if not layers:
+        return
+    E = len(biases[0])
+    cols = {"step": np.zeros(len(layers) * E, np.int64), "layer": np.repeat(np.array(layers, np.int16), E),
+            "expert": np.tile(np.arange(E, dtype=np.int32), len(layers)), "bias": np.concatenate(biases)}
+    d = out / "router_bias"
+    d.mkdir(exist_ok=True)
+    tmp = d / "part-0.parquet.tmp"
+    pq.write_table(pa.Table.from_pydict(cols, schema=TABLES["router_bias"]), tmp, compression="zstd")
+    os.replace(tmp, d / "part-0.parquet")
 
 
 def _write_kv_tables(out: Path, acc: KVAccumulator, args) -> None:

@@ -20,6 +20,26 @@ from .schema import TABLES
 from .writer import RunError, read_run_json
 
 
+def table_files(path: str | Path, table: str) -> list[Path]:
+    """The committed part files of `table` in run directory `path` (temporaries never match)."""
+    d = Path(path) / table
+    return sorted(d.glob("*.parquet")) if d.is_dir() else []
+
+
+def create_views(con, path: str | Path, tables) -> list[str]:
+    """One DuckDB view per table over its part files (older parts lacking a newer column read it as
+    null); returns the tables that have no part file (no view made)."""
+    missing = []
+    for t in tables:
+        files = table_files(path, t)
+        if not files:
+            missing.append(t)
+            continue
+        lst = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
+        con.execute(f"create view {t} as select * from read_parquet([{lst}], union_by_name = true)")
+    return missing
+
+
 class Run:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -41,8 +61,7 @@ class Run:
     def files(self, table: str) -> list[Path]:
         if table not in TABLES:
             raise RunError(f"unknown table {table!r}; tables are {list(TABLES)}")
-        d = self.path / table
-        return sorted(d.glob("*.parquet")) if d.is_dir() else []
+        return table_files(self.path, table)
 
     def arrow(self, table: str, columns: list[str] | None = None) -> pa.Table:
         files = self.files(table)
@@ -66,13 +85,8 @@ class Run:
             import duckdb
 
             self._con = duckdb.connect()
-            for t in TABLES:
-                files = self.files(t)
-                if files:
-                    lst = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
-                    self._con.execute(f"create view {t} as select * from read_parquet([{lst}])")
-                else:
-                    self._con.register(t, TABLES[t].empty_table())
+            for t in create_views(self._con, self.path, TABLES):
+                self._con.register(t, TABLES[t].empty_table())
         return self._con
 
     def rel(self, table: str):

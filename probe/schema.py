@@ -7,6 +7,7 @@ A run directory holds `run.json` and one Parquet dataset (a folder of part files
     runs/NAME/routing/...   expert_load/...   mtp/...   kv_stats/...   kv_spectrum/...
     runs/NAME/spec_decode/part-0.parquet, spec_drafts/...   (written by `dsv3-probe spec`)
     runs/NAME/ablations/<hash>.parquet   (written by `python -m analyses.ablate`)
+    runs/NAME/train_steps/..., train_domains/, train_gates/, train_eval/   (written by `python -m train`)
 
 `TABLES[name]` is the pyarrow schema; `DOCS[name]` documents each column (the README's table
 reference is generated from it). Definitions follow `shared/docs/metrics.md`.
@@ -118,7 +119,50 @@ TABLES: dict[str, pa.Schema] = {
         ("experts_changed", pa.float64()),
         ("downstream_layers", pa.int32()),
     ]),
+    "router_bias": pa.schema([
+        ("step", pa.int64()),
+        ("layer", pa.int16()),
+        ("expert", pa.int32()),
+        ("bias", pa.float32()),
+    ]),
+    "train_steps": pa.schema([
+        ("step", pa.int64()),
+        ("lr", pa.float64()),
+        ("loss", pa.float64()),
+        ("lm_loss", pa.float64()),
+        ("mtp_loss", pa.float64()),
+        ("aux_loss", pa.float64()),
+        ("grad_norm", pa.float64()),
+        ("tokens", pa.int64()),
+        ("tokens_seen", pa.int64()),
+        ("step_time_s", pa.float64()),
+        ("tokens_per_s", pa.float64()),
+        ("elapsed_s", pa.float64()),
+    ]),
+    "train_domains": pa.schema([
+        ("step", pa.int64()),
+        ("split", pa.string()),
+        ("domain", pa.string()),
+        ("loss", pa.float64()),
+        ("mtp_loss", pa.float64()),
+    ]),
+    "train_gates": pa.schema([
+        ("step", pa.int64()),
+        ("split", pa.string()),
+        ("layer", pa.int16()),
+        ("maxvio", pa.float64()),
+        ("bias_norm", pa.float64()),
+    ]),
+    "train_eval": pa.schema([
+        ("step", pa.int64()),
+        ("tokens_seen", pa.int64()),
+        ("val_loss", pa.float64()),
+        ("val_mtp_agree", pa.float64()),
+    ]),
 }
+# written by `python -m train` (a training run is a run like any other: these plus expert_load and
+# router_bias); probe runs never have them
+TRAIN_TABLES = ("train_steps", "train_domains", "train_gates", "train_eval")
 
 DOCS: dict[str, dict[str, str]] = {
     "tokens": {
@@ -207,6 +251,36 @@ DOCS: dict[str, dict[str, str]] = {
                            "baseline's (null when no MoE layer follows)",
         "experts_changed": "mean share of the K experts replaced, over the same (token, layer) pairs",
         "downstream_layers": "MoE layers compared (those after the first ablated layer)",
+    },
+    "router_bias": {
+        "step": "training step the bias is from (0 in a recorded run: the checkpoint's bias)",
+        "layer": "MoE layer (an MTP block's router: n_layers + k, its index in the checkpoint)",
+        "expert": "routed expert id",
+        "bias": "the balancing bias `e_score_correction_bias` (selection score = score + bias)",
+    },
+    "train_steps": {
+        "step": "optimizer step (1-based)", "lr": "learning rate of the step",
+        "loss": "total loss (LM + MTP weight x MTP + balance terms)", "lm_loss": "main next-token loss, nats",
+        "mtp_loss": "MTP loss (token i+2), nats; null without MTP", "aux_loss": "weighted balance loss",
+        "grad_norm": "gradient norm before clipping", "tokens": "tokens in the global batch",
+        "tokens_seen": "tokens so far", "step_time_s": "seconds of the step", "tokens_per_s": "throughput",
+        "elapsed_s": "seconds since this session started",
+    },
+    "train_domains": {
+        "step": "step", "split": "`train` (the step's batch) or `val` (the validation set at an evaluation)",
+        "domain": "corpus domain", "loss": "main next-token loss of this domain's rows, nats",
+        "mtp_loss": "MTP loss of the domain (val only)",
+    },
+    "train_gates": {
+        "step": "step", "split": "`train` (the step's global batch) or `val` (MaxVio_global on the validation set)",
+        "layer": "MoE layer of the router (an MTP block's: n_layers + k)",
+        "maxvio": "MaxVio = (max load - mean load) / mean load",
+        "bias_norm": "L2 norm of the router's balancing bias after the step (train only)",
+    },
+    "train_eval": {
+        "step": "step of the evaluation", "tokens_seen": "tokens trained on so far",
+        "val_loss": "validation loss, the mean of the per-domain losses",
+        "val_mtp_agree": "MTP teacher-forced agreement on the validation set",
     },
 }
 

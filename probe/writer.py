@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute in truncate_after
 import pyarrow.parquet as pq
 
 from .schema import TABLES
@@ -61,7 +62,6 @@ class PartWriter:
         self.first_uncommitted: int | None = None
         for t in tables:
             (self.run / t).mkdir(parents=True, exist_ok=True)
-        (self.run / PROGRESS).mkdir(exist_ok=True)
 
     def _tmp(self, table: str) -> Path:
         return self.run / table / f".r{self.rank:03d}-open.parquet.tmp"
@@ -89,8 +89,9 @@ class PartWriter:
         w.write_table(pa.Table.from_batches(self._buf[table], schema=TABLES[table]))
         self._buf[table], self._buf_rows[table] = [], 0
 
-    def commit(self, last_batch: int, progress: dict, arrays: dict[str, np.ndarray]) -> None:
-        """Make every row up to global batch `last_batch` durable, with the accumulator state."""
+    def commit(self, last_batch: int, progress: dict | None = None, arrays: dict[str, np.ndarray] | None = None) -> None:
+        """Make every row up to global batch `last_batch` durable, with the accumulator state
+        (`progress` None: the caller keeps its own, as training does in its checkpoint)."""
         first = self.first_uncommitted if self.first_uncommitted is not None else last_batch
         for t in self.tables:
             self._flush(t)
@@ -98,6 +99,10 @@ class PartWriter:
             if w is not None:
                 w.close()
                 os.replace(self._tmp(t), self.run / t / f"r{self.rank:03d}-b{first:07d}-{last_batch:07d}.parquet")
+        self.first_uncommitted = None
+        if progress is None:
+            return
+        (self.run / PROGRESS).mkdir(exist_ok=True)
         commit_no = progress.get("commits", 0) + 1
         npz = self.run / PROGRESS / f"r{self.rank:03d}-c{commit_no:06d}.npz"
         tmp = npz.with_name(npz.name + ".tmp.npz")
@@ -109,7 +114,6 @@ class PartWriter:
         for old in (self.run / PROGRESS).glob(f"r{self.rank:03d}-c*.npz"):
             if old != npz:
                 old.unlink(missing_ok=True)
-        self.first_uncommitted = None
 
     def abandon(self) -> None:
         """Drop uncommitted rows (their temporary files)."""
@@ -148,6 +152,29 @@ def load_progress(run: Path, rank: int) -> tuple[dict, dict[str, np.ndarray]]:
     with np.load(Path(run) / PROGRESS / progress["state"]) as z:
         arrays = {k: z[k] for k in z.files}
     return progress, arrays
+
+
+def truncate_after(run: Path, rank: int, tables: list[str], step: int, key: str = "step") -> None:
+    """Keep only rows with `key` <= `step` in this rank's part files (a run resumed from an earlier
+    checkpoint than its last commit): later parts are deleted, a part straddling `step` is rewritten
+    (temporary name, then rename)."""
+    for t in tables:
+        d = Path(run) / t
+        for f in sorted(d.glob(f".r{rank:03d}-*.tmp")) if d.is_dir() else []:
+            f.unlink()
+        for f in sorted(d.glob(f"r{rank:03d}-b*.parquet")) if d.is_dir() else []:
+            first, last = (int(x) for x in f.stem.split("-b", 1)[1].split("-"))
+            if last <= step:
+                continue
+            if first > step:
+                f.unlink()
+                continue
+            kept = pq.read_table(f).filter(pa.compute.less_equal(pa.compute.field(key), step))
+            new = f.with_name(f"r{rank:03d}-b{first:07d}-{step:07d}.parquet")
+            tmp = new.with_name("." + new.name + ".tmp")
+            pq.write_table(kept, tmp, **parquet_options(kept.schema))
+            os.replace(tmp, new)
+            f.unlink()
 
 
 def prune_uncommitted(run: Path, rank: int, done: int | None, tables: list[str]) -> int:

@@ -6,7 +6,7 @@ derives from it every state a page must survive:
     good/demo            complete probe run (+ ablations and speculative-decoding tables)
     good/demo-running    the same, status "running", final tables not written yet
     good/demo-stopped    status "interrupted", the last routing part missing
-    good/train-demo      a training run (train_metrics / eval_metrics / expert_load Parquet)
+    good/train-demo      a training run (train_steps, train_domains, train_gates, train_eval, expert_load, router_bias)
     good/train-nobal     a second training run (for Compare runs)
     empty/               no runs at all
     corrupt/demo         the probe run with a garbage routing part and a truncated tokens part
@@ -73,40 +73,38 @@ def write_spec(run: Path) -> None:
 
 
 def write_train_run(run: Path, steps: int = 120, balance: str = "aux-free", seed: int = 0) -> Path:
-    """A training run in the layout `model.train` writes (synthetic numbers, same columns)."""
+    """A training run written through the training code's own log (train.log.TrainLog: the tables of
+    probe.schema), with synthetic numbers."""
+    import torch
+
+    from train.balance import GateRef
+    from train.log import TrainLog
+
     rng = np.random.default_rng(seed)
-    run.mkdir(parents=True)
-    domains, gates, E = ["code", "prose"], ["layer1", "layer2", "mtp0"], 16
-    s = np.arange(1, steps + 1)
-    decay = 3.0 * np.exp(-s / 40)
-    tm = {"step": s, "lr": np.minimum(1, s / 10) * 1e-3, "loss": 6 + decay * 1.3, "lm_loss": 5 + decay,
-          "mtp_loss": 5.2 + decay, "aux_loss": np.full(steps, 1e-4), "grad_norm": 1 + rng.random(steps),
-          "tokens": np.full(steps, 512), "tokens_seen": 512 * s, "step_time_s": np.full(steps, 0.1),
-          "tokens_per_s": 5000 + 100 * rng.random(steps), "elapsed_s": 0.1 * s}
-    for d in domains:
-        tm[f"loss_{d}"] = 5 + decay + rng.normal(0, 0.05, steps)
-    for g in gates:
-        tm[f"maxvio_{g}"] = (0.3 if balance == "aux-free" else 1.5) + decay / 3 + rng.random(steps) * 0.1
-        tm[f"bias_norm_{g}"] = np.sqrt(s) * 0.003 if balance == "aux-free" else np.zeros(steps)
-    pq.write_table(pa.table(tm), run / "train_metrics.parquet")
-    ev = {"step": np.array([50, 100]), "tokens_seen": np.array([25600, 51200])}
-    for d in domains:
-        ev[f"val_loss_{d}"] = np.array([5.6, 5.3])
-        ev[f"val_mtp_loss_{d}"] = np.array([5.8, 5.4])
-    ev["val_loss"] = np.array([5.6, 5.3])
-    for g in gates:
-        ev[f"val_maxvio_{g}"] = np.array([0.5, 0.3])
-    ev["val_mtp_agree"] = np.array([0.4, 0.5])
-    pq.write_table(pa.table(ev), run / "eval_metrics.parquet")
-    n = steps * len(gates) * E
-    load = rng.poisson(100, n) * np.tile(np.repeat(np.linspace(0.5, 1.5, E)[None], len(gates), 0).ravel(), steps)
-    pq.write_table(pa.table({
-        "step": np.repeat(s, len(gates) * E), "gate": np.tile(np.repeat(gates, E), steps).tolist(),
-        "expert": np.tile(np.arange(E), steps * len(gates)), "load": load.astype(np.int64),
-        "bias": (rng.normal(0, 0.01, n) * (balance == "aux-free")).astype(np.float32)}),
-        run / "expert_load.parquet")
-    info = {"status": "completed", "started": "2026-01-01T00:00:00+00:00", "step": steps, "steps": steps,
-            "tokens_seen": int(512 * steps), "domains": domains, "gates": gates,
+    domains, E = ["code", "prose"], 16
+    gates = [GateRef("layer1", 1, "layers.1.ffn.gate"), GateRef("layer2", 2, "layers.2.ffn.gate"),
+             GateRef("mtp0", 3, "mtp.0.block.ffn.gate")]
+    log = TrainLog(run, gates, domains, E, None)
+    aux_free = balance == "aux-free"
+    shape = np.repeat(np.linspace(0.5, 1.5, E)[None], len(gates), 0)
+    for s in range(1, steps + 1):
+        decay = 3.0 * np.exp(-s / 40)
+        row = {"step": s, "lr": min(1, s / 10) * 1e-3, "loss": 6 + decay * 1.3, "lm_loss": 5 + decay,
+               "mtp_loss": 5.2 + decay, "aux_loss": 1e-4, "grad_norm": 1 + rng.random(), "tokens": 512,
+               "tokens_seen": 512 * s, "step_time_s": 0.1, "tokens_per_s": 5000 + 100 * rng.random(), "elapsed_s": 0.1 * s}
+        loads = torch.tensor(rng.poisson(100, (len(gates), E)) * shape, dtype=torch.float32)
+        loads = loads if aux_free else loads * torch.linspace(0.2, 3, E)
+        biases = [torch.tensor(rng.normal(0, 0.01 * np.sqrt(s), E) * aux_free, dtype=torch.float32) for _ in gates]
+        log.step(row, [5 + decay + rng.normal(0, 0.05) for _ in domains], loads, biases)
+        log.loads(s, loads, biases, 512)
+        if s % 50 == 0:
+            log.evaluation(s, 512 * s, {"val_loss": 5.6 - s / 500, "val_mtp_agree": 0.4 + s / 1000,
+                                        **{f"val_loss_{d}": 5.6 - s / 500 for d in domains},
+                                        **{f"val_mtp_loss_{d}": 5.8 - s / 500 for d in domains},
+                                        **{f"val_maxvio_{g.label}": 0.5 - s / 1000 for g in gates}})
+    log.commit()
+    info = {"status": "complete", "format": 1, "kind": "train", "started": 1767225600.0, "step": steps,
+            "steps": steps, "tokens_seen": int(512 * steps), "domains": domains, "gates": [g.label for g in gates],
             "flags": {"balance": balance, "batch_size": 2, "seq_len": 256, "corpus": "synthetic"},
             "model_args": {"n_layers": 3, "n_dense_layers": 1, "n_routed_experts": E, "n_activated_experts": 4,
                            "dim": 64},

@@ -34,7 +34,7 @@ SPEC = dict(prompt_tokens=12, new_tokens=8, max_prompts=6, batch_size=2, dtype="
 ABLATE = dict(seq_len=32, batch_size=2, max_tokens=600, dtype="float64", progress=False, loads_from="baseline")
 ABLATIONS = [{"name": "top8", "top": 8}, {"name": "rand8", "random": 8, "seed": 1},
              {"name": "zero", "experts": {1: [0, 5, 77]}, "mode": "zero", "shared": True}]
-TABLES = ["tokens", "routing", "expert_load", "mtp", "kv_stats", "kv_spectrum"]
+TABLES = ["tokens", "routing", "expert_load", "mtp", "kv_stats", "kv_spectrum", "router_bias"]
 REPORT = ["--max-tokens", "300", "--fractions", "1/32", "--seeds", "1", "--no-progress", "--dtype", "float64"]
 
 

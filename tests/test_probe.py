@@ -72,7 +72,7 @@ def direct(probe_env, full_run):
 
 def test_every_table_written(full_run):
     assert full_run.status == "complete"
-    assert set(full_run.tables) == {"tokens", "routing", "expert_load", "mtp", "kv_stats", "kv_spectrum"}
+    assert set(full_run.tables) == {"tokens", "routing", "expert_load", "mtp", "kv_stats", "kv_spectrum", "router_bias"}
     info = full_run.info
     assert info["recorded"]["tokens"] == info["planned"]["tokens"] == len(full_run.df("tokens"))
     assert info["planned"]["tokens_per_domain"].keys() == {"code", "prose"}
@@ -147,6 +147,17 @@ def test_mtp_table_equals_direct(full_run, direct):
         assert np.isnan(g.mtp_loss.to_numpy()[-1])
 
 
+def test_router_bias_is_the_checkpoints(full_run, direct):
+    m, _ = direct
+    rb = full_run.df("router_bias")
+    assert (rb.step == 0).all() and sorted(rb.layer.unique()) == [1, 2, 3]  # two MoE layers, then the MTP block
+    gates = {1: m.layers[1].ffn.gate, 2: m.layers[2].ffn.gate, 3: m.mtp[0].block.ffn.gate}
+    for layer, gate in gates.items():
+        got = rb[rb.layer == layer].sort_values("expert").bias.to_numpy()
+        np.testing.assert_array_equal(got, gate.bias.numpy())
+        assert np.abs(got).max() > 0  # the test checkpoint's biases are not zero
+
+
 def test_kv_stats_equal_direct_computation(full_run, direct):
     m, d = direct
     ks = full_run.df("kv_stats").set_index("layer")
@@ -182,7 +193,7 @@ def test_topk_run_has_null_scores_and_sampling_is_deterministic(probe_env, tmp_p
     assert (kept1 == kept2).all()  # the same tokens whatever the batching
     r3 = probe.open_run(rec(probe_env, tmp_path / "c", router_logits="topk", kv_stats=False, mtp=False))
     assert r3.df("routing").scores.isna().all()
-    assert set(r3.tables) == {"tokens", "routing", "expert_load"}
+    assert set(r3.tables) == {"tokens", "routing", "expert_load", "router_bias"}
     r4 = probe.open_run(rec(probe_env, tmp_path / "d", router_logits="none", kv_stats=False, mtp=False))
     assert "routing" not in r4.tables and "expert_load" in r4.tables
 

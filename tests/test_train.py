@@ -1,4 +1,4 @@
-"""model.train: losses go down, balancing pieces do what the report says, resume is exact, bad input."""
+"""train (python -m train): losses go down, balancing pieces do what the report says, resume is exact, bad input."""
 
 from __future__ import annotations
 
@@ -6,19 +6,21 @@ import json
 import random
 from pathlib import Path
 
-import pyarrow.parquet as pq
+import numpy as np
 import pytest
 import torch
 from conftest import load_hf
+
+import probe
 
 from data.mathgen import math_document
 from data.tokenizer import save_tokenizer, train_tokenizer
 from model import ConfigError, ModelArgs, Transformer
 from model import load as load_ckpt
 from model.moe import Gate
-from model.train import (RoutingTap, TrainError, max_violation, moe_gates, parse_args, run, seq_balance_loss,
-                         settle_biases, switch_balance_loss, update_bias)
-from model.train import main as train_main
+from train import (RoutingTap, TrainError, max_violation, moe_gates, parse_args, run, seq_balance_loss,
+                   settle_biases, switch_balance_loss, update_bias)
+from train.__main__ import main as train_main
 
 WORDS = "the king queen night watch ghost castle sword crown speak love death".split()
 HANZI = "的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可也你"
@@ -144,23 +146,27 @@ def test_balance_losses_on_hand_computed_cases():
 # -------------------------------------------------------------------------------------------- runs
 def test_training_reduces_loss_and_writes_the_run(corpus, tmp_path):
     out = tmp_path / "run"
-    info = run(parse_args(_flags(corpus, out, "--steps", "40", "--eval-every", "20", "--checkpoint-every", "0")))
-    assert info["status"] == "completed"
-    rows = pq.read_table(out / "train_metrics.parquet").to_pylist()
-    assert [r["step"] for r in rows] == list(range(1, 41))
-    first = sum(r["lm_loss"] for r in rows[:5]) / 5
-    last = sum(r["lm_loss"] for r in rows[-5:]) / 5
+    info = run(parse_args(_flags(corpus, out, "--steps", "40", "--eval-every", "20", "--checkpoint-every", "0",
+                                 "--flush-every", "15")))
+    assert info["status"] == "complete" and info["kind"] == "train"
+    r = probe.open_run(out)  # a training run is a run like any other
+    assert set(r.tables) == {"train_steps", "train_domains", "train_gates", "train_eval", "expert_load", "router_bias"}
+    rows = r.df("train_steps").sort_values("step")
+    assert rows.step.tolist() == list(range(1, 41))
+    assert len(r.files("train_steps")) == 3  # committed at steps 15, 30 and the end
+    first, last = rows.lm_loss.head(5).mean(), rows.lm_loss.tail(5).mean()
     assert last < first - 0.5, (first, last)
-    cols = set(rows[0])
-    for name in ("loss_math", "loss_literature", "loss_chinese", "mtp_loss", "maxvio_layer1", "maxvio_layer2",
-                 "maxvio_mtp0", "bias_norm_layer1", "lr", "tokens_per_s"):
-        assert name in cols, name
-    assert rows[-1]["bias_norm_layer1"] > 0  # aux-free: the biases moved
-    ev = pq.read_table(out / "eval_metrics.parquet").to_pylist()
-    assert [r["step"] for r in ev] == [20, 40] and ev[1]["val_loss"] < ev[0]["val_loss"]
-    loads = pq.read_table(out / "expert_load.parquet")
-    assert loads.num_rows == 40 * 3 * 16  # steps x gates x experts
-    assert json.loads((out / "run.json").read_text())["final"]["val_loss_math"] == ev[-1]["val_loss_math"]
+    dom = r.df("train_domains")
+    assert set(dom.domain) == {"math", "literature", "chinese"} and set(dom.split) == {"train", "val"}
+    gates = r.df("train_gates")
+    assert set(gates.layer) == {1, 2, 3}  # the MTP block's router is layer n_layers = 3
+    trained = gates[(gates.split == "train") & (gates.step == 40)].set_index("layer")
+    assert trained.bias_norm.loc[1] > 0  # aux-free: the biases moved
+    ev = r.df("train_eval").sort_values("step")
+    assert ev.step.tolist() == [20, 40] and ev.val_loss.iloc[1] < ev.val_loss.iloc[0]
+    assert len(r.df("expert_load")) == 40 * 3 * 16 == len(r.df("router_bias"))  # steps x gates x experts
+    val = dom[(dom.split == "val") & (dom.step == 40)].set_index("domain")
+    assert info["final"]["val_loss_math"] == val.loss.loc["math"]
 
     # the final model: our loader gives the trained weights back (the gate biases settled after the
     # last step, everything else as trained), with the tokenizer beside it
@@ -189,32 +195,49 @@ def test_training_reduces_loss_and_writes_the_run(corpus, tmp_path):
 
 def test_balance_none_keeps_bias_zero_and_switch_adds_loss(corpus, tmp_path):
     none = run(parse_args(_flags(corpus, tmp_path / "none", "--steps", "3", "--balance", "none", "--eval-every", "0")))
-    rows = pq.read_table(tmp_path / "none" / "train_metrics.parquet").to_pylist()
-    assert none["status"] == "completed"
-    assert all(r["bias_norm_layer1"] == 0 and r["aux_loss"] == 0 for r in rows)
+    assert none["status"] == "complete"
+    r = probe.open_run(tmp_path / "none")
+    gates = r.df("train_gates")
+    assert (r.df("train_steps").aux_loss == 0).all() and (gates[gates.split == "train"].bias_norm == 0).all()
     run(parse_args(_flags(corpus, tmp_path / "sw", "--steps", "3", "--balance", "switch", "--eval-every", "0")))
-    rows = pq.read_table(tmp_path / "sw" / "train_metrics.parquet").to_pylist()
+    r = probe.open_run(tmp_path / "sw")
     # three gates, each loss near 1 (>= 1 unless perfectly balanced), weight 0.01
-    assert all(r["bias_norm_layer1"] == 0 and 0.02 < r["aux_loss"] < 0.2 for r in rows)
+    gates = r.df("train_gates")
+    assert (gates[gates.split == "train"].bias_norm == 0).all() and r.df("train_steps").aux_loss.between(0.02, 0.2).all()
 
 
 def test_resume_equals_uninterrupted(corpus, tmp_path):
     common = ("--steps", "6", "--eval-every", "0", "--checkpoint-every", "0")
     run(parse_args(_flags(corpus, tmp_path / "a", *common)))
     stopped = run(parse_args(_flags(corpus, tmp_path / "b", *common, "--stop-at", "3")))
-    assert stopped["status"] == "stopped" and stopped["step"] == 3
+    assert stopped["status"] == "interrupted" and stopped["stop_reason"] == "--stop-at 3" and stopped["step"] == 3
     run(parse_args(_flags(corpus, tmp_path / "b", *common, "--resume")))
     a = torch.load(tmp_path / "a" / "checkpoint" / "state.pt", weights_only=False)
     b = torch.load(tmp_path / "b" / "checkpoint" / "state.pt", weights_only=False)
     assert a["step"] == b["step"] == 6
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k  # bitwise, biases included
-    ra = pq.read_table(tmp_path / "a" / "train_metrics.parquet").to_pylist()
-    rb = pq.read_table(tmp_path / "b" / "train_metrics.parquet").to_pylist()
-    assert [r["step"] for r in rb] == list(range(1, 7))
-    assert [r["loss"] for r in ra] == [r["loss"] for r in rb]
-    assert pq.read_table(tmp_path / "b" / "expert_load.parquet").equals(
-        pq.read_table(tmp_path / "a" / "expert_load.parquet"))
+    ra, rb = probe.open_run(tmp_path / "a"), probe.open_run(tmp_path / "b")
+    sa, sb = ra.df("train_steps").sort_values("step"), rb.df("train_steps").sort_values("step")
+    assert sb.step.tolist() == list(range(1, 7)) and sa.loss.tolist() == sb.loss.tolist()
+    key = ["step", "layer", "expert"]
+    for t in ("expert_load", "router_bias"):
+        assert ra.df(t).sort_values(key).reset_index(drop=True).equals(rb.df(t).sort_values(key).reset_index(drop=True))
+
+
+def test_resume_from_an_earlier_checkpoint_drops_the_later_rows(corpus, tmp_path):
+    """Rows committed after the checkpoint a run resumes from (a kill between the two) are dropped
+    and recorded again, not kept twice."""
+    import shutil
+
+    flags = ("--steps", "5", "--eval-every", "0", "--checkpoint-every", "2", "--flush-every", "1")
+    run(parse_args(_flags(corpus, tmp_path / "c", *flags, "--stop-at", "3")))  # rows and checkpoint at 3
+    run(parse_args(_flags(corpus, tmp_path / "d", *flags, "--stop-at", "2")))  # the same run's state at 2
+    shutil.copy(tmp_path / "d" / "checkpoint" / "state.pt", tmp_path / "c" / "checkpoint" / "state.pt")
+    run(parse_args(_flags(corpus, tmp_path / "c", *flags, "--resume")))
+    run(parse_args(_flags(corpus, tmp_path / "e", *flags)))  # uninterrupted
+    c, e = (probe.open_run(tmp_path / x).df("train_steps").sort_values("step") for x in ("c", "e"))
+    assert c.step.tolist() == list(range(1, 6)) and c.loss.tolist() == e.loss.tolist()
 
 
 # --------------------------------------------------------------------------------------- bad input
@@ -269,14 +292,16 @@ def test_two_process_gloo_run_matches_one_process(corpus, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR",
                                                             "MASTER_PORT")} | {"OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                        "-m", "model.train", *flags], cwd=Path(__file__).resolve().parents[1], env=env,
+                        "-m", "train", *flags], cwd=Path(__file__).resolve().parents[1], env=env,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    one = pq.read_table(tmp_path / "one" / "train_metrics.parquet").to_pylist()
-    two = pq.read_table(tmp_path / "two" / "train_metrics.parquet").to_pylist()
-    assert [x["tokens"] for x in two] == [x["tokens"] for x in one] == [4 * 32] * 3
-    for x, y in zip(one, two):
-        assert y["loss"] == pytest.approx(x["loss"], abs=1e-5)
-        assert y["bias_norm_layer1"] == pytest.approx(x["bias_norm_layer1"], abs=1e-6)
-        assert y["maxvio_layer2"] == x["maxvio_layer2"]
-    assert json.loads((tmp_path / "two" / "run.json").read_text())["world_size"] == 2
+    one, two = probe.open_run(tmp_path / "one"), probe.open_run(tmp_path / "two")
+    s1, s2 = one.df("train_steps").sort_values("step"), two.df("train_steps").sort_values("step")
+    assert s2.tokens.tolist() == s1.tokens.tolist() == [4 * 32] * 3
+    np.testing.assert_allclose(s2.loss, s1.loss, atol=1e-5)
+    key = ["step", "layer"]
+    g1 = one.df("train_gates").sort_values(key).reset_index(drop=True)
+    g2 = two.df("train_gates").sort_values(key).reset_index(drop=True)
+    np.testing.assert_allclose(g2.bias_norm, g1.bias_norm, atol=1e-6)
+    assert (g2.maxvio == g1.maxvio).all()
+    assert two.info["world"]["size"] == 2

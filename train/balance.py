@@ -1,4 +1,4 @@
-"""Load balancing for `model.train`: a tap on every MoE router, the DeepSeek-V3 balancing terms.
+"""Load balancing for training: a tap on every MoE router, the DeepSeek-V3 balancing terms.
 
 Legend: T tokens, E routed experts, K experts per token, B sequences.
 - aux-free: after each optimizer step `update_bias` moves each gate's bias by -gamma * sign(load - mean).
@@ -15,21 +15,22 @@ from dataclasses import dataclass
 
 import torch
 
-from .moe import MoE
-from .transformer import Transformer
+from model.moe import MoE
+from model.transformer import Transformer
 
 
 @dataclass(frozen=True)
 class GateRef:
-    label: str  # "layer3" or "mtp0": column suffix in the tables
+    label: str  # "layer3" or "mtp0": how run.json and messages name it
+    layer: int  # its layer index in the tables (an MTP block's router: n_layers + k, as in the checkpoint)
     prefix: str  # hook prefix, e.g. "layers.3.ffn.gate"
 
 
 def moe_gates(m: Transformer) -> list[GateRef]:
     """Every MoE router: main MoE layers, then each MTP block."""
-    gates = [GateRef(f"layer{i}", f"layers.{i}.ffn.gate") for i, layer in enumerate(m.layers)
+    gates = [GateRef(f"layer{i}", i, f"layers.{i}.ffn.gate") for i, layer in enumerate(m.layers)
              if isinstance(layer.ffn, MoE)]
-    gates += [GateRef(f"mtp{k}", f"mtp.{k}.block.ffn.gate") for k in range(len(m.mtp))]
+    gates += [GateRef(f"mtp{k}", m.args.n_layers + k, f"mtp.{k}.block.ffn.gate") for k in range(len(m.mtp))]
     return gates
 
 

@@ -1,11 +1,11 @@
-"""The command-line flags of `python -m model.train` (usage and recipe: model/train.py's docstring)."""
+"""The command-line flags of `python -m train` (usage and recipe: the package docstring, train/__init__.py)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from .train_data import TrainError
+from .data import TrainError
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "data" / "model_config.json"
@@ -18,7 +18,7 @@ RESUME_CHECKED = ("seed", "batch_size", "seq_len", "lr", "min_lr_ratio", "warmup
 
 # ------------------------------------------------------------------------------------------ flags
 def build_parser(description: str | None = None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m model.train", description=description,
+    p = argparse.ArgumentParser(prog="python -m train", description=description,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument_group("data and model")
     a.add_argument("--corpus", type=Path, default=REPO / "data" / "corpus",
@@ -72,7 +72,7 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
                    help="validation every N steps (and at the end; 0 = at the end only)")
     r.add_argument("--eval-windows", type=int, default=32, help="validation windows per domain")
     r.add_argument("--checkpoint-every", type=int, default=100, help="save checkpoint/ every N steps (0 = end only)")
-    r.add_argument("--flush-every", type=int, default=50, help="rewrite the Parquet tables every N steps")
+    r.add_argument("--flush-every", type=int, default=50, help="commit the run's table rows and run.json every N steps")
     r.add_argument("--load-every", type=int, default=1, help="record per-expert loads every N steps")
     r.add_argument("--stop-at", type=int, default=None,
                    help="stop (with a checkpoint) after this step, keeping the --steps schedule")

@@ -1,0 +1,85 @@
+"""What a training run records: the tables of `probe.schema` (train_steps, train_domains, train_gates,
+train_eval, expert_load, router_bias), streamed into the run directory by `probe.writer.PartWriter`,
+so `probe.open_run` and the dashboard read a training run as they read any run. Rank 0 writes.
+
+Rows are committed at every flush (part files named by their first and last step); a run resumed
+from a checkpoint at step S first drops the rows of later steps (`probe.writer.truncate_after`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from probe.writer import PartWriter, truncate_after
+
+from .balance import GateRef, max_violation
+
+TABLES = ["train_steps", "train_domains", "train_gates", "train_eval", "expert_load", "router_bias"]
+
+
+class TrainLog:
+    def __init__(self, out: Path, gates: list[GateRef], domains: list[str], n_experts: int, resume_step: int | None):
+        self.gates, self.domains, self.E = gates, domains, n_experts
+        out.mkdir(parents=True, exist_ok=True)
+        self.evaluated: set[int] = set()  # steps with a validation pass on record
+        if resume_step is not None:
+            truncate_after(out, 0, TABLES, resume_step)
+            evals = sorted((out / "train_eval").glob("*.parquet")) if (out / "train_eval").is_dir() else []
+            self.evaluated = {int(s) for f in evals for s in pq.read_table(f, columns=["step"]).column("step").to_pylist()}
+        self.writer = PartWriter(out, 0, TABLES)
+        self.last = resume_step or 0
+
+    def step(self, row: dict, domain_loss: list[float], loads: torch.Tensor, biases: list[torch.Tensor | None]) -> None:
+        """One optimizer step: its scalars, each domain's loss in the batch, each gate's MaxVio and
+        bias norm (loads [G, E] over the global batch)."""
+        s = row["step"]
+        self.writer.append("train_steps", {k: [v] for k, v in row.items()}, s)
+        self.writer.append("train_domains", {"step": [s] * len(self.domains), "split": ["train"] * len(self.domains),
+                                             "domain": self.domains, "loss": domain_loss,
+                                             "mtp_loss": pa.nulls(len(self.domains), pa.float64())}, s)
+        G = len(self.gates)
+        self.writer.append("train_gates", {
+            "step": [s] * G, "split": ["train"] * G, "layer": [g.layer for g in self.gates],
+            "maxvio": [max_violation(loads[i]) for i in range(G)],
+            "bias_norm": [float(b.norm()) if b is not None else float("nan") for b in biases]}, s)
+        self.last = s
+
+    def loads(self, step: int, loads: torch.Tensor, biases: list[torch.Tensor | None], tokens: int) -> None:
+        """Per-expert loads and balancing biases of every gate at this step."""
+        G, E = len(self.gates), self.E
+        layer = np.repeat(np.array([g.layer for g in self.gates], np.int16), E)
+        self.writer.append("expert_load", {
+            "step": np.full(G * E, step, np.int64), "layer": layer, "expert": np.tile(np.arange(E, dtype=np.int32), G),
+            "domain": ["all"] * (G * E), "count": loads.round().long().cpu().numpy().reshape(-1),
+            "weight_sum": pa.nulls(G * E, pa.float64()), "tokens": np.full(G * E, tokens, np.int64)}, step)
+        bias = np.stack([b.float().cpu().numpy() if b is not None else np.full(E, np.nan, np.float32) for b in biases])
+        self.writer.append("router_bias", {"step": np.full(G * E, step, np.int64), "layer": layer,
+                                           "expert": np.tile(np.arange(E, dtype=np.int32), G),
+                                           "bias": bias.reshape(-1)}, step)
+
+    def evaluation(self, step: int, tokens_seen: int, res: dict) -> None:
+        """A validation pass (the dict `steps.evaluate` returns). A pass already on record for this
+        step (a completed run resumed again redoes its final one) is not written twice."""
+        if not res or step in self.evaluated:
+            return
+        self.evaluated.add(step)
+        self.writer.append("train_eval", {"step": [step], "tokens_seen": [tokens_seen], "val_loss": [res["val_loss"]],
+                                          "val_mtp_agree": [res["val_mtp_agree"]]}, step)
+        doms = [d for d in self.domains if f"val_loss_{d}" in res]
+        self.writer.append("train_domains", {"step": [step] * len(doms), "split": ["val"] * len(doms), "domain": doms,
+                                             "loss": [res[f"val_loss_{d}"] for d in doms],
+                                             "mtp_loss": [res[f"val_mtp_loss_{d}"] for d in doms]}, step)
+        G = len(self.gates)
+        self.writer.append("train_gates", {"step": [step] * G, "split": ["val"] * G,
+                                           "layer": [g.layer for g in self.gates],
+                                           "maxvio": [res[f"val_maxvio_{g.label}"] for g in self.gates],
+                                           "bias_norm": pa.nulls(G, pa.float64())}, step)
+
+    def commit(self) -> None:
+        """Make every row so far durable (rank 0, at flushes and checkpoints)."""
+        self.writer.commit(self.last)

@@ -1,0 +1,284 @@
+"""The training run: set up (data, model, optimizer, a restored checkpoint), then steps (forward,
+backward, the all-reduced losses and loads, the bias update), logged and checkpointed, then the
+bias settling, the final evaluation and the shipped model."""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model import Transformer
+from probe.writer import write_json_atomic
+
+from .balance import RoutingTap, moe_gates, settle_biases, update_bias
+from .data import Batches, load_tokenizer, token_streams, val_windows
+from .flags import RESUME_CHECKED, check_flags
+from .log import TABLES, TrainLog
+from .state import config_record, load_state, resume_dir, save_final, save_state
+from .steps import Dist, bias_speed_at, evaluate, forward_losses, lr_at, make_optimizer, model_args
+
+
+def run(ns: argparse.Namespace) -> dict:
+    """Train as `ns` says; returns run.json's content. Raises TrainError / ConfigError on bad input."""
+    check_flags(ns)
+    dist = Dist(ns.device)
+    try:
+        return _Run(ns, dist).go()
+    finally:
+        dist.close()
+
+
+@dataclass
+class _Data:
+    batches: Batches
+    val: dict  # domain -> validation windows
+    train_tokens: dict
+    val_tokens: dict
+
+
+@dataclass
+class _Run:
+    ns: argparse.Namespace
+    dist: Dist
+    t_start: float = field(default_factory=time.perf_counter)
+    step: int = 0
+    tokens_seen: int = 0
+    recent_tps: collections.deque = field(default_factory=lambda: collections.deque(maxlen=50))
+
+    # ------------------------------------------------------------------------------- set-up
+    def go(self) -> dict:
+        ns, dist = self.ns, self.dist
+        if ns.threads:
+            torch.set_num_threads(ns.threads)
+        tok = load_tokenizer(ns.tokenizer)
+        args = model_args(ns, tok.get_vocab_size())
+        where = resume_dir(ns)
+        saved = load_state(where, args) if where is not None else None
+        self.data = self._data(tok)
+        torch.manual_seed(ns.seed)
+        self.raw = Transformer(args, dtype=torch.float32, device=dist.device).train()
+        self.opt = make_optimizer(self.raw, ns)
+        if saved is not None:
+            self._restore(saved, where)
+        self.model = self._wrap(self.raw)
+        self.gates = moe_gates(self.raw)
+        self.tap = RoutingTap(self.gates)
+        self.gate_mods = {g.label: self.raw.get_submodule(g.prefix) for g in self.gates}
+        domains = self.data.batches.all_domains
+        self.log = TrainLog(ns.out, self.gates, domains, args.n_routed_experts,
+                            self.step if saved is not None else None) if dist.main else None
+        self.info = self._info(args, domains)
+        self.flush("running")
+        return self._loop()
+
+    def _data(self, tok) -> _Data:
+        ns, dist = self.ns, self.dist
+        cache = ns.token_cache or ns.corpus / "token_cache"
+        if dist.main:  # rank 0 tokenises (and caches); the others then read its cache
+            train_streams = token_streams(ns.corpus / "train.jsonl", tok, cache)
+        dist.barrier()
+        if not dist.main:
+            train_streams = token_streams(ns.corpus / "train.jsonl", tok, cache)
+        val_streams = token_streams(ns.corpus / "val.jsonl", tok, None) if (ns.corpus / "val.jsonl").exists() else {}
+        batches = Batches(train_streams, ns.seq_len, ns.batch_size * dist.world, ns.mix_alpha, ns.seed)
+        return _Data(batches, val_windows(val_streams, ns.seq_len, ns.eval_windows),
+                     {d: int(len(s)) for d, s in train_streams.items()}, {d: int(len(s)) for d, s in val_streams.items()})
+
+    def _restore(self, saved: dict, where: Path) -> None:
+        """Model, optimizer, step and RNG from a checkpoint (flags that differ are reported)."""
+        from .data import TrainError
+
+        try:
+            self.raw.load_state_dict(saved["model"])
+            self.opt.load_state_dict(saved["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise TrainError(f"cannot resume from {where}: {str(e).splitlines()[0]}") from None
+        self.step, self.tokens_seen = int(saved["step"]), int(saved["tokens_seen"])
+        torch.set_rng_state(saved["rng"]["torch"])
+        if saved["rng"].get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+        changed = [k for k in RESUME_CHECKED if saved["flags"].get(k) != getattr(self.ns, k)]
+        if changed and self.dist.main:
+            print("note: resuming with changed flags: " + ", ".join(
+                f"{k} {saved['flags'].get(k)} -> {getattr(self.ns, k)}" for k in changed), file=sys.stderr)
+
+    def _wrap(self, raw: Transformer):
+        if self.dist.world == 1:
+            return raw
+        from torch.nn.parallel import DistributedDataParallel
+
+        # NOTE: forward_sync_buffers=False: the gate biases are updated identically on every rank from
+        # all-reduced loads; rank 0's copy must not be re-broadcast over them each forward.
+        dev = self.dist.device
+        return DistributedDataParallel(raw, device_ids=[dev.index] if dev.type == "cuda" else None,
+                                       forward_sync_buffers=False,
+                                       find_unused_parameters=len(raw.mtp) > 0 and self.ns.mtp_weight == 0)
+
+    def _info(self, args, domains: list[str]) -> dict:
+        ns, d = self.ns, self.data
+        return {"status": "running", "format": 1, "kind": "train", "started": time.time(), "updated": time.time(),
+                "step": self.step, "steps": ns.steps, "tokens_seen": self.tokens_seen, "world": self.dist.ranks.describe(),
+                "device": str(self.dist.device), "domains": domains, "gates": [g.label for g in self.gates],
+                "gate_layers": {g.label: g.layer for g in self.gates}, "flags": config_record(ns),
+                "model_args": args.to_dict(), "params": self.raw.param_counts(), "tables": TABLES,
+                "train_tokens": d.train_tokens, "val_tokens": d.val_tokens,
+                "domain_weights": dict(zip(d.batches.domains, map(float, d.batches.weights)))}
+
+    def flush(self, status: str, **extra) -> None:
+        """Rank 0: commit the rows so far and rewrite run.json."""
+        if not self.dist.main:
+            return
+        self.log.commit()
+        self.info.update(status=status, updated=time.time(), step=self.step, tokens_seen=self.tokens_seen, **extra)
+        write_json_atomic(self.ns.out / "run.json", self.info)
+
+    # --------------------------------------------------------------------------------- steps
+    def _loop(self) -> dict:
+        from tqdm.auto import tqdm
+
+        ns = self.ns
+        self.bar = tqdm(total=ns.steps, initial=self.step, disable=not self.dist.main or ns.no_progress,
+                        dynamic_ncols=True, mininterval=1.0, unit="step")
+        stop_reason = None
+        try:
+            while self.step < ns.steps:
+                self._log_step(*self._train_step())
+                stop_reason = self._after_step()
+                if stop_reason:
+                    break
+        except BaseException as e:
+            self.bar.close()
+            self.flush("interrupted", error=f"{type(e).__name__}: {e}".splitlines()[0])
+            raise
+        self.bar.close()
+        if stop_reason:
+            self.flush("interrupted", stop_reason=stop_reason)
+            if self.dist.main:
+                print(f"stopped after step {self.step} ({stop_reason}); continue with --resume")
+            return self.info
+        self._settle()
+        return self._finish()
+
+    def _train_step(self) -> tuple[dict, list[float], torch.Tensor]:
+        """One optimizer step on the global batch; returns its train_steps row, each domain's loss in
+        the batch, and the loads [G, E] of every gate over the global batch."""
+        ns, dist, raw = self.ns, self.dist, self.raw
+        t0 = time.perf_counter()
+        domains = self.data.batches.all_domains
+        dom_index = torch.tensor([domains.index(d) for d in self.data.batches.domains], device=dist.device)
+        x, dom = self.data.batches.get(self.step, dist.rank, dist.world)
+        x, dom = x.to(dist.device), dom_index[dom.to(dist.device)]
+        lr = lr_at(self.step, ns)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        o = forward_losses(self.model, raw, self.tap, x, ns, train=True)
+        self.opt.zero_grad(set_to_none=True)
+        o.loss.backward()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(raw.parameters(), ns.grad_clip or float("inf")))
+        self.opt.step()
+        B, D = x.shape[0], len(domains)
+        ones = torch.ones(B, device=dist.device)
+        s = dist.sum(lm=o.lm_rows.sum(), mtp=o.mtp_rows.sum() if o.mtp_rows is not None else torch.zeros((), device=dist.device),
+                     aux=o.aux * B, loss=o.loss.detach() * B, rows=torch.tensor(float(B), device=dist.device),
+                     domain_loss=torch.zeros(D, device=dist.device).index_add_(0, dom, o.lm_rows),
+                     domain_rows=torch.zeros(D, device=dist.device).index_add_(0, dom, ones), loads=o.loads)
+        if ns.balance == "aux-free" and ns.bias_update_speed > 0:
+            for gi, g in enumerate(self.gates):
+                update_bias(self.gate_mods[g.label].bias, s["loads"][gi], bias_speed_at(self.step, ns))
+        self.step += 1
+        n = float(s["rows"])
+        step_tokens = n * ns.seq_len
+        self.tokens_seen += int(step_tokens)
+        dt = time.perf_counter() - t0
+        self.recent_tps.append(step_tokens / dt)
+        ds, dc = s["domain_loss"].tolist(), s["domain_rows"].tolist()
+        row = {"step": self.step, "lr": lr, "loss": float(s["loss"]) / n, "lm_loss": float(s["lm"]) / n,
+                "mtp_loss": float(s["mtp"]) / n if o.mtp_rows is not None else float("nan"),
+                "aux_loss": float(s["aux"]) / n, "grad_norm": grad_norm, "tokens": int(step_tokens),
+                "tokens_seen": self.tokens_seen, "step_time_s": dt, "tokens_per_s": step_tokens / dt,
+               "elapsed_s": time.perf_counter() - self.t_start}
+        return row, [a / b if b else float("nan") for a, b in zip(ds, dc)], s["loads"]
+
+    def _log_step(self, row: dict, domain_loss: list[float], loads: torch.Tensor) -> None:
+        if self.dist.main:
+            biases = [self.gate_mods[g.label].bias for g in self.gates]
+            self.log.step(row, domain_loss, loads, biases)
+            if self.step % self.ns.load_every == 0 and self.gates:
+                self.log.loads(self.step, loads, biases, row["tokens"])
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{row['lm_loss']:.3f}", tok_s=f"{row['tokens_per_s']:,.0f}", refresh=False)
+
+    def _after_step(self) -> str | None:
+        """Evaluate, checkpoint and flush on schedule; the reason to stop early, if any."""
+        ns = self.ns
+        last = self.step == ns.steps
+        if ns.eval_every and self.step % ns.eval_every == 0 and not last:
+            res = self.evaluate()
+            if res and self.dist.main:
+                self.bar.write(f"step {self.step}: val loss {res['val_loss']:.3f} " + " ".join(
+                    f"{d}={res[f'val_loss_{d}']:.3f}" for d in sorted(self.data.val)))
+        stop_reason = None
+        if ns.stop_at is not None and self.step >= ns.stop_at and not last:
+            stop_reason = f"--stop-at {ns.stop_at}"
+        elif ns.time_limit is not None and time.perf_counter() - self.t_start > ns.time_limit * 60 and not last:
+            stop_reason = f"--time-limit {ns.time_limit} min"
+        if stop_reason or (ns.checkpoint_every and self.step % ns.checkpoint_every == 0) or last:
+            if self.dist.main:
+                save_state(ns.out / "checkpoint", self.raw, self.opt, self.step, ns, self.tokens_seen)
+            self.flush("running")
+        elif self.step % ns.flush_every == 0:
+            self.flush("running")
+        return stop_reason
+
+    def evaluate(self) -> dict:
+        if not self.data.val:
+            return {}
+        res = evaluate(self.raw, self.tap, self.data.val, self.ns, self.dist)
+        if self.dist.main:
+            self.log.evaluation(self.step, self.tokens_seen, res)
+        return res
+
+    # ---------------------------------------------------------------------------------- end
+    def _settle(self) -> None:
+        """Bias-only updates after the last step (weights frozen), on loads pooled over fresh batches."""
+        ns, dist = self.ns, self.dist
+        if not (ns.balance == "aux-free" and ns.settle_updates and self.gates):
+            return
+        t0 = time.perf_counter()
+
+        def settle_batch(i: int) -> torch.Tensor:  # training batches after the last step's
+            return self.data.batches.get(ns.steps + i, dist.rank, dist.world)[0].to(dist.device)
+
+        history = settle_biases(self.raw, self.tap, self.gate_mods, settle_batch, ns.settle_updates,
+                                ns.settle_batches, ns.settle_speed, dist.all_reduce)
+        self.info["bias_settle"] = {"updates": ns.settle_updates, "batches_per_update": ns.settle_batches,
+                                    "speed": ns.settle_speed, "seconds": time.perf_counter() - t0,
+                                    "maxvio_pooled": history}
+        if dist.main:
+            print("bias settled (weights frozen): MaxVio over pooled batches " + " ".join(
+                f"{g}={h[0]:.2f}->{h[-1]:.2f}" for g, h in history.items()))
+
+    def _finish(self) -> dict:
+        """The final evaluation and the shipped model (OUT/model)."""
+        ns = self.ns
+        final = self.evaluate() if self.data.val else {}
+        if not self.dist.main:
+            return self.info
+        path = save_final(self.raw, ns.out, ns.tokenizer, getattr(torch, ns.save_dtype))
+        size = sum(f.stat().st_size for f in path.iterdir())
+        self.flush("complete", final=final, model_dir=str(path), model_bytes=size,
+                   tokens_per_s=float(np.median(self.recent_tps)) if self.recent_tps else None)
+        print(f"done: {self.step} steps, {self.tokens_seen:,} tokens in {time.perf_counter() - self.t_start:.0f} s; "
+              f"model in {path} ({size / 2**20:.1f} MiB)")
+        if final:
+            print("  val loss " + " ".join(f"{d}={final[f'val_loss_{d}']:.3f}" for d in sorted(self.data.val))
+                  + "  MaxVio_global " + " ".join(f"{g.label}={final[f'val_maxvio_{g.label}']:.2f}" for g in self.gates)
+                  + f"  MTP agreement {final['val_mtp_agree']:.1%}")
+        return self.info

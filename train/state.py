@@ -1,0 +1,86 @@
+"""What a training run keeps to continue or to ship: the resumable state (model, optimizer, step,
+RNG), and the final Hugging Face checkpoint with its tokenizer."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from model import ModelArgs, Transformer
+from model import save as save_hf
+from probe.writer import write_json_atomic
+
+from .data import SPECIAL_TOKENS, TrainError
+
+
+def config_record(ns: argparse.Namespace) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(ns).items()}
+
+
+def resume_dir(ns: argparse.Namespace) -> Path | None:
+    if ns.resume is None:
+        return None
+    d = ns.out / "checkpoint" if ns.resume == "auto" else Path(ns.resume)
+    if (d / "checkpoint" / "state.pt").exists():  # a run directory was given
+        d = d / "checkpoint"
+    if not (d / "state.pt").exists():
+        raise TrainError(f"--resume {d}: no checkpoint there (expected {d / 'state.pt'})")
+    return d
+
+
+def check_resume_shape(saved: dict, args: ModelArgs, where: Path) -> None:
+    """A checkpoint of another architecture cannot be resumed: name the differing fields."""
+    theirs, ours = saved, args.to_dict()
+    diff = [k for k in ours if theirs.get(k) != ours[k]]
+    if diff:
+        shown = diff[:4]
+        more = f" (and {len(diff) - 4} more)" if len(diff) > 4 else ""
+        raise TrainError(f"cannot resume from {where}: it holds a model with "
+                         + ", ".join(f"{k}={theirs.get(k)}" for k in shown)
+                         + "; this run builds " + ", ".join(f"{k}={ours[k]}" for k in shown) + more)
+
+
+def save_state(path: Path, raw: Transformer, opt, step: int, ns: argparse.Namespace, tokens_seen: int) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    state = {
+        "model": raw.state_dict(), "optimizer": opt.state_dict(), "step": step, "tokens_seen": tokens_seen,
+        "rng": {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        "model_args": raw.args.to_dict(), "flags": config_record(ns),
+    }
+    tmp = path / "state.pt.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path / "state.pt")
+
+
+def save_final(raw: Transformer, out: Path, tokenizer: Path, dtype: torch.dtype) -> Path:
+    """HF checkpoint + tokenizer files in OUT/model (built in model.tmp, then renamed)."""
+    final, tmp = out / "model", out / "model.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    save_hf(raw, tmp, dtype=dtype)
+    shutil.copyfile(tokenizer, tmp / "tokenizer.json")
+    write_json_atomic(tmp / "tokenizer_config.json", {
+        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": SPECIAL_TOKENS[0],
+        "eos_token": SPECIAL_TOKENS[1], "pad_token": SPECIAL_TOKENS[2], "add_bos_token": False,
+        "model_max_length": raw.args.max_seq_len})
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
+
+
+def load_state(where: Path, args: ModelArgs) -> dict:
+    """state.pt of `where` (checked to hold this architecture); a one-line TrainError otherwise."""
+    try:
+        saved = torch.load(where / "state.pt", map_location="cpu", weights_only=False)
+        saved_args = saved["model_args"]
+    except Exception as e:  # a truncated or foreign file: torch raises many kinds
+        raise TrainError(f"cannot resume from {where}: state.pt is not a training checkpoint "
+                         f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    check_resume_shape(saved_args, args, where)
+    return saved
