@@ -1,5 +1,165 @@
+"""`python -m probe` / `dsv3-probe`: the probe's commands (record, spec, dashboard). The jobs themselves
+are library modules: record.py, speculative.py, plan.py; what they share is job.py.
+
+    dsv3-probe record                               # bundled model + corpus -> runs/<name>
+    dsv3-probe record --ckpt CKPT --corpus DIR --out runs/x --max-tokens 100000
+    dsv3-probe record --ckpt CKPT --dry-run --world-size 8 --model-parallel auto --gemm fp8 --device-memory 141
+    torchrun --nproc-per-node 2 -m probe record --ckpt CKPT --corpus DIR --out runs/x   # 2 replicas
+    torchrun --nproc-per-node 8 -m probe record --ckpt CKPT --out runs/x --model-parallel auto --gemm fp8
+    dsv3-probe spec --out runs/x                    # + MTP speculative-decoding acceptance
+    dsv3-probe dashboard [RUNS_DIR] [--host 127.0.0.1] [--port 8501]   # the Streamlit dashboard
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
 import sys
+from pathlib import Path
 
-from .cli import main
+from .corpus import CorpusError
+from .job import DEFAULT_CKPT, DEFAULT_CORPUS, RecordError, add_model_flags, exit_ranks
+from .record import RecordOptions, record
+from .writer import RunError, read_run_json
 
-sys.exit(main())
+
+def _add_record(sub) -> None:
+    p = sub.add_parser("record", help="feed a corpus through the model and write a run directory",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", help=f"Hugging Face checkpoint directory (default: the bundled {DEFAULT_CKPT.name})")
+    p.add_argument("--corpus", help="directory of text files (domain = sub-folder), .txt, .jsonl or .parquet "
+                                    f"(default: the bundled {DEFAULT_CORPUS})")
+    p.add_argument("--out", help="run directory to write (default: runs/<ckpt>-<corpus>)")
+    p.add_argument("--tokenizer", help="tokenizer.json (default: the checkpoint's)")
+    p.add_argument("--max-tokens", type=int, help="stop after this many tokens (default: the whole corpus)")
+    p.add_argument("--seq-len", type=int,
+                   help="window length in tokens (default 512, or the model's training length when "
+                        "shorter: rope_scaling's original_max_position_embeddings)")
+    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
+    p.add_argument("--router-logits", choices=["none", "topk", "full"], default="topk",
+                   help="per-token routing rows: none, top-k ids and weights, or also every expert's score")
+    p.add_argument("--sample", type=float, default=1.0,
+                   help="with --router-logits full: fraction of tokens whose full scores are kept (default 1)")
+    p.add_argument("--kv-stats", action=argparse.BooleanOptionalAction, default=True,
+                   help="latent-KV statistics and spectrum (default on)")
+    p.add_argument("--mtp", action=argparse.BooleanOptionalAction, default=True,
+                   help="MTP teacher-forced agreement table (default on, when the checkpoint has MTP weights)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--commit-every", type=int, default=32, help="batches between durable commits (default 32)")
+    p.add_argument("--bos", dest="add_bos", action=argparse.BooleanOptionalAction, default=True,
+                   help="prepend the model's BOS token to each document (default on)")
+    add_model_flags(p)
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    plan = p.add_argument_group("planning (--dry-run: read the checkpoint's headers and the corpus, load no weights)")
+    plan.add_argument("--dry-run", action="store_true",
+                      help="check everything and print the per-rank memory and disk plan, then exit")
+    plan.add_argument("--world-size", type=int, help="ranks to plan for (default: torchrun's WORLD_SIZE, else 1)")
+    plan.add_argument("--device-memory", type=float, metavar="GB",
+                      help="memory per rank to check the plan against, in GB (e.g. 141 for an H200, 80 for an H800)")
+    p.set_defaults(fn=_record)
+
+
+def _record(ns) -> int:
+    opts = RecordOptions(**{k: v for k, v in vars(ns).items() if k in RecordOptions.__dataclass_fields__})
+    try:
+        out = record(opts)
+    except KeyboardInterrupt as e:
+        print(f"\n{e}", file=sys.stderr)
+        return 130
+    if not opts.dry_run and int(os.environ.get("RANK", "0")) == 0:
+        print(f"wrote {out}")
+    return 0
+
+
+def _add_dashboard(sub) -> None:
+    p = sub.add_parser("dashboard", help="open the Streamlit dashboard over a directory of runs",
+                       description="Start the dashboard (streamlit) over RUNS_DIR; when it holds no run, record "
+                                   "the default run (bundled model and corpus) into it first.")
+    p.add_argument("runs_dir", nargs="?", default="runs", help="directory of run directories (default runs/)")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8501, help="port (default 8501)")
+    p.add_argument("--no-record", dest="record", action="store_false",
+                   help="do not record the default run when RUNS_DIR has none")
+    p.set_defaults(fn=_dashboard)
+
+
+def _exec_streamlit(cmd: list[str], env: dict) -> int:
+    """Replace this process by the server (signals reach streamlit directly; nothing of the record
+    path stays in memory)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(cmd[0], cmd, env)
+    return 0  # not reached
+
+
+def _dashboard(ns) -> int:
+    runs = Path(ns.runs_dir)
+    if ns.record and not any(runs.glob("*/run.json")):
+        # the only path where the dashboard command needs the model (and torch, via probe.record)
+        out = runs / f"{DEFAULT_CKPT.name}-{DEFAULT_CORPUS.stem}"
+        print(f"{runs} holds no run: recording the default run into {out} first", file=sys.stderr)
+        try:
+            record(RecordOptions(out=str(out)))
+        except (RecordError, CorpusError, RunError) as e:
+            print(f"note: could not record the default run ({e}); the dashboard starts without it", file=sys.stderr)
+    app = Path(__file__).resolve().parent.parent / "dashboards" / "app.py"
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", ns.host,
+           "--server.port", str(ns.port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
+           "--client.toolbarMode", "viewer", "--", str(runs)]
+    print(f"dashboard on http://{ns.host}:{ns.port}  (runs: {runs})", file=sys.stderr)
+    return _exec_streamlit(cmd, os.environ | {"DSV3_RUNS_DIR": str(runs)})
+
+
+def _add_spec(sub) -> None:
+    from . import speculative
+
+    p = sub.add_parser("spec", help="generate with MTP drafts and record their acceptance into a run",
+                       description=speculative.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", help="Hugging Face checkpoint directory with MTP weights (default: the bundled model)")
+    p.add_argument("--corpus", help=f"where prompts come from (default: the bundled {DEFAULT_CORPUS.name})")
+    p.add_argument("--out", help="run directory to create or add to (default: runs/<ckpt>-<corpus>-spec)")
+    p.add_argument("--tokenizer", help="tokenizer.json (default: the checkpoint's)")
+    p.add_argument("--prompt-tokens", type=int, default=32, help="prompt length in tokens, BOS included (default 32)")
+    p.add_argument("--new-tokens", type=int, default=32, help="tokens to generate per prompt (default 32)")
+    p.add_argument("--max-prompts", type=int, default=64,
+                   help="prompts, round-robin over domains (default 64; 0 = every document)")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (default 8)")
+    p.add_argument("--overwrite", action="store_true", help="replace spec tables already in --out")
+    add_model_flags(p)
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(fn=_spec)
+
+
+def _spec(ns) -> int:
+    from .speculative import SpecOptions, record_spec
+
+    kw = {k: v for k, v in vars(ns).items() if k in SpecOptions.__dataclass_fields__}
+    kw["max_prompts"] = kw["max_prompts"] or None
+    out = record_spec(SpecOptions(**kw))
+    info = read_run_json(out)["spec_decode"]
+    rate = info["acceptance_rate"]
+    print(f"{info['prompts']} prompts, {info['generated']} tokens in {info['forward_passes']} forward passes "
+          f"({info['generated'] / max(info['forward_passes'], 1):.2f} tokens/pass); MTP draft acceptance "
+          f"{'n/a' if rate is None else f'{100 * rate:.1f}%'} ({info['drafts_accepted']}/{info['drafts_proposed']})")
+    print(f"wrote {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="dsv3-probe", description="Look inside DeepSeek-V3 models.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    _add_record(sub)
+    _add_spec(sub)
+    _add_dashboard(sub)
+    ns = p.parse_args(argv)
+    try:
+        code = ns.fn(ns)
+    except (RecordError, CorpusError, RunError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        code = 2
+    return exit_ranks(code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -212,7 +212,7 @@ class Recorder:
         return out
 
     def _loads(self, step: int, vidx, dom) -> dict:
-        E, K = self.E, self.K
+        E = self.E
         present = np.unique(dom)
         n_dom = len(self.domains)
         dom_t = torch.from_numpy(dom.astype(np.int64))

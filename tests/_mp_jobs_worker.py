@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def main() -> None:
     from analyses.ablate import AblateOptions, ablate
-    from analyses.ablation import Ablation
+    from analyses.ablate import Ablation
     from probe.record import RecordOptions, record
     from probe.speculative import SpecOptions, record_spec
 
@@ -33,11 +33,11 @@ def main() -> None:
         kw = dict(jobs["ablate"])
         ablate(AblateOptions(**{k: v for k, v in kw.items() if k != "ablations"}),
                [Ablation(**a) for a in kw["ablations"]])
-    if "report" in jobs:  # last: analyses.report.main leaves the process itself (probe.cli.exit_ranks)
-        from analyses.report import main as report
+    if "report" in jobs:  # last: analyses.report.main leaves the process itself (probe.job.exit_ranks)
+        from analyses.report.__main__ import main as report
 
         report(jobs["report"])
-    # NOTE: leave without interpreter teardown (see probe.cli.exit_ranks)
+    # NOTE: leave without interpreter teardown (see probe.job.exit_ranks)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 import probe
-from analyses.ablate import AblateOptions, ablate, evaluate, main
-from analyses.ablation import (Ablation, AblationError, RouterShape, ablated, ablation_hooks, check_routable,
-                               load_spec, parse_experts, resolve, top_vs_random)
+from analyses.ablate import (AblateOptions, Ablation, AblationError, RouterShape, ablate, ablated, ablation_hooks,
+                             check_routable, evaluate, load_spec, parse_experts, resolve, top_vs_random)
+from analyses.ablate.__main__ import main
 from conftest import random_model
 from probe.corpus import Window
 from probe.recorders import Batch
@@ -96,16 +96,16 @@ def test_negative_control_zero_mode_keeps_the_disabled_experts_selected(tiny, to
 
 
 def test_nothing_disabled_is_exactly_the_baseline(tiny, tokens):
-    from analyses.ablation import _reroute, _zero
+    from analyses.ablate import reroute_hook, zero_hook
 
     ref = tiny(tokens)
     with ablated(tiny, {}, mode="reroute"):
         assert torch.equal(tiny(tokens), ref)
     none = torch.zeros(16, dtype=torch.bool)  # the hook path itself, with an empty mask
     seen: dict = {}
-    hooks = [(f"layers.{i}.ffn.gate.hook_select_scores", _reroute(none)) for i in (1, 2)]
+    hooks = [(f"layers.{i}.ffn.gate.hook_select_scores", reroute_hook(none)) for i in (1, 2)]
     hooks += [("layers.1.ffn.gate.hook_topk_ids", lambda t, h: seen.__setitem__("ids", t)),
-              ("layers.1.ffn.gate.hook_topk_weights", _zero(none, seen, True))]
+              ("layers.1.ffn.gate.hook_topk_weights", zero_hook(none, seen, True))]
     with tiny.hooks(hooks):
         assert torch.equal(tiny(tokens), ref)
 
@@ -321,14 +321,14 @@ def test_cli_empty_run_and_empty_corpus(probe_env, tmp_path, capsys):
 
 
 def test_domain_tokens_takes_a_balanced_sample():
-    from analyses.ablate import _limit
+    from analyses.ablate import limit_per_domain
 
     ws = [w for b in _batches(n_windows=8, seq=20) for w in b.windows]
     ws = sorted(ws, key=lambda w: w.domain)  # stored domain by domain
-    got = _limit(iter(ws), 25, None)
+    got = limit_per_domain(iter(ws), 25, None)
     per = {d: sum(len(w.ids) for w in got if w.domain == d) for d in ("code", "prose")}
     assert per == {"code": 25, "prose": 25}
-    assert sum(len(w.ids) for w in _limit(iter(ws), 25, 30)) == 30
+    assert sum(len(w.ids) for w in limit_per_domain(iter(ws), 25, 30)) == 30
 
 
 def test_help():

@@ -153,7 +153,7 @@ def test_dashboards_never_import_torch():
 
 def test_cli_dashboard_subcommand_parses(monkeypatch, tmp_path):
     """`dsv3-probe dashboard DIR --host --port` builds the streamlit command (not started here)."""
-    from probe import cli
+    from probe import __main__ as cli
 
     calls = []
     monkeypatch.setattr(cli, "_exec_streamlit", lambda cmd, env: calls.append((cmd, env)) or 0)

@@ -66,8 +66,8 @@ def torchrun(nproc: int, *args: str, timeout: int = 300, popen: bool = False):
 def single(env):
     """record, spec and ablate in this process (one whole model)."""
     from analyses.ablate import AblateOptions, ablate
-    from analyses.ablation import Ablation
-    from analyses.report import main as report_main
+    from analyses.ablate import Ablation
+    from analyses.report.__main__ import main as report_main
     from probe.record import RecordOptions, record
     from probe.speculative import SpecOptions, record_spec
 
@@ -289,7 +289,7 @@ def index_only(path: Path, args, n_files: int = 163, drop: str | None = None, ad
 
 
 def dry(capsys, ckpt, *extra):
-    from probe.cli import main
+    from probe.__main__ import main
 
     code = main(["record", "--ckpt", str(ckpt), "--dry-run", "--no-progress", *extra])
     got = capsys.readouterr()

@@ -18,7 +18,7 @@ import torch
 import model
 import probe
 from probe.record import RecordError, RecordOptions, record
-from probe.corpus import CorpusError
+
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -15,8 +15,9 @@ import torch
 
 import probe
 from _analysis_runs import small_run
-from analyses import report
-from analyses.report_data import ablation_sweep, masked_counts
+from analyses.report import __main__ as report
+from analyses.report import ablation_sweep, masked_counts
+from analyses.report.render import SECTIONS
 
 REPO = Path(__file__).resolve().parent.parent
 torch.set_num_threads(1)  # the ablations run in this process: one thread is steady on a shared CPU
@@ -43,7 +44,7 @@ def test_report_has_every_section(run_dir, tmp_path, capsys):
     text = capsys.readouterr().out
     assert rc == 0
     doc = out.read_text()
-    for sec in report.SECTIONS:
+    for sec in SECTIONS:
         assert f">{sec}</h2>" in doc
         assert f"## {sec}" in text  # every figure is printed as a table too
     # self-contained: plotly.js inlined exactly once, nothing fetched from a CDN

@@ -9,7 +9,7 @@ import torch
 
 import model
 import probe
-from probe.cli import main as cli_main
+from probe.__main__ import main as cli_main
 from probe.corpus import CorpusError
 from probe.record import RecordError
 from probe.speculative import SpecOptions, _prompts, record_spec

@@ -2,7 +2,7 @@
 a run (a `probe.Run` or its directory) and returns DataFrames computed with `analyses.metrics` and
 the ablation API (`analyses.ablate`); nothing here defines a metric of its own.
 
-    from analyses import report_data as rd
+    from analyses.report import data as rd
     rd.balance(run); rd.specialisation(run); rd.repetition(run); rd.mtp_by_domain(run); rd.latent_rank(run)
     sweep = rd.ablation_sweep(run, max_tokens=20000)     # loss vs masked fraction, per-domain ablation
 """
@@ -130,7 +130,7 @@ def ablation_sweep(run, *, max_tokens: int | None = 20_000, fractions=FRACTIONS,
     listed in `skipped`. The rows are also written into the run's `ablations` table. `model_opts`:
     how the model runs (`analyses.ablate.AblateOptions` fields dtype, gemm, device, model_parallel;
     under torchrun the ranks split into replicas of model_parallel ranks)."""
-    from analyses.ablation import ALL, Ablation, RouterShape
+    from analyses.ablate import ALL, Ablation, RouterShape
     from model import ModelArgs
 
     if rank_by not in RANK_BY:
@@ -180,7 +180,7 @@ def _ablate_skipping(run, ablations, max_tokens, per_domain, batch_size, progres
     import re
 
     from analyses.ablate import AblateOptions, ablate
-    from analyses.ablation import AblationError
+    from analyses.ablate import AblationError
 
     ablations = list(ablations)
     while ablations:

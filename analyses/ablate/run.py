@@ -1,41 +1,12 @@
-"""Scripted expert ablations: disable routed (and shared) experts through the router's hooks, run a
-corpus, and compare the language-model loss per domain with a baseline pass over the same tokens.
+"""Running ablations over a corpus: the baseline and every ablation pass over the same batches,
+per-domain losses and routing changes, the `ablations` table (usage: the package docstring)."""
 
-    python -m analyses.ablate --run runs/model-val --top 4 --control         # top-4 vs random-4 (reroute)
-    python -m analyses.ablate --run runs/model-val --top 2 --domain code     # code's own top-2
-    python -m analyses.ablate --run runs/model-val --experts 1:3+5,2:7 --mode zero --renormalise
-    python -m analyses.ablate --ckpt CKPT --corpus val.jsonl --out runs/abl --spec sweep.yaml --domain-tokens 4000
-    torchrun --nproc-per-node 2 -m analyses.ablate --run runs/model-val --spec sweep.yaml   # 2 replicas
-    torchrun --nproc-per-node 8 -m analyses.ablate --run runs/v3 --top 8 --model-parallel auto --gemm fp8
-
-Every ablation of one command shares one baseline pass. `--run RUN` takes the checkpoint, corpus,
-window length and token limit from RUN's run.json and the loads for top-N from its `expert_load`
-table (`--loads-from baseline` measures them on the baseline pass instead), and writes the results
-into RUN; `--out DIR` writes them elsewhere (a new run directory holding only `ablations`).
-Results: one row per ablation and domain (plus domain `all`) in the run's `ablations` table
-(`probe/schema.py`), one part file per command (its name hashes the sweep and the inputs, so
-repeating a command replaces its own part), written under a temporary name and renamed.
-
-Spec file (YAML or JSON; keys as `analyses.ablation.Ablation`):
-
-    - {name: top4, top: 4}                          # mode reroute by default
-    - {name: random4, random: 4, seed: 0}           # the control: same count, random experts
-    - {name: code-top4, top: 4, domain: code}
-    - {name: l1-zero, experts: "1:3+5", mode: zero, renormalise: true, shared: true}
-
-Under torchrun the ranks form replicas of --model-parallel ranks (each one model, sharded over its
-ranks; probe/job.py): global batch b is evaluated by replica b % R (as `probe record` does) and the
-per-domain sums are added over the replicas, so the table is the same whatever the layout; rank 0
-writes it.
-"""
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,17 +16,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from analyses.ablation import (ALL, Ablation, AblationError, Loads, Plan, RouterShape, ablated,
-                               ablation_hooks, check_names, load_spec, parse_experts, plan_hooks, resolve,
-                               top_vs_random)
-from probe.job import add_model_flags
 from probe.corpus import CorpusError, CorpusStats, Window, fingerprint, iter_documents, iter_windows
 from probe.recorders import Batch, token_nll
 from probe.schema import TABLES
-from probe.writer import RunError, read_run_json, write_json_atomic
+from probe.writer import read_run_json, write_json_atomic
 
-__all__ = ["Ablation", "AblationError", "AblateOptions", "ablate", "ablated", "ablation_hooks", "evaluate",
-           "load_spec", "loads_from_run", "parse_experts", "resolve", "top_vs_random", "write_ablations", "main"]
+from .select import ALL, Ablation, AblationError, Loads, Plan, RouterShape, check_names, plan_hooks, resolve
+
 ACC = ("nll", "n", "pairs", "changed", "replaced")  # per-domain sums of an ablation pass
 
 
@@ -290,7 +257,7 @@ def ablate(opts: AblateOptions, ablations: list[Ablation]):
         raise CorpusError(f"{corpus}: corpus not found")
     windows = iter_windows(iter_documents(corpus, CorpusStats()), lambda t: tok.encode(t, add_special_tokens=False).ids,
                            opts.seq_len, bos, None if opts.domain_tokens else opts.max_tokens)
-    windows = _limit(windows, opts.domain_tokens, opts.max_tokens) if opts.domain_tokens else list(windows)
+    windows = limit_per_domain(windows, opts.domain_tokens, opts.max_tokens) if opts.domain_tokens else list(windows)
     if not windows:
         raise CorpusError(f"{corpus}: corpus has no text")
     domains = sorted({w.domain for w in windows})
@@ -319,7 +286,7 @@ def ablate(opts: AblateOptions, ablations: list[Ablation]):
     return out, df
 
 
-def _limit(windows, per_domain: int, total: int | None) -> list:
+def limit_per_domain(windows, per_domain: int, total: int | None) -> list:
     """The first `per_domain` tokens of every domain (corpus order; the last window cut), then at
     most `total` tokens overall: a balanced sample of a corpus stored domain by domain."""
     seen: dict[str, int] = {}
@@ -378,88 +345,3 @@ def write_ablations(out: str | Path, df, meta: dict, args=None) -> Path:
     return d / f"{name}.parquet"
 
 
-# ------------------------------------------------------------------------------------ CLI
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m analyses.ablate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    io = p.add_argument_group("inputs and output")
-    io.add_argument("--run", help="a recorded run: its checkpoint, corpus and options are the defaults, its "
-                                  "expert_load gives the loads for --top, and the results are written into it")
-    io.add_argument("--out", help="run directory to write the ablations table into (default: --run)")
-    io.add_argument("--ckpt", help="Hugging Face checkpoint directory (default: the run's, else the bundled model)")
-    io.add_argument("--corpus", help="corpus as for `probe record` (default: the run's, else the bundled val.jsonl)")
-    io.add_argument("--tokenizer", help="tokenizer.json (default: the checkpoint's)")
-    io.add_argument("--max-tokens", type=int, help="stop after this many tokens (default: the run's, else all)")
-    io.add_argument("--domain-tokens", type=int,
-                    help="at most this many tokens of each domain, in corpus order (a balanced sample of a "
-                         "corpus stored domain by domain; --max-tokens then caps the total)")
-    io.add_argument("--seq-len", type=int,
-                    help="window length (default: the run's, else as dsv3-probe record: 512 or the model's "
-                         "training length when shorter)")
-    io.add_argument("--batch-size", type=int, help="windows per forward pass (default: the run's, else 8)")
-    io.add_argument("--bos", dest="add_bos", action=argparse.BooleanOptionalAction, default=None,
-                    help="prepend BOS to each document (default: the run's, else on)")
-    add_model_flags(io)
-    io.add_argument("--loads-from", choices=["auto", "run", "baseline"], default="auto",
-                    help="loads ranking --top: the run's expert_load, or measured on the baseline pass "
-                         "(default auto: the run's when it has them)")
-    io.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    sel = p.add_argument_group("one ablation (or --spec for a sweep)")
-    sel.add_argument("--spec", help="YAML/JSON sweep file: a list of ablations (see above)")
-    sel.add_argument("--experts", help="explicit experts: layer:expert[+expert],... e.g. 1:3+5,2:7")
-    sel.add_argument("--top", type=int, help="disable the N most loaded experts of each layer")
-    sel.add_argument("--domain", help="with --top: rank experts by this domain's load")
-    sel.add_argument("--random", type=int, help="disable N random experts per layer (the control)")
-    sel.add_argument("--seed", type=int, default=0, help="seed of --random / --control (default 0)")
-    sel.add_argument("--layers", help="comma-separated MoE layers for --top/--random/--shared (default all)")
-    sel.add_argument("--shared", action="store_true", help="also disable the shared expert (in --layers)")
-    sel.add_argument("--mode", choices=["reroute", "zero"], default="reroute",
-                     help="reroute: re-select top-k among the remaining experts (DeepSeekMoE); zero: keep "
-                          "the routing, drop the disabled experts' contributions (default reroute)")
-    sel.add_argument("--renormalise", action="store_true",
-                     help="zero mode: rescale the remaining weights to their original sum")
-    sel.add_argument("--name", help="name of the ablation (default: from the selection)")
-    sel.add_argument("--control", action="store_true",
-                     help="with --top N: add the random-N control (same layers, mode and --seed)")
-    return p
-
-
-def ablations_from_args(ns) -> list[Ablation]:
-    flags = [f for f in ("experts", "top", "random", "domain", "layers", "name") if getattr(ns, f) is not None]
-    flags += [f for f in ("shared", "renormalise", "control") if getattr(ns, f)]
-    if ns.spec:
-        if flags or ns.mode != "reroute":
-            raise AblationError(f"--spec excludes the single-ablation flags (got --{flags[0] if flags else 'mode'})")
-        return load_spec(ns.spec)
-    if not any(getattr(ns, f) is not None for f in ("experts", "top", "random")) and not ns.shared:
-        raise AblationError("nothing to ablate: pass --experts, --top, --random, --shared or --spec")
-    main = Ablation(name=ns.name or "", mode=ns.mode, renormalise=ns.renormalise, experts=ns.experts, top=ns.top,
-                    random=ns.random, domain=ns.domain, seed=ns.seed, layers=ns.layers, shared=ns.shared)
-    out = [main]
-    if ns.control:
-        if ns.top is None:
-            raise AblationError("--control adds the random counterpart of --top N: use it with --top")
-        out.append(Ablation(name=f"{main.name}-control", mode=ns.mode, renormalise=ns.renormalise,
-                            random=ns.top, seed=ns.seed, layers=ns.layers, shared=ns.shared))
-    return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    ns = _parser().parse_args(argv)
-    opts = AblateOptions(**{k: v for k, v in vars(ns).items() if k in AblateOptions.__dataclass_fields__})
-    from probe.cli import exit_ranks
-
-    try:
-        out, df = ablate(opts, ablations_from_args(ns))
-    except (AblationError, CorpusError, RunError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return exit_ranks(2)
-    if int(os.environ.get("RANK", "0")) == 0:
-        show = df.drop(columns=["spec"]).copy()
-        print(show.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
-        print(f"wrote {out / 'ablations'}")
-    return exit_ranks(0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,7 @@
 """Expert ablations, the core: what to disable (selections and spec files), the routing guard,
-and the hooks that disable experts. The job that runs them over a corpus is `analyses.ablate`.
+and the hooks that disable experts. The job that runs them over a corpus is run.py.
 
-    from analyses.ablation import ablated
+    from analyses.ablate import ablated
     with ablated(model, {1: [3, 5], 2: [7]}, mode="reroute"):   # layer -> disabled routed experts
         logits = model(tokens)
 
@@ -383,11 +383,11 @@ def ablation_hooks(model, disabled: Mapping, mode: str = "reroute", *, renormali
         g = f"layers.{layer}.ffn.gate."
         if mode == "reroute":
             check_routable(shape, layer, ids)
-            hooks.append((g + "hook_select_scores", _reroute(mask_E)))
+            hooks.append((g + "hook_select_scores", reroute_hook(mask_E)))
         else:
             seen: dict[str, torch.Tensor] = {}
             hooks.append((g + "hook_topk_ids", _remember(seen)))
-            hooks.append((g + "hook_topk_weights", _zero(mask_E, seen, renormalise)))
+            hooks.append((g + "hook_topk_weights", zero_hook(mask_E, seen, renormalise)))
     for layer in shared_layers:
         shape.check_layer(layer)
         if not shape.n_shared:
@@ -410,7 +410,8 @@ def plan_hooks(model, plan: Plan) -> list:
                           shared_layers=plan.shared_layers)
 
 
-def _reroute(mask_E: torch.Tensor):
+def reroute_hook(mask_E: torch.Tensor):
+    """hook_select_scores: the masked experts' selection scores to -inf (before group-limited top-k)."""
     def fn(select_TE: torch.Tensor, hook) -> torch.Tensor:
         return select_TE.masked_fill(mask_E.to(select_TE.device), float("-inf"))
     return fn
@@ -422,7 +423,9 @@ def _remember(seen: dict):
     return fn
 
 
-def _zero(mask_E: torch.Tensor, seen: dict, renormalise: bool):
+def zero_hook(mask_E: torch.Tensor, seen: dict, renormalise: bool):
+    """hook_topk_weights: the masked experts' weights to 0 (ids from the hook_topk_ids call that
+    stored them in `seen`), the rest optionally rescaled to the token's original sum."""
     def fn(w_TK: torch.Tensor, hook) -> torch.Tensor:
         keep_TK = ~mask_E.to(w_TK.device)[seen.pop("ids")]
         out = w_TK * keep_TK

@@ -1,36 +1,23 @@
-"""The findings report: one self-contained HTML file (plotly.js inlined once, works offline) with
-every figure also printed as a table on stdout, all computed from a run and from ablations on the
-run's checkpoint (`analyses.report_data`); nothing is hard-coded.
+"""The report's sections: computed from a run (`compute`), summarised in sentences, drawn as plotly
+figures, printed as tables, written as one HTML file and as Markdown findings (usage: the package
+docstring)."""
 
-    python -m analyses.report                                  # the default run runs/model-val (recorded if missing)
-    python -m analyses.report runs/x --out runs/x/report.html --max-tokens 20000 --seeds 3
-    python -m analyses.report --findings analyses/FINDINGS.md  # also write the measured numbers as Markdown
-
-Sections: per-layer load balance; domain specialisation per layer (NMI, lift heatmaps); loss vs
-fraction of the most-used experts masked (DeepSeekMoE protocol, mode reroute) against the same
-number of random experts (several seeds); per-domain ablation (each domain's own top experts vs the
-other domains'); consecutive-token repetition vs its random baselines; MTP agreement by domain;
-latent-KV effective rank by layer. The ablations evaluate about --max-tokens tokens split evenly
-between the domains and are also written into the run's `ablations` table.
-"""
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import html
 import os
 import shlex
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from analyses import report_data as rd
+from . import data as rd
 from analyses.notebook_utils import DEFAULT_RUN
-from probe.job import MODEL_FLAGS, add_model_flags
+from probe.job import MODEL_FLAGS
 
 SECTIONS = ("Summary", "Load balance", "Domain specialisation", "Loss vs masked experts",
             "Per-domain ablation", "Consecutive-token repetition", "MTP agreement", "Latent KV effective rank")
@@ -323,93 +310,3 @@ def shown(path) -> str:
 
 def command(argv: list[str]) -> str:
     return shlex.join(["python", "-m", "analyses.report", *argv])
-
-
-# -------------------------------------------------------------------------------------- CLI
-def _fractions(text: str) -> list[float]:
-    try:
-        out = [float(eval_fraction(x)) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated fractions like 1/16,1/8,0.25") from None
-    if not out or any(not 0 < f <= 1 for f in out):
-        raise argparse.ArgumentTypeError(f"{text!r}: fractions must be in (0, 1]")
-    return out
-
-
-def eval_fraction(x: str) -> float:
-    x = x.strip()
-    if "/" in x:
-        a, b = x.split("/", 1)
-        return float(a) / float(b)
-    return float(x)
-
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m analyses.report", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", nargs="?", help=f"run directory (default {DEFAULT_RUN.relative_to(DEFAULT_RUN.parents[1])}, "
-                                          "recorded with the bundled model and validation corpus if missing)")
-    p.add_argument("--out", help="HTML file to write (default RUN/report.html)")
-    p.add_argument("--findings", help="also write the measured numbers as Markdown here (e.g. analyses/FINDINGS.md)")
-    p.add_argument("--max-tokens", type=int, default=20_000,
-                   help="tokens the ablations evaluate, split evenly between domains (default 20000)")
-    p.add_argument("--fractions", type=_fractions, default=list(rd.FRACTIONS),
-                   help="fractions of the routed experts to mask per layer (default 1/16,1/8,1/4)")
-    p.add_argument("--seeds", type=int, default=len(rd.SEEDS),
-                   help=f"random-masking seeds per fraction (default {len(rd.SEEDS)})")
-    p.add_argument("--rank-by", choices=rd.RANK_BY, default="eval",
-                   help="rank the most-used experts by their load on the evaluated tokens (eval, default; the "
-                        "whole-run ranking is then shown too) or by the run's expert_load (run)")
-    p.add_argument("--domain-top", type=int, help="experts per layer masked in the per-domain ablation (default E/8)")
-    p.add_argument("--batch-size", type=int, help="windows per forward pass in the ablations (default: the run's)")
-    p.add_argument("--skip-ablation", action="store_true", help="leave out the two ablation sections (fast)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    add_model_flags(p.add_argument_group("how the ablations run the model (under torchrun: replicas of "
-                                         "--model-parallel ranks, as analyses.ablate)"))
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    ns = parser().parse_args(argv)
-    from analyses.ablation import AblationError
-    from analyses.metrics import MetricsError
-    from probe.corpus import CorpusError
-    from probe.cli import exit_ranks
-    from probe.record import RecordError, RecordOptions, record
-    from probe.writer import RunError
-
-    try:
-        if ns.max_tokens is not None and ns.max_tokens < 1:
-            raise ReportError(f"--max-tokens {ns.max_tokens}: must be >= 1")
-        if ns.seeds < 1:
-            raise ReportError(f"--seeds {ns.seeds}: must be >= 1")
-        if ns.run is None and not (DEFAULT_RUN / "run.json").exists():
-            print(f"no default run yet: recording {DEFAULT_RUN} (bundled model, whole validation corpus) ...",
-                  file=sys.stderr)
-            try:
-                record(RecordOptions(out=str(DEFAULT_RUN), progress=ns.progress,
-                                     **{k: getattr(ns, k) for k in MODEL_FLAGS}))
-            except (RecordError, CorpusError) as e:
-                raise ReportError(f"cannot record the default run ({e}); or pass RUN, a run recorded with "
-                                  "`dsv3-probe record --ckpt DIR`") from None
-        run_dir = Path(ns.run) if ns.run else DEFAULT_RUN
-        check_run(run_dir)
-        t = time.time()
-        r = compute(run_dir, ns)
-        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank ran the ablations; one writes
-            figs = figures(r)
-            print_text(r, figs)
-            out = write_html(r, figs, Path(ns.out) if ns.out else run_dir / "report.html", argv)
-            print(f"\nwrote {out} ({time.time() - t:.0f} s" +
-                  (f", ablations {r['ablation_seconds']:.0f} s)" if "ablation_seconds" in r else ")"))
-            if ns.findings:
-                print(f"wrote {write_findings(r, figs, Path(ns.findings), argv)}")
-    except (ReportError, AblationError, MetricsError, CorpusError, RecordError, RunError, ValueError, OSError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return exit_ranks(2)
-    return exit_ranks(0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,43 @@
+"""Scripted expert ablations: disable routed (and shared) experts through the router's hooks, run a
+corpus, and compare the language-model loss per domain with a baseline pass over the same tokens.
+
+    python -m analyses.ablate --run runs/model-val --top 4 --control         # top-4 vs random-4 (reroute)
+    python -m analyses.ablate --run runs/model-val --top 2 --domain code     # code's own top-2
+    python -m analyses.ablate --run runs/model-val --experts 1:3+5,2:7 --mode zero --renormalise
+    python -m analyses.ablate --ckpt CKPT --corpus val.jsonl --out runs/abl --spec sweep.yaml --domain-tokens 4000
+    torchrun --nproc-per-node 2 -m analyses.ablate --run runs/model-val --spec sweep.yaml   # 2 replicas
+    torchrun --nproc-per-node 8 -m analyses.ablate --run runs/v3 --top 8 --model-parallel auto --gemm fp8
+
+Every ablation of one command shares one baseline pass. `--run RUN` takes the checkpoint, corpus,
+window length and token limit from RUN's run.json and the loads for top-N from its `expert_load`
+table (`--loads-from baseline` measures them on the baseline pass instead), and writes the results
+into RUN; `--out DIR` writes them elsewhere (a new run directory holding only `ablations`).
+Results: one row per ablation and domain (plus domain `all`) in the run's `ablations` table
+(`probe/schema.py`), one part file per command (its name hashes the sweep and the inputs, so
+repeating a command replaces its own part), written under a temporary name and renamed.
+
+Spec file (YAML or JSON; keys as `analyses.ablate.Ablation`):
+
+    - {name: top4, top: 4}                          # mode reroute by default
+    - {name: random4, random: 4, seed: 0}           # the control: same count, random experts
+    - {name: code-top4, top: 4, domain: code}
+    - {name: l1-zero, experts: "1:3+5", mode: zero, renormalise: true, shared: true}
+
+Under torchrun the ranks form replicas of --model-parallel ranks (each one model, sharded over its
+ranks; probe/job.py): global batch b is evaluated by replica b % R (as `probe record` does) and the
+per-domain sums are added over the replicas, so the table is the same whatever the layout; rank 0
+writes it.
+
+Library: select.py (what to disable: `Ablation`, `resolve`, the routing guard, the hooks, `ablated`),
+run.py (the job: `evaluate`, `ablate`, `write_ablations`); the command is `__main__.py`.
+"""
+
+from .run import AblateOptions, ablate, evaluate, limit_per_domain, loads_from_run, write_ablations
+from .select import (ALL, MODES, Ablation, AblationError, Plan, RouterShape, ablated, ablation_hooks, check_names,
+                     check_routable, load_spec, normalise_disabled, parse_experts, parse_layers, plan_hooks, resolve,
+                     reroute_hook, top_vs_random, zero_hook)
+
+__all__ = ["Ablation", "AblationError", "AblateOptions", "ablate", "ablated", "ablation_hooks", "evaluate",
+           "load_spec", "loads_from_run", "parse_experts", "parse_layers", "resolve", "top_vs_random",
+           "write_ablations", "limit_per_domain", "RouterShape", "Plan", "check_routable", "check_names",
+           "normalise_disabled", "plan_hooks", "reroute_hook", "zero_hook", "ALL", "MODES"]

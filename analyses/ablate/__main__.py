@@ -1,0 +1,99 @@
+"""`python -m analyses.ablate`: the command line (usage: the package docstring, analyses/ablate/__init__.py)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import analyses.ablate as package
+from probe.corpus import CorpusError
+from probe.job import add_model_flags, exit_ranks
+from probe.writer import RunError
+
+from .run import AblateOptions, ablate
+from .select import Ablation, AblationError, load_spec
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m analyses.ablate", description=package.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    io = p.add_argument_group("inputs and output")
+    io.add_argument("--run", help="a recorded run: its checkpoint, corpus and options are the defaults, its "
+                                  "expert_load gives the loads for --top, and the results are written into it")
+    io.add_argument("--out", help="run directory to write the ablations table into (default: --run)")
+    io.add_argument("--ckpt", help="Hugging Face checkpoint directory (default: the run's, else the bundled model)")
+    io.add_argument("--corpus", help="corpus as for `probe record` (default: the run's, else the bundled val.jsonl)")
+    io.add_argument("--tokenizer", help="tokenizer.json (default: the checkpoint's)")
+    io.add_argument("--max-tokens", type=int, help="stop after this many tokens (default: the run's, else all)")
+    io.add_argument("--domain-tokens", type=int,
+                    help="at most this many tokens of each domain, in corpus order (a balanced sample of a "
+                         "corpus stored domain by domain; --max-tokens then caps the total)")
+    io.add_argument("--seq-len", type=int,
+                    help="window length (default: the run's, else as dsv3-probe record: 512 or the model's "
+                         "training length when shorter)")
+    io.add_argument("--batch-size", type=int, help="windows per forward pass (default: the run's, else 8)")
+    io.add_argument("--bos", dest="add_bos", action=argparse.BooleanOptionalAction, default=None,
+                    help="prepend BOS to each document (default: the run's, else on)")
+    add_model_flags(io)
+    io.add_argument("--loads-from", choices=["auto", "run", "baseline"], default="auto",
+                    help="loads ranking --top: the run's expert_load, or measured on the baseline pass "
+                         "(default auto: the run's when it has them)")
+    io.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    sel = p.add_argument_group("one ablation (or --spec for a sweep)")
+    sel.add_argument("--spec", help="YAML/JSON sweep file: a list of ablations (see above)")
+    sel.add_argument("--experts", help="explicit experts: layer:expert[+expert],... e.g. 1:3+5,2:7")
+    sel.add_argument("--top", type=int, help="disable the N most loaded experts of each layer")
+    sel.add_argument("--domain", help="with --top: rank experts by this domain's load")
+    sel.add_argument("--random", type=int, help="disable N random experts per layer (the control)")
+    sel.add_argument("--seed", type=int, default=0, help="seed of --random / --control (default 0)")
+    sel.add_argument("--layers", help="comma-separated MoE layers for --top/--random/--shared (default all)")
+    sel.add_argument("--shared", action="store_true", help="also disable the shared expert (in --layers)")
+    sel.add_argument("--mode", choices=["reroute", "zero"], default="reroute",
+                     help="reroute: re-select top-k among the remaining experts (DeepSeekMoE); zero: keep "
+                          "the routing, drop the disabled experts' contributions (default reroute)")
+    sel.add_argument("--renormalise", action="store_true",
+                     help="zero mode: rescale the remaining weights to their original sum")
+    sel.add_argument("--name", help="name of the ablation (default: from the selection)")
+    sel.add_argument("--control", action="store_true",
+                     help="with --top N: add the random-N control (same layers, mode and --seed)")
+    return p
+
+
+def ablations_from_args(ns) -> list[Ablation]:
+    flags = [f for f in ("experts", "top", "random", "domain", "layers", "name") if getattr(ns, f) is not None]
+    flags += [f for f in ("shared", "renormalise", "control") if getattr(ns, f)]
+    if ns.spec:
+        if flags or ns.mode != "reroute":
+            raise AblationError(f"--spec excludes the single-ablation flags (got --{flags[0] if flags else 'mode'})")
+        return load_spec(ns.spec)
+    if not any(getattr(ns, f) is not None for f in ("experts", "top", "random")) and not ns.shared:
+        raise AblationError("nothing to ablate: pass --experts, --top, --random, --shared or --spec")
+    main = Ablation(name=ns.name or "", mode=ns.mode, renormalise=ns.renormalise, experts=ns.experts, top=ns.top,
+                    random=ns.random, domain=ns.domain, seed=ns.seed, layers=ns.layers, shared=ns.shared)
+    out = [main]
+    if ns.control:
+        if ns.top is None:
+            raise AblationError("--control adds the random counterpart of --top N: use it with --top")
+        out.append(Ablation(name=f"{main.name}-control", mode=ns.mode, renormalise=ns.renormalise,
+                            random=ns.top, seed=ns.seed, layers=ns.layers, shared=ns.shared))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = parser().parse_args(argv)
+    opts = AblateOptions(**{k: v for k, v in vars(ns).items() if k in AblateOptions.__dataclass_fields__})
+    try:
+        out, df = ablate(opts, ablations_from_args(ns))
+    except (AblationError, CorpusError, RunError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return exit_ranks(2)
+    if int(os.environ.get("RANK", "0")) == 0:
+        show = df.drop(columns=["spec"]).copy()
+        print(show.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+        print(f"wrote {out / 'ablations'}")
+    return exit_ranks(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

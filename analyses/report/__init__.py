@@ -1,0 +1,26 @@
+"""The findings report: one self-contained HTML file (plotly.js inlined once, works offline) with
+every figure also printed as a table on stdout, all computed from a run and from ablations on the
+run's checkpoint (data.py); nothing is hard-coded.
+
+    python -m analyses.report                                  # the default run runs/model-val (recorded if missing)
+    python -m analyses.report runs/x --out runs/x/report.html --max-tokens 20000 --seeds 3
+    python -m analyses.report --findings analyses/FINDINGS.md  # also write the measured numbers as Markdown
+
+Sections: per-layer load balance; domain specialisation per layer (NMI, lift heatmaps); loss vs
+fraction of the most-used experts masked (DeepSeekMoE protocol, mode reroute) against the same
+number of random experts (several seeds); per-domain ablation (each domain's own top experts vs the
+other domains'); consecutive-token repetition vs its random baselines; MTP agreement by domain;
+latent-KV effective rank by layer. The ablations evaluate about --max-tokens tokens split evenly
+between the domains and are also written into the run's `ablations` table.
+
+Library: data.py (the numbers behind each section and the notebooks, from `analyses.metrics` and
+the ablation API), render.py (sections, figures, HTML and Markdown); the command is `__main__.py`.
+"""
+
+from .data import (FRACTIONS, RANK_BY, SEEDS, Sweep, ablation_sweep, balance, latent_rank, masked_counts, mtp_by_domain,
+                   relative_loads, repetition, run_label, specialisation)
+from .render import ReportError, check_run, compute, figures, print_text, summary, write_findings, write_html
+
+__all__ = ["ablation_sweep", "balance", "latent_rank", "masked_counts", "mtp_by_domain", "relative_loads",
+           "repetition", "run_label", "specialisation", "Sweep", "FRACTIONS", "SEEDS", "RANK_BY", "ReportError",
+           "check_run", "compute", "figures", "print_text", "summary", "write_findings", "write_html"]
