@@ -36,7 +36,7 @@ from safetensors.torch import save_file
 
 from .args import ConfigError, ModelArgs
 from .fp8 import dequantize_block, quantize_block
-from . import parallel as _parallel
+from .parallel import Cut, device_for, install, resolve as resolve_shards, shard_
 from .layers import rope_inv_freq
 from .transformer import Transformer
 
@@ -252,11 +252,11 @@ def load(path: str | os.PathLike, *, dtype: torch.dtype | None = None, device=No
             raise CheckpointError(f"{path}: gemm_impl='fp8' needs square weight blocks, "
                                   f"config has weight_block_size {list(block)}")
         make_fp8_resident(meta, resident, block=block[0], scale_fmt=args.scale_fmt)
-    shards = _parallel.resolve(parallel)
-    spec: dict[str, _parallel.Cut] = {}
+    shards = resolve_shards(parallel)
+    spec: dict[str, Cut] = {}
     if shards is not None:
-        spec = _parallel.shard_(meta, shards)  # shapes only: nothing is allocated yet
-        device = _parallel.device_for(device, shards)
+        spec = shard_(meta, shards)  # shapes only: nothing is allocated yet
+        device = device_for(device, shards)
     if torch.device(device or "cpu").type == "meta":
         return meta.eval()
 
@@ -291,7 +291,7 @@ def load(path: str | os.PathLike, *, dtype: torch.dtype | None = None, device=No
                     dst = params[name]
                     (dst if row is None else dst[row]).copy_(value)
     if shards is not None:
-        _parallel.install(model, shards)
+        install(model, shards)
     return model.eval()
 
 
@@ -363,7 +363,7 @@ def _take(sl, dim: int, start: int, end: int) -> torch.Tensor:
     return sl[start:end] if dim == 0 else sl[:, start:end]
 
 
-def _read_cut(handles, headers, hf_name: str, cut: "_parallel.Cut", resident: bool, block):
+def _read_cut(handles, headers, hf_name: str, cut: "Cut", resident: bool, block):
     """This rank's `cut` of checkpoint tensor `hf_name` -> (tensor, FP8 scales or None)."""
     sl = handles[headers[hf_name][0]].get_slice(hf_name)
     end = cut.start + cut.size

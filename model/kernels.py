@@ -162,7 +162,7 @@ def _triton():
     """The Triton kernels, imported on first use (TRITON_INTERPRET is read when they are defined)."""
     import triton
 
-    from . import _triton_kernels as tk
+    from . import triton_kernels as tk
     return triton, tk.act_quant_kernel, tk.weight_dequant_kernel, tk.fp8_gemm_kernel
 
 

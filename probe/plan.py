@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 import torch
 
 from .job import RecordError, compute_dtype
-from .recorders import _list_array
+from .recorders import list_array
 from .schema import TABLES
 from .writer import parquet_options
 
@@ -123,11 +123,11 @@ def _routing_rows(rng, seq, pos, n_moe: int, args, opts) -> dict:
     w = rng.random((rows, K)).astype(np.float32)
     cols = {"seq_id": np.tile(seq, n_moe), "pos": np.tile(pos, n_moe),
             "layer": np.repeat(np.arange(n_moe, dtype=np.int16), n),
-            "expert_ids": _list_array(ids, K, pa.uint16()), "expert_weights": _list_array(w, K, pa.float32()),
+            "expert_ids": list_array(ids, K, pa.uint16()), "expert_weights": list_array(w, K, pa.float32()),
             "margin_k": rng.random(rows).astype(np.float32) * 0.1, "margin_1": rng.random(rows).astype(np.float32)}
     if opts.router_logits == "full":
         keep = rng.random(rows) < opts.sample
-        cols["scores"] = _list_array(rng.random((rows, E)).astype(np.float32), E, pa.float32(), keep)
+        cols["scores"] = list_array(rng.random((rows, E)).astype(np.float32), E, pa.float32(), keep)
     else:
         cols["scores"] = pa.nulls(rows, pa.list_(pa.float32()))
     return cols

@@ -35,7 +35,7 @@ def sample_mask(seq_id: np.ndarray, pos: np.ndarray, fraction: float) -> np.ndar
     return ((h & np.uint64(0xFFFFFFFF)).astype(np.float64) / 2**32) < fraction
 
 
-def _list_array(values: np.ndarray, width: int, typ: pa.DataType, valid: np.ndarray | None = None) -> pa.Array:
+def list_array(values: np.ndarray, width: int, typ: pa.DataType, valid: np.ndarray | None = None) -> pa.Array:
     """[n, width] numpy -> a pyarrow list array (null rows where `valid` is False)."""
     n = len(values)
     if valid is None:
@@ -202,11 +202,11 @@ class Recorder:
         cat = {k: np.concatenate(v) for k, v in cols.items() if v}
         mk, m1 = cat["mk"], cat["m1"]
         out = {"seq_id": cat["seq_id"], "pos": cat["pos"], "layer": cat["layer"],
-               "expert_ids": _list_array(cat["ids"], K, pa.uint16()),
-               "expert_weights": _list_array(cat["w"], K, pa.float32()),
+               "expert_ids": list_array(cat["ids"], K, pa.uint16()),
+               "expert_weights": list_array(cat["w"], K, pa.float32()),
                "margin_k": pa.array(mk, mask=~np.isfinite(mk)), "margin_1": pa.array(m1, mask=~np.isfinite(m1))}
         if full:
-            out["scores"] = _list_array(cat["scores"], E, pa.float32(), np.tile(keep, len(self.moe_layers)))
+            out["scores"] = list_array(cat["scores"], E, pa.float32(), np.tile(keep, len(self.moe_layers)))
         else:
             out["scores"] = pa.nulls(len(cat["seq_id"]), pa.list_(pa.float32()))
         return out

@@ -59,7 +59,7 @@ class SpecOptions:
     progress: bool = True
 
 
-def _prompts(corpus: Path, tok, bos: int | None, n_tokens: int, limit: int | None) -> list[tuple[str, str, list[int]]]:
+def spec_prompts(corpus: Path, tok, bos: int | None, n_tokens: int, limit: int | None) -> list[tuple[str, str, list[int]]]:
     """(doc_id, domain, prompt ids) for the first `limit` documents with at least `n_tokens` tokens.
     Documents are taken round-robin over domains, so a limit keeps every domain represented."""
     by_domain: dict[str, list[tuple[str, str, list[int]]]] = {}
@@ -115,7 +115,7 @@ def record_spec(opts: SpecOptions) -> Path:
     tok = load_tokenizer(opts.tokenizer, ckpt, args.vocab_size)
     world = start_world(opts.model_parallel, opts.device, args)
     agree(world, lambda: _check_out(out, opts.overwrite))
-    prompts = _prompts(corpus, tok, args.bos_token_id, opts.prompt_tokens, opts.max_prompts)
+    prompts = spec_prompts(corpus, tok, args.bos_token_id, opts.prompt_tokens, opts.max_prompts)
     if not prompts:
         raise CorpusError(f"{corpus}: no document has {opts.prompt_tokens} tokens for a prompt")
     m = load_model(ckpt, world, dtype=opts.dtype, gemm=opts.gemm)

@@ -12,7 +12,7 @@ import probe
 from probe.__main__ import main as cli_main
 from probe.corpus import CorpusError
 from probe.record import RecordError
-from probe.speculative import SpecOptions, _prompts, record_spec
+from probe.speculative import SpecOptions, record_spec, spec_prompts
 
 
 def test_spec_tables_match_a_direct_generate_call(probe_env, tmp_path):
@@ -30,7 +30,7 @@ def test_spec_tables_match_a_direct_generate_call(probe_env, tmp_path):
 
     tok = Tokenizer.from_file(str(probe_env["ckpt"] / "tokenizer.json"))
     m = model.load(probe_env["ckpt"], dtype=torch.float32)
-    prompts = _prompts(probe_env["corpus"], tok, m.args.bos_token_id, 12, 6)
+    prompts = spec_prompts(probe_env["corpus"], tok, m.args.bos_token_id, 12, 6)
     assert [p[0] for p in prompts] == list(dec.doc_id)
     from generate import generate
 
