@@ -6,7 +6,7 @@
     m = model.load("DeepSeek-V3/")   # under torchrun (WORLD_SIZE > 1): reads only this rank's shard
     model.save(m, "out/", fp8=True)                 # HF layout (+ MTP layer), readable by transformers
 
-The checkpoint layout is in `../shared/docs/deepseek-v3-facts.md`. Loading opens every shard's
+The checkpoint layout is in `docs/deepseek-v3.md` ("Checkpoint names"). Loading opens every shard's
 header first (names, shapes, dtypes), checks them against the model built on the meta device, and
 only then materialises the model and copies tensors in one at a time, so the checkpoint is never in
 memory twice. Every problem raises `CheckpointError` with one line naming the file and tensor.

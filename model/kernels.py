@@ -13,7 +13,7 @@ variable, else "auto" = Triton for CUDA tensors when the `triton` package is ins
 otherwise. "triton" on CPU tensors runs only under `TRITON_INTERPRET=1` (Triton's interpreter;
 set it before triton is first imported), which is how the tests check the kernels without a GPU.
 
-Formats (see ../shared/docs/deepseek-v3-facts.md, "FP8 checkpoints"):
+Formats (see docs/deepseek-v3.md, "FP8 weights"):
 - activations: one float32 scale per (token, 128-channel block), scale = max(amax, 1e-4) / 448,
   optionally rounded UP to a power of two ("ue8m0", DeepSeek-V3.1); q = round(x / scale) in e4m3.
 - weights: float8_e4m3fn with one float32 multiplier per 128 x 128 block (`weight_scale_inv`),

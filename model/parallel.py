@@ -20,7 +20,7 @@ sharded model).
     memory.shard_plan(ModelArgs.from_name("671B"), 16)     # bytes per rank (model/memory.py)
     python -m model params --config 671B --world-size 16   # the same, printed
 
-Layout (W ranks; the table PLAN below; see ../shared/docs/deepseek-v3-facts.md):
+Layout (W ranks; the table PLAN below; see docs/deepseek-v3.md, "Parallel layout"):
 - vocab: `embed` and `head` keep rows [r V/W, (r+1) V/W); the embedding zeroes ids outside its
   rows and all-reduces, the head all-gathers its logits, so `forward` returns full [B, S, V].
 - attention: heads [r H/W, (r+1) H/W) per rank: `wq`/`wq_b`/`wkv_b` split by output rows (head

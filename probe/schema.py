@@ -10,7 +10,7 @@ A run directory holds `run.json` and one Parquet dataset (a folder of part files
     runs/NAME/train_steps/..., train_domains/, train_gates/, train_eval/   (written by `python -m train`)
 
 `TABLES[name]` is the pyarrow schema; `DOCS[name]` documents each column (the README's table
-reference is generated from it). Definitions follow `shared/docs/metrics.md`.
+reference is generated from it). Definitions follow `docs/metrics.md`.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ and the hooks that disable experts. The job that runs them over a corpus is run.
     with ablated(model, {1: [3, 5], 2: [7]}, mode="reroute"):   # layer -> disabled routed experts
         logits = model(tokens)
 
-Modes (definitions: shared/docs/metrics.md, "Ablation"):
+Modes (definitions: docs/metrics.md, "Ablation"):
 
 - `reroute` (DeepSeekMoE protocol, section 4.5): a hook on `layers.L.ffn.gate.hook_select_scores`
   sets the disabled experts' selection scores to -inf BEFORE group-limited routing, so the group

@@ -1,4 +1,4 @@
-"""Load-balance and specialisation metrics, defined as in `shared/docs/metrics.md`.
+"""Load-balance and specialisation metrics, defined as in `docs/metrics.md`.
 
 Every metric has an array version (numpy, in memory) and a run version that aggregates a run
 directory's Parquet tables with DuckDB SQL (GROUP BY / UNNEST) so that only per-expert or per-layer
