@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from _synthetic_run import write_run
+from helpers.synthetic_run import write_run
 from analyses.placement import PlacementError, pack, plan_placement, plan_run, replicate
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_replicate_and_pack_hand_checked():

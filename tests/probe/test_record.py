@@ -20,7 +20,7 @@ import probe
 from probe.record import RecordError, RecordOptions, record
 
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def rec(env, out, **kw):
@@ -276,7 +276,7 @@ def test_bad_inputs_give_one_line_errors_and_write_nothing(probe_env, tmp_path):
 
 
 def test_vocab_mismatch_is_refused(probe_env, tmp_path):
-    from conftest import make_tokenizer
+    from helpers import make_tokenizer
 
     from tokenizers import Tokenizer
 
@@ -319,7 +319,7 @@ def record_cmd(env, corpus, out, *extra):
 
 @pytest.fixture(scope="module")
 def big_corpus(tmp_path_factory):
-    from conftest import make_corpus
+    from helpers import make_corpus
 
     return make_corpus(tmp_path_factory.mktemp("bigc") / "corpus", docs_per_domain=8, seed=1, scale=3)
 
@@ -397,5 +397,5 @@ def test_readme_table_reference_is_generated_from_schema():
     """The README's run-table reference is `probe.schema.markdown()` verbatim (regenerate it when a
     column changes)."""
     import probe.schema as sch
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert sch.markdown() in readme, "README 'Run tables' is stale: paste probe.schema.markdown() there"

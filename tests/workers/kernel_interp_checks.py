@@ -3,7 +3,7 @@
 Not collected by pytest (no test_ prefix): tests/test_kernels.py runs it in a subprocess, because
 TRITON_INTERPRET must be set before triton is first imported and must not leak into other tests.
 
-    TRITON_INTERPRET=1 python tests/_kernel_interp_checks.py     # one JSON object per line
+    TRITON_INTERPRET=1 python tests/workers/kernel_interp_checks.py     # one JSON object per line
 
 Each line: {"kind": ..., "case": ..., measured errors...}. Shapes are small (the interpreter runs
 every program instance in Python) and include partial 128-blocks.

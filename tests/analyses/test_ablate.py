@@ -16,12 +16,12 @@ import probe
 from analyses.ablate import (AblateOptions, Ablation, AblationError, RouterShape, ablate, ablated, ablation_hooks,
                              check_routable, evaluate, load_spec, parse_experts, resolve, top_vs_random)
 from analyses.ablate.__main__ import main
-from conftest import random_model
+from helpers import random_model
 from probe.corpus import Window
 from probe.recorders import Batch
 
 torch.set_num_threads(1)
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 IDS = "layers.*.ffn.gate.hook_topk_ids"
 
 

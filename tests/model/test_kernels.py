@@ -20,7 +20,7 @@ import torch
 from model import kernels as K
 from model.fp8 import FP8_MAX, quantize_block
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 CUDA = torch.cuda.is_available()
 
@@ -182,7 +182,7 @@ def interp_results() -> list[dict]:
         pytest.skip("triton is not installed (pip install -e '.[triton]')")
     env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
     env.pop(K.ENV_VAR, None)
-    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "_kernel_interp_checks.py")], cwd=ROOT, env=env,
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "workers" / "kernel_interp_checks.py")], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]

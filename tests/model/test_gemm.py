@@ -69,7 +69,7 @@ def test_switched_off_is_f_linear_bit_for_bit(monkeypatch):
 
 @needs_onednn
 def test_whole_model_agrees_with_and_without_onednn(monkeypatch):
-    from conftest import random_model
+    from helpers import random_model
 
     m = random_model("tiny", seed=3)
     tokens = torch.randint(0, m.args.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))

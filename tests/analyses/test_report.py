@@ -14,12 +14,12 @@ import pytest
 import torch
 
 import probe
-from _analysis_runs import small_run
+from helpers.analysis_runs import small_run
 from analyses.report import __main__ as report
 from analyses.report import ablation_sweep, masked_counts
 from analyses.report.render import SECTIONS
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 torch.set_num_threads(1)  # the ablations run in this process: one thread is steady on a shared CPU
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import load_hf
+from helpers import load_hf
 
 import probe
 
@@ -292,7 +292,7 @@ def test_two_process_gloo_run_matches_one_process(corpus, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR",
                                                             "MASTER_PORT")} | {"OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                        "-m", "train", *flags], cwd=Path(__file__).resolve().parents[1], env=env,
+                        "-m", "train", *flags], cwd=Path(__file__).resolve().parents[2], env=env,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     one, two = probe.open_run(tmp_path / "one"), probe.open_run(tmp_path / "two")

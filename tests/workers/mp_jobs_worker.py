@@ -2,7 +2,7 @@
 other in one launch (the library entry points, as the commands call them), so that one start-up of
 the ranks covers all three. Not a test module.
 
-    python -m torch.distributed.run --standalone --nproc-per-node 4 tests/_mp_jobs_worker.py JOBS.json
+    python -m torch.distributed.run --standalone --nproc-per-node 4 tests/workers/mp_jobs_worker.py JOBS.json
 
 JOBS.json: {"record": RecordOptions fields, "spec": SpecOptions fields, "ablate": AblateOptions fields
 plus "ablations": [Ablation fields], "report": analyses.report arguments}; each key optional.
@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
 def main() -> None:

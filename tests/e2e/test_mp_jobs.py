@@ -24,9 +24,9 @@ import model
 import probe
 from model.parallel import ParallelError
 
-from conftest import make_corpus, make_tokenizer, random_model
+from helpers import make_corpus, make_tokenizer, random_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TOPOLOGY = dict(n_routed_experts=256, n_expert_groups=8, n_limited_groups=4, n_activated_experts=8, moe_inter_dim=8)
 RECORD = dict(seq_len=32, batch_size=2, router_logits="full", sample=0.5, dtype="float64", max_tokens=1200,
               progress=False)
@@ -88,7 +88,7 @@ def four_ranks(env):
             "ablate": _opts(env, base / "abl", ABLATE | mp) | {"ablations": ABLATIONS},
             "report": [str(base / "rec"), *REPORT, "--model-parallel", "2"]}
     (env["base"] / "jobs.json").write_text(json.dumps(jobs))
-    p = torchrun(4, str(ROOT / "tests" / "_mp_jobs_worker.py"), str(env["base"] / "jobs.json"))
+    p = torchrun(4, str(ROOT / "tests" / "workers" / "mp_jobs_worker.py"), str(env["base"] / "jobs.json"))
     assert p.returncode == 0, p.stderr[-4000:]
     return {k: probe.open_run(base / k) for k in ("rec", "spec", "abl")}
 

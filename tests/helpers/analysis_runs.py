@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 BUNDLED = REPO / "data" / "model"
 TOKENS = 3000  # split evenly between the domains
 _CACHE: dict[str, Path] = {}
@@ -16,7 +16,7 @@ _CACHE: dict[str, Path] = {}
 def small_run(tmp_path_factory) -> Path:
     if "run" not in _CACHE:
         from analyses.notebook_utils import record_small
-        from conftest import make_corpus, make_probe_ckpt
+        from helpers import make_corpus, make_probe_ckpt
 
         base = tmp_path_factory.mktemp("analysis_run")
         if (BUNDLED / "config.json").exists():

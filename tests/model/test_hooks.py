@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import model
-from conftest import random_model
+from helpers import random_model
 
 # The full ordered list for the shipped tiny config (1 dense layer, 2 MoE layers, 1 MTP module).
 # Changing a name breaks users' code: update this list only on purpose.

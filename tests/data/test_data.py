@@ -16,7 +16,7 @@ from data import build_corpus as bc
 from data.mathgen import GENERATORS, math_document
 from data.tokenizer import BOS, EOS, PAD, SPECIAL_TOKENS, load_tokenizer, train_tokenizer
 
-DATA = Path(__file__).resolve().parents[1] / "data"
+DATA = Path(__file__).resolve().parents[2] / "data"
 
 PLAY = "HAMLET\n\nACT I.\n\n" + "\n\n".join(
     f"Ber.\nWho's there? Line {i} of the watch, and more words to fill the scene." for i in range(120))

@@ -22,9 +22,9 @@ from generate import (ASSISTANT, USER, GenerateError, SamplingParams, generate, 
                       load_codec, read_prompts, write_demo_checkpoint)
 from generate.__main__ import Streamer, main
 
-from conftest import random_model
+from helpers import random_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)

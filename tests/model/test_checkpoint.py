@@ -19,7 +19,7 @@ import model.checkpoint as ckpt
 from model import CheckpointError, ModelArgs, Transformer
 from model.fp8 import FP8_MAX, dequantize_block, quantize_block
 
-from conftest import load_hf, random_model
+from helpers import load_hf, random_model
 
 # Dims that are not multiples of 128, some above it: every FP8 weight has partial edge blocks and
 # several have full ones too (wq_a 136x200, w1 300x200, experts 136x200 / 200x136, wo 200x32).

@@ -21,14 +21,14 @@ import model
 from model import CheckpointError, kernels
 from model.layers import Linear
 
-from conftest import random_model
+from helpers import random_model
 
 # dims that are not multiples of 128, several above it: partial edge blocks everywhere
 FP8_OVERRIDES = dict(vocab_size=97, dim=200, inter_dim=300, moe_inter_dim=136, n_layers=2, n_heads=2,
                      q_lora_rank=136, kv_lora_rank=24)
 # FP8 GEMM path vs dequantised path, float32 compute. e4m3 rounds every activation entering an FP8
 # GEMM with ~2.5% RMS relative error (one Linear: 2.6% measured); a layer chains 5-7 such GEMMs,
-# and in this random model (unit-gain layers, see conftest.randomize_) 1 in 8 routing choices flips,
+# and in this random model (unit-gain layers, see helpers.randomize_) 1 in 8 routing choices flips,
 # so the logits move by 14% on average (max 31%, argmax agreement 0.86 measured). Stated tolerance:
 # mean |diff| <= 25% of mean |logit|, max |diff| <= 50% of max |logit|, argmax agrees on >= 75%.
 MEAN_REL, MAX_REL, ARGMAX_AGREE = 0.25, 0.50, 0.75

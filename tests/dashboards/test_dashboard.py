@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from _dashboard_runs import dashboard_runs
+from helpers.dashboard_runs import dashboard_runs
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 APP = str(REPO / "dashboards" / "app.py")
 PAGES = {  # page file -> title shown
     "overview": "Overview", "load_balance": "Load balance", "specialisation": "Specialisation",

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 APP = REPO / "dashboards" / "app.py"
 CHROMIUM = os.environ.get("DSV3_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
@@ -137,7 +137,7 @@ def have_chromium() -> bool:
 
 @pytest.fixture(scope="module")
 def runs(probe_env, tmp_path_factory):
-    from _dashboard_runs import dashboard_runs
+    from helpers.dashboard_runs import dashboard_runs
 
     return dashboard_runs(probe_env, tmp_path_factory)
 

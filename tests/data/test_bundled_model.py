@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 
 import model
-from conftest import load_hf
+from helpers import load_hf
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CKPT = ROOT / "data" / "model"
 VAL = ROOT / "data" / "corpus" / "val.jsonl"
 

@@ -10,9 +10,9 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from _analysis_runs import small_run
+from helpers.analysis_runs import small_run
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 NB_DIR = REPO / "analyses" / "notebooks"
 NAMES = ["load_balance", "specialisation", "ablation", "latent_kv", "mtp"]
 BUDGET_S = 180  # all notebooks together

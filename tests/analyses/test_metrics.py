@@ -272,7 +272,7 @@ def test_margin_summary_and_score_entropy():
 
 
 # ------------------------------------------------------------------------------ run versions
-from _synthetic_run import write_run  # noqa: E402
+from helpers.synthetic_run import write_run  # noqa: E402
 
 
 @pytest.fixture(scope="module")

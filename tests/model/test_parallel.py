@@ -1,6 +1,6 @@
 """Tensor + expert parallelism (model/parallel.py) and per-rank shard loading (model.load(parallel=True)).
 
-The torchrun part launches `tests/_parallel_worker.py` once on 2 CPU processes (gloo) over a set of
+The torchrun part launches `tests/workers/parallel_worker.py` once on 2 CPU processes (gloo) over a set of
 checkpoints; each rank loads every checkpoint whole and sharded in one process and reports logits,
 MTP logits, decode, hook and gradient differences and its resident bytes. The rest runs in-process.
 
@@ -22,9 +22,9 @@ import model
 from model import ModelArgs, memory, parallel
 from model.parallel import ParallelError, Shards
 
-from conftest import hf_checkpoint, random_model
+from helpers import hf_checkpoint, random_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WORLD = 2
 EXACT = 1e-5  # max |diff| / max |logit|, float32: only the all-reduce summation order differs
 # head/expert/FFN shards that are whole 128-blocks: FP8 activation blocks match the single process
@@ -69,7 +69,7 @@ def worker_results(tmp_path_factory) -> dict:
     (base / "cases.json").write_text(json.dumps(cases))
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(WORLD),
-           str(ROOT / "tests" / "_parallel_worker.py"), str(base / "cases.json")]
+           str(ROOT / "tests" / "workers" / "parallel_worker.py"), str(base / "cases.json")]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     res: dict = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import random_model
+from helpers import random_model
 
 ATOL = 1e-5
 

@@ -1,7 +1,7 @@
 """torchrun worker for tests/test_parallel.py: each rank loads a checkpoint twice in one process,
 whole (parallel=False) and sharded (parallel=True), and compares them. Not a test module.
 
-    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/_parallel_worker.py CASES.json
+    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/workers/parallel_worker.py CASES.json
 
 CASES.json is a list of {"name", "ckpt", "gemm_impl"?, "grads"?}. Each rank writes one JSON line per
 case to results.rank<R>.jsonl next to CASES.json (errors as {"error": type, "message": ...}).
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import model  # noqa: E402
 from model import memory, parallel  # noqa: E402

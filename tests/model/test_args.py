@@ -14,9 +14,9 @@ import torch
 from model import ConfigError, ModelArgs
 from model.layers import rope_inv_freq
 
-from conftest import HF_TINY
+from helpers import HF_TINY
 
-TINY_HF = HF_TINY | {"model_type": "deepseek_v3"}  # conftest's kwargs for DeepseekV3Config, as a config.json
+TINY_HF = HF_TINY | {"model_type": "deepseek_v3"}  # the helpers' kwargs for DeepseekV3Config, as a config.json
 
 # The published DeepSeek-V3 config.json (its architecture and routing keys; the remaining keys,
 # such as auto_map or initializer_range, do not describe the model's arithmetic).

@@ -1,7 +1,7 @@
 """Parity with transformers' DeepseekV3ForCausalLM (and DeepseekV2ForCausalLM) on random weights.
 
 Each config is written once by transformers (`save_pretrained`, float32, random weights with a
-nonzero balancing bias, see conftest.randomize_), then read by both transformers and `model.load`
+nonzero balancing bias, see helpers.randomize_), then read by both transformers and `model.load`
 (with both attention implementations). Acceptance:
 
 - logits: max |ours - hf| <= 1e-4 x max |hf|;
@@ -26,14 +26,14 @@ pytest.importorskip("transformers")
 
 import model  # noqa: E402
 import model.mla  # noqa: E402
-from conftest import HF_TINY, hf_checkpoint, load_hf, randomize_  # noqa: E402
+from helpers import HF_TINY, hf_checkpoint, load_hf, randomize_  # noqa: E402
 from model.layers import rope_inv_freq  # noqa: E402
 
 LOGIT_RTOL = 1e-4  # max |ours - hf| / max |hf|
 MIN_AGREEMENT = 0.999  # fraction of (token, layer) pairs with the same expert set
 WEIGHT_ATOL = 1e-5  # routing weights (after route_scale) for tokens whose sets agree
 
-# HF config overrides per case (on top of conftest.HF_TINY).
+# HF config overrides per case (on top of helpers.HF_TINY).
 V3_CONFIGS = {
     "tiny_grouped": {},  # n_group=4, topk_group=2, dims not multiples of 128
     "no_group_limit": dict(n_group=1, topk_group=1),
