@@ -28,3 +28,10 @@ def probe_env(tmp_path_factory):
     corpus = make_corpus(base / "corpus")
     ckpt = make_probe_ckpt(base / "ckpt", corpus)
     return {"base": base, "corpus": corpus, "ckpt": ckpt}
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that share the torchrun launch of tests/model/test_parallel.py are slow too."""
+    for item in items:
+        if "worker_results" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

@@ -337,6 +337,7 @@ def test_help():
     assert p.returncode == 0 and "--renormalise" in p.stdout and "torchrun" in p.stdout
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one(probe_env, tmp_path):
     args = _cli(probe_env, tmp_path / "one", "--top", "2", "--control")
     assert main(args) == 0

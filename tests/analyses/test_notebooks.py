@@ -12,6 +12,8 @@ from nbclient import NotebookClient
 
 from helpers.analysis_runs import small_run
 
+pytestmark = pytest.mark.slow  # torchrun launches, a browser or notebook kernels: `pytest -m "not slow"` skips them
+
 REPO = Path(__file__).resolve().parents[2]
 NB_DIR = REPO / "analyses" / "notebooks"
 NAMES = ["load_balance", "specialisation", "ablation", "latent_kv", "mtp"]

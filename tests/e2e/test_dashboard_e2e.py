@@ -4,7 +4,7 @@ error text; screenshots saved under a folder the test prints.
 
 Also a screenshot tool for the README:
 
-    python tests/test_dashboard_e2e.py RUNS_DIR OUT_DIR [RUN_NAME [PAGE,PAGE...]]   # one PNG per page
+    python tests/e2e/test_dashboard_e2e.py RUNS_DIR OUT_DIR [RUN_NAME [PAGE,PAGE...]]   # one PNG per page
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+pytestmark = pytest.mark.slow  # torchrun launches, a browser or notebook kernels: `pytest -m "not slow"` skips them
 
 REPO = Path(__file__).resolve().parents[2]
 APP = REPO / "dashboards" / "app.py"

@@ -26,6 +26,8 @@ from model.parallel import ParallelError
 
 from helpers import make_corpus, make_tokenizer, random_model
 
+pytestmark = pytest.mark.slow  # torchrun launches, a browser or notebook kernels: `pytest -m "not slow"` skips them
+
 ROOT = Path(__file__).resolve().parents[2]
 TOPOLOGY = dict(n_routed_experts=256, n_expert_groups=8, n_limited_groups=4, n_activated_experts=8, moe_inter_dim=8)
 RECORD = dict(seq_len=32, batch_size=2, router_logits="full", sample=0.5, dtype="float64", max_tokens=1200,

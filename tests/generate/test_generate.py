@@ -2,7 +2,7 @@
 conditions, MTP speculative decoding (greedy output identical to plain greedy; both caches roll
 back), the tokenizer / chat format, prompt files and the command line.
 
-    python -m pytest tests/test_generate.py -q -s      # -s prints acceptance rates
+    python -m pytest tests/generate/test_generate.py -q -s      # -s prints acceptance rates
 """
 
 from __future__ import annotations
@@ -347,6 +347,7 @@ def test_cli_errors(demo_dir, tmp_path, capsys):
         assert err.startswith("error: ") and msg in err and err.count("\n") == 1, err
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_print_once(demo_dir, tmp_path):
     """Under torchrun (gloo, 2 ranks) the batch runs on both ranks in step; rank 0 alone prints."""
     f = tmp_path / "prompts.jsonl"

@@ -8,7 +8,7 @@ forward pass (FP8 weights resident vs dequantised) and a few decode steps on one
 Not a pytest module (no test_ prefix, so CI never collects it). Prints one table per part: max
 error vs the torch twin (relative to the largest output), milliseconds per call for Triton and
 torch (CUDA events, median), and the GEMM's TFLOP/s. Exits non-zero if an error exceeds the
-tolerances of tests/test_kernels.py. This runs world size 1; the tensor + expert parallel
+tolerances of tests/model/test_kernels.py. This runs world size 1; the tensor + expert parallel
 forward is checked and timed by tests/gpu/check_parallel.py (torchrun).
 """
 

@@ -36,7 +36,7 @@ from model import ModelArgs, memory, parallel  # noqa: E402
 # (mode, compute dtype, gemm_impl, checkpoint). float32: the shards must equal the whole model up to
 # summation order (max |diff| / max |logit| <= 1e-4). bf16: each row-parallel output is rounded to
 # bf16 per rank before the sum, and in these random unit-gain models that flips some routing choices,
-# so the check is statistical, with tests/test_fp8_model.py's tolerances: mean |diff| <= 25% of mean
+# so the check is statistical, with tests/model/test_fp8_model.py's tolerances: mean |diff| <= 25% of mean
 # |logit| and argmax agreement >= 75% (typically far better).
 MODES = [("dense fp32", torch.float32, "bf16", "dense"),
          ("fp8 -> bf16", torch.bfloat16, "bf16", "fp8"),

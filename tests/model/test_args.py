@@ -1,6 +1,6 @@
 """ModelArgs: reading published Hugging Face configs, the shipped JSONs, round trips, YaRN, bad configs.
 
-    python -m pytest tests/test_args.py -q
+    python -m pytest tests/model/test_args.py -q
 """
 
 from __future__ import annotations

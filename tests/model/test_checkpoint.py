@@ -1,6 +1,6 @@
 """Checkpoints: FP8 blocks, the loading variants, counts on the meta device, and bad input.
 
-    python -m pytest tests/test_checkpoint.py -q -s      # -s shows the parameter counts
+    python -m pytest tests/model/test_checkpoint.py -q -s      # -s shows the parameter counts
 """
 
 from __future__ import annotations

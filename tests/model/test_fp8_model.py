@@ -1,8 +1,8 @@
 """FP8 weights kept resident: `model.load(path, gemm_impl="fp8")` against the dequantised path.
 
-    python -m pytest tests/test_fp8_model.py -q -s     # -s prints the measured logit differences
+    python -m pytest tests/model/test_fp8_model.py -q -s     # -s prints the measured logit differences
 
-On the CPU the FP8 path runs the torch twins of model/kernels.py (tests/test_kernels.py checks the
+On the CPU the FP8 path runs the torch twins of model/kernels.py (tests/model/test_kernels.py checks the
 Triton kernels against those twins).
 """
 

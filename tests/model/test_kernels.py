@@ -2,7 +2,7 @@
 kernels against the twins under Triton's CPU interpreter (in a subprocess: TRITON_INTERPRET must be
 set before triton is imported), on CUDA when present, and the wrappers' input checks.
 
-    python -m pytest tests/test_kernels.py -q -s     # -s prints the measured kernel-vs-twin errors
+    python -m pytest tests/model/test_kernels.py -q -s     # -s prints the measured kernel-vs-twin errors
 """
 
 from __future__ import annotations

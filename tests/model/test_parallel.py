@@ -4,7 +4,7 @@ The torchrun part launches `tests/workers/parallel_worker.py` once on 2 CPU proc
 checkpoints; each rank loads every checkpoint whole and sharded in one process and reports logits,
 MTP logits, decode, hook and gradient differences and its resident bytes. The rest runs in-process.
 
-    python -m pytest -q -s tests/test_parallel.py      # -s prints byte ratios and the 671B plan
+    python -m pytest -q -s tests/model/test_parallel.py      # -s prints byte ratios and the 671B plan
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ ALIGNED = dict(vocab_size=256, dim=256, inter_dim=256, moe_inter_dim=128, n_laye
                qk_rope_head_dim=128, v_head_dim=128)
 # the dense MLP's shards start mid-block (320 / 2 = 160): fine dequantised, refused FP8 resident
 BLOCKS = dict(inter_dim=320)
-FP8_MEAN_REL, FP8_MAX_REL = 0.25, 0.50  # the FP8 GEMM tolerance of tests/test_fp8_model.py
+FP8_MEAN_REL, FP8_MAX_REL = 0.25, 0.50  # the FP8 GEMM tolerance of tests/model/test_fp8_model.py
 
 
 @pytest.fixture(scope="module")
@@ -261,6 +261,7 @@ def _torchrun(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_generate_under_torchrun_is_sharded_and_equals_single_process(tmp_path):
     from generate import generate, load_codec, write_demo_checkpoint
 

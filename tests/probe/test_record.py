@@ -238,10 +238,22 @@ def test_jsonl_and_parquet_corpora(probe_env, tmp_path):
 
 
 # ------------------------------------------------------------------------ bad input
-def cli(*args, cwd=None):
+class Done:
+    def __init__(self, code, err):
+        self.returncode, self.stderr = code, err
+
+
+def cli(*args, capsys=None):
+    """`python -m probe ARGS`: in this process when `capsys` is given (the same main(), no
+    interpreter start-up), else in a subprocess."""
     if "--seq-len" not in args:
         args = (*args, "--seq-len", "64")
-    return subprocess.run([sys.executable, "-m", "probe", *args], capture_output=True, text=True, cwd=cwd,
+    if capsys is not None:
+        from probe.__main__ import main
+
+        code = main(list(args))
+        return Done(code, capsys.readouterr().err)
+    return subprocess.run([sys.executable, "-m", "probe", *args], capture_output=True, text=True,
                           env=os.environ | {"PYTHONPATH": str(REPO)}, timeout=300)
 
 
@@ -253,25 +265,31 @@ def assert_one_line_error(p, *needles):
         assert n in err, err
 
 
-def test_bad_inputs_give_one_line_errors_and_write_nothing(probe_env, tmp_path):
+def test_bad_inputs_give_one_line_errors_and_write_nothing(probe_env, tmp_path, capsys):
     ck, corpus = str(probe_env["ckpt"]), str(probe_env["corpus"])
     out = tmp_path / "out"
+    # the real command line once (a subprocess), then the same main() in this process
     assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", str(tmp_path / "nope"), "--out", str(out)),
                           "nope", "corpus not found")
     (tmp_path / "empty").mkdir()
-    assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", str(tmp_path / "empty"), "--out", str(out)),
-                          "has no files")
+    assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", str(tmp_path / "empty"), "--out", str(out),
+                              capsys=capsys), "has no files")
     (tmp_path / "blank").mkdir()
     (tmp_path / "blank" / "a.txt").write_text("")
     assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", str(tmp_path / "blank"), "--out", str(out),
-                              "--no-bos"), "no text")
-    assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", corpus, "--out", str(out), "--seq-len", "4096"),
-                          "--seq-len 4096", "max_seq_len 256")
+                              "--no-bos", capsys=capsys), "no text")
+    assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", corpus, "--out", str(out), "--seq-len", "4096",
+                              capsys=capsys), "--seq-len 4096", "max_seq_len 256")
     f = tmp_path / "afile"
     f.write_text("x")
-    assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", corpus, "--out", str(f / "run")), "is a file")
-    assert_one_line_error(cli("record", "--ckpt", str(tmp_path), "--corpus", corpus, "--out", str(out)),
-                          "no config.json")
+    assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", corpus, "--out", str(f / "run"), capsys=capsys),
+                          "is a file")
+    assert_one_line_error(cli("record", "--ckpt", str(tmp_path), "--corpus", corpus, "--out", str(out),
+                              capsys=capsys), "no config.json")
+    assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", corpus, "--out", str(out), "--max-tokens", "0",
+                              capsys=capsys), "--max-tokens 0")
+    assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", corpus, "--out", str(out), "--world-size", "2",
+                              capsys=capsys), "use them with --dry-run")
     assert not out.exists()
 
 
@@ -314,7 +332,8 @@ def test_non_utf8_bytes_are_replaced_and_counted(probe_env, tmp_path):
 # ------------------------------------------------------------- interrupt / resume / torchrun
 def record_cmd(env, corpus, out, *extra):
     return [sys.executable, "-m", "probe", "record", "--ckpt", str(env["ckpt"]), "--corpus", str(corpus),
-            "--out", str(out), "--seq-len", "32", "--batch-size", "2", "--no-progress", *extra]
+            "--out", str(out), "--seq-len", "32", "--batch-size", "2", "--max-tokens", str(MAX_TOKENS), "--no-progress",
+            *extra]
 
 
 @pytest.fixture(scope="module")
@@ -327,17 +346,50 @@ def big_corpus(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference_run(probe_env, big_corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("ref") / "run"
-    p = subprocess.run(record_cmd(probe_env, big_corpus, out, "--router-logits", "full"),
-                       capture_output=True, text=True, env=os.environ | {"PYTHONPATH": str(REPO)})
-    assert p.returncode == 0, p.stderr
-    return probe.open_run(out)
+    return probe.open_run(rec(probe_env, out, corpus=big_corpus, seq_len=32, batch_size=2, router_logits="full",
+                              max_tokens=MAX_TOKENS))
 
 
-TABLES = ["tokens", "routing", "expert_load", "mtp", "kv_stats", "kv_spectrum"]
+TABLES = ["tokens", "routing", "expert_load", "mtp", "kv_stats", "kv_spectrum", "router_bias"]
+MAX_TOKENS = 3000  # ~50 batches of 2 x 32: enough to stop a run in the middle, quick to record
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
-def test_interrupt_then_resume_equals_uninterrupted(probe_env, big_corpus, reference_run, tmp_path, sig):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_then_resume_equals_uninterrupted(probe_env, big_corpus, reference_run, tmp_path, monkeypatch, sig):
+    """Ctrl-C or SIGTERM while recording (sent to this process after the 7th batch): the batch in
+    flight finishes, the rows are committed, run.json says interrupted, and --resume completes a run
+    equal to the uninterrupted one."""
+    from probe.recorders import Recorder
+
+    calls = []
+    real_run = Recorder.run
+
+    def run_then_signal(self, batch):
+        out = real_run(self, batch)
+        calls.append(batch.index)
+        if len(calls) == 7:
+            os.kill(os.getpid(), sig)
+        return out
+
+    monkeypatch.setattr(Recorder, "run", run_then_signal)
+    out = tmp_path / "run"
+    kw = dict(corpus=big_corpus, seq_len=32, batch_size=2, router_logits="full", commit_every=2, max_tokens=MAX_TOKENS)
+    with pytest.raises(KeyboardInterrupt, match="continue with --resume"):
+        rec(probe_env, out, **kw)
+    partial = probe.open_run(out)
+    assert partial.status == "interrupted" and calls == list(range(7))
+    assert partial.df("tokens").seq_id.nunique() == 14  # 7 batches of 2 windows, all committed
+    assert "kv_stats" not in partial.tables
+    monkeypatch.setattr(Recorder, "run", real_run)
+    done = probe.open_run(rec(probe_env, out, resume=True, **kw))
+    assert done.status == "complete" and done.info["resumed"] == 1
+    assert_tables_equal(done, reference_run, TABLES)
+
+
+@pytest.mark.slow
+def test_kill_then_resume_equals_uninterrupted(probe_env, big_corpus, reference_run, tmp_path):
+    """SIGKILL of the record process (no chance to commit): the run stays readable (status running),
+    --resume drops the uncommitted rows and completes a run equal to the uninterrupted one."""
     out = tmp_path / "run"
     env = os.environ | {"PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(record_cmd(probe_env, big_corpus, out, "--router-logits", "full", "--commit-every", "2"),
@@ -348,23 +400,15 @@ def test_interrupt_then_resume_equals_uninterrupted(probe_env, big_corpus, refer
         if prog.exists() and json.loads(prog.read_text()).get("done", -1) >= 3:
             break
         time.sleep(0.01)
-    assert proc.poll() is None, "the run finished before it could be interrupted"
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=120)
-    partial = probe.open_run(out)  # readable after any kind of stop
-    if sig == signal.SIGKILL:
-        assert partial.status == "running"
-    else:
-        assert proc.returncode == 130, err
-        assert partial.status == "interrupted"
-        assert "continue with --resume" in err
-    n_partial = len(partial.df("tokens"))
-    assert 0 < n_partial < reference_run.info["planned"]["tokens"]
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=120)
+    partial = probe.open_run(out)  # readable after a kill
+    assert partial.status == "running"
+    assert 0 < len(partial.df("tokens")) < reference_run.info["planned"]["tokens"]
     assert "kv_stats" not in partial.tables
-    p = subprocess.run(record_cmd(probe_env, big_corpus, out, "--router-logits", "full", "--resume"),
-                       capture_output=True, text=True, env=env)
-    assert p.returncode == 0, p.stderr
-    done = probe.open_run(out)
+    done = probe.open_run(rec(probe_env, out, corpus=big_corpus, seq_len=32, batch_size=2, router_logits="full",
+                              max_tokens=MAX_TOKENS, resume=True))
     assert done.status == "complete"
     assert_tables_equal(done, reference_run, TABLES)
 
@@ -378,6 +422,7 @@ def test_resume_refuses_changed_options(probe_env, big_corpus, reference_run, tm
         rec(probe_env, out, corpus=big_corpus, resume=True, router_logits="full", batch_size=2)
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one(probe_env, big_corpus, reference_run, tmp_path):
     out = tmp_path / "run2"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",

@@ -279,6 +279,7 @@ def test_bad_input_errors(corpus, tmp_path, capsys):
     assert err.startswith("error: invalid ModelArgs") and "\n" not in err
 
 
+@pytest.mark.slow
 def test_two_process_gloo_run_matches_one_process(corpus, tmp_path):
     """torchrun with 2 CPU processes (gloo) x batch 2 takes the same steps as 1 process x batch 4."""
     import os

@@ -1,6 +1,6 @@
 """Run the Triton kernels under Triton's CPU interpreter against their torch twins; print JSON.
 
-Not collected by pytest (no test_ prefix): tests/test_kernels.py runs it in a subprocess, because
+Not collected by pytest (no test_ prefix): tests/model/test_kernels.py runs it in a subprocess, because
 TRITON_INTERPRET must be set before triton is first imported and must not leak into other tests.
 
     TRITON_INTERPRET=1 python tests/workers/kernel_interp_checks.py     # one JSON object per line

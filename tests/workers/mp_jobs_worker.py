@@ -1,4 +1,4 @@
-"""torchrun worker for tests/test_mp_jobs.py: runs the record, spec and ablate jobs one after the
+"""torchrun worker for tests/e2e/test_mp_jobs.py: runs the record, spec and ablate jobs one after the
 other in one launch (the library entry points, as the commands call them), so that one start-up of
 the ranks covers all three. Not a test module.
 

@@ -1,4 +1,4 @@
-"""torchrun worker for tests/test_parallel.py: each rank loads a checkpoint twice in one process,
+"""torchrun worker for tests/model/test_parallel.py: each rank loads a checkpoint twice in one process,
 whole (parallel=False) and sharded (parallel=True), and compares them. Not a test module.
 
     python -m torch.distributed.run --standalone --nproc-per-node 2 tests/workers/parallel_worker.py CASES.json
