@@ -219,39 +219,12 @@ def load(path: str | os.PathLike, *, dtype: torch.dtype | None = None, device=No
     if gemm_impl not in GEMM_IMPLS:
         raise CheckpointError(f"gemm_impl={gemm_impl!r}: choose one of {GEMM_IMPLS}")
     path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"{path}: not a checkpoint directory")
-    if not (path / "config.json").exists():
-        raise CheckpointError(f"{path}: no config.json (a Hugging Face checkpoint directory needs one)")
-    try:
-        args = ModelArgs.from_hf_config(path)
-    except ConfigError as e:
-        raise CheckpointError(str(e)) from None
-    files, weight_map = _shard_files(path)
-    headers = _read_headers(files)
-    if weight_map is not None:
-        for k in weight_map:
-            if k not in headers:
-                raise CheckpointError(f"{weight_map[k]}: tensor {k} listed in the index is not in the file")
-    mtp_prefixes = [f"model.layers.{args.n_layers + k}." for k in range(args.n_mtp_layers)]
-    present = [p for p in mtp_prefixes if any(n.startswith(p) for n in headers)]
-    args.extra["mtp_weights"] = bool(present)
-    args.n_mtp_layers = len(present)  # MTP modules absent from the checkpoint are not built
-    if dtype is None:
-        dtype = getattr(torch, args.dtype)
-    args.extra["checkpoint"] = str(path.resolve())
-
+    args, files, headers = _open(path)
+    dtype = dtype or getattr(torch, args.dtype)
     with torch.device("meta"):
         meta = Transformer(args, attn_impl=attn_impl, dtype=dtype, init=False)
     plan = _plan(meta, headers)
-    resident: set[str] = set()
-    if gemm_impl == "fp8":
-        resident = _fp8_resident_names(plan, headers, path)
-        block = args.quant_block or (128, 128)
-        if block[0] != block[1]:
-            raise CheckpointError(f"{path}: gemm_impl='fp8' needs square weight blocks, "
-                                  f"config has weight_block_size {list(block)}")
-        make_fp8_resident(meta, resident, block=block[0], scale_fmt=args.scale_fmt)
+    resident = _keep_fp8(meta, plan, headers, path) if gemm_impl == "fp8" else set()
     shards = resolve_shards(parallel)
     spec: dict[str, Cut] = {}
     if shards is not None:
@@ -259,11 +232,49 @@ def load(path: str | os.PathLike, *, dtype: torch.dtype | None = None, device=No
         device = device_for(device, shards)
     if torch.device(device or "cpu").type == "meta":
         return meta.eval()
-
     model = meta.to_empty(device=device or "cpu")
     model.rope_inv_freq = rope_inv_freq(args).to(model.rope_inv_freq.device)  # not in the checkpoint
+    _stream(model, plan, headers, files, spec, resident)
+    if shards is not None:
+        install(model, shards)
+    return model.eval()
+
+
+def _open(path: Path) -> tuple[ModelArgs, list[Path], dict]:
+    """The config (MTP modules counted only when their weights are there) and every shard's header."""
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a checkpoint directory")
+    if not (path / "config.json").exists():
+        raise CheckpointError(f"{path}: no config.json (a Hugging Face checkpoint directory needs one)")
+    args = _config(path)
+    files, weight_map = _shard_files(path)
+    headers = _read_headers(files)
+    for k in weight_map or {}:
+        if k not in headers:
+            raise CheckpointError(f"{weight_map[k]}: tensor {k} listed in the index is not in the file")
+    mtp_prefixes = [f"model.layers.{args.n_layers + k}." for k in range(args.n_mtp_layers)]
+    present = [p for p in mtp_prefixes if any(n.startswith(p) for n in headers)]
+    args.extra["mtp_weights"] = bool(present)
+    args.n_mtp_layers = len(present)  # MTP modules absent from the checkpoint are not built
+    args.extra["checkpoint"] = str(path.resolve())
+    return args, files, headers
+
+
+def _keep_fp8(meta: Transformer, plan, headers: dict, path: Path) -> set[str]:
+    """gemm_impl="fp8": make the FP8 tensors' parameters FP8 resident; returns their names."""
+    resident = _fp8_resident_names(plan, headers, path)
+    block = meta.args.quant_block or (128, 128)
+    if block[0] != block[1]:
+        raise CheckpointError(f"{path}: gemm_impl='fp8' needs square weight blocks, "
+                              f"config has weight_block_size {list(block)}")
+    make_fp8_resident(meta, resident, block=block[0], scale_fmt=meta.args.scale_fmt)
+    return resident
+
+
+def _stream(model: Transformer, plan, headers: dict, files: list[Path], spec: dict, resident: set[str]) -> None:
+    """Copy every planned tensor (this rank's cut of it) into the materialised model, one at a time."""
     params = dict(model.named_parameters()) | dict(model.named_buffers())
-    block = args.quant_block or (128, 128)
+    block = model.args.quant_block or (128, 128)
     with contextlib.ExitStack() as stack, torch.no_grad():
         handles = {f: stack.enter_context(safe_open(f, framework="pt")) for f in files}
         for hf_name, target in plan:
@@ -272,27 +283,26 @@ def load(path: str | os.PathLike, *, dtype: torch.dtype | None = None, device=No
                 if not cut.start <= row < cut.start + cut.size:
                     continue
                 cut, row = None, row - cut.start
-            f = headers[hf_name][0]
-            scale = None
-            try:
-                if cut is not None:
-                    t, scale = _read_cut(handles, headers, hf_name, cut, target.name in resident, block)
-                else:
-                    t = handles[f].get_tensor(hf_name)
-                    if t.dtype == torch.float8_e4m3fn:
-                        sf = headers[hf_name + "_scale_inv"][0]
-                        scale = handles[sf].get_tensor(hf_name + "_scale_inv")
-                        if target.name not in resident:
-                            t, scale = dequantize_block(t, scale, block), None
-            except (SafetensorError, OSError, RuntimeError, ValueError) as e:
-                raise CheckpointError(f"{f}: cannot read tensor {hf_name} ({e})") from None
+            t, scale = _read(handles, headers, hf_name, cut, target.name in resident, block)
             for name, value in ((target.name, t), (_scale_name(target.name), scale)):
                 if value is not None:
                     dst = params[name]
                     (dst if row is None else dst[row]).copy_(value)
-    if shards is not None:
-        install(model, shards)
-    return model.eval()
+
+
+def _read(handles, headers, hf_name: str, cut, resident: bool, block) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One checkpoint tensor (or this rank's cut), FP8 kept with its scales or dequantised."""
+    f = headers[hf_name][0]
+    try:
+        if cut is not None:
+            return _read_cut(handles, headers, hf_name, cut, resident, block)
+        t = handles[f].get_tensor(hf_name)
+        if t.dtype != torch.float8_e4m3fn:
+            return t, None
+        scale = handles[headers[hf_name + "_scale_inv"][0]].get_tensor(hf_name + "_scale_inv")
+        return (t, scale) if resident else (dequantize_block(t, scale, block), None)
+    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+        raise CheckpointError(f"{f}: cannot read tensor {hf_name} ({e})") from None
 
 
 def inspect(path: str | os.PathLike, *, gemm_impl: str = "bf16", dtype: torch.dtype | None = None) -> dict:

@@ -74,21 +74,33 @@ def evaluate(model, batches: list[Batch], ablations: list[Ablation], *, domains:
     corpus, the same list on every rank (default: those of `batches`). loads: {domain or "all":
     [n_moe_layers, E] counts} for top-N; None = measured on the baseline pass (summed over ranks).
     """
-    import pandas as pd
-
     check_names(ablations)
     shape = RouterShape.of(model.args)
-    moe = shape.moe_layers
     domains = domains if domains is not None else sorted({w.domain for b in batches for w in b.windows})
-    index = {d: i for i, d in enumerate(domains)}
-    D, E, K = len(domains), shape.n_experts, shape.topk
     tick = progress or (lambda: None)
     # plans that need no loads are resolved (and refused) before any forward pass
-    plans: dict[str, Plan] = {}
+    plans: dict[str, Plan] = {a.name: resolve(a, shape, loads, loads_source) for a in ablations
+                              if not a.needs_loads or loads is not None}
+    base_acc, base_loads, stored = _baseline(model, batches, domains, shape, tick)
+    if loads is None:
+        base_loads = _allreduce(base_loads, world)
+        loads = {d: base_loads[i] for i, d in enumerate(domains)} | {ALL: base_loads.sum(0)}
+        loads_source = "baseline"
     for a in ablations:
-        if not a.needs_loads or loads is not None:
+        if a.name not in plans:
             plans[a.name] = resolve(a, shape, loads, loads_source)
+    acc = np.stack([_ablated(model, batches, stored, plans[a.name], shape, len(domains), tick) for a in ablations]) \
+        if ablations else np.zeros((0, len(domains), len(ACC)))
+    df = _rows(ablations, plans, _allreduce(base_acc, world), _allreduce(acc, world), domains, shape.moe_layers)
+    return df, [plans[a.name] for a in ablations]
 
+
+def _baseline(model, batches: list[Batch], domains: list[str], shape: RouterShape, tick):
+    """The pass with nothing disabled: per-domain loss sums [D, 2], loads [D, L, E], and each batch's
+    top-k ids and token domains (what the ablated passes compare against)."""
+    moe, E = shape.moe_layers, shape.n_experts
+    index = {d: i for i, d in enumerate(domains)}
+    D = len(domains)
     base_acc, base_loads, stored = np.zeros((D, 2)), np.zeros((D, len(moe), E), np.int64), []
     for batch in batches:
         nll, ids = _forward(model, batch, moe, [])
@@ -100,33 +112,35 @@ def evaluate(model, batches: list[Batch], ablations: list[Ablation], *, domains:
             base_loads[:, j] += torch.bincount(key.reshape(-1), minlength=D * E).reshape(D, E).numpy()
         stored.append((ids, dom_tok, dom_nll))
         tick()
-    if loads is None:
-        base_loads = _allreduce(base_loads, world)
-        loads = {d: base_loads[i] for i, d in enumerate(domains)} | {ALL: base_loads.sum(0)}
-        loads_source = "baseline"
-    for a in ablations:
-        if a.name not in plans:
-            plans[a.name] = resolve(a, shape, loads, loads_source)
+    return base_acc, base_loads, stored
 
-    acc = np.zeros((len(ablations), D, len(ACC)))
-    for i, a in enumerate(ablations):
-        plan = plans[a.name]
-        hooks = plan_hooks(model, plan)
-        first = plan.first_layer
-        # routing is compared at the MoE layers after the first ablated layer (all when nothing is)
-        down = slice(0 if first is None else moe.index(first) + 1, None)
-        n_down = len(moe[down])
-        for batch, (base_ids, dom_tok, dom_nll) in zip(batches, stored):
-            nll, ids = _forward(model, batch, moe, hooks)
-            _add_loss(acc[i], nll, dom_nll)
-            if n_down:
-                changed, replaced = _pairs_changed(ids, base_ids, down)
-                acc[i, :, 2] += np.bincount(dom_tok, minlength=D) * n_down
-                acc[i, :, 3] += np.bincount(dom_tok, changed.numpy(), D)
-                acc[i, :, 4] += np.bincount(dom_tok, replaced.numpy() / K, D)
-            tick()
-    base_acc = _allreduce(base_acc, world)
-    acc = _allreduce(acc, world)
+
+def _ablated(model, batches: list[Batch], stored: list, plan: Plan, shape: RouterShape, D: int, tick) -> np.ndarray:
+    """One ablation's pass: per-domain sums [D, len(ACC)] (loss, tokens, compared pairs, changed
+    top-k sets, replaced experts)."""
+    moe, K = shape.moe_layers, shape.topk
+    acc = np.zeros((D, len(ACC)))
+    hooks = plan_hooks(model, plan)
+    first = plan.first_layer
+    # routing is compared at the MoE layers after the first ablated layer (all when nothing is)
+    down = slice(0 if first is None else moe.index(first) + 1, None)
+    n_down = len(moe[down])
+    for batch, (base_ids, dom_tok, dom_nll) in zip(batches, stored):
+        nll, ids = _forward(model, batch, moe, hooks)
+        _add_loss(acc, nll, dom_nll)
+        if n_down:
+            changed, replaced = _pairs_changed(ids, base_ids, down)
+            acc[:, 2] += np.bincount(dom_tok, minlength=D) * n_down
+            acc[:, 3] += np.bincount(dom_tok, changed.numpy(), D)
+            acc[:, 4] += np.bincount(dom_tok, replaced.numpy() / K, D)
+        tick()
+    return acc
+
+
+def _rows(ablations: list[Ablation], plans: dict, base_acc: np.ndarray, acc: np.ndarray, domains: list[str],
+          moe: list[int]):
+    """The `ablations` table: per ablation, one row for all tokens and one per domain."""
+    import pandas as pd
 
     rows = []
     for i, a in enumerate(ablations):
@@ -143,8 +157,7 @@ def evaluate(model, batches: list[Batch], ablations: list[Ablation], *, domains:
                          "tokens": int(s[1]), "loss": loss, "baseline_loss": base, "delta": loss - base,
                          "routing_changed": s[3] / s[2] if s[2] else None,
                          "experts_changed": s[4] / s[2] if s[2] else None, "downstream_layers": n_down})
-    df = pd.DataFrame(rows, columns=TABLES["ablations"].names)
-    return df, [plans[a.name] for a in ablations]
+    return pd.DataFrame(rows, columns=TABLES["ablations"].names)
 
 
 def _allreduce(x: np.ndarray, world) -> np.ndarray:
