@@ -48,14 +48,11 @@ def dense_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     through oneDNN's linear primitive (torch.ops.mkldnn._linear_pointwise, an op torch.compile's CPU
     backend also emits), everything else through F.linear.
 
-    NOTE: torch's CPU wheels run a float32 F.linear through MKL's sgemm, which measured half of
-    oneDNN's throughput on our 2-core AMD EPYC (222 vs 493 GFLOPS for 1024x512x256 with 2 threads;
-    113 GFLOPS on one core, the AVX2 rate, where oneDNN uses AVX-512). Same float32 arithmetic in a
-    different summation order (differences ~1e-6 relative, tested). oneDNN compiles a kernel per
-    shape (about 0.4 ms, cached for 1,024 shapes), so callers whose row count varies from call to
-    call pad it to a multiple of ONEDNN_ROW_BUCKET. The oneDNN op has no autograd formula, so
-    whenever x or w needs a gradient F.linear is used. DSV3_ONEDNN=0 in the environment (or
-    `model.layers.ONEDNN_LINEAR = False`) turns it off."""
+    NOTE: on some CPUs torch's MKL sgemm keeps to AVX2 where oneDNN runs AVX-512 (the README and
+    benchmarks/bench_prefill.py give the figures); same float32 arithmetic, another summation
+    order (~1e-6 relative, tested). oneDNN compiles a kernel per shape, so callers whose row count
+    varies pad it to a multiple of ONEDNN_ROW_BUCKET; it has no autograd formula, so F.linear runs
+    whenever a gradient is needed. DSV3_ONEDNN=0 (or `model.layers.ONEDNN_LINEAR = False`) turns it off."""
     if uses_onednn(x, w):
         return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
     return F.linear(x, w)

@@ -31,39 +31,23 @@ Layout (W ranks; the table PLAN below; see docs/deepseek-v3.md, "Parallel layout
   every rank runs the router on all tokens, computes the tokens routed to its own experts, and one
   all-reduce sums the partial outputs. Router, norms, `eh_proj` and the balancing bias are replicated.
 
-Why the all-reduce layout for experts (the published inference code's) and not all-to-all dispatch:
-under tensor parallelism every rank already holds every token's activations, so there is nothing to
-dispatch: the all-reduce costs what one row-parallel projection costs and needs no token
-permutation, capacity or padding, and its result is exactly the single-process sum (no dropping).
-The router runs, unchanged and replicated, on every rank, so its hooks show the full [T, E] scores
-and top-k choices on every rank and the probe needs no extra communication to record them.
-All-to-all pays off only when ranks hold different tokens (data-parallel attention), which this
-code does not do.
+NOTE: experts use the all-reduce layout of the published inference code, not all-to-all dispatch:
+under tensor parallelism every rank already holds every token, so there is nothing to dispatch, the
+result is exactly the single-process sum, and the replicated router's hooks show every token's full
+scores and choices on every rank (the probe records them without extra communication).
 
-FP8 weights kept resident: a cut must start on a 128-block or lie inside one block (checked for
-every rank, so all ranks raise the same `ParallelError`). A row-parallel FP8 GEMM (`wo`, `w2`)
-quantises its local input in its own 128-channel blocks: with whole-block shards (671B at 8, 16 or
-32 ranks) these are the single process's blocks and the result is the same; with shards inside one
-block (toy sizes) it differs by FP8 rounding.
+FP8 weights kept resident: every rank's cut must start on a 128-block or lie inside one (checked for
+all ranks, so all raise the same `ParallelError`); whole-block shards (671B at 8, 16 or 32 ranks)
+quantise a row-parallel GEMM's input in the single process's blocks, so the result is the same.
 
-Hooks under parallelism keep their names and shapes except these per-rank ones:
-- `*.attn.hook_q_nope`, `hook_q_pe` [B, S, H/W, .], `hook_z` [B, S, H/W, V], `hook_pattern`
-  [B, H/W, S, T]: this rank's heads, global heads `attn.head_range` = (first, end).
-Everything else (residual stream, attention/FFN outputs after their all-reduce, `hook_c_kv`,
-`hook_k_pe`, every router hook, `hook_routed_out`, `hook_shared_out`, MTP logits) is the full
-tensor, identical up to float rounding on every rank. A hook that replaces a per-rank tensor
-(e.g. ablating a head) acts on this rank's heads only; use `head_range` to address global heads.
+Per-rank hook tensors: `*.attn.hook_q_nope`, `hook_q_pe`, `hook_z`, `hook_pattern` hold this rank's
+heads (`attn.head_range`); every other hook is the full tensor on every rank.
 
-Communication sits at module boundaries as forward hooks (and one wrapper, `ShardedEmbedding`,
-which replaces `embed` keeping the name `embed.weight`): every sharded module (MLA, MLP, Experts,
-head) gets "copy in" on its input and "reduce out" (head: gather) on its output. Autograd works:
-the copy is the identity forward and an all-reduce of gradients backward, the reduce is an
-all-reduce forward and the identity backward (Megatron's f/g pair), the gather's backward keeps
-this rank's slice; replicated parameters inside MLA (wq_a, q_norm, wkv_a, kv_norm) see only this
-rank's heads, so a gradient hook sums their gradients across ranks. Every rank must then call
-backward on the same (replicated) loss. NOTE: no-grad forwards all-reduce module outputs in place.
-
-Two parallel models in one process work (the group travels in the hooks, never in a global).
+Communication sits at module boundaries as forward hooks (plus `ShardedEmbedding`, which keeps the
+name `embed.weight`): "copy in" on each sharded module's input, "reduce out" (head: gather) on its
+output; autograd works (Megatron's f/g pair; the replicated MLA weights that see only this rank's
+heads sum their gradients across ranks). No-grad forwards all-reduce module outputs in place. Two
+parallel models in one process work (the group travels in the hooks, never in a global).
 """
 
 from __future__ import annotations
