@@ -90,6 +90,14 @@ def status_banner(ref: data.RunRef) -> None:
                    f"committed before the stop; continue it with {hint}.", icon="⚠️")
 
 
+def one_domain_note(ref: data.RunRef, doms: list[str], what: str) -> None:
+    """Say plainly why a comparison across domains is not drawn for a run with fewer than two."""
+    st.info(f"{what} compares domains, and run `{ref.name}` has {len(doms)} domain"
+            f"{'' if len(doms) == 1 else 's'}{' (`' + doms[0] + '`)' if doms else ''}. Record a corpus with two or more "
+            "(one sub-folder per domain, or a `domain` field per record); with `--max-tokens` the default "
+            "`--order domains` takes tokens from every domain.", icon="ℹ️")
+
+
 @contextmanager
 def guard(what: str = "this section"):
     """Show a failure of `what` in the page instead of raising."""

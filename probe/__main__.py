@@ -32,6 +32,9 @@ def _add_record(sub) -> None:
     p.add_argument("--out", help="run directory to write (default: runs/<ckpt>-<corpus>)")
     p.add_argument("--tokenizer", help="tokenizer.json (default: the checkpoint's)")
     p.add_argument("--max-tokens", type=int, help="stop after this many tokens (default: the whole corpus)")
+    p.add_argument("--order", choices=["domains", "corpus"], default="domains",
+                   help="domains (default): the domains interleaved, each next window from the domain with the "
+                        "fewest tokens so far, so a --max-tokens cap covers every domain; corpus: corpus order")
     p.add_argument("--seq-len", type=int,
                    help="window length in tokens (default 512, or the model's training length when "
                         "shorter: rope_scaling's original_max_position_embeddings)")

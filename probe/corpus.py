@@ -11,7 +11,8 @@ Bytes that are not UTF-8 are replaced by U+FFFD and counted (`CorpusStats.replac
 
 Windows: each document is tokenised (with BOS prepended when the model has one) and cut into
 consecutive, non-overlapping windows of `seq_len` tokens; the last window of a document is
-shorter. Windows are never packed together: a batch is right-padded and the model is told each
+shorter. `corpus_windows` gives them in corpus order, or (the default) with the domains
+interleaved, so that a --max-tokens cap covers every domain. Windows are never packed together: a batch is right-padded and the model is told each
 row's length, so every window is seen exactly as if it were alone.
 """
 
@@ -74,7 +75,8 @@ def _decode(data: bytes, where: str, stats: CorpusStats) -> str:
     text = data.decode("utf-8", errors=name)
     if counter.n:
         stats.replaced_bytes += counter.n
-        stats.files_with_replacements.append(where)
+        if where not in stats.files_with_replacements:
+            stats.files_with_replacements.append(where)
     return text
 
 
@@ -120,9 +122,8 @@ def _parquet(path: Path, rel: str, default_domain: str) -> Iterator[Document]:
             yield Document(str(did) if did is not None else f"{rel}:{row}", str(dom), text)
 
 
-def iter_documents(path: str | Path, stats: CorpusStats | None = None) -> Iterator[Document]:
-    """Every document of the corpus, in a deterministic order."""
-    stats = stats if stats is not None else CorpusStats()
+def _entries(path: str | Path) -> tuple[Path, list[tuple[Path, str, str]]]:
+    """The corpus files as (file, path relative to the corpus, domain of its folder)."""
     root = Path(path)
     if not root.exists():
         raise CorpusError(f"{root}: corpus not found")
@@ -130,12 +131,16 @@ def iter_documents(path: str | Path, stats: CorpusStats | None = None) -> Iterat
         files = _files(root)
         if not files:
             raise CorpusError(f"{root}: corpus directory has no files")
-        entries = [(f, f.relative_to(root).as_posix()) for f in files]
-    else:
-        entries = [(root, root.name)]
-    for f, rel in entries:
-        parts = Path(rel).parts
-        domain = parts[0] if root.is_dir() and len(parts) > 1 else "default"
+        rels = [(f, f.relative_to(root).as_posix()) for f in files]
+        return root, [(f, rel, Path(rel).parts[0] if len(Path(rel).parts) > 1 else "default") for f, rel in rels]
+    return root, [(root, root.name, "default")]
+
+
+def iter_documents(path: str | Path, stats: CorpusStats | None = None) -> Iterator[Document]:
+    """Every document of the corpus, in corpus order (files by sorted path, records in file order)."""
+    stats = stats if stats is not None else CorpusStats()
+    _, entries = _entries(path)
+    for f, rel, domain in entries:
         if f.suffix == ".jsonl":
             docs = _jsonl(f, rel, domain, stats)
         elif f.suffix == ".parquet":
@@ -160,20 +165,40 @@ def fingerprint(path: str | Path) -> str:
     return h.hexdigest()
 
 
+ORDERS = ("domains", "corpus")
+
+
+def corpus_windows(path: str | Path, encode, seq_len: int, bos_id: int | None, max_tokens: int | None = None,
+                   order: str = "domains", stats: CorpusStats | None = None) -> Iterator[Window]:
+    """The corpus as token windows. order "corpus": documents in corpus order; "domains": the
+    domains interleaved so that any --max-tokens cap covers every domain about equally (each next
+    window comes from the domain with the fewest tokens so far, ties by name; a domain that runs out
+    leaves the rotation), deterministic. seq_id numbers the windows in the order given."""
+    if order not in ORDERS:
+        raise CorpusError(f"--order {order!r}: choose {' or '.join(ORDERS)}")
+    stats = stats if stats is not None else CorpusStats()
+    if order == "corpus":
+        return iter_windows(iter_documents(path, stats), encode, seq_len, bos_id, max_tokens)
+    return _balanced(domain_streams(path, stats), encode, seq_len, bos_id, max_tokens)
+
+
+def _doc_windows(d: Document, encode, seq_len: int, bos_id: int | None) -> Iterator[tuple[int, np.ndarray]]:
+    """(start, ids) of each window of one document."""
+    ids = encode(d.text)
+    if bos_id is not None:
+        ids = [bos_id, *ids]
+    arr = np.asarray(ids, dtype=np.int32)
+    for start in range(0, len(arr), seq_len):
+        yield start, arr[start : start + seq_len]
+
+
 def iter_windows(docs: Iterator[Document], encode, seq_len: int, bos_id: int | None,
                  max_tokens: int | None = None) -> Iterator[Window]:
-    """Token windows in corpus order. `encode(text) -> list[int]`. Stops after `max_tokens` tokens
-    (the last window is cut so the total is exact)."""
+    """Token windows in the order of `docs`. `encode(text) -> list[int]`. Stops after `max_tokens`
+    tokens (the last window is cut so the total is exact)."""
     seq_id, total = 0, 0
     for d in docs:
-        ids = encode(d.text)
-        if bos_id is not None:
-            ids = [bos_id, *ids]
-        if not ids:
-            continue
-        arr = np.asarray(ids, dtype=np.int32)
-        for start in range(0, len(arr), seq_len):
-            w = arr[start : start + seq_len]
+        for start, w in _doc_windows(d, encode, seq_len, bos_id):
             if max_tokens is not None:
                 w = w[: max_tokens - total]
                 if not len(w):
@@ -183,3 +208,121 @@ def iter_windows(docs: Iterator[Document], encode, seq_len: int, bos_id: int | N
             total += len(w)
             if max_tokens is not None and total >= max_tokens:
                 return
+
+
+def _balanced(streams: dict[str, Iterator[Document]], encode, seq_len: int, bos_id: int | None,
+              max_tokens: int | None) -> Iterator[Window]:
+    def windows(docs: Iterator[Document]):
+        for d in docs:
+            for start, w in _doc_windows(d, encode, seq_len, bos_id):
+                yield d, start, w
+
+    live = {dom: windows(docs) for dom, docs in sorted(streams.items())}
+    tokens = dict.fromkeys(live, 0)
+    seq_id, total = 0, 0
+    while live and (max_tokens is None or total < max_tokens):
+        dom = min(live, key=lambda k: (tokens[k], k))
+        nxt = next(live[dom], None)
+        if nxt is None:
+            del live[dom]
+            continue
+        d, start, w = nxt
+        if max_tokens is not None:
+            w = w[: max_tokens - total]
+        yield Window(seq_id, d.doc_id, d.domain, start, w)
+        seq_id += 1
+        tokens[dom] += len(w)
+        total += len(w)
+
+
+# ------------------------------------------------------------------------- documents by domain
+@dataclass(frozen=True)
+class _Ref:
+    """Where one document is, so that it can be read again on its turn."""
+    kind: str  # text | jsonl | parquet
+    file: Path
+    rel: str
+    key: int  # jsonl: byte offset of the line; parquet: row index
+    size: int  # jsonl: bytes of the line
+    line: int  # jsonl: 1-based line number (for messages and default ids)
+    domain: str
+    doc_id: str
+
+
+def domain_streams(path: str | Path, stats: CorpusStats | None = None) -> dict[str, Iterator[Document]]:
+    """Each domain's documents (in corpus order), read lazily: one pass over the corpus notes where
+    every document is and its domain (no text kept), then each stream reads its documents as it is
+    consumed (text files whole, JSONL lines by offset, Parquet row groups one at a time)."""
+    stats = stats if stats is not None else CorpusStats()
+    refs: dict[str, list[_Ref]] = {}
+    for r in _index(path):
+        refs.setdefault(r.domain, []).append(r)
+    return {dom: _read_refs(rs, stats) for dom, rs in sorted(refs.items())}
+
+
+def _index(path) -> Iterator[_Ref]:
+    _, entries = _entries(path)
+    for f, rel, domain in entries:
+        if f.suffix == ".jsonl":
+            yield from _index_jsonl(f, rel, domain)
+        elif f.suffix == ".parquet":
+            for i, doc in enumerate(_parquet(f, rel, domain)):
+                yield _Ref("parquet", f, rel, i, 0, 0, doc.domain, doc.doc_id)
+        else:
+            yield _Ref("text", f, rel, 0, 0, 0, domain, rel)
+
+
+def _index_jsonl(f: Path, rel: str, domain: str) -> Iterator[_Ref]:
+    data, offset = f.read_bytes(), 0
+    for i, raw in enumerate(data.split(b"\n")):
+        line = raw.decode("utf-8", errors="replace")
+        if line.strip():
+            rec = _record(f, i, line)
+            yield _Ref("jsonl", f, rel, offset, len(raw), i + 1, str(rec.get("domain") or domain),
+                       str(rec.get("id", f"{rel}:{i + 1}")))
+        offset += len(raw) + 1
+
+
+def _record(path: Path, i: int, line: str) -> dict:
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise CorpusError(f"{path}:{i + 1}: not valid JSON ({e.msg})") from None
+    if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
+        raise CorpusError(f"{path}:{i + 1}: a JSONL record needs a string field 'text'")
+    return rec
+
+
+def _read_refs(refs: list[_Ref], stats: CorpusStats) -> Iterator[Document]:
+    rows: dict[Path, tuple[int, list]] = {}  # parquet file -> (first row, texts) of the row group in use
+    for r in refs:
+        stats.documents += 1
+        if r.kind == "text":
+            yield Document(r.doc_id, r.domain, _decode(r.file.read_bytes(), r.rel, stats))
+        elif r.kind == "jsonl":
+            with open(r.file, "rb") as fh:
+                fh.seek(r.key)
+                line = _decode(fh.read(r.size), r.rel, stats)
+            yield Document(r.doc_id, r.domain, _record(r.file, r.line - 1, line)["text"])
+        else:
+            yield Document(r.doc_id, r.domain, _parquet_row(r, rows))
+
+
+def _parquet_row(r: _Ref, cache: dict) -> str:
+    """Text of the r.key-th non-null row of r.file, through its row group (the group in use is kept
+    while the stream reads on; the groups' row counts are read once per file)."""
+    import pyarrow.parquet as pq
+
+    if ("groups", r.file) not in cache:
+        pf = pq.ParquetFile(r.file)
+        counts = [sum(t is not None for t in pf.read_row_group(g, columns=["text"]).column("text").to_pylist())
+                  for g in range(pf.num_row_groups)]
+        cache[("groups", r.file)] = (pf, np.concatenate([[0], np.cumsum(counts)]).astype(int).tolist())
+    first, texts = cache.get(r.file, (0, []))
+    if not first <= r.key < first + len(texts):
+        pf, starts = cache[("groups", r.file)]
+        g = next(i for i in range(len(starts) - 1) if starts[i] <= r.key < starts[i + 1])
+        first = starts[g]
+        texts = [t for t in pf.read_row_group(g, columns=["text"]).column("text").to_pylist() if t is not None]
+        cache[r.file] = (first, texts)
+    return texts[r.key - first]

@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from .corpus import CorpusError, CorpusStats, fingerprint, iter_documents, iter_windows
+from .corpus import ORDERS, CorpusError, CorpusStats, corpus_windows, fingerprint
 from .job import (DEFAULT_CKPT, DEFAULT_CORPUS, RecordError, agree, bound_heap, checkpoint_args,
                   checkpoint_fingerprint, default_seq_len, load_model, load_tokenizer, package_version,
                   resolve_paths,
@@ -54,6 +54,7 @@ class RecordOptions:
     out: str | None = None
     tokenizer: str | None = None
     max_tokens: int | None = None
+    order: str = "domains"  # domains: interleaved so a --max-tokens cap covers each; corpus: corpus order
     seq_len: int | None = None  # None: default_seq_len(args)
     batch_size: int = 8
     router_logits: str = "topk"
@@ -76,7 +77,7 @@ class RecordOptions:
 
 # the options that must match to resume a run (with their value in runs recorded before they existed)
 RESUME_KEYS = {"seq_len": None, "batch_size": None, "router_logits": None, "sample": None, "kv_stats": None,
-               "mtp": None, "max_tokens": None, "add_bos": None, "dtype": None, "gemm": "bf16"}
+               "mtp": None, "max_tokens": None, "add_bos": None, "dtype": None, "gemm": "bf16", "order": "corpus"}
 NOT_RECORDED = ("overwrite", "resume", "progress", "dry_run", "world_size", "device_memory")
 
 
@@ -95,9 +96,8 @@ class Job:
             return [0] * -(-len(text.encode()) // BYTES_PER_TOKEN)
         return self.tok.encode(text, add_special_tokens=False).ids
 
-    def windows(self, seq_len: int, max_tokens: int | None, stats: CorpusStats | None = None):
-        return iter_windows(iter_documents(self.corpus, stats or CorpusStats()), self.encode, seq_len, self.bos,
-                            max_tokens)
+    def windows(self, seq_len: int, max_tokens: int | None, order: str = "domains", stats: CorpusStats | None = None):
+        return corpus_windows(self.corpus, self.encode, seq_len, self.bos, max_tokens, order, stats)
 
 
 @dataclass
@@ -120,6 +120,8 @@ def check_options(opts: RecordOptions) -> None:
         raise RecordError("--batch-size must be >= 1 and --seq-len >= 2")
     if opts.max_tokens is not None and opts.max_tokens < 1:
         raise RecordError(f"--max-tokens {opts.max_tokens}: must be >= 1")
+    if opts.order not in ORDERS:
+        raise RecordError(f"--order {opts.order!r}: choose {' or '.join(ORDERS)}")
     if not opts.dry_run and (opts.world_size is not None or opts.device_memory is not None):
         raise RecordError("--world-size and --device-memory plan a run: use them with --dry-run")
     if opts.overwrite and opts.resume:
@@ -161,7 +163,7 @@ def check_out(out: Path, opts: RecordOptions) -> None:
 def count_corpus(job: Job, opts: RecordOptions) -> CorpusPlan:
     """Tokenise the corpus once to count windows and tokens (cheap next to the model)."""
     plan = CorpusPlan()
-    for w in job.windows(opts.seq_len, opts.max_tokens, plan.stats):
+    for w in job.windows(opts.seq_len, opts.max_tokens, opts.order, plan.stats):
         plan.windows += 1
         plan.tokens += len(w.ids)
         plan.per_domain[w.domain] = plan.per_domain.get(w.domain, 0) + len(w.ids)
@@ -351,7 +353,7 @@ def _run_batches(job: Job, opts, world, rec: Recorder, writer, prog: _Progress, 
         prog.commits, prog.since_commit = prog.commits + 1, 0
 
     try:
-        for b, bw in enumerate(_batches(job.windows(opts.seq_len, opts.max_tokens), opts.batch_size)):
+        for b, bw in enumerate(_batches(job.windows(opts.seq_len, opts.max_tokens, opts.order), opts.batch_size)):
             n = sum(len(x.ids) for x in bw)
             if b % R == world.replica and b > prog.done:
                 if writer is None:

@@ -26,6 +26,9 @@ def parser() -> argparse.ArgumentParser:
     io.add_argument("--corpus", help="corpus as for `probe record` (default: the run's, else the bundled val.jsonl)")
     io.add_argument("--tokenizer", help="tokenizer.json (default: the checkpoint's)")
     io.add_argument("--max-tokens", type=int, help="stop after this many tokens (default: the run's, else all)")
+    io.add_argument("--order", choices=["domains", "corpus"],
+                    help="window order (default: the run's, else domains: interleaved so --max-tokens covers every "
+                         "domain; corpus: corpus order)")
     io.add_argument("--domain-tokens", type=int,
                     help="at most this many tokens of each domain, in corpus order (a balanced sample of a "
                          "corpus stored domain by domain; --max-tokens then caps the total)")

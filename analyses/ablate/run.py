@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from probe.corpus import CorpusError, CorpusStats, Window, fingerprint, iter_documents, iter_windows
+from probe.corpus import CorpusError, Window, corpus_windows, fingerprint
 from probe.recorders import Batch, token_nll
 from probe.schema import TABLES
 from probe.writer import read_run_json, write_json_atomic
@@ -174,7 +174,8 @@ class AblateOptions:
     corpus: str | None = None
     tokenizer: str | None = None
     max_tokens: int | None = None
-    domain_tokens: int | None = None  # at most this many tokens of each domain (corpus order)
+    domain_tokens: int | None = None  # at most this many tokens of each domain (each domain's own order)
+    order: str | None = None  # domains | corpus (default: the run's, else domains; see probe.corpus)
     seq_len: int | None = None
     batch_size: int | None = None
     add_bos: bool | None = None
@@ -202,8 +203,10 @@ def _defaults(opts: AblateOptions) -> tuple[AblateOptions, dict | None]:
         for k in ("max_tokens", "seq_len", "batch_size", "add_bos"):
             if getattr(opts, k) is None:
                 setattr(opts, k, ro.get(k))
+        opts.order = opts.order or ro.get("order", "corpus")  # runs recorded before --order: corpus order
     elif opts.loads_from == "run":
         raise AblationError("--loads-from run needs --run RUN")
+    opts.order = opts.order or "domains"
     opts.batch_size = opts.batch_size or 8
     opts.add_bos = True if opts.add_bos is None else opts.add_bos
     if opts.batch_size < 1 or (opts.seq_len is not None and opts.seq_len < 2):
@@ -268,8 +271,8 @@ def ablate(opts: AblateOptions, ablations: list[Ablation]):
     bos = args.bos_token_id if opts.add_bos else None
     if not corpus.exists():
         raise CorpusError(f"{corpus}: corpus not found")
-    windows = iter_windows(iter_documents(corpus, CorpusStats()), lambda t: tok.encode(t, add_special_tokens=False).ids,
-                           opts.seq_len, bos, None if opts.domain_tokens else opts.max_tokens)
+    windows = corpus_windows(corpus, lambda t: tok.encode(t, add_special_tokens=False).ids, opts.seq_len, bos,
+                             None if opts.domain_tokens else opts.max_tokens, opts.order)
     windows = limit_per_domain(windows, opts.domain_tokens, opts.max_tokens) if opts.domain_tokens else list(windows)
     if not windows:
         raise CorpusError(f"{corpus}: corpus has no text")
@@ -292,8 +295,8 @@ def ablate(opts: AblateOptions, ablations: list[Ablation]):
     meta = {"checkpoint": {"path": str(ckpt.resolve()), "fingerprint": checkpoint_fingerprint(ckpt)},
             "corpus": {"path": str(corpus.resolve()), "fingerprint": fingerprint(corpus)},
             "options": {"max_tokens": opts.max_tokens, "domain_tokens": opts.domain_tokens, "seq_len": opts.seq_len,
-                        "batch_size": bs, "add_bos": opts.add_bos, "dtype": opts.dtype or "float32",
-                        "gemm": opts.gemm},
+                        "batch_size": bs, "add_bos": opts.add_bos, "order": opts.order,
+                        "dtype": opts.dtype or "float32", "gemm": opts.gemm},
             "loads": source, "world": world.describe()}
     agree(world, lambda: write_ablations(out, df, meta, args))  # rank 0 writes; a failure stops every rank
     return out, df

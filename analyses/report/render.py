@@ -19,6 +19,8 @@ from . import data as rd
 from analyses.notebook_utils import DEFAULT_RUN
 from probe.job import MODEL_FLAGS
 
+ONE_DOMAIN = ("the run has one domain ({}): record a corpus with two or more (a sub-folder or a `domain` field "
+              "each; with --max-tokens the default --order domains takes tokens from every domain).")
 SECTIONS = ("Summary", "Load balance", "Domain specialisation", "Loss vs masked experts",
             "Per-domain ablation", "Consecutive-token repetition", "MTP agreement", "Latent KV effective rank")
 
@@ -67,6 +69,7 @@ def compute(run_dir: Path, ns) -> dict:
     out["balance"] = rd.balance(run)
     out["relative_load"] = rd.relative_loads(run)
     out["specialisation"], out["lift"] = rd.specialisation(run)
+    out["domains"] = [d for (d,) in run.sql("select distinct domain from expert_load order by 1").fetchall()]
     out["repetition"] = rd.repetition(run) if "routing" in tables else None
     out["mtp"] = rd.mtp_by_domain(run) if "mtp" in tables else None
     out["kv"] = rd.latent_rank(run) if "kv_stats" in tables else None
@@ -91,10 +94,13 @@ def summary(r: dict) -> list[str]:
         f"L{int(x.layer)} {x.maxvio_global:.3f}" for x in b.itertuples()) + "; balancedness (mean/max) "
         + ", ".join(f"L{int(x.layer)} {x.balancedness:.3f}" for x in b.itertuples()) + ".")
     sp = r["specialisation"]
-    top = sp.loc[sp.max_lift.fillna(-np.inf).idxmax()]
-    s.append("Domain specialisation: I(domain; expert)/H(domain) per layer " + ", ".join(
-        f"L{int(x.layer)} {x.domain_nmi:.3f}" for x in sp.itertuples()) + f"; largest lift {top.max_lift:.2f} "
-        f"({top.max_lift_domain}, layer {int(top.layer)}, expert {int(top.max_lift_expert)}).")
+    if len(r["domains"]) < 2:
+        s.append(f"Domain specialisation: not measured, {ONE_DOMAIN.format(', '.join(r['domains']) or 'none')}")
+    else:
+        top = sp.loc[sp.max_lift.fillna(-np.inf).idxmax()]
+        s.append("Domain specialisation: I(domain; expert)/H(domain) per layer " + ", ".join(
+            f"L{int(x.layer)} {x.domain_nmi:.3f}" for x in sp.itertuples()) + f"; largest lift {top.max_lift:.2f} "
+            f"({top.max_lift_domain}, layer {int(top.layer)}, expert {int(top.max_lift_expert)}).")
     sw = r["sweep"]
     if sw is not None:
         c = sw.curve[sw.curve.masked > 0]
@@ -159,10 +165,12 @@ def figures(r: dict) -> dict[str, list]:
     out["Load balance"].append(("Relative expert load (load / mean load) per layer",
                                 heat(rl, "relative", zmid=1.0, colorscale="RdBu_r"), rl.round(3), True))
     sp = r["specialisation"]
+    several = len(r["domains"]) >= 2
     fig = go.Figure([go.Bar(name=c, x=[f"L{x}" for x in sp.layer], y=sp[c]) for c in ("domain_nmi", "nmi")])
-    out["Domain specialisation"].append(("I(domain; expert) / H(domain) and NMI per layer (specialisation_table)",
-                                         fig.update_layout(barmode="group", yaxis_title="nats / nats"), sp, False))
-    for layer, li in r["lift"].items():
+    if several:
+        out["Domain specialisation"].append(("I(domain; expert) / H(domain) and NMI per layer (specialisation_table)",
+                                             fig.update_layout(barmode="group", yaxis_title="nats / nats"), sp, False))
+    for layer, li in r["lift"].items() if several else ():
         out["Domain specialisation"].append((f"Lift P(domain | expert) / P(domain), layer {layer}",
                                              heat(np.log2(li.astype(float).where(li > 0)), "log2 lift", zmid=0.0,
                                                   colorscale="RdBu_r"), li.round(2), True))
@@ -183,11 +191,12 @@ def figures(r: dict) -> dict[str, list]:
             out["Loss vs masked experts"].append(("Selections refused by the routing guard (not run)", None,
                                                   pd.DataFrame({"ablation": list(sw.skipped),
                                                                 "reason": list(sw.skipped.values())}), False))
-        out["Per-domain ablation"].append((
-            (f"Loss delta (rows: evaluated domain; columns: domain whose top {sw.options['domain_top']} experts "
-             "per layer are masked)"), heat(sw.domains, "delta", zmid=0.0, colorscale="RdBu_r", x="masked domain"),
-            sw.domains, True))
-        out["Per-domain ablation"].append(("Own vs other domains' top experts", None, sw.domain_summary, False))
+        if several:
+            out["Per-domain ablation"].append((
+                (f"Loss delta (rows: evaluated domain; columns: domain whose top {sw.options['domain_top']} experts "
+                 "per layer are masked)"), heat(sw.domains, "delta", zmid=0.0, colorscale="RdBu_r", x="masked domain"),
+                sw.domains, True))
+            out["Per-domain ablation"].append(("Own vs other domains' top experts", None, sw.domain_summary, False))
     rep = r["repetition"]
     if rep is not None:
         fig = go.Figure([go.Bar(name=n, x=[f"L{x}" for x in rep.layer], y=rep[c]) for n, c in
@@ -235,6 +244,8 @@ def print_text(r: dict, figs: dict) -> None:
 
 
 def _missing(sec: str, r: dict) -> str:
+    if sec in ("Domain specialisation", "Per-domain ablation") and len(r["domains"]) < 2:
+        return f"(not measured: {ONE_DOMAIN.format(', '.join(r['domains']) or 'none')})"
     if sec in ("Loss vs masked experts", "Per-domain ablation") and r["sweep"] is None:
         return "(skipped: --skip-ablation)"
     return "(not in this run: the table was not recorded)"

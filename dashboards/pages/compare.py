@@ -80,9 +80,14 @@ def main() -> None:
             nm = {}
             for r in probes:
                 de = data.domain_expert(r)
+                doms = sorted(de.domain.unique())
+                if len(doms) < 2:
+                    ui.one_domain_note(r, doms, "NMI(domain; expert)")
+                    continue
                 E = int((r.info.get("model_args") or {}).get("n_routed_experts") or de.expert.max() + 1)
                 nm[r.name] = compute.nmi_by_layer(de, E)
-            grouped(nm, "nmi", "NMI(domain; expert) per layer", "NMI", "cmp_nmi")
+            if nm:
+                grouped(nm, "nmi", "NMI(domain; expert) per layer", "NMI", "cmp_nmi")
     elif ra.kind == rb.kind == "train":
         with ui.guard("the training curves"):
             left, right = st.columns(2)

@@ -45,6 +45,11 @@ def main() -> None:
                               "P(domain | expert): each expert's load split over domains"])
     doms, C = compute.contingency(de, layer, E)
     share, lift = compute.metric("domain_share")(C), compute.metric("lift")(C)
+    if len(doms) < 2:
+        ui.one_domain_note(ref, doms, "Domain specialisation (share, lift, NMI)")
+        tops = pd.DataFrame({"expert": np.argsort(-C.sum(0))})  # the busiest expert first
+        top_tokens(ref, layer, E, tops)
+        return
     with ui.guard("the domain × expert heatmap"):
         if view == "lift":
             z, cs, mid, zl, other = lift, charts.DIVERGING, 1.0, "lift", share
@@ -76,7 +81,11 @@ def main() -> None:
                                         "share": st.column_config.ProgressColumn(format="%.2f", min_value=0,
                                                                                  max_value=1)})
         st.caption("NMI = I(domain; expert) / H(domain) over top-k assignments (`analyses.metrics.domain_nmi`).")
+    top_tokens(ref, layer, E, tops)
 
+
+def top_tokens(ref, layer: str, E: int, tops: pd.DataFrame) -> None:
+    """An expert's most routed tokens (default: the first of `tops`), with snippets in context."""
     st.subheader("Top tokens of an expert")
     lnum = int(layer.removeprefix("layer"))
     c1, c2 = st.columns([1, 3])

@@ -104,3 +104,17 @@ def test_errors_for_missing_and_empty_runs(tmp_path, capsys):
     (tmp_path / "expert_load").mkdir()  # an empty table folder is still an empty run
     assert "empty run" in _err([str(tmp_path / "empty"), "--skip-ablation"], capsys)
     assert "--max-tokens" in _err([str(tmp_path / "empty"), "--max-tokens", "0"], capsys)
+
+
+def test_a_one_domain_run_is_reported_as_such(tmp_path, capsys):
+    """Domain specialisation and the per-domain ablation need two domains: the report says so."""
+    from helpers.synthetic_run import write_run
+
+    write_run(tmp_path / "one", domains=("code",))
+    rc = report.main([str(tmp_path / "one"), "--out", str(tmp_path / "r.html"), "--skip-ablation", "--no-progress"])
+    text = capsys.readouterr().out
+    assert rc == 0
+    assert "Domain specialisation: not measured, the run has one domain (code)" in text
+    doc = (tmp_path / "r.html").read_text()
+    assert doc.count("not measured: the run has one domain (code)") == 2  # specialisation, per-domain ablation
+    assert "Lift P(domain | expert)" not in doc

@@ -163,3 +163,24 @@ def test_cli_dashboard_subcommand_parses(monkeypatch, tmp_path):
     cmd, env = calls[0]
     assert cmd[cmd.index("--server.address") + 1] == "0.0.0.0" and cmd[cmd.index("--server.port") + 1] == "8765"
     assert cmd[-1] == str(tmp_path) and env["DSV3_RUNS_DIR"] == str(tmp_path)
+
+
+def test_a_one_domain_run_says_so_instead_of_empty_charts(tmp_path):
+    """Specialisation and Compare runs need two domains; with one they say why, and draw no heatmap."""
+    from helpers.synthetic_run import write_run
+
+    write_run(tmp_path / "one", domains=("code",))
+    write_run(tmp_path / "two", seed=1)
+    at = app(tmp_path, "one")
+    open_page(at, "specialisation")
+    note = texts(at.info)
+    assert "compares domains, and run `one` has 1 domain (`code`)" in note and "--order domains" in note
+    assert not at.error
+    one_charts = len(at.get("plotly_chart"))
+    assert any("Top tokens" in s.value for s in at.subheader)  # the per-expert view still works
+    open_page(at, "compare")
+    assert "NMI(domain; expert) compares domains, and run `one` has 1 domain" in texts(at.info)
+    at = app(tmp_path, "two")
+    open_page(at, "specialisation")
+    assert "compares domains" not in texts(at.info)  # the control: two domains draw the heatmap and NMI
+    assert len(at.get("plotly_chart")) == one_charts + 2

@@ -1,0 +1,117 @@
+"""Corpus order: `--order domains` (the default) spreads a --max-tokens cap over every domain; the
+same windows as corpus order when nothing is capped, for folders, JSONL and Parquet corpora."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import probe
+from probe.corpus import CorpusError, CorpusStats, corpus_windows
+from probe.record import RecordError, RecordOptions, record
+
+WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
+
+
+def encode(text: str) -> list[int]:  # one token per word: token counts are easy to reason about
+    return [WORDS.index(w) + 2 if w in WORDS else 1 for w in text.split()]
+
+
+def folder_corpus(root, docs=(("code", [30, 50, 20]), ("math", [10, 10, 10, 10]), ("prose", [200]))):
+    """Domain folders of documents with the given word counts (sorted path order: code, math, prose)."""
+    rng = np.random.default_rng(0)
+    for dom, lengths in docs:
+        (root / dom).mkdir(parents=True)
+        for i, n in enumerate(lengths):
+            (root / dom / f"d{i}.txt").write_text(" ".join(rng.choice(WORDS, n)))
+    return root
+
+
+def windows(path, order, max_tokens=None, seq_len=16):
+    return list(corpus_windows(path, encode, seq_len, 0, max_tokens, order))
+
+
+def test_a_cap_covers_every_domain_about_equally(tmp_path):
+    c = folder_corpus(tmp_path / "c")
+    capped = windows(c, "domains", max_tokens=90)
+    per = Counter()
+    for w in capped:
+        per[w.domain] += len(w.ids)
+    assert sum(per.values()) == 90 and set(per) == {"code", "math", "prose"}
+    assert max(per.values()) - min(per.values()) <= 16  # within one window
+    assert [w.seq_id for w in capped] == list(range(len(capped)))
+    # corpus order: the same cap reads only the first folder (the behaviour --order corpus keeps)
+    assert {w.domain for w in windows(c, "corpus", max_tokens=90)} == {"code"}
+
+
+def test_a_domain_that_runs_out_leaves_the_rest_the_cap(tmp_path):
+    c = folder_corpus(tmp_path / "c", docs=(("a", [5]), ("b", [300])))
+    per = Counter()
+    for w in windows(c, "domains", max_tokens=100):
+        per[w.domain] += len(w.ids)
+    assert per == {"a": 6, "b": 94}  # 5 words + BOS, then everything else from b
+
+
+@pytest.mark.parametrize("kind", ["folder", "jsonl", "parquet", "folder_of_jsonl"])
+def test_uncapped_domains_order_holds_the_same_windows(tmp_path, kind):
+    rng = np.random.default_rng(1)
+    recs = [{"text": " ".join(rng.choice(WORDS, int(n))), "domain": d, "id": f"{d}{i}"}
+            for i, (n, d) in enumerate(zip(rng.integers(3, 60, 30), ["x", "y", "z"] * 10))]
+    recs.sort(key=lambda r: r["domain"])  # a corpus stored domain by domain
+    if kind == "folder":
+        path = folder_corpus(tmp_path / "c")
+    elif kind == "jsonl":
+        path = tmp_path / "c.jsonl"
+        path.write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    elif kind == "parquet":
+        path = tmp_path / "c.parquet"
+        pq.write_table(pa.Table.from_pylist(recs), path, row_group_size=7)  # several row groups
+    else:
+        path = tmp_path / "c"
+        (path / "sub").mkdir(parents=True)
+        for i in range(0, 30, 10):
+            (path / "sub" / f"part{i}.jsonl").write_text("\n".join(json.dumps(r) for r in recs[i:i + 10]) + "\n")
+    key = lambda w: (w.doc_id, w.doc_start, w.domain, w.ids.tobytes())  # noqa: E731
+    a, b = windows(path, "corpus"), windows(path, "domains")
+    assert sorted(map(key, a)) == sorted(map(key, b)) and len(a) > 10
+    if kind != "folder":
+        assert [w.domain for w in b[:3]] == ["x", "y", "z"]  # interleaved from the start
+
+
+def test_counts_and_replacements_are_the_same_in_both_orders(tmp_path):
+    c = folder_corpus(tmp_path / "c")
+    (c / "math" / "bad.txt").write_bytes(b"alpha \xff\xfe beta")
+    s1, s2 = CorpusStats(), CorpusStats()
+    list(corpus_windows(c, encode, 16, 0, None, "corpus", s1))
+    list(corpus_windows(c, encode, 16, 0, None, "domains", s2))
+    assert (s1.documents, s1.replaced_bytes, s1.files_with_replacements) == \
+        (s2.documents, s2.replaced_bytes, s2.files_with_replacements) == (9, 2, ["math/bad.txt"])
+
+
+def test_bad_order_and_bad_records_are_one_line_errors(tmp_path):
+    c = folder_corpus(tmp_path / "c")
+    with pytest.raises(CorpusError, match="--order 'random'"):
+        windows(c, "random")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "alpha"}\n{"txt": 1}\n')
+    with pytest.raises(CorpusError, match="bad.jsonl:2: a JSONL record needs a string field 'text'"):
+        windows(bad, "domains")
+
+
+def test_record_spreads_max_tokens_and_records_the_order(probe_env, tmp_path):
+    opts = dict(ckpt=str(probe_env["ckpt"]), corpus=str(probe_env["corpus"]), seq_len=32, batch_size=4,
+                max_tokens=400, kv_stats=False, mtp=False, progress=False)
+    spread = probe.open_run(record(RecordOptions(out=str(tmp_path / "a"), **opts)))
+    per = spread.info["planned"]["tokens_per_domain"]
+    assert set(per) == {"code", "prose"} and abs(per["code"] - per["prose"]) <= 32
+    assert spread.info["options"]["order"] == "domains"
+    assert spread.df("tokens").groupby("domain").size().to_dict() == per
+    first = probe.open_run(record(RecordOptions(out=str(tmp_path / "b"), order="corpus", **opts)))
+    assert first.info["planned"]["tokens_per_domain"] == {"code": 400}
+    with pytest.raises(RecordError, match="option order was 'corpus', now 'domains'"):
+        record(RecordOptions(out=str(tmp_path / "b"), resume=True, **opts))
