@@ -10,9 +10,10 @@ nothing attached; a no-op hook attached to every hook point except the opt-in at
 tokens/s and the ratio to transformers, and the best-of-N times (less sensitive to a noisy
 machine). Target: ours >= 1.3x transformers with idle hooks.
 
-Our float32 CPU GEMMs go through oneDNN (`model.layers.dense_linear`), transformers' through
-F.linear (MKL sgemm); the last row runs ours with F.linear too, to show what the kernel choice is
-worth and what the rest of the implementation is worth.
+Our float32 CPU GEMMs go through whichever of oneDNN and F.linear model/gemm.py measured faster on
+this machine (printed, with why); transformers' through F.linear (MKL or OpenBLAS sgemm). The last
+two rows run ours with each path forced, to show what the choice is worth (target: the chosen path
+no slower than the better of the two) and what the rest of the implementation is worth.
 
 `--profile` also splits one forward of each (torch.profiler, self CPU time of every op, mean of 3
 forwards) into dense GEMMs (aten::mm / addmm), attention (bmm, softmax, the fused SDPA kernel) and
@@ -85,8 +86,10 @@ def main() -> None:
         got = ours(tokens)
     err = ((ref - got).abs().max() / ref.abs().max()).item()
 
-    onednn = layers.ONEDNN_LINEAR
-    print(f"our float32 GEMMs: {'oneDNN (model.layers.dense_linear)' if onednn else 'F.linear'}")
+    from model import gemm
+
+    chosen = gemm.choice((ns.batch * ns.seq_len, CONFIG["hidden_size"], CONFIG["moe_intermediate_size"]))
+    print(f"our float32 GEMM path: {chosen.path} ({chosen.source}: {chosen.reason})")
     noop = [(lambda n: not n.endswith("hook_pattern"), lambda t, hook: None)]
     pattern = [("layers.*.attn.hook_pattern", lambda t, hook: None)]
 
@@ -105,16 +108,19 @@ def main() -> None:
                 ours(batch["tokens"])
         return f
 
-    def run_ours_mkl():  # F.linear (MKL sgemm) for every GEMM, as transformers runs them
-        layers.ONEDNN_LINEAR = False
-        try:
-            run_ours()()
-        finally:
+    def run_forced(onednn: bool):  # one GEMM path for every GEMM, whatever was chosen
+        def f():
             layers.ONEDNN_LINEAR = onednn
+            try:
+                run_ours(noop)()
+            finally:
+                layers.ONEDNN_LINEAR = None
+        return f
 
     cases = {"transformers": run_hf, "ours (hook points, none attached)": run_ours(),
              "ours (no-op hooks attached)": run_ours(noop), "ours (attention pattern hooked)": run_ours(pattern),
-             "ours, GEMMs through F.linear": run_ours_mkl}
+             "ours, idle hooks, oneDNN forced": run_forced(True),
+             "ours, idle hooks, F.linear forced": run_forced(False)}
     for fn in cases.values():  # warm-up
         fn()
     results = {name: [] for name in cases}
@@ -133,14 +139,18 @@ def main() -> None:
     for name, ts in results.items():
         t, b = statistics.median(ts), min(ts)
         print(f"{name:36} {t:9.4f} {n_tok / t:10.0f} {base / t:15.2f}x {b:8.4f} {best / b:12.2f}x")
+    med = {name: statistics.median(ts) for name, ts in results.items()}
+    better = min(med["ours, idle hooks, oneDNN forced"], med["ours, idle hooks, F.linear forced"])
+    print(f"chosen path ({chosen.path}) vs the better forced path: {better / med['ours (no-op hooks attached)']:.2f}x "
+          "(>= 1 means the choice lost nothing)")
     if ns.profile:
         parts = {name: op_split(cases[name]) for name in ("transformers", "ours (hook points, none attached)",
-                                                          "ours, GEMMs through F.linear")}
+                                                          "ours, idle hooks, F.linear forced")}
         print("\nwhere one forward's time goes (self CPU ms, mean of 3 profiled forwards):")
         print(f"{'':36} {'GEMM':>8} {'attention':>10} {'other':>8} {'total':>8}")
         for name, d in parts.items():
             print(f"{name:36} {d['gemm']:8.1f} {d['attention']:10.1f} {d['other']:8.1f} {sum(d.values()):8.1f}")
-        hf, mkl = parts["transformers"], parts["ours, GEMMs through F.linear"]
+        hf, mkl = parts["transformers"], parts["ours, idle hooks, F.linear forced"]
         print(f"with transformers' GEMM kernel, ours could reach at most {sum(hf.values()) / mkl['gemm']:.2f}x "
               "(everything but the GEMMs free)")
 

@@ -7,29 +7,20 @@ Shapes: B = batch, S = query positions, T = key positions, H = heads, R = rope d
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import gemm
 from .args import ModelArgs
 from .fp8 import quantize_block
 from .kernels import fp8_linear, weight_dequant
 
 
-def _onednn_linear_available() -> bool:
-    if os.environ.get("DSV3_ONEDNN", "1") == "0" or not torch.backends.mkldnn.is_available():
-        return False
-    try:
-        op = torch.ops.mkldnn._linear_pointwise
-        x, w = torch.randn(3, 5), torch.randn(4, 5)
-        return torch.allclose(op(x, w, None, "none", [], ""), F.linear(x, w), rtol=1e-5, atol=1e-5)
-    except (AttributeError, RuntimeError):
-        return False
-
-
-ONEDNN_LINEAR = _onednn_linear_available()  # read at every call: tests and benchmarks may switch it
+# True / False force the path (tests, benchmarks); None: model/gemm.py's choice, measured on this
+# machine on the first float32 CPU GEMM (DSV3_ONEDNN=0|1 forces it there)
+ONEDNN_LINEAR: bool | None = None
 
 
 ONEDNN_MIN_MACS = 1 << 20  # smaller GEMMs are dominated by call overhead, where F.linear is quicker
@@ -38,9 +29,13 @@ ONEDNN_ROW_BUCKET = 16  # callers with varying row counts pad to a multiple of t
 
 def uses_onednn(x: torch.Tensor, w: torch.Tensor) -> bool:
     """Whether dense_linear(x, w) runs on oneDNN (see there)."""
-    return (ONEDNN_LINEAR and x.dtype == torch.float32 and w.dtype == torch.float32 and x.device.type == "cpu"
+    if not (x.dtype == torch.float32 and w.dtype == torch.float32 and x.device.type == "cpu"
             and x.numel() * w.shape[0] >= ONEDNN_MIN_MACS
-            and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)))
+            and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))):
+        return False
+    if ONEDNN_LINEAR is not None:
+        return ONEDNN_LINEAR
+    return gemm.choice((x.numel() // x.shape[-1], w.shape[1], w.shape[0])).path == "onednn"
 
 
 def dense_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -48,11 +43,11 @@ def dense_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     through oneDNN's linear primitive (torch.ops.mkldnn._linear_pointwise, an op torch.compile's CPU
     backend also emits), everything else through F.linear.
 
-    NOTE: on some CPUs torch's MKL sgemm keeps to AVX2 where oneDNN runs AVX-512 (the README and
-    benchmarks/bench_prefill.py give the figures); same float32 arithmetic, another summation
-    order (~1e-6 relative, tested). oneDNN compiles a kernel per shape, so callers whose row count
-    varies pad it to a multiple of ONEDNN_ROW_BUCKET; it has no autograd formula, so F.linear runs
-    whenever a gradient is needed. DSV3_ONEDNN=0 (or `model.layers.ONEDNN_LINEAR = False`) turns it off."""
+    NOTE: which of the two is faster depends on the CPU, so model/gemm.py measures it on the first
+    such GEMM and keeps the faster (cached per CPU model; DSV3_ONEDNN=0|1 forces it). Same float32
+    arithmetic, another summation order (~1e-6 relative, tested). oneDNN compiles a kernel per
+    shape, so callers whose row count varies pad it to a multiple of ONEDNN_ROW_BUCKET; it has no
+    autograd formula, so F.linear runs whenever a gradient is needed."""
     if uses_onednn(x, w):
         return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
     return F.linear(x, w)

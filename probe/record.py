@@ -402,6 +402,10 @@ def finish(out: Path, info: dict, status: str, opts, args, world, elapsed: float
     info = json.loads((out / "run.json").read_text())
     info["status"] = "complete" if (status == "complete" and finished) else "interrupted"
     info["recorded"] = {"tokens": tokens}
+    from model import gemm
+
+    made = gemm.current()  # this rank's float32 CPU GEMM path (model/gemm.py), when it ran any
+    info["cpu_gemm"] = made.to_dict() if made is not None else None
     info["timings"] = {"last_session_s": round(elapsed, 3), "finished": time.time()}
     write_json_atomic(out / "run.json", info)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 import torch
@@ -10,6 +11,8 @@ import torch
 from helpers import hf_checkpoint, make_corpus, make_probe_ckpt, random_model
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+# model/gemm.py caches its measured CPU GEMM choice in the user's cache directory: not the tests'
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="dsv3-tests-cache-")
 
 
 @pytest.fixture(scope="session")

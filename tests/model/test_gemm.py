@@ -1,16 +1,25 @@
-"""model.layers.dense_linear: float32 CPU GEMMs through oneDNN when no gradient is needed, F.linear otherwise."""
+"""model.layers.dense_linear: float32 CPU GEMMs through oneDNN or F.linear (model.gemm measures which is
+faster on this machine; forced here where a test needs one path), F.linear whenever a gradient is needed."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from model import layers
+from model import gemm, layers
 from model.layers import dense_linear
 
-needs_onednn = pytest.mark.skipif(not layers.ONEDNN_LINEAR, reason="oneDNN linear unavailable in this torch build, or switched off (DSV3_ONEDNN=0)")
+needs_onednn = pytest.mark.skipif(not gemm.onednn_available(), reason="oneDNN linear unavailable in this torch build")
+
+
+@pytest.fixture(autouse=True)
+def onednn_on(monkeypatch):
+    """The oneDNN path forced on (tests that compare switch it off themselves)."""
+    monkeypatch.setattr(layers, "ONEDNN_LINEAR", True)
 
 
 def ops_called(fn) -> set[str]:
@@ -114,3 +123,57 @@ def test_experts_pad_rows_to_the_bucket_and_compute_the_same(monkeypatch):
         monkeypatch.setattr(layers, "ONEDNN_LINEAR", False)
         plain = ex(x, w, ids)
     torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------ the choice, by measurement
+@pytest.fixture
+def fresh(monkeypatch, tmp_path):
+    """No forcing, an empty cache directory, no choice made yet in this process."""
+    monkeypatch.setattr(layers, "ONEDNN_LINEAR", None)
+    monkeypatch.delenv("DSV3_ONEDNN", raising=False)
+    monkeypatch.delenv("DSV3_GEMM_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    gemm.reset()
+    yield tmp_path / "cache" / "dsv3-probe" / "gemm.json"
+    gemm.reset()
+
+
+@needs_onednn
+@pytest.mark.parametrize("faster", ["onednn", "linear"])
+def test_the_faster_path_is_kept_cached_and_used(fresh, monkeypatch, faster):
+    timed = []
+
+    def fake_measure(shapes):
+        timed.append(shapes)
+        return {"onednn": 1.0 if faster == "onednn" else 3.0, "linear": 3.0 if faster == "onednn" else 1.0}
+
+    monkeypatch.setattr(gemm, "measure", fake_measure)
+    x, w = torch.randn(100, 256), torch.randn(512, 256)
+    with torch.no_grad():
+        assert layers.uses_onednn(x, w) == (faster == "onednn")  # the first GEMM decides
+        uses = "mkldnn::_linear_pointwise" in ops_called(lambda: dense_linear(x, w))
+    assert uses == (faster == "onednn")
+    c = gemm.choice()
+    assert (c.path, c.source) == (faster, "measured") and "3.00x" in c.reason
+    assert timed == [[(100, 256, 512), (100, 512, 256)]]  # the first GEMM's shape and its transpose
+    cached = json.loads(fresh.read_text())
+    assert [v["path"] for v in cached.values()] == [faster] and gemm.cpu_model() in next(iter(cached))
+    gemm.reset()  # a new process: read from the cache, nothing timed
+    assert gemm.choice().source == "cache" and gemm.choice().path == faster and len(timed) == 1
+
+
+@needs_onednn
+def test_the_environment_forces_the_path(fresh, monkeypatch):
+    monkeypatch.setattr(gemm, "measure", lambda shapes: pytest.fail("must not measure when forced"))
+    for value, path in (("0", "linear"), ("1", "onednn")):
+        gemm.reset()
+        monkeypatch.setenv("DSV3_ONEDNN", value)
+        c = gemm.choice()
+        assert (c.path, c.source) == (path, "env") and f"DSV3_ONEDNN={value}" in c.reason
+    assert not fresh.exists()
+
+
+@needs_onednn
+def test_a_real_measurement_times_both_paths(fresh):
+    secs = gemm.measure([(64, 128, 256)])
+    assert set(secs) == {"onednn", "linear"} and all(0 < v < 1 for v in secs.values())

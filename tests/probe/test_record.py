@@ -76,6 +76,7 @@ def test_every_table_written(full_run):
     info = full_run.info
     assert info["recorded"]["tokens"] == info["planned"]["tokens"] == len(full_run.df("tokens"))
     assert info["planned"]["tokens_per_domain"].keys() == {"code", "prose"}
+    assert info["cpu_gemm"]["path"] in ("onednn", "linear") and info["cpu_gemm"]["reason"]  # model/gemm.py's choice
 
 
 def test_expert_load_equals_counts_from_routing(full_run):
