@@ -1,0 +1,83 @@
+"""bfloat16 against float32 for routing studies: the same record job in both dtypes, compared.
+
+    python benchmarks/bench_dtype.py                      # bundled model, 30,000 tokens (every domain)
+    python benchmarks/bench_dtype.py --ckpt DIR --corpus PATH --max-tokens 100000
+
+Records the same windows twice (`dsv3-probe record --dtype float32`, then `--dtype bfloat16`; topk
+routing, no kv-stats or MTP tables, so the time is the model's) into a temporary directory, one
+after the other in this process, and prints: tokens/s of each and their ratio, the share of
+(token, MoE layer) pairs whose top-k expert set is the same, the share whose top-1 expert is the
+same, the mean number of the K experts that differ, and the mean loss per domain in each dtype with
+the difference. The CPU's bfloat16 support decides the speed: AMX (`amx_bf16`) and AVX-512 BF16
+(`avx512_bf16`) run bf16 matrix products natively; elsewhere bf16 is emulated and slower.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def cpu_flags() -> list[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
+    return sorted(f for f in flags if f.startswith(("amx", "avx512_bf16", "avx512f")))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", help="checkpoint (default: the bundled model)")
+    p.add_argument("--corpus", help="corpus (default: the bundled validation corpus)")
+    p.add_argument("--max-tokens", type=int, default=30_000)
+    p.add_argument("--batch-size", type=int, default=8)
+    ns = p.parse_args()
+
+    import probe
+    from model import gemm
+    from probe.record import RecordOptions, record
+
+    runs, secs = {}, {}
+    with tempfile.TemporaryDirectory() as d:
+        for dtype in ("float32", "bfloat16"):
+            t0 = time.perf_counter()
+            out = record(RecordOptions(ckpt=ns.ckpt, corpus=ns.corpus, out=str(Path(d) / dtype), dtype=dtype,
+                                       max_tokens=ns.max_tokens, batch_size=ns.batch_size, kv_stats=False,
+                                       mtp=False, progress=False))
+            secs[dtype] = time.perf_counter() - t0
+            run = probe.open_run(out)
+            runs[dtype] = (run.df("tokens"), run.df("routing", columns=["seq_id", "pos", "layer", "expert_ids"]))
+        choice = gemm.current()
+    (t32, r32), (t16, r16) = runs["float32"], runs["bfloat16"]
+    key = ["seq_id", "pos", "layer"]
+    r = r32.merge(r16, on=key, suffixes=("_32", "_16"))
+    a, b = np.stack(r.expert_ids_32.to_numpy()), np.stack(r.expert_ids_16.to_numpy())
+    K = a.shape[1]
+    same_set = (np.sort(a, 1) == np.sort(b, 1)).all(1)
+    same_top1 = a[:, 0] == b[:, 0]
+    differ = K - (a[:, :, None] == b[:, None, :]).any(2).sum(1)
+    n = len(t32)
+    print(f"CPU flags: {' '.join(cpu_flags()) or 'none of amx/avx512'}; float32 GEMMs: "
+          f"{choice.path if choice else 'n/a'}")
+    print(f"{n:,} tokens, {len(r):,} (token, MoE layer) pairs, K = {K}")
+    print(f"float32  {n / secs['float32']:9,.0f} tokens/s ({secs['float32']:.1f} s)")
+    print(f"bfloat16 {n / secs['bfloat16']:9,.0f} tokens/s ({secs['bfloat16']:.1f} s): "
+          f"{secs['float32'] / secs['bfloat16']:.2f}x float32")
+    print(f"top-k set identical {100 * same_set.mean():.2f}%, top-1 identical {100 * same_top1.mean():.2f}%, "
+          f"experts differing per pair {differ.mean():.3f} of {K}")
+    for layer, g in r.assign(same=same_set).groupby("layer"):
+        print(f"  layer {layer}: top-k set identical {100 * g.same.mean():.2f}%")
+    loss = t32.merge(t16, on=["seq_id", "pos"], suffixes=("_32", "_16")).groupby("domain_32")[["loss_32", "loss_16"]].mean()
+    print("mean loss per domain (nats): float32 / bfloat16 / difference")
+    for dom, row in loss.iterrows():
+        print(f"  {dom:12} {row.loss_32:.4f} / {row.loss_16:.4f} / {row.loss_16 - row.loss_32:+.4f}")
+
+
+if __name__ == "__main__":
+    main()
