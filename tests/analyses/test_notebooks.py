@@ -54,6 +54,8 @@ def test_notebook_runs(name, run_dir, monkeypatch):
     outs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outs if o.output_type == "error"]
     assert any(str(run_dir) in o.get("text", "") for o in outs), "the notebook did not open the test run"
+    # figures go out as plotly's MIME bundle, which JupyterLab renders inline (plotly's lab extension)
+    assert any("application/vnd.plotly.v1+json" in o.get("data", {}) for o in outs), "no inline plotly figure"
     # the conclusion is Markdown displayed by the last cell, built from computed values
     last = [c for c in nb.cells if c.cell_type == "code"][-1]
     md = [o.data["text/markdown"] for o in last.outputs if o.output_type == "display_data"
