@@ -109,9 +109,28 @@ def test_errors(kw, needle):
         plan_placement([1, -1], n_gpus=1)
 
 
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "analyses.placement", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+class _Done:
+    def __init__(self, code, out, err):
+        self.returncode, self.stdout, self.stderr = code, out, err
+
+
+def _cli(*args, subprocess_run: bool = False):
+    """`python -m analyses.placement ARGS`: its main() in this process (captured), or a real subprocess."""
+    if subprocess_run:
+        return subprocess.run([sys.executable, "-m", "analyses.placement", *map(str, args)], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+    import contextlib
+    import io
+
+    from analyses.placement.__main__ import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(map(str, args)))
+        except SystemExit as e:  # --help
+            code = e.code
+    return _Done(code, out.getvalue(), err.getvalue())
 
 
 def test_cli_on_a_synthetic_run(tmp_path):
@@ -143,7 +162,7 @@ def test_cli_errors_are_one_line(tmp_path):
     write_run(tmp_path / "empty", empty=True)
     for args, needle in ((("--gpus", 3), "does not divide"), (("--gpus", 4, "--nodes", 3), "does not divide --gpus"),
                          (("--gpus", 4, "--nodes", 4, "--groups", 2), "not divisible by --nodes 4")):
-        p = _cli(tmp_path / "run", *args)
+        p = _cli(tmp_path / "run", *args, subprocess_run=args[1] == 3)  # one real command line, the rest in-process
         assert p.returncode == 2 and needle in p.stderr and p.stderr.count("\n") == 1, p.stderr
     p = _cli(tmp_path / "empty", "--gpus", 2)
     assert p.returncode == 2 and "no expert_load table" in p.stderr and p.stderr.count("\n") == 1

@@ -50,6 +50,7 @@ def texts(elems) -> str:
     return " | ".join(e.value for e in elems)
 
 
+@pytest.mark.slow
 def test_every_page_on_a_recorded_run(runs):
     at = app(runs["good"], "demo")
     for page, n in CHARTS_DEMO.items():
@@ -90,6 +91,7 @@ def test_training_runs(runs):
     assert not at.exception and not at.error and len(at.get("plotly_chart")) >= 6
 
 
+@pytest.mark.slow
 def test_running_and_interrupted_runs_are_flagged(runs):
     at = app(runs["good"], "demo-running")
     for page in PAGES:
@@ -117,6 +119,7 @@ def test_empty_runs_directory(runs):
         assert "No runs in" in texts(at.info), page
 
 
+@pytest.mark.slow
 def test_corrupted_files_are_warnings_not_tracebacks(runs):
     at = app(runs["corrupt"], "demo")
     seen = set()

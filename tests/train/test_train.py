@@ -52,10 +52,13 @@ def corpus(tmp_path_factory) -> Path:
     return d
 
 
-def _flags(corpus: Path, out: Path, *extra: str) -> list[str]:
+def _flags(corpus: Path, out: Path, *extra: str, settle: bool = False) -> list[str]:
+    """Flags of a small run; the bias-settling phase (30 x 8 extra forward passes by default) is cut to
+    one update on one batch unless a test looks at it."""
+    quick = [] if settle else ["--settle-updates", "1", "--settle-batches", "1"]
     return ["--corpus", str(corpus), "--tokenizer", str(corpus / "tokenizer.json"), "--config", "tiny",
             "--out", str(out), "--batch-size", "4", "--seq-len", "32", "--lr", "3e-3", "--warmup-steps", "2",
-            "--eval-windows", "2", "--no-progress", "--threads", "1", "--save-dtype", "float32", *extra]
+            "--eval-windows", "2", "--no-progress", "--threads", "1", "--save-dtype", "float32", *quick, *extra]
 
 
 # ------------------------------------------------------------------------------------ balancing math
@@ -144,10 +147,11 @@ def test_balance_losses_on_hand_computed_cases():
 
 
 # -------------------------------------------------------------------------------------------- runs
+@pytest.mark.slow
 def test_training_reduces_loss_and_writes_the_run(corpus, tmp_path):
     out = tmp_path / "run"
     info = run(parse_args(_flags(corpus, out, "--steps", "40", "--eval-every", "20", "--checkpoint-every", "0",
-                                 "--flush-every", "15")))
+                                 "--flush-every", "15", settle=True)))
     assert info["status"] == "complete" and info["kind"] == "train"
     r = probe.open_run(out)  # a training run is a run like any other
     assert set(r.tables) == {"train_steps", "train_domains", "train_gates", "train_eval", "expert_load", "router_bias"}
