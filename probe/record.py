@@ -21,7 +21,9 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,6 +46,7 @@ from .writer import PartWriter, load_progress, prune_uncommitted, read_run_json,
 __all__ = ["RecordOptions", "RecordError", "record", "default_seq_len", "DEFAULT_CKPT", "DEFAULT_CORPUS"]
 STREAM_TABLES = ["tokens", "routing", "expert_load", "mtp"]
 BYTES_PER_TOKEN = 4
+STOP_GRACE = float(os.environ.get("DSV3_STOP_GRACE", "20"))  # seconds a rank may take to stop after a signal
 FINAL_TABLES = ["kv_stats", "kv_spectrum"]
 
 
@@ -255,15 +258,28 @@ def check_resumable(old: dict, new: dict, out: Path) -> None:
 
 # ----------------------------------------------------------------------------- main loop
 class _Stop:
-    """SIGINT / SIGTERM set a flag that the loop reads between batches; a second signal stops now."""
+    """SIGINT / SIGTERM set a flag that the loop reads between batches; a second signal stops now.
 
-    def __init__(self) -> None:
+    With `on_stuck` (several ranks): a watchdog thread learns of the signal at once, through the
+    signal wakeup fd, even while the main thread is blocked in a collective, and calls `on_stuck`
+    if the loop has not ended `grace` seconds later (a peer died and the backend waits on it: NCCL,
+    or gloo in a state it does not notice)."""
+
+    def __init__(self, on_stuck=None, grace: float = 20.0) -> None:
         self.signal: int | None = None
         self._old = {}
+        self.on_stuck, self.grace = on_stuck, grace
+        self._done = threading.Event()
+        self._sock = None
 
     def __enter__(self):
         for s in (signal.SIGINT, signal.SIGTERM):
             self._old[s] = signal.signal(s, self._handle)
+        if self.on_stuck is not None:
+            r, w = socket.socketpair()
+            w.setblocking(False)
+            self._sock, self._old_fd = (r, w), signal.set_wakeup_fd(w.fileno())
+            threading.Thread(target=self._watch, daemon=True).start()
         return self
 
     def _handle(self, signum, frame) -> None:
@@ -271,9 +287,22 @@ class _Stop:
             raise KeyboardInterrupt
         self.signal = signum
 
+    def _watch(self) -> None:
+        try:
+            got = self._sock[0].recv(1)  # the first signal's number
+        except OSError:
+            return
+        if got and not self._done.wait(self.grace):
+            self.on_stuck(got[0])
+
     def __exit__(self, *exc) -> None:
+        self._done.set()
         for s, h in self._old.items():
             signal.signal(s, h)
+        if self._sock is not None:
+            signal.set_wakeup_fd(self._old_fd)
+            for sock in self._sock:
+                sock.close()
 
 
 @dataclass
@@ -320,7 +349,14 @@ def _record_loop(job: Job, opts: RecordOptions, world, m, plan: CorpusPlan, info
         from tqdm import tqdm
         bar = tqdm(total=plan.tokens, unit="tok", unit_scale=True, desc="record", dynamic_ncols=True)
     t_start = time.time()
-    with _Stop() as stop:
+
+    def stuck(signum: int) -> None:  # the watchdog thread: mark the run and leave (see _Stop)
+        finish(out, info, "interrupted", opts, job.args, world, time.time() - t_start)
+        print(f"error: rank {world.rank} of {world.size} stopped: no progress {STOP_GRACE:g} s after signal {signum} "
+              f"(a peer rank is gone?); {out} is marked interrupted (continue with --resume)", file=sys.stderr, flush=True)
+        os._exit(1)
+
+    with _Stop(stuck if world.size > 1 else None, STOP_GRACE) as stop:
         status, failure = _run_batches(job, opts, world, rec, writer, prog, plan, stop, bar)
     if bar is not None:
         bar.close()

@@ -207,9 +207,11 @@ def _worker_pids(launcher: int) -> dict[int, int]:
     return out
 
 
-def test_two_ranks_one_sharded_model_then_kill_and_resume(env, single, tmp_path):
-    """`--model-parallel 2` on 2 ranks: the writer (rank 0) is killed mid-run; rank 1 notices,
-    marks the run interrupted and stops within 60 s; --resume finishes it, equal to one process."""
+@pytest.mark.parametrize("victim", [0, 1])
+def test_two_ranks_one_sharded_model_then_kill_and_resume(env, single, tmp_path, victim):
+    """`--model-parallel 2` on 2 ranks: one rank (the writer, rank 0, or the other) is killed
+    mid-run; the survivor notices, marks the run interrupted and stops within 60 s; --resume
+    finishes it, equal to one process."""
     out = tmp_path / "run"
     proc = torchrun(2, *record_args(env, out, "--model-parallel", "2", "--commit-every", "2"), popen=True)
     prog = out / "_progress" / "r000.json"
@@ -221,14 +223,15 @@ def test_two_ranks_one_sharded_model_then_kill_and_resume(env, single, tmp_path)
     assert proc.poll() is None, "the run finished before it could be killed: " + proc.stderr.read()[-2000:]
     pids = _worker_pids(proc.pid)
     assert sorted(pids) == [0, 1], pids
-    os.kill(pids[0], signal.SIGKILL)
+    os.kill(pids[victim], signal.SIGKILL)
     t0 = time.time()
     _, err = proc.communicate(timeout=120)
     stopped = time.time() - t0
-    print(f"\nrank 0 killed: the launch ended {stopped:.1f} s later")
+    print(f"\nrank {victim} killed: the launch ended {stopped:.1f} s later")
     assert stopped < 60
     assert proc.returncode != 0
-    assert "rank 1 of 2 stopped" in err and "is marked interrupted (continue with --resume)" in err, err[-3000:]
+    assert f"rank {1 - victim} of 2 stopped" in err and "is marked interrupted (continue with --resume)" in err, \
+        err[-3000:]
     assert not our_frames(err)  # one line from our rank, no traceback of ours
     partial = probe.open_run(out)
     assert partial.status == "interrupted"

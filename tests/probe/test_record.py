@@ -445,3 +445,22 @@ def test_readme_table_reference_is_generated_from_schema():
     import probe.schema as sch
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert sch.markdown() in readme, "README 'Run tables' is stale: paste probe.schema.markdown() there"
+
+
+def test_a_rank_stuck_after_a_signal_is_stopped_by_the_watchdog():
+    """Under several ranks a signal starts a watchdog: if the loop (here: a sleep standing for a
+    collective that waits on a dead peer) has not ended `grace` seconds later, on_stuck runs; a loop
+    that ends in time is left alone."""
+    from probe.record import _Stop
+
+    calls = []
+    with _Stop(calls.append, grace=0.3) as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1.0)  # stuck
+    assert calls == [signal.SIGTERM] and stop.signal == signal.SIGTERM
+    calls.clear()
+    with _Stop(calls.append, grace=0.5):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)  # the loop ends in time
+    time.sleep(0.6)
+    assert calls == []
