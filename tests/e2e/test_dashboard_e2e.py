@@ -78,7 +78,7 @@ class Server:
         self.log.close()
 
 
-def open_page(page, url: str, title: str, charts: int, timeout_ms: int = 90_000) -> dict:
+def open_page(page, url: str, title: str, charts: int, timeout_ms: int = 90_000, settle_ms: int = 800) -> dict:
     """Load one page, wait until the script has finished and the charts are drawn; returns findings."""
     page.goto(url, wait_until="domcontentloaded")
     page.get_by_role("heading", name=title, exact=True).first.wait_for(timeout=timeout_ms)
@@ -87,27 +87,29 @@ def open_page(page, url: str, title: str, charts: int, timeout_ms: int = 90_000)
     # the script is done when the "running" status widget is gone
     page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"] button')",
                            timeout=timeout_ms)
-    page.wait_for_timeout(800)  # plotly's transitions
+    page.wait_for_timeout(settle_ms)  # plotly's transitions
     body = page.inner_text("body")
     return {"charts": page.locator(".js-plotly-plot").count(),
             "errors": sum(page.locator(s).count() for s in ERROR_SELECTORS),
             "error_text": [t for t in ERROR_TEXT if t in body]}
 
 
-def shoot(page, path: Path, width: int, height: int, max_height: int = 5000) -> None:
+def shoot(page, path: Path, width: int, height: int, max_height: int = 5000, settle_ms: int = 700) -> None:
     """Screenshot the whole page: Streamlit scrolls inside its main container, so the viewport is
     stretched to the container's height first."""
     h = page.evaluate("Math.max(...[...document.querySelectorAll('[data-testid=stMain], "
                       "[data-testid=stAppViewContainer], section')].map(e => e.scrollHeight), 0)")
     page.set_viewport_size({"width": width, "height": int(min(max(h, height), max_height))})
-    page.wait_for_timeout(700)
+    page.wait_for_timeout(settle_ms)
     page.screenshot(path=str(path), full_page=True)
     page.set_viewport_size({"width": width, "height": height})
 
 
 def browse(runs_dir: Path, out_dir: Path, pages: dict = PAGES, run: str | None = None,
-           width: int = 1400, height: int = 1000) -> dict[str, dict]:
-    """Start the server, open every page, screenshot each into out_dir; returns findings per page."""
+           width: int = 1400, height: int = 1000, settle_ms: int = 800) -> dict[str, dict]:
+    """Start the server, open every page, screenshot each into out_dir; returns findings per page.
+    `settle_ms`: the wait for plotly's transitions before reading and shooting a page (the README's
+    screenshots use the default; the test, which checks errors and charts, waits less)."""
     from playwright.sync_api import sync_playwright
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -124,8 +126,8 @@ def browse(runs_dir: Path, out_dir: Path, pages: dict = PAGES, run: str | None =
                 page.goto(server.url)
             for path, (title, n) in pages.items():
                 url = f"{server.url}/{path}" + (f"?run={run}" if run else "")
-                found[path or "overview"] = open_page(page, url, title, n)
-                shoot(page, out_dir / ((path or "overview") + ".png"), width, height)
+                found[path or "overview"] = open_page(page, url, title, n, settle_ms=settle_ms)
+                shoot(page, out_dir / ((path or "overview") + ".png"), width, height, settle_ms=settle_ms)
             browser.close()
     finally:
         server.close()
@@ -152,7 +154,7 @@ def test_every_page_in_a_real_browser(runs, tmp_path_factory, capsys):
         pytest.skip(msg)
     out = Path(os.environ.get("DSV3_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
     t = time.time()
-    found = browse(runs["good"], out)
+    found = browse(runs["good"], out, settle_ms=250)
     with capsys.disabled():  # shown even when pytest captures output
         print(f"\nscreenshots of every page: {out} ({time.time() - t:.1f} s)")
     assert found.pop("_js_errors") == []
