@@ -149,11 +149,38 @@ def _spec(ns) -> int:
     return 0
 
 
+def _add_import(sub) -> None:
+    from . import sglang
+
+    p = sub.add_parser("import", help="turn a serving engine's routing dumps into a run (sglang)",
+                       description=sglang.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("source", choices=["sglang"], help="which engine wrote the dump")
+    p.add_argument("dump", help="a dump file, or a directory of them (one per rank)")
+    p.add_argument("--out", help="run directory to write (default: runs/sglang-<mode>-<dump name>)")
+    p.add_argument("--config", help="the served model's config.json (or its directory): layers, experts, top-k, "
+                                    "dense layers (default: read from the dump; top-k 8)")
+    p.add_argument("--tokenizer", help="tokenizer.json, so that the token explorer shows text (per_token dumps)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.set_defaults(fn=_import)
+
+
+def _import(ns) -> int:
+    from .sglang import import_sglang
+
+    out = import_sglang(ns.dump, ns.out, ns.config, ns.tokenizer, ns.overwrite)
+    info = read_run_json(out)["source"]
+    print(f"imported {info['mode']} dump of {len(info['files'])} file(s), {info['passes']} forward passes, "
+          f"MoE layers {info['moe_layers'][:1]}..{info['moe_layers'][-1:]}")
+    print(f"wrote {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="dsv3-probe", description="Look inside DeepSeek-V3 models.")
     sub = p.add_subparsers(dest="cmd", required=True)
     _add_record(sub)
     _add_spec(sub)
+    _add_import(sub)
     _add_dashboard(sub)
     ns = p.parse_args(argv)
     try:

@@ -8,6 +8,7 @@ A run directory holds `run.json` and one Parquet dataset (a folder of part files
     runs/NAME/spec_decode/part-0.parquet, spec_drafts/...   (written by `dsv3-probe spec`)
     runs/NAME/ablations/<hash>.parquet   (written by `python -m analyses.ablate`)
     runs/NAME/train_steps/..., train_domains/, train_gates/, train_eval/   (written by `python -m train`)
+    runs/NAME/placement/...   (a serving engine's expert placement, from `dsv3-probe import sglang`)
 
 `TABLES[name]` is the pyarrow schema; `DOCS[name]` documents each column (the README's table
 reference is generated from it). Definitions follow `docs/metrics.md`.
@@ -118,6 +119,12 @@ TABLES: dict[str, pa.Schema] = {
         ("routing_changed", pa.float64()),
         ("experts_changed", pa.float64()),
         ("downstream_layers", pa.int32()),
+    ]),
+    "placement": pa.schema([
+        ("layer", pa.int16()),
+        ("physical", pa.int32()),
+        ("logical", pa.int32()),
+        ("gpu", pa.int32()),
     ]),
     "router_bias": pa.schema([
         ("step", pa.int64()),
@@ -251,6 +258,12 @@ DOCS: dict[str, dict[str, str]] = {
                            "baseline's (null when no MoE layer follows)",
         "experts_changed": "mean share of the K experts replaced, over the same (token, layer) pairs",
         "downstream_layers": "MoE layers compared (those after the first ablated layer)",
+    },
+    "placement": {
+        "layer": "MoE layer",
+        "physical": "physical expert slot (GPU-major: slot s of GPU g is g x slots per GPU + s)",
+        "logical": "the logical (routed) expert that slot holds",
+        "gpu": "the GPU (expert-parallel rank) holding the slot",
     },
     "router_bias": {
         "step": "training step the bias is from (0 in a recorded run: the checkpoint's bias)",

@@ -1,0 +1,364 @@
+"""SGLang's expert-distribution dumps as runs: `dsv3-probe import sglang DUMP`.
+
+    dsv3-probe import sglang /tmp/sglang_dumps/ --config DeepSeek-V3/config.json --out runs/prod
+    dsv3-probe import sglang expert_distribution_recorder_1733000000.0.pt --out runs/prod-stat
+
+SGLang records routing when started with `--expert-distribution-recorder-mode stat | per_pass |
+per_token`, between POST `/start_expert_distribution_record` and `/stop_expert_distribution_record`;
+`/dump_expert_distribution_record` writes `torch.save` files into SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR:
+
+- stat: one file (rank 0), {rank, logical_count [passes, layers, logical experts] (summed over the
+  ranks), average_utilization_rate_over_window}; the pass buffer is circular, so passes that counted
+  nothing (unused buffer rows) are dropped;
+- per_pass: one file per rank, {records: [{forward_pass_id, rank, gatherer_key,
+  global_physical_count [layers, physical experts]}], last_physical_to_logical_map [layers, physical]};
+- per_token: one file per rank, records with input_ids, positions, extend_seq_lens, forward_mode,
+  topk_ids_of_layer [layers, tokens, 8] (physical expert ids, -1 where nothing was chosen) and
+  misc_objects, plus last_physical_to_logical_map.
+
+DUMP is a file or a directory of such files (every `*.pt` in it). The run gets `expert_load` (one
+step per forward pass; ranks summed, as SGLang's own stat mode sums them; domain `all`), per_token
+also `tokens` (input ids and positions; a forward pass's sequences split by extend_seq_lens, a
+decode pass one sequence per token; records repeated on several ranks kept once) and `routing`
+(logical expert ids; SGLang records no weights), and `placement` when the dump carries the
+physical-to-logical map. Layers the model runs dense (`first_k_dense_replace` of --config), or
+that counted nothing when no config is given, are skipped. Files are read with
+`torch.load(weights_only=True)`: a file that holds pickled Python objects is refused, never run.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from .job import RecordError, package_version
+from .writer import PartWriter, write_json_atomic
+
+MODES = ("stat", "per_pass", "per_token")
+DEFAULT_TOPK = 8  # DeepSeek-V3's experts per token: counts -> tokens when no --config says otherwise
+
+
+class SGLangError(RecordError):
+    """A dump we cannot import (one line naming the file)."""
+
+
+@dataclass
+class Dump:
+    path: Path
+    mode: str
+    data: dict
+
+
+@dataclass
+class Shape:
+    """What the import knows of the model: its layers, experts and top-k."""
+    n_layers: int
+    n_experts: int
+    topk: int = DEFAULT_TOPK
+    dense: list[int] = field(default_factory=list)  # layers run dense (skipped)
+    groups: int = 1
+    args: dict | None = None  # the config's ModelArgs, when --config was given
+
+    def model_args(self, moe_layers: list[int]) -> dict:
+        if self.args is not None:
+            return self.args
+        first = moe_layers[0] if moe_layers else 0
+        return {"n_layers": self.n_layers, "n_dense_layers": first, "n_routed_experts": self.n_experts,
+                "n_activated_experts": self.topk, "n_expert_groups": self.groups}
+
+
+# ------------------------------------------------------------------------------ reading
+def read_dump(path: Path) -> Dump:
+    """One dump file, loaded without running pickled code, its mode recognised."""
+    import pickle
+
+    import torch
+
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch.save writes a zip archive; anything else is not a dump at all
+        if not zipfile.is_zipfile(path):
+            raise SGLangError(f"{path}: not a readable torch.save file (not a torch zip archive)") from None
+        why = next((ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln), "")
+        why = why.split("Unsupported global:", 1)[-1].split(" was not")[0].strip() if why else "a non-tensor object"
+        raise SGLangError(f"{path}: refused: it holds pickled Python objects ({why}), which "
+                          "torch.load(weights_only=True) will not run") from None
+    except (OSError, RuntimeError, EOFError, ValueError) as e:
+        raise SGLangError(f"{path}: not a readable torch.save file ({str(e).strip().splitlines()[0][:160]})") from None
+    if not isinstance(data, dict):
+        raise SGLangError(f"{path}: not an SGLang expert-distribution dump (a {type(data).__name__}, not a dict)")
+    return Dump(path, _mode(data, path), data)
+
+
+def _mode(data: dict, path: Path) -> str:
+    if "logical_count" in data:
+        return "stat"
+    records = data.get("records")
+    if isinstance(records, list) and records and isinstance(records[0], dict):
+        if "topk_ids_of_layer" in records[0]:
+            return "per_token"
+        if "global_physical_count" in records[0]:
+            return "per_pass"
+        raise SGLangError(f"{path}: unknown record layout (record keys: {sorted(records[0])}); expected "
+                          "topk_ids_of_layer (per_token) or global_physical_count (per_pass)")
+    if isinstance(records, list) and not records:
+        raise SGLangError(f"{path}: the dump holds no records (was the recorder started before the traffic?)")
+    raise SGLangError(f"{path}: unknown key layout (keys: {sorted(map(str, data))}); expected SGLang's stat dump "
+                      "(logical_count) or a per_pass / per_token dump (records)")
+
+
+def find_dumps(dump: str | Path) -> list[Dump]:
+    """The dump file, or every *.pt of the directory (one per rank), all of one mode."""
+    p = Path(dump)
+    if not p.exists():
+        raise SGLangError(f"{p}: no such file or directory")
+    files = sorted(p.glob("*.pt")) if p.is_dir() else [p]
+    if not files:
+        raise SGLangError(f"{p}: no *.pt dump files in this directory")
+    dumps = [read_dump(f) for f in files]
+    modes = sorted({d.mode for d in dumps})
+    if len(modes) > 1:
+        raise SGLangError(f"{p}: the files mix dump modes {modes} ({', '.join(f'{d.path.name}: {d.mode}' for d in dumps)})")
+    return dumps
+
+
+def _shape(dumps: list[Dump], config: str | None) -> Shape:
+    """Layers and experts: from --config, checked against every dump (ranks must agree)."""
+    sizes = {}
+    for d in dumps:
+        if d.mode == "stat":
+            c = d.data["logical_count"]
+            if c.dim() != 3:
+                raise SGLangError(f"{d.path}: logical_count has shape {list(c.shape)}, expected [passes, layers, experts]")
+            sizes[d.path] = (int(c.shape[1]), int(c.shape[2]))
+        else:
+            m = d.data.get("last_physical_to_logical_map")
+            if m is None or m.dim() != 2:
+                raise SGLangError(f"{d.path}: no last_physical_to_logical_map [layers, physical experts] in the dump")
+            sizes[d.path] = (int(m.shape[0]), int(m.max()) + 1)
+    if len(set(sizes.values())) > 1:
+        raise SGLangError("the ranks' dumps disagree on layers x experts: " + ", ".join(
+            f"{p.name}: {a} x {b}" for p, (a, b) in sizes.items()))
+    layers, experts = next(iter(sizes.values()))
+    if config is None:
+        return Shape(layers, experts)
+    from model.args import ConfigError, ModelArgs
+
+    try:
+        a = ModelArgs.from_hf_config(Path(config))
+    except (ConfigError, OSError) as e:
+        raise SGLangError(f"--config {config}: {e}") from None
+    if a.n_layers != layers:
+        raise SGLangError(f"{dumps[0].path}: the dump has {layers} layers, --config {config} has {a.n_layers}")
+    if experts > a.n_routed_experts:
+        raise SGLangError(f"{dumps[0].path}: expert id {experts - 1} is outside --config {config} "
+                          f"(n_routed_experts={a.n_routed_experts})")
+    return Shape(layers, a.n_routed_experts, a.n_activated_experts, list(range(a.n_dense_layers)),
+                 a.n_expert_groups, a.to_dict())
+
+
+# ------------------------------------------------------------------------------ the import
+def import_sglang(dump: str | Path, out: str | Path | None = None, config: str | None = None,
+                  tokenizer: str | None = None, overwrite: bool = False) -> Path:
+    """Import SGLang dumps into a run directory; returns it."""
+    dumps = find_dumps(dump)
+    shape = _shape(dumps, config)
+    mode = dumps[0].mode
+    out = Path(out) if out else Path("runs") / f"sglang-{mode}-{Path(dump).stem}"
+    if out.exists() and not overwrite:
+        raise SGLangError(f"--out {out} exists: pass --overwrite to replace it")
+    tmp = out.with_name(f".{out.name}.importing")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    steps = {"stat": _stat, "per_pass": _per_pass, "per_token": _per_token}[mode](dumps, shape, tmp)
+    placement = _write_placement(dumps, shape, tmp)
+    info = {"status": "complete", "format": 1, "kind": "import",
+            "source": {"name": "sglang", "mode": mode, "files": [str(d.path.resolve()) for d in dumps],
+                       "ranks": sorted({int(d.data.get("rank", i)) for i, d in enumerate(dumps)}),
+                       **steps, "placement": placement},
+            "model_args": shape.model_args(steps["moe_layers"]), "domains": ["all"],
+            "tables": sorted(p.name for p in tmp.iterdir() if p.is_dir() and any(p.glob("*.parquet"))),
+            "options": {"tokenizer": str(Path(tokenizer).resolve()) if tokenizer else None},
+            "versions": {"dsv3_probe": package_version()}, "started": time.time()}
+    if steps.get("tokens") is not None:
+        info["planned"] = {"tokens": steps["tokens"], "tokens_per_domain": {"all": steps["tokens"]}}
+    write_json_atomic(tmp / "run.json", info)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)  # the run appears whole or not at all
+    return out
+
+
+def _moe_layers(shape: Shape, counts_LE: np.ndarray) -> list[int]:
+    """Layers that route: not dense per the config; without one, those that counted something."""
+    if shape.args is not None:
+        return [i for i in range(shape.n_layers) if i not in shape.dense]
+    return [i for i in range(shape.n_layers) if counts_LE[i].sum() > 0]
+
+
+def _load_rows(step: int, layers: list[int], counts_LE: np.ndarray, tokens: int) -> dict:
+    E = counts_LE.shape[1]
+    n = len(layers) * E
+    return {"step": np.full(n, step, np.int64), "layer": np.repeat(np.array(layers, np.int16), E),
+            "expert": np.tile(np.arange(E, dtype=np.int32), len(layers)), "domain": ["all"] * n,
+            "count": counts_LE[layers].reshape(-1).astype(np.int64), "weight_sum": pa.nulls(n, pa.float64()),
+            "tokens": np.full(n, tokens, np.int64)}
+
+
+def _stat(dumps: list[Dump], shape: Shape, out: Path) -> dict:
+    if len(dumps) > 1:
+        raise SGLangError(f"{dumps[1].path}: stat mode writes one file (rank 0, summed over ranks); got {len(dumps)}")
+    counts = dumps[0].data["logical_count"].numpy().astype(np.int64)  # [passes, L, E]
+    if counts.shape[2] < shape.n_experts:
+        counts = np.pad(counts, ((0, 0), (0, 0), (0, shape.n_experts - counts.shape[2])))
+    if (counts < 0).any():
+        raise SGLangError(f"{dumps[0].path}: logical_count holds negative counts")
+    kept = [i for i in range(len(counts)) if counts[i].sum() > 0]
+    layers = _moe_layers(shape, counts.sum(0))
+    w = PartWriter(out, 0, ["expert_load"])
+    for step, i in enumerate(kept):
+        tokens = int(counts[i][layers[0]].sum() // shape.topk) if layers else 0
+        w.append("expert_load", _load_rows(step, layers, counts[i], tokens), step)
+    w.commit(max(len(kept) - 1, 0))
+    return {"passes": len(kept), "dropped_empty_passes": len(counts) - len(kept), "moe_layers": layers,
+            "topk_assumed": shape.args is None}
+
+
+def _per_pass(dumps: list[Dump], shape: Shape, out: Path) -> dict:
+    """global_physical_count per rank and pass -> logical counts, summed over ranks per pass."""
+    passes: dict[int, np.ndarray] = {}
+    for d in dumps:
+        m = d.data["last_physical_to_logical_map"].numpy().astype(np.int64)
+        for r in d.data["records"]:
+            c = r["global_physical_count"].numpy().astype(np.int64)
+            if c.shape != m.shape:
+                raise SGLangError(f"{d.path}: global_physical_count of pass {r.get('forward_pass_id')} has shape "
+                                  f"{list(c.shape)}, the map {list(m.shape)}")
+            logical = np.zeros((m.shape[0], shape.n_experts), np.int64)
+            np.add.at(logical, (np.arange(m.shape[0])[:, None].repeat(m.shape[1], 1), m), c)
+            fp = int(r["forward_pass_id"])
+            passes[fp] = passes.get(fp, 0) + logical
+    order = sorted(passes)
+    layers = _moe_layers(shape, sum(passes.values()))
+    w = PartWriter(out, 0, ["expert_load"])
+    for step, fp in enumerate(order):
+        c = passes[fp]
+        w.append("expert_load", _load_rows(step, layers, c, int(c[layers[0]].sum() // shape.topk) if layers else 0), step)
+    w.commit(max(len(order) - 1, 0))
+    return {"passes": len(order), "forward_pass_ids": [order[0], order[-1]] if order else [], "moe_layers": layers,
+            "topk_assumed": shape.args is None}
+
+
+def _per_token(dumps: list[Dump], shape: Shape, out: Path) -> dict:
+    """Every recorded token: its input id, position and the logical top-k of each MoE layer."""
+    kept, seen = [], set()
+    for d in dumps:
+        for r in d.data["records"]:
+            key = (int(r["forward_pass_id"]), tuple(r["input_ids"]), tuple(r["positions"]))
+            if key not in seen:  # the same pass recorded by several ranks (tensor parallel) counts once
+                seen.add(key)
+                kept.append((key[0], d, r))
+    kept.sort(key=lambda x: x[0])
+    logical_all = [(fp, d, r, _record_logical(d, r, shape)) for fp, d, r in kept]
+    totals = np.zeros((shape.n_layers, shape.n_experts), np.int64)
+    for _, _, _, lg in logical_all:
+        for layer in range(lg.shape[0]):
+            valid = lg[layer][lg[layer] >= 0]
+            totals[layer] += np.bincount(valid, minlength=shape.n_experts)
+    layers = _moe_layers(shape, totals)
+    w = PartWriter(out, 0, ["tokens", "routing", "expert_load"])
+    step_of = {fp: i for i, fp in enumerate(sorted({fp for fp, *_ in logical_all}))}  # one step per pass
+    per_pass: dict[int, list] = {}
+    seq = 0
+    for fp, d, r, lg in logical_all:
+        seq, counts = _token_rows(w, step_of[fp], fp, d, r, lg, layers, shape, seq)
+        acc = per_pass.setdefault(fp, [0, 0])
+        acc[0], acc[1] = acc[0] + counts, acc[1] + len(r["input_ids"])
+    for fp, (counts, n) in sorted(per_pass.items()):
+        w.append("expert_load", _load_rows(step_of[fp], layers, counts, n), step_of[fp])
+    w.commit(max(len(step_of) - 1, 0))
+    return {"passes": len(step_of), "records": len(logical_all), "moe_layers": layers,
+            "tokens": sum(n for _, n in per_pass.values()), "topk_assumed": False}
+
+
+def _record_logical(d: Dump, r: dict, shape: Shape) -> np.ndarray:
+    """topk_ids_of_layer [L, n, K] physical -> logical (the dump's map), -1 kept."""
+    ids = r["topk_ids_of_layer"].numpy().astype(np.int64)
+    m = d.data["last_physical_to_logical_map"].numpy().astype(np.int64)
+    if ids.ndim != 3 or ids.shape[0] != m.shape[0] or ids.shape[1] != len(r["input_ids"]):
+        raise SGLangError(f"{d.path}: topk_ids_of_layer of pass {r['forward_pass_id']} has shape {list(ids.shape)}, "
+                          f"expected [{m.shape[0]} layers, {len(r['input_ids'])} tokens, K]")
+    if ids.max(initial=-1) >= m.shape[1]:
+        raise SGLangError(f"{d.path}: physical expert id {int(ids.max())} is outside the map's {m.shape[1]} experts")
+    out = np.full_like(ids, -1)
+    for layer in range(ids.shape[0]):
+        valid = ids[layer] >= 0
+        out[layer][valid] = m[layer][ids[layer][valid]]
+    if out.max(initial=-1) >= shape.n_experts:
+        raise SGLangError(f"{d.path}: expert id {int(out.max())} is outside the config's {shape.n_experts} experts")
+    return out
+
+
+def _token_rows(w: PartWriter, step: int, fp: int, d: Dump, r: dict, lg: np.ndarray, layers: list[int],
+                shape: Shape, seq: int) -> tuple[int, np.ndarray]:
+    """tokens and routing rows of one record; returns the next free seq_id and its counts [L, E]."""
+    ids, pos = np.asarray(r["input_ids"], np.int64), np.asarray(r["positions"], np.int64)
+    n = len(ids)
+    lens = r.get("extend_seq_lens")
+    lens = [int(x) for x in lens] if lens and sum(lens) == n else [1] * n  # decode: one token per sequence
+    seq_of = np.repeat(np.arange(seq, seq + len(lens)), lens)
+    rank = int(r.get("rank", 0))
+    doc = np.array([f"pass{fp}:rank{rank}:seq{s - seq}" for s in seq_of], dtype=object)
+    w.append("tokens", {"doc_id": doc, "seq_id": seq_of, "pos": pos.astype(np.int32), "doc_pos": pos,
+                        "token_id": ids.astype(np.int32), "domain": ["all"] * n,
+                        "loss": pa.nulls(n, pa.float32())}, step)
+    offsets, flat, rows = [0], [], {"seq_id": [], "pos": [], "layer": []}
+    counts = np.zeros((shape.n_layers, shape.n_experts), np.int64)
+    for layer in layers:
+        for t in range(n):
+            e = lg[layer, t][lg[layer, t] >= 0]  # SGLang pads with -1
+            if not len(e):
+                continue
+            flat.extend(e.tolist())
+            offsets.append(len(flat))
+            rows["seq_id"].append(seq_of[t])
+            rows["pos"].append(pos[t])
+            rows["layer"].append(layer)
+            np.add.at(counts[layer], e, 1)
+    k = len(rows["seq_id"])
+    if k:
+        lists = pa.ListArray.from_arrays(pa.array(np.asarray(offsets, np.int32)), pa.array(flat, pa.uint16()))
+        w.append("routing", {"seq_id": np.asarray(rows["seq_id"], np.int64), "pos": np.asarray(rows["pos"], np.int32),
+                             "layer": np.asarray(rows["layer"], np.int16), "expert_ids": lists,
+                             "expert_weights": pa.nulls(k, pa.list_(pa.float32())), "margin_k": pa.nulls(k, pa.float32()),
+                             "margin_1": pa.nulls(k, pa.float32()), "scores": pa.nulls(k, pa.list_(pa.float32()))}, step)
+    return seq + len(lens), counts
+
+
+def _write_placement(dumps: list[Dump], shape: Shape, out: Path) -> dict | None:
+    """The dump's physical-to-logical map (per_pass / per_token) as the `placement` table; the GPU of
+    a physical slot is slot // (physical experts / ranks), SGLang's layout."""
+    d = next((x for x in dumps if "last_physical_to_logical_map" in x.data), None)
+    if d is None:
+        return None
+    m = d.data["last_physical_to_logical_map"].numpy().astype(np.int64)
+    ranks = max(len(dumps), 1)
+    L, P = m.shape
+    if P % ranks:
+        raise SGLangError(f"{d.path}: {P} physical experts do not split over {ranks} ranks")
+    per = P // ranks
+    layers = [i for i in range(L) if i not in shape.dense]
+    w = PartWriter(out, 0, ["placement"])
+    w.append("placement", {"layer": np.repeat(np.array(layers, np.int16), P), "physical": np.tile(np.arange(P, dtype=np.int32), len(layers)),
+                           "logical": m[layers].reshape(-1).astype(np.int32),
+                           "gpu": np.tile(np.arange(P, dtype=np.int32) // per, len(layers))}, 0)
+    w.commit(0)
+    return {"physical_experts": P, "gpus": ranks, "from": str(d.path.name)}

@@ -1,0 +1,144 @@
+"""`dsv3-probe import sglang`: dumps built in SGLang's structures (tests/helpers/sglang_dumps.py) from a
+known routing, for the three recorder modes and two ranks, imported and checked against that
+routing; refused input (pickled objects, unknown layouts, ranks that disagree, ids outside the
+config) as one-line errors naming the file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import probe
+from helpers import sglang_dumps as sg
+from probe.sglang import SGLangError, import_sglang
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    base = tmp_path_factory.mktemp("sglang")
+    passes = sg.traffic(seed=3)
+    m = sg.physical_map(redundant=4)
+    return {"base": base, "passes": passes, "map": m, "config": sg.config(base / "model"),
+            "stat": sg.write_stat(base / "stat", passes),
+            "per_pass": sg.write_per_pass(base / "per_pass", passes, m)[0].parent,
+            "per_token": sg.write_per_token(base / "per_token", passes, m)[0].parent}
+
+
+def loads(run) -> dict[int, np.ndarray]:
+    df = run.df("expert_load")
+    out = {}
+    for step, g in df.groupby("step"):
+        a = np.zeros((sg.L, sg.E), np.int64)
+        np.add.at(a, (g.layer.to_numpy(), g.expert.to_numpy()), g["count"].to_numpy())
+        out[int(step)] = a
+    return out
+
+
+@pytest.mark.parametrize("mode", ["stat", "per_pass", "per_token"])
+def test_expert_load_per_pass_equals_the_routing(world, tmp_path, mode):
+    run = probe.open_run(import_sglang(world[mode], tmp_path / "run", config=str(world["config"])))
+    want = sg.logical_counts(world["passes"])
+    got = loads(run)
+    assert sorted(got) == list(range(len(want)))  # one step per forward pass (empty buffer rows dropped)
+    for step, fp in enumerate(sorted(want)):
+        np.testing.assert_array_equal(got[step][1:], want[fp][1:], err_msg=f"{mode} pass {fp}")
+    assert set(run.df("expert_load").layer) == {1, 2}  # the dense layer is skipped
+    src = run.info["source"]
+    assert src["name"] == "sglang" and src["mode"] == mode and src["passes"] == len(want)
+    assert run.info["model_args"]["n_routed_experts"] == sg.E and run.status == "complete"
+    if mode == "stat":
+        assert src["dropped_empty_passes"] == 8 - len(want) and "placement" not in run.tables
+    else:
+        assert src["ranks"] == [0, 1]
+        pl = run.df("placement")
+        np.testing.assert_array_equal(pl[pl.layer == 1].sort_values("physical").logical, world["map"][1])
+        assert pl.gpu.max() == 1 and (pl.groupby("gpu").size() == (sg.E + 4) // 2 * 2).all()
+
+
+def test_per_token_tokens_and_routing_equal_the_routing(world, tmp_path):
+    run = probe.open_run(import_sglang(world["per_token"], tmp_path / "run", config=str(world["config"])))
+    tok = run.df("tokens").sort_values(["seq_id", "pos"])
+    passes = world["passes"]
+    assert len(tok) == sum(len(p.input_ids) for p in passes)  # the tensor-parallel duplicates kept once
+    assert tok.token_id.tolist() == [t for p in sorted(passes, key=lambda p: p.fp) for t in p.input_ids] or \
+        sorted(tok.token_id) == sorted(t for p in passes for t in p.input_ids)
+    r = run.df("routing")
+    assert set(r.layer) == {1, 2} and r.expert_weights.isna().all()
+    assert all(len(x) == sg.K for x in r.expert_ids)  # the -1 padding of SGLang's 8-wide buffer dropped
+    # every token's logical top-k per layer, as routed
+    want = {}
+    for p in passes:
+        for t, (tid, pos) in enumerate(zip(p.input_ids, p.positions)):
+            for layer in (1, 2):
+                want.setdefault((p.fp, tid, pos, layer), []).append(sorted(p.logical[layer, t]))
+    merged = r.merge(tok[["seq_id", "pos", "token_id", "doc_id"]], on=["seq_id", "pos"])
+    merged["fp"] = merged.doc_id.str.extract(r"pass(\d+):").astype(int)
+    for row in merged.itertuples():
+        assert sorted(row.expert_ids) in want[(row.fp, row.token_id, row.pos, row.layer)]
+    # prefill passes split into their sequences, decode passes one token per sequence
+    first = tok[tok.doc_id.str.startswith("pass0:")]
+    assert first.groupby("seq_id").size().tolist() == [n for p in passes if p.fp == 0 for n in p.extend_seq_lens]
+    assert run.info["planned"]["tokens"] == len(tok)
+
+
+def test_without_config_the_dump_decides(world, tmp_path):
+    run = probe.open_run(import_sglang(world["per_pass"], tmp_path / "run"))
+    assert run.info["model_args"]["n_dense_layers"] == 1  # layer 0 counted nothing
+    assert run.info["source"]["topk_assumed"] is True
+
+
+def test_metrics_and_placement_work_on_an_import(world, tmp_path):
+    from analyses.metrics import balance_table, layer_loads_from_run
+    from analyses.placement import plan_run
+
+    out = import_sglang(world["per_pass"], tmp_path / "run", config=str(world["config"]))
+    assert set(layer_loads_from_run(probe.open_run(out))) == {1, 2}
+    assert len(balance_table(probe.open_run(out))) == 2
+    plans = plan_run(out, n_gpus=4, n_redundant=4)
+    assert all(p.balancedness_after >= p.balancedness_before for p in plans.values())
+
+
+# ------------------------------------------------------------------------------------ refused
+class NotAllowed:  # a class a weights_only load cannot construct
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_a_pickled_object_is_refused_never_run(tmp_path, capsys):
+    evil = tmp_path / "evil.pt"
+    torch.save({"records": [NotAllowed()]}, evil)
+    with pytest.raises(SGLangError, match=r"evil.pt: refused: it holds pickled Python objects"):
+        import_sglang(evil, tmp_path / "run")
+    assert "this must never run" not in capsys.readouterr().out
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_dumps_are_one_line_errors_naming_the_file(world, tmp_path, capsys):
+    from probe.__main__ import main
+
+    (tmp_path / "text.pt").write_text("not a torch file")
+    torch.save({"counts": torch.zeros(3), "rank": 0}, tmp_path / "other.pt")
+    torch.save([1, 2, 3], tmp_path / "list.pt")
+    cases = [(tmp_path / "text.pt", "text.pt: not a readable torch.save file"),
+             (tmp_path / "other.pt", "other.pt: unknown key layout (keys: ['counts', 'rank'])"),
+             (tmp_path / "list.pt", "list.pt: not an SGLang expert-distribution dump (a list, not a dict)")]
+    # two ranks that disagree on the experts
+    bad = tmp_path / "disagree"
+    files = sg.write_per_pass(bad, world["passes"], world["map"])
+    d = torch.load(files[1], weights_only=True)
+    d["last_physical_to_logical_map"] = d["last_physical_to_logical_map"][:, :10] % 8
+    torch.save(d, files[1])
+    cases.append((bad, "the ranks' dumps disagree on layers x experts"))
+    for path, msg in cases:
+        code = main(["import", "sglang", str(path), "--out", str(tmp_path / "run")])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and err.startswith("error: ") and "\n" not in err and msg in err, err
+    # an expert id outside the config
+    small = tmp_path / "small.json"
+    cfg = __import__("json").loads(world["config"].read_text()) | {"n_routed_experts": 8}
+    small.write_text(__import__("json").dumps(cfg))
+    code = main(["import", "sglang", str(world["stat"]), "--config", str(small), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and "is outside --config" in err and "n_routed_experts=8" in err
+    assert not (tmp_path / "run").exists()
