@@ -4,6 +4,9 @@ loads a run measured, as DeepSeek's open EPLB does (our own implementation of th
     python -m analyses.placement runs/x --gpus 8 --redundant 8                       # hierarchical, 1 node
     python -m analyses.placement runs/x --gpus 16 --nodes 2 --redundant 16 --out plan.parquet
     python -m analyses.placement runs/x --gpus 8 --redundant 8 --mode global --out plan.json
+    python -m analyses.placement runs/x --gpus 32 --redundant 32 --format sglang --out plan.json   # SGLang
+    python -m analyses.placement runs/x --gpus 32 --redundant 32 --format eplb --out plan.pt       # EPLB's maps
+    python -m analyses.placement runs/x --format logical-count --out counts.json   # loads for SGLang's EPLB
 
 Input: per MoE layer, the total load of each logical expert (`expert_load`, summed over the run).
 Each layer gets `E + redundant` physical slots, the same number on every GPU.
@@ -22,6 +25,7 @@ Output: the physical-to-logical map (layer, node, gpu, slot, physical, logical e
 that expert, predicted load of the replica) as Parquet (`.parquet`) or JSON (`.json`), and a table
 per layer of the predicted per-GPU balancedness (mean / max GPU load, SGLang / vLLM EPLB metric)
 before (the plain contiguous placement: experts in order, E / GPUs per GPU, no replicas) and after.
+`--format sglang | eplb | logical-count` writes what SGLang or deepseek-ai/EPLB read (export.py).
 
 NOTE: greedy packing is a heuristic; in contrived cases (loads [3, 3, 0, 2, 2, 2] on 2 GPUs) it
 loses to the contiguous placement. When E is a multiple of the GPU count the planner therefore also
@@ -250,6 +254,22 @@ def plan_run(run, n_gpus: int, n_nodes: int = 1, n_redundant: int = 0, groups: i
     if groups is None:
         groups = int(model_arg(run, "n_expert_groups", 1) or 1)
     return plan_layers(loads, n_gpus=n_gpus, n_nodes=n_nodes, n_redundant=n_redundant, groups=groups, mode=mode)
+
+
+def run_loads(run) -> tuple[dict[int, np.ndarray], int, int]:
+    """({MoE layer: loads [E]} summed over the run, the model's layer count, E): what the export
+    formats need (the layer count from model_args, else the last layer loaded + 1)."""
+    from analyses.metrics import MetricsError, layer_loads_from_run
+    from analyses.metrics._common import as_run, model_arg
+
+    try:
+        run = as_run(run)
+        loads = layer_loads_from_run(run)
+    except MetricsError as e:
+        raise PlacementError(str(e)) from None
+    n_layers = int(model_arg(run, "n_layers", 0) or (max(loads) + 1 if loads else 0))
+    E = len(next(iter(loads.values()))) if loads else 0
+    return loads, n_layers, E
 
 
 def summary_frame(plans: dict):

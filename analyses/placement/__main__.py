@@ -7,36 +7,64 @@ import sys
 from pathlib import Path
 
 import analyses.placement as package
-from analyses.placement import PlacementError, plan_run, summary_frame, write_plan
+from analyses.placement import PlacementError, plan_run, run_loads, summary_frame, write_plan
+from analyses.placement.export import FORMATS, export
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m analyses.placement", description=package.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", help="run directory recorded by `python -m probe record` (its expert_load table)")
-    p.add_argument("--gpus", type=int, required=True, help="GPUs in all (must divide experts + redundant)")
+    p.add_argument("run", help="a run directory (recorded, imported or trained: its expert_load table)")
+    p.add_argument("--gpus", type=int, help="GPUs in all (must divide experts + redundant); needed to plan")
     p.add_argument("--nodes", type=int, default=1, help="nodes (must divide --gpus; default 1)")
     p.add_argument("--redundant", type=int, default=0, help="extra physical slots for replicas per layer (default 0)")
     p.add_argument("--groups", type=int, default=None,
                    help="expert groups for --mode hierarchical (default: run.json model_args n_expert_groups)")
     p.add_argument("--mode", choices=("hierarchical", "global"), default="hierarchical",
                    help="hierarchical: groups to nodes, then replicas to GPUs; global: one pool (default hierarchical)")
-    p.add_argument("--out", type=Path, default=None, help="write the physical-to-logical map (.parquet or .json)")
+    p.add_argument("--format", choices=FORMATS, default="table",
+                   help="table: our map (.parquet or .json); sglang: --init-expert-location file; eplb: "
+                        "deepseek-ai/EPLB's phy2log/log2phy/logcnt; logical-count: the loads as SGLang's "
+                        "statistics (no planning)")
+    p.add_argument("--out", type=Path, default=None, help="where to write (.parquet/.json for table; .json/.pt else)")
     ns = p.parse_args(argv)
     try:
-        plans = plan_run(ns.run, ns.gpus, ns.nodes, ns.redundant, ns.groups, ns.mode)
-        if ns.out is not None:
-            write_plan(plans, ns.out, {"run": str(ns.run), "gpus": ns.gpus, "nodes": ns.nodes,
-                                       "redundant": ns.redundant, "groups": ns.groups, "mode": ns.mode})
+        return _run(ns)
     except (PlacementError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        msg = " ".join(str(e).split())
+        print(f"error: {msg if str(ns.run) in msg else f'{ns.run}: {msg}'}", file=sys.stderr)
         return 2
+
+
+def _run(ns) -> int:
+    if ns.format != "table" and ns.out is None:
+        raise PlacementError(f"--format {ns.format} writes a file: pass --out plan.json (or .pt)")
+    if ns.format != "table" and ns.out.suffix not in (".json", ".pt"):
+        raise PlacementError(f"--out {ns.out}: --format {ns.format} writes a .json or .pt file")
+    if ns.format == "logical-count":
+        loads, n_layers, E = run_loads(ns.run)
+        print(f"wrote {export(ns.format, None, loads, n_layers, E, ns.out)} (loads of layers {sorted(loads)} of "
+              f"{n_layers}; SGLang: --init-expert-location {ns.out} runs its own EPLB on them)")
+        return 0
+    if ns.gpus is None:
+        raise PlacementError("--gpus is needed to plan a placement")
+    plans = plan_run(ns.run, ns.gpus, ns.nodes, ns.redundant, ns.groups, ns.mode)
+    config = {"run": str(ns.run), "gpus": ns.gpus, "nodes": ns.nodes, "redundant": ns.redundant,
+              "groups": ns.groups, "mode": ns.mode}
+    if ns.format == "table" and ns.out is not None:
+        write_plan(plans, ns.out, config)
+    elif ns.format != "table":
+        loads, n_layers, E = run_loads(ns.run)
+        export(ns.format, plans, loads, n_layers, E, ns.out)
     import pandas as pd
 
     with pd.option_context("display.width", 200, "display.max_rows", 500):
         print(summary_frame(plans).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     if ns.out is not None:
         print(f"wrote {ns.out}")
+        if ns.format == "sglang":
+            print(f"serve with: --init-expert-location {ns.out} --ep-num-redundant-experts {ns.redundant} "
+                  f"(expert-parallel size {ns.gpus})")
     return 0
 
 

@@ -1,0 +1,124 @@
+"""Placement plans in SGLang's and deepseek-ai/EPLB's formats: read back, they equal our plan slot for slot and
+GPU for GPU; DeepSeek EPLB's own README example is planned at least as well as EPLB plans it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from helpers.synthetic_run import write_run
+from analyses.placement import Placement, plan_placement, plan_run
+from analyses.placement.__main__ import main
+from analyses.placement.export import read_export
+
+# deepseek-ai/EPLB README: 2 layers x 12 experts, 16 physical slots (4 redundant), 4 groups, 2 nodes, 8 GPUs
+EPLB_WEIGHTS = [[90, 132, 40, 61, 104, 165, 39, 4, 73, 56, 183, 86],
+                [20, 107, 104, 64, 19, 197, 187, 157, 172, 86, 16, 27]]
+EPLB_BALANCEDNESS = (0.828, 0.805)  # mean / max GPU load of EPLB's plan for each layer (its README's phy2log)
+
+
+def _cli(capsys, *args):
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_eplb_readme_example_at_least_as_balanced_as_eplb():
+    for w, theirs in zip(EPLB_WEIGHTS, EPLB_BALANCEDNESS):
+        p = plan_placement(w, n_gpus=8, n_nodes=2, n_redundant=4, groups=4)
+        assert p.phy_to_log.shape == (8, 2) and sorted(set(p.phy_to_log.reshape(-1))) == list(range(12))
+        assert p.gpu_load.sum() == pytest.approx(sum(w))
+        # hierarchical: each node holds whole groups (2 groups of 3 experts per node) and their replicas
+        for node in range(2):
+            groups = {e // 3 for e in p.phy_to_log[node * 4:(node + 1) * 4].reshape(-1)}
+            assert len(groups) == 2, (node, groups)
+        assert round(p.balancedness_after, 3) >= theirs, (p.balancedness_after, theirs)
+    # negative control: the contiguous placement without replicas is far below EPLB on the same loads
+    assert Placement(np.asarray(EPLB_WEIGHTS[0], float), np.arange(16).reshape(8, 2) % 12, 2,
+                     "hierarchical").balancedness_after < 0.7
+
+
+def _check_against_plan(phy2log_rows: np.ndarray, plans: dict, n_gpus: int):
+    for row, (layer, plan) in zip(phy2log_rows, sorted(plans.items())):
+        np.testing.assert_array_equal(row, plan.phy_to_log.reshape(-1))
+        # predicted per-GPU load from the file alone: each logical load split evenly over its replicas
+        cnt = np.bincount(row, minlength=len(plan.loads))
+        gpu = (plan.loads[row] / cnt[row]).reshape(n_gpus, -1).sum(1)
+        np.testing.assert_allclose(gpu, plan.gpu_load)
+
+
+@pytest.mark.parametrize("suffix", [".json", ".pt"])
+def test_sglang_export_round_trips(tmp_path, capsys, suffix):
+    write_run(tmp_path / "run", E=8, K=2, layers=(1, 2), groups=4)
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    info["model_args"]["n_layers"] = 4  # layers 0 (dense) and 3 have no loads: SGLang's trivial map there
+    (tmp_path / "run" / "run.json").write_text(json.dumps(info))
+    out = tmp_path / f"plan{suffix}"
+    code, stdout, err = _cli(capsys, tmp_path / "run", "--gpus", 4, "--redundant", 4, "--format", "sglang",
+                             "--out", out)
+    assert code == 0, err
+    assert f"--init-expert-location {out} --ep-num-redundant-experts 4" in stdout
+    got = read_export(out)
+    assert list(got) == ["physical_to_logical_map"]  # SGLang passes the dict's keys as arguments: nothing else
+    m = got["physical_to_logical_map"]
+    assert m.shape == (4, 12) and m.dtype.kind == "i"
+    plans = plan_run(tmp_path / "run", 4, 1, 4)
+    _check_against_plan(m[[1, 2]], plans, 4)
+    for layer in (0, 3):
+        np.testing.assert_array_equal(m[layer], np.arange(12) % 8)
+    if suffix == ".json":  # exactly what SGLang's json.loads(Path(data).read_text()) sees: nested int lists
+        raw = json.loads(out.read_text())["physical_to_logical_map"]
+        assert isinstance(raw[0][0], int) and len(raw) == 4
+    assert not list(tmp_path.glob(".plan*"))  # temporary file renamed
+
+
+def test_eplb_export_round_trips_with_eplbs_shapes(tmp_path, capsys):
+    write_run(tmp_path / "run", E=8, K=2, layers=(1, 2), groups=4, seed=3)
+    out = tmp_path / "eplb.pt"
+    code, _, err = _cli(capsys, tmp_path / "run", "--gpus", 4, "--nodes", 2, "--redundant", 8, "--format", "eplb",
+                        "--out", out)
+    assert code == 0, err
+    got = read_export(out)
+    phy2log, log2phy, logcnt = got["phy2log"], got["log2phy"], got["logcnt"]
+    plans = plan_run(tmp_path / "run", 4, 2, 8)
+    assert phy2log.shape == (2, 16) and logcnt.shape == (2, 8)
+    assert log2phy.shape == (2, 8, 8 + 1)  # EPLB: [layers, logical, redundant + 1], -1 padded
+    _check_against_plan(phy2log, plans, 4)
+    for i in range(2):
+        np.testing.assert_array_equal(logcnt[i], np.bincount(phy2log[i], minlength=8))
+        for e in range(8):
+            slots = log2phy[i, e]
+            valid = slots[slots >= 0]
+            assert len(valid) == logcnt[i, e] and (slots[len(valid):] == -1).all()
+            assert (phy2log[i, valid] == e).all()
+
+
+def test_logical_count_export_needs_no_gpus(tmp_path, capsys):
+    arrays = write_run(tmp_path / "run", E=8, K=2, layers=(1, 2), groups=4)
+    out = tmp_path / "counts.json"
+    code, stdout, err = _cli(capsys, tmp_path / "run", "--format", "logical-count", "--out", out)
+    assert code == 0, err
+    assert "--init-expert-location" in stdout
+    lc = np.asarray(json.loads(out.read_text())["logical_count"])
+    assert lc.shape == (3, 8)  # no n_layers in this run.json: last loaded layer + 1
+    assert (lc[0] == 0).all()
+    for layer in (1, 2):
+        np.testing.assert_array_equal(lc[layer], np.bincount(arrays["ids"][layer].reshape(-1), minlength=8))
+
+
+def test_export_errors_are_one_line_and_name_the_file(tmp_path, capsys):
+    write_run(tmp_path / "run", E=8, K=2, groups=4)
+    run = tmp_path / "run"
+    for args, needles in (
+        (("--gpus", 3, "--redundant", 0, "--format", "sglang", "--out", tmp_path / "p.json"),
+         (str(run), "--gpus 3 does not divide the 8 slots")),
+        (("--gpus", 4, "--format", "sglang"), ("--out",)),
+        (("--gpus", 4, "--format", "eplb", "--out", tmp_path / "p.csv"), ("p.csv", ".json or .pt")),
+        (("--format", "sglang", "--out", tmp_path / "p.json"), ("--gpus",)),
+    ):
+        code, _, err = _cli(capsys, run, *args)
+        assert code == 2 and err.count("\n") == 1, err
+        assert all(n in err for n in needles), (needles, err)
+    assert not list(tmp_path.glob("p.*")) and not list(tmp_path.glob(".p.*"))
