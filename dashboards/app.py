@@ -25,6 +25,7 @@ PAGES = [
     ("pages/specialisation.py", "Specialisation", ":material/category:", "Routing"),
     ("pages/token_explorer.py", "Token explorer", ":material/text_fields:", "Routing"),
     ("pages/coactivation.py", "Co-activation & flow", ":material/hub:", "Routing"),
+    ("pages/serving.py", "Serving", ":material/dns:", "Routing"),
     ("pages/latent_kv.py", "Latent KV", ":material/memory:", "Model"),
     ("pages/mtp.py", "MTP", ":material/fast_forward:", "Model"),
     ("pages/ablations.py", "Ablations", ":material/content_cut:", "Experiments"),
@@ -51,7 +52,7 @@ with st.sidebar:
             st.session_state[ui.RUN_KEY] = st.session_state["_asked_run"] = asked
         if st.session_state.get(ui.RUN_KEY) not in names:
             st.session_state[ui.RUN_KEY] = names[0]
-        labels = {r.name: f"{r.name} · {r.kind} · {r.status}" for r in runs}
+        labels = {r.name: f"{r.name} · {ui.kind_text(r)} · {r.status}" for r in runs}
         st.selectbox("Run", names, key=ui.RUN_KEY, format_func=labels.get)
         st.query_params["run"] = st.session_state[ui.RUN_KEY]
     else:

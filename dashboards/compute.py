@@ -107,3 +107,31 @@ def coactivation(ids: np.ndarray, n_experts: int) -> np.ndarray:
     """[N, N] co-activation N(E_i, E_j) / N(E_i) of a layer's [T, K] top-k ids (analyses.metrics)."""
     fn = metric("coactivation")
     return np.asarray(fn(ids, n_experts=n_experts), dtype=np.float64)
+
+
+def serving_replay(steps: np.ndarray, layers: list[int], X: np.ndarray, window: tuple[int, int], *, gpus: int,
+                   redundant: int, nodes: int, groups: int, mode: str, current: dict[int, np.ndarray] | None,
+                   current_gpus: int | None) -> dict:
+    """Plan a placement from the loads of the passes in `window` (inclusive step range) and replay every
+    pass on it and on the current placement (the engine's, or SGLang's trivial one with the same GPUs
+    and redundant slots). Returns per-pass x layer balancedness for both ("now", "plan" [S, L]), the
+    window mask, per-layer GPU loads summed over the window ("gpu_now", "gpu_plan" [L, G]) and the plans."""
+    from analyses.placement import plan_placement
+    from analyses.placement.replay import balancedness, gpu_loads, trivial_map
+
+    S, L, E = X.shape
+    win = (steps >= window[0]) & (steps <= window[1])
+    totals = X[win].sum(0)
+    plans = {lay: plan_placement(totals[i], n_gpus=gpus, n_nodes=nodes, n_redundant=redundant, groups=groups,
+                                 mode=mode) for i, lay in enumerate(layers)}
+    if current:
+        now_gpus = int(current_gpus)
+        P = len(next(iter(current.values())))
+        now_maps = [current.get(lay, trivial_map(E, P)) for lay in layers]
+    else:
+        now_gpus, now_maps = gpus, [trivial_map(E, E + redundant)] * L
+    plan_maps = [plans[lay].phy_to_log.reshape(-1) for lay in layers]
+    return {"now": balancedness(X, now_maps, now_gpus), "plan": balancedness(X, plan_maps, gpus), "window": win,
+            "gpu_now": np.stack([gpu_loads(totals[i], now_maps[i], now_gpus) for i in range(L)]),
+            "gpu_plan": np.stack([gpu_loads(totals[i], plan_maps[i], gpus) for i in range(L)]),
+            "plans": plans, "now_gpus": now_gpus}

@@ -34,6 +34,8 @@ from probe.schema import TABLES
 # Per-token views (co-activation, top tokens, Sankey) read at most this many tokens per layer: the
 # first windows of the run (row groups past them are skipped by their seq_id statistics).
 SAMPLE_TOKENS = 250_000
+# The Serving page replays at most this many forward passes (a longer run: every k-th pass).
+MAX_PASSES = 2000
 
 
 class DataError(Exception):
@@ -227,6 +229,37 @@ def total_loads(ref: RunRef, last_steps: int | None = None) -> pd.DataFrame:
     return _labelled(ref, query(ref, f"select layer, expert, sum(count)::bigint as load from expert_load {where} "
                                      "group by all order by all", ("expert_load",),
                                 [int(last_steps)] if last_steps else None))
+
+
+@cached
+def pass_loads(ref: RunRef, max_passes: int = MAX_PASSES) -> tuple[np.ndarray, list[int], np.ndarray]:
+    """(steps [S], layers [L], loads [S, L, E]): each forward pass's (a recorded run: each batch's)
+    top-k assignments per expert of the model's MoE layers (MTP routers left out: servers place them
+    apart). A run with more than `max_passes` passes is read every k-th pass (the smallest k that fits)."""
+    n_layers = (ref.info.get("model_args") or {}).get("n_layers")
+    n = int(query(ref, "select count(distinct step) as n from expert_load", ("expert_load",)).n.iloc[0])
+    every = max(1, -(-n // max_passes))
+    # rows are summed by the bincount below (a recorded run has one row per domain), not in SQL
+    sample = ("join (select step, row_number() over (order by step) - 1 as i from (select distinct step from "
+              f"expert_load)) s using (step) where s.i % {every} = 0" if every > 1 else "where true")
+    df = query(ref, f"select e.step, e.layer, e.expert, e.count as load from expert_load e {sample} "
+                    f"{'and e.layer < ?' if n_layers else ''}", ("expert_load",), [int(n_layers)] if n_layers else None)
+    steps, layers = np.unique(df.step.to_numpy()), sorted(int(x) for x in df.layer.unique())
+    E = int(max((ref.info.get("model_args") or {}).get("n_routed_experts") or 0,
+                df.expert.max() + 1 if len(df) else 0))
+    flat = ((np.searchsorted(steps, df.step.to_numpy()) * len(layers) + np.searchsorted(layers, df.layer.to_numpy()))
+            * E + df.expert.to_numpy())
+    out = np.bincount(flat, weights=df.load.to_numpy(np.float64), minlength=len(steps) * len(layers) * E)
+    return steps, layers, np.rint(out).astype(np.int64).reshape(len(steps), len(layers), E)
+
+
+@cached
+def placement_maps(ref: RunRef) -> tuple[dict[int, np.ndarray], int]:
+    """({layer: physical-to-logical map [P]}, GPUs) of the serving engine's placement (`placement`
+    table, written by `dsv3-probe import sglang` from a dump that carries one)."""
+    df = query(ref, "select layer, physical, logical, gpu from placement order by layer, physical", ("placement",))
+    maps = {int(lay): g.logical.to_numpy(np.int64) for lay, g in df.groupby("layer")}
+    return maps, int(df.gpu.max()) + 1 if len(df) else 0
 
 
 @cached

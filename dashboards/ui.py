@@ -41,8 +41,14 @@ def domain_colors() -> dict[str, str]:
     return charts.domain_colors(doms)
 
 
+def kind_text(ref: data.RunRef) -> str:
+    """probe, train, or e.g. 'sglang import' for a run imported from a serving engine's dump."""
+    src = (ref.info.get("source") or {}).get("name")
+    return f"{src} import" if src else ref.kind
+
+
 def kind_label(ref: data.RunRef) -> str:
-    return f"{ref.name}  ·  {ref.kind} · {ref.status}"
+    return f"{ref.name}  ·  {kind_text(ref)} · {ref.status}"
 
 
 def selected_run(kinds: tuple[str, ...] = ("probe", "train")) -> data.RunRef | None:

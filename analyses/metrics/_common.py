@@ -90,7 +90,11 @@ def n_experts_of_run(run, table: str = "expert_load") -> int:
 def need_rows(run, table: str) -> None:
     """Raise when the run has no rows in `table` (an empty run or a table not recorded)."""
     if not run.files(table):
-        raise MetricsError(f"{run.path}: run has no {table} table (empty run, or not recorded)")
+        src = run.info.get("source") or {}
+        why = (f"imported from a {src.get('name')} {src.get('mode')} dump, which holds loads per forward pass "
+               "only; the per_token mode records routing" if src.get("mode") in ("stat", "per_pass")
+               else "empty run, or not recorded")
+        raise MetricsError(f"{run.path}: run has no {table} table ({why})")
     n = run.sql(f"select count(*) from {table}").fetchall()[0][0]
     if n == 0:
         raise MetricsError(f"{run.path}: run's {table} table is empty")

@@ -34,6 +34,11 @@ def _tokens(ref: data.RunRef) -> int | None:
 
 def _source(ref: data.RunRef) -> str:
     i = ref.info
+    src = i.get("source") or {}
+    if src.get("name"):
+        files = src.get("files") or []
+        return f"{src['name']} {src.get('mode', '')} dump: {files[0] if files else '?'}" + (
+            f" (+{len(files) - 1} more)" if len(files) > 1 else "")
     if ref.kind == "train":
         return str((i.get("flags") or {}).get("corpus", ""))
     return str((i.get("corpus") or {}).get("path", ""))
@@ -41,7 +46,7 @@ def _source(ref: data.RunRef) -> str:
 
 def runs_table(runs: list[data.RunRef]) -> pd.DataFrame:
     return pd.DataFrame([{
-        "run": r.name, "kind": r.kind, "status": r.status, "model": _model(r.info),
+        "run": r.name, "kind": ui.kind_text(r), "status": r.status, "model": _model(r.info),
         "corpus": _source(r), "tokens": _tokens(r), "domains": ", ".join(data.domains_of(r)),
         "started": _when(r.info.get("started")),
     } for r in runs])
@@ -76,6 +81,32 @@ def probe_details(ref: data.RunRef) -> None:
     if opts.get("router_logits") == "none":
         st.info("Recorded with `--router-logits none`: no routing table (Token explorer and Co-activation "
                 "need it).")
+
+
+def import_details(ref: data.RunRef) -> None:
+    """A run imported from a serving engine's dump: where it came from and what it holds."""
+    i = ref.info
+    src, a = i.get("source") or {}, i.get("model_args") or {}
+    c = st.columns(5)
+    c[0].metric("Source", f"{src.get('name')} · {src.get('mode')}")
+    c[1].metric("Forward passes", f"{src.get('passes', 0):,}")
+    c[2].metric("Ranks", len(src.get("ranks") or []))
+    c[3].metric("MoE layers", len(src.get("moe_layers") or data.moe_layers(ref)))
+    c[4].metric("Experts", f"{a.get('n_routed_experts', '?')} · top-{a.get('n_activated_experts', '?')}")
+    pl = src.get("placement")
+    has = set(i.get("tables") or [])
+    st.markdown(
+        f"Imported with `dsv3-probe import {src.get('name')}` from {len(src.get('files') or [])} file(s). "
+        + ("Per-token routing and tokens: every routing page applies. " if "routing" in has else
+           "Loads per forward pass only (no per-token routing): Load balance and Serving apply; the per-token "
+           "pages say what they lack. ")
+        + (f"Placement: {pl['physical_experts']} physical experts on {pl['gpus']} GPUs (from `{pl['from']}`)."
+           if pl else "No placement in the dump."))
+    if src.get("topk_assumed"):
+        st.info("Imported without `--config`: the model's top-k was assumed (tokens per pass = assignments / top-k). "
+                "Re-import with `--config config.json` for exact token counts and dense layers.")
+    with st.expander("Source files"):
+        st.json(src, expanded=False)
 
 
 def train_details(ref: data.RunRef) -> None:
@@ -142,6 +173,8 @@ else:
         with ui.guard("the run's summary"):
             if ref.kind == "train":
                 train_details(ref)
+            elif (ref.info.get("source") or {}).get("name"):
+                import_details(ref)
             elif ref.kind == "probe":
                 probe_details(ref)
             else:

@@ -69,7 +69,9 @@ def main() -> None:
             for i, (s, p, tid, loss, txt) in enumerate(zip(toks.seq_id, toks.pos, toks.token_id, toks.loss, texts)):
                 ids, w, m1 = look.get((s, p), (None, None, None))
                 top1[i] = int(ids[0]) if ids is not None and len(ids) else None
-                route_s = ", ".join(f"{int(e)} ({x:.3f})" for e, x in zip(ids, w)) if ids is not None else "—"
+                route_s = ("—" if ids is None else ", ".join(str(int(e)) for e in ids) + " (weights not recorded)"
+                           if w is None or not hasattr(w, "__len__")
+                           else ", ".join(f"{int(e)} ({x:.3f})" for e, x in zip(ids, w)))
                 loss_s = f"{loss:.3f}" if loss == loss else "—"
                 margin = (f"\nselection-score margin, top-1 over the best unchosen expert: {m1:.3f}"
                           if m1 is not None and m1 == m1 else "")
@@ -89,37 +91,49 @@ def main() -> None:
                              f"expert {e}: {counts[e]}</span>" for e in sorted(seen, key=lambda e: -counts[e])[:24])
             st.markdown(chips, unsafe_allow_html=True)
 
-        fig = go.Figure(go.Scatter(
-            x=toks.doc_pos, y=toks.loss, mode="lines+markers", line=dict(color="#999", width=1),
-            marker=dict(size=5, color=[charts.expert_color(e) if e is not None else "#999" for e in top1]),
-            customdata=np.array([[t, "—" if e is None else e] for t, e in zip(texts, top1)], dtype=object),
-            hovertemplate="pos %{x}<br>token %{customdata[0]}<br>loss %{y:.3f} nats<br>top-1 expert "
-                          "%{customdata[1]}<extra></extra>"))
-        fig.update_xaxes(title="position in document")
-        fig.update_yaxes(title="token loss (nats)")
-        st.plotly_chart(charts.style(fig, "Token loss along the document (marker colour = top-1 expert)", 300),
-                        key="doc_loss")
+        if toks.loss.isna().all():
+            st.caption("No per-token loss in this run (a serving engine's dump records routing, not losses).")
+        else:
+            loss_chart(toks, texts, top1)
+        route_of_one_token(ref, route, toks, texts)
 
-        st.subheader("Route of one token through the layers")
-        if route is None or route.empty:
-            st.info("No routing rows for this document (recorded with `--router-logits none`?).")
-            return
-        opts = list(range(len(toks)))
-        i = st.select_slider("Token", opts, value=min(1, len(opts) - 1), key="te_token",
-                             format_func=lambda j: f"{j}: {texts[j]!r}")
-        s, p = int(toks.seq_id.iloc[i]), int(toks.pos.iloc[i])
-        rr = route[(route.seq_id == s) & (route.pos == p)].sort_values("layer")
-        E = int((ref.info.get("model_args") or {}).get("n_routed_experts") or
-                max(int(max(x)) for x in rr.expert_ids) + 1)
-        z = np.full((len(rr), E), np.nan)
-        rank = np.full((len(rr), E), np.nan)
-        for j, (ids, w) in enumerate(zip(rr.expert_ids, rr.expert_weights)):
-            z[j, np.asarray(ids, int)] = w
-            rank[j, np.asarray(ids, int)] = np.arange(1, len(ids) + 1)
-        st.plotly_chart(charts.heatmap(z, list(range(E)), [f"layer{l}" for l in rr.layer],
-                                       title=f"Token {texts[i]!r} (window {s}, pos {p}): weight of each chosen expert",
-                                       xlabel="expert", ylabel="", zlabel="weight", fmt=".4f", customdata=rank,
-                                       extra_hover="<br>rank %{customdata}"), key="route")
+
+def loss_chart(toks, texts, top1) -> None:
+    fig = go.Figure(go.Scatter(
+        x=toks.doc_pos, y=toks.loss, mode="lines+markers", line=dict(color="#999", width=1),
+        marker=dict(size=5, color=[charts.expert_color(e) if e is not None else "#999" for e in top1]),
+        customdata=np.array([[t, "—" if e is None else e] for t, e in zip(texts, top1)], dtype=object),
+        hovertemplate="pos %{x}<br>token %{customdata[0]}<br>loss %{y:.3f} nats<br>top-1 expert "
+                      "%{customdata[1]}<extra></extra>"))
+    fig.update_xaxes(title="position in document")
+    fig.update_yaxes(title="token loss (nats)")
+    st.plotly_chart(charts.style(fig, "Token loss along the document (marker colour = top-1 expert)", 300),
+                    key="doc_loss")
+
+
+def route_of_one_token(ref, route, toks, texts) -> None:
+    st.subheader("Route of one token through the layers")
+    if route is None or route.empty:
+        st.info("No routing rows for this document (recorded with `--router-logits none`?).")
+        return
+    opts = list(range(len(toks)))
+    i = st.select_slider("Token", opts, value=min(1, len(opts) - 1), key="te_token",
+                         format_func=lambda j: f"{j}: {texts[j]!r}")
+    s, p = int(toks.seq_id.iloc[i]), int(toks.pos.iloc[i])
+    rr = route[(route.seq_id == s) & (route.pos == p)].sort_values("layer")
+    E = int((ref.info.get("model_args") or {}).get("n_routed_experts") or
+            max(int(max(x)) for x in rr.expert_ids) + 1)
+    z = np.full((len(rr), E), np.nan)
+    rank = np.full((len(rr), E), np.nan)
+    weighted = all(w is not None and hasattr(w, "__len__") for w in rr.expert_weights)
+    for j, (ids, w) in enumerate(zip(rr.expert_ids, rr.expert_weights)):
+        rank[j, np.asarray(ids, int)] = np.arange(1, len(ids) + 1)
+        z[j, np.asarray(ids, int)] = w if weighted else rank[j, np.asarray(ids, int)]
+    what, zlabel, fmt = ("weight", "weight", ".4f") if weighted else ("rank (no weights recorded)", "rank", "d")
+    st.plotly_chart(charts.heatmap(z, list(range(E)), [f"layer{l}" for l in rr.layer],
+                                   title=f"Token {texts[i]!r} (window {s}, pos {p}): {what} of each chosen expert",
+                                   xlabel="expert", ylabel="", zlabel=zlabel, fmt=fmt, customdata=rank,
+                                   extra_hover="<br>rank %{customdata}"), key="route")
 
 
 with ui.guard("this page"):

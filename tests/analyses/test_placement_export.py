@@ -122,3 +122,19 @@ def test_export_errors_are_one_line_and_name_the_file(tmp_path, capsys):
         assert code == 2 and err.count("\n") == 1, err
         assert all(n in err for n in needles), (needles, err)
     assert not list(tmp_path.glob("p.*")) and not list(tmp_path.glob(".p.*"))
+
+
+def test_replay_gpu_loads_hand_checked():
+    from analyses.placement import PlacementError
+    from analyses.placement.replay import balancedness, gpu_loads, trivial_map
+
+    # 4 experts, 6 slots on 3 GPUs: [0 1 | 0 2 | 3 1]; experts 0 and 1 have two replicas each
+    m = np.array([0, 1, 0, 2, 3, 1])
+    np.testing.assert_allclose(gpu_loads([10, 4, 3, 5], m, 3), [5 + 2, 5 + 3, 5 + 2])
+    b = balancedness(np.array([[[10, 4, 3, 5]], [[0, 0, 0, 0]]]), [m], 3)
+    assert b[0, 0] == pytest.approx((22 / 3) / 8) and np.isnan(b[1, 0])  # an empty pass: no value
+    np.testing.assert_array_equal(trivial_map(4, 6), [0, 1, 2, 3, 0, 1])
+    for bad, needle in (((m, 4), "do not split evenly over 4 GPUs"), ((np.array([0, 1, 0, 2, 0, 1]), 3),
+                        "experts [3] have no slot"), ((np.array([0, 1, 0, 2, 3, 7]), 3), "outside 0..3")):
+        with pytest.raises(PlacementError, match=needle.replace("[", r"\[").replace("]", r"\]")):
+            gpu_loads([10, 4, 3, 5], *bad)

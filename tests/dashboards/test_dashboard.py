@@ -7,47 +7,20 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+
+from helpers.apptest import PAGES, REPO, app, open_page, texts
 from helpers.dashboard_runs import dashboard_runs
 
-REPO = Path(__file__).resolve().parents[2]
-APP = str(REPO / "dashboards" / "app.py")
-PAGES = {  # page file -> title shown
-    "overview": "Overview", "load_balance": "Load balance", "specialisation": "Specialisation",
-    "token_explorer": "Token explorer", "coactivation": "Co-activation & flow", "latent_kv": "Latent KV",
-    "mtp": "MTP", "ablations": "Ablations", "compare": "Compare runs", "training": "Training",
-}
 # plotly charts each page must draw for the complete probe run `demo`
 CHARTS_DEMO = {"overview": 1, "load_balance": 4, "specialisation": 2, "token_explorer": 2, "coactivation": 2,
-               "latent_kv": 3, "mtp": 6, "ablations": 2, "compare": 4, "training": 6}
+               "serving": 3, "latent_kv": 3, "mtp": 6, "ablations": 2, "compare": 4, "training": 6}
 
 
 @pytest.fixture(scope="module")
 def runs(probe_env, tmp_path_factory):
     return dashboard_runs(probe_env, tmp_path_factory)
-
-
-def app(runs_dir: Path, run: str | None = None):
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.session_state["runs_dir"] = str(runs_dir)
-    if run:
-        at.session_state["run"] = run
-    return at.run()
-
-
-def open_page(at, page: str):
-    at.switch_page(f"pages/{page}.py").run()
-    assert not at.exception, [e.value for e in at.exception]
-    assert at.title and at.title[0].value == PAGES[page]
-    return at
-
-
-def texts(elems) -> str:
-    return " | ".join(e.value for e in elems)
 
 
 @pytest.mark.slow

@@ -31,6 +31,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--
 PAGES = {
     "": ("Overview", 1), "load_balance": ("Load balance", 4), "specialisation": ("Specialisation", 2),
     "token_explorer": ("Token explorer", 2), "coactivation": ("Co-activation & flow", 2),
+    "serving": ("Serving", 3),
     "latent_kv": ("Latent KV", 3), "mtp": ("MTP", 6), "ablations": ("Ablations", 2),
     "compare": ("Compare runs", 4), "training": ("Training", 6),
 }

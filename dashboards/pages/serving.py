@@ -1,0 +1,185 @@
+"""Serving: the run's expert loads replayed, forward pass by forward pass, on GPUs. Balancedness (mean /
+max GPU load, the SGLang / vLLM EPLB metric) of the current placement (the engine's, from an imported
+SGLang dump, else SGLang's trivial one) against a placement planned from the passes the user picks,
+and that plan as a file SGLang loads."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+
+from dashboards import charts, compute, data, ui
+
+NOW, PLAN = "current placement", "planned placement"
+COLORS = {NOW: "#9D755D", PLAN: "#4C78A8"}
+
+
+def _replay(ref: data.RunRef, window: tuple[int, int], gpus: int, redundant: int, nodes: int, mode: str) -> dict:
+    steps, layers, X = data.pass_loads(ref)
+    current, current_gpus = data.placement_maps(ref) if data.has_table(ref, "placement") else ({}, None)
+    return compute.serving_replay(steps, layers, X, window, gpus=gpus, redundant=redundant, nodes=nodes,
+                                  groups=_groups(ref, X.shape[2]), mode=mode, current=current,
+                                  current_gpus=current_gpus)
+
+
+replay = data.cached(_replay)
+
+
+def _groups(ref: data.RunRef, E: int) -> int:
+    g = int((ref.info.get("model_args") or {}).get("n_expert_groups") or 1)
+    return g if g >= 1 and E % g == 0 else 1
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _pick(label: str, options: list, key: str, default, **kw):
+    """A selectbox whose remembered value is reset when the options no longer hold it."""
+    if st.session_state.get(key) not in options:
+        st.session_state[key] = default if default in options else options[0]
+    return st.selectbox(label, options, key=key, **kw)
+
+
+def source_caption(ref: data.RunRef, n_passes: int, every: int) -> None:
+    src = ref.info.get("source") or {}
+    if src.get("name") == "sglang":
+        pl = src.get("placement")
+        st.caption(f"Imported from SGLang's `{src.get('mode')}` expert-distribution dump ({len(src.get('files', []))} "
+                   f"file(s), ranks {src.get('ranks')}): {src.get('passes', n_passes):,} forward passes. "
+                   + (f"Current placement: the dump's map ({pl['physical_experts']} physical experts on "
+                      f"{pl['gpus']} GPUs)." if pl else "The dump carries no placement: the current one is taken "
+                      "to be SGLang's trivial map (`--init-expert-location trivial`) with the GPUs and redundant "
+                      "slots chosen below."))
+    else:
+        st.caption("Each recorded batch stands in for a forward pass. Current placement: SGLang's trivial map "
+                   "with the GPUs and redundant slots chosen below. Import a server's own traffic with "
+                   "`dsv3-probe import sglang DUMP`.")
+    if every > 1:
+        st.caption(f"The run has more than {data.MAX_PASSES:,} passes: every {every}th is replayed.")
+
+
+def controls(ref: data.RunRef, steps: np.ndarray, E: int, current_gpus: int | None, P_now: int | None):
+    c = st.columns([3, 1, 1, 1, 1])
+    lo, hi = int(steps[0]), int(steps[-1])
+    if lo < hi:
+        default = (lo, int(steps[max(0, len(steps) // 2 - 1)])) if len(steps) >= 4 else (lo, hi)
+        window = c[0].slider("Plan from passes", lo, hi, default, key="sv_window",
+                             help="The planner sees only these passes' loads; the passes after them show how "
+                                  "the plan holds up on traffic it has not seen.")
+    else:
+        window = (lo, hi)
+        c[0].caption(f"One pass ({lo}): the plan is made from it.")
+    redundant = int(c[1].number_input("Redundant slots", 0, 4 * E, int(P_now - E if P_now else 0), key="sv_redundant",
+                                      help="Extra physical experts per layer for replicas of hot experts "
+                                           "(SGLang: --ep-num-redundant-experts)"))
+    with c[2]:
+        gpus = _pick("GPUs", _divisors(E + redundant)[1:] or [1], "sv_gpus", current_gpus or 8,
+                     help="Expert-parallel size: the GPUs the physical experts are spread over")
+    mode = c[3].radio("Planner", ("hierarchical", "global"), key="sv_mode", horizontal=False)
+    nodes = 1
+    if mode == "hierarchical":
+        g = _groups(ref, E)
+        with c[4]:
+            nodes = _pick("Nodes", [d for d in _divisors(gpus) if g % d == 0], "sv_nodes", 1,
+                          help="Groups of experts go to nodes first (hierarchical EPLB)")
+    return window, gpus, redundant, nodes, mode
+
+
+def main() -> None:
+    st.title("Serving")
+    ref = ui.selected_run()
+    if ref is None:
+        return
+    loaded = None
+    with ui.guard("the per-pass loads"):
+        loaded = data.pass_loads(ref)
+    if loaded is None:
+        return
+    steps, layers, X = loaded
+    if not len(steps) or not X.sum():
+        st.info("No expert loads recorded yet.")
+        return
+    E = X.shape[2]
+    current, current_gpus = data.placement_maps(ref) if data.has_table(ref, "placement") else ({}, None)
+    n_all = int(data.query(ref, "select count(distinct step) as n from expert_load", ("expert_load",)).n.iloc[0])
+    source_caption(ref, n_all, max(1, -(-n_all // data.MAX_PASSES)))
+    P_now = len(next(iter(current.values()))) if current else None
+    window, gpus, redundant, nodes, mode = controls(ref, steps, E, current_gpus, P_now)
+    with ui.guard("the replay"):
+        r = replay(ref, tuple(window), gpus, redundant, nodes, mode)
+        show(ref, steps, layers, E, r, window, gpus, redundant)
+
+
+def _mean(a: np.ndarray) -> float:
+    a = a[np.isfinite(a)]
+    return float(a.mean()) if a.size else float("nan")
+
+
+def show(ref, steps, layers, E, r, window, gpus, redundant) -> None:
+    per_pass = {NOW: np.nanmean(r["now"], 1), PLAN: np.nanmean(r["plan"], 1)}
+    win = r["window"]
+    m = st.columns(4)
+    m[0].metric("Current, plan window", f"{_mean(per_pass[NOW][win]):.3f}",
+                help="Mean over passes of the balancedness (mean / max GPU load) averaged over layers")
+    m[1].metric("Planned, plan window", f"{_mean(per_pass[PLAN][win]):.3f}",
+                delta=f"{_mean(per_pass[PLAN][win]) - _mean(per_pass[NOW][win]):+.3f}")
+    if (~win).any():
+        m[2].metric("Current, later passes", f"{_mean(per_pass[NOW][~win]):.3f}")
+        m[3].metric("Planned, later passes", f"{_mean(per_pass[PLAN][~win]):.3f}",
+                    delta=f"{_mean(per_pass[PLAN][~win]) - _mean(per_pass[NOW][~win]):+.3f}",
+                    help="Passes the planner did not see: how well the plan generalises")
+    agg = {k: float(np.nanmean([g.mean() / g.max() if g.max() > 0 else np.nan for g in r[f"gpu_{k}"]]))
+           for k in ("now", "plan")}
+    st.caption(f"Balancedness of the plan window's summed load, which the planner balances: current {agg['now']:.3f}, "
+               f"planned {agg['plan']:.3f}. Each forward pass waits for its busiest GPU, so the per-pass values above "
+               "are what a server feels; small passes are noisy, and a plan for the window's total can lose to "
+               "another placement pass by pass.")
+    fig = charts.lines({k: (steps, v) for k, v in per_pass.items()}, title="Balancedness per forward pass "
+                       "(mean / max GPU load, averaged over MoE layers)", xlabel="pass", ylabel="balancedness",
+                       colors=COLORS, fmt=".3f", markers=len(steps) <= 60)
+    fig.add_vrect(x0=window[0], x1=window[1], fillcolor="#4C78A8", opacity=0.08, line_width=0,
+                  annotation_text="plan window", annotation_position="top left")
+    fig.update_yaxes(range=[0, 1.02])
+    st.plotly_chart(fig, key="sv_passes")
+    left, right = st.columns(2)
+    with left:
+        fig = go.Figure()
+        for name, key in ((NOW, "now"), (PLAN, "plan")):
+            fig.add_trace(go.Bar(x=[f"layer{x}" for x in layers], y=np.nanmean(np.where(win[:, None], r[key], np.nan), 0),
+                                 name=name, marker_color=COLORS[name],
+                                 hovertemplate=f"{name}<br>%{{x}}: %{{y:.3f}}<extra></extra>"))
+        fig.update_xaxes(type="category", title="MoE layer")
+        fig.update_yaxes(title="balancedness", range=[0, 1.02])
+        st.plotly_chart(charts.style(fig, "Balancedness per layer, plan window", 360, barmode="group"), key="sv_layers")
+    with right:
+        layer = ui.layer_picker([f"layer{x}" for x in layers], "sv_layer")
+        i = [f"layer{x}" for x in layers].index(layer)
+        fig = go.Figure()
+        for name, key in ((NOW, "gpu_now"), (PLAN, "gpu_plan")):
+            g = r[key][i]
+            fig.add_trace(go.Bar(x=[f"GPU {k}" for k in range(len(g))], y=g, name=name, marker_color=COLORS[name],
+                                 hovertemplate=f"{name}<br>%{{x}}: %{{y:,.0f}} assignments<extra></extra>"))
+        fig.update_xaxes(type="category")
+        fig.update_yaxes(title="assignments in the plan window")
+        st.plotly_chart(charts.style(fig, f"{layer}: load per GPU", 320, barmode="group"), key="sv_gpu")
+    download(ref, r, E, gpus, redundant)
+
+
+def download(ref, r, E, gpus, redundant) -> None:
+    from analyses.placement.export import sglang_map
+
+    n_layers = int((ref.info.get("model_args") or {}).get("n_layers") or max(r["plans"]) + 1)
+    body = json.dumps({"physical_to_logical_map": sglang_map(r["plans"], n_layers, E).tolist()})
+    st.download_button("Download the plan for SGLang (plan.json)", body, file_name="plan.json",
+                       mime="application/json", icon=":material/download:", key="sv_download")
+    st.caption(f"Serve with `--init-expert-location plan.json --ep-num-redundant-experts {redundant}` on "
+               f"{gpus} expert-parallel GPUs. The same plan from the command line (all passes): `python -m "
+               f"analyses.placement {ref.path} --gpus {gpus} --redundant {redundant} --format sglang --out plan.json`.")
+
+
+with ui.guard("this page"):
+    main()

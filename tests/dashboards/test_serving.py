@@ -1,0 +1,141 @@
+"""The dashboard on runs imported from SGLang dumps: every page draws or says what the run lacks, and the
+Serving page's balancedness equals a by-hand replay of the traffic the dumps were built from."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from helpers import sglang_dumps as sg
+from probe.sglang import import_sglang
+from helpers.apptest import PAGES, app, open_page, texts
+
+PASSES = 12
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+    base = tmp_path_factory.mktemp("sglang_dash")
+    runs = base / "runs"
+    passes = sg.traffic(seed=5, passes=PASSES)
+    m = sg.physical_map(redundant=4, seed=1)
+    cfg = str(sg.config(base / "model"))
+    import_sglang(sg.write_stat(base / "stat", passes, buffer=16), runs / "stat", config=cfg)
+    import_sglang(sg.write_per_pass(base / "pp", passes, m)[0].parent, runs / "per_pass", config=cfg)
+    import_sglang(sg.write_per_token(base / "pt", passes, m)[0].parent, runs / "per_token", config=cfg)
+    return {"runs": runs, "counts": sg.logical_counts(passes), "map": m}
+
+
+def by_hand(counts: dict[int, np.ndarray], maps: dict[int, np.ndarray], gpus: int, passes) -> float:
+    """Mean over `passes` of the mean over MoE layers of mean/max GPU load, each logical expert's load
+    split evenly over its replicas: loops over slots, independent of analyses.placement.replay."""
+    per_pass = []
+    for fp in passes:
+        vals = []
+        for layer, m in maps.items():
+            load = counts[fp][layer]
+            per_gpu = [0.0] * gpus
+            per = len(m) // gpus
+            for slot, e in enumerate(m):
+                per_gpu[slot // per] += load[e] / list(m).count(e)
+            if max(per_gpu) > 0:
+                vals.append(sum(per_gpu) / gpus / max(per_gpu))
+        per_pass.append(sum(vals) / len(vals))
+    return sum(per_pass) / len(per_pass)
+
+
+def metric(at, label: str) -> float:
+    return float(next(m.value for m in at.metric if m.label == label))
+
+
+def test_serving_replays_the_dumps_placement(imported):
+    at = open_page(app(imported["runs"], "per_pass"), "serving")
+    assert not at.error and not at.warning, (texts(at.error), texts(at.warning))
+    assert len(at.get("plotly_chart")) == 3
+    cap = " ".join(c.value for c in at.caption)
+    assert "`per_pass` expert-distribution dump" in cap and "the dump's map (20 physical experts on 2 GPUs)" in cap
+    assert at.selectbox(key="sv_gpus").value == 2 and at.number_input(key="sv_redundant").value == 4
+    lo, hi = at.slider(key="sv_window").value
+    assert (lo, hi) == (0, PASSES // 2 - 1)  # plan from the first half, the rest is held out
+    m = imported["map"]
+    current = {layer: m[layer] for layer in (1, 2)}
+    counts = imported["counts"]
+    want = by_hand(counts, current, 2, range(lo, hi + 1))
+    assert metric(at, "Current, plan window") == pytest.approx(want, abs=5e-4)
+    assert metric(at, "Current, later passes") == pytest.approx(by_hand(counts, current, 2, range(hi + 1, PASSES)),
+                                                                abs=5e-4)
+    # the planned placement: the file the page offers, replayed by hand
+    from analyses.placement import plan_placement
+
+    plans = {layer: plan_placement(sum(counts[fp][layer] for fp in range(lo, hi + 1)), n_gpus=2, n_redundant=4,
+                                   groups=1).phy_to_log.reshape(-1) for layer in (1, 2)}
+    planned = metric(at, "Planned, plan window")
+    assert planned == pytest.approx(by_hand(counts, plans, 2, range(lo, hi + 1)), abs=5e-4)
+    # negative control: the page replays the dump's own map, not SGLang's trivial one
+    assert abs(want - by_hand(counts, {layer: np.arange(20) % sg.E for layer in (1, 2)}, 2, range(lo, hi + 1))) > 1e-3
+    # the plan is made for the window's summed load: there it is at least as even as the dump's map
+    agg = {k: by_hand({0: sum(counts[fp] for fp in range(lo, hi + 1))}, maps, 2, [0])
+           for k, maps in (("now", current), ("plan", plans))}
+    assert agg["plan"] >= agg["now"] - 1e-9
+    assert f"current {agg['now']:.3f}, planned {agg['plan']:.3f}" in " ".join(c.value for c in at.caption)
+    dl = at.get("download_button")
+    assert dl and "plan.json" in dl[0].proto.label
+
+
+def test_serving_window_and_layout_change_the_plan(imported):
+    at = open_page(app(imported["runs"], "stat"), "serving")
+    assert "carries no placement" in " ".join(c.value for c in at.caption)
+    assert at.selectbox(key="sv_gpus").value == 8  # stat: SGLang's trivial map, on 8 GPUs by default
+    counts = imported["counts"]
+    trivial = {layer: np.arange(sg.E) for layer in (1, 2)}
+    lo, hi = at.slider(key="sv_window").value
+    assert metric(at, "Current, plan window") == pytest.approx(by_hand(counts, trivial, 8, range(lo, hi + 1)),
+                                                               abs=5e-4)
+    before = metric(at, "Planned, plan window")
+    at.slider(key="sv_window").set_value((0, PASSES - 1)).run()
+    assert not at.exception and not at.error
+    assert not any(m.label == "Planned, later passes" for m in at.metric)  # nothing held out any more
+    at.number_input(key="sv_redundant").set_value(8).run()
+    assert at.selectbox(key="sv_gpus").value == 8 and not at.error  # 24 slots: 8 GPUs still divide them
+    trivial = {layer: np.arange(24) % sg.E for layer in (1, 2)}
+    assert metric(at, "Current, plan window") == pytest.approx(by_hand(counts, trivial, 8, range(PASSES)), abs=5e-4)
+    assert metric(at, "Planned, plan window") != before
+    at.number_input(key="sv_redundant").set_value(2).run()  # 18 slots: 8 no longer divides, the GPUs reset
+    assert at.selectbox(key="sv_gpus").value in (2, 3, 6, 9, 18) and not at.error and not at.exception
+
+
+def test_every_page_on_imported_runs(imported):
+    for run in ("stat", "per_token"):
+        at = app(imported["runs"], run)
+        for page in PAGES:
+            open_page(at, page)
+            assert not at.error, (run, page, texts(at.error))
+            assert not at.warning, (run, page, texts(at.warning))
+        open_page(at, "overview")
+        assert any(m.label == "Forward passes" and m.value == str(PASSES) for m in at.metric), run
+        assert set(at.dataframe[0].value.kind) == {"sglang import"}
+    at = open_page(app(imported["runs"], "stat"), "coactivation")  # per-token pages say what a stat dump lacks
+    assert "no `routing` table" in texts(at.info)
+    at = open_page(app(imported["runs"], "per_token"), "token_explorer")
+    assert any("weights not recorded" in m.value for m in at.markdown)  # SGLang records ids, not weights
+    assert len(at.get("plotly_chart")) >= 1
+
+
+def test_run_json_names_the_source(imported):
+    info = json.loads((imported["runs"] / "per_token" / "run.json").read_text())
+    assert info["source"]["name"] == "sglang" and info["source"]["mode"] == "per_token"
+
+
+def test_pass_loads_reads_every_kth_pass_of_a_long_run(imported):
+    from dashboards import data
+
+    ref = next(r for r in data.discover(imported["runs"]) if r.name == "per_pass")
+    steps, layers, X = data.pass_loads.uncached(ref)
+    assert steps.tolist() == list(range(PASSES)) and layers == [1, 2] and X.shape == (PASSES, 2, sg.E)
+    for fp in range(PASSES):
+        np.testing.assert_array_equal(X[fp], imported["counts"][fp][1:])
+    steps5, _, X5 = data.pass_loads.uncached(ref, 5)  # 12 passes, at most 5: every 3rd
+    assert steps5.tolist() == [0, 3, 6, 9]
+    np.testing.assert_array_equal(X5, X[[0, 3, 6, 9]])
