@@ -7,9 +7,10 @@ SGLang records routing when started with `--expert-distribution-recorder-mode st
 per_token`, between POST `/start_expert_distribution_record` and `/stop_expert_distribution_record`;
 `/dump_expert_distribution_record` writes `torch.save` files into SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR:
 
-- stat: one file (rank 0), {rank, logical_count [passes, layers, logical experts] (summed over the
-  ranks), average_utilization_rate_over_window}; the pass buffer is circular, so passes that counted
-  nothing (unused buffer rows) are dropped;
+- stat (and stat_approx): one file per dump call, written by rank 0, {rank, logical_count [passes,
+  layers, logical experts] (summed over the ranks), average_utilization_rate_over_window}; the pass
+  buffer is circular, so passes that counted nothing (unused buffer rows) are dropped; a directory of
+  several such files is joined in the order they were written (the time in their names);
 - per_pass: one file per rank, {records: [{forward_pass_id, rank, gatherer_key,
   global_physical_count [layers, physical experts]}], last_physical_to_logical_map [layers, physical]};
 - per_token: one file per rank, records with input_ids, positions, extend_seq_lens, forward_mode,
@@ -213,14 +214,28 @@ def _load_rows(step: int, layers: list[int], counts_LE: np.ndarray, tokens: int)
             "tokens": np.full(n, tokens, np.int64)}
 
 
+def _dump_time(d: Dump) -> tuple:
+    """The dump's time from SGLang's file name `expert_distribution_recorder_<time.time()>.pt`, else its name."""
+    stem = d.path.stem.removeprefix("expert_distribution_recorder_")
+    try:
+        return (0, float(stem.split("_")[0]), d.path.name)
+    except ValueError:
+        return (1, 0.0, d.path.name)
+
+
 def _stat(dumps: list[Dump], shape: Shape, out: Path) -> dict:
-    if len(dumps) > 1:
-        raise SGLangError(f"{dumps[1].path}: stat mode writes one file (rank 0, summed over ranks); got {len(dumps)}")
-    counts = dumps[0].data["logical_count"].numpy().astype(np.int64)  # [passes, L, E]
+    """One file per `/dump_expert_distribution_record` call (rank 0's, summed over the ranks): their
+    passes in the order the files were written, as SGLang's own reader joins them."""
+    dumps.sort(key=_dump_time)
+    for d in dumps:
+        if int(d.data.get("rank", 0)) != 0:
+            raise SGLangError(f"{d.path}: a stat dump of rank {int(d.data['rank'])}; SGLang writes stat dumps "
+                              "on rank 0 only (the counts already summed over the ranks)")
+        if (d.data["logical_count"] < 0).any():
+            raise SGLangError(f"{d.path}: logical_count holds negative counts")
+    counts = np.concatenate([d.data["logical_count"].numpy().astype(np.int64) for d in dumps])  # [passes, L, E]
     if counts.shape[2] < shape.n_experts:
         counts = np.pad(counts, ((0, 0), (0, 0), (0, shape.n_experts - counts.shape[2])))
-    if (counts < 0).any():
-        raise SGLangError(f"{dumps[0].path}: logical_count holds negative counts")
     kept = [i for i in range(len(counts)) if counts[i].sum() > 0]
     layers = _moe_layers(shape, counts.sum(0))
     w = PartWriter(out, 0, ["expert_load"])

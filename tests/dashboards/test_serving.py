@@ -139,3 +139,25 @@ def test_pass_loads_reads_every_kth_pass_of_a_long_run(imported):
     steps5, _, X5 = data.pass_loads.uncached(ref, 5)  # 12 passes, at most 5: every 3rd
     assert steps5.tolist() == [0, 3, 6, 9]
     np.testing.assert_array_equal(X5, X[[0, 3, 6, 9]])
+
+
+def test_token_explorer_shows_text_with_the_tokenizer(imported, tmp_path):
+    """`--tokenizer` puts the served model's tokenizer in run.json: the explorer decodes the ids; without
+    it the explorer shows ids (the control)."""
+    from tokenizers import Tokenizer
+
+    from helpers.apptest import REPO
+
+    tok_path = REPO / "data" / "tokenizer.json"
+    src = imported["runs"].parent / "pt"
+    import_sglang(src, tmp_path / "runs" / "with_tok", tokenizer=str(tok_path))
+    import_sglang(src, tmp_path / "runs" / "ids_only")
+    first = sg.traffic(seed=5, passes=PASSES)[0].input_ids[0]
+    word = Tokenizer.from_file(str(tok_path)).decode([first])
+    at = open_page(app(tmp_path / "runs", "with_tok"), "token_explorer")
+    html = " ".join(m.value for m in at.markdown if "class='tokdoc'" in m.value)
+    assert html and not at.error
+    at = open_page(app(tmp_path / "runs", "ids_only"), "token_explorer")
+    ids_html = " ".join(m.value for m in at.markdown if "class='tokdoc'" in m.value)
+    assert ids_html != html and f"{first}" in ids_html
+    assert word.strip() and any(w in html for w in (word, word.strip()))

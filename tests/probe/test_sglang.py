@@ -88,6 +88,26 @@ def test_without_config_the_dump_decides(world, tmp_path):
     assert run.info["source"]["topk_assumed"] is True
 
 
+def test_several_stat_dumps_join_in_the_order_they_were_written(world, tmp_path):
+    """Each /dump_expert_distribution_record call writes one stat file named by time.time(): a folder of
+    them is one run, passes in time order whatever the file system lists first; rank != 0 is refused."""
+    passes = world["passes"]
+    late = tmp_path / "dumps"
+    sg.write_stat(late, [p for p in passes if p.fp >= 3], buffer=6, stamp=1733000099.5)  # written first
+    sg.write_stat(late, [p for p in passes if p.fp < 3], buffer=4, stamp=999999999.25)  # sorts after by name
+    run = probe.open_run(import_sglang(late, tmp_path / "run", config=str(world["config"])))
+    want = sg.logical_counts(passes)
+    got = loads(run)
+    assert len(got) == len(want) and run.info["source"]["passes"] == len(want)
+    for step, fp in enumerate(sorted(want)):
+        np.testing.assert_array_equal(got[step][1:], want[fp][1:], err_msg=f"pass {fp}")
+    assert [f.rsplit("_", 1)[-1] for f in run.info["source"]["files"]] == ["999999999.25.pt", "1733000099.5.pt"]
+    d = torch.load(next(late.glob("*99.5.pt")), weights_only=True) | {"rank": 1}
+    torch.save(d, late / "expert_distribution_recorder_1733000200.0.pt")
+    with pytest.raises(SGLangError, match=r"1733000200.0.pt: a stat dump of rank 1"):
+        import_sglang(late, tmp_path / "run2")
+
+
 def test_metrics_and_placement_work_on_an_import(world, tmp_path):
     from analyses.metrics import balance_table, layer_loads_from_run
     from analyses.placement import plan_run
