@@ -19,6 +19,11 @@ def n_experts(ref: data.RunRef, loads) -> int:
     return int((ref.info.get("model_args") or {}).get("n_routed_experts") or loads["expert"].max() + 1)
 
 
+def step_word(ref: data.RunRef) -> str:
+    """What one step of expert_load is: a training step, a recorded batch, or a server's forward pass."""
+    return "step" if ref.kind == "train" else "forward pass" if (ref.info.get("source") or {}).get("name") else "batch"
+
+
 def main() -> None:
     st.title("Load balance")
     ref = ui.selected_run()
@@ -64,7 +69,7 @@ def main() -> None:
         with right, ui.guard("the load over batches"):
             mv = compute.maxvio_over_steps(by_step, E)
             series = {lab: (g.step, g.maxvio) for lab, g in mv.groupby("layer", sort=False)}
-            xl = "step" if ref.kind == "train" else "batch"
+            xl = step_word(ref)
             st.plotly_chart(charts.lines(series, title=f"MaxVio per {xl}", xlabel=xl, ylabel="MaxVio_batch",
                                          height=340), key="maxvio_steps")
 
@@ -109,7 +114,7 @@ def main() -> None:
                              for r in tb[::every]])
             st.plotly_chart(charts.heatmap(relb, list(range(E)), steps[::every],
                                            title=f"{layer}: relative load per batch", xlabel="expert",
-                                           ylabel="step" if ref.kind == "train" else "batch", zlabel="relative load",
+                                           ylabel=step_word(ref), zlabel="relative load",
                                            colorscale=charts.DIVERGING, zmid=1.0, fmt=".3f", height=460,
                                            y_numeric=True),
                             key="load_steps")
