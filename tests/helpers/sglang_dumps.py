@@ -144,9 +144,15 @@ def write_per_token(d: Path, passes: list[Pass], m: np.ndarray, ranks: int = 2, 
                 continue
             ids = np.full((L, len(p.input_ids), WIDTH), -1, np.int64)
             ids[:, :, :K] = phys[id(p)]
+            # the current source's detail gatherer also counts the pass per physical expert
+            gpc = np.stack([np.bincount(ids[layer][ids[layer] >= 0], minlength=m.shape[1]) for layer in range(L)])
             records.append(dict(forward_pass_id=p.fp, rank=rank, gatherer_key="primary", input_ids=p.input_ids,
                                 positions=p.positions, extend_seq_lens=p.extend_seq_lens, forward_mode=1,
-                                topk_ids_of_layer=torch.from_numpy(ids).int(), misc_objects=[]))
+                                topk_ids_of_layer=torch.from_numpy(ids).int(),
+                                misc_objects=[dict(layer_id=1, num_tokens_per_rank=[len(p.input_ids)] * ranks,
+                                                   num_tokens_per_rdma_rank=[len(p.input_ids)],
+                                                   num_tokens_per_expert=gpc[1].tolist())],  # DeepEP's counts
+                                global_physical_count=torch.from_numpy(gpc).int()))
         path = d / f"expert_distribution_recorder_1733000000.0_{rank}.pt"
         torch.save(dict(records=records, last_physical_to_logical_map=torch.from_numpy(m)), path)
         files.append(path)
