@@ -271,12 +271,41 @@ def _keep_fp8(meta: Transformer, plan, headers: dict, path: Path) -> set[str]:
     return resident
 
 
+class _Handles:
+    """Open safetensors files, at most `keep` at a time (the least recently used is closed).
+
+    A safetensors file is memory-mapped, and every page a read touches (for a column cut of a
+    row-major tensor: all of them) counts in the process's resident memory until the file is
+    closed. Reading the plan file by file with few files open keeps that to about one shard file,
+    instead of the whole checkpoint by the end of the load."""
+
+    def __init__(self, keep: int = 2) -> None:
+        self.keep, self.open = keep, {}
+
+    def __getitem__(self, f: Path):
+        if f in self.open:
+            self.open[f] = self.open.pop(f)  # most recently used last
+            return self.open[f][1]
+        while len(self.open) >= self.keep:
+            self.open.pop(next(iter(self.open)))[0].__exit__(None, None, None)
+        cm = safe_open(f, framework="pt")
+        self.open[f] = (cm, cm.__enter__())
+        return self.open[f][1]
+
+    def close(self) -> None:
+        while self.open:
+            self.open.popitem()[1][0].__exit__(None, None, None)
+
+
 def _stream(model: Transformer, plan, headers: dict, files: list[Path], spec: dict, resident: set[str]) -> None:
-    """Copy every planned tensor (this rank's cut of it) into the materialised model, one at a time."""
+    """Copy every planned tensor (this rank's cut of it) into the materialised model, one at a time,
+    file by file (see `_Handles`)."""
     params = dict(model.named_parameters()) | dict(model.named_buffers())
     block = model.args.quant_block or (128, 128)
-    with contextlib.ExitStack() as stack, torch.no_grad():
-        handles = {f: stack.enter_context(safe_open(f, framework="pt")) for f in files}
+    order = {f: i for i, f in enumerate(files)}
+    plan = sorted(plan, key=lambda item: order[headers[item[0]][0]])  # stable: checkpoint order within a file
+    handles = _Handles()
+    with contextlib.closing(handles), torch.no_grad():
         for hf_name, target in plan:
             cut, row = spec.get(target.name), target.expert
             if cut is not None and row is not None:  # expert parallel: whole experts, this rank's only

@@ -251,6 +251,34 @@ def test_sharded_with_index(tiny, sharded_dir):
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
+def test_a_load_maps_at_most_two_shard_files_at_once(tiny, sharded_dir, monkeypatch):
+    """Each mapped file's touched pages count as resident memory until it is closed: the loader reads
+    file by file and keeps at most two open (the tensor's file and its scales' file)."""
+    real, state = ckpt.safe_open, {"open": 0, "most": 0, "opened": 0}
+
+    class Counting:
+        def __init__(self, *a, **kw):
+            self.cm = real(*a, **kw)
+
+        def __enter__(self):
+            state["open"] += 1
+            state["opened"] += 1
+            state["most"] = max(state["most"], state["open"])
+            return self.cm.__enter__()
+
+        def __exit__(self, *exc):
+            state["open"] -= 1
+            return self.cm.__exit__(*exc)
+
+    monkeypatch.setattr(ckpt, "safe_open", Counting)
+    m = model.load(sharded_dir)
+    n_files = len(list(sharded_dir.glob("*.safetensors")))
+    assert state["open"] == 0 and state["most"] <= 2 and n_files >= 3
+    assert state["opened"] <= 2 * n_files  # headers once, then each file once: read in file order
+    tok = tokens_for(m)
+    assert torch.equal(m(tok), tiny(tok))
+
+
 def test_sharded_without_index(tiny, sharded_dir, tmp_path):
     d = Path(shutil.copytree(sharded_dir, tmp_path / "noindex"))
     (d / "model.safetensors.index.json").unlink()
