@@ -97,6 +97,27 @@ def forward_plan(args: ModelArgs, *, model_parallel: int = 1, batch: int = 8, se
     return out
 
 
+def process_memory() -> dict:
+    """This process's resident memory now and at its peak (bytes; Linux /proc/self/status VmRSS and
+    VmHWM, else the peak from getrusage), and the CUDA allocator's peak when CUDA is in use: what
+    a run records beside the plan, to hold the plan to measurements."""
+    out = {"rss": None, "peak_rss": None}
+    try:
+        for line in open("/proc/self/status"):
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out["rss" if key == "VmRSS" else "peak_rss"] = int(rest.split()[0]) * 1024
+    except OSError:
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        out["peak_rss"] = peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda_peak_allocated"] = int(torch.cuda.max_memory_allocated())
+    return out
+
+
 def size(n: float) -> str:
     """Bytes as GB (10^9) or MB."""
     return f"{n / 1e9:.2f} GB" if abs(n) >= 1e9 else f"{n / 1e6:.2f} MB"

@@ -254,6 +254,14 @@ class World:
         dist.gather_object(obj if self.writes else None, box, dst=0)
         return None if box is None else [box[r] for r in range(0, self.size, self.model_parallel)]
 
+    def gather(self, obj):
+        """Rank 0 gets every rank's picklable `obj` in rank order; the others get None."""
+        if self.size == 1:
+            return [obj]
+        box = [None] * self.size if self.rank == 0 else None
+        dist.gather_object(obj, box, dst=0)
+        return box
+
     def broadcast(self, obj, src: int = 0):
         """Rank `src`'s picklable `obj` on every rank."""
         if self.size == 1:

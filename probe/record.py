@@ -33,6 +33,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from model.memory import process_memory
+
 from .corpus import ORDERS, CorpusError, CorpusStats, corpus_windows, fingerprint
 from .job import (DEFAULT_CKPT, DEFAULT_CORPUS, RecordError, agree, bound_heap, checkpoint_args,
                   checkpoint_fingerprint, default_seq_len, load_model, load_tokenizer, package_version,
@@ -190,7 +192,10 @@ def record(opts: RecordOptions) -> Path:
     world = start_world(opts.model_parallel, opts.device, job.args)
     agree(world, lambda: check_out(job.out, opts))
     plan = count_corpus(job, opts)
+    mem = {"before_load": process_memory()["rss"]}
+    t_load = time.time()
     m = load_model(job.ckpt, world, dtype=opts.dtype, gemm=opts.gemm)
+    mem |= {"load_s": round(time.time() - t_load, 3), "after_load": process_memory()["rss"]}
     if opts.mtp and not len(m.mtp) and world.rank == 0:
         print("note: the checkpoint has no MTP weights; the mtp table is skipped", file=sys.stderr)
     tables = [t for t in STREAM_TABLES if not (t == "routing" and opts.router_logits == "none")
@@ -205,7 +210,7 @@ def record(opts: RecordOptions) -> Path:
     if world.any(world.writes and not (job.out / "run.json").exists()):
         raise RecordError(f"--out {job.out}: a writing rank does not see run.json there: under several "
                           "nodes the run directory must be on a filesystem every node shares")
-    return _record_loop(job, opts, world, m, plan, info, tables)
+    return _record_loop(job, opts, world, m, plan, info, tables, mem)
 
 
 def run_info(job: Job, plan: CorpusPlan, opts: RecordOptions, world, m, tables: list[str]) -> dict:
@@ -338,7 +343,7 @@ def _restore(out: Path, world, rec: Recorder, tables: list[str], resume: bool) -
     return _Progress(done=done, tokens=progress.get("tokens", 0), commits=progress.get("commits", 0), last=done)
 
 
-def _record_loop(job: Job, opts: RecordOptions, world, m, plan: CorpusPlan, info: dict, tables) -> Path:
+def _record_loop(job: Job, opts: RecordOptions, world, m, plan: CorpusPlan, info: dict, tables, mem: dict) -> Path:
     out = job.out
     cfg = RecordConfig(router_logits=opts.router_logits, sample=opts.sample, kv_stats=opts.kv_stats, mtp=opts.mtp)
     rec = Recorder(m, cfg, domains=sorted(plan.per_domain))
@@ -369,9 +374,12 @@ def _record_loop(job: Job, opts: RecordOptions, world, m, plan: CorpusPlan, info
         cause = str(failure).strip().splitlines()[0][:300] if str(failure).strip() else type(failure).__name__
         raise RecordError(f"rank {world.rank} of {world.size} stopped: {cause}; {out} is marked interrupted "
                           "(continue with --resume)") from None
-    world.barrier()
+    now = process_memory()
+    ranks = world.gather(mem | {"rank": world.rank, "peak_rss": now["peak_rss"],
+                                **({"cuda_peak_allocated": now["cuda_peak_allocated"]}
+                                   if "cuda_peak_allocated" in now else {})})
     if world.rank == 0:
-        finish(out, info, status, opts, job.args, world, elapsed)
+        finish(out, info, status, opts, job.args, world, elapsed, ranks)
     world.barrier()
     if status == "interrupted":
         raise KeyboardInterrupt(f"interrupted by signal {stop.signal or 'on another rank'}; {out} is marked "
@@ -417,9 +425,10 @@ def _run_batches(job: Job, opts, world, rec: Recorder, writer, prog: _Progress, 
     return "complete", None
 
 
-def finish(out: Path, info: dict, status: str, opts, args, world, elapsed: float) -> None:
+def finish(out: Path, info: dict, status: str, opts, args, world, elapsed: float, ranks: list | None = None) -> None:
     """Merge the replicas' committed progress and accumulators, write the final tables when the
-    run is complete, and update run.json (rank 0; on a failure, any surviving rank)."""
+    run is complete, and update run.json (rank 0; on a failure, any surviving rank). `ranks`: each
+    rank's load time and resident memory (bytes: before and after the load, peak), when gathered."""
     import json
 
     finished = True
@@ -443,6 +452,9 @@ def finish(out: Path, info: dict, status: str, opts, args, world, elapsed: float
     made = gemm.current()  # this rank's float32 CPU GEMM path (model/gemm.py), when it ran any
     info["cpu_gemm"] = made.to_dict() if made is not None else None
     info["timings"] = {"last_session_s": round(elapsed, 3), "finished": time.time()}
+    if ranks:
+        info["timings"]["load_s"] = max(r["load_s"] for r in ranks)
+        info["memory"] = {"per_rank": ranks}
     write_json_atomic(out / "run.json", info)
 
 

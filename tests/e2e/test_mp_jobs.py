@@ -129,6 +129,8 @@ def test_record_four_ranks_two_replicas_equals_one_process(single, four_ranks):
     assert run.status == "complete"
     assert run.info["world"]["size"] == 4 and run.info["world"]["model_parallel"] == 2
     assert run.info["world"]["replicas"] == 2 and len(run.info["world"]["devices"]) == 4
+    assert [r["rank"] for r in run.info["memory"]["per_rank"]] == [0, 1, 2, 3]
+    assert all(r["peak_rss"] >= r["after_load"] > 0 for r in run.info["memory"]["per_rank"])
     # one writer per replica: ranks 0 and 2
     assert {f.name[:4] for f in run.files("routing")} == {"r000", "r002"}
     assert run.info["recorded"]["tokens"] == single["rec"].info["recorded"]["tokens"] == 1200

@@ -77,6 +77,10 @@ def test_every_table_written(full_run):
     assert info["recorded"]["tokens"] == info["planned"]["tokens"] == len(full_run.df("tokens"))
     assert info["planned"]["tokens_per_domain"].keys() == {"code", "prose"}
     assert info["cpu_gemm"]["path"] in ("onednn", "linear") and info["cpu_gemm"]["reason"]  # model/gemm.py's choice
+    # what the plan is held to: load time and resident memory per rank (bytes)
+    (mem,) = info["memory"]["per_rank"]
+    assert mem["rank"] == 0 and info["timings"]["load_s"] == mem["load_s"] > 0
+    assert 0 < mem["before_load"] <= mem["peak_rss"] and 0 < mem["after_load"] <= mem["peak_rss"]
 
 
 def test_expert_load_equals_counts_from_routing(full_run):
