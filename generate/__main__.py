@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--mtp", action="store_true", help="speculative decoding with MTP drafts")
     p.add_argument("--no-chat-template", action="store_true", help="send prompts raw (after BOS)")
     p.add_argument("--system", help="system text before the user turn (chat format only)")
-    p.add_argument("--gemm", choices=["bf16", "fp8"], default="bf16", help="fp8: keep FP8 weights resident")
+    p.add_argument("--gemm", choices=["bf16", "fp8", "fp8-weights"], default="bf16",
+                   help="fp8: keep FP8 weights resident, FP8 GEMMs; fp8-weights: resident, dequantised per GEMM")
     p.add_argument("--dtype", choices=["bfloat16", "float32"], help="compute dtype (default: the checkpoint's)")
     p.add_argument("--device", default="auto",
                    help="auto (CUDA when torch sees a GPU), cpu or cuda; under torchrun 'cuda' is each rank's "

@@ -194,7 +194,8 @@ _DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "
            "F8_E4M3": torch.float8_e4m3fn, "I64": torch.int64, "I32": torch.int32}
 
 
-GEMM_IMPLS = ("bf16", "fp8")
+GEMM_IMPLS = ("bf16", "fp8", "fp8-weights")
+FP8_RESIDENT = ("fp8", "fp8-weights")  # the gemm_impls that keep FP8 weights in memory
 
 
 def load(path: str | os.PathLike, *, dtype: torch.dtype | None = None, device=None,
@@ -207,7 +208,12 @@ def load(path: str | os.PathLike, *, dtype: torch.dtype | None = None, device=No
     gemm_impl: "bf16" dequantises FP8 weights into the compute dtype on load; "fp8" keeps every
         FP8 tensor of the checkpoint resident (float8_e4m3fn weight + float32 `*_scale_inv` block
         scales in the Linear layers and the stacked experts) and runs the block-scaled FP8 GEMM
-        (`model.kernels`). "fp8" needs an FP8 checkpoint.
+        (`model.kernels`), activations quantised to FP8 per (token, 128 channels) as DeepSeek's
+        inference does; "fp8-weights" keeps the same FP8 weights resident but dequantises each into
+        the compute dtype for its GEMM and leaves activations unquantised: the numbers of "bf16"
+        with the memory of "fp8". FP8 activation rounding turns float32 summation-order differences
+        (another parallel layout, another thread count) into different routing for a few percent of
+        tokens; "fp8-weights" does not. Both need an FP8 checkpoint.
     parallel: "auto" (default) = tensor + expert parallel when torchrun started several processes
         (WORLD_SIZE > 1), else the whole model; True = tensor + expert parallel over torchrun's ranks
         (the process group is initialised when needed, gloo on CPU, NCCL on CUDA; one process = the
@@ -224,7 +230,11 @@ def load(path: str | os.PathLike, *, dtype: torch.dtype | None = None, device=No
     with torch.device("meta"):
         meta = Transformer(args, attn_impl=attn_impl, dtype=dtype, init=False)
     plan = _plan(meta, headers)
-    resident = _keep_fp8(meta, plan, headers, path) if gemm_impl == "fp8" else set()
+    resident = _keep_fp8(meta, plan, headers, path) if gemm_impl in FP8_RESIDENT else set()
+    if gemm_impl == "fp8-weights":
+        for mod in meta.modules():
+            if hasattr(mod, "quantise_activations"):
+                mod.quantise_activations = False
     shards = resolve_shards(parallel)
     spec: dict[str, Cut] = {}
     if shards is not None:
@@ -363,7 +373,7 @@ def inspect(path: str | os.PathLike, *, gemm_impl: str = "bf16", dtype: torch.dt
     args = _config(path)
     names = set(weight_map)
     fp8 = any(n.endswith("_scale_inv") for n in names)
-    if gemm_impl == "fp8" and not fp8:
+    if gemm_impl in FP8_RESIDENT and not fp8:
         raise CheckpointError(f"{path}: gemm_impl='fp8' needs an FP8 checkpoint; {index.name} lists no "
                               "weight_scale_inv tensors: use gemm_impl='bf16'")
     args.n_mtp_layers = sum(any(n.startswith(f"model.layers.{args.n_layers + k}.") for n in names)

@@ -26,6 +26,14 @@ def dequantize_block(q: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int,
     if tuple(scale_inv.shape[-2:]) != expect:
         raise ValueError(f"scale shape {tuple(scale_inv.shape)} does not match weight {tuple(q.shape)} "
                          f"in {block[0]}x{block[1]} blocks (expected {expect})")
+    o, i = q.shape[-2:]
+    if o % block[0] == 0 and i % block[1] == 0:
+        # whole blocks: convert once, scale in place through a broadcast view (no elementwise scale
+        # tensor; the same products, so the same result as below)
+        out = q.to(torch.float32)
+        out.view(*q.shape[:-2], o // block[0], block[0], i // block[1], block[1]).mul_(
+            scale_inv.float()[..., :, None, :, None])
+        return out.to(dtype)
     return (q.float() * _expand(scale_inv.float(), q.shape, block)).to(dtype)
 
 

@@ -82,6 +82,9 @@ class Linear(nn.Module):
       and the buffer `weight_scale_inv` [ceil(out/b), ceil(in/b)] float32 holds one multiplier per
       b x b block (b = 128). forward() quantises x per (token, b channels) and runs the block-scaled
       FP8 GEMM (`model.kernels`: Triton on CUDA, the torch twin elsewhere); the output has x's dtype.
+      With `quantise_activations = False` (gemm_impl="fp8-weights") x is not quantised: the weight
+      is dequantised into x's dtype for each GEMM, which gives the dequantised checkpoint's numbers
+      (and the same routing whatever the parallel layout) with FP8 weights held in memory.
     """
 
     def __init__(self, in_features: int, out_features: int, *, device=None, dtype=None) -> None:
@@ -91,6 +94,7 @@ class Linear(nn.Module):
         self.register_buffer("weight_scale_inv", None)  # float32 block scales once FP8 resident
         self.block: int | None = None  # FP8 block size
         self.scale_fmt: str | None = None  # activation scale format: None or "ue8m0"
+        self.quantise_activations = True  # FP8 resident: quantise x too (False: weight-only FP8)
         self.compute_dtype = self.weight.dtype  # dtype of dense_weight() when FP8 resident
         self._dense: tuple | None = None  # (key, dequantised weight), see dense_weight()
 
@@ -104,6 +108,8 @@ class Linear(nn.Module):
         if self.weight.dtype != torch.float8_e4m3fn:
             raise RuntimeError(f"FP8-resident Linear holds a {self.weight.dtype} weight (was the model cast "
                                "with .to(dtype)? that drops FP8 storage; cast only floating activations)")
+        if not self.quantise_activations:
+            return dense_linear(x, weight_dequant(self.weight, self.weight_scale_inv, self.block, x.dtype))
         return fp8_linear(x, self.weight, self.weight_scale_inv, self.block, self.scale_fmt)
 
     def dense_weight(self) -> torch.Tensor:

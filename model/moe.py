@@ -13,7 +13,7 @@ from torch import nn
 from .args import ModelArgs
 from .hooks import HookPoint
 from .fp8 import quantize_block
-from .kernels import act_quant, fp8_gemm
+from .kernels import act_quant, fp8_gemm, weight_dequant
 from .layers import ONEDNN_ROW_BUCKET, Linear, dense_linear, uses_onednn
 
 
@@ -107,7 +107,9 @@ class Experts(nn.Module):
 
     FP8 resident (`make_fp8_()`, or `model.load(..., gemm_impl="fp8")`): w1/w2/w3 are float8_e4m3fn
     with block scales `w1_scale_inv` etc. [E, ceil(out/b), ceil(in/b)] (b = 128), and every expert
-    GEMM is the block-scaled FP8 GEMM of `model.kernels` (the input quantised once for w1 and w3).
+    GEMM is the block-scaled FP8 GEMM of `model.kernels` (the input quantised once for w1 and w3);
+    with `quantise_activations = False` (gemm_impl="fp8-weights") each expert's weights are
+    dequantised into the input's dtype for its GEMMs instead, and the input is not quantised.
     """
 
     WEIGHTS = ("w1", "w2", "w3")
@@ -124,6 +126,7 @@ class Experts(nn.Module):
             self.register_buffer(f"{name}_scale_inv", None)
         self.block: int | None = None
         self.scale_fmt: str | None = None
+        self.quantise_activations = True  # FP8 resident: quantise the input too (False: weight-only FP8)
 
     def forward(self, x_TD: torch.Tensor, weights_TK: torch.Tensor, ids_TK: torch.Tensor) -> torch.Tensor:
         K = ids_TK.shape[1]
@@ -134,7 +137,7 @@ class Experts(nn.Module):
         tok_A = order // K  # token of each sorted assignment (A = T*K assignments)
         w_A = weights_TK.flatten()[order].to(x_TD.dtype)
         out_TD = torch.zeros_like(x_TD)
-        fp8_in = self.w1_scale_inv is not None or self.w3_scale_inv is not None
+        fp8_in = (self.w1_scale_inv is not None or self.w3_scale_inv is not None) and self.quantise_activations
         # NOTE: one expert at a time, gathering and scattering only its own tokens: no [T*K, D]
         # temporaries (on CPU their allocation and first touch cost more than the GEMMs).
         # oneDNN compiles a GEMM per row count: pad each expert's rows to a bucket so that a long
@@ -167,6 +170,8 @@ class Experts(nn.Module):
             return dense_linear(x, w)
         if w.dtype != torch.float8_e4m3fn:
             raise RuntimeError(f"FP8-resident experts hold a {w.dtype} {name} (was the model cast with .to(dtype)?)")
+        if not self.quantise_activations:  # weight-only FP8: this expert's weight dequantised for the GEMM
+            return dense_linear(x, weight_dequant(w, s[le], self.block, x.dtype))
         if xq is None:
             xq = act_quant(x, self.block, self.scale_fmt)
         return fp8_gemm(*xq, w, s[le], self.block, x.dtype)

@@ -165,9 +165,12 @@ def add_model_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> Non
     p.add_argument("--dtype", choices=list(DTYPES),
                    help="compute dtype (default float32; float64 = reference precision, e.g. to compare "
                         "layouts without rounding differences)")
-    p.add_argument("--gemm", choices=["bf16", "fp8"], default="bf16",
+    p.add_argument("--gemm", choices=["bf16", "fp8", "fp8-weights"], default="bf16",
                    help="bf16: dequantise FP8 checkpoint weights on load (default); fp8: keep them resident "
-                        "(1 byte per weight + block scales) and run block-scaled FP8 GEMMs")
+                        "(1 byte per weight + block scales) and run block-scaled FP8 GEMMs with FP8-quantised "
+                        "activations, as DeepSeek's inference does; fp8-weights: keep them resident but "
+                        "dequantise each for its GEMM, activations unquantised (bf16's numbers, fp8's memory; "
+                        "routing that does not change with the parallel layout)")
     p.add_argument("--device", default=None, help="cpu, cuda or auto (default auto: CUDA when torch sees a GPU; "
                                                   "under torchrun 'cuda' is each rank's LOCAL_RANK GPU)")
     p.add_argument("--model-parallel", default="1", metavar="M",

@@ -25,6 +25,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from model.checkpoint import FP8_RESIDENT
+
 from .job import RecordError, compute_dtype
 from .recorders import list_array
 from .schema import TABLES
@@ -56,7 +58,7 @@ def dry_run(job, opts) -> dict:
     corpus = count_corpus(job, opts)
     mtp = bool(opts.mtp and ck["mtp"])
     args.n_mtp_layers = ck["mtp"]
-    weights = shard_plan(args, mp, fp8=opts.gemm == "fp8", dtype=dtype)  # also checks FP8 block alignment
+    weights = shard_plan(args, mp, fp8=opts.gemm in FP8_RESIDENT, dtype=dtype)  # also checks FP8 block alignment
     caps = capture_bytes(args, opts, dtype)
     act = forward_plan(args, model_parallel=mp, batch=opts.batch_size, seq_len=opts.seq_len, dtype=dtype,
                        mtp=mtp, captures=caps)
@@ -176,7 +178,7 @@ def format_dry_run(job, opts, p: dict) -> str:
                  + est)
     lines.append(f"  world: {p['world_size']} rank(s) = {p['replicas']} replica(s) x {p['model_parallel']} "
                  f"(--model-parallel); output {job.out}")
-    how = "FP8 resident (1 byte + block scales)" if opts.gemm == "fp8" else f"dequantised to {opts.dtype or 'float32'}"
+    how = "FP8 resident (1 byte + block scales)" if opts.gemm in FP8_RESIDENT else f"dequantised to {opts.dtype or 'float32'}"
     lines.append(f"  per rank (every rank holds the same share; weights {how}):")
     rows = [("weights", w["per_rank_bytes"], f"sharded {_gb(w['sharded_per_rank_bytes'])} + replicated "
                                              f"{_gb(w['replicated_bytes'])}")]

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 import model
 import model.checkpoint as ckpt
 from model import CheckpointError, ModelArgs, Transformer
+import model.fp8 as ckpt_fp8
 from model.fp8 import FP8_MAX, dequantize_block, quantize_block
 
 from helpers import load_hf, random_model
@@ -131,6 +132,18 @@ def test_quantize_block_round_trip_error_and_scale_shapes():
     worst_rel = (err[normal] / w.abs()[normal]).max().item()
     assert 2.0**-5 < worst_rel <= 2.0**-4 * (1 + 1e-5)
     assert (err[~normal] > 0).any()  # the outlier's block has subnormal entries, also rounded
+
+
+def test_dequantize_block_whole_blocks_path_equals_the_elementwise_one():
+    """Shapes of whole 128-blocks take the in-place broadcast path; it gives the same floats as scaling
+    by the expanded elementwise scales (stacked experts too, and into bf16)."""
+    for shape in ((256, 384), (3, 128, 256)):
+        w = torch.randn(*shape, generator=torch.Generator().manual_seed(len(shape)))
+        q, s = quantize_block(w, BLOCK)
+        want = q.float() * ckpt_fp8._expand(s, q.shape, BLOCK)
+        assert torch.equal(dequantize_block(q, s, BLOCK), want)
+        assert torch.equal(dequantize_block(q, s, BLOCK, torch.bfloat16), want.bfloat16())
+        assert not torch.equal(dequantize_block(q, s * 2, BLOCK), want)  # the control: the scales matter
 
 
 def test_dequantize_block_rejects_wrong_scale_shape():

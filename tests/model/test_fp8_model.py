@@ -202,10 +202,29 @@ def test_gemm_impl_errors(tmp_path, fp8_dir, resident):
     model.save(random_model("tiny", seed=0), plain)
     with pytest.raises(CheckpointError, match="gemm_impl='fp8' needs an FP8 checkpoint"):
         model.load(plain, gemm_impl="fp8")
-    with pytest.raises(CheckpointError, match=r"gemm_impl='int4': choose one of \('bf16', 'fp8'\)"):
+    with pytest.raises(CheckpointError, match=r"gemm_impl='int4': choose one of \('bf16', 'fp8', 'fp8-weights'\)"):
         model.load(fp8_dir, gemm_impl="int4")
     # casting an FP8-resident model with .to(dtype) would drop FP8 storage: a clear error, not junk
     m = model.load(fp8_dir, dtype=torch.float32, gemm_impl="fp8").to(torch.float32)
     assert m.layers[0].attn.wq_a.weight.dtype == torch.float32  # nn.Module.to casts float8 too
     with pytest.raises(RuntimeError, match=r"was the model cast\s+with .to\(dtype\)"):
         m(tokens(m))
+
+
+def test_fp8_weights_mode_gives_the_dequantised_numbers_with_fp8_storage(fp8_dir, dense, resident):
+    """gemm_impl="fp8-weights": FP8 weights stay resident (as "fp8"), each GEMM uses the weight
+    dequantised into the compute dtype and unquantised activations, so the logits are those of the
+    dequantised load ("bf16"), not those of the FP8 GEMM path."""
+    w8 = model.load(fp8_dir, dtype=torch.float32, gemm_impl="fp8-weights")
+    fp8_mods = [m for m in w8.modules() if isinstance(m, Linear) and m.fp8]
+    assert fp8_mods and all(m.weight.dtype == torch.float8_e4m3fn and not m.quantise_activations for m in fp8_mods)
+    experts = [m for m in w8.modules() if type(m).__name__ == "Experts"]
+    assert experts and all(e.w1.dtype == torch.float8_e4m3fn and not e.quantise_activations for e in experts)
+    from model.memory import tensor_bytes
+    assert tensor_bytes(w8) == tensor_bytes(resident) < tensor_bytes(dense)
+    tok = tokens(dense)
+    with torch.no_grad():
+        a, b, c = w8(tok), dense(tok), resident(tok)
+    mean_rel, _ = rels(a, b)
+    assert mean_rel < 1e-6, mean_rel  # the dequantised path's numbers (float32 GEMM order aside)
+    assert rels(c, b)[0] > 1e-3  # the control: the FP8-activation path differs from them
