@@ -14,7 +14,7 @@ float32, in safetensors files of about 2 GB with an index. It is written once in
 directory (default ~/.cache/dsv3-probe/full-width-671B-2L) and reused.
 
 Then: `dsv3-probe record --dry-run` for the layout (the plan: weights, activations, total per rank),
-`torchrun --nproc-per-node 2 -m probe record --model-parallel 2 --gemm fp8` over the bundled corpus,
+`torchrun --nproc-per-node 2 -m probe record --model-parallel 2 --gemm fp8-weights` over the bundled corpus,
 and the same in one process when the machine's available memory holds the plan's single-process
 total. Printed: checkpoint write and load times, tokens/s, each rank's peak resident memory (from
 run.json, measured by the job) beside the plan's prediction, and the share of (token, layer) pairs
@@ -129,7 +129,7 @@ def write_checkpoint(args: ModelArgs, path: Path, seed: int = 0, shard_bytes: fl
 # --------------------------------------------------------------------------------- the runs
 def record_flags(ns, ckpt: Path) -> list[str]:
     return ["--ckpt", str(ckpt), "--tokenizer", str(ROOT / "data" / "tokenizer.json"), "--max-tokens",
-            str(ns.tokens), "--seq-len", str(ns.seq_len), "--batch-size", str(ns.batch_size), "--gemm", "fp8",
+            str(ns.tokens), "--seq-len", str(ns.seq_len), "--batch-size", str(ns.batch_size), "--gemm", ns.gemm,
             "--device", ns.device, "--no-progress", "--overwrite"]
 
 
@@ -139,7 +139,7 @@ def plan(ns, ckpt: Path, ranks: int) -> dict:
     from probe.record import RecordOptions, prepare
 
     opts = RecordOptions(ckpt=str(ckpt), tokenizer=str(ROOT / "data" / "tokenizer.json"), max_tokens=ns.tokens,
-                         seq_len=ns.seq_len, batch_size=ns.batch_size, gemm="fp8", device=ns.device,
+                         seq_len=ns.seq_len, batch_size=ns.batch_size, gemm=ns.gemm, device=ns.device,
                          model_parallel=ranks, world_size=ranks, dry_run=True, progress=False,
                          out=str(ns.work / f"planned-{ranks}"))
     return dry_run(prepare(opts), opts)
@@ -217,6 +217,10 @@ def main() -> int:
     p.add_argument("--ranks", type=int, default=2, help="processes holding one model (default 2)")
     p.add_argument("--mtp", action="store_true", help="include the MTP layer (another 11 GB of experts)")
     p.add_argument("--skip-single", action="store_true", help="no one-process run (and no routing comparison)")
+    p.add_argument("--gemm", choices=["fp8-weights", "fp8"], default="fp8-weights",
+                   help="fp8-weights (default): FP8 weights resident, activations unquantised, routing independent "
+                        "of the layout; fp8: FP8 activations too (DeepSeek's kernels), whose rounding turns float32 "
+                        "summation-order differences into different routing for a few percent of tokens")
     p.add_argument("--device", default="cpu")
     ns = p.parse_args()
     import tempfile

@@ -47,9 +47,14 @@ def shard_plan(args: ModelArgs, world_size: int, *, fp8: bool = True, dtype: tor
     heads = args.n_heads // world_size
     absorb = (args.n_layers + args.n_mtp_layers) * heads * (args.qk_nope_head_dim + args.v_head_dim) \
         * args.kv_lora_rank * elem if fp8 else 0
+    # on the CPU (and in the torch twins) an FP8 GEMM dequantises its weight first: the largest
+    # such weight of this rank, in the compute dtype, is a transient of every forward pass
+    fp8_elems = [p[0].numel() if n.split(".")[-1] in ("w1", "w2", "w3") else p.numel()
+                 for n, p in m.named_parameters() if p.dtype == torch.float8_e4m3fn]
     return {"world_size": world_size, "fp8": fp8, "full_bytes": full, "per_rank_bytes": local,
             "sharded_full_bytes": sharded_full, "sharded_per_rank_bytes": tensor_bytes(m, set(spec)),
-            "replicated_bytes": full - sharded_full, "absorb_dense_bytes": absorb}
+            "replicated_bytes": full - sharded_full, "absorb_dense_bytes": absorb,
+            "largest_fp8_weight_bytes": max(fp8_elems, default=0) * elem}
 
 
 def kv_cache_bytes(args: ModelArgs, batch: int, seq_len: int, dtype: torch.dtype = torch.bfloat16,
@@ -61,13 +66,16 @@ def kv_cache_bytes(args: ModelArgs, batch: int, seq_len: int, dtype: torch.dtype
 
 
 def forward_plan(args: ModelArgs, *, model_parallel: int = 1, batch: int = 8, seq_len: int = 512,
-                 dtype: torch.dtype = torch.bfloat16, mtp: bool = True, captures: dict | None = None) -> dict:
+                 dtype: torch.dtype = torch.bfloat16, mtp: bool = True, captures: dict | None = None,
+                 dequantised: int = 0) -> dict:
     """Estimated peak bytes of one no-grad prefill forward on one rank (a model of the tensors the
     forward allocates, not a measurement): the logits (full [B, S, V] on every rank after the
     all-gather; MTP logits too), the largest single layer's transients (attention with its
     [B, H/M, S, S] float32 scores as the unfused kernel holds them, or the MoE router and one
     expert's tokens), the residual stream, and `captures` (bytes a recorder holds until the
-    forward ends, see probe.plan). Returns the components and `peak`."""
+    forward ends, see probe.plan), and `dequantised`: the bytes of the largest FP8 weight dequantised
+    for its GEMM (shard_plan's largest_fp8_weight_bytes; 0 when weights are dense). Returns the
+    components and `peak`."""
     M, B, S = model_parallel, batch, seq_len
     T, D, V = B * S, args.dim, args.vocab_size
     e = torch.finfo(dtype).bits // 8
@@ -92,7 +100,8 @@ def forward_plan(args: ModelArgs, *, model_parallel: int = 1, batch: int = 8, se
     layer = max(attn, moe if args.n_layers > args.n_dense_layers else 0, dense if args.n_dense_layers else 0)
     residual = T * D * e * 4  # h, the norm's output, the block output, the embedding
     caught = sum((captures or {}).values())
-    out = {"logits": int(logits), "largest_layer": int(layer), "residual": int(residual), "captures": int(caught)}
+    out = {"logits": int(logits), "largest_layer": int(layer), "residual": int(residual), "captures": int(caught),
+           "dequantised_weight": int(dequantised)}
     out["peak"] = sum(out.values())
     return out
 

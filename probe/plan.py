@@ -61,6 +61,7 @@ def dry_run(job, opts) -> dict:
     weights = shard_plan(args, mp, fp8=opts.gemm in FP8_RESIDENT, dtype=dtype)  # also checks FP8 block alignment
     caps = capture_bytes(args, opts, dtype)
     act = forward_plan(args, model_parallel=mp, batch=opts.batch_size, seq_len=opts.seq_len, dtype=dtype,
+                       dequantised=weights["largest_fp8_weight_bytes"],
                        mtp=mtp, captures=caps)
     kv = kv_cache_bytes(args, opts.batch_size, opts.seq_len, dtype, mtp)
     per_token = table_bytes_per_token(args, opts, mtp)
@@ -186,7 +187,9 @@ def format_dry_run(job, opts, p: dict) -> str:
         rows.append(("wkv_b dequantised", w["absorb_dense_bytes"], "absorbed attention keeps it (model/mla.py)"))
     rows += [("activations (est.)", act["peak"],
               f"logits {_gb(act['logits'])}, largest layer {_gb(act['largest_layer'])}, residual "
-              f"{_gb(act['residual'])}, recorder captures {_gb(act['captures'])}")]
+              f"{_gb(act['residual'])}, recorder captures {_gb(act['captures'])}"
+              + (f", largest FP8 weight dequantised {_gb(act['dequantised_weight'])}"
+                 if act.get("dequantised_weight") else ""))]
     for name, n, note in rows:
         lines.append(f"    {name:<20} {_gb(n):>10}   {note}")
     lines.append(f"    {'total':<20} {_gb(p['per_rank']):>10}   ranks 0..{p['world_size'] - 1}")
