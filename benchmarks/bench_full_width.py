@@ -176,8 +176,9 @@ def available_memory() -> float:
     return float("inf")
 
 
-def same_routing(a: Path, b: Path) -> tuple[float, int]:
-    """Share of (token, layer) pairs whose top-k set is the same in runs a and b, and the pairs."""
+def same_routing(a: Path, b: Path) -> tuple[float, int, float]:
+    """Share of (token, layer) pairs whose top-k set is the same in runs a and b, the pairs, and the
+    largest relative difference of a token's loss."""
     import duckdb
 
     con = duckdb.connect()
@@ -185,7 +186,10 @@ def same_routing(a: Path, b: Path) -> tuple[float, int]:
         select avg(case when list_sort(x.expert_ids) = list_sort(y.expert_ids) then 1.0 else 0.0 end), count(*)
         from read_parquet('{a}/routing/*.parquet') x join read_parquet('{b}/routing/*.parquet') y
         using (seq_id, pos, layer)""").fetchone()
-    return float(q[0]), int(q[1])
+    loss = con.execute(f"""
+        select max(abs(x.loss - y.loss) / abs(y.loss)) from read_parquet('{a}/tokens/*.parquet') x
+        join read_parquet('{b}/tokens/*.parquet') y using (seq_id, pos)""").fetchone()[0]
+    return float(q[0]), int(q[1]), float(loss)
 
 
 def report(ns, pl: dict, r: dict, ranks: int) -> None:
@@ -223,6 +227,7 @@ def main() -> int:
                         "summation-order differences into different routing for a few percent of tokens")
     p.add_argument("--device", default="cpu")
     ns = p.parse_args()
+    t_start = time.time()
     import tempfile
 
     ns.work = ns.work or Path(tempfile.mkdtemp(prefix="full-width-"))
@@ -246,10 +251,10 @@ def main() -> int:
         results[ranks] = run(ns, ckpt, ranks)
         report(ns, pl, results[ranks], ranks)
     if len(results) == 2:
-        share, n = same_routing(results[ns.ranks]["out"], results[1]["out"])
+        share, n, loss = same_routing(results[ns.ranks]["out"], results[1]["out"])
         print(f"\nrouting: the top-8 set is the same in the {ns.ranks}-process and 1-process runs on "
-              f"{100 * share:.3f}% of {n:,} (token, layer) pairs")
-    print(f"\nruns in {ns.work}")
+              f"{100 * share:.3f}% of {n:,} (token, layer) pairs; token losses differ by at most {loss:.2g} (relative)")
+    print(f"\nruns in {ns.work}; {time.time() - t_start:.0f} s in all")
     return 0
 
 
