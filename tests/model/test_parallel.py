@@ -198,6 +198,25 @@ def test_671B_shard_plan_fits_80GB_at_world_16():
     assert memory.shard_plan(ModelArgs.from_name("671B"), 8)["per_rank_bytes"] / 1e9 > 80  # one 8-GPU node: no
 
 
+def test_plan_counts_the_largest_fp8_weight_a_gemm_dequantises():
+    """The two-layer 671B slice of benchmarks/bench_full_width.py: at 2 ranks the largest FP8 weight of a
+    rank is the dense layer's w1/w3 shard (18432 / 2 x 7168), at 16 ranks one routed expert's (2048 x
+    7168, experts are never split); dense weights have none."""
+    import dataclasses
+
+    a = dataclasses.replace(ModelArgs.from_name("671B"), n_layers=2, n_dense_layers=1, n_mtp_layers=0)
+    assert memory.shard_plan(a, 2, dtype=torch.float32)["largest_fp8_weight_bytes"] == 18432 // 2 * 7168 * 4
+    assert memory.shard_plan(a, 16, dtype=torch.bfloat16)["largest_fp8_weight_bytes"] == 2048 * 7168 * 2
+    assert memory.shard_plan(a, 2, fp8=False)["largest_fp8_weight_bytes"] == 0
+    # the vocabulary splits evenly over 2 ranks (embedding and head rows): 64,640 each
+    two = memory.shard_plan(a, 2, fp8=True, dtype=torch.float32)
+    assert two["per_rank_bytes"] == two["sharded_full_bytes"] // 2 + two["replicated_bytes"]
+    act = memory.forward_plan(a, model_parallel=2, batch=2, seq_len=256, dtype=torch.float32,
+                              dequantised=two["largest_fp8_weight_bytes"])
+    assert act["dequantised_weight"] == 18432 // 2 * 7168 * 4 and act["peak"] == sum(
+        v for k, v in act.items() if k != "peak")
+
+
 def test_params_cli_world_size(capsys):
     from model.__main__ import main
     main(["params", "--config", "671B", "--world-size", "16"])
