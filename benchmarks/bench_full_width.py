@@ -39,7 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from model import ModelArgs, Transformer  # noqa: E402
-from model.checkpoint import MTP_SHARED, ours_to_hf  # noqa: E402
+from model.names import MTP_SHARED, ours_to_hf  # noqa: E402
+from model.saving import write_checkpoint as save_tensors  # noqa: E402
 from model.fp8 import FP8_MAX  # noqa: E402
 
 GB = 1e9
@@ -72,10 +73,9 @@ def _tensor(hf: str, shape: torch.Size, fp8: bool, dim: int, gen: torch.Generato
 
 
 def write_checkpoint(args: ModelArgs, path: Path, seed: int = 0, shard_bytes: float = 2 * GB) -> float:
-    """Write the slice as a Hugging Face FP8 checkpoint (skipped when `path` holds this one complete);
-    returns the seconds it took (0 when reused)."""
-    from safetensors.torch import save_file
-
+    """Write the slice as a Hugging Face FP8 checkpoint (skipped when `path` holds this one complete),
+    drawing one tensor at a time (model.saving.write_checkpoint holds one file's tensors); returns
+    the seconds it took (0 when reused)."""
     want = {"args": args.to_dict(), "seed": seed, "std": STD, "embed_std": EMBED_STD, "format": 1}
     marker = path / "COMPLETE.json"
     if marker.exists() and json.loads(marker.read_text()) == want:
@@ -83,7 +83,6 @@ def write_checkpoint(args: ModelArgs, path: Path, seed: int = 0, shard_bytes: fl
     t0 = time.time()
     if path.exists():
         shutil.rmtree(path)
-    path.mkdir(parents=True)
     with torch.device("meta"):
         meta = Transformer(args, dtype=torch.bfloat16, init=False)
     state = meta.state_dict()
@@ -92,36 +91,15 @@ def write_checkpoint(args: ModelArgs, path: Path, seed: int = 0, shard_bytes: fl
     for k in range(len(meta.mtp)):  # the published MTP layer carries its own embedding and head copies
         entries += [(f"model.layers.{args.n_layers + k}.{hf}", state[ours].shape, False) for hf, ours in MTP_SHARED.items()]
     gen = torch.Generator().manual_seed(seed)
-    shard, size, files, weight_map = {}, 0, [], {}
 
-    def flush() -> None:
-        nonlocal shard, size
-        name = f"model-{len(files) + 1:05d}.safetensors"
-        save_file(shard, str(path / (name + ".tmp")), metadata={"format": "pt"})
-        os.replace(path / (name + ".tmp"), path / name)
-        files.append(name)
-        weight_map.update({k: name for k in shard})
-        shard, size = {}, 0
+    def tensors():
+        for i, (hf, shape, fp8) in enumerate(entries):
+            if i % 100 == 0:
+                print(f"\r  writing the checkpoint: {i + 1}/{len(entries)} tensors", end="", flush=True)
+            yield from _tensor(hf, shape, fp8, args.dim, gen)
+        print()
 
-    for i, (hf, shape, fp8) in enumerate(entries):
-        for name, t in _tensor(hf, shape, fp8, args.dim, gen):
-            shard[name] = t
-            size += t.numel() * t.element_size()
-        if size >= shard_bytes:
-            flush()
-        if i % 100 == 0:
-            print(f"\r  writing the checkpoint: {i + 1}/{len(entries)} tensors, {len(files)} files", end="", flush=True)
-    if shard:
-        flush()
-    print()
-    cfg = args.to_hf_config()
-    cfg["torch_dtype"] = "bfloat16"
-    cfg["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
-                                  "weight_block_size": [128, 128]}
-    (path / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    total = sum((path / f).stat().st_size for f in files)
-    (path / "model.safetensors.index.json").write_text(json.dumps(
-        {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1) + "\n")
+    save_tensors(path, args, tensors(), fp8=True, dtype=torch.bfloat16, max_shard_bytes=shard_bytes)
     marker.write_text(json.dumps(want))
     return time.time() - t0
 
@@ -134,14 +112,13 @@ def record_flags(ns, ckpt: Path) -> list[str]:
 
 
 def plan(ns, ckpt: Path, ranks: int) -> dict:
-    """The --dry-run plan for `ranks` ranks holding one model (printed, and returned)."""
+    """The --dry-run plan of the run `run` starts, for `ranks` ranks holding one model (printed, and returned)."""
+    from probe.__main__ import record_options
     from probe.plan import dry_run
-    from probe.record import RecordOptions, prepare
+    from probe.record import prepare
 
-    opts = RecordOptions(ckpt=str(ckpt), tokenizer=str(ROOT / "data" / "tokenizer.json"), max_tokens=ns.tokens,
-                         seq_len=ns.seq_len, batch_size=ns.batch_size, gemm=ns.gemm, device=ns.device,
-                         model_parallel=ranks, world_size=ranks, dry_run=True, progress=False,
-                         out=str(ns.work / f"planned-{ranks}"))
+    opts = record_options(record_flags(ns, ckpt) + ["--out", str(ns.work / f"planned-{ranks}"), "--dry-run",
+                                                    "--world-size", str(ranks), "--model-parallel", str(ranks)])
     return dry_run(prepare(opts), opts)
 
 

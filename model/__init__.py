@@ -7,7 +7,8 @@
 """
 
 from .args import ConfigError, ModelArgs
-from .checkpoint import CheckpointError, load, save
+from .checkpoint import CheckpointError, load
+from .saving import save
 from .hooks import HookError, HookPoint
 from .parallel import ParallelError
 from .transformer import MTP, Block, Transformer

@@ -4,7 +4,7 @@
     m = model.load("DeepSeek-V3/", gemm_impl="fp8") # FP8 weights stay resident, FP8 GEMMs
     m = model.load("DeepSeek-V3/", device="meta")   # validate names/shapes, read no tensor data
     m = model.load("DeepSeek-V3/")   # under torchrun (WORLD_SIZE > 1): reads only this rank's shard
-    model.save(m, "out/", fp8=True)                 # HF layout (+ MTP layer), readable by transformers
+    model.save(m, "out/", fp8=True)                 # HF layout (+ MTP layer): model/saving.py
 
 The checkpoint layout is in `docs/deepseek-v3.md` ("Checkpoint names"). Loading opens every shard's
 header first (names, shapes, dtypes), checks them against the model built on the meta device, and
@@ -25,17 +25,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from .args import ConfigError, ModelArgs
-from .fp8 import dequantize_block, quantize_block
+from .fp8 import dequantize_block
+from .names import IGNORED, Target, hf_to_ours, ours_to_hf, scale_name
 from .parallel import Cut, device_for, install, resolve as resolve_shards, shard_
 from .layers import rope_inv_freq
 from .transformer import Transformer
@@ -43,115 +41,6 @@ from .transformer import Transformer
 
 class CheckpointError(ValueError):
     """A checkpoint we cannot load; the message names the file and the tensor."""
-
-
-# (HF name under `model.layers.L.`, our name under the block, stored as FP8 in FP8 checkpoints)
-# `{E}` marks a routed expert index: those tensors are rows of our stacked [E, ...] parameters.
-BLOCK_TABLE = [
-    ("input_layernorm.weight", "attn_norm.weight", False),
-    ("post_attention_layernorm.weight", "ffn_norm.weight", False),
-    ("self_attn.q_proj.weight", "attn.wq.weight", True),
-    ("self_attn.q_a_proj.weight", "attn.wq_a.weight", True),
-    ("self_attn.q_a_layernorm.weight", "attn.q_norm.weight", False),
-    ("self_attn.q_b_proj.weight", "attn.wq_b.weight", True),
-    ("self_attn.kv_a_proj_with_mqa.weight", "attn.wkv_a.weight", True),
-    ("self_attn.kv_a_layernorm.weight", "attn.kv_norm.weight", False),
-    ("self_attn.kv_b_proj.weight", "attn.wkv_b.weight", True),
-    ("self_attn.o_proj.weight", "attn.wo.weight", True),
-    ("mlp.gate_proj.weight", "ffn.w1.weight", True),
-    ("mlp.up_proj.weight", "ffn.w3.weight", True),
-    ("mlp.down_proj.weight", "ffn.w2.weight", True),
-    ("mlp.shared_experts.gate_proj.weight", "ffn.shared_experts.w1.weight", True),
-    ("mlp.shared_experts.up_proj.weight", "ffn.shared_experts.w3.weight", True),
-    ("mlp.shared_experts.down_proj.weight", "ffn.shared_experts.w2.weight", True),
-    ("mlp.gate.weight", "ffn.gate.weight", False),  # the router is never FP8
-    ("mlp.gate.e_score_correction_bias", "ffn.gate.bias", False),
-    ("mlp.experts.{E}.gate_proj.weight", "ffn.experts.w1", True),
-    ("mlp.experts.{E}.up_proj.weight", "ffn.experts.w3", True),
-    ("mlp.experts.{E}.down_proj.weight", "ffn.experts.w2", True),
-]
-# MTP module k is checkpoint layer n_layers + k: a full block plus these.
-MTP_TABLE = [
-    ("enorm.weight", "enorm.weight", False),
-    ("hnorm.weight", "hnorm.weight", False),
-    ("eh_proj.weight", "eh_proj.weight", False),
-    ("shared_head.norm.weight", "norm.weight", False),
-]
-# Copies of the main model's embedding and head stored in the MTP layer: shared, so not loaded.
-MTP_SHARED = {"embed_tokens.weight": "embed.weight", "shared_head.head.weight": "head.weight"}
-TOP_TABLE = [
-    ("model.embed_tokens.weight", "embed.weight", False),
-    ("model.norm.weight", "norm.weight", False),
-    ("lm_head.weight", "head.weight", False),
-]
-IGNORED = re.compile(r".*rotary_emb\.inv_freq$")  # buffers some old exports saved
-_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
-_EXPERT = re.compile(r"^mlp\.experts\.(\d+)\.(.+)$")
-_BLOCK = {hf: (ours, fp8) for hf, ours, fp8 in BLOCK_TABLE}
-_MTP = {hf: (ours, fp8) for hf, ours, fp8 in MTP_TABLE}
-_TOP = {hf: (ours, fp8) for hf, ours, fp8 in TOP_TABLE}
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where one checkpoint tensor goes: our parameter name, and the expert row for stacked experts."""
-    name: str
-    expert: int | None = None
-    fp8: bool = False  # an FP8-capable projection
-
-
-def hf_to_ours(hf_name: str, args: ModelArgs) -> Target | str | None:
-    """Map a checkpoint tensor name; None = unknown, "skip" = known but not loaded (shared copies)."""
-    if hf_name in _TOP:
-        ours, fp8 = _TOP[hf_name]
-        return Target(ours, None, fp8)
-    m = _LAYER.match(hf_name)
-    if not m:
-        return None
-    layer, rest = int(m.group(1)), m.group(2)
-    if layer < args.n_layers:
-        prefix = f"layers.{layer}."
-    elif layer < args.n_layers + args.n_mtp_layers:
-        prefix = f"mtp.{layer - args.n_layers}."
-        if rest in MTP_SHARED:
-            return "skip"
-        if rest in _MTP:
-            ours, fp8 = _MTP[rest]
-            return Target(prefix + ours, None, fp8)
-        prefix += "block."
-    else:
-        return None
-    if rest in _BLOCK:
-        ours, fp8 = _BLOCK[rest]
-        return Target(prefix + ours, None, fp8)
-    e = _EXPERT.match(rest)
-    if e and f"mlp.experts.{{E}}.{e.group(2)}" in _BLOCK:
-        ours, fp8 = _BLOCK[f"mlp.experts.{{E}}.{e.group(2)}"]
-        return Target(prefix + ours, int(e.group(1)), fp8)
-    return None
-
-
-def ours_to_hf(model: Transformer) -> list[tuple[str, str, int | None, bool]]:
-    """Every checkpoint tensor of `model` as (hf_name, our_name, expert, fp8), in checkpoint order."""
-    args = model.args
-    rev_block = [(hf, ours, fp8) for hf, ours, fp8 in BLOCK_TABLE]
-    state = set(model.state_dict())
-    out = [(hf, ours, None, fp8) for hf, ours, fp8 in TOP_TABLE]
-    for layer in range(args.n_layers + len(model.mtp)):
-        is_mtp = layer >= args.n_layers
-        prefix = f"mtp.{layer - args.n_layers}.block." if is_mtp else f"layers.{layer}."
-        if is_mtp:
-            for hf, ours, fp8 in MTP_TABLE:
-                out.append((f"model.layers.{layer}.{hf}", f"mtp.{layer - args.n_layers}.{ours}", None, fp8))
-        for hf, ours, fp8 in rev_block:
-            if prefix + ours not in state:
-                continue
-            if "{E}" in hf:
-                for e in range(args.n_routed_experts):
-                    out.append((f"model.layers.{layer}.{hf.replace('{E}', str(e))}", prefix + ours, e, fp8))
-            else:
-                out.append((f"model.layers.{layer}.{hf}", prefix + ours, None, fp8))
-    return out
 
 
 # ------------------------------------------------------------------------------------------ load
@@ -323,7 +212,7 @@ def _stream(model: Transformer, plan, headers: dict, files: list[Path], spec: di
                     continue
                 cut, row = None, row - cut.start
             t, scale = _read(handles, headers, hf_name, cut, target.name in resident, block)
-            for name, value in ((target.name, t), (_scale_name(target.name), scale)):
+            for name, value in ((target.name, t), (scale_name(target.name), scale)):
                 if value is not None:
                     dst = params[name]
                     (dst if row is None else dst[row]).copy_(value)
@@ -429,11 +318,6 @@ def _read_cut(handles, headers, hf_name: str, cut: "Cut", resident: bool, block)
     return dense.narrow(cut.dim, cut.start - lo, cut.size), None
 
 
-def _scale_name(name: str) -> str:
-    """Our name of the block scales of FP8-resident weight `name` (`*.weight_scale_inv`, `*.w1_scale_inv`)."""
-    return name + "_scale_inv"
-
-
 def _fp8_resident_names(plan: list[tuple[str, "Target"]], headers: dict, path: Path) -> set[str]:
     """Our parameter names whose checkpoint tensors are all FP8 (stacked experts: every expert)."""
     dtypes: dict[str, set] = defaultdict(set)
@@ -536,84 +420,3 @@ def _plan(meta: Transformer, headers: dict) -> list[tuple[str, Target]]:
         raise CheckpointError(f"{meta.args.extra.get('checkpoint', 'checkpoint')}: missing tensor "
                               f"{missing[0]}{more}")
     return plan
-
-
-# ------------------------------------------------------------------------------------------ save
-def save(model: Transformer, path: str | os.PathLike, *, fp8: bool = False,
-         max_shard_bytes: int | None = None, dtype: torch.dtype | None = None) -> None:
-    """Write `model` as a Hugging Face checkpoint directory (config.json, *.safetensors, index).
-
-    fp8: store the FP8-capable projections as float8_e4m3fn + `weight_scale_inv` in 128x128 blocks.
-    max_shard_bytes: split into several files listed in `model.safetensors.index.json`.
-    The MTP layer gets copies of the embedding and head, as in the published checkpoints.
-    Files are written under temporary names and renamed when complete.
-    """
-    if getattr(model, "shards", None) is not None:
-        raise CheckpointError("cannot save a tensor/expert-parallel model: each rank holds only its shard "
-                              "(save a model loaded with parallel=False)")
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    args = model.args
-    state = model.state_dict()
-    out_dtype = dtype or next(p.dtype for n, p in state.items() if n == "embed.weight")
-    block = (128, 128)
-    tensors: list[tuple[str, torch.Tensor]] = []
-    for hf, ours, e, is_fp8 in ours_to_hf(model):
-        t = state[ours] if e is None else state[ours][e]
-        if t.dtype == torch.float8_e4m3fn:  # FP8 resident: written as is, or dequantised
-            sc = state[_scale_name(ours)] if e is None else state[_scale_name(ours)][e]
-            tensors += [(hf, t), (hf + "_scale_inv", sc)] if fp8 else [(hf, dequantize_block(t, sc, block, out_dtype))]
-        elif fp8 and is_fp8:
-            q, s = quantize_block(t, block)
-            tensors += [(hf, q), (hf + "_scale_inv", s)]
-        elif ours.endswith("gate.weight") or ours.endswith("gate.bias"):
-            tensors.append((hf, t.float()))
-        else:
-            tensors.append((hf, t.to(out_dtype)))
-    for k in range(len(model.mtp)):
-        for hf, ours in MTP_SHARED.items():
-            # NOTE: copy=True: safetensors refuses to write two names that share memory
-            tensors.append((f"model.layers.{args.n_layers + k}.{hf}", state[ours].to(out_dtype, copy=True)))
-
-    shards: list[list[tuple[str, torch.Tensor]]] = [[]]
-    size = 0
-    for name, t in tensors:
-        nbytes = t.numel() * t.element_size()
-        if max_shard_bytes and shards[-1] and size + nbytes > max_shard_bytes:
-            shards.append([])
-            size = 0
-        shards[-1].append((name, t))
-        size += nbytes
-    names = (["model.safetensors"] if len(shards) == 1 else
-             [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
-    weight_map = {}
-    for fname, shard in zip(names, shards):
-        tmp = path / (fname + ".tmp")
-        save_file({n: t.contiguous() for n, t in shard}, str(tmp), metadata={"format": "pt"})
-        os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates 0600 files; a checkpoint is shared
-        os.replace(tmp, path / fname)
-        weight_map.update({n: fname for n, _ in shard})
-    cfg = args.to_hf_config()
-    cfg["torch_dtype"] = str(out_dtype).removeprefix("torch.")
-    if fp8:
-        cfg["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
-                                      "weight_block_size": list(block)}
-    else:
-        cfg.pop("quantization_config", None)
-    _write_json(path / "config.json", cfg)
-    if len(shards) > 1:
-        total = sum(t.numel() * t.element_size() for _, t in tensors)
-        _write_json(path / "model.safetensors.index.json",
-                    {"metadata": {"total_size": total}, "weight_map": weight_map})
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _write_json(p: Path, obj) -> None:
-    tmp = p.with_suffix(p.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, p)

@@ -25,6 +25,7 @@ import probe
 from model.parallel import ParallelError
 
 from helpers import make_corpus, make_tokenizer, random_model
+from helpers.processes import wait_for_commits
 
 pytestmark = pytest.mark.slow  # torchrun launches, a browser or notebook kernels: `pytest -m "not slow"` skips them
 
@@ -216,12 +217,7 @@ def test_two_ranks_one_sharded_model_then_kill_and_resume(env, single, tmp_path,
     finishes it, equal to one process."""
     out = tmp_path / "run"
     proc = torchrun(2, *record_args(env, out, "--model-parallel", "2", "--commit-every", "2"), popen=True)
-    prog = out / "_progress" / "r000.json"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if prog.exists() and json.loads(prog.read_text()).get("done", -1) >= 3:
-            break
-        time.sleep(0.01)
+    wait_for_commits(proc, out, done=3)
     assert proc.poll() is None, "the run finished before it could be killed: " + proc.stderr.read()[-2000:]
     pids = _worker_pids(proc.pid)
     assert sorted(pids) == [0, 1], pids
@@ -280,7 +276,7 @@ def index_only(path: Path, args, n_files: int = 163, drop: str | None = None, ad
     import torch
 
     from model import Transformer
-    from model.checkpoint import MTP_SHARED, ours_to_hf
+    from model.names import MTP_SHARED, ours_to_hf
 
     with torch.device("meta"):
         m = Transformer(args, init=False)

@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 import model
 import model.checkpoint as ckpt
+from model.names import ours_to_hf
 from model import CheckpointError, ModelArgs, Transformer
 import model.fp8 as ckpt_fp8
 from model.fp8 import FP8_MAX, dequantize_block, quantize_block
@@ -172,7 +173,7 @@ def test_fp8_checkpoint_layout(fp8_dir, fp8_model):
               "model.layers.1.input_layernorm.weight"):
         assert sd[k].dtype == torch.float32, k
     # every FP8-capable projection of the model was quantised (layer 2 is the MTP block)
-    for hf, _, _, is_fp8 in ckpt.ours_to_hf(fp8_model):
+    for hf, _, _, is_fp8 in ours_to_hf(fp8_model):
         assert (hf in fp8) == is_fp8, hf
 
 

@@ -1,0 +1,118 @@
+"""Writing Hugging Face checkpoints: `save` (a model in memory) and `write_checkpoint` (tensors from
+any iterator, e.g. drawn one at a time for a checkpoint larger than memory).
+
+    model.save(m, "out/", fp8=True)                 # HF layout (+ MTP layer), readable by transformers
+    write_checkpoint("out/", args, tensors(), fp8=True, dtype=torch.bfloat16, max_shard_bytes=2e9)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from .args import ModelArgs
+from .checkpoint import CheckpointError
+from .fp8 import dequantize_block, quantize_block
+from .names import MTP_SHARED, ours_to_hf, scale_name
+from .transformer import Transformer
+
+BLOCK = (128, 128)
+
+
+def save(model: Transformer, path: str | os.PathLike, *, fp8: bool = False,
+         max_shard_bytes: int | None = None, dtype: torch.dtype | None = None) -> None:
+    """Write `model` as a Hugging Face checkpoint directory (config.json, *.safetensors, index).
+
+    fp8: store the FP8-capable projections as float8_e4m3fn + `weight_scale_inv` in 128x128 blocks.
+    max_shard_bytes: split into several files listed in `model.safetensors.index.json`.
+    The MTP layer gets copies of the embedding and head, as in the published checkpoints.
+    Files are written under temporary names and renamed when complete.
+    """
+    if getattr(model, "shards", None) is not None:
+        raise CheckpointError("cannot save a tensor/expert-parallel model: each rank holds only its shard "
+                              "(save a model loaded with parallel=False)")
+    state = model.state_dict()
+    out_dtype = dtype or next(p.dtype for n, p in state.items() if n == "embed.weight")
+
+    def tensors():
+        for hf, ours, e, is_fp8 in ours_to_hf(model):
+            t = state[ours] if e is None else state[ours][e]
+            if t.dtype == torch.float8_e4m3fn:  # FP8 resident: written as is, or dequantised
+                sc = state[scale_name(ours)] if e is None else state[scale_name(ours)][e]
+                yield from [(hf, t), (hf + "_scale_inv", sc)] if fp8 else [(hf, dequantize_block(t, sc, BLOCK, out_dtype))]
+            elif fp8 and is_fp8:
+                q, s = quantize_block(t, BLOCK)
+                yield from [(hf, q), (hf + "_scale_inv", s)]
+            elif ours.endswith("gate.weight") or ours.endswith("gate.bias"):
+                yield hf, t.float()
+            else:
+                yield hf, t.to(out_dtype)
+        for k in range(len(model.mtp)):
+            for hf, ours in MTP_SHARED.items():
+                # NOTE: copy=True: safetensors refuses to write two names that share memory
+                yield f"model.layers.{model.args.n_layers + k}.{hf}", state[ours].to(out_dtype, copy=True)
+
+    write_checkpoint(path, model.args, tensors(), fp8=fp8, dtype=out_dtype, max_shard_bytes=max_shard_bytes)
+
+
+def write_checkpoint(path: str | os.PathLike, args: ModelArgs, tensors: Iterable[tuple[str, torch.Tensor]], *,
+                     fp8: bool, dtype: torch.dtype, max_shard_bytes: float | None = None) -> None:
+    """Write (name, tensor) pairs in order into safetensors files of at most `max_shard_bytes` (a
+    tensor larger than that gets a file of its own; None: one file), holding one file's tensors in
+    memory at a time, then the index (when several files) and config.json (`args`, torch_dtype
+    `dtype`, and the FP8 quantization_config when `fp8`). Each file is written under a temporary
+    name and renamed when every file is complete."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    parts: list[list[str]] = []
+    shard: dict[str, torch.Tensor] = {}
+    size, total = 0, 0
+
+    def flush() -> None:
+        tmp = path / f".part-{len(parts):05d}.safetensors.tmp"
+        save_file({n: t.contiguous() for n, t in shard.items()}, str(tmp), metadata={"format": "pt"})
+        os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates 0600 files; a checkpoint is shared
+        parts.append(list(shard))
+
+    for name, t in tensors:
+        nbytes = t.numel() * t.element_size()
+        if max_shard_bytes and shard and size + nbytes > max_shard_bytes:
+            flush()
+            shard, size = {}, 0
+        shard[name] = t
+        size, total = size + nbytes, total + nbytes
+    if shard or not parts:
+        flush()
+    names = (["model.safetensors"] if len(parts) == 1 else
+             [f"model-{i + 1:05d}-of-{len(parts):05d}.safetensors" for i in range(len(parts))])
+    for i, fname in enumerate(names):
+        os.replace(path / f".part-{i:05d}.safetensors.tmp", path / fname)
+    cfg = args.to_hf_config()
+    cfg["torch_dtype"] = str(dtype).removeprefix("torch.")
+    if fp8:
+        cfg["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+                                      "weight_block_size": list(BLOCK)}
+    else:
+        cfg.pop("quantization_config", None)
+    _write_json(path / "config.json", cfg)
+    if len(parts) > 1:
+        _write_json(path / "model.safetensors.index.json",
+                    {"metadata": {"total_size": total},
+                     "weight_map": {n: fname for fname, part in zip(names, parts) for n in part}})
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _write_json(p: Path, obj) -> None:
+    tmp = p.with_suffix(p.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, p)
