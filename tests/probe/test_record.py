@@ -19,6 +19,8 @@ import model
 import probe
 from probe.record import RecordError, RecordOptions, record
 
+from helpers.processes import wait_for_commits
+
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -399,12 +401,7 @@ def test_kill_then_resume_equals_uninterrupted(probe_env, big_corpus, reference_
     env = os.environ | {"PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(record_cmd(probe_env, big_corpus, out, "--router-logits", "full", "--commit-every", "2"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    prog = out / "_progress" / "r000.json"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if prog.exists() and json.loads(prog.read_text()).get("done", -1) >= 3:
-            break
-        time.sleep(0.01)
+    wait_for_commits(proc, out, done=3)
     assert proc.poll() is None, "the run finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=120)
