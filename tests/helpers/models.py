@@ -40,26 +40,28 @@ def randomize_(module: torch.nn.Module, seed: int, bias_scale: float = 0.3) -> N
                 b.copy_(bias_scale * torch.randn(b.shape, generator=g))
 
 
-def hf_checkpoint(dirpath: Path, seed: int = 0, **overrides) -> Path:
-    """Save a random transformers DeepseekV3ForCausalLM (float32) to `dirpath`; returns it."""
-    from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+def hf_checkpoint(dirpath: Path, seed: int = 0, *, base: dict = HF_TINY, family: str = "DeepseekV3",
+                  **overrides) -> Path:
+    """Save a random transformers `{family}ForCausalLM` (float32; config `base | overrides`) to
+    `dirpath`; returns it."""
+    import transformers
 
-    cfg = DeepseekV3Config(**(HF_TINY | overrides))
+    cfg = getattr(transformers, f"{family}Config")(**(base | overrides))
     torch.manual_seed(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        hf = DeepseekV3ForCausalLM(cfg).float()
+        hf = getattr(transformers, f"{family}ForCausalLM")(cfg).float()
     randomize_(hf, seed)
     hf.save_pretrained(dirpath)
     return Path(dirpath)
 
 
-def load_hf(dirpath: Path):
-    from transformers import DeepseekV3ForCausalLM
+def load_hf(dirpath: Path, family: str = "DeepseekV3"):
+    import transformers
     from transformers.utils import logging
 
     logging.set_verbosity_error()
-    return DeepseekV3ForCausalLM.from_pretrained(dirpath, dtype=torch.float32).eval()
+    return getattr(transformers, f"{family}ForCausalLM").from_pretrained(dirpath, dtype=torch.float32).eval()
 
 
 def random_model(name_or_args="tiny", seed: int = 0, attn_impl: str = "absorb", **overrides):

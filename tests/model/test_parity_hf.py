@@ -16,7 +16,6 @@ Run with `pytest -s` to see the figures.
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,7 @@ pytest.importorskip("transformers")
 
 import model  # noqa: E402
 import model.mla  # noqa: E402
-from helpers import HF_TINY, hf_checkpoint, load_hf, randomize_  # noqa: E402
+from helpers import HF_TINY, hf_checkpoint, load_hf  # noqa: E402
 from model.layers import rope_inv_freq  # noqa: E402
 
 LOGIT_RTOL = 1e-4  # max |ours - hf| / max |hf|
@@ -166,27 +165,6 @@ def report(tag: str, r: dict[str, float]) -> None:
 
 
 # ---------------------------------------------------------------------------------------- fixtures
-def _v2_checkpoint(dirpath: Path, seed: int, **overrides) -> Path:
-    from transformers import DeepseekV2Config, DeepseekV2ForCausalLM
-
-    cfg = DeepseekV2Config(**(V2_BASE | overrides))
-    torch.manual_seed(seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        hf = DeepseekV2ForCausalLM(cfg).float()
-    randomize_(hf, seed)
-    hf.save_pretrained(dirpath)
-    return Path(dirpath)
-
-
-def _load_hf_v2(dirpath: Path):
-    from transformers import DeepseekV2ForCausalLM
-    from transformers.utils import logging
-
-    logging.set_verbosity_error()
-    return DeepseekV2ForCausalLM.from_pretrained(dirpath, dtype=torch.float32).eval()
-
-
 class Case:
     """One checkpoint: the transformers model, its outputs on the inputs, and our loaded models."""
 
@@ -199,8 +177,8 @@ class Case:
             self.dir = hf_checkpoint(root / name, seed=0, **V3_CONFIGS[name])
             self.hf = load_hf(self.dir)
         else:
-            self.dir = _v2_checkpoint(root / name, seed=0, **V2_CONFIGS[name])
-            self.hf = _load_hf_v2(self.dir)
+            self.dir = hf_checkpoint(root / name, seed=0, base=V2_BASE, family="DeepseekV2", **V2_CONFIGS[name])
+            self.hf = load_hf(self.dir, family="DeepseekV2")
         self.inputs = make_inputs(self.hf.config.vocab_size)
         self.hf_out = {k: run_hf(self.hf, t) for k, t in self.inputs.items()}
         self._ours: dict[str, model.Transformer] = {}
