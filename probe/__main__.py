@@ -63,8 +63,17 @@ def _add_record(sub) -> None:
     p.set_defaults(fn=_record)
 
 
+def record_options(argv: list[str]) -> RecordOptions:
+    """The RecordOptions `dsv3-probe record ARGV...` would run with (for scripts that plan a run)."""
+    return _options(parser().parse_args(["record", *argv]))
+
+
+def _options(ns) -> RecordOptions:
+    return RecordOptions(**{k: v for k, v in vars(ns).items() if k in RecordOptions.__dataclass_fields__})
+
+
 def _record(ns) -> int:
-    opts = RecordOptions(**{k: v for k, v in vars(ns).items() if k in RecordOptions.__dataclass_fields__})
+    opts = _options(ns)
     try:
         out = record(opts)
     except KeyboardInterrupt as e:
@@ -175,14 +184,18 @@ def _import(ns) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dsv3-probe", description="Look inside DeepSeek-V3 models.")
     sub = p.add_subparsers(dest="cmd", required=True)
     _add_record(sub)
     _add_spec(sub)
     _add_import(sub)
     _add_dashboard(sub)
-    ns = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = parser().parse_args(argv)
     try:
         code = ns.fn(ns)
     except (RecordError, CorpusError, RunError, ValueError, OSError) as e:

@@ -87,16 +87,9 @@ def _files(root: Path) -> list[Path]:
 def _jsonl(path: Path, rel: str, default_domain: str, stats: CorpusStats) -> Iterator[Document]:
     text = _decode(path.read_bytes(), rel, stats)
     for i, line in enumerate(text.splitlines()):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise CorpusError(f"{path}:{i + 1}: not valid JSON ({e.msg})") from None
-        if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
-            raise CorpusError(f"{path}:{i + 1}: a JSONL record needs a string field 'text'")
-        yield Document(str(rec.get("id", f"{rel}:{i + 1}")), str(rec.get("domain") or default_domain),
-                       rec["text"])
+        if line.strip():
+            rec = _record(path, i, line)
+            yield Document(*_id_domain(rec, rel, i, default_domain), rec["text"])
 
 
 def _parquet(path: Path, rel: str, default_domain: str) -> Iterator[Document]:
@@ -277,9 +270,8 @@ def _index_jsonl(f: Path, rel: str, domain: str) -> Iterator[_Ref]:
     for i, raw in enumerate(data.split(b"\n")):
         line = raw.decode("utf-8", errors="replace")
         if line.strip():
-            rec = _record(f, i, line)
-            yield _Ref("jsonl", f, rel, offset, len(raw), i + 1, str(rec.get("domain") or domain),
-                       str(rec.get("id", f"{rel}:{i + 1}")))
+            doc_id, dom = _id_domain(_record(f, i, line), rel, i, domain)
+            yield _Ref("jsonl", f, rel, offset, len(raw), i + 1, dom, doc_id)
         offset += len(raw) + 1
 
 
@@ -291,6 +283,11 @@ def _record(path: Path, i: int, line: str) -> dict:
     if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
         raise CorpusError(f"{path}:{i + 1}: a JSONL record needs a string field 'text'")
     return rec
+
+
+def _id_domain(rec: dict, rel: str, i: int, default_domain: str) -> tuple[str, str]:
+    """A JSONL record's document id (default `file:line`) and domain (default: its folder's)."""
+    return str(rec.get("id", f"{rel}:{i + 1}")), str(rec.get("domain") or default_domain)
 
 
 def _read_refs(refs: list[_Ref], stats: CorpusStats) -> Iterator[Document]:
