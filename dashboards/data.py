@@ -232,13 +232,23 @@ def total_loads(ref: RunRef, last_steps: int | None = None) -> pd.DataFrame:
 
 
 @cached
+def pass_count(ref: RunRef) -> int:
+    """Forward passes (steps of expert_load) in the run."""
+    return int(query(ref, "select count(distinct step) as n from expert_load", ("expert_load",)).n.iloc[0])
+
+
+def pass_stride(n: int, max_passes: int = MAX_PASSES) -> int:
+    """Every how many passes `pass_loads` reads, for a run of `n` passes."""
+    return max(1, -(-n // max_passes))
+
+
+@cached
 def pass_loads(ref: RunRef, max_passes: int = MAX_PASSES) -> tuple[np.ndarray, list[int], np.ndarray]:
     """(steps [S], layers [L], loads [S, L, E]): each forward pass's (a recorded run: each batch's)
     top-k assignments per expert of the model's MoE layers (MTP routers left out: servers place them
     apart). A run with more than `max_passes` passes is read every k-th pass (the smallest k that fits)."""
     n_layers = (ref.info.get("model_args") or {}).get("n_layers")
-    n = int(query(ref, "select count(distinct step) as n from expert_load", ("expert_load",)).n.iloc[0])
-    every = max(1, -(-n // max_passes))
+    every = pass_stride(pass_count(ref), max_passes)
     # rows are summed by the bincount below (a recorded run has one row per domain), not in SQL
     sample = ("join (select step, row_number() over (order by step) - 1 as i from (select distinct step from "
               f"expert_load)) s using (step) where s.i % {every} = 0" if every > 1 else "where true")
@@ -256,7 +266,9 @@ def pass_loads(ref: RunRef, max_passes: int = MAX_PASSES) -> tuple[np.ndarray, l
 @cached
 def placement_maps(ref: RunRef) -> tuple[dict[int, np.ndarray], int]:
     """({layer: physical-to-logical map [P]}, GPUs) of the serving engine's placement (`placement`
-    table, written by `dsv3-probe import sglang` from a dump that carries one)."""
+    table, written by `dsv3-probe import sglang` from a dump that carries one); ({}, None) without one."""
+    if not has_table(ref, "placement"):
+        return {}, None
     df = query(ref, "select layer, physical, logical, gpu from placement order by layer, physical", ("placement",))
     maps = {int(lay): g.logical.to_numpy(np.int64) for lay, g in df.groupby("layer")}
     return maps, int(df.gpu.max()) + 1 if len(df) else 0

@@ -240,17 +240,14 @@ def plan_layers(loads_by_layer: dict, **kw) -> dict:
 
 
 def plan_run(run, n_gpus: int, n_nodes: int = 1, n_redundant: int = 0, groups: int | None = None,
-             mode: str = "hierarchical") -> dict:
-    """Plan every MoE layer of a run from its `expert_load` (summed in SQL); groups default to the
-    run's model args n_expert_groups (1 when absent)."""
-    from analyses.metrics import MetricsError, layer_loads_from_run
+             mode: str = "hierarchical", loads: dict | None = None) -> dict:
+    """Plan every MoE layer of a run from its `expert_load` (summed in SQL; or `loads`, as
+    `run_loads` read them); groups default to the run's model args n_expert_groups (1 when absent)."""
     from analyses.metrics._common import as_run, model_arg
 
-    try:
-        run = as_run(run)
-        loads = layer_loads_from_run(run)
-    except MetricsError as e:
-        raise PlacementError(str(e)) from None
+    run = as_run(run)
+    if loads is None:
+        loads, _, _ = run_loads(run)
     if groups is None:
         groups = int(model_arg(run, "n_expert_groups", 1) or 1)
     return plan_layers(loads, n_gpus=n_gpus, n_nodes=n_nodes, n_redundant=n_redundant, groups=groups, mode=mode)

@@ -41,20 +41,19 @@ def _run(ns) -> int:
         raise PlacementError(f"--format {ns.format} writes a file: pass --out plan.json (or .pt)")
     if ns.format != "table" and ns.out.suffix not in (".json", ".pt"):
         raise PlacementError(f"--out {ns.out}: --format {ns.format} writes a .json or .pt file")
+    loads, n_layers, E = run_loads(ns.run)
     if ns.format == "logical-count":
-        loads, n_layers, E = run_loads(ns.run)
         print(f"wrote {export(ns.format, None, loads, n_layers, E, ns.out)} (loads of layers {sorted(loads)} of "
               f"{n_layers}; SGLang: --init-expert-location {ns.out} runs its own EPLB on them)")
         return 0
     if ns.gpus is None:
         raise PlacementError("--gpus is needed to plan a placement")
-    plans = plan_run(ns.run, ns.gpus, ns.nodes, ns.redundant, ns.groups, ns.mode)
+    plans = plan_run(ns.run, ns.gpus, ns.nodes, ns.redundant, ns.groups, ns.mode, loads=loads)
     config = {"run": str(ns.run), "gpus": ns.gpus, "nodes": ns.nodes, "redundant": ns.redundant,
               "groups": ns.groups, "mode": ns.mode}
     if ns.format == "table" and ns.out is not None:
         write_plan(plans, ns.out, config)
     elif ns.format != "table":
-        loads, n_layers, E = run_loads(ns.run)
         export(ns.format, plans, loads, n_layers, E, ns.out)
     import pandas as pd
 

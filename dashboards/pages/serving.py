@@ -19,7 +19,7 @@ COLORS = {NOW: "#9D755D", PLAN: "#4C78A8"}
 
 def _replay(ref: data.RunRef, window: tuple[int, int], gpus: int, redundant: int, nodes: int, mode: str) -> dict:
     steps, layers, X = data.pass_loads(ref)
-    current, current_gpus = data.placement_maps(ref) if data.has_table(ref, "placement") else ({}, None)
+    current, current_gpus = data.placement_maps(ref)
     return compute.serving_replay(steps, layers, X, window, gpus=gpus, redundant=redundant, nodes=nodes,
                                   groups=_groups(ref, X.shape[2]), mode=mode, current=current,
                                   current_gpus=current_gpus)
@@ -104,9 +104,9 @@ def main() -> None:
         st.info("No expert loads recorded yet.")
         return
     E = X.shape[2]
-    current, current_gpus = data.placement_maps(ref) if data.has_table(ref, "placement") else ({}, None)
-    n_all = int(data.query(ref, "select count(distinct step) as n from expert_load", ("expert_load",)).n.iloc[0])
-    source_caption(ref, n_all, max(1, -(-n_all // data.MAX_PASSES)))
+    current, current_gpus = data.placement_maps(ref)
+    n_all = data.pass_count(ref)
+    source_caption(ref, n_all, data.pass_stride(n_all))
     P_now = len(next(iter(current.values()))) if current else None
     window, gpus, redundant, nodes, mode = controls(ref, steps, E, current_gpus, P_now)
     with ui.guard("the replay"):
