@@ -52,21 +52,13 @@ def median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--repeats", type=int, default=9)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--profile", action="store_true", help="also print where one forward's time goes")
-    ns = p.parse_args()
-    torch.set_num_threads(ns.threads)
-
+def build(ns):
+    """The random transformers model, ours loaded from its checkpoint, a batch of tokens, and the
+    largest logit difference between the two on it (relative to the largest logit)."""
     from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
     from transformers.utils import logging
 
     import model
-    from model import layers
 
     logging.set_verbosity_error()
     warnings.simplefilter("ignore")
@@ -79,24 +71,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         hf.save_pretrained(d)
         ours = model.load(d, dtype=torch.float32)
-
     tokens = torch.randint(0, CONFIG["vocab_size"], (ns.batch, ns.seq_len), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ref = hf(tokens).logits
         got = ours(tokens)
-    err = ((ref - got).abs().max() / ref.abs().max()).item()
+    return hf, ours, tokens, ((ref - got).abs().max() / ref.abs().max()).item()
 
-    from model import gemm
 
-    chosen = gemm.choice((ns.batch * ns.seq_len, CONFIG["hidden_size"], CONFIG["moe_intermediate_size"]))
-    print(f"our float32 GEMM path: {chosen.path} ({chosen.source}: {chosen.reason})")
+def make_cases(hf, ours, batch: dict) -> dict:
+    """name -> a function running one forward of `batch["tokens"]`."""
+    from model import layers
+
     noop = [(lambda n: not n.endswith("hook_pattern"), lambda t, hook: None)]
     pattern = [("layers.*.attn.hook_pattern", lambda t, hook: None)]
-
-    # every repeat feeds a fresh batch (the same one to every case): routing, and so each expert's
-    # row count, changes from repeat to repeat as it would over a corpus
-    gen = torch.Generator().manual_seed(2)
-    batch = {"tokens": tokens}
 
     def run_hf():
         with torch.no_grad():
@@ -117,17 +104,28 @@ def main() -> None:
                 layers.ONEDNN_LINEAR = None
         return f
 
-    cases = {"transformers": run_hf, "ours (hook points, none attached)": run_ours(),
-             "ours (no-op hooks attached)": run_ours(noop), "ours (attention pattern hooked)": run_ours(pattern),
-             "ours, idle hooks, oneDNN forced": run_forced(True),
-             "ours, idle hooks, F.linear forced": run_forced(False)}
+    return {"transformers": run_hf, "ours (hook points, none attached)": run_ours(),
+            "ours (no-op hooks attached)": run_ours(noop), "ours (attention pattern hooked)": run_ours(pattern),
+            "ours, idle hooks, oneDNN forced": run_forced(True),
+            "ours, idle hooks, F.linear forced": run_forced(False)}
+
+
+def time_cases(cases: dict, batch: dict, repeats: int) -> dict[str, list[float]]:
+    """Seconds per forward of every case, `repeats` times, interleaved so drift hits all cases alike.
+    Every repeat feeds a fresh batch (the same one to every case): routing, and so each expert's
+    row count, changes from repeat to repeat as it would over a corpus."""
+    gen = torch.Generator().manual_seed(2)
     for fn in cases.values():  # warm-up
         fn()
     results = {name: [] for name in cases}
-    for _ in range(ns.repeats):  # interleave so drift hits all cases alike
-        batch["tokens"] = torch.randint(0, CONFIG["vocab_size"], tokens.shape, generator=gen)
+    for _ in range(repeats):
+        batch["tokens"] = torch.randint(0, CONFIG["vocab_size"], batch["tokens"].shape, generator=gen)
         for name, fn in cases.items():
             results[name].append(median_time(fn, 1))
+    return results
+
+
+def report(ns, results: dict, err: float, chosen) -> None:
     n_tok = ns.batch * ns.seq_len
     base = statistics.median(results["transformers"])
     print(f"prefill {ns.batch}x{ns.seq_len} tokens, float32, {ns.threads} threads, {ns.repeats} repeats "
@@ -143,16 +141,40 @@ def main() -> None:
     better = min(med["ours, idle hooks, oneDNN forced"], med["ours, idle hooks, F.linear forced"])
     print(f"chosen path ({chosen.path}) vs the better forced path: {better / med['ours (no-op hooks attached)']:.2f}x "
           "(>= 1 means the choice lost nothing)")
+
+
+def report_profile(cases: dict) -> None:
+    parts = {name: op_split(cases[name]) for name in ("transformers", "ours (hook points, none attached)",
+                                                      "ours, idle hooks, F.linear forced")}
+    print("\nwhere one forward's time goes (self CPU ms, mean of 3 profiled forwards):")
+    print(f"{'':36} {'GEMM':>8} {'attention':>10} {'other':>8} {'total':>8}")
+    for name, d in parts.items():
+        print(f"{name:36} {d['gemm']:8.1f} {d['attention']:10.1f} {d['other']:8.1f} {sum(d.values()):8.1f}")
+    hf, mkl = parts["transformers"], parts["ours, idle hooks, F.linear forced"]
+    print(f"with transformers' GEMM kernel, ours could reach at most {sum(hf.values()) / mkl['gemm']:.2f}x "
+          "(everything but the GEMMs free)")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--profile", action="store_true", help="also print where one forward's time goes")
+    ns = p.parse_args()
+    torch.set_num_threads(ns.threads)
+    hf, ours, tokens, err = build(ns)
+
+    from model import gemm
+
+    chosen = gemm.choice((ns.batch * ns.seq_len, CONFIG["hidden_size"], CONFIG["moe_intermediate_size"]))
+    print(f"our float32 GEMM path: {chosen.path} ({chosen.source}: {chosen.reason})")
+    batch = {"tokens": tokens}
+    cases = make_cases(hf, ours, batch)
+    report(ns, time_cases(cases, batch, ns.repeats), err, chosen)
     if ns.profile:
-        parts = {name: op_split(cases[name]) for name in ("transformers", "ours (hook points, none attached)",
-                                                          "ours, idle hooks, F.linear forced")}
-        print("\nwhere one forward's time goes (self CPU ms, mean of 3 profiled forwards):")
-        print(f"{'':36} {'GEMM':>8} {'attention':>10} {'other':>8} {'total':>8}")
-        for name, d in parts.items():
-            print(f"{name:36} {d['gemm']:8.1f} {d['attention']:10.1f} {d['other']:8.1f} {sum(d.values()):8.1f}")
-        hf, mkl = parts["transformers"], parts["ours, idle hooks, F.linear forced"]
-        print(f"with transformers' GEMM kernel, ours could reach at most {sum(hf.values()) / mkl['gemm']:.2f}x "
-              "(everything but the GEMMs free)")
+        report_profile(cases)
 
 
 GEMM_OPS = {"aten::mm", "aten::addmm", "mkldnn::_linear_pointwise"}
