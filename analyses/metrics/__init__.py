@@ -51,6 +51,23 @@ Routing patterns (`routing.py`)
 - layer_agreement_from_run(run, layers=None)     consecutive MoE layers
 - routing_agreement_from_runs(run_a, run_b)      same tokens, two runs
 - margins_from_run(run, near=0.01), score_entropy_from_run(run)
+
+Expert paths (`paths.py`)
+- path_keys(ids, k=1), path_codes(ids, k=1)   a token's experts through the layers (top-1, or top-k sets)
+- path_entropy(codes), path_summary(ids, domains=None, k=1)   distinct paths, entropy, top-10 share
+- domain_information(ids, domains, layers=None, k=1, test=None)   path vs each layer: NMI, AMI, held-out accuracy
+- heldout_accuracy(labels, values, test)  majority-label decoding on held-out rows, and its baseline
+- common_paths(ids, domains=None, token_ids=None, k=1, top=10)   the most used paths, their domain, tokens
+- routes_from_run(run, layers=None) -> Routes   tokens routed at every chosen layer, [T, L, K]
+- path_summary_from_run, domain_information_from_run, common_paths_from_run
+
+Token-id dependence (`token_dependence.py`)
+- majority_predict(keys, labels, test, fallback=None)   majority label per key, learned on training rows
+- token_dependence(token_id, prev_id, pos, labels, test)   held-out accuracy: token id vs context baselines
+- token_dependence_from_run(run, layers=None, every=5, k=None)   per layer, top-1 and top-k, + OLMoE vocab spec
+
+Run vs run (`routing.py`): routing_agreement_from_runs (also share_of_a / share_of_b matched) and
+route_changes_from_runs(run_a, run_b, top=20): the tokens whose routes changed most.
 """
 
 from __future__ import annotations
@@ -60,9 +77,14 @@ from .balance import (balance_summary, balance_table, balancedness, batch_loads_
                       imbalance_ratio, jain_index, layer_loads_from_run, maxvio, maxvio_batch,
                       maxvio_batch_from_run, normalised_entropy, normalised_scores, relative_load,
                       switch_balance, switch_inputs_from_run)
+from .paths import (Routes, common_paths, common_paths_from_run, domain_information, domain_information_from_run,
+                    heldout_accuracy, path_codes, path_entropy, path_keys, path_summary, path_summary_from_run,
+                    routes_from_run)
 from .routing import (coactivation, coactivation_from_run, layer_agreement_from_run, margin_summary,
                       margins_from_run, random_overlap_baseline, repetition, repetition_from_run,
-                      routing_agreement, routing_agreement_from_runs, score_entropy, score_entropy_from_run)
+                      route_changes_from_runs, routing_agreement, routing_agreement_from_runs, score_entropy,
+                      score_entropy_from_run)
+from .token_dependence import PREDICTORS, majority_predict, token_dependence, token_dependence_from_run
 from .specialisation import (contingency, contingency_from_run, domain_contingency_from_run, domain_nmi,
                              domain_share, entropy, expert_vocabulary, expert_vocabulary_from_run, lift,
                              lift_from_run, mutual_information, nmi, specialisation_table,
@@ -75,7 +97,10 @@ __all__ = [
     "normalised_entropy", "normalised_scores", "relative_load", "switch_balance", "switch_inputs_from_run",
     "coactivation", "coactivation_from_run", "layer_agreement_from_run", "margin_summary", "margins_from_run",
     "random_overlap_baseline", "repetition", "repetition_from_run", "routing_agreement",
-    "routing_agreement_from_runs", "score_entropy", "score_entropy_from_run",
+    "routing_agreement_from_runs", "route_changes_from_runs", "score_entropy", "score_entropy_from_run",
+    "Routes", "common_paths", "common_paths_from_run", "domain_information", "domain_information_from_run",
+    "heldout_accuracy", "path_codes", "path_entropy", "path_keys", "path_summary", "path_summary_from_run",
+    "routes_from_run", "PREDICTORS", "majority_predict", "token_dependence", "token_dependence_from_run",
     "contingency", "contingency_from_run", "domain_contingency_from_run", "domain_nmi", "domain_share", "entropy",
     "expert_vocabulary", "expert_vocabulary_from_run", "lift", "lift_from_run", "mutual_information", "nmi",
     "specialisation_table", "vocabulary_specialisation", "vocabulary_specialisation_from_run",

@@ -232,10 +232,58 @@ def routing_agreement_from_runs(run_a, run_b, check_tokens: bool = True) -> "pan
     """Cross-run routing agreement per MoE layer (`routing_agreement`): two runs over the same tokens
     (e.g. two checkpoints on one corpus), routing rows matched on (seq_id, pos, layer) in SQL.
     check_tokens: the matched positions must hold the same token ids (from both runs' `tokens`),
-    else an error. Columns layer, tokens, top1_same, overlap, jaccard, nmi_top1."""
+    else an error. Columns layer, tokens, top1_same, overlap, jaccard, nmi_top1, share_of_a and
+    share_of_b (the matched share of each run's routed tokens at that layer: below 1 when the runs
+    saw partly different windows). No shared position at all: an error saying so."""
+    run_a, run_b = as_run(run_a), as_run(run_b)
+    con = _joined_runs(run_a, run_b, check_tokens)
+    df = _agreement_sql(con, "ra", "rb", "a.seq_id = b.seq_id and a.pos = b.pos and a.layer = b.layer")
+    if df.empty:
+        raise MetricsError(f"{run_a.path} and {run_b.path} share no routed (seq_id, pos, layer): they did not "
+                           "see the same windows (record both with the same corpus, --seq-len and --order)")
+    sizes = con.sql("""select layer, count(*) filter (where side = 'a') as na, count(*) filter (where side = 'b') as nb
+                       from (select layer, 'a' as side from ra union all select layer, 'b' from rb)
+                       group by layer""").df().set_index("layer")
+    df = df.drop(columns="layer_b").rename(columns={"layer_a": "layer"})
+    df["share_of_a"] = df.tokens / df.layer.map(sizes.na).astype(float)
+    df["share_of_b"] = df.tokens / df.layer.map(sizes.nb).astype(float)
+    return df
+
+
+def route_changes_from_runs(run_a, run_b, top: int = 20, layers: list[int] | None = None) -> "pandas.DataFrame":  # noqa: F821
+    """The tokens whose routes changed most between two runs over the same windows: per (seq_id,
+    pos) matched in both runs' routing (and tokens), over the MoE layers both recorded (or `layers`):
+    layers compared, top1_changed (layers whose first choice differs), set_changed (layers whose
+    top-k set differs), jaccard (mean |A ∩ B| / |A ∪ B| over those layers), token_id and domain;
+    the `top` rows with the lowest mean Jaccard (then most first choices changed, then seq_id, pos).
+    Same checks as `routing_agreement_from_runs` (different tokens at matched positions: an error)."""
+    run_a, run_b = as_run(run_a), as_run(run_b)
+    con = _joined_runs(run_a, run_b)
+    where = "" if layers is None else f"where a.layer in ({', '.join(str(int(x)) for x in layers)})"
+    df = con.sql(f"""
+        with j as (select a.seq_id, a.pos, a.layer,
+                          (a.expert_ids[1] <> b.expert_ids[1])::int as t1,
+                          (list_sort(a.expert_ids) <> list_sort(b.expert_ids))::int as sc,
+                          len(list_intersect(a.expert_ids, b.expert_ids))
+                          / (len(a.expert_ids) + len(b.expert_ids) - len(list_intersect(a.expert_ids, b.expert_ids)))
+                          as jac
+                   from ra a join rb b on a.seq_id = b.seq_id and a.pos = b.pos and a.layer = b.layer {where})
+        select j.seq_id, j.pos, count(*) as layers, sum(t1)::int as top1_changed, sum(sc)::int as set_changed,
+               avg(jac) as jaccard, any_value(t.token_id) as token_id, any_value(t.domain) as domain
+        from j left join ta t on t.seq_id = j.seq_id and t.pos = j.pos
+        group by j.seq_id, j.pos order by jaccard, top1_changed desc, j.seq_id, j.pos
+        limit {int(top)}""").df()
+    if df.empty:
+        raise MetricsError(f"{run_a.path} and {run_b.path} share no routed (seq_id, pos, layer): they did not "
+                           "see the same windows (record both with the same corpus, --seq-len and --order)")
+    return df
+
+
+def _joined_runs(run_a, run_b, check_tokens: bool = True):
+    """A DuckDB connection with views ra, rb (routing) and ta (run a's tokens, empty when absent),
+    after the checks of `routing_agreement_from_runs`."""
     import duckdb
 
-    run_a, run_b = as_run(run_a), as_run(run_b)
     for r in (run_a, run_b):
         need_rows(r, "routing")
     con = duckdb.connect()
@@ -245,17 +293,18 @@ def routing_agreement_from_runs(run_a, run_b, check_tokens: bool = True) -> "pan
 
     con.execute(f"create view ra as select * from read_parquet({files(run_a, 'routing')})")
     con.execute(f"create view rb as select * from read_parquet({files(run_b, 'routing')})")
+    if run_a.files("tokens"):
+        con.execute(f"create view ta as select * from read_parquet({files(run_a, 'tokens')})")
+    else:
+        con.execute("create view ta as select null::bigint as seq_id, null::int as pos, null::int as token_id, "
+                    "null::varchar as domain where false")
     if check_tokens and run_a.files("tokens") and run_b.files("tokens"):
-        bad = con.sql(f"""select count(*) from read_parquet({files(run_a, 'tokens')}) a
-                          join read_parquet({files(run_b, 'tokens')}) b using (seq_id, pos)
-                          where a.token_id <> b.token_id""").fetchall()[0][0]
+        bad = con.sql(f"""select count(*) from ta a join read_parquet({files(run_b, 'tokens')}) b
+                          using (seq_id, pos) where a.token_id <> b.token_id""").fetchall()[0][0]
         if bad:
             raise MetricsError(f"{run_a.path} and {run_b.path} hold different tokens at {bad} matched "
                                "positions (not the same corpus and windows)")
-    df = _agreement_sql(con, "ra", "rb", "a.seq_id = b.seq_id and a.pos = b.pos and a.layer = b.layer")
-    if df.empty:
-        raise MetricsError(f"{run_a.path} and {run_b.path} share no routed (seq_id, pos, layer)")
-    return df.drop(columns="layer_b").rename(columns={"layer_a": "layer"})
+    return con
 
 
 # ------------------------------------------------------------------------------ margins, entropy

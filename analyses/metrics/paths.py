@@ -1,0 +1,238 @@
+"""Expert paths: the sequence of experts a token visits through the MoE layers (metrics.md
+"Expert paths"). A token's top-1 path is its first-choice expert at each chosen layer; its top-k
+path is the (unordered) top-k set at each layer. Questions: how many distinct paths are used, how
+concentrated tokens are on few of them (path entropy, per domain), and whether the path carries
+more information about the domain than any single layer's expert does.
+
+Domain information is reported three ways, because a path has many more possible values than one
+layer's expert and the plug-in mutual information grows with the number of values even when there
+is nothing to find:
+- domain_nmi: plug-in I(domain; unit) / H(domain) (as `analyses.metrics.domain_nmi`);
+- ami: scikit-learn's adjusted mutual information with average_method="min", i.e.
+  (I - E[I]) / (H(domain) - E[I]) whenever the unit has more entropy than the domain: the
+  chance-corrected form of domain_nmi (0 for independent labels, 1 when the unit fixes the domain;
+  E[I] under random labellings with the same marginals). The arithmetic-mean AMI would also divide by
+  the path's own large entropy and so penalise a path for having many values;
+- heldout_accuracy: the domain predicted as the majority domain of the unit's value on training
+  windows, scored on held-out windows (every `holdout`-th window; unseen values predict the
+  overall majority), against `majority_baseline` (always the majority domain).
+
+Array versions take ids [T, L, K] (tokens x layers x top-k, best first); run versions read the run's
+`routing` and `tokens` tables (only tokens routed at every chosen layer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._common import MetricsError, as_run, need_rows
+from .specialisation import contingency, domain_nmi, entropy
+
+
+# ------------------------------------------------------------------------------ arrays
+def _as_routes(ids) -> np.ndarray:
+    a = np.asarray(ids)
+    if a.ndim == 2:  # [T, L]: top-1 per layer
+        a = a[:, :, None]
+    if a.ndim != 3:
+        raise MetricsError(f"ids: expected [tokens, layers, K] expert ids, got shape {a.shape}")
+    if a.size and (not np.issubdtype(a.dtype, np.integer) or a.min() < 0):
+        raise MetricsError("ids: expert ids must be non-negative integers")
+    return a.astype(np.int64)
+
+
+def path_keys(ids, k: int = 1) -> np.ndarray:
+    """[T, L*k] the path of each token: top-1 per layer (k=1, ordered by layer), or each layer's
+    top-k set sorted (k>1, so that two tokens with the same sets have equal keys)."""
+    a = _as_routes(ids)
+    if not 1 <= k <= a.shape[2]:
+        raise MetricsError(f"k={k}: must be between 1 and the K={a.shape[2]} experts recorded per token")
+    sub = a[:, :, :k] if k == 1 else np.sort(a[:, :, :k], axis=2)
+    return sub.reshape(len(a), -1)
+
+
+def path_codes(ids, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct paths [P, L*k] in lexicographic order, code [T] of each token's path into them)."""
+    keys = path_keys(ids, k)
+    if not len(keys):
+        return keys, np.zeros(0, np.int64)
+    uniq, codes = np.unique(keys, axis=0, return_inverse=True)
+    return uniq, codes.reshape(-1)
+
+
+def path_entropy(codes) -> float:
+    """Entropy (nats) of the path distribution; NaN without tokens."""
+    c = np.asarray(codes)
+    if not len(c):
+        return float("nan")
+    return entropy(np.bincount(c))
+
+
+def path_summary(ids, domains=None, k: int = 1) -> "pandas.DataFrame":  # noqa: F821
+    """One row for all tokens (domain "all") and, with `domains`, one per domain: tokens, layers,
+    distinct_paths, path_entropy (nats), perplexity (e^H, the effective number of paths),
+    top10_share (tokens on the ten most common paths of that group)."""
+    import pandas as pd
+
+    a = _as_routes(ids)
+    _, codes = path_codes(a, k)
+    groups = [("all", np.ones(len(codes), bool))]
+    if domains is not None:
+        d = np.asarray(domains)
+        if len(d) != len(codes):
+            raise MetricsError(f"domains: {len(d)} labels for {len(codes)} tokens")
+        groups += [(str(x), d == x) for x in sorted(set(d.tolist()))]
+    rows = []
+    for name, m in groups:
+        n = np.bincount(codes[m]) if m.any() else np.zeros(0, np.int64)
+        n = n[n > 0]
+        h = entropy(n) if len(n) else float("nan")
+        rows.append({"domain": name, "tokens": int(m.sum()), "layers": a.shape[1], "distinct_paths": len(n),
+                     "path_entropy": h, "perplexity": float(np.exp(h)) if len(n) else float("nan"),
+                     "top10_share": float(np.sort(n)[::-1][:10].sum() / n.sum()) if len(n) else float("nan")})
+    return pd.DataFrame(rows)
+
+
+def heldout_accuracy(labels, values, test) -> tuple[float, float]:
+    """(accuracy, majority baseline): predict `labels` of test rows as the majority label of the
+    row's `values` on the training rows (ties: smallest label code; values unseen in training: the
+    training majority label). NaN when there is no training or no test row."""
+    lab = np.unique(np.asarray(labels), return_inverse=True)[1].reshape(-1)
+    val = np.unique(np.asarray(values), return_inverse=True)[1].reshape(-1)
+    test = np.asarray(test, bool)
+    tr = ~test
+    if not tr.any() or not test.any():
+        return float("nan"), float("nan")
+    L = lab.max() + 1
+    counts = np.zeros((val.max() + 1, L), np.int64)
+    np.add.at(counts, (val[tr], lab[tr]), 1)
+    overall = int(np.bincount(lab[tr], minlength=L).argmax())
+    pred = np.where(counts.sum(1) > 0, counts.argmax(1), overall)[val[test]]
+    return float((pred == lab[test]).mean()), float((lab[test] == overall).mean())
+
+
+def domain_information(ids, domains, layers=None, k: int = 1, test=None) -> "pandas.DataFrame":  # noqa: F821
+    """How much each unit tells about the domain: one row per layer (the top-1 expert, or top-k set
+    for k > 1, of that layer alone) and one for the whole path. Columns unit, values (distinct values
+    seen), domain_nmi (plug-in I/H(domain)), ami (chance-adjusted, "min" normalisation), heldout_accuracy,
+    majority_baseline (NaN without `test`, a boolean [T] mask of held-out tokens). Fewer than two
+    domains: every measure NaN (nothing to tell apart)."""
+    import pandas as pd
+    from sklearn.metrics import adjusted_mutual_info_score
+
+    a = _as_routes(ids)
+    d = np.asarray(domains)
+    if len(d) != len(a):
+        raise MetricsError(f"domains: {len(d)} labels for {len(a)} tokens")
+    names = list(layers) if layers is not None else list(range(a.shape[1]))
+    if len(names) != a.shape[1]:
+        raise MetricsError(f"layers: {len(names)} names for {a.shape[1]} layers of ids")
+    units = [(f"layer {x}", path_codes(a[:, [j]], k)[1]) for j, x in enumerate(names)]
+    units.append(("path", path_codes(a, k)[1]))
+    rows = []
+    two = len(set(d.tolist())) >= 2  # with one domain there is no domain information to measure
+    for unit, codes in units:
+        if len(codes) and two:
+            _, table = contingency(d, codes)
+            nmi_d = domain_nmi(table)
+            ami = float(adjusted_mutual_info_score(d, codes, average_method="min"))
+        else:
+            nmi_d = ami = float("nan")
+        acc, base = heldout_accuracy(d, codes, test) if test is not None and len(codes) and two else (float("nan"),) * 2
+        rows.append({"unit": unit, "values": int(len(np.unique(codes))), "domain_nmi": nmi_d, "ami": ami,
+                     "heldout_accuracy": acc, "majority_baseline": base})
+    return pd.DataFrame(rows)
+
+
+def common_paths(ids, domains=None, token_ids=None, k: int = 1, top: int = 10,
+                 examples: int = 5) -> "pandas.DataFrame":  # noqa: F821
+    """The `top` most common paths: path (list, experts per layer; k > 1: sorted sets flattened
+    layer by layer), count, share, and with `domains` the path's most common domain and its share of
+    the path's tokens, with `token_ids` the path's most frequent token ids (ties by id)."""
+    import pandas as pd
+
+    uniq, codes = path_codes(ids, k)
+    n = np.bincount(codes, minlength=len(uniq)) if len(codes) else np.zeros(0, np.int64)
+    order = np.lexsort((np.arange(len(n)), -n))[:top]
+    d = np.asarray(domains) if domains is not None else None
+    t = np.asarray(token_ids) if token_ids is not None else None
+    rows = []
+    for p in order:
+        m = codes == p
+        row = {"path": uniq[p].tolist(), "count": int(n[p]), "share": float(n[p] / len(codes))}
+        if d is not None:
+            vals, c = np.unique(d[m], return_counts=True)
+            j = np.lexsort((vals, -c))[0]
+            row |= {"top_domain": str(vals[j]), "top_domain_share": float(c[j] / m.sum())}
+        if t is not None:
+            vals, c = np.unique(t[m], return_counts=True)
+            row["token_ids"] = vals[np.lexsort((vals, -c))[:examples]].tolist()
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------ runs
+@dataclass
+class Routes:
+    """Tokens routed at every one of `layers`: ids [T, L, K], with their window, position, token id,
+    previous token id (-1 at a window's first position) and domain, ordered by (seq_id, pos)."""
+    layers: list[int]
+    seq_id: np.ndarray
+    pos: np.ndarray
+    token_id: np.ndarray
+    prev_id: np.ndarray
+    domain: np.ndarray
+    ids: np.ndarray
+
+    def heldout(self, every: int = 5) -> np.ndarray:
+        """Held-out mask: tokens of every `every`-th window (seq_id % every == 0)."""
+        if every < 2:
+            raise MetricsError(f"every={every}: need >= 2 (one window in `every` is held out)")
+        return self.seq_id % every == 0
+
+
+def routes_from_run(run, layers=None) -> Routes:
+    """The run's routing as one array [T, L, K] over the tokens routed at every chosen MoE layer
+    (default: every recorded one), joined to `tokens` for ids and domains."""
+    run = as_run(run)
+    need_rows(run, "routing")
+    need_rows(run, "tokens")
+    have = [int(r[0]) for r in run.sql("select distinct layer from routing order by 1").fetchall()]
+    layers = have if layers is None else [int(x) for x in layers]
+    bad = [x for x in layers if x not in have]
+    if bad or not layers:
+        raise MetricsError(f"layers {bad or layers}: no routing rows (MoE layers recorded: {have})")
+    inlist = ", ".join(map(str, layers))
+    df = run.sql(f"""
+        with r as (select seq_id, pos, list(expert_ids order by layer) as ids, count(*) as n
+                   from routing where layer in ({inlist}) group by seq_id, pos)
+        select r.seq_id, r.pos, t.token_id, coalesce(p.token_id, -1) as prev_id, t.domain, r.ids
+        from r join tokens t using (seq_id, pos)
+        left join tokens p on p.seq_id = r.seq_id and p.pos = r.pos - 1
+        where r.n = {len(layers)} order by r.seq_id, r.pos""").arrow().read_all()
+    ids = df.column("ids").combine_chunks().flatten().flatten().to_numpy(zero_copy_only=False)
+    T = df.num_rows
+    return Routes(layers, df.column("seq_id").to_numpy(), df.column("pos").to_numpy(),
+                  df.column("token_id").to_numpy(), df.column("prev_id").to_numpy(),
+                  df.column("domain").to_numpy(zero_copy_only=False).astype(str),
+                  ids.reshape(T, len(layers), -1).astype(np.int64) if T else np.zeros((0, len(layers), 1), np.int64))
+
+
+def path_summary_from_run(run, layers=None, k: int = 1) -> "pandas.DataFrame":  # noqa: F821
+    """`path_summary` of a run (rows "all" and per domain)."""
+    r = routes_from_run(run, layers)
+    return path_summary(r.ids, r.domain, k)
+
+
+def domain_information_from_run(run, layers=None, k: int = 1, every: int = 5) -> "pandas.DataFrame":  # noqa: F821
+    """`domain_information` of a run; held out: every `every`-th window."""
+    r = routes_from_run(run, layers)
+    return domain_information(r.ids, r.domain, r.layers, k, r.heldout(every))
+
+
+def common_paths_from_run(run, layers=None, k: int = 1, top: int = 10, examples: int = 5) -> "pandas.DataFrame":  # noqa: F821
+    """`common_paths` of a run, with domains and example token ids."""
+    r = routes_from_run(run, layers)
+    return common_paths(r.ids, r.domain, r.token_id, k, top, examples)

@@ -1,0 +1,108 @@
+"""How much of routing is the token id alone (metrics.md "Token-id dependence")?
+
+For each MoE layer, a predictor that only knows the token id (the majority first-choice expert, or
+the majority top-k set, of that id on training windows) is scored on held-out windows, beside
+predictors that know something else instead:
+- prev_token: the majority expert of the previous token's id (the context's most recent token);
+- position: the majority expert at that position in the window;
+- prev_and_position: the (previous id, position) pair, falling back to prev_token (the baseline
+  that knows the context's last token and where it is, but not the token itself);
+- token_and_prev: the (token id, previous id) pair, falling back to the token id alone when the pair
+  was never seen in training (how much one token of context adds);
+- majority: always the layer's most common choice (the floor).
+Values never seen in training fall back to `majority`. High token_id accuracy means routing is largely
+context-independent (OpenMoE's finding); the gap to token_and_prev is what context adds.
+
+Beside it, OLMoE's vocabulary specialisation for the input and for the predicted (next) token
+(`vocabulary_specialisation_from_run`). Held-out windows: every `every`-th window (seq_id % every
+== 0), so no window is split between training and test.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._common import MetricsError
+from .paths import path_codes, routes_from_run
+from .specialisation import vocabulary_specialisation_from_run
+
+PREDICTORS = ("token_id", "prev_token", "position", "prev_and_position", "token_and_prev", "majority")
+
+
+def _codes(x) -> np.ndarray:
+    return np.unique(np.asarray(x), return_inverse=True)[1].reshape(-1)
+
+
+def majority_predict(keys, labels, test, fallback=None) -> np.ndarray:
+    """Predicted label code for each test row: the majority label among training rows with the same
+    key (ties: the smallest label code); keys unseen in training take `fallback` (a [n_test] array
+    of predictions) or the training majority. Labels must be non-negative integer codes."""
+    k, y, test = _codes(keys), np.asarray(labels, np.int64), np.asarray(test, bool)
+    tr = ~test
+    if not tr.any():
+        raise MetricsError("no training rows (every row is held out)")
+    # sparse (key, label) counts: one row per pair seen in training, never a dense keys x labels table
+    pairs, n = np.unique(np.stack([k[tr], y[tr]], 1), axis=0, return_counts=True)
+    order = np.lexsort((pairs[:, 1], -n, pairs[:, 0]))  # by key, then count desc, then label asc
+    pairs = pairs[order]
+    first = np.r_[True, pairs[1:, 0] != pairs[:-1, 0]]
+    best = np.full(int(k.max()) + 1, -1, np.int64)
+    best[pairs[first, 0]] = pairs[first, 1]
+    if fallback is None:
+        labels_tr, counts_tr = np.unique(y[tr], return_counts=True)
+        fallback = np.full(int(test.sum()), labels_tr[np.lexsort((labels_tr, -counts_tr))[0]])
+    pred = best[k[test]]
+    return np.where(pred >= 0, pred, fallback)
+
+
+def _pair(a, b) -> np.ndarray:
+    """One integer code per (a, b) pair."""
+    return _codes(a) * (int(_codes(b).max()) + 1) + _codes(b)
+
+
+def token_dependence(token_id, prev_id, pos, labels, test) -> dict:
+    """Held-out accuracy of each predictor in `PREDICTORS` for one layer's labels (top-1 experts or
+    top-k set codes, [T]); also `unseen` = share of test tokens whose id never occurs in training.
+    NaN accuracies without test rows."""
+    y = np.asarray(labels, np.int64)
+    test = np.asarray(test, bool)
+    tok, prev, p = (np.asarray(x) for x in (token_id, prev_id, pos))
+    if not (len(tok) == len(prev) == len(p) == len(y) == len(test)):
+        raise MetricsError("token_id, prev_id, pos, labels and test: lengths differ")
+    out = {"train_tokens": int((~test).sum()), "test_tokens": int(test.sum())}
+    if not test.any() or test.all():
+        return out | {"unseen": float("nan")} | {x: float("nan") for x in PREDICTORS}
+    yt = y[test]
+    by_token = majority_predict(tok, y, test)
+    by_prev = majority_predict(prev, y, test)
+    preds = {"token_id": by_token, "prev_token": by_prev, "position": majority_predict(p, y, test),
+             "prev_and_position": majority_predict(_pair(prev, p), y, test, by_prev),
+             "token_and_prev": majority_predict(_pair(tok, prev), y, test, by_token),
+             "majority": majority_predict(np.zeros(len(y)), y, test)}
+    out["unseen"] = float((~np.isin(tok[test], tok[~test])).mean())
+    return out | {name: float((preds[name] == yt).mean()) for name in PREDICTORS}
+
+
+def token_dependence_from_run(run, layers=None, every: int = 5, k: int | None = None) -> "pandas.DataFrame":  # noqa: F821
+    """Per MoE layer and target ("top1": first-choice expert; "topk": the whole top-k set, or the
+    first `k` experts' set): the accuracies of `token_dependence`, plus OLMoE's vocabulary
+    specialisation for the input token and the next token (top-1, every id counted)."""
+    import pandas as pd
+
+    r = routes_from_run(run, layers)
+    test = r.heldout(every)
+    K = r.ids.shape[2]
+    k = K if k is None else int(k)
+    if not 1 <= k <= K:
+        raise MetricsError(f"k={k}: must be between 1 and K={K}")
+    vs_in = vocabulary_specialisation_from_run(run, "current").set_index("layer")["vocabulary_specialisation"]
+    vs_next = vocabulary_specialisation_from_run(run, "next").set_index("layer")["vocabulary_specialisation"]
+    rows = []
+    for j, layer in enumerate(r.layers):
+        targets = [("top1", r.ids[:, j, 0])] + ([("topk", path_codes(r.ids[:, [j]], k)[1])] if k > 1 else [])
+        for target, y in targets:
+            res = token_dependence(r.token_id, r.prev_id, r.pos, y, test)
+            rows.append({"layer": layer, "target": target, **res,
+                         "vocab_spec_input": float(vs_in.get(layer, np.nan)),
+                         "vocab_spec_next": float(vs_next.get(layer, np.nan))})
+    return pd.DataFrame(rows)

@@ -1,0 +1,224 @@
+"""Expert paths, token-id dependence and run-vs-run routing: hand-computed cases, an independent
+pure-Python reference for the majority predictors, degenerate inputs, and the run versions against
+the array versions on a synthetic run."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from analyses import metrics as M
+from helpers.synthetic_run import write_run
+
+# 4 tokens, 2 layers, K = 2 (best first)
+IDS = np.array([[[1, 2], [3, 0]],
+                [[1, 2], [3, 1]],
+                [[1, 0], [2, 3]],
+                [[2, 1], [0, 3]]])
+DOM = np.array(["a", "a", "b", "b"])
+
+
+def _h(*p):
+    return -sum(x * math.log(x) for x in p if x)
+
+
+# ------------------------------------------------------------------------------ paths
+def test_path_keys_and_codes_hand_computed():
+    np.testing.assert_array_equal(M.path_keys(IDS), [[1, 3], [1, 3], [1, 2], [2, 0]])
+    np.testing.assert_array_equal(M.path_keys(IDS, k=2), [[1, 2, 0, 3], [1, 2, 1, 3], [0, 1, 2, 3], [1, 2, 0, 3]])
+    uniq, codes = M.path_codes(IDS)
+    assert uniq.tolist() == [[1, 2], [1, 3], [2, 0]] and codes.tolist() == [1, 1, 0, 2]
+    _, codes2 = M.path_codes(IDS, k=2)
+    assert codes2[0] == codes2[3] and len(set(codes2.tolist())) == 3  # the same sets in another order
+    with pytest.raises(M.MetricsError, match="k=3"):
+        M.path_keys(IDS, k=3)
+
+
+def test_path_summary_hand_computed():
+    s = M.path_summary(IDS, DOM).set_index("domain")
+    assert s.loc["all", "distinct_paths"] == 3 and s.loc["all", "tokens"] == 4
+    assert s.loc["all", "path_entropy"] == pytest.approx(1.5 * math.log(2))
+    assert s.loc["all", "perplexity"] == pytest.approx(2 ** 1.5)
+    assert s.loc["a", "path_entropy"] == pytest.approx(0.0) and s.loc["a", "distinct_paths"] == 1
+    assert s.loc["b", "path_entropy"] == pytest.approx(math.log(2))
+    assert s.loc["all", "top10_share"] == 1.0
+
+
+def test_domain_information_hand_computed():
+    d = M.domain_information(IDS, DOM, layers=[1, 2]).set_index("unit")
+    # the top-1 path (1,3),(1,3),(1,2),(2,0) determines the domain: I = H(domain)
+    assert d.loc["path", "domain_nmi"] == pytest.approx(1.0)
+    # layer 1's first choices 1,1,1,2: H(d | e) = 3/4 H(2/3, 1/3)
+    want = (_h(.5, .5) - 0.75 * _h(2 / 3, 1 / 3)) / _h(.5, .5)
+    assert d.loc["layer 1", "domain_nmi"] == pytest.approx(want)
+    assert d.loc["layer 1", "values"] == 2 and d.loc["path", "values"] == 3
+    from sklearn.metrics import adjusted_mutual_info_score
+    assert d.loc["path", "ami"] == pytest.approx(adjusted_mutual_info_score(DOM, [1, 1, 0, 2],
+                                                                                 average_method="min"))
+    assert np.isnan(d.loc["path", "heldout_accuracy"])  # no held-out mask given
+
+
+def test_domain_information_one_domain_and_bad_lengths():
+    d = M.domain_information(IDS, ["a"] * 4)
+    assert d.domain_nmi.isna().all()  # H(domain) = 0: no information to have
+    with pytest.raises(M.MetricsError, match="4 tokens"):
+        M.domain_information(IDS, ["a"] * 3)
+
+
+def test_heldout_accuracy_hand_computed():
+    labels = ["x", "x", "y", "y", "x", "y"]
+    values = [5, 5, 7, 7, 5, 9]
+    test = [False, False, False, True, True, True]
+    # training: 5 -> x (2), 7 -> y (1); majority x. test: 7 -> y ok, 5 -> x ok, 9 unseen -> x (wrong)
+    acc, base = M.heldout_accuracy(labels, values, test)
+    assert acc == pytest.approx(2 / 3) and base == pytest.approx(1 / 3)
+    assert all(np.isnan(M.heldout_accuracy(labels, values, [False] * 6)))
+
+
+def test_common_paths_hand_computed():
+    c = M.common_paths(IDS, DOM, token_ids=[7, 8, 9, 9], top=2)
+    assert c.path.tolist() == [[1, 3], [1, 2]]  # (1,3) twice; ties (1,2) vs (2,0) by code order
+    assert c["count"].tolist() == [2, 1] and c.share.tolist() == [0.5, 0.25]
+    assert c.top_domain.tolist() == ["a", "b"] and c.top_domain_share.tolist() == [1.0, 1.0]
+    assert c.token_ids.tolist() == [[7, 8], [9]]
+
+
+# ------------------------------------------------------------------------------ token-id dependence
+def _reference_majority(keys, labels, test, fallback):
+    """Independent plain-Python majority predictor (ties: smallest label)."""
+    by_key: dict = {}
+    for k, y, t in zip(keys, labels, test):
+        if not t:
+            by_key.setdefault(k, Counter())[y] += 1
+    out = []
+    for i, (k, t) in enumerate(zip(keys, test)):
+        if t:
+            c = by_key.get(k)
+            out.append(min(c, key=lambda y: (-c[y], y)) if c else fallback[len(out)])
+    return np.array(out)
+
+
+def test_majority_predict_matches_reference():
+    rng = np.random.default_rng(3)
+    keys, labels = rng.integers(0, 9, 300), rng.integers(0, 4, 300)
+    test = rng.random(300) < 0.3
+    glob = Counter(labels[~test].tolist())
+    fb = np.full(test.sum(), min(glob, key=lambda y: (-glob[y], y)))
+    np.testing.assert_array_equal(M.majority_predict(keys, labels, test), _reference_majority(keys, labels, test, fb))
+    with pytest.raises(M.MetricsError, match="no training rows"):
+        M.majority_predict(keys, labels, np.ones(300, bool))
+
+
+def test_token_dependence_separates_token_from_context():
+    rng = np.random.default_rng(0)
+    T = 4000
+    tok = rng.integers(0, 50, T)
+    prev = np.r_[-1, tok[:-1]]
+    pos = np.arange(T) % 16
+    test = np.arange(T) % 5 == 1  # the first token (no previous one) trains
+    by_tok = M.token_dependence(tok, prev, pos, tok % 7, test)  # routing = a function of the token id
+    assert by_tok["token_id"] == 1.0 and by_tok["token_and_prev"] == 1.0
+    assert by_tok["prev_token"] < 0.4 and by_tok["position"] < 0.4 and by_tok["majority"] < 0.3
+    by_prev = M.token_dependence(tok, prev, pos, (prev + 1) % 7, test)  # a function of the context
+    assert by_prev["prev_token"] == 1.0 and by_prev["prev_and_position"] == 1.0
+    assert by_prev["token_id"] < 0.4  # negative control: the token id does not explain it
+    assert by_tok["unseen"] == 0.0
+
+
+def test_token_dependence_degenerate():
+    one = M.token_dependence([1, 2, 3], [-1, 1, 2], [0, 1, 2], [0, 0, 0], [False, False, True])
+    assert one["token_id"] == 1.0 and one["majority"] == 1.0  # one expert for every token
+    none = M.token_dependence([1, 2], [-1, 1], [0, 1], [0, 1], [False, False])
+    assert math.isnan(none["token_id"]) and none["test_tokens"] == 0
+    with pytest.raises(M.MetricsError, match="lengths differ"):
+        M.token_dependence([1, 2], [-1], [0, 1], [0, 1], [False, True])
+
+
+# ------------------------------------------------------------------------------ run versions
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("runs")
+    a = write_run(d / "a", n_seq=10, seq_len=9)
+    b = write_run(d / "b", seed=5, token_seed=0, n_seq=10, seq_len=9)  # same tokens, other routing
+    return d, a, b
+
+
+def _stack(arrays, layers):
+    return np.stack([arrays["ids"][x] for x in layers], axis=1)
+
+
+def test_run_paths_equal_array_versions(runs):
+    d, a, _ = runs
+    r = M.routes_from_run(d / "a")
+    ids = _stack(a, a["layers"])
+    np.testing.assert_array_equal(r.ids, ids)
+    np.testing.assert_array_equal(r.token_id, a["token_id"])
+    assert r.prev_id[0] == -1 and r.prev_id[1] == a["token_id"][0]
+    got = M.domain_information_from_run(d / "a", every=5)
+    want = M.domain_information(ids, a["domain"].astype(str), a["layers"], 1, a["seq"] % 5 == 0)
+    np.testing.assert_allclose(got[["domain_nmi", "ami", "heldout_accuracy"]].to_numpy(),
+                               want[["domain_nmi", "ami", "heldout_accuracy"]].to_numpy())
+    s = M.path_summary_from_run(d / "a", layers=[2], k=2)
+    assert s.loc[0, "distinct_paths"] == len({tuple(sorted(x)) for x in a["ids"][2].tolist()})
+    with pytest.raises(M.MetricsError, match="layers \\[7\\]"):
+        M.routes_from_run(d / "a", layers=[7])
+
+
+def test_run_token_dependence(runs):
+    d, a, _ = runs
+    t = M.token_dependence_from_run(d / "a", every=5).set_index(["layer", "target"])
+    # layer 1 of the synthetic run routes first choices by token id (token % E): fully predictable
+    assert t.loc[(1, "top1"), "token_id"] == pytest.approx(1.0)
+    assert t.loc[(2, "top1"), "token_id"] < 0.9  # layer 2 routes by domain + noise
+    assert t.loc[(1, "top1"), "vocab_spec_input"] == pytest.approx(1.0)
+    assert ("topk" in t.index.get_level_values("target"))
+    test = a["seq"] % 5 == 0
+    prev = np.r_[-1, a["token_id"][:-1]]
+    prev[a["pos"] == 0] = -1
+    want = M.token_dependence(a["token_id"], prev, a["pos"], a["ids"][2][:, 0], test)
+    for k, v in want.items():
+        assert t.loc[(2, "top1"), k] == pytest.approx(v), k
+
+
+def test_run_token_dependence_one_expert_per_token(tmp_path):
+    write_run(tmp_path / "k1", K=1)
+    t = M.token_dependence_from_run(tmp_path / "k1", every=2)
+    assert set(t.target) == {"top1"}  # no top-k set beyond the first choice
+
+
+def test_run_vs_run_changes_and_coverage(runs, tmp_path):
+    d, a, b = runs
+    agr = M.routing_agreement_from_runs(d / "a", d / "b")
+    assert (agr.share_of_a == 1).all() and (agr.share_of_b == 1).all()
+    ch = M.route_changes_from_runs(d / "a", d / "b", top=5)
+    # independent: mean Jaccard per token over the two layers
+    jac = np.mean([[len(set(x) & set(y)) / len(set(x) | set(y)) for x, y in zip(a["ids"][la], b["ids"][la])]
+                   for la in a["layers"]], axis=0)
+    np.testing.assert_allclose(ch.jaccard.to_numpy(), np.sort(jac)[:5])
+    assert ch.jaccard.is_monotonic_increasing and len(ch) == 5
+    row = ch.iloc[0]
+    i = int(np.nonzero((a["seq"] == row.seq_id) & (a["pos"] == row.pos))[0][0])
+    assert row.token_id == a["token_id"][i] and row.domain == a["domain"][i]
+    same = M.route_changes_from_runs(d / "a", d / "a", top=3)
+    assert (same.jaccard == 1).all() and (same.top1_changed == 0).all()  # negative control
+    # half the windows: coverage says so
+    write_run(tmp_path / "half", n_seq=5, seq_len=9)
+    half = M.routing_agreement_from_runs(d / "a", tmp_path / "half")
+    assert (half.share_of_a == 0.5).all() and (half.share_of_b == 1).all()
+
+
+def test_run_vs_run_no_shared_windows(runs, tmp_path):
+    d, _, _ = runs
+    write_run(tmp_path / "far", n_seq=10, seq_len=9)
+    for f in (tmp_path / "far" / "routing").glob("*.parquet"):  # move every window elsewhere
+        t = pq.read_table(f)
+        pq.write_table(t.set_column(0, "seq_id", pa.array(t.column("seq_id").to_numpy() + 1000, pa.int64())), f)
+    for fn in (M.routing_agreement_from_runs, M.route_changes_from_runs):
+        with pytest.raises(M.MetricsError, match="did not see the same windows") as e:
+            fn(d / "a", tmp_path / "far")
+        assert "\n" not in str(e.value)
