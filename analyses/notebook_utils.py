@@ -8,7 +8,8 @@ sorted by domain, so a plain token limit would keep only its first domain).
 Environment (what the notebook tests set to point the notebooks at a small run):
 - DSV3_NOTEBOOK_RUN: the run directory to open (recorded there on the bundled model when missing);
 - DSV3_NOTEBOOK_MAX_TOKENS: tokens of the small run recorded when no run exists (default 40000);
-- DSV3_NOTEBOOK_ABLATION_TOKENS: tokens the ablation notebook evaluates per pass (default 8000).
+- DSV3_NOTEBOOK_ABLATION_TOKENS: tokens the ablation notebook evaluates per pass (default 8000);
+- DSV3_NOTEBOOK_COMPARE_RUN: the second run of the run-vs-run notebook (default: `compare_run`).
 """
 
 from __future__ import annotations
@@ -146,6 +147,35 @@ def default_run(max_tokens: int | None = None):
     print(f"run {run.path}: {run.info.get('checkpoint', {}).get('path')} on {run.info.get('corpus', {}).get('path')}, "
           f"tables {run.tables}")
     return run
+
+
+def compare_run(run, variant: str = "no-router-bias", out: str | Path | None = None, max_tokens: int | None = None):
+    """A run of a variant of `run`'s checkpoint (`analyses.variants`) over the same windows (same
+    corpus, tokenizer and recording options), as a `probe.Run`; recorded (and the variant written)
+    beside the run when missing: `<run>-<variant>` and `<run>-<variant>-ckpt`. max_tokens: only the
+    run's first windows (the same ones: windows come in a fixed order), for a quicker comparison."""
+    import probe
+    from probe.record import RecordOptions, record
+
+    from .variants import without_router_bias
+
+    if variant != "no-router-bias":
+        raise ValueError(f"variant {variant!r}: only no-router-bias is known")
+    src = Path(run.path)
+    out = Path(out) if out else src.with_name(f"{src.name}-{variant}")
+    if not _complete(out):
+        ckpt = out.with_name(f"{out.name}-ckpt")
+        if not (ckpt / "config.json").exists():
+            without_router_bias(run.info["checkpoint"]["path"], ckpt, overwrite=ckpt.exists())
+        o = run.info.get("options") or {}
+        keep = {k: o[k] for k in ("tokenizer", "max_tokens", "order", "seq_len", "batch_size", "add_bos", "dtype",
+                                  "gemm") if o.get(k) is not None}
+        if max_tokens is not None:
+            keep["max_tokens"] = min(max_tokens, keep.get("max_tokens") or max_tokens)
+        print(f"recording {out}: the {variant} variant of {run.info['checkpoint']['path']} over the same windows ...")
+        record(RecordOptions(ckpt=str(ckpt), corpus=run.info["corpus"]["path"], out=str(out), progress=False,
+                             overwrite=out.exists(), kv_stats=False, mtp=False, **keep))
+    return probe.open_run(out)
 
 
 def digest(*parts) -> str:

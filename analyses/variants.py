@@ -1,0 +1,89 @@
+"""Checkpoint variants for run-vs-run comparisons: a copy of a checkpoint with one thing changed,
+to record over the same windows and compare routing with `analyses.metrics.routing_agreement_from_runs`.
+
+    python -m analyses.variants no-router-bias --ckpt data/model --out runs/ckpt-no-bias
+    dsv3-probe record --ckpt runs/ckpt-no-bias --out runs/model-val-no-bias
+    python -m analyses.report --compare runs/model-val-no-bias
+
+no-router-bias: every MoE gate's balancing bias (`e_score_correction_bias`, the aux-loss-free
+balancing term added to the selection scores) set to zero, everything else byte-identical. The
+comparison then measures how much of the routing the balancing bias decides. The copy is written
+into a temporary folder beside `--out` and renamed when complete; tensors are streamed one shard
+file at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+BIAS = "e_score_correction_bias"
+
+
+class VariantError(ValueError):
+    """A checkpoint the variant cannot be made from (one line)."""
+
+
+def without_router_bias(ckpt: str | Path, out: str | Path, overwrite: bool = False) -> tuple[Path, int]:
+    """Copy `ckpt` to `out` with every router bias zeroed; returns (out, tensors zeroed)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    ckpt, out = Path(ckpt), Path(out)
+    files = sorted(ckpt.glob("*.safetensors"))
+    if not (ckpt / "config.json").exists() or not files:
+        raise VariantError(f"{ckpt}: not a checkpoint (needs config.json and *.safetensors)")
+    if out.exists() and not overwrite:
+        raise VariantError(f"--out {out}: exists (pass --overwrite to replace it)")
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    zeroed = 0
+    try:
+        for f in files:
+            tensors = {}
+            with safe_open(str(f), "pt") as fh:
+                meta = fh.metadata()
+                for name in fh.keys():
+                    t = fh.get_tensor(name)
+                    if name.endswith(BIAS):
+                        t = t.zero_()
+                        zeroed += 1
+                    tensors[name] = t
+            save_file(tensors, str(tmp / f.name), metadata=meta)
+        if not zeroed:
+            raise VariantError(f"{ckpt}: no `{BIAS}` tensor: the checkpoint has no balancing bias to remove")
+        for f in ckpt.iterdir():
+            if f.is_file() and f.suffix != ".safetensors":
+                shutil.copy2(f, tmp / f.name)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out, zeroed
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m analyses.variants", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("variant", choices=["no-router-bias"])
+    p.add_argument("--ckpt", default=str(Path(__file__).resolve().parents[1] / "data" / "model"),
+                   help="checkpoint directory (default: the bundled model)")
+    p.add_argument("--out", required=True, help="directory to write the variant into")
+    p.add_argument("--overwrite", action="store_true", help="replace --out when it exists")
+    ns = p.parse_args(argv)
+    try:
+        out, n = without_router_bias(ns.ckpt, ns.out, ns.overwrite)
+    except (VariantError, OSError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}: {n} router bias tensors zeroed, every other tensor copied unchanged")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

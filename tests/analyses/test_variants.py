@@ -1,0 +1,69 @@
+"""`python -m analyses.variants no-router-bias`: the router biases zeroed, every other tensor and file
+unchanged, the variant routes differently from the original on the same windows (run vs run)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from analyses import variants
+from helpers import make_corpus, make_probe_ckpt
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    d = tmp_path_factory.mktemp("variant")
+    corpus = make_corpus(d / "corpus", docs_per_domain=2)
+    return make_probe_ckpt(d / "ckpt", corpus), corpus
+
+
+def test_no_router_bias_zeroes_only_the_bias(ckpt, tmp_path):
+    src, _ = ckpt
+    out, n = variants.without_router_bias(src, tmp_path / "nb")
+    a = {k: v for f in sorted(src.glob("*.safetensors")) for k, v in load_file(f).items()}
+    b = {k: v for f in sorted(out.glob("*.safetensors")) for k, v in load_file(f).items()}
+    assert a.keys() == b.keys() and n == sum(k.endswith(variants.BIAS) for k in a) > 0
+    for k in a:
+        if k.endswith(variants.BIAS):
+            assert a[k].abs().sum() > 0 and (b[k] == 0).all(), k  # negative control: the source had a bias
+        else:
+            assert torch.equal(a[k], b[k]), k
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in src.iterdir())
+    assert (out / "config.json").read_bytes() == (src / "config.json").read_bytes()
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_errors_are_one_line(ckpt, tmp_path, capsys):
+    src, _ = ckpt
+    (tmp_path / "exists").mkdir()
+    assert variants.main(["no-router-bias", "--ckpt", str(src), "--out", str(tmp_path / "exists")]) == 2
+    assert "exists (pass --overwrite" in capsys.readouterr().err
+    assert variants.main(["no-router-bias", "--ckpt", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "not a checkpoint" in err and err.count("\n") == 1
+    nb, _ = variants.without_router_bias(src, tmp_path / "nb")
+    with pytest.raises(variants.VariantError, match="no `e_score_correction_bias`"):
+        # a checkpoint whose biases were dropped altogether has nothing to remove
+        from safetensors.torch import save_file
+        for f in nb.glob("*.safetensors"):
+            save_file({k: v for k, v in load_file(f).items() if not k.endswith(variants.BIAS)}, f)
+        variants.without_router_bias(nb, tmp_path / "nb2")
+
+
+def test_compare_run_records_the_variant_over_the_same_windows(ckpt, tmp_path):
+    import probe
+    from analyses.metrics import routing_agreement_from_runs
+    from analyses.notebook_utils import compare_run
+    from probe.record import RecordOptions, record
+
+    src, corpus = ckpt
+    record(RecordOptions(ckpt=str(src), corpus=str(corpus), out=str(tmp_path / "run"), max_tokens=600, seq_len=64,
+                         progress=False, kv_stats=False, mtp=False))
+    run = probe.open_run(tmp_path / "run")
+    other = compare_run(run)
+    assert other.path.name == "run-no-router-bias" and (tmp_path / "run-no-router-bias-ckpt" / "config.json").exists()
+    agr = routing_agreement_from_runs(run, other)
+    assert (agr.share_of_a == 1).all() and (agr.share_of_b == 1).all()  # the same windows
+    assert (agr.top1_same < 1).any()  # the bias decided some routes
+    assert compare_run(run).path == other.path  # reused, not recorded again
