@@ -361,11 +361,15 @@ def _record_loop(job: Job, opts: RecordOptions, world, m, plan: CorpusPlan, info
               f"(a peer rank is gone?); {out} is marked interrupted (continue with --resume)", file=sys.stderr, flush=True)
         os._exit(1)
 
+    # the signal handlers (and the watchdog) stay in place through the closing collectives too: a
+    # peer may die, and torchrun then send SIGTERM, while this rank waits in the final gather
     with _Stop(stuck if world.size > 1 else None, STOP_GRACE) as stop:
         status, failure = _run_batches(job, opts, world, rec, writer, prog, plan, stop, bar)
-    if bar is not None:
-        bar.close()
-    elapsed = time.time() - t_start
+        if bar is not None:
+            bar.close()
+        elapsed = time.time() - t_start
+        if failure is None:
+            failure = _close(out, info, status, opts, job, world, elapsed, mem)
     if failure is not None:
         # NOTE: no collective from here on: a peer may be gone. Any surviving rank marks the run.
         finish(out, info, "interrupted", opts, job.args, world, elapsed)
@@ -374,17 +378,31 @@ def _record_loop(job: Job, opts: RecordOptions, world, m, plan: CorpusPlan, info
         cause = str(failure).strip().splitlines()[0][:300] if str(failure).strip() else type(failure).__name__
         raise RecordError(f"rank {world.rank} of {world.size} stopped: {cause}; {out} is marked interrupted "
                           "(continue with --resume)") from None
-    now = process_memory()
-    ranks = world.gather(mem | {"rank": world.rank, "peak_rss": now["peak_rss"],
-                                **({"cuda_peak_allocated": now["cuda_peak_allocated"]}
-                                   if "cuda_peak_allocated" in now else {})})
-    if world.rank == 0:
-        finish(out, info, status, opts, job.args, world, elapsed, ranks)
-    world.barrier()
     if status == "interrupted":
         raise KeyboardInterrupt(f"interrupted by signal {stop.signal or 'on another rank'}; {out} is marked "
                                 "interrupted (continue with --resume)")
     return out
+
+
+def _close(out: Path, info: dict, status: str, opts, job: Job, world, elapsed: float, mem: dict):
+    """The closing collectives: gather each rank's memory, rank 0 finishes run.json, barrier.
+    Returns the exception when a peer is gone before run.json is finished (None otherwise)."""
+    try:
+        now = process_memory()
+        ranks = world.gather(mem | {"rank": world.rank, "peak_rss": now["peak_rss"],
+                                    **({"cuda_peak_allocated": now["cuda_peak_allocated"]}
+                                       if "cuda_peak_allocated" in now else {})})
+    except Exception as e:  # noqa: BLE001 - a dead peer: the caller marks the run and says so
+        if world.size == 1:
+            raise
+        return e
+    if world.rank == 0:
+        finish(out, info, status, opts, job.args, world, elapsed, ranks)
+    try:
+        world.barrier()
+    except Exception:  # noqa: BLE001 - a peer gone after run.json was finished: the run is written
+        pass
+    return None
 
 
 def _run_batches(job: Job, opts, world, rec: Recorder, writer, prog: _Progress, plan: CorpusPlan, stop, bar):
