@@ -7,6 +7,7 @@ A run directory holds `run.json` and one Parquet dataset (a folder of part files
     runs/NAME/routing/...   expert_load/...   mtp/...   kv_stats/...   kv_spectrum/...
     runs/NAME/spec_decode/part-0.parquet, spec_drafts/...   (written by `dsv3-probe spec`)
     runs/NAME/ablations/<hash>.parquet   (written by `python -m analyses.ablate`)
+    runs/NAME/expert_importance/<hash>.parquet, steering/<hash>.parquet   (analyses.importance, analyses.steer)
     runs/NAME/train_steps/..., train_domains/, train_gates/, train_eval/   (written by `python -m train`)
     runs/NAME/placement/...   (a serving engine's expert placement, from `dsv3-probe import sglang`)
 
@@ -119,6 +120,32 @@ TABLES: dict[str, pa.Schema] = {
         ("routing_changed", pa.float64()),
         ("experts_changed", pa.float64()),
         ("downstream_layers", pa.int32()),
+    ]),
+    "expert_importance": pa.schema([
+        ("layer", pa.int16()),
+        ("expert", pa.int32()),
+        ("domain", pa.string()),
+        ("tokens", pa.int64()),
+        ("load", pa.int64()),
+        ("load_share", pa.float64()),
+        ("baseline_loss", pa.float64()),
+        ("loss", pa.float64()),
+        ("delta", pa.float64()),
+    ]),
+    "steering": pa.schema([
+        ("steer", pa.string()),
+        ("spec", pa.string()),
+        ("kind", pa.string()),
+        ("domain", pa.string()),
+        ("tokens", pa.int64()),
+        ("steered_tokens", pa.int64()),
+        ("forced_share", pa.float64()),
+        ("baseline_loss", pa.float64()),
+        ("loss", pa.float64()),
+        ("delta", pa.float64()),
+        ("prompt", pa.string()),
+        ("baseline_text", pa.string()),
+        ("steered_text", pa.string()),
     ]),
     "placement": pa.schema([
         ("layer", pa.int16()),
@@ -258,6 +285,33 @@ DOCS: dict[str, dict[str, str]] = {
                            "baseline's (null when no MoE layer follows)",
         "experts_changed": "mean share of the K experts replaced, over the same (token, layer) pairs",
         "downstream_layers": "MoE layers compared (those after the first ablated layer)",
+    },
+    "expert_importance": {
+        "layer": "MoE layer whose expert was removed (`python -m analyses.importance`)",
+        "expert": "the routed expert removed (reroute: its selection score set to -inf at this layer only)",
+        "domain": "corpus domain, or `all` for every token",
+        "tokens": "tokens scored (positions > 0 of each window)",
+        "load": "top-k assignments the expert received at this layer on the same tokens, baseline pass",
+        "load_share": "load / (routed tokens x K): the expert's share of the layer's assignments",
+        "baseline_loss": "mean surprisal of the tokens with nothing removed, nats",
+        "loss": "mean surprisal with the expert removed",
+        "delta": "loss - baseline_loss (the expert's causal importance)",
+    },
+    "steering": {
+        "steer": "name of the steering (`python -m analyses.steer`)",
+        "spec": "the steering as JSON: experts per layer, force or bias, which tokens",
+        "kind": "`loss`: one row per domain (and `all`); `generation`: one row per prompt",
+        "domain": "corpus domain, `all`, or the prompt's domain (null when none)",
+        "tokens": "loss rows: tokens scored; generation rows: tokens generated",
+        "steered_tokens": "tokens the steering applied to (loss rows: of those scored)",
+        "forced_share": "share of (steered token, steered layer) pairs whose top-k holds every steered "
+                        "expert (1.0 when forcing; lower for a bias)",
+        "baseline_loss": "loss rows: mean surprisal without steering, nats (null for generation rows)",
+        "loss": "loss rows: mean surprisal with steering",
+        "delta": "loss - baseline_loss",
+        "prompt": "generation rows: the prompt text",
+        "baseline_text": "generation rows: greedy continuation without steering",
+        "steered_text": "generation rows: greedy continuation with steering",
     },
     "placement": {
         "layer": "MoE layer",

@@ -32,7 +32,8 @@ Library: select.py (what to disable: `Ablation`, `resolve`, the routing guard, t
 run.py (the job: `evaluate`, `ablate`, `write_ablations`); the command is `__main__.py`.
 """
 
-from .run import AblateOptions, ablate, evaluate, limit_per_domain, loads_from_run, write_ablations
+from .run import (AblateOptions, ablate, add_loss, baseline_pass, check_out, evaluate, forward_batch, job_defaults,
+                  limit_per_domain, loads_from_run, write_ablations)
 from .select import (ALL, MODES, Ablation, AblationError, Plan, RouterShape, ablated, ablation_hooks, check_names,
                      check_routable, load_spec, normalise_disabled, parse_experts, parse_layers, plan_hooks, resolve,
                      reroute_hook, top_vs_random, zero_hook)
@@ -40,4 +41,5 @@ from .select import (ALL, MODES, Ablation, AblationError, Plan, RouterShape, abl
 __all__ = ["Ablation", "AblationError", "AblateOptions", "ablate", "ablated", "ablation_hooks", "evaluate",
            "load_spec", "loads_from_run", "parse_experts", "parse_layers", "resolve", "top_vs_random",
            "write_ablations", "limit_per_domain", "RouterShape", "Plan", "check_routable", "check_names",
-           "normalise_disabled", "plan_hooks", "reroute_hook", "zero_hook", "ALL", "MODES"]
+           "normalise_disabled", "plan_hooks", "reroute_hook", "zero_hook", "ALL", "MODES", "forward_batch", "add_loss",
+           "job_defaults", "check_out", "baseline_pass"]

@@ -34,7 +34,7 @@ def _domains_of(batch: Batch, index: dict[str, int]) -> np.ndarray:
 
 
 @torch.no_grad()
-def _forward(model, batch: Batch, moe_layers: list[int], hooks: list) -> tuple[torch.Tensor, torch.Tensor]:
+def forward_batch(model, batch: Batch, moe_layers: list[int], hooks: list) -> tuple[torch.Tensor, torch.Tensor]:
     """-> (per-token surprisal [B, S] with NaN at pos 0 / padding, top-k ids [L, n_valid, K] int16)."""
     cap: dict[str, torch.Tensor] = {}
 
@@ -50,7 +50,7 @@ def _forward(model, batch: Batch, moe_layers: list[int], hooks: list) -> tuple[t
     return token_nll(batch, logits), ids.to(torch.int16)
 
 
-def _add_loss(acc_D2: np.ndarray, nll: torch.Tensor, dom: np.ndarray) -> None:
+def add_loss(acc_D2: np.ndarray, nll: torch.Tensor, dom: np.ndarray) -> None:
     """acc[:, 0] += per-domain surprisal sums, acc[:, 1] += scored tokens (float64)."""
     flat = nll.reshape(-1).double().numpy()
     ok = ~np.isnan(flat)
@@ -81,7 +81,7 @@ def evaluate(model, batches: list[Batch], ablations: list[Ablation], *, domains:
     # plans that need no loads are resolved (and refused) before any forward pass
     plans: dict[str, Plan] = {a.name: resolve(a, shape, loads, loads_source) for a in ablations
                               if not a.needs_loads or loads is not None}
-    base_acc, base_loads, stored = _baseline(model, batches, domains, shape, tick)
+    base_acc, base_loads, stored = baseline_pass(model, batches, domains, shape, tick)
     if loads is None:
         base_loads = _allreduce(base_loads, world)
         loads = {d: base_loads[i] for i, d in enumerate(domains)} | {ALL: base_loads.sum(0)}
@@ -95,7 +95,7 @@ def evaluate(model, batches: list[Batch], ablations: list[Ablation], *, domains:
     return df, [plans[a.name] for a in ablations]
 
 
-def _baseline(model, batches: list[Batch], domains: list[str], shape: RouterShape, tick):
+def baseline_pass(model, batches: list[Batch], domains: list[str], shape: RouterShape, tick):
     """The pass with nothing disabled: per-domain loss sums [D, 2], loads [D, L, E], and each batch's
     top-k ids and token domains (what the ablated passes compare against)."""
     moe, E = shape.moe_layers, shape.n_experts
@@ -103,10 +103,10 @@ def _baseline(model, batches: list[Batch], domains: list[str], shape: RouterShap
     D = len(domains)
     base_acc, base_loads, stored = np.zeros((D, 2)), np.zeros((D, len(moe), E), np.int64), []
     for batch in batches:
-        nll, ids = _forward(model, batch, moe, [])
+        nll, ids = forward_batch(model, batch, moe, [])
         dom_tok = _domains_of(batch, index)
         dom_nll = np.repeat([index[w.domain] for w in batch.windows], batch.tokens.shape[1])
-        _add_loss(base_acc, nll, dom_nll)
+        add_loss(base_acc, nll, dom_nll)
         for j in range(len(moe)):
             key = torch.from_numpy(dom_tok.astype(np.int64))[:, None] * E + ids[j].long()
             base_loads[:, j] += torch.bincount(key.reshape(-1), minlength=D * E).reshape(D, E).numpy()
@@ -126,8 +126,8 @@ def _ablated(model, batches: list[Batch], stored: list, plan: Plan, shape: Route
     down = slice(0 if first is None else moe.index(first) + 1, None)
     n_down = len(moe[down])
     for batch, (base_ids, dom_tok, dom_nll) in zip(batches, stored):
-        nll, ids = _forward(model, batch, moe, hooks)
-        _add_loss(acc, nll, dom_nll)
+        nll, ids = forward_batch(model, batch, moe, hooks)
+        add_loss(acc, nll, dom_nll)
         if n_down:
             changed, replaced = _pairs_changed(ids, base_ids, down)
             acc[:, 2] += np.bincount(dom_tok, minlength=D) * n_down
@@ -187,7 +187,7 @@ class AblateOptions:
     progress: bool = True
 
 
-def _defaults(opts: AblateOptions) -> tuple[AblateOptions, dict | None]:
+def job_defaults(opts: AblateOptions) -> tuple[AblateOptions, dict | None]:
     """Fill unset options from --run's run.json; returns (options, run info)."""
     info = None
     if opts.run is None and opts.out is None:
@@ -250,11 +250,11 @@ def ablate(opts: AblateOptions, ablations: list[Ablation]):
     if not ablations:
         raise AblationError("nothing to ablate: pass --experts, --top, --random, --shared or --spec")
     check_names(ablations)
-    opts, info = _defaults(opts)
+    opts, info = job_defaults(opts)
     if info is not None and info.get("status") == "running":
         raise AblationError(f"{opts.run}: the run is still being recorded (status running)")
     ckpt, corpus, out = resolve_paths(opts.ckpt, opts.corpus, opts.out or opts.run, error=AblationError)
-    _check_out(out)
+    check_out(out)
     args = checkpoint_args(ckpt, AblationError)
     opts.seq_len = window_length(opts.seq_len, args, AblationError)
     shape = RouterShape.of(args)
@@ -326,7 +326,7 @@ def _has_loads(run: str) -> bool:
     return (d.is_dir() and any(d.glob("*.parquet"))) or "planned" in read_run_json(Path(run))
 
 
-def _check_out(out: Path) -> None:
+def check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise AblationError(f"--out {out}: is a file, not a directory")
     if out.is_dir() and any(out.iterdir()) and not (out / "run.json").exists():
@@ -359,5 +359,3 @@ def write_ablations(out: str | Path, df, meta: dict, args=None) -> Path:
                                                            "written": time.time()}
     write_json_atomic(out / "run.json", info)
     return d / f"{name}.parquet"
-
-

@@ -1,4 +1,4 @@
-"""The jobs on a sharded model (`--model-parallel`): record, spec and ablate under torchrun (gloo, CPU)
+"""The jobs on a sharded model (`--model-parallel`): record, spec, ablate and importance under torchrun (gloo, CPU)
 against the single-process run of the same options; kill one rank, resume; bad layouts; --dry-run.
 
 The checkpoint has DeepSeek-V3's routing topology (256 routed experts in 8 groups, 4 groups kept,
@@ -37,8 +37,10 @@ SPEC = dict(prompt_tokens=12, new_tokens=8, max_prompts=6, batch_size=2, dtype="
 ABLATE = dict(seq_len=32, batch_size=2, max_tokens=600, dtype="float64", progress=False, loads_from="baseline")
 ABLATIONS = [{"name": "top8", "top": 8}, {"name": "rand8", "random": 8, "seed": 1},
              {"name": "zero", "experts": {1: [0, 5, 77]}, "mode": "zero", "shared": True}]
+IMPORTANCE = dict(seq_len=32, batch_size=2, max_tokens=600, dtype="float64", progress=False, experts="0-2,200", group=2)
 TABLES = ["tokens", "routing", "expert_load", "mtp", "kv_stats", "kv_spectrum", "router_bias"]
-REPORT = ["--max-tokens", "300", "--fractions", "1/32", "--seeds", "1", "--no-progress", "--dtype", "float64"]
+REPORT = ["--max-tokens", "300", "--fractions", "1/32", "--seeds", "1", "--no-progress", "--dtype", "float64",
+          "--importance-tokens", "0"]  # the importance job is compared on its own (below)
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +72,7 @@ def single(env):
     """record, spec and ablate in this process (one whole model)."""
     from analyses.ablate import AblateOptions, ablate
     from analyses.ablate import Ablation
+    from analyses.importance import ImportanceOptions, importance
     from analyses.report.__main__ import main as report_main
     from probe.record import RecordOptions, record
     from probe.speculative import SpecOptions, record_spec
@@ -78,8 +81,9 @@ def single(env):
     record(RecordOptions(**_opts(env, base / "rec", RECORD)))
     record_spec(SpecOptions(**_opts(env, base / "spec", SPEC)))
     ablate(AblateOptions(**_opts(env, base / "abl", ABLATE)), [Ablation(**a) for a in ABLATIONS])
+    importance(ImportanceOptions(**_opts(env, base / "imp", IMPORTANCE)))
     assert report_main([str(base / "rec"), *REPORT]) == 0
-    return {k: probe.open_run(base / k) for k in ("rec", "spec", "abl")}
+    return {k: probe.open_run(base / k) for k in ("rec", "spec", "abl", "imp")}
 
 
 @pytest.fixture(scope="module")
@@ -89,11 +93,12 @@ def four_ranks(env):
     mp = {"model_parallel": 2}
     jobs = {"record": _opts(env, base / "rec", RECORD | mp), "spec": _opts(env, base / "spec", SPEC | mp),
             "ablate": _opts(env, base / "abl", ABLATE | mp) | {"ablations": ABLATIONS},
+            "importance": _opts(env, base / "imp", IMPORTANCE | mp),
             "report": [str(base / "rec"), *REPORT, "--model-parallel", "2"]}
     (env["base"] / "jobs.json").write_text(json.dumps(jobs))
     p = torchrun(4, str(ROOT / "tests" / "workers" / "mp_jobs_worker.py"), str(env["base"] / "jobs.json"))
     assert p.returncode == 0, p.stderr[-4000:]
-    return {k: probe.open_run(base / k) for k in ("rec", "spec", "abl")}
+    return {k: probe.open_run(base / k) for k in ("rec", "spec", "abl", "imp")}
 
 
 def sorted_df(run, table):
@@ -157,6 +162,15 @@ def test_ablate_four_ranks_equals_one_process(single, four_ranks):
     for col in ("loss", "baseline_loss", "delta", "routing_changed", "experts_changed"):
         np.testing.assert_allclose(a[col], b[col], rtol=1e-9, atol=1e-12, err_msg=col)
     assert (a.delta.abs() > 1e-6).all()  # the ablations changed something (a control for the equality)
+
+
+def test_importance_four_ranks_equals_one_process(single, four_ranks):
+    a = sorted_df(four_ranks["imp"], "expert_importance")
+    assert sorted(a.expert.unique()) == [0, 1, 2, 200] and sorted(a.layer.unique()) == [1, 2]
+    assert_same_tables(four_ranks["imp"], single["imp"], ["expert_importance"])
+    assert (a.delta.abs() > 1e-9).any() and (a.load > 0).any()  # a control for the equality
+    (part,) = four_ranks["imp"].info["importance_parts"].values()
+    assert (part["world"]["size"], part["world"]["replicas"], part["world"]["model_parallel"]) == (4, 2, 2)
 
 
 def test_report_ablations_four_ranks_equal_one_process(single, four_ranks):

@@ -1,11 +1,12 @@
-"""torchrun worker for tests/e2e/test_mp_jobs.py: runs the record, spec and ablate jobs one after the
+"""torchrun worker for tests/e2e/test_mp_jobs.py: runs the record, spec, ablate and importance jobs one after the
 other in one launch (the library entry points, as the commands call them), so that one start-up of
 the ranks covers all three. Not a test module.
 
     python -m torch.distributed.run --standalone --nproc-per-node 4 tests/workers/mp_jobs_worker.py JOBS.json
 
 JOBS.json: {"record": RecordOptions fields, "spec": SpecOptions fields, "ablate": AblateOptions fields
-plus "ablations": [Ablation fields], "report": analyses.report arguments}; each key optional.
+plus "ablations": [Ablation fields], "importance": ImportanceOptions fields, "report": analyses.report
+arguments}; each key optional.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ def main() -> None:
         kw = dict(jobs["ablate"])
         ablate(AblateOptions(**{k: v for k, v in kw.items() if k != "ablations"}),
                [Ablation(**a) for a in kw["ablations"]])
+    if "importance" in jobs:
+        from analyses.importance import ImportanceOptions, importance
+
+        importance(ImportanceOptions(**jobs["importance"]))
     if "report" in jobs:  # last: analyses.report.main leaves the process itself (probe.job.exit_ranks)
         from analyses.report.__main__ import main as report
 

@@ -1,0 +1,43 @@
+"""Causal importance of every routed expert: remove each expert of a MoE layer in turn (reroute: its
+selection score set to -inf before group-limited top-k, at that layer only), measure the mean
+surprisal per domain against one shared baseline pass, and ask whether load predicts importance.
+
+    python -m analyses.importance --run runs/model-val                  # every MoE layer and expert
+    python -m analyses.importance --run runs/model-val --layers 1,3 --experts 0-7,12
+    python -m analyses.importance --ckpt CKPT --corpus val.jsonl --out runs/imp --domain-tokens 4000
+    torchrun --nproc-per-node 2 -m analyses.importance --run runs/model-val      # 2 replicas
+    torchrun --nproc-per-node 8 -m analyses.importance --run runs/v3 --model-parallel auto --gemm fp8
+
+`--run RUN` takes the checkpoint, corpus, window length, batch size and token limit from RUN's
+run.json and writes into RUN; `--out DIR` writes elsewhere (a new run directory holding only
+`expert_importance`). The tokens: by default the first 2000 of every domain (`--domain-tokens`; 0 =
+no per-domain cap: the run's own tokens), at most --max-tokens in all.
+
+Batched: one baseline pass gives the losses and every expert's load (its top-k assignments, per
+domain); then G removals share each forward pass, the batch repeated G times along the batch
+dimension with expert e_g removed on the rows of copy g (run.py explains the row layout). G fits a
+budget of 16,384 token rows per pass (batch size x window x G) unless `--group G` says otherwise.
+The result does not depend on G nor on the ranks' layout (up to rounding).
+
+Results: one row per layer, expert and domain (plus `all`) in the run's `expert_importance` table
+(`probe/schema.py`): tokens, load, load_share, baseline_loss, loss, delta = loss - baseline_loss.
+One part file per command (its name hashes the layers, experts and inputs, so repeating a command
+replaces its own part), written under a temporary name and renamed, and noted in run.json
+(`importance_parts`). The command prints per layer Spearman's rho between load_share and delta and
+the most important experts.
+
+Under torchrun the ranks form replicas of --model-parallel ranks (probe/job.py): global batch b is
+evaluated by replica b % R and the per-domain sums are added over the replicas; rank 0 writes.
+
+Library: run.py (`measure` on a loaded model, the job `importance`, `write_importance`),
+analysis.py (`load_vs_importance`, `correlation_by_domain`, `rank_disagreement`: pure functions of
+the table); the command is `__main__.py`.
+"""
+
+from .analysis import correlation_by_domain, importance_table, load_vs_importance, pearson, rank_disagreement, spearman
+from .run import (DOMAIN_TOKENS, TABLE, TOKEN_BUDGET, ImportanceError, ImportanceOptions, check_selection,
+                  default_group, importance, measure, parse_ids, rows_reroute_hook, write_importance)
+
+__all__ = ["ImportanceError", "ImportanceOptions", "importance", "measure", "write_importance", "check_selection",
+           "parse_ids", "default_group", "rows_reroute_hook", "load_vs_importance", "correlation_by_domain",
+           "rank_disagreement", "importance_table", "spearman", "pearson", "TABLE", "TOKEN_BUDGET", "DOMAIN_TOKENS"]

@@ -1,0 +1,88 @@
+"""`python -m analyses.importance`: the command line (usage: the package docstring,
+analyses/importance/__init__.py)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import analyses.importance as package
+from probe.corpus import CorpusError
+from probe.job import add_model_flags, exit_ranks
+from probe.writer import RunError
+
+from .analysis import load_vs_importance
+from .run import DOMAIN_TOKENS, TOKEN_BUDGET, ImportanceError, ImportanceOptions, importance
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m analyses.importance", description=package.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    io = p.add_argument_group("inputs and output")
+    io.add_argument("--run", help="a recorded run: its checkpoint, corpus and options are the defaults, and the "
+                                  "expert_importance table is written into it")
+    io.add_argument("--out", help="run directory to write the expert_importance table into (default: --run)")
+    io.add_argument("--ckpt", help="Hugging Face checkpoint directory (default: the run's, else the bundled model)")
+    io.add_argument("--corpus", help="corpus as for `probe record` (default: the run's, else the bundled val.jsonl)")
+    io.add_argument("--tokenizer", help="tokenizer.json (default: the checkpoint's)")
+    io.add_argument("--max-tokens", type=int, help="at most this many tokens in all (default: the run's, else all)")
+    io.add_argument("--domain-tokens", type=int, default=DOMAIN_TOKENS,
+                    help=f"the first N tokens of every domain, a balanced sample (default {DOMAIN_TOKENS}; 0 = no "
+                         "per-domain cap: the run's own tokens up to --max-tokens)")
+    io.add_argument("--order", choices=["domains", "corpus"],
+                    help="window order (default: the run's, else domains; see analyses.ablate)")
+    io.add_argument("--seq-len", type=int, help="window length (default: the run's, else as dsv3-probe record)")
+    io.add_argument("--batch-size", type=int, help="windows per batch (default: the run's, else 8)")
+    io.add_argument("--bos", dest="add_bos", action=argparse.BooleanOptionalAction, default=None,
+                    help="prepend BOS to each document (default: the run's, else on)")
+    add_model_flags(io)
+    io.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    sel = p.add_argument_group("what to remove (one expert at a time, reroute)")
+    sel.add_argument("--layers", help="MoE layers, e.g. 1,3 or 1-3 (default: every MoE layer)")
+    sel.add_argument("--experts", help="routed experts, e.g. 0-7,12 (default: all of them)")
+    sel.add_argument("--group", type=int,
+                     help=f"removals per forward pass, the batch repeated G times (default: as many as fit "
+                          f"{TOKEN_BUDGET:,} token rows, batch size x window x G)")
+    sel.add_argument("--show", type=int, default=3, metavar="N", help="print the N most important experts per layer")
+    return p
+
+
+def options(ns) -> ImportanceOptions:
+    if ns.domain_tokens is not None and ns.domain_tokens < 0:
+        raise ImportanceError(f"--domain-tokens {ns.domain_tokens}: must be >= 0 (0 = no per-domain cap)")
+    kw = {k: v for k, v in vars(ns).items() if k in ImportanceOptions.__dataclass_fields__}
+    kw["domain_tokens"] = ns.domain_tokens or None
+    return ImportanceOptions(**kw)
+
+
+def summary(df, out, show: int) -> str:
+    """Per layer: Spearman's rho (load_share vs delta), Pearson's r, the most important experts."""
+    lines = []
+    corr = load_vs_importance(df) if len(df) else None
+    for row in ([] if corr is None else corr.itertuples()):
+        g = df[(df.domain == "all") & (df.layer == row.layer)].sort_values(["delta", "expert"],
+                                                                           ascending=[False, True])
+        tops = ", ".join(f"{int(r.expert)} {r.delta:+.4f} (load {r.load_share:.1%})" for r in g.head(show).itertuples())
+        lines.append(f"layer {row.layer}: {row.experts} experts, {row.tokens:,} tokens: Spearman rho(load share, "
+                     f"delta) = {row.spearman:+.3f}, Pearson r = {row.pearson:+.3f}; top by delta: {tops}")
+    lines.append(f"wrote {out / 'expert_importance'}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = parser().parse_args(argv)
+    try:
+        if ns.show < 0:
+            raise ImportanceError(f"--show {ns.show}: must be >= 0")
+        out, df = importance(options(ns))
+    except (ImportanceError, CorpusError, RunError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return exit_ranks(2)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(summary(df, out, ns.show))
+    return exit_ranks(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

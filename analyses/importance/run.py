@@ -1,0 +1,291 @@
+"""Measuring every routed expert's causal importance: one baseline pass (losses and loads), then each
+chosen expert of each chosen MoE layer removed in turn (reroute), G removals per forward pass, and
+the `expert_importance` table (usage: the package docstring).
+
+Batching: G removals run in ONE forward pass over the batch repeated G times along the batch
+dimension (`Batch(index, windows * G)`: tokens.repeat(G, 1), lengths.repeat(G)). The gate sees
+the [G*B, S, D] activations flattened row-major to [T = G*B*S, D] (`model.moe.MoE.forward`), so
+token rows g*B*S .. (g+1)*B*S - 1 are block g, and the hook on that layer's
+`gate.hook_select_scores` sets expert e_g's selection score to -inf on those rows only: per block,
+exactly what `analyses.ablate.reroute_hook` does for the whole batch. Rows never interact (each
+row's logits are that row alone; the experts have no capacity limit), so block g's losses are
+those of the batch with e_g removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from analyses.ablate import (AblateOptions, add_loss, baseline_pass, check_out, forward_batch, job_defaults,
+                             limit_per_domain)
+from analyses.ablate.select import ALL, AblationError, RouterShape, check_routable
+from probe.corpus import CorpusError, corpus_windows, fingerprint
+from probe.recorders import Batch
+from probe.schema import TABLES
+from probe.writer import read_run_json, write_json_atomic
+
+TABLE = "expert_importance"
+TOKEN_BUDGET = 16_384  # default: at most this many token rows (G x batch x window) per forward pass
+DOMAIN_TOKENS = 2000  # the command's default sample: this many tokens of every domain
+
+
+class ImportanceError(ValueError):
+    """A bad request for an importance measurement (one line, naming the flag or the run)."""
+
+
+# ------------------------------------------------------------------------------ selection
+def parse_ids(value, flag: str) -> list[int] | None:
+    """`"0-7,12"` (or a list of ints) -> sorted unique ids; None stays None (= all)."""
+    if value is None:
+        return None
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return [int(value)]
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise ImportanceError(f"{flag} {value!r}: expected ids like 0-7,12")
+    out: set[int] = set()
+    for item in items:
+        text = str(item).strip()
+        lo, dash, hi = text.partition("-")
+        if not lo.isdigit() or (dash and not hi.isdigit()) or isinstance(item, bool):
+            raise ImportanceError(f"{flag} {value!r}: expected ids like 0-7,12 (got {text!r})")
+        if dash and int(hi) < int(lo):
+            raise ImportanceError(f"{flag} {text}: empty range (the end is below the start)")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    if not out:
+        raise ImportanceError(f"{flag} {value!r}: no ids given")
+    return sorted(out)
+
+
+def check_selection(shape: RouterShape, layers=None, experts=None) -> tuple[list[int], list[int]]:
+    """(MoE layers, experts), defaults all of them; refuses dense or unknown layers, experts out of
+    range, and an expert whose removal the routing guard refuses (`check_routable`)."""
+    layers = parse_ids(layers, "--layers")
+    experts = parse_ids(experts, "--experts")
+    try:
+        layers = [shape.check_layer(x, "--layers") for x in layers] if layers is not None else shape.moe_layers
+    except AblationError as e:
+        raise ImportanceError(str(e)) from None
+    if experts is None:
+        experts = list(range(shape.n_experts))
+    bad = [e for e in experts if e >= shape.n_experts]
+    if bad:
+        raise ImportanceError(f"--experts {bad[0]}: out of range: the model's MoE layers have experts "
+                              f"0..{shape.n_experts - 1}")
+    for layer in layers:
+        for e in experts:
+            try:
+                check_routable(shape, layer, [e])
+            except AblationError as err:
+                raise ImportanceError(f"--experts {e}: cannot be removed alone ({err})") from None
+    return layers, experts
+
+
+def default_group(batch_tokens: int, n_experts: int, budget: int = TOKEN_BUDGET) -> int:
+    """Removals per forward pass: as many batch copies as fit `budget` token rows (at least 1, at
+    most the number of experts)."""
+    return max(1, min(n_experts, budget // max(1, batch_tokens)))
+
+
+# ------------------------------------------------------------------------------ measuring
+def rows_reroute_hook(experts_G: list[int], rows_per_block: int):
+    """hook_select_scores of a batch repeated len(experts_G) times: on the token rows of block g
+    (g*rows_per_block .. (g+1)*rows_per_block - 1), expert experts_G[g]'s score to -inf."""
+    idx_T1 = torch.tensor(experts_G, dtype=torch.long).repeat_interleave(rows_per_block)[:, None]
+
+    def fn(select_TE: torch.Tensor, hook) -> torch.Tensor:
+        if select_TE.shape[0] != idx_T1.shape[0]:
+            raise RuntimeError(f"{hook.name}: {select_TE.shape[0]} token rows, expected {len(experts_G)} blocks "
+                               f"of {rows_per_block}")
+        return select_TE.scatter(1, idx_T1.to(select_TE.device), float("-inf"))
+    return fn
+
+
+def removal_sums(model, batches: list[Batch], stored: list, layers: list[int], experts: list[int], group: int,
+                 n_domains: int, tick) -> np.ndarray:
+    """Per (layer, expert, domain): [surprisal sum, scored tokens] with that expert removed at that
+    layer, `group` removals per forward pass -> [len(layers), len(experts), D, 2] float64."""
+    acc = np.zeros((len(layers), len(experts), n_domains, 2))
+    chunks = [list(range(s, min(s + group, len(experts)))) for s in range(0, len(experts), group)]
+    for li, layer in enumerate(layers):
+        name = f"layers.{layer}.ffn.gate.hook_select_scores"
+        for batch, (_, _, dom_nll) in zip(batches, stored):
+            B = batch.tokens.shape[0]
+            for chunk in chunks:
+                big = Batch(batch.index, batch.windows * len(chunk))
+                hook = rows_reroute_hook([experts[k] for k in chunk], batch.tokens.numel())
+                nll, _ = forward_batch(model, big, [], [(name, hook)])
+                for g, k in enumerate(chunk):
+                    add_loss(acc[li, k], nll[g * B: (g + 1) * B], dom_nll)
+                tick()
+    return acc
+
+
+def measure(model, batches: list[Batch], layers=None, experts=None, *, domains: list[str] | None = None,
+            group: int | None = None, world=None, progress=None):
+    """Remove each of `experts` (default all) at each of `layers` (default every MoE layer) in turn,
+    reroute mode, and compare the loss with one shared baseline pass over `batches`.
+
+    Returns the `expert_importance` rows (DataFrame): per layer, expert and domain (plus `all`).
+    batches: this replica's share (all of them in one process); domains: every domain of the corpus,
+    the same on every rank (default: those of `batches`); group: removals per forward pass (default
+    from TOKEN_BUDGET); world: sums over its replicas (None: one process).
+    """
+    shape = RouterShape.of(model.args)
+    layers, experts = check_selection(shape, layers, experts)
+    domains = domains if domains is not None else sorted({w.domain for b in batches for w in b.windows})
+    if group is None:
+        group = default_group(max((b.tokens.numel() for b in batches), default=1), len(experts))
+    if group < 1:
+        raise ImportanceError(f"--group {group}: must be >= 1")
+    tick = progress or (lambda: None)
+    base_acc, base_loads, stored = baseline_pass(model, batches, domains, shape, tick)
+    acc = removal_sums(model, batches, stored, layers, experts, group, len(domains), tick)
+    if world is not None:
+        base_acc, base_loads, acc = (world.sum_replicas(x) for x in (base_acc, base_loads, acc))
+    moe_index = [shape.moe_layers.index(x) for x in layers]
+    return importance_rows(layers, experts, domains, base_acc, base_loads[:, moe_index][:, :, experts],
+                           base_loads[:, moe_index].sum(-1), acc)
+
+
+def importance_rows(layers, experts, domains, base_acc, loads_DLX, assigned_DL, acc):
+    """The table from the sums: base_acc [D, 2], loads of the chosen experts [D, L', X], all
+    assignments per layer [D, L'] (routed tokens x K), acc [L', X, D, 2]."""
+    import pandas as pd
+
+    groups = [(ALL, slice(None))] + [(d, j) for j, d in enumerate(domains)]
+    rows = []
+    for li, layer in enumerate(layers):
+        for k, e in enumerate(experts):
+            for dom, j in groups:
+                (b_nll, n), (nll, n_abl) = base_acc[j].reshape(-1, 2).sum(0), acc[li, k, j].reshape(-1, 2).sum(0)
+                assigned = int(np.sum(assigned_DL[j, li]))
+                if n == 0 or assigned == 0:
+                    continue
+                load = int(np.sum(loads_DLX[j, li, k]))
+                rows.append({"layer": layer, "expert": e, "domain": dom, "tokens": int(n), "load": load,
+                             "load_share": load / assigned, "baseline_loss": b_nll / n, "loss": nll / n_abl,
+                             "delta": nll / n_abl - b_nll / n})
+    return pd.DataFrame(rows, columns=TABLES[TABLE].names)
+
+
+# ---------------------------------------------------------------------------------- the job
+@dataclass
+class ImportanceOptions(AblateOptions):
+    """`analyses.ablate.AblateOptions` (inputs, windows, how the model runs; loads_from is unused)
+    plus what to remove. domain_tokens None: no per-domain cap (the run's own tokens)."""
+    layers: str | list[int] | None = None  # MoE layers, e.g. "1,3" (default all)
+    experts: str | list[int] | None = None  # routed experts, e.g. "0-7,12" (default all)
+    group: int | None = None  # removals per forward pass (default: from token_budget)
+    token_budget: int = TOKEN_BUDGET
+
+
+def _prepare(opts: ImportanceOptions):
+    """Options resolved and every input checked before anything big loads: (opts, ckpt, corpus,
+    out, model args, layers, experts)."""
+    from probe.job import checkpoint_args, resolve_paths, window_length
+
+    opts, info = job_defaults(opts)
+    if info is not None and info.get("status") == "running":
+        raise ImportanceError(f"{opts.run}: the run is still being recorded (status running)")
+    if opts.group is not None and opts.group < 1:
+        raise ImportanceError(f"--group {opts.group}: must be >= 1")
+    ckpt, corpus, out = resolve_paths(opts.ckpt, opts.corpus, opts.out or opts.run, error=ImportanceError)
+    check_out(out)
+    args = checkpoint_args(ckpt, ImportanceError)
+    opts.seq_len = window_length(opts.seq_len, args, ImportanceError)
+    layers, experts = check_selection(RouterShape.of(args), opts.layers, opts.experts)
+    if not corpus.exists():
+        raise CorpusError(f"{corpus}: corpus not found")
+    opts.group = opts.group or default_group(opts.batch_size * opts.seq_len, len(experts), opts.token_budget)
+    return opts, ckpt, corpus, out, args, layers, experts
+
+
+def _sample(opts: ImportanceOptions, ckpt: Path, corpus: Path, args) -> tuple[list, list[str]]:
+    """The windows (a balanced sample with --domain-tokens) and the corpus's domains among them."""
+    from probe.job import load_tokenizer
+
+    tok = load_tokenizer(opts.tokenizer, ckpt, args.vocab_size, ImportanceError)
+    bos = args.bos_token_id if opts.add_bos else None
+    windows = corpus_windows(corpus, lambda t: tok.encode(t, add_special_tokens=False).ids, opts.seq_len, bos,
+                             None if opts.domain_tokens else opts.max_tokens, opts.order)
+    windows = limit_per_domain(windows, opts.domain_tokens, opts.max_tokens) if opts.domain_tokens else list(windows)
+    if not windows:
+        raise CorpusError(f"{corpus}: corpus has no text")
+    return windows, sorted({w.domain for w in windows})
+
+
+def importance(opts: ImportanceOptions):
+    """Run the job; returns (output run directory, DataFrame of the rows). Rank 0 writes."""
+    from probe.job import agree, bound_heap, checkpoint_fingerprint, load_model, start_world
+
+    opts, ckpt, corpus, out, args, layers, experts = _prepare(opts)
+    windows, domains = _sample(opts, ckpt, corpus, args)
+    bound_heap()
+    world = start_world(opts.model_parallel, opts.device, args)
+    bs = opts.batch_size
+    # replicas take batches round robin; the ranks of one replica (one sharded model) run the same ones
+    batches = [Batch(b, windows[s: s + bs]) for b, s in enumerate(range(0, len(windows), bs))
+               if b % world.replicas == world.replica]
+    m = load_model(ckpt, world, dtype=opts.dtype, gemm=opts.gemm)
+    bar = None
+    if opts.progress and world.rank == 0:
+        from tqdm import tqdm
+        per_layer = -(-len(experts) // opts.group)
+        bar = tqdm(total=len(batches) * (1 + len(layers) * per_layer), unit="pass", desc="importance",
+                   dynamic_ncols=True)
+    df = measure(m, batches, layers, experts, domains=domains, group=opts.group, world=world,
+                 progress=bar.update if bar is not None else None)
+    if bar is not None:
+        bar.close()
+    meta = {"checkpoint": {"path": str(ckpt.resolve()), "fingerprint": checkpoint_fingerprint(ckpt)},
+            "corpus": {"path": str(corpus.resolve()), "fingerprint": fingerprint(corpus)},
+            "options": {"max_tokens": opts.max_tokens, "domain_tokens": opts.domain_tokens, "seq_len": opts.seq_len,
+                        "batch_size": bs, "add_bos": opts.add_bos, "order": opts.order,
+                        "dtype": opts.dtype or "float32", "gemm": opts.gemm},
+            "layers": layers, "experts": experts, "group": opts.group, "world": world.describe()}
+    agree(world, lambda: write_importance(out, df, meta, args))  # rank 0 writes; a failure stops every rank
+    return out, df
+
+
+def part_name(meta: dict) -> str:
+    """The part's file stem: a hash of what was measured and how (not of the group size or the
+    ranks' layout, which change nothing), so repeating a command replaces its own part."""
+    key = json.dumps({k: meta[k] for k in ("layers", "experts", "checkpoint", "corpus", "options")},
+                     sort_keys=True, default=str)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def write_importance(out: str | Path, df, meta: dict, args=None) -> Path:
+    """Write `df` as one part of `out/expert_importance/` (temporary name, then rename) and note it
+    in run.json; a directory without run.json becomes a run holding only this table."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pandas(df, schema=TABLES[TABLE], preserve_index=False)
+    name = part_name(meta)
+    d = out / TABLE
+    d.mkdir(exist_ok=True)
+    tmp = d / f".{name}.parquet.tmp{os.getpid()}"
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, d / f"{name}.parquet")
+    if (out / "run.json").exists():
+        info = read_run_json(out)
+    else:
+        info = {"status": "complete", "format": 1, "kind": TABLE, "checkpoint": meta["checkpoint"],
+                "corpus": meta["corpus"], "model_args": args.to_dict() if args is not None else None,
+                "options": meta["options"], "tables": [], "started": time.time()}
+    if TABLE not in info.setdefault("tables", []):
+        info["tables"].append(TABLE)
+    info.setdefault("importance_parts", {})[name] = meta | {"rows": len(df), "written": time.time()}
+    write_json_atomic(out / "run.json", info)
+    return d / f"{name}.parquet"

@@ -1,0 +1,237 @@
+"""Causal importance of every routed expert (analyses.importance) on random tiny checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import probe
+from analyses.ablate import Ablation, evaluate
+from analyses.importance import (ImportanceError, ImportanceOptions, check_selection, correlation_by_domain,
+                                 default_group, importance, load_vs_importance, measure, parse_ids, rank_disagreement,
+                                 spearman)
+from analyses.importance.__main__ import main, parser
+from analyses.ablate import RouterShape
+from helpers.models import randomize_
+from probe.corpus import Window
+from probe.recorders import Batch
+
+torch.set_num_threads(1)
+KEY = ["layer", "expert", "domain"]
+
+
+@pytest.fixture(scope="module")
+def tiny64():
+    """The tiny model in float64 (3 layers, layer 0 dense, E=16 in 4 groups, top-4 of 2 groups)."""
+    from model import ModelArgs, Transformer
+
+    m = Transformer(ModelArgs.from_name("tiny"), dtype=torch.float64)
+    randomize_(m, 0)
+    return m.eval()
+
+
+def _batches(n_windows=6, seq=20, seed=0, bs=3):
+    rng = np.random.default_rng(seed)
+    ws = [Window(i, f"d{i}", "code" if i % 2 else "prose", 0,
+                 rng.integers(2, 512, rng.integers(5, seq + 1)).astype(np.int32)) for i in range(n_windows)]
+    return [Batch(b, ws[s: s + bs]) for b, s in enumerate(range(0, len(ws), bs))]
+
+
+def _reference(model, batches, layers, experts, shift=0):
+    """One `analyses.ablate` reroute ablation per (layer, expert), each its own pass; with `shift`
+    the rows are labelled with the wrong expert (e - shift), the negative control."""
+    abls = [Ablation(name=f"{layer}:{e}", experts={layer: [e]}) for layer in layers for e in experts]
+    ref, _ = evaluate(model, batches, abls)
+    lab = ref.ablation.str.split(":", expand=True).astype(int)
+    ref["layer"], ref["expert"] = lab[0], (lab[1] - shift) % 16
+    return ref
+
+
+def _assert_same(got, ref):
+    j = got.merge(ref, on=KEY, suffixes=("", "_ref"), validate="one_to_one")
+    assert len(j) == len(got) == len(ref)
+    assert (j.tokens == j.tokens_ref).all()
+    for col in ("loss", "baseline_loss", "delta"):
+        np.testing.assert_allclose(j[col], j[col + "_ref"], rtol=1e-9, atol=1e-12, err_msg=col)
+
+
+# -------------------------------------------------------------------------- the measurement
+def test_batched_removals_equal_one_ablation_per_expert(tiny64):
+    batches = _batches()
+    got = measure(tiny64, batches, group=5)  # 16 experts: blocks of 5, 5, 5 and 1
+    assert len(got) == 2 * 16 * 3 and list(got.domain.unique()) == ["all", "code", "prose"]
+    ref = _reference(tiny64, batches, [1, 2], range(16))
+    _assert_same(got, ref)
+    assert (got.delta.abs() > 1e-6).mean() > 0.5  # the removals change the loss (a control for the equality)
+    with pytest.raises(AssertionError):  # negative control: experts shifted by one do not pass
+        _assert_same(got, _reference(tiny64, batches, [1, 2], range(16), shift=1))
+    # the group size changes nothing: all 16 removals in one pass, and one per pass
+    for g in (16, 1):
+        one = measure(tiny64, batches, layers=[2], experts=[0, 3, 9], group=g)
+        _assert_same(one, got[(got.layer == 2) & got.expert.isin([0, 3, 9])])
+
+
+def test_selection_and_group_defaults():
+    shape = RouterShape(3, 1, 16, 4, 4, 2, True, 1)
+    assert check_selection(shape) == ([1, 2], list(range(16)))
+    assert check_selection(shape, "2", "0-2,7, 5") == ([2], [0, 1, 2, 5, 7])
+    assert parse_ids([3, 1, 3], "--experts") == [1, 3]
+    for layers, experts, msg in [("0", None, "--layers 0 is dense"), ("3", None, "--layers 3 out of range"),
+                                 (None, "16", "--experts 16: out of range"), (None, "4-2", "empty range"),
+                                 ("x", None, "expected ids like 0-7,12")]:
+        with pytest.raises(ImportanceError, match=msg):
+            check_selection(shape, layers, experts)
+    # two experts per group with the bias and every group kept: removing one leaves a group unreachable
+    with pytest.raises(ImportanceError, match="--experts 0: cannot be removed alone"):
+        check_selection(RouterShape(2, 1, 8, 4, 4, 4, True, 0), None, "0")
+    assert default_group(4 * 512, 32) == 8 and default_group(8 * 512, 32) == 4 and default_group(10**6, 32) == 1
+    assert default_group(100, 3) == 3
+
+
+# ---------------------------------------------------------------- loads, a recorded run, the command
+def _cli(env, out, *extra):
+    return ["--ckpt", str(env["ckpt"]), "--corpus", str(env["corpus"]), "--out", str(out), "--seq-len", "32",
+            "--batch-size", "4", "--domain-tokens", "100", "--no-progress", *extra]
+
+
+@pytest.fixture(scope="module")
+def recorded(probe_env, tmp_path_factory):
+    from probe.record import RecordOptions, record
+
+    return record(RecordOptions(ckpt=str(probe_env["ckpt"]), corpus=str(probe_env["corpus"]),
+                                out=str(tmp_path_factory.mktemp("imp") / "rec"), max_tokens=400, seq_len=32,
+                                batch_size=4, kv_stats=False, mtp=False, progress=False))
+
+
+def test_loads_equal_counts_from_the_recorded_routing(recorded):
+    out, df = importance(ImportanceOptions(run=str(recorded), domain_tokens=None, experts="0-15", group=7,
+                                           progress=False))
+    assert out == recorded
+    run = probe.open_run(recorded)
+    assert "expert_importance" in run.info["tables"] and "expert_importance" in run.tables
+    table = run.sql("select * from expert_importance order by layer, expert, domain").df()
+    assert len(table) == len(df) == 2 * 16 * 3
+    # by hand: every valid token's top-k at each layer, from the recorded routing, per domain
+    routing = run.df("routing", columns=["seq_id", "pos", "layer", "expert_ids"])
+    tokens = run.df("tokens", columns=["seq_id", "pos", "domain", "loss"])
+    routing = routing.merge(tokens, on=["seq_id", "pos"], validate="many_to_one").explode("expert_ids")
+    by_dom = routing.groupby(["layer", "expert_ids", "domain"]).size()
+    for r in table.itertuples():
+        want = by_dom.xs((r.layer, r.expert), level=(0, 1)).sum() if r.domain == "all" else \
+            by_dom.get((r.layer, r.expert, r.domain), 0)
+        assert r.load == want, r
+    assert table.load.sum() > 0
+    shares = table.groupby(["layer", "domain"]).load_share.sum()
+    np.testing.assert_allclose(shares, 1.0, rtol=1e-12)  # all 16 experts: the whole layer's assignments
+    all_rows = table[table.domain == "all"]
+    assert (all_rows.tokens == tokens.loss.notna().sum()).all()
+    np.testing.assert_allclose(all_rows.baseline_loss, tokens.loss.astype("float64").mean(), rtol=1e-6)
+
+
+def test_command_end_to_end_and_rerun_replaces_its_part(probe_env, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_cli(probe_env, out, "--layers", "1", "--experts", "0-3,9")) == 0
+    text = capsys.readouterr().out
+    assert "layer 1: 5 experts" in text and "Spearman rho" in text and f"wrote {out / 'expert_importance'}" in text
+    run = probe.open_run(out)
+    assert run.tables == ["expert_importance"] and run.status == "complete"
+    df = run.sql("select * from expert_importance").df()
+    assert sorted(df.expert.unique()) == [0, 1, 2, 3, 9] and set(df.domain) == {"all", "code", "prose"}
+    assert (df[df.domain != "all"].groupby("domain").tokens.first() <= 100).all()  # --domain-tokens 100 each
+    parts = run.files("expert_importance")
+    assert main(_cli(probe_env, out, "--layers", "1", "--experts", "0-3,9", "--group", "2")) == 0  # same command
+    assert probe.open_run(out).files("expert_importance") == parts
+    assert not list((out / "expert_importance").glob(".*"))  # no temporary left behind
+    assert main(_cli(probe_env, out, "--layers", "2", "--experts", "4")) == 0  # another part alongside
+    run = probe.open_run(out)
+    assert len(run.files("expert_importance")) == 2 and len(run.info["importance_parts"]) == 2
+    assert sorted(load_vs_importance(run).layer) == [1, 2]
+
+
+@pytest.mark.parametrize("extra,msg", [
+    (["--layers", "0"], "--layers 0 is dense"),
+    (["--layers", "5"], "--layers 5 out of range"),
+    (["--experts", "99"], "--experts 99: out of range"),
+    (["--experts", "1-x"], "--experts '1-x': expected ids like 0-7,12"),
+    (["--group", "0"], "--group 0: must be >= 1"),
+    (["--domain-tokens", "-1"], "--domain-tokens -1: must be >= 0"),
+])
+def test_command_bad_input_is_one_line(probe_env, tmp_path, capsys, extra, msg):
+    assert main(_cli(probe_env, tmp_path / "o", *extra)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and msg in err and "\n" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_command_without_a_run(tmp_path, capsys):
+    assert main(["--run", str(tmp_path / "nope"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {tmp_path / 'nope'}: not a run directory (no run.json)"
+    assert "--layers" in parser().format_help() and "torchrun" in parser().format_help()
+
+
+# ------------------------------------------------------------------------------ the analysis
+def _table(load_share, delta, layer=1, domain="all"):
+    return pd.DataFrame({"layer": layer, "expert": range(len(delta)), "domain": domain, "tokens": 100,
+                         "load": 0, "load_share": load_share, "baseline_loss": 1.0, "loss": 1.0, "delta": delta})
+
+
+def test_spearman_known_answers_ties_and_degenerate_cases():
+    from scipy.stats import spearmanr
+
+    df = pd.concat([_table([0.1, 0.2, 0.3, 0.4], [0.0, 0.1, 0.2, 0.9], layer=1),  # monotone: +1
+                    _table([0.1, 0.2, 0.3, 0.4], [0.9, 0.2, 0.1, 0.0], layer=2),  # reversed: -1
+                    _table([0.1, 0.2, 0.2, 0.3], [0.1, 0.3, 0.2, 0.4], layer=3),  # a tie in the loads
+                    _table([0.5], [0.2], layer=4),  # one expert
+                    _table([0.1, 0.2, 0.3], [0.2, 0.2, 0.2], layer=5),  # constant delta
+                    _table([0.2, 0.2, 0.2], [0.1, 0.3, 0.3], layer=6)])  # constant load, tied top delta
+    got = load_vs_importance(df).set_index("layer")
+    assert got.spearman[1] == pytest.approx(1.0) and got.spearman[2] == pytest.approx(-1.0)
+    # ranks (1, 2.5, 2.5, 4) vs (1, 3, 2, 4): 4.5 / sqrt(4.5 * 5)
+    assert got.spearman[3] == pytest.approx(4.5 / np.sqrt(22.5)) == spearmanr([.1, .2, .2, .3], [.1, .3, .2, .4])[0]
+    assert got.spearman[[4, 5, 6]].isna().all() and got.pearson[[4, 5, 6]].isna().all()
+    assert got.pearson[1] == pytest.approx(np.corrcoef([.1, .2, .3, .4], [0, .1, .2, .9])[0, 1])
+    assert (got.top_expert[1], got.top_delta[1], got.top_expert[6]) == (3, 0.9, 1)  # tie: the lower id
+    assert got.experts.tolist() == [4, 4, 4, 1, 3, 3]
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 5, 30) / 10, rng.integers(0, 4, 30) / 10  # many ties
+    assert spearman(x, y) == pytest.approx(spearmanr(x, y)[0], abs=1e-12)
+
+
+def test_rank_disagreement_known_answer():
+    df = pd.concat([_table([0.4, 0.3, 0.2, 0.1], [0.0, 0.1, 0.2, 0.3], layer=1),
+                    _table([0.4, 0.3, 0.2, 0.1], [0.3, 0.3, 0.1, 0.0], layer=2)])
+    got = rank_disagreement(df, top=2)
+    assert got.columns.tolist() == ["layer", "expert", "load_share", "delta", "load_rank", "causal_rank", "rank_gap"]
+    one = got[got.layer == 1]
+    # load ranks 1..4, causal ranks 4..1: gaps -3, -1, 1, 3; the two largest |gap| are experts 0 and 3
+    assert one.expert.tolist() == [0, 3] and one.rank_gap.tolist() == [-3.0, 3.0]
+    assert one.load_rank.tolist() == [1.0, 4.0] and one.causal_rank.tolist() == [4.0, 1.0]
+    # layer 2: tied deltas share rank 1.5; gaps 1-1.5, 2-1.5, 3-3, 4-4: experts 0 and 1 (|0.5|, lower id first)
+    two = rank_disagreement(df, layer=2, top=5)
+    assert two.expert.tolist() == [0, 1, 2, 3] and two.rank_gap.tolist() == [-0.5, 0.5, 0.0, 0.0]
+    assert len(rank_disagreement(_table([0.5], [0.2]), top=3)) == 1  # one expert: gap 0
+    with pytest.raises(ImportanceError, match="layer 9: not in the table"):
+        rank_disagreement(df, layer=9)
+
+
+def test_domains_duplicates_and_a_run_without_the_table(recorded, tmp_path):
+    df = pd.concat([_table([0.1, 0.2, 0.3], [0.1, 0.2, 0.3], domain="all"),
+                    _table([0.1, 0.2, 0.3], [0.3, 0.2, 0.1], domain="code")])
+    assert load_vs_importance(df, domain="code").spearman[0] == pytest.approx(-1.0)
+    by = correlation_by_domain(df)
+    assert by.domain.tolist() == ["all", "code"] and by.spearman.tolist() == pytest.approx([1.0, -1.0])
+    with pytest.raises(ImportanceError, match="domain 'math': not in the table; domains are"):
+        load_vs_importance(df, domain="math")
+    with pytest.raises(ImportanceError, match="layer 1 expert 0 domain 'all' was measured more than once"):
+        load_vs_importance(pd.concat([df, df.head(1)]))
+    empty = tmp_path / "run"
+    empty.mkdir()
+    (empty / "run.json").write_text(json.dumps({"status": "complete"}))
+    with pytest.raises(ImportanceError, match=f"{empty}: no expert_importance table: measure it with "
+                                              f"`python -m analyses.importance --run {empty}`"):
+        rank_disagreement(str(empty))
