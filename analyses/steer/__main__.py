@@ -1,0 +1,103 @@
+"""`python -m analyses.steer`: the command line (usage: the package docstring, analyses/steer/__init__.py)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import textwrap
+
+import analyses.steer as package
+from analyses.ablate.select import AblationError
+from probe.corpus import CorpusError
+from probe.job import add_model_flags, exit_ranks
+from probe.writer import RunError
+
+from .hooks import MODES, Steer
+from .run import SteerOptions, steer
+
+COLUMN = 48  # width of each side of the printed continuations
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m analyses.steer", description=package.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    io = p.add_argument_group("inputs and output")
+    io.add_argument("--run", help="a recorded run: its checkpoint, corpus and options are the defaults, and the "
+                                  "results are written into it")
+    io.add_argument("--out", help="run directory to write the steering table into (default: --run)")
+    io.add_argument("--ckpt", help="Hugging Face checkpoint directory (default: the run's, else the bundled model)")
+    io.add_argument("--corpus", help="corpus as for `probe record` (default: the run's, else the bundled val.jsonl)")
+    io.add_argument("--tokenizer", help="tokenizer.json (default: the checkpoint's)")
+    io.add_argument("--max-tokens", type=int, help="at most this many tokens in all (default: the run's, else all)")
+    io.add_argument("--domain-tokens", type=int, default=2000,
+                    help="at most this many tokens of each domain, in corpus order (default 2000; 0 = no limit)")
+    io.add_argument("--order", choices=["domains", "corpus"], help="window order (default: the run's, else domains)")
+    io.add_argument("--seq-len", type=int, help="window length (default: the run's, else as dsv3-probe record)")
+    io.add_argument("--batch-size", type=int, help="windows per forward pass (default: the run's, else 8)")
+    io.add_argument("--bos", dest="add_bos", action=argparse.BooleanOptionalAction, default=None,
+                    help="prepend BOS to each document and prompt (default: the run's, else on)")
+    add_model_flags(io)
+    io.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    st = p.add_argument_group("the steering")
+    st.add_argument("--experts", help="experts to steer: layer:expert[+expert],... e.g. 2:5+7,3:1")
+    st.add_argument("--mode", choices=MODES, default="force",
+                    help="force: into the top-k of every steered token (at most K per layer); bias: add --bias to "
+                         "their selection scores before group-limited routing (default force)")
+    st.add_argument("--bias", type=float, default=1.0, help="bias mode: added to the selection scores (default 1.0)")
+    st.add_argument("--steer-domain", action="append", help="steer only this domain's tokens (repeatable)")
+    st.add_argument("--steer-tokens", help="steer only these tokens: words or token ids, comma separated")
+    st.add_argument("--name", help="name of the steering (default: from the selection)")
+    gen = p.add_argument_group("generation")
+    gen.add_argument("--prompt", action="append", default=[],
+                     help="a prompt (repeatable; default: the start of each domain's first window)")
+    gen.add_argument("--prompt-tokens", type=int, default=24, help="length of the default prompts (default 24)")
+    gen.add_argument("--max-new-tokens", type=int, default=32, help="greedy tokens per continuation (default 32)")
+    return p
+
+
+def _options(ns) -> SteerOptions:
+    kw = {k: v for k, v in vars(ns).items() if k in SteerOptions.__dataclass_fields__}
+    kw["domain_tokens"] = ns.domain_tokens or None
+    kw["prompts"] = ns.prompt
+    return SteerOptions(**kw)
+
+
+def show(df, out) -> None:
+    """The loss change per domain, then each prompt's continuations side by side."""
+    loss = df[df.kind == "loss"]
+    cols = ["domain", "tokens", "steered_tokens", "forced_share", "baseline_loss", "loss", "delta"]
+    print(f"steering {df.steer.iloc[0]}: {df.spec.iloc[0]}")
+    print(loss[cols].to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+    for _, r in df[df.kind == "generation"].iterrows():
+        print(f"\n[{r.domain or 'prompt'}] {_flat(r.prompt)}")
+        print(f"{'baseline':<{COLUMN}} | steered (forced_share {r.forced_share:.2f})")
+        left = textwrap.wrap(_flat(r.baseline_text), COLUMN) or [""]
+        right = textwrap.wrap(_flat(r.steered_text), COLUMN) or [""]
+        for i in range(max(len(left), len(right))):
+            a, b = (left[i] if i < len(left) else ""), (right[i] if i < len(right) else "")
+            print(f"{a:<{COLUMN}} | {b}")
+    print(f"\nwrote {out / 'steering'}")
+
+
+def _flat(text: str) -> str:
+    return text.replace("\n", "\u23ce ")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = parser().parse_args(argv)
+    try:
+        if not ns.experts:
+            raise AblationError("nothing to steer: pass --experts layer:expert[+expert],... (e.g. 2:5+7)")
+        s = Steer(name=ns.name or "", experts=ns.experts, mode=ns.mode, bias=ns.bias, domains=ns.steer_domain)
+        out, df = steer(_options(ns), s, token_filter=ns.steer_tokens)
+    except (AblationError, CorpusError, RunError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return exit_ranks(2)
+    if int(os.environ.get("RANK", "0")) == 0:
+        show(df, out)
+    return exit_ranks(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

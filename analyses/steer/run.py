@@ -1,0 +1,303 @@
+"""Running a steering over a corpus and a few prompts: per-domain loss with and without it (one shared
+baseline pass), greedy continuations with and without it, and the `steering` table (usage: the
+package docstring)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from analyses.ablate.run import AblateOptions, add_loss, check_out, forward_batch, job_defaults, limit_per_domain
+from analyses.ablate.select import ALL, RouterShape
+from probe.corpus import CorpusError, corpus_windows, fingerprint
+from probe.recorders import Batch
+from probe.schema import TABLES
+from probe.writer import read_run_json, write_json_atomic
+
+from .hooks import Steer, SteerError, steered
+
+LOSS_ACC = ("nll", "n", "steered", "pairs", "hits")  # per-domain sums of a steered pass
+
+
+# ------------------------------------------------------------------------------ loss rows
+def evaluate(model, batches: list[Batch], steers: list[Steer], *, domains: list[str] | None = None, world=None,
+             progress=None):
+    """The baseline and every steering over `batches` (this replica's share); returns the `loss`
+    rows of the `steering` table (one per steering and domain, plus `all`), summed over replicas.
+
+    steered_tokens counts the scored tokens (positions > 0) the steering applied to; forced_share
+    is over those tokens times the steered layers."""
+    shape = RouterShape.of(model.args)
+    for s in steers:
+        s.resolve(shape)  # refuse bad steerings before any forward pass
+    domains = domains if domains is not None else sorted({w.domain for b in batches for w in b.windows})
+    index = {d: i for i, d in enumerate(domains)}
+    tick = progress or (lambda: None)
+    base = np.zeros((len(domains), 2))
+    for batch in batches:
+        nll, _ = forward_batch(model, batch, [], [])
+        add_loss(base, nll, _token_domains(batch, index))
+        tick()
+    acc = np.stack([_steered_pass(model, batches, s, index, tick) for s in steers]) if steers else \
+        np.zeros((0, len(domains), len(LOSS_ACC)))
+    base, acc = _sum(base, world), _sum(acc, world)
+    return _loss_rows(steers, shape, base, acc, domains)
+
+
+def _token_domains(batch: Batch, index: dict[str, int]) -> np.ndarray:
+    """Domain index of every token slot [B * S] of the batch (padding included, as token_nll's shape)."""
+    return np.repeat([index[w.domain] for w in batch.windows], batch.tokens.shape[1])
+
+
+def _steered_pass(model, batches: list[Batch], steer: Steer, index: dict[str, int], tick) -> np.ndarray:
+    """One steering's pass: per-domain sums [D, len(LOSS_ACC)]."""
+    D = len(index)
+    acc = np.zeros((D, len(LOSS_ACC)))
+    with steered(model, steer) as st:
+        for batch in batches:
+            st.row_domains = [w.domain for w in batch.windows]
+            nll, _ = forward_batch(model, batch, [], [])
+            dom = _token_domains(batch, index)
+            add_loss(acc[:, :2], nll, dom)
+            scored = ~torch.isnan(nll.reshape(-1))
+            rows = (st.last_rows.cpu() & scored).numpy()
+            acc[:, 2] += np.bincount(dom[rows], minlength=D)
+            acc[:, 3] += np.bincount(dom[rows], minlength=D) * len(st.layers)
+            for hit in st.last_hits.values():
+                acc[:, 4] += np.bincount(dom[(hit.cpu() & scored).numpy()], minlength=D)
+            tick()
+    return acc
+
+
+def _loss_rows(steers: list[Steer], shape: RouterShape, base: np.ndarray, acc: np.ndarray, domains: list[str]):
+    import pandas as pd
+
+    rows = []
+    for i, s in enumerate(steers):
+        spec = s.spec(shape)
+        for d, b, a in [(ALL, base.sum(0), acc[i].sum(0))] + [(dom, base[j], acc[i, j]) for j, dom in
+                                                               enumerate(domains)]:
+            if a[1] == 0:
+                continue
+            loss, bl = a[0] / a[1], b[0] / b[1]
+            rows.append({"steer": s.name, "spec": spec, "kind": "loss", "domain": d, "tokens": int(a[1]),
+                         "steered_tokens": int(a[2]), "forced_share": a[4] / a[3] if a[3] else None,
+                         "baseline_loss": bl, "loss": loss, "delta": loss - bl})
+    return pd.DataFrame(rows, columns=TABLES["steering"].names)
+
+
+def _sum(x: np.ndarray, world) -> np.ndarray:
+    return x if world is None else world.sum_replicas(x)
+
+
+# ------------------------------------------------------------------------ generation rows
+@dataclass
+class Prompt:
+    text: str
+    ids: list[int]
+    domain: str | None = None  # a corpus prompt's domain; None for a given text (no domain filter)
+
+
+def corpus_prompts(windows, n_tokens: int, decode) -> list[Prompt]:
+    """The first `n_tokens` tokens of the first window of each domain (domains in sorted order)."""
+    first = {}
+    for w in windows:
+        first.setdefault(w.domain, w)
+    out = []
+    for d in sorted(first):
+        ids = [int(t) for t in first[d].ids[:n_tokens]]
+        out.append(Prompt(decode(ids), ids, d))
+    return out
+
+
+def text_prompts(texts: list[str], encode, bos: int | None) -> list[Prompt]:
+    out = []
+    for t in texts:
+        ids = ([bos] if bos is not None else []) + list(encode(t))
+        if not ids:
+            raise SteerError(f"--prompt {t!r}: no tokens")
+        out.append(Prompt(t, ids))
+    return out
+
+
+def generations(model, steers: list[Steer], prompts: list[Prompt], *, max_new_tokens: int = 32,
+                stop_ids=(), decode=None):
+    """Greedy continuations of each prompt without and with each steering (the steering applied at
+    prefill and every decode step; its domain filter sees the prompt's domain). Returns the
+    `generation` rows of the `steering` table.
+
+    NOTE: one prompt at a time: every row of every forward call is then a real token of the
+    prompt, so steered_tokens and forced_share count exactly the tokens fed (prompt and generated
+    tokens fed back), without padding or finished rows."""
+    from generate import generate
+
+    import pandas as pd
+
+    decode = decode or (lambda ids: " ".join(map(str, ids)))
+    shape = RouterShape.of(model.args)
+    rows = []
+    for p in prompts:
+        base = generate(model, [p.ids], max_new_tokens=max_new_tokens, stop_ids=stop_ids).tokens[0]
+        for s in steers:
+            with steered(model, s, row_domains=[p.domain]) as st:
+                got = generate(model, [p.ids], max_new_tokens=max_new_tokens, stop_ids=stop_ids).tokens[0]
+            rows.append({"steer": s.name, "spec": s.spec(shape), "kind": "generation", "domain": p.domain,
+                         "tokens": len(got), "steered_tokens": st.steered_tokens, "forced_share": st.forced_share,
+                         "prompt": p.text, "baseline_text": decode(base), "steered_text": decode(got)})
+    return pd.DataFrame(rows, columns=TABLES["steering"].names)
+
+
+# ---------------------------------------------------------------------------------- the job
+@dataclass
+class SteerOptions(AblateOptions):
+    """AblateOptions (inputs, windows, model flags; `loads_from` unused) plus the prompts."""
+    domain_tokens: int | None = 2000  # a balanced sample: at most this many tokens per domain
+    prompts: list[str] = field(default_factory=list)  # --prompt texts (default: corpus prompts)
+    prompt_tokens: int = 24  # corpus prompts: the first tokens of each domain's first window
+    max_new_tokens: int = 32
+
+
+def parse_token_filter(text: str, tokenizer, vocab_size: int) -> list[int]:
+    """--steer-tokens "def,class" or "17,42": a number is a token id; a word selects its own token
+    and that of " word" (with a leading space), whichever are single tokens."""
+    out: set[int] = set()
+    for item in (s.strip() for s in str(text).split(",")):
+        if not item:
+            continue
+        if item.isdigit():
+            if int(item) >= vocab_size:
+                raise SteerError(f"--steer-tokens {item}: token id out of range (vocab_size {vocab_size})")
+            out.add(int(item))
+            continue
+        found = [ids[0] for ids in (tokenizer.encode(v, add_special_tokens=False).ids for v in (item, " " + item))
+                 if len(ids) == 1]
+        if not found:
+            raise SteerError(f"--steer-tokens {item!r}: not a single token of the tokenizer (with or without a "
+                             "leading space); give token ids instead")
+        out.update(found)
+    if not out:
+        raise SteerError(f"--steer-tokens {text!r}: no tokens")
+    return sorted(out)
+
+
+def steer(opts: SteerOptions, steering: Steer, token_filter: str | None = None):
+    """Run the job; returns (output run directory, DataFrame of the rows). Rank 0 writes.
+    token_filter: --steer-tokens text, resolved with the checkpoint's tokenizer into steering.token_ids."""
+    from probe.job import agree, bound_heap, checkpoint_fingerprint, load_model, start_world
+
+    opts, info = job_defaults(opts)
+    if info is not None and info.get("status") == "running":
+        raise SteerError(f"{opts.run}: the run is still being recorded (status running)")
+    if opts.max_new_tokens < 0 or opts.prompt_tokens < 1:
+        raise SteerError("--max-new-tokens must be >= 0 and --prompt-tokens >= 1")
+    ckpt, corpus, out, args, tok = _inputs(opts)
+    steering.resolve(RouterShape.of(args))  # refuse bad experts before reading the corpus
+    if token_filter is not None:
+        auto = steering.name == steering.default_name()
+        steering.token_ids = parse_token_filter(token_filter, tok, args.vocab_size)
+        steering.name = steering.default_name() if auto else steering.name
+    windows = _windows(opts, corpus, tok, args)
+    domains = sorted({w.domain for w in windows})
+    for d in steering.domains or []:
+        if d not in domains:
+            raise SteerError(f"--steer-domain {d!r}: the corpus has no such domain (domains: {', '.join(domains)})")
+    decode = lambda ids: tok.decode(list(ids), skip_special_tokens=True)  # noqa: E731
+    prompts = text_prompts(opts.prompts, lambda t: tok.encode(t, add_special_tokens=False).ids,
+                           args.bos_token_id if opts.add_bos else None) if opts.prompts else \
+        corpus_prompts(windows, opts.prompt_tokens, decode)
+    bound_heap()
+    world = start_world(opts.model_parallel, opts.device, args)
+    bs = opts.batch_size
+    batches = [Batch(b, windows[s: s + bs]) for b, s in enumerate(range(0, len(windows), bs))
+               if b % world.replicas == world.replica]
+    m = load_model(ckpt, world, dtype=opts.dtype, gemm=opts.gemm)
+    df = _run_passes(m, batches, steering, prompts, opts, domains, world, decode, args)
+    meta = {"checkpoint": {"path": str(ckpt.resolve()), "fingerprint": checkpoint_fingerprint(ckpt)},
+            "corpus": {"path": str(corpus.resolve()), "fingerprint": fingerprint(corpus)},
+            "options": {"max_tokens": opts.max_tokens, "domain_tokens": opts.domain_tokens, "seq_len": opts.seq_len,
+                        "batch_size": bs, "add_bos": opts.add_bos, "order": opts.order,
+                        "dtype": opts.dtype or "float32", "gemm": opts.gemm, "max_new_tokens": opts.max_new_tokens,
+                        "prompts": [p.text for p in prompts]},
+            "world": world.describe()}
+    agree(world, lambda: write_steering(out, df, meta, args))  # rank 0 writes; a failure stops every rank
+    return out, df
+
+
+def _inputs(opts: SteerOptions):
+    """(checkpoint, corpus, output dir, model args, tokenizer), checked; opts.seq_len filled."""
+    from probe.job import checkpoint_args, load_tokenizer, resolve_paths, window_length
+
+    ckpt, corpus, out = resolve_paths(opts.ckpt, opts.corpus, opts.out or opts.run, error=SteerError)
+    check_out(out)
+    args = checkpoint_args(ckpt, SteerError)
+    opts.seq_len = window_length(opts.seq_len, args, SteerError)
+    tok = load_tokenizer(opts.tokenizer, ckpt, args.vocab_size, SteerError)
+    if not corpus.exists():
+        raise CorpusError(f"{corpus}: corpus not found")
+    return ckpt, corpus, out, args, tok
+
+
+def _windows(opts: SteerOptions, corpus: Path, tok, args) -> list:
+    bos = args.bos_token_id if opts.add_bos else None
+    windows = corpus_windows(corpus, lambda t: tok.encode(t, add_special_tokens=False).ids, opts.seq_len, bos,
+                             None if opts.domain_tokens else opts.max_tokens, opts.order)
+    windows = limit_per_domain(windows, opts.domain_tokens, opts.max_tokens) if opts.domain_tokens else list(windows)
+    if not windows:
+        raise CorpusError(f"{corpus}: corpus has no text")
+    return windows
+
+
+def _run_passes(m, batches, steering: Steer, prompts: list[Prompt], opts: SteerOptions, domains, world, decode,
+                args):
+    """Loss rows (every replica its batches, summed) then generation rows (every rank alike)."""
+    import pandas as pd
+
+    bar = None
+    if opts.progress and world.rank == 0:
+        from tqdm import tqdm
+        bar = tqdm(total=len(batches) * 2, unit="batch", desc="steer", dynamic_ncols=True)
+    loss = evaluate(m, batches, [steering], domains=domains, world=world,
+                    progress=bar.update if bar is not None else None)
+    if bar is not None:
+        bar.close()
+    eos = args.eos_token_id
+    stops = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    gen = generations(m, [steering], prompts, max_new_tokens=opts.max_new_tokens, stop_ids=stops, decode=decode)
+    return pd.concat([loss, gen], ignore_index=True) if len(gen) else loss
+
+
+def write_steering(out: str | Path, df, meta: dict, args=None) -> Path:
+    """Write `df` as one part of `out/steering/` (temporary name, then rename) and note it in
+    run.json; a directory without run.json becomes a run holding only this table."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pandas(df, schema=TABLES["steering"], preserve_index=False)
+    key = json.dumps({"rows": sorted(set(zip(df.steer, df.spec))), "checkpoint": meta["checkpoint"],
+                      "corpus": meta["corpus"], "options": meta["options"]}, sort_keys=True, default=str)
+    name = hashlib.sha256(key.encode()).hexdigest()[:16]
+    d = out / "steering"
+    d.mkdir(exist_ok=True)
+    tmp = d / f".{name}.parquet.tmp{os.getpid()}"
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, d / f"{name}.parquet")
+    if (out / "run.json").exists():
+        info = read_run_json(out)
+    else:
+        info = {"status": "complete", "format": 1, "kind": "steering", "checkpoint": meta["checkpoint"],
+                "corpus": meta["corpus"], "model_args": args.to_dict() if args is not None else None,
+                "options": meta["options"], "tables": [], "started": time.time()}
+    if "steering" not in info.setdefault("tables", []):
+        info["tables"].append("steering")
+    info.setdefault("steering_parts", {})[name] = meta | {"steers": list(dict.fromkeys(df.steer)),
+                                                         "written": time.time()}
+    write_json_atomic(out / "run.json", info)
+    return d / f"{name}.parquet"

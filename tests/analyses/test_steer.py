@@ -1,0 +1,276 @@
+"""Expert steering (analyses.steer) on random tiny checkpoints."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import probe
+from analyses.steer import Prompt, Steer, SteerError, evaluate, generations, steered
+from analyses.steer.__main__ import main
+from generate import generate
+from helpers import random_model
+from probe.corpus import Window
+from probe.recorders import Batch, token_nll
+
+torch.set_num_threads(1)
+G2 = "layers.2.ffn.gate."
+G1 = "layers.1.ffn.gate."
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return random_model("tiny", seed=0)  # 3 layers (layer 0 dense), E=16 in 4 groups, top-4 of 2 groups
+
+
+@pytest.fixture(scope="module")
+def tokens():
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(2, 512, (3, 24), generator=g)
+
+
+def _gate(model, tokens, prefix, steer=None, row_domains=None):
+    """Every hook tensor of one gate, with or without a steering."""
+    if steer is None:
+        _, cache = model.run_with_cache(tokens, names=prefix + "hook_*")
+    else:
+        with steered(model, steer, row_domains) as st:
+            _, cache = model.run_with_cache(tokens, names=prefix + "hook_*")
+        cache["state"] = st
+    return {k.rsplit(".", 1)[-1]: v for k, v in cache.items()}
+
+
+def _batches(n_windows=6, seq=20, seed=0, bs=3):
+    rng = np.random.default_rng(seed)
+    ws = [Window(i, f"d{i}", "code" if i % 2 else "prose", 0,
+                 rng.integers(2, 512, rng.integers(5, seq + 1)).astype(np.int32)) for i in range(n_windows)]
+    return [Batch(b, ws[s: s + bs]) for b, s in enumerate(range(0, len(ws), bs))]
+
+
+# ------------------------------------------------------------------------------- force
+def test_force_puts_the_experts_in_every_steered_top_k_and_leaves_other_rows_alone(tiny, tokens):
+    forced = [5, 9]
+    doms = ["code", "prose", "code"]  # rows 0 and 2 steered
+    base = _gate(tiny, tokens, G2)
+    got = _gate(tiny, tokens, G2, Steer(experts={2: forced}, domains=["code"]), doms)
+    rows = torch.tensor([d == "code" for d in doms]).repeat_interleave(tokens.shape[1])
+    holds = lambda ids: torch.stack([(ids == e).any(-1) for e in forced]).all(0)  # noqa: E731
+    # negative control: without steering many steered tokens lack them, some even in an excluded group
+    assert not holds(base["hook_topk_ids"][rows]).any()
+    assert torch.isinf(base["hook_allowed_scores"][rows][:, forced]).any()
+    assert holds(got["hook_topk_ids"][rows]).all()
+    assert (got["hook_topk_ids"].sort(-1).values.diff(dim=-1) != 0).all()  # still K distinct experts
+    assert torch.equal(got["hook_topk_ids"][~rows], base["hook_topk_ids"][~rows])
+    assert torch.equal(got["hook_topk_weights"][~rows], base["hook_topk_weights"][~rows])
+    assert got["state"].forced_share == 1.0 and got["state"].steered_tokens == int(rows.sum())
+
+
+def test_token_filter_steers_only_those_ids(tiny, tokens):
+    chosen = sorted(set(tokens[0, :6].tolist()))
+    base = _gate(tiny, tokens, G2)
+    got = _gate(tiny, tokens, G2, Steer(experts="2:5+9", token_ids=chosen))
+    rows = torch.isin(tokens.reshape(-1), torch.tensor(chosen))
+    assert 0 < rows.sum() < rows.numel()
+    ids = got["hook_topk_ids"]
+    assert ((ids[rows] == 5).any(-1) & (ids[rows] == 9).any(-1)).all()
+    assert torch.equal(ids[~rows], base["hook_topk_ids"][~rows])
+    assert got["state"].steered_tokens == int(rows.sum())
+
+
+def test_forced_weights_are_the_routers_own_rule(tiny, tokens):
+    """Recomputed by hand: the unbiased scores gathered at the new ids, normalised, times route_scale."""
+    gate = tiny.layers[2].ffn.gate
+    got = _gate(tiny, tokens, G2, Steer(experts={2: [0, 5, 9]}))
+    scores, ids = got["hook_scores"].double(), got["hook_topk_ids"]
+    w = scores.gather(1, ids)
+    want = w / w.sum(-1, keepdim=True) * gate.route_scale
+    assert gate.norm_topk_prob
+    torch.testing.assert_close(got["hook_topk_weights"].double(), want, rtol=1e-6, atol=0)
+    base = _gate(tiny, tokens, G2)
+    assert not torch.allclose(got["hook_topk_weights"], base["hook_topk_weights"])  # they did change
+
+
+def test_too_many_forced_experts_and_bad_experts_are_refused(tiny, tokens):
+    with pytest.raises(SteerError, match=r"layer 2: 5 experts forced \(0\+1\+2\+3\+4\) but a token takes only "
+                                         "top-k=4"):
+        with steered(tiny, Steer(experts="2:0+1+2+3+4")):
+            pass
+    with steered(tiny, Steer(experts="2:0+1+2+3+4", mode="bias")):  # a bias may name more
+        pass
+    with pytest.raises(SteerError, match="layer 0 is dense"):
+        with steered(tiny, Steer(experts="0:1")):
+            pass
+    with pytest.raises(SteerError, match="set row_domains"):
+        with steered(tiny, Steer(experts="2:1", domains=["code"])):
+            tiny(tokens)
+    for bad, msg in [(dict(experts="2:1", mode="push"), "mode 'push'"), (dict(experts={}), "nothing to steer"),
+                     (dict(experts="2:1", mode="bias", bias=math.inf), "must be a finite number")]:
+        with pytest.raises(SteerError, match=msg):
+            Steer(**bad)
+
+
+# -------------------------------------------------------------------------------- bias
+def _reference_ids(logits, bias, gate, expert, add):
+    """Per token in plain Python: selection = sigmoid + balancing bias (+ `add` at `expert`), groups
+    ranked by the sum of their two best, top-k of the kept groups."""
+    per_group, out = gate.n_experts // gate.n_groups, []
+    for row in logits.double():
+        sel = [1 / (1 + math.exp(-float(v))) + float(b) for v, b in zip(row, bias)]
+        sel[expert] += add
+        gscore = {g: sum(sorted(sel[g * per_group:(g + 1) * per_group], reverse=True)[:2])
+                  for g in range(gate.n_groups)}
+        groups = sorted(gscore, key=gscore.get, reverse=True)[: gate.topk_groups]
+        allowed = [e for e in range(gate.n_experts) if e // per_group in groups]
+        out.append(sorted(sorted(allowed, key=lambda e: sel[e], reverse=True)[: gate.topk]))
+    return out
+
+
+def test_bias_mode_against_a_hand_computed_router(tiny, tokens):
+    gate, e = tiny.layers[1].ffn.gate, 6
+    base = _gate(tiny, tokens, G1)
+    logits = base["hook_logits"]
+    for add, share in [(0.3, "mixed"), (10.0, 1.0), (1e-9, None)]:
+        got = _gate(tiny, tokens, G1, Steer(experts={1: [e]}, mode="bias", bias=add))
+        ids = got["hook_topk_ids"].sort(-1).values.tolist()
+        assert ids == _reference_ids(logits, gate.bias, gate, e, add)
+        f = got["state"].forced_share
+        if share == "mixed":  # the router takes it for some tokens and refuses it for others
+            assert 0 < f < 1 and f > (base["hook_topk_ids"] == e).any(-1).float().mean()
+        elif share == 1.0:
+            assert f == 1.0
+        else:  # too small to matter: the baseline routing, weights included
+            assert torch.equal(got["hook_topk_ids"], base["hook_topk_ids"])
+            assert torch.equal(got["hook_topk_weights"], base["hook_topk_weights"])
+
+
+# ---------------------------------------------------------------------------- loss rows
+@torch.no_grad()
+def _manual_losses(model, batches, forced, layer, domain):
+    """Per domain: (baseline mean surprisal, steered mean surprisal, scored tokens), by hand."""
+    sums: dict = {}
+    for b in batches:
+        rows = torch.tensor([w.domain == domain for w in b.windows]).repeat_interleave(b.tokens.shape[1])
+
+        def force(t, hook):
+            t = t.clone()
+            t[rows[:, None] & torch.isin(torch.arange(t.shape[1]), torch.tensor(forced))[None]] = float("inf")
+            return t
+
+        base = token_nll(b, model(b.tokens, lengths=b.lengths))
+        with model.hooks([(f"layers.{layer}.ffn.gate.hook_allowed_scores", force)]):
+            st = token_nll(b, model(b.tokens, lengths=b.lengths))
+        for i, w in enumerate(b.windows):
+            s = sums.setdefault(w.domain, [0.0, 0.0, 0])
+            ok = ~torch.isnan(base[i])
+            s[0] += float(base[i][ok].double().sum())
+            s[1] += float(st[i][ok].double().sum())
+            s[2] += int(ok.sum())
+    return {d: (a / n, c / n, n) for d, (a, c, n) in sums.items()}
+
+
+def test_loss_rows_equal_a_manual_computation(tiny):
+    batches = _batches()
+    chosen = [int(t) for t in batches[0].tokens[1, 1:6]]
+    steers = [Steer(name="code", experts={2: [3, 11]}, domains=["code"]),
+              Steer(name="tok", experts={2: [3]}, token_ids=chosen)]
+    df = evaluate(tiny, batches, steers)
+    assert set(df.kind) == {"loss"} and list(df.domain.unique()) == ["all", "code", "prose"]
+    want = _manual_losses(tiny, batches, [3, 11], 2, "code")
+    code = df[df.steer == "code"].set_index("domain")
+    for d, (bl, loss, n) in want.items():
+        assert code.loc[d, "tokens"] == n
+        assert code.loc[d, "baseline_loss"] == pytest.approx(bl, rel=1e-6)
+        assert code.loc[d, "loss"] == pytest.approx(loss, rel=1e-6)
+    assert code.loc["code", "delta"] != 0
+    assert code.loc["code", "steered_tokens"] == want["code"][2] and code.loc["prose", "steered_tokens"] == 0
+    assert code.loc["all", "steered_tokens"] == want["code"][2]
+    assert code.loc["code", "forced_share"] == 1.0 and code.loc["all", "forced_share"] == 1.0
+    assert np.isnan(code.loc["prose", "forced_share"])
+    assert json.loads(code.spec.iloc[0]) == {"name": "code", "mode": "force", "experts": {"2": [3, 11]},
+                                            "domains": ["code"], "token_ids": None}
+    # the token filter: scored positions whose token is one of `chosen`
+    tok = df[(df.steer == "tok") & (df.domain == "all")].iloc[0]
+    n = sum(int(torch.isin(b.tokens[:, 1:], torch.tensor(chosen))[b.valid[:, 1:]].sum()) for b in batches)
+    assert tok.steered_tokens == n and 0 < n < tok.tokens
+    assert tok.baseline_loss == code.loc["all", "baseline_loss"]  # one shared baseline
+
+
+# --------------------------------------------------------------------------- generation
+def test_generation_rows(tiny):
+    prompts = [Prompt("p0", [0, 17, 99, 250, 3], "code"), Prompt("p1", [0, 400, 12], "prose")]
+    absurd = Steer(name="absurd", experts="1:0+1+2+3,2:12+13+14+15", domains=["code"])
+    df = generations(tiny, [absurd], prompts, max_new_tokens=6)
+    plain = [generate(tiny, [p.ids], max_new_tokens=6).tokens[0] for p in prompts]
+    assert df.baseline_text.tolist() == [" ".join(map(str, t)) for t in plain]
+    code, prose = df.iloc[0], df.iloc[1]
+    assert code.steered_text != code.baseline_text and code.forced_share == 1.0
+    assert code.steered_tokens == len(prompts[0].ids) + code.tokens - 1  # prefill, then each token fed back
+    assert code.kind == "generation" and code.domain == "code" and code.prompt == "p0"
+    # negative control of the domain filter: the prose prompt is not steered
+    assert prose.steered_tokens == 0 and prose.steered_text == prose.baseline_text
+    assert prose.forced_share is None or np.isnan(prose.forced_share)
+
+
+# ---------------------------------------------------------------------------------- CLI
+def _cli(env, out, *extra):
+    return ["--ckpt", str(env["ckpt"]), "--corpus", str(env["corpus"]), "--out", str(out), "--seq-len", "32",
+            "--batch-size", "4", "--domain-tokens", "200", "--max-new-tokens", "4", "--prompt-tokens", "8",
+            "--no-progress", *extra]
+
+
+def test_cli_end_to_end_writes_the_steering_table(probe_env, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_cli(probe_env, out, "--experts", "1:3+5,2:7", "--steer-domain", "code")) == 0
+    text = capsys.readouterr().out
+    assert "steering force-1:3+5,2:7@code" in text and "baseline" in text and f"wrote {out / 'steering'}" in text
+    run = probe.open_run(out)
+    assert run.tables == ["steering"] and run.status == "complete"
+    df = run.sql("select * from steering order by kind, domain").df()
+    assert df.kind.tolist() == ["generation"] * 2 + ["loss"] * 3
+    loss = df[df.kind == "loss"].set_index("domain")
+    assert loss.loc["prose", "steered_tokens"] == 0 and loss.loc["code", "steered_tokens"] > 0
+    assert loss.loc["code", "forced_share"] == 1.0 and loss.loc["all", "tokens"] == loss.tokens.sum() / 2
+    gen = df[df.kind == "generation"].set_index("domain")
+    assert gen.loc["code", "steered_tokens"] > 0 and gen.loc["prose", "steered_tokens"] == 0
+    parts = run.files("steering")
+    assert main(_cli(probe_env, out, "--experts", "1:3+5,2:7", "--steer-domain", "code")) == 0
+    assert probe.open_run(out).files("steering") == parts  # the same command replaces its part
+    assert not list((out / "steering").glob(".*"))
+    assert main(_cli(probe_env, out, "--experts", "2:1", "--mode", "bias", "--bias", "0.5",
+                     "--prompt", "def f(x):", "--steer-tokens", "def,7")) == 0
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(probe_env["ckpt"] / "tokenizer.json"))
+    want = {7} | {ids[0] for ids in (tok.encode(v).ids for v in ("def", " def")) if len(ids) == 1}
+    assert len(want) > 1
+    df = probe.open_run(out).df("steering")
+    bias = df[df.steer == f"bias-2:1-b0.5@{len(want)}tokens"]
+    spec = json.loads(bias.spec.iloc[0])
+    assert spec["bias"] == 0.5 and spec["token_ids"] == sorted(want)
+    assert bias[bias.kind == "generation"].prompt.tolist() == ["def f(x):"]
+
+
+@pytest.mark.parametrize("extra,msg", [
+    (["--experts", "1:99"], "expert 1:99 out of range"),
+    (["--experts", "0:1"], "layer 0 is dense"),
+    (["--experts", "1:0+1+2+3+4"], "5 experts forced"),
+    (["--experts", "1-2"], "expected layer:expert"),
+    (["--experts", "1:2", "--steer-domain", "poetry"], "--steer-domain 'poetry': the corpus has no such domain"),
+    (["--experts", "1:2", "--steer-tokens", "zzqxv"], "--steer-tokens 'zzqxv': not a single token"),
+    ([], "nothing to steer: pass --experts"),
+])
+def test_cli_bad_inputs_are_one_line_errors(probe_env, tmp_path, capsys, extra, msg):
+    assert main(_cli(probe_env, tmp_path / "o", *extra)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and msg in err and "\n" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_missing_run(tmp_path, capsys):
+    assert main(["--run", str(tmp_path / "nope"), "--experts", "1:2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "not a run directory" in err and "\n" not in err
