@@ -29,6 +29,7 @@ PAGES = [
     ("pages/latent_kv.py", "Latent KV", ":material/memory:", "Model"),
     ("pages/mtp.py", "MTP", ":material/fast_forward:", "Model"),
     ("pages/ablations.py", "Ablations", ":material/content_cut:", "Experiments"),
+    ("pages/steering.py", "Steering", ":material/tune:", "Experiments"),
     ("pages/compare.py", "Compare runs", ":material/compare:", "Experiments"),
     ("pages/training.py", "Training", ":material/monitoring:", "Experiments"),
 ]

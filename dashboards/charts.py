@@ -118,6 +118,38 @@ def sankey(src_labels: list[str], dst_labels: list[str], links: list[tuple[int, 
     return style(fig, title, height)
 
 
+
+def layered_sankey(columns: list[list[tuple[str, str, float]]], links: list[tuple], *, title: str | None = None,
+                   height: int = 560) -> go.Figure:
+    """Flows between consecutive columns (layers). columns[c] = [(label, colour, size), ...] top to bottom
+    (size: the node's share of its column's drawn height); links = (column c, node index in c, node index
+    in c + 1, value, colour, hover text). Node positions are given, so a node without incoming links
+    still sits in its own column."""
+    offset = np.cumsum([0] + [len(c) for c in columns])
+    sizes = [np.array([max(float(s), 1e-9) for _, _, s in col]) for col in columns]
+    plot_h, pad = height - 60, 6  # style()'s margins; node padding in pixels
+    ky = min((plot_h - (len(v) - 1) * pad) / v.sum() for v in sizes if len(v))  # pixels per token, as plotly
+    xs, ys = [], []
+    for c, v in enumerate(sizes):
+        top = (plot_h - v.sum() * ky - (len(v) - 1) * pad) / 2  # each column centred, nodes `pad` apart
+        mid = top + (np.cumsum(v) - v / 2) * ky + np.arange(len(v)) * pad
+        xs += [0.001 + 0.998 * c / max(len(columns) - 1, 1)] * len(v)
+        ys += list(np.clip(mid / plot_h, 0.001, 0.999))
+    labels = [lab for col in columns for lab, _, _ in col]
+    colors = [col_ for col in columns for _, col_, _ in col]
+    fig = go.Figure(go.Sankey(
+        arrangement="snap", textfont=dict(color="#222", size=12),
+        node=dict(label=labels, color=colors, x=xs, y=ys, pad=6, thickness=14,
+                  hovertemplate="%{label}<br>tokens: %{value:,}<extra></extra>"),
+        link=dict(source=[int(offset[c] + i) for c, i, *_ in links],
+                  target=[int(offset[c + 1] + j) for c, _, j, *_ in links],
+                  value=[v for *_, v, _, _ in links], color=[_rgba(col, 0.4) for *_, col, _ in links],
+                  customdata=[t for *_, t in links],
+                  hovertemplate="%{source.label} → %{target.label}<br>tokens: %{value:,}<br>%{customdata}"
+                                "<extra></extra>")))
+    return style(fig, title, height)
+
+
 def _rgba(hex_color: str, alpha: float) -> str:
     r, g, b = (int(hex_color[i:i + 2], 16) for i in (1, 3, 5))
     return f"rgba({r},{g},{b},{alpha})"

@@ -135,3 +135,49 @@ def serving_replay(steps: np.ndarray, layers: list[int], X: np.ndarray, window: 
             "gpu_now": np.stack([gpu_loads(totals[i], now_maps[i], now_gpus) for i in range(L)]),
             "gpu_plan": np.stack([gpu_loads(totals[i], plan_maps[i], gpus) for i in range(L)]),
             "plans": plans, "now_gpus": now_gpus}
+
+
+def _majority(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """keys..., n, domain (the most common domain, ties by name), domain_share: rows `keys` + domain."""
+    g = df.groupby([*keys, "domain"], sort=False).size().rename("n").reset_index()
+    tot = g.groupby(keys).n.sum().rename("total")
+    top = g.sort_values(["n", "domain"], ascending=[False, True]).drop_duplicates(keys).set_index(keys)
+    out = tot.to_frame().join(top.rename(columns={"n": "top"})).reset_index()
+    out["domain_share"] = out.top / out.total
+    return out.drop(columns="top").rename(columns={"total": "n"})
+
+
+def path_flows(top1: np.ndarray, domains: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The Sankey of top-1 paths over L chosen layers, from [T, L] first-choice experts.
+
+    flows: step j (column j -> j + 1), src, dst, n (tokens), domain (their most common domain) and
+    domain_share; nodes: col, expert, n, domain, domain_share. Largest flows first."""
+    top1, domains = np.asarray(top1), np.asarray(domains).astype(str)
+    flows = [_majority(pd.DataFrame({"src": top1[:, j], "dst": top1[:, j + 1], "domain": domains}), ["src", "dst"])
+             .assign(step=j) for j in range(top1.shape[1] - 1)]
+    nodes = [_majority(pd.DataFrame({"expert": top1[:, j], "domain": domains}), ["expert"]).assign(col=j)
+             for j in range(top1.shape[1])]
+    cols = ["step", "src", "dst", "n", "domain", "domain_share"]
+    f = pd.concat(flows, ignore_index=True)[cols] if flows else pd.DataFrame(columns=cols)
+    nd = pd.concat(nodes, ignore_index=True)[["col", "expert", "n", "domain", "domain_share"]]
+    return f.sort_values(["step", "n"], ascending=[True, False], ignore_index=True), nd
+
+
+def rank_disagreement(imp: pd.DataFrame, top: int = 10) -> pd.DataFrame:
+    """Experts of one layer (rows expert, load_share, delta) whose load rank and causal rank differ most:
+    load_rank, causal_rank (1 = largest load share / loss change), rank_gap = load_rank - causal_rank
+    (> 0: more important than its load suggests)."""
+    d = imp[["expert", "load_share", "delta"]].copy()
+    d["load_rank"] = d.load_share.rank(ascending=False, method="min").astype(int)
+    d["causal_rank"] = d.delta.rank(ascending=False, method="min").astype(int)
+    d["rank_gap"] = d.load_rank - d.causal_rank
+    order = d.rank_gap.abs().sort_values(ascending=False, kind="stable").index
+    return d.loc[order].head(top).reset_index(drop=True)
+
+
+def spearman(x, y) -> float:
+    """Spearman's rank correlation (average ranks); NaN with fewer than 3 points or a constant side."""
+    x, y = pd.Series(np.asarray(x, float)), pd.Series(np.asarray(y, float))
+    if len(x) < 3 or x.nunique() < 2 or y.nunique() < 2:
+        return float("nan")
+    return float(x.rank().corr(y.rank()))

@@ -480,6 +480,18 @@ def ablations(ref: RunRef) -> pd.DataFrame:
     return query(ref, "select * from ablations", ("ablations",))
 
 
+@cached
+def expert_importance(ref: RunRef) -> pd.DataFrame:
+    """The `expert_importance` table of `python -m analyses.importance` (one row per layer, expert, domain)."""
+    return query(ref, "select * from expert_importance order by layer, expert, domain", ("expert_importance",))
+
+
+@cached
+def steering(ref: RunRef) -> pd.DataFrame:
+    """The `steering` table of `python -m analyses.steer` (loss rows per domain, generation rows per prompt)."""
+    return query(ref, "select * from steering", ("steering",))
+
+
 # ------------------------------------------------------------------------------ training runs
 @cached
 def train_metrics(ref: RunRef) -> pd.DataFrame:

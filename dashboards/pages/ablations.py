@@ -1,14 +1,16 @@
 """Ablations: the loss change of each ablation per domain, and the masked-fraction curve (loss change
-against the share of routed experts disabled), from the `ablations` table of `analyses.ablate`."""
+against the share of routed experts disabled), from the `ablations` table of `analyses.ablate`; and
+the causal importance of each expert (`expert_importance`, `analyses.importance`) against its load."""
 
 from __future__ import annotations
 
 import json
 
+import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboards import charts, data, ui
+from dashboards import charts, compute, data, ui
 
 
 def rule_of(spec: str) -> str:
@@ -32,6 +34,12 @@ def main() -> None:
     ref = ui.selected_run(("probe",))
     if ref is None:
         return
+    sweep(ref)
+    importance(ref)
+
+
+def sweep(ref: data.RunRef) -> None:
+    """The `ablations` table: loss change per domain and the masked-fraction curve."""
     if not data.has_table(ref, "ablations"):
         st.info(f"Run `{ref.name}` has no ablations yet. Run a sweep over it with `python -m analyses.ablate` "
                 "(it writes `ablations/` into the run directory); the results appear here.", icon="ℹ️")
@@ -88,6 +96,64 @@ def main() -> None:
         cols = [c for c in (name, "mode", "rule", "n_disabled", "domain", "tokens", "baseline_loss", "loss", "delta",
                             "routing_changed", "experts_changed") if c in ab.columns]
         st.dataframe(ab[cols].sort_values([name, "domain"]), hide_index=True, width="stretch")
+
+
+def importance(ref: data.RunRef) -> None:
+    """Per layer, each expert's load share against the loss change of removing it, and where they disagree."""
+    st.subheader("Causal importance vs load")
+    if not data.has_table(ref, "expert_importance"):
+        st.info(f"Run `{ref.name}` has no expert importance yet. Measure the loss change of removing each routed "
+                f"expert with `python -m analyses.importance --run {ref.path}` (it writes `expert_importance/` into "
+                "the run directory); each expert's load against its causal importance appears here.", icon="ℹ️")
+        return
+    with ui.guard("the causal importance"):
+        imp = data.expert_importance(ref)
+        if imp.empty:
+            st.info("The expert_importance table is empty.")
+            return
+        doms = sorted(imp.domain.unique(), key=lambda d: (d != "all", d))
+        layers = sorted(int(x) for x in imp.layer.unique())
+        c1, c2 = st.columns([1, 3])
+        dom = c1.selectbox("Domain", doms, key="imp_domain", help="`all`: every token; else that domain's tokens")
+        shown = c2.multiselect("Layers", layers, default=layers[:4], key="imp_layers")
+        d = imp[imp.domain == dom]
+        by_layer = {x: d[d.layer == x] for x in layers}
+        rho = pd.DataFrame({"layer": layers, "rho": [compute.spearman(g.load_share, g.delta)
+                                                      for g in by_layer.values()]})
+        cols = st.columns(2)
+        rho_of = dict(zip(rho.layer, rho.rho))
+        for i, layer in enumerate(shown):
+            cols[i % 2].plotly_chart(importance_scatter(by_layer[layer], layer, rho_of[layer], dom),
+                                     key=f"imp_scatter_{layer}")
+        gaps = pd.concat([compute.rank_disagreement(by_layer[x]).assign(layer=x) for x in (shown or layers)],
+                         ignore_index=True)
+        gaps = gaps.loc[gaps.rank_gap.abs().sort_values(ascending=False, kind="stable").index].head(10)
+        left, right = st.columns([2, 3]) if len(layers) > 1 else (None, st.container())
+        if left is not None:
+            left.plotly_chart(charts.bars([f"layer {x}" for x in rho.layer], rho.rho, ylabel="Spearman ρ",
+                                          title=f"Spearman ρ(load share, Δ loss) per layer ({dom})",
+                                          colors="#4C78A8", fmt=".3f", height=380), key="imp_rho")
+        right.markdown("**Experts whose load rank and causal rank disagree most** (rank 1 = largest; a positive "
+                       "gap: more important than its load suggests)")
+        right.dataframe(gaps[["layer", "expert", "load_share", "load_rank", "delta", "causal_rank", "rank_gap"]],
+                        hide_index=True, width="stretch", key="imp_gaps",
+                        column_config={"load_share": st.column_config.NumberColumn(format="%.4f"),
+                                       "delta": st.column_config.NumberColumn("Δ loss", format="%+.4f")})
+        st.caption("Δ loss: mean surprisal with the expert removed (rerouted to the next-best experts at that layer "
+                   "only) minus the baseline, nats. Spearman ρ near 1: the busiest experts are the ones that matter.")
+
+
+def importance_scatter(g: pd.DataFrame, layer: int, rho: float, dom: str) -> go.Figure:
+    fig = go.Figure(go.Scatter(
+        x=g.load_share, y=g.delta, mode="markers+text", text=[str(e) for e in g.expert], textposition="top center",
+        textfont=dict(size=9, color="#555"), marker=dict(size=9, color=[charts.expert_color(e) for e in g.expert]),
+        customdata=g[["expert", "load", "loss", "baseline_loss"]].to_numpy(),
+        hovertemplate="expert %{customdata[0]}<br>load share %{x:.4f} (%{customdata[1]:,})<br>Δ loss %{y:+.4f} nats"
+                      "<br>loss %{customdata[2]:.4f} vs %{customdata[3]:.4f}<extra></extra>"))
+    fig.update_xaxes(title="load share", tickformat=".1%")
+    fig.update_yaxes(title="Δ loss when removed (nats)")
+    fig.add_hline(y=0, line_color="#999")
+    return charts.style(fig, f"layer {layer} ({dom}): Spearman ρ = {rho:.3f}", 360)
 
 
 with ui.guard("this page"):

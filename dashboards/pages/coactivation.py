@@ -1,14 +1,17 @@
-"""Co-activation and flow: which experts a layer picks together, and how tokens' top-1 experts at one
-layer map to their top-1 experts at another (a Sankey)."""
+"""Co-activation and flow: which experts a layer picks together, and expert paths: how tokens' top-1
+experts at one layer map to their top-1 experts at the next chosen layers (a Sankey; two layers: the
+flow between them), the most common paths and how much a path tells about the domain."""
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 
-from dashboards import charts, compute, data, ui
+from dashboards import charts, compute, data, research, ui
 
-MAX_LINKS = 40
+MAX_LINKS = 20
 
 
 def main() -> None:
@@ -44,34 +47,120 @@ def main() -> None:
             st.caption("Row i: of the tokens that chose expert i, the share that also chose expert j "
                        "(`analyses.metrics.coactivation`; the diagonal is left blank).")
 
-    st.subheader("Top-1 flow between two layers")
-    c1, c2, c3 = st.columns(3)
-    la = c1.selectbox("From layer", layers, index=0, key="flow_a")
-    lb = c2.selectbox("To layer", layers, index=min(1, len(layers) - 1), key="flow_b")
-    n_links = c3.slider("Largest flows shown", 10, 200, MAX_LINKS, step=10, key="flow_n")
-    with ui.guard("the Sankey"):
-        if la == lb:
-            st.info("Pick two different layers.")
+    paths(ref, layers)
+
+
+def paths(ref: data.RunRef, layers: list[int]) -> None:
+    """Top-1 expert paths through the chosen layers: a Sankey, the most common paths, path statistics."""
+    st.subheader("Expert paths")
+    c1, c2, c3 = st.columns([3, 1.2, 1])
+    chosen = sorted(c1.multiselect("MoE layers (a path: the top-1 expert at each, in layer order)", layers,
+                                   default=layers, key="path_layers"))
+    n_links = c2.slider("Largest flows per layer step", 5, 100, MAX_LINKS, step=5, key="path_links")
+    by = c3.radio("Colour by", ["expert", "domain"], horizontal=True, key="path_color",
+                  help="domain: each flow and node in the most common domain of its tokens")
+    if len(chosen) < 2:
+        st.info("Pick at least two MoE layers: a path is a token's top-1 expert at each chosen layer.")
+        return
+    p = None
+    with ui.guard("the expert paths"):
+        p = research.expert_paths(ref, tuple(chosen))
+        if not p["tokens"]:
+            st.info(f"No token is routed at all of layers {', '.join(map(str, chosen))} yet.")
             return
-        flow = data.top1_flow(ref, la, lb)
-        if flow.empty:
-            st.info("No tokens routed at both layers yet.")
-            return
-        total = int(flow.n.sum())
-        shown = flow.head(n_links)
-        src = sorted(shown.src.unique())
-        dst = sorted(shown.dst.unique())
-        si, di = {e: i for i, e in enumerate(src)}, {e: i for i, e in enumerate(dst)}
-        links = [(si[s], di[d], int(n)) for s, d, n in zip(shown.src, shown.dst, shown.n)]
-        fig = charts.sankey([f"L{la} · expert {e}" for e in src], [f"L{lb} · expert {e}" for e in dst], links,
-                            src_colors=[charts.expert_color(e) for e in src],
-                            dst_colors=[charts.expert_color(e) for e in dst],
-                            title=f"Top-1 expert at layer {la} → top-1 expert at layer {lb}")
-        st.plotly_chart(fig, key="sankey")
-        same = int(flow[flow.src == flow.dst].n.sum())
-        st.caption(f"The {len(shown)} largest of {len(flow)} flows, {int(shown.n.sum()) / total:.0%} of "
-                   f"{total:,} tokens. Same expert id at both layers: {same / total:.1%} (ids are not "
-                   "shared across layers; this is only a reference point).")
+        st.plotly_chart(path_sankey(p["flows"], p["nodes"], chosen, n_links, by), key="sankey")
+        if by == "domain":
+            dcol = ui.domain_colors()
+            st.markdown(" · ".join(f"<span style='color:{dcol.get(d, '#888')};font-weight:600'>■ {ui.html_text(d)}"
+                                   "</span>" for d in sorted(p["nodes"].domain.unique())) + " — the most common "
+                        "domain of each node's and each flow's tokens (hover: its share)", unsafe_allow_html=True)
+        shown = p["flows"].groupby("step").head(n_links)
+        st.caption(f"The {n_links} largest flows between each pair of consecutive chosen layers "
+                   f"({int(shown.n.sum()) / p['flows'].n.sum():.0%} of the token transitions), over the "
+                   f"{p['tokens']:,} tokens routed at every chosen layer. Expert ids are not shared across layers: "
+                   "E5 at one layer and E5 at the next are unrelated." + research.sample_note(ref, p["windows"]))
+    if not p or not p["tokens"]:
+        return
+    with ui.guard("the path statistics"):
+        path_stats(ref, p)
+    with ui.guard("the most common paths"):
+        tok = ui.tokenizer_for(ref)
+        com = p["common"]
+        table = pd.DataFrame({
+            "path": [" → ".join(f"E{e}" for e in path) for path in com.path], "tokens": com["count"],
+            "share": com.share, "domain": com.top_domain, "domain share": com.top_domain_share,
+            "example tokens": ["  ".join(repr(t) for t in ui.token_text(tok, ids, stream=False))
+                               for ids in com.token_ids]})
+        st.markdown(f"**Most common paths** (layers {' → '.join(map(str, chosen))})")
+        st.dataframe(table, hide_index=True, width="stretch", key="common_paths", column_config={
+            "share": st.column_config.ProgressColumn(format="%.3f", min_value=0, max_value=float(com.share.max())),
+            "domain share": st.column_config.NumberColumn(format="%.2f")})
+
+
+def path_sankey(flows: pd.DataFrame, nodes: pd.DataFrame, chosen: list[int], n_links: int, by: str):
+    """The layered Sankey of the `n_links` largest flows of each layer step, coloured by expert or domain."""
+    shown = flows.groupby("step").head(n_links)
+    dcol = ui.domain_colors()
+
+    def colour(expert: int, domain: str) -> str:
+        return charts.expert_color(expert) if by == "expert" else dcol.get(domain, "#888888")
+
+    columns, index = [], {}
+    for c, layer in enumerate(chosen):
+        used = set(shown[shown.step == c].src) | set(shown[shown.step == c - 1].dst)
+        col = nodes[(nodes.col == c) & nodes.expert.isin(used)].sort_values("expert")
+        size = [max(shown[(shown.step == c) & (shown.src == e)].n.sum(), shown[(shown.step == c - 1)
+                    & (shown.dst == e)].n.sum()) for e in col.expert]
+        index |= {(c, int(e)): i for i, e in enumerate(col.expert)}
+        columns.append([(f"L{layer}·E{e}", colour(e, d), s) for e, d, s in zip(col.expert, col.domain, size)])
+    links = [(int(s), index[(s, int(a))], index[(s + 1, int(b))], int(n),
+              colour(a, d) if by == "domain" else charts.expert_color(a), f"mostly {d} ({ds:.0%})")
+             for s, a, b, n, d, ds in zip(shown.step, shown.src, shown.dst, shown.n, shown.domain, shown.domain_share)]
+    title = f"Top-1 expert paths through layers {', '.join(map(str, chosen))}"
+    return charts.layered_sankey(columns, links, title=title, height=max(480, min(900, 40 * max(map(len, columns)))))
+
+
+def path_stats(ref: data.RunRef, p: dict) -> None:
+    """Distinct paths and perplexity, and how much the path tells about the domain vs each layer alone."""
+    summ, info = p["summary"], p["information"]
+    al = summ[summ.domain == "all"].iloc[0]
+    path = info[info.unit == "path"].iloc[0]
+    single = info[info.unit != "path"]
+    c = st.columns(5)
+    c[0].metric("Distinct paths", f"{int(al.distinct_paths):,}", help="distinct top-1 paths among the tokens")
+    c[1].metric("Path perplexity", f"{al.perplexity:.1f}", help="e^H(path): the effective number of paths")
+    c[2].metric("Top-10 paths' share", f"{al.top10_share:.1%}")
+    doms = sorted(summ.domain[summ.domain != "all"])
+    if len(doms) < 2:
+        ui.one_domain_note(ref, doms, "The domain information of paths")
+        return
+    best = single.ami.max()
+    c[3].metric("Path AMI", f"{path.ami:.3f}", f"{path.ami - best:+.3f} vs best layer",
+                help="adjusted mutual information of (domain, path), against the best single layer: 0 = no more "
+                     "than chance")
+    c[4].metric("Domain accuracy", f"{path.heldout_accuracy:.1%}",
+                f"{path.heldout_accuracy - path.majority_baseline:+.1%} vs majority",
+                help="held out: the domain guessed as the path's majority domain on training windows, scored "
+                     "on every 5th window, against always guessing the majority domain")
+    left, right = st.columns([3, 2])
+    fig = go.Figure()
+    for col, name, color in (("ami", "domain AMI", "#4C78A8"), ("heldout_accuracy", "held-out accuracy", "#F58518")):
+        fig.add_trace(go.Bar(x=info.unit, y=info[col], name=name, marker_color=color,
+                             hovertemplate=f"%{{x}}<br>{name} %{{y:.3f}}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=info.unit, y=[float(path.majority_baseline)] * len(info), mode="lines",
+                             name="majority baseline (accuracy)", line=dict(color="#444", dash="dot"),
+                             hovertemplate="always the majority domain: %{y:.3f}<extra></extra>"))
+    fig.update_layout(barmode="group")
+    left.plotly_chart(charts.style(fig, "Domain information: each layer alone vs the whole path", 340),
+                      key="path_info")
+    right.dataframe(summ[["domain", "tokens", "distinct_paths", "perplexity", "top10_share"]]
+                    .rename(columns={"distinct_paths": "paths", "top10_share": "top-10 share"}),
+                    hide_index=True, width="stretch", key="path_summary",
+                    column_config={"perplexity": st.column_config.NumberColumn(format="%.1f"),
+                                   "top-10 share": st.column_config.NumberColumn(format="%.3f")})
+    right.caption("AMI is chance-adjusted: a path has many more values than one layer's expert, and plug-in "
+                  "mutual information would grow with them even without any domain signal "
+                  "(`analyses.metrics.domain_information`).")
 
 
 with ui.guard("this page"):

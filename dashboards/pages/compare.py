@@ -1,12 +1,13 @@
 """Compare runs: any two runs side by side on balance and specialisation (balanced vs unbalanced
-training, baseline vs ablated checkpoint, two corpora...)."""
+training, baseline vs ablated checkpoint, two corpora...), and for two probe runs over the same
+windows (two checkpoints on one corpus) their routing token by token: run vs run."""
 
 from __future__ import annotations
 
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboards import charts, compute, data, ui
+from dashboards import charts, compute, data, research, ui
 
 RUN_COLORS = ("#4C78A8", "#F58518")
 
@@ -88,6 +89,7 @@ def main() -> None:
                 nm[r.name] = compute.nmi_by_layer(de, E)
             if nm:
                 grouped(nm, "nmi", "NMI(domain; expert) per layer", "NMI", "cmp_nmi")
+        run_vs_run(ra, rb)
     elif ra.kind == rb.kind == "train":
         with ui.guard("the training curves"):
             left, right = st.columns(2)
@@ -104,6 +106,56 @@ def main() -> None:
                                             xlabel="step", ylabel="MaxVio", colors=colors), key="cmp_mv")
     else:
         st.caption("Specialisation (NMI) is compared between two probe runs (training runs log no domains per expert).")
+
+
+def run_vs_run(ra: data.RunRef, rb: data.RunRef) -> None:
+    """Per-layer routing agreement of two probe runs over the same windows, and the tokens that moved most."""
+    st.subheader("Run vs run: the same tokens' routing")
+    missing = [r.name for r in (ra, rb) if not data.has_table(r, "routing")]
+    if missing:
+        st.info(f"Run vs run compares routing token by token, and {', '.join(f'`{n}`' for n in missing)} has no "
+                "`routing` table.", icon="ℹ️")
+        return
+    with ui.guard("run vs run"):
+        res = research.run_vs_run(ra, rb)
+        if "error" in res:
+            st.info(f"Run vs run needs two runs over the same windows (e.g. two checkpoints recorded on one corpus "
+                    f"with the same `--seq-len` and `--order`): {res['error']}.", icon="ℹ️")
+            return
+        ag, ch = res["agreement"], res["changes"]
+        c = st.columns(4)
+        c[0].metric(f"Matched share of {ra.name}", f"{ag.share_of_a.min():.1%}",
+                    help="tokens routed in both runs / tokens routed in this run (smallest over layers)")
+        c[1].metric(f"Matched share of {rb.name}", f"{ag.share_of_b.min():.1%}")
+        w = ag.tokens / ag.tokens.sum()
+        c[2].metric("Same top-1 expert", f"{(ag.top1_same * w).sum():.1%}", help="over layers, weighted by tokens")
+        c[3].metric("Mean Jaccard of the top-k sets", f"{(ag.jaccard * w).sum():.3f}")
+        fig = go.Figure()
+        x = [f"layer {int(v)}" for v in ag.layer]
+        for col, name, color in (("top1_same", "same top-1 expert", RUN_COLORS[0]),
+                                 ("jaccard", "mean Jaccard (top-k)", RUN_COLORS[1]),
+                                 ("nmi_top1", "NMI (top-1)", "#BAB0AC")):
+            fig.add_trace(go.Bar(x=x, y=ag[col], name=name, marker_color=color, customdata=ag.tokens,
+                                 hovertemplate=f"%{{x}}<br>{name}: %{{y:.3f}}<br>tokens %{{customdata:,}}"
+                                               "<extra></extra>"))
+        fig.update_layout(barmode="group")
+        fig.update_yaxes(title="agreement", range=[0, 1.02])
+        left, right = st.columns([2, 3])
+        left.plotly_chart(charts.style(fig, f"{ra.name} vs {rb.name}: agreement per layer", 360), key="cmp_agree")
+        changed = ch[(ch.top1_changed > 0) | (ch.set_changed > 0)]
+        with right:
+            st.markdown("**Tokens whose routes changed most** (lowest mean Jaccard over the layers)")
+            if changed.empty:
+                st.info("No token's top-k set differs between the two runs.")
+                return
+            tok = ui.tokenizer_for(ra)
+            st.dataframe(changed.assign(token=[repr(t) for t in ui.token_text(tok, changed.token_id, stream=False)])
+                         [["token", "domain", "seq_id", "pos", "layers", "top1_changed", "set_changed", "jaccard"]],
+                         hide_index=True, width="stretch", height=320, key="cmp_changes",
+                         column_config={"jaccard": st.column_config.NumberColumn(format="%.3f")})
+        st.caption("Routing rows matched on (window, position, layer); expert ids compared by index, so this "
+                   "reads as agreement for two checkpoints of one model (fine-tuned, ablated, re-balanced). "
+                   "`analyses.metrics.routing_agreement_from_runs`, `route_changes_from_runs`.")
 
 
 with ui.guard("this page"):

@@ -1,14 +1,15 @@
-"""Specialisation: domain x expert per layer (share and lift), NMI per layer, and the top tokens of a
-chosen expert with snippets in context."""
+"""Specialisation: domain x expert per layer (share and lift), NMI per layer, the top tokens of a
+chosen expert with snippets in context, and token-id dependence (how much of routing the token id
+alone predicts, against context baselines)."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 
-from dashboards import charts, compute, data, ui
+from dashboards import charts, compute, data, research, ui
 
 
 def snippet_html(tok, ids: list[int], centre: int, color: str) -> str:
@@ -23,11 +24,24 @@ def snippet_html(tok, ids: list[int], centre: int, color: str) -> str:
     return "<span style='font-family:monospace;white-space:pre-wrap'>…" + "".join(parts) + "…</span>"
 
 
+PREDICTOR_LABELS = {"token_id": "token id", "prev_token": "previous token", "position": "position",
+                    "prev_and_position": "previous token + position", "token_and_prev": "token id + previous",
+                    "majority": "majority (floor)"}
+PREDICTOR_COLORS = {"token_id": "#4C78A8", "prev_token": "#F58518", "position": "#54A24B",
+                    "prev_and_position": "#B279A2", "token_and_prev": "#72B7B2", "majority": "#BAB0AC"}
+
+
 def main() -> None:
     st.title("Specialisation")
     ref = ui.selected_run(("probe",))
     if ref is None:
         return
+    domain_views(ref)
+    token_dependence(ref)
+
+
+def domain_views(ref: data.RunRef) -> None:
+    """Domain x expert per layer, NMI, the most domain-specific experts and an expert's top tokens."""
     E = int((ref.info.get("model_args") or {}).get("n_routed_experts") or 0)
     de = None
     with ui.guard("the domain × expert tables"):
@@ -120,6 +134,59 @@ def top_tokens(ref, layer: str, E: int, tops: pd.DataFrame) -> None:
             badge = f"<span style='color:{dcol.get(s.domain, '#888')};font-weight:600'>{ui.html_text(s.domain)}</span>"
             st.markdown(f"{badge} · window {s.seq_id}, pos {s.pos}: " + snippet_html(tok, s.ids, s.centre, color),
                         unsafe_allow_html=True)
+
+
+def token_dependence(ref: data.RunRef) -> None:
+    """Held-out accuracy of predicting each layer's top-1 expert from the token id vs context baselines,
+    and OLMoE's vocabulary specialisation for the input and the next token."""
+    st.subheader("Token-id dependence")
+    missing = [t for t in ("tokens", "routing") if not data.has_table(ref, t)]
+    if missing:
+        st.info(f"Token-id dependence needs the per-token `tokens` and `routing` tables, and run `{ref.name}` has "
+                f"no {' and no '.join(f'`{t}`' for t in missing)} table. Record a run with `dsv3-probe record` "
+                "(a serving engine's per-pass or stat dump holds loads only).", icon="ℹ️")
+        return
+    with ui.guard("the token-id dependence"):
+        td, windows = research.token_dependence(ref)
+        top1 = td[td.target == "top1"]
+        x = [f"layer {int(v)}" for v in top1.layer]
+        fig = go.Figure()
+        for p in PREDICTOR_LABELS:
+            fig.add_trace(go.Bar(x=x, y=top1[p], name=PREDICTOR_LABELS[p], marker_color=PREDICTOR_COLORS[p],
+                                 hovertemplate=f"%{{x}}<br>{PREDICTOR_LABELS[p]}: %{{y:.3f}}<extra></extra>"))
+        fig.update_layout(barmode="group")
+        fig.update_yaxes(title="held-out accuracy", tickformat=".0%", rangemode="tozero")
+        left, right = st.columns([3, 2])
+        left.plotly_chart(charts.style(fig, "Predicting the top-1 expert: held-out accuracy per predictor", 380),
+                          key="tokdep")
+        vs = go.Figure()
+        for col, name, color in (("vocab_spec_input", "input token", "#4C78A8"),
+                                 ("vocab_spec_next", "next token", "#E45756")):
+            vs.add_trace(go.Bar(x=x, y=top1[col], name=name, marker_color=color,
+                                hovertemplate=f"%{{x}}<br>{name}: %{{y:.3f}}<extra></extra>"))
+        vs.update_layout(barmode="group")
+        vs.update_yaxes(title="vocabulary specialisation", range=[0, 1])
+        right.plotly_chart(charts.style(vs, "Vocabulary specialisation: input vs next token", 380), key="vocab_spec")
+        test = int(top1.test_tokens.iloc[0]) if len(top1) else 0
+        st.caption(f"Each predictor learns the majority expert of its key (token id, previous token id, position, "
+                   f"...) on 4 of every 5 windows and is scored on the 5th ({test:,} held-out tokens; keys never "
+                   "seen in training fall back as in `analyses.metrics.token_dependence`). High token-id "
+                   "accuracy: routing is largely context-independent (OpenMoE); the gap to `token id + previous` "
+                   "is what one token of context adds. Vocabulary specialisation (OLMoE): per token id, the share "
+                   "of its occurrences routed to its most common top-1 expert, averaged over ids; against the next "
+                   "token it asks whether experts specialise in what is predicted rather than what is read."
+                   + research.sample_note(ref, windows))
+        short = {"token_id": "token id", "prev_token": "prev token", "prev_and_position": "prev + pos",
+                 "token_and_prev": "token + prev", "vocab_spec_input": "VS input", "vocab_spec_next": "VS next",
+                 "test_tokens": "held-out"}
+        table = td[["layer", "target", *PREDICTOR_LABELS, "unseen", "vocab_spec_input", "vocab_spec_next",
+                    "test_tokens"]].rename(columns=short)
+        st.dataframe(table, hide_index=True, width="stretch", key="tokdep_table", column_config={
+            c: st.column_config.NumberColumn(format="%.3f") for c in table.columns if table[c].dtype.kind == "f"})
+        st.caption("Accuracies per predictor (prev: the previous token's id; pos: the position in the window); "
+                   "VS: vocabulary specialisation against the input and the next token. "
+                   "target `topk`: the whole top-k set predicted (one label per distinct set); `unseen`: share of "
+                   "held-out tokens whose id never occurs in training.")
 
 
 with ui.guard("this page"):

@@ -14,8 +14,8 @@ from helpers.apptest import PAGES, REPO, app, open_page, texts
 from helpers.dashboard_runs import dashboard_runs
 
 # plotly charts each page must draw for the complete probe run `demo`
-CHARTS_DEMO = {"overview": 1, "load_balance": 4, "specialisation": 2, "token_explorer": 2, "coactivation": 2,
-               "serving": 3, "latent_kv": 3, "mtp": 6, "ablations": 2, "compare": 4, "training": 6}
+CHARTS_DEMO = {"overview": 1, "load_balance": 4, "specialisation": 4, "token_explorer": 2, "coactivation": 3,
+               "serving": 3, "latent_kv": 3, "mtp": 6, "ablations": 5, "steering": 1, "compare": 6, "training": 6}
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +43,8 @@ def test_widgets_change_the_view(runs):
     at.radio(key="sp_view").set_value("share").run()
     assert not at.exception and not at.error
     at = open_page(at, "coactivation")
-    layers = at.selectbox(key="flow_a").options
-    at.selectbox(key="flow_b").set_value(layers[0]).run()
-    assert "Pick two different layers" in texts(at.info)
+    at.multiselect(key="path_layers").set_value([1]).run()
+    assert "Pick at least two MoE layers" in texts(at.info)
     at = open_page(at, "token_explorer")
     at.selectbox(key="te_domain").set_value("prose").run()
     assert not at.exception and not at.error and len(at.get("plotly_chart")) >= 2

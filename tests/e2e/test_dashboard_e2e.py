@@ -29,11 +29,11 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--
                  "--disable-extensions", "--no-first-run", "--mute-audio"]
 # url path -> (title, plotly charts expected on the `demo` run)
 PAGES = {
-    "": ("Overview", 1), "load_balance": ("Load balance", 4), "specialisation": ("Specialisation", 2),
-    "token_explorer": ("Token explorer", 2), "coactivation": ("Co-activation & flow", 2),
+    "": ("Overview", 1), "load_balance": ("Load balance", 4), "specialisation": ("Specialisation", 4),
+    "token_explorer": ("Token explorer", 2), "coactivation": ("Co-activation & flow", 3),
     "serving": ("Serving", 3),
-    "latent_kv": ("Latent KV", 3), "mtp": ("MTP", 6), "ablations": ("Ablations", 2),
-    "compare": ("Compare runs", 4), "training": ("Training", 6),
+    "latent_kv": ("Latent KV", 3), "mtp": ("MTP", 6), "ablations": ("Ablations", 5),
+    "steering": ("Steering", 1), "compare": ("Compare runs", 6), "training": ("Training", 6),
 }
 ERROR_SELECTORS = ['[data-testid="stException"]', '[data-testid="stAlertContentError"]']
 ERROR_TEXT = ("Traceback (most recent call last)", "StreamlitAPIException", "Could not draw")

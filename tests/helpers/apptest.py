@@ -9,7 +9,7 @@ APP = str(REPO / "dashboards" / "app.py")
 PAGES = {  # page file -> title shown (dashboards/app.py's PAGES)
     "overview": "Overview", "load_balance": "Load balance", "specialisation": "Specialisation",
     "token_explorer": "Token explorer", "coactivation": "Co-activation & flow", "serving": "Serving",
-    "latent_kv": "Latent KV", "mtp": "MTP", "ablations": "Ablations", "compare": "Compare runs",
+    "latent_kv": "Latent KV", "mtp": "MTP", "ablations": "Ablations", "steering": "Steering", "compare": "Compare runs",
     "training": "Training",
 }
 

@@ -3,7 +3,9 @@
 `dashboard_runs(probe_env, tmp_path_factory)` records one small probe run once per session and
 derives from it every state a page must survive:
 
-    good/demo            complete probe run (+ ablations and speculative-decoding tables)
+    good/demo            complete probe run (+ ablations, speculative-decoding, expert_importance and
+                         steering tables)
+    good/demo-finetuned  demo's windows with part of the routing changed (Compare runs: run vs run)
     good/demo-running    the same, status "running", final tables not written yet
     good/demo-stopped    status "interrupted", the last routing part missing
     good/train-demo      a training run (train_steps, train_domains, train_gates, train_eval, expert_load, router_bias)
@@ -72,6 +74,83 @@ def write_spec(run: Path) -> None:
         pq.write_table(pa.Table.from_pylist(rows, schema=TABLES[name]), run / name / "part-0.parquet")
 
 
+def write_importance(run: Path) -> None:
+    """expert_importance as `python -m analyses.importance` writes it: the run's own loads per MoE layer
+    (and domain), synthetic loss changes that mostly follow the load, with a few experts that do not."""
+    import duckdb
+
+    from probe.schema import TABLES
+
+    info = json.loads((run / "run.json").read_text())
+    a = info["model_args"]
+    loads = duckdb.sql(f"""select layer, expert, domain, sum(count)::bigint as load from
+        read_parquet('{run}/expert_load/*.parquet') where layer >= {a["n_dense_layers"]} and layer < {a["n_layers"]}
+        group by all union all select layer, expert, 'all', sum(count)::bigint from
+        read_parquet('{run}/expert_load/*.parquet') where layer >= {a["n_dense_layers"]} and layer < {a["n_layers"]}
+        group by all order by all""").df()
+    rng = np.random.default_rng(1)
+    rows = []
+    for (layer, dom), g in loads.groupby(["layer", "domain"]):
+        total = int(g.load.sum())
+        for e, load in zip(g.expert, g.load):
+            share = load / total
+            delta = 0.4 * share + rng.normal(0, 0.002) + (0.03 if e in (3, 11) else 0.0)  # 3, 11: undervalued
+            base = 5.0 + 0.1 * len(dom)
+            rows.append({"layer": int(layer), "expert": int(e), "domain": dom,
+                         "tokens": total // a["n_activated_experts"], "load": int(load),
+                         "load_share": float(share), "baseline_loss": base, "loss": base + delta,
+                         "delta": float(delta)})
+    (run / "expert_importance").mkdir(exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=TABLES["expert_importance"]),
+                   run / "expert_importance" / "imp.parquet")
+
+
+def write_steering(run: Path) -> None:
+    """steering as `python -m analyses.steer` writes it: two steerings, loss rows per domain and two
+    generation rows each (synthetic numbers and texts)."""
+    from probe.schema import TABLES
+
+    rows = []
+    for i, (name, mode, experts) in enumerate([("force-2:5", "force", {"2": [5]}),
+                                               ("bias-1:3+7-b2", "bias", {"1": [3, 7]})]):
+        spec = json.dumps({"name": name, "mode": mode, "experts": experts, "domains": None, "token_ids": None})
+        for j, dom in enumerate(["all", "code", "prose"]):
+            base = 5.0 + 0.2 * j
+            delta = 0.12 * (i + 1) + 0.05 * j
+            rows.append({"steer": name, "spec": spec, "kind": "loss", "domain": dom, "tokens": 1000 + 100 * j,
+                         "steered_tokens": 1000 + 100 * j, "forced_share": 1.0 if mode == "force" else 0.6 - 0.1 * j,
+                         "baseline_loss": base, "loss": base + delta, "delta": delta})
+        for dom, prompt in (("code", "def add(a, b):\n    return"), ("prose", "The river ran past the old mill and")):
+            rows.append({"steer": name, "spec": spec, "kind": "generation", "domain": dom, "tokens": 12,
+                         "steered_tokens": 12, "forced_share": 1.0, "prompt": prompt,
+                         "baseline_text": " a + b\n\ndef sub(a, b):" if dom == "code" else " into the quiet town.",
+                         "steered_text": f" the the the {name} <b>bold</b> $x$" if i else " a - b  # steered"})
+    (run / "steering").mkdir(exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=TABLES["steering"]), run / "steering" / "steer.parquet")
+
+
+def write_variant(demo: Path, out: Path) -> Path:
+    """`demo`'s windows routed by a (synthetically) different checkpoint: the same tokens, and the
+    routing of some positions with its expert ids permuted (layer 2 more than layer 1)."""
+    out.mkdir()
+    for t in ("tokens", "expert_load"):
+        shutil.copytree(demo / t, out / t)
+    info = json.loads((demo / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps(info | {"status": "complete"}))
+    perm = np.random.default_rng(2).permutation(info["model_args"]["n_routed_experts"])
+    (out / "routing").mkdir()
+    for f in sorted((demo / "routing").glob("*.parquet")):
+        t = pq.read_table(f)
+        ids = t.column("expert_ids").to_pylist()
+        moved = [(lay == 2 and p % 3 == 0) or (lay == 1 and p % 11 == 0)
+                 for lay, p in zip(t.column("layer").to_pylist(), t.column("pos").to_pylist())]
+        ids = [[int(perm[e]) for e in row] if m else row for row, m in zip(ids, moved)]
+        t = t.set_column(t.schema.get_field_index("expert_ids"), "expert_ids",
+                         pa.array(ids, type=t.schema.field("expert_ids").type))
+        pq.write_table(t, out / "routing" / f.name)
+    return out
+
+
 def write_train_run(run: Path, steps: int = 120, balance: str = "aux-free", seed: int = 0) -> Path:
     """A training run written through the training code's own log (train.log.TrainLog: the tables of
     probe.schema), with synthetic numbers."""
@@ -128,11 +207,14 @@ def dashboard_runs(probe_env, tmp_path_factory) -> dict[str, Path]:
                                      sample=0.5, commit_every=4, progress=False)))
     write_ablations(demo)
     write_spec(demo)
+    write_importance(demo)
+    write_steering(demo)
+    write_variant(demo, good / "demo-finetuned")
 
     running = good / "demo-running"
     shutil.copytree(demo, running)
     _set_status(running, "running")
-    for t in ("kv_stats", "kv_spectrum", "ablations", "spec_decode", "spec_drafts"):
+    for t in ("kv_stats", "kv_spectrum", "ablations", "spec_decode", "spec_drafts", "expert_importance", "steering"):
         shutil.rmtree(running / t)
 
     stopped = good / "demo-stopped"

@@ -1,0 +1,117 @@
+"""Steering: what forcing (or biasing) chosen experts does, from the `steering` table of
+`python -m analyses.steer`: the loss change per domain of each steering, how many tokens it applied
+to and how often the steered experts made the top-k, and greedy continuations with and without it."""
+
+from __future__ import annotations
+
+import json
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from dashboards import charts, data, ui
+
+
+def describe(spec: str) -> str:
+    """'force layer 2: experts 5+7 · domains code' from a steering's spec JSON."""
+    try:
+        s = json.loads(spec) if isinstance(spec, str) else {}
+    except ValueError:
+        return "?"
+    if not isinstance(s, dict):
+        return "?"
+    sel = "; ".join(f"layer {k}: expert{'s' if len(v) > 1 else ''} {'+'.join(map(str, v))}"
+                    for k, v in (s.get("experts") or {}).items())
+    mode = s.get("mode", "?")
+    out = f"{mode} {s['bias']:g} · {sel}" if mode == "bias" and "bias" in s else f"{mode} · {sel}"
+    if s.get("domains"):
+        out += f" · only {', '.join(s['domains'])} tokens"
+    if s.get("token_ids") is not None:
+        out += f" · only {len(s['token_ids'])} token ids"
+    return out
+
+
+def main() -> None:
+    st.title("Steering")
+    ref = ui.selected_run(("probe",))
+    if ref is None:
+        return
+    if not data.has_table(ref, "steering"):
+        st.info(f"Run `{ref.name}` has no steering results yet. Steer chosen experts with `python -m analyses.steer "
+                f"--run {ref.path} --experts L:E` (e.g. `--experts 2:5+7`: force experts 5 and 7 of layer 2 into "
+                "every token's top-k; `--mode bias --bias 2` adds to their scores instead); it writes `steering/` "
+                "into the run directory and the results appear here.", icon="ℹ️")
+        return
+    with ui.guard("the steering results"):
+        df = data.steering(ref)
+        if df.empty:
+            st.info("The steering table is empty.")
+            return
+        loss = df[df.kind == "loss"]
+        if len(loss):
+            loss_chart(loss)
+        steers = list(dict.fromkeys(df.steer))
+        pick = st.selectbox("Steering", steers, key="steer_pick",
+                            format_func=lambda n: f"{n} · {describe(df[df.steer == n].spec.iloc[0])}")
+        one(df[df.steer == pick])
+
+
+def loss_chart(loss) -> None:
+    colors = ui.domain_colors()
+    per = loss[loss.domain != "all"] if (loss.domain != "all").any() else loss
+    fig = go.Figure()
+    for dom, g in per.groupby("domain"):
+        fig.add_trace(go.Bar(x=g.steer, y=g.delta, name=dom, marker_color=colors.get(dom),
+                             customdata=g[["loss", "baseline_loss", "steered_tokens", "tokens"]].to_numpy(),
+                             hovertemplate=f"{dom} · %{{x}}<br>Δ loss %{{y:+.4f}} nats<br>"
+                                           "loss %{customdata[0]:.4f} vs %{customdata[1]:.4f}<br>"
+                                           "steered %{customdata[2]:,} of %{customdata[3]:,} tokens<extra></extra>"))
+    fig.update_layout(barmode="group")
+    fig.update_xaxes(title="steering", type="category")
+    fig.update_yaxes(title="Δ loss (nats)")
+    fig.add_hline(y=0, line_color="#444")
+    st.plotly_chart(charts.style(fig, "Loss change per domain for each steering", 380), key="steer_delta")
+
+
+def one(g) -> None:
+    """One steering: its numbers over all tokens, its per-domain rows and its generations side by side."""
+    loss, gen = g[g.kind == "loss"], g[g.kind == "generation"]
+    st.caption(f"Spec: `{g.spec.iloc[0]}`")
+    if len(loss):
+        al = loss[loss.domain == "all"].iloc[0] if (loss.domain == "all").any() else loss.iloc[0]
+        c = st.columns(4)
+        c[0].metric(f"Δ loss ({al.domain})", f"{al.delta:+.4f}", help=f"{al.loss:.4f} vs {al.baseline_loss:.4f} nats")
+        c[1].metric("Steered tokens", f"{int(al.steered_tokens):,}", help=f"of {int(al.tokens):,} tokens scored")
+        c[2].metric("Share steered", f"{al.steered_tokens / al.tokens:.1%}" if al.tokens else "–")
+        c[3].metric("Forced share", f"{al.forced_share:.1%}" if al.forced_share == al.forced_share else "–",
+                    help="share of (steered token, steered layer) pairs whose top-k holds every steered expert "
+                         "(1 when forcing; lower for a bias the router can refuse)")
+        st.dataframe(loss[["domain", "tokens", "steered_tokens", "forced_share", "baseline_loss", "loss", "delta"]],
+                     hide_index=True, width="stretch", key="steer_rows",
+                     column_config={c: st.column_config.NumberColumn(format="%.4f")
+                                    for c in ("forced_share", "baseline_loss", "loss", "delta")})
+    if gen.empty:
+        st.caption("No generation rows for this steering.")
+        return
+    st.markdown("**Greedy continuations**: without steering (left) and with it (right)")
+    dcol = ui.domain_colors()
+    for _, r in gen.iterrows():
+        dom = r.domain if isinstance(r.domain, str) else None
+        badge = (f"<span style='color:{dcol.get(dom, '#888')};font-weight:600'>{ui.html_text(dom)}</span> · "
+                 if dom else "")
+        st.markdown(f"{badge}prompt: {text_box(r.prompt, '#f4f4f4')}", unsafe_allow_html=True)
+        left, right = st.columns(2)
+        left.markdown(text_box(r.baseline_text, "#eef3fa", "baseline"), unsafe_allow_html=True)
+        right.markdown(text_box(r.steered_text, "#fdf0e6", "steered"), unsafe_allow_html=True)
+
+
+def text_box(text, bg: str, label: str | None = None) -> str:
+    """A text in a box, every markup character escaped, line breaks kept."""
+    body = ui.html_text(text if isinstance(text, str) else "")
+    head = f"<div style='font-size:0.8em;color:#666'>{label}</div>" if label else ""
+    return (f"<div style='background:{bg};border-radius:6px;padding:6px 10px;margin-bottom:8px'>{head}"
+            f"<span style='font-family:monospace;white-space:pre-wrap'>{body}</span></div>")
+
+
+with ui.guard("this page"):
+    main()

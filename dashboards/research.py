@@ -1,0 +1,130 @@
+"""The research views' data: cached calls of the `analyses.metrics` run functions (expert paths,
+token-id dependence, run vs run), as `dashboards.data` does for the SQL aggregates.
+
+Each is keyed on the run's file signature (`data.cached`; run vs run: both runs'). A metric's
+`MetricsError` (no routing rows, two runs over different windows) becomes `data.MissingTable` and an
+unreadable file `data.DataError`, so `ui.guard` shows them as an info box or a warning, with the
+runs named rather than their paths. Expert paths and token-id dependence load [tokens, layers, K]
+expert ids in memory: they read the run's first windows only (`route_windows`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import streamlit as st
+
+from .data import (SAMPLE_TOKENS, DataError, MissingTable, RunRef, _quote, cached, moe_layers, query,
+                   table_files)
+
+# Expert paths and token-id dependence load [tokens, layers, K] expert ids: at most this many ids, from
+# the run's first windows (and never more than SAMPLE_TOKENS tokens).
+MAX_ROUTE_IDS = 8_000_000
+
+
+def route_windows(ref: RunRef, n_layers: int) -> int:
+    """Windows (seq_id < n) the per-token metrics read for `n_layers` layers of top-k ids."""
+    K = int((ref.info.get("model_args") or {}).get("n_activated_experts") or 8)
+    seq_len = int((ref.info.get("options") or {}).get("seq_len") or 512)
+    return max(1, min(SAMPLE_TOKENS, MAX_ROUTE_IDS // max(1, n_layers * K)) // seq_len)
+
+
+@cached
+def window_count(ref: RunRef) -> int:
+    """Windows in the run (largest seq_id of `tokens` + 1)."""
+    df = query(ref, "select coalesce(max(seq_id) + 1, 0) as n from tokens", ("tokens",))
+    return int(df.n.iloc[0])
+
+
+def sample_note(ref: RunRef, windows: int) -> str:
+    """'' when the run has at most `windows` windows, else a sentence saying only the first ones were read."""
+    total = window_count(ref)
+    return (f" Read: the first {windows:,} of the run's {total:,} windows (the [tokens x layers x K] expert ids are "
+            "held in memory)." if total > windows else "")
+
+
+def _sampled_run(ref: RunRef, windows: int):
+    """The run as a `probe.Run` whose routing and tokens views hold only windows seq_id < `windows`."""
+    from probe.run import open_run
+
+    run = open_run(ref.path)
+    for t in ("routing", "tokens"):
+        files = table_files(ref, t)
+        if files:
+            lst = ", ".join(_quote(str(f)) for f in files)
+            run.con.execute(f"create or replace view {t} as select * from read_parquet([{lst}], union_by_name = "
+                            f"true) where seq_id < {int(windows)}")
+    return run
+
+
+def metric_call(refs: tuple[RunRef, ...], what: str, fn):
+    """fn() of `analyses.metrics`: its MetricsError (no such rows, runs that do not match) becomes a
+    MissingTable, an unreadable file a DataError; run paths in the message are named by the run."""
+    from analyses.metrics import MetricsError
+    from probe.writer import RunError
+
+    def named(msg: str) -> str:
+        for r in refs:
+            msg = msg.replace(str(Path(r.path)), f"`{r.name}`")
+        return msg
+
+    try:
+        return fn()
+    except MetricsError as e:
+        raise MissingTable(named(str(e))) from None
+    except (duckdb.Error, OSError, RunError) as e:
+        msg = named(str(e).strip().splitlines()[0][:300])
+        raise DataError(f"run {refs[0].name!r}: cannot read {what} ({msg})") from None
+
+
+@cached
+def expert_paths(ref: RunRef, layers: tuple[int, ...], top: int = 10) -> dict:
+    """Top-1 expert paths over `layers` (tokens routed at all of them, first `windows` windows):
+    tokens, windows, summary (`path_summary`), information (`domain_information`, every 5th window
+    held out), common (`common_paths`, `top` rows), flows and nodes (`compute.path_flows`)."""
+    from analyses import metrics as m
+
+    from . import compute
+
+    windows = route_windows(ref, len(layers))
+    r = metric_call((ref,), "`routing`, `tokens`",
+                    lambda: m.routes_from_run(_sampled_run(ref, windows), list(layers)))
+    out = {"tokens": len(r.ids), "windows": windows}
+    if len(r.ids):
+        flows, nodes = compute.path_flows(r.ids[:, :, 0], r.domain)
+        out |= {"summary": m.path_summary(r.ids, r.domain, 1), "flows": flows, "nodes": nodes,
+                "information": m.domain_information(r.ids, r.domain, r.layers, 1, r.heldout(5)),
+                "common": m.common_paths(r.ids, r.domain, r.token_id, 1, top)}
+    return out
+
+
+@cached
+def token_dependence(ref: RunRef, every: int = 5) -> tuple[pd.DataFrame, int]:
+    """(`token_dependence_from_run` over every recorded MoE layer, windows read)."""
+    from analyses import metrics as m
+
+    windows = route_windows(ref, len(moe_layers(ref)) or 64)
+    df = metric_call((ref,), "`routing`, `tokens`",
+                     lambda: m.token_dependence_from_run(_sampled_run(ref, windows), every=every))
+    return df, windows
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _run_vs_run(a: tuple, b: tuple, top: int) -> dict:
+    from analyses import metrics as m
+
+    ra, rb = (RunRef(name, path, "probe", "") for name, path, _ in (a, b))
+    try:
+        agree = metric_call((ra, rb), "`routing`", lambda: m.routing_agreement_from_runs(ra.path, rb.path))
+        changes = metric_call((ra, rb), "`routing`", lambda: m.route_changes_from_runs(ra.path, rb.path, top=top))
+    except MissingTable as e:  # kept in the cache: runs over different windows are not re-joined each time
+        return {"error": str(e)}
+    return {"agreement": agree, "changes": changes}
+
+
+def run_vs_run(a: RunRef, b: RunRef, top: int = 20) -> dict:
+    """Routing of two runs over the same windows: {"agreement": `routing_agreement_from_runs`,
+    "changes": `route_changes_from_runs`}, or {"error": why they cannot be compared}."""
+    return _run_vs_run((a.name, a.path, a.sig), (b.name, b.path, b.sig), top)

@@ -1,0 +1,170 @@
+"""The research views under AppTest: expert paths (Co-activation & flow), token-id dependence
+(Specialisation), run vs run (Compare runs), causal importance (Ablations) and the Steering page.
+Each shows at least one number equal to what `analyses.metrics` (or the run's table) gives, and says
+plainly what is missing when a table is absent or two runs cannot be compared."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from helpers.apptest import app, open_page, texts
+from helpers.dashboard_runs import dashboard_runs
+
+
+@pytest.fixture(scope="module")
+def runs(probe_env, tmp_path_factory):
+    return dashboard_runs(probe_env, tmp_path_factory)
+
+
+def metric(at, label: str) -> str:
+    found = [m.value for m in at.metric if m.label == label]
+    assert found, (label, [m.label for m in at.metric])
+    return found[0]
+
+
+def frame(at, column: str) -> pd.DataFrame:
+    found = [d.value for d in at.dataframe if column in d.value.columns]
+    assert found, (column, [list(d.value.columns) for d in at.dataframe])
+    return found[0]
+
+
+def chart_titles(at) -> list[str]:
+    return [(json.loads(c.proto.spec)["layout"].get("title") or {}).get("text", "") for c in at.get("plotly_chart")]
+
+
+def test_expert_paths(runs):
+    from analyses.metrics import common_paths, domain_information, path_summary, routes_from_run
+
+    r = routes_from_run(runs["demo"], [1, 2])
+    summ = path_summary(r.ids, r.domain, 1).set_index("domain")
+    info = domain_information(r.ids, r.domain, r.layers, 1, r.heldout(5)).set_index("unit")
+    com = common_paths(r.ids, r.domain, r.token_id, 1, 10)
+    at = open_page(app(runs["good"], "demo"), "coactivation")
+    assert not at.error and not at.warning, (texts(at.error), texts(at.warning))
+    assert at.multiselect(key="path_layers").value == [1, 2]  # default: every MoE layer
+    assert "Top-1 expert paths through layers 1, 2" in chart_titles(at)
+    assert metric(at, "Distinct paths") == f"{int(summ.distinct_paths['all']):,}"
+    assert metric(at, "Path perplexity") == f"{summ.perplexity['all']:.1f}"
+    assert metric(at, "Path AMI") == f"{info.ami['path']:.3f}"
+    assert metric(at, "Domain accuracy") == f"{info.heldout_accuracy['path']:.1%}"
+    table = frame(at, "example tokens")
+    assert table.tokens.tolist() == com["count"].tolist()
+    assert table.path.iloc[0] == " → ".join(f"E{e}" for e in com.path.iloc[0])
+    assert table.domain.tolist() == com.top_domain.tolist()
+    at.radio(key="path_color").set_value("domain").run()
+    assert not at.exception and not at.error and "Top-1 expert paths through layers 1, 2" in chart_titles(at)
+    assert any("the most common domain of each node" in m.value for m in at.markdown)
+    at.multiselect(key="path_layers").set_value([2]).run()
+    assert "Pick at least two MoE layers" in texts(at.info)
+    assert not any("expert paths" in t for t in chart_titles(at))
+
+
+def test_token_dependence(runs, tmp_path):
+    from analyses.metrics import token_dependence_from_run
+
+    want = token_dependence_from_run(runs["demo"]).set_index(["layer", "target"])
+    at = open_page(app(runs["good"], "demo"), "specialisation")
+    assert not at.error and not at.warning, (texts(at.error), texts(at.warning))
+    assert any("held-out accuracy per predictor" in t for t in chart_titles(at))
+    got = frame(at, "token id").set_index(["layer", "target"])
+    assert len(got) == len(want) > 0
+    np.testing.assert_allclose(got["token id"], want.token_id)
+    np.testing.assert_allclose(got["VS next"], want.vocab_spec_next)
+    # a run without a tokens table: a note, not a traceback (the domain views still draw)
+    shutil.copytree(runs["demo"], tmp_path / "notokens")
+    shutil.rmtree(tmp_path / "notokens" / "tokens")
+    at = open_page(app(tmp_path, "notokens"), "specialisation")
+    assert not at.error, texts(at.error)
+    assert "Token-id dependence needs the per-token `tokens` and `routing` tables" in texts(at.info)
+    assert "no `tokens` table" in texts(at.info) and at.get("plotly_chart")
+
+
+def _shift_windows(run, by: int) -> None:
+    """Move every window of a run to seq_id + by (the same tokens, other windows)."""
+    for t in ("tokens", "routing"):
+        for f in (run / t).glob("*.parquet"):
+            tab = pq.read_table(f)
+            i = tab.schema.get_field_index("seq_id")
+            pq.write_table(tab.set_column(i, "seq_id", pc.add(tab.column(i), by)), f)
+
+
+def test_run_vs_run(runs, tmp_path):
+    from analyses.metrics import route_changes_from_runs, routing_agreement_from_runs
+
+    demo, other = runs["demo"], runs["good"] / "demo-finetuned"
+    ag = routing_agreement_from_runs(demo, other)
+    ch = route_changes_from_runs(demo, other, top=20)
+    at = open_page(app(runs["good"], "demo"), "compare")
+    assert at.selectbox(key="cmp_b").value == "demo-finetuned"
+    assert not at.error and not at.warning, (texts(at.error), texts(at.warning))
+    w = ag.tokens / ag.tokens.sum()
+    assert metric(at, "Same top-1 expert") == f"{(ag.top1_same * w).sum():.1%}" != "100.0%"
+    assert metric(at, "Mean Jaccard of the top-k sets") == f"{(ag.jaccard * w).sum():.3f}"
+    assert metric(at, "Matched share of demo") == f"{ag.share_of_a.min():.1%}"
+    changed = frame(at, "top1_changed")
+    assert changed[["seq_id", "pos"]].values.tolist() == ch[["seq_id", "pos"]].values.tolist()
+    assert changed.token.str.len().min() > 0
+    # runs over other windows, or other tokens at the same positions: said in an info box
+    from helpers.synthetic_run import write_run
+
+    write_run(tmp_path / "a")
+    write_run(tmp_path / "b")
+    _shift_windows(tmp_path / "b", 100)
+    write_run(tmp_path / "c", token_seed=7)
+    at = open_page(app(tmp_path, "a"), "compare")
+    at.selectbox(key="cmp_b").set_value("b").run()
+    assert not at.exception and not at.error, texts(at.error)
+    assert "`a` and `b` share no routed (seq_id, pos, layer): they did not see the same windows" in texts(at.info)
+    at.selectbox(key="cmp_b").set_value("c").run()
+    assert "`a` and `c` hold different tokens at" in texts(at.info) and not at.error
+    at.selectbox(key="cmp_b").set_value("a").run()  # the control: a run against itself agrees everywhere
+    assert metric(at, "Same top-1 expert") == "100.0%"
+
+
+def test_causal_importance(runs):
+    from scipy.stats import spearmanr
+
+    imp = pq.read_table(runs["demo"] / "expert_importance").to_pandas()
+    at = open_page(app(runs["good"], "demo"), "ablations")
+    assert not at.error and not at.warning, (texts(at.error), texts(at.warning))
+    titles = chart_titles(at)
+    for dom in ("all", "code"):
+        g = imp[(imp.layer == 1) & (imp.domain == dom)]
+        rho = spearmanr(g.load_share, g.delta).statistic
+        assert f"layer 1 ({dom}): Spearman ρ = {rho:.3f}" in titles, titles
+        gaps = frame(at, "rank_gap")
+        assert gaps.rank_gap.abs().is_monotonic_decreasing and len(gaps) == 10
+        top = gaps.iloc[0]
+        g = imp[(imp.layer == top.layer) & (imp.domain == dom)]
+        load_rank = int((g.load_share > g[g.expert == top.expert].load_share.iloc[0]).sum()) + 1
+        assert top.load_rank == load_rank
+        at.selectbox(key="imp_domain").set_value("code").run()
+        titles = chart_titles(at)
+    at = open_page(app(runs["good"], "demo-running"), "ablations")
+    assert "python -m analyses.importance --run" in texts(at.info) and not at.error
+
+
+def test_steering_page(runs):
+    tab = pq.read_table(runs["demo"] / "steering").to_pandas()
+    at = open_page(app(runs["good"], "demo"), "steering")
+    assert not at.error and not at.warning, (texts(at.error), texts(at.warning))
+    assert "Loss change per domain for each steering" in chart_titles(at)
+    for name in tab.steer.unique():
+        at.selectbox(key="steer_pick").set_value(name).run()
+        row = tab[(tab.steer == name) & (tab.kind == "loss") & (tab.domain == "all")].iloc[0]
+        assert metric(at, "Δ loss (all)") == f"{row.delta:+.4f}"
+        assert metric(at, "Forced share") == f"{row.forced_share:.1%}"
+        shown = " ".join(m.value for m in at.markdown)
+        gen = tab[(tab.steer == name) & (tab.kind == "generation")]
+        assert "into the quiet town." in shown and len(gen) == 2
+    assert "&#60;b&#62;bold&#60;/b&#62;" in shown and "<b>bold</b>" not in shown  # texts are escaped
+    at = open_page(app(runs["good"], "demo-running"), "steering")
+    assert "python -m analyses.steer --run" in texts(at.info) and "--experts L:E" in texts(at.info)
+    assert not at.error and not at.get("plotly_chart")
