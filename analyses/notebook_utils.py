@@ -9,7 +9,8 @@ Environment (what the notebook tests set to point the notebooks at a small run):
 - DSV3_NOTEBOOK_RUN: the run directory to open (recorded there on the bundled model when missing);
 - DSV3_NOTEBOOK_MAX_TOKENS: tokens of the small run recorded when no run exists (default 40000);
 - DSV3_NOTEBOOK_ABLATION_TOKENS: tokens the ablation notebook evaluates per pass (default 8000);
-- DSV3_NOTEBOOK_COMPARE_RUN: the second run of the run-vs-run notebook (default: `compare_run`).
+- DSV3_NOTEBOOK_COMPARE_RUN: the second run of the run-vs-run notebook (default: `compare_run`);
+- DSV3_NOTEBOOK_IMPORTANCE_EXPERTS: the experts the causal-importance notebook removes (default all).
 """
 
 from __future__ import annotations

@@ -78,19 +78,31 @@ def spearman(x, y) -> float:
     return pearson(pd.Series(x).rank().to_numpy(), pd.Series(y).rank().to_numpy())
 
 
+def spearman_p(x, y) -> float:
+    """Two-sided p-value of Spearman's rho against no association (scipy's t approximation); NaN
+    when rho is undefined."""
+    from scipy.stats import spearmanr
+
+    if np.isnan(spearman(x, y)):
+        return float("nan")
+    return float(spearmanr(np.asarray(x, np.float64), np.asarray(y, np.float64)).pvalue)
+
+
 def load_vs_importance(df_or_run, domain: str = "all") -> pd.DataFrame:
-    """Per layer: experts, tokens, spearman and pearson (load_share vs delta), the most important
+    """Per layer: experts, tokens, spearman (with its p-value spearman_p) and pearson (load_share vs
+    delta), the most important
     expert (top_expert, lowest id among ties) with its top_delta and top_load_share."""
     df = _domain_rows(importance_table(df_or_run), domain)
     out = []
     for layer, g in df.groupby("layer", sort=True):
         top = g.loc[g.delta.idxmax()]
         out.append({"layer": int(layer), "experts": len(g), "tokens": int(g.tokens.max()) if "tokens" in g else None,
-                    "spearman": spearman(g.load_share, g.delta), "pearson": pearson(g.load_share, g.delta),
+                    "spearman": spearman(g.load_share, g.delta), "spearman_p": spearman_p(g.load_share, g.delta),
+                    "pearson": pearson(g.load_share, g.delta),
                     "top_expert": int(top.expert), "top_delta": float(top.delta),
                     "top_load_share": float(top.load_share)})
-    return pd.DataFrame(out, columns=["layer", "experts", "tokens", "spearman", "pearson", "top_expert", "top_delta",
-                                      "top_load_share"])
+    return pd.DataFrame(out, columns=["layer", "experts", "tokens", "spearman", "spearman_p", "pearson", "top_expert",
+                                      "top_delta", "top_load_share"])
 
 
 def correlation_by_domain(df_or_run) -> pd.DataFrame:
@@ -98,7 +110,8 @@ def correlation_by_domain(df_or_run) -> pd.DataFrame:
     df = importance_table(df_or_run)
     doms = sorted(df.domain.unique(), key=lambda d: (d != "all", d))
     return pd.concat([load_vs_importance(df, d).assign(domain=d) for d in doms], ignore_index=True)[
-        ["domain", "layer", "experts", "tokens", "spearman", "pearson", "top_expert", "top_delta", "top_load_share"]]
+        ["domain", "layer", "experts", "tokens", "spearman", "spearman_p", "pearson", "top_expert", "top_delta",
+         "top_load_share"]]
 
 
 def rank_disagreement(df_or_run, layer: int | None = None, top: int = 5, domain: str = "all") -> pd.DataFrame:

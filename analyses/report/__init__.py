@@ -5,16 +5,22 @@ run's checkpoint (data.py); nothing is hard-coded.
     python -m analyses.report                                  # the default run runs/model-val (recorded if missing)
     python -m analyses.report runs/x --out runs/x/report.html --max-tokens 20000 --seeds 3
     python -m analyses.report --findings analyses/FINDINGS.md  # also write the measured numbers as Markdown
+    python -m analyses.report --compare runs/model-val-no-router-bias   # + the run-vs-run section
 
 Sections: per-layer load balance; domain specialisation per layer (NMI, lift heatmaps); loss vs
 fraction of the most-used experts masked (DeepSeekMoE protocol, mode reroute) against the same
 number of random experts (several seeds); per-domain ablation (each domain's own top experts vs the
 other domains'); consecutive-token repetition vs its random baselines; MTP agreement by domain;
-latent-KV effective rank by layer. The ablations evaluate about --max-tokens tokens split evenly
-between the domains and are also written into the run's `ablations` table.
+latent-KV effective rank by layer; then the research sections: causal vs observed importance (each
+routed expert removed in turn, `analyses.importance`), expert paths, token-id dependence, run vs run
+(with `--compare RUN`, a run over the same windows) and steering (the most specialised domain's
+experts forced on, `analyses.steer`). The ablations evaluate about --max-tokens tokens split evenly
+between the domains and are also written into the run's `ablations` table; importance and steering
+evaluate --importance-tokens per domain and write `expert_importance` and `steering`.
 
 Library: data.py (the numbers behind each section and the notebooks, from `analyses.metrics` and
-the ablation API), render.py (sections, figures, HTML and Markdown); the command is `__main__.py`.
+the ablation API), research.py and research_model.py (the research sections; the latter runs the
+model), render.py (sections, figures, HTML and Markdown); the command is `__main__.py`.
 """
 
 from .data import (FRACTIONS, RANK_BY, SEEDS, Sweep, ablation_sweep, balance, latent_rank, masked_counts, mtp_by_domain,

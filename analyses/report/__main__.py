@@ -52,7 +52,14 @@ def parser() -> argparse.ArgumentParser:
                         "whole-run ranking is then shown too) or by the run's expert_load (run)")
     p.add_argument("--domain-top", type=int, help="experts per layer masked in the per-domain ablation (default E/8)")
     p.add_argument("--batch-size", type=int, help="windows per forward pass in the ablations (default: the run's)")
-    p.add_argument("--skip-ablation", action="store_true", help="leave out the two ablation sections (fast)")
+    p.add_argument("--skip-ablation", action="store_true",
+                   help="leave out the sections that run the model: ablations, causal importance, steering (fast)")
+    p.add_argument("--compare", metavar="RUN",
+                   help="a second run over the same windows (another checkpoint, or this one changed): the "
+                        "'Run vs run' section")
+    p.add_argument("--importance-tokens", type=int, default=1000,
+                   help="tokens per domain the causal-importance and steering sections evaluate (default 1000; "
+                        "0 leaves both out)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     add_model_flags(p.add_argument_group("how the ablations run the model (under torchrun: replicas of "
                                          "--model-parallel ranks, as analyses.ablate)"))
@@ -71,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if ns.max_tokens is not None and ns.max_tokens < 1:
             raise ReportError(f"--max-tokens {ns.max_tokens}: must be >= 1")
+        if ns.importance_tokens < 0:
+            raise ReportError(f"--importance-tokens {ns.importance_tokens}: must be >= 0")
         if ns.seeds < 1:
             raise ReportError(f"--seeds {ns.seeds}: must be >= 1")
         if ns.run is None and not (DEFAULT_RUN / "run.json").exists():

@@ -16,13 +16,15 @@ import numpy as np
 import pandas as pd
 
 from . import data as rd
+from . import research
 from analyses.notebook_utils import DEFAULT_RUN
 from probe.job import MODEL_FLAGS
 
 ONE_DOMAIN = ("the run has one domain ({}): record a corpus with two or more (a sub-folder or a `domain` field "
               "each; with --max-tokens the default --order domains takes tokens from every domain).")
 SECTIONS = ("Summary", "Load balance", "Domain specialisation", "Loss vs masked experts",
-            "Per-domain ablation", "Consecutive-token repetition", "MTP agreement", "Latent KV effective rank")
+            "Per-domain ablation", "Consecutive-token repetition", "MTP agreement", "Latent KV effective rank",
+            *research.RESEARCH_SECTIONS)
 
 
 class ReportError(ValueError):
@@ -40,8 +42,13 @@ def md_table(df: pd.DataFrame, index: bool = False, digits: int = 4) -> str:
     d = df.reset_index() if index else df
     head = "| " + " | ".join(map(str, d.columns)) + " |"
     sep = "|" + "|".join("---" for _ in d.columns) + "|"
-    rows = ["| " + " | ".join(fmt(v, digits) for v in r) + " |" for r in d.itertuples(index=False)]
+    rows = ["| " + " | ".join(_cell(fmt(v, digits)) for v in r) + " |" for r in d.itertuples(index=False)]
     return "\n".join([head, sep, *rows])
+
+
+def _cell(text: str) -> str:
+    """A Markdown table cell: line breaks shown as ⏎, pipes escaped (generated text holds both)."""
+    return text.replace("\r", "").replace("\n", "⏎").replace("|", "\\|")
 
 
 # --------------------------------------------------------------------------------- compute
@@ -82,6 +89,7 @@ def compute(run_dir: Path, ns) -> dict:
                                          compare_run_ranking=ns.rank_by == "eval",
                                          model_opts={k: getattr(ns, k) for k in MODEL_FLAGS})
         out["ablation_seconds"] = time.time() - t
+    research.compute(run, ns, out)
     out["summary"] = summary(out)
     return out
 
@@ -139,7 +147,7 @@ def summary(r: dict) -> list[str]:
         s.append("Latent c_kv effective rank: " + ", ".join(
             f"L{int(x.layer)} {x.effective_rank:.1f}/{int(x.latent_dim)} (99% energy in {int(x.energy99)})"
             for x in kv.itertuples()) + ".")
-    return s
+    return s + research.summary(r)
 
 
 # --------------------------------------------------------------------------------- figures
@@ -218,7 +226,7 @@ def figures(r: dict) -> dict[str, list]:
                                     mode="lines+markers") for p in (90, 95, 99)])
         title = f"c_kv effective rank and components for 90/95/99% energy (of {int(kv.latent_dim.max())})"
         out["Latent KV effective rank"].append((title, fig, kv, False))
-    return out
+    return out | research.figures(r)
 
 
 # ----------------------------------------------------------------------------------- output
@@ -248,6 +256,8 @@ def _missing(sec: str, r: dict) -> str:
         return f"(not measured: {ONE_DOMAIN.format(', '.join(r['domains']) or 'none')})"
     if sec in ("Loss vs masked experts", "Per-domain ablation") and r["sweep"] is None:
         return "(skipped: --skip-ablation)"
+    if sec in research.RESEARCH_SECTIONS:
+        return research.missing(sec, r)
     return "(not in this run: the table was not recorded)"
 
 
@@ -297,7 +307,7 @@ def write_findings(r: dict, figs: dict, path: Path, argv: list[str]) -> Path:
     lines += [f"- {x}" for x in r["summary"]]
     keep = {"Load balance": [0], "Domain specialisation": [0], "Loss vs masked experts": None,
             "Per-domain ablation": None, "Consecutive-token repetition": None, "MTP agreement": None,
-            "Latent KV effective rank": None}
+            "Latent KV effective rank": None} | dict.fromkeys(research.RESEARCH_SECTIONS)
     for sec, which in keep.items():
         items = figs[sec] if which is None else [figs[sec][i] for i in which if i < len(figs[sec])]
         if not items:

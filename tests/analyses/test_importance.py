@@ -194,6 +194,8 @@ def test_spearman_known_answers_ties_and_degenerate_cases():
     # ranks (1, 2.5, 2.5, 4) vs (1, 3, 2, 4): 4.5 / sqrt(4.5 * 5)
     assert got.spearman[3] == pytest.approx(4.5 / np.sqrt(22.5)) == spearmanr([.1, .2, .2, .3], [.1, .3, .2, .4])[0]
     assert got.spearman[[4, 5, 6]].isna().all() and got.pearson[[4, 5, 6]].isna().all()
+    assert got.spearman_p[3] == pytest.approx(spearmanr([.1, .2, .2, .3], [.1, .3, .2, .4]).pvalue)
+    assert got.spearman_p[[4, 5, 6]].isna().all()
     assert got.pearson[1] == pytest.approx(np.corrcoef([.1, .2, .3, .4], [0, .1, .2, .9])[0, 1])
     assert (got.top_expert[1], got.top_delta[1], got.top_expert[6]) == (3, 0.9, 1)  # tie: the lower id
     assert got.experts.tolist() == [4, 4, 4, 1, 3, 3]

@@ -34,10 +34,14 @@ def test_help():
 
 @pytest.mark.slow
 def test_report_has_every_section(run_dir, tmp_path, capsys):
+    from analyses.notebook_utils import compare_run
+
     out, findings = tmp_path / "r" / "report.html", tmp_path / "FINDINGS.md"
+    other = compare_run(probe.open_run(run_dir), out=tmp_path / "no-bias")  # the same windows, bias removed
     t = time.perf_counter()
     rc = report.main([str(run_dir), "--out", str(out), "--findings", str(findings), "--max-tokens", "1500",
-                      "--fractions", "1/8", "--seeds", "2", "--no-progress"])
+                      "--fractions", "1/8", "--seeds", "2", "--importance-tokens", "150", "--compare",
+                      str(other.path), "--no-progress"])
     print(f"report: {time.perf_counter() - t:.1f} s")
     text = capsys.readouterr().out
     assert rc == 0
@@ -49,14 +53,18 @@ def test_report_has_every_section(run_dir, tmp_path, capsys):
     from plotly.offline import get_plotlyjs
 
     assert doc.count(get_plotlyjs()[:300]) == 1 and "<script src=" not in doc
-    assert doc.count('class="plotly-graph-div"') >= 7
-    assert "(skipped" not in doc and "(not in this run" not in doc
+    assert doc.count('class="plotly-graph-div"') >= 12
+    assert "(skipped" not in doc and "(not in this run" not in doc and "(not measured" not in doc
     assert not list(out.parent.glob(".*tmp*"))  # written atomically, no temporary left
     md = findings.read_text()
     assert "python -m analyses.report" in md and "--max-tokens 1500" in md
     for sec in ("Loss vs masked experts", "Per-domain ablation", "Consecutive-token repetition", "MTP agreement",
-                "Latent KV effective rank"):
+                "Latent KV effective rank", "Causal vs observed importance", "Expert paths", "Token-id dependence",
+                "Run vs run", "Steering"):
         assert f"## {sec}" in md
+    for needle in ("Spearman(load share, loss delta)", "Expert paths (top-1", "Token-id dependence (held-out",
+                   "Run vs run (", "Steering: forcing"):
+        assert needle in md, needle  # a summary sentence per research section, with its numbers
     # the curve's numbers come from the run's ablations table, written by the ablation API
     rows = probe.open_run(run_dir).df("ablations")
     E = json.loads((run_dir / "run.json").read_text())["model_args"]["n_routed_experts"]
@@ -116,3 +124,12 @@ def test_a_one_domain_run_is_reported_as_such(tmp_path, capsys):
     doc = (tmp_path / "r.html").read_text()
     assert doc.count("not measured: the run has one domain (code)") == 2  # specialisation, per-domain ablation
     assert "Lift P(domain | expert)" not in doc
+
+
+def test_markdown_cells_keep_generated_text_on_one_row():
+    """Generated continuations hold line breaks and pipes: the FINDINGS tables must not break."""
+    import pandas as pd
+    from analyses.report.render import md_table
+
+    t = md_table(pd.DataFrame({"text": ["a\nb|c"], "x": [1.5]}))
+    assert t.splitlines()[2] == "| a⏎b\\|c | 1.5000 |" and len(t.splitlines()) == 3

@@ -1,0 +1,218 @@
+"""The report's research sections (issue: questions no other MoE tool answers yet): causal vs
+observed importance, expert paths, token-id dependence, run vs run, steering. Each has a compute
+step (numbers into the report dict), summary sentences and figures, like the sections of render.py.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analyses import metrics as M
+
+RESEARCH_SECTIONS = ("Causal vs observed importance", "Expert paths", "Token-id dependence", "Run vs run",
+                     "Steering")
+
+
+# --------------------------------------------------------------------------------- compute
+def compute(run, ns, out: dict) -> None:
+    """Fill out["paths"], out["token_dependence"], out["run_vs_run"] (and, unless --skip-ablation,
+    out["importance"] and out["steering"])."""
+    tables = set(run.tables)
+    if "routing" in tables and "tokens" in tables:
+        out["paths"] = paths(run)
+        out["token_dependence"] = M.token_dependence_from_run(run)
+    if getattr(ns, "compare", None):
+        out["run_vs_run"] = run_vs_run(run, ns.compare)
+    if not ns.skip_ablation and ns.importance_tokens:
+        from . import research_model
+
+        t = time.time()
+        out["importance"] = research_model.importance(run, ns)
+        out["steering"] = research_model.steering(run, ns, out.get("lift") or {})
+        out["research_seconds"] = time.time() - t
+
+
+def token_texts(run, ids) -> list[str]:
+    """Display text of token ids with the run's tokenizer (the ids as text when there is none)."""
+    from probe.job import load_tokenizer
+
+    ck = Path(str((run.info.get("checkpoint") or {}).get("path", "")))
+    try:
+        tok = load_tokenizer((run.info.get("options") or {}).get("tokenizer"), ck, 1 << 30, ValueError)
+    except ValueError:
+        return [str(i) for i in ids]
+    return [repr(tok.decode([int(i)]))[1:-1] or f"<{int(i)}>" for i in ids]
+
+
+def paths(run) -> dict:
+    """Top-1 path summary per domain, domain information of the path vs each layer (top-1 and the
+    top-k sets), and the most common paths with example tokens."""
+    r = M.routes_from_run(run)
+    test = r.heldout(5)
+    info1 = M.domain_information(r.ids, r.domain, r.layers, 1, test).assign(target="top1")
+    K = r.ids.shape[2]
+    infok = M.domain_information(r.ids, r.domain, r.layers, K, test).assign(target=f"top{K} set") if K > 1 else None
+    common = M.common_paths(r.ids, r.domain, r.token_id, k=1, top=10, examples=5)
+    common["examples"] = [" ".join(token_texts(run, ids)) for ids in common.pop("token_ids")]
+    common["path"] = [" → ".join(f"L{la}:{e}" for la, e in zip(r.layers, p)) for p in common.path]
+    return {"summary": M.path_summary(r.ids, r.domain, 1), "information": pd.concat([info1, infok]),
+            "common": common, "layers": r.layers, "K": K, "E": int(r.ids.max()) + 1 if r.ids.size else 0}
+
+
+def run_vs_run(run, other) -> dict:
+    """Per-layer agreement with another run over the same windows, and the tokens whose routes
+    changed most (with their text)."""
+    agr = M.routing_agreement_from_runs(run, other)
+    ch = M.route_changes_from_runs(run, other, top=15)
+    ch.insert(3, "token", token_texts(run, ch.token_id.fillna(0).astype(int)))
+    from .render import shown
+
+    return {"agreement": agr, "changes": ch, "other": shown(getattr(other, "path", other))}
+
+
+# --------------------------------------------------------------------------------- summary
+def summary(r: dict) -> list[str]:
+    """The research sections' summary sentences, written from the computed values."""
+    s = []
+    if r.get("importance") is not None:
+        s.append(_importance_sentence(r["importance"]))
+    if r.get("paths") is not None:
+        s += _path_sentences(r["paths"])
+    if r.get("token_dependence") is not None:
+        s += _token_sentences(r["token_dependence"])
+    rv = r.get("run_vs_run")
+    if rv is not None:
+        g = rv["agreement"]
+        s.append(f"Run vs run ({rv['other']}): top-1 agreement per layer " + ", ".join(
+            f"L{int(x.layer)} {x.top1_same:.3f}" for x in g.itertuples()) + "; mean Jaccard of top-k sets "
+            + ", ".join(f"L{int(x.layer)} {x.jaccard:.3f}" for x in g.itertuples())
+            + f"; {g.tokens.min():,} tokens matched ({g.share_of_a.min():.0%} of this run's).")
+    if r.get("steering") is not None:
+        s += r["steering"]["sentences"]
+    return s
+
+
+def _importance_sentence(imp: dict) -> str:
+    c = imp["correlation"]
+    return ("Causal vs observed importance (each routed expert removed in turn, reroute, "
+            f"{imp['tokens']} tokens): Spearman(load share, loss delta) per layer " + ", ".join(
+                f"L{int(x.layer)} {x.spearman:+.2f} (p {x.spearman_p:.2g})" for x in c.itertuples())
+            + f"; {_load_predicts(c)}. Most important: " + ", ".join(
+                f"L{int(x.layer)} expert {int(x.top_expert)} ({x.top_delta:+.4f})" for x in c.itertuples()) + ".")
+
+
+def _path_sentences(p: dict) -> list[str]:
+    a = p["summary"].set_index("domain").loc["all"]
+    info = p["information"]
+    t1 = info[info.target == "top1"].set_index("unit")
+    layers = t1.drop(index="path")
+    head = (f"Expert paths (top-1 over MoE layers {', '.join(map(str, p['layers']))}): "
+            f"{int(a.distinct_paths)} distinct paths used of {p['E']}^{len(p['layers'])} possible, "
+            f"perplexity {a.perplexity:.0f}, the ten most common cover {a.top10_share:.1%} of tokens.")
+    if not layers.ami.notna().any():  # one domain: nothing to tell apart
+        return [head + " Domain information: not measured (the run has one domain)."]
+    best = layers.ami.idxmax()
+    beats = t1.loc["path", "ami"] > layers.ami.max()
+    acc = t1.heldout_accuracy
+    out = [head + f" Domain information: path AMI {t1.loc['path', 'ami']:.3f} vs best single layer ({best}) "
+           f"{layers.ami.max():.3f}; held-out domain accuracy {acc['path']:.3f} vs {acc[best]:.3f} "
+           f"(majority {t1.loc['path', 'majority_baseline']:.3f}): paths "
+           + ("carry more domain information than any single layer's expert." if beats else
+              "do not carry more domain information than the best single layer's expert.")]
+    tk = info[info.target != "top1"]
+    if len(tk):
+        tk = tk.set_index("unit")
+        lk = tk.drop(index="path")
+        bk = lk.heldout_accuracy.idxmax()
+        out.append(f"With the whole top-{p['K']} set per layer as the path: AMI {tk.loc['path', 'ami']:.3f} vs best "
+                   f"single layer {lk.ami.max():.3f}, held-out domain accuracy {tk.loc['path', 'heldout_accuracy']:.3f} "
+                   f"vs {lk.loc[bk, 'heldout_accuracy']:.3f} ({bk}); {int(tk.loc['path', 'values']):,} distinct set "
+                   "paths, so many held-out tokens follow a path never seen in training.")
+    return out
+
+
+def _token_sentences(td: pd.DataFrame) -> list[str]:
+    t = td[td.target == "top1"]
+    out = ["Token-id dependence (held-out windows, top-1 expert predicted by the token id alone): " + ", ".join(
+        f"L{int(x.layer)} {x.token_id:.3f} (previous token {x.prev_token:.3f}, previous token + position "
+        f"{x.prev_and_position:.3f}, token + previous {x.token_and_prev:.3f}, majority {x.majority:.3f})"
+        for x in t.itertuples()) + "; vocabulary specialisation input/next: " + ", ".join(
+        f"L{int(x.layer)} {x.vocab_spec_input:.3f}/{x.vocab_spec_next:.3f}" for x in t.itertuples()) + "."]
+    tk = td[td.target == "topk"]
+    if len(tk):
+        out.append("The whole top-k set predicted by the token id: " + ", ".join(
+            f"L{int(x.layer)} {x.token_id:.3f} (majority {x.majority:.3f})" for x in tk.itertuples()) + ".")
+    return out
+
+
+def _load_predicts(c: pd.DataFrame) -> str:
+    """How well load predicts importance, in words: |rho| >= 0.7 strong, 0.3-0.7 moderate, below weak."""
+    rho = c.spearman.dropna()
+    if not len(rho):
+        return "no correlation measurable"
+    kinds = pd.cut(rho, [-1.01, 0.3, 0.7, 1.01], labels=["weak", "moderate", "strong"], right=False)
+    counts = kinds.value_counts()
+    parts = [f"{int(counts[k])} {k}" for k in ("strong", "moderate", "weak") if counts.get(k, 0)]
+    sig = int((c.spearman_p < 0.05).sum()) if "spearman_p" in c else 0
+    return (f"load predicts causal importance only partly: rank correlation {', '.join(parts)} (of {len(rho)} "
+            f"layers; p < 0.05 in {sig}), so the most-used expert is not reliably the one the loss needs most")
+
+
+# --------------------------------------------------------------------------------- figures
+def figures(r: dict) -> dict[str, list]:
+    """section -> [(title, figure or None, table, show index)] for the research sections."""
+    import plotly.graph_objects as go
+
+    out: dict[str, list] = {s: [] for s in RESEARCH_SECTIONS}
+    imp = r.get("importance")
+    if imp is not None:
+        out["Causal vs observed importance"] += imp["figures"]
+    p = r.get("paths")
+    if p is not None:
+        info = p["information"]
+        fig = go.Figure([go.Bar(name=f"{t}: {m}", x=g.unit, y=g[m]) for t, g in info.groupby("target", sort=False)
+                         for m in ("ami", "heldout_accuracy")])
+        fig.update_layout(barmode="group", yaxis_title="AMI / accuracy")
+        out["Expert paths"] += [
+            ("Path vs single layer: domain information (AMI, chance-adjusted) and held-out domain accuracy",
+             fig, info, False),
+            ("Top-1 paths per domain: distinct paths, entropy (nats), perplexity, top-10 share", None,
+             p["summary"], False),
+            ("The ten most common top-1 paths", None, p["common"], False)]
+    td = r.get("token_dependence")
+    if td is not None:
+        t = td[td.target == "top1"]
+        fig = go.Figure([go.Bar(name=c, x=[f"L{x}" for x in t.layer], y=t[c]) for c in M.PREDICTORS])
+        fig.update_layout(barmode="group", yaxis_title="held-out accuracy (top-1 expert)")
+        out["Token-id dependence"].append(("Top-1 expert predicted from the token id vs context baselines "
+                                           "(token_dependence_from_run)", fig, td, False))
+    rv = r.get("run_vs_run")
+    if rv is not None:
+        g = rv["agreement"]
+        fig = go.Figure([go.Bar(name=c, x=[f"L{x}" for x in g.layer], y=g[c]) for c in ("top1_same", "jaccard")])
+        out["Run vs run"] += [(f"Routing agreement with {rv['other']} per layer", fig.update_layout(barmode="group"),
+                               g, False),
+                              ("Tokens whose routes changed most", None, rv["changes"], False)]
+    st = r.get("steering")
+    if st is not None:
+        out["Steering"] += st["figures"]
+    return out
+
+
+def missing(sec: str, r: dict) -> str:
+    if sec == "Run vs run":
+        return ("(not measured: pass --compare RUN, a run over the same windows: another checkpoint, or the same "
+                "one with its router bias removed, see FINDINGS.md)")
+    if sec == "Steering" and r.get("importance") is not None:
+        return "(not measured: the run has one domain, so there is no domain-specific expert to steer with)"
+    if sec in ("Causal vs observed importance", "Steering") and r.get("importance") is None:
+        return "(skipped: --skip-ablation or --importance-tokens 0)"
+    return "(not in this run: the routing or tokens table was not recorded)"
+
+
+def to_list(x) -> list:
+    return list(np.asarray(x).tolist())

@@ -1,0 +1,80 @@
+"""The research sections that run the model (skipped with --skip-ablation): causal importance of
+every routed expert (`analyses.importance`) and steering the most domain-specific experts on
+(`analyses.steer`). Both write their tables into the run, like the ablation sections."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from probe.job import MODEL_FLAGS
+
+
+def _model_opts(ns) -> dict:
+    return {k: getattr(ns, k) for k in MODEL_FLAGS if getattr(ns, k, None) is not None}
+
+
+def importance(run, ns) -> dict:
+    """Remove each routed expert of every MoE layer in turn on --importance-tokens tokens per domain;
+    the per-layer correlation of load share with loss delta and the largest rank disagreements."""
+    import plotly.graph_objects as go
+
+    from analyses.importance import ImportanceOptions, load_vs_importance, rank_disagreement
+    from analyses.importance import importance as run_importance
+
+    opts = ImportanceOptions(run=str(run.path), domain_tokens=ns.importance_tokens, progress=ns.progress,
+                             batch_size=ns.batch_size, **_model_opts(ns))
+    _, df = run_importance(opts)
+    corr = load_vs_importance(df)
+    gaps = rank_disagreement(df, top=3)
+    alld = df[df.domain == "all"]
+    fig = go.Figure([go.Scatter(x=g.load_share, y=g.delta, mode="markers", name=f"layer {layer}",
+                                text=[f"expert {e}" for e in g.expert])
+                     for layer, g in alld.groupby("layer")])
+    fig.update_layout(xaxis_title="load share (of the layer's top-k assignments)",
+                      yaxis_title="loss delta when removed (nats)")
+    figs = [("Load share vs loss delta when the expert is removed (reroute), every routed expert", fig, corr, False),
+            ("Experts whose load rank and causal rank disagree most (3 per layer)", None, gaps, False)]
+    return {"correlation": corr, "gaps": gaps, "table": df, "figures": figs, "tokens": int(alld.tokens.max())}
+
+
+def steered_experts(lift: dict[int, pd.DataFrame]) -> tuple[str, dict[int, list[int]]]:
+    """The domain with the largest lift anywhere, and in every MoE layer the expert with the largest
+    lift for that domain (what to force on)."""
+    best = max(((li.loc[d].max(), d) for li in lift.values() for d in li.index), key=lambda x: x[0])[1]
+    return best, {int(layer): [int(li.loc[best].astype(float).idxmax())] for layer, li in lift.items()}
+
+
+def steering(run, ns, lift: dict) -> dict | None:
+    """Force the most specialised domain's top-lift expert on at every MoE layer, for every token:
+    loss change per domain and greedy continuations of each domain's first prompt."""
+    import plotly.graph_objects as go
+
+    from analyses.steer import Steer, SteerOptions
+    from analyses.steer import steer as run_steer
+
+    if len(lift) == 0 or any(len(li) < 2 for li in lift.values()):
+        return None  # one domain: no domain-specific expert to steer with
+    dom, experts = steered_experts(lift)
+    name = f"force-{dom}"
+    opts = SteerOptions(run=str(run.path), domain_tokens=ns.importance_tokens, progress=ns.progress,
+                        batch_size=ns.batch_size, max_new_tokens=24, **_model_opts(ns))
+    _, df = run_steer(opts, Steer(name=name, experts=experts, mode="force"))
+    loss = df[df.kind == "loss"][["domain", "tokens", "steered_tokens", "forced_share", "baseline_loss", "loss",
+                                  "delta"]].reset_index(drop=True)
+    gen = df[df.kind == "generation"][["domain", "prompt", "baseline_text", "steered_text"]].reset_index(drop=True)
+    what = ", ".join(f"L{layer}:{e[0]}" for layer, e in experts.items())
+    fig = go.Figure(go.Bar(x=loss.domain, y=loss.delta))
+    fig.update_layout(yaxis_title="loss delta (nats)", xaxis_title="evaluated domain")
+    per = loss.set_index("domain")
+    own = per.delta.get(dom, np.nan)
+    others = per.drop(index=[dom, "all"], errors="ignore").delta
+    changed = int((gen.baseline_text != gen.steered_text).sum())
+    sentence = (f"Steering: forcing {dom}'s most specific expert on at every MoE layer ({what}) for every token "
+                f"put it in {per.forced_share.get('all', np.nan):.0%} of the steered top-k sets; loss delta on "
+                f"{dom} {own:+.4f} vs the other domains' mean {others.mean():+.4f}; greedy continuations "
+                f"changed for {changed} of {len(gen)} prompts.")
+    figs = [(f"Loss change per domain when {what} are forced on (mode force, every token)", fig, loss, False),
+            ("Greedy continuations without and with the steering", None, gen, False)]
+    return {"sentences": [sentence], "figures": figs, "loss": loss, "generation": gen, "experts": experts,
+            "domain": dom}
