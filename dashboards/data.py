@@ -488,8 +488,14 @@ def expert_importance(ref: RunRef) -> pd.DataFrame:
 
 @cached
 def steering(ref: RunRef) -> pd.DataFrame:
-    """The `steering` table of `python -m analyses.steer` (loss rows per domain, generation rows per prompt)."""
-    return query(ref, "select * from steering", ("steering",))
+    """The `steering` table of `python -m analyses.steer` (loss rows per domain, generation rows per
+    prompt), with `part`: the part file each row came from (one per command; two commands may reuse
+    a steering's name with other options)."""
+    files = table_files(ref, "steering")
+    if not files:
+        raise MissingTable(f"run {ref.name!r} has no `steering` table")
+    return query(ref, "select *, parse_filename(filename, true) as part from read_parquet("
+                      f"[{', '.join(_quote(str(f)) for f in files)}], filename = true)", ())
 
 
 # ------------------------------------------------------------------------------ training runs

@@ -47,13 +47,24 @@ def main() -> None:
         if df.empty:
             st.info("The steering table is empty.")
             return
+        df = df.assign(entry=entries(df))
         loss = df[df.kind == "loss"]
         if len(loss):
             loss_chart(loss)
-        steers = list(dict.fromkeys(df.steer))
+        steers = list(dict.fromkeys(df.entry))
         pick = st.selectbox("Steering", steers, key="steer_pick",
-                            format_func=lambda n: f"{n} · {describe(df[df.steer == n].spec.iloc[0])}")
-        one(df[df.steer == pick])
+                            format_func=lambda n: f"{n} · {describe(df[df.entry == n].spec.iloc[0])}")
+        one(df[df.entry == pick])
+
+
+def entries(df) -> list[str]:
+    """A label per row: the steering's name, and when one name was written by several commands (its
+    part files), the part and the tokens it scored, so their rows are never mixed."""
+    if "part" not in df or df.groupby("steer").part.nunique().max() <= 1:
+        return list(df.steer)
+    toks = df[df.kind == "loss"].groupby(["steer", "part"]).tokens.max()
+    return [f"{s} [{p[:6]}, {int(toks.get((s, p), 0)):,} tokens]" if df[df.steer == s].part.nunique() > 1 else s
+            for s, p in zip(df.steer, df.part)]
 
 
 def loss_chart(loss) -> None:
@@ -61,7 +72,7 @@ def loss_chart(loss) -> None:
     per = loss[loss.domain != "all"] if (loss.domain != "all").any() else loss
     fig = go.Figure()
     for dom, g in per.groupby("domain"):
-        fig.add_trace(go.Bar(x=g.steer, y=g.delta, name=dom, marker_color=colors.get(dom),
+        fig.add_trace(go.Bar(x=g.entry, y=g.delta, name=dom, marker_color=colors.get(dom),
                              customdata=g[["loss", "baseline_loss", "steered_tokens", "tokens"]].to_numpy(),
                              hovertemplate=f"{dom} · %{{x}}<br>Δ loss %{{y:+.4f}} nats<br>"
                                            "loss %{customdata[0]:.4f} vs %{customdata[1]:.4f}<br>"
@@ -107,7 +118,8 @@ def one(g) -> None:
 
 def text_box(text, bg: str, label: str | None = None) -> str:
     """A text in a box, every markup character escaped, line breaks kept."""
-    body = ui.html_text(text if isinstance(text, str) else "")
+    # line breaks as <br>: a blank line would end the HTML block and Markdown would show the rest as code
+    body = ui.html_text(text if isinstance(text, str) else "").replace("\r", "").replace("\n", "<br>")
     head = f"<div style='font-size:0.8em;color:#666'>{label}</div>" if label else ""
     return (f"<div style='background:{bg};border-radius:6px;padding:6px 10px;margin-bottom:8px'>{head}"
             f"<span style='font-family:monospace;white-space:pre-wrap'>{body}</span></div>")

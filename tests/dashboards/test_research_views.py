@@ -168,3 +168,30 @@ def test_steering_page(runs):
     at = open_page(app(runs["good"], "demo-running"), "steering")
     assert "python -m analyses.steer --run" in texts(at.info) and "--experts L:E" in texts(at.info)
     assert not at.error and not at.get("plotly_chart")
+
+
+def test_steering_page_keeps_two_commands_of_one_name_apart(runs, tmp_path):
+    """Two commands may write a steering of the same name with other options (two part files): the
+    page offers each part on its own instead of mixing their rows; a prompt with a blank line and
+    indented code is shown as text, not as a Markdown code block of HTML entities."""
+    import pyarrow as pa
+
+    from probe.schema import TABLES
+
+    run = tmp_path / "runs" / "two"
+    shutil.copytree(runs["good"] / "demo", run)
+    t = pq.read_table(run / "steering" / "steer.parquet").to_pandas()
+    t2 = t.assign(tokens=t.tokens * 2, delta=t.delta + 1.0)
+    t2.loc[t2.kind == "generation", "prompt"] = "def f(x):\n    return x\n\n    ### Position"
+    pq.write_table(pa.Table.from_pandas(t2, schema=TABLES["steering"], preserve_index=False),
+                   run / "steering" / "other.parquet")
+    at = open_page(app(tmp_path / "runs", "two"), "steering")
+    assert not at.error
+    options = at.selectbox(key="steer_pick").options
+    assert len(options) == 2 * t.steer.nunique() and all("tokens]" in o for o in options)
+    picked = next(o for o in options if o.startswith(t.steer.iloc[0]) and "[other," in o)
+    at.selectbox(key="steer_pick").set_value(picked).run()
+    want = t2[(t2.steer == t.steer.iloc[0]) & (t2.kind == "loss") & (t2.domain == "all")].iloc[0]
+    assert metric(at, "Δ loss (all)") == f"{want.delta:+.4f}"  # the second part's rows only
+    shown = " ".join(m.value for m in at.markdown)
+    assert "&#35;&#35;&#35; Position" in shown and "<br>" in shown and "\n\n" not in shown.split("prompt:")[-1]
