@@ -3,6 +3,7 @@ is stored without outputs, states its question and ends with a conclusion comput
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -18,7 +19,8 @@ REPO = Path(__file__).resolve().parents[2]
 NB_DIR = REPO / "analyses" / "notebooks"
 NAMES = ["load_balance", "specialisation", "ablation", "latent_kv", "mtp", "causal_importance", "expert_paths",
          "token_dependence", "run_vs_run", "steering"]
-BUDGET_S = 180  # all notebooks together
+WRITERS = ("ablation", "causal_importance", "steering")  # notebooks that write tables into the run
+BUDGET_S = 180  # all notebooks together (the sum of their times)
 _TIMES: dict[str, float] = {}
 
 
@@ -41,18 +43,51 @@ def test_every_notebook_is_there_and_stored_without_outputs():
         assert "default_run()" in code[0].source
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_notebook_runs(name, run_dir, monkeypatch):
-    monkeypatch.setenv("DSV3_NOTEBOOK_RUN", str(run_dir))
-    monkeypatch.setenv("DSV3_NOTEBOOK_ABLATION_TOKENS", "1500")
-    monkeypatch.setenv("DSV3_NOTEBOOK_IMPORTANCE_EXPERTS", "0-7")  # 24 removals instead of 96
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # steady on a shared CPU
+def _execute(name: str, run_dir) -> tuple:
+    """Run one notebook top to bottom in its own kernel: (notebook, seconds, exception or None)."""
     nb = nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
     t = time.perf_counter()
-    NotebookClient(nb, kernel_name="python3", timeout=240,
-                   resources={"metadata": {"path": str(NB_DIR)}}).execute()
-    _TIMES[name] = time.perf_counter() - t
-    print(f"{name}.ipynb: {_TIMES[name]:.1f} s")
+    try:
+        NotebookClient(nb, kernel_name="python3", timeout=240,
+                       resources={"metadata": {"path": str(NB_DIR)}}).execute()
+        err = None
+    except Exception as e:  # noqa: BLE001 - reported by the notebook's own test
+        err = e
+    return nb, time.perf_counter() - t, err
+
+
+@pytest.fixture(scope="module")
+def executed(run_dir):
+    """Every notebook executed, two kernels at a time (each runs on one thread; CI has two cores):
+    the notebooks that write into the run (ablations, importance, steering) one after another in one
+    lane, so that no two of them update its run.json at once; the others in the second lane."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    env = {"DSV3_NOTEBOOK_RUN": str(run_dir), "DSV3_NOTEBOOK_ABLATION_TOKENS": "1500",
+           "DSV3_NOTEBOOK_IMPORTANCE_EXPERTS": "0-7",  # 24 removals instead of 96
+           "OMP_NUM_THREADS": "1"}  # steady on a shared CPU
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        lanes = [[n for n in NAMES if n in WRITERS], [n for n in NAMES if n not in WRITERS]]
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            done = pool.map(lambda lane: {n: _execute(n, run_dir) for n in lane}, lanes)
+            return {k: v for lane in done for k, v in lane.items()}
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_notebook_runs(name, run_dir, executed):
+    nb, seconds, err = executed[name]
+    _TIMES[name] = seconds
+    print(f"{name}.ipynb: {seconds:.1f} s")
+    if err is not None:
+        raise err
     outs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outs if o.output_type == "error"]
     assert any(str(run_dir) in o.get("text", "") for o in outs), "the notebook did not open the test run"
