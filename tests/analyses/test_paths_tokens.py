@@ -222,3 +222,15 @@ def test_run_vs_run_no_shared_windows(runs, tmp_path):
         with pytest.raises(M.MetricsError, match="did not see the same windows") as e:
             fn(d / "a", tmp_path / "far")
         assert "\n" not in str(e.value)
+
+
+def test_paths_with_one_expert_per_token():
+    """K = 1 (one expert per token): the top-1 path is the only path; top-k sets are refused."""
+    one = IDS[:, :, :1]
+    np.testing.assert_array_equal(M.path_keys(one), M.path_keys(IDS))
+    s = M.path_summary(one, DOM).set_index("domain")
+    assert s.loc["all", "distinct_paths"] == 3 and s.loc["all", "path_entropy"] == pytest.approx(1.5 * math.log(2))
+    d = M.domain_information(one, DOM).set_index("unit")
+    assert d.loc["path", "domain_nmi"] == pytest.approx(1.0)
+    with pytest.raises(M.MetricsError, match="K=1"):
+        M.path_codes(one, k=2)
