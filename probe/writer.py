@@ -40,6 +40,37 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def write_result_part(out: str | Path, table: str, df, key: dict, meta: dict, parts: str, note: dict,
+                      args=None) -> Path:
+    """Write `df` (rows of TABLES[table]) as one part file of `out/<table>/`, named by a hash of
+    `key` (what was measured and how: repeating a command replaces its own part), under a temporary
+    name and renamed; then note it in run.json: `table` in "tables", `meta | note | {"written"}`
+    under `info[parts][name]`. A directory without run.json becomes a run holding only this table
+    (kind = table). What the analysis jobs (ablate, importance, steer) write their results with."""
+    import hashlib
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    arrow = pa.Table.from_pandas(df, schema=TABLES[table], preserve_index=False)
+    name = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    d = out / table
+    d.mkdir(exist_ok=True)
+    tmp = d / f".{name}.parquet.tmp{os.getpid()}"
+    pq.write_table(arrow, tmp, compression="zstd")
+    os.replace(tmp, d / f"{name}.parquet")
+    if (out / RUN_JSON).exists():
+        info = read_run_json(out)
+    else:
+        info = {"status": "complete", "format": 1, "kind": table, "checkpoint": meta["checkpoint"],
+                "corpus": meta["corpus"], "model_args": args.to_dict() if args is not None else None,
+                "options": meta["options"], "tables": [], "started": time.time()}
+    if table not in info.setdefault("tables", []):
+        info["tables"].append(table)
+    info.setdefault(parts, {})[name] = meta | note | {"written": time.time()}
+    write_json_atomic(out / RUN_JSON, info)
+    return d / f"{name}.parquet"
+
+
 def read_run_json(run: Path) -> dict:
     p = Path(run) / RUN_JSON
     try:

@@ -4,22 +4,16 @@ per-domain losses and routing changes, the `ablations` table (usage: the package
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 from probe.corpus import CorpusError, Window, corpus_windows, fingerprint
 from probe.recorders import Batch, token_nll
 from probe.schema import TABLES
-from probe.writer import read_run_json, write_json_atomic
+from probe.writer import read_run_json, write_result_part
 
 from .select import ALL, Ablation, AblationError, Loads, Plan, RouterShape, check_names, plan_hooks, resolve
 
@@ -335,27 +329,9 @@ def check_out(out: Path) -> None:
 
 def write_ablations(out: str | Path, df, meta: dict, args=None) -> Path:
     """Write `df` as one part of `out/ablations/` (temporary name, then rename) and note it in
-    run.json; a directory without run.json becomes a run holding only this table."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pandas(df, schema=TABLES["ablations"], preserve_index=False)
-    key = json.dumps({"rows": sorted(set(zip(df.ablation, df.spec))), "checkpoint": meta["checkpoint"],
-                      "corpus": meta["corpus"], "options": meta["options"]}, sort_keys=True, default=str)
-    name = hashlib.sha256(key.encode()).hexdigest()[:16]
-    d = out / "ablations"
-    d.mkdir(exist_ok=True)
-    tmp = d / f".{name}.parquet.tmp{os.getpid()}"
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, d / f"{name}.parquet")
-    if (out / "run.json").exists():
-        info = read_run_json(out)
-    else:
-        info = {"status": "complete", "format": 1, "kind": "ablations", "checkpoint": meta["checkpoint"],
-                "corpus": meta["corpus"], "model_args": args.to_dict() if args is not None else None,
-                "options": meta["options"], "tables": [], "started": time.time()}
-    if "ablations" not in info.setdefault("tables", []):
-        info["tables"].append("ablations")
-    info.setdefault("ablation_parts", {})[name] = meta | {"ablations": list(dict.fromkeys(df.ablation)),
-                                                           "written": time.time()}
-    write_json_atomic(out / "run.json", info)
-    return d / f"{name}.parquet"
+    run.json under `ablation_parts`; a directory without run.json becomes a run holding only this
+    table (probe.writer.write_result_part)."""
+    key = {"rows": sorted(set(zip(df.ablation, df.spec))), "checkpoint": meta["checkpoint"],
+           "corpus": meta["corpus"], "options": meta["options"]}
+    return write_result_part(out, "ablations", df, key, meta, "ablation_parts",
+                             {"ablations": list(dict.fromkeys(df.ablation))}, args)

@@ -14,16 +14,10 @@ those of the batch with e_g removed.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 from analyses.ablate import (AblateOptions, add_loss, baseline_pass, check_out, forward_batch, job_defaults,
@@ -32,7 +26,7 @@ from analyses.ablate.select import ALL, AblationError, RouterShape, check_routab
 from probe.corpus import CorpusError, corpus_windows, fingerprint
 from probe.recorders import Batch
 from probe.schema import TABLES
-from probe.writer import read_run_json, write_json_atomic
+from probe.writer import write_result_part
 
 TABLE = "expert_importance"
 TOKEN_BUDGET = 16_384  # default: at most this many token rows (G x batch x window) per forward pass
@@ -258,34 +252,14 @@ def importance(opts: ImportanceOptions):
     return out, df
 
 
-def part_name(meta: dict) -> str:
-    """The part's file stem: a hash of what was measured and how (not of the group size or the
-    ranks' layout, which change nothing), so repeating a command replaces its own part."""
-    key = json.dumps({k: meta[k] for k in ("layers", "experts", "checkpoint", "corpus", "options")},
-                     sort_keys=True, default=str)
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
+def part_key(meta: dict) -> dict:
+    """What names the part file: what was measured and how (not the group size or the ranks'
+    layout, which change nothing), so repeating a command replaces its own part."""
+    return {k: meta[k] for k in ("layers", "experts", "checkpoint", "corpus", "options")}
 
 
 def write_importance(out: str | Path, df, meta: dict, args=None) -> Path:
     """Write `df` as one part of `out/expert_importance/` (temporary name, then rename) and note it
-    in run.json; a directory without run.json becomes a run holding only this table."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pandas(df, schema=TABLES[TABLE], preserve_index=False)
-    name = part_name(meta)
-    d = out / TABLE
-    d.mkdir(exist_ok=True)
-    tmp = d / f".{name}.parquet.tmp{os.getpid()}"
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, d / f"{name}.parquet")
-    if (out / "run.json").exists():
-        info = read_run_json(out)
-    else:
-        info = {"status": "complete", "format": 1, "kind": TABLE, "checkpoint": meta["checkpoint"],
-                "corpus": meta["corpus"], "model_args": args.to_dict() if args is not None else None,
-                "options": meta["options"], "tables": [], "started": time.time()}
-    if TABLE not in info.setdefault("tables", []):
-        info["tables"].append(TABLE)
-    info.setdefault("importance_parts", {})[name] = meta | {"rows": len(df), "written": time.time()}
-    write_json_atomic(out / "run.json", info)
-    return d / f"{name}.parquet"
+    in run.json under `importance_parts`; a directory without run.json becomes a run holding only
+    this table (probe.writer.write_result_part)."""
+    return write_result_part(out, TABLE, df, part_key(meta), meta, "importance_parts", {"rows": len(df)}, args)

@@ -4,16 +4,10 @@ package docstring)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 from analyses.ablate.run import AblateOptions, add_loss, check_out, forward_batch, job_defaults, limit_per_domain
@@ -21,7 +15,7 @@ from analyses.ablate.select import ALL, RouterShape
 from probe.corpus import CorpusError, corpus_windows, fingerprint
 from probe.recorders import Batch
 from probe.schema import TABLES
-from probe.writer import read_run_json, write_json_atomic
+from probe.writer import write_result_part
 
 from .hooks import Steer, SteerError, steered
 
@@ -277,27 +271,9 @@ def _run_passes(m, batches, steering: Steer, prompts: list[Prompt], opts: SteerO
 
 def write_steering(out: str | Path, df, meta: dict, args=None) -> Path:
     """Write `df` as one part of `out/steering/` (temporary name, then rename) and note it in
-    run.json; a directory without run.json becomes a run holding only this table."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pandas(df, schema=TABLES["steering"], preserve_index=False)
-    key = json.dumps({"rows": sorted(set(zip(df.steer, df.spec))), "checkpoint": meta["checkpoint"],
-                      "corpus": meta["corpus"], "options": meta["options"]}, sort_keys=True, default=str)
-    name = hashlib.sha256(key.encode()).hexdigest()[:16]
-    d = out / "steering"
-    d.mkdir(exist_ok=True)
-    tmp = d / f".{name}.parquet.tmp{os.getpid()}"
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, d / f"{name}.parquet")
-    if (out / "run.json").exists():
-        info = read_run_json(out)
-    else:
-        info = {"status": "complete", "format": 1, "kind": "steering", "checkpoint": meta["checkpoint"],
-                "corpus": meta["corpus"], "model_args": args.to_dict() if args is not None else None,
-                "options": meta["options"], "tables": [], "started": time.time()}
-    if "steering" not in info.setdefault("tables", []):
-        info["tables"].append("steering")
-    info.setdefault("steering_parts", {})[name] = meta | {"steers": list(dict.fromkeys(df.steer)),
-                                                         "written": time.time()}
-    write_json_atomic(out / "run.json", info)
-    return d / f"{name}.parquet"
+    run.json under `steering_parts`; a directory without run.json becomes a run holding only this
+    table (probe.writer.write_result_part)."""
+    key = {"rows": sorted(set(zip(df.steer, df.spec))), "checkpoint": meta["checkpoint"],
+           "corpus": meta["corpus"], "options": meta["options"]}
+    return write_result_part(out, "steering", df, key, meta, "steering_parts",
+                             {"steers": list(dict.fromkeys(df.steer))}, args)
