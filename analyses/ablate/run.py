@@ -238,8 +238,8 @@ def loads_from_run(run_dir: str | Path, shape: RouterShape) -> Loads:
 
 def ablate(opts: AblateOptions, ablations: list[Ablation]):
     """Run the job; returns (output run directory, DataFrame of the rows). Rank 0 writes."""
-    from probe.job import (agree, bound_heap, checkpoint_args, checkpoint_fingerprint, load_model, load_tokenizer,
-                           resolve_paths, start_world, window_length)
+    from probe.job import (agree, bound_heap, checkpoint_args, load_model, load_tokenizer, resolve_paths, start_world,
+                           window_length)
 
     if not ablations:
         raise AblationError("nothing to ablate: pass --experts, --top, --random, --shared or --spec")
@@ -262,21 +262,12 @@ def ablate(opts: AblateOptions, ablations: list[Ablation]):
             resolve(a, shape, loads, source)
 
     tok = load_tokenizer(opts.tokenizer, ckpt, args.vocab_size, AblationError)
-    bos = args.bos_token_id if opts.add_bos else None
     if not corpus.exists():
         raise CorpusError(f"{corpus}: corpus not found")
-    windows = corpus_windows(corpus, lambda t: tok.encode(t, add_special_tokens=False).ids, opts.seq_len, bos,
-                             None if opts.domain_tokens else opts.max_tokens, opts.order)
-    windows = limit_per_domain(windows, opts.domain_tokens, opts.max_tokens) if opts.domain_tokens else list(windows)
-    if not windows:
-        raise CorpusError(f"{corpus}: corpus has no text")
-    domains = sorted({w.domain for w in windows})
+    windows, domains = sample_windows(opts, corpus, tok, args)
     bound_heap()
     world = start_world(opts.model_parallel, opts.device, args)
-    bs = opts.batch_size
-    # replicas take batches round robin; the ranks of one replica (one sharded model) run the same ones
-    batches = [Batch(b, windows[s: s + bs]) for b, s in enumerate(range(0, len(windows), bs))
-               if b % world.replicas == world.replica]
+    batches = replica_batches(windows, opts.batch_size, world)
     m = load_model(ckpt, world, dtype=opts.dtype, gemm=opts.gemm)
     bar = None
     if opts.progress and world.rank == 0:
@@ -286,12 +277,7 @@ def ablate(opts: AblateOptions, ablations: list[Ablation]):
                          progress=bar.update if bar is not None else None)
     if bar is not None:
         bar.close()
-    meta = {"checkpoint": {"path": str(ckpt.resolve()), "fingerprint": checkpoint_fingerprint(ckpt)},
-            "corpus": {"path": str(corpus.resolve()), "fingerprint": fingerprint(corpus)},
-            "options": {"max_tokens": opts.max_tokens, "domain_tokens": opts.domain_tokens, "seq_len": opts.seq_len,
-                        "batch_size": bs, "add_bos": opts.add_bos, "order": opts.order,
-                        "dtype": opts.dtype or "float32", "gemm": opts.gemm},
-            "loads": source, "world": world.describe()}
+    meta = job_meta(ckpt, corpus, opts) | {"loads": source, "world": world.describe()}
     agree(world, lambda: write_ablations(out, df, meta, args))  # rank 0 writes; a failure stops every rank
     return out, df
 
@@ -312,6 +298,37 @@ def limit_per_domain(windows, per_domain: int, total: int | None) -> list:
         seen[w.domain] = seen.get(w.domain, 0) + len(ids)
         n += len(ids)
     return out
+
+
+def sample_windows(opts: AblateOptions, corpus: Path, tok, args) -> tuple[list, list[str]]:
+    """The job's windows: `opts.domain_tokens` of every domain (a balanced sample) or the corpus up to
+    `opts.max_tokens`, in `opts.order`; and the domains among them. An empty corpus is an error."""
+    bos = args.bos_token_id if opts.add_bos else None
+    windows = corpus_windows(corpus, lambda t: tok.encode(t, add_special_tokens=False).ids, opts.seq_len, bos,
+                             None if opts.domain_tokens else opts.max_tokens, opts.order)
+    windows = limit_per_domain(windows, opts.domain_tokens, opts.max_tokens) if opts.domain_tokens else list(windows)
+    if not windows:
+        raise CorpusError(f"{corpus}: corpus has no text")
+    return windows, sorted({w.domain for w in windows})
+
+
+def replica_batches(windows: list, batch_size: int, world) -> list[Batch]:
+    """This replica's batches: global batch b goes to replica b % R (the ranks of one replica, one
+    sharded model, run the same ones), as `probe record` deals them."""
+    return [Batch(b, windows[s: s + batch_size]) for b, s in enumerate(range(0, len(windows), batch_size))
+            if b % world.replicas == world.replica]
+
+
+def job_meta(ckpt: Path, corpus: Path, opts: AblateOptions, **options) -> dict:
+    """What a result part records about its inputs: checkpoint and corpus (path, fingerprint) and the
+    options that decide the numbers (plus `options`)."""
+    from probe.job import checkpoint_fingerprint
+
+    return {"checkpoint": {"path": str(ckpt.resolve()), "fingerprint": checkpoint_fingerprint(ckpt)},
+            "corpus": {"path": str(corpus.resolve()), "fingerprint": fingerprint(corpus)},
+            "options": {"max_tokens": opts.max_tokens, "domain_tokens": opts.domain_tokens, "seq_len": opts.seq_len,
+                        "batch_size": opts.batch_size, "add_bos": opts.add_bos, "order": opts.order,
+                        "dtype": opts.dtype or "float32", "gemm": opts.gemm} | options}
 
 
 def _has_loads(run: str) -> bool:

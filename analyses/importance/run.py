@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from analyses.ablate import (AblateOptions, add_loss, baseline_pass, check_out, forward_batch, job_defaults,
-                             limit_per_domain)
+                             job_meta, replica_batches, sample_windows)
 from analyses.ablate.select import ALL, AblationError, RouterShape, check_routable
-from probe.corpus import CorpusError, corpus_windows, fingerprint
+from probe.corpus import CorpusError
 from probe.recorders import Batch
 from probe.schema import TABLES
 from probe.writer import write_result_part
@@ -209,28 +209,18 @@ def _sample(opts: ImportanceOptions, ckpt: Path, corpus: Path, args) -> tuple[li
     """The windows (a balanced sample with --domain-tokens) and the corpus's domains among them."""
     from probe.job import load_tokenizer
 
-    tok = load_tokenizer(opts.tokenizer, ckpt, args.vocab_size, ImportanceError)
-    bos = args.bos_token_id if opts.add_bos else None
-    windows = corpus_windows(corpus, lambda t: tok.encode(t, add_special_tokens=False).ids, opts.seq_len, bos,
-                             None if opts.domain_tokens else opts.max_tokens, opts.order)
-    windows = limit_per_domain(windows, opts.domain_tokens, opts.max_tokens) if opts.domain_tokens else list(windows)
-    if not windows:
-        raise CorpusError(f"{corpus}: corpus has no text")
-    return windows, sorted({w.domain for w in windows})
+    return sample_windows(opts, corpus, load_tokenizer(opts.tokenizer, ckpt, args.vocab_size, ImportanceError), args)
 
 
 def importance(opts: ImportanceOptions):
     """Run the job; returns (output run directory, DataFrame of the rows). Rank 0 writes."""
-    from probe.job import agree, bound_heap, checkpoint_fingerprint, load_model, start_world
+    from probe.job import agree, bound_heap, load_model, start_world
 
     opts, ckpt, corpus, out, args, layers, experts = _prepare(opts)
     windows, domains = _sample(opts, ckpt, corpus, args)
     bound_heap()
     world = start_world(opts.model_parallel, opts.device, args)
-    bs = opts.batch_size
-    # replicas take batches round robin; the ranks of one replica (one sharded model) run the same ones
-    batches = [Batch(b, windows[s: s + bs]) for b, s in enumerate(range(0, len(windows), bs))
-               if b % world.replicas == world.replica]
+    batches = replica_batches(windows, opts.batch_size, world)
     m = load_model(ckpt, world, dtype=opts.dtype, gemm=opts.gemm)
     bar = None
     if opts.progress and world.rank == 0:
@@ -242,12 +232,8 @@ def importance(opts: ImportanceOptions):
                  progress=bar.update if bar is not None else None)
     if bar is not None:
         bar.close()
-    meta = {"checkpoint": {"path": str(ckpt.resolve()), "fingerprint": checkpoint_fingerprint(ckpt)},
-            "corpus": {"path": str(corpus.resolve()), "fingerprint": fingerprint(corpus)},
-            "options": {"max_tokens": opts.max_tokens, "domain_tokens": opts.domain_tokens, "seq_len": opts.seq_len,
-                        "batch_size": bs, "add_bos": opts.add_bos, "order": opts.order,
-                        "dtype": opts.dtype or "float32", "gemm": opts.gemm},
-            "layers": layers, "experts": experts, "group": opts.group, "world": world.describe()}
+    meta = job_meta(ckpt, corpus, opts) | {"layers": layers, "experts": experts, "group": opts.group,
+                                           "world": world.describe()}
     agree(world, lambda: write_importance(out, df, meta, args))  # rank 0 writes; a failure stops every rank
     return out, df
 

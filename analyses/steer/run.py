@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from analyses.ablate.run import AblateOptions, add_loss, check_out, forward_batch, job_defaults, limit_per_domain
+from analyses.ablate.run import (AblateOptions, add_loss, check_out, forward_batch, job_defaults, job_meta,
+                                 replica_batches, sample_windows)
 from analyses.ablate.select import ALL, RouterShape
-from probe.corpus import CorpusError, corpus_windows, fingerprint
+from probe.corpus import CorpusError
 from probe.recorders import Batch
 from probe.schema import TABLES
 from probe.writer import write_result_part
@@ -186,7 +187,7 @@ def parse_token_filter(text: str, tokenizer, vocab_size: int) -> list[int]:
 def steer(opts: SteerOptions, steering: Steer, token_filter: str | None = None):
     """Run the job; returns (output run directory, DataFrame of the rows). Rank 0 writes.
     token_filter: --steer-tokens text, resolved with the checkpoint's tokenizer into steering.token_ids."""
-    from probe.job import agree, bound_heap, checkpoint_fingerprint, load_model, start_world
+    from probe.job import agree, bound_heap, load_model, start_world
 
     opts, info = job_defaults(opts)
     if info is not None and info.get("status") == "running":
@@ -199,8 +200,7 @@ def steer(opts: SteerOptions, steering: Steer, token_filter: str | None = None):
         auto = steering.name == steering.default_name()
         steering.token_ids = parse_token_filter(token_filter, tok, args.vocab_size)
         steering.name = steering.default_name() if auto else steering.name
-    windows = _windows(opts, corpus, tok, args)
-    domains = sorted({w.domain for w in windows})
+    windows, domains = sample_windows(opts, corpus, tok, args)
     for d in steering.domains or []:
         if d not in domains:
             raise SteerError(f"--steer-domain {d!r}: the corpus has no such domain (domains: {', '.join(domains)})")
@@ -210,18 +210,11 @@ def steer(opts: SteerOptions, steering: Steer, token_filter: str | None = None):
         corpus_prompts(windows, opts.prompt_tokens, decode)
     bound_heap()
     world = start_world(opts.model_parallel, opts.device, args)
-    bs = opts.batch_size
-    batches = [Batch(b, windows[s: s + bs]) for b, s in enumerate(range(0, len(windows), bs))
-               if b % world.replicas == world.replica]
+    batches = replica_batches(windows, opts.batch_size, world)
     m = load_model(ckpt, world, dtype=opts.dtype, gemm=opts.gemm)
     df = _run_passes(m, batches, steering, prompts, opts, domains, world, decode, args)
-    meta = {"checkpoint": {"path": str(ckpt.resolve()), "fingerprint": checkpoint_fingerprint(ckpt)},
-            "corpus": {"path": str(corpus.resolve()), "fingerprint": fingerprint(corpus)},
-            "options": {"max_tokens": opts.max_tokens, "domain_tokens": opts.domain_tokens, "seq_len": opts.seq_len,
-                        "batch_size": bs, "add_bos": opts.add_bos, "order": opts.order,
-                        "dtype": opts.dtype or "float32", "gemm": opts.gemm, "max_new_tokens": opts.max_new_tokens,
-                        "prompts": [p.text for p in prompts]},
-            "world": world.describe()}
+    meta = job_meta(ckpt, corpus, opts, max_new_tokens=opts.max_new_tokens, prompts=[p.text for p in prompts]) | {
+        "world": world.describe()}
     agree(world, lambda: write_steering(out, df, meta, args))  # rank 0 writes; a failure stops every rank
     return out, df
 
@@ -238,16 +231,6 @@ def _inputs(opts: SteerOptions):
     if not corpus.exists():
         raise CorpusError(f"{corpus}: corpus not found")
     return ckpt, corpus, out, args, tok
-
-
-def _windows(opts: SteerOptions, corpus: Path, tok, args) -> list:
-    bos = args.bos_token_id if opts.add_bos else None
-    windows = corpus_windows(corpus, lambda t: tok.encode(t, add_special_tokens=False).ids, opts.seq_len, bos,
-                             None if opts.domain_tokens else opts.max_tokens, opts.order)
-    windows = limit_per_domain(windows, opts.domain_tokens, opts.max_tokens) if opts.domain_tokens else list(windows)
-    if not windows:
-        raise CorpusError(f"{corpus}: corpus has no text")
-    return windows
 
 
 def _run_passes(m, batches, steering: Steer, prompts: list[Prompt], opts: SteerOptions, domains, world, decode,
