@@ -178,6 +178,37 @@ def add_model_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> Non
                         "whole model); 'auto' = the whole torchrun world; the world splits into W/M replicas")
 
 
+def add_input_flags(p: argparse.ArgumentParser, table: str, *, run_note: str = "",
+                    domain_tokens: int | None = None) -> argparse._ArgumentGroup:
+    """The "inputs and output" flags of the jobs that evaluate a corpus on a run's checkpoint
+    (analyses.ablate, .importance, .steer): --run/--out and what --run provides by default, the
+    window options, the model flags and --no-progress. Returns the group (a job adds its own)."""
+    io = p.add_argument_group("inputs and output")
+    io.add_argument("--run", help="a recorded run: its checkpoint, corpus and options are the defaults" + run_note
+                                  + f", and the {table} table is written into it")
+    io.add_argument("--out", help=f"run directory to write the {table} table into (default: --run)")
+    io.add_argument("--ckpt", help="Hugging Face checkpoint directory (default: the run's, else the bundled model)")
+    io.add_argument("--corpus", help="corpus as for `probe record` (default: the run's, else the bundled val.jsonl)")
+    io.add_argument("--tokenizer", help="tokenizer.json (default: the checkpoint's)")
+    io.add_argument("--max-tokens", type=int, help="at most this many tokens in all (default: the run's, else all)")
+    io.add_argument("--domain-tokens", type=int, default=domain_tokens,
+                    help="at most this many tokens of each domain, in corpus order: a balanced sample of a corpus "
+                         "stored domain by domain; --max-tokens then caps the total"
+                         + (f" (default {domain_tokens}; 0 = no per-domain cap)" if domain_tokens else ""))
+    io.add_argument("--order", choices=["domains", "corpus"],
+                    help="window order (default: the run's, else domains: interleaved so --max-tokens covers every "
+                         "domain; corpus: corpus order)")
+    io.add_argument("--seq-len", type=int,
+                    help="window length (default: the run's, else as dsv3-probe record: 512 or the model's "
+                         "training length when shorter)")
+    io.add_argument("--batch-size", type=int, help="windows per forward pass (default: the run's, else 8)")
+    io.add_argument("--bos", dest="add_bos", action=argparse.BooleanOptionalAction, default=None,
+                    help="prepend BOS to each document (default: the run's, else on)")
+    add_model_flags(io)
+    io.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    return io
+
+
 def exit_ranks(code: int) -> int:
     """Under torchrun, end the process here. NOTE: with torch 2.13 (CPU, gloo) a rank that ran
     forward passes intermittently aborts during interpreter teardown ("terminate called without an

@@ -8,7 +8,7 @@ import sys
 
 import analyses.ablate as package
 from probe.corpus import CorpusError
-from probe.job import add_model_flags, exit_ranks
+from probe.job import add_input_flags, exit_ranks
 from probe.writer import RunError
 
 from .run import AblateOptions, ablate
@@ -18,31 +18,10 @@ from .select import Ablation, AblationError, load_spec
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m analyses.ablate", description=package.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    io = p.add_argument_group("inputs and output")
-    io.add_argument("--run", help="a recorded run: its checkpoint, corpus and options are the defaults, its "
-                                  "expert_load gives the loads for --top, and the results are written into it")
-    io.add_argument("--out", help="run directory to write the ablations table into (default: --run)")
-    io.add_argument("--ckpt", help="Hugging Face checkpoint directory (default: the run's, else the bundled model)")
-    io.add_argument("--corpus", help="corpus as for `probe record` (default: the run's, else the bundled val.jsonl)")
-    io.add_argument("--tokenizer", help="tokenizer.json (default: the checkpoint's)")
-    io.add_argument("--max-tokens", type=int, help="stop after this many tokens (default: the run's, else all)")
-    io.add_argument("--order", choices=["domains", "corpus"],
-                    help="window order (default: the run's, else domains: interleaved so --max-tokens covers every "
-                         "domain; corpus: corpus order)")
-    io.add_argument("--domain-tokens", type=int,
-                    help="at most this many tokens of each domain, in corpus order (a balanced sample of a "
-                         "corpus stored domain by domain; --max-tokens then caps the total)")
-    io.add_argument("--seq-len", type=int,
-                    help="window length (default: the run's, else as dsv3-probe record: 512 or the model's "
-                         "training length when shorter)")
-    io.add_argument("--batch-size", type=int, help="windows per forward pass (default: the run's, else 8)")
-    io.add_argument("--bos", dest="add_bos", action=argparse.BooleanOptionalAction, default=None,
-                    help="prepend BOS to each document (default: the run's, else on)")
-    add_model_flags(io)
+    io = add_input_flags(p, "ablations", run_note=", its expert_load gives the loads for --top")
     io.add_argument("--loads-from", choices=["auto", "run", "baseline"], default="auto",
                     help="loads ranking --top: the run's expert_load, or measured on the baseline pass "
                          "(default auto: the run's when it has them)")
-    io.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     sel = p.add_argument_group("one ablation (or --spec for a sweep)")
     sel.add_argument("--spec", help="YAML/JSON sweep file: a list of ablations (see above)")
     sel.add_argument("--experts", help="explicit experts: layer:expert[+expert],... e.g. 1:3+5,2:7")

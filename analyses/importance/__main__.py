@@ -9,7 +9,7 @@ import sys
 
 import analyses.importance as package
 from probe.corpus import CorpusError
-from probe.job import add_model_flags, exit_ranks
+from probe.job import add_input_flags, exit_ranks
 from probe.writer import RunError
 
 from .analysis import load_vs_importance
@@ -19,25 +19,7 @@ from .run import DOMAIN_TOKENS, TOKEN_BUDGET, ImportanceError, ImportanceOptions
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m analyses.importance", description=package.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    io = p.add_argument_group("inputs and output")
-    io.add_argument("--run", help="a recorded run: its checkpoint, corpus and options are the defaults, and the "
-                                  "expert_importance table is written into it")
-    io.add_argument("--out", help="run directory to write the expert_importance table into (default: --run)")
-    io.add_argument("--ckpt", help="Hugging Face checkpoint directory (default: the run's, else the bundled model)")
-    io.add_argument("--corpus", help="corpus as for `probe record` (default: the run's, else the bundled val.jsonl)")
-    io.add_argument("--tokenizer", help="tokenizer.json (default: the checkpoint's)")
-    io.add_argument("--max-tokens", type=int, help="at most this many tokens in all (default: the run's, else all)")
-    io.add_argument("--domain-tokens", type=int, default=DOMAIN_TOKENS,
-                    help=f"the first N tokens of every domain, a balanced sample (default {DOMAIN_TOKENS}; 0 = no "
-                         "per-domain cap: the run's own tokens up to --max-tokens)")
-    io.add_argument("--order", choices=["domains", "corpus"],
-                    help="window order (default: the run's, else domains; see analyses.ablate)")
-    io.add_argument("--seq-len", type=int, help="window length (default: the run's, else as dsv3-probe record)")
-    io.add_argument("--batch-size", type=int, help="windows per batch (default: the run's, else 8)")
-    io.add_argument("--bos", dest="add_bos", action=argparse.BooleanOptionalAction, default=None,
-                    help="prepend BOS to each document (default: the run's, else on)")
-    add_model_flags(io)
-    io.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_input_flags(p, "expert_importance", domain_tokens=DOMAIN_TOKENS)
     sel = p.add_argument_group("what to remove (one expert at a time, reroute)")
     sel.add_argument("--layers", help="MoE layers, e.g. 1,3 or 1-3 (default: every MoE layer)")
     sel.add_argument("--experts", help="routed experts, e.g. 0-7,12 (default: all of them)")

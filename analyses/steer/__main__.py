@@ -10,7 +10,7 @@ import textwrap
 import analyses.steer as package
 from analyses.ablate.select import AblationError
 from probe.corpus import CorpusError
-from probe.job import add_model_flags, exit_ranks
+from probe.job import add_input_flags, exit_ranks
 from probe.writer import RunError
 
 from .hooks import MODES, Steer
@@ -22,23 +22,7 @@ COLUMN = 48  # width of each side of the printed continuations
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m analyses.steer", description=package.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    io = p.add_argument_group("inputs and output")
-    io.add_argument("--run", help="a recorded run: its checkpoint, corpus and options are the defaults, and the "
-                                  "results are written into it")
-    io.add_argument("--out", help="run directory to write the steering table into (default: --run)")
-    io.add_argument("--ckpt", help="Hugging Face checkpoint directory (default: the run's, else the bundled model)")
-    io.add_argument("--corpus", help="corpus as for `probe record` (default: the run's, else the bundled val.jsonl)")
-    io.add_argument("--tokenizer", help="tokenizer.json (default: the checkpoint's)")
-    io.add_argument("--max-tokens", type=int, help="at most this many tokens in all (default: the run's, else all)")
-    io.add_argument("--domain-tokens", type=int, default=2000,
-                    help="at most this many tokens of each domain, in corpus order (default 2000; 0 = no limit)")
-    io.add_argument("--order", choices=["domains", "corpus"], help="window order (default: the run's, else domains)")
-    io.add_argument("--seq-len", type=int, help="window length (default: the run's, else as dsv3-probe record)")
-    io.add_argument("--batch-size", type=int, help="windows per forward pass (default: the run's, else 8)")
-    io.add_argument("--bos", dest="add_bos", action=argparse.BooleanOptionalAction, default=None,
-                    help="prepend BOS to each document and prompt (default: the run's, else on)")
-    add_model_flags(io)
-    io.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_input_flags(p, "steering", domain_tokens=2000)
     st = p.add_argument_group("the steering")
     st.add_argument("--experts", help="experts to steer: layer:expert[+expert],... e.g. 2:5+7,3:1")
     st.add_argument("--mode", choices=MODES, default="force",
