@@ -168,7 +168,8 @@ class Transformer(HookedModule):
     # ---------------------------------------------------------------------------- forward
     def forward(self, tokens: torch.Tensor, start_pos: int | torch.Tensor = 0, *,
                 lengths: torch.Tensor | None = None, use_cache: bool = False, mtp: bool = False,
-                return_hidden: bool = False, logits_at: torch.Tensor | None = None):
+                return_hidden: bool = False, logits_at: torch.Tensor | None = None,
+                start_at_layer: int = 0, resid: torch.Tensor | None = None):
         """tokens [B, S] -> logits [B, S, V] for every position.
 
         start_pos: where this chunk starts (an int, or a [B] tensor of per-row starts). Above 0 the
@@ -182,6 +183,10 @@ class Transformer(HookedModule):
         logits_at: [B, K] positions within this chunk: apply the output head only there and return
             logits [B, K, V] (generation needs one position per row, not a [B, S, V] prefill tensor).
             Not combinable with mtp=True.
+        start_at_layer, resid: run only blocks start_at_layer.. on `resid` [B, S, D], the input of that
+            block (what its hook_resid_pre saw in a full pass over the same tokens): the embedding
+            and earlier blocks are skipped, so the logits equal the full pass's when resid does (for
+            analyses that change a late layer many times, e.g. analyses.importance). No KV cache.
         """
         tokens = self._check_tokens(tokens)
         bsz, seqlen = tokens.shape
@@ -204,8 +209,11 @@ class Transformer(HookedModule):
         mask, n_keys = self._mask(pos, start, lengths, seqlen, end, use_cache)
         cos, sin = rope_cos_sin(pos, self.rope_inv_freq, self.args.rope_attention_factor)
 
-        h = self.hook_embed(self.embed(tokens))
-        for layer in self.layers:
+        if resid is not None and not start_at_layer:
+            raise ValueError("resid is the input of block start_at_layer: pass start_at_layer >= 1 with it")
+        h = self.hook_embed(self.embed(tokens)) if not start_at_layer else self._check_resid(resid, tokens,
+                                                                                              start_at_layer, use_cache)
+        for layer in self.layers[start_at_layer:]:
             h = layer(h, cos, sin, pos, mask, n_keys, use_cache)
         h = self.hook_final(self.norm(h))
         logits = self.head(_select(h, logits_at))
@@ -254,6 +262,18 @@ class Transformer(HookedModule):
         q = pos[:, :, None]  # [B, S, 1]
         visible = (key <= q) & ((key < row_end[:, None, None]) | (key == q))
         return visible[:, None], n_keys
+
+    def _check_resid(self, resid, tokens: torch.Tensor, start: int, use_cache: bool) -> torch.Tensor:
+        """The residual stream a forward from block `start` begins with, checked."""
+        if not 0 < start < len(self.layers):
+            raise ValueError(f"start_at_layer={start}: must be between 1 and {len(self.layers) - 1}")
+        if use_cache:
+            raise ValueError("start_at_layer needs use_cache=False (the skipped blocks' KV cache would be stale)")
+        want = (*tokens.shape, self.args.dim)
+        if not isinstance(resid, torch.Tensor) or tuple(resid.shape) != want:
+            got = tuple(resid.shape) if isinstance(resid, torch.Tensor) else type(resid).__name__
+            raise ValueError(f"resid: expected the input of block {start}, shape {want}, got {got}")
+        return resid
 
     def _check_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2:

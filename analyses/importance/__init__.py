@@ -15,7 +15,9 @@ no per-domain cap: the run's own tokens), at most --max-tokens in all.
 
 Batched: one baseline pass gives the losses and every expert's load (its top-k assignments, per
 domain); then G removals share each forward pass, the batch repeated G times along the batch
-dimension with expert e_g removed on the rows of copy g (run.py explains the row layout). G fits a
+dimension with expert e_g removed on the rows of copy g (run.py explains the row layout). The
+blocks before the layer run once per batch: the removal passes start at the layer's input
+(`model(..., start_at_layer=L, resid=h)`), so a late layer costs only its own and later blocks. G fits a
 budget of 16,384 token rows per pass (batch size x window x G) unless `--group G` says otherwise.
 The result does not depend on G nor on the ranks' layout (up to rounding).
 

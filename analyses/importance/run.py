@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from analyses.ablate import (AblateOptions, add_loss, baseline_pass, check_out, forward_batch, job_defaults,
+from analyses.ablate import (AblateOptions, add_loss, baseline_pass, check_out, job_defaults,
                              job_meta, replica_batches, sample_windows)
 from analyses.ablate.select import ALL, AblationError, RouterShape, check_routable
 from probe.corpus import CorpusError
-from probe.recorders import Batch
+from probe.recorders import Batch, token_nll
 from probe.schema import TABLES
 from probe.writer import write_result_part
 
@@ -105,20 +105,55 @@ def rows_reroute_hook(experts_G: list[int], rows_per_block: int):
     return fn
 
 
+class _Reached(Exception):
+    """Raised by a hook to end a forward pass once it has what it needs."""
+
+
+@torch.no_grad()
+def block_input(model, batch: Batch, layer: int) -> torch.Tensor:
+    """The residual stream entering block `layer` [B, S, D]; the pass stops there (the later
+    blocks and the head never run)."""
+    got: dict[str, torch.Tensor] = {}
+
+    def grab(h, hook):
+        got["h"] = h
+        raise _Reached
+
+    dev = model.embed.weight.device
+    try:
+        with model.hooks([(f"layers.{layer}.hook_resid_pre", grab)]):
+            model(batch.tokens.to(dev), lengths=batch.lengths.to(dev))
+    except _Reached:
+        pass
+    return got["h"]
+
+
+@torch.no_grad()
+def suffix_nll(model, big: Batch, layer: int, resid: torch.Tensor, hooks: list) -> torch.Tensor:
+    """Per-token surprisal [B', S] of `big` computed from block `layer` on (resid: that block's input)."""
+    dev = model.embed.weight.device
+    with model.hooks(hooks):
+        logits = model(big.tokens.to(dev), lengths=big.lengths.to(dev), start_at_layer=layer, resid=resid)
+    return token_nll(big, logits)
+
+
 def removal_sums(model, batches: list[Batch], stored: list, layers: list[int], experts: list[int], group: int,
                  n_domains: int, tick) -> np.ndarray:
     """Per (layer, expert, domain): [surprisal sum, scored tokens] with that expert removed at that
-    layer, `group` removals per forward pass -> [len(layers), len(experts), D, 2] float64."""
+    layer, `group` removals per forward pass -> [len(layers), len(experts), D, 2] float64. The blocks
+    before the layer run once per batch (`block_input`); each group of removals runs only the
+    blocks from the layer on, on that input repeated (`suffix_nll`)."""
     acc = np.zeros((len(layers), len(experts), n_domains, 2))
     chunks = [list(range(s, min(s + group, len(experts)))) for s in range(0, len(experts), group)]
     for li, layer in enumerate(layers):
         name = f"layers.{layer}.ffn.gate.hook_select_scores"
         for batch, (_, _, dom_nll) in zip(batches, stored):
             B = batch.tokens.shape[0]
+            h = block_input(model, batch, layer)
             for chunk in chunks:
                 big = Batch(batch.index, batch.windows * len(chunk))
                 hook = rows_reroute_hook([experts[k] for k in chunk], batch.tokens.numel())
-                nll, _ = forward_batch(model, big, [], [(name, hook)])
+                nll = suffix_nll(model, big, layer, h.repeat(len(chunk), 1, 1), [(name, hook)])
                 for g, k in enumerate(chunk):
                     add_loss(acc[li, k], nll[g * B: (g + 1) * B], dom_nll)
                 tick()

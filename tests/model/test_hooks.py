@@ -213,3 +213,27 @@ def test_unknown_hook_names_are_errors():
     with pytest.raises(model.HookError, match="matches no hook point"):
         with m.hooks([("nothing.*", lambda t, hook: None)]):
             pass
+
+
+def test_forward_from_a_later_block_equals_the_full_pass():
+    """start_at_layer + resid (a block's hook_resid_pre from a full pass) gives the full pass's
+    logits bit for bit; bad uses are refused with a message naming the argument."""
+    m = random_model("tiny", seed=0)
+    tok = torch.randint(0, m.args.vocab_size, (3, 17), generator=torch.Generator().manual_seed(0))
+    lengths = torch.tensor([17, 12, 9])
+    cap = {}
+    hooks = [(f"layers.{i}.hook_resid_pre", (lambda i: lambda t, hook: cap.__setitem__(i, t.clone()))(i))
+             for i in range(len(m.layers))]
+    with torch.no_grad(), m.hooks(hooks):
+        full = m(tok, lengths=lengths)
+    with torch.no_grad():
+        for i in range(1, len(m.layers)):
+            assert torch.equal(m(tok, lengths=lengths, start_at_layer=i, resid=cap[i]), full), i
+        # negative control: another block's input does not give the same logits
+        assert not torch.equal(m(tok, lengths=lengths, start_at_layer=1, resid=cap[len(m.layers) - 1]), full)
+        for kw, msg in [({"start_at_layer": 1, "resid": cap[1][:, :5]}, "resid: expected the input of block 1"),
+                        ({"start_at_layer": len(m.layers), "resid": cap[1]}, "start_at_layer="),
+                        ({"resid": cap[1]}, "pass start_at_layer"),
+                        ({"start_at_layer": 1, "resid": cap[1], "use_cache": True}, "use_cache=False")]:
+            with pytest.raises(ValueError, match=msg):
+                m(tok, lengths=lengths, **kw)
