@@ -2,8 +2,10 @@
 linear primitive (`torch.ops.mkldnn._linear_pointwise`). Neither wins everywhere (on a 2-core AMD
 EPYC oneDNN ran twice as fast; on an Intel Xeon with AVX-512, MKL was as fast or faster), so the
 choice is measured on the machine at hand: on first use, both paths are timed on the shapes of that
-first GEMM (a few milliseconds), the faster is kept and cached per CPU model, torch version and
-thread count in `$XDG_CACHE_HOME/dsv3-probe/gemm.json` (default `~/.cache`). `DSV3_ONEDNN=1` or `0`
+first GEMM (its transpose and a square one too, the calls of the two paths interleaved; tens of
+milliseconds), the faster is kept and cached per CPU model, torch version and thread count in
+`$XDG_CACHE_HOME/dsv3-probe/gemm.json` (default `~/.cache`); a tie (within 3%) keeps F.linear and
+is not cached, so the next process measures again. `DSV3_ONEDNN=1` or `0`
 forces the choice; `DSV3_GEMM_CACHE=0` measures afresh every process without reading or writing
 the cache.
 
@@ -24,7 +26,8 @@ import torch
 import torch.nn.functional as F
 
 PATHS = ("onednn", "linear")
-REPEATS = 7  # timed calls per path and shape (the median counts), after one warm-up call
+REPEATS = 15  # timed calls per path and shape, the two paths alternating (the median counts), after a warm-up
+TIE = 0.03  # paths closer than this (relative) are a tie: F.linear is kept and the choice is not cached
 
 
 @dataclass(frozen=True)
@@ -64,14 +67,19 @@ def onednn_available() -> bool:
         return False
 
 
-def _time(fn, x: torch.Tensor, w: torch.Tensor) -> float:
-    fn(x, w)  # warm-up: oneDNN compiles a kernel per shape
-    ts = []
-    for _ in range(REPEATS):
-        t0 = time.perf_counter()
-        fn(x, w)
-        ts.append(time.perf_counter() - t0)
-    return sorted(ts)[len(ts) // 2]
+def _time_both(x: torch.Tensor, w: torch.Tensor) -> dict[str, float]:
+    """Median seconds of each path on one shape, their calls interleaved (ABAB..., the order swapped
+    every round) so that a drift in the machine's speed (other jobs, clocks) hits both alike."""
+    fns = {"onednn": _onednn, "linear": F.linear}
+    for fn in fns.values():
+        fn(x, w)  # warm-up: oneDNN compiles a kernel per shape
+    ts: dict[str, list[float]] = {p: [] for p in fns}
+    for i in range(REPEATS):
+        for p in (PATHS if i % 2 == 0 else PATHS[::-1]):
+            t0 = time.perf_counter()
+            fns[p](x, w)
+            ts[p].append(time.perf_counter() - t0)
+    return {p: sorted(v)[len(v) // 2] for p, v in ts.items()}
 
 
 def _onednn(x, w):
@@ -85,8 +93,8 @@ def measure(shapes: list[tuple[int, int, int]]) -> dict[str, float]:
     with torch.no_grad():
         for rows, k, n in shapes:
             x, w = torch.randn(rows, k, generator=g), torch.randn(n, k, generator=g)
-            out["onednn"] += _time(_onednn, x, w)
-            out["linear"] += _time(F.linear, x, w)
+            for p, t in _time_both(x, w).items():
+                out[p] += t
     return out
 
 
@@ -116,10 +124,15 @@ def decide(shapes: list[tuple[int, int, int]]) -> GemmChoice:
     secs = measure(shapes)
     path = min(PATHS, key=lambda p: secs[p])
     other = next(p for p in PATHS if p != path)
+    ratio = secs[other] / max(secs[path], 1e-12)
+    tie = ratio < 1 + TIE
+    if tie:
+        path, other = "linear", "onednn"
     reason = (f"measured on this CPU: {path} {secs[path] * 1e3:.2f} ms vs {other} {secs[other] * 1e3:.2f} ms "
-              f"({secs[other] / max(secs[path], 1e-12):.2f}x) on {len(shapes)} GEMM shapes")
+              f"({secs[other] / max(secs[path], 1e-12):.2f}x) on {len(shapes)} GEMM shapes"
+              + (f"; a tie (within {TIE:.0%}): F.linear kept, measured again next process" if tie else ""))
     choice = GemmChoice(path, "measured", reason, seconds=secs, **base)
-    if use_cache:
+    if use_cache and not tie:
         _write_cache(choice)
     return choice
 
@@ -152,12 +165,15 @@ _CHOICE: GemmChoice | None = None
 
 def choice(shape: tuple[int, int, int] = (256, 512, 512)) -> GemmChoice:
     """This process's choice, made on its first call: the GEMM `shape` (rows, in, out) of that first
-    call and its transpose are timed (dimensions clipped to 512 rows and 2048 features)."""
+    call, its transpose and the square of its larger side are timed (rows clipped to 256..512,
+    features to 2048: a prefill's row counts and enough work per call, ~10-50 ms in all, that
+    timer noise does not decide)."""
     global _CHOICE
     if _CHOICE is None:
         rows, k, n = shape
-        rows, k, n = min(max(rows, 64), 512), min(k, 2048), min(n, 2048)
-        _CHOICE = decide([(rows, k, n), (rows, n, k)])
+        rows, k, n = min(max(rows, 256), 512), min(k, 2048), min(n, 2048)
+        big = max(k, n, 512)
+        _CHOICE = decide([(rows, k, n), (rows, n, k), (rows, big, big)])
     return _CHOICE
 
 

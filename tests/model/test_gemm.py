@@ -155,11 +155,23 @@ def test_the_faster_path_is_kept_cached_and_used(fresh, monkeypatch, faster):
     assert uses == (faster == "onednn")
     c = gemm.choice()
     assert (c.path, c.source) == (faster, "measured") and "3.00x" in c.reason
-    assert timed == [[(100, 256, 512), (100, 512, 256)]]  # the first GEMM's shape and its transpose
+    # the first GEMM's shape (rows raised to a prefill's 256), its transpose and its larger side squared
+    assert timed == [[(256, 256, 512), (256, 512, 256), (256, 512, 512)]]
     cached = json.loads(fresh.read_text())
     assert [v["path"] for v in cached.values()] == [faster] and gemm.cpu_model() in next(iter(cached))
     gemm.reset()  # a new process: read from the cache, nothing timed
     assert gemm.choice().source == "cache" and gemm.choice().path == faster and len(timed) == 1
+
+
+@needs_onednn
+def test_a_tie_keeps_f_linear_and_is_not_cached(fresh, monkeypatch):
+    monkeypatch.setattr(gemm, "measure", lambda shapes: {"onednn": 1.00, "linear": 1.02})  # oneDNN 2% faster
+    c = gemm.choice()
+    assert (c.path, c.source) == ("linear", "measured") and "a tie" in c.reason
+    assert not fresh.exists()  # measured again by the next process
+    gemm.reset()
+    monkeypatch.setattr(gemm, "measure", lambda shapes: {"onednn": 1.00, "linear": 1.10})  # a real difference
+    assert gemm.choice().path == "onednn" and fresh.exists()
 
 
 @needs_onednn
