@@ -40,7 +40,7 @@ def test_report_has_every_section(run_dir, tmp_path, capsys):
     other = compare_run(probe.open_run(run_dir), out=tmp_path / "no-bias")  # the same windows, bias removed
     t = time.perf_counter()
     rc = report.main([str(run_dir), "--out", str(out), "--findings", str(findings), "--max-tokens", "1500",
-                      "--fractions", "1/8", "--seeds", "2", "--importance-tokens", "150", "--compare",
+                      "--fractions", "1/8", "--seeds", "2", "--importance-tokens", "80", "--compare",
                       str(other.path), "--no-progress"])
     print(f"report: {time.perf_counter() - t:.1f} s")
     text = capsys.readouterr().out
