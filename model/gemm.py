@@ -4,8 +4,9 @@ EPYC oneDNN ran twice as fast; on an Intel Xeon with AVX-512, MKL was as fast or
 choice is measured on the machine at hand: on first use, both paths are timed on the shapes of that
 first GEMM (its transpose and a square one too, the calls of the two paths interleaved; tens of
 milliseconds), the faster is kept and cached per CPU model, torch version and thread count in
-`$XDG_CACHE_HOME/dsv3-probe/gemm.json` (default `~/.cache`); a tie (within 3%) keeps F.linear and
-is not cached, so the next process measures again. `DSV3_ONEDNN=1` or `0`
+`$XDG_CACHE_HOME/dsv3-probe/gemm.json` (default `~/.cache`); a tie (within 3%) keeps F.linear.
+Caching every choice matters beyond speed: the two paths sum in different orders, so processes that
+chose differently (the ranks of one job, a run and its resume) would not compute the same numbers. `DSV3_ONEDNN=1` or `0`
 forces the choice; `DSV3_GEMM_CACHE=0` measures afresh every process without reading or writing
 the cache.
 
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 
 PATHS = ("onednn", "linear")
 REPEATS = 15  # timed calls per path and shape, the two paths alternating (the median counts), after a warm-up
-TIE = 0.03  # paths closer than this (relative) are a tie: F.linear is kept and the choice is not cached
+TIE = 0.03  # paths closer than this (relative) are a tie: F.linear is kept (and cached like any choice)
 
 
 @dataclass(frozen=True)
@@ -130,9 +131,9 @@ def decide(shapes: list[tuple[int, int, int]]) -> GemmChoice:
         path, other = "linear", "onednn"
     reason = (f"measured on this CPU: {path} {secs[path] * 1e3:.2f} ms vs {other} {secs[other] * 1e3:.2f} ms "
               f"({secs[other] / max(secs[path], 1e-12):.2f}x) on {len(shapes)} GEMM shapes"
-              + (f"; a tie (within {TIE:.0%}): F.linear kept, measured again next process" if tie else ""))
+              + (f"; a tie (within {TIE:.0%}): F.linear kept" if tie else ""))
     choice = GemmChoice(path, "measured", reason, seconds=secs, **base)
-    if use_cache and not tie:
+    if use_cache:  # every process of this machine (the ranks of a job too) then runs the same arithmetic
         _write_cache(choice)
     return choice
 
@@ -174,6 +175,21 @@ def choice(shape: tuple[int, int, int] = (256, 512, 512)) -> GemmChoice:
         rows, k, n = min(max(rows, 256), 512), min(k, 2048), min(n, 2048)
         big = max(k, n, 512)
         _CHOICE = decide([(rows, k, n), (rows, n, k), (rows, big, big)])
+    return _CHOICE
+
+
+def agree_across_ranks() -> GemmChoice:
+    """Under torch.distributed: every rank takes rank 0's choice (made now if not yet), so that the
+    ranks of one job run the same arithmetic even when they would each measure a near tie apart.
+    A collective: every rank calls it, at the same point (model.parallel.init_world does)."""
+    import torch.distributed as dist
+
+    global _CHOICE
+    box = [choice().to_dict() if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    if dist.get_rank() != 0:
+        made = box[0]
+        _CHOICE = GemmChoice(**(made | {"source": "rank 0", "reason": f"rank 0's choice: {made['reason']}"}))
     return _CHOICE
 
 

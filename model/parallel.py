@@ -293,6 +293,10 @@ def init_world(model_parallel: int | str | None = 1, *, device: str | None = Non
     shards = Shards(rank % m, m, groups[rank // m]) if m > 1 else None
     devices = [None] * size
     dist.all_gather_object(devices, f"{socket.gethostname()}:{dev}")
+    if dev == "cpu":  # one float32 GEMM path for every rank (model/gemm.py), so they compute alike
+        from . import gemm
+
+        gemm.agree_across_ranks()
     return World(rank=rank, size=size, model_parallel=m, backend=dist.get_backend(), device=dev, shards=shards,
                  devices=tuple(devices))
 
