@@ -33,7 +33,8 @@ run.py (the job: `evaluate`, `ablate`, `write_ablations`); the command is `__mai
 """
 
 from .run import (AblateOptions, ablate, add_loss, baseline_pass, check_out, evaluate, forward_batch, job_defaults,
-                  job_meta, limit_per_domain, loads_from_run, replica_batches, sample_windows, write_ablations)
+                  job_meta, limit_per_domain, loads_from_run, replica_batches, sample_windows, start_job,
+                  write_ablations)
 from .select import (ALL, MODES, Ablation, AblationError, Plan, RouterShape, ablated, ablation_hooks, check_names,
                      check_routable, load_spec, normalise_disabled, parse_experts, parse_layers, plan_hooks, resolve,
                      reroute_hook, top_vs_random, zero_hook)
@@ -42,4 +43,4 @@ __all__ = ["Ablation", "AblationError", "AblateOptions", "ablate", "ablated", "a
            "load_spec", "loads_from_run", "parse_experts", "parse_layers", "resolve", "top_vs_random",
            "write_ablations", "limit_per_domain", "RouterShape", "Plan", "check_routable", "check_names",
            "normalise_disabled", "plan_hooks", "reroute_hook", "zero_hook", "ALL", "MODES", "forward_batch", "add_loss",
-           "job_defaults", "check_out", "baseline_pass", "sample_windows", "replica_batches", "job_meta"]
+           "job_defaults", "check_out", "baseline_pass", "sample_windows", "replica_batches", "start_job", "job_meta"]

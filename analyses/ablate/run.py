@@ -238,8 +238,7 @@ def loads_from_run(run_dir: str | Path, shape: RouterShape) -> Loads:
 
 def ablate(opts: AblateOptions, ablations: list[Ablation]):
     """Run the job; returns (output run directory, DataFrame of the rows). Rank 0 writes."""
-    from probe.job import (agree, bound_heap, checkpoint_args, load_model, load_tokenizer, resolve_paths, start_world,
-                           window_length)
+    from probe.job import agree, checkpoint_args, load_tokenizer, resolve_paths, window_length
 
     if not ablations:
         raise AblationError("nothing to ablate: pass --experts, --top, --random, --shared or --spec")
@@ -265,10 +264,7 @@ def ablate(opts: AblateOptions, ablations: list[Ablation]):
     if not corpus.exists():
         raise CorpusError(f"{corpus}: corpus not found")
     windows, domains = sample_windows(opts, corpus, tok, args)
-    bound_heap()
-    world = start_world(opts.model_parallel, opts.device, args)
-    batches = replica_batches(windows, opts.batch_size, world)
-    m = load_model(ckpt, world, dtype=opts.dtype, gemm=opts.gemm)
+    world, batches, m = start_job(opts, ckpt, args, windows)
     bar = None
     if opts.progress and world.rank == 0:
         from tqdm import tqdm
@@ -317,6 +313,17 @@ def replica_batches(windows: list, batch_size: int, world) -> list[Batch]:
     sharded model, run the same ones), as `probe record` deals them."""
     return [Batch(b, windows[s: s + batch_size]) for b, s in enumerate(range(0, len(windows), batch_size))
             if b % world.replicas == world.replica]
+
+
+def start_job(opts: AblateOptions, ckpt: Path, args, windows: list):
+    """The model side of a job, once its inputs are checked: bound the heap, join the ranks, take
+    this replica's batches and load the model sharded over the replica -> (world, batches, model)."""
+    from probe.job import bound_heap, load_model, start_world
+
+    bound_heap()
+    world = start_world(opts.model_parallel, opts.device, args)
+    batches = replica_batches(windows, opts.batch_size, world)
+    return world, batches, load_model(ckpt, world, dtype=opts.dtype, gemm=opts.gemm)
 
 
 def job_meta(ckpt: Path, corpus: Path, opts: AblateOptions, **options) -> dict:

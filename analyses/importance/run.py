@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from analyses.ablate import (AblateOptions, add_loss, baseline_pass, check_out, job_defaults,
-                             job_meta, replica_batches, sample_windows)
+                             job_meta, sample_windows, start_job)
 from analyses.ablate.select import ALL, AblationError, RouterShape, check_routable
 from probe.corpus import CorpusError
 from probe.recorders import Batch, token_nll
@@ -249,14 +249,11 @@ def _sample(opts: ImportanceOptions, ckpt: Path, corpus: Path, args) -> tuple[li
 
 def importance(opts: ImportanceOptions):
     """Run the job; returns (output run directory, DataFrame of the rows). Rank 0 writes."""
-    from probe.job import agree, bound_heap, load_model, start_world
+    from probe.job import agree
 
     opts, ckpt, corpus, out, args, layers, experts = _prepare(opts)
     windows, domains = _sample(opts, ckpt, corpus, args)
-    bound_heap()
-    world = start_world(opts.model_parallel, opts.device, args)
-    batches = replica_batches(windows, opts.batch_size, world)
-    m = load_model(ckpt, world, dtype=opts.dtype, gemm=opts.gemm)
+    world, batches, m = start_job(opts, ckpt, args, windows)
     bar = None
     if opts.progress and world.rank == 0:
         from tqdm import tqdm

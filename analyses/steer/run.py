@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from analyses.ablate.run import (AblateOptions, add_loss, check_out, forward_batch, job_defaults, job_meta,
-                                 replica_batches, sample_windows)
+                                 sample_windows, start_job)
 from analyses.ablate.select import ALL, RouterShape
 from probe.corpus import CorpusError
 from probe.recorders import Batch
@@ -187,7 +187,7 @@ def parse_token_filter(text: str, tokenizer, vocab_size: int) -> list[int]:
 def steer(opts: SteerOptions, steering: Steer, token_filter: str | None = None):
     """Run the job; returns (output run directory, DataFrame of the rows). Rank 0 writes.
     token_filter: --steer-tokens text, resolved with the checkpoint's tokenizer into steering.token_ids."""
-    from probe.job import agree, bound_heap, load_model, start_world
+    from probe.job import agree
 
     opts, info = job_defaults(opts)
     if info is not None and info.get("status") == "running":
@@ -208,10 +208,7 @@ def steer(opts: SteerOptions, steering: Steer, token_filter: str | None = None):
     prompts = text_prompts(opts.prompts, lambda t: tok.encode(t, add_special_tokens=False).ids,
                            args.bos_token_id if opts.add_bos else None) if opts.prompts else \
         corpus_prompts(windows, opts.prompt_tokens, decode)
-    bound_heap()
-    world = start_world(opts.model_parallel, opts.device, args)
-    batches = replica_batches(windows, opts.batch_size, world)
-    m = load_model(ckpt, world, dtype=opts.dtype, gemm=opts.gemm)
+    world, batches, m = start_job(opts, ckpt, args, windows)
     df = _run_passes(m, batches, steering, prompts, opts, domains, world, decode, args)
     meta = job_meta(ckpt, corpus, opts, max_new_tokens=opts.max_new_tokens, prompts=[p.text for p in prompts]) | {
         "world": world.describe()}
