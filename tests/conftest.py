@@ -25,6 +25,20 @@ def tiny_model():
     return random_model("tiny", seed=0)
 
 
+@pytest.fixture(scope="module")
+def tiny():
+    """One tiny model per test module (the ablation and steering tests): 3 layers (layer 0 dense),
+    E=16 in 4 groups, top-4 of 2 groups. Modules with a `tiny` of their own keep theirs."""
+    return random_model("tiny", seed=0)
+
+
+@pytest.fixture(scope="module")
+def tokens():
+    """[3, 24] token ids for `tiny`."""
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(2, 512, (3, 24), generator=g)
+
+
 @pytest.fixture(scope="session")
 def probe_env(tmp_path_factory):
     base = tmp_path_factory.mktemp("probe_env")

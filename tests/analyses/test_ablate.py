@@ -25,17 +25,6 @@ REPO = Path(__file__).resolve().parents[2]
 IDS = "layers.*.ffn.gate.hook_topk_ids"
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    return random_model("tiny", seed=0)  # 3 layers (layer 0 dense), E=16 in 4 groups, top-4 of 2 groups
-
-
-@pytest.fixture(scope="module")
-def tokens():
-    g = torch.Generator().manual_seed(0)
-    return torch.randint(2, 512, (3, 24), generator=g)
-
-
 def _batches(n_windows=6, seq=20, seed=0, bs=3):
     rng = np.random.default_rng(seed)
     ws = [Window(i, f"d{i}", "code" if i % 2 else "prose", 0,

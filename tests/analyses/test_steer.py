@@ -13,24 +13,12 @@ import probe
 from analyses.steer import Prompt, Steer, SteerError, evaluate, generations, steered
 from analyses.steer.__main__ import main
 from generate import generate
-from helpers import random_model
 from probe.corpus import Window
 from probe.recorders import Batch, token_nll
 
 torch.set_num_threads(1)
 G2 = "layers.2.ffn.gate."
 G1 = "layers.1.ffn.gate."
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return random_model("tiny", seed=0)  # 3 layers (layer 0 dense), E=16 in 4 groups, top-4 of 2 groups
-
-
-@pytest.fixture(scope="module")
-def tokens():
-    g = torch.Generator().manual_seed(0)
-    return torch.randint(2, 512, (3, 24), generator=g)
 
 
 def _gate(model, tokens, prefix, steer=None, row_domains=None):
