@@ -83,13 +83,15 @@ def token_dependence(token_id, prev_id, pos, labels, test) -> dict:
     return out | {name: float((preds[name] == yt).mean()) for name in PREDICTORS}
 
 
-def token_dependence_from_run(run, layers=None, every: int = 5, k: int | None = None) -> "pandas.DataFrame":  # noqa: F821
+def token_dependence_from_run(run, layers=None, every: int = 5, k: int | None = None,
+                              routes=None) -> "pandas.DataFrame":  # noqa: F821
     """Per MoE layer and target ("top1": first-choice expert; "topk": the whole top-k set, or the
     first `k` experts' set): the accuracies of `token_dependence`, plus OLMoE's vocabulary
-    specialisation for the input token and the next token (top-1, every id counted)."""
+    specialisation for the input token and the next token (top-1, every id counted). routes: the
+    run's `routes_from_run(run, layers)` when already read (the report shares it with the paths)."""
     import pandas as pd
 
-    r = routes_from_run(run, layers)
+    r = routes if routes is not None else routes_from_run(run, layers)
     test = r.heldout(every)
     K = r.ids.shape[2]
     k = K if k is None else int(k)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from analyses import metrics as M
@@ -23,8 +22,9 @@ def compute(run, ns, out: dict) -> None:
     out["importance"] and out["steering"])."""
     tables = set(run.tables)
     if "routing" in tables and "tokens" in tables:
-        out["paths"] = paths(run)
-        out["token_dependence"] = M.token_dependence_from_run(run)
+        routes = M.routes_from_run(run)  # read once: both sections use every routed token
+        out["paths"] = paths(run, routes)
+        out["token_dependence"] = M.token_dependence_from_run(run, routes=routes)
     if getattr(ns, "compare", None):
         out["run_vs_run"] = run_vs_run(run, ns.compare)
     if not ns.skip_ablation and ns.importance_tokens:
@@ -48,10 +48,10 @@ def token_texts(run, ids) -> list[str]:
     return [repr(tok.decode([int(i)]))[1:-1] or f"<{int(i)}>" for i in ids]
 
 
-def paths(run) -> dict:
+def paths(run, routes=None) -> dict:
     """Top-1 path summary per domain, domain information of the path vs each layer (top-1 and the
-    top-k sets), and the most common paths with example tokens."""
-    r = M.routes_from_run(run)
+    top-k sets), and the most common paths with example tokens (routes: `routes_from_run(run)`)."""
+    r = routes if routes is not None else M.routes_from_run(run)
     test = r.heldout(5)
     info1 = M.domain_information(r.ids, r.domain, r.layers, 1, test).assign(target="top1")
     K = r.ids.shape[2]
@@ -212,7 +212,3 @@ def missing(sec: str, r: dict) -> str:
     if sec in ("Causal vs observed importance", "Steering") and r.get("importance") is None:
         return "(skipped: --skip-ablation or --importance-tokens 0)"
     return "(not in this run: the routing or tokens table was not recorded)"
-
-
-def to_list(x) -> list:
-    return list(np.asarray(x).tolist())

@@ -234,3 +234,11 @@ def test_paths_with_one_expert_per_token():
     assert d.loc["path", "domain_nmi"] == pytest.approx(1.0)
     with pytest.raises(M.MetricsError, match="K=1"):
         M.path_codes(one, k=2)
+
+
+def test_token_dependence_reuses_routes_read_once(runs):
+    """The report reads the routes once for paths and token dependence: passing them changes nothing."""
+    d, _, _ = runs
+    r = M.routes_from_run(d / "a")
+    a, b = M.token_dependence_from_run(d / "a", every=5), M.token_dependence_from_run(d / "a", every=5, routes=r)
+    assert a.equals(b) and len(a)
