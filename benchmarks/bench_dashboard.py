@@ -182,7 +182,7 @@ def pages(runs: Path) -> dict:
 
     # st.cache_data outside a server warns on every call
     logging.getLogger("streamlit.runtime.caching.cache_data_api").setLevel(logging.ERROR)
-    from dashboards import compute, data
+    from dashboards import compute, data, research
 
     refs = {r.name: r for r in data.discover(runs)}
     ref, tr = refs["big"], refs["train"]
@@ -209,6 +209,7 @@ def pages(runs: Path) -> dict:
         compute.metric("vocabulary_specialisation")(tt.token_id.to_numpy(), tt.e1.to_numpy(), min_count=5)
         top = u(data.expert_top_tokens)(ref, 1, 7, 15)
         u(data.token_snippets)(ref, 1, 7, int(top.token_id.iloc[0]))
+        u(research.token_dependence)(ref)  # token-id dependence section
 
     def token_explorer():
         docs = u(data.documents)(ref)
@@ -219,7 +220,7 @@ def pages(runs: Path) -> dict:
     def coactivation():
         ids = u(data.layer_topk)(ref, 1)
         compute.coactivation(ids, E)
-        u(data.top1_flow)(ref, 1, 2)
+        u(research.expert_paths)(ref, tuple(data.moe_layers(ref)))  # the paths Sankey, all layers (its default)
 
     def latent_kv():
         u(data.kv_stats)(ref)

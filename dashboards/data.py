@@ -420,16 +420,6 @@ def layer_topk(ref: RunRef, layer: int) -> np.ndarray:
     return values.reshape(len(col), -1)
 
 
-@cached
-def top1_flow(ref: RunRef, layer_a: int, layer_b: int) -> pd.DataFrame:
-    """src, dst, n: tokens whose top-1 expert is `src` at layer_a and `dst` at layer_b."""
-    return query(ref, """
-        select a.expert_ids[1]::int as src, b.expert_ids[1]::int as dst, count(*) as n
-        from (select seq_id, pos, expert_ids from routing where layer = ? and seq_id < ?) a
-        join (select seq_id, pos, expert_ids from routing where layer = ? and seq_id < ?) b using (seq_id, pos)
-        group by all order by n desc""", ("routing",), [layer_a, _seq_cap(ref), layer_b, _seq_cap(ref)])
-
-
 # ------------------------------------------------------------------------------ KV, MTP, ablations
 @cached
 def kv_stats(ref: RunRef) -> pd.DataFrame:
