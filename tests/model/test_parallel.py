@@ -34,6 +34,7 @@ ALIGNED = dict(vocab_size=256, dim=256, inter_dim=256, moe_inter_dim=128, n_laye
                qk_rope_head_dim=128, v_head_dim=128)
 # the dense MLP's shards start mid-block (320 / 2 = 160): fine dequantised, refused FP8 resident
 BLOCKS = dict(inter_dim=320)
+FP8_FLIP_MEAN_REL, FP8_FLIP_MAX_REL = 5e-3, 5e-2  # FP8 rounding flips from summation order (see below)
 FP8_MEAN_REL, FP8_MAX_REL = 0.25, 0.50  # the FP8 GEMM tolerance of tests/model/test_fp8_model.py
 
 
@@ -131,10 +132,19 @@ def test_gradients_match_single_process(worker_results):
 
 
 def test_fp8_resident_sharded(worker_results):
-    # aligned shards: the FP8 activation blocks are the single process's, so only summation order differs
+    # aligned shards: the FP8 activation blocks are the single process's, so only the float32 summation
+    # order differs (the all-reduce adds two half-K partial GEMMs). That is not bit-equal: a ~1e-7
+    # difference can move an activation across an FP8 rounding midpoint, one e4m3 step (1/8 to 1/16 of
+    # that element). Measured by adding 3e-7 relative noise to the routed outputs of a whole FP8 model
+    # (three seeds, 30 draws each): main logits moved <= 6.4e-7, MTP logits (its eh_proj quantises the
+    # main model's last hidden state) up to 2.5e-2 max / 2.3e-3 mean relative; CI once saw 2.1e-3 max.
+    # A wrong shard or misaligned block moves them ~100x more (the tiny case below: 0.17 mean).
     for r in per_rank(worker_results, "aligned_fp8_resident"):
-        print(f"\naligned FP8 resident rank {r['rank']}: logits max rel {r['logits_rel_absorb']:.2e}")
-        assert r["logits_rel_absorb"] <= 1e-4 and r["mtp_rel_absorb"] <= 1e-4 and r["hook_topk_equal"]
+        print(f"\naligned FP8 resident rank {r['rank']}: logits max rel {r['logits_rel_absorb']:.2e}, "
+              f"MTP max rel {r['mtp_rel_absorb']:.2e}, mean rel {r['mtp_mean_rel_absorb']:.2e}")
+        for kind in ("logits", "mtp"):
+            assert r[f"{kind}_rel_absorb"] <= FP8_FLIP_MAX_REL and r[f"{kind}_mean_rel_absorb"] <= FP8_FLIP_MEAN_REL, r
+        assert r["hook_topk_equal"]
     # shards inside one 128-block (tiny dims): allowed, but a row-parallel GEMM quantises its local
     # activations in their own block, so the result is within FP8 rounding, not equal
     for r in per_rank(worker_results, "tiny_fp8_resident"):

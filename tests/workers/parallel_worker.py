@@ -46,6 +46,7 @@ def forward_checks(full, sh, out: dict) -> None:
             out["logits_shape"] = list(got[0].shape)
             if has_mtp:
                 out[f"mtp_rel_{impl}"] = rel(got[1], ref[1])
+                out[f"mtp_mean_rel_{impl}"] = float((got[1] - ref[1]).abs().mean() / ref[1].abs().mean())
         full.attn_impl = sh.attn_impl = "absorb"
         # prefill then decode through the (per-rank) KV cache
         ref = full(tok)
