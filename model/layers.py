@@ -53,6 +53,15 @@ def dense_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return F.linear(x, w)
 
 
+class Embedding(nn.Embedding):
+    """nn.Embedding that skips its random init on the meta device: torch's normal_ there imports
+    torch._dynamo, 1.3-1.7 s added to every model.load (which builds the model on meta first)."""
+
+    def reset_parameters(self) -> None:
+        if self.weight.device.type != "meta":
+            super().reset_parameters()
+
+
 class RMSNorm(nn.Module):
     """y = x / rms(x) * weight, computed in float32 and cast back to the input dtype."""
 
@@ -168,7 +177,8 @@ def rope_inv_freq(args: ModelArgs) -> torch.Tensor:
     below `low` keep `freq`, above `high` use `freq / factor`, with a linear ramp in between.
     """
     d = args.qk_rope_head_dim
-    freqs = 1.0 / (args.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+    # on the CPU even inside `with torch.device("meta")`: torch's meta arange imports torch._dynamo (1.5 s)
+    freqs = 1.0 / (args.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64, device="cpu") / d))
     if args.yarn and args.rope_factor > 1:
         def corr(rotations: float) -> float:
             return d * math.log(args.original_seq_len / (rotations * 2 * math.pi)) / (2 * math.log(args.rope_theta))
@@ -177,7 +187,7 @@ def rope_inv_freq(args: ModelArgs) -> torch.Tensor:
         high = min(math.ceil(corr(args.beta_slow)), d - 1)
         if low == high:
             high += 0.001  # avoid a zero-width ramp
-        ramp = ((torch.arange(d // 2, dtype=torch.float64) - low) / (high - low)).clamp(0, 1)
+        ramp = ((torch.arange(d // 2, dtype=torch.float64, device="cpu") - low) / (high - low)).clamp(0, 1)
         keep = 1 - ramp  # 1 = original frequency, 0 = interpolated
         freqs = freqs / args.rope_factor * (1 - keep) + freqs * keep
     return freqs.float()

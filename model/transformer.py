@@ -20,7 +20,7 @@ from torch import nn
 
 from .args import ModelArgs
 from .hooks import HookedModule, HookPoint
-from .layers import Linear, RMSNorm, rope_cos_sin, rope_inv_freq
+from .layers import Embedding, Linear, RMSNorm, rope_cos_sin, rope_inv_freq
 from .mla import MLA
 from .moe import MLP, MoE
 
@@ -100,7 +100,7 @@ class Transformer(HookedModule):
             dtype = getattr(torch, args.dtype)
         kw = dict(device=device, dtype=dtype)
         self.args = args
-        self.embed = nn.Embedding(args.vocab_size, args.dim, **kw)
+        self.embed = Embedding(args.vocab_size, args.dim, **kw)
         self.hook_embed = HookPoint()  # [B, S, D]
         self.layers = nn.ModuleList(Block(i, args, attn_impl=attn_impl, **kw) for i in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps, **kw)
@@ -108,9 +108,10 @@ class Transformer(HookedModule):
         self.head = Linear(args.dim, args.vocab_size, **kw)
         self.mtp = nn.ModuleList(MTP(args.n_layers + k, args, attn_impl=attn_impl, **kw)
                                  for k in range(args.n_mtp_layers))
-        self.register_buffer("rope_inv_freq", rope_inv_freq(args).to(device), persistent=False)
+        self.register_buffer("rope_inv_freq", rope_inv_freq(args).to(device or torch.get_default_device()),
+                             persistent=False)
         self.setup_hooks()
-        if init and torch.device(device or "cpu").type != "meta":
+        if init and torch.device(device or torch.get_default_device()).type != "meta":
             self.reset_parameters()
 
     # ------------------------------------------------------------------------- utilities

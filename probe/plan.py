@@ -122,7 +122,7 @@ def _tokens_rows(rng, seq, pos, vocab) -> dict:
 def _routing_rows(rng, seq, pos, n_moe: int, args, opts) -> dict:
     n, K, E = len(seq), args.n_activated_experts, args.n_routed_experts
     rows = n * n_moe
-    ids = np.argsort(rng.random((rows, E)), axis=1)[:, :K].astype(np.uint16)
+    ids = _distinct_ids(rng, rows, E, K)
     w = rng.random((rows, K)).astype(np.float32)
     cols = {"seq_id": np.tile(seq, n_moe), "pos": np.tile(pos, n_moe),
             "layer": np.repeat(np.arange(n_moe, dtype=np.int16), n),
@@ -134,6 +134,20 @@ def _routing_rows(rng, seq, pos, n_moe: int, args, opts) -> dict:
     else:
         cols["scores"] = pa.nulls(rows, pa.list_(pa.float32()))
     return cols
+
+
+def _distinct_ids(rng, rows: int, E: int, K: int) -> np.ndarray:
+    """rows x K distinct expert ids in [0, E), uniformly random: K draws per row, rows with a repeat drawn
+    again (a full argsort of rows x E randoms took 4 s of a 671B dry run)."""
+    if E < 2 * K:  # repeats too likely for redrawing to converge fast; E is small, so sorting is cheap
+        return np.argsort(rng.random((rows, E)), axis=1)[:, :K].astype(np.uint16)
+    ids = rng.integers(0, E, (rows, K))
+    redo = np.arange(rows)
+    while len(redo):
+        s = np.sort(ids[redo], axis=1)
+        redo = redo[(s[:, 1:] == s[:, :-1]).any(axis=1)]
+        ids[redo] = rng.integers(0, E, (len(redo), K))
+    return ids.astype(np.uint16)
 
 
 def _load_rows(rng, tokens: int, n_moe: int, args, opts) -> dict:

@@ -59,20 +59,21 @@ def _execute(name: str, run_dir) -> tuple:
 @pytest.fixture(scope="module")
 def executed(run_dir):
     """Every notebook executed, two kernels at a time (each runs on one thread; CI has two cores):
-    the notebooks that write into the run (ablations, importance, steering) one after another in one
-    lane, so that no two of them update its run.json at once; the others in the second lane."""
+    the notebooks that write into the run (ablations, importance, steering) one after another as one
+    task, so that no two of them update its run.json at once; the others each a task of their own,
+    taken by whichever kernel slot is free."""
     from concurrent.futures import ThreadPoolExecutor
 
-    env = {"DSV3_NOTEBOOK_RUN": str(run_dir), "DSV3_NOTEBOOK_ABLATION_TOKENS": "1500",
+    env = {"DSV3_NOTEBOOK_RUN": str(run_dir), "DSV3_NOTEBOOK_ABLATION_TOKENS": "600",
            "DSV3_NOTEBOOK_IMPORTANCE_EXPERTS": "0-3",  # 12 removals instead of 96
            "OMP_NUM_THREADS": "1"}  # steady on a shared CPU
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        lanes = [[n for n in NAMES if n in WRITERS], [n for n in NAMES if n not in WRITERS]]
+        tasks = [[n for n in NAMES if n in WRITERS]] + [[n] for n in NAMES if n not in WRITERS]
         with ThreadPoolExecutor(max_workers=2) as pool:
-            done = pool.map(lambda lane: {n: _execute(n, run_dir) for n in lane}, lanes)
-            return {k: v for lane in done for k, v in lane.items()}
+            done = pool.map(lambda names: {n: _execute(n, run_dir) for n in names}, tasks)
+            return {k: v for part in done for k, v in part.items()}
     finally:
         for k, v in old.items():
             if v is None:
