@@ -276,7 +276,9 @@ def fp8_gemm(a: torch.Tensor, a_s: torch.Tensor, b: torch.Tensor, b_s: torch.Ten
 
 
 def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, block: int = BLOCK,
-               scale_fmt: str | None = None, *, impl: str | None = None) -> torch.Tensor:
-    """y = x W^T with W kept in FP8: quantise x per (token, block), then the FP8 GEMM; y in x.dtype."""
+               scale_fmt: str | None = None, *, impl: str | None = None,
+               out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """y = x W^T with W kept in FP8: quantise x per (token, block), then the FP8 GEMM; y in
+    `out_dtype` (default x.dtype)."""
     q, s = act_quant(x, block, scale_fmt, impl=impl)
-    return fp8_gemm(q, s, weight, scale, block, x.dtype, impl=impl)
+    return fp8_gemm(q, s, weight, scale, block, out_dtype or x.dtype, impl=impl)

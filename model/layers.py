@@ -53,6 +53,11 @@ def dense_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return F.linear(x, w)
 
 
+def wide(dtype: torch.dtype) -> torch.dtype:
+    """The dtype partial sums are kept in before they are added up: float32 for 16-bit dtypes."""
+    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+
+
 class Embedding(nn.Embedding):
     """nn.Embedding that skips its random init on the meta device: torch's normal_ there imports
     torch._dynamo, 1.3-1.7 s added to every model.load (which builds the model on meta first)."""
@@ -105,6 +110,9 @@ class Linear(nn.Module):
         self.scale_fmt: str | None = None  # activation scale format: None or "ue8m0"
         self.quantise_activations = True  # FP8 resident: quantise x too (False: weight-only FP8)
         self.compute_dtype = self.weight.dtype  # dtype of dense_weight() when FP8 resident
+        # FP8 GEMM output in wide(x.dtype) (float32 for bf16) instead of x's dtype: set by
+        # model.parallel on row-parallel projections, whose partial sums are all-reduced before rounding
+        self.wide_output = False
         self._dense: tuple | None = None  # (key, dequantised weight), see dense_weight()
 
     @property
@@ -119,7 +127,8 @@ class Linear(nn.Module):
                                "with .to(dtype)? that drops FP8 storage; cast only floating activations)")
         if not self.quantise_activations:
             return dense_linear(x, weight_dequant(self.weight, self.weight_scale_inv, self.block, x.dtype))
-        return fp8_linear(x, self.weight, self.weight_scale_inv, self.block, self.scale_fmt)
+        return fp8_linear(x, self.weight, self.weight_scale_inv, self.block, self.scale_fmt,
+                          out_dtype=wide(x.dtype) if self.wide_output else None)
 
     def dense_weight(self) -> torch.Tensor:
         """The weight in the compute dtype: `weight` itself, or, when FP8 resident, its block

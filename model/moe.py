@@ -14,7 +14,7 @@ from .args import ModelArgs
 from .hooks import HookPoint
 from .fp8 import quantize_block
 from .kernels import act_quant, fp8_gemm, weight_dequant
-from .layers import ONEDNN_ROW_BUCKET, Linear, dense_linear, uses_onednn
+from .layers import ONEDNN_ROW_BUCKET, Linear, dense_linear, uses_onednn, wide
 
 
 class MLP(nn.Module):
@@ -127,6 +127,7 @@ class Experts(nn.Module):
         self.block: int | None = None
         self.scale_fmt: str | None = None
         self.quantise_activations = True  # FP8 resident: quantise the input too (False: weight-only FP8)
+        self.wide_output = False  # return the wide (float32) sum: set by model.parallel, which all-reduces it
 
     def forward(self, x_TD: torch.Tensor, weights_TK: torch.Tensor, ids_TK: torch.Tensor) -> torch.Tensor:
         K = ids_TK.shape[1]
@@ -136,7 +137,10 @@ class Experts(nn.Module):
         counts = torch.bincount(flat_ids, minlength=self.n_experts).tolist()
         tok_A = order // K  # token of each sorted assignment (A = T*K assignments)
         w_A = weights_TK.flatten()[order].to(x_TD.dtype)
-        out_TD = torch.zeros_like(x_TD)
+        # the experts' outputs are summed in wide(dtype) (float32 for bf16) and rounded once at the end;
+        # under expert parallelism the wide partial sums are all-reduced first (model.parallel)
+        acc = wide(x_TD.dtype)
+        out_TD = torch.zeros(x_TD.shape, dtype=acc, device=x_TD.device)
         fp8_in = (self.w1_scale_inv is not None or self.w3_scale_inv is not None) and self.quantise_activations
         # NOTE: one expert at a time, gathering and scattering only its own tokens: no [T*K, D]
         # temporaries (on CPU their allocation and first touch cost more than the GEMMs).
@@ -159,12 +163,13 @@ class Experts(nn.Module):
                 w = w_A[start : start + n, None]
                 h = (F.silu(self._linear(xe, "w1", le, xq)) * self._linear(xe, "w3", le, xq)
                      * (w if m == n else F.pad(w, (0, 0, 0, m - n))))
-                out_TD.index_add_(0, tok, self._linear(h, "w2", le)[:n])
+                out_TD.index_add_(0, tok, self._linear(h, "w2", le, out_dtype=acc)[:n].to(acc))
             start += n
-        return out_TD
+        return out_TD if self.wide_output else out_TD.to(x_TD.dtype)
 
-    def _linear(self, x: torch.Tensor, name: str, le: int, xq=None) -> torch.Tensor:
-        """x W^T for local expert `le`'s weight `name`; xq = (q, s) reuses a quantised x."""
+    def _linear(self, x: torch.Tensor, name: str, le: int, xq=None, out_dtype=None) -> torch.Tensor:
+        """x W^T for local expert `le`'s weight `name`; xq = (q, s) reuses a quantised x; the FP8 GEMM
+        writes `out_dtype` (default x's dtype; dense GEMMs always give x's dtype)."""
         w, s = getattr(self, name)[le], getattr(self, f"{name}_scale_inv")
         if s is None:
             return dense_linear(x, w)
@@ -174,7 +179,7 @@ class Experts(nn.Module):
             return dense_linear(x, weight_dequant(w, s[le], self.block, x.dtype))
         if xq is None:
             xq = act_quant(x, self.block, self.scale_fmt)
-        return fp8_gemm(*xq, w, s[le], self.block, x.dtype)
+        return fp8_gemm(*xq, w, s[le], self.block, out_dtype or x.dtype)
 
     def make_fp8_(self, block: int = 128, scale_fmt: str | None = None,
                   names: tuple[str, ...] = WEIGHTS) -> "Experts":

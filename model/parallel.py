@@ -38,7 +38,9 @@ scores and choices on every rank (the probe records them without extra communica
 
 FP8 weights kept resident: every rank's cut must start on a 128-block or lie inside one (checked for
 all ranks, so all raise the same `ParallelError`); whole-block shards (671B at 8, 16 or 32 ranks)
-quantise a row-parallel GEMM's input in the single process's blocks, so the result is the same.
+quantise a row-parallel GEMM's input in the single process's blocks, and in a bf16 model the partial
+sums are all-reduced in float32 and rounded once (`install(wide_partials=)`), so the result is one
+process's up to float32 summation order.
 
 Per-rank hook tensors: `*.attn.hook_q_nope`, `hook_q_pe`, `hook_z`, `hook_pattern` hold this rank's
 heads (`attn.head_range`); every other hook is the full tensor on every rank.
@@ -460,9 +462,20 @@ def parallelize(model: Transformer, shards: Shards | None) -> Transformer:
     return install(model, shards)
 
 
-def install(model: Transformer, shards: Shards) -> Transformer:
+WIDE_PARTIALS = True  # install()'s default; False reproduces the 16-bit all-reduce of serving engines
+
+
+def install(model: Transformer, shards: Shards, wide_partials: bool | None = None) -> Transformer:
     """Install the collectives on a model already cut by `shard_` (as `model.load` does after
-    filling the shards): the ShardedEmbedding, and hooks at every sharded module's boundary."""
+    filling the shards): the ShardedEmbedding, and hooks at every sharded module's boundary.
+
+    wide_partials (default `WIDE_PARTIALS`): the row-parallel FP8 GEMMs (`wo`, `w2`) and the routed
+    experts' sums hand their partial outputs to the all-reduce in float32 when the model is bf16/fp16,
+    and the sum is rounded once, as one process rounds it. Reduced in bf16, each rank's partial is
+    rounded first: the sum then differs from one process in the last bf16 bit of some channels,
+    which the next FP8 activation quantisation can turn into a whole FP8 step and, at a near tie, a
+    different expert (the full-width 671B slice: 95.5% of top-8 sets equal to one process in bf16
+    partials). Costs twice the bytes on those all-reduces."""
     if shards.group is None:
         raise ParallelError("install needs Shards with a process group (see init_distributed)")
     if getattr(model, "shards", None) != shards:
@@ -470,6 +483,7 @@ def install(model: Transformer, shards: Shards) -> Transformer:
     if isinstance(model.embed, ShardedEmbedding):
         raise ParallelError("install: this model's collectives are already installed")
     g = shards.group
+    wide = WIDE_PARTIALS if wide_partials is None else wide_partials
     model.embed = ShardedEmbedding(model.embed.weight, shards.part(model.args.vocab_size)[0], g)
     copy_in = functools.partial(_copy_first, n=1, group=g)
     reduce_out = functools.partial(_reduce_output, group=g)
@@ -479,9 +493,11 @@ def install(model: Transformer, shards: Shards) -> Transformer:
         if isinstance(mod, (MLA, MLP)):
             mod.register_forward_pre_hook(copy_in)
             mod.register_forward_hook(reduce_out)
+            (mod.wo if isinstance(mod, MLA) else mod.w2).wide_output = wide
         elif isinstance(mod, Experts):  # (x_TD, weights_TK, ids_TK): both float inputs cross in
             mod.register_forward_pre_hook(functools.partial(_copy_first, n=2, group=g))
             mod.register_forward_hook(reduce_out)
+            mod.wide_output = wide
         if isinstance(mod, MLA):  # replicated weights that only this rank's heads use
             for attr in ("wq_a", "q_norm", "wkv_a", "kv_norm"):
                 sub = getattr(mod, attr, None)
@@ -579,7 +595,9 @@ def _copy_first(module, args, *, n: int, group):
 
 
 def _reduce_output(module, args, out, *, group):
-    return all_reduce(out, group)
+    """Forward hook: sum the ranks' partial outputs, then round to the input's dtype (a module whose
+    partial sums are wide, see `install`, returns float32 under bf16)."""
+    return all_reduce(out, group).to(args[0].dtype)
 
 
 def _gather_output(module, args, out, *, group):

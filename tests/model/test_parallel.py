@@ -57,6 +57,9 @@ def worker_results(tmp_path_factory) -> dict:
         {"name": "tiny_fp8_resident", "ckpt": str(base / "tiny8"), "gemm_impl": "fp8"},
         {"name": "aligned_fp8_resident", "gemm_impl": "fp8",
          "ckpt": save("aligned", random_model("tiny", seed=3, **ALIGNED), fp8=True)},
+        {"name": "aligned_fp8_bf16", "ckpt": str(base / "aligned"), "gemm_impl": "fp8", "dtype": "bfloat16"},
+        {"name": "aligned_fp8_bf16_narrow", "ckpt": str(base / "aligned"), "gemm_impl": "fp8", "dtype": "bfloat16",
+         "wide_partials": False},
         {"name": "blocks_fp8_dequant", "ckpt": save("blocks", random_model("tiny", seed=4, **BLOCKS), fp8=True)},
         {"name": "blocks_fp8_resident", "ckpt": str(base / "blocks"), "gemm_impl": "fp8"},
         {"name": "experts6", "ckpt": save("e6", random_model("tiny", seed=5, n_routed_experts=6, n_expert_groups=2,
@@ -151,6 +154,20 @@ def test_fp8_resident_sharded(worker_results):
         print(f"\ntiny FP8 resident rank {r['rank']}: logits mean rel {r['logits_mean_rel_absorb']:.3f}, "
               f"max rel {r['logits_rel_absorb']:.3f} (FP8 rounding)")
         assert r["logits_mean_rel_absorb"] <= FP8_MEAN_REL and r["logits_rel_absorb"] <= FP8_MAX_REL + 0.5
+
+
+def test_bf16_fp8_partials_are_reduced_in_float32(worker_results):
+    """bf16 with FP8 GEMMs: the row-parallel partials reach the all-reduce in float32 and are rounded
+    once, as one process rounds them; reducing bf16 partials (serving engines' layout) is the control."""
+    for wide, narrow in zip(per_rank(worker_results, "aligned_fp8_bf16"),
+                            per_rank(worker_results, "aligned_fp8_bf16_narrow")):
+        print(f"\nbf16 FP8 rank {wide['rank']}: logits mean rel {wide['logits_mean_rel_absorb']:.2e} with float32 "
+              f"partials vs {narrow['logits_mean_rel_absorb']:.2e} with bf16 partials (MTP "
+              f"{wide['mtp_mean_rel_absorb']:.2e} vs {narrow['mtp_mean_rel_absorb']:.2e})")
+        for kind in ("logits", "mtp"):
+            assert wide[f"{kind}_mean_rel_absorb"] <= FP8_FLIP_MEAN_REL and wide[f"{kind}_rel_absorb"] <= FP8_FLIP_MAX_REL
+            assert narrow[f"{kind}_mean_rel_absorb"] > 3 * wide[f"{kind}_mean_rel_absorb"]
+        assert wide["hook_topk_equal"]
 
 
 @pytest.mark.parametrize("name, error, words", [

@@ -100,12 +100,15 @@ def bytes_checks(full, sh, out: dict) -> None:
 
 def run_case(case: dict, keep: list) -> dict:
     out = {"name": case["name"], "rank": torch.distributed.get_rank()}
-    kw = dict(dtype=torch.float32, gemm_impl=case.get("gemm_impl", "bf16"))
+    kw = dict(dtype=getattr(torch, case.get("dtype", "float32")), gemm_impl=case.get("gemm_impl", "bf16"))
+    parallel.WIDE_PARTIALS = case.get("wide_partials", True)
     try:
         sh = model.load(case["ckpt"], parallel=True, **kw)
     except (ValueError, model.CheckpointError) as e:
         out.update(error=type(e).__name__, message=str(e))
         return out
+    finally:
+        parallel.WIDE_PARTIALS = True
     full = model.load(case["ckpt"], parallel=False, **kw)
     out["world"] = sh.shards.world
     forward_checks(full, sh, out)
