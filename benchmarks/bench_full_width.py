@@ -108,7 +108,7 @@ def write_checkpoint(args: ModelArgs, path: Path, seed: int = 0, shard_bytes: fl
 def record_flags(ns, ckpt: Path) -> list[str]:
     return ["--ckpt", str(ckpt), "--tokenizer", str(ROOT / "data" / "tokenizer.json"), "--max-tokens",
             str(ns.tokens), "--seq-len", str(ns.seq_len), "--batch-size", str(ns.batch_size), "--gemm", ns.gemm,
-            "--device", ns.device, "--no-progress", "--overwrite"]
+            "--dtype", ns.dtype, "--device", ns.device, "--no-progress", "--overwrite"]
 
 
 def plan(ns, ckpt: Path, ranks: int) -> dict:
@@ -203,6 +203,8 @@ def main() -> int:
                         "of the layout; fp8: FP8 activations too (DeepSeek's kernels), whose rounding turns float32 "
                         "summation-order differences into different routing for a few percent of tokens")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="compute dtype (default float32; bfloat16 with --gemm fp8 is DeepSeek's serving arithmetic)")
     ns = p.parse_args()
     t_start = time.time()
     import tempfile

@@ -12,8 +12,8 @@ only then materialises the model and copies tensors in one at a time, so the che
 memory twice. Every problem raises `CheckpointError` with one line naming the file and tensor.
 
 With `parallel=True` (under torchrun) the meta model is cut by `model.parallel.shard_` before it is
-materialised, and each tensor is read through safetensors' `get_slice`: only this rank's rows or
-columns, and only this rank's routed experts. FP8 tensors: when they stay resident
+materialised, and each tensor is read in bounded chunks of plain file reads (model/tensor_reader.py):
+only this rank's rows, or its columns of every row, and only this rank's routed experts. FP8 tensors: when they stay resident
 (gemm_impl="fp8") the slice must start on a 128-block boundary or lie inside one block (otherwise
 `ParallelError` says so) and takes the matching rows/columns of `weight_scale_inv`; when they are
 dequantised (gemm_impl="bf16") the covering whole blocks are read, dequantised, then trimmed, so
@@ -22,7 +22,6 @@ any world size that divides the layout works.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from collections import defaultdict
@@ -36,6 +35,7 @@ from .fp8 import dequantize_block
 from .names import IGNORED, Target, hf_to_ours, ours_to_hf, scale_name
 from .parallel import Cut, device_for, install, resolve as resolve_shards, shard_
 from .layers import rope_inv_freq
+from .tensor_reader import ReadError, TensorReader, copy_range
 from .transformer import Transformer
 
 
@@ -170,67 +170,60 @@ def _keep_fp8(meta: Transformer, plan, headers: dict, path: Path) -> set[str]:
     return resident
 
 
-class _Handles:
-    """Open safetensors files, at most `keep` at a time (the least recently used is closed).
-
-    A safetensors file is memory-mapped, and every page a read touches (for a column cut of a
-    row-major tensor: all of them) counts in the process's resident memory until the file is
-    closed. Reading the plan file by file with few files open keeps that to about one shard file,
-    instead of the whole checkpoint by the end of the load."""
-
-    def __init__(self, keep: int = 2) -> None:
-        self.keep, self.open = keep, {}
-
-    def __getitem__(self, f: Path):
-        if f in self.open:
-            self.open[f] = self.open.pop(f)  # most recently used last
-            return self.open[f][1]
-        while len(self.open) >= self.keep:
-            self.open.pop(next(iter(self.open)))[0].__exit__(None, None, None)
-        cm = safe_open(f, framework="pt")
-        self.open[f] = (cm, cm.__enter__())
-        return self.open[f][1]
-
-    def close(self) -> None:
-        while self.open:
-            self.open.popitem()[1][0].__exit__(None, None, None)
-
-
 def _stream(model: Transformer, plan, headers: dict, files: list[Path], spec: dict, resident: set[str]) -> None:
     """Copy every planned tensor (this rank's cut of it) into the materialised model, one at a time,
-    file by file (see `_Handles`)."""
+    file by file, through plain reads of bounded chunks (model/tensor_reader.py: no memory map, so
+    the load's peak is the weights plus one chunk)."""
     params = dict(model.named_parameters()) | dict(model.named_buffers())
     block = model.args.quant_block or (128, 128)
     order = {f: i for i, f in enumerate(files)}
     plan = sorted(plan, key=lambda item: order[headers[item[0]][0]])  # stable: checkpoint order within a file
-    handles = _Handles()
-    with contextlib.closing(handles), torch.no_grad():
+    with TensorReader() as reader, torch.no_grad():
         for hf_name, target in plan:
             cut, row = spec.get(target.name), target.expert
             if cut is not None and row is not None:  # expert parallel: whole experts, this rank's only
                 if not cut.start <= row < cut.start + cut.size:
                     continue
                 cut, row = None, row - cut.start
-            t, scale = _read(handles, headers, hf_name, cut, target.name in resident, block)
-            for name, value in ((target.name, t), (scale_name(target.name), scale)):
-                if value is not None:
-                    dst = params[name]
-                    (dst if row is None else dst[row]).copy_(value)
+            dst = params[target.name]
+            sdst = params[scale_name(target.name)] if target.name in resident else None
+            if row is not None:
+                dst, sdst = dst[row], (None if sdst is None else sdst[row])
+            try:
+                _copy_tensor(reader, headers, hf_name, cut, dst, sdst, block)
+            except (ReadError, OSError, RuntimeError, ValueError) as e:
+                raise CheckpointError(f"{headers[hf_name][0]}: cannot read tensor {hf_name} ({e})") from None
 
 
-def _read(handles, headers, hf_name: str, cut, resident: bool, block) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One checkpoint tensor (or this rank's cut), FP8 kept with its scales or dequantised."""
-    f = headers[hf_name][0]
-    try:
-        if cut is not None:
-            return _read_cut(handles, headers, hf_name, cut, resident, block)
-        t = handles[f].get_tensor(hf_name)
-        if t.dtype != torch.float8_e4m3fn:
-            return t, None
-        scale = handles[headers[hf_name + "_scale_inv"][0]].get_tensor(hf_name + "_scale_inv")
-        return (t, scale) if resident else (dequantize_block(t, scale, block), None)
-    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
-        raise CheckpointError(f"{f}: cannot read tensor {hf_name} ({e})") from None
+def _copy_tensor(reader: TensorReader, headers: dict, hf_name: str, cut, dst: torch.Tensor, sdst, block) -> None:
+    """Checkpoint tensor `hf_name` (this rank's `cut` of it, all of it when None) into `dst`. An FP8
+    tensor goes in as it is, with the matching block scales into `sdst`, when it stays resident (the
+    cut's alignment was checked by parallel.shard_spec); else it is dequantised over the whole blocks
+    around the cut, a band of block rows at a time, and trimmed."""
+    f, shape, dtype = headers[hf_name]
+    dim = cut.dim if cut is not None else 0
+    full = shape[dim] if len(shape) else 1
+    start, end = (cut.start, cut.start + cut.size) if cut is not None else (0, full)
+    if dtype != torch.float8_e4m3fn or sdst is not None:
+        copy_range(reader, f, hf_name, dst, dim=dim, start=start, end=end)
+        if sdst is not None:
+            sname, b = hf_name + "_scale_inv", block[dim]
+            first, last = start // b, (end - 1) // b
+            sdst.copy_(reader.read(headers[sname][0], sname).narrow(dim, first, last - first + 1))
+        return
+    sname = hf_name + "_scale_inv"
+    scale = reader.read(headers[sname][0], sname)
+    b = block[dim]
+    lo, hi = start // b * b, min(-(-end // b) * b, full)  # the whole blocks around the cut
+    if dim == 1:
+        scale = scale[:, lo // b: -(-hi // b)]
+
+    def dequantise(r0: int, chunk: torch.Tensor) -> torch.Tensor:
+        first = r0 // block[0]
+        return dequantize_block(chunk, scale[first: first + -(-chunk.shape[0] // block[0])], block, dst.dtype)
+
+    copy_range(reader, f, hf_name, dst, dim=dim, start=start, end=end, lo=lo, hi=hi, align=block[0],
+               transform=dequantise)
 
 
 def inspect(path: str | os.PathLike, *, gemm_impl: str = "bf16", dtype: torch.dtype | None = None) -> dict:
@@ -294,28 +287,6 @@ def _config(path: Path) -> ModelArgs:
 
 def _is_fp8_args(args: ModelArgs) -> bool:
     return args.quant_block is not None
-
-
-def _take(sl, dim: int, start: int, end: int) -> torch.Tensor:
-    """Rows (dim 0) or columns (dim 1) [start, end) of a 2-D safetensors slice, reading only those."""
-    return sl[start:end] if dim == 0 else sl[:, start:end]
-
-
-def _read_cut(handles, headers, hf_name: str, cut: "Cut", resident: bool, block):
-    """This rank's `cut` of checkpoint tensor `hf_name` -> (tensor, FP8 scales or None)."""
-    sl = handles[headers[hf_name][0]].get_slice(hf_name)
-    end = cut.start + cut.size
-    if headers[hf_name][2] != torch.float8_e4m3fn:
-        return _take(sl, cut.dim, cut.start, end), None
-    sname = hf_name + "_scale_inv"
-    b = block[cut.dim]
-    first, last = cut.start // b, (end - 1) // b  # the checkpoint blocks this cut touches
-    scale = _take(handles[headers[sname][0]].get_slice(sname), cut.dim, first, last + 1)
-    if resident:  # alignment was checked by parallel.shard_spec
-        return _take(sl, cut.dim, cut.start, end), scale
-    lo, hi = first * b, min((last + 1) * b, cut.full)  # whole blocks, dequantised, then trimmed
-    dense = dequantize_block(_take(sl, cut.dim, lo, hi), scale, block)
-    return dense.narrow(cut.dim, cut.start - lo, cut.size), None
 
 
 def _fp8_resident_names(plan: list[tuple[str, "Target"]], headers: dict, path: Path) -> set[str]:

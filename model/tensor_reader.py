@@ -1,0 +1,121 @@
+"""Copy safetensors tensors, or a row or column range of one, into tensors already allocated, with plain
+file reads in bounded chunks (what `model.load` streams a checkpoint through).
+
+Why not safetensors' memory map: every page a read touches stays in the process's resident memory
+until the file is closed, so a load's peak was the weights plus the mapped shard files (measured on
+the 671B two-layer slice: 3 GB over the plan in one process). Here a tensor is read CHUNK bytes of
+rows at a time into a scratch buffer and copied (converted, sliced, dequantised) into its
+destination: the peak is the weights plus one chunk. The file format: an 8-byte little-endian header
+length, a JSON header {name: {dtype, shape, data_offsets: [begin, end]}} and the data, row-major.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+CHUNK = 64 << 20  # bytes of rows read at once
+DTYPES = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16,
+          "F8_E4M3": torch.float8_e4m3fn, "I64": torch.int64, "I32": torch.int32, "I16": torch.int16,
+          "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+
+
+class ReadError(OSError):
+    """A tensor that cannot be read (short file, bad offsets); the message names file and tensor."""
+
+
+class TensorReader:
+    """Open files and their headers, read on demand; `close()` (or `with`) closes them."""
+
+    def __init__(self) -> None:
+        self._files: dict[Path, tuple] = {}  # path -> (file object, data start, header)
+
+    def __enter__(self) -> "TensorReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for fh, _, _ in self._files.values():
+            fh.close()
+        self._files.clear()
+
+    def _open(self, path: Path) -> tuple:
+        if path not in self._files:
+            fh = open(path, "rb")
+            try:
+                (n,) = struct.unpack("<Q", fh.read(8))
+                header = json.loads(fh.read(n))
+            except (struct.error, ValueError) as e:
+                fh.close()
+                raise ReadError(f"{path}: not a safetensors header ({e})") from None
+            self._files[path] = (fh, 8 + n, header)
+        return self._files[path]
+
+    def rows(self, path: Path, name: str, start: int, end: int, align: int = 1) -> Iterator[tuple[int, torch.Tensor]]:
+        """Rows [start, end) of tensor `name` (dim 0; a 1-D tensor's elements) as (first row, chunk)
+        pairs, each chunk a fresh tensor of at most CHUNK bytes (at least `align` rows; chunk
+        boundaries fall on multiples of `align` from `start`)."""
+        fh, data, header = self._open(path)
+        try:
+            meta = header[name]
+            dtype, shape = DTYPES[meta["dtype"]], list(meta["shape"])
+            begin, stop = meta["data_offsets"]
+        except KeyError as e:
+            raise ReadError(f"{path}: tensor {name}: no {e} in the header") from None
+        row_elems = math.prod(shape[1:])
+        row_bytes = row_elems * torch.empty(0, dtype=dtype).element_size()
+        if stop - begin != (shape[0] if shape else 1) * row_bytes:
+            raise ReadError(f"{path}: tensor {name}: data_offsets {begin}..{stop} do not hold shape {shape}")
+        step = max(align, (CHUNK // max(row_bytes, 1)) // align * align)
+        for r0 in range(start, end, step):
+            r1 = min(end, r0 + step)
+            out = torch.empty([r1 - r0, *shape[1:]], dtype=dtype)
+            buf = memoryview(out.view(-1).view(torch.uint8).numpy()) if out.numel() else memoryview(b"")
+            fh.seek(data + begin + r0 * row_bytes)
+            got = 0
+            while got < len(buf):
+                n = fh.readinto(buf[got:])
+                if not n:
+                    raise ReadError(f"{path}: tensor {name}: the file ends inside its data (rows {r0}..{r1})")
+                got += n
+            yield r0, out
+
+    def read(self, path: Path, name: str, start: int = 0, end: int | None = None) -> torch.Tensor:
+        """Rows [start, end) of a small tensor (the FP8 scales) in one piece."""
+        _, _, header = self._open(path)
+        if end is None:
+            shape = header.get(name, {}).get("shape", [1])
+            end = shape[0] if shape else 1
+        parts = [t for _, t in self.rows(path, name, start, end)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def copy_range(reader: TensorReader, path: Path, name: str, dst: torch.Tensor, *, dim: int, start: int,
+               end: int, lo: int | None = None, hi: int | None = None, align: int = 1,
+               transform: Callable[[int, torch.Tensor], torch.Tensor] | None = None) -> None:
+    """Copy the range [start, end) of tensor `name` along `dim` (0: rows, 1: columns of every row) into
+    `dst`, a chunk of rows at a time (dtype converted by the copy).
+
+    [lo, hi) widens what is read along `dim` around the range (default: the range itself), e.g. to
+    whole FP8 blocks; `transform(first_row, piece)` then maps each piece read (rows lo..hi, or every
+    row's columns lo..hi) to the values to keep, e.g. dequantises it, before the range is cut out.
+    `align`: chunks hold a multiple of this many rows (the block height for a dequantising transform)."""
+    lo, hi = (start if lo is None else lo), (end if hi is None else hi)
+    if dim == 0:
+        for r0, chunk in reader.rows(path, name, lo, hi, align):
+            piece = transform(r0, chunk) if transform else chunk
+            a, b = max(r0, start), min(r0 + piece.shape[0], end)  # the part of this chunk inside the range
+            if a < b:
+                dst[a - start:b - start].copy_(piece[a - r0:b - r0])
+        return
+    for r0, chunk in reader.rows(path, name, 0, dst.shape[0], align):
+        piece = chunk[:, lo:hi]
+        piece = transform(r0, piece) if transform else piece
+        dst[r0:r0 + piece.shape[0]].copy_(piece[:, start - lo:end - lo])

@@ -1,0 +1,99 @@
+"""model/tensor_reader.py and the loader's use of it: chunked plain reads equal safetensors' own, for
+whole tensors, row and column cuts, FP8 kept or dequantised over whole blocks, with chunks far smaller
+than a tensor (so that every boundary case is crossed)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import model
+from model import checkpoint as ckpt
+from model import tensor_reader
+from model.fp8 import dequantize_block, quantize_block
+from model.parallel import Cut
+from model.tensor_reader import ReadError, TensorReader, copy_range
+
+from helpers import random_model
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    monkeypatch.setattr(tensor_reader, "CHUNK", 700)  # a few rows of a 320-wide tensor per chunk
+
+
+@pytest.fixture
+def st_file(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(300, 320, generator=g)
+    q, s = quantize_block(w, (128, 128))
+    tensors = {"w.bf16": w.to(torch.bfloat16), "w.f32": w, "v": torch.randn(77, generator=g),
+               "q": q, "q_scale_inv": s, "e": torch.randn(0, 4)}
+    f = tmp_path / "t.safetensors"
+    save_file(tensors, f)
+    return f, load_file(f)
+
+
+@pytest.mark.parametrize("name", ["w.bf16", "w.f32", "v", "q", "q_scale_inv"])
+def test_whole_tensors_equal_safetensors(st_file, small_chunks, name):
+    f, ref = st_file
+    with TensorReader() as r:
+        assert torch.equal(r.read(f, name).view(torch.uint8), ref[name].view(torch.uint8))
+        chunks = list(r.rows(f, name, 0, ref[name].shape[0]))
+    assert name in ("v", "q_scale_inv") or len(chunks) > 3  # the small chunks really split the matrices
+
+
+@pytest.mark.parametrize("dim, start, end", [(0, 0, 300), (0, 150, 300), (0, 7, 131), (1, 160, 320), (1, 5, 130)])
+def test_row_and_column_ranges_convert_into_the_destination(st_file, small_chunks, dim, start, end):
+    f, ref = st_file
+    want = ref["w.bf16"].narrow(dim, start, end - start).float()
+    dst = torch.full(want.shape, float("nan"))
+    with TensorReader() as r:
+        copy_range(r, f, "w.bf16", dst, dim=dim, start=start, end=end)
+    assert torch.equal(dst, want)
+
+
+@pytest.mark.parametrize("cut", [None, Cut(0, 150, 150, 300), Cut(0, 128, 128, 300), Cut(1, 160, 160, 320),
+                                 Cut(1, 0, 64, 320)])
+def test_fp8_dequantised_over_whole_blocks_then_trimmed(st_file, small_chunks, cut):
+    f, ref = st_file
+    full = dequantize_block(ref["q"], ref["q_scale_inv"], (128, 128), torch.float32)
+    want = full if cut is None else cut.slice(full)
+    headers = {n: (f, t.shape, t.dtype) for n, t in ref.items()}
+    dst = torch.full(want.shape, float("nan"))
+    with TensorReader() as r:
+        ckpt._copy_tensor(r, headers, "q", cut, dst, None, (128, 128))
+    assert torch.equal(dst, want)
+
+
+def test_fp8_resident_cut_takes_its_scale_blocks(st_file, small_chunks):
+    f, ref = st_file
+    headers = {n: (f, t.shape, t.dtype) for n, t in ref.items()}
+    cut = Cut(0, 128, 128, 300)
+    dst, sdst = torch.empty(128, 320, dtype=torch.float8_e4m3fn), torch.empty(1, 3)
+    with TensorReader() as r:
+        ckpt._copy_tensor(r, headers, "q", cut, dst, sdst, (128, 128))
+    assert torch.equal(dst.view(torch.uint8), ref["q"][128:256].view(torch.uint8))
+    assert torch.equal(sdst, ref["q_scale_inv"][1:2])
+
+
+def test_a_load_in_small_chunks_equals_the_model(tmp_path, small_chunks):
+    m = random_model("tiny", seed=1)
+    model.save(m, tmp_path / "fp8", fp8=True)
+    model.save(m, tmp_path / "plain")
+    got = model.load(tmp_path / "plain", dtype=torch.float32)
+    assert all(torch.equal(a, b) for a, b in zip(got.state_dict().values(), m.state_dict().values()))
+    banded = model.load(tmp_path / "fp8", dtype=torch.float32)  # dequantised in bands of block rows
+    tensor_reader.CHUNK = 1 << 30  # the same checkpoint read in one chunk per tensor (restored by the fixture)
+    whole = model.load(tmp_path / "fp8", dtype=torch.float32)
+    assert all(torch.equal(a, b) for a, b in zip(banded.state_dict().values(), whole.state_dict().values()))
+
+
+def test_a_truncated_file_names_the_tensor(st_file, tmp_path):
+    f, _ = st_file
+    short = tmp_path / "short.safetensors"
+    short.write_bytes(f.read_bytes()[:-1000])
+    with TensorReader() as r, pytest.raises(ReadError, match=r"short.safetensors: tensor \S+: the file ends inside"):
+        for name in ("w.bf16", "w.f32", "v", "q", "q_scale_inv"):
+            r.read(short, name)
