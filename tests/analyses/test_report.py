@@ -39,7 +39,7 @@ def test_report_has_every_section(run_dir, tmp_path, capsys):
     out, findings = tmp_path / "r" / "report.html", tmp_path / "FINDINGS.md"
     other = compare_run(probe.open_run(run_dir), out=tmp_path / "no-bias")  # the same windows, bias removed
     t = time.perf_counter()
-    rc = report.main([str(run_dir), "--out", str(out), "--findings", str(findings), "--max-tokens", "1500",
+    rc = report.main([str(run_dir), "--out", str(out), "--findings", str(findings), "--max-tokens", "600",
                       "--fractions", "1/8", "--seeds", "2", "--importance-tokens", "80", "--compare",
                       str(other.path), "--no-progress"])
     print(f"report: {time.perf_counter() - t:.1f} s")
@@ -57,7 +57,7 @@ def test_report_has_every_section(run_dir, tmp_path, capsys):
     assert "(skipped" not in doc and "(not in this run" not in doc and "(not measured" not in doc
     assert not list(out.parent.glob(".*tmp*"))  # written atomically, no temporary left
     md = findings.read_text()
-    assert "python -m analyses.report" in md and "--max-tokens 1500" in md
+    assert "python -m analyses.report" in md and "--max-tokens 600" in md
     for sec in ("Loss vs masked experts", "Per-domain ablation", "Consecutive-token repetition", "MTP agreement",
                 "Latent KV effective rank", "Causal vs observed importance", "Expert paths", "Token-id dependence",
                 "Run vs run", "Steering"):

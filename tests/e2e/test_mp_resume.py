@@ -1,0 +1,199 @@
+"""A sharded job (`--model-parallel 2`) with one rank killed, then resumed, equal to one process; layouts
+that cannot shard give one line on every rank; `--dry-run` plans the 671B from its config and index
+alone (tests/helpers/mp_jobs.py has the checkpoint and options)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+import model
+import probe
+from model.parallel import ParallelError
+
+from helpers import random_model
+from helpers.mp_jobs import (RECORD, TABLES, TOPOLOGY, assert_same_tables, make_env, opts, our_frames,
+                             record_args, torchrun)
+from helpers.processes import wait_for_commits
+
+pytestmark = pytest.mark.slow  # torchrun launches, a browser or notebook kernels: `pytest -m "not slow"` skips them
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    return make_env(tmp_path_factory.mktemp("mp"))
+
+
+@pytest.fixture(scope="module")
+def single(env):
+    """The record job in this process (one whole model): what a resumed sharded run must equal."""
+    from probe.record import RecordOptions, record
+
+    record(RecordOptions(**opts(env, env["base"] / "single", RECORD)))
+    return {"rec": probe.open_run(env["base"] / "single")}
+
+
+def _worker_pids(launcher: int) -> dict[int, int]:
+    """{RANK: pid} of the torchrun workers under `launcher` (from /proc)."""
+    out = {}
+    for task in Path(f"/proc/{launcher}/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            try:
+                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            rank = [e for e in environ if e.startswith(b"RANK=")]
+            if rank:
+                out[int(rank[0][5:])] = int(pid)
+    return out
+
+
+@pytest.mark.parametrize("victim", [0, 1])
+def test_two_ranks_one_sharded_model_then_kill_and_resume(env, single, tmp_path, victim):
+    """`--model-parallel 2` on 2 ranks: one rank (the writer, rank 0, or the other) is killed
+    mid-run; the survivor notices, marks the run interrupted and stops within 60 s; --resume
+    finishes it, equal to one process."""
+    out = tmp_path / "run"
+    proc = torchrun(2, *record_args(env, out, "--model-parallel", "2", "--commit-every", "2"), popen=True)
+    wait_for_commits(proc, out, done=3)
+    assert proc.poll() is None, "the run finished before it could be killed: " + proc.stderr.read()[-2000:]
+    pids = _worker_pids(proc.pid)
+    assert sorted(pids) == [0, 1], pids
+    os.kill(pids[victim], signal.SIGKILL)
+    t0 = time.time()
+    _, err = proc.communicate(timeout=120)
+    stopped = time.time() - t0
+    print(f"\nrank {victim} killed: the launch ended {stopped:.1f} s later")
+    assert stopped < 60
+    assert proc.returncode != 0
+    assert f"rank {1 - victim} of 2 stopped" in err and "is marked interrupted (continue with --resume)" in err, \
+        err[-3000:]
+    assert not our_frames(err)  # one line from our rank, no traceback of ours
+    partial = probe.open_run(out)
+    assert partial.status == "interrupted"
+    assert 0 < len(partial.df("tokens")) < 1200
+    p = torchrun(2, *record_args(env, out, "--model-parallel", "2", "--resume"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    done = probe.open_run(out)
+    assert done.status == "complete" and done.info["resumed"] == 1
+    assert done.info["world"]["model_parallel"] == 2 and done.info["world"]["replicas"] == 1
+    assert_same_tables(done, single["rec"], TABLES)
+
+
+def test_layout_errors_are_one_line_on_every_rank(env, tmp_path):
+    out = tmp_path / "never"
+    p = torchrun(2, *record_args(env, out, "--model-parallel", "3"))
+    assert p.returncode != 0
+    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("error: ")]
+    assert lines == ["error: --model-parallel 3 does not divide the world size 2 (torchrun started 2 processes)"] * 2
+    assert not our_frames(p.stderr)  # torchrun prints its own report; no traceback of ours
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("override, field", [
+    ({"n_heads": 3}, "n_heads=3"), ({"vocab_size": 513}, "vocab_size=513"),
+    ({"n_routed_experts": 15, "n_expert_groups": 3, "n_limited_groups": 2, "n_activated_experts": 4},
+     "n_routed_experts=15")])
+def test_model_parallel_must_divide_the_model(env, tmp_path, monkeypatch, override, field):
+    """Checked before any process group exists, so every rank stops with the same line."""
+    from probe.record import RecordOptions, record
+
+    ckpt = tmp_path / "ck"
+    model.save(random_model("tiny", seed=1, **(TOPOLOGY | override)), ckpt)
+    (ckpt / "tokenizer.json").write_bytes((env["ckpt"] / "tokenizer.json").read_bytes())
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ParallelError, match=f"--model-parallel 2 does not divide {field}"):
+        record(RecordOptions(**opts(env, tmp_path / "out", RECORD) | {"ckpt": str(ckpt), "model_parallel": 2}))
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------- --dry-run
+def index_only(path: Path, args, n_files: int = 163, drop: str | None = None, add: str | None = None) -> Path:
+    """A checkpoint directory as a user has it before downloading the weights: config.json and
+    model.safetensors.index.json (names -> shard files), no shard file."""
+    import torch
+
+    from model import Transformer
+    from model.names import MTP_SHARED, ours_to_hf
+
+    with torch.device("meta"):
+        m = Transformer(args, init=False)
+    scaled = args.quant_block is not None  # an FP8 checkpoint stores block scales beside FP8 weights
+    names = [n for hf, _, _, fp8 in ours_to_hf(m) for n in ([hf, hf + "_scale_inv"] if fp8 and scaled else [hf])]
+    names += [f"model.layers.{args.n_layers}.{k}" for k in MTP_SHARED]
+    names = [n for n in names if n != drop] + ([add] if add else [])
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps(args.to_hf_config()))
+    wm = {n: f"model-{i * n_files // len(names) + 1:05d}-of-{n_files:06d}.safetensors" for i, n in enumerate(names)}
+    (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": wm}))
+    return path
+
+
+def dry(capsys, ckpt, *extra):
+    from probe.__main__ import main
+
+    code = main(["record", "--ckpt", str(ckpt), "--dry-run", "--no-progress", *extra])
+    got = capsys.readouterr()
+    return code, got.out, got.err
+
+
+def test_dry_run_plans_671B_from_config_and_index_alone(tmp_path, capsys):
+    ckpt = index_only(tmp_path / "DeepSeek-V3", model.ModelArgs.from_name("671B"))
+    out = tmp_path / "run"
+    code, text, err = dry(capsys, ckpt, "--out", str(out), "--world-size", "8", "--model-parallel", "auto",
+                          "--gemm", "fp8", "--dtype", "bfloat16", "--device-memory", "141")
+    print(text)
+    assert code == 0, err
+    assert "163 of 163 shard files are absent" in text and "checked the 91,991 names" in text
+    assert "8 rank(s) = 1 replica(s) x 8" in text
+    assert "weights                87.02 GB" in text  # 685 GB of FP8 weights + scales over 8 ranks
+    assert "fits 141 GB per rank with" in text and "ESTIMATED" in text
+    assert not out.exists()  # nothing written
+    # the same run on 80 GB cards does not fit at 8 ranks, and says by how much
+    code, text, _ = dry(capsys, ckpt, "--out", str(out), "--world-size", "8", "--model-parallel", "auto",
+                        "--gemm", "fp8", "--dtype", "bfloat16", "--device-memory", "80")
+    assert code == 0 and "does NOT fit 80 GB per rank: 13." in text
+
+
+def test_dry_run_checks_the_index_names_and_the_layout(tmp_path, capsys):
+    args = model.ModelArgs.from_name("tiny")
+    bad = index_only(tmp_path / "a", args, n_files=3, drop="model.layers.1.mlp.experts.3.up_proj.weight")
+    code, _, err = dry(capsys, bad)
+    assert code == 2 and "missing tensor model.layers.1.mlp.experts.3.up_proj.weight" in err
+    extra = index_only(tmp_path / "b", args, n_files=3, add="model.layers.9.mlp.gate.weight")
+    code, _, err = dry(capsys, extra)
+    assert code == 2 and "unexpected tensor model.layers.9.mlp.gate.weight" in err
+    ok = index_only(tmp_path / "c", args, n_files=3)
+    code, _, err = dry(capsys, ok, "--world-size", "6", "--model-parallel", "3")
+    assert code == 2 and err.strip() == "error: --model-parallel 3 does not divide vocab_size=512 (embedding and head " \
+                                        "rows are split across ranks)"
+    code, _, err = dry(capsys, ok, "--world-size", "4", "--model-parallel", "3")
+    assert code == 2 and "--model-parallel 3 does not divide the world size 4" in err
+
+
+def test_dry_run_with_the_weights_reads_headers_only(env, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, text, err = dry(capsys, env["ckpt"], "--corpus", str(env["corpus"]), "--out", str(out),
+                          "--router-logits", "full", "--sample", "0.5")
+    assert code == 0, err
+    assert "every tensor's name, shape and dtype checked" in text and "ESTIMATED" not in text
+    assert "tables per 1M tokens (--router-logits full, --sample 0.5)" in text
+    assert not out.exists()
+    # a tensor of the wrong shape is found from the headers, before anything loads
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in env["ckpt"].iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    t = load_file(bad / "model.safetensors")
+    t["model.layers.1.mlp.gate.weight"] = torch.zeros(256, 60)
+    save_file(t, bad / "model.safetensors")
+    code, _, err = dry(capsys, bad, "--corpus", str(env["corpus"]))
+    assert code == 2 and "model.layers.1.mlp.gate.weight has shape [256, 60], expected [256, 64]" in err

@@ -1,0 +1,98 @@
+"""Shared by tests/e2e/test_mp_jobs.py (sharded jobs equal one process) and test_mp_resume.py (kill and
+resume, bad layouts, --dry-run): the tiny checkpoint with DeepSeek-V3's routing topology, the jobs'
+options, torchrun launches and table comparison.
+
+The runs use float64 (`--dtype float64`): the sharded forward adds its partial sums in another order
+than one process, and in float32 that rounding difference flips the rare near-tie in a top-8 choice;
+in float64 the layouts give the same routing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import model
+
+from . import make_corpus, make_tokenizer, random_model
+
+ROOT = Path(__file__).resolve().parents[2]
+TOPOLOGY = dict(n_routed_experts=256, n_expert_groups=8, n_limited_groups=4, n_activated_experts=8, moe_inter_dim=8)
+RECORD = dict(seq_len=32, batch_size=2, router_logits="full", sample=0.5, dtype="float64", max_tokens=1200,
+              progress=False)
+SPEC = dict(prompt_tokens=12, new_tokens=8, max_prompts=6, batch_size=2, dtype="float64", progress=False)
+ABLATE = dict(seq_len=32, batch_size=2, max_tokens=320, dtype="float64", progress=False, loads_from="baseline")
+ABLATIONS = [{"name": "top8", "top": 8}, {"name": "rand8", "random": 8, "seed": 1},
+             {"name": "zero", "experts": {1: [0, 5, 77]}, "mode": "zero", "shared": True}]
+IMPORTANCE = dict(seq_len=32, batch_size=2, max_tokens=320, dtype="float64", progress=False, experts="0-2,200", group=2)
+TABLES = ["tokens", "routing", "expert_load", "mtp", "kv_stats", "kv_spectrum", "router_bias"]
+REPORT = ["--max-tokens", "300", "--fractions", "1/32", "--seeds", "1", "--no-progress", "--dtype", "float64",
+          "--importance-tokens", "0"]  # the importance job is compared on its own
+
+
+
+def make_env(base: Path) -> dict:
+    """A corpus and a tiny checkpoint (DeepSeek-V3's expert topology) with its tokenizer under `base`."""
+    corpus = make_corpus(base / "corpus", docs_per_domain=8, seed=2, scale=2)
+    ckpt = base / "ckpt"
+    model.save(random_model("tiny", seed=11, **TOPOLOGY), ckpt)
+    make_tokenizer(corpus, ckpt / "tokenizer.json")
+    return {"base": base, "corpus": corpus, "ckpt": ckpt}
+
+
+def opts(env, out, extra: dict) -> dict:
+    return {"ckpt": str(env["ckpt"]), "corpus": str(env["corpus"]), "out": str(out)} | extra
+
+
+def torchrun(nproc: int, *args: str, timeout: int = 300, popen: bool = False):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), *args]
+    kw = dict(cwd=ROOT, env=os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}, text=True,
+              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if popen:
+        return subprocess.Popen(cmd, **kw)
+    return subprocess.run(cmd, timeout=timeout, **kw)
+
+
+
+def sorted_df(run, table):
+    df = run.df(table)
+    keys = [c for c in ("step", "seq_id", "pos", "layer", "expert", "domain", "component", "doc_id", "position",
+                        "ablation") if c in df.columns]
+    return df.sort_values(keys).reset_index(drop=True)
+
+
+def assert_same_tables(a, b, tables, rtol=1e-9):
+    """Same rows; integers, ids and strings equal; floats (losses, weights, scores) within rtol."""
+    for t in tables:
+        da, db = sorted_df(a, t), sorted_df(b, t)
+        assert len(da) == len(db) > 0, (t, len(da), len(db))
+        for c in da.columns:
+            x, y = da[c].to_numpy(), db[c].to_numpy()
+            if x.dtype == object and any(isinstance(v, np.ndarray) for v in x):
+                for u, v in zip(x, y):
+                    assert (u is None) == (v is None), (t, c)
+                    if u is not None:
+                        if np.issubdtype(u.dtype, np.floating):
+                            np.testing.assert_allclose(u, v, rtol=rtol, atol=1e-12, err_msg=f"{t}.{c}")
+                        else:
+                            np.testing.assert_array_equal(u, v, err_msg=f"{t}.{c}")
+            elif np.issubdtype(x.dtype, np.floating):
+                np.testing.assert_allclose(x, y, rtol=rtol, atol=1e-12, err_msg=f"{t}.{c}")
+            else:
+                assert (x == y).all(), (t, c)
+
+
+
+def record_args(env, out, *extra):
+    return ["-m", "probe", "record", "--ckpt", str(env["ckpt"]), "--corpus", str(env["corpus"]), "--out", str(out),
+            "--seq-len", "32", "--batch-size", "2", "--router-logits", "full", "--sample", "0.5", "--dtype",
+            "float64", "--max-tokens", "1200", "--no-progress", *extra]
+
+
+def our_frames(err: str) -> list[str]:
+    return [ln for ln in err.splitlines() if any(f'File "{ROOT / pkg}' in ln for pkg in ("probe", "model", "analyses"))]
+
+
