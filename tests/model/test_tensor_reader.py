@@ -4,6 +4,8 @@ than a tensor (so that every boundary case is crossed)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -97,3 +99,45 @@ def test_a_truncated_file_names_the_tensor(st_file, tmp_path):
     with TensorReader() as r, pytest.raises(ReadError, match=r"short.safetensors: tensor \S+: the file ends inside"):
         for name in ("w.bf16", "w.f32", "v", "q", "q_scale_inv"):
             r.read(short, name)
+
+
+PEAK_SCRIPT = """
+import sys, torch, model
+from model import tensor_reader
+from model.memory import process_memory
+tensor_reader.CHUNK = int(sys.argv[2])
+model.load(sys.argv[1], device="meta")  # imports and builds everything a load needs, reads no data
+before = process_memory()["rss"]
+m = model.load(sys.argv[1], dtype=torch.float32)
+weights = sum(t.numel() * t.element_size() for t in m.state_dict().values())
+print(process_memory()["peak_rss"] - before, weights)
+"""
+
+
+def _load_peak(ckpt, chunk: int) -> tuple[int, int]:
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    p = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(ckpt), str(chunk)], cwd=root, capture_output=True,
+                       text=True, timeout=120, env=os.environ | {"PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0, p.stderr[-2000:]
+    grown, weights = map(int, p.stdout.split())
+    return grown, weights
+
+
+def test_a_load_holds_the_weights_plus_one_chunk(tmp_path):
+    """The full-width finding as a regression test: a load's resident memory grows by the weights and
+    one chunk, not by the mapped file (a fresh process, so that its peak RSS is the load's). The
+    control reads each tensor in one chunk: the peak then carries the largest tensor (the 134 MB
+    embedding) on top of the weights."""
+    m = random_model("tiny", seed=0, vocab_size=65536, dim=512)  # embedding and head 134 MB each
+    model.save(m, tmp_path / "ck")
+    grown, weights = _load_peak(tmp_path / "ck", 4 << 20)
+    big, _ = _load_peak(tmp_path / "ck", 1 << 30)
+    print(f"\nload of {weights / 1e6:.0f} MB of weights: resident memory grew {grown / 1e6:.0f} MB in 4 MB chunks, "
+          f"{big / 1e6:.0f} MB in one chunk per tensor")
+    assert weights > 280e6
+    # ~45 MB of the growth is not tensor data (allocator and module state, the same in both loads)
+    assert grown < weights + 70e6 and big > grown + 100e6
