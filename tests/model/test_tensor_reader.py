@@ -127,6 +127,7 @@ def _load_peak(ckpt, chunk: int) -> tuple[int, int]:
     return grown, weights
 
 
+@pytest.mark.slow  # two fresh processes load 283 MB each
 def test_a_load_holds_the_weights_plus_one_chunk(tmp_path):
     """The full-width finding as a regression test: a load's resident memory grows by the weights and
     one chunk, not by the mapped file (a fresh process, so that its peak RSS is the load's). The
