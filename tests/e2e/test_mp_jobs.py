@@ -15,14 +15,9 @@ import probe
 
 from helpers import random_model
 from helpers.mp_jobs import (ABLATE, ABLATIONS, IMPORTANCE, RECORD, REPORT, ROOT, SPEC, TABLES, TOPOLOGY,
-                             assert_same_tables, make_env, opts, sorted_df, torchrun)
+                             assert_same_tables, opts, sorted_df, torchrun)
 
 pytestmark = pytest.mark.slow  # torchrun launches, a browser or notebook kernels: `pytest -m "not slow"` skips them
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    return make_env(tmp_path_factory.mktemp("mp"))
 
 
 # ------------------------------------------------------------------------- the references

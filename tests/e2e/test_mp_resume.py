@@ -17,16 +17,11 @@ import probe
 from model.parallel import ParallelError
 
 from helpers import random_model
-from helpers.mp_jobs import (RECORD, TABLES, TOPOLOGY, assert_same_tables, make_env, opts, our_frames,
+from helpers.mp_jobs import (RECORD, TABLES, TOPOLOGY, assert_same_tables, opts, our_frames,
                              record_args, torchrun)
 from helpers.processes import wait_for_commits
 
 pytestmark = pytest.mark.slow  # torchrun launches, a browser or notebook kernels: `pytest -m "not slow"` skips them
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    return make_env(tmp_path_factory.mktemp("mp"))
 
 
 @pytest.fixture(scope="module")
