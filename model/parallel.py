@@ -597,7 +597,7 @@ def _copy_first(module, args, *, n: int, group):
 def _reduce_output(module, args, out, *, group):
     """Forward hook: sum the ranks' partial outputs, then round to the input's dtype (a module whose
     partial sums are wide, see `install`, returns float32 under bf16)."""
-    return all_reduce(out, group).to(args[0].dtype)
+    return all_reduce(out, group).to(args[0].dtype if args else out.dtype)
 
 
 def _gather_output(module, args, out, *, group):
