@@ -93,10 +93,10 @@ def forward_plan(args: ModelArgs, *, model_parallel: int = 1, batch: int = 8, se
             + T * H * qk * e + T * D * e)                                  # attention out, wo out
     E, K = args.n_routed_experts, args.n_activated_experts
     per_expert = -(-T * K // E) * 2  # a busy expert: twice its mean share of the tokens
+    routed_sum = T * D * (max(e, f32) + (e if e < f32 else 0))  # summed in float32 under bf16, then rounded
     moe = (T * E * f32 * 5 + T * K * 8 * 3                                 # router scores, ids, weights
            + per_expert * (D * e * 2 + args.moe_inter_dim * e * 3)         # one expert's rows
-           + T * args.n_shared_experts * args.moe_inter_dim // M * e * 3
-           + T * D * (max(e, f32) + e * 2))  # routed sum (float32 under bf16), its rounding, shared out
+           + T * args.n_shared_experts * args.moe_inter_dim // M * e * 3 + routed_sum + T * D * e)  # + shared out
     dense = T * args.inter_dim // M * e * 3 + T * D * e
     layer = max(attn, moe if args.n_layers > args.n_dense_layers else 0, dense if args.n_dense_layers else 0)
     residual = T * D * e * 4  # h, the norm's output, the block output, the embedding
