@@ -150,28 +150,36 @@ def synth_spec(run: Path, prompts: int = 2000, new: int = 64, seed: int = 0) -> 
 
 
 def synth_train_run(out: Path, steps: int = 2000, seed: int = 0) -> None:
+    """A training run written through the training code's own log (train.log.TrainLog), synthetic numbers."""
+    import torch
+
+    from train.balance import GateRef
+    from train.log import TrainLog
+
     rng = np.random.default_rng(seed)
-    out.mkdir(parents=True)
-    gates = ["layer1", "layer2", "layer3", "mtp0"]
-    s = np.arange(1, steps + 1)
-    tm = {"step": s, "lr": np.full(steps, 1e-3), "loss": 5 + np.exp(-s / 300), "lm_loss": 4 + np.exp(-s / 300),
-          "mtp_loss": 4.2 + np.exp(-s / 300), "tokens": np.full(steps, 4096), "tokens_seen": 4096 * s,
-          "tokens_per_s": np.full(steps, 3000.0)}
-    for d in DOMAINS:
-        tm[f"loss_{d}"] = 4 + np.exp(-s / 300) + rng.normal(0, 0.05, steps)
-    for g in gates:
-        tm[f"maxvio_{g}"] = 0.2 + np.exp(-s / 300)
-        tm[f"bias_norm_{g}"] = np.sqrt(s) * 0.003
-    pq.write_table(pa.table(tm), out / "train_metrics.parquet")
-    ev = {"step": np.arange(100, steps + 1, 100), "val_loss": np.linspace(5, 4, steps // 100)}
-    pq.write_table(pa.table(ev), out / "eval_metrics.parquet")
-    n = steps * len(gates) * E
-    pq.write_table(pa.table({"step": np.repeat(s, len(gates) * E), "gate": np.tile(np.repeat(gates, E), steps),
-                             "expert": np.tile(np.arange(E), steps * len(gates)),
-                             "load": rng.poisson(400, n).astype(np.int64),
-                             "bias": rng.normal(0, 0.01, n).astype(np.float32)}), out / "expert_load.parquet")
-    (out / "run.json").write_text(json.dumps({"status": "completed", "step": steps, "steps": steps, "gates": gates,
-                                              "domains": DOMAINS, "flags": {"balance": "aux-free"}}))
+    gates = [GateRef(f"layer{i}", i, f"layers.{i}.ffn.gate") for i in range(DENSE, LAYERS)]
+    gates.append(GateRef("mtp0", LAYERS, "mtp.0.block.ffn.gate"))
+    log = TrainLog(out, gates, DOMAINS, E, None)
+    for s in range(1, steps + 1):
+        decay = np.exp(-s / 300)
+        row = {"step": s, "lr": 1e-3, "loss": 5 + decay, "lm_loss": 4 + decay, "mtp_loss": 4.2 + decay,
+               "aux_loss": 0.0, "grad_norm": 1.0, "tokens": 4096, "tokens_seen": 4096 * s, "step_time_s": 1.4,
+               "tokens_per_s": 3000.0, "elapsed_s": 1.4 * s}
+        loads = torch.tensor(rng.poisson(400, (len(gates), E)), dtype=torch.float32)
+        biases = [torch.tensor(rng.normal(0, 0.003 * np.sqrt(s), E), dtype=torch.float32) for _ in gates]
+        log.step(row, list(4 + decay + rng.normal(0, 0.05, len(DOMAINS))), loads, biases)
+        log.loads(s, loads, biases, 4096)
+        if s % 100 == 0:
+            log.evaluation(s, 4096 * s, {"val_loss": 5 - s / steps, "val_mtp_agree": 0.5,
+                                         **{f"val_loss_{d}": 5 - s / steps for d in DOMAINS},
+                                         **{f"val_mtp_loss_{d}": 5.2 - s / steps for d in DOMAINS},
+                                         **{f"val_maxvio_{g.label}": 0.3 for g in gates}})
+    log.commit()
+    (out / "run.json").write_text(json.dumps({
+        "status": "complete", "format": 1, "kind": "train", "step": steps, "steps": steps,
+        "tokens_seen": 4096 * steps, "domains": DOMAINS, "gates": [g.label for g in gates],
+        "flags": {"balance": "aux-free", "batch_size": BATCH, "seq_len": SEQ, "corpus": "synthetic"},
+        "model_args": {"n_layers": LAYERS, "n_dense_layers": DENSE, "n_routed_experts": E, "n_activated_experts": K}}))
 
 
 def pages(runs: Path) -> dict:
