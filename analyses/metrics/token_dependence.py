@@ -30,7 +30,12 @@ PREDICTORS = ("token_id", "prev_token", "position", "prev_and_position", "token_
 
 
 def _codes(x) -> np.ndarray:
-    return np.unique(np.asarray(x), return_inverse=True)[1].reshape(-1)
+    """Non-negative integer codes, equal where x is equal: small non-negative integers (token ids,
+    positions) as they are, anything else through np.unique (a sort)."""
+    x = np.asarray(x).reshape(-1)
+    if x.dtype.kind in "iu" and x.size and x.min() >= 0 and x.max() < 4 * x.size + 4096:
+        return x.astype(np.int64, copy=False)
+    return np.unique(x, return_inverse=True)[1].reshape(-1)
 
 
 def majority_predict(keys, labels, test, fallback=None) -> np.ndarray:
@@ -41,8 +46,11 @@ def majority_predict(keys, labels, test, fallback=None) -> np.ndarray:
     tr = ~test
     if not tr.any():
         raise MetricsError("no training rows (every row is held out)")
-    # sparse (key, label) counts: one row per pair seen in training, never a dense keys x labels table
-    pairs, n = np.unique(np.stack([k[tr], y[tr]], 1), axis=0, return_counts=True)
+    # sparse (key, label) counts: one row per pair seen in training, never a dense keys x labels table;
+    # each pair as one int64 code (a 1-D unique sorts 10x faster than np.unique(axis=0) on row pairs)
+    width = int(y.max()) + 1
+    codes, n = np.unique(k[tr] * width + y[tr], return_counts=True)
+    pairs = np.stack([codes // width, codes % width], 1)
     order = np.lexsort((pairs[:, 1], -n, pairs[:, 0]))  # by key, then count desc, then label asc
     pairs = pairs[order]
     first = np.r_[True, pairs[1:, 0] != pairs[:-1, 0]]
@@ -57,7 +65,8 @@ def majority_predict(keys, labels, test, fallback=None) -> np.ndarray:
 
 def _pair(a, b) -> np.ndarray:
     """One integer code per (a, b) pair."""
-    return _codes(a) * (int(_codes(b).max()) + 1) + _codes(b)
+    a, b = _codes(a), _codes(b)
+    return _codes(a * (int(b.max()) + 1) + b)
 
 
 def token_dependence(token_id, prev_id, pos, labels, test) -> dict:
@@ -78,7 +87,7 @@ def token_dependence(token_id, prev_id, pos, labels, test) -> dict:
     preds = {"token_id": by_token, "prev_token": by_prev, "position": majority_predict(p, y, test),
              "prev_and_position": majority_predict(_pair(prev, p), y, test, by_prev),
              "token_and_prev": majority_predict(_pair(tok, prev), y, test, by_token),
-             "majority": majority_predict(np.zeros(len(y)), y, test)}
+             "majority": majority_predict(np.zeros(len(y), np.int64), y, test)}
     out["unseen"] = float((~np.isin(tok[test], tok[~test])).mean())
     return out | {name: float((preds[name] == yt).mean()) for name in PREDICTORS}
 
