@@ -58,8 +58,16 @@ def path_codes(ids, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
     keys = path_keys(ids, k)
     if not len(keys):
         return keys, np.zeros(0, np.int64)
-    uniq, codes = np.unique(keys, axis=0, return_inverse=True)
-    return uniq, codes.reshape(-1)
+    if keys.min() < 0:
+        uniq, codes = np.unique(keys, axis=0, return_inverse=True)
+        return uniq, codes.reshape(-1)
+    # the rank of each row's prefix in lexicographic order, one column at a time: 1-D sorts of int64
+    # (np.unique(axis=0) sorts the rows as records, ~10x slower); the same codes
+    code = np.zeros(len(keys), np.int64)
+    for col in keys.T.astype(np.int64):
+        code = np.unique(code * (int(col.max()) + 1) + col, return_inverse=True)[1].reshape(-1)
+    _, first = np.unique(code, return_index=True)
+    return keys[first], code
 
 
 def path_entropy(codes) -> float:
