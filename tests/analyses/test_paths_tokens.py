@@ -242,3 +242,17 @@ def test_token_dependence_reuses_routes_read_once(runs):
     r = M.routes_from_run(d / "a")
     a, b = M.token_dependence_from_run(d / "a", every=5), M.token_dependence_from_run(d / "a", every=5, routes=r)
     assert a.equals(b) and len(a)
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_path_codes_rank_rows_as_numpy_unique_does(k):
+    """The column-by-column ranking gives np.unique(axis=0)'s distinct rows and codes (negative control:
+    a column order swapped gives other codes)."""
+    from analyses.metrics.paths import path_codes, path_keys
+
+    ids = np.random.default_rng(k).integers(0, 9, (4000, 3, 4))
+    uniq, codes = path_codes(ids, k)
+    want_uniq, want_codes = np.unique(path_keys(ids, k), axis=0, return_inverse=True)
+    assert np.array_equal(uniq, want_uniq) and np.array_equal(codes, want_codes.reshape(-1))
+    _, swapped = path_codes(ids[:, ::-1], k)
+    assert not np.array_equal(swapped, codes)
