@@ -39,7 +39,7 @@ scores and choices on every rank (the probe records them without extra communica
 FP8 weights kept resident: every rank's cut must start on a 128-block or lie inside one (checked for
 all ranks, so all raise the same `ParallelError`); whole-block shards (671B at 8, 16 or 32 ranks)
 quantise a row-parallel GEMM's input in the single process's blocks, and in a bf16 model the partial
-sums are all-reduced in float32 and rounded once (`install(wide_partials=)`), so the result is one
+sums are all-reduced in float32 and rounded once (`WIDE_PARTIALS`, see `install`), so the result is one
 process's up to float32 summation order.
 
 Per-rank hook tensors: `*.attn.hook_q_nope`, `hook_q_pe`, `hook_z`, `hook_pattern` hold this rank's
@@ -462,20 +462,21 @@ def parallelize(model: Transformer, shards: Shards | None) -> Transformer:
     return install(model, shards)
 
 
-WIDE_PARTIALS = True  # install()'s default; False reproduces the 16-bit all-reduce of serving engines
+WIDE_PARTIALS = True  # read by install(); False reproduces the 16-bit all-reduce of serving engines
 
 
-def install(model: Transformer, shards: Shards, wide_partials: bool | None = None) -> Transformer:
+def install(model: Transformer, shards: Shards) -> Transformer:
     """Install the collectives on a model already cut by `shard_` (as `model.load` does after
     filling the shards): the ShardedEmbedding, and hooks at every sharded module's boundary.
 
-    wide_partials (default `WIDE_PARTIALS`): the row-parallel FP8 GEMMs (`wo`, `w2`) and the routed
+    With `WIDE_PARTIALS` (default True) the row-parallel FP8 GEMMs (`wo`, `w2`) and the routed
     experts' sums hand their partial outputs to the all-reduce in float32 when the model is bf16/fp16,
     and the sum is rounded once, as one process rounds it. Reduced in bf16, each rank's partial is
     rounded first: the sum then differs from one process in the last bf16 bit of some channels,
     which the next FP8 activation quantisation can turn into a whole FP8 step and, at a near tie, a
-    different expert (the full-width 671B slice: 95.5% of top-8 sets equal to one process in bf16
-    partials). Costs twice the bytes on those all-reduces."""
+    different expert (tests/model/test_parallel.py: an aligned bf16 + FP8 model's logits are 9% apart
+    from one process in mean with bf16 partials, bit-equal with float32 ones). Costs twice the bytes
+    on those all-reduces."""
     if shards.group is None:
         raise ParallelError("install needs Shards with a process group (see init_distributed)")
     if getattr(model, "shards", None) != shards:
@@ -483,7 +484,6 @@ def install(model: Transformer, shards: Shards, wide_partials: bool | None = Non
     if isinstance(model.embed, ShardedEmbedding):
         raise ParallelError("install: this model's collectives are already installed")
     g = shards.group
-    wide = WIDE_PARTIALS if wide_partials is None else wide_partials
     model.embed = ShardedEmbedding(model.embed.weight, shards.part(model.args.vocab_size)[0], g)
     copy_in = functools.partial(_copy_first, n=1, group=g)
     reduce_out = functools.partial(_reduce_output, group=g)
@@ -493,11 +493,11 @@ def install(model: Transformer, shards: Shards, wide_partials: bool | None = Non
         if isinstance(mod, (MLA, MLP)):
             mod.register_forward_pre_hook(copy_in)
             mod.register_forward_hook(reduce_out)
-            (mod.wo if isinstance(mod, MLA) else mod.w2).wide_output = wide
+            (mod.wo if isinstance(mod, MLA) else mod.w2).wide_output = WIDE_PARTIALS
         elif isinstance(mod, Experts):  # (x_TD, weights_TK, ids_TK): both float inputs cross in
             mod.register_forward_pre_hook(functools.partial(_copy_first, n=2, group=g))
             mod.register_forward_hook(reduce_out)
-            mod.wide_output = wide
+            mod.wide_output = WIDE_PARTIALS
         if isinstance(mod, MLA):  # replicated weights that only this rank's heads use
             for attr in ("wq_a", "q_norm", "wkv_a", "kv_norm"):
                 sub = getattr(mod, attr, None)
