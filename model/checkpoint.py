@@ -12,7 +12,7 @@ only then materialises the model and copies tensors in one at a time, so the che
 memory twice. Every problem raises `CheckpointError` with one line naming the file and tensor.
 
 With `parallel=True` (under torchrun) the meta model is cut by `model.parallel.shard_` before it is
-materialised, and each tensor is read in bounded chunks of plain file reads (model/tensor_reader.py):
+materialised, and each tensor is copied in bounded chunks (model/tensor_reader.py):
 only this rank's rows, or its columns of every row, and only this rank's routed experts. FP8 tensors: when they stay resident
 (gemm_impl="fp8") the slice must start on a 128-block boundary or lie inside one block (otherwise
 `ParallelError` says so) and takes the matching rows/columns of `weight_scale_inv`; when they are
@@ -35,7 +35,7 @@ from .fp8 import dequantize_block
 from .names import IGNORED, Target, hf_to_ours, ours_to_hf, scale_name
 from .parallel import Cut, device_for, install, resolve as resolve_shards, shard_
 from .layers import rope_inv_freq
-from .tensor_reader import ReadError, TensorReader, copy_range
+from .tensor_reader import DTYPES, ReadError, TensorReader, copy_range
 from .transformer import Transformer
 
 
@@ -73,14 +73,10 @@ def _read_headers(files: list[Path]) -> dict[str, tuple[Path, torch.Size, torch.
                     sl = h.get_slice(k)
                     if k in found:
                         raise CheckpointError(f"{f}: tensor {k} also appears in {found[k][0].name}")
-                    found[k] = (f, torch.Size(sl.get_shape()), _DTYPES.get(sl.get_dtype(), sl.get_dtype()))
+                    found[k] = (f, torch.Size(sl.get_shape()), DTYPES.get(sl.get_dtype(), sl.get_dtype()))
         except (SafetensorError, OSError) as e:
             raise CheckpointError(f"{f}: not a readable safetensors file ({e})") from None
     return found
-
-
-_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64,
-           "F8_E4M3": torch.float8_e4m3fn, "I64": torch.int64, "I32": torch.int32}
 
 
 GEMM_IMPLS = ("bf16", "fp8", "fp8-weights")
@@ -172,8 +168,8 @@ def _keep_fp8(meta: Transformer, plan, headers: dict, path: Path) -> set[str]:
 
 def _stream(model: Transformer, plan, headers: dict, files: list[Path], spec: dict, resident: set[str]) -> None:
     """Copy every planned tensor (this rank's cut of it) into the materialised model, one at a time,
-    file by file, through plain reads of bounded chunks (model/tensor_reader.py: no memory map, so
-    the load's peak is the weights plus one chunk)."""
+    file by file, in bounded chunks whose file pages are released after each copy
+    (model/tensor_reader.py: the load's peak is the weights plus one chunk)."""
     params = dict(model.named_parameters()) | dict(model.named_buffers())
     block = model.args.quant_block or (128, 128)
     order = {f: i for i, f in enumerate(files)}

@@ -76,7 +76,7 @@ class TensorReader:
             begin, stop = meta["data_offsets"]
         except KeyError as e:
             raise ReadError(f"{path}: tensor {name}: no {e} in the header") from None
-        row_bytes = math.prod(shape[1:]) * torch.empty(0, dtype=dtype).element_size()
+        row_bytes = math.prod(shape[1:]) * dtype.itemsize
         if stop - begin != (shape[0] if shape else 1) * row_bytes:
             raise ReadError(f"{path}: tensor {name}: data_offsets {begin}..{stop} do not hold shape {shape}")
         if data + stop > len(mm):
@@ -102,13 +102,10 @@ class TensorReader:
             page = a // PAGE * PAGE
             mm.madvise(mmap.MADV_DONTNEED, page, a + n - page)  # the copied pages leave this process
 
-    def read(self, path: Path, name: str, start: int = 0, end: int | None = None) -> torch.Tensor:
-        """Rows [start, end) of a small tensor (the FP8 scales) as a tensor of its own."""
-        _, _, header = self._open(path)
-        if end is None:
-            shape = header.get(name, {}).get("shape", [1])
-            end = shape[0] if shape else 1
-        return torch.cat([t.clone() for _, t in self.rows(path, name, start, end)])
+    def read(self, path: Path, name: str) -> torch.Tensor:
+        """A whole small tensor (the FP8 scales) as a tensor of its own."""
+        shape = self._meta(path, name)[3]
+        return torch.cat([t.clone() for _, t in self.rows(path, name, 0, shape[0] if shape else 1)])
 
 
 def copy_range(reader: TensorReader, path: Path, name: str, dst: torch.Tensor, *, dim: int, start: int,
