@@ -21,20 +21,22 @@ def _expand(scale: torch.Tensor, shape: torch.Size, block: tuple[int, int]) -> t
 
 def dequantize_block(q: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int] = (128, 128),
                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """W = Q * scale_inv, block by block; returns `dtype`."""
+    """W = Q * scale_inv, block by block; returns `dtype` (float64: the products are exact, e4m3's
+    4-bit significand times float32's 24; otherwise computed in float32)."""
     expect = (-(-q.shape[-2] // block[0]), -(-q.shape[-1] // block[1]))
     if tuple(scale_inv.shape[-2:]) != expect:
         raise ValueError(f"scale shape {tuple(scale_inv.shape)} does not match weight {tuple(q.shape)} "
                          f"in {block[0]}x{block[1]} blocks (expected {expect})")
     o, i = q.shape[-2:]
+    work = torch.float64 if dtype == torch.float64 else torch.float32
     if o % block[0] == 0 and i % block[1] == 0:
         # whole blocks: convert once, scale in place through a broadcast view (no elementwise scale
         # tensor; the same products, so the same result as below)
-        out = q.to(torch.float32)
+        out = q.to(work)
         out.view(*q.shape[:-2], o // block[0], block[0], i // block[1], block[1]).mul_(
-            scale_inv.float()[..., :, None, :, None])
+            scale_inv.to(work)[..., :, None, :, None])
         return out.to(dtype)
-    return (q.float() * _expand(scale_inv.float(), q.shape, block)).to(dtype)
+    return (q.to(work) * _expand(scale_inv.to(work), q.shape, block)).to(dtype)
 
 
 def quantize_block(w: torch.Tensor, block: tuple[int, int] = (128, 128)) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,6 +6,7 @@ picks one of the two:
     q, s = act_quant(x)                       # x [..., K] -> float8_e4m3fn [..., K], float32 [..., ceil(K/128)]
     w = weight_dequant(wq, ws)                # [(E,) N, K] fp8 + [(E,) ceil(N/128), ceil(K/128)] -> bf16
     y = fp8_gemm(q, s, wq, ws)                # [..., K] x [N, K]^T -> [..., N], fp32 accumulation
+    y = fp8_gemm(q, s, wq, ws, acc_dtype=torch.float64)   # torch twin: a sum independent of K's split
     y = fp8_linear(x, wq, ws)                 # act_quant then fp8_gemm, output in x.dtype
 
 The switch: `impl="auto" | "triton" | "torch"` on every call, else the `DSV3_KERNELS` environment
@@ -145,14 +146,17 @@ def weight_dequant_torch(q: torch.Tensor, s: torch.Tensor, block: int = BLOCK,
 
 
 def fp8_gemm_torch(a: torch.Tensor, a_s: torch.Tensor, b: torch.Tensor, b_s: torch.Tensor,
-                   block: int = BLOCK, out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
-    """Twin of the GEMM kernel: [M, K] x [N, K]^T in float32.
+                   block: int = BLOCK, out_dtype: torch.dtype = torch.bfloat16,
+                   acc_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Twin of the GEMM kernel: [M, K] x [N, K]^T accumulated in `acc_dtype`.
 
     The same sum as the kernel in a different order: the scales distribute over each block's
-    partial product, so dequantising both operands and doing one float32 GEMM is equal up to
-    float32 rounding (and much faster on a CPU than a loop over K blocks)."""
-    a_deq = a.float() * a_s.repeat_interleave(block, dim=-1)[:, : a.shape[1]]
-    b_deq = dequantize_block(b, b_s, (block, block), torch.float32)
+    partial product, so dequantising both operands and doing one GEMM is equal up to rounding
+    (and much faster on a CPU than a loop over K blocks). In float64 the dequantised operands are
+    exact (e4m3 x float32 scale) and so is each product, so the sum is the exact one to ~1e-16:
+    however K is cut into parts and the parts added, the result rounds to the same float32/bf16."""
+    a_deq = a.to(acc_dtype) * a_s.to(acc_dtype).repeat_interleave(block, dim=-1)[:, : a.shape[1]]
+    b_deq = dequantize_block(b, b_s, (block, block), acc_dtype)
     return (a_deq @ b_deq.T).to(out_dtype)
 
 
@@ -250,9 +254,12 @@ def weight_dequant(q: torch.Tensor, s: torch.Tensor, block: int = BLOCK, dtype: 
 
 
 def fp8_gemm(a: torch.Tensor, a_s: torch.Tensor, b: torch.Tensor, b_s: torch.Tensor, block: int = BLOCK,
-             out_dtype: torch.dtype = torch.bfloat16, *, impl: str | None = None) -> torch.Tensor:
+             out_dtype: torch.dtype = torch.bfloat16, *, impl: str | None = None,
+             acc_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """a [..., K] fp8 with a_s [..., ceil(K/b)], b [N, K] fp8 with b_s [ceil(N/b), ceil(K/b)]
-    -> a b^T [..., N] in `out_dtype`, accumulated in float32."""
+    -> a b^T [..., N] in `out_dtype`, accumulated in `acc_dtype`: float32 (the kernel's), or
+    float64 (the torch twin only: a sum whose rounding does not depend on how K is split, see
+    `model.layers.LAYOUT_FREE_SUMS`)."""
     _check_fp8("fp8_gemm: a", a, tuple(range(1, 9)))
     _check_fp8("fp8_gemm: b", b, (2,))
     _check_block(block)
@@ -263,22 +270,29 @@ def fp8_gemm(a: torch.Tensor, a_s: torch.Tensor, b: torch.Tensor, b_s: torch.Ten
                  f"activations {tuple(a.shape)} in blocks of {block}")
     _check_scale("fp8_gemm: b_s", b_s, (_n_blocks(b.shape[0], block), _n_blocks(k, block)),
                  f"weight {tuple(b.shape)} in {block}x{block} blocks")
-    if out_dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise KernelError(f"fp8_gemm: out_dtype must be float32, bfloat16 or float16, got {out_dtype}")
+    if out_dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+        raise KernelError(f"fp8_gemm: out_dtype must be float32, bfloat16, float16 or float64, got {out_dtype}")
+    if acc_dtype not in (torch.float32, torch.float64):
+        raise KernelError(f"fp8_gemm: acc_dtype must be float32 or float64, got {acc_dtype}")
     dev = _same_device(a=a, a_s=a_s, b=b, b_s=b_s)
     lead = a.shape[:-1]
     a2, s2 = a.reshape(-1, k).contiguous(), a_s.reshape(-1, a_s.shape[-1]).contiguous()
     if resolve_impl(impl, dev) == "triton":
-        c = fp8_gemm_triton(a2, s2, b.contiguous(), b_s.contiguous(), block, out_dtype)
+        if acc_dtype != torch.float32:
+            raise KernelError(f"fp8_gemm: the Triton kernel accumulates in float32 (acc_dtype={acc_dtype} "
+                              "is the torch twin's)")
+        wide = out_dtype in (torch.float32, torch.float64)
+        c = fp8_gemm_triton(a2, s2, b.contiguous(), b_s.contiguous(), block, torch.float32 if wide else out_dtype)
+        c = c.to(out_dtype)
     else:
-        c = fp8_gemm_torch(a2, s2, b, b_s, block, out_dtype)
+        c = fp8_gemm_torch(a2, s2, b, b_s, block, out_dtype, acc_dtype)
     return c.view(*lead, b.shape[0])
 
 
 def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, block: int = BLOCK,
                scale_fmt: str | None = None, *, impl: str | None = None,
-               out_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """y = x W^T with W kept in FP8: quantise x per (token, block), then the FP8 GEMM; y in
-    `out_dtype` (default x.dtype)."""
+               out_dtype: torch.dtype | None = None, acc_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """y = x W^T with W kept in FP8: quantise x per (token, block), then the FP8 GEMM (accumulated
+    in `acc_dtype`); y in `out_dtype` (default x.dtype)."""
     q, s = act_quant(x, block, scale_fmt, impl=impl)
-    return fp8_gemm(q, s, weight, scale, block, out_dtype or x.dtype, impl=impl)
+    return fp8_gemm(q, s, weight, scale, block, out_dtype or x.dtype, impl=impl, acc_dtype=acc_dtype)

@@ -15,7 +15,7 @@ from torch import nn
 from . import gemm
 from .args import ModelArgs
 from .fp8 import quantize_block
-from .kernels import fp8_linear, weight_dequant
+from .kernels import fp8_linear, resolve_impl, weight_dequant
 
 
 # True / False force the path (tests, benchmarks); None: model/gemm.py's choice, measured on this
@@ -56,6 +56,23 @@ def dense_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 def wide(dtype: torch.dtype) -> torch.dtype:
     """The dtype partial sums are kept in before they are added up: float32 for 16-bit dtypes."""
     return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+
+
+# FP8 GEMMs with quantised activations whose input dimension tensor parallelism splits (`wo`, the
+# MLPs' `w2`: `Linear.row_parallel`) and the routed experts' sum accumulate in float64 where the FP8
+# GEMM is the torch twin (the CPU): the sum is then exact to ~1e-16 and rounds to the same float32 or
+# bf16 value however it is cut across ranks and added up. In float32 the cut changes the last bit of
+# some outputs, and the next layer's FP8 activation quantisation turns that bit, at a rounding
+# midpoint, into a whole e4m3 step and, at a near tie, another expert (measured on the full-width
+# 671B slice: 95.5% of routing choices equal between 2 ranks and 1 process in float32, 98.0% in bf16;
+# see docs/deepseek-v3.md, "Summation order"). Costs ~1.6x on those GEMMs. False: float32 (the
+# Triton kernel's accumulation, which this cannot change: on CUDA the sums stay float32).
+LAYOUT_FREE_SUMS = True
+
+
+def fp8_sum_dtype(device: torch.device) -> torch.dtype:
+    """The accumulation dtype of a layout-free FP8 sum on `device` (see LAYOUT_FREE_SUMS)."""
+    return torch.float64 if LAYOUT_FREE_SUMS and resolve_impl(None, device) == "torch" else torch.float32
 
 
 class Embedding(nn.Embedding):
@@ -101,16 +118,19 @@ class Linear(nn.Module):
       (and the same routing whatever the parallel layout) with FP8 weights held in memory.
     """
 
-    def __init__(self, in_features: int, out_features: int, *, device=None, dtype=None) -> None:
+    def __init__(self, in_features: int, out_features: int, *, row_parallel: bool = False,
+                 device=None, dtype=None) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
+        # tensor parallelism splits the input dimension (wo, w2): an FP8 GEMM sums in fp8_sum_dtype
+        self.row_parallel = row_parallel
         self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype))
         self.register_buffer("weight_scale_inv", None)  # float32 block scales once FP8 resident
         self.block: int | None = None  # FP8 block size
         self.scale_fmt: str | None = None  # activation scale format: None or "ue8m0"
         self.quantise_activations = True  # FP8 resident: quantise x too (False: weight-only FP8)
         self.compute_dtype = self.weight.dtype  # dtype of dense_weight() when FP8 resident
-        # FP8 GEMM output in wide(x.dtype) (float32 for bf16) instead of x's dtype: set by
+        # FP8 GEMM output in its accumulation dtype (at least wide(x.dtype)) instead of x's dtype: set by
         # model.parallel on row-parallel projections, whose partial sums are all-reduced before rounding
         self.wide_output = False
         self._dense: tuple | None = None  # (key, dequantised weight), see dense_weight()
@@ -127,8 +147,10 @@ class Linear(nn.Module):
                                "with .to(dtype)? that drops FP8 storage; cast only floating activations)")
         if not self.quantise_activations:
             return dense_linear(x, weight_dequant(self.weight, self.weight_scale_inv, self.block, x.dtype))
+        acc = fp8_sum_dtype(x.device) if self.row_parallel else torch.float32
+        out = torch.promote_types(acc, wide(x.dtype)) if self.wide_output else x.dtype
         return fp8_linear(x, self.weight, self.weight_scale_inv, self.block, self.scale_fmt,
-                          out_dtype=wide(x.dtype) if self.wide_output else None)
+                          out_dtype=out, acc_dtype=acc)
 
     def dense_weight(self) -> torch.Tensor:
         """The weight in the compute dtype: `weight` itself, or, when FP8 resident, its block

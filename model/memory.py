@@ -16,6 +16,8 @@ from torch import nn
 
 from .args import ModelArgs
 from .checkpoint import make_fp8_resident
+from .layers import Linear, fp8_sum_dtype
+from .moe import Experts
 from .parallel import Shards, check_world, shard_, shard_spec
 from .transformer import Transformer
 
@@ -28,11 +30,14 @@ def tensor_bytes(model: nn.Module, names=None) -> int:
 
 
 def shard_plan(args: ModelArgs, world_size: int, *, fp8: bool = True, dtype: torch.dtype = torch.bfloat16,
-               rank: int = 0) -> dict:
+               rank: int = 0, quantised_activations: bool = False) -> dict:
     """Per-rank parameter bytes of `args` at `world_size` (meta device: no memory). fp8: every
     projection an FP8 checkpoint stores as FP8 stays FP8 (1 byte + float32 128x128 block scales),
     the rest in `dtype`. MTP modules count when the config has them. `absorb_dense_bytes`: the
-    dequantised copy of each FP8 `wkv_b` that absorbed attention keeps (see model/mla.py)."""
+    dequantised copy of each FP8 `wkv_b` that absorbed attention keeps (see model/mla.py).
+    `largest_fp8_weight_bytes`: the largest weight an FP8 GEMM on the CPU dequantises for one call,
+    in `dtype` (gemm fp8-weights) or, with `quantised_activations` (gemm fp8, the torch twin), in
+    its accumulation dtype (float32; float64 for the row-parallel ones, see layers.LAYOUT_FREE_SUMS)."""
     check_world(args, world_size)
     with torch.device("meta"):
         m = Transformer(args, dtype=dtype, init=False)
@@ -48,13 +53,22 @@ def shard_plan(args: ModelArgs, world_size: int, *, fp8: bool = True, dtype: tor
     absorb = (args.n_layers + args.n_mtp_layers) * heads * (args.qk_nope_head_dim + args.v_head_dim) \
         * args.kv_lora_rank * elem if fp8 else 0
     # on the CPU (and in the torch twins) an FP8 GEMM dequantises its weight first: the largest
-    # such weight of this rank, in the compute dtype, is a transient of every forward pass
-    fp8_elems = [p[0].numel() if n.split(".")[-1] in ("w1", "w2", "w3") else p.numel()
-                 for n, p in m.named_parameters() if p.dtype == torch.float8_e4m3fn]
+    # such weight of this rank is a transient of every forward pass
+    fp8_bytes = [_dequantised_bytes(mod, p, dtype, quantised_activations) for mod in m.modules()
+                 for p in mod.parameters(recurse=False) if p.dtype == torch.float8_e4m3fn]
     return {"world_size": world_size, "fp8": fp8, "full_bytes": full, "per_rank_bytes": local,
             "sharded_full_bytes": sharded_full, "sharded_per_rank_bytes": tensor_bytes(m, set(spec)),
             "replicated_bytes": full - sharded_full, "absorb_dense_bytes": absorb,
-            "largest_fp8_weight_bytes": max(fp8_elems, default=0) * elem}
+            "largest_fp8_weight_bytes": max(fp8_bytes, default=0)}
+
+
+def _dequantised_bytes(mod: nn.Module, p: torch.Tensor, dtype: torch.dtype, quantised_activations: bool) -> int:
+    """Bytes of FP8 weight `p` of `mod` dequantised for one GEMM (one expert's of stacked experts)."""
+    numel = p[0].numel() if isinstance(mod, Experts) else p.numel()
+    if not quantised_activations:  # weight-only FP8: dequantised into the compute dtype
+        return numel * (torch.finfo(dtype).bits // 8)
+    row_parallel = isinstance(mod, Linear) and mod.row_parallel
+    return numel * torch.finfo(fp8_sum_dtype(torch.device("cpu")) if row_parallel else torch.float32).bits // 8
 
 
 def kv_cache_bytes(args: ModelArgs, batch: int, seq_len: int, dtype: torch.dtype = torch.bfloat16,

@@ -52,7 +52,7 @@ class MLA(nn.Module):
         self.wkv_a = Linear(args.dim, self.kv_lora_rank + self.rope, **kw)
         self.kv_norm = RMSNorm(self.kv_lora_rank, args.norm_eps, **kw)
         self.wkv_b = Linear(self.kv_lora_rank, self.n_heads * (self.nope + self.v_dim), **kw)
-        self.wo = Linear(self.n_heads * self.v_dim, args.dim, **kw)
+        self.wo = Linear(self.n_heads * self.v_dim, args.dim, row_parallel=True, **kw)
 
         self.hook_q_nope = HookPoint()  # [B, S, H, N]
         self.hook_q_pe = HookPoint()  # [B, S, H, R] after RoPE

@@ -14,7 +14,7 @@ from .args import ModelArgs
 from .hooks import HookPoint
 from .fp8 import quantize_block
 from .kernels import act_quant, fp8_gemm, weight_dequant
-from .layers import ONEDNN_ROW_BUCKET, Linear, dense_linear, uses_onednn, wide
+from .layers import ONEDNN_ROW_BUCKET, Linear, dense_linear, fp8_sum_dtype, uses_onednn, wide
 
 
 class MLP(nn.Module):
@@ -23,7 +23,7 @@ class MLP(nn.Module):
     def __init__(self, dim: int, inter_dim: int, *, device=None, dtype=None) -> None:
         super().__init__()
         self.w1 = Linear(dim, inter_dim, device=device, dtype=dtype)
-        self.w2 = Linear(inter_dim, dim, device=device, dtype=dtype)
+        self.w2 = Linear(inter_dim, dim, row_parallel=True, device=device, dtype=dtype)
         self.w3 = Linear(dim, inter_dim, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -137,11 +137,12 @@ class Experts(nn.Module):
         counts = torch.bincount(flat_ids, minlength=self.n_experts).tolist()
         tok_A = order // K  # token of each sorted assignment (A = T*K assignments)
         w_A = weights_TK.flatten()[order].to(x_TD.dtype)
-        # the experts' outputs are summed in wide(dtype) (float32 for bf16) and rounded once at the end;
-        # under expert parallelism the wide partial sums are all-reduced first (model.parallel)
-        acc = wide(x_TD.dtype)
-        out_TD = torch.zeros(x_TD.shape, dtype=acc, device=x_TD.device)
+        # the experts' outputs are summed in wide(dtype) (float32 for bf16; float64 with FP8 activations
+        # on the CPU, see model.layers.LAYOUT_FREE_SUMS) and rounded once at the end; under expert
+        # parallelism the wide partial sums are all-reduced first (model.parallel)
         fp8_in = (self.w1_scale_inv is not None or self.w3_scale_inv is not None) and self.quantise_activations
+        acc = torch.promote_types(fp8_sum_dtype(x_TD.device), wide(x_TD.dtype)) if fp8_in else wide(x_TD.dtype)
+        out_TD = torch.zeros(x_TD.shape, dtype=acc, device=x_TD.device)
         # NOTE: one expert at a time, gathering and scattering only its own tokens: no [T*K, D]
         # temporaries (on CPU their allocation and first touch cost more than the GEMMs).
         # oneDNN compiles a GEMM per row count: pad each expert's rows to a bucket so that a long

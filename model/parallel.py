@@ -38,9 +38,11 @@ scores and choices on every rank (the probe records them without extra communica
 
 FP8 weights kept resident: every rank's cut must start on a 128-block or lie inside one (checked for
 all ranks, so all raise the same `ParallelError`); whole-block shards (671B at 8, 16 or 32 ranks)
-quantise a row-parallel GEMM's input in the single process's blocks, and in a bf16 model the partial
-sums are all-reduced in float32 and rounded once (`WIDE_PARTIALS`, see `install`), so the result is one
-process's up to float32 summation order.
+quantise a row-parallel GEMM's input in the single process's blocks; the row-parallel GEMMs and the
+experts' sum accumulate in float64 on the CPU (`model.layers.LAYOUT_FREE_SUMS`), their partials are
+all-reduced in that wide dtype and rounded once (`WIDE_PARTIALS`, see `install`), so the result is
+one process's bit for bit (on a GPU the Triton kernel accumulates in float32: up to its summation
+order).
 
 Per-rank hook tensors: `*.attn.hook_q_nope`, `hook_q_pe`, `hook_z`, `hook_pattern` hold this rank's
 heads (`attn.head_range`); every other hook is the full tensor on every rank.
@@ -470,13 +472,14 @@ def install(model: Transformer, shards: Shards) -> Transformer:
     filling the shards): the ShardedEmbedding, and hooks at every sharded module's boundary.
 
     With `WIDE_PARTIALS` (default True) the row-parallel FP8 GEMMs (`wo`, `w2`) and the routed
-    experts' sums hand their partial outputs to the all-reduce in float32 when the model is bf16/fp16,
-    and the sum is rounded once, as one process rounds it. Reduced in bf16, each rank's partial is
-    rounded first: the sum then differs from one process in the last bf16 bit of some channels,
-    which the next FP8 activation quantisation can turn into a whole FP8 step and, at a near tie, a
-    different expert (tests/model/test_parallel.py: an aligned bf16 + FP8 model's logits are 9% apart
-    from one process in mean with bf16 partials, bit-equal with float32 ones). Costs twice the bytes
-    on those all-reduces."""
+    experts' sums hand their partial outputs to the all-reduce in their accumulation dtype (float64
+    on the CPU, see `model.layers.LAYOUT_FREE_SUMS`; float32 for bf16 on a GPU), and the sum is
+    rounded once, as one process rounds it. Reduced in bf16, each rank's partial is rounded first:
+    the sum then differs from one process in the last bf16 bit of some channels, which the next FP8
+    activation quantisation can turn into a whole FP8 step and, at a near tie, a different expert
+    (tests/model/test_parallel.py: an aligned bf16 + FP8 model's logits are 6% apart from one
+    process in mean with bf16 partials, bit-equal with wide ones). Costs 2-4x the bytes on those
+    all-reduces."""
     if shards.group is None:
         raise ParallelError("install needs Shards with a process group (see init_distributed)")
     if getattr(model, "shards", None) != shards:

@@ -58,7 +58,8 @@ def dry_run(job, opts) -> dict:
     corpus = count_corpus(job, opts)
     mtp = bool(opts.mtp and ck["mtp"])
     args.n_mtp_layers = ck["mtp"]
-    weights = shard_plan(args, mp, fp8=opts.gemm in FP8_RESIDENT, dtype=dtype)  # also checks FP8 block alignment
+    weights = shard_plan(args, mp, fp8=opts.gemm in FP8_RESIDENT, dtype=dtype,  # also checks FP8 block alignment
+                         quantised_activations=opts.gemm == "fp8")
     caps = capture_bytes(args, opts, dtype)
     act = forward_plan(args, model_parallel=mp, batch=opts.batch_size, seq_len=opts.seq_len, dtype=dtype,
                        dequantised=weights["largest_fp8_weight_bytes"],

@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import model  # noqa: E402
-from model import memory, parallel  # noqa: E402
+from model import layers, memory, parallel  # noqa: E402
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -65,6 +65,12 @@ def forward_checks(full, sh, out: dict) -> None:
         out["hook_z_rel"] = rel(c_sh[names[2]], c_ref[names[2]][:, :, first:end])
         out["hook_c_kv_rel"] = rel(c_sh[names[3]], c_ref[names[3]])
         out["hook_routed_out_rel"] = rel(c_sh[names[4]], c_ref[names[4]])
+        # every hidden state (layers, final norm, the MTP block) before the vocab-split head
+        hidden = lambda n: n.endswith(("hook_resid_post", "hook_final", "mtp.0.hook_hidden"))  # noqa: E731
+        _, c_ref = full.run_with_cache(tok, names=hidden, mtp=has_mtp)
+        _, c_sh = sh.run_with_cache(tok, names=hidden, mtp=has_mtp)
+        out["hidden_rel"] = max(rel(c_sh[n], c_ref[n]) for n in c_ref)
+        out["hidden_hooks"] = len(c_ref)
 
 
 def grad_checks(full, sh, out: dict) -> None:
@@ -111,7 +117,11 @@ def run_case(case: dict, keep: list) -> dict:
         parallel.WIDE_PARTIALS = True
     full = model.load(case["ckpt"], parallel=False, **kw)
     out["world"] = sh.shards.world
-    forward_checks(full, sh, out)
+    layers.LAYOUT_FREE_SUMS = case.get("layout_free_sums", True)  # read at forward time
+    try:
+        forward_checks(full, sh, out)
+    finally:
+        layers.LAYOUT_FREE_SUMS = True
     bytes_checks(full, sh, out)
     print(f"{case['name']} rank {out['rank']}: resident parameter bytes {out['bytes_rank']:,} of "
           f"{out['bytes_full']:,} single-process ({out['total_ratio']:.3f}); sharded parts "
