@@ -20,6 +20,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from probe.job import closed_pipe_quiet
+
 BIAS = "e_score_correction_bias"
 
 
@@ -67,6 +69,7 @@ def without_router_bias(ckpt: str | Path, out: str | Path, overwrite: bool = Fal
     return out, zeroed
 
 
+@closed_pipe_quiet
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m analyses.variants", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

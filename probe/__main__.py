@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from .corpus import CorpusError
-from .job import DEFAULT_CKPT, DEFAULT_CORPUS, RecordError, add_model_flags, exit_ranks
+from .job import DEFAULT_CKPT, DEFAULT_CORPUS, RecordError, add_model_flags, closed_pipe_quiet, exit_ranks
 from .record import RecordOptions, record
 from .writer import RunError, read_run_json
 
@@ -194,6 +194,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+@closed_pipe_quiet
 def main(argv: list[str] | None = None) -> int:
     ns = parser().parse_args(argv)
     try:

@@ -209,6 +209,24 @@ def add_input_flags(p: argparse.ArgumentParser, table: str, *, run_note: str = "
     return io
 
 
+def closed_pipe_quiet(main):
+    """Decorator for a command's main(): when the reader of its output stops early (`... | head`),
+    end with exit status 141 (128 + SIGPIPE, as a shell reports it) instead of a BrokenPipeError
+    traceback, and point stdout at /dev/null so that the interpreter's last flush cannot fail."""
+    import functools
+
+    @functools.wraps(main)
+    def wrapped(*args, **kwargs):
+        try:
+            code = main(*args, **kwargs)
+            sys.stdout.flush()
+            return code
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141
+    return wrapped
+
+
 def exit_ranks(code: int) -> int:
     """Under torchrun, end the process here. NOTE: with torch 2.13 (CPU, gloo) a rank that ran
     forward passes intermittently aborts during interpreter teardown ("terminate called without an

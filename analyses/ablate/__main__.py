@@ -8,7 +8,7 @@ import sys
 
 import analyses.ablate as package
 from probe.corpus import CorpusError
-from probe.job import add_input_flags, exit_ranks
+from probe.job import add_input_flags, closed_pipe_quiet, exit_ranks
 from probe.writer import RunError
 
 from .run import AblateOptions, ablate
@@ -62,6 +62,7 @@ def ablations_from_args(ns) -> list[Ablation]:
     return out
 
 
+@closed_pipe_quiet
 def main(argv: list[str] | None = None) -> int:
     ns = parser().parse_args(argv)
     opts = AblateOptions(**{k: v for k, v in vars(ns).items() if k in AblateOptions.__dataclass_fields__})

@@ -9,7 +9,7 @@ import sys
 
 import analyses.importance as package
 from probe.corpus import CorpusError
-from probe.job import add_input_flags, exit_ranks
+from probe.job import add_input_flags, closed_pipe_quiet, exit_ranks
 from probe.writer import RunError
 
 from .analysis import load_vs_importance
@@ -52,6 +52,7 @@ def summary(df, out, show: int) -> str:
     return "\n".join(lines)
 
 
+@closed_pipe_quiet
 def main(argv: list[str] | None = None) -> int:
     ns = parser().parse_args(argv)
     try:

@@ -9,8 +9,10 @@ from pathlib import Path
 import analyses.placement as package
 from analyses.placement import PlacementError, plan_run, run_loads, summary_frame, write_plan
 from analyses.placement.export import FORMATS, export
+from probe.job import closed_pipe_quiet
 
 
+@closed_pipe_quiet
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m analyses.placement", description=package.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

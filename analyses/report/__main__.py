@@ -10,7 +10,7 @@ from pathlib import Path
 
 import analyses.report as package
 from analyses.notebook_utils import DEFAULT_RUN
-from probe.job import MODEL_FLAGS, add_model_flags, exit_ranks
+from probe.job import MODEL_FLAGS, add_model_flags, closed_pipe_quiet, exit_ranks
 
 from . import data as rd
 from .render import ReportError, check_run, compute, figures, print_text, write_findings, write_html
@@ -66,6 +66,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+@closed_pipe_quiet
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ns = parser().parse_args(argv)

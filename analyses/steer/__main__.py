@@ -10,7 +10,7 @@ import textwrap
 import analyses.steer as package
 from analyses.ablate.select import AblationError
 from probe.corpus import CorpusError
-from probe.job import add_input_flags, exit_ranks
+from probe.job import add_input_flags, closed_pipe_quiet, exit_ranks
 from probe.writer import RunError
 
 from .hooks import MODES, Steer
@@ -68,6 +68,7 @@ def _flat(text: str) -> str:
     return text.replace("\n", "\u23ce ")
 
 
+@closed_pipe_quiet
 def main(argv: list[str] | None = None) -> int:
     ns = parser().parse_args(argv)
     try:
