@@ -64,9 +64,10 @@ def wide(dtype: torch.dtype) -> torch.dtype:
 # bf16 value however it is cut across ranks and added up. In float32 the cut changes the last bit of
 # some outputs, and the next layer's FP8 activation quantisation turns that bit, at a rounding
 # midpoint, into a whole e4m3 step and, at a near tie, another expert (measured on the full-width
-# 671B slice: 95.5% of routing choices equal between 2 ranks and 1 process in float32, 98.0% in bf16;
-# see docs/deepseek-v3.md, "Summation order"). Costs ~1.6x on those GEMMs. False: float32 (the
-# Triton kernel's accumulation, which this cannot change: on CUDA the sums stay float32).
+# 671B slice, top-8 sets equal between 2 ranks and 1 process: 95.5% with float32 sums in a float32
+# model, 98.0% in bf16; 100.000% in both with these; docs/deepseek-v3.md, "Summation order"). Costs
+# ~1.6x on those GEMMs. False: float32 (the Triton kernel's accumulation, which this cannot change:
+# on CUDA the sums stay float32).
 LAYOUT_FREE_SUMS = True
 
 
