@@ -3,6 +3,7 @@ memory plan set beside what each rank measures. A script, not a test.
 
     python benchmarks/bench_full_width.py                      # checkpoint (once), plan, 2 ranks, 1 process
     python benchmarks/bench_full_width.py --tokens 4096 --skip-single
+    python benchmarks/bench_full_width.py --gemm fp8-weights --dtype float32   # dequantised numbers (transformers')
     python benchmarks/bench_full_width.py --device cuda --ranks 1   # the same slice on one GPU (Triton FP8 GEMMs)
 
 The slice is the published 671B config.json with `num_hidden_layers: 2`: one dense layer and one MoE
@@ -14,7 +15,7 @@ float32, in safetensors files of about 2 GB with an index. It is written once in
 directory (default ~/.cache/dsv3-probe/full-width-671B-2L) and reused.
 
 Then: `dsv3-probe record --dry-run` for the layout (the plan: weights, activations, total per rank),
-`torchrun --nproc-per-node 2 -m probe record --model-parallel 2 --gemm fp8-weights` over the bundled corpus,
+`torchrun --nproc-per-node 2 -m probe record --model-parallel 2 --gemm fp8 --dtype bfloat16` over the bundled corpus,
 and the same in one process when the machine's available memory holds the plan's single-process
 total. Printed: checkpoint write and load times, tokens/s, each rank's peak resident memory (from
 run.json, measured by the job) beside the plan's prediction, and the share of (token, layer) pairs
@@ -198,13 +199,13 @@ def main() -> int:
     p.add_argument("--ranks", type=int, default=2, help="processes holding one model (default 2)")
     p.add_argument("--mtp", action="store_true", help="include the MTP layer (another 11 GB of experts)")
     p.add_argument("--skip-single", action="store_true", help="no one-process run (and no routing comparison)")
-    p.add_argument("--gemm", choices=["fp8-weights", "fp8"], default="fp8-weights",
-                   help="fp8-weights (default): FP8 weights resident, activations unquantised, routing independent "
-                        "of the layout; fp8: FP8 activations too (DeepSeek's kernels), whose rounding turns float32 "
-                        "summation-order differences into different routing for a few percent of tokens")
+    p.add_argument("--gemm", choices=["fp8-weights", "fp8"], default="fp8",
+                   help="fp8 (default): FP8 weights and activations (DeepSeek's kernels; on the CPU the twin, whose "
+                        "row-parallel sums are float64, see model.layers.LAYOUT_FREE_SUMS); fp8-weights: FP8 weights "
+                        "resident, each dequantised for its GEMM, activations unquantised")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
-                   help="compute dtype (default float32; bfloat16 with --gemm fp8 is DeepSeek's serving arithmetic)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16",
+                   help="compute dtype (default bfloat16: with --gemm fp8 DeepSeek's serving arithmetic)")
     ns = p.parse_args()
     t_start = time.time()
     import tempfile
