@@ -370,11 +370,11 @@ def test_auto_shards_only_under_a_multi_process_launch(monkeypatch):
 
 
 def test_process_groups_are_created_in_one_place():
-    """model/parallel.py alone creates process groups (init_distributed / init_world); the jobs,
-    training and generation ask it for their World."""
+    """model/ranks.py alone creates process groups (init_distributed / init_world); the jobs,
+    training and generation ask it (through model.parallel) for their World."""
     import re
 
     calls = re.compile(r"\b(init_process_group|new_group|destroy_process_group)\(")
     found = sorted(str(p.relative_to(ROOT)) for pkg in ("model", "probe", "analyses", "dashboards", "data")
                    for p in (ROOT / pkg).rglob("*.py") if calls.search(p.read_text()))
-    assert found == ["model/parallel.py"], found
+    assert found == ["model/ranks.py"], found
