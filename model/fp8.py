@@ -20,22 +20,28 @@ def _expand(scale: torch.Tensor, shape: torch.Size, block: tuple[int, int]) -> t
 
 
 def dequantize_block(q: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int] = (128, 128),
-                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                     dtype: torch.dtype = torch.float32, out: torch.Tensor | None = None) -> torch.Tensor:
     """W = Q * scale_inv, block by block; returns `dtype` (float64: the products are exact, e4m3's
-    4-bit significand times float32's 24; otherwise computed in float32)."""
+    4-bit significand times float32's 24; otherwise computed in float32). `out`: a float32/float64
+    tensor of q's shape to write into (no new allocation: a fresh ~60 MB tensor's first touch costs
+    as much as the conversion itself on a CPU)."""
     expect = (-(-q.shape[-2] // block[0]), -(-q.shape[-1] // block[1]))
     if tuple(scale_inv.shape[-2:]) != expect:
         raise ValueError(f"scale shape {tuple(scale_inv.shape)} does not match weight {tuple(q.shape)} "
                          f"in {block[0]}x{block[1]} blocks (expected {expect})")
     o, i = q.shape[-2:]
     work = torch.float64 if dtype == torch.float64 else torch.float32
+    if out is not None and (out.dtype != work or out.dtype != dtype or out.shape != q.shape):
+        raise ValueError(f"out must be {dtype} of shape {tuple(q.shape)}, got {out.dtype} {tuple(out.shape)}")
     if o % block[0] == 0 and i % block[1] == 0:
         # whole blocks: convert once, scale in place through a broadcast view (no elementwise scale
         # tensor; the same products, so the same result as below)
-        out = q.to(work)
+        out = q.to(work) if out is None else out.copy_(q)
         out.view(*q.shape[:-2], o // block[0], block[0], i // block[1], block[1]).mul_(
             scale_inv.to(work)[..., :, None, :, None])
         return out.to(dtype)
+    if out is not None:
+        return torch.mul(q.to(work), _expand(scale_inv.to(work), q.shape, block), out=out)
     return (q.to(work) * _expand(scale_inv.to(work), q.shape, block)).to(dtype)
 
 

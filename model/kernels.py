@@ -35,6 +35,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import threading
 
 import torch
 
@@ -156,8 +157,43 @@ def fp8_gemm_torch(a: torch.Tensor, a_s: torch.Tensor, b: torch.Tensor, b_s: tor
     exact (e4m3 x float32 scale) and so is each product, so the sum is the exact one to ~1e-16:
     however K is cut into parts and the parts added, the result rounds to the same float32/bf16."""
     a_deq = a.to(acc_dtype) * a_s.to(acc_dtype).repeat_interleave(block, dim=-1)[:, : a.shape[1]]
-    b_deq = dequantize_block(b, b_s, (block, block), acc_dtype)
+    b_deq = dequantize_block(b, b_s, (block, block), acc_dtype, out=scratch(b.shape, acc_dtype, b.device))
     return (a_deq @ b_deq.T).to(out_dtype)
+
+
+# ------------------------------------------------------------------------------------ scratch
+_SCRATCH = threading.local()
+
+
+def scratch(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """An uninitialised tensor of `shape` over this thread's one reusable buffer on `device`, grown
+    to the largest request: for a weight dequantised for one GEMM and dropped before the next call
+    (the twins; `dequant_for_gemm`). Anything that keeps the tensor (autograd saving it for a
+    backward, a caller holding it) must not use it. `release_scratch()` frees the buffer."""
+    nbytes = math.prod(shape) * dtype.itemsize
+    bufs = getattr(_SCRATCH, "bufs", None)
+    if bufs is None:
+        bufs = _SCRATCH.bufs = {}
+    buf = bufs.get(device)
+    if buf is None or buf.numel() < nbytes:
+        bufs[device] = buf = None  # the old buffer goes before the new one is allocated
+        bufs[device] = buf = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    return buf[:nbytes].view(dtype).view(shape)
+
+
+def release_scratch() -> None:
+    """Free this thread's scratch buffers (their memory returns to the allocator)."""
+    _SCRATCH.bufs = {}
+
+
+def dequant_for_gemm(q: torch.Tensor, s: torch.Tensor, block: int, x: torch.Tensor) -> torch.Tensor:
+    """The FP8 weight `q` dequantised into x's dtype for one GEMM with x (gemm "fp8-weights"): into
+    the scratch buffer where the torch twin runs in float32/float64 and no gradient will be taken
+    through x (autograd would keep the weight for the backward), else a new tensor."""
+    if (x.dtype in (torch.float32, torch.float64) and resolve_impl(None, q.device) == "torch"
+            and not (torch.is_grad_enabled() and x.requires_grad)):
+        return dequantize_block(q, s, (block, block), x.dtype, out=scratch(q.shape, x.dtype, q.device))
+    return weight_dequant(q, s, block, x.dtype)
 
 
 # ---------------------------------------------------------------------------------- triton kernels

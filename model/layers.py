@@ -15,7 +15,7 @@ from torch import nn
 from . import gemm
 from .args import ModelArgs
 from .fp8 import quantize_block
-from .kernels import fp8_linear, resolve_impl, weight_dequant
+from .kernels import dequant_for_gemm, fp8_linear, resolve_impl, weight_dequant
 
 
 # True / False force the path (tests, benchmarks); None: model/gemm.py's choice, measured on this
@@ -147,7 +147,7 @@ class Linear(nn.Module):
             raise RuntimeError(f"FP8-resident Linear holds a {self.weight.dtype} weight (was the model cast "
                                "with .to(dtype)? that drops FP8 storage; cast only floating activations)")
         if not self.quantise_activations:
-            return dense_linear(x, weight_dequant(self.weight, self.weight_scale_inv, self.block, x.dtype))
+            return dense_linear(x, dequant_for_gemm(self.weight, self.weight_scale_inv, self.block, x))
         acc = fp8_sum_dtype(x.device) if self.row_parallel else torch.float32
         out = torch.promote_types(acc, wide(x.dtype)) if self.wide_output else x.dtype
         return fp8_linear(x, self.weight, self.weight_scale_inv, self.block, self.scale_fmt,

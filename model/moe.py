@@ -13,7 +13,7 @@ from torch import nn
 from .args import ModelArgs
 from .hooks import HookPoint
 from .fp8 import quantize_block
-from .kernels import act_quant, fp8_gemm, weight_dequant
+from .kernels import act_quant, dequant_for_gemm, fp8_gemm
 from .layers import ONEDNN_ROW_BUCKET, Linear, dense_linear, fp8_sum_dtype, uses_onednn, wide
 
 
@@ -177,7 +177,7 @@ class Experts(nn.Module):
         if w.dtype != torch.float8_e4m3fn:
             raise RuntimeError(f"FP8-resident experts hold a {w.dtype} {name} (was the model cast with .to(dtype)?)")
         if not self.quantise_activations:  # weight-only FP8: this expert's weight dequantised for the GEMM
-            return dense_linear(x, weight_dequant(w, s[le], self.block, x.dtype))
+            return dense_linear(x, dequant_for_gemm(w, s[le], self.block, x))
         if xq is None:
             xq = act_quant(x, self.block, self.scale_fmt)
         return fp8_gemm(*xq, w, s[le], self.block, out_dtype or x.dtype)

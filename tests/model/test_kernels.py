@@ -152,6 +152,43 @@ def test_fp8_gemm_float64_sum_does_not_depend_on_the_split_of_k(k):
     assert differ > 0.05
 
 
+def test_twin_dequantises_into_one_reused_scratch_buffer():
+    """The torch twins dequantise a weight into one reused buffer (a fresh ~60 MB tensor's first touch
+    costs as much as the conversion): the products equal a freshly allocated dequantisation's."""
+    g = gen(7)
+    a, _ = K.act_quant(torch.randn(6, 384, generator=g), impl="torch")
+    a_s = K.act_quant(torch.randn(6, 384, generator=g), impl="torch")[1]
+    weights = [quantize_block(torch.randn(256, 384, generator=g)) for _ in range(3)]
+    K.release_scratch()
+    ptrs = set()
+    for wq, ws in weights:
+        got = K.fp8_gemm(a, a_s, wq, ws, out_dtype=torch.float32, impl="torch")
+        ref = (a.float() * a_s.repeat_interleave(128, -1)) @ K.weight_dequant(wq, ws, dtype=torch.float32).T
+        assert torch.equal(got, ref)
+        ptrs.add(K.scratch((1,), torch.float32, torch.device("cpu")).data_ptr())
+    assert len(ptrs) == 1  # one buffer for all three
+    big = K.scratch((1024, 1024), torch.float64, torch.device("cpu"))  # grows for a larger request
+    assert big.shape == (1024, 1024) and big.dtype == torch.float64
+    K.release_scratch()
+
+
+def test_dequant_for_gemm_allocates_when_autograd_keeps_the_weight():
+    wq, ws = quantize_block(torch.randn(256, 256, generator=gen(8)))
+    x = torch.randn(4, 256, requires_grad=True)
+    K.release_scratch()
+    with torch.no_grad():
+        w = K.dequant_for_gemm(wq, ws, 128, x)
+    assert w.data_ptr() == K.scratch((1,), torch.float32, w.device).data_ptr()  # the scratch buffer
+    kept = K.dequant_for_gemm(wq, ws, 128, x)  # x needs a gradient: F.linear saves the weight
+    assert kept.data_ptr() != K.scratch((1,), torch.float32, w.device).data_ptr()
+    assert torch.equal(kept, K.weight_dequant(wq, ws, dtype=torch.float32))
+    y = torch.nn.functional.linear(x, kept)
+    K.dequant_for_gemm(*quantize_block(torch.randn(256, 256)), 128, x.detach())  # reuses scratch meanwhile
+    y.sum().backward()
+    assert torch.allclose(x.grad, K.weight_dequant(wq, ws, dtype=torch.float32).sum(0).expand(4, -1), atol=1e-4)
+    K.release_scratch()
+
+
 def test_weight_dequant_torch_stacked_experts():
     w = torch.randn(3, 200, 136, generator=gen(5))
     pairs = [quantize_block(we) for we in w]
