@@ -9,6 +9,9 @@ picks one of the two:
     y = fp8_gemm(q, s, wq, ws, acc_dtype=torch.float64)   # torch twin: a sum independent of K's split
     y = fp8_linear(x, wq, ws)                 # act_quant then fp8_gemm, output in x.dtype
 
+The torch twins dequantise a weight for one GEMM into a reused per-thread buffer (`scratch`; on a CPU
+a fresh 60 MB tensor's first touch costs as much as the conversion), `release_scratch()` frees it.
+
 The switch: `impl="auto" | "triton" | "torch"` on every call, else the `DSV3_KERNELS` environment
 variable, else "auto" = Triton for CUDA tensors when the `triton` package is installed, torch
 otherwise. "triton" on CPU tensors runs only under `TRITON_INTERPRET=1` (Triton's interpreter;
