@@ -31,7 +31,7 @@ def dequantize_block(q: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int,
                          f"in {block[0]}x{block[1]} blocks (expected {expect})")
     o, i = q.shape[-2:]
     work = torch.float64 if dtype == torch.float64 else torch.float32
-    if out is not None and (out.dtype != work or out.dtype != dtype or out.shape != q.shape):
+    if out is not None and (dtype != work or out.dtype != dtype or out.shape != q.shape):
         raise ValueError(f"out must be {dtype} of shape {tuple(q.shape)}, got {out.dtype} {tuple(out.shape)}")
     if o % block[0] == 0 and i % block[1] == 0:
         # whole blocks: convert once, scale in place through a broadcast view (no elementwise scale

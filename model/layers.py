@@ -76,6 +76,12 @@ def fp8_sum_dtype(device: torch.device) -> torch.dtype:
     return torch.float64 if LAYOUT_FREE_SUMS and resolve_impl(None, device) == "torch" else torch.float32
 
 
+def fp8_wide(device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    """The dtype a layout-free FP8 sum of `dtype` activations is kept in until its one rounding:
+    fp8_sum_dtype, and never narrower than wide(dtype)."""
+    return torch.promote_types(fp8_sum_dtype(device), wide(dtype))
+
+
 class Embedding(nn.Embedding):
     """nn.Embedding that skips its random init on the meta device: torch's normal_ there imports
     torch._dynamo, 1.3-1.7 s added to every model.load (which builds the model on meta first)."""
@@ -149,7 +155,7 @@ class Linear(nn.Module):
         if not self.quantise_activations:
             return dense_linear(x, dequant_for_gemm(self.weight, self.weight_scale_inv, self.block, x))
         acc = fp8_sum_dtype(x.device) if self.row_parallel else torch.float32
-        out = torch.promote_types(acc, wide(x.dtype)) if self.wide_output else x.dtype
+        out = fp8_wide(x.device, x.dtype) if self.wide_output else x.dtype
         return fp8_linear(x, self.weight, self.weight_scale_inv, self.block, self.scale_fmt,
                           out_dtype=out, acc_dtype=acc)
 

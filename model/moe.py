@@ -14,7 +14,7 @@ from .args import ModelArgs
 from .hooks import HookPoint
 from .fp8 import quantize_block
 from .kernels import act_quant, dequant_for_gemm, fp8_gemm
-from .layers import ONEDNN_ROW_BUCKET, Linear, dense_linear, fp8_sum_dtype, uses_onednn, wide
+from .layers import ONEDNN_ROW_BUCKET, Linear, dense_linear, fp8_wide, uses_onednn, wide
 
 
 class MLP(nn.Module):
@@ -141,7 +141,7 @@ class Experts(nn.Module):
         # on the CPU, see model.layers.LAYOUT_FREE_SUMS) and rounded once at the end; under expert
         # parallelism the wide partial sums are all-reduced first (model.parallel)
         fp8_in = (self.w1_scale_inv is not None or self.w3_scale_inv is not None) and self.quantise_activations
-        acc = torch.promote_types(fp8_sum_dtype(x_TD.device), wide(x_TD.dtype)) if fp8_in else wide(x_TD.dtype)
+        acc = fp8_wide(x_TD.device, x_TD.dtype) if fp8_in else wide(x_TD.dtype)
         out_TD = torch.zeros(x_TD.shape, dtype=acc, device=x_TD.device)
         # NOTE: one expert at a time, gathering and scattering only its own tokens: no [T*K, D]
         # temporaries (on CPU their allocation and first touch cost more than the GEMMs).

@@ -11,6 +11,7 @@ replicas share the batches, and the first rank of each replica writes.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import os
 import sys
@@ -213,8 +214,6 @@ def closed_pipe_quiet(main):
     """Decorator for a command's main(): when the reader of its output stops early (`... | head`),
     end with exit status 141 (128 + SIGPIPE, as a shell reports it) instead of a BrokenPipeError
     traceback, and point stdout at /dev/null so that the interpreter's last flush cannot fail."""
-    import functools
-
     @functools.wraps(main)
     def wrapped(*args, **kwargs):
         try:
