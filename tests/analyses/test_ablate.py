@@ -235,6 +235,7 @@ def _cli(env, out, *extra):
             "--batch-size", "4", "--max-tokens", "3000", "--no-progress", *extra]
 
 
+@pytest.mark.slow  # a whole app or command: the quick loop leaves it out
 def test_cli_end_to_end_writes_the_ablations_table(probe_env, tmp_path, capsys):
     spec = tmp_path / "sweep.yaml"
     spec.write_text("- {name: top2, top: 2}\n- {name: random2, random: 2, seed: 3}\n"
@@ -259,6 +260,7 @@ def test_cli_end_to_end_writes_the_ablations_table(probe_env, tmp_path, capsys):
                                                                     "top1", "top1-control"}
 
 
+@pytest.mark.slow  # a whole app or command: the quick loop leaves it out
 def test_cli_with_a_recorded_run_uses_its_loads(probe_env, tmp_path):
     from probe.record import RecordOptions, record
 

@@ -7,9 +7,7 @@ import os
 import time
 from pathlib import Path
 
-import nbformat
 import pytest
-from nbclient import NotebookClient
 
 from helpers.analysis_runs import small_run
 
@@ -30,6 +28,9 @@ def run_dir(tmp_path_factory):
 
 
 def test_every_notebook_is_there_and_stored_without_outputs():
+    import nbformat  # NOTE: imported where used: nbformat takes seconds to import, which every pytest
+    # worker would pay while collecting, `-m "not slow"` too
+
     assert sorted(p.stem for p in NB_DIR.glob("*.ipynb")) == sorted(NAMES)
     for name in NAMES:
         nb = nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
@@ -45,6 +46,9 @@ def test_every_notebook_is_there_and_stored_without_outputs():
 
 def _execute(name: str, run_dir) -> tuple:
     """Run one notebook top to bottom in its own kernel: (notebook, seconds, exception or None)."""
+    import nbformat
+    from nbclient import NotebookClient
+
     nb = nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
     t = time.perf_counter()
     try:

@@ -38,6 +38,7 @@ def test_every_page_on_a_recorded_run(runs):
     assert len(at.dataframe) >= 2 and any("window" in m.value for m in at.markdown)
 
 
+@pytest.mark.slow  # a whole app or command: the quick loop leaves it out
 def test_widgets_change_the_view(runs):
     at = open_page(app(runs["good"], "demo"), "specialisation")
     at.radio(key="sp_view").set_value("share").run()
@@ -50,6 +51,7 @@ def test_widgets_change_the_view(runs):
     assert not at.exception and not at.error and len(at.get("plotly_chart")) >= 2
 
 
+@pytest.mark.slow  # a whole app or command: the quick loop leaves it out
 def test_training_runs(runs):
     at = app(runs["good"], "train-demo")
     for page in ("overview", "load_balance", "training"):

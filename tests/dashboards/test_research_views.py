@@ -39,6 +39,7 @@ def chart_titles(at) -> list[str]:
     return [(json.loads(c.proto.spec)["layout"].get("title") or {}).get("text", "") for c in at.get("plotly_chart")]
 
 
+@pytest.mark.slow  # a whole app or command: the quick loop leaves it out
 def test_expert_paths(runs):
     from analyses.metrics import common_paths, domain_information, path_summary, routes_from_run
 
@@ -66,6 +67,7 @@ def test_expert_paths(runs):
     assert not any("expert paths" in t for t in chart_titles(at))
 
 
+@pytest.mark.slow  # a whole app or command: the quick loop leaves it out
 def test_token_dependence(runs, tmp_path):
     from analyses.metrics import token_dependence_from_run
 
@@ -95,6 +97,7 @@ def _shift_windows(run, by: int) -> None:
             pq.write_table(tab.set_column(i, "seq_id", pc.add(tab.column(i), by)), f)
 
 
+@pytest.mark.slow  # a whole app or command: the quick loop leaves it out
 def test_run_vs_run(runs, tmp_path):
     from analyses.metrics import route_changes_from_runs, routing_agreement_from_runs
 
@@ -128,6 +131,7 @@ def test_run_vs_run(runs, tmp_path):
     assert metric(at, "Same top-1 expert") == "100.0%"
 
 
+@pytest.mark.slow  # a whole app or command: the quick loop leaves it out
 def test_causal_importance(runs):
     from scipy.stats import spearmanr
 

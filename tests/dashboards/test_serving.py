@@ -106,6 +106,7 @@ def test_serving_window_and_layout_change_the_plan(imported):
     assert at.selectbox(key="sv_gpus").value in (2, 3, 6, 9, 18) and not at.error and not at.exception
 
 
+@pytest.mark.slow  # a whole app or command: the quick loop leaves it out
 def test_every_page_on_imported_runs(imported):
     for run in ("stat", "per_token"):
         at = app(imported["runs"], run)

@@ -127,7 +127,9 @@ def browse(runs_dir: Path, out_dir: Path, pages: dict = PAGES, run: str | None =
                 page.goto(server.url)
             for path, (title, n) in pages.items():
                 url = f"{server.url}/{path}" + (f"?run={run}" if run else "")
+                t = time.time()
                 found[path or "overview"] = open_page(page, url, title, n, settle_ms=settle_ms)
+                found[path or "overview"]["seconds"] = round(time.time() - t, 1)
                 shoot(page, out_dir / ((path or "overview") + ".png"), width, height, settle_ms=settle_ms)
             browser.close()
     finally:
@@ -157,7 +159,8 @@ def test_every_page_in_a_real_browser(runs, tmp_path_factory, capsys):
     t = time.time()
     found = browse(runs["good"], out, settle_ms=250)
     with capsys.disabled():  # shown even when pytest captures output
-        print(f"\nscreenshots of every page: {out} ({time.time() - t:.1f} s)")
+        print(f"\nscreenshots of every page: {out} ({time.time() - t:.1f} s; seconds to open each: "
+              + ", ".join(f"{k} {v['seconds']}" for k, v in found.items() if k != "_js_errors") + ")")
     assert found.pop("_js_errors") == []
     for page, f in found.items():
         assert f["errors"] == 0 and not f["error_text"], (page, f)
