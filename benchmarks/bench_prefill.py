@@ -7,8 +7,9 @@ Both models run in this one process on the same checkpoint (written by transform
 `model.load`), alternating, after a warm-up, each repeat on a fresh random batch. Ours is timed three ways: hook points present with
 nothing attached; a no-op hook attached to every hook point except the opt-in attention pattern
 ("attached but idle"); and with the attention pattern hooked (materialised). Printed: median
-tokens/s and the ratio to transformers, and the best-of-N times (less sensitive to a noisy
-machine). Target: ours >= 1.3x transformers with idle hooks.
+tokens/s and the ratio to transformers, the best-of-N times, and the paired ratio: the median over
+repeats of the two times measured in the same repeat (the least sensitive to a shared machine whose
+speed drifts). Target: ours >= 1.3x transformers with idle hooks.
 
 Our float32 CPU GEMMs go through whichever of oneDNN and F.linear model/gemm.py measured faster on
 this machine (printed, with why); transformers' through F.linear (MKL or OpenBLAS sgemm). The last
@@ -133,10 +134,14 @@ def report(ns, results: dict, err: float, chosen) -> None:
           f"{CONFIG['n_routed_experts']} experts top-{CONFIG['num_experts_per_tok']})")
     print(f"logits max |diff| / max |logit| = {err:.2e}")
     best = min(results["transformers"])
-    print(f"{'':36} {'median s':>9} {'tokens/s':>10} {'vs transformers':>16} {'best s':>8} {'best vs best':>13}")
+    print(f"{'':36} {'median s':>9} {'tokens/s':>10} {'vs transformers':>16} {'best s':>8} {'best vs best':>13} "
+          f"{'paired':>7}")
     for name, ts in results.items():
         t, b = statistics.median(ts), min(ts)
-        print(f"{name:36} {t:9.4f} {n_tok / t:10.0f} {base / t:15.2f}x {b:8.4f} {best / b:12.2f}x")
+        # paired: the median over repeats of transformers' time / this case's time in the same repeat (same
+        # batch, seconds apart), which a drift in the shared machine's speed moves less than the others
+        paired = statistics.median(h / c for h, c in zip(results["transformers"], ts))
+        print(f"{name:36} {t:9.4f} {n_tok / t:10.0f} {base / t:15.2f}x {b:8.4f} {best / b:12.2f}x {paired:6.2f}x")
     med = {name: statistics.median(ts) for name, ts in results.items()}
     better = min(med["ours, idle hooks, oneDNN forced"], med["ours, idle hooks, F.linear forced"])
     print(f"chosen path ({chosen.path}) vs the better forced path: {better / med['ours (no-op hooks attached)']:.2f}x "
