@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -347,22 +345,3 @@ def test_cli_errors(demo_dir, tmp_path, capsys):
         assert err.startswith("error: ") and msg in err and err.count("\n") == 1, err
 
 
-@pytest.mark.slow
-def test_torchrun_two_ranks_print_once(demo_dir, tmp_path):
-    """Under torchrun (gloo, 2 ranks) the batch runs on both ranks in step; rank 0 alone prints."""
-    f = tmp_path / "prompts.jsonl"
-    f.write_text('{"prompt": "one"}\n{"prompt": "two two"}\n')
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "generate",
-           "--ckpt", str(demo_dir), "--prompt-file", str(f), "--max-new-tokens", "4", "--mtp"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    # the same completions as one process, each printed once
-    import model
-    from model import ModelArgs
-    codec = load_codec(demo_dir, ModelArgs.from_hf_config(demo_dir))
-    res = generate(model.load(demo_dir), [codec.encode(t) for t in ("one", "two two")], max_new_tokens=4,
-                   stop_ids=codec.stop_ids, mtp=True)
-    for i, text in enumerate(("one", "two two")):
-        assert proc.stdout.count(f"[{i}] {text}\n{codec.decode(res.tokens[i])}\n") == 1, proc.stdout
-    assert proc.stderr.count("MTP drafts accepted") == 1

@@ -352,6 +352,10 @@ def test_generate_under_torchrun_is_sharded_and_equals_single_process(tmp_path):
     for mtp in (True, False):  # greedy MTP decoding == plain greedy == the sharded run
         ref = generate(single, prompts, max_new_tokens=6, stop_ids=codec.stop_ids, mtp=mtp)
         assert [r["tokens"] for r in rows] == ref.tokens
+    # rank 0 alone prints: each completion once, one summary line
+    for i, text in enumerate(texts):
+        assert proc.stdout.count(f"[{i}] {text}\n{codec.decode(rows[i]['tokens'])}\n") == 1, proc.stdout
+    assert proc.stderr.count("MTP drafts accepted") == 1, proc.stderr[-2000:]
 
     empty = tmp_path / "empty.txt"
     empty.write_text("\n")
