@@ -157,7 +157,7 @@ def test_every_page_in_a_real_browser(runs, tmp_path_factory, capsys):
         pytest.skip(msg)
     out = Path(os.environ.get("DSV3_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
     t = time.time()
-    found = browse(runs["good"], out, settle_ms=250)
+    found = browse(runs["good"], out, settle_ms=100)
     with capsys.disabled():  # shown even when pytest captures output
         print(f"\nscreenshots of every page: {out} ({time.time() - t:.1f} s; seconds to open each: "
               + ", ".join(f"{k} {v['seconds']}" for k, v in found.items() if k != "_js_errors") + ")")
