@@ -23,7 +23,6 @@ class ParallelError(ConfigError):
     """A layout that cannot be sharded (one line naming the field, its value and the world size)."""
 
 
-
 @dataclass(frozen=True)
 class Shards:
     """This process's place: `rank` of `world`, and the process group joining them (None when
