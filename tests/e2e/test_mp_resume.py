@@ -48,14 +48,11 @@ def _worker_pids(launcher: int) -> dict[int, int]:
     return out
 
 
-@pytest.mark.parametrize("victim", [0, 1])
-def test_two_ranks_one_sharded_model_then_kill_and_resume(env, single, tmp_path, victim):
-    """`--model-parallel 2` on 2 ranks: one rank (the writer, rank 0, or the other) is killed
-    mid-run; the survivor notices, marks the run interrupted and stops within 60 s; --resume
-    finishes it, equal to one process."""
-    out = tmp_path / "run"
-    proc = torchrun(2, *record_args(env, out, "--model-parallel", "2", "--commit-every", "2"), popen=True)
-    wait_for_commits(proc, out, done=3)
+def _launch_and_kill(env, out: Path, victim: int, after: int, *extra: str) -> None:
+    """Start the sharded record job on 2 ranks, SIGKILL rank `victim` once rank 0 has committed batch
+    `after`; the survivor must notice, mark the run interrupted and the launch end within 60 s."""
+    proc = torchrun(2, *record_args(env, out, "--model-parallel", "2", "--commit-every", "2", *extra), popen=True)
+    wait_for_commits(proc, out, done=after)
     assert proc.poll() is None, "the run finished before it could be killed: " + proc.stderr.read()[-2000:]
     pids = _worker_pids(proc.pid)
     assert sorted(pids) == [0, 1], pids
@@ -69,13 +66,24 @@ def test_two_ranks_one_sharded_model_then_kill_and_resume(env, single, tmp_path,
     assert f"rank {1 - victim} of 2 stopped" in err and "is marked interrupted (continue with --resume)" in err, \
         err[-3000:]
     assert not our_frames(err)  # one line from our rank, no traceback of ours
+    assert probe.open_run(out).status == "interrupted"
+
+
+def test_two_ranks_one_sharded_model_killed_twice_then_resumed(env, single, tmp_path):
+    """`--model-parallel 2` on 2 ranks: the writer (rank 0) is killed mid-run; the resumed run loses
+    its other rank later; a second --resume finishes it, equal to one process. (One run through both
+    kills: three launches where two runs took four.)"""
+    out = tmp_path / "run"
+    _launch_and_kill(env, out, 0, 3)
+    first = len(probe.open_run(out).df("tokens"))
+    assert 0 < first < 1200
+    _launch_and_kill(env, out, 1, 9, "--resume")
     partial = probe.open_run(out)
-    assert partial.status == "interrupted"
-    assert 0 < len(partial.df("tokens")) < 1200
+    assert partial.info["resumed"] == 1 and first < len(partial.df("tokens")) < 1200
     p = torchrun(2, *record_args(env, out, "--model-parallel", "2", "--resume"))
     assert p.returncode == 0, p.stderr[-3000:]
     done = probe.open_run(out)
-    assert done.status == "complete" and done.info["resumed"] == 1
+    assert done.status == "complete" and done.info["resumed"] == 2
     assert done.info["world"]["model_parallel"] == 2 and done.info["world"]["replicas"] == 1
     assert_same_tables(done, single["rec"], TABLES)
 
