@@ -44,16 +44,23 @@ def test_every_notebook_is_there_and_stored_without_outputs():
         assert "default_run()" in code[0].source
 
 
-def _execute(name: str, run_dir) -> tuple:
-    """Run one notebook top to bottom in its own kernel: (notebook, seconds, exception or None)."""
+def _execute(name: str, km, fresh: bool) -> tuple:
+    """Run one notebook top to bottom in the kernel of `km` (started by the first notebook it runs;
+    `fresh` = no notebook ran in it before, else its namespace is reset first): (notebook, seconds,
+    exception or None)."""
     import nbformat
     from nbclient import NotebookClient
 
+    def client(nb):
+        return NotebookClient(nb, km=km, kernel_name="python3", timeout=240,
+                              resources={"metadata": {"path": str(NB_DIR)}})
+
+    if not fresh:  # as a new kernel: no variable, import or figure of the notebook before
+        client(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("%reset -f")])).execute()
     nb = nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
     t = time.perf_counter()
     try:
-        NotebookClient(nb, kernel_name="python3", timeout=240,
-                       resources={"metadata": {"path": str(NB_DIR)}}).execute()
+        client(nb).execute()
         err = None
     except Exception as e:  # noqa: BLE001 - reported by the notebook's own test
         err = e
@@ -65,25 +72,59 @@ def executed(run_dir):
     """Every notebook executed, two kernels at a time (each runs on one thread; CI has two cores):
     the notebooks that write into the run (ablations, importance, steering) one after another as one
     task, so that no two of them update its run.json at once; the others each a task of their own,
-    taken by whichever kernel slot is free."""
+    taken by whichever kernel is free.
+
+    NOTE: a kernel runs several notebooks, its namespace reset (`%reset -f`) between them, instead of
+    a kernel each: starting a kernel and importing torch, pandas and plotly into it was most of a
+    notebook's time (the ten took 55 s in all with a kernel each, 20 s this way). Modules stay
+    imported; every name a notebook uses it must still define itself (a name left by the notebook
+    before fails, checked by hand)."""
     from concurrent.futures import ThreadPoolExecutor
+    from queue import Queue
+
+    from jupyter_client.manager import AsyncKernelManager
 
     env = {"DSV3_NOTEBOOK_RUN": str(run_dir), "DSV3_NOTEBOOK_ABLATION_TOKENS": "600",
            "DSV3_NOTEBOOK_IMPORTANCE_EXPERTS": "0-3",  # 12 removals instead of 96
            "OMP_NUM_THREADS": "1"}  # steady on a shared CPU
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
+    kernels: Queue = Queue()
+    for _ in range(2):
+        kernels.put(AsyncKernelManager(kernel_name="python3"))
+    used: set[int] = set()
+
+    def task(names):
+        km = kernels.get()
+        try:
+            out = {}
+            for n in names:
+                out[n] = _execute(n, km, fresh=id(km) not in used)
+                used.add(id(km))
+            return out
+        finally:
+            kernels.put(km)
+
     try:
         tasks = [[n for n in NAMES if n in WRITERS]] + [[n] for n in NAMES if n not in WRITERS]
         with ThreadPoolExecutor(max_workers=2) as pool:
-            done = pool.map(lambda names: {n: _execute(n, run_dir) for n in names}, tasks)
+            done = pool.map(task, tasks)
             return {k: v for part in done for k, v in part.items()}
     finally:
+        while not kernels.empty():
+            _shutdown(kernels.get())
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def _shutdown(km) -> None:
+    from nbclient.util import run_sync
+
+    if km.has_kernel:
+        run_sync(km.shutdown_kernel)(now=True)
 
 
 @pytest.mark.parametrize("name", NAMES)
