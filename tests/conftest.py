@@ -47,24 +47,23 @@ def probe_env(tmp_path_factory):
     return {"base": base, "corpus": corpus, "ckpt": ckpt}
 
 
-# The suite's longest files, longest first (seconds each on a 2-core machine, from `--durations`): xdist
+# The suite's longest files, longest first (seconds per file in a full run on a 2-core machine): xdist
 # (`--dist loadfile --no-loadscope-reorder`, pyproject.toml) hands out whole files in collection order, the
 # next to whichever worker is free, so these go first and the many short files fill in at the end: the
 # two workers then finish within seconds of each other. (xdist's own order, most tests first, left the
 # browser test, one test of ~40 s, for last, and one worker idle meanwhile.) A file missing here only
 # runs later; the order changes no result.
 LONGEST_FIRST = [
-    "analyses/test_notebooks.py",  # ~55 s: ten notebook kernels
+    "e2e/test_dashboard_e2e.py",  # ~45 s: streamlit and chromium
+    "dashboards/test_dashboard.py",  # ~40 s: every page, several runs
     "e2e/test_mp_resume.py",  # ~40 s: torchrun launches killed and resumed
-    "e2e/test_dashboard_e2e.py",  # ~40 s: streamlit and chromium
-    "e2e/test_mp_jobs.py",  # ~33 s: a four-rank launch of five jobs
-    "dashboards/test_dashboard.py",  # ~30 s
-    "probe/test_record.py",  # ~25 s
-    "model/test_parallel.py",  # ~25 s
-    "train/test_train.py",  # ~20 s
-    "model/test_tensor_reader.py",  # ~15 s
-    "analyses/test_ablate.py", "analyses/test_report.py",  # ~12 s each
-    "dashboards/test_research_views.py", "dashboards/test_serving.py",  # ~9 s each
+    "probe/test_record.py",  # ~35 s
+    "analyses/test_notebooks.py",  # ~35 s: ten notebooks in two kernels
+    "e2e/test_mp_jobs.py",  # ~30 s: a four-rank launch of five jobs
+    "model/test_parallel.py",  # ~30 s
+    "train/test_train.py",  # ~25 s
+    "analyses/test_report.py", "analyses/test_ablate.py",  # ~15 s each
+    "dashboards/test_research_views.py", "model/test_tensor_reader.py", "dashboards/test_serving.py",  # ~10 s
 ]
 
 
