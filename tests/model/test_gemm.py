@@ -96,7 +96,9 @@ def test_whole_model_agrees_with_and_without_onednn(monkeypatch):
 @needs_onednn
 def test_experts_pad_rows_to_the_bucket_and_compute_the_same(monkeypatch):
     """Each expert's rows are padded to a multiple of ONEDNN_ROW_BUCKET for oneDNN (a bounded set of
-    kernel shapes); the result equals the unpadded F.linear computation."""
+    kernel shapes), all experts' rows in one gathered layout (Experts._onednn_padded); the result is
+    bit-equal to the expert-at-a-time loop on oneDNN, with all experts or an expert-parallel slice,
+    and equals the unpadded F.linear computation to rounding."""
     from model import ModelArgs
     from model.moe import Experts
 
@@ -121,6 +123,14 @@ def test_experts_pad_rows_to_the_bucket_and_compute_the_same(monkeypatch):
             fast = ex(x, w, ids)
         rows = [e.input_shapes[0][0] for e in p.events() if e.name == "mkldnn::_linear_pointwise"]
         assert len(rows) == 3 * 8 and all(r % layers.ONEDNN_ROW_BUCKET == 0 for r in rows), rows
+        # the padded layout is an arrangement only: bit-equal to one expert at a time on the same GEMMs
+        A = ids.flatten().argsort(stable=True)
+        args_loop = (x, w.flatten()[A], A // 2, counts.tolist(), False, torch.float32)
+        assert torch.equal(fast, ex._one_expert_at_a_time(*args_loop))
+        ex.expert_range = (2, 6)  # expert parallelism: this rank's experts only
+        part = ex(x, w, ids)
+        assert torch.equal(part, ex._one_expert_at_a_time(*args_loop)) and not torch.equal(part, fast)
+        ex.expert_range = (0, 8)
         monkeypatch.setattr(layers, "ONEDNN_LINEAR", False)
         plain = ex(x, w, ids)
     torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
