@@ -175,6 +175,10 @@ def main() -> None:
 
     chosen = gemm.choice((ns.batch * ns.seq_len, CONFIG["hidden_size"], CONFIG["moe_intermediate_size"]))
     print(f"our float32 GEMM path: {chosen.path} ({chosen.source}: {chosen.reason})")
+    if chosen.path == "onednn":
+        ex = gemm.experts_choice(CONFIG["hidden_size"], CONFIG["moe_intermediate_size"])
+        print(f"routed experts: {'padded oneDNN layout' if ex.path == 'onednn' else 'F.linear, one at a time'} "
+              f"({ex.source}: {ex.reason})")
     batch = {"tokens": tokens}
     cases = make_cases(hf, ours, batch)
     report(ns, time_cases(cases, batch, ns.repeats), err, chosen)

@@ -10,8 +10,12 @@ chose differently (the ranks of one job, a run and its resume) would not compute
 forces the choice; `DSV3_GEMM_CACHE=0` measures afresh every process without reading or writing
 the cache.
 
+Where oneDNN is chosen, the routed experts get a choice of their own per expert shape
+(`experts_choice`): their GEMMs are small, and which library is faster depends on their size.
+
     from model import gemm
     gemm.choice()            # GemmChoice(path='onednn', source='measured', reason='...', ...)
+    gemm.experts_choice(192, 64)   # GemmChoice(path='linear', ...): the bundled model's experts
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import json
 import os
 import platform
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -71,14 +76,19 @@ def onednn_available() -> bool:
 def _time_both(x: torch.Tensor, w: torch.Tensor) -> dict[str, float]:
     """Median seconds of each path on one shape, their calls interleaved (ABAB..., the order swapped
     every round) so that a drift in the machine's speed (other jobs, clocks) hits both alike."""
-    fns = {"onednn": _onednn, "linear": F.linear}
+    return _interleaved({"onednn": lambda: _onednn(x, w), "linear": lambda: F.linear(x, w)})
+
+
+def _interleaved(fns: dict) -> dict[str, float]:
+    """Median seconds of each of the calls `fns` ({path: fn}), after a warm-up call each (oneDNN
+    compiles a kernel per shape), interleaved ABAB..., the order swapped every round."""
     for fn in fns.values():
-        fn(x, w)  # warm-up: oneDNN compiles a kernel per shape
+        fn()
     ts: dict[str, list[float]] = {p: [] for p in fns}
     for i in range(REPEATS):
         for p in (PATHS if i % 2 == 0 else PATHS[::-1]):
             t0 = time.perf_counter()
-            fns[p](x, w)
+            fns[p]()
             ts[p].append(time.perf_counter() - t0)
     return {p: sorted(v)[len(v) // 2] for p, v in ts.items()}
 
@@ -110,19 +120,34 @@ def _key() -> str:
 def decide(shapes: list[tuple[int, int, int]]) -> GemmChoice:
     """The choice for this machine: forced by DSV3_ONEDNN, read from the cache, or measured on `shapes`
     (and cached)."""
-    base = dict(cpu=cpu_model(), torch=torch.__version__, threads=torch.get_num_threads())
+    base = _base()
+    return _forced(base) or _cached_or_measured(_key(), lambda: measure(shapes), f"{len(shapes)} GEMM shapes", base)
+
+
+def _base() -> dict:
+    return dict(cpu=cpu_model(), torch=torch.__version__, threads=torch.get_num_threads())
+
+
+def _forced(base: dict) -> GemmChoice | None:
+    """F.linear when this torch has no oneDNN; DSV3_ONEDNN's path when set; else None (measure)."""
     forced = os.environ.get("DSV3_ONEDNN")
     if not onednn_available():
         return GemmChoice("linear", "unavailable", "oneDNN's linear primitive is not in this torch build", **base)
     if forced in ("0", "1"):
         path = "onednn" if forced == "1" else "linear"
         return GemmChoice(path, "env", f"DSV3_ONEDNN={forced} forces {path}", **base)
+    return None
+
+
+def _cached_or_measured(key: str, timed, what: str, base: dict) -> GemmChoice:
+    """The cached choice under `key`, or the faster path of `timed()` ({path: seconds}) on `what`
+    (a tie keeps F.linear), cached under `key`."""
     use_cache = os.environ.get("DSV3_GEMM_CACHE", "1") != "0"
-    cached = _read_cache().get(_key()) if use_cache else None
+    cached = _read_cache().get(key) if use_cache else None
     if cached and cached.get("path") in PATHS:
         return GemmChoice(cached["path"], "cache", f"{cached.get('reason', '')} (cached in {_cache_file()})",
                           seconds=cached.get("seconds", {}), **base)
-    secs = measure(shapes)
+    secs = timed()
     path = min(PATHS, key=lambda p: secs[p])
     other = next(p for p in PATHS if p != path)
     ratio = secs[other] / max(secs[path], 1e-12)
@@ -130,11 +155,11 @@ def decide(shapes: list[tuple[int, int, int]]) -> GemmChoice:
     if tie:
         path, other = "linear", "onednn"
     reason = (f"measured on this CPU: {path} {secs[path] * 1e3:.2f} ms vs {other} {secs[other] * 1e3:.2f} ms "
-              f"({secs[other] / max(secs[path], 1e-12):.2f}x) on {len(shapes)} GEMM shapes"
+              f"({secs[other] / max(secs[path], 1e-12):.2f}x) on {what}"
               + (f"; a tie (within {TIE:.0%}): F.linear kept" if tie else ""))
     choice = GemmChoice(path, "measured", reason, seconds=secs, **base)
     if use_cache:  # every process of this machine (the ranks of a job too) then runs the same arithmetic
-        _write_cache(choice)
+        _write_cache(key, choice)
     return choice
 
 
@@ -146,13 +171,13 @@ def _read_cache() -> dict:
         return {}
 
 
-def _write_cache(choice: GemmChoice) -> None:
+def _write_cache(key: str, choice: GemmChoice) -> None:
     """Add this machine's choice to the cache file (temporary name, then rename; a failure to write
     only means measuring again next time)."""
     f = _cache_file()
     try:
         f.parent.mkdir(parents=True, exist_ok=True)
-        data = _read_cache() | {_key(): {"path": choice.path, "reason": choice.reason, "seconds": choice.seconds,
+        data = _read_cache() | {key: {"path": choice.path, "reason": choice.reason, "seconds": choice.seconds,
                                           "measured": time.time()}}
         tmp = f.with_name(f"{f.name}.tmp{os.getpid()}")
         tmp.write_text(json.dumps(data, indent=1) + "\n")
@@ -199,6 +224,72 @@ def current() -> GemmChoice | None:
 
 
 def reset() -> None:
-    """Forget this process's choice (the next GEMM decides again; tests and benchmarks)."""
+    """Forget this process's choices (the next GEMM decides again; tests and benchmarks)."""
     global _CHOICE
     _CHOICE = None
+    _EXPERTS.clear()
+
+
+# ------------------------------------------------------------------------- the routed experts
+EXPERT_ROWS = 128  # rows per expert that the experts' choice is timed at (a prefill's share)
+_EXPERTS: dict[tuple[int, int], GemmChoice] = {}
+
+
+def experts_choice(dim: int, inter: int) -> GemmChoice:
+    """How float32 routed experts of `dim` x `inter` weights run where oneDNN is the GEMM path (the
+    choice above): "onednn" = all experts' rows padded into one gather, oneDNN GEMMs, the SwiGLU
+    multiply fused (model.moe.Experts._onednn_padded); "linear" = one expert at a time on F.linear.
+
+    NOTE: oneDNN's lead depends on the size of the GEMM. On the 2-core AMD EPYC where oneDNN is the
+    main choice, one expert's SwiGLU ran 1.2-1.8x faster on F.linear at 192 x 64 (the bundled model),
+    and 1.0-1.1x faster on oneDNN at 512 x 256, 1.2-1.4x at 1024 x 512. So each expert shape is
+    timed on first use (one expert's SwiGLU at EXPERT_ROWS rows, the two ways interleaved, a few
+    ms) and cached beside the main choice under the machine's key and the shape; DSV3_ONEDNN forces
+    it too. Processes of one machine that start together take turns on a lock beside the cache: the
+    first measures, the others read its choice, so the ranks of a job compute alike."""
+    if (dim, inter) not in _EXPERTS:
+        base = _base()
+        made = _forced(base)
+        if made is None:
+            with _cache_lock():
+                made = _cached_or_measured(f"{_key()} | experts {dim}x{inter}", lambda: _time_swiglu(dim, inter),
+                                           f"one {dim} x {inter} expert's SwiGLU at {EXPERT_ROWS} rows", base)
+        _EXPERTS[(dim, inter)] = made
+    return _EXPERTS[(dim, inter)]
+
+
+def experts_made() -> dict[str, dict]:
+    """The experts' choices this process has made, by shape ("512x256": GemmChoice as a dict)."""
+    return {f"{d}x{i}": c.to_dict() for (d, i), c in _EXPERTS.items()}
+
+
+def _time_swiglu(dim: int, inter: int) -> dict[str, float]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(EXPERT_ROWS, dim, generator=g)
+    w1, w3, w2 = (torch.randn(inter, dim, generator=g), torch.randn(inter, dim, generator=g),
+                  torch.randn(dim, inter, generator=g))
+    op = torch.ops.mkldnn._linear_pointwise
+    with torch.no_grad():
+        return _interleaved({
+            "onednn": lambda: op(op.binary(x, F.silu(op(x, w1, None, "none", [], "")), w3, None, "mul"),
+                                 w2, None, "none", [], ""),
+            "linear": lambda: F.linear(F.silu(F.linear(x, w1)) * F.linear(x, w3), w2)})
+
+
+@contextmanager
+def _cache_lock():
+    """An exclusive lock on `gemm.json.lock` beside the cache (none where it cannot be made)."""
+    try:
+        import fcntl
+
+        f = _cache_file()
+        f.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(f.with_name(f.name + ".lock"), os.O_CREAT | os.O_RDWR)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

@@ -38,6 +38,14 @@ def uses_onednn(x: torch.Tensor, w: torch.Tensor) -> bool:
     return gemm.choice((x.numel() // x.shape[-1], w.shape[1], w.shape[0])).path == "onednn"
 
 
+def experts_on_onednn(dim: int, inter: int) -> bool:
+    """Whether float32 routed experts of dim x inter weights run in model.moe's padded oneDNN layout
+    (where uses_onednn holds): ONEDNN_LINEAR forces it, else model/gemm.py measures it per shape."""
+    if ONEDNN_LINEAR is not None:
+        return ONEDNN_LINEAR
+    return gemm.experts_choice(dim, inter).path == "onednn"
+
+
 def dense_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """x W^T for a dense weight. Float32 on the CPU with no gradient to track, and not tiny, goes
     through oneDNN's linear primitive (torch.ops.mkldnn._linear_pointwise, an op torch.compile's CPU

@@ -14,7 +14,7 @@ from .args import ModelArgs
 from .hooks import HookPoint
 from .fp8 import quantize_block
 from .kernels import act_quant, dequant_for_gemm, fp8_gemm
-from .layers import ONEDNN_ROW_BUCKET, Linear, dense_linear, fp8_wide, uses_onednn, wide
+from .layers import ONEDNN_ROW_BUCKET, Linear, dense_linear, experts_on_onednn, fp8_wide, uses_onednn, wide
 
 
 class MLP(nn.Module):
@@ -141,15 +141,32 @@ class Experts(nn.Module):
         # parallelism the wide partial sums are all-reduced first (model.parallel)
         fp8_in = (self.w1_scale_inv is not None or self.w3_scale_inv is not None) and self.quantise_activations
         acc = fp8_wide(x_TD.device, x_TD.dtype) if fp8_in else wide(x_TD.dtype)
-        if not fp8_in and len(self.w1) and uses_onednn(x_TD, self.w1[0]):
+        if not fp8_in and self._padding_pays(x_TD, counts):
             out_TD = self._onednn_padded(x_TD, w_A, tok_A, counts)
         else:
             out_TD = self._one_expert_at_a_time(x_TD, w_A, tok_A, counts, fp8_in, acc)
         return out_TD if self.wide_output else out_TD.to(x_TD.dtype)
 
+    def _padding_pays(self, x_TD: torch.Tensor, counts: list[int]) -> bool:
+        """Whether to run _onednn_padded: float32 GEMMs on oneDNN (model.layers.uses_onednn), experts
+        of a shape that runs faster there (measured per shape, model/gemm.py's experts_choice), and
+        the local experts that have tokens have ONEDNN_ROW_BUCKET rows each on average. A decode step
+        or an MTP verify pass gives an expert 1-3 rows: padded to 16 that was 16x the work, and the
+        MTP decode of benchmarks/bench_decode.py ran 1.4x slower than on F.linear."""
+        first, end = self.expert_range
+        local = [n for n in counts[first:end] if n]
+        if not local:
+            return False
+        mean = sum(local) // len(local)
+        _, inter, dim = self.w1.shape
+        return (mean >= ONEDNN_ROW_BUCKET and uses_onednn(x_TD[:mean], self.w1[0])
+                and experts_on_onednn(dim, inter))
+
     def _one_expert_at_a_time(self, x_TD, w_A, tok_A, counts: list[int], fp8_in: bool, acc) -> torch.Tensor:
         """The experts' weighted sum [T, D] in `acc`: for each local expert, gather its rows, run its
-        SwiGLU, scatter-add its outputs (FP8, bf16, F.linear and autograd: every path but one)."""
+        SwiGLU, scatter-add its outputs (FP8, bf16, F.linear, autograd, and few rows per expert: every
+        path but _onednn_padded's). Dense weights run F.linear here: oneDNN compiles a GEMM per row
+        count, and at a few rows F.linear is the faster (1.2-1.7x at 1-16 rows of these shapes)."""
         first, end = self.expert_range
         out_TD = torch.zeros(x_TD.shape, dtype=acc, device=x_TD.device)
         # NOTE: one expert at a time, gathering and scattering only its own tokens: no [T*K, D]
@@ -174,8 +191,8 @@ class Experts(nn.Module):
         rows copy token 0 and are scattered into a row that is dropped). Per expert: three GEMMs on
         row slices of it, silu(x W1^T) * (x W3^T) fused into the second (a oneDNN binary post-op) and
         one multiply by the routing weights; one scatter-add of all outputs at the end. Bit-equal to
-        _one_expert_at_a_time (tested), ~1.1x faster on a 32-expert layer (benchmarks/bench_prefill.py).
-        Returns [T, D] float32 (a view of the first T rows of a [T + 1, D] sum)."""
+        an expert-at-a-time loop on oneDNN (tested), ~1.1x faster than that on a 32-expert layer of
+        benchmarks/bench_prefill.py. Returns [T, D] float32 (the first T rows of a [T + 1, D] sum)."""
         first, end = self.expert_range
         T, dev = x_TD.shape[0], x_TD.device
         lo, hi = sum(counts[:first]), sum(counts[:end])  # this rank's experts' assignments, in sorted order
@@ -204,7 +221,7 @@ class Experts(nn.Module):
         writes `out_dtype` (default x's dtype; dense GEMMs always give x's dtype)."""
         w, s = getattr(self, name)[le], getattr(self, f"{name}_scale_inv")
         if s is None:
-            return dense_linear(x, w)
+            return F.linear(x, w)
         if w.dtype != torch.float8_e4m3fn:
             raise RuntimeError(f"FP8-resident experts hold a {w.dtype} {name} (was the model cast with .to(dtype)?)")
         if not self.quantise_activations:  # weight-only FP8: this expert's weight dequantised for the GEMM

@@ -468,7 +468,7 @@ def finish(out: Path, info: dict, status: str, opts, args, world, elapsed: float
     from model import gemm
 
     made = gemm.current()  # this rank's float32 CPU GEMM path (model/gemm.py), when it ran any
-    info["cpu_gemm"] = made.to_dict() if made is not None else None
+    info["cpu_gemm"] = made.to_dict() | {"experts": gemm.experts_made()} if made is not None else None
     info["timings"] = {"last_session_s": round(elapsed, 3), "finished": time.time()}
     if ranks:
         info["timings"]["load_s"] = max(r["load_s"] for r in ranks)

@@ -124,16 +124,37 @@ def test_experts_pad_rows_to_the_bucket_and_compute_the_same(monkeypatch):
         rows = [e.input_shapes[0][0] for e in p.events() if e.name == "mkldnn::_linear_pointwise"]
         assert len(rows) == 3 * 8 and all(r % layers.ONEDNN_ROW_BUCKET == 0 for r in rows), rows
         # the padded layout is an arrangement only: bit-equal to one expert at a time on the same GEMMs
-        A = ids.flatten().argsort(stable=True)
-        args_loop = (x, w.flatten()[A], A // 2, counts.tolist(), False, torch.float32)
-        assert torch.equal(fast, ex._one_expert_at_a_time(*args_loop))
+        assert torch.equal(fast, onednn_expert_loop(ex, x, w, ids))
         ex.expert_range = (2, 6)  # expert parallelism: this rank's experts only
         part = ex(x, w, ids)
-        assert torch.equal(part, ex._one_expert_at_a_time(*args_loop)) and not torch.equal(part, fast)
+        assert torch.equal(part, onednn_expert_loop(ex, x, w, ids)) and not torch.equal(part, fast)
         ex.expert_range = (0, 8)
         monkeypatch.setattr(layers, "ONEDNN_LINEAR", False)
         plain = ex(x, w, ids)
     torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+    # few rows an expert (40 tokens x top-2 over 8 experts: 10 on average; a decode step has 1-3): no
+    # padding to 16, F.linear one expert at a time
+    with torch.no_grad():
+        monkeypatch.setattr(layers, "ONEDNN_LINEAR", True)
+        few = x[:40]
+        assert layers.uses_onednn(few, ex.w1[0])  # the layer's GEMM size alone would have chosen oneDNN
+        assert "mkldnn::_linear_pointwise" not in ops_called(lambda: ex(few, w[:40], ids[:40]))
+        torch.testing.assert_close(ex(few, w[:40], ids[:40]), plain[:40], rtol=1e-5, atol=1e-5)
+
+
+def onednn_expert_loop(ex, x, w, ids) -> torch.Tensor:
+    """The reference for Experts._onednn_padded: each local expert's tokens in token order, its
+    SwiGLU on oneDNN without padding, scatter-added expert after expert."""
+    op = torch.ops.mkldnn._linear_pointwise
+    out = torch.zeros_like(x)
+    first, end = ex.expert_range
+    for e in range(first, end):
+        tok, k = (ids == e).nonzero(as_tuple=True)
+        if len(tok):
+            xe = x[tok]
+            h = F.silu(op(xe, ex.w1[e - first], None, "none", [], "")) * op(xe, ex.w3[e - first], None, "none", [], "")
+            out.index_add_(0, tok, op(h * w[tok, k, None], ex.w2[e - first], None, "none", [], ""))
+    return out
 
 
 # ------------------------------------------------------------------------ the choice, by measurement
@@ -198,6 +219,65 @@ def test_the_environment_forces_the_path(fresh, monkeypatch):
 @needs_onednn
 def test_a_real_measurement_times_both_paths(fresh):
     secs = gemm.measure([(64, 128, 256)])
+    assert set(secs) == {"onednn", "linear"} and all(0 < v < 1 for v in secs.values())
+
+
+def _experts(dim: int, inter: int) -> tuple:
+    """8 experts of dim x inter, top-2 routing of 301 tokens (75 rows an expert on average)."""
+    from model import ModelArgs
+    from model.moe import Experts
+
+    args = ModelArgs.from_dict(ModelArgs.from_name("tiny").to_dict()
+                               | dict(dim=dim, moe_inter_dim=inter, n_routed_experts=8, n_activated_experts=2,
+                                      n_expert_groups=1, n_limited_groups=1))
+    torch.manual_seed(0)
+    ex = Experts(args, dtype=torch.float32)
+    ex.reset_parameters(std=0.05)
+    ids = torch.stack([torch.randperm(8)[:2] for _ in range(301)])
+    return ex, torch.randn(301, dim), torch.rand(301, 2), ids
+
+
+@needs_onednn
+def test_the_experts_layout_is_measured_per_shape_cached_and_followed(fresh, monkeypatch):
+    """oneDNN is the main choice here; the experts' padded oneDNN layout is timed per expert shape
+    against F.linear (here: oneDNN faster at 512 x 256, F.linear at 256 x 128) and each layer follows
+    the choice for its shape."""
+    timed = []
+    monkeypatch.setattr(gemm, "measure", lambda shapes: {"onednn": 1.0, "linear": 2.0})
+
+    def fake_swiglu(dim, inter):
+        timed.append((dim, inter))
+        return {"onednn": 1.0, "linear": 2.0} if dim == 512 else {"onednn": 2.0, "linear": 1.0}
+
+    monkeypatch.setattr(gemm, "_time_swiglu", fake_swiglu)
+    with torch.no_grad():
+        for (dim, inter), path in (((512, 256), "onednn"), ((256, 128), "linear")):
+            ex, x, w, ids = _experts(dim, inter)
+            out = ex(x, w, ids)
+            assert ("mkldnn::_linear_pointwise" in ops_called(lambda: ex(x, w, ids))) == (path == "onednn")
+            monkeypatch.setattr(layers, "ONEDNN_LINEAR", False)
+            torch.testing.assert_close(out, ex(x, w, ids), rtol=1e-5, atol=1e-5)  # either way, the same sum
+            monkeypatch.setattr(layers, "ONEDNN_LINEAR", None)
+    assert timed == [(512, 256), (256, 128)]
+    made = gemm.experts_made()
+    assert {k: (v["path"], v["source"]) for k, v in made.items()} == {
+        "512x256": ("onednn", "measured"), "256x128": ("linear", "measured")}
+    assert "one 256 x 128 expert's SwiGLU" in made["256x128"]["reason"]
+    cached = json.loads(fresh.read_text())
+    assert sorted(v["path"] for k, v in cached.items() if "experts" in k) == ["linear", "onednn"]
+    gemm.reset()  # a new process: read from the cache, nothing timed
+    assert (gemm.experts_choice(256, 128).path, gemm.experts_choice(256, 128).source) == ("linear", "cache")
+    assert len(timed) == 2
+    for value, path in (("0", "linear"), ("1", "onednn")):  # DSV3_ONEDNN forces the experts too
+        gemm.reset()
+        monkeypatch.setenv("DSV3_ONEDNN", value)
+        assert (gemm.experts_choice(256, 128).path, gemm.experts_choice(256, 128).source) == (path, "env")
+    assert len(timed) == 2
+
+
+@needs_onednn
+def test_a_real_experts_measurement_times_both_layouts(fresh):
+    secs = gemm._time_swiglu(64, 32)
     assert set(secs) == {"onednn", "linear"} and all(0 < v < 1 for v in secs.values())
 
 

@@ -79,6 +79,7 @@ def test_every_table_written(full_run):
     assert info["recorded"]["tokens"] == info["planned"]["tokens"] == len(full_run.df("tokens"))
     assert info["planned"]["tokens_per_domain"].keys() == {"code", "prose"}
     assert info["cpu_gemm"]["path"] in ("onednn", "linear") and info["cpu_gemm"]["reason"]  # model/gemm.py's choice
+    assert isinstance(info["cpu_gemm"]["experts"], dict)  # the experts' choices by shape, where any was made
     # what the plan is held to: load time and resident memory per rank (bytes)
     (mem,) = info["memory"]["per_rank"]
     assert mem["rank"] == 0 and info["timings"]["load_s"] == mem["load_s"] > 0
