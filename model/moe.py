@@ -179,7 +179,8 @@ class Experts(nn.Module):
                 le = e - first
                 xq = act_quant(xe, self.block, self.scale_fmt) if fp8_in else None
                 # the routing weight scales the [n, I] hidden state: w * (h W2^T) == (w * h) W2^T
-                h = F.silu(self._linear(xe, "w1", le, xq)) * self._linear(xe, "w3", le, xq) * w_A[start : start + n, None]
+                h = (F.silu(self._linear(xe, "w1", le, xq)) * self._linear(xe, "w3", le, xq)
+                     * w_A[start : start + n, None])
                 out_TD.index_add_(0, tok, self._linear(h, "w2", le, out_dtype=acc).to(acc))
             start += n
         return out_TD
