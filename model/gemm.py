@@ -24,7 +24,7 @@ import json
 import os
 import platform
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -207,15 +207,28 @@ def agree_across_ranks() -> GemmChoice:
     """Under torch.distributed: every rank takes rank 0's choice (made now if not yet), so that the
     ranks of one job run the same arithmetic even when they would each measure a near tie apart.
     A collective: every rank calls it, at the same point (model.parallel.init_world does)."""
+    global _CHOICE
+    _CHOICE = _rank0s(choice)
+    return _CHOICE
+
+
+def agree_experts_across_ranks(dim: int, inter: int) -> GemmChoice:
+    """The same for the experts' choice of dim x inter weights (probe.job.start_world calls it on every
+    rank once the model's shape is known)."""
+    _EXPERTS[(dim, inter)] = _rank0s(lambda: experts_choice(dim, inter))
+    return _EXPERTS[(dim, inter)]
+
+
+def _rank0s(make) -> GemmChoice:
+    """Rank 0's `make()`, broadcast to every rank (a collective)."""
     import torch.distributed as dist
 
-    global _CHOICE
-    box = [choice().to_dict() if dist.get_rank() == 0 else None]
+    box = [make().to_dict() if dist.get_rank() == 0 else None]
     dist.broadcast_object_list(box, src=0)
-    if dist.get_rank() != 0:
-        made = box[0]
-        _CHOICE = GemmChoice(**(made | {"source": "rank 0", "reason": f"rank 0's choice: {made['reason']}"}))
-    return _CHOICE
+    if dist.get_rank() == 0:
+        return GemmChoice(**box[0])
+    made = box[0]
+    return GemmChoice(**(made | {"source": "rank 0", "reason": f"rank 0's choice: {made['reason']}"}))
 
 
 def current() -> GemmChoice | None:
@@ -251,7 +264,7 @@ def experts_choice(dim: int, inter: int) -> GemmChoice:
         base = _base()
         made = _forced(base)
         if made is None:
-            with _cache_lock():
+            with _cache_lock() if os.environ.get("DSV3_GEMM_CACHE", "1") != "0" else nullcontext():
                 made = _cached_or_measured(f"{_key()} | experts {dim}x{inter}", lambda: _time_swiglu(dim, inter),
                                            f"one {dim} x {inter} expert's SwiGLU at {EXPERT_ROWS} rows", base)
         _EXPERTS[(dim, inter)] = made

@@ -129,7 +129,12 @@ def start_world(model_parallel, device: str | None, args=None):
 
     if args is not None:  # before any process group exists, so that every rank stops the same way
         check_world(args, model_parallel_size(model_parallel, env_world_size()), what="--model-parallel")
-    return init_world(model_parallel, device=device)
+    world = init_world(model_parallel, device=device)
+    if args is not None and world.size > 1 and world.device == "cpu" and args.n_routed_experts:
+        from model import gemm  # the experts' float32 layout too: every rank computes alike
+
+        gemm.agree_experts_across_ranks(args.dim, args.moe_inter_dim)
+    return world
 
 
 def agree(world, fn):

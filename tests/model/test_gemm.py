@@ -290,11 +290,14 @@ def _agree_worker(rank: int, store: str, out: str) -> None:
     faster = "onednn" if rank == 0 else "linear"  # what each rank alone would choose
     gemm.measure = lambda shapes: {"onednn": 1.0 if faster == "onednn" else 2.0,
                                    "linear": 1.0 if faster == "linear" else 2.0}
+    gemm._time_swiglu = lambda dim, inter: {"onednn": 1.0 if faster == "linear" else 2.0,  # the other way round
+                                            "linear": 1.0 if faster == "onednn" else 2.0}
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     try:
         c = gemm.agree_across_ranks()
+        e = gemm.agree_experts_across_ranks(64, 32)
         with open(f"{out}.{rank}", "w") as f:
-            f.write(f"{c.path}|{c.source}")
+            f.write(f"{c.path}|{c.source}|{e.path}|{e.source}")
     finally:
         dist.destroy_process_group()
 
@@ -306,4 +309,5 @@ def test_every_rank_takes_rank_0s_choice(tmp_path):
 
     mp.spawn(_agree_worker, args=(str(tmp_path / "store"), str(tmp_path / "out")), nprocs=2)
     got = [(tmp_path / f"out.{r}").read_text().split("|") for r in (0, 1)]
-    assert got == [["onednn", "measured"], ["onednn", "rank 0"]]  # rank 1 alone would have chosen linear
+    # rank 1 alone would have chosen linear, and oneDNN for the experts
+    assert got == [["onednn", "measured", "linear", "measured"], ["onednn", "rank 0", "linear", "rank 0"]]
