@@ -2,6 +2,7 @@
 
     python benchmarks/bench_prefill.py                 # hidden 512, 6 layers, 32 experts top-4, 4x256, fp32
     python benchmarks/bench_prefill.py --repeats 10 --threads 2
+    python benchmarks/bench_prefill.py --config data/model/config.json --batch 8   # the bundled model's shape
 
 Both models run in this one process on the same checkpoint (written by transformers, loaded by
 `model.load`), alternating, after a warm-up, each repeat on a fresh random batch. Ours is timed three ways: hook points present with
@@ -167,7 +168,15 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--profile", action="store_true", help="also print where one forward's time goes")
+    p.add_argument("--config", help="a Hugging Face config.json whose architecture to run, on random weights "
+                                    "(default: CONFIG above)")
     ns = p.parse_args()
+    if ns.config:
+        import json
+
+        cfg = json.loads(open(ns.config).read())
+        CONFIG.clear()
+        CONFIG.update({k: v for k, v in cfg.items() if k not in ("architectures", "model_type", "torch_dtype")})
     torch.set_num_threads(ns.threads)
     hf, ours, tokens, err = build(ns)
 
