@@ -302,7 +302,10 @@ def _cache_lock():
         yield
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # a file system without locks (some network mounts): measure unlocked
+            pass
         yield
     finally:
         os.close(fd)  # releases the lock

@@ -281,6 +281,36 @@ def test_a_real_experts_measurement_times_both_layouts(fresh):
     assert set(secs) == {"onednn", "linear"} and all(0 < v < 1 for v in secs.values())
 
 
+def _racing_worker(rank: int, cache: str, out: str) -> None:
+    """One of two processes that start measuring the same experts shape at once; alone, each would
+    choose another path."""
+    import time as _time
+
+    os.environ["XDG_CACHE_HOME"] = cache
+    os.environ.pop("DSV3_ONEDNN", None)
+    os.environ.pop("DSV3_GEMM_CACHE", None)
+
+    def slow(dim, inter):
+        _time.sleep(0.5)  # long enough that the other process is waiting by then
+        return {"onednn": 1.0, "linear": 2.0} if rank == 0 else {"onednn": 2.0, "linear": 1.0}
+
+    gemm._time_swiglu = slow
+    c = gemm.experts_choice(64, 32)
+    with open(f"{out}.{rank}", "w") as f:
+        f.write(f"{c.path}|{c.source}")
+
+
+@needs_onednn
+@pytest.mark.slow
+def test_processes_starting_together_take_turns_on_the_experts_measurement(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_racing_worker, args=(str(tmp_path / "cache"), str(tmp_path / "out")), nprocs=2)
+    got = sorted((tmp_path / f"out.{r}").read_text().split("|") for r in (0, 1))
+    assert got[0][0] == got[1][0]  # one path for both
+    assert sorted(g[1] for g in got) == ["cache", "measured"]  # one measured, the other read it
+
+
 def _agree_worker(rank: int, store: str, out: str) -> None:
     """One rank of a 2-process gloo group whose ranks would measure different paths."""
     import torch.distributed as dist
