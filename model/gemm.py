@@ -67,7 +67,7 @@ def onednn_available() -> bool:
         return False
     try:
         x, w = torch.randn(3, 5), torch.randn(4, 5)
-        return torch.allclose(torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], ""), F.linear(x, w),
+        return torch.allclose(onednn_linear(x, w), F.linear(x, w),
                               rtol=1e-5, atol=1e-5)
     except (AttributeError, RuntimeError):
         return False
@@ -76,7 +76,7 @@ def onednn_available() -> bool:
 def _time_both(x: torch.Tensor, w: torch.Tensor) -> dict[str, float]:
     """Median seconds of each path on one shape, their calls interleaved (ABAB..., the order swapped
     every round) so that a drift in the machine's speed (other jobs, clocks) hits both alike."""
-    return _interleaved({"onednn": lambda: _onednn(x, w), "linear": lambda: F.linear(x, w)})
+    return _interleaved({"onednn": lambda: onednn_linear(x, w), "linear": lambda: F.linear(x, w)})
 
 
 def _interleaved(fns: dict) -> dict[str, float]:
@@ -93,8 +93,15 @@ def _interleaved(fns: dict) -> dict[str, float]:
     return {p: sorted(v)[len(v) // 2] for p, v in ts.items()}
 
 
-def _onednn(x, w):
+def onednn_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x W^T on oneDNN's linear primitive (the "onednn" path)."""
     return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+
+
+def onednn_swiglu(x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor) -> torch.Tensor:
+    """silu(x W1^T) * (x W3^T) on oneDNN, the multiply fused into the second GEMM (a binary post-op):
+    an expert's hidden state in model.moe's padded layout, and what experts_choice times."""
+    return torch.ops.mkldnn._linear_pointwise.binary(x, F.silu(onednn_linear(x, w1)), w3, None, "mul")
 
 
 def measure(shapes: list[tuple[int, int, int]]) -> dict[str, float]:
@@ -142,7 +149,7 @@ def _forced(base: dict) -> GemmChoice | None:
 def _cached_or_measured(key: str, timed, what: str, base: dict) -> GemmChoice:
     """The cached choice under `key`, or the faster path of `timed()` ({path: seconds}) on `what`
     (a tie keeps F.linear), cached under `key`."""
-    use_cache = os.environ.get("DSV3_GEMM_CACHE", "1") != "0"
+    use_cache = _caching()
     cached = _read_cache().get(key) if use_cache else None
     if cached and cached.get("path") in PATHS:
         return GemmChoice(cached["path"], "cache", f"{cached.get('reason', '')} (cached in {_cache_file()})",
@@ -161,6 +168,11 @@ def _cached_or_measured(key: str, timed, what: str, base: dict) -> GemmChoice:
     if use_cache:  # every process of this machine (the ranks of a job too) then runs the same arithmetic
         _write_cache(key, choice)
     return choice
+
+
+def _caching() -> bool:
+    """Whether choices are read from and written to the cache (DSV3_GEMM_CACHE=0: not)."""
+    return os.environ.get("DSV3_GEMM_CACHE", "1") != "0"
 
 
 def _read_cache() -> dict:
@@ -223,10 +235,11 @@ def _rank0s(make) -> GemmChoice:
     """Rank 0's `make()`, broadcast to every rank (a collective)."""
     import torch.distributed as dist
 
-    box = [make().to_dict() if dist.get_rank() == 0 else None]
+    mine = make() if dist.get_rank() == 0 else None
+    box = [mine.to_dict() if mine is not None else None]
     dist.broadcast_object_list(box, src=0)
-    if dist.get_rank() == 0:
-        return GemmChoice(**box[0])
+    if mine is not None:
+        return mine
     made = box[0]
     return GemmChoice(**(made | {"source": "rank 0", "reason": f"rank 0's choice: {made['reason']}"}))
 
@@ -264,7 +277,7 @@ def experts_choice(dim: int, inter: int) -> GemmChoice:
         base = _base()
         made = _forced(base)
         if made is None:
-            with _cache_lock() if os.environ.get("DSV3_GEMM_CACHE", "1") != "0" else nullcontext():
+            with _cache_lock() if _caching() else nullcontext():
                 made = _cached_or_measured(f"{_key()} | experts {dim}x{inter}", lambda: _time_swiglu(dim, inter),
                                            f"one {dim} x {inter} expert's SwiGLU at {EXPERT_ROWS} rows", base)
         _EXPERTS[(dim, inter)] = made
@@ -281,12 +294,9 @@ def _time_swiglu(dim: int, inter: int) -> dict[str, float]:
     x = torch.randn(EXPERT_ROWS, dim, generator=g)
     w1, w3, w2 = (torch.randn(inter, dim, generator=g), torch.randn(inter, dim, generator=g),
                   torch.randn(dim, inter, generator=g))
-    op = torch.ops.mkldnn._linear_pointwise
     with torch.no_grad():
-        return _interleaved({
-            "onednn": lambda: op(op.binary(x, F.silu(op(x, w1, None, "none", [], "")), w3, None, "mul"),
-                                 w2, None, "none", [], ""),
-            "linear": lambda: F.linear(F.silu(F.linear(x, w1)) * F.linear(x, w3), w2)})
+        return _interleaved({"onednn": lambda: onednn_linear(onednn_swiglu(x, w1, w3), w2),
+                             "linear": lambda: F.linear(F.silu(F.linear(x, w1)) * F.linear(x, w3), w2)})
 
 
 @contextmanager

@@ -57,7 +57,7 @@ def dense_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     shape, so callers whose row count varies pad it to a multiple of ONEDNN_ROW_BUCKET; it has no
     autograd formula, so F.linear runs whenever a gradient is needed."""
     if uses_onednn(x, w):
-        return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+        return gemm.onednn_linear(x, w)
     return F.linear(x, w)
 
 

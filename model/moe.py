@@ -13,6 +13,7 @@ from torch import nn
 from .args import ModelArgs
 from .hooks import HookPoint
 from .fp8 import quantize_block
+from .gemm import onednn_linear, onednn_swiglu
 from .kernels import act_quant, dequant_for_gemm, fp8_gemm
 from .layers import ONEDNN_ROW_BUCKET, Linear, dense_linear, experts_on_onednn, fp8_wide, uses_onednn, wide
 
@@ -207,13 +208,11 @@ class Experts(nn.Module):
         w_P = torch.zeros(P, 1, dtype=x_TD.dtype, device=dev).index_copy_(0, pos_L, w_A[lo:hi, None])
         x_P = x_TD.index_select(0, src)  # [P, D]
         y_P = torch.empty_like(x_P)
-        linear = torch.ops.mkldnn._linear_pointwise
         a = 0
         for le, m in enumerate(m_E.tolist()):
             if m:
-                xe = x_P[a : a + m]
-                h = linear.binary(xe, F.silu(linear(xe, self.w1[le], None, "none", [], "")), self.w3[le], None, "mul")
-                y_P[a : a + m] = linear(h.mul_(w_P[a : a + m]), self.w2[le], None, "none", [], "")
+                h = onednn_swiglu(x_P[a : a + m], self.w1[le], self.w3[le])
+                y_P[a : a + m] = onednn_linear(h.mul_(w_P[a : a + m]), self.w2[le])
             a += m
         return torch.zeros(T + 1, x_TD.shape[1], dtype=x_TD.dtype, device=dev).index_add_(0, dst, y_P)[:T]
 
