@@ -44,10 +44,9 @@ def test_every_notebook_is_there_and_stored_without_outputs():
         assert "default_run()" in code[0].source
 
 
-def _execute(name: str, km, fresh: bool) -> tuple:
+def _execute(name: str, km) -> tuple:
     """Run one notebook top to bottom in the kernel of `km` (started by the first notebook it runs;
-    `fresh` = no notebook ran in it before, else its namespace is reset first): (notebook, seconds,
-    exception or None)."""
+    a kernel that ran one before has its namespace reset first): (notebook, seconds, exception or None)."""
     import nbformat
     from nbclient import NotebookClient
 
@@ -55,7 +54,7 @@ def _execute(name: str, km, fresh: bool) -> tuple:
         return NotebookClient(nb, km=km, kernel_name="python3", timeout=240,
                               resources={"metadata": {"path": str(NB_DIR)}})
 
-    if not fresh:  # as a new kernel: no variable, import or figure of the notebook before
+    if km.has_kernel:  # as a new kernel: no variable, import or figure of the notebook before
         client(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("%reset -f")])).execute()
     nb = nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
     t = time.perf_counter()
@@ -92,16 +91,11 @@ def executed(run_dir):
     kernels: Queue = Queue()
     for _ in range(2):
         kernels.put(AsyncKernelManager(kernel_name="python3"))
-    used: set[int] = set()
 
     def task(names):
         km = kernels.get()
         try:
-            out = {}
-            for n in names:
-                out[n] = _execute(n, km, fresh=id(km) not in used)
-                used.add(id(km))
-            return out
+            return {n: _execute(n, km) for n in names}
         finally:
             kernels.put(km)
 
