@@ -173,8 +173,9 @@ def main() -> None:
     ns = p.parse_args()
     if ns.config:
         import json
+        from pathlib import Path
 
-        cfg = json.loads(open(ns.config).read())
+        cfg = json.loads(Path(ns.config).read_text())
         CONFIG.clear()
         CONFIG.update({k: v for k, v in cfg.items() if k not in ("architectures", "model_type", "torch_dtype")})
     torch.set_num_threads(ns.threads)
