@@ -27,7 +27,9 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))
+# the tests' helpers package, searched last: tests/model/ etc. must not shadow the packages of the same name
+sys.path.append(str(REPO / "tests"))
 
 COMMIT_EVERY = 32  # RecordOptions.commit_every: the recorder commits (writes Parquet parts) every 32 batches
 BENCH_ARGS = dict(vocab_size=8192, dim=512, inter_dim=1408, moe_inter_dim=256, n_layers=6, n_dense_layers=1,
@@ -39,7 +41,7 @@ BENCH_ARGS = dict(vocab_size=8192, dim=512, inter_dim=1408, moe_inter_dim=256, n
 def build_env(root: Path, docs: int = 24, scale: int = 8):
     """A random hidden-512 checkpoint with a tokenizer, and a two-domain corpus."""
     import model
-    from conftest import make_corpus, make_tokenizer, randomize_
+    from helpers.models import make_corpus, make_tokenizer, randomize_
 
     corpus = make_corpus(root / "corpus", docs_per_domain=docs, seed=0, scale=scale)
     args = model.ModelArgs(**BENCH_ARGS)
