@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 import torch
-import torch.nn.functional as F
 
 from .corpus import Window
 from .stats import KVAccumulator
@@ -67,20 +66,27 @@ class Batch:
         return torch.arange(self.tokens.shape[1])[None] < self.lengths[:, None]
 
 
+def next_token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """-log softmax(logits[b, i])[targets[b, i]] as a [B, N] float32 CPU tensor (nats), from logits
+    [B, N, V] (any float dtype) and targets [B, N].
+
+    NOTE: read straight from the logits as logsumexp(z) - z[t], one batch row at a time: no copy of
+    the rows that have a target and no [B, N, V] log-softmax written, whose allocations (fresh pages
+    at these sizes) were half of the recorder's cost over a plain forward at vocab 8192; a row's
+    temporaries stay small enough for the allocator to reuse."""
+    lse = torch.stack([torch.logsumexp(logits[b].float(), dim=-1) for b in range(logits.shape[0])])
+    target = logits.gather(-1, targets[..., None].to(logits.device)).squeeze(-1).float()
+    return (lse - target).cpu()
+
+
 def token_nll(batch: Batch, logits: torch.Tensor) -> torch.Tensor:
     """Surprisal [B, S] (nats, float32) of token p from the prediction at p-1; NaN at position 0
     and at padding. The `tokens.loss` column, and the loss `analyses.ablate` compares."""
     B, S = batch.tokens.shape
     nll = torch.full((B, S), float("nan"))
     if S > 1:
-        # NOTE: -log softmax(z)[t] = logsumexp(z) - z[t], read straight from the logits: no copy of
-        # the valid rows and no [B, S, V] log-softmax written (at vocab 8192 those two were half of
-        # the recorder's cost over a plain forward)
-        # one row at a time: its temporaries stay small enough for the allocator to reuse
-        pred = logits[:, :-1]
-        lse = torch.stack([torch.logsumexp(pred[b].float(), dim=-1) for b in range(B)])
-        target = pred.gather(-1, batch.tokens[:, 1:, None].to(pred.device)).squeeze(-1).float()
-        nll[:, 1:] = torch.where(batch.valid[:, 1:], (lse - target).cpu(), float("nan"))
+        nll[:, 1:] = torch.where(batch.valid[:, 1:], next_token_nll(logits[:, :-1], batch.tokens[:, 1:]),
+                                 float("nan"))
     return nll
 
 
@@ -247,11 +253,7 @@ class Recorder:
         has_target = i[None] <= (lens[:, None] - 3)
         target = torch.zeros(B, S - 1, dtype=torch.long)
         target[:, : max(S - 2, 0)] = batch.tokens[:, 2:]
-        loss = torch.full((B, S - 1), float("nan"))
-        if has_target.any():
-            dev = mtp_logits.device
-            loss[has_target] = F.cross_entropy(mtp_logits[has_target.to(dev)].float(), target[has_target].to(dev),
-                                               reduction="none").cpu()
+        loss = torch.where(has_target, next_token_nll(mtp_logits, target), float("nan"))
         sel = rows.reshape(-1).numpy()
         seq = np.repeat([w.seq_id for w in batch.windows], S - 1)[sel]
         doms = np.repeat(np.array([w.domain for w in batch.windows], dtype=object), S - 1)[sel]
