@@ -1,5 +1,6 @@
-"""The benchmark scripts are how the README's speed figures are measured, and no test runs them end to
-end: their imports (most inside functions) are checked here the way each script resolves them."""
+"""The benchmark scripts are how the README's speed figures are measured, and the GPU checks
+(tests/gpu/) run only where there is a GPU: no test runs them end to end here, so their imports (most
+inside functions) are checked the way each script resolves them when run as `python path/to/script.py`."""
 
 import json
 import subprocess
@@ -21,9 +22,9 @@ def problems(*scripts: Path) -> list[str]:
 
 
 @pytest.mark.slow  # a fresh process
-def test_every_benchmark_script_imports_what_it_uses(tmp_path):
-    scripts = sorted((REPO / "benchmarks").glob("*.py"))
-    assert len(scripts) >= 7
+def test_every_benchmark_and_gpu_check_script_imports_what_it_uses(tmp_path):
+    scripts = sorted((REPO / "benchmarks").glob("*.py")) + sorted((REPO / "tests" / "gpu").glob("check_*.py"))
+    assert len(scripts) >= 10
     # negative control, in the same process: bench_record.py's old set-up put tests/ first on sys.path,
     # where tests/model/ (a folder of test files) shadowed the model package, and read helpers from
     # conftest after they had moved to tests/helpers
