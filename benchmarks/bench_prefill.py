@@ -143,21 +143,26 @@ def report(ns, results: dict, err: float, chosen) -> None:
         # batch, seconds apart), which a drift in the shared machine's speed moves less than the others
         paired = statistics.median(h / c for h, c in zip(results["transformers"], ts))
         print(f"{name:36} {t:9.4f} {n_tok / t:10.0f} {base / t:15.2f}x {b:8.4f} {best / b:12.2f}x {paired:6.2f}x")
-    med = {name: statistics.median(ts) for name, ts in results.items()}
-    better = min(med["ours, idle hooks, oneDNN forced"], med["ours, idle hooks, F.linear forced"])
-    print(f"chosen path ({chosen.path}) vs the better forced path: {better / med['ours (no-op hooks attached)']:.2f}x "
-          "(>= 1 means the choice lost nothing)")
+    forced = {"onednn": "ours, idle hooks, oneDNN forced", "linear": "ours, idle hooks, F.linear forced"}
+    better = min(forced, key=lambda p: statistics.median(results[forced[p]]))
+    paired = statistics.median(f / c for f, c in zip(results[forced[better]], results["ours (no-op hooks attached)"]))
+    print(f"chosen path ({chosen.path}) vs the better forced path ({better}), paired: {paired:.2f}x (>= 1 means the "
+          "choice lost nothing; when both are the same path, the distance from 1 is this machine's noise)")
 
 
 def report_profile(cases: dict) -> None:
     parts = {name: op_split(cases[name]) for name in ("transformers", "ours (hook points, none attached)",
                                                       "ours, idle hooks, F.linear forced")}
-    print("\nwhere one forward's time goes (self CPU ms, mean of 3 profiled forwards):")
-    print(f"{'':36} {'GEMM':>8} {'attention':>10} {'other':>8} {'total':>8}")
+    print("\nwhere one forward's time goes (self CPU ms, mean of 3 profiled forwards; GEMM GFLOP from the "
+          "profiled shapes):")
+    print(f"{'':36} {'GEMM':>8} {'attention':>10} {'other':>8} {'total':>8} {'GEMM GFLOP':>11} {'GEMM GF/s':>10}")
     for name, d in parts.items():
-        print(f"{name:36} {d['gemm']:8.1f} {d['attention']:10.1f} {d['other']:8.1f} {sum(d.values()):8.1f}")
+        ms = {k: d[k] for k in ("gemm", "attention", "other")}
+        print(f"{name:36} {d['gemm']:8.1f} {d['attention']:10.1f} {d['other']:8.1f} {sum(ms.values()):8.1f} "
+              f"{d['gflop']:11.2f} {d['gflop'] / d['gemm'] * 1e3:10.0f}")
     hf, mkl = parts["transformers"], parts["ours, idle hooks, F.linear forced"]
-    print(f"with transformers' GEMM kernel, ours could reach at most {sum(hf.values()) / mkl['gemm']:.2f}x "
+    total_hf = hf["gemm"] + hf["attention"] + hf["other"]
+    print(f"with transformers' GEMM kernel, ours could reach at most {total_hf / mkl['gemm']:.2f}x "
           "(everything but the GEMMs free)")
 
 
@@ -201,17 +206,37 @@ ATTENTION_OPS = {"aten::bmm", "aten::baddbmm", "aten::_softmax", "aten::_scaled_
 
 
 def op_split(fn, n: int = 3) -> dict[str, float]:
-    """Self CPU time per forward (ms) in dense GEMMs, attention and the rest."""
+    """Self CPU time per forward (ms) in dense GEMMs, attention and the rest, and the GEMMs' GFLOP."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for _ in range(n):
             fn()
-    out = {"gemm": 0.0, "attention": 0.0, "other": 0.0}
-    for ev in prof.key_averages():
+    out = {"gemm": 0.0, "attention": 0.0, "other": 0.0, "gflop": 0.0}
+    for ev in prof.key_averages(group_by_input_shape=True):
         kind = "gemm" if ev.key in GEMM_OPS else "attention" if ev.key in ATTENTION_OPS else "other"
         out[kind] += ev.self_cpu_time_total / 1e3 / n
+        if kind == "gemm":
+            out["gflop"] += ev.count * gemm_flops(ev.key, ev.input_shapes) / 1e9 / n
     return out
+
+
+def gemm_flops(op: str, shapes: list) -> int:
+    """2 M N K of one GEMM call from its profiled input shapes: aten::mm [M, K] [K, N]; aten::addmm
+    (bias, [M, K], [K, N]); oneDNN's linear x [..., K] with weight [N, K] (second input, or third
+    after the binary post-op's operand)."""
+    if op == "aten::mm":
+        (m, k), (_, n) = shapes[0], shapes[1]
+    elif op == "aten::addmm":
+        (m, k), (_, n) = shapes[1], shapes[2]
+    else:
+        x = shapes[0]
+        k, m = x[-1], 1
+        for d in x[:-1]:
+            m *= d
+        w = shapes[2] if len(shapes) > 2 and len(shapes[2]) == 2 and shapes[2][1] == k else shapes[1]
+        n = w[0]
+    return 2 * m * n * k
 
 
 if __name__ == "__main__":
