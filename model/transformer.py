@@ -175,8 +175,8 @@ class Transformer(HookedModule):
 
         start_pos: where this chunk starts (an int, or a [B] tensor of per-row starts). Above 0 the
             earlier positions are read from the KV cache, which is then required.
-        lengths: [B] valid tokens of each row in this chunk (right padding). Padding is never
-            attended to, so each row's logits equal that row alone; logits at padding are junk.
+        lengths: [B] valid tokens of each row in this chunk (right padding). No real token attends
+            to padding, so each row's logits equal that row alone; logits at padding are junk.
         use_cache: write this chunk's keys into the static KV cache (for decode / chunked prefill).
         mtp: also run the MTP module(s): returns (logits, mtp_logits [B, S-1, V]) where
             mtp_logits[:, i] predicts token i+2 from the hidden state at i and token i+1.
@@ -254,8 +254,15 @@ class Transformer(HookedModule):
         """Boolean attention mask [B, 1, S, T] (True = attend) and T, or None for plain causal.
 
         Key t is visible to the query at absolute position p when t <= p and t lies before the
-        row's end (start + length); a padding query also sees itself, so no row is all-masked."""
-        if not use_cache and lengths is None and int(start.max()) == 0:
+        row's end (start + length); a padding query also sees itself, so no row is all-masked.
+
+        NOTE: a prefill from position 0 without the cache needs no mask even with `lengths`: under
+        right padding a real token at p < length attends keys <= p, all real, so causal attention
+        already keeps padding out of every real position (padding queries then see earlier padding
+        too; their outputs are junk either way). The fused kernel runs faster without a mask, and
+        no [B, 1, S, S] mask is built per forward (the recorder's batches always carry lengths).
+        Keys written to the cache are read by later calls, so there the mask is needed."""
+        if not use_cache and int(start.max()) == 0:
             return None, seqlen
         n_keys = end if use_cache else seqlen
         key = torch.arange(n_keys, device=pos.device)
