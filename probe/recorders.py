@@ -66,28 +66,50 @@ class Batch:
         return torch.arange(self.tokens.shape[1])[None] < self.lengths[:, None]
 
 
-def next_token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """-log softmax(logits[b, i])[targets[b, i]] as a [B, N] float32 CPU tensor (nats), from logits
-    [B, N, V] (any float dtype) and targets [B, N].
+STATS_ELEMENTS = {"cpu": 1 << 17}  # logits read per step of logit_stats, by device type (default: 1 << 26)
 
-    NOTE: read straight from the logits as logsumexp(z) - z[t], one batch row at a time: no copy of
-    the rows that have a target and no [B, N, V] log-softmax written, whose allocations (fresh pages
-    at these sizes) were half of the recorder's cost over a plain forward at vocab 8192; a row's
-    temporaries stay small enough for the allocator to reuse."""
-    lse = torch.stack([torch.logsumexp(logits[b].float(), dim=-1) for b in range(logits.shape[0])])
-    target = logits.gather(-1, targets[..., None].to(logits.device)).squeeze(-1).float()
-    return (lse - target).cpu()
+
+def logit_stats(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(nll, top1), two [B, N] CPU tensors from logits [B, N, V] (any float dtype) and targets
+    [B, N]: -log softmax(logits[b, i])[targets[b, i]] (float32, nats) and argmax(logits[b, i]).
+
+    NOTE: one pass over a few rows at a time (STATS_ELEMENTS logits: 32 rows at vocab 4096 on the
+    CPU). torch.max gives the argmax and logsumexp's shift together, and the loss is read straight
+    from the logits as logsumexp(z) - z[t]: no [B, N, V] log-softmax or copy of rows is written,
+    whose fresh pages were half of the recorder's cost over a plain forward at vocab 8192, and a
+    step's temporaries stay in cache. The arithmetic is torch.logsumexp's (bit-equal, tested)."""
+    B, N, V = logits.shape
+    flat, tgt = logits.reshape(B * N, V), targets.reshape(B * N, 1).to(logits.device)
+    nll = torch.empty(B * N, dtype=torch.float32, device=logits.device)
+    top1 = torch.empty(B * N, dtype=torch.long, device=logits.device)
+    rows = max(1, STATS_ELEMENTS.get(logits.device.type, 1 << 26) // max(V, 1))
+    for a in range(0, B * N, rows):
+        z = flat[a : a + rows].float()
+        peak, top1[a : a + rows] = z.max(dim=-1)
+        shift = peak.masked_fill(peak.isinf(), 0)  # as torch.logsumexp: an infinite max shifts by 0
+        lse = (z - shift[:, None]).exp_().sum(dim=-1).log_().add_(shift)
+        nll[a : a + rows] = lse - z.gather(1, tgt[a : a + rows]).squeeze(1)
+    return nll.view(B, N).cpu(), top1.view(B, N).cpu()
+
+
+def _next_tokens(tokens: torch.Tensor) -> torch.Tensor:
+    """[B, S] -> the token after each position [B, S] (0 after the last: a placeholder)."""
+    return torch.cat([tokens[:, 1:], torch.zeros_like(tokens[:, :1])], dim=1)
+
+
+def surprisal(batch: Batch, nll_next: torch.Tensor) -> torch.Tensor:
+    """[B, S] surprisal of each token from logit_stats' nll against the next tokens (position p's
+    loss is the prediction at p-1's); NaN at position 0 and at padding."""
+    B, S = batch.tokens.shape
+    nll = torch.full((B, S), float("nan"))
+    nll[:, 1:] = torch.where(batch.valid[:, 1:], nll_next[:, :-1], float("nan"))
+    return nll
 
 
 def token_nll(batch: Batch, logits: torch.Tensor) -> torch.Tensor:
     """Surprisal [B, S] (nats, float32) of token p from the prediction at p-1; NaN at position 0
     and at padding. The `tokens.loss` column, and the loss `analyses.ablate` compares."""
-    B, S = batch.tokens.shape
-    nll = torch.full((B, S), float("nan"))
-    if S > 1:
-        nll[:, 1:] = torch.where(batch.valid[:, 1:], next_token_nll(logits[:, :-1], batch.tokens[:, 1:]),
-                                 float("nan"))
-    return nll
+    return surprisal(batch, logit_stats(logits, _next_tokens(batch.tokens))[0])
 
 
 class Recorder:
@@ -156,12 +178,13 @@ class Recorder:
         pos = np.tile(np.arange(S, dtype=np.int32), B)[valid.numpy()]
         doms_b = np.array([self.domain_index(w.domain) for w in batch.windows])
         dom = np.repeat(doms_b, S)[valid.numpy()]
-        out: dict[str, dict] = {"tokens": self._tokens(batch, logits, seq, pos, dom)}
+        nll_next, top1 = logit_stats(logits, _next_tokens(batch.tokens))  # one pass over the logits
+        out: dict[str, dict] = {"tokens": self._tokens(batch, surprisal(batch, nll_next), seq, pos, dom)}
         out["expert_load"] = self._loads(batch.index, vidx, dom)
         if self.cfg.router_logits != "none":
             out["routing"] = self._routing(vidx, seq, pos)
         if self.mtp:
-            out["mtp"] = self._mtp(batch, logits, mtp_logits)
+            out["mtp"] = self._mtp(batch, top1, mtp_logits)
         if self.cfg.kv_stats:
             for i in range(self.model.args.n_layers):
                 c = self._cap[f"layers.{i}.attn.hook_c_kv"].reshape(B * S, -1)
@@ -170,9 +193,8 @@ class Recorder:
                 self.kv.add(i, c, k)
         return out
 
-    def _tokens(self, batch: Batch, logits, seq, pos, dom) -> dict:
+    def _tokens(self, batch: Batch, nll, seq, pos, dom) -> dict:
         B, S = batch.tokens.shape
-        nll = token_nll(batch, logits)
         valid = batch.valid.reshape(-1).numpy()
         loss = nll.reshape(-1).numpy()[valid]
         doc_ids = np.repeat(np.array([w.doc_id for w in batch.windows], dtype=object), S)[valid]
@@ -241,19 +263,20 @@ class Recorder:
                 cols["tokens"].append(np.full(E, tok_per_dom[d], np.int64))
         return {k: np.concatenate(v) for k, v in cols.items()} if cols["step"] else {}
 
-    def _mtp(self, batch: Batch, logits, mtp_logits) -> dict:
+    def _mtp(self, batch: Batch, top1, mtp_logits) -> dict:
+        """top1 [B, S]: the main model's argmax at every position."""
         B, S = batch.tokens.shape
         if S < 2:
             return {}
         lens = batch.lengths
         i = torch.arange(S - 1)
         rows = i[None] <= (lens[:, None] - 2)  # [B, S-1]: position i uses token i+1
-        mtp_top1 = mtp_logits.argmax(-1).cpu()  # [B, S-1] prediction of token i+2
-        main_top1 = logits[:, 1:].argmax(-1).cpu()  # [B, S-1] main prediction at i+1
+        main_top1 = top1[:, 1:]  # [B, S-1] main prediction at i+1
         has_target = i[None] <= (lens[:, None] - 3)
         target = torch.zeros(B, S - 1, dtype=torch.long)
         target[:, : max(S - 2, 0)] = batch.tokens[:, 2:]
-        loss = torch.where(has_target, next_token_nll(mtp_logits, target), float("nan"))
+        mtp_nll, mtp_top1 = logit_stats(mtp_logits, target)  # [B, S-1]: the prediction of token i+2
+        loss = torch.where(has_target, mtp_nll, float("nan"))
         sel = rows.reshape(-1).numpy()
         seq = np.repeat([w.seq_id for w in batch.windows], S - 1)[sel]
         doms = np.repeat(np.array([w.domain for w in batch.windows], dtype=object), S - 1)[sel]

@@ -155,6 +155,30 @@ def test_mtp_table_equals_direct(full_run, direct):
         assert np.isnan(g.mtp_loss.to_numpy()[-1])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_logit_stats_equal_torchs_own_ops(monkeypatch, dtype):
+    """logit_stats' one pass (max, shift, exp, sum over a few rows at a time) gives torch.logsumexp(z)
+    - z[t] and argmax bit for bit, whatever the step size, with -inf logits and a row that is all -inf."""
+    from probe import recorders
+
+    g = torch.Generator().manual_seed(0)
+    z = (torch.randn(3, 37, 301, generator=g) * 4).to(dtype)
+    z[0, 5, 7:] = float("-inf")  # a vocabulary mask
+    z[1, 2, :] = float("-inf")  # nothing allowed: logsumexp -inf, loss nan
+    z[2, 9, 10] = z[2, 9, 11] = z[2, 9].max() + 1  # a tie: the first index wins, as argmax
+    t = torch.randint(0, 301, (3, 37), generator=g)
+    t[0, 5] = 3
+    want_nll = torch.logsumexp(z.float(), dim=-1) - z.float().gather(-1, t[..., None]).squeeze(-1)
+    for elements in (301, 301 * 5, 1 << 20):  # 1 row, 5 rows (a ragged last step), everything at once
+        monkeypatch.setitem(recorders.STATS_ELEMENTS, "cpu", elements)
+        nll, top1 = recorders.logit_stats(z, t)
+        assert torch.equal(top1, z.argmax(-1)), elements
+        assert torch.equal(nll.isnan(), want_nll.isnan()) and nll[1, 2].isnan()
+        assert torch.equal(nll.nan_to_num(), want_nll.nan_to_num()), elements
+    # control: a loss read against the wrong targets differs
+    assert not torch.equal(recorders.logit_stats(z, t.roll(1, dims=1))[0].nan_to_num(), want_nll.nan_to_num())
+
+
 def test_router_bias_is_the_checkpoints(full_run, direct):
     m, _ = direct
     rb = full_run.df("router_bias")
