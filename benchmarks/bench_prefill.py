@@ -113,17 +113,21 @@ def make_cases(hf, ours, batch: dict) -> dict:
 
 
 def time_cases(cases: dict, batch: dict, repeats: int) -> dict[str, list[float]]:
-    """Seconds per forward of every case, `repeats` times, interleaved so drift hits all cases alike.
+    """Seconds per forward of every case, `repeats` times, interleaved (in an order that rotates) so
+    drift hits all cases alike.
     Every repeat feeds a fresh batch (the same one to every case): routing, and so each expert's
     row count, changes from repeat to repeat as it would over a corpus."""
     gen = torch.Generator().manual_seed(2)
     for fn in cases.values():  # warm-up
         fn()
     results = {name: [] for name in cases}
-    for _ in range(repeats):
+    names = list(cases)
+    for r in range(repeats):
         batch["tokens"] = torch.randint(0, CONFIG["vocab_size"], batch["tokens"].shape, generator=gen)
-        for name, fn in cases.items():
-            results[name].append(median_time(fn, 1))
+        # the order rotates every repeat: a case's place in the round (e.g. right after transformers
+        # has freed its memory) must not favour it
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            results[name].append(median_time(cases[name], 1))
     return results
 
 
