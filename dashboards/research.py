@@ -20,8 +20,12 @@ from .data import (SAMPLE_TOKENS, DataError, MissingTable, RunRef, _quote, cache
                    table_files)
 
 # Expert paths and token-id dependence load [tokens, layers, K] expert ids: at most this many ids, from
-# the run's first windows (and never more than SAMPLE_TOKENS tokens).
-MAX_ROUTE_IDS = 8_000_000
+# the run's first windows (and never more than SAMPLE_TOKENS tokens). Their time grows with the ids read:
+# at 8 million (166,400 tokens x 8 layers x top-6 in benchmarks/bench_dashboard.py) the two pages that
+# show them took 5.5-6.4 s against the 2 s page budget; at 2 million, 1.4-1.9 s (2026-12-02, 2 cores).
+# The bundled model's 3 MoE layers x top-4 still get SAMPLE_TOKENS tokens; a 58-layer top-8 model gets
+# ~4,300 (the page says how many windows it read; analyses.metrics' *_from_run functions read them all).
+MAX_ROUTE_IDS = 2_000_000
 
 
 def route_windows(ref: RunRef, n_layers: int) -> int:
