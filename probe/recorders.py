@@ -273,8 +273,7 @@ class Recorder:
         rows = i[None] <= (lens[:, None] - 2)  # [B, S-1]: position i uses token i+1
         main_top1 = top1[:, 1:]  # [B, S-1] main prediction at i+1
         has_target = i[None] <= (lens[:, None] - 3)
-        target = torch.zeros(B, S - 1, dtype=torch.long)
-        target[:, : max(S - 2, 0)] = batch.tokens[:, 2:]
+        target = _next_tokens(batch.tokens)[:, 1:]  # [B, S-1]: token i+2 (a 0 placeholder at the end)
         mtp_nll, mtp_top1 = logit_stats(mtp_logits, target)  # [B, S-1]: the prediction of token i+2
         loss = torch.where(has_target, mtp_nll, float("nan"))
         sel = rows.reshape(-1).numpy()
