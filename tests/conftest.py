@@ -54,14 +54,14 @@ def probe_env(tmp_path_factory):
 # browser test, one test of ~40 s, for last, and one worker idle meanwhile.) A file missing here only
 # runs later; the order changes no result.
 LONGEST_FIRST = [
-    "e2e/test_dashboard_e2e.py",  # ~45 s: streamlit and chromium
-    "dashboards/test_dashboard.py",  # ~40 s: every page, several runs
+    "dashboards/test_dashboard.py",  # ~45 s: every page, several runs
+    "analyses/test_notebooks.py",  # ~40 s: ten notebooks in two kernels
     "e2e/test_mp_resume.py",  # ~40 s: torchrun launches killed and resumed
+    "e2e/test_mp_jobs.py",  # ~35 s: a four-rank launch of five jobs
     "probe/test_record.py",  # ~35 s
-    "analyses/test_notebooks.py",  # ~35 s: ten notebooks in two kernels
-    "e2e/test_mp_jobs.py",  # ~30 s: a four-rank launch of five jobs
-    "model/test_parallel.py",  # ~30 s
-    "train/test_train.py",  # ~25 s
+    "model/test_parallel.py",  # ~35 s
+    "e2e/test_dashboard_e2e.py",  # ~30 s: streamlit and chromium
+    "train/test_train.py",  # ~30 s
     "analyses/test_report.py", "analyses/test_ablate.py",  # ~15 s each
     "dashboards/test_research_views.py", "model/test_tensor_reader.py", "dashboards/test_serving.py",  # ~10 s
 ]
