@@ -95,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = Path(ns.run) if ns.run else DEFAULT_RUN
         check_run(run_dir)
         t = time.time()
-        r = compute(run_dir, ns)
-        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank ran the ablations; one writes
+        writer = int(os.environ.get("RANK", "0")) == 0  # under torchrun every rank runs the ablations; one writes
+        r = compute(run_dir, ns, writer)
+        if writer:
             figs = figures(r)
             print_text(r, figs)
             out = write_html(r, figs, Path(ns.out) if ns.out else run_dir / "report.html", argv)

@@ -64,22 +64,20 @@ def check_run(path: Path) -> None:
         raise ReportError(f"{path}: empty run: no expert_load rows (status {run.status!r}); record it first")
 
 
-def compute(run_dir: Path, ns) -> dict:
-    """Every section's numbers: DataFrames and the sentences of the summary, from the run."""
+def compute(run_dir: Path, ns, writer: bool = True) -> dict:
+    """Every section's numbers: DataFrames and the sentences of the summary, from the run.
+
+    writer=False, on every rank of a torchrun launch but the one that writes the report: only the
+    sections that run the model (ablations, importance, steering), which all ranks run together, and
+    the specialisation steering picks its experts from; not the sections computed from the run's
+    tables alone (each a scan of every routed token, some with scikit-learn fits). The model sections
+    come first, so that a table section failing on the writer cannot leave the other ranks waiting
+    for it in a collective."""
     import probe
 
     run = probe.open_run(run_dir)
-    tables = set(run.tables)
     out: dict = {"run": run, "label": rd.run_label(run)}
-    out["tokens"] = run.sql("select domain, count(*)::bigint as tokens from tokens group by 1 order by 1").df() \
-        if "tokens" in tables else None
-    out["balance"] = rd.balance(run)
-    out["relative_load"] = rd.relative_loads(run)
     out["specialisation"], out["lift"] = rd.specialisation(run)
-    out["domains"] = [d for (d,) in run.sql("select distinct domain from expert_load order by 1").fetchall()]
-    out["repetition"] = rd.repetition(run) if "routing" in tables else None
-    out["mtp"] = rd.mtp_by_domain(run) if "mtp" in tables else None
-    out["kv"] = rd.latent_rank(run) if "kv_stats" in tables else None
     out["sweep"] = None
     if not ns.skip_ablation:
         t = time.time()
@@ -89,8 +87,19 @@ def compute(run_dir: Path, ns) -> dict:
                                          compare_run_ranking=ns.rank_by == "eval",
                                          model_opts={k: getattr(ns, k) for k in MODEL_FLAGS})
         out["ablation_seconds"] = time.time() - t
-    research.compute(run, ns, out)
-    out["summary"] = summary(out)
+    research.compute_model(run, ns, out)
+    if writer:
+        tables = set(run.tables)
+        out["tokens"] = run.sql("select domain, count(*)::bigint as tokens from tokens group by 1 order by 1").df() \
+            if "tokens" in tables else None
+        out["balance"] = rd.balance(run)
+        out["relative_load"] = rd.relative_loads(run)
+        out["domains"] = [d for (d,) in run.sql("select distinct domain from expert_load order by 1").fetchall()]
+        out["repetition"] = rd.repetition(run) if "routing" in tables else None
+        out["mtp"] = rd.mtp_by_domain(run) if "mtp" in tables else None
+        out["kv"] = rd.latent_rank(run) if "kv_stats" in tables else None
+        research.compute_tables(run, ns, out)
+        out["summary"] = summary(out)
     return out
 
 

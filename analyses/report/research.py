@@ -17,9 +17,8 @@ RESEARCH_SECTIONS = ("Causal vs observed importance", "Expert paths", "Token-id 
 
 
 # --------------------------------------------------------------------------------- compute
-def compute(run, ns, out: dict) -> None:
-    """Fill out["paths"], out["token_dependence"], out["run_vs_run"] (and, unless --skip-ablation,
-    out["importance"] and out["steering"])."""
+def compute_tables(run, ns, out: dict) -> None:
+    """Fill out["paths"], out["token_dependence"] and out["run_vs_run"]: from the run's tables."""
     tables = set(run.tables)
     if "routing" in tables and "tokens" in tables:
         routes = M.routes_from_run(run)  # read once: both sections use every routed token
@@ -27,6 +26,11 @@ def compute(run, ns, out: dict) -> None:
         out["token_dependence"] = M.token_dependence_from_run(run, routes=routes)
     if getattr(ns, "compare", None):
         out["run_vs_run"] = run_vs_run(run, ns.compare)
+
+
+def compute_model(run, ns, out: dict) -> None:
+    """Unless --skip-ablation or --importance-tokens 0, fill out["importance"] and out["steering"]:
+    they run the model (every rank of a torchrun launch together); steering reads out["lift"]."""
     if not ns.skip_ablation and ns.importance_tokens:
         from . import research_model
 

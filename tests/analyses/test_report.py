@@ -71,6 +71,22 @@ def test_report_has_every_section(run_dir, tmp_path, capsys):
     assert {"top0", f"top{E // 8}", f"random{E // 8}-s0", f"random{E // 8}-s1"} <= set(rows.ablation)
 
 
+def test_only_the_writing_rank_computes_the_table_sections(run_dir, monkeypatch):
+    """Under torchrun every rank runs the model sections (ablations, importance, steering) together;
+    the sections read from the run's tables alone are computed by the rank that writes (rank 0) only."""
+    from analyses.report import render, research
+
+    scans = []
+    real = research.M.routes_from_run
+    monkeypatch.setattr(research.M, "routes_from_run", lambda *a, **k: scans.append(1) or real(*a, **k))
+    ns = report.parser().parse_args([str(run_dir), "--skip-ablation"])
+    other = render.compute(run_dir, ns, writer=False)
+    assert scans == [] and set(other) == {"run", "label", "specialisation", "lift", "sweep"}
+    assert other["lift"]  # steering picks its experts from it on every rank
+    first = render.compute(run_dir, ns)
+    assert scans == [1] and {"balance", "repetition", "paths", "token_dependence", "summary"} <= set(first)
+
+
 def test_loss_vs_masked_comes_from_the_ablation_api(run_dir):
     sw = ablation_sweep(run_dir, max_tokens=1000, fractions=(1 / 8,), seeds=(0, 1))
     info = json.loads((run_dir / "run.json").read_text())["model_args"]
