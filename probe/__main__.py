@@ -13,14 +13,26 @@ are library modules: record.py, speculative.py, plan.py; what they share is job.
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .corpus import CorpusError
 from .job import DEFAULT_CKPT, DEFAULT_CORPUS, RecordError, add_model_flags, closed_pipe_quiet, exit_ranks
-from .record import RecordOptions, record
 from .writer import RunError, read_run_json
+
+if TYPE_CHECKING:
+    from .record import RecordOptions
+
+# NOTE: the jobs (record.py, speculative.py, sglang.py) are imported where they run: they import torch,
+# seconds that `dsv3-probe --help` and `dsv3-probe dashboard` (whose pages never use torch) need not wait.
+
+
+def _doc(module: str) -> str:
+    """The docstring of this package's `module`, read without importing it (for --help)."""
+    return ast.get_docstring(ast.parse(Path(__file__).with_name(f"{module}.py").read_text(encoding="utf-8"))) or ""
 
 
 def _add_record(sub) -> None:
@@ -69,10 +81,14 @@ def record_options(argv: list[str]) -> RecordOptions:
 
 
 def _options(ns) -> RecordOptions:
+    from .record import RecordOptions
+
     return RecordOptions(**{k: v for k, v in vars(ns).items() if k in RecordOptions.__dataclass_fields__})
 
 
 def _record(ns) -> int:
+    from .record import record
+
     opts = _options(ns)
     try:
         out = record(opts)
@@ -109,6 +125,8 @@ def _dashboard(ns) -> int:
     runs = Path(ns.runs_dir)
     if ns.record and not any(runs.glob("*/run.json")):
         # the only path where the dashboard command needs the model (and torch, via probe.record)
+        from .record import RecordOptions, record
+
         out = runs / f"{DEFAULT_CKPT.name}-{DEFAULT_CORPUS.stem}"
         print(f"{runs} holds no run: recording the default run into {out} first", file=sys.stderr)
         try:
@@ -124,10 +142,8 @@ def _dashboard(ns) -> int:
 
 
 def _add_spec(sub) -> None:
-    from . import speculative
-
     p = sub.add_parser("spec", help="generate with MTP drafts and record their acceptance into a run",
-                       description=speculative.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=_doc("speculative"), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", help="Hugging Face checkpoint directory with MTP weights (default: the bundled model)")
     p.add_argument("--corpus", help=f"where prompts come from (default: the bundled {DEFAULT_CORPUS.name})")
     p.add_argument("--out", help="run directory to create or add to (default: runs/<ckpt>-<corpus>-spec)")
@@ -159,10 +175,8 @@ def _spec(ns) -> int:
 
 
 def _add_import(sub) -> None:
-    from . import sglang
-
     p = sub.add_parser("import", help="turn a serving engine's routing dumps into a run (sglang)",
-                       description=sglang.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=_doc("sglang"), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", choices=["sglang"], help="which engine wrote the dump")
     p.add_argument("dump", help="a dump file, or a directory of them (one per rank)")
     p.add_argument("--out", help="run directory to write (default: runs/sglang-<mode>-<dump name>)")

@@ -235,7 +235,10 @@ def exit_ranks(code: int) -> int:
     """Under torchrun, end the process here. NOTE: with torch 2.13 (CPU, gloo) a rank that ran
     forward passes intermittently aborts during interpreter teardown ("terminate called without an
     active exception") after all its work is done, which torchrun would report as a failure; and
-    after a peer died, tearing the process group down can block. So flush and leave at once."""
+    after a peer died, tearing the process group down can block. So flush and leave at once.
+    A process that never imported torch (`dsv3-probe --help`, the dashboard) has no process group."""
+    if "torch.distributed" not in sys.modules:
+        return code
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
