@@ -109,14 +109,31 @@ def package_version() -> str:
         return "unknown"
 
 
+MMAP_THRESHOLD = 64 << 20  # glibc: blocks from this size up get their own mapping, returned on free
+TRIM_THRESHOLD = 128 << 20  # glibc: free memory at the heap's top kept for reuse, up to this much
+
+
 def bound_heap() -> None:
-    """NOTE: glibc raises its mmap threshold as large blocks are freed, after which the model's
-    activations come from the heap and the small, longer-lived row buffers pin it: resident memory
-    then grows with the run. A fixed 1 MiB threshold keeps large blocks in mmap. No-op off glibc."""
+    """Fix glibc's heap thresholds for a long job: allocations below MMAP_THRESHOLD come from the
+    heap and are reused batch after batch, and up to TRIM_THRESHOLD of free heap is kept rather than
+    returned to the kernel. No-op off glibc.
+
+    NOTE: left to itself, glibc raises its mmap threshold as large blocks are freed, after which
+    the model's activations come from the heap and small, longer-lived row buffers pin it: resident
+    memory grew with the run. Fixed thresholds stop that. They used to be 1 MiB (mmap; trim then
+    stays at glibc's 128 KiB), which sent every activation, and oneDNN's packed bf16 weights, to a
+    fresh mapping whose pages fault in again on every use: on a 2-core Intel Xeon VM (2026-12-02)
+    a bf16 forward of benchmarks/config_wide.json ran 2.1x slower (368,000 page faults per forward)
+    and a float32 one 1.27x slower than with glibc's defaults, and benchmarks/bench_record.py's
+    160,000-token record 1.2x slower. With 64 MiB / 128 MiB, the same forwards ran as fast as with
+    the defaults and the record's peak resident memory was ~90 MiB (10%) higher, still growing <10%
+    over a 10x longer run (bench_record.py --part memory)."""
     try:
         import ctypes
 
-        ctypes.CDLL(None).mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-3, MMAP_THRESHOLD)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, TRIM_THRESHOLD)  # M_TRIM_THRESHOLD
     except (OSError, AttributeError):
         pass
 
