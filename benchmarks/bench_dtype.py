@@ -2,6 +2,7 @@
 
     python benchmarks/bench_dtype.py                      # bundled model, 30,000 tokens (every domain)
     python benchmarks/bench_dtype.py --ckpt DIR --corpus PATH --max-tokens 100000
+    python benchmarks/bench_dtype.py --config benchmarks/config_wide.json --max-tokens 20000   # a wider model
 
 Records the same windows twice (`dsv3-probe record --dtype float32`, then `--dtype bfloat16`; topk
 routing, no kv-stats or MTP tables, so the time is the model's) into a temporary directory, one
@@ -10,6 +11,13 @@ after the other in this process, and prints: tokens/s of each and their ratio, t
 same, the mean number of the K experts that differ, and the mean loss per domain in each dtype with
 the difference. The CPU's bfloat16 support decides the speed: AMX (`amx_bf16`) and AVX-512 BF16
 (`avx512_bf16`) run bf16 matrix products natively; elsewhere bf16 is emulated and slower.
+
+How much bf16 saves depends on the model's width as much as on the CPU: the bundled model's GEMMs
+are small (hidden 192), so most of its time is not in them. `--config` records a model of another
+architecture (a Hugging Face config.json, vocabulary set to the bundled tokenizer's) on random
+weights instead, its routers drawn with std 1/sqrt(hidden) so that scores spread as a trained
+router's do; its tokens/s show what bf16 is worth at that width, while its routing agreement is only
+that of a random router, not a trained one's.
 """
 
 from __future__ import annotations
@@ -31,13 +39,46 @@ def cpu_flags() -> list[str]:
     return sorted(f for f in flags if f.startswith(("amx", "avx512_bf16", "avx512f")))
 
 
+def random_checkpoint(config: str, out: Path) -> str:
+    """A checkpoint of `config`'s architecture on random weights (seed 0), with the bundled tokenizer."""
+    import json
+    import shutil
+
+    import torch
+
+    import model
+    from model.args import ModelArgs
+    from model.moe import Gate
+    from model.transformer import Transformer
+
+    bundled = Path(__file__).resolve().parents[1] / "data" / "model"
+    vocab = json.loads((bundled / "config.json").read_text())["vocab_size"]
+    args = ModelArgs.from_hf_config(json.loads(Path(config).read_text()) | {"vocab_size": vocab})
+    m = Transformer(args, init=False)
+    m.reset_parameters(seed=0)
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(1)
+        for gate in (mod for mod in m.modules() if isinstance(mod, Gate)):  # scores that spread like a trained router's
+            gate.weight.copy_(torch.randn(gate.weight.shape, generator=g) * args.dim ** -0.5)
+    model.save(m, out)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(bundled / name, out / name)
+    print(f"random weights: {config} (hidden {args.dim}, {args.n_layers} layers, {args.n_routed_experts} experts "
+          f"of {args.dim} x {args.moe_inter_dim}, top-{args.n_activated_experts}), written to a temporary directory")
+    return str(out)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", help="checkpoint (default: the bundled model)")
     p.add_argument("--corpus", help="corpus (default: the bundled validation corpus)")
     p.add_argument("--max-tokens", type=int, default=30_000)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--config", help="a Hugging Face config.json: record that architecture on random weights "
+                                    "(with the bundled tokenizer) instead of --ckpt")
     ns = p.parse_args()
+    if ns.config and ns.ckpt:
+        p.error("--config makes a random checkpoint; it cannot be combined with --ckpt")
 
     import probe
     from model import gemm
@@ -45,6 +86,8 @@ def main() -> None:
 
     runs, secs = {}, {}
     with tempfile.TemporaryDirectory() as d:
+        if ns.config:
+            ns.ckpt = random_checkpoint(ns.config, Path(d) / "ckpt")
         for dtype in ("float32", "bfloat16"):
             t0 = time.perf_counter()
             out = record(RecordOptions(ckpt=ns.ckpt, corpus=ns.corpus, out=str(Path(d) / dtype), dtype=dtype,
