@@ -68,6 +68,45 @@ def random_checkpoint(config: str, out: Path) -> str:
     return str(out)
 
 
+def gemm_ratio(rows: int, k: int, n: int, repeats: int = 20) -> tuple[float, float]:
+    """Best-of-`repeats` seconds of F.linear on [rows, k] x [n, k]^T in float32 and in bfloat16."""
+    import torch
+    import torch.nn.functional as F
+
+    out = []
+    for dt in (torch.float32, torch.bfloat16):
+        x, w = torch.randn(rows, k, dtype=dt), torch.randn(n, k, dtype=dt)
+        F.linear(x, w)
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            F.linear(x, w)
+            best = min(best, time.perf_counter() - t0)
+        out.append(best)
+    return out[0], out[1]
+
+
+def print_gemms(ckpt: str | None, batch_size: int) -> None:
+    """bf16 against float32 on this CPU at the model's own GEMM shapes: a dense projection at a
+    batch's rows (batch_size windows of the record's default length), and one routed expert at
+    its share of them."""
+    import json
+
+    from model.args import ModelArgs
+    from probe.job import default_seq_len
+
+    path = Path(ckpt) if ckpt else Path(__file__).resolve().parents[1] / "data" / "model"
+    cfg = json.loads((path / "config.json").read_text())
+    rows = batch_size * default_seq_len(ModelArgs.from_hf_config(cfg))
+    d, inter = cfg["hidden_size"], cfg.get("moe_intermediate_size") or cfg["intermediate_size"]
+    per_expert = max(1, rows * cfg.get("num_experts_per_tok", 1) // max(1, cfg.get("n_routed_experts", 1)))
+    for what, shape in (("dense", (rows, d, cfg["intermediate_size"])), ("one expert", (per_expert, d, inter))):
+        f32, b16 = gemm_ratio(*shape)
+        flops = 2 * shape[0] * shape[1] * shape[2]
+        print(f"F.linear {what} {shape[0]} x {shape[1]} x {shape[2]}: float32 {flops / f32 / 1e9:,.0f} GF/s, "
+              f"bfloat16 {flops / b16 / 1e9:,.0f} GF/s ({f32 / b16:.1f}x)")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", help="checkpoint (default: the bundled model)")
@@ -97,6 +136,7 @@ def main() -> None:
             run = probe.open_run(out)
             runs[dtype] = (run.df("tokens"), run.df("routing", columns=["seq_id", "pos", "layer", "expert_ids"]))
         choice = gemm.current()
+        print_gemms(ns.ckpt, ns.batch_size)
     (t32, r32), (t16, r16) = runs["float32"], runs["bfloat16"]
     key = ["seq_id", "pos", "layer"]
     r = r32.merge(r16, on=key, suffixes=("_32", "_16"))
