@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .corpus import CorpusError
-from .job import DEFAULT_CKPT, DEFAULT_CORPUS, RecordError, add_model_flags, closed_pipe_quiet, exit_ranks
+from .job import (DEFAULT_CKPT, DEFAULT_CORPUS, RecordError, add_model_flags, closed_pipe_quiet, exit_ranks,
+                  launch_rank0)
 from .writer import RunError, read_run_json
 
 if TYPE_CHECKING:
@@ -95,7 +96,7 @@ def _record(ns) -> int:
     except KeyboardInterrupt as e:
         print(f"\n{e}", file=sys.stderr)
         return 130
-    if not opts.dry_run and int(os.environ.get("RANK", "0")) == 0:
+    if not opts.dry_run and launch_rank0():
         print(f"wrote {out}")
     return 0
 

@@ -248,6 +248,12 @@ def closed_pipe_quiet(main):
     return wrapped
 
 
+def launch_rank0() -> bool:
+    """Whether this process prints a job's closing summary: rank 0 of a torchrun launch (its RANK
+    variable; readable before any process group exists, without importing torch), or a plain process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def exit_ranks(code: int) -> int:
     """Under torchrun, end the process here. NOTE: with torch 2.13 (CPU, gloo) a rank that ran
     forward passes intermittently aborts during interpreter teardown ("terminate called without an

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import analyses.ablate as package
 from probe.corpus import CorpusError
-from probe.job import add_input_flags, closed_pipe_quiet, exit_ranks
+from probe.job import add_input_flags, closed_pipe_quiet, exit_ranks, launch_rank0
 from probe.writer import RunError
 
 from .run import AblateOptions, ablate
@@ -71,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     except (AblationError, CorpusError, RunError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return exit_ranks(2)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if launch_rank0():
         show = df.drop(columns=["spec"]).copy()
         print(show.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
         print(f"wrote {out / 'ablations'}")

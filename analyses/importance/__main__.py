@@ -4,12 +4,11 @@ analyses/importance/__init__.py)."""
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import analyses.importance as package
 from probe.corpus import CorpusError
-from probe.job import add_input_flags, closed_pipe_quiet, exit_ranks
+from probe.job import add_input_flags, closed_pipe_quiet, exit_ranks, launch_rank0
 from probe.writer import RunError
 
 from .analysis import load_vs_importance
@@ -62,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ImportanceError, CorpusError, RunError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return exit_ranks(2)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if launch_rank0():
         print(summary(df, out, ns.show))
     return exit_ranks(0)
 

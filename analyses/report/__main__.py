@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
 import analyses.report as package
 from analyses.notebook_utils import DEFAULT_RUN
-from probe.job import MODEL_FLAGS, add_model_flags, closed_pipe_quiet, exit_ranks
+from probe.job import MODEL_FLAGS, add_model_flags, closed_pipe_quiet, exit_ranks, launch_rank0
 
 from . import data as rd
 from .render import ReportError, check_run, compute, figures, print_text, write_findings, write_html
@@ -95,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = Path(ns.run) if ns.run else DEFAULT_RUN
         check_run(run_dir)
         t = time.time()
-        writer = int(os.environ.get("RANK", "0")) == 0  # under torchrun every rank runs the ablations; one writes
+        writer = launch_rank0()  # under torchrun every rank runs the ablations; one writes
         r = compute(run_dir, ns, writer)
         if writer:
             figs = figures(r)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import textwrap
 
 import analyses.steer as package
 from analyses.ablate.select import AblationError
 from probe.corpus import CorpusError
-from probe.job import add_input_flags, closed_pipe_quiet, exit_ranks
+from probe.job import add_input_flags, closed_pipe_quiet, exit_ranks, launch_rank0
 from probe.writer import RunError
 
 from .hooks import MODES, Steer
@@ -79,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     except (AblationError, CorpusError, RunError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return exit_ranks(2)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if launch_rank0():
         show(df, out)
     return exit_ranks(0)
 
