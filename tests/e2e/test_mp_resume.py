@@ -93,7 +93,11 @@ def test_layout_errors_are_one_line_on_every_rank(env, tmp_path):
     p = torchrun(2, *record_args(env, out, "--model-parallel", "3"))
     assert p.returncode != 0
     lines = [ln for ln in p.stderr.splitlines() if ln.startswith("error: ")]
-    assert lines == ["error: --model-parallel 3 does not divide the world size 2 (torchrun started 2 processes)"] * 2
+    # NOTE: every rank runs the same check, but torchrun stops the other workers as soon as one exits
+    # non-zero: a rank still importing torch (a loaded machine) is stopped before it gets to print.
+    # So each rank that prints says this one line, and at least one prints.
+    assert 1 <= len(lines) <= 2, p.stderr
+    assert set(lines) == {"error: --model-parallel 3 does not divide the world size 2 (torchrun started 2 processes)"}
     assert not our_frames(p.stderr)  # torchrun prints its own report; no traceback of ours
     assert not out.exists()
 
