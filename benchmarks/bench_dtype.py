@@ -53,7 +53,10 @@ def random_checkpoint(config: str, out: Path) -> str:
 
     bundled = Path(__file__).resolve().parents[1] / "data" / "model"
     vocab = json.loads((bundled / "config.json").read_text())["vocab_size"]
-    args = ModelArgs.from_hf_config(json.loads(Path(config).read_text()) | {"vocab_size": vocab})
+    try:
+        args = ModelArgs.from_hf_config(json.loads(Path(config).read_text()) | {"vocab_size": vocab})
+    except ValueError as e:  # model.args.ConfigError, or json's decode error
+        raise SystemExit(f"error: --config {config}: {e}") from None
     m = Transformer(args, init=False)
     m.reset_parameters(seed=0)
     with torch.no_grad():
@@ -118,6 +121,8 @@ def main() -> None:
     ns = p.parse_args()
     if ns.config and ns.ckpt:
         p.error("--config makes a random checkpoint; it cannot be combined with --ckpt")
+    if ns.config and not Path(ns.config).is_file():
+        p.error(f"--config {ns.config}: no such file")
 
     import probe
     from model import gemm
