@@ -13,11 +13,12 @@ the difference. The CPU's bfloat16 support decides the speed: AMX (`amx_bf16`) a
 (`avx512_bf16`) run bf16 matrix products natively; elsewhere bf16 is emulated and slower.
 
 How much bf16 saves depends on the model's width as much as on the CPU: the bundled model's GEMMs
-are small (hidden 192), so most of its time is not in them. `--config` records a model of another
-architecture (a Hugging Face config.json, vocabulary set to the bundled tokenizer's) on random
-weights instead, its routers drawn with std 1/sqrt(hidden) so that scores spread as a trained
-router's do; its tokens/s show what bf16 is worth at that width, while its routing agreement is only
-that of a random router, not a trained one's.
+are small (hidden 192), so most of its time is not in them. The first lines printed time F.linear
+in both dtypes at the model's own shapes (a dense projection at a batch's rows, one routed expert at
+its share of them). `--config` records a model of another architecture (a Hugging Face config.json,
+vocabulary set to the bundled tokenizer's) on random weights instead, its routers drawn with std
+1/sqrt(hidden) so that their scores spread; its tokens/s show what bf16 is worth at that width,
+while its routing agreement is only that of a random router, not a trained one's.
 """
 
 from __future__ import annotations
