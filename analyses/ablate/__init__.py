@@ -32,12 +32,18 @@ Library: select.py (what to disable: `Ablation`, `resolve`, the routing guard, t
 run.py (the job: `evaluate`, `ablate`, `write_ablations`); the command is `__main__.py`.
 """
 
-from .run import (AblateOptions, ablate, add_loss, baseline_pass, check_out, evaluate, forward_batch, job_defaults,
-                  job_meta, limit_per_domain, loads_from_run, replica_batches, sample_windows, start_job,
-                  write_ablations)
-from .select import (ALL, MODES, Ablation, AblationError, Plan, RouterShape, ablated, ablation_hooks, check_names,
-                     check_routable, load_spec, normalise_disabled, parse_experts, parse_layers, plan_hooks, resolve,
-                     reroute_hook, top_vs_random, zero_hook)
+from analyses.lazy import exports
+
+# NOTE: imported on first use (analyses/lazy.py): run.py and select.py import torch, and
+# `python -m analyses.ablate --help` runs this file first
+__getattr__, __dir__ = exports(__name__, {
+    ".run": ("AblateOptions", "ablate", "add_loss", "baseline_pass", "check_out", "evaluate", "forward_batch",
+             "job_defaults", "job_meta", "limit_per_domain", "loads_from_run", "replica_batches", "sample_windows",
+             "start_job", "write_ablations"),
+    ".select": ("ALL", "MODES", "Ablation", "AblationError", "Plan", "RouterShape", "ablated", "ablation_hooks",
+                "check_names", "check_routable", "load_spec", "normalise_disabled", "parse_experts", "parse_layers",
+                "plan_hooks", "resolve", "reroute_hook", "top_vs_random", "zero_hook"),
+})
 
 __all__ = ["Ablation", "AblationError", "AblateOptions", "ablate", "ablated", "ablation_hooks", "evaluate",
            "load_spec", "loads_from_run", "parse_experts", "parse_layers", "resolve", "top_vs_random",

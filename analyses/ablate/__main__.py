@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 import analyses.ablate as package
 from probe.corpus import CorpusError
 from probe.job import add_input_flags, closed_pipe_quiet, exit_ranks, launch_rank0
 from probe.writer import RunError
 
-from .run import AblateOptions, ablate
-from .select import Ablation, AblationError, load_spec
+if TYPE_CHECKING:
+    from .select import Ablation
+
+# NOTE: run.py and select.py (torch) are imported where the job runs: --help answers without them
 
 
 def parser() -> argparse.ArgumentParser:
@@ -42,6 +45,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def ablations_from_args(ns) -> list[Ablation]:
+    from .select import Ablation, AblationError, load_spec
+
     flags = [f for f in ("experts", "top", "random", "domain", "layers", "name") if getattr(ns, f) is not None]
     flags += [f for f in ("shared", "renormalise", "control") if getattr(ns, f)]
     if ns.spec:
@@ -64,6 +69,9 @@ def ablations_from_args(ns) -> list[Ablation]:
 @closed_pipe_quiet
 def main(argv: list[str] | None = None) -> int:
     ns = parser().parse_args(argv)
+    from .run import AblateOptions, ablate
+    from .select import AblationError
+
     opts = AblateOptions(**{k: v for k, v in vars(ns).items() if k in AblateOptions.__dataclass_fields__})
     try:
         out, df = ablate(opts, ablations_from_args(ns))

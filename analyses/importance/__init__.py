@@ -36,9 +36,19 @@ analysis.py (`load_vs_importance`, `correlation_by_domain`, `rank_disagreement`:
 the table); the command is `__main__.py`.
 """
 
-from .analysis import correlation_by_domain, importance_table, load_vs_importance, pearson, rank_disagreement, spearman
-from .run import (DOMAIN_TOKENS, TABLE, TOKEN_BUDGET, ImportanceError, ImportanceOptions, check_selection,
-                  default_group, importance, measure, parse_ids, rows_reroute_hook, write_importance)
+from analyses.lazy import exports
+
+TOKEN_BUDGET = 16_384  # default: at most this many token rows (G x batch x window) per forward pass
+DOMAIN_TOKENS = 2000  # the command's default sample: this many tokens of every domain
+
+# NOTE: imported on first use (analyses/lazy.py): run.py imports torch, and
+# `python -m analyses.importance --help` runs this file first
+__getattr__, __dir__ = exports(__name__, {
+    ".analysis": ("correlation_by_domain", "importance_table", "load_vs_importance", "pearson", "rank_disagreement",
+                  "spearman"),
+    ".run": ("TABLE", "ImportanceError", "ImportanceOptions", "check_selection", "default_group", "importance",
+             "measure", "parse_ids", "rows_reroute_hook", "write_importance"),
+})
 
 __all__ = ["ImportanceError", "ImportanceOptions", "importance", "measure", "write_importance", "check_selection",
            "parse_ids", "default_group", "rows_reroute_hook", "load_vs_importance", "correlation_by_domain",

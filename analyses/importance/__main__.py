@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 import analyses.importance as package
 from probe.corpus import CorpusError
 from probe.job import add_input_flags, closed_pipe_quiet, exit_ranks, launch_rank0
 from probe.writer import RunError
 
-from .analysis import load_vs_importance
-from .run import DOMAIN_TOKENS, TOKEN_BUDGET, ImportanceError, ImportanceOptions, importance
+from . import DOMAIN_TOKENS, TOKEN_BUDGET
+
+if TYPE_CHECKING:
+    from .run import ImportanceOptions
+
+# NOTE: run.py and analysis.py (torch, pandas) are imported where the job runs: --help answers without them
 
 
 def parser() -> argparse.ArgumentParser:
@@ -30,6 +35,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def options(ns) -> ImportanceOptions:
+    from .run import ImportanceError, ImportanceOptions
+
     if ns.domain_tokens is not None and ns.domain_tokens < 0:
         raise ImportanceError(f"--domain-tokens {ns.domain_tokens}: must be >= 0 (0 = no per-domain cap)")
     kw = {k: v for k, v in vars(ns).items() if k in ImportanceOptions.__dataclass_fields__}
@@ -39,6 +46,8 @@ def options(ns) -> ImportanceOptions:
 
 def summary(df, out, show: int) -> str:
     """Per layer: Spearman's rho (load_share vs delta), Pearson's r, the most important experts."""
+    from .analysis import load_vs_importance
+
     lines = []
     corr = load_vs_importance(df) if len(df) else None
     for row in ([] if corr is None else corr.itertuples()):
@@ -54,6 +63,8 @@ def summary(df, out, show: int) -> str:
 @closed_pipe_quiet
 def main(argv: list[str] | None = None) -> int:
     ns = parser().parse_args(argv)
+    from .run import ImportanceError, importance
+
     try:
         if ns.show < 0:
             raise ImportanceError(f"--show {ns.show}: must be >= 0")

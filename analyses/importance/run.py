@@ -23,14 +23,13 @@ import torch
 from analyses.ablate import (AblateOptions, add_loss, baseline_pass, check_out, job_defaults,
                              job_meta, sample_windows, start_job)
 from analyses.ablate.select import ALL, AblationError, RouterShape, check_routable
+from analyses.importance import TOKEN_BUDGET
 from probe.corpus import CorpusError
 from probe.recorders import Batch, token_nll
 from probe.schema import TABLES
 from probe.writer import write_result_part
 
 TABLE = "expert_importance"
-TOKEN_BUDGET = 16_384  # default: at most this many token rows (G x batch x window) per forward pass
-DOMAIN_TOKENS = 2000  # the command's default sample: this many tokens of every domain
 
 
 class ImportanceError(ValueError):

@@ -38,9 +38,17 @@ Library: hooks.py (`Steer`, `Steering`, `steered`), run.py (the job: `evaluate`,
 `steer`, `write_steering`); the command is `__main__.py`.
 """
 
-from .hooks import MODES, Steer, SteerError, Steering, steered
-from .run import (Prompt, SteerOptions, corpus_prompts, evaluate, generations, parse_token_filter, steer,
-                  text_prompts, write_steering)
+from analyses.lazy import exports
+
+MODES = ("force", "bias")  # how a Steer moves its experts (hooks.py)
+
+# NOTE: imported on first use (analyses/lazy.py): hooks.py and run.py import torch, and
+# `python -m analyses.steer --help` runs this file first
+__getattr__, __dir__ = exports(__name__, {
+    ".hooks": ("Steer", "SteerError", "Steering", "steered"),
+    ".run": ("Prompt", "SteerOptions", "corpus_prompts", "evaluate", "generations", "parse_token_filter", "steer",
+             "text_prompts", "write_steering"),
+})
 
 __all__ = ["MODES", "Steer", "SteerError", "Steering", "steered", "Prompt", "SteerOptions", "corpus_prompts",
            "evaluate", "generations", "parse_token_filter", "steer", "text_prompts", "write_steering"]

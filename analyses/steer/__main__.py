@@ -6,14 +6,19 @@ import argparse
 import sys
 import textwrap
 
+from typing import TYPE_CHECKING
+
 import analyses.steer as package
-from analyses.ablate.select import AblationError
 from probe.corpus import CorpusError
 from probe.job import add_input_flags, closed_pipe_quiet, exit_ranks, launch_rank0
 from probe.writer import RunError
 
-from .hooks import MODES, Steer
-from .run import SteerOptions, steer
+from . import MODES
+
+if TYPE_CHECKING:
+    from .run import SteerOptions
+
+# NOTE: hooks.py and run.py (torch) are imported where the job runs: --help answers without them
 
 COLUMN = 48  # width of each side of the printed continuations
 
@@ -40,6 +45,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _options(ns) -> SteerOptions:
+    from .run import SteerOptions
+
     kw = {k: v for k, v in vars(ns).items() if k in SteerOptions.__dataclass_fields__}
     kw["domain_tokens"] = ns.domain_tokens or None
     kw["prompts"] = ns.prompt
@@ -70,6 +77,11 @@ def _flat(text: str) -> str:
 @closed_pipe_quiet
 def main(argv: list[str] | None = None) -> int:
     ns = parser().parse_args(argv)
+    from analyses.ablate.select import AblationError
+
+    from .hooks import Steer
+    from .run import steer
+
     try:
         if not ns.experts:
             raise AblationError("nothing to steer: pass --experts layer:expert[+expert],... (e.g. 2:5+7)")

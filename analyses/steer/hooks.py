@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 import torch
 
 from analyses.ablate.select import AblationError, RouterShape, normalise_disabled, parse_experts
+from analyses.steer import MODES
 
-MODES = ("force", "bias")
 
 
 class SteerError(AblationError):

@@ -1,0 +1,33 @@
+"""Package exports imported on first use (PEP 562's module `__getattr__`).
+
+The job packages (analyses.ablate, .importance, .steer) re-export their library from submodules
+that import torch (~1-2 s). Importing them lazily lets `python -m analyses.X --help`, which runs
+the package's `__init__` first, answer at once; `from analyses.ablate import ablate` still works
+and imports what it needs then.
+
+    __getattr__, __dir__ = exports(__name__, {".run": ("ablate", ...), ".select": ("Ablation", ...)})
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+
+def exports(package: str, modules: dict[str, tuple[str, ...]]):
+    """(`__getattr__`, `__dir__`) for `package`: each name in `modules` ({relative submodule: names})
+    is imported from its submodule on first access and then kept as the package's attribute."""
+    where = {name: mod for mod, names in modules.items() for name in names}
+
+    def __getattr__(name: str):
+        mod = where.get(name)
+        if mod is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(mod, package), name)
+        setattr(sys.modules[package], name, value)
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted(set(vars(sys.modules[package])) | set(where))
+
+    return __getattr__, __dir__
