@@ -5,7 +5,7 @@ that import torch (~1-2 s). Importing them lazily lets `python -m analyses.X --h
 the package's `__init__` first, answer at once; `from analyses.ablate import ablate` still works
 and imports what it needs then.
 
-    __getattr__, __dir__ = exports(__name__, {".run": ("ablate", ...), ".select": ("Ablation", ...)})
+    __getattr__, __dir__, __all__ = exports(__name__, {".run": ("ablate", ...), ".select": ("Ablation", ...)})
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import sys
 
 
 def exports(package: str, modules: dict[str, tuple[str, ...]]):
-    """(`__getattr__`, `__dir__`) for `package`: each name in `modules` ({relative submodule: names})
-    is imported from its submodule on first access and then kept as the package's attribute."""
+    """(`__getattr__`, `__dir__`, the exported names) for `package`: each name in `modules`
+    ({relative submodule: names}) is imported from its submodule on first access and then kept as
+    the package's attribute."""
     where = {name: mod for mod, names in modules.items() for name in names}
 
     def __getattr__(name: str):
@@ -30,4 +31,4 @@ def exports(package: str, modules: dict[str, tuple[str, ...]]):
     def __dir__() -> list[str]:
         return sorted(set(vars(sys.modules[package])) | set(where))
 
-    return __getattr__, __dir__
+    return __getattr__, __dir__, list(where)

@@ -51,9 +51,9 @@ def random_checkpoint(config: str, out: Path) -> str:
     from model.args import ModelArgs
     from model.moe import Gate
     from model.transformer import Transformer
+    from probe.job import DEFAULT_CKPT, checkpoint_args
 
-    bundled = Path(__file__).resolve().parents[1] / "data" / "model"
-    vocab = json.loads((bundled / "config.json").read_text())["vocab_size"]
+    vocab = checkpoint_args(DEFAULT_CKPT).vocab_size
     try:
         args = ModelArgs.from_hf_config(json.loads(Path(config).read_text()) | {"vocab_size": vocab})
     except ValueError as e:  # model.args.ConfigError, or json's decode error
@@ -66,7 +66,7 @@ def random_checkpoint(config: str, out: Path) -> str:
             gate.weight.copy_(torch.randn(gate.weight.shape, generator=g) * args.dim ** -0.5)
     model.save(m, out)
     for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(bundled / name, out / name)
+        shutil.copy(DEFAULT_CKPT / name, out / name)
     print(f"random weights: {config} (hidden {args.dim}, {args.n_layers} layers, {args.n_routed_experts} experts "
           f"of {args.dim} x {args.moe_inter_dim}, top-{args.n_activated_experts}), written to a temporary directory")
     return str(out)
@@ -94,17 +94,13 @@ def print_gemms(ckpt: str | None, batch_size: int) -> None:
     """bf16 against float32 on this CPU at the model's own GEMM shapes: a dense projection at a
     batch's rows (batch_size windows of the record's default length), and one routed expert at
     its share of them."""
-    import json
+    from probe.job import DEFAULT_CKPT, checkpoint_args, default_seq_len
 
-    from model.args import ModelArgs
-    from probe.job import default_seq_len
-
-    path = Path(ckpt) if ckpt else Path(__file__).resolve().parents[1] / "data" / "model"
-    cfg = json.loads((path / "config.json").read_text())
-    rows = batch_size * default_seq_len(ModelArgs.from_hf_config(cfg))
-    d, inter = cfg["hidden_size"], cfg.get("moe_intermediate_size") or cfg["intermediate_size"]
-    per_expert = max(1, rows * cfg.get("num_experts_per_tok", 1) // max(1, cfg.get("n_routed_experts", 1)))
-    for what, shape in (("dense", (rows, d, cfg["intermediate_size"])), ("one expert", (per_expert, d, inter))):
+    args = checkpoint_args(Path(ckpt) if ckpt else DEFAULT_CKPT)
+    rows = batch_size * default_seq_len(args)
+    per_expert = max(1, rows * args.n_activated_experts // max(1, args.n_routed_experts))
+    for what, shape in (("dense", (rows, args.dim, args.inter_dim)),
+                        ("one expert", (per_expert, args.dim, args.moe_inter_dim))):
         f32, b16 = gemm_ratio(*shape)
         flops = 2 * shape[0] * shape[1] * shape[2]
         print(f"F.linear {what} {shape[0]} x {shape[1]} x {shape[2]}: float32 {flops / f32 / 1e9:,.0f} GF/s, "

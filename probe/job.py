@@ -127,7 +127,7 @@ def bound_heap() -> None:
     a bf16 forward of benchmarks/config_wide.json ran 2.1x slower (368,000 page faults per forward)
     and a float32 one 1.27x slower than with glibc's defaults, and benchmarks/bench_record.py's
     160,000-token record 1.2x slower. With 64 MiB / 128 MiB, the same forwards ran as fast as with
-    the defaults and the record's peak resident memory was ~90 MiB (10%) higher, still growing <10%
+    the defaults and the record's peak resident memory was 20-80 MiB (4-9%) higher, still growing <10%
     over a 10x longer run (bench_record.py --part memory)."""
     try:
         import ctypes

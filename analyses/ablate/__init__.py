@@ -36,7 +36,7 @@ from analyses.lazy import exports
 
 # NOTE: imported on first use (analyses/lazy.py): run.py and select.py import torch, and
 # `python -m analyses.ablate --help` runs this file first
-__getattr__, __dir__ = exports(__name__, {
+__getattr__, __dir__, __all__ = exports(__name__, {
     ".run": ("AblateOptions", "ablate", "add_loss", "baseline_pass", "check_out", "evaluate", "forward_batch",
              "job_defaults", "job_meta", "limit_per_domain", "loads_from_run", "replica_batches", "sample_windows",
              "start_job", "write_ablations"),
@@ -44,9 +44,3 @@ __getattr__, __dir__ = exports(__name__, {
                 "check_names", "check_routable", "load_spec", "normalise_disabled", "parse_experts", "parse_layers",
                 "plan_hooks", "resolve", "reroute_hook", "top_vs_random", "zero_hook"),
 })
-
-__all__ = ["Ablation", "AblationError", "AblateOptions", "ablate", "ablated", "ablation_hooks", "evaluate",
-           "load_spec", "loads_from_run", "parse_experts", "parse_layers", "resolve", "top_vs_random",
-           "write_ablations", "limit_per_domain", "RouterShape", "Plan", "check_routable", "check_names",
-           "normalise_disabled", "plan_hooks", "reroute_hook", "zero_hook", "ALL", "MODES", "forward_batch", "add_loss",
-           "job_defaults", "check_out", "baseline_pass", "sample_windows", "replica_batches", "start_job", "job_meta"]

@@ -44,11 +44,9 @@ MODES = ("force", "bias")  # how a Steer moves its experts (hooks.py)
 
 # NOTE: imported on first use (analyses/lazy.py): hooks.py and run.py import torch, and
 # `python -m analyses.steer --help` runs this file first
-__getattr__, __dir__ = exports(__name__, {
+__getattr__, __dir__, __all__ = exports(__name__, {
     ".hooks": ("Steer", "SteerError", "Steering", "steered"),
     ".run": ("Prompt", "SteerOptions", "corpus_prompts", "evaluate", "generations", "parse_token_filter", "steer",
              "text_prompts", "write_steering"),
 })
-
-__all__ = ["MODES", "Steer", "SteerError", "Steering", "steered", "Prompt", "SteerOptions", "corpus_prompts",
-           "evaluate", "generations", "parse_token_filter", "steer", "text_prompts", "write_steering"]
+__all__ += ["MODES"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 import textwrap
-
 from typing import TYPE_CHECKING
 
 import analyses.steer as package

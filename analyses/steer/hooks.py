@@ -41,7 +41,6 @@ from analyses.ablate.select import AblationError, RouterShape, normalise_disable
 from analyses.steer import MODES
 
 
-
 class SteerError(AblationError):
     """A bad steering request (one line, naming the culprit)."""
 
