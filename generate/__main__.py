@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import torch
 
 import generate as package
+from probe.job import exit_ranks
 from generate import (GenerateError, GenerationOutput, SamplingParams, TextCodec, generate, load_codec,
                       read_prompts, write_demo_checkpoint)
 
@@ -180,14 +180,8 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if world.size > 1:
             world.close()
-            if code is not None:
-                # NOTE: under torchrun, leave without interpreter teardown: with torch 2.13 (CPU, gloo)
-                # a rank that ran forward passes intermittently aborts at exit ("terminate called
-                # without an active exception") after all its work and output are done, which
-                # torchrun reports as a failed launch. Reproduced with and without sharding.
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
+            if code is not None:  # leave without interpreter teardown (probe.job.exit_ranks says why)
+                exit_ranks(code)
     if code:
         raise SystemExit(code) from None
 

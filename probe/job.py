@@ -256,16 +256,20 @@ def launch_rank0() -> bool:
 
 
 def exit_ranks(code: int) -> int:
-    """Under torchrun, end the process here. NOTE: with torch 2.13 (CPU, gloo) a rank that ran
+    """Under torchrun, end the process here (every torchrun command: probe's and analyses' jobs,
+    `python -m train`, `python -m generate`). NOTE: with torch 2.13 (CPU, gloo) a rank that ran
     forward passes intermittently aborts during interpreter teardown ("terminate called without an
     active exception") after all its work is done, which torchrun would report as a failure; and
-    after a peer died, tearing the process group down can block. So flush and leave at once.
-    A process that never imported torch (`dsv3-probe --help`, the dashboard) has no process group."""
+    after a peer died, tearing the process group down can block. So flush and leave at once, also
+    when the process group is already closed (train and generate close theirs first; generate's
+    ranks still aborted at teardown). A process that never imported torch (`dsv3-probe --help`, the
+    dashboard) has nothing to tear down."""
     if "torch.distributed" not in sys.modules:
         return code
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1  # a torchrun worker, its group open or closed
+    if launched or (dist.is_available() and dist.is_initialized()):
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
