@@ -255,3 +255,26 @@ def test_bfloat16_close_to_float32():
     mean_rel = ((got - ref).abs().mean() / ref.abs().mean()).item()
     print(f"bf16 vs fp32: mean |diff| / mean |logit| = {mean_rel:.3f}")
     assert mean_rel < 0.1
+
+
+@torch.no_grad()
+def test_a_float64_model_normalises_and_rotates_in_float64():
+    """RMSNorm and RoPE compute in float32 at least, in float64 for a float64 model (the
+    `--dtype float64` reference precision): against a float64 formula they agree to float64
+    rounding; the same input rounded through float32 (the control) is 1e-8 away."""
+    from model.layers import RMSNorm, apply_rope
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 40, 8, 96, dtype=torch.float64, generator=g) * 3
+    norm = RMSNorm(96, eps=1e-6).double()
+    norm.weight.copy_(torch.rand(96, dtype=torch.float64, generator=g) + 0.5)
+    want = x / (x.square().mean(-1, keepdim=True) + 1e-6).sqrt() * norm.weight
+    assert rel(norm(x), want) < 1e-14
+    assert rel((norm.float()(x.float())).double(), want) > 1e-9  # the control: float32 is visibly coarser
+    cos, sin = (torch.rand(3, 40, 16, generator=g) for _ in range(2))
+    x0, x1 = x[..., 64::2], x[..., 65::2]
+    c, s = cos[:, :, None].double(), sin[:, :, None].double()
+    want = torch.stack((x0 * c - x1 * s, x1 * c + x0 * s), dim=-1).flatten(-2)
+    assert apply_rope(x[..., 64:], cos, sin).dtype == torch.float64
+    assert rel(apply_rope(x[..., 64:], cos, sin), want) < 1e-14
+    assert rel(apply_rope(x[..., 64:].float(), cos, sin).double(), want) > 1e-9
