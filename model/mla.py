@@ -15,8 +15,8 @@ V v_head_dim.
   `MLA.latent_attention = "always"` forces the latent form (the tests check both agree).
 
 Both use `scaled_dot_product_attention` (fp32 accumulation) unless `hook_pattern` has a hook
-attached, in which case the scores are materialised, softmaxed in float32 and passed through the
-hook (so it may read or replace the attention pattern).
+attached, in which case the scores are materialised, softmaxed in float32 (float64 in a float64
+model) and passed through the hook (so it may read or replace the attention pattern).
 """
 
 from __future__ import annotations
@@ -192,10 +192,11 @@ class MLA(nn.Module):
             return F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, is_causal=mask is None, scale=self.softmax_scale,
                 enable_gqa=k.shape[1] != q.shape[1])
-        scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * self.softmax_scale  # [B, H, S, T]
+        wide = torch.promote_types(q.dtype, torch.float32)  # float32, or float64 for a float64 model
+        scores = torch.matmul(q.to(wide), k.to(wide).transpose(-1, -2)) * self.softmax_scale  # [B, H, S, T]
         if mask is None:
             s, t = scores.shape[-2:]
             mask = torch.ones(s, t, dtype=torch.bool, device=q.device).tril(t - s)
         scores = scores.masked_fill(~mask, float("-inf"))
-        probs = self.hook_pattern(scores.softmax(dim=-1))  # [B, H, S, T] float32
+        probs = self.hook_pattern(scores.softmax(dim=-1))  # [B, H, S, T] float32 (or float64)
         return torch.matmul(probs.to(v.dtype), v)
