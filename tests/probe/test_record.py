@@ -490,3 +490,25 @@ def test_a_rank_stuck_after_a_signal_is_stopped_by_the_watchdog():
         time.sleep(0.1)  # the loop ends in time
     time.sleep(0.6)
     assert calls == []
+
+
+def test_the_cpu_step_is_an_eighth_of_l2(tmp_path):
+    """logit_stats' step on the CPU follows the L2 cache's size as sysfs gives it (2 MiB -> 2^18
+    float32 logits, 1 MiB -> 2^17), past the L1 entries; without a readable L2 the default holds."""
+    from probe import recorders
+
+    def cache(*entries):
+        base = tmp_path / str(len(list(tmp_path.iterdir())))
+        for i, (level, kind, size) in enumerate(entries):
+            d = base / f"index{i}"
+            d.mkdir(parents=True)
+            for name, text in (("level", level), ("type", kind), ("size", size)):
+                (d / name).write_text(text + "\n")
+        return base
+
+    l1 = [("1", "Data", "48K"), ("1", "Instruction", "64K")]
+    assert recorders._cpu_step_elements(cache(*l1, ("2", "Unified", "2048K"), ("3", "Unified", "491520K"))) == 1 << 18
+    assert recorders._cpu_step_elements(cache(*l1, ("2", "Unified", "1024K"))) == 1 << 17
+    assert recorders._cpu_step_elements(cache(*l1)) == 1 << 17  # no L2 listed
+    assert recorders._cpu_step_elements(cache(*l1, ("2", "Unified", "lots"))) == 1 << 17
+    assert recorders._cpu_step_elements(tmp_path / "missing", default=7) == 7
