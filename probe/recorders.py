@@ -73,7 +73,8 @@ def _cpu_step_elements(base: Path = Path("/sys/devices/system/cpu/cpu0/cache"), 
 
     NOTE: measured on logit_stats of 1024 x 8192 float32 logits, 2 threads, steps of 2^15..2^20:
     on a Xeon with 2 MiB of L2 (2026-12-02) 2^18 was the fastest (5.6 ms; 7.3 ms at 2^17, 6.0 at
-    2^19); 2^17 had been chosen on an EPYC with 1 MiB. Set by the cache's size, not the vendor."""
+    2^19). The earlier fixed 2^17 was measured on an AMD EPYC whose L2 size was not recorded (1 MiB
+    on the Zen 4 ones, which gives 2^17 here). Set by the cache's size, not the vendor."""
     try:
         for d in sorted(base.glob("index*")):
             if (d / "level").read_text().strip() == "2" and (d / "type").read_text().strip() in ("Unified", "Data"):
