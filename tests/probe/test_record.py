@@ -494,7 +494,8 @@ def test_a_rank_stuck_after_a_signal_is_stopped_by_the_watchdog():
 
 def test_the_cpu_step_is_an_eighth_of_l2(tmp_path):
     """logit_stats' step on the CPU follows the L2 cache's size as sysfs gives it (2 MiB -> 2^18
-    float32 logits, 1 MiB -> 2^17), past the L1 entries; without a readable L2 the default holds."""
+    float32 logits, 4 MiB -> 2^19), past the L1 entries, never under the default (2^17, the step
+    measured before); without a readable L2 the default holds."""
     from probe import recorders
 
     def cache(*entries):
@@ -509,6 +510,8 @@ def test_the_cpu_step_is_an_eighth_of_l2(tmp_path):
     l1 = [("1", "Data", "48K"), ("1", "Instruction", "64K")]
     assert recorders._cpu_step_elements(cache(*l1, ("2", "Unified", "2048K"), ("3", "Unified", "491520K"))) == 1 << 18
     assert recorders._cpu_step_elements(cache(*l1, ("2", "Unified", "1024K"))) == 1 << 17
+    assert recorders._cpu_step_elements(cache(*l1, ("2", "Unified", "4M"))) == 1 << 19
+    assert recorders._cpu_step_elements(cache(*l1, ("2", "Unified", "512K"))) == 1 << 17  # never under the default
     assert recorders._cpu_step_elements(cache(*l1)) == 1 << 17  # no L2 listed
     assert recorders._cpu_step_elements(cache(*l1, ("2", "Unified", "lots"))) == 1 << 17
     assert recorders._cpu_step_elements(tmp_path / "missing", default=7) == 7
