@@ -27,7 +27,7 @@ from torch import nn
 
 from .args import ModelArgs
 from .hooks import HookPoint
-from .layers import Linear, RMSNorm, apply_rope, dense_linear
+from .layers import Linear, RMSNorm, apply_rope, dense_linear, wide
 
 ATTN_IMPLS = ("absorb", "naive")
 
@@ -192,8 +192,8 @@ class MLA(nn.Module):
             return F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, is_causal=mask is None, scale=self.softmax_scale,
                 enable_gqa=k.shape[1] != q.shape[1])
-        wide = torch.promote_types(q.dtype, torch.float32)  # float32, or float64 for a float64 model
-        scores = torch.matmul(q.to(wide), k.to(wide).transpose(-1, -2)) * self.softmax_scale  # [B, H, S, T]
+        dt = wide(q.dtype)  # float32, or float64 for a float64 model
+        scores = torch.matmul(q.to(dt), k.to(dt).transpose(-1, -2)) * self.softmax_scale  # [B, H, S, T]
         if mask is None:
             s, t = scores.shape[-2:]
             mask = torch.ones(s, t, dtype=torch.bool, device=q.device).tril(t - s)
