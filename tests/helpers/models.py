@@ -76,6 +76,18 @@ def random_model(name_or_args="tiny", seed: int = 0, attn_impl: str = "absorb", 
     return m.eval()
 
 
+def cast_(m, dtype: torch.dtype):
+    """`m` cast to `dtype` in place, its routers (model.moe.Gate) kept float32 as model.load builds
+    them; returns m."""
+    from model.moe import Gate
+
+    m.to(dtype)
+    for mod in m.modules():
+        if isinstance(mod, Gate):
+            mod.float()
+    return m
+
+
 # ------------------------------------------------------------------ corpora and probe checkpoints
 _WORDS = ("the quick brown fox jumps over a lazy dog while cats sleep in the warm sun and "
           "rivers run down to the sea under grey skies").split()

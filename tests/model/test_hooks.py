@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import model
-from helpers import random_model
+from helpers import cast_, random_model
 
 # The full ordered list for the shipped tiny config (1 dense layer, 2 MoE layers, 1 MTP module).
 # Changing a name breaks users' code: update this list only on purpose.
@@ -165,10 +165,7 @@ def test_attention_pattern_opt_in():
     assert torch.allclose(p.sum(-1), torch.ones(2, m.args.n_heads, 6))
     assert p.triu(1).abs().max() == 0  # causal
     assert torch.allclose(out, ref, atol=1e-5)  # the materialised path computes the same thing
-    m64, x = m.double(), torch.randint(0, 512, (2, 40))
-    for mod in m64.modules():  # the router stays float32, as model.load builds it
-        if hasattr(mod, "score_func"):
-            mod.float()
+    m64, x = cast_(m, torch.float64), torch.randint(0, 512, (2, 40))  # the router stays float32
     out, c = m64.run_with_cache(x, names="layers.*.attn.hook_pattern")
     assert c["layers.2.attn.hook_pattern"].dtype == torch.float64
     assert ((out - m64(x)).abs().max() / out.abs().max()) < 1e-12  # in float64 too (float32 gives ~1e-7)
