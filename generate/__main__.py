@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 
 import generate as package
-from probe.job import exit_ranks
 from generate import (GenerateError, GenerationOutput, SamplingParams, TextCodec, generate, load_codec,
                       read_prompts, write_demo_checkpoint)
+from probe.job import exit_ranks
 
 
 class Streamer:
