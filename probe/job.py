@@ -268,7 +268,9 @@ def exit_ranks(code: int) -> int:
         return code
     import torch.distributed as dist
 
-    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1  # a torchrun worker, its group open or closed
+    from model.ranks import env_world_size
+
+    launched = env_world_size() > 1  # a torchrun worker, its group open or closed
     if launched or (dist.is_available() and dist.is_initialized()):
         sys.stdout.flush()
         sys.stderr.flush()
