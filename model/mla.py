@@ -116,8 +116,8 @@ class MLA(nn.Module):
         bsz, seqlen, _ = x.shape
         q = self.wq(x) if self.q_lora_rank == 0 else self.wq_b(self.q_norm(self.wq_a(x)))
         q = q.view(bsz, seqlen, self.n_heads, self.nope + self.rope)
-        q_nope, q_pe = q.split([self.nope, self.rope], dim=-1)
-        q_nope = self.hook_q_nope(q_nope)  # [B, S, H, N]
+        nope_view, q_pe = q.split([self.nope, self.rope], dim=-1)
+        q_nope = self.hook_q_nope(nope_view)  # [B, S, H, N]
         q_pe = self.hook_q_pe(apply_rope(q_pe, cos, sin))  # [B, S, H, R]
 
         kv, k_pe = self.wkv_a(x).split([self.kv_lora_rank, self.rope], dim=-1)
@@ -134,19 +134,20 @@ class MLA(nn.Module):
                 k_pe = self._store("pe", k_pe, pos, n_keys)  # [B, T, R]
             if self.latent_attention != "always" and self._expand_is_cheaper(seqlen, kv.shape[1]):
                 kvb = dense_linear(kv, wkv_b.flatten(0, 1)).view(bsz, -1, self.n_heads, self.nope + self.v_dim)
-                z = self._attend_expanded(q_nope, q_pe, kvb, k_pe, mask)
+                z = self._attend_expanded(self._query(q, nope_view, q_nope, q_pe), kvb, k_pe, mask)
             else:
                 z = self._attend_latent(q_nope, q_pe, kv, k_pe, wkv_b, mask)
         else:
             kvb = self.wkv_b(kv).view(bsz, -1, self.n_heads, self.nope + self.v_dim)
+            query = self._query(q, nope_view, q_nope, q_pe)
             if use_cache:
                 k_nope, v = kvb.split([self.nope, self.v_dim], dim=-1)
                 k = torch.cat([k_nope, k_pe[:, :, None].expand(-1, -1, self.n_heads, -1)], dim=-1)
                 k = self._store("k", k, pos, n_keys)  # [B, T, H, N+R]
                 v = self._store("v", v, pos, n_keys)  # [B, T, H, V]
-                z = self._attend_kv(q_nope, q_pe, k, v, mask)
+                z = self._attend_kv(query, k, v, mask)
             else:
-                z = self._attend_expanded(q_nope, q_pe, kvb, k_pe, mask)
+                z = self._attend_expanded(query, kvb, k_pe, mask)
         z = self.hook_z(z)  # [B, S, H, V]
         return self.wo(z.flatten(2))  # [B, S, D]
 
@@ -172,18 +173,40 @@ class MLA(nn.Module):
         latent = s * c * nv + s * t * 2 * (c + self.rope)
         return expanded < latent
 
-    def _attend_expanded(self, q_nope, q_pe, kvb, k_pe, mask) -> torch.Tensor:
-        """kvb [B, T, H, N+V] (wkv_b applied to the latents), k_pe [B, T, R] -> z [B, S, H, V]."""
-        k_nope, v = kvb.split([self.nope, self.v_dim], dim=-1)
-        k = torch.cat([k_nope, k_pe[:, :, None].expand(-1, -1, self.n_heads, -1)], dim=-1)  # [B, T, H, N+R]
-        return self._attend_kv(q_nope, q_pe, k, v, mask)
+    def _query(self, q, nope_view, q_nope, q_pe) -> torch.Tensor:
+        """The query [B, S, H, N+R] of the expanded forms: [q_nope | q_pe] after their hooks.
 
-    def _attend_kv(self, q_nope, q_pe, k, v, mask) -> torch.Tensor:
-        """k [B, T, H, N+R], v [B, T, H, V] -> z [B, S, H, V]."""
-        query = torch.cat([q_nope, q_pe], dim=-1).transpose(1, 2)  # [B, H, S, N+R]
+        NOTE: written into q, the projection both were split from, when that changes nothing anyone
+        can see: q_nope is still q's own slice (its hook, if any, returned it rather than a
+        replacement) and no gradient is recorded. The RoPE'd q_pe then overwrites q's pre-RoPE
+        values, which no hook exposes. Bit-equal to the concatenation, one [B, S, H, R] copy instead
+        of a new [B, S, H, N+R] tensor."""
+        if q_nope is nope_view and not (torch.is_grad_enabled() and q.requires_grad):
+            q[..., self.nope :] = q_pe
+            return q
+        return torch.cat([q_nope, q_pe], dim=-1)
+
+    def _attend_expanded(self, query, kvb, k_pe, mask) -> torch.Tensor:
+        """query [B, S, H, N+R], kvb [B, T, H, N+V] (wkv_b applied to the latents), k_pe [B, T, R]
+        -> z [B, S, H, V].
+
+        NOTE: keys and values share one [B, T, H, N+R+V] tensor [k_nope | k_pe | v]: the key is its
+        first N+R dims, the value its last max(V, N+R). The fused SDPA kernel needs values as wide
+        as keys, and a value's extra leading dims (here k_nope's tail and k_pe) only produce output
+        dims that are dropped (each output dim is its own weighted sum of one value dim), so they
+        stand in for zero padding: one copy where a key concatenation and a padded value took two."""
+        k_nope, v = kvb.split([self.nope, self.v_dim], dim=-1)
+        qk, width = self.nope + self.rope, max(self.v_dim, self.nope + self.rope)
+        kv = torch.cat([k_nope, k_pe[:, :, None].expand(-1, -1, self.n_heads, -1), v], dim=-1)
+        out = self._attend(query.transpose(1, 2), kv[..., :qk].transpose(1, 2),
+                           kv[..., qk + self.v_dim - width :].transpose(1, 2), mask)  # [B, H, S, width]
+        return out[..., width - self.v_dim :].transpose(1, 2)
+
+    def _attend_kv(self, query, k, v, mask) -> torch.Tensor:
+        """query [B, S, H, N+R], k [B, T, H, N+R], v [B, T, H, V] -> z [B, S, H, V]."""
         # zero-pad values to the key width so the fused SDPA kernel applies; pads dropped after
         v_pad = F.pad(v, (0, self.nope + self.rope - self.v_dim)) if self.v_dim < self.nope + self.rope else v
-        out = self._attend(query, k.transpose(1, 2), v_pad.transpose(1, 2), mask)  # [B, H, S, N+R]
+        out = self._attend(query.transpose(1, 2), k.transpose(1, 2), v_pad.transpose(1, 2), mask)  # [B, H, S, N+R]
         return out[..., : self.v_dim].transpose(1, 2)
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import model
 from helpers import cast_, random_model
 
 ATOL = 1e-5
@@ -57,6 +58,57 @@ def test_absorb_latent_and_expanded_forms_agree():
     for a, b in zip(auto, latent):
         assert rel(a, b) < ATOL
     assert rel(auto[0], auto[1]) < ATOL
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("impl", ["absorb", "naive"])
+def test_the_query_assembled_in_place_changes_nothing_hooks_see(impl):
+    """The expanded forms write the RoPE'd q_pe into the query projection rather than concatenating
+    (MLA._query): bit-equal to the concatenation, which a hook that replaces q_nope by a copy forces,
+    and the cached q_nope and q_pe hold the same values either way. A hook's replacement still
+    reaches the attention (the control: doubling q_nope changes the logits)."""
+    m = random_model("tiny", seed=6, attn_impl=impl)
+    x = tokens(2, 24, seed=7)
+    names = ["layers.*.attn.hook_q_nope", "layers.*.attn.hook_q_pe"]
+    fast, c_fast = m.run_with_cache(x, names=names)
+    with m.hooks([("layers.*.attn.hook_q_nope", lambda t, hook: t.clone())]):
+        joined, c_joined = m.run_with_cache(x, names=names)
+    assert torch.equal(fast, joined)
+    assert set(c_fast) == set(c_joined) and len(c_fast) == 2 * len(m.layers)
+    for name in c_fast:
+        assert torch.equal(c_fast[name], c_joined[name]), name
+    with m.hooks([("layers.*.attn.hook_q_nope", lambda t, hook: t * 2)]):
+        assert rel(m(x), fast) > 1e-3
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("nope,rope,v_dim", [(16, 8, 16), (16, 8, 8), (8, 8, 24)])
+@pytest.mark.parametrize("masked", [False, True])
+def test_keys_and_values_in_one_tensor_equal_zero_padded_values(nope, rope, v_dim, masked):
+    """MLA._attend_expanded keeps keys and values in one [k_nope | k_pe | v] tensor, the value's leading
+    dims standing in for zero padding: bit-equal to concatenated keys and zero-padded values
+    (_attend_kv), with V below, equal to and above N (and above N+R, where nothing is padded), with
+    and without a mask, and on the materialised path (hook_pattern)."""
+    import dataclasses
+
+    from model.mla import MLA
+
+    args = dataclasses.replace(model.ModelArgs.from_name("tiny"), qk_nope_head_dim=nope, qk_rope_head_dim=rope,
+                               v_head_dim=v_dim)
+    attn, g = MLA(args, device="meta"), torch.Generator().manual_seed(0)
+    B, S, H = 2, 12, args.n_heads
+    query = torch.randn(B, S, H, nope + rope, generator=g)
+    kvb, k_pe = torch.randn(B, S, H, nope + v_dim, generator=g), torch.randn(B, S, rope, generator=g)
+    mask = torch.rand(B, 1, S, S, generator=g).lt(0.7) | torch.eye(S, dtype=torch.bool) if masked else None
+    k = torch.cat([kvb[..., :nope], k_pe[:, :, None].expand(-1, -1, H, -1)], dim=-1)
+    for pattern_hooked in (False, True):
+        handle = attn.hook_pattern.add(lambda t, hook: None) if pattern_hooked else None
+        got = attn._attend_expanded(query, kvb, k_pe, mask)
+        want = attn._attend_kv(query, k, kvb[..., nope:], mask)
+        if handle:
+            handle.remove()
+        assert got.shape == (B, S, H, v_dim)
+        assert torch.equal(got, want), pattern_hooked
 
 
 @torch.no_grad()
@@ -274,3 +326,27 @@ def test_a_float64_model_normalises_and_rotates_in_float64():
     assert apply_rope(x[..., 64:], cos, sin).dtype == torch.float64
     assert rel(apply_rope(x[..., 64:], cos, sin), want) < 1e-14
     assert rel(apply_rope(x[..., 64:].float(), cos, sin).double(), want) > 1e-9
+
+
+def test_rms_norm_scales_in_place_only_where_nothing_can_tell():
+    """RMSNorm multiplies its weight into its own fresh output in place when no gradient is recorded:
+    bit-equal to F.rms_norm and to the tracked path, the input left as it was; with a gradient to
+    record the weight still gets one (the in-place product would have destroyed what it needs)."""
+    from model.layers import RMSNorm
+
+    g = torch.Generator().manual_seed(0)
+    norm = RMSNorm(64, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(64, generator=g) + 0.5)
+    x = torch.randn(3, 5, 64, generator=g)
+    before = x.clone()
+    with torch.no_grad():
+        fast = norm(x)
+    assert torch.equal(x, before)
+    assert torch.equal(fast, torch.nn.functional.rms_norm(x, (64,), norm.weight, eps=1e-6))
+    tracked = norm(x)
+    assert tracked.requires_grad and torch.equal(tracked.detach(), fast)
+    tracked.sum().backward()
+    assert norm.weight.grad is not None and norm.weight.grad.abs().sum() > 0
+    with torch.no_grad():  # a bf16 input with a float32 weight: the product is float32, as before
+        assert norm(x.bfloat16()).dtype == torch.float32
