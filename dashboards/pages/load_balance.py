@@ -24,6 +24,73 @@ def step_word(ref: data.RunRef) -> str:
     return "step" if ref.kind == "train" else "forward pass" if (ref.info.get("source") or {}).get("name") else "batch"
 
 
+def balance_section(ref: data.RunRef, loads, by_step, E: int) -> None:
+    """The balance metrics per layer as a table, MaxVio (global) per layer, and MaxVio per batch."""
+    with ui.guard("the balance metrics"):
+        table = compute.balance_rows(loads, by_step, E)
+        cols = ["layer"] + [c for c in METRIC_COLS if c in table.columns]
+        st.subheader("Balance per layer")
+        st.caption("MaxVio = (max − mean) / mean load (Wang et al. 2024); balancedness = mean / max; "
+                   "entropy normalised by ln N. Definitions: `analyses.metrics`.")
+        st.dataframe(table[cols].rename(columns=METRIC_COLS), hide_index=True, width="stretch",
+                     column_config={v: st.column_config.NumberColumn(format="%.3f") for v in METRIC_COLS.values()})
+    left, right = st.columns([1, 2])
+    with left, ui.guard("the MaxVio bars"):
+        st.plotly_chart(charts.bars(table.layer, table.maxvio_global, title="MaxVio (global) per layer",
+                                    xlabel="layer", ylabel="MaxVio", colors="#E45756", height=340), key="maxvio_bars")
+    if by_step is not None and len(by_step):
+        with right, ui.guard("the load over batches"):
+            mv = compute.maxvio_over_steps(by_step, E)
+            series = {lab: (g.step, g.maxvio) for lab, g in mv.groupby("layer", sort=False)}
+            xl = step_word(ref)
+            st.plotly_chart(charts.lines(series, title=f"MaxVio per {xl}", xlabel=xl, ylabel="MaxVio_batch",
+                                         height=340), key="maxvio_steps")
+
+
+def load_and_bias(ref: data.RunRef, layer: str, rel_E, raw_E, E: int) -> None:
+    """One layer's relative load per expert, with its balancing bias below when the run has one."""
+    b = data.bias(ref)
+    b = b[b.layer == layer]
+    has_bias = len(b) > 0
+    fig = make_subplots(rows=2 if has_bias else 1, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        row_heights=[0.6, 0.4] if has_bias else None)
+    fig.add_trace(go.Bar(x=list(range(E)), y=rel_E, marker_color=[charts.expert_color(e) for e in range(E)],
+                         customdata=raw_E, name="relative load",
+                         hovertemplate="expert %{x}<br>relative load %{y:.3f}<br>assignments %{customdata:,}"
+                                       "<extra></extra>"), row=1, col=1)
+    fig.add_hline(y=1.0, line_dash="dot", line_color="#555", row=1, col=1)
+    fig.update_yaxes(title_text="relative load", row=1, col=1)
+    if has_bias:
+        fig.add_trace(go.Bar(x=b.expert, y=b.bias, marker_color="#72B7B2", name="bias",
+                             hovertemplate="expert %{x}<br>bias %{y:.5f}<extra></extra>"), row=2, col=1)
+        fig.update_yaxes(title_text="bias", row=2, col=1)
+        corr = np.corrcoef(rel_E[b.expert.to_numpy()], b.bias)[0, 1] if len(b) > 1 else np.nan
+    fig.update_xaxes(title_text="expert", type="category", row=2 if has_bias else 1, col=1)
+    src = "at the last step" if ref.kind == "train" else "of the checkpoint"
+    st.plotly_chart(charts.style(fig, f"{layer}: relative load and balancing bias {src}" if has_bias
+                                 else f"{layer}: relative load", 460, showlegend=False), key="load_bias")
+    if has_bias:
+        st.caption(f"Correlation of relative load and bias across experts: {corr:+.2f}. The bias is added to "
+                   "the selection score only, so a higher bias means more tokens; aux-loss-free balancing "
+                   "lowers the bias of overloaded experts until the loads even out.")
+    else:
+        st.caption("No balancing bias found (the checkpoint is not readable from here, or has none).")
+
+
+def load_per_batch(ref: data.RunRef, layer: str, by_step, E: int) -> None:
+    """One layer's relative load per expert in each batch (at most ~300 rows drawn)."""
+    steps, tb = compute.batch_table(by_step, layer, E)
+    every = max(1, len(steps) // 300)
+    relb = np.array([compute.metric("relative_load")(r) if r.sum() > 0 else np.full(E, np.nan)
+                     for r in tb[::every]])
+    st.plotly_chart(charts.heatmap(relb, list(range(E)), steps[::every],
+                                   title=f"{layer}: relative load per batch", xlabel="expert",
+                                   ylabel=step_word(ref), zlabel="relative load",
+                                   colorscale=charts.DIVERGING, zmid=1.0, fmt=".3f", height=460,
+                                   y_numeric=True),
+                    key="load_steps")
+
+
 def main() -> None:
     st.title("Load balance")
     ref = ui.selected_run()
@@ -53,71 +120,19 @@ def main() -> None:
     by_step = None
     with ui.guard("the per-batch loads"):
         by_step = data.loads_by_step(ref)
-    with ui.guard("the balance metrics"):
-        table = compute.balance_rows(loads, by_step, E)
-        cols = ["layer"] + [c for c in METRIC_COLS if c in table.columns]
-        st.subheader("Balance per layer")
-        st.caption("MaxVio = (max − mean) / mean load (Wang et al. 2024); balancedness = mean / max; "
-                   "entropy normalised by ln N. Definitions: `analyses.metrics`.")
-        st.dataframe(table[cols].rename(columns=METRIC_COLS), hide_index=True, width="stretch",
-                     column_config={v: st.column_config.NumberColumn(format="%.3f") for v in METRIC_COLS.values()})
-    left, right = st.columns([1, 2])
-    with left, ui.guard("the MaxVio bars"):
-        st.plotly_chart(charts.bars(table.layer, table.maxvio_global, title="MaxVio (global) per layer",
-                                    xlabel="layer", ylabel="MaxVio", colors="#E45756", height=340), key="maxvio_bars")
-    if by_step is not None and len(by_step):
-        with right, ui.guard("the load over batches"):
-            mv = compute.maxvio_over_steps(by_step, E)
-            series = {lab: (g.step, g.maxvio) for lab, g in mv.groupby("layer", sort=False)}
-            xl = step_word(ref)
-            st.plotly_chart(charts.lines(series, title=f"MaxVio per {xl}", xlabel=xl, ylabel="MaxVio_batch",
-                                         height=340), key="maxvio_steps")
+    balance_section(ref, loads, by_step, E)
 
     st.subheader("One layer")
     layer = ui.layer_picker(layers, "lb_layer")
     if layer is None:
         return
     c1, c2 = st.columns([3, 2])
+    i = layers.index(layer)
     with c1, ui.guard("the loads and bias"):
-        b = data.bias(ref)
-        b = b[b.layer == layer]
-        i = layers.index(layer)
-        has_bias = len(b) > 0
-        fig = make_subplots(rows=2 if has_bias else 1, cols=1, shared_xaxes=True, vertical_spacing=0.08,
-                            row_heights=[0.6, 0.4] if has_bias else None)
-        fig.add_trace(go.Bar(x=list(range(E)), y=rel[i], marker_color=[charts.expert_color(e) for e in range(E)],
-                             customdata=raw[i], name="relative load",
-                             hovertemplate="expert %{x}<br>relative load %{y:.3f}<br>assignments %{customdata:,}"
-                                           "<extra></extra>"), row=1, col=1)
-        fig.add_hline(y=1.0, line_dash="dot", line_color="#555", row=1, col=1)
-        fig.update_yaxes(title_text="relative load", row=1, col=1)
-        if has_bias:
-            fig.add_trace(go.Bar(x=b.expert, y=b.bias, marker_color="#72B7B2", name="bias",
-                                 hovertemplate="expert %{x}<br>bias %{y:.5f}<extra></extra>"), row=2, col=1)
-            fig.update_yaxes(title_text="bias", row=2, col=1)
-            corr = np.corrcoef(rel[i][b.expert.to_numpy()], b.bias)[0, 1] if len(b) > 1 else np.nan
-        fig.update_xaxes(title_text="expert", type="category", row=2 if has_bias else 1, col=1)
-        src = "at the last step" if ref.kind == "train" else "of the checkpoint"
-        st.plotly_chart(charts.style(fig, f"{layer}: relative load and balancing bias {src}" if has_bias
-                                     else f"{layer}: relative load", 460, showlegend=False), key="load_bias")
-        if has_bias:
-            st.caption(f"Correlation of relative load and bias across experts: {corr:+.2f}. The bias is added to "
-                       "the selection score only, so a higher bias means more tokens; aux-loss-free balancing "
-                       "lowers the bias of overloaded experts until the loads even out.")
-        else:
-            st.caption("No balancing bias found (the checkpoint is not readable from here, or has none).")
+        load_and_bias(ref, layer, rel[i], raw[i], E)
     with c2, ui.guard("the per-batch loads"):
         if by_step is not None and len(by_step):
-            steps, tb = compute.batch_table(by_step, layer, E)
-            every = max(1, len(steps) // 300)
-            relb = np.array([compute.metric("relative_load")(r) if r.sum() > 0 else np.full(E, np.nan)
-                             for r in tb[::every]])
-            st.plotly_chart(charts.heatmap(relb, list(range(E)), steps[::every],
-                                           title=f"{layer}: relative load per batch", xlabel="expert",
-                                           ylabel=step_word(ref), zlabel="relative load",
-                                           colorscale=charts.DIVERGING, zmid=1.0, fmt=".3f", height=460,
-                                           y_numeric=True),
-                            key="load_steps")
+            load_per_batch(ref, layer, by_step, E)
 
 
 with ui.guard("this page"):

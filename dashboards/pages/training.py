@@ -14,6 +14,102 @@ def smooth(s, w: int):
     return s.rolling(w, min_periods=1).mean() if w > 1 else s
 
 
+def has_rows(ev) -> bool:
+    """Whether the evaluation metrics were read and hold a step."""
+    return ev is not None and len(ev) > 0
+
+
+def headline(info: dict, tm, ev) -> None:
+    """One row of figures: step, tokens seen, recent and validation loss, the balancing mode."""
+    last = tm.iloc[-1]
+    m = st.columns(5)
+    m[0].metric("Step", f"{int(last.step):,} / {info.get('steps', '?')}")
+    m[1].metric("Tokens seen", f"{int(last.tokens_seen):,}")
+    m[2].metric("LM loss (last 20)", f"{tm.lm_loss.tail(20).mean():.3f}")
+    m[3].metric("Val loss", f"{ev.val_loss.iloc[-1]:.3f}" if has_rows(ev) else "—")
+    m[4].metric("Balancing", str((info.get("flags") or {}).get("balance", "?")))
+
+
+def eval_markers(fig, ev, col: str, color, hover: str, name: str | None = None, size: int = 8) -> None:
+    """Diamonds for the evaluation column `col` (when the evaluations have it); a `name` puts them
+    in the legend."""
+    if col in ev:
+        fig.add_trace(go.Scatter(x=ev.step, y=ev[col], mode="markers", name=name, showlegend=name is not None,
+                                 marker=dict(size=size, color=color, symbol="diamond"),
+                                 hovertemplate=hover + "<extra></extra>"))
+
+
+def loss_charts(tm, ev, domains: list[str], w: int) -> None:
+    """The LM and MTP losses, and the loss per domain, with the validation losses as diamonds."""
+    left, right = st.columns(2)
+    series = {k: (tm.step, smooth(tm[k], w)) for k in ("lm_loss", "mtp_loss") if k in tm}
+    fig = charts.lines(series, title="Loss", xlabel="step", ylabel="nats", colors={"lm_loss": "#4C78A8",
+                                                                                   "mtp_loss": "#B279A2"})
+    if has_rows(ev):
+        eval_markers(fig, ev, "val_loss", "#E45756", "step %{x}<br>val loss %{y:.4f}", name="val loss", size=9)
+    left.plotly_chart(fig, key="loss")
+    colors = ui.domain_colors()
+    per = {d: (tm.step, smooth(tm[f"loss_{d}"].astype(float).interpolate(limit_area="inside"), w))
+           for d in domains if f"loss_{d}" in tm}
+    fig = charts.lines(per, title="Training loss per domain", xlabel="step", ylabel="nats", colors=colors)
+    if has_rows(ev):
+        for d in domains:
+            eval_markers(fig, ev, f"val_loss_{d}", colors.get(d), f"{d}<br>step %{{x}}<br>val loss %{{y:.4f}}")
+    right.plotly_chart(fig, key="loss_domain")
+
+
+def balance_charts(tm, ev, gates: list[str], w: int) -> None:
+    """MaxVio per gate (validation MaxVio_global as diamonds) and the norm of each gate's bias."""
+    gcolors = {g: charts.EXPERT_PALETTE[i % len(charts.EXPERT_PALETTE)] for i, g in enumerate(gates)}
+    left, right = st.columns(2)
+    mv = {g: (tm.step, smooth(tm[f"maxvio_{g}"], w)) for g in gates if f"maxvio_{g}" in tm}
+    fig = charts.lines(mv, title="MaxVio_batch per gate", xlabel="step", ylabel="MaxVio", colors=gcolors)
+    if has_rows(ev):
+        for g in gates:
+            eval_markers(fig, ev, f"val_maxvio_{g}", gcolors[g],
+                         f"{g}<br>step %{{x}}<br>MaxVio_global (val) %{{y:.3f}}")
+    left.plotly_chart(fig, key="maxvio")
+    bn = {g: (tm.step, tm[f"bias_norm_{g}"]) for g in gates if f"bias_norm_{g}" in tm}
+    right.plotly_chart(charts.lines(bn, title="Balancing bias norm per gate", xlabel="step", ylabel="‖bias‖",
+                                    colors=gcolors), key="bias_norm")
+    st.caption("Lines: per training batch; diamonds: the validation set (MaxVio_global).")
+
+
+def gate_over_steps(ref, info: dict, tm, gates: list[str]) -> None:
+    """One gate's per-expert bias and relative load over the steps, as two heatmaps."""
+    gate = st.selectbox("Gate", gates, key="tr_gate")
+    steps = int(info.get("step") or tm.step.max())
+    bb = data.bias_by_step(ref, gate, max(1, steps // 200))
+    if bb.empty:
+        st.info("No per-expert loads logged for this gate.")
+        return
+    E = int(bb.expert.max()) + 1
+    bias_m = bb.pivot_table(index="step", columns="expert", values="bias").reindex(columns=range(E))
+    load_m = bb.pivot_table(index="step", columns="expert", values="load", fill_value=0).reindex(
+        columns=range(E), fill_value=0)
+    rel = np.array([compute.metric("relative_load")(r) if r.sum() > 0 else np.full(E, np.nan)
+                    for r in load_m.to_numpy(float)])
+    left, right = st.columns(2)
+    lim = float(np.nanmax(np.abs(bias_m.to_numpy()))) or 1.0
+    left.plotly_chart(charts.heatmap(bias_m.to_numpy(), list(range(E)), bias_m.index, title=f"{gate}: bias",
+                                     xlabel="expert", ylabel="step", zlabel="bias", colorscale="PuOr", zmid=0,
+                                     fmt=".4f", height=460, y_numeric=True).update_traces(zmin=-lim, zmax=lim),
+                      key="bias_heat")
+    right.plotly_chart(charts.heatmap(rel, list(range(E)), load_m.index, title=f"{gate}: relative load",
+                                      xlabel="expert", ylabel="step", zlabel="relative load",
+                                      colorscale=charts.DIVERGING, zmid=1.0, fmt=".3f", height=460,
+                                      y_numeric=True),
+                       key="load_heat")
+
+
+def lr_and_throughput(tm, w: int) -> None:
+    left, right = st.columns(2)
+    left.plotly_chart(charts.lines({"lr": (tm.step, tm.lr)}, title="Learning rate", xlabel="step", ylabel="lr",
+                                   fmt=".2e", height=280), key="lr")
+    right.plotly_chart(charts.lines({"tokens/s": (tm.step, smooth(tm.tokens_per_s, w))}, title="Throughput",
+                                    xlabel="step", ylabel="tokens/s", fmt=",.0f", height=280), key="tps")
+
+
 def main() -> None:
     st.title("Training")
     ref = ui.selected_run(("train",))
@@ -33,85 +129,17 @@ def main() -> None:
         ev = None
         with ui.guard("the evaluation metrics"):
             ev = data.eval_metrics(ref)
-        last = tm.iloc[-1]
-        m = st.columns(5)
-        m[0].metric("Step", f"{int(last.step):,} / {info.get('steps', '?')}")
-        m[1].metric("Tokens seen", f"{int(last.tokens_seen):,}")
-        m[2].metric("LM loss (last 20)", f"{tm.lm_loss.tail(20).mean():.3f}")
-        m[3].metric("Val loss", f"{ev.val_loss.iloc[-1]:.3f}" if ev is not None and len(ev) else "—")
-        m[4].metric("Balancing", str((info.get("flags") or {}).get("balance", "?")))
+        headline(info, tm, ev)
         w = st.slider("Smoothing (steps)", 1, 100, 10, key="tr_smooth")
         domains = sorted(info.get("domains") or [c[5:] for c in tm.columns if c.startswith("loss_")])
-        colors = ui.domain_colors()
-
-        left, right = st.columns(2)
-        series = {k: (tm.step, smooth(tm[k], w)) for k in ("lm_loss", "mtp_loss") if k in tm}
-        fig = charts.lines(series, title="Loss", xlabel="step", ylabel="nats", colors={"lm_loss": "#4C78A8",
-                                                                                       "mtp_loss": "#B279A2"})
-        if ev is not None and len(ev):
-            fig.add_trace(go.Scatter(x=ev.step, y=ev.val_loss, mode="markers", name="val loss",
-                                     marker=dict(size=9, color="#E45756", symbol="diamond"),
-                                     hovertemplate="step %{x}<br>val loss %{y:.4f}<extra></extra>"))
-        left.plotly_chart(fig, key="loss")
-        per = {d: (tm.step, smooth(tm[f"loss_{d}"].astype(float).interpolate(limit_area="inside"), w))
-               for d in domains if f"loss_{d}" in tm}
-        fig = charts.lines(per, title="Training loss per domain", xlabel="step", ylabel="nats", colors=colors)
-        if ev is not None and len(ev):
-            for d in domains:
-                if f"val_loss_{d}" in ev:
-                    fig.add_trace(go.Scatter(x=ev.step, y=ev[f"val_loss_{d}"], mode="markers", showlegend=False,
-                                             marker=dict(size=8, color=colors.get(d), symbol="diamond"),
-                                             hovertemplate=f"{d}<br>step %{{x}}<br>val loss %{{y:.4f}}<extra></extra>"))
-        right.plotly_chart(fig, key="loss_domain")
-
-        gcolors = {g: charts.EXPERT_PALETTE[i % len(charts.EXPERT_PALETTE)] for i, g in enumerate(gates)}
-        left, right = st.columns(2)
-        mv = {g: (tm.step, smooth(tm[f"maxvio_{g}"], w)) for g in gates if f"maxvio_{g}" in tm}
-        fig = charts.lines(mv, title="MaxVio_batch per gate", xlabel="step", ylabel="MaxVio", colors=gcolors)
-        if ev is not None and len(ev):
-            for g in gates:
-                if f"val_maxvio_{g}" in ev:
-                    fig.add_trace(go.Scatter(x=ev.step, y=ev[f"val_maxvio_{g}"], mode="markers", showlegend=False,
-                                             marker=dict(size=8, color=gcolors[g], symbol="diamond"),
-                                             hovertemplate=f"{g}<br>step %{{x}}<br>MaxVio_global (val) %{{y:.3f}}"
-                                                           "<extra></extra>"))
-        left.plotly_chart(fig, key="maxvio")
-        bn = {g: (tm.step, tm[f"bias_norm_{g}"]) for g in gates if f"bias_norm_{g}" in tm}
-        right.plotly_chart(charts.lines(bn, title="Balancing bias norm per gate", xlabel="step", ylabel="‖bias‖",
-                                        colors=gcolors), key="bias_norm")
-        st.caption("Lines: per training batch; diamonds: the validation set (MaxVio_global).")
+        loss_charts(tm, ev, domains, w)
+        balance_charts(tm, ev, gates, w)
 
     st.subheader("Bias and load of one gate over steps")
     with ui.guard("the per-expert bias"):
-        gate = st.selectbox("Gate", gates, key="tr_gate")
-        steps = int(info.get("step") or tm.step.max())
-        bb = data.bias_by_step(ref, gate, max(1, steps // 200))
-        if bb.empty:
-            st.info("No per-expert loads logged for this gate.")
-            return
-        E = int(bb.expert.max()) + 1
-        bias_m = bb.pivot_table(index="step", columns="expert", values="bias").reindex(columns=range(E))
-        load_m = bb.pivot_table(index="step", columns="expert", values="load", fill_value=0).reindex(
-            columns=range(E), fill_value=0)
-        rel = np.array([compute.metric("relative_load")(r) if r.sum() > 0 else np.full(E, np.nan)
-                        for r in load_m.to_numpy(float)])
-        left, right = st.columns(2)
-        lim = float(np.nanmax(np.abs(bias_m.to_numpy()))) or 1.0
-        left.plotly_chart(charts.heatmap(bias_m.to_numpy(), list(range(E)), bias_m.index, title=f"{gate}: bias",
-                                         xlabel="expert", ylabel="step", zlabel="bias", colorscale="PuOr", zmid=0,
-                                         fmt=".4f", height=460, y_numeric=True).update_traces(zmin=-lim, zmax=lim),
-                          key="bias_heat")
-        right.plotly_chart(charts.heatmap(rel, list(range(E)), load_m.index, title=f"{gate}: relative load",
-                                          xlabel="expert", ylabel="step", zlabel="relative load",
-                                          colorscale=charts.DIVERGING, zmid=1.0, fmt=".3f", height=460,
-                                          y_numeric=True),
-                           key="load_heat")
+        gate_over_steps(ref, info, tm, gates)
     with st.expander("Learning rate and throughput"):
-        left, right = st.columns(2)
-        left.plotly_chart(charts.lines({"lr": (tm.step, tm.lr)}, title="Learning rate", xlabel="step", ylabel="lr",
-                                       fmt=".2e", height=280), key="lr")
-        right.plotly_chart(charts.lines({"tokens/s": (tm.step, smooth(tm.tokens_per_s, w))}, title="Throughput",
-                                        xlabel="step", ylabel="tokens/s", fmt=",.0f", height=280), key="tps")
+        lr_and_throughput(tm, w)
 
 
 with ui.guard("this page"):
