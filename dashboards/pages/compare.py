@@ -26,15 +26,16 @@ def grouped(tables: dict, col: str, title: str, ylabel: str, key: str) -> None:
     st.plotly_chart(charts.style(fig, title, 340), key=key)
 
 
-def main() -> None:
-    st.title("Compare runs")
+def pick_runs():
+    """Runs A and B from two select boxes (B defaults to the next run of A's kind), with their status
+    banners; None when the directory holds fewer than two runs."""
     runs = [r for r in ui.all_runs() if r.kind in ("probe", "train")]
     if len(runs) < 2:
         if not runs:
             ui.no_runs()
         else:
             st.info("Comparing needs at least two runs in the directory.")
-        return
+        return None
     names = [r.name for r in runs]
     cur = st.session_state.get(ui.RUN_KEY)
     ia = names.index(cur) if cur in names else 0
@@ -48,9 +49,11 @@ def main() -> None:
     for r, col in ((ra, c1), (rb, c2)):
         with col:
             ui.status_banner(r)
-    if ra.kind == "train" or rb.kind == "train":
-        st.caption("Training runs: loads summed over their last 50 steps.")
+    return ra, rb
 
+
+def balance(ra: data.RunRef, rb: data.RunRef) -> None:
+    """MaxVio and balancedness per layer of both runs, and their relative-load heatmaps."""
     tables, rels = {}, {}
     for r in (ra, rb):
         with ui.guard(f"the balance of {r.name}"):
@@ -61,49 +64,70 @@ def main() -> None:
             E = int((r.info.get("model_args") or {}).get("n_routed_experts") or loads.expert.max() + 1)
             tables[r.name] = compute.balance_rows(loads, None, E)
             rels[r.name] = compute.relative_loads(loads, E)
-    if len(tables) == 2:
-        left, right = st.columns(2)
-        with left:
-            grouped(tables, "maxvio_global", "MaxVio per layer", "MaxVio", "cmp_maxvio")
-        with right:
-            grouped(tables, "balancedness", "Balancedness (mean / max) per layer", "balancedness", "cmp_bal")
-        zmax = max(float(rels[n][1].max()) for n in rels)
-        cols = st.columns(2)
-        for col, (n, (layers, rel)) in zip(cols, rels.items()):
-            col.plotly_chart(charts.heatmap(rel, list(range(rel.shape[1])), layers, title=f"{n}: relative load",
-                                            xlabel="expert", zlabel="relative load", colorscale=charts.DIVERGING,
-                                            zmid=1.0, fmt=".3f"), key=f"cmp_rel_{n}")
-        st.caption(f"Both heatmaps centre on 1 (balanced); largest relative load across the two: {zmax:.2f}.")
+    if len(tables) < 2:
+        return
+    left, right = st.columns(2)
+    with left:
+        grouped(tables, "maxvio_global", "MaxVio per layer", "MaxVio", "cmp_maxvio")
+    with right:
+        grouped(tables, "balancedness", "Balancedness (mean / max) per layer", "balancedness", "cmp_bal")
+    zmax = max(float(rels[n][1].max()) for n in rels)
+    cols = st.columns(2)
+    for col, (n, (layers, rel)) in zip(cols, rels.items()):
+        col.plotly_chart(charts.heatmap(rel, list(range(rel.shape[1])), layers, title=f"{n}: relative load",
+                                        xlabel="expert", zlabel="relative load", colorscale=charts.DIVERGING,
+                                        zmid=1.0, fmt=".3f"), key=f"cmp_rel_{n}")
+    st.caption(f"Both heatmaps centre on 1 (balanced); largest relative load across the two: {zmax:.2f}.")
 
+
+def specialisation(probes: list[data.RunRef]) -> None:
+    """NMI(domain; expert) per layer of two probe runs (a run with fewer than two domains says so)."""
+    with ui.guard("specialisation"):
+        nm = {}
+        for r in probes:
+            de = data.domain_expert(r)
+            doms = sorted(de.domain.unique())
+            if len(doms) < 2:
+                ui.one_domain_note(r, doms, "NMI(domain; expert)")
+                continue
+            E = int((r.info.get("model_args") or {}).get("n_routed_experts") or de.expert.max() + 1)
+            nm[r.name] = compute.nmi_by_layer(de, E)
+        if nm:
+            grouped(nm, "nmi", "NMI(domain; expert) per layer", "NMI", "cmp_nmi")
+
+
+def training_curves(ra: data.RunRef, rb: data.RunRef) -> None:
+    """Two training runs' LM loss and mean MaxVio_batch over their steps."""
+    with ui.guard("the training curves"):
+        left, right = st.columns(2)
+        loss, mv = {}, {}
+        for r in (ra, rb):
+            tm = data.train_metrics(r)
+            loss[r.name] = (tm.step, tm.lm_loss.rolling(10, min_periods=1).mean())
+            cols = [c for c in tm.columns if c.startswith("maxvio_layer")]
+            mv[r.name] = (tm.step, tm[cols].mean(axis=1).rolling(10, min_periods=1).mean())
+        colors = dict(zip((ra.name, rb.name), RUN_COLORS))
+        left.plotly_chart(charts.lines(loss, title="LM loss (10-step mean)", xlabel="step", ylabel="nats",
+                                       colors=colors), key="cmp_loss")
+        right.plotly_chart(charts.lines(mv, title="MaxVio_batch, mean over layers (10-step mean)",
+                                        xlabel="step", ylabel="MaxVio", colors=colors), key="cmp_mv")
+
+
+def main() -> None:
+    st.title("Compare runs")
+    picked = pick_runs()
+    if picked is None:
+        return
+    ra, rb = picked
+    if ra.kind == "train" or rb.kind == "train":
+        st.caption("Training runs: loads summed over their last 50 steps.")
+    balance(ra, rb)
     probes = [r for r in (ra, rb) if r.kind == "probe"]
     if len(probes) == 2:
-        with ui.guard("specialisation"):
-            nm = {}
-            for r in probes:
-                de = data.domain_expert(r)
-                doms = sorted(de.domain.unique())
-                if len(doms) < 2:
-                    ui.one_domain_note(r, doms, "NMI(domain; expert)")
-                    continue
-                E = int((r.info.get("model_args") or {}).get("n_routed_experts") or de.expert.max() + 1)
-                nm[r.name] = compute.nmi_by_layer(de, E)
-            if nm:
-                grouped(nm, "nmi", "NMI(domain; expert) per layer", "NMI", "cmp_nmi")
+        specialisation(probes)
         run_vs_run(ra, rb)
     elif ra.kind == rb.kind == "train":
-        with ui.guard("the training curves"):
-            left, right = st.columns(2)
-            loss, mv = {}, {}
-            for r in (ra, rb):
-                tm = data.train_metrics(r)
-                loss[r.name] = (tm.step, tm.lm_loss.rolling(10, min_periods=1).mean())
-                cols = [c for c in tm.columns if c.startswith("maxvio_layer")]
-                mv[r.name] = (tm.step, tm[cols].mean(axis=1).rolling(10, min_periods=1).mean())
-            colors = dict(zip((ra.name, rb.name), RUN_COLORS))
-            left.plotly_chart(charts.lines(loss, title="LM loss (10-step mean)", xlabel="step", ylabel="nats",
-                                           colors=colors), key="cmp_loss")
-            right.plotly_chart(charts.lines(mv, title="MaxVio_batch, mean over layers (10-step mean)",
-                                            xlabel="step", ylabel="MaxVio", colors=colors), key="cmp_mv")
+        training_curves(ra, rb)
     else:
         st.caption("Specialisation (NMI) is compared between two probe runs (training runs log no domains per expert).")
 
