@@ -110,7 +110,7 @@ def _interactive(m, codec, ns, world, sampling) -> None:
             _run_batch(m, codec, [line], ns, world.rank, sampling)
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m generate", description=package.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
@@ -136,7 +136,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--replicate", action="store_true",
                    help="under torchrun: a whole model on every rank instead of tensor + expert parallel shards")
     p.add_argument("--output", help="append one JSON line per prompt (completion, tokens, acceptance) to this file")
-    ns = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    ns = build_parser().parse_args(argv)
 
     from model import CheckpointError, ConfigError, ModelArgs, ParallelError, load
     from model.parallel import World, init_world
