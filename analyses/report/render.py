@@ -162,80 +162,113 @@ def summary(r: dict) -> list[str]:
 # --------------------------------------------------------------------------------- figures
 def figures(r: dict) -> dict[str, list]:
     """section -> [(title, plotly figure or None, table DataFrame, show index)]."""
+    out: dict[str, list] = {s: [] for s in SECTIONS}
+    several = len(r["domains"]) >= 2
+    out["Load balance"] += _balance_figures(r["balance"], r["relative_load"])
+    if several:
+        out["Domain specialisation"] += _specialisation_figures(r["specialisation"], r["lift"])
+    if r["sweep"] is not None:
+        out["Loss vs masked experts"] += _sweep_figures(r["sweep"])
+        if several:
+            out["Per-domain ablation"] += _domain_ablation_figures(r["sweep"])
+    if r["repetition"] is not None:
+        out["Consecutive-token repetition"] += _repetition_figures(r["repetition"])
+    if r["mtp"] is not None:
+        out["MTP agreement"] += _mtp_figures(r["mtp"])
+    if r["kv"] is not None:
+        out["Latent KV effective rank"] += _kv_figures(r["kv"])
+    return out | research.figures(r)
+
+
+def _heat(df: pd.DataFrame, title: str, zmid=None, colorscale: str = "Viridis", x: str = "expert"):
+    """A heatmap of `df` (columns along x, index down y), its colour bar titled `title`."""
     import plotly.graph_objects as go
 
-    def heat(df, title, zmid=None, colorscale="Viridis", x="expert"):
-        fig = go.Figure(go.Heatmap(z=df.to_numpy(dtype=float), x=[str(c) for c in df.columns],
-                                   y=[str(i) for i in df.index], zmid=zmid, colorscale=colorscale,
-                                   colorbar={"title": title}))
-        return fig.update_layout(xaxis_title=x, height=180 + 28 * len(df), margin={"t": 40})
+    fig = go.Figure(go.Heatmap(z=df.to_numpy(dtype=float), x=[str(c) for c in df.columns],
+                               y=[str(i) for i in df.index], zmid=zmid, colorscale=colorscale,
+                               colorbar={"title": title}))
+    return fig.update_layout(xaxis_title=x, height=180 + 28 * len(df), margin={"t": 40})
 
-    out: dict[str, list] = {s: [] for s in SECTIONS}
-    b = r["balance"]
+
+def _layer_bars(df: pd.DataFrame, series):
+    """Grouped bars per layer ("L<n>"): one bar series per (legend name, column of df)."""
+    import plotly.graph_objects as go
+
+    x = [f"L{v}" for v in df.layer]
+    return go.Figure([go.Bar(name=name, x=x, y=df[col]) for name, col in series]).update_layout(barmode="group")
+
+
+def _balance_figures(b: pd.DataFrame, rl: pd.DataFrame) -> list:
     cols = ["layer", "maxvio_global", "maxvio_batch_mean", "balancedness", "cv", "normalised_entropy", "gini",
             "max_relative_load", "min_relative_load"]
-    fig = go.Figure([go.Bar(name=c, x=[f"L{x}" for x in b.layer], y=b[c]) for c in
-                     ("maxvio_global", "balancedness", "normalised_entropy", "gini")])
-    out["Load balance"].append(("Balance metrics per MoE layer (balance_table)", fig.update_layout(barmode="group"),
-                                b[[c for c in cols if c in b]], False))
-    rl = r["relative_load"]
-    out["Load balance"].append(("Relative expert load (load / mean load) per layer",
-                                heat(rl, "relative", zmid=1.0, colorscale="RdBu_r"), rl.round(3), True))
-    sp = r["specialisation"]
-    several = len(r["domains"]) >= 2
-    fig = go.Figure([go.Bar(name=c, x=[f"L{x}" for x in sp.layer], y=sp[c]) for c in ("domain_nmi", "nmi")])
-    if several:
-        out["Domain specialisation"].append(("I(domain; expert) / H(domain) and NMI per layer (specialisation_table)",
-                                             fig.update_layout(barmode="group", yaxis_title="nats / nats"), sp, False))
-    for layer, li in r["lift"].items() if several else ():
-        out["Domain specialisation"].append((f"Lift P(domain | expert) / P(domain), layer {layer}",
-                                             heat(np.log2(li.astype(float).where(li > 0)), "log2 lift", zmid=0.0,
-                                                  colorscale="RdBu_r"), li.round(2), True))
-    sw = r["sweep"]
-    if sw is not None:
-        c = sw.curve
-        extra = [go.Scatter(name="top-used, ranked over the whole run", x=c.fraction, y=c.run_top_delta,
-                            mode="lines+markers", line={"dash": "dot"})] if "run_top_delta" in c else []
-        fig = go.Figure(extra + [
-                         go.Scatter(name="top-used experts masked", x=c.fraction, y=c.top_delta, mode="lines+markers"),
-                         go.Scatter(name=f"random experts masked (mean of {len(sw.options['seeds'])} seeds)",
-                                    x=c.fraction, y=c.random_delta, mode="lines+markers",
-                                    error_y={"type": "data", "array": c.random_delta_std})])
-        fig.update_layout(xaxis_title="fraction of routed experts masked in every MoE layer",
-                          yaxis_title="loss - baseline (nats)")
-        out["Loss vs masked experts"].append(("Loss delta vs fraction masked (reroute)", fig, c, False))
-        if sw.skipped:
-            out["Loss vs masked experts"].append(("Selections refused by the routing guard (not run)", None,
-                                                  pd.DataFrame({"ablation": list(sw.skipped),
-                                                                "reason": list(sw.skipped.values())}), False))
-        if several:
-            out["Per-domain ablation"].append((
-                (f"Loss delta (rows: evaluated domain; columns: domain whose top {sw.options['domain_top']} experts "
-                 "per layer are masked)"), heat(sw.domains, "delta", zmid=0.0, colorscale="RdBu_r", x="masked domain"),
-                sw.domains, True))
-            out["Per-domain ablation"].append(("Own vs other domains' top experts", None, sw.domain_summary, False))
-    rep = r["repetition"]
-    if rep is not None:
-        fig = go.Figure([go.Bar(name=n, x=[f"L{x}" for x in rep.layer], y=rep[c]) for n, c in
-                         (("same top-1 (measured)", "same_top1"), ("uniform 1/N", "baseline_top1_uniform"),
-                          ("load-matched", "baseline_top1_load"), ("top-k share one (measured)", "topk_any"),
-                          ("top-k uniform", "baseline_topk_any_uniform"))])
-        title = "Adjacent tokens routed alike vs random baselines (repetition_from_run)"
-        out["Consecutive-token repetition"].append((title, fig.update_layout(barmode="group"), rep, False))
-    m = r["mtp"]
-    if m is not None:
-        fig = go.Figure([go.Bar(name="agreement", x=m.domain, y=m.agreement),
-                         go.Bar(name="MTP accuracy on token i+2", x=m.domain, y=m.mtp_accuracy)])
-        out["MTP agreement"].append(("Teacher-forced MTP agreement by domain", fig.update_layout(barmode="group"),
-                                     m, False))
-    kv = r["kv"]
-    if kv is not None:
-        fig = go.Figure([go.Bar(name="effective rank", x=[f"L{x}" for x in kv.layer], y=kv.effective_rank)] +
-                        [go.Scatter(name=f"{p}% energy", x=[f"L{x}" for x in kv.layer], y=kv[f"energy{p}"],
-                                    mode="lines+markers") for p in (90, 95, 99)])
-        title = f"c_kv effective rank and components for 90/95/99% energy (of {int(kv.latent_dim.max())})"
-        out["Latent KV effective rank"].append((title, fig, kv, False))
-    return out | research.figures(r)
+    fig = _layer_bars(b, [(c, c) for c in ("maxvio_global", "balancedness", "normalised_entropy", "gini")])
+    return [("Balance metrics per MoE layer (balance_table)", fig, b[[c for c in cols if c in b]], False),
+            ("Relative expert load (load / mean load) per layer",
+             _heat(rl, "relative", zmid=1.0, colorscale="RdBu_r"), rl.round(3), True)]
+
+
+def _specialisation_figures(sp: pd.DataFrame, lift: dict) -> list:
+    fig = _layer_bars(sp, [("domain_nmi", "domain_nmi"), ("nmi", "nmi")]).update_layout(yaxis_title="nats / nats")
+    out = [("I(domain; expert) / H(domain) and NMI per layer (specialisation_table)", fig, sp, False)]
+    for layer, li in lift.items():
+        out.append((f"Lift P(domain | expert) / P(domain), layer {layer}",
+                     _heat(np.log2(li.astype(float).where(li > 0)), "log2 lift", zmid=0.0, colorscale="RdBu_r"),
+                     li.round(2), True))
+    return out
+
+
+def _sweep_figures(sw) -> list:
+    """The loss delta against the fraction of experts masked (top-used and random), and the refusals."""
+    import plotly.graph_objects as go
+
+    c = sw.curve
+    extra = [go.Scatter(name="top-used, ranked over the whole run", x=c.fraction, y=c.run_top_delta,
+                        mode="lines+markers", line={"dash": "dot"})] if "run_top_delta" in c else []
+    fig = go.Figure(extra + [
+                     go.Scatter(name="top-used experts masked", x=c.fraction, y=c.top_delta, mode="lines+markers"),
+                     go.Scatter(name=f"random experts masked (mean of {len(sw.options['seeds'])} seeds)",
+                                x=c.fraction, y=c.random_delta, mode="lines+markers",
+                                error_y={"type": "data", "array": c.random_delta_std})])
+    fig.update_layout(xaxis_title="fraction of routed experts masked in every MoE layer",
+                      yaxis_title="loss - baseline (nats)")
+    out = [("Loss delta vs fraction masked (reroute)", fig, c, False)]
+    if sw.skipped:
+        out.append(("Selections refused by the routing guard (not run)", None,
+                    pd.DataFrame({"ablation": list(sw.skipped), "reason": list(sw.skipped.values())}), False))
+    return out
+
+
+def _domain_ablation_figures(sw) -> list:
+    title = (f"Loss delta (rows: evaluated domain; columns: domain whose top {sw.options['domain_top']} experts "
+             "per layer are masked)")
+    return [(title, _heat(sw.domains, "delta", zmid=0.0, colorscale="RdBu_r", x="masked domain"), sw.domains, True),
+            ("Own vs other domains' top experts", None, sw.domain_summary, False)]
+
+
+def _repetition_figures(rep: pd.DataFrame) -> list:
+    fig = _layer_bars(rep, [("same top-1 (measured)", "same_top1"), ("uniform 1/N", "baseline_top1_uniform"),
+                            ("load-matched", "baseline_top1_load"), ("top-k share one (measured)", "topk_any"),
+                            ("top-k uniform", "baseline_topk_any_uniform")])
+    return [("Adjacent tokens routed alike vs random baselines (repetition_from_run)", fig, rep, False)]
+
+
+def _mtp_figures(m: pd.DataFrame) -> list:
+    import plotly.graph_objects as go
+
+    fig = go.Figure([go.Bar(name="agreement", x=m.domain, y=m.agreement),
+                     go.Bar(name="MTP accuracy on token i+2", x=m.domain, y=m.mtp_accuracy)])
+    return [("Teacher-forced MTP agreement by domain", fig.update_layout(barmode="group"), m, False)]
+
+
+def _kv_figures(kv: pd.DataFrame) -> list:
+    import plotly.graph_objects as go
+
+    x = [f"L{v}" for v in kv.layer]
+    fig = go.Figure([go.Bar(name="effective rank", x=x, y=kv.effective_rank)] +
+                    [go.Scatter(name=f"{p}% energy", x=x, y=kv[f"energy{p}"], mode="lines+markers")
+                     for p in (90, 95, 99)])
+    title = f"c_kv effective rank and components for 90/95/99% energy (of {int(kv.latent_dim.max())})"
+    return [(title, fig, kv, False)]
 
 
 # ----------------------------------------------------------------------------------- output
