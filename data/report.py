@@ -81,7 +81,7 @@ def layer_figures(run) -> dict[int, dict[str, float]]:
                     "balancedness": M.balancedness(loads[layer])} for layer in loads}
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(REPO / "data" / "model"), help="the shipped checkpoint")
     p.add_argument("--baseline", default=str(REPO / "runs" / "nobal" / "model"),
@@ -92,85 +92,108 @@ def main(argv=None) -> int:
     p.add_argument("--max-tokens", type=int, default=None, help="validation tokens to use (default all)")
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--out", default=str(REPO / "data" / "REPORT.md"))
-    ns = p.parse_args(argv)
-    torch.set_num_threads(2)
+    return p
 
+
+def measure(ns, ckpt: Path, base: Path) -> dict:
+    """Every figure of the report: both models recorded on the validation split, the unigram
+    baseline, per-layer balance and NMI, MTP agreement, and a greedy continuation per domain."""
     import model
     from tokenizers import Tokenizer
 
+    runs_dir = REPO / "runs"
+    run = record_run(ckpt, Path(ns.corpus), runs_dir / "report-model", ns.max_tokens, ns.seq_len)
+    run_b = record_run(base, Path(ns.corpus), runs_dir / "report-baseline", ns.max_tokens, ns.seq_len)
+    tok = Tokenizer.from_file(str(ckpt / "tokenizer.json"))
+    toks = run.df("tokens")
+    scored = toks[toks.loss.notna()]
+    mt = run.df("mtp")
+    f = {"tokens": len(toks), "windows": run.info["planned"]["windows"],
+         "loss": scored.groupby("domain").loss.mean().to_dict(),
+         "loss_b": run_b.df("tokens").dropna(subset=["loss"]).groupby("domain").loss.mean().to_dict(),
+         "uni": unigram_loss(Path(ns.train), tok, scored, model.ModelArgs.from_hf_config(ckpt).vocab_size),
+         "layers": layer_figures(run), "layers_b": layer_figures(run_b),
+         "agree": float(mt.agree.mean()), "agree_dom": mt.groupby("domain").agree.mean().to_dict()}
+    m = model.load(ckpt, dtype=torch.float32)
+    val = [json.loads(line) for line in Path(ns.corpus).read_text().splitlines() if line.strip()]
+    f["samples"] = {}
+    for dom in sorted(f["loss"]):
+        doc = next(d for d in val if d.get("domain") == dom)
+        ids = tok.encode(doc["text"], add_special_tokens=False).ids[:12]
+        prompt = [m.args.bos_token_id, *ids] if m.args.bos_token_id is not None else ids
+        f["samples"][dom] = (tok.decode(ids), greedy(m, tok, prompt, 40))
+    return f
+
+
+def checks(f: dict) -> list[tuple[str, bool]]:
+    """The claims the bundled model must meet, each with whether it does."""
+    loss, uni, figs, figs_b = f["loss"], f["uni"], f["layers"], f["layers_b"]
+    return [
+        ("loss below the unigram baseline on every domain", all(loss[d] < uni[d] for d in loss)),
+        ("MaxVio_global <= 0.3 on every MoE layer (shipped model)", all(v["maxvio"] <= 0.3 for v in figs.values())),
+        ("balanced model has lower MaxVio_global than the no-balancing one on every layer",
+         all(figs[layer]["maxvio"] < figs_b[layer]["maxvio"] for layer in figs)),
+        ("MTP teacher-forced agreement >= 40%", f["agree"] >= 0.4),
+        ("NMI(domain; expert) >= 0.1 in at least one layer", max(v["nmi"] for v in figs.values()) >= 0.1),
+    ]
+
+
+def render(f: dict, checked: list[tuple[str, bool]], ns, ckpt: Path, base: Path, seconds: float) -> str:
+    """REPORT.md's text."""
+    loss, nan = f["loss"], float("nan")
+    lines = ["# The bundled model: measured figures", "",
+             f"Written by `python -m data.report` on {time.strftime('%Y-%m-%d')} in {seconds:.0f} s. "
+             f"Validation split `{Path(ns.corpus).name}`: {f['tokens']} tokens "
+             f"({f['windows']} windows of <= {ns.seq_len}); model `{ckpt.name}` vs baseline "
+             f"`{base}` (same budget, `--balance none`). Runs: `runs/report-model`, `runs/report-baseline`.", "",
+             "## Checks", ""]
+    lines += [f"- [{'x' if ok else ' '}] {name}" for name, ok in checked]
+    lines += ["", "## Validation loss per domain (nats/token)", "",
+              "| domain | shipped model | no-balancing baseline | unigram baseline | MTP agreement |",
+              "|---|---|---|---|---|"]
+    for d in sorted(loss):
+        lines.append(f"| {d} | {loss[d]:.3f} | {f['loss_b'].get(d, nan):.3f} | {f['uni'][d]:.3f} | "
+                     f"{100 * f['agree_dom'].get(d, nan):.1f}% |")
+    lines += ["", f"MTP teacher-forced agreement overall: {100 * f['agree']:.1f}% (MTP top-1 for token i+2 equals "
+              "the main model's top-1 at i+1).", "",
+              "## Balance and specialisation per MoE layer", "",
+              "| layer | MaxVio_global shipped | MaxVio_global no-balancing | balancedness shipped | "
+              "NMI(domain; expert) shipped | NMI no-balancing |", "|---|---|---|---|---|---|"]
+    for layer in sorted(f["layers"]):
+        v, vb = f["layers"][layer], f["layers_b"].get(layer, {})
+        lines.append(f"| {layer} | {v['maxvio']:.3f} | {vb.get('maxvio', nan):.3f} | "
+                     f"{v['balancedness']:.3f} | {v['nmi']:.3f} | {vb.get('nmi', nan):.3f} |")
+    lines += ["", "MaxVio_global = (max_i load_i - mean) / mean over the whole validation split (Wang et al. 2024); "
+              "NMI = I(domain; expert) / H(domain) over top-k assignments.", "",
+              "## Greedy continuations (40 tokens) of a prompt from each domain", ""]
+    for d, (prompt, cont) in f["samples"].items():
+        lines += [f"**{d}** — prompt `{prompt!r}`", "", "```", prompt + cont, "```", ""]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ns = parser().parse_args(argv)
+    torch.set_num_threads(2)
     ckpt, base = Path(ns.model), Path(ns.baseline)
     for c in (ckpt, base):
         if not (c / "config.json").exists():
             print(f"error: {c}: not a checkpoint directory", file=sys.stderr)
             return 2
+    for flag, path in (("--corpus", ns.corpus), ("--train", ns.train)):
+        if not Path(path).is_file():
+            print(f"error: {flag} {path}: no such file (python -m data.build_corpus writes the splits)",
+                  file=sys.stderr)
+            return 2
     t0 = time.time()
-    runs_dir = REPO / "runs"
-    run = record_run(ckpt, Path(ns.corpus), runs_dir / "report-model", ns.max_tokens, ns.seq_len)
-    run_b = record_run(base, Path(ns.corpus), runs_dir / "report-baseline", ns.max_tokens, ns.seq_len)
-
-    tok = Tokenizer.from_file(str(ckpt / "tokenizer.json"))
-    toks = run.df("tokens")
-    scored = toks[toks.loss.notna()]
-    loss = scored.groupby("domain").loss.mean().to_dict()
-    loss_b = run_b.df("tokens").dropna(subset=["loss"]).groupby("domain").loss.mean().to_dict()
-    uni = unigram_loss(Path(ns.train), tok, scored, model.ModelArgs.from_hf_config(ckpt).vocab_size)
-    figs, figs_b = layer_figures(run), layer_figures(run_b)
-    mt = run.df("mtp")
-    agree = float(mt.agree.mean())
-    agree_dom = mt.groupby("domain").agree.mean().to_dict()
-
-    m = model.load(ckpt, dtype=torch.float32)
-    samples = {}
-    val = [json.loads(line) for line in Path(ns.corpus).read_text().splitlines() if line.strip()]
-    for dom in sorted(loss):
-        doc = next(d for d in val if d.get("domain") == dom)
-        ids = tok.encode(doc["text"], add_special_tokens=False).ids[:12]
-        prompt = [m.args.bos_token_id, *ids] if m.args.bos_token_id is not None else ids
-        samples[dom] = (tok.decode(ids), greedy(m, tok, prompt, 40))
-
-    checks = [
-        ("loss below the unigram baseline on every domain", all(loss[d] < uni[d] for d in loss)),
-        ("MaxVio_global <= 0.3 on every MoE layer (shipped model)", all(f["maxvio"] <= 0.3 for f in figs.values())),
-        ("balanced model has lower MaxVio_global than the no-balancing one on every layer",
-         all(figs[layer]["maxvio"] < figs_b[layer]["maxvio"] for layer in figs)),
-        ("MTP teacher-forced agreement >= 40%", agree >= 0.4),
-        ("NMI(domain; expert) >= 0.1 in at least one layer", max(f["nmi"] for f in figs.values()) >= 0.1),
-    ]
-    info = run.info
-    lines = ["# The bundled model: measured figures", "",
-             f"Written by `python -m data.report` on {time.strftime('%Y-%m-%d')} in {time.time() - t0:.0f} s. "
-             f"Validation split `{Path(ns.corpus).name}`: {len(toks)} tokens "
-             f"({info['planned']['windows']} windows of <= {ns.seq_len}); model `{ckpt.name}` vs baseline "
-             f"`{base}` (same budget, `--balance none`). Runs: `runs/report-model`, `runs/report-baseline`.", "",
-             "## Checks", ""]
-    lines += [f"- [{'x' if ok else ' '}] {name}" for name, ok in checks]
-    lines += ["", "## Validation loss per domain (nats/token)", "",
-              "| domain | shipped model | no-balancing baseline | unigram baseline | MTP agreement |",
-              "|---|---|---|---|---|"]
-    for d in sorted(loss):
-        lines.append(f"| {d} | {loss[d]:.3f} | {loss_b.get(d, float('nan')):.3f} | {uni[d]:.3f} | "
-                     f"{100 * agree_dom.get(d, float('nan')):.1f}% |")
-    lines += ["", f"MTP teacher-forced agreement overall: {100 * agree:.1f}% (MTP top-1 for token i+2 equals "
-              "the main model's top-1 at i+1).", "",
-              "## Balance and specialisation per MoE layer", "",
-              "| layer | MaxVio_global shipped | MaxVio_global no-balancing | balancedness shipped | "
-              "NMI(domain; expert) shipped | NMI no-balancing |", "|---|---|---|---|---|---|"]
-    for layer in sorted(figs):
-        f, fb = figs[layer], figs_b.get(layer, {})
-        lines.append(f"| {layer} | {f['maxvio']:.3f} | {fb.get('maxvio', float('nan')):.3f} | "
-                     f"{f['balancedness']:.3f} | {f['nmi']:.3f} | {fb.get('nmi', float('nan')):.3f} |")
-    lines += ["", "MaxVio_global = (max_i load_i - mean) / mean over the whole validation split (Wang et al. 2024); "
-              "NMI = I(domain; expert) / H(domain) over top-k assignments.", "",
-              "## Greedy continuations (40 tokens) of a prompt from each domain", ""]
-    for d, (prompt, cont) in samples.items():
-        lines += [f"**{d}** — prompt `{prompt!r}`", "", "```", prompt + cont, "```", ""]
-    text = "\n".join(lines) + "\n"
+    f = measure(ns, ckpt, base)
+    checked = checks(f)
+    text = render(f, checked, ns, ckpt, base, time.time() - t0)
     out = Path(ns.out)
     tmp = out.with_suffix(".md.tmp")
     tmp.write_text(text)
     tmp.replace(out)
     print(text)
-    return 0 if all(ok for _, ok in checks) else 1
+    return 0 if all(ok for _, ok in checked) else 1
 
 
 if __name__ == "__main__":

@@ -201,3 +201,22 @@ def test_tokenizer_training_is_deterministic_and_exact():
     assert len(a.encode("2024").ids) == 4  # digits are never merged
     with pytest.raises(ValueError, match="vocab_size"):
         train_tokenizer(texts, vocab_size=100)
+
+
+def test_report_checks_and_input_errors(tmp_path, capsys):
+    """`python -m data.report`: each check can fail on its own (here only the unigram one does), and a
+    missing checkpoint or split is a one-line error naming it, before anything is recorded."""
+    from data import report
+
+    f = {"loss": {"code": 2.0, "math": 3.0}, "uni": {"code": 5.0, "math": 2.5}, "agree": 0.45,
+         "layers": {1: {"maxvio": 0.2, "nmi": 0.15, "balancedness": 0.8}}, "layers_b": {1: {"maxvio": 0.5, "nmi": 0.1}}}
+    got = dict(report.checks(f))
+    assert len(got) == 5 and not got["loss below the unigram baseline on every domain"]
+    assert all(ok for name, ok in got.items() if not name.startswith("loss below"))
+    f["layers_b"][1]["maxvio"] = 0.1
+    assert not dict(report.checks(f))["balanced model has lower MaxVio_global than the no-balancing one on every layer"]
+    assert report.main(["--model", str(tmp_path / "none")]) == 2
+    assert f"{tmp_path / 'none'}: not a checkpoint directory" in capsys.readouterr().err
+    assert report.main(["--baseline", str(DATA / "model"), "--train", str(tmp_path / "train.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --train ") and "no such file" in err and len(err.splitlines()) == 1
