@@ -18,9 +18,15 @@ class TrainError(RuntimeError):
     """Bad input to training: the message is one line naming the problem."""
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
+def _corpus_file(path: Path) -> Path:
+    """`path`, or a TrainError naming it when it is not a file."""
+    if not path.is_file():
         raise TrainError(f"{path}: not found (build the corpus with: python -m data.build_corpus)")
+    return path
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    _corpus_file(path)
     docs = []
     with open(path, encoding="utf-8") as f:
         for i, line in enumerate(f, 1):
@@ -62,7 +68,7 @@ def _sha256(path: Path) -> str:
 def token_streams(jsonl: Path, tok, cache_dir: Path | None) -> dict[str, np.ndarray]:
     """domain -> int32 stream of <|bos|> ids <|eos|> for its documents in file order.
     Cached as .npz in `cache_dir`, keyed by the SHA-256 of the corpus file and the tokenizer."""
-    key = hashlib.sha256((_sha256(jsonl) + tok.to_str()).encode()).hexdigest()[:16]
+    key = hashlib.sha256((_sha256(_corpus_file(jsonl)) + tok.to_str()).encode()).hexdigest()[:16]
     cached = cache_dir / f"{jsonl.stem}-{key}.npz" if cache_dir else None
     if cached is not None and cached.exists():
         with np.load(cached) as z:

@@ -271,6 +271,8 @@ def test_bad_input_errors(corpus, tmp_path, capsys):
         run(parse_args(_flags(corpus, tmp_path / "junk", "--resume")))
     with pytest.raises(TrainError, match="n_mtp_layers=2: training supports MTP depth 0 or 1"):
         run(parse_args(_flags(corpus, tmp_path / "x", "--set", "n_mtp_layers=2")))
+    with pytest.raises(TrainError, match=r"nowhere/train.jsonl: not found \(build the corpus with"):
+        run(parse_args(_flags(corpus, tmp_path / "x") + ["--corpus", str(tmp_path / "nowhere")]))
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "train.jsonl").write_text('{"domain": "x"}\n')
     with pytest.raises(TrainError, match=r"train.jsonl:1: a document needs string fields"):
