@@ -62,40 +62,50 @@ def main() -> None:
         route = None
         with ui.guard("the routing of this document"):
             route = data.doc_routing(ref, int(toks.seq_id.min()), int(toks.seq_id.max()))
-        top1, tips = [None] * len(toks), []
-        if route is not None and layer is not None:
-            r = route[route.layer == layer].set_index(["seq_id", "pos"])
-            look = {k: (ids, w, m) for k, ids, w, m in zip(r.index, r.expert_ids, r.expert_weights, r.margin_1)}
-            for i, (s, p, tid, loss, txt) in enumerate(zip(toks.seq_id, toks.pos, toks.token_id, toks.loss, texts)):
-                ids, w, m1 = look.get((s, p), (None, None, None))
-                top1[i] = int(ids[0]) if ids is not None and len(ids) else None
-                route_s = ("—" if ids is None else ", ".join(str(int(e)) for e in ids) + " (weights not recorded)"
-                           if w is None or not hasattr(w, "__len__")
-                           else ", ".join(f"{int(e)} ({x:.3f})" for e, x in zip(ids, w)))
-                loss_s = f"{loss:.3f}" if loss == loss else "—"
-                margin = (f"\nselection-score margin, top-1 over the best unchosen expert: {m1:.3f}"
-                          if m1 is not None and m1 == m1 else "")
-                tips.append(f"{txt!r} id {tid} · doc pos {toks.doc_pos.iloc[i]}\nlayer {layer} top-k (weight): "
-                            f"{route_s}\nloss {loss_s} nats{margin}")
-        else:
-            tips = [f"{t!r} id {i}" for t, i in zip(texts, toks.token_id)]
+        top1, tips = routes_and_tips(route, layer, toks, texts)
         st.markdown(f"**{ui.html_text(str(doc_id))}** · coloured by the top-1 expert at layer {layer}; "
                     "hover a token for its route.")
         st.markdown(token_html(texts, top1, tips), unsafe_allow_html=True)
-        seen = sorted({e for e in top1 if e is not None})
-        if seen:
-            counts = {e: top1.count(e) for e in seen}
-            chips = " ".join(f"<span style='background:{charts.expert_color(e)};"
-                             f"color:{charts.text_color(charts.expert_color(e))};"
-                             f"border-radius:4px;padding:1px 6px;margin:2px;display:inline-block;font-size:0.8rem'>"
-                             f"expert {e}: {counts[e]}</span>" for e in sorted(seen, key=lambda e: -counts[e])[:24])
-            st.markdown(chips, unsafe_allow_html=True)
+        if any(e is not None for e in top1):
+            st.markdown(expert_chips(top1), unsafe_allow_html=True)
 
         if toks.loss.isna().all():
             st.caption("No per-token loss in this run (a serving engine's dump records routing, not losses).")
         else:
             loss_chart(toks, texts, top1)
         route_of_one_token(ref, route, toks, texts)
+
+
+def routes_and_tips(route, layer, toks, texts) -> tuple[list, list[str]]:
+    """Each token's top-1 expert at `layer` (None where not routed) and its hover text: the token, its
+    id and place, its top-k experts with their weights, its loss and selection-score margin."""
+    if route is None or layer is None:
+        return [None] * len(toks), [f"{t!r} id {i}" for t, i in zip(texts, toks.token_id)]
+    r = route[route.layer == layer].set_index(["seq_id", "pos"])
+    look = {k: (ids, w, m) for k, ids, w, m in zip(r.index, r.expert_ids, r.expert_weights, r.margin_1)}
+    top1, tips = [None] * len(toks), []
+    for i, (s, p, tid, loss, txt) in enumerate(zip(toks.seq_id, toks.pos, toks.token_id, toks.loss, texts)):
+        ids, w, m1 = look.get((s, p), (None, None, None))
+        top1[i] = int(ids[0]) if ids is not None and len(ids) else None
+        route_s = ("—" if ids is None else ", ".join(str(int(e)) for e in ids) + " (weights not recorded)"
+                   if w is None or not hasattr(w, "__len__")
+                   else ", ".join(f"{int(e)} ({x:.3f})" for e, x in zip(ids, w)))
+        loss_s = f"{loss:.3f}" if loss == loss else "—"
+        margin = (f"\nselection-score margin, top-1 over the best unchosen expert: {m1:.3f}"
+                  if m1 is not None and m1 == m1 else "")
+        tips.append(f"{txt!r} id {tid} · doc pos {toks.doc_pos.iloc[i]}\nlayer {layer} top-k (weight): "
+                    f"{route_s}\nloss {loss_s} nats{margin}")
+    return top1, tips
+
+
+def expert_chips(top1: list) -> str:
+    """HTML chips of the (at most 24) most frequent top-1 experts, in their colours, with their counts."""
+    seen = sorted({e for e in top1 if e is not None})
+    counts = {e: top1.count(e) for e in seen}
+    return " ".join(f"<span style='background:{charts.expert_color(e)};"
+                    f"color:{charts.text_color(charts.expert_color(e))};"
+                    f"border-radius:4px;padding:1px 6px;margin:2px;display:inline-block;font-size:0.8rem'>"
+                    f"expert {e}: {counts[e]}</span>" for e in sorted(seen, key=lambda e: -counts[e])[:24])
 
 
 def loss_chart(toks, texts, top1) -> None:
