@@ -151,8 +151,12 @@ def _add_spec(sub) -> None:
     p.add_argument("--tokenizer", help="tokenizer.json (default: the checkpoint's)")
     p.add_argument("--prompt-tokens", type=int, default=32, help="prompt length in tokens, BOS included (default 32)")
     p.add_argument("--new-tokens", type=int, default=32, help="tokens to generate per prompt (default 32)")
-    p.add_argument("--max-prompts", type=int, default=64,
-                   help="prompts, round-robin over domains (default 64; 0 = every document)")
+    p.add_argument("--max-prompts", type=int,
+                   help="prompts, round-robin over domains (default 64, or no cap when --max-tokens is given; "
+                        "0 = every document)")
+    p.add_argument("--max-tokens", type=int,
+                   help="a budget of prompt + generated tokens: N // (prompt-tokens + new-tokens) prompts, "
+                        "round-robin over domains (with --max-prompts too, the smaller cap wins)")
     p.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (default 8)")
     p.add_argument("--overwrite", action="store_true", help="replace spec tables already in --out")
     add_model_flags(p)
@@ -164,7 +168,10 @@ def _spec(ns) -> int:
     from .speculative import SpecOptions, record_spec
 
     kw = {k: v for k, v in vars(ns).items() if k in SpecOptions.__dataclass_fields__}
-    kw["max_prompts"] = kw["max_prompts"] or None
+    if ns.max_prompts is None:  # not given: 64, unless a token budget caps the prompts instead
+        kw["max_prompts"] = None if ns.max_tokens is not None else 64
+    else:
+        kw["max_prompts"] = ns.max_prompts or None
     out = record_spec(SpecOptions(**kw))
     info = read_run_json(out)["spec_decode"]
     rate = info["acceptance_rate"]

@@ -2,6 +2,7 @@
 
     dsv3-probe spec                                   # bundled model; prompts cut from the bundled corpus
     dsv3-probe spec --ckpt CKPT --corpus DIR --out runs/x --prompt-tokens 32 --new-tokens 32 --max-prompts 64
+    dsv3-probe spec --ckpt CKPT --corpus DIR --out runs/x --max-tokens 20000   # a token budget instead
     torchrun --nproc-per-node 2 -m probe spec --ckpt CKPT --out runs/x --model-parallel 2   # one sharded model
     torchrun --nproc-per-node 4 -m probe spec --ckpt CKPT --out runs/x --model-parallel 2   # 2 replicas of 2
 
@@ -10,8 +11,11 @@ model on the corpus' own tokens). This measures what a server would see: each pr
 `--prompt-tokens` tokens of a corpus document, BOS first) is continued greedily by
 `generate.generate(..., mtp=True)`, where the MTP module drafts one token that the next main
 forward pass verifies; greedy output is the same as without drafts, so only the number of forward
-passes changes. Two tables are added to `--out` (a new run directory, or a recorded run whose
-prompts then come from the same corpus):
+passes changes. Prompts are taken round robin over the corpus' domains, so any cap keeps every
+domain represented: `--max-prompts`, or `--max-tokens`, a budget of prompt + generated tokens
+(N // (prompt-tokens + new-tokens) prompts; when both are given the smaller cap wins). Two tables
+are added to `--out` (a new run directory, or a recorded run whose prompts then come from the same
+corpus), and run.json's `spec_decode` summary counts prompts and tokens per domain:
 
 - `spec_decode`: one row per prompt: tokens generated, main forward passes, drafts proposed and
   accepted, tokens per forward pass;
@@ -49,7 +53,8 @@ class SpecOptions:
     tokenizer: str | None = None
     prompt_tokens: int = 32
     new_tokens: int = 32
-    max_prompts: int | None = 64
+    max_prompts: int | None = 64  # None: no cap by prompts
+    max_tokens: int | None = None  # a budget of prompt + new tokens (both caps apply: the smaller wins)
     batch_size: int = 8
     overwrite: bool = False
     dtype: str | None = None
@@ -103,6 +108,10 @@ def record_spec(opts: SpecOptions) -> Path:
         raise RecordError("--prompt-tokens, --new-tokens and --batch-size must be >= 1")
     if opts.max_prompts is not None and opts.max_prompts < 1:
         raise RecordError("--max-prompts must be >= 1")
+    per_prompt = opts.prompt_tokens + opts.new_tokens
+    if opts.max_tokens is not None and opts.max_tokens < per_prompt:
+        raise RecordError(f"--max-tokens {opts.max_tokens}: less than one prompt's --prompt-tokens + --new-tokens "
+                          f"= {per_prompt}")
     ckpt, corpus, out = resolve_paths(opts.ckpt, opts.corpus, opts.out, suffix="-spec")
     if not corpus.exists():
         raise CorpusError(f"{corpus}: corpus not found")
@@ -115,7 +124,7 @@ def record_spec(opts: SpecOptions) -> Path:
     tok = load_tokenizer(opts.tokenizer, ckpt, args.vocab_size)
     world = start_world(opts.model_parallel, opts.device, args)
     agree(world, lambda: _check_out(out, opts.overwrite))
-    prompts = spec_prompts(corpus, tok, args.bos_token_id, opts.prompt_tokens, opts.max_prompts)
+    prompts = spec_prompts(corpus, tok, args.bos_token_id, opts.prompt_tokens, prompt_limit(opts))
     if not prompts:
         raise CorpusError(f"{corpus}: no document has {opts.prompt_tokens} tokens for a prompt")
     m = load_model(ckpt, world, dtype=opts.dtype, gemm=opts.gemm)
@@ -132,6 +141,15 @@ def record_spec(opts: SpecOptions) -> Path:
         _write_run(out, rows, drafts, opts, ckpt, corpus, args, world, time.time() - t0)
     world.barrier()
     return out
+
+
+def prompt_limit(opts: SpecOptions) -> int | None:
+    """How many prompts the job takes: the smaller of --max-prompts and the prompts whose prompt + new
+    tokens fit in --max-tokens (None: every document)."""
+    caps = [c for c in (opts.max_prompts,
+                        None if opts.max_tokens is None else opts.max_tokens // (opts.prompt_tokens + opts.new_tokens))
+            if c is not None]
+    return min(caps) if caps else None
 
 
 def _generate(m, prompts, opts: SpecOptions, world, stop: list[int]) -> list[tuple[int, dict]]:
@@ -181,6 +199,14 @@ def _tables(prompts, results) -> tuple[dict, dict]:
     return rows, drafts
 
 
+def _per_domain(rows: dict, count) -> dict[str, int]:
+    """domain -> the sum of count(i) over the spec_decode rows i of that domain."""
+    out: dict[str, int] = {}
+    for i, domain in enumerate(rows["domain"]):
+        out[domain] = out.get(domain, 0) + int(count(i))
+    return dict(sorted(out.items()))
+
+
 def _write_run(out: Path, rows: dict, drafts: dict, opts: SpecOptions, ckpt: Path, corpus: Path, args, world,
                seconds: float) -> None:
     out.mkdir(parents=True, exist_ok=True)
@@ -191,6 +217,9 @@ def _write_run(out: Path, rows: dict, drafts: dict, opts: SpecOptions, ckpt: Pat
                "generated": int(np.sum(rows["new_tokens"])), "forward_passes": int(np.sum(rows["forward_passes"])),
                "drafts_proposed": proposed, "drafts_accepted": accepted,
                "acceptance_rate": accepted / proposed if proposed else None,
+               "max_prompts": opts.max_prompts, "max_tokens": opts.max_tokens,
+               "prompts_per_domain": _per_domain(rows, lambda i: 1),
+               "tokens_per_domain": _per_domain(rows, lambda i: rows["prompt_tokens"][i] + rows["new_tokens"][i]),
                "seconds": round(seconds, 2), "world_size": world.size, "world": world.describe(),
                "dtype": opts.dtype or "float32", "gemm": opts.gemm}
     info = read_run_json(out) if (out / RUN_JSON).exists() else {

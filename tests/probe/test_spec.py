@@ -9,6 +9,7 @@ import torch
 
 import model
 import probe
+from helpers.models import make_corpus
 from probe.__main__ import main as cli_main
 from probe.corpus import CorpusError
 from probe.record import RecordError
@@ -90,3 +91,39 @@ def test_spec_needs_mtp_weights(tmp_path, probe_env):
     with pytest.raises(RecordError, match="no MTP"):
         record_spec(SpecOptions(ckpt=str(ck), corpus=str(probe_env["corpus"]), out=str(tmp_path / "s"),
                                 progress=False))
+
+
+def test_a_token_budget_takes_prompts_round_robin_over_domains(probe_env, tmp_path, capsys):
+    """--max-tokens N: N // (prompt + new tokens) prompts, round robin over the domains, with no default
+    --max-prompts cap on top; run.json's summary counts prompts and tokens per domain; with both caps the
+    smaller wins; a budget below one prompt is a one-line error naming the flag."""
+    out = tmp_path / "s"
+    argv = ["spec", "--ckpt", str(probe_env["ckpt"]), "--corpus", str(probe_env["corpus"]), "--out", str(out),
+            "--prompt-tokens", "8", "--new-tokens", "4", "--batch-size", "4", "--no-progress"]
+    assert cli_main(argv + ["--max-tokens", "59"]) == 0  # 59 // 12 = 4 prompts
+    run = probe.open_run(out)
+    s, dec = run.info["spec_decode"], run.df("spec_decode")
+    assert s["prompts"] == len(dec) == 4 and s["max_tokens"] == 59 and s["max_prompts"] is None
+    assert s["prompts_per_domain"] == {"code": 2, "prose": 2}
+    assert s["tokens_per_domain"] == {d: int((g.prompt_tokens + g.new_tokens).sum()) for d, g in dec.groupby("domain")}
+    # more documents than --max-prompts' default of 64: a budget alone is not capped by it
+    big = make_corpus(tmp_path / "big", docs_per_domain=40)
+    bos = model.ModelArgs.from_hf_config(probe_env["ckpt"]).bos_token_id
+    n_docs = len(spec_prompts(big, _tokenizer(probe_env), bos, 8, None))
+    assert n_docs > 64
+    wide = [a if a != str(probe_env["corpus"]) else str(big) for a in argv]
+    assert cli_main(wide + ["--max-tokens", str(12 * (n_docs + 5)), "--batch-size", "16", "--overwrite"]) == 0
+    assert probe.open_run(out).info["spec_decode"]["prompts"] == n_docs
+    assert cli_main(argv + ["--max-tokens", "59", "--max-prompts", "3", "--overwrite"]) == 0
+    assert probe.open_run(out).info["spec_decode"]["prompts"] == 3
+    capsys.readouterr()
+    assert cli_main(argv + ["--max-tokens", "11", "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "--max-tokens 11: less than one prompt's --prompt-tokens + --new-tokens = 12" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def _tokenizer(env):
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(env["ckpt"] / "tokenizer.json"))
