@@ -155,6 +155,18 @@ def start_world(model_parallel, device: str | None, args=None):
     return world
 
 
+def check_out_parent(out: Path) -> None:
+    """A one-line RecordError when --out could not be created: its nearest existing ancestor is a
+    file, or a directory this process cannot write."""
+    parent = out if out.exists() else out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise RecordError(f"--out {out}: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise RecordError(f"--out {out}: directory {parent} is not writable")
+
+
 def agree(world, fn):
     """Run `fn` on rank 0 only and share its outcome: its result on every rank, or the same
     RecordError (ValueError) raised on every rank instead of rank 0 alone."""

@@ -36,10 +36,9 @@ import torch
 from model.memory import process_memory
 
 from .corpus import ORDERS, CorpusError, CorpusStats, corpus_windows, fingerprint
-from .job import (DEFAULT_CKPT, DEFAULT_CORPUS, RecordError, agree, bound_heap, checkpoint_args,
+from .job import (DEFAULT_CKPT, DEFAULT_CORPUS, RecordError, agree, bound_heap, check_out_parent, checkpoint_args,
                   checkpoint_fingerprint, default_seq_len, load_model, load_tokenizer, package_version,
-                  resolve_paths,
-                  start_world, window_length)
+                  resolve_paths, start_world, window_length)
 from .recorders import Batch, RecordConfig, Recorder
 from .schema import TABLES
 from .stats import KVAccumulator, summarise
@@ -156,13 +155,7 @@ def check_out(out: Path, opts: RecordOptions) -> None:
             raise RecordError(f"--out {out} is not a run directory (no run.json): refusing to delete it")
     if opts.resume and not (out / "run.json").exists():
         raise RecordError(f"--resume: {out} is not a run directory (no run.json)")
-    parent = out if out.exists() else out.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise RecordError(f"--out {out}: {parent} is a file, not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise RecordError(f"--out {out}: directory {parent} is not writable")
+    check_out_parent(out)
 
 
 def count_corpus(job: Job, opts: RecordOptions) -> CorpusPlan:
@@ -203,7 +196,10 @@ def record(opts: RecordOptions) -> Path:
     info = run_info(job, plan, opts, world, m, tables)
 
     def create() -> None:  # rank 0
-        open_run(job.out, info, opts)
+        try:
+            open_run(job.out, info, opts)
+        except OSError as e:  # what check_out cannot foresee (e.g. a filesystem that refuses new entries)
+            raise RecordError(f"--out {job.out}: cannot create the run there ({e.strerror or e})") from None
         write_router_bias(job.out, m)
 
     agree(world, create)

@@ -37,8 +37,8 @@ import pyarrow.parquet as pq
 import torch
 
 from .corpus import CorpusError, CorpusStats, iter_documents
-from .job import (RecordError, agree, checkpoint_args, checkpoint_fingerprint, load_model, load_tokenizer,
-                  resolve_paths, start_world)
+from .job import (RecordError, agree, check_out_parent, checkpoint_args, checkpoint_fingerprint, load_model,
+                  load_tokenizer, resolve_paths, start_world)
 from .schema import TABLES
 from .writer import RUN_JSON, read_run_json, write_json_atomic
 
@@ -80,6 +80,7 @@ def spec_prompts(corpus: Path, tok, bos: int | None, n_tokens: int, limit: int |
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
+    check_out_parent(out)
     if out.exists() and any(out.iterdir()) and not (out / RUN_JSON).exists():
         raise RecordError(f"--out {out} exists and is not a run directory (no run.json)")
     present = [t for t in SPEC_TABLES if (out / t).exists()]
@@ -136,10 +137,15 @@ def record_spec(opts: SpecOptions) -> Path:
     except GenerateError as e:
         raise RecordError(str(e)) from None
     parts = world.gather_leaders(mine)
-    if world.rank == 0:
+
+    def write() -> None:  # rank 0
         rows, drafts = _tables(prompts, sorted((i, r) for part in parts for i, r in part))
-        _write_run(out, rows, drafts, opts, ckpt, corpus, args, world, time.time() - t0)
-    world.barrier()
+        try:
+            _write_run(out, rows, drafts, opts, ckpt, corpus, args, world, time.time() - t0)
+        except OSError as e:  # what _check_out cannot foresee (e.g. a filesystem that refuses new entries)
+            raise RecordError(f"--out {out}: cannot write the spec tables there ({e.strerror or e})") from None
+
+    agree(world, write)  # every rank ends the same way: done, or the same one-line error
     return out
 
 

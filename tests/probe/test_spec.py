@@ -127,3 +127,16 @@ def _tokenizer(env):
     from tokenizers import Tokenizer
 
     return Tokenizer.from_file(str(env["ckpt"] / "tokenizer.json"))
+
+
+def test_an_out_that_cannot_be_written_is_a_one_line_error(probe_env, tmp_path):
+    """--out under a file is refused before the model loads; one the OS refuses only when the tables
+    are written (procfs takes no new entries, even from root) is a RecordError naming --out, not a
+    bare OSError after the generation."""
+    (tmp_path / "afile").write_text("x")
+    kw = dict(ckpt=str(probe_env["ckpt"]), corpus=str(probe_env["corpus"]), prompt_tokens=8, new_tokens=2,
+              max_prompts=1, progress=False)
+    with pytest.raises(RecordError, match=r"afile is a file, not a directory"):
+        record_spec(SpecOptions(out=str(tmp_path / "afile" / "run"), **kw))
+    with pytest.raises(RecordError, match=r"--out /proc/dsv3-probe-spec: cannot write the spec tables there"):
+        record_spec(SpecOptions(out="/proc/dsv3-probe-spec", **kw))
