@@ -155,16 +155,19 @@ def start_world(model_parallel, device: str | None, args=None):
     return world
 
 
-def check_out_parent(out: Path) -> None:
-    """A one-line RecordError when --out could not be created: its nearest existing ancestor is a
-    file, or a directory this process cannot write."""
-    parent = out if out.exists() else out.parent
+def check_out_parent(out: Path, flag: str = "--out", file: bool = False) -> None:
+    """A one-line RecordError when `out` (a directory to create, or with `file` a file to write) could
+    not be written: it is a directory where a file should go, or its nearest existing ancestor is a
+    file or a directory this process cannot write."""
+    if file and out.is_dir():
+        raise RecordError(f"{flag} {out}: is a directory, not a file")
+    parent = out if out.exists() and not file else out.parent
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
-        raise RecordError(f"--out {out}: {parent} is a file, not a directory")
+        raise RecordError(f"{flag} {out}: {parent} is a file, not a directory")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise RecordError(f"--out {out}: directory {parent} is not writable")
+        raise RecordError(f"{flag} {out}: directory {parent} is not writable")
 
 
 def agree(world, fn):

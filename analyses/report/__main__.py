@@ -9,7 +9,7 @@ from pathlib import Path
 
 import analyses.report as package
 from analyses.notebook_utils import DEFAULT_RUN
-from probe.job import MODEL_FLAGS, add_model_flags, closed_pipe_quiet, exit_ranks, launch_rank0
+from probe.job import MODEL_FLAGS, add_model_flags, check_out_parent, closed_pipe_quiet, exit_ranks, launch_rank0
 
 from . import data as rd
 from .render import ReportError, check_run, compute, figures, print_text, write_findings, write_html
@@ -65,6 +65,15 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def written(flag: str, write, r: dict, figs: dict, path: Path, argv: list[str]) -> Path:
+    """write(r, figs, path, argv), an OSError (what check_out_parent cannot foresee, e.g. a
+    filesystem that refuses new entries) turned into a one-line ReportError naming `flag`."""
+    try:
+        return write(r, figs, path, argv)
+    except OSError as e:
+        raise ReportError(f"{flag} {path}: cannot write it there ({e.strerror or e})") from None
+
+
 @closed_pipe_quiet
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -93,17 +102,21 @@ def main(argv: list[str] | None = None) -> int:
                                   "`dsv3-probe record --ckpt DIR`") from None
         run_dir = Path(ns.run) if ns.run else DEFAULT_RUN
         check_run(run_dir)
+        html, findings = Path(ns.out) if ns.out else run_dir / "report.html", ns.findings and Path(ns.findings)
+        check_out_parent(html, "--out", file=True)  # before minutes of ablations, not after
+        if findings:
+            check_out_parent(findings, "--findings", file=True)
         t = time.time()
         writer = launch_rank0()  # under torchrun every rank runs the ablations; one writes
         r = compute(run_dir, ns, writer)
         if writer:
             figs = figures(r)
             print_text(r, figs)
-            out = write_html(r, figs, Path(ns.out) if ns.out else run_dir / "report.html", argv)
+            out = written("--out", write_html, r, figs, html, argv)
             print(f"\nwrote {out} ({time.time() - t:.0f} s" +
                   (f", ablations {r['ablation_seconds']:.0f} s)" if "ablation_seconds" in r else ")"))
-            if ns.findings:
-                print(f"wrote {write_findings(r, figs, Path(ns.findings), argv)}")
+            if findings:
+                print(f"wrote {written('--findings', write_findings, r, figs, findings, argv)}")
     except (ReportError, AblationError, MetricsError, CorpusError, RecordError, RunError, ValueError, OSError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return exit_ranks(2)

@@ -128,6 +128,25 @@ def test_errors_for_missing_and_empty_runs(tmp_path, capsys):
     assert "--max-tokens" in _err([str(tmp_path / "empty"), "--max-tokens", "0"], capsys)
 
 
+def test_outputs_that_cannot_be_written_are_refused_first(tmp_path, capsys):
+    """--out or --findings where no file can go is a one-line error before any section is computed
+    (ablations can take minutes); one the OS refuses only at the write (procfs takes no new entries,
+    even from root) is a one-line error naming the flag, not a bare OSError."""
+    from helpers.synthetic_run import write_run
+
+    run = tmp_path / "r"
+    write_run(run, domains=("code", "prose"))
+    (tmp_path / "afile").write_text("x")
+    fast = ["--skip-ablation", "--importance-tokens", "0", "--no-progress"]
+    t = time.perf_counter()
+    err = _err([str(run), "--out", str(tmp_path / "afile" / "r.html"), *fast], capsys)
+    assert f"--out {tmp_path / 'afile' / 'r.html'}: {tmp_path / 'afile'} is a file, not a directory" in err
+    assert "is a directory, not a file" in _err([str(run), "--findings", str(tmp_path), *fast], capsys)
+    assert time.perf_counter() - t < 5
+    assert "--out /proc/dsv3-report.html: cannot write it there" in _err(
+        [str(run), "--out", "/proc/dsv3-report.html", *fast], capsys)
+
+
 def test_a_one_domain_run_is_reported_as_such(tmp_path, capsys):
     """Domain specialisation and the per-domain ablation need two domains: the report says so."""
     from helpers.synthetic_run import write_run
