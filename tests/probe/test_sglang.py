@@ -5,6 +5,8 @@ config) as one-line errors naming the file."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -162,3 +164,10 @@ def test_bad_dumps_are_one_line_errors_naming_the_file(world, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "is outside --config" in err and "n_routed_experts=8" in err
     assert not (tmp_path / "run").exists()
+    # an --out where no run can go: under a file, or where the OS refuses new entries (procfs, even for root)
+    (tmp_path / "afile").write_text("x")
+    for out, msg in ((tmp_path / "afile" / "run", "afile is a file, not a directory"),
+                     (Path("/proc/dsv3-sglang-run"), "--out /proc/dsv3-sglang-run: cannot create the run there")):
+        code = main(["import", "sglang", str(world["stat"]), "--config", str(world["config"]), "--out", str(out)])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and err.startswith("error: ") and "\n" not in err and msg in err, err
