@@ -330,6 +330,8 @@ def test_cli_errors(demo_dir, tmp_path, capsys):
     empty.write_text("")
     no_tok = Path(shutil.copytree(demo_dir, tmp_path / "no_tok"))
     (no_tok / "tokenizer.json").unlink()
+    afile = tmp_path / "afile"
+    afile.write_text("x")
     cases = [
         (["--ckpt", demo_dir, "--prompt-file", empty], "no prompts (the file is empty)"),
         (["--ckpt", no_tok, "--prompt", "hi"], "no tokenizer.json (generation needs the checkpoint's tokenizer)"),
@@ -338,6 +340,10 @@ def test_cli_errors(demo_dir, tmp_path, capsys):
         (["--ckpt", tmp_path / "nowhere", "--prompt", "a"], "not a checkpoint directory"),
         (["--ckpt", demo_dir, "--prompt", "a", "--top-p", "1.5"], "top_p=1.5 must be in (0, 1]"),
         (["--ckpt", demo_dir, "--prompt", "a", "--gemm", "fp8"], "gemm_impl='fp8' needs an FP8 checkpoint"),
+        # where nothing can be written: refused before the model loads, not a traceback after generating
+        (["--ckpt", demo_dir, "--prompt", "a", "--output", afile / "x.jsonl"], "afile is a file, not a directory"),
+        (["--ckpt", demo_dir, "--prompt", "a", "--output", tmp_path], "is a directory, not a file"),
+        (["--demo", afile / "demo", "--prompt", "a"], f"--demo {afile / 'demo'}: {afile} is a file"),
     ]
     for argv, msg in cases:
         code, out, err = run_cli(capsys, *argv, "--no-chat-template")
