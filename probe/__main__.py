@@ -124,6 +124,8 @@ def _exec_streamlit(cmd: list[str], env: dict) -> int:
 
 def _dashboard(ns) -> int:
     runs = Path(ns.runs_dir)
+    if runs.exists() and not runs.is_dir():
+        raise RecordError(f"{runs}: a file, not a directory of runs")
     if ns.record and not any(runs.glob("*/run.json")):
         # the only path where the dashboard command needs the model (and torch, via probe.record)
         from .record import RecordOptions, record

@@ -128,7 +128,7 @@ def test_dashboards_never_import_torch():
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
 
 
-def test_cli_dashboard_subcommand_parses(monkeypatch, tmp_path):
+def test_cli_dashboard_subcommand_parses(monkeypatch, tmp_path, capsys):
     """`dsv3-probe dashboard DIR --host --port` builds the streamlit command (not started here)."""
     from probe import __main__ as cli
 
@@ -140,6 +140,10 @@ def test_cli_dashboard_subcommand_parses(monkeypatch, tmp_path):
     cmd, env = calls[0]
     assert cmd[cmd.index("--server.address") + 1] == "0.0.0.0" and cmd[cmd.index("--server.port") + 1] == "8765"
     assert cmd[-1] == str(tmp_path) and env["DSV3_RUNS_DIR"] == str(tmp_path)
+    capsys.readouterr()
+    (tmp_path / "afile").write_text("x")  # a file is refused with one line, and no server starts
+    assert cli.main(["dashboard", str(tmp_path / "afile"), "--no-record"]) == 2 and len(calls) == 1
+    assert capsys.readouterr().err == f"error: {tmp_path / 'afile'}: a file, not a directory of runs\n"
 
 
 def test_a_one_domain_run_says_so_instead_of_empty_charts(tmp_path):
