@@ -271,6 +271,11 @@ def test_bad_input_errors(corpus, tmp_path, capsys):
         run(parse_args(_flags(corpus, tmp_path / "junk", "--resume")))
     with pytest.raises(TrainError, match="n_mtp_layers=2: training supports MTP depth 0 or 1"):
         run(parse_args(_flags(corpus, tmp_path / "x", "--set", "n_mtp_layers=2")))
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(TrainError, match=r"--out .*afile/run: .*afile is a file, not a directory"):
+        run(parse_args(_flags(corpus, tmp_path / "afile" / "run")))
+    with pytest.raises(TrainError, match=r"--out /proc/dsv3-train-run: cannot create the run there"):
+        run(parse_args(_flags(corpus, Path("/proc/dsv3-train-run"))))
     with pytest.raises(TrainError, match=r"nowhere/train.jsonl: not found \(build the corpus with"):
         run(parse_args(_flags(corpus, tmp_path / "x") + ["--corpus", str(tmp_path / "nowhere")]))
     (tmp_path / "bad").mkdir()
