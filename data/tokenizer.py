@@ -24,6 +24,7 @@ if __package__ in (None, ""):  # `python data/tokenizer.py`
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
 
 from data.build_corpus import DATA_DIR, CorpusError, read_jsonl  # noqa: E402
+from probe.job import check_out_parent  # noqa: E402
 
 SPECIAL_TOKENS = ("<|bos|>", "<|eos|>", "<|pad|>")
 BOS, EOS, PAD = 0, 1, 2
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--min-frequency", type=int, default=2, help="minimum pair count for a merge")
     ns = p.parse_args(argv)
     try:
+        check_out_parent(ns.out, file=True)  # before the training, not after
         docs = read_jsonl(ns.corpus / "train.jsonl")
         tok = train_tokenizer((d["text"] for d in docs), ns.vocab_size, ns.min_frequency)
     except (CorpusError, ValueError) as e:

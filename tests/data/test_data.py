@@ -164,6 +164,23 @@ def test_bad_input_errors(tmp_path):
         bc.write_corpus(tmp_path / "o", [], seed=0, val_fraction=1.5, max_chars=None)
 
 
+def test_an_out_under_a_file_is_refused_before_any_work(tmp_path, capsys):
+    """build_corpus and the tokenizer check --out first: one line, not a traceback after fetching the
+    sources or training the tokenizer (the build would need its sources; --offline without them would
+    fail on those instead, so the --out error shows the check comes first)."""
+    from data import tokenizer
+
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(SystemExit) as e:
+        bc.main(["--out", str(tmp_path / "afile" / "corpus"), "--offline", "--cache", str(tmp_path / "none")])
+    err = capsys.readouterr().err
+    want = f"error: --out {tmp_path / 'afile' / 'corpus'}: {tmp_path / 'afile'} is a file, not a directory\n"
+    assert e.value.code == 2 and err == want
+    with pytest.raises(SystemExit) as e:
+        tokenizer.main(["--corpus", str(tmp_path), "--out", str(tmp_path / "afile" / "tok.json")])
+    assert e.value.code == 2 and "afile is a file, not a directory" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------------------- tokenizer
 def test_committed_validation_split_matches_its_manifest():
     manifest = json.loads((DATA / "corpus" / "manifest.json").read_text())
