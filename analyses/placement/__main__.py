@@ -9,7 +9,7 @@ from pathlib import Path
 import analyses.placement as package
 from analyses.placement import PlacementError, plan_run, run_loads, summary_frame, write_plan
 from analyses.placement.export import FORMATS, export
-from probe.job import closed_pipe_quiet
+from probe.job import RecordError, check_out_parent, closed_pipe_quiet
 
 
 @closed_pipe_quiet
@@ -32,6 +32,9 @@ def main(argv=None) -> int:
     ns = p.parse_args(argv)
     try:
         return _run(ns)
+    except RecordError as e:  # an --out where no file can go (check_out_parent): nothing to do with the run
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except (PlacementError, ValueError, OSError) as e:
         msg = " ".join(str(e).split())
         print(f"error: {msg if str(ns.run) in msg else f'{ns.run}: {msg}'}", file=sys.stderr)
@@ -43,9 +46,12 @@ def _run(ns) -> int:
         raise PlacementError(f"--format {ns.format} writes a file: pass --out plan.json (or .pt)")
     if ns.format != "table" and ns.out.suffix not in (".json", ".pt"):
         raise PlacementError(f"--out {ns.out}: --format {ns.format} writes a .json or .pt file")
+    if ns.out is not None:
+        check_out_parent(ns.out, file=True)
     loads, n_layers, E = run_loads(ns.run)
     if ns.format == "logical-count":
-        print(f"wrote {export(ns.format, None, loads, n_layers, E, ns.out)} (loads of layers {sorted(loads)} of "
+        written = _written(ns.out, export, ns.format, None, loads, n_layers, E, ns.out)
+        print(f"wrote {written} (loads of layers {sorted(loads)} of "
               f"{n_layers}; SGLang: --init-expert-location {ns.out} runs its own EPLB on them)")
         return 0
     if ns.gpus is None:
@@ -54,9 +60,9 @@ def _run(ns) -> int:
     config = {"run": str(ns.run), "gpus": ns.gpus, "nodes": ns.nodes, "redundant": ns.redundant,
               "groups": ns.groups, "mode": ns.mode}
     if ns.format == "table" and ns.out is not None:
-        write_plan(plans, ns.out, config)
+        _written(ns.out, write_plan, plans, ns.out, config)
     elif ns.format != "table":
-        export(ns.format, plans, loads, n_layers, E, ns.out)
+        _written(ns.out, export, ns.format, plans, loads, n_layers, E, ns.out)
     import pandas as pd
 
     with pd.option_context("display.width", 200, "display.max_rows", 500):
@@ -67,6 +73,15 @@ def _run(ns) -> int:
             print(f"serve with: --init-expert-location {ns.out} --ep-num-redundant-experts {ns.redundant} "
                   f"(expert-parallel size {ns.gpus})")
     return 0
+
+
+def _written(out: Path, write, *args):
+    """write(*args), an OSError (what check_out_parent cannot foresee, e.g. a filesystem that refuses
+    new entries) turned into a one-line error naming --out."""
+    try:
+        return write(*args)
+    except OSError as e:
+        raise RecordError(f"--out {out}: cannot write it there ({e.strerror or e})") from None
 
 
 if __name__ == "__main__":

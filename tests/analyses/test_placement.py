@@ -168,3 +168,10 @@ def test_cli_errors_are_one_line(tmp_path):
     assert p.returncode == 2 and "no expert_load table" in p.stderr and p.stderr.count("\n") == 1
     p = _cli(tmp_path / "run", "--gpus", 2, "--out", tmp_path / "plan.csv")
     assert p.returncode == 2 and ".parquet or .json" in p.stderr
+    # an --out where no file can go is about --out, not the run: checked before planning, named as such
+    (tmp_path / "afile").write_text("x")
+    for out, needle in ((tmp_path / "afile" / "plan.json", f"--out {tmp_path / 'afile' / 'plan.json'}: "
+                                                           f"{tmp_path / 'afile'} is a file, not a directory"),
+                        (Path("/proc/dsv3-plan.json"), "--out /proc/dsv3-plan.json: cannot write it there")):
+        p = _cli(tmp_path / "run", "--gpus", 2, "--out", out)
+        assert p.returncode == 2 and p.stderr.startswith(f"error: {needle}") and p.stderr.count("\n") == 1, p.stderr
