@@ -32,7 +32,7 @@ class RecordError(ValueError):
 def resolve_paths(ckpt: str | None, corpus: str | None, out: str | None, suffix: str = "",
                   error: type[Exception] = RecordError) -> tuple[Path, Path, Path]:
     """(checkpoint dir, corpus path, output dir): the bundled model and corpus by default, and
-    runs/<ckpt>-<corpus><suffix> as the output."""
+    runs/<ckpt>-<corpus><suffix> as the output, which must be creatable (check_out_parent)."""
     ckpt_p = Path(ckpt) if ckpt else DEFAULT_CKPT
     corpus_p = Path(corpus) if corpus else DEFAULT_CORPUS
     if ckpt is None and not (ckpt_p / "config.json").exists():
@@ -43,6 +43,7 @@ def resolve_paths(ckpt: str | None, corpus: str | None, out: str | None, suffix:
     if not ckpt_p.is_dir() or not (ckpt_p / "config.json").exists():
         raise error(f"--ckpt {ckpt_p}: not a checkpoint directory (no config.json)")
     out_p = Path(out) if out else REPO / "runs" / f"{ckpt_p.name}-{corpus_p.stem}{suffix}"
+    check_out_parent(out_p, error=error)  # before any job loads a model, not when it writes
     return ckpt_p, corpus_p, out_p
 
 
@@ -155,19 +156,20 @@ def start_world(model_parallel, device: str | None, args=None):
     return world
 
 
-def check_out_parent(out: Path, flag: str = "--out", file: bool = False) -> None:
-    """A one-line RecordError when `out` (a directory to create, or with `file` a file to write) could
+def check_out_parent(out: Path, flag: str = "--out", file: bool = False,
+                     error: type[Exception] = RecordError) -> None:
+    """A one-line `error` when `out` (a directory to create, or with `file` a file to write) could
     not be written: it is a directory where a file should go, or its nearest existing ancestor is a
     file or a directory this process cannot write."""
     if file and out.is_dir():
-        raise RecordError(f"{flag} {out}: is a directory, not a file")
+        raise error(f"{flag} {out}: is a directory, not a file")
     parent = out if out.exists() and not file else out.parent
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
-        raise RecordError(f"{flag} {out}: {parent} is a file, not a directory")
+        raise error(f"{flag} {out}: {parent} is a file, not a directory")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise RecordError(f"{flag} {out}: directory {parent} is not writable")
+        raise error(f"{flag} {out}: directory {parent} is not writable")
 
 
 def agree(world, fn):

@@ -167,6 +167,13 @@ def test_command_bad_input_is_one_line(probe_env, tmp_path, capsys, extra, msg):
     assert not (tmp_path / "o").exists()
 
 
+def test_an_out_under_a_file_is_refused_before_the_model_loads(probe_env, tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    assert main(_cli(probe_env, tmp_path / "afile" / "o", "--layers", "1", "--experts", "0-1")) == 2
+    want = f"error: --out {tmp_path / 'afile' / 'o'}: {tmp_path / 'afile'} is a file, not a directory"
+    assert capsys.readouterr().err.strip() == want
+
+
 def test_command_without_a_run(tmp_path, capsys):
     assert main(["--run", str(tmp_path / "nope"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()

@@ -258,6 +258,13 @@ def test_cli_bad_inputs_are_one_line_errors(probe_env, tmp_path, capsys, extra, 
     assert not (tmp_path / "o").exists()
 
 
+def test_an_out_under_a_file_is_refused_before_the_model_loads(probe_env, tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    assert main(_cli(probe_env, tmp_path / "afile" / "o", "--experts", "1:2")) == 2
+    want = f"error: --out {tmp_path / 'afile' / 'o'}: {tmp_path / 'afile'} is a file, not a directory"
+    assert capsys.readouterr().err.strip() == want
+
+
 def test_cli_missing_run(tmp_path, capsys):
     assert main(["--run", str(tmp_path / "nope"), "--experts", "1:2"]) == 2
     err = capsys.readouterr().err.strip()
