@@ -20,7 +20,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from probe.job import closed_pipe_quiet
+from probe.job import check_out_parent, closed_pipe_quiet
 
 BIAS = "e_score_correction_bias"
 
@@ -40,9 +40,13 @@ def without_router_bias(ckpt: str | Path, out: str | Path, overwrite: bool = Fal
         raise VariantError(f"{ckpt}: not a checkpoint (needs config.json and *.safetensors)")
     if out.exists() and not overwrite:
         raise VariantError(f"--out {out}: exists (pass --overwrite to replace it)")
+    check_out_parent(out, error=VariantError)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as e:  # what the check cannot foresee (e.g. a filesystem that refuses new entries)
+        raise VariantError(f"--out {out}: cannot write the variant there ({e.strerror or e})") from None
     zeroed = 0
     try:
         for f in files:

@@ -42,6 +42,12 @@ def test_errors_are_one_line(ckpt, tmp_path, capsys):
     assert variants.main(["no-router-bias", "--ckpt", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert "not a checkpoint" in err and err.count("\n") == 1
+    (tmp_path / "afile").write_text("x")
+    assert variants.main(["no-router-bias", "--ckpt", str(src), "--out", str(tmp_path / "afile" / "v")]) == 2
+    want = f"error: --out {tmp_path / 'afile' / 'v'}: {tmp_path / 'afile'} is a file, not a directory\n"
+    assert capsys.readouterr().err == want
+    assert variants.main(["no-router-bias", "--ckpt", str(src), "--out", "/proc/dsv3-variant"]) == 2
+    assert "--out /proc/dsv3-variant: cannot write the variant there" in capsys.readouterr().err
     nb, _ = variants.without_router_bias(src, tmp_path / "nb")
     with pytest.raises(variants.VariantError, match="no `e_score_correction_bias`"):
         # a checkpoint whose biases were dropped altogether has nothing to remove
