@@ -50,14 +50,16 @@ def write_result_part(out: str | Path, table: str, df, key: dict, meta: dict, pa
     import hashlib
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     arrow = pa.Table.from_pandas(df, schema=TABLES[table], preserve_index=False)
     name = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
     d = out / table
-    d.mkdir(exist_ok=True)
-    tmp = d / f".{name}.parquet.tmp{os.getpid()}"
-    pq.write_table(arrow, tmp, compression="zstd")
-    os.replace(tmp, d / f"{name}.parquet")
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        tmp = d / f".{name}.parquet.tmp{os.getpid()}"
+        pq.write_table(arrow, tmp, compression="zstd")
+        os.replace(tmp, d / f"{name}.parquet")
+    except OSError as e:  # the jobs check --out up front; this is what no check can foresee
+        raise RunError(f"{out}: cannot write the {table} table there ({e.strerror or e})") from None
     if (out / RUN_JSON).exists():
         info = read_run_json(out)
     else:

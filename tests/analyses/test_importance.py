@@ -174,6 +174,15 @@ def test_an_out_under_a_file_is_refused_before_the_model_loads(probe_env, tmp_pa
     assert capsys.readouterr().err.strip() == want
 
 
+def test_a_write_the_os_refuses_is_a_one_line_error(probe_env, capsys):
+    """An --out no up-front check can fault (procfs passes them, then refuses new entries even for
+    root) fails at the write: one line naming the path and table, not a bare OSError."""
+    assert main(_cli(probe_env, "/proc/dsv3-importance", "--layers", "1", "--experts", "0")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: /proc/dsv3-importance: cannot write the expert_importance table there") and \
+        "\n" not in err
+
+
 def test_command_without_a_run(tmp_path, capsys):
     assert main(["--run", str(tmp_path / "nope"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
