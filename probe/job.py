@@ -32,7 +32,7 @@ class RecordError(ValueError):
 def resolve_paths(ckpt: str | None, corpus: str | None, out: str | None, suffix: str = "",
                   error: type[Exception] = RecordError) -> tuple[Path, Path, Path]:
     """(checkpoint dir, corpus path, output dir): the bundled model and corpus by default, and
-    runs/<ckpt>-<corpus><suffix> as the output, which must be creatable (check_out_parent)."""
+    runs/<ckpt>-<corpus><suffix> as the output."""
     ckpt_p = Path(ckpt) if ckpt else DEFAULT_CKPT
     corpus_p = Path(corpus) if corpus else DEFAULT_CORPUS
     if ckpt is None and not (ckpt_p / "config.json").exists():
@@ -43,7 +43,6 @@ def resolve_paths(ckpt: str | None, corpus: str | None, out: str | None, suffix:
     if not ckpt_p.is_dir() or not (ckpt_p / "config.json").exists():
         raise error(f"--ckpt {ckpt_p}: not a checkpoint directory (no config.json)")
     out_p = Path(out) if out else REPO / "runs" / f"{ckpt_p.name}-{corpus_p.stem}{suffix}"
-    check_out_parent(out_p, error=error)  # before any job loads a model, not when it writes
     return ckpt_p, corpus_p, out_p
 
 

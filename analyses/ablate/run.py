@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from probe.corpus import CorpusError, Window, corpus_windows, fingerprint
+from probe.job import check_out_parent
 from probe.recorders import Batch, token_nll
 from probe.schema import TABLES
 from probe.writer import read_run_json, write_result_part
@@ -349,6 +350,7 @@ def check_out(out: Path) -> None:
         raise AblationError(f"--out {out}: is a file, not a directory")
     if out.is_dir() and any(out.iterdir()) and not (out / "run.json").exists():
         raise AblationError(f"--out {out}: not a run directory (no run.json) and not empty")
+    check_out_parent(out, error=AblationError)  # before a model loads, not when the table is written
 
 
 def write_ablations(out: str | Path, df, meta: dict, args=None) -> Path:
