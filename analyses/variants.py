@@ -20,7 +20,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from probe.job import check_out_parent, closed_pipe_quiet
+from probe.job import check_out_parent, closed_pipe_quiet, os_refusal
 
 BIAS = "e_score_correction_bias"
 
@@ -43,10 +43,8 @@ def without_router_bias(ckpt: str | Path, out: str | Path, overwrite: bool = Fal
     check_out_parent(out, error=VariantError)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with os_refusal(f"--out {out}: cannot write the variant there", VariantError):
         tmp.mkdir(parents=True)
-    except OSError as e:  # what the check cannot foresee (e.g. a filesystem that refuses new entries)
-        raise VariantError(f"--out {out}: cannot write the variant there ({e.strerror or e})") from None
     zeroed = 0
     try:
         for f in files:

@@ -43,7 +43,7 @@ if __package__ in (None, ""):  # `python data/build_corpus.py`: make `data.*` im
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.mathgen import math_document  # noqa: E402
-from probe.job import RecordError, check_out_parent  # noqa: E402
+from probe.job import check_out_parent  # noqa: E402
 
 DATA_DIR = Path(__file__).resolve().parent
 DOMAINS = ("literature", "technical", "code", "chinese", "math")
@@ -372,10 +372,10 @@ def main(argv: list[str] | None = None) -> None:
         unknown = [d for d in domains if d not in DOMAINS]
         if unknown:
             raise CorpusError(f"unknown domain(s) {unknown}; choose from {', '.join(DOMAINS)}")
-        check_out_parent(ns.out)  # before the sources are fetched and read, not after
+        check_out_parent(ns.out, error=CorpusError)  # before the sources are fetched and read, not after
         docs = collect(domains, seed=ns.seed, cache=ns.cache, offline=ns.offline, math_chars=ns.math_chars)
         m = write_corpus(ns.out, docs, seed=ns.seed, val_fraction=ns.val_fraction, max_chars=ns.max_chars or None)
-    except (CorpusError, RecordError) as e:
+    except CorpusError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     for domain, st in m["domains"].items():

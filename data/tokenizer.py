@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--min-frequency", type=int, default=2, help="minimum pair count for a merge")
     ns = p.parse_args(argv)
     try:
-        check_out_parent(ns.out, file=True)  # before the training, not after
+        check_out_parent(ns.out, file=True, error=CorpusError)  # before the training, not after
         docs = read_jsonl(ns.corpus / "train.jsonl")
         tok = train_tokenizer((d["text"] for d in docs), ns.vocab_size, ns.min_frequency)
     except (CorpusError, ValueError) as e:

@@ -13,7 +13,7 @@ import torch
 import generate as package
 from generate import (GenerateError, GenerationOutput, SamplingParams, TextCodec, generate, load_codec,
                       read_prompts, write_demo_checkpoint)
-from probe.job import RecordError, check_out_parent, exit_ranks
+from probe.job import check_out_parent, exit_ranks, os_refusal
 
 
 class Streamer:
@@ -92,16 +92,14 @@ def _run_batch(m, codec: TextCodec, texts: list[str], ns, rank: int, sampling: S
 
 def _append_output(ns, texts: list[str], streamer: Streamer, res: GenerationOutput) -> None:
     """One JSON line per prompt appended to --output."""
-    try:
-        with open(ns.output, "a", encoding="utf-8") as f:
-            for i, text in enumerate(texts):
-                f.write(json.dumps({
-                    "prompt": text, "completion": streamer.text(i), "tokens": res.tokens[i],
-                    "finish_reason": res.finish_reasons[i], "forward_passes": res.forward_passes[i],
-                    "drafts_proposed": res.drafts_proposed[i] if ns.mtp else None,
-                    "drafts_accepted": res.drafts_accepted[i] if ns.mtp else None}, ensure_ascii=False) + "\n")
-    except OSError as e:  # what main's check cannot foresee
-        raise GenerateError(f"--output {ns.output}: cannot write it ({e.strerror or e})") from None
+    with os_refusal(f"--output {ns.output}: cannot write it", GenerateError), \
+            open(ns.output, "a", encoding="utf-8") as f:  # main checked the path; this is what it cannot foresee
+        for i, text in enumerate(texts):
+            f.write(json.dumps({
+                "prompt": text, "completion": streamer.text(i), "tokens": res.tokens[i],
+                "finish_reason": res.finish_reasons[i], "forward_passes": res.forward_passes[i],
+                "drafts_proposed": res.drafts_proposed[i] if ns.mtp else None,
+                "drafts_accepted": res.drafts_accepted[i] if ns.mtp else None}, ensure_ascii=False) + "\n")
 
 
 def _interactive(m, codec, ns, world, sampling) -> None:
@@ -162,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
             raise GenerateError(f"--max-new-tokens {ns.max_new_tokens} must be >= 0")
         for flag, path, file in (("--output", ns.output, True), ("--demo", ns.demo, False)):
             if path:  # before the model loads and generates, not after
-                check_out_parent(Path(path), flag, file=file)
+                check_out_parent(Path(path), flag, file=file, error=GenerateError)
         sampling = SamplingParams(ns.temperature, ns.top_p, ns.top_k, ns.seed)
         # every rank one whole model (--replicate), or all ranks one sharded model
         world = init_world(1 if ns.replicate else "auto", device=ns.device)
@@ -170,11 +168,8 @@ def main(argv: list[str] | None = None) -> None:
         ckpt = ns.ckpt
         if ns.demo:
             if world.rank == 0:
-                try:
+                with os_refusal(f"--demo {ns.demo}: cannot write the demo checkpoint", GenerateError):
                     write_demo_checkpoint(ns.demo)
-                except OSError as e:
-                    raise GenerateError(f"--demo {ns.demo}: cannot write the demo checkpoint ({e.strerror or e})") \
-                        from None
             world.barrier()
             ckpt = ns.demo
         if not Path(ckpt).is_dir():
@@ -192,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
         if ns.interactive:
             _interactive(m, codec, ns, world, sampling)
         code = 0
-    except (GenerateError, CheckpointError, ConfigError, ParallelError, RecordError) as e:
+    except (GenerateError, CheckpointError, ConfigError, ParallelError) as e:
         if world.rank == 0:  # every rank raises the same error; one line is enough
             print(f"error: {e}", file=sys.stderr)
         code = 2

@@ -11,6 +11,7 @@ replicas share the batches, and the first rank of each replica writes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import hashlib
 import os
@@ -169,6 +170,17 @@ def check_out_parent(out: Path, flag: str = "--out", file: bool = False,
         raise error(f"{flag} {out}: {parent} is a file, not a directory")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise error(f"{flag} {out}: directory {parent} is not writable")
+
+
+@contextlib.contextmanager
+def os_refusal(message: str, error: type[Exception] = RecordError):
+    """Within the block, an OSError becomes one line: `error(f"{message} ({reason})")`. For the
+    writes no up-front check (check_out_parent) can foresee, e.g. a filesystem that refuses new
+    entries: `with os_refusal(f"--out {out}: cannot create the run there"): out.mkdir()`."""
+    try:
+        yield
+    except OSError as e:
+        raise error(f"{message} ({e.strerror or e})") from None
 
 
 def agree(world, fn):

@@ -37,7 +37,7 @@ from model.memory import process_memory
 
 from .corpus import ORDERS, CorpusError, CorpusStats, corpus_windows, fingerprint
 from .job import (DEFAULT_CKPT, DEFAULT_CORPUS, RecordError, agree, bound_heap, check_out_parent, checkpoint_args,
-                  checkpoint_fingerprint, default_seq_len, load_model, load_tokenizer, package_version,
+                  checkpoint_fingerprint, default_seq_len, load_model, load_tokenizer, os_refusal, package_version,
                   resolve_paths, start_world, window_length)
 from .recorders import Batch, RecordConfig, Recorder
 from .schema import TABLES
@@ -196,10 +196,8 @@ def record(opts: RecordOptions) -> Path:
     info = run_info(job, plan, opts, world, m, tables)
 
     def create() -> None:  # rank 0
-        try:
+        with os_refusal(f"--out {job.out}: cannot create the run there"):
             open_run(job.out, info, opts)
-        except OSError as e:  # what check_out cannot foresee (e.g. a filesystem that refuses new entries)
-            raise RecordError(f"--out {job.out}: cannot create the run there ({e.strerror or e})") from None
         write_router_bias(job.out, m)
 
     agree(world, create)

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from .job import RecordError, check_out_parent, package_version
+from .job import RecordError, check_out_parent, os_refusal, package_version
 from .writer import PartWriter, write_json_atomic
 
 MODES = ("stat", "per_pass", "per_token")
@@ -177,12 +177,10 @@ def import_sglang(dump: str | Path, out: str | Path | None = None, config: str |
         raise SGLangError(f"--out {out} exists: pass --overwrite to replace it")
     check_out_parent(out)
     tmp = out.with_name(f".{out.name}.importing")
-    try:
+    with os_refusal(f"--out {out}: cannot create the run there", SGLangError):
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-    except OSError as e:  # what the check cannot foresee (e.g. a filesystem that refuses new entries)
-        raise SGLangError(f"--out {out}: cannot create the run there ({e.strerror or e})") from None
     steps = {"stat": _stat, "per_pass": _per_pass, "per_token": _per_token}[mode](dumps, shape, tmp)
     placement = _write_placement(dumps, shape, tmp)
     info = {"status": "complete", "format": 1, "kind": "import",

@@ -38,7 +38,7 @@ import torch
 
 from .corpus import CorpusError, CorpusStats, iter_documents
 from .job import (RecordError, agree, check_out_parent, checkpoint_args, checkpoint_fingerprint, load_model,
-                  load_tokenizer, resolve_paths, start_world)
+                  load_tokenizer, os_refusal, resolve_paths, start_world)
 from .schema import TABLES
 from .writer import RUN_JSON, read_run_json, write_json_atomic
 
@@ -140,10 +140,8 @@ def record_spec(opts: SpecOptions) -> Path:
 
     def write() -> None:  # rank 0
         rows, drafts = _tables(prompts, sorted((i, r) for part in parts for i, r in part))
-        try:
+        with os_refusal(f"--out {out}: cannot write the spec tables there"):
             _write_run(out, rows, drafts, opts, ckpt, corpus, args, world, time.time() - t0)
-        except OSError as e:  # what _check_out cannot foresee (e.g. a filesystem that refuses new entries)
-            raise RecordError(f"--out {out}: cannot write the spec tables there ({e.strerror or e})") from None
 
     agree(world, write)  # every rank ends the same way: done, or the same one-line error
     return out
@@ -205,11 +203,11 @@ def _tables(prompts, results) -> tuple[dict, dict]:
     return rows, drafts
 
 
-def _per_domain(rows: dict, count) -> dict[str, int]:
-    """domain -> the sum of count(i) over the spec_decode rows i of that domain."""
+def _per_domain(domains: list[str], values) -> dict[str, int]:
+    """domain -> the sum of `values` over the rows of that domain (domains and values row by row)."""
     out: dict[str, int] = {}
-    for i, domain in enumerate(rows["domain"]):
-        out[domain] = out.get(domain, 0) + int(count(i))
+    for domain, v in zip(domains, values):
+        out[domain] = out.get(domain, 0) + int(v)
     return dict(sorted(out.items()))
 
 
@@ -224,8 +222,8 @@ def _write_run(out: Path, rows: dict, drafts: dict, opts: SpecOptions, ckpt: Pat
                "drafts_proposed": proposed, "drafts_accepted": accepted,
                "acceptance_rate": accepted / proposed if proposed else None,
                "max_prompts": opts.max_prompts, "max_tokens": opts.max_tokens,
-               "prompts_per_domain": _per_domain(rows, lambda i: 1),
-               "tokens_per_domain": _per_domain(rows, lambda i: rows["prompt_tokens"][i] + rows["new_tokens"][i]),
+               "prompts_per_domain": _per_domain(rows["domain"], [1] * len(rows["domain"])),
+               "tokens_per_domain": _per_domain(rows["domain"], np.add(rows["prompt_tokens"], rows["new_tokens"])),
                "seconds": round(seconds, 2), "world_size": world.size, "world": world.describe(),
                "dtype": opts.dtype or "float32", "gemm": opts.gemm}
     info = read_run_json(out) if (out / RUN_JSON).exists() else {

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute in truncate_after
 import pyarrow.parquet as pq
 
+from .job import os_refusal
 from .schema import TABLES
 
 RUN_JSON = "run.json"
@@ -53,13 +54,11 @@ def write_result_part(out: str | Path, table: str, df, key: dict, meta: dict, pa
     arrow = pa.Table.from_pandas(df, schema=TABLES[table], preserve_index=False)
     name = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
     d = out / table
-    try:
+    with os_refusal(f"{out}: cannot write the {table} table there", RunError):  # the jobs check --out up front
         d.mkdir(parents=True, exist_ok=True)
         tmp = d / f".{name}.parquet.tmp{os.getpid()}"
         pq.write_table(arrow, tmp, compression="zstd")
         os.replace(tmp, d / f"{name}.parquet")
-    except OSError as e:  # the jobs check --out up front; this is what no check can foresee
-        raise RunError(f"{out}: cannot write the {table} table there ({e.strerror or e})") from None
     if (out / RUN_JSON).exists():
         info = read_run_json(out)
     else:

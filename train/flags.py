@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from probe.job import RecordError, check_out_parent
+from probe.job import check_out_parent
 
 from .data import TrainError
 
@@ -101,7 +101,4 @@ def check_flags(ns: argparse.Namespace) -> None:
             raise TrainError(f"--{name.replace('_', '-')}={getattr(ns, name)} must not be negative")
     if not 0 <= ns.min_lr_ratio <= 1:
         raise TrainError(f"--min-lr-ratio={ns.min_lr_ratio} must be in [0, 1]")
-    try:  # before the corpus is read and the model built, not after
-        check_out_parent(Path(ns.out))
-    except RecordError as e:
-        raise TrainError(str(e)) from None
+    check_out_parent(Path(ns.out), error=TrainError)  # before the corpus is read and the model built, not after

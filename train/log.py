@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from probe.job import os_refusal
 from probe.writer import PartWriter, truncate_after
 
 from .balance import GateRef, max_violation
@@ -26,10 +27,8 @@ TABLES = ["train_steps", "train_domains", "train_gates", "train_eval", "expert_l
 class TrainLog:
     def __init__(self, out: Path, gates: list[GateRef], domains: list[str], n_experts: int, resume_step: int | None):
         self.gates, self.domains, self.E = gates, domains, n_experts
-        try:
+        with os_refusal(f"--out {out}: cannot create the run there", TrainError):  # check_flags checked it
             out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:  # what check_flags cannot foresee (e.g. a filesystem that refuses new entries)
-            raise TrainError(f"--out {out}: cannot create the run there ({e.strerror or e})") from None
         self.evaluated: set[int] = set()  # steps with a validation pass on record
         if resume_step is not None:
             truncate_after(out, 0, TABLES, resume_step)

@@ -9,7 +9,7 @@ from pathlib import Path
 import analyses.placement as package
 from analyses.placement import PlacementError, plan_run, run_loads, summary_frame, write_plan
 from analyses.placement.export import FORMATS, export
-from probe.job import RecordError, check_out_parent, closed_pipe_quiet
+from probe.job import RecordError, check_out_parent, closed_pipe_quiet, os_refusal
 
 
 @closed_pipe_quiet
@@ -50,7 +50,8 @@ def _run(ns) -> int:
         check_out_parent(ns.out, file=True)
     loads, n_layers, E = run_loads(ns.run)
     if ns.format == "logical-count":
-        written = _written(ns.out, export, ns.format, None, loads, n_layers, E, ns.out)
+        with os_refusal(f"--out {ns.out}: cannot write it there"):
+            written = export(ns.format, None, loads, n_layers, E, ns.out)
         print(f"wrote {written} (loads of layers {sorted(loads)} of "
               f"{n_layers}; SGLang: --init-expert-location {ns.out} runs its own EPLB on them)")
         return 0
@@ -59,10 +60,11 @@ def _run(ns) -> int:
     plans = plan_run(ns.run, ns.gpus, ns.nodes, ns.redundant, ns.groups, ns.mode, loads=loads)
     config = {"run": str(ns.run), "gpus": ns.gpus, "nodes": ns.nodes, "redundant": ns.redundant,
               "groups": ns.groups, "mode": ns.mode}
-    if ns.format == "table" and ns.out is not None:
-        _written(ns.out, write_plan, plans, ns.out, config)
-    elif ns.format != "table":
-        _written(ns.out, export, ns.format, plans, loads, n_layers, E, ns.out)
+    with os_refusal(f"--out {ns.out}: cannot write it there"):  # checked above; not everything is foreseeable
+        if ns.format == "table" and ns.out is not None:
+            write_plan(plans, ns.out, config)
+        elif ns.format != "table":
+            export(ns.format, plans, loads, n_layers, E, ns.out)
     import pandas as pd
 
     with pd.option_context("display.width", 200, "display.max_rows", 500):
@@ -73,15 +75,6 @@ def _run(ns) -> int:
             print(f"serve with: --init-expert-location {ns.out} --ep-num-redundant-experts {ns.redundant} "
                   f"(expert-parallel size {ns.gpus})")
     return 0
-
-
-def _written(out: Path, write, *args):
-    """write(*args), an OSError (what check_out_parent cannot foresee, e.g. a filesystem that refuses
-    new entries) turned into a one-line error naming --out."""
-    try:
-        return write(*args)
-    except OSError as e:
-        raise RecordError(f"--out {out}: cannot write it there ({e.strerror or e})") from None
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import analyses.report as package
 from analyses.notebook_utils import DEFAULT_RUN
-from probe.job import MODEL_FLAGS, add_model_flags, check_out_parent, closed_pipe_quiet, exit_ranks, launch_rank0
+from probe.job import (MODEL_FLAGS, add_model_flags, check_out_parent, closed_pipe_quiet, exit_ranks, launch_rank0,
+                       os_refusal)
 
 from . import data as rd
 from .render import ReportError, check_run, compute, figures, print_text, write_findings, write_html
@@ -65,15 +66,6 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def written(flag: str, write, r: dict, figs: dict, path: Path, argv: list[str]) -> Path:
-    """write(r, figs, path, argv), an OSError (what check_out_parent cannot foresee, e.g. a
-    filesystem that refuses new entries) turned into a one-line ReportError naming `flag`."""
-    try:
-        return write(r, figs, path, argv)
-    except OSError as e:
-        raise ReportError(f"{flag} {path}: cannot write it there ({e.strerror or e})") from None
-
-
 @closed_pipe_quiet
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -112,11 +104,14 @@ def main(argv: list[str] | None = None) -> int:
         if writer:
             figs = figures(r)
             print_text(r, figs)
-            out = written("--out", write_html, r, figs, html, argv)
+            with os_refusal(f"--out {html}: cannot write it there", ReportError):  # checked above; not all foreseeable
+                out = write_html(r, figs, html, argv)
             print(f"\nwrote {out} ({time.time() - t:.0f} s" +
                   (f", ablations {r['ablation_seconds']:.0f} s)" if "ablation_seconds" in r else ")"))
             if findings:
-                print(f"wrote {written('--findings', write_findings, r, figs, findings, argv)}")
+                with os_refusal(f"--findings {findings}: cannot write it there", ReportError):
+                    md = write_findings(r, figs, findings, argv)
+                print(f"wrote {md}")
     except (ReportError, AblationError, MetricsError, CorpusError, RecordError, RunError, ValueError, OSError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return exit_ranks(2)
