@@ -27,11 +27,16 @@ ONEDNN_MIN_MACS = 1 << 20  # smaller GEMMs are dominated by call overhead, where
 ONEDNN_ROW_BUCKET = 16  # callers with varying row counts pad to a multiple of this (see Experts)
 
 
+def grad_tracked(*tensors: torch.Tensor) -> bool:
+    """Whether autograd records an op on `tensors`: grad mode is on and one of them requires grad."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def uses_onednn(x: torch.Tensor, w: torch.Tensor) -> bool:
     """Whether dense_linear(x, w) runs on oneDNN (see there)."""
     if not (x.dtype == torch.float32 and w.dtype == torch.float32 and x.device.type == "cpu"
             and x.numel() * w.shape[0] >= ONEDNN_MIN_MACS
-            and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))):
+            and not grad_tracked(x, w)):
         return False
     if ONEDNN_LINEAR is not None:
         return ONEDNN_LINEAR
@@ -114,8 +119,7 @@ class RMSNorm(nn.Module):
         # or the weight's dtype would promote the product.
         xf = x.to(wide(x.dtype))  # float32, or float64 for a float64 model
         y = (xf * xf.square().mean(-1, keepdim=True).add_(self.eps).rsqrt_()).to(x.dtype)
-        tracked = torch.is_grad_enabled() and (y.requires_grad or self.weight.requires_grad)
-        if y.dtype == self.weight.dtype and not tracked:
+        if y.dtype == self.weight.dtype and not grad_tracked(y, self.weight):
             return y.mul_(self.weight)
         return y * self.weight
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from .args import ModelArgs
 from .hooks import HookPoint
-from .layers import Linear, RMSNorm, apply_rope, dense_linear, wide
+from .layers import Linear, RMSNorm, apply_rope, dense_linear, grad_tracked, wide
 
 ATTN_IMPLS = ("absorb", "naive")
 
@@ -181,7 +181,7 @@ class MLA(nn.Module):
         replacement) and no gradient is recorded. The RoPE'd q_pe then overwrites q's pre-RoPE
         values, which no hook exposes. Bit-equal to the concatenation, one [B, S, H, R] copy instead
         of a new [B, S, H, N+R] tensor."""
-        if q_nope is nope_view and not (torch.is_grad_enabled() and q.requires_grad):
+        if q_nope is nope_view and not grad_tracked(q):
             q[..., self.nope :] = q_pe
             return q
         return torch.cat([q_nope, q_pe], dim=-1)

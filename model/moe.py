@@ -15,7 +15,8 @@ from .hooks import HookPoint
 from .fp8 import quantize_block
 from .gemm import onednn_linear, onednn_swiglu
 from .kernels import act_quant, dequant_for_gemm, fp8_gemm
-from .layers import ONEDNN_ROW_BUCKET, Linear, dense_linear, experts_on_onednn, fp8_wide, uses_onednn, wide
+from .layers import (ONEDNN_ROW_BUCKET, Linear, dense_linear, experts_on_onednn, fp8_wide, grad_tracked, uses_onednn,
+                     wide)
 
 
 # the most bytes of gathered expert rows Experts._gathered holds at once: under the heap's 64 MiB
@@ -174,7 +175,7 @@ class Experts(nn.Module):
         """Dense (not FP8-resident) weights and no gradient to record: _gathered's in-place steps apply."""
         if any(getattr(self, f"{n}_scale_inv") is not None for n in self.WEIGHTS):
             return False
-        return not (torch.is_grad_enabled() and (x_TD.requires_grad or self.w1.requires_grad))
+        return not grad_tracked(x_TD, self.w1)
 
     def _gathered(self, x_TD, w_A, tok_A, counts: list[int], acc) -> torch.Tensor:
         """_one_expert_at_a_time's sum for dense weights without autograd (F.linear inference, CPU

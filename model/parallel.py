@@ -66,7 +66,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .args import ModelArgs
-from .layers import Linear
+from .layers import Linear, grad_tracked
 from .mla import MLA
 from .moe import MLP, Experts
 from .ranks import (  # noqa: F401  (re-exported: model.parallel is the documented home of these)
@@ -288,10 +288,6 @@ class ShardedEmbedding(nn.Module):
 
 
 # ------------------------------------------------------------------------------ collectives
-def _grad_tracked(x: torch.Tensor) -> bool:
-    return torch.is_grad_enabled() and x.requires_grad
-
-
 class _Copy(torch.autograd.Function):
     """Identity forward; backward sums the gradient over ranks (each rank saw only its shard's)."""
 
@@ -343,7 +339,7 @@ def _gather_last(x: torch.Tensor, group) -> torch.Tensor:
 
 def all_reduce(x: torch.Tensor, group) -> torch.Tensor:
     """Sum over the group (differentiable; in place when no gradient is tracked)."""
-    if _grad_tracked(x):
+    if grad_tracked(x):
         return _Reduce.apply(x, group)
     dist.all_reduce(x, group=group)
     return x
@@ -351,7 +347,7 @@ def all_reduce(x: torch.Tensor, group) -> torch.Tensor:
 
 def _copy_first(module, args, *, n: int, group):
     """Forward pre-hook: the first n inputs enter the sharded region (f)."""
-    if not any(_grad_tracked(a) for a in args[:n]):
+    if not grad_tracked(*args[:n]):
         return None
     return tuple(_Copy.apply(a, group) if i < n else a for i, a in enumerate(args))
 
@@ -363,7 +359,7 @@ def _reduce_output(module, args, out, *, group):
 
 
 def _gather_output(module, args, out, *, group):
-    return _Gather.apply(out, group) if _grad_tracked(out) else _gather_last(out, group)
+    return _Gather.apply(out, group) if grad_tracked(out) else _gather_last(out, group)
 
 
 def _sum_grad(grad: torch.Tensor, *, group) -> torch.Tensor:
