@@ -271,6 +271,61 @@ def _yarn_mscale(factor: float, m: float) -> float:
     return 1.0 if factor <= 1 else 0.1 * m * math.log(factor) + 1.0
 
 
+def _moe_from_hf(cfg: dict[str, Any], kw: dict[str, Any], where: str) -> dict[str, Any]:
+    """The expert counts and group limit, filled in for dense-only and group-free configs."""
+    if cfg.get("moe_layer_freq", 1) != 1:
+        raise ConfigError(f"{where}: moe_layer_freq={cfg['moe_layer_freq']} is not supported (only 1)")
+    out: dict[str, Any] = {}
+    if cfg.get("n_routed_experts") is None:  # a dense-only config
+        out["n_routed_experts"], out["n_expert_groups"], out["n_limited_groups"] = 1, 1, 1
+        out["n_activated_experts"], out["n_dense_layers"] = 1, cfg["num_hidden_layers"]
+    if out.get("n_expert_groups", kw.get("n_expert_groups")) is None or cfg.get("n_group") is None:
+        out["n_expert_groups"], out["n_limited_groups"] = 1, 1
+    if cfg.get("topk_method") == "greedy":  # V2-Lite: no group limit regardless of n_group
+        out["n_limited_groups"] = out.get("n_expert_groups", kw.get("n_expert_groups"))
+    return out
+
+
+def _rope_from_hf(cfg: dict[str, Any], where: str) -> dict[str, Any]:
+    """RoPE's fields. HF has had two spellings: `rope_scaling` + `rope_theta`, or `rope_parameters`
+    (transformers 5)."""
+    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    rtype = rope.get("rope_type", rope.get("type", "default"))
+    if rtype not in ("yarn", "default"):
+        raise ConfigError(f"{where}: rope type {rtype!r} is not supported (yarn or default)")
+    kw: dict[str, Any] = {"rope_theta": float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0))),
+                          "rope_type": rtype}
+    if rtype != "yarn":
+        kw["rope_factor"], kw["mscale"] = 1.0, 0.0
+        return kw
+    factor = float(rope.get("factor") or 1.0)
+    m, m_all = rope.get("mscale"), rope.get("mscale_all_dim")
+    kw["rope_factor"] = factor
+    kw["original_seq_len"] = int(rope.get("original_max_position_embeddings", 4096))
+    kw["beta_fast"] = float(rope.get("beta_fast") or 32)
+    kw["beta_slow"] = float(rope.get("beta_slow") or 1)
+    kw["mscale"] = float(m_all or 0.0)  # no mscale_all_dim: no softmax-scale correction
+    if rope.get("attention_factor") is not None:
+        kw["rope_attention_factor"] = float(rope["attention_factor"])
+    elif m and m_all:
+        kw["rope_attention_factor"] = _yarn_mscale(factor, m) / _yarn_mscale(factor, m_all)
+    else:
+        kw["rope_attention_factor"] = _yarn_mscale(factor, 1.0)
+    return kw
+
+
+def _dtype_from_hf(cfg: dict[str, Any], where: str) -> dict[str, Any]:
+    """The weights' dtype, and FP8's block size and scale format where the checkpoint is FP8."""
+    q = cfg.get("quantization_config")
+    if not q:
+        return {"dtype": str(cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16").removeprefix("torch.")}
+    if q.get("quant_method") != "fp8":
+        raise ConfigError(f"{where}: quantization_config.quant_method={q.get('quant_method')!r} "
+                          "is not supported (only fp8)")
+    return {"quant_block": tuple(q.get("weight_block_size") or (128, 128)), "scale_fmt": q.get("scale_fmt"),
+            "dtype": "bfloat16"}
+
+
 def _from_hf(cfg: dict[str, Any], where: str) -> ModelArgs:
     model_type = cfg.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
@@ -290,50 +345,9 @@ def _from_hf(cfg: dict[str, Any], where: str) -> ModelArgs:
     kw["q_lora_rank"] = cfg.get("q_lora_rank") or 0
     kw["score_func"] = cfg.get("scoring_func") or ("sigmoid" if model_type == "deepseek_v3" else "softmax")
     # NOTE: `num_key_value_heads` is ignored: MLA has no grouped-query attention.
-    if cfg.get("moe_layer_freq", 1) != 1:
-        raise ConfigError(f"{where}: moe_layer_freq={cfg['moe_layer_freq']} is not supported (only 1)")
-    if cfg.get("n_routed_experts") is None:  # a dense-only config
-        kw["n_routed_experts"], kw["n_expert_groups"], kw["n_limited_groups"] = 1, 1, 1
-        kw["n_activated_experts"], kw["n_dense_layers"] = 1, cfg["num_hidden_layers"]
-    if kw.get("n_expert_groups") is None or cfg.get("n_group") is None:
-        kw["n_expert_groups"], kw["n_limited_groups"] = 1, 1
-    if cfg.get("topk_method") == "greedy":  # V2-Lite: no group limit regardless of n_group
-        kw["n_limited_groups"] = kw["n_expert_groups"]
-
-    # RoPE: HF has had two spellings: `rope_scaling` + `rope_theta`, or `rope_parameters` (transformers 5).
-    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
-    kw["rope_theta"] = float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0)))
-    rtype = rope.get("rope_type", rope.get("type", "default"))
-    if rtype not in ("yarn", "default"):
-        raise ConfigError(f"{where}: rope type {rtype!r} is not supported (yarn or default)")
-    kw["rope_type"] = rtype
-    if rtype == "yarn":
-        factor = float(rope.get("factor") or 1.0)
-        m, m_all = rope.get("mscale"), rope.get("mscale_all_dim")
-        kw["rope_factor"] = factor
-        kw["original_seq_len"] = int(rope.get("original_max_position_embeddings", 4096))
-        kw["beta_fast"] = float(rope.get("beta_fast") or 32)
-        kw["beta_slow"] = float(rope.get("beta_slow") or 1)
-        kw["mscale"] = float(m_all or 0.0)  # no mscale_all_dim: no softmax-scale correction
-        if rope.get("attention_factor") is not None:
-            kw["rope_attention_factor"] = float(rope["attention_factor"])
-        elif m and m_all:
-            kw["rope_attention_factor"] = _yarn_mscale(factor, m) / _yarn_mscale(factor, m_all)
-        else:
-            kw["rope_attention_factor"] = _yarn_mscale(factor, 1.0)
-    else:
-        kw["rope_factor"], kw["mscale"] = 1.0, 0.0
-
-    q = cfg.get("quantization_config")
-    if q:
-        if q.get("quant_method") != "fp8":
-            raise ConfigError(f"{where}: quantization_config.quant_method={q.get('quant_method')!r} "
-                              "is not supported (only fp8)")
-        kw["quant_block"] = tuple(q.get("weight_block_size") or (128, 128))
-        kw["scale_fmt"] = q.get("scale_fmt")
-        kw["dtype"] = "bfloat16"
-    else:
-        kw["dtype"] = str(cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16").removeprefix("torch.")
+    kw.update(_moe_from_hf(cfg, kw, where))
+    kw.update(_rope_from_hf(cfg, where))
+    kw.update(_dtype_from_hf(cfg, where))
     try:
         return ModelArgs(**kw)
     except ConfigError as e:

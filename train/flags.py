@@ -22,7 +22,14 @@ RESUME_CHECKED = ("seed", "batch_size", "seq_len", "lr", "min_lr_ratio", "warmup
 def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train", description=description,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    a = p.add_argument_group("data and model")
+    _data_flags(p.add_argument_group("data and model"))
+    _optimisation_flags(p.add_argument_group("optimisation"))
+    _balance_flags(p.add_argument_group("MTP and load balancing"))
+    _run_flags(p.add_argument_group("run control"))
+    return p
+
+
+def _data_flags(a) -> None:
     a.add_argument("--corpus", type=Path, default=REPO / "data" / "corpus",
                    help="directory with train.jsonl and val.jsonl (default: data/corpus)")
     a.add_argument("--tokenizer", type=Path, default=REPO / "data" / "tokenizer.json",
@@ -35,7 +42,9 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     a.add_argument("--token-cache", type=Path, default=None,
                    help="where tokenised corpora are cached as .npz (default: CORPUS/token_cache)")
     a.add_argument("--out", type=Path, default=Path("runs/train"), help="run directory (default: runs/train)")
-    t = p.add_argument_group("optimisation")
+
+
+def _optimisation_flags(t) -> None:
     t.add_argument("--steps", type=int, default=700, help="optimizer steps in the whole run (the schedule's length)")
     t.add_argument("--batch-size", type=int, default=16, help="sequences per step on each process")
     t.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (windows hold seq_len + 1)")
@@ -49,7 +58,9 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     t.add_argument("--mix-alpha", type=float, default=1.0,
                    help="domain sampling weights ~ (tokens in domain)^alpha: 0 = uniform, 1 = proportional")
     t.add_argument("--seed", type=int, default=0, help="seed of the initialisation and of the batches")
-    b = p.add_argument_group("MTP and load balancing")
+
+
+def _balance_flags(b) -> None:
     b.add_argument("--mtp-weight", type=float, default=0.3, help="lambda: weight of the MTP loss (0 = skip MTP)")
     b.add_argument("--balance", choices=BALANCE_MODES, default="aux-free",
                    help="aux-free: bias updates + sequence-wise loss; switch: Switch-style aux loss; none")
@@ -67,7 +78,9 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     b.add_argument("--settle-speed", type=float, default=1e-3,
                    help="the first settle update's bias step; it decays linearly to 0")
     b.add_argument("--switch-weight", type=float, default=1e-2, help="Switch-style balance loss weight (switch)")
-    r = p.add_argument_group("run control")
+
+
+def _run_flags(r) -> None:
     r.add_argument("--resume", nargs="?", const="auto", default=None, metavar="DIR",
                    help="continue from a checkpoint directory (default: OUT/checkpoint)")
     r.add_argument("--eval-every", type=int, default=100,
@@ -84,7 +97,6 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     r.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda")
     r.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
 
 
 def check_flags(ns: argparse.Namespace) -> None:

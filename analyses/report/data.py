@@ -130,7 +130,7 @@ def ablation_sweep(run, *, max_tokens: int | None = 20_000, fractions=FRACTIONS,
     listed in `skipped`. The rows are also written into the run's `ablations` table. `model_opts`:
     how the model runs (`analyses.ablate.AblateOptions` fields dtype, gemm, device, model_parallel;
     under torchrun the ranks split into replicas of model_parallel ranks)."""
-    from analyses.ablate import ALL, Ablation, RouterShape
+    from analyses.ablate import ALL, RouterShape
     from model import ModelArgs
 
     if rank_by not in RANK_BY:
@@ -146,16 +146,7 @@ def ablation_sweep(run, *, max_tokens: int | None = 20_000, fractions=FRACTIONS,
     domain_top = domain_top if domain_top is not None else max(1, E // 8)
     counts = masked_counts(E, fractions)
 
-    wanted: list[Ablation] = []
-    for n in counts:
-        wanted.append(Ablation(name=f"top{n}", top=n))
-        if n:
-            wanted += [Ablation(name=f"random{n}-s{s}", random=n, seed=s) for s in seeds]
-    # a domain's own top experts come from the run's per-domain loads (they do not depend on the
-    # corpus's domain mix, and the run saw more of each domain than the sample evaluated here)
-    by_run = [Ablation(name=f"own{domain_top}-{d}", top=domain_top, domain=d) for d in domains]
-    if compare_run_ranking and rank_by == "eval":
-        by_run += [Ablation(name=f"run-top{n}", top=n) for n in counts if n]
+    wanted, by_run = _sweep_ablations(counts, seeds, domains, domain_top, compare_run_ranking and rank_by == "eval")
     per_domain = max(1, max_tokens // len(domains)) if balanced and max_tokens else None
     skipped: dict[str, str] = {}
     if rank_by == "run":
@@ -171,6 +162,25 @@ def ablation_sweep(run, *, max_tokens: int | None = 20_000, fractions=FRACTIONS,
                  {"max_tokens": max_tokens, "fractions": list(fractions), "seeds": list(seeds),
                   "domain_top": domain_top, "n_experts": E, "moe_layers": shape.moe_layers, "rank_by": rank_by,
                   "domain_tokens": per_domain, "tokens": int(rows.loc[rows.domain == ALL, "tokens"].max())})
+
+
+def _sweep_ablations(counts, seeds, domains, domain_top: int, run_ranked_top: bool) -> tuple[list, list]:
+    """The sweep's ablations in two lists: the top-n and n random per seed for each count; and
+    those always ranked by the run's loads: each domain's own top experts, and with
+    `run_ranked_top` the top-n again."""
+    from analyses.ablate import Ablation
+
+    wanted: list[Ablation] = []
+    for n in counts:
+        wanted.append(Ablation(name=f"top{n}", top=n))
+        if n:
+            wanted += [Ablation(name=f"random{n}-s{s}", random=n, seed=s) for s in seeds]
+    # a domain's own top experts come from the run's per-domain loads (they do not depend on the
+    # corpus's domain mix, and the run saw more of each domain than the sample evaluated here)
+    by_run = [Ablation(name=f"own{domain_top}-{d}", top=domain_top, domain=d) for d in domains]
+    if run_ranked_top:
+        by_run += [Ablation(name=f"run-top{n}", top=n) for n in counts if n]
+    return wanted, by_run
 
 
 def _ablate_skipping(run, ablations, max_tokens, per_domain, batch_size, progress, loads_from,
