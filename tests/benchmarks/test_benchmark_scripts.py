@@ -1,6 +1,7 @@
-"""The benchmark scripts are how the README's speed figures are measured, and the GPU checks
-(tests/gpu/) run only where there is a GPU: no test runs them end to end here, so their imports (most
-inside functions) are checked the way each script resolves them when run as `python path/to/script.py`."""
+"""The benchmark scripts are how the speed figures of the README and docs/performance.md are
+measured, and the GPU checks (tests/gpu/) run only where there is a GPU: no test runs them end to
+end here, so their imports (most inside functions) are checked the way each script resolves them
+when run as `python path/to/script.py`."""
 
 import json
 import subprocess

@@ -41,6 +41,6 @@ def faults(mode: str) -> int:
 def test_bound_heap_reuses_activations_instead_of_faulting_them_in_again():
     """With bound_heap's thresholds an activation's memory is reused from one batch to the next:
     no page faults. The old 1 MiB mmap threshold (the control) mapped each one afresh, 2,048 faults
-    per 8 MiB, which made record 1.4x and a bf16 forward 2x slower on an Intel Xeon VM (README)."""
+    per 8 MiB, which made record 1.4x and a bf16 forward 2x slower on an Intel Xeon VM (docs/performance.md)."""
     assert faults("bound") < 100
     assert faults("old") > 10 * 2048 // 2  # the control: the test can tell the two apart
