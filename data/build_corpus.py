@@ -42,6 +42,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python data/build_corpus.py`: make `data.*` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from probe.corpus import read_documents  # noqa: E402
 from data.mathgen import math_document  # noqa: E402
 from probe.job import check_out_parent  # noqa: E402
 
@@ -335,22 +336,7 @@ def write_corpus(out: Path, docs: list[Doc], *, seed: int, val_fraction: float, 
 
 def read_jsonl(path: str | Path) -> list[dict]:
     """Read a corpus file; every line must be an object with string `id`, `domain` and `text`."""
-    path = Path(path)
-    if not path.exists():
-        raise CorpusError(f"{path}: not found (build the corpus with: python -m data.build_corpus)")
-    docs = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise CorpusError(f"{path}:{i}: not valid JSON ({e})") from None
-            if not isinstance(d, dict) or not all(isinstance(d.get(k), str) for k in ("id", "domain", "text")):
-                raise CorpusError(f"{path}:{i}: a document needs string fields id, domain and text")
-            docs.append(d)
-    return docs
+    return read_documents(path, ("id", "domain", "text"), CorpusError)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -34,6 +34,31 @@ class CorpusError(ValueError):
     """A corpus we cannot read (message names the file)."""
 
 
+def read_documents(path: str | Path, fields: tuple[str, ...], error: type[Exception]) -> list[dict]:
+    """The bundled corpus's JSON-lines files (`data/corpus/train.jsonl`, `val.jsonl`), for the corpus
+    recipe (`data.build_corpus`, `data.tokenizer`) and training (`train.data`): every non-blank line
+    of `path` as a dict holding a string under each of `fields`. A missing file, a line that is not
+    JSON and a document without those fields are `error`s of one line naming the file (and the
+    line). The record jobs stream corpora instead (`corpus_windows`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: not found (build the corpus with: python -m data.build_corpus)")
+    docs = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                d = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise error(f"{path}:{i}: not valid JSON ({e})") from None
+            if not isinstance(d, dict) or not all(isinstance(d.get(k), str) for k in fields):
+                names = ", ".join(fields[:-1]) + " and " + fields[-1] if len(fields) > 1 else fields[0]
+                raise error(f"{path}:{i}: a document needs string fields {names}")
+            docs.append(d)
+    return docs
+
+
 @dataclass
 class Document:
     doc_id: str

@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from probe.corpus import read_documents
 
 SPECIAL_TOKENS = ("<|bos|>", "<|eos|>", "<|pad|>")  # ids 0, 1, 2 (data/tokenizer.py)
 
@@ -26,20 +27,7 @@ def _corpus_file(path: Path) -> Path:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    _corpus_file(path)
-    docs = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TrainError(f"{path}:{i}: not valid JSON ({e})") from None
-            if not isinstance(d, dict) or not isinstance(d.get("text"), str) or not isinstance(d.get("domain"), str):
-                raise TrainError(f"{path}:{i}: a document needs string fields 'text' and 'domain'")
-            docs.append(d)
-    return docs
+    return read_documents(path, ("text", "domain"), TrainError)
 
 
 def load_tokenizer(path: Path):

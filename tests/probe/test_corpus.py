@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import probe
-from probe.corpus import CorpusError, CorpusStats, corpus_windows
+from probe.corpus import CorpusError, CorpusStats, corpus_windows, read_documents
 from probe.record import RecordError, RecordOptions, record
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
@@ -115,3 +115,27 @@ def test_record_spreads_max_tokens_and_records_the_order(probe_env, tmp_path):
     assert first.info["planned"]["tokens_per_domain"] == {"code": 400}
     with pytest.raises(RecordError, match="option order was 'corpus', now 'domains'"):
         record(RecordOptions(out=str(tmp_path / "b"), resume=True, **opts))
+
+
+def test_read_documents_asks_for_the_callers_fields_and_raises_its_error(tmp_path):
+    """The bundled corpus's reader (data.build_corpus and train.data share it): blank lines are
+    skipped, each caller names the fields it needs and the error type it raises."""
+
+    class CallerError(Exception):
+        pass
+
+    p = tmp_path / "c.jsonl"
+    p.write_text('{"text": "a", "domain": "x"}\n\n{"text": "b", "domain": "y", "id": "2"}\n')
+    assert [d["text"] for d in read_documents(p, ("text", "domain"), CallerError)] == ["a", "b"]
+    with pytest.raises(CallerError, match=r"c.jsonl:1: a document needs string fields id, domain and text$"):
+        read_documents(p, ("id", "domain", "text"), CallerError)
+    p.write_text('{"text": "a", "domain": "x"}\n{"text": 3, "domain": "x"}\n')
+    with pytest.raises(CallerError, match=r"c.jsonl:2: a document needs string fields text and domain$"):
+        read_documents(p, ("text", "domain"), CallerError)
+    p.write_text('{"text": "a"}\nnot json\n')
+    with pytest.raises(CallerError, match=r"c.jsonl:2: not valid JSON"):
+        read_documents(p, ("text",), CallerError)
+    with pytest.raises(CallerError, match=r"missing.jsonl: not found \(build the corpus with"):
+        read_documents(tmp_path / "missing.jsonl", ("text",), CallerError)
+    with pytest.raises(CallerError, match=r": not found"):  # a directory is not a corpus file
+        read_documents(tmp_path, ("text",), CallerError)
