@@ -506,7 +506,8 @@ def eval_metrics(ref: RunRef) -> pd.DataFrame:
     and val_maxvio_<gate>."""
     ev = query(ref, "select * from train_eval order by step", ("train_eval",))
     dom = query(ref, "select step, domain, loss, mtp_loss from train_domains where split = 'val'", ("train_domains",))
-    gates = _labelled(ref, query(ref, "select step, layer, maxvio from train_gates where split = 'val'", ("train_gates",)))
+    gates = _labelled(ref, query(ref, "select step, layer, maxvio from train_gates where split = 'val'",
+                                 ("train_gates",)))
     return _wide(ev, dom.rename(columns={"loss": "val_loss", "mtp_loss": "val_mtp_loss"}),
                  gates.rename(columns={"maxvio": "val_maxvio"}))
 

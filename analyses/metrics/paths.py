@@ -240,7 +240,8 @@ def domain_information_from_run(run, layers=None, k: int = 1, every: int = 5) ->
     return domain_information(r.ids, r.domain, r.layers, k, r.heldout(every))
 
 
-def common_paths_from_run(run, layers=None, k: int = 1, top: int = 10, examples: int = 5) -> "pandas.DataFrame":  # noqa: F821
+def common_paths_from_run(run, layers=None, k: int = 1, top: int = 10,
+                          examples: int = 5) -> "pandas.DataFrame":  # noqa: F821
     """`common_paths` of a run, with domains and example token ids."""
     r = routes_from_run(run, layers)
     return common_paths(r.ids, r.domain, r.token_id, k, top, examples)

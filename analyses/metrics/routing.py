@@ -250,7 +250,8 @@ def routing_agreement_from_runs(run_a, run_b, check_tokens: bool = True) -> "pan
     return df
 
 
-def route_changes_from_runs(run_a, run_b, top: int = 20, layers: list[int] | None = None) -> "pandas.DataFrame":  # noqa: F821
+def route_changes_from_runs(run_a, run_b, top: int = 20,
+                            layers: list[int] | None = None) -> "pandas.DataFrame":  # noqa: F821
     """The tokens whose routes changed most between two runs over the same windows: per (seq_id,
     pos) matched in both runs' routing (and tokens), over the MoE layers both recorded (or `layers`):
     layers compared, top1_changed (layers whose first choice differs), set_changed (layers whose

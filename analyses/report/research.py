@@ -132,9 +132,10 @@ def _path_sentences(p: dict) -> list[str]:
         tk = tk.set_index("unit")
         lk = tk.drop(index="path")
         bk = lk.heldout_accuracy.idxmax()
-        out.append(f"With the whole top-{p['K']} set per layer as the path: AMI {tk.loc['path', 'ami']:.3f} vs best "
-                   f"single layer {lk.ami.max():.3f}, held-out domain accuracy {tk.loc['path', 'heldout_accuracy']:.3f} "
-                   f"vs {lk.loc[bk, 'heldout_accuracy']:.3f} ({bk}); {int(tk.loc['path', 'values']):,} distinct set "
+        path = tk.loc["path"]
+        out.append(f"With the whole top-{p['K']} set per layer as the path: AMI {path.ami:.3f} vs best "
+                   f"single layer {lk.ami.max():.3f}, held-out domain accuracy {path.heldout_accuracy:.3f} "
+                   f"vs {lk.loc[bk, 'heldout_accuracy']:.3f} ({bk}); {int(path['values']):,} distinct set "
                    "paths, so many held-out tokens follow a path never seen in training.")
     return out
 

@@ -149,8 +149,8 @@ def show(ref, steps, layers, E, r, window, gpus, redundant) -> None:
     with left:
         fig = go.Figure()
         for name, key in ((NOW, "now"), (PLAN, "plan")):
-            fig.add_trace(go.Bar(x=[f"layer{x}" for x in layers], y=np.nanmean(np.where(win[:, None], r[key], np.nan), 0),
-                                 name=name, marker_color=COLORS[name],
+            mean = np.nanmean(np.where(win[:, None], r[key], np.nan), 0)
+            fig.add_trace(go.Bar(x=[f"layer{x}" for x in layers], y=mean, name=name, marker_color=COLORS[name],
                                  hovertemplate=f"{name}<br>%{{x}}: %{{y:.3f}}<extra></extra>"))
         fig.update_xaxes(type="category", title="MoE layer")
         fig.update_yaxes(title="balancedness", range=[0, 1.02])
