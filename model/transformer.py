@@ -116,7 +116,11 @@ class Transformer(HookedModule):
 
     # ------------------------------------------------------------------------- utilities
     def reset_parameters(self, std: float = 0.02, seed: int | None = None) -> None:
-        """Random init (normal(0, std) weights, unit norms, zero bias), for tests and training."""
+        """Random init (normal(0, std) weights, unit norms, zero bias), for tests and training. Also
+        recomputes the RoPE frequencies, a buffer that `to_empty()` leaves unset, so that a model
+        built on the meta device, moved with `to_empty(device=...)` and reset is whole."""
+        with torch.no_grad():
+            self.rope_inv_freq.copy_(rope_inv_freq(self.args))
         gen_state = None
         if seed is not None:
             gen_state = torch.random.get_rng_state()

@@ -350,3 +350,33 @@ def test_rms_norm_scales_in_place_only_where_nothing_can_tell():
     assert norm.weight.grad is not None and norm.weight.grad.abs().sum() > 0
     with torch.no_grad():  # a bf16 input with a float32 weight: the product is float32, as before
         assert norm(x.bfloat16()).dtype == torch.float32
+
+
+def test_meta_then_to_empty_then_reset_parameters_gives_a_whole_model():
+    """PyTorch's idiom for building a large model without a CPU copy (tests/gpu/check_record.py
+    uses it): on the meta device, then to_empty(), then reset_parameters(). to_empty leaves every
+    buffer unset, so reset_parameters must also fill the RoPE frequencies; uninitialised memory is
+    filled with NaN here so that a missed buffer fails every time, not only when the heap holds
+    garbage."""
+    from model.layers import rope_inv_freq
+
+    args = model.ModelArgs.from_name("tiny")
+    with torch.device("meta"):
+        meta = model.Transformer(args, dtype=torch.float32)
+    was = torch.utils.deterministic.fill_uninitialized_memory, torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        m = meta.to_empty(device="cpu")
+        m.reset_parameters(seed=0)
+    finally:
+        torch.utils.deterministic.fill_uninitialized_memory = was[0]
+        torch.use_deterministic_algorithms(was[1])
+    assert torch.equal(m.rope_inv_freq, rope_inv_freq(args))
+    for name, t in list(m.named_parameters()) + list(m.named_buffers()):
+        assert torch.isfinite(t.float()).all(), name
+    ref = model.Transformer(args, dtype=torch.float32)
+    ref.reset_parameters(seed=0)
+    tokens = torch.randint(0, args.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(m(tokens), ref(tokens))
