@@ -1,7 +1,8 @@
 """The benchmark scripts are how the speed figures of the README and docs/performance.md are
 measured, and the GPU checks (tests/gpu/) run only where there is a GPU: no test runs them end to
 end here, so their imports (most inside functions) are checked the way each script resolves them
-when run as `python path/to/script.py`."""
+when run as `python path/to/script.py`. The GPU checks' runner, tests/gpu/run_all.sh, runs end to
+end in its CPU mode, so that a short GPU lease does not find it broken."""
 
 import json
 import subprocess
@@ -37,3 +38,27 @@ def test_every_benchmark_and_gpu_check_script_imports_what_it_uses(tmp_path):
     assert [p for p in found if "bench_broken" not in p] == []
     broken = "\n".join(found)
     assert "model.ModelArgs does not exist" in broken and "conftest.make_tokenizer does not exist" in broken
+
+
+@pytest.mark.slow  # three fresh processes and a torchrun launch
+def test_the_gpu_checks_runner_passes_in_its_cpu_mode_and_names_what_fails(tmp_path):
+    run_all = REPO / "tests" / "gpu" / "run_all.sh"
+
+    def run(python: str, out: Path) -> subprocess.CompletedProcess:
+        env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "OUT": str(out), "PYTHON": python,
+               "HOME": str(tmp_path)}
+        return subprocess.run(["bash", str(run_all), "--cpu"], capture_output=True, text=True, cwd=tmp_path,
+                              env=env, timeout=600)
+
+    done = run(sys.executable, tmp_path / "ok")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert done.stdout.rstrip().endswith(f"every step passed (logs in {tmp_path / 'ok'})")
+    logs = {p.name: p.read_text() for p in (tmp_path / "ok").iterdir()}
+    assert sorted(logs) == ["env.log", "kernels.log", "parallel.log", "record.log"]
+    assert "all checks passed" in logs["kernels.log"]
+    assert "identical 100.00% (>= 99%): ok" in logs["record.log"]  # decisive choices, group margins included
+    assert all(f"== {step}: exit 0 after" in logs[f"{step}.log"] for step in ("kernels", "record", "parallel"))
+    # control: an interpreter that fails every step; the runner exits 1 and names each step
+    failed = run("/bin/false", tmp_path / "bad")
+    assert failed.returncode == 1
+    assert failed.stdout.rstrip().endswith(f"failed: kernels record parallel (logs in {tmp_path / 'bad'})")

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Every GPU check in one pass, sized for a short lease of one GPU (a command of at most 10 minutes):
+# the Triton kernels (check_kernels.py --quick), a 671B-width record with FP8 weights resident
+# (check_record.py, 4 MoE layers, 16k tokens) and the sharded model against the whole one
+# (check_parallel.py, 2 ranks on one GPU over gloo). Each step has its own time limit and writes its
+# log under $OUT as it goes, so what finished comes back even if a later step runs out of time.
+#
+#     bash tests/gpu/run_all.sh          # on a CUDA machine: python3 with torch, triton, pyarrow,
+#                                        # safetensors and tokenizers (the project is not installed)
+#     bash tests/gpu/run_all.sh --cpu    # the same steps in each check's CPU mode: checks this script
+#
+# Exits 0 when every step passed; the logs say which did not. PYTHON names another interpreter.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT="${OUT:-/tmp/gpu-checks}"
+mkdir -p "$OUT"
+PY="${PYTHON:-python3}"
+export PYTHONUNBUFFERED=1
+failed=()
+
+step() {  # NAME SECONDS COMMAND...: run COMMAND under a time limit, its output into $OUT/NAME.log
+    local name=$1 limit=$2 t0=$SECONDS rc
+    shift 2
+    echo "== $name (limit ${limit} s): $*" | tee "$OUT/$name.log"
+    timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$OUT/$name.log"
+    rc=${PIPESTATUS[0]}
+    [ "$rc" -eq 124 ] && echo "== $name: stopped at its ${limit} s limit" | tee -a "$OUT/$name.log"
+    echo "== $name: exit $rc after $((SECONDS - t0)) s" | tee -a "$OUT/$name.log"
+    [ "$rc" -eq 0 ] || failed+=("$name")
+}
+
+"$PY" - <<'EOF' 2>&1 | tee "$OUT/env.log"
+import importlib, platform
+import torch
+gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device"
+print(f"python {platform.python_version()}, torch {torch.__version__}, {gpu}")
+for name in ("triton", "pyarrow", "safetensors", "tokenizers", "numpy", "pandas"):
+    try:
+        print(f"{name} {importlib.import_module(name).__version__}")
+    except ImportError as e:
+        print(f"{name}: MISSING ({e})")
+EOF
+
+if [ "${1:-}" = "--cpu" ]; then
+    step kernels 120 env TRITON_INTERPRET=1 "$PY" tests/gpu/check_kernels.py --cpu-smoke
+    step record 300 "$PY" tests/gpu/check_record.py --cpu
+    step parallel 180 "$PY" -m torch.distributed.run --standalone --nproc-per-node 2 tests/gpu/check_parallel.py --cpu
+else
+    step kernels 150 "$PY" tests/gpu/check_kernels.py --quick
+    step record 240 "$PY" tests/gpu/check_record.py --moe-layers 4 --tokens 16384
+    step parallel 150 "$PY" -m torch.distributed.run --standalone --nproc-per-node 2 \
+        tests/gpu/check_parallel.py --backend gloo
+fi
+
+if [ "${#failed[@]}" -gt 0 ]; then
+    echo "failed: ${failed[*]} (logs in $OUT)"
+    exit 1
+fi
+echo "every step passed (logs in $OUT)"
