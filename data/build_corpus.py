@@ -42,8 +42,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python data/build_corpus.py`: make `data.*` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from probe.corpus import read_documents  # noqa: E402
 from data.mathgen import math_document  # noqa: E402
+from probe.corpus import read_documents  # noqa: E402
 from probe.job import check_out_parent  # noqa: E402
 
 DATA_DIR = Path(__file__).resolve().parent
