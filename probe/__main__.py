@@ -1,5 +1,6 @@
-"""`python -m probe` / `dsv3-probe`: the probe's commands (record, spec, dashboard). The jobs themselves
-are library modules: record.py, speculative.py, plan.py; what they share is job.py.
+"""`python -m probe` / `dsv3-probe`: the probe's commands (record, spec, import sglang, dashboard). The
+jobs themselves are library modules: record.py, speculative.py, plan.py, sglang.py; what they share
+is job.py.
 
     dsv3-probe record                               # bundled model + corpus -> runs/<name>
     dsv3-probe record --ckpt CKPT --corpus DIR --out runs/x --max-tokens 100000
@@ -7,6 +8,7 @@ are library modules: record.py, speculative.py, plan.py; what they share is job.
     torchrun --nproc-per-node 2 -m probe record --ckpt CKPT --corpus DIR --out runs/x   # 2 replicas
     torchrun --nproc-per-node 8 -m probe record --ckpt CKPT --out runs/x --model-parallel auto --gemm fp8
     dsv3-probe spec --out runs/x                    # + MTP speculative-decoding acceptance
+    dsv3-probe import sglang DUMPS/ --config CKPT/config.json --out runs/prod   # SGLang's expert dumps
     dsv3-probe dashboard [RUNS_DIR] [--host 127.0.0.1] [--port 8501]   # the Streamlit dashboard
 """
 
