@@ -62,6 +62,7 @@ LONGEST_FIRST = [
     "model/test_parallel.py",  # ~35 s
     "e2e/test_dashboard_e2e.py",  # ~30 s: streamlit and chromium
     "train/test_train.py",  # ~30 s
+    "benchmarks/test_benchmark_scripts.py",  # ~25 s: the GPU checks' runner in its CPU mode
     "analyses/test_report.py", "analyses/test_ablate.py",  # ~15 s each
     "dashboards/test_research_views.py", "model/test_tensor_reader.py", "dashboards/test_serving.py",  # ~10 s
 ]
