@@ -299,13 +299,20 @@ def limit_per_domain(windows, per_domain: int, total: int | None) -> list:
 
 def sample_windows(opts: AblateOptions, corpus: Path, tok, args) -> tuple[list, list[str]]:
     """The job's windows: `opts.domain_tokens` of every domain (a balanced sample) or the corpus up to
-    `opts.max_tokens`, in `opts.order`; and the domains among them. An empty corpus is an error."""
+    `opts.max_tokens`, in `opts.order`; and the domains among them. An empty corpus is an error, and
+    so are windows of one token each, which leave no token to score (its loss needs the next)."""
     bos = args.bos_token_id if opts.add_bos else None
     windows = corpus_windows(corpus, lambda t: tok.encode(t, add_special_tokens=False).ids, opts.seq_len, bos,
                              None if opts.domain_tokens else opts.max_tokens, opts.order)
     windows = limit_per_domain(windows, opts.domain_tokens, opts.max_tokens) if opts.domain_tokens else list(windows)
     if not windows:
         raise CorpusError(f"{corpus}: corpus has no text")
+    if all(len(w.ids) < 2 for w in windows):
+        caps = [f"{opts.max_tokens:,} token{'' if opts.max_tokens == 1 else 's'} in all (max_tokens)"] if opts.max_tokens else []
+        caps += [f"{opts.domain_tokens:,} per domain (domain_tokens)"] if opts.domain_tokens else []
+        why = f"the sample is capped at {' and '.join(caps)}" if caps else "the documents are one token long"
+        raise CorpusError(f"{corpus}: the {len(windows)} window(s) evaluated hold one token each, which leaves no "
+                          f"token to score (a token's loss needs the next one); {why}")
     return windows, sorted({w.domain for w in windows})
 
 

@@ -318,6 +318,19 @@ def test_cli_empty_run_and_empty_corpus(probe_env, tmp_path, capsys):
     assert "not a run directory" in capsys.readouterr().err
 
 
+def test_a_sample_with_nothing_to_score_is_refused_before_the_model_runs(probe_env, tmp_path, capsys):
+    """A run recorded with --max-tokens 1 (a smoke test) handed its cap on: one window of one token,
+    no next token to score. ablate, importance and steer wrote empty tables ('Empty DataFrame') and
+    the report then failed on a missing domain; the shared sample now says what is wrong."""
+    assert main(_cli(probe_env, tmp_path / "o", "--top", "1", "--max-tokens", "1")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("the 1 window(s) evaluated hold one token each, which leaves no token to score (a token's "
+                        "loss needs the next one); the sample is capped at 1 token in all (max_tokens)")
+    assert "\n" not in err and not (tmp_path / "o").exists()
+    # control: two tokens leave one to score
+    assert main(_cli(probe_env, tmp_path / "o", "--top", "1", "--max-tokens", "2")) == 0
+
+
 def test_domain_tokens_takes_a_balanced_sample():
     from analyses.ablate import limit_per_domain
 
