@@ -4,6 +4,7 @@ run's health (status, unreadable files, tables missing against run.json)."""
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
@@ -144,7 +145,14 @@ def health(ref: data.RunRef) -> None:
     expected = ref.info.get("tables") or []
     missing = [t for t in expected if t not in set(h.table)]
     if missing and ref.status == "complete":
-        st.warning(f"run.json lists tables with no files: {', '.join(missing)}")
+        # the recorder makes every table's folder when it starts and writes a part only when rows
+        # come: an empty folder is a table that got none (the mtp table needs two more tokens after
+        # a position in its window), a missing folder a run that lost files
+        empty = [t for t in missing if (Path(ref.path) / t).is_dir()]
+        if empty:
+            st.info(f"No rows recorded in: {', '.join(empty)} (the run's windows gave these tables nothing to record).")
+        if lost := [t for t in missing if t not in empty]:
+            st.warning(f"run.json lists tables with no files: {', '.join(lost)}")
     elif missing:
         st.info(f"Not written yet: {', '.join(missing)} (written when the run finishes).")
     summary = h.groupby("table", as_index=False).agg(files=("file", "count"), rows=("rows", "sum"),

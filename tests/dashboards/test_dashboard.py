@@ -120,6 +120,21 @@ def test_corrupted_files_are_warnings_not_tracebacks(runs):
     assert "run.json unreadable" in texts(at.error) or "run.json unreadable" in texts(at.info + at.warning)
 
 
+@pytest.mark.slow
+def test_a_table_without_rows_is_told_from_a_lost_one(runs, tmp_path):
+    """A complete run whose mtp table got no rows (windows too short for its i+2 target) keeps the
+    table's empty folder: the overview says so plainly; a run that lost the folder is warned about."""
+    import shutil
+
+    for name, damage in (("no-rows", lambda t: [f.unlink() for f in t.glob("*.parquet")]), ("lost", shutil.rmtree)):
+        shutil.copytree(runs["demo"], tmp_path / name)
+        damage(tmp_path / name / "mtp")
+    at = open_page(app(tmp_path, "no-rows"), "overview")
+    assert "No rows recorded in: mtp" in texts(at.info) and "no files" not in texts(at.warning)
+    at = open_page(app(tmp_path, "lost"), "overview")
+    assert "run.json lists tables with no files: mtp" in texts(at.warning) and "No rows" not in texts(at.info)
+
+
 def test_dashboards_never_import_torch():
     code = ("import sys; import dashboards.data, dashboards.charts, dashboards.ui, dashboards.compute; "
             "import analyses.metrics; print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'torch')))")
