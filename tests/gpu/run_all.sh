@@ -40,6 +40,9 @@ for name in ("triton", "pyarrow", "safetensors", "tokenizers", "numpy", "pandas"
     except ImportError as e:
         print(f"{name}: MISSING ({e})")
 EOF
+if command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 | tee -a "$OUT/env.log"
+fi
 
 if [ "${1:-}" = "--cpu" ]; then
     step kernels 120 env TRITON_INTERPRET=1 "$PY" tests/gpu/check_kernels.py --cpu-smoke
