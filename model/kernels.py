@@ -15,7 +15,8 @@ a fresh 60 MB tensor's first touch costs as much as the conversion), `release_sc
 The switch: `impl="auto" | "triton" | "torch"` on every call, else the `DSV3_KERNELS` environment
 variable, else "auto" = Triton for CUDA tensors when the `triton` package is installed, torch
 otherwise. "triton" on CPU tensors runs only under `TRITON_INTERPRET=1` (Triton's interpreter;
-set it before triton is first imported), which is how the tests check the kernels without a GPU.
+set it before triton is first imported; triton 3.7 or later), which is how the tests check the
+kernels without a GPU.
 
 Formats (see docs/deepseek-v3.md, "FP8 weights"):
 - activations: one float32 scale per (token, 128-channel block), scale = max(amax, 1e-4) / 448,
@@ -60,6 +61,25 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+# Triton's interpreter runs fp8_gemm_kernel's `for kb in range(0, NKB)` from 3.7 on (measured on
+# 3.4.0-3.9.0: 3.4-3.6 fail on the runtime loop bound); compiled kernels on a GPU have no such limit
+INTERPRETER_MIN = (3, 7)
+
+
+def _triton_version_text() -> str:
+    import triton
+
+    return triton.__version__
+
+
+def _triton_version() -> tuple[int, ...]:
+    parts = []
+    for p in _triton_version_text().split("+")[0].split(".")[:2]:
+        digits = "".join(c for c in p if c.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
 @functools.cache
 def triton_available() -> bool:
     try:
@@ -84,6 +104,10 @@ def resolve_impl(impl: str | None, device: torch.device) -> str:
         if device.type != "cuda" and not interpreting():
             raise KernelError(f"{source}='triton' needs CUDA tensors (got {device.type}); on the CPU set "
                               "TRITON_INTERPRET=1 before triton is imported to use its interpreter")
+        if device.type != "cuda" and _triton_version() < INTERPRETER_MIN:
+            raise KernelError(f"{source}='triton' on the CPU runs Triton's interpreter, which runs these kernels from "
+                              f"triton {'.'.join(map(str, INTERPRETER_MIN))} on (found {_triton_version_text()}: "
+                              "its interpreter cannot loop over a count passed in at run time)")
     return impl
 
 

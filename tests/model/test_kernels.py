@@ -221,6 +221,22 @@ def test_resolve_impl(monkeypatch):
             K.resolve_impl("triton", cpu)
 
 
+@pytest.mark.skipif(not HAS_TRITON, reason="the version check reads the installed triton")
+def test_the_interpreter_needs_a_triton_that_runs_our_kernels(monkeypatch):
+    """Triton 3.4-3.6's interpreter fails inside fp8_gemm_kernel's loop over a runtime count (a deep
+    TypeError); such a triton is named in one line instead. A GPU's compiled kernels are not held to it."""
+    cpu = torch.device("cpu")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    for version, ok in (("3.6.0", False), ("3.4.1", False), ("3.7.0", True), ("3.10.0+git1a2b", True)):
+        monkeypatch.setattr(K, "_triton_version_text", lambda v=version: v)
+        if ok:
+            assert K.resolve_impl("triton", cpu) == "triton"
+        else:
+            with pytest.raises(K.KernelError, match=rf"from triton 3.7 on \(found {version}: its interpreter"):
+                K.resolve_impl("triton", cpu)
+    assert K._triton_version() == (3, 10)
+
+
 def test_wrapper_input_errors():
     x = torch.randn(4, 200)
     q, s = K.act_quant(x, impl="torch")
