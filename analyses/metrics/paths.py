@@ -219,7 +219,8 @@ def routes_from_run(run, layers=None) -> Routes:
         select r.seq_id, r.pos, t.token_id, coalesce(p.token_id, -1) as prev_id, t.domain, r.ids
         from r join tokens t using (seq_id, pos)
         left join tokens p on p.seq_id = r.seq_id and p.pos = r.pos - 1
-        where r.n = {len(layers)} order by r.seq_id, r.pos""").arrow().read_all()
+        where r.n = {len(layers)} order by r.seq_id, r.pos""").arrow()
+    df = df.read_all() if hasattr(df, "read_all") else df  # duckdb 2 gives a batch reader, 1.x a table
     ids = df.column("ids").combine_chunks().flatten().flatten().to_numpy(zero_copy_only=False)
     T = df.num_rows
     return Routes(layers, df.column("seq_id").to_numpy(), df.column("pos").to_numpy(),

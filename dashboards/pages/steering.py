@@ -52,8 +52,9 @@ def main() -> None:
         if len(loss):
             loss_chart(loss)
         steers = list(dict.fromkeys(df.entry))
+        specs = df.drop_duplicates("entry").set_index("entry").spec.to_dict()  # each entry's (first) spec
         pick = st.selectbox("Steering", steers, key="steer_pick",
-                            format_func=lambda n: f"{n} · {describe(df[df.entry == n].spec.iloc[0])}")
+                            format_func=lambda n: f"{n} · {describe(specs[n])}" if n in specs else str(n))
         one(df[df.entry == pick])
 
 
