@@ -36,6 +36,7 @@ on the CPU's narrow model that gave about 0.2 of FP8's noise).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -307,21 +308,18 @@ def compare_routing(m: Transformer, args: ModelArgs, ns, device: torch.device) -
             "decisive_identical": float(eq[decisive].float().mean()) if decisive.any() else None, "twin": twin}
 
 
-class kernels:
+@contextlib.contextmanager
+def kernels(impl: str):
     """Within the block, model.kernels runs `impl` ('torch': the twins) through its environment switch."""
-
-    def __init__(self, impl: str) -> None:
-        self.impl = impl
-
-    def __enter__(self) -> None:
-        self.was = os.environ.get(ENV_VAR)
-        os.environ[ENV_VAR] = self.impl
-
-    def __exit__(self, *exc) -> None:
-        if self.was is None:
+    was = os.environ.get(ENV_VAR)
+    os.environ[ENV_VAR] = impl
+    try:
+        yield
+    finally:
+        if was is None:
             os.environ.pop(ENV_VAR, None)
         else:
-            os.environ[ENV_VAR] = self.was
+            os.environ[ENV_VAR] = was
 
 
 def p99(x: torch.Tensor, g: torch.Generator) -> float:
