@@ -119,6 +119,20 @@ def guard(what: str = "this section"):
         st.error(f"Could not draw {what}: {type(e).__name__}: {e}")
 
 
+def result_table(ref: data.RunRef, table: str, load, missing: str):
+    """A job's result table of the run (`load(ref)`), or None after saying why there is nothing to
+    draw: `missing` (how to compute it) when the run has no such table, a line when it has no rows.
+    Call it inside `guard`, which turns a failing read into a message."""
+    if not data.has_table(ref, table):
+        st.info(missing, icon="ℹ️")
+        return None
+    df = load(ref)
+    if df.empty:
+        st.info(f"The {table} table is empty.")
+        return None
+    return df
+
+
 def layer_picker(layers: list, key: str, label: str = "MoE layer", index: int = 0):
     if not layers:
         return None

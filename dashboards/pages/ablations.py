@@ -40,14 +40,11 @@ def main() -> None:
 
 def sweep(ref: data.RunRef) -> None:
     """The `ablations` table: loss change per domain and the masked-fraction curve."""
-    if not data.has_table(ref, "ablations"):
-        st.info(f"Run `{ref.name}` has no ablations yet. Run a sweep over it with `python -m analyses.ablate` "
-                "(it writes `ablations/` into the run directory); the results appear here.", icon="ℹ️")
-        return
+    missing = (f"Run `{ref.name}` has no ablations yet. Run a sweep over it with `python -m analyses.ablate` "
+               "(it writes `ablations/` into the run directory); the results appear here.")
     with ui.guard("the ablation results"):
-        ab = data.ablations(ref)
-        if ab.empty:
-            st.info("The ablations table is empty.")
+        ab = ui.result_table(ref, "ablations", data.ablations, missing)
+        if ab is None:
             return
         name = "ablation" if "ablation" in ab.columns else "name"
         ab["rule"] = ab["spec"].map(rule_of) if "spec" in ab.columns else "?"
@@ -101,15 +98,12 @@ def sweep(ref: data.RunRef) -> None:
 def importance(ref: data.RunRef) -> None:
     """Per layer, each expert's load share against the loss change of removing it, and where they disagree."""
     st.subheader("Causal importance vs load")
-    if not data.has_table(ref, "expert_importance"):
-        st.info(f"Run `{ref.name}` has no expert importance yet. Measure the loss change of removing each routed "
-                f"expert with `python -m analyses.importance --run {ref.path}` (it writes `expert_importance/` into "
-                "the run directory); each expert's load against its causal importance appears here.", icon="ℹ️")
-        return
+    missing = (f"Run `{ref.name}` has no expert importance yet. Measure the loss change of removing each routed "
+               f"expert with `python -m analyses.importance --run {ref.path}` (it writes `expert_importance/` into "
+               "the run directory); each expert's load against its causal importance appears here.")
     with ui.guard("the causal importance"):
-        imp = data.expert_importance(ref)
-        if imp.empty:
-            st.info("The expert_importance table is empty.")
+        imp = ui.result_table(ref, "expert_importance", data.expert_importance, missing)
+        if imp is None:
             return
         doms = sorted(imp.domain.unique(), key=lambda d: (d != "all", d))
         layers = sorted(int(x) for x in imp.layer.unique())

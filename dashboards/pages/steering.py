@@ -36,16 +36,13 @@ def main() -> None:
     ref = ui.selected_run(("probe",))
     if ref is None:
         return
-    if not data.has_table(ref, "steering"):
-        st.info(f"Run `{ref.name}` has no steering results yet. Steer chosen experts with `python -m analyses.steer "
-                f"--run {ref.path} --experts L:E` (e.g. `--experts 2:5+7`: force experts 5 and 7 of layer 2 into "
-                "every token's top-k; `--mode bias --bias 2` adds to their scores instead); it writes `steering/` "
-                "into the run directory and the results appear here.", icon="ℹ️")
-        return
+    missing = (f"Run `{ref.name}` has no steering results yet. Steer chosen experts with `python -m analyses.steer "
+               f"--run {ref.path} --experts L:E` (e.g. `--experts 2:5+7`: force experts 5 and 7 of layer 2 into "
+               "every token's top-k; `--mode bias --bias 2` adds to their scores instead); it writes `steering/` "
+               "into the run directory and the results appear here.")
     with ui.guard("the steering results"):
-        df = data.steering(ref)
-        if df.empty:
-            st.info("The steering table is empty.")
+        df = ui.result_table(ref, "steering", data.steering, missing)
+        if df is None:
             return
         df = df.assign(entry=entries(df))
         loss = df[df.kind == "loss"]
