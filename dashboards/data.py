@@ -138,6 +138,13 @@ def has_table(ref: RunRef, table: str) -> bool:
     return bool(table_files(ref, table))
 
 
+def table_folder_exists(ref: RunRef, table: str) -> bool:
+    """Whether the run has `table`'s folder, files or not: the recorder makes every table's folder
+    when it starts and writes a part only when rows come, so a folder without files is a table that
+    got no rows, and a missing folder a run that lost files."""
+    return (Path(ref.path) / table).is_dir()
+
+
 def _quote(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 

@@ -4,7 +4,6 @@ run's health (status, unreadable files, tables missing against run.json)."""
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 
 import pandas as pd
 import streamlit as st
@@ -145,10 +144,9 @@ def health(ref: data.RunRef) -> None:
     expected = ref.info.get("tables") or []
     missing = [t for t in expected if t not in set(h.table)]
     if missing and ref.status == "complete":
-        # the recorder makes every table's folder when it starts and writes a part only when rows
-        # come: an empty folder is a table that got none (the mtp table needs two more tokens after
-        # a position in its window), a missing folder a run that lost files
-        empty = [t for t in missing if (Path(ref.path) / t).is_dir()]
+        # a table without rows keeps its folder (the mtp table needs two more tokens after a position
+        # in its window); a missing folder is a run that lost files
+        empty = [t for t in missing if data.table_folder_exists(ref, t)]
         if empty:
             st.info(f"No rows recorded in: {', '.join(empty)} (the run's windows gave these tables nothing to record).")
         if lost := [t for t in missing if t not in empty]:
