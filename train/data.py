@@ -26,10 +26,6 @@ def _corpus_file(path: Path) -> Path:
     return path
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    return read_documents(path, ("text", "domain"), TrainError)
-
-
 def load_tokenizer(path: Path):
     from tokenizers import Tokenizer
 
@@ -61,7 +57,7 @@ def token_streams(jsonl: Path, tok, cache_dir: Path | None) -> dict[str, np.ndar
     if cached is not None and cached.exists():
         with np.load(cached) as z:
             return {k: z[k] for k in z.files}
-    docs = _read_jsonl(jsonl)
+    docs = read_documents(jsonl, ("text", "domain"), TrainError)
     encoded = tok.encode_batch([d["text"] for d in docs])
     parts: dict[str, list[np.ndarray]] = {}
     for d, enc in zip(docs, encoded):
