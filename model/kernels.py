@@ -42,6 +42,7 @@ import os
 import threading
 
 import torch
+from torch.torch_version import TorchVersion
 
 from .fp8 import FP8_MAX, dequantize_block
 
@@ -72,14 +73,6 @@ def _triton_version_text() -> str:
     return triton.__version__
 
 
-def _triton_version() -> tuple[int, ...]:
-    parts = []
-    for p in _triton_version_text().split("+")[0].split(".")[:2]:
-        digits = "".join(c for c in p if c.isdigit())
-        parts.append(int(digits or 0))
-    return tuple(parts)
-
-
 @functools.cache
 def triton_available() -> bool:
     try:
@@ -104,7 +97,7 @@ def resolve_impl(impl: str | None, device: torch.device) -> str:
         if device.type != "cuda" and not interpreting():
             raise KernelError(f"{source}='triton' needs CUDA tensors (got {device.type}); on the CPU set "
                               "TRITON_INTERPRET=1 before triton is imported to use its interpreter")
-        if device.type != "cuda" and _triton_version() < INTERPRETER_MIN:
+        if device.type != "cuda" and TorchVersion(_triton_version_text()) < INTERPRETER_MIN:  # PEP 440 order
             raise KernelError(f"{source}='triton' on the CPU runs Triton's interpreter, which runs these kernels from "
                               f"triton {'.'.join(map(str, INTERPRETER_MIN))} on (found {_triton_version_text()}: "
                               "its interpreter cannot loop over a count passed in at run time)")

@@ -234,7 +234,6 @@ def test_the_interpreter_needs_a_triton_that_runs_our_kernels(monkeypatch):
         else:
             with pytest.raises(K.KernelError, match=rf"from triton 3.7 on \(found {version}: its interpreter"):
                 K.resolve_impl("triton", cpu)
-    assert K._triton_version() == (3, 10)
 
 
 def test_wrapper_input_errors():
