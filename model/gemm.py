@@ -79,13 +79,14 @@ def _time_both(x: torch.Tensor, w: torch.Tensor) -> dict[str, float]:
     return _interleaved({"onednn": lambda: onednn_linear(x, w), "linear": lambda: F.linear(x, w)})
 
 
-def _interleaved(fns: dict) -> dict[str, float]:
+def _interleaved(fns: dict, repeats: int = REPEATS) -> dict[str, float]:
     """Median seconds of each of the calls `fns` ({path: fn}), after a warm-up call each (oneDNN
-    compiles a kernel per shape), interleaved ABAB..., the order swapped every round."""
+    compiles a kernel per shape), `repeats` calls each, interleaved ABAB..., the order swapped every
+    round."""
     for fn in fns.values():
         fn()
     ts: dict[str, list[float]] = {p: [] for p in fns}
-    for i in range(REPEATS):
+    for i in range(repeats):
         for p in (PATHS if i % 2 == 0 else PATHS[::-1]):
             t0 = time.perf_counter()
             fns[p]()
@@ -258,6 +259,9 @@ def reset() -> None:
 
 # ------------------------------------------------------------------------- the routed experts
 EXPERT_ROWS = 128  # rows per expert that the experts' choice is timed at (a prefill's share)
+EXPERT_STREAM_BYTES = 64 << 20  # weights the experts' timing reads per call: more than a CPU's caches
+EXPERT_STREAM_MAX = 32  # experts per call at most (the bench's and the bundled model's layer has 32)
+EXPERT_REPEATS = 7  # timed calls per path; a call runs every streamed expert (~25 ms at 512 x 256, 2 cores)
 _EXPERTS: dict[tuple[int, int], GemmChoice] = {}
 
 
@@ -269,17 +273,23 @@ def experts_choice(dim: int, inter: int) -> GemmChoice:
     NOTE: oneDNN's lead depends on the size of the GEMM. On the 2-core AMD EPYC where oneDNN is the
     main choice, one expert's SwiGLU ran 1.2-1.8x faster on F.linear at 192 x 64 (the bundled model),
     and 1.0-1.1x faster on oneDNN at 512 x 256, 1.2-1.4x at 1024 x 512. So each expert shape is
-    timed on first use (one expert's SwiGLU at EXPERT_ROWS rows, the two ways interleaved, a few
-    ms) and cached beside the main choice under the machine's key and the shape; DSV3_ONEDNN forces
-    it too. Processes of one machine that start together take turns on a lock beside the cache: the
-    first measures, the others read its choice, so the ranks of a job compute alike."""
+    timed on first use and cached beside the main choice under the machine's key and the shape;
+    DSV3_ONEDNN forces it too. The timing runs the experts as a forward does (_time_swiglu): many
+    experts' weights, each read once per call, more of them than the caches hold. With one expert's
+    weights reused, they stay in cache and the timing misses the memory traffic: on that EPYC it
+    called a tie at 512 x 256 (0.81 vs 0.81 ms) and kept F.linear, while whole forwards ran 2-4%
+    faster with the experts on oneDNN. Processes of one machine that start together take turns on a
+    lock beside the cache: the first measures, the others read its choice, so the ranks of a job
+    compute alike."""
     if (dim, inter) not in _EXPERTS:
         base = _base()
         made = _forced(base)
         if made is None:
             with _cache_lock() if _caching() else nullcontext():
-                made = _cached_or_measured(f"{_key()} | experts {dim}x{inter}", lambda: _time_swiglu(dim, inter),
-                                           f"one {dim} x {inter} expert's SwiGLU at {EXPERT_ROWS} rows", base)
+                n = streamed_experts(dim, inter)
+                made = _cached_or_measured(f"{_key()} | experts {dim}x{inter} | {n} streamed",
+                                           lambda: _time_swiglu(dim, inter),
+                                           f"{n} {dim} x {inter} experts' SwiGLU at {EXPERT_ROWS} rows each", base)
         _EXPERTS[(dim, inter)] = made
     return _EXPERTS[(dim, inter)]
 
@@ -289,14 +299,30 @@ def experts_made() -> dict[str, dict]:
     return {f"{d}x{i}": c.to_dict() for (d, i), c in _EXPERTS.items()}
 
 
+def streamed_experts(dim: int, inter: int) -> int:
+    """How many distinct dim x inter experts _time_swiglu runs per call: enough float32 weights
+    (EXPERT_STREAM_BYTES) that they come from memory, as in a forward, at most EXPERT_STREAM_MAX."""
+    return min(EXPERT_STREAM_MAX, max(1, -(-EXPERT_STREAM_BYTES // (3 * dim * inter * 4))))
+
+
 def _time_swiglu(dim: int, inter: int) -> dict[str, float]:
+    """Median seconds of each path on streamed_experts(dim, inter) experts' SwiGLU in turn, each on
+    the same EXPERT_ROWS rows, every expert's weights its own (EXPERT_REPEATS calls a path)."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(EXPERT_ROWS, dim, generator=g)
-    w1, w3, w2 = (torch.randn(inter, dim, generator=g), torch.randn(inter, dim, generator=g),
-                  torch.randn(dim, inter, generator=g))
+    experts = [(torch.randn(inter, dim, generator=g), torch.randn(inter, dim, generator=g),
+                torch.randn(dim, inter, generator=g)) for _ in range(streamed_experts(dim, inter))]
+
+    def on_onednn():
+        for w1, w3, w2 in experts:
+            onednn_linear(onednn_swiglu(x, w1, w3), w2)
+
+    def on_linear():
+        for w1, w3, w2 in experts:
+            F.linear(F.silu(F.linear(x, w1)) * F.linear(x, w3), w2)
+
     with torch.no_grad():
-        return _interleaved({"onednn": lambda: onednn_linear(onednn_swiglu(x, w1, w3), w2),
-                             "linear": lambda: F.linear(F.silu(F.linear(x, w1)) * F.linear(x, w3), w2)})
+        return _interleaved({"onednn": on_onednn, "linear": on_linear}, EXPERT_REPEATS)
 
 
 @contextmanager

@@ -262,7 +262,7 @@ def test_the_experts_layout_is_measured_per_shape_cached_and_followed(fresh, mon
     made = gemm.experts_made()
     assert {k: (v["path"], v["source"]) for k, v in made.items()} == {
         "512x256": ("onednn", "measured"), "256x128": ("linear", "measured")}
-    assert "one 256 x 128 expert's SwiGLU" in made["256x128"]["reason"]
+    assert f"{gemm.streamed_experts(256, 128)} 256 x 128 experts' SwiGLU" in made["256x128"]["reason"]
     cached = json.loads(fresh.read_text())
     assert sorted(v["path"] for k, v in cached.items() if "experts" in k) == ["linear", "onednn"]
     gemm.reset()  # a new process: read from the cache, nothing timed
@@ -279,6 +279,23 @@ def test_the_experts_layout_is_measured_per_shape_cached_and_followed(fresh, mon
 def test_a_real_experts_measurement_times_both_layouts(fresh):
     secs = gemm._time_swiglu(64, 32)
     assert set(secs) == {"onednn", "linear"} and all(0 < v < 1 for v in secs.values())
+
+
+def test_the_experts_timing_streams_more_weights_than_a_cache_holds():
+    """Each timed call reads EXPERT_STREAM_BYTES of distinct experts' weights (one expert's, reused,
+    would stay in cache and miss the memory traffic a forward has), capped at EXPERT_STREAM_MAX
+    experts and at least one (DeepSeek-V3's 7168 x 2048 float32 expert is 176 MB alone)."""
+    def streamed_bytes(dim, inter):
+        return gemm.streamed_experts(dim, inter) * 3 * dim * inter * 4
+
+    assert gemm.streamed_experts(512, 256) == 32 and streamed_bytes(512, 256) == 48 << 20  # the cap
+    assert gemm.streamed_experts(1024, 512) == 11 and streamed_bytes(1024, 512) >= gemm.EXPERT_STREAM_BYTES
+    assert gemm.streamed_experts(7168, 2048) == 1
+    for dim, inter in ((64, 32), (192, 64), (2048, 1024), (4096, 1536)):
+        n = gemm.streamed_experts(dim, inter)
+        assert 1 <= n <= gemm.EXPERT_STREAM_MAX
+        assert n == gemm.EXPERT_STREAM_MAX or streamed_bytes(dim, inter) >= gemm.EXPERT_STREAM_BYTES
+        assert n == 1 or (n - 1) * 3 * dim * inter * 4 < gemm.EXPERT_STREAM_BYTES  # no more than needed
 
 
 def _racing_worker(rank: int, cache: str, out: str) -> None:
