@@ -43,7 +43,8 @@ class Gate(nn.Module):
     1. logits = x W^T; scores = sigmoid(logits) (V3) or softmax(logits) (V2)        [T, E]
     2. selection scores = scores + bias (sigmoid models always carry the bias)        [T, E]
     3. if G > 1: a group's score is the sum of its top-2 selection scores (with bias)
-       or its max (no bias); experts outside the best `n_limited_groups` groups get -inf
+       or its max (no bias)                                                           [T, G]
+       experts outside the best `n_limited_groups` groups get -inf
     4. ids = top-k of the selection scores (sorted, best first)                       [T, K]
     5. weights = the UNBIASED scores at ids, normalised to sum 1 when `norm_topk_prob`,
        times route_scale                                                              [T, K]
@@ -68,6 +69,8 @@ class Gate(nn.Module):
         self.hook_logits = HookPoint()  # [T, E]
         self.hook_scores = HookPoint()  # [T, E] unbiased scores (the weights come from these)
         self.hook_select_scores = HookPoint()  # [T, E] biased scores used to choose, before group masking
+        if self.n_groups > 1:  # group-limited routing only: a gate without groups has no such hook point
+            self.hook_group_scores = HookPoint()  # [T, G] each group's score; the best n_limited_groups are kept
         self.hook_allowed_scores = HookPoint()  # [T, E] selection scores after group masking (-inf = excluded)
         self.hook_topk_ids = HookPoint()  # [T, K] chosen experts, best first
         self.hook_topk_weights = HookPoint()  # [T, K] float32, after normalisation and route_scale
@@ -88,6 +91,7 @@ class Gate(nn.Module):
                 group_scores_TG = grouped.amax(dim=-1)
             else:
                 group_scores_TG = grouped.topk(2, dim=-1).values.sum(dim=-1)
+            group_scores_TG = self.hook_group_scores(group_scores_TG)
             keep_TG = torch.zeros_like(group_scores_TG, dtype=torch.bool)
             keep_TG.scatter_(1, group_scores_TG.topk(self.topk_groups, dim=-1).indices, True)
             select_TE = grouped.masked_fill(~keep_TG[..., None], float("-inf")).flatten(1)

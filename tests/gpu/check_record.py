@@ -144,17 +144,19 @@ class Dequantised:
 
 def routing(model: Transformer, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sorted top-k ids [L, T, K], allowed selection scores [L, T, E] and group scores [L, T, G]
-    (the router's own: the sum of each group's two best biased scores) of every MoE layer."""
+    (the router's hook_group_scores; None for a router without groups) of every MoE layer."""
     args = model.args
     layers = range(args.n_dense_layers, args.n_layers)
-    names = [f"layers.{i}.ffn.gate.hook_{k}" for i in layers for k in ("topk_ids", "select_scores", "allowed_scores")]
+    hooks = ("topk_ids", "allowed_scores") + (("group_scores",) if args.n_expert_groups > 1 else ())
+    names = [f"layers.{i}.ffn.gate.hook_{k}" for i in layers for k in hooks]
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens, names=names)
-    ids = torch.stack([cache[f"layers.{i}.ffn.gate.hook_topk_ids"].sort(-1).values.cpu() for i in layers])
-    allowed = torch.stack([cache[f"layers.{i}.ffn.gate.hook_allowed_scores"].float().cpu() for i in layers])
-    select = torch.stack([cache[f"layers.{i}.ffn.gate.hook_select_scores"].float().cpu() for i in layers])
-    groups = select.unflatten(-1, (args.n_expert_groups, -1)).topk(2, dim=-1).values.sum(-1)
-    return ids, allowed, groups
+
+    def stacked(hook: str) -> torch.Tensor:
+        return torch.stack([cache[f"layers.{i}.ffn.gate.hook_{hook}"].cpu() for i in layers])
+
+    groups = stacked("group_scores").float() if "group_scores" in hooks else None
+    return stacked("topk_ids").sort(-1).values, stacked("allowed_scores").float(), groups
 
 
 def sync(device: torch.device) -> None:

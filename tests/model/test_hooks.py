@@ -39,6 +39,7 @@ TINY_HOOK_NAMES = [
     "layers.1.ffn.gate.hook_logits",
     "layers.1.ffn.gate.hook_scores",
     "layers.1.ffn.gate.hook_select_scores",
+    "layers.1.ffn.gate.hook_group_scores",
     "layers.1.ffn.gate.hook_allowed_scores",
     "layers.1.ffn.gate.hook_topk_ids",
     "layers.1.ffn.gate.hook_topk_weights",
@@ -60,6 +61,7 @@ TINY_HOOK_NAMES = [
     "layers.2.ffn.gate.hook_logits",
     "layers.2.ffn.gate.hook_scores",
     "layers.2.ffn.gate.hook_select_scores",
+    "layers.2.ffn.gate.hook_group_scores",
     "layers.2.ffn.gate.hook_allowed_scores",
     "layers.2.ffn.gate.hook_topk_ids",
     "layers.2.ffn.gate.hook_topk_weights",
@@ -83,6 +85,7 @@ TINY_HOOK_NAMES = [
     "mtp.0.block.ffn.gate.hook_logits",
     "mtp.0.block.ffn.gate.hook_scores",
     "mtp.0.block.ffn.gate.hook_select_scores",
+    "mtp.0.block.ffn.gate.hook_group_scores",
     "mtp.0.block.ffn.gate.hook_allowed_scores",
     "mtp.0.block.ffn.gate.hook_topk_ids",
     "mtp.0.block.ffn.gate.hook_topk_weights",
@@ -125,6 +128,7 @@ def test_run_with_cache_shapes():
         "layers.0.hook_resid_mid": (B, S, D), "layers.0.hook_ffn_out": (B, S, D),
         "layers.1.ffn.gate.hook_logits": (T, E), "layers.1.ffn.gate.hook_scores": (T, E),
         "layers.1.ffn.gate.hook_select_scores": (T, E), "layers.1.ffn.gate.hook_topk_ids": (T, K),
+        "layers.1.ffn.gate.hook_group_scores": (T, a.n_expert_groups),
         "layers.1.ffn.gate.hook_topk_weights": (T, K), "layers.1.ffn.hook_routed_out": (B, S, D),
         "layers.1.ffn.hook_shared_out": (B, S, D), "layers.2.hook_resid_post": (B, S, D),
         "mtp.0.hook_in": (B, S - 1, D), "mtp.0.block.ffn.gate.hook_topk_ids": ((S - 1) * B, K),
@@ -195,6 +199,35 @@ def test_replacing_hooks_change_the_output_as_expected():
     assert not (c["layers.1.ffn.gate.hook_topk_ids"] == hot).any()
     assert (out - m(x)).abs().max() > 1e-4
 
+
+
+def test_group_scores_decide_which_groups_are_kept_and_can_be_replaced():
+    """hook_group_scores is each group's score (its two best biased scores summed), the allowed
+    scores are -inf exactly outside the best n_limited_groups of them, and a replaced group score
+    moves every choice into the groups it favours; a router without groups has no such hook."""
+    m = random_model("tiny", seed=5)
+    with torch.no_grad():
+        m.layers[1].ffn.gate.bias.normal_(0, 0.1)  # the sum must be of the BIASED scores
+    a, g = m.args, "layers.1.ffn.gate."
+    G, kept, per = a.n_expert_groups, a.n_limited_groups, a.n_routed_experts // a.n_expert_groups
+    x = torch.randint(0, a.vocab_size, (2, 16), generator=torch.Generator().manual_seed(5))
+    _, c = m.run_with_cache(x)
+    groups = c[g + "hook_group_scores"]
+    assert torch.equal(groups, c[g + "hook_select_scores"].unflatten(-1, (G, per)).topk(2, -1).values.sum(-1))
+    keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(1, groups.topk(kept, -1).indices, True)
+    assert torch.equal(torch.isinf(c[g + "hook_allowed_scores"]), ~keep.repeat_interleave(per, 1))
+    favoured = torch.arange(G) >= G - kept  # the last `kept` groups
+    assert ((c[g + "hook_topk_ids"] // per) < G - kept).any()  # control: they are not all chosen already
+
+    def favour(t, hook):
+        return torch.where(favoured, 1e3, 0.0).expand_as(t)
+
+    with m.hooks([(g + "hook_group_scores", favour)]):
+        _, c = m.run_with_cache(x, names=g + "hook_topk_ids")
+    assert ((c[g + "hook_topk_ids"] // per) >= G - kept).all()
+    flat = model.ModelArgs.from_dict(a.to_dict() | dict(n_expert_groups=1, n_limited_groups=1))
+    names = model.Transformer(flat).hook_names()
+    assert g + "hook_select_scores" in names and not any(n.endswith("hook_group_scores") for n in names)
 
 def test_hooks_are_scoped_and_detached_on_error():
     m = random_model("tiny")
