@@ -13,9 +13,12 @@ repeats of the two times measured in the same repeat (the least sensitive to a s
 speed drifts). Target: ours >= 1.3x transformers with idle hooks.
 
 Our float32 CPU GEMMs go through whichever of oneDNN and F.linear model/gemm.py measured faster on
-this machine (printed, with why); transformers' through F.linear (MKL or OpenBLAS sgemm). The last
-two rows run ours with each path forced, to show what the choice is worth (target: the chosen path
-no slower than the better of the two) and what the rest of the implementation is worth.
+this machine (printed, with why); transformers' through F.linear (MKL or OpenBLAS sgemm). Ours runs
+with its weights frozen, as the jobs (record, spec, ablate...) load it: oneDNN then reads them
+pre-packed (model/frozen.py; bit-equal). The row "weights not frozen" shows what that is worth (it
+matters only where oneDNN runs). The last two rows run ours with each path forced, to show what the
+choice is worth (target: the chosen path no slower than the better of the two) and what the rest of
+the implementation is worth.
 
 `--profile` also splits one forward of each (torch.profiler, self CPU time of every op, mean of 3
 forwards) into dense GEMMs (aten::mm / addmm), attention (bmm, softmax, the fused SDPA kernel) and
@@ -81,8 +84,11 @@ def build(ns):
 
 
 def make_cases(hf, ours, batch: dict) -> dict:
-    """name -> a function running one forward of `batch["tokens"]`."""
-    from model import layers
+    """name -> a function running one forward of `batch["tokens"]`. Ours runs with its weights
+    frozen, as the jobs load it (model/frozen.py), except in the row that says otherwise."""
+    from model import frozen_weights, gemm, layers
+
+    frozen_weights(ours)  # held for the life of `ours`
 
     noop = [(lambda n: not n.endswith("hook_pattern"), lambda t, hook: None)]
     pattern = [("layers.*.attn.hook_pattern", lambda t, hook: None)]
@@ -106,8 +112,17 @@ def make_cases(hf, ours, batch: dict) -> dict:
                 layers.ONEDNN_LINEAR = None
         return f
 
+    def run_unfrozen():  # oneDNN reorders every weight on every call, as outside frozen_weights
+        packed = gemm.packed
+        gemm.packed = lambda w: w
+        try:
+            run_ours(noop)()
+        finally:
+            gemm.packed = packed
+
     return {"transformers": run_hf, "ours (hook points, none attached)": run_ours(),
             "ours (no-op hooks attached)": run_ours(noop), "ours (attention pattern hooked)": run_ours(pattern),
+            "ours, idle hooks, weights not frozen": run_unfrozen,
             "ours, idle hooks, oneDNN forced": run_forced(True),
             "ours, idle hooks, F.linear forced": run_forced(False)}
 
@@ -152,6 +167,9 @@ def report(ns, results: dict, err: float, chosen) -> None:
     paired = statistics.median(f / c for f, c in zip(results[forced[better]], results["ours (no-op hooks attached)"]))
     print(f"chosen path ({chosen.path}) vs the better forced path ({better}), paired: {paired:.2f}x (>= 1 means the "
           "choice lost nothing; when both are the same path, the distance from 1 is this machine's noise)")
+    frozen = statistics.median(u / f for u, f in zip(results["ours, idle hooks, weights not frozen"],
+                                                     results["ours (no-op hooks attached)"]))
+    print(f"weights frozen vs not, paired: {frozen:.2f}x")
 
 
 def report_profile(cases: dict) -> None:

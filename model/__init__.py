@@ -4,14 +4,17 @@
     m = model.load("path/to/hf-checkpoint")          # -> model.Transformer, eval mode
     logits, cache = m.run_with_cache(tokens, names="layers.*.ffn.gate.hook_topk_ids")
     m = model.load("path/to/hf-checkpoint", parallel=True)   # under torchrun: TP + EP shards (model.parallel)
+    with model.frozen_weights(m):                     # weights held still: oneDNN reads them pre-packed
+        logits = m(tokens)
 """
 
 from .args import ConfigError, ModelArgs
 from .checkpoint import CheckpointError, load
+from .frozen import frozen_weights
 from .saving import save
 from .hooks import HookError, HookPoint
 from .parallel import ParallelError
 from .transformer import MTP, Block, Transformer
 
 __all__ = ["ModelArgs", "ConfigError", "Transformer", "Block", "MTP", "HookPoint", "HookError", "load", "save",
-           "CheckpointError", "ParallelError"]
+           "CheckpointError", "ParallelError", "frozen_weights"]

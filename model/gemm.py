@@ -3,7 +3,7 @@ linear primitive (`torch.ops.mkldnn._linear_pointwise`). Neither wins everywhere
 EPYC oneDNN ran twice as fast; on an Intel Xeon with AVX-512, MKL was as fast or faster), so the
 choice is measured on the machine at hand: on first use, both paths are timed on the shapes of that
 first GEMM (its transpose and a square one too, the calls of the two paths interleaved; tens of
-milliseconds), the faster is kept and cached per CPU model, torch version and thread count in
+milliseconds; oneDNN with its weights pre-packed, as the jobs run it, model/frozen.py), the faster is kept and cached per CPU model, torch version and thread count in
 `$XDG_CACHE_HOME/dsv3-probe/gemm.json` (default `~/.cache`); a tie (within 3%) keeps F.linear.
 Caching every choice matters beyond speed: the two paths sum in different orders, so processes that
 chose differently (the ranks of one job, a run and its resume) would not compute the same numbers. `DSV3_ONEDNN=1` or `0`
@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from .frozen import pack, packed
 
 PATHS = ("onednn", "linear")
 REPEATS = 15  # timed calls per path and shape, the two paths alternating (the median counts), after a warm-up
@@ -76,7 +78,8 @@ def onednn_available() -> bool:
 def _time_both(x: torch.Tensor, w: torch.Tensor) -> dict[str, float]:
     """Median seconds of each path on one shape, their calls interleaved (ABAB..., the order swapped
     every round) so that a drift in the machine's speed (other jobs, clocks) hits both alike."""
-    return _interleaved({"onednn": lambda: onednn_linear(x, w), "linear": lambda: F.linear(x, w)})
+    wp = pack(w)  # as the jobs run it: their weights frozen, so pre-packed (model/frozen.py)
+    return _interleaved({"onednn": lambda: onednn_linear(x, wp), "linear": lambda: F.linear(x, w)})
 
 
 def _interleaved(fns: dict, repeats: int = REPEATS) -> dict[str, float]:
@@ -95,14 +98,15 @@ def _interleaved(fns: dict, repeats: int = REPEATS) -> dict[str, float]:
 
 
 def onednn_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """x W^T on oneDNN's linear primitive (the "onednn" path)."""
-    return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+    """x W^T on oneDNN's linear primitive (the "onednn" path); a frozen module's weight goes in
+    pre-packed (model/frozen.py)."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed(w), None, "none", [], "")
 
 
 def onednn_swiglu(x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor) -> torch.Tensor:
     """silu(x W1^T) * (x W3^T) on oneDNN, the multiply fused into the second GEMM (a binary post-op):
     an expert's hidden state in model.moe's padded layout, and what experts_choice times."""
-    return torch.ops.mkldnn._linear_pointwise.binary(x, F.silu(onednn_linear(x, w1)), w3, None, "mul")
+    return torch.ops.mkldnn._linear_pointwise.binary(x, F.silu(onednn_linear(x, w1)), packed(w3), None, "mul")
 
 
 def measure(shapes: list[tuple[int, int, int]]) -> dict[str, float]:
@@ -122,7 +126,7 @@ def _cache_file() -> Path:
 
 
 def _key() -> str:
-    return f"{cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+    return f"{cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads | onednn packed"
 
 
 def decide(shapes: list[tuple[int, int, int]]) -> GemmChoice:
@@ -313,8 +317,10 @@ def _time_swiglu(dim: int, inter: int) -> dict[str, float]:
     experts = [(torch.randn(inter, dim, generator=g), torch.randn(inter, dim, generator=g),
                 torch.randn(dim, inter, generator=g)) for _ in range(streamed_experts(dim, inter))]
 
+    packed_experts = [tuple(map(pack, e)) for e in experts]  # as the jobs run them (model/frozen.py)
+
     def on_onednn():
-        for w1, w3, w2 in experts:
+        for w1, w3, w2 in packed_experts:
             onednn_linear(onednn_swiglu(x, w1, w3), w2)
 
     def on_linear():

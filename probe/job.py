@@ -205,11 +205,35 @@ def compute_dtype(name: str | None):
 
 
 def load_model(ckpt: Path, world, *, dtype: str | None = None, gemm: str = "bf16"):
-    """The checkpoint as this replica's model: whole (model_parallel 1) or this rank's shards."""
+    """The checkpoint as this replica's model: whole (model_parallel 1) or this rank's shards, its
+    weights frozen for as long as it lives where the packed copies fit (no job changes them;
+    oneDNN's float32 GEMMs then read them pre-packed, model/frozen.py)."""
     import model
 
-    return model.load(ckpt, dtype=compute_dtype(dtype), device=world.device, gemm_impl=gemm,
-                      parallel=world.shards if world.shards is not None else False)
+    m = model.load(ckpt, dtype=compute_dtype(dtype), device=world.device, gemm_impl=gemm,
+                   parallel=world.shards if world.shards is not None else False)
+    if packing_fits(m):
+        model.frozen_weights(m)
+    return m
+
+
+def packing_fits(m, available: int | None = None) -> bool:
+    """Whether a copy of `m`'s float32 CPU weights (what frozen weights may pack: at most that much)
+    fits in half the memory the machine has available (`available` bytes; default /proc/meminfo's
+    MemAvailable). Without float32 CPU weights nothing would be packed; where the memory cannot be
+    read, no."""
+    import torch
+
+    need = sum(p.numel() * 4 for p in m.parameters() if p.dtype == torch.float32 and p.device.type == "cpu")
+    if not need:
+        return False
+    if available is None:
+        try:
+            meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+            available = int(meminfo["MemAvailable"].split()[0]) * 1024
+        except (OSError, KeyError, ValueError):
+            return False
+    return need <= available // 2
 
 
 def add_model_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:

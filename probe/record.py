@@ -459,10 +459,11 @@ def finish(out: Path, info: dict, status: str, opts, args, world, elapsed: float
     info = json.loads((out / "run.json").read_text())
     info["status"] = "complete" if (status == "complete" and finished) else "interrupted"
     info["recorded"] = {"tokens": tokens}
-    from model import gemm
+    from model import frozen, gemm
 
     made = gemm.current()  # this rank's float32 CPU GEMM path (model/gemm.py), when it ran any
-    info["cpu_gemm"] = made.to_dict() | {"experts": gemm.experts_made()} if made is not None else None
+    info["cpu_gemm"] = (made.to_dict() | {"experts": gemm.experts_made(), "packed_weight_bytes": frozen.packed_bytes()}
+                        if made is not None else None)
     info["timings"] = {"last_session_s": round(elapsed, 3), "finished": time.time()}
     if ranks:
         info["timings"]["load_s"] = max(r["load_s"] for r in ranks)

@@ -80,6 +80,8 @@ def test_every_table_written(full_run):
     assert info["planned"]["tokens_per_domain"].keys() == {"code", "prose"}
     assert info["cpu_gemm"]["path"] in ("onednn", "linear") and info["cpu_gemm"]["reason"]  # model/gemm.py's choice
     assert isinstance(info["cpu_gemm"]["experts"], dict)  # the experts' choices by shape, where any was made
+    packed = info["cpu_gemm"]["packed_weight_bytes"]  # the frozen weights' oneDNN copies (model/frozen.py)
+    assert isinstance(packed, int) and (packed == 0 if info["cpu_gemm"]["path"] == "linear" else packed >= 0)
     # what the plan is held to: load time and resident memory per rank (bytes)
     (mem,) = info["memory"]["per_rank"]
     assert mem["rank"] == 0 and info["timings"]["load_s"] == mem["load_s"] > 0

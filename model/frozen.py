@@ -1,0 +1,116 @@
+"""Frozen weights: a promise that a model's weights hold still, which lets oneDNN's GEMMs read them
+pre-packed.
+
+oneDNN's linear primitive (the "onednn" float32 path of model/gemm.py) reorders its weight into a
+blocked layout on every call. Inside `frozen_weights(m)` each weight of `m` that such a GEMM reads
+is reordered once (`torch.ops.mkldnn._reorder_linear_weight`), kept, and passed pre-packed from then
+on: the same kernel on the same numbers, so the results are bit-equal (tested), only the per-call
+copy is gone. On a 2-core AMD EPYC it made 32 experts' GEMMs of 128 rows 1.12x faster and
+benchmarks/bench_prefill.py's whole float32 forward 1.08x (docs/performance.md). The jobs (record,
+spec, ablate, importance, steer) load their model frozen (probe/job.py's load_model).
+
+    with model.frozen_weights(m):       # or: handle = model.frozen_weights(m); ...; handle.release()
+        logits = m(tokens)
+
+What the promise covers:
+- An in-place change through the parameter itself (`with torch.no_grad(): w[5].zero_()`, an
+  optimiser step, `load_state_dict`) bumps the tensor's version counter: the packed copy is
+  remade on its next use.
+- A change through `.data` (`w.data.zero_()`) is invisible to the version counter: inside the scope
+  it is NOT seen. Edit weights through the parameter, or outside the scope.
+- A parameter given new storage (`w.data = t`, `m.to(...)`) falls out of the scope (its GEMMs run
+  unpacked) until the module is frozen again.
+- The packed copies cost as much memory as the float32 weights they copy, and live until the scope
+  ends or the module is garbage collected (the registry holds the module weakly).
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+from torch import nn
+
+
+class _Entry:
+    """One frozen module: its weights' storages (held, so that no other tensor can take their
+    addresses while the scope lasts) and the packed copies made so far."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.storages = {t.untyped_storage().data_ptr(): t.untyped_storage()
+                         for t in (*module.parameters(), *module.buffers()) if t.device.type == "cpu"}
+        self.packed: dict[tuple, tuple[int, torch.Tensor]] = {}  # view key -> (version, packed weight)
+        self.holds = 0
+
+
+_FROZEN: "weakref.WeakKeyDictionary[nn.Module, _Entry]" = weakref.WeakKeyDictionary()
+
+
+class FrozenWeights:
+    """The handle `frozen_weights` returns: the module is frozen from its creation until `release()`
+    or the end of a `with` block. Freezing a module twice nests (it stays frozen until both end)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self._module = weakref.ref(module)
+        entry = _FROZEN.get(module)
+        if entry is None:
+            entry = _FROZEN[module] = _Entry(module)
+        entry.holds += 1
+        self._held = True
+
+    def release(self) -> None:
+        module = self._module()
+        if not self._held or module is None:
+            self._held = False
+            return
+        self._held = False
+        entry = _FROZEN.get(module)
+        if entry is not None:
+            entry.holds -= 1
+            if entry.holds <= 0:
+                del _FROZEN[module]
+
+    def __enter__(self) -> "FrozenWeights":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def frozen_weights(module: nn.Module) -> FrozenWeights:
+    """Freeze `module`'s weights (see the module docstring) until the handle is released."""
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"frozen_weights takes an nn.Module, not {type(module).__name__}")
+    return FrozenWeights(module)
+
+
+def is_frozen(module: nn.Module) -> bool:
+    return module in _FROZEN
+
+
+def packed_bytes() -> int:
+    """Bytes held in packed copies by every frozen module of this process (their logical float32
+    size; oneDNN's blocked layout may pad a little)."""
+    return sum(p.numel() * p.element_size() for e in _FROZEN.values() for _, p in e.packed.values())
+
+
+def pack(w: torch.Tensor) -> torch.Tensor:
+    """w [out, in] float32 reordered into oneDNN's blocked layout for its linear primitive."""
+    return torch.ops.mkldnn._reorder_linear_weight(w)
+
+
+def packed(w: torch.Tensor) -> torch.Tensor:
+    """The pre-packed copy of `w` (a weight or a view of one) if it belongs to a frozen module, made
+    on first use and remade when `w`'s version changes; else `w` itself."""
+    if not _FROZEN or w.is_mkldnn or w.requires_grad and torch.is_grad_enabled():
+        return w
+    ptr = w.untyped_storage().data_ptr()
+    for entry in _FROZEN.values():
+        if ptr in entry.storages:
+            key = (ptr, w.storage_offset(), tuple(w.shape), w.stride(), w.dtype)
+            version, p = entry.packed.get(key, (None, None))
+            if version != w._version:
+                p = pack(w)
+                entry.packed[key] = (w._version, p)
+            return p
+    return w

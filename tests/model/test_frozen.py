@@ -1,0 +1,135 @@
+"""model.frozen_weights: inside the scope oneDNN's GEMMs read a frozen module's weights pre-packed,
+made once and remade when the weight changes in place; the numbers are the unpacked path's."""
+
+from __future__ import annotations
+
+import gc
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import model
+from model import frozen, gemm, layers
+
+pytestmark = pytest.mark.skipif(not gemm.onednn_available(), reason="oneDNN linear unavailable in this torch build")
+
+
+@pytest.fixture(autouse=True)
+def onednn_on(monkeypatch):
+    """Every float32 GEMM on oneDNN, however small (the tiny model's are), the routed experts in its
+    padded layout."""
+    monkeypatch.setattr(layers, "ONEDNN_LINEAR", True)
+    monkeypatch.setattr(layers, "ONEDNN_MIN_MACS", 0)
+
+
+@pytest.fixture
+def packs(monkeypatch):
+    """The weights frozen.pack was called on, in order."""
+    made = []
+
+    def spy(w):
+        made.append(tuple(w.shape))
+        return real(w)
+
+    real = frozen.pack
+    monkeypatch.setattr(frozen, "pack", spy)
+    return made
+
+
+def tiny_model_and_tokens():
+    from helpers import random_model
+
+    m = random_model("tiny", seed=3)
+    # 4 x 64 tokens: the routed experts get >= ONEDNN_ROW_BUCKET rows on average, so their padded oneDNN layout runs
+    return m, torch.randint(0, m.args.vocab_size, (4, 64), generator=torch.Generator().manual_seed(0))
+
+
+@torch.no_grad()
+def test_a_frozen_model_computes_the_unpacked_numbers_and_packs_each_weight_once(packs):
+    m, tokens = tiny_model_and_tokens()
+    plain = m(tokens)
+    assert not packs  # outside the scope nothing is packed
+    with model.frozen_weights(m) as handle:
+        first = m(tokens)
+        n = len(packs)
+        experts = m.layers[1].ffn.experts
+        e, inter, dim = experts.w1.shape
+        # every routed expert's three weights, one at a time (views of the stacked parameters)
+        assert packs.count((inter, dim)) >= 2 * e and packs.count((dim, inter)) >= e, packs
+        again = m(tokens)
+        assert len(packs) == n  # the second forward reuses every packed copy
+    # the same oneDNN kernels on the same numbers: bit-equal
+    assert torch.equal(first, plain) and torch.equal(again, plain)
+    assert not frozen.is_frozen(m) and handle is not None
+
+
+@torch.no_grad()
+def test_an_edit_through_the_parameter_is_seen_and_one_through_data_is_not(packs):
+    m, tokens = tiny_model_and_tokens()
+    experts = m.layers[1].ffn.experts  # the first MoE layer
+    with model.frozen_weights(m):
+        before = m(tokens)
+        experts.w2.mul_(0.5)  # in place on the parameter: its version changes, its copies are remade
+        n = len(packs)
+        edited = m(tokens)
+        assert len(packs) > n and not torch.equal(edited, before)
+    assert torch.equal(edited, m(tokens))  # the unpacked path on the edited weights: the same numbers
+    with model.frozen_weights(m):
+        m(tokens)
+        m.layers[0].attn.wo.weight.data.mul_(0.5)  # through .data: no version change, the packed copy stays
+        stale = m(tokens)
+    fresh = m(tokens)
+    # the documented limit of the promise, and the proof that the packed copies are what runs
+    assert not torch.equal(stale, fresh) and torch.equal(stale, edited)
+
+
+def test_the_scope_nests_ends_and_dies_with_its_module():
+    m = torch.nn.Linear(64, 32, bias=False)
+    outer = model.frozen_weights(m)
+    with model.frozen_weights(m):
+        assert frozen.is_frozen(m)
+    assert frozen.is_frozen(m)  # the outer handle still holds it
+    outer.release()
+    outer.release()  # a second release is harmless
+    assert not frozen.is_frozen(m)
+    model.frozen_weights(m)  # never released: it lasts as long as the module
+    assert frozen.is_frozen(m)
+    del m
+    gc.collect()
+    assert not frozen._FROZEN
+    with pytest.raises(TypeError, match="nn.Module"):
+        model.frozen_weights(torch.zeros(3))
+
+
+@torch.no_grad()
+def test_other_tensors_and_gradients_are_left_alone(packs):
+    m = torch.nn.Linear(128, 64, bias=False)
+    x, other = torch.randn(32, 128), torch.randn(64, 128)
+    with model.frozen_weights(m):
+        assert frozen.packed(other) is other  # not a weight of a frozen module
+        assert frozen.packed(m.weight) is not m.weight
+        with torch.enable_grad():
+            assert frozen.packed(m.weight) is m.weight  # autograd never sees a packed copy
+        assert torch.equal(gemm.onednn_linear(x, m.weight), gemm.onednn_linear(x, other.copy_(m.weight)))
+    assert packs == [(64, 128)]
+
+
+def test_the_jobs_load_their_model_frozen_where_the_copies_fit(tmp_path):
+    from helpers import hf_checkpoint
+
+    from probe.job import load_model, packing_fits
+
+    ckpt = hf_checkpoint(tmp_path / "ckpt")
+    cpu = SimpleNamespace(device="cpu", shards=None)
+    m = load_model(ckpt, cpu, dtype="float32")
+    assert frozen.is_frozen(m)
+    with torch.no_grad():
+        m(torch.randint(0, m.args.vocab_size, (4, 64)))
+    assert frozen.packed_bytes() > 0
+    weights = sum(p.numel() * 4 for p in m.parameters())
+    assert packing_fits(m, available=2 * weights) and not packing_fits(m, available=2 * weights - 8)
+    # a bfloat16 model: only its float32 routers count
+    mb = load_model(ckpt, cpu, dtype="bfloat16")
+    routers = sum(p.numel() * 4 for p in mb.parameters() if p.dtype == torch.float32)
+    assert 0 < routers < weights / 4 and packing_fits(mb, available=2 * routers)
