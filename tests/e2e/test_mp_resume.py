@@ -24,12 +24,18 @@ from helpers.processes import wait_for_commits
 pytestmark = pytest.mark.slow  # torchrun launches, a browser or notebook kernels: `pytest -m "not slow"` skips them
 
 
+# NOTE: long enough that a kill after batch 9 lands mid-run however late it comes: with 1,200 tokens
+# (19 batches of a tiny model, a few ms each) a loaded machine once let the job finish between the
+# commit the test saw and the SIGKILL, and torchrun then stopped the survivor in its teardown.
+RESUME_TOKENS = 3600
+
+
 @pytest.fixture(scope="module")
 def single(env):
     """The record job in this process (one whole model): what a resumed sharded run must equal."""
     from probe.record import RecordOptions, record
 
-    record(RecordOptions(**opts(env, env["base"] / "single", RECORD)))
+    record(RecordOptions(**opts(env, env["base"] / "single", RECORD | {"max_tokens": RESUME_TOKENS})))
     return {"rec": probe.open_run(env["base"] / "single")}
 
 
@@ -51,7 +57,8 @@ def _worker_pids(launcher: int) -> dict[int, int]:
 def _launch_and_kill(env, out: Path, victim: int, after: int, *extra: str) -> None:
     """Start the sharded record job on 2 ranks, SIGKILL rank `victim` once rank 0 has committed batch
     `after`; the survivor must notice, mark the run interrupted and the launch end within 60 s."""
-    proc = torchrun(2, *record_args(env, out, "--model-parallel", "2", "--commit-every", "2", *extra), popen=True)
+    proc = torchrun(2, *record_args(env, out, "--model-parallel", "2", "--commit-every", "2", *extra,
+                                    max_tokens=RESUME_TOKENS), popen=True)
     wait_for_commits(proc, out, done=after)
     assert proc.poll() is None, "the run finished before it could be killed: " + proc.stderr.read()[-2000:]
     pids = _worker_pids(proc.pid)
@@ -76,11 +83,11 @@ def test_two_ranks_one_sharded_model_killed_twice_then_resumed(env, single, tmp_
     out = tmp_path / "run"
     _launch_and_kill(env, out, 0, 3)
     first = len(probe.open_run(out).df("tokens"))
-    assert 0 < first < 1200
+    assert 0 < first < single["rec"].info["recorded"]["tokens"]
     _launch_and_kill(env, out, 1, 9, "--resume")
     partial = probe.open_run(out)
-    assert partial.info["resumed"] == 1 and first < len(partial.df("tokens")) < 1200
-    p = torchrun(2, *record_args(env, out, "--model-parallel", "2", "--resume"))
+    assert partial.info["resumed"] == 1 and first < len(partial.df("tokens")) < single["rec"].info["recorded"]["tokens"]
+    p = torchrun(2, *record_args(env, out, "--model-parallel", "2", "--resume", max_tokens=RESUME_TOKENS))
     assert p.returncode == 0, p.stderr[-3000:]
     done = probe.open_run(out)
     assert done.status == "complete" and done.info["resumed"] == 2

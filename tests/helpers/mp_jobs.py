@@ -86,10 +86,10 @@ def assert_same_tables(a, b, tables, rtol=1e-9):
 
 
 
-def record_args(env, out, *extra):
+def record_args(env, out, *extra, max_tokens: int = RECORD["max_tokens"]):
     return ["-m", "probe", "record", "--ckpt", str(env["ckpt"]), "--corpus", str(env["corpus"]), "--out", str(out),
             "--seq-len", "32", "--batch-size", "2", "--router-logits", "full", "--sample", "0.5", "--dtype",
-            "float64", "--max-tokens", "1200", "--no-progress", *extra]
+            "float64", "--max-tokens", str(max_tokens), "--no-progress", *extra]
 
 
 def our_frames(err: str) -> list[str]:
