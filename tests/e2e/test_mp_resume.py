@@ -24,10 +24,10 @@ from helpers.processes import wait_for_commits
 pytestmark = pytest.mark.slow  # torchrun launches, a browser or notebook kernels: `pytest -m "not slow"` skips them
 
 
-# NOTE: long enough that a kill after batch 9 lands mid-run however late it comes: with 1,200 tokens
+# NOTE: long enough (38 batches) that a kill after batch 9 lands mid-run when it comes late: with 1,200 tokens
 # (19 batches of a tiny model, a few ms each) a loaded machine once let the job finish between the
 # commit the test saw and the SIGKILL, and torchrun then stopped the survivor in its teardown.
-RESUME_TOKENS = 3600
+RESUME_TOKENS = 2400
 
 
 @pytest.fixture(scope="module")
