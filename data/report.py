@@ -14,7 +14,6 @@ measured by this command; nothing in REPORT.md is written by hand.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections import Counter
@@ -22,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from probe.corpus import CorpusError, read_documents
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -36,11 +37,10 @@ def record_run(ckpt: Path, corpus: Path, out: Path, max_tokens: int | None, seq_
     return probe.open_run(out)
 
 
-def unigram_loss(train: Path, tok, val_tokens, vocab: int) -> dict[str, float]:
+def unigram_loss(texts: list[str], tok, val_tokens, vocab: int) -> dict[str, float]:
     """Cross-entropy (nats) of each domain's validation tokens under an add-one unigram model
-    fitted on the whole training split."""
+    fitted on the whole training split (its documents' `texts`)."""
     counts: Counter = Counter()
-    texts = [json.loads(line)["text"] for line in train.read_text().splitlines() if line.strip()]
     for i in range(0, len(texts), 256):
         for enc in tok.encode_batch(texts[i:i + 256], add_special_tokens=False):
             counts.update(enc.ids)
@@ -95,9 +95,10 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def measure(ns, ckpt: Path, base: Path) -> dict:
-    """Every figure of the report: both models recorded on the validation split, the unigram
-    baseline, per-layer balance and NMI, MTP agreement, and a greedy continuation per domain."""
+def measure(ns, ckpt: Path, base: Path, val: list[dict], train: list[dict]) -> dict:
+    """Every figure of the report: both models recorded on the validation split (`val`, its
+    documents), the unigram baseline fitted on `train`'s, per-layer balance and NMI, MTP agreement,
+    and a greedy continuation per domain."""
     import model
     from tokenizers import Tokenizer
 
@@ -111,11 +112,10 @@ def measure(ns, ckpt: Path, base: Path) -> dict:
     f = {"tokens": len(toks), "windows": run.info["planned"]["windows"],
          "loss": scored.groupby("domain").loss.mean().to_dict(),
          "loss_b": run_b.df("tokens").dropna(subset=["loss"]).groupby("domain").loss.mean().to_dict(),
-         "uni": unigram_loss(Path(ns.train), tok, scored, model.ModelArgs.from_hf_config(ckpt).vocab_size),
+         "uni": unigram_loss([d["text"] for d in train], tok, scored, model.ModelArgs.from_hf_config(ckpt).vocab_size),
          "layers": layer_figures(run), "layers_b": layer_figures(run_b),
          "agree": float(mt.agree.mean()), "agree_dom": mt.groupby("domain").agree.mean().to_dict()}
     m = model.load(ckpt, dtype=torch.float32)
-    val = [json.loads(line) for line in Path(ns.corpus).read_text().splitlines() if line.strip()]
     f["samples"] = {}
     for dom in sorted(f["loss"]):
         doc = next(d for d in val if d.get("domain") == dom)
@@ -184,8 +184,14 @@ def main(argv=None) -> int:
             print(f"error: {flag} {path}: no such file (python -m data.build_corpus writes the splits)",
                   file=sys.stderr)
             return 2
+    try:  # both splits read and checked before anything is recorded
+        val = read_documents(ns.corpus, ("domain", "text"), CorpusError)
+        train = read_documents(ns.train, ("text",), CorpusError)
+    except CorpusError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     t0 = time.time()
-    f = measure(ns, ckpt, base)
+    f = measure(ns, ckpt, base, val, train)
     checked = checks(f)
     text = render(f, checked, ns, ckpt, base, time.time() - t0)
     out = Path(ns.out)

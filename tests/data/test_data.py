@@ -237,3 +237,14 @@ def test_report_checks_and_input_errors(tmp_path, capsys):
     assert report.main(["--baseline", str(DATA / "model"), "--train", str(tmp_path / "train.jsonl")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --train ") and "no such file" in err and len(err.splitlines()) == 1
+    # a split that is not JSON lines, or whose documents lack a field, is named with its line
+    bad = tmp_path / "train.jsonl"
+    bad.write_text('{"text": "fine"}\n\n{"text": "cut off\n')
+    assert report.main(["--baseline", str(DATA / "model"), "--train", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {bad}:3: not valid JSON") and len(err.splitlines()) == 1
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"text": "fine"}\n')
+    bad.write_text('{"domain": "code"}\n')
+    assert report.main(["--baseline", str(DATA / "model"), "--train", str(good), "--corpus", str(bad)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {bad}:1: a document needs string fields domain and text")
