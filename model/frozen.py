@@ -6,8 +6,9 @@ blocked layout on every call. Inside `frozen_weights(m)` each weight of `m` that
 is reordered once (`torch.ops.mkldnn._reorder_linear_weight`), kept, and passed pre-packed from then
 on: the same kernel on the same numbers, so the results are bit-equal (tested), only the per-call
 copy is gone. On a 2-core AMD EPYC it made 32 experts' GEMMs of 128 rows 1.12x faster and
-benchmarks/bench_prefill.py's whole float32 forward 1.08x (docs/performance.md). The jobs (record,
-spec, ablate, importance, steer) load their model frozen (probe/job.py's load_model).
+benchmarks/bench_prefill.py's whole float32 forward 1.06-1.08x (an A/B in one process; 1.02-1.05x
+in the bench's own rotation of seven cases; docs/performance.md). The jobs (record, spec, ablate,
+importance, steer) load their model frozen where the copies fit (probe/job.py's load_model).
 
     with model.frozen_weights(m):       # or: handle = model.frozen_weights(m); ...; handle.release()
         logits = m(tokens)

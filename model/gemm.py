@@ -3,7 +3,8 @@ linear primitive (`torch.ops.mkldnn._linear_pointwise`). Neither wins everywhere
 EPYC oneDNN ran twice as fast; on an Intel Xeon with AVX-512, MKL was as fast or faster), so the
 choice is measured on the machine at hand: on first use, both paths are timed on the shapes of that
 first GEMM (its transpose and a square one too, the calls of the two paths interleaved; tens of
-milliseconds; oneDNN with its weights pre-packed, as the jobs run it, model/frozen.py), the faster is kept and cached per CPU model, torch version and thread count in
+milliseconds; oneDNN with its weights pre-packed, as the jobs run it, model/frozen.py), the
+faster is kept and cached per CPU model, torch version and thread count in
 `$XDG_CACHE_HOME/dsv3-probe/gemm.json` (default `~/.cache`); a tie (within 3%) keeps F.linear.
 Caching every choice matters beyond speed: the two paths sum in different orders, so processes that
 chose differently (the ranks of one job, a run and its resume) would not compute the same numbers. `DSV3_ONEDNN=1` or `0`
