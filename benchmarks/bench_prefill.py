@@ -10,7 +10,7 @@ nothing attached; a no-op hook attached to every hook point except the opt-in at
 ("attached but idle"); and with the attention pattern hooked (materialised). Printed: median
 tokens/s and the ratio to transformers, the best-of-N times, and the paired ratio: the median over
 repeats of the two times measured in the same repeat (the least sensitive to a shared machine whose
-speed drifts). Target: ours >= 1.3x transformers with idle hooks.
+speed drifts), with its quartiles ("paired IQR": how far one run's figure can be trusted). Target: ours >= 1.3x transformers with idle hooks.
 
 Our float32 CPU GEMMs go through whichever of oneDNN and F.linear model/gemm.py measured faster on
 this machine (printed, with why); transformers' through F.linear (MKL or OpenBLAS sgemm). Ours runs
@@ -155,13 +155,16 @@ def report(ns, results: dict, err: float, chosen) -> None:
     print(f"logits max |diff| / max |logit| = {err:.2e}")
     best = min(results["transformers"])
     print(f"{'':36} {'median s':>9} {'tokens/s':>10} {'vs transformers':>16} {'best s':>8} {'best vs best':>13} "
-          f"{'paired':>7}")
+          f"{'paired':>7} {'paired IQR':>11}")
     for name, ts in results.items():
         t, b = statistics.median(ts), min(ts)
         # paired: the median over repeats of transformers' time / this case's time in the same repeat (same
-        # batch, seconds apart), which a drift in the shared machine's speed moves less than the others
-        paired = statistics.median(h / c for h, c in zip(results["transformers"], ts))
-        print(f"{name:36} {t:9.4f} {n_tok / t:10.0f} {base / t:15.2f}x {b:8.4f} {best / b:12.2f}x {paired:6.2f}x")
+        # batch, seconds apart), which a drift in the shared machine's speed moves less than the others;
+        # its quartiles show how far one run's figure can be trusted
+        ratios = [h / c for h, c in zip(results["transformers"], ts)]
+        q1, paired, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+        print(f"{name:36} {t:9.4f} {n_tok / t:10.0f} {base / t:15.2f}x {b:8.4f} {best / b:12.2f}x {paired:6.2f}x "
+              f"{q1:5.2f}-{q3:4.2f}x")
     forced = {"onednn": "ours, idle hooks, oneDNN forced", "linear": "ours, idle hooks, F.linear forced"}
     better = min(forced, key=lambda p: statistics.median(results[forced[p]]))
     paired = statistics.median(f / c for f, c in zip(results[forced[better]], results["ours (no-op hooks attached)"]))
