@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -12,7 +14,9 @@ from helpers import hf_checkpoint, make_corpus, make_probe_ckpt, random_model
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 # model/gemm.py caches its measured CPU GEMM choice in the user's cache directory: not the tests'
+# (one per pytest process, xdist workers included, removed when it exits)
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="dsv3-tests-cache-")
+atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
