@@ -41,7 +41,7 @@ def test_a_closed_pipe_ends_the_command_quietly():
 
 
 HELP_SCRIPT = """
-import json, sys, tempfile
+import json, sys
 from pathlib import Path
 from probe import __main__ as cli
 
@@ -52,7 +52,7 @@ for argv in ([], ["record"], ["spec"], ["import"], ["dashboard"]):
     except SystemExit:
         pass
 cli._exec_streamlit = lambda cmd, env: 0  # the server is not started
-runs = Path(tempfile.mkdtemp())
+runs = Path(sys.argv[1])  # the test's tmp_path
 (runs / "r").mkdir()
 (runs / "r" / "run.json").write_text("{}")
 code = cli.main(["dashboard", str(runs)])
@@ -60,12 +60,13 @@ print(json.dumps({"code": code, "torch": sorted(m for m in sys.modules if m.spli
 """
 
 
-def test_help_and_the_dashboard_command_never_import_torch():
+def test_help_and_the_dashboard_command_never_import_torch(tmp_path):
     """`dsv3-probe --help`, each command's --help and `dsv3-probe dashboard` (whose pages never use
     torch) run without importing torch: the jobs import it where they run (~2.5 s of start-up)."""
     import json
 
-    out = subprocess.run([sys.executable, "-c", HELP_SCRIPT], cwd=ROOT, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", HELP_SCRIPT, str(tmp_path)], cwd=ROOT, capture_output=True,
+                         text=True, check=True)
     last = json.loads(out.stdout.strip().splitlines()[-1])
     assert last == {"code": 0, "torch": []}, last
     assert "usage: dsv3-probe spec" in out.stdout and "sglang" in out.stdout  # the help texts were printed
