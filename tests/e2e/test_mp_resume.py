@@ -19,14 +19,14 @@ from model.parallel import ParallelError
 from helpers import random_model
 from helpers.mp_jobs import (RECORD, TABLES, TOPOLOGY, assert_same_tables, opts, our_frames,
                              record_args, torchrun)
-from helpers.processes import wait_for_commits
+from helpers.processes import HELD_PROBE, hold_env, wait_until_held
 
 pytestmark = pytest.mark.slow  # torchrun launches, a browser or notebook kernels: `pytest -m "not slow"` skips them
 
 
-# NOTE: long enough (38 batches) that a kill after batch 9 lands mid-run when it comes late: with 1,200 tokens
-# (19 batches of a tiny model, a few ms each) a loaded machine once let the job finish between the
-# commit the test saw and the SIGKILL, and torchrun then stopped the survivor in its teardown.
+# NOTE: 38 batches of a tiny model, a few ms each. The kills do not race the run: each launch goes
+# through helpers/held_probe.py, which holds both ranks at the start of one batch until the victim is
+# killed (a kill timed from the commits once landed after a loaded machine had finished the run).
 RESUME_TOKENS = 2400
 
 
@@ -54,16 +54,19 @@ def _worker_pids(launcher: int) -> dict[int, int]:
     return out
 
 
-def _launch_and_kill(env, out: Path, victim: int, after: int, *extra: str) -> None:
-    """Start the sharded record job on 2 ranks, SIGKILL rank `victim` once rank 0 has committed batch
-    `after`; the survivor must notice, mark the run interrupted and the launch end within 60 s."""
-    proc = torchrun(2, *record_args(env, out, "--model-parallel", "2", "--commit-every", "2", *extra,
-                                    max_tokens=RESUME_TOKENS), popen=True)
-    wait_for_commits(proc, out, done=after)
-    assert proc.poll() is None, "the run finished before it could be killed: " + proc.stderr.read()[-2000:]
+def _launch_and_kill(env, out: Path, victim: int, at: int, *extra: str) -> None:
+    """Start the sharded record job on 2 ranks, SIGKILL rank `victim` while both are held at the start of
+    batch `at`, then let the survivor go on: it must notice, mark the run interrupted and the launch end
+    within 60 s."""
+    gate = out.parent / f"gate-{at}"
+    args = record_args(env, out, "--model-parallel", "2", "--commit-every", "2", *extra, max_tokens=RESUME_TOKENS)
+    assert args[:2] == ["-m", "probe"]
+    proc = torchrun(2, str(HELD_PROBE), *args[2:], popen=True, env=hold_env(gate, at))
+    assert wait_until_held(proc, gate, ranks=2), "the job ended before batch %d: %s" % (at, proc.stderr.read()[-2000:])
     pids = _worker_pids(proc.pid)
     assert sorted(pids) == [0, 1], pids
     os.kill(pids[victim], signal.SIGKILL)
+    gate.unlink()
     t0 = time.time()
     _, err = proc.communicate(timeout=120)
     stopped = time.time() - t0
@@ -81,10 +84,10 @@ def test_two_ranks_one_sharded_model_killed_twice_then_resumed(env, single, tmp_
     its other rank later; a second --resume finishes it, equal to one process. (One run through both
     kills: three launches where two runs took four.)"""
     out = tmp_path / "run"
-    _launch_and_kill(env, out, 0, 3)
+    _launch_and_kill(env, out, 0, 5)
     first = len(probe.open_run(out).df("tokens"))
     assert 0 < first < single["rec"].info["recorded"]["tokens"]
-    _launch_and_kill(env, out, 1, 9, "--resume")
+    _launch_and_kill(env, out, 1, 13, "--resume")
     partial = probe.open_run(out)
     assert partial.info["resumed"] == 1 and first < len(partial.df("tokens")) < single["rec"].info["recorded"]["tokens"]
     p = torchrun(2, *record_args(env, out, "--model-parallel", "2", "--resume", max_tokens=RESUME_TOKENS))

@@ -47,9 +47,9 @@ def opts(env, out, extra: dict) -> dict:
     return {"ckpt": str(env["ckpt"]), "corpus": str(env["corpus"]), "out": str(out)} | extra
 
 
-def torchrun(nproc: int, *args: str, timeout: int = 300, popen: bool = False):
+def torchrun(nproc: int, *args: str, timeout: int = 300, popen: bool = False, env: dict | None = None):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), *args]
-    kw = dict(cwd=ROOT, env=os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}, text=True,
+    kw = dict(cwd=ROOT, env=os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"} | (env or {}), text=True,
               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     if popen:
         return subprocess.Popen(cmd, **kw)

@@ -1,18 +1,27 @@
-"""Waiting on a record job started as a subprocess (the kill-then-resume tests)."""
+"""Holding a record job started as a subprocess at a known batch (the kill-then-resume tests)."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 
-def wait_for_commits(proc, out: Path, done: int = 3, timeout: float = 120) -> None:
-    """Return once rank 0 of the run in `out` has committed batch `done` (its `_progress/r000.json`),
-    or the process has ended, or `timeout` seconds have passed."""
-    prog = Path(out) / "_progress" / "r000.json"
+HELD_PROBE = Path(__file__).with_name("held_probe.py")  # run in place of `-m probe`
+
+
+def hold_env(gate: Path, at: int) -> dict[str, str]:
+    """Environment for a job launched through `held_probe.py`: each rank stops at the start of batch `at`
+    until `gate` (created here) is removed."""
+    gate.touch()
+    return {"DSV3_TEST_HOLD_AT": str(at), "DSV3_TEST_HOLD_GATE": str(gate)}
+
+
+def wait_until_held(proc, gate: Path, ranks: int = 1, timeout: float = 120) -> bool:
+    """True once `ranks` ranks of the job are held at its gate; False if the process ended first or
+    `timeout` seconds passed."""
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
-        if prog.exists() and json.loads(prog.read_text()).get("done", -1) >= done:
-            return
+        if len(list(gate.parent.glob(gate.name + ".r*"))) >= ranks:
+            return True
         time.sleep(0.01)
+    return False

@@ -19,7 +19,7 @@ import model
 import probe
 from probe.record import RecordError, RecordOptions, record
 
-from helpers.processes import wait_for_commits
+from helpers.processes import HELD_PROBE, hold_env, wait_until_held
 
 
 REPO = Path(__file__).resolve().parents[2]
@@ -428,11 +428,14 @@ def test_kill_then_resume_equals_uninterrupted(probe_env, big_corpus, reference_
     """SIGKILL of the record process (no chance to commit): the run stays readable (status running),
     --resume drops the uncommitted rows and completes a run equal to the uninterrupted one."""
     out = tmp_path / "run"
-    env = os.environ | {"PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(record_cmd(probe_env, big_corpus, out, "--router-logits", "full", "--commit-every", "2"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    wait_for_commits(proc, out, done=3)
-    assert proc.poll() is None, "the run finished before it could be killed"
+    # held at the start of batch 5 (helpers/held_probe.py): batches 0-3 committed, batch 4 written, not committed
+    gate = tmp_path / "gate"
+    env = os.environ | {"PYTHONPATH": str(REPO)} | hold_env(gate, 5)
+    cmd = record_cmd(probe_env, big_corpus, out, "--router-logits", "full", "--commit-every", "2")
+    assert cmd[1:3] == ["-m", "probe"]
+    proc = subprocess.Popen([cmd[0], str(HELD_PROBE), *cmd[3:]], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    assert wait_until_held(proc, gate), "the run ended before batch 5: " + proc.stderr.read()[-2000:]
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=120)
     partial = probe.open_run(out)  # readable after a kill
