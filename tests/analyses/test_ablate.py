@@ -17,6 +17,7 @@ from analyses.ablate import (AblateOptions, Ablation, AblationError, RouterShape
                              check_routable, evaluate, load_spec, parse_experts, resolve, top_vs_random)
 from analyses.ablate.__main__ import main
 from helpers import random_model
+from helpers.cli_errors import assert_one_line_error, assert_out_under_a_file_is_refused
 from probe.corpus import Window
 from probe.recorders import Batch
 
@@ -290,17 +291,11 @@ def test_cli_with_a_recorded_run_uses_its_loads(probe_env, tmp_path):
     (["--random", "2", "--control"], "--control adds the random counterpart"),
 ])
 def test_cli_bad_inputs_are_one_line_errors(probe_env, tmp_path, capsys, extra, msg):
-    assert main(_cli(probe_env, tmp_path / "o", *extra)) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and msg in err and "\n" not in err
-    assert not (tmp_path / "o").exists()
+    assert_one_line_error(main(_cli(probe_env, tmp_path / "o", *extra)), capsys, msg, tmp_path / "o")
 
 
 def test_an_out_under_a_file_is_refused_before_the_model_loads(probe_env, tmp_path, capsys):
-    (tmp_path / "afile").write_text("x")
-    assert main(_cli(probe_env, tmp_path / "afile" / "o", "--top", "1")) == 2
-    want = f"error: --out {tmp_path / 'afile' / 'o'}: {tmp_path / 'afile'} is a file, not a directory"
-    assert capsys.readouterr().err.strip() == want
+    assert_out_under_a_file_is_refused(main, lambda out, *a: _cli(probe_env, out, *a), tmp_path, capsys, "--top", "1")
 
 
 def test_cli_empty_run_and_empty_corpus(probe_env, tmp_path, capsys):

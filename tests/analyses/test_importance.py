@@ -17,6 +17,7 @@ from analyses.importance import (ImportanceError, ImportanceOptions, check_selec
 from analyses.importance.__main__ import main, parser
 from analyses.ablate import RouterShape
 from helpers.models import randomize_
+from helpers.cli_errors import assert_one_line_error, assert_out_under_a_file_is_refused
 from probe.corpus import Window
 from probe.recorders import Batch
 
@@ -161,17 +162,11 @@ def test_command_end_to_end_and_rerun_replaces_its_part(probe_env, tmp_path, cap
     (["--domain-tokens", "-1"], "--domain-tokens -1: must be >= 0"),
 ])
 def test_command_bad_input_is_one_line(probe_env, tmp_path, capsys, extra, msg):
-    assert main(_cli(probe_env, tmp_path / "o", *extra)) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and msg in err and "\n" not in err
-    assert not (tmp_path / "o").exists()
+    assert_one_line_error(main(_cli(probe_env, tmp_path / "o", *extra)), capsys, msg, tmp_path / "o")
 
 
 def test_an_out_under_a_file_is_refused_before_the_model_loads(probe_env, tmp_path, capsys):
-    (tmp_path / "afile").write_text("x")
-    assert main(_cli(probe_env, tmp_path / "afile" / "o", "--layers", "1", "--experts", "0-1")) == 2
-    want = f"error: --out {tmp_path / 'afile' / 'o'}: {tmp_path / 'afile'} is a file, not a directory"
-    assert capsys.readouterr().err.strip() == want
+    assert_out_under_a_file_is_refused(main, lambda out, *a: _cli(probe_env, out, *a), tmp_path, capsys, "--layers", "1", "--experts", "0-1")
 
 
 def test_a_write_the_os_refuses_is_a_one_line_error(probe_env, capsys):

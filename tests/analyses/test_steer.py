@@ -16,6 +16,8 @@ from generate import generate
 from probe.corpus import Window
 from probe.recorders import Batch, token_nll
 
+from helpers.cli_errors import assert_one_line_error, assert_out_under_a_file_is_refused
+
 torch.set_num_threads(1)
 G2 = "layers.2.ffn.gate."
 G1 = "layers.1.ffn.gate."
@@ -252,17 +254,11 @@ def test_cli_end_to_end_writes_the_steering_table(probe_env, tmp_path, capsys):
     ([], "nothing to steer: pass --experts"),
 ])
 def test_cli_bad_inputs_are_one_line_errors(probe_env, tmp_path, capsys, extra, msg):
-    assert main(_cli(probe_env, tmp_path / "o", *extra)) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and msg in err and "\n" not in err
-    assert not (tmp_path / "o").exists()
+    assert_one_line_error(main(_cli(probe_env, tmp_path / "o", *extra)), capsys, msg, tmp_path / "o")
 
 
 def test_an_out_under_a_file_is_refused_before_the_model_loads(probe_env, tmp_path, capsys):
-    (tmp_path / "afile").write_text("x")
-    assert main(_cli(probe_env, tmp_path / "afile" / "o", "--experts", "1:2")) == 2
-    want = f"error: --out {tmp_path / 'afile' / 'o'}: {tmp_path / 'afile'} is a file, not a directory"
-    assert capsys.readouterr().err.strip() == want
+    assert_out_under_a_file_is_refused(main, lambda out, *a: _cli(probe_env, out, *a), tmp_path, capsys, "--experts", "1:2")
 
 
 def test_cli_missing_run(tmp_path, capsys):
