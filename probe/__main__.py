@@ -21,10 +21,15 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .corpus import CorpusError
-from .job import (DEFAULT_CKPT, DEFAULT_CORPUS, RecordError, add_model_flags, closed_pipe_quiet, exit_ranks,
-                  launch_rank0)
-from .writer import RunError, read_run_json
+# the jobs' allocator, chosen before anything imports pyarrow (probe/allocator.py)
+from .allocator import reader_env, use_system_allocator
+
+use_system_allocator()
+
+from .corpus import CorpusError  # noqa: E402
+from .job import (DEFAULT_CKPT, DEFAULT_CORPUS, RecordError, add_model_flags, closed_pipe_quiet,  # noqa: E402
+                  exit_ranks, launch_rank0)
+from .writer import RunError, read_run_json  # noqa: E402
 
 if TYPE_CHECKING:
     from .record import RecordOptions
@@ -143,7 +148,7 @@ def _dashboard(ns) -> int:
            "--server.port", str(ns.port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
            "--client.toolbarMode", "viewer", "--", str(runs)]
     print(f"dashboard on http://{ns.host}:{ns.port}  (runs: {runs})", file=sys.stderr)
-    return _exec_streamlit(cmd, os.environ | {"DSV3_RUNS_DIR": str(runs)})
+    return _exec_streamlit(cmd, reader_env(dict(os.environ)) | {"DSV3_RUNS_DIR": str(runs)})
 
 
 def _add_spec(sub) -> None:

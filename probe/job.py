@@ -130,11 +130,8 @@ def bound_heap() -> None:
     160,000-token record 1.2x slower. With 64 MiB / 128 MiB, the same forwards ran as fast as with
     the defaults and the record's peak resident memory was 20-80 MiB (4-9%) higher, still growing <10%
     over a 10x longer run (bench_record.py --part memory).
-    Not solved: where the oneDNN GEMM path runs, the heap can still fragment. On a 2-core AMD EPYC
-    (2026-12-03) the 40,000-token run of bench_record.py peaked anywhere from 1,367 to 2,278 MiB from
-    one run to the next (mallinfo2: up to 819 MiB of the heap free, not reusable, and handed back at
-    the next commit); with F.linear forced (DSV3_ONEDNN=0) it stayed at 924-956 MiB in 7 of 7 runs.
-    A 16 MiB mmap threshold kept it at 1,335-1,348 MiB, but forwards ran 2.8% slower (docs/performance.md)."""
+    The heap also fragmented from run to run while Arrow allocated with mimalloc: the jobs' entry
+    points now put Arrow on the system allocator (probe/allocator.py)."""
     try:
         import ctypes
 

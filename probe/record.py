@@ -222,6 +222,7 @@ def run_info(job: Job, plan: CorpusPlan, opts: RecordOptions, world, m, tables: 
         "planned": {"windows": plan.windows, "tokens": plan.tokens, "batches": plan.batches,
                     "tokens_per_domain": plan.per_domain},
         "versions": {"python": sys.version.split()[0], "torch": torch.__version__, "pyarrow": pa.__version__,
+                     "arrow_allocator": pa.default_memory_pool().backend_name,  # probe/allocator.py
                      "dsv3_probe": package_version()},
         "started": time.time(),
     }

@@ -6,10 +6,15 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-import analyses.ablate as package
-from probe.corpus import CorpusError
-from probe.job import add_input_flags, closed_pipe_quiet, exit_ranks, launch_rank0
-from probe.writer import RunError
+# the jobs' allocator, chosen before anything imports pyarrow (probe/allocator.py)
+from probe.allocator import use_system_allocator
+
+use_system_allocator()
+
+import analyses.ablate as package  # noqa: E402
+from probe.corpus import CorpusError  # noqa: E402
+from probe.job import add_input_flags, closed_pipe_quiet, exit_ranks, launch_rank0  # noqa: E402
+from probe.writer import RunError  # noqa: E402
 
 if TYPE_CHECKING:
     from .select import Ablation

@@ -7,10 +7,15 @@ import sys
 import textwrap
 from typing import TYPE_CHECKING
 
-import analyses.steer as package
-from probe.corpus import CorpusError
-from probe.job import add_input_flags, closed_pipe_quiet, exit_ranks, launch_rank0
-from probe.writer import RunError
+# the jobs' allocator, chosen before anything imports pyarrow (probe/allocator.py)
+from probe.allocator import use_system_allocator
+
+use_system_allocator()
+
+import analyses.steer as package  # noqa: E402
+from probe.corpus import CorpusError  # noqa: E402
+from probe.job import add_input_flags, closed_pipe_quiet, exit_ranks, launch_rank0  # noqa: E402
+from probe.writer import RunError  # noqa: E402
 
 from . import MODES
 

@@ -70,3 +70,41 @@ def test_help_and_the_dashboard_command_never_import_torch(tmp_path):
     last = json.loads(out.stdout.strip().splitlines()[-1])
     assert last == {"code": 0, "torch": []}, last
     assert "usage: dsv3-probe spec" in out.stdout and "sglang" in out.stdout  # the help texts were printed
+
+
+ALLOCATOR_SCRIPT = """
+import json, os, sys
+import probe
+out = {"import_probe_imports_pyarrow": "pyarrow" in sys.modules}
+__import__(sys.argv[1])  # a job's entry point
+import pyarrow as pa
+from probe.allocator import reader_env
+out |= {"allocator": pa.default_memory_pool().backend_name,
+        "reader_env": reader_env(dict(os.environ)).get("ARROW_DEFAULT_MEMORY_POOL")}
+print(json.dumps(out))
+"""
+
+
+def _allocator(entry: str, **env) -> dict:
+    import json
+    import os
+
+    base = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    p = subprocess.run([sys.executable, "-c", ALLOCATOR_SCRIPT, entry], cwd=ROOT, capture_output=True, text=True,
+                       env=base | {"PYTHONPATH": str(ROOT)} | env, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    return json.loads(p.stdout)
+
+
+def test_the_jobs_put_arrow_on_the_system_allocator_and_readers_keep_the_default():
+    """probe/allocator.py: the jobs' entry points choose Arrow's system allocator before pyarrow is
+    imported (mimalloc fragmented the record job's heap); `import probe` alone imports no pyarrow,
+    a user's own choice is kept, and the dashboard a job starts gets the default back."""
+    for entry in ("probe.__main__", "analyses.ablate.__main__", "analyses.importance.__main__",
+                  "analyses.steer.__main__"):
+        got = _allocator(entry)
+        assert got == {"import_probe_imports_pyarrow": False, "allocator": "system", "reader_env": None}, entry
+    assert _allocator("probe.__main__", ARROW_DEFAULT_MEMORY_POOL="mimalloc") == {
+        "import_probe_imports_pyarrow": False, "allocator": "mimalloc", "reader_env": "mimalloc"}
+    # control: a module that is not a job's entry point leaves Arrow's default alone
+    assert _allocator("probe.run")["allocator"] == "mimalloc"

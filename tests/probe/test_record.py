@@ -440,6 +440,7 @@ def test_kill_then_resume_equals_uninterrupted(probe_env, big_corpus, reference_
     proc.communicate(timeout=120)
     partial = probe.open_run(out)  # readable after a kill
     assert partial.status == "running"
+    assert partial.info["versions"]["arrow_allocator"] == "system"  # a job's entry point (probe/allocator.py)
     assert 0 < len(partial.df("tokens")) < reference_run.info["planned"]["tokens"]
     assert "kv_stats" not in partial.tables
     done = probe.open_run(rec(probe_env, out, corpus=big_corpus, seq_len=32, batch_size=2, router_logits="full",
