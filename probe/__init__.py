@@ -7,24 +7,8 @@ Tables and columns: `probe.schema`. The model is imported only by the record job
 (dashboards, analyses) never imports torch.
 """
 
-from __future__ import annotations
+from .lazy import exports
 
-import importlib
-
-# NOTE: imported on first use (PEP 562), so that `import probe` does not import pyarrow: the jobs'
-# entry points (probe/__main__.py, analyses.*.__main__) choose Arrow's allocator first, which
-# pyarrow reads once, when it is imported (probe/allocator.py).
-_EXPORTS = {"open_run": ".run", "Run": ".run", "RunError": ".writer", "TABLES": ".schema", "DOCS": ".schema"}
-__all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'probe' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+# NOTE: imported on first use (probe/lazy.py), so that `import probe` does not import pyarrow
+__getattr__, __dir__, __all__ = exports(__name__, {".run": ("open_run", "Run"), ".writer": ("RunError",),
+                                                  ".schema": ("TABLES", "DOCS")})

@@ -38,9 +38,3 @@ def reader_env(env: dict[str, str]) -> dict[str, str]:
     made for itself."""
     return {k: v for k, v in env.items() if not (k == VARIABLE and _set_here)}
 
-
-def arrow_allocator() -> str:
-    """The allocator Arrow uses in this process (recorded in run.json)."""
-    import pyarrow as pa
-
-    return pa.default_memory_pool().backend_name

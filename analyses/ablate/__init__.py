@@ -32,9 +32,9 @@ Library: select.py (what to disable: `Ablation`, `resolve`, the routing guard, t
 run.py (the job: `evaluate`, `ablate`, `write_ablations`); the command is `__main__.py`.
 """
 
-from analyses.lazy import exports
+from probe.lazy import exports
 
-# NOTE: imported on first use (analyses/lazy.py): run.py and select.py import torch, and
+# NOTE: imported on first use (probe/lazy.py): run.py and select.py import torch, and
 # `python -m analyses.ablate --help` runs this file first
 __getattr__, __dir__, __all__ = exports(__name__, {
     ".run": ("AblateOptions", "ablate", "add_loss", "baseline_pass", "check_out", "evaluate", "forward_batch",

@@ -36,12 +36,12 @@ analysis.py (`load_vs_importance`, `correlation_by_domain`, `rank_disagreement`:
 the table); the command is `__main__.py`.
 """
 
-from analyses.lazy import exports
+from probe.lazy import exports
 
 TOKEN_BUDGET = 16_384  # default: at most this many token rows (G x batch x window) per forward pass
 DOMAIN_TOKENS = 2000  # the command's default sample: this many tokens of every domain
 
-# NOTE: imported on first use (analyses/lazy.py): run.py imports torch, and
+# NOTE: imported on first use (probe/lazy.py): run.py imports torch, and
 # `python -m analyses.importance --help` runs this file first
 __getattr__, __dir__, __all__ = exports(__name__, {
     ".analysis": ("correlation_by_domain", "importance_table", "load_vs_importance", "pearson", "rank_disagreement",

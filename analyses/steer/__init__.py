@@ -38,11 +38,11 @@ Library: hooks.py (`Steer`, `Steering`, `steered`), run.py (the job: `evaluate`,
 `steer`, `write_steering`); the command is `__main__.py`.
 """
 
-from analyses.lazy import exports
+from probe.lazy import exports
 
 MODES = ("force", "bias")  # how a Steer moves its experts (hooks.py)
 
-# NOTE: imported on first use (analyses/lazy.py): hooks.py and run.py import torch, and
+# NOTE: imported on first use (probe/lazy.py): hooks.py and run.py import torch, and
 # `python -m analyses.steer --help` runs this file first
 __getattr__, __dir__, __all__ = exports(__name__, {
     ".hooks": ("Steer", "SteerError", "Steering", "steered"),

@@ -1,5 +1,5 @@
 """The job commands of analyses (ablate, importance, steer) as a process starts them: --help answers
-without importing torch, and the packages' lazy exports (analyses/lazy.py) resolve every name."""
+without importing torch, and the packages' lazy exports (probe/lazy.py) resolve every name."""
 
 from __future__ import annotations
 

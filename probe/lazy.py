@@ -1,9 +1,12 @@
 """Package exports imported on first use (PEP 562's module `__getattr__`).
 
-The job packages (analyses.ablate, .importance, .steer) re-export their library from submodules
-that import torch (~1-2 s). Importing them lazily lets `python -m analyses.X --help`, which runs
-the package's `__init__` first, answer at once; `from analyses.ablate import ablate` still works
-and imports what it needs then.
+`probe` itself re-exports `open_run`, `Run`, `RunError`, `TABLES` and `DOCS` this way, so that `import
+probe` does not import pyarrow: the jobs' entry points choose Arrow's allocator first, which pyarrow
+reads once, when it is imported (probe/allocator.py). The job packages (analyses.ablate,
+.importance, .steer) re-export their library from submodules that import torch (~1-2 s); importing
+them lazily lets `python -m analyses.X --help`, which runs the package's `__init__` first, answer at
+once. `from analyses.ablate import ablate` or `from probe import open_run` still works and imports
+what it needs then.
 
     __getattr__, __dir__, __all__ = exports(__name__, {".run": ("ablate", ...), ".select": ("Ablation", ...)})
 """
