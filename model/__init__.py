@@ -6,15 +6,17 @@
     m = model.load("path/to/hf-checkpoint", parallel=True)   # under torchrun: TP + EP shards (model.parallel)
     with model.frozen_weights(m):                     # weights held still: oneDNN reads them pre-packed
         logits = m(tokens)
+    stats = m(tokens, targets=next_ids)               # model.TokenStats(nll, top1): no [B, S, V] logits
 """
 
 from .args import ConfigError, ModelArgs
 from .checkpoint import CheckpointError, load
 from .frozen import frozen_weights
+from .head_stats import TokenStats
 from .saving import save
 from .hooks import HookError, HookPoint
 from .parallel import ParallelError
 from .transformer import MTP, Block, Transformer
 
 __all__ = ["ModelArgs", "ConfigError", "Transformer", "Block", "MTP", "HookPoint", "HookError", "load", "save",
-           "CheckpointError", "ParallelError", "frozen_weights"]
+           "CheckpointError", "ParallelError", "frozen_weights", "TokenStats"]

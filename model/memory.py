@@ -81,10 +81,12 @@ def kv_cache_bytes(args: ModelArgs, batch: int, seq_len: int, dtype: torch.dtype
 
 def forward_plan(args: ModelArgs, *, model_parallel: int = 1, batch: int = 8, seq_len: int = 512,
                  dtype: torch.dtype = torch.bfloat16, mtp: bool = True, captures: dict | None = None,
-                 dequantised: int = 0) -> dict:
+                 dequantised: int = 0, head_stats: str | None = None) -> dict:
     """Estimated peak bytes of one no-grad prefill forward on one rank (a model of the tensors the
     forward allocates, not a measurement): the logits (full [B, S, V] on every rank after the
-    all-gather; MTP logits too), the largest single layer's transients (attention with its
+    all-gather, MTP logits too; with `head_stats`, the device type whose blocks apply, the forward
+    returns statistics instead (`targets=`, model/head_stats.py, as the jobs run it) and holds one
+    block of this rank's logits and its reduction's temporaries), the largest single layer's transients (attention with its
     [B, H/M, S, S] float32 scores as the unfused kernel holds them, or the MoE router and one
     expert's tokens), the residual stream, and `captures` (bytes a recorder holds until the
     forward ends, see probe.plan), and `dequantised`: the bytes of the largest FP8 weight dequantised
@@ -100,6 +102,8 @@ def forward_plan(args: ModelArgs, *, model_parallel: int = 1, batch: int = 8, se
     # one row of float32 logits at a time
     one_logits = T * V * e * ((2 + 1 / M) if M > 1 else 1) + S * V * f32
     logits = one_logits * (2 if mtp and args.n_mtp_layers else 1)
+    if head_stats is not None:
+        logits = head_block_bytes(head_stats, V // M, T, dtype)
     attn = (T * (args.q_lora_rank or 0) * 2 * e + T * H * qk * e * 3      # q_a, q_norm, q; q_pe; query
             + T * (args.kv_lora_rank + args.qk_rope_head_dim) * 2 * e      # wkv_a out, kv_norm
             + T * H * nv * e + T * H * qk * e * 2                          # kvb, k, padded v
@@ -119,6 +123,19 @@ def forward_plan(args: ModelArgs, *, model_parallel: int = 1, batch: int = 8, se
            "dequantised_weight": int(dequantised)}
     out["peak"] = sum(out.values())
     return out
+
+
+def head_block_bytes(device_type: str, width: int, rows: int, dtype: torch.dtype) -> int:
+    """Bytes model.head_stats holds at once for `rows` hidden states against a vocabulary slice of
+    `width`: one block of logits in `dtype`, a reduction step's wide copy and its exponentials, and
+    the ranks' gathered partials (six float64 a row and rank, counted for 16 ranks at most)."""
+    from .head_stats import STATS_ELEMENTS, head_rows
+
+    dev = torch.device(device_type)
+    block = head_rows(dev, width, rows)
+    wide = 8 if dtype == torch.float64 else 4
+    step = min(block, max(1, STATS_ELEMENTS.get(device_type, 1 << 26) // max(width, 1)))
+    return block * width * (torch.finfo(dtype).bits // 8) + 2 * step * width * wide + block * 6 * 8 * 16
 
 
 def process_memory() -> dict:

@@ -3,6 +3,7 @@
     model = Transformer(ModelArgs.from_name("tiny"))       # random init (or model.load(ckpt))
     logits = model(tokens)                                   # [B, S, V] for every position
     logits, mtp_logits = model(tokens, mtp=True)             # mtp_logits[:, i] predicts token i+2
+    stats = model(tokens, targets=next_ids)                  # TokenStats(nll, top1) [B, S], no [B, S, V]
 
     # prefill then decode, or chunked prefill, through the static KV cache
     model(prompt, use_cache=True); model(next_tok, start_pos=prompt.shape[1])
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from .args import ModelArgs
+from .head_stats import head_stats, logit_stats
 from .hooks import HookedModule, HookPoint
 from .layers import Embedding, Linear, RMSNorm, rope_cos_sin, rope_inv_freq
 from .mla import MLA
@@ -75,11 +77,17 @@ class MTP(nn.Module):
         self.hook_hidden = HookPoint()  # [B, S, D] after the block and norm
         self.hook_logits = HookPoint()  # [B, S, V] predictions of token i+2
 
-    def forward(self, h, emb_next, head: nn.Module, cos, sin, pos, mask, n_keys, use_cache, logits_at=None):
+    def forward(self, h, emb_next, head: nn.Module, cos, sin, pos, mask, n_keys, use_cache, logits_at=None,
+                targets=None, stats=None):
+        """-> (hidden, logits), or (hidden, TokenStats) with `targets`: `stats(x, targets)` computes
+        them from the hidden state, unless hook_logits is in use, which then sees the full logits."""
         x = self.eh_proj(torch.cat([self.enorm(emb_next), self.hnorm(h)], dim=-1))
         x = self.block(self.hook_in(x), cos, sin, pos, mask, n_keys, use_cache)
         x = self.hook_hidden(self.norm(x))
-        return x, self.hook_logits(head(_select(x, logits_at)))
+        if targets is not None and not self.hook_logits.active:
+            return x, stats(x, targets)
+        logits = self.hook_logits(head(_select(x, logits_at)))
+        return x, logits if targets is None else logit_stats(logits, targets)
 
 
 def _select(x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
@@ -174,7 +182,8 @@ class Transformer(HookedModule):
     def forward(self, tokens: torch.Tensor, start_pos: int | torch.Tensor = 0, *,
                 lengths: torch.Tensor | None = None, use_cache: bool = False, mtp: bool = False,
                 return_hidden: bool = False, logits_at: torch.Tensor | None = None,
-                start_at_layer: int = 0, resid: torch.Tensor | None = None):
+                start_at_layer: int = 0, resid: torch.Tensor | None = None,
+                targets: torch.Tensor | None = None, mtp_targets: torch.Tensor | None = None):
         """tokens [B, S] -> logits [B, S, V] for every position.
 
         start_pos: where this chunk starts (an int, or a [B] tensor of per-row starts). Above 0 the
@@ -192,12 +201,21 @@ class Transformer(HookedModule):
             block (what its hook_resid_pre saw in a full pass over the same tokens): the embedding
             and earlier blocks are skipped, so the logits equal the full pass's when resid does (for
             analyses that change a late layer many times, e.g. analyses.importance). No KV cache.
+        targets: [B, S] token ids: return model.head_stats.TokenStats (nll [B, S] float32: the loss of
+            targets[:, p] under the prediction at p; top1 [B, S]: the argmax) in place of the logits.
+            The head then runs a block of rows at a time and no [B, S, V] logits exist, on any rank
+            (model/head_stats.py); no gradient. Not combinable with logits_at.
+        mtp_targets: [B, S-1] the same for the MTP predictions (mtp=True): row i against token i+2.
         """
         tokens = self._check_tokens(tokens)
         bsz, seqlen = tokens.shape
         dev = tokens.device
         if logits_at is not None and mtp:
             raise ValueError("logits_at selects main-model logits; call mtp_logits(..., logits_at=) for MTP")
+        if logits_at is not None and targets is not None:
+            raise ValueError("targets asks for statistics at every position; logits_at for logits at some")
+        if mtp_targets is not None and not mtp:
+            raise ValueError("mtp_targets is for the MTP predictions: pass mtp=True with it")
         if isinstance(start_pos, torch.Tensor):
             start = start_pos.to(device=dev, dtype=torch.long).reshape(-1).expand(bsz)
             max_start = int(start.max())
@@ -221,21 +239,22 @@ class Transformer(HookedModule):
         for layer in self.layers[start_at_layer:]:
             h = layer(h, cos, sin, pos, mask, n_keys, use_cache)
         h = self.hook_final(self.norm(h))
-        logits = self.head(_select(h, logits_at))
-        out = [logits]
+        out = [self.head(_select(h, logits_at)) if targets is None else self.head_stats(h, targets)]
         if mtp:
-            out.append(self.mtp_logits(h, tokens, start, lengths, use_cache))
+            out.append(self.mtp_logits(h, tokens, start, lengths, use_cache, targets=mtp_targets))
         if return_hidden:
             out.append(h)
         return out[0] if len(out) == 1 else tuple(out)
 
     def mtp_logits(self, h: torch.Tensor, tokens: torch.Tensor, start_pos: int | torch.Tensor = 0,
                    lengths: torch.Tensor | None = None, use_cache: bool = False,
-                   depth: int = 0, logits_at: torch.Tensor | None = None) -> torch.Tensor:
+                   depth: int = 0, logits_at: torch.Tensor | None = None,
+                   targets: torch.Tensor | None = None):
         """MTP module `depth` on final-normed hidden states h [B, S, D] of `tokens` [B, S]:
         position i uses h_i and token i+1, so the result is [B, S-1, V], row i predicting token i+2.
         With use_cache the MTP block's own KV cache is written at positions start_pos + i.
-        logits_at: [B, K] indices into those S-1 positions: the head runs only there -> [B, K, V]."""
+        logits_at: [B, K] indices into those S-1 positions: the head runs only there -> [B, K, V].
+        targets: [B, S-1] token ids: TokenStats against them instead of logits (see forward)."""
         if not len(self.mtp):
             raise ValueError("this model has no MTP module (the checkpoint carried no MTP weights)")
         bsz, seqlen = tokens.shape
@@ -250,9 +269,16 @@ class Transformer(HookedModule):
             self._ensure_cache(bsz, end, fresh=int(start.max()) == 0)
         mask, n_keys = self._mask(pos, start, lens, n, end, use_cache)
         cos, sin = rope_cos_sin(pos, self.rope_inv_freq, self.args.rope_attention_factor)
+        if logits_at is not None and targets is not None:
+            raise ValueError("targets asks for statistics at every position; logits_at for logits at some")
         _, logits = self.mtp[depth](h[:, :n], self.embed(tokens[:, 1:]), self.head,
-                                    cos, sin, pos, mask, n_keys, use_cache, logits_at)
+                                    cos, sin, pos, mask, n_keys, use_cache, logits_at, targets, self.head_stats)
         return logits
+
+    def head_stats(self, h: torch.Tensor, targets: torch.Tensor):
+        """TokenStats of the output head on final-normed hidden states h [B, N, D] against targets
+        [B, N] (model/head_stats.py; collective under model parallelism)."""
+        return head_stats(self.head, h, targets, self.args.vocab_size, getattr(self, "shards", None))
 
     def _mask(self, pos, start, lengths, seqlen, end, use_cache):
         """Boolean attention mask [B, 1, S, T] (True = attend) and T, or None for plain causal.

@@ -61,9 +61,10 @@ def dry_run(job, opts) -> dict:
     weights = shard_plan(args, mp, fp8=opts.gemm in FP8_RESIDENT, dtype=dtype,  # also checks FP8 block alignment
                          quantised_activations=opts.gemm == "fp8")
     caps = capture_bytes(args, opts, dtype)
-    act = forward_plan(args, model_parallel=mp, batch=opts.batch_size, seq_len=opts.seq_len, dtype=dtype,
-                       dequantised=weights["largest_fp8_weight_bytes"],
-                       mtp=mtp, captures=caps)
+    plans = [forward_plan(args, model_parallel=mp, batch=opts.batch_size, seq_len=opts.seq_len, dtype=dtype,
+                          dequantised=weights["largest_fp8_weight_bytes"], mtp=mtp, captures=caps, head_stats=d)
+             for d in head_devices(opts.device)]
+    act = max(plans, key=lambda a: a["peak"])
     kv = kv_cache_bytes(args, opts.batch_size, opts.seq_len, dtype, mtp)
     per_token = table_bytes_per_token(args, opts, mtp)
     plan = {"world_size": world, "model_parallel": mp, "replicas": world // mp, "checkpoint": ck,
@@ -86,6 +87,12 @@ def capture_bytes(args, opts, dtype: torch.dtype) -> dict:
     if opts.kv_stats:
         out["latents"] = args.n_layers * T * (args.kv_lora_rank + args.qk_rope_head_dim) * (torch.finfo(dtype).bits // 8)
     return out
+
+
+def head_devices(device: str | None) -> list[str]:
+    """The device types whose head blocks (model/head_stats.py) the plan may meet: the one --device
+    names, else both (a plan made here may be for GPUs elsewhere; the larger block counts)."""
+    return [device] if device in ("cpu", "cuda") else ["cpu", "cuda"]
 
 
 def table_bytes_per_token(args, opts, mtp: bool, tokens: int | None = None) -> dict[str, float]:
@@ -201,7 +208,7 @@ def format_dry_run(job, opts, p: dict) -> str:
     if w["absorb_dense_bytes"]:
         rows.append(("wkv_b dequantised", w["absorb_dense_bytes"], "absorbed attention keeps it (model/mla.py)"))
     rows += [("activations (est.)", act["peak"],
-              f"logits {_gb(act['logits'])}, largest layer {_gb(act['largest_layer'])}, residual "
+              f"head block {_gb(act['logits'])}, largest layer {_gb(act['largest_layer'])}, residual "
               f"{_gb(act['residual'])}, recorder captures {_gb(act['captures'])}"
               + (f", largest FP8 weight dequantised {_gb(act['dequantised_weight'])}"
                  if act.get("dequantised_weight") else ""))]

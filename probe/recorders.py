@@ -8,11 +8,13 @@ C latent dim, R rope dim, V vocab; "valid" = not padding.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import torch
+
+from model.head_stats import TokenStats
+from model.head_stats import logit_stats as model_logit_stats
 
 from .corpus import Window
 from .stats import KVAccumulator
@@ -67,50 +69,10 @@ class Batch:
         return torch.arange(self.tokens.shape[1])[None] < self.lengths[:, None]
 
 
-def _cpu_step_elements(base: Path = Path("/sys/devices/system/cpu/cpu0/cache"), default: int = 1 << 17) -> int:
-    """Logits per step of logit_stats on the CPU: an eighth of the L2 cache in float32 elements, so
-    that a step's logits and its exponentials fill half of it, but never under `default` (the step
-    measured before this rule; also where sysfs does not say).
-
-    NOTE: measured on logit_stats of 1024 x 8192 float32 logits, 2 threads, steps of 2^15..2^20:
-    on a Xeon with 2 MiB of L2 (2026-12-02) 2^18 was the fastest (5.6 ms; 7.3 ms at 2^17, 6.0 at
-    2^19). The earlier fixed 2^17 was measured on an AMD EPYC whose L2 size was not recorded (1 MiB
-    on the Zen 4 ones, which gives 2^17 here). Set by the cache's size, not the vendor."""
-    try:
-        for d in sorted(base.glob("index*")):
-            if (d / "level").read_text().strip() == "2" and (d / "type").read_text().strip() in ("Unified", "Data"):
-                size = (d / "size").read_text().strip().upper()
-                n = int(size.rstrip("KMB")) * {"K": 1 << 10, "M": 1 << 20}.get(size[-1], 1)
-                return max(default, min(1 << 21, n // 8))
-    except (OSError, ValueError):
-        pass
-    return default
-
-
-STATS_ELEMENTS = {"cpu": _cpu_step_elements()}  # logits read per step of logit_stats, by device (default 1 << 26)
-
-
 def logit_stats(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(nll, top1), two [B, N] CPU tensors from logits [B, N, V] (any float dtype) and targets
-    [B, N]: -log softmax(logits[b, i])[targets[b, i]] (float32, nats) and argmax(logits[b, i]).
-
-    NOTE: one pass over a few rows at a time (STATS_ELEMENTS logits: 64 rows at vocab 4096 on a
-    CPU with 2 MiB of L2). torch.max gives the argmax and logsumexp's shift together, and the loss
-    is read straight from the logits as logsumexp(z) - z[t]: no [B, N, V] log-softmax or copy of
-    rows is written, whose fresh pages were half of the recorder's cost over a plain forward at
-    vocab 8192, and a step's temporaries stay in cache. The arithmetic is torch.logsumexp's (bit-equal, tested)."""
-    B, N, V = logits.shape
-    flat, tgt = logits.reshape(B * N, V), targets.reshape(B * N, 1).to(logits.device)
-    nll = torch.empty(B * N, dtype=torch.float32, device=logits.device)
-    top1 = torch.empty(B * N, dtype=torch.long, device=logits.device)
-    rows = max(1, STATS_ELEMENTS.get(logits.device.type, 1 << 26) // max(V, 1))
-    for a in range(0, B * N, rows):
-        z = flat[a : a + rows].float()
-        peak, top1[a : a + rows] = z.max(dim=-1)
-        shift = peak.masked_fill(peak.isinf(), 0)  # as torch.logsumexp: an infinite max shifts by 0
-        lse = (z - shift[:, None]).exp_().sum(dim=-1).log_().add_(shift)
-        nll[a : a + rows] = lse - z.gather(1, tgt[a : a + rows]).squeeze(1)
-    return nll.view(B, N).cpu(), top1.view(B, N).cpu()
+    [B, N]: model.head_stats.logit_stats, for callers that hold the logits anyway."""
+    return tuple(model_logit_stats(logits, targets).cpu())
 
 
 def _next_tokens(tokens: torch.Tensor) -> torch.Tensor:
@@ -131,6 +93,16 @@ def token_nll(batch: Batch, logits: torch.Tensor) -> torch.Tensor:
     """Surprisal [B, S] (nats, float32) of token p from the prediction at p-1; NaN at position 0
     and at padding. The `tokens.loss` column, and the loss `analyses.ablate` compares."""
     return surprisal(batch, logit_stats(logits, _next_tokens(batch.tokens))[0])
+
+
+def model_token_nll(model, batch: Batch, **forward) -> torch.Tensor:
+    """token_nll of `model` on `batch` without its logits: the forward (with `forward`'s extra
+    arguments, e.g. start_at_layer and resid) returns the head's statistics against the next tokens
+    (model/head_stats.py). Collective under model parallelism, like any forward."""
+    dev = model.embed.weight.device
+    stats = model(batch.tokens.to(dev), lengths=batch.lengths.to(dev), targets=_next_tokens(batch.tokens).to(dev),
+                  **forward)
+    return surprisal(batch, stats.nll.cpu())
 
 
 class Recorder:
@@ -177,8 +149,8 @@ class Recorder:
         self._cap = {}
         with self.model.hooks([(n, self._save) for n in self.hook_names()]):
             out = self._forward(batch)
-        logits, mtp_logits = (out if self.mtp else (out, None))
-        return self.rows(batch, logits, mtp_logits)
+        stats, mtp_stats = (out if self.mtp else (out, None))
+        return self.rows(batch, stats.cpu(), None if mtp_stats is None else mtp_stats.cpu())
 
     @torch.no_grad()
     def forward_only(self, batch: Batch) -> None:
@@ -187,11 +159,16 @@ class Recorder:
         self._forward(batch)
 
     def _forward(self, batch: Batch):
+        """The model's TokenStats against the next tokens (and the MTP's against the ones after):
+        no [B, S, V] logits are made (model/head_stats.py)."""
         dev = self.model.embed.weight.device
-        return self.model(batch.tokens.to(dev), lengths=batch.lengths.to(dev), mtp=self.mtp)
+        nxt = _next_tokens(batch.tokens).to(dev)
+        return self.model(batch.tokens.to(dev), lengths=batch.lengths.to(dev), mtp=self.mtp, targets=nxt,
+                          mtp_targets=nxt[:, 1:] if self.mtp else None)
 
     # ------------------------------------------------------------------------------ rows
-    def rows(self, batch: Batch, logits: torch.Tensor, mtp_logits: torch.Tensor | None) -> dict[str, dict]:
+    def rows(self, batch: Batch, stats: TokenStats, mtp_stats: TokenStats | None) -> dict[str, dict]:
+        """Every table's rows of `batch` from the captured hooks and the head's statistics (on the CPU)."""
         B, S = batch.tokens.shape
         valid = batch.valid.reshape(-1)  # [T]
         vidx = valid.nonzero().squeeze(1)
@@ -199,13 +176,13 @@ class Recorder:
         pos = np.tile(np.arange(S, dtype=np.int32), B)[valid.numpy()]
         doms_b = np.array([self.domain_index(w.domain) for w in batch.windows])
         dom = np.repeat(doms_b, S)[valid.numpy()]
-        nll_next, top1 = logit_stats(logits, _next_tokens(batch.tokens))  # one pass over the logits
+        nll_next, top1 = stats
         out: dict[str, dict] = {"tokens": self._tokens(batch, surprisal(batch, nll_next), seq, pos, dom)}
         out["expert_load"] = self._loads(batch.index, vidx, dom)
         if self.cfg.router_logits != "none":
             out["routing"] = self._routing(vidx, seq, pos)
         if self.mtp:
-            out["mtp"] = self._mtp(batch, top1, mtp_logits)
+            out["mtp"] = self._mtp(batch, top1, mtp_stats)
         if self.cfg.kv_stats:
             for i in range(self.model.args.n_layers):
                 c = self._cap[f"layers.{i}.attn.hook_c_kv"].reshape(B * S, -1)
@@ -284,8 +261,8 @@ class Recorder:
                 cols["tokens"].append(np.full(E, tok_per_dom[d], np.int64))
         return {k: np.concatenate(v) for k, v in cols.items()} if cols["step"] else {}
 
-    def _mtp(self, batch: Batch, top1, mtp_logits) -> dict:
-        """top1 [B, S]: the main model's argmax at every position."""
+    def _mtp(self, batch: Batch, top1, mtp_stats: TokenStats) -> dict:
+        """top1 [B, S]: the main model's argmax at every position; mtp_stats [B, S-1] against token i+2."""
         B, S = batch.tokens.shape
         if S < 2:
             return {}
@@ -295,7 +272,7 @@ class Recorder:
         main_top1 = top1[:, 1:]  # [B, S-1] main prediction at i+1
         has_target = i[None] <= (lens[:, None] - 3)
         target = _next_tokens(batch.tokens)[:, 1:]  # [B, S-1]: token i+2 (a 0 placeholder at the end)
-        mtp_nll, mtp_top1 = logit_stats(mtp_logits, target)  # [B, S-1]: the prediction of token i+2
+        mtp_nll, mtp_top1 = mtp_stats  # [B, S-1]: the prediction of token i+2
         loss = torch.where(has_target, mtp_nll, float("nan"))
         sel = rows.reshape(-1).numpy()
         seq = np.repeat([w.seq_id for w in batch.windows], S - 1)[sel]

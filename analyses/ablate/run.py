@@ -12,7 +12,7 @@ import torch
 
 from probe.corpus import CorpusError, Window, corpus_windows, fingerprint
 from probe.job import check_out_parent
-from probe.recorders import Batch, token_nll
+from probe.recorders import Batch, model_token_nll
 from probe.schema import TABLES
 from probe.writer import read_run_json, write_result_part
 
@@ -37,12 +37,11 @@ def forward_batch(model, batch: Batch, moe_layers: list[int], hooks: list) -> tu
         cap[hook.name] = t.cpu()
 
     names = [f"layers.{i}.ffn.gate.hook_topk_ids" for i in moe_layers]
-    dev = model.embed.weight.device
     with model.hooks(hooks + [(n, save) for n in names]):
-        logits = model(batch.tokens.to(dev), lengths=batch.lengths.to(dev))
+        nll = model_token_nll(model, batch)
     valid = batch.valid.reshape(-1)
     ids = torch.stack([cap[n][valid] for n in names]) if names else torch.empty(0, 0, 0)
-    return token_nll(batch, logits), ids.to(torch.int16)
+    return nll, ids.to(torch.int16)
 
 
 def add_loss(acc_D2: np.ndarray, nll: torch.Tensor, dom: np.ndarray) -> None:

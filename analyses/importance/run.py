@@ -25,7 +25,7 @@ from analyses.ablate import (AblateOptions, add_loss, baseline_pass, check_out, 
 from analyses.ablate.select import ALL, AblationError, RouterShape, check_routable
 from analyses.importance import TOKEN_BUDGET
 from probe.corpus import CorpusError
-from probe.recorders import Batch, token_nll
+from probe.recorders import Batch, model_token_nll
 from probe.schema import TABLES
 from probe.writer import write_result_part
 
@@ -130,10 +130,8 @@ def block_input(model, batch: Batch, layer: int) -> torch.Tensor:
 @torch.no_grad()
 def suffix_nll(model, big: Batch, layer: int, resid: torch.Tensor, hooks: list) -> torch.Tensor:
     """Per-token surprisal [B', S] of `big` computed from block `layer` on (resid: that block's input)."""
-    dev = model.embed.weight.device
     with model.hooks(hooks):
-        logits = model(big.tokens.to(dev), lengths=big.lengths.to(dev), start_at_layer=layer, resid=resid)
-    return token_nll(big, logits)
+        return model_token_nll(model, big, start_at_layer=layer, resid=resid)
 
 
 def removal_sums(model, batches: list[Batch], stored: list, layers: list[int], experts: list[int], group: int,

@@ -174,7 +174,9 @@ def test_dry_run_plans_671B_from_config_and_index_alone(tmp_path, capsys):
     # the same run on 80 GB cards does not fit at 8 ranks, and says by how much
     code, text, _ = dry(capsys, ckpt, "--out", str(out), "--world-size", "8", "--model-parallel", "auto",
                         "--gemm", "fp8", "--dtype", "bfloat16", "--device-memory", "80")
-    assert code == 0 and "does NOT fit 80 GB per rank: 13." in text
+    assert code == 0 and "does NOT fit 80 GB per rank: 9.18 GB short" in text
+    # the forward returns the head's statistics (model/head_stats.py): one block of logits, not [B, S, V] twice
+    assert "head block 0.67 GB" in text
 
 
 def test_dry_run_checks_the_index_names_and_the_layout(tmp_path, capsys):

@@ -157,30 +157,6 @@ def test_mtp_table_equals_direct(full_run, direct):
         assert np.isnan(g.mtp_loss.to_numpy()[-1])
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_logit_stats_equal_torchs_own_ops(monkeypatch, dtype):
-    """logit_stats' one pass (max, shift, exp, sum over a few rows at a time) gives torch.logsumexp(z)
-    - z[t] and argmax bit for bit, whatever the step size, with -inf logits and a row that is all -inf."""
-    from probe import recorders
-
-    g = torch.Generator().manual_seed(0)
-    z = (torch.randn(3, 37, 301, generator=g) * 4).to(dtype)
-    z[0, 5, 7:] = float("-inf")  # a vocabulary mask
-    z[1, 2, :] = float("-inf")  # nothing allowed: logsumexp -inf, loss nan
-    z[2, 9, 10] = z[2, 9, 11] = z[2, 9].max() + 1  # a tie: the first index wins, as argmax
-    t = torch.randint(0, 301, (3, 37), generator=g)
-    t[0, 5] = 3
-    want_nll = torch.logsumexp(z.float(), dim=-1) - z.float().gather(-1, t[..., None]).squeeze(-1)
-    for elements in (301, 301 * 5, 1 << 20):  # 1 row, 5 rows (a ragged last step), everything at once
-        monkeypatch.setitem(recorders.STATS_ELEMENTS, "cpu", elements)
-        nll, top1 = recorders.logit_stats(z, t)
-        assert torch.equal(top1, z.argmax(-1)), elements
-        assert torch.equal(nll.isnan(), want_nll.isnan()) and nll[1, 2].isnan()
-        assert torch.equal(nll.nan_to_num(), want_nll.nan_to_num()), elements
-    # control: a loss read against the wrong targets differs
-    assert not torch.equal(recorders.logit_stats(z, t.roll(1, dims=1))[0].nan_to_num(), want_nll.nan_to_num())
-
-
 def test_router_bias_is_the_checkpoints(full_run, direct):
     m, _ = direct
     rb = full_run.df("router_bias")
@@ -499,28 +475,3 @@ def test_a_rank_stuck_after_a_signal_is_stopped_by_the_watchdog():
         time.sleep(0.1)  # the loop ends in time
     time.sleep(0.6)
     assert calls == []
-
-
-def test_the_cpu_step_is_an_eighth_of_l2(tmp_path):
-    """logit_stats' step on the CPU follows the L2 cache's size as sysfs gives it (2 MiB -> 2^18
-    float32 logits, 4 MiB -> 2^19), past the L1 entries, never under the default (2^17, the step
-    measured before); without a readable L2 the default holds."""
-    from probe import recorders
-
-    def cache(*entries):
-        base = tmp_path / str(len(list(tmp_path.iterdir())))
-        for i, (level, kind, size) in enumerate(entries):
-            d = base / f"index{i}"
-            d.mkdir(parents=True)
-            for name, text in (("level", level), ("type", kind), ("size", size)):
-                (d / name).write_text(text + "\n")
-        return base
-
-    l1 = [("1", "Data", "48K"), ("1", "Instruction", "64K")]
-    assert recorders._cpu_step_elements(cache(*l1, ("2", "Unified", "2048K"), ("3", "Unified", "491520K"))) == 1 << 18
-    assert recorders._cpu_step_elements(cache(*l1, ("2", "Unified", "1024K"))) == 1 << 17
-    assert recorders._cpu_step_elements(cache(*l1, ("2", "Unified", "4M"))) == 1 << 19
-    assert recorders._cpu_step_elements(cache(*l1, ("2", "Unified", "512K"))) == 1 << 17  # never under the default
-    assert recorders._cpu_step_elements(cache(*l1)) == 1 << 17  # no L2 listed
-    assert recorders._cpu_step_elements(cache(*l1, ("2", "Unified", "lots"))) == 1 << 17
-    assert recorders._cpu_step_elements(tmp_path / "missing", default=7) == 7
