@@ -9,7 +9,10 @@ model, timed, under torchrun. Not a pytest module (CI never collects it); it nee
 Rank 0 writes a random checkpoint whose shards are whole 128-blocks at this world size (FP8 and
 dense copies); every rank loads it whole and sharded and rank 0 prints one table: per mode (dense
 float32, FP8 dequantised to bf16, FP8 resident with FP8 GEMMs) and attention path, the max error of
-the logits and MTP logits relative to the largest whole-model logit, milliseconds per prefill
+the logits and MTP logits relative to the largest whole-model logit, the head's statistics that the
+jobs read (`targets=`: losses and argmax without gathering logits) against the whole model's
+logits' (max loss difference relative to the mean loss, argmax agreement, main and MTP heads),
+milliseconds per prefill
 forward and per decode step (whole model vs shards, median), and parameter bytes per rank. Exits
 non-zero when an error exceeds its tolerance (see MODES). NCCL cannot put two ranks on one GPU: use
 `--backend gloo` there (collectives then go through host memory, so the timings mean little).
@@ -32,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import model  # noqa: E402
 from model import ModelArgs, memory, parallel  # noqa: E402
+from model.head_stats import logit_stats  # noqa: E402
 
 # (mode, compute dtype, gemm_impl, checkpoint). float32: the shards must equal the whole model up to
 # summation order (max |diff| / max |logit| <= 1e-4). bf16: each row-parallel output is rounded to
@@ -77,6 +81,13 @@ def errors(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float, float]:
     d = (a - b).abs()
     return (float(d.max() / b.abs().max()), float(d.mean() / b.abs().mean()),
             float((a.argmax(-1) == b.argmax(-1)).float().mean()))
+
+
+def stats_errors(got, want) -> tuple[float, float]:
+    """(max |nll diff| / mean nll, argmax agreement) of the sharded head's statistics (`targets=`:
+    each rank reduces its vocabulary slice, model/head_stats.py) against the whole model's logits'."""
+    d = (got.nll - want.nll).abs()
+    return float(d.max() / want.nll.abs().mean()), float((got.top1 == want.top1).float().mean())
 
 
 def make_checkpoints(root: Path, args: ModelArgs, rank: int) -> dict[str, Path]:
@@ -127,6 +138,7 @@ def main() -> int:
 
     g = torch.Generator().manual_seed(1)
     tokens = torch.randint(0, args.vocab_size, (ns.batch, seq), generator=g).to(device)
+    targets = torch.randint(0, args.vocab_size, (ns.batch, seq), generator=g).to(device)
     rows, failed = [], False
     for mode, dtype, gemm, ckpt in MODES:
         whole = model.load(paths[ckpt], dtype=dtype, device=device, gemm_impl=gemm, parallel=False)
@@ -137,18 +149,22 @@ def main() -> int:
                 ref, ref_mtp = whole(tokens, mtp=True)
                 got, got_mtp = shard(tokens, mtp=True)
                 e, e_mtp = errors(got, ref), errors(got_mtp, ref_mtp)
+                st, st_mtp = shard(tokens, mtp=True, targets=targets, mtp_targets=targets[:, 1:])
+                es = (stats_errors(st, logit_stats(ref, targets)),
+                      stats_errors(st_mtp, logit_stats(ref_mtp, targets[:, 1:])))
                 t_whole = timed(lambda m=whole: m(tokens), ns.repeats, device)
                 t_shard = timed(lambda m=shard: m(tokens), ns.repeats, device)
                 shard(tokens, use_cache=True)
                 step = tokens[:, -1:]
                 t_dec = timed(lambda m=shard, x=step: m(x, start_pos=seq), ns.repeats, device)
             if dtype == torch.float32:
-                ok = e[0] <= EXACT and e_mtp[0] <= EXACT
+                ok = e[0] <= EXACT and e_mtp[0] <= EXACT and all(x[0] <= EXACT and x[1] >= 0.99 for x in es)
             else:
-                ok = all(x[1] <= MEAN_REL and x[2] >= AGREE for x in (e, e_mtp))
+                ok = all(x[1] <= MEAN_REL and x[2] >= AGREE for x in (e, e_mtp)) and all(
+                    x[0] <= MEAN_REL and x[1] >= AGREE for x in es)
             failed |= not ok
             rows.append((mode, impl, e, e_mtp, t_whole, t_shard, t_dec,
-                         memory.tensor_bytes(shard), memory.tensor_bytes(whole), ok))
+                         memory.tensor_bytes(shard), memory.tensor_bytes(whole), ok, es))
         del whole, shard
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -158,14 +174,16 @@ def main() -> int:
               f"batch {ns.batch} x {seq} tokens, dim {args.dim}, {args.n_heads} heads, "
               f"{args.n_routed_experts} experts")
         print("errors vs the whole model: max |diff|/max |logit|, mean |diff|/mean |logit|, argmax agreement")
-        print(f"{'mode':<13} {'attn':<6} {'logits max/mean/agree':>22} {'MTP max/mean/agree':>22} {'whole ms':>9} "
-              f"{'shards ms':>9} {'decode ms':>9} {'MB/rank':>8} {'of MB':>8}  ok")
+        print(f"{'mode':<13} {'attn':<6} {'logits max/mean/agree':>22} {'MTP max/mean/agree':>22} "
+              f"{'stats loss/agree, MTP':>24} {'whole ms':>9} {'shards ms':>9} {'decode ms':>9} {'MB/rank':>8} "
+              f"{'of MB':>8}  ok")
 
         def err(x):
             return f"{x[0]:.1e}/{x[1]:.1e}/{x[2]:.2f}"
 
         for r in rows:
-            print(f"{r[0]:<13} {r[1]:<6} {err(r[2]):>22} {err(r[3]):>22} {r[4]:>9.2f} {r[5]:>9.2f} "
+            stats = ", ".join(f"{x[0]:.1e}/{x[1]:.2f}" for x in r[10])
+            print(f"{r[0]:<13} {r[1]:<6} {err(r[2]):>22} {err(r[3]):>22} {stats:>24} {r[4]:>9.2f} {r[5]:>9.2f} "
                   f"{r[6]:>9.2f} {r[7] / 1e6:>8.1f} {r[8] / 1e6:>8.1f}  {'yes' if r[9] else 'NO'}")
     dist.barrier()
     dist.destroy_process_group()
