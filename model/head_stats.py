@@ -20,9 +20,9 @@ statistics are those of the full logits bit for bit (tested); over several block
 may pick another kernel for another row count and move a logit by its last bit (MKL does at the
 test models' small dims; at the bench model's 512 -> 8192 blocks of 64-512 rows were bit-equal to
 one GEMM on oneDNN and MKL, 2026-12-03). Under model parallelism the combination of the slices
-rounds differently: float32 losses agree to ~1e-7 relatively, float64 ones to ~1e-15. Statistics are computed in float32, or float64
-for a float64 model; `nll` is returned as float32, `top1` as int64 (the first index on ties, as
-torch.argmax).
+rounds differently: float32 losses agree to ~1e-7 relatively, float64 ones to ~1e-15. Statistics
+are computed in float32, or float64 for a float64 model; `nll` is returned as float32, `top1` as
+int64 (the first index on ties, as torch.argmax).
 """
 
 from __future__ import annotations

@@ -56,10 +56,24 @@ def shard_plan(args: ModelArgs, world_size: int, *, fp8: bool = True, dtype: tor
     # such weight of this rank is a transient of every forward pass
     fp8_bytes = [_dequantised_bytes(mod, p, dtype, quantised_activations) for mod in m.modules()
                  for p in mod.parameters(recurse=False) if p.dtype == torch.float8_e4m3fn]
+    twin = [_twin_bytes_per_token(mod, args.quant_block or (128, 128)) for mod in m.modules()
+            if quantised_activations and isinstance(mod, Linear) and mod.weight.dtype == torch.float8_e4m3fn]
     return {"world_size": world_size, "fp8": fp8, "full_bytes": full, "per_rank_bytes": local,
             "sharded_full_bytes": sharded_full, "sharded_per_rank_bytes": tensor_bytes(m, set(spec)),
             "replicated_bytes": full - sharded_full, "absorb_dense_bytes": absorb,
-            "largest_fp8_weight_bytes": max(fp8_bytes, default=0)}
+            "largest_fp8_weight_bytes": max(fp8_bytes, default=0),
+            "fp8_twin_bytes_per_token": max(twin, default=0)}
+
+
+def _twin_bytes_per_token(mod: Linear, block: tuple[int, int]) -> int:
+    """Bytes per token the torch twin of an FP8 GEMM with quantised activations (the CPU's, gemm fp8)
+    holds besides the weight: the input padded to whole blocks in float32 and quantised to FP8
+    (model.kernels.act_quant_torch), dequantised again in the accumulation dtype, and the product in
+    that dtype and once more as the output (fp8_gemm_torch). Per token, for `mod`'s local shape."""
+    n, k = mod.weight.shape
+    acc = torch.finfo(fp8_sum_dtype(torch.device("cpu")) if mod.row_parallel else torch.float32).bits // 8
+    k_pad = -(-k // block[1]) * block[1]
+    return k_pad * 4 + k + k * acc + 2 * n * acc
 
 
 def _dequantised_bytes(mod: nn.Module, p: torch.Tensor, dtype: torch.dtype, quantised_activations: bool) -> int:
@@ -81,16 +95,18 @@ def kv_cache_bytes(args: ModelArgs, batch: int, seq_len: int, dtype: torch.dtype
 
 def forward_plan(args: ModelArgs, *, model_parallel: int = 1, batch: int = 8, seq_len: int = 512,
                  dtype: torch.dtype = torch.bfloat16, mtp: bool = True, captures: dict | None = None,
-                 dequantised: int = 0, head_stats: str | None = None) -> dict:
+                 dequantised: int = 0, head_stats: str | None = None, fp8_twin_per_token: int = 0) -> dict:
     """Estimated peak bytes of one no-grad prefill forward on one rank (a model of the tensors the
     forward allocates, not a measurement): the logits (full [B, S, V] on every rank after the
     all-gather, MTP logits too; with `head_stats`, the device type whose blocks apply, the forward
     returns statistics instead (`targets=`, model/head_stats.py, as the jobs run it) and holds one
-    block of this rank's logits and its reduction's temporaries), the largest single layer's transients (attention with its
-    [B, H/M, S, S] float32 scores as the unfused kernel holds them, or the MoE router and one
-    expert's tokens), the residual stream, and `captures` (bytes a recorder holds until the
+    block of this rank's logits and its reduction's temporaries), the largest single layer's
+    transients (attention with its [B, H/M, S, S] float32 scores as the unfused kernel holds them,
+    or the MoE router and one expert's tokens), the residual stream, and `captures` (bytes a recorder holds until the
     forward ends, see probe.plan), and `dequantised`: the bytes of the largest FP8 weight dequantised
-    for its GEMM (shard_plan's largest_fp8_weight_bytes; 0 when weights are dense). Returns the
+    for its GEMM (shard_plan's largest_fp8_weight_bytes; 0 when weights are dense), and
+    `fp8_twin_per_token`: the largest FP8 GEMM's activation copies per token where the torch twin
+    runs it (shard_plan's fp8_twin_bytes_per_token: gemm fp8 on a CPU; 0 elsewhere). Returns the
     components and `peak`."""
     M, B, S = model_parallel, batch, seq_len
     T, D, V = B * S, args.dim, args.vocab_size
@@ -120,7 +136,7 @@ def forward_plan(args: ModelArgs, *, model_parallel: int = 1, batch: int = 8, se
     residual = T * D * e * 4  # h, the norm's output, the block output, the embedding
     caught = sum((captures or {}).values())
     out = {"logits": int(logits), "largest_layer": int(layer), "residual": int(residual), "captures": int(caught),
-           "dequantised_weight": int(dequantised)}
+           "dequantised_weight": int(dequantised), "fp8_twin_activations": int(T * fp8_twin_per_token)}
     out["peak"] = sum(out.values())
     return out
 

@@ -4,7 +4,8 @@ is job.py.
 
     dsv3-probe record                               # bundled model + corpus -> runs/<name>
     dsv3-probe record --ckpt CKPT --corpus DIR --out runs/x --max-tokens 100000
-    dsv3-probe record --ckpt CKPT --dry-run --world-size 8 --model-parallel auto --gemm fp8 --device-memory 141
+    dsv3-probe record --ckpt CKPT --dry-run --world-size 8 --model-parallel auto --gemm fp8 \\
+        --device-memory 141 --device cuda
     torchrun --nproc-per-node 2 -m probe record --ckpt CKPT --corpus DIR --out runs/x   # 2 replicas
     torchrun --nproc-per-node 8 -m probe record --ckpt CKPT --out runs/x --model-parallel auto --gemm fp8
     dsv3-probe spec --out runs/x                    # + MTP speculative-decoding acceptance

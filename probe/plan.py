@@ -2,7 +2,7 @@
 rank, without loading a weight.
 
     dsv3-probe record --ckpt DeepSeek-V3/ --dry-run --world-size 8 --model-parallel auto --gemm fp8 \\
-        --dtype bfloat16 --device-memory 141
+        --dtype bfloat16 --device-memory 141 --device cuda
 
 Checked: the options, the checkpoint (every tensor's name, shape and dtype from the safetensors
 headers; or, when only `config.json` and `model.safetensors.index.json` are there, the index's
@@ -61,13 +61,15 @@ def dry_run(job, opts) -> dict:
     weights = shard_plan(args, mp, fp8=opts.gemm in FP8_RESIDENT, dtype=dtype,  # also checks FP8 block alignment
                          quantised_activations=opts.gemm == "fp8")
     caps = capture_bytes(args, opts, dtype)
-    plans = [forward_plan(args, model_parallel=mp, batch=opts.batch_size, seq_len=opts.seq_len, dtype=dtype,
-                          dequantised=weights["largest_fp8_weight_bytes"], mtp=mtp, captures=caps, head_stats=d)
-             for d in head_devices(opts.device)]
-    act = max(plans, key=lambda a: a["peak"])
+    # the head's blocks depend on the device; the torch twin of the FP8 GEMM (gemm fp8) runs on a CPU,
+    # where it copies its input in float32/float64 (on a GPU the Triton kernel copies little)
+    dev = plan_device(opts.device)
+    act = forward_plan(args, model_parallel=mp, batch=opts.batch_size, seq_len=opts.seq_len, dtype=dtype,
+                       dequantised=weights["largest_fp8_weight_bytes"], mtp=mtp, captures=caps, head_stats=dev,
+                       fp8_twin_per_token=weights["fp8_twin_bytes_per_token"] if dev == "cpu" else 0)
     kv = kv_cache_bytes(args, opts.batch_size, opts.seq_len, dtype, mtp)
     per_token = table_bytes_per_token(args, opts, mtp)
-    plan = {"world_size": world, "model_parallel": mp, "replicas": world // mp, "checkpoint": ck,
+    plan = {"world_size": world, "model_parallel": mp, "replicas": world // mp, "device": dev, "checkpoint": ck,
             "corpus": {"tokens": corpus.tokens, "windows": corpus.windows, "per_domain": corpus.per_domain},
             "weights": weights, "kv_cache": kv, "activations": act, "table_bytes_per_token": per_token}
     plan["per_rank"] = weights["per_rank_bytes"] + weights["absorb_dense_bytes"] + act["peak"]
@@ -89,10 +91,12 @@ def capture_bytes(args, opts, dtype: torch.dtype) -> dict:
     return out
 
 
-def head_devices(device: str | None) -> list[str]:
-    """The device types whose head blocks (model/head_stats.py) the plan may meet: the one --device
-    names, else both (a plan made here may be for GPUs elsewhere; the larger block counts)."""
-    return [device] if device in ("cpu", "cuda") else ["cpu", "cuda"]
+def plan_device(device: str | None) -> str:
+    """The device type the planned run computes on: --device's, else what `auto` picks here (CUDA
+    when torch sees a GPU). Plan GPU runs from a machine without one with --device cuda."""
+    if device in ("cpu", "cuda"):
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def table_bytes_per_token(args, opts, mtp: bool, tokens: int | None = None) -> dict[str, float]:
@@ -202,7 +206,8 @@ def format_dry_run(job, opts, p: dict) -> str:
     lines.append(f"  world: {p['world_size']} rank(s) = {p['replicas']} replica(s) x {p['model_parallel']} "
                  f"(--model-parallel); output {job.out}")
     how = "FP8 resident (1 byte + block scales)" if opts.gemm in FP8_RESIDENT else f"dequantised to {opts.dtype or 'float32'}"
-    lines.append(f"  per rank (every rank holds the same share; weights {how}):")
+    lines.append(f"  per rank (every rank holds the same share; weights {how}; computing on "
+                 f"{p['device']}{'' if opts.device in ('cpu', 'cuda') else ', as --device auto picks here'}):")
     rows = [("weights", w["per_rank_bytes"], f"sharded {_gb(w['sharded_per_rank_bytes'])} + replicated "
                                              f"{_gb(w['replicated_bytes'])}")]
     if w["absorb_dense_bytes"]:
@@ -211,7 +216,9 @@ def format_dry_run(job, opts, p: dict) -> str:
               f"head block {_gb(act['logits'])}, largest layer {_gb(act['largest_layer'])}, residual "
               f"{_gb(act['residual'])}, recorder captures {_gb(act['captures'])}"
               + (f", largest FP8 weight dequantised {_gb(act['dequantised_weight'])}"
-                 if act.get("dequantised_weight") else ""))]
+                 if act.get("dequantised_weight") else "")
+              + (f", its activations in the CPU's FP8 GEMM {_gb(act['fp8_twin_activations'])}"
+                 if act.get("fp8_twin_activations") else ""))]
     for name, n, note in rows:
         lines.append(f"    {name:<20} {_gb(n):>10}   {note}")
     lines.append(f"    {'total':<20} {_gb(p['per_rank']):>10}   ranks 0..{p['world_size'] - 1}")

@@ -163,7 +163,7 @@ def test_dry_run_plans_671B_from_config_and_index_alone(tmp_path, capsys):
     ckpt = index_only(tmp_path / "DeepSeek-V3", model.ModelArgs.from_name("671B"))
     out = tmp_path / "run"
     code, text, err = dry(capsys, ckpt, "--out", str(out), "--world-size", "8", "--model-parallel", "auto",
-                          "--gemm", "fp8", "--dtype", "bfloat16", "--device-memory", "141")
+                          "--gemm", "fp8", "--dtype", "bfloat16", "--device-memory", "141", "--device", "cuda")
     print(text)
     assert code == 0, err
     assert "163 of 163 shard files are absent" in text and "checked the 91,991 names" in text
@@ -173,10 +173,16 @@ def test_dry_run_plans_671B_from_config_and_index_alone(tmp_path, capsys):
     assert not out.exists()  # nothing written
     # the same run on 80 GB cards does not fit at 8 ranks, and says by how much
     code, text, _ = dry(capsys, ckpt, "--out", str(out), "--world-size", "8", "--model-parallel", "auto",
-                        "--gemm", "fp8", "--dtype", "bfloat16", "--device-memory", "80")
+                        "--gemm", "fp8", "--dtype", "bfloat16", "--device-memory", "80", "--device", "cuda")
     assert code == 0 and "does NOT fit 80 GB per rank: 9.18 GB short" in text
     # the forward returns the head's statistics (model/head_stats.py): one block of logits, not [B, S, V] twice
-    assert "head block 0.67 GB" in text
+    assert "computing on cuda)" in text and "head block 0.67 GB" in text and "CPU's FP8 GEMM" not in text
+    # on CPUs the head's blocks are smaller and the FP8 GEMM's torch twin copies its input (float32 and
+    # float64 for the row-parallel w2: 4,096 tokens x 144,640 bytes)
+    code, text, _ = dry(capsys, ckpt, "--out", str(out), "--world-size", "8", "--model-parallel", "auto",
+                        "--gemm", "fp8", "--dtype", "bfloat16", "--device", "cpu")
+    assert code == 0 and "computing on cpu)" in text and "head block 9.5 MB" in text
+    assert "its activations in the CPU's FP8 GEMM 0.59 GB" in text
 
 
 def test_dry_run_checks_the_index_names_and_the_layout(tmp_path, capsys):

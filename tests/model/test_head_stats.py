@@ -146,7 +146,8 @@ def test_head_stats_of_a_start_at_layer_pass(tiny):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(targets=torch.zeros(3, 10, dtype=torch.long)), r"targets: expected token ids of shape \(3, 11\), got \(3, 10\)"),
+    (dict(targets=torch.zeros(3, 10, dtype=torch.long)),
+     r"targets: expected token ids of shape \(3, 11\), got \(3, 10\)"),
     (dict(targets=torch.zeros(3, 11)), "targets: expected integer token ids, got dtype torch.float32"),
     (dict(targets=torch.full((3, 11), 10**6)), r"targets: token ids must be in \[0, \d+\); got \[1000000, 1000000\]"),
     (dict(targets=torch.zeros(3, 11, dtype=torch.long), logits_at=torch.zeros(3, 1, dtype=torch.long)),
