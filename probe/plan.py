@@ -62,11 +62,14 @@ def dry_run(job, opts) -> dict:
                          quantised_activations=opts.gemm == "fp8")
     caps = capture_bytes(args, opts, dtype)
     # the head's blocks depend on the device; the torch twin of the FP8 GEMM (gemm fp8) runs on a CPU,
-    # where it copies its input in float32/float64 (on a GPU the Triton kernel copies little)
+    # where it dequantises the weight and copies its input in float32/float64; on a GPU the Triton
+    # GEMM reads the FP8 weight as it is (gemm fp8-weights dequantises the weight on both)
     dev = plan_device(opts.device)
+    twin = dev == "cpu"
     act = forward_plan(args, model_parallel=mp, batch=opts.batch_size, seq_len=opts.seq_len, dtype=dtype,
-                       dequantised=weights["largest_fp8_weight_bytes"], mtp=mtp, captures=caps, head_stats=dev,
-                       fp8_twin_per_token=weights["fp8_twin_bytes_per_token"] if dev == "cpu" else 0)
+                       dequantised=weights["largest_fp8_weight_bytes"] if twin or opts.gemm != "fp8" else 0,
+                       mtp=mtp, captures=caps, head_stats=dev,
+                       fp8_twin_per_token=weights["fp8_twin_bytes_per_token"] if twin else 0)
     kv = kv_cache_bytes(args, opts.batch_size, opts.seq_len, dtype, mtp)
     per_token = table_bytes_per_token(args, opts, mtp)
     plan = {"world_size": world, "model_parallel": mp, "replicas": world // mp, "device": dev, "checkpoint": ck,

@@ -174,15 +174,17 @@ def test_dry_run_plans_671B_from_config_and_index_alone(tmp_path, capsys):
     # the same run on 80 GB cards does not fit at 8 ranks, and says by how much
     code, text, _ = dry(capsys, ckpt, "--out", str(out), "--world-size", "8", "--model-parallel", "auto",
                         "--gemm", "fp8", "--dtype", "bfloat16", "--device-memory", "80", "--device", "cuda")
-    assert code == 0 and "does NOT fit 80 GB per rank: 9.18 GB short" in text
-    # the forward returns the head's statistics (model/head_stats.py): one block of logits, not [B, S, V] twice
-    assert "computing on cuda)" in text and "head block 0.67 GB" in text and "CPU's FP8 GEMM" not in text
-    # on CPUs the head's blocks are smaller and the FP8 GEMM's torch twin copies its input (float32 and
-    # float64 for the row-parallel w2: 4,096 tokens x 144,640 bytes)
+    assert code == 0 and "does NOT fit 80 GB per rank: 9.04 GB short" in text
+    # the forward returns the head's statistics (model/head_stats.py): one block of logits, not [B, S, V]
+    # twice; the Triton FP8 GEMM reads its weight as it is: no dequantised weight, no twin's copies
+    assert "computing on cuda)" in text and "head block 0.67 GB" in text
+    assert "CPU's FP8 GEMM" not in text and "dequantised 0.13" not in text
+    # on CPUs the head's blocks are smaller and the FP8 GEMM's torch twin dequantises the weight and copies
+    # its input (float32 and float64 for the row-parallel w2: 4,096 tokens x 144,640 bytes)
     code, text, _ = dry(capsys, ckpt, "--out", str(out), "--world-size", "8", "--model-parallel", "auto",
                         "--gemm", "fp8", "--dtype", "bfloat16", "--device", "cpu")
     assert code == 0 and "computing on cpu)" in text and "head block 9.5 MB" in text
-    assert "its activations in the CPU's FP8 GEMM 0.59 GB" in text
+    assert "largest FP8 weight dequantised 0.13 GB, its activations in the CPU's FP8 GEMM 0.59 GB" in text
 
 
 def test_dry_run_checks_the_index_names_and_the_layout(tmp_path, capsys):
