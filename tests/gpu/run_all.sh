@@ -47,7 +47,8 @@ fi
 if [ "${1:-}" = "--cpu" ]; then
     step kernels 120 env TRITON_INTERPRET=1 "$PY" tests/gpu/check_kernels.py --cpu-smoke
     step record 300 "$PY" tests/gpu/check_record.py --cpu
-    step parallel 180 "$PY" -m torch.distributed.run --standalone --nproc-per-node 2 tests/gpu/check_parallel.py --cpu
+    step parallel 180 "$PY" -m torch.distributed.run --standalone --nproc-per-node 2 tests/gpu/check_parallel.py --cpu \
+        --repeats 1
 else
     step kernels 150 "$PY" tests/gpu/check_kernels.py --quick
     step record 240 "$PY" tests/gpu/check_record.py --moe-layers 4 --tokens 16384
