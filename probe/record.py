@@ -271,6 +271,13 @@ class _Stop:
         self.on_stuck, self.grace = on_stuck, grace
         self._done = threading.Event()
         self._sock = None
+        self.leaving = False  # set when this rank leaves after a failure: signals are then ignored
+
+    def ignore_from_now(self) -> None:
+        """This rank is leaving (a peer is gone): from the end of the block on, SIGINT and SIGTERM are
+        ignored instead of restored, so that torchrun's SIGTERM, which follows a peer's death at a
+        moment of its own, cannot kill the rank between marking the run and saying so."""
+        self.leaving = True
 
     def __enter__(self):
         for s in (signal.SIGINT, signal.SIGTERM):
@@ -298,7 +305,7 @@ class _Stop:
     def __exit__(self, *exc) -> None:
         self._done.set()
         for s, h in self._old.items():
-            signal.signal(s, h)
+            signal.signal(s, signal.SIG_IGN if self.leaving else h)
         if self._sock is not None:
             signal.set_wakeup_fd(self._old_fd)
             for sock in self._sock:
@@ -365,6 +372,8 @@ def _record_loop(job: Job, opts: RecordOptions, world, m, plan: CorpusPlan, info
         elapsed = time.time() - t_start
         if failure is None:
             failure = _close(out, info, status, opts, job, world, elapsed, mem)
+        if failure is not None and world.size > 1:
+            stop.ignore_from_now()
     if failure is not None:
         # NOTE: no collective from here on: a peer may be gone. Any surviving rank marks the run.
         finish(out, info, "interrupted", opts, job.args, world, elapsed)

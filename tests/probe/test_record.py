@@ -475,3 +475,29 @@ def test_a_rank_stuck_after_a_signal_is_stopped_by_the_watchdog():
         time.sleep(0.1)  # the loop ends in time
     time.sleep(0.6)
     assert calls == []
+
+
+def test_a_rank_leaving_after_a_failure_ignores_the_signals_that_follow():
+    """A rank whose peer died leaves the loop, marks the run and says so; torchrun's SIGTERM comes at a
+    moment of its own, and must not kill the rank in between: after ignore_from_now the block ends
+    with SIGINT and SIGTERM ignored. Without it the handlers in place before are restored (control)."""
+    from probe.record import _Stop
+
+    def mine(signum, frame):  # what the process had before the loop
+        raise AssertionError("the previous handler ran")
+
+    old = {s: signal.signal(s, mine) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with _Stop() as stop:
+            stop.ignore_from_now()
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        os.kill(os.getpid(), signal.SIGTERM)  # ignored: the test goes on
+        time.sleep(0.05)
+        for s in old:
+            signal.signal(s, mine)
+        with _Stop():
+            pass
+        assert signal.getsignal(signal.SIGTERM) is mine and signal.getsignal(signal.SIGINT) is mine
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
