@@ -179,7 +179,9 @@ def main() -> int:
         p.error("no CUDA device: pass --cpu to check the script on the CPU")
     device = torch.device("cpu" if ns.cpu else "cuda", 0 if not ns.cpu else None)
     if ns.cpu:
-        ns.tokens, ns.compare_tokens, ns.seq_len = min(ns.tokens, 2048), min(ns.compare_tokens, 512), min(ns.seq_len, 256)
+        # the script's own check: one small batch to time (CPU timings mean nothing), the routing compared on 512 tokens
+        ns.tokens, ns.compare_tokens, ns.seq_len = min(ns.tokens, 512), min(ns.compare_tokens, 512), min(ns.seq_len, 128)
+        ns.batch = min(ns.batch, 4)
     L = ns.moe_layers or layers_that_fit(device, ns.cpu, ns.headroom_gb * 1e9)
     args = config(L, ns.cpu)
     t0 = time.perf_counter()
