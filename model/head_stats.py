@@ -33,6 +33,8 @@ from typing import NamedTuple
 import torch
 import torch.distributed as dist
 
+from . import layers
+
 
 class TokenStats(NamedTuple):
     nll: torch.Tensor  # [B, N] float32: -log softmax(logits)[target] (nats); NaN where no token is allowed
@@ -85,8 +87,9 @@ class _Partial(NamedTuple):
     has_target: torch.Tensor  # [n] bool
 
 
-def _wide(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+def reduce_rows(device_type: str, width: int) -> int:
+    """Rows of `width` logits reduced per step on `device_type` (STATS_ELEMENTS logits a step)."""
+    return max(1, STATS_ELEMENTS.get(device_type, 1 << 26) // max(width, 1))
 
 
 def _reduce(z: torch.Tensor, tgt: torch.Tensor, offset: int) -> _Partial:
@@ -134,8 +137,8 @@ def _stats_rows(blocks, n_rows: int, width: int, tgt: torch.Tensor, dtype: torch
     order. Each block is reduced STATS_ELEMENTS logits at a time."""
     nll = torch.empty(n_rows, dtype=torch.float32, device=device)
     top1 = torch.empty(n_rows, dtype=torch.long, device=device)
-    step = max(1, STATS_ELEMENTS.get(device.type, 1 << 26) // max(width, 1))
-    wide = _wide(dtype)
+    step = reduce_rows(device.type, width)
+    wide = layers.wide(dtype)  # float32, or float64 for a float64 model
     for first, logits in blocks:
         for a in range(0, logits.shape[0], step):
             z = logits[a : a + step].to(wide)

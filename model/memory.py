@@ -16,7 +16,8 @@ from torch import nn
 
 from .args import ModelArgs
 from .checkpoint import make_fp8_resident
-from .layers import Linear, fp8_sum_dtype
+from .head_stats import head_rows, reduce_rows
+from .layers import Linear, fp8_sum_dtype, wide
 from .moe import Experts
 from .parallel import Shards, check_world, shard_, shard_spec
 from .transformer import Transformer
@@ -116,9 +117,10 @@ def forward_plan(args: ModelArgs, *, model_parallel: int = 1, batch: int = 8, se
     qk, nv = args.qk_nope_head_dim + args.qk_rope_head_dim, args.qk_nope_head_dim + args.v_head_dim
     # head: the local [T, V/M] part, the gathered parts and their concatenation; the loss reads
     # one row of float32 logits at a time
-    one_logits = T * V * e * ((2 + 1 / M) if M > 1 else 1) + S * V * f32
-    logits = one_logits * (2 if mtp and args.n_mtp_layers else 1)
-    if head_stats is not None:
+    if head_stats is None:
+        one_logits = T * V * e * ((2 + 1 / M) if M > 1 else 1) + S * V * f32
+        logits = one_logits * (2 if mtp and args.n_mtp_layers else 1)
+    else:
         logits = head_block_bytes(head_stats, V // M, T, dtype)
     attn = (T * (args.q_lora_rank or 0) * 2 * e + T * H * qk * e * 3      # q_a, q_norm, q; q_pe; query
             + T * (args.kv_lora_rank + args.qk_rope_head_dim) * 2 * e      # wkv_a out, kv_norm
@@ -145,13 +147,10 @@ def head_block_bytes(device_type: str, width: int, rows: int, dtype: torch.dtype
     """Bytes model.head_stats holds at once for `rows` hidden states against a vocabulary slice of
     `width`: one block of logits in `dtype`, a reduction step's wide copy and its exponentials, and
     the ranks' gathered partials (six float64 a row and rank, counted for 16 ranks at most)."""
-    from .head_stats import STATS_ELEMENTS, head_rows
-
-    dev = torch.device(device_type)
-    block = head_rows(dev, width, rows)
-    wide = 8 if dtype == torch.float64 else 4
-    step = min(block, max(1, STATS_ELEMENTS.get(device_type, 1 << 26) // max(width, 1)))
-    return block * width * (torch.finfo(dtype).bits // 8) + 2 * step * width * wide + block * 6 * 8 * 16
+    block = head_rows(torch.device(device_type), width, rows)
+    step = min(block, reduce_rows(device_type, width))
+    reduced = torch.finfo(wide(dtype)).bits // 8
+    return block * width * (torch.finfo(dtype).bits // 8) + 2 * step * width * reduced + block * 6 * 8 * 16
 
 
 def process_memory() -> dict:

@@ -257,6 +257,8 @@ class Transformer(HookedModule):
         targets: [B, S-1] token ids: TokenStats against them instead of logits (see forward)."""
         if not len(self.mtp):
             raise ValueError("this model has no MTP module (the checkpoint carried no MTP weights)")
+        if logits_at is not None and targets is not None:
+            raise ValueError("targets asks for statistics at every position; logits_at for logits at some")
         bsz, seqlen = tokens.shape
         if isinstance(start_pos, int):
             start_pos = torch.full((bsz,), start_pos, dtype=torch.long, device=tokens.device)
@@ -269,8 +271,6 @@ class Transformer(HookedModule):
             self._ensure_cache(bsz, end, fresh=int(start.max()) == 0)
         mask, n_keys = self._mask(pos, start, lens, n, end, use_cache)
         cos, sin = rope_cos_sin(pos, self.rope_inv_freq, self.args.rope_attention_factor)
-        if logits_at is not None and targets is not None:
-            raise ValueError("targets asks for statistics at every position; logits_at for logits at some")
         _, logits = self.mtp[depth](h[:, :n], self.embed(tokens[:, 1:]), self.head,
                                     cos, sin, pos, mask, n_keys, use_cache, logits_at, targets, self.head_stats)
         return logits

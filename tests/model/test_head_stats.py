@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from model import TokenStats, head_stats as hs
+from model.layers import wide
 
 from helpers import cast_, random_model
 
@@ -178,7 +179,7 @@ def test_merged_slices_equal_the_whole_row(dtype, world):
     t = torch.randint(0, V, (40,), generator=g)
     want = hs.logit_stats(z[None], t[None])
     width = V // world
-    parts = [torch.stack(list(hs._reduce(z[:, r * width:(r + 1) * width].to(hs._wide(dtype)), t, r * width)),
+    parts = [torch.stack(list(hs._reduce(z[:, r * width:(r + 1) * width].to(wide(dtype)), t, r * width)),
                          dim=1).double() for r in range(world)]
     nll, top1 = hs.merge(torch.stack(parts))
     assert torch.equal(top1, want.top1[0]) and top1[2] == 3
@@ -186,7 +187,7 @@ def test_merged_slices_equal_the_whole_row(dtype, world):
     tol = 1e-6 if dtype == torch.float32 else 1e-13
     torch.testing.assert_close(nll[1:].float(), want.nll[0, 1:], rtol=tol, atol=tol)
     # control: the slices merged against the wrong offsets lose their targets
-    wrong = [torch.stack(list(hs._reduce(z[:, r * width:(r + 1) * width].to(hs._wide(dtype)), t, 0)), dim=1).double()
+    wrong = [torch.stack(list(hs._reduce(z[:, r * width:(r + 1) * width].to(wide(dtype)), t, 0)), dim=1).double()
              for r in range(world)]
     assert not torch.allclose(hs.merge(torch.stack(wrong))[0][1:].float(), want.nll[0, 1:])
 
