@@ -5,10 +5,16 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import sys
 import tempfile
+import time
 
 import pytest
-import torch
+
+_t0, _fresh = time.perf_counter(), "torch" not in sys.modules
+import torch  # noqa: E402
+
+IMPORT_TORCH_S = time.perf_counter() - _t0 if _fresh else None  # for the machine reference (helpers/machine.py)
 
 from helpers import hf_checkpoint, make_corpus, make_probe_ckpt, random_model
 
@@ -86,3 +92,12 @@ def pytest_collection_modifyitems(items):
         return rank.get(rel, len(rank))
 
     items.sort(key=key)  # stable: the rest keep their order, and each file's tests theirs
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The machine's speed reference under the summary (helpers/machine.py), by the controlling process
+    alone: it says whether a slow suite is ours or the host's."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        from helpers.machine import reference
+
+        terminalreporter.write_line(reference(IMPORT_TORCH_S))
