@@ -21,6 +21,8 @@ What the promise covers:
   it is NOT seen. Edit weights through the parameter, or outside the scope.
 - A parameter given new storage (`w.data = t`, `m.to(...)`) falls out of the scope (its GEMMs run
   unpacked) until the module is frozen again.
+- Weights a GEMM reads together (an expert's W1 and W3, `packed_rows`) are packed into one copy of
+  both, remade when either changes.
 - The packed copies cost as much memory as the float32 weights they copy, and live until the scope
   ends or the module is garbage collected (the registry holds the module weakly).
 """
@@ -40,7 +42,7 @@ class _Entry:
     def __init__(self, module: nn.Module) -> None:
         self.storages = {t.untyped_storage().data_ptr(): t.untyped_storage()
                          for t in (*module.parameters(), *module.buffers()) if t.device.type == "cpu"}
-        self.packed: dict[tuple, tuple[int, torch.Tensor]] = {}  # view key -> (version, packed weight)
+        self.packed: dict[tuple, tuple[tuple, torch.Tensor]] = {}  # views' keys -> (versions, packed weight)
         self.holds = 0
 
 
@@ -103,15 +105,32 @@ def pack(w: torch.Tensor) -> torch.Tensor:
 def packed(w: torch.Tensor) -> torch.Tensor:
     """The pre-packed copy of `w` (a weight or a view of one) if it belongs to a frozen module, made
     on first use and remade when `w`'s version changes; else `w` itself."""
-    if not _FROZEN or w.is_mkldnn or w.requires_grad and torch.is_grad_enabled():
-        return w
-    ptr = w.untyped_storage().data_ptr()
+    p = None if w.is_mkldnn else _cached((w,), lambda: pack(w))
+    return w if p is None else p
+
+
+def packed_rows(*ws: torch.Tensor) -> torch.Tensor:
+    """The weights stacked by rows (`torch.cat(ws)`, [sum of outs, in]) for one GEMM over all of them,
+    e.g. an expert's W1 over its W3: pre-packed once if they belong to a frozen module (remade when
+    any of them changes in place), else the plain concatenation, made on every call."""
+    p = _cached(ws, lambda: pack(torch.cat(ws)))
+    return torch.cat(ws) if p is None else p
+
+
+def _cached(ws: tuple[torch.Tensor, ...], make) -> torch.Tensor | None:
+    """The entry's packed copy made from the views `ws` of one frozen module's weights (made by
+    `make` on first use, remade when a version changes); None when they are not all such views, or
+    autograd would see the copy."""
+    if not _FROZEN or any(w.requires_grad for w in ws) and torch.is_grad_enabled():
+        return None
+    ptrs = [w.untyped_storage().data_ptr() for w in ws]
     for entry in _FROZEN.values():
-        if ptr in entry.storages:
-            key = (ptr, w.storage_offset(), tuple(w.shape), w.stride(), w.dtype)
+        if all(ptr in entry.storages for ptr in ptrs):
+            key = tuple((ptr, w.storage_offset(), tuple(w.shape), w.stride(), w.dtype) for ptr, w in zip(ptrs, ws))
+            versions = tuple(w._version for w in ws)
             version, p = entry.packed.get(key, (None, None))
-            if version != w._version:
-                p = pack(w)
-                entry.packed[key] = (w._version, p)
+            if version != versions:
+                p = make()
+                entry.packed[key] = (versions, p)
             return p
-    return w
+    return None

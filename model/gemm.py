@@ -104,10 +104,19 @@ def onednn_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, packed(w), None, "none", [], "")
 
 
-def onednn_swiglu(x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor) -> torch.Tensor:
-    """silu(x W1^T) * (x W3^T) on oneDNN, the multiply fused into the second GEMM (a binary post-op):
-    an expert's hidden state in model.moe's padded layout, and what experts_choice times."""
-    return torch.ops.mkldnn._linear_pointwise.binary(x, F.silu(onednn_linear(x, w1)), packed(w3), None, "mul")
+def onednn_swiglu(x: torch.Tensor, w13: torch.Tensor) -> torch.Tensor:
+    """silu(x W1^T) * (x W3^T) on oneDNN from one GEMM over W13 = [W1; W3] ([2I, D]; model.frozen's
+    packed_rows makes it): an expert's hidden state in model.moe's padded layout, and what
+    experts_choice times.
+
+    One GEMM of 2I outputs beat two of I with the multiply fused into the second as a binary post-op
+    (the previous form) on the 2-core AMD EPYC: 1.02-1.3x on 32 experts' SwiGLU at 16-256 rows, and
+    benchmarks/bench_prefill.py's whole forward 1.05x (paired, 15 repeats), its logits bit-equal
+    (2026-12-03): the input is read once, one call's overhead is saved, and the wider GEMM runs
+    nearer its peak at few rows."""
+    h = torch.ops.mkldnn._linear_pointwise(x, w13, None, "none", [], "")
+    inter = h.shape[-1] // 2
+    return F.silu(h[:, :inter]).mul_(h[:, inter:])
 
 
 def measure(shapes: list[tuple[int, int, int]]) -> dict[str, float]:
@@ -272,8 +281,8 @@ _EXPERTS: dict[tuple[int, int], GemmChoice] = {}
 
 def experts_choice(dim: int, inter: int) -> GemmChoice:
     """How float32 routed experts of `dim` x `inter` weights run where oneDNN is the GEMM path (the
-    choice above): "onednn" = all experts' rows padded into one gather, oneDNN GEMMs, the SwiGLU
-    multiply fused (model.moe.Experts._onednn_padded); "linear" = one expert at a time on F.linear.
+    choice above): "onednn" = all experts' rows padded into one gather, oneDNN GEMMs, each expert's
+    W1 and W3 in one (model.moe.Experts._onednn_padded); "linear" = one expert at a time on F.linear.
 
     NOTE: oneDNN's lead depends on the size of the GEMM. On the 2-core AMD EPYC where oneDNN is the
     main choice, one expert's SwiGLU ran 1.2-1.8x faster on F.linear at 192 x 64 (the bundled model),
@@ -292,7 +301,7 @@ def experts_choice(dim: int, inter: int) -> GemmChoice:
         if made is None:
             with _cache_lock() if _caching() else nullcontext():
                 n = streamed_experts(dim, inter)
-                made = _cached_or_measured(f"{_key()} | experts {dim}x{inter} | {n} streamed",
+                made = _cached_or_measured(f"{_key()} | experts {dim}x{inter} w13 | {n} streamed",
                                            lambda: _time_swiglu(dim, inter),
                                            f"{n} {dim} x {inter} experts' SwiGLU at {EXPERT_ROWS} rows each", base)
         _EXPERTS[(dim, inter)] = made
@@ -318,11 +327,11 @@ def _time_swiglu(dim: int, inter: int) -> dict[str, float]:
     experts = [(torch.randn(inter, dim, generator=g), torch.randn(inter, dim, generator=g),
                 torch.randn(dim, inter, generator=g)) for _ in range(streamed_experts(dim, inter))]
 
-    packed_experts = [tuple(map(pack, e)) for e in experts]  # as the jobs run them (model/frozen.py)
+    packed_experts = [(pack(torch.cat([w1, w3])), pack(w2)) for w1, w3, w2 in experts]  # as the jobs run them
 
     def on_onednn():
-        for w1, w3, w2 in packed_experts:
-            onednn_linear(onednn_swiglu(x, w1, w3), w2)
+        for w13, w2 in packed_experts:
+            onednn_linear(onednn_swiglu(x, w13), w2)
 
     def on_linear():
         for w1, w3, w2 in experts:

@@ -13,6 +13,7 @@ from torch import nn
 from .args import ModelArgs
 from .hooks import HookPoint
 from .fp8 import quantize_block
+from .frozen import packed_rows
 from .gemm import onednn_linear, onednn_swiglu
 from .kernels import act_quant, dequant_for_gemm, fp8_gemm
 from .layers import (ONEDNN_ROW_BUCKET, Linear, dense_linear, experts_on_onednn, fp8_wide, grad_tracked, uses_onednn,
@@ -242,11 +243,13 @@ class Experts(nn.Module):
         """The same sum for float32 on oneDNN (the CPU prefill path), arranged for its cost: oneDNN
         compiles a GEMM per row count, so each expert's rows are padded to a multiple of
         ONEDNN_ROW_BUCKET, and the rows of all local experts are laid out in one [P, D] gather (pad
-        rows copy token 0 and are scattered into a row that is dropped). Per expert: three GEMMs on
-        row slices of it, silu(x W1^T) * (x W3^T) fused into the second (a oneDNN binary post-op) and
-        one multiply by the routing weights; one scatter-add of all outputs at the end. Bit-equal to
-        an expert-at-a-time loop on oneDNN (tested), ~1.1x faster than that on a 32-expert layer of
-        benchmarks/bench_prefill.py. Returns [T, D] float32 (the first T rows of a [T + 1, D] sum)."""
+        rows copy token 0 and are scattered into a row that is dropped). Per expert: two GEMMs on
+        row slices of it, the first over W1 and W3 stacked ([2I, D], one pre-packed copy in a frozen
+        model: model.frozen.packed_rows) followed by silu(x W1^T) * (x W3^T), the second over W2
+        after one multiply by the routing weights; one scatter-add of all outputs at the end.
+        Bit-equal to an expert-at-a-time loop of separate GEMMs on oneDNN (tested), ~1.1x faster
+        than that on a 32-expert layer of benchmarks/bench_prefill.py, and the stacked GEMM 1.06x
+        faster again (docs/performance.md). Returns [T, D] float32 (the first T rows of a [T + 1, D] sum)."""
         first, end = self.expert_range
         T, dev = x_TD.shape[0], x_TD.device
         lo, hi = sum(counts[:first]), sum(counts[:end])  # this rank's experts' assignments, in sorted order
@@ -263,7 +266,7 @@ class Experts(nn.Module):
         a = 0
         for le, m in enumerate(m_E.tolist()):
             if m:
-                h = onednn_swiglu(x_P[a : a + m], self.w1[le], self.w3[le])
+                h = onednn_swiglu(x_P[a : a + m], packed_rows(self.w1[le], self.w3[le]))
                 y_P[a : a + m] = onednn_linear(h.mul_(w_P[a : a + m]), self.w2[le])
             a += m
         return torch.zeros(T + 1, x_TD.shape[1], dtype=x_TD.dtype, device=dev).index_add_(0, dst, y_P)[:T]

@@ -55,8 +55,9 @@ def test_a_frozen_model_computes_the_unpacked_numbers_and_packs_each_weight_once
         n = len(packs)
         experts = m.layers[1].ffn.experts
         e, inter, dim = experts.w1.shape
-        # every routed expert's three weights, one at a time (views of the stacked parameters)
-        assert packs.count((inter, dim)) >= 2 * e and packs.count((dim, inter)) >= e, packs
+        # every routed expert's weights, one expert at a time (views of the stacked parameters): W1 and
+        # W3 stacked by rows into one copy (one GEMM for both), W2
+        assert packs.count((2 * inter, dim)) >= e and packs.count((dim, inter)) >= e, packs
         again = m(tokens)
         assert len(packs) == n  # the second forward reuses every packed copy
     # the same oneDNN kernels on the same numbers: bit-equal
@@ -74,6 +75,11 @@ def test_an_edit_through_the_parameter_is_seen_and_one_through_data_is_not(packs
         n = len(packs)
         edited = m(tokens)
         assert len(packs) > n and not torch.equal(edited, before)
+        experts.w3.mul_(0.5)  # half of each stacked [W1; W3] copy: those are remade too
+        n = len(packs)
+        before, edited = edited, m(tokens)
+        e, inter, dim = experts.w1.shape
+        assert (2 * inter, dim) in packs[n:] and not torch.equal(edited, before)
     assert torch.equal(edited, m(tokens))  # the unpacked path on the edited weights: the same numbers
     with model.frozen_weights(m):
         m(tokens)

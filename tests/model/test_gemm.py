@@ -121,8 +121,11 @@ def test_experts_pad_rows_to_the_bucket_and_compute_the_same(monkeypatch):
     with torch.no_grad():
         with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as p:
             fast = ex(x, w, ids)
-        rows = [e.input_shapes[0][0] for e in p.events() if e.name == "mkldnn::_linear_pointwise"]
-        assert len(rows) == 3 * 8 and all(r % layers.ONEDNN_ROW_BUCKET == 0 for r in rows), rows
+        calls = [e.input_shapes for e in p.events() if e.name == "mkldnn::_linear_pointwise"]
+        rows = [shapes[0][0] for shapes in calls]
+        assert len(rows) == 2 * 8 and all(r % layers.ONEDNN_ROW_BUCKET == 0 for r in rows), rows
+        # two GEMMs an expert: the SwiGLU's over W1 and W3 stacked ([2 x 128, 256]), then W2 ([256, 128])
+        assert sorted(tuple(shapes[1]) for shapes in calls) == [(256, 128)] * 8 + [(256, 256)] * 8, calls
         # the padded layout is an arrangement only: bit-equal to one expert at a time on the same GEMMs
         assert torch.equal(fast, onednn_expert_loop(ex, x, w, ids))
         ex.expert_range = (2, 6)  # expert parallelism: this rank's experts only
