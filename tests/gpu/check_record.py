@@ -237,7 +237,9 @@ def record_speed(m: Transformer, args: ModelArgs, ns, device: torch.device) -> d
         writer = PartWriter(out, 0, ["tokens", "routing", "expert_load"])
         times = {"plain": [], "record": []}
         rows = 0
-        for b in [batches[0]] + batches:  # the first batch twice: warm-up (kernels compile)
+        warm = [batches[0]] if device.type == "cuda" else []  # the first batch twice on a GPU: kernels compile
+        for i, b in enumerate(warm + batches):
+            kept = i >= len(warm)  # the warm-up's rows are neither written nor counted
             sync(device)
             t0 = time.perf_counter()
             rec.forward_only(b)
@@ -245,14 +247,15 @@ def record_speed(m: Transformer, args: ModelArgs, ns, device: torch.device) -> d
             times["plain"].append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             for table, cols in rec.run(b).items():
-                if cols and table in writer.tables:
+                if kept and cols and table in writer.tables:
                     writer.append(table, cols, b.index)
                     rows += len(cols["seq_id"]) if table == "routing" else 0
             sync(device)
             times["record"].append(time.perf_counter() - t0)
         writer.commit(n_batches - 1, {}, rec.kv.state())
     per = ns.batch * ns.seq_len
-    return {"plain": per / statistics.median(times["plain"][1:]), "record": per / statistics.median(times["record"][1:]),
+    w = len(warm)
+    return {"plain": per / statistics.median(times["plain"][w:]), "record": per / statistics.median(times["record"][w:]),
             "tokens": per * n_batches, "rows": rows}
 
 
