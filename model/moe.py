@@ -39,7 +39,11 @@ class MLP(nn.Module):
 
 
 class Gate(nn.Module):
-    """The router. Weight and bias are float32 and the scores are computed in float32.
+    """The router. Weight and bias are float32 and the scores are computed in float32, or in float64
+    for a float64 model (layers.wide): cast to float32 there, two computations of the same float64
+    input that differ in its last bits (another summation order: a sharded model against a whole
+    one) could round it to neighbouring float32 values, and the weights would then differ in their
+    last float32 bits (seen in tests/e2e/test_mp_jobs.py), or a near-tie choice flip.
 
     1. logits = x W^T; scores = sigmoid(logits) (V3) or softmax(logits) (V2)        [T, E]
     2. selection scores = scores + bias (sigmoid models always carry the bias)        [T, E]
@@ -74,11 +78,12 @@ class Gate(nn.Module):
             self.hook_group_scores = HookPoint()  # [T, G] each group's score; the best n_limited_groups are kept
         self.hook_allowed_scores = HookPoint()  # [T, E] selection scores after group masking (-inf = excluded)
         self.hook_topk_ids = HookPoint()  # [T, K] chosen experts, best first
-        self.hook_topk_weights = HookPoint()  # [T, K] float32, after normalisation and route_scale
+        self.hook_topk_weights = HookPoint()  # [T, K] float32 (float64 model: float64), normalised, times route_scale
 
     def forward(self, x_TD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns (weights_TK float32, ids_TK, scores_TE)."""
-        logits_TE = self.hook_logits(F.linear(x_TD.float(), self.weight))
+        """Returns (weights_TK float32 (float64 in a float64 model), ids_TK, scores_TE)."""
+        dt = wide(x_TD.dtype)
+        logits_TE = self.hook_logits(F.linear(x_TD.to(dt), self.weight.to(dt)))
         if self.score_func == "softmax":
             scores_TE = logits_TE.softmax(dim=-1)
         else:

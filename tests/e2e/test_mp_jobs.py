@@ -67,7 +67,7 @@ def test_record_four_ranks_two_replicas_equals_one_process(single, four_ranks):
     assert all(r["peak_rss"] >= r["after_load"] > 0 for r in run.info["memory"]["per_rank"])
     # one writer per replica: ranks 0 and 2
     assert {f.name[:4] for f in run.files("routing")} == {"r000", "r002"}
-    assert run.info["recorded"]["tokens"] == single["rec"].info["recorded"]["tokens"] == 1200
+    assert run.info["recorded"]["tokens"] == single["rec"].info["recorded"]["tokens"] == 640
     assert_same_tables(run, single["rec"], TABLES)
     assert run.df("routing").scores.notna().mean() == pytest.approx(0.5, abs=0.1)
 

@@ -21,7 +21,7 @@ from . import make_corpus, make_tokenizer, random_model
 
 ROOT = Path(__file__).resolve().parents[2]
 TOPOLOGY = dict(n_routed_experts=256, n_expert_groups=8, n_limited_groups=4, n_activated_experts=8, moe_inter_dim=8)
-RECORD = dict(seq_len=32, batch_size=2, router_logits="full", sample=0.5, dtype="float64", max_tokens=1200,
+RECORD = dict(seq_len=32, batch_size=2, router_logits="full", sample=0.5, dtype="float64", max_tokens=640,
               progress=False)
 SPEC = dict(prompt_tokens=12, new_tokens=8, max_prompts=6, batch_size=2, dtype="float64", progress=False)
 ABLATE = dict(seq_len=32, batch_size=2, max_tokens=320, dtype="float64", progress=False, loads_from="baseline")

@@ -328,6 +328,26 @@ def test_a_float64_model_normalises_and_rotates_in_float64():
     assert rel(apply_rope(x[..., 64:].float(), cos, sin).double(), want) > 1e-9
 
 
+@torch.no_grad()
+def test_the_router_computes_in_float64_for_a_float64_model_and_float32_otherwise():
+    """Its weight stays float32; the logits, scores and weights are float64 in a float64 model (two
+    float64 inputs a few ulps apart must not round to different float32 values there: a sharded
+    model's routing weights then differed from one process's in their last float32 bits), float32
+    for float32 and bfloat16 inputs."""
+    from model.moe import Gate
+
+    gate = Gate(model.ModelArgs.from_name("tiny"))
+    gate.reset_parameters(std=0.1)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, gate.weight.shape[1], dtype=torch.float64, generator=g)
+    w, ids, scores = gate(x)
+    assert w.dtype == scores.dtype == torch.float64 and gate.weight.dtype == torch.float32
+    assert rel(scores, torch.sigmoid(x @ gate.weight.double().T)) < 1e-14
+    # the control: the same input through float32 is ~1e-8 away
+    assert rel(gate(x.float())[2].double(), scores) > 1e-9
+    assert gate(x.to(torch.bfloat16))[0].dtype == torch.float32
+
+
 def test_rms_norm_scales_in_place_only_where_nothing_can_tell():
     """RMSNorm multiplies its weight into its own fresh output in place when no gradient is recorded:
     bit-equal to F.rms_norm and to the tracked path, the input left as it was; with a gradient to
