@@ -251,8 +251,7 @@ def total_ms(d: dict) -> float:
 
 def gemm_flops(op: str, shapes: list) -> int:
     """2 M N K of one GEMM call from its profiled input shapes: aten::mm [M, K] [K, N]; aten::addmm
-    (bias, [M, K], [K, N]); oneDNN's linear x [..., K] with weight [N, K] (second input, or third
-    after the binary post-op's operand)."""
+    (bias, [M, K], [K, N]); oneDNN's linear x [..., K] with weight [N, K]."""
     if op == "aten::mm":
         (m, k), (_, n) = shapes[0], shapes[1]
     elif op == "aten::addmm":
@@ -262,8 +261,7 @@ def gemm_flops(op: str, shapes: list) -> int:
         k, m = x[-1], 1
         for d in x[:-1]:
             m *= d
-        w = shapes[2] if len(shapes) > 2 and len(shapes[2]) == 2 and shapes[2][1] == k else shapes[1]
-        n = w[0]
+        n = shapes[1][0]
     return 2 * m * n * k
 
 
