@@ -78,11 +78,15 @@ LONGEST_FIRST = [
 ]
 
 
+# fixtures that start processes (a torchrun launch, the Triton interpreter's worker): their tests are slow
+FRESH_PROCESS_FIXTURES = {"worker_results", "interp_results"}
+
+
 def pytest_collection_modifyitems(items):
-    """Tests that share the torchrun launch of tests/model/test_parallel.py are slow too; the longest
+    """Tests that share a fixture's fresh processes (FRESH_PROCESS_FIXTURES) are slow too; the longest
     files first (LONGEST_FIRST)."""
     for item in items:
-        if "worker_results" in getattr(item, "fixturenames", ()):
+        if FRESH_PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     tests_dir = os.path.dirname(__file__)

@@ -85,6 +85,7 @@ def test_running_and_interrupted_runs_are_flagged(runs):
     assert "**interrupted**" in texts(at.warning) and len(at.get("plotly_chart")) >= 4
 
 
+@pytest.mark.slow  # every page
 def test_empty_runs_directory(runs):
     at = app(runs["empty"])
     for page in PAGES:
@@ -135,6 +136,7 @@ def test_a_table_without_rows_is_told_from_a_lost_one(runs, tmp_path):
     assert "run.json lists tables with no files: mtp" in texts(at.warning) and "No rows" not in texts(at.info)
 
 
+@pytest.mark.slow  # a fresh process
 def test_dashboards_never_import_torch():
     code = ("import sys; import dashboards.data, dashboards.charts, dashboards.ui, dashboards.compute; "
             "import analyses.metrics; print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'torch')))")

@@ -6,6 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # every test here starts fresh processes: `pytest -m "not slow"` skips them
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # a command whose output (1.6 MB) is far larger than a pipe's buffer, so its reader's early exit matters

@@ -37,6 +37,7 @@ def faults(mode: str) -> int:
     return int(out.stdout.strip())
 
 
+@pytest.mark.slow  # two fresh processes
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="bound_heap sets glibc's thresholds (a no-op elsewhere)")
 def test_bound_heap_reuses_activations_instead_of_faulting_them_in_again():
     """With bound_heap's thresholds an activation's memory is reused from one batch to the next:
