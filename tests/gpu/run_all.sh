@@ -29,16 +29,22 @@ step() {  # NAME SECONDS COMMAND...: run COMMAND under a time limit, its output 
     [ "$rc" -eq 0 ] || failed+=("$name")
 }
 
-"$PY" - <<'EOF' 2>&1 | tee "$OUT/env.log"
-import importlib, platform
-import torch
-gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device"
-print(f"python {platform.python_version()}, torch {torch.__version__}, {gpu}")
-for name in ("triton", "pyarrow", "safetensors", "tokenizers", "numpy", "pandas"):
+# the versions from the installed packages' metadata; torch itself is imported (seconds) only to ask
+# whether it sees the GPU, which the CPU mode does not need
+"$PY" - "${1:-}" <<'EOF' 2>&1 | tee "$OUT/env.log"
+import platform, sys
+from importlib.metadata import PackageNotFoundError, version
+if sys.argv[1:] == ["--cpu"]:
+    gpu = "CPU mode"
+else:
+    import torch
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device"
+print(f"python {platform.python_version()}, {gpu}")
+for name in ("torch", "triton", "pyarrow", "safetensors", "tokenizers", "numpy", "pandas"):
     try:
-        print(f"{name} {importlib.import_module(name).__version__}")
-    except ImportError as e:
-        print(f"{name}: MISSING ({e})")
+        print(f"{name} {version(name)}")
+    except PackageNotFoundError:
+        print(f"{name}: MISSING")
 EOF
 if command -v nvidia-smi >/dev/null; then
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 | tee -a "$OUT/env.log"
