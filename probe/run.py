@@ -26,9 +26,10 @@ def table_files(path: str | Path, table: str) -> list[Path]:
     return sorted(d.glob("*.parquet")) if d.is_dir() else []
 
 
-def create_views(con, path: str | Path, tables) -> list[str]:
+def create_views(con, path: str | Path, tables, temp: bool = False) -> list[str]:
     """One DuckDB view per table over its part files (older parts lacking a newer column read it as
-    null); returns the tables that have no part file (no view made)."""
+    null); returns the tables that have no part file (no view made). temp: temporary views, seen
+    only by this connection (a cursor of a database that other connections share)."""
     missing = []
     for t in tables:
         files = table_files(path, t)
@@ -36,7 +37,7 @@ def create_views(con, path: str | Path, tables) -> list[str]:
             missing.append(t)
             continue
         lst = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
-        con.execute(f"create view {t} as select * from read_parquet([{lst}], union_by_name = true)")
+        con.execute(f"create {'temp ' if temp else ''}view {t} as select * from read_parquet([{lst}], union_by_name = true)")
     return missing
 
 

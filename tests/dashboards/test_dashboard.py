@@ -145,6 +145,32 @@ def test_dashboards_never_import_torch():
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
 
 
+def test_queries_share_one_database_each_with_views_of_its_own_run(tmp_path):
+    """Every query runs on a cursor of one database (dashboards.data._database) with temporary views:
+    queries of two runs at once, from eight threads as Streamlit's sessions run, each read their own
+    run's `tokens` and leave no view behind; a missing table still closes its cursor."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dashboards import data
+    from helpers.synthetic_run import write_run
+
+    write_run(tmp_path / "a", n_seq=3)
+    write_run(tmp_path / "b", n_seq=5, seed=1)
+    refs = [data.RunRef(n, str(tmp_path / n), "probe", "complete") for n in ("a", "b")]
+    want = {ref.name: int(data.query(ref, "select count(*) as n from tokens", ("tokens",)).n[0]) for ref in refs}
+    assert want["a"] * 5 == want["b"] * 3 > 0  # runs of 3 and 5 windows of one length
+
+    def count(i: int) -> tuple[str, int]:
+        ref = refs[i % 2]
+        return ref.name, int(data.query(ref, "select count(*) as n from tokens", ("tokens",)).n[0])
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(n == want[name] for name, n in pool.map(count, range(64)))
+    with pytest.raises(data.MissingTable):  # a run without the table
+        data.query(data.RunRef("none", str(tmp_path / "none"), "probe", "complete"), "select 1", ("tokens",))
+    assert data._database().sql("select count(*) from duckdb_views() where not internal").fetchall() == [(0,)]
+
+
 def test_cli_dashboard_subcommand_parses(monkeypatch, tmp_path, capsys):
     """`dsv3-probe dashboard DIR --host --port` builds the streamlit command (not started here)."""
     from probe import __main__ as cli
