@@ -114,7 +114,7 @@ def onednn_swiglu(x: torch.Tensor, w13: torch.Tensor) -> torch.Tensor:
     benchmarks/bench_prefill.py's whole forward 1.05x (paired, 15 repeats), its logits bit-equal
     (2026-12-03): the input is read once, one call's overhead is saved, and the wider GEMM runs
     nearer its peak at few rows."""
-    h = torch.ops.mkldnn._linear_pointwise(x, w13, None, "none", [], "")
+    h = onednn_linear(x, w13)
     inter = h.shape[-1] // 2
     return F.silu(h[:, :inter]).mul_(h[:, inter:])
 

@@ -37,7 +37,8 @@ def create_views(con, path: str | Path, tables, temp: bool = False) -> list[str]
             missing.append(t)
             continue
         lst = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
-        con.execute(f"create {'temp ' if temp else ''}view {t} as select * from read_parquet([{lst}], union_by_name = true)")
+        kind = "temp view" if temp else "view"
+        con.execute(f"create {kind} {t} as select * from read_parquet([{lst}], union_by_name = true)")
     return missing
 
 

@@ -255,8 +255,8 @@ def record_speed(m: Transformer, args: ModelArgs, ns, device: torch.device) -> d
         writer.commit(n_batches - 1, {}, rec.kv.state())
     per = ns.batch * ns.seq_len
     w = len(warm)
-    return {"plain": per / statistics.median(times["plain"][w:]), "record": per / statistics.median(times["record"][w:]),
-            "tokens": per * n_batches, "rows": rows}
+    return {"plain": per / statistics.median(times["plain"][w:]),
+            "record": per / statistics.median(times["record"][w:]), "tokens": per * n_batches, "rows": rows}
 
 
 def compare_routing(m: Transformer, args: ModelArgs, ns, device: torch.device) -> dict:
