@@ -86,7 +86,7 @@ def build(ns):
 def make_cases(hf, ours, batch: dict) -> dict:
     """name -> a function running one forward of `batch["tokens"]`. Ours runs with its weights
     frozen, as the jobs load it (model/frozen.py), except in the row that says otherwise."""
-    from model import frozen_weights, gemm, layers
+    from model import frozen, frozen_weights, layers
 
     frozen_weights(ours)  # held for the life of `ours`
 
@@ -113,12 +113,8 @@ def make_cases(hf, ours, batch: dict) -> dict:
         return f
 
     def run_unfrozen():  # oneDNN reorders every weight on every call, as outside frozen_weights
-        packed = gemm.packed
-        gemm.packed = lambda w: w
-        try:
+        with frozen.suspended(ours):
             run_ours(noop)()
-        finally:
-            gemm.packed = packed
 
     return {"transformers": run_hf, "ours (hook points, none attached)": run_ours(),
             "ours (no-op hooks attached)": run_ours(noop), "ours (attention pattern hooked)": run_ours(pattern),

@@ -13,7 +13,7 @@ from torch import nn
 from .args import ModelArgs
 from .hooks import HookPoint
 from .fp8 import quantize_block
-from .frozen import packed_rows
+from .frozen import packed_experts, packed_rows
 from .gemm import onednn_linear, onednn_swiglu
 from .kernels import act_quant, dequant_for_gemm, fp8_gemm
 from .layers import (ONEDNN_ROW_BUCKET, Linear, dense_linear, experts_on_onednn, fp8_wide, grad_tracked, uses_onednn,
@@ -250,7 +250,7 @@ class Experts(nn.Module):
         ONEDNN_ROW_BUCKET, and the rows of all local experts are laid out in one [P, D] gather (pad
         rows copy token 0 and are scattered into a row that is dropped). Per expert: two GEMMs on
         row slices of it, the first over W1 and W3 stacked ([2I, D], one pre-packed copy in a frozen
-        model: model.frozen.packed_rows) followed by silu(x W1^T) * (x W3^T), the second over W2
+        model, per layer: model.frozen.packed_experts) followed by silu(x W1^T) * (x W3^T), the second over W2
         after one multiply by the routing weights; one scatter-add of all outputs at the end.
         Bit-equal to an expert-at-a-time loop of separate GEMMs on oneDNN (tested), ~1.1x faster
         than that on a 32-expert layer of benchmarks/bench_prefill.py, and the stacked GEMM 1.06x
@@ -268,11 +268,13 @@ class Experts(nn.Module):
         w_P = torch.zeros(P, 1, dtype=x_TD.dtype, device=dev).index_copy_(0, pos_L, w_A[lo:hi, None])
         x_P = x_TD.index_select(0, src)  # [P, D]
         y_P = torch.empty_like(x_P)
+        packed = packed_experts(self.w1, self.w2, self.w3)  # None outside model.frozen's scope
         a = 0
         for le, m in enumerate(m_E.tolist()):
             if m:
-                h = onednn_swiglu(x_P[a : a + m], packed_rows(self.w1[le], self.w3[le]))
-                y_P[a : a + m] = onednn_linear(h.mul_(w_P[a : a + m]), self.w2[le])
+                w13, w2 = packed[le] if packed else (packed_rows(self.w1[le], self.w3[le]), self.w2[le])
+                h = onednn_swiglu(x_P[a : a + m], w13)
+                y_P[a : a + m].copy_(onednn_linear(h.mul_(w_P[a : a + m]), w2))
             a += m
         return torch.zeros(T + 1, x_TD.shape[1], dtype=x_TD.dtype, device=dev).index_add_(0, dst, y_P)[:T]
 

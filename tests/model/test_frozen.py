@@ -90,6 +90,30 @@ def test_an_edit_through_the_parameter_is_seen_and_one_through_data_is_not(packs
     assert not torch.equal(stale, fresh) and torch.equal(stale, edited)
 
 
+@torch.no_grad()
+def test_a_layers_routed_experts_are_packed_together_and_remade_together(packs):
+    m, _ = tiny_model_and_tokens()
+    experts = m.layers[1].ffn.experts
+    e, inter, dim = experts.w1.shape
+    weights = (experts.w1, experts.w2, experts.w3)
+    assert frozen.packed_experts(*weights) is None  # outside the scope
+    with model.frozen_weights(m):
+        pairs = frozen.packed_experts(*weights)
+        assert len(pairs) == e and packs == [(2 * inter, dim), (dim, inter)] * e
+        assert frozen.packed_experts(*weights) is pairs  # one lookup per layer, nothing packed again
+        x = torch.randn(5, dim)
+        w13 = torch.cat([experts.w1[2], experts.w3[2]])
+        assert torch.equal(gemm.onednn_linear(x, pairs[2][0]), gemm.onednn_linear(x, w13))
+        assert torch.equal(gemm.onednn_linear(w13[:5, :inter], pairs[2][1]),
+                           gemm.onednn_linear(w13[:5, :inter], experts.w2[2].clone()))
+        held = frozen.packed_bytes()
+        assert held == 3 * e * inter * dim * 4
+        experts.w2[3].zero_()  # one expert's slice, in place: the parameter's version changes
+        again = frozen.packed_experts(*weights)
+        assert again is not pairs and len(packs) == 4 * e  # the whole layer is packed anew
+        assert frozen.packed_bytes() == held  # the stale copies were dropped, not kept alongside
+
+
 def test_the_scope_nests_ends_and_dies_with_its_module():
     m = torch.nn.Linear(64, 32, bias=False)
     outer = model.frozen_weights(m)
@@ -114,7 +138,11 @@ def test_other_tensors_and_gradients_are_left_alone(packs):
     x, other = torch.randn(32, 128), torch.randn(64, 128)
     with model.frozen_weights(m):
         assert frozen.packed(other) is other  # not a weight of a frozen module
-        assert frozen.packed(m.weight) is not m.weight
+        made = frozen.packed(m.weight)
+        assert made is not m.weight
+        with frozen.suspended(m):  # out of the scope for a while: the weight is read unpacked
+            assert frozen.packed(m.weight) is m.weight and not frozen.is_frozen(m)
+        assert frozen.packed(m.weight) is made  # back in the scope, the copy was kept
         with torch.enable_grad():
             assert frozen.packed(m.weight) is m.weight  # autograd never sees a packed copy
         assert torch.equal(gemm.onednn_linear(x, m.weight), gemm.onednn_linear(x, other.copy_(m.weight)))
