@@ -11,8 +11,9 @@ chose differently (the ranks of one job, a run and its resume) would not compute
 forces the choice; `DSV3_GEMM_CACHE=0` measures afresh every process without reading or writing
 the cache.
 
-Where oneDNN is chosen, the routed experts get a choice of their own per expert shape
-(`experts_choice`): their GEMMs are small, and which library is faster depends on their size.
+The routed experts get a choice of their own per expert shape (`experts_choice`), whichever path
+the other GEMMs took: their GEMMs are small, read pre-packed weights in a layout of their own, and
+which library is faster depends on their size.
 
     from model import gemm
     gemm.choice()            # GemmChoice(path='onednn', source='measured', reason='...', ...)
@@ -280,9 +281,10 @@ _EXPERTS: dict[tuple[int, int], GemmChoice] = {}
 
 
 def experts_choice(dim: int, inter: int) -> GemmChoice:
-    """How float32 routed experts of `dim` x `inter` weights run where oneDNN is the GEMM path (the
-    choice above): "onednn" = all experts' rows padded into one gather, oneDNN GEMMs, each expert's
-    W1 and W3 in one (model.moe.Experts._onednn_padded); "linear" = one expert at a time on F.linear.
+    """How float32 routed experts of `dim` x `inter` weights run, whichever path the choice above
+    gave the other GEMMs: "onednn" = all experts' rows padded into one gather, oneDNN GEMMs, each
+    expert's W1 and W3 in one (model.moe.Experts._onednn_padded); "linear" = one expert at a time on
+    F.linear (Experts._gathered).
 
     NOTE: oneDNN's lead depends on the size of the GEMM. On the 2-core AMD EPYC where oneDNN is the
     main choice, one expert's SwiGLU ran 1.2-1.8x faster on F.linear at 192 x 64 (the bundled model),

@@ -32,11 +32,15 @@ def grad_tracked(*tensors: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
+def onednn_eligible(x: torch.Tensor, w: torch.Tensor) -> bool:
+    """Whether x W^T may run on oneDNN at all: float32 on the CPU, no gradient to track, not tiny."""
+    return (x.dtype == torch.float32 and w.dtype == torch.float32 and x.device.type == "cpu"
+            and x.numel() * w.shape[0] >= ONEDNN_MIN_MACS and not grad_tracked(x, w))
+
+
 def uses_onednn(x: torch.Tensor, w: torch.Tensor) -> bool:
     """Whether dense_linear(x, w) runs on oneDNN (see there)."""
-    if not (x.dtype == torch.float32 and w.dtype == torch.float32 and x.device.type == "cpu"
-            and x.numel() * w.shape[0] >= ONEDNN_MIN_MACS
-            and not grad_tracked(x, w)):
+    if not onednn_eligible(x, w):
         return False
     if ONEDNN_LINEAR is not None:
         return ONEDNN_LINEAR
@@ -45,7 +49,8 @@ def uses_onednn(x: torch.Tensor, w: torch.Tensor) -> bool:
 
 def experts_on_onednn(dim: int, inter: int) -> bool:
     """Whether float32 routed experts of dim x inter weights run in model.moe's padded oneDNN layout
-    (where uses_onednn holds): ONEDNN_LINEAR forces it, else model/gemm.py measures it per shape."""
+    (where onednn_eligible holds), whichever path the other GEMMs take: ONEDNN_LINEAR forces it,
+    else model/gemm.py measures it per shape."""
     if ONEDNN_LINEAR is not None:
         return ONEDNN_LINEAR
     return gemm.experts_choice(dim, inter).path == "onednn"

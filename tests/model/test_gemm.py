@@ -279,6 +279,27 @@ def test_the_experts_layout_is_measured_per_shape_cached_and_followed(fresh, mon
 
 
 @needs_onednn
+def test_the_experts_choose_on_their_own_where_f_linear_is_the_main_choice(fresh, monkeypatch):
+    """F.linear measured faster for the dense GEMMs (as on an Intel Xeon with MKL), the experts'
+    padded oneDNN layout faster at their shape: the experts run on oneDNN, the dense GEMMs on
+    F.linear; the experts' choice is not skipped because of the main one."""
+    monkeypatch.setattr(gemm, "measure", lambda shapes: {"onednn": 2.0, "linear": 1.0})
+    monkeypatch.setattr(gemm, "_time_swiglu", lambda dim, inter: {"onednn": 1.0, "linear": 2.0})
+    dense = layers.Linear(512, 512, dtype=torch.float32)
+    torch.nn.init.normal_(dense.weight, std=0.05)
+    ex, x, w, ids = _experts(512, 256)
+    with torch.no_grad():
+        assert gemm.choice().path == "linear" and gemm.experts_choice(512, 256).path == "onednn"
+        assert "mkldnn::_linear_pointwise" not in ops_called(lambda: dense(x))
+        assert "mkldnn::_linear_pointwise" in ops_called(lambda: ex(x, w, ids))
+        monkeypatch.setattr(gemm, "_time_swiglu", lambda dim, inter: {"onednn": 2.0, "linear": 1.0})
+        gemm.reset()  # negative control: the experts measured slower on oneDNN stay on F.linear
+        monkeypatch.setenv("DSV3_GEMM_CACHE", "0")
+        assert gemm.choice().path == "linear" and gemm.experts_choice(512, 256).path == "linear"
+        assert "mkldnn::_linear_pointwise" not in ops_called(lambda: ex(x, w, ids))
+
+
+@needs_onednn
 def test_a_real_experts_measurement_times_both_layouts(fresh):
     secs = gemm._time_swiglu(64, 32)
     assert set(secs) == {"onednn", "linear"} and all(0 < v < 1 for v in secs.values())
