@@ -210,8 +210,8 @@ def main() -> None:
     chosen = gemm.choice((ns.batch * ns.seq_len, CONFIG["hidden_size"], CONFIG["moe_intermediate_size"]))
     print(f"our float32 GEMM path: {chosen.path} ({chosen.source}: {chosen.reason})")
     ex = gemm.experts_choice(CONFIG["hidden_size"], CONFIG["moe_intermediate_size"])
-    print(f"routed experts: {'oneDNN, rows padded into one gather' if ex.path == 'onednn' else 'F.linear, on one gather of their rows'} "
-          f"({ex.source}: {ex.reason})")
+    layout = "oneDNN, rows padded into one gather" if ex.path == "onednn" else "F.linear, on one gather of their rows"
+    print(f"routed experts: {layout} ({ex.source}: {ex.reason})")
     batch = {"tokens": tokens}
     cases = make_cases(hf, ours, batch)
     report(ns, time_cases(cases, batch, ns.repeats), err, chosen)

@@ -130,7 +130,8 @@ def packed(w: torch.Tensor) -> torch.Tensor:
     return w if p is None else p
 
 
-def packed_experts(w1: torch.Tensor, w2: torch.Tensor, w3: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+def packed_experts(w1: torch.Tensor, w2: torch.Tensor,
+                   w3: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
     """Routed experts' weights w1, w3 [E, I, D] and w2 [E, D, I] of a frozen module, pre-packed per
     expert: [(W13_e, W2_e)], W13_e = [W1_e; W3_e] stacked by rows ([2I, D], as packed_rows), made
     on first use and remade when any of the three changes in place (an edit of one expert's slice

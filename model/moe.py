@@ -16,8 +16,8 @@ from .fp8 import quantize_block
 from .frozen import packed_experts, packed_rows
 from .gemm import onednn_linear, onednn_swiglu
 from .kernels import act_quant, dequant_for_gemm, fp8_gemm
-from .layers import (ONEDNN_ROW_BUCKET, Linear, dense_linear, experts_on_onednn, fp8_wide, grad_tracked, onednn_eligible,
-                     wide)
+from .layers import (ONEDNN_ROW_BUCKET, Linear, dense_linear, experts_on_onednn, fp8_wide, grad_tracked,
+                     onednn_eligible, wide)
 
 
 # the most bytes of gathered expert rows Experts._gathered holds at once: under the heap's 64 MiB
