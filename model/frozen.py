@@ -21,9 +21,9 @@ What the promise covers:
   it is NOT seen. Edit weights through the parameter, or outside the scope.
 - A parameter given new storage (`w.data = t`, `m.to(...)`) falls out of the scope (its GEMMs run
   unpacked) until the module is frozen again.
-- Weights a GEMM reads together (an expert's W1 and W3, `packed_rows`) are packed into one copy of
-  both, remade when either changes. A layer's routed experts are packed together
-  (`packed_experts`): an edit of one expert remakes the copies of all of that layer's experts.
+- An expert's W1 and W3, which one GEMM reads together, are packed into one copy of both, and a
+  layer's routed experts are packed together (`packed_experts`): an edit of one expert remakes the
+  copies of all of that layer's experts.
 - The packed copies cost as much memory as the float32 weights they copy, and live until the scope
   ends or the module is garbage collected (the registry holds the module weakly).
 """
@@ -133,23 +133,20 @@ def packed(w: torch.Tensor) -> torch.Tensor:
 def packed_experts(w1: torch.Tensor, w2: torch.Tensor,
                    w3: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
     """Routed experts' weights w1, w3 [E, I, D] and w2 [E, D, I] of a frozen module, pre-packed per
-    expert: [(W13_e, W2_e)], W13_e = [W1_e; W3_e] stacked by rows ([2I, D], as packed_rows), made
-    on first use and remade when any of the three changes in place (an edit of one expert's slice
-    bumps the whole parameter's version); None outside the scope.
+    expert (pack_expert): [(W13_e, W2_e)], made on first use and remade when any of the three
+    changes in place (an edit of one expert's slice bumps the whole parameter's version); None
+    outside the scope.
 
     NOTE: one lookup per layer instead of two per expert: on benchmarks/bench_prefill.py's
-    32-expert layers the per-expert lookups (packed_rows, packed) cost 1.08-1.12x of the experts'
-    time (paired A/B, 61 repeats, 2-core AMD EPYC, 2026-12-03)."""
-    return _cached((w1, w2, w3), lambda: [(pack(torch.cat([w1[e], w3[e]])), pack(w2[e]))
-                                          for e in range(w1.shape[0])])
+    32-expert layers the per-expert lookups cost 1.08-1.12x of the experts' time (paired A/B, 61
+    repeats, 2-core AMD EPYC, 2026-12-03)."""
+    return _cached((w1, w2, w3), lambda: [pack_expert(w1[e], w3[e], w2[e]) for e in range(w1.shape[0])])
 
 
-def packed_rows(*ws: torch.Tensor) -> torch.Tensor:
-    """The weights stacked by rows (`torch.cat(ws)`, [sum of outs, in]) for one GEMM over all of them,
-    e.g. an expert's W1 over its W3: pre-packed once if they belong to a frozen module (remade when
-    any of them changes in place), else the plain concatenation, made on every call."""
-    p = _cached(ws, lambda: pack(torch.cat(ws)))
-    return torch.cat(ws) if p is None else p
+def pack_expert(w1: torch.Tensor, w3: torch.Tensor, w2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One expert's weights as model.moe's padded oneDNN layout reads them, pre-packed: W13 = [W1; W3]
+    stacked by rows ([2I, D], one GEMM for both: gemm.onednn_swiglu) and W2."""
+    return pack(torch.cat([w1, w3])), pack(w2)
 
 
 def _cached(ws: tuple[torch.Tensor, ...], make):

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .frozen import pack, packed
+from .frozen import pack, pack_expert, packed
 
 PATHS = ("onednn", "linear")
 REPEATS = 15  # timed calls per path and shape, the two paths alternating (the median counts), after a warm-up
@@ -107,7 +107,7 @@ def onednn_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 def onednn_swiglu(x: torch.Tensor, w13: torch.Tensor) -> torch.Tensor:
     """silu(x W1^T) * (x W3^T) on oneDNN from one GEMM over W13 = [W1; W3] ([2I, D]; model.frozen's
-    packed_rows makes it): an expert's hidden state in model.moe's padded layout, and what
+    pack_expert makes it): an expert's hidden state in model.moe's padded layout, and what
     experts_choice times.
 
     One GEMM of 2I outputs beat two of I with the multiply fused into the second as a binary post-op
@@ -329,10 +329,10 @@ def _time_swiglu(dim: int, inter: int) -> dict[str, float]:
     experts = [(torch.randn(inter, dim, generator=g), torch.randn(inter, dim, generator=g),
                 torch.randn(dim, inter, generator=g)) for _ in range(streamed_experts(dim, inter))]
 
-    packed_experts = [(pack(torch.cat([w1, w3])), pack(w2)) for w1, w3, w2 in experts]  # as the jobs run them
+    packed_weights = [pack_expert(w1, w3, w2) for w1, w3, w2 in experts]  # as the jobs run them
 
     def on_onednn():
-        for w13, w2 in packed_experts:
+        for w13, w2 in packed_weights:
             onednn_linear(onednn_swiglu(x, w13), w2)
 
     def on_linear():

@@ -13,7 +13,7 @@ from torch import nn
 from .args import ModelArgs
 from .hooks import HookPoint
 from .fp8 import quantize_block
-from .frozen import packed_experts, packed_rows
+from .frozen import packed_experts
 from .gemm import onednn_linear, onednn_swiglu
 from .kernels import act_quant, dequant_for_gemm, fp8_gemm
 from .layers import (ONEDNN_ROW_BUCKET, Linear, dense_linear, experts_on_onednn, fp8_wide, grad_tracked,
@@ -273,7 +273,8 @@ class Experts(nn.Module):
         a = 0
         for le, m in enumerate(m_E.tolist()):
             if m:
-                w13, w2 = packed[le] if packed else (packed_rows(self.w1[le], self.w3[le]), self.w2[le])
+                # outside the scope: the stacked W13 made, and both weights reordered, on every call
+                w13, w2 = packed[le] if packed else (torch.cat([self.w1[le], self.w3[le]]), self.w2[le])
                 h = onednn_swiglu(x_P[a : a + m], w13)
                 y_P[a : a + m].copy_(onednn_linear(h.mul_(w_P[a : a + m]), w2))
             a += m
