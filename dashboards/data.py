@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import struct
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -166,33 +167,30 @@ def _database() -> duckdb.DuckDBPyConnection:
         return _DB
 
 
-def _connect(ref: RunRef, tables: tuple[str, ...]) -> duckdb.DuckDBPyConnection:
-    """A cursor with a temporary view per table (the caller closes it); MissingTable, or the error
-    of an unreadable file, after closing it."""
+@contextmanager
+def _cursor(ref: RunRef, tables: tuple[str, ...]):
+    """A cursor of the process's database with a temporary view per table, closed when the block
+    ends. A table without files raises MissingTable; an unreadable file, while the views are made or
+    in the block's query, a DataError that names the tables."""
     con = _database().cursor()
     try:
         missing = create_views(con, ref.path, tables, temp=True)
         if missing:
             raise MissingTable(f"run {ref.name!r} has no `{missing[0]}` table")
-    except BaseException:
-        con.close()
-        raise
-    return con
-
-
-def query(ref: RunRef, sql: str, tables: tuple[str, ...], params: list | None = None) -> pd.DataFrame:
-    """Run `sql` over views of the named tables; unreadable files become a DataError."""
-    try:
-        con = _connect(ref, tables)
-        try:
-            return con.execute(sql, params or []).df()
-        finally:
-            con.close()
+        yield con
     except MissingTable:
         raise
     except (duckdb.Error, OSError) as e:
         msg = str(e).strip().splitlines()[0][:300]
         raise DataError(f"run {ref.name!r}: cannot read {', '.join(f'`{t}`' for t in tables)} ({msg})") from None
+    finally:
+        con.close()
+
+
+def query(ref: RunRef, sql: str, tables: tuple[str, ...], params: list | None = None) -> pd.DataFrame:
+    """Run `sql` over views of the named tables; unreadable files become a DataError."""
+    with _cursor(ref, tables) as con:
+        return con.execute(sql, params or []).df()
 
 
 def cached(fn):
@@ -433,17 +431,9 @@ def doc_routing(ref: RunRef, seq_lo: int, seq_hi: int, max_pos: int | None = Non
 @cached
 def layer_topk(ref: RunRef, layer: int) -> np.ndarray:
     """[T, K] expert ids of `layer` over the first SAMPLE_TOKENS tokens (uint16)."""
-    try:
-        con = _connect(ref, ("routing",))
-        try:
-            tbl = con.sql("select expert_ids from routing where layer = ? and seq_id < ?",
-                          params=[layer, _seq_cap(ref)]).to_arrow_table()
-        finally:
-            con.close()
-    except MissingTable:
-        raise
-    except duckdb.Error as e:
-        raise DataError(f"run {ref.name!r}: cannot read `routing` ({str(e).splitlines()[0][:300]})") from None
+    with _cursor(ref, ("routing",)) as con:
+        tbl = con.sql("select expert_ids from routing where layer = ? and seq_id < ?",
+                      params=[layer, _seq_cap(ref)]).to_arrow_table()
     col = tbl.column(0).combine_chunks()
     if len(col) == 0:
         return np.zeros((0, 0), np.uint16)
