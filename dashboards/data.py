@@ -178,9 +178,7 @@ def _cursor(ref: RunRef, tables: tuple[str, ...]):
         if missing:
             raise MissingTable(f"run {ref.name!r} has no `{missing[0]}` table")
         yield con
-    except MissingTable:
-        raise
-    except (duckdb.Error, OSError) as e:
+    except (duckdb.Error, OSError) as e:  # MissingTable, a DataError, passes through as it is
         msg = str(e).strip().splitlines()[0][:300]
         raise DataError(f"run {ref.name!r}: cannot read {', '.join(f'`{t}`' for t in tables)} ({msg})") from None
     finally:
