@@ -30,6 +30,7 @@ from probe.schema import TABLES  # noqa: E402
 from probe.writer import PartWriter, write_json_atomic  # noqa: E402
 
 E, K, SEQ, BATCH, LAYERS, DENSE, DOMAINS = 64, 6, 512, 8, 8, 1, ["code", "chinese", "literature", "math", "web"]
+KV_RANK = 512  # the synthetic latent width
 BUDGET_S = 2.0
 
 
@@ -40,97 +41,116 @@ def list_array(values: np.ndarray, typ) -> pa.Array:
 
 
 def synth_probe_run(out: Path, rows: int, seed: int = 0) -> dict:
+    """A complete probe run of about `rows` routing rows under `out` (tables and run.json)."""
     rng = np.random.default_rng(seed)
     tokens_total = rows // LAYERS
     n_batches = -(-tokens_total // (SEQ * BATCH))
     pref = rng.normal(0, 1.0, (LAYERS, len(DOMAINS), E))  # domain preference of each expert per layer
-    layers = list(range(DENSE, DENSE + LAYERS))
     out.mkdir(parents=True)
     w = PartWriter(out, 0, ["tokens", "routing", "expert_load", "mtp"])
     per_domain = dict.fromkeys(DOMAINS, 0)
     done = 0
     for b in range(n_batches):
         n = min(SEQ * BATCH, tokens_total - done)
-        seq = (b * BATCH + np.arange(n) // SEQ).astype(np.int64)
-        pos = (np.arange(n) % SEQ).astype(np.int32)
-        dom_idx = (seq // 4) % len(DOMAINS)  # documents of 4 windows, domains in turn
-        doms = np.array(DOMAINS, dtype=object)[dom_idx]
-        tok = np.minimum(rng.zipf(1.3, n), 32000).astype(np.int32)
-        loss = rng.gamma(2.0, 1.5, n).astype(np.float32)
-        w.append("tokens", {"doc_id": [f"doc{s // 4}" for s in seq], "seq_id": seq, "pos": pos,
-                            "doc_pos": (seq % 4) * SEQ + pos, "token_id": tok, "domain": doms.tolist(),
-                            "loss": loss}, b)
-        ids_all, w_all = [], []
-        for li in range(LAYERS):
-            score = pref[li][dom_idx] + rng.gumbel(size=(n, E))
-            ids = np.argpartition(-score, K, axis=1)[:, :K]
-            order = np.argsort(-np.take_along_axis(score, ids, 1), axis=1)
-            ids = np.take_along_axis(ids, order, 1).astype(np.uint16)
-            wt = rng.dirichlet(np.ones(K), n).astype(np.float32) * 2.5
-            ids_all.append(ids)
-            w_all.append(wt)
-        w.append("routing", {
-            "seq_id": np.tile(seq, LAYERS), "pos": np.tile(pos, LAYERS),
-            "layer": np.repeat(np.array(layers, np.int16), n),
-            "expert_ids": list_array(np.concatenate(ids_all), pa.uint16()),
-            "expert_weights": list_array(np.concatenate(w_all), pa.float32()),
-            "margin_k": rng.random(n * LAYERS).astype(np.float32),
-            "margin_1": rng.random(n * LAYERS).astype(np.float32),
-            "scores": pa.nulls(n * LAYERS, pa.list_(pa.float32()))}, b)
-        rows_l = {k: [] for k in ("step", "layer", "expert", "domain", "count", "weight_sum", "tokens")}
-        for li, (ids, wt) in enumerate(zip(ids_all, w_all)):
-            for d in range(len(DOMAINS)):
-                m = dom_idx == d
-                if not m.any():
-                    continue
-                cnt = np.bincount(ids[m].ravel(), minlength=E)
-                ws = np.bincount(ids[m].ravel(), weights=wt[m].ravel(), minlength=E)
-                rows_l["step"] += [b] * E
-                rows_l["layer"] += [layers[li]] * E
-                rows_l["expert"] += list(range(E))
-                rows_l["domain"] += [DOMAINS[d]] * E
-                rows_l["count"] += cnt.tolist()
-                rows_l["weight_sum"] += ws.tolist()
-                rows_l["tokens"] += [int(m.sum())] * E
-        w.append("expert_load", rows_l, b)
-        agree = rng.random(n) < 0.6
-        w.append("mtp", {"seq_id": seq, "pos": pos, "domain": doms.tolist(), "mtp_top1": tok, "main_top1": tok,
-                         "agree": agree, "target": tok, "mtp_loss": loss}, b)
+        seq, doms = _synth_batch(w, rng, pref, b, n)
         for d, c in zip(*np.unique(doms, return_counts=True)):
             per_domain[d] += int(c)
         done += n
         if (b + 1) % 32 == 0 or b == n_batches - 1:
             w.commit(b, {"tokens": done}, {})
-    C = 512
-    kv = {c: [] for c in TABLES["kv_stats"].names}
-    spec = {"layer": [], "component": [], "eigenvalue": []}
-    for layer in range(DENSE + LAYERS):
-        ev = np.sort(rng.gamma(0.5, 1.0, C))[::-1]
-        p = ev / ev.sum()
-        cum = np.cumsum(p)
-        vals = {"layer": layer, "tokens": done, "latent_dim": C, "channel_mean": rng.normal(0, 1, C).tolist(),
-                "channel_var": rng.random(C).tolist(), "effective_rank": float(np.exp(-(p * np.log(p)).sum())),
-                "energy90": int(np.searchsorted(cum, 0.9)) + 1, "energy95": int(np.searchsorted(cum, 0.95)) + 1,
-                "energy99": int(np.searchsorted(cum, 0.99)) + 1, "bytes_absorb": 1152, "bytes_naive": 40960,
-                "bytes_mha": 14336}
-        for k in kv:
-            kv[k].append(vals.get(k, 1.0))
-        spec["layer"] += [layer] * C
-        spec["component"] += list(range(C))
-        spec["eigenvalue"] += ev.tolist()
-    for name, cols in (("kv_stats", kv), ("kv_spectrum", spec)):
-        (out / name).mkdir()
-        pq.write_table(pa.Table.from_pydict(cols, schema=TABLES[name]), out / name / "part-0.parquet")
+    _synth_kv_tables(out, rng, done)
     info = {"status": "complete", "format": 1, "checkpoint": {"path": "", "fingerprint": "synthetic"},
             "corpus": {"path": "synthetic", "documents": int(done // (4 * SEQ)) + 1},
             "model_args": {"n_layers": DENSE + LAYERS, "n_dense_layers": DENSE, "n_routed_experts": E,
-                           "n_activated_experts": K, "dim": 1024, "kv_lora_rank": C},
+                           "n_activated_experts": K, "dim": 1024, "kv_lora_rank": KV_RANK},
             "options": {"seq_len": SEQ, "batch_size": BATCH, "router_logits": "topk"},
             "planned": {"windows": int(seq[-1]) + 1, "tokens": done, "batches": n_batches,
                         "tokens_per_domain": per_domain},
             "recorded": {"tokens": done}, "tables": list(TABLES)}
     write_json_atomic(out / "run.json", info)
     return info
+
+
+def _synth_batch(w: PartWriter, rng, pref: np.ndarray, b: int, n: int) -> tuple[np.ndarray, list[str]]:
+    """Batch `b` of `n` tokens into the tokens, routing, expert_load and mtp tables; returns its
+    tokens' seq ids and domains."""
+    seq = (b * BATCH + np.arange(n) // SEQ).astype(np.int64)
+    pos = (np.arange(n) % SEQ).astype(np.int32)
+    dom_idx = (seq // 4) % len(DOMAINS)  # documents of 4 windows, domains in turn
+    doms = np.array(DOMAINS, dtype=object)[dom_idx].tolist()
+    tok = np.minimum(rng.zipf(1.3, n), 32000).astype(np.int32)
+    loss = rng.gamma(2.0, 1.5, n).astype(np.float32)
+    w.append("tokens", {"doc_id": [f"doc{s // 4}" for s in seq], "seq_id": seq, "pos": pos,
+                        "doc_pos": (seq % 4) * SEQ + pos, "token_id": tok, "domain": doms, "loss": loss}, b)
+    ids_all, w_all = _synth_routing(rng, pref, dom_idx)
+    layers = np.arange(DENSE, DENSE + LAYERS, dtype=np.int16)
+    w.append("routing", {
+        "seq_id": np.tile(seq, LAYERS), "pos": np.tile(pos, LAYERS), "layer": np.repeat(layers, n),
+        "expert_ids": list_array(np.concatenate(ids_all), pa.uint16()),
+        "expert_weights": list_array(np.concatenate(w_all), pa.float32()),
+        "margin_k": rng.random(n * LAYERS).astype(np.float32),
+        "margin_1": rng.random(n * LAYERS).astype(np.float32),
+        "scores": pa.nulls(n * LAYERS, pa.list_(pa.float32()))}, b)
+    w.append("expert_load", _synth_loads(b, ids_all, w_all, dom_idx), b)
+    agree = rng.random(n) < 0.6
+    w.append("mtp", {"seq_id": seq, "pos": pos, "domain": doms, "mtp_top1": tok, "main_top1": tok,
+                     "agree": agree, "target": tok, "mtp_loss": loss}, b)
+    return seq, doms
+
+
+def _synth_routing(rng, pref: np.ndarray, dom_idx: np.ndarray) -> tuple[list, list]:
+    """Per MoE layer, each token's top-K expert ids (by a domain preference plus Gumbel noise, in
+    descending score) and routing weights."""
+    ids_all, w_all = [], []
+    for li in range(LAYERS):
+        score = pref[li][dom_idx] + rng.gumbel(size=(len(dom_idx), E))
+        ids = np.argpartition(-score, K, axis=1)[:, :K]
+        order = np.argsort(-np.take_along_axis(score, ids, 1), axis=1)
+        ids_all.append(np.take_along_axis(ids, order, 1).astype(np.uint16))
+        w_all.append(rng.dirichlet(np.ones(K), len(dom_idx)).astype(np.float32) * 2.5)
+    return ids_all, w_all
+
+
+def _synth_loads(b: int, ids_all: list, w_all: list, dom_idx: np.ndarray) -> dict:
+    """The expert_load rows of batch `b`: per layer, domain and expert, count and weight sum."""
+    rows = {k: [] for k in ("step", "layer", "expert", "domain", "count", "weight_sum", "tokens")}
+    for li, (ids, wt) in enumerate(zip(ids_all, w_all)):
+        for d in range(len(DOMAINS)):
+            m = dom_idx == d
+            if not m.any():
+                continue
+            rows["step"] += [b] * E
+            rows["layer"] += [DENSE + li] * E
+            rows["expert"] += list(range(E))
+            rows["domain"] += [DOMAINS[d]] * E
+            rows["count"] += np.bincount(ids[m].ravel(), minlength=E).tolist()
+            rows["weight_sum"] += np.bincount(ids[m].ravel(), weights=wt[m].ravel(), minlength=E).tolist()
+            rows["tokens"] += [int(m.sum())] * E
+    return rows
+
+
+def _synth_kv_tables(out: Path, rng, tokens: int) -> None:
+    """kv_stats and kv_spectrum for every layer: a random eigenvalue spectrum and the statistics it implies."""
+    kv = {c: [] for c in TABLES["kv_stats"].names}
+    spec = {"layer": [], "component": [], "eigenvalue": []}
+    for layer in range(DENSE + LAYERS):
+        ev = np.sort(rng.gamma(0.5, 1.0, KV_RANK))[::-1]
+        p = ev / ev.sum()
+        cum = np.cumsum(p)
+        vals = {"layer": layer, "tokens": tokens, "latent_dim": KV_RANK,
+                "channel_mean": rng.normal(0, 1, KV_RANK).tolist(), "channel_var": rng.random(KV_RANK).tolist(),
+                "effective_rank": float(np.exp(-(p * np.log(p)).sum())),
+                "energy90": int(np.searchsorted(cum, 0.9)) + 1, "energy95": int(np.searchsorted(cum, 0.95)) + 1,
+                "energy99": int(np.searchsorted(cum, 0.99)) + 1, "bytes_absorb": 1152, "bytes_naive": 40960,
+                "bytes_mha": 14336}
+        for k in kv:
+            kv[k].append(vals.get(k, 1.0))
+        spec["layer"] += [layer] * KV_RANK
+        spec["component"] += list(range(KV_RANK))
+        spec["eigenvalue"] += ev.tolist()
+    for name, cols in (("kv_stats", kv), ("kv_spectrum", spec)):
+        (out / name).mkdir()
+        pq.write_table(pa.Table.from_pydict(cols, schema=TABLES[name]), out / name / "part-0.parquet")
 
 
 def synth_spec(run: Path, prompts: int = 2000, new: int = 64, seed: int = 0) -> None:

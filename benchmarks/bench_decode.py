@@ -57,32 +57,9 @@ def main() -> None:
     p.add_argument("--gemm", choices=["bf16", "fp8"], default="bf16")
     ns = p.parse_args()
     torch.set_num_threads(ns.threads)
+    from generate import generate
 
-    import model
-    from model import ModelArgs, Transformer
-    from generate import generate, load_codec, read_prompts
-
-    stop: list[int] = []
-    if ns.ckpt:
-        m = model.load(ns.ckpt, gemm_impl=ns.gemm)
-        if not len(m.mtp):
-            raise SystemExit(f"error: {ns.ckpt} has no MTP weights")
-        codec = load_codec(ns.ckpt, m.args)
-        stop = codec.stop_ids
-        if ns.prompt_file:
-            prompts = [codec.encode(t) for t in read_prompts(ns.prompt_file)]
-        else:  # the opening of the first validation document of each domain of the bundled corpus
-            prompts = corpus_prompts(codec, ns.batch)
-        what = f"checkpoint {ns.ckpt}"
-    else:
-        torch.manual_seed(0)
-        m = Transformer(ModelArgs.from_dict(ModelArgs.from_name("tiny").to_dict() | CONFIG)).eval()
-        what = (f"random weights (hidden {CONFIG['dim']}, {CONFIG['n_layers']} layers, "
-                f"{CONFIG['n_routed_experts']} experts top-{CONFIG['n_activated_experts']}, MTP depth 1)")
-    if not ns.ckpt:
-        g = torch.Generator().manual_seed(1)
-        prompts = [torch.randint(2, m.args.vocab_size, (16 + 24 * i,), generator=g).tolist() for i in range(ns.batch)]
-
+    m, prompts, stop, what = model_and_prompts(ns)
     ref = generate(m, prompts, max_new_tokens=ns.new, stop_ids=stop)
     seqs = [p + t for p, t in zip(prompts, ref.tokens)]
 
@@ -100,11 +77,40 @@ def main() -> None:
             t0 = time.perf_counter()
             generate(m, prompts, max_new_tokens=ns.new, stop_ids=stop, **kw)
             results[name].append(time.perf_counter() - t0)
-
-    n_tok = sum(map(len, ref.tokens))
-    base = statistics.median(results["plain greedy"])
     print(f"decode: {what}; {len(prompts)} prompts (lengths {[len(p) for p in prompts]}), {ns.new} new tokens "
           f"each, greedy, {ns.threads} thread(s), {ns.repeats} repeats, {next(m.parameters()).dtype}")
+    report(results, outputs, ref)
+
+
+def model_and_prompts(ns: argparse.Namespace) -> tuple:
+    """(model, prompts as token ids, stop ids, a description of the weights) for the command line `ns`."""
+    import model
+    from model import ModelArgs, Transformer
+    from generate import load_codec, read_prompts
+
+    if not ns.ckpt:
+        torch.manual_seed(0)
+        m = Transformer(ModelArgs.from_dict(ModelArgs.from_name("tiny").to_dict() | CONFIG)).eval()
+        g = torch.Generator().manual_seed(1)
+        prompts = [torch.randint(2, m.args.vocab_size, (16 + 24 * i,), generator=g).tolist() for i in range(ns.batch)]
+        return m, prompts, [], (f"random weights (hidden {CONFIG['dim']}, {CONFIG['n_layers']} layers, "
+                                f"{CONFIG['n_routed_experts']} experts top-{CONFIG['n_activated_experts']}, "
+                                "MTP depth 1)")
+    m = model.load(ns.ckpt, gemm_impl=ns.gemm)
+    if not len(m.mtp):
+        raise SystemExit(f"error: {ns.ckpt} has no MTP weights")
+    codec = load_codec(ns.ckpt, m.args)
+    if ns.prompt_file:
+        prompts = [codec.encode(t) for t in read_prompts(ns.prompt_file)]
+    else:  # the opening of the first validation document of each domain of the bundled corpus
+        prompts = corpus_prompts(codec, ns.batch)
+    return m, prompts, codec.stop_ids, f"checkpoint {ns.ckpt}"
+
+
+def report(results: dict[str, list[float]], outputs: dict, ref) -> None:
+    """The table of times, speeds against plain decoding and acceptance, and the MTP summary line."""
+    n_tok = sum(map(len, ref.tokens))
+    base = statistics.median(results["plain greedy"])
     print(f"{'':32} {'median s':>9} {'tokens/s':>9} {'vs plain':>9} {'best vs best':>13} "
           f"{'accepted':>9} {'tokens/fwd':>10} {'identical':>9}")
     best = min(results["plain greedy"])

@@ -57,15 +57,7 @@ def write_run(run: Path, seed: int = 0, E: int = 8, K: int = 2, layers=(1, 2), n
     el = {k: [] for k in ("step", "layer", "expert", "domain", "count", "weight_sum", "tokens")}
     keep = seq % 2 == 0
     for li, layer in enumerate(layers):
-        ids = np.empty((T, K), dtype=np.int64)
-        for t in range(T):
-            if li == 0:
-                first = tok[t] % E
-            else:
-                lo = 0 if dom[t] == domains[0] else E // 2
-                first = rng.integers(lo, lo + E // 2) if rng.random() < 0.8 else rng.integers(0, E)
-            rest = rng.permutation([e for e in range(E) if e != first])[: K - 1]
-            ids[t] = [first, *rest]
+        ids = _choices(rng, li == 0, tok, dom, domains[0], E, K)
         w = rng.random((T, K)).astype(np.float32)
         m1 = rng.random(T).astype(np.float32) * 0.05
         mk = (m1 * rng.random(T)).astype(np.float32)
@@ -81,20 +73,7 @@ def write_run(run: Path, seed: int = 0, E: int = 8, K: int = 2, layers=(1, 2), n
         r_cols["margin_k"].append(mk)
         r_cols["margin_1"].append(m1)
         r_cols["scores"] += [list(map(float, r)) if k else None for r, k in zip(sc, keep)]
-        for s in (0, 1):
-            for d in domains:
-                m = (step == s) & (dom == d)
-                if not m.any():
-                    continue
-                cnt = np.bincount(ids[m].reshape(-1), minlength=E)
-                wsum = np.bincount(ids[m].reshape(-1), weights=w[m].reshape(-1), minlength=E)
-                el["step"].append(np.full(E, s))
-                el["layer"].append(np.full(E, layer, np.int16))
-                el["expert"].append(np.arange(E, dtype=np.int32))
-                el["domain"] += [d] * E
-                el["count"].append(cnt)
-                el["weight_sum"].append(wsum)
-                el["tokens"].append(np.full(E, m.sum()))
+        _add_loads(el, layer, ids, w, step, dom, domains, E)
     cat = {k: (np.concatenate(v) if isinstance(v[0], np.ndarray) else v) for k, v in r_cols.items()}
     cat["margin_1"] = pa.array(cat["margin_1"], mask=np.isnan(cat["margin_1"]))
     rstep = np.tile(step, len(layers))
@@ -102,3 +81,34 @@ def write_run(run: Path, seed: int = 0, E: int = 8, K: int = 2, layers=(1, 2), n
     ecat = {k: (np.concatenate(v) if isinstance(v[0], np.ndarray) else v) for k, v in el.items()}
     _write(run, "expert_load", ecat, [ecat["step"] == 0, ecat["step"] == 1])
     return out
+
+
+def _choices(rng, by_token: bool, tok, dom, first_domain: str, E: int, K: int) -> np.ndarray:
+    """[T, K] expert ids: the first by token id (token_id % E) or by domain (`first_domain` prefers
+    experts < E/2, 80% of the time), then K - 1 distinct random others."""
+    ids = np.empty((len(tok), K), dtype=np.int64)
+    for t in range(len(tok)):
+        if by_token:
+            first = tok[t] % E
+        else:
+            lo = 0 if dom[t] == first_domain else E // 2
+            first = rng.integers(lo, lo + E // 2) if rng.random() < 0.8 else rng.integers(0, E)
+        rest = rng.permutation([e for e in range(E) if e != first])[: K - 1]
+        ids[t] = [first, *rest]
+    return ids
+
+
+def _add_loads(el: dict, layer: int, ids, w, step, dom, domains, E: int) -> None:
+    """Append `layer`'s expert_load rows (per step, domain and expert: count, weight sum, tokens) to `el`."""
+    for s in (0, 1):
+        for d in domains:
+            m = (step == s) & (dom == d)
+            if not m.any():
+                continue
+            el["step"].append(np.full(E, s))
+            el["layer"].append(np.full(E, layer, np.int16))
+            el["expert"].append(np.arange(E, dtype=np.int32))
+            el["domain"] += [d] * E
+            el["count"].append(np.bincount(ids[m].reshape(-1), minlength=E))
+            el["weight_sum"].append(np.bincount(ids[m].reshape(-1), weights=w[m].reshape(-1), minlength=E))
+            el["tokens"].append(np.full(E, m.sum()))
