@@ -20,6 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -67,30 +68,53 @@ def main() -> int:
     p.add_argument("--cpu-smoke", action="store_true", help="tiny shapes on the CPU under TRITON_INTERPRET=1")
     p.add_argument("--repeats", type=int, default=20)
     ns = p.parse_args()
+    plan = make_plan(ns)
+    if isinstance(plan, str):
+        print(f"error: {plan}", file=sys.stderr)
+        return 2
+    import triton
+    print(f"triton {triton.__version__}; FP8 dot mode {K._dot_mode(plan.dev)} (0 = fp8 tensor cores, 1 = bf16 upcast)")
+    g = torch.Generator(device=plan.dev).manual_seed(0)
+    failures = check_act_quant(plan, g) + check_weight_dequant(plan, g) + check_fp8_gemm(plan, g)
+    failures += forward_check(plan.dev, plan.smoke)
+    print("\nFAILED: " + ", ".join(failures) if failures else "\nall checks passed")
+    return 1 if failures else 0
+
+
+@dataclass
+class Plan:
+    """Where the checks run, and on which row counts, GEMM shapes and number of timed calls."""
+
+    dev: torch.device
+    ms: list[int]
+    gemms: list[tuple[str, int, int]]
+    repeats: int
+    smoke: bool
+
+
+def make_plan(ns: argparse.Namespace) -> Plan | str:
+    """The plan for these flags, or why this machine cannot run it."""
     if ns.cpu_smoke:
         if os.environ.get("TRITON_INTERPRET") != "1":
-            print("error: --cpu-smoke needs TRITON_INTERPRET=1 in the environment", file=sys.stderr)
-            return 2
-        dev, ms, gemms, repeats = torch.device("cpu"), [1, 5], [("small", 200, 300)], 1
-    else:
-        if not torch.cuda.is_available() or not K.triton_available():
-            print("error: needs a CUDA GPU and triton (or --cpu-smoke under TRITON_INTERPRET=1)", file=sys.stderr)
-            return 2
-        dev = torch.device("cuda")
-        ms = [1, 64, 4096] if ns.quick else [1, 16, 128, 1024, 4096]
-        gemms = GEMMS[:3] if ns.quick else GEMMS
-        repeats = 5 if ns.quick else ns.repeats
-        print(f"device: {torch.cuda.get_device_name()} (capability {torch.cuda.get_device_capability()}), "
-              f"torch {torch.__version__}")
-    import triton
-    print(f"triton {triton.__version__}; FP8 dot mode {K._dot_mode(dev)} (0 = fp8 tensor cores, 1 = bf16 upcast)")
-    failures = []
-    g = torch.Generator(device=dev).manual_seed(0)
+            return "--cpu-smoke needs TRITON_INTERPRET=1 in the environment"
+        return Plan(torch.device("cpu"), [1, 5], [("small", 200, 300)], 1, smoke=True)
+    if not torch.cuda.is_available() or not K.triton_available():
+        return "needs a CUDA GPU and triton (or --cpu-smoke under TRITON_INTERPRET=1)"
+    print(f"device: {torch.cuda.get_device_name()} (capability {torch.cuda.get_device_capability()}), "
+          f"torch {torch.__version__}")
+    return Plan(torch.device("cuda"), [1, 64, 4096] if ns.quick else [1, 16, 128, 1024, 4096],
+                GEMMS[:3] if ns.quick else GEMMS, 5 if ns.quick else ns.repeats, smoke=False)
 
-    head = f"{'triton ms':>10} {'torch ms':>9}"
-    print(f"\n{'act_quant [M, K] bf16':28} {'scale rel':>10} {'q differ':>9} {head} {'GB/s':>7}")
-    for m in ms:
-        for k in ([300] if ns.cpu_smoke else [7168, 2048]):
+
+HEAD = f"{'triton ms':>10} {'torch ms':>9}"
+
+
+def check_act_quant(plan: Plan, g: torch.Generator) -> list[str]:
+    """Activation quantisation (both scale formats): scales and FP8 codes against the torch twin."""
+    dev, repeats, failures = plan.dev, plan.repeats, []
+    print(f"\n{'act_quant [M, K] bf16':28} {'scale rel':>10} {'q differ':>9} {HEAD} {'GB/s':>7}")
+    for m in plan.ms:
+        for k in ([300] if plan.smoke else [7168, 2048]):
             for fmt in (None, "ue8m0"):
                 x = torch.randn(m, k, device=dev, generator=g).to(torch.bfloat16)
                 qt, st = K.act_quant(x, scale_fmt=fmt, impl="triton")
@@ -103,9 +127,14 @@ def main() -> int:
                 print(f"{label:28} {srel:10.1e} {diff:9.2%} {tt:10.3f} {tr:9.3f} {gbs:7.0f}")
                 if srel > SCALE_REL or diff > Q_MISMATCH_FRAC:
                     failures.append(f"act_quant M={m} K={k} {fmt}")
+    return failures
 
-    print(f"\n{'weight_dequant [(E,) N, K]':28} {'max rel':>10} {'':>9} {head} {'GB/s':>7}")
-    for shape in ([(300, 200), (3, 200, 136)] if ns.cpu_smoke else [(7168, 2048), (2048, 7168), (16, 2048, 7168)]):
+
+def check_weight_dequant(plan: Plan, g: torch.Generator) -> list[str]:
+    """Block-scaled FP8 weights (2-D and stacked experts) dequantised, against the torch twin."""
+    dev, repeats, failures = plan.dev, plan.repeats, []
+    print(f"\n{'weight_dequant [(E,) N, K]':28} {'max rel':>10} {'':>9} {HEAD} {'GB/s':>7}")
+    for shape in ([(300, 200), (3, 200, 136)] if plan.smoke else [(7168, 2048), (2048, 7168), (16, 2048, 7168)]):
         q = torch.randn(*shape, device=dev, generator=g).clamp(-448, 448).to(torch.float8_e4m3fn)
         s = torch.rand(*shape[:-2], -(-shape[-2] // 128), -(-shape[-1] // 128), device=dev, generator=g)
         yt, yr = K.weight_dequant(q, s, impl="triton"), K.weight_dequant(q, s, impl="torch")
@@ -115,11 +144,16 @@ def main() -> int:
         print(f"{str(shape):28} {err:10.1e} {'':9} {tt:10.3f} {tr:9.3f} {q.numel() * 3 / tt / 1e6:7.0f}")
         if err > 2.0**-8:
             failures.append(f"weight_dequant {shape}")
+    return failures
 
-    print(f"\n{'fp8_gemm M x (N, K) -> bf16':28} {'max rel':>10} {'':>9} {head} {'TFLOP/s':>7}")
-    for name, n, k in gemms:
+
+def check_fp8_gemm(plan: Plan, g: torch.Generator) -> list[str]:
+    """The FP8 GEMM on the plan's projection shapes and row counts, against the torch twin, timed."""
+    dev, repeats, failures = plan.dev, plan.repeats, []
+    print(f"\n{'fp8_gemm M x (N, K) -> bf16':28} {'max rel':>10} {'':>9} {HEAD} {'TFLOP/s':>7}")
+    for name, n, k in plan.gemms:
         wq, ws = quantize_block(torch.randn(n, k, device=dev, generator=g))
-        for m in ms:
+        for m in plan.ms:
             xq, xs = K.act_quant(torch.randn(m, k, device=dev, generator=g), impl="torch")
             ct = K.fp8_gemm(xq, xs, wq, ws, impl="triton")
             cr = K.fp8_gemm(xq, xs, wq, ws, impl="torch")
@@ -131,10 +165,7 @@ def main() -> int:
                   f"{2 * m * n * k / tt / 1e9:7.1f}")
             if err > GEMM_REL[torch.bfloat16]:
                 failures.append(f"fp8_gemm {name} M={m}")
-
-    failures += forward_check(dev, ns.cpu_smoke)
-    print("\nFAILED: " + ", ".join(failures) if failures else "\nall checks passed")
-    return 1 if failures else 0
+    return failures
 
 
 def forward_check(dev: torch.device, smoke: bool) -> list[str]:

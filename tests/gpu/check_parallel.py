@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -105,7 +106,23 @@ def make_checkpoints(root: Path, args: ModelArgs, rank: int) -> dict[str, Path]:
     return paths
 
 
-def main() -> int:
+class Row(NamedTuple):
+    """One mode and attention path: errors against the whole model, timings and sizes."""
+
+    mode: str
+    impl: str
+    logits: tuple[float, float, float]
+    mtp: tuple[float, float, float]
+    stats: tuple[tuple[float, float], tuple[float, float]]
+    whole_ms: float
+    shard_ms: float
+    decode_ms: float
+    shard_bytes: int
+    whole_bytes: int
+    ok: bool
+
+
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cpu", action="store_true", help="run on the CPU (gloo, small config): checks the script")
     p.add_argument("--backend", choices=["nccl", "gloo"], help="default: nccl on CUDA, gloo on the CPU")
@@ -119,16 +136,69 @@ def main() -> int:
         p.error("run under torchrun with --nproc-per-node 2 or more (see --help)")
     if not ns.cpu and not torch.cuda.is_available():
         p.error("no CUDA device: pass --cpu to check the script on the CPU")
+    return ns
+
+
+def rank_device(cpu: bool) -> torch.device:
+    """The CPU, or this rank's GPU (ranks share GPUs round robin when there are fewer GPUs)."""
+    if cpu:
+        return torch.device("cpu")
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    torch.cuda.set_device(device)
+    return device
+
+
+def compare(mode: str, dtype: torch.dtype, whole, shard, tokens, targets, repeats: int) -> list[Row]:
+    """The sharded model against the whole one, on both attention paths: errors, timings, sizes."""
+    device, seq = tokens.device, tokens.shape[1]
+    rows = []
+    for impl in ("absorb", "naive"):
+        whole.attn_impl = shard.attn_impl = impl
+        with torch.no_grad():
+            ref, ref_mtp = whole(tokens, mtp=True)
+            got, got_mtp = shard(tokens, mtp=True)
+            e, e_mtp = errors(got, ref), errors(got_mtp, ref_mtp)
+            st, st_mtp = shard(tokens, mtp=True, targets=targets, mtp_targets=targets[:, 1:])
+            es = (stats_errors(st, logit_stats(ref, targets)),
+                  stats_errors(st_mtp, logit_stats(ref_mtp, targets[:, 1:])))
+            t_whole = timed(lambda: whole(tokens), repeats, device)
+            t_shard = timed(lambda: shard(tokens), repeats, device)
+            shard(tokens, use_cache=True)
+            step = tokens[:, -1:]
+            t_dec = timed(lambda: shard(step, start_pos=seq), repeats, device)
+        if dtype == torch.float32:
+            ok = e[0] <= EXACT and e_mtp[0] <= EXACT and all(x[0] <= EXACT and x[1] >= 0.99 for x in es)
+        else:
+            ok = all(x[1] <= MEAN_REL and x[2] >= AGREE for x in (e, e_mtp)) and all(
+                x[0] <= MEAN_REL and x[1] >= AGREE for x in es)
+        rows.append(Row(mode, impl, e, e_mtp, es, t_whole, t_shard, t_dec,
+                        memory.tensor_bytes(shard), memory.tensor_bytes(whole), ok))
+    return rows
+
+
+def print_table(rows: list[Row], title: str) -> None:
+    print(f"\ntensor + expert parallel forward: {title}")
+    print("errors vs the whole model: max |diff|/max |logit|, mean |diff|/mean |logit|, argmax agreement")
+    print(f"{'mode':<13} {'attn':<6} {'logits max/mean/agree':>22} {'MTP max/mean/agree':>22} "
+          f"{'stats loss/agree, MTP':>24} {'whole ms':>9} {'shards ms':>9} {'decode ms':>9} {'MB/rank':>8} "
+          f"{'of MB':>8}  ok")
+
+    def err(x):
+        return f"{x[0]:.1e}/{x[1]:.1e}/{x[2]:.2f}"
+
+    for r in rows:
+        stats = ", ".join(f"{x[0]:.1e}/{x[1]:.2f}" for x in r.stats)
+        print(f"{r.mode:<13} {r.impl:<6} {err(r.logits):>22} {err(r.mtp):>22} {stats:>24} {r.whole_ms:>9.2f} "
+              f"{r.shard_ms:>9.2f} {r.decode_ms:>9.2f} {r.shard_bytes / 1e6:>8.1f} {r.whole_bytes / 1e6:>8.1f}  "
+              f"{'yes' if r.ok else 'NO'}")
+
+
+def main() -> int:
+    ns = parse_args()
     shards = parallel.init_distributed("gloo" if ns.cpu else ns.backend)
     rank, world = shards.rank, shards.world
-    if ns.cpu:
-        device = torch.device("cpu")
-    else:
-        n = torch.cuda.device_count()
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % n)
-        torch.cuda.set_device(device)
-    small = ns.small or ns.cpu
-    args = config(world, small)
+    device = rank_device(ns.cpu)
+    args = config(world, ns.small or ns.cpu)
     seq = min(ns.seq_len, 32) if ns.cpu else ns.seq_len
     tmp = tempfile.TemporaryDirectory() if ns.dir is None else None
     root = Path(ns.dir or (tmp.name if rank == 0 else ""))
@@ -139,58 +209,24 @@ def main() -> int:
     g = torch.Generator().manual_seed(1)
     tokens = torch.randint(0, args.vocab_size, (ns.batch, seq), generator=g).to(device)
     targets = torch.randint(0, args.vocab_size, (ns.batch, seq), generator=g).to(device)
-    rows, failed = [], False
+    rows = []
     for mode, dtype, gemm, ckpt in MODES:
         whole = model.load(paths[ckpt], dtype=dtype, device=device, gemm_impl=gemm, parallel=False)
         shard = model.load(paths[ckpt], dtype=dtype, device=device, gemm_impl=gemm, parallel=shards)
-        for impl in ("absorb", "naive"):
-            whole.attn_impl = shard.attn_impl = impl
-            with torch.no_grad():
-                ref, ref_mtp = whole(tokens, mtp=True)
-                got, got_mtp = shard(tokens, mtp=True)
-                e, e_mtp = errors(got, ref), errors(got_mtp, ref_mtp)
-                st, st_mtp = shard(tokens, mtp=True, targets=targets, mtp_targets=targets[:, 1:])
-                es = (stats_errors(st, logit_stats(ref, targets)),
-                      stats_errors(st_mtp, logit_stats(ref_mtp, targets[:, 1:])))
-                t_whole = timed(lambda m=whole: m(tokens), ns.repeats, device)
-                t_shard = timed(lambda m=shard: m(tokens), ns.repeats, device)
-                shard(tokens, use_cache=True)
-                step = tokens[:, -1:]
-                t_dec = timed(lambda m=shard, x=step: m(x, start_pos=seq), ns.repeats, device)
-            if dtype == torch.float32:
-                ok = e[0] <= EXACT and e_mtp[0] <= EXACT and all(x[0] <= EXACT and x[1] >= 0.99 for x in es)
-            else:
-                ok = all(x[1] <= MEAN_REL and x[2] >= AGREE for x in (e, e_mtp)) and all(
-                    x[0] <= MEAN_REL and x[1] >= AGREE for x in es)
-            failed |= not ok
-            rows.append((mode, impl, e, e_mtp, t_whole, t_shard, t_dec,
-                         memory.tensor_bytes(shard), memory.tensor_bytes(whole), ok, es))
+        rows += compare(mode, dtype, whole, shard, tokens, targets, ns.repeats)
         del whole, shard
         if device.type == "cuda":
             torch.cuda.empty_cache()
     if rank == 0:
         where = "CPU" if ns.cpu else torch.cuda.get_device_name(device)
-        print(f"\ntensor + expert parallel forward: world {world} ({dist.get_backend()}), {where}, "
-              f"batch {ns.batch} x {seq} tokens, dim {args.dim}, {args.n_heads} heads, "
-              f"{args.n_routed_experts} experts")
-        print("errors vs the whole model: max |diff|/max |logit|, mean |diff|/mean |logit|, argmax agreement")
-        print(f"{'mode':<13} {'attn':<6} {'logits max/mean/agree':>22} {'MTP max/mean/agree':>22} "
-              f"{'stats loss/agree, MTP':>24} {'whole ms':>9} {'shards ms':>9} {'decode ms':>9} {'MB/rank':>8} "
-              f"{'of MB':>8}  ok")
-
-        def err(x):
-            return f"{x[0]:.1e}/{x[1]:.1e}/{x[2]:.2f}"
-
-        for r in rows:
-            stats = ", ".join(f"{x[0]:.1e}/{x[1]:.2f}" for x in r[10])
-            print(f"{r[0]:<13} {r[1]:<6} {err(r[2]):>22} {err(r[3]):>22} {stats:>24} {r[4]:>9.2f} {r[5]:>9.2f} "
-                  f"{r[6]:>9.2f} {r[7] / 1e6:>8.1f} {r[8] / 1e6:>8.1f}  {'yes' if r[9] else 'NO'}")
+        print_table(rows, f"world {world} ({dist.get_backend()}), {where}, batch {ns.batch} x {seq} tokens, "
+                          f"dim {args.dim}, {args.n_heads} heads, {args.n_routed_experts} experts")
     dist.barrier()
     dist.destroy_process_group()
     if tmp is not None:
         tmp.cleanup()
     sys.stdout.flush()
-    os._exit(1 if failed else 0)  # NOTE: skip teardown, see model/generate.py main()
+    os._exit(0 if all(r.ok for r in rows) else 1)  # NOTE: skip teardown, see model/generate.py main()
 
 
 if __name__ == "__main__":
