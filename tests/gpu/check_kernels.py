@@ -72,6 +72,9 @@ def main() -> int:
     if isinstance(plan, str):
         print(f"error: {plan}", file=sys.stderr)
         return 2
+    if plan.dev.type == "cuda":
+        print(f"device: {torch.cuda.get_device_name()} (capability {torch.cuda.get_device_capability()}), "
+              f"torch {torch.__version__}")
     import triton
     print(f"triton {triton.__version__}; FP8 dot mode {K._dot_mode(plan.dev)} (0 = fp8 tensor cores, 1 = bf16 upcast)")
     g = torch.Generator(device=plan.dev).manual_seed(0)
@@ -100,8 +103,6 @@ def make_plan(ns: argparse.Namespace) -> Plan | str:
         return Plan(torch.device("cpu"), [1, 5], [("small", 200, 300)], 1, smoke=True)
     if not torch.cuda.is_available() or not K.triton_available():
         return "needs a CUDA GPU and triton (or --cpu-smoke under TRITON_INTERPRET=1)"
-    print(f"device: {torch.cuda.get_device_name()} (capability {torch.cuda.get_device_capability()}), "
-          f"torch {torch.__version__}")
     return Plan(torch.device("cuda"), [1, 64, 4096] if ns.quick else [1, 16, 128, 1024, 4096],
                 GEMMS[:3] if ns.quick else GEMMS, 5 if ns.quick else ns.repeats, smoke=False)
 
