@@ -24,7 +24,12 @@ ONEDNN_LINEAR: bool | None = None
 
 
 ONEDNN_MIN_MACS = 1 << 20  # smaller GEMMs are dominated by call overhead, where F.linear is quicker
-ONEDNN_ROW_BUCKET = 16  # callers with varying row counts pad to a multiple of this (see Experts)
+# callers with varying row counts pad to a multiple of this (see Experts): a bounded set of kernel
+# shapes (4, 8 or 32 measured no faster: docs/performance.md)
+ONEDNN_ROW_BUCKET = 16
+# the padded oneDNN experts run only where the experts that have tokens average at least this many
+# rows: at decode's 1-3 rows F.linear is the faster (model.moe.Experts._padding_pays)
+ONEDNN_MIN_MEAN_ROWS = 16
 
 
 def grad_tracked(*tensors: torch.Tensor) -> bool:

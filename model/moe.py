@@ -16,8 +16,8 @@ from .fp8 import quantize_block
 from .frozen import packed_experts
 from .gemm import onednn_linear, onednn_swiglu
 from .kernels import act_quant, dequant_for_gemm, fp8_gemm
-from .layers import (ONEDNN_ROW_BUCKET, Linear, dense_linear, experts_on_onednn, fp8_wide, grad_tracked,
-                     onednn_eligible, wide)
+from .layers import (ONEDNN_MIN_MEAN_ROWS, ONEDNN_ROW_BUCKET, Linear, dense_linear, experts_on_onednn, fp8_wide,
+                     grad_tracked, onednn_eligible, wide)
 
 
 # the most bytes of gathered expert rows Experts._gathered holds at once: under the heap's 64 MiB
@@ -170,7 +170,7 @@ class Experts(nn.Module):
         """Whether to run _onednn_padded: float32 GEMMs that oneDNN can run (model.layers.onednn_eligible),
         experts of a shape that runs faster there (measured per shape, model/gemm.py's experts_choice,
         whichever path the model's other GEMMs take), and
-        the local experts that have tokens have ONEDNN_ROW_BUCKET rows each on average. A decode step
+        the local experts that have tokens have ONEDNN_MIN_MEAN_ROWS rows each on average. A decode step
         or an MTP verify pass gives an expert 1-3 rows: padded to 16 that was 16x the work, and the
         MTP decode of benchmarks/bench_decode.py ran 1.4x slower than on F.linear."""
         first, end = self.expert_range
@@ -179,7 +179,7 @@ class Experts(nn.Module):
             return False
         mean = sum(local) // len(local)
         _, inter, dim = self.w1.shape
-        return (mean >= ONEDNN_ROW_BUCKET and onednn_eligible(x_TD[:mean], self.w1[0])
+        return (mean >= ONEDNN_MIN_MEAN_ROWS and onednn_eligible(x_TD[:mean], self.w1[0])
                 and experts_on_onednn(dim, inter))
 
     def _dense_inference(self, x_TD: torch.Tensor) -> bool:

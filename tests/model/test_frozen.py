@@ -41,7 +41,7 @@ def tiny_model_and_tokens():
     from helpers import random_model
 
     m = random_model("tiny", seed=3)
-    # 4 x 64 tokens: the routed experts get >= ONEDNN_ROW_BUCKET rows on average, so their padded oneDNN layout runs
+    # 4 x 64 tokens: the routed experts get >= ONEDNN_MIN_MEAN_ROWS rows on average, so their padded oneDNN layout runs
     return m, torch.randint(0, m.args.vocab_size, (4, 64), generator=torch.Generator().manual_seed(0))
 
 

@@ -135,11 +135,13 @@ def test_experts_pad_rows_to_the_bucket_and_compute_the_same(monkeypatch):
         monkeypatch.setattr(layers, "ONEDNN_LINEAR", False)
         plain = ex(x, w, ids)
     torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
-    # few rows an expert (40 tokens x top-2 over 8 experts: 10 on average; a decode step has 1-3): no
-    # padding to 16, F.linear one expert at a time
+    # few rows an expert (40 tokens x top-2 over 8 experts: 10 on average, under ONEDNN_MIN_MEAN_ROWS;
+    # a decode step has 1-3): no padding, F.linear on the gathered rows
     with torch.no_grad():
         monkeypatch.setattr(layers, "ONEDNN_LINEAR", True)
         few = x[:40]
+        assert 10 < layers.ONEDNN_MIN_MEAN_ROWS
+        monkeypatch.setattr(layers, "ONEDNN_MIN_MACS", 0)  # only the rows-per-expert threshold decides
         assert layers.uses_onednn(few, ex.w1[0])  # the layer's GEMM size alone would have chosen oneDNN
         assert "mkldnn::_linear_pointwise" not in ops_called(lambda: ex(few, w[:40], ids[:40]))
         torch.testing.assert_close(ex(few, w[:40], ids[:40]), plain[:40], rtol=1e-5, atol=1e-5)
