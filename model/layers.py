@@ -25,11 +25,8 @@ ONEDNN_LINEAR: bool | None = None
 
 ONEDNN_MIN_MACS = 1 << 20  # smaller GEMMs are dominated by call overhead, where F.linear is quicker
 # callers with varying row counts pad to a multiple of this (see Experts): a bounded set of kernel
-# shapes (4, 8 or 32 measured no faster: docs/performance.md)
+# shapes (4, 8 and 32 measured within a few percent of it either way: docs/performance.md)
 ONEDNN_ROW_BUCKET = 16
-# the padded oneDNN experts run only where the experts that have tokens average at least this many
-# rows: at decode's 1-3 rows F.linear is the faster (model.moe.Experts._padding_pays)
-ONEDNN_MIN_MEAN_ROWS = 16
 
 
 def grad_tracked(*tensors: torch.Tensor) -> bool:

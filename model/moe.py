@@ -16,13 +16,16 @@ from .fp8 import quantize_block
 from .frozen import packed_experts
 from .gemm import onednn_linear, onednn_swiglu
 from .kernels import act_quant, dequant_for_gemm, fp8_gemm
-from .layers import (ONEDNN_MIN_MEAN_ROWS, ONEDNN_ROW_BUCKET, Linear, dense_linear, experts_on_onednn, fp8_wide,
-                     grad_tracked, onednn_eligible, wide)
+from .layers import (ONEDNN_ROW_BUCKET, Linear, dense_linear, experts_on_onednn, fp8_wide, grad_tracked,
+                     onednn_eligible, wide)
 
 
 # the most bytes of gathered expert rows Experts._gathered holds at once: under the heap's 64 MiB
 # mapping threshold (probe.job.bound_heap), so a slab is reused memory, not fresh pages
 GATHER_BYTES = 32 << 20
+# the padded oneDNN experts run only where the experts that have tokens average at least this many
+# rows: at decode's 1-3 rows F.linear is the faster (Experts._padding_pays)
+ONEDNN_MIN_MEAN_ROWS = 16
 
 
 class MLP(nn.Module):

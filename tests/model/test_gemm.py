@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from model import gemm, layers
+from model import gemm, layers, moe
 from model.layers import dense_linear
 
 needs_onednn = pytest.mark.skipif(not gemm.onednn_available(), reason="oneDNN linear unavailable in this torch build")
@@ -140,7 +140,7 @@ def test_experts_pad_rows_to_the_bucket_and_compute_the_same(monkeypatch):
     with torch.no_grad():
         monkeypatch.setattr(layers, "ONEDNN_LINEAR", True)
         few = x[:40]
-        assert 10 < layers.ONEDNN_MIN_MEAN_ROWS
+        assert 10 < moe.ONEDNN_MIN_MEAN_ROWS
         monkeypatch.setattr(layers, "ONEDNN_MIN_MACS", 0)  # only the rows-per-expert threshold decides
         assert layers.uses_onednn(few, ex.w1[0])  # the layer's GEMM size alone would have chosen oneDNN
         assert "mkldnn::_linear_pointwise" not in ops_called(lambda: ex(few, w[:40], ids[:40]))
