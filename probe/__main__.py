@@ -115,10 +115,38 @@ def _add_dashboard(sub) -> None:
                                    "the default run (bundled model and corpus) into it first.")
     p.add_argument("runs_dir", nargs="?", default="runs", help="directory of run directories (default runs/)")
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8501, help="port (default 8501)")
+    p.add_argument("--port", type=_port, default=8501, help="port (default 8501)")
     p.add_argument("--no-record", dest="record", action="store_false",
                    help="do not record the default run when RUNS_DIR has none")
     p.set_defaults(fn=_dashboard)
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1-65535)")
+    return port
+
+
+def _check_can_serve(host: str, port: int) -> None:
+    """Bind (and release) HOST:PORT the way the server will, so that an address this machine does not
+    have, or a port in use, is one line now rather than streamlit's traceback after a recording."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise RecordError(f"--host {host}: cannot resolve it ({e.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server sets it
+        try:
+            sock.bind(address)
+        except OSError as e:
+            raise RecordError(f"--host {host} --port {port}: cannot serve there ({e.strerror})") from None
 
 
 def _exec_streamlit(cmd: list[str], env: dict) -> int:
@@ -134,6 +162,7 @@ def _dashboard(ns) -> int:
     runs = Path(ns.runs_dir)
     if runs.exists() and not runs.is_dir():
         raise RecordError(f"{runs}: a file, not a directory of runs")
+    _check_can_serve(ns.host, ns.port)
     if ns.record and not any(runs.glob("*/run.json")):
         # the only path where the dashboard command needs the model (and torch, via probe.record)
         from .record import RecordOptions, record

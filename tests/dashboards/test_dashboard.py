@@ -5,6 +5,7 @@ traceback, the expected elements present); and `import dashboards` never imports
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 
@@ -187,6 +188,18 @@ def test_cli_dashboard_subcommand_parses(monkeypatch, tmp_path, capsys):
     (tmp_path / "afile").write_text("x")  # a file is refused with one line, and no server starts
     assert cli.main(["dashboard", str(tmp_path / "afile"), "--no-record"]) == 2 and len(calls) == 1
     assert capsys.readouterr().err == f"error: {tmp_path / 'afile'}: a file, not a directory of runs\n"
+    # an address it cannot serve on is one line before anything is recorded, not streamlit's traceback
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert cli.main(["dashboard", str(tmp_path / "empty"), "--port", str(port)]) == 2
+    assert capsys.readouterr().err == f"error: --host 127.0.0.1 --port {port}: cannot serve there (Address already in use)\n"
+    assert not (tmp_path / "empty").exists() and len(calls) == 1  # nothing recorded, no server
+    assert cli.main(["dashboard", str(tmp_path), "--port", str(port)]) == 0 and len(calls) == 2  # control: freed
+    with pytest.raises(SystemExit) as bad:
+        cli.main(["dashboard", str(tmp_path), "--port", "99999"])
+    assert bad.value.code == 2 and "'99999' is not a TCP port (1-65535)" in capsys.readouterr().err
 
 
 def test_a_one_domain_run_says_so_instead_of_empty_charts(tmp_path):
