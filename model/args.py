@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,10 @@ class ModelArgs:
         def bad(msg: str) -> None:
             raise ConfigError(f"invalid ModelArgs: {msg}")
 
+        for f in dataclasses.fields(self):
+            want = _type_problem(getattr(self, f.name), f.type)
+            if want:
+                bad(f"{f.name}={getattr(self, f.name)!r} must be {want}")
         for name in ("vocab_size", "dim", "n_layers", "n_heads", "kv_lora_rank", "qk_rope_head_dim",
                      "v_head_dim"):
             if getattr(self, name) <= 0:
@@ -267,6 +272,29 @@ _REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layer
              "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
 
 
+_KINDS = {  # annotation -> (what a value must be, as a message says it; the test)
+    "int": ("an integer", lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool)),
+    "float": ("a number", lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool)),
+    "bool": ("true or false", lambda v: isinstance(v, bool)),
+    "str": ("a string", lambda v: isinstance(v, str)),
+}
+
+
+def _type_problem(value: Any, annotation: str) -> str | None:
+    """What `value` should have been for a field annotated `annotation` (e.g. "int | None"), or None
+    when it fits. Only the scalar kinds are checked; a config's JSON gives strings where a number
+    belongs, and those would otherwise fail far from the file that holds them."""
+    parts = [a.strip() for a in str(annotation).split("|")]
+    if value is None and "None" in parts:
+        return None
+    scalars = [a for a in parts if a in _KINDS]
+    if not scalars or len(scalars) < len([a for a in parts if a != "None"]):
+        return None  # a list, tuple or dict is allowed too: left to the field's own checks
+    if any(_KINDS[a][1](value) for a in scalars):
+        return None
+    return " or ".join([_KINDS[a][0] for a in scalars] + (["null"] if "None" in parts else []))
+
+
 def _yarn_mscale(factor: float, m: float) -> float:
     return 1.0 if factor <= 1 else 0.1 * m * math.log(factor) + 1.0
 
@@ -286,27 +314,53 @@ def _moe_from_hf(cfg: dict[str, Any], kw: dict[str, Any], where: str) -> dict[st
     return out
 
 
+def _section(cfg: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    """A nested object of the config (`rope_scaling`, `quantization_config`); absent or null is {}."""
+    value = cfg.get(key) or {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: {key}={value!r} must be an object (a JSON {{...}})")
+    return value
+
+
+def _number(section: dict[str, Any], key: str, default: float, where: str, name: str, kind=float):
+    """section[key] (or `default` where absent or null, or 0 as older configs write it) as `kind`;
+    a value that is not a number names `name.key` (`key` alone for the config's top level, name "")."""
+    value = section.get(key)
+    if value is None:
+        return kind(default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+        what = "an integer" if kind is int else "a number"
+        raise ConfigError(f"{where}: {name + '.' if name else ''}{key}={value!r} must be {what}")
+    return kind(value)
+
+
 def _rope_from_hf(cfg: dict[str, Any], where: str) -> dict[str, Any]:
     """RoPE's fields. HF has had two spellings: `rope_scaling` + `rope_theta`, or `rope_parameters`
     (transformers 5)."""
-    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    name = "rope_parameters" if cfg.get("rope_parameters") else "rope_scaling"
+    rope = _section(cfg, name, where)
     rtype = rope.get("rope_type", rope.get("type", "default"))
     if rtype not in ("yarn", "default"):
         raise ConfigError(f"{where}: rope type {rtype!r} is not supported (yarn or default)")
-    kw: dict[str, Any] = {"rope_theta": float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0))),
-                          "rope_type": rtype}
+    theta = (_number(rope, "rope_theta", 10000.0, where, name) if rope.get("rope_theta") is not None
+             else _number(cfg, "rope_theta", 10000.0, where, ""))
+    kw: dict[str, Any] = {"rope_theta": theta, "rope_type": rtype}
     if rtype != "yarn":
         kw["rope_factor"], kw["mscale"] = 1.0, 0.0
         return kw
-    factor = float(rope.get("factor") or 1.0)
-    m, m_all = rope.get("mscale"), rope.get("mscale_all_dim")
+
+    def num(key: str, default: float, kind=float):
+        return _number(rope, key, default, where, name, kind)
+
+    factor = num("factor", 1.0) or 1.0
+    m, m_all = num("mscale", 0.0), num("mscale_all_dim", 0.0)
     kw["rope_factor"] = factor
-    kw["original_seq_len"] = int(rope.get("original_max_position_embeddings", 4096))
-    kw["beta_fast"] = float(rope.get("beta_fast") or 32)
-    kw["beta_slow"] = float(rope.get("beta_slow") or 1)
-    kw["mscale"] = float(m_all or 0.0)  # no mscale_all_dim: no softmax-scale correction
+    kw["original_seq_len"] = num("original_max_position_embeddings", 4096, int)
+    kw["beta_fast"] = num("beta_fast", 32) or 32.0
+    kw["beta_slow"] = num("beta_slow", 1) or 1.0
+    kw["mscale"] = m_all  # no mscale_all_dim: no softmax-scale correction
     if rope.get("attention_factor") is not None:
-        kw["rope_attention_factor"] = float(rope["attention_factor"])
+        kw["rope_attention_factor"] = num("attention_factor", 1.0)
     elif m and m_all:
         kw["rope_attention_factor"] = _yarn_mscale(factor, m) / _yarn_mscale(factor, m_all)
     else:
@@ -316,14 +370,18 @@ def _rope_from_hf(cfg: dict[str, Any], where: str) -> dict[str, Any]:
 
 def _dtype_from_hf(cfg: dict[str, Any], where: str) -> dict[str, Any]:
     """The weights' dtype, and FP8's block size and scale format where the checkpoint is FP8."""
-    q = cfg.get("quantization_config")
+    q = _section(cfg, "quantization_config", where)
     if not q:
         return {"dtype": str(cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16").removeprefix("torch.")}
     if q.get("quant_method") != "fp8":
         raise ConfigError(f"{where}: quantization_config.quant_method={q.get('quant_method')!r} "
                           "is not supported (only fp8)")
-    return {"quant_block": tuple(q.get("weight_block_size") or (128, 128)), "scale_fmt": q.get("scale_fmt"),
-            "dtype": "bfloat16"}
+    block = q.get("weight_block_size") or (128, 128)
+    if (not isinstance(block, (list, tuple)) or len(block) != 2
+            or not all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in block)):
+        raise ConfigError(f"{where}: quantization_config.weight_block_size={block!r} must be two positive "
+                          "integers, e.g. [128, 128]")
+    return {"quant_block": tuple(block), "scale_fmt": q.get("scale_fmt"), "dtype": "bfloat16"}
 
 
 def _from_hf(cfg: dict[str, Any], where: str) -> ModelArgs:
@@ -335,6 +393,11 @@ def _from_hf(cfg: dict[str, Any], where: str) -> ModelArgs:
     if missing:
         raise ConfigError(f"{where}: missing required keys {missing}")
     kw: dict[str, Any] = {ours: cfg[hf] for hf, ours in _HF_KEYS.items() if cfg.get(hf) is not None}
+    annotations = {f.name: f.type for f in dataclasses.fields(ModelArgs)}
+    for hf, ours in _HF_KEYS.items():  # named by the config's own keys, before anything computes with them
+        want = _type_problem(kw.get(ours), annotations[ours]) if ours in kw else None
+        if want:
+            raise ConfigError(f"{where}: {hf}={cfg[hf]!r} must be {want}")
     for k in ("bos_token_id", "eos_token_id"):  # an explicit null means "no such token", not the default
         if k in cfg and cfg[k] is None:
             kw[k] = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -245,6 +246,11 @@ def test_plain_rope_frequencies():
     (dict(dim=0), ["dim"]),
     (dict(n_dense_layers=4), ["n_dense_layers"]),
     (dict(n_expert_groups=16, n_limited_groups=4, n_activated_experts=4), ["experts per group"]),
+    (dict(dim="512"), ["dim='512' must be an integer"]),  # a wrong type: one line, not a TypeError
+    (dict(n_heads=8.0), ["n_heads=8.0 must be an integer"]),
+    (dict(route_scale="2.5"), ["route_scale='2.5' must be a number"]),
+    (dict(norm_topk_prob=1), ["norm_topk_prob=1 must be true or false"]),
+    (dict(bos_token_id="0"), ["bos_token_id='0' must be an integer or null"]),
 ])
 def test_invalid_args(overrides, fields):
     with pytest.raises(ConfigError) as ei:
@@ -265,6 +271,20 @@ def test_invalid_args(overrides, fields):
     (dict(moe_layer_freq=2), ["moe_layer_freq"]),
     (dict(rope_scaling={"type": "linear", "factor": 2.0}), ["rope type", "linear"]),
     (dict(quantization_config={"quant_method": "gptq"}), ["quant_method", "gptq"]),
+    (dict(hidden_size="32"), ["config dict: hidden_size='32' must be an integer"]),  # named by the HF key
+    (dict(rms_norm_eps="1e-6"), ["config dict: rms_norm_eps='1e-6' must be a number"]),
+    (dict(norm_topk_prob="true"), ["config dict: norm_topk_prob='true' must be true or false"]),
+    (dict(rope_scaling="yarn"), ["config dict: rope_scaling='yarn' must be an object"]),
+    (dict(rope_scaling={"type": "yarn", "factor": "40"}), ["config dict: rope_scaling.factor='40' must be a number"]),
+    (dict(rope_scaling={"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096.5}),
+     ["rope_scaling.original_max_position_embeddings=4096.5 must be an integer"]),
+    (dict(rope_parameters={"rope_type": "default", "rope_theta": "1e4"}),
+     ["config dict: rope_parameters.rope_theta='1e4' must be a number"]),
+    # (no rope_scaling: a theta there wins, and transformers writes one into the helpers' dict in place)
+    (dict(rope_theta="1e4", rope_scaling=None), ["config dict: rope_theta='1e4' must be a number"]),
+    (dict(quantization_config="fp8"), ["quantization_config='fp8' must be an object"]),
+    (dict(quantization_config={"quant_method": "fp8", "weight_block_size": "128"}),
+     ["quantization_config.weight_block_size='128' must be two positive integers"]),
 ])
 def test_invalid_hf_config(overrides, fields):
     with pytest.raises(ConfigError) as ei:
@@ -280,6 +300,16 @@ def test_invalid_hf_config_file_is_named(tmp_path):
     p.write_text(json.dumps(TINY_HF | {"n_group": 5}))
     with pytest.raises(ConfigError, match=str(p)):
         ModelArgs.from_hf_config(tmp_path)
+
+
+def test_numbers_of_any_integral_or_real_type_are_taken():
+    """The type check takes what computes like an int or a float (numpy scalars from a table, an int
+    where a float belongs) and refuses bools where a count belongs; the control for the cases above."""
+    args = ModelArgs.from_dict(ModelArgs.from_name("tiny").to_dict() | dict(dim=np.int64(64), route_scale=2,
+                                                                            rope_theta=np.float32(1e4)))
+    assert args.dim == 64 and args.route_scale == 2
+    with pytest.raises(ConfigError, match="n_layers=True must be an integer"):
+        ModelArgs.from_dict(ModelArgs.from_name("tiny").to_dict() | dict(n_layers=True))
 
 
 def test_unknown_field():
