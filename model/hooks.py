@@ -50,7 +50,13 @@ class HookPoint(nn.Module):
 
     def add(self, fn: HookFn) -> torch.utils.hooks.RemovableHandle:
         def _wrapped(module: nn.Module, args: tuple, output: torch.Tensor):
-            return fn(output, self)
+            out = fn(output, self)
+            if out is not None and (not isinstance(out, torch.Tensor) or out.shape != output.shape):
+                # checked here, where the hook is known, rather than failing blocks downstream
+                got = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
+                raise ValueError(f"the hook on {self.name} returned {got}; a replacement must be a tensor of "
+                                 f"the hook point's shape {tuple(output.shape)} (or return None to keep it)")
+            return out
 
         return self.register_forward_hook(_wrapped)
 

@@ -252,6 +252,23 @@ def test_unknown_hook_names_are_errors():
             pass
 
 
+def test_a_replacement_of_another_shape_names_the_hook():
+    """A hook that returns a tensor of another shape, or something not a tensor, fails at the hook
+    with its name, not blocks later inside RoPE or a GEMM; a same-shape one is taken (the control)."""
+    m = random_model("tiny")
+    x = torch.zeros(1, 4, dtype=torch.long)
+    name = "layers.1.hook_resid_pre"
+    with pytest.raises(ValueError, match=rf"the hook on {name} returned shape \(1, 2, 64\); .* shape \(1, 4, 64\)"):
+        with m.hooks([(name, lambda t, hook: t[:, :2])]):
+            m(x)
+    with pytest.raises(ValueError, match=f"the hook on {name} returned list"):
+        with m.hooks([(name, lambda t, hook: [t])]):
+            m(x)
+    with m.hooks([(name, lambda t, hook: t * 0)]):
+        zeroed = m(x)
+    assert not torch.equal(zeroed, m(x))  # the replacement took effect
+
+
 def test_forward_from_a_later_block_equals_the_full_pass():
     """start_at_layer + resid (a block's hook_resid_pre from a full pass) gives the full pass's
     logits bit for bit; bad uses are refused with a message naming the argument."""
