@@ -216,11 +216,7 @@ class Transformer(HookedModule):
             raise ValueError("targets asks for statistics at every position; logits_at for logits at some")
         if mtp_targets is not None and not mtp:
             raise ValueError("mtp_targets is for the MTP predictions: pass mtp=True with it")
-        if isinstance(start_pos, torch.Tensor):
-            start = start_pos.to(device=dev, dtype=torch.long).reshape(-1).expand(bsz)
-            max_start = int(start.max())
-        else:
-            start, max_start = torch.full((bsz,), int(start_pos), device=dev, dtype=torch.long), int(start_pos)
+        start, max_start = self._check_rows(start_pos, lengths, bsz, seqlen, dev)
         if max_start > 0:
             use_cache = True
         end = max_start + seqlen
@@ -260,15 +256,13 @@ class Transformer(HookedModule):
         if logits_at is not None and targets is not None:
             raise ValueError("targets asks for statistics at every position; logits_at for logits at some")
         bsz, seqlen = tokens.shape
-        if isinstance(start_pos, int):
-            start_pos = torch.full((bsz,), start_pos, dtype=torch.long, device=tokens.device)
-        start = start_pos.to(tokens.device).reshape(-1).expand(bsz)
+        start, max_start = self._check_rows(start_pos, lengths, bsz, seqlen, tokens.device)
         n = seqlen - 1
         pos = start[:, None] + torch.arange(n, device=tokens.device)
         lens = None if lengths is None else (lengths.to(tokens.device) - 1).clamp(min=0)
-        end = int(start.max()) + n
+        end = max_start + n
         if use_cache:
-            self._ensure_cache(bsz, end, fresh=int(start.max()) == 0)
+            self._ensure_cache(bsz, end, fresh=max_start == 0)
         mask, n_keys = self._mask(pos, start, lens, n, end, use_cache)
         cos, sin = rope_cos_sin(pos, self.rope_inv_freq, self.args.rope_attention_factor)
         _, logits = self.mtp[depth](h[:, :n], self.embed(tokens[:, 1:]), self.head,
@@ -312,6 +306,33 @@ class Transformer(HookedModule):
             got = tuple(resid.shape) if isinstance(resid, torch.Tensor) else type(resid).__name__
             raise ValueError(f"resid: expected the input of block {start}, shape {want}, got {got}")
         return resid
+
+    @staticmethod
+    def _check_rows(start_pos, lengths, bsz: int, seqlen: int, dev) -> tuple[torch.Tensor, int]:
+        """start_pos as a [B] long tensor on `dev`, and its largest value, after checking it and
+        `lengths` against the batch (one read back from the device for both)."""
+        if isinstance(start_pos, torch.Tensor):
+            if start_pos.numel() not in (1, bsz) or start_pos.is_floating_point():
+                raise ValueError(f"start_pos: expected an int or {bsz} integer starts (one per row), got "
+                                 f"shape {tuple(start_pos.shape)} of {start_pos.dtype}")
+            start = start_pos.to(device=dev, dtype=torch.long).reshape(-1).expand(bsz)
+        else:
+            start = torch.full((bsz,), int(start_pos), device=dev, dtype=torch.long)
+        if lengths is not None and (not isinstance(lengths, torch.Tensor) or tuple(lengths.shape) != (bsz,)
+                                    or lengths.is_floating_point()):
+            got = f"shape {tuple(lengths.shape)} of {lengths.dtype}" if isinstance(lengths, torch.Tensor) \
+                else type(lengths).__name__
+            raise ValueError(f"lengths: expected {bsz} integer lengths (one per row), got {got}")
+        if not bsz:
+            return start, 0
+        ends = [start.min(), start.max()] + ([] if lengths is None else [lengths.min().to(dev), lengths.max().to(dev)])
+        lo, hi, *lens = torch.stack(ends).tolist()
+        if lo < 0:
+            raise ValueError(f"start_pos must be >= 0, got {start.tolist()}")
+        if lens and (lens[0] < 0 or lens[1] > seqlen):
+            raise ValueError(f"lengths must be in [0, {seqlen}] (the tokens of each row in this chunk), "
+                             f"got [{lens[0]}, {lens[1]}]")
+        return start, hi
 
     def _check_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2:

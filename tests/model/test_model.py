@@ -290,6 +290,20 @@ def test_bad_forward_inputs():
         m(torch.zeros(1, 1, dtype=torch.long), start_pos=4)
     with pytest.raises(ValueError, match="attn_impl"):
         m.attn_impl = "flash"
+    # per-row lengths and starts that do not fit the batch: one line, not a broadcast or a wrong mask
+    x = torch.zeros(2, 4, dtype=torch.long)
+    for kw, msg in [(dict(lengths=torch.tensor([4])), r"lengths: expected 2 integer lengths \(one per row\), got shape \(1,\)"),
+                    (dict(lengths=[4, 4]), "lengths: expected 2 integer lengths .* got list"),
+                    (dict(lengths=torch.tensor([4.0, 4.0])), "got shape .* of torch.float32"),
+                    (dict(lengths=torch.tensor([4, 5])), r"lengths must be in \[0, 4\] .* got \[4, 5\]"),
+                    (dict(lengths=torch.tensor([-1, 4])), r"lengths must be in \[0, 4\]"),
+                    (dict(start_pos=torch.tensor([0, 1, 2])), "start_pos: expected an int or 2 integer starts"),
+                    (dict(start_pos=-2), r"start_pos must be >= 0, got \[-2, -2\]")]:
+        with pytest.raises(ValueError, match=msg):
+            m(x, **kw)
+        with pytest.raises(ValueError, match=msg):
+            m(x, mtp=True, **kw)
+    assert torch.equal(m(x, lengths=torch.tensor([4, 2], dtype=torch.int32))[0], m(x)[0])  # the control
 
 
 @torch.no_grad()
