@@ -68,6 +68,10 @@ class Run:
     def arrow(self, table: str, columns: list[str] | None = None) -> pa.Table:
         files = self.files(table)
         schema = TABLES[table]
+        unknown = [c for c in columns or () if c not in schema.names]
+        if unknown:
+            raise RunError(f"{self.path / table}: no column {', '.join(map(repr, unknown))}; its columns are "
+                           f"{schema.names}")
         if not files:
             return schema.empty_table().select(columns) if columns else schema.empty_table()
         try:

@@ -76,9 +76,9 @@ def read_run_json(run: Path) -> dict:
     p = Path(run) / RUN_JSON
     try:
         return json.loads(p.read_text())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise RunError(f"{run}: not a run directory (no {RUN_JSON})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, IsADirectoryError) as e:
         raise RunError(f"{p}: unreadable ({e})") from None
 
 

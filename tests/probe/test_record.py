@@ -18,6 +18,7 @@ import torch
 import model
 import probe
 from probe.record import RecordError, RecordOptions, record
+from probe.writer import RunError
 
 from helpers.processes import HELD_PROBE, hold_env, wait_until_held
 
@@ -331,6 +332,16 @@ def test_existing_out_needs_a_flag(probe_env, tmp_path):
     assert (tmp_path / "notrun" / "precious.txt").exists()
     rec(probe_env, out, max_tokens=100, kv_stats=False, overwrite=True)
     assert probe.open_run(out).info["recorded"]["tokens"] == 100
+    # reading back: a file, an unknown table or column is a RunError naming it (not an OSError or
+    # Arrow's "No match for FieldRef")
+    with pytest.raises(RunError, match="precious.txt: not a run directory"):
+        probe.open_run(tmp_path / "notrun" / "precious.txt")
+    run = probe.open_run(out)
+    with pytest.raises(RunError, match=r"tokens: no column 'lost'; its columns are \['doc_id', "):
+        run.df("tokens", columns=["loss", "lost"])
+    with pytest.raises(RunError, match="unknown table 'token'"):
+        run.df("token")
+    assert list(run.df("tokens", columns=["loss"]).columns) == ["loss"]  # the control
 
 
 def test_non_utf8_bytes_are_replaced_and_counted(probe_env, tmp_path):
