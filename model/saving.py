@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -31,7 +32,8 @@ def save(model: Transformer, path: str | os.PathLike, *, fp8: bool = False,
     fp8: store the FP8-capable projections as float8_e4m3fn + `weight_scale_inv` in 128x128 blocks.
     max_shard_bytes: split into several files listed in `model.safetensors.index.json`.
     The MTP layer gets copies of the embedding and head, as in the published checkpoints.
-    Files are written under temporary names and renamed when complete.
+    Files are written under temporary names and renamed when complete. A checkpoint already in
+    `path` is replaced whole: its weight files and index go (other files stay).
     """
     if getattr(model, "shards", None) is not None:
         raise CheckpointError("cannot save a tensor/expert-parallel model: each rank holds only its shard "
@@ -68,6 +70,8 @@ def write_checkpoint(path: str | os.PathLike, args: ModelArgs, tensors: Iterable
     `dtype`, and the FP8 quantization_config when `fp8`). Each file is written under a temporary
     name and renamed when every file is complete."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise CheckpointError(f"{path}: a file, not a checkpoint directory")
     path.mkdir(parents=True, exist_ok=True)
     parts: list[list[str]] = []
     shard: dict[str, torch.Tensor] = {}
@@ -90,6 +94,10 @@ def write_checkpoint(path: str | os.PathLike, args: ModelArgs, tensors: Iterable
         flush()
     names = (["model.safetensors"] if len(parts) == 1 else
              [f"model-{i + 1:05d}-of-{len(parts):05d}.safetensors" for i in range(len(parts))])
+    # an earlier checkpoint in this directory: its index first (it would point a load at the old
+    # files), its weight files that this one does not overwrite last
+    stale = [f for f in _weight_files(path) if f.name not in names]
+    (path / INDEX).unlink(missing_ok=True)
     for i, fname in enumerate(names):
         os.replace(path / f".part-{i:05d}.safetensors.tmp", path / fname)
     cfg = args.to_hf_config()
@@ -101,9 +109,21 @@ def write_checkpoint(path: str | os.PathLike, args: ModelArgs, tensors: Iterable
         cfg.pop("quantization_config", None)
     _write_json(path / "config.json", cfg)
     if len(parts) > 1:
-        _write_json(path / "model.safetensors.index.json",
+        _write_json(path / INDEX,
                     {"metadata": {"total_size": total},
                      "weight_map": {n: fname for fname, part in zip(names, parts) for n in part}})
+    for f in stale:
+        f.unlink(missing_ok=True)
+
+
+INDEX = "model.safetensors.index.json"
+
+
+def _weight_files(path: Path) -> list[Path]:
+    """The weight files this module names (model.safetensors, model-NNNNN-of-NNNNN.safetensors): the
+    ones a new save into `path` replaces. Other files are left alone."""
+    return [f for f in path.glob("model*.safetensors")
+            if f.name == "model.safetensors" or re.fullmatch(r"model-\d{5}-of-\d{5}\.safetensors", f.name)]
 
 
 def _umask() -> int:

@@ -303,6 +303,25 @@ def test_sharded_without_index(tiny, sharded_dir, tmp_path):
     assert len(m.mtp) == 1
 
 
+def test_saving_over_a_checkpoint_replaces_it_whole(tiny, sharded_dir, tmp_path):
+    """A save into a directory that holds an earlier checkpoint leaves none of its weight files or
+    index behind: before, a single-file save over a sharded one kept the old index, and a load then
+    read the OLD weights. Files that are not weights are kept; a file as the target is one line."""
+    d = Path(shutil.copytree(sharded_dir, tmp_path / "ckpt"))
+    (d / "notes.txt").write_text("mine")
+    changed = random_model("tiny", seed=9)
+    model.save(changed, d)
+    assert sorted(p.name for p in d.iterdir()) == ["config.json", "model.safetensors", "notes.txt"]
+    tok = tokens_for(changed)
+    assert torch.equal(model.load(d)(tok), changed(tok)) and not torch.equal(changed(tok), tiny(tok))
+    model.save(tiny, d, max_shard_bytes=500_000)  # and back to shards, fewer than the first time
+    assert not (d / "model.safetensors").exists() and (d / "model.safetensors.index.json").exists()
+    assert torch.equal(model.load(d)(tok), tiny(tok))
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(CheckpointError, match="afile: a file, not a checkpoint directory"):
+        model.save(tiny, tmp_path / "afile")
+
+
 def test_mtp_weights_round_trip(tiny, tiny_dir):
     n = tiny.args.n_layers
     names = set(load_file(tiny_dir / "model.safetensors"))
