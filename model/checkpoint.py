@@ -87,8 +87,8 @@ def load(path: str | os.PathLike, *, dtype: torch.dtype | None = None, device=No
          attn_impl: str = "absorb", gemm_impl: str = "bf16", parallel="auto") -> Transformer:
     """Load a Hugging Face DeepSeek-V3/V2 checkpoint directory into a `Transformer` (eval mode).
 
-    dtype: compute dtype (default: the config's `torch_dtype`; bf16 for FP8 checkpoints). The
-        router is always float32.
+    dtype: compute dtype, a torch.dtype or its name (default: the config's `torch_dtype`; bf16 for
+        FP8 checkpoints). The router is always float32.
     device: where to build it; "meta" validates the checkpoint and reads no tensor data.
     gemm_impl: "bf16" dequantises FP8 weights into the compute dtype on load; "fp8" keeps every
         FP8 tensor of the checkpoint resident (float8_e4m3fn weight + float32 `*_scale_inv` block
@@ -109,6 +109,7 @@ def load(path: str | os.PathLike, *, dtype: torch.dtype | None = None, device=No
     """
     if gemm_impl not in GEMM_IMPLS:
         raise CheckpointError(f"gemm_impl={gemm_impl!r}: choose one of {GEMM_IMPLS}")
+    dtype, device = _check_placement(dtype, device)
     path = Path(path)
     args, files, headers = _open(path)
     dtype = dtype or getattr(torch, args.dtype)
@@ -133,6 +134,28 @@ def load(path: str | os.PathLike, *, dtype: torch.dtype | None = None, device=No
     if shards is not None:
         install(model, shards)
     return model.eval()
+
+
+def _check_placement(dtype, device) -> tuple[torch.dtype | None, torch.device | None]:
+    """`dtype` (a torch.dtype, or its name: "bfloat16", "torch.float32") and `device`, checked before
+    anything is read: a name torch lacks, or a CUDA device this machine does not have, is one line."""
+    if isinstance(dtype, str):
+        named = getattr(torch, dtype.removeprefix("torch."), None)
+        if not isinstance(named, torch.dtype):
+            raise CheckpointError(f"dtype={dtype!r}: not a torch dtype (e.g. 'bfloat16', 'float32')")
+        dtype = named
+    elif dtype is not None and not isinstance(dtype, torch.dtype):
+        raise CheckpointError(f"dtype={dtype!r}: expected a torch.dtype or its name")
+    if device is None:
+        return dtype, None
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise CheckpointError(f"device={device!r}: {e}") from None
+    if device.type == "cuda" and not (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()):
+        have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        raise CheckpointError(f"device={str(device)!r}: this machine's torch sees {have} CUDA device(s)")
+    return dtype, device
 
 
 def _open(path: Path) -> tuple[ModelArgs, list[Path], dict]:

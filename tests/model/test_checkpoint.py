@@ -527,3 +527,19 @@ def test_error_fp8_scale_wrong_shape(fp8_dir, tmp_path):
 def test_error_not_a_directory(tiny_dir, tmp_path):
     load_error(tiny_dir / "model.safetensors", tiny_dir / "model.safetensors", "not a checkpoint directory")
     load_error(tmp_path / "nowhere", tmp_path / "nowhere")
+
+
+def test_dtype_by_name_and_devices_this_machine_lacks(tiny, tiny_dir):
+    """dtype may be named as a string; a name torch lacks, or a CUDA device torch does not see, is a
+    CheckpointError before anything is read (not torch's TypeError or an assertion from its CUDA init)."""
+    m = model.load(tiny_dir, dtype="torch.bfloat16")
+    assert m.embed.weight.dtype == torch.bfloat16 and m.layers[1].ffn.gate.weight.dtype == torch.float32
+    with pytest.raises(CheckpointError, match="dtype='half-ish': not a torch dtype"):
+        model.load(tiny_dir, dtype="half-ish")
+    with pytest.raises(CheckpointError, match="dtype=16: expected a torch.dtype or its name"):
+        model.load(tiny_dir, dtype=16)
+    with pytest.raises(CheckpointError, match="device='gpu0': Invalid device string"):
+        model.load(tiny_dir, device="gpu0")
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    with pytest.raises(CheckpointError, match=f"device='cuda:{n}': this machine's torch sees {n} CUDA device"):
+        model.load(tiny_dir, device=f"cuda:{n}")
