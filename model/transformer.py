@@ -317,14 +317,16 @@ class Transformer(HookedModule):
                                  f"shape {tuple(start_pos.shape)} of {start_pos.dtype}")
             start = start_pos.to(device=dev, dtype=torch.long).reshape(-1).expand(bsz)
         else:
+            if int(start_pos) < 0:
+                raise ValueError(f"start_pos must be >= 0, got {int(start_pos)}")
             start = torch.full((bsz,), int(start_pos), device=dev, dtype=torch.long)
         if lengths is not None and (not isinstance(lengths, torch.Tensor) or tuple(lengths.shape) != (bsz,)
                                     or lengths.is_floating_point()):
             got = f"shape {tuple(lengths.shape)} of {lengths.dtype}" if isinstance(lengths, torch.Tensor) \
                 else type(lengths).__name__
             raise ValueError(f"lengths: expected {bsz} integer lengths (one per row), got {got}")
-        if not bsz:
-            return start, 0
+        if not bsz or (lengths is None and not isinstance(start_pos, torch.Tensor)):
+            return start, int(start_pos) if bsz else 0  # nothing to read back from the device
         ends = [start.min(), start.max()] + ([] if lengths is None else [lengths.min().to(dev), lengths.max().to(dev)])
         lo, hi, *lens = torch.stack(ends).tolist()
         if lo < 0:

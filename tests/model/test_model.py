@@ -298,7 +298,8 @@ def test_bad_forward_inputs():
                     (dict(lengths=torch.tensor([4, 5])), r"lengths must be in \[0, 4\] .* got \[4, 5\]"),
                     (dict(lengths=torch.tensor([-1, 4])), r"lengths must be in \[0, 4\]"),
                     (dict(start_pos=torch.tensor([0, 1, 2])), "start_pos: expected an int or 2 integer starts"),
-                    (dict(start_pos=-2), r"start_pos must be >= 0, got \[-2, -2\]")]:
+                    (dict(start_pos=-2), r"start_pos must be >= 0, got -2"),
+                    (dict(start_pos=torch.tensor([0, -1])), r"start_pos must be >= 0, got \[0, -1\]")]:
         with pytest.raises(ValueError, match=msg):
             m(x, **kw)
         with pytest.raises(ValueError, match=msg):
