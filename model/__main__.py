@@ -73,6 +73,10 @@ def summary(ns) -> None:
 
 
 def params(ns) -> None:
+    for flag, value in (("--world-size", ns.world_size), ("--batch-size", ns.batch_size), ("--seq-len", ns.seq_len),
+                        ("--device-memory", ns.device_memory)):
+        if value is not None and not value > 0:
+            raise ValueError(f"{flag} {value:g}: must be > 0")
     args = ModelArgs.from_name(ns.config)
     with torch.device("meta"):
         m = Transformer(args)

@@ -78,6 +78,7 @@ from .ranks import (  # noqa: F401  (re-exported: model.parallel is the document
     env_world_size,
     init_distributed,
     init_world,
+    model_parallel_flag,
     model_parallel_size,
     resolve,
     world_shards,

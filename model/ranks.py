@@ -99,6 +99,12 @@ def model_parallel_size(value: int | str | None, world: int) -> int:
     return m
 
 
+def model_parallel_flag(value: int | str | None) -> str:
+    """How an error names the `--model-parallel` the user gave: "auto" is said to mean the world size,
+    the number that follows in the message."""
+    return "--model-parallel auto: the world size" if str(value) == "auto" else "--model-parallel"
+
+
 @dataclass(frozen=True)
 class World:
     """A job's ranks: `size` processes split into `size / model_parallel` replicas of

@@ -146,10 +146,10 @@ def bound_heap() -> None:
 def start_world(model_parallel, device: str | None, args=None):
     """This process's `model.parallel.World`; with `args`, also checks that the model splits over
     --model-parallel ranks (a one-line ParallelError naming the field, on every rank alike)."""
-    from model.parallel import check_world, init_world, model_parallel_size, env_world_size
+    from model.parallel import check_world, env_world_size, init_world, model_parallel_flag, model_parallel_size
 
     if args is not None:  # before any process group exists, so that every rank stops the same way
-        check_world(args, model_parallel_size(model_parallel, env_world_size()), what="--model-parallel")
+        check_world(args, model_parallel_size(model_parallel, env_world_size()), what=model_parallel_flag(model_parallel))
     world = init_world(model_parallel, device=device)
     if args is not None and world.size > 1 and world.device == "cpu" and args.n_routed_experts:
         from model import gemm  # the experts' float32 layout too: every rank computes alike

@@ -39,16 +39,18 @@ def dry_run(job, opts) -> dict:
     """Check and plan a record job (see the module docstring); prints the plan, returns it."""
     from model.checkpoint import CheckpointError, inspect
     from model.memory import forward_plan, kv_cache_bytes, shard_plan
-    from model.parallel import check_world, env_world_size, model_parallel_size
+    from model.parallel import check_world, env_world_size, model_parallel_flag, model_parallel_size
 
     from .record import check_out, count_corpus
 
-    world = opts.world_size or env_world_size()
+    world = opts.world_size if opts.world_size is not None else env_world_size()
     if world < 1:
         raise RecordError(f"--world-size {world} must be >= 1")
+    if opts.device_memory is not None and not opts.device_memory > 0:
+        raise RecordError(f"--device-memory {opts.device_memory:g}: must be > 0 (GB per rank)")
     mp = model_parallel_size(opts.model_parallel, world)
     args = job.args
-    check_world(args, mp, "--model-parallel")
+    check_world(args, mp, model_parallel_flag(opts.model_parallel))
     dtype = compute_dtype(opts.dtype)
     try:
         ck = inspect(job.ckpt, gemm_impl=opts.gemm, dtype=dtype)

@@ -201,6 +201,13 @@ def test_dry_run_checks_the_index_names_and_the_layout(tmp_path, capsys):
                                         "rows are split across ranks)"
     code, _, err = dry(capsys, ok, "--world-size", "4", "--model-parallel", "3")
     assert code == 2 and "--model-parallel 3 does not divide the world size 4" in err
+    # "auto" is the world size, and the message says so; 0 ranks or no memory are refused, not ignored
+    code, _, err = dry(capsys, ok, "--world-size", "6", "--model-parallel", "auto")
+    assert code == 2 and err.startswith("error: --model-parallel auto: the world size 6 does not divide vocab_size=512")
+    code, _, err = dry(capsys, ok, "--world-size", "0")
+    assert code == 2 and err.strip() == "error: --world-size 0 must be >= 1"
+    code, _, err = dry(capsys, ok, "--device-memory", "-1")
+    assert code == 2 and err.strip() == "error: --device-memory -1: must be > 0 (GB per rank)"
 
 
 def test_dry_run_with_the_weights_reads_headers_only(env, tmp_path, capsys):

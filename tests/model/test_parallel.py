@@ -276,6 +276,11 @@ def test_params_cli_world_size(capsys):
     with pytest.raises(SystemExit):
         main(["params", "--config", "671B", "--world-size", "3"])
     assert "error: world size 3 does not divide vocab_size=129280" in capsys.readouterr().err
+    for flag in ("--world-size 0", "--world-size 8 --device-memory -1", "--world-size 8 --seq-len 0"):
+        with pytest.raises(SystemExit):
+            main(["params", "--config", "671B", *flag.split()])
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {flag.split()[-2]} ") and err.rstrip().endswith("must be > 0"), err
 
 
 def test_fp8_misaligned_shard_is_refused_on_meta():
