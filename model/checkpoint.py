@@ -136,22 +136,30 @@ def load(path: str | os.PathLike, *, dtype: torch.dtype | None = None, device=No
     return model.eval()
 
 
+def float_dtype(dtype, what: str) -> torch.dtype | None:
+    """A floating-point compute dtype from a torch.dtype or its name ("bfloat16", "torch.float32");
+    None stays None. Anything else (an integer or FP8 dtype, a name torch lacks) is a CheckpointError."""
+    if dtype is None:
+        return None
+    named = getattr(torch, dtype.removeprefix("torch."), None) if isinstance(dtype, str) else dtype
+    if not isinstance(named, torch.dtype) or not named.is_floating_point or named.itemsize < 2:
+        raise CheckpointError(f"{what}={dtype!r}: expected a floating-point torch dtype or its name "
+                              "(float32, bfloat16, float16)")
+    return named
+
+
 def _check_placement(dtype, device) -> tuple[torch.dtype | None, torch.device | None]:
     """`dtype` (a torch.dtype, or its name: "bfloat16", "torch.float32") and `device`, checked before
     anything is read: a name torch lacks, or a CUDA device this machine does not have, is one line."""
-    if isinstance(dtype, str):
-        named = getattr(torch, dtype.removeprefix("torch."), None)
-        if not isinstance(named, torch.dtype):
-            raise CheckpointError(f"dtype={dtype!r}: not a torch dtype (e.g. 'bfloat16', 'float32')")
-        dtype = named
-    elif dtype is not None and not isinstance(dtype, torch.dtype):
-        raise CheckpointError(f"dtype={dtype!r}: expected a torch.dtype or its name")
+    dtype = float_dtype(dtype, "dtype")
     if device is None:
         return dtype, None
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise CheckpointError(f"device={device!r}: {e}") from None
+    if device.type not in ("cpu", "cuda", "meta"):
+        raise CheckpointError(f"device={str(device)!r}: the model runs on 'cpu', 'cuda' or 'meta'")
     if device.type == "cuda" and not (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()):
         have = torch.cuda.device_count() if torch.cuda.is_available() else 0
         raise CheckpointError(f"device={str(device)!r}: this machine's torch sees {have} CUDA device(s)")

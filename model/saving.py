@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from .args import ModelArgs
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, float_dtype
 from .fp8 import dequantize_block, quantize_block
 from .names import MTP_SHARED, ours_to_hf, scale_name
 from .transformer import Transformer
@@ -26,29 +26,35 @@ BLOCK = (128, 128)
 
 
 def save(model: Transformer, path: str | os.PathLike, *, fp8: bool = False,
-         max_shard_bytes: int | None = None, dtype: torch.dtype | None = None) -> None:
+         max_shard_bytes: int | None = None, dtype: torch.dtype | str | None = None) -> None:
     """Write `model` as a Hugging Face checkpoint directory (config.json, *.safetensors, index).
 
-    fp8: store the FP8-capable projections as float8_e4m3fn + `weight_scale_inv` in 128x128 blocks.
+    fp8: store the FP8-capable projections as float8_e4m3fn + `weight_scale_inv`, in the model's own
+        FP8 blocks (`args.quant_block`; 128x128 for a model that had none), with its `scale_fmt`.
     max_shard_bytes: split into several files listed in `model.safetensors.index.json`.
+    dtype: the other tensors' dtype, a torch.dtype or its name (default: the embedding's).
     The MTP layer gets copies of the embedding and head, as in the published checkpoints.
-    Files are written under temporary names and renamed when complete. A checkpoint already in
-    `path` is replaced whole: its weight files and index go (other files stay).
+    Files are written under temporary names and renamed when complete (removed if the save fails).
+    A checkpoint already in `path` is replaced whole: its weight files and index go (other files stay).
     """
     if getattr(model, "shards", None) is not None:
         raise CheckpointError("cannot save a tensor/expert-parallel model: each rank holds only its shard "
                               "(save a model loaded with parallel=False)")
     state = model.state_dict()
-    out_dtype = dtype or next(p.dtype for n, p in state.items() if n == "embed.weight")
+    if any(t.is_meta for t in state.values()):
+        raise CheckpointError("cannot save a model on the meta device: it has shapes but no weights "
+                              "(load it without device='meta')")
+    out_dtype = float_dtype(dtype, "dtype") or next(p.dtype for n, p in state.items() if n == "embed.weight")
+    block = tuple(model.args.quant_block or BLOCK)
 
     def tensors():
         for hf, ours, e, is_fp8 in ours_to_hf(model):
             t = state[ours] if e is None else state[ours][e]
             if t.dtype == torch.float8_e4m3fn:  # FP8 resident: written as is, or dequantised
                 sc = state[scale_name(ours)] if e is None else state[scale_name(ours)][e]
-                yield from [(hf, t), (hf + "_scale_inv", sc)] if fp8 else [(hf, dequantize_block(t, sc, BLOCK, out_dtype))]
+                yield from [(hf, t), (hf + "_scale_inv", sc)] if fp8 else [(hf, dequantize_block(t, sc, block, out_dtype))]
             elif fp8 and is_fp8:
-                q, s = quantize_block(t, BLOCK)
+                q, s = quantize_block(t, block)
                 yield from [(hf, q), (hf + "_scale_inv", s)]
             elif ours.endswith("gate.weight") or ours.endswith("gate.bias"):
                 yield hf, t.float()
@@ -59,20 +65,62 @@ def save(model: Transformer, path: str | os.PathLike, *, fp8: bool = False,
                 # NOTE: copy=True: safetensors refuses to write two names that share memory
                 yield f"model.layers.{model.args.n_layers + k}.{hf}", state[ours].to(out_dtype, copy=True)
 
-    write_checkpoint(path, model.args, tensors(), fp8=fp8, dtype=out_dtype, max_shard_bytes=max_shard_bytes)
+    write_checkpoint(path, model.args, tensors(), fp8=fp8, dtype=out_dtype, max_shard_bytes=max_shard_bytes,
+                     block=block)
 
 
 def write_checkpoint(path: str | os.PathLike, args: ModelArgs, tensors: Iterable[tuple[str, torch.Tensor]], *,
-                     fp8: bool, dtype: torch.dtype, max_shard_bytes: float | None = None) -> None:
+                     fp8: bool, dtype: torch.dtype, max_shard_bytes: float | None = None,
+                     block: tuple[int, int] = BLOCK) -> None:
     """Write (name, tensor) pairs in order into safetensors files of at most `max_shard_bytes` (a
     tensor larger than that gets a file of its own; None: one file), holding one file's tensors in
     memory at a time, then the index (when several files) and config.json (`args`, torch_dtype
-    `dtype`, and the FP8 quantization_config when `fp8`). Each file is written under a temporary
-    name and renamed when every file is complete."""
+    `dtype`, and the FP8 quantization_config when `fp8`: `block`, and `args.scale_fmt`). Each file is
+    written under a temporary name and renamed when every file is complete; if anything fails
+    first, the temporary files go and the directory is as it was."""
     path = Path(path)
+    if max_shard_bytes is not None and (isinstance(max_shard_bytes, bool) or not isinstance(max_shard_bytes, (int, float))
+                                        or not max_shard_bytes > 0):
+        raise CheckpointError(f"max_shard_bytes={max_shard_bytes!r}: expected a positive number of bytes (or None)")
     if path.exists() and not path.is_dir():
         raise CheckpointError(f"{path}: a file, not a checkpoint directory")
     path.mkdir(parents=True, exist_ok=True)
+    try:
+        parts, total = _write_parts(path, tensors, max_shard_bytes)
+    except BaseException:
+        for tmp in path.glob(".part-*.safetensors.tmp"):
+            tmp.unlink(missing_ok=True)
+        raise
+    names = (["model.safetensors"] if len(parts) == 1 else
+             [f"model-{i + 1:05d}-of-{len(parts):05d}.safetensors" for i in range(len(parts))])
+    # an earlier checkpoint in this directory: its index first (it would point a load at the old
+    # files), its weight files that this one does not overwrite last
+    stale = [f for f in _weight_files(path) if f.name not in names]
+    (path / INDEX).unlink(missing_ok=True)
+    for i, fname in enumerate(names):
+        os.replace(path / f".part-{i:05d}.safetensors.tmp", path / fname)
+    cfg = args.to_hf_config()
+    cfg["torch_dtype"] = str(dtype).removeprefix("torch.")
+    if fp8:
+        cfg["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+                                      "weight_block_size": list(block)}
+        if args.scale_fmt:
+            cfg["quantization_config"]["scale_fmt"] = args.scale_fmt
+    else:
+        cfg.pop("quantization_config", None)
+    _write_json(path / "config.json", cfg)
+    if len(parts) > 1:
+        _write_json(path / INDEX,
+                    {"metadata": {"total_size": total},
+                     "weight_map": {n: fname for fname, part in zip(names, parts) for n in part}})
+    for f in stale:
+        f.unlink(missing_ok=True)
+
+
+def _write_parts(path: Path, tensors: Iterable[tuple[str, torch.Tensor]],
+                 max_shard_bytes: float | None) -> tuple[list[list[str]], int]:
+    """The tensors into `.part-NNNNN.safetensors.tmp` files under `path`: each part's names, and the
+    bytes in all."""
     parts: list[list[str]] = []
     shard: dict[str, torch.Tensor] = {}
     size, total = 0, 0
@@ -92,28 +140,7 @@ def write_checkpoint(path: str | os.PathLike, args: ModelArgs, tensors: Iterable
         size, total = size + nbytes, total + nbytes
     if shard or not parts:
         flush()
-    names = (["model.safetensors"] if len(parts) == 1 else
-             [f"model-{i + 1:05d}-of-{len(parts):05d}.safetensors" for i in range(len(parts))])
-    # an earlier checkpoint in this directory: its index first (it would point a load at the old
-    # files), its weight files that this one does not overwrite last
-    stale = [f for f in _weight_files(path) if f.name not in names]
-    (path / INDEX).unlink(missing_ok=True)
-    for i, fname in enumerate(names):
-        os.replace(path / f".part-{i:05d}.safetensors.tmp", path / fname)
-    cfg = args.to_hf_config()
-    cfg["torch_dtype"] = str(dtype).removeprefix("torch.")
-    if fp8:
-        cfg["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
-                                      "weight_block_size": list(BLOCK)}
-    else:
-        cfg.pop("quantization_config", None)
-    _write_json(path / "config.json", cfg)
-    if len(parts) > 1:
-        _write_json(path / INDEX,
-                    {"metadata": {"total_size": total},
-                     "weight_map": {n: fname for fname, part in zip(names, parts) for n in part}})
-    for f in stale:
-        f.unlink(missing_ok=True)
+    return parts, total
 
 
 INDEX = "model.safetensors.index.json"

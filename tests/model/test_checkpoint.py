@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 import model
 import model.checkpoint as ckpt
 from model.names import ours_to_hf
+from model.saving import write_checkpoint
 from model import CheckpointError, ModelArgs, Transformer
 import model.fp8 as ckpt_fp8
 from model.fp8 import FP8_MAX, dequantize_block, quantize_block
@@ -322,6 +323,51 @@ def test_saving_over_a_checkpoint_replaces_it_whole(tiny, sharded_dir, tmp_path)
         model.save(tiny, tmp_path / "afile")
 
 
+def test_fp8_saves_keep_the_models_block_and_scale_format(tmp_path):
+    """An FP8 save writes back the model's own block size and activation-scale format: before, every
+    save claimed 128x128 blocks (a 64-block model's save did not load again, or failed) and dropped
+    `scale_fmt` (a V3.1-style checkpoint saved and reloaded computed other activation scales)."""
+    m = random_model("tiny", seed=1, **FP8_OVERRIDES, quant_block=(64, 64), scale_fmt="ue8m0")
+    model.save(m, tmp_path / "a", fp8=True)
+    q = json.loads((tmp_path / "a" / "config.json").read_text())["quantization_config"]
+    assert q["weight_block_size"] == [64, 64] and q["scale_fmt"] == "ue8m0"
+    resident = model.load(tmp_path / "a", gemm_impl="fp8-weights", dtype=torch.float32)
+    assert (resident.args.quant_block, resident.args.scale_fmt) == ((64, 64), "ue8m0")
+    model.save(resident, tmp_path / "b", fp8=True)  # the FP8 tensors as they are
+    model.save(resident, tmp_path / "c")  # dequantised, in their own blocks
+    tok = tokens_for(resident)
+    again = model.load(tmp_path / "b", gemm_impl="fp8", dtype=torch.float32)
+    assert again.args.scale_fmt == "ue8m0"
+    assert torch.equal(again(tok), model.load(tmp_path / "a", gemm_impl="fp8", dtype=torch.float32)(tok))
+    plain = model.load(tmp_path / "c", dtype=torch.float32)
+    assert plain.args.quant_block is None and torch.equal(plain(tok), resident(tok))
+
+
+def test_a_failed_save_leaves_the_directory_as_it_was(tiny, tiny_copy):
+    """A save that fails part way (here the tensors' source raises) removes its temporary files; the
+    checkpoint already there stays whole. Bad arguments are one line before anything is written."""
+    before = {p.name: p.read_bytes() for p in tiny_copy.iterdir()}
+
+    def tensors():
+        yield "a", torch.zeros(1000)
+        yield "b", torch.zeros(1000)
+        raise RuntimeError("source failed")
+
+    with pytest.raises(RuntimeError, match="source failed"):
+        write_checkpoint(tiny_copy, tiny.args, tensors(), fp8=False, dtype=torch.float32, max_shard_bytes=4000)
+    assert {p.name: p.read_bytes() for p in tiny_copy.iterdir()} == before
+    for bad in ("1GB", -5, 0):
+        with pytest.raises(CheckpointError, match=f"max_shard_bytes={bad!r}: expected a positive number"):
+            model.save(tiny, tiny_copy, max_shard_bytes=bad)
+    with pytest.raises(CheckpointError, match="dtype='int8': expected a floating-point torch dtype"):
+        model.save(tiny, tiny_copy, dtype="int8")
+    with pytest.raises(CheckpointError, match="cannot save a model on the meta device"):
+        model.save(model.load(tiny_copy, device="meta"), tiny_copy / "meta")
+    assert {p.name: p.read_bytes() for p in tiny_copy.iterdir()} == before
+    model.save(tiny, tiny_copy, dtype="bfloat16")  # the control: a dtype by name is taken
+    assert model.load(tiny_copy).embed.weight.dtype == torch.bfloat16
+
+
 def test_mtp_weights_round_trip(tiny, tiny_dir):
     n = tiny.args.n_layers
     names = set(load_file(tiny_dir / "model.safetensors"))
@@ -534,12 +580,16 @@ def test_dtype_by_name_and_devices_this_machine_lacks(tiny, tiny_dir):
     CheckpointError before anything is read (not torch's TypeError or an assertion from its CUDA init)."""
     m = model.load(tiny_dir, dtype="torch.bfloat16")
     assert m.embed.weight.dtype == torch.bfloat16 and m.layers[1].ffn.gate.weight.dtype == torch.float32
-    with pytest.raises(CheckpointError, match="dtype='half-ish': not a torch dtype"):
+    with pytest.raises(CheckpointError, match="dtype=.half-ish.: expected a floating-point torch dtype"):
         model.load(tiny_dir, dtype="half-ish")
-    with pytest.raises(CheckpointError, match="dtype=16: expected a torch.dtype or its name"):
+    with pytest.raises(CheckpointError, match="dtype=16: expected a floating-point torch dtype"):
         model.load(tiny_dir, dtype=16)
     with pytest.raises(CheckpointError, match="device='gpu0': Invalid device string"):
         model.load(tiny_dir, device="gpu0")
+    with pytest.raises(CheckpointError, match="device='mps': the model runs on 'cpu', 'cuda' or 'meta'"):
+        model.load(tiny_dir, device="mps")
+    with pytest.raises(CheckpointError, match="dtype=torch.int32: expected a floating-point torch dtype"):
+        model.load(tiny_dir, dtype=torch.int32)
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     with pytest.raises(CheckpointError, match=f"device='cuda:{n}': this machine's torch sees {n} CUDA device"):
         model.load(tiny_dir, device=f"cuda:{n}")
