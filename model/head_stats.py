@@ -148,7 +148,7 @@ def _stats_rows(blocks, n_rows: int, width: int, tgt: torch.Tensor, dtype: torch
     return nll, top1
 
 
-def _check_targets(targets: torch.Tensor, shape: tuple[int, int], vocab: int, what: str) -> torch.Tensor:
+def check_targets(targets: torch.Tensor, shape: tuple[int, int], vocab: int, what: str) -> torch.Tensor:
     if not isinstance(targets, torch.Tensor) or tuple(targets.shape) != tuple(shape):
         got = tuple(targets.shape) if isinstance(targets, torch.Tensor) else type(targets).__name__
         raise ValueError(f"{what}: expected token ids of shape {tuple(shape)}, got {got}")
@@ -169,7 +169,7 @@ def logit_stats(logits: torch.Tensor, targets: torch.Tensor) -> TokenStats:
     rows is written, whose fresh pages were half of the recorder's cost over a plain forward at
     vocab 8192, and a step's temporaries stay in cache. The arithmetic is torch.logsumexp's (bit-equal, tested)."""
     B, N, V = logits.shape
-    tgt = _check_targets(targets, (B, N), V, "targets").to(logits.device)
+    tgt = check_targets(targets, (B, N), V, "targets").to(logits.device)
     nll, top1 = _stats_rows([(0, logits.reshape(B * N, V))], B * N, V, tgt, logits.dtype, logits.device)
     return TokenStats(nll.view(B, N), top1.view(B, N))
 
@@ -177,6 +177,8 @@ def logit_stats(logits: torch.Tensor, targets: torch.Tensor) -> TokenStats:
 def head_rows(device: torch.device, width: int, n_rows: int) -> int:
     """Rows per head GEMM for a vocabulary slice of `width` columns: HEAD_CHUNK's budget, at least
     its floor, and the n_rows split into blocks of equal size (no small ragged last block)."""
+    if n_rows < 1:
+        return 1  # nothing to run: any block size will do (and n_rows / 0 blocks is not one)
     budget, floor = HEAD_CHUNK.get(device.type, HEAD_CHUNK_DEFAULT)
     most = max(1, min(n_rows, max(floor, budget // (4 * max(width, 1)))))
     blocks = -(-n_rows // most)
@@ -190,7 +192,7 @@ def head_stats(head, h: torch.Tensor, targets: torch.Tensor, vocab: int, shards=
     targets [B, N] (ids in [0, vocab)), a block of rows at a time (head_rows). Collective under
     model parallelism: every rank of `shards.group` calls it with the same h and targets."""
     B, N, D = h.shape
-    tgt = _check_targets(targets, (B, N), vocab, "targets").to(h.device)
+    tgt = check_targets(targets, (B, N), vocab, "targets").to(h.device)
     width = head.weight.shape[0]
     offset, group = 0, None
     if shards is not None and shards.world > 1:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .args import ModelArgs
-from .head_stats import head_stats, logit_stats
+from .head_stats import check_targets, head_stats, logit_stats
 from .hooks import HookedModule, HookPoint
 from .layers import Embedding, Linear, RMSNorm, rope_cos_sin, rope_inv_freq
 from .mla import MLA
@@ -192,7 +192,8 @@ class Transformer(HookedModule):
             to padding, so each row's logits equal that row alone; logits at padding are junk.
         use_cache: write this chunk's keys into the static KV cache (for decode / chunked prefill).
         mtp: also run the MTP module(s): returns (logits, mtp_logits [B, S-1, V]) where
-            mtp_logits[:, i] predicts token i+2 from the hidden state at i and token i+1.
+            mtp_logits[:, i] predicts token i+2 from the hidden state at i and token i+1. Only from
+            start_pos=0 (a later chunk raises: see `mtp_logits` for decoding).
         return_hidden: also return the final-normed hidden state [B, S, D] (last element).
         logits_at: [B, K] positions within this chunk: apply the output head only there and return
             logits [B, K, V] (generation needs one position per row, not a [B, S, V] prefill tensor).
@@ -216,7 +217,15 @@ class Transformer(HookedModule):
             raise ValueError("targets asks for statistics at every position; logits_at for logits at some")
         if mtp_targets is not None and not mtp:
             raise ValueError("mtp_targets is for the MTP predictions: pass mtp=True with it")
+        if mtp_targets is not None:  # checked here so that a wrong one is named as the caller named it
+            check_targets(mtp_targets, (bsz, max(seqlen - 1, 0)), self.args.vocab_size, "mtp_targets")
         start, max_start = self._check_rows(start_pos, lengths, bsz, seqlen, dev)
+        if mtp and max_start > 0:
+            # MTP position i needs token i+1: a chunk's last position waits for the next chunk, so a
+            # later chunk's MTP pass would read a cache slot nothing wrote
+            raise ValueError("mtp=True needs start_pos=0 (the MTP pass covers one chunk from position 0); to "
+                             "draft while decoding, call mtp_logits with the tokens each position needs, as "
+                             "generate/decode.py does")
         if max_start > 0:
             use_cache = True
         end = max_start + seqlen

@@ -154,12 +154,24 @@ def test_head_stats_of_a_start_at_layer_pass(tiny):
     (dict(targets=torch.zeros(3, 11, dtype=torch.long), logits_at=torch.zeros(3, 1, dtype=torch.long)),
      "targets asks for statistics at every position"),
     (dict(mtp_targets=torch.zeros(3, 10, dtype=torch.long)), "mtp_targets is for the MTP predictions: pass mtp=True"),
-    (dict(mtp=True, mtp_targets=torch.zeros(3, 11, dtype=torch.long)), r"expected token ids of shape \(3, 10\)"),
+    (dict(mtp=True, mtp_targets=torch.zeros(3, 11, dtype=torch.long)),
+     r"^mtp_targets: expected token ids of shape \(3, 10\)"),  # named as the caller named it
 ])
 def test_bad_targets_are_named(tiny, kwargs, message):
     m, tokens, _ = tiny
     with pytest.raises(ValueError, match=message):
         m(tokens, **kwargs)
+
+
+def test_no_positions_give_empty_stats(tiny):
+    """A batch of zero positions (or one position, so no MTP target) gives empty TokenStats, as the
+    logits path gives [B, 0, V]; the head's block sizing divided by zero there before."""
+    m, tokens, _ = tiny
+    none = tokens[:, :0]
+    stats = m(none, targets=none)
+    assert stats.nll.shape == (3, 0) and stats.top1.shape == (3, 0)
+    _, mtp = m(tokens[:, :1], mtp=True, mtp_targets=none)
+    assert mtp.nll.shape == (3, 0)
 
 
 # ------------------------------------------------------------------ slices of the vocabulary

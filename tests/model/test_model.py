@@ -305,6 +305,12 @@ def test_bad_forward_inputs():
         with pytest.raises(ValueError, match=msg):
             m(x, mtp=True, **kw)
     assert torch.equal(m(x, lengths=torch.tensor([4, 2], dtype=torch.int32))[0], m(x)[0])  # the control
+    # the MTP pass of a later chunk would read the cache slot of the previous chunk's last position,
+    # which only the next token could fill: refused rather than wrong (it was off by ~1.6 in the logits)
+    m.reset_cache()
+    m(x, use_cache=True, mtp=True)
+    with pytest.raises(ValueError, match="mtp=True needs start_pos=0"):
+        m(x, start_pos=4, mtp=True)
 
 
 @torch.no_grad()
