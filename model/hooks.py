@@ -137,6 +137,8 @@ class HookedModule(nn.Module):
             cache[hook.name] = t.to(device) if device is not None else t
 
         selected = [(n, save) for n in self._hook_points if match(n)]
+        if not selected:
+            raise HookError(f"names={names!r} matches no hook point (see model.hook_names())")
         with self.hooks(selected):
             out = self(*args, **kwargs)
         return out, cache

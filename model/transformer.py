@@ -16,6 +16,8 @@ Legend: B batch, S positions in this call, T key positions, D dim, V vocab.
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import nn
 
@@ -88,6 +90,20 @@ class MTP(nn.Module):
             return x, stats(x, targets)
         logits = self.hook_logits(head(_select(x, logits_at)))
         return x, logits if targets is None else logit_stats(logits, targets)
+
+
+def _check_positions(index, bsz: int, n: int, what: str = "logits_at") -> None:
+    """`index` ([B, K] positions, or [B]: one a row) fits a batch of `bsz` rows of `n` positions."""
+    if index is None:
+        return
+    if (not isinstance(index, torch.Tensor) or index.is_floating_point() or index.dtype == torch.bool
+            or not (index.dim() == 2 and index.shape[0] == bsz or index.dim() == 1 and index.shape[0] == bsz)):
+        got = f"shape {tuple(index.shape)} of {index.dtype}" if isinstance(index, torch.Tensor) else type(index).__name__
+        raise ValueError(f"{what}: expected integer positions of shape [{bsz}, K] (or [{bsz}]), got {got}")
+    if index.numel():
+        lo, hi = torch.stack([index.min(), index.max()]).tolist()
+        if lo < 0 or hi >= n:
+            raise ValueError(f"{what}: positions must be in [0, {n}) (this chunk's), got [{lo}, {hi}]")
 
 
 def _select(x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
@@ -215,6 +231,7 @@ class Transformer(HookedModule):
             raise ValueError("logits_at selects main-model logits; call mtp_logits(..., logits_at=) for MTP")
         if logits_at is not None and targets is not None:
             raise ValueError("targets asks for statistics at every position; logits_at for logits at some")
+        _check_positions(logits_at, bsz, seqlen)
         if mtp_targets is not None and not mtp:
             raise ValueError("mtp_targets is for the MTP predictions: pass mtp=True with it")
         if mtp_targets is not None:  # checked here so that a wrong one is named as the caller named it
@@ -267,6 +284,7 @@ class Transformer(HookedModule):
         bsz, seqlen = tokens.shape
         start, max_start = self._check_rows(start_pos, lengths, bsz, seqlen, tokens.device)
         n = seqlen - 1
+        _check_positions(logits_at, bsz, n)
         pos = start[:, None] + torch.arange(n, device=tokens.device)
         lens = None if lengths is None else (lengths.to(tokens.device) - 1).clamp(min=0)
         end = max_start + n
@@ -306,14 +324,16 @@ class Transformer(HookedModule):
 
     def _check_resid(self, resid, tokens: torch.Tensor, start: int, use_cache: bool) -> torch.Tensor:
         """The residual stream a forward from block `start` begins with, checked."""
-        if not 0 < start < len(self.layers):
-            raise ValueError(f"start_at_layer={start}: must be between 1 and {len(self.layers) - 1}")
+        if isinstance(start, bool) or not isinstance(start, numbers.Integral) or not 0 < start < len(self.layers):
+            raise ValueError(f"start_at_layer={start}: must be an integer between 1 and {len(self.layers) - 1}")
         if use_cache:
             raise ValueError("start_at_layer needs use_cache=False (the skipped blocks' KV cache would be stale)")
         want = (*tokens.shape, self.args.dim)
         if not isinstance(resid, torch.Tensor) or tuple(resid.shape) != want:
             got = tuple(resid.shape) if isinstance(resid, torch.Tensor) else type(resid).__name__
             raise ValueError(f"resid: expected the input of block {start}, shape {want}, got {got}")
+        if resid.dtype != self.embed.weight.dtype:
+            raise ValueError(f"resid: expected the model's dtype {self.embed.weight.dtype}, got {resid.dtype}")
         return resid
 
     @staticmethod
@@ -325,6 +345,8 @@ class Transformer(HookedModule):
                 raise ValueError(f"start_pos: expected an int or {bsz} integer starts (one per row), got "
                                  f"shape {tuple(start_pos.shape)} of {start_pos.dtype}")
             start = start_pos.to(device=dev, dtype=torch.long).reshape(-1).expand(bsz)
+        elif isinstance(start_pos, bool) or not isinstance(start_pos, numbers.Integral):
+            raise ValueError(f"start_pos: expected an int or {bsz} integer starts (one per row), got {start_pos!r}")
         else:
             if int(start_pos) < 0:
                 raise ValueError(f"start_pos must be >= 0, got {int(start_pos)}")
@@ -346,6 +368,9 @@ class Transformer(HookedModule):
         return start, hi
 
     def _check_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.embed.weight.is_meta:
+            raise ValueError("this model is on the meta device: it has shapes but no weights to run "
+                             "(model.load(..., device='meta') only checks a checkpoint)")
         if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2:
             shape = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
             raise ValueError(f"tokens must be a 2-D [batch, seq] tensor of token ids, got {shape}")

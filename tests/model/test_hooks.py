@@ -250,6 +250,9 @@ def test_unknown_hook_names_are_errors():
     with pytest.raises(model.HookError, match="matches no hook point"):
         with m.hooks([("nothing.*", lambda t, hook: None)]):
             pass
+    # run_with_cache says so too, rather than returning an empty cache for a mistyped glob
+    with pytest.raises(model.HookError, match="names='layers.*.hook_topk_idx' matches no hook point"):
+        m.run_with_cache(torch.zeros(1, 2, dtype=torch.long), names="layers.*.hook_topk_idx")
 
 
 def test_a_replacement_of_another_shape_names_the_hook():

@@ -305,6 +305,26 @@ def test_bad_forward_inputs():
         with pytest.raises(ValueError, match=msg):
             m(x, mtp=True, **kw)
     assert torch.equal(m(x, lengths=torch.tensor([4, 2], dtype=torch.int32))[0], m(x)[0])  # the control
+    # positions for the head, and the other per-call numbers, are checked before any block runs
+    for kw, msg in [(dict(logits_at=torch.tensor([[4], [0]])), r"logits_at: positions must be in \[0, 4\) .* got \[0, 4\]"),
+                    (dict(logits_at=torch.tensor([[-1], [0]])), r"logits_at: positions must be in \[0, 4\)"),
+                    (dict(logits_at=torch.zeros(3, 1, dtype=torch.long)), r"logits_at: expected integer positions of shape \[2, K\]"),
+                    (dict(logits_at=[[1], [2]]), "logits_at: expected integer positions .* got list"),
+                    (dict(logits_at=torch.tensor([[1.0], [2.0]])), "got shape \\(2, 1\\) of torch.float32"),
+                    (dict(start_pos=2.5), "start_pos: expected an int or 2 integer starts .* got 2.5"),
+                    (dict(start_at_layer=1.0, resid=torch.zeros(2, 4, m.args.dim)), "start_at_layer=1.0: must be an integer"),
+                    (dict(start_at_layer=1, resid=torch.zeros(2, 4, m.args.dim, dtype=torch.float64)),
+                     "resid: expected the model's dtype torch.float32, got torch.float64")]:
+        with pytest.raises(ValueError, match=msg):
+            m(x, **kw)
+    assert m(x, logits_at=torch.tensor([3, 1])).shape == (2, 1, m.args.vocab_size)  # the control: one a row
+    with pytest.raises(ValueError, match=r"logits_at: positions must be in \[0, 3\)"):
+        h = m(x, return_hidden=True)[1]
+        m.mtp_logits(h, x, logits_at=torch.tensor([[3], [0]]))
+    with torch.device("meta"):
+        on_meta = model.Transformer(m.args)
+    with pytest.raises(ValueError, match="this model is on the meta device"):
+        on_meta(x)
     # the MTP pass of a later chunk would read the cache slot of the previous chunk's last position,
     # which only the next token could fill: refused rather than wrong (it was off by ~1.6 in the logits)
     m.reset_cache()
