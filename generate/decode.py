@@ -9,6 +9,7 @@ in the batch, fed at a clamped position, and their outputs are ignored.
 from __future__ import annotations
 
 import functools
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -117,13 +118,24 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int = 6
 
 
 def _check(model, prompts, max_new_tokens: int, mtp: bool) -> None:
-    if len(prompts) == 0:
-        raise GenerateError("no prompts")
-    if max_new_tokens < 0:
-        raise GenerateError(f"max_new_tokens={max_new_tokens} must be >= 0")
+    if isinstance(prompts, (str, bytes)) or len(prompts) == 0:
+        raise GenerateError("no prompts" if not isinstance(prompts, (str, bytes)) else
+                            "prompts: expected a list of token-id lists (tokenise text first, e.g. with "
+                            "generate.text), got a string")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 0:
+        raise GenerateError(f"max_new_tokens={max_new_tokens!r} must be an integer >= 0")
+    vocab = model.args.vocab_size
     for i, p in enumerate(prompts):
+        if isinstance(p, (str, bytes)):
+            raise GenerateError(f"prompt {i}: expected token ids, got a string (tokenise it first)")
         if len(p) == 0:
             raise GenerateError(f"prompt {i} is empty (no tokens)")
+        ids = torch.as_tensor(list(p) if not isinstance(p, torch.Tensor) else p)
+        if ids.is_floating_point() or ids.dtype == torch.bool or ids.dim() != 1:
+            raise GenerateError(f"prompt {i}: expected a flat list of integer token ids, got {ids.dtype} of shape "
+                                f"{tuple(ids.shape)}")
+        if int(ids.min()) < 0 or int(ids.max()) >= vocab:
+            raise GenerateError(f"prompt {i}: token ids must be in [0, {vocab}), got [{int(ids.min())}, {int(ids.max())}]")
         if len(p) > model.args.max_seq_len:
             raise GenerateError(f"prompt {i} has {len(p)} tokens, longer than max_seq_len={model.args.max_seq_len}")
     if mtp and not len(model.mtp):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 from dataclasses import dataclass
 
 import torch
@@ -23,8 +25,10 @@ class SamplingParams:
             raise GenerateError(f"temperature={self.temperature} must be >= 0 (0 = greedy)")
         if not 0 < self.top_p <= 1:
             raise GenerateError(f"top_p={self.top_p} must be in (0, 1]")
-        if self.top_k < 0:
-            raise GenerateError(f"top_k={self.top_k} must be >= 0 (0 = off)")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, numbers.Integral) or self.top_k < 0:
+            raise GenerateError(f"top_k={self.top_k!r} must be an integer >= 0 (0 = off)")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral)):
+            raise GenerateError(f"seed={self.seed!r} must be an integer (or None)")
 
     @property
     def greedy(self) -> bool:

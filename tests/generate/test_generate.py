@@ -105,6 +105,18 @@ def test_max_seq_len_and_bad_input():
         SamplingParams(temperature=1.0, top_p=0)
     with pytest.raises(GenerateError, match="temperature=-1"):
         SamplingParams(temperature=-1)
+    # what would fail deep inside (a float budget in the cache, a string as a prompt) or be truncated
+    # silently (float token ids) is named up front
+    for kw, msg in [(dict(prompts=[[1, 2]], max_new_tokens=2.5), "max_new_tokens=2.5 must be an integer >= 0"),
+                    (dict(prompts="hello"), "prompts: expected a list of token-id lists .* got a string"),
+                    (dict(prompts=["hello"]), "prompt 0: expected token ids, got a string"),
+                    (dict(prompts=[[1, 2], [5.5, 6]]), "prompt 1: expected a flat list of integer token ids, got torch.float32"),
+                    (dict(prompts=[[1, 512]]), r"prompt 0: token ids must be in \[0, 512\), got \[1, 512\]")]:
+        with pytest.raises(GenerateError, match=msg):
+            generate(m, kw.pop("prompts"), **kw)
+    with pytest.raises(GenerateError, match="top_k=2.5 must be an integer >= 0"):
+        SamplingParams(temperature=0.7, top_k=2.5)
+    assert generate(m, [torch.tensor([1, 2])], max_new_tokens=2).tokens[0]  # the control: a tensor prompt
 
 
 # --------------------------------------------------------------------------------------- sampling
