@@ -111,7 +111,9 @@ def _files(root: Path) -> list[Path]:
 
 def _jsonl(path: Path, rel: str, default_domain: str, stats: CorpusStats) -> Iterator[Document]:
     text = _decode(path.read_bytes(), rel, stats)
-    for i, line in enumerate(text.splitlines()):
+    # NOTE: split on "\n" only, as _index_jsonl does: str.splitlines() also splits on U+2028, U+0085
+    # and form feeds, which JSON strings may hold, and would number the lines differently
+    for i, line in enumerate(text.split("\n")):
         if line.strip():
             rec = _record(path, i, line)
             yield Document(*_id_domain(rec, rel, i, default_domain), rec["text"])
@@ -135,9 +137,9 @@ def _parquet(path: Path, rel: str, default_domain: str) -> Iterator[Document]:
             row += 1
             if text is None:
                 continue
-            dom = d.get("domain", [None] * len(d["text"]))[j] or default_domain
+            dom = _domain(str(d.get("domain", [None] * len(d["text"]))[j] or default_domain), f"{path}:{row}")
             did = d.get("id", [None] * len(d["text"]))[j]
-            yield Document(str(did) if did is not None else f"{rel}:{row}", str(dom), text)
+            yield Document(str(did) if did is not None else f"{rel}:{row}", dom, text)
 
 
 def _entries(path: str | Path) -> tuple[Path, list[tuple[Path, str, str]]]:
@@ -150,7 +152,8 @@ def _entries(path: str | Path) -> tuple[Path, list[tuple[Path, str, str]]]:
         if not files:
             raise CorpusError(f"{root}: corpus directory has no files")
         rels = [(f, f.relative_to(root).as_posix()) for f in files]
-        return root, [(f, rel, Path(rel).parts[0] if len(Path(rel).parts) > 1 else "default") for f, rel in rels]
+        return root, [(f, rel, _domain(Path(rel).parts[0], str(root / Path(rel).parts[0])) if len(Path(rel).parts) > 1
+                       else "default") for f, rel in rels]
     return root, [(root, root.name, "default")]
 
 
@@ -312,7 +315,17 @@ def _record(path: Path, i: int, line: str) -> dict:
 
 def _id_domain(rec: dict, rel: str, i: int, default_domain: str) -> tuple[str, str]:
     """A JSONL record's document id (default `file:line`) and domain (default: its folder's)."""
-    return str(rec.get("id", f"{rel}:{i + 1}")), str(rec.get("domain") or default_domain)
+    return str(rec.get("id", f"{rel}:{i + 1}")), _domain(str(rec.get("domain") or default_domain), f"{rel}:{i + 1}")
+
+
+RESERVED_DOMAINS = ("all",)  # the analyses' name for every domain's rows together
+
+
+def _domain(name: str, where: str) -> str:
+    if name in RESERVED_DOMAINS:
+        raise CorpusError(f"{where}: the domain name {name!r} is reserved (the analyses' rows for every domain "
+                          "together); rename it")
+    return name
 
 
 def _read_refs(refs: list[_Ref], stats: CorpusStats) -> Iterator[Document]:

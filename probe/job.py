@@ -174,6 +174,14 @@ def check_out_parent(out: Path, flag: str = "--out", file: bool = False,
         raise error(f"{flag} {out}: directory {parent} is not writable")
 
 
+def check_replaceable(out: Path, marker: str, what: str, flag: str = "--out",
+                      error: type[Exception] = RecordError) -> None:
+    """Before `--overwrite` deletes `out`: it must be empty or hold `marker` (run.json, config.json),
+    i.e. be the kind of thing the command writes, never a user's other directory."""
+    if out.is_dir() and any(out.iterdir()) and not (out / marker).exists():
+        raise error(f"{flag} {out} is not {what} (no {marker}): refusing to delete it")
+
+
 @contextlib.contextmanager
 def os_refusal(message: str, error: type[Exception] = RecordError):
     """Within the block, an OSError becomes one line: `error(f"{message} ({reason})")`. For the

@@ -205,7 +205,8 @@ DOCS: dict[str, dict[str, str]] = {
         "pos": "position inside the window (0-based; the model sees each window on its own)",
         "doc_pos": "position inside the whole document (window start + pos)",
         "token_id": "token id",
-        "domain": "corpus domain (sub-folder name, or the record's `domain`)",
+        "domain": "corpus domain (sub-folder name, or the record's `domain`; `all` is reserved for the "
+                  "analyses' rows of every domain together; `sglang` in an import)",
         "loss": "surprisal of this token: -log p(token | earlier tokens of the window) under the main "
                 "model, nats; null at pos 0",
     },

@@ -18,7 +18,7 @@ per_token`, between POST `/start_expert_distribution_record` and `/stop_expert_d
   misc_objects, plus last_physical_to_logical_map.
 
 DUMP is a file or a directory of such files (every `*.pt` in it). The run gets `expert_load` (one
-step per forward pass; ranks summed, as SGLang's own stat mode sums them; domain `all`), per_token
+step per forward pass; ranks summed, as SGLang's own stat mode sums them; domain `sglang`), per_token
 also `tokens` (input ids and positions; a forward pass's sequences split by extend_seq_lens, a
 decode pass one sequence per token; records repeated on several ranks kept once) and `routing`
 (logical expert ids; SGLang records no weights), and `placement` when the dump carries the
@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from .job import RecordError, check_out_parent, os_refusal, package_version
+from .job import RecordError, check_out_parent, check_replaceable, os_refusal, package_version
 from .writer import PartWriter, write_json_atomic
 
 MODES = ("stat", "per_pass", "per_token")
@@ -75,6 +75,11 @@ class Shape:
 
 
 # ------------------------------------------------------------------------------ reading
+# every imported row's domain: the server's traffic is one stream ("all" is the analyses' name for
+# the rows of every domain together, so it cannot name a domain)
+DOMAIN = "sglang"
+
+
 def read_dump(path: Path) -> Dump:
     """One dump file, loaded without running pickled code, its mode recognised."""
     import pickle
@@ -92,10 +97,55 @@ def read_dump(path: Path) -> Dump:
         raise SGLangError(f"{path}: refused: it holds pickled Python objects ({why}), which "
                           "torch.load(weights_only=True) will not run") from None
     except (OSError, RuntimeError, EOFError, ValueError) as e:
-        raise SGLangError(f"{path}: not a readable torch.save file ({str(e).strip().splitlines()[0][:160]})") from None
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise SGLangError(f"{path}: not a readable torch.save file ({why})") from None
     if not isinstance(data, dict):
         raise SGLangError(f"{path}: not an SGLang expert-distribution dump (a {type(data).__name__}, not a dict)")
-    return Dump(path, _mode(data, path), data)
+    d = Dump(path, _mode(data, path), data)
+    _check_fields(d)
+    return d
+
+
+def _ints(d: Dump, value, name: str, dims: int, nonneg: bool = True):
+    """`value` as an integer tensor of `dims` dimensions (non-negative unless told), else one line
+    naming the file and the field."""
+    import torch
+
+    if not isinstance(value, torch.Tensor) or value.dim() != dims:
+        got = f"shape {list(value.shape)}" if isinstance(value, torch.Tensor) else f"a {type(value).__name__}"
+        raise SGLangError(f"{d.path}: {name} should be a {dims}-D tensor, found {got}")
+    if value.is_floating_point() or value.dtype == torch.bool:
+        raise SGLangError(f"{d.path}: {name} holds {value.dtype} values; SGLang writes integer counts and ids")
+    if nonneg and value.numel() and int(value.min()) < 0:
+        raise SGLangError(f"{d.path}: {name} holds a negative value ({int(value.min())})")
+    return value
+
+
+def _check_fields(d: Dump) -> None:
+    """Every field the import reads, present and of the kind SGLang writes, before anything is
+    written: a broken dump is one line naming the file, the record and the field."""
+    if d.mode == "stat":
+        _ints(d, d.data["logical_count"], "logical_count", 3)
+        return
+    _ints(d, d.data.get("last_physical_to_logical_map"), "last_physical_to_logical_map", 2)
+    for i, r in enumerate(d.data["records"]):
+        need = ("forward_pass_id", "global_physical_count") if d.mode == "per_pass" else \
+            ("forward_pass_id", "input_ids", "positions", "topk_ids_of_layer")
+        missing = [k for k in need if not isinstance(r, dict) or k not in r]
+        if missing:
+            raise SGLangError(f"{d.path}: record {i} has no {', '.join(missing)}")
+        where = f"record {i} (pass {r['forward_pass_id']})"
+        if d.mode == "per_pass":
+            _ints(d, r["global_physical_count"], f"global_physical_count of {where}", 2)
+            continue
+        _ints(d, r["topk_ids_of_layer"], f"topk_ids_of_layer of {where}", 3, nonneg=False)  # -1 pads
+        n, n_pos = len(r["input_ids"]), len(r["positions"])
+        if n_pos != n:
+            raise SGLangError(f"{d.path}: {where} has {n} input_ids but {n_pos} positions")
+        lens = r.get("extend_seq_lens")
+        if lens is not None and len(lens) and sum(int(x) for x in lens) != n:
+            raise SGLangError(f"{d.path}: {where}'s extend_seq_lens sum to {sum(int(x) for x in lens)}, "
+                              f"but it has {n} input_ids")
 
 
 def _mode(data: dict, path: Path) -> str:
@@ -175,29 +225,39 @@ def import_sglang(dump: str | Path, out: str | Path | None = None, config: str |
     out = Path(out) if out else Path("runs") / f"sglang-{mode}-{Path(dump).stem}"
     if out.exists() and not overwrite:
         raise SGLangError(f"--out {out} exists: pass --overwrite to replace it")
+    check_replaceable(out, "run.json", "a run directory", error=SGLangError)
     check_out_parent(out)
     tmp = out.with_name(f".{out.name}.importing")
     with os_refusal(f"--out {out}: cannot create the run there", SGLangError):
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
+    try:
+        _import_into(tmp, dumps, shape, mode, tokenizer)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written stays behind
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)  # the run appears whole or not at all
+    return out
+
+
+def _import_into(tmp: Path, dumps: list[Dump], shape: Shape, mode: str, tokenizer: str | None) -> None:
+    """Every table of the run, then its run.json, into `tmp`."""
     steps = {"stat": _stat, "per_pass": _per_pass, "per_token": _per_token}[mode](dumps, shape, tmp)
     placement = _write_placement(dumps, shape, tmp)
     info = {"status": "complete", "format": 1, "kind": "import",
             "source": {"name": "sglang", "mode": mode, "files": [str(d.path.resolve()) for d in dumps],
                        "ranks": sorted({int(d.data.get("rank", i)) for i, d in enumerate(dumps)}),
                        **steps, "placement": placement},
-            "model_args": shape.model_args(steps["moe_layers"]), "domains": ["all"],
+            "model_args": shape.model_args(steps["moe_layers"]), "domains": [DOMAIN],
             "tables": sorted(p.name for p in tmp.iterdir() if p.is_dir() and any(p.glob("*.parquet"))),
             "options": {"tokenizer": str(Path(tokenizer).resolve()) if tokenizer else None},
             "versions": {"dsv3_probe": package_version()}, "started": time.time()}
     if steps.get("tokens") is not None:
-        info["planned"] = {"tokens": steps["tokens"], "tokens_per_domain": {"all": steps["tokens"]}}
+        info["planned"] = {"tokens": steps["tokens"], "tokens_per_domain": {DOMAIN: steps["tokens"]}}
     write_json_atomic(tmp / "run.json", info)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)  # the run appears whole or not at all
-    return out
 
 
 def _moe_layers(shape: Shape, counts_LE: np.ndarray) -> list[int]:
@@ -211,7 +271,7 @@ def _load_rows(step: int, layers: list[int], counts_LE: np.ndarray, tokens: int)
     E = counts_LE.shape[1]
     n = len(layers) * E
     return {"step": np.full(n, step, np.int64), "layer": np.repeat(np.array(layers, np.int16), E),
-            "expert": np.tile(np.arange(E, dtype=np.int32), len(layers)), "domain": ["all"] * n,
+            "expert": np.tile(np.arange(E, dtype=np.int32), len(layers)), "domain": [DOMAIN] * n,
             "count": counts_LE[layers].reshape(-1).astype(np.int64), "weight_sum": pa.nulls(n, pa.float64()),
             "tokens": np.full(n, tokens, np.int64)}
 
@@ -233,8 +293,6 @@ def _stat(dumps: list[Dump], shape: Shape, out: Path) -> dict:
         if int(d.data.get("rank", 0)) != 0:
             raise SGLangError(f"{d.path}: a stat dump of rank {int(d.data['rank'])}; SGLang writes stat dumps "
                               "on rank 0 only (the counts already summed over the ranks)")
-        if (d.data["logical_count"] < 0).any():
-            raise SGLangError(f"{d.path}: logical_count holds negative counts")
     counts = np.concatenate([d.data["logical_count"].numpy().astype(np.int64) for d in dumps])  # [passes, L, E]
     if counts.shape[2] < shape.n_experts:
         counts = np.pad(counts, ((0, 0), (0, 0), (0, shape.n_experts - counts.shape[2])))
@@ -330,12 +388,12 @@ def _token_rows(w: PartWriter, step: int, fp: int, d: Dump, r: dict, lg: np.ndar
     ids, pos = np.asarray(r["input_ids"], np.int64), np.asarray(r["positions"], np.int64)
     n = len(ids)
     lens = r.get("extend_seq_lens")
-    lens = [int(x) for x in lens] if lens and sum(lens) == n else [1] * n  # decode: one token per sequence
+    lens = [int(x) for x in lens] if lens is not None and len(lens) else [1] * n  # decode: one token a sequence
     seq_of = np.repeat(np.arange(seq, seq + len(lens)), lens)
     rank = int(r.get("rank", 0))
     doc = np.array([f"pass{fp}:rank{rank}:seq{s - seq}" for s in seq_of], dtype=object)
     w.append("tokens", {"doc_id": doc, "seq_id": seq_of, "pos": pos.astype(np.int32), "doc_pos": pos,
-                        "token_id": ids.astype(np.int32), "domain": ["all"] * n,
+                        "token_id": ids.astype(np.int32), "domain": [DOMAIN] * n,
                         "loss": pa.nulls(n, pa.float32())}, step)
     offsets, flat, rows = [0], [], {"seq_id": [], "pos": [], "layer": []}
     counts = np.zeros((shape.n_layers, shape.n_experts), np.int64)

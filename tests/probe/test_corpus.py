@@ -83,6 +83,31 @@ def test_uncapped_domains_order_holds_the_same_windows(tmp_path, kind):
         assert [w.domain for w in b[:3]] == ["x", "y", "z"]  # interleaved from the start
 
 
+def test_line_separators_inside_json_strings_read_alike_in_both_orders(tmp_path):
+    """U+2028, U+0085 and form feeds are legal inside a JSON string written unescaped: --order corpus
+    used str.splitlines(), which splits on them, and refused the file (found by a review)."""
+    path = tmp_path / "c.jsonl"
+    recs = [{"text": "alpha\u2028beta \x85gamma\x0c delta", "domain": "x"}, {"text": "beta beta", "domain": "y"}]
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in recs) + "\n", encoding="utf-8")
+    key = lambda w: (w.doc_id, w.domain, w.ids.tobytes())  # noqa: E731
+    a, b = windows(path, "corpus"), windows(path, "domains")
+    assert sorted(map(key, a)) == sorted(map(key, b)) and [w.doc_id for w in a] == ["c.jsonl:1", "c.jsonl:2"]
+
+
+def test_the_domain_name_all_is_refused(tmp_path):
+    """"all" names every domain's rows together in the analyses' tables; a corpus domain of that
+    name is a one-line error, whatever holds it (a folder, a JSONL field, a Parquet column)."""
+    folder = folder_corpus(tmp_path / "f", docs=(("all", [5]), ("b", [5])))
+    jsonl = tmp_path / "c.jsonl"
+    jsonl.write_text(json.dumps({"text": "alpha", "domain": "all"}) + "\n")
+    parquet = tmp_path / "c.parquet"
+    pq.write_table(pa.Table.from_pylist([{"text": "alpha", "domain": "all"}]), parquet)
+    for path in (folder, jsonl, parquet):
+        for order in ("corpus", "domains"):
+            with pytest.raises(CorpusError, match="the domain name 'all' is reserved"):
+                windows(path, order)
+
+
 def test_counts_and_replacements_are_the_same_in_both_orders(tmp_path):
     c = folder_corpus(tmp_path / "c")
     (c / "math" / "bad.txt").write_bytes(b"alpha \xff\xfe beta")

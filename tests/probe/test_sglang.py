@@ -171,3 +171,65 @@ def test_bad_dumps_are_one_line_errors_naming_the_file(world, tmp_path, capsys):
         code = main(["import", "sglang", str(world["stat"]), "--config", str(world["config"]), "--out", str(out)])
         err = capsys.readouterr().err.strip()
         assert code == 2 and err.startswith("error: ") and "\n" not in err and msg in err, err
+
+
+def test_broken_fields_are_named_and_leave_nothing_behind(world, tmp_path, capsys):
+    """Fields of the wrong kind (found by a review: a -1 in the map counted as the last expert,
+    negative or float counts taken, a record without its pass id a KeyError, extend_seq_lens that do
+    not add up read as decode) are one line naming the file and field, and a failed import leaves no
+    half-written `.NAME.importing` folder."""
+    from probe.__main__ import main
+
+    def broken(name: str, mode: str, edit) -> Path:
+        src = world[mode]
+        files = sorted(src.glob("*.pt")) if src.is_dir() else [src]
+        out = tmp_path / name
+        out.mkdir()
+        for i, f in enumerate(files):
+            d = torch.load(f, weights_only=True)
+            if i == 0:
+                edit(d)
+            torch.save(d, out / f.name)
+        return out
+
+    def set_map(d, layer, slot, value):
+        d["last_physical_to_logical_map"][layer, slot] = value
+
+    cases = [
+        (broken("mapneg", "per_pass", lambda d: set_map(d, 1, 5, -1)), "last_physical_to_logical_map holds a negative value (-1)"),
+        (broken("negpp", "per_pass", lambda d: d["records"][1]["global_physical_count"].__setitem__((1, 0), -90)),
+         "global_physical_count of record 1 (pass 1) holds a negative value (-90)"),
+        (broken("nofp", "per_pass", lambda d: d["records"][2].pop("forward_pass_id")), "record 2 has no forward_pass_id"),
+        (broken("statf", "stat", lambda d: d.__setitem__("logical_count", d["logical_count"].float() + 0.5)),
+         "logical_count holds torch.float32 values"),
+        (broken("statlist", "stat", lambda d: d.__setitem__("logical_count", d["logical_count"].tolist())),
+         "logical_count should be a 3-D tensor, found a list"),
+        (broken("ptpos", "per_token", lambda d: d["records"][0].__setitem__("positions", d["records"][0]["positions"][:-1])),
+         "input_ids but"),
+        (broken("ptlens", "per_token", lambda d: d["records"][0].__setitem__("extend_seq_lens", [1, 1])),
+         "extend_seq_lens sum to 2, but it has"),
+    ]
+    (tmp_path / "empty.pt").write_bytes(b"")
+    cases.append((tmp_path / "empty.pt", "empty.pt: not a readable torch.save file"))
+    for path, msg in cases:
+        code = main(["import", "sglang", str(path), "--config", str(world["config"]), "--out", str(tmp_path / "run")])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and err.startswith("error: ") and "\n" not in err and msg in err, (path.name, err)
+    assert not list(tmp_path.glob(".*importing")) and not (tmp_path / "run").exists()
+
+
+def test_overwrite_replaces_a_run_and_nothing_else(world, tmp_path, capsys):
+    """--overwrite deletes an earlier run (run.json) or an empty folder, never another directory."""
+    from probe.__main__ import main
+
+    mine = tmp_path / "mine"
+    (mine / "sub").mkdir(parents=True)
+    (mine / "thesis.txt").write_text("keep")
+    code = main(["import", "sglang", str(world["stat"]), "--config", str(world["config"]), "--out", str(mine),
+                 "--overwrite"])
+    assert code == 2 and "is not a run directory (no run.json): refusing to delete it" in capsys.readouterr().err
+    assert (mine / "thesis.txt").read_text() == "keep"
+    run = import_sglang(world["stat"], tmp_path / "run", config=str(world["config"]))
+    assert probe.open_run(run).df("expert_load").domain.unique().tolist() == ["sglang"]  # not "all"
+    assert import_sglang(world["per_pass"], run, config=str(world["config"]), overwrite=True) == run  # the control
+    assert probe.open_run(run).info["source"]["mode"] == "per_pass"
