@@ -20,7 +20,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from probe.job import check_out_parent, closed_pipe_quiet, os_refusal
+from probe.job import check_out_parent, check_replaceable, closed_pipe_quiet, os_refusal
 
 BIAS = "e_score_correction_bias"
 
@@ -40,6 +40,7 @@ def without_router_bias(ckpt: str | Path, out: str | Path, overwrite: bool = Fal
         raise VariantError(f"{ckpt}: not a checkpoint (needs config.json and *.safetensors)")
     if out.exists() and not overwrite:
         raise VariantError(f"--out {out}: exists (pass --overwrite to replace it)")
+    check_replaceable(out, "config.json", "a checkpoint directory", error=VariantError)
     check_out_parent(out, error=VariantError)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -39,6 +39,10 @@ def test_errors_are_one_line(ckpt, tmp_path, capsys):
     (tmp_path / "exists").mkdir()
     assert variants.main(["no-router-bias", "--ckpt", str(src), "--out", str(tmp_path / "exists")]) == 2
     assert "exists (pass --overwrite" in capsys.readouterr().err
+    (tmp_path / "exists" / "thesis.txt").write_text("keep")  # --overwrite replaces a checkpoint, nothing else
+    assert variants.main(["no-router-bias", "--ckpt", str(src), "--out", str(tmp_path / "exists"), "--overwrite"]) == 2
+    assert "is not a checkpoint directory (no config.json): refusing to delete it" in capsys.readouterr().err
+    assert (tmp_path / "exists" / "thesis.txt").read_text() == "keep"
     assert variants.main(["no-router-bias", "--ckpt", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert "not a checkpoint" in err and err.count("\n") == 1
