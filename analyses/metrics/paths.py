@@ -14,8 +14,8 @@ is nothing to find:
   E[I] under random labellings with the same marginals). The arithmetic-mean AMI would also divide by
   the path's own large entropy and so penalise a path for having many values;
 - heldout_accuracy: the domain predicted as the majority domain of the unit's value on training
-  windows, scored on held-out windows (every `holdout`-th window; unseen values predict the
-  overall majority), against `majority_baseline` (always the majority domain).
+  windows, scored on held-out windows (every `every`-th window of each domain: `Routes.heldout`;
+  unseen values predict the overall majority), against `majority_baseline` (always the majority domain).
 
 Array versions take ids [T, L, K] (tokens x layers x top-k, best first); run versions read the run's
 `routing` and `tokens` tables (only tokens routed at every chosen layer).
@@ -195,10 +195,19 @@ class Routes:
     ids: np.ndarray
 
     def heldout(self, every: int = 5) -> np.ndarray:
-        """Held-out mask: tokens of every `every`-th window (seq_id % every == 0)."""
+        """Held-out mask: the tokens of every `every`-th window OF EACH DOMAIN (its `every`-th,
+        2`every`-th, ... window in seq_id order), so that every domain with `every` windows or more is
+        in both sets in the same proportion. A plain seq_id % every would line up with the recorder's
+        domain interleave (`--order domains` takes windows from the domains in turn): with five
+        domains every held-out window came from one domain, which training never saw."""
         if every < 2:
             raise MetricsError(f"every={every}: need >= 2 (one window in `every` is held out)")
-        return self.seq_id % every == 0
+        test = np.zeros(len(self.seq_id), bool)
+        for dom in np.unique(self.domain):
+            rows = self.domain == dom
+            windows, rank = np.unique(self.seq_id[rows], return_inverse=True)
+            test[rows] = rank.reshape(-1) % every == every - 1
+        return test
 
 
 def routes_from_run(run, layers=None) -> Routes:

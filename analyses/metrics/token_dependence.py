@@ -14,8 +14,8 @@ Values never seen in training fall back to `majority`. High token_id accuracy me
 context-independent (OpenMoE's finding); the gap to token_and_prev is what context adds.
 
 Beside it, OLMoE's vocabulary specialisation for the input and for the predicted (next) token
-(`vocabulary_specialisation_from_run`). Held-out windows: every `every`-th window (seq_id % every
-== 0), so no window is split between training and test.
+(`vocabulary_specialisation_from_run`). Held-out windows: every `every`-th window of each domain
+(`Routes.heldout`), so no window is split between training and test and every domain is in both.
 """
 
 from __future__ import annotations

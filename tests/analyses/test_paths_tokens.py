@@ -148,6 +148,31 @@ def runs(tmp_path_factory):
     return d, a, b
 
 
+def _heldout(seq, domain, every):
+    """The held-out mask by hand: each domain's windows in seq_id order, every `every`-th held out."""
+    test = np.zeros(len(seq), bool)
+    for dom in set(domain.tolist()):
+        windows = sorted({int(q) for q, d in zip(seq, domain) if d == dom})
+        out = {q for i, q in enumerate(windows) if (i + 1) % every == 0}
+        test |= np.array([d == dom and int(q) in out for q, d in zip(seq, domain)])
+    return test
+
+
+def test_heldout_windows_are_spread_over_the_domains():
+    """Windows that take the domains in turn (as --order domains records them): a plain seq_id % 5
+    held out only the first domain and trained on none of it; the split by domain holds out a fifth
+    of each domain's windows and keeps the rest for training."""
+    doms = np.array(["a", "b", "c", "d", "e"] * 10)
+    seq = np.arange(50)
+    r = M.Routes([1], seq, np.zeros(50, int), seq, seq, doms, np.zeros((50, 1, 1), np.int64))
+    test = r.heldout(5)
+    assert {d: int(test[doms == d].sum()) for d in "abcde"} == dict.fromkeys("abcde", 2)
+    np.testing.assert_array_equal(test, _heldout(seq, doms, 5))
+    assert set(doms[seq % 5 == 0]) == {"a"}  # the old split, for the record
+    with pytest.raises(M.MetricsError, match="every=1"):
+        r.heldout(1)
+
+
 def _stack(arrays, layers):
     return np.stack([arrays["ids"][x] for x in layers], axis=1)
 
@@ -160,7 +185,8 @@ def test_run_paths_equal_array_versions(runs):
     np.testing.assert_array_equal(r.token_id, a["token_id"])
     assert r.prev_id[0] == -1 and r.prev_id[1] == a["token_id"][0]
     got = M.domain_information_from_run(d / "a", every=5)
-    want = M.domain_information(ids, a["domain"].astype(str), a["layers"], 1, a["seq"] % 5 == 0)
+    want = M.domain_information(ids, a["domain"].astype(str), a["layers"], 1,
+                                _heldout(a["seq"], a["domain"].astype(str), 5))
     np.testing.assert_allclose(got[["domain_nmi", "ami", "heldout_accuracy"]].to_numpy(),
                                want[["domain_nmi", "ami", "heldout_accuracy"]].to_numpy())
     s = M.path_summary_from_run(d / "a", layers=[2], k=2)
@@ -177,7 +203,7 @@ def test_run_token_dependence(runs):
     assert t.loc[(2, "top1"), "token_id"] < 0.9  # layer 2 routes by domain + noise
     assert t.loc[(1, "top1"), "vocab_spec_input"] == pytest.approx(1.0)
     assert ("topk" in t.index.get_level_values("target"))
-    test = a["seq"] % 5 == 0
+    test = _heldout(a["seq"], a["domain"].astype(str), 5)
     prev = np.r_[-1, a["token_id"][:-1]]
     prev[a["pos"] == 0] = -1
     want = M.token_dependence(a["token_id"], prev, a["pos"], a["ids"][2][:, 0], test)
