@@ -168,3 +168,30 @@ def test_markdown_cells_keep_generated_text_on_one_row():
 
     t = md_table(pd.DataFrame({"text": ["a\nb|c"], "x": [1.5]}))
     assert t.splitlines()[2] == "| a⏎b\\|c | 1.5000 |" and len(t.splitlines()) == 3
+
+
+def test_the_run_label_fingerprints_the_weights_not_their_file_times(tmp_path):
+    """The label names the checkpoint by its weights' contents: the same in a copy with other file
+    times (a fresh clone), different when a weight changes."""
+    import json
+    import os
+    import shutil
+
+    from analyses.report import run_label
+
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    (ck / "model.safetensors").write_bytes(bytes(range(256)) * 20_000)  # 5 MB: head and tail both read
+    runs = {}
+    for name, path in (("a", ck), ("b", tmp_path / "copy")):
+        if name == "b":
+            shutil.copytree(ck, path)
+            os.utime(path / "model.safetensors", (0, 0))
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "run.json").write_text(json.dumps({"status": "complete", "checkpoint": {"path": str(path)}}))
+        runs[name] = run_label(tmp_path / name)
+    assert runs["a"].startswith(f"{ck} (weights ") and runs["a"].split()[-1] == runs["b"].split()[-1]
+    data = bytearray((ck / "model.safetensors").read_bytes())
+    data[-1] ^= 1  # the last byte: within the tail that is read
+    (ck / "model.safetensors").write_bytes(bytes(data))
+    assert run_label(tmp_path / "a").split()[-1] != runs["a"].split()[-1]
