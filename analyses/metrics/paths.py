@@ -195,18 +195,18 @@ class Routes:
     ids: np.ndarray
 
     def heldout(self, every: int = 5) -> np.ndarray:
-        """Held-out mask: the tokens of every `every`-th window OF EACH DOMAIN (its `every`-th,
-        2`every`-th, ... window in seq_id order), so that every domain with `every` windows or more is
-        in both sets in the same proportion. A plain seq_id % every would line up with the recorder's
-        domain interleave (`--order domains` takes windows from the domains in turn): with five
-        domains every held-out window came from one domain, which training never saw."""
+        """Held-out mask: the tokens of every `every`-th window OF EACH DOMAIN (its 1st, `every`+1-th,
+        ... window in seq_id order), so that every domain is held out in the same proportion and every
+        domain with two windows or more is in training too. A plain seq_id % every would line up with
+        the recorder's domain interleave (`--order domains` takes windows from the domains in turn):
+        with five domains every held-out window came from one domain, which training never saw."""
         if every < 2:
             raise MetricsError(f"every={every}: need >= 2 (one window in `every` is held out)")
         test = np.zeros(len(self.seq_id), bool)
         for dom in np.unique(self.domain):
             rows = self.domain == dom
             windows, rank = np.unique(self.seq_id[rows], return_inverse=True)
-            test[rows] = rank.reshape(-1) % every == every - 1
+            test[rows] = rank.reshape(-1) % every == 0
         return test
 
 

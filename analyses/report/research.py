@@ -122,20 +122,26 @@ def _path_sentences(p: dict) -> list[str]:
     best = layers.ami.idxmax()
     beats = t1.loc["path", "ami"] > layers.ami.max()
     acc = t1.heldout_accuracy
+    held = (f"held-out domain accuracy {acc['path']:.3f} vs {acc[best]:.3f} (majority "
+            f"{t1.loc['path', 'majority_baseline']:.3f})" if pd.notna(acc["path"]) else
+            "held-out domain accuracy not measured (too few windows to hold some out and train on the rest)")
     out = [head + f" Domain information: path AMI {t1.loc['path', 'ami']:.3f} vs best single layer ({best}) "
-           f"{layers.ami.max():.3f}; held-out domain accuracy {acc['path']:.3f} vs {acc[best]:.3f} "
-           f"(majority {t1.loc['path', 'majority_baseline']:.3f}): paths "
+           f"{layers.ami.max():.3f}; {held}: paths "
            + ("carry more domain information than any single layer's expert." if beats else
               "do not carry more domain information than the best single layer's expert.")]
     tk = info[info.target != "top1"]
     if len(tk):
         tk = tk.set_index("unit")
         lk = tk.drop(index="path")
-        bk = lk.heldout_accuracy.idxmax()
         path = tk.loc["path"]
+        if lk.heldout_accuracy.notna().any():
+            bk = lk.heldout_accuracy.idxmax()
+            held = (f"held-out domain accuracy {path.heldout_accuracy:.3f} vs {lk.loc[bk, 'heldout_accuracy']:.3f} "
+                    f"({bk})")
+        else:
+            held = "held-out domain accuracy not measured (too few windows to hold some out and train on the rest)"
         out.append(f"With the whole top-{p['K']} set per layer as the path: AMI {path.ami:.3f} vs best "
-                   f"single layer {lk.ami.max():.3f}, held-out domain accuracy {path.heldout_accuracy:.3f} "
-                   f"vs {lk.loc[bk, 'heldout_accuracy']:.3f} ({bk}); {int(path['values']):,} distinct set "
+                   f"single layer {lk.ami.max():.3f}, {held}; {int(path['values']):,} distinct set "
                    "paths, so many held-out tokens follow a path never seen in training.")
     return out
 

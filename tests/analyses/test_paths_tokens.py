@@ -153,7 +153,7 @@ def _heldout(seq, domain, every):
     test = np.zeros(len(seq), bool)
     for dom in set(domain.tolist()):
         windows = sorted({int(q) for q, d in zip(seq, domain) if d == dom})
-        out = {q for i, q in enumerate(windows) if (i + 1) % every == 0}
+        out = {q for i, q in enumerate(windows) if i % every == 0}
         test |= np.array([d == dom and int(q) in out for q, d in zip(seq, domain)])
     return test
 
@@ -169,6 +169,10 @@ def test_heldout_windows_are_spread_over_the_domains():
     assert {d: int(test[doms == d].sum()) for d in "abcde"} == dict.fromkeys("abcde", 2)
     np.testing.assert_array_equal(test, _heldout(seq, doms, 5))
     assert set(doms[seq % 5 == 0]) == {"a"}  # the old split, for the record
+    # a domain of one window is held out whole; one of two is in both sets
+    two = np.array(["a", "b", "b"])
+    r2 = M.Routes([1], np.arange(3), np.zeros(3, int), np.arange(3), np.arange(3), two, np.zeros((3, 1, 1), np.int64))
+    assert r2.heldout(5).tolist() == [True, True, False]
     with pytest.raises(M.MetricsError, match="every=1"):
         r.heldout(1)
 

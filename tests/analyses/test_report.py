@@ -195,3 +195,20 @@ def test_the_run_label_fingerprints_the_weights_not_their_file_times(tmp_path):
     data[-1] ^= 1  # the last byte: within the tail that is read
     (ck / "model.safetensors").write_bytes(bytes(data))
     assert run_label(tmp_path / "a").split()[-1] != runs["a"].split()[-1]
+
+
+def test_path_sentences_without_held_out_figures():
+    """Too few windows to hold some out gives NaN held-out accuracies; the report says so instead of
+    failing on an argmax over NaN (pandas' "Encountered all NA values")."""
+    import numpy as np
+    import pandas as pd
+
+    from analyses.report.research import _path_sentences
+
+    units = ["layer 1", "layer 2", "path"]
+    info = pd.DataFrame({"unit": units * 2, "target": ["top1"] * 3 + ["top4 set"] * 3,
+                         "ami": [0.3, 0.5, 0.8, 0.6, 0.7, 0.9], "values": [32, 32, 900, 400, 380, 5000],
+                         "heldout_accuracy": np.nan, "majority_baseline": np.nan})
+    summary = pd.DataFrame({"domain": ["all"], "distinct_paths": [900], "perplexity": [300.0], "top10_share": [0.1]})
+    text = " ".join(_path_sentences({"summary": summary, "information": info, "layers": [1, 2], "E": 32, "K": 4}))
+    assert text.count("held-out domain accuracy not measured") == 2 and "AMI 0.900" in text and "nan" not in text
