@@ -113,7 +113,7 @@ def record_spec(opts: SpecOptions) -> Path:
     if opts.max_tokens is not None and opts.max_tokens < per_prompt:
         raise RecordError(f"--max-tokens {opts.max_tokens}: less than one prompt's --prompt-tokens + --new-tokens "
                           f"= {per_prompt}")
-    ckpt, corpus, out = resolve_paths(opts.ckpt, opts.corpus, opts.out, suffix="-spec")
+    ckpt, corpus, out = resolve_paths(*_run_defaults(opts), opts.out, suffix="-spec")
     if not corpus.exists():
         raise CorpusError(f"{corpus}: corpus not found")
     args = checkpoint_args(ckpt)
@@ -211,6 +211,21 @@ def _per_domain(domains: list[str], values) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
+def _run_defaults(opts: SpecOptions) -> tuple[str | None, str | None]:
+    """--ckpt and --corpus, each defaulting to the run's own when --out is an earlier run (which the
+    spec tables join): its model on its corpus, not the bundled ones. A path the run names that is
+    no longer there falls back to the bundled default."""
+    ckpt, corpus = opts.ckpt, opts.corpus
+    if opts.out and (Path(opts.out) / RUN_JSON).exists():
+        info = read_run_json(Path(opts.out))
+        have = lambda key: (info.get(key) or {}).get("path")  # noqa: E731
+        if ckpt is None and have("checkpoint") and Path(have("checkpoint")).is_dir():
+            ckpt = have("checkpoint")
+        if corpus is None and have("corpus") and Path(have("corpus")).exists():
+            corpus = have("corpus")
+    return ckpt, corpus
+
+
 def _write_run(out: Path, rows: dict, drafts: dict, opts: SpecOptions, ckpt: Path, corpus: Path, args, world,
                seconds: float) -> None:
     out.mkdir(parents=True, exist_ok=True)
@@ -225,7 +240,8 @@ def _write_run(out: Path, rows: dict, drafts: dict, opts: SpecOptions, ckpt: Pat
                "prompts_per_domain": _per_domain(rows["domain"], [1] * len(rows["domain"])),
                "tokens_per_domain": _per_domain(rows["domain"], np.add(rows["prompt_tokens"], rows["new_tokens"])),
                "seconds": round(seconds, 2), "world_size": world.size, "world": world.describe(),
-               "dtype": opts.dtype or "float32", "gemm": opts.gemm}
+               "dtype": opts.dtype or "float32", "gemm": opts.gemm,
+               "checkpoint": str(ckpt.resolve()), "corpus": str(corpus.resolve())}
     info = read_run_json(out) if (out / RUN_JSON).exists() else {
         "status": "complete", "format": 1, "kind": "spec",
         "checkpoint": {"path": str(ckpt.resolve()), "fingerprint": checkpoint_fingerprint(ckpt)},

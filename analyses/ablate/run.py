@@ -191,13 +191,20 @@ def job_defaults(opts: AblateOptions) -> tuple[AblateOptions, dict | None]:
     if opts.run is not None:
         info = read_run_json(Path(opts.run))
         ro = info.get("options", {})
-        opts.ckpt = opts.ckpt or info.get("checkpoint", {}).get("path")
-        opts.corpus = opts.corpus or info.get("corpus", {}).get("path")
+        opts.ckpt = opts.ckpt or (info.get("checkpoint") or {}).get("path")
+        opts.corpus = opts.corpus or (info.get("corpus") or {}).get("path")
+        if info.get("kind") == "import" and not (opts.ckpt and opts.corpus):
+            # an import (SGLang) carries loads but no model or text: the bundled ones would stand in silently
+            raise AblationError(f"{opts.run}: an imported run ({(info.get('source') or {}).get('name', 'import')}) "
+                                "has no checkpoint or corpus of its own: pass --ckpt and --corpus to evaluate "
+                                "its loads on a model")
         opts.tokenizer = opts.tokenizer or ro.get("tokenizer")
         for k in ("max_tokens", "seq_len", "batch_size", "add_bos"):
             if getattr(opts, k) is None:
                 setattr(opts, k, ro.get(k))
-        opts.order = opts.order or ro.get("order", "corpus")  # runs recorded before --order: corpus order
+        # a record run from before --order read the corpus in order; a run with no record options
+        # (spec only) takes the default, every domain interleaved
+        opts.order = opts.order or ro.get("order", "corpus" if "router_logits" in ro else "domains")
     elif opts.loads_from == "run":
         raise AblationError("--loads-from run needs --run RUN")
     opts.order = opts.order or "domains"

@@ -13,7 +13,7 @@ from probe.job import (MODEL_FLAGS, add_model_flags, check_out_parent, closed_pi
                        os_refusal)
 
 from . import data as rd
-from .render import ReportError, check_run, compute, figures, print_text, write_findings, write_html
+from .render import ReportError, check_run, compute, figures, print_text, run_notes, write_findings, write_html
 
 
 def fractions_arg(text: str) -> list[float]:
@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise ReportError(f"cannot record the default run ({e}); or pass RUN, a run recorded with "
                                   "`dsv3-probe record --ckpt DIR`") from None
         run_dir = Path(ns.run) if ns.run else DEFAULT_RUN
-        check_run(run_dir)
+        for note in run_notes(check_run(run_dir), ns):
+            print(f"note: {note}", file=sys.stderr)
         html, findings = Path(ns.out) if ns.out else run_dir / "report.html", ns.findings and Path(ns.findings)
         check_out_parent(html, "--out", file=True)  # before minutes of ablations, not after
         if findings:

@@ -62,6 +62,21 @@ def check_run(path: Path) -> None:
     run = probe.open_run(path)
     if not run.files("expert_load") or run.sql("select count(*) from expert_load").fetchall()[0][0] == 0:
         raise ReportError(f"{path}: empty run: no expert_load rows (status {run.status!r}); record it first")
+    return run
+
+
+def run_notes(run, ns) -> list[str]:
+    """What the report says before it starts about a run it cannot treat as a whole recorded run;
+    for an import (SGLang: loads, no model or text) it also turns the model's sections off."""
+    notes = []
+    if run.info.get("kind") == "import" and not ns.skip_ablation:
+        ns.skip_ablation = True
+        notes.append(f"{run.path} is an import ({(run.info.get('source') or {}).get('name', '?')}): it has no "
+                     "checkpoint or corpus, so the sections that run the model (masking, importance, steering) "
+                     "are left out")
+    if run.status not in ("complete", "unknown"):
+        notes.append(f"{run.path} is {run.status!r}, not complete: the report covers the tokens recorded so far")
+    return notes
 
 
 def compute(run_dir: Path, ns, writer: bool = True) -> dict:

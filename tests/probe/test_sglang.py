@@ -121,6 +121,24 @@ def test_metrics_and_placement_work_on_an_import(world, tmp_path):
     assert all(p.balancedness_after >= p.balancedness_before for p in plans.values())
 
 
+
+def test_the_model_jobs_do_not_stand_the_bundled_model_in_for_an_import(world, tmp_path, capsys):
+    """An import has loads but no model or text: ablate says to pass --ckpt and --corpus (before, the
+    bundled model and corpus stood in silently), and the report (per_token: with paths, which domain
+    'all' broke) leaves the model's sections out and says so."""
+    from analyses.ablate.__main__ import main as ablate_main
+    from analyses.report.__main__ import main as report_main
+
+    out = import_sglang(world["per_token"], tmp_path / "run", config=str(world["config"]))
+    assert ablate_main(["--run", str(out), "--top", "2", "--no-progress"]) == 2
+    assert "an imported run (sglang) has no checkpoint or corpus of its own: pass --ckpt and --corpus" \
+        in capsys.readouterr().err
+    assert report_main([str(out), "--out", str(tmp_path / "r.html"), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "is an import (sglang): it has no checkpoint or corpus, so the sections that run the model" in err
+    assert (tmp_path / "r.html").stat().st_size > 0
+
+
 # ------------------------------------------------------------------------------------ refused
 class NotAllowed:  # a class a weights_only load cannot construct
     def __reduce__(self):

@@ -65,6 +65,13 @@ def test_spec_adds_to_a_recorded_run_and_refuses_to_clobber(probe_env, tmp_path,
     assert cli_main(argv) == 2  # the tables exist: --overwrite needed
     assert "--overwrite" in capsys.readouterr().err
     assert cli_main(argv + ["--overwrite"]) == 0
+    # without --ckpt and --corpus, spec runs the run's own model on its own corpus (not the bundled
+    # ones, found by a review) and says which in run.json
+    assert cli_main(["spec", "--out", str(run_dir), "--prompt-tokens", "8", "--new-tokens", "4", "--max-prompts", "2",
+                     "--no-progress", "--overwrite"]) == 0
+    summary = probe.open_run(run_dir).info["spec_decode"]
+    assert summary["corpus"] == str(probe_env["corpus"].resolve()) and summary["checkpoint"] == str(probe_env["ckpt"].resolve())
+    assert set(summary["prompts_per_domain"]) <= {"code", "prose"}
 
 
 @pytest.mark.parametrize("kw, msg", [
