@@ -74,7 +74,7 @@ def run_notes(run, ns) -> list[str]:
         notes.append(f"{run.path} is an import ({(run.info.get('source') or {}).get('name', '?')}): it has no "
                      "checkpoint or corpus, so the sections that run the model (masking, importance, steering) "
                      "are left out")
-    if run.status not in ("complete", "unknown"):
+    if run.status in ("running", "interrupted"):
         notes.append(f"{run.path} is {run.status!r}, not complete: the report covers the tokens recorded so far")
     return notes
 
