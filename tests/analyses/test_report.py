@@ -212,3 +212,17 @@ def test_path_sentences_without_held_out_figures():
     summary = pd.DataFrame({"domain": ["all"], "distinct_paths": [900], "perplexity": [300.0], "top10_share": [0.1]})
     text = " ".join(_path_sentences({"summary": summary, "information": info, "layers": [1, 2], "E": 32, "K": 4}))
     assert text.count("held-out domain accuracy not measured") == 2 and "AMI 0.900" in text and "nan" not in text
+
+
+def test_run_notes_name_interrupted_runs_and_imports():
+    """The report's opening notes: a run that is not complete, and an import whose model sections it
+    leaves out (turning them off); a complete recorded run gets none."""
+    from types import SimpleNamespace as NS
+
+    from analyses.report.render import run_notes
+
+    ns = NS(skip_ablation=False)
+    assert run_notes(NS(path="r", status="complete", info={}), ns) == [] and not ns.skip_ablation
+    assert "is 'interrupted', not complete" in run_notes(NS(path="r", status="interrupted", info={}), ns)[0]
+    notes = run_notes(NS(path="p", status="complete", info={"kind": "import", "source": {"name": "sglang"}}), ns)
+    assert "p is an import (sglang)" in notes[0] and ns.skip_ablation
