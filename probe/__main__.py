@@ -96,13 +96,14 @@ def _options(ns) -> RecordOptions:
 
 
 def _record(ns) -> int:
-    from .record import record
-
     opts = _options(ns)
     try:
+        from .record import record  # imports torch: seconds in which Ctrl-C may come too
+
         out = record(opts)
     except KeyboardInterrupt as e:
-        print(f"\n{e}", file=sys.stderr)
+        # the job names what it kept (and --resume) once it has begun; before that nothing was written
+        print(f"\n{str(e) or 'interrupted before anything was recorded'}", file=sys.stderr)
         return 130
     if not opts.dry_run and launch_rank0():
         print(f"wrote {out}")

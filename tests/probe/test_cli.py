@@ -112,3 +112,21 @@ def test_the_jobs_put_arrow_on_the_system_allocator_and_readers_keep_the_default
         "import_probe_imports_pyarrow": False, "allocator": "mimalloc", "reader_env": "mimalloc"}
     # control: a module that is not a job's entry point leaves Arrow's default alone
     assert _allocator("probe.run")["allocator"] == "mimalloc"
+
+
+def test_ctrl_c_before_the_job_begins_says_so(monkeypatch, capsys):
+    """A KeyboardInterrupt before the recorder has begun (loading torch or the model) carries no
+    message; the command says nothing was recorded rather than printing an empty line. Once the job
+    has begun, its own message (what was kept, --resume) is printed as it is."""
+    import probe.record
+    from probe import __main__ as cli
+
+    for exc, want in ((KeyboardInterrupt(), "interrupted before anything was recorded"),
+                      (KeyboardInterrupt("interrupted: 2 batches kept; --resume continues"),
+                       "interrupted: 2 batches kept; --resume continues")):
+        def stop(opts, exc=exc):
+            raise exc
+
+        monkeypatch.setattr(probe.record, "record", stop)
+        assert cli.main(["record", "--out", "nowhere", "--max-tokens", "10"]) == 130
+        assert capsys.readouterr().err == f"\n{want}\n"
