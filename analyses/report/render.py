@@ -140,7 +140,7 @@ def summary(r: dict) -> list[str]:
         how = ("ranked by load on the evaluated tokens" if sw.options["rank_by"] == "eval"
                else "ranked by load over the whole run")
         s.append(f"Masking the most-used experts ({how}; reroute, {sw.options['tokens']} tokens, "
-                 f"{sw.options['domain_tokens']} per domain): loss delta " + ", ".join(
+                 f"at most {sw.options['domain_tokens']} per domain): loss delta " + ", ".join(
             f"{int(x.masked)}/{sw.options['n_experts']} -> {x.top_delta:+.4f} (random {x.random_delta:+.4f} "
             f"± {x.random_delta_std:.4f}, {int(x.random_seeds)} seeds)" for x in c.itertuples())
             + f"; top-used hurts more than random at {wins} of {len(c)} fractions.")
@@ -152,11 +152,16 @@ def summary(r: dict) -> list[str]:
         ds = sw.domain_summary.dropna(subset=["own", "on_others"])
         n_own = int(ds.own_hurts_most.astype(bool).sum())
         n_row = int((ds.own > ds.by_others).sum())
-        s.append(f"Per-domain ablation (each domain's top {sw.options['domain_top']} experts per layer by its load "
-                 "over the whole run; reroute): a domain's "
-                 f"own experts hurt it more than they hurt the other domains (mean) for {n_own} of {len(ds)} "
-                 f"domains, and more than the other domains' experts hurt it for {n_row} of {len(ds)}; own deltas "
-                 + ", ".join(f"{x.domain} {x.own:+.4f} (on others {x.on_others:+.4f})" for x in ds.itertuples()) + ".")
+        if not len(ds):
+            s.append("Per-domain ablation: not measured (it compares a domain's own experts with the others', "
+                     "and the run has fewer than two domains).")
+        else:
+            s.append(f"Per-domain ablation (each domain's top {sw.options['domain_top']} experts per layer by its "
+                     "load over the whole run; reroute): a domain's "
+                     f"own experts hurt it more than they hurt the other domains (mean) for {n_own} of {len(ds)} "
+                     f"domains, and more than the other domains' experts hurt it for {n_row} of {len(ds)}; own deltas "
+                     + ", ".join(f"{x.domain} {x.own:+.4f} (on others {x.on_others:+.4f})" for x in ds.itertuples())
+                     + ".")
     rep = r["repetition"]
     if rep is not None:
         s.append("Consecutive tokens with the same first-choice expert: " + ", ".join(
