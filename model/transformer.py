@@ -135,6 +135,7 @@ class Transformer(HookedModule):
         self.register_buffer("rope_inv_freq", rope_inv_freq(args).to(device or torch.get_default_device()),
                              persistent=False)
         self.setup_hooks()
+        self._filled: torch.Tensor | None = None  # per row, the positions the main KV cache holds
         if init and torch.device(device or torch.get_default_device()).type != "meta":
             self.reset_parameters()
 
@@ -168,6 +169,7 @@ class Transformer(HookedModule):
         for m in self.modules():
             if isinstance(m, MLA):
                 m.attn_impl = impl
+        self._filled = None
 
     def attention_modules(self) -> list[MLA]:
         return [m for m in self.modules() if isinstance(m, MLA)]
@@ -182,6 +184,26 @@ class Transformer(HookedModule):
     def reset_cache(self) -> None:
         for m in self.attention_modules():
             m.cache = {}
+        self._filled = None
+
+    def _check_filled(self, start: torch.Tensor, bsz: int) -> None:
+        """A chunk that starts past the positions its row's cache holds would attend to keys nothing
+        wrote (zeros, or an earlier prompt's): refused. Unknown (a cache set up by hand) passes."""
+        f = self._filled
+        if f is None or f.shape[0] < bsz:
+            return
+        gap = start - f[:bsz].to(start.device)
+        if int(gap.max()) > 0:
+            rows = (gap > 0).nonzero().flatten().tolist()
+            raise ValueError(f"start_pos: row(s) {rows[:8]} start past the positions their KV cache holds "
+                             f"({[int(f[r]) for r in rows[:8]]}): the positions between were never written")
+
+    def _note_filled(self, start: torch.Tensor, lengths, seqlen: int, bsz: int, fresh: bool) -> None:
+        end = start + (lengths.to(start.device) if lengths is not None else seqlen)
+        if fresh or self._filled is None or self._filled.shape[0] < bsz:
+            self._filled = end.clone() if fresh else None
+        else:
+            self._filled[:bsz] = torch.maximum(self._filled[:bsz].to(end.device), end)
 
     def _ensure_cache(self, batch: int, end: int, fresh: bool) -> None:
         rows, length = self.layers[0].attn.cache_shape
@@ -203,7 +225,8 @@ class Transformer(HookedModule):
         """tokens [B, S] -> logits [B, S, V] for every position.
 
         start_pos: where this chunk starts (an int, or a [B] tensor of per-row starts). Above 0 the
-            earlier positions are read from the KV cache, which is then required.
+            earlier positions are read from the KV cache, which is then required, and a row may not
+            start past the positions its cache holds (a gap would be read unwritten).
         lengths: [B] valid tokens of each row in this chunk (right padding). No real token attends
             to padding, so each row's logits equal that row alone; logits at padding are junk.
         use_cache: write this chunk's keys into the static KV cache (for decode / chunked prefill).
@@ -245,6 +268,7 @@ class Transformer(HookedModule):
                              "generate/decode.py does")
         if max_start > 0:
             use_cache = True
+            self._check_filled(start, bsz)
         end = max_start + seqlen
         if end > self.args.max_seq_len:
             raise ValueError(f"positions up to {end} exceed max_seq_len={self.args.max_seq_len}")
@@ -260,6 +284,8 @@ class Transformer(HookedModule):
                                                                                               start_at_layer, use_cache)
         for layer in self.layers[start_at_layer:]:
             h = layer(h, cos, sin, pos, mask, n_keys, use_cache)
+        if use_cache:
+            self._note_filled(start, lengths, seqlen, bsz, fresh=max_start == 0)
         h = self.hook_final(self.norm(h))
         out = [self.head(_select(h, logits_at)) if targets is None else self.head_stats(h, targets)]
         if mtp:

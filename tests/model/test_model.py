@@ -325,6 +325,16 @@ def test_bad_forward_inputs():
         on_meta = model.Transformer(m.args)
     with pytest.raises(ValueError, match="this model is on the meta device"):
         on_meta(x)
+    # a chunk that starts past what its row's cache holds would read keys nothing wrote (zeros, or an
+    # earlier prompt's): refused; right where the row ends (its length, per row) is the control
+    m.reset_cache()
+    m(x[:, :3], use_cache=True)
+    with pytest.raises(ValueError, match=r"row\(s\) \[0, 1\] start past the positions their KV cache holds \(\[3, 3\]\)"):
+        m(x[:, :1], start_pos=10)
+    m(x, use_cache=True, lengths=torch.tensor([4, 2]))
+    with pytest.raises(ValueError, match=r"row\(s\) \[1\] start past"):
+        m(x[:, :1], start_pos=torch.tensor([4, 3]))
+    assert m(x[:, :1], start_pos=torch.tensor([4, 2])).shape == (2, 1, m.args.vocab_size)
     # the MTP pass of a later chunk would read the cache slot of the previous chunk's last position,
     # which only the next token could fill: refused rather than wrong (it was off by ~1.6 in the logits)
     m.reset_cache()
