@@ -51,11 +51,13 @@ class HookPoint(nn.Module):
     def add(self, fn: HookFn) -> torch.utils.hooks.RemovableHandle:
         def _wrapped(module: nn.Module, args: tuple, output: torch.Tensor):
             out = fn(output, self)
-            if out is not None and (not isinstance(out, torch.Tensor) or out.shape != output.shape):
+            if out is not None and (not isinstance(out, torch.Tensor) or out.shape != output.shape
+                                    or out.dtype != output.dtype):
                 # checked here, where the hook is known, rather than failing blocks downstream
-                got = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
-                raise ValueError(f"the hook on {self.name} returned {got}; a replacement must be a tensor of "
-                                 f"the hook point's shape {tuple(output.shape)} (or return None to keep it)")
+                got = f"{out.dtype} of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
+                raise ValueError(f"the hook on {self.name} returned {got}; a replacement must be a tensor of the "
+                                 f"hook point's dtype and shape, {output.dtype} {tuple(output.shape)} (or None to "
+                                 "keep it)")
             return out
 
         return self.register_forward_hook(_wrapped)

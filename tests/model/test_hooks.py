@@ -261,11 +261,19 @@ def test_a_replacement_of_another_shape_names_the_hook():
     m = random_model("tiny")
     x = torch.zeros(1, 4, dtype=torch.long)
     name = "layers.1.hook_resid_pre"
-    with pytest.raises(ValueError, match=rf"the hook on {name} returned shape \(1, 2, 64\); .* shape \(1, 4, 64\)"):
+    with pytest.raises(ValueError, match=rf"the hook on {name} returned torch.float32 of shape \(1, 2, 64\); .* "
+                                         r"torch.float32 \(1, 4, 64\)"):
         with m.hooks([(name, lambda t, hook: t[:, :2])]):
             m(x)
     with pytest.raises(ValueError, match=f"the hook on {name} returned list"):
         with m.hooks([(name, lambda t, hook: [t])]):
+            m(x)
+    with pytest.raises(ValueError, match=f"the hook on {name} returned torch.float64 of shape"):
+        with m.hooks([(name, lambda t, hook: t.double())]):
+            m(x)
+    ids = "layers.1.ffn.gate.hook_topk_ids"
+    with pytest.raises(ValueError, match=f"the hook on {ids} returned torch.float32"):
+        with m.hooks([(ids, lambda t, hook: t.float())]):
             m(x)
     with m.hooks([(name, lambda t, hook: t * 0)]):
         zeroed = m(x)
