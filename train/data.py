@@ -87,7 +87,10 @@ class Batches:
                              f"{windows} windows of seq_len+1={seq_len + 1}, and a batch needs {global_batch}; "
                              "lower --batch-size / --seq-len or build a larger corpus")
         sizes = np.array([len(s) for s in self.streams], dtype=np.float64)
-        w = sizes**mix_alpha
+        with np.errstate(over="ignore"):
+            w = sizes**mix_alpha
+        if not np.isfinite(w.sum()):  # a large alpha overflows: the same shares from sizes scaled to <= 1
+            w = (sizes / sizes.max()) ** mix_alpha
         self.weights = w / w.sum()
 
     def get(self, step: int, rank: int = 0, world: int = 1) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from probe.job import check_out_parent
@@ -111,6 +112,18 @@ def check_flags(ns: argparse.Namespace) -> None:
                  "checkpoint_every"):
         if getattr(ns, name) < 0:
             raise TrainError(f"--{name.replace('_', '-')}={getattr(ns, name)} must not be negative")
+    for name, value in vars(ns).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise TrainError(f"--{name.replace('_', '-')}={value} must be a finite number")
+    for name in ("beta1", "beta2"):
+        if not 0 <= getattr(ns, name) < 1:
+            raise TrainError(f"--{name}={getattr(ns, name)} must be in [0, 1) (AdamW's moment decay)")
     if not 0 <= ns.min_lr_ratio <= 1:
         raise TrainError(f"--min-lr-ratio={ns.min_lr_ratio} must be in [0, 1]")
     check_out_parent(Path(ns.out), error=TrainError)  # before the corpus is read and the model built, not after
+    out = Path(ns.out)
+    if ns.resume is None and out.is_dir() and ((out / "run.json").exists() or (out / "train_steps").exists()):
+        # a second run's rows would land beside the first's in the same tables, and every reader
+        # (placement, metrics, the dashboard) would sum the two
+        raise TrainError(f"--out {out} already holds a run: pass --resume to continue it, or another --out "
+                         "(delete the old one first to start again there)")

@@ -263,6 +263,14 @@ def test_bad_input_errors(corpus, tmp_path, capsys):
     with pytest.raises(TrainError, match=r"cannot resume from .*checkpoint: it holds a model with dim=64.*"
                                          r"this run builds dim=48"):
         run(parse_args(_flags(corpus, tmp_path / "r", "--steps", "4", "--set", "dim=48", "--resume")))
+    for flag, value, msg in (("--lr", "nan", "--lr=nan must be a finite number"),
+                             ("--beta1", "1.5", r"--beta1=1.5 must be in \[0, 1\)")):
+        with pytest.raises(TrainError, match=msg):
+            run(parse_args(_flags(corpus, tmp_path / "x", flag, value)))
+    # the same --out again without --resume: its tables would hold both runs' rows (found by a review)
+    with pytest.raises(TrainError, match=r"--out .*/r already holds a run: pass --resume to continue it"):
+        run(parse_args(_flags(corpus, tmp_path / "r", "--steps", "2", "--eval-every", "0")))
+    assert probe.open_run(tmp_path / "r").df("train_steps").step.tolist() == [1, 2]
     with pytest.raises(TrainError, match="no checkpoint there"):
         run(parse_args(_flags(corpus, tmp_path / "empty", "--resume")))
     (tmp_path / "junk" / "checkpoint").mkdir(parents=True)
