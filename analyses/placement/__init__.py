@@ -265,7 +265,12 @@ def run_loads(run) -> tuple[dict[int, np.ndarray], int, int]:
     except MetricsError as e:
         raise PlacementError(str(e)) from None
     n_layers = int(model_arg(run, "n_layers", 0) or (max(loads) + 1 if loads else 0))
-    E = len(next(iter(loads.values()))) if loads else 0
+    # a trained run also counts its MTP block's router (layer n_layers): a draft module that serving
+    # engines place apart from the main model's expert map, so it is not a layer of the plan
+    loads = {layer: v for layer, v in loads.items() if layer < n_layers}
+    if not loads:
+        raise PlacementError(f"{getattr(run, 'path', run)}: no MoE layer of the main model has loads")
+    E = len(next(iter(loads.values())))
     return loads, n_layers, E
 
 

@@ -138,3 +138,21 @@ def test_replay_gpu_loads_hand_checked():
                         "experts [3] have no slot"), ((np.array([0, 1, 0, 2, 3, 7]), 3), "outside 0..3")):
         with pytest.raises(PlacementError, match=needle.replace("[", r"\[").replace("]", r"\]")):
             gpu_loads([10, 4, 3, 5], *bad)
+
+
+def test_a_trained_runs_mtp_router_is_not_a_layer_of_the_plan(tmp_path, capsys):
+    """A trained run counts its MTP block's router as layer n_layers. Serving engines place the MTP
+    draft module apart from the main model's expert map, so the exports leave it out: before, the
+    logical-count export raised IndexError and the sglang one refused 'layer 3 outside 3 layers'."""
+    write_run(tmp_path / "run", E=8, K=2, layers=(1, 2, 3), groups=4)
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    info["model_args"] = (info.get("model_args") or {}) | {"n_layers": 3, "n_expert_groups": 4}
+    (tmp_path / "run" / "run.json").write_text(json.dumps(info))
+    code, _, err = _cli(capsys, tmp_path / "run", "--format", "logical-count", "--out", tmp_path / "lc.json")
+    assert code == 0, err
+    assert np.asarray(json.loads((tmp_path / "lc.json").read_text())["logical_count"]).shape == (3, 8)
+    code, _, err = _cli(capsys, tmp_path / "run", "--gpus", "4", "--redundant", "4", "--format", "sglang",
+                        "--out", tmp_path / "plan.json")
+    assert code == 0, err
+    assert len(json.loads((tmp_path / "plan.json").read_text())["physical_to_logical_map"]) == 3
+    assert set(plan_run(tmp_path / "run", n_gpus=4, n_redundant=4)) == {1, 2}
