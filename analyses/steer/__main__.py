@@ -65,7 +65,9 @@ def show(df, out) -> None:
     print(loss[cols].to_string(index=False, float_format=lambda x: f"{x:.4f}"))
     for _, r in df[df.kind == "generation"].iterrows():
         print(f"\n[{r.domain or 'prompt'}] {_flat(r.prompt)}")
-        print(f"{'baseline':<{COLUMN}} | steered (forced_share {r.forced_share:.2f})")
+        share = "n/a (no token generated)" if r.forced_share is None or r.forced_share != r.forced_share \
+            else f"{r.forced_share:.2f}"
+        print(f"{'baseline':<{COLUMN}} | steered (forced_share {share})")
         left = textwrap.wrap(_flat(r.baseline_text), COLUMN) or [""]
         right = textwrap.wrap(_flat(r.steered_text), COLUMN) or [""]
         for i in range(max(len(left), len(right))):

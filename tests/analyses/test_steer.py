@@ -242,6 +242,10 @@ def test_cli_end_to_end_writes_the_steering_table(probe_env, tmp_path, capsys):
     spec = json.loads(bias.spec.iloc[0])
     assert spec["bias"] == 0.5 and spec["token_ids"] == sorted(want)
     assert bias[bias.kind == "generation"].prompt.tolist() == ["def f(x):"]
+    # no token generated (found by a review): the share the steered experts took is n/a, not a
+    # TypeError after the table was written
+    assert main(_cli(probe_env, out, "--experts", "2:1", "--max-new-tokens", "0")) == 0
+    assert "steered (forced_share n/a (no token generated))" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("extra,msg", [
