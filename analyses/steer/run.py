@@ -203,7 +203,8 @@ def steer(opts: SteerOptions, steering: Steer, token_filter: str | None = None):
     windows, domains = sample_windows(opts, corpus, tok, args)
     for d in steering.domains or []:
         if d not in domains:
-            raise SteerError(f"--steer-domain {d!r}: the corpus has no such domain (domains: {', '.join(domains)})")
+            raise SteerError(f"--steer-domain {d!r}: no such domain in the windows sampled (domains there: "
+                             f"{', '.join(domains)}); a larger --max-tokens samples more of the corpus")
     decode = lambda ids: tok.decode(list(ids), skip_special_tokens=True)  # noqa: E731
     prompts = text_prompts(opts.prompts, lambda t: tok.encode(t, add_special_tokens=False).ids,
                            args.bos_token_id if opts.add_bos else None) if opts.prompts else \

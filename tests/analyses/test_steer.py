@@ -253,7 +253,7 @@ def test_cli_end_to_end_writes_the_steering_table(probe_env, tmp_path, capsys):
     (["--experts", "0:1"], "layer 0 is dense"),
     (["--experts", "1:0+1+2+3+4"], "5 experts forced"),
     (["--experts", "1-2"], "expected layer:expert"),
-    (["--experts", "1:2", "--steer-domain", "poetry"], "--steer-domain 'poetry': the corpus has no such domain"),
+    (["--experts", "1:2", "--steer-domain", "poetry"], "--steer-domain 'poetry': no such domain in the windows sampled"),
     (["--experts", "1:2", "--steer-tokens", "zzqxv"], "--steer-tokens 'zzqxv': not a single token"),
     ([], "nothing to steer: pass --experts"),
 ])
