@@ -184,18 +184,24 @@ def main(argv=None) -> int:
             print(f"error: {flag} {path}: no such file (python -m data.build_corpus writes the splits)",
                   file=sys.stderr)
             return 2
-    try:  # both splits read and checked before anything is recorded
+    from probe.job import RecordError, check_out_parent
+
+    try:  # both splits read, the flags and --out checked, before anything is recorded
+        if (ns.max_tokens is not None and ns.max_tokens < 1) or ns.seq_len < 2:
+            raise RecordError(f"--max-tokens must be >= 1 and --seq-len >= 2 (got {ns.max_tokens}, {ns.seq_len})")
+        check_out_parent(Path(ns.out), file=True)
         val = read_documents(ns.corpus, ("domain", "text"), CorpusError)
         train = read_documents(ns.train, ("text",), CorpusError)
-    except CorpusError as e:
+        t0 = time.time()
+        f = measure(ns, ckpt, base, val, train)
+    except (CorpusError, RecordError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    t0 = time.time()
-    f = measure(ns, ckpt, base, val, train)
     checked = checks(f)
     text = render(f, checked, ns, ckpt, base, time.time() - t0)
     out = Path(ns.out)
     tmp = out.with_suffix(".md.tmp")
+    out.parent.mkdir(parents=True, exist_ok=True)  # check_out_parent above found where it can go
     tmp.write_text(text)
     tmp.replace(out)
     print(text)

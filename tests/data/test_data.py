@@ -248,3 +248,11 @@ def test_report_checks_and_input_errors(tmp_path, capsys):
     bad.write_text('{"domain": "code"}\n')
     assert report.main(["--baseline", str(DATA / "model"), "--train", str(good), "--corpus", str(bad)]) == 2
     assert capsys.readouterr().err.startswith(f"error: {bad}:1: a document needs string fields domain and text")
+    # bad numbers and an --out under a file are one line before any recording (they were a traceback,
+    # the second after both models had been recorded)
+    assert report.main(["--baseline", str(DATA / "model"), "--train", str(good), "--max-tokens", "0"]) == 2
+    assert capsys.readouterr().err.startswith("error: --max-tokens must be >= 1")
+    (tmp_path / "afile").write_text("x")
+    assert report.main(["--baseline", str(DATA / "model"), "--train", str(good), "--out",
+                        str(tmp_path / "afile" / "REPORT.md")]) == 2
+    assert "afile is a file, not a directory" in capsys.readouterr().err
