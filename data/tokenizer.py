@@ -84,15 +84,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--vocab-size", type=int, default=4096, help="vocabulary incl. bytes and special tokens")
     p.add_argument("--min-frequency", type=int, default=2, help="minimum pair count for a merge")
     ns = p.parse_args(argv)
-    try:
-        check_out_parent(ns.out, file=True, error=CorpusError)  # before the training, not after
+    try:  # flags, --out and both splits checked before the training, and before anything is written
+        if ns.min_frequency < 0:
+            raise CorpusError(f"--min-frequency {ns.min_frequency}: must be >= 0")
+        check_out_parent(ns.out, file=True, error=CorpusError)
         docs = read_jsonl(ns.corpus / "train.jsonl")
+        if not docs:
+            raise CorpusError(f"{ns.corpus / 'train.jsonl'}: no documents to learn merges from")
+        val = read_jsonl(ns.corpus / "val.jsonl") if (ns.corpus / "val.jsonl").exists() else []
         tok = train_tokenizer((d["text"] for d in docs), ns.vocab_size, ns.min_frequency)
     except (CorpusError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     save_tokenizer(tok, ns.out)
-    val = read_jsonl(ns.corpus / "val.jsonl") if (ns.corpus / "val.jsonl").exists() else []
     by_domain: dict[str, list[int]] = {}
     for d in val:
         n = by_domain.setdefault(d["domain"], [0, 0, 0])

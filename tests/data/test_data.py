@@ -220,6 +220,31 @@ def test_tokenizer_training_is_deterministic_and_exact():
         train_tokenizer(texts, vocab_size=100)
 
 
+def test_tokenizer_command_checks_everything_before_writing(tmp_path, capsys):
+    """A broken val.jsonl, a negative --min-frequency or an empty train split is one line, and no
+    tokenizer.json is written (the first was a traceback after the file had been written)."""
+    from data import tokenizer
+
+    docs = [json.dumps({"id": f"d{i}", "domain": "code", "text": f"def f{i}(x): return x * {i}"}) for i in range(20)]
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "train.jsonl").write_text("\n".join(docs) + "\n")
+    (tmp_path / "c" / "val.jsonl").write_text('{"id": "x", "domain": "math"}\n')
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "train.jsonl").write_text("")
+    out = tmp_path / "tok.json"
+    for args, msg in ((["--corpus", str(tmp_path / "c")], "val.jsonl:1: a document needs string fields"),
+                      (["--corpus", str(tmp_path / "c"), "--min-frequency", "-3"], "--min-frequency -3: must be >= 0"),
+                      (["--corpus", str(tmp_path / "empty")], "train.jsonl: no documents to learn merges from")):
+        with pytest.raises(SystemExit) as e:
+            tokenizer.main([*args, "--out", str(out), "--vocab-size", "300"])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and msg in err and len(err.splitlines()) == 1, err
+        assert not out.exists()
+    (tmp_path / "c" / "val.jsonl").write_text(docs[0] + "\n")  # the control
+    tokenizer.main(["--corpus", str(tmp_path / "c"), "--out", str(out), "--vocab-size", "300"])
+    assert out.exists() and "round trip 1/1 docs" in capsys.readouterr().out
+
+
 def test_report_checks_and_input_errors(tmp_path, capsys):
     """`python -m data.report`: each check can fail on its own (here only the unigram one does), and a
     missing checkpoint or split is a one-line error naming it, before anything is recorded."""
