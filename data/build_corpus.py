@@ -353,13 +353,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--math-chars", type=int, default=2_500_000, help="characters of generated mathematics")
     p.add_argument("--domains", default=",".join(DOMAINS), help="comma-separated subset of " + ", ".join(DOMAINS))
     ns = p.parse_args(argv)
-    domains = [d.strip() for d in ns.domains.split(",") if d.strip()]
+    domains = list(dict.fromkeys(d.strip() for d in ns.domains.split(",") if d.strip()))  # once each
     try:
         unknown = [d for d in domains if d not in DOMAINS]
         if unknown:
             raise CorpusError(f"unknown domain(s) {unknown}; choose from {', '.join(DOMAINS)}")
+        if not domains:
+            raise CorpusError(f"--domains {ns.domains!r}: no domain; choose from {', '.join(DOMAINS)}")
+        for flag, value in (("--max-chars", ns.max_chars), ("--math-chars", ns.math_chars)):
+            if value < 0 or (flag == "--math-chars" and value == 0 and "math" in domains):
+                raise CorpusError(f"{flag} {value}: must be positive")
         check_out_parent(ns.out, error=CorpusError)  # before the sources are fetched and read, not after
         docs = collect(domains, seed=ns.seed, cache=ns.cache, offline=ns.offline, math_chars=ns.math_chars)
+        if not docs:
+            raise CorpusError("no document was collected: nothing to write")
         m = write_corpus(ns.out, docs, seed=ns.seed, val_fraction=ns.val_fraction, max_chars=ns.max_chars or None)
     except CorpusError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -164,6 +164,24 @@ def test_bad_input_errors(tmp_path):
         bc.write_corpus(tmp_path / "o", [], seed=0, val_fraction=1.5, max_chars=None)
 
 
+
+def test_build_flags_that_collect_nothing_or_twice_are_refused(tmp_path, capsys):
+    """No domain, no math to generate or a negative cap is one line and leaves --out alone (each
+    wrote empty splits over it); a domain named twice is collected once (its documents were written
+    twice, the same id in train and val). Math needs no download, so this runs offline."""
+    out = tmp_path / "o"
+    for args, msg in ((["--domains", ","], "--domains ',': no domain"), (["--domains", "math", "--math-chars", "0"],
+                      "--math-chars 0: must be positive"), (["--domains", "math", "--max-chars", "-1"],
+                      "--max-chars -1: must be positive")):
+        with pytest.raises(SystemExit) as e:
+            bc.main([*args, "--out", str(out), "--offline", "--cache", str(tmp_path / "none")])
+        assert e.value.code == 2 and msg in capsys.readouterr().err and not out.exists()
+    bc.main(["--domains", "math,math", "--math-chars", "20000", "--out", str(out), "--offline",
+             "--cache", str(tmp_path / "none")])
+    ids = [json.loads(line)["id"] for f in ("train", "val") for line in (out / f"{f}.jsonl").read_text().splitlines()]
+    assert len(ids) == len(set(ids)) > 1
+
+
 def test_an_out_under_a_file_is_refused_before_any_work(tmp_path, capsys):
     """build_corpus and the tokenizer check --out first: one line, not a traceback after fetching the
     sources or training the tokenizer (the build would need its sources; --offline without them would
