@@ -36,9 +36,9 @@ import torch
 from model.memory import process_memory
 
 from .corpus import ORDERS, CorpusError, CorpusStats, corpus_windows, fingerprint
-from .job import (DEFAULT_CKPT, DEFAULT_CORPUS, RecordError, agree, bound_heap, check_out_parent, checkpoint_args,
-                  checkpoint_fingerprint, default_seq_len, load_model, load_tokenizer, os_refusal, package_version,
-                  resolve_paths, start_world, window_length)
+from .job import (DEFAULT_CKPT, DEFAULT_CORPUS, RecordError, agree, bound_heap, check_out_parent, check_replaceable,
+                  checkpoint_args, checkpoint_fingerprint, default_seq_len, load_model, load_tokenizer, os_refusal,
+                  package_version, resolve_paths, start_world, window_length)
 from .recorders import Batch, RecordConfig, Recorder
 from .schema import TABLES
 from .stats import KVAccumulator, summarise
@@ -150,9 +150,8 @@ def prepare(opts: RecordOptions) -> Job:
 def check_out(out: Path, opts: RecordOptions) -> None:
     if out.exists() and not (opts.overwrite or opts.resume):
         raise RecordError(f"--out {out} exists: pass --overwrite to replace it or --resume to continue it")
-    if out.exists() and opts.overwrite:
-        if any(out.iterdir()) and not (out / "run.json").exists():
-            raise RecordError(f"--out {out} is not a run directory (no run.json): refusing to delete it")
+    if opts.overwrite:
+        check_replaceable(out, "run.json", "a run directory")
     if opts.resume and not (out / "run.json").exists():
         raise RecordError(f"--resume: {out} is not a run directory (no run.json)")
     check_out_parent(out)
