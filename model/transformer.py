@@ -92,18 +92,18 @@ class MTP(nn.Module):
         return x, logits if targets is None else logit_stats(logits, targets)
 
 
-def _check_positions(index, bsz: int, n: int, what: str = "logits_at") -> None:
-    """`index` ([B, K] positions, or [B]: one a row) fits a batch of `bsz` rows of `n` positions."""
+def _check_positions(index, bsz: int, n: int) -> None:
+    """`logits_at` ([B, K] positions, or [B]: one a row) fits a batch of `bsz` rows of `n` positions."""
     if index is None:
         return
     if (not isinstance(index, torch.Tensor) or index.is_floating_point() or index.dtype == torch.bool
-            or not (index.dim() == 2 and index.shape[0] == bsz or index.dim() == 1 and index.shape[0] == bsz)):
+            or index.dim() not in (1, 2) or index.shape[0] != bsz):
         got = f"shape {tuple(index.shape)} of {index.dtype}" if isinstance(index, torch.Tensor) else type(index).__name__
-        raise ValueError(f"{what}: expected integer positions of shape [{bsz}, K] (or [{bsz}]), got {got}")
+        raise ValueError(f"logits_at: expected integer positions of shape [{bsz}, K] (or [{bsz}]), got {got}")
     if index.numel():
         lo, hi = torch.stack([index.min(), index.max()]).tolist()
         if lo < 0 or hi >= n:
-            raise ValueError(f"{what}: positions must be in [0, {n}) (this chunk's), got [{lo}, {hi}]")
+            raise ValueError(f"logits_at: positions must be in [0, {n}) (this chunk's), got [{lo}, {hi}]")
 
 
 def _select(x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
@@ -186,24 +186,17 @@ class Transformer(HookedModule):
             m.cache = {}
         self._filled = None
 
-    def _check_filled(self, start: torch.Tensor, bsz: int) -> None:
-        """A chunk that starts past the positions its row's cache holds would attend to keys nothing
-        wrote (zeros, or an earlier prompt's): refused. Unknown (a cache set up by hand) passes."""
-        f = self._filled
-        if f is None or f.shape[0] < bsz:
-            return
-        gap = start - f[:bsz].to(start.device)
-        if int(gap.max()) > 0:
-            rows = (gap > 0).nonzero().flatten().tolist()
-            raise ValueError(f"start_pos: row(s) {rows[:8]} start past the positions their KV cache holds "
-                             f"({[int(f[r]) for r in rows[:8]]}): the positions between were never written")
-
     def _note_filled(self, start: torch.Tensor, lengths, seqlen: int, bsz: int, fresh: bool) -> None:
+        """After a forward that wrote the cache: how far each row's cache now holds (`_check_rows`
+        refuses a later start past it). A prefill from position 0 sets it; a later chunk extends its
+        rows; a later chunk over more rows than are known makes it unknown (None)."""
         end = start + (lengths.to(start.device) if lengths is not None else seqlen)
-        if fresh or self._filled is None or self._filled.shape[0] < bsz:
-            self._filled = end.clone() if fresh else None
-        else:
+        if fresh:
+            self._filled = end.clone()
+        elif self._filled is not None and self._filled.shape[0] >= bsz:
             self._filled[:bsz] = torch.maximum(self._filled[:bsz].to(end.device), end)
+        else:
+            self._filled = None
 
     def _ensure_cache(self, batch: int, end: int, fresh: bool) -> None:
         rows, length = self.layers[0].attn.cache_shape
@@ -259,7 +252,8 @@ class Transformer(HookedModule):
             raise ValueError("mtp_targets is for the MTP predictions: pass mtp=True with it")
         if mtp_targets is not None:  # checked here so that a wrong one is named as the caller named it
             check_targets(mtp_targets, (bsz, max(seqlen - 1, 0)), self.args.vocab_size, "mtp_targets")
-        start, max_start = self._check_rows(start_pos, lengths, bsz, seqlen, dev)
+        filled = self._filled if self._filled is not None and self._filled.shape[0] >= bsz else None
+        start, max_start = self._check_rows(start_pos, lengths, bsz, seqlen, dev, filled)
         if mtp and max_start > 0:
             # MTP position i needs token i+1: a chunk's last position waits for the next chunk, so a
             # later chunk's MTP pass would read a cache slot nothing wrote
@@ -268,14 +262,13 @@ class Transformer(HookedModule):
                              "generate/decode.py does")
         if max_start > 0:
             use_cache = True
-            self._check_filled(start, bsz)
         end = max_start + seqlen
         if end > self.args.max_seq_len:
             raise ValueError(f"positions up to {end} exceed max_seq_len={self.args.max_seq_len}")
         pos = start[:, None] + torch.arange(seqlen, device=dev)  # [B, S]
         if use_cache:
             self._ensure_cache(bsz, end, fresh=max_start == 0)
-        mask, n_keys = self._mask(pos, start, lengths, seqlen, end, use_cache)
+        mask, n_keys = self._mask(pos, start, lengths, seqlen, end, use_cache, max_start)
         cos, sin = rope_cos_sin(pos, self.rope_inv_freq, self.args.rope_attention_factor)
 
         if resid is not None and not start_at_layer:
@@ -316,7 +309,7 @@ class Transformer(HookedModule):
         end = max_start + n
         if use_cache:
             self._ensure_cache(bsz, end, fresh=max_start == 0)
-        mask, n_keys = self._mask(pos, start, lens, n, end, use_cache)
+        mask, n_keys = self._mask(pos, start, lens, n, end, use_cache, max_start)
         cos, sin = rope_cos_sin(pos, self.rope_inv_freq, self.args.rope_attention_factor)
         _, logits = self.mtp[depth](h[:, :n], self.embed(tokens[:, 1:]), self.head,
                                     cos, sin, pos, mask, n_keys, use_cache, logits_at, targets, self.head_stats)
@@ -327,7 +320,7 @@ class Transformer(HookedModule):
         [B, N] (model/head_stats.py; collective under model parallelism)."""
         return head_stats(self.head, h, targets, self.args.vocab_size, getattr(self, "shards", None))
 
-    def _mask(self, pos, start, lengths, seqlen, end, use_cache):
+    def _mask(self, pos, start, lengths, seqlen, end, use_cache, max_start: int):
         """Boolean attention mask [B, 1, S, T] (True = attend) and T, or None for plain causal.
 
         Key t is visible to the query at absolute position p when t <= p and t lies before the
@@ -339,7 +332,7 @@ class Transformer(HookedModule):
         too; their outputs are junk either way). The fused kernel runs faster without a mask, and
         no [B, 1, S, S] mask is built per forward (the recorder's batches always carry lengths).
         Keys written to the cache are read by later calls, so there the mask is needed."""
-        if not use_cache and int(start.max()) == 0:
+        if not use_cache and max_start == 0:
             return None, seqlen
         n_keys = end if use_cache else seqlen
         key = torch.arange(n_keys, device=pos.device)
@@ -363,9 +356,11 @@ class Transformer(HookedModule):
         return resid
 
     @staticmethod
-    def _check_rows(start_pos, lengths, bsz: int, seqlen: int, dev) -> tuple[torch.Tensor, int]:
+    def _check_rows(start_pos, lengths, bsz: int, seqlen: int, dev, filled=None) -> tuple[torch.Tensor, int]:
         """start_pos as a [B] long tensor on `dev`, and its largest value, after checking it and
-        `lengths` against the batch (one read back from the device for both)."""
+        `lengths` against the batch and, with `filled` (how far each row's cache holds), that no row
+        starts past its cache: a gap would be read unwritten (zeros, or an earlier prompt's keys).
+        One read back from the device for all of it."""
         if isinstance(start_pos, torch.Tensor):
             if start_pos.numel() not in (1, bsz) or start_pos.is_floating_point():
                 raise ValueError(f"start_pos: expected an int or {bsz} integer starts (one per row), got "
@@ -382,15 +377,21 @@ class Transformer(HookedModule):
             got = f"shape {tuple(lengths.shape)} of {lengths.dtype}" if isinstance(lengths, torch.Tensor) \
                 else type(lengths).__name__
             raise ValueError(f"lengths: expected {bsz} integer lengths (one per row), got {got}")
-        if not bsz or (lengths is None and not isinstance(start_pos, torch.Tensor)):
+        gap = None if filled is None else start - filled[:bsz].to(dev)
+        if not bsz or (lengths is None and not isinstance(start_pos, torch.Tensor) and (gap is None or not start_pos)):
             return start, int(start_pos) if bsz else 0  # nothing to read back from the device
-        ends = [start.min(), start.max()] + ([] if lengths is None else [lengths.min().to(dev), lengths.max().to(dev)])
-        lo, hi, *lens = torch.stack(ends).tolist()
+        ends = [start.min(), start.max(), gap.max() if gap is not None else start.new_zeros(())]
+        ends += [] if lengths is None else [lengths.min().to(dev), lengths.max().to(dev)]
+        lo, hi, past, *lens = torch.stack(ends).tolist()
         if lo < 0:
             raise ValueError(f"start_pos must be >= 0, got {start.tolist()}")
         if lens and (lens[0] < 0 or lens[1] > seqlen):
             raise ValueError(f"lengths must be in [0, {seqlen}] (the tokens of each row in this chunk), "
                              f"got [{lens[0]}, {lens[1]}]")
+        if hi > 0 and past > 0:
+            rows = (gap > 0).nonzero().flatten().tolist()
+            raise ValueError(f"start_pos: row(s) {rows[:8]} start past the positions their KV cache holds "
+                             f"({[int(filled[r]) for r in rows[:8]]}): the positions between were never written")
         return start, hi
 
     def _check_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
