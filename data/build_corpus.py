@@ -360,9 +360,10 @@ def main(argv: list[str] | None = None) -> None:
             raise CorpusError(f"unknown domain(s) {unknown}; choose from {', '.join(DOMAINS)}")
         if not domains:
             raise CorpusError(f"--domains {ns.domains!r}: no domain; choose from {', '.join(DOMAINS)}")
-        for flag, value in (("--max-chars", ns.max_chars), ("--math-chars", ns.math_chars)):
-            if value < 0 or (flag == "--math-chars" and value == 0 and "math" in domains):
-                raise CorpusError(f"{flag} {value}: must be positive")
+        if ns.max_chars < 0:  # 0: no cap
+            raise CorpusError(f"--max-chars {ns.max_chars}: must be positive")
+        if ns.math_chars < 0 or (ns.math_chars == 0 and "math" in domains):
+            raise CorpusError(f"--math-chars {ns.math_chars}: must be positive")
         check_out_parent(ns.out, error=CorpusError)  # before the sources are fetched and read, not after
         docs = collect(domains, seed=ns.seed, cache=ns.cache, offline=ns.offline, math_chars=ns.math_chars)
         if not docs:

@@ -205,7 +205,7 @@ class Routes:
         test = np.zeros(len(self.seq_id), bool)
         for dom in np.unique(self.domain):
             rows = self.domain == dom
-            windows, rank = np.unique(self.seq_id[rows], return_inverse=True)
+            rank = np.unique(self.seq_id[rows], return_inverse=True)[1]  # each window's place in its domain
             test[rows] = rank.reshape(-1) % every == 0
         return test
 

@@ -109,6 +109,9 @@ def _importance_sentence(imp: dict) -> str:
                 f"L{int(x.layer)} expert {int(x.top_expert)} ({x.top_delta:+.4f})" for x in c.itertuples()) + ".")
 
 
+NO_HELD_OUT = "held-out domain accuracy not measured (too few windows to hold some out and train on the rest)"
+
+
 def _path_sentences(p: dict) -> list[str]:
     a = p["summary"].set_index("domain").loc["all"]
     info = p["information"]
@@ -123,8 +126,7 @@ def _path_sentences(p: dict) -> list[str]:
     beats = t1.loc["path", "ami"] > layers.ami.max()
     acc = t1.heldout_accuracy
     held = (f"held-out domain accuracy {acc['path']:.3f} vs {acc[best]:.3f} (majority "
-            f"{t1.loc['path', 'majority_baseline']:.3f})" if pd.notna(acc["path"]) else
-            "held-out domain accuracy not measured (too few windows to hold some out and train on the rest)")
+            f"{t1.loc['path', 'majority_baseline']:.3f})" if pd.notna(acc["path"]) else NO_HELD_OUT)
     out = [head + f" Domain information: path AMI {t1.loc['path', 'ami']:.3f} vs best single layer ({best}) "
            f"{layers.ami.max():.3f}; {held}: paths "
            + ("carry more domain information than any single layer's expert." if beats else
@@ -139,7 +141,7 @@ def _path_sentences(p: dict) -> list[str]:
             held = (f"held-out domain accuracy {path.heldout_accuracy:.3f} vs {lk.loc[bk, 'heldout_accuracy']:.3f} "
                     f"({bk})")
         else:
-            held = "held-out domain accuracy not measured (too few windows to hold some out and train on the rest)"
+            held = NO_HELD_OUT
         out.append(f"With the whole top-{p['K']} set per layer as the path: AMI {path.ami:.3f} vs best "
                    f"single layer {lk.ami.max():.3f}, {held}; {int(path['values']):,} distinct set "
                    "paths, so many held-out tokens follow a path never seen in training.")

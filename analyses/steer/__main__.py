@@ -59,14 +59,15 @@ def _options(ns) -> SteerOptions:
 
 def show(df, out) -> None:
     """The loss change per domain, then each prompt's continuations side by side."""
+    import pandas as pd
+
     loss = df[df.kind == "loss"]
     cols = ["domain", "tokens", "steered_tokens", "forced_share", "baseline_loss", "loss", "delta"]
     print(f"steering {df.steer.iloc[0]}: {df.spec.iloc[0]}")
     print(loss[cols].to_string(index=False, float_format=lambda x: f"{x:.4f}"))
     for _, r in df[df.kind == "generation"].iterrows():
         print(f"\n[{r.domain or 'prompt'}] {_flat(r.prompt)}")
-        share = "n/a (no token generated)" if r.forced_share is None or r.forced_share != r.forced_share \
-            else f"{r.forced_share:.2f}"
+        share = "n/a (no token generated)" if pd.isna(r.forced_share) else f"{r.forced_share:.2f}"
         print(f"{'baseline':<{COLUMN}} | steered (forced_share {share})")
         left = textwrap.wrap(_flat(r.baseline_text), COLUMN) or [""]
         right = textwrap.wrap(_flat(r.steered_text), COLUMN) or [""]
