@@ -34,11 +34,14 @@ class HookError(KeyError):
 
 
 class HookPoint(nn.Module):
-    """Identity; `name` is filled in by `HookedModule.setup_hooks()`."""
+    """Identity; `name` is filled in by `HookedModule.setup_hooks()`. `index_bound`, on a hook point
+    that carries indices (the router's chosen experts), is the number of valid indices: a hook's
+    replacement must lie in [0, index_bound)."""
 
-    def __init__(self) -> None:
+    def __init__(self, index_bound: int | None = None) -> None:
         super().__init__()
         self.name = ""
+        self.index_bound = index_bound
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
@@ -58,6 +61,12 @@ class HookPoint(nn.Module):
                 raise ValueError(f"the hook on {self.name} returned {got}; a replacement must be a tensor of the "
                                  f"hook point's dtype and shape, {output.dtype} {tuple(output.shape)} (or None to "
                                  "keep it)")
+            if out is not None and self.index_bound is not None and out.numel():
+                lo, hi = out.min().item(), out.max().item()
+                if lo < 0 or hi >= self.index_bound:
+                    bad = lo if lo < 0 else hi
+                    raise ValueError(f"the hook on {self.name} returned index {bad}; a replacement's indices must "
+                                     f"lie in [0, {self.index_bound})")
             return out
 
         return self.register_forward_hook(_wrapped)

@@ -80,7 +80,7 @@ class Gate(nn.Module):
         if self.n_groups > 1:  # group-limited routing only: a gate without groups has no such hook point
             self.hook_group_scores = HookPoint()  # [T, G] each group's score; the best n_limited_groups are kept
         self.hook_allowed_scores = HookPoint()  # [T, E] selection scores after group masking (-inf = excluded)
-        self.hook_topk_ids = HookPoint()  # [T, K] chosen experts, best first
+        self.hook_topk_ids = HookPoint(index_bound=self.n_experts)  # [T, K] chosen experts, best first
         self.hook_topk_weights = HookPoint()  # [T, K] float32 (float64 model: float64), normalised, times route_scale
 
     def forward(self, x_TD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

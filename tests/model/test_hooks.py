@@ -275,9 +275,17 @@ def test_a_replacement_of_another_shape_names_the_hook():
     with pytest.raises(ValueError, match=f"the hook on {ids} returned torch.float32"):
         with m.hooks([(ids, lambda t, hook: t.float())]):
             m(x)
+    n_experts = m.args.n_routed_experts
+    for bad in (n_experts, -1):  # an expert id out of range fails at the hook, not in a gather later
+        with pytest.raises(ValueError, match=rf"the hook on {ids} returned index {bad}; .* \[0, {n_experts}\)"):
+            with m.hooks([(ids, lambda t, hook: torch.full_like(t, bad))]):
+                m(x)
+    with m.hooks([(ids, lambda t, hook: torch.full_like(t, n_experts - 1))]):  # in range: taken
+        last = m(x)
     with m.hooks([(name, lambda t, hook: t * 0)]):
         zeroed = m(x)
     assert not torch.equal(zeroed, m(x))  # the replacement took effect
+    assert not torch.equal(last, m(x))
 
 
 def test_forward_from_a_later_block_equals_the_full_pass():
