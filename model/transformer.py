@@ -136,6 +136,7 @@ class Transformer(HookedModule):
                              persistent=False)
         self.setup_hooks()
         self._filled: torch.Tensor | None = None  # per row, the positions the main KV cache holds
+        self._mtp_filled: dict[int, torch.Tensor | None] = {}  # the same for each MTP block's own cache
         if init and torch.device(device or torch.get_default_device()).type != "meta":
             self.reset_parameters()
 
@@ -169,7 +170,7 @@ class Transformer(HookedModule):
         for m in self.modules():
             if isinstance(m, MLA):
                 m.attn_impl = impl
-        self._filled = None
+        self._filled, self._mtp_filled = None, {}
 
     def attention_modules(self) -> list[MLA]:
         return [m for m in self.modules() if isinstance(m, MLA)]
@@ -184,19 +185,24 @@ class Transformer(HookedModule):
     def reset_cache(self) -> None:
         for m in self.attention_modules():
             m.cache = {}
-        self._filled = None
+        self._filled, self._mtp_filled = None, {}
 
-    def _note_filled(self, start: torch.Tensor, lengths, seqlen: int, bsz: int, fresh: bool) -> None:
-        """After a forward that wrote the cache: how far each row's cache now holds (`_check_rows`
+    @staticmethod
+    def _filled_after(filled: torch.Tensor | None, start: torch.Tensor, lengths, seqlen: int, bsz: int,
+                      fresh: bool) -> torch.Tensor | None:
+        """After a pass that wrote a KV cache: how far each row of that cache now holds (`_check_rows`
         refuses a later start past it). A prefill from position 0 sets it; a later chunk extends its
         rows; a later chunk over more rows than are known makes it unknown (None)."""
         end = start + (lengths.to(start.device) if lengths is not None else seqlen)
         if fresh:
-            self._filled = end.clone()
-        elif self._filled is not None and self._filled.shape[0] >= bsz:
-            self._filled[:bsz] = torch.maximum(self._filled[:bsz].to(end.device), end)
-        else:
-            self._filled = None
+            return end.clone()
+        if filled is not None and filled.shape[0] >= bsz:
+            filled[:bsz] = torch.maximum(filled[:bsz].to(end.device), end)
+            return filled
+        return None
+
+    def _known_filled(self, filled: torch.Tensor | None, bsz: int) -> torch.Tensor | None:
+        return filled if filled is not None and filled.shape[0] >= bsz else None
 
     def _ensure_cache(self, batch: int, end: int, fresh: bool) -> None:
         rows, length = self.layers[0].attn.cache_shape
@@ -252,8 +258,8 @@ class Transformer(HookedModule):
             raise ValueError("mtp_targets is for the MTP predictions: pass mtp=True with it")
         if mtp_targets is not None:  # checked here so that a wrong one is named as the caller named it
             check_targets(mtp_targets, (bsz, max(seqlen - 1, 0)), self.args.vocab_size, "mtp_targets")
-        filled = self._filled if self._filled is not None and self._filled.shape[0] >= bsz else None
-        start, max_start = self._check_rows(start_pos, lengths, bsz, seqlen, dev, filled)
+        start, max_start = self._check_rows(start_pos, lengths, bsz, seqlen, dev,
+                                            self._known_filled(self._filled, bsz))
         if mtp and max_start > 0:
             # MTP position i needs token i+1: a chunk's last position waits for the next chunk, so a
             # later chunk's MTP pass would read a cache slot nothing wrote
@@ -278,7 +284,9 @@ class Transformer(HookedModule):
         for layer in self.layers[start_at_layer:]:
             h = layer(h, cos, sin, pos, mask, n_keys, use_cache)
         if use_cache:
-            self._note_filled(start, lengths, seqlen, bsz, fresh=max_start == 0)
+            self._filled = self._filled_after(self._filled, start, lengths, seqlen, bsz, fresh=max_start == 0)
+            if max_start == 0:  # the MTP blocks' caches hold an earlier prompt's keys until an MTP pass from 0
+                self._mtp_filled = {d: torch.zeros_like(start) for d in range(len(self.mtp))}
         h = self.hook_final(self.norm(h))
         out = [self.head(_select(h, logits_at)) if targets is None else self.head_stats(h, targets)]
         if mtp:
@@ -293,7 +301,9 @@ class Transformer(HookedModule):
                    targets: torch.Tensor | None = None):
         """MTP module `depth` on final-normed hidden states h [B, S, D] of `tokens` [B, S]:
         position i uses h_i and token i+1, so the result is [B, S-1, V], row i predicting token i+2.
-        With use_cache the MTP block's own KV cache is written at positions start_pos + i.
+        With use_cache the MTP block's own KV cache is written at positions start_pos + i, and a
+        start_pos > 0 may not lie past what that cache holds (an MTP pass with use_cache from 0 fills
+        it; a main prefill from 0 empties it, since it held the previous prompt's keys).
         logits_at: [B, K] indices into those S-1 positions: the head runs only there -> [B, K, V].
         targets: [B, S-1] token ids: TokenStats against them instead of logits (see forward)."""
         if not len(self.mtp):
@@ -301,7 +311,12 @@ class Transformer(HookedModule):
         if logits_at is not None and targets is not None:
             raise ValueError("targets asks for statistics at every position; logits_at for logits at some")
         bsz, seqlen = tokens.shape
-        start, max_start = self._check_rows(start_pos, lengths, bsz, seqlen, tokens.device)
+        if isinstance(depth, bool) or not isinstance(depth, numbers.Integral) or not 0 <= depth < len(self.mtp):
+            raise ValueError(f"depth={depth!r}: this model has {len(self.mtp)} MTP module(s), "
+                             f"depth 0 to {len(self.mtp) - 1}")
+        start, max_start = self._check_rows(start_pos, lengths, bsz, seqlen, tokens.device,
+                                            self._known_filled(self._mtp_filled.get(depth), bsz),
+                                            cache=f"MTP block {depth}'s KV cache")
         n = seqlen - 1
         _check_positions(logits_at, bsz, n)
         pos = start[:, None] + torch.arange(n, device=tokens.device)
@@ -313,6 +328,9 @@ class Transformer(HookedModule):
         cos, sin = rope_cos_sin(pos, self.rope_inv_freq, self.args.rope_attention_factor)
         _, logits = self.mtp[depth](h[:, :n], self.embed(tokens[:, 1:]), self.head,
                                     cos, sin, pos, mask, n_keys, use_cache, logits_at, targets, self.head_stats)
+        if use_cache:
+            self._mtp_filled[depth] = self._filled_after(self._mtp_filled.get(depth), start, lens, n, bsz,
+                                                         fresh=max_start == 0)
         return logits
 
     def head_stats(self, h: torch.Tensor, targets: torch.Tensor):
@@ -356,7 +374,8 @@ class Transformer(HookedModule):
         return resid
 
     @staticmethod
-    def _check_rows(start_pos, lengths, bsz: int, seqlen: int, dev, filled=None) -> tuple[torch.Tensor, int]:
+    def _check_rows(start_pos, lengths, bsz: int, seqlen: int, dev, filled=None,
+                    cache: str = "KV cache") -> tuple[torch.Tensor, int]:
         """start_pos as a [B] long tensor on `dev`, and its largest value, after checking it and
         `lengths` against the batch and, with `filled` (how far each row's cache holds), that no row
         starts past its cache: a gap would be read unwritten (zeros, or an earlier prompt's keys).
@@ -390,7 +409,7 @@ class Transformer(HookedModule):
                              f"got [{lens[0]}, {lens[1]}]")
         if hi > 0 and past > 0:
             rows = (gap > 0).nonzero().flatten().tolist()
-            raise ValueError(f"start_pos: row(s) {rows[:8]} start past the positions their KV cache holds "
+            raise ValueError(f"start_pos: row(s) {rows[:8]} start past the positions their {cache} holds "
                              f"({[int(filled[r]) for r in rows[:8]]}): the positions between were never written")
         return start, hi
 

@@ -341,6 +341,18 @@ def test_bad_forward_inputs():
     m(x, use_cache=True, mtp=True)
     with pytest.raises(ValueError, match="mtp=True needs start_pos=0"):
         m(x, start_pos=4, mtp=True)
+    # the MTP block's own cache is tracked the same way: after the MTP pass over 4 tokens it holds
+    # positions 0-2; a main prefill from 0 empties it (it held the earlier prompt's keys)
+    h = m(x, return_hidden=True)[1]
+    with pytest.raises(ValueError, match=r"row\(s\) \[0, 1\] start past the positions their MTP block 0's KV cache"):
+        m.mtp_logits(h[:, :2], x[:, :2], start_pos=5, use_cache=True)
+    m(x, use_cache=True, mtp=True)
+    assert m.mtp_logits(h[:, :2], x[:, :2], start_pos=3, use_cache=True).shape == (2, 1, m.args.vocab_size)
+    m(x, use_cache=True)
+    with pytest.raises(ValueError, match=r"MTP block 0's KV cache holds \(\[0, 0\]\)"):
+        m.mtp_logits(h[:, :2], x[:, :2], start_pos=3, use_cache=True)
+    with pytest.raises(ValueError, match=r"depth=1: this model has 1 MTP module\(s\), depth 0 to 0"):
+        m.mtp_logits(h, x, depth=1)
 
 
 @torch.no_grad()
