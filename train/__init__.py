@@ -42,7 +42,9 @@ router), `train_eval` (validation loss, MTP agreement), `expert_load` and `route
 every --load-every steps), `run.json` (status, flags, model args, final figures),
 `checkpoint/state.pt` (model + optimizer + step + RNG, for --resume) and, when finished, `model/`: a
 Hugging Face checkpoint (`model.save`) that transformers' DeepseekV3ForCausalLM also reads, with
-`tokenizer.json` next to it. Rank 0 alone prints and writes.
+`tokenizer.json` next to it. Rank 0 alone prints and writes. A step whose loss is not a finite
+number (a learning rate that blew the weights up) ends the run with an error at once: its row is in
+`train_steps`, `run.json` says `interrupted`, and the checkpoint keeps the last step saved before it.
 
 Library: `run(flags)` (loop.py) with its pieces in steps.py (losses, schedules, ranks), balance.py,
 data.py, state.py and log.py; the command is `__main__.py` (`python -m model.train` is an alias).

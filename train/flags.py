@@ -120,6 +120,12 @@ def check_flags(ns: argparse.Namespace) -> None:
             raise TrainError(f"--{name}={getattr(ns, name)} must be in [0, 1) (AdamW's moment decay)")
     if not 0 <= ns.min_lr_ratio <= 1:
         raise TrainError(f"--min-lr-ratio={ns.min_lr_ratio} must be in [0, 1]")
+    if ns.stop_at is not None and ns.stop_at < 1:
+        raise TrainError(f"--stop-at={ns.stop_at} must be a step of at least 1")
+    if ns.time_limit is not None and ns.time_limit <= 0:
+        raise TrainError(f"--time-limit={ns.time_limit} must be a positive number of minutes")
+    if ns.threads is not None and ns.threads < 1:
+        raise TrainError(f"--threads={ns.threads} must be at least 1")
     check_out_parent(Path(ns.out), error=TrainError)  # before the corpus is read and the model built, not after
     out = Path(ns.out)
     if ns.resume is None and out.is_dir() and ((out / "run.json").exists() or (out / "train_steps").exists()):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from model import Transformer
 from probe.writer import write_json_atomic
 
 from .balance import RoutingTap, moe_gates, settle_biases, update_bias
-from .data import Batches, load_tokenizer, token_streams, val_windows
+from .data import Batches, TrainError, load_tokenizer, token_streams, val_windows
 from .flags import RESUME_CHECKED, check_flags
 from .log import TABLES, TrainLog
 from .state import config_record, load_state, resume_dir, save_final, save_state
@@ -149,7 +150,9 @@ class _Run:
         stop_reason = None
         try:
             while self.step < ns.steps:
-                self._log_step(*self._train_step())
+                row, domain_loss, loads = self._train_step()
+                self._log_step(row, domain_loss, loads)
+                self._check_finite(row)
                 stop_reason = self._after_step()
                 if stop_reason:
                     break
@@ -165,6 +168,15 @@ class _Run:
             return self.info
         self._settle()
         return self._finish()
+
+    def _check_finite(self, row: dict) -> None:
+        """A loss that is no longer a number never comes back: stop at once, before a checkpoint saves
+        the broken weights (the row is in train_steps; the last checkpoint predates it)."""
+        if not math.isfinite(row["loss"]):
+            raise TrainError(f"the training loss became {row['loss']} at step {row['step']} (lr {row['lr']:.3g}, "
+                             f"gradient norm {row['grad_norm']:.3g}): the run diverged. Lower --lr (or raise "
+                             f"--warmup-steps) and --resume from {self.ns.out / 'checkpoint'}, which holds the "
+                             "last step saved before it, or start again")
 
     def _train_step(self) -> tuple[dict, list[float], torch.Tensor]:
         """One optimizer step on the global batch; returns its train_steps row, each domain's loss in

@@ -264,13 +264,24 @@ def test_bad_input_errors(corpus, tmp_path, capsys):
                                          r"this run builds dim=48"):
         run(parse_args(_flags(corpus, tmp_path / "r", "--steps", "4", "--set", "dim=48", "--resume")))
     for flag, value, msg in (("--lr", "nan", "--lr=nan must be a finite number"),
-                             ("--beta1", "1.5", r"--beta1=1.5 must be in \[0, 1\)")):
+                             ("--beta1", "1.5", r"--beta1=1.5 must be in \[0, 1\)"),
+                             ("--stop-at", "-1", "--stop-at=-1 must be a step of at least 1"),
+                             ("--time-limit", "0", "--time-limit=0.0 must be a positive number of minutes"),
+                             ("--threads", "0", "--threads=0 must be at least 1")):
         with pytest.raises(TrainError, match=msg):
             run(parse_args(_flags(corpus, tmp_path / "x", flag, value)))
     # the same --out again without --resume: its tables would hold both runs' rows (found by a review)
     with pytest.raises(TrainError, match=r"--out .*/r already holds a run: pass --resume to continue it"):
         run(parse_args(_flags(corpus, tmp_path / "r", "--steps", "2", "--eval-every", "0")))
     assert probe.open_run(tmp_path / "r").df("train_steps").step.tolist() == [1, 2]
+    # a learning rate that blows the weights up: the run stops at the first loss that is not a number,
+    # before a checkpoint could save the broken weights; the row that showed it is in the tables
+    with pytest.raises(TrainError, match=r"the training loss became (nan|inf) at step \d \(lr .*\): the run diverged"):
+        run(parse_args(_flags(corpus, tmp_path / "div", "--steps", "6", "--lr", "1e30", "--eval-every", "0",
+                              "--checkpoint-every", "0")))
+    diverged = probe.open_run(tmp_path / "div")
+    assert diverged.info["status"] == "interrupted" and "diverged" in diverged.info["error"]
+    assert not np.isfinite(diverged.df("train_steps").loss.iloc[-1]) and not (tmp_path / "div" / "checkpoint").exists()
     with pytest.raises(TrainError, match="no checkpoint there"):
         run(parse_args(_flags(corpus, tmp_path / "empty", "--resume")))
     (tmp_path / "junk" / "checkpoint").mkdir(parents=True)
