@@ -243,14 +243,21 @@ def plan_run(run, n_gpus: int, n_nodes: int = 1, n_redundant: int = 0, groups: i
              mode: str = "hierarchical", loads: dict | None = None) -> dict:
     """Plan every MoE layer of a run from its `expert_load` (summed in SQL; or `loads`, as
     `run_loads` read them); groups default to the run's model args n_expert_groups (1 when absent)."""
-    from analyses.metrics._common import as_run, model_arg
+    from analyses.metrics._common import as_run
 
     run = as_run(run)
     if loads is None:
         loads, _, _ = run_loads(run)
     if groups is None:
-        groups = int(model_arg(run, "n_expert_groups", 1) or 1)
+        groups = run_groups(run)
     return plan_layers(loads, n_gpus=n_gpus, n_nodes=n_nodes, n_redundant=n_redundant, groups=groups, mode=mode)
+
+
+def run_groups(run) -> int:
+    """The run's expert groups (model_args n_expert_groups; 1 when absent)."""
+    from analyses.metrics._common import as_run, model_arg
+
+    return int(model_arg(as_run(run), "n_expert_groups", 1) or 1)
 
 
 def run_loads(run) -> tuple[dict[int, np.ndarray], int, int]:

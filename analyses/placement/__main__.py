@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import analyses.placement as package
-from analyses.placement import PlacementError, plan_run, run_loads, summary_frame, write_plan
+from analyses.placement import PlacementError, plan_run, run_groups, run_loads, summary_frame, write_plan
 from analyses.placement.export import FORMATS, export
 from probe.job import RecordError, check_out_parent, closed_pipe_quiet, os_refusal
 
@@ -18,11 +18,12 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="a run directory (recorded, imported or trained: its expert_load table)")
     p.add_argument("--gpus", type=int, help="GPUs in all (must divide experts + redundant); needed to plan")
-    p.add_argument("--nodes", type=int, default=1, help="nodes (must divide --gpus; default 1)")
-    p.add_argument("--redundant", type=int, default=0, help="extra physical slots for replicas per layer (default 0)")
+    p.add_argument("--nodes", type=int, default=None, help="nodes (must divide --gpus; default 1)")
+    p.add_argument("--redundant", type=int, default=None,
+                   help="extra physical slots for replicas per layer (default 0)")
     p.add_argument("--groups", type=int, default=None,
                    help="expert groups for --mode hierarchical (default: run.json model_args n_expert_groups)")
-    p.add_argument("--mode", choices=("hierarchical", "global"), default="hierarchical",
+    p.add_argument("--mode", choices=("hierarchical", "global"), default=None,
                    help="hierarchical: groups to nodes, then replicas to GPUs; global: one pool (default hierarchical)")
     p.add_argument("--format", choices=FORMATS, default="table",
                    help="table: our map (.parquet or .json); sglang: --init-expert-location file; eplb: "
@@ -48,6 +49,14 @@ def _run(ns) -> int:
         raise PlacementError(f"--out {ns.out}: --format {ns.format} writes a .json or .pt file")
     if ns.out is not None:
         check_out_parent(ns.out, file=True)
+    planning = [f"--{k}" for k in ("gpus", "nodes", "redundant", "groups", "mode") if getattr(ns, k) is not None]
+    if ns.format == "logical-count" and planning:
+        # the loads are written as measured; SGLang plans from them with its own EP size
+        raise PlacementError(f"--format logical-count writes the measured loads, not a plan: "
+                             f"{', '.join(planning)} would have no effect (drop them)")
+    for name, default in (("nodes", 1), ("redundant", 0), ("mode", "hierarchical")):
+        if getattr(ns, name) is None:
+            setattr(ns, name, default)
     loads, n_layers, E = run_loads(ns.run)
     if ns.format == "logical-count":
         with os_refusal(f"--out {ns.out}: cannot write it there"):
@@ -57,9 +66,10 @@ def _run(ns) -> int:
         return 0
     if ns.gpus is None:
         raise PlacementError("--gpus is needed to plan a placement")
-    plans = plan_run(ns.run, ns.gpus, ns.nodes, ns.redundant, ns.groups, ns.mode, loads=loads)
+    groups = ns.groups if ns.groups is not None else run_groups(ns.run)
+    plans = plan_run(ns.run, ns.gpus, ns.nodes, ns.redundant, groups, ns.mode, loads=loads)
     config = {"run": str(ns.run), "gpus": ns.gpus, "nodes": ns.nodes, "redundant": ns.redundant,
-              "groups": ns.groups, "mode": ns.mode}
+              "groups": groups, "mode": ns.mode}
     with os_refusal(f"--out {ns.out}: cannot write it there"):  # checked above; not everything is foreseeable
         if ns.format == "table" and ns.out is not None:
             write_plan(plans, ns.out, config)

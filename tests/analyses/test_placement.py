@@ -154,6 +154,7 @@ def test_cli_on_a_synthetic_run(tmp_path):
     assert _cli(tmp_path / "run", "--gpus", 2, "--redundant", 2, "--mode", "global", "--out", js).returncode == 0
     j = json.loads(js.read_text())
     assert j["config"]["mode"] == "global" and len(j["layers"]) == 2
+    assert j["config"]["groups"] == 4  # what the plan used (from run.json), not the flag's absence
     assert all(lay["balancedness_after"] >= lay["balancedness_before"] - 1e-12 for lay in j["layers"])
 
 
@@ -164,6 +165,11 @@ def test_cli_errors_are_one_line(tmp_path):
                          (("--gpus", 4, "--nodes", 4, "--groups", 2), "not divisible by --nodes 4")):
         p = _cli(tmp_path / "run", *args, subprocess_run=args[1] == 3)  # one real command line, the rest in-process
         assert p.returncode == 2 and needle in p.stderr and p.stderr.count("\n") == 1, p.stderr
+    p = _cli(tmp_path / "run", "--format", "logical-count", "--out", tmp_path / "lc.json", "--gpus", 4, "--nodes", 0)
+    assert p.returncode == 2 and "--format logical-count writes the measured loads, not a plan: --gpus, --nodes " \
+                                 "would have no effect" in p.stderr and not (tmp_path / "lc.json").exists(), p.stderr
+    p = _cli(tmp_path / "run", "--gpus", 4, "--nodes", 0)  # 0 is not taken for "the default"
+    assert p.returncode == 2 and "nodes" in p.stderr, p.stderr
     p = _cli(tmp_path / "empty", "--gpus", 2)
     assert p.returncode == 2 and "no expert_load table" in p.stderr and p.stderr.count("\n") == 1
     p = _cli(tmp_path / "run", "--gpus", 2, "--out", tmp_path / "plan.csv")
