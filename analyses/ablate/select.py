@@ -133,6 +133,17 @@ def _int(v, what: str) -> int:
         raise AblationError(f"{what} {v!r} is not an integer") from None
 
 
+def experts_label(experts: Mapping) -> str:
+    """`{2: [7, 5, 5], 1: [3]}` -> "1:3,2:5+7": a selection's name, the same however it was written
+    (layers and ids sorted, repeats dropped; as given when they are not all integers, which the check
+    against the model then refuses)."""
+    try:
+        items = sorted((_int(k, "layer"), sorted({_int(e, "expert") for e in v})) for k, v in experts.items())
+    except (AblationError, TypeError):
+        items = list(experts.items())
+    return ",".join(f"{k}:{'+'.join(map(str, v))}" for k, v in items)
+
+
 def parse_experts(text: str) -> dict[int, list[int]]:
     """`"1:3+5,2:7"` -> {1: [3, 5], 2: [7]} (layer:expert[+expert...], comma separated)."""
     out: dict[int, list[int]] = {}
@@ -202,7 +213,7 @@ class Ablation:
 
     def default_name(self) -> str:
         if self.experts:
-            sel = "experts-" + ",".join(f"{k}:{'+'.join(map(str, v))}" for k, v in self.experts.items())
+            sel = "experts-" + experts_label(self.experts)
         elif self.top is not None:
             sel = f"top{self.top}" + (f"-{self.domain}" if self.domain else "")
         elif self.random is not None:

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from analyses.ablate.select import AblationError, RouterShape, normalise_disabled, parse_experts
+from analyses.ablate.select import AblationError, RouterShape, experts_label, normalise_disabled, parse_experts
 from analyses.steer import MODES
 
 
@@ -85,8 +85,7 @@ class Steer:
             self.name = self.default_name()
 
     def default_name(self) -> str:
-        sel = ",".join(f"{k}:{'+'.join(map(str, v))}" for k, v in self.experts.items())
-        name = f"{self.mode}-{sel}" + (f"-b{self.bias:g}" if self.mode == "bias" else "")
+        name = f"{self.mode}-{experts_label(self.experts)}" + (f"-b{self.bias:g}" if self.mode == "bias" else "")
         if self.domains:
             name += "@" + "+".join(self.domains)
         if self.token_ids is not None:

@@ -126,6 +126,12 @@ def test_shared_expert_off(tiny, tokens):
 
 
 # ------------------------------------------------------------------ selections and guard
+def test_one_selection_gets_one_name_however_it_is_written():
+    names = {Ablation(experts=e).name for e in ("1:3,2:5+7", "2:7+5,1:3", "2:5+5+7,1:3", {2: [7, 5], "1": [3]})}
+    assert names == {"experts-1:3,2:5+7"}
+    assert Ablation(experts="2:5").name != Ablation(experts="2:7").name  # the control
+
+
 def test_random_selection_is_seeded():
     shape = RouterShape.of(random_model("tiny").args)
     a = resolve(Ablation(random=3, seed=1), shape).disabled

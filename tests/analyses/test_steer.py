@@ -103,6 +103,14 @@ def test_too_many_forced_experts_and_bad_experts_are_refused(tiny, tokens):
             Steer(**bad)
 
 
+def test_one_selection_gets_one_name_however_it_is_written():
+    """The default name keys the steering's rows: the same experts written in another order, or with
+    a repeat, must not become a second steering in the table."""
+    names = {Steer(experts=e).name for e in ("1:3,2:5+7", "2:7+5,1:3", "2:5+7+7,1:3", {2: [7, 5], 1: [3]})}
+    assert names == {"force-1:3,2:5+7"}
+    assert Steer(experts="2:5").name != Steer(experts="2:7").name  # the control
+
+
 # -------------------------------------------------------------------------------- bias
 def _reference_ids(logits, bias, gate, expert, add):
     """Per token in plain Python: selection = sigmoid + balancing bias (+ `add` at `expert`), groups
