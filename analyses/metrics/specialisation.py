@@ -199,11 +199,16 @@ def lift_from_run(run, layer: int) -> tuple[list[str], np.ndarray]:
 def specialisation_table(run) -> "pandas.DataFrame":  # noqa: F821
     """One row per MoE layer: domains, mutual information I(domain; expert) in nats, domain_nmi
     (I / H(domain)), nmi (arithmetic), and the largest lift of any (domain, expert) with its domain
-    and expert. From `contingency_from_run`."""
+    and expert. From `contingency_from_run`. A run with fewer than two domains has nothing to tell
+    apart: its measures are NaN (as in `domain_information`), not a 0 that reads as "no specialisation"."""
     import pandas as pd
 
     rows = []
     for layer, (domains, c) in contingency_from_run(run).items():
+        if len(domains) < 2:
+            rows.append({"layer": layer, "domains": len(domains), "mutual_information": np.nan, "domain_nmi": np.nan,
+                         "nmi": np.nan, "max_lift": np.nan, "max_lift_domain": None, "max_lift_expert": np.nan})
+            continue
         li = lift(c)
         fin = np.where(np.isfinite(li), li, -np.inf)
         d, e = np.unravel_index(int(np.argmax(fin)), li.shape)

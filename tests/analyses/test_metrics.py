@@ -332,6 +332,18 @@ def test_run_specialisation_equals_array_versions(synth):
     assert t.loc[2, "domain_nmi"] > t.loc[1, "domain_nmi"]
 
 
+def test_one_domain_specialisation_is_not_measured_rather_than_zero(tmp_path):
+    """With one domain there is nothing to tell apart: NaN, as domain_information says, not a 0
+    that reads as 'experts ignore domains'; two domains give numbers (the control)."""
+    write_run(tmp_path / "one", domains=("code",))
+    t = M.specialisation_table(tmp_path / "one")
+    assert (t.domains == 1).all() and len(t) == 2
+    assert t[["mutual_information", "domain_nmi", "nmi", "max_lift"]].isna().all().all()
+    assert t.max_lift_domain.isna().all()
+    write_run(tmp_path / "two")
+    assert M.specialisation_table(tmp_path / "two")[["domain_nmi", "nmi", "max_lift"]].notna().all().all()
+
+
 def test_run_vocabulary_equals_array_versions(synth):
     run, a = synth
     cur = M.vocabulary_specialisation_from_run(run).set_index("layer")
