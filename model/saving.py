@@ -147,10 +147,19 @@ INDEX = "model.safetensors.index.json"
 
 
 def _weight_files(path: Path) -> list[Path]:
-    """The weight files this module names (model.safetensors, model-NNNNN-of-NNNNN.safetensors): the
-    ones a new save into `path` replaces. Other files are left alone."""
-    return [f for f in path.glob("model*.safetensors")
-            if f.name == "model.safetensors" or re.fullmatch(r"model-\d{5}-of-\d{5}\.safetensors", f.name)]
+    """The weight files of a checkpoint in `path`, which a new save into it replaces: model.safetensors,
+    model-N-of-M.safetensors with any number of digits (DeepSeek-V3's release numbers them
+    00001-of-000163), and every .safetensors file the old index names. Other files are left alone."""
+    files = {f for f in path.glob("model*.safetensors")
+             if f.name == "model.safetensors" or re.fullmatch(r"model-\d+-of-\d+\.safetensors", f.name)}
+    try:
+        weight_map = json.loads((path / INDEX).read_text()).get("weight_map")
+        named = set(weight_map.values()) if isinstance(weight_map, dict) else set()
+    except (OSError, ValueError, AttributeError, TypeError):  # no index, or one that is not JSON: nothing it names
+        named = set()
+    files |= {path / n for n in named if isinstance(n, str) and n.endswith(".safetensors") and Path(n).name == n
+              and (path / n).is_file()}
+    return sorted(files)
 
 
 def _umask() -> int:

@@ -321,6 +321,21 @@ def test_saving_over_a_checkpoint_replaces_it_whole(tiny, sharded_dir, tmp_path)
     (tmp_path / "afile").write_text("x")
     with pytest.raises(CheckpointError, match="afile: a file, not a checkpoint directory"):
         model.save(tiny, tmp_path / "afile")
+    # DeepSeek-V3's own release numbers its shards 00001-of-000163, and an index may name any file:
+    # a save over such a download replaced the index but kept the shards (the next load found every
+    # tensor twice)
+    rel = Path(shutil.copytree(sharded_dir, tmp_path / "release"))
+    index = json.loads((rel / "model.safetensors.index.json").read_text())
+    renames = {f: (f"model-{i + 1:05d}-of-{len(set(index['weight_map'].values())):06d}.safetensors" if i else
+                   "weights-a.safetensors") for i, f in enumerate(sorted(set(index["weight_map"].values())))}
+    for old, new in renames.items():
+        (rel / old).rename(rel / new)
+    index["weight_map"] = {k: renames[v] for k, v in index["weight_map"].items()}
+    (rel / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert torch.equal(model.load(rel)(tok), tiny(tok))
+    model.save(changed, rel)
+    assert sorted(p.name for p in rel.iterdir()) == ["config.json", "model.safetensors"]
+    assert torch.equal(model.load(rel)(tok), changed(tok))
 
 
 def test_fp8_saves_keep_the_models_block_and_scale_format(tmp_path):
