@@ -22,6 +22,7 @@ any world size that divides the layout works.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections import defaultdict
@@ -338,12 +339,21 @@ def _fp8_resident_names(plan: list[tuple[str, "Target"]], headers: dict, path: P
 def make_fp8_resident(model: Transformer, names=None, *, block: int = 128, scale_fmt: str | None = None) -> Transformer:
     """Keep FP8-capable weights in FP8 (in place): `names` are our parameter names (default: every
     projection an FP8 checkpoint stores as FP8, see BLOCK_TABLE). Materialised weights are quantised
-    in `block` x `block` tiles; on the meta device only the storage changes (for load and sizing)."""
+    in `block` x `block` tiles; on the meta device only the storage changes (for load and sizing).
+    `model.args` then records the block and `scale_fmt` (what `model.save(fp8=True)` writes into
+    config.json); weights already resident in another block size or scale format are refused, since
+    one checkpoint describes one of each."""
     capable = {ours for _, ours, _, fp8 in ours_to_hf(model) if fp8}
     names = capable if names is None else set(names)
     unknown = sorted(names - capable)
     if unknown:
         raise ValueError(f"not FP8-capable weights: {unknown[:3]}")
+    held = {(m.block, m.scale_fmt) for m in model.modules() if _fp8_resident(m)} - {(block, scale_fmt)}
+    if held:
+        (b, fmt), = sorted(held, key=str)[:1]
+        raise ValueError(f"this model already keeps weights in FP8 in {b}x{b} blocks (scale_fmt={fmt!r}); "
+                         f"block={block}, scale_fmt={scale_fmt!r} would mix two formats, which one checkpoint "
+                         "cannot describe")
     from .moe import Experts
     experts: dict[str, list[str]] = defaultdict(list)
     for name in sorted(names):
@@ -355,7 +365,18 @@ def make_fp8_resident(model: Transformer, names=None, *, block: int = 128, scale
             mod.make_fp8_(block, scale_fmt)
     for mod_name, attrs in experts.items():
         model.get_submodule(mod_name).make_fp8_(block, scale_fmt, tuple(attrs))
+    if names:  # a copy: the caller's ModelArgs (perhaps shared with other models) stays as it was
+        model.args = dataclasses.replace(model.args, quant_block=(block, block), scale_fmt=scale_fmt)
     return model
+
+
+def _fp8_resident(m: torch.nn.Module) -> bool:
+    """A Linear or Experts module holding FP8 weights."""
+    from .moe import Experts
+
+    if isinstance(m, Experts):
+        return any(getattr(m, f"{n}_scale_inv") is not None for n in m.WEIGHTS)
+    return bool(getattr(m, "fp8", False)) and hasattr(m, "block")
 
 
 def _plan(meta: Transformer, headers: dict) -> list[tuple[str, Target]]:

@@ -356,6 +356,17 @@ def test_fp8_saves_keep_the_models_block_and_scale_format(tmp_path):
     assert torch.equal(again(tok), model.load(tmp_path / "a", gemm_impl="fp8", dtype=torch.float32)(tok))
     plain = model.load(tmp_path / "c", dtype=torch.float32)
     assert plain.args.quant_block is None and torch.equal(plain(tok), resident(tok))
+    # made resident by hand in 64-blocks on a model whose args named no block: the args now say so
+    # (the save declared 128 and its reload was refused), without touching the caller's ModelArgs
+    m = random_model("tiny", seed=1, **FP8_OVERRIDES)
+    before = m.args
+    ckpt.make_fp8_resident(m, block=64)
+    assert m.args.quant_block == (64, 64) and before.quant_block is None
+    model.save(m, tmp_path / "d", fp8=True)
+    assert torch.equal(model.load(tmp_path / "d", gemm_impl="fp8", dtype=torch.float32)(tok), m(tok))
+    with pytest.raises(ValueError, match=r"already keeps weights in FP8 in 64x64 blocks .* would mix two formats"):
+        ckpt.make_fp8_resident(plain, ["layers.0.attn.wq_a.weight"], block=64)
+        ckpt.make_fp8_resident(plain, ["layers.0.attn.wkv_a.weight"], block=128)
 
 
 def test_a_failed_save_leaves_the_directory_as_it_was(tiny, tiny_copy):
