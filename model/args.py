@@ -23,6 +23,7 @@ from typing import Any
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 SUPPORTED_MODEL_TYPES = ("deepseek_v3", "deepseek_v2")
+FLOAT_DTYPES = ("bfloat16", "float16", "float32", "float64")  # what config.json torch_dtype may name
 
 
 class ConfigError(ValueError):
@@ -372,7 +373,15 @@ def _dtype_from_hf(cfg: dict[str, Any], where: str) -> dict[str, Any]:
     """The weights' dtype, and FP8's block size and scale format where the checkpoint is FP8."""
     q = _section(cfg, "quantization_config", where)
     if not q:
-        return {"dtype": str(cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16").removeprefix("torch.")}
+        key = "torch_dtype" if cfg.get("torch_dtype") is not None else "dtype"
+        value = cfg.get(key)
+        name = str(value or "bfloat16").removeprefix("torch.")
+        if name == "auto":  # transformers' "as the weights are stored": bfloat16 for these models
+            name = "bfloat16"
+        if not isinstance(value, (str, type(None))) or name not in FLOAT_DTYPES:
+            raise ConfigError(f"{where}: {key}={value!r} is not a floating-point dtype "
+                              f"({', '.join(FLOAT_DTYPES)})")
+        return {"dtype": name}
     if q.get("quant_method") != "fp8":
         raise ConfigError(f"{where}: quantization_config.quant_method={q.get('quant_method')!r} "
                           "is not supported (only fp8)")
@@ -381,10 +390,15 @@ def _dtype_from_hf(cfg: dict[str, Any], where: str) -> dict[str, Any]:
             or not all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in block)):
         raise ConfigError(f"{where}: quantization_config.weight_block_size={block!r} must be two positive "
                           "integers, e.g. [128, 128]")
+    if q.get("scale_fmt") not in (None, "ue8m0"):
+        raise ConfigError(f"{where}: quantization_config.scale_fmt={q['scale_fmt']!r} is not supported "
+                          "(null, or 'ue8m0' as DeepSeek-V3.1 writes it)")
     return {"quant_block": tuple(block), "scale_fmt": q.get("scale_fmt"), "dtype": "bfloat16"}
 
 
 def _from_hf(cfg: dict[str, Any], where: str) -> ModelArgs:
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{where}: a config must be a JSON object, found {type(cfg).__name__}")
     model_type = cfg.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ConfigError(f"{where}: unsupported model_type {model_type!r} "
@@ -402,6 +416,13 @@ def _from_hf(cfg: dict[str, Any], where: str) -> ModelArgs:
         if k in cfg and cfg[k] is None:
             kw[k] = None
     kw["model_type"] = model_type
+    if cfg.get("rope_interleave", True) is not True:
+        # transformers' rotate-half RoPE; ours rotates interleaved pairs, as DeepSeek's checkpoints need
+        raise ConfigError(f"{where}: rope_interleave={cfg['rope_interleave']!r} is not supported: this model "
+                          "rotates interleaved pairs, as DeepSeek's own checkpoints do (true or absent)")
+    if cfg.get("tie_word_embeddings"):
+        raise ConfigError(f"{where}: tie_word_embeddings=true is not supported: DeepSeek models keep an "
+                          "output head (lm_head.weight) of their own")
     if model_type == "deepseek_v2":  # V2 defaults where its config leaves keys out
         kw.setdefault("n_mtp_layers", 0)
         kw.setdefault("norm_topk_prob", False)

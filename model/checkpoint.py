@@ -48,10 +48,7 @@ class CheckpointError(ValueError):
 def _shard_files(path: Path) -> tuple[list[Path], dict[str, Path] | None]:
     index = path / "model.safetensors.index.json"
     if index.exists():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{index}: not a valid safetensors index ({e})") from None
+        weight_map = read_index(index)
         files = sorted({path / f for f in weight_map.values()})
         for f in files:
             if not f.exists():
@@ -62,6 +59,23 @@ def _shard_files(path: Path) -> tuple[list[Path], dict[str, Path] | None]:
     if not files:
         raise CheckpointError(f"{path}: no *.safetensors files")
     return files, None
+
+
+def read_index(index: Path) -> dict[str, str]:
+    """The weight map of a `model.safetensors.index.json`: tensor name -> shard file name (a plain
+    name in the same directory), checked."""
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{index}: not a valid safetensors index ({type(e).__name__}: {e})") from None
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{index}: weight_map must map tensor names to shard files, "
+                              f"found {type(weight_map).__name__}")
+    bad = next(((k, v) for k, v in weight_map.items() if not isinstance(v, str) or not v or Path(v).name != v), None)
+    if bad:
+        raise CheckpointError(f"{index}: weight_map[{bad[0]!r}] = {bad[1]!r} is not a shard file name in this "
+                              "directory")
+    return weight_map
 
 
 def _read_headers(files: list[Path]) -> dict[str, tuple[Path, torch.Size, torch.dtype]]:
@@ -191,9 +205,10 @@ def _keep_fp8(meta: Transformer, plan, headers: dict, path: Path) -> set[str]:
     """gemm_impl="fp8": make the FP8 tensors' parameters FP8 resident; returns their names."""
     resident = _fp8_resident_names(plan, headers, path)
     block = meta.args.quant_block or (128, 128)
-    if block[0] != block[1]:
-        raise CheckpointError(f"{path}: gemm_impl='fp8' needs square weight blocks, "
-                              f"config has weight_block_size {list(block)}")
+    if block[0] != block[1] or block[0] < 16 or block[0] & (block[0] - 1):
+        raise CheckpointError(f"{path}: gemm_impl='fp8' needs square weight blocks of a power of two >= 16 (its "
+                              f"kernels tile by them), config has weight_block_size {list(block)}; "
+                              "gemm_impl='bf16' dequantises any block size")
     make_fp8_resident(meta, resident, block=block[0], scale_fmt=meta.args.scale_fmt)
     return resident
 
@@ -235,12 +250,11 @@ def _copy_tensor(reader: TensorReader, headers: dict, hf_name: str, cut, dst: to
     if dtype != torch.float8_e4m3fn or sdst is not None:
         copy_range(reader, f, hf_name, dst, dim=dim, start=start, end=end)
         if sdst is not None:
-            sname, b = hf_name + "_scale_inv", block[dim]
+            b = block[dim]
             first, last = start // b, (end - 1) // b
-            sdst.copy_(reader.read(headers[sname][0], sname).narrow(dim, first, last - first + 1))
+            sdst.copy_(_read_scale(reader, headers, hf_name).narrow(dim, first, last - first + 1))
         return
-    sname = hf_name + "_scale_inv"
-    scale = reader.read(headers[sname][0], sname)
+    scale = _read_scale(reader, headers, hf_name)
     b = block[dim]
     lo, hi = start // b * b, min(-(-end // b) * b, full)  # the whole blocks around the cut
     if dim == 1:
@@ -252,6 +266,18 @@ def _copy_tensor(reader: TensorReader, headers: dict, hf_name: str, cut, dst: to
 
     copy_range(reader, f, hf_name, dst, dim=dim, start=start, end=end, lo=lo, hi=hi, align=block[0],
                transform=dequantise)
+
+
+def _read_scale(reader: TensorReader, headers: dict, hf_name: str) -> torch.Tensor:
+    """The block scales of FP8 tensor `hf_name`, all finite (a NaN or inf scale would silently
+    poison every weight of its block)."""
+    sname = hf_name + "_scale_inv"
+    scale = reader.read(headers[sname][0], sname)
+    if not torch.isfinite(scale).all():
+        bad = (~torch.isfinite(scale)).nonzero()[0].tolist()
+        raise CheckpointError(f"{headers[sname][0]}: tensor {sname} holds {scale[tuple(bad)].item()} at block "
+                              f"{bad}; block scales must be finite")
+    return scale
 
 
 def inspect(path: str | os.PathLike, *, gemm_impl: str = "bf16", dtype: torch.dtype | None = None) -> dict:
@@ -270,10 +296,7 @@ def inspect(path: str | os.PathLike, *, gemm_impl: str = "bf16", dtype: torch.dt
         files = sorted(path.glob("*.safetensors"))
         return {"args": m.args, "checked": "headers", "files": [f.name for f in files], "missing_files": [],
                 "tensors": None, "fp8": _is_fp8_args(m.args), "mtp": len(m.mtp)}
-    try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-    except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{index}: not a valid safetensors index ({e})") from None
+    weight_map = read_index(index)
     files = sorted(set(weight_map.values()))
     missing = [f for f in files if not (path / f).exists()]
     if not missing:
@@ -411,8 +434,15 @@ def _plan(meta: Transformer, headers: dict) -> list[tuple[str, Target]]:
         if tuple(shape) != tuple(want):
             raise CheckpointError(f"{f}: tensor {hf_name} has shape {list(shape)}, expected {list(want)}")
         if dt == torch.float8_e4m3fn:
+            if len(shape) != 2:
+                raise CheckpointError(f"{f}: FP8 tensor {hf_name} has shape {list(shape)}; FP8 block "
+                                      "quantisation holds 2-D weights only")
             if hf_name + "_scale_inv" not in headers:
                 raise CheckpointError(f"{f}: FP8 tensor {hf_name} has no {hf_name}_scale_inv")
+            s_file, _, s_dt = headers[hf_name + "_scale_inv"]
+            if not (isinstance(s_dt, torch.dtype) and s_dt.is_floating_point):
+                raise CheckpointError(f"{s_file}: tensor {hf_name}_scale_inv has dtype {s_dt}; block scales "
+                                      "are floating point (float32)")
             block = args.quant_block or (128, 128)
             s_shape = tuple(headers[hf_name + "_scale_inv"][1])
             s_want = (-(-shape[0] // block[0]), -(-shape[1] // block[1]))

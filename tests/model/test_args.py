@@ -285,6 +285,14 @@ def test_invalid_args(overrides, fields):
     (dict(quantization_config="fp8"), ["quantization_config='fp8' must be an object"]),
     (dict(quantization_config={"quant_method": "fp8", "weight_block_size": "128"}),
      ["quantization_config.weight_block_size='128' must be two positive integers"]),
+    (dict(quantization_config={"quant_method": "fp8", "scale_fmt": "e8m0"}),
+     ["quantization_config.scale_fmt='e8m0' is not supported"]),
+    # transformers' rotate-half RoPE would give other logits (0.77 apart) had it been taken silently
+    (dict(rope_interleave=False), ["config dict: rope_interleave=False is not supported"]),
+    (dict(tie_word_embeddings=True), ["tie_word_embeddings=true is not supported"]),
+    (dict(torch_dtype="int8"), ["config dict: torch_dtype='int8' is not a floating-point dtype"]),
+    (dict(torch_dtype=16), ["torch_dtype=16 is not a floating-point dtype"]),
+    (dict(torch_dtype="float8_e4m3fn"), ["torch_dtype='float8_e4m3fn' is not a floating-point dtype"]),
 ])
 def test_invalid_hf_config(overrides, fields):
     with pytest.raises(ConfigError) as ei:
@@ -293,6 +301,15 @@ def test_invalid_hf_config(overrides, fields):
     assert "\n" not in msg
     for f in fields:
         assert f in msg, f"{f!r} not in {msg!r}"
+
+
+def test_config_dtype_names_and_other_shapes(tmp_path):
+    assert ModelArgs.from_hf_config(TINY_HF | {"torch_dtype": "auto"}).dtype == "bfloat16"
+    assert ModelArgs.from_hf_config(TINY_HF | {"torch_dtype": "torch.float32"}).dtype == "float32"
+    assert ModelArgs.from_hf_config(TINY_HF | {"rope_interleave": True, "tie_word_embeddings": False}).dim
+    (tmp_path / "config.json").write_text(json.dumps([TINY_HF]))
+    with pytest.raises(ConfigError, match="config.json: a config must be a JSON object, found list"):
+        ModelArgs.from_hf_config(tmp_path)
 
 
 def test_invalid_hf_config_file_is_named(tmp_path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -578,6 +579,52 @@ def test_error_index_names_tensor_not_in_shard(sharded_dir, tmp_path):
     index["weight_map"]["model.layers.0.extra.weight"] = next(iter(index["weight_map"].values()))
     p.write_text(json.dumps(index))
     load_error(d, "model.layers.0.extra.weight")
+
+
+@pytest.mark.parametrize("weight_map,needle", [
+    ([], "weight_map must map tensor names to shard files, found list"),
+    (None, "weight_map must map tensor names to shard files, found NoneType"),
+    ({"lm_head.weight": None}, "weight_map['lm_head.weight'] = None is not a shard file name"),
+    ({"lm_head.weight": "../x.safetensors"}, "'../x.safetensors' is not a shard file name in this directory"),
+])
+def test_error_index_of_the_wrong_shape(sharded_dir, tmp_path, weight_map, needle):
+    """A malformed index is one line naming it (it was AttributeError / TypeError from inside), in
+    load and in inspect alike."""
+    d = Path(shutil.copytree(sharded_dir, tmp_path / "ckpt"))
+    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    load_error(d, "model.safetensors.index.json", needle)
+    with pytest.raises(CheckpointError, match=re.escape(needle)):
+        ckpt.inspect(d)
+    (d / "model.safetensors.index.json").write_text("[1, 2]")
+    load_error(d, "model.safetensors.index.json: not a valid safetensors index")
+
+
+def test_error_fp8_scales_not_finite_or_not_float_and_fp8_vectors(fp8_dir, tmp_path):
+    """Block scales multiply every weight of their block: a NaN one, or integer ones, were used as
+    they came; an FP8 tensor that is not 2-D was an IndexError."""
+    name = "model.layers.0.mlp.down_proj.weight_scale_inv"
+    for i, (edit, needles) in enumerate([
+            (lambda sd: sd | {name: sd[name].clone().index_fill_(1, torch.tensor([0]), float("nan"))},
+             [name, "holds nan at block [0, 0]; block scales must be finite"]),
+            (lambda sd: sd | {name: sd[name].to(torch.int32)}, [name, "has dtype torch.int32"]),
+            (lambda sd: sd | {"model.norm.weight": sd["model.norm.weight"].to(torch.float8_e4m3fn),
+                              "model.norm.weight_scale_inv": torch.ones(1)},
+             ["FP8 tensor model.norm.weight has shape [", "2-D weights only"])]):
+        d = Path(shutil.copytree(fp8_dir, tmp_path / f"ckpt{i}"))
+        edit_tensors(d / "model.safetensors", edit)
+        load_error(d, d / "model.safetensors", *needles)
+    d = Path(shutil.copytree(fp8_dir, tmp_path / "ok"))  # the control: the same copy, unedited, loads
+    model.load(d)
+
+
+def test_error_fp8_kernel_block_not_a_power_of_two(fp8_model, tmp_path):
+    d = tmp_path / "b96"
+    m = random_model("tiny", seed=1, **FP8_OVERRIDES, quant_block=(96, 96))
+    model.save(m, d, fp8=True)
+    model.load(d, dtype=torch.float32)  # dequantised: any block size
+    with pytest.raises(CheckpointError, match=r"gemm_impl='fp8' needs square weight blocks of a power of two "
+                                              r">= 16 .* weight_block_size \[96, 96\]"):
+        model.load(d, gemm_impl="fp8", dtype=torch.float32)
 
 
 def test_error_fp8_weight_without_scale(fp8_dir, tmp_path):
