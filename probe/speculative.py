@@ -214,15 +214,25 @@ def _per_domain(domains: list[str], values) -> dict[str, int]:
 def _run_defaults(opts: SpecOptions) -> tuple[str | None, str | None]:
     """--ckpt and --corpus, each defaulting to the run's own when --out is an earlier run (which the
     spec tables join): its model on its corpus, not the bundled ones. A path the run names that is
-    no longer there falls back to the bundled default."""
+    no longer there, or a checkpoint whose fingerprint has changed since, is refused (the tables
+    would describe another model or corpus than the run's) unless the flag is given."""
     ckpt, corpus = opts.ckpt, opts.corpus
     if opts.out and (Path(opts.out) / RUN_JSON).exists():
         info = read_run_json(Path(opts.out))
         have = lambda key: (info.get(key) or {}).get("path")  # noqa: E731
-        if ckpt is None and have("checkpoint") and Path(have("checkpoint")).is_dir():
+        if ckpt is None and have("checkpoint"):
             ckpt = have("checkpoint")
-        if corpus is None and have("corpus") and Path(have("corpus")).exists():
+            if not (Path(ckpt) / "config.json").is_file():
+                raise RecordError(f"--out {opts.out}: the run's checkpoint {ckpt} is no longer there; pass --ckpt "
+                                  "with the model the run was recorded with")
+            was = (info.get("checkpoint") or {}).get("fingerprint")
+            if was and checkpoint_fingerprint(Path(ckpt)) != was:
+                raise RecordError(f"--out {opts.out}: the checkpoint at {ckpt} has changed since the run was "
+                                  "recorded (its fingerprint differs); pass --ckpt to use it anyway")
+        if corpus is None and have("corpus"):
             corpus = have("corpus")
+            if not Path(corpus).exists():
+                raise RecordError(f"--out {opts.out}: the run's corpus {corpus} is no longer there; pass --corpus")
     return ckpt, corpus
 
 

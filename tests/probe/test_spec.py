@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -72,6 +73,24 @@ def test_spec_adds_to_a_recorded_run_and_refuses_to_clobber(probe_env, tmp_path,
     summary = probe.open_run(run_dir).info["spec_decode"]
     assert summary["corpus"] == str(probe_env["corpus"].resolve()) and summary["checkpoint"] == str(probe_env["ckpt"].resolve())
     assert set(summary["prompts_per_domain"]) <= {"code", "prose"}
+    # the run's model or corpus moved or changed: refused, not the bundled ones in their place (the
+    # tables would have described another model on another corpus, found by a review)
+    short = ["spec", "--out", str(run_dir), "--prompt-tokens", "8", "--new-tokens", "4", "--max-prompts", "2",
+             "--no-progress", "--overwrite"]
+    info = json.loads((run_dir / "run.json").read_text())
+    for key, value, needle in (("checkpoint", {"path": str(tmp_path / "gone")}, "the run's checkpoint .*gone is no "
+                                "longer there; pass --ckpt"),
+                               ("checkpoint", info["checkpoint"] | {"fingerprint": "0" * 64}, "has changed since the "
+                                "run was recorded"),
+                               ("corpus", {"path": str(tmp_path / "gone.jsonl")}, "the run's corpus .*gone.jsonl is no "
+                                "longer there; pass --corpus")):
+        (run_dir / "run.json").write_text(json.dumps(info | {key: value}))
+        capsys.readouterr()
+        assert cli_main(short) == 2
+        err = capsys.readouterr().err
+        assert re.search(needle, err) and err.count("\n") == 1, err
+    (run_dir / "run.json").write_text(json.dumps(info | {"checkpoint": {"path": str(tmp_path / "gone")}}))
+    assert cli_main(short + ["--ckpt", str(probe_env["ckpt"])]) == 0  # the flag names it: taken
 
 
 @pytest.mark.parametrize("kw, msg", [
