@@ -66,7 +66,7 @@ def save_final(raw: Transformer, out: Path, tokenizer: Path, dtype: torch.dtype)
     shutil.copyfile(tokenizer, tmp / "tokenizer.json")
     write_json_atomic(tmp / "tokenizer_config.json", {
         "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": SPECIAL_TOKENS[0],
-        "eos_token": SPECIAL_TOKENS[1], "pad_token": SPECIAL_TOKENS[2], "add_bos_token": False,
+        "eos_token": SPECIAL_TOKENS[1], "pad_token": SPECIAL_TOKENS[2], "add_bos_token": True,
         "model_max_length": raw.args.max_seq_len})
     if final.exists():
         shutil.rmtree(final)

@@ -189,6 +189,8 @@ def test_training_reduces_loss_and_writes_the_run(corpus, tmp_path):
     tokens = torch.randint(0, m.args.vocab_size, (1, 12), generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(m(tokens), ref.eval()(tokens), rtol=0, atol=0)
     assert (out / "model" / "tokenizer.json").read_bytes() == (corpus / "tokenizer.json").read_bytes()
+    # trained on <|bos|> document <|eos|>: generation must prepend BOS too
+    assert json.loads((out / "model" / "tokenizer_config.json").read_text())["add_bos_token"] is True
     cfg = json.loads((out / "model" / "config.json").read_text())
     assert cfg["model_type"] == "deepseek_v3" and cfg["vocab_size"] == 320 and cfg["num_nextn_predict_layers"] == 1
     # transformers reads the same directory and computes the same logits
