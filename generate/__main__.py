@@ -92,8 +92,10 @@ def _run_batch(m, codec: TextCodec, texts: list[str], ns, rank: int, sampling: S
 
 def _append_output(ns, texts: list[str], streamer: Streamer, res: GenerationOutput) -> None:
     """One JSON line per prompt appended to --output."""
+    with os_refusal(f"--output {ns.output}: cannot write it", GenerateError):  # main checked the path
+        Path(ns.output).parent.mkdir(parents=True, exist_ok=True)  # as the other commands' outputs
     with os_refusal(f"--output {ns.output}: cannot write it", GenerateError), \
-            open(ns.output, "a", encoding="utf-8") as f:  # main checked the path; this is what it cannot foresee
+            open(ns.output, "a", encoding="utf-8") as f:  # this is what main's check cannot foresee
         for i, text in enumerate(texts):
             f.write(json.dumps({
                 "prompt": text, "completion": streamer.text(i), "tokens": res.tokens[i],
@@ -191,6 +193,10 @@ def main(argv: list[str] | None = None) -> None:
         if world.rank == 0:  # every rank raises the same error; one line is enough
             print(f"error: {e}", file=sys.stderr)
         code = 2
+    except KeyboardInterrupt:  # Ctrl-C while generating or at the interactive prompt: one line, not a traceback
+        if world.rank == 0:
+            print("\ninterrupted" + (f" (nothing was appended to {ns.output})" if ns.output else ""), file=sys.stderr)
+        code = 130
     finally:
         if world.size > 1:
             world.close()

@@ -212,7 +212,14 @@ def _spec(ns) -> int:
         kw["max_prompts"] = None if ns.max_tokens is not None else 64
     else:
         kw["max_prompts"] = ns.max_prompts or None
-    out = record_spec(SpecOptions(**kw))
+    try:
+        out = record_spec(SpecOptions(**kw))
+    except KeyboardInterrupt:  # spec writes its tables once every prompt is done: nothing to keep
+        print(f"\ninterrupted: nothing was written to {ns.out or 'the run'} (spec writes when every prompt is done)",
+              file=sys.stderr)
+        return 130
+    if not launch_rank0():  # every rank has the same result; rank 0 says it
+        return 0
     info = read_run_json(out)["spec_decode"]
     rate = info["acceptance_rate"]
     print(f"{info['prompts']} prompts, {info['generated']} tokens in {info['forward_passes']} forward passes "

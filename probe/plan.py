@@ -27,7 +27,7 @@ import torch
 
 from model.checkpoint import FP8_RESIDENT
 
-from .job import RecordError, compute_dtype
+from .job import RecordError, compute_dtype, launch_rank0
 from .recorders import list_array
 from .schema import TABLES
 from .writer import parquet_options
@@ -79,7 +79,8 @@ def dry_run(job, opts) -> dict:
             "weights": weights, "kv_cache": kv, "activations": act, "table_bytes_per_token": per_token}
     plan["per_rank"] = weights["per_rank_bytes"] + weights["absorb_dense_bytes"] + act["peak"]
     plan["run_bytes"] = int(sum(per_token.values()) * corpus.tokens)
-    print(format_dry_run(job, opts, plan))
+    if launch_rank0():  # under torchrun every rank plans the same; rank 0 prints it
+        print(format_dry_run(job, opts, plan))
     return plan
 
 

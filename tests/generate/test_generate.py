@@ -321,7 +321,7 @@ def run_cli(capsys, *argv):
 def test_cli_batch_file_jsonl_output(demo_dir, tmp_path, capsys):
     f = tmp_path / "prompts.txt"
     f.write_text("hello\nsomething longer, with ünïcode\nx\n")
-    out_file = tmp_path / "out.jsonl"
+    out_file = tmp_path / "new" / "out.jsonl"  # a folder not there yet is made (it failed after generating)
     code, out, err = run_cli(capsys, "--ckpt", demo_dir, "--prompt-file", f, "--max-new-tokens", 6, "--mtp",
                              "--output", out_file)
     assert code == 0, err
@@ -350,6 +350,16 @@ def test_cli_interactive(demo_dir, capsys, monkeypatch):
     code, out, err = run_cli(capsys, "--ckpt", demo_dir, "--interactive", "--max-new-tokens", 3)
     assert code == 0, err
     assert err.count("tokens/s") == 2 and err.count("> ") == 4  # two prompts, one blank line, /exit
+
+
+def test_cli_ctrl_c_is_one_line(demo_dir, capsys, monkeypatch):
+    class CtrlC(io.StringIO):
+        def readline(self, *a):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(sys, "stdin", CtrlC())
+    code, out, err = run_cli(capsys, "--ckpt", demo_dir, "--interactive", "--max-new-tokens", 3)
+    assert code == 130 and err.rstrip().endswith("interrupted") and "Traceback" not in err, err
 
 
 def test_cli_errors(demo_dir, tmp_path, capsys):

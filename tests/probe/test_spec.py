@@ -106,6 +106,18 @@ def test_spec_bad_input(probe_env, tmp_path, kw, msg):
         record_spec(opts)
 
 
+def test_ctrl_c_is_one_line_and_writes_nothing(probe_env, tmp_path, capsys, monkeypatch):
+    import probe.speculative as spec
+
+    def interrupted(opts):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(spec, "record_spec", interrupted)
+    assert cli_main(["spec", "--out", str(tmp_path / "s"), "--no-progress"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted: nothing was written to" in err and "Traceback" not in err and not (tmp_path / "s").exists()
+
+
 def test_spec_needs_mtp_weights(tmp_path, probe_env):
     import shutil
 
