@@ -21,8 +21,28 @@ from . import CheckpointError, ConfigError, ModelArgs, Transformer, load
 def _build(ns) -> Transformer:
     if ns.ckpt:
         return load(ns.ckpt, dtype=torch.float32)
+    args = ModelArgs.from_name(ns.config)
+    with torch.device("meta"):
+        need = sum(p.numel() for p in Transformer(args).parameters()) * 4
+    have = _available_memory()
+    if have is not None and need > have / 2:
+        raise ValueError(f"--config {ns.config}: random float32 weights would take {need / 2**30:,.1f} GiB, more than "
+                         f"half of the {have / 2**30:,.1f} GiB available here; `python -m model params --config "
+                         f"{ns.config}` counts its parameters without memory")
     torch.manual_seed(ns.seed)
-    return Transformer(ModelArgs.from_name(ns.config), dtype=torch.float32).eval()
+    return Transformer(args, dtype=torch.float32).eval()
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available now (Linux's MemAvailable), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def _tokens(ns, m: Transformer) -> torch.Tensor:
@@ -33,13 +53,22 @@ def _tokens(ns, m: Transformer) -> torch.Tensor:
         tok_path = Path(ns.ckpt or "") / "tokenizer.json"
         if not ns.ckpt or not tok_path.exists():
             raise SystemExit("error: --text needs --ckpt DIR with a tokenizer.json")
-        ids = Tokenizer.from_file(str(tok_path)).encode(ns.text).ids
+        try:
+            tok = Tokenizer.from_file(str(tok_path))
+        except Exception as e:  # the tokenizers library raises its own exception type
+            raise ValueError(f"{tok_path}: not a readable tokenizer ({str(e).splitlines()[0]})") from None
+        ids = tok.encode(ns.text).ids
+        if not ids:
+            raise ValueError(f"--text {ns.text!r}: no tokens to run")
         return torch.tensor([ids])
     g = torch.Generator().manual_seed(ns.seed)
     return torch.randint(0, m.args.vocab_size, (ns.batch, ns.seq_len), generator=g)
 
 
 def summary(ns) -> None:
+    for flag, value in (("--batch", ns.batch), ("--seq-len", ns.seq_len)):
+        if value < 1:
+            raise ValueError(f"{flag} {value}: must be at least 1")
     m = _build(ns)
     a = m.args
     counts = m.param_counts()
@@ -86,6 +115,8 @@ def params(ns) -> None:
         line += (f", MTP module {c['mtp'] / 1e9:.2f}B (+{2 * args.vocab_size * args.dim / 1e9:.2f}B for the "
                  "embedding/head copies its checkpoint layer stores)")
     print(line)
+    if ns.dense and not ns.world_size:
+        raise ValueError("--dense sizes the weights per rank: use it with --world-size")
     if ns.world_size:
         from .memory import forward_plan, format_plan, kv_cache_bytes, shard_plan, size
 

@@ -283,6 +283,29 @@ def test_params_cli_world_size(capsys):
         assert err.startswith(f"error: {flag.split()[-2]} ") and err.rstrip().endswith("must be > 0"), err
 
 
+def test_summary_cli_and_its_errors(capsys, tmp_path):
+    from model.__main__ import main
+
+    from helpers.models import REPO
+    main(["summary", "--batch", "2", "--seq-len", "8"])
+    out = capsys.readouterr().out
+    assert "forward: (2, 8) tokens -> logits (2, 8, " in out and "experts used" in out
+    main(["summary", "--ckpt", str(REPO / "data" / "model"), "--text", "def f(x):"])
+    assert "forward: (1, " in capsys.readouterr().out
+    (tmp_path / "tokenizer.json").write_text("garbage")
+    for argv, msg in ((["--batch", "0"], "--batch 0: must be at least 1"),
+                      (["--seq-len", "-1"], "--seq-len -1: must be at least 1"),
+                      (["--ckpt", str(REPO / "data" / "model"), "--text", ""], "--text '': no tokens to run"),
+                      (["--config", "671B"], "--config 671B: random float32 weights would take 2,5")):
+        with pytest.raises(SystemExit):
+            main(["summary", *argv])
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {msg}") and err.count("\n") == 1, err
+    with pytest.raises(SystemExit):
+        main(["params", "--dense"])
+    assert "--dense sizes the weights per rank: use it with --world-size" in capsys.readouterr().err
+
+
 def test_fp8_misaligned_shard_is_refused_on_meta():
     args = ModelArgs.from_dict(ModelArgs.from_name("tiny").to_dict() | BLOCKS)
     with torch.device("meta"):
