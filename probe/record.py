@@ -206,6 +206,9 @@ def record(opts: RecordOptions) -> Path:
     return _record_loop(job, opts, world, m, plan, info, tables, mem)
 
 
+SESSION_KEYS = ("status", "recorded", "cpu_gemm", "timings", "memory")  # run.json keys `finish` writes
+
+
 def run_info(job: Job, plan: CorpusPlan, opts: RecordOptions, world, m, tables: list[str]) -> dict:
     return {
         "status": "running", "format": 1,
@@ -234,6 +237,11 @@ def open_run(out: Path, info: dict, opts: RecordOptions) -> None:
         check_resumable(old, info, out)
         info["started"] = old.get("started", info["started"])
         info["resumed"] = old.get("resumed", 0) + 1
+        # what other commands noted while the run waited (spec's summary, ablate's, importance's and
+        # steer's parts) stays; what this session rewrites at its end does not
+        for key, value in old.items():
+            if key not in info and key not in SESSION_KEYS:
+                info[key] = value
     elif out.exists() and opts.overwrite:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -405,8 +405,13 @@ def test_signal_then_resume_equals_uninterrupted(probe_env, big_corpus, referenc
     assert partial.df("tokens").seq_id.nunique() == 14  # 7 batches of 2 windows, all committed
     assert "kv_stats" not in partial.tables
     monkeypatch.setattr(Recorder, "run", real_run)
+    # another command noted its work in run.json while the run waited (spec's summary): the resume
+    # keeps it (it rewrote run.json without it, found by a review)
+    info = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps(info | {"spec_decode": {"prompts": 3}}))
     done = probe.open_run(rec(probe_env, out, resume=True, **kw))
     assert done.status == "complete" and done.info["resumed"] == 1
+    assert done.info["spec_decode"] == {"prompts": 3} and done.info["recorded"]["tokens"] > 0
     assert_tables_equal(done, reference_run, TABLES)
 
 
