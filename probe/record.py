@@ -148,6 +148,8 @@ def prepare(opts: RecordOptions) -> Job:
 
 
 def check_out(out: Path, opts: RecordOptions) -> None:
+    if out.exists() and not out.is_dir():
+        raise RecordError(f"--out {out}: a file, not a run directory")
     if out.exists() and not (opts.overwrite or opts.resume):
         raise RecordError(f"--out {out} exists: pass --overwrite to replace it or --resume to continue it")
     if opts.overwrite:

@@ -295,6 +295,9 @@ def test_bad_inputs_give_one_line_errors_and_write_nothing(probe_env, tmp_path, 
     f.write_text("x")
     assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", corpus, "--out", str(f / "run"), capsys=capsys),
                           "is a file")
+    for extra in ([], ["--overwrite"]):  # the file itself: not "pass --overwrite", which could not help
+        assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", corpus, "--out", str(f), *extra, capsys=capsys),
+                              f"--out {f}: a file, not a run directory")
     assert_one_line_error(cli("record", "--ckpt", str(tmp_path), "--corpus", corpus, "--out", str(out),
                               capsys=capsys), "no config.json")
     assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", corpus, "--out", str(out), "--max-tokens", "0",
