@@ -97,9 +97,9 @@ def main() -> None:
     if ref is None:
         return
     window = None
-    if ref.kind == "train":
-        window = st.slider("Loads summed over the last N steps", 1, max(1, int(ref.info.get("step") or 1)),
-                           min(50, max(1, int(ref.info.get("step") or 1))), key="lb_window")
+    steps = int(ref.info.get("step") or 0)
+    if ref.kind == "train" and steps > 1:  # a run at step 0 or 1 has no window to choose (a 1..1 slider fails)
+        window = st.slider("Loads summed over the last N steps", 1, steps, min(50, steps), key="lb_window")
     loads = None
     with ui.guard("the load heatmap"):
         loads = data.total_loads(ref, window)

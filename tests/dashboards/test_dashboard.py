@@ -67,6 +67,18 @@ def test_training_runs(runs):
 
 
 @pytest.mark.slow
+def test_a_training_run_at_its_first_step(tmp_path):
+    """A run that has just started (run.json step 0) or ran --steps 1 has no window of steps to pick:
+    the load page drew nothing ('min_value and max_value ... must not be equal')."""
+    from helpers.dashboard_runs import write_train_run
+
+    write_train_run(tmp_path / "t1", steps=1)
+    at = open_page(app(tmp_path, "t1"), "load_balance")
+    assert not at.exception and not at.error, texts(at.error)
+    assert len(at.get("plotly_chart")) >= 1 and not at.get("slider")
+
+
+@pytest.mark.slow
 def test_running_and_interrupted_runs_are_flagged(runs):
     at = app(runs["good"], "demo-running")
     for page in PAGES:
