@@ -19,6 +19,7 @@ import argparse
 import ast
 import os
 import sys
+import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -163,6 +164,11 @@ def _dashboard(ns) -> int:
     runs = Path(ns.runs_dir)
     if runs.exists() and not runs.is_dir():
         raise RecordError(f"{runs}: a file, not a directory of runs")
+    query = ""
+    if (runs / "run.json").is_file():  # a run itself: serve the folder it lies in, with it selected
+        print(f"{runs} is a run: serving the runs beside it in {runs.resolve().parent}", file=sys.stderr)
+        query = "?run=" + urllib.parse.quote(runs.resolve().name)
+        runs = runs.resolve().parent
     _check_can_serve(ns.host, ns.port)
     if ns.record and not any(runs.glob("*/run.json")):
         # the only path where the dashboard command needs the model (and torch, via probe.record)
@@ -174,11 +180,14 @@ def _dashboard(ns) -> int:
             record(RecordOptions(out=str(out)))
         except (RecordError, CorpusError, RunError) as e:
             print(f"note: could not record the default run ({e}); the dashboard starts without it", file=sys.stderr)
+        except KeyboardInterrupt as e:  # as record's own command: one line, what was kept
+            print(f"\n{str(e) or 'interrupted before anything was recorded'}", file=sys.stderr)
+            return 130
     app = Path(__file__).resolve().parent.parent / "dashboards" / "app.py"
     cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", ns.host,
            "--server.port", str(ns.port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
            "--client.toolbarMode", "viewer", "--", str(runs)]
-    print(f"dashboard on http://{ns.host}:{ns.port}  (runs: {runs})", file=sys.stderr)
+    print(f"dashboard on http://{ns.host}:{ns.port}/{query}  (runs: {runs})", file=sys.stderr)
     return _exec_streamlit(cmd, reader_env(dict(os.environ)) | {"DSV3_RUNS_DIR": str(runs)})
 
 

@@ -197,6 +197,12 @@ def test_cli_dashboard_subcommand_parses(monkeypatch, tmp_path, capsys):
     assert cmd[cmd.index("--server.address") + 1] == "0.0.0.0" and cmd[cmd.index("--server.port") + 1] == "8765"
     assert cmd[-1] == str(tmp_path) and env["DSV3_RUNS_DIR"] == str(tmp_path)
     capsys.readouterr()
+    # a run given in place of its folder: the folder is served, the run selected (it recorded the
+    # default run inside the run, found by a review)
+    assert cli.main(["dashboard", str(tmp_path / "r"), "--port", "8765"]) == 0
+    cmd, env = calls.pop()
+    assert cmd[-1] == str(tmp_path.resolve()) and not (tmp_path / "r" / "model-val").exists()
+    assert "/?run=r " in capsys.readouterr().err
     (tmp_path / "afile").write_text("x")  # a file is refused with one line, and no server starts
     assert cli.main(["dashboard", str(tmp_path / "afile"), "--no-record"]) == 2 and len(calls) == 1
     assert capsys.readouterr().err == f"error: {tmp_path / 'afile'}: a file, not a directory of runs\n"
