@@ -86,14 +86,29 @@ class Run:
 
     @property
     def con(self):
-        """A DuckDB connection with one view per table."""
+        """A DuckDB connection with one view per table. A table with an unreadable part file (a
+        half-written or foreign file) gets a view that raises DuckDB's own error, naming the file,
+        when a query reads it: queries of the other tables are not affected."""
         if self._con is None:
             import duckdb
 
             self._con = duckdb.connect()
-            for t in create_views(self._con, self.path, TABLES):
-                self._con.register(t, TABLES[t].empty_table())
+            for t in TABLES:
+                try:
+                    missing = create_views(self._con, self.path, [t])
+                except duckdb.Error as e:
+                    self._unreadable_view(t, str(e).strip().splitlines()[0])
+                    continue
+                if missing:
+                    self._con.register(t, TABLES[t].empty_table())
         return self._con
+
+    def _unreadable_view(self, table: str, error: str) -> None:
+        """View `table` (with its schema's columns) over one placeholder row that raises `error`."""
+        schema = TABLES[table]
+        self._con.register(f"_unreadable_{table}", pa.table({f.name: pa.nulls(1, f.type) for f in schema}))
+        msg = f"{self.path / table}: {error}".replace("'", "''")
+        self._con.execute(f"create view {table} as select * from _unreadable_{table} where error('{msg}') is null")
 
     def rel(self, table: str):
         if table not in TABLES:

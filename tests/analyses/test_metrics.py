@@ -332,6 +332,26 @@ def test_run_specialisation_equals_array_versions(synth):
     assert t.loc[2, "domain_nmi"] > t.loc[1, "domain_nmi"]
 
 
+def test_an_unreadable_table_breaks_only_the_queries_that_read_it(tmp_path):
+    """A half-written part of one table made every query of the run fail (DuckDB opened each table's
+    files when the connection made its views), so the dashboard's path and token views, which read
+    routing and tokens only, blamed those tables for expert_load's file."""
+    import duckdb
+
+    import probe
+
+    write_run(tmp_path / "r")
+    part = sorted((tmp_path / "r" / "expert_load").glob("*.parquet"))[-1]
+    part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])
+    run = probe.open_run(tmp_path / "r")
+    assert run.sql("select count(*) from routing").fetchall()[0][0] > 0
+    assert run.sql("select count(*) from routing join tokens using (seq_id, pos)").fetchall()[0][0] > 0
+    with pytest.raises(duckdb.Error, match=rf"{tmp_path / 'r' / 'expert_load'}: .*{part.name}"):
+        run.sql("select count(*) from expert_load").fetchall()
+    with pytest.raises(duckdb.Error, match="expert_load"):
+        run.sql("select layer from expert_load group by layer").fetchall()
+
+
 def test_one_domain_specialisation_is_not_measured_rather_than_zero(tmp_path):
     """With one domain there is nothing to tell apart: NaN, as domain_information says, not a 0
     that reads as 'experts ignore domains'; two domains give numbers (the control)."""
