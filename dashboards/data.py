@@ -126,7 +126,7 @@ def domains_of(ref: RunRef) -> list[str]:
 
 
 def moe_layers(ref: RunRef) -> list[int]:
-    a = ref.info.get("model_args", {})
+    a = ref.info.get("model_args") or {}
     n, d = a.get("n_layers"), a.get("n_dense_layers", 0)
     return list(range(d, n)) if n else []
 

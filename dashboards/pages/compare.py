@@ -49,6 +49,9 @@ def pick_runs():
     for r, col in ((ra, c1), (rb, c2)):
         with col:
             ui.status_banner(r)
+    if ra.name == rb.name:  # the sections key their figures by run: one run would draw half of them
+        st.info("Run A and run B are the same run: pick two different runs to compare.")
+        return None
     return ra, rb
 
 

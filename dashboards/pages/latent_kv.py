@@ -26,14 +26,16 @@ def main() -> None:
                                      fmt=".3e", markers=True), key="spectrum")
     with ui.guard("the latent statistics"):
         kv = data.kv_stats(ref)
-        c = kv.iloc[0] if len(kv) else None
-        if c is not None:
-            m = st.columns(4)
-            m[0].metric("Latent dim C", int(c.latent_dim))
-            m[1].metric("Mean effective rank", f"{kv.effective_rank.mean():.1f}")
-            m[2].metric("Tokens", f"{int(c.tokens):,}")
-            m[3].metric("Absorb vs MHA cache", f"{c.bytes_absorb / c.bytes_mha:.1%}",
-                        help="bytes per token per layer, absorb form / standard MHA of the same width")
+        if kv.empty:  # a part file without rows (the recorder writes none; another writer might)
+            st.info("The `kv_stats` table holds no rows: nothing to draw.")
+            return
+        c = kv.iloc[0]
+        m = st.columns(4)
+        m[0].metric("Latent dim C", int(c.latent_dim))
+        m[1].metric("Mean effective rank", f"{kv.effective_rank.mean():.1f}")
+        m[2].metric("Tokens", f"{int(c.tokens):,}")
+        m[3].metric("Absorb vs MHA cache", f"{c.bytes_absorb / c.bytes_mha:.1%}",
+                    help="bytes per token per layer, absorb form / standard MHA of the same width")
         left, right = st.columns(2)
         labels = [f"layer{l}" for l in kv.layer]
         fig = go.Figure()

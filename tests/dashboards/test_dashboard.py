@@ -67,6 +67,27 @@ def test_training_runs(runs):
 
 
 @pytest.mark.slow
+def test_a_run_compared_with_itself_and_latent_tables_without_rows(runs, tmp_path):
+    """Run A = run B drew half of the sections without a word; a kv_stats part without rows raised
+    inside the latent page (found by a review)."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from probe.schema import TABLES
+
+    at = open_page(app(runs["good"], "demo"), "compare")
+    at.selectbox(key="cmp_b").set_value("demo").run()
+    assert "pick two different runs" in texts(at.info) and not at.get("plotly_chart") and not at.error
+    shutil.copytree(runs["demo"], tmp_path / "kv")
+    for f in (tmp_path / "kv" / "kv_stats").glob("*.parquet"):
+        f.unlink()
+    pq.write_table(TABLES["kv_stats"].empty_table(), tmp_path / "kv" / "kv_stats" / "part-0.parquet")
+    at = open_page(app(tmp_path, "kv"), "latent_kv")
+    assert not at.error and "holds no rows" in texts(at.info), texts(at.error)
+
+
+@pytest.mark.slow
 def test_a_training_run_at_its_first_step(tmp_path):
     """A run that has just started (run.json step 0) or ran --steps 1 has no window of steps to pick:
     the load page drew nothing ('min_value and max_value ... must not be equal')."""
