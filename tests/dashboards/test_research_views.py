@@ -121,13 +121,14 @@ def test_run_vs_run(runs, tmp_path):
     write_run(tmp_path / "b")
     _shift_windows(tmp_path / "b", 100)
     write_run(tmp_path / "c", token_seed=7)
+    write_run(tmp_path / "a-copy")  # the same routing under another name
     at = open_page(app(tmp_path, "a"), "compare")
     at.selectbox(key="cmp_b").set_value("b").run()
     assert not at.exception and not at.error, texts(at.error)
     assert "`a` and `b` share no routed (seq_id, pos, layer): they did not see the same windows" in texts(at.info)
     at.selectbox(key="cmp_b").set_value("c").run()
     assert "`a` and `c` hold different tokens at" in texts(at.info) and not at.error
-    at.selectbox(key="cmp_b").set_value("a").run()  # the control: a run against itself agrees everywhere
+    at.selectbox(key="cmp_b").set_value("a-copy").run()  # the control: a run against its copy agrees everywhere
     assert metric(at, "Same top-1 expert") == "100.0%"
 
 
