@@ -53,6 +53,10 @@ def main() -> None:
 def paths(ref: data.RunRef, layers: list[int]) -> None:
     """Top-1 expert paths through the chosen layers: a Sankey, the most common paths, path statistics."""
     st.subheader("Expert paths")
+    if len(layers) < 2:  # nothing the widgets below could change
+        st.info("Expert paths need two or more MoE layers; this model has "
+                f"{len(layers) or 'no'} MoE layer{'' if len(layers) == 1 else 's'}.")
+        return
     c1, c2, c3 = st.columns([3, 1.2, 1])
     chosen = sorted(c1.multiselect("MoE layers (a path: the top-1 expert at each, in layer order)", layers,
                                    default=layers, key="path_layers"))

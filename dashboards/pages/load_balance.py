@@ -51,7 +51,7 @@ def load_and_bias(ref: data.RunRef, layer: str, rel_E, raw_E, E: int) -> None:
     """One layer's relative load per expert, with its balancing bias below when the run has one."""
     b = data.bias(ref)
     b = b[b.layer == layer]
-    has_bias = len(b) > 0
+    has_bias = len(b) > 0 and bool((b.bias != 0).any())  # all zero: trained without one (--balance none)
     fig = make_subplots(rows=2 if has_bias else 1, cols=1, shared_xaxes=True, vertical_spacing=0.08,
                         row_heights=[0.6, 0.4] if has_bias else None)
     fig.add_trace(go.Bar(x=list(range(E)), y=rel_E, marker_color=[charts.expert_color(e) for e in range(E)],
@@ -73,6 +73,8 @@ def load_and_bias(ref: data.RunRef, layer: str, rel_E, raw_E, E: int) -> None:
         st.caption(f"Correlation of relative load and bias across experts: {corr:+.2f}. The bias is added to "
                    "the selection score only, so a higher bias means more tokens; aux-loss-free balancing "
                    "lowers the bias of overloaded experts until the loads even out.")
+    elif len(b):
+        st.caption("The balancing bias is zero for every expert (a run trained without aux-loss-free balancing).")
     else:
         st.caption("No balancing bias found (the checkpoint is not readable from here, or has none).")
 

@@ -88,6 +88,21 @@ def test_a_run_compared_with_itself_and_latent_tables_without_rows(runs, tmp_pat
 
 
 @pytest.mark.slow
+def test_one_moe_layer_and_a_run_trained_without_bias(runs, tmp_path):
+    from helpers.synthetic_run import write_run
+
+    write_run(tmp_path / "one-layer", layers=(1,))
+    info = json.loads((tmp_path / "one-layer" / "run.json").read_text())
+    info["model_args"] |= {"n_layers": 2, "n_dense_layers": 1}
+    (tmp_path / "one-layer" / "run.json").write_text(json.dumps(info))
+    at = open_page(app(tmp_path, "one-layer"), "coactivation")
+    assert "Expert paths need two or more MoE layers; this model has 1 MoE layer." in texts(at.info)
+    assert not at.error and not at.multiselect  # no widget asking for a second layer that is not there
+    at = open_page(app(runs["good"], "train-nobal"), "load_balance")
+    assert not at.error and "+nan" not in " ".join(c.value for c in at.caption)
+
+
+@pytest.mark.slow
 def test_a_training_run_at_its_first_step(tmp_path):
     """A run that has just started (run.json step 0) or ran --steps 1 has no window of steps to pick:
     the load page drew nothing ('min_value and max_value ... must not be equal')."""
