@@ -10,7 +10,12 @@ per_token`, between POST `/start_expert_distribution_record` and `/stop_expert_d
 - stat (and stat_approx): one file per dump call, written by rank 0, {rank, logical_count [passes,
   layers, logical experts] (summed over the ranks), average_utilization_rate_over_window}; the pass
   buffer is circular, so passes that counted nothing (unused buffer rows) are dropped; a directory of
-  several such files is joined in the order they were written (the time in their names);
+  several such files is joined in the order they were written (the time in their names). A buffer
+  with no unused row may have wrapped: it then holds only the last `buffer size` passes (1,000 by
+  default), rotated, so their order is unknown; the import says so (run.json `source.
+  pass_order_unknown`) and `--expert-distribution-recorder-buffer-size -1` keeps every pass in order.
+  On a server whose ranks all route the same tokens (tensor parallel, no all-to-all MoE backend),
+  SGLang's sum over ranks multiplies the counts by the number of ranks (shares are unaffected);
 - per_pass: one file per rank, {records: [{forward_pass_id, rank, gatherer_key,
   global_physical_count [layers, physical experts]}], last_physical_to_logical_map [layers, physical]};
 - per_token: one file per rank, records with input_ids, positions, extend_seq_lens, forward_mode,
@@ -18,11 +23,14 @@ per_token`, between POST `/start_expert_distribution_record` and `/stop_expert_d
   misc_objects, plus last_physical_to_logical_map.
 
 DUMP is a file or a directory of such files (every `*.pt` in it). The run gets `expert_load` (one
-step per forward pass; ranks summed, as SGLang's own stat mode sums them; domain `sglang`), per_token
+step per forward pass; ranks summed, as SGLang's own stat mode sums them, except per_pass counts that
+are identical on every rank, i.e. the same tokens counted on each, which are kept once; domain
+`sglang`), per_token
 also `tokens` (input ids and positions; a forward pass's sequences split by extend_seq_lens, a
 decode pass one sequence per token; records repeated on several ranks kept once) and `routing`
 (logical expert ids; SGLang records no weights), and `placement` when the dump carries the
-physical-to-logical map. Layers the model runs dense (`first_k_dense_replace` of --config), or
+physical-to-logical map (the GPU of a slot from the ranks that recorded: slot // (physical experts /
+ranks), so a dump of some ranks only gets no placement). Layers the model runs dense (`first_k_dense_replace` of --config), or
 that counted nothing when no config is given, are skipped. Files are read with
 `torch.load(weights_only=True)`: a file that holds pickled Python objects is refused, never run.
 """
@@ -30,6 +38,7 @@ that counted nothing when no config is given, are skipped. Files are read with
 from __future__ import annotations
 
 import shutil
+import sys
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -249,7 +258,7 @@ def _import_into(tmp: Path, dumps: list[Dump], shape: Shape, mode: str, tokenize
     placement = _write_placement(dumps, shape, tmp)
     info = {"status": "complete", "format": 1, "kind": "import",
             "source": {"name": "sglang", "mode": mode, "files": [str(d.path.resolve()) for d in dumps],
-                       "ranks": sorted({int(d.data.get("rank", i)) for i, d in enumerate(dumps)}),
+                       "ranks": _ranks(dumps),
                        **steps, "placement": placement},
             "model_args": shape.model_args(steps["moe_layers"]), "domains": [DOMAIN],
             "tables": sorted(p.name for p in tmp.iterdir() if p.is_dir() and any(p.glob("*.parquet"))),
@@ -297,6 +306,13 @@ def _stat(dumps: list[Dump], shape: Shape, out: Path) -> dict:
     if counts.shape[2] < shape.n_experts:
         counts = np.pad(counts, ((0, 0), (0, 0), (0, shape.n_experts - counts.shape[2])))
     kept = [i for i in range(len(counts)) if counts[i].sum() > 0]
+    full = [d.path.name for d in dumps if len(d.data["logical_count"]) > 1
+            and all(int(row.sum()) > 0 for row in d.data["logical_count"])]
+    if full:
+        print(f"warning: {', '.join(full[:3])}: every row of SGLang's circular pass buffer counted something, so it "
+              "may have wrapped: it then holds only the last passes, in rotated order. Totals are right; the "
+              "order of passes (the Serving page's windows) is unknown. Start the server with "
+              "--expert-distribution-recorder-buffer-size -1 to keep every pass in order.", file=sys.stderr)
     layers = _moe_layers(shape, counts.sum(0))
     w = PartWriter(out, 0, ["expert_load"])
     for step, i in enumerate(kept):
@@ -304,12 +320,14 @@ def _stat(dumps: list[Dump], shape: Shape, out: Path) -> dict:
         w.append("expert_load", _load_rows(step, layers, counts[i], tokens), step)
     w.commit(max(len(kept) - 1, 0))
     return {"passes": len(kept), "dropped_empty_passes": len(counts) - len(kept), "moe_layers": layers,
-            "topk_assumed": shape.args is None}
+            "topk_assumed": shape.args is None, "pass_order_unknown": bool(full), "full_buffers": full}
 
 
 def _per_pass(dumps: list[Dump], shape: Shape, out: Path) -> dict:
-    """global_physical_count per rank and pass -> logical counts, summed over ranks per pass."""
-    passes: dict[int, np.ndarray] = {}
+    """global_physical_count per rank and pass -> logical counts, summed over ranks per pass; when
+    every pass counted the same on every rank (each rank routed the whole batch: tensor parallel
+    without an all-to-all backend), one rank's counts, not their sum."""
+    per_rank: dict[int, list[np.ndarray]] = {}
     for d in dumps:
         m = d.data["last_physical_to_logical_map"].numpy().astype(np.int64)
         for r in d.data["records"]:
@@ -319,8 +337,10 @@ def _per_pass(dumps: list[Dump], shape: Shape, out: Path) -> dict:
                                   f"{list(c.shape)}, the map {list(m.shape)}")
             logical = np.zeros((m.shape[0], shape.n_experts), np.int64)
             np.add.at(logical, (np.arange(m.shape[0])[:, None].repeat(m.shape[1], 1), m), c)
-            fp = int(r["forward_pass_id"])
-            passes[fp] = passes.get(fp, 0) + logical
+            per_rank.setdefault(int(r["forward_pass_id"]), []).append(logical)
+    repeated = (len({len(v) for v in per_rank.values()}) == 1 and min(map(len, per_rank.values()), default=0) > 1
+                and all(all(np.array_equal(v[0], x) for x in v[1:]) for v in per_rank.values()))
+    passes = {fp: v[0] if repeated else sum(v) for fp, v in per_rank.items()}
     order = sorted(passes)
     layers = _moe_layers(shape, sum(passes.values()))
     w = PartWriter(out, 0, ["expert_load"])
@@ -329,7 +349,7 @@ def _per_pass(dumps: list[Dump], shape: Shape, out: Path) -> dict:
         w.append("expert_load", _load_rows(step, layers, c, int(c[layers[0]].sum() // shape.topk) if layers else 0), step)
     w.commit(max(len(order) - 1, 0))
     return {"passes": len(order), "forward_pass_ids": [order[0], order[-1]] if order else [], "moe_layers": layers,
-            "topk_assumed": shape.args is None}
+            "topk_assumed": shape.args is None, "ranks_counted_the_same_tokens": repeated}
 
 
 def _per_token(dumps: list[Dump], shape: Shape, out: Path) -> dict:
@@ -418,14 +438,27 @@ def _token_rows(w: PartWriter, step: int, fp: int, d: Dump, r: dict, lg: np.ndar
     return seq + len(lens), counts
 
 
+def _ranks(dumps: list[Dump]) -> list[int]:
+    """The ranks that recorded: per_pass / per_token records carry theirs (one file per rank per dump
+    call, so a folder of two dumps of two ranks is four files but two ranks); a stat file its own."""
+    found = {int(r["rank"]) for d in dumps for r in d.data.get("records", ()) if "rank" in r}
+    return sorted(found or {int(d.data.get("rank", i)) for i, d in enumerate(dumps)})
+
+
 def _write_placement(dumps: list[Dump], shape: Shape, out: Path) -> dict | None:
     """The dump's physical-to-logical map (per_pass / per_token) as the `placement` table; the GPU of
-    a physical slot is slot // (physical experts / ranks), SGLang's layout."""
+    a physical slot is slot // (physical experts / ranks), SGLang's layout. None without a map, or
+    when the ranks that recorded are not 0..n-1 (a dump of some ranks only: the GPUs are unknown)."""
     d = next((x for x in dumps if "last_physical_to_logical_map" in x.data), None)
     if d is None:
         return None
     m = d.data["last_physical_to_logical_map"].numpy().astype(np.int64)
-    ranks = max(len(dumps), 1)
+    seen = _ranks(dumps)
+    if seen != list(range(len(seen))):
+        print(f"note: the dump holds ranks {seen}, not 0..{len(seen) - 1}: the server's GPU count is unknown, so its "
+              "placement is not imported (import every rank's file to keep it)", file=sys.stderr)
+        return None
+    ranks = len(seen)
     L, P = m.shape
     if P % ranks:
         raise SGLangError(f"{d.path}: {P} physical experts do not split over {ranks} ranks")

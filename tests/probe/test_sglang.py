@@ -110,6 +110,41 @@ def test_several_stat_dumps_join_in_the_order_they_were_written(world, tmp_path)
         import_sglang(late, tmp_path / "run2")
 
 
+def test_several_dump_calls_full_buffers_and_ranks_that_counted_the_same(world, tmp_path, capsys):
+    """Found against SGLang's own code: (1) a folder of two dump calls of two ranks is four files but
+    two ranks (the placement was spread over four GPUs); (2) a stat buffer with no unused row may
+    have wrapped, so its pass order is unknown: said, not hidden; (3) per_pass counts that every rank
+    recorded alike (tensor parallel: each rank routes the whole batch) are kept once, not summed."""
+    passes, m = world["passes"], world["map"]
+    d = tmp_path / "two-calls"
+    for name, part in (("a", [p for p in passes if p.fp < 3]), ("b", [p for p in passes if p.fp >= 3])):
+        for f in sg.write_per_pass(tmp_path / name, part, m):
+            d.mkdir(exist_ok=True)
+            f.rename(d / f"{name}-{f.name}")
+    run = probe.open_run(import_sglang(d, tmp_path / "run", config=str(world["config"])))
+    assert run.info["source"]["ranks"] == [0, 1] and run.info["source"]["placement"]["gpus"] == 2
+    assert run.df("placement").gpu.max() == 1
+    want = sg.logical_counts(passes)
+    assert [a[1:].tolist() for _, a in sorted(loads(run).items())] == [want[fp][1:].tolist() for fp in sorted(want)]
+    assert run.info["source"]["ranks_counted_the_same_tokens"] is False
+    # (2) five passes in a buffer of five
+    capsys.readouterr()
+    full = probe.open_run(import_sglang(sg.write_stat(tmp_path / "full", passes, buffer=len(want)), tmp_path / "f",
+                                        config=str(world["config"])))
+    assert full.info["source"]["pass_order_unknown"] is True and "may have wrapped" in capsys.readouterr().err
+    assert probe.open_run(import_sglang(world["stat"], tmp_path / "s", config=str(world["config"]))
+                          ).info["source"]["pass_order_unknown"] is False  # the control: unused rows left
+    # (3) rank 1 recorded exactly what rank 0 did
+    one = sg.traffic(seed=3, ranks=1)
+    (f,) = sg.write_per_pass(tmp_path / "tp", one, m, ranks=1)
+    dump = torch.load(f, weights_only=True)
+    torch.save(dump | {"records": [r | {"rank": 1} for r in dump["records"]]}, f.with_name("rank1.pt"))
+    tp = probe.open_run(import_sglang(tmp_path / "tp", tmp_path / "tp-run", config=str(world["config"])))
+    assert tp.info["source"]["ranks_counted_the_same_tokens"] is True
+    want = sg.logical_counts(one)
+    assert [a[1:].tolist() for _, a in sorted(loads(tp).items())] == [want[fp][1:].tolist() for fp in sorted(want)]
+
+
 def test_metrics_and_placement_work_on_an_import(world, tmp_path):
     from analyses.metrics import balance_table, layer_loads_from_run
     from analyses.placement import plan_run
