@@ -5,7 +5,7 @@
   slots and the expert-parallel size = the GPUs). It covers every layer SGLang counts (the model's
   `num_hidden_layers`), in layer order; layers without a plan (dense ones) get SGLang's trivial map,
   `physical % experts`. Physical experts are GPU-major: slot s of GPU g is `g * slots_per_gpu + s`.
-- `eplb`: `phy2log` [layers, physical], `log2phy` [layers, experts, redundant + 1] padded with -1,
+- `eplb`: `phy2log` [layers, physical], `log2phy` [layers, experts, most replicas] padded with -1,
   `logcnt` [layers, experts]: the outputs of deepseek-ai/EPLB's `rebalance_experts`, one row per
   planned (MoE) layer in layer order.
 - `logical-count`: `{"logical_count": [layers][experts]}`, the measured loads in SGLang's own
@@ -42,13 +42,14 @@ def sglang_map(plans: dict[int, Placement], n_layers: int, n_experts: int) -> np
 
 
 def eplb_maps(plans: dict[int, Placement]) -> dict[str, np.ndarray]:
-    """phy2log, log2phy (-1 padded to redundant + 1 = physical - logical, as EPLB does), logcnt, over the
-    planned layers. A logical expert's replicas are listed in slot order."""
+    """phy2log, log2phy (-1 padded to the most replicas any logical expert has, as deepseek-ai/EPLB's
+    rebalance_experts pads it: `logcnt.max()`), logcnt, over the planned layers. A logical expert's
+    replicas are listed in slot order (EPLB lists them in the order it made them)."""
     layers = sorted(plans)
     phy2log = np.stack([plans[x].phy_to_log.reshape(-1) for x in layers]).astype(np.int64)
     E = len(plans[layers[0]].loads)
     logcnt = np.stack([np.bincount(row, minlength=E) for row in phy2log]).astype(np.int64)
-    log2phy = np.full((len(layers), E, phy2log.shape[1] - E + 1), -1, np.int64)
+    log2phy = np.full((len(layers), E, int(logcnt.max())), -1, np.int64)
     for i, row in enumerate(phy2log):
         for e in range(E):
             slots = np.nonzero(row == e)[0]

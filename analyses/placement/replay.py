@@ -2,10 +2,13 @@
 
 A placement maps each layer's physical expert slots to logical experts (`phy2log` [P], GPU-major:
 slot s of GPU g is `g * P / G + s`). A logical expert with r replicas is assumed to split its tokens
-evenly over them (the expectation under SGLang's random dispatch and under EPLB's model). A GPU's
-load is the sum over its slots; the balancedness of a layer in a pass is mean / max GPU load (the
-SGLang / vLLM EPLB metric; 1 = perfectly even), and of a pass the mean over layers, as SGLang's
-expert-distribution recorder reports its utilisation rate.
+evenly over them: EPLB's model, and the expectation under SGLang's `dynamic` dispatch; its `static`
+dispatch (what `--init-expert-location` sets) sends each GPU's tokens to one fixed replica, which
+differs from an even split by at most one source GPU's share. A GPU's load is the sum over its
+slots; the balancedness of a layer in a pass is mean / max GPU load (the SGLang / vLLM EPLB metric;
+1 = perfectly even), and of a pass the mean over its MoE layers. SGLang's recorder averages over
+every layer, its dense ones (which count 1.0) included, so its figure reads higher: for DeepSeek-V3,
+(3 + 58 x ours) / 61.
 
     gpu_loads(loads [..., E], phy2log [P], gpus)               -> [..., G]
     balancedness(loads [S, L, E], maps [L, P], gpus)           -> [S, L]   (NaN where nothing was routed)
