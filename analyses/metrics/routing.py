@@ -46,8 +46,11 @@ def repetition(expert_ids, seq_id=None, pos=None, n_experts: int | None = None) 
     - same_top1: share of adjacent pairs whose first-choice expert is the same.
       baseline_top1_uniform = 1/N (Mixtral); baseline_top1_load = sum_i p_i^2 with p_i the share of
       the layer's tokens whose first choice is i (independent routing with the measured loads).
-    - topk_any: share of pairs whose top-k sets share an expert (Mixtral's "first or second choice"
-      for K = 2); baseline_topk_any_uniform = 1 - C(N-K, K) / C(N, K).
+    - top2_any: share of pairs whose first two choices share an expert (Mixtral's "first or second
+      choice", metrics.md's top-2 measure); baseline_top2_any_uniform = 1 - C(N-2, 2) / C(N, 2).
+      NaN for K = 1.
+    - topk_any: the same over the whole top-k sets (= top2_any for K = 2);
+      baseline_topk_any_uniform = 1 - C(N-K, K) / C(N, K).
     - topk_overlap: mean |TopK_t ∩ TopK_t+1| / K; baseline_topk_overlap_uniform = K / N,
       baseline_topk_overlap_load = sum_i q_i^2 / K with q_i the share of tokens having i in their
       top-k (the exact expected overlap of two independent tokens drawn from the layer).
@@ -61,18 +64,22 @@ def repetition(expert_ids, seq_id=None, pos=None, n_experts: int | None = None) 
     out = {"tokens": T, "pairs": len(t)}
     if len(t):
         inter = (a[:, :, None] == b[:, None, :]).any(2).sum(1)  # |A ∩ B| (ids within a row distinct)
-        out |= {"same_top1": float((a[:, 0] == b[:, 0]).mean()), "topk_any": float((inter > 0).mean()),
-                "topk_overlap": float(inter.mean() / K)}
+        two = (a[:, :2, None] == b[:, None, :2]).any((1, 2)) if K >= 2 else np.full(len(t), np.nan)
+        out |= {"same_top1": float((a[:, 0] == b[:, 0]).mean()), "top2_any": float(two.mean()),
+                "topk_any": float((inter > 0).mean()), "topk_overlap": float(inter.mean() / K)}
     else:
-        out |= {"same_top1": float("nan"), "topk_any": float("nan"), "topk_overlap": float("nan")}
+        out |= {"same_top1": float("nan"), "top2_any": float("nan"), "topk_any": float("nan"),
+                "topk_overlap": float("nan")}
     if T and E:
         p = np.bincount(ids[:, 0], minlength=E) / T
         q = np.bincount(ids.reshape(-1), minlength=E) / T
         out |= {"baseline_top1_uniform": 1 / E, "baseline_top1_load": float((p**2).sum()),
+                "baseline_top2_any_uniform": random_overlap_baseline(E, 2) if 2 <= min(K, E) else float("nan"),
                 "baseline_topk_any_uniform": random_overlap_baseline(E, K) if K <= E else float("nan"),
                 "baseline_topk_overlap_uniform": K / E, "baseline_topk_overlap_load": float((q**2).sum() / K)}
     else:
-        out |= dict.fromkeys(["baseline_top1_uniform", "baseline_top1_load", "baseline_topk_any_uniform",
+        out |= dict.fromkeys(["baseline_top1_uniform", "baseline_top1_load", "baseline_top2_any_uniform",
+                              "baseline_topk_any_uniform",
                               "baseline_topk_overlap_uniform", "baseline_topk_overlap_load"], float("nan"))
     return out
 
@@ -92,6 +99,7 @@ def repetition_from_run(run, layer: int | None = None) -> "pandas.DataFrame":  #
         select a.layer, count(*) as pairs,
                avg((a.expert_ids[1] = b.expert_ids[1])::int) as same_top1,
                avg(list_has_any(a.expert_ids, b.expert_ids)::int) as topk_any,
+               avg(list_has_any(a.expert_ids[1:2], b.expert_ids[1:2])::int) as top2_any,
                avg(len(list_intersect(a.expert_ids, b.expert_ids)) / len(a.expert_ids)) as topk_overlap
         from {src} a join {src} b on a.layer = b.layer and a.seq_id = b.seq_id and b.pos = a.pos + 1
         group by a.layer""").fetchnumpy()
@@ -109,8 +117,10 @@ def repetition_from_run(run, layer: int | None = None) -> "pandas.DataFrame":  #
         ps = p["n"][p["layer"] == layer_] / T
         qs = q["n"][q["layer"] == layer_] / T
         rows.append({"layer": int(layer_), "tokens": T, "pairs": pairs, "same_top1": get("same_top1"),
+                     "top2_any": get("top2_any") if K >= 2 else float("nan"),
                      "topk_any": get("topk_any"), "topk_overlap": get("topk_overlap"),
                      "baseline_top1_uniform": 1 / E, "baseline_top1_load": float((ps**2).sum()),
+                     "baseline_top2_any_uniform": random_overlap_baseline(E, 2) if 2 <= min(K, E) else float("nan"),
                      "baseline_topk_any_uniform": random_overlap_baseline(E, K) if K <= E else float("nan"),
                      "baseline_topk_overlap_uniform": K / E, "baseline_topk_overlap_load": float((qs**2).sum() / K)})
     return pd.DataFrame(rows)

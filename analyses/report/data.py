@@ -51,6 +51,7 @@ def repetition(run) -> pd.DataFrame:
     df = repetition_from_run(as_run(run))
     df["top1_vs_uniform"] = df.same_top1 / df.baseline_top1_uniform
     df["top1_vs_load"] = df.same_top1 / df.baseline_top1_load
+    df["top2_any_vs_uniform"] = df.top2_any / df.baseline_top2_any_uniform
     df["topk_any_vs_uniform"] = df.topk_any / df.baseline_topk_any_uniform
     return df
 

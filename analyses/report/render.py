@@ -267,7 +267,8 @@ def _domain_ablation_figures(sw) -> list:
 
 def _repetition_figures(rep: pd.DataFrame) -> list:
     fig = _layer_bars(rep, [("same top-1 (measured)", "same_top1"), ("uniform 1/N", "baseline_top1_uniform"),
-                            ("load-matched", "baseline_top1_load"), ("top-k share one (measured)", "topk_any"),
+                            ("load-matched", "baseline_top1_load"), ("top-2 share one (measured)", "top2_any"),
+                            ("top-2 uniform", "baseline_top2_any_uniform"), ("top-k share one (measured)", "topk_any"),
                             ("top-k uniform", "baseline_topk_any_uniform")])
     return [("Adjacent tokens routed alike vs random baselines (repetition_from_run)", fig, rep, False)]
 

@@ -221,6 +221,24 @@ def test_repetition_hand_computed():
         M.repetition(ids, seq_id=[0, 0])
 
 
+def test_repetition_top2_is_mixtrals_measure_beside_the_top_k_one(tmp_path):
+    """metrics.md's measure is Mixtral's: the first two choices share an expert. With K = 3 it differs
+    from the top-k sets sharing one (found by a review: only the top-k form was computed)."""
+    ids = [[0, 1, 2], [3, 4, 2], [0, 5, 6]]
+    r = M.repetition(ids, n_experts=8)
+    assert (r["top2_any"], r["topk_any"]) == (0.0, 0.5)
+    assert r["baseline_top2_any_uniform"] == pytest.approx(1 - 15 / 28)  # 1 - C(6, 2) / C(8, 2)
+    assert r["baseline_topk_any_uniform"] == pytest.approx(1 - 10 / 56)  # 1 - C(5, 3) / C(8, 3)
+    assert math.isnan(M.repetition([[0], [0]], n_experts=2)["top2_any"])
+    a = write_run(tmp_path / "k3", K=3, E=8)
+    rep = M.repetition_from_run(tmp_path / "k3").set_index("layer")
+    for layer in a["layers"]:
+        want = M.repetition(a["ids"][layer], seq_id=a["seq"], pos=a["pos"], n_experts=8)
+        for k in ("top2_any", "topk_any", "baseline_top2_any_uniform"):
+            assert rep.loc[layer, k] == pytest.approx(want[k]), k
+    assert (rep.top2_any != rep.topk_any).any()
+
+
 def test_repetition_negative_control():
     """Independent routing with skewed loads repeats at the load-aware baseline, not at 1/N;
     sticky routing repeats far more."""
