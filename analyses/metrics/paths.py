@@ -8,11 +8,12 @@ Domain information is reported three ways, because a path has many more possible
 layer's expert and the plug-in mutual information grows with the number of values even when there
 is nothing to find:
 - domain_nmi: plug-in I(domain; unit) / H(domain) (as `analyses.metrics.domain_nmi`);
-- ami: scikit-learn's adjusted mutual information with average_method="min", i.e.
-  (I - E[I]) / (H(domain) - E[I]) whenever the unit has more entropy than the domain: the
-  chance-corrected form of domain_nmi (0 for independent labels, 1 when the unit fixes the domain;
-  E[I] under random labellings with the same marginals). The arithmetic-mean AMI would also divide by
-  the path's own large entropy and so penalise a path for having many values;
+- ami: scikit-learn's adjusted mutual information, (I - E[I]) / (mean(H(domain), H(unit)) - E[I])
+  (its default arithmetic mean; metrics.md), E[I] under random labellings with the same marginals:
+  0 for independent labels, 1 for identical partitions. It charges a unit for values the domain does
+  not need, which a path has many of. (The "min" form, (I - E[I]) / (H(domain) - E[I]), was used
+  before: it is 0/0 when nearly every token's path is its own, I and E[I] both reaching H(domain),
+  and read about 1, "the path fixes the domain", for paths that told nothing about it);
 - heldout_accuracy: the domain predicted as the majority domain of the unit's value on training
   windows, scored on held-out windows (every `every`-th window of each domain: `Routes.heldout`;
   unseen values predict the overall majority), against `majority_baseline` (always the majority domain).
@@ -145,7 +146,7 @@ def domain_information(ids, domains, layers=None, k: int = 1, test=None) -> "pan
         if len(codes) and two:
             _, table = contingency(d, codes)
             nmi_d = domain_nmi(table)
-            ami = float(adjusted_mutual_info_score(d, codes, average_method="min"))
+            ami = float(adjusted_mutual_info_score(d, codes, average_method="arithmetic"))
         else:
             nmi_d = ami = float("nan")
         acc, base = heldout_accuracy(d, codes, test) if test is not None and len(codes) and two else (float("nan"),) * 2

@@ -112,6 +112,19 @@ def _importance_sentence(imp: dict) -> str:
 NO_HELD_OUT = "held-out domain accuracy not measured (too few windows to hold some out and train on the rest)"
 
 
+def _path_verdict(ami_beats: bool, heldout_beats: bool | None) -> str:
+    """Whether the path beats every single layer: by AMI and by held-out accuracy (metrics.md)."""
+    if heldout_beats is None:
+        return ("by AMI, paths carry more domain information than any single layer's expert." if ami_beats else
+                "by AMI, paths do not carry more domain information than the best single layer's expert.")
+    if ami_beats and heldout_beats:
+        return "paths carry more domain information than any single layer's expert (both measures)."
+    if not ami_beats and not heldout_beats:
+        return "paths do not carry more domain information than the best single layer's expert (both measures)."
+    return ("the two measures disagree (" + ("AMI" if ami_beats else "held-out accuracy") + " favours the path), "
+            "so paths are not shown to carry more domain information than the best single layer's expert.")
+
+
 def _path_sentences(p: dict) -> list[str]:
     a = p["summary"].set_index("domain").loc["all"]
     info = p["information"]
@@ -123,14 +136,14 @@ def _path_sentences(p: dict) -> list[str]:
     if not layers.ami.notna().any():  # one domain: nothing to tell apart
         return [head + " Domain information: not measured (the run has one domain)."]
     best = layers.ami.idxmax()
-    beats = t1.loc["path", "ami"] > layers.ami.max()
     acc = t1.heldout_accuracy
-    held = (f"held-out domain accuracy {acc['path']:.3f} vs {acc[best]:.3f} (majority "
+    best_acc = layers.heldout_accuracy.idxmax() if layers.heldout_accuracy.notna().any() else best
+    held = (f"held-out domain accuracy {acc['path']:.3f} vs {acc[best_acc]:.3f} ({best_acc}; majority "
             f"{t1.loc['path', 'majority_baseline']:.3f})" if pd.notna(acc["path"]) else NO_HELD_OUT)
     out = [head + f" Domain information: path AMI {t1.loc['path', 'ami']:.3f} vs best single layer ({best}) "
-           f"{layers.ami.max():.3f}; {held}: paths "
-           + ("carry more domain information than any single layer's expert." if beats else
-              "do not carry more domain information than the best single layer's expert.")]
+           f"{layers.ami.max():.3f}; {held}: " + _path_verdict(t1.loc["path", "ami"] > layers.ami.max(),
+                                                             acc["path"] > acc[best_acc] if pd.notna(acc["path"])
+                                                             else None)]
     tk = info[info.target != "top1"]
     if len(tk):
         tk = tk.set_index("unit")

@@ -59,8 +59,21 @@ def test_domain_information_hand_computed():
     assert d.loc["layer 1", "values"] == 2 and d.loc["path", "values"] == 3
     from sklearn.metrics import adjusted_mutual_info_score
     assert d.loc["path", "ami"] == pytest.approx(adjusted_mutual_info_score(DOM, [1, 1, 0, 2],
-                                                                                 average_method="min"))
+                                                                                 average_method="arithmetic"))
     assert np.isnan(d.loc["path", "heldout_accuracy"])  # no held-out mask given
+
+
+def test_ami_of_paths_unrelated_to_the_domain_is_near_zero():
+    """Every token on a path of its own, domains drawn at random: nothing to learn, so AMI ~ 0 and the
+    held-out accuracy is the majority's. The "min" normalisation read 1.000 here (0/0 once I and E[I]
+    both reach H(domain)), i.e. "the path fixes the domain" (found by a review)."""
+    rng = np.random.default_rng(0)
+    T = 2000
+    ids = np.stack([np.arange(T) % 50, np.arange(T) // 50], axis=1)[:, :, None]  # unique (layer 1, layer 2) pairs
+    dom = rng.choice(["a", "b", "c"], T)
+    d = M.domain_information(ids, dom, layers=[1, 2], test=np.arange(T) % 5 == 0).set_index("unit")
+    assert d.loc["path", "values"] == T and abs(d.loc["path", "ami"]) < 0.01
+    assert d.loc["path", "heldout_accuracy"] == pytest.approx(d.loc["path", "majority_baseline"])
 
 
 def test_domain_information_one_domain_and_bad_lengths():

@@ -214,6 +214,16 @@ def test_path_sentences_without_held_out_figures():
     assert text.count("held-out domain accuracy not measured") == 2 and "AMI 0.900" in text and "nan" not in text
 
 
+def test_the_path_verdict_needs_both_measures():
+    from analyses.report.research import _path_verdict
+
+    assert "carry more domain information than any single layer's expert (both" in _path_verdict(True, True)
+    assert "do not carry more" in _path_verdict(False, False)
+    assert "the two measures disagree (AMI favours the path)" in _path_verdict(True, False)
+    assert "disagree (held-out accuracy favours the path)" in _path_verdict(False, True)
+    assert _path_verdict(True, None).startswith("by AMI, paths carry more")
+
+
 def test_run_notes_name_interrupted_runs_and_imports():
     """The report's opening notes: a run that is not complete, and an import whose model sections it
     leaves out (turning them off); a complete recorded run gets none."""
