@@ -180,12 +180,19 @@ def _load_predicts(c: pd.DataFrame) -> str:
     rho = c.spearman.dropna()
     if not len(rho):
         return "no correlation measurable"
-    kinds = pd.cut(rho, [-1.01, 0.3, 0.7, 1.01], labels=["weak", "moderate", "strong"], right=False)
-    counts = kinds.value_counts()
-    parts = [f"{int(counts[k])} {k}" for k in ("strong", "moderate", "weak") if counts.get(k, 0)]
+    kinds = pd.cut(rho.abs(), [-0.01, 0.3, 0.7, 1.01], labels=["weak", "moderate", "strong"], right=False)
+    kinds = [f"{k}{' negative' if r < 0 and k != 'weak' else ''}" for k, r in zip(kinds, rho)]
+    counts = pd.Series(kinds).value_counts()
+    order = ("strong", "moderate", "strong negative", "moderate negative", "weak")
+    parts = [f"{int(counts[k])} {k}" for k in order if counts.get(k, 0)]
     sig = int((c.spearman_p < 0.05).sum()) if "spearman_p" in c else 0
-    return (f"load predicts causal importance only partly: rank correlation {', '.join(parts)} (of {len(rho)} "
-            f"layers; p < 0.05 in {sig}), so the most-used expert is not reliably the one the loss needs most")
+    head = f"rank correlation {', '.join(parts)} (of {len(rho)} layers; p < 0.05 in {sig})"
+    if all(k == "strong" for k in kinds):
+        return f"load predicts causal importance well: {head}"
+    if all(k == "weak" or k.endswith("negative") for k in kinds):
+        return f"load does not predict causal importance: {head}"
+    return (f"load predicts causal importance only partly: {head}, so the most-used expert is not reliably the "
+            "one the loss needs most")
 
 
 # --------------------------------------------------------------------------------- figures

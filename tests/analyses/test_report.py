@@ -145,6 +145,9 @@ def test_outputs_that_cannot_be_written_are_refused_first(tmp_path, capsys):
     assert time.perf_counter() - t < 5
     assert "--out /proc/dsv3-report.html: cannot write it there" in _err(
         [str(run), "--out", "/proc/dsv3-report.html", *fast], capsys)
+    # a --compare that is not a run: said first, not after the ablations wrote into the run
+    err = _err([str(run), "--compare", str(tmp_path / "nope"), "--importance-tokens", "0", "--no-progress"], capsys)
+    assert err.startswith(f"error: {tmp_path / 'nope'}: no such run directory") and not (run / "ablations").exists()
 
 
 def test_a_one_domain_run_is_reported_as_such(tmp_path, capsys):
@@ -212,6 +215,23 @@ def test_path_sentences_without_held_out_figures():
     summary = pd.DataFrame({"domain": ["all"], "distinct_paths": [900], "perplexity": [300.0], "top10_share": [0.1]})
     text = " ".join(_path_sentences({"summary": summary, "information": info, "layers": [1, 2], "E": 32, "K": 4}))
     assert text.count("held-out domain accuracy not measured") == 2 and "AMI 0.900" in text and "nan" not in text
+
+
+def test_the_load_importance_verdict_reads_the_sign_and_the_counts():
+    """|rho| classifies, a negative one is named so, and the verdict follows the counts (it called
+    -0.85 'weak' and printed 'only partly' over three strong layers; found by a review)."""
+    import pandas as pd
+
+    from analyses.report.research import _load_predicts
+
+    def verdict(rhos):
+        return _load_predicts(pd.DataFrame({"spearman": rhos, "spearman_p": [0.001] * len(rhos)}))
+
+    assert verdict([0.85, 0.75, 0.9]).startswith("load predicts causal importance well: rank correlation 3 strong")
+    assert "1 strong, 2 strong negative" in verdict([-0.85, -0.75, 0.9])
+    assert verdict([-0.85, 0.1]).startswith("load does not predict causal importance")
+    assert verdict([0.61, 0.41, 0.5]).startswith("load predicts causal importance only partly: rank correlation "
+                                                 "3 moderate")
 
 
 def test_the_path_verdict_needs_both_measures():
