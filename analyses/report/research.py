@@ -113,16 +113,16 @@ NO_HELD_OUT = "held-out domain accuracy not measured (too few windows to hold so
 
 
 def _path_verdict(ami_beats: bool, heldout_beats: bool | None) -> str:
-    """Whether the path beats every single layer: by AMI and by held-out accuracy (metrics.md)."""
+    """Whether the path beats every single layer (metrics.md): by held-out accuracy, the predictive
+    test, with AMI said beside it; by AMI alone where nothing could be held out."""
     if heldout_beats is None:
         return ("by AMI, paths carry more domain information than any single layer's expert." if ami_beats else
                 "by AMI, paths do not carry more domain information than the best single layer's expert.")
-    if ami_beats and heldout_beats:
-        return "paths carry more domain information than any single layer's expert (both measures)."
-    if not ami_beats and not heldout_beats:
-        return "paths do not carry more domain information than the best single layer's expert (both measures)."
-    return ("the two measures disagree (" + ("AMI" if ami_beats else "held-out accuracy") + " favours the path), "
-            "so paths are not shown to carry more domain information than the best single layer's expert.")
+    ami = ("AMI agrees" if ami_beats == heldout_beats else
+           "AMI, which also charges the path for its many values, " + ("favours it" if ami_beats else "does not"))
+    return (("paths carry more domain information than any single layer's expert" if heldout_beats else
+             "paths do not carry more domain information than the best single layer's expert")
+            + f" (held-out accuracy; {ami}).")
 
 
 def _path_sentences(p: dict) -> list[str]:

@@ -234,13 +234,14 @@ def test_the_load_importance_verdict_reads_the_sign_and_the_counts():
                                                  "3 moderate")
 
 
-def test_the_path_verdict_needs_both_measures():
+def test_the_path_verdict_is_held_out_accuracy_with_ami_beside_it():
     from analyses.report.research import _path_verdict
 
-    assert "carry more domain information than any single layer's expert (both" in _path_verdict(True, True)
-    assert "do not carry more" in _path_verdict(False, False)
-    assert "the two measures disagree (AMI favours the path)" in _path_verdict(True, False)
-    assert "disagree (held-out accuracy favours the path)" in _path_verdict(False, True)
+    assert _path_verdict(True, True) == ("paths carry more domain information than any single layer's expert "
+                                         "(held-out accuracy; AMI agrees).")
+    assert _path_verdict(False, True).endswith("expert (held-out accuracy; AMI, which also charges the path for its "
+                                               "many values, does not).")
+    assert _path_verdict(True, False).startswith("paths do not carry more")
     assert _path_verdict(True, None).startswith("by AMI, paths carry more")
 
 
