@@ -486,7 +486,13 @@ def spec_by_position(ref: RunRef) -> pd.DataFrame:
 
 @cached
 def ablations(ref: RunRef) -> pd.DataFrame:
-    return query(ref, "select * from ablations", ("ablations",))
+    """The `ablations` table, with `part`: the part file each row came from (one per command: the
+    report, a sweep, a notebook may each evaluate the same names on other tokens)."""
+    files = table_files(ref, "ablations")
+    if not files:
+        raise MissingTable(f"run {ref.name!r} has no `ablations` table")
+    return query(ref, "select *, parse_filename(filename, true) as part from read_parquet("
+                      f"[{', '.join(_quote(str(f)) for f in files)}], filename = true, union_by_name = true)", ())
 
 
 @cached

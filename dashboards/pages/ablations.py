@@ -5,6 +5,7 @@ the causal importance of each expert (`expert_importance`, `analyses.importance`
 from __future__ import annotations
 
 import json
+import time
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -38,6 +39,26 @@ def main() -> None:
     importance(ref)
 
 
+def one_evaluation(ref: data.RunRef, ab):
+    """The rows of one command (part file) when several wrote ablations: each evaluated its own tokens,
+    so their rows, often under the same names, must not be averaged together. The latest by default."""
+    if "part" not in ab or ab.part.nunique() <= 1:
+        return ab
+    parts = (ref.info.get("ablation_parts") or {})
+    order = sorted(ab.part.unique(), key=lambda p: -float((parts.get(p) or {}).get("written") or 0))
+
+    def label(p: str) -> str:
+        rows = ab[ab.part == p]
+        toks = rows[rows.domain == "all"].tokens.max() if (rows.domain == "all").any() else rows.tokens.sum()
+        when = (parts.get(p) or {}).get("written")
+        stamp = time.strftime(" · %Y-%m-%d %H:%M", time.localtime(when)) if when else ""
+        return f"{rows.ablation.nunique()} ablations on {int(toks):,} tokens{stamp} ({p[:6]})"
+
+    st.caption(f"{len(order)} commands wrote ablations into this run, each on its own tokens: one is shown at a time.")
+    pick = st.selectbox("Evaluation", order, format_func=label, key="abl_part")
+    return ab[ab.part == pick].drop(columns="part")
+
+
 def sweep(ref: data.RunRef) -> None:
     """The `ablations` table: loss change per domain and the masked-fraction curve."""
     missing = (f"Run `{ref.name}` has no ablations yet. Run a sweep over it with `python -m analyses.ablate` "
@@ -46,6 +67,7 @@ def sweep(ref: data.RunRef) -> None:
         ab = ui.result_table(ref, "ablations", data.ablations, missing)
         if ab is None:
             return
+        ab = one_evaluation(ref, ab)
         name = "ablation" if "ablation" in ab.columns else "name"
         ab["rule"] = ab["spec"].map(rule_of) if "spec" in ab.columns else "?"
         colors = ui.domain_colors()

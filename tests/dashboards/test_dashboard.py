@@ -103,6 +103,34 @@ def test_one_moe_layer_and_a_run_trained_without_bias(runs, tmp_path):
 
 
 @pytest.mark.slow
+def test_ablations_of_several_commands_are_shown_one_evaluation_at_a_time(runs, tmp_path):
+    """The report, a sweep and a notebook each write their own part, often under the same names and on
+    other tokens: the page averaged them together (found by a review); now it shows one at a time."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from probe.schema import TABLES
+
+    shutil.copytree(runs["demo"], tmp_path / "two")
+    first = pq.read_table(tmp_path / "two" / "ablations" / "sweep.parquet").to_pandas()
+    second = first.assign(tokens=first.tokens * 2, delta=first.delta + 1.0, loss=first.loss + 1.0)
+    pq.write_table(pa.Table.from_pandas(second, schema=TABLES["ablations"], preserve_index=False),
+                   tmp_path / "two" / "ablations" / "other.parquet")
+    at = open_page(app(tmp_path, "two"), "ablations")
+    assert not at.error and "2 commands wrote ablations" in " ".join(c.value for c in at.caption)
+    box = at.selectbox(key="abl_part")
+    assert len(box.options) == 2
+    shown = at.dataframe[0].value
+    assert len(shown) == len(first) and shown.delta.nunique() == first.delta.nunique()
+    before = sorted(shown.delta)
+    box.set_value([o for o in ("other", "sweep") if o != box.value][0]).run()
+    after = sorted(at.dataframe[0].value.delta)
+    assert len(after) == len(first) and abs((after[0] - before[0])) == pytest.approx(1.0)
+
+
+@pytest.mark.slow
 def test_a_training_run_at_its_first_step(tmp_path):
     """A run that has just started (run.json step 0) or ran --steps 1 has no window of steps to pick:
     the load page drew nothing ('min_value and max_value ... must not be equal')."""
