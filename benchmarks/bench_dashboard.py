@@ -29,6 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from probe.schema import TABLES  # noqa: E402
 from probe.writer import PartWriter, write_json_atomic  # noqa: E402
 
+from _cli import positive_int, run
+
 E, K, SEQ, BATCH, LAYERS, DENSE, DOMAINS = 64, 6, 512, 8, 8, 1, ["code", "chinese", "literature", "math", "web"]
 KV_RANK = 512  # the synthetic latent width
 BUDGET_S = 2.0
@@ -283,10 +285,10 @@ def pages(runs: Path) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, default=10_000_000, help="routing rows (default 10 million)")
+    ap.add_argument("--rows", type=positive_int, default=10_000_000, help="routing rows (default 10 million)")
     ap.add_argument("--out", help="runs directory to write (default: a temporary one)")
     ap.add_argument("--keep", action="store_true", help="keep the synthetic runs")
-    ap.add_argument("--repeat", type=int, default=2, help="timings per page; the best is reported (default 2)")
+    ap.add_argument("--repeat", type=positive_int, default=2, help="timings per page; the best is reported (default 2)")
     ns = ap.parse_args()
     runs = Path(ns.out or tempfile.mkdtemp(prefix="bench-dashboard-"))
     try:
@@ -328,4 +330,4 @@ def _timed(fn) -> float:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

@@ -23,6 +23,8 @@ import time
 
 import torch
 
+from _cli import positive_int, run
+
 CONFIG = dict(vocab_size=8192, dim=512, inter_dim=1408, moe_inter_dim=256, n_layers=6, n_dense_layers=1,
               n_heads=8, n_routed_experts=32, n_shared_experts=1, n_activated_experts=4, n_expert_groups=4,
               n_limited_groups=2, q_lora_rank=192, kv_lora_rank=128, qk_nope_head_dim=64, qk_rope_head_dim=32,
@@ -49,11 +51,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", help="Hugging Face checkpoint directory (default: random weights, CONFIG above)")
     p.add_argument("--prompt-file", help="with --ckpt: prompts (one per line or JSONL); default random ids")
-    p.add_argument("--batch", type=int, default=4, help="prompts: random (lengths 16, 40, 64, ...), or with --ckpt "
-                                                        "and no --prompt-file the bundled corpus' openings")
-    p.add_argument("--new", type=int, default=64, help="new tokens per prompt")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--batch", type=positive_int, default=4,
+                   help="prompts: random (lengths 16, 40, 64, ...), or with --ckpt and no --prompt-file the bundled "
+                        "corpus' openings")
+    p.add_argument("--new", type=positive_int, default=64, help="new tokens per prompt")
+    p.add_argument("--repeats", type=positive_int, default=3)
+    p.add_argument("--threads", type=positive_int, default=1)
     p.add_argument("--gemm", choices=["bf16", "fp8"], default="bf16")
     ns = p.parse_args()
     torch.set_num_threads(ns.threads)
@@ -128,4 +131,4 @@ def report(results: dict[str, list[float]], outputs: dict, ref) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _cli import positive_int, run
+
 
 def cpu_flags() -> list[str]:
     try:
@@ -111,8 +113,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", help="checkpoint (default: the bundled model)")
     p.add_argument("--corpus", help="corpus (default: the bundled validation corpus)")
-    p.add_argument("--max-tokens", type=int, default=30_000)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-tokens", type=positive_int, default=30_000)
+    p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--config", help="a Hugging Face config.json: record that architecture on random weights "
                                     "(with the bundled tokenizer) instead of --ckpt")
     ns = p.parse_args()
@@ -165,4 +167,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -44,6 +44,8 @@ from model.names import MTP_SHARED, ours_to_hf  # noqa: E402
 from model.saving import write_checkpoint as save_tensors  # noqa: E402
 from model.fp8 import FP8_MAX  # noqa: E402
 
+from _cli import positive_int, run as run_cli
+
 GB = 1e9
 STD = 0.02  # projections (the FP8 ones, and the head)
 EMBED_STD = 1.0  # unit-scale embeddings: each random layer adds a small update to the residual stream
@@ -193,10 +195,10 @@ def main() -> int:
     p.add_argument("--cache", type=Path, default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
                    / "dsv3-probe" / "full-width-671B-2L", help="checkpoint directory (written once, reused)")
     p.add_argument("--work", type=Path, default=None, help="where the runs go (default: a temporary directory)")
-    p.add_argument("--tokens", type=int, default=2048, help="tokens to record (default 2048)")
-    p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--ranks", type=int, default=2, help="processes holding one model (default 2)")
+    p.add_argument("--tokens", type=positive_int, default=2048, help="tokens to record (default 2048)")
+    p.add_argument("--seq-len", type=positive_int, default=256)
+    p.add_argument("--batch-size", type=positive_int, default=2)
+    p.add_argument("--ranks", type=positive_int, default=2, help="processes holding one model (default 2)")
     p.add_argument("--mtp", action="store_true", help="include the MTP layer (another 11 GB of experts)")
     p.add_argument("--skip-single", action="store_true", help="no one-process run (and no routing comparison)")
     p.add_argument("--gemm", choices=["fp8-weights", "fp8"], default="fp8",
@@ -239,4 +241,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from _cli import positive_int, run
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -73,12 +75,12 @@ def child(ns) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--vocab", type=int, default=129280)
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--vocab", type=positive_int, default=129280)
+    p.add_argument("--batch", type=positive_int, default=4)
+    p.add_argument("--seq-len", type=positive_int, default=512)
     p.add_argument("--mtp", action="store_true", help="also the MTP head's statistics")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=positive_int, default=3)
+    p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--way", choices=["logits", "targets"], help=argparse.SUPPRESS)  # a child's
     ns = p.parse_args()
     if ns.way:
@@ -110,4 +112,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -36,6 +36,8 @@ import warnings
 
 import torch
 
+from _cli import positive_int, run
+
 CONFIG = dict(
     vocab_size=8192, hidden_size=512, intermediate_size=1408, moe_intermediate_size=256,
     num_hidden_layers=6, first_k_dense_replace=1, num_attention_heads=8, num_key_value_heads=8,
@@ -187,10 +189,10 @@ def report_profile(cases: dict) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--repeats", type=int, default=9)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batch", type=positive_int, default=4)
+    p.add_argument("--seq-len", type=positive_int, default=256)
+    p.add_argument("--repeats", type=positive_int, default=9)
+    p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--profile", action="store_true", help="also print where one forward's time goes")
     p.add_argument("--config", help="a Hugging Face config.json whose architecture to run, on random weights "
                                     "(default: CONFIG above)")
@@ -261,4 +263,4 @@ def gemm_flops(op: str, shapes: list) -> int:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

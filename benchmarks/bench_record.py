@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from _cli import positive_int, run
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 # the tests' helpers package, searched last: tests/model/ etc. must not shadow the packages of the same name
@@ -172,9 +174,9 @@ def size_topk(ckpt: Path, corpus: Path, tokens: int) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--part", choices=["all", "overhead", "memory", "size"], default="all")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--tokens", type=int, default=4000, help="tokens of the small memory run (the big one is 10x)")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=positive_int, default=5)
+    p.add_argument("--tokens", type=positive_int, default=4000, help="tokens of the small memory run (the big one is 10x)")
+    p.add_argument("--threads", type=positive_int, default=2)
     ns = p.parse_args()
     torch.set_num_threads(ns.threads)
     root = Path(tempfile.mkdtemp())
@@ -188,4 +190,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -26,6 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model import ModelArgs, Transformer  # noqa: E402
 from train import RoutingTap, forward_losses, make_optimizer, moe_gates, parse_args, update_bias  # noqa: E402
 
+from _cli import positive_int, run
+
 
 def load_args(src: str, overrides: list[str]) -> ModelArgs:
     p = Path(src)
@@ -72,10 +74,10 @@ def main() -> None:
                    help="ModelArgs JSON files or shipped names")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a field of every config (repeatable)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    p.add_argument("--batch-size", type=int, default=16, help="sequences per step")
-    p.add_argument("--seq-len", type=int, default=256, help="tokens per sequence")
-    p.add_argument("--steps", type=int, default=5, help="timed steps (after 2 warm-up steps)")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="sequences per step")
+    p.add_argument("--seq-len", type=positive_int, default=256, help="tokens per sequence")
+    p.add_argument("--steps", type=positive_int, default=5, help="timed steps (after 2 warm-up steps)")
     ns = p.parse_args()
     torch.set_num_threads(ns.threads)
     print(f"threads={ns.threads} batch={ns.batch_size}x{ns.seq_len}")
@@ -84,4 +86,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)
