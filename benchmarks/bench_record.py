@@ -173,20 +173,26 @@ def size_topk(ckpt: Path, corpus: Path, tokens: int) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--part", choices=["all", "overhead", "memory", "size"], default="all")
+    p.add_argument("--part", choices=["all", "overhead", "memory", "size"], default="all",
+                   help="size measures the runs the memory part records, so it runs that part too")
     p.add_argument("--repeats", type=positive_int, default=5)
-    p.add_argument("--tokens", type=positive_int, default=4000, help="tokens of the small memory run (the big one is 10x)")
+    p.add_argument("--tokens", type=positive_int, default=4000,
+                   help="tokens of the small memory run (the big one is 10x)")
     p.add_argument("--threads", type=positive_int, default=2)
     ns = p.parse_args()
     torch.set_num_threads(ns.threads)
-    root = Path(tempfile.mkdtemp())
-    ckpt, corpus = build_env(root)
-    if ns.part in ("all", "overhead"):
-        overhead(ckpt, corpus, ns.repeats)
-    if ns.part in ("all", "memory", "size"):
-        run = memory(ckpt, corpus, ns.tokens)
-        size(run)
-        size_topk(ckpt, corpus, 10 * ns.tokens)
+    with tempfile.TemporaryDirectory(prefix="bench_record-") as root:
+        tempfile.tempdir = root  # every folder made below lands here, and goes with it
+        try:
+            ckpt, corpus = build_env(Path(tempfile.mkdtemp()))
+            if ns.part in ("all", "overhead"):
+                overhead(ckpt, corpus, ns.repeats)
+            if ns.part in ("all", "memory", "size"):
+                run = memory(ckpt, corpus, ns.tokens)
+                size(run)
+                size_topk(ckpt, corpus, 10 * ns.tokens)
+        finally:
+            tempfile.tempdir = None
 
 
 if __name__ == "__main__":
