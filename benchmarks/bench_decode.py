@@ -57,8 +57,10 @@ def main() -> None:
     p.add_argument("--new", type=positive_int, default=64, help="new tokens per prompt")
     p.add_argument("--repeats", type=positive_int, default=3)
     p.add_argument("--threads", type=positive_int, default=1)
-    p.add_argument("--gemm", choices=["bf16", "fp8"], default="bf16")
+    p.add_argument("--gemm", choices=["bf16", "fp8"], default="bf16", help="with --ckpt: its GEMM implementation")
     ns = p.parse_args()
+    if not ns.ckpt and (ns.prompt_file or ns.gemm != "bf16"):  # random weights: float32, random prompts
+        raise ValueError("--prompt-file and --gemm apply to a checkpoint: pass --ckpt with them")
     torch.set_num_threads(ns.threads)
     from generate import generate
 
