@@ -67,8 +67,8 @@ def selected_run(kinds: tuple[str, ...] = ("probe", "train")) -> data.RunRef | N
                     + ("Record one with `dsv3-probe record`." if "probe" in kinds
                        else "Train one with `python -m train --out runs/NAME`."))
             return None
-        article = "an" if ref.kind[:1] in "aeiou" else "a"
-        st.info(f"`{ref.name}` is {article} {ref.kind} run; this page shows {what} runs.")
+        # named as the sidebar names it ('sglang import', not the 'probe' kind an import has)
+        st.info(f"`{ref.name}` ({kind_text(ref)}) is not a {what} run: this page shows {what} runs.")
         pick = st.selectbox(f"{what.capitalize()} run", [r.name for r in other], key=f"pick_{what}")
         ref = next(r for r in other if r.name == pick)
     status_banner(ref)

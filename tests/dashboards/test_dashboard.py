@@ -60,7 +60,7 @@ def test_training_runs(runs):
         assert not at.error and not at.warning, (page, texts(at.error), texts(at.warning))
         assert len(at.get("plotly_chart")) >= (6 if page == "training" else 1), page
     open_page(at, "specialisation")  # a probe-only page says so and offers the probe runs
-    assert "train run" in texts(at.info) and not at.error
+    assert "`train-demo` (train) is not a probe run" in texts(at.info) and not at.error
     open_page(at, "compare")
     at.selectbox(key="cmp_b").set_value("train-nobal").run()
     assert not at.exception and not at.error and len(at.get("plotly_chart")) >= 6

@@ -124,6 +124,17 @@ def test_every_page_on_imported_runs(imported):
     assert len(at.get("plotly_chart")) >= 1
 
 
+def test_a_page_for_other_runs_names_an_import_as_the_sidebar_does(imported, tmp_path):
+    import shutil
+
+    from helpers.dashboard_runs import write_train_run
+
+    shutil.copytree(imported["runs"] / "per_token", tmp_path / "per_token")
+    write_train_run(tmp_path / "t", steps=3)
+    at = open_page(app(tmp_path, "per_token"), "training")
+    assert "`per_token` (sglang import) is not a train run: this page shows train runs." in texts(at.info)
+
+
 def test_run_json_names_the_source(imported):
     info = json.loads((imported["runs"] / "per_token" / "run.json").read_text())
     assert info["source"]["name"] == "sglang" and info["source"]["mode"] == "per_token"
