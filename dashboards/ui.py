@@ -99,6 +99,9 @@ def status_banner(ref: data.RunRef) -> None:
 
 def one_domain_note(ref: data.RunRef, doms: list[str], what: str) -> None:
     """Say plainly why a comparison across domains is not drawn for a run with fewer than two."""
+    if not doms:  # no rows yet (a run just started, or tables without rows): not a one-domain corpus
+        st.info(f"{what} compares domains, and run `{ref.name}` has no routed tokens yet.", icon="ℹ️")
+        return
     st.info(f"{what} compares domains, and run `{ref.name}` has {len(doms)} domain"
             f"{'' if len(doms) == 1 else 's'}{' (`' + doms[0] + '`)' if doms else ''}. Record a corpus with two or more "
             "(one sub-folder per domain, or a `domain` field per record); with `--max-tokens` the default "

@@ -88,6 +88,27 @@ def test_a_run_compared_with_itself_and_latent_tables_without_rows(runs, tmp_pat
 
 
 @pytest.mark.slow
+def test_a_run_without_rows_is_not_called_a_zero_domain_run(tmp_path):
+    from helpers.synthetic_run import write_run
+
+    import pyarrow.parquet as pq
+
+    from probe.schema import TABLES
+
+    write_run(tmp_path / "a")
+    write_run(tmp_path / "b")
+    for d in (tmp_path / "b").iterdir():  # every table's parts replaced by one without rows
+        if d.is_dir():
+            for f in d.glob("*.parquet"):
+                f.unlink()
+            pq.write_table(TABLES[d.name].empty_table(), d / "part-0.parquet")
+    at = open_page(app(tmp_path, "a"), "compare")
+    at.selectbox(key="cmp_b").set_value("b").run()
+    info = texts(at.info)
+    assert not at.error and "0 domains" not in info and "has no routed tokens yet" in info, info
+
+
+@pytest.mark.slow
 def test_one_moe_layer_and_a_run_trained_without_bias(runs, tmp_path):
     from helpers.synthetic_run import write_run
 
