@@ -251,13 +251,17 @@ def open_run(out: Path, info: dict, opts: RecordOptions) -> None:
 
 
 def check_resumable(old: dict, new: dict, out: Path) -> None:
-    for key in ("checkpoint", "corpus"):
+    for key, flag in (("checkpoint", "--ckpt"), ("corpus", "--corpus")):
         if old[key]["fingerprint"] != new[key]["fingerprint"]:
-            raise RecordError(f"--resume: the {key} differs from the one {out} was recorded with")
+            raise RecordError(f"--resume: the {key} differs from the one {out} was recorded with "
+                              f"({old[key].get('path')}): rerun the run's own command with --resume added "
+                              f"({flag} {old[key].get('path')})")
     for k, before in RESUME_KEYS.items():
         was, now = old["options"].get(k, before), new["options"].get(k)
         if was != now:
-            raise RecordError(f"--resume: option {k} was {was!r}, now {now!r}")
+            flag = "--" + k.replace("_", "-")
+            raise RecordError(f"--resume: {out} was recorded with {flag} {was}, this command gives {now}: rerun the "
+                              f"run's own command with --resume added")
     layout = lambda w: (w.get("size"), w.get("model_parallel"))  # noqa: E731
     if layout(old["world"]) != layout(new["world"]):
         raise RecordError(f"--resume: the run was recorded with {old['world'].get('size')} ranks in replicas of "

@@ -138,7 +138,7 @@ def test_record_spreads_max_tokens_and_records_the_order(probe_env, tmp_path):
     assert spread.df("tokens").groupby("domain").size().to_dict() == per
     first = probe.open_run(record(RecordOptions(out=str(tmp_path / "b"), order="corpus", **opts)))
     assert first.info["planned"]["tokens_per_domain"] == {"code": 400}
-    with pytest.raises(RecordError, match="option order was 'corpus', now 'domains'"):
+    with pytest.raises(RecordError, match="was recorded with --order corpus, this command gives domains"):
         record(RecordOptions(out=str(tmp_path / "b"), resume=True, **opts))
 
 

@@ -449,7 +449,8 @@ def test_resume_refuses_changed_options(probe_env, big_corpus, reference_run, tm
 
     out = tmp_path / "copy"
     shutil.copytree(reference_run.path, out)
-    with pytest.raises(RecordError, match="option seq_len was 32, now 64"):
+    with pytest.raises(RecordError, match=r"was recorded with --seq-len 32, this command gives 64: rerun the run's "
+                                          r"own command with --resume added"):
         rec(probe_env, out, corpus=big_corpus, resume=True, router_logits="full", batch_size=2)
 
 
