@@ -16,6 +16,7 @@ import time
 import torch
 
 from . import CheckpointError, ConfigError, ModelArgs, Transformer, load
+from .memory import available_memory
 
 
 def _build(ns) -> Transformer:
@@ -24,25 +25,13 @@ def _build(ns) -> Transformer:
     args = ModelArgs.from_name(ns.config)
     with torch.device("meta"):
         need = sum(p.numel() for p in Transformer(args).parameters()) * 4
-    have = _available_memory()
+    have = available_memory()
     if have is not None and need > have / 2:
         raise ValueError(f"--config {ns.config}: random float32 weights would take {need / 2**30:,.1f} GiB, more than "
                          f"half of the {have / 2**30:,.1f} GiB available here; `python -m model params --config "
                          f"{ns.config}` counts its parameters without memory")
     torch.manual_seed(ns.seed)
     return Transformer(args, dtype=torch.float32).eval()
-
-
-def _available_memory() -> int | None:
-    """Bytes of memory available now (Linux's MemAvailable), or None where it cannot be read."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def _tokens(ns, m: Transformer) -> torch.Tensor:

@@ -23,6 +23,19 @@ from .parallel import Shards, check_world, shard_, shard_spec
 from .transformer import Transformer
 
 
+def available_memory() -> int | None:
+    """Bytes of memory this machine has available now (Linux's /proc/meminfo MemAvailable), or None
+    where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def tensor_bytes(model: nn.Module, names=None) -> int:
     """Bytes of parameters and buffers (FP8 weights 1 byte + their float32 scales), optionally
     only those named (works on the meta device)."""

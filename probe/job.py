@@ -238,10 +238,10 @@ def packing_fits(m, available: int | None = None) -> bool:
     if not need:
         return False
     if available is None:
-        try:
-            meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
-            available = int(meminfo["MemAvailable"].split()[0]) * 1024
-        except (OSError, KeyError, ValueError):
+        from model.memory import available_memory
+
+        available = available_memory()
+        if available is None:
             return False
     return need <= available // 2
 
