@@ -201,9 +201,6 @@ class Transformer(HookedModule):
             return filled
         return None
 
-    def _known_filled(self, filled: torch.Tensor | None, bsz: int) -> torch.Tensor | None:
-        return filled if filled is not None and filled.shape[0] >= bsz else None
-
     def _ensure_cache(self, batch: int, end: int, fresh: bool) -> None:
         rows, length = self.layers[0].attn.cache_shape
         if not fresh and rows < batch:
@@ -258,8 +255,7 @@ class Transformer(HookedModule):
             raise ValueError("mtp_targets is for the MTP predictions: pass mtp=True with it")
         if mtp_targets is not None:  # checked here so that a wrong one is named as the caller named it
             check_targets(mtp_targets, (bsz, max(seqlen - 1, 0)), self.args.vocab_size, "mtp_targets")
-        start, max_start = self._check_rows(start_pos, lengths, bsz, seqlen, dev,
-                                            self._known_filled(self._filled, bsz))
+        start, max_start = self._check_rows(start_pos, lengths, bsz, seqlen, dev, self._filled)
         if mtp and max_start > 0:
             # MTP position i needs token i+1: a chunk's last position waits for the next chunk, so a
             # later chunk's MTP pass would read a cache slot nothing wrote
@@ -315,8 +311,7 @@ class Transformer(HookedModule):
             raise ValueError(f"depth={depth!r}: this model has {len(self.mtp)} MTP module(s), "
                              f"depth 0 to {len(self.mtp) - 1}")
         start, max_start = self._check_rows(start_pos, lengths, bsz, seqlen, tokens.device,
-                                            self._known_filled(self._mtp_filled.get(depth), bsz),
-                                            cache=f"MTP block {depth}'s KV cache")
+                                            self._mtp_filled.get(depth), cache=f"MTP block {depth}'s KV cache")
         n = seqlen - 1
         _check_positions(logits_at, bsz, n)
         pos = start[:, None] + torch.arange(n, device=tokens.device)
@@ -377,8 +372,9 @@ class Transformer(HookedModule):
     def _check_rows(start_pos, lengths, bsz: int, seqlen: int, dev, filled=None,
                     cache: str = "KV cache") -> tuple[torch.Tensor, int]:
         """start_pos as a [B] long tensor on `dev`, and its largest value, after checking it and
-        `lengths` against the batch and, with `filled` (how far each row's cache holds), that no row
-        starts past its cache: a gap would be read unwritten (zeros, or an earlier prompt's keys).
+        `lengths` against the batch and, with `filled` (how far each row's cache holds; not known for
+        rows past its length), that no row starts past its cache: a gap would be read unwritten
+        (zeros, or an earlier prompt's keys).
         One read back from the device for all of it."""
         if isinstance(start_pos, torch.Tensor):
             if start_pos.numel() not in (1, bsz) or start_pos.is_floating_point():
@@ -396,6 +392,8 @@ class Transformer(HookedModule):
             got = f"shape {tuple(lengths.shape)} of {lengths.dtype}" if isinstance(lengths, torch.Tensor) \
                 else type(lengths).__name__
             raise ValueError(f"lengths: expected {bsz} integer lengths (one per row), got {got}")
+        if filled is not None and filled.shape[0] < bsz:  # more rows than the cache's fill is known for
+            filled = None
         gap = None if filled is None else start - filled[:bsz].to(dev)
         if not bsz or (lengths is None and not isinstance(start_pos, torch.Tensor) and (gap is None or not start_pos)):
             return start, int(start_pos) if bsz else 0  # nothing to read back from the device
