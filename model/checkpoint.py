@@ -439,16 +439,15 @@ def _plan(meta: Transformer, headers: dict) -> list[tuple[str, Target]]:
                                       "quantisation holds 2-D weights only")
             if hf_name + "_scale_inv" not in headers:
                 raise CheckpointError(f"{f}: FP8 tensor {hf_name} has no {hf_name}_scale_inv")
-            s_file, _, s_dt = headers[hf_name + "_scale_inv"]
+            s_file, s_shape, s_dt = headers[hf_name + "_scale_inv"]
             if not (isinstance(s_dt, torch.dtype) and s_dt.is_floating_point):
                 raise CheckpointError(f"{s_file}: tensor {hf_name}_scale_inv has dtype {s_dt}; block scales "
                                       "are floating point (float32)")
             block = args.quant_block or (128, 128)
-            s_shape = tuple(headers[hf_name + "_scale_inv"][1])
             s_want = (-(-shape[0] // block[0]), -(-shape[1] // block[1]))
-            if s_shape != s_want:
-                raise CheckpointError(f"{headers[hf_name + '_scale_inv'][0]}: tensor {hf_name}_scale_inv has "
-                                      f"shape {list(s_shape)}, expected {list(s_want)}")
+            if tuple(s_shape) != s_want:
+                raise CheckpointError(f"{s_file}: tensor {hf_name}_scale_inv has shape {list(s_shape)}, expected "
+                                      f"{list(s_want)}")
         elif not (dt.is_floating_point if isinstance(dt, torch.dtype) else False):
             raise CheckpointError(f"{f}: tensor {hf_name} has unsupported dtype {dt}")
         key = target.expert if target.expert is not None else -1

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from .args import ModelArgs
-from .checkpoint import CheckpointError, float_dtype
+from .checkpoint import CheckpointError, float_dtype, read_index
 from .fp8 import dequantize_block, quantize_block
 from .names import MTP_SHARED, ours_to_hf, scale_name
 from .transformer import Transformer
@@ -153,12 +153,10 @@ def _weight_files(path: Path) -> list[Path]:
     files = {f for f in path.glob("model*.safetensors")
              if f.name == "model.safetensors" or re.fullmatch(r"model-\d+-of-\d+\.safetensors", f.name)}
     try:
-        weight_map = json.loads((path / INDEX).read_text()).get("weight_map")
-        named = set(weight_map.values()) if isinstance(weight_map, dict) else set()
-    except (OSError, ValueError, AttributeError, TypeError):  # no index, or one that is not JSON: nothing it names
+        named = set(read_index(path / INDEX).values())  # plain file names in this directory
+    except (OSError, CheckpointError):  # no index, or not a valid one: it names nothing
         named = set()
-    files |= {path / n for n in named if isinstance(n, str) and n.endswith(".safetensors") and Path(n).name == n
-              and (path / n).is_file()}
+    files |= {path / n for n in named if n.endswith(".safetensors") and (path / n).is_file()}
     return sorted(files)
 
 
