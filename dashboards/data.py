@@ -488,9 +488,15 @@ def spec_by_position(ref: RunRef) -> pd.DataFrame:
 def ablations(ref: RunRef) -> pd.DataFrame:
     """The `ablations` table, with `part`: the part file each row came from (one per command: the
     report, a sweep, a notebook may each evaluate the same names on other tokens)."""
-    files = table_files(ref, "ablations")
+    return _with_part(ref, "ablations")
+
+
+def _with_part(ref: RunRef, table: str) -> pd.DataFrame:
+    """Every row of a result table that commands write one part file each (ablations, steering),
+    with `part`: the name of the file it came from."""
+    files = table_files(ref, table)
     if not files:
-        raise MissingTable(f"run {ref.name!r} has no `ablations` table")
+        raise MissingTable(f"run {ref.name!r} has no `{table}` table")
     return query(ref, "select *, parse_filename(filename, true) as part from read_parquet("
                       f"[{', '.join(_quote(str(f)) for f in files)}], filename = true, union_by_name = true)", ())
 
@@ -506,11 +512,7 @@ def steering(ref: RunRef) -> pd.DataFrame:
     """The `steering` table of `python -m analyses.steer` (loss rows per domain, generation rows per
     prompt), with `part`: the part file each row came from (one per command; two commands may reuse
     a steering's name with other options)."""
-    files = table_files(ref, "steering")
-    if not files:
-        raise MissingTable(f"run {ref.name!r} has no `steering` table")
-    return query(ref, "select *, parse_filename(filename, true) as part from read_parquet("
-                      f"[{', '.join(_quote(str(f)) for f in files)}], filename = true)", ())
+    return _with_part(ref, "steering")
 
 
 # ------------------------------------------------------------------------------ training runs

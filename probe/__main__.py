@@ -96,6 +96,13 @@ def _options(ns) -> RecordOptions:
     return RecordOptions(**{k: v for k, v in vars(ns).items() if k in RecordOptions.__dataclass_fields__})
 
 
+def _record_interrupted(e: KeyboardInterrupt) -> int:
+    """Ctrl-C or SIGTERM during a record: one line, exit status 130. The job names what it kept (and
+    --resume) once it has begun; before that nothing was written."""
+    print(f"\n{str(e) or 'interrupted before anything was recorded'}", file=sys.stderr)
+    return 130
+
+
 def _record(ns) -> int:
     opts = _options(ns)
     try:
@@ -103,9 +110,7 @@ def _record(ns) -> int:
 
         out = record(opts)
     except KeyboardInterrupt as e:
-        # the job names what it kept (and --resume) once it has begun; before that nothing was written
-        print(f"\n{str(e) or 'interrupted before anything was recorded'}", file=sys.stderr)
-        return 130
+        return _record_interrupted(e)
     if not opts.dry_run and launch_rank0():
         print(f"wrote {out}")
     return 0
@@ -180,9 +185,8 @@ def _dashboard(ns) -> int:
             record(RecordOptions(out=str(out)))
         except (RecordError, CorpusError, RunError) as e:
             print(f"note: could not record the default run ({e}); the dashboard starts without it", file=sys.stderr)
-        except KeyboardInterrupt as e:  # as record's own command: one line, what was kept
-            print(f"\n{str(e) or 'interrupted before anything was recorded'}", file=sys.stderr)
-            return 130
+        except KeyboardInterrupt as e:  # as record's own command
+            return _record_interrupted(e)
     app = Path(__file__).resolve().parent.parent / "dashboards" / "app.py"
     cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", ns.host,
            "--server.port", str(ns.port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
