@@ -2,8 +2,9 @@
 
     python -m pytest tests/model/test_fp8_model.py -q -s     # -s prints the measured logit differences
 
-On the CPU the FP8 path runs the torch twins of model/kernels.py (tests/model/test_kernels.py checks the
-Triton kernels against those twins).
+The FP8 checkpoint (`fp8_dir`, dims with partial blocks) is tests/model/conftest.py's. On the CPU the
+FP8 path runs the torch twins of model/kernels.py (tests/model/test_kernels.py checks the Triton
+kernels against those twins).
 """
 
 from __future__ import annotations
@@ -22,10 +23,8 @@ from model import CheckpointError, kernels
 from model.layers import Linear
 
 from helpers import random_model
+from helpers.checkpoints import FP8_OVERRIDES
 
-# dims that are not multiples of 128, several above it: partial edge blocks everywhere
-FP8_OVERRIDES = dict(vocab_size=97, dim=200, inter_dim=300, moe_inter_dim=136, n_layers=2, n_heads=2,
-                     q_lora_rank=136, kv_lora_rank=24)
 # FP8 GEMM path vs dequantised path, float32 compute. e4m3 rounds every activation entering an FP8
 # GEMM with ~2.5% RMS relative error (one Linear: 2.6% measured); a layer chains 5-7 such GEMMs,
 # and in this random model (unit-gain layers, see helpers.randomize_) 1 in 8 routing choices flips,
@@ -37,13 +36,6 @@ MEAN_REL, MAX_REL, ARGMAX_AGREE = 0.25, 0.50, 0.75
 def rels(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
     d = (a.float() - b.float()).abs()
     return (d.mean() / b.float().abs().mean()).item(), (d.max() / b.float().abs().max()).item()
-
-
-@pytest.fixture(scope="module")
-def fp8_dir(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("fp8_gemm_ckpt")
-    model.save(random_model("tiny", seed=1, **FP8_OVERRIDES), d, fp8=True)
-    return d
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,188 @@
+"""Checkpoints that are not right: every problem is one CheckpointError (a ValueError) naming the file
+and the tensor or key, before anything half-loaded is returned."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import model
+import model.checkpoint as ckpt
+from model import CheckpointError
+
+from helpers import random_model
+from helpers.checkpoints import FP8_OVERRIDES, edit_config, edit_tensors
+
+
+# ------------------------------------------------------------------------------------ bad input
+def load_error(path, *needles) -> str:
+    """model.load(path) must raise a one-line CheckpointError containing every needle."""
+    with pytest.raises(CheckpointError) as ei:
+        model.load(path)
+    msg = str(ei.value)
+    assert isinstance(ei.value, ValueError)
+    assert "\n" not in msg, msg
+    for n in needles:
+        assert str(n) in msg, f"{n!r} not in {msg!r}"
+    return msg
+
+
+def test_error_no_config(tiny_copy):
+    (tiny_copy / "config.json").unlink()
+    load_error(tiny_copy, tiny_copy, "config.json")
+
+
+@pytest.mark.parametrize("name", ["model.layers.1.self_attn.kv_b_proj.weight", "lm_head.weight",
+                                  "model.layers.2.mlp.experts.7.down_proj.weight",
+                                  "model.layers.3.eh_proj.weight"])  # the MTP layer, partly present
+def test_error_missing_tensor(tiny_copy, name):
+    edit_tensors(tiny_copy / "model.safetensors", lambda sd: {k: v for k, v in sd.items() if k != name})
+    load_error(tiny_copy, tiny_copy.resolve(), "missing", name)
+
+
+@pytest.mark.parametrize("name", ["model.layers.1.mlp.foo.weight", "model.layers.9.input_layernorm.weight",
+                                  "model.layers.1.mlp.experts.16.up_proj.weight", "something_else"])
+def test_error_unexpected_tensor(tiny_copy, name):
+    f = tiny_copy / "model.safetensors"
+    edit_tensors(f, lambda sd: sd | {name: torch.zeros(32, 64)})
+    load_error(tiny_copy, f, name)
+
+
+def test_error_wrong_shape(tiny_copy):
+    f = tiny_copy / "model.safetensors"
+    name = "model.layers.0.self_attn.q_b_proj.weight"
+    edit_tensors(f, lambda sd: sd | {name: sd[name][:-1]})
+    load_error(tiny_copy, f, name, "shape")
+
+
+def test_error_wrong_expert_shape(tiny_copy):
+    f = tiny_copy / "model.safetensors"
+    name = "model.layers.1.mlp.experts.3.gate_proj.weight"
+    edit_tensors(f, lambda sd: sd | {name: sd[name].T.contiguous()})
+    load_error(tiny_copy, f, name, "shape")
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.999, 6])
+def test_error_truncated_file(tiny_copy, keep):
+    f = tiny_copy / "model.safetensors"
+    data = f.read_bytes()
+    f.write_bytes(data[: int(len(data) * keep) if keep < 1 else keep])
+    load_error(tiny_copy, f)
+
+
+def test_error_unsupported_model_type(tiny_copy):
+    edit_config(tiny_copy, lambda c: c | {"model_type": "llama"})
+    load_error(tiny_copy, tiny_copy / "config.json", "llama")
+
+
+def test_error_config_not_json(tiny_copy):
+    (tiny_copy / "config.json").write_text("{not json\n\n")
+    load_error(tiny_copy, tiny_copy / "config.json")
+
+
+def test_error_missing_shard(sharded_dir, tmp_path):
+    d = Path(shutil.copytree(sharded_dir, tmp_path / "ckpt"))
+    shard = sorted(d.glob("*.safetensors"))[1]
+    shard.unlink()
+    load_error(d, shard, "model.safetensors.index.json")
+
+
+def test_error_index_names_tensor_not_in_shard(sharded_dir, tmp_path):
+    d = Path(shutil.copytree(sharded_dir, tmp_path / "ckpt"))
+    p = d / "model.safetensors.index.json"
+    index = json.loads(p.read_text())
+    index["weight_map"]["model.layers.0.extra.weight"] = next(iter(index["weight_map"].values()))
+    p.write_text(json.dumps(index))
+    load_error(d, "model.layers.0.extra.weight")
+
+
+@pytest.mark.parametrize("weight_map,needle", [
+    ([], "weight_map must map tensor names to shard files, found list"),
+    (None, "weight_map must map tensor names to shard files, found NoneType"),
+    ({"lm_head.weight": None}, "weight_map['lm_head.weight'] = None is not a shard file name"),
+    ({"lm_head.weight": "../x.safetensors"}, "'../x.safetensors' is not a shard file name in this directory"),
+])
+def test_error_index_of_the_wrong_shape(sharded_dir, tmp_path, weight_map, needle):
+    """A malformed index is one line naming it (it was AttributeError / TypeError from inside), in
+    load and in inspect alike."""
+    d = Path(shutil.copytree(sharded_dir, tmp_path / "ckpt"))
+    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    load_error(d, "model.safetensors.index.json", needle)
+    with pytest.raises(CheckpointError, match=re.escape(needle)):
+        ckpt.inspect(d)
+    (d / "model.safetensors.index.json").write_text("[1, 2]")
+    load_error(d, "model.safetensors.index.json: not a valid safetensors index")
+
+
+def test_error_fp8_scales_not_finite_or_not_float_and_fp8_vectors(fp8_dir, tmp_path):
+    """Block scales multiply every weight of their block: a NaN one, or integer ones, were used as
+    they came; an FP8 tensor that is not 2-D was an IndexError."""
+    name = "model.layers.0.mlp.down_proj.weight_scale_inv"
+    for i, (edit, needles) in enumerate([
+            (lambda sd: sd | {name: sd[name].clone().index_fill_(1, torch.tensor([0]), float("nan"))},
+             [name, "holds nan at block [0, 0]; block scales must be finite"]),
+            (lambda sd: sd | {name: sd[name].to(torch.int32)}, [name, "has dtype torch.int32"]),
+            (lambda sd: sd | {"model.norm.weight": sd["model.norm.weight"].to(torch.float8_e4m3fn),
+                              "model.norm.weight_scale_inv": torch.ones(1)},
+             ["FP8 tensor model.norm.weight has shape [", "2-D weights only"])]):
+        d = Path(shutil.copytree(fp8_dir, tmp_path / f"ckpt{i}"))
+        edit_tensors(d / "model.safetensors", edit)
+        load_error(d, d / "model.safetensors", *needles)
+    d = Path(shutil.copytree(fp8_dir, tmp_path / "ok"))  # the control: the same copy, unedited, loads
+    model.load(d)
+
+
+def test_error_fp8_kernel_block_not_a_power_of_two(fp8_model, tmp_path):
+    d = tmp_path / "b96"
+    m = random_model("tiny", seed=1, **FP8_OVERRIDES, quant_block=(96, 96))
+    model.save(m, d, fp8=True)
+    model.load(d, dtype=torch.float32)  # dequantised: any block size
+    with pytest.raises(CheckpointError, match=r"gemm_impl='fp8' needs square weight blocks of a power of two "
+                                              r">= 16 .* weight_block_size \[96, 96\]"):
+        model.load(d, gemm_impl="fp8", dtype=torch.float32)
+
+
+def test_error_fp8_weight_without_scale(fp8_dir, tmp_path):
+    d = Path(shutil.copytree(fp8_dir, tmp_path / "ckpt"))
+    f = d / "model.safetensors"
+    name = "model.layers.1.mlp.experts.5.up_proj.weight"
+    edit_tensors(f, lambda sd: {k: v for k, v in sd.items() if k != name + "_scale_inv"})
+    load_error(d, f, name, "scale_inv")
+
+
+def test_error_fp8_scale_wrong_shape(fp8_dir, tmp_path):
+    d = Path(shutil.copytree(fp8_dir, tmp_path / "ckpt"))
+    f = d / "model.safetensors"
+    name = "model.layers.0.mlp.down_proj.weight_scale_inv"
+    edit_tensors(f, lambda sd: sd | {name: sd[name][:, :1].contiguous()})
+    load_error(d, f, name, "shape")
+
+
+def test_error_not_a_directory(tiny_dir, tmp_path):
+    load_error(tiny_dir / "model.safetensors", tiny_dir / "model.safetensors", "not a checkpoint directory")
+    load_error(tmp_path / "nowhere", tmp_path / "nowhere")
+
+
+def test_dtype_by_name_and_devices_this_machine_lacks(tiny, tiny_dir):
+    """dtype may be named as a string; a name torch lacks, or a CUDA device torch does not see, is a
+    CheckpointError before anything is read (not torch's TypeError or an assertion from its CUDA init)."""
+    m = model.load(tiny_dir, dtype="torch.bfloat16")
+    assert m.embed.weight.dtype == torch.bfloat16 and m.layers[1].ffn.gate.weight.dtype == torch.float32
+    with pytest.raises(CheckpointError, match="dtype=.half-ish.: expected a floating-point torch dtype"):
+        model.load(tiny_dir, dtype="half-ish")
+    with pytest.raises(CheckpointError, match="dtype=16: expected a floating-point torch dtype"):
+        model.load(tiny_dir, dtype=16)
+    with pytest.raises(CheckpointError, match="device='gpu0': Invalid device string"):
+        model.load(tiny_dir, device="gpu0")
+    with pytest.raises(CheckpointError, match="device='mps': the model runs on 'cpu', 'cuda' or 'meta'"):
+        model.load(tiny_dir, device="mps")
+    with pytest.raises(CheckpointError, match="dtype=torch.int32: expected a floating-point torch dtype"):
+        model.load(tiny_dir, dtype=torch.int32)
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    with pytest.raises(CheckpointError, match=f"device='cuda:{n}': this machine's torch sees {n} CUDA device"):
+        model.load(tiny_dir, device=f"cuda:{n}")
