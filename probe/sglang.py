@@ -30,8 +30,8 @@ also `tokens` (input ids and positions; a forward pass's sequences split by exte
 decode pass one sequence per token; records repeated on several ranks kept once) and `routing`
 (logical expert ids; SGLang records no weights), and `placement` when the dump carries the
 physical-to-logical map (the GPU of a slot from the ranks that recorded: slot // (physical experts /
-ranks), so a dump of some ranks only gets no placement). Layers the model runs dense (`first_k_dense_replace` of --config), or
-that counted nothing when no config is given, are skipped. Files are read with
+ranks), so a dump of some ranks only gets no placement). Layers the model runs dense
+(`first_k_dense_replace` of --config), or that counted nothing when no config is given, are skipped. Files are read with
 `torch.load(weights_only=True)`: a file that holds pickled Python objects is refused, never run.
 """
 

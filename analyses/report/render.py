@@ -159,7 +159,8 @@ def summary(r: dict) -> list[str]:
             s.append(f"Per-domain ablation (each domain's top {sw.options['domain_top']} experts per layer by its "
                      "load over the whole run; reroute): a domain's "
                      f"own experts hurt it more than they hurt the other domains (mean) for {n_own} of {len(ds)} "
-                     f"domains, and more than the other domains' experts hurt it (mean) for {n_row} of {len(ds)}; own deltas "
+                     f"domains, and more than the other domains' experts hurt it (mean) for {n_row} of {len(ds)}; "
+                     "own deltas "
                      + ", ".join(f"{x.domain} {x.own:+.4f} (on others {x.on_others:+.4f})" for x in ds.itertuples())
                      + ".")
     rep = r["repetition"]

@@ -68,7 +68,8 @@ def test_benchmark_command_lines_give_one_line_errors():
     """A count of 0 or a checkpoint that is not there is one line and exit status 2 (tracebacks from
     GenerateError, CheckpointError or statistics' empty median before; found by a review)."""
     for args, msg in ((["bench_record.py", "--repeats", "0"], "argument --repeats: 0 must be at least 1"),
-                      (["bench_decode.py", "--ckpt", "/nonexistent-ckpt"], "error: /nonexistent-ckpt: not a checkpoint")):
+                      (["bench_decode.py", "--ckpt", "/nonexistent-ckpt"],
+                       "error: /nonexistent-ckpt: not a checkpoint")):
         p = subprocess.run([sys.executable, str(REPO / "benchmarks" / args[0]), *args[1:]], capture_output=True,
                            text=True, cwd=REPO, timeout=120)
         assert p.returncode == 2 and msg in p.stderr and "Traceback" not in p.stderr, p.stderr[-2000:]
