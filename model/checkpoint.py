@@ -33,7 +33,7 @@ from safetensors import SafetensorError, safe_open
 
 from .args import ConfigError, ModelArgs
 from .fp8 import dequantize_block
-from .names import IGNORED, Target, hf_to_ours, ours_to_hf, scale_name
+from .names import IGNORED, MTP_SHARED, Target, hf_to_ours, ours_to_hf, scale_name
 from .parallel import Cut, device_for, install, resolve as resolve_shards, shard_
 from .layers import rope_inv_freq
 from .tensor_reader import DTYPES, ReadError, TensorReader, copy_range
@@ -190,15 +190,25 @@ def _open(path: Path) -> tuple[ModelArgs, list[Path], dict]:
     args = _config(path)
     files, weight_map = _shard_files(path)
     headers = _read_headers(files)
-    for k in weight_map or {}:
-        if k not in headers:
-            raise CheckpointError(f"{weight_map[k]}: tensor {k} listed in the index is not in the file")
+    _check_index_against_headers(path, weight_map, headers)
     mtp_prefixes = [f"model.layers.{args.n_layers + k}." for k in range(args.n_mtp_layers)]
     present = [p for p in mtp_prefixes if any(n.startswith(p) for n in headers)]
     args.extra["mtp_weights"] = bool(present)
     args.n_mtp_layers = len(present)  # MTP modules absent from the checkpoint are not built
     args.extra["checkpoint"] = str(path.resolve())
     return args, files, headers
+
+
+def _check_index_against_headers(path: Path, weight_map: dict[str, Path] | None, headers: dict) -> None:
+    """Every tensor the index lists is in the shard it names. A tensor found in another shard would
+    load (the headers say where it is), but other loaders (transformers, the serving engines) open only
+    the shard the index names, so a checkpoint that loads here would fail there: refused, naming both."""
+    for k, f in (weight_map or {}).items():
+        if k not in headers:
+            raise CheckpointError(f"{f}: tensor {k} listed in the index is not in the file")
+        if headers[k][0] != f:
+            raise CheckpointError(f"{path / 'model.safetensors.index.json'}: tensor {k} is listed in {f.name} "
+                                  f"but stored in {headers[k][0].name} (a stale or hand-edited index)")
 
 
 def _keep_fp8(meta: Transformer, plan, headers: dict, path: Path) -> set[str]:
@@ -418,7 +428,11 @@ def _plan(meta: Transformer, headers: dict) -> list[tuple[str, Target]]:
                 raise CheckpointError(f"{f}: scale {hf_name} has no weight {w}")
             continue
         target = hf_to_ours(hf_name, args)
-        if target == "skip":
+        if target == "skip":  # an MTP layer's copy of the embedding or head: not loaded, but the same shape
+            main = MTP_SHARED[hf_name.split(".", 3)[3]]
+            if tuple(shape) != tuple(expect[main].shape):
+                raise CheckpointError(f"{f}: tensor {hf_name} has shape {list(shape)}, expected "
+                                      f"{list(expect[main].shape)} (the MTP layer's copy of {main})")
             continue
         if target is None:
             raise CheckpointError(f"{f}: unexpected tensor {hf_name} (not part of a {args.model_type} model "

@@ -101,6 +101,32 @@ def test_error_index_names_tensor_not_in_shard(sharded_dir, tmp_path):
     load_error(d, "model.layers.0.extra.weight")
 
 
+def test_error_index_names_the_wrong_shard(sharded_dir, tmp_path):
+    """A tensor the index puts in one shard but stored in another loaded without comment; other
+    loaders open only the shard the index names, so it is refused, naming both files."""
+    d = Path(shutil.copytree(sharded_dir, tmp_path / "ckpt"))
+    p = d / "model.safetensors.index.json"
+    index = json.loads(p.read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    name = next(k for k, v in index["weight_map"].items() if v == shards[0])
+    index["weight_map"][name] = shards[1]
+    p.write_text(json.dumps(index))
+    load_error(d, p, name, f"listed in {shards[1]} but stored in {shards[0]}")
+    index["weight_map"][name] = shards[0]  # control: the index put right loads
+    p.write_text(json.dumps(index))
+    model.load(d)
+
+
+def test_error_mtp_copy_of_the_embedding_of_another_shape(tiny_copy):
+    """The MTP layer's copies of the embedding and head are not loaded (they are the main ones), but a
+    copy of another shape is a broken checkpoint: it passed unchecked."""
+    f = tiny_copy / "model.safetensors"
+    n = model.load(tiny_copy).args.n_layers
+    name = f"model.layers.{n}.shared_head.head.weight"
+    edit_tensors(f, lambda sd: sd | {name: sd[name][:-1].clone()})
+    load_error(tiny_copy, f, name, "the MTP layer's copy of head.weight")
+
+
 @pytest.mark.parametrize("weight_map,needle", [
     ([], "weight_map must map tensor names to shard files, found list"),
     (None, "weight_map must map tensor names to shard files, found NoneType"),
