@@ -283,10 +283,12 @@ def test_params_cli_world_size(capsys):
         assert err.startswith(f"error: {flag.split()[-2]} ") and err.rstrip().endswith("must be > 0"), err
 
 
-def test_summary_cli_and_its_errors(capsys, tmp_path):
+def test_summary_cli_and_its_errors(capsys, tmp_path, monkeypatch):
+    import model.__main__ as cli
     from model.__main__ import main
 
     from helpers.models import REPO
+    monkeypatch.setattr(cli, "available_memory", lambda: 24 * 2**30)  # the 671B refusal on any machine
     main(["summary", "--batch", "2", "--seq-len", "8"])
     out = capsys.readouterr().out
     assert "forward: (2, 8) tokens -> logits (2, 8, " in out and "experts used" in out
