@@ -62,6 +62,7 @@ class ModelArgs:
     original_seq_len: int = 4096
     beta_fast: float = 32.0
     beta_slow: float = 1.0
+    rope_truncate: bool = True  # round the YaRN ramp's ends to whole pair indices (HF `truncate`)
     mscale: float = 1.0  # YaRN softmax-scale multiplier (HF `mscale_all_dim`)
     rope_attention_factor: float = 1.0  # cos/sin multiplier (HF: mscale(factor, mscale)/mscale(factor, all_dim))
     max_seq_len: int = 163840
@@ -128,6 +129,12 @@ class ModelArgs:
             bad(f"n_dense_layers={self.n_dense_layers} must be in [0, n_layers={self.n_layers}]")
         if self.score_func not in ("sigmoid", "softmax"):
             bad(f"score_func={self.score_func!r} must be 'sigmoid' or 'softmax'")
+        family = {"deepseek_v3": ("sigmoid", None), "deepseek_v2": ("softmax", False)}.get(self.model_type)
+        if family and self.score_func != family[0]:
+            bad(f"score_func={self.score_func!r}: a {self.model_type} router is {family[0]}")
+        if family and family[1] is not None and self.norm_topk_prob != family[1]:
+            bad(f"norm_topk_prob={self.norm_topk_prob}: a {self.model_type} router does not renormalise "
+                "its chosen weights")
         if self.rope_type not in ("yarn", "default"):
             bad(f"rope_type={self.rope_type!r} must be 'yarn' or 'default'")
         if self.n_dense_layers < self.n_layers or self.n_mtp_layers > 0:  # some MoE layer exists
@@ -225,6 +232,8 @@ class ModelArgs:
                 "beta_fast": self.beta_fast, "beta_slow": self.beta_slow,
                 "mscale": self.mscale, "mscale_all_dim": self.mscale,
             }
+            if not self.rope_truncate:
+                cfg["rope_scaling"]["truncate"] = False
             # readers derive the cos/sin factor from mscale / mscale_all_dim unless it is given:
             # write it whenever that derivation would not give ours back
             derived = 1.0 if self.mscale else _yarn_mscale(self.rope_factor, 1.0)
@@ -269,6 +278,23 @@ _HF_KEYS = {
     "bos_token_id": "bos_token_id",
     "eos_token_id": "eos_token_id",
 }
+# What transformers' DeepseekV3Config / DeepseekV2Config give a key that config.json leaves out, so a
+# sparse config reads as transformers reads it (an explicit null keeps the meaning given below).
+# Every published checkpoint writes all of them.
+_ABSENT_DEFAULTS: dict[str, dict[str, Any]] = {
+    "deepseek_v3": {
+        "moe_intermediate_size": 2048, "first_k_dense_replace": 3, "n_shared_experts": 1, "n_routed_experts": 256,
+        "num_experts_per_tok": 8, "n_group": 8, "topk_group": 4, "routed_scaling_factor": 2.5,
+        "norm_topk_prob": True, "q_lora_rank": 1536, "max_position_embeddings": 4096, "rms_norm_eps": 1e-6,
+        "num_nextn_predict_layers": 1, "bos_token_id": 0, "eos_token_id": 1, "rope_theta": 10000.0,
+    },
+    "deepseek_v2": {  # no default top-k: a V2 config must say num_experts_per_tok
+        "moe_intermediate_size": 1407, "first_k_dense_replace": 0, "n_shared_experts": 2, "n_routed_experts": 64,
+        "routed_scaling_factor": 1.0, "norm_topk_prob": False, "q_lora_rank": 1536,
+        "max_position_embeddings": 2048, "rms_norm_eps": 1e-6, "num_nextn_predict_layers": 0,
+        "bos_token_id": 1, "eos_token_id": 2, "topk_method": "greedy", "rope_theta": 10000.0,
+    },
+}
 _REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
              "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
 
@@ -300,19 +326,31 @@ def _yarn_mscale(factor: float, m: float) -> float:
     return 1.0 if factor <= 1 else 0.1 * m * math.log(factor) + 1.0
 
 
-def _moe_from_hf(cfg: dict[str, Any], kw: dict[str, Any], where: str) -> dict[str, Any]:
-    """The expert counts and group limit, filled in for dense-only and group-free configs."""
+def _moe_from_hf(cfg: dict[str, Any], model_type: str, where: str) -> dict[str, Any]:
+    """The expert counts and group limit, as transformers' router for `model_type` reads them."""
     if cfg.get("moe_layer_freq", 1) != 1:
         raise ConfigError(f"{where}: moe_layer_freq={cfg['moe_layer_freq']} is not supported (only 1)")
-    out: dict[str, Any] = {}
-    if cfg.get("n_routed_experts") is None:  # a dense-only config
-        out["n_routed_experts"], out["n_expert_groups"], out["n_limited_groups"] = 1, 1, 1
-        out["n_activated_experts"], out["n_dense_layers"] = 1, cfg["num_hidden_layers"]
-    if out.get("n_expert_groups", kw.get("n_expert_groups")) is None or cfg.get("n_group") is None:
-        out["n_expert_groups"], out["n_limited_groups"] = 1, 1
-    if cfg.get("topk_method") == "greedy":  # V2-Lite: no group limit regardless of n_group
-        out["n_limited_groups"] = out.get("n_expert_groups", kw.get("n_expert_groups"))
-    return out
+    if cfg.get("n_routed_experts") is None:  # an explicit null: a dense-only config
+        return {"n_routed_experts": 1, "n_expert_groups": 1, "n_limited_groups": 1, "n_activated_experts": 1,
+                "n_dense_layers": cfg["num_hidden_layers"]}
+    if cfg.get("num_experts_per_tok") is None:
+        raise ConfigError(f"{where}: num_experts_per_tok is missing (how many routed experts each token "
+                          f"gets; {model_type} has no default for it)")
+    groups, limit = cfg.get("n_group"), cfg.get("topk_group")
+    if model_type == "deepseek_v2":  # the V2 router limits groups only when topk_method says so
+        method = cfg.get("topk_method")
+        if method not in ("greedy", "group_limited_greedy"):
+            raise ConfigError(f"{where}: topk_method={method!r} is not supported for deepseek_v2 "
+                              "('greedy' or 'group_limited_greedy')")
+        if method == "greedy":  # V2-Lite: no group limit, whatever n_group says
+            return {"n_expert_groups": groups or 1, "n_limited_groups": groups or 1}
+        if groups is None or limit is None:
+            raise ConfigError(f"{where}: topk_method='group_limited_greedy' needs n_group and topk_group")
+    # deepseek_v3: always group-limited (its topk_method, "noaux_tc" in published configs, is not read);
+    # an explicit null n_group or topk_group means no group limit
+    if groups is None or limit is None:
+        return {"n_expert_groups": 1, "n_limited_groups": 1}
+    return {}
 
 
 def _section(cfg: dict[str, Any], key: str, where: str) -> dict[str, Any]:
@@ -353,10 +391,16 @@ def _rope_from_hf(cfg: dict[str, Any], where: str) -> dict[str, Any]:
     def num(key: str, default: float, kind=float):
         return _number(rope, key, default, where, name, kind)
 
+    if rope.get("factor") is None:  # transformers refuses such a config too
+        raise ConfigError(f"{where}: {name}.factor is missing (YaRN's context-extension factor)")
     factor = num("factor", 1.0) or 1.0
     m, m_all = num("mscale", 0.0), num("mscale_all_dim", 0.0)
     kw["rope_factor"] = factor
-    kw["original_seq_len"] = num("original_max_position_embeddings", 4096, int)
+    # absent: the context the model was trained at is taken to be max_position_embeddings, as transformers does
+    kw["original_seq_len"] = num("original_max_position_embeddings", cfg.get("max_position_embeddings") or 4096, int)
+    if not isinstance(rope.get("truncate", True), bool):
+        raise ConfigError(f"{where}: {name}.truncate={rope['truncate']!r} must be true or false")
+    kw["rope_truncate"] = rope.get("truncate", True)
     kw["beta_fast"] = num("beta_fast", 32) or 32.0
     kw["beta_slow"] = num("beta_slow", 1) or 1.0
     kw["mscale"] = m_all  # no mscale_all_dim: no softmax-scale correction
@@ -406,6 +450,7 @@ def _from_hf(cfg: dict[str, Any], where: str) -> ModelArgs:
     missing = [k for k in _REQUIRED if cfg.get(k) is None]
     if missing:
         raise ConfigError(f"{where}: missing required keys {missing}")
+    cfg = _ABSENT_DEFAULTS[model_type] | cfg
     kw: dict[str, Any] = {ours: cfg[hf] for hf, ours in _HF_KEYS.items() if cfg.get(hf) is not None}
     annotations = {f.name: f.type for f in dataclasses.fields(ModelArgs)}
     for hf, ours in _HF_KEYS.items():  # named by the config's own keys, before anything computes with them
@@ -415,6 +460,8 @@ def _from_hf(cfg: dict[str, Any], where: str) -> ModelArgs:
     for k in ("bos_token_id", "eos_token_id"):  # an explicit null means "no such token", not the default
         if k in cfg and cfg[k] is None:
             kw[k] = None
+    if cfg.get("num_nextn_predict_layers") is None:  # null (as transformers' V2 config writes it): no MTP
+        kw["n_mtp_layers"] = 0
     kw["model_type"] = model_type
     if cfg.get("rope_interleave", True) is not True:
         # transformers' rotate-half RoPE; ours rotates interleaved pairs, as DeepSeek's checkpoints need
@@ -423,13 +470,21 @@ def _from_hf(cfg: dict[str, Any], where: str) -> ModelArgs:
     if cfg.get("tie_word_embeddings"):
         raise ConfigError(f"{where}: tie_word_embeddings=true is not supported: DeepSeek models keep an "
                           "output head (lm_head.weight) of their own")
-    if model_type == "deepseek_v2":  # V2 defaults where its config leaves keys out
-        kw.setdefault("n_mtp_layers", 0)
-        kw.setdefault("norm_topk_prob", False)
-    kw["q_lora_rank"] = cfg.get("q_lora_rank") or 0
-    kw["score_func"] = cfg.get("scoring_func") or ("sigmoid" if model_type == "deepseek_v3" else "softmax")
+    if cfg.get("hidden_act", "silu") != "silu":
+        raise ConfigError(f"{where}: hidden_act={cfg['hidden_act']!r} is not supported: the experts and dense "
+                          "layers are SwiGLU ('silu')")
+    score_func = "sigmoid" if model_type == "deepseek_v3" else "softmax"  # what each family's router is
+    if cfg.get("scoring_func", score_func) not in (score_func, None):
+        raise ConfigError(f"{where}: scoring_func={cfg['scoring_func']!r} is not supported for {model_type}, "
+                          f"whose router is {score_func}")
+    if model_type == "deepseek_v2":
+        # transformers' V2 router never renormalises the chosen weights, whatever norm_topk_prob says
+        # (DeepSeek's own V2 code would; every published V2 config has it false)
+        kw["norm_topk_prob"] = False
+    kw["q_lora_rank"] = cfg.get("q_lora_rank") or 0  # null: a single full-rank wq (V2-Lite)
+    kw["score_func"] = score_func
     # NOTE: `num_key_value_heads` is ignored: MLA has no grouped-query attention.
-    kw.update(_moe_from_hf(cfg, kw, where))
+    kw.update(_moe_from_hf(cfg, model_type, where))
     kw.update(_rope_from_hf(cfg, where))
     kw.update(_dtype_from_hf(cfg, where))
     try:

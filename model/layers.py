@@ -238,7 +238,8 @@ def rope_inv_freq(args: ModelArgs) -> torch.Tensor:
     """Per-pair inverse frequencies [R/2] (float64 for the ramp, returned as float32).
 
     YaRN (when the checkpoint's config says so): with corr(r) = d ln(L0 / (2 pi r)) / (2 ln theta),
-    low = floor(corr(beta_fast)), high = ceil(corr(beta_slow)) clamped to [0, d-1]; pair indices
+    low = floor(corr(beta_fast)), high = ceil(corr(beta_slow)) (unrounded when the config says
+    `truncate: false`) clamped to [0, d-1]; pair indices
     below `low` keep `freq`, above `high` use `freq / factor`, with a linear ramp in between.
     """
     d = args.qk_rope_head_dim
@@ -248,8 +249,10 @@ def rope_inv_freq(args: ModelArgs) -> torch.Tensor:
         def corr(rotations: float) -> float:
             return d * math.log(args.original_seq_len / (rotations * 2 * math.pi)) / (2 * math.log(args.rope_theta))
 
-        low = max(math.floor(corr(args.beta_fast)), 0)
-        high = min(math.ceil(corr(args.beta_slow)), d - 1)
+        low, high = corr(args.beta_fast), corr(args.beta_slow)
+        if args.rope_truncate:  # whole pair indices, as DeepSeek's code has it
+            low, high = math.floor(low), math.ceil(high)
+        low, high = max(low, 0), min(high, d - 1)
         if low == high:
             high += 0.001  # avoid a zero-width ramp
         ramp = ((torch.arange(d // 2, dtype=torch.float64, device="cpu") - low) / (high - low)).clamp(0, 1)

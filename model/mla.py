@@ -32,6 +32,11 @@ from .layers import Linear, RMSNorm, apply_rope, dense_linear, grad_tracked, wid
 ATTN_IMPLS = ("absorb", "naive")
 
 
+# The two low-rank latents' norms keep 1e-6 whatever rms_norm_eps says, as DeepSeek's code and
+# transformers both build them; rms_norm_eps is the residual stream's norms'.
+LATENT_NORM_EPS = 1e-6
+
+
 class MLA(nn.Module):
     def __init__(self, args: ModelArgs, *, attn_impl: str = "absorb", device=None, dtype=None) -> None:
         super().__init__()
@@ -47,10 +52,10 @@ class MLA(nn.Module):
             self.wq = Linear(args.dim, self.n_heads * qk, **kw)
         else:
             self.wq_a = Linear(args.dim, self.q_lora_rank, **kw)
-            self.q_norm = RMSNorm(self.q_lora_rank, args.norm_eps, **kw)
+            self.q_norm = RMSNorm(self.q_lora_rank, LATENT_NORM_EPS, **kw)
             self.wq_b = Linear(self.q_lora_rank, self.n_heads * qk, **kw)
         self.wkv_a = Linear(args.dim, self.kv_lora_rank + self.rope, **kw)
-        self.kv_norm = RMSNorm(self.kv_lora_rank, args.norm_eps, **kw)
+        self.kv_norm = RMSNorm(self.kv_lora_rank, LATENT_NORM_EPS, **kw)
         self.wkv_b = Linear(self.kv_lora_rank, self.n_heads * (self.nope + self.v_dim), **kw)
         self.wo = Linear(self.n_heads * self.v_dim, args.dim, row_parallel=True, **kw)
 

@@ -188,6 +188,7 @@ def test_shipped_config_values():
     dict(q_lora_rank=0, n_expert_groups=1, n_limited_groups=1, score_func="softmax", norm_topk_prob=False,
          model_type="deepseek_v2", n_mtp_layers=0),
     dict(n_shared_experts=0, eos_token_id=[1, 2], bos_token_id=None),
+    dict(rope_truncate=False),
 ])
 def test_round_trip_variants(overrides):
     a = ModelArgs.from_dict(ModelArgs.from_name("tiny").to_dict() | overrides)
@@ -265,7 +266,7 @@ def test_invalid_args(overrides, fields):
     (dict(n_group=5), ["config dict", "n_routed_experts", "n_expert_groups"]),
     (dict(num_experts_per_tok=9), ["config dict", "n_activated_experts"]),
     (dict(qk_rope_head_dim=7), ["config dict", "qk_rope_head_dim"]),
-    (dict(scoring_func="relu"), ["config dict", "score_func", "relu"]),
+    (dict(scoring_func="relu"), ["config dict", "scoring_func", "relu"]),
     (dict(model_type="llama"), ["config dict", "model_type", "llama"]),
     (dict(hidden_size=None), ["config dict", "hidden_size"]),
     (dict(moe_layer_freq=2), ["moe_layer_freq"]),
@@ -301,6 +302,121 @@ def test_invalid_hf_config(overrides, fields):
     assert "\n" not in msg
     for f in fields:
         assert f in msg, f"{f!r} not in {msg!r}"
+
+
+# A small V2 config (V2 236B style routing) in Hugging Face keys.
+TINY_V2_HF = {k: v for k, v in TINY_HF.items() if k != "num_nextn_predict_layers"} | {
+    "model_type": "deepseek_v2", "topk_method": "group_limited_greedy", "routed_scaling_factor": 16.0,
+    "norm_topk_prob": False, "q_lora_rank": None}
+
+
+@pytest.mark.parametrize("overrides,fields", [
+    (dict(topk_method="noaux_tc"), ["config dict: topk_method='noaux_tc' is not supported for deepseek_v2"]),
+    (dict(n_group=None), ["topk_method='group_limited_greedy' needs n_group and topk_group"]),
+    (dict(num_experts_per_tok=None), ["num_experts_per_tok is missing", "deepseek_v2"]),
+    (dict(scoring_func="sigmoid"), ["scoring_func='sigmoid' is not supported for deepseek_v2"]),
+])
+def test_invalid_v2_hf_config(overrides, fields):
+    with pytest.raises(ConfigError) as ei:
+        ModelArgs.from_hf_config(TINY_V2_HF | overrides)
+    for f in fields:
+        assert f in str(ei.value), f"{f!r} not in {str(ei.value)!r}"
+    assert ModelArgs.from_hf_config(TINY_V2_HF).n_limited_groups == 2  # the control: the base config reads
+
+
+@pytest.mark.parametrize("overrides,fields", [
+    (dict(hidden_act="gelu"), ["config dict: hidden_act='gelu' is not supported", "silu"]),
+    (dict(scoring_func="softmax"), ["scoring_func='softmax' is not supported for deepseek_v3"]),
+    (dict(rope_scaling={"type": "yarn", "original_max_position_embeddings": 64}),
+     ["config dict: rope_scaling.factor is missing"]),
+    (dict(rope_scaling=HF_TINY["rope_scaling"] | {"truncate": "no"}),
+     ["rope_scaling.truncate='no' must be true or false"]),
+])
+def test_config_keys_that_would_change_the_arithmetic_are_read_or_refused(overrides, fields):
+    """hidden_act, scoring_func and YaRN's factor were once left unread: a config naming another
+    activation or router ran as SwiGLU / sigmoid, 0.8 apart in logits from transformers."""
+    with pytest.raises(ConfigError) as ei:
+        ModelArgs.from_hf_config(TINY_HF | overrides)
+    for f in fields:
+        assert f in str(ei.value), f"{f!r} not in {str(ei.value)!r}"
+
+
+def _drop(cfg: dict, key: str) -> dict:
+    out = {k: v for k, v in cfg.items() if k != key.split(".")[0]}
+    if "." in key:
+        section, sub = key.split(".")
+        out[section] = {k: v for k, v in cfg[section].items() if k != sub}
+    return out
+
+
+V3_DROPPABLE = ["moe_intermediate_size", "first_k_dense_replace", "n_shared_experts", "n_routed_experts",
+                "num_experts_per_tok", "n_group", "topk_group", "routed_scaling_factor", "norm_topk_prob",
+                "q_lora_rank", "max_position_embeddings", "rms_norm_eps", "num_nextn_predict_layers",
+                "bos_token_id", "eos_token_id", "rope_theta", "rope_scaling.original_max_position_embeddings",
+                "rope_scaling.beta_fast", "rope_scaling.mscale", "hidden_act", "topk_method"]
+V2_DROPPABLE = ["moe_intermediate_size", "first_k_dense_replace", "n_shared_experts", "n_routed_experts",
+                "routed_scaling_factor", "q_lora_rank", "max_position_embeddings", "rms_norm_eps",
+                "bos_token_id", "eos_token_id", "topk_method", "rope_scaling.original_max_position_embeddings"]
+
+
+@pytest.mark.parametrize("family,key", [("DeepseekV3", k) for k in V3_DROPPABLE]
+                         + [("DeepseekV2", k) for k in V2_DROPPABLE])
+def test_a_key_left_out_reads_as_transformers_reads_it(family, key):
+    """transformers' config class fills a key the file leaves out with its own default and writes it
+    back in to_dict(): both must give the same args (ours once filled in DeepSeek-V3-671B's values:
+    no group limit for a V3 without n_group, route_scale 2.5 for a V2 without routed_scaling_factor)."""
+    import transformers
+
+    base = TINY_HF if family == "DeepseekV3" else TINY_V2_HF
+    cfg = _drop(base, key)
+    if key == "first_k_dense_replace" and family == "DeepseekV3":
+        cfg["num_hidden_layers"] = 4  # the default 3 dense layers, and one MoE layer left
+    filled = getattr(transformers, f"{family}Config")(**cfg).to_dict()
+    ours, theirs = ModelArgs.from_hf_config(cfg), ModelArgs.from_hf_config(filled)
+    assert ours == theirs, {f: (getattr(ours, f), getattr(theirs, f)) for f in ours.to_dict()
+                            if getattr(ours, f) != getattr(theirs, f)}
+
+
+@pytest.mark.parametrize("family", ["deepseek_v3", "deepseek_v2"])
+def test_absent_key_defaults_are_transformers_own(family):
+    """The table of defaults for absent keys holds transformers' config-class defaults (a newer
+    transformers that changed one would show here)."""
+    import transformers
+
+    from model.args import _ABSENT_DEFAULTS
+
+    cls = {"deepseek_v3": transformers.DeepseekV3Config, "deepseek_v2": transformers.DeepseekV2Config}[family]
+    hf = cls().to_dict()
+    for key, ours in _ABSENT_DEFAULTS[family].items():
+        theirs = cls().rope_parameters["rope_theta"] if key == "rope_theta" else hf.get(key)
+        if key == "num_nextn_predict_layers" and theirs is None:
+            theirs = 0  # V2: no MTP either way
+        assert ours == theirs, f"{family} {key}: ours {ours!r}, transformers {theirs!r}"
+
+
+def test_v2_norm_topk_prob_is_not_read_and_v3_topk_method_is_not_read():
+    """transformers' V2 router never renormalises, and its V3 router is always group-limited."""
+    assert ModelArgs.from_hf_config(TINY_V2_HF | {"norm_topk_prob": True}).norm_topk_prob is False
+    v3 = ModelArgs.from_hf_config(TINY_HF | {"topk_method": "greedy"})
+    assert (v3.n_expert_groups, v3.n_limited_groups) == (4, 2)
+    v2 = ModelArgs.from_hf_config(TINY_V2_HF | {"topk_method": "greedy"})
+    assert (v2.n_expert_groups, v2.n_limited_groups) == (4, 4)
+
+
+def test_yarn_truncate_false_keeps_the_ramp_ends_unrounded():
+    """`truncate: false` (transformers' YaRN option): the correction range is not rounded to whole
+    pair indices; the frequencies match transformers' own, and differ from the rounded ones."""
+    from transformers import DeepseekV3Config
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    rope = HF_TINY["rope_scaling"] | {"truncate": False}
+    a = ModelArgs.from_hf_config(TINY_HF | {"rope_scaling": rope})
+    assert a.rope_truncate is False and ModelArgs.from_hf_config(a.to_hf_config()) == a
+    hf_freq, _ = ROPE_INIT_FUNCTIONS["yarn"](DeepseekV3Config(**(HF_TINY | {"rope_scaling": rope})))
+    ours = rope_inv_freq(a)
+    assert torch.allclose(ours, hf_freq.float(), rtol=1e-6), (ours, hf_freq)
+    rounded = rope_inv_freq(ModelArgs.from_hf_config(TINY_HF))
+    assert (ours - rounded).abs().max() > 1e-3  # the control: rounding changes them
 
 
 def test_config_dtype_names_and_other_shapes(tmp_path):

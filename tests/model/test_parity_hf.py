@@ -42,6 +42,10 @@ V3_CONFIGS = {
                         num_key_value_heads=5, n_routed_experts=32, num_experts_per_tok=8, n_group=8,
                         topk_group=4, q_lora_rank=64, kv_lora_rank=48, qk_nope_head_dim=24,
                         qk_rope_head_dim=16, v_head_dim=20, vocab_size=307),
+    # keys transformers reads its own way: the latents' norms keep eps 1e-6 whatever rms_norm_eps says,
+    # a V3 router ignores topk_method, and YaRN's `truncate: false` leaves the ramp's ends unrounded
+    "hf_quirks": dict(rms_norm_eps=0.05, topk_method="greedy",
+                      rope_scaling=HF_TINY["rope_scaling"] | {"truncate": False}),
 }
 # DeepSeek-V2 style: softmax routing, no bias, full-rank wq, no renormalisation, route_scale != 1.
 # Rope: mscale != mscale_all_dim so the YaRN cos/sin multiplier (attention_factor) is not 1.
@@ -58,6 +62,8 @@ V2_BASE = dict(
 V2_CONFIGS = {
     "v2_greedy": dict(topk_method="greedy", n_group=1, topk_group=1),  # V2-Lite style
     "v2_group_limited": dict(topk_method="group_limited_greedy", n_group=4, topk_group=2),  # V2 236B style
+    # transformers' V2 router does not renormalise the chosen weights even when the config asks to
+    "v2_norm_topk_flag": dict(topk_method="greedy", n_group=1, topk_group=1, norm_topk_prob=True),
 }
 # "absorb-latent": absorb with latent-space attention forced on every call (plain "absorb" expands
 # the latents in a prefill, where that is cheaper; decode stays latent)
