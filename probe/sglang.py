@@ -47,7 +47,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from .job import RecordError, check_out_parent, check_replaceable, os_refusal, package_version
+from .job import (RecordError, check_out_parent, check_replaceable, load_tokenizer, os_refusal,
+                  package_version)
 from .writer import PartWriter, write_json_atomic
 
 MODES = ("stat", "per_pass", "per_token")
@@ -95,10 +96,13 @@ def read_dump(path: Path) -> Dump:
 
     import torch
 
+    # torch.save has written a zip archive since torch 1.6; anything else is not a dump at all (and
+    # torch.load would read it as a legacy pickle stream, failing on whatever byte comes first)
+    if path.is_file() and not zipfile.is_zipfile(path):
+        raise SGLangError(f"{path}: not a readable torch.save file (not a torch zip archive)")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        # torch.save writes a zip archive; anything else is not a dump at all
         if not zipfile.is_zipfile(path):
             raise SGLangError(f"{path}: not a readable torch.save file (not a torch zip archive)") from None
         why = next((ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln), "")
@@ -231,6 +235,9 @@ def import_sglang(dump: str | Path, out: str | Path | None = None, config: str |
     dumps = find_dumps(dump)
     shape = _shape(dumps, config)
     mode = dumps[0].mode
+    if tokenizer is not None:  # read now, so that a typo is not found only when a page decodes tokens
+        vocab = (shape.args or {}).get("vocab_size", sys.maxsize)
+        load_tokenizer(tokenizer, Path(tokenizer).parent, vocab, error=SGLangError)
     out = Path(out) if out else Path("runs") / f"sglang-{mode}-{Path(dump).stem}"
     if out.exists() and not overwrite:
         raise SGLangError(f"--out {out} exists: pass --overwrite to replace it")

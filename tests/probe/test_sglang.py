@@ -193,9 +193,14 @@ def test_bad_dumps_are_one_line_errors_naming_the_file(world, tmp_path, capsys):
     from probe.__main__ import main
 
     (tmp_path / "text.pt").write_text("not a torch file")
+    # text whose first bytes the legacy unpickler reads as opcodes (KeyError 101, IndexError before)
+    (tmp_path / "hello.pt").write_text("hello world\n")
+    (tmp_path / "garbage.pt").write_text("garbage\n")
     torch.save({"counts": torch.zeros(3), "rank": 0}, tmp_path / "other.pt")
     torch.save([1, 2, 3], tmp_path / "list.pt")
     cases = [(tmp_path / "text.pt", "text.pt: not a readable torch.save file"),
+             (tmp_path / "hello.pt", "hello.pt: not a readable torch.save file (not a torch zip archive)"),
+             (tmp_path / "garbage.pt", "garbage.pt: not a readable torch.save file (not a torch zip archive)"),
              (tmp_path / "other.pt", "other.pt: unknown key layout (keys: ['counts', 'rank'])"),
              (tmp_path / "list.pt", "list.pt: not an SGLang expert-distribution dump (a list, not a dict)")]
     # two ranks that disagree on the experts
@@ -224,6 +229,25 @@ def test_bad_dumps_are_one_line_errors_naming_the_file(world, tmp_path, capsys):
         code = main(["import", "sglang", str(world["stat"]), "--config", str(world["config"]), "--out", str(out)])
         err = capsys.readouterr().err.strip()
         assert code == 2 and err.startswith("error: ") and "\n" not in err and msg in err, err
+
+
+def test_the_tokenizer_is_read_when_the_import_runs(world, tmp_path, capsys):
+    """--tokenizer is only stored in run.json for the pages to decode tokens with: a typo or a file
+    that is not a tokenizer is an error now, not when a page first decodes."""
+    from probe.__main__ import main
+
+    from probe.job import DEFAULT_CKPT
+
+    tok = DEFAULT_CKPT / "tokenizer.json"
+    (tmp_path / "text.json").write_text("not json")
+    for path, msg in ((tmp_path / "nosuch.json", "nosuch.json: no tokenizer"),
+                      (tmp_path / "text.json", "text.json: not a tokenizers JSON file")):
+        code = main(["import", "sglang", str(world["stat"]), "--tokenizer", str(path), "--out", str(tmp_path / "run")])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and "\n" not in err and msg in err, err
+        assert not (tmp_path / "run").exists()
+    out = import_sglang(world["stat"], tmp_path / "run", tokenizer=str(tok))  # the control
+    assert probe.open_run(out).info["options"]["tokenizer"] == str(tok.resolve())
 
 
 def test_broken_fields_are_named_and_leave_nothing_behind(world, tmp_path, capsys):
