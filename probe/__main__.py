@@ -237,7 +237,8 @@ def _spec(ns) -> int:
     rate = info["acceptance_rate"]
     print(f"{info['prompts']} prompts, {info['generated']} tokens in {info['forward_passes']} forward passes "
           f"({info['generated'] / max(info['forward_passes'], 1):.2f} tokens/pass); MTP draft acceptance "
-          f"{'n/a' if rate is None else f'{100 * rate:.1f}%'} ({info['drafts_accepted']}/{info['drafts_proposed']})")
+          f"{'n/a' if rate is None else f'{100 * rate:.1f}%'} ({info['drafts_accepted']}/{info['drafts_proposed']})"
+          + ("" if rate is None else f", mean acceptance length {1 + rate:.2f}"))
     print(f"wrote {out}")
     return 0
 

@@ -219,6 +219,10 @@ def _run_defaults(opts: SpecOptions) -> tuple[str | None, str | None]:
     ckpt, corpus = opts.ckpt, opts.corpus
     if opts.out and (Path(opts.out) / RUN_JSON).exists():
         info = read_run_json(Path(opts.out))
+        if info.get("kind") == "import" and not (ckpt and corpus):
+            # an import (SGLang) carries loads but no model or text: the bundled ones would stand in silently
+            raise RecordError(f"--out {opts.out}: an imported run ({(info.get('source') or {}).get('name', 'import')})"
+                              " has no checkpoint or corpus of its own: pass --ckpt and --corpus")
         have = lambda key: (info.get(key) or {}).get("path")  # noqa: E731
         if ckpt is None and have("checkpoint"):
             ckpt = have("checkpoint")
@@ -246,6 +250,8 @@ def _write_run(out: Path, rows: dict, drafts: dict, opts: SpecOptions, ckpt: Pat
                "generated": int(np.sum(rows["new_tokens"])), "forward_passes": int(np.sum(rows["forward_passes"])),
                "drafts_proposed": proposed, "drafts_accepted": accepted,
                "acceptance_rate": accepted / proposed if proposed else None,
+               # tokens a verifying pass yields on average (one MTP draft a pass: 1 + acceptance rate)
+               "mean_acceptance_length": 1 + accepted / proposed if proposed else None,
                "max_prompts": opts.max_prompts, "max_tokens": opts.max_tokens,
                "prompts_per_domain": _per_domain(rows["domain"], [1] * len(rows["domain"])),
                "tokens_per_domain": _per_domain(rows["domain"], np.add(rows["prompt_tokens"], rows["new_tokens"])),

@@ -168,6 +168,12 @@ def test_the_model_jobs_do_not_stand_the_bundled_model_in_for_an_import(world, t
     assert ablate_main(["--run", str(out), "--top", "2", "--no-progress"]) == 2
     assert "an imported run (sglang) has no checkpoint or corpus of its own: pass --ckpt and --corpus" \
         in capsys.readouterr().err
+    from probe.__main__ import main as probe_main  # spec too (it once generated with the bundled model)
+
+    assert probe_main(["spec", "--out", str(out), "--no-progress"]) == 2
+    assert "an imported run (sglang) has no checkpoint or corpus of its own: pass --ckpt and --corpus" \
+        in capsys.readouterr().err
+    assert "spec_decode" not in probe.open_run(out).info
     assert report_main([str(out), "--out", str(tmp_path / "r.html"), "--no-progress"]) == 0
     err = capsys.readouterr().err
     assert "is an import (sglang): it has no checkpoint or corpus, so the sections that run the model" in err

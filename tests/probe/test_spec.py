@@ -47,6 +47,8 @@ def test_spec_tables_match_a_direct_generate_call(probe_env, tmp_path):
     assert drafts.position.between(0, 9).all()
     summary = run.info["spec_decode"]
     assert summary["drafts_proposed"] == dec.drafts_proposed.sum()
+    proposed, accepted = sum(map(sum, res.drafts_proposed)), sum(map(sum, res.drafts_accepted))
+    assert summary["mean_acceptance_length"] == pytest.approx(1 + accepted / proposed)
     print(f"random tiny model: acceptance {summary['acceptance_rate']}, "
           f"{summary['generated']} tokens in {summary['forward_passes']} passes")
 
