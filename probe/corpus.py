@@ -2,8 +2,10 @@
 
 Accepted `--corpus` forms:
 - a directory: every file below it is read in sorted path order; `*.jsonl` and `*.parquet` files as
-  records (below), any other file as one plain-text document. The domain is the first sub-folder
-  under the corpus directory (files at its top level get the domain "default");
+  records (below), any other file as one plain-text document, except binary files (a NUL byte in
+  the first 8 KiB: weights, archives, images), which are skipped and listed in
+  `CorpusStats.skipped_binary`. The domain is the first sub-folder under the corpus directory
+  (files at its top level get the domain "default");
 - a `.txt` (or any text) file: one document;
 - a `.jsonl` file: one JSON object per line with `text`, optional `domain` and `id`;
 - a `.parquet` file: columns `text`, optional `domain` and `id`.
@@ -80,6 +82,7 @@ class CorpusStats:
     documents: int = 0
     replaced_bytes: int = 0
     files_with_replacements: list[str] = field(default_factory=list)
+    skipped_binary: list[str] = field(default_factory=list)  # files of a corpus directory that are not text
 
 
 class _Counter:
@@ -142,8 +145,19 @@ def _parquet(path: Path, rel: str, default_domain: str) -> Iterator[Document]:
             yield Document(str(did) if did is not None else f"{rel}:{row}", dom, text)
 
 
-def _entries(path: str | Path) -> tuple[Path, list[tuple[Path, str, str]]]:
-    """The corpus files as (file, path relative to the corpus, domain of its folder)."""
+BINARY_PROBE = 8192  # bytes read from the head of a file to tell text from binary
+
+
+def _is_binary(f: Path) -> bool:
+    """A NUL byte in the file's head: weights, archives, images (text, in any UTF, has none; UTF-16
+    files would, and are not read as text here either)."""
+    with open(f, "rb") as fh:
+        return b"\0" in fh.read(BINARY_PROBE)
+
+
+def _entries(path: str | Path, stats: CorpusStats | None = None) -> tuple[Path, list[tuple[Path, str, str]]]:
+    """The corpus files as (file, path relative to the corpus, domain of its folder). Binary files
+    of a directory (other than Parquet) are left out, and named in `stats.skipped_binary`."""
     root = Path(path)
     if not root.exists():
         raise CorpusError(f"{root}: corpus not found")
@@ -151,6 +165,14 @@ def _entries(path: str | Path) -> tuple[Path, list[tuple[Path, str, str]]]:
         files = _files(root)
         if not files:
             raise CorpusError(f"{root}: corpus directory has no files")
+        binary = [f for f in files if f.suffix != ".parquet" and _is_binary(f)]
+        if binary and len(binary) == len(files):
+            raise CorpusError(f"{root}: corpus directory has no text files (all {len(files)} are binary, "
+                              f"e.g. {binary[0].name})")
+        if binary:
+            files = [f for f in files if f not in set(binary)]
+            if stats is not None:
+                stats.skipped_binary[:] = [f.relative_to(root).as_posix() for f in binary]
         rels = [(f, f.relative_to(root).as_posix()) for f in files]
         return root, [(f, rel, _domain(Path(rel).parts[0], str(root / Path(rel).parts[0])) if len(Path(rel).parts) > 1
                        else "default") for f, rel in rels]
@@ -160,7 +182,7 @@ def _entries(path: str | Path) -> tuple[Path, list[tuple[Path, str, str]]]:
 def iter_documents(path: str | Path, stats: CorpusStats | None = None) -> Iterator[Document]:
     """Every document of the corpus, in corpus order (files by sorted path, records in file order)."""
     stats = stats if stats is not None else CorpusStats()
-    _, entries = _entries(path)
+    _, entries = _entries(path, stats)
     for f, rel, domain in entries:
         if f.suffix == ".jsonl":
             docs = _jsonl(f, rel, domain, stats)
@@ -276,13 +298,13 @@ def domain_streams(path: str | Path, stats: CorpusStats | None = None) -> dict[s
     consumed (text files whole, JSONL lines by offset, Parquet row groups one at a time)."""
     stats = stats if stats is not None else CorpusStats()
     refs: dict[str, list[_Ref]] = {}
-    for r in _index(path):
+    for r in _index(path, stats):
         refs.setdefault(r.domain, []).append(r)
     return {dom: _read_refs(rs, stats) for dom, rs in sorted(refs.items())}
 
 
-def _index(path) -> Iterator[_Ref]:
-    _, entries = _entries(path)
+def _index(path, stats: CorpusStats | None = None) -> Iterator[_Ref]:
+    _, entries = _entries(path, stats)
     for f, rel, domain in entries:
         if f.suffix == ".jsonl":
             yield from _index_jsonl(f, rel, domain)

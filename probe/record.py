@@ -192,6 +192,10 @@ def record(opts: RecordOptions) -> Path:
     mem |= {"load_s": round(time.time() - t_load, 3), "after_load": process_memory()["rss"]}
     if opts.mtp and not len(m.mtp) and world.rank == 0:
         print("note: the checkpoint has no MTP weights; the mtp table is skipped", file=sys.stderr)
+    if plan.stats.skipped_binary and world.rank == 0:
+        skipped = plan.stats.skipped_binary
+        print(f"note: {len(skipped)} binary file(s) in the corpus skipped ({', '.join(skipped[:3])}"
+              f"{', ...' if len(skipped) > 3 else ''}); run.json lists them", file=sys.stderr)
     tables = [t for t in STREAM_TABLES if not (t == "routing" and opts.router_logits == "none")
               and not (t == "mtp" and not (opts.mtp and len(m.mtp)))]
     info = run_info(job, plan, opts, world, m, tables)
@@ -217,7 +221,8 @@ def run_info(job: Job, plan: CorpusPlan, opts: RecordOptions, world, m, tables: 
         "checkpoint": {"path": str(job.ckpt.resolve()), "fingerprint": checkpoint_fingerprint(job.ckpt)},
         "corpus": {"path": str(job.corpus.resolve()), "fingerprint": fingerprint(job.corpus),
                    "documents": plan.stats.documents, "replaced_bytes": plan.stats.replaced_bytes,
-                   "files_with_replacements": plan.stats.files_with_replacements[:100]},
+                   "files_with_replacements": plan.stats.files_with_replacements[:100],
+                   "skipped_binary_files": plan.stats.skipped_binary[:100]},
         "model_args": job.args.to_dict(), "mtp_module": bool(len(m.mtp)),
         "options": {k: v for k, v in asdict(opts).items() if k not in NOT_RECORDED},
         "world": world.describe(),

@@ -118,6 +118,31 @@ def test_counts_and_replacements_are_the_same_in_both_orders(tmp_path):
         (s2.documents, s2.replaced_bytes, s2.files_with_replacements) == (9, 2, ["math/bad.txt"])
 
 
+def test_binary_files_in_a_corpus_folder_are_skipped_and_named(tmp_path):
+    """A corpus folder that also holds weights or a tokenizer's binary (found by a new user pointing
+    --corpus at a checkpoint folder) read them as text documents of U+FFFD; now they are skipped."""
+    plain = windows(folder_corpus(tmp_path / "plain"), "domains")
+    c = folder_corpus(tmp_path / "c")
+    (c / "math" / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}" + bytes(range(256)))
+    (c / "code" / "text_then_nul.bin").write_bytes(b"alpha beta " * 10 + b"\0")
+    for order in ("corpus", "domains"):
+        stats = CorpusStats()
+        got = list(corpus_windows(c, encode, 16, 0, None, order, stats))
+        assert stats.skipped_binary == ["code/text_then_nul.bin", "math/model.safetensors"]
+        assert stats.replaced_bytes == 0
+        if order == "domains":
+            assert [(w.doc_id, w.ids.tolist()) for w in got] == [(w.doc_id, w.ids.tolist()) for w in plain]
+    pq.write_table(pa.table({"text": ["alpha beta"], "domain": ["prose"]}), c / "p.parquet")
+    stats = CorpusStats()
+    assert any(w.doc_id.startswith("p.parquet") for w in corpus_windows(c, encode, 16, 0, None, "corpus", stats))
+    assert "p.parquet" not in stats.skipped_binary  # Parquet is binary, and read as records
+    only = tmp_path / "weights"
+    only.mkdir()
+    (only / "model.safetensors").write_bytes(b"\0" * 64)
+    with pytest.raises(CorpusError, match="weights: corpus directory has no text files .all 1 are binary"):
+        windows(only, "domains")
+
+
 def test_bad_order_and_bad_records_are_one_line_errors(tmp_path):
     c = folder_corpus(tmp_path / "c")
     with pytest.raises(CorpusError, match="--order 'random'"):
