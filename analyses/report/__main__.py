@@ -19,7 +19,7 @@ from .render import ReportError, check_run, compute, figures, print_text, run_no
 def fractions_arg(text: str) -> list[float]:
     try:
         out = [float(eval_fraction(x)) for x in text.split(",") if x.strip()]
-    except ValueError:
+    except (ValueError, ZeroDivisionError):
         raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated fractions like 1/16,1/8,0.25") from None
     if not out or any(not 0 < f <= 1 for f in out):
         raise argparse.ArgumentTypeError(f"{text!r}: fractions must be in (0, 1]")

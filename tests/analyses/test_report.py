@@ -32,6 +32,15 @@ def test_help():
         assert flag in text
 
 
+@pytest.mark.parametrize("text", ["1/0", "x", "0", "1/8,2", "nan", ""])
+def test_bad_fractions_are_one_line_errors(text, capsys):
+    with pytest.raises(SystemExit) as ei:
+        report.parser().parse_args(["--fractions", text])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert ei.value.code == 2 and "argument --fractions" in err and repr(text) in err, err
+    assert report.parser().parse_args(["--fractions", "1/16, 0.25"]).fractions == [1 / 16, 0.25]  # control
+
+
 @pytest.mark.slow
 def test_report_has_every_section(run_dir, tmp_path, capsys):
     from analyses.notebook_utils import compare_run
