@@ -62,7 +62,8 @@ def _add_record(sub) -> None:
                         "shorter: rope_scaling's original_max_position_embeddings)")
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
     p.add_argument("--router-logits", choices=["none", "topk", "full"], default="topk",
-                   help="per-token routing rows: none, top-k ids and weights, or also every expert's score")
+                   help="per-token routing rows: none, top-k ids and weights (the default), or also every "
+                        "expert's score")
     p.add_argument("--sample", type=float, default=1.0,
                    help="with --router-logits full: fraction of tokens whose full scores are kept (default 1)")
     p.add_argument("--kv-stats", action=argparse.BooleanOptionalAction, default=True,
@@ -174,6 +175,9 @@ def _dashboard(ns) -> int:
         print(f"{runs} is a run: serving the runs beside it in {runs.resolve().parent}", file=sys.stderr)
         query = "?run=" + urllib.parse.quote(runs.resolve().name)
         runs = runs.resolve().parent
+    if not ns.record and not runs.is_dir():  # nothing would make it: most likely a typo
+        raise RecordError(f"{runs}: no such directory of runs (without --no-record the default run is "
+                          "recorded into it)")
     _check_can_serve(ns.host, ns.port)
     if ns.record and not any(runs.glob("*/run.json")):
         # the only path where the dashboard command needs the model (and torch, via probe.record)

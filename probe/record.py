@@ -120,6 +120,9 @@ def check_options(opts: RecordOptions) -> None:
         raise RecordError(f"--router-logits {opts.router_logits!r}: choose none, topk or full")
     if not 0 < opts.sample <= 1:
         raise RecordError(f"--sample {opts.sample}: must be in (0, 1]")
+    if opts.sample != 1 and opts.router_logits != "full":
+        raise RecordError(f"--sample {opts.sample} thins the full router scores: it needs --router-logits full "
+                          f"(this command gives {opts.router_logits}, which keeps every token's top-k)")
     if opts.batch_size < 1 or (opts.seq_len is not None and opts.seq_len < 2):
         raise RecordError("--batch-size must be >= 1 and --seq-len >= 2")
     if opts.max_tokens is not None and opts.max_tokens < 1:

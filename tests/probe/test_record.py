@@ -300,6 +300,14 @@ def test_bad_inputs_give_one_line_errors_and_write_nothing(probe_env, tmp_path, 
                               f"--out {f}: a file, not a run directory")
     assert_one_line_error(cli("record", "--ckpt", str(tmp_path), "--corpus", corpus, "--out", str(out),
                               capsys=capsys), "no config.json")
+    assert_one_line_error(cli("record", "--ckpt", str(probe_env["ckpt"] / "config.json"), "--corpus", corpus,
+                              "--out", str(out), capsys=capsys), "config.json: a file; pass the checkpoint directory")
+    assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", corpus, "--out", str(out), "--sample", "0.5",
+                              capsys=capsys), "--sample 0.5 thins the full router scores: it needs --router-logits full")
+    from probe.__main__ import main as probe_main
+
+    code = probe_main(["dashboard", str(tmp_path / "typo"), "--no-record"])
+    assert_one_line_error(Done(code, capsys.readouterr().err), "typo: no such directory of runs")
     assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", corpus, "--out", str(out), "--max-tokens", "0",
                               capsys=capsys), "--max-tokens 0")
     assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", corpus, "--out", str(out), "--world-size", "2",
