@@ -73,7 +73,9 @@ def check_selection(shape: RouterShape, layers=None, experts=None) -> tuple[list
         experts = list(range(shape.n_experts))
     bad = [e for e in experts if e >= shape.n_experts]
     if bad:
-        raise ImportanceError(f"--experts {bad[0]}: out of range: the model's MoE layers have experts "
+        given = bad[0] if len(bad) == 1 else f"{bad[0]}..{bad[-1]}" if bad == list(range(bad[0], bad[-1] + 1)) \
+            else ",".join(map(str, bad[:5])) + (",..." if len(bad) > 5 else "")
+        raise ImportanceError(f"--experts: {given} out of range: the model's MoE layers have experts "
                               f"0..{shape.n_experts - 1}")
     for layer in layers:
         for e in experts:

@@ -82,7 +82,8 @@ def test_selection_and_group_defaults():
     assert check_selection(shape, "2", "0-2,7, 5") == ([2], [0, 1, 2, 5, 7])
     assert parse_ids([3, 1, 3], "--experts") == [1, 3]
     for layers, experts, msg in [("0", None, "--layers 0 is dense"), ("3", None, "--layers 3 out of range"),
-                                 (None, "16", "--experts 16: out of range"), (None, "4-2", "empty range"),
+                                 (None, "16", "--experts: 16 out of range"), (None, "4-2", "empty range"),
+                                 (None, "0-99", "--experts: 16..99 out of range"),
                                  ("x", None, "expected ids like 0-7,12")]:
         with pytest.raises(ImportanceError, match=msg):
             check_selection(shape, layers, experts)
@@ -156,7 +157,7 @@ def test_command_end_to_end_and_rerun_replaces_its_part(probe_env, tmp_path, cap
 @pytest.mark.parametrize("extra,msg", [
     (["--layers", "0"], "--layers 0 is dense"),
     (["--layers", "5"], "--layers 5 out of range"),
-    (["--experts", "99"], "--experts 99: out of range"),
+    (["--experts", "99"], "--experts: 99 out of range"),
     (["--experts", "1-x"], "--experts '1-x': expected ids like 0-7,12"),
     (["--group", "0"], "--group 0: must be >= 1"),
     (["--domain-tokens", "-1"], "--domain-tokens -1: must be >= 0"),
