@@ -56,24 +56,40 @@ def ratio_scale(zmax: float, centre: float = 1.0) -> list:
 def heatmap(z: np.ndarray, x: Sequence, y: Sequence, *, title: str | None = None, xlabel: str = "",
             ylabel: str = "", zlabel: str = "value", colorscale: str = SEQUENTIAL, zmid: float | None = None,
             fmt: str = ".3g", customdata: np.ndarray | None = None, extra_hover: str = "",
-            height: int | None = None, y_numeric: bool = False) -> go.Figure:
+            height: int | None = None, y_numeric: bool = False, zmax: float | None = None) -> go.Figure:
     """A heatmap whose tooltip gives the exact cell value (and `customdata` when given).
-    colorscale=DIVERGING with zmid: a ratio scale on [0, max] with white at zmid."""
+    colorscale=DIVERGING with zmid: a ratio scale on [0, zmax] with white at zmid. `zmax`: the top
+    of the colour scale (default: the largest value), to draw several heatmaps on one scale."""
     z = np.asarray(z, dtype=float)
     hover = f"{ylabel} %{{y}}<br>{xlabel} %{{x}}<br>{zlabel}: %{{z:{fmt}}}{extra_hover}<extra></extra>"
     extra = {}
-    if colorscale == DIVERGING and zmid and np.isfinite(z).any() and np.nanmin(z) >= 0:
-        zmax = float(np.nanmax(z))
-        colorscale, extra = ratio_scale(zmax, zmid), dict(zmin=0.0, zmax=max(zmax, zmid * 1.01))
-    elif zmid is not None and np.isfinite(z).any():  # symmetric around zmid (e.g. 0 for a loss change)
-        lim = float(np.nanmax(np.abs(z - zmid))) or 1.0
+    finite = bool(np.isfinite(z).any())
+    top = float(zmax) if zmax is not None else float(np.nanmax(z)) if finite else None
+    low = float(np.nanmin(z)) if finite else top
+    if colorscale == DIVERGING and zmid and top is not None and low >= 0:
+        colorscale, extra = ratio_scale(top, zmid), dict(zmin=0.0, zmax=max(top, zmid * 1.01))
+    elif zmid is not None and top is not None:  # symmetric around zmid (e.g. 0 for a loss change)
+        lim = (abs(top - zmid) if zmax is not None else float(np.nanmax(np.abs(z - zmid)))) or 1.0
         extra = dict(zmin=zmid - lim, zmax=zmid + lim)
+    elif zmax is not None:
+        extra = dict(zmin=min(low, top), zmax=top)
     fig = go.Figure(go.Heatmap(z=z, x=[str(v) for v in x], y=list(y) if y_numeric else [str(v) for v in y],
                                colorscale=colorscale, customdata=customdata, hovertemplate=hover,
                                colorbar=dict(title=dict(text=zlabel), thickness=12), **extra))
     fig.update_xaxes(title=xlabel, type="category")
     fig.update_yaxes(title=ylabel, type="linear" if y_numeric else "category", autorange="reversed")
     return style(fig, title, height or max(260, 60 + 28 * len(y)))
+
+
+def relative_load_heatmaps(rels: dict[str, tuple[list[str], np.ndarray]], **kw) -> dict[str, go.Figure]:
+    """One relative-load heatmap per name {name: (layers, [L, N] relative loads)}, all on one colour
+    scale (white at 1, the top at the largest relative load of any of them), so that the same colour
+    means the same load in each."""
+    finite = [float(np.nanmax(r)) for _, r in rels.values() if np.isfinite(r).any()]
+    zmax = max(finite) if finite else None
+    return {n: heatmap(rel, list(range(rel.shape[1])), layers, title=f"{n}: relative load", xlabel="expert",
+                       zlabel="relative load", colorscale=DIVERGING, zmid=1.0, fmt=".3f", zmax=zmax, **kw)
+            for n, (layers, rel) in rels.items()}
 
 
 def bars(x: Sequence, y: Sequence, *, title: str | None = None, xlabel: str = "", ylabel: str = "",

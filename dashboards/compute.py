@@ -60,15 +60,45 @@ def batch_table(by_step: pd.DataFrame, layer: str, n_experts: int) -> tuple[np.n
     return t.index.to_numpy(), t.to_numpy(dtype=np.float64)
 
 
-def balance_rows(loads: pd.DataFrame, by_step: pd.DataFrame | None, n_experts: int | None = None) -> pd.DataFrame:
-    """One row per layer: `analyses.metrics.balance_summary` of its total and per-batch loads."""
+def last_steps(by_step: pd.DataFrame | None, n: int | None) -> pd.DataFrame | None:
+    """The rows of the last `n` steps (step > max(step) - n: the window `data.total_loads(ref, n)`
+    sums in SQL), so that per-batch figures cover the same steps as the totals; every row when n is
+    None or 0."""
+    if by_step is None or not n or by_step.empty:
+        return by_step
+    return by_step[by_step["step"] > by_step["step"].max() - int(n)]
+
+
+def gpu_choices(n_experts: int) -> list[int]:
+    """GPU counts the load-balance page offers for the per-GPU views: the divisors of N from 2 to N
+    (an expert-parallel layout puts N / G experts on each GPU)."""
+    return [g for g in range(2, int(n_experts) + 1) if n_experts % g == 0]
+
+
+def balance_columns(n_gpus: int | None) -> dict[str, str]:
+    """Column -> label of the balance table. The imbalance ratio (TensorRT-LLM) is a per-rank figure:
+    on per-expert loads it is MaxVio (batch mean) again, so it is shown only with a GPU count, beside
+    the balancedness of the same per-GPU loads."""
+    cols = {"maxvio_global": "MaxVio (global)", "maxvio_batch_mean": "MaxVio (batch mean)",
+            "balancedness": "balancedness", "cv": "CV", "normalised_entropy": "norm. entropy", "gini": "Gini"}
+    if n_gpus:
+        cols |= {"imbalance_ratio": f"imbalance ratio ({n_gpus} GPUs, batch mean)",
+                 "gpu_balancedness": f"balancedness ({n_gpus} GPUs)"}
+    return cols
+
+
+def balance_rows(loads: pd.DataFrame, by_step: pd.DataFrame | None, n_experts: int | None = None,
+                 n_gpus: int | None = None) -> pd.DataFrame:
+    """One row per layer: `analyses.metrics.balance_summary` of its total and per-batch loads (with
+    `n_gpus`: its per-GPU views of the contiguous placement, `gpu_loads`). Pass the per-batch loads
+    of the same steps as `loads` (`last_steps`)."""
     layers, m = load_matrix(loads, n_experts)
     summary = getattr(metrics(), "balance_summary", None)
     rows = []
     for lab, load in zip(layers, m):
         batches = batch_table(by_step, lab, m.shape[1])[1] if by_step is not None and len(by_step) else None
         if summary is not None:
-            row = summary(load, batches)
+            row = summary(load, batches, n_gpus)
         else:  # an older analyses.metrics: the per-metric functions
             M = metrics()
             row = {"maxvio_global": M.maxvio(load), "balancedness": M.balancedness(load), "cv": M.cv(load),
@@ -96,11 +126,20 @@ def contingency(dom_exp: pd.DataFrame, layer: str, n_experts: int) -> tuple[list
     return list(t.index), t.to_numpy(dtype=np.float64)
 
 
-def nmi_by_layer(dom_exp: pd.DataFrame, n_experts: int) -> pd.DataFrame:
-    nmi = metric("domain_nmi")
-    rows = [{"layer": lab, "nmi": nmi(contingency(dom_exp, lab, n_experts)[1])}
+DOMAIN_NMI_LABEL = "I(domain; expert) / H(domain)"
+
+
+def domain_nmi_by_layer(dom_exp: pd.DataFrame, n_experts: int) -> pd.DataFrame:
+    """layer, domain_nmi: `analyses.metrics.domain_nmi` = I(domain; expert) / H(domain) of each
+    layer's top-k assignments (DOMAIN_NMI_LABEL on the pages). Not `specialisation_table`'s `nmi`,
+    which divides by the mean of H(domain) and H(expert)."""
+    fn = metric("domain_nmi")
+    rows = [{"layer": lab, "domain_nmi": fn(contingency(dom_exp, lab, n_experts)[1])}
             for lab in layer_order(dom_exp["layer"])]
-    return pd.DataFrame(rows, columns=["layer", "nmi"])
+    return pd.DataFrame(rows, columns=["layer", "domain_nmi"])
+
+
+nmi_by_layer = domain_nmi_by_layer  # the name benchmarks/bench_dashboard.py calls
 
 
 def coactivation(ids: np.ndarray, n_experts: int) -> np.ndarray:
@@ -163,21 +202,21 @@ def path_flows(top1: np.ndarray, domains: np.ndarray) -> tuple[pd.DataFrame, pd.
     return f.sort_values(["step", "n"], ascending=[True, False], ignore_index=True), nd
 
 
-def rank_disagreement(imp: pd.DataFrame, top: int = 10) -> pd.DataFrame:
-    """Experts of one layer (rows expert, load_share, delta) whose load rank and causal rank differ most:
-    load_rank, causal_rank (1 = largest load share / loss change), rank_gap = load_rank - causal_rank
-    (> 0: more important than its load suggests)."""
-    d = imp[["expert", "load_share", "delta"]].copy()
-    d["load_rank"] = d.load_share.rank(ascending=False, method="min").astype(int)
-    d["causal_rank"] = d.delta.rank(ascending=False, method="min").astype(int)
-    d["rank_gap"] = d.load_rank - d.causal_rank
-    order = d.rank_gap.abs().sort_values(ascending=False, kind="stable").index
-    return d.loc[order].head(top).reset_index(drop=True)
+def rank_disagreement(imp: pd.DataFrame, domain: str = "all", layers=None, top: int = 10) -> pd.DataFrame:
+    """`analyses.importance.rank_disagreement` of the `expert_importance` rows (of `layers`, default
+    all), merged over the layers: the `top` experts whose load rank and causal rank differ most
+    (average ranks for ties, 1 = largest; rank_gap = load_rank - causal_rank, > 0: more important
+    than its load suggests)."""
+    from analyses.importance.analysis import rank_disagreement as by_layer
+
+    d = imp if layers is None else imp[imp["layer"].isin(list(layers))]
+    g = by_layer(d, top=top, domain=domain)
+    order = g.rank_gap.abs().sort_values(ascending=False, kind="stable").index
+    return g.loc[order].head(top).reset_index(drop=True)
 
 
 def spearman(x, y) -> float:
-    """Spearman's rank correlation (average ranks); NaN with fewer than 3 points or a constant side."""
-    x, y = pd.Series(np.asarray(x, float)), pd.Series(np.asarray(y, float))
-    if len(x) < 3 or x.nunique() < 2 or y.nunique() < 2:
-        return float("nan")
-    return float(x.rank().corr(y.rank()))
+    """`analyses.importance.spearman`: Spearman's rho (average ranks for ties); NaN when undefined."""
+    from analyses.importance.analysis import spearman as rho
+
+    return rho(x, y)

@@ -1,5 +1,6 @@
 """The research views' data: cached calls of the `analyses.metrics` run functions (expert paths,
-token-id dependence, run vs run), as `dashboards.data` does for the SQL aggregates.
+token-id dependence, run vs run, vocabulary specialisation with its baseline), as `dashboards.data`
+does for the SQL aggregates.
 
 Each is keyed on the run's file signature (`data.cached`; run vs run: both runs'). A metric's
 `MetricsError` (no routing rows, two runs over different windows) becomes `data.MissingTable` and an
@@ -17,7 +18,7 @@ import pandas as pd
 import streamlit as st
 
 from .data import (SAMPLE_TOKENS, DataError, MissingTable, RunRef, _quote, cached, moe_layers, query,
-                   table_files)
+                   table_files, token_top1)
 
 # Expert paths and token-id dependence load [tokens, layers, K] expert ids: at most this many ids, from
 # the run's first windows (and never more than SAMPLE_TOKENS tokens). Their time grows with the ids read:
@@ -102,6 +103,22 @@ def expert_paths(ref: RunRef, layers: tuple[int, ...], top: int = 10) -> dict:
                 "information": m.domain_information(r.ids, r.domain, r.layers, 1, r.heldout(5)),
                 "common": m.common_paths(r.ids, r.domain, r.token_id, 1, top)}
     return out
+
+
+@cached
+def vocabulary_specialisation(ref: RunRef, layer: int, min_count: int = 5) -> tuple[float, float]:
+    """(OLMoE's vocabulary specialisation of `layer`'s first choices over the ids seen at least
+    `min_count` times, its value without specialisation: `vocabulary_specialisation_baseline`, the
+    experts shuffled across the same tokens with a fixed seed), over `data.token_top1`'s sample;
+    NaN, NaN without routed tokens."""
+    from analyses.metrics.specialisation import vocabulary_specialisation, vocabulary_specialisation_baseline
+
+    tt = token_top1(ref, layer)
+    if tt.empty:
+        return float("nan"), float("nan")
+    args = (tt.token_id.to_numpy(), tt.e1.to_numpy())
+    return (vocabulary_specialisation(*args, min_count=min_count),
+            vocabulary_specialisation_baseline(*args, min_count=min_count))
 
 
 @cached

@@ -19,7 +19,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .run import TABLE, ImportanceError
+TABLE = "expert_importance"
+
+
+class ImportanceError(ValueError):
+    """A bad request for an importance measurement (one line, naming the flag or the run)."""
+
 
 KEY = ["layer", "expert", "domain"]
 

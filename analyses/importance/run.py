@@ -29,11 +29,7 @@ from probe.recorders import Batch, model_token_nll
 from probe.schema import TABLES
 from probe.writer import write_result_part
 
-TABLE = "expert_importance"
-
-
-class ImportanceError(ValueError):
-    """A bad request for an importance measurement (one line, naming the flag or the run)."""
+from .analysis import TABLE, ImportanceError  # noqa: F401 - defined where torch is not imported
 
 
 # ------------------------------------------------------------------------------ selection

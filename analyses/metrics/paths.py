@@ -125,9 +125,10 @@ def heldout_accuracy(labels, values, test) -> tuple[float, float]:
 def domain_information(ids, domains, layers=None, k: int = 1, test=None) -> "pandas.DataFrame":  # noqa: F821
     """How much each unit tells about the domain: one row per layer (the top-1 expert, or top-k set
     for k > 1, of that layer alone) and one for the whole path. Columns unit, values (distinct values
-    seen), domain_nmi (plug-in I/H(domain)), ami (chance-adjusted, "min" normalisation), heldout_accuracy,
-    majority_baseline (NaN without `test`, a boolean [T] mask of held-out tokens). Fewer than two
-    domains: every measure NaN (nothing to tell apart)."""
+    seen), domain_nmi (plug-in I/H(domain)), ami (chance-adjusted with the arithmetic normalisation,
+    scikit-learn's average_method="arithmetic": (I - E[I]) / ((H(domain) + H(unit)) / 2 - E[I])),
+    heldout_accuracy, majority_baseline (NaN without `test`, a boolean [T] mask of held-out tokens).
+    Fewer than two domains: every measure NaN (nothing to tell apart)."""
     import pandas as pd
     from sklearn.metrics import adjusted_mutual_info_score
 

@@ -1,6 +1,7 @@
-"""Specialisation metrics (metrics.md, "Specialization"): domain x expert contingency, mutual
-information and NMI, lift, vocabulary specialisation. Array versions and run versions (DuckDB
-GROUP BY over `expert_load`, `routing` and `tokens`; only aggregates come back).
+"""Specialisation metrics (metrics.md, "Specialisation"): domain x expert contingency, mutual
+information and NMI, lift, vocabulary specialisation and its no-specialisation baseline. Array
+versions and run versions (DuckDB GROUP BY over `expert_load`, `routing` and `tokens`; only
+aggregates come back).
 """
 
 from __future__ import annotations
@@ -113,35 +114,68 @@ def lift(contingency) -> np.ndarray:
         return np.where(ok, (c / n) / (pd_ * pe), np.nan)
 
 
-def vocabulary_specialisation(token_ids, top1, min_count: int = 1) -> float:
-    """Vocabulary specialisation (OLMoE analysis; metrics.md "Vocabulary specialization"): for each
-    token id, the share of its occurrences routed (first choice) to its most common top-1 expert,
-    averaged over ids (unweighted) that occur at least `min_count` times. 1 = every id always goes to
-    one expert; 1/N-ish = no preference. Pass the next token's id as `token_ids` for the "against the
-    next token" view. NaN when no id qualifies."""
+def _id_expert_counts(token_ids, top1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(inverse [T] index of each token's id, first-choice experts [T], occurrences of each id) of
+    checked inputs; `token_ids` [T], `top1` [T] or [T, 1]."""
     tok = np.asarray(token_ids).ravel()
     e = as_ids(top1, "top1")
     if e.shape[1] != 1:
         raise MetricsError(f"top1: expected one expert per token, got shape {np.asarray(top1).shape}")
     e = e[:, 0]
     same_length(tok, e, names="token_ids, top1")
-    if len(tok) == 0:
-        return float("nan")
-    ids, inv = np.unique(tok, return_inverse=True)
+    _, inv = np.unique(tok, return_inverse=True)
+    inv = inv.reshape(-1)
+    return inv, e, np.bincount(inv)
+
+
+def _top_share(inv: np.ndarray, e: np.ndarray, tot: np.ndarray, keep: np.ndarray) -> float:
+    """Mean over the kept ids of (occurrences on the id's most common expert) / (its occurrences).
+    Sparse: one count per (id, expert) pair seen, never an [ids, N] table."""
     E = int(e.max()) + 1
-    counts = np.zeros((len(ids), E))
-    np.add.at(counts, (inv, e), 1)
-    tot = counts.sum(1)
+    pairs, n = np.unique(inv.astype(np.int64) * E + e, return_counts=True)
+    top = np.zeros(len(tot))
+    np.maximum.at(top, pairs // E, n)
+    return float((top[keep] / tot[keep]).mean())
+
+
+def vocabulary_specialisation(token_ids, top1, min_count: int = 1) -> float:
+    """Vocabulary specialisation (OLMoE analysis; metrics.md "Vocabulary specialisation"): for each
+    token id, the share of its occurrences routed (first choice) to its most common top-1 expert,
+    averaged over ids (unweighted) that occur at least `min_count` times. 1 = every id always goes to
+    one expert. It is not 1/N without specialisation: an id seen n times scores at least 1/n (1 for
+    an id seen once) and at least the largest expert's share as n grows; compare it with
+    `vocabulary_specialisation_baseline`. Pass the next token's id as `token_ids` for the "against
+    the next token" view. NaN when no id qualifies."""
+    inv, e, tot = _id_expert_counts(token_ids, top1)
     keep = tot >= min_count
-    return float((counts.max(1)[keep] / tot[keep]).mean()) if keep.any() else float("nan")
+    return _top_share(inv, e, tot, keep) if keep.any() else float("nan")
+
+
+def vocabulary_specialisation_baseline(token_ids, top1, min_count: int = 1, shuffles: int = 8,
+                                       seed: int = 0) -> float:
+    """The value `vocabulary_specialisation` takes without specialisation, on these tokens: the
+    first-choice experts shuffled across the tokens (each id keeps its number of occurrences, the
+    layer its expert loads; the expert no longer depends on the id), the metric's mean over
+    `shuffles` permutations drawn from `numpy.random.default_rng(seed)` (deterministic). It is
+    above 1/N because rare ids score high by chance (an id seen once scores 1) and because an
+    unbalanced layer's busiest expert takes more than 1/N of any id. NaN when no id qualifies."""
+    if shuffles < 1:
+        raise MetricsError(f"shuffles must be >= 1, got {shuffles}")
+    inv, e, tot = _id_expert_counts(token_ids, top1)
+    keep = tot >= min_count
+    if not keep.any():
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    return float(np.mean([_top_share(inv, rng.permutation(e), tot, keep) for _ in range(shuffles)]))
 
 
 def expert_vocabulary(token_ids, top1, n_experts: int | None = None, top: int = 5) -> "pandas.DataFrame":  # noqa: F821
     """Per expert, how concentrated its first-choice tokens are over the vocabulary: tokens routed to
     it, distinct ids, the normalised entropy of its token-id distribution (entropy / ln distinct;
-    1 for one or zero ids), its `top` most frequent ids (ties by id) with their shares of its tokens,
-    and `top_share` = their total share. A vocabulary-specialised expert has few ids and a high
-    top_share (OLMoE's per-expert token view)."""
+    NaN for one or zero ids, where it is 0 / 0: `distinct_ids` and `top_share` tell those apart),
+    its `top` most frequent ids (ties by id) with their shares of its tokens, and `top_share` =
+    their total share. A vocabulary-specialised expert has few ids and a high top_share (OLMoE's
+    per-expert token view)."""
     import pandas as pd
 
     tok = np.asarray(token_ids).ravel().astype(np.int64)
@@ -156,7 +190,7 @@ def expert_vocabulary(token_ids, top1, n_experts: int | None = None, top: int = 
         tot = n.sum()
         h = entropy(n)
         rows.append({"expert": x, "tokens": int(tot), "distinct_ids": len(ids),
-                     "vocab_entropy": h / np.log(len(ids)) if len(ids) > 1 else 1.0,
+                     "vocab_entropy": h / np.log(len(ids)) if len(ids) > 1 else float("nan"),
                      "top_ids": ids[order].tolist(), "top_shares": (n[order] / tot).tolist() if tot else [],
                      "top_share": float(n[order].sum() / tot) if tot else float("nan")})
     return pd.DataFrame(rows)
@@ -198,8 +232,9 @@ def lift_from_run(run, layer: int) -> tuple[list[str], np.ndarray]:
 
 def specialisation_table(run) -> "pandas.DataFrame":  # noqa: F821
     """One row per MoE layer: domains, mutual information I(domain; expert) in nats, domain_nmi
-    (I / H(domain)), nmi (arithmetic), and the largest lift of any (domain, expert) with its domain
-    and expert. From `contingency_from_run`. A run with fewer than two domains has nothing to tell
+    (I / H(domain), `domain_nmi`), nmi (2 I / (H(domain) + H(expert)): `nmi`'s arithmetic
+    normalisation, scikit-learn's default), and the largest lift of any (domain, expert) with its
+    domain and expert. From `contingency_from_run`. A run with fewer than two domains has nothing to tell
     apart: its measures are NaN (as in `domain_information`), not a 0 that reads as "no specialisation"."""
     import pandas as pd
 
@@ -270,7 +305,7 @@ def expert_vocabulary_from_run(run, layer: int, top: int = 5) -> "pandas.DataFra
         mt = tops["e"] == x
         n = tops["n"][mt].astype(np.float64)
         rows.append({"expert": x, "tokens": tot, "distinct_ids": k,
-                     "vocab_entropy": h / np.log(k) if k > 1 else 1.0,
+                     "vocab_entropy": h / np.log(k) if k > 1 else float("nan"),
                      "top_ids": tops["token_id"][mt].astype(np.int64).tolist(),
                      "top_shares": (n / tot).tolist() if tot else [],
                      "top_share": float(n.sum() / tot) if tot else float("nan")})

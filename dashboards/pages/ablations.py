@@ -141,16 +141,14 @@ def importance(ref: data.RunRef) -> None:
         for i, layer in enumerate(shown):
             cols[i % 2].plotly_chart(importance_scatter(by_layer[layer], layer, rho_of[layer], dom),
                                      key=f"imp_scatter_{layer}")
-        gaps = pd.concat([compute.rank_disagreement(by_layer[x]).assign(layer=x) for x in (shown or layers)],
-                         ignore_index=True)
-        gaps = gaps.loc[gaps.rank_gap.abs().sort_values(ascending=False, kind="stable").index].head(10)
+        gaps = compute.rank_disagreement(d, dom, shown or layers, top=10)
         left, right = st.columns([2, 3]) if len(layers) > 1 else (None, st.container())
         if left is not None:
             left.plotly_chart(charts.bars([f"layer {x}" for x in rho.layer], rho.rho, ylabel="Spearman ρ",
                                           title=f"Spearman ρ(load share, Δ loss) per layer ({dom})",
                                           colors="#4C78A8", fmt=".3f", height=380), key="imp_rho")
-        right.markdown("**Experts whose load rank and causal rank disagree most** (rank 1 = largest; a positive "
-                       "gap: more important than its load suggests)")
+        right.markdown("**Experts whose load rank and causal rank disagree most** (rank 1 = largest, ties share "
+                       "their average rank; a positive gap: more important than its load suggests)")
         right.dataframe(gaps[["layer", "expert", "load_share", "load_rank", "delta", "causal_rank", "rank_gap"]],
                         hide_index=True, width="stretch", key="imp_gaps",
                         column_config={"load_share": st.column_config.NumberColumn(format="%.4f"),

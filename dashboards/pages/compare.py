@@ -74,29 +74,28 @@ def balance(ra: data.RunRef, rb: data.RunRef) -> None:
         grouped(tables, "maxvio_global", "MaxVio per layer", "MaxVio", "cmp_maxvio")
     with right:
         grouped(tables, "balancedness", "Balancedness (mean / max) per layer", "balancedness", "cmp_bal")
-    zmax = max(float(rels[n][1].max()) for n in rels)
-    cols = st.columns(2)
-    for col, (n, (layers, rel)) in zip(cols, rels.items()):
-        col.plotly_chart(charts.heatmap(rel, list(range(rel.shape[1])), layers, title=f"{n}: relative load",
-                                        xlabel="expert", zlabel="relative load", colorscale=charts.DIVERGING,
-                                        zmid=1.0, fmt=".3f"), key=f"cmp_rel_{n}")
-    st.caption(f"Both heatmaps centre on 1 (balanced); largest relative load across the two: {zmax:.2f}.")
+    figs = charts.relative_load_heatmaps(rels)
+    for col, (n, fig) in zip(st.columns(2), figs.items()):
+        col.plotly_chart(fig, key=f"cmp_rel_{n}")
+    zmax = next(iter(figs.values())).data[0].zmax
+    st.caption("Both heatmaps share one colour scale: white at 1 (balanced), the darkest red at the largest "
+               "relative load of the two" + (f" ({zmax:.2f})." if zmax is not None else "."))
 
 
 def specialisation(probes: list[data.RunRef]) -> None:
-    """NMI(domain; expert) per layer of two probe runs (a run with fewer than two domains says so)."""
+    """I(domain; expert) / H(domain) per layer of two probe runs (a run with fewer than two domains says so)."""
     with ui.guard("specialisation"):
         nm = {}
         for r in probes:
             de = data.domain_expert(r)
             doms = sorted(de.domain.unique())
             if len(doms) < 2:
-                ui.one_domain_note(r, doms, "NMI(domain; expert)")
+                ui.one_domain_note(r, doms, compute.DOMAIN_NMI_LABEL)
                 continue
             E = int((r.info.get("model_args") or {}).get("n_routed_experts") or de.expert.max() + 1)
-            nm[r.name] = compute.nmi_by_layer(de, E)
+            nm[r.name] = compute.domain_nmi_by_layer(de, E)
         if nm:
-            grouped(nm, "nmi", "NMI(domain; expert) per layer", "NMI", "cmp_nmi")
+            grouped(nm, "domain_nmi", f"{compute.DOMAIN_NMI_LABEL} per layer", "I / H(domain)", "cmp_nmi")
 
 
 def training_curves(ra: data.RunRef, rb: data.RunRef) -> None:
@@ -132,7 +131,8 @@ def main() -> None:
     elif ra.kind == rb.kind == "train":
         training_curves(ra, rb)
     else:
-        st.caption("Specialisation (NMI) is compared between two probe runs (training runs log no domains per expert).")
+        st.caption(f"Specialisation ({compute.DOMAIN_NMI_LABEL}) is compared between two probe runs (training runs "
+                   "log no domains per expert).")
 
 
 def run_vs_run(ra: data.RunRef, rb: data.RunRef) -> None:

@@ -1,5 +1,6 @@
 """Load balance: layer x expert relative load, per-layer balance metrics, load over the run's batches
-and the balancing bias beside the loads."""
+and the balancing bias beside the loads. A training run's page covers its last N steps (the slider):
+every figure and number on it, totals and per-step views alike."""
 
 from __future__ import annotations
 
@@ -10,11 +11,6 @@ from plotly.subplots import make_subplots
 
 from dashboards import charts, compute, data, ui
 
-METRIC_COLS = {"maxvio_global": "MaxVio (global)", "maxvio_batch_mean": "MaxVio (batch mean)",
-               "balancedness": "balancedness", "cv": "CV", "normalised_entropy": "norm. entropy",
-               "gini": "Gini", "imbalance_ratio": "imbalance ratio"}
-
-
 def n_experts(ref: data.RunRef, loads) -> int:
     return int((ref.info.get("model_args") or {}).get("n_routed_experts") or loads["expert"].max() + 1)
 
@@ -24,16 +20,25 @@ def step_word(ref: data.RunRef) -> str:
     return "step" if ref.kind == "train" else "forward pass" if (ref.info.get("source") or {}).get("name") else "batch"
 
 
-def balance_section(ref: data.RunRef, loads, by_step, E: int) -> None:
-    """The balance metrics per layer as a table, MaxVio (global) per layer, and MaxVio per batch."""
+def balance_section(ref: data.RunRef, loads, by_step, E: int, what: str) -> None:
+    """The balance metrics per layer as a table (per-GPU views for a chosen GPU count), MaxVio
+    (global) per layer, and MaxVio per batch; `what` names the steps they cover."""
     with ui.guard("the balance metrics"):
-        table = compute.balance_rows(loads, by_step, E)
-        cols = ["layer"] + [c for c in METRIC_COLS if c in table.columns]
-        st.subheader("Balance per layer")
+        st.subheader(f"Balance per layer, {what}")
+        choices = compute.gpu_choices(E)
+        gpus = st.selectbox("GPUs (expert parallel)", [None, *choices], key="lb_gpus", disabled=not choices,
+                            format_func=lambda g: f"{g} GPUs, {E // g} experts each" if g else "none: per expert",
+                            help="Per-GPU loads of the contiguous placement (experts split in order, no replicas): "
+                                 "adds the imbalance ratio (max / mean − 1 of the GPU loads, averaged over "
+                                 "batches, as TensorRT-LLM's EP load balancer reports it) and the per-GPU "
+                                 "balancedness. The Serving page replays real placements.")
+        table = compute.balance_rows(loads, by_step, E, gpus)
+        labels = compute.balance_columns(gpus)
+        cols = ["layer"] + [c for c in labels if c in table.columns]
         st.caption("MaxVio = (max − mean) / mean load (Wang et al. 2024); balancedness = mean / max; "
-                   "entropy normalised by ln N. Definitions: `analyses.metrics`.")
-        st.dataframe(table[cols].rename(columns=METRIC_COLS), hide_index=True, width="stretch",
-                     column_config={v: st.column_config.NumberColumn(format="%.3f") for v in METRIC_COLS.values()})
+                   "entropy normalised by ln N. Definitions: `analyses.metrics`, docs/metrics.md.")
+        st.dataframe(table[cols].rename(columns=labels), hide_index=True, width="stretch", key="lb_table",
+                     column_config={v: st.column_config.NumberColumn(format="%.3f") for v in labels.values()})
     left, right = st.columns([1, 2])
     with left, ui.guard("the MaxVio bars"):
         st.plotly_chart(charts.bars(table.layer, table.maxvio_global, title="MaxVio (global) per layer",
@@ -43,8 +48,8 @@ def balance_section(ref: data.RunRef, loads, by_step, E: int) -> None:
             mv = compute.maxvio_over_steps(by_step, E)
             series = {lab: (g.step, g.maxvio) for lab, g in mv.groupby("layer", sort=False)}
             xl = step_word(ref)
-            st.plotly_chart(charts.lines(series, title=f"MaxVio per {xl}", xlabel=xl, ylabel="MaxVio_batch",
-                                         height=340), key="maxvio_steps")
+            st.plotly_chart(charts.lines(series, title=f"MaxVio per {xl}, {what}", xlabel=xl,
+                                         ylabel="MaxVio_batch", height=340), key="maxvio_steps")
 
 
 def load_and_bias(ref: data.RunRef, layer: str, rel_E, raw_E, E: int) -> None:
@@ -112,8 +117,8 @@ def main() -> None:
     E = n_experts(ref, loads)
     layers, rel = compute.relative_loads(loads, E)
     _, raw = compute.load_matrix(loads, E)
+    what = f"last {window} steps" if window else "whole run"
     with ui.guard("the load heatmap"):
-        what = f"last {window} steps" if window else "whole run"
         st.plotly_chart(charts.heatmap(
             rel, list(range(E)), layers, title=f"Relative load (load / mean load), {what}", xlabel="expert",
             ylabel="", zlabel="relative load", colorscale=charts.DIVERGING, zmid=1.0, fmt=".3f",
@@ -121,8 +126,8 @@ def main() -> None:
 
     by_step = None
     with ui.guard("the per-batch loads"):
-        by_step = data.loads_by_step(ref)
-    balance_section(ref, loads, by_step, E)
+        by_step = compute.last_steps(data.loads_by_step(ref), window)  # the steps `loads` sums
+    balance_section(ref, loads, by_step, E, what)
 
     st.subheader("One layer")
     layer = ui.layer_picker(layers, "lb_layer")

@@ -1,6 +1,6 @@
-"""Specialisation: domain x expert per layer (share and lift), NMI per layer, the top tokens of a
-chosen expert with snippets in context, and token-id dependence (how much of routing the token id
-alone predicts, against context baselines)."""
+"""Specialisation: domain x expert per layer (share and lift), I(domain; expert) / H(domain) per
+layer, the top tokens of a chosen expert with snippets in context, and token-id dependence (how much
+of routing the token id alone predicts, against context baselines)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,8 @@ def main() -> None:
 
 
 def domain_views(ref: data.RunRef) -> None:
-    """Domain x expert per layer, NMI, the most domain-specific experts and an expert's top tokens."""
+    """Domain x expert per layer, I(domain; expert) / H(domain), the most domain-specific experts and
+    an expert's top tokens."""
     E = int((ref.info.get("model_args") or {}).get("n_routed_experts") or 0)
     de = None
     with ui.guard("the domain × expert tables"):
@@ -60,7 +61,7 @@ def domain_views(ref: data.RunRef) -> None:
     doms, C = compute.contingency(de, layer, E)
     share, lift = compute.metric("domain_share")(C), compute.metric("lift")(C)
     if len(doms) < 2:
-        ui.one_domain_note(ref, doms, "Domain specialisation (share, lift, NMI)")
+        ui.one_domain_note(ref, doms, "Domain specialisation (share, lift, I / H(domain))")
         tops = pd.DataFrame({"expert": np.argsort(-C.sum(0))})  # the busiest expert first
         top_tokens(ref, layer, E, tops)
         return
@@ -83,18 +84,21 @@ def domain_views(ref: data.RunRef) -> None:
                          "assignments": C.sum(0).astype(int)})
     # experts with a handful of assignments have noisy lifts: rank those with at least a tenth of the mean
     tops = tops[tops.assignments >= 0.1 * C.sum() / max(E, 1)].sort_values("lift", ascending=False)
-    with ui.guard("NMI per layer"):
-        nmi = compute.nmi_by_layer(de, E)
+    with ui.guard(f"{compute.DOMAIN_NMI_LABEL} per layer"):
+        dn = compute.domain_nmi_by_layer(de, E)
         left, right = st.columns([2, 3])
-        left.plotly_chart(charts.bars(nmi.layer, nmi.nmi, title="NMI(domain; expert) per layer", xlabel="layer",
-                                      ylabel="NMI", colors="#4C78A8", height=320), key="nmi")
+        left.plotly_chart(charts.bars(dn.layer, dn.domain_nmi, title=f"{compute.DOMAIN_NMI_LABEL} per layer",
+                                      xlabel="layer", ylabel="I / H(domain)", colors="#4C78A8", height=320),
+                          key="nmi")
         with right:
             st.markdown("**Most domain-specific experts of this layer**")
             st.dataframe(tops.head(8), hide_index=True, width="stretch",
                          column_config={"lift": st.column_config.NumberColumn(format="%.2f"),
                                         "share": st.column_config.ProgressColumn(format="%.2f", min_value=0,
                                                                                  max_value=1)})
-        st.caption("NMI = I(domain; expert) / H(domain) over top-k assignments (`analyses.metrics.domain_nmi`).")
+        st.caption("I(domain; expert) / H(domain) over top-k assignments: the share of the domain's entropy that "
+                   "the chosen expert removes (`analyses.metrics.domain_nmi`). Not the symmetric NMI "
+                   "2I / (H(domain) + H(expert)), the `nmi` column of `specialisation_table` (docs/metrics.md).")
     top_tokens(ref, layer, E, tops)
 
 
@@ -106,12 +110,14 @@ def top_tokens(ref, layer: str, E: int, tops: pd.DataFrame) -> None:
     default = int(tops.expert.iloc[0]) if len(tops) else 0
     expert = c1.number_input("Expert", 0, max(E - 1, 0), default, key="sp_expert")
     with c1, ui.guard("vocabulary specialisation"):
-        tt = data.token_top1(ref, lnum)
-        if len(tt):
-            vs = compute.metric("vocabulary_specialisation")(tt.token_id.to_numpy(), tt.e1.to_numpy(), min_count=5)
-            st.metric(f"Vocabulary specialisation, {layer}", f"{vs:.2f}", help=(
-                "For each token id seen at least 5 times, the share of its occurrences whose top-1 expert is "
-                f"its most common one, averaged over ids (OLMoE); no preference gives about 1/N = {1 / E:.3f}."))
+        vs, base = research.vocabulary_specialisation(ref, lnum)
+        if vs == vs:  # NaN: no id seen 5 times in the sample
+            st.metric(f"Vocabulary specialisation, {layer}", f"{vs:.2f}", f"{vs - base:+.2f} vs no specialisation",
+                      help=("For each token id seen at least 5 times, the share of its occurrences whose top-1 "
+                            "expert is its most common one, averaged over ids (OLMoE). Without specialisation "
+                            f"(the top-1 experts shuffled across the same tokens) it is {base:.3f}, not 1/N = "
+                            f"{1 / E:.3f}: an id seen a few times has a clear favourite by chance, and a busy "
+                            "expert takes more than 1/N of every id."))
     ui.caption_sample(ref)
     with ui.guard("the expert's top tokens"):
         top = data.expert_top_tokens(ref, lnum, int(expert), 15)

@@ -237,7 +237,8 @@ def test_a_table_without_rows_is_told_from_a_lost_one(runs, tmp_path):
 @pytest.mark.slow  # a fresh process
 def test_dashboards_never_import_torch():
     code = ("import sys; import dashboards.data, dashboards.charts, dashboards.ui, dashboards.compute; "
-            "import analyses.metrics; print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'torch')))")
+            "import analyses.metrics; dashboards.compute.spearman([1, 2, 3], [1, 3, 2]); "  # the library's ranks
+            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'torch')))")
     out = subprocess.run([sys.executable, "-c", "import json; " + code], cwd=REPO, capture_output=True, text=True,
                          check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
@@ -319,8 +320,8 @@ def test_a_one_domain_run_says_so_instead_of_empty_charts(tmp_path):
     one_charts = len(at.get("plotly_chart"))
     assert any("Top tokens" in s.value for s in at.subheader)  # the per-expert view still works
     open_page(at, "compare")
-    assert "NMI(domain; expert) compares domains, and run `one` has 1 domain" in texts(at.info)
+    assert "I(domain; expert) / H(domain) compares domains, and run `one` has 1 domain" in texts(at.info)
     at = app(tmp_path, "two")
     open_page(at, "specialisation")
-    assert "compares domains" not in texts(at.info)  # the control: two domains draw the heatmap and NMI
+    assert "compares domains" not in texts(at.info)  # the control: two domains draw the heatmap and I / H
     assert len(at.get("plotly_chart")) == one_charts + 2

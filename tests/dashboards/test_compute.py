@@ -1,0 +1,128 @@
+"""The dashboard's compute layer on hand-computed cases: the load-balance window, the per-GPU
+imbalance ratio, one colour scale for compared heatmaps, I(domain; expert) / H(domain) under its own
+name, and rank disagreement taken from `analyses.importance` (no Streamlit session needed)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dashboards import charts, compute
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def by_step_table() -> pd.DataFrame:
+    """layer1, 4 experts, steps 0..9: steps 0-6 send everything to expert 0 (MaxVio 3); the last
+    three are [3, 1, 2, 2], [2, 2, 2, 2], [1, 3, 2, 2] (MaxVio 0.5, 0, 0.5)."""
+    loads = {s: [8, 0, 0, 0] for s in range(7)} | {7: [3, 1, 2, 2], 8: [2, 2, 2, 2], 9: [1, 3, 2, 2]}
+    return pd.DataFrame([{"step": s, "layer": "layer1", "expert": e, "load": v}
+                         for s, row in loads.items() for e, v in enumerate(row)])
+
+
+def totals(by_step: pd.DataFrame) -> pd.DataFrame:
+    return by_step.groupby(["layer", "expert"], as_index=False).load.sum()
+
+
+def test_a_window_gives_numbers_of_that_window_only():
+    by_step = by_step_table()
+    win = compute.last_steps(by_step, 3)
+    assert sorted(win.step.unique()) == [7, 8, 9]
+    row = compute.balance_rows(totals(win), win, 4).iloc[0]
+    assert row.batches == 3
+    assert row.maxvio_batch_mean == pytest.approx((0.5 + 0 + 0.5) / 3)  # not (7 * 3 + 1) / 10 over the run
+    assert row.maxvio_global == pytest.approx(0.0)  # window totals [6, 6, 6, 6]
+    assert compute.maxvio_over_steps(win, 4).step.tolist() == [7, 8, 9]
+    assert compute.last_steps(by_step, None) is by_step  # no window: the whole run
+
+
+def test_window_totals_and_per_step_rows_cover_the_same_steps(tmp_path):
+    """data.total_loads(ref, n) (SQL) and compute.last_steps(data.loads_by_step(ref), n) sum the same
+    steps, so the page's totals and per-batch views agree."""
+    from dashboards import data
+    from helpers.synthetic_run import write_run
+
+    write_run(tmp_path / "r")  # two steps, 0 and 1
+    ref = data.RunRef("r", str(tmp_path / "r"), "probe", "complete")
+    win = compute.last_steps(data.loads_by_step(ref), 1)
+    assert win.step.unique().tolist() == [1]
+    tot = data.total_loads(ref, 1).set_index(["layer", "expert"]).load
+    summed = win.groupby(["layer", "expert"]).load.sum()
+    assert tot.sum() < data.total_loads(ref).load.sum()  # the window holds fewer loads than the run
+    pd.testing.assert_series_equal(summed.sort_index(), tot.sort_index(), check_dtype=False)
+
+
+def test_imbalance_ratio_is_per_gpu_and_shown_only_with_a_gpu_count():
+    win = compute.last_steps(by_step_table(), 3)
+    row = compute.balance_rows(totals(win), win, 4, n_gpus=2).iloc[0]
+    # GPU loads per step (experts 0-1 | 2-3): [4, 4] each time: balanced, though MaxVio per expert is not
+    assert row.imbalance_ratio == pytest.approx(0.0) and row.maxvio_batch_mean == pytest.approx(1 / 3)
+    assert row.gpu_balancedness == pytest.approx(1.0)
+    skewed = pd.DataFrame({"step": 0, "layer": "layer1", "expert": range(4), "load": [3, 3, 1, 1]})
+    assert compute.balance_rows(totals(skewed), skewed, 4, n_gpus=2).imbalance_ratio[0] == pytest.approx(6 / 4 - 1)
+    assert "imbalance_ratio" not in compute.balance_columns(None)  # per expert it would be MaxVio again
+    assert compute.balance_columns(2)["imbalance_ratio"] == "imbalance ratio (2 GPUs, batch mean)"
+    assert compute.gpu_choices(8) == [2, 4, 8] and compute.gpu_choices(1) == []
+    doc = (REPO / "docs" / "metrics.md").read_text()
+    assert "imbalance ratio (G GPUs, batch mean)" in doc  # the label the docs give
+
+
+def test_compared_heatmaps_share_one_colour_scale():
+    rels = {"a": (["layer1"], np.array([[0.5, 1.5]])), "b": (["layer1", "layer2"], np.array([[0.2, 3.0], [1, 1]]))}
+    figs = charts.relative_load_heatmaps(rels)
+    a, b = (figs[n].data[0] for n in ("a", "b"))
+    assert a.zmax == b.zmax == 3.0 and a.zmin == b.zmin == 0.0
+    assert a.colorscale == b.colorscale  # white at 1 sits at the same height on both bars
+    alone = charts.heatmap(rels["a"][1], [0, 1], ["layer1"], colorscale=charts.DIVERGING, zmid=1.0)
+    assert alone.data[0].zmax == 1.5  # the control: on its own, a's scale stops at its own largest value
+
+
+def test_the_dashboards_domain_nmi_is_mi_over_h_domain():
+    # 2 domains x 3 experts: [[2, 0, 1], [0, 2, 1]]. H(domain) = ln 2, H(expert) = ln 3;
+    # I = 2 * (2/6) ln((2/6) / (1/2 * 1/3)) = (2/3) ln 2 (the 1-count cells add 0)
+    rows = [("code", 0, 2), ("code", 2, 1), ("prose", 1, 2), ("prose", 2, 1)]
+    de = pd.DataFrame([{"layer": "layer1", "domain": d, "expert": e, "count": c} for d, e, c in rows])
+    got = compute.domain_nmi_by_layer(de, 3)
+    assert got.columns.tolist() == ["layer", "domain_nmi"]
+    I = 2 / 3 * math.log(2)
+    assert got.domain_nmi[0] == pytest.approx(I / math.log(2))  # = 2/3
+    symmetric = compute.metric("nmi")(compute.contingency(de, "layer1", 3)[1])
+    assert symmetric == pytest.approx(2 * I / (math.log(2) + math.log(3)))  # specialisation_table's `nmi`
+    assert abs(got.domain_nmi[0] - symmetric) > 0.1  # two different numbers: they need two names
+    assert compute.DOMAIN_NMI_LABEL == "I(domain; expert) / H(domain)"
+    doc = (REPO / "docs" / "metrics.md").read_text()
+    assert "`domain_nmi = I / H(domain)`" in doc and "`nmi = 2 I / (H(domain) + H(expert))`" in doc
+
+
+def importance_rows() -> pd.DataFrame:
+    """Two layers of expert_importance rows with tied load shares and tied deltas."""
+    share = {1: [0.4, 0.2, 0.2, 0.2], 2: [0.25, 0.25, 0.25, 0.25]}
+    delta = {1: [0.1, 0.3, 0.3, 0.05], 2: [0.2, 0.1, 0.1, 0.4]}
+    return pd.DataFrame([{"layer": lay, "expert": e, "domain": dom, "load_share": share[lay][e],
+                          "delta": delta[lay][e] + (0.01 if dom == "code" else 0)}
+                         for lay in (1, 2) for e in range(4) for dom in ("all", "code")])
+
+
+def test_rank_disagreement_and_spearman_are_the_librarys_with_ties():
+    from scipy.stats import spearmanr
+
+    from analyses.importance import rank_disagreement, spearman
+
+    imp = importance_rows()
+    got = compute.rank_disagreement(imp, "all", [1, 2], top=10)
+    lib = rank_disagreement(imp, top=10, domain="all")
+    key = ["layer", "expert"]
+    pd.testing.assert_frame_equal(got.sort_values(key, ignore_index=True), lib.sort_values(key, ignore_index=True))
+    e1 = got[(got.layer == 1) & (got.expert == 1)].iloc[0]
+    assert e1.load_rank == 3.0 and e1.causal_rank == 1.5  # ties share the average rank (2, 3, 4) and (1, 2)
+    assert got.rank_gap.abs().is_monotonic_decreasing
+    assert set(compute.rank_disagreement(imp, "all", [2]).layer) == {2}
+    g = imp[(imp.layer == 1) & (imp.domain == "all")]
+    rho = compute.spearman(g.load_share, g.delta)
+    assert rho == spearman(g.load_share, g.delta) == pytest.approx(spearmanr(g.load_share, g.delta).statistic)
+    assert compute.spearman([1, 2], [3, 5]) == 1.0  # two experts: the library's rho, not NaN
+    assert math.isnan(compute.spearman([1, 1, 1], [1, 2, 3]))  # a constant side: undefined
