@@ -114,7 +114,7 @@ def guard(what: str = "this section"):
     try:
         yield
     except data.MissingTable as e:
-        st.info(f"{str(e)[:1].upper()}{str(e)[1:]}: {what} is not available.", icon="ℹ️")
+        st.info(f"{str(e)[:1].upper()}{str(e)[1:]}: cannot show {what}.", icon="ℹ️")
     except data.DataError as e:
         st.warning(f"{e}. {what[:1].upper()}{what[1:]} is skipped; the other pages still work.", icon="⚠️")
     except Exception as e:  # noqa: BLE001 - a page must never show a traceback

@@ -266,7 +266,7 @@ def _import(ns) -> int:
     out = import_sglang(ns.dump, ns.out, ns.config, ns.tokenizer, ns.overwrite)
     info = read_run_json(out)["source"]
     print(f"imported {info['mode']} dump of {len(info['files'])} file(s), {info['passes']} forward passes, "
-          f"MoE layers {info['moe_layers'][:1]}..{info['moe_layers'][-1:]}")
+          + (f"MoE layers {info['moe_layers'][0]}..{info['moe_layers'][-1]}" if info["moe_layers"] else "no MoE layer"))
     print(f"wrote {out}")
     return 0
 

@@ -21,8 +21,13 @@ def _model(info: dict) -> str:
     a = info.get("model_args") or {}
     if not a:
         return ""
-    return (f"{a.get('n_layers')} layers, dim {a.get('dim')}, {a.get('n_routed_experts')} experts "
-            f"(top-{a.get('n_activated_experts')})")
+    # an import (SGLang) knows layers and experts but not the hidden size: say only what is known
+    parts = [f"{a['n_layers']} layers" if a.get("n_layers") is not None else None,
+             f"dim {a['dim']}" if a.get("dim") is not None else None,
+             f"{a['n_routed_experts']} experts" + (f" (top-{a['n_activated_experts']})"
+                                                  if a.get("n_activated_experts") is not None else "")
+             if a.get("n_routed_experts") is not None else None]
+    return ", ".join(p for p in parts if p)
 
 
 def _tokens(ref: data.RunRef) -> int | None:

@@ -126,3 +126,14 @@ def test_rank_disagreement_and_spearman_are_the_librarys_with_ties():
     assert rho == spearman(g.load_share, g.delta) == pytest.approx(spearmanr(g.load_share, g.delta).statistic)
     assert compute.spearman([1, 2], [3, 5]) == 1.0  # two experts: the library's rho, not NaN
     assert math.isnan(compute.spearman([1, 1, 1], [1, 2, 3]))  # a constant side: undefined
+
+
+def test_the_overview_names_only_what_a_run_knows_of_its_model():
+    """An SGLang import knows layers and experts, not the hidden size: no "dim None" on the page."""
+    from dashboards.pages.overview import _model
+
+    assert _model({"model_args": {"n_layers": 61, "n_routed_experts": 256, "n_activated_experts": 8}}) == \
+        "61 layers, 256 experts (top-8)"
+    assert _model({"model_args": {"n_layers": 4, "dim": 192, "n_routed_experts": 32, "n_activated_experts": 4}}) == \
+        "4 layers, dim 192, 32 experts (top-4)"
+    assert _model({}) == ""
