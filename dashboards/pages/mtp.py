@@ -47,10 +47,12 @@ def speculative(ref: data.RunRef, colors: dict) -> None:
         st.info("The spec_decode table is empty.")
         return
     acc = d.accepted.sum() / max(d.proposed.sum(), 1)
-    m = st.columns(3)
+    m = st.columns(4)
     m[0].metric("Acceptance rate", f"{acc:.1%}", help="accepted drafts / proposed drafts")
-    m[1].metric("Prompts", f"{int(d.prompts.sum()):,}")
-    m[2].metric("Drafts proposed", f"{int(d.proposed.sum()):,}")
+    m[1].metric("Mean acceptance length", f"{1 + acc:.2f}",
+                help="1 + accepted / proposed: tokens a verifying pass yields (one MTP draft a pass)")
+    m[2].metric("Prompts", f"{int(d.prompts.sum()):,}")
+    m[3].metric("Drafts proposed", f"{int(d.proposed.sum()):,}")
     left, right = st.columns(2)
     left.plotly_chart(charts.bars(d.domain, d.acceptance, title="Acceptance rate by domain", xlabel="domain",
                                   ylabel="acceptance", colors=[colors.get(x, "#888") for x in d.domain], fmt=".2%",

@@ -37,6 +37,13 @@ def test_every_page_on_a_recorded_run(runs):
     assert any("class='tokdoc'" in m.value for m in at.markdown)
     open_page(at, "specialisation")
     assert len(at.dataframe) >= 2 and any("window" in m.value for m in at.markdown)
+    # the MTP page's mean acceptance length, from the spec_decode rows
+    import pyarrow.parquet as pq
+
+    dec = pq.read_table(runs["good"] / "demo" / "spec_decode").to_pandas()
+    open_page(at, "mtp")
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["Mean acceptance length"] == f"{1 + dec.drafts_accepted.sum() / dec.drafts_proposed.sum():.2f}"
 
 
 @pytest.mark.slow  # a whole app or command: the quick loop leaves it out
