@@ -34,6 +34,7 @@ Specialisation (`specialisation.py`)
 - domain_share(table)                     P(domain | expert)
 - lift(table)                             P(domain | expert) / P(domain)
 - vocabulary_specialisation(token_ids, top1, min_count=1)   OLMoE: mean over ids of top expert share
+- vocabulary_specialisation_baseline(token_ids, top1, min_count=1)   its value with the experts shuffled
 - expert_vocabulary(token_ids, top1, n_experts=None, top=5) per expert: ids, entropy, top ids, share
 - contingency_from_run(run, layer=None), domain_contingency_from_run(run), lift_from_run(run, layer)
 - specialisation_table(run)               DataFrame per layer: MI, domain_nmi, nmi, max lift
@@ -88,7 +89,8 @@ from .token_dependence import PREDICTORS, majority_predict, token_dependence, to
 from .specialisation import (contingency, contingency_from_run, domain_contingency_from_run, domain_nmi,
                              domain_share, entropy, expert_vocabulary, expert_vocabulary_from_run, lift,
                              lift_from_run, mutual_information, nmi, specialisation_table,
-                             vocabulary_specialisation, vocabulary_specialisation_from_run)
+                             vocabulary_specialisation, vocabulary_specialisation_baseline,
+                             vocabulary_specialisation_from_run)
 
 __all__ = [
     "MetricsError",
@@ -103,5 +105,6 @@ __all__ = [
     "routes_from_run", "PREDICTORS", "majority_predict", "token_dependence", "token_dependence_from_run",
     "contingency", "contingency_from_run", "domain_contingency_from_run", "domain_nmi", "domain_share", "entropy",
     "expert_vocabulary", "expert_vocabulary_from_run", "lift", "lift_from_run", "mutual_information", "nmi",
-    "specialisation_table", "vocabulary_specialisation", "vocabulary_specialisation_from_run",
+    "specialisation_table", "vocabulary_specialisation", "vocabulary_specialisation_baseline",
+    "vocabulary_specialisation_from_run",
 ]
