@@ -37,6 +37,7 @@ ranks), so a dump of some ranks only gets no placement). Layers the model runs d
 
 from __future__ import annotations
 
+import numbers
 import shutil
 import sys
 import time
@@ -134,30 +135,70 @@ def _ints(d: Dump, value, name: str, dims: int, nonneg: bool = True):
     return value
 
 
+MAX_EXPERT_ID = 65535  # the routing table keeps expert ids as uint16
+MAX_INDEX = 2**31 - 1  # token ids and positions: int32 columns
+
+
+def _scalar(d: Dump, value, name: str) -> int:
+    """A non-negative integer field (rank, forward_pass_id), else one line naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise SGLangError(f"{d.path}: {name}={value!r} should be a non-negative integer")
+    return int(value)
+
+
+def _seq(d: Dump, value, name: str, hi: int = MAX_INDEX) -> np.ndarray:
+    """A list (or 1-D tensor) of integers in [0, hi], as SGLang writes input_ids, positions and
+    extend_seq_lens, else one line naming the field."""
+    try:
+        a = np.asarray(value.cpu() if hasattr(value, "cpu") else value)
+    except (TypeError, ValueError):
+        a = np.asarray([None])
+    if a.ndim != 1 or (a.size and a.dtype.kind not in "iu"):
+        raise SGLangError(f"{d.path}: {name} should be a list of integers, found {type(value).__name__}"
+                          + (f" of {a.dtype}" if a.ndim == 1 else ""))
+    if a.size and (int(a.min()) < 0 or int(a.max()) > hi):
+        bad = int(a.min()) if int(a.min()) < 0 else int(a.max())
+        raise SGLangError(f"{d.path}: {name} holds {bad}, outside [0, {hi}]")
+    return a.astype(np.int64)
+
+
 def _check_fields(d: Dump) -> None:
     """Every field the import reads, present and of the kind SGLang writes, before anything is
     written: a broken dump is one line naming the file, the record and the field."""
     if d.mode == "stat":
-        _ints(d, d.data["logical_count"], "logical_count", 3)
+        c = _ints(d, d.data["logical_count"], "logical_count", 3)
+        if not len(c):
+            raise SGLangError(f"{d.path}: logical_count holds no passes (a buffer of 0 rows)")
+        _scalar(d, d.data.get("rank", 0), "rank")
         return
-    _ints(d, d.data.get("last_physical_to_logical_map"), "last_physical_to_logical_map", 2)
+    m = _ints(d, d.data.get("last_physical_to_logical_map"), "last_physical_to_logical_map", 2)
+    if m.numel() and int(m.max()) > MAX_EXPERT_ID:
+        raise SGLangError(f"{d.path}: last_physical_to_logical_map names expert {int(m.max())}; ids above "
+                          f"{MAX_EXPERT_ID} are not expert ids")
     for i, r in enumerate(d.data["records"]):
         need = ("forward_pass_id", "global_physical_count") if d.mode == "per_pass" else \
             ("forward_pass_id", "input_ids", "positions", "topk_ids_of_layer")
         missing = [k for k in need if not isinstance(r, dict) or k not in r]
         if missing:
             raise SGLangError(f"{d.path}: record {i} has no {', '.join(missing)}")
+        _scalar(d, r["forward_pass_id"], f"record {i}'s forward_pass_id")
+        if "rank" in r:
+            _scalar(d, r["rank"], f"record {i}'s rank")
         where = f"record {i} (pass {r['forward_pass_id']})"
         if d.mode == "per_pass":
             _ints(d, r["global_physical_count"], f"global_physical_count of {where}", 2)
             continue
-        _ints(d, r["topk_ids_of_layer"], f"topk_ids_of_layer of {where}", 3, nonneg=False)  # -1 pads
-        n, n_pos = len(r["input_ids"]), len(r["positions"])
+        ids = _ints(d, r["topk_ids_of_layer"], f"topk_ids_of_layer of {where}", 3, nonneg=False)
+        if ids.numel() and int(ids.min()) < -1:
+            raise SGLangError(f"{d.path}: topk_ids_of_layer of {where} holds {int(ids.min())}; "
+                              "SGLang pads with -1 only")
+        n = len(_seq(d, r["input_ids"], f"input_ids of {where}"))
+        n_pos = len(_seq(d, r["positions"], f"positions of {where}"))
         if n_pos != n:
             raise SGLangError(f"{d.path}: {where} has {n} input_ids but {n_pos} positions")
         lens = r.get("extend_seq_lens")
-        if lens is not None and len(lens) and sum(int(x) for x in lens) != n:
-            raise SGLangError(f"{d.path}: {where}'s extend_seq_lens sum to {sum(int(x) for x in lens)}, "
+        if lens is not None and len(lens := _seq(d, lens, f"extend_seq_lens of {where}")) and int(lens.sum()) != n:
+            raise SGLangError(f"{d.path}: {where}'s extend_seq_lens sum to {int(lens.sum())}, "
                               f"but it has {n} input_ids")
 
 
@@ -195,7 +236,7 @@ def find_dumps(dump: str | Path) -> list[Dump]:
 
 def _shape(dumps: list[Dump], config: str | None) -> Shape:
     """Layers and experts: from --config, checked against every dump (ranks must agree)."""
-    sizes = {}
+    sizes, physical = {}, {}
     for d in dumps:
         if d.mode == "stat":
             c = d.data["logical_count"]
@@ -207,6 +248,10 @@ def _shape(dumps: list[Dump], config: str | None) -> Shape:
             if m is None or m.dim() != 2:
                 raise SGLangError(f"{d.path}: no last_physical_to_logical_map [layers, physical experts] in the dump")
             sizes[d.path] = (int(m.shape[0]), int(m.max()) + 1)
+            physical[d.path] = int(m.shape[1])
+    if len(set(physical.values())) > 1:  # one server keeps one count of physical slots
+        raise SGLangError("the dumps disagree on the number of physical experts (files of different servers?): "
+                          + ", ".join(f"{p.name}: {n}" for p, n in physical.items()))
     if len(set(sizes.values())) > 1:
         raise SGLangError("the ranks' dumps disagree on layers x experts: " + ", ".join(
             f"{p.name}: {a} x {b}" for p, (a, b) in sizes.items()))
@@ -309,25 +354,49 @@ def _stat(dumps: list[Dump], shape: Shape, out: Path) -> dict:
         if int(d.data.get("rank", 0)) != 0:
             raise SGLangError(f"{d.path}: a stat dump of rank {int(d.data['rank'])}; SGLang writes stat dumps "
                               "on rank 0 only (the counts already summed over the ranks)")
-    counts = np.concatenate([d.data["logical_count"].numpy().astype(np.int64) for d in dumps])  # [passes, L, E]
+    counts, unknown = [], []
+    for d in dumps:
+        c = d.data["logical_count"].numpy().astype(np.int64)  # [buffer rows, L, E]
+        order, known = _buffer_order(c.reshape(len(c), -1).sum(1) > 0)
+        counts.append(c[order])
+        if not known:
+            unknown.append(d.path.name)
+    counts = np.concatenate(counts)  # [passes, L, E], empty rows dropped, each dump's in the order written
     if counts.shape[2] < shape.n_experts:
         counts = np.pad(counts, ((0, 0), (0, 0), (0, shape.n_experts - counts.shape[2])))
-    kept = [i for i in range(len(counts)) if counts[i].sum() > 0]
-    full = [d.path.name for d in dumps if len(d.data["logical_count"]) > 1
-            and all(int(row.sum()) > 0 for row in d.data["logical_count"])]
-    if full:
-        print(f"warning: {', '.join(full[:3])}: every row of SGLang's circular pass buffer counted something, so it "
-              "may have wrapped: it then holds only the last passes, in rotated order. Totals are right; the "
-              "order of passes (the Serving page's windows) is unknown. Start the server with "
-              "--expert-distribution-recorder-buffer-size -1 to keep every pass in order.", file=sys.stderr)
+    kept = list(range(len(counts)))
+    if unknown:
+        print(f"warning: {', '.join(unknown[:3])}: SGLang's circular pass buffer has no single run of unused rows, "
+              "so the order its passes were written in is unknown (every row used: it may have wrapped, holding "
+              "only the last passes). Totals are right; the order of passes (the Serving page's windows) is not. "
+              "Start the server with --expert-distribution-recorder-buffer-size -1 to keep every pass in order.",
+              file=sys.stderr)
     layers = _moe_layers(shape, counts.sum(0))
     w = PartWriter(out, 0, ["expert_load"])
     for step, i in enumerate(kept):
         tokens = int(counts[i][layers[0]].sum() // shape.topk) if layers else 0
         w.append("expert_load", _load_rows(step, layers, counts[i], tokens), step)
     w.commit(max(len(kept) - 1, 0))
-    return {"passes": len(kept), "dropped_empty_passes": len(counts) - len(kept), "moe_layers": layers,
-            "topk_assumed": shape.args is None, "pass_order_unknown": bool(full), "full_buffers": full}
+    rows = sum(len(d.data["logical_count"]) for d in dumps)
+    return {"passes": len(kept), "dropped_empty_passes": rows - len(kept), "moe_layers": layers,
+            "topk_assumed": shape.args is None, "pass_order_unknown": bool(unknown), "full_buffers": unknown}
+
+
+def _buffer_order(used: np.ndarray) -> tuple[list[int], bool]:
+    """The used rows of one stat dump's circular buffer in the order SGLang wrote them, and whether
+    that order is known. Its writer goes round the rows and never returns to row 0 when a recording
+    starts again (reset() zeroes the rows, not the write index), so one recording's passes are the
+    used rows from just after the run of unused ones, round to just before it. With no unused row
+    the buffer may have wrapped, and with several runs of them the order is ambiguous: rows in
+    buffer order then, flagged unknown."""
+    idx = np.flatnonzero(used).tolist()
+    n = len(used)
+    if not idx or len(idx) == n:
+        return idx, len(idx) != n or n == 1
+    starts = [i for i in idx if not used[(i - 1) % n]]  # a used row after an unused one
+    if len(starts) != 1:
+        return idx, False
+    return [(starts[0] + k) % n for k in range(len(idx))], True
 
 
 def _per_pass(dumps: list[Dump], shape: Shape, out: Path) -> dict:
@@ -361,13 +430,18 @@ def _per_pass(dumps: list[Dump], shape: Shape, out: Path) -> dict:
 
 def _per_token(dumps: list[Dump], shape: Shape, out: Path) -> dict:
     """Every recorded token: its input id, position and the logical top-k of each MoE layer."""
-    kept, seen = [], set()
+    kept, seen, copies = [], set(), 0
     for d in dumps:
-        for r in d.data["records"]:
-            key = (int(r["forward_pass_id"]), tuple(r["input_ids"]), tuple(r["positions"]))
-            if key not in seen:  # the same pass recorded by several ranks (tensor parallel) counts once
-                seen.add(key)
-                kept.append((key[0], d, r))
+        # a file whose every record another file holds too is a tensor-parallel copy (each rank routes
+        # the whole batch) and counts once; records alike in files that differ otherwise (data-parallel
+        # ranks that happened to run the same batch in one pass) are each kept
+        sig = tuple((int(r["forward_pass_id"]), tuple(r["input_ids"]), tuple(r["positions"]))
+                    for r in d.data["records"])
+        if sig in seen:
+            copies += 1
+            continue
+        seen.add(sig)
+        kept.extend((int(r["forward_pass_id"]), d, r) for r in d.data["records"])
     kept.sort(key=lambda x: x[0])
     logical_all = [(fp, d, r, _record_logical(d, r, shape)) for fp, d, r in kept]
     totals = np.zeros((shape.n_layers, shape.n_experts), np.int64)
@@ -388,7 +462,8 @@ def _per_token(dumps: list[Dump], shape: Shape, out: Path) -> dict:
         w.append("expert_load", _load_rows(step_of[fp], layers, counts, n), step_of[fp])
     w.commit(max(len(step_of) - 1, 0))
     return {"passes": len(step_of), "records": len(logical_all), "moe_layers": layers,
-            "tokens": sum(n for _, n in per_pass.values()), "topk_assumed": False}
+            "tokens": sum(n for _, n in per_pass.values()), "topk_assumed": False,
+            "ranks_counted_the_same_tokens": copies > 0, "copies_skipped": copies}
 
 
 def _record_logical(d: Dump, r: dict, shape: Shape) -> np.ndarray:
@@ -456,10 +531,15 @@ def _write_placement(dumps: list[Dump], shape: Shape, out: Path) -> dict | None:
     """The dump's physical-to-logical map (per_pass / per_token) as the `placement` table; the GPU of
     a physical slot is slot // (physical experts / ranks), SGLang's layout. None without a map, or
     when the ranks that recorded are not 0..n-1 (a dump of some ranks only: the GPUs are unknown)."""
-    d = next((x for x in dumps if "last_physical_to_logical_map" in x.data), None)
-    if d is None:
+    with_map = sorted((x for x in dumps if "last_physical_to_logical_map" in x.data), key=_dump_time)
+    if not with_map:
         return None
+    d = with_map[-1]  # the last written: the placement the server held when the recording ended
     m = d.data["last_physical_to_logical_map"].numpy().astype(np.int64)
+    if any(not np.array_equal(x.data["last_physical_to_logical_map"].numpy(), m) for x in with_map):
+        print(f"note: the files hold different physical-to-logical maps (the server rebalanced between dumps?): "
+              f"each file's expert ids are read with its own map; the placement table holds the last one "
+              f"({d.path.name})", file=sys.stderr)
     seen = _ranks(dumps)
     if seen != list(range(len(seen))):
         print(f"note: the dump holds ranks {seen}, not 0..{len(seen) - 1}: the server's GPU count is unknown, so its "

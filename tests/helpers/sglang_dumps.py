@@ -85,13 +85,15 @@ def logical_counts(passes: list[Pass]) -> dict[int, np.ndarray]:
     return out
 
 
-def write_stat(d: Path, passes: list[Pass], buffer: int = 8, stamp: float = 1733000000.0) -> Path:
+def write_stat(d: Path, passes: list[Pass], buffer: int = 8, stamp: float = 1733000000.0, start: int = 0) -> Path:
     """Rank 0's file: logical_count [buffer, L, E] summed over ranks; unused buffer rows zero. Named
-    with `stamp` as SGLang names it with time.time() at the dump."""
+    with `stamp` as SGLang names it with time.time() at the dump. `start`: the buffer row the first
+    pass went to (SGLang's circular buffer keeps its write index across recordings: a second
+    recording starts where the first stopped, and wraps round to row 0)."""
     counts = logical_counts(passes)
     lc = torch.zeros(buffer, L, E, dtype=torch.int32)
     for i, fp in enumerate(sorted(counts)):
-        lc[i] = torch.from_numpy(counts[fp]).int()
+        lc[(start + i) % buffer] = torch.from_numpy(counts[fp]).int()
     d.mkdir(parents=True, exist_ok=True)
     path = d / f"expert_distribution_recorder_{stamp}.pt"
     torch.save(dict(rank=0, logical_count=lc, average_utilization_rate_over_window=None), path)

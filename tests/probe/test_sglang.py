@@ -134,6 +134,13 @@ def test_several_dump_calls_full_buffers_and_ranks_that_counted_the_same(world, 
     assert full.info["source"]["pass_order_unknown"] is True and "may have wrapped" in capsys.readouterr().err
     assert probe.open_run(import_sglang(world["stat"], tmp_path / "s", config=str(world["config"]))
                           ).info["source"]["pass_order_unknown"] is False  # the control: unused rows left
+    # (2b) a second recording on the same server starts where the first stopped (SGLang's buffer keeps
+    # its write index across resets) and wraps round to row 0: its passes are still read in order
+    for start in (3, 6):
+        rot = probe.open_run(import_sglang(sg.write_stat(tmp_path / f"rot{start}", passes, buffer=8, start=start),
+                                           tmp_path / f"r{start}", config=str(world["config"])))
+        assert rot.info["source"]["pass_order_unknown"] is False and "warning" not in capsys.readouterr().err
+        assert [a[1:].tolist() for _, a in sorted(loads(rot).items())] == [want[fp][1:].tolist() for fp in sorted(want)]
     # (3) rank 1 recorded exactly what rank 0 did
     one = sg.traffic(seed=3, ranks=1)
     (f,) = sg.write_per_pass(tmp_path / "tp", one, m, ranks=1)
@@ -213,9 +220,16 @@ def test_bad_dumps_are_one_line_errors_naming_the_file(world, tmp_path, capsys):
     bad = tmp_path / "disagree"
     files = sg.write_per_pass(bad, world["passes"], world["map"])
     d = torch.load(files[1], weights_only=True)
-    d["last_physical_to_logical_map"] = d["last_physical_to_logical_map"][:, :10] % 8
+    d["last_physical_to_logical_map"] = d["last_physical_to_logical_map"] % 8
     torch.save(d, files[1])
     cases.append((bad, "the ranks' dumps disagree on layers x experts"))
+    # ... and on the number of physical slots (files of two servers)
+    other = tmp_path / "two-servers"
+    files = sg.write_per_pass(other, world["passes"], world["map"])
+    d = torch.load(files[1], weights_only=True)
+    d["last_physical_to_logical_map"] = d["last_physical_to_logical_map"][:, :10] % 8
+    torch.save(d, files[1])
+    cases.append((other, "the dumps disagree on the number of physical experts (files of different servers?)"))
     for path, msg in cases:
         code = main(["import", "sglang", str(path), "--out", str(tmp_path / "run")])
         err = capsys.readouterr().err.strip()
@@ -235,6 +249,46 @@ def test_bad_dumps_are_one_line_errors_naming_the_file(world, tmp_path, capsys):
         code = main(["import", "sglang", str(world["stat"]), "--config", str(world["config"]), "--out", str(out)])
         err = capsys.readouterr().err.strip()
         assert code == 2 and err.startswith("error: ") and "\n" not in err and msg in err, err
+
+
+def test_data_parallel_ranks_that_ran_the_same_batch_are_both_counted(world, tmp_path):
+    """per_token kept one of two records alike (pass, tokens, positions) whatever their files: two
+    data-parallel ranks that ran the same batch in one pass lost one of them (a review found 216 of
+    260 assignments). Now only a whole file that repeats another (tensor parallel) counts once."""
+    import copy
+
+    both = sg.traffic(seed=2, passes=4, ranks=2)  # each rank its own tokens ...
+    r0 = next(p for p in both if p.fp == 0 and p.rank == 0)
+    twin = copy.deepcopy(r0)
+    twin.rank = 1  # ... but in pass 0 rank 1 ran rank 0's batch
+    both[next(i for i, p in enumerate(both) if p.fp == 0 and p.rank == 1)] = twin
+    sg.write_per_token(tmp_path / "dp", both, world["map"], duplicate=False)
+    run = probe.open_run(import_sglang(tmp_path / "dp", tmp_path / "run", config=str(world["config"])))
+    want = sg.logical_counts(both)
+    assert [a[1:].tolist() for _, a in sorted(loads(run).items())] == [want[fp][1:].tolist() for fp in sorted(want)]
+    assert run.info["source"]["tokens"] == sum(len(p.input_ids) for p in both)
+    assert run.info["source"]["copies_skipped"] == 0
+    tp = probe.open_run(import_sglang(world["per_token"], tmp_path / "tp", config=str(world["config"])))
+    assert tp.info["source"]["copies_skipped"] == 1  # the control: rank 1's file repeats rank 0's
+
+
+def test_files_with_different_maps_are_said_and_the_last_map_is_the_placement(world, tmp_path, capsys):
+    """SGLang's map may change while it records (EPLB rebalancing): each file is read with its own
+    map, and the placement table holds the last file's, with a note (it silently took the first)."""
+    import pyarrow.parquet as pq
+
+    files = sg.write_per_pass(tmp_path / "d", world["passes"], world["map"])
+    last = sorted(files)[-1]
+    d = torch.load(last, weights_only=True)
+    m = d["last_physical_to_logical_map"]
+    m[1, [0, 1]] = m[1, [1, 0]]  # two slots of layer 1 swapped: the same experts, another placement
+    torch.save(d, last)
+    capsys.readouterr()
+    run = import_sglang(tmp_path / "d", tmp_path / "run", config=str(world["config"]))
+    assert "the files hold different physical-to-logical maps" in capsys.readouterr().err
+    p = pq.read_table(run / "placement").to_pandas()
+    got = p[p.layer == 1].sort_values("physical").logical.to_numpy()
+    assert got.tolist() == m[1].tolist() and got.tolist() != world["map"][1].tolist()
 
 
 def test_the_tokenizer_is_read_when_the_import_runs(world, tmp_path, capsys):
@@ -291,6 +345,26 @@ def test_broken_fields_are_named_and_leave_nothing_behind(world, tmp_path, capsy
          "input_ids but"),
         (broken("ptlens", "per_token", lambda d: d["records"][0].__setitem__("extend_seq_lens", [1, 1])),
          "extend_seq_lens sum to 2, but it has"),
+        # tracebacks once (TypeError, OverflowError, MemoryError), found by a second review
+        (broken("rankless", "stat", lambda d: d.__setitem__("rank", None)), "rank=None should be a non-negative integer"),
+        (broken("fpnone", "per_pass", lambda d: d["records"][0].__setitem__("forward_pass_id", None)),
+         "record 0's forward_pass_id=None should be a non-negative integer"),
+        (broken("rankstr", "per_pass", lambda d: d["records"][0].__setitem__("rank", "r0")),
+         "record 0's rank='r0' should be a non-negative integer"),
+        (broken("hugeid", "per_pass", lambda d: set_map(d, 1, 5, 10**12)),
+         "last_physical_to_logical_map names expert 1000000000000; ids above 65535 are not expert ids"),
+        (broken("posnone", "per_token", lambda d: d["records"][0].__setitem__("positions", None)),
+         "positions of record 0 (pass 0) should be a list of integers, found NoneType"),
+        (broken("poshuge", "per_token", lambda d: d["records"][0]["positions"].__setitem__(0, 2**40)),
+         "positions of record 0 (pass 0) holds 1099511627776, outside [0, 2147483647]"),
+        (broken("idneg", "per_token", lambda d: d["records"][0]["input_ids"].__setitem__(0, -3)),
+         "input_ids of record 0 (pass 0) holds -3"),
+        (broken("lensneg", "per_token", lambda d: d["records"][0].__setitem__("extend_seq_lens", [-1])),
+         "extend_seq_lens of record 0 (pass 0) holds -1"),
+        (broken("pad5", "per_token", lambda d: d["records"][0]["topk_ids_of_layer"].__setitem__((1, 0, 0), -5)),
+         "holds -5; SGLang pads with -1 only"),
+        (broken("nopass", "stat", lambda d: d.__setitem__("logical_count", d["logical_count"][:0])),
+         "logical_count holds no passes"),
     ]
     (tmp_path / "empty.pt").write_bytes(b"")
     cases.append((tmp_path / "empty.pt", "empty.pt: not a readable torch.save file"))
