@@ -5,8 +5,11 @@ corpus, and compare the language-model loss per domain with a baseline pass over
     python -m analyses.ablate --run runs/model-val --top 2 --domain code     # code's own top-2
     python -m analyses.ablate --run runs/model-val --experts 1:3+5,2:7 --mode zero --renormalise
     python -m analyses.ablate --ckpt CKPT --corpus val.jsonl --out runs/abl --spec sweep.yaml --domain-tokens 4000
-    torchrun --nproc-per-node 2 -m analyses.ablate --run runs/model-val --spec sweep.yaml   # 2 replicas
-    torchrun --nproc-per-node 8 -m analyses.ablate --run runs/v3 --top 8 --model-parallel auto --gemm fp8
+    torchrun --nproc-per-node 2 -m analyses.ablate -- --run runs/model-val --spec sweep.yaml   # 2 replicas
+    torchrun --nproc-per-node 8 -m analyses.ablate -- --run runs/v3 --top 8 --model-parallel auto --gemm fp8
+
+(Under torchrun the job's flags go after `--`: torchrun reads `--run` as an abbreviation of its own
+`--run-path` and stops otherwise.)
 
 Every ablation of one command shares one baseline pass. `--run RUN` takes the checkpoint, corpus,
 window length and token limit from RUN's run.json and the loads for top-N from its `expert_load`

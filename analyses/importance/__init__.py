@@ -5,8 +5,8 @@ surprisal per domain against one shared baseline pass, and ask whether load pred
     python -m analyses.importance --run runs/model-val                  # every MoE layer and expert
     python -m analyses.importance --run runs/model-val --layers 1,3 --experts 0-7,12
     python -m analyses.importance --ckpt CKPT --corpus val.jsonl --out runs/imp --domain-tokens 4000
-    torchrun --nproc-per-node 2 -m analyses.importance --run runs/model-val      # 2 replicas
-    torchrun --nproc-per-node 8 -m analyses.importance --run runs/v3 --model-parallel auto --gemm fp8
+    torchrun --nproc-per-node 2 -m analyses.importance -- --run runs/model-val      # 2 replicas (flags after
+    torchrun --nproc-per-node 8 -m analyses.importance -- --run runs/v3 --model-parallel auto --gemm fp8  # `--`)
 
 `--run RUN` takes the checkpoint, corpus, window length, batch size and token limit from RUN's
 run.json and writes into RUN; `--out DIR` writes elsewhere (a new run directory holding only

@@ -354,8 +354,11 @@ def test_help():
 def test_two_processes_equal_one(probe_env, tmp_path):
     args = _cli(probe_env, tmp_path / "one", "--top", "2", "--control")
     assert main(args) == 0
+    # the job's flags after `--`, as the README writes them: torchrun reads an abbreviated option of its
+    # own in `--run` (its --run-path) otherwise, and stops; --run takes the first run's own settings
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29531",
-           "-m", "analyses.ablate", *_cli(probe_env, tmp_path / "two", "--top", "2", "--control")]
+           "-m", "analyses.ablate", "--", "--run", str(tmp_path / "one"), "--out", str(tmp_path / "two"),
+           "--top", "2", "--control", "--no-progress"]
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
                        env=os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
     assert p.returncode == 0, p.stderr[-3000:]
