@@ -284,7 +284,7 @@ DOCS: dict[str, dict[str, str]] = {
         "delta": "loss - baseline_loss",
         "routing_changed": "share of (token, MoE layer after the first ablated layer, ablated or not; "
                            "every MoE layer when nothing is disabled) whose top-k set differs from the "
-                           "baseline's (null when no MoE layer follows)",
+                           "baseline's (null when no MoE layer follows; every position, the first included)",
         "experts_changed": "mean share of the K experts replaced, over the same (token, layer) pairs",
         "downstream_layers": "MoE layers compared (those after the first ablated layer)",
     },
@@ -293,7 +293,8 @@ DOCS: dict[str, dict[str, str]] = {
         "expert": "the routed expert removed (reroute: its selection score set to -inf at this layer only)",
         "domain": "corpus domain, or `all` for every token",
         "tokens": "tokens scored (positions > 0 of each window)",
-        "load": "top-k assignments the expert received at this layer on the same tokens, baseline pass",
+        "load": "top-k assignments the expert received at this layer, baseline pass (every position of "
+                "each window, the first included: it is routed, though it has no target to score)",
         "load_share": "load / (routed tokens x K): the expert's share of the layer's assignments",
         "baseline_loss": "mean surprisal of the tokens with nothing removed, nats",
         "loss": "mean surprisal with the expert removed",
