@@ -23,12 +23,18 @@ the 99th-percentile difference of those scores keep an identical top-8 set in >=
 plain identical share is printed too.
 
 That comparison calibrates its noise on itself, so a kernel that is wrong everywhere widens the
-noise rather than failing it. Where the FP8 GEMMs run on Triton (a CUDA GPU; on the CPU,
-`TRITON_INTERPRET=1 DSV3_KERNELS=triton`), the same tokens are therefore also routed with the
-torch twins of model.kernels (DSV3_KERNELS=torch, the reference implementation): the kernels pass
-when >= 99% of top-8 sets are identical and the 99th-percentile score difference is at most half
-of FP8's against bf16 (the two implementations round a few activations to neighbouring FP8 values;
-on the CPU's narrow model that gave about 0.2 of FP8's noise).
+noise rather than failing it; and on an H200 (2026-12-04) it showed that at DeepSeek-V3's width
+random weights are no test of kernels at all: with one MoE layer, 57.8% of top-8 sets matched bf16,
+and the Triton kernels against their torch twins, whose GEMMs differ by ~1e-4 of the output
+(Hopper's FP8 MMA accumulation), matched in only 64.6% (p99 score difference 0.79x FP8's against
+bf16), because random attention and routing are full of near-ties that any rounding tips. The
+narrow model (`--narrow` on a GPU, `--cpu`) gave 97.1% and 98.9%. So the kernels are judged per
+GEMM: every FP8 Linear's GEMM on the activations it gets, on each implementation, against float64
+of the same quantised operands (max |diff| / max |exact| <= 1e-3; an H200 gave 1.3-2.3e-4 for
+Triton, ~1e-6 for the twins), with Triton's activation codes identical to the twins'. The routing
+comparisons are printed everywhere and judged on the narrow model only. (The twins once computed
+their activation scales one ulp off on CUDA, torch dividing by a number through its reciprocal, and
+0.12% of codes landed a step away: bf16 activations put many values exactly on e4m3 ties.)
 
     TRITON_INTERPRET=1 DSV3_KERNELS=triton python tests/gpu/check_record.py --cpu --compare-tokens 256
 """
@@ -56,7 +62,7 @@ from model.memory import tensor_bytes  # noqa: E402
 from model.moe import Experts  # noqa: E402
 
 AGREE, KEPT = 0.99, 0.95
-KERNEL_NOISE = 0.5  # Triton vs the torch twins: p99 score difference at most this share of FP8's vs bf16
+GEMM_TOL = 1e-3  # an FP8 GEMM against float64 of its quantised operands: max |diff| / max |exact|
 ROUTER_STD = 1.0  # std of a random router's logits for a unit-RMS input
 EMBED_STD = 1.0
 
@@ -167,6 +173,8 @@ def sync(device: torch.device) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cpu", action="store_true", help="run on the CPU with a narrow model: checks the script")
+    p.add_argument("--narrow", action="store_true",
+                   help="the --cpu mode's narrow model (dim 256) on this device: tells width from device effects")
     p.add_argument("--moe-layers", type=int, help="MoE layers (default: as many as fit; 2 with --cpu)")
     p.add_argument("--tokens", type=int, default=65536, help="tokens to record (default 65,536)")
     p.add_argument("--batch", type=int, default=8)
@@ -182,8 +190,9 @@ def main() -> int:
         # the script's own check: one small batch to time (CPU timings mean nothing), the routing compared on 512 tokens
         ns.tokens, ns.compare_tokens, ns.seq_len = min(ns.tokens, 512), min(ns.compare_tokens, 512), min(ns.seq_len, 128)
         ns.batch = min(ns.batch, 4)
-    L = ns.moe_layers or layers_that_fit(device, ns.cpu, ns.headroom_gb * 1e9)
-    args = config(L, ns.cpu)
+    small = ns.cpu or ns.narrow
+    L = ns.moe_layers or (2 if small else layers_that_fit(device, small, ns.headroom_gb * 1e9))
+    args = config(L, small)
     t0 = time.perf_counter()
     m = build(args, device, seed=0)
     sync(device)
@@ -198,24 +207,80 @@ def main() -> int:
     if device.type == "cuda":
         print(f"peak GPU memory {torch.cuda.max_memory_allocated(device) / 1e9:.1f} GB allocated, "
               f"{torch.cuda.max_memory_reserved(device) / 1e9:.1f} GB reserved")
+    gem = check_gemms(m, args, device)
+    routing_ok = report_routing(r, args, ns, L, judged=small)
+    print(f"FP8 GEMMs of every FP8 Linear ({gem['modules']}) on the activations they get, against float64 of the same "
+          f"quantised operands: worst {', '.join(f'{k} {v:.1e}' for k, v in gem['worst'].items())} (<= {GEMM_TOL:g}, "
+          f"max |diff| / max |exact|; {gem['worst_module']})"
+          + ("" if gem["codes_identical"] is None else
+             f"; activation codes identical to the twins' {100 * gem['codes_identical']:.4f}% (100%)")
+          + f": {'ok' if gem['ok'] else 'FAILED'}")
+    return 0 if gem["ok"] and routing_ok else 1
+
+
+def report_routing(r: dict, args: ModelArgs, ns, L: int, judged: bool) -> bool:
+    """Print the routing comparisons; returns whether they pass (judged on the narrow model only:
+    at DeepSeek-V3's width, random attention and routing are so full of near-ties that any rounding
+    flips them, see the module docstring)."""
     dec = r["decisive_identical"]
     noise = f"{r['noise']:.4f} for experts" + ("" if r["group_noise"] is None else f", {r['group_noise']:.4f} for groups")
     ok = r["kept"] >= KEPT and (dec is None or dec >= AGREE)
+    verdict = ("ok" if ok else "FAILED") if judged else "measured, not judged at this width"
     print(f"routing vs the bf16-dequantised weights over {ns.compare_tokens:,} tokens x {L} MoE layers: top-"
           f"{args.n_activated_experts} sets identical {100 * r['identical']:.2f}%, experts kept {100 * r['kept']:.2f}% "
           f"(>= {100 * KEPT:.0f}%); decisive pairs (margins > 2 x the p99 score differences: {noise}) "
           f"{100 * r['decisive_share']:.1f}% of all, identical "
-          f"{'n/a' if dec is None else f'{100 * dec:.2f}%'} (>= {100 * AGREE:.0f}%): {'ok' if ok else 'FAILED'}")
+          f"{'n/a' if dec is None else f'{100 * dec:.2f}%'} (>= {100 * AGREE:.0f}%): {verdict}")
     twin = r["twin"]
     if twin is None:
         print(f"Triton vs the torch twins: not compared (the FP8 GEMMs run on the twins here; {ENV_VAR}="
               f"{os.environ.get(ENV_VAR, 'auto')})")
-        return 0 if ok else 1
-    twin_ok = twin["identical"] >= AGREE and twin["noise"] <= KERNEL_NOISE * r["noise"]
-    print(f"Triton vs the torch twins over the same tokens: top-{args.n_activated_experts} sets identical "
-          f"{100 * twin['identical']:.2f}% (>= {100 * AGREE:.0f}%), p99 score difference {twin['noise']:.5f} = "
-          f"{twin['noise'] / r['noise']:.2f} x FP8's vs bf16 (<= {KERNEL_NOISE}): {'ok' if twin_ok else 'FAILED'}")
-    return 0 if ok and twin_ok else 1
+    else:
+        print(f"Triton vs the torch twins over the same tokens (measured; the kernels are judged per GEMM below): "
+              f"top-{args.n_activated_experts} sets identical {100 * twin['identical']:.2f}%, p99 score difference "
+              f"{twin['noise']:.5f} = {twin['noise'] / r['noise']:.2f} x FP8's vs bf16")
+    return ok or not judged
+
+
+def check_gemms(m: Transformer, args: ModelArgs, device: torch.device) -> dict:
+    """Every FP8-resident Linear (attention, dense and shared-expert projections) on the input it gets
+    in a forward of random tokens: its FP8 GEMM on each implementation here (the torch twins, and
+    Triton where it runs) against float64 of the same quantised operands, and where both run, the
+    Triton activation codes against the twins'."""
+    from model.kernels import act_quant, dequantize_block, fp8_gemm
+
+    caps = []
+    hooks = [mod.register_forward_hook(lambda mod, i, o, n=n: caps.append((n, mod, i[0].detach().flatten(0, -2))))
+             for n, mod in m.named_modules() if isinstance(mod, Linear) and mod.weight_scale_inv is not None]
+    g = torch.Generator().manual_seed(3)
+    try:
+        with torch.no_grad():
+            m(torch.randint(0, args.vocab_size, (1, 256), generator=g).to(device))
+    finally:
+        for h in hooks:
+            h.remove()
+    impls = ["torch"] + (["triton"] if resolve_impl(None, device) == "triton" else [])
+    worst = {i: 0.0 for i in impls}
+    worst_module, same, total = "", 0, 0
+    for name, mod, x in caps:
+        codes = {}
+        for impl in impls:
+            q, s = act_quant(x, mod.block, mod.scale_fmt, impl=impl)
+            y = fp8_gemm(q, s, mod.weight, mod.weight_scale_inv, mod.block, torch.float32, impl=impl)
+            exact = (q.double() * s.double().repeat_interleave(mod.block, -1)[:, : q.shape[1]]) @ \
+                dequantize_block(mod.weight, mod.weight_scale_inv, (mod.block, mod.block), torch.float64).T
+            err = float((y.double() - exact).abs().max() / exact.abs().max().clamp(min=1e-30))
+            if err > worst[impl]:
+                worst[impl] = err
+                worst_module = name if impl == impls[-1] else worst_module
+            codes[impl] = q
+        if len(codes) == 2:
+            same += int((codes["torch"].float() == codes["triton"].float()).sum())  # +0 and -0 alike
+            total += codes["torch"].numel()
+    identical = same / total if total else None
+    ok = bool(caps) and max(worst.values()) <= GEMM_TOL and (identical is None or identical == 1.0)
+    return {"modules": len(caps), "worst": worst, "worst_module": worst_module or "-", "codes_identical": identical,
+            "ok": ok}
 
 
 def record_speed(m: Transformer, args: ModelArgs, ns, device: torch.device) -> dict:

@@ -329,8 +329,12 @@ def test_cuda_act_quant(shape, fmt):
     x = torch.randn(*shape, device="cuda", dtype=torch.bfloat16)
     qt, st = K.act_quant(x, scale_fmt=fmt, impl="triton")
     qr, sr = K.act_quant(x, scale_fmt=fmt, impl="torch")
-    assert ((st - sr).abs() / sr).max().item() <= SCALE_REL
-    assert (qt.float() != qr.float()).sum().item() <= Q_MISMATCH_FRAC * qt.numel()
+    # both scales are amax / 448 correctly rounded (the twin once took torch's reciprocal-multiply on
+    # CUDA, an ulp off in ~60% of blocks, and 0.12% of codes fell a step away on an H200, on exact
+    # e4m3 ties that bf16 inputs make common), so scales are equal and codes equal in value (a tiny
+    # negative input becomes +0 in the kernel's rounding, -0 in torch's cast)
+    assert torch.equal(st, sr)
+    assert torch.equal(qt.float(), qr.float())
 
 
 @cuda_only
