@@ -99,9 +99,12 @@ def run_kind(path: Path, info: dict) -> str:
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def _discover(root: str, _sig: tuple) -> list[RunRef]:
+def _discover(root: str, sig: tuple) -> list[RunRef]:
+    # NOTE: `sig` (each run.json's name, mtime and size) is part of the cache key: st.cache_data leaves
+    # parameters named with a leading underscore out of it, and a run added, finished or deleted
+    # stayed unseen until "Reload runs" while this was `_sig`
     refs = []
-    for name, *_ in _sig:
+    for name, *_ in sig:
         p = Path(root) / name
         try:
             info = json.loads((p / "run.json").read_text())

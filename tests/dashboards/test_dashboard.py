@@ -251,6 +251,29 @@ def test_dashboards_never_import_torch():
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
 
 
+def test_the_runs_list_follows_the_folder_without_a_reload(tmp_path):
+    """A run added, finished or deleted while the dashboard is open shows in the next session: the
+    folder's signature was a parameter named `_sig`, which st.cache_data leaves out of its key, so
+    the first list stayed until "Reload runs" (found in a browser walkthrough)."""
+    import json as _json
+    import shutil
+
+    from dashboards import data
+    from helpers.synthetic_run import write_run
+
+    write_run(tmp_path / "a", n_seq=2)
+    assert [r.name for r in data.discover(tmp_path)] == ["a"]
+    write_run(tmp_path / "b", n_seq=2)
+    assert [r.name for r in data.discover(tmp_path)] == ["a", "b"]
+    info = _json.loads((tmp_path / "b" / "run.json").read_text())
+    (tmp_path / "b" / "run.json").write_text(_json.dumps(info | {"status": "running", "x": 1}))
+    assert next(r for r in data.discover(tmp_path) if r.name == "b").status == "running"
+    (tmp_path / "b" / "run.json").write_text(_json.dumps(info | {"status": "complete"}))
+    assert next(r for r in data.discover(tmp_path) if r.name == "b").status == "complete"
+    shutil.rmtree(tmp_path / "a")
+    assert [r.name for r in data.discover(tmp_path)] == ["b"]
+
+
 def test_queries_share_one_database_each_with_views_of_its_own_run(tmp_path):
     """Every query runs on a cursor of one database (dashboards.data._database) with temporary views:
     queries of two runs at once, from eight threads as Streamlit's sessions run, each read their own
