@@ -143,7 +143,7 @@ def path_stats(ref: data.RunRef, p: dict) -> None:
                 help="adjusted mutual information of (domain, path), against the best single layer: 0 = no more "
                      "than chance")
     c[4].metric("Domain accuracy", f"{path.heldout_accuracy:.1%}",
-                f"{path.heldout_accuracy - path.majority_baseline:+.1%} vs majority",
+                f"{100 * (path.heldout_accuracy - path.majority_baseline):+.1f} pp vs majority",
                 help="held out: the domain guessed as the path's majority domain on training windows, scored "
                      "on every 5th window, against always guessing the majority domain")
     left, right = st.columns([3, 2])

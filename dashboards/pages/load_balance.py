@@ -27,7 +27,8 @@ def balance_section(ref: data.RunRef, loads, by_step, E: int, what: str) -> None
         st.subheader(f"Balance per layer, {what}")
         choices = compute.gpu_choices(E)
         gpus = st.selectbox("GPUs (expert parallel)", [None, *choices], key="lb_gpus", disabled=not choices,
-                            format_func=lambda g: f"{g} GPUs, {E // g} experts each" if g else "none: per expert",
+                            format_func=lambda g: (f"{g} GPUs, {E // g} expert{'s' if E // g > 1 else ''} each"
+                                                   if g else "none: per expert"),
                             help="Per-GPU loads of the contiguous placement (experts split in order, no replicas): "
                                  "adds the imbalance ratio (max / mean − 1 of the GPU loads, averaged over "
                                  "batches, as TensorRT-LLM's EP load balancer reports it) and the per-GPU "
@@ -117,7 +118,7 @@ def main() -> None:
     E = n_experts(ref, loads)
     layers, rel = compute.relative_loads(loads, E)
     _, raw = compute.load_matrix(loads, E)
-    what = f"last {window} steps" if window else "whole run"
+    what = ("last step" if window == 1 else f"last {window} steps") if window else "whole run"
     with ui.guard("the load heatmap"):
         st.plotly_chart(charts.heatmap(
             rel, list(range(E)), layers, title=f"Relative load (load / mean load), {what}", xlabel="expert",

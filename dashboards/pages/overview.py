@@ -77,7 +77,11 @@ def probe_details(ref: data.RunRef) -> None:
                           key="tokens_per_domain")
     with right:
         st.markdown("**Recording options**")
-        st.dataframe(pd.DataFrame({"option": list(opts), "value": [str(v) for v in opts.values()]}),
+        # an option left unset shows what the run used: the checkpoint and corpus run.json names
+        used = {"ckpt": (i.get("checkpoint") or {}).get("path"), "corpus": (i.get("corpus") or {}).get("path")}
+        shown = {k: (used.get(k) if v is None and used.get(k) else "default" if v is None else v)
+                 for k, v in opts.items()}
+        st.dataframe(pd.DataFrame({"option": list(shown), "value": [str(v) for v in shown.values()]}),
                      hide_index=True, width="stretch")
     rep = (i.get("corpus") or {}).get("replaced_bytes", 0)
     if rep:
