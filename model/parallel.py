@@ -37,7 +37,7 @@ result is exactly the single-process sum, and the replicated router's hooks show
 scores and choices on every rank (the probe records them without extra communication).
 
 FP8 weights kept resident: every rank's cut must start on a 128-block or lie inside one (checked for
-all ranks, so all raise the same `ParallelError`); whole-block shards (671B at 8, 16 or 32 ranks)
+all ranks, so all raise the same `ParallelError`); whole-block shards (671B at 8 or 16 ranks)
 quantise a row-parallel GEMM's input in the single process's blocks; the row-parallel GEMMs and the
 experts' sum accumulate in float64 on the CPU (`model.layers.LAYOUT_FREE_SUMS`), their partials are
 all-reduced in that wide dtype and rounded once (`WIDE_PARTIALS`, see `install`), so the result is
