@@ -109,7 +109,7 @@ def sweep(ref: data.RunRef) -> None:
                                      customdata=g[[name, "n_disabled"]].to_numpy(),
                                      hovertemplate="%{customdata[0]}<br>" + xl + " %{x:.3f} (%{customdata[1]})"
                                                    "<br>Δ loss %{y:+.4f} nats<extra></extra>"))
-        fig.update_xaxes(title=xl, tickformat=".0%" if E else None)
+        fig.update_xaxes(title=xl, tickformat=".0%" if E else None, rangemode="tozero")  # no negative shares
         fig.update_yaxes(title="Δ loss, all tokens (nats)")
         st.plotly_chart(charts.style(fig, "Masked-fraction curve", 400), key="masked_curve")
         cols = [c for c in (name, "mode", "rule", "n_disabled", "domain", "tokens", "baseline_loss", "loss", "delta",

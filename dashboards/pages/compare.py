@@ -122,7 +122,7 @@ def main() -> None:
         return
     ra, rb = picked
     if ra.kind == "train" or rb.kind == "train":
-        st.caption("Training runs: loads summed over their last 50 steps.")
+        st.caption("Training runs: loads summed over their last 50 steps (every step of a shorter run).")
     balance(ra, rb)
     probes = [r for r in (ra, rb) if r.kind == "probe"]
     if len(probes) == 2:

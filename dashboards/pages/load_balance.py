@@ -80,7 +80,8 @@ def load_and_bias(ref: data.RunRef, layer: str, rel_E, raw_E, E: int) -> None:
                    "the selection score only, so a higher bias means more tokens; aux-loss-free balancing "
                    "lowers the bias of overloaded experts until the loads even out.")
     elif len(b):
-        st.caption("The balancing bias is zero for every expert (a run trained without aux-loss-free balancing).")
+        st.caption("The balancing bias is zero for every expert: a model trained without aux-loss-free "
+                   "balancing, or one whose bias was zeroed (e.g. `analyses.variants no-router-bias`).")
     else:
         st.caption("No balancing bias found (the checkpoint is not readable from here, or has none).")
 

@@ -37,6 +37,9 @@ def test_every_page_on_a_recorded_run(runs):
     assert any("class='tokdoc'" in m.value for m in at.markdown)
     open_page(at, "specialisation")
     assert len(at.dataframe) >= 2 and any("window" in m.value for m in at.markdown)
+    # a small run's per-token views say they cover all of it (not "the first ~250,000 tokens")
+    tokens = json.loads((runs["good"] / "demo" / "run.json").read_text())["planned"]["tokens"]
+    assert f"Per-token view over all {tokens:,} tokens of the run." in [c.value for c in at.caption]
     # the MTP page's mean acceptance length, from the spec_decode rows
     import pyarrow.parquet as pq
 
