@@ -77,8 +77,12 @@ def controls(ref: data.RunRef, steps: np.ndarray, E: int, current_gpus: int | No
                                       help="Extra physical experts per layer for replicas of hot experts "
                                            "(SGLang: --ep-num-redundant-experts)"))
     with c[2]:
+        wanted = st.session_state.get("sv_gpus")
         gpus = _pick("GPUs", _divisors(E + redundant)[1:] or [1], "sv_gpus", current_gpus or 8,
-                     help="Expert-parallel size: the GPUs the physical experts are spread over")
+                     help="Expert-parallel size: the GPUs the physical experts are spread over; each GPU holds "
+                          "as many slots as the others, so the count divides experts + redundant slots")
+        if wanted is not None and wanted != gpus:  # the redundant slots changed what divides
+            st.caption(f"{wanted} GPUs do not divide {E} + {redundant} = {E + redundant} slots; {gpus} GPUs taken.")
     mode = c[3].radio("Planner", ("hierarchical", "global"), key="sv_mode", horizontal=False)
     nodes = 1
     if mode == "hierarchical":

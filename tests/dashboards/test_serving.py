@@ -104,6 +104,8 @@ def test_serving_window_and_layout_change_the_plan(imported):
     assert metric(at, "Planned, plan window") != before
     at.number_input(key="sv_redundant").set_value(2).run()  # 18 slots: 8 no longer divides, the GPUs reset
     assert at.selectbox(key="sv_gpus").value in (2, 3, 6, 9, 18) and not at.error and not at.exception
+    # ... and the page says why (it switched silently before)
+    assert any("8 GPUs do not divide 16 + 2 = 18 slots" in c.value for c in at.caption), [c.value for c in at.caption]
 
 
 @pytest.mark.slow  # a whole app or command: the quick loop leaves it out
