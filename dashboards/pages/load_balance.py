@@ -49,7 +49,8 @@ def balance_section(ref: data.RunRef, loads, by_step, E: int, what: str) -> None
             mv = compute.maxvio_over_steps(by_step, E)
             series = {lab: (g.step, g.maxvio) for lab, g in mv.groupby("layer", sort=False)}
             xl = step_word(ref)
-            st.plotly_chart(charts.lines(series, title=f"MaxVio per {xl}, {what}", xlabel=xl,
+            few = mv.step.nunique() < 3  # a line of one or two points draws (next to) nothing: mark them
+            st.plotly_chart(charts.lines(series, title=f"MaxVio per {xl}, {what}", xlabel=xl, markers=few,
                                          ylabel="MaxVio_batch", height=340), key="maxvio_steps")
 
 
