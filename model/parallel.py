@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import functools
 import re
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -177,6 +178,13 @@ def _scale_cut(name: str, rank: int, cut: Cut, scale: torch.Tensor, block: int, 
         raise ParallelError(f"{name}: rank {rank}'s rows/columns [{cut.start}, {end}) of {cut.full} do not align "
                             f"to the {block}-wide FP8 blocks; use gemm_impl='bf16' (dequantise on load) or a "
                             f"world size whose shards are multiples of {block}")
+    if cut.dim == 1 and (cut.start % block or cut.size % block):
+        # a row-parallel GEMM's input columns inside one block: each rank quantises its part of an
+        # activation block with a scale of its own, so the sum differs from one process by FP8 rounding
+        warnings.warn(f"FP8-resident shards narrower than one {block}-wide block (e.g. {name}, {cut.size} of "
+                      f"{cut.full} columns a rank): each rank quantises its part of an activation block on its own, "
+                      "so results differ from one process by FP8 rounding (whole-block shards do not)",
+                      stacklevel=2)
     return Cut(cut.dim, first, last - first + 1, scale.shape[cut.dim])
 
 

@@ -245,8 +245,8 @@ DOCS: dict[str, dict[str, str]] = {
         "effective_rank": "exp(-sum p_k ln p_k), p_k = eigenvalue_k / sum (Roy & Vetterli), of the "
                           "latent covariance (accumulated in float64)",
         "energy90/95/99": "components needed for 90/95/99% of the covariance's energy",
-        "bytes_absorb": "cache bytes per token per layer, absorb form: (C + R) x element size (of the checkpoint's dtype, "
-                        "as a server caches it, whatever --dtype the run used)",
+        "bytes_absorb": "cache bytes per token per layer, absorb form: (C + R) x element size (of the checkpoint's "
+                        "dtype, as a server caches it, whatever --dtype the run used)",
         "bytes_naive": "naive MLA cache: H x (N + R + V) x element size",
         "bytes_mha": "a standard MHA cache of the same model width: 2 x dim x element size",
     },

@@ -7,7 +7,7 @@ continuations with a baseline over the same tokens and prompts.
     python -m analyses.steer --run runs/model-val --experts 1:3,2:9 --mode bias --bias 0.5
     python -m analyses.steer --run runs/model-val --experts 2:5 --steer-tokens "def,class" --prompt "def f(x):"
     python -m analyses.steer --ckpt CKPT --corpus val.jsonl --out runs/steer --experts 3:1 --max-new-tokens 64
-    torchrun --nproc-per-node 2 -m analyses.steer -- --run runs/model-val --experts 2:5    # 2 replicas (flags after `--`)
+    torchrun --nproc-per-node 2 -m analyses.steer -- --run runs/model-val --experts 2:5   # 2 replicas (after --)
 
 Modes (details: hooks.py): `force` puts the experts into the top-k of every steered token (+inf
 selection score after group masking, so even in a group the router excluded; at most K per layer);

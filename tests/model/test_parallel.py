@@ -317,9 +317,18 @@ def test_fp8_misaligned_shard_is_refused_on_meta():
         with pytest.raises(ParallelError, match=r"layers\.0\.ffn\.w1\.weight: rank 1's rows/columns \[160, 320\) "
                                                 r"of 320 do not align"):
             parallel.shard_spec(m, Shards(rank, 2))
-    spec = parallel.shard_spec(model.checkpoint.make_fp8_resident(
-        model.Transformer(ModelArgs.from_name("tiny"), device="meta", init=False)), Shards(1, 2))
+    with pytest.warns(UserWarning, match="FP8-resident shards narrower than one 128-wide block"):
+        spec = parallel.shard_spec(model.checkpoint.make_fp8_resident(
+            model.Transformer(ModelArgs.from_name("tiny"), device="meta", init=False)), Shards(1, 2))
     assert spec["layers.0.attn.wq_b.weight_scale_inv"] == parallel.Cut(0, 0, 1, 1)  # inside one block
+    import warnings
+
+    with warnings.catch_warnings():  # the control: whole-block shards, no warning
+        warnings.simplefilter("error")
+        big = ModelArgs.from_dict(ModelArgs.from_name("tiny").to_dict() | {  # every row-parallel input 2 x 128
+            "inter_dim": 256, "qk_nope_head_dim": 64, "qk_rope_head_dim": 64, "v_head_dim": 64, "moe_inter_dim": 256})
+        parallel.shard_spec(model.checkpoint.make_fp8_resident(model.Transformer(big, device="meta", init=False)),
+                            Shards(1, 2))
 
 
 def test_shard_in_process_and_save_refused(tmp_path):

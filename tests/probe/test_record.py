@@ -303,7 +303,8 @@ def test_bad_inputs_give_one_line_errors_and_write_nothing(probe_env, tmp_path, 
     assert_one_line_error(cli("record", "--ckpt", str(probe_env["ckpt"] / "config.json"), "--corpus", corpus,
                               "--out", str(out), capsys=capsys), "config.json: a file; pass the checkpoint directory")
     assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", corpus, "--out", str(out), "--sample", "0.5",
-                              capsys=capsys), "--sample 0.5 thins the full router scores: it needs --router-logits full")
+                              capsys=capsys),
+                          "--sample 0.5 thins the full router scores: it needs --router-logits full")
     from probe.__main__ import main as probe_main
 
     code = probe_main(["dashboard", str(tmp_path / "typo"), "--no-record"])

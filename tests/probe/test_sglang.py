@@ -346,7 +346,8 @@ def test_broken_fields_are_named_and_leave_nothing_behind(world, tmp_path, capsy
         (broken("ptlens", "per_token", lambda d: d["records"][0].__setitem__("extend_seq_lens", [1, 1])),
          "extend_seq_lens sum to 2, but it has"),
         # tracebacks once (TypeError, OverflowError, MemoryError), found by a second review
-        (broken("rankless", "stat", lambda d: d.__setitem__("rank", None)), "rank=None should be a non-negative integer"),
+        (broken("rankless", "stat", lambda d: d.__setitem__("rank", None)),
+         "rank=None should be a non-negative integer"),
         (broken("fpnone", "per_pass", lambda d: d["records"][0].__setitem__("forward_pass_id", None)),
          "record 0's forward_pass_id=None should be a non-negative integer"),
         (broken("rankstr", "per_pass", lambda d: d["records"][0].__setitem__("rank", "r0")),
