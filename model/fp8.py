@@ -45,8 +45,11 @@ def dequantize_block(q: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int,
     return (q.to(work) * _expand(scale_inv.to(work), q.shape, block)).to(dtype)
 
 
-def quantize_block(w: torch.Tensor, block: tuple[int, int] = (128, 128)) -> tuple[torch.Tensor, torch.Tensor]:
-    """W -> (Q float8_e4m3fn, scale_inv float32) with scale = amax(block) / 448 (1e-12 floor)."""
+def quantize_block(w: torch.Tensor, block: tuple[int, int] = (128, 128),
+                   scale_fmt: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """W -> (Q float8_e4m3fn, scale_inv float32) with scale = amax(block) / 448 (1e-12 floor);
+    scale_fmt "ue8m0" rounds each scale up to a power of two, as DeepSeek-V3.1's weight scales are
+    (an exponent alone; rounding up keeps every |W / scale| within 448)."""
     o, i = w.shape[-2:]
     bo, bi = -(-o // block[0]), -(-i // block[1])
     pad = torch.zeros(*w.shape[:-2], bo * block[0], bi * block[1], dtype=torch.float32, device=w.device)
@@ -54,5 +57,7 @@ def quantize_block(w: torch.Tensor, block: tuple[int, int] = (128, 128)) -> tupl
     blocks = pad.unflatten(-1, (bi, block[1])).unflatten(-3, (bo, block[0]))  # [..., bo, b0, bi, b1]
     amax = blocks.abs().amax(dim=(-3, -1))  # [..., bo, bi]
     scale = (amax / FP8_MAX).clamp(min=1e-12)
+    if scale_fmt == "ue8m0":  # up to the next power of two, on the float32 bits (exact)
+        scale = ((scale.view(torch.int32) + 0x7FFFFF) & 0x7F800000).view(torch.float32)
     q = (w.float() / _expand(scale, w.shape, block)).to(torch.float8_e4m3fn)
     return q, scale

@@ -211,7 +211,7 @@ class Linear(nn.Module):
             q = torch.empty(w.shape, dtype=torch.float8_e4m3fn, device=w.device)
             s = torch.empty(nb, dtype=torch.float32, device=w.device)
         else:
-            q, s = quantize_block(w, (block, block))
+            q, s = quantize_block(w, (block, block), scale_fmt)
         self.compute_dtype = w.dtype
         self.weight = nn.Parameter(q, requires_grad=False)
         self.weight_scale_inv = s
@@ -221,7 +221,7 @@ class Linear(nn.Module):
     def reset_parameters(self, std: float = 0.02) -> None:
         if self.fp8:  # draw a dense weight, store it quantised
             w = torch.empty(self.weight.shape, device=self.weight.device, dtype=torch.float32).normal_(std=std)
-            q, s = quantize_block(w, (self.block, self.block))
+            q, s = quantize_block(w, (self.block, self.block), self.scale_fmt)
             with torch.no_grad():
                 self.weight.copy_(q)
                 self.weight_scale_inv.copy_(s)

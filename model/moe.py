@@ -312,7 +312,7 @@ class Experts(nn.Module):
                 q = torch.empty(w.shape, dtype=torch.float8_e4m3fn, device=w.device)
                 s = torch.empty(nb, dtype=torch.float32, device=w.device)
             else:
-                qs = [quantize_block(we, (block, block)) for we in w]
+                qs = [quantize_block(we, (block, block), scale_fmt) for we in w]
                 q = torch.stack([a for a, _ in qs]) if qs else w.to(torch.float8_e4m3fn)
                 s = torch.stack([b for _, b in qs]) if qs else torch.empty(nb, dtype=torch.float32)
             setattr(self, name, nn.Parameter(q, requires_grad=False))
@@ -329,7 +329,7 @@ class Experts(nn.Module):
             with torch.no_grad():  # draw dense, store quantised
                 for e in range(w.shape[0]):
                     q, sc = quantize_block(torch.empty(w.shape[1:], device=w.device).normal_(std=std),
-                                           (self.block, self.block))
+                                           (self.block, self.block), self.scale_fmt)
                     w[e].copy_(q)
                     s[e].copy_(sc)
 

@@ -54,7 +54,7 @@ def save(model: Transformer, path: str | os.PathLike, *, fp8: bool = False,
                 sc = state[scale_name(ours)] if e is None else state[scale_name(ours)][e]
                 yield from [(hf, t), (hf + "_scale_inv", sc)] if fp8 else [(hf, dequantize_block(t, sc, block, out_dtype))]
             elif fp8 and is_fp8:
-                q, s = quantize_block(t, block)
+                q, s = quantize_block(t, block, model.args.scale_fmt)
                 yield from [(hf, q), (hf + "_scale_inv", s)]
             elif ours.endswith("gate.weight") or ours.endswith("gate.bias"):
                 yield hf, t.float()

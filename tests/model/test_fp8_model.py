@@ -189,6 +189,29 @@ def test_ue8m0_checkpoint_uses_power_of_two_activation_scales(fp8_dir, tmp_path,
     assert 0 < rels(a, b)[0] <= MEAN_REL  # a different rounding, within FP8 tolerance
 
 
+def test_ue8m0_weights_made_or_saved_here_have_power_of_two_scales(tmp_path):
+    """make_fp8_resident(scale_fmt="ue8m0") and model.save(fp8=True) of such a model wrote
+    `scale_fmt: ue8m0` beside weight scales that were not powers of two (0% of them, a review found);
+    V3.1's are exponents. Now they are, and the weights stay within FP8's rounding."""
+    m = random_model("tiny", seed=0)
+    dense = m.layers[0].attn.wq_a.weight.detach().clone()
+    model.checkpoint.make_fp8_resident(m, scale_fmt="ue8m0")
+    scales = [t for n, t in m.state_dict().items() if n.endswith("scale_inv")]
+    assert scales and all(torch.equal(t, torch.exp2(torch.log2(t).round())) for t in scales)
+    lin = m.layers[0].attn.wq_a
+    back = model.fp8.dequantize_block(lin.weight, lin.weight_scale_inv, (128, 128), torch.float32)
+    assert float((back - dense).abs().max() / dense.abs().max()) <= 2 ** -4  # half an e4m3 step at most
+    model.save(m, tmp_path / "ck", fp8=True)
+    saved = load_file(str(tmp_path / "ck" / "model.safetensors"))
+    on_disk = [t for n, t in saved.items() if n.endswith("weight_scale_inv")]
+    assert on_disk and all(torch.equal(t, torch.exp2(torch.log2(t).round())) for t in on_disk)
+    assert json.loads((tmp_path / "ck" / "config.json").read_text())["quantization_config"]["scale_fmt"] == "ue8m0"
+    plain = random_model("tiny", seed=0)  # the control: without ue8m0 most scales are not powers of two
+    model.checkpoint.make_fp8_resident(plain)
+    s = plain.layers[0].attn.wq_a.weight_scale_inv
+    assert not torch.equal(s, torch.exp2(torch.log2(s).round()))
+
+
 def test_gemm_impl_errors(tmp_path, fp8_dir, resident):
     plain = tmp_path / "plain"
     model.save(random_model("tiny", seed=0), plain)
