@@ -115,6 +115,8 @@ def lines(series: dict[str, tuple[Sequence, Sequence]], *, title: str | None = N
             hovertemplate=f"{name}<br>{xlabel} %{{x}}<br>{ylabel}: %{{y:{fmt}}}<extra></extra>"))
     fig.update_xaxes(title=xlabel)
     fig.update_yaxes(title=ylabel, type="log" if log_y else None, tickformat=".0%" if "%" in fmt else None)
+    if log_y:  # ticks at powers of ten only, written out (plotly's default adds lone-digit minor labels and SI "µ")
+        fig.update_yaxes(dtick=1, exponentformat="power", tickformat=None)
     return style(fig, title, height)
 
 

@@ -137,3 +137,13 @@ def test_the_overview_names_only_what_a_run_knows_of_its_model():
     assert _model({"model_args": {"n_layers": 4, "dim": 192, "n_routed_experts": 32, "n_activated_experts": 4}}) == \
         "4 layers, dim 192, 32 experts (top-4)"
     assert _model({}) == ""
+
+
+def test_a_log_axis_ticks_powers_of_ten_only():
+    """The spectrum's log axis read '2, 0.1, 5, 2, 0.01, 5 ... 100µ' (plotly's minor-digit labels and SI
+    prefixes for a share of energy): ticks are at powers of ten, written as powers."""
+    from dashboards import charts
+
+    y = charts.lines({"a": ([1, 2, 3], [0.5, 0.01, 1e-4])}, log_y=True).layout.yaxis
+    assert (y.type, y.dtick, y.exponentformat) == ("log", 1, "power")
+    assert charts.lines({"a": ([1, 2], [0.5, 0.1])}).layout.yaxis.dtick is None  # a linear axis keeps its own
