@@ -232,7 +232,7 @@ def pages(runs: Path) -> dict:
 
     def specialisation():
         de = u(data.domain_expert)(ref)
-        compute.nmi_by_layer(de, E)
+        compute.domain_nmi_by_layer(de, E)
         doms, C = compute.contingency(de, "layer1", E)
         compute.metric("lift")(C)
         tt = u(data.token_top1)(ref, 1)
@@ -270,7 +270,7 @@ def pages(runs: Path) -> dict:
             loads = u(data.total_loads)(r, None)
             compute.balance_rows(loads, None, E)
             compute.relative_loads(loads, E)
-            compute.nmi_by_layer(u(data.domain_expert)(r), E)
+            compute.domain_nmi_by_layer(u(data.domain_expert)(r), E)
 
     def training():
         u(data.train_metrics)(tr)

@@ -139,8 +139,6 @@ def domain_nmi_by_layer(dom_exp: pd.DataFrame, n_experts: int) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["layer", "domain_nmi"])
 
 
-nmi_by_layer = domain_nmi_by_layer  # the name benchmarks/bench_dashboard.py calls
-
 
 def coactivation(ids: np.ndarray, n_experts: int) -> np.ndarray:
     """[N, N] co-activation N(E_i, E_j) / N(E_i) of a layer's [T, K] top-k ids (analyses.metrics)."""

@@ -45,6 +45,12 @@ def dequantize_block(q: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int,
     return (q.to(work) * _expand(scale_inv.to(work), q.shape, block)).to(dtype)
 
 
+def round_ue8m0(scale: torch.Tensor) -> torch.Tensor:
+    """float32 scales rounded up to the next power of two (an exponent alone, DeepSeek-V3.1's "ue8m0"
+    scale format), exact, on the float32 bits."""
+    return ((scale.view(torch.int32) + 0x7FFFFF) & 0x7F800000).view(torch.float32)
+
+
 def quantize_block(w: torch.Tensor, block: tuple[int, int] = (128, 128),
                    scale_fmt: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """W -> (Q float8_e4m3fn, scale_inv float32) with scale = amax(block) / 448 (1e-12 floor);
@@ -57,7 +63,7 @@ def quantize_block(w: torch.Tensor, block: tuple[int, int] = (128, 128),
     blocks = pad.unflatten(-1, (bi, block[1])).unflatten(-3, (bo, block[0]))  # [..., bo, b0, bi, b1]
     amax = blocks.abs().amax(dim=(-3, -1))  # [..., bo, bi]
     scale = (amax / FP8_MAX).clamp(min=1e-12)
-    if scale_fmt == "ue8m0":  # up to the next power of two, on the float32 bits (exact)
-        scale = ((scale.view(torch.int32) + 0x7FFFFF) & 0x7F800000).view(torch.float32)
+    if scale_fmt == "ue8m0":
+        scale = round_ue8m0(scale)
     q = (w.float() / _expand(scale, w.shape, block)).to(torch.float8_e4m3fn)
     return q, scale

@@ -44,7 +44,7 @@ import threading
 import torch
 from torch.torch_version import TorchVersion
 
-from .fp8 import FP8_MAX, dequantize_block
+from .fp8 import FP8_MAX, dequantize_block, round_ue8m0
 
 ENV_VAR = "DSV3_KERNELS"
 IMPLS = ("auto", "triton", "torch")
@@ -159,8 +159,8 @@ def act_quant_torch(x: torch.Tensor, block: int = BLOCK, scale_fmt: str | None =
     # bf16 activations put many x / s exactly on an e4m3 tie, which the ulp then tips the other way
     # (0.12% of codes a step apart on an H200, 2026-12-04)
     s = amax / torch.full_like(amax, FP8_MAX)
-    if scale_fmt == "ue8m0":  # round the scale up to a power of two (exact, on the float32 bits)
-        s = ((s.view(torch.int32) + 0x7FFFFF) & 0x7F800000).view(torch.float32)
+    if scale_fmt == "ue8m0":  # round the scale up to a power of two
+        s = round_ue8m0(s)
     q = (blocks / s[..., None]).clamp(-FP8_MAX, FP8_MAX).to(FP8).view(m, nb * block)[:, :k]
     return q.contiguous(), s
 

@@ -170,7 +170,8 @@ def _entries(path: str | Path, stats: CorpusStats | None = None) -> tuple[Path, 
             raise CorpusError(f"{root}: corpus directory has no text files (all {len(files)} are binary, "
                               f"e.g. {binary[0].name})")
         if binary:
-            files = [f for f in files if f not in set(binary)]
+            skip = set(binary)
+            files = [f for f in files if f not in skip]
             if stats is not None:
                 stats.skipped_binary[:] = [f.relative_to(root).as_posix() for f in binary]
         rels = [(f, f.relative_to(root).as_posix()) for f in files]

@@ -104,8 +104,6 @@ def read_dump(path: Path) -> Dump:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if not zipfile.is_zipfile(path):
-            raise SGLangError(f"{path}: not a readable torch.save file (not a torch zip archive)") from None
         why = next((ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln), "")
         why = why.split("Unsupported global:", 1)[-1].split(" was not")[0].strip() if why else "a non-tensor object"
         raise SGLangError(f"{path}: refused: it holds pickled Python objects ({why}), which "
@@ -364,7 +362,6 @@ def _stat(dumps: list[Dump], shape: Shape, out: Path) -> dict:
     counts = np.concatenate(counts)  # [passes, L, E], empty rows dropped, each dump's in the order written
     if counts.shape[2] < shape.n_experts:
         counts = np.pad(counts, ((0, 0), (0, 0), (0, shape.n_experts - counts.shape[2])))
-    kept = list(range(len(counts)))
     if unknown:
         print(f"warning: {', '.join(unknown[:3])}: SGLang's circular pass buffer has no single run of unused rows, "
               "so the order its passes were written in is unknown (every row used: it may have wrapped, holding "
@@ -373,12 +370,12 @@ def _stat(dumps: list[Dump], shape: Shape, out: Path) -> dict:
               file=sys.stderr)
     layers = _moe_layers(shape, counts.sum(0))
     w = PartWriter(out, 0, ["expert_load"])
-    for step, i in enumerate(kept):
-        tokens = int(counts[i][layers[0]].sum() // shape.topk) if layers else 0
-        w.append("expert_load", _load_rows(step, layers, counts[i], tokens), step)
-    w.commit(max(len(kept) - 1, 0))
+    for step, c in enumerate(counts):
+        tokens = int(c[layers[0]].sum() // shape.topk) if layers else 0
+        w.append("expert_load", _load_rows(step, layers, c, tokens), step)
+    w.commit(max(len(counts) - 1, 0))
     rows = sum(len(d.data["logical_count"]) for d in dumps)
-    return {"passes": len(kept), "dropped_empty_passes": rows - len(kept), "moe_layers": layers,
+    return {"passes": len(counts), "dropped_empty_passes": rows - len(counts), "moe_layers": layers,
             "topk_assumed": shape.args is None, "pass_order_unknown": bool(unknown), "full_buffers": unknown}
 
 
