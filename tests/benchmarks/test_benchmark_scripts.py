@@ -44,11 +44,11 @@ def test_every_benchmark_and_gpu_check_script_imports_what_it_uses(tmp_path):
 def test_the_gpu_checks_runner_passes_in_its_cpu_mode_and_names_what_fails(tmp_path):
     run_all = REPO / "tests" / "gpu" / "run_all.sh"
 
-    def run(python: str, out: Path) -> subprocess.CompletedProcess:
+    def run(python: str, out: Path, *steps: str) -> subprocess.CompletedProcess:
         env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "OUT": str(out), "PYTHON": python,
                "HOME": str(tmp_path), "OMP_NUM_THREADS": "1"}  # one thread each: the suite's other worker runs too
-        return subprocess.run(["bash", str(run_all), "--cpu"], capture_output=True, text=True, cwd=tmp_path,
-                              env=env, timeout=600)
+        return subprocess.run(["bash", str(run_all), "--cpu", *steps], capture_output=True, text=True,
+                              cwd=tmp_path, env=env, timeout=600)
 
     done = run(sys.executable, tmp_path / "ok")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
@@ -58,6 +58,13 @@ def test_the_gpu_checks_runner_passes_in_its_cpu_mode_and_names_what_fails(tmp_p
     assert "all checks passed" in logs["kernels.log"]
     assert "identical 100.00% (>= 99%): ok" in logs["record.log"]  # decisive choices, group margins included
     assert all(f"== {step}: exit 0 after" in logs[f"{step}.log"] for step in ("kernels", "record", "parallel"))
+    # the FP8-resident shards on the twins' float64 sums equal the whole model (both attention paths)
+    assert logs["parallel.log"].count("fp8 twins") == 2
+    assert all(line.endswith("yes") for line in logs["parallel.log"].splitlines() if line.startswith("fp8 twins"))
+    # a step this mode has not: one line naming it, before anything runs
+    unknown = run(sys.executable, tmp_path / "unknown", "record", "narrow")
+    assert unknown.returncode == 2 and not (tmp_path / "unknown" / "record.log").exists()
+    assert unknown.stderr.strip() == "run_all.sh: no step 'narrow' in cpu mode (steps: kernels record parallel)"
     # control: an interpreter that fails every step; the runner exits 1 and names each step
     failed = run("/bin/false", tmp_path / "bad")
     assert failed.returncode == 1

@@ -8,14 +8,23 @@ model, timed, under torchrun. Not a pytest module (CI never collects it); it nee
 
 Rank 0 writes a random checkpoint whose shards are whole 128-blocks at this world size (FP8 and
 dense copies); every rank loads it whole and sharded and rank 0 prints one table: per mode (dense
-float32, FP8 dequantised to bf16, FP8 resident with FP8 GEMMs) and attention path, the max error of
-the logits and MTP logits relative to the largest whole-model logit, the head's statistics that the
-jobs read (`targets=`: losses and argmax without gathering logits) against the whole model's
-logits' (max loss difference relative to the mean loss, argmax agreement, main and MTP heads),
-milliseconds per prefill
-forward and per decode step (whole model vs shards, median), and parameter bytes per rank. Exits
-non-zero when an error exceeds its tolerance (see MODES). NCCL cannot put two ranks on one GPU: use
-`--backend gloo` there (collectives then go through host memory, so the timings mean little).
+float32, FP8 dequantised to bf16, FP8 resident with the default kernels, FP8 resident with the torch
+twins) and attention path, the max error of the logits and MTP logits relative to the largest
+whole-model logit, the head's statistics that the jobs read (`targets=`: losses and argmax without
+gathering logits) against the whole model's logits' (max loss difference relative to the mean loss,
+argmax agreement, main and MTP heads), milliseconds per prefill forward and per decode step (whole
+model vs shards, median), and parameter bytes per rank. Exits non-zero when an error exceeds its
+tolerance (see MODES). NCCL cannot put two ranks on one GPU: use `--backend gloo` there (collectives
+then go through host memory, so the timings mean little).
+
+FP8 resident, the row-parallel GEMMs (wo, w2) and the experts' sum: the torch twins accumulate them
+in float64 (model.layers.LAYOUT_FREE_SUMS), so the shards must equal the whole model as float32
+does. The Triton kernel (the default on a GPU) accumulates in float32, so splitting K across ranks
+changes last bits, which the next FP8 activation quantisation can turn into whole e4m3 steps and,
+at near ties, other experts; in these random full-width models that flips many choices. That row is
+therefore judged against the exact-sum model (whole, twins): the shards may not be further from it
+than the whole model on the same kernels is (see SHARD_VS_WHOLE). `--float32-sums` makes the CPU's
+twins sum in float32 too, to rehearse that row without a GPU.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
@@ -35,18 +45,24 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import model  # noqa: E402
-from model import ModelArgs, memory, parallel  # noqa: E402
+from model import ModelArgs, kernels, layers, memory, parallel  # noqa: E402
 from model.head_stats import logit_stats  # noqa: E402
 
-# (mode, compute dtype, gemm_impl, checkpoint). float32: the shards must equal the whole model up to
-# summation order (max |diff| / max |logit| <= 1e-4). bf16: each row-parallel output is rounded to
-# bf16 per rank before the sum, and in these random unit-gain models that flips some routing choices,
-# so the check is statistical, with tests/model/test_fp8_model.py's tolerances: mean |diff| <= 25% of mean
-# |logit| and argmax agreement >= 75% (typically far better).
-MODES = [("dense fp32", torch.float32, "bf16", "dense"),
-         ("fp8 -> bf16", torch.bfloat16, "bf16", "fp8"),
-         ("fp8 resident", torch.bfloat16, "fp8", "fp8")]
+# (mode, compute dtype, gemm_impl, checkpoint, kernels). float32: the shards must equal the whole model
+# up to summation order (max |diff| / max |logit| <= 1e-4). bf16: each row-parallel output is rounded
+# to bf16 per rank before the sum, and in these random unit-gain models that flips some routing
+# choices, so the check is statistical, with tests/model/test_fp8_model.py's tolerances: mean |diff|
+# <= 25% of mean |logit| and argmax agreement >= 75% (typically far better). FP8 resident on the
+# torch twins (kernels "torch"): layout-free float64 sums, so the float32 bound. FP8 resident on the
+# default kernels: the float32 bound where they are the twins (the CPU), else SHARD_VS_WHOLE.
+MODES = [("dense fp32", torch.float32, "bf16", "dense", None),
+         ("fp8 -> bf16", torch.bfloat16, "bf16", "fp8", None),
+         ("fp8 resident", torch.bfloat16, "fp8", "fp8", None),
+         ("fp8 twins", torch.bfloat16, "fp8", "fp8", "torch")]
 EXACT, MEAN_REL, AGREE = 1e-4, 0.25, 0.75
+# float32 FP8 sums: against the exact-sum whole model, the shards' mean relative error may be at most
+# 1.5x (+0.01) the whole model's and their argmax agreement at most 0.05 lower
+SHARD_VS_WHOLE = (1.5, 0.01, 0.05)
 
 
 def config(world: int, small: bool) -> ModelArgs:
@@ -59,6 +75,24 @@ def config(world: int, small: bool) -> ModelArgs:
         n_shared_experts=1, n_activated_experts=4, n_expert_groups=4, n_limited_groups=2,
         q_lora_rank=256 if small else 768, kv_lora_rank=256 if small else 512, qk_nope_head_dim=128,
         qk_rope_head_dim=64, v_head_dim=128, max_seq_len=1024, dtype="bfloat16"))
+
+
+@contextmanager
+def kernel_choice(impl: str | None, layout_free: bool):
+    """FP8 kernels `impl` (None: DSV3_KERNELS as set, else auto) with or without layout-free float64
+    sums (both are read at forward time) for the body; restored after."""
+    env, free = os.environ.get(kernels.ENV_VAR), layers.LAYOUT_FREE_SUMS
+    if impl is not None:
+        os.environ[kernels.ENV_VAR] = impl
+    layers.LAYOUT_FREE_SUMS = layout_free
+    try:
+        yield
+    finally:
+        layers.LAYOUT_FREE_SUMS = free
+        if env is None:
+            os.environ.pop(kernels.ENV_VAR, None)
+        else:
+            os.environ[kernels.ENV_VAR] = env
 
 
 def timed(fn, repeats: int, device: torch.device) -> float:
@@ -120,13 +154,18 @@ class Row(NamedTuple):
     shard_bytes: int
     whole_bytes: int
     ok: bool
+    # float32 FP8 sums: (whole, shards) against the exact-sum whole model, errors() of the logits
+    vs_exact: tuple[tuple[float, float, float], tuple[float, float, float]] | None = None
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cpu", action="store_true", help="run on the CPU (gloo, small config): checks the script")
     p.add_argument("--backend", choices=["nccl", "gloo"], help="default: nccl on CUDA, gloo on the CPU")
-    p.add_argument("--small", action="store_true", help="a smaller config (default with --cpu)")
+    p.add_argument("--size", choices=["small", "large"],
+                   help="the model: small (dim 256, 2 layers; default with --cpu) or large (dim 2048, 4 layers)")
+    p.add_argument("--float32-sums", action="store_true",
+                   help="the FP8-resident row's torch twins sum in float32, as the Triton kernel does")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--repeats", type=int, default=5)
@@ -148,31 +187,53 @@ def rank_device(cpu: bool) -> torch.device:
     return device
 
 
-def compare(mode: str, dtype: torch.dtype, whole, shard, tokens, targets, repeats: int) -> list[Row]:
+def forward_pair(whole, shard, tokens, targets):
+    """Whole and sharded logits, MTP logits, and the sharded head's statistics against the whole's."""
+    ref, ref_mtp = whole(tokens, mtp=True)
+    got, got_mtp = shard(tokens, mtp=True)
+    st, st_mtp = shard(tokens, mtp=True, targets=targets, mtp_targets=targets[:, 1:])
+    stats = (stats_errors(st, logit_stats(ref, targets)), stats_errors(st_mtp, logit_stats(ref_mtp, targets[:, 1:])))
+    return (ref, ref_mtp), (got, got_mtp), stats
+
+
+def judge(exact: bool, e, e_mtp, es, vs_exact) -> bool:
+    """Within the float32 bound (exact), the statistical bf16 one, or, for float32 FP8 sums
+    (vs_exact given), no further from the exact-sum model than the whole model is."""
+    if exact:
+        return e[0] <= EXACT and e_mtp[0] <= EXACT and all(x[0] <= EXACT and x[1] >= 0.99 for x in es)
+    if vs_exact is not None:
+        (w, s), (factor, slack, drop) = vs_exact, SHARD_VS_WHOLE
+        return s[1] <= factor * w[1] + slack and s[2] >= w[2] - drop
+    return all(x[1] <= MEAN_REL and x[2] >= AGREE for x in (e, e_mtp)) and all(
+        x[0] <= MEAN_REL and x[1] >= AGREE for x in es)
+
+
+def compare(mode: str, dtype: torch.dtype, impl: str | None, whole, shard, tokens, targets,
+            ns: argparse.Namespace) -> list[Row]:
     """The sharded model against the whole one, on both attention paths: errors, timings, sizes."""
-    device, seq = tokens.device, tokens.shape[1]
+    device, seq, repeats = tokens.device, tokens.shape[1], ns.repeats
+    fp8 = mode.startswith("fp8 resident") or mode == "fp8 twins"
+    layout_free = not (ns.float32_sums and impl is None)
     rows = []
-    for impl in ("absorb", "naive"):
-        whole.attn_impl = shard.attn_impl = impl
-        with torch.no_grad():
-            ref, ref_mtp = whole(tokens, mtp=True)
-            got, got_mtp = shard(tokens, mtp=True)
-            e, e_mtp = errors(got, ref), errors(got_mtp, ref_mtp)
-            st, st_mtp = shard(tokens, mtp=True, targets=targets, mtp_targets=targets[:, 1:])
-            es = (stats_errors(st, logit_stats(ref, targets)),
-                  stats_errors(st_mtp, logit_stats(ref_mtp, targets[:, 1:])))
+    for attn in ("absorb", "naive"):
+        whole.attn_impl = shard.attn_impl = attn
+        with torch.no_grad(), kernel_choice(impl, layout_free):
+            (ref, ref_mtp), (got, got_mtp), es = forward_pair(whole, shard, tokens, targets)
+            float32_sums = fp8 and layers.fp8_sum_dtype(device) == torch.float32
             t_whole = timed(lambda: whole(tokens), repeats, device)
             t_shard = timed(lambda: shard(tokens), repeats, device)
             shard(tokens, use_cache=True)
             step = tokens[:, -1:]
             t_dec = timed(lambda: shard(step, start_pos=seq), repeats, device)
-        if dtype == torch.float32:
-            ok = e[0] <= EXACT and e_mtp[0] <= EXACT and all(x[0] <= EXACT and x[1] >= 0.99 for x in es)
-        else:
-            ok = all(x[1] <= MEAN_REL and x[2] >= AGREE for x in (e, e_mtp)) and all(
-                x[0] <= MEAN_REL and x[1] >= AGREE for x in es)
-        rows.append(Row(mode, impl, e, e_mtp, es, t_whole, t_shard, t_dec,
-                        memory.tensor_bytes(shard), memory.tensor_bytes(whole), ok))
+        vs_exact = None
+        if float32_sums:
+            with torch.no_grad(), kernel_choice("torch", True):
+                exact = whole(tokens)
+            vs_exact = (errors(ref, exact), errors(got, exact))
+        e, e_mtp = errors(got, ref), errors(got_mtp, ref_mtp)
+        ok = judge(dtype == torch.float32 or (fp8 and not float32_sums), e, e_mtp, es, vs_exact)
+        rows.append(Row(mode, attn, e, e_mtp, es, t_whole, t_shard, t_dec,
+                        memory.tensor_bytes(shard), memory.tensor_bytes(whole), ok, vs_exact))
     return rows
 
 
@@ -191,6 +252,12 @@ def print_table(rows: list[Row], title: str) -> None:
         print(f"{r.mode:<13} {r.impl:<6} {err(r.logits):>22} {err(r.mtp):>22} {stats:>24} {r.whole_ms:>9.2f} "
               f"{r.shard_ms:>9.2f} {r.decode_ms:>9.2f} {r.shard_bytes / 1e6:>8.1f} {r.whole_bytes / 1e6:>8.1f}  "
               f"{'yes' if r.ok else 'NO'}")
+    for r in rows:
+        if r.vs_exact is not None:
+            (w, s), (factor, slack, drop) = r.vs_exact, SHARD_VS_WHOLE
+            print(f"{r.mode} ({r.impl}), float32 FP8 sums, logits against the exact-sum whole model (twins, "
+                  f"float64 sums): whole {err(w)}, shards {err(s)} (bound: mean <= {factor}x + {slack}, "
+                  f"agreement >= whole's - {drop})")
 
 
 def main() -> int:
@@ -198,7 +265,7 @@ def main() -> int:
     shards = parallel.init_distributed("gloo" if ns.cpu else ns.backend)
     rank, world = shards.rank, shards.world
     device = rank_device(ns.cpu)
-    args = config(world, ns.small or ns.cpu)
+    args = config(world, (ns.size or ("small" if ns.cpu else "large")) == "small")
     seq = min(ns.seq_len, 32) if ns.cpu else ns.seq_len
     tmp = tempfile.TemporaryDirectory() if ns.dir is None else None
     root = Path(ns.dir or (tmp.name if rank == 0 else ""))
@@ -210,10 +277,10 @@ def main() -> int:
     tokens = torch.randint(0, args.vocab_size, (ns.batch, seq), generator=g).to(device)
     targets = torch.randint(0, args.vocab_size, (ns.batch, seq), generator=g).to(device)
     rows = []
-    for mode, dtype, gemm, ckpt in MODES:
+    for mode, dtype, gemm, ckpt, impl in MODES:
         whole = model.load(paths[ckpt], dtype=dtype, device=device, gemm_impl=gemm, parallel=False)
         shard = model.load(paths[ckpt], dtype=dtype, device=device, gemm_impl=gemm, parallel=shards)
-        rows += compare(mode, dtype, whole, shard, tokens, targets, ns.repeats)
+        rows += compare(mode, dtype, impl, whole, shard, tokens, targets, ns)
         del whole, shard
         if device.type == "cuda":
             torch.cuda.empty_cache()

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Every GPU check in one pass, sized for a short lease of one GPU (a command of at most 10 minutes):
 # the Triton kernels (check_kernels.py --quick), a 671B-width record with FP8 weights resident
-# (check_record.py, 4 MoE layers, 16k tokens) and the sharded model against the whole one
-# (check_parallel.py, 2 ranks on one GPU over gloo). Each step has its own time limit and writes its
-# log under $OUT as it goes, so what finished comes back even if a later step runs out of time.
+# (check_record.py, 4 MoE layers, 16k tokens; its kernels judged per GEMM), the routing of the
+# narrow model judged against bf16 (check_record.py --narrow) and the sharded model against the whole
+# one (check_parallel.py, 2 ranks on one GPU over gloo). Each step has its own time limit and writes
+# its log under $OUT as it goes, so what finished comes back even if a later step runs out of time.
 #
 #     bash tests/gpu/run_all.sh          # on a CUDA machine: python3 with torch, triton, pyarrow,
 #                                        # safetensors and tokenizers (the project is not installed)
+#     bash tests/gpu/run_all.sh parallel narrow   # only these steps, in this order
 #     bash tests/gpu/run_all.sh --cpu    # the same steps in each check's CPU mode: checks this script
+#                                        # (the CPU's record step is the narrow model already)
 #
 # Exits 0 when every step passed; the logs say which did not. PYTHON names another interpreter.
 set -uo pipefail
@@ -17,6 +20,23 @@ mkdir -p "$OUT"
 PY="${PYTHON:-python3}"
 export PYTHONUNBUFFERED=1
 failed=()
+mode=gpu
+if [ "${1:-}" = "--cpu" ]; then
+    mode=cpu
+    shift
+fi
+steps=("$@")
+if [ "${#steps[@]}" -eq 0 ]; then
+    steps=(kernels record parallel)
+    [ "$mode" = gpu ] && steps=(kernels record narrow parallel)
+fi
+for s in "${steps[@]}"; do
+    case "$mode:$s" in
+        gpu:kernels|gpu:record|gpu:narrow|gpu:parallel|cpu:kernels|cpu:record|cpu:parallel) ;;
+        *) echo "run_all.sh: no step '$s' in $mode mode (steps: kernels record$([ "$mode" = gpu ] && echo " narrow") parallel)" >&2
+           exit 2 ;;
+    esac
+done
 
 step() {  # NAME SECONDS COMMAND...: run COMMAND under a time limit, its output into $OUT/NAME.log
     local name=$1 limit=$2 t0=$SECONDS rc
@@ -31,10 +51,10 @@ step() {  # NAME SECONDS COMMAND...: run COMMAND under a time limit, its output 
 
 # the versions from the installed packages' metadata; torch itself is imported (seconds) only to ask
 # whether it sees the GPU, which the CPU mode does not need
-"$PY" - "${1:-}" <<'EOF' 2>&1 | tee "$OUT/env.log"
+"$PY" - "$mode" <<'EOF' 2>&1 | tee "$OUT/env.log"
 import platform, sys
 from importlib.metadata import PackageNotFoundError, version
-if sys.argv[1:] == ["--cpu"]:
+if sys.argv[1:] == ["cpu"]:
     gpu = "CPU mode"
 else:
     import torch
@@ -50,17 +70,22 @@ if command -v nvidia-smi >/dev/null; then
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 | tee -a "$OUT/env.log"
 fi
 
-if [ "${1:-}" = "--cpu" ]; then
-    step kernels 120 env TRITON_INTERPRET=1 "$PY" tests/gpu/check_kernels.py --cpu-smoke
-    step record 300 "$PY" tests/gpu/check_record.py --cpu
-    step parallel 180 "$PY" -m torch.distributed.run --standalone --nproc-per-node 2 tests/gpu/check_parallel.py --cpu \
-        --repeats 1
-else
-    step kernels 150 "$PY" tests/gpu/check_kernels.py --quick
-    step record 240 "$PY" tests/gpu/check_record.py --moe-layers 4 --tokens 16384
-    step parallel 150 "$PY" -m torch.distributed.run --standalone --nproc-per-node 2 \
-        tests/gpu/check_parallel.py --backend gloo
-fi
+run_step() {  # NAME: the step in this mode
+    case "$mode:$1" in
+        cpu:kernels) step kernels 120 env TRITON_INTERPRET=1 "$PY" tests/gpu/check_kernels.py --cpu-smoke ;;
+        cpu:record) step record 300 "$PY" tests/gpu/check_record.py --cpu ;;
+        cpu:parallel) step parallel 180 "$PY" -m torch.distributed.run --standalone --nproc-per-node 2 \
+            tests/gpu/check_parallel.py --cpu --repeats 1 ;;
+        gpu:kernels) step kernels 120 "$PY" tests/gpu/check_kernels.py --quick ;;
+        gpu:record) step record 210 "$PY" tests/gpu/check_record.py --moe-layers 4 --tokens 16384 ;;
+        gpu:narrow) step narrow 90 "$PY" tests/gpu/check_record.py --narrow ;;
+        gpu:parallel) step parallel 170 "$PY" -m torch.distributed.run --standalone --nproc-per-node 2 \
+            tests/gpu/check_parallel.py --backend gloo ;;
+    esac
+}
+for s in "${steps[@]}"; do
+    run_step "$s"
+done
 
 if [ "${#failed[@]}" -gt 0 ]; then
     echo "failed: ${failed[*]} (logs in $OUT)"
