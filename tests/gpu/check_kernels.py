@@ -78,7 +78,8 @@ def main() -> int:
     import triton
     print(f"triton {triton.__version__}; FP8 dot mode {K._dot_mode(plan.dev)} (0 = fp8 tensor cores, 1 = bf16 upcast)")
     g = torch.Generator(device=plan.dev).manual_seed(0)
-    failures = check_act_quant(plan, g) + check_weight_dequant(plan, g) + check_fp8_gemm(plan, g)
+    failures = check_act_quant(plan, g) + check_quantize_block(plan, g) + check_weight_dequant(plan, g)
+    failures += check_fp8_gemm(plan, g)
     failures += forward_check(plan.dev, plan.smoke)
     print("\nFAILED: " + ", ".join(failures) if failures else "\nall checks passed")
     return 1 if failures else 0
@@ -128,6 +129,26 @@ def check_act_quant(plan: Plan, g: torch.Generator) -> list[str]:
                 print(f"{label:28} {srel:10.1e} {diff:9.2%} {tt:10.3f} {tr:9.3f} {gbs:7.0f}")
                 if srel > SCALE_REL or diff > Q_MISMATCH_FRAC:
                     failures.append(f"act_quant M={m} K={k} {fmt}")
+    return failures
+
+
+def check_quantize_block(plan: Plan, g: torch.Generator) -> list[str]:
+    """Weight quantisation (model.fp8.quantize_block, what `model.save(..., fp8=True)` and make_fp8_
+    run) on the device against the same on the CPU: scales and codes bit for bit, so a checkpoint
+    quantised on a GPU is the one the CPU writes."""
+    dev, failures = plan.dev, []
+    print(f"\n{'quantize_block [N, K] bf16':28} {'scales differ':>14} {'q differ':>9}")
+    for shape in ([(300, 200)] if plan.smoke else [(7168, 2048), (2048, 7168)]):
+        for fmt in (None, "ue8m0"):
+            w = torch.randn(*shape, device=dev, generator=g).to(torch.bfloat16)  # bf16: values on e4m3 ties
+            qd, sd = quantize_block(w, scale_fmt=fmt)
+            qc, sc = quantize_block(w.cpu(), scale_fmt=fmt)
+            sdiff = (sd.cpu().view(torch.int32) != sc.view(torch.int32)).float().mean().item()
+            qdiff = (qd.cpu().view(torch.uint8) != qc.view(torch.uint8)).float().mean().item()
+            label = f"{shape} {fmt or 'fp32 scales'}"
+            print(f"{label:28} {sdiff:14.2%} {qdiff:9.4%}")
+            if sdiff or qdiff:
+                failures.append(f"quantize_block {shape} {fmt}")
     return failures
 
 

@@ -87,6 +87,18 @@ def test_quantize_block_round_trip_error_and_scale_shapes():
     assert (err[~normal] > 0).any()  # the outlier's block has subnormal entries, also rounded
 
 
+def test_quantize_block_scales_are_amax_over_448_correctly_rounded():
+    """Each scale is amax / 448 rounded once, the value every device gives (divided by a tensor: on
+    CUDA torch multiplies by the reciprocal of a Python divisor, an ulp off in many blocks)."""
+    w = torch.randn(256, 256, generator=torch.Generator().manual_seed(0))
+    q, s = quantize_block(w, (16, 16))
+    amax = w.abs().reshape(16, 16, 16, 16).amax(dim=(1, 3))
+    assert torch.equal(s, (amax.double() / FP8_MAX).float())
+    # the control: the reciprocal-multiply is a different rounding, in some of these 256 blocks
+    reciprocal = amax * torch.tensor(1 / FP8_MAX, dtype=torch.float32)
+    assert 0 < int((reciprocal != s).sum()) < 256
+
+
 def test_dequantize_block_whole_blocks_path_equals_the_elementwise_one():
     """Shapes of whole 128-blocks take the in-place broadcast path; it gives the same floats as scaling
     by the expanded elementwise scales (stacked experts too, and into bf16)."""
