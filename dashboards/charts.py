@@ -143,6 +143,7 @@ def layered_sankey(columns: list[list[tuple[str, str, float]]], links: list[tupl
     (size: the node's share of its column's drawn height); links = (column c, node index in c, node index
     in c + 1, value, colour, hover text). Node positions are given, so a node without incoming links
     still sits in its own column."""
+    links = list(links) + _column_anchors(columns, links)
     offset = np.cumsum([0] + [len(c) for c in columns])
     sizes = [np.array([max(float(s), 1e-9) for _, _, s in col]) for col in columns]
     plot_h, pad = height - 60, 6  # style()'s margins; node padding in pixels
@@ -161,11 +162,30 @@ def layered_sankey(columns: list[list[tuple[str, str, float]]], links: list[tupl
                   hovertemplate="%{label}<br>tokens: %{value:,}<extra></extra>"),
         link=dict(source=[int(offset[c] + i) for c, i, *_ in links],
                   target=[int(offset[c + 1] + j) for c, _, j, *_ in links],
-                  value=[v for *_, v, _, _ in links], color=[_rgba(col, 0.4) for *_, col, _ in links],
+                  value=[v for *_, v, _, _ in links], color=[_rgba(col, 0.4) if col else "rgba(0,0,0,0)" for *_, col, _ in links],
                   customdata=[t for *_, t in links],
                   hovertemplate="%{source.label} → %{target.label}<br>tokens: %{value:,}<br>%{customdata}"
                                 "<extra></extra>")))
     return style(fig, title, height)
+
+
+def _column_anchors(columns: list[list], links: list[tuple]) -> list[tuple]:
+    """Invisible links of a negligible value into every node past the first column that has none and
+    out of every node before the last that has none. Plotly scales nodes by the columns of its own
+    layout (a node without incoming links in the first, one without outgoing links in the last), not
+    by the positions given; without these, a layer whose nodes it spreads over two of its columns gets
+    a larger scale than layered_sankey's, and the tallest layer ran off the bottom of the chart."""
+    has_in = {(c + 1, j) for c, _, j, *_ in links}
+    has_out = {(c, i) for c, i, *_ in links}
+    tiny = 1e-6 * min((v for *_, v, _, _ in links), default=1.0)
+    anchors = []
+    for c, col in enumerate(columns):
+        for i in range(len(col)):
+            if c > 0 and (c, i) not in has_in and columns[c - 1]:
+                anchors.append((c - 1, 0, i, tiny, None, ""))
+            if c < len(columns) - 1 and (c, i) not in has_out and columns[c + 1]:
+                anchors.append((c, i, 0, tiny, None, ""))
+    return anchors
 
 
 def _rgba(hex_color: str, alpha: float) -> str:

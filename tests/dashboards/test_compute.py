@@ -1,6 +1,7 @@
 """The dashboard's compute layer on hand-computed cases: the load-balance window, the per-GPU
 imbalance ratio, one colour scale for compared heatmaps, I(domain; expert) / H(domain) under its own
-name, and rank disagreement taken from `analyses.importance` (no Streamlit session needed)."""
+name, rank disagreement taken from `analyses.importance`, and a layered Sankey whose columns plotly
+keeps (no Streamlit session needed)."""
 
 from __future__ import annotations
 
@@ -147,3 +148,30 @@ def test_a_log_axis_ticks_powers_of_ten_only():
     y = charts.lines({"a": ([1, 2, 3], [0.5, 0.01, 1e-4])}, log_y=True).layout.yaxis
     assert (y.type, y.dtick, y.exponentformat) == ("log", 1, "power")
     assert charts.lines({"a": ([1, 2], [0.5, 0.1])}).layout.yaxis.dtick is None  # a linear axis keeps its own
+
+
+def test_a_layered_sankeys_columns_are_plotlys_own_columns():
+    """Plotly scales nodes by the columns of its own layout (a node without incoming links goes to
+    the first, one without outgoing links to the last), not by the positions layered_sankey gives:
+    every node past the first layer gets an incoming link and every node before the last an outgoing
+    one (invisible, of negligible value), or the tallest layer ran off the chart's bottom (seen with
+    the 20 largest flows of the bundled model's layers 1-3)."""
+    columns = [[("a0", "#1f77b4", 5), ("a1", "#ff7f0e", 3)],
+               [("b0", "#2ca02c", 5), ("b1", "#d62728", 4), ("b2", "#9467bd", 2)],  # b1: no incoming link
+               [("c0", "#8c564b", 5)]]                                               # b2: no outgoing link
+    real = [(0, 0, 0, 5, "#1f77b4", "x"), (0, 1, 2, 2, "#ff7f0e", "y"), (1, 0, 0, 5, "#2ca02c", "z"),
+            (1, 1, 0, 4, "#d62728", "w")]
+    link = charts.layered_sankey(columns, real).data[0].link
+    offset = [0, 2, 5]
+    pairs = list(zip(link.source, link.target, link.value, link.color))
+    assert [(s, t, v) for s, t, v, _ in pairs[:4]] == [(offset[c] + i, offset[c + 1] + j, n) for c, i, j, n, *_ in real]
+    extra = pairs[4:]
+    assert extra and all(v < 1e-5 and c == "rgba(0,0,0,0)" for _, _, v, c in extra)
+    for c in range(3):
+        for i in range(len(columns[c])):
+            node = offset[c] + i
+            if c > 0:  # an incoming link, from the layer before
+                assert any(t == node and offset[c - 1] <= s < offset[c] for s, t, *_ in pairs), (c, i)
+            if c < 2:  # an outgoing link, to the layer after
+                assert any(s == node and offset[c + 1] <= t < offset[c + 1] + len(columns[c + 1])
+                           for s, t, *_ in pairs), (c, i)
