@@ -159,7 +159,7 @@ def layered_sankey(columns: list[list[tuple[str, str, float]]], links: list[tupl
     fig = go.Figure(go.Sankey(
         arrangement="snap", textfont=dict(color="#222", size=12),
         node=dict(label=labels, color=colors, x=xs, y=ys, pad=6, thickness=14,
-                  hovertemplate="%{label}<br>tokens: %{value:,}<extra></extra>"),
+                  hovertemplate="%{label}<br>tokens: %{value:,.0f}<extra></extra>"),
         link=dict(source=[int(offset[c] + i) for c, i, *_ in links],
                   target=[int(offset[c + 1] + j) for c, _, j, *_ in links],
                   value=[v for *_, v, _, _ in links], color=[_rgba(col, 0.4) if col else "rgba(0,0,0,0)" for *_, col, _ in links],
