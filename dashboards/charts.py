@@ -78,6 +78,9 @@ def heatmap(z: np.ndarray, x: Sequence, y: Sequence, *, title: str | None = None
                                colorbar=dict(title=dict(text=zlabel), thickness=12), **extra))
     fig.update_xaxes(title=xlabel, type="category")
     fig.update_yaxes(title=ylabel, type="linear" if y_numeric else "category", autorange="reversed")
+    ys = np.asarray(y, dtype=float) if y_numeric and len(y) else None
+    if ys is not None and np.all(ys == np.round(ys)) and ys.max() - ys.min() <= 10:
+        fig.update_yaxes(dtick=1)  # a few integer rows (steps): no in-between ticks such as 0.5
     return style(fig, title, height or max(260, 60 + 28 * len(y)))
 
 

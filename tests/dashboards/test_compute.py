@@ -175,3 +175,13 @@ def test_a_layered_sankeys_columns_are_plotlys_own_columns():
             if c < 2:  # an outgoing link, to the layer after
                 assert any(s == node and offset[c + 1] <= t < offset[c + 1] + len(columns[c + 1])
                            for s, t, *_ in pairs), (c, i)
+
+
+def test_a_numeric_heatmap_of_a_few_steps_ticks_whole_steps_only():
+    """One or a few batches: ticks at whole steps (plotly's own put 4.5 and 5.5 around a single step 5);
+    many steps keep plotly's spacing."""
+    z = np.ones((1, 4))
+    assert charts.heatmap(z, range(4), [5], y_numeric=True).layout.yaxis.dtick == 1
+    assert charts.heatmap(np.ones((3, 4)), range(4), [0, 4, 8], y_numeric=True).layout.yaxis.dtick == 1
+    assert charts.heatmap(np.ones((50, 4)), range(4), list(range(0, 500, 10)), y_numeric=True).layout.yaxis.dtick is None
+    assert charts.heatmap(z, range(4), ["layer1"]).layout.yaxis.dtick is None  # categories: untouched
