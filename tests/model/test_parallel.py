@@ -54,7 +54,7 @@ def worker_results(tmp_path_factory) -> dict:
     cases = [
         {"name": "tiny", "ckpt": save("tiny", tiny), "grads": True},
         {"name": "tiny_fp8_dequant", "ckpt": save("tiny8", tiny, fp8=True)},
-        {"name": "tiny_fp8_resident", "ckpt": str(base / "tiny8"), "gemm_impl": "fp8"},
+        {"name": "tiny_fp8_resident", "ckpt": str(base / "tiny8"), "gemm_impl": "fp8", "vs_dequant": True},
         {"name": "aligned_fp8_resident", "gemm_impl": "fp8",
          "ckpt": save("aligned", random_model("tiny", seed=3, **ALIGNED), fp8=True)},
         {"name": "aligned_fp8_bf16", "ckpt": str(base / "aligned"), "gemm_impl": "fp8", "dtype": "bfloat16"},
@@ -150,11 +150,16 @@ def test_fp8_resident_sharded(worker_results):
                 assert r[f"{kind}_rel_{impl}"] <= EXACT, r
         assert r["hook_topk_equal"]
     # shards inside one 128-block (tiny dims): allowed, but a row-parallel GEMM quantises its local
-    # activations in their own block, so the result is within FP8 rounding, not equal
+    # activations in their own block, so the result is another FP8 rounding of the same model, not
+    # equal: against the dequantised checkpoint (float, no activation quantisation), the shards may be
+    # no further than the whole FP8 model is
     for r in per_rank(worker_results, "tiny_fp8_resident"):
-        print(f"\ntiny FP8 resident rank {r['rank']}: logits mean rel {r['logits_mean_rel_absorb']:.3f}, "
-              f"max rel {r['logits_rel_absorb']:.3f} (FP8 rounding)")
-        assert r["logits_mean_rel_absorb"] <= FP8_MEAN_REL and r["logits_rel_absorb"] <= FP8_MAX_REL + 0.5
+        whole, shard = r["whole_vs_dequant_mean_rel"], r["shard_vs_dequant_mean_rel"]
+        print(f"\ntiny FP8 resident rank {r['rank']}: logits mean rel {r['logits_mean_rel_absorb']:.3f} "
+              f"(max {r['logits_rel_absorb']:.3f}) vs the whole FP8 model; against the dequantised "
+              f"checkpoint: whole {whole:.3f}, shards {shard:.3f}")
+        assert whole > 0 and shard <= 1.5 * whole + 0.02, r
+        assert r["logits_mean_rel_absorb"] <= FP8_MEAN_REL, r
 
 
 def test_fp8_float32_sums_depend_on_the_layout(worker_results):

@@ -3,7 +3,7 @@ whole (parallel=False) and sharded (parallel=True), and compares them. Not a tes
 
     python -m torch.distributed.run --standalone --nproc-per-node 2 tests/workers/parallel_worker.py CASES.json
 
-CASES.json is a list of {"name", "ckpt", "gemm_impl"?, "grads"?}. Each rank writes one JSON line per
+CASES.json is a list of {"name", "ckpt", "gemm_impl"?, "grads"?, "vs_dequant"?, ...}. Each rank writes one JSON line per
 case to results.rank<R>.jsonl next to CASES.json (errors as {"error": type, "message": ...}).
 """
 
@@ -73,6 +73,20 @@ def forward_checks(full, sh, out: dict) -> None:
         out["hidden_hooks"] = len(c_ref)
 
 
+def mean_rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).abs().mean() / b.double().abs().mean())
+
+
+def dequant_checks(full, sh, deq, out: dict) -> None:
+    """FP8 resident, whole and sharded, against the dequantised checkpoint (no activation
+    quantisation): how far FP8 activations take each from the same weights in float."""
+    tok = tokens_for(full)
+    with torch.no_grad():
+        ref = deq(tok)
+        out["whole_vs_dequant_mean_rel"] = mean_rel(full(tok), ref)
+        out["shard_vs_dequant_mean_rel"] = mean_rel(sh(tok), ref)
+
+
 def grad_checks(full, sh, out: dict) -> None:
     """d(loss)/d(weights) of a replicated loss: replicated params equal, sharded ones equal the slice."""
     tok = tokens_for(full, seed=1)
@@ -123,6 +137,8 @@ def run_case(case: dict, keep: list) -> dict:
     finally:
         layers.LAYOUT_FREE_SUMS = True
     bytes_checks(full, sh, out)
+    if case.get("vs_dequant"):
+        dequant_checks(full, sh, model.load(case["ckpt"], parallel=False, dtype=kw["dtype"]), out)
     print(f"{case['name']} rank {out['rank']}: resident parameter bytes {out['bytes_rank']:,} of "
           f"{out['bytes_full']:,} single-process ({out['total_ratio']:.3f}); sharded parts "
           f"{out['sharded_ratio']:.4f}", flush=True)
