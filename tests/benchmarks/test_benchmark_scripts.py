@@ -54,21 +54,22 @@ def test_the_gpu_checks_runner_passes_in_its_cpu_mode_and_names_what_fails(tmp_p
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert done.stdout.rstrip().endswith(f"every step passed (logs in {tmp_path / 'ok'})")
     logs = {p.name: p.read_text() for p in (tmp_path / "ok").iterdir()}
-    assert sorted(logs) == ["env.log", "kernels.log", "parallel.log", "record.log"]
+    assert sorted(logs) == ["env.log", "jobs.log", "kernels.log", "parallel.log", "record.log"]
     assert "all checks passed" in logs["kernels.log"]
     assert "identical 100.00% (>= 99%): ok" in logs["record.log"]  # decisive choices, group margins included
-    assert all(f"== {step}: exit 0 after" in logs[f"{step}.log"] for step in ("kernels", "record", "parallel"))
+    assert all(f"== {step}: exit 0 after" in logs[f"{step}.log"] for step in ("kernels", "record", "parallel", "jobs"))
+    assert "spec, float32" in logs["jobs.log"] and logs["jobs.log"].count(": ok") == 3
     # the FP8-resident shards on the twins' float64 sums equal the whole model (both attention paths)
     assert logs["parallel.log"].count("fp8 twins") == 2
     assert all(line.endswith("yes") for line in logs["parallel.log"].splitlines() if line.startswith("fp8 twins"))
     # a step this mode has not: one line naming it, before anything runs
     unknown = run(sys.executable, tmp_path / "unknown", "record", "narrow")
     assert unknown.returncode == 2 and not (tmp_path / "unknown" / "record.log").exists()
-    assert unknown.stderr.strip() == "run_all.sh: no step 'narrow' in cpu mode (steps: kernels record parallel)"
+    assert unknown.stderr.strip() == "run_all.sh: no step 'narrow' in cpu mode (steps: kernels record parallel jobs)"
     # control: an interpreter that fails every step; the runner exits 1 and names each step
     failed = run("/bin/false", tmp_path / "bad")
     assert failed.returncode == 1
-    assert failed.stdout.rstrip().endswith(f"failed: kernels record parallel (logs in {tmp_path / 'bad'})")
+    assert failed.stdout.rstrip().endswith(f"failed: kernels record parallel jobs (logs in {tmp_path / 'bad'})")
 
 
 def test_benchmark_command_lines_give_one_line_errors():

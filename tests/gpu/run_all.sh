@@ -2,12 +2,13 @@
 # Every GPU check in one pass, sized for a short lease of one GPU (a command of at most 10 minutes):
 # the Triton kernels (check_kernels.py --quick), a 671B-width record with FP8 weights resident
 # (check_record.py, 4 MoE layers, 16k tokens; its kernels judged per GEMM), the routing of the
-# narrow model judged against bf16 (check_record.py --narrow) and the sharded model against the whole
-# one (check_parallel.py, 2 ranks on one GPU over gloo). Each step has its own time limit and writes
+# narrow model judged against bf16 (check_record.py --narrow), the sharded model against the whole
+# one (check_parallel.py, 2 ranks on one GPU over gloo) and the record and spec jobs on the bundled
+# model against the same jobs on the CPU (check_jobs.py). Each step has its own time limit and writes
 # its log under $OUT as it goes, so what finished comes back even if a later step runs out of time.
 #
-#     bash tests/gpu/run_all.sh          # on a CUDA machine: python3 with torch, triton, pyarrow,
-#                                        # safetensors and tokenizers (the project is not installed)
+#     bash tests/gpu/run_all.sh          # on a CUDA machine: python3 with torch, triton, pyarrow, numpy,
+#                                        # pandas, safetensors and tokenizers (the project is not installed)
 #     bash tests/gpu/run_all.sh parallel narrow   # only these steps, in this order
 #     bash tests/gpu/run_all.sh --cpu    # the same steps in each check's CPU mode: checks this script
 #                                        # (the CPU's record step is the narrow model already)
@@ -27,13 +28,13 @@ if [ "${1:-}" = "--cpu" ]; then
 fi
 steps=("$@")
 if [ "${#steps[@]}" -eq 0 ]; then
-    steps=(kernels record parallel)
-    [ "$mode" = gpu ] && steps=(kernels record narrow parallel)
+    steps=(kernels record parallel jobs)
+    [ "$mode" = gpu ] && steps=(kernels record narrow parallel jobs)
 fi
 for s in "${steps[@]}"; do
     case "$mode:$s" in
-        gpu:kernels|gpu:record|gpu:narrow|gpu:parallel|cpu:kernels|cpu:record|cpu:parallel) ;;
-        *) echo "run_all.sh: no step '$s' in $mode mode (steps: kernels record$([ "$mode" = gpu ] && echo " narrow") parallel)" >&2
+        gpu:kernels|gpu:record|gpu:narrow|gpu:parallel|gpu:jobs|cpu:kernels|cpu:record|cpu:parallel|cpu:jobs) ;;
+        *) echo "run_all.sh: no step '$s' in $mode mode (steps: kernels record$([ "$mode" = gpu ] && echo " narrow") parallel jobs)" >&2
            exit 2 ;;
     esac
 done
@@ -76,11 +77,13 @@ run_step() {  # NAME: the step in this mode
         cpu:record) step record 300 "$PY" tests/gpu/check_record.py --cpu ;;
         cpu:parallel) step parallel 180 "$PY" -m torch.distributed.run --standalone --nproc-per-node 2 \
             tests/gpu/check_parallel.py --cpu --repeats 1 ;;
-        gpu:kernels) step kernels 120 "$PY" tests/gpu/check_kernels.py --quick ;;
-        gpu:record) step record 210 "$PY" tests/gpu/check_record.py --moe-layers 4 --tokens 16384 ;;
-        gpu:narrow) step narrow 90 "$PY" tests/gpu/check_record.py --narrow ;;
-        gpu:parallel) step parallel 170 "$PY" -m torch.distributed.run --standalone --nproc-per-node 2 \
+        cpu:jobs) step jobs 120 "$PY" tests/gpu/check_jobs.py --cpu ;;
+        gpu:kernels) step kernels 100 "$PY" tests/gpu/check_kernels.py --quick ;;
+        gpu:record) step record 150 "$PY" tests/gpu/check_record.py --moe-layers 4 --tokens 16384 ;;
+        gpu:narrow) step narrow 60 "$PY" tests/gpu/check_record.py --narrow ;;
+        gpu:parallel) step parallel 150 "$PY" -m torch.distributed.run --standalone --nproc-per-node 2 \
             tests/gpu/check_parallel.py --backend gloo ;;
+        gpu:jobs) step jobs 120 "$PY" tests/gpu/check_jobs.py ;;
     esac
 }
 for s in "${steps[@]}"; do

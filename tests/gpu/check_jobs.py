@@ -1,0 +1,126 @@
+"""GPU check: the jobs themselves (`dsv3-probe record` and `dsv3-probe spec`, through the same
+functions the command calls) on the bundled model on one CUDA GPU, against the same jobs on the CPU.
+Not a pytest module (CI never collects it); it needs a GPU machine.
+
+    python tests/gpu/check_jobs.py                  # one GPU (the project need not be installed)
+    python tests/gpu/check_jobs.py --max-tokens 200000
+    python tests/gpu/check_jobs.py --cpu            # the script itself: the "device" runs on the CPU too
+
+Records the bundled validation corpus (`--max-tokens`, every domain) three times: float32 on the
+CPU (the reference), float32 on the GPU and bfloat16 on the GPU, and runs `spec` (greedy decoding
+with MTP drafts) on the CPU and on the GPU in float32. Prints tokens/s of each record, how the GPU's
+routing compares with the CPU's (identical top-k sets, identical top-1, per layer), the mean loss
+per domain, and the MTP acceptance of both spec runs. Passes when, against the CPU's float32 record,
+the GPU's float32 record keeps >= 99.5% of top-k sets identical and moves no domain's mean loss by
+more than 1e-3 nats, its bfloat16 record keeps >= 97% (the CPU's own bf16 kept 98.98%, README) and
+moves none by more than 0.01, and the GPU's spec acceptance rate is within 0.02 of the CPU's. The
+GPU's float32 GEMMs are not the CPU's (blocking, and no TF32: torch's default), so a few near-tied
+choices may flip; the bound leaves room for those and none for a wrong kernel or a lost batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")  # as the jobs' entry points set it
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import probe  # noqa: E402
+from probe.record import RecordOptions, record  # noqa: E402
+from probe.speculative import SpecOptions, record_spec  # noqa: E402
+
+SAME_F32, SAME_BF16 = 0.995, 0.97  # identical top-k sets against the CPU's float32 record
+LOSS_F32, LOSS_BF16 = 1e-3, 1e-2  # largest move of a domain's mean loss (nats)
+SPEC_RATE = 0.02  # acceptance rate, GPU against CPU
+
+
+def record_run(out: Path, device: str, dtype: str, ns) -> dict:
+    """One record job (routing and tokens only: the time is the model's); its tables and tokens/s."""
+    t0 = time.perf_counter()
+    record(RecordOptions(out=str(out), device=device, dtype=dtype, max_tokens=ns.max_tokens, batch_size=ns.batch_size,
+                         kv_stats=False, mtp=False, progress=False))
+    secs = time.perf_counter() - t0
+    run = probe.open_run(out)
+    tokens = run.df("tokens", columns=["seq_id", "pos", "domain", "loss"])
+    routing = run.df("routing", columns=["seq_id", "pos", "layer", "expert_ids"])
+    return {"tokens": tokens, "routing": routing, "secs": secs, "label": f"{dtype} on {device}"}
+
+
+def compare(ref: dict, got: dict) -> dict:
+    """Top-k sets and top-1 of every (token, MoE layer) pair, and mean loss per domain, got vs ref."""
+    key = ["seq_id", "pos", "layer"]
+    r = ref["routing"].merge(got["routing"], on=key, suffixes=("_ref", "_got"))
+    a, b = np.stack(r.expert_ids_ref.to_numpy()), np.stack(r.expert_ids_got.to_numpy())
+    same = (np.sort(a, 1) == np.sort(b, 1)).all(1)
+    per_layer = r.assign(same=same).groupby("layer").same.mean()
+    t = ref["tokens"].merge(got["tokens"], on=["seq_id", "pos"], suffixes=("_ref", "_got"))
+    loss = t.groupby("domain_ref")[["loss_ref", "loss_got"]].mean()
+    return {"pairs": len(r), "of": len(ref["routing"]), "same": float(same.mean()),
+            "top1": float((a[:, 0] == b[:, 0]).mean()), "per_layer": per_layer,
+            "loss": loss, "loss_move": float((loss.loss_got - loss.loss_ref).abs().max())}
+
+
+def spec_run(out: Path, device: str, ns) -> dict:
+    t0 = time.perf_counter()
+    record_spec(SpecOptions(out=str(out), device=device, dtype="float32", max_prompts=ns.prompts, progress=False))
+    secs = time.perf_counter() - t0
+    d = probe.open_run(out).df("spec_decode")
+    return {"rate": d.drafts_accepted.sum() / max(1, d.drafts_proposed.sum()),
+            "per_forward": d.new_tokens.sum() / d.forward_passes.sum(), "prompts": len(d), "secs": secs}
+
+
+def report(ref: dict, got: dict, c: dict, same_min: float, loss_max: float) -> bool:
+    ok = c["pairs"] == c["of"] and c["same"] >= same_min and c["loss_move"] <= loss_max
+    n = len(got["tokens"])
+    print(f"\n{got['label']}: {n:,} tokens in {got['secs']:.1f} s ({n / got['secs']:,.0f} tokens/s; "
+          f"{ref['label']}: {len(ref['tokens']) / ref['secs']:,.0f})")
+    print(f"  routing vs {ref['label']}: {c['pairs']:,} of {c['of']:,} (token, layer) pairs matched, top-k sets "
+          f"identical {100 * c['same']:.2f}% (>= {100 * same_min:.1f}%), top-1 {100 * c['top1']:.2f}%; per layer "
+          + ", ".join(f"{layer} {100 * v:.2f}%" for layer, v in c["per_layer"].items()))
+    print(f"  mean loss per domain, {ref['label']} / this: "
+          + ", ".join(f"{d} {row.loss_ref:.4f} / {row.loss_got:.4f}" for d, row in c["loss"].iterrows())
+          + f"; largest move {c['loss_move']:.1e} (<= {loss_max:g}): {'ok' if ok else 'FAILED'}")
+    return ok
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cpu", action="store_true", help="the 'device' runs on the CPU too: checks the script")
+    p.add_argument("--max-tokens", type=int, default=100_000)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--prompts", type=int, default=64, help="spec prompts (default 64)")
+    ns = p.parse_args()
+    if not ns.cpu and not torch.cuda.is_available():
+        p.error("no CUDA device: pass --cpu to check the script on the CPU")
+    device = "cpu" if ns.cpu else "cuda"
+    if ns.cpu:
+        ns.max_tokens, ns.prompts = min(ns.max_tokens, 8000), min(ns.prompts, 8)
+    where = "CPU" if ns.cpu else torch.cuda.get_device_name()
+    print(f"jobs on the bundled model: CPU ({torch.get_num_threads()} threads) against {where}, torch {torch.__version__}")
+    with tempfile.TemporaryDirectory() as d:
+        ref = record_run(Path(d) / "cpu32", "cpu", "float32", ns)
+        ok = True
+        for dtype, same_min, loss_max in (("float32", SAME_F32, LOSS_F32), ("bfloat16", SAME_BF16, LOSS_BF16)):
+            got = record_run(Path(d) / f"dev-{dtype}", device, dtype, ns)
+            ok &= report(ref, got, compare(ref, got), same_min, loss_max)
+        s_ref, s_dev = spec_run(Path(d) / "spec-cpu", "cpu", ns), spec_run(Path(d) / "spec-dev", device, ns)
+    spec_ok = s_ref["prompts"] == s_dev["prompts"] and abs(s_dev["rate"] - s_ref["rate"]) <= SPEC_RATE
+    print(f"\nspec, float32, {s_dev['prompts']} prompts: MTP drafts accepted {s_ref['rate']:.3f} on the CPU "
+          f"({s_ref['secs']:.1f} s), {s_dev['rate']:.3f} on {where} ({s_dev['secs']:.1f} s); tokens per forward "
+          f"{s_ref['per_forward']:.3f} / {s_dev['per_forward']:.3f} (rates within {SPEC_RATE}): "
+          f"{'ok' if spec_ok else 'FAILED'}")
+    ok &= spec_ok
+    print("\nall checks passed" if ok else "\nFAILED")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
