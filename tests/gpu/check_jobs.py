@@ -102,7 +102,7 @@ def main() -> int:
         p.error("no CUDA device: pass --cpu to check the script on the CPU")
     device = "cpu" if ns.cpu else "cuda"
     if ns.cpu:
-        ns.max_tokens, ns.prompts = min(ns.max_tokens, 8000), min(ns.prompts, 8)
+        ns.max_tokens, ns.prompts = min(ns.max_tokens, 2000), min(ns.prompts, 4)
     where = "CPU" if ns.cpu else torch.cuda.get_device_name()
     print(f"jobs on the bundled model: CPU ({torch.get_num_threads()} threads) against {where}, torch {torch.__version__}")
     with tempfile.TemporaryDirectory() as d:

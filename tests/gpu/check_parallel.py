@@ -113,8 +113,10 @@ def kernel_choice(impl: str | None, layout_free: bool, exact: bool = False):
 
 
 def timed(fn, repeats: int, device: torch.device) -> float:
-    """Median milliseconds per call (synchronised on CUDA)."""
+    """Median milliseconds per call (synchronised on CUDA); 0 repeats: one call, not timed (NaN)."""
     fn()
+    if repeats == 0:
+        return float("nan")
     ts = []
     for _ in range(repeats):
         if device.type == "cuda":
@@ -185,7 +187,7 @@ def parse_args() -> argparse.Namespace:
                    help="the FP8-resident row's torch twins sum in float32, as the Triton kernel does")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=5, help="timed calls per figure (0: each call once, untimed)")
     p.add_argument("--dir", help="where rank 0 writes the checkpoints (default: a temporary directory)")
     ns = p.parse_args()
     if int(os.environ.get("WORLD_SIZE", "1")) < 2:
@@ -239,7 +241,7 @@ def compare(mode: str, dtype: torch.dtype, impl: str | None, whole, shard, token
             float32_sums = fp8 and layers.fp8_sum_dtype(device) == torch.float32
             t_whole = timed(lambda: whole(tokens), repeats, device)
             t_shard = timed(lambda: shard(tokens), repeats, device)
-            shard(tokens, use_cache=True)
+            shard(tokens, use_cache=True)  # the decode step reads this cache
             step = tokens[:, -1:]
             t_dec = timed(lambda: shard(step, start_pos=seq), repeats, device)
         vs_exact = None
