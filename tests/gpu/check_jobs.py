@@ -104,7 +104,8 @@ def main() -> int:
     if ns.cpu:
         ns.max_tokens, ns.prompts = min(ns.max_tokens, 2000), min(ns.prompts, 4)
     where = "CPU" if ns.cpu else torch.cuda.get_device_name()
-    print(f"jobs on the bundled model: CPU ({torch.get_num_threads()} threads) against {where}, torch {torch.__version__}")
+    print(f"jobs on the bundled model: CPU ({torch.get_num_threads()} threads) against {where}, "
+          f"torch {torch.__version__}")
     with tempfile.TemporaryDirectory() as d:
         ref = record_run(Path(d) / "cpu32", "cpu", "float32", ns)
         ok = True

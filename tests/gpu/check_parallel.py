@@ -18,17 +18,18 @@ tolerance (see MODES). NCCL cannot put two ranks on one GPU: use `--backend gloo
 then go through host memory, so the timings mean little).
 
 FP8 resident on the torch twins (the "fp8 twins" rows): here every FP8 GEMM accumulates in float64,
-where an e4m3 value times its scale, and the product of two, are exact, so the sum does not depend on
-how it is cut or ordered: the shards must equal the whole model as float32 does. (The project sums
-only the row-parallel GEMMs (wo, w2) and the experts' sum in float64, model.layers.LAYOUT_FREE_SUMS,
-which is layout-free on the CPU; on an H200 the column-parallel float32 GEMMs still differed in last
-bits between the shard's and the whole model's shapes, and FP8 quantisation amplified that to 0.69
-argmax agreement.) The Triton kernel (the default on a GPU) accumulates in float32, so splitting K across ranks
-changes last bits, which the next FP8 activation quantisation can turn into whole e4m3 steps and,
-at near ties, other experts; in these random full-width models that flips many choices. That row is
-therefore judged against the exact-sum model (whole, twins): the shards may not be further from it
-than the whole model on the same kernels is (see SHARD_VS_WHOLE). `--float32-sums` makes the CPU's
-twins sum in float32 too, to rehearse that row without a GPU.
+where an e4m3 value times its scale, and the product of two, are exact, so the sum does not depend
+on how it is cut or ordered: the shards must equal the whole model as float32 does. (The project
+sums only the row-parallel GEMMs (wo, w2) and the experts' sum in float64,
+model.layers.LAYOUT_FREE_SUMS, which is layout-free on the CPU; on an H200 the column-parallel
+float32 GEMMs still differed in last bits between the shard's and the whole model's shapes, and FP8
+quantisation amplified that to 0.69 argmax agreement.) The Triton kernel (the default on a GPU)
+accumulates in float32, so splitting K across ranks changes last bits, which the next FP8
+activation quantisation can turn into whole e4m3 steps and, at near ties, other experts; in these
+random full-width models that flips many choices. That row is therefore judged against the
+exact-sum model (whole, twins): the shards may not be further from it than the whole model on the
+same kernels is (see SHARD_VS_WHOLE). `--float32-sums` makes the CPU's twins sum in float32 too, to
+rehearse that row without a GPU.
 """
 
 from __future__ import annotations
@@ -58,8 +59,9 @@ from model.head_stats import logit_stats  # noqa: E402
 # to bf16 per rank before the sum, and in these random unit-gain models that flips some routing
 # choices, so the check is statistical, with tests/model/test_fp8_model.py's tolerances: mean |diff|
 # <= 25% of mean |logit| and argmax agreement >= 75% (typically far better). FP8 resident on the
-# torch twins (kernels "torch"), every FP8 GEMM summed in float64 here: the float32 bound. FP8 resident on the
-# default kernels: the float32 bound where they are the twins (the CPU), else SHARD_VS_WHOLE.
+# torch twins (kernels "torch"), every FP8 GEMM summed in float64 here: the float32 bound. FP8
+# resident on the default kernels: the float32 bound where they are the twins (the CPU), else
+# SHARD_VS_WHOLE.
 MODES = [("dense fp32", torch.float32, "bf16", "dense", None),
          ("fp8 -> bf16", torch.bfloat16, "bf16", "fp8", None),
          ("fp8 resident", torch.bfloat16, "fp8", "fp8", None),
@@ -227,11 +229,11 @@ def judge(exact: bool, e, e_mtp, es, vs_exact) -> bool:
         x[0] <= MEAN_REL and x[1] >= AGREE for x in es)
 
 
-def compare(mode: str, dtype: torch.dtype, impl: str | None, whole, shard, tokens, targets,
+def compare(mode: str, dtype: torch.dtype, gemm: str, impl: str | None, whole, shard, tokens, targets,
             ns: argparse.Namespace) -> list[Row]:
     """The sharded model against the whole one, on both attention paths: errors, timings, sizes."""
     device, seq, repeats = tokens.device, tokens.shape[1], ns.repeats
-    fp8 = mode.startswith("fp8 resident") or mode == "fp8 twins"
+    fp8 = gemm == "fp8"  # FP8 resident: FP8 GEMMs with quantised activations
     layout_free = not (ns.float32_sums and impl is None)
     rows = []
     for attn in ("absorb", "naive"):
@@ -247,8 +249,8 @@ def compare(mode: str, dtype: torch.dtype, impl: str | None, whole, shard, token
         vs_exact = None
         if float32_sums:
             with torch.no_grad(), kernel_choice("torch", True, exact=True):
-                exact = whole(tokens)
-            vs_exact = (errors(ref, exact), errors(got, exact))
+                exact_logits = whole(tokens)
+            vs_exact = (errors(ref, exact_logits), errors(got, exact_logits))
         e, e_mtp = errors(got, ref), errors(got_mtp, ref_mtp)
         ok = judge(dtype == torch.float32 or (fp8 and not float32_sums), e, e_mtp, es, vs_exact)
         rows.append(Row(mode, attn, e, e_mtp, es, t_whole, t_shard, t_dec,
@@ -299,7 +301,7 @@ def main() -> int:
     for mode, dtype, gemm, ckpt, impl in MODES:
         whole = model.load(paths[ckpt], dtype=dtype, device=device, gemm_impl=gemm, parallel=False)
         shard = model.load(paths[ckpt], dtype=dtype, device=device, gemm_impl=gemm, parallel=shards)
-        rows += compare(mode, dtype, impl, whole, shard, tokens, targets, ns)
+        rows += compare(mode, dtype, gemm, impl, whole, shard, tokens, targets, ns)
         del whole, shard
         if device.type == "cuda":
             torch.cuda.empty_cache()
