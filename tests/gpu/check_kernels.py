@@ -8,8 +8,9 @@ forward pass (FP8 weights resident vs dequantised) and a few decode steps on one
 Not a pytest module (no test_ prefix, so CI never collects it). Prints one table per part: max
 error vs the torch twin (relative to the largest output), milliseconds per call for Triton and
 torch (CUDA events, median), and the GEMM's TFLOP/s. Exits non-zero if an error exceeds the
-tolerances of tests/model/test_kernels.py. This runs world size 1; the tensor + expert parallel
-forward is checked and timed by tests/gpu/check_parallel.py (torchrun).
+tolerances of tests/model/test_kernels.py, or if weight quantisation (model.fp8.quantize_block) on
+the GPU differs from the CPU's in any scale or code bit. This runs world size 1; the tensor + expert
+parallel forward is checked and timed by tests/gpu/check_parallel.py (torchrun).
 """
 
 from __future__ import annotations
