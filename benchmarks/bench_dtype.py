@@ -1,6 +1,7 @@
-"""bfloat16 against float32 for routing studies: the same record job in both dtypes, compared.
+"""bfloat16 (and FP8) against float32 for routing studies: the same record job in each, compared.
 
     python benchmarks/bench_dtype.py                      # bundled model, 30,000 tokens (every domain)
+    python benchmarks/bench_dtype.py --fp8                # and FP8 weights with FP8 GEMMs
     python benchmarks/bench_dtype.py --ckpt DIR --corpus PATH --max-tokens 100000
     python benchmarks/bench_dtype.py --config benchmarks/config_wide.json --max-tokens 20000   # a wider model
 
@@ -11,6 +12,12 @@ after the other in this process, and prints: tokens/s of each and their ratio, t
 same, the mean number of the K experts that differ, and the mean loss per domain in each dtype with
 the difference. The CPU's bfloat16 support decides the speed: AMX (`amx_bf16`) and AVX-512 BF16
 (`avx512_bf16`) run bf16 matrix products natively; elsewhere bf16 is emulated and slower.
+
+`--fp8` records a third time: an FP8 copy of the checkpoint (its projections float8_e4m3fn with
+128 x 128 block scales, written to the temporary directory) with FP8 weights resident and FP8
+GEMMs on bf16 activations (`--gemm fp8 --dtype bfloat16`, DeepSeek-V3's inference format; the torch
+twins of the kernels on a CPU), compared with float32 the same way. A model trained in higher
+precision (the bundled one) meets FP8 rounding only here; DeepSeek-V3 was trained with it.
 
 How much bf16 saves depends on the model's width as much as on the CPU: the bundled model's GEMMs
 are small (hidden 192), so most of its time is not in them. The first lines printed time F.linear
@@ -109,6 +116,38 @@ def print_gemms(ckpt: str | None, batch_size: int) -> None:
               f"bfloat16 {flops / b16 / 1e9:,.0f} GF/s ({f32 / b16:.1f}x)")
 
 
+def fp8_checkpoint(ckpt: str | None, out: Path) -> str:
+    """An FP8 copy of `ckpt` (default: the bundled model): its projections as float8_e4m3fn with
+    128 x 128 block scales, as DeepSeek-V3 is published, and its tokenizer."""
+    import shutil
+
+    import torch
+
+    import model
+    from probe.job import DEFAULT_CKPT
+
+    src = Path(ckpt) if ckpt else DEFAULT_CKPT
+    model.save(model.load(src, dtype=torch.float32, parallel=False), out, fp8=True)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        if (src / name).exists():
+            shutil.copy(src / name, out / name)
+    return str(out)
+
+
+def compare(ref: tuple, got: tuple) -> dict:
+    """Top-k sets, top-1 and experts differing per (token, MoE layer) pair, and mean loss per domain,
+    of one record (`got`: tokens and routing tables) against another (`ref`)."""
+    (t_ref, r_ref), (t_got, r_got) = ref, got
+    r = r_ref.merge(r_got, on=["seq_id", "pos", "layer"], suffixes=("_ref", "_got"))
+    a, b = np.stack(r.expert_ids_ref.to_numpy()), np.stack(r.expert_ids_got.to_numpy())
+    same_set = (np.sort(a, 1) == np.sort(b, 1)).all(1)
+    loss = t_ref.merge(t_got, on=["seq_id", "pos"], suffixes=("_ref", "_got")).groupby("domain_ref")[
+        ["loss_ref", "loss_got"]].mean()
+    return {"pairs": len(r), "K": a.shape[1], "same_set": same_set.mean(), "top1": (a[:, 0] == b[:, 0]).mean(),
+            "differ": (a.shape[1] - (a[:, :, None] == b[:, None, :]).any(2).sum(1)).mean(),
+            "per_layer": r.assign(same=same_set).groupby("layer").same.mean(), "loss": loss}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", help="checkpoint (default: the bundled model)")
@@ -117,6 +156,9 @@ def main() -> None:
     p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--config", help="a Hugging Face config.json: record that architecture on random weights "
                                     "(with the bundled tokenizer) instead of --ckpt")
+    p.add_argument("--fp8", action="store_true",
+                   help="also record an FP8 copy of the checkpoint with FP8 GEMMs (`--gemm fp8 --dtype bfloat16`, "
+                        "DeepSeek-V3's inference format) and compare it with float32 too")
     ns = p.parse_args()
     if ns.config and ns.ckpt:
         p.error("--config makes a random checkpoint; it cannot be combined with --ckpt")
@@ -131,39 +173,37 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         if ns.config:
             ns.ckpt = random_checkpoint(ns.config, Path(d) / "ckpt")
-        for dtype in ("float32", "bfloat16"):
+        variants = {"float32": dict(dtype="float32"), "bfloat16": dict(dtype="bfloat16")}
+        if ns.fp8:
+            variants["fp8"] = dict(dtype="bfloat16", gemm="fp8", ckpt=fp8_checkpoint(ns.ckpt, Path(d) / "ckpt-fp8"))
+        for name, kw in variants.items():
             t0 = time.perf_counter()
-            out = record(RecordOptions(ckpt=ns.ckpt, corpus=ns.corpus, out=str(Path(d) / dtype), dtype=dtype,
+            out = record(RecordOptions(**(dict(ckpt=ns.ckpt) | kw), corpus=ns.corpus, out=str(Path(d) / name),
                                        max_tokens=ns.max_tokens, batch_size=ns.batch_size, kv_stats=False,
                                        mtp=False, progress=False))
-            secs[dtype] = time.perf_counter() - t0
+            secs[name] = time.perf_counter() - t0
             run = probe.open_run(out)
-            runs[dtype] = (run.df("tokens"), run.df("routing", columns=["seq_id", "pos", "layer", "expert_ids"]))
+            runs[name] = (run.df("tokens"), run.df("routing", columns=["seq_id", "pos", "layer", "expert_ids"]))
         choice = gemm.current()
         print_gemms(ns.ckpt, ns.batch_size)
-    (t32, r32), (t16, r16) = runs["float32"], runs["bfloat16"]
-    key = ["seq_id", "pos", "layer"]
-    r = r32.merge(r16, on=key, suffixes=("_32", "_16"))
-    a, b = np.stack(r.expert_ids_32.to_numpy()), np.stack(r.expert_ids_16.to_numpy())
-    K = a.shape[1]
-    same_set = (np.sort(a, 1) == np.sort(b, 1)).all(1)
-    same_top1 = a[:, 0] == b[:, 0]
-    differ = K - (a[:, :, None] == b[:, None, :]).any(2).sum(1)
-    n = len(t32)
+    n = len(runs["float32"][0])
     print(f"CPU flags: {' '.join(cpu_flags()) or 'none of amx/avx512'}; float32 GEMMs: "
           f"{choice.path if choice else 'n/a'}")
-    print(f"{n:,} tokens, {len(r):,} (token, MoE layer) pairs, K = {K}")
-    print(f"float32  {n / secs['float32']:9,.0f} tokens/s ({secs['float32']:.1f} s)")
-    print(f"bfloat16 {n / secs['bfloat16']:9,.0f} tokens/s ({secs['bfloat16']:.1f} s): "
-          f"{secs['float32'] / secs['bfloat16']:.2f}x float32")
-    print(f"top-k set identical {100 * same_set.mean():.2f}%, top-1 identical {100 * same_top1.mean():.2f}%, "
-          f"experts differing per pair {differ.mean():.3f} of {K}")
-    for layer, g in r.assign(same=same_set).groupby("layer"):
-        print(f"  layer {layer}: top-k set identical {100 * g.same.mean():.2f}%")
-    loss = t32.merge(t16, on=["seq_id", "pos"], suffixes=("_32", "_16")).groupby("domain_32")[["loss_32", "loss_16"]].mean()
-    print("mean loss per domain (nats): float32 / bfloat16 / difference")
-    for dom, row in loss.iterrows():
-        print(f"  {dom:12} {row.loss_32:.4f} / {row.loss_16:.4f} / {row.loss_16 - row.loss_32:+.4f}")
+    labels = {"float32": "float32", "bfloat16": "bfloat16", "fp8": "fp8 (FP8 weights and GEMMs, bf16)"}
+    width = max(len(labels[name]) for name in runs)
+    for name in runs:
+        ratio = "" if name == "float32" else f": {secs['float32'] / secs[name]:.2f}x float32"
+        print(f"{labels[name]:{width}} {n / secs[name]:9,.0f} tokens/s ({secs[name]:.1f} s){ratio}")
+    for name in [v for v in runs if v != "float32"]:
+        c = compare(runs["float32"], runs[name])
+        print(f"{labels[name]} against float32: {n:,} tokens, {c['pairs']:,} (token, MoE layer) pairs, K = {c['K']}")
+        print(f"top-k set identical {100 * c['same_set']:.2f}%, top-1 identical {100 * c['top1']:.2f}%, "
+              f"experts differing per pair {c['differ']:.3f} of {c['K']}")
+        for layer, v in c["per_layer"].items():
+            print(f"  layer {layer}: top-k set identical {100 * v:.2f}%")
+        print(f"mean loss per domain (nats): float32 / {name} / difference")
+        for dom, row in c["loss"].iterrows():
+            print(f"  {dom:12} {row.loss_ref:.4f} / {row.loss_got:.4f} / {row.loss_got - row.loss_ref:+.4f}")
 
 
 if __name__ == "__main__":
