@@ -7,13 +7,17 @@ Not a pytest module (CI never collects it); it needs a GPU machine.
     python tests/gpu/check_jobs.py --cpu            # the script itself: the "device" runs on the CPU too
 
 Records the bundled validation corpus (`--max-tokens`, every domain) three times: float32 on the
-CPU (the reference), float32 on the GPU and bfloat16 on the GPU, and runs `spec` (greedy decoding
+CPU (the reference), float32 on the GPU and bfloat16 on the GPU; then an FP8 copy of the model with
+FP8 GEMMs (`--gemm fp8 --dtype bfloat16`) on the CPU (the kernels' torch twins) and on the GPU
+(Triton), a trained model's routing as a test of the kernels; and runs `spec` (greedy decoding
 with MTP drafts) on the CPU and on the GPU in float32. Prints tokens/s of each record, how the GPU's
 routing compares with the CPU's (identical top-k sets, identical top-1, per layer), the mean loss
 per domain, and the MTP acceptance of both spec runs. Passes when, against the CPU's float32 record,
 the GPU's float32 record keeps >= 99.5% of top-k sets identical and moves no domain's mean loss by
 more than 1e-3 nats, its bfloat16 record keeps >= 97% (the CPU's own bf16 kept 98.98%, README) and
-moves none by more than 0.01, and the GPU's spec acceptance rate is within 0.02 of the CPU's. The
+moves none by more than 0.01, the GPU's FP8 record keeps >= 97% against the CPU's FP8 record (their
+GEMMs differ by ~1e-4, less than bf16's rounding; not yet run on a GPU) and moves none by more than
+0.01, and the GPU's spec acceptance rate is within 0.02 of the CPU's. The
 GPU's float32 GEMMs are not the CPU's (blocking, and no TF32: torch's default), so a few near-tied
 choices may flip; the bound leaves room for those and none for a wrong kernel or a lost batch.
 """
@@ -42,16 +46,31 @@ LOSS_F32, LOSS_BF16 = 1e-3, 1e-2  # largest move of a domain's mean loss (nats)
 SPEC_RATE = 0.02  # acceptance rate, GPU against CPU
 
 
-def record_run(out: Path, device: str, dtype: str, ns) -> dict:
+def record_run(out: Path, device: str, dtype: str, ns, ckpt: str | None = None, gemm: str = "bf16") -> dict:
     """One record job (routing and tokens only: the time is the model's); its tables and tokens/s."""
     t0 = time.perf_counter()
-    record(RecordOptions(out=str(out), device=device, dtype=dtype, max_tokens=ns.max_tokens, batch_size=ns.batch_size,
-                         kv_stats=False, mtp=False, progress=False))
+    record(RecordOptions(ckpt=ckpt, out=str(out), device=device, dtype=dtype, gemm=gemm, max_tokens=ns.max_tokens,
+                         batch_size=ns.batch_size, kv_stats=False, mtp=False, progress=False))
     secs = time.perf_counter() - t0
     run = probe.open_run(out)
     tokens = run.df("tokens", columns=["seq_id", "pos", "domain", "loss"])
     routing = run.df("routing", columns=["seq_id", "pos", "layer", "expert_ids"])
-    return {"tokens": tokens, "routing": routing, "secs": secs, "label": f"{dtype} on {device}"}
+    label = f"{dtype} on {device}" if gemm == "bf16" else f"{dtype} with FP8 GEMMs on {device}"
+    return {"tokens": tokens, "routing": routing, "secs": secs, "label": label}
+
+
+def fp8_copy(out: Path) -> str:
+    """The bundled model with its projections stored as FP8 (128 x 128 block scales), as published."""
+    import shutil
+
+    import model
+    from probe.job import DEFAULT_CKPT
+
+    model.save(model.load(DEFAULT_CKPT, dtype=torch.float32, parallel=False), out, fp8=True)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        if (DEFAULT_CKPT / name).exists():
+            shutil.copy(DEFAULT_CKPT / name, out / name)
+    return str(out)
 
 
 def compare(ref: dict, got: dict) -> dict:
@@ -112,6 +131,11 @@ def main() -> int:
         for dtype, same_min, loss_max in (("float32", SAME_F32, LOSS_F32), ("bfloat16", SAME_BF16, LOSS_BF16)):
             got = record_run(Path(d) / f"dev-{dtype}", device, dtype, ns)
             ok &= report(ref, got, compare(ref, got), same_min, loss_max)
+        # FP8 weights and GEMMs: the device's kernels (Triton on a GPU) against the CPU's torch twins
+        fp8 = fp8_copy(Path(d) / "ckpt-fp8")
+        ref8 = record_run(Path(d) / "cpu-fp8", "cpu", "bfloat16", ns, fp8, "fp8")
+        got8 = record_run(Path(d) / "dev-fp8", device, "bfloat16", ns, fp8, "fp8")
+        ok &= report(ref8, got8, compare(ref8, got8), SAME_BF16, LOSS_BF16)
         s_ref, s_dev = spec_run(Path(d) / "spec-cpu", "cpu", ns), spec_run(Path(d) / "spec-dev", device, ns)
     spec_ok = s_ref["prompts"] == s_dev["prompts"] and abs(s_dev["rate"] - s_ref["rate"]) <= SPEC_RATE
     print(f"\nspec, float32, {s_dev['prompts']} prompts: MTP drafts accepted {s_ref['rate']:.3f} on the CPU "
