@@ -116,24 +116,6 @@ def print_gemms(ckpt: str | None, batch_size: int) -> None:
               f"bfloat16 {flops / b16 / 1e9:,.0f} GF/s ({f32 / b16:.1f}x)")
 
 
-def fp8_checkpoint(ckpt: str | None, out: Path) -> str:
-    """An FP8 copy of `ckpt` (default: the bundled model): its projections as float8_e4m3fn with
-    128 x 128 block scales, as DeepSeek-V3 is published, and its tokenizer."""
-    import shutil
-
-    import torch
-
-    import model
-    from probe.job import DEFAULT_CKPT
-
-    src = Path(ckpt) if ckpt else DEFAULT_CKPT
-    model.save(model.load(src, dtype=torch.float32, parallel=False), out, fp8=True)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        if (src / name).exists():
-            shutil.copy(src / name, out / name)
-    return str(out)
-
-
 def compare(ref: tuple, got: tuple) -> dict:
     """Top-k sets, top-1 and experts differing per (token, MoE layer) pair, and mean loss per domain,
     of one record (`got`: tokens and routing tables) against another (`ref`)."""
@@ -175,7 +157,11 @@ def main() -> None:
             ns.ckpt = random_checkpoint(ns.config, Path(d) / "ckpt")
         variants = {"float32": dict(dtype="float32"), "bfloat16": dict(dtype="bfloat16")}
         if ns.fp8:
-            variants["fp8"] = dict(dtype="bfloat16", gemm="fp8", ckpt=fp8_checkpoint(ns.ckpt, Path(d) / "ckpt-fp8"))
+            from model.saving import fp8_copy
+            from probe.job import DEFAULT_CKPT
+
+            fp8 = fp8_copy(ns.ckpt or DEFAULT_CKPT, Path(d) / "ckpt-fp8")
+            variants["fp8"] = dict(dtype="bfloat16", gemm="fp8", ckpt=str(fp8))
         for name, kw in variants.items():
             t0 = time.perf_counter()
             out = record(RecordOptions(**(dict(ckpt=ns.ckpt) | kw), corpus=ns.corpus, out=str(Path(d) / name),

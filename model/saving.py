@@ -1,8 +1,10 @@
-"""Writing Hugging Face checkpoints: `save` (a model in memory) and `write_checkpoint` (tensors from
-any iterator, e.g. drawn one at a time for a checkpoint larger than memory).
+"""Writing Hugging Face checkpoints: `save` (a model in memory), `write_checkpoint` (tensors from
+any iterator, e.g. drawn one at a time for a checkpoint larger than memory) and `fp8_copy` (a
+checkpoint directory re-written in FP8, tokenizer included).
 
     model.save(m, "out/", fp8=True)                 # HF layout (+ MTP layer), readable by transformers
     write_checkpoint("out/", args, tensors(), fp8=True, dtype=torch.bfloat16, max_shard_bytes=2e9)
+    fp8_copy("data/model", "ckpt-fp8/")             # then model.load("ckpt-fp8/", gemm_impl="fp8")
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -23,6 +26,7 @@ from .names import MTP_SHARED, ours_to_hf, scale_name
 from .transformer import Transformer
 
 BLOCK = (128, 128)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
 def save(model: Transformer, path: str | os.PathLike, *, fp8: bool = False,
@@ -170,3 +174,18 @@ def _write_json(p: Path, obj) -> None:
     tmp = p.with_suffix(p.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
     os.replace(tmp, p)
+
+
+def fp8_copy(src: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Checkpoint directory `src` re-written into `out` with its projections in FP8 (`save(fp8=True)`:
+    float8_e4m3fn and 128 x 128 block scales, as DeepSeek-V3 is published), its tokenizer files
+    copied: a higher-precision checkpoint in DeepSeek-V3's inference format. Loads `src` whole in
+    float32, so it is for checkpoints that fit in memory."""
+    from .checkpoint import load
+
+    src, out = Path(src), Path(out)
+    save(load(src, dtype=torch.float32, parallel=False), out, fp8=True)
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copy(src / name, out / name)
+    return out

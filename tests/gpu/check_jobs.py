@@ -38,6 +38,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import probe  # noqa: E402
+from model.saving import fp8_copy  # noqa: E402
+from probe.job import DEFAULT_CKPT  # noqa: E402
 from probe.record import RecordOptions, record  # noqa: E402
 from probe.speculative import SpecOptions, record_spec  # noqa: E402
 
@@ -57,20 +59,6 @@ def record_run(out: Path, device: str, dtype: str, ns, ckpt: str | None = None, 
     routing = run.df("routing", columns=["seq_id", "pos", "layer", "expert_ids"])
     label = f"{dtype} on {device}" if gemm == "bf16" else f"{dtype} with FP8 GEMMs on {device}"
     return {"tokens": tokens, "routing": routing, "secs": secs, "label": label}
-
-
-def fp8_copy(out: Path) -> str:
-    """The bundled model with its projections stored as FP8 (128 x 128 block scales), as published."""
-    import shutil
-
-    import model
-    from probe.job import DEFAULT_CKPT
-
-    model.save(model.load(DEFAULT_CKPT, dtype=torch.float32, parallel=False), out, fp8=True)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        if (DEFAULT_CKPT / name).exists():
-            shutil.copy(DEFAULT_CKPT / name, out / name)
-    return str(out)
 
 
 def compare(ref: dict, got: dict) -> dict:
@@ -132,7 +120,7 @@ def main() -> int:
             got = record_run(Path(d) / f"dev-{dtype}", device, dtype, ns)
             ok &= report(ref, got, compare(ref, got), same_min, loss_max)
         # FP8 weights and GEMMs: the device's kernels (Triton on a GPU) against the CPU's torch twins
-        fp8 = fp8_copy(Path(d) / "ckpt-fp8")
+        fp8 = str(fp8_copy(DEFAULT_CKPT, Path(d) / "ckpt-fp8"))
         ref8 = record_run(Path(d) / "cpu-fp8", "cpu", "bfloat16", ns, fp8, "fp8")
         got8 = record_run(Path(d) / "dev-fp8", device, "bfloat16", ns, fp8, "fp8")
         ok &= report(ref8, got8, compare(ref8, got8), SAME_BF16, LOSS_BF16)

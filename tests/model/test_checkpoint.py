@@ -452,3 +452,26 @@ def test_param_counts_v2(name, total, activated):
     if activated:
         assert abs(c["activated"] / activated - 1) < 0.03
     assert c["mtp"] == 0
+
+
+def test_fp8_copy_rewrites_a_checkpoint_in_fp8_with_its_tokenizer(tmp_path):
+    """`fp8_copy`: the same model with its projections block-quantised (what `save(fp8=True)` of the
+    loaded model writes, tensor for tensor), the tokenizer files alongside, loadable FP8 resident."""
+    from model.saving import fp8_copy
+
+    m = random_model("tiny", seed=2, **FP8_OVERRIDES)
+    model.save(m, tmp_path / "src")
+    (tmp_path / "src" / "tokenizer.json").write_text('{"not": "read here"}')
+    out = fp8_copy(tmp_path / "src", tmp_path / "fp8")
+    assert (out / "tokenizer.json").read_text() == '{"not": "read here"}'
+    assert not (out / "tokenizer_config.json").exists()  # only what the source has
+    model.save(model.load(tmp_path / "src", dtype=torch.float32), tmp_path / "want", fp8=True)
+    got, want = (load_file(str(d / "model.safetensors")) for d in (out, tmp_path / "want"))
+    assert got.keys() == want.keys() and any(k.endswith("weight_scale_inv") for k in got)
+    assert all(torch.equal(got[k].view(torch.uint8) if got[k].dtype == torch.float8_e4m3fn else got[k],
+                           want[k].view(torch.uint8) if want[k].dtype == torch.float8_e4m3fn else want[k]) for k in got)
+    resident = model.load(out, gemm_impl="fp8", dtype=torch.float32)
+    tok = tokens_for(resident)
+    with torch.no_grad():
+        a, b = resident(tok), m(tok)
+    assert (a - b).abs().mean() / b.abs().mean() < 0.25  # FP8 rounding, not another model
