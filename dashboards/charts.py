@@ -165,7 +165,8 @@ def layered_sankey(columns: list[list[tuple[str, str, float]]], links: list[tupl
                   hovertemplate="%{label}<br>tokens: %{value:,.0f}<extra></extra>"),
         link=dict(source=[int(offset[c] + i) for c, i, *_ in links],
                   target=[int(offset[c + 1] + j) for c, _, j, *_ in links],
-                  value=[v for *_, v, _, _ in links], color=[_rgba(col, 0.4) if col else "rgba(0,0,0,0)" for *_, col, _ in links],
+                  value=[v for *_, v, _, _ in links],
+                  color=[_rgba(col, 0.4) if col else "rgba(0,0,0,0)" for *_, col, _ in links],
                   customdata=[t for *_, t in links],
                   hovertemplate="%{source.label} → %{target.label}<br>tokens: %{value:,}<br>%{customdata}"
                                 "<extra></extra>")))

@@ -63,7 +63,8 @@ def quantize_block(w: torch.Tensor, block: tuple[int, int] = (128, 128),
     blocks = pad.unflatten(-1, (bi, block[1])).unflatten(-3, (bo, block[0]))  # [..., bo, b0, bi, b1]
     amax = blocks.abs().amax(dim=(-3, -1))  # [..., bo, bi]
     # divided by a tensor: on CUDA torch would multiply by the reciprocal of a Python number, an ulp
-    # off the correctly rounded scale the CPU gives in 54% of blocks on an H200 (model.kernels.act_quant_torch)
+    # off the correctly rounded scale the CPU gives, in 54% of blocks on an H200 (see
+    # model.kernels.act_quant_torch)
     scale = (amax / torch.full_like(amax, FP8_MAX)).clamp(min=1e-12)
     if scale_fmt == "ue8m0":
         scale = round_ue8m0(scale)

@@ -186,6 +186,8 @@ def fp8_copy(src: str | os.PathLike, out: str | os.PathLike) -> Path:
     src, out = Path(src), Path(out)
     save(load(src, dtype=torch.float32, parallel=False), out, fp8=True)
     for name in TOKENIZER_FILES:
-        if (src / name).is_file():
-            shutil.copy(src / name, out / name)
+        if (src / name).is_file():  # copied under a temporary name, renamed when complete
+            tmp = out / (name + ".tmp")
+            shutil.copy(src / name, tmp)
+            os.replace(tmp, out / name)
     return out
