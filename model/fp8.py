@@ -51,6 +51,20 @@ def round_ue8m0(scale: torch.Tensor) -> torch.Tensor:
     return ((scale.view(torch.int32) + 0x7FFFFF) & 0x7F800000).view(torch.float32)
 
 
+def scale_from_amax(amax: torch.Tensor, scale_fmt: str | None = None, floor: float = 0.0) -> torch.Tensor:
+    """The FP8 scale of blocks whose largest magnitude is `amax`: amax / 448, correctly rounded, at
+    least `floor`, then for scale_fmt "ue8m0" rounded up to a power of two (`round_ue8m0`). The one
+    place both the weights' scales (`quantize_block`) and the activations' (the torch twin of the
+    activation kernel) are computed. Divided by a tensor, not the Python number: on CUDA torch
+    multiplies by a number's reciprocal instead, an ulp off the correctly rounded scale in 54-60% of
+    blocks on an H200 (the Triton kernel and the CPU round correctly); bf16 activations put many
+    x / s exactly on an e4m3 tie, which that ulp tipped the other way in 0.12% of codes."""
+    s = amax / torch.full_like(amax, FP8_MAX)
+    if floor:
+        s = s.clamp(min=floor)
+    return round_ue8m0(s) if scale_fmt == "ue8m0" else s
+
+
 def quantize_block(w: torch.Tensor, block: tuple[int, int] = (128, 128),
                    scale_fmt: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """W -> (Q float8_e4m3fn, scale_inv float32) with scale = amax(block) / 448 (1e-12 floor);
@@ -61,12 +75,6 @@ def quantize_block(w: torch.Tensor, block: tuple[int, int] = (128, 128),
     pad = torch.zeros(*w.shape[:-2], bo * block[0], bi * block[1], dtype=torch.float32, device=w.device)
     pad[..., :o, :i] = w.float()
     blocks = pad.unflatten(-1, (bi, block[1])).unflatten(-3, (bo, block[0]))  # [..., bo, b0, bi, b1]
-    amax = blocks.abs().amax(dim=(-3, -1))  # [..., bo, bi]
-    # divided by a tensor: on CUDA torch would multiply by the reciprocal of a Python number, an ulp
-    # off the correctly rounded scale the CPU gives, in 54% of blocks on an H200 (see
-    # model.kernels.act_quant_torch)
-    scale = (amax / torch.full_like(amax, FP8_MAX)).clamp(min=1e-12)
-    if scale_fmt == "ue8m0":
-        scale = round_ue8m0(scale)
+    scale = scale_from_amax(blocks.abs().amax(dim=(-3, -1)), scale_fmt, floor=1e-12)  # [..., bo, bi]
     q = (w.float() / _expand(scale, w.shape, block)).to(torch.float8_e4m3fn)
     return q, scale

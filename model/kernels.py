@@ -44,7 +44,7 @@ import threading
 import torch
 from torch.torch_version import TorchVersion
 
-from .fp8 import FP8_MAX, dequantize_block, round_ue8m0
+from .fp8 import FP8_MAX, dequantize_block, scale_from_amax
 
 ENV_VAR = "DSV3_KERNELS"
 IMPLS = ("auto", "triton", "torch")
@@ -153,14 +153,7 @@ def act_quant_torch(x: torch.Tensor, block: int = BLOCK, scale_fmt: str | None =
     xf = torch.zeros(m, nb * block, dtype=torch.float32, device=x.device)
     xf[:, :k] = x.float()
     blocks = xf.view(m, nb, block)
-    amax = blocks.abs().amax(dim=-1).clamp(min=SCALE_FLOOR)  # [M, nb]
-    # NOTE: divided by a tensor, not the Python number: on CUDA torch multiplies by the scalar's
-    # reciprocal instead, one ulp off the kernel's correctly rounded scale in ~60% of blocks, and
-    # bf16 activations put many x / s exactly on an e4m3 tie, which the ulp then tips the other way
-    # (0.12% of codes a step apart on an H200, 2026-12-04)
-    s = amax / torch.full_like(amax, FP8_MAX)
-    if scale_fmt == "ue8m0":  # round the scale up to a power of two
-        s = round_ue8m0(s)
+    s = scale_from_amax(blocks.abs().amax(dim=-1).clamp(min=SCALE_FLOOR), scale_fmt)  # [M, nb], as the kernel
     q = (blocks / s[..., None]).clamp(-FP8_MAX, FP8_MAX).to(FP8).view(m, nb * block)[:, :k]
     return q.contiguous(), s
 
