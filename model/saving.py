@@ -1,6 +1,6 @@
 """Writing Hugging Face checkpoints: `save` (a model in memory), `write_checkpoint` (tensors from
 any iterator, e.g. drawn one at a time for a checkpoint larger than memory) and `fp8_copy` (a
-checkpoint directory re-written in FP8, tokenizer included).
+checkpoint directory re-written in FP8, its other files alongside).
 
     model.save(m, "out/", fp8=True)                 # HF layout (+ MTP layer), readable by transformers
     write_checkpoint("out/", args, tensors(), fp8=True, dtype=torch.bfloat16, max_shard_bytes=2e9)
@@ -26,7 +26,6 @@ from .names import MTP_SHARED, ours_to_hf, scale_name
 from .transformer import Transformer
 
 BLOCK = (128, 128)
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
 def save(model: Transformer, path: str | os.PathLike, *, fp8: bool = False,
@@ -178,16 +177,17 @@ def _write_json(p: Path, obj) -> None:
 
 def fp8_copy(src: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Checkpoint directory `src` re-written into `out` with its projections in FP8 (`save(fp8=True)`:
-    float8_e4m3fn and 128 x 128 block scales, as DeepSeek-V3 is published), its tokenizer files
-    copied: a higher-precision checkpoint in DeepSeek-V3's inference format. Loads `src` whole in
-    float32, so it is for checkpoints that fit in memory."""
+    float8_e4m3fn and 128 x 128 block scales, as DeepSeek-V3 is published) and its other files
+    (tokenizer, generation config, ...) copied, as `analyses.variants` copies them: a
+    higher-precision checkpoint in DeepSeek-V3's inference format. Loads `src` whole in float32, so
+    it is for checkpoints that fit in memory."""
     from .checkpoint import load
 
     src, out = Path(src), Path(out)
     save(load(src, dtype=torch.float32, parallel=False), out, fp8=True)
-    for name in TOKENIZER_FILES:
-        if (src / name).is_file():  # copied under a temporary name, renamed when complete
-            tmp = out / (name + ".tmp")
-            shutil.copy(src / name, tmp)
-            os.replace(tmp, out / name)
+    for f in src.iterdir():  # everything but the weights and what `save` wrote
+        if f.is_file() and f.suffix != ".safetensors" and f.name not in ("config.json", INDEX):
+            tmp = out / (f.name + ".tmp")  # copied under a temporary name, renamed when complete
+            shutil.copy(f, tmp)
+            os.replace(tmp, out / f.name)
     return out

@@ -456,15 +456,20 @@ def test_param_counts_v2(name, total, activated):
 
 def test_fp8_copy_rewrites_a_checkpoint_in_fp8_with_its_tokenizer(tmp_path):
     """`fp8_copy`: the same model with its projections block-quantised (what `save(fp8=True)` of the
-    loaded model writes, tensor for tensor), the tokenizer files alongside, loadable FP8 resident."""
+    loaded model writes, tensor for tensor), the checkpoint's other files alongside (tokenizer,
+    generation config), its own config.json the FP8 one, loadable FP8 resident."""
     from model.saving import fp8_copy
 
     m = random_model("tiny", seed=2, **FP8_OVERRIDES)
     model.save(m, tmp_path / "src")
     (tmp_path / "src" / "tokenizer.json").write_text('{"not": "read here"}')
+    (tmp_path / "src" / "generation_config.json").write_text('{"temperature": 0.6}')
     out = fp8_copy(tmp_path / "src", tmp_path / "fp8")
     assert (out / "tokenizer.json").read_text() == '{"not": "read here"}'
+    assert (out / "generation_config.json").read_text() == '{"temperature": 0.6}'
     assert not (out / "tokenizer_config.json").exists()  # only what the source has
+    assert "quantization_config" in json.loads((out / "config.json").read_text())  # save's, not the source's
+    assert not list(out.glob("*.tmp"))
     model.save(model.load(tmp_path / "src", dtype=torch.float32), tmp_path / "want", fp8=True)
     got, want = (load_file(str(d / "model.safetensors")) for d in (out, tmp_path / "want"))
     assert got.keys() == want.keys() and any(k.endswith("weight_scale_inv") for k in got)
