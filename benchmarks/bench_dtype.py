@@ -35,8 +35,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from _cli import positive_int, run
 
 
@@ -119,15 +117,17 @@ def print_gemms(ckpt: str | None, batch_size: int) -> None:
 def compare(ref: tuple, got: tuple) -> dict:
     """Top-k sets, top-1 and experts differing per (token, MoE layer) pair, and mean loss per domain,
     of one record (`got`: tokens and routing tables) against another (`ref`)."""
+    from analyses.metrics import routing_agreement_by_layer
+
     (t_ref, r_ref), (t_got, r_got) = ref, got
-    r = r_ref.merge(r_got, on=["seq_id", "pos", "layer"], suffixes=("_ref", "_got"))
-    a, b = np.stack(r.expert_ids_ref.to_numpy()), np.stack(r.expert_ids_got.to_numpy())
-    same_set = (np.sort(a, 1) == np.sort(b, 1)).all(1)
+    ag = routing_agreement_by_layer(r_ref, r_got)
+    w = ag.tokens / ag.tokens.sum()
+    K = len(r_ref.expert_ids.iloc[0])
     loss = t_ref.merge(t_got, on=["seq_id", "pos"], suffixes=("_ref", "_got")).groupby("domain_ref")[
         ["loss_ref", "loss_got"]].mean()
-    return {"pairs": len(r), "K": a.shape[1], "same_set": same_set.mean(), "top1": (a[:, 0] == b[:, 0]).mean(),
-            "differ": (a.shape[1] - (a[:, :, None] == b[:, None, :]).any(2).sum(1)).mean(),
-            "per_layer": r.assign(same=same_set).groupby("layer").same.mean(), "loss": loss}
+    return {"pairs": int(ag.tokens.sum()), "K": K, "same_set": (w * ag.set_same).sum(),
+            "top1": (w * ag.top1_same).sum(), "differ": K * (1 - (w * ag.overlap).sum()),
+            "per_layer": ag.set_index("layer").set_same, "loss": loss}
 
 
 def main() -> None:

@@ -45,12 +45,13 @@ Routing patterns (`routing.py`)
 - repetition(expert_ids, seq_id=None, pos=None, n_experts=None)  Mixtral Table 5 + baselines
 - random_overlap_baseline(n_experts, k)   1 - C(N-k, k) / C(N, k)
 - coactivation(expert_ids, n_experts=None, normalise=True)   OLMoE N(Ei, Ej) / N(Ei)
-- routing_agreement(ids_a, ids_b)         top1_same, overlap |∩|/K, jaccard, nmi_top1
+- routing_agreement(ids_a, ids_b)         top1_same, set_same, overlap |∩|/K, jaccard, nmi_top1
 - margin_summary(margins, near=0.01)      count, mean, std, quantiles, share below `near`
 - score_entropy(scores)                   per-token normalised routing entropy
 - repetition_from_run(run, layer=None), coactivation_from_run(run, layer, normalise=True)
 - layer_agreement_from_run(run, layers=None)     consecutive MoE layers
 - routing_agreement_from_runs(run_a, run_b)      same tokens, two runs
+- routing_agreement_by_layer(routing_a, routing_b)   the same on two routing tables in memory (no DuckDB)
 - margins_from_run(run, near=0.01), score_entropy_from_run(run)
 
 Expert paths (`paths.py`)
@@ -83,8 +84,8 @@ from .paths import (Routes, common_paths, common_paths_from_run, domain_informat
                     routes_from_run)
 from .routing import (coactivation, coactivation_from_run, layer_agreement_from_run, margin_summary,
                       margins_from_run, random_overlap_baseline, repetition, repetition_from_run,
-                      route_changes_from_runs, routing_agreement, routing_agreement_from_runs, score_entropy,
-                      score_entropy_from_run)
+                      route_changes_from_runs, routing_agreement, routing_agreement_by_layer,
+                      routing_agreement_from_runs, score_entropy, score_entropy_from_run)
 from .token_dependence import PREDICTORS, majority_predict, token_dependence, token_dependence_from_run
 from .specialisation import (contingency, contingency_from_run, domain_contingency_from_run, domain_nmi,
                              domain_share, entropy, expert_vocabulary, expert_vocabulary_from_run, lift,
@@ -99,7 +100,7 @@ __all__ = [
     "normalised_entropy", "normalised_scores", "relative_load", "switch_balance", "switch_inputs_from_run",
     "coactivation", "coactivation_from_run", "layer_agreement_from_run", "margin_summary", "margins_from_run",
     "random_overlap_baseline", "repetition", "repetition_from_run", "routing_agreement",
-    "routing_agreement_from_runs", "route_changes_from_runs", "score_entropy", "score_entropy_from_run",
+    "routing_agreement_by_layer", "routing_agreement_from_runs", "route_changes_from_runs", "score_entropy", "score_entropy_from_run",
     "Routes", "common_paths", "common_paths_from_run", "domain_information", "domain_information_from_run",
     "heldout_accuracy", "path_codes", "path_entropy", "path_keys", "path_summary", "path_summary_from_run",
     "routes_from_run", "PREDICTORS", "majority_predict", "token_dependence", "token_dependence_from_run",

@@ -172,6 +172,7 @@ def routing_agreement(ids_a, ids_b) -> dict:
     checkpoints; metrics.md "Router saturation / cross-layer agreement"):
 
     - top1_same: share of tokens with the same first choice;
+    - set_same: share of tokens with the same top-k set, in any order (0 when the two K differ);
     - overlap: mean |TopK_a ∩ TopK_b| / K (metrics.md's overlap; K of `ids_a`);
     - jaccard: mean |TopK_a ∩ TopK_b| / |TopK_a ∪ TopK_b|;
     - nmi_top1: NMI (arithmetic normalisation, as scikit-learn) of the two first-choice labelings,
@@ -181,25 +182,28 @@ def routing_agreement(ids_a, ids_b) -> dict:
     same_length(a, b, names="ids_a, ids_b")
     out = {"tokens": len(a)}
     if not len(a):
-        return out | dict.fromkeys(["top1_same", "overlap", "jaccard", "nmi_top1"], float("nan"))
+        return out | dict.fromkeys(["top1_same", "set_same", "overlap", "jaccard", "nmi_top1"], float("nan"))
     inter = (a[:, :, None] == b[:, None, :]).any(2).sum(1)
     union = a.shape[1] + b.shape[1] - inter
     E = int(max(a.max(), b.max())) + 1
     c = np.zeros((E, E))
     np.add.at(c, (a[:, 0], b[:, 0]), 1)
-    return out | {"top1_same": float((a[:, 0] == b[:, 0]).mean()), "overlap": float(inter.mean() / a.shape[1]),
+    set_same = (np.sort(a, 1) == np.sort(b, 1)).all(1).mean() if a.shape[1] == b.shape[1] else 0.0
+    return out | {"top1_same": float((a[:, 0] == b[:, 0]).mean()), "set_same": float(set_same),
+                  "overlap": float(inter.mean() / a.shape[1]),
                   "jaccard": float((inter / union).mean()), "nmi_top1": nmi(c)}
 
 
 def _agreement_sql(con, a: str, b: str, on: str) -> "pandas.DataFrame":  # noqa: F821
     """Aggregate routing_agreement in SQL over `a join b on ...`; returns per (la, lb) rows with
-    top1_same, overlap, jaccard and nmi_top1 (from a GROUP BY top-1 pair contingency)."""
+    top1_same, set_same, overlap, jaccard and nmi_top1 (from a GROUP BY top-1 pair contingency)."""
     import pandas as pd
 
     j = f"from {a} a join {b} b on {on}"
     m = con.sql(f"""
         select a.layer as layer_a, b.layer as layer_b, count(*) as tokens,
                avg((a.expert_ids[1] = b.expert_ids[1])::int) as top1_same,
+               avg((list_sort(a.expert_ids) = list_sort(b.expert_ids))::int) as set_same,
                avg(len(list_intersect(a.expert_ids, b.expert_ids)) / len(a.expert_ids)) as overlap,
                avg(len(list_intersect(a.expert_ids, b.expert_ids))
                    / (len(a.expert_ids) + len(b.expert_ids) - len(list_intersect(a.expert_ids, b.expert_ids))))
@@ -222,7 +226,8 @@ def layer_agreement_from_run(run, layers: list[int] | None = None) -> "pandas.Da
     """Cross-layer routing agreement (`routing_agreement`) between consecutive MoE layers
     (or consecutive entries of `layers`) over the same tokens, in SQL (routing joined to itself on
     seq_id, pos). Expert ids are compared by index (meaningful for upcycled or tied experts);
-    nmi_top1 needs no mapping. Columns layer_a, layer_b, tokens, top1_same, overlap, jaccard, nmi_top1."""
+    nmi_top1 needs no mapping. Columns layer_a, layer_b, tokens, top1_same, set_same, overlap, jaccard,
+    nmi_top1."""
     import pandas as pd
 
     run = as_run(run)
@@ -234,7 +239,7 @@ def layer_agreement_from_run(run, layers: list[int] | None = None) -> "pandas.Da
         frames.append(_agreement_sql(run.con, f"(select * from routing where layer = {la})",
                                      f"(select * from routing where layer = {lb})",
                                      "a.seq_id = b.seq_id and a.pos = b.pos"))
-    cols = ["layer_a", "layer_b", "tokens", "top1_same", "overlap", "jaccard", "nmi_top1"]
+    cols = ["layer_a", "layer_b", "tokens", "top1_same", "set_same", "overlap", "jaccard", "nmi_top1"]
     return pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)
 
 
@@ -242,7 +247,7 @@ def routing_agreement_from_runs(run_a, run_b, check_tokens: bool = True) -> "pan
     """Cross-run routing agreement per MoE layer (`routing_agreement`): two runs over the same tokens
     (e.g. two checkpoints on one corpus), routing rows matched on (seq_id, pos, layer) in SQL.
     check_tokens: the matched positions must hold the same token ids (from both runs' `tokens`),
-    else an error. Columns layer, tokens, top1_same, overlap, jaccard, nmi_top1, share_of_a and
+    else an error. Columns layer, tokens, top1_same, set_same, overlap, jaccard, nmi_top1, share_of_a and
     share_of_b (the matched share of each run's routed tokens at that layer: below 1 when the runs
     saw partly different windows). No shared position at all: an error saying so."""
     run_a, run_b = as_run(run_a), as_run(run_b)
@@ -258,6 +263,38 @@ def routing_agreement_from_runs(run_a, run_b, check_tokens: bool = True) -> "pan
     df["share_of_a"] = df.tokens / df.layer.map(sizes.na).astype(float)
     df["share_of_b"] = df.tokens / df.layer.map(sizes.nb).astype(float)
     return df
+
+
+def routing_agreement_by_layer(routing_a, routing_b) -> "pandas.DataFrame":  # noqa: F821
+    """`routing_agreement_from_runs` on two routing tables in memory (pandas DataFrames, or Arrow
+    tables, with columns seq_id, pos, layer and expert_ids, as `run.df("routing")` reads them), in
+    numpy and pandas only (no DuckDB; for scripts that compare runs on a machine without it). Rows
+    matched on (seq_id, pos, layer); the same columns, one row per layer. The tables hold no tokens,
+    so the caller vouches that matched positions hold the same tokens. No shared row: an error."""
+    import pandas as pd
+
+    a, b = _routing_frame(routing_a, "routing_a"), _routing_frame(routing_b, "routing_b")
+    m = a.merge(b, on=["seq_id", "pos", "layer"], suffixes=("_a", "_b"))
+    if m.empty:
+        raise MetricsError("routing_a and routing_b share no (seq_id, pos, layer): they are not routings of the "
+                           "same windows")
+    n_a, n_b = a.layer.value_counts(), b.layer.value_counts()
+    rows = []
+    for layer, g in m.groupby("layer", sort=True):
+        r = routing_agreement(np.stack(g.expert_ids_a.to_numpy()), np.stack(g.expert_ids_b.to_numpy()))
+        rows.append({"layer": int(layer)} | r | {"share_of_a": r["tokens"] / n_a[layer],
+                                                 "share_of_b": r["tokens"] / n_b[layer]})
+    return pd.DataFrame(rows)
+
+
+def _routing_frame(table, name: str) -> "pandas.DataFrame":  # noqa: F821
+    """The routing columns of a pandas DataFrame or an Arrow table; a missing column is an error."""
+    df = table.to_pandas() if hasattr(table, "to_pandas") and not hasattr(table, "merge") else table
+    need = ["seq_id", "pos", "layer", "expert_ids"]
+    missing = [c for c in need if c not in getattr(df, "columns", [])]
+    if missing:
+        raise MetricsError(f"{name}: not a routing table (no column {', '.join(missing)}; need {', '.join(need)})")
+    return df[need]
 
 
 def route_changes_from_runs(run_a, run_b, top: int = 20,

@@ -92,7 +92,8 @@ def summary(r: dict) -> list[str]:
     if rv is not None:
         g = rv["agreement"]
         s.append(f"Run vs run ({rv['other']}): top-1 agreement per layer " + ", ".join(
-            f"L{int(x.layer)} {x.top1_same:.3f}" for x in g.itertuples()) + "; mean Jaccard of top-k sets "
+            f"L{int(x.layer)} {x.top1_same:.3f}" for x in g.itertuples()) + "; identical top-k sets "
+            + ", ".join(f"L{int(x.layer)} {x.set_same:.3f}" for x in g.itertuples()) + "; mean Jaccard of top-k sets "
             + ", ".join(f"L{int(x.layer)} {x.jaccard:.3f}" for x in g.itertuples())
             + f"; {g.tokens.min():,} tokens matched ({g.share_of_a.min():.0%} of this run's).")
     if r.get("steering") is not None:
@@ -226,7 +227,8 @@ def figures(r: dict) -> dict[str, list]:
     rv = r.get("run_vs_run")
     if rv is not None:
         g = rv["agreement"]
-        fig = go.Figure([go.Bar(name=c, x=[f"L{x}" for x in g.layer], y=g[c]) for c in ("top1_same", "jaccard")])
+        fig = go.Figure([go.Bar(name=c, x=[f"L{x}" for x in g.layer], y=g[c])
+                         for c in ("top1_same", "set_same", "jaccard")])
         out["Run vs run"] += [(f"Routing agreement with {rv['other']} per layer", fig.update_layout(barmode="group"),
                                g, False),
                               ("Tokens whose routes changed most", None, rv["changes"], False)]

@@ -150,16 +150,19 @@ def run_vs_run(ra: data.RunRef, rb: data.RunRef) -> None:
                     f"with the same `--seq-len` and `--order`): {res['error']}.", icon="ℹ️")
             return
         ag, ch = res["agreement"], res["changes"]
-        c = st.columns(4)
+        c = st.columns(5)
         c[0].metric(f"Matched share of {ra.name}", f"{ag.share_of_a.min():.1%}",
                     help="tokens routed in both runs / tokens routed in this run (smallest over layers)")
         c[1].metric(f"Matched share of {rb.name}", f"{ag.share_of_b.min():.1%}")
         w = ag.tokens / ag.tokens.sum()
         c[2].metric("Same top-1 expert", f"{(ag.top1_same * w).sum():.1%}", help="over layers, weighted by tokens")
-        c[3].metric("Mean Jaccard of the top-k sets", f"{(ag.jaccard * w).sum():.3f}")
+        c[3].metric("Same top-k set", f"{(ag.set_same * w).sum():.1%}",
+                    help="the same k experts in any order; over layers, weighted by tokens")
+        c[4].metric("Mean Jaccard of the top-k sets", f"{(ag.jaccard * w).sum():.3f}")
         fig = go.Figure()
         x = [f"layer {int(v)}" for v in ag.layer]
         for col, name, color in (("top1_same", "same top-1 expert", RUN_COLORS[0]),
+                                 ("set_same", "same top-k set", "#54A24B"),
                                  ("jaccard", "mean Jaccard (top-k)", RUN_COLORS[1]),
                                  ("nmi_top1", "NMI (top-1)", "#BAB0AC")):
             fig.add_trace(go.Bar(x=x, y=ag[col], name=name, marker_color=color, customdata=ag.tokens,

@@ -270,8 +270,10 @@ def test_routing_agreement_hand_computed():
     assert r["overlap"] == pytest.approx((1 / 2 + 2 / 2) / 2)
     assert r["jaccard"] == pytest.approx((1 / 3 + 1) / 2)
     assert r["nmi_top1"] == pytest.approx(1.0)  # first choices [0, 2] vs [0, 3]: a relabelling
+    assert r["set_same"] == 0.5  # {2, 3} == {3, 2} in another order; {0, 1} != {0, 2}
     same = M.routing_agreement(a, a)
-    assert same["top1_same"] == same["overlap"] == same["jaccard"] == 1.0
+    assert same["top1_same"] == same["set_same"] == same["overlap"] == same["jaccard"] == 1.0
+    assert M.routing_agreement([[0, 1]], [[0, 1, 2]])["set_same"] == 0.0  # K differ: no set is the same
     assert math.isnan(M.routing_agreement(np.zeros((0, 2), int), np.zeros((0, 2), int))["overlap"])
     with pytest.raises(M.MetricsError, match="lengths differ"):
         M.routing_agreement(a, a[:1])
@@ -441,9 +443,35 @@ def test_cross_run_agreement_and_negative_control(synth, tmp_path):
         want = M.routing_agreement(a["ids"][layer], other["ids"][layer])
         for k, v in want.items():
             assert got.loc[layer, k] == pytest.approx(v), k
+    # the in-memory twin (no DuckDB) gives the run version's table, column for column
+    mem = M.routing_agreement_by_layer(run.df("routing"), probe.open_run(tmp_path / "other").arrow("routing"))
+    assert list(mem.columns) == ["layer"] + list(got.columns)
+    for col in got.columns:
+        np.testing.assert_allclose(mem.set_index("layer")[col], got[col], rtol=1e-9, err_msg=col)
+    half = run.df("routing").iloc[::2]
+    assert (M.routing_agreement_by_layer(half, run.df("routing")).share_of_b.between(0.4, 0.6)).all()
+    with pytest.raises(M.MetricsError, match="no column expert_ids"):
+        M.routing_agreement_by_layer(run.df("routing").drop(columns="expert_ids"), half)
+    with pytest.raises(M.MetricsError, match="share no"):
+        M.routing_agreement_by_layer(half.assign(seq_id=half.seq_id + 1000), half)
     # negative control: the run versions do see the difference between the two runs
-    assert got.loc[2, "top1_same"] < 1
+    assert got.loc[2, "top1_same"] < 1 and got.loc[2, "set_same"] < 1
     assert not np.array_equal(M.contingency_from_run(tmp_path / "other", 2)[1], M.contingency_from_run(run, 2)[1])
+    # the same top-k sets in another order: set_same 1, top1_same not (in SQL and in memory)
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    shutil.copytree(run.path, tmp_path / "reordered")
+    for f in sorted((tmp_path / "reordered" / "routing").glob("*.parquet")):
+        t = pq.read_table(f)
+        flipped = [ids[::-1] if i % 2 else ids for i, ids in enumerate(t.column("expert_ids").to_pylist())]
+        pq.write_table(t.set_column(t.schema.get_field_index("expert_ids"), "expert_ids",
+                                    pa.array(flipped, t.schema.field("expert_ids").type)), f)
+    for ag in (M.routing_agreement_from_runs(run, tmp_path / "reordered"),
+               M.routing_agreement_by_layer(run.df("routing"), probe.open_run(tmp_path / "reordered").df("routing"))):
+        assert (ag.set_same == 1).all() and (ag.overlap == 1).all() and (ag.top1_same < 0.6).all()
     write_run(tmp_path / "diff", seed=0, token_seed=9)  # different tokens
     with pytest.raises(M.MetricsError, match="different tokens") as e:
         M.routing_agreement_from_runs(run, tmp_path / "diff")

@@ -109,6 +109,7 @@ def test_run_vs_run(runs, tmp_path):
     assert not at.error and not at.warning, (texts(at.error), texts(at.warning))
     w = ag.tokens / ag.tokens.sum()
     assert metric(at, "Same top-1 expert") == f"{(ag.top1_same * w).sum():.1%}" != "100.0%"
+    assert metric(at, "Same top-k set") == f"{(ag.set_same * w).sum():.1%}"
     assert metric(at, "Mean Jaccard of the top-k sets") == f"{(ag.jaccard * w).sum():.3f}"
     assert metric(at, "Matched share of demo") == f"{ag.share_of_a.min():.1%}"
     changed = frame(at, "top1_changed")
@@ -129,7 +130,7 @@ def test_run_vs_run(runs, tmp_path):
     at.selectbox(key="cmp_b").set_value("c").run()
     assert "`a` and `c` hold different tokens at" in texts(at.info) and not at.error
     at.selectbox(key="cmp_b").set_value("a-copy").run()  # the control: a run against its copy agrees everywhere
-    assert metric(at, "Same top-1 expert") == "100.0%"
+    assert metric(at, "Same top-1 expert") == metric(at, "Same top-k set") == "100.0%"
 
 
 @pytest.mark.slow  # a whole app or command: the quick loop leaves it out

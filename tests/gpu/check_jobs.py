@@ -34,10 +34,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")  # as the jobs' entry points set it
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import probe  # noqa: E402
+from analyses.metrics import routing_agreement_by_layer  # noqa: E402 (numpy and pandas only, no DuckDB)
 from model.saving import fp8_copy  # noqa: E402
 from probe.job import DEFAULT_CKPT  # noqa: E402
 from probe.record import RecordOptions, record  # noqa: E402
@@ -63,15 +63,12 @@ def record_run(out: Path, device: str, dtype: str, ns, ckpt: str | None = None, 
 
 def compare(ref: dict, got: dict) -> dict:
     """Top-k sets and top-1 of every (token, MoE layer) pair, and mean loss per domain, got vs ref."""
-    key = ["seq_id", "pos", "layer"]
-    r = ref["routing"].merge(got["routing"], on=key, suffixes=("_ref", "_got"))
-    a, b = np.stack(r.expert_ids_ref.to_numpy()), np.stack(r.expert_ids_got.to_numpy())
-    same = (np.sort(a, 1) == np.sort(b, 1)).all(1)
-    per_layer = r.assign(same=same).groupby("layer").same.mean()
+    ag = routing_agreement_by_layer(ref["routing"], got["routing"])
+    w = ag.tokens / ag.tokens.sum()
     t = ref["tokens"].merge(got["tokens"], on=["seq_id", "pos"], suffixes=("_ref", "_got"))
     loss = t.groupby("domain_ref")[["loss_ref", "loss_got"]].mean()
-    return {"pairs": len(r), "of": len(ref["routing"]), "same": float(same.mean()),
-            "top1": float((a[:, 0] == b[:, 0]).mean()), "per_layer": per_layer,
+    return {"pairs": int(ag.tokens.sum()), "of": len(ref["routing"]), "same": float((w * ag.set_same).sum()),
+            "top1": float((w * ag.top1_same).sum()), "per_layer": ag.set_index("layer").set_same,
             "loss": loss, "loss_move": float((loss.loss_got - loss.loss_ref).abs().max())}
 
 
