@@ -151,14 +151,16 @@ def run_vs_run(ra: data.RunRef, rb: data.RunRef) -> None:
             return
         ag, ch = res["agreement"], res["changes"]
         c = st.columns(5)
-        c[0].metric(f"Matched share of {ra.name}", f"{ag.share_of_a.min():.1%}",
-                    help="tokens routed in both runs / tokens routed in this run (smallest over layers)")
-        c[1].metric(f"Matched share of {rb.name}", f"{ag.share_of_b.min():.1%}")
+        for col, run, share in ((c[0], "A", ag.share_of_a), (c[1], "B", ag.share_of_b)):
+            col.metric(f"Run {run} matched", f"{share.min():.1%}",
+                       help=f"tokens routed in both runs / tokens routed in run {run}, "
+                            f"`{(ra if run == 'A' else rb).name}` (smallest over layers)")
         w = ag.tokens / ag.tokens.sum()
         c[2].metric("Same top-1 expert", f"{(ag.top1_same * w).sum():.1%}", help="over layers, weighted by tokens")
         c[3].metric("Same top-k set", f"{(ag.set_same * w).sum():.1%}",
                     help="the same k experts in any order; over layers, weighted by tokens")
-        c[4].metric("Mean Jaccard of the top-k sets", f"{(ag.jaccard * w).sum():.3f}")
+        c[4].metric("Mean Jaccard (top-k)", f"{(ag.jaccard * w).sum():.3f}",
+                    help="|A ∩ B| / |A ∪ B| of the two top-k sets; over layers, weighted by tokens")
         fig = go.Figure()
         x = [f"layer {int(v)}" for v in ag.layer]
         for col, name, color in (("top1_same", "same top-1 expert", RUN_COLORS[0]),
@@ -171,7 +173,7 @@ def run_vs_run(ra: data.RunRef, rb: data.RunRef) -> None:
         fig.update_layout(barmode="group")
         fig.update_yaxes(title="agreement", range=[0, 1.02])
         left, right = st.columns([2, 3])
-        left.plotly_chart(charts.style(fig, f"{ra.name} vs {rb.name}: agreement per layer", 360), key="cmp_agree")
+        left.plotly_chart(charts.style(fig, "Agreement per layer", 360), key="cmp_agree")
         changed = ch[(ch.top1_changed > 0) | (ch.set_changed > 0)]
         with right:
             st.markdown("**Tokens whose routes changed most** (lowest mean Jaccard over the layers)")

@@ -110,8 +110,9 @@ def test_run_vs_run(runs, tmp_path):
     w = ag.tokens / ag.tokens.sum()
     assert metric(at, "Same top-1 expert") == f"{(ag.top1_same * w).sum():.1%}" != "100.0%"
     assert metric(at, "Same top-k set") == f"{(ag.set_same * w).sum():.1%}"
-    assert metric(at, "Mean Jaccard of the top-k sets") == f"{(ag.jaccard * w).sum():.3f}"
-    assert metric(at, "Matched share of demo") == f"{ag.share_of_a.min():.1%}"
+    assert metric(at, "Mean Jaccard (top-k)") == f"{(ag.jaccard * w).sum():.3f}"
+    assert metric(at, "Run A matched") == f"{ag.share_of_a.min():.1%}"
+    assert metric(at, "Run B matched") == f"{ag.share_of_b.min():.1%}"
     changed = frame(at, "top1_changed")
     assert changed[["seq_id", "pos"]].values.tolist() == ch[["seq_id", "pos"]].values.tolist()
     assert changed.token.str.len().min() > 0
