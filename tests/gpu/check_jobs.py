@@ -34,10 +34,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")  # as the jobs' entry points set it
 
+import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 import probe  # noqa: E402
-from analyses.metrics import routing_agreement_by_layer  # noqa: E402 (numpy and pandas only, no DuckDB)
+from analyses.metrics import MetricsError, routing_agreement_by_layer  # noqa: E402 (numpy, pandas: no DuckDB)
 from model.saving import fp8_copy  # noqa: E402
 from probe.job import DEFAULT_CKPT  # noqa: E402
 from probe.record import RecordOptions, record  # noqa: E402
@@ -63,8 +64,12 @@ def record_run(out: Path, device: str, dtype: str, ns, ckpt: str | None = None, 
 
 def compare(ref: dict, got: dict) -> dict:
     """Top-k sets and top-1 of every (token, MoE layer) pair, and mean loss per domain, got vs ref."""
-    ag = routing_agreement_by_layer(ref["routing"], got["routing"])
-    w = ag.tokens / ag.tokens.sum()
+    try:
+        ag = routing_agreement_by_layer(ref["routing"], got["routing"])
+    except MetricsError as e:  # no (token, layer) in common: reported as a failed check, not a traceback
+        print(f"\n{got['label']}: {e}")
+        ag = pd.DataFrame({"layer": [], "tokens": [], "set_same": [], "top1_same": []})
+    w = ag.tokens / max(1, ag.tokens.sum())
     t = ref["tokens"].merge(got["tokens"], on=["seq_id", "pos"], suffixes=("_ref", "_got"))
     loss = t.groupby("domain_ref")[["loss_ref", "loss_got"]].mean()
     return {"pairs": int(ag.tokens.sum()), "of": len(ref["routing"]), "same": float((w * ag.set_same).sum()),
