@@ -82,9 +82,12 @@ class Server:
         self.log.close()
 
 
-def open_page(page, url: str, title: str, charts: int, timeout_ms: int = 90_000, settle_ms: int = 800,
+def open_page(page, url: str, title: str, charts: int | None, timeout_ms: int = 90_000, settle_ms: int = 800,
               click: bool = False) -> dict:
     """Load one page, wait until the script has finished and the charts are drawn; returns findings.
+    charts: how many plotly charts the page must draw (the test's runs), or None: as many as it
+    places, however many that is (a user's runs directory, where a page may hold a message instead,
+    e.g. Training without a training run).
     click: follow the sidebar's link to `url` (the app stays loaded, as when a user navigates) instead
     of loading `url` afresh (a deep link: the whole frontend again, twice the time)."""
     if click:
@@ -95,15 +98,19 @@ def open_page(page, url: str, title: str, charts: int, timeout_ms: int = 90_000,
         page.goto(url, wait_until="domcontentloaded")
     page.get_by_role("heading", name=title, exact=True).first.wait_for(timeout=timeout_ms)
     # charts of this page: the previous page's elements stay in the DOM, marked stale, until replaced
-    page.wait_for_function("[...document.querySelectorAll('.js-plotly-plot .main-svg')]"
-                           f".filter(e => !e.closest('[data-stale=\"true\"]')).length >= {charts}",
-                           timeout=timeout_ms)
+    if charts is not None:
+        page.wait_for_function("[...document.querySelectorAll('.js-plotly-plot .main-svg')]"
+                               f".filter(e => !e.closest('[data-stale=\"true\"]')).length >= {charts}",
+                               timeout=timeout_ms)
     # the page's script has finished: the app says so (the heading above came from this page's run, so
     # "notRunning" is its end, not the state before it began), the "running" widget is gone and no
     # element of the previous page is left
     page.wait_for_function("document.querySelector('[data-testid=\"stApp\"]')?.dataset.testScriptState === "
                            "'notRunning' && !document.querySelector('[data-testid=\"stStatusWidget\"] button') "
                            "&& !document.querySelector('[data-stale=\"true\"]')", timeout=timeout_ms)
+    if charts is None:  # every chart the script placed has drawn
+        page.wait_for_function("[...document.querySelectorAll('[data-testid=\"stPlotlyChart\"]')]"
+                               ".every(e => e.querySelector('.main-svg'))", timeout=timeout_ms)
     page.wait_for_timeout(settle_ms)  # plotly's transitions
     body = page.inner_text("body")
     return {"charts": page.locator(".js-plotly-plot").count(),
@@ -129,13 +136,15 @@ def shoot(page, path: Path, width: int, height: int, max_height: int = 5000, set
 
 def browse(runs_dir: Path, out_dir: Path, pages: dict = PAGES, run: str | None = None,
            width: int = 1400, height: int = 1000, settle_ms: int = 800, navigate: bool = False,
-           whole: bool = True) -> dict[str, dict]:
+           whole: bool = True, counts: bool = True) -> dict[str, dict]:
     """Start the server, open every page, screenshot each into out_dir; returns findings per page.
     `settle_ms`: the wait for plotly's transitions before reading and shooting a page (the README's
     screenshots use the default; the test, which checks errors and charts, waits less).
     `navigate`: reach the pages between the first and the last through the sidebar, as a user does,
     the first and last through their own URLs (deep links); otherwise (and with `run`, which rides in
-    the URL) every page through its URL. `whole`: screenshots of the whole page (else the viewport)."""
+    the URL) every page through its URL. `whole`: screenshots of the whole page (else the viewport).
+    `counts`: wait for each page's count of charts in `pages` (the test's runs); False: for whatever
+    charts each page places (any runs directory)."""
     from playwright.sync_api import sync_playwright
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -154,7 +163,8 @@ def browse(runs_dir: Path, out_dir: Path, pages: dict = PAGES, run: str | None =
                 url = f"{server.url}/{path}" + (f"?run={run}" if run else "")
                 click = navigate and not run and 0 < i < len(pages) - 1
                 t = time.time()
-                found[path or "overview"] = open_page(page, url, title, n, settle_ms=settle_ms, click=click)
+                found[path or "overview"] = open_page(page, url, title, n if counts else None, settle_ms=settle_ms,
+                                                      click=click)
                 found[path or "overview"]["seconds"] = round(time.time() - t, 1)
                 shoot(page, out_dir / ((path or "overview") + ".png"), width, height, settle_ms=settle_ms, whole=whole)
             browser.close()
@@ -197,5 +207,5 @@ if __name__ == "__main__":
     runs_dir, out_dir = Path(sys.argv[1]), Path(sys.argv[2])
     only = sys.argv[4].split(",") if len(sys.argv) > 4 else None
     pages = {k: v for k, v in PAGES.items() if only is None or (k or "overview") in only}
-    res = browse(runs_dir, out_dir, pages, run=sys.argv[3] if len(sys.argv) > 3 else None)
+    res = browse(runs_dir, out_dir, pages, run=sys.argv[3] if len(sys.argv) > 3 else None, counts=False)
     print(res)
