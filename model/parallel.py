@@ -150,6 +150,7 @@ def shard_spec(model: Transformer, shards: Shards) -> dict[str, Cut]:
     check_world(model.args, shards.world)
     tensors = dict(model.named_parameters()) | {n: b for n, b in model.named_buffers() if b is not None}
     spec: dict[str, Cut] = {}
+    narrow: list[tuple[str, Cut, int]] = []  # this rank's FP8 row-parallel inputs cut inside one block
     for name, t in tensors.items():
         for pat, dim, _ in _PLAN:
             if pat.fullmatch(name):
@@ -163,7 +164,19 @@ def shard_spec(model: Transformer, shards: Shards) -> dict[str, Cut]:
                     scales = [_scale_cut(name, r, c, tensors[scale], mod.block, isinstance(mod, Experts))
                               for r, c in enumerate(cuts)]
                     spec[scale] = scales[shards.rank]
+                    mine = cuts[shards.rank]
+                    inside_block = mine.start % mod.block or mine.size % mod.block
+                    if mine.dim == 1 and not isinstance(mod, Experts) and inside_block:
+                        narrow.append((name, mine, mod.block))
                 break
+    if narrow:
+        # a row-parallel GEMM's input columns inside one block: each rank quantises its part of an
+        # activation block with a scale of its own, so the sum differs from one process by FP8 rounding
+        name, cut, block = narrow[0]
+        warnings.warn(f"FP8-resident shards narrower than one {block}-wide block ({len(narrow)} weights, e.g. {name}, "
+                      f"{cut.size} of {cut.full} columns a rank): each rank quantises its part of an activation block "
+                      "on its own, so results differ from one process by FP8 rounding (whole-block shards do not)",
+                      stacklevel=2)
     return spec
 
 
@@ -178,13 +191,6 @@ def _scale_cut(name: str, rank: int, cut: Cut, scale: torch.Tensor, block: int, 
         raise ParallelError(f"{name}: rank {rank}'s rows/columns [{cut.start}, {end}) of {cut.full} do not align "
                             f"to the {block}-wide FP8 blocks; use gemm_impl='bf16' (dequantise on load) or a "
                             f"world size whose shards are multiples of {block}")
-    if cut.dim == 1 and (cut.start % block or cut.size % block):
-        # a row-parallel GEMM's input columns inside one block: each rank quantises its part of an
-        # activation block with a scale of its own, so the sum differs from one process by FP8 rounding
-        warnings.warn(f"FP8-resident shards narrower than one {block}-wide block (e.g. {name}, {cut.size} of "
-                      f"{cut.full} columns a rank): each rank quantises its part of an activation block on its own, "
-                      "so results differ from one process by FP8 rounding (whole-block shards do not)",
-                      stacklevel=2)
     return Cut(cut.dim, first, last - first + 1, scale.shape[cut.dim])
 
 
