@@ -313,7 +313,6 @@ def test_summary_cli_and_its_errors(capsys, tmp_path, monkeypatch):
     assert "--dense sizes the weights per rank: use it with --world-size" in capsys.readouterr().err
 
 
-@pytest.mark.filterwarnings("ignore:FP8-resident shards narrower")  # the cases that raise warn first
 def test_fp8_misaligned_shard_is_refused_on_meta():
     args = ModelArgs.from_dict(ModelArgs.from_name("tiny").to_dict() | BLOCKS)
     with torch.device("meta"):
