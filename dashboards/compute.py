@@ -139,7 +139,6 @@ def domain_nmi_by_layer(dom_exp: pd.DataFrame, n_experts: int) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["layer", "domain_nmi"])
 
 
-
 def coactivation(ids: np.ndarray, n_experts: int) -> np.ndarray:
     """[N, N] co-activation N(E_i, E_j) / N(E_i) of a layer's [T, K] top-k ids (analyses.metrics)."""
     fn = metric("coactivation")

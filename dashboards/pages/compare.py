@@ -151,10 +151,10 @@ def run_vs_run(ra: data.RunRef, rb: data.RunRef) -> None:
             return
         ag, ch = res["agreement"], res["changes"]
         c = st.columns(5)
-        for col, run, share in ((c[0], "A", ag.share_of_a), (c[1], "B", ag.share_of_b)):
-            col.metric(f"Run {run} matched", f"{share.min():.1%}",
-                       help=f"tokens routed in both runs / tokens routed in run {run}, "
-                            f"`{(ra if run == 'A' else rb).name}` (smallest over layers)")
+        for col, letter, ref, share in ((c[0], "A", ra, ag.share_of_a), (c[1], "B", rb, ag.share_of_b)):
+            col.metric(f"Run {letter} matched", f"{share.min():.1%}",
+                       help=f"tokens routed in both runs / tokens routed in run {letter}, `{ref.name}` "
+                            "(smallest over layers)")
         w = ag.tokens / ag.tokens.sum()
         c[2].metric("Same top-1 expert", f"{(ag.top1_same * w).sum():.1%}", help="over layers, weighted by tokens")
         c[3].metric("Same top-k set", f"{(ag.set_same * w).sum():.1%}",

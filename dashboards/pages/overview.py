@@ -79,8 +79,7 @@ def probe_details(ref: data.RunRef) -> None:
         st.markdown("**Recording options**")
         # an option left unset shows what the run used: the checkpoint and corpus run.json names
         used = {"ckpt": (i.get("checkpoint") or {}).get("path"), "corpus": (i.get("corpus") or {}).get("path")}
-        shown = {k: (used.get(k) if v is None and used.get(k) else "default" if v is None else v)
-                 for k, v in opts.items()}
+        shown = {k: v if v is not None else used.get(k) or "default" for k, v in opts.items()}
         st.dataframe(pd.DataFrame({"option": list(shown), "value": [str(v) for v in shown.values()]}),
                      hide_index=True, width="stretch")
     rep = (i.get("corpus") or {}).get("replaced_bytes", 0)
