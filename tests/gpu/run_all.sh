@@ -26,15 +26,14 @@ if [ "${1:-}" = "--cpu" ]; then
     mode=cpu
     shift
 fi
+all_steps="kernels record parallel jobs"  # this mode's steps, in their default order (run_step runs them)
+[ "$mode" = gpu ] && all_steps="kernels record narrow parallel jobs"
 steps=("$@")
-if [ "${#steps[@]}" -eq 0 ]; then
-    steps=(kernels record parallel jobs)
-    [ "$mode" = gpu ] && steps=(kernels record narrow parallel jobs)
-fi
+[ "${#steps[@]}" -eq 0 ] && read -ra steps <<< "$all_steps"
 for s in "${steps[@]}"; do
-    case "$mode:$s" in
-        gpu:kernels|gpu:record|gpu:narrow|gpu:parallel|gpu:jobs|cpu:kernels|cpu:record|cpu:parallel|cpu:jobs) ;;
-        *) echo "run_all.sh: no step '$s' in $mode mode (steps: kernels record$([ "$mode" = gpu ] && echo " narrow") parallel jobs)" >&2
+    case " $all_steps " in
+        *" $s "*) ;;
+        *) echo "run_all.sh: no step '$s' in $mode mode (steps: $all_steps)" >&2
            exit 2 ;;
     esac
 done
