@@ -258,7 +258,6 @@ def test_the_runs_list_follows_the_folder_without_a_reload(tmp_path):
     """A run added, finished or deleted while the dashboard is open shows in the next session: the
     folder's signature was a parameter named `_sig`, which st.cache_data leaves out of its key, so
     the first list stayed until "Reload runs" (found in a browser walkthrough)."""
-    import json as _json
     import shutil
 
     from dashboards import data
@@ -268,10 +267,10 @@ def test_the_runs_list_follows_the_folder_without_a_reload(tmp_path):
     assert [r.name for r in data.discover(tmp_path)] == ["a"]
     write_run(tmp_path / "b", n_seq=2)
     assert [r.name for r in data.discover(tmp_path)] == ["a", "b"]
-    info = _json.loads((tmp_path / "b" / "run.json").read_text())
-    (tmp_path / "b" / "run.json").write_text(_json.dumps(info | {"status": "running", "x": 1}))
+    info = json.loads((tmp_path / "b" / "run.json").read_text())
+    (tmp_path / "b" / "run.json").write_text(json.dumps(info | {"status": "running", "x": 1}))
     assert next(r for r in data.discover(tmp_path) if r.name == "b").status == "running"
-    (tmp_path / "b" / "run.json").write_text(_json.dumps(info | {"status": "complete"}))
+    (tmp_path / "b" / "run.json").write_text(json.dumps(info | {"status": "complete"}))
     assert next(r for r in data.discover(tmp_path) if r.name == "b").status == "complete"
     shutil.rmtree(tmp_path / "a")
     assert [r.name for r in data.discover(tmp_path)] == ["b"]
