@@ -8,18 +8,26 @@ Not a pytest module (CI never collects it); it needs a GPU machine.
 
 Records the bundled validation corpus (`--max-tokens`, every domain) three times: float32 on the
 CPU (the reference), float32 on the GPU and bfloat16 on the GPU; then an FP8 copy of the model with
-FP8 GEMMs (`--gemm fp8 --dtype bfloat16`) on the CPU (the kernels' torch twins) and on the GPU
-(Triton), a trained model's routing as a test of the kernels; and runs `spec` (greedy decoding
-with MTP drafts) on the CPU and on the GPU in float32. Prints tokens/s of each record, how the GPU's
-routing compares with the CPU's (identical top-k sets, identical top-1, per layer), the mean loss
-per domain, and the MTP acceptance of both spec runs. Passes when, against the CPU's float32 record,
-the GPU's float32 record keeps >= 99.5% of top-k sets identical and moves no domain's mean loss by
-more than 1e-3 nats, its bfloat16 record keeps >= 97% (the CPU's own bf16 kept 98.98%, README) and
-moves none by more than 0.01, the GPU's FP8 record keeps >= 97% against the CPU's FP8 record (their
-GEMMs differ by ~1e-4, less than bf16's rounding; not yet run on a GPU) and moves none by more than
-0.01, and the GPU's spec acceptance rate is within 0.02 of the CPU's. The
-GPU's float32 GEMMs are not the CPU's (blocking, and no TF32: torch's default), so a few near-tied
-choices may flip; the bound leaves room for those and none for a wrong kernel or a lost batch.
+FP8 GEMMs (`--gemm fp8 --dtype bfloat16`) on the CPU (the kernels' torch twins), on the GPU with the
+twins (DSV3_KERNELS=torch) and on the GPU with Triton's kernels, a trained model's routing as a test
+of the kernels; and runs `spec` (greedy decoding with MTP drafts) on the CPU and on the GPU in
+float32. Prints tokens/s of each record, how the GPU's routing compares with the reference
+(identical top-k sets, identical top-1, per layer), the mean loss per domain, and the MTP
+acceptance of both spec runs.
+
+Passes when, against the CPU's float32 record, the GPU's float32 record keeps >= 99.5% of top-k
+sets identical and moves no domain's mean loss by more than 1e-3 nats, and its bfloat16 record
+keeps >= 97% (the CPU's own bf16 kept 98.98%, README) and moves none by more than 0.01; when the
+GPU's FP8 record on Triton keeps >= 97% against the twins on the same GPU (only the GEMMs differ,
+by ~1e-4 of the largest output: Hopper's FP8 tensor cores accumulate each 128-deep block with
+fewer bits than float32; not yet run on a GPU) and moves no loss by more than 0.01, and moves no
+loss by more than 0.01 against the CPU's FP8 record either (its routing there is printed, not
+judged: on an H200 96.97% of top-k sets were identical, twice, 2026-12-04, with the rest of the
+bf16 arithmetic the GPU's too, which FP8's activation quantisation amplifies: a last-bit change
+can move a code a whole e4m3 step); and when the GPU's spec acceptance rate is within 0.02 of the
+CPU's. The GPU's float32 GEMMs are not the CPU's (blocking, and no TF32: torch's default), so a
+few near-tied choices may flip; the bounds leave room for those and none for a wrong kernel or a
+lost batch.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import os
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -39,26 +48,47 @@ import torch  # noqa: E402
 
 import probe  # noqa: E402
 from analyses.metrics import MetricsError, routing_agreement_by_layer  # noqa: E402 (numpy, pandas: no DuckDB)
+from model import kernels  # noqa: E402
 from model.saving import fp8_copy  # noqa: E402
 from probe.job import DEFAULT_CKPT  # noqa: E402
 from probe.record import RecordOptions, record  # noqa: E402
 from probe.speculative import SpecOptions, record_spec  # noqa: E402
 
 SAME_F32, SAME_BF16 = 0.995, 0.97  # identical top-k sets against the CPU's float32 record
+SAME_FP8 = 0.97  # identical top-k sets, the device's FP8 kernels against the twins on the same device
 LOSS_F32, LOSS_BF16 = 1e-3, 1e-2  # largest move of a domain's mean loss (nats)
 SPEC_RATE = 0.02  # acceptance rate, GPU against CPU
 
 
-def record_run(out: Path, device: str, dtype: str, ns, ckpt: str | None = None, gemm: str = "bf16") -> dict:
+@contextmanager
+def fp8_kernels(impl: str | None):
+    """The FP8 kernels `impl` ("torch": the twins; None: as the environment says) for the body; the
+    model reads the choice (DSV3_KERNELS) at each forward."""
+    before = os.environ.get(kernels.ENV_VAR)
+    if impl is not None:
+        os.environ[kernels.ENV_VAR] = impl
+    try:
+        yield
+    finally:
+        os.environ.pop(kernels.ENV_VAR, None)
+        if before is not None:
+            os.environ[kernels.ENV_VAR] = before
+
+
+def record_run(out: Path, device: str, dtype: str, ns, ckpt: str | None = None, gemm: str = "bf16",
+               impl: str | None = None) -> dict:
     """One record job (routing and tokens only: the time is the model's); its tables and tokens/s."""
     t0 = time.perf_counter()
-    record(RecordOptions(ckpt=ckpt, out=str(out), device=device, dtype=dtype, gemm=gemm, max_tokens=ns.max_tokens,
-                         batch_size=ns.batch_size, kv_stats=False, mtp=False, progress=False))
+    with fp8_kernels(impl):
+        record(RecordOptions(ckpt=ckpt, out=str(out), device=device, dtype=dtype, gemm=gemm,
+                             max_tokens=ns.max_tokens, batch_size=ns.batch_size, kv_stats=False, mtp=False,
+                             progress=False))
     secs = time.perf_counter() - t0
     run = probe.open_run(out)
     tokens = run.df("tokens", columns=["seq_id", "pos", "domain", "loss"])
     routing = run.df("routing", columns=["seq_id", "pos", "layer", "expert_ids"])
-    label = f"{dtype} on {device}" if gemm == "bf16" else f"{dtype} with FP8 GEMMs on {device}"
+    kind = {None: "FP8 GEMMs", "torch": "FP8 GEMMs on the torch twins"}[impl]
+    label = f"{dtype} on {device}" if gemm == "bf16" else f"{dtype} with {kind} on {device}"
     return {"tokens": tokens, "routing": routing, "secs": secs, "label": label}
 
 
@@ -91,8 +121,9 @@ def report(ref: dict, got: dict, c: dict, same_min: float, loss_max: float) -> b
     n = len(got["tokens"])
     print(f"\n{got['label']}: {n:,} tokens in {got['secs']:.1f} s ({n / got['secs']:,.0f} tokens/s; "
           f"{ref['label']}: {len(ref['tokens']) / ref['secs']:,.0f})")
+    bound = f">= {100 * same_min:.1f}%" if same_min > 0 else "measured, not judged"
     print(f"  routing vs {ref['label']}: {c['pairs']:,} of {c['of']:,} (token, layer) pairs matched, top-k sets "
-          f"identical {100 * c['same']:.2f}% (>= {100 * same_min:.1f}%), top-1 {100 * c['top1']:.2f}%; per layer "
+          f"identical {100 * c['same']:.2f}% ({bound}), top-1 {100 * c['top1']:.2f}%; per layer "
           + ", ".join(f"{layer} {100 * v:.2f}%" for layer, v in c["per_layer"].items()))
     print(f"  mean loss per domain, {ref['label']} / this: "
           + ", ".join(f"{d} {row.loss_ref:.4f} / {row.loss_got:.4f}" for d, row in c["loss"].iterrows())
@@ -121,11 +152,14 @@ def main() -> int:
         for dtype, same_min, loss_max in (("float32", SAME_F32, LOSS_F32), ("bfloat16", SAME_BF16, LOSS_BF16)):
             got = record_run(Path(d) / f"dev-{dtype}", device, dtype, ns)
             ok &= report(ref, got, compare(ref, got), same_min, loss_max)
-        # FP8 weights and GEMMs: the device's kernels (Triton on a GPU) against the CPU's torch twins
+        # FP8 weights and GEMMs: the device's kernels (Triton on a GPU) against the torch twins on the
+        # same device (only the GEMMs differ: judged), then against the CPU's twins (routing measured)
         fp8 = str(fp8_copy(DEFAULT_CKPT, Path(d) / "ckpt-fp8"))
         ref8 = record_run(Path(d) / "cpu-fp8", "cpu", "bfloat16", ns, fp8, "fp8")
+        twin8 = record_run(Path(d) / "dev-fp8-twins", device, "bfloat16", ns, fp8, "fp8", impl="torch")
         got8 = record_run(Path(d) / "dev-fp8", device, "bfloat16", ns, fp8, "fp8")
-        ok &= report(ref8, got8, compare(ref8, got8), SAME_BF16, LOSS_BF16)
+        ok &= report(twin8, got8, compare(twin8, got8), SAME_FP8, LOSS_BF16)
+        ok &= report(ref8, got8, compare(ref8, got8), 0.0, LOSS_BF16)
         s_ref, s_dev = spec_run(Path(d) / "spec-cpu", "cpu", ns), spec_run(Path(d) / "spec-dev", device, ns)
     spec_ok = s_ref["prompts"] == s_dev["prompts"] and abs(s_dev["rate"] - s_ref["rate"]) <= SPEC_RATE
     print(f"\nspec, float32, {s_dev['prompts']} prompts: MTP drafts accepted {s_ref['rate']:.3f} on the CPU "

@@ -3,9 +3,11 @@
 # the Triton kernels (check_kernels.py --quick), a 671B-width record with FP8 weights resident
 # (check_record.py, 4 MoE layers, 16k tokens; its kernels judged per GEMM), the routing of the
 # narrow model judged against bf16 (check_record.py --narrow), the sharded model against the whole
-# one (check_parallel.py, 2 ranks on one GPU over gloo) and the record and spec jobs on the bundled
-# model against the same jobs on the CPU (check_jobs.py). Each step has its own time limit and writes
-# its log under $OUT as it goes, so what finished comes back even if a later step runs out of time.
+# one (check_parallel.py, 2 ranks on one GPU over gloo), the record and spec jobs on the bundled
+# model against the same jobs on the CPU (check_jobs.py) and the test suite's CUDA tests (pytest:
+# tests/model/test_kernels.py; it skips what needs the CPU interpreter of triton 3.7+). Each step has
+# its own time limit and writes its log under $OUT as it goes, so what finished comes back even if a
+# later step runs out of time.
 #
 #     bash tests/gpu/run_all.sh          # on a CUDA machine: python3 with torch, triton, pyarrow, numpy,
 #                                        # pandas, safetensors and tokenizers (the project is not installed)
@@ -27,7 +29,7 @@ if [ "${1:-}" = "--cpu" ]; then
     shift
 fi
 all_steps="kernels record parallel jobs"  # this mode's steps, in their default order (run_step runs them)
-[ "$mode" = gpu ] && all_steps="kernels record narrow parallel jobs"
+[ "$mode" = gpu ] && all_steps="kernels record narrow parallel jobs pytest"
 steps=("$@")
 [ "${#steps[@]}" -eq 0 ] && read -ra steps <<< "$all_steps"
 for s in "${steps[@]}"; do
@@ -78,11 +80,12 @@ run_step() {  # NAME: the step in this mode
             tests/gpu/check_parallel.py --cpu --repeats 0 ;;
         cpu:jobs) step jobs 120 "$PY" tests/gpu/check_jobs.py --cpu ;;
         gpu:kernels) step kernels 100 "$PY" tests/gpu/check_kernels.py --quick ;;
-        gpu:record) step record 150 "$PY" tests/gpu/check_record.py --moe-layers 4 --tokens 16384 ;;
+        gpu:record) step record 90 "$PY" tests/gpu/check_record.py --moe-layers 4 --tokens 16384 ;;
         gpu:narrow) step narrow 60 "$PY" tests/gpu/check_record.py --narrow ;;
-        gpu:parallel) step parallel 150 "$PY" -m torch.distributed.run --standalone --nproc-per-node 2 \
+        gpu:parallel) step parallel 120 "$PY" -m torch.distributed.run --standalone --nproc-per-node 2 \
             tests/gpu/check_parallel.py --backend gloo ;;
-        gpu:jobs) step jobs 120 "$PY" tests/gpu/check_jobs.py ;;
+        gpu:jobs) step jobs 150 "$PY" tests/gpu/check_jobs.py ;;
+        gpu:pytest) step pytest 60 "$PY" -m pytest -q -o addopts=-ra -p no:cacheprovider tests/model/test_kernels.py ;;
     esac
 }
 for s in "${steps[@]}"; do
