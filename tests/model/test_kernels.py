@@ -352,13 +352,22 @@ def test_cuda_weight_dequant(shape):
         assert ((yt.float() - yr.float()).abs().max() / yr.float().abs().max()).item() <= DEQUANT_REL[str(dtype)[6:]]
 
 
+# FP8 tensor cores (sm89+, the kernel's dot mode 0) keep fewer bits than float32 while they sum one
+# 128-deep block, which is why the kernel adds each block's product into float32 itself: against
+# float64 of the same operands an H200 gave 3.3e-4 to 4.9e-4 of the largest output at DeepSeek-V3's
+# shapes (tests/gpu/check_record.py, whose bound this is), where the float32 twin gives ~2e-6.
+FP8_MMA_REL = 1e-3
+
+
 @cuda_only
 @pytest.mark.parametrize("m,n,k", [(1, 7168, 2048), (5, 200, 300), (300, 4096, 7168)])
 def test_cuda_fp8_gemm(m, n, k):
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     wq, ws = quantize_block(torch.randn(n, k, device="cuda"))
     xq, xs = K.act_quant(x, impl="torch")
+    exact = K.fp8_gemm(xq, xs, wq, ws, out_dtype=torch.float64, impl="torch", acc_dtype=torch.float64)
+    f32_rel = FP8_MMA_REL if K._dot_mode(x.device) == 0 else GEMM_REL["float32"]
     for dtype in (torch.float32, torch.bfloat16):
         ct = K.fp8_gemm(xq, xs, wq, ws, out_dtype=dtype, impl="triton")
-        cr = K.fp8_gemm(xq, xs, wq, ws, out_dtype=dtype, impl="torch")
-        assert ((ct.float() - cr.float()).abs().max() / cr.float().abs().max()).item() <= GEMM_REL[str(dtype)[6:]]
+        err = ((ct.double() - exact).abs().max() / exact.abs().max()).item()
+        assert err <= (f32_rel if dtype == torch.float32 else f32_rel + GEMM_REL["bfloat16"]), (dtype, err)
