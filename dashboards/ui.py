@@ -137,6 +137,13 @@ def result_table(ref: data.RunRef, table: str, load, missing: str):
     return df
 
 
+def whole_table_height(n_rows: int, most: int = 40) -> int:
+    """Pixels for st.dataframe to show its header and up to `most` rows without a scroll bar of its
+    own (35 px a row, Streamlit's; its default height stops at 10 rows, which hid the end of short
+    tables such as a run's options and its tables' health)."""
+    return 38 + 35 * max(1, min(n_rows, most))
+
+
 def layer_picker(layers: list, key: str, label: str = "MoE layer", index: int = 0):
     if not layers:
         return None

@@ -81,7 +81,7 @@ def probe_details(ref: data.RunRef) -> None:
         used = {"ckpt": (i.get("checkpoint") or {}).get("path"), "corpus": (i.get("corpus") or {}).get("path")}
         shown = {k: v if v is not None else used.get(k) or "default" for k, v in opts.items()}
         st.dataframe(pd.DataFrame({"option": list(shown), "value": [str(v) for v in shown.values()]}),
-                     hide_index=True, width="stretch")
+                     hide_index=True, width="stretch", height=ui.whole_table_height(len(shown)))
     rep = (i.get("corpus") or {}).get("replaced_bytes", 0)
     if rep:
         st.warning(f"The corpus had {rep:,} bytes that were not valid UTF-8 (replaced); files: "
@@ -164,7 +164,7 @@ def health(ref: data.RunRef) -> None:
     summary = h.groupby("table", as_index=False).agg(files=("file", "count"), rows=("rows", "sum"),
                                                      bytes=("bytes", "sum"))
     summary["unreadable"] = summary.table.map(bad.table.value_counts()).fillna(0).astype(int)
-    st.dataframe(summary, hide_index=True, width="stretch",
+    st.dataframe(summary, hide_index=True, width="stretch", height=ui.whole_table_height(len(summary)),
                  column_config={"rows": st.column_config.NumberColumn(format="%d"),
                                 "bytes": st.column_config.NumberColumn(format="%d")})
     if not bad.empty or ref.status != "complete":

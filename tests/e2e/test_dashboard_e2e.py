@@ -115,7 +115,10 @@ def open_page(page, url: str, title: str, charts: int | None, timeout_ms: int = 
     body = page.inner_text("body")
     return {"charts": page.locator(".js-plotly-plot").count(),
             "errors": sum(page.locator(s).count() for s in ERROR_SELECTORS),
-            "error_text": [t for t in ERROR_TEXT if t in body]}
+            "error_text": [t for t in ERROR_TEXT if t in body],
+            # tables whose rows scroll inside them (a reader of the page sees only the first ones)
+            "tables_cut": page.evaluate("[...document.querySelectorAll('[data-testid=\"stDataFrame\"] "
+                                        ".dvn-scroller')].filter(e => e.scrollHeight > e.clientHeight + 2).length")}
 
 
 def shoot(page, path: Path, width: int, height: int, max_height: int = 5000, settle_ms: int = 700,
@@ -201,6 +204,8 @@ def test_every_page_in_a_real_browser(runs, tmp_path_factory, capsys):
     for page, f in found.items():
         assert f["errors"] == 0 and not f["error_text"], (page, f)
         assert (out / f"{page}.png").stat().st_size > 10_000, page
+    # the overview's short tables (the run's options, its tables' health) show every row
+    assert found["overview"]["tables_cut"] == 0, found["overview"]
 
 
 if __name__ == "__main__":
