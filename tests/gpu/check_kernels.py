@@ -194,6 +194,39 @@ def check_fp8_gemm(plan: Plan, g: torch.Generator) -> list[str]:
     return failures
 
 
+def decode_profile(m, prompts: list[list[int]], new: int, dev: torch.device) -> str:
+    """Where a decode step's time goes, from torch.profiler: generate `new` tokens and 1 token (the
+    prompts' prefill and first step), and divide the difference by new - 1. On CUDA: wall ms, GPU
+    kernel ms (kernel events, as the profiler's "Self CUDA time total") and kernels a step; on the
+    CPU: wall ms and aten ops a step (each one a kernel launch or a view on a GPU)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    from generate import generate
+
+    cuda = dev.type == "cuda"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+
+    def run(n: int) -> tuple[float, float, int]:
+        with profile(activities=acts) as prof:
+            t0 = time.perf_counter()
+            generate(m, prompts, max_new_tokens=n)
+            if cuda:
+                torch.cuda.synchronize()
+            wall = time.perf_counter() - t0
+        ev = prof.key_averages()
+        if cuda:
+            kern = [e for e in ev if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)]
+            return wall * 1e3, sum(e.self_device_time_total for e in kern) / 1e3, sum(e.count for e in kern)
+        return wall * 1e3, 0.0, sum(e.count for e in ev if e.key.startswith("aten::"))
+
+    (w1, d1, k1), (wn, dn, kn) = run(1), run(new)
+    per = max(new - 1, 1)
+    if cuda:
+        return f"{(wn - w1) / per:.2f} ms wall, {(dn - d1) / per:.2f} ms of GPU kernels, {(kn - k1) / per:.0f} kernels"
+    return f"{(wn - w1) / per:.2f} ms wall, {(kn - k1) / per:.0f} aten ops"
+
+
 def forward_check(dev: torch.device, smoke: bool) -> list[str]:
     """A random FP8 checkpoint: logits with FP8 weights resident vs dequantised, and decode speed."""
     import model
@@ -231,9 +264,11 @@ def forward_check(dev: torch.device, smoke: bool) -> list[str]:
         times[name] = time.perf_counter() - t0
     print(f"\nforward on one {dev.type} device: hidden {args.dim}, {args.n_layers} layers, {args.n_routed_experts} "
           f"experts, bf16 compute, tokens {tuple(tok.shape)}")
-    print(f"{'weights':20} {'param bytes':>14} {'decode tok/s':>13}")
+    print(f"{'weights':20} {'param bytes':>14} {'decode tok/s':>13}   a decode step under torch.profiler "
+          f"({len(prompts)} rows; {new} steps less 1)")
     for name, m in (("dequantised bf16", dense), ("FP8 resident", fp8)):
-        print(f"{name:20} {nbytes(m):14,} {len(prompts) * new / times[name]:13.1f}")
+        print(f"{name:20} {nbytes(m):14,} {len(prompts) * new / times[name]:13.1f}   "
+              + decode_profile(m, prompts, new, dev))
     print(f"FP8 GEMM vs dequantised logits: mean |diff| / mean |logit| = {mean_rel:.4f}, argmax agreement {agree:.3f}")
     return [] if mean_rel < 0.25 else ["forward FP8 vs dequantised"]
 
