@@ -132,6 +132,12 @@ def _parquet(path: Path, rel: str, default_domain: str) -> Iterator[Document]:
     cols = set(pf.schema_arrow.names)
     if "text" not in cols:
         raise CorpusError(f"{path}: a Parquet corpus needs a 'text' column (has {sorted(cols)})")
+    import pyarrow as pa
+
+    kind = pf.schema_arrow.field("text").type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)
+            or getattr(pa.types, "is_string_view", lambda t: False)(kind)):  # pyarrow 16+
+        raise CorpusError(f"{path}: the 'text' column must hold strings, it holds {kind}")
     want = [c for c in ("text", "domain", "id") if c in cols]
     row = 0
     for batch in pf.iter_batches(columns=want, batch_size=1024):

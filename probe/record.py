@@ -215,6 +215,13 @@ def record(opts: RecordOptions) -> Path:
     return _record_loop(job, opts, world, m, plan, info, tables, mem)
 
 
+def tokenizer_info(path: str | None, ckpt: Path) -> dict:
+    """The tokenizer file a run encodes its corpus with (--tokenizer, else the checkpoint's) and its
+    sha256 (None where there is none: a --dry-run estimate); --resume refuses another."""
+    p = Path(path) if path else ckpt / "tokenizer.json"
+    return {"path": str(p.resolve()), "fingerprint": fingerprint(p) if p.is_file() else None}
+
+
 SESSION_KEYS = ("status", "recorded", "cpu_gemm", "timings", "memory")  # run.json keys `finish` writes
 
 
@@ -226,10 +233,11 @@ def run_info(job: Job, plan: CorpusPlan, opts: RecordOptions, world, m, tables: 
                    "documents": plan.stats.documents, "replaced_bytes": plan.stats.replaced_bytes,
                    "files_with_replacements": plan.stats.files_with_replacements[:100],
                    "skipped_binary_files": plan.stats.skipped_binary[:100]},
+        "tokenizer": tokenizer_info(opts.tokenizer, job.ckpt),
         "model_args": job.args.to_dict(), "mtp_module": bool(len(m.mtp)),
         "options": {k: v for k, v in asdict(opts).items() if k not in NOT_RECORDED},
         "world": world.describe(),
-        "tables": tables + (FINAL_TABLES if opts.kv_stats else []) + ["router_bias"],
+        "tables": tables + (FINAL_TABLES if opts.kv_stats else []) + ["router_bias"] * bool(router_biases(m)[0]),
         "domains": sorted(plan.per_domain),
         "planned": {"windows": plan.windows, "tokens": plan.tokens, "batches": plan.batches,
                     "tokens_per_domain": plan.per_domain},
@@ -259,19 +267,29 @@ def open_run(out: Path, info: dict, opts: RecordOptions) -> None:
 
 
 def check_resumable(old: dict, new: dict, out: Path) -> None:
-    for key, flag in (("checkpoint", "--ckpt"), ("corpus", "--corpus")):
+    made_by = {"import": "`dsv3-probe import`", "spec": "`dsv3-probe spec`"}.get(old.get("kind"), "another command")
+    for need in ("checkpoint", "corpus"):
+        if not (isinstance(old.get(need), dict) and old[need].get("fingerprint")) or "options" not in old:
+            raise RecordError(f"--resume: {out} is not a record run (made by {made_by}: its run.json has no "
+                              f"{need} fingerprint to resume against); pick another --out")
+    keys = RESUME_KEYS
+    if isinstance(old.get("tokenizer"), dict):
+        fingerprinted = (("checkpoint", "--ckpt"), ("corpus", "--corpus"), ("tokenizer", "--tokenizer"))
+    else:  # a run recorded before run.json named its tokenizer: the option at least must match
+        fingerprinted, keys = (("checkpoint", "--ckpt"), ("corpus", "--corpus")), RESUME_KEYS | {"tokenizer": None}
+    for key, flag in fingerprinted:
         if old[key]["fingerprint"] != new[key]["fingerprint"]:
             raise RecordError(f"--resume: the {key} differs from the one {out} was recorded with "
                               f"({old[key].get('path')}): rerun the run's own command with --resume added "
                               f"({flag} {old[key].get('path')})")
-    for k, before in RESUME_KEYS.items():
+    for k, before in keys.items():
         was, now = old["options"].get(k, before), new["options"].get(k)
         if was != now:
             flag = "--" + k.replace("_", "-")
             raise RecordError(f"--resume: {out} was recorded with {flag} {was}, this command gives {now}: rerun the "
                               f"run's own command with --resume added")
     layout = lambda w: (w.get("size"), w.get("model_parallel"))  # noqa: E731
-    if layout(old["world"]) != layout(new["world"]):
+    if layout(old.get("world") or {}) != layout(new["world"]):
         raise RecordError(f"--resume: the run was recorded with {old['world'].get('size')} ranks in replicas of "
                           f"{old['world'].get('model_parallel')}, now {new['world']['size']} ranks in replicas of "
                           f"{new['world']['model_parallel']}: resume with the same torchrun and --model-parallel")
@@ -398,6 +416,9 @@ def _record_loop(job: Job, opts: RecordOptions, world, m, plan: CorpusPlan, info
     if failure is not None:
         # NOTE: no collective from here on: a peer may be gone. Any surviving rank marks the run.
         finish(out, info, "interrupted", opts, job.args, world, elapsed)
+        if isinstance(failure, KeyboardInterrupt):  # a second signal: what was committed stays
+            raise KeyboardInterrupt(f"interrupted by a second signal; {out} is marked interrupted, its committed "
+                                    "batches kept (continue with --resume)") from None
         if world.size == 1:
             raise failure
         cause = str(failure).strip().splitlines()[0][:300] if str(failure).strip() else type(failure).__name__
@@ -459,7 +480,8 @@ def _run_batches(job: Job, opts, world, rec: Recorder, writer, prog: _Progress, 
                 if writer is not None:
                     commit()
                 return "interrupted", None
-    except Exception as e:  # noqa: BLE001 - a dead peer, out of memory, a bug: never commit half a batch
+    except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - a dead peer, out of memory, a bug, a
+        # second Ctrl-C (_Stop): never commit half a batch; the caller marks the run interrupted
         if writer is not None:
             writer.abandon()
         return "interrupted", e
@@ -502,15 +524,21 @@ def finish(out: Path, info: dict, status: str, opts, args, world, elapsed: float
     write_json_atomic(out / "run.json", info)
 
 
-def write_router_bias(out: Path, m) -> None:
-    """The checkpoint's balancing bias of every router (main MoE layers, then MTP blocks at layer
-    n_layers + k) as the `router_bias` table, step 0: what a training run logs over its steps."""
+def router_biases(m) -> tuple[list[int], list[np.ndarray]]:
+    """(layer, bias) of every router with a balancing bias (none: a softmax router, DeepSeek-V2)."""
     layers, biases = [], []
     for i, block in enumerate(list(m.layers) + [mtp.block for mtp in m.mtp]):
         gate = getattr(block.ffn, "gate", None)
         if gate is not None and gate.bias is not None:
             layers.append(i)
             biases.append(gate.bias.detach().float().cpu().numpy())
+    return layers, biases
+
+
+def write_router_bias(out: Path, m) -> None:
+    """The checkpoint's balancing bias of every router (main MoE layers, then MTP blocks at layer
+    n_layers + k) as the `router_bias` table, step 0: what a training run logs over its steps."""
+    layers, biases = router_biases(m)
     if not layers:
         return
     E = len(biases[0])

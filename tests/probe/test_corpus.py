@@ -108,6 +108,19 @@ def test_the_domain_name_all_is_refused(tmp_path):
                 windows(path, order)
 
 
+def test_a_parquet_text_column_that_is_not_strings_is_named(tmp_path):
+    """Integers in `text` reached the tokenizer ("TextInputSequence must be str", a traceback; found
+    by a review); a string column with a null is still read, the null skipped."""
+    bad = tmp_path / "int.parquet"
+    pq.write_table(pa.table({"text": [1, 2, 3]}), bad)
+    good = tmp_path / "str.parquet"
+    pq.write_table(pa.table({"text": ["alpha beta", None, "gamma"]}), good)
+    for order in ("corpus", "domains"):
+        with pytest.raises(CorpusError, match=r"int.parquet: the 'text' column must hold strings, it holds int64"):
+            windows(bad, order)
+        assert windows(good, order)
+
+
 def test_counts_and_replacements_are_the_same_in_both_orders(tmp_path):
     c = folder_corpus(tmp_path / "c")
     (c / "math" / "bad.txt").write_bytes(b"alpha \xff\xfe beta")

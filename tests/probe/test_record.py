@@ -463,6 +463,82 @@ def test_resume_refuses_changed_options(probe_env, big_corpus, reference_run, tm
         rec(probe_env, out, corpus=big_corpus, resume=True, router_logits="full", batch_size=2)
 
 
+def test_resume_refuses_another_tokenizer_and_a_run_record_did_not_make(probe_env, big_corpus, reference_run, tmp_path):
+    """--resume with another --tokenizer went through and mixed two tokenisations in one "complete"
+    run; on a run made by `import sglang` or `spec` it was a KeyError traceback (found by a review)."""
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(reference_run.path, out)
+    kw = dict(corpus=big_corpus, seq_len=32, batch_size=2, router_logits="full", max_tokens=MAX_TOKENS, resume=True)
+    assert reference_run.info["tokenizer"]["fingerprint"]
+    other = tmp_path / "tokenizer.json"
+    tok = json.loads((probe_env["ckpt"] / "tokenizer.json").read_text())
+    tok["model"]["merges"] = tok["model"]["merges"][:20]  # the same vocabulary, another tokenisation
+    other.write_text(json.dumps(tok))
+    with pytest.raises(RecordError, match=r"--resume: the tokenizer differs from the one .* \(--tokenizer "):
+        rec(probe_env, out, tokenizer=str(other), **kw)
+    # a run recorded before run.json named its tokenizer: the option must at least be the same
+    info = json.loads((out / "run.json").read_text())
+    del info["tokenizer"]
+    (out / "run.json").write_text(json.dumps(info))
+    with pytest.raises(RecordError, match=r"was recorded with --tokenizer None, this command gives .*tokenizer.json"):
+        rec(probe_env, out, tokenizer=str(other), **kw)
+    for kind, drop in (("import", "checkpoint"), ("spec", "corpus")):
+        made = {k: v for k, v in info.items() if k != drop} | {"kind": kind}
+        (out / "run.json").write_text(json.dumps(made))
+        with pytest.raises(RecordError, match=rf"is not a record run \(made by `dsv3-probe {kind}`: its run.json "
+                                              rf"has no {drop} fingerprint to resume against\); pick another --out"):
+            rec(probe_env, out, **kw)
+
+
+def test_a_second_signal_stops_at_once_and_keeps_the_committed_batches(probe_env, big_corpus, reference_run, tmp_path,
+                                                                       monkeypatch):
+    """The second Ctrl-C (raised inside a batch) left run.json "running" and the command said it was
+    "interrupted before anything was recorded" (found by a review): now the batch in flight is
+    dropped, the run is marked interrupted and --resume completes it."""
+    from probe.recorders import Recorder
+
+    calls, real_run = [], Recorder.run
+
+    def run_then_two_signals(self, batch):
+        got = real_run(self, batch)
+        calls.append(batch.index)
+        if len(calls) == 7:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)  # raises KeyboardInterrupt here, in the batch
+        return got
+
+    monkeypatch.setattr(Recorder, "run", run_then_two_signals)
+    out = tmp_path / "run"
+    kw = dict(corpus=big_corpus, seq_len=32, batch_size=2, router_logits="full", commit_every=2, max_tokens=MAX_TOKENS)
+    with pytest.raises(KeyboardInterrupt, match=r"second signal; .* is marked interrupted, its committed batches "
+                                                r"kept \(continue with --resume\)"):
+        rec(probe_env, out, **kw)
+    partial = probe.open_run(out)
+    assert partial.status == "interrupted"
+    assert partial.df("tokens").seq_id.nunique() == 12  # batches 0-5 committed (every 2); the 7th dropped
+    monkeypatch.setattr(Recorder, "run", real_run)
+    assert_tables_equal(probe.open_run(rec(probe_env, out, resume=True, **kw)), reference_run, TABLES)
+
+
+def test_a_router_without_a_bias_lists_no_router_bias_table(probe_env, tmp_path):
+    """A softmax router (DeepSeek-V2's) has no balancing bias: run.json listed a router_bias table that
+    was never written, which the dashboard reads as lost files (found by a review)."""
+    import shutil
+
+    from helpers import random_model
+
+    ckpt = tmp_path / "v2"
+    model.save(random_model("tiny", model_type="deepseek_v2", score_func="softmax", norm_topk_prob=False), ckpt)
+    shutil.copy(probe_env["ckpt"] / "tokenizer.json", ckpt)
+    out = tmp_path / "run"
+    run = probe.open_run(record(RecordOptions(ckpt=str(ckpt), corpus=str(probe_env["corpus"]), out=str(out),
+                                              seq_len=32, max_tokens=200, progress=False)))
+    assert run.status == "complete" and "routing" in run.info["tables"]
+    assert "router_bias" not in run.info["tables"] and not (out / "router_bias").exists()
+
+
 @pytest.mark.slow
 def test_two_processes_equal_one(probe_env, big_corpus, reference_run, tmp_path):
     out = tmp_path / "run2"
