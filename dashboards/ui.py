@@ -167,9 +167,11 @@ def _tokenizer(path: str):
 
 
 def tokenizer_for(ref: data.RunRef):
-    """The run's tokenizer (probe: --tokenizer or the checkpoint's; train: its flags), or None."""
+    """The run's tokenizer (probe: the file run.json names, --tokenizer or the checkpoint's; train: its
+    flags), or None."""
     info = ref.info
-    cands = [(info.get("options") or {}).get("tokenizer"), (info.get("flags") or {}).get("tokenizer")]
+    cands = [(info.get("tokenizer") or {}).get("path"),  # a record's, resolved (the option may be relative)
+             (info.get("options") or {}).get("tokenizer"), (info.get("flags") or {}).get("tokenizer")]
     ck = (info.get("checkpoint") or {}).get("path")
     if ck:
         cands.append(str(Path(ck) / "tokenizer.json"))
