@@ -113,6 +113,19 @@ def check_routable(shape: RouterShape, layer: int, disabled: Iterable[int]) -> N
             f"{per_group.tolist()}): too many experts disabled to reroute")
 
 
+def also_removed(shape: RouterShape, disabled: Iterable[int]) -> list[int]:
+    """The experts that rerouting with `disabled` removes without naming them: the rest of a group
+    left with fewer enabled experts than group-limited routing needs to score it (two with sigmoid
+    routing's bias, which scores a group by its two best experts; see the module docstring)."""
+    G, need = shape.n_groups, 2 if shape.has_bias else 1  # need: as check_routable
+    if G <= 1:
+        return []
+    alive = np.ones(shape.n_experts, bool)
+    alive[list(disabled)] = False
+    starved = alive.reshape(G, -1).sum(1) < need
+    return [int(e) for e in np.flatnonzero(alive & np.repeat(starved, shape.n_experts // G))]
+
+
 def normalise_disabled(shape: RouterShape, disabled: Mapping) -> dict[int, list[int]]:
     """{layer: experts} validated, sorted and deduplicated (empty layers dropped)."""
     out: dict[int, list[int]] = {}

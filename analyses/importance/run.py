@@ -22,7 +22,7 @@ import torch
 
 from analyses.ablate import (AblateOptions, add_loss, baseline_pass, check_out, job_defaults,
                              job_meta, sample_windows, start_job)
-from analyses.ablate.select import ALL, AblationError, RouterShape, check_routable
+from analyses.ablate.select import ALL, AblationError, RouterShape, also_removed, check_routable
 from analyses.importance import TOKEN_BUDGET
 from probe.corpus import CorpusError
 from probe.recorders import Batch, model_token_nll
@@ -79,6 +79,11 @@ def check_selection(shape: RouterShape, layers=None, experts=None) -> tuple[list
                 check_routable(shape, layer, [e])
             except AblationError as err:
                 raise ImportanceError(f"--experts {e}: cannot be removed alone ({err})") from None
+            if more := also_removed(shape, [e]):
+                raise ImportanceError(
+                    f"--experts {e}: cannot be removed alone: its group (of {shape.n_experts // shape.n_groups}) "
+                    f"would keep only expert(s) {more}, and a group needs two enabled experts to be scored, so "
+                    f"rerouting would remove them too and the row would measure {[e, *more]}")
     return layers, experts
 
 

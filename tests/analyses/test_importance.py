@@ -90,6 +90,13 @@ def test_selection_and_group_defaults():
     # two experts per group with the bias and every group kept: removing one leaves a group unreachable
     with pytest.raises(ImportanceError, match="--experts 0: cannot be removed alone"):
         check_selection(RouterShape(2, 1, 8, 4, 4, 4, True, 0), None, "0")
+    # groups of two with the bias and 2 of 4 groups kept: every token still routes, but expert 0's
+    # removal starves its group and takes expert 1 with it (accepted, and measured as expert 0 alone,
+    # before; found by a review); without the bias a group scores by its best expert and stays
+    with pytest.raises(ImportanceError, match=r"--experts 0: cannot be removed alone: its group \(of 2\) would "
+                                              r"keep only expert\(s\) \[1\].* would measure \[0, 1\]"):
+        check_selection(RouterShape(2, 1, 8, 2, 4, 2, True, 0), None, "0")
+    assert check_selection(RouterShape(2, 1, 8, 2, 4, 2, False, 0), None, "0") == ([1], [0])
     assert default_group(4 * 512, 32) == 8 and default_group(8 * 512, 32) == 4 and default_group(10**6, 32) == 1
     assert default_group(100, 3) == 3
 
@@ -249,3 +256,24 @@ def test_domains_duplicates_and_a_run_without_the_table(recorded, tmp_path):
     with pytest.raises(ImportanceError, match=f"{empty}: no expert_importance table: measure it with "
                                               f"`python -m analyses.importance --run {empty}`"):
         rank_disagreement(str(empty))
+
+
+def test_also_removed_names_what_rerouting_really_removes():
+    """`also_removed` against the model itself: removing expert 0 of a group of two routes exactly as
+    removing both; in groups of four the partner stays, and the logits differ."""
+    from analyses.ablate.select import ablated, also_removed
+
+    from helpers import random_model
+
+    tok = torch.randint(0, 512, (4, 32), generator=torch.Generator().manual_seed(0))
+    for per_group, more in ((2, [1]), (4, [])):
+        m = random_model("tiny", n_routed_experts=4 * per_group, n_expert_groups=4, n_limited_groups=2,
+                         n_activated_experts=2)
+        shape = RouterShape.of(m.args)
+        layer = shape.moe_layers[0]
+        assert also_removed(shape, [0]) == more
+        with torch.no_grad(), ablated(m, {layer: [0]}):
+            one = m(tok)
+        with torch.no_grad(), ablated(m, {layer: [0, 1]}):
+            both = m(tok)
+        assert torch.equal(one, both) == bool(more), per_group
