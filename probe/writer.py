@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +36,22 @@ class RunError(ValueError):
     """A run directory we cannot use (message names it)."""
 
 
+@contextmanager
+def replacing(path: str | Path):
+    """Yields a temporary name beside `path` to write the whole file to; it replaces `path` when the
+    block ends, and is deleted if the block fails (`path` is then as it was)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def write_result_part(out: str | Path, table: str, df, key: dict, meta: dict, parts: str, note: dict,

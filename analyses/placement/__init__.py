@@ -36,11 +36,12 @@ which leaves every GPU's load unchanged) and keeps the better, so balancedness a
 from __future__ import annotations
 
 import json
-
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from probe.writer import replacing
 
 
 class PlacementError(ValueError):
@@ -298,13 +299,14 @@ def write_plan(plans: dict, out: Path, config: dict) -> None:
     import pandas as pd
 
     out = Path(out)
-    if out.suffix == ".parquet":
-        pd.concat([p.to_frame(layer) for layer, p in plans.items()], ignore_index=True).to_parquet(out, index=False)
-    elif out.suffix == ".json":
-        layers = [{"layer": int(layer), "balancedness_before": p.balancedness_before,
-                   "balancedness_after": p.balancedness_after, "gpu_load_before": p.gpu_load_before.tolist(),
-                   "gpu_load_after": p.gpu_load.tolist(), "replicas": p.replicas.tolist(),
-                   "phy_to_log": p.phy_to_log.tolist()} for layer, p in plans.items()]
-        out.write_text(json.dumps({"config": config, "layers": layers}, indent=1) + "\n")
-    else:
+    if out.suffix not in (".parquet", ".json"):
         raise PlacementError(f"--out {out}: use a .parquet or .json file name")
+    with replacing(out) as tmp:  # a failed write leaves the previous plan, not half a file
+        if out.suffix == ".parquet":
+            pd.concat([p.to_frame(layer) for layer, p in plans.items()], ignore_index=True).to_parquet(tmp, index=False)
+        else:
+            layers = [{"layer": int(layer), "balancedness_before": p.balancedness_before,
+                       "balancedness_after": p.balancedness_after, "gpu_load_before": p.gpu_load_before.tolist(),
+                       "gpu_load_after": p.gpu_load.tolist(), "replicas": p.replicas.tolist(),
+                       "phy_to_log": p.phy_to_log.tolist()} for layer, p in plans.items()]
+            tmp.write_text(json.dumps({"config": config, "layers": layers}, indent=1) + "\n")

@@ -17,10 +17,11 @@ Every file is written under a temporary name and renamed; `read_export` reads on
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
+
+from probe.writer import replacing
 
 from . import Placement, PlacementError
 
@@ -68,16 +69,15 @@ def logical_count(loads: dict[int, np.ndarray], n_layers: int, n_experts: int) -
 def write_export(payload: dict[str, np.ndarray], out: Path) -> Path:
     """`payload` as JSON lists (.json) or int64 tensors (.pt, torch.save), atomically."""
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    if out.suffix == ".json":
-        tmp.write_text(json.dumps({k: v.tolist() for k, v in payload.items()}) + "\n")
-    elif out.suffix == ".pt":
-        import torch
-
-        torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in payload.items()}, tmp)
-    else:
+    if out.suffix not in (".json", ".pt"):
         raise PlacementError(f"--out {out}: use a .json or .pt file name for this format")
-    os.replace(tmp, out)
+    with replacing(out) as tmp:
+        if out.suffix == ".json":
+            tmp.write_text(json.dumps({k: v.tolist() for k, v in payload.items()}) + "\n")
+        else:
+            import torch
+
+            torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in payload.items()}, tmp)
     return out
 
 

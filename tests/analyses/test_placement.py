@@ -181,3 +181,30 @@ def test_cli_errors_are_one_line(tmp_path):
                         (Path("/proc/dsv3-plan.json"), "--out /proc/dsv3-plan.json: cannot write it there")):
         p = _cli(tmp_path / "run", "--gpus", 2, "--out", out)
         assert p.returncode == 2 and p.stderr.startswith(f"error: {needle}") and p.stderr.count("\n") == 1, p.stderr
+
+
+def test_a_failed_write_keeps_the_previous_plan(tmp_path, monkeypatch):
+    """--out was written in place: a write that failed part-way (a full disk) left half a JSON file
+    where the previous plan was (found by a review). Now the file is replaced only when whole."""
+    from analyses.placement import write_plan
+    from analyses.placement.export import write_export
+
+    write_run(tmp_path / "run", E=8, K=2, groups=4)
+    plans = plan_run(tmp_path / "run", 4, 2, 4)
+    js, pt = tmp_path / "plan.json", tmp_path / "map.json"
+    write_plan(plans, js, {"gpus": 4})
+    write_export({"a": np.arange(3)}, pt)
+    before = js.read_text(), pt.read_text()
+    real = Path.write_text
+
+    def half_then_full_disk(self, data, *a, **kw):
+        real(self, data[: len(data) // 2], *a, **kw)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", half_then_full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        write_plan(plans, js, {"gpus": 2})
+    with pytest.raises(OSError, match="No space left"):
+        write_export({"a": np.arange(5)}, pt)
+    assert (js.read_text(), pt.read_text()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["map.json", "plan.json", "run"]  # no temporary left
