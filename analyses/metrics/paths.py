@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._common import MetricsError, as_run, need_rows
+from ._common import MetricsError, as_run, need_rows, same_length
 from .specialisation import contingency, domain_nmi, entropy
 
 
@@ -108,6 +108,8 @@ def heldout_accuracy(labels, values, test) -> tuple[float, float]:
     """(accuracy, majority baseline): predict `labels` of test rows as the majority label of the
     row's `values` on the training rows (ties: smallest label code; values unseen in training: the
     training majority label). NaN when there is no training or no test row."""
+    same_length(np.asarray(labels).reshape(-1), np.asarray(values).reshape(-1), np.asarray(test).reshape(-1),
+                names="labels, values and test")
     lab = np.unique(np.asarray(labels), return_inverse=True)[1].reshape(-1)
     val = np.unique(np.asarray(values), return_inverse=True)[1].reshape(-1)
     test = np.asarray(test, bool)
@@ -168,6 +170,9 @@ def common_paths(ids, domains=None, token_ids=None, k: int = 1, top: int = 10,
     order = np.lexsort((np.arange(len(n)), -n))[:top]
     d = np.asarray(domains) if domains is not None else None
     t = np.asarray(token_ids) if token_ids is not None else None
+    for name, x in (("domains", d), ("token_ids", t)):
+        if x is not None:
+            same_length(codes, x, names=f"ids and {name}")
     rows = []
     for p in order:
         m = codes == p

@@ -267,6 +267,19 @@ def test_run_vs_run_no_shared_windows(runs, tmp_path):
         assert "\n" not in str(e.value)
 
 
+def test_mismatched_inputs_are_named_not_numpy_errors(runs):
+    """Lengths that differ and a layer the runs did not route were an IndexError from numpy and
+    "they did not see the same windows" for a run against itself (found by a review)."""
+    d, _, _ = runs
+    with pytest.raises(M.MetricsError, match=r"labels, values and test: lengths differ \(4, 4, 2\)"):
+        M.domain_information(np.zeros((4, 2), int), ["a", "b", "a", "b"], test=[True, False])
+    with pytest.raises(M.MetricsError, match=r"ids and domains: lengths differ \(3, 1\)"):
+        M.common_paths(np.zeros((3, 2), int), domains=["a"])
+    with pytest.raises(M.MetricsError, match=r"layer 0 has no routing rows \(MoE layers recorded: \[1, 2\]\)"):
+        M.route_changes_from_runs(d / "a", d / "a", layers=[0])
+    assert len(M.route_changes_from_runs(d / "a", d / "a", layers=[2], top=3)) == 3
+
+
 def test_paths_with_one_expert_per_token():
     """K = 1 (one expert per token): the top-1 path is the only path; top-k sets are refused."""
     one = IDS[:, :, :1]
