@@ -305,7 +305,7 @@ def import_sglang(dump: str | Path, out: str | Path | None = None, config: str |
 def _import_into(tmp: Path, dumps: list[Dump], shape: Shape, mode: str, tokenizer: str | None) -> None:
     """Every table of the run, then its run.json, into `tmp`."""
     steps = {"stat": _stat, "per_pass": _per_pass, "per_token": _per_token}[mode](dumps, shape, tmp)
-    placement = _write_placement(dumps, shape, tmp)
+    placement = _write_placement(dumps, shape, tmp, steps["moe_layers"])
     info = {"status": "complete", "format": 1, "kind": "import",
             "source": {"name": "sglang", "mode": mode, "files": [str(d.path.resolve()) for d in dumps],
                        "ranks": _ranks(dumps),
@@ -360,6 +360,9 @@ def _stat(dumps: list[Dump], shape: Shape, out: Path) -> dict:
         if not known:
             unknown.append(d.path.name)
     counts = np.concatenate(counts)  # [passes, L, E], empty rows dropped, each dump's in the order written
+    if not len(counts):
+        raise SGLangError(f"{', '.join(d.path.name for d in dumps[:3])}: every pass row of the stat dump is zero: "
+                          "no expert was chosen while it recorded (was the recorder started before the traffic?)")
     if counts.shape[2] < shape.n_experts:
         counts = np.pad(counts, ((0, 0), (0, 0), (0, shape.n_experts - counts.shape[2])))
     if unknown:
@@ -440,6 +443,11 @@ def _per_token(dumps: list[Dump], shape: Shape, out: Path) -> dict:
         seen.add(sig)
         kept.extend((int(r["forward_pass_id"]), d, r) for r in d.data["records"])
     kept.sort(key=lambda x: x[0])
+    vocab = (shape.args or {}).get("vocab_size")
+    for fp, d, r in kept if vocab else ():
+        if len(r["input_ids"]) and max(map(int, r["input_ids"])) >= vocab:
+            raise SGLangError(f"{d.path}: pass {fp} holds input id {max(map(int, r['input_ids']))}, outside the "
+                              f"vocabulary of --config (vocab_size={vocab}): is it this model's dump?")
     logical_all = [(fp, d, r, _record_logical(d, r, shape)) for fp, d, r in kept]
     totals = np.zeros((shape.n_layers, shape.n_experts), np.int64)
     for _, _, _, lg in logical_all:
@@ -524,7 +532,7 @@ def _ranks(dumps: list[Dump]) -> list[int]:
     return sorted(found or {int(d.data.get("rank", i)) for i, d in enumerate(dumps)})
 
 
-def _write_placement(dumps: list[Dump], shape: Shape, out: Path) -> dict | None:
+def _write_placement(dumps: list[Dump], shape: Shape, out: Path, layers: list[int]) -> dict | None:
     """The dump's physical-to-logical map (per_pass / per_token) as the `placement` table; the GPU of
     a physical slot is slot // (physical experts / ranks), SGLang's layout. None without a map, or
     when the ranks that recorded are not 0..n-1 (a dump of some ranks only: the GPUs are unknown)."""
@@ -543,11 +551,10 @@ def _write_placement(dumps: list[Dump], shape: Shape, out: Path) -> dict | None:
               "placement is not imported (import every rank's file to keep it)", file=sys.stderr)
         return None
     ranks = len(seen)
-    L, P = m.shape
+    P = m.shape[1]
     if P % ranks:
         raise SGLangError(f"{d.path}: {P} physical experts do not split over {ranks} ranks")
-    per = P // ranks
-    layers = [i for i in range(L) if i not in shape.dense]
+    per = P // ranks  # `layers`: expert_load's (the config's MoE layers, or without one those that routed)
     w = PartWriter(out, 0, ["placement"])
     w.append("placement", {"layer": np.repeat(np.array(layers, np.int16), P), "physical": np.tile(np.arange(P, dtype=np.int32), len(layers)),
                            "logical": m[layers].reshape(-1).astype(np.int32),

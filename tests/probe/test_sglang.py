@@ -87,6 +87,8 @@ def test_per_token_tokens_and_routing_equal_the_routing(world, tmp_path):
 def test_without_config_the_dump_decides(world, tmp_path):
     run = probe.open_run(import_sglang(world["per_pass"], tmp_path / "run"))
     assert run.info["model_args"]["n_dense_layers"] == 1  # layer 0 counted nothing
+    # the placement covers the layers expert_load does (it held the dense layer 0 too; a review)
+    assert set(run.df("placement").layer) == set(run.df("expert_load").layer) == {1, 2}
     assert run.info["source"]["topk_assumed"] is True
 
 
@@ -366,6 +368,11 @@ def test_broken_fields_are_named_and_leave_nothing_behind(world, tmp_path, capsy
          "holds -5; SGLang pads with -1 only"),
         (broken("nopass", "stat", lambda d: d.__setitem__("logical_count", d["logical_count"][:0])),
          "logical_count holds no passes"),
+        # an empty "complete" run and ids from another model's vocabulary, found by a third review
+        (broken("statzero", "stat", lambda d: d["logical_count"].zero_()),
+         "every pass row of the stat dump is zero: no expert was chosen while it recorded"),
+        (broken("idvocab", "per_token", lambda d: d["records"][1]["input_ids"].__setitem__(0, 100_000)),
+         "holds input id 100000, outside the vocabulary of --config (vocab_size="),
     ]
     (tmp_path / "empty.pt").write_bytes(b"")
     cases.append((tmp_path / "empty.pt", "empty.pt: not a readable torch.save file"))
