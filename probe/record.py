@@ -268,10 +268,11 @@ def open_run(out: Path, info: dict, opts: RecordOptions) -> None:
 
 def check_resumable(old: dict, new: dict, out: Path) -> None:
     made_by = {"import": "`dsv3-probe import`", "spec": "`dsv3-probe spec`"}.get(old.get("kind"), "another command")
-    for need in ("checkpoint", "corpus"):
-        if not (isinstance(old.get(need), dict) and old[need].get("fingerprint")) or "options" not in old:
+    for need in ("checkpoint", "corpus", "options"):
+        if not (isinstance(old.get(need), dict) and (need == "options" or old[need].get("fingerprint"))):
+            what = "record options" if need == "options" else f"{need} fingerprint"
             raise RecordError(f"--resume: {out} is not a record run (made by {made_by}: its run.json has no "
-                              f"{need} fingerprint to resume against); pick another --out")
+                              f"{what} to resume against); pick another --out")
     keys = RESUME_KEYS
     if isinstance(old.get("tokenizer"), dict):
         fingerprinted = (("checkpoint", "--ckpt"), ("corpus", "--corpus"), ("tokenizer", "--tokenizer"))

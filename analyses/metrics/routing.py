@@ -307,7 +307,7 @@ def route_changes_from_runs(run_a, run_b, top: int = 20,
     Same checks as `routing_agreement_from_runs` (different tokens at matched positions: an error)."""
     run_a, run_b = as_run(run_a), as_run(run_b)
     if layers is not None:  # a dense or mistyped layer is named, not blamed on the runs' windows
-        layers = [check_layer(r, x) for x in layers for r in (run_a, run_b)]
+        layers = [check_layer(run_b, check_layer(run_a, x)) for x in layers]
     con = _joined_runs(run_a, run_b)
     where = "" if layers is None else f"where a.layer in ({', '.join(str(int(x)) for x in layers)})"
     df = con.sql(f"""
