@@ -350,9 +350,17 @@ def domain_expert(ref: RunRef) -> pd.DataFrame:
                                      "group by all order by all", ("expert_load",)))
 
 
+@cached
 def _seq_cap(ref: RunRef) -> int:
-    seq_len = int((ref.info.get("options") or {}).get("seq_len") or 512)
-    return max(1, SAMPLE_TOKENS // seq_len)
+    """The per-token views' bound on seq_id: past the windows that hold the run's first SAMPLE_TOKENS
+    tokens (every window of a smaller run), counted in the tokens table. (SAMPLE_TOKENS / --seq-len
+    windows was assumed before, which read 22% of an SGLang import, one sequence per decode token,
+    while its pages said they showed all of it; found by a review.)"""
+    df = query(ref, f"""select min(seq_id) as last from (
+                          select seq_id, sum(count(*)) over (order by seq_id) as upto from tokens group by seq_id)
+                        where upto >= {int(SAMPLE_TOKENS)}""", ("tokens",))
+    last = df["last"].iloc[0] if len(df) else None
+    return (2**62) if last is None or pd.isna(last) else int(last) + 1
 
 
 @cached

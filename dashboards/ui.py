@@ -102,6 +102,16 @@ def one_domain_note(ref: data.RunRef, doms: list[str], what: str) -> None:
     if not doms:  # no rows yet (a run just started, or tables without rows): not a one-domain corpus
         st.info(f"{what} compares domains, and run `{ref.name}` has no routed tokens yet.", icon="ℹ️")
         return
+    planned = ref.info.get("domains") or []
+    if ref.status != "complete" and len(planned) > len(doms):  # the corpus has more, not reached yet
+        then = "continue it with `--resume`" if ref.status == "interrupted" else "they come as it records"
+        st.info(f"{what} compares domains, and run `{ref.name}` ({ref.status}) has rows from {len(doms)} of its "
+                f"{len(planned)} domains so far: {then}.", icon="ℹ️")
+        return
+    if ref.info.get("kind") == "import":  # serving traffic: one stream, no domains to tell apart
+        st.info(f"{what} compares domains, and run `{ref.name}` is imported serving traffic, one stream "
+                f"(`{doms[0]}`): this view is for runs recorded from a corpus of two or more domains.", icon="ℹ️")
+        return
     st.info(f"{what} compares domains, and run `{ref.name}` has {len(doms)} domain"
             f"{'' if len(doms) == 1 else 's'}{' (`' + doms[0] + '`)' if doms else ''}. Record a corpus with two or more "
             "(one sub-folder per domain, or a `domain` field per record); with `--max-tokens` the default "

@@ -185,3 +185,26 @@ def test_a_numeric_heatmap_of_a_few_steps_ticks_whole_steps_only():
     assert charts.heatmap(np.ones((3, 4)), range(4), [0, 4, 8], y_numeric=True).layout.yaxis.dtick == 1
     assert charts.heatmap(np.ones((50, 4)), range(4), list(range(0, 500, 10)), y_numeric=True).layout.yaxis.dtick is None
     assert charts.heatmap(z, range(4), ["layer1"]).layout.yaxis.dtick is None  # categories: untouched
+
+
+def test_per_token_views_cover_the_runs_first_tokens_whatever_its_windows(tmp_path, monkeypatch):
+    """The per-token views read seq_id < SAMPLE_TOKENS / --seq-len: an import (no --seq-len, one
+    sequence per decode token) was read 22% of the way while the caption said "all" (a review). Now
+    the bound is counted in the tokens table: all of a small run, the first SAMPLE_TOKENS of a large."""
+    import json
+
+    from dashboards import data
+    from helpers.synthetic_run import write_run
+
+    write_run(tmp_path / "r", n_seq=600, seq_len=2)
+    info = json.loads((tmp_path / "r" / "run.json").read_text())
+    info.get("options", {}).pop("seq_len", None)
+    (tmp_path / "r" / "run.json").write_text(json.dumps(info))
+    ref = data.RunRef("r", str(tmp_path / "r"), "probe", "complete")
+    tokens = pd.read_parquet(tmp_path / "r" / "tokens")
+    top = data.expert_top_tokens.uncached(ref, 1, 0, 50)
+    routing = pd.read_parquet(tmp_path / "r" / "routing")
+    want = tokens.merge(routing[routing.layer == 1], on=["seq_id", "pos"]).token_id.value_counts()
+    assert dict(zip(top.token_id, top.total)) == {t: want[t] for t in top.token_id}  # every window counted
+    monkeypatch.setattr(data, "SAMPLE_TOKENS", 101)  # a large run: the windows holding the first 101 tokens
+    assert data._seq_cap.uncached(ref) == 51

@@ -357,3 +357,14 @@ def test_a_one_domain_run_says_so_instead_of_empty_charts(tmp_path):
     open_page(at, "specialisation")
     assert "compares domains" not in texts(at.info)  # the control: two domains draw the heatmap and I / H
     assert len(at.get("plotly_chart")) == one_charts + 2
+    # an interrupted run that has not reached its other domains, and serving traffic, are not told to
+    # record another corpus (a review found both were)
+    for name, edit, want in (("part", {"status": "interrupted", "domains": ["code", "math", "prose"]},
+                              "run `part` (interrupted) has rows from 1 of its 3 domains so far: continue it with "
+                              "`--resume`"),
+                             ("served", {"kind": "import"}, "run `served` is imported serving traffic, one stream")):
+        write_run(tmp_path / name, domains=("code",))
+        info = json.loads((tmp_path / name / "run.json").read_text())
+        (tmp_path / name / "run.json").write_text(json.dumps(info | edit))
+        at = open_page(app(tmp_path, name), "specialisation")
+        assert want in texts(at.info) and "Record a corpus with two" not in texts(at.info), texts(at.info)
