@@ -21,14 +21,16 @@ class SamplingParams:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if not self.temperature >= 0:
-            raise GenerateError(f"temperature={self.temperature} must be >= 0 (0 = greedy)")
+        if not 0 <= self.temperature < float("inf"):
+            raise GenerateError(f"temperature={self.temperature} must be >= 0 and finite (0 = greedy)")
         if not 0 < self.top_p <= 1:
             raise GenerateError(f"top_p={self.top_p} must be in (0, 1]")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, numbers.Integral) or self.top_k < 0:
             raise GenerateError(f"top_k={self.top_k!r} must be an integer >= 0 (0 = off)")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral)):
             raise GenerateError(f"seed={self.seed!r} must be an integer (or None)")
+        if self.seed is not None and not -(2**63) <= self.seed < 2**64:  # what torch.Generator takes
+            raise GenerateError(f"seed={self.seed} is out of range: use an integer in [-2^63, 2^64)")
 
     @property
     def greedy(self) -> bool:
@@ -36,7 +38,10 @@ class SamplingParams:
 
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
         """[B, V] logits -> [B, V] float32 sampling probabilities (temperature, top-k, top-p)."""
-        logits = logits.float() / self.temperature
+        logits = logits.float()
+        # shifted so that the best logit is 0 before dividing: a tiny temperature sends the others to
+        # -inf, never the best to +inf (softmax(inf) was NaN below T ~1e-37); the same distribution
+        logits = (logits - logits.amax(dim=-1, keepdim=True)) / self.temperature
         if self.top_k and self.top_k < logits.shape[-1]:
             kth = logits.topk(self.top_k, dim=-1).values[:, -1:]
             logits = logits.masked_fill(logits < kth, float("-inf"))

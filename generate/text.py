@@ -83,7 +83,10 @@ def read_prompts(path: str | os.PathLike) -> list[str]:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise GenerateError(f"{path}: cannot read prompt file ({e})") from None
-    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    # lines end at "\n" only: str.splitlines() also breaks at form feeds (Python source), U+2028 and
+    # \x85, which JSON keeps raw inside strings (json.dumps(..., ensure_ascii=False))
+    raw = text.split("\n")
+    lines = [(n, line.removesuffix("\r")) for n, line in enumerate(raw, 1) if line.strip()]
     if not lines:
         raise GenerateError(f"{path}: no prompts (the file is empty)")
     if path.suffix != ".jsonl" and not lines[0][1].lstrip().startswith("{"):

@@ -129,6 +129,17 @@ def test_sampling_filters():
     assert torch.allclose(SamplingParams(1.0, top_p=0.5).probs(logits), torch.tensor([[1.0, 0, 0, 0, 0]]))
     sharp = SamplingParams(0.5).probs(logits)
     assert torch.allclose(sharp, logits.mul(2).softmax(-1))
+    # a tiny temperature is greedy in the limit (it was NaN: logits / T overflowed to inf; a review),
+    # ties at the top shared; an infinite one and an out-of-range seed are refused up front
+    tied = torch.tensor([[3.0, 1.0, 3.0, -2.0]])
+    for t in (1e-40, 1e-30):
+        assert torch.equal(SamplingParams(t).probs(logits), torch.tensor([[1.0, 0, 0, 0, 0]]))
+        assert torch.equal(SamplingParams(t).probs(tied), torch.tensor([[0.5, 0, 0.5, 0]]))
+    for kw, msg in ((dict(temperature=float("inf")), r"temperature=inf must be >= 0 and finite"),
+                    (dict(temperature=1.0, seed=10**23), r"seed=\d+ is out of range: use an integer in \[-2\^63, 2\^64\)")):
+        with pytest.raises(GenerateError, match=msg):
+            SamplingParams(**kw)
+    SamplingParams(1.0, seed=2**64 - 1), SamplingParams(1.0, seed=-(2**63))  # the ends torch takes
 
 
 @torch.no_grad()
@@ -297,6 +308,12 @@ def test_read_prompts(tmp_path):
     j = tmp_path / "p.jsonl"
     j.write_text('{"prompt": "a"}\n{"prompt": "b c", "id": 2}\n')
     assert read_prompts(j) == ["a", "b c"]
+    # lines end at "\n" (and "\r\n") only: a form feed or U+2028 inside a prompt split it in two, and
+    # broke a JSON line that holds one raw (found by a review)
+    f.write_bytes("def a():\x0c    pass\r\nline\u2028two\x85\n".encode())
+    assert read_prompts(f) == ["def a():\x0c    pass", "line\u2028two\x85"]
+    j.write_text(json.dumps({"prompt": "p\u2028q\x85"}, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert read_prompts(j) == ["p\u2028q\x85"]
     for text, msg in [("", "no prompts \\(the file is empty\\)"), ("\n  \n", "no prompts"),
                       ('{"prompt": "a"}\n{"text": "b"}\n',
                        ':2: each JSON line needs a non-empty string field "prompt"'),
