@@ -94,14 +94,16 @@ def _append_output(ns, texts: list[str], streamer: Streamer, res: GenerationOutp
     """One JSON line per prompt appended to --output."""
     with os_refusal(f"--output {ns.output}: cannot write it", GenerateError):  # main checked the path
         Path(ns.output).parent.mkdir(parents=True, exist_ok=True)  # as the other commands' outputs
+    lines = "".join(json.dumps({
+        "prompt": text, "completion": streamer.text(i), "tokens": res.tokens[i],
+        "finish_reason": res.finish_reasons[i], "forward_passes": res.forward_passes[i],
+        "drafts_proposed": res.drafts_proposed[i] if ns.mtp else None,
+        "drafts_accepted": res.drafts_accepted[i] if ns.mtp else None}, ensure_ascii=False) + "\n"
+        for i, text in enumerate(texts))
     with os_refusal(f"--output {ns.output}: cannot write it", GenerateError), \
             open(ns.output, "a", encoding="utf-8") as f:  # this is what main's check cannot foresee
-        for i, text in enumerate(texts):
-            f.write(json.dumps({
-                "prompt": text, "completion": streamer.text(i), "tokens": res.tokens[i],
-                "finish_reason": res.finish_reasons[i], "forward_passes": res.forward_passes[i],
-                "drafts_proposed": res.drafts_proposed[i] if ns.mtp else None,
-                "drafts_accepted": res.drafts_accepted[i] if ns.mtp else None}, ensure_ascii=False) + "\n")
+        f.write(lines)  # the batch's lines in one write
+    ns.appended = getattr(ns, "appended", 0) + len(texts)  # what main's Ctrl-C message counts
 
 
 def _interactive(m, codec, ns, world, sampling) -> None:
@@ -195,7 +197,10 @@ def main(argv: list[str] | None = None) -> None:
         code = 2
     except KeyboardInterrupt:  # Ctrl-C while generating or at the interactive prompt: one line, not a traceback
         if world.rank == 0:
-            print("\ninterrupted" + (f" (nothing was appended to {ns.output})" if ns.output else ""), file=sys.stderr)
+            kept = getattr(ns, "appended", 0)
+            said = (f" ({kept} line{'s' * (kept != 1)} appended to {ns.output} before it; not the generation in "
+                    "progress)" if kept else f" (nothing was appended to {ns.output})")
+            print("\ninterrupted" + (said if ns.output else ""), file=sys.stderr)
         code = 130
     finally:
         if world.size > 1:

@@ -18,6 +18,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {e}", file=sys.stderr)
         exit_ranks(2)  # under torchrun: leave without interpreter teardown (probe.job.exit_ranks says why)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:  # Ctrl-C: one line, as the other commands (it was a traceback)
+        print(f"\ninterrupted: the run in {ns.out}, if it had begun, is marked interrupted (continue it with "
+              "--resume, from its last checkpoint)", file=sys.stderr)
+        exit_ranks(130)
+        raise SystemExit(130) from None
     exit_ranks(0)
 
 

@@ -127,6 +127,8 @@ def check_flags(ns: argparse.Namespace) -> None:
     if ns.threads is not None and ns.threads < 1:
         raise TrainError(f"--threads={ns.threads} must be at least 1")
     check_out_parent(Path(ns.out), error=TrainError)  # before the corpus is read and the model built, not after
+    if getattr(ns, "token_cache", None):  # a folder the tokenised corpus is saved to, after tokenising it
+        check_out_parent(Path(ns.token_cache), "--token-cache", error=TrainError)
     out = Path(ns.out)
     if ns.resume is None and out.is_dir() and ((out / "run.json").exists() or (out / "train_steps").exists()):
         # a second run's rows would land beside the first's in the same tables, and every reader

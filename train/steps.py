@@ -66,19 +66,25 @@ def model_args(ns: argparse.Namespace, vocab_size: int) -> ModelArgs:
 
 
 # -------------------------------------------------------------------------------------- schedules
-def lr_at(step: int, ns: argparse.Namespace) -> float:
-    """Linear warm-up over `warmup_steps`, then cosine from the peak to min_lr_ratio x peak."""
+def lr_shape(step: int, ns: argparse.Namespace) -> float:
+    """The schedule as a fraction of the peak: linear warm-up over `warmup_steps`, then cosine from 1
+    to min_lr_ratio."""
     if step < ns.warmup_steps:
-        return ns.lr * (step + 1) / ns.warmup_steps
+        return (step + 1) / ns.warmup_steps
     progress = min(1.0, (step - ns.warmup_steps) / max(1, ns.steps - ns.warmup_steps))
-    return ns.lr * (ns.min_lr_ratio + (1 - ns.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    return ns.min_lr_ratio + (1 - ns.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def lr_at(step: int, ns: argparse.Namespace) -> float:
+    return ns.lr * lr_shape(step, ns)
 
 
 def bias_speed_at(step: int, ns: argparse.Namespace) -> float:
-    """gamma for the bias update after optimizer step `step` (`--bias-schedule`)."""
+    """gamma for the bias update after optimizer step `step` (`--bias-schedule`: constant, or the
+    learning rate's cosine; with --lr 0 too, which divided by zero when it was lr_at / lr)."""
     if ns.bias_schedule == "constant" or step < ns.warmup_steps:
         return ns.bias_update_speed
-    return ns.bias_update_speed * lr_at(step, ns) / ns.lr
+    return ns.bias_update_speed * lr_shape(step, ns)
 
 
 def make_optimizer(m: Transformer, ns: argparse.Namespace) -> torch.optim.AdamW:

@@ -379,6 +379,23 @@ def test_cli_ctrl_c_is_one_line(demo_dir, capsys, monkeypatch):
     assert code == 130 and err.rstrip().endswith("interrupted") and "Traceback" not in err, err
 
 
+def test_cli_ctrl_c_after_turns_says_what_was_appended(demo_dir, tmp_path, capsys, monkeypatch):
+    """Ctrl-C after an --interactive turn had been appended to --output said "nothing was appended"
+    (found by a review)."""
+    class TwoTurnsThenCtrlC(io.StringIO):
+        def readline(self, *a):
+            line = super().readline(*a)
+            if not line:
+                raise KeyboardInterrupt
+            return line
+
+    out = tmp_path / "turns.jsonl"
+    monkeypatch.setattr(sys, "stdin", TwoTurnsThenCtrlC("first\nsecond\n"))
+    code, _, err = run_cli(capsys, "--ckpt", demo_dir, "--interactive", "--max-new-tokens", 3, "--output", out)
+    assert code == 130 and "interrupted (2 lines appended to" in err, err
+    assert [json.loads(x)["prompt"] for x in out.read_text().splitlines()] == ["first", "second"]
+
+
 def test_cli_errors(demo_dir, tmp_path, capsys):
     empty = tmp_path / "empty.txt"
     empty.write_text("")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 
@@ -295,6 +296,9 @@ def test_bad_input_errors(corpus, tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(TrainError, match=r"--out .*afile/run: .*afile is a file, not a directory"):
         run(parse_args(_flags(corpus, tmp_path / "afile" / "run")))
+    # --token-cache naming a file was a FileExistsError traceback after the corpus was tokenised (a review)
+    with pytest.raises(TrainError, match=r"--token-cache .*afile: .*afile is a file, not a directory"):
+        run(parse_args(_flags(corpus, tmp_path / "tc", "--token-cache", str(tmp_path / "afile"))))
     with pytest.raises(TrainError, match=r"--out /proc/dsv3-train-run: cannot create the run there"):
         run(parse_args(_flags(corpus, Path("/proc/dsv3-train-run"))))
     with pytest.raises(TrainError, match=r"nowhere/train.jsonl: not found \(build the corpus with"):
@@ -338,3 +342,33 @@ def test_two_process_gloo_run_matches_one_process(corpus, tmp_path):
     np.testing.assert_allclose(g2.bias_norm, g1.bias_norm, atol=1e-6)
     assert (g2.maxvio == g1.maxvio).all()
     assert two.info["world"]["size"] == 2
+
+
+def test_the_bias_schedule_follows_the_lr_shape_even_at_lr_0():
+    """--bias-schedule cosine divided the bias speed by --lr (a ZeroDivisionError after step 1 with
+    --lr 0, which the flags accept; found by a review); it takes the schedule's shape instead."""
+    from argparse import Namespace
+
+    from train.steps import bias_speed_at, lr_at
+
+    ns = Namespace(lr=3e-3, bias_schedule="cosine", warmup_steps=2, steps=10, min_lr_ratio=0.1, bias_update_speed=1e-3)
+    for step in range(10):
+        assert bias_speed_at(step, ns) == pytest.approx(1e-3 * (1 if step < 2 else lr_at(step, ns) / 3e-3), rel=1e-12)
+    assert bias_speed_at(9, ns) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 7 / 8))))
+    zero = Namespace(**vars(ns) | {"lr": 0.0})
+    assert [bias_speed_at(s, zero) for s in range(10)] == [bias_speed_at(s, ns) for s in range(10)]
+    assert lr_at(5, zero) == 0.0
+
+
+def test_ctrl_c_is_one_line_and_exit_status_130(corpus, tmp_path, monkeypatch, capsys):
+    """`python -m train` showed a KeyboardInterrupt traceback on Ctrl-C (found by a review)."""
+    import train.__main__ as cli
+
+    def interrupted(ns):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "run", interrupted)
+    with pytest.raises(SystemExit) as e:
+        cli.main(_flags(corpus, tmp_path / "run"))
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 130 and err.count("\n") == 0 and "is marked interrupted (continue it with --resume" in err
