@@ -68,8 +68,8 @@ def summary(ns) -> None:
     tokens = _tokens(ns, m)
     t0 = time.perf_counter()
     with torch.no_grad():
-        out, cache = m.run_with_cache(tokens, names=["layers.*.ffn.gate.hook_topk_ids",
-                                                     "layers.*.attn.hook_c_kv"], mtp=len(m.mtp) > 0)
+        out, cache = m.run_with_cache(tokens, names=lambda n: n.startswith("layers.") and n.endswith(
+            (".ffn.gate.hook_topk_ids", ".attn.hook_c_kv")), mtp=len(m.mtp) > 0)  # any layers: dense ones too
     dt = time.perf_counter() - t0
     logits = out[0] if isinstance(out, tuple) else out
     n = tokens.numel()
@@ -104,8 +104,9 @@ def params(ns) -> None:
         line += (f", MTP module {c['mtp'] / 1e9:.2f}B (+{2 * args.vocab_size * args.dim / 1e9:.2f}B for the "
                  "embedding/head copies its checkpoint layer stores)")
     print(line)
-    if ns.dense and not ns.world_size:
-        raise ValueError("--dense sizes the weights per rank: use it with --world-size")
+    for flag, given in (("--dense", ns.dense), ("--device-memory", ns.device_memory)):
+        if given and not ns.world_size:  # per rank: without --world-size it would be dropped silently
+            raise ValueError(f"{flag} sizes the model per rank: use it with --world-size")
     if ns.world_size:
         from .memory import forward_plan, format_plan, kv_cache_bytes, shard_plan, size
 

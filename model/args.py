@@ -125,6 +125,22 @@ class ModelArgs:
                 bad(f"{name}={getattr(self, name)} must be positive")
         if self.qk_rope_head_dim % 2:
             bad(f"qk_rope_head_dim={self.qk_rope_head_dim} must be even (RoPE rotates pairs)")
+        # sizes a layer is built with, and the RoPE parameters (a negative size was a torch error from
+        # inside the model's construction, rope_theta=1 a ZeroDivisionError; found by a review)
+        moe = self.n_dense_layers < self.n_layers or self.n_mtp_layers > 0
+        for name, floor, when in (("inter_dim", 1, self.n_dense_layers > 0), ("moe_inter_dim", 1, moe),
+                                  ("n_shared_experts", 0, moe), ("q_lora_rank", 0, True),
+                                  ("qk_nope_head_dim", 0, True), ("max_seq_len", 1, True)):
+            if when and getattr(self, name) < floor:
+                bad(f"{name}={getattr(self, name)} must be {'positive' if floor else '>= 0'}")
+        if not self.rope_theta > 1:  # RoPE's frequencies are theta^(-2i/d), their wavelengths log(theta)
+            bad(f"rope_theta={self.rope_theta} must be greater than 1")
+        if not self.norm_eps > 0:
+            bad(f"norm_eps={self.norm_eps} must be positive (RMSNorm divides by sqrt(mean + eps))")
+        if self.yarn:
+            for name in ("rope_factor", "original_seq_len", "beta_fast", "beta_slow"):
+                if not getattr(self, name) > 0:
+                    bad(f"{name}={getattr(self, name)} must be positive (YaRN)")
         if not 0 <= self.n_dense_layers <= self.n_layers:
             bad(f"n_dense_layers={self.n_dense_layers} must be in [0, n_layers={self.n_layers}]")
         if self.score_func not in ("sigmoid", "softmax"):

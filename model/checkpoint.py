@@ -64,9 +64,17 @@ def _shard_files(path: Path) -> tuple[list[Path], dict[str, Path] | None]:
 def read_index(index: Path) -> dict[str, str]:
     """The weight map of a `model.safetensors.index.json`: tensor name -> shard file name (a plain
     name in the same directory), checked."""
+    def unique(pairs: list) -> dict:  # json keeps the last of two equal keys, silently
+        d = dict(pairs)
+        if len(d) != len(pairs):
+            seen: set = set()
+            twice = next(k for k, _ in pairs if k in seen or seen.add(k))
+            raise CheckpointError(f"{index}: names {twice!r} twice (a hand-edited or merged index?)")
+        return d
+
     try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
+        weight_map = json.loads(index.read_text(), object_pairs_hook=unique)["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError, OSError) as e:
         raise CheckpointError(f"{index}: not a valid safetensors index ({type(e).__name__}: {e})") from None
     if not isinstance(weight_map, dict):
         raise CheckpointError(f"{index}: weight_map must map tensor names to shard files, "
@@ -426,6 +434,10 @@ def _plan(meta: Transformer, headers: dict) -> list[tuple[str, Target]]:
             w = hf_name[: -len("_scale_inv")]
             if w not in headers:
                 raise CheckpointError(f"{f}: scale {hf_name} has no weight {w}")
+            if headers[w][2] != torch.float8_e4m3fn:  # its scale would be dropped: weights off by 1/scale
+                raise CheckpointError(f"{headers[w][0]}: tensor {w} is {headers[w][2]} but has a block scale "
+                                      f"{hf_name}, which belongs to a float8_e4m3fn weight (cast from FP8 without "
+                                      "multiplying by its scales?)")
             continue
         target = hf_to_ours(hf_name, args)
         if target == "skip":  # an MTP layer's copy of the embedding or head: not loaded, but the same shape

@@ -87,6 +87,8 @@ def _matcher(names: NameFilter, all_names: list[str]) -> Callable[[str], bool]:
     exact, patterns = set(), []
     for n in names:
         if any(c in n for c in "*?["):
+            if not any(fnmatch.fnmatchcase(a, n) for a in all_names):  # a typo in one glob of a list
+                raise HookError(f"names={n!r} matches no hook point (see model.hook_names())")
             patterns.append(n)
         elif n in all_names:
             exact.add(n)

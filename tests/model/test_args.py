@@ -252,6 +252,16 @@ def test_plain_rope_frequencies():
     (dict(route_scale="2.5"), ["route_scale='2.5' must be a number"]),
     (dict(norm_topk_prob=1), ["norm_topk_prob=1 must be true or false"]),
     (dict(bos_token_id="0"), ["bos_token_id='0' must be an integer or null"]),
+    # sizes and RoPE parameters that failed inside torch or math (found by a review)
+    (dict(moe_inter_dim=-32), ["moe_inter_dim=-32 must be positive"]),
+    (dict(inter_dim=0), ["inter_dim=0 must be positive"]),
+    (dict(q_lora_rank=-3), ["q_lora_rank=-3 must be >= 0"]),
+    (dict(n_shared_experts=-1), ["n_shared_experts=-1 must be >= 0"]),
+    (dict(qk_nope_head_dim=-16), ["qk_nope_head_dim=-16 must be >= 0"]),
+    (dict(rope_theta=1.0), ["rope_theta=1.0 must be greater than 1"]),
+    (dict(norm_eps=-1.0), ["norm_eps=-1.0 must be positive"]),
+    (dict(rope_type="yarn", rope_factor=4.0, original_seq_len=0), ["original_seq_len=0 must be positive (YaRN)"]),
+    (dict(rope_type="yarn", rope_factor=4.0, beta_fast=-1.0), ["beta_fast=-1.0 must be positive (YaRN)"]),
 ])
 def test_invalid_args(overrides, fields):
     with pytest.raises(ConfigError) as ei:

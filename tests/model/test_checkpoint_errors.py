@@ -181,6 +181,27 @@ def test_error_fp8_weight_without_scale(fp8_dir, tmp_path):
     load_error(d, f, name, "scale_inv")
 
 
+def test_error_scale_of_a_weight_that_is_not_fp8(fp8_dir, tmp_path):
+    """A weight cast from FP8 to bf16 without applying its scale, the scale kept beside it (a common
+    conversion mistake), loaded with the scale dropped: weights off by 1/scale, no error (a review)."""
+    d = Path(shutil.copytree(fp8_dir, tmp_path / "ckpt"))
+    f = d / "model.safetensors"
+    name = "model.layers.1.self_attn.o_proj.weight"
+    edit_tensors(f, lambda sd: sd | {name: sd[name].to(torch.bfloat16)})
+    load_error(d, f, name, "is torch.bfloat16 but has a block scale", "belongs to a float8_e4m3fn weight")
+    edit_tensors(f, lambda sd: {k: v for k, v in sd.items() if k != name + "_scale_inv"})
+    model.load(d)  # the control: a bf16 weight without a scale is an ordinary dense weight
+
+
+def test_error_index_naming_a_tensor_twice(sharded_dir, tmp_path):
+    """json keeps the last of two equal keys: an index naming a tensor twice passed (a review)."""
+    d = Path(shutil.copytree(sharded_dir, tmp_path / "ckpt"))
+    p = d / "model.safetensors.index.json"
+    text = p.read_text()
+    p.write_text(text.replace('"weight_map": {', '"weight_map": {"lm_head.weight": "elsewhere.safetensors", ', 1))
+    load_error(d, p, "names 'lm_head.weight' twice")
+
+
 def test_error_fp8_scale_wrong_shape(fp8_dir, tmp_path):
     d = Path(shutil.copytree(fp8_dir, tmp_path / "ckpt"))
     f = d / "model.safetensors"

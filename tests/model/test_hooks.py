@@ -253,6 +253,17 @@ def test_unknown_hook_names_are_errors():
     # run_with_cache says so too, rather than returning an empty cache for a mistyped glob
     with pytest.raises(model.HookError, match="names='layers.*.hook_topk_idx' matches no hook point"):
         m.run_with_cache(torch.zeros(1, 2, dtype=torch.long), names="layers.*.hook_topk_idx")
+    # ... and so does one mistyped glob in a list beside names that match (it was dropped silently,
+    # and with m.hooks an intended ablation just did not happen; found by a review)
+    tok = torch.zeros(1, 2, dtype=torch.long)
+    with pytest.raises(model.HookError, match=r"names='layers\.\*\.ffn\.gate\.hook_topk_idz' matches no hook"):
+        m.run_with_cache(tok, names=["hook_embed", "layers.*.ffn.gate.hook_topk_idz"])
+    with pytest.raises(model.HookError, match=r"names='layers\.\*\.ffn\.hook_routed_outt' matches no hook"):
+        with m.hooks([(["hook_embed", "layers.*.ffn.hook_routed_outt"], lambda t, hook: None)]):
+            pass
+    _, cache = m.run_with_cache(tok, names=["hook_embed", "layers.*.ffn.gate.hook_topk_ids"])  # the control
+    moe = range(m.args.n_dense_layers, m.args.n_layers)
+    assert set(cache) == {"hook_embed", *(f"layers.{i}.ffn.gate.hook_topk_ids" for i in moe)}
 
 
 def test_a_replacement_of_another_shape_names_the_hook():

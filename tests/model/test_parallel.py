@@ -308,9 +308,10 @@ def test_summary_cli_and_its_errors(capsys, tmp_path, monkeypatch):
             main(["summary", *argv])
         err = capsys.readouterr().err
         assert err.startswith(f"error: {msg}") and err.count("\n") == 1, err
-    with pytest.raises(SystemExit):
-        main(["params", "--dense"])
-    assert "--dense sizes the weights per rank: use it with --world-size" in capsys.readouterr().err
+    for flag in (["--dense"], ["--device-memory", "1"]):  # the second was dropped silently (a review)
+        with pytest.raises(SystemExit):
+            main(["params", *flag])
+        assert f"{flag[0]} sizes the model per rank: use it with --world-size" in capsys.readouterr().err
 
 
 def test_fp8_misaligned_shard_is_refused_on_meta():
