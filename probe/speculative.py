@@ -40,7 +40,7 @@ from .corpus import CorpusError, CorpusStats, iter_documents
 from .job import (RecordError, agree, check_out_parent, checkpoint_args, checkpoint_fingerprint, load_model,
                   load_tokenizer, os_refusal, resolve_paths, start_world)
 from .schema import TABLES
-from .writer import RUN_JSON, read_run_json, write_json_atomic
+from .writer import RUN_JSON, read_run_json, updating_run_json
 
 SPEC_TABLES = ("spec_decode", "spec_drafts")
 
@@ -258,9 +258,10 @@ def _write_run(out: Path, rows: dict, drafts: dict, opts: SpecOptions, ckpt: Pat
                "seconds": round(seconds, 2), "world_size": world.size, "world": world.describe(),
                "dtype": opts.dtype or "float32", "gemm": opts.gemm,
                "checkpoint": str(ckpt.resolve()), "corpus": str(corpus.resolve())}
-    info = read_run_json(out) if (out / RUN_JSON).exists() else {
-        "status": "complete", "format": 1, "kind": "spec",
-        "checkpoint": {"path": str(ckpt.resolve()), "fingerprint": checkpoint_fingerprint(ckpt)},
-        "corpus": {"path": str(corpus.resolve())}, "model_args": args.to_dict()}
-    info["spec_decode"] = summary
-    write_json_atomic(out / RUN_JSON, info)
+    def new() -> dict:
+        return {"status": "complete", "format": 1, "kind": "spec",
+                "checkpoint": {"path": str(ckpt.resolve()), "fingerprint": checkpoint_fingerprint(ckpt)},
+                "corpus": {"path": str(corpus.resolve())}, "model_args": args.to_dict()}
+
+    with updating_run_json(out, new) as info:  # locked: an ablation may note its part at the same time
+        info["spec_decode"] = summary

@@ -49,6 +49,31 @@ def replacing(path: str | Path):
         tmp.unlink(missing_ok=True)
 
 
+@contextmanager
+def updating_run_json(run: str | Path, new=None):
+    """Yields run.json's contents (or `new()` where there is none yet) to change in place, and writes
+    them back whole, under an exclusive lock beside it: the jobs that add their part to a finished
+    run (ablate, steer, importance, spec) may finish at the same moment, and a read-change-write
+    without the lock lost the other's entry (found by a review: 112 of 300 in a test of two writers).
+    No lock where the file system has none (some network mounts)."""
+    run = Path(run)
+    fd = None
+    try:
+        import fcntl
+
+        fd = os.open(run / ".run.json.lock", os.O_CREAT | os.O_RDWR)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except (ImportError, OSError):
+        pass
+    try:
+        info = read_run_json(run) if (run / RUN_JSON).exists() or new is None else new()
+        yield info
+        write_json_atomic(run / RUN_JSON, info)
+    finally:
+        if fd is not None:
+            os.close(fd)  # releases the lock
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     with replacing(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
@@ -72,16 +97,15 @@ def write_result_part(out: str | Path, table: str, df, key: dict, meta: dict, pa
         tmp = d / f".{name}.parquet.tmp{os.getpid()}"
         pq.write_table(arrow, tmp, compression="zstd")
         os.replace(tmp, d / f"{name}.parquet")
-    if (out / RUN_JSON).exists():
-        info = read_run_json(out)
-    else:
-        info = {"status": "complete", "format": 1, "kind": table, "checkpoint": meta["checkpoint"],
+    def new() -> dict:
+        return {"status": "complete", "format": 1, "kind": table, "checkpoint": meta["checkpoint"],
                 "corpus": meta["corpus"], "model_args": args.to_dict() if args is not None else None,
                 "options": meta["options"], "tables": [], "started": time.time()}
-    if table not in info.setdefault("tables", []):
-        info["tables"].append(table)
-    info.setdefault(parts, {})[name] = meta | note | {"written": time.time()}
-    write_json_atomic(out / RUN_JSON, info)
+
+    with updating_run_json(out, new) as info:
+        if table not in info.setdefault("tables", []):
+            info["tables"].append(table)
+        info.setdefault(parts, {})[name] = meta | note | {"written": time.time()}
     return d / f"{name}.parquet"
 
 

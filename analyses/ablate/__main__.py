@@ -35,7 +35,7 @@ def parser() -> argparse.ArgumentParser:
     sel.add_argument("--top", type=int, help="disable the N most loaded experts of each layer")
     sel.add_argument("--domain", help="with --top: rank experts by this domain's load")
     sel.add_argument("--random", type=int, help="disable N random experts per layer (the control)")
-    sel.add_argument("--seed", type=int, default=0, help="seed of --random / --control (default 0)")
+    sel.add_argument("--seed", type=int, help="seed of --random / --control (default 0)")
     sel.add_argument("--layers", help="comma-separated MoE layers for --top/--random/--shared (default all)")
     sel.add_argument("--shared", action="store_true", help="also disable the shared expert (in --layers)")
     sel.add_argument("--mode", choices=["reroute", "zero"], default="reroute",
@@ -52,7 +52,7 @@ def parser() -> argparse.ArgumentParser:
 def ablations_from_args(ns) -> list[Ablation]:
     from .select import Ablation, AblationError, load_spec
 
-    flags = [f for f in ("experts", "top", "random", "domain", "layers", "name") if getattr(ns, f) is not None]
+    flags = [f for f in ("experts", "top", "random", "domain", "layers", "name", "seed") if getattr(ns, f) is not None]
     flags += [f for f in ("shared", "renormalise", "control") if getattr(ns, f)]
     if ns.spec:
         if flags or ns.mode != "reroute":
@@ -60,14 +60,15 @@ def ablations_from_args(ns) -> list[Ablation]:
         return load_spec(ns.spec)
     if not any(getattr(ns, f) is not None for f in ("experts", "top", "random")) and not ns.shared:
         raise AblationError("nothing to ablate: pass --experts, --top, --random, --shared or --spec")
+    seed = 0 if ns.seed is None else ns.seed
     main = Ablation(name=ns.name or "", mode=ns.mode, renormalise=ns.renormalise, experts=ns.experts, top=ns.top,
-                    random=ns.random, domain=ns.domain, seed=ns.seed, layers=ns.layers, shared=ns.shared)
+                    random=ns.random, domain=ns.domain, seed=seed, layers=ns.layers, shared=ns.shared)
     out = [main]
     if ns.control:
         if ns.top is None:
             raise AblationError("--control adds the random counterpart of --top N: use it with --top")
         out.append(Ablation(name=f"{main.name}-control", mode=ns.mode, renormalise=ns.renormalise,
-                            random=ns.top, seed=ns.seed, layers=ns.layers, shared=ns.shared))
+                            random=ns.top, seed=seed, layers=ns.layers, shared=ns.shared))
     return out
 
 

@@ -265,12 +265,20 @@ def ablate(opts: AblateOptions, ablations: list[Ablation]):
         loads, source = loads_from_run(opts.run, shape), f"run:{Path(opts.run).resolve()}"
     for a in ablations:  # refuse bad selections before loading anything big
         if not a.needs_loads or loads is not None:
-            resolve(a, shape, loads, source)
+            try:
+                resolve(a, shape, loads, source)
+            except AblationError as e:  # each error names its ablation (one of a sweep's twenty)
+                raise AblationError(str(e) if str(e).startswith("ablation ") else f"ablation {a.name!r}: {e}") \
+                    from None
 
     tok = load_tokenizer(opts.tokenizer, ckpt, args.vocab_size, AblationError)
     if not corpus.exists():
         raise CorpusError(f"{corpus}: corpus not found")
     windows, domains = sample_windows(opts, corpus, tok, args)
+    for a in ablations:  # a top-N of a domain the sample lacks: said before the passes, not after the first
+        if a.domain is not None and loads is None and a.domain not in domains:
+            raise AblationError(f"ablation {a.name!r}: no tokens of domain {a.domain!r} in the sample; its domains "
+                                f"are {domains}")
     world, batches, m = start_job(opts, ckpt, args, windows)
     bar = None
     if opts.progress and world.rank == 0:

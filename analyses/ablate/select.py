@@ -209,7 +209,11 @@ class Ablation:
             self.experts = {_int(k, "layer"): str(v).split("+") if isinstance(v, (int, str)) else list(v)
                             for k, v in self.experts.items()}
         self.layers = parse_layers(self.layers)
+        if self.name is not None and not isinstance(self.name, str):  # YAML reads `name: 16` as a number
+            raise AblationError(f"name {self.name!r} must be a string (in YAML, quote it: name: \"{self.name}\")")
         who = f"ablation {self.name!r}: " if self.name else ""
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise AblationError(f"{who}seed must be a non-negative integer, not {self.seed!r}")
         chosen = [k for k in ("experts", "top", "random") if getattr(self, k) is not None]
         if len(chosen) > 1:
             raise AblationError(f"{who}choose one of experts, top, random (got {', '.join(chosen)})")
@@ -260,7 +264,14 @@ class Plan:
         return min(layers) if layers else None
 
     def spec(self) -> str:
+        """The ablation as JSON, canonical (its part's key): experts as resolved, sorted and without
+        duplicates ("1:5+3" is "1:3+5"), and no seed where nothing is drawn (a repeat of the same
+        ablation wrote a second part beside the first; found by a review)."""
         a = {k: v for k, v in asdict(self.ablation).items() if v is not None}
+        if self.ablation.experts is not None:
+            a["experts"] = {str(k): v for k, v in self.disabled.items()}
+        if self.ablation.random is None:
+            a.pop("seed", None)
         a["disabled"] = {str(k): v for k, v in self.disabled.items()}
         a["shared_layers"] = self.shared_layers
         if self.loads:

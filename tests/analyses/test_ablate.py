@@ -197,7 +197,12 @@ def test_bad_input_errors(tiny, tmp_path):
     specs = {"a.yaml": ("- {name: x, top: [", "malformed"), "b.yaml": ("- {name: x, tops: 2}", "unknown key 'tops'"),
              "c.json": ('{"name": "x"}', "expected a non-empty list"),
              "d.yaml": ("- {top: 1}\n- {top: 1}", "two ablations are named 'top1'"),
-             "e.yaml": ("- {top: -1}", "ablation #1: top must be a non-negative integer, not -1")}
+             "e.yaml": ("- {top: -1}", "ablation #1: top must be a non-negative integer, not -1"),
+             # a traceback after every pass, or one from numpy, before (found by a review)
+             "f.yaml": ("- {name: 16, top: 16}", r"ablation #1: name 16 must be a string \(in YAML, quote it"),
+             "g.yaml": ("- {name: [a], random: 2}", r"ablation #1: name \['a'\] must be a string"),
+             "h.yaml": ("- {name: a, random: 2, seed: 1.5}", "ablation #1: ablation 'a': seed must be a non-negative"),
+             "i.yaml": ("- {name: a, random: 2, seed: -1}", "seed must be a non-negative integer, not -1")}
     for name, (text, msg) in specs.items():
         (tmp_path / name).write_text(text)
         with pytest.raises(AblationError, match=msg) as e:
@@ -207,6 +212,12 @@ def test_bad_input_errors(tiny, tmp_path):
     assert len(bundled) == 20 and bundled[0].name == "top1"
     (tmp_path / "ok.json").write_text(json.dumps({"ablations": [{"top": 2}, {"random": 2, "mode": "zero"}]}))
     assert [a.name for a in load_spec(tmp_path / "ok.json")] == ["top2", "random2-s0-zero"]
+    # one ablation, one key: experts in another order or an unused seed wrote a second part (a review)
+    shape = RouterShape.of(tiny.args)
+    same = [resolve(Ablation(name="x", experts=e, seed=s), shape).spec() for e, s in (("1:3+5", 0), ("1:5+3+3", 1))]
+    assert same[0] == same[1]
+    drawn = [resolve(Ablation(name="r", random=2, seed=s), shape).spec() for s in (0, 1)]
+    assert drawn[0] != drawn[1]  # the control: a seed that draws is part of the ablation
 
 
 # ------------------------------------------------------------------------------ evaluate
@@ -292,7 +303,9 @@ def test_cli_with_a_recorded_run_uses_its_loads(probe_env, tmp_path):
     (["--experts", "1:99"], "expert 1:99 out of range"),
     (["--experts", "0:1"], "layer 0 is dense"),
     (["--top", "13"], "group limit cannot be met"),
-    (["--top", "1", "--domain", "poetry"], "no loads for domain 'poetry'"),
+    (["--top", "1", "--domain", "poetry"], "ablation 'top1-poetry': no tokens of domain 'poetry' in the sample"),
+    (["--spec", str(REPO / "analyses" / "sweeps" / "top_vs_random.yaml"), "--seed", "7"],
+     "--spec excludes the single-ablation flags (got --seed)"),  # it was ignored (a review)
     ([], "nothing to ablate"),
     (["--random", "2", "--control"], "--control adds the random counterpart"),
 ])
