@@ -220,7 +220,7 @@ def _curve(rows: pd.DataFrame, counts, seeds, E: int) -> pd.DataFrame:
                     "top_delta": top - base, "random_loss": rnd.mean() if len(rnd) else np.nan,
                     "random_delta": rnd.mean() - base if len(rnd) else np.nan,
                     # the sample std (ddof 1): with 2-5 seeds the population's understates the spread
-                    "random_delta_std": rnd.std(ddof=1) if len(rnd) > 1 else 0.0 if len(rnd) else np.nan,
+                    "random_delta_std": rnd.std(ddof=1) if len(rnd) > 1 else np.nan,  # one seed: unmeasured
                     "random_seeds": len(rnd) if n else 0,
                     "top_minus_random": top - rnd.mean() if len(rnd) else np.nan})
         if any(str(x).startswith("run-top") for x in pooled.index):

@@ -118,6 +118,42 @@ def compute(run_dir: Path, ns, writer: bool = True) -> dict:
     return out
 
 
+def _sweep_summary(sw) -> list[str]:
+    """The masking sweep's sentences: top-used against random experts per fraction, per domain."""
+    s = []
+    # fractions measured both ways (a refused one, NaN, is no comparison: it counted in "of N")
+    c = sw.curve[(sw.curve.masked > 0) & np.isfinite(sw.curve.top_delta) & np.isfinite(sw.curve.random_delta)]
+    wins = int((c.top_delta > c.random_delta).sum())
+    how = ("ranked by load on the evaluated tokens" if sw.options["rank_by"] == "eval"
+           else "ranked by load over the whole run")
+    s.append(f"Masking the most-used experts ({how}; reroute, {sw.options['tokens']} tokens, "
+             f"at most {sw.options['domain_tokens']} per domain): loss delta " + ", ".join(
+        f"{int(x.masked)}/{sw.options['n_experts']} -> {x.top_delta:+.4f} (random {x.random_delta:+.4f}"
+        + (f" ± {x.random_delta_std:.4f}, {int(x.random_seeds)} seeds)" if np.isfinite(x.random_delta_std)
+           else f", {int(x.random_seeds)} seed)") for x in c.itertuples())
+        + f"; top-used hurts more than random at {wins} of {len(c)} fractions.")
+    if "run_top_delta" in c:
+        s.append("The same masks ranked by load over the whole run instead (its domain mix differs from the "
+                 "balanced sample): loss delta " + ", ".join(
+                     f"{int(x.masked)}/{sw.options['n_experts']} -> {x.run_top_delta:+.4f}" for x in c.itertuples())
+                 + f"; more than random at {int((c.run_top_delta > c.random_delta).sum())} of {len(c)} fractions.")
+    ds = sw.domain_summary.dropna(subset=["own", "on_others"])
+    n_own = int(ds.own_hurts_most.astype(bool).sum())
+    n_row = int((ds.own > ds.by_others).sum())
+    if not len(ds):
+        s.append("Per-domain ablation: not measured (it compares a domain's own experts with the others', "
+                 "and the run has fewer than two domains).")
+    else:
+        s.append(f"Per-domain ablation (each domain's top {sw.options['domain_top']} experts per layer by its "
+                 "load over the whole run; reroute): a domain's "
+                 f"own experts hurt it more than they hurt the other domains (mean) for {n_own} of {len(ds)} "
+                 f"domains, and more than the other domains' experts hurt it (mean) for {n_row} of {len(ds)}; "
+                 "own deltas "
+                 + ", ".join(f"{x.domain} {x.own:+.4f} (on others {x.on_others:+.4f})" for x in ds.itertuples())
+                 + ".")
+    return s
+
+
 def summary(r: dict) -> list[str]:
     """One sentence per finding, written from the computed values."""
     s = []
@@ -133,36 +169,8 @@ def summary(r: dict) -> list[str]:
         s.append("Domain specialisation: I(domain; expert)/H(domain) per layer " + ", ".join(
             f"L{int(x.layer)} {x.domain_nmi:.3f}" for x in sp.itertuples()) + f"; largest lift {top.max_lift:.2f} "
             f"({top.max_lift_domain}, layer {int(top.layer)}, expert {int(top.max_lift_expert)}).")
-    sw = r["sweep"]
-    if sw is not None:
-        c = sw.curve[sw.curve.masked > 0]
-        wins = int((c.top_delta > c.random_delta).sum())
-        how = ("ranked by load on the evaluated tokens" if sw.options["rank_by"] == "eval"
-               else "ranked by load over the whole run")
-        s.append(f"Masking the most-used experts ({how}; reroute, {sw.options['tokens']} tokens, "
-                 f"at most {sw.options['domain_tokens']} per domain): loss delta " + ", ".join(
-            f"{int(x.masked)}/{sw.options['n_experts']} -> {x.top_delta:+.4f} (random {x.random_delta:+.4f} "
-            f"± {x.random_delta_std:.4f}, {int(x.random_seeds)} seeds)" for x in c.itertuples())
-            + f"; top-used hurts more than random at {wins} of {len(c)} fractions.")
-        if "run_top_delta" in c:
-            s.append("The same masks ranked by load over the whole run instead (its domain mix differs from the "
-                     "balanced sample): loss delta " + ", ".join(
-                         f"{int(x.masked)}/{sw.options['n_experts']} -> {x.run_top_delta:+.4f}" for x in c.itertuples())
-                     + f"; more than random at {int((c.run_top_delta > c.random_delta).sum())} of {len(c)} fractions.")
-        ds = sw.domain_summary.dropna(subset=["own", "on_others"])
-        n_own = int(ds.own_hurts_most.astype(bool).sum())
-        n_row = int((ds.own > ds.by_others).sum())
-        if not len(ds):
-            s.append("Per-domain ablation: not measured (it compares a domain's own experts with the others', "
-                     "and the run has fewer than two domains).")
-        else:
-            s.append(f"Per-domain ablation (each domain's top {sw.options['domain_top']} experts per layer by its "
-                     "load over the whole run; reroute): a domain's "
-                     f"own experts hurt it more than they hurt the other domains (mean) for {n_own} of {len(ds)} "
-                     f"domains, and more than the other domains' experts hurt it (mean) for {n_row} of {len(ds)}; "
-                     "own deltas "
-                     + ", ".join(f"{x.domain} {x.own:+.4f} (on others {x.on_others:+.4f})" for x in ds.itertuples())
-                     + ".")
+    if r["sweep"] is not None:
+        s += _sweep_summary(r["sweep"])
     rep = r["repetition"]
     if rep is not None:
         s.append("Consecutive tokens with the same first-choice expert: " + ", ".join(

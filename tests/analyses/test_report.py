@@ -266,3 +266,26 @@ def test_run_notes_name_interrupted_runs_and_imports():
     assert "is 'interrupted', not complete" in run_notes(NS(path="r", status="interrupted", info={}), ns)[0]
     notes = run_notes(NS(path="p", status="complete", info={"kind": "import", "source": {"name": "sglang"}}), ns)
     assert "p is an import (sglang)" in notes[0] and ns.skip_ablation
+
+
+def test_the_sweep_sentence_counts_measured_fractions_and_no_spread_of_one_seed():
+    """A fraction refused as unroutable (NaN) counted in "at k of N fractions", and one seed printed
+    "± 0.0000", a spread it never measured (found by a review)."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from analyses.report.render import _sweep_summary
+
+    curve = pd.DataFrame({"masked": [0, 4, 32], "top_delta": [0.0, 0.05, np.nan],
+                          "random_delta": [0.0, 0.01, np.nan], "random_delta_std": [np.nan, np.nan, np.nan],
+                          "random_seeds": [0, 1, 0]})
+    sw = SimpleNamespace(curve=curve, options={"rank_by": "eval", "tokens": 1000, "domain_tokens": 200,
+                                               "n_experts": 32, "domain_top": 4},
+                         domain_summary=pd.DataFrame(columns=["domain", "own", "on_others", "by_others",
+                                                              "own_hurts_most"]))
+    first = _sweep_summary(sw)[0]
+    assert "4/32 -> +0.0500 (random +0.0100, 1 seed)" in first and "±" not in first and "32/32" not in first
+    assert first.endswith("top-used hurts more than random at 1 of 1 fractions.")
+    curve.loc[1, ["random_delta_std", "random_seeds"]] = [0.002, 3]
+    assert "(random +0.0100 ± 0.0020, 3 seeds)" in _sweep_summary(sw)[0]
