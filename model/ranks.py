@@ -50,6 +50,10 @@ def init_distributed(backend: str | None = None) -> Shards | None:
     the whole world. None for a single process."""
     if not _start_process_group(backend):
         return None
+    if dist.get_backend() == "gloo":  # CPU ranks: one float32 GEMM path for all, as init_world does
+        from . import gemm  # (each rank measuring its own, near ties under load went apart: a flaky
+                            # test, the shards' sums no longer the whole model's bit for bit)
+        gemm.agree_across_ranks()
     return world_shards()
 
 

@@ -136,6 +136,14 @@ def test_gradients_match_single_process(worker_results):
         assert r["grad_rel_replicated"] <= 1e-4 and r["grad_rel_sharded"] <= 1e-4, r
 
 
+def test_every_rank_runs_rank_0s_gemm_path(worker_results):
+    """init_distributed (not only init_world) gives every CPU rank rank 0's float32 GEMM path: each
+    measuring its own, a near tie under a loaded machine went apart, and the shards' sums were no
+    longer the whole model's bit for bit (test_fp8_resident_sharded failed 4 times in 7 under load)."""
+    got = {r["rank"]: tuple(r["gemm"]) for r in per_rank(worker_results, "tiny")}
+    assert len({path for path, _ in got.values()}) == 1 and got[1][1] == "rank 0", got
+
+
 def test_fp8_resident_sharded(worker_results):
     # aligned shards: the FP8 activation blocks are the single process's, and the row-parallel GEMMs
     # (wo, w2) and the experts' sum accumulate in float64 (model.layers.LAYOUT_FREE_SUMS), so splitting

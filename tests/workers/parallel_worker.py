@@ -119,7 +119,10 @@ def bytes_checks(full, sh, out: dict) -> None:
 
 
 def run_case(case: dict, keep: list) -> dict:
-    out = {"name": case["name"], "rank": torch.distributed.get_rank()}
+    from model import gemm
+
+    c = gemm.choice()  # init_distributed made every rank take rank 0's float32 GEMM path
+    out = {"name": case["name"], "rank": torch.distributed.get_rank(), "gemm": [c.path, c.source]}
     kw = dict(dtype=getattr(torch, case.get("dtype", "float32")), gemm_impl=case.get("gemm_impl", "bf16"))
     parallel.WIDE_PARTIALS = case.get("wide_partials", True)
     try:
