@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from model import Transformer
+from probe.job import check_out_parent
 from probe.writer import write_json_atomic
 
 from .balance import RoutingTap, moe_gates, settle_biases, update_bias
@@ -79,9 +80,21 @@ class _Run:
         self.flush("running")
         return self._loop()
 
+    def _default_cache(self) -> Path | None:
+        """CORPUS/token_cache, or no cache where that cannot be written (a read-only corpus): saving
+        it failed after the whole corpus was tokenised. An explicit --token-cache is checked up front."""
+        d = self.ns.corpus / "token_cache"
+        try:
+            check_out_parent(d, "--token-cache", error=TrainError)
+        except TrainError as e:
+            if self.dist.main:
+                print(f"note: the tokenised corpus is not cached ({e})", file=sys.stderr)
+            return None
+        return d
+
     def _data(self, tok) -> _Data:
         ns, dist = self.ns, self.dist
-        cache = ns.token_cache or ns.corpus / "token_cache"
+        cache = ns.token_cache or self._default_cache()
         if dist.main:  # rank 0 tokenises (and caches); the others then read its cache
             train_streams = token_streams(ns.corpus / "train.jsonl", tok, cache)
         dist.barrier()

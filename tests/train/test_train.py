@@ -372,3 +372,16 @@ def test_ctrl_c_is_one_line_and_exit_status_130(corpus, tmp_path, monkeypatch, c
         cli.main(_flags(corpus, tmp_path / "run"))
     err = capsys.readouterr().err.strip()
     assert e.value.code == 130 and err.count("\n") == 0 and "is marked interrupted (continue it with --resume" in err
+
+
+def test_an_unwritable_default_token_cache_is_skipped_not_fatal(corpus, tmp_path, capsys):
+    """The default cache (CORPUS/token_cache) of a corpus that cannot take it (read-only, or a file
+    there) failed after the corpus was tokenised; now training goes on without the cache."""
+    import shutil
+
+    c = Path(shutil.copytree(corpus, tmp_path / "corpus", ignore=shutil.ignore_patterns("token_cache")))
+    (c / "token_cache").write_text("not a folder")
+    info = run(parse_args(_flags(c, tmp_path / "run", "--steps", "1", "--eval-every", "0",
+                                 "--checkpoint-every", "0")))
+    assert info["status"] == "complete" and (c / "token_cache").is_file()
+    assert "note: the tokenised corpus is not cached (--token-cache" in capsys.readouterr().err
