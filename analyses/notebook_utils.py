@@ -51,6 +51,7 @@ def balanced_corpus(corpus: str | Path, tokenizer: str | Path, tokens_per_domain
     from tokenizers import Tokenizer
 
     from probe.corpus import CorpusError, fingerprint, iter_documents
+    from probe.writer import replacing
 
     corpus, tokenizer = Path(corpus), Path(tokenizer)
     if not corpus.exists():
@@ -77,15 +78,13 @@ def balanced_corpus(corpus: str | Path, tokenizer: str | Path, tokens_per_domain
     if not picked:
         raise CorpusError(f"{corpus}: corpus has no documents")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     n = max(len(v) for v in picked.values())
-    with open(tmp, "w", encoding="utf-8") as f:
+    with replacing(out) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for i in range(n):
             for dom in sorted(picked):
                 if i < len(picked[dom]):
                     doc_id, text = picked[dom][i]
                     f.write(json.dumps({"id": doc_id, "domain": dom, "text": text}, ensure_ascii=False) + "\n")
-    os.replace(tmp, out)
     return out
 
 

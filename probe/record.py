@@ -201,12 +201,13 @@ def record(opts: RecordOptions) -> Path:
               f"{', ...' if len(skipped) > 3 else ''}); run.json lists them", file=sys.stderr)
     tables = [t for t in STREAM_TABLES if not (t == "routing" and opts.router_logits == "none")
               and not (t == "mtp" and not (opts.mtp and len(m.mtp)))]
-    info = run_info(job, plan, opts, world, m, tables)
+    bias_layers, biases = router_biases(m)  # once: the table, and run.json's list of tables
+    info = run_info(job, plan, opts, world, m, tables, has_router_bias=bool(bias_layers))
 
     def create() -> None:  # rank 0
         with os_refusal(f"--out {job.out}: cannot create the run there"):
             open_run(job.out, info, opts)
-        write_router_bias(job.out, m)
+        write_router_bias(job.out, bias_layers, biases)
 
     agree(world, create)
     if world.any(world.writes and not (job.out / "run.json").exists()):
@@ -225,7 +226,8 @@ def tokenizer_info(path: str | None, ckpt: Path) -> dict:
 SESSION_KEYS = ("status", "recorded", "cpu_gemm", "timings", "memory")  # run.json keys `finish` writes
 
 
-def run_info(job: Job, plan: CorpusPlan, opts: RecordOptions, world, m, tables: list[str]) -> dict:
+def run_info(job: Job, plan: CorpusPlan, opts: RecordOptions, world, m, tables: list[str],
+             has_router_bias: bool = True) -> dict:
     return {
         "status": "running", "format": 1,
         "checkpoint": {"path": str(job.ckpt.resolve()), "fingerprint": checkpoint_fingerprint(job.ckpt)},
@@ -237,7 +239,7 @@ def run_info(job: Job, plan: CorpusPlan, opts: RecordOptions, world, m, tables: 
         "model_args": job.args.to_dict(), "mtp_module": bool(len(m.mtp)),
         "options": {k: v for k, v in asdict(opts).items() if k not in NOT_RECORDED},
         "world": world.describe(),
-        "tables": tables + (FINAL_TABLES if opts.kv_stats else []) + ["router_bias"] * bool(router_biases(m)[0]),
+        "tables": tables + (FINAL_TABLES if opts.kv_stats else []) + (["router_bias"] if has_router_bias else []),
         "domains": sorted(plan.per_domain),
         "planned": {"windows": plan.windows, "tokens": plan.tokens, "batches": plan.batches,
                     "tokens_per_domain": plan.per_domain},
@@ -289,10 +291,10 @@ def check_resumable(old: dict, new: dict, out: Path) -> None:
             flag = "--" + k.replace("_", "-")
             raise RecordError(f"--resume: {out} was recorded with {flag} {was}, this command gives {now}: rerun the "
                               f"run's own command with --resume added")
-    layout = lambda w: (w.get("size"), w.get("model_parallel"))  # noqa: E731
-    if layout(old.get("world") or {}) != layout(new["world"]):
-        raise RecordError(f"--resume: the run was recorded with {old['world'].get('size')} ranks in replicas of "
-                          f"{old['world'].get('model_parallel')}, now {new['world']['size']} ranks in replicas of "
+    was = old.get("world") or {}
+    if (was.get("size"), was.get("model_parallel")) != (new["world"]["size"], new["world"]["model_parallel"]):
+        raise RecordError(f"--resume: the run was recorded with {was.get('size')} ranks in replicas of "
+                          f"{was.get('model_parallel')}, now {new['world']['size']} ranks in replicas of "
                           f"{new['world']['model_parallel']}: resume with the same torchrun and --model-parallel")
 
 
@@ -536,10 +538,10 @@ def router_biases(m) -> tuple[list[int], list[np.ndarray]]:
     return layers, biases
 
 
-def write_router_bias(out: Path, m) -> None:
-    """The checkpoint's balancing bias of every router (main MoE layers, then MTP blocks at layer
-    n_layers + k) as the `router_bias` table, step 0: what a training run logs over its steps."""
-    layers, biases = router_biases(m)
+def write_router_bias(out: Path, layers: list[int], biases: list[np.ndarray]) -> None:
+    """The checkpoint's balancing bias of every router (`router_biases`: main MoE layers, then MTP
+    blocks at layer n_layers + k) as the `router_bias` table, step 0: what a training run logs over
+    its steps."""
     if not layers:
         return
     E = len(biases[0])

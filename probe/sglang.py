@@ -445,9 +445,10 @@ def _per_token(dumps: list[Dump], shape: Shape, out: Path) -> dict:
     kept.sort(key=lambda x: x[0])
     vocab = (shape.args or {}).get("vocab_size")
     for fp, d, r in kept if vocab else ():
-        if len(r["input_ids"]) and max(map(int, r["input_ids"])) >= vocab:
-            raise SGLangError(f"{d.path}: pass {fp} holds input id {max(map(int, r['input_ids']))}, outside the "
-                              f"vocabulary of --config (vocab_size={vocab}): is it this model's dump?")
+        top = max(map(int, r["input_ids"]), default=-1)
+        if top >= vocab:
+            raise SGLangError(f"{d.path}: pass {fp} holds input id {top}, outside the vocabulary of --config "
+                              f"(vocab_size={vocab}): is it this model's dump?")
     logical_all = [(fp, d, r, _record_logical(d, r, shape)) for fp, d, r in kept]
     totals = np.zeros((shape.n_layers, shape.n_experts), np.int64)
     for _, _, _, lg in logical_all:

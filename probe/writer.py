@@ -94,9 +94,8 @@ def write_result_part(out: str | Path, table: str, df, key: dict, meta: dict, pa
     d = out / table
     with os_refusal(f"{out}: cannot write the {table} table there", RunError):  # the jobs check --out up front
         d.mkdir(parents=True, exist_ok=True)
-        tmp = d / f".{name}.parquet.tmp{os.getpid()}"
-        pq.write_table(arrow, tmp, compression="zstd")
-        os.replace(tmp, d / f"{name}.parquet")
+        with replacing(d / f"{name}.parquet") as tmp:
+            pq.write_table(arrow, tmp, compression="zstd")
     def new() -> dict:
         return {"status": "complete", "format": 1, "kind": table, "checkpoint": meta["checkpoint"],
                 "corpus": meta["corpus"], "model_args": args.to_dict() if args is not None else None,

@@ -19,6 +19,7 @@ from . import data as rd
 from . import research
 from analyses.notebook_utils import DEFAULT_RUN
 from probe.job import MODEL_FLAGS
+from probe.writer import replacing
 
 ONE_DOMAIN = ("the run has one domain ({}): record a corpus with two or more (a sub-folder or a `domain` field "
               "each; with --max-tokens the default --order domains takes tokens from every domain).")
@@ -361,9 +362,8 @@ def write_html(r: dict, figs: dict, path: Path, argv: list[str]) -> Path:
            "collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}</style>"
            f'<script type="text/javascript">{get_plotlyjs()}</script></head><body>{toc}{"".join(parts)}</body></html>')
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(doc, encoding="utf-8")
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        tmp.write_text(doc, encoding="utf-8")
     return path
 
 
@@ -388,9 +388,8 @@ def write_findings(r: dict, figs: dict, path: Path, argv: list[str]) -> Path:
         for title, _, table, index in items:
             lines += ["", f"{title}:", "", md_table(table, index=index)]
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
 
