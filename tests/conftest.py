@@ -68,13 +68,14 @@ LONGEST_FIRST = [
     "analyses/test_notebooks.py",  # ~40 s: ten notebooks in two kernels
     "e2e/test_mp_resume.py",  # ~40 s: torchrun launches killed and resumed
     "e2e/test_mp_jobs.py",  # ~35 s: a four-rank launch of five jobs
-    "probe/test_record.py",  # ~35 s
     "model/test_parallel.py",  # ~35 s
     "e2e/test_dashboard_e2e.py",  # ~30 s: streamlit and chromium
     "train/test_train.py",  # ~30 s
     "benchmarks/test_benchmark_scripts.py",  # ~25 s: the GPU checks' runner in its CPU mode
+    "probe/test_resume.py",  # ~25 s: records stopped and resumed, two processes
     "analyses/test_report.py", "analyses/test_ablate.py",  # ~15 s each
     "dashboards/test_research_views.py", "model/test_tensor_reader.py", "dashboards/test_serving.py",  # ~10 s
+    "probe/test_record.py",  # ~10 s
 ]
 
 

@@ -1,14 +1,13 @@
-"""The record job: tables against direct computation, multi-process equality, interrupt/resume, bad input."""
+"""The record job: tables against direct computation, windows and corpora, bad input. (Interrupt,
+resume and several processes: test_resume.py.)"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,36 +19,9 @@ import probe
 from probe.record import RecordError, RecordOptions, record
 from probe.writer import RunError
 
-from helpers.processes import HELD_PROBE, hold_env, wait_until_held
-
+from helpers.records import rec, sorted_df
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def rec(env, out, **kw):
-    opts = RecordOptions(ckpt=str(env["ckpt"]), corpus=str(kw.pop("corpus", env["corpus"])), out=str(out),
-                         seq_len=kw.pop("seq_len", 64), batch_size=kw.pop("batch_size", 4), progress=False, **kw)
-    return record(opts)
-
-
-def sorted_df(run, table):
-    df = run.df(table)
-    keys = [c for c in ("step", "seq_id", "pos", "layer", "expert", "domain", "component") if c in df.columns]
-    return df.sort_values(keys).reset_index(drop=True)
-
-
-def assert_tables_equal(a, b, tables):
-    for t in tables:
-        da, db = sorted_df(a, t), sorted_df(b, t)
-        assert len(da) == len(db) and len(da) > 0, t
-        for c in da.columns:
-            x, y = da[c].to_numpy(), db[c].to_numpy()
-            if x.dtype == object and len(x) and isinstance(x[0], np.ndarray):
-                assert all(np.allclose(u, v, atol=1e-5) if u is not None else v is None for u, v in zip(x, y)), (t, c)
-            elif np.issubdtype(x.dtype, np.floating):
-                np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5, err_msg=f"{t}.{c}")
-            else:
-                assert (x == y).all(), (t, c)
 
 
 @pytest.fixture(scope="module")
@@ -365,163 +337,6 @@ def test_non_utf8_bytes_are_replaced_and_counted(probe_env, tmp_path):
     assert run.info["corpus"]["files_with_replacements"] == ["x/a.txt"]
 
 
-# ------------------------------------------------------------- interrupt / resume / torchrun
-def record_cmd(env, corpus, out, *extra):
-    return [sys.executable, "-m", "probe", "record", "--ckpt", str(env["ckpt"]), "--corpus", str(corpus),
-            "--out", str(out), "--seq-len", "32", "--batch-size", "2", "--max-tokens", str(MAX_TOKENS), "--no-progress",
-            *extra]
-
-
-@pytest.fixture(scope="module")
-def big_corpus(tmp_path_factory):
-    from helpers import make_corpus
-
-    return make_corpus(tmp_path_factory.mktemp("bigc") / "corpus", docs_per_domain=8, seed=1, scale=3)
-
-
-@pytest.fixture(scope="module")
-def reference_run(probe_env, big_corpus, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ref") / "run"
-    return probe.open_run(rec(probe_env, out, corpus=big_corpus, seq_len=32, batch_size=2, router_logits="full",
-                              max_tokens=MAX_TOKENS))
-
-
-TABLES = ["tokens", "routing", "expert_load", "mtp", "kv_stats", "kv_spectrum", "router_bias"]
-MAX_TOKENS = 3000  # ~50 batches of 2 x 32: enough to stop a run in the middle, quick to record
-
-
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_signal_then_resume_equals_uninterrupted(probe_env, big_corpus, reference_run, tmp_path, monkeypatch, sig):
-    """Ctrl-C or SIGTERM while recording (sent to this process after the 7th batch): the batch in
-    flight finishes, the rows are committed, run.json says interrupted, and --resume completes a run
-    equal to the uninterrupted one."""
-    from probe.recorders import Recorder
-
-    calls = []
-    real_run = Recorder.run
-
-    def run_then_signal(self, batch):
-        out = real_run(self, batch)
-        calls.append(batch.index)
-        if len(calls) == 7:
-            os.kill(os.getpid(), sig)
-        return out
-
-    monkeypatch.setattr(Recorder, "run", run_then_signal)
-    out = tmp_path / "run"
-    kw = dict(corpus=big_corpus, seq_len=32, batch_size=2, router_logits="full", commit_every=2, max_tokens=MAX_TOKENS)
-    with pytest.raises(KeyboardInterrupt, match="continue with --resume"):
-        rec(probe_env, out, **kw)
-    partial = probe.open_run(out)
-    assert partial.status == "interrupted" and calls == list(range(7))
-    assert partial.df("tokens").seq_id.nunique() == 14  # 7 batches of 2 windows, all committed
-    assert "kv_stats" not in partial.tables
-    monkeypatch.setattr(Recorder, "run", real_run)
-    # another command noted its work in run.json while the run waited (spec's summary): the resume
-    # keeps it (it rewrote run.json without it, found by a review)
-    info = json.loads((out / "run.json").read_text())
-    (out / "run.json").write_text(json.dumps(info | {"spec_decode": {"prompts": 3}}))
-    done = probe.open_run(rec(probe_env, out, resume=True, **kw))
-    assert done.status == "complete" and done.info["resumed"] == 1
-    assert done.info["spec_decode"] == {"prompts": 3} and done.info["recorded"]["tokens"] > 0
-    assert_tables_equal(done, reference_run, TABLES)
-
-
-@pytest.mark.slow
-def test_kill_then_resume_equals_uninterrupted(probe_env, big_corpus, reference_run, tmp_path):
-    """SIGKILL of the record process (no chance to commit): the run stays readable (status running),
-    --resume drops the uncommitted rows and completes a run equal to the uninterrupted one."""
-    out = tmp_path / "run"
-    # held at the start of batch 5 (helpers/held_probe.py): batches 0-3 committed, batch 4 written, not committed
-    gate = tmp_path / "gate"
-    env = os.environ | {"PYTHONPATH": str(REPO)} | hold_env(gate, 5)
-    cmd = record_cmd(probe_env, big_corpus, out, "--router-logits", "full", "--commit-every", "2")
-    assert cmd[1:3] == ["-m", "probe"]
-    proc = subprocess.Popen([cmd[0], str(HELD_PROBE), *cmd[3:]], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
-    assert wait_until_held(proc, gate), "the run ended before batch 5: " + proc.stderr.read()[-2000:]
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=120)
-    partial = probe.open_run(out)  # readable after a kill
-    assert partial.status == "running"
-    assert partial.info["versions"]["arrow_allocator"] == "system"  # a job's entry point (probe/allocator.py)
-    assert 0 < len(partial.df("tokens")) < reference_run.info["planned"]["tokens"]
-    assert "kv_stats" not in partial.tables
-    done = probe.open_run(rec(probe_env, out, corpus=big_corpus, seq_len=32, batch_size=2, router_logits="full",
-                              max_tokens=MAX_TOKENS, resume=True))
-    assert done.status == "complete"
-    assert_tables_equal(done, reference_run, TABLES)
-
-
-def test_resume_refuses_changed_options(probe_env, big_corpus, reference_run, tmp_path):
-    import shutil
-
-    out = tmp_path / "copy"
-    shutil.copytree(reference_run.path, out)
-    with pytest.raises(RecordError, match=r"was recorded with --seq-len 32, this command gives 64: rerun the run's "
-                                          r"own command with --resume added"):
-        rec(probe_env, out, corpus=big_corpus, resume=True, router_logits="full", batch_size=2)
-
-
-def test_resume_refuses_another_tokenizer_and_a_run_record_did_not_make(probe_env, big_corpus, reference_run, tmp_path):
-    """--resume with another --tokenizer went through and mixed two tokenisations in one "complete"
-    run; on a run made by `import sglang` or `spec` it was a KeyError traceback (found by a review)."""
-    import shutil
-
-    out = tmp_path / "copy"
-    shutil.copytree(reference_run.path, out)
-    kw = dict(corpus=big_corpus, seq_len=32, batch_size=2, router_logits="full", max_tokens=MAX_TOKENS, resume=True)
-    assert reference_run.info["tokenizer"]["fingerprint"]
-    other = tmp_path / "tokenizer.json"
-    tok = json.loads((probe_env["ckpt"] / "tokenizer.json").read_text())
-    tok["model"]["merges"] = tok["model"]["merges"][:20]  # the same vocabulary, another tokenisation
-    other.write_text(json.dumps(tok))
-    with pytest.raises(RecordError, match=r"--resume: the tokenizer differs from the one .* \(--tokenizer "):
-        rec(probe_env, out, tokenizer=str(other), **kw)
-    # a run recorded before run.json named its tokenizer: the option must at least be the same
-    info = json.loads((out / "run.json").read_text())
-    del info["tokenizer"]
-    (out / "run.json").write_text(json.dumps(info))
-    with pytest.raises(RecordError, match=r"was recorded with --tokenizer None, this command gives .*tokenizer.json"):
-        rec(probe_env, out, tokenizer=str(other), **kw)
-    for kind, drop in (("import", "checkpoint"), ("spec", "corpus")):
-        made = {k: v for k, v in info.items() if k != drop} | {"kind": kind}
-        (out / "run.json").write_text(json.dumps(made))
-        with pytest.raises(RecordError, match=rf"is not a record run \(made by `dsv3-probe {kind}`: its run.json "
-                                              rf"has no {drop} fingerprint to resume against\); pick another --out"):
-            rec(probe_env, out, **kw)
-
-
-def test_a_second_signal_stops_at_once_and_keeps_the_committed_batches(probe_env, big_corpus, reference_run, tmp_path,
-                                                                       monkeypatch):
-    """The second Ctrl-C (raised inside a batch) left run.json "running" and the command said it was
-    "interrupted before anything was recorded" (found by a review): now the batch in flight is
-    dropped, the run is marked interrupted and --resume completes it."""
-    from probe.recorders import Recorder
-
-    calls, real_run = [], Recorder.run
-
-    def run_then_two_signals(self, batch):
-        got = real_run(self, batch)
-        calls.append(batch.index)
-        if len(calls) == 7:
-            os.kill(os.getpid(), signal.SIGINT)
-            os.kill(os.getpid(), signal.SIGINT)  # raises KeyboardInterrupt here, in the batch
-        return got
-
-    monkeypatch.setattr(Recorder, "run", run_then_two_signals)
-    out = tmp_path / "run"
-    kw = dict(corpus=big_corpus, seq_len=32, batch_size=2, router_logits="full", commit_every=2, max_tokens=MAX_TOKENS)
-    with pytest.raises(KeyboardInterrupt, match=r"second signal; .* is marked interrupted, its committed batches "
-                                                r"kept \(continue with --resume\)"):
-        rec(probe_env, out, **kw)
-    partial = probe.open_run(out)
-    assert partial.status == "interrupted"
-    assert partial.df("tokens").seq_id.nunique() == 12  # batches 0-5 committed (every 2); the 7th dropped
-    monkeypatch.setattr(Recorder, "run", real_run)
-    assert_tables_equal(probe.open_run(rec(probe_env, out, resume=True, **kw)), reference_run, TABLES)
-
-
 def test_a_router_without_a_bias_lists_no_router_bias_table(probe_env, tmp_path):
     """A softmax router (DeepSeek-V2's) has no balancing bias: run.json listed a router_bias table that
     was never written, which the dashboard reads as lost files (found by a review)."""
@@ -539,70 +354,9 @@ def test_a_router_without_a_bias_lists_no_router_bias_table(probe_env, tmp_path)
     assert "router_bias" not in run.info["tables"] and not (out / "router_bias").exists()
 
 
-@pytest.mark.slow
-def test_two_processes_equal_one(probe_env, big_corpus, reference_run, tmp_path):
-    out = tmp_path / "run2"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
-           "-m", "probe", *record_cmd(probe_env, big_corpus, out, "--router-logits", "full")[3:]]
-    p = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"PYTHONPATH": str(REPO),
-                                                                                "OMP_NUM_THREADS": "1"})
-    assert p.returncode == 0, p.stderr[-3000:]
-    run2 = probe.open_run(out)
-    world = run2.info["world"]
-    assert (world["size"], world["model_parallel"], world["replicas"], world["backend"]) == (2, 1, 2, "gloo")
-    assert len(world["devices"]) == 2 and all(d.endswith(":cpu") for d in world["devices"])
-    assert {f.name[:4] for f in run2.files("routing")} == {"r000", "r001"}
-    assert_tables_equal(run2, reference_run, TABLES)
-
-
 def test_readme_table_reference_is_generated_from_schema():
     """The README's run-table reference is `probe.schema.markdown()` verbatim (regenerate it when a
     column changes)."""
     import probe.schema as sch
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert sch.markdown() in readme, "README 'Run tables' is stale: paste probe.schema.markdown() there"
-
-
-def test_a_rank_stuck_after_a_signal_is_stopped_by_the_watchdog():
-    """Under several ranks a signal starts a watchdog: if the loop (here: a sleep standing for a
-    collective that waits on a dead peer) has not ended `grace` seconds later, on_stuck runs; a loop
-    that ends in time is left alone."""
-    from probe.record import _Stop
-
-    calls = []
-    with _Stop(calls.append, grace=0.3) as stop:
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(1.0)  # stuck
-    assert calls == [signal.SIGTERM] and stop.signal == signal.SIGTERM
-    calls.clear()
-    with _Stop(calls.append, grace=0.5):
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(0.1)  # the loop ends in time
-    time.sleep(0.6)
-    assert calls == []
-
-
-def test_a_rank_leaving_after_a_failure_ignores_the_signals_that_follow():
-    """A rank whose peer died leaves the loop, marks the run and says so; torchrun's SIGTERM comes at a
-    moment of its own, and must not kill the rank in between: after ignore_from_now the block ends
-    with SIGINT and SIGTERM ignored. Without it the handlers in place before are restored (control)."""
-    from probe.record import _Stop
-
-    def mine(signum, frame):  # what the process had before the loop
-        raise AssertionError("the previous handler ran")
-
-    old = {s: signal.signal(s, mine) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with _Stop() as stop:
-            stop.ignore_from_now()
-        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-        os.kill(os.getpid(), signal.SIGTERM)  # ignored: the test goes on
-        time.sleep(0.05)
-        for s in old:
-            signal.signal(s, mine)
-        with _Stop():
-            pass
-        assert signal.getsignal(signal.SIGTERM) is mine and signal.getsignal(signal.SIGINT) is mine
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
