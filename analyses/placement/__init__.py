@@ -28,9 +28,11 @@ before (the plain contiguous placement: experts in order, E / GPUs per GPU, no r
 `--format sglang | eplb | logical-count` writes what SGLang or deepseek-ai/EPLB read (export.py).
 
 NOTE: greedy packing is a heuristic; in contrived cases (loads [3, 3, 0, 2, 2, 2] on 2 GPUs) it
-loses to the contiguous placement. When E is a multiple of the GPU count the planner therefore also
-tries the contiguous placement (its spare slots filled with replicas of experts already on that GPU,
-which leaves every GPU's load unchanged) and keeps the better, so balancedness after >= before.
+loses to the contiguous placement. The planner therefore also tries the contiguous placement (its
+spare slots filled with replicas of experts already on that GPU, which leaves every GPU's load
+unchanged) and keeps the better, so balancedness after >= before. In hierarchical mode on several
+nodes it may only do so where the contiguous placement keeps each expert group on one node (always
+when E divides by the GPU count); elsewhere the node constraint comes first.
 """
 
 from __future__ import annotations
@@ -169,17 +171,21 @@ def _place(loads: np.ndarray, experts: np.ndarray, n_slots: int, n_gpus: int) ->
     return out
 
 
-def _contiguous(loads: np.ndarray, n_gpus: int, per: int) -> np.ndarray | None:
-    """The contiguous placement padded with same-GPU replicas (each GPU's spare slots go to its own
-    experts, highest load per replica first); None unless E divides by n_gpus."""
-    E = len(loads)
-    if E % n_gpus:
-        return None
+def _contiguous(loads: np.ndarray, n_gpus: int, per: int) -> np.ndarray:
+    """The contiguous placement (`np.array_split` of the experts in order, as `gpu_load_before`)
+    padded with same-GPU replicas: each GPU's spare slots go to its own experts, highest load per
+    replica first, which leaves every GPU's load as it was before."""
     out = np.empty((n_gpus, per), dtype=np.int64)
-    for g, chunk in enumerate(np.arange(E).reshape(n_gpus, -1)):
-        r = replicate(loads[chunk], per)
-        out[g] = np.repeat(chunk, r)
+    for g, chunk in enumerate(np.array_split(np.arange(len(loads)), n_gpus)):
+        out[g] = np.repeat(chunk, replicate(loads[chunk], per))
     return out
+
+
+def _keeps_groups(plan: np.ndarray, n_nodes: int, groups: int, n_experts: int) -> bool:
+    """Whether every expert group's replicas all lie on one node (what hierarchical mode promises)."""
+    node = np.repeat(np.arange(n_nodes), plan.size // n_nodes)  # node of each physical slot
+    group = plan.reshape(-1) // (n_experts // groups)
+    return all(len(np.unique(node[group == k])) <= 1 for k in range(groups))
 
 
 # ------------------------------------------------------------------------------ planner
@@ -224,8 +230,8 @@ def plan_placement(loads, n_gpus: int, n_nodes: int = 1, n_redundant: int = 0, g
         plan = np.concatenate([_place(x, members[node_of_group == n].reshape(-1), n_slots // n_nodes, gpn)
                                for n in range(n_nodes)])
     out = Placement(x, plan, n_nodes, mode)
-    fallback = _contiguous(x, n_gpus, per)
-    if fallback is not None:
+    fallback = _contiguous(x, n_gpus, per)  # per >= ceil(E / gpus): every chunk fits
+    if mode == "global" or n_nodes == 1 or _keeps_groups(fallback, n_nodes, groups, E):
         alt = Placement(x, fallback, n_nodes, mode)
         if _max(alt.gpu_load) < _max(out.gpu_load) - 1e-9:
             out = alt

@@ -66,6 +66,31 @@ def test_greedy_loses_to_contiguous_is_caught():
     np.testing.assert_allclose(p.gpu_load, [6, 6])
 
 
+@pytest.mark.parametrize("loads, gpus, redundant", [
+    ([4, 0, 1, 5, 2, 5, 3], 2, 1),  # greedy + swaps: 10.5 | 9.5 against the contiguous 10 | 10
+    ([0, 4, 2, 2, 4], 3, 4),  # greedy + swaps: 4.33 at most against the contiguous 4 | 4 | 4
+])
+def test_contiguous_is_kept_when_experts_do_not_divide(loads, gpus, redundant):
+    # E is not a multiple of the GPU count: the contiguous placement is uneven (array_split), padded
+    # here with its own GPUs' replicas, and still wins over the packing heuristic in these cases
+    for mode in ("global", "hierarchical"):
+        p = plan_placement(loads, n_gpus=gpus, n_redundant=redundant, mode=mode)
+        np.testing.assert_allclose(p.gpu_load, p.gpu_load_before)
+        assert p.replicas.sum() == len(loads) + redundant and (p.replicas >= 1).all()
+
+
+def test_contiguous_fallback_keeps_groups_on_their_node():
+    # 10 experts in 2 groups on 4 GPUs of 2 nodes: the contiguous split [0-2 | 3-5 | 6-7 | 8-9] has
+    # the lower maximum (9 against 10) but puts experts 3 and 4 (group 1) on node 0, so hierarchical
+    # mode may not fall back to it
+    loads = [4, 2, 0, 6, 0, 2, 4, 4, 1, 8]
+    p = plan_placement(loads, n_gpus=4, n_nodes=2, n_redundant=2, groups=2)
+    node_of = {int(e): g // 2 for g in range(4) for e in p.phy_to_log[g]}
+    assert len({node_of[e] for e in range(5)}) == 1 and len({node_of[e] for e in range(5, 10)}) == 1
+    assert p.gpu_load.max() == pytest.approx(10)  # worse than before (9): the node constraint first
+    assert plan_placement(loads, n_gpus=4, n_redundant=2, mode="global").gpu_load.max() <= 9
+
+
 @pytest.mark.parametrize("mode", ["hierarchical", "global"])
 @pytest.mark.parametrize("seed", range(6))
 def test_invariants_on_random_loads(mode, seed):
