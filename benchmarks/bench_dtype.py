@@ -114,22 +114,6 @@ def print_gemms(ckpt: str | None, batch_size: int) -> None:
               f"bfloat16 {flops / b16 / 1e9:,.0f} GF/s ({f32 / b16:.1f}x)")
 
 
-def compare(ref: tuple, got: tuple) -> dict:
-    """Top-k sets, top-1 and experts differing per (token, MoE layer) pair, and mean loss per domain,
-    of one record (`got`: tokens and routing tables) against another (`ref`)."""
-    from analyses.metrics import routing_agreement_by_layer
-
-    (t_ref, r_ref), (t_got, r_got) = ref, got
-    ag = routing_agreement_by_layer(r_ref, r_got)
-    w = ag.tokens / ag.tokens.sum()
-    K = len(r_ref.expert_ids.iloc[0])
-    loss = t_ref.merge(t_got, on=["seq_id", "pos"], suffixes=("_ref", "_got")).groupby("domain_ref")[
-        ["loss_ref", "loss_got"]].mean()
-    return {"pairs": int(ag.tokens.sum()), "K": K, "same_set": (w * ag.set_same).sum(),
-            "top1": (w * ag.top1_same).sum(), "differ": K * (1 - (w * ag.overlap).sum()),
-            "per_layer": ag.set_index("layer").set_same, "loss": loss}
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", help="checkpoint (default: the bundled model)")
@@ -148,6 +132,7 @@ def main() -> None:
         p.error(f"--config {ns.config}: no such file")
 
     import probe
+    from analyses.metrics import record_agreement
     from model import gemm
     from probe.record import RecordOptions, record
 
@@ -181,7 +166,7 @@ def main() -> None:
         ratio = "" if name == "float32" else f": {secs['float32'] / secs[name]:.2f}x float32"
         print(f"{labels[name]:{width}} {n / secs[name]:9,.0f} tokens/s ({secs[name]:.1f} s){ratio}")
     for name in [v for v in runs if v != "float32"]:
-        c = compare(runs["float32"], runs[name])
+        c = record_agreement(*runs["float32"], *runs[name])
         print(f"{labels[name]} against float32: {n:,} tokens, {c['pairs']:,} (token, MoE layer) pairs, K = {c['K']}")
         print(f"top-k set identical {100 * c['same_set']:.2f}%, top-1 identical {100 * c['top1']:.2f}%, "
               f"experts differing per pair {c['differ']:.3f} of {c['K']}")

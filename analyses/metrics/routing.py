@@ -287,6 +287,24 @@ def routing_agreement_by_layer(routing_a, routing_b) -> "pandas.DataFrame":  # n
     return pd.DataFrame(rows)
 
 
+def record_agreement(tokens_ref, routing_ref, tokens_got, routing_got) -> dict:
+    """One record against another of the same windows (e.g. bfloat16 or a GPU against float32 on the
+    CPU), in numpy and pandas only: `routing_agreement_by_layer` summed over the MoE layers (each
+    weighted by its matched pairs) and the mean loss per domain of both. tokens_*: DataFrames with
+    seq_id, pos, domain and loss. Keys: pairs (matched (token, layer) pairs), of (routing_ref's
+    rows), K, same_set, top1, differ (experts differing per pair, of K), per_layer (same_set by
+    layer), loss (per domain: loss_ref, loss_got) and loss_move (the largest move of a domain's mean)."""
+    ag = routing_agreement_by_layer(routing_ref, routing_got)
+    w = ag.tokens / ag.tokens.sum()
+    K = len(_routing_frame(routing_ref, "routing_ref").expert_ids.iloc[0])
+    t = tokens_ref.merge(tokens_got, on=["seq_id", "pos"], suffixes=("_ref", "_got"))
+    loss = t.groupby("domain_ref")[["loss_ref", "loss_got"]].mean()
+    return {"pairs": int(ag.tokens.sum()), "of": len(routing_ref), "K": K,
+            "same_set": float((w * ag.set_same).sum()), "top1": float((w * ag.top1_same).sum()),
+            "differ": float(K * (1 - (w * ag.overlap).sum())), "per_layer": ag.set_index("layer").set_same,
+            "loss": loss, "loss_move": float((loss.loss_got - loss.loss_ref).abs().max())}
+
+
 def _routing_frame(table, name: str) -> "pandas.DataFrame":  # noqa: F821
     """The routing columns of a pandas DataFrame or an Arrow table; a missing column is an error."""
     df = table.to_pandas() if hasattr(table, "to_pandas") and not hasattr(table, "merge") else table

@@ -493,3 +493,23 @@ def test_run_bad_input_errors(synth, tmp_path):
         M.vocabulary_specialisation_from_run(run, against="prev")
     with pytest.raises(ValueError, match="not a run directory"):
         M.balance_table(tmp_path / "nothing")
+
+
+def test_record_agreement_by_hand():
+    import pandas as pd
+
+    # two MoE layers, K = 2; layer 1: 3 pairs (sets equal, equal, differ by one), layer 2: 1 pair (differ)
+    ref = pd.DataFrame({"seq_id": [0, 0, 1, 0], "pos": [0, 1, 0, 0], "layer": [1, 1, 1, 2],
+                        "expert_ids": [np.array(v) for v in ([1, 2], [3, 4], [5, 6], [0, 1])]})
+    got = ref.assign(expert_ids=[np.array(v) for v in ([2, 1], [3, 4], [5, 7], [2, 3])])
+    toks = pd.DataFrame({"seq_id": [0, 0, 1], "pos": [0, 1, 0], "domain": ["a", "a", "b"], "loss": [1.0, 3.0, 2.0]})
+    c = M.record_agreement(toks, ref, toks.assign(loss=[1.5, 3.0, 2.25]), got)
+    assert (c["pairs"], c["of"], c["K"]) == (4, 4, 2)
+    assert c["same_set"] == pytest.approx(2 / 4)  # pairs weigh equally: layer 1 2/3 over 3 pairs, layer 2 0 over 1
+    assert c["top1"] == pytest.approx(2 / 4)  # [2, 1] vs [1, 2] keeps the set, not the top-1
+    assert c["differ"] == pytest.approx(2 * (1 - (1 + 1 + 0.5 + 0) / 4))  # 0.75 experts of 2
+    assert c["per_layer"].to_dict() == pytest.approx({1: 2 / 3, 2: 0.0})
+    assert c["loss"].loc["a"].tolist() == [2.0, 2.25] and c["loss"].loc["b"].tolist() == [2.0, 2.25]
+    assert c["loss_move"] == pytest.approx(0.25)
+    with pytest.raises(M.MetricsError, match="share no"):
+        M.record_agreement(toks, ref, toks, got.assign(seq_id=got.seq_id + 9))

@@ -47,7 +47,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 import probe  # noqa: E402
-from analyses.metrics import MetricsError, routing_agreement_by_layer  # noqa: E402 (numpy, pandas: no DuckDB)
+from analyses.metrics import MetricsError, record_agreement  # noqa: E402 (numpy, pandas: no DuckDB)
 from model import kernels  # noqa: E402
 from model.saving import fp8_copy  # noqa: E402
 from probe.job import DEFAULT_CKPT  # noqa: E402
@@ -93,18 +93,14 @@ def record_run(out: Path, device: str, dtype: str, ns, ckpt: str | None = None, 
 
 
 def compare(ref: dict, got: dict) -> dict:
-    """Top-k sets and top-1 of every (token, MoE layer) pair, and mean loss per domain, got vs ref."""
+    """`record_agreement` of got against ref; no (token, layer) in common is reported as a failed
+    check, not a traceback."""
     try:
-        ag = routing_agreement_by_layer(ref["routing"], got["routing"])
-    except MetricsError as e:  # no (token, layer) in common: reported as a failed check, not a traceback
+        return record_agreement(ref["tokens"], ref["routing"], got["tokens"], got["routing"])
+    except MetricsError as e:
         print(f"\n{got['label']}: {e}")
-        ag = pd.DataFrame({"layer": [], "tokens": [], "set_same": [], "top1_same": []})
-    w = ag.tokens / max(1, ag.tokens.sum())
-    t = ref["tokens"].merge(got["tokens"], on=["seq_id", "pos"], suffixes=("_ref", "_got"))
-    loss = t.groupby("domain_ref")[["loss_ref", "loss_got"]].mean()
-    return {"pairs": int(ag.tokens.sum()), "of": len(ref["routing"]), "same": float((w * ag.set_same).sum()),
-            "top1": float((w * ag.top1_same).sum()), "per_layer": ag.set_index("layer").set_same,
-            "loss": loss, "loss_move": float((loss.loss_got - loss.loss_ref).abs().max())}
+        return {"pairs": 0, "of": len(ref["routing"]), "same_set": 0.0, "top1": 0.0, "per_layer": pd.Series(),
+                "loss": pd.DataFrame(columns=["loss_ref", "loss_got"]), "loss_move": float("inf")}
 
 
 def spec_run(out: Path, device: str, ns) -> dict:
@@ -117,13 +113,13 @@ def spec_run(out: Path, device: str, ns) -> dict:
 
 
 def report(ref: dict, got: dict, c: dict, same_min: float, loss_max: float) -> bool:
-    ok = c["pairs"] == c["of"] and c["same"] >= same_min and c["loss_move"] <= loss_max
+    ok = c["pairs"] == c["of"] and c["same_set"] >= same_min and c["loss_move"] <= loss_max
     n = len(got["tokens"])
     print(f"\n{got['label']}: {n:,} tokens in {got['secs']:.1f} s ({n / got['secs']:,.0f} tokens/s; "
           f"{ref['label']}: {len(ref['tokens']) / ref['secs']:,.0f})")
     bound = f">= {100 * same_min:.1f}%" if same_min > 0 else "measured, not judged"
     print(f"  routing vs {ref['label']}: {c['pairs']:,} of {c['of']:,} (token, layer) pairs matched, top-k sets "
-          f"identical {100 * c['same']:.2f}% ({bound}), top-1 {100 * c['top1']:.2f}%; per layer "
+          f"identical {100 * c['same_set']:.2f}% ({bound}), top-1 {100 * c['top1']:.2f}%; per layer "
           + ", ".join(f"{layer} {100 * v:.2f}%" for layer, v in c["per_layer"].items()))
     print(f"  mean loss per domain, {ref['label']} / this: "
           + ", ".join(f"{d} {row.loss_ref:.4f} / {row.loss_got:.4f}" for d, row in c["loss"].iterrows())

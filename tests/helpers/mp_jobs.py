@@ -13,11 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-
 import model
 
 from . import make_corpus, make_tokenizer, random_model
+from .tables import assert_same_tables, sorted_df  # noqa: F401 (the e2e tests import them from here)
 
 ROOT = Path(__file__).resolve().parents[2]
 TOPOLOGY = dict(n_routed_experts=256, n_expert_groups=8, n_limited_groups=4, n_activated_experts=8, moe_inter_dim=8)
@@ -54,35 +53,6 @@ def torchrun(nproc: int, *args: str, timeout: int = 300, popen: bool = False, en
     if popen:
         return subprocess.Popen(cmd, **kw)
     return subprocess.run(cmd, timeout=timeout, **kw)
-
-
-
-def sorted_df(run, table):
-    df = run.df(table)
-    keys = [c for c in ("step", "seq_id", "pos", "layer", "expert", "domain", "component", "doc_id", "position",
-                        "ablation") if c in df.columns]
-    return df.sort_values(keys).reset_index(drop=True)
-
-
-def assert_same_tables(a, b, tables, rtol=1e-9):
-    """Same rows; integers, ids and strings equal; floats (losses, weights, scores) within rtol."""
-    for t in tables:
-        da, db = sorted_df(a, t), sorted_df(b, t)
-        assert len(da) == len(db) > 0, (t, len(da), len(db))
-        for c in da.columns:
-            x, y = da[c].to_numpy(), db[c].to_numpy()
-            if x.dtype == object and any(isinstance(v, np.ndarray) for v in x):
-                for u, v in zip(x, y):
-                    assert (u is None) == (v is None), (t, c)
-                    if u is not None:
-                        if np.issubdtype(u.dtype, np.floating):
-                            np.testing.assert_allclose(u, v, rtol=rtol, atol=1e-12, err_msg=f"{t}.{c}")
-                        else:
-                            np.testing.assert_array_equal(u, v, err_msg=f"{t}.{c}")
-            elif np.issubdtype(x.dtype, np.floating):
-                np.testing.assert_allclose(x, y, rtol=rtol, atol=1e-12, err_msg=f"{t}.{c}")
-            else:
-                assert (x == y).all(), (t, c)
 
 
 

@@ -18,7 +18,8 @@ import probe
 from probe.record import RecordError
 
 from helpers.processes import HELD_PROBE, hold_env, wait_until_held
-from helpers.records import assert_tables_equal, rec
+from helpers.records import rec
+from helpers.tables import assert_same_tables
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,6 +46,9 @@ def reference_run(probe_env, big_corpus, tmp_path_factory):
 
 TABLES = ["tokens", "routing", "expert_load", "mtp", "kv_stats", "kv_spectrum", "router_bias"]
 MAX_TOKENS = 3000  # ~50 batches of 2 x 32: enough to stop a run in the middle, quick to record
+# float32 runs: another process (or one batch more or less in the GEMMs' blocking) rounds a loss
+# differently in its last bits (up to 1.4e-6 seen); routing and every integer stay equal
+FLOAT32 = dict(rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -81,7 +85,7 @@ def test_signal_then_resume_equals_uninterrupted(probe_env, big_corpus, referenc
     done = probe.open_run(rec(probe_env, out, resume=True, **kw))
     assert done.status == "complete" and done.info["resumed"] == 1
     assert done.info["spec_decode"] == {"prompts": 3} and done.info["recorded"]["tokens"] > 0
-    assert_tables_equal(done, reference_run, TABLES)
+    assert_same_tables(done, reference_run, TABLES, **FLOAT32)
 
 
 @pytest.mark.slow
@@ -107,7 +111,7 @@ def test_kill_then_resume_equals_uninterrupted(probe_env, big_corpus, reference_
     done = probe.open_run(rec(probe_env, out, corpus=big_corpus, seq_len=32, batch_size=2, router_logits="full",
                               max_tokens=MAX_TOKENS, resume=True))
     assert done.status == "complete"
-    assert_tables_equal(done, reference_run, TABLES)
+    assert_same_tables(done, reference_run, TABLES, **FLOAT32)
 
 
 def test_resume_refuses_changed_options(probe_env, big_corpus, reference_run, tmp_path):
@@ -176,7 +180,7 @@ def test_a_second_signal_stops_at_once_and_keeps_the_committed_batches(probe_env
     assert partial.status == "interrupted"
     assert partial.df("tokens").seq_id.nunique() == 12  # batches 0-5 committed (every 2); the 7th dropped
     monkeypatch.setattr(Recorder, "run", real_run)
-    assert_tables_equal(probe.open_run(rec(probe_env, out, resume=True, **kw)), reference_run, TABLES)
+    assert_same_tables(probe.open_run(rec(probe_env, out, resume=True, **kw)), reference_run, TABLES, **FLOAT32)
 
 
 @pytest.mark.slow
@@ -192,7 +196,7 @@ def test_two_processes_equal_one(probe_env, big_corpus, reference_run, tmp_path)
     assert (world["size"], world["model_parallel"], world["replicas"], world["backend"]) == (2, 1, 2, "gloo")
     assert len(world["devices"]) == 2 and all(d.endswith(":cpu") for d in world["devices"])
     assert {f.name[:4] for f in run2.files("routing")} == {"r000", "r001"}
-    assert_tables_equal(run2, reference_run, TABLES)
+    assert_same_tables(run2, reference_run, TABLES, **FLOAT32)
 
 
 def test_a_rank_stuck_after_a_signal_is_stopped_by_the_watchdog():

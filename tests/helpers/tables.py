@@ -1,0 +1,38 @@
+"""Two runs' tables compared row by row (the record, resume and sharded-job tests)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+# the columns that order a table's rows, where present
+ROW_KEYS = ("step", "seq_id", "pos", "layer", "expert", "domain", "component", "doc_id", "position", "ablation")
+
+
+def sorted_df(run, table):
+    df = run.df(table)
+    return df.sort_values([c for c in ROW_KEYS if c in df.columns]).reset_index(drop=True)
+
+
+def assert_same_tables(a, b, tables, rtol=1e-9, atol=1e-12):
+    """Same rows; integers, ids and strings equal; floats (losses, weights, scores), also inside list
+    columns, within rtol and atol."""
+    for t in tables:
+        da, db = sorted_df(a, t), sorted_df(b, t)
+        assert len(da) == len(db) > 0, (t, len(da), len(db))
+        assert list(da.columns) == list(db.columns), t
+        for c in da.columns:
+            x, y = da[c].to_numpy(), db[c].to_numpy()
+            if x.dtype == object and any(isinstance(v, np.ndarray) for v in x):
+                for u, v in zip(x, y):
+                    assert (u is None) == (v is None), (t, c)
+                    if u is not None:
+                        _assert_close(np.asarray(u), np.asarray(v), rtol, atol, f"{t}.{c}")
+            else:
+                _assert_close(x, y, rtol, atol, f"{t}.{c}")
+
+
+def _assert_close(x: np.ndarray, y: np.ndarray, rtol: float, atol: float, what: str) -> None:
+    if np.issubdtype(x.dtype, np.floating):
+        np.testing.assert_allclose(x, y, rtol=rtol, atol=atol, err_msg=what)
+    else:
+        np.testing.assert_array_equal(x, y, err_msg=what)
