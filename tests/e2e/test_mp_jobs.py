@@ -15,8 +15,9 @@ import model
 import probe
 
 from helpers import random_model
-from helpers.mp_jobs import (ABLATE, ABLATIONS, IMPORTANCE, RECORD, REPORT, ROOT, SPEC, TABLES, TOPOLOGY,
-                             assert_same_tables, opts, sorted_df, torchrun)
+from helpers.mp_jobs import (ABLATE, ABLATIONS, IMPORTANCE, RECORD, REPORT, ROOT, SPEC, TABLES, TOPOLOGY, opts,
+                             torchrun)
+from helpers.tables import assert_same_tables, sorted_df
 
 pytestmark = pytest.mark.slow  # torchrun launches, a browser or notebook kernels: `pytest -m "not slow"` skips them
 

@@ -17,9 +17,9 @@ import probe
 from model.parallel import ParallelError
 
 from helpers import random_model
-from helpers.mp_jobs import (RECORD, TABLES, TOPOLOGY, assert_same_tables, opts, our_frames,
-                             record_args, torchrun)
+from helpers.mp_jobs import RECORD, TABLES, TOPOLOGY, opts, our_frames, record_args, torchrun
 from helpers.processes import HELD_PROBE, hold_env, wait_until_held
+from helpers.tables import assert_same_tables
 
 pytestmark = pytest.mark.slow  # torchrun launches, a browser or notebook kernels: `pytest -m "not slow"` skips them
 

@@ -1,6 +1,6 @@
 """Shared by tests/e2e/test_mp_jobs.py (sharded jobs equal one process) and test_mp_resume.py (kill and
 resume, bad layouts, --dry-run): the tiny checkpoint with DeepSeek-V3's routing topology, the jobs'
-options, torchrun launches and table comparison.
+options and torchrun launches (tables are compared with helpers.tables).
 
 The runs use float64 (`--dtype float64`): the sharded forward adds its partial sums in another order
 than one process, and in float32 that rounding difference flips the rare near-tie in a top-8 choice;
@@ -16,7 +16,6 @@ from pathlib import Path
 import model
 
 from . import make_corpus, make_tokenizer, random_model
-from .tables import assert_same_tables, sorted_df  # noqa: F401 (the e2e tests import them from here)
 
 ROOT = Path(__file__).resolve().parents[2]
 TOPOLOGY = dict(n_routed_experts=256, n_expert_groups=8, n_limited_groups=4, n_activated_experts=8, moe_inter_dim=8)

@@ -19,7 +19,8 @@ import probe
 from probe.record import RecordError, RecordOptions, record
 from probe.writer import RunError
 
-from helpers.records import rec, sorted_df
+from helpers.records import rec
+from helpers.tables import sorted_df
 
 REPO = Path(__file__).resolve().parents[2]
 
