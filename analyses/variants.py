@@ -34,8 +34,13 @@ def without_router_bias(ckpt: str | Path, out: str | Path, overwrite: bool = Fal
     from safetensors import safe_open
     from safetensors.torch import save_file
 
+    from model.checkpoint import CheckpointError, weight_files
+
     ckpt, out = Path(ckpt), Path(out)
-    files = sorted(ckpt.glob("*.safetensors"))
+    try:
+        files = weight_files(ckpt) if ckpt.is_dir() else []  # the files a load reads
+    except CheckpointError as e:
+        raise VariantError(str(e)) from None
     if not (ckpt / "config.json").exists() or not files:
         raise VariantError(f"{ckpt}: not a checkpoint (needs config.json and *.safetensors)")
     if out.exists() and not overwrite:

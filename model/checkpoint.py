@@ -45,6 +45,22 @@ class CheckpointError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------ load
+def weight_files(path: str | os.PathLike) -> list[Path]:
+    """The safetensors files a load of checkpoint directory `path` reads, those on disk: the index's
+    shards; else `model.safetensors` alone where it exists (as transformers reads it); else every
+    `*.safetensors` file. Unchecked (no error for a missing shard or an empty directory): for
+    fingerprints and copies of a checkpoint that loads."""
+    path = Path(path)
+    try:
+        files = sorted({path / f for f in read_index(path / "model.safetensors.index.json").values()})
+    except CheckpointError:
+        if (path / "model.safetensors.index.json").exists():
+            raise
+        files = ([path / "model.safetensors"] if (path / "model.safetensors").is_file()
+                 else sorted(path.glob("*.safetensors")))
+    return [f for f in files if f.is_file()]
+
+
 def _shard_files(path: Path) -> tuple[list[Path], dict[str, Path] | None]:
     index = path / "model.safetensors.index.json"
     if index.exists():
@@ -55,6 +71,8 @@ def _shard_files(path: Path) -> tuple[list[Path], dict[str, Path] | None]:
                 some = next(k for k, v in weight_map.items() if path / v == f)
                 raise CheckpointError(f"{f}: shard listed in {index.name} (e.g. for {some}) is missing")
         return files, {k: path / v for k, v in weight_map.items()}
+    if (path / "model.safetensors").is_file():  # one file and no index: that file alone, as transformers
+        return [path / "model.safetensors"], None  # reads it (other .safetensors files there are not weights)
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise CheckpointError(f"{path}: no *.safetensors files")
@@ -311,7 +329,7 @@ def inspect(path: str | os.PathLike, *, gemm_impl: str = "bf16", dtype: torch.dt
     index = path / "model.safetensors.index.json"
     if not index.exists():
         m = load(path, device="meta", gemm_impl=gemm_impl, dtype=dtype, parallel=False)
-        files = sorted(path.glob("*.safetensors"))
+        files = weight_files(path)
         return {"args": m.args, "checked": "headers", "files": [f.name for f in files], "missing_files": [],
                 "tensors": None, "fp8": _is_fp8_args(m.args), "mtp": len(m.mtp)}
     weight_map = read_index(index)

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -38,7 +39,8 @@ def save(model: Transformer, path: str | os.PathLike, *, fp8: bool = False,
     dtype: the other tensors' dtype, a torch.dtype or its name (default: the embedding's).
     The MTP layer gets copies of the embedding and head, as in the published checkpoints.
     Files are written under temporary names and renamed when complete (removed if the save fails).
-    A checkpoint already in `path` is replaced whole: its weight files and index go (other files stay).
+    A checkpoint already in `path` is replaced whole, and stays loadable until the new index
+    replaces its own (`write_checkpoint`): then its weight files go (other files stay).
     """
     if getattr(model, "shards", None) is not None:
         raise CheckpointError("cannot save a tensor/expert-parallel model: each rank holds only its shard "
@@ -77,10 +79,15 @@ def write_checkpoint(path: str | os.PathLike, args: ModelArgs, tensors: Iterable
                      block: tuple[int, int] = BLOCK) -> None:
     """Write (name, tensor) pairs in order into safetensors files of at most `max_shard_bytes` (a
     tensor larger than that gets a file of its own; None: one file), holding one file's tensors in
-    memory at a time, then the index (when several files) and config.json (`args`, torch_dtype
-    `dtype`, and the FP8 quantization_config when `fp8`: `block`, and `args.scale_fmt`). Each file is
-    written under a temporary name and renamed when every file is complete; if anything fails
-    first, the temporary files go and the directory is as it was."""
+    memory at a time, then the index and config.json (`args`, torch_dtype `dtype`, and the FP8
+    quantization_config when `fp8`: `block`, and `args.scale_fmt`).
+
+    Replacing a checkpoint already in `path` never mixes the two: every file is written under a
+    temporary name; the new weight files get names no file there has (`model.safetensors` or
+    `model-N-of-M.safetensors`, else the same with a suffix of this save's own), so the old
+    checkpoint stays whole and loadable until the new index replaces the old one (the commit; an
+    index is written for one file too). config.json follows it at once, then the old weight files
+    go. A failure before the commit leaves the directory as it was."""
     path = Path(path)
     if max_shard_bytes is not None and (isinstance(max_shard_bytes, bool) or not isinstance(max_shard_bytes, (int, float))
                                         or not max_shard_bytes > 0):
@@ -88,20 +95,43 @@ def write_checkpoint(path: str | os.PathLike, args: ModelArgs, tensors: Iterable
     if path.exists() and not path.is_dir():
         raise CheckpointError(f"{path}: a file, not a checkpoint directory")
     path.mkdir(parents=True, exist_ok=True)
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"  # this save's temporary and (if needed) final names
+    placed: list[Path] = []  # new weight files renamed into place, not yet committed by the index
+    committed = False
     try:
-        parts, total = _write_parts(path, tensors, max_shard_bytes)
-    except BaseException:
-        for tmp in path.glob(".part-*.safetensors.tmp"):
+        parts, total = _write_parts(path, tensors, max_shard_bytes, tag)
+        names = _free_names(path, len(parts), tag[-8:])
+        stale = [f for f in _weight_files(path) if f.name not in names]
+        for i, fname in enumerate(names):
+            os.replace(path / f".part-{i:05d}-{tag}.safetensors.tmp", path / fname)
+            placed.append(path / fname)
+        config_tmp = _write_json_tmp(path / "config.json", _hf_config(args, fp8, dtype, block), tag)
+        index_tmp = _write_json_tmp(path / INDEX, {"metadata": {"total_size": total},
+                                                   "weight_map": {n: fname for fname, part in zip(names, parts)
+                                                                  for n in part}}, tag)
+        os.replace(index_tmp, path / INDEX)  # the commit: a load now reads the new weight files only
+        committed = True
+        os.replace(config_tmp, path / "config.json")
+    finally:
+        for tmp in path.glob(f".*-{tag}*.tmp"):
             tmp.unlink(missing_ok=True)
-        raise
-    names = (["model.safetensors"] if len(parts) == 1 else
-             [f"model-{i + 1:05d}-of-{len(parts):05d}.safetensors" for i in range(len(parts))])
-    # an earlier checkpoint in this directory: its index first (it would point a load at the old
-    # files), its weight files that this one does not overwrite last
-    stale = [f for f in _weight_files(path) if f.name not in names]
-    (path / INDEX).unlink(missing_ok=True)
-    for i, fname in enumerate(names):
-        os.replace(path / f".part-{i:05d}.safetensors.tmp", path / fname)
+        if not committed:
+            for f in placed:
+                f.unlink(missing_ok=True)
+    for f in stale:
+        f.unlink(missing_ok=True)
+
+
+def _free_names(path: Path, n: int, suffix: str) -> list[str]:
+    """The new weight files' names: the conventional ones where no file in `path` has them, else
+    the same with `suffix` (an old checkpoint's files keep their names until the commit)."""
+    plain = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+    if not any((path / f).exists() for f in plain):
+        return plain
+    return [f.removesuffix(".safetensors") + f"-{suffix}.safetensors" for f in plain]
+
+
+def _hf_config(args: ModelArgs, fp8: bool, dtype: torch.dtype, block: tuple[int, int]) -> dict:
     cfg = args.to_hf_config()
     cfg["torch_dtype"] = str(dtype).removeprefix("torch.")
     if fp8:
@@ -111,25 +141,19 @@ def write_checkpoint(path: str | os.PathLike, args: ModelArgs, tensors: Iterable
             cfg["quantization_config"]["scale_fmt"] = args.scale_fmt
     else:
         cfg.pop("quantization_config", None)
-    _write_json(path / "config.json", cfg)
-    if len(parts) > 1:
-        _write_json(path / INDEX,
-                    {"metadata": {"total_size": total},
-                     "weight_map": {n: fname for fname, part in zip(names, parts) for n in part}})
-    for f in stale:
-        f.unlink(missing_ok=True)
+    return cfg
 
 
 def _write_parts(path: Path, tensors: Iterable[tuple[str, torch.Tensor]],
-                 max_shard_bytes: float | None) -> tuple[list[list[str]], int]:
-    """The tensors into `.part-NNNNN.safetensors.tmp` files under `path`: each part's names, and the
-    bytes in all."""
+                 max_shard_bytes: float | None, tag: str) -> tuple[list[list[str]], int]:
+    """The tensors into `.part-NNNNN-TAG.safetensors.tmp` files under `path`: each part's names, and
+    the bytes in all."""
     parts: list[list[str]] = []
     shard: dict[str, torch.Tensor] = {}
     size, total = 0, 0
 
     def flush() -> None:
-        tmp = path / f".part-{len(parts):05d}.safetensors.tmp"
+        tmp = path / f".part-{len(parts):05d}-{tag}.safetensors.tmp"
         save_file({n: t.contiguous() for n, t in shard.items()}, str(tmp), metadata={"format": "pt"})
         os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates 0600 files; a checkpoint is shared
         parts.append(list(shard))
@@ -169,10 +193,11 @@ def _umask() -> int:
     return mask
 
 
-def _write_json(p: Path, obj) -> None:
-    tmp = p.with_suffix(p.suffix + ".tmp")
+def _write_json_tmp(p: Path, obj, tag: str) -> Path:
+    """`obj` as JSON in a temporary file beside `p`, for the caller to rename onto `p`."""
+    tmp = p.with_name(f".{p.name}-{tag}.tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, p)
+    return tmp
 
 
 def fp8_copy(src: str | os.PathLike, out: str | os.PathLike) -> Path:

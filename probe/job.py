@@ -96,8 +96,10 @@ def load_tokenizer(path: str | None, ckpt: Path, vocab_size: int, error: type[Ex
 def checkpoint_fingerprint(ckpt: Path) -> str:
     """sha256 of config.json and every safetensors header (names, shapes, offsets): cheap, and it
     changes whenever the weights' layout does. Not a hash of the weights' bytes."""
+    from model.checkpoint import weight_files
+
     h = hashlib.sha256((ckpt / "config.json").read_bytes())
-    for f in sorted(ckpt.glob("*.safetensors")):
+    for f in weight_files(ckpt):
         with open(f, "rb") as fh:
             n = int.from_bytes(fh.read(8), "little")
             h.update(f.name.encode() + fh.read(min(n, 100_000_000)))

@@ -258,9 +258,14 @@ def run_label(run) -> str:
     the same in every clone (a file's time would be the checkout's)."""
     import hashlib
 
+    from model.checkpoint import CheckpointError, weight_files
+
     run = as_run(run)
     ck = Path(str(run.info.get("checkpoint", {}).get("path", "?")))
-    files = sorted(ck.glob("*.safetensors")) if ck.is_dir() else []
+    try:
+        files = weight_files(ck) if ck.is_dir() else []
+    except CheckpointError:  # a broken index: the directory alone labels the run
+        files = []
     if not files:
         return str(ck)
     h = hashlib.sha256()

@@ -19,10 +19,19 @@ def tokens_for(m, seed: int = 0, shape=(2, 9)) -> torch.Tensor:
     return torch.randint(0, m.args.vocab_size, shape, generator=torch.Generator().manual_seed(seed))
 
 
-def edit_tensors(file: Path, fn) -> None:
-    """Rewrite one .safetensors file through fn(dict) -> dict."""
-    tensors = fn(load_file(file))
+def edit_tensors(file: Path, fn, index: bool = True) -> None:
+    """Rewrite one .safetensors file through fn(dict) -> dict. index: keep the directory's
+    model.safetensors.index.json in step (names gone from the file leave it, new names point at the
+    file), as a tool that edits a checkpoint would; False leaves the index as it was."""
+    before = load_file(file)
+    tensors = fn(dict(before))
     save_file(tensors, str(file), metadata={"format": "pt"})
+    p = file.parent / "model.safetensors.index.json"
+    if index and p.exists():
+        j = json.loads(p.read_text())
+        wm = {k: v for k, v in j["weight_map"].items() if not (v == file.name and k not in tensors)}
+        j["weight_map"] = wm | {k: file.name for k in tensors if k not in before}
+        p.write_text(json.dumps(j))
 
 
 def edit_config(d: Path, fn) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -194,7 +195,8 @@ def test_fp8_checkpoint_default_dtype_is_bf16_with_fp32_router(fp8_dir):
 
 # ------------------------------------------------------------------------------- loading variants
 def test_single_file_round_trip(tiny, tiny_dir):
-    assert sorted(p.name for p in tiny_dir.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in tiny_dir.iterdir()) == ["config.json", "model.safetensors",
+                                                           "model.safetensors.index.json"]
     m = model.load(tiny_dir)
     assert m.args == tiny.args and m.args.dtype == "float32"
     assert not m.training
@@ -268,7 +270,8 @@ def test_saving_over_a_checkpoint_replaces_it_whole(tiny, sharded_dir, tmp_path)
     (d / "notes.txt").write_text("mine")
     changed = random_model("tiny", seed=9)
     model.save(changed, d)
-    assert sorted(p.name for p in d.iterdir()) == ["config.json", "model.safetensors", "notes.txt"]
+    assert sorted(p.name for p in d.iterdir()) == ["config.json", "model.safetensors", "model.safetensors.index.json",
+                                                   "notes.txt"]
     tok = tokens_for(changed)
     assert torch.equal(model.load(d)(tok), changed(tok)) and not torch.equal(changed(tok), tiny(tok))
     model.save(tiny, d, max_shard_bytes=500_000)  # and back to shards, fewer than the first time
@@ -290,8 +293,66 @@ def test_saving_over_a_checkpoint_replaces_it_whole(tiny, sharded_dir, tmp_path)
     (rel / "model.safetensors.index.json").write_text(json.dumps(index))
     assert torch.equal(model.load(rel)(tok), tiny(tok))
     model.save(changed, rel)
-    assert sorted(p.name for p in rel.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in rel.iterdir()) == ["config.json", "model.safetensors", "model.safetensors.index.json"]
     assert torch.equal(model.load(rel)(tok), changed(tok))
+
+
+@pytest.mark.parametrize("fail_at", ["second shard", "config", "index"])
+def test_a_save_that_fails_while_replacing_leaves_the_old_checkpoint_whole(tiny, sharded_dir, tmp_path,
+                                                                          monkeypatch, fail_at):
+    """Replacing a checkpoint and failing part way (a full disk) keeps the old one loadable and whole:
+    before, the old index went first and the new shards were renamed over the old names one by one,
+    so a failure in between left no index, and a load read new and old files mixed (found by a
+    review: 12 tensors new, 55 old). The new index is now the commit."""
+    import model.saving as saving
+
+    d = Path(shutil.copytree(sharded_dir, tmp_path / "ckpt"))
+    before = sorted(p.name for p in d.iterdir())
+    changed = random_model("tiny", seed=9)
+    real, seen = os.replace, []
+
+    def failing(src, dst):
+        name = Path(dst).name
+        seen.append(name)
+        hit = {"second shard": name.endswith(".safetensors") and sum(n.endswith(".safetensors") for n in seen) == 2,
+               "config": name == "config.json", "index": name == saving.INDEX}[fail_at]
+        if hit:
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(saving.os, "replace", failing)
+    with pytest.raises(OSError, match="No space left"):
+        model.save(changed, d, max_shard_bytes=400_000)
+    monkeypatch.setattr(saving.os, "replace", real)
+    if fail_at == "config":  # after the commit: the new weights, the old config (the same model here)
+        assert torch.equal(model.load(d)(tokens_for(changed)), changed(tokens_for(changed)))
+        return
+    assert sorted(p.name for p in d.iterdir()) == before  # no temporary or half-placed file left
+    tok = tokens_for(tiny)
+    assert torch.equal(model.load(d)(tok), tiny(tok))
+
+
+def test_a_save_beside_other_safetensors_files_loads(tiny, tiny_dir, tmp_path):
+    """A single-file save wrote no index, and a load without one read every *.safetensors file in
+    the directory: a save beside an old `consolidated.safetensors` or an `activations.safetensors`
+    did not load again (a review). Saves now always write an index, and without one a load reads
+    `model.safetensors` alone where it exists, as transformers does."""
+    tok = tokens_for(tiny)
+    for other in ("consolidated.safetensors", "activations.safetensors"):
+        d = Path(shutil.copytree(tiny_dir, tmp_path / other))
+        shutil.copy(d / "model.safetensors", d / other)  # an old copy of every tensor, or anything else
+        changed = random_model("tiny", seed=9)
+        model.save(changed, d)  # over model.safetensors: the new file is named apart, then it goes
+        assert (d / other).exists() and (d / "model.safetensors.index.json").exists()
+        assert torch.equal(model.load(d)(tok), changed(tok))
+        (d / "model.safetensors.index.json").unlink()
+        assert len(list(d.glob("*.safetensors"))) == 2 and not (d / "model.safetensors").exists()
+        with pytest.raises(CheckpointError, match="also appears in"):  # the control: no index, two files
+            model.load(d)
+    d = Path(shutil.copytree(tiny_dir, tmp_path / "noindex"))
+    (d / "model.safetensors.index.json").unlink()
+    save_file({"acts": torch.zeros(3)}, str(d / "activations.safetensors"))
+    assert torch.equal(model.load(d)(tok), tiny(tok))  # model.safetensors alone
 
 
 def test_fp8_saves_keep_the_models_block_and_scale_format(tmp_path):
