@@ -64,6 +64,7 @@ def without_router_bias(ckpt: str | Path, out: str | Path, overwrite: bool = Fal
                         zeroed += 1
                     tensors[name] = t
             save_file(tensors, str(tmp / f.name), metadata=meta)
+            shutil.copymode(f, tmp / f.name)  # safetensors creates 0600 files; the source's mode is shared
         if not zeroed:
             raise VariantError(f"{ckpt}: no `{BIAS}` tensor: the checkpoint has no balancing bias to remove")
         for f in ckpt.iterdir():

@@ -107,6 +107,44 @@ def checkpoint_fingerprint(ckpt: Path) -> str:
     return h.hexdigest()
 
 
+def checkpoint_identity(ckpt: Path) -> dict:
+    """What run.json keeps of a run's checkpoint: its path, layout fingerprint and weights sample."""
+    return {"path": str(ckpt.resolve()), "fingerprint": checkpoint_fingerprint(ckpt), "sample": checkpoint_sample(ckpt)}
+
+
+def same_checkpoint(recorded: dict, now: dict) -> bool:
+    """Whether two `checkpoint_identity` records name the same weights (the sample is compared where
+    both have one: runs recorded before it existed have none)."""
+    return recorded.get("fingerprint") == now.get("fingerprint") and (
+        not recorded.get("sample") or not now.get("sample") or recorded["sample"] == now["sample"])
+
+
+SAMPLE_BYTES = 1 << 16  # of each weight file's tensor data, for `checkpoint_sample`
+
+
+def checkpoint_sample(ckpt: Path) -> str:
+    """sha256 of some of the weights' bytes: every router bias (`e_score_correction_bias`, what a
+    variant or an edit of the balancing changes; a few KiB a layer) and the first 64 KiB of each
+    weight file's tensor data. Checkpoints with one layout (`checkpoint_fingerprint`) but other
+    weights, such as `analyses.variants no-router-bias` of a model, differ here; reads little of a
+    671B checkpoint (one read per router bias and per file). Still not a hash of every byte."""
+    import json
+
+    from model.checkpoint import weight_files
+
+    h = hashlib.sha256()
+    for f in weight_files(ckpt):
+        with open(f, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(n))
+            h.update(f.name.encode() + fh.read(SAMPLE_BYTES))
+            for name in sorted(k for k in header if k.endswith("e_score_correction_bias")):
+                start, end = header[name]["data_offsets"]
+                fh.seek(8 + n + start)
+                h.update(name.encode() + fh.read(end - start))
+    return h.hexdigest()
+
+
 def package_version() -> str:
     try:
         from importlib.metadata import version

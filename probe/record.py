@@ -37,8 +37,8 @@ from model.memory import process_memory
 
 from .corpus import ORDERS, CorpusError, CorpusStats, corpus_windows, fingerprint
 from .job import (DEFAULT_CKPT, DEFAULT_CORPUS, RecordError, agree, bound_heap, check_out_parent, check_replaceable,
-                  checkpoint_args, checkpoint_fingerprint, default_seq_len, load_model, load_tokenizer, os_refusal,
-                  package_version, resolve_paths, start_world, window_length)
+                  checkpoint_args, checkpoint_identity, default_seq_len, load_model, load_tokenizer, os_refusal,
+                  package_version, resolve_paths, same_checkpoint, start_world, window_length)
 from .recorders import Batch, RecordConfig, Recorder
 from .schema import TABLES
 from .stats import KVAccumulator, summarise
@@ -230,7 +230,7 @@ def run_info(job: Job, plan: CorpusPlan, opts: RecordOptions, world, m, tables: 
              has_router_bias: bool = True) -> dict:
     return {
         "status": "running", "format": 1,
-        "checkpoint": {"path": str(job.ckpt.resolve()), "fingerprint": checkpoint_fingerprint(job.ckpt)},
+        "checkpoint": checkpoint_identity(job.ckpt),
         "corpus": {"path": str(job.corpus.resolve()), "fingerprint": fingerprint(job.corpus),
                    "documents": plan.stats.documents, "replaced_bytes": plan.stats.replaced_bytes,
                    "files_with_replacements": plan.stats.files_with_replacements[:100],
@@ -281,7 +281,9 @@ def check_resumable(old: dict, new: dict, out: Path) -> None:
     else:  # a run recorded before run.json named its tokenizer: the option at least must match
         fingerprinted, keys = (("checkpoint", "--ckpt"), ("corpus", "--corpus")), RESUME_KEYS | {"tokenizer": None}
     for key, flag in fingerprinted:
-        if old[key]["fingerprint"] != new[key]["fingerprint"]:
+        same = (same_checkpoint(old[key], new[key]) if key == "checkpoint" else
+                old[key]["fingerprint"] == new[key]["fingerprint"])
+        if not same:
             raise RecordError(f"--resume: the {key} differs from the one {out} was recorded with "
                               f"({old[key].get('path')}): rerun the run's own command with --resume added "
                               f"({flag} {old[key].get('path')})")

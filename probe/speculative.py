@@ -37,8 +37,8 @@ import pyarrow.parquet as pq
 import torch
 
 from .corpus import CorpusError, CorpusStats, iter_documents
-from .job import (RecordError, agree, check_out_parent, checkpoint_args, checkpoint_fingerprint, load_model,
-                  load_tokenizer, os_refusal, resolve_paths, start_world)
+from .job import (RecordError, agree, check_out_parent, checkpoint_args, checkpoint_identity, load_model,
+                  load_tokenizer, os_refusal, resolve_paths, same_checkpoint, start_world)
 from .schema import TABLES
 from .writer import RUN_JSON, read_run_json, updating_run_json
 
@@ -229,8 +229,8 @@ def _run_defaults(opts: SpecOptions) -> tuple[str | None, str | None]:
             if not (Path(ckpt) / "config.json").is_file():
                 raise RecordError(f"--out {opts.out}: the run's checkpoint {ckpt} is no longer there; pass --ckpt "
                                   "with the model the run was recorded with")
-            was = (info.get("checkpoint") or {}).get("fingerprint")
-            if was and checkpoint_fingerprint(Path(ckpt)) != was:
+            was = info.get("checkpoint") or {}
+            if was.get("fingerprint") and not same_checkpoint(was, checkpoint_identity(Path(ckpt))):
                 raise RecordError(f"--out {opts.out}: the checkpoint at {ckpt} has changed since the run was "
                                   "recorded (its fingerprint differs); pass --ckpt to use it anyway")
         if corpus is None and have("corpus"):
@@ -260,7 +260,7 @@ def _write_run(out: Path, rows: dict, drafts: dict, opts: SpecOptions, ckpt: Pat
                "checkpoint": str(ckpt.resolve()), "corpus": str(corpus.resolve())}
     def new() -> dict:
         return {"status": "complete", "format": 1, "kind": "spec",
-                "checkpoint": {"path": str(ckpt.resolve()), "fingerprint": checkpoint_fingerprint(ckpt)},
+                "checkpoint": checkpoint_identity(ckpt),
                 "corpus": {"path": str(corpus.resolve())}, "model_args": args.to_dict()}
 
     with updating_run_json(out, new) as info:  # locked: an ablation may note its part at the same time

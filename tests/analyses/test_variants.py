@@ -32,6 +32,9 @@ def test_no_router_bias_zeroes_only_the_bias(ckpt, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in src.iterdir())
     assert (out / "config.json").read_bytes() == (src / "config.json").read_bytes()
     assert not list(tmp_path.glob(".*tmp*"))
+    # the weights keep the source's mode (safetensors wrote 0600: unreadable to a serving account)
+    assert {f.name: f.stat().st_mode for f in out.glob("*.safetensors")} == {
+        f.name: f.stat().st_mode for f in src.glob("*.safetensors")}
 
 
 def test_errors_are_one_line(ckpt, tmp_path, capsys):

@@ -153,6 +153,26 @@ def test_resume_refuses_another_tokenizer_and_a_run_record_did_not_make(probe_en
             rec(probe_env, out, **kw)
 
 
+def test_resume_refuses_a_checkpoint_with_the_same_layout_and_other_weights(probe_env, big_corpus, reference_run,
+                                                                            tmp_path):
+    """The no-router-bias variant of a model has the same config and safetensors headers, so the
+    layout fingerprint passed it and --resume recorded half a run with each model (found by a
+    review). run.json's checkpoint now also keeps a sample of the weights (every router bias)."""
+    import shutil
+
+    from analyses.variants import without_router_bias
+
+    nobias, zeroed = without_router_bias(probe_env["ckpt"], tmp_path / "nobias")
+    out = tmp_path / "copy"
+    shutil.copytree(reference_run.path, out)
+    kw = dict(corpus=big_corpus, seq_len=32, batch_size=2, router_logits="full", max_tokens=MAX_TOKENS, resume=True)
+    assert zeroed and reference_run.info["checkpoint"]["sample"]
+    with pytest.raises(RecordError, match=r"--resume: the checkpoint differs from the one .* \(--ckpt "):
+        rec(dict(probe_env, ckpt=nobias), out, **kw)
+    moved = Path(shutil.copytree(probe_env["ckpt"], tmp_path / "moved"))  # the control: a copy elsewhere resumes
+    rec(dict(probe_env, ckpt=moved), out, **kw)
+
+
 def test_a_second_signal_stops_at_once_and_keeps_the_committed_batches(probe_env, big_corpus, reference_run, tmp_path,
                                                                        monkeypatch):
     """The second Ctrl-C (raised inside a batch) left run.json "running" and the command said it was

@@ -84,6 +84,9 @@ def test_spec_adds_to_a_recorded_run_and_refuses_to_clobber(probe_env, tmp_path,
                                 "longer there; pass --ckpt"),
                                ("checkpoint", info["checkpoint"] | {"fingerprint": "0" * 64}, "has changed since the "
                                 "run was recorded"),
+                               # the same layout, other weights (e.g. the no-router-bias variant put in its place)
+                               ("checkpoint", info["checkpoint"] | {"sample": "0" * 64}, "has changed since the "
+                                "run was recorded"),
                                ("corpus", {"path": str(tmp_path / "gone.jsonl")}, "the run's corpus .*gone.jsonl is no "
                                 "longer there; pass --corpus")):
         (run_dir / "run.json").write_text(json.dumps(info | {key: value}))
