@@ -25,8 +25,11 @@ corpus), and run.json's `spec_decode` summary counts prompts and tokens per doma
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,11 +67,13 @@ class SpecOptions:
     progress: bool = True
 
 
-def spec_prompts(corpus: Path, tok, bos: int | None, n_tokens: int, limit: int | None) -> list[tuple[str, str, list[int]]]:
+def spec_prompts(corpus: Path, tok, bos: int | None, n_tokens: int, limit: int | None,
+                 stats: CorpusStats | None = None) -> list[tuple[str, str, list[int]]]:
     """(doc_id, domain, prompt ids) for the first `limit` documents with at least `n_tokens` tokens.
-    Documents are taken round-robin over domains, so a limit keeps every domain represented."""
+    Documents are taken round-robin over domains, so a limit keeps every domain represented (every
+    domain with a document that long). `stats` counts what the corpus reader replaced or skipped."""
     by_domain: dict[str, list[tuple[str, str, list[int]]]] = {}
-    for doc in iter_documents(corpus, CorpusStats()):
+    for doc in iter_documents(corpus, stats if stats is not None else CorpusStats()):
         ids = tok.encode(doc.text, add_special_tokens=False).ids
         ids = ([bos] if bos is not None else []) + ids
         if len(ids) >= n_tokens:
@@ -88,15 +93,42 @@ def _check_out(out: Path, overwrite: bool) -> None:
         raise RecordError(f"--out {out} already has {', '.join(present)}: pass --overwrite to replace them")
 
 
-def _write_table(out: Path, table: str, columns: dict) -> None:
-    """One part file per table, written under a temporary name and renamed: a reader sees all or nothing."""
-    d = out / table
-    d.mkdir(parents=True, exist_ok=True)
-    for old in d.glob("*.parquet"):
-        old.unlink()
-    tmp = d / f".part-0.parquet.tmp{os.getpid()}"
-    pq.write_table(pa.table(columns, schema=TABLES[table]), tmp, compression="zstd")
-    os.replace(tmp, d / "part-0.parquet")
+def _write_tables(out: Path, tables: dict[str, dict], commit) -> None:
+    """Each table as one part file, `part-0.parquet`, replacing the table's old parts: first every
+    table under a temporary name (a failure removes them and leaves the run as it was), then, with
+    Ctrl-C held off, the renames and `commit()` (run.json), so the tables and the summary change
+    together; a Ctrl-C during them takes effect after, when the job is done anyway."""
+    tmps = {t: out / t / f".part-0.parquet.tmp{os.getpid()}" for t in tables}
+    try:
+        for t, columns in tables.items():
+            tmps[t].parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(pa.table(columns, schema=TABLES[t]), tmps[t], compression="zstd")
+        with _holding_interrupts():
+            for t, tmp in tmps.items():
+                os.replace(tmp, out / t / "part-0.parquet")
+                for old in (out / t).glob("*.parquet"):
+                    if old.name != "part-0.parquet":
+                        old.unlink()
+            commit()
+    finally:
+        for tmp in tmps.values():
+            tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _holding_interrupts():
+    """SIGINT held pending (main thread): delivered, and ignored, once the block is done."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        try:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        except KeyboardInterrupt:  # pressed during the commit: the job has finished, nothing to stop
+            pass
 
 
 def record_spec(opts: SpecOptions) -> Path:
@@ -125,7 +157,12 @@ def record_spec(opts: SpecOptions) -> Path:
     tok = load_tokenizer(opts.tokenizer, ckpt, args.vocab_size)
     world = start_world(opts.model_parallel, opts.device, args)
     agree(world, lambda: _check_out(out, opts.overwrite))
-    prompts = spec_prompts(corpus, tok, args.bos_token_id, opts.prompt_tokens, prompt_limit(opts))
+    stats = CorpusStats()
+    prompts = spec_prompts(corpus, tok, args.bos_token_id, opts.prompt_tokens, prompt_limit(opts), stats)
+    if stats.skipped_binary and world.rank == 0:
+        print(f"note: {len(stats.skipped_binary)} binary file(s) in the corpus skipped "
+              f"({', '.join(stats.skipped_binary[:3])}{', ...' if len(stats.skipped_binary) > 3 else ''})",
+              file=sys.stderr)
     if not prompts:
         raise CorpusError(f"{corpus}: no document has {opts.prompt_tokens} tokens for a prompt")
     m = load_model(ckpt, world, dtype=opts.dtype, gemm=opts.gemm)
@@ -141,7 +178,7 @@ def record_spec(opts: SpecOptions) -> Path:
     def write() -> None:  # rank 0
         rows, drafts = _tables(prompts, sorted((i, r) for part in parts for i, r in part))
         with os_refusal(f"--out {out}: cannot write the spec tables there"):
-            _write_run(out, rows, drafts, opts, ckpt, corpus, args, world, time.time() - t0)
+            _write_run(out, rows, drafts, opts, ckpt, corpus, args, world, time.time() - t0, stats)
 
     agree(world, write)  # every rank ends the same way: done, or the same one-line error
     return out
@@ -241,10 +278,8 @@ def _run_defaults(opts: SpecOptions) -> tuple[str | None, str | None]:
 
 
 def _write_run(out: Path, rows: dict, drafts: dict, opts: SpecOptions, ckpt: Path, corpus: Path, args, world,
-               seconds: float) -> None:
+               seconds: float, stats: CorpusStats) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    _write_table(out, "spec_decode", rows)
-    _write_table(out, "spec_drafts", drafts)
     proposed, accepted = sum(rows["drafts_proposed"]), sum(rows["drafts_accepted"])
     summary = {"prompts": len(rows["doc_id"]), "prompt_tokens": opts.prompt_tokens, "new_tokens": opts.new_tokens,
                "generated": int(np.sum(rows["new_tokens"])), "forward_passes": int(np.sum(rows["forward_passes"])),
@@ -257,11 +292,18 @@ def _write_run(out: Path, rows: dict, drafts: dict, opts: SpecOptions, ckpt: Pat
                "tokens_per_domain": _per_domain(rows["domain"], np.add(rows["prompt_tokens"], rows["new_tokens"])),
                "seconds": round(seconds, 2), "world_size": world.size, "world": world.describe(),
                "dtype": opts.dtype or "float32", "gemm": opts.gemm,
-               "checkpoint": str(ckpt.resolve()), "corpus": str(corpus.resolve())}
-    def new() -> dict:
-        return {"status": "complete", "format": 1, "kind": "spec",
-                "checkpoint": checkpoint_identity(ckpt),
-                "corpus": {"path": str(corpus.resolve())}, "model_args": args.to_dict()}
+               "checkpoint": str(ckpt.resolve()), "corpus": str(corpus.resolve()),
+               "replaced_bytes": stats.replaced_bytes, "skipped_binary_files": stats.skipped_binary[:100]}
+    identity = checkpoint_identity(ckpt)
 
-    with updating_run_json(out, new) as info:  # locked: an ablation may note its part at the same time
-        info["spec_decode"] = summary
+    def new() -> dict:
+        return {"status": "complete", "format": 1, "kind": "spec", "checkpoint": identity,
+                "corpus": {"path": str(corpus.resolve())}, "model_args": args.to_dict(), "tables": []}
+
+    def commit() -> None:
+        with updating_run_json(out, new) as info:  # locked: an ablation may note its part at the same time
+            info["spec_decode"] = summary
+            tables = info.setdefault("tables", [])
+            tables += [t for t in SPEC_TABLES if t not in tables]
+
+    _write_tables(out, {"spec_decode": rows, "spec_drafts": drafts}, commit)

@@ -44,7 +44,7 @@ def test_spec_tables_match_a_direct_generate_call(probe_env, tmp_path):
     # per-draft rows add up to the per-prompt counts
     assert len(drafts) == dec.drafts_proposed.sum()
     assert drafts.accepted.sum() == dec.drafts_accepted.sum()
-    assert drafts.position.between(0, 9).all()
+    assert drafts.position.between(1, 9).all()  # the first new token comes from the prefill, undrafted
     summary = run.info["spec_decode"]
     assert summary["drafts_proposed"] == dec.drafts_proposed.sum()
     proposed, accepted = sum(map(sum, res.drafts_proposed)), sum(map(sum, res.drafts_accepted))
@@ -65,6 +65,8 @@ def test_spec_adds_to_a_recorded_run_and_refuses_to_clobber(probe_env, tmp_path,
     assert "MTP draft acceptance" in capsys.readouterr().out
     run = probe.open_run(run_dir)
     assert {"tokens", "routing", "spec_decode"} <= set(run.tables) and run.status == "complete"
+    # run.json lists them (the dashboard's health check reads that list; spec left them out, a review)
+    assert {"tokens", "spec_decode", "spec_drafts"} <= set(run.info["tables"])
     assert cli_main(argv) == 2  # the tables exist: --overwrite needed
     assert "--overwrite" in capsys.readouterr().err
     assert cli_main(argv + ["--overwrite"]) == 0
@@ -121,6 +123,51 @@ def test_ctrl_c_is_one_line_and_writes_nothing(probe_env, tmp_path, capsys, monk
     assert cli_main(["spec", "--out", str(tmp_path / "s"), "--no-progress"]) == 130
     err = capsys.readouterr().err
     assert "interrupted: nothing was written to" in err and "Traceback" not in err and not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, OSError])
+def test_an_overwrite_stopped_while_writing_leaves_the_run_as_it_was(probe_env, tmp_path, monkeypatch, stop):
+    """spec deleted a table's old part before writing the new one, table by table: a Ctrl-C (or a
+    full disk) at the second table left the new spec_decode, no spec_drafts and the old summary,
+    and said nothing was written (found by a review). Both tables are now written first, then
+    renamed with run.json's summary."""
+    import probe.speculative as spec
+
+    out = tmp_path / "run"
+    kw = dict(ckpt=str(probe_env["ckpt"]), corpus=str(probe_env["corpus"]), out=str(out), prompt_tokens=8,
+              new_tokens=4, progress=False)
+    record_spec(SpecOptions(max_prompts=3, **kw))
+    files = lambda: {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}  # noqa: E731
+    before = files()
+    real, calls = spec.pq.write_table, []
+
+    def failing(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise stop(28, "No space left on device") if stop is OSError else stop()
+        return real(*a, **k)
+
+    monkeypatch.setattr(spec.pq, "write_table", failing)
+    with pytest.raises(RecordError if stop is OSError else stop):  # an OSError: the one-line "cannot write"
+        record_spec(SpecOptions(max_prompts=2, overwrite=True, **kw))
+    assert files() == before  # both tables, the summary, and no temporary file left
+    monkeypatch.setattr(spec.pq, "write_table", real)
+    record_spec(SpecOptions(max_prompts=2, overwrite=True, **kw))  # the control: it does replace them
+    run = probe.open_run(out)
+    assert run.info["spec_decode"]["prompts"] == len(run.df("spec_decode")) == 2
+
+
+def test_binary_files_are_skipped_with_a_note(probe_env, tmp_path, capsys):
+    import shutil
+
+    corpus = tmp_path / "corpus"
+    shutil.copytree(probe_env["corpus"], corpus)
+    domain = next(p for p in sorted(corpus.iterdir()) if p.is_dir())
+    (domain / "w.bin").write_bytes(b"\x00\x01\x02" * 100)
+    out = record_spec(SpecOptions(ckpt=str(probe_env["ckpt"]), corpus=str(corpus), out=str(tmp_path / "run"),
+                                  prompt_tokens=8, new_tokens=4, max_prompts=2, progress=False))
+    assert "note: 1 binary file(s) in the corpus skipped" in capsys.readouterr().err
+    assert probe.open_run(out).info["spec_decode"]["skipped_binary_files"] == [f"{domain.name}/w.bin"]
 
 
 def test_spec_needs_mtp_weights(tmp_path, probe_env):
