@@ -168,7 +168,7 @@ def parse_token_filter(text: str, tokenizer, vocab_size: int) -> list[int]:
     for item in (s.strip() for s in str(text).split(",")):
         if not item:
             continue
-        if item.isdigit():
+        if item.isascii() and item.isdigit():  # "²" is a digit to str.isdigit, not to int()
             if int(item) >= vocab_size:
                 raise SteerError(f"--steer-tokens {item}: token id out of range (vocab_size {vocab_size})")
             out.add(int(item))
