@@ -119,6 +119,13 @@ class ModelArgs:
             want = _type_problem(getattr(self, f.name), f.type)
             if want:
                 bad(f"{f.name}={getattr(self, f.name)!r} must be {want}")
+        for f in dataclasses.fields(self):  # json reads NaN and Infinity: a NaN scale loaded silently (a review)
+            v = getattr(self, f.name)
+            if isinstance(v, float) and not math.isfinite(v):
+                bad(f"{f.name}={v} must be finite")
+        for name in ("route_scale", "rope_attention_factor"):  # a negative route scale flipped every expert's sign
+            if not getattr(self, name) > 0:
+                bad(f"{name}={getattr(self, name)} must be positive")
         for name in ("vocab_size", "dim", "n_layers", "n_heads", "kv_lora_rank", "qk_rope_head_dim",
                      "v_head_dim"):
             if getattr(self, name) <= 0:

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -134,7 +135,9 @@ def test_config_written_by_transformers():
     from transformers import DeepseekV3Config
 
     ours = ModelArgs.from_hf_config(TINY_HF)
-    hf = DeepseekV3Config(**HF_TINY).to_dict()
+    # a copy: transformers adds rope_theta into the rope_scaling dict it is given (HF_TINY's own, for
+    # every later test, where it then took precedence over the config's top-level rope_theta)
+    hf = DeepseekV3Config(**copy.deepcopy(HF_TINY)).to_dict()
     assert "rope_parameters" in hf
     assert ModelArgs.from_hf_config(hf) == ours
     assert (ours.dim, ours.n_heads, ours.rope_factor, ours.original_seq_len) == (72, 4, 4.0, 64)
@@ -349,6 +352,24 @@ def test_config_keys_that_would_change_the_arithmetic_are_read_or_refused(overri
         ModelArgs.from_hf_config(TINY_HF | overrides)
     for f in fields:
         assert f in str(ei.value), f"{f!r} not in {str(ei.value)!r}"
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (dict(routed_scaling_factor=float("nan")), "route_scale=nan must be finite"),
+    (dict(routed_scaling_factor=-2.5), "route_scale=-2.5 must be positive"),
+    (dict(rope_theta=float("inf")), "rope_theta=inf must be finite"),
+    (dict(rms_norm_eps=float("nan")), "norm_eps=nan must be finite"),
+])
+def test_non_finite_or_negative_numbers_are_refused(overrides, needle, tmp_path):
+    """json reads NaN and Infinity: routed_scaling_factor NaN gave NaN logits, -2.5 and rope_theta
+    Infinity loaded and ran (found by a review)."""
+    with pytest.raises(ConfigError, match=needle):
+        ModelArgs.from_hf_config(TINY_HF | overrides)
+    p = tmp_path / "config.json"  # as a file: json.dumps writes NaN / -Infinity, json.loads reads them back
+    p.write_text(json.dumps(TINY_HF | overrides))
+    with pytest.raises(ConfigError, match=needle):
+        ModelArgs.from_hf_config(str(p))
+    assert ModelArgs.from_hf_config(TINY_HF).route_scale > 0  # the control
 
 
 def _drop(cfg: dict, key: str) -> dict:
