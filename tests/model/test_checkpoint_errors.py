@@ -145,6 +145,26 @@ def test_error_index_of_the_wrong_shape(sharded_dir, tmp_path, weight_map, needl
     load_error(d, "model.safetensors.index.json: not a valid safetensors index")
 
 
+def test_inspect_before_the_download_takes_a_projection_stored_without_a_scale(fp8_dir, tmp_path):
+    """An FP8 checkpoint with one projection in bf16 (no scale) loads; inspect from the index alone,
+    before the shards are on disk, refused it for a missing scale (a review)."""
+    d = Path(shutil.copytree(fp8_dir, tmp_path / "ckpt"))
+    f, name = d / "model.safetensors", "model.layers.1.self_attn.o_proj.weight"
+    edit_tensors(f, lambda sd: {k: v for k, v in sd.items() if k != name + "_scale_inv"}
+                 | {name: sd[name].to(torch.bfloat16)})
+    model.load(d, device="meta")
+    assert ckpt.inspect(d)["checked"] == "headers"
+    f.rename(tmp_path / "away.safetensors")  # not downloaded yet
+    got = ckpt.inspect(d)
+    assert got["checked"] == "index" and got["fp8"] and got["missing_files"] == ["model.safetensors"]
+    p = d / "model.safetensors.index.json"  # the control: a weight missing from the index is still refused
+    j = json.loads(p.read_text())
+    del j["weight_map"][name]
+    p.write_text(json.dumps(j))
+    with pytest.raises(CheckpointError, match=f"missing tensor {re.escape(name)}"):
+        ckpt.inspect(d)
+
+
 def test_error_fp8_scales_not_finite_or_not_float_and_fp8_vectors(fp8_dir, tmp_path):
     """Block scales multiply every weight of their block: a NaN one, or integer ones, were used as
     they came; an FP8 tensor that is not 2-D was an IndexError."""
