@@ -166,7 +166,9 @@ def shard_spec(model: Transformer, shards: Shards) -> dict[str, Cut]:
                     spec[scale] = scales[shards.rank]
                     mine = cuts[shards.rank]
                     inside_block = mine.start % mod.block or mine.size % mod.block
-                    if mine.dim == 1 and not isinstance(mod, Experts) and inside_block:
+                    # (weight-only FP8, gemm_impl="fp8-weights", quantises no activation: no warning)
+                    if (mine.dim == 1 and not isinstance(mod, Experts) and inside_block
+                            and getattr(mod, "quantise_activations", True)):
                         narrow.append((name, mine, mod.block))
                 break
     if narrow:

@@ -343,6 +343,14 @@ def test_fp8_misaligned_shard_is_refused_on_meta():
             "inter_dim": 256, "qk_nope_head_dim": 64, "qk_rope_head_dim": 64, "v_head_dim": 64, "moe_inter_dim": 256})
         parallel.shard_spec(model.checkpoint.make_fp8_resident(model.Transformer(big, device="meta", init=False)),
                             Shards(1, 2))
+        # weight-only FP8 (gemm_impl="fp8-weights") quantises no activation: narrow shards change
+        # nothing, and the warning said they did (a review)
+        weights_only = model.checkpoint.make_fp8_resident(
+            model.Transformer(ModelArgs.from_name("tiny"), device="meta", init=False))
+        for mod in weights_only.modules():
+            if hasattr(mod, "quantise_activations"):
+                mod.quantise_activations = False
+        parallel.shard_spec(weights_only, Shards(1, 2))
 
 
 def test_shard_in_process_and_save_refused(tmp_path):
