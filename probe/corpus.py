@@ -46,7 +46,7 @@ def read_documents(path: str | Path, fields: tuple[str, ...], error: type[Except
     if not path.is_file():
         raise error(f"{path}: not found (build the corpus with: python -m data.build_corpus)")
     docs = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # -sig: a leading byte-order mark is not JSON
         for i, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -96,7 +96,13 @@ class _Counter:
         return "\ufffd", err.end
 
 
+BOM = codecs.BOM_UTF8
+
+
 def _decode(data: bytes, where: str, stats: CorpusStats) -> str:
+    """UTF-8 text of a file (or a JSONL record), without a leading byte-order mark; bytes that are
+    not UTF-8 are replaced by U+FFFD and counted in `stats`."""
+    data = data[len(BOM):] if data.startswith(BOM) else data
     counter = _Counter()
     name = f"probe-count-{id(counter)}"
     codecs.register_error(name, counter)
@@ -323,8 +329,9 @@ def _index(path, stats: CorpusStats | None = None) -> Iterator[_Ref]:
 
 
 def _index_jsonl(f: Path, rel: str, domain: str) -> Iterator[_Ref]:
-    data, offset = f.read_bytes(), 0
-    for i, raw in enumerate(data.split(b"\n")):
+    data = f.read_bytes()
+    offset = len(BOM) if data.startswith(BOM) else 0  # a byte-order mark some editors write: not JSON
+    for i, raw in enumerate(data[offset:].split(b"\n")):
         line = raw.decode("utf-8", errors="replace")
         if line.strip():
             doc_id, dom = _id_domain(_record(f, i, line), rel, i, domain)

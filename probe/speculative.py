@@ -68,16 +68,20 @@ class SpecOptions:
 
 
 def spec_prompts(corpus: Path, tok, bos: int | None, n_tokens: int, limit: int | None,
-                 stats: CorpusStats | None = None) -> list[tuple[str, str, list[int]]]:
+                 stats: CorpusStats | None = None, short: list[str] | None = None) -> list[tuple[str, str, list[int]]]:
     """(doc_id, domain, prompt ids) for the first `limit` documents with at least `n_tokens` tokens.
     Documents are taken round-robin over domains, so a limit keeps every domain represented (every
-    domain with a document that long). `stats` counts what the corpus reader replaced or skipped."""
+    domain with a document that long: the others are appended to `short`). `stats` counts what the
+    corpus reader replaced or skipped."""
     by_domain: dict[str, list[tuple[str, str, list[int]]]] = {}
     for doc in iter_documents(corpus, stats if stats is not None else CorpusStats()):
         ids = tok.encode(doc.text, add_special_tokens=False).ids
         ids = ([bos] if bos is not None else []) + ids
+        prompts = by_domain.setdefault(doc.domain, [])
         if len(ids) >= n_tokens:
-            by_domain.setdefault(doc.domain, []).append((doc.doc_id, doc.domain, ids[:n_tokens]))
+            prompts.append((doc.doc_id, doc.domain, ids[:n_tokens]))
+    if short is not None:
+        short += [d for d in sorted(by_domain) if not by_domain[d]]
     out, lists = [], [by_domain[d] for d in sorted(by_domain)]
     for i in range(max((len(v) for v in lists), default=0)):
         out += [v[i] for v in lists if i < len(v)]
@@ -157,8 +161,12 @@ def record_spec(opts: SpecOptions) -> Path:
     tok = load_tokenizer(opts.tokenizer, ckpt, args.vocab_size)
     world = start_world(opts.model_parallel, opts.device, args)
     agree(world, lambda: _check_out(out, opts.overwrite))
-    stats = CorpusStats()
-    prompts = spec_prompts(corpus, tok, args.bos_token_id, opts.prompt_tokens, prompt_limit(opts), stats)
+    stats, short = CorpusStats(), []
+    prompts = spec_prompts(corpus, tok, args.bos_token_id, opts.prompt_tokens, prompt_limit(opts), stats, short)
+    if short and prompts and world.rank == 0:
+        print(f"note: no document of {', '.join(short)} has {opts.prompt_tokens} tokens for a prompt "
+              f"(--prompt-tokens): no prompt from {'that domain' if len(short) == 1 else 'those domains'}",
+              file=sys.stderr)
     if stats.skipped_binary and world.rank == 0:
         print(f"note: {len(stats.skipped_binary)} binary file(s) in the corpus skipped "
               f"({', '.join(stats.skipped_binary[:3])}{', ...' if len(stats.skipped_binary) > 3 else ''})",

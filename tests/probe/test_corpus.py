@@ -156,6 +156,27 @@ def test_binary_files_in_a_corpus_folder_are_skipped_and_named(tmp_path):
         windows(only, "domains")
 
 
+def test_a_byte_order_mark_is_not_part_of_a_document(tmp_path):
+    """Files saved by some Windows editors start with a UTF-8 byte-order mark: a JSONL file was
+    refused ("not valid JSON (Unexpected UTF-8 BOM)", a review) and a .txt document began with
+    U+FEFF. Both now read as without it, and the JSONL's offsets still find every record."""
+    from probe.corpus import iter_documents
+
+    c = tmp_path / "c"
+    (c / "code").mkdir(parents=True)
+    (c / "prose").mkdir()
+    texts = ["alpha beta", "gamma delta", "epsilon"]  # a word with U+FEFF before it would encode as 1
+    (c / "code" / "a.jsonl").write_bytes(b"\xef\xbb\xbf" + "\n".join(json.dumps({"text": t}) for t in texts[:2]).encode())
+    (c / "prose" / "b.txt").write_bytes(b"\xef\xbb\xbf" + texts[2].encode())
+    assert sorted(d.text for d in iter_documents(c)) == sorted(texts)
+    for order in ("corpus", "domains"):  # the windows read the records by offset
+        got = [w.ids.tolist() for w in corpus_windows(c, encode, 64, 0, None, order, CorpusStats())]
+        assert sorted(got) == sorted([0] + encode(t) for t in texts), order
+    f = tmp_path / "val.jsonl"  # the bundled corpus's reader too
+    f.write_bytes(b"\xef\xbb\xbf" + json.dumps({"text": "x", "domain": "d"}).encode() + b"\n")
+    assert read_documents(f, ("text", "domain"), CorpusError) == [{"text": "x", "domain": "d"}]
+
+
 def test_bad_order_and_bad_records_are_one_line_errors(tmp_path):
     c = folder_corpus(tmp_path / "c")
     with pytest.raises(CorpusError, match="--order 'random'"):

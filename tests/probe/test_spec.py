@@ -170,6 +170,20 @@ def test_binary_files_are_skipped_with_a_note(probe_env, tmp_path, capsys):
     assert probe.open_run(out).info["spec_decode"]["skipped_binary_files"] == [f"{domain.name}/w.bin"]
 
 
+def test_a_domain_without_a_long_enough_document_is_named(probe_env, tmp_path, capsys):
+    """A domain whose documents are all shorter than --prompt-tokens gave no prompt, silently (a review)."""
+    import shutil
+
+    corpus = tmp_path / "corpus"
+    shutil.copytree(probe_env["corpus"], corpus)
+    (corpus / "tiny").mkdir()
+    (corpus / "tiny" / "a.txt").write_text("hi")
+    out = record_spec(SpecOptions(ckpt=str(probe_env["ckpt"]), corpus=str(corpus), out=str(tmp_path / "run"),
+                                  prompt_tokens=8, new_tokens=4, max_prompts=4, progress=False))
+    assert "note: no document of tiny has 8 tokens for a prompt (--prompt-tokens)" in capsys.readouterr().err
+    assert "tiny" not in probe.open_run(out).info["spec_decode"]["prompts_per_domain"]
+
+
 def test_spec_needs_mtp_weights(tmp_path, probe_env):
     import shutil
 
