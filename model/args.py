@@ -457,6 +457,11 @@ def _dtype_from_hf(cfg: dict[str, Any], where: str) -> dict[str, Any]:
             or not all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in block)):
         raise ConfigError(f"{where}: quantization_config.weight_block_size={block!r} must be two positive "
                           "integers, e.g. [128, 128]")
+    # e4m3 weights with activations quantised on the fly, as DeepSeek publishes them; another format
+    # or precomputed activation scales would be read as these and run wrong (a review)
+    for key, want in (("fmt", "e4m3"), ("activation_scheme", "dynamic")):
+        if q.get(key, want) != want:
+            raise ConfigError(f"{where}: quantization_config.{key}={q[key]!r} is not supported (only {want!r})")
     if q.get("scale_fmt") not in (None, "ue8m0"):
         raise ConfigError(f"{where}: quantization_config.scale_fmt={q['scale_fmt']!r} is not supported "
                           "(null, or 'ue8m0' as DeepSeek-V3.1 writes it)")

@@ -301,6 +301,10 @@ def test_invalid_args(overrides, fields):
      ["quantization_config.weight_block_size='128' must be two positive integers"]),
     (dict(quantization_config={"quant_method": "fp8", "scale_fmt": "e8m0"}),
      ["quantization_config.scale_fmt='e8m0' is not supported"]),
+    (dict(quantization_config={"quant_method": "fp8", "fmt": "e5m2"}),
+     ["quantization_config.fmt='e5m2' is not supported (only 'e4m3')"]),
+    (dict(quantization_config={"quant_method": "fp8", "activation_scheme": "static"}),
+     ["quantization_config.activation_scheme='static' is not supported (only 'dynamic')"]),
     # transformers' rotate-half RoPE would give other logits (0.77 apart) had it been taken silently
     (dict(rope_interleave=False), ["config dict: rope_interleave=False is not supported"]),
     (dict(tie_word_embeddings=True), ["tie_word_embeddings=true is not supported"]),
