@@ -305,14 +305,16 @@ def _copy_tensor(reader: TensorReader, headers: dict, hf_name: str, cut, dst: to
 
 
 def _read_scale(reader: TensorReader, headers: dict, hf_name: str) -> torch.Tensor:
-    """The block scales of FP8 tensor `hf_name`, all finite (a NaN or inf scale would silently
-    poison every weight of its block)."""
+    """The block scales of FP8 tensor `hf_name`, all finite and none negative (a NaN or inf scale
+    would silently poison every weight of its block, a negative one flip their signs; zero is an
+    all-zero block)."""
     sname = hf_name + "_scale_inv"
     scale = reader.read(headers[sname][0], sname)
-    if not torch.isfinite(scale).all():
-        bad = (~torch.isfinite(scale)).nonzero()[0].tolist()
+    wrong = ~torch.isfinite(scale) | (scale < 0)
+    if wrong.any():
+        bad = wrong.nonzero()[0].tolist()
         raise CheckpointError(f"{headers[sname][0]}: tensor {sname} holds {scale[tuple(bad)].item()} at block "
-                              f"{bad}; block scales must be finite")
+                              f"{bad}; block scales must be finite and not negative")
     return scale
 
 

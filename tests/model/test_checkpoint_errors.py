@@ -171,7 +171,11 @@ def test_error_fp8_scales_not_finite_or_not_float_and_fp8_vectors(fp8_dir, tmp_p
     name = "model.layers.0.mlp.down_proj.weight_scale_inv"
     for i, (edit, needles) in enumerate([
             (lambda sd: sd | {name: sd[name].clone().index_fill_(1, torch.tensor([0]), float("nan"))},
-             [name, "holds nan at block [0, 0]; block scales must be finite"]),
+             [name, "holds nan at block [0, 0]; block scales must be finite and not negative"]),
+            # a negative scale flips its block's signs (a review); the last block, so the index is checked
+            (lambda sd: sd | {name: sd[name].clone().view(-1).index_fill_(0, torch.tensor([sd[name].numel() - 1]),
+                                                                          -0.5).view_as(sd[name])},
+             [name, "holds -0.5 at block [", "must be finite and not negative"]),
             (lambda sd: sd | {name: sd[name].to(torch.int32)}, [name, "has dtype torch.int32"]),
             (lambda sd: sd | {"model.norm.weight": sd["model.norm.weight"].to(torch.float8_e4m3fn),
                               "model.norm.weight_scale_inv": torch.ones(1)},
