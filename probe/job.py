@@ -107,6 +107,15 @@ def checkpoint_fingerprint(ckpt: Path) -> str:
     return h.hexdigest()
 
 
+def check_run_model(info: dict, where: str, ckpt, error: type[Exception] = RecordError) -> None:
+    """A job on an existing run takes the run's checkpoint unless --ckpt is given; a training run has
+    one only once its model is written (run.json's `checkpoint`, at the end). Without it the bundled
+    model stood in silently (a review): one line asking for --ckpt instead."""
+    if info.get("kind") == "train" and not ckpt and not (info.get("checkpoint") or {}).get("path"):
+        raise error(f"{where}: a training run whose model is not written yet (status {info.get('status')!r}): "
+                    "pass --ckpt with the model to use")
+
+
 def checkpoint_identity(ckpt: Path) -> dict:
     """What run.json keeps of a run's checkpoint: its path, layout fingerprint and weights sample."""
     return {"path": str(ckpt.resolve()), "fingerprint": checkpoint_fingerprint(ckpt), "sample": checkpoint_sample(ckpt)}

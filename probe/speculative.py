@@ -40,8 +40,8 @@ import pyarrow.parquet as pq
 import torch
 
 from .corpus import CorpusError, CorpusStats, iter_documents
-from .job import (RecordError, agree, check_out_parent, checkpoint_args, checkpoint_identity, load_model,
-                  load_tokenizer, os_refusal, resolve_paths, same_checkpoint, start_world)
+from .job import (RecordError, agree, check_out_parent, check_run_model, checkpoint_args, checkpoint_identity,
+                  load_model, load_tokenizer, os_refusal, resolve_paths, same_checkpoint, start_world)
 from .schema import TABLES
 from .writer import RUN_JSON, read_run_json, updating_run_json
 
@@ -264,6 +264,7 @@ def _run_defaults(opts: SpecOptions) -> tuple[str | None, str | None]:
     ckpt, corpus = opts.ckpt, opts.corpus
     if opts.out and (Path(opts.out) / RUN_JSON).exists():
         info = read_run_json(Path(opts.out))
+        check_run_model(info, f"--out {opts.out}", ckpt)
         if info.get("kind") == "import" and not (ckpt and corpus):
             # an import (SGLang) carries loads but no model or text: the bundled ones would stand in silently
             raise RecordError(f"--out {opts.out}: an imported run ({(info.get('source') or {}).get('name', 'import')})"

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from model import Transformer
-from probe.job import check_out_parent
+from probe.job import check_out_parent, checkpoint_identity
 from probe.writer import write_json_atomic
 
 from .balance import RoutingTap, moe_gates, settle_biases, update_bias
@@ -298,7 +298,11 @@ class _Run:
             return self.info
         path = save_final(self.raw, ns.out, ns.tokenizer, getattr(torch, ns.save_dtype))
         size = sum(f.stat().st_size for f in path.iterdir())
-        self.flush("complete", final=final, model_dir=str(path), model_bytes=size,
+        # the run's model and held-out text, where the analysis jobs (importance, steer, spec, report)
+        # look for a run's own: without them they took the bundled model silently (a review)
+        val = ns.corpus / "val.jsonl"
+        self.flush("complete", final=final, model_dir=str(path), model_bytes=size, checkpoint=checkpoint_identity(path),
+                   **({"corpus": {"path": str(val.resolve())}} if val.exists() else {}),
                    tokens_per_s=float(np.median(self.recent_tps)) if self.recent_tps else None)
         print(f"done: {self.step} steps, {self.tokens_seen:,} tokens in {time.perf_counter() - self.t_start:.0f} s; "
               f"model in {path} ({size / 2**20:.1f} MiB)")

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from probe.corpus import CorpusError, Window, corpus_windows, fingerprint
-from probe.job import check_out_parent
+from probe.job import check_out_parent, check_run_model
 from probe.recorders import Batch, model_token_nll
 from probe.schema import TABLES
 from probe.writer import read_run_json, write_result_part
@@ -190,6 +190,7 @@ def job_defaults(opts: AblateOptions) -> tuple[AblateOptions, dict | None]:
         raise AblationError(f"--loads-from {opts.loads_from!r}: choose auto, run or baseline")
     if opts.run is not None:
         info = read_run_json(Path(opts.run))
+        check_run_model(info, str(opts.run), opts.ckpt, AblationError)
         ro = info.get("options", {})
         opts.ckpt = opts.ckpt or (info.get("checkpoint") or {}).get("path")
         opts.corpus = opts.corpus or (info.get("corpus") or {}).get("path")
@@ -220,11 +221,14 @@ def job_defaults(opts: AblateOptions) -> tuple[AblateOptions, dict | None]:
 
 
 def loads_from_run(run_dir: str | Path, shape: RouterShape) -> Loads:
-    """{domain or "all": [n_moe_layers, E] counts} summed over a run's `expert_load` table."""
+    """{domain or "all": [n_moe_layers, E] counts} summed over a run's `expert_load` table. Rows of an
+    MTP module's router (layer n_layers + k, which training runs record) are left out: ablations act
+    on the main layers."""
     import probe
 
     run = probe.open_run(run_dir)
     df = run.sql("select layer, expert, domain, sum(count)::bigint as n from expert_load group by all").df()
+    df = df[df.layer < shape.n_layers]
     if df.empty:
         raise AblationError(f"{run_dir}: empty run: its expert_load table has no rows (record it first, "
                             "or pass --loads-from baseline)")

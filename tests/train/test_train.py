@@ -198,6 +198,33 @@ def test_training_reduces_loss_and_writes_the_run(corpus, tmp_path):
     with torch.no_grad():
         want = load_hf(out / "model")(tokens).logits
     torch.testing.assert_close(m(tokens), want, rtol=1e-4, atol=1e-4)
+    _analyses_take_the_runs_own_model(out, corpus, info)
+
+
+def _analyses_take_the_runs_own_model(out: Path, corpus: Path, info: dict) -> None:
+    """importance, steer, spec and report on a training run took the bundled model silently, and
+    `--top` failed on the MTP router's loads (found by a review). run.json now names the run's model
+    and held-out text; the loads of the MTP router (layer n_layers) are left out of ablations."""
+    from analyses.ablate import AblateOptions, AblationError
+    from analyses.ablate.run import job_defaults, loads_from_run
+    from analyses.ablate.select import RouterShape
+
+    assert info["checkpoint"]["path"] == str((out / "model").resolve()) and info["checkpoint"]["sample"]
+    assert info["corpus"]["path"] == str((corpus / "val.jsonl").resolve())
+    opts, _ = job_defaults(AblateOptions(run=str(out)))
+    assert (opts.ckpt, opts.corpus) == (info["checkpoint"]["path"], info["corpus"]["path"])
+    m = load_ckpt(out / "model", dtype=torch.float32)
+    loads = loads_from_run(out, RouterShape.of(m.args))
+    el = probe.open_run(out).df("expert_load")
+    assert set(el.layer) == {1, 2, 3} and loads["all"].shape == (2, 16)  # the MTP router's layer 3 left out
+    assert loads["all"].sum() == el[el.layer < 3]["count"].sum()
+    running = out.parent / "running"
+    running.mkdir()
+    (running / "run.json").write_text(json.dumps({k: v for k, v in info.items() if k not in ("checkpoint", "corpus")}
+                                                 | {"status": "running"}))
+    with pytest.raises(AblationError, match="a training run whose model is not written yet .status 'running'.: "
+                                            "pass --ckpt"):
+        job_defaults(AblateOptions(run=str(running)))
 
 
 def test_balance_none_keeps_bias_zero_and_switch_adds_loss(corpus, tmp_path):
