@@ -25,7 +25,9 @@ Results: one row per layer, expert and domain (plus `all`) in the run's `expert_
 (`probe/schema.py`): tokens, load, load_share, baseline_loss, loss, delta = loss - baseline_loss.
 One part file per command (its name hashes the layers, experts and inputs, so repeating a command
 replaces its own part), written under a temporary name and renamed, and noted in run.json
-(`importance_parts`). The command prints per layer Spearman's rho between load_share and delta and
+(`importance_parts`). A measurement of an expert in a domain replaces any older one: a command with
+other options (another token budget, e.g. the report's own) takes those rows out of the older parts,
+so the table holds one measurement per layer, expert and domain. The command prints per layer Spearman's rho between load_share and delta and
 the most important experts.
 
 Under torchrun the ranks form replicas of --model-parallel ranks (probe/job.py): global batch b is

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from analyses.ablate import (AblateOptions, add_loss, baseline_pass, check_out, job_defaults,
@@ -27,7 +28,7 @@ from analyses.importance import TOKEN_BUDGET
 from probe.corpus import CorpusError
 from probe.recorders import Batch, model_token_nll
 from probe.schema import TABLES
-from probe.writer import write_result_part
+from probe.writer import replacing, updating_run_json, write_result_part
 
 from .analysis import TABLE, ImportanceError  # noqa: F401 - defined where torch is not imported
 
@@ -279,5 +280,47 @@ def part_key(meta: dict) -> dict:
 def write_importance(out: str | Path, df, meta: dict, args=None) -> Path:
     """Write `df` as one part of `out/expert_importance/` (temporary name, then rename) and note it
     in run.json under `importance_parts`; a directory without run.json becomes a run holding only
-    this table (probe.writer.write_result_part)."""
-    return write_result_part(out, TABLE, df, part_key(meta), meta, "importance_parts", {"rows": len(df)}, args)
+    this table (probe.writer.write_result_part). The newest measurement of an expert in a domain
+    replaces older ones: their rows leave the older parts (`supersede`)."""
+    part = write_result_part(out, TABLE, df, part_key(meta), meta, "importance_parts", {"rows": len(df)}, args)
+    supersede(Path(out), part, df)
+    return part
+
+
+def supersede(out: Path, part: Path, df) -> int:
+    """Remove from every other part of `out/expert_importance/` the rows of a (layer, expert,
+    domain) that `df` (part `part`) measures again: each part is rewritten whole (temporary name,
+    then rename) or deleted when nothing is left, and run.json's `importance_parts` follows. Two
+    measurements of one expert side by side (e.g. `analyses.importance` with its defaults, then a
+    report's own at another token budget) made every reader of the table refuse it (a review).
+    Returns the rows removed."""
+    import pyarrow.parquet as pq
+
+    from analyses.importance.analysis import KEY
+
+    new = set(df[KEY].itertuples(index=False, name=None))
+    removed, left = 0, {}
+    for f in sorted((out / TABLE).glob("*.parquet")):
+        if f == part:
+            continue
+        old = pq.read_table(f).to_pandas()
+        keep = [k not in new for k in old[KEY].itertuples(index=False, name=None)]
+        if all(keep):
+            continue
+        removed += len(old) - sum(keep)
+        if any(keep):
+            with replacing(f) as tmp:
+                pq.write_table(pa.Table.from_pandas(old[keep], schema=TABLES[TABLE], preserve_index=False), tmp,
+                               compression="zstd")
+        else:
+            f.unlink()
+        left[f.stem] = sum(keep)
+    if left:
+        with updating_run_json(out) as info:
+            parts = info.get("importance_parts", {})
+            for stem, n in left.items():
+                if n:
+                    parts.setdefault(stem, {})["rows"] = n
+                else:
+                    parts.pop(stem, None)
+    return removed

@@ -277,3 +277,32 @@ def test_also_removed_names_what_rerouting_really_removes():
         with torch.no_grad(), ablated(m, {layer: [0, 1]}):
             both = m(tok)
         assert torch.equal(one, both) == bool(more), per_group
+
+
+def test_a_new_measurement_of_an_expert_replaces_the_older_one(tmp_path):
+    """Two commands measuring one expert in one domain with different options (the README's
+    `analyses.importance` with its defaults, then `analyses.report`'s own) left two parts whose
+    rows every reader refused as measured twice (found by a review). The newer one now replaces the
+    older rows; an older part with nothing left goes."""
+    import probe
+    from analyses.importance.analysis import TABLE, importance_table
+    from analyses.importance.run import write_importance
+
+    out = tmp_path / "run"
+
+    def meta(tokens):
+        return {"layers": [1], "experts": None, "checkpoint": {"path": "c"}, "corpus": {"path": "t"},
+                "options": {"domain_tokens": tokens}}
+
+    first = _table([0.1, 0.2, 0.3, 0.4], [0.1, 0.1, 0.1, 0.1])  # experts 0-3
+    write_importance(out, first, meta(2000))
+    second = _table([0.5, 0.5], [0.9, 0.8])  # experts 0-1 again, other options: another part
+    write_importance(out, second, meta(1000))
+    got = importance_table(probe.open_run(out)).sort_values("expert")
+    assert got.expert.tolist() == [0, 1, 2, 3] and got.delta.tolist() == [0.9, 0.8, 0.1, 0.1]
+    parts = probe.open_run(out).info["importance_parts"]
+    assert sorted(v["rows"] for v in parts.values()) == [2, 2] and len(list((out / TABLE).glob("*.parquet"))) == 2
+    write_importance(out, _table([0.1] * 4, [0.5] * 4), meta(500))  # covers all: both older parts go
+    assert len(list((out / TABLE).glob("*.parquet"))) == 1 and len(probe.open_run(out).info["importance_parts"]) == 1
+    assert importance_table(probe.open_run(out)).delta.tolist() == [0.5] * 4
+    assert not list((out / TABLE).glob(".*tmp*"))
