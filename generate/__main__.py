@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     ns = build_parser().parse_args(argv)
 
     from model import CheckpointError, ConfigError, ModelArgs, ParallelError, load
+    from model.kernels import KernelError
     from model.parallel import World, init_world
 
     code = None  # the exit status once main's work ended normally or with a reported error
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
         if ns.interactive:
             _interactive(m, codec, ns, world, sampling)
         code = 0
-    except (GenerateError, CheckpointError, ConfigError, ParallelError) as e:
+    except (GenerateError, CheckpointError, ConfigError, ParallelError, KernelError) as e:
         if world.rank == 0:  # every rank raises the same error; one line is enough
             print(f"error: {e}", file=sys.stderr)
         code = 2

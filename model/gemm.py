@@ -153,7 +153,12 @@ def _base() -> dict:
 
 def _forced(base: dict) -> GemmChoice | None:
     """F.linear when this torch has no oneDNN; DSV3_ONEDNN's path when set; else None (measure)."""
-    forced = os.environ.get("DSV3_ONEDNN")
+    forced = os.environ.get("DSV3_ONEDNN") or None
+    if forced not in (None, "0", "1"):  # a typo ("yes", "2") was ignored, and the cached choice taken (a review)
+        from .kernels import KernelError
+
+        raise KernelError(f"DSV3_ONEDNN={forced!r}: set 1 (oneDNN's linear primitive) or 0 (F.linear), or leave "
+                          "it unset to choose by measurement")
     if not onednn_available():
         return GemmChoice("linear", "unavailable", "oneDNN's linear primitive is not in this torch build", **base)
     if forced in ("0", "1"):

@@ -422,3 +422,12 @@ def test_cli_errors(demo_dir, tmp_path, capsys):
         assert err.startswith("error: ") and msg in err and err.count("\n") == 1, err
 
 
+def test_a_bad_kernel_setting_is_one_line(tmp_path, capsys, monkeypatch):
+    """DSV3_KERNELS=bogus was a traceback from generate (record and ablate said it in one line; a review)."""
+    from helpers.models import REPO
+    from model.saving import fp8_copy
+
+    fp8 = fp8_copy(REPO / "data" / "model", tmp_path / "fp8")  # whole 128-blocks: its GEMMs run the kernels
+    monkeypatch.setenv("DSV3_KERNELS", "bogus")
+    code, out, err = run_cli(capsys, "--ckpt", fp8, "--gemm", "fp8", "--prompt", "a", "--no-chat-template")
+    assert code == 2 and err.startswith("error: DSV3_KERNELS='bogus': choose one of") and err.count("\n") == 1, err

@@ -219,6 +219,13 @@ def test_the_environment_forces_the_path(fresh, monkeypatch):
         c = gemm.choice()
         assert (c.path, c.source) == (path, "env") and f"DSV3_ONEDNN={value}" in c.reason
     assert not fresh.exists()
+    from model.kernels import KernelError
+
+    for value in ("yes", "2"):  # a typo was ignored and the cached choice taken (a review)
+        gemm.reset()
+        monkeypatch.setenv("DSV3_ONEDNN", value)
+        with pytest.raises(KernelError, match=f"DSV3_ONEDNN='{value}': set 1 .* or 0"):
+            gemm.choice()
 
 
 @needs_onednn
