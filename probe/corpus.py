@@ -239,8 +239,11 @@ def corpus_windows(path: str | Path, encode, seq_len: int, bos_id: int | None, m
 
 
 def _doc_windows(d: Document, encode, seq_len: int, bos_id: int | None) -> Iterator[tuple[int, np.ndarray]]:
-    """(start, ids) of each window of one document."""
+    """(start, ids) of each window of one document; none for a document without a token (its window
+    would be BOS alone: an empty text file recorded as a "complete" one-token run, a review)."""
     ids = encode(d.text)
+    if not len(ids):
+        return
     if bos_id is not None:
         ids = [bos_id, *ids]
     arr = np.asarray(ids, dtype=np.int32)

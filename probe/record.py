@@ -127,6 +127,8 @@ def check_options(opts: RecordOptions) -> None:
         raise RecordError("--batch-size must be >= 1 and --seq-len >= 2")
     if opts.max_tokens is not None and opts.max_tokens < 1:
         raise RecordError(f"--max-tokens {opts.max_tokens}: must be >= 1")
+    if opts.commit_every < 1:  # 0 and -3 committed every batch, silently (a review)
+        raise RecordError(f"--commit-every {opts.commit_every}: must be >= 1 (batches between commits)")
     if opts.order not in ORDERS:
         raise RecordError(f"--order {opts.order!r}: choose {' or '.join(ORDERS)}")
     if not opts.dry_run and (opts.world_size is not None or opts.device_memory is not None):

@@ -265,7 +265,8 @@ DOCS: dict[str, dict[str, str]] = {
     },
     "spec_drafts": {
         "doc_id": "prompt document", "domain": "its domain",
-        "position": "index of the generated token the draft was proposed for (0 = the first new token)",
+        "position": "index of the generated token the draft was proposed for (0 would be the first new token, "
+                    "which the prefill gives with no draft, so positions start at 1)",
         "token": "the drafted token id", "accepted": "the main model's greedy token equals the draft",
     },
     "ablations": {

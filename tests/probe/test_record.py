@@ -284,6 +284,13 @@ def test_bad_inputs_give_one_line_errors_and_write_nothing(probe_env, tmp_path, 
     assert_one_line_error(Done(code, capsys.readouterr().err), "typo: no such directory of runs")
     assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", corpus, "--out", str(out), "--max-tokens", "0",
                               capsys=capsys), "--max-tokens 0")
+    for n in ("0", "-3"):  # committed every batch, silently (a review)
+        assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", corpus, "--out", str(out), "--commit-every", n,
+                                  capsys=capsys), f"--commit-every {n}: must be >= 1")
+    empty = tmp_path / "empty.txt"  # a document without a token: no BOS-only window, no "complete" run of 1 token
+    empty.write_text("")
+    assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", str(empty), "--out", str(out), capsys=capsys),
+                          "empty.txt: corpus has no text")
     assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", corpus, "--out", str(out), "--world-size", "2",
                               capsys=capsys), "use them with --dry-run")
     # a directory the OS refuses only when the run is created (procfs takes no new entries, even from root)
