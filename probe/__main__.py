@@ -225,6 +225,9 @@ def _spec(ns) -> int:
     from .speculative import SpecOptions, record_spec
 
     kw = {k: v for k, v in vars(ns).items() if k in SpecOptions.__dataclass_fields__}
+    if ns.max_prompts is not None and ns.max_prompts < 0:
+        print(f"error: --max-prompts {ns.max_prompts}: must be >= 0 (0 = every document)", file=sys.stderr)
+        return 2
     if ns.max_prompts is None:  # not given: 64, unless a token budget caps the prompts instead
         kw["max_prompts"] = None if ns.max_tokens is not None else 64
     else:

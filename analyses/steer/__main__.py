@@ -36,7 +36,7 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--mode", choices=MODES, default="force",
                     help="force: into the top-k of every steered token (at most K per layer); bias: add --bias to "
                          "their selection scores before group-limited routing (default force)")
-    st.add_argument("--bias", type=float, default=1.0, help="bias mode: added to the selection scores (default 1.0)")
+    st.add_argument("--bias", type=float, help="bias mode: added to the selection scores (default 1.0)")
     st.add_argument("--steer-domain", action="append", help="steer only this domain's tokens (repeatable)")
     st.add_argument("--steer-tokens", help="steer only these tokens: words or token ids, comma separated")
     st.add_argument("--name", help="name of the steering (default: from the selection)")
@@ -92,7 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not ns.experts:
             raise AblationError("nothing to steer: pass --experts layer:expert[+expert],... (e.g. 2:5+7)")
-        s = Steer(name=ns.name or "", experts=ns.experts, mode=ns.mode, bias=ns.bias, domains=ns.steer_domain)
+        if ns.bias is not None and ns.mode != "bias":  # it was ignored (a review), as ablate refuses --renormalise
+            raise AblationError(f"--bias applies to --mode bias only (this command gives --mode {ns.mode})")
+        s = Steer(name=ns.name or "", experts=ns.experts, mode=ns.mode, bias=1.0 if ns.bias is None else ns.bias,
+                  domains=ns.steer_domain)
         out, df = steer(_options(ns), s, token_filter=ns.steer_tokens)
     except (AblationError, CorpusError, RunError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

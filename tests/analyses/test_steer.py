@@ -265,6 +265,7 @@ def test_cli_end_to_end_writes_the_steering_table(probe_env, tmp_path, capsys):
     (["--experts", "1:2", "--steer-tokens", "zzqxv"], "--steer-tokens 'zzqxv': not a single token"),
     # a digit to str.isdigit that int() refuses: was "invalid literal for int()" (a review)
     (["--experts", "1:2", "--steer-tokens", "\u00b2"], "--steer-tokens '\u00b2': not a single token"),
+    (["--experts", "1:2", "--bias", "0.5"], "--bias applies to --mode bias only (this command gives --mode force)"),
     ([], "nothing to steer: pass --experts"),
 ])
 def test_cli_bad_inputs_are_one_line_errors(probe_env, tmp_path, capsys, extra, msg):

@@ -184,6 +184,13 @@ def test_a_domain_without_a_long_enough_document_is_named(probe_env, tmp_path, c
     assert "tiny" not in probe.open_run(out).info["spec_decode"]["prompts_per_domain"]
 
 
+def test_max_prompts_below_zero_is_one_line(tmp_path, capsys):
+    """-1 said "must be >= 1" while 0 is taken ("every document"; a review)."""
+    assert cli_main(["spec", "--out", str(tmp_path / "o"), "--max-prompts", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: --max-prompts -1: must be >= 0 (0 = every document)\n" and not (tmp_path / "o").exists()
+
+
 def test_spec_needs_mtp_weights(tmp_path, probe_env):
     import shutil
 
