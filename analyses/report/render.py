@@ -72,6 +72,7 @@ def run_notes(run, ns) -> list[str]:
     notes = []
     if run.info.get("kind") == "import" and not ns.skip_ablation:
         ns.skip_ablation = True
+        ns.skip_reason = "an import has no checkpoint or corpus to run the model on"
         notes.append(f"{run.path} is an import ({(run.info.get('source') or {}).get('name', '?')}): it has no "
                      "checkpoint or corpus, so the sections that run the model (masking, importance, steering) "
                      "are left out")
@@ -92,7 +93,10 @@ def compute(run_dir: Path, ns, writer: bool = True) -> dict:
     import probe
 
     run = probe.open_run(run_dir)
-    out: dict = {"run": run, "label": rd.run_label(run)}
+    out: dict = {"run": run, "label": rd.run_label(run),
+                 # why the sections that run the model are missing, in their place in the report
+                 "skip_reason": getattr(ns, "skip_reason", None) or ("--skip-ablation" if ns.skip_ablation else
+                                                                     "--importance-tokens 0")}
     out["specialisation"], out["lift"] = rd.specialisation(run)
     out["sweep"] = None
     if not ns.skip_ablation:
@@ -328,7 +332,7 @@ def _missing(sec: str, r: dict) -> str:
     if sec in ("Domain specialisation", "Per-domain ablation") and len(r["domains"]) < 2:
         return f"(not measured: {ONE_DOMAIN.format(', '.join(r['domains']) or 'none')})"
     if sec in ("Loss vs masked experts", "Per-domain ablation") and r["sweep"] is None:
-        return "(skipped: --skip-ablation)"
+        return f"(skipped: {r.get('skip_reason') or '--skip-ablation'})"
     if sec in research.RESEARCH_SECTIONS:
         return research.missing(sec, r)
     return "(not in this run: the table was not recorded)"

@@ -245,5 +245,5 @@ def missing(sec: str, r: dict) -> str:
     if sec == "Steering" and r.get("importance") is not None:
         return "(not measured: the run has one domain, so there is no domain-specific expert to steer with)"
     if sec in ("Causal vs observed importance", "Steering") and r.get("importance") is None:
-        return "(skipped: --skip-ablation or --importance-tokens 0)"
+        return f"(skipped: {r.get('skip_reason') or '--skip-ablation or --importance-tokens 0'})"
     return "(not in this run: the routing or tokens table was not recorded)"

@@ -90,7 +90,7 @@ def test_only_the_writing_rank_computes_the_table_sections(run_dir, monkeypatch)
     monkeypatch.setattr(research.M, "routes_from_run", lambda *a, **k: scans.append(1) or real(*a, **k))
     ns = report.parser().parse_args([str(run_dir), "--skip-ablation"])
     other = render.compute(run_dir, ns, writer=False)
-    assert scans == [] and set(other) == {"run", "label", "specialisation", "lift", "sweep"}
+    assert scans == [] and set(other) == {"run", "label", "skip_reason", "specialisation", "lift", "sweep"}
     assert other["lift"]  # steering picks its experts from it on every rank
     first = render.compute(run_dir, ns)
     assert scans == [1] and {"balance", "repetition", "paths", "token_dependence", "summary"} <= set(first)
@@ -266,6 +266,14 @@ def test_run_notes_name_interrupted_runs_and_imports():
     assert "is 'interrupted', not complete" in run_notes(NS(path="r", status="interrupted", info={}), ns)[0]
     notes = run_notes(NS(path="p", status="complete", info={"kind": "import", "source": {"name": "sglang"}}), ns)
     assert "p is an import (sglang)" in notes[0] and ns.skip_ablation
+    # the skipped sections say why in their place (they blamed --skip-ablation, not given; a review)
+    from analyses.report import research
+    from analyses.report.render import _missing
+
+    r = {"skip_reason": ns.skip_reason, "sweep": None, "domains": ["a", "b"]}
+    for sec in ("Loss vs masked experts", "Causal vs observed importance", "Steering"):
+        got = _missing(sec, r) if sec == "Loss vs masked experts" else research.missing(sec, r)
+        assert got == "(skipped: an import has no checkpoint or corpus to run the model on)", (sec, got)
 
 
 def test_the_sweep_sentence_counts_measured_fractions_and_no_spread_of_one_seed():
