@@ -84,9 +84,10 @@ def world_shards() -> Shards | None:
     return Shards(dist.get_rank(), dist.get_world_size(), dist.group.WORLD)
 
 
-def model_parallel_size(value: int | str | None, world: int) -> int:
+def model_parallel_size(value: int | str | None, world: int, world_from: str | None = None) -> int:
     """`--model-parallel` as a number of ranks: "auto" = the whole world (one sharded model), an
-    integer that divides `world` (the ranks split into world / M replicas), default 1."""
+    integer that divides `world` (the ranks split into world / M replicas), default 1. world_from:
+    where the world size came from, for the message (default: torchrun's processes)."""
     if value is None:
         return 1
     if str(value) == "auto":
@@ -99,7 +100,7 @@ def model_parallel_size(value: int | str | None, world: int) -> int:
         raise ParallelError(f"--model-parallel {m} must be >= 1")
     if world % m:
         raise ParallelError(f"--model-parallel {m} does not divide the world size {world} "
-                            f"(torchrun started {world} process{'es' if world > 1 else ''})")
+                            f"({world_from or f'torchrun started {world} process' + ('es' if world > 1 else '')})")
     return m
 
 

@@ -109,6 +109,11 @@ def _record(ns) -> int:
     try:
         from .record import record  # imports torch: seconds in which Ctrl-C may come too
 
+        if opts.dry_run:  # the plan's verdict is the exit status: 1 where it does not fit
+            from .plan import dry_run
+            from .record import prepare
+
+            return 0 if dry_run(prepare(opts), opts)["fits"] else 1
         out = record(opts)
     except KeyboardInterrupt as e:
         return _record_interrupted(e)

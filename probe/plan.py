@@ -48,7 +48,8 @@ def dry_run(job, opts) -> dict:
         raise RecordError(f"--world-size {world} must be >= 1")
     if opts.device_memory is not None and not opts.device_memory > 0:
         raise RecordError(f"--device-memory {opts.device_memory:g}: must be > 0 (GB per rank)")
-    mp = model_parallel_size(opts.model_parallel, world)
+    mp = model_parallel_size(opts.model_parallel, world,
+                             f"--world-size {world}" if opts.world_size is not None else None)
     args = job.args
     check_world(args, mp, model_parallel_flag(opts.model_parallel))
     dtype = compute_dtype(opts.dtype)
@@ -79,6 +80,9 @@ def dry_run(job, opts) -> dict:
             "weights": weights, "kv_cache": kv, "activations": act, "table_bytes_per_token": per_token}
     plan["per_rank"] = weights["per_rank_bytes"] + weights["absorb_dense_bytes"] + act["peak"]
     plan["run_bytes"] = int(sum(per_token.values()) * corpus.tokens)
+    # what the command's exit status says (1: does not fit): --device-memory per rank, the disk at --out
+    plan["fits"] = ((opts.device_memory is None or plan["per_rank"] <= opts.device_memory * GB)
+                    and shutil.disk_usage(_existing(job.out)).free > plan["run_bytes"])
     if launch_rank0():  # under torchrun every rank plans the same; rank 0 prints it
         print(format_dry_run(job, opts, plan))
     return plan
@@ -234,8 +238,7 @@ def format_dry_run(job, opts, p: dict) -> str:
         cap = opts.device_memory * GB
         left = cap - p["per_rank"]
         lines.append(f"  fits {opts.device_memory:g} GB per rank with {_gb(left)} to spare" if left >= 0 else
-                     f"  does NOT fit {opts.device_memory:g} GB per rank: {_gb(-left)} short "
-                     "(more ranks, --gemm fp8, or a smaller --batch-size)")
+                     f"  does NOT fit {opts.device_memory:g} GB per rank: {_gb(-left)} short ({_advice(opts)})")
     per_m = {t: b * 1e6 for t, b in p["table_bytes_per_token"].items()}
     lines.append(f"  tables per 1M tokens (--router-logits {opts.router_logits}"
                  f"{f', --sample {opts.sample:g}' if opts.router_logits == 'full' else ''}): "
@@ -245,6 +248,17 @@ def format_dry_run(job, opts, p: dict) -> str:
                  f"({_gb(free)} free there{'' if free > p['run_bytes'] else ': NOT ENOUGH'})")
     lines.append("  nothing loaded, nothing written: drop --dry-run to record")
     return "\n".join(lines)
+
+
+def _advice(opts) -> str:
+    """What could make a plan fit, leaving out what the command already does (a review: it suggested
+    --gemm fp8 to a command that gave it)."""
+    ways = ["more ranks"]
+    if opts.gemm not in FP8_RESIDENT:
+        ways.append("--gemm fp8 (FP8 weights resident)")
+    if opts.batch_size > 1:
+        ways.append("a smaller --batch-size")
+    return ", ".join(ways[:-1]) + (" or " if len(ways) > 1 else "") + ways[-1]
 
 
 def _existing(p: Path) -> Path:
