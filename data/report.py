@@ -1,9 +1,9 @@
 """Figures of the bundled model on the validation split, written to data/REPORT.md.
 
-    python -m data.report                                   # data/model vs runs/nobal/model
-    python -m data.report --model data/model --baseline runs/nobal/model --max-tokens 60000
+    python -m data.report                                   # data/model vs runs/nobal2/model
+    python -m data.report --model data/model --baseline runs/nobal2/model --max-tokens 60000
 
-It records both models on `data/corpus/val.jsonl` with the probe (runs/report-*), then prints and
+It records both models on `data/corpus/val.jsonl` with the probe (`--runs-dir`/report-*), then prints and
 writes: validation loss per domain against a unigram baseline fitted on the training split;
 MaxVio_global per MoE layer for the shipped (bias-balanced) model and for the baseline trained
 with the same budget and no balancing; MTP teacher-forced agreement; NMI between domain and chosen
@@ -84,14 +84,17 @@ def layer_figures(run) -> dict[int, dict[str, float]]:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(REPO / "data" / "model"), help="the shipped checkpoint")
-    p.add_argument("--baseline", default=str(REPO / "runs" / "nobal" / "model"),
-                   help="a checkpoint trained with the same budget and --balance none")
+    p.add_argument("--baseline", default=str(REPO / "runs" / "nobal2" / "model"),
+                   help="a checkpoint trained with the same budget and --balance none (data/README.md: "
+                        "python -m train --out runs/nobal2 --balance none)")
     p.add_argument("--corpus", default=str(REPO / "data" / "corpus" / "val.jsonl"), help="validation split")
     p.add_argument("--train", default=str(REPO / "data" / "corpus" / "train.jsonl"),
                    help="training split, for the unigram baseline (python -m data.build_corpus makes it)")
     p.add_argument("--max-tokens", type=int, default=None, help="validation tokens to use (default all)")
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--out", default=str(REPO / "data" / "REPORT.md"))
+    p.add_argument("--runs-dir", default=str(REPO / "runs"),
+                   help="where the two record runs go (report-model, report-baseline; default runs/)")
     return p
 
 
@@ -102,7 +105,7 @@ def measure(ns, ckpt: Path, base: Path, val: list[dict], train: list[dict]) -> d
     import model
     from tokenizers import Tokenizer
 
-    runs_dir = REPO / "runs"
+    runs_dir = Path(ns.runs_dir)
     run = record_run(ckpt, Path(ns.corpus), runs_dir / "report-model", ns.max_tokens, ns.seq_len)
     run_b = record_run(base, Path(ns.corpus), runs_dir / "report-baseline", ns.max_tokens, ns.seq_len)
     tok = Tokenizer.from_file(str(ckpt / "tokenizer.json"))
@@ -175,9 +178,11 @@ def main(argv=None) -> int:
     ns = parser().parse_args(argv)
     torch.set_num_threads(2)
     ckpt, base = Path(ns.model), Path(ns.baseline)
-    for c in (ckpt, base):
+    for flag, c in (("--model", ckpt), ("--baseline", base)):
         if not (c / "config.json").exists():
-            print(f"error: {c}: not a checkpoint directory", file=sys.stderr)
+            how = (" (train it first: python -m train --out runs/nobal2 --balance none, data/README.md)"
+                   if flag == "--baseline" else "")
+            print(f"error: {flag} {c}: not a checkpoint directory{how}", file=sys.stderr)
             return 2
     for flag, path in (("--corpus", ns.corpus), ("--train", ns.train)):
         if not Path(path).is_file():
