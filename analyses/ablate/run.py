@@ -209,7 +209,7 @@ def job_defaults(opts: AblateOptions) -> tuple[AblateOptions, dict | None]:
     elif opts.loads_from == "run":
         raise AblationError("--loads-from run needs --run RUN")
     opts.order = opts.order or "domains"
-    opts.batch_size = opts.batch_size or 8
+    opts.batch_size = 8 if opts.batch_size is None else opts.batch_size  # 0 became 8, silently (a review)
     opts.add_bos = True if opts.add_bos is None else opts.add_bos
     if opts.batch_size < 1 or (opts.seq_len is not None and opts.seq_len < 2):
         raise AblationError("--batch-size must be >= 1 and --seq-len >= 2")

@@ -308,6 +308,7 @@ def test_cli_with_a_recorded_run_uses_its_loads(probe_env, tmp_path):
      "--spec excludes the single-ablation flags (got --seed)"),  # it was ignored (a review)
     ([], "nothing to ablate"),
     (["--random", "2", "--control"], "--control adds the random counterpart"),
+    (["--top", "1", "--batch-size", "0"], "--batch-size must be >= 1"),  # it ran with 8, silently (a review)
 ])
 def test_cli_bad_inputs_are_one_line_errors(probe_env, tmp_path, capsys, extra, msg):
     assert_one_line_error(main(_cli(probe_env, tmp_path / "o", *extra)), capsys, msg, tmp_path / "o")
