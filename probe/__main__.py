@@ -30,7 +30,7 @@ use_system_allocator()
 
 from .corpus import CorpusError  # noqa: E402
 from .job import (DEFAULT_CKPT, DEFAULT_CORPUS, RecordError, add_model_flags, closed_pipe_quiet,  # noqa: E402
-                  exit_ranks, launch_rank0)
+                  exit_ranks, launch_rank0, one_line_when_a_peer_is_lost)
 from .writer import RunError, read_run_json  # noqa: E402
 
 if TYPE_CHECKING:
@@ -290,6 +290,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 @closed_pipe_quiet
+@one_line_when_a_peer_is_lost
 def main(argv: list[str] | None = None) -> int:
     ns = parser().parse_args(argv)
     try:

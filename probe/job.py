@@ -272,8 +272,18 @@ def load_model(ckpt: Path, world, *, dtype: str | None = None, gemm: str = "bf16
     oneDNN's float32 GEMMs then read them pre-packed, model/frozen.py)."""
     import model
 
-    m = model.load(ckpt, dtype=compute_dtype(dtype), device=world.device, gemm_impl=gemm,
-                   parallel=world.shards if world.shards is not None else False)
+    m, failed = None, None
+    try:  # each rank loads its own shards: a failure on one rank (an unreadable shard, its memory) must
+        m = model.load(ckpt, dtype=compute_dtype(dtype), device=world.device, gemm_impl=gemm,  # reach all
+                       parallel=world.shards if world.shards is not None else False)
+    except (ValueError, OSError, MemoryError, RuntimeError) as e:
+        if world.size == 1:
+            raise
+        failed = f"rank {world.rank}: {(str(e).strip().splitlines() or [type(e).__name__])[0][:300]}"
+    if world.size > 1 and world.any(failed is not None):  # the others waited in their next collective (a review)
+        every = world.gather(failed)  # on every rank (a collective), before rank 0 picks the first failure
+        first = world.broadcast(next(x for x in every if x) if world.rank == 0 else None)
+        raise RecordError(f"the model did not load on every rank ({first})")
     if packing_fits(m):
         model.frozen_weights(m)
     return m
@@ -360,6 +370,48 @@ def closed_pipe_quiet(main):
         except BrokenPipeError:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 141
+    return wrapped
+
+
+@contextlib.contextmanager
+def signals_held(*signums: int):
+    """`signums` held pending in this block, delivered when it ends (main thread only: elsewhere a
+    process's signals are not this thread's to hold, and nothing is held). For the steps that must
+    not be cut in two: renaming a job's results together with run.json, marking a run interrupted
+    and saying so before torchrun's SIGTERM ends the rank."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, set(signums))
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, set(signums))
+
+
+def one_line_when_a_peer_is_lost(main):
+    """Decorator for the main() of a command that runs under torchrun: a rank whose peer died (its
+    collective raises torch.distributed's RuntimeError: "Connection closed by peer", "Read error")
+    prints one line naming itself and the cause, and exits 1, instead of a traceback of ~75 frames
+    (found by a review, for spec, ablate, importance and steer). In a single process a RuntimeError
+    is a bug to see whole: it is raised as it came."""
+    @functools.wraps(main)
+    def wrapped(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except RuntimeError as e:
+            from model.ranks import env_world_size
+
+            if env_world_size() <= 1:
+                raise
+            cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            print(f"error: rank {os.environ.get('RANK', '?')} of {env_world_size()} stopped: {cause} (another rank "
+                  "failed or was stopped; a job writes its results at the end, so nothing new was written)",
+                  file=sys.stderr, flush=True)
+            return exit_ranks(1)
     return wrapped
 
 

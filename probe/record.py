@@ -18,6 +18,7 @@ any rank stops them all at the same batch); a rank that dies makes the others ma
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -38,11 +39,12 @@ from model.memory import process_memory
 from .corpus import ORDERS, CorpusError, CorpusStats, corpus_windows, fingerprint
 from .job import (DEFAULT_CKPT, DEFAULT_CORPUS, RecordError, agree, bound_heap, check_out_parent, check_replaceable,
                   checkpoint_args, checkpoint_identity, default_seq_len, load_model, load_tokenizer, os_refusal,
-                  package_version, resolve_paths, same_checkpoint, start_world, window_length)
+                  package_version, resolve_paths, same_checkpoint, signals_held, start_world, window_length)
 from .recorders import Batch, RecordConfig, Recorder
 from .schema import TABLES
 from .stats import KVAccumulator, summarise
-from .writer import PartWriter, load_progress, prune_uncommitted, read_run_json, write_json_atomic
+from .writer import (PartWriter, load_progress, prune_uncommitted, read_run_json, updating_run_json,
+                     write_json_atomic)
 
 __all__ = ["RecordOptions", "RecordError", "record", "default_seq_len", "DEFAULT_CKPT", "DEFAULT_CORPUS"]
 STREAM_TABLES = ["tokens", "routing", "expert_load", "mtp"]
@@ -211,8 +213,24 @@ def record(opts: RecordOptions) -> Path:
             open_run(job.out, info, opts)
         write_router_bias(job.out, bias_layers, biases)
 
-    agree(world, create)
-    if world.any(world.writes and not (job.out / "run.json").exists()):
+    # a peer lost here, after rank 0 created the run and before the batches' own handling, left it
+    # "running" for good, and torchrun's SIGTERM could end a rank before it said why (a review)
+    with signals_held(signal.SIGINT, signal.SIGTERM) if world.size > 1 else contextlib.nullcontext():
+        try:
+            agree(world, create)
+            unseen = world.any(world.writes and not (job.out / "run.json").exists())
+        except RuntimeError as e:
+            if world.size == 1:
+                raise
+            if (job.out / "run.json").exists():
+                with updating_run_json(job.out) as i:
+                    i["status"] = "interrupted"
+            for s in (signal.SIGINT, signal.SIGTERM):  # leaving: a held signal must not cut the message
+                signal.signal(s, signal.SIG_IGN)
+            cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            raise RecordError(f"rank {world.rank} of {world.size} stopped before recording: {cause}; {job.out} is "
+                              "marked interrupted (continue with --resume)") from None
+    if unseen:
         raise RecordError(f"--out {job.out}: a writing rank does not see run.json there: under several "
                           "nodes the run directory must be on a filesystem every node shares")
     return _record_loop(job, opts, world, m, plan, info, tables, mem)

@@ -25,11 +25,9 @@ corpus), and run.json's `spec_decode` summary counts prompts and tokens per doma
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +39,8 @@ import torch
 
 from .corpus import CorpusError, CorpusStats, iter_documents
 from .job import (RecordError, agree, check_out_parent, check_run_model, checkpoint_args, checkpoint_identity,
-                  load_model, load_tokenizer, os_refusal, resolve_paths, same_checkpoint, start_world)
+                  load_model, load_tokenizer, os_refusal, resolve_paths, same_checkpoint, signals_held,
+                  start_world)
 from .schema import TABLES
 from .writer import RUN_JSON, read_run_json, updating_run_json
 
@@ -107,32 +106,19 @@ def _write_tables(out: Path, tables: dict[str, dict], commit) -> None:
         for t, columns in tables.items():
             tmps[t].parent.mkdir(parents=True, exist_ok=True)
             pq.write_table(pa.table(columns, schema=TABLES[t]), tmps[t], compression="zstd")
-        with _holding_interrupts():
-            for t, tmp in tmps.items():
-                os.replace(tmp, out / t / "part-0.parquet")
-                for old in (out / t).glob("*.parquet"):
-                    if old.name != "part-0.parquet":
-                        old.unlink()
-            commit()
+        try:
+            with signals_held(signal.SIGINT):
+                for t, tmp in tmps.items():
+                    os.replace(tmp, out / t / "part-0.parquet")
+                    for old in (out / t).glob("*.parquet"):
+                        if old.name != "part-0.parquet":
+                            old.unlink()
+                commit()
+        except KeyboardInterrupt:  # pressed during the commit, delivered after it: the job has finished
+            pass
     finally:
         for tmp in tmps.values():
             tmp.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def _holding_interrupts():
-    """SIGINT held pending (main thread): delivered, and ignored, once the block is done."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        try:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-        except KeyboardInterrupt:  # pressed during the commit: the job has finished, nothing to stop
-            pass
 
 
 def record_spec(opts: SpecOptions) -> Path:

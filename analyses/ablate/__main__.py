@@ -13,7 +13,8 @@ use_system_allocator()
 
 import analyses.ablate as package  # noqa: E402
 from probe.corpus import CorpusError  # noqa: E402
-from probe.job import add_input_flags, closed_pipe_quiet, exit_ranks, launch_rank0  # noqa: E402
+from probe.job import (add_input_flags, closed_pipe_quiet, exit_ranks, launch_rank0,  # noqa: E402
+                       one_line_when_a_peer_is_lost)
 from probe.writer import RunError  # noqa: E402
 
 if TYPE_CHECKING:
@@ -73,6 +74,7 @@ def ablations_from_args(ns) -> list[Ablation]:
 
 
 @closed_pipe_quiet
+@one_line_when_a_peer_is_lost
 def main(argv: list[str] | None = None) -> int:
     ns = parser().parse_args(argv)
     from .run import AblateOptions, ablate

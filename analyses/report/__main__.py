@@ -10,7 +10,7 @@ from pathlib import Path
 import analyses.report as package
 from analyses.notebook_utils import DEFAULT_RUN
 from probe.job import (MODEL_FLAGS, add_model_flags, check_out_parent, closed_pipe_quiet, exit_ranks, launch_rank0,
-                       os_refusal)
+                       one_line_when_a_peer_is_lost, os_refusal)
 
 from . import data as rd
 from .render import ReportError, check_run, compute, figures, print_text, run_notes, write_findings, write_html
@@ -67,6 +67,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 @closed_pipe_quiet
+@one_line_when_a_peer_is_lost
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ns = parser().parse_args(argv)

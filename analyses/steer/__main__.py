@@ -14,7 +14,8 @@ use_system_allocator()
 
 import analyses.steer as package  # noqa: E402
 from probe.corpus import CorpusError  # noqa: E402
-from probe.job import add_input_flags, closed_pipe_quiet, exit_ranks, launch_rank0  # noqa: E402
+from probe.job import (add_input_flags, closed_pipe_quiet, exit_ranks, launch_rank0,  # noqa: E402
+                       one_line_when_a_peer_is_lost)
 from probe.writer import RunError  # noqa: E402
 
 from . import MODES
@@ -82,6 +83,7 @@ def _flat(text: str) -> str:
 
 
 @closed_pipe_quiet
+@one_line_when_a_peer_is_lost
 def main(argv: list[str] | None = None) -> int:
     ns = parser().parse_args(argv)
     from analyses.ablate.select import AblationError

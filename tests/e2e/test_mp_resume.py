@@ -5,6 +5,7 @@ alone (tests/helpers/mp_jobs.py has the checkpoint and options)."""
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import time
@@ -17,7 +18,7 @@ import probe
 from model.parallel import ParallelError
 
 from helpers import random_model
-from helpers.mp_jobs import RECORD, TABLES, TOPOLOGY, opts, our_frames, record_args, torchrun
+from helpers.mp_jobs import RECORD, ROOT, TABLES, TOPOLOGY, opts, our_frames, record_args, torchrun
 from helpers.processes import HELD_PROBE, hold_env, wait_until_held
 from helpers.tables import assert_same_tables
 
@@ -110,6 +111,44 @@ def test_layout_errors_are_one_line_on_every_rank(env, tmp_path):
     assert set(lines) == {"error: --model-parallel 3 does not divide the world size 2 (torchrun started 2 processes)"}
     assert not our_frames(p.stderr)  # torchrun prints its own report; no traceback of ours
     assert not out.exists()
+
+
+@pytest.mark.parametrize("mode", ["load", "after-create"])
+def test_a_rank_failing_before_the_batches_ends_every_rank_in_one_line(env, tmp_path, mode):
+    """A rank whose model load failed left rank 0 to create the run and die in its next collective
+    with a traceback, the run "running" for good; a rank lost right after the run was created did
+    the same (found by a review). Now a failed load reaches every rank before anything is written,
+    and a peer lost after that marks the run interrupted."""
+    out = tmp_path / "run"
+    p = torchrun(2, str(ROOT / "tests" / "workers" / "failing_rank.py"), mode,
+                 *record_args(env, out, "--model-parallel", "2")[2:])
+    assert p.returncode != 0 and not our_frames(p.stderr), p.stderr[-3000:]
+    # the ranks print at the same moment: one's line may land inside the other's
+    lines = ["error: " + m for m in re.findall(r"error: (.*?)(?=error: |\n)", p.stderr + "\n")]
+    if mode == "load":
+        assert lines and set(lines) == {"error: the model did not load on every rank (rank 1: injected: cannot "
+                                        "read this rank's shard)"}, p.stderr[-3000:]
+        assert not (out / "run.json").exists()
+    else:
+        # rank 0 holds torchrun's SIGTERM until it has marked the run and said so
+        assert len(lines) == 1 and lines[0].startswith("error: rank 0 of 2 stopped before recording: ") \
+            and lines[0].endswith("is marked interrupted (continue with --resume)"), p.stderr[-3000:]
+        assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
+
+
+@pytest.mark.parametrize("job", ["spec", "ablate"])
+def test_a_rank_lost_mid_job_is_one_line_on_the_other(env, tmp_path, job):
+    """spec, ablate, importance and steer: a peer killed mid-job left the survivor a traceback of ~75
+    frames through the collective that noticed (found by a review); now one line naming the rank."""
+    common = ["--ckpt", str(env["ckpt"]), "--corpus", str(env["corpus"]), "--out", str(tmp_path / "o"),
+              "--dtype", "float64", "--model-parallel", "2", "--no-progress"]
+    argv = (["spec", *common, "--prompt-tokens", "12", "--new-tokens", "8", "--max-prompts", "4"] if job == "spec" else
+            ["-m", "analyses.ablate", *common, "--top", "2", "--seq-len", "32", "--max-tokens", "320",
+             "--loads-from", "baseline"])
+    p = torchrun(2, str(ROOT / "tests" / "workers" / "failing_rank.py"), "after-load", *argv)
+    assert p.returncode != 0 and not our_frames(p.stderr), p.stderr[-3000:]
+    lines = ["error: " + m for m in re.findall(r"error: (.*?)(?=error: |\n)", p.stderr + "\n")]
+    assert len(lines) == 1 and lines[0].startswith("error: rank 0 of 2 stopped: "), p.stderr[-3000:]
 
 
 @pytest.mark.parametrize("override, field", [

@@ -1,0 +1,57 @@
+"""A torchrun worker for `dsv3-probe ...` whose rank 1 fails on purpose, for the tests of how the
+other ranks end (tests/e2e/test_mp_resume.py). Not collected by pytest (no test_ prefix).
+
+    torchrun --nproc-per-node 2 tests/workers/failing_rank.py MODE [-m MODULE] ARGS...
+
+MODE load: rank 1's `model.load` raises OSError (an unreadable shard, a rank out of memory).
+MODE after-load: rank 1 exits at once after its model loaded (a rank killed while the job runs).
+MODE after-create: rank 1 exits at once after rank 0 created a record run (a rank killed there).
+ARGS: `dsv3-probe`'s, or `-m analyses.ablate ...` (importance, steer) for that command's.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from probe.allocator import use_system_allocator
+
+use_system_allocator()
+
+import importlib  # noqa: E402
+
+import model  # noqa: E402
+import probe.record as record  # noqa: E402
+
+mode, argv = sys.argv[1], sys.argv[2:]
+module = "probe"
+if argv[:1] == ["-m"]:
+    module, argv = argv[1], argv[2:]
+main = importlib.import_module(f"{module}.__main__").main
+if os.environ.get("RANK") == "1":
+    if mode == "after-load":
+        real_load = model.load
+
+        def load_then_exit(*a, **k):
+            real_load(*a, **k)
+            os._exit(3)
+
+        model.load = load_then_exit
+    elif mode == "load":
+        def failing_load(*a, **k):
+            raise OSError("injected: cannot read this rank's shard")
+
+        model.load = failing_load
+    elif mode == "after-create":
+        real_agree = record.agree
+
+        def agree_then_exit(world, fn):
+            out = real_agree(world, fn)
+            if getattr(fn, "__name__", "") == "create":
+                os._exit(3)
+            return out
+
+        record.agree = agree_then_exit
+    else:
+        sys.exit(f"unknown MODE {mode!r}: load, after-load or after-create")
+sys.exit(main(argv))
