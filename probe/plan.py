@@ -78,7 +78,11 @@ def dry_run(job, opts) -> dict:
     plan = {"world_size": world, "model_parallel": mp, "replicas": world // mp, "device": dev, "checkpoint": ck,
             "corpus": {"tokens": corpus.tokens, "windows": corpus.windows, "per_domain": corpus.per_domain},
             "weights": weights, "kv_cache": kv, "activations": act, "table_bytes_per_token": per_token}
-    plan["per_rank"] = weights["per_rank_bytes"] + weights["absorb_dense_bytes"] + act["peak"]
+    # float32 on a CPU: the jobs pack a copy of the weights for oneDNN where it fits in half the memory
+    # available (probe.job.packing_fits); left out of the plan, the measured peak was twice it (a review)
+    weights["packed_bytes"] = packed_copy_bytes(weights["float32_per_rank_bytes"]) if dev == "cpu" else 0
+    plan["per_rank"] = (weights["per_rank_bytes"] + weights["absorb_dense_bytes"] + weights["packed_bytes"]
+                        + act["peak"])
     plan["run_bytes"] = int(sum(per_token.values()) * corpus.tokens)
     # what the command's exit status says (1: does not fit): --device-memory per rank, the disk at --out
     plan["fits"] = ((opts.device_memory is None or plan["per_rank"] <= opts.device_memory * GB)
@@ -86,6 +90,16 @@ def dry_run(job, opts) -> dict:
     if launch_rank0():  # under torchrun every rank plans the same; rank 0 prints it
         print(format_dry_run(job, opts, plan))
     return plan
+
+
+def packed_copy_bytes(float32_bytes: int, available: int | None = None) -> int:
+    """The bytes a job's frozen weights may pack (`probe.job.packing_fits`: all of them where they fit
+    in half the `available` memory, this machine's by default; else none)."""
+    if available is None:
+        from model.memory import available_memory
+
+        available = available_memory()
+    return float32_bytes if float32_bytes and available is not None and float32_bytes <= available // 2 else 0
 
 
 def capture_bytes(args, opts, dtype: torch.dtype) -> dict:
@@ -222,6 +236,9 @@ def format_dry_run(job, opts, p: dict) -> str:
                                              f"{_gb(w['replicated_bytes'])}")]
     if w["absorb_dense_bytes"]:
         rows.append(("wkv_b dequantised", w["absorb_dense_bytes"], "absorbed attention keeps it (model/mla.py)"))
+    if w.get("packed_bytes"):
+        rows.append(("packed for oneDNN", w["packed_bytes"], "a copy of the float32 weights, pre-packed for the CPU's "
+                                                             "oneDNN GEMMs (model/frozen.py); at most this much"))
     rows += [("activations (est.)", act["peak"],
               f"head block {_gb(act['logits'])}, largest layer {_gb(act['largest_layer'])}, residual "
               f"{_gb(act['residual'])}, recorder captures {_gb(act['captures'])}"

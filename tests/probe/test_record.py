@@ -368,3 +368,32 @@ def test_readme_table_reference_is_generated_from_schema():
     import probe.schema as sch
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert sch.markdown() in readme, "README 'Run tables' is stale: paste probe.schema.markdown() there"
+
+
+def test_dry_run_counts_the_packed_copy_of_float32_cpu_weights(probe_env, tmp_path, capsys):
+    """The jobs pack a copy of float32 CPU weights for oneDNN (probe.job.packing_fits); the plan left
+    it out and came to half the measured peak (found by a review: 0.65 GB planned, 1.35 GB measured,
+    0.57 GB of it packed). Checked against the loaded model's own float32 parameters."""
+    import torch
+
+    import model
+    from probe.plan import dry_run, packed_copy_bytes
+    from probe.record import prepare
+
+    def plan(dtype):
+        opts = RecordOptions(ckpt=str(probe_env["ckpt"]), corpus=str(probe_env["corpus"]), out=str(tmp_path / "o"),
+                             dry_run=True, dtype=dtype, max_tokens=200, seq_len=32, progress=False)
+        return dry_run(prepare(opts), opts)
+
+    m = model.load(probe_env["ckpt"], dtype=torch.float32)
+    want = sum(p.numel() * 4 for p in m.parameters())
+    p = plan("float32")
+    assert p["weights"]["packed_bytes"] == want > 0
+    assert p["per_rank"] == (p["weights"]["per_rank_bytes"] + p["weights"]["absorb_dense_bytes"] + want
+                             + p["activations"]["peak"])
+    assert "packed for oneDNN" in capsys.readouterr().out
+    # in bfloat16 only the routers stay float32: that little, as packing_fits counts it
+    b16 = model.load(probe_env["ckpt"], dtype=torch.bfloat16)
+    routers = sum(p.numel() * 4 for p in b16.parameters() if p.dtype == torch.float32)
+    assert plan("bfloat16")["weights"]["packed_bytes"] == routers < want // 50
+    assert packed_copy_bytes(want, available=2 * want) == want and packed_copy_bytes(want, available=want) == 0
