@@ -394,23 +394,34 @@ def signals_held(*signums: int):
 
 def one_line_when_a_peer_is_lost(main):
     """Decorator for the main() of a command that runs under torchrun: a rank whose peer died (its
-    collective raises torch.distributed's RuntimeError: "Connection closed by peer", "Read error")
-    prints one line naming itself and the cause, and exits 1, instead of a traceback of ~75 frames
-    (found by a review, for spec, ablate, importance and steer). In a single process a RuntimeError
-    is a bug to see whole: it is raised as it came."""
+    collective raises torch.distributed's RuntimeError: "Connection closed by peer", "Read error"),
+    or that torchrun stops with SIGTERM because a peer failed, prints one line naming itself and the
+    cause and exits 1, instead of a traceback of ~75 frames or nothing at all (found by a review,
+    for spec, ablate, importance and steer). The SIGTERM handler writes its line and leaves at once
+    (an exception raised from it inside `import torch` came out as torch's AttributeError); a job's
+    own handling comes first (record's SIGTERM marks its run interrupted). In a single process a
+    RuntimeError is a bug to see whole: it is raised as it came."""
     @functools.wraps(main)
     def wrapped(*args, **kwargs):
+        world = int(os.environ.get("WORLD_SIZE", "1") or 1)  # no torch import: --help stays light
+        if world <= 1:
+            return main(*args, **kwargs)
+        import signal
+
+        rank = os.environ.get("RANK", "?")
+        tail = " (another rank failed or was stopped; a job writes its results at the end, so nothing new was written)"
+
+        def stopped(signum, frame):
+            os.write(2, f"error: rank {rank} of {world} stopped by signal {signum}{tail}\n".encode())
+            os._exit(1)
+
+        signal.signal(signal.SIGTERM, stopped)
         try:
             return main(*args, **kwargs)
         except RuntimeError as e:
-            from model.ranks import env_world_size
-
-            if env_world_size() <= 1:
-                raise
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # leaving: a second SIGTERM must not cut the line
             cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-            print(f"error: rank {os.environ.get('RANK', '?')} of {env_world_size()} stopped: {cause} (another rank "
-                  "failed or was stopped; a job writes its results at the end, so nothing new was written)",
-                  file=sys.stderr, flush=True)
+            print(f"error: rank {rank} of {world} stopped: {cause}{tail}", file=sys.stderr, flush=True)
             return exit_ranks(1)
     return wrapped
 

@@ -15,8 +15,8 @@ import model
 import probe
 
 from helpers import random_model
-from helpers.mp_jobs import (ABLATE, ABLATIONS, IMPORTANCE, RECORD, REPORT, ROOT, SPEC, TABLES, TOPOLOGY, opts,
-                             torchrun)
+from helpers.mp_jobs import (ABLATE, ABLATIONS, IMPORTANCE, RECORD, REPORT, ROOT, SPEC, STEER, STEERING, TABLES,
+                             TOPOLOGY, opts, torchrun)
 from helpers.tables import assert_same_tables, sorted_df
 
 pytestmark = pytest.mark.slow  # torchrun launches, a browser or notebook kernels: `pytest -m "not slow"` skips them
@@ -38,8 +38,11 @@ def single(env):
     record_spec(SpecOptions(**opts(env, base / "spec", SPEC)))
     ablate(AblateOptions(**opts(env, base / "abl", ABLATE)), [Ablation(**a) for a in ABLATIONS])
     importance(ImportanceOptions(**opts(env, base / "imp", IMPORTANCE)))
+    from analyses.steer import Steer, SteerOptions, steer
+
+    steer(SteerOptions(**opts(env, base / "steer", STEER)), Steer(**STEERING))
     assert report_main([str(base / "rec"), *REPORT]) == 0
-    return {k: probe.open_run(base / k) for k in ("rec", "spec", "abl", "imp")}
+    return {k: probe.open_run(base / k) for k in ("rec", "spec", "abl", "imp", "steer")}
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +53,12 @@ def four_ranks(env):
     jobs = {"record": opts(env, base / "rec", RECORD | mp), "spec": opts(env, base / "spec", SPEC | mp),
             "ablate": opts(env, base / "abl", ABLATE | mp) | {"ablations": ABLATIONS},
             "importance": opts(env, base / "imp", IMPORTANCE | mp),
+            "steer": opts(env, base / "steer", STEER | mp) | {"steering": STEERING},
             "report": [str(base / "rec"), *REPORT, "--model-parallel", "2"]}
     (env["base"] / "jobs.json").write_text(json.dumps(jobs))
     p = torchrun(4, str(ROOT / "tests" / "workers" / "mp_jobs_worker.py"), str(env["base"] / "jobs.json"))
     assert p.returncode == 0, p.stderr[-4000:]
-    return {k: probe.open_run(base / k) for k in ("rec", "spec", "abl", "imp")}
+    return {k: probe.open_run(base / k) for k in ("rec", "spec", "abl", "imp", "steer")}
 
 
 
@@ -100,6 +104,14 @@ def test_importance_four_ranks_equals_one_process(single, four_ranks):
     assert (a.delta.abs() > 1e-9).any() and (a.load > 0).any()  # a control for the equality
     (part,) = four_ranks["imp"].info["importance_parts"].values()
     assert (part["world"]["size"], part["world"]["replicas"], part["world"]["model_parallel"]) == (4, 2, 2)
+
+
+def test_steer_four_ranks_equals_one_process(single, four_ranks):
+    """Steering on replicas of a sharded model: the same losses and greedy continuations (it had no
+    model-parallel test; a review)."""
+    run = four_ranks["steer"]
+    assert set(run.df("steering").kind) == {"loss", "generation"}  # losses per domain and greedy continuations
+    assert_same_tables(run, single["steer"], ["steering"])
 
 
 def test_report_ablations_four_ranks_equal_one_process(single, four_ranks):

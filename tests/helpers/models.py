@@ -44,9 +44,13 @@ def hf_checkpoint(dirpath: Path, seed: int = 0, *, base: dict = HF_TINY, family:
                   **overrides) -> Path:
     """Save a random transformers `{family}ForCausalLM` (float32; config `base | overrides`) to
     `dirpath`; returns it."""
+    import copy
+
     import transformers
 
-    cfg = getattr(transformers, f"{family}Config")(**(base | overrides))
+    # a deep copy: transformers writes rope_theta into the rope_scaling dict it is given, which was
+    # HF_TINY's own, for every later test of the process (where it overrode a config's rope_theta)
+    cfg = getattr(transformers, f"{family}Config")(**copy.deepcopy(base | overrides))
     torch.manual_seed(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

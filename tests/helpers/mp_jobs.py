@@ -26,6 +26,9 @@ ABLATE = dict(seq_len=32, batch_size=2, max_tokens=320, dtype="float64", progres
 ABLATIONS = [{"name": "top8", "top": 8}, {"name": "rand8", "random": 8, "seed": 1},
              {"name": "zero", "experts": {1: [0, 5, 77]}, "mode": "zero", "shared": True}]
 IMPORTANCE = dict(seq_len=32, batch_size=2, max_tokens=320, dtype="float64", progress=False, experts="0-2,200", group=2)
+STEER = dict(seq_len=32, batch_size=2, domain_tokens=100, dtype="float64", progress=False, prompt_tokens=8,
+             max_new_tokens=4)
+STEERING = {"name": "force-1:5+77", "experts": "1:5+77", "mode": "force"}
 TABLES = ["tokens", "routing", "expert_load", "mtp", "kv_stats", "kv_spectrum", "router_bias"]
 REPORT = ["--max-tokens", "300", "--fractions", "1/32", "--seeds", "1", "--no-progress", "--dtype", "float64",
           "--importance-tokens", "0"]  # the importance job is compared on its own

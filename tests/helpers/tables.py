@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 # the columns that order a table's rows, where present
-ROW_KEYS = ("step", "seq_id", "pos", "layer", "expert", "domain", "component", "doc_id", "position", "ablation")
+ROW_KEYS = ("step", "seq_id", "pos", "layer", "expert", "domain", "component", "doc_id", "position", "ablation",
+            "steer", "kind", "prompt")
 
 
 def sorted_df(run, table):
@@ -34,5 +35,11 @@ def assert_same_tables(a, b, tables, rtol=1e-9, atol=1e-12):
 def _assert_close(x: np.ndarray, y: np.ndarray, rtol: float, atol: float, what: str) -> None:
     if np.issubdtype(x.dtype, np.floating):
         np.testing.assert_allclose(x, y, rtol=rtol, atol=atol, err_msg=what)
+    elif x.dtype == object:  # strings with missing values (None or NaN): missing in the same rows, else equal
+        import pandas as pd
+
+        gone = pd.isna(x)
+        np.testing.assert_array_equal(gone, pd.isna(y), err_msg=what)
+        np.testing.assert_array_equal(x[~gone], y[~gone], err_msg=what)
     else:
         np.testing.assert_array_equal(x, y, err_msg=what)

@@ -155,7 +155,7 @@ def test_the_jobs_load_their_model_frozen_where_the_copies_fit(tmp_path):
     from probe.job import load_model, packing_fits
 
     ckpt = hf_checkpoint(tmp_path / "ckpt")
-    cpu = SimpleNamespace(device="cpu", shards=None)
+    cpu = SimpleNamespace(device="cpu", shards=None, size=1, rank=0)
     m = load_model(ckpt, cpu, dtype="float32")
     assert frozen.is_frozen(m)
     with torch.no_grad():

@@ -5,8 +5,8 @@ the ranks covers all three. Not a test module.
     python -m torch.distributed.run --standalone --nproc-per-node 4 tests/workers/mp_jobs_worker.py JOBS.json
 
 JOBS.json: {"record": RecordOptions fields, "spec": SpecOptions fields, "ablate": AblateOptions fields
-plus "ablations": [Ablation fields], "importance": ImportanceOptions fields, "report": analyses.report
-arguments}; each key optional.
+plus "ablations": [Ablation fields], "importance": ImportanceOptions fields, "steer": SteerOptions
+fields plus "steering": Steer fields, "report": analyses.report arguments}; each key optional.
 """
 
 from __future__ import annotations
@@ -38,6 +38,11 @@ def main() -> None:
         from analyses.importance import ImportanceOptions, importance
 
         importance(ImportanceOptions(**jobs["importance"]))
+    if "steer" in jobs:
+        from analyses.steer import Steer, SteerOptions, steer
+
+        kw = dict(jobs["steer"])
+        steer(SteerOptions(**{k: v for k, v in kw.items() if k != "steering"}), Steer(**kw["steering"]))
     if "report" in jobs:  # last: analyses.report.main leaves the process itself (probe.job.exit_ranks)
         from analyses.report.__main__ import main as report
 
