@@ -279,7 +279,7 @@ def load_model(ckpt: Path, world, *, dtype: str | None = None, gemm: str = "bf16
     except (ValueError, OSError, MemoryError, RuntimeError) as e:
         if world.size == 1:
             raise
-        failed = f"rank {world.rank}: {(str(e).strip().splitlines() or [type(e).__name__])[0][:300]}"
+        failed = f"rank {world.rank}: {first_line(e)}"
     if world.size > 1 and world.any(failed is not None):  # the others waited in their next collective (a review)
         every = world.gather(failed)  # on every rank (a collective), before rank 0 picks the first failure
         first = world.broadcast(next(x for x in every if x) if world.rank == 0 else None)
@@ -409,7 +409,7 @@ def one_line_when_a_peer_is_lost(main):
         import signal
 
         rank = os.environ.get("RANK", "?")
-        tail = " (another rank failed or was stopped; a job writes its results at the end, so nothing new was written)"
+        tail = " (another rank failed or was stopped)"
 
         def stopped(signum, frame):
             os.write(2, f"error: rank {rank} of {world} stopped by signal {signum}{tail}\n".encode())
@@ -420,10 +420,15 @@ def one_line_when_a_peer_is_lost(main):
             return main(*args, **kwargs)
         except RuntimeError as e:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # leaving: a second SIGTERM must not cut the line
-            cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-            print(f"error: rank {rank} of {world} stopped: {cause}{tail}", file=sys.stderr, flush=True)
+            print(f"error: rank {rank} of {world} stopped: {first_line(e)}{tail}", file=sys.stderr, flush=True)
             return exit_ranks(1)
     return wrapped
+
+
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """An exception's message as one line for an error report: its first line, cut at `limit`
+    characters (a backend error can run to pages), or its type's name where it has no message."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:limit]
 
 
 def launch_rank0() -> bool:

@@ -39,7 +39,8 @@ from model.memory import process_memory
 from .corpus import ORDERS, CorpusError, CorpusStats, corpus_windows, fingerprint
 from .job import (DEFAULT_CKPT, DEFAULT_CORPUS, RecordError, agree, bound_heap, check_out_parent, check_replaceable,
                   checkpoint_args, checkpoint_identity, default_seq_len, load_model, load_tokenizer, os_refusal,
-                  package_version, resolve_paths, same_checkpoint, signals_held, start_world, window_length)
+                  first_line, package_version, resolve_paths, same_checkpoint, signals_held, start_world,
+                  window_length)
 from .recorders import Batch, RecordConfig, Recorder
 from .schema import TABLES
 from .stats import KVAccumulator, summarise
@@ -227,9 +228,8 @@ def record(opts: RecordOptions) -> Path:
                     i["status"] = "interrupted"
             for s in (signal.SIGINT, signal.SIGTERM):  # leaving: a held signal must not cut the message
                 signal.signal(s, signal.SIG_IGN)
-            cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-            raise RecordError(f"rank {world.rank} of {world.size} stopped before recording: {cause}; {job.out} is "
-                              "marked interrupted (continue with --resume)") from None
+            raise RecordError(f"rank {world.rank} of {world.size} stopped before recording: {first_line(e)}; "
+                              f"{job.out} is marked interrupted (continue with --resume)") from None
     if unseen:
         raise RecordError(f"--out {job.out}: a writing rank does not see run.json there: under several "
                           "nodes the run directory must be on a filesystem every node shares")
@@ -446,9 +446,8 @@ def _record_loop(job: Job, opts: RecordOptions, world, m, plan: CorpusPlan, info
                                     "batches kept (continue with --resume)") from None
         if world.size == 1:
             raise failure
-        cause = str(failure).strip().splitlines()[0][:300] if str(failure).strip() else type(failure).__name__
-        raise RecordError(f"rank {world.rank} of {world.size} stopped: {cause}; {out} is marked interrupted "
-                          "(continue with --resume)") from None
+        raise RecordError(f"rank {world.rank} of {world.size} stopped: {first_line(failure)}; {out} is marked "
+                          "interrupted (continue with --resume)") from None
     if status == "interrupted":
         raise KeyboardInterrupt(f"interrupted by signal {stop.signal or 'on another rank'}; {out} is marked "
                                 "interrupted (continue with --resume)")

@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from .job import (RecordError, check_out_parent, check_replaceable, load_tokenizer, os_refusal,
+from .job import (RecordError, check_out_parent, check_replaceable, first_line, load_tokenizer, os_refusal,
                   package_version)
 from .writer import PartWriter, write_json_atomic
 
@@ -109,7 +109,7 @@ def read_dump(path: Path) -> Dump:
         raise SGLangError(f"{path}: refused: it holds pickled Python objects ({why}), which "
                           "torch.load(weights_only=True) will not run") from None
     except (OSError, RuntimeError, EOFError, ValueError) as e:
-        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        why = first_line(e, 160)
         raise SGLangError(f"{path}: not a readable torch.save file ({why})") from None
     if not isinstance(data, dict):
         raise SGLangError(f"{path}: not an SGLang expert-distribution dump (a {type(data).__name__}, not a dict)")
