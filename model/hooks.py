@@ -55,12 +55,14 @@ class HookPoint(nn.Module):
         def _wrapped(module: nn.Module, args: tuple, output: torch.Tensor):
             out = fn(output, self)
             if out is not None and (not isinstance(out, torch.Tensor) or out.shape != output.shape
-                                    or out.dtype != output.dtype):
-                # checked here, where the hook is known, rather than failing blocks downstream
-                got = f"{out.dtype} of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
+                                    or out.dtype != output.dtype or out.device != output.device):
+                # checked here, where the hook is known, rather than failing blocks downstream (a
+                # replacement from a cache kept on the CPU, in a model on a GPU, failed deep inside; a review)
+                got = (f"{out.dtype} of shape {tuple(out.shape)} on {out.device}" if isinstance(out, torch.Tensor)
+                       else type(out).__name__)
                 raise ValueError(f"the hook on {self.name} returned {got}; a replacement must be a tensor of the "
-                                 f"hook point's dtype and shape, {output.dtype} {tuple(output.shape)} (or None to "
-                                 "keep it)")
+                                 f"hook point's dtype, shape and device, {output.dtype} {tuple(output.shape)} on "
+                                 f"{output.device} (or None to keep it)")
             if out is not None and self.index_bound is not None and out.numel():
                 lo, hi = out.min().item(), out.max().item()
                 if lo < 0 or hi >= self.index_bound:

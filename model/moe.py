@@ -92,7 +92,15 @@ class Gate(nn.Module):
         else:
             scores_TE = logits_TE.sigmoid()
         scores_TE = self.hook_scores(scores_TE)
-        select_TE = scores_TE if self.bias is None else scores_TE + self.bias
+        # NOTE: a hook that edits the selection scores in place must edit only them: without a bias they
+        # were the weights' own scores (and without groups the allowed scores the selection's), so the
+        # edit moved the weights and the cached scores too (a review). Copied where a hook is attached.
+        if self.bias is not None:
+            select_TE = scores_TE + self.bias
+        elif self.hook_select_scores.active or (self.n_groups == 1 and self.hook_allowed_scores.active):
+            select_TE = scores_TE.clone()
+        else:
+            select_TE = scores_TE
         select_TE = self.hook_select_scores(select_TE)
         if self.n_groups > 1:
             grouped = select_TE.unflatten(-1, (self.n_groups, -1))  # [T, G, E/G]
@@ -104,6 +112,8 @@ class Gate(nn.Module):
             keep_TG = torch.zeros_like(group_scores_TG, dtype=torch.bool)
             keep_TG.scatter_(1, group_scores_TG.topk(self.topk_groups, dim=-1).indices, True)
             select_TE = grouped.masked_fill(~keep_TG[..., None], float("-inf")).flatten(1)
+        elif self.hook_allowed_scores.active and self.hook_select_scores.active:
+            select_TE = select_TE.clone()  # the selection hook's tensor (a cache may hold it): not edited here
         select_TE = self.hook_allowed_scores(select_TE)
         ids_TK = self.hook_topk_ids(select_TE.topk(self.topk, dim=-1).indices)
         # NOTE: the bias picks the experts; the weights come from the unbiased scores.

@@ -272,7 +272,7 @@ def test_a_replacement_of_another_shape_names_the_hook():
     m = random_model("tiny")
     x = torch.zeros(1, 4, dtype=torch.long)
     name = "layers.1.hook_resid_pre"
-    with pytest.raises(ValueError, match=rf"the hook on {name} returned torch.float32 of shape \(1, 2, 64\); .* "
+    with pytest.raises(ValueError, match=rf"the hook on {name} returned torch.float32 of shape \(1, 2, 64\) on cpu; .* "
                                          r"torch.float32 \(1, 4, 64\)"):
         with m.hooks([(name, lambda t, hook: t[:, :2])]):
             m(x)
@@ -297,6 +297,47 @@ def test_a_replacement_of_another_shape_names_the_hook():
         zeroed = m(x)
     assert not torch.equal(zeroed, m(x))  # the replacement took effect
     assert not torch.equal(last, m(x))
+    with pytest.raises(ValueError, match=rf"the hook on {name} returned torch.float32 of shape \(1, 4, 64\) on meta; "
+                                         r".* on cpu"):  # another device (a CPU cache patched into a GPU model)
+        with m.hooks([(name, lambda t, hook: torch.empty_like(t, device="meta"))]):
+            m(x)
+
+
+@pytest.mark.parametrize("router", ["softmax, no bias", "sigmoid, no groups"])
+def test_an_in_place_edit_of_the_selection_scores_moves_only_the_selection(router):
+    """Without a bias the selection scores were the weights' own scores, and without groups the
+    allowed scores the selection's: an in-place edit (TransformerLens style, returning None) moved the
+    weights and the cached scores too, unlike the same edit on a copy (found by a review: a softmax
+    router's cached probabilities reached 1.03, the logits moved by 3.5)."""
+    kw = (dict(score_func="softmax", model_type="deepseek_v2", norm_topk_prob=False) if router.startswith("softmax")
+          else {})
+    m = random_model("tiny", seed=0, n_expert_groups=1, n_limited_groups=1, **kw)
+    toks = torch.randint(0, m.args.vocab_size, (1, 6), generator=torch.Generator().manual_seed(1))
+    g = "layers.1.ffn.gate."
+    names = [g + "hook_scores", g + "hook_select_scores", g + "hook_topk_weights"]
+
+    def in_place(s, hook):
+        s[:, 5] += 1.0
+
+    def on_a_copy(s, hook):
+        s = s.clone()
+        s[:, 5] += 1.0
+        return s
+
+    with torch.no_grad():
+        _, plain = m.run_with_cache(toks, names=names)
+        for point in ("hook_select_scores", "hook_allowed_scores"):
+            with m.hooks([(g + point, in_place)]):
+                a, ca = m.run_with_cache(toks, names=names)
+            with m.hooks([(g + point, on_a_copy)]):
+                b, cb = m.run_with_cache(toks, names=names)
+            assert torch.equal(a, b), point
+            assert torch.equal(ca[g + "hook_topk_weights"], cb[g + "hook_topk_weights"]), point
+            assert torch.equal(ca[g + "hook_scores"], plain[g + "hook_scores"]), point  # the cached scores untouched
+        with m.hooks([(g + "hook_allowed_scores", in_place)]):  # nor the cached selection scores
+            _, c = m.run_with_cache(toks, names=names)
+        assert torch.equal(c[g + "hook_select_scores"], plain[g + "hook_select_scores"])
+        assert not torch.equal(a, m(toks))  # the control: the edit does move the routing
 
 
 def test_forward_from_a_later_block_equals_the_full_pass():
