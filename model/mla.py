@@ -215,16 +215,26 @@ class MLA(nn.Module):
         return out[..., : self.v_dim].transpose(1, 2)
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None):
-        """q [B, H, S, E], k [B, 1|H, T, E], v [B, 1|H, T, F] -> [B, H, S, F]."""
+        """q [B, H, S, E], k [B, 1|H, T, E], v [B, 1|H, T, F] -> [B, H, S, F].
+
+        NOTE: with a hook on the pattern, the probabilities are made for it; the output is still the
+        fused kernel's unless the hook replaced them or edited them in place (then they are applied
+        as the hook left them). Observing a pattern must not change what is observed: in bfloat16
+        the materialised product moved logits by 1.4 and the experts of 12 of 256 tokens (a review)."""
+        fused = lambda: F.scaled_dot_product_attention(  # noqa: E731
+            q, k, v, attn_mask=mask, is_causal=mask is None, scale=self.softmax_scale,
+            enable_gqa=k.shape[1] != q.shape[1])
         if not self.hook_pattern.active:
-            return F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=mask is None, scale=self.softmax_scale,
-                enable_gqa=k.shape[1] != q.shape[1])
+            return fused()
         dt = wide(q.dtype)  # float32, or float64 for a float64 model
         scores = torch.matmul(q.to(dt), k.to(dt).transpose(-1, -2)) * self.softmax_scale  # [B, H, S, T]
         if mask is None:
             s, t = scores.shape[-2:]
             mask = torch.ones(s, t, dtype=torch.bool, device=q.device).tril(t - s)
         scores = scores.masked_fill(~mask, float("-inf"))
-        probs = self.hook_pattern(scores.softmax(dim=-1))  # [B, H, S, T] float32 (or float64)
+        made = scores.softmax(dim=-1)  # [B, H, S, T] float32 (or float64)
+        version = made._version
+        probs = self.hook_pattern(made)
+        if probs is made and made._version == version:  # only observed
+            return fused()
         return torch.matmul(probs.to(v.dtype), v)
