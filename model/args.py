@@ -140,6 +140,9 @@ class ModelArgs:
                                   ("qk_nope_head_dim", 0, True), ("max_seq_len", 1, True)):
             if when and getattr(self, name) < floor:
                 bad(f"{name}={getattr(self, name)} must be {'positive' if floor else '>= 0'}")
+        if self.n_mtp_layers > 1:  # module k>0 needs module k-1's hidden states and token i+k+1: not built
+            bad(f"n_mtp_layers={self.n_mtp_layers}: MTP depth 0 or 1 only (DeepSeek-V3 ships depth 1; deeper "
+                "modules would run unchained)")
         if not self.rope_theta > 1:  # RoPE's frequencies are theta^(-2i/d), their wavelengths log(theta)
             bad(f"rope_theta={self.rope_theta} must be greater than 1")
         if not self.norm_eps > 0:

@@ -226,7 +226,7 @@ class Transformer(HookedModule):
         lengths: [B] valid tokens of each row in this chunk (right padding). No real token attends
             to padding, so each row's logits equal that row alone; logits at padding are junk.
         use_cache: write this chunk's keys into the static KV cache (for decode / chunked prefill).
-        mtp: also run the MTP module(s): returns (logits, mtp_logits [B, S-1, V]) where
+        mtp: also run the MTP module (depth 1; configs say 0 or 1): returns (logits, mtp_logits [B, S-1, V]) where
             mtp_logits[:, i] predicts token i+2 from the hidden state at i and token i+1. Only from
             start_pos=0 (a later chunk raises: see `mtp_logits` for decoding).
         return_hidden: also return the final-normed hidden state [B, S, D] (last element).

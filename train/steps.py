@@ -56,10 +56,7 @@ def model_args(ns: argparse.Namespace, vocab_size: int) -> ModelArgs:
             raise TrainError(f"--set {item!r}: ModelArgs has no field {key!r}")
         d[key] = _parse_value(value)
     d.update(vocab_size=vocab_size, bos_token_id=0, eos_token_id=1)
-    args = ModelArgs.from_dict(d)
-    if args.n_mtp_layers > 1:
-        raise TrainError(f"n_mtp_layers={args.n_mtp_layers}: training supports MTP depth 0 or 1 "
-                         "(the model's forward runs the first MTP module only)")
+    args = ModelArgs.from_dict(d)  # refuses MTP depth 2 and beyond (ModelArgs.validate)
     if ns.seq_len > args.max_seq_len:
         raise TrainError(f"--seq-len={ns.seq_len} exceeds the config's max_seq_len={args.max_seq_len}")
     return args

@@ -376,6 +376,14 @@ def test_non_finite_or_negative_numbers_are_refused(overrides, needle, tmp_path)
     assert ModelArgs.from_hf_config(TINY_HF).route_scale > 0  # the control
 
 
+def test_mtp_depth_beyond_one_is_refused():
+    """A second MTP module never ran (forward ran module 0 only, and depth 1 was fed the main model's
+    states instead of module 0's; a review): configs with depth 2+ are refused, naming the field."""
+    with pytest.raises(ConfigError, match="n_mtp_layers=2: MTP depth 0 or 1 only"):
+        ModelArgs.from_hf_config(TINY_HF | {"num_nextn_predict_layers": 2})
+    assert ModelArgs.from_hf_config(TINY_HF | {"num_nextn_predict_layers": 0}).n_mtp_layers == 0  # the control
+
+
 def _drop(cfg: dict, key: str) -> dict:
     out = {k: v for k, v in cfg.items() if k != key.split(".")[0]}
     if "." in key:

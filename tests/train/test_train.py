@@ -318,7 +318,7 @@ def test_bad_input_errors(corpus, tmp_path, capsys):
     (tmp_path / "junk" / "checkpoint" / "state.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(TrainError, match="state.pt is not a training checkpoint"):
         run(parse_args(_flags(corpus, tmp_path / "junk", "--resume")))
-    with pytest.raises(TrainError, match="n_mtp_layers=2: training supports MTP depth 0 or 1"):
+    with pytest.raises(ConfigError, match="n_mtp_layers=2: MTP depth 0 or 1 only"):
         run(parse_args(_flags(corpus, tmp_path / "x", "--set", "n_mtp_layers=2")))
     (tmp_path / "afile").write_text("x")
     with pytest.raises(TrainError, match=r"--out .*afile/run: .*afile is a file, not a directory"):
