@@ -125,7 +125,8 @@ def _complete(path: Path) -> bool:
 def default_run(max_tokens: int | None = None):
     """The run the notebooks analyse, as a `probe.Run`:
 
-    1. $DSV3_NOTEBOOK_RUN when set (recorded there, small, on the bundled model when missing);
+    1. $DSV3_NOTEBOOK_RUN when set (recorded there, small, on the bundled model when missing; a run
+       there that is not complete is analysed as it is, never recorded over);
     2. else the default run `runs/model-val` when it is complete;
     3. else a small run `runs/model-val-<N>tok` of N = `max_tokens` ($DSV3_NOTEBOOK_MAX_TOKENS,
        default 40000) tokens of the bundled validation corpus, recorded now if missing (about a
@@ -140,10 +141,15 @@ def default_run(max_tokens: int | None = None):
         path = DEFAULT_RUN
     else:
         path = DEFAULT_RUN.with_name(f"{DEFAULT_RUN.name}-{n}tok")
-    if not _complete(path):
-        print(f"recording a small run ({n} tokens) into {path} ...")
-        record_small(path, n, overwrite=path.exists())
-    run = probe.open_run(path)
+    if env and path.exists():  # the user's run: an interrupted 671B recording was replaced by 2,000
+        run = probe.open_run(path)  # tokens of the bundled model (found by a review); never recorded over
+        if run.status != "complete":
+            print(f"note: {path} is {run.status!r}: the notebooks analyse the tokens recorded so far")
+    else:
+        if not _complete(path):
+            print(f"recording a small run ({n} tokens) into {path} ...")
+            record_small(path, n, overwrite=path.exists())
+        run = probe.open_run(path)
     print(f"run {run.path}: {run.info.get('checkpoint', {}).get('path')} on {run.info.get('corpus', {}).get('path')}, "
           f"tables {run.tables}")
     return run

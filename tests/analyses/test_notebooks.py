@@ -146,3 +146,23 @@ def test_notebooks_fit_the_time_budget():
     total = sum(_TIMES.values())
     print("notebook times: " + ", ".join(f"{k} {v:.1f} s" for k, v in _TIMES.items()) + f"; total {total:.1f} s")
     assert total < BUDGET_S
+
+
+def test_the_users_run_is_analysed_as_it_is_never_recorded_over(run_dir, tmp_path, monkeypatch, capsys):
+    """$DSV3_NOTEBOOK_RUN naming a run that was not complete (an interrupted recording) replaced it
+    with a 2,000-token run of the bundled model (found by a review)."""
+    import json
+    import shutil
+
+    from analyses import notebook_utils
+
+    mine = Path(shutil.copytree(run_dir, tmp_path / "interrupted"))
+    info = json.loads((mine / "run.json").read_text())
+    (mine / "run.json").write_text(json.dumps(info | {"status": "interrupted"}))
+    before = {p.relative_to(mine): p.read_bytes() for p in mine.rglob("*") if p.is_file()}
+    monkeypatch.setenv("DSV3_NOTEBOOK_RUN", str(mine))
+    monkeypatch.setattr(notebook_utils, "record_small", lambda *a, **k: pytest.fail("must not record over it"))
+    run = notebook_utils.default_run()
+    assert run.status == "interrupted" and Path(run.path) == mine
+    assert "is 'interrupted': the notebooks analyse the tokens recorded so far" in capsys.readouterr().out
+    assert {p.relative_to(mine): p.read_bytes() for p in mine.rglob("*") if p.is_file()} == before
