@@ -244,6 +244,14 @@ def _labelled(ref: RunRef, df: pd.DataFrame) -> pd.DataFrame:
 
 
 @cached
+def recorded_tokens(ref: RunRef) -> pd.DataFrame:
+    """domain, tokens, windows, documents: what the run's `tokens` table holds per domain (a run
+    that did not complete holds less than run.json's `planned` figures)."""
+    return query(ref, "select domain, count(*)::bigint as tokens, count(distinct seq_id)::bigint as windows, "
+                      "count(distinct doc_id)::bigint as documents from tokens group by 1 order by 1", ("tokens",))
+
+
+@cached
 def loads_by_step(ref: RunRef) -> pd.DataFrame:
     """step, layer (label, e.g. 'layer3' or 'mtp0'), expert, load: top-k assignments per batch or step."""
     return _labelled(ref, query(ref, "select step, layer, expert, sum(count)::bigint as load from expert_load "

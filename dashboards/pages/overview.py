@@ -61,13 +61,22 @@ def probe_details(ref: data.RunRef) -> None:
     i = ref.info
     planned, opts = i.get("planned") or {}, i.get("options") or {}
     a = i.get("model_args") or {}
+    docs, windows, per = (i.get("corpus") or {}).get("documents", 0), planned.get("windows", 0), \
+        planned.get("tokens_per_domain") or {}
+    if i.get("status") != "complete" and data.has_table(ref, "tokens"):
+        # what was recorded, not what was planned (an interrupted run showed the plan's 200k tokens
+        # per domain beside its 42k recorded; a review)
+        got = data.recorded_tokens(ref)
+        docs, windows = int(got.documents.sum()), int(got.windows.sum())
+        per = dict(zip(got.domain, got.tokens.astype(int)))
+        st.caption(f"Status {i.get('status')!r}: the figures count what was recorded so far "
+                   f"({sum(per.values()):,} of the {planned.get('tokens', 0):,} tokens planned).")
     c = st.columns(5)
     c[0].metric("Tokens", f"{_tokens(ref) or 0:,}")
-    c[1].metric("Documents", f"{(i.get('corpus') or {}).get('documents', 0):,}")
-    c[2].metric("Windows", f"{planned.get('windows', 0):,}", help=f"seq_len {opts.get('seq_len')}")
+    c[1].metric("Documents", f"{docs:,}")
+    c[2].metric("Windows", f"{windows:,}", help=f"seq_len {opts.get('seq_len')}")
     c[3].metric("MoE layers", len(data.moe_layers(ref)))
     c[4].metric("Experts", f"{a.get('n_routed_experts', '?')} · top-{a.get('n_activated_experts', '?')}")
-    per = planned.get("tokens_per_domain") or {}
     left, right = st.columns([3, 2])
     if per:
         colors = ui.domain_colors()

@@ -8,6 +8,7 @@ import json
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -191,6 +192,26 @@ def test_running_and_interrupted_runs_are_flagged(runs):
         assert not at.error, (page, texts(at.error))
     open_page(at, "load_balance")
     assert "**interrupted**" in texts(at.warning) and len(at.get("plotly_chart")) >= 4
+    # the overview counts what was recorded, not the plan (it showed the planned windows and tokens
+    # per domain beside the recorded tokens; a review)
+    import shutil
+    import tempfile
+
+    import probe
+
+    with tempfile.TemporaryDirectory() as d:  # a plan twice what was recorded, as a stopped run has
+        stopped = Path(shutil.copytree(Path(runs["good"]) / "demo-stopped", Path(d) / "stopped"))
+        info = json.loads((stopped / "run.json").read_text())
+        plan = info["planned"]
+        plan |= {"windows": 2 * plan["windows"], "tokens": 2 * plan["tokens"],
+                 "tokens_per_domain": {k: 2 * v for k, v in plan["tokens_per_domain"].items()}}
+        (stopped / "run.json").write_text(json.dumps(info))
+        at = app(d, "stopped")
+        open_page(at, "overview")
+        tok = probe.open_run(stopped).df("tokens")
+        shown = {m.label: m.value for m in at.metric}
+        assert shown["Windows"] == f"{tok.seq_id.nunique():,}" and shown["Documents"] == f"{tok.doc_id.nunique():,}"
+        assert f"({len(tok):,} of the {plan['tokens']:,} tokens planned)" in texts(at.caption)
 
 
 @pytest.mark.slow  # every page
