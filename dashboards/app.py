@@ -51,8 +51,19 @@ with st.sidebar:
         asked = st.query_params.get("run")  # a shared link: ?run=NAME
         if asked in names and st.session_state.get("_asked_run") != asked:
             st.session_state[ui.RUN_KEY] = st.session_state["_asked_run"] = asked
+        elif asked and asked not in names and st.session_state.get("_asked_run") != asked:
+            # a stale or mistyped link showed the first run as if it were the one asked for (a review):
+            # said until another run is picked
+            st.session_state["_asked_run"] = asked
+            st.session_state[ui.RUN_KEY] = names[0]
+            st.session_state["_missing_run"] = (asked, names[0])
         if st.session_state.get(ui.RUN_KEY) not in names:
             st.session_state[ui.RUN_KEY] = names[0]
+        missing = st.session_state.get("_missing_run")
+        if missing and missing[1] == st.session_state[ui.RUN_KEY]:
+            st.warning(f"No run `{missing[0]}` in `{ui.runs_dir()}`: showing `{missing[1]}` instead.")
+        elif missing:
+            del st.session_state["_missing_run"]
         labels = {r.name: f"{r.name} · {ui.kind_text(r)} · {r.status}" for r in runs}
         st.selectbox("Run", names, key=ui.RUN_KEY, format_func=labels.get)
         st.query_params["run"] = st.session_state[ui.RUN_KEY]

@@ -389,3 +389,27 @@ def test_a_one_domain_run_says_so_instead_of_empty_charts(tmp_path):
         (tmp_path / name / "run.json").write_text(json.dumps(info | edit))
         at = open_page(app(tmp_path, name), "specialisation")
         assert want in texts(at.info) and "Record a corpus with two" not in texts(at.info), texts(at.info)
+
+
+def test_a_link_to_a_missing_run_says_so(runs):
+    """?run=NAME naming no run showed the first run as if it were the one asked for, and rewrote the
+    link (found by a review); now a warning names both, until another run is picked."""
+    from streamlit.testing.v1 import AppTest
+
+    from helpers.apptest import APP
+
+    def open_link(name):
+        at = AppTest.from_file(APP, default_timeout=120)
+        at.session_state["runs_dir"] = str(runs["good"])
+        at.query_params["run"] = name
+        return at.run()
+
+    at = open_link("missing")
+    first = at.session_state["run"]
+    assert f"No run `missing` in `{runs['good']}`: showing `{first}` instead." in texts(at.warning)
+    other = next(name for name in ("demo-stopped", "demo") if name != first)
+    at.session_state["run"] = other  # picked in the sidebar
+    at.run()
+    assert "No run `missing`" not in texts(at.warning)
+    at = open_link(other)  # the control: a link to a run opens it, no warning
+    assert at.session_state["run"] == other and "No run" not in texts(at.warning)
