@@ -180,7 +180,9 @@ def token_dependence(ref: data.RunRef) -> None:
                    "accuracy: routing is largely context-independent (OpenMoE); the gap to `token id + previous` "
                    "is what one token of context adds. Vocabulary specialisation (OLMoE): per token id, the share "
                    "of its occurrences routed to its most common top-1 expert, averaged over ids; against the next "
-                   "token it asks whether experts specialise in what is predicted rather than what is read."
+                   "token it asks whether experts specialise in what is predicted rather than what is read. Here "
+                   "every id counts, those seen once too (each trivially 1.0), so VS input lies above the metric "
+                   "beside the expert picker, which counts ids seen at least 5 times."
                    + research.sample_note(ref, windows))
         short = {"token_id": "token id", "prev_token": "prev token", "prev_and_position": "prev + pos",
                  "token_and_prev": "token + prev", "vocab_spec_input": "VS input", "vocab_spec_next": "VS next",
