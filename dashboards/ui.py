@@ -65,7 +65,7 @@ def selected_run(kinds: tuple[str, ...] = ("probe", "train")) -> data.RunRef | N
         if not other:
             st.info(f"This page needs a **{what}** run; `{runs_dir()}` has none. "
                     + ("Record one with `dsv3-probe record`." if "probe" in kinds
-                       else "Train one with `python -m train --out runs/NAME`."))
+                       else f"Train one with `python -m train --out {runs_dir()}/NAME`."))
             return None
         # named as the sidebar names it ('sglang import', not the 'probe' kind an import has)
         st.info(f"`{ref.name}` ({kind_text(ref)}) is not a {what} run: this page shows {what} runs.")
@@ -77,7 +77,7 @@ def selected_run(kinds: tuple[str, ...] = ("probe", "train")) -> data.RunRef | N
 
 def no_runs() -> None:
     st.info(f"No runs in `{runs_dir()}` yet. Record one with `dsv3-probe record --out {runs_dir()}/NAME`, "
-            "train one with `python -m train --out runs/NAME`, or start the dashboard on another "
+            f"train one with `python -m train --out {runs_dir()}/NAME`, or start the dashboard on another "
             "directory: `dsv3-probe dashboard DIR`.", icon="📭")
 
 

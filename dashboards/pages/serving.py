@@ -115,7 +115,7 @@ def main() -> None:
     window, gpus, redundant, nodes, mode = controls(ref, steps, E, current_gpus, P_now)
     with ui.guard("the replay"):
         r = replay(ref, tuple(window), gpus, redundant, nodes, mode)
-        show(ref, steps, layers, E, r, window, gpus, redundant)
+        show(ref, steps, layers, E, r, window, gpus, redundant, nodes, mode)
 
 
 def _mean(a: np.ndarray) -> float:
@@ -123,7 +123,7 @@ def _mean(a: np.ndarray) -> float:
     return float(a.mean()) if a.size else float("nan")
 
 
-def show(ref, steps, layers, E, r, window, gpus, redundant) -> None:
+def show(ref, steps, layers, E, r, window, gpus, redundant, nodes: int = 1, mode: str = "hierarchical") -> None:
     per_pass = {NOW: np.nanmean(r["now"], 1), PLAN: np.nanmean(r["plan"], 1)}
     win = r["window"]
     m = st.columns(4)
@@ -170,10 +170,10 @@ def show(ref, steps, layers, E, r, window, gpus, redundant) -> None:
         fig.update_xaxes(type="category")
         fig.update_yaxes(title="assignments in the plan window")
         st.plotly_chart(charts.style(fig, f"{layer}: load per GPU", 320, barmode="group"), key="sv_gpu")
-    download(ref, r, E, gpus, redundant)
+    download(ref, r, E, gpus, redundant, nodes, mode)
 
 
-def download(ref, r, E, gpus, redundant) -> None:
+def download(ref, r, E, gpus, redundant, nodes: int = 1, mode: str = "hierarchical") -> None:
     from analyses.placement.export import sglang_map
 
     n_layers = int((ref.info.get("model_args") or {}).get("n_layers") or max(r["plans"]) + 1)
@@ -182,7 +182,10 @@ def download(ref, r, E, gpus, redundant) -> None:
                        mime="application/json", icon=":material/download:", key="sv_download")
     st.caption(f"Serve with `--init-expert-location plan.json --ep-num-redundant-experts {redundant}` on "
                f"{gpus} expert-parallel GPUs. The same plan from the command line (all passes): `python -m "
-               f"analyses.placement {ref.path} --gpus {gpus} --redundant {redundant} --format sglang --out plan.json`.")
+               f"analyses.placement {ref.path} --gpus {gpus} --redundant {redundant}"
+               # the planner's choices too: without them the command planned another layout (a review)
+               + (f" --nodes {nodes}" if nodes > 1 else "") + (" --mode global" if mode == "global" else "")
+               + " --format sglang --out plan.json`.")
 
 
 with ui.guard("this page"):

@@ -106,6 +106,10 @@ def test_serving_window_and_layout_change_the_plan(imported):
     assert at.selectbox(key="sv_gpus").value in (2, 3, 6, 9, 18) and not at.error and not at.exception
     # ... and the page says why (it switched silently before)
     assert any("8 GPUs do not divide 16 + 2 = 18 slots" in c.value for c in at.caption), [c.value for c in at.caption]
+    # the command line it offers plans what the page planned: the planner's mode too (a review)
+    at.radio(key="sv_mode").set_value("global").run()
+    cmd = next(c.value for c in at.caption if "The same plan from the command line" in c.value)
+    assert " --mode global --format sglang" in cmd and "--redundant 2" in cmd
 
 
 @pytest.mark.slow  # a whole app or command: the quick loop leaves it out
