@@ -41,7 +41,7 @@ def _tokens(ns, m: Transformer) -> torch.Tensor:
         from tokenizers import Tokenizer
         tok_path = Path(ns.ckpt or "") / "tokenizer.json"
         if not ns.ckpt or not tok_path.exists():
-            raise SystemExit("error: --text needs --ckpt DIR with a tokenizer.json")
+            raise ValueError("--text needs --ckpt DIR with a tokenizer.json")
         try:
             tok = Tokenizer.from_file(str(tok_path))
         except Exception as e:  # the tokenizers library raises its own exception type
@@ -58,6 +58,8 @@ def summary(ns) -> None:
     for flag, value in (("--batch", ns.batch), ("--seq-len", ns.seq_len)):
         if value < 1:
             raise ValueError(f"{flag} {value}: must be at least 1")
+    if ns.text is not None and not ns.ckpt:  # before the model is built (it was after, with exit status 1)
+        raise ValueError("--text needs --ckpt DIR with a tokenizer.json")
     m = _build(ns)
     a = m.args
     counts = m.param_counts()
@@ -90,39 +92,50 @@ def summary(ns) -> None:
         print(f"{i:>5} {load_s:>14} {used:>13} {ckv.norm(dim=-1).mean().item():>19.3f}")
 
 
-def params(ns) -> None:
+def _count(n: int) -> str:
+    """A parameter count in billions, millions, or whole (the tiny config printed 0.00B)."""
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n:,}"
+
+
+def params(ns) -> int:
     for flag, value in (("--world-size", ns.world_size), ("--batch-size", ns.batch_size), ("--seq-len", ns.seq_len),
                         ("--device-memory", ns.device_memory)):
         if value is not None and not value > 0:
             raise ValueError(f"{flag} {value:g}: must be > 0")
     args = ModelArgs.from_name(ns.config)
+    for flag, given in (("--dense", ns.dense), ("--device-memory", ns.device_memory),
+                        ("--batch-size", ns.batch_size is not None), ("--seq-len", ns.seq_len is not None)):
+        if given and not ns.world_size:  # per rank: without --world-size they were dropped silently
+            raise ValueError(f"{flag} sizes the model per rank: use it with --world-size")
+    batch, seq_len = ns.batch_size or 8, ns.seq_len or min(512, args.max_seq_len)
+    if seq_len > args.max_seq_len:
+        raise ValueError(f"--seq-len {seq_len}: longer than the config's max_seq_len {args.max_seq_len}")
     with torch.device("meta"):
         m = Transformer(args)
     c = m.param_counts()
-    line = f"{ns.config}: main {c['main'] / 1e9:.2f}B, activated per token {c['activated'] / 1e9:.2f}B"
+    line = f"{ns.config}: main {_count(c['main'])}, activated per token {_count(c['activated'])}"
     if args.n_mtp_layers:
-        line += (f", MTP module {c['mtp'] / 1e9:.2f}B (+{2 * args.vocab_size * args.dim / 1e9:.2f}B for the "
+        line += (f", MTP module {_count(c['mtp'])} (+{_count(2 * args.vocab_size * args.dim)} for the "
                  "embedding/head copies its checkpoint layer stores)")
     print(line)
-    for flag, given in (("--dense", ns.dense), ("--device-memory", ns.device_memory)):
-        if given and not ns.world_size:  # per rank: without --world-size it would be dropped silently
-            raise ValueError(f"{flag} sizes the model per rank: use it with --world-size")
     if ns.world_size:
         from .memory import forward_plan, format_plan, kv_cache_bytes, shard_plan, size
 
         dtype = torch.bfloat16
         w = shard_plan(args, ns.world_size, fp8=not ns.dense, dtype=dtype)
         print(format_plan(w, ns.config))
-        act = forward_plan(args, model_parallel=ns.world_size, batch=ns.batch_size, seq_len=ns.seq_len, dtype=dtype)
+        act = forward_plan(args, model_parallel=ns.world_size, batch=batch, seq_len=seq_len, dtype=dtype)
         total = w["per_rank_bytes"] + w["absorb_dense_bytes"] + act["peak"]
         print(f"  + {size(w['absorb_dense_bytes'])} dequantised wkv_b (absorbed attention) + {size(act['peak'])} for a "
-              f"bf16 forward of {ns.batch_size} x {ns.seq_len} tokens (estimated: logits {size(act['logits'])}, "
+              f"bf16 forward of {batch} x {seq_len} tokens (estimated: logits {size(act['logits'])}, "
               f"largest layer {size(act['largest_layer'])}) = {size(total)} per rank; latent KV cache for those "
-              f"positions {size(kv_cache_bytes(args, ns.batch_size, ns.seq_len, dtype))}")
+              f"positions {size(kv_cache_bytes(args, batch, seq_len, dtype))}")
         if ns.device_memory:
             left = ns.device_memory * 1e9 - total
             print(f"  fits {ns.device_memory:g} GB per rank with {size(left)} to spare" if left >= 0 else
                   f"  does NOT fit {ns.device_memory:g} GB per rank: {size(-left)} short")
+            return 0 if left >= 0 else 1  # as `dsv3-probe record --dry-run`: a script can tell
+    return 0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -142,16 +155,19 @@ def main(argv: list[str] | None = None) -> None:
     q.add_argument("--world-size", type=int, help="also print parameter bytes per rank under tensor + expert "
                    "parallelism over this many ranks (meta device)")
     q.add_argument("--dense", action="store_true", help="with --world-size: bf16 weights instead of FP8")
-    q.add_argument("--batch-size", type=int, default=8, help="with --world-size: rows of the forward pass sized (default 8)")
-    q.add_argument("--seq-len", type=int, default=512, help="with --world-size: positions per row (default 512)")
+    q.add_argument("--batch-size", type=int, help="with --world-size: rows of the forward pass sized (default 8)")
+    q.add_argument("--seq-len", type=int, help="with --world-size: positions per row (default 512, or the config's "
+                   "max_seq_len where shorter)")
     q.add_argument("--device-memory", type=float, metavar="GB", help="with --world-size: GB per rank to check against")
     q.set_defaults(fn=params)
     ns = p.parse_args(argv)
     try:
-        ns.fn(ns)
+        code = ns.fn(ns)
     except (CheckpointError, ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    if code:
+        raise SystemExit(code)
 
 
 if __name__ == "__main__":

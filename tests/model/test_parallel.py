@@ -316,10 +316,21 @@ def test_summary_cli_and_its_errors(capsys, tmp_path, monkeypatch):
             main(["summary", *argv])
         err = capsys.readouterr().err
         assert err.startswith(f"error: {msg}") and err.count("\n") == 1, err
-    for flag in (["--dense"], ["--device-memory", "1"]):  # the second was dropped silently (a review)
-        with pytest.raises(SystemExit):
+    for flag in (["--dense"], ["--device-memory", "1"], ["--batch-size", "64"], ["--seq-len", "4096"]):
+        with pytest.raises(SystemExit):  # the last three were dropped silently (reviews)
             main(["params", *flag])
         assert f"{flag[0]} sizes the model per rank: use it with --world-size" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # --text without --ckpt: refused before the model is built, status 2
+        main(["summary", "--text", "hi"])
+    assert e.value.code == 2 and capsys.readouterr().err == "error: --text needs --ckpt DIR with a tokenizer.json\n"
+    main(["params", "--config", "tiny"])  # counts in their own units: it printed "main 0.00B"
+    assert capsys.readouterr().out.startswith("tiny: main 344,680, activated per token 197,224, MTP module 128,376")
+    with pytest.raises(SystemExit) as e:
+        main(["params", "--config", "tiny", "--world-size", "2", "--seq-len", "100000"])
+    assert e.value.code == 2 and "--seq-len 100000: longer than the config's max_seq_len 256" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # does not fit: exit status 1, as record --dry-run
+        main(["params", "--config", "671B", "--world-size", "8", "--device-memory", "40"])
+    assert e.value.code == 1 and "does NOT fit 40 GB per rank" in capsys.readouterr().out
 
 
 def test_fp8_misaligned_shard_is_refused_on_meta():
