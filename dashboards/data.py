@@ -125,7 +125,8 @@ def discover(root: str | Path) -> list[RunRef]:
 
 def domains_of(ref: RunRef) -> list[str]:
     info = ref.info
-    return list(info.get("domains") or sorted((info.get("planned") or {}).get("tokens_per_domain", {})))
+    return list(info.get("domains") or sorted((info.get("planned") or {}).get("tokens_per_domain", {}))
+                or sorted((info.get("spec_decode") or {}).get("tokens_per_domain", {})))
 
 
 def moe_layers(ref: RunRef) -> list[int]:

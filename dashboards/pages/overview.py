@@ -34,6 +34,8 @@ def _tokens(ref: data.RunRef) -> int | None:
     i = ref.info
     if ref.kind == "train":
         return i.get("tokens_seen")
+    if i.get("kind") == "spec":  # prompt + generated tokens
+        return sum((i.get("spec_decode") or {}).get("tokens_per_domain", {}).values()) or None
     return (i.get("recorded") or {}).get("tokens") or (i.get("planned") or {}).get("tokens")
 
 
@@ -98,6 +100,29 @@ def probe_details(ref: data.RunRef) -> None:
     if opts.get("router_logits") == "none":
         st.info("Recorded with `--router-logits none`: no routing table (Token explorer and Co-activation "
                 "need it).")
+
+
+def spec_details(ref: data.RunRef) -> None:
+    """A run that holds only `dsv3-probe spec`'s tables: its summary (it showed zeros and an empty
+    options table, the record's; a review)."""
+    s = ref.info.get("spec_decode") or {}
+    c = st.columns(4)
+    c[0].metric("Prompts", f"{s.get('prompts', 0):,}")
+    c[1].metric("Generated tokens", f"{s.get('generated', 0):,}")
+    rate = s.get("acceptance_rate")
+    c[2].metric("MTP draft acceptance", f"{rate:.3f}" if rate is not None else "n/a",
+                help="accepted / proposed drafts (the MTP page has the details)")
+    c[3].metric("Tokens per verifying pass", f"{s.get('mean_acceptance_length') or 0:.3f}")
+    per = s.get("tokens_per_domain") or {}
+    if per:
+        colors = ui.domain_colors()
+        doms = sorted(per)
+        st.plotly_chart(charts.bars(doms, [per[d] for d in doms], title="Prompt + generated tokens per domain",
+                                    xlabel="domain", ylabel="tokens", colors=[colors[d] for d in doms], fmt=",d"),
+                        key="spec_tokens_per_domain")
+    st.caption(f"A `dsv3-probe spec` run: {s.get('prompt_tokens', '?')}-token prompts, {s.get('new_tokens', '?')} "
+               f"new tokens each, of `{s.get('checkpoint', '?')}` on `{s.get('corpus', '?')}`. It holds no "
+               "routing: the MTP page shows its speculative-decoding tables.")
 
 
 def import_details(ref: data.RunRef) -> None:
@@ -198,6 +223,8 @@ else:
                 train_details(ref)
             elif (ref.info.get("source") or {}).get("name"):
                 import_details(ref)
+            elif ref.info.get("kind") == "spec":
+                spec_details(ref)
             elif ref.kind == "probe":
                 probe_details(ref)
             else:

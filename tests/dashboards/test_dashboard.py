@@ -413,3 +413,30 @@ def test_a_link_to_a_missing_run_says_so(runs):
     assert "No run `missing`" not in texts(at.warning)
     at = open_link(other)  # the control: a link to a run opens it, no warning
     assert at.session_state["run"] == other and "No run" not in texts(at.warning)
+
+
+def test_a_spec_only_run_has_an_overview_of_its_own(runs, tmp_path):
+    """A run holding only `dsv3-probe spec`'s tables showed zeros, an empty options table and no
+    domains (found by a review); the overview now summarises its prompts and acceptance."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    d = tmp_path / "runs"
+    spec = d / "speconly"
+    for t in ("spec_decode", "spec_drafts"):
+        shutil.copytree(Path(runs["good"]) / "demo" / t, spec / t)
+    dec = pq.read_table(spec / "spec_decode").to_pandas()
+    per = {k: int(v) for k, v in (dec.prompt_tokens + dec.new_tokens).groupby(dec.domain).sum().items()}
+    summary = {"prompts": len(dec), "generated": int(dec.new_tokens.sum()), "prompt_tokens": 8, "new_tokens": 4,
+               "acceptance_rate": float(dec.drafts_accepted.sum() / dec.drafts_proposed.sum()),
+               "mean_acceptance_length": 1.5, "tokens_per_domain": per, "checkpoint": "c", "corpus": "t"}
+    info = json.loads((Path(runs["good"]) / "demo" / "run.json").read_text())
+    (spec / "run.json").write_text(json.dumps({"status": "complete", "format": 1, "kind": "spec",
+                                               "model_args": info["model_args"], "spec_decode": summary,
+                                               "tables": ["spec_decode", "spec_drafts"]}))
+    at = open_page(app(d, "speconly"), "overview")
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["Prompts"] == f"{len(dec):,}" and shown["Generated tokens"] == f"{int(dec.new_tokens.sum()):,}"
+    assert shown["MTP draft acceptance"] == f"{summary['acceptance_rate']:.3f}"
+    assert "A `dsv3-probe spec` run" in texts(at.caption) and not at.error
