@@ -5,9 +5,11 @@
     python benchmarks/bench_prefill.py --config data/model/config.json --batch 8   # the bundled model's shape
 
 Both models run in this one process on the same checkpoint (written by transformers, loaded by
-`model.load`), alternating, after a warm-up, each repeat on a fresh random batch. Ours is timed three ways: hook points present with
-nothing attached; a no-op hook attached to every hook point except the opt-in attention pattern
-("attached but idle"); and with the attention pattern hooked (materialised). Printed: median
+`model.load`), interleaved in an order shuffled every repeat, after a warm-up that checks every case's
+logits against transformers', each repeat on a fresh random batch; transformers with use_cache=False
+(ours makes no KV cache here either). Ours is timed three ways: hook points present with nothing
+attached; a no-op hook attached to every hook point except the opt-in attention pattern ("attached
+but idle"); and with the attention pattern hooked (made for the hook beside the fused kernel). Printed: median
 tokens/s and the ratio to transformers, the best-of-N times, and the paired ratio: the median over
 repeats of the two times measured in the same repeat (the least sensitive to a shared machine whose
 speed drifts), with its quartiles ("paired IQR": how far one run's figure can be trusted). Target: ours >= 1.3x transformers with idle hooks.
@@ -96,27 +98,29 @@ def make_cases(hf, ours, batch: dict) -> dict:
     pattern = [("layers.*.attn.hook_pattern", lambda t, hook: None)]
 
     def run_hf():
+        # use_cache=False: its config's default would fill a KV cache ours does not make (about 1.02x
+        # in transformers' favour once off; found by an audit of this bench)
         with torch.no_grad():
-            hf(batch["tokens"])
+            return hf(batch["tokens"], use_cache=False).logits
 
     def run_ours(hooks=()):
         def f():
             with torch.no_grad(), ours.hooks(hooks):
-                ours(batch["tokens"])
+                return ours(batch["tokens"])
         return f
 
     def run_forced(onednn: bool):  # one GEMM path for every GEMM, whatever was chosen
         def f():
             layers.ONEDNN_LINEAR = onednn
             try:
-                run_ours(noop)()
+                return run_ours(noop)()
             finally:
                 layers.ONEDNN_LINEAR = None
         return f
 
     def run_unfrozen():  # oneDNN reorders every weight on every call, as outside frozen_weights
         with frozen.suspended(ours):
-            run_ours(noop)()
+            return run_ours(noop)()
 
     return {"transformers": run_hf, "ours (hook points, none attached)": run_ours(),
             "ours (no-op hooks attached)": run_ours(noop), "ours (attention pattern hooked)": run_ours(pattern),
@@ -125,32 +129,46 @@ def make_cases(hf, ours, batch: dict) -> dict:
             "ours, idle hooks, F.linear forced": run_forced(False)}
 
 
-def time_cases(cases: dict, batch: dict, repeats: int) -> dict[str, list[float]]:
-    """Seconds per forward of every case, `repeats` times, interleaved (in an order that rotates) so
-    drift hits all cases alike.
+def time_cases(cases: dict, batch: dict, repeats: int) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Seconds per forward of every case, `repeats` times, interleaved (in an order shuffled anew every
+    repeat) so drift hits all cases alike; and every case's largest logit difference from
+    transformers on the warm-up batch (relative to its largest logit), so that each timed path is
+    checked, frozen and forced ones too.
     Every repeat feeds a fresh batch (the same one to every case): routing, and so each expert's
     row count, changes from repeat to repeat as it would over a corpus."""
+    import random
+
     gen = torch.Generator().manual_seed(2)
-    for fn in cases.values():  # warm-up
-        fn()
+    outs = {name: fn() for name, fn in cases.items()}  # warm-up
+    ref = outs["transformers"]
+    errs = {name: ((ref - out).abs().max() / ref.abs().max()).item() for name, out in outs.items()}
+    del outs, ref
     results = {name: [] for name in cases}
-    names = list(cases)
-    for r in range(repeats):
+    order, shuffle = list(cases), random.Random(3)
+    for _ in range(repeats):
         batch["tokens"] = torch.randint(0, CONFIG["vocab_size"], batch["tokens"].shape, generator=gen)
-        # the order rotates every repeat: a case's place in the round (e.g. right after transformers
-        # has freed its memory) must not favour it
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        # shuffled, not rotated: a rotation keeps each case right after the same one (an audit of this
+        # bench), and a case's neighbour (e.g. transformers freeing its memory) must not favour it
+        shuffle.shuffle(order)
+        for name in order:
             results[name].append(median_time(cases[name], 1))
-    return results
+    return results, errs
 
 
-def report(ns, results: dict, err: float, chosen) -> None:
+def report(ns, timed: tuple[dict, dict], err: float, chosen, weight_bytes: int) -> None:
+    from model import frozen
+
+    results, errs = timed
     n_tok = ns.batch * ns.seq_len
     base = statistics.median(results["transformers"])
     print(f"prefill {ns.batch}x{ns.seq_len} tokens, float32, {ns.threads} threads, {ns.repeats} repeats "
           f"(hidden {CONFIG['hidden_size']}, {CONFIG['num_hidden_layers']} layers, "
           f"{CONFIG['n_routed_experts']} experts top-{CONFIG['num_experts_per_tok']})")
-    print(f"logits max |diff| / max |logit| = {err:.2e}")
+    print(f"logits max |diff| / max |logit| = {err:.2e} (before freezing); on the warm-up batch, every timed case "
+          f"within {max(errs.values()):.2e} of transformers")
+    print(f"memory: ours' frozen weights keep {frozen.packed_bytes() / 2**20:,.0f} MiB of pre-packed copies beside "
+          f"{weight_bytes / 2**20:,.0f} MiB of weights "
+          "(the oneDNN path's cost; F.linear needs none)")
     best = min(results["transformers"])
     print(f"{'':36} {'median s':>9} {'tokens/s':>10} {'vs transformers':>16} {'best s':>8} {'best vs best':>13} "
           f"{'paired':>7} {'paired IQR':>11}")
@@ -216,7 +234,8 @@ def main() -> None:
     print(f"routed experts: {layout} ({ex.source}: {ex.reason})")
     batch = {"tokens": tokens}
     cases = make_cases(hf, ours, batch)
-    report(ns, time_cases(cases, batch, ns.repeats), err, chosen)
+    report(ns, time_cases(cases, batch, ns.repeats), err, chosen,
+           sum(p.numel() * p.element_size() for p in ours.parameters()))
     if ns.profile:
         report_profile(cases)
 
