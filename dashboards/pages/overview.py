@@ -59,6 +59,14 @@ def runs_table(runs: list[data.RunRef]) -> pd.DataFrame:
     } for r in runs])
 
 
+def domain_bars(per: dict, title: str, key: str, where=st) -> None:
+    """Tokens per domain as bars in the domains' colours (nothing when there are none)."""
+    if per:
+        colors, doms = ui.domain_colors(), sorted(per)
+        where.plotly_chart(charts.bars(doms, [per[d] for d in doms], title=title, xlabel="domain", ylabel="tokens",
+                                       colors=[colors[d] for d in doms], fmt=",d"), key=key)
+
+
 def probe_details(ref: data.RunRef) -> None:
     i = ref.info
     planned, opts = i.get("planned") or {}, i.get("options") or {}
@@ -80,12 +88,7 @@ def probe_details(ref: data.RunRef) -> None:
     c[3].metric("MoE layers", len(data.moe_layers(ref)))
     c[4].metric("Experts", f"{a.get('n_routed_experts', '?')} · top-{a.get('n_activated_experts', '?')}")
     left, right = st.columns([3, 2])
-    if per:
-        colors = ui.domain_colors()
-        doms = sorted(per)
-        left.plotly_chart(charts.bars(doms, [per[d] for d in doms], title="Tokens per domain", xlabel="domain",
-                                      ylabel="tokens", colors=[colors[d] for d in doms], fmt=",d"),
-                          key="tokens_per_domain")
+    domain_bars(per, "Tokens per domain", "tokens_per_domain", left)
     with right:
         st.markdown("**Recording options**")
         # an option left unset shows what the run used: the checkpoint and corpus run.json names
@@ -113,13 +116,7 @@ def spec_details(ref: data.RunRef) -> None:
     c[2].metric("MTP draft acceptance", f"{rate:.3f}" if rate is not None else "n/a",
                 help="accepted / proposed drafts (the MTP page has the details)")
     c[3].metric("Tokens per verifying pass", f"{s.get('mean_acceptance_length') or 0:.3f}")
-    per = s.get("tokens_per_domain") or {}
-    if per:
-        colors = ui.domain_colors()
-        doms = sorted(per)
-        st.plotly_chart(charts.bars(doms, [per[d] for d in doms], title="Prompt + generated tokens per domain",
-                                    xlabel="domain", ylabel="tokens", colors=[colors[d] for d in doms], fmt=",d"),
-                        key="spec_tokens_per_domain")
+    domain_bars(s.get("tokens_per_domain") or {}, "Prompt + generated tokens per domain", "spec_tokens_per_domain")
     st.caption(f"A `dsv3-probe spec` run: {s.get('prompt_tokens', '?')}-token prompts, {s.get('new_tokens', '?')} "
                f"new tokens each, of `{s.get('checkpoint', '?')}` on `{s.get('corpus', '?')}`. It holds no "
                "routing: the MTP page shows its speculative-decoding tables.")
@@ -162,13 +159,7 @@ def train_details(ref: data.RunRef) -> None:
     c[3].metric("Batch", f"{f.get('batch_size', '?')} × {f.get('seq_len', '?')}")
     fin = i.get("final") or {}
     c[4].metric("Final val loss", f"{fin['val_loss']:.3f}" if "val_loss" in fin else "—")
-    per = i.get("train_tokens") or {}
-    if per:
-        colors = ui.domain_colors()
-        doms = sorted(per)
-        st.plotly_chart(charts.bars(doms, [per[d] for d in doms], title="Training tokens per domain (corpus)",
-                                    xlabel="domain", ylabel="tokens", colors=[colors[d] for d in doms], fmt=",d"),
-                        key="train_tokens_per_domain")
+    domain_bars(i.get("train_tokens") or {}, "Training tokens per domain (corpus)", "train_tokens_per_domain")
     with st.expander("Training flags"):
         st.json(f, expanded=False)
 
