@@ -45,38 +45,35 @@ class CheckpointError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------ load
-def weight_files(path: str | os.PathLike) -> list[Path]:
-    """The safetensors files a load of checkpoint directory `path` reads, those on disk: the index's
-    shards; else `model.safetensors` alone where it exists (as transformers reads it); else every
-    `*.safetensors` file. Unchecked (no error for a missing shard or an empty directory): for
-    fingerprints and copies of a checkpoint that loads."""
-    path = Path(path)
-    try:
-        files = sorted({path / f for f in read_index(path / "model.safetensors.index.json").values()})
-    except CheckpointError:
-        if (path / "model.safetensors.index.json").exists():
-            raise
-        files = ([path / "model.safetensors"] if (path / "model.safetensors").is_file()
-                 else sorted(path.glob("*.safetensors")))
-    return [f for f in files if f.is_file()]
-
-
-def _shard_files(path: Path) -> tuple[list[Path], dict[str, Path] | None]:
+def _listed(path: Path) -> tuple[list[Path], dict[str, Path] | None]:
+    """The safetensors files a load of checkpoint directory `path` reads, and the index's weight map:
+    the index's shards; else `model.safetensors` alone where it exists (as transformers reads it:
+    other .safetensors files there are not weights); else every `*.safetensors` file. Unchecked."""
     index = path / "model.safetensors.index.json"
     if index.exists():
         weight_map = read_index(index)
-        files = sorted({path / f for f in weight_map.values()})
-        for f in files:
-            if not f.exists():
-                some = next(k for k, v in weight_map.items() if path / v == f)
-                raise CheckpointError(f"{f}: shard listed in {index.name} (e.g. for {some}) is missing")
-        return files, {k: path / v for k, v in weight_map.items()}
-    if (path / "model.safetensors").is_file():  # one file and no index: that file alone, as transformers
-        return [path / "model.safetensors"], None  # reads it (other .safetensors files there are not weights)
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
+        return sorted({path / f for f in weight_map.values()}), {k: path / v for k, v in weight_map.items()}
+    if (path / "model.safetensors").is_file():
+        return [path / "model.safetensors"], None
+    return sorted(path.glob("*.safetensors")), None
+
+
+def weight_files(path: str | os.PathLike) -> list[Path]:
+    """`_listed`'s files that are on disk, without an error for a missing shard or an empty
+    directory (a broken index still is one): for fingerprints and copies of a checkpoint that loads."""
+    return [f for f in _listed(Path(path))[0] if f.is_file()]
+
+
+def _shard_files(path: Path) -> tuple[list[Path], dict[str, Path] | None]:
+    """`_listed`, checked: every shard the index names is there; without an index, some file is."""
+    files, weight_map = _listed(path)
+    if weight_map is None and not files:
         raise CheckpointError(f"{path}: no *.safetensors files")
-    return files, None
+    for f in files if weight_map is not None else ():
+        if not f.exists():
+            some = next(k for k, v in weight_map.items() if v == f)
+            raise CheckpointError(f"{f}: shard listed in model.safetensors.index.json (e.g. for {some}) is missing")
+    return files, weight_map
 
 
 def read_index(index: Path) -> dict[str, str]:
