@@ -96,15 +96,7 @@ def load_tokenizer(path: str | None, ckpt: Path, vocab_size: int, error: type[Ex
 def checkpoint_fingerprint(ckpt: Path) -> str:
     """sha256 of config.json and every safetensors header (names, shapes, offsets): cheap, and it
     changes whenever the weights' layout does. Not a hash of the weights' bytes."""
-    from model.checkpoint import weight_files
-
-    h = hashlib.sha256((ckpt / "config.json").read_bytes())
-    for f in weight_files(ckpt):
-        with open(f, "rb") as fh:
-            n = int.from_bytes(fh.read(8), "little")
-            h.update(f.name.encode() + fh.read(min(n, 100_000_000)))
-        h.update(str(f.stat().st_size).encode())
-    return h.hexdigest()
+    return _checkpoint_hashes(ckpt, sample=False)[0]
 
 
 def check_run_model(info: dict, where: str, ckpt, error: type[Exception] = RecordError) -> None:
@@ -117,8 +109,10 @@ def check_run_model(info: dict, where: str, ckpt, error: type[Exception] = Recor
 
 
 def checkpoint_identity(ckpt: Path) -> dict:
-    """What run.json keeps of a run's checkpoint: its path, layout fingerprint and weights sample."""
-    return {"path": str(ckpt.resolve()), "fingerprint": checkpoint_fingerprint(ckpt), "sample": checkpoint_sample(ckpt)}
+    """What run.json keeps of a run's checkpoint: its path, layout fingerprint and weights sample
+    (each weight file read once for both)."""
+    fingerprint, sample = _checkpoint_hashes(ckpt, sample=True)
+    return {"path": str(ckpt.resolve()), "fingerprint": fingerprint, "sample": sample}
 
 
 def same_checkpoint(recorded: dict, now: dict) -> bool:
@@ -128,30 +122,36 @@ def same_checkpoint(recorded: dict, now: dict) -> bool:
         not recorded.get("sample") or not now.get("sample") or recorded["sample"] == now["sample"])
 
 
-SAMPLE_BYTES = 1 << 16  # of each weight file's tensor data, for `checkpoint_sample`
+SAMPLE_BYTES = 1 << 16  # of each weight file's tensor data, for the weights sample (`checkpoint_identity`)
 
 
-def checkpoint_sample(ckpt: Path) -> str:
-    """sha256 of some of the weights' bytes: every router bias (`e_score_correction_bias`, what a
-    variant or an edit of the balancing changes; a few KiB a layer) and the first 64 KiB of each
-    weight file's tensor data. Checkpoints with one layout (`checkpoint_fingerprint`) but other
-    weights, such as `analyses.variants no-router-bias` of a model, differ here; reads little of a
-    671B checkpoint (one read per router bias and per file). Still not a hash of every byte."""
+def _checkpoint_hashes(ckpt: Path, sample: bool) -> tuple[str, str | None]:
+    """(`checkpoint_fingerprint`, the weights sample or None), reading each weight file's header once.
+
+    The sample: sha256 of some of the weights' bytes, every router bias (`e_score_correction_bias`,
+    what a variant or an edit of the balancing changes; a few KiB a layer) and the first 64 KiB of
+    each weight file's tensor data. Checkpoints with one layout but other weights, such as
+    `analyses.variants no-router-bias` of a model, differ there; it reads little of a 671B
+    checkpoint (one read per router bias and per file). Still not a hash of every byte."""
     import json
 
     from model.checkpoint import weight_files
 
-    h = hashlib.sha256()
+    layout, weights = hashlib.sha256((ckpt / "config.json").read_bytes()), hashlib.sha256()
     for f in weight_files(ckpt):
         with open(f, "rb") as fh:
             n = int.from_bytes(fh.read(8), "little")
-            header = json.loads(fh.read(n))
-            h.update(f.name.encode() + fh.read(SAMPLE_BYTES))
-            for name in sorted(k for k in header if k.endswith("e_score_correction_bias")):
-                start, end = header[name]["data_offsets"]
-                fh.seek(8 + n + start)
-                h.update(name.encode() + fh.read(end - start))
-    return h.hexdigest()
+            head = fh.read(n if sample else min(n, 100_000_000))
+            layout.update(f.name.encode() + head[:100_000_000])
+            if sample:
+                header = json.loads(head)
+                weights.update(f.name.encode() + fh.read(SAMPLE_BYTES))
+                for name in sorted(k for k in header if k.endswith("e_score_correction_bias")):
+                    start, end = header[name]["data_offsets"]
+                    fh.seek(8 + n + start)
+                    weights.update(name.encode() + fh.read(end - start))
+        layout.update(str(f.stat().st_size).encode())
+    return layout.hexdigest(), weights.hexdigest() if sample else None
 
 
 def package_version() -> str:
