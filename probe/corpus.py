@@ -84,6 +84,14 @@ class CorpusStats:
     files_with_replacements: list[str] = field(default_factory=list)
     skipped_binary: list[str] = field(default_factory=list)  # files of a corpus directory that are not text
 
+    def binary_note(self) -> str | None:
+        """The jobs' note on the binary files the reader skipped (None when there were none)."""
+        s = self.skipped_binary
+        if not s:
+            return None
+        more = ", ..." if len(s) > 3 else ""
+        return f"note: {len(s)} binary file(s) in the corpus skipped ({', '.join(s[:3])}{more}); run.json lists them"
+
 
 class _Counter:
     """A codecs error handler that replaces undecodable bytes and counts them."""

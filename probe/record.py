@@ -201,9 +201,7 @@ def record(opts: RecordOptions) -> Path:
     if opts.mtp and not len(m.mtp) and world.rank == 0:
         print("note: the checkpoint has no MTP weights; the mtp table is skipped", file=sys.stderr)
     if plan.stats.skipped_binary and world.rank == 0:
-        skipped = plan.stats.skipped_binary
-        print(f"note: {len(skipped)} binary file(s) in the corpus skipped ({', '.join(skipped[:3])}"
-              f"{', ...' if len(skipped) > 3 else ''}); run.json lists them", file=sys.stderr)
+        print(plan.stats.binary_note(), file=sys.stderr)
     tables = [t for t in STREAM_TABLES if not (t == "routing" and opts.router_logits == "none")
               and not (t == "mtp" and not (opts.mtp and len(m.mtp)))]
     bias_layers, biases = router_biases(m)  # once: the table, and run.json's list of tables

@@ -153,10 +153,8 @@ def record_spec(opts: SpecOptions) -> Path:
         print(f"note: no document of {', '.join(short)} has {opts.prompt_tokens} tokens for a prompt "
               f"(--prompt-tokens): no prompt from {'that domain' if len(short) == 1 else 'those domains'}",
               file=sys.stderr)
-    if stats.skipped_binary and world.rank == 0:
-        print(f"note: {len(stats.skipped_binary)} binary file(s) in the corpus skipped "
-              f"({', '.join(stats.skipped_binary[:3])}{', ...' if len(stats.skipped_binary) > 3 else ''})",
-              file=sys.stderr)
+    if stats.skipped_binary and world.rank == 0:  # run.json's spec_decode lists them
+        print(stats.binary_note(), file=sys.stderr)
     if not prompts:
         raise CorpusError(f"{corpus}: no document has {opts.prompt_tokens} tokens for a prompt")
     m = load_model(ckpt, world, dtype=opts.dtype, gemm=opts.gemm)
@@ -289,7 +287,8 @@ def _write_run(out: Path, rows: dict, drafts: dict, opts: SpecOptions, ckpt: Pat
                "dtype": opts.dtype or "float32", "gemm": opts.gemm,
                "checkpoint": str(ckpt.resolve()), "corpus": str(corpus.resolve()),
                "replaced_bytes": stats.replaced_bytes, "skipped_binary_files": stats.skipped_binary[:100]}
-    identity = checkpoint_identity(ckpt)
+    # the checkpoint's record only for a run made here (each weight file's header read to make it)
+    identity = None if (out / RUN_JSON).exists() else checkpoint_identity(ckpt)
 
     def new() -> dict:
         return {"status": "complete", "format": 1, "kind": "spec", "checkpoint": identity,
