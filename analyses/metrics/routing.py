@@ -401,13 +401,16 @@ def margins_from_run(run, near: float = 0.01) -> "pandas.DataFrame":  # noqa: F8
     need_rows(run, "routing")
     frames = []
     for col in ("margin_1", "margin_k"):
+        # every layer of the table, one with no finite margin too (count 0, NaN statistics, as
+        # margin_summary gives it; a WHERE clause dropped the layer: found by a review)
+        fin = f"filter (where isfinite({col}))"
         df = run.sql(f"""
-            select layer, '{col}' as margin, count({col}) as count, avg({col}) as mean,
-                   stddev_pop({col}) as std, min({col}) as min,
-                   quantile_cont({col}, 0.1) as p10, quantile_cont({col}, 0.5) as p50,
-                   quantile_cont({col}, 0.9) as p90, max({col}) as max,
-                   avg(({col} < {float(near)})::int) as near
-            from routing where isfinite({col}) group by layer order by layer""").df()
+            select layer, '{col}' as margin, count({col}) {fin} as count, avg({col}) {fin} as mean,
+                   stddev_pop({col}) {fin} as std, min({col}) {fin} as min,
+                   quantile_cont({col}, 0.1) {fin} as p10, quantile_cont({col}, 0.5) {fin} as p50,
+                   quantile_cont({col}, 0.9) {fin} as p90, max({col}) {fin} as max,
+                   avg(({col} < {float(near)})::int) {fin} as near
+            from routing group by layer order by layer""").df()
         frames.append(df)
     out = pd.concat(frames, ignore_index=True).sort_values(["layer", "margin"], ignore_index=True)
     for c in ("mean", "std", "min", "p10", "p50", "p90", "max", "near"):

@@ -156,7 +156,8 @@ def vocabulary_specialisation_baseline(token_ids, top1, min_count: int = 1, shuf
     """The value `vocabulary_specialisation` takes without specialisation, on these tokens: the
     first-choice experts shuffled across the tokens (each id keeps its number of occurrences, the
     layer its expert loads; the expert no longer depends on the id), the metric's mean over
-    `shuffles` permutations drawn from `numpy.random.default_rng(seed)` (deterministic). It is
+    `shuffles` permutations drawn from `numpy.random.default_rng(seed)` (deterministic, whatever the
+    tokens' order). It is
     above 1/N because rare ids score high by chance (an id seen once scores 1) and because an
     unbalanced layer's busiest expert takes more than 1/N of any id. NaN when no id qualifies."""
     if shuffles < 1:
@@ -165,6 +166,11 @@ def vocabulary_specialisation_baseline(token_ids, top1, min_count: int = 1, shuf
     keep = tot >= min_count
     if not keep.any():
         return float("nan")
+    # NOTE: the permutations shuffle the experts of the tokens sorted by (id, expert), not as given: the
+    # same tokens in another order (a query without ORDER BY: DuckDB's join order varies from call to
+    # call) would otherwise draw other shuffles and another baseline (found by a review)
+    canon = np.lexsort((e, inv))
+    inv, e = inv[canon], e[canon]
     rng = np.random.default_rng(seed)
     return float(np.mean([_top_share(inv, rng.permutation(e), tot, keep) for _ in range(shuffles)]))
 

@@ -404,6 +404,31 @@ def test_run_vocabulary_equals_array_versions(synth):
     assert cur.loc[1, "vocabulary_specialisation"] == 1.0  # layer 1 routes by token id
 
 
+
+def test_run_margins_keep_a_layer_without_any_finite_margin(tmp_path):
+    """A layer whose every margin is null (the kept groups held no (K+1)-th expert) is a row of count 0
+    with NaN statistics, as margin_summary reports it; it was left out of the table (a review)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    import probe
+
+    write_run(tmp_path / "r")
+    for part in (tmp_path / "r" / "routing").glob("*.parquet"):
+        t = pq.read_table(part)
+        on2 = pc.equal(t["layer"], 2)
+        for col in ("margin_1", "margin_k"):
+            i = t.schema.get_field_index(col)
+            t = t.set_column(i, col, pc.if_else(on2, pa.scalar(None, t[col].type), t[col]))
+        pq.write_table(t, part)
+    mg = M.margins_from_run(probe.open_run(tmp_path / "r")).set_index(["layer", "margin"])
+    assert sorted(set(mg.index.get_level_values("layer"))) == [1, 2]
+    for col in ("margin_1", "margin_k"):
+        assert mg.loc[(2, col), "count"] == 0 and mg.loc[(1, col), "count"] > 0
+        assert all(math.isnan(mg.loc[(2, col), k]) for k in ("mean", "std", "min", "p50", "max", "near"))
+    assert M.margin_summary([float("nan")])["count"] == 0  # the array version's answer for the same layer
+
 def test_run_repetition_coactivation_agreement_margins(synth):
     run, a = synth
     rep = M.repetition_from_run(run).set_index("layer")

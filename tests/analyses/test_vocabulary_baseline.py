@@ -41,6 +41,10 @@ def test_specialised_routing_stands_far_above_the_baseline_and_the_baseline_is_d
     base = vocabulary_specialisation_baseline(ids, top1, min_count=5)
     assert base < 0.6
     assert vocabulary_specialisation_baseline(ids, top1, min_count=5) == base  # fixed seed
+    # and the same tokens in another order (a SQL query's rows): the same baseline, as the metric is
+    perm = np.random.default_rng(7).permutation(len(ids))
+    assert vocabulary_specialisation_baseline(ids[perm], top1[perm], min_count=5) == base
+    assert vocabulary_specialisation(ids[perm], top1[perm], min_count=5) == 1.0
     assert math.isnan(vocabulary_specialisation_baseline([1, 2], [0, 1], min_count=3))  # no id qualifies
     with pytest.raises(ValueError, match="shuffles"):
         vocabulary_specialisation_baseline(ids, top1, shuffles=0)
