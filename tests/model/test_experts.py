@@ -116,3 +116,32 @@ def test_gradients_take_the_expert_at_a_time_path():
     ex.make_fp8_()
     with torch.no_grad():
         assert not ex._dense_inference(x)  # FP8-resident weights keep the loop (their inputs are quantised)
+
+
+@pytest.mark.parametrize("scale_fmt", [None, "ue8m0"])
+def test_fp8_experts_weight_the_output_as_deepseeks_reference_does(scale_fmt):
+    """With FP8 activations each expert runs w2(silu(w1 x) * w3 x) on its own hidden state and its
+    output is then scaled by the routing weight, as DeepSeek's inference code does
+    (`expert(x) * weights`): w2's input is quantised, and the weighted hidden state quantised to
+    other FP8 codes (the routed output 1.2% apart in bf16, 3.7% with ue8m0 scales; a review).
+    Reference here: the same kernels called expert by expert in that order."""
+    from model.kernels import act_quant, fp8_gemm
+
+    ex = experts(torch.bfloat16).make_fp8_(scale_fmt=scale_fmt)
+    x, w, ids = routing(60)
+    x, w = x.bfloat16(), w.float()
+    with torch.no_grad():
+        got = ex(x, w, ids).double()
+    want = torch.zeros(x.shape, dtype=torch.float64)
+
+    def gemm(a, name, e):
+        q, s = act_quant(a, ex.block, scale_fmt)
+        return fp8_gemm(q, s, getattr(ex, name)[e], getattr(ex, f"{name}_scale_inv")[e], ex.block, torch.float64)
+
+    for e in range(E):
+        rows, slot = (ids == e).nonzero(as_tuple=True)
+        if len(rows):
+            xe = x[rows]
+            h = (F.silu(gemm(xe, "w1", e).bfloat16()) * gemm(xe, "w3", e).bfloat16())  # [n, I] bf16
+            want.index_add_(0, rows, gemm(h, "w2", e) * w[rows, slot, None].bfloat16().double())
+    assert torch.equal(got, want.bfloat16().double()), (got - want).abs().max()
