@@ -232,6 +232,29 @@ def test_yarn_correction_range_671B():
     assert torch.allclose(got, base * keep + base / a.rope_factor * (1 - keep), rtol=1e-6, atol=0)
 
 
+
+def test_yarn_frequencies_are_deepseeks_reference_bit_for_bit():
+    """The 671B config's frequencies as DeepSeek's inference code computes them (precompute_freqs_cis,
+    every step in float32), re-typed here: equal bit for bit. In float64 rounded once, 12 of the 32
+    were a float32 step off (a review), which the tolerance tests above do not see."""
+    a = ModelArgs.from_hf_config(V3_HF)
+    dim, base, factor = 64, 10000.0, 40
+
+    def correction(rotations):
+        return dim * math.log(4096 / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low, high = max(math.floor(correction(32)), 0), min(math.ceil(correction(1)), dim - 1)
+    ramp = torch.clamp((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low), 0, 1)
+    freqs = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    smooth = 1 - ramp
+    want = freqs / factor * (1 - smooth) + freqs * smooth
+    got = rope_inv_freq(a)
+    assert got.dtype == torch.float32 and torch.equal(got, want), (got != want).sum()
+    # control: the same expression in float64, rounded once, is not the reference
+    f64 = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+    r64 = torch.clamp((torch.arange(dim // 2, dtype=torch.float64) - low) / (high - low), 0, 1)
+    assert not torch.equal((f64 / factor * r64 + f64 * (1 - r64)).float(), want)
+
 def test_plain_rope_frequencies():
     a = ModelArgs.from_hf_config(TINY_HF | {"rope_scaling": None})
     d = a.qk_rope_head_dim
