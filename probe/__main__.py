@@ -264,6 +264,9 @@ def _add_import(sub) -> None:
     p.add_argument("--config", help="the served model's config.json (or its directory): layers, experts, top-k, "
                                     "dense layers (default: read from the dump; top-k 8)")
     p.add_argument("--tokenizer", help="tokenizer.json, so that the token explorer shows text (per_token dumps)")
+    p.add_argument("--buffer-size", type=int, help="stat dumps: the server's --expert-distribution-recorder-buffer-size "
+                                                   "(-1: unbounded, every pass in order; default: SGLang's circular "
+                                                   "buffer, its order inferred from its unused rows)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.set_defaults(fn=_import)
 
@@ -271,7 +274,7 @@ def _add_import(sub) -> None:
 def _import(ns) -> int:
     from .sglang import import_sglang
 
-    out = import_sglang(ns.dump, ns.out, ns.config, ns.tokenizer, ns.overwrite)
+    out = import_sglang(ns.dump, ns.out, ns.config, ns.tokenizer, ns.overwrite, ns.buffer_size)
     info = read_run_json(out)["source"]
     print(f"imported {info['mode']} dump of {len(info['files'])} file(s), {info['passes']} forward passes, "
           + (f"MoE layers {info['moe_layers'][0]}..{info['moe_layers'][-1]}" if info["moe_layers"] else "no MoE layer"))

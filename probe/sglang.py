@@ -13,7 +13,9 @@ per_token`, between POST `/start_expert_distribution_record` and `/stop_expert_d
   several such files is joined in the order they were written (the time in their names). A buffer
   with no unused row may have wrapped: it then holds only the last `buffer size` passes (1,000 by
   default), rotated, so their order is unknown; the import says so (run.json `source.
-  pass_order_unknown`) and `--expert-distribution-recorder-buffer-size -1` keeps every pass in order.
+  pass_order_unknown`). `--expert-distribution-recorder-buffer-size -1` keeps every pass in order:
+  import such dumps with `--buffer-size -1` (its rows are then read in order as they are; a zero row
+  there is a pass that counted nothing, such as a speculative-decoding draft pass).
   On a server whose ranks all route the same tokens (tensor parallel, no all-to-all MoE backend),
   SGLang's sum over ranks multiplies the counts by the number of ranks (shares are unaffected);
 - per_pass: one file per rank, {records: [{forward_pass_id, rank, gatherer_key,
@@ -21,6 +23,9 @@ per_token`, between POST `/start_expert_distribution_record` and `/stop_expert_d
 - per_token: one file per rank, records with input_ids, positions, extend_seq_lens, forward_mode,
   topk_ids_of_layer [layers, tokens, 8] (physical expert ids, -1 where nothing was chosen) and
   misc_objects, plus last_physical_to_logical_map.
+A server running speculative decoding (MTP) records its draft passes too, with nothing routed (their
+MoE layers do not record) and pass ids of the draft's own: per_pass and per_token records that chose
+no expert are skipped (run.json `source.empty_records_skipped`).
 
 DUMP is a file or a directory of such files (every `*.pt` in it). The run gets `expert_load` (one
 step per forward pass; ranks summed, as SGLang's own stat mode sums them, except per_pass counts that
@@ -273,11 +278,14 @@ def _shape(dumps: list[Dump], config: str | None) -> Shape:
 
 # ------------------------------------------------------------------------------ the import
 def import_sglang(dump: str | Path, out: str | Path | None = None, config: str | None = None,
-                  tokenizer: str | None = None, overwrite: bool = False) -> Path:
-    """Import SGLang dumps into a run directory; returns it."""
+                  tokenizer: str | None = None, overwrite: bool = False, buffer_size: int | None = None) -> Path:
+    """Import SGLang dumps into a run directory; returns it. `buffer_size`: the server's
+    --expert-distribution-recorder-buffer-size, for stat dumps (-1: an unbounded buffer, its rows
+    every pass in order; N: a circular buffer of N rows; None: circular assumed, SGLang's default)."""
     dumps = find_dumps(dump)
     shape = _shape(dumps, config)
     mode = dumps[0].mode
+    _check_buffer_size(buffer_size, mode)
     if tokenizer is not None:  # read now, so that a typo is not found only when a page decodes tokens
         vocab = (shape.args or {}).get("vocab_size", sys.maxsize)
         load_tokenizer(tokenizer, Path(tokenizer).parent, vocab, error=SGLangError)
@@ -292,7 +300,7 @@ def import_sglang(dump: str | Path, out: str | Path | None = None, config: str |
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
     try:
-        _import_into(tmp, dumps, shape, mode, tokenizer)
+        _import_into(tmp, dumps, shape, mode, tokenizer, buffer_size)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written stays behind
         raise
@@ -302,9 +310,25 @@ def import_sglang(dump: str | Path, out: str | Path | None = None, config: str |
     return out
 
 
-def _import_into(tmp: Path, dumps: list[Dump], shape: Shape, mode: str, tokenizer: str | None) -> None:
+def _check_buffer_size(buffer_size, mode: str) -> None:
+    if buffer_size is None:
+        return
+    if isinstance(buffer_size, bool) or not isinstance(buffer_size, numbers.Integral) or \
+            not (buffer_size == -1 or buffer_size >= 1):
+        raise SGLangError(f"--buffer-size {buffer_size!r}: the server's --expert-distribution-recorder-buffer-size, "
+                          "-1 (unbounded) or a number of rows >= 1")
+    if mode != "stat":
+        raise SGLangError(f"--buffer-size applies to stat dumps (a circular buffer of passes); this is a {mode} "
+                          "dump, whose records are kept whole")
+
+
+def _import_into(tmp: Path, dumps: list[Dump], shape: Shape, mode: str, tokenizer: str | None,
+                 buffer_size: int | None = None) -> None:
     """Every table of the run, then its run.json, into `tmp`."""
-    steps = {"stat": _stat, "per_pass": _per_pass, "per_token": _per_token}[mode](dumps, shape, tmp)
+    if mode == "stat":
+        steps = _stat(dumps, shape, tmp, buffer_size)
+    else:
+        steps = {"per_pass": _per_pass, "per_token": _per_token}[mode](dumps, shape, tmp)
     placement = _write_placement(dumps, shape, tmp, steps["moe_layers"])
     info = {"status": "complete", "format": 1, "kind": "import",
             "source": {"name": "sglang", "mode": mode, "files": [str(d.path.resolve()) for d in dumps],
@@ -344,9 +368,12 @@ def _dump_time(d: Dump) -> tuple:
         return (1, 0.0, d.path.name)
 
 
-def _stat(dumps: list[Dump], shape: Shape, out: Path) -> dict:
+def _stat(dumps: list[Dump], shape: Shape, out: Path, buffer_size: int | None = None) -> dict:
     """One file per `/dump_expert_distribution_record` call (rank 0's, summed over the ranks): their
-    passes in the order the files were written, as SGLang's own reader joins them."""
+    passes in the order the files were written, as SGLang's own reader joins them. `buffer_size` -1:
+    an unbounded buffer, whose dump is every pass in order (zero rows are passes that counted
+    nothing: a speculative-decoding draft pass, whose MoE layers record nothing); else a circular one
+    (see _buffer_order)."""
     dumps.sort(key=_dump_time)
     for d in dumps:
         if int(d.data.get("rank", 0)) != 0:
@@ -355,7 +382,14 @@ def _stat(dumps: list[Dump], shape: Shape, out: Path) -> dict:
     counts, unknown = [], []
     for d in dumps:
         c = d.data["logical_count"].numpy().astype(np.int64)  # [buffer rows, L, E]
-        order, known = _buffer_order(c.reshape(len(c), -1).sum(1) > 0)
+        if buffer_size is not None and buffer_size > 0 and len(c) != buffer_size:
+            raise SGLangError(f"{d.path}: {len(c)} pass rows, but --buffer-size {buffer_size}: SGLang's circular "
+                              "buffer dumps all its rows (an unbounded one, -1, only the passes it holds)")
+        used = c.reshape(len(c), -1).sum(1) > 0
+        # NOTE: an unbounded buffer holds every pass in order, so a zero row inside it is a pass that
+        # counted nothing, not the gap a circular buffer's write position leaves (which the rotation
+        # below looks for): read as circular, such a dump was rotated out of order (a review)
+        order, known = (np.flatnonzero(used).tolist(), True) if buffer_size == -1 else _buffer_order(used)
         counts.append(c[order])
         if not known:
             unknown.append(d.path.name)
@@ -369,8 +403,8 @@ def _stat(dumps: list[Dump], shape: Shape, out: Path) -> dict:
         print(f"warning: {', '.join(unknown[:3])}: SGLang's circular pass buffer has no single run of unused rows, "
               "so the order its passes were written in is unknown (every row used: it may have wrapped, holding "
               "only the last passes). Totals are right; the order of passes (the Serving page's windows) is not. "
-              "Start the server with --expert-distribution-recorder-buffer-size -1 to keep every pass in order.",
-              file=sys.stderr)
+              "A server started with --expert-distribution-recorder-buffer-size -1 keeps every pass in order: "
+              "import its dumps with --buffer-size -1.", file=sys.stderr)
     layers = _moe_layers(shape, counts.sum(0))
     w = PartWriter(out, 0, ["expert_load"])
     for step, c in enumerate(counts):
@@ -379,7 +413,8 @@ def _stat(dumps: list[Dump], shape: Shape, out: Path) -> dict:
     w.commit(max(len(counts) - 1, 0))
     rows = sum(len(d.data["logical_count"]) for d in dumps)
     return {"passes": len(counts), "dropped_empty_passes": rows - len(counts), "moe_layers": layers,
-            "topk_assumed": shape.args is None, "pass_order_unknown": bool(unknown), "full_buffers": unknown}
+            "topk_assumed": shape.args is None, "pass_order_unknown": bool(unknown), "full_buffers": unknown,
+            "buffer_size": buffer_size}
 
 
 def _buffer_order(used: np.ndarray) -> tuple[list[int], bool]:
@@ -404,6 +439,7 @@ def _per_pass(dumps: list[Dump], shape: Shape, out: Path) -> dict:
     every pass counted the same on every rank (each rank routed the whole batch: tensor parallel
     without an all-to-all backend), one rank's counts, not their sum."""
     per_rank: dict[int, list[np.ndarray]] = {}
+    empty = 0
     for d in dumps:
         m = d.data["last_physical_to_logical_map"].numpy().astype(np.int64)
         for r in d.data["records"]:
@@ -411,9 +447,15 @@ def _per_pass(dumps: list[Dump], shape: Shape, out: Path) -> dict:
             if c.shape != m.shape:
                 raise SGLangError(f"{d.path}: global_physical_count of pass {r.get('forward_pass_id')} has shape "
                                   f"{list(c.shape)}, the map {list(m.shape)}")
+            if not c.any():  # see _recorded
+                empty += 1
+                continue
             logical = np.zeros((m.shape[0], shape.n_experts), np.int64)
             np.add.at(logical, (np.arange(m.shape[0])[:, None].repeat(m.shape[1], 1), m), c)
             per_rank.setdefault(int(r["forward_pass_id"]), []).append(logical)
+    if not per_rank:
+        raise SGLangError(f"{', '.join(d.path.name for d in dumps[:3])}: every per_pass record counted nothing: no "
+                          "expert was chosen while it recorded (was the recorder started before the traffic?)")
     repeated = (len({len(v) for v in per_rank.values()}) == 1 and min(map(len, per_rank.values()), default=0) > 1
                 and all(all(np.array_equal(v[0], x) for x in v[1:]) for v in per_rank.values()))
     passes = {fp: v[0] if repeated else sum(v) for fp, v in per_rank.items()}
@@ -425,23 +467,28 @@ def _per_pass(dumps: list[Dump], shape: Shape, out: Path) -> dict:
         w.append("expert_load", _load_rows(step, layers, c, int(c[layers[0]].sum() // shape.topk) if layers else 0), step)
     w.commit(max(len(order) - 1, 0))
     return {"passes": len(order), "forward_pass_ids": [order[0], order[-1]] if order else [], "moe_layers": layers,
-            "topk_assumed": shape.args is None, "ranks_counted_the_same_tokens": repeated}
+            "topk_assumed": shape.args is None, "ranks_counted_the_same_tokens": repeated,
+            "empty_records_skipped": empty}
 
 
 def _per_token(dumps: list[Dump], shape: Shape, out: Path) -> dict:
     """Every recorded token: its input id, position and the logical top-k of each MoE layer."""
-    kept, seen, copies = [], set(), 0
+    kept, seen, copies, empty = [], set(), 0, 0
     for d in dumps:
+        records = [r for r in d.data["records"] if _recorded(r)]
+        empty += len(d.data["records"]) - len(records)
         # a file whose every record another file holds too is a tensor-parallel copy (each rank routes
         # the whole batch) and counts once; records alike in files that differ otherwise (data-parallel
         # ranks that happened to run the same batch in one pass) are each kept
-        sig = tuple((int(r["forward_pass_id"]), tuple(r["input_ids"]), tuple(r["positions"]))
-                    for r in d.data["records"])
+        sig = tuple((int(r["forward_pass_id"]), tuple(r["input_ids"]), tuple(r["positions"])) for r in records)
         if sig in seen:
             copies += 1
             continue
         seen.add(sig)
-        kept.extend((int(r["forward_pass_id"]), d, r) for r in d.data["records"])
+        kept.extend((int(r["forward_pass_id"]), d, r) for r in records)
+    if not kept:
+        raise SGLangError(f"{', '.join(d.path.name for d in dumps[:3])}: no per_token record chose an expert (every "
+                          "id -1): nothing was routed while it recorded")
     kept.sort(key=lambda x: x[0])
     vocab = (shape.args or {}).get("vocab_size")
     for fp, d, r in kept if vocab else ():
@@ -469,7 +516,18 @@ def _per_token(dumps: list[Dump], shape: Shape, out: Path) -> dict:
     w.commit(max(len(step_of) - 1, 0))
     return {"passes": len(step_of), "records": len(logical_all), "moe_layers": layers,
             "tokens": sum(n for _, n in per_pass.values()), "topk_assumed": False,
-            "ranks_counted_the_same_tokens": copies > 0, "copies_skipped": copies}
+            "ranks_counted_the_same_tokens": copies > 0, "copies_skipped": copies, "empty_records_skipped": empty}
+
+
+def _recorded(r: dict) -> bool:
+    """Whether a per_token record chose any expert. A server running speculative decoding (MTP) also
+    records its draft model's passes: their MoE layers record nothing (every id -1), their
+    forward_pass_ids come from the draft's own counter (overlapping the target's) and their tokens
+    repeat the target's. Kept, they doubled the tokens and merged into the target's passes (a review
+    against SGLang's model_runner and expert_distribution code); per_pass skips such passes too
+    (every count zero)."""
+    ids = r.get("topk_ids_of_layer")
+    return ids is None or bool((ids >= 0).any())
 
 
 def _record_logical(d: Dump, r: dict, shape: Shape) -> np.ndarray:

@@ -398,3 +398,76 @@ def test_overwrite_replaces_a_run_and_nothing_else(world, tmp_path, capsys):
     assert probe.open_run(run).df("expert_load").domain.unique().tolist() == ["sglang"]  # not "all"
     assert import_sglang(world["per_pass"], run, config=str(world["config"]), overwrite=True) == run  # the control
     assert probe.open_run(run).info["source"]["mode"] == "per_pass"
+
+
+def test_draft_passes_of_a_speculative_server_are_skipped(world, tmp_path):
+    """A server running MTP speculative decoding records its draft model's passes too: nothing routed
+    (the draft's MoE layers do not record), pass ids from the draft's own counter (overlapping the
+    target's), the target's tokens again. They doubled a per_token run's tokens and, merged into the
+    target's passes, broke the per_pass check for ranks that counted alike (a review against SGLang's
+    model_runner and expert_distribution code)."""
+    passes, m = world["passes"], world["map"]
+    one = sg.traffic(seed=3, ranks=1)
+    (f,) = sg.write_per_pass(tmp_path / "tp", one, m, ranks=1)
+    dump = torch.load(f, weights_only=True)
+    zero = torch.zeros_like(dump["records"][0]["global_physical_count"])
+    drafts = [{"forward_pass_id": r["forward_pass_id"], "rank": 0, "gatherer_key": "primary",
+               "global_physical_count": zero} for r in dump["records"]]
+    for rank in (0, 1):  # a tensor-parallel server: both ranks record the target's passes and the drafts
+        recs = [r | {"rank": rank} for r in dump["records"]] + [r | {"rank": rank} for r in drafts]
+        torch.save(dump | {"records": recs}, f.with_name(f"rank{rank}.pt"))
+    f.unlink()
+    tp = probe.open_run(import_sglang(tmp_path / "tp", tmp_path / "tp-run", config=str(world["config"])))
+    src = tp.info["source"]
+    assert src["ranks_counted_the_same_tokens"] is True and src["empty_records_skipped"] == 2 * len(drafts)
+    want = sg.logical_counts(one)
+    assert [a[1:].tolist() for _, a in sorted(loads(tp).items())] == [want[fp][1:].tolist() for fp in sorted(want)]
+    # per_token: every rank's file also holds the draft-extend passes, every id -1
+    d = tmp_path / "tok"
+    for f in sg.write_per_token(d, passes, m):
+        dump = torch.load(f, weights_only=True)
+        drafts = [r | {"topk_ids_of_layer": torch.full_like(r["topk_ids_of_layer"], -1)} for r in dump["records"]]
+        torch.save(dump | {"records": dump["records"] + drafts}, f)
+    run = probe.open_run(import_sglang(d, tmp_path / "tok-run", config=str(world["config"])))
+    assert len(run.df("tokens")) == sum(len(p.input_ids) for p in passes)  # not twice as many
+    assert run.info["source"]["empty_records_skipped"] == 2 * len(passes)
+    want = sg.logical_counts(passes)
+    assert [a[1:].tolist() for _, a in sorted(loads(run).items())] == [want[fp][1:].tolist() for fp in sorted(want)]
+
+
+def test_an_unbounded_stat_buffer_is_read_in_order_with_buffer_size_minus_1(world, tmp_path, capsys):
+    """SGLang's unbounded buffer (--expert-distribution-recorder-buffer-size -1) dumps exactly its passes,
+    in order: a zero row there is a pass that counted nothing, not a circular buffer's unused gap.
+    Read as circular it was rotated round that row, silently, and a dump without one was flagged
+    'may have wrapped' although the README's own advice had been followed (a review)."""
+    passes, cfg = world["passes"], str(world["config"])
+    want = sg.logical_counts(passes)
+    order = [want[fp][1:].tolist() for fp in sorted(want)]
+    path = sg.write_stat(tmp_path / "unbounded", passes, buffer=len(want) + 1)
+    d = torch.load(path, weights_only=True)
+    lc = d["logical_count"]
+    # a pass that counted nothing (a draft pass) after the second pass: rows p0 p1 0 p2 p3 p4
+    torch.save(d | {"logical_count": torch.cat([lc[:2], torch.zeros_like(lc[:1]), lc[2:-1]])}, path)
+    capsys.readouterr()
+    ok = probe.open_run(import_sglang(path.parent, tmp_path / "ok", config=cfg, buffer_size=-1))
+    assert [a[1:].tolist() for _, a in sorted(loads(ok).items())] == order
+    assert ok.info["source"]["pass_order_unknown"] is False and ok.info["source"]["buffer_size"] == -1
+    # control: read as SGLang's default circular buffer, the same dump comes out rotated
+    rotated = probe.open_run(import_sglang(path.parent, tmp_path / "rot", config=cfg))
+    assert [a[1:].tolist() for _, a in sorted(loads(rotated).items())] != order
+    # every row a pass: in order, no warning
+    full = sg.write_stat(tmp_path / "full", passes, buffer=len(want))
+    run = probe.open_run(import_sglang(full, tmp_path / "full-run", config=cfg, buffer_size=-1))
+    assert run.info["source"]["pass_order_unknown"] is False and "warning" not in capsys.readouterr().err
+    assert [a[1:].tolist() for _, a in sorted(loads(run).items())] == order
+    probe.open_run(import_sglang(full, tmp_path / "full-default", config=cfg))  # circular assumed: warned
+    assert "--buffer-size -1" in capsys.readouterr().err
+    # --buffer-size N names a circular buffer of N rows; a dump of another size is refused
+    with pytest.raises(SGLangError, match=r"6 pass rows, but --buffer-size 8"):
+        import_sglang(path, tmp_path / "n", config=cfg, buffer_size=8)
+    assert not (tmp_path / "n").exists()
+    for bad in (0, -2, 1.5):
+        with pytest.raises(SGLangError, match="--buffer-size"):
+            import_sglang(path, tmp_path / "n", config=cfg, buffer_size=bad)
+    with pytest.raises(SGLangError, match="applies to stat dumps"):
+        import_sglang(world["per_pass"], tmp_path / "n", config=cfg, buffer_size=-1)
