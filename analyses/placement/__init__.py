@@ -230,7 +230,9 @@ def plan_placement(loads, n_gpus: int, n_nodes: int = 1, n_redundant: int = 0, g
         plan = np.concatenate([_place(x, members[node_of_group == n].reshape(-1), n_slots // n_nodes, gpn)
                                for n in range(n_nodes)])
     out = Placement(x, plan, n_nodes, mode)
-    fallback = _contiguous(x, n_gpus, per)  # per >= ceil(E / gpus): every chunk fits
+    if n_gpus > E:  # no contiguous layout to fall back to: some GPUs would get no expert of their own
+        return out  # (one slot a GPU, as DeepSeek's 256 + 64 experts on 320 GPUs; it crashed: a review)
+    fallback = _contiguous(x, n_gpus, per)  # per >= ceil(E / gpus) and every chunk non-empty: each fits
     if mode == "global" or n_nodes == 1 or _keeps_groups(fallback, n_nodes, groups, E):
         alt = Placement(x, fallback, n_nodes, mode)
         if _max(alt.gpu_load) < _max(out.gpu_load) - 1e-9:

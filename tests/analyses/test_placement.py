@@ -92,6 +92,30 @@ def test_contiguous_fallback_keeps_groups_on_their_node():
 
 
 @pytest.mark.parametrize("mode", ["hierarchical", "global"])
+def test_more_gpus_than_experts_one_slot_each(mode):
+    """DeepSeek's large expert-parallel layout: 256 experts + 64 redundant on 320 GPUs, one slot a
+    GPU (as EPLB plans it). The contiguous fallback has GPUs without an expert of their own there: it
+    crashed ('argmax of an empty sequence'; a review). One slot a GPU: each GPU's load is its
+    replica's share, the heaviest experts replicated (load per replica), so the maximum is that of
+    replicate() by hand."""
+    loads = np.random.default_rng(0).integers(1, 1000, 256).astype(float)
+    p = plan_placement(loads, n_gpus=320, n_nodes=8, n_redundant=64, groups=8, mode=mode)
+    assert p.phy_to_log.shape == (320, 1) and p.replicas.sum() == 320 and (p.replicas >= 1).all()
+    if mode == "global":  # replicas over all slots at once
+        r = replicate(loads, 320)
+    else:  # a node's 8 redundant slots go to the experts of its own group (8 groups, one a node here)
+        r = np.concatenate([replicate(g, 40) for g in loads.reshape(8, 32)])
+        node = np.arange(320) // 40
+        assert all(len(set(node[np.isin(p.phy_to_log[:, 0], grp)])) == 1 for grp in np.arange(256).reshape(8, 32))
+    np.testing.assert_array_equal(p.replicas, r)
+    assert p.gpu_load.max() == pytest.approx((loads / r).max())
+    assert p.gpu_load.sum() == pytest.approx(loads.sum())
+    assert sorted(p.gpu_load_before) == sorted(np.r_[loads, np.zeros(64)])  # 64 GPUs idle before
+    small = plan_placement([5, 1, 3, 2, 0, 4], n_gpus=8, n_redundant=2, mode=mode)  # 6 experts, 8 GPUs
+    # by hand: the spare slots go to 5 (5 per replica) then 4 (4 per replica); expert 2 (3) is the max left
+    assert small.gpu_load.max() == pytest.approx(3.0) and small.replicas.tolist() == [2, 1, 1, 1, 1, 2]
+
+@pytest.mark.parametrize("mode", ["hierarchical", "global"])
 @pytest.mark.parametrize("seed", range(6))
 def test_invariants_on_random_loads(mode, seed):
     rng = np.random.default_rng(seed)
