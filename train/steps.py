@@ -59,6 +59,10 @@ def model_args(ns: argparse.Namespace, vocab_size: int) -> ModelArgs:
     args = ModelArgs.from_dict(d)  # refuses MTP depth 2 and beyond (ModelArgs.validate)
     if ns.seq_len > args.max_seq_len:
         raise TrainError(f"--seq-len={ns.seq_len} exceeds the config's max_seq_len={args.max_seq_len}")
+    if getattr(ns, "balance", None) == "aux-free" and args.n_routed_experts and args.score_func != "sigmoid":
+        # a softmax router has no bias to move: the first update was a traceback (a review)
+        raise TrainError(f"--balance aux-free moves the routers' bias, which only sigmoid routers have; this "
+                         f"config's score_func is {args.score_func!r}: pass --balance switch or --balance none")
     return args
 
 

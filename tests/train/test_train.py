@@ -288,6 +288,15 @@ def test_bad_input_errors(corpus, tmp_path, capsys):
         run(parse_args(_flags(corpus, tmp_path / "x") + ["--tokenizer", str(tmp_path / "none.json")]))
     with pytest.raises(TrainError, match="exceeds the config's max_seq_len=256"):
         run(parse_args(_flags(corpus, tmp_path / "x", "--seq-len", "512")))
+    # a softmax router (DeepSeek-V2 style) has no bias for the default aux-free balancing to move: it
+    # was an AttributeError after the first step (a review); --balance switch takes the same config
+    soft = ["--set", "score_func=softmax", "--set", "model_type=deepseek_v2", "--set", "norm_topk_prob=false",
+            "--set", "n_expert_groups=1", "--set", "n_limited_groups=1", "--set", "n_mtp_layers=0"]
+    with pytest.raises(TrainError, match=r"--balance aux-free moves the routers' bias.*'softmax': pass --balance switch"):
+        run(parse_args(_flags(corpus, tmp_path / "soft", *soft)))
+    assert not (tmp_path / "soft").exists()
+    from train.steps import model_args
+    assert model_args(parse_args(_flags(corpus, tmp_path / "soft", *soft, "--balance", "switch")), 512).score_func == "softmax"
     # resume from a checkpoint of another shape
     run(parse_args(_flags(corpus, tmp_path / "r", "--steps", "2", "--eval-every", "0")))
     with pytest.raises(TrainError, match=r"cannot resume from .*checkpoint: it holds a model with dim=64.*"
