@@ -17,7 +17,8 @@ The DeepSeek-V3 recipe at small scale:
 - MTP (depth 1): loss = L_main + lambda * L_MTP (`--mtp-weight`), L_MTP the cross-entropy of the
   MTP module's prediction of token i+2.
 - Balancing (`--balance`):
-  aux-free (default): after every optimizer step, on every MoE gate (main layers and the MTP block),
+  aux-free (default; sigmoid routers only, a softmax config is refused: pass switch or none there):
+      after every optimizer step, on every MoE gate (main layers and the MTP block),
       bias_i -= gamma * sign(load_i - mean_load) (`--bias-update-speed`), loads counted over the
       whole global batch; plus the sequence-wise balance loss alpha * sum_i f_i P_i per sequence
       (`--seq-aux-weight`), f_i = E / (K S) * #tokens of the sequence choosing i, P_i = mean over
