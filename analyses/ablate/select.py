@@ -13,7 +13,9 @@ Modes (definitions: docs/metrics.md, "Ablation"):
   unbiased scores of the experts finally chosen (normalised over them), exactly as in the Gate.
   NOTE: with the sigmoid bias a group's score is the sum of its two best selection scores, so a
   group left with fewer than two experts scores -inf and is never chosen (its last expert becomes
-  unreachable); without bias (max) one expert is enough. The guard below counts this.
+  unreachable) while fewer groups are kept than there are; without bias (max) one expert is enough.
+  The guard below counts this. A router that keeps every group (`n_limited_groups` = G) limits
+  nothing: its experts are routed as if ungrouped.
 - `zero`: routing untouched; hooks on `hook_topk_ids` (to see the ids) and `hook_topk_weights` set
   the disabled experts' weights to 0. The other weights are left as they are, or with
   `renormalise` rescaled so each token's weights keep their original sum (route_scale when
@@ -23,7 +25,8 @@ Modes (definitions: docs/metrics.md, "Ablation"):
 Routing guard (reroute only): with E experts in G groups of E/G, top-k K and `n_limited_groups`
 groups kept, a layer stays routable only when at least `n_limited_groups` groups remain eligible
 (>= 2 remaining experts with bias, >= 1 without) and the `n_limited_groups` eligible groups with the
-fewest remaining experts still hold K experts together (G = 1: K experts left). Anything else could
+fewest remaining experts still hold K experts together (G = 1, or every group kept: K experts left;
+a kept group that scores -inf is still kept, so its remaining experts stay reachable). Anything else could
 route a token to a disabled expert, so it is refused before running.
 """
 
@@ -93,7 +96,7 @@ def check_routable(shape: RouterShape, layer: int, disabled: Iterable[int]) -> N
     alive = np.ones(shape.n_experts, bool)
     alive[list(disabled)] = False
     K, G, keep = shape.topk, shape.n_groups, shape.topk_groups
-    if G <= 1:
+    if G <= 1 or keep >= G:  # every group kept: no group limit (a review found such reroutes refused)
         if alive.sum() < K:
             raise AblationError(f"layer {layer}: {int(alive.sum())} experts left but every token needs top-k={K}: "
                                 "too many experts disabled to reroute")
@@ -118,7 +121,7 @@ def also_removed(shape: RouterShape, disabled: Iterable[int]) -> list[int]:
     left with fewer enabled experts than group-limited routing needs to score it (two with sigmoid
     routing's bias, which scores a group by its two best experts; see the module docstring)."""
     G, need = shape.n_groups, 2 if shape.has_bias else 1  # need: as check_routable
-    if G <= 1:
+    if G <= 1 or shape.topk_groups >= G:  # every group kept, a starved one too: nothing else removed
         return []
     alive = np.ones(shape.n_experts, bool)
     alive[list(disabled)] = False

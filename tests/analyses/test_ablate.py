@@ -176,6 +176,30 @@ def test_guard():
     resolve(Ablation(top=12, mode="zero"), shape, {"all": np.ones((2, 16))})  # zero mode keeps routing
 
 
+
+def test_guard_when_every_group_is_kept():
+    """A router that keeps all its groups (n_limited_groups = n_expert_groups) limits nothing: a group
+    left with one expert scores -inf but is still kept, so that expert stays reachable. The guard
+    refused such reroutes and called the expert removed (a review); the model routes to it."""
+    from analyses.ablate import ablated
+    from analyses.ablate.select import also_removed
+
+    m = random_model("tiny", seed=0, n_limited_groups=4)  # 16 experts in 4 groups, all 4 kept, K = 4
+    shape = RouterShape.of(m.args)
+    assert also_removed(shape, [0, 1, 2]) == []
+    check_routable(shape, 1, [0, 1, 2])
+    check_routable(shape, 1, list(range(12)))  # three whole groups off: 4 experts left = K
+    with pytest.raises(AblationError, match="3 experts left but every token needs top-k=4"):
+        check_routable(shape, 1, list(range(13)))
+    with torch.no_grad():
+        m.layers[1].ffn.gate.bias[3] = 5.0  # expert 3, alone in its group once 0-2 are off, attracts every token
+    tokens = torch.randint(2, m.args.vocab_size, (2, 32), generator=torch.Generator().manual_seed(0))
+    for off, reached in (([0, 1, 2], 3), (list(range(12)), 12)):
+        with ablated(m, {1: off}):
+            _, cache = m.run_with_cache(tokens, names="layers.1.ffn.gate.hook_topk_ids")
+        ids = cache["layers.1.ffn.gate.hook_topk_ids"]
+        assert (ids == reached).any(-1).all() and not torch.isin(ids, torch.tensor(off)).any()
+
 def test_bad_input_errors(tiny, tmp_path):
     shape = RouterShape.of(tiny.args)
     cases = [({1: [16]}, "expert 1:16 out of range: layers have experts 0..15"),
