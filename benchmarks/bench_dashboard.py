@@ -171,6 +171,20 @@ def synth_spec(run: Path, prompts: int = 2000, new: int = 64, seed: int = 0) -> 
         pq.write_table(pa.Table.from_pydict(cols, schema=TABLES[name]), run / name / "part-0.parquet")
 
 
+def synth_steering(run: Path, prompts: int = 64) -> None:
+    """The `steering` table of a few `analyses.steer` commands: loss rows per domain, generation rows."""
+    rows = [{"steer": f"force-2:{e}", "spec": json.dumps({"experts": {"2": [e]}, "mode": "force"}), "kind": "loss",
+             "domain": d, "tokens": 100_000, "steered_tokens": 100_000, "forced_share": 1.0, "baseline_loss": 4.0,
+             "loss": 4.0 + e / 100, "delta": e / 100, "prompt": None, "baseline_text": None, "steered_text": None}
+            for e in range(8) for d in ["all", *DOMAINS]]
+    rows += [{"steer": f"force-2:{e}", "spec": json.dumps({"experts": {"2": [e]}, "mode": "force"}),
+              "kind": "generation", "domain": DOMAINS[i % len(DOMAINS)], "tokens": 64, "steered_tokens": 64,
+              "forced_share": 1.0, "baseline_loss": None, "loss": None, "delta": None, "prompt": f"prompt {i}",
+              "baseline_text": "text " * 60, "steered_text": "other " * 60} for e in range(8) for i in range(prompts)]
+    (run / "steering").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows, schema=TABLES["steering"]), run / "steering" / "part-0.parquet")
+
+
 def synth_train_run(out: Path, steps: int = 2000, seed: int = 0) -> None:
     """A training run written through the training code's own log (train.log.TrainLog), synthetic numbers."""
     import torch
@@ -272,6 +286,16 @@ def pages(runs: Path) -> dict:
             compute.relative_loads(loads, E)
             compute.domain_nmi_by_layer(u(data.domain_expert)(r), E)
 
+    def serving():  # the page's replay (dashboards/pages/serving.py, which runs its UI when imported)
+        steps, layers, X = u(data.pass_loads)(ref)
+        u(data.pass_count)(ref)
+        current, current_gpus = u(data.placement_maps)(ref)
+        compute.serving_replay(steps, layers, X, (int(steps[0]), int(steps[len(steps) // 4])), gpus=8, redundant=8,
+                               nodes=1, groups=1, mode="global", current=current, current_gpus=current_gpus)
+
+    def steering():
+        u(data.steering)(ref)
+
     def training():
         u(data.train_metrics)(tr)
         u(data.eval_metrics)(tr)
@@ -280,7 +304,8 @@ def pages(runs: Path) -> dict:
 
     return {"Overview": overview, "Load balance": load_balance, "Specialisation": specialisation,
             "Token explorer": token_explorer, "Co-activation & flow": coactivation, "Latent KV": latent_kv,
-            "MTP": mtp, "Ablations": ablations, "Compare runs": compare, "Training": training}
+            "MTP": mtp, "Ablations": ablations, "Serving": serving, "Steering": steering, "Compare runs": compare,
+            "Training": training}
 
 
 def main() -> int:
@@ -304,6 +329,7 @@ def main() -> int:
             pq.write_table(pa.Table.from_pylist(ab, schema=TABLES["ablations"]),
                            runs / "big" / "ablations" / "a.parquet")
             synth_spec(runs / "big")
+            synth_steering(runs / "big")
             print(f"wrote {runs} in {time.time() - t:.1f} s")
         import duckdb
 
