@@ -205,11 +205,14 @@ def fp8_copy(src: str | os.PathLike, out: str | os.PathLike) -> Path:
     float8_e4m3fn and 128 x 128 block scales, as DeepSeek-V3 is published) and its other files
     (tokenizer, generation config, ...) copied, as `analyses.variants` copies them: a
     higher-precision checkpoint in DeepSeek-V3's inference format. Loads `src` whole in float32, so
-    it is for checkpoints that fit in memory."""
-    from .checkpoint import load
+    it is for checkpoints that fit in memory. The tensors left unquantised (embedding, head, norms,
+    router) keep the dtype the source declares (`torch_dtype`; bfloat16 for an FP8 source, as
+    DeepSeek publishes), not float32: serving engines read `torch_dtype` (SGLang serves a float32
+    model in float16) and the copy would double those tensors (a review)."""
+    from .checkpoint import _config, load
 
     src, out = Path(src), Path(out)
-    save(load(src, dtype=torch.float32, parallel=False), out, fp8=True)
+    save(load(src, dtype=torch.float32, parallel=False), out, fp8=True, dtype=_config(src).dtype)
     for f in src.iterdir():  # everything but the weights and what `save` wrote
         if f.is_file() and f.suffix != ".safetensors" and f.name not in ("config.json", INDEX):
             tmp = out / (f.name + ".tmp")  # copied under a temporary name, renamed when complete

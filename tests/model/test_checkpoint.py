@@ -541,3 +541,12 @@ def test_fp8_copy_rewrites_a_checkpoint_in_fp8_with_its_tokenizer(tmp_path):
     with torch.no_grad():
         a, b = resident(tok), m(tok)
     assert (a - b).abs().mean() / b.abs().mean() < 0.25  # FP8 rounding, not another model
+    # a bfloat16 source (as DeepSeek publishes its weights) stays bfloat16 outside the FP8 projections:
+    # the copy was float32 there, torch_dtype included (a review)
+    model.save(m, tmp_path / "bf16", dtype="bfloat16")
+    out = fp8_copy(tmp_path / "bf16", tmp_path / "fp8-of-bf16")
+    assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    got = load_file(str(out / "model.safetensors"))
+    assert got["model.embed_tokens.weight"].dtype == got["lm_head.weight"].dtype == torch.bfloat16
+    assert {t.dtype for k, t in got.items() if k.endswith("norm.weight")} == {torch.bfloat16}
+    assert {t.dtype for k, t in got.items() if k.endswith("_proj.weight") and "eh_proj" not in k} == {torch.float8_e4m3fn}
