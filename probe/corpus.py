@@ -1,15 +1,19 @@
 """Corpus input: documents from text files, JSONL or Parquet, cut into token windows.
 
 Accepted `--corpus` forms:
-- a directory: every file below it is read in sorted path order; `*.jsonl` and `*.parquet` files as
+- a directory: every file below it is read in sorted path order (symbolic links to folders followed,
+  each real folder once; hidden files and folders, whose names start with ".", such as .git, are not
+  read; an unreadable folder or a broken link is an error); `*.jsonl` and `*.parquet` files as
   records (below), any other file as one plain-text document, except binary files (a NUL byte in
   the first 8 KiB: weights, archives, images), which are skipped and listed in
   `CorpusStats.skipped_binary`. The domain is the first sub-folder under the corpus directory
   (files at its top level get the domain "default");
-- a `.txt` (or any text) file: one document;
+- a `.txt` (or any text) file: one document (a binary file is refused);
 - a `.jsonl` file: one JSON object per line with `text`, optional `domain` and `id`;
 - a `.parquet` file: columns `text`, optional `domain` and `id`.
-Bytes that are not UTF-8 are replaced by U+FFFD and counted (`CorpusStats.replaced_bytes`).
+Text is UTF-8, or UTF-16 / UTF-32 when the file starts with their byte-order mark (not in JSONL).
+Bytes that are not UTF-8 are replaced by U+FFFD and counted (`CorpusStats.replaced_bytes`; the jobs
+print a note naming the files).
 
 Windows: each document is tokenised (with BOS prepended when the model has one) and cut into
 consecutive, non-overlapping windows of `seq_len` tokens; the last window of a document is
@@ -23,6 +27,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +97,16 @@ class CorpusStats:
         more = ", ..." if len(s) > 3 else ""
         return f"note: {len(s)} binary file(s) in the corpus skipped ({', '.join(s[:3])}{more}); run.json lists them"
 
+    def replaced_note(self) -> str | None:
+        """The jobs' note on bytes that were not UTF-8 (None when there were none): a file in another
+        encoding is read as mojibake, and the count in run.json alone went unnoticed (a review)."""
+        f = self.files_with_replacements
+        if not self.replaced_bytes:
+            return None
+        more = ", ..." if len(f) > 3 else ""
+        return (f"note: {self.replaced_bytes:,} byte(s) that are not UTF-8 replaced by U+FFFD in {len(f)} file(s) "
+                f"({', '.join(f[:3])}{more}): convert them to UTF-8 if they are text in another encoding")
+
 
 class _Counter:
     """A codecs error handler that replaces undecodable bytes and counts them."""
@@ -105,16 +120,26 @@ class _Counter:
 
 
 BOM = codecs.BOM_UTF8
+# UTF-32's little-endian mark begins with UTF-16's: looked for first
+WIDE_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+             (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+
+def _wide_encoding(head: bytes) -> str | None:
+    """"utf-16" or "utf-32" when `head` starts with that encoding's byte-order mark."""
+    return next((enc for bom, enc in WIDE_BOMS if head.startswith(bom)), None)
 
 
 def _decode(data: bytes, where: str, stats: CorpusStats) -> str:
-    """UTF-8 text of a file (or a JSONL record), without a leading byte-order mark; bytes that are
-    not UTF-8 are replaced by U+FFFD and counted in `stats`."""
-    data = data[len(BOM):] if data.startswith(BOM) else data
+    """The text of a file (or a JSONL record): UTF-8 without a leading byte-order mark, or UTF-16 /
+    UTF-32 after theirs (read as UTF-8 it was mojibake, a review); undecodable bytes are replaced by
+    U+FFFD and counted in `stats`."""
+    wide = _wide_encoding(data[:4])
+    data = data[len(BOM):] if not wide and data.startswith(BOM) else data
     counter = _Counter()
     name = f"probe-count-{id(counter)}"
     codecs.register_error(name, counter)
-    text = data.decode("utf-8", errors=name)
+    text = data.decode(wide or "utf-8", errors=name)
     if counter.n:
         stats.replaced_bytes += counter.n
         if where not in stats.files_with_replacements:
@@ -123,7 +148,30 @@ def _decode(data: bytes, where: str, stats: CorpusStats) -> str:
 
 
 def _files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    """Every file below `root` in sorted path order: symbolic links to folders followed (each real
+    folder once, so a link to an ancestor ends), hidden files and folders left out. An unreadable
+    folder or a broken link is a CorpusError: they vanished silently, and `rglob` did not follow
+    linked folders either, while '.git' became a domain (a review)."""
+    def unreadable(e: OSError):
+        raise CorpusError(f"{e.filename}: cannot read this folder of the corpus ({e.strerror})")
+
+    out, seen = [], set()
+    for d, dirs, names in os.walk(root, onerror=unreadable, followlinks=True):
+        real = os.path.realpath(d)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [x for x in dirs if not x.startswith(".")]
+        for n in names:
+            p = Path(d) / n
+            if n.startswith("."):
+                continue
+            if not p.exists():
+                raise CorpusError(f"{p}: a broken symbolic link in the corpus (its target {os.readlink(p)} is not there)")
+            if p.is_file():
+                out.append(p)
+    return sorted(out)
 
 
 def _jsonl(path: Path, rel: str, default_domain: str, stats: CorpusStats) -> Iterator[Document]:
@@ -169,10 +217,12 @@ BINARY_PROBE = 8192  # bytes read from the head of a file to tell text from bina
 
 
 def _is_binary(f: Path) -> bool:
-    """A NUL byte in the file's head: weights, archives, images (text, in any UTF, has none; UTF-16
-    files would, and are not read as text here either)."""
+    """A NUL byte in the file's head: weights, archives, images (UTF-8 text has none). UTF-16 and
+    UTF-32 text has them too: a file that starts with their byte-order mark is text (JSONL aside,
+    whose lines are split as UTF-8 bytes)."""
     with open(f, "rb") as fh:
-        return b"\0" in fh.read(BINARY_PROBE)
+        head = fh.read(BINARY_PROBE)
+    return b"\0" in head and not (_wide_encoding(head[:4]) and f.suffix != ".jsonl")
 
 
 def _entries(path: str | Path, stats: CorpusStats | None = None) -> tuple[Path, list[tuple[Path, str, str]]]:
@@ -184,7 +234,7 @@ def _entries(path: str | Path, stats: CorpusStats | None = None) -> tuple[Path, 
     if root.is_dir():
         files = _files(root)
         if not files:
-            raise CorpusError(f"{root}: corpus directory has no files")
+            raise CorpusError(f"{root}: corpus directory has no files (names starting with '.' are not read)")
         binary = [f for f in files if f.suffix != ".parquet" and _is_binary(f)]
         if binary and len(binary) == len(files):
             raise CorpusError(f"{root}: corpus directory has no text files (all {len(files)} are binary, "
@@ -197,6 +247,9 @@ def _entries(path: str | Path, stats: CorpusStats | None = None) -> tuple[Path, 
         rels = [(f, f.relative_to(root).as_posix()) for f in files]
         return root, [(f, rel, _domain(Path(rel).parts[0], str(root / Path(rel).parts[0])) if len(Path(rel).parts) > 1
                        else "default") for f, rel in rels]
+    if root.suffix != ".parquet" and _is_binary(root):  # read as text it was bytes of mojibake (a review)
+        raise CorpusError(f"{root}: not a text file (a NUL byte in its first {BINARY_PROBE // 1024} KiB: weights, an "
+                          "archive, an image?); decompress or convert it, or pass a folder of text files")
     return root, [(root, root.name, "default")]
 
 
@@ -362,7 +415,9 @@ def _record(path: Path, i: int, line: str) -> dict:
 
 def _id_domain(rec: dict, rel: str, i: int, default_domain: str) -> tuple[str, str]:
     """A JSONL record's document id (default `file:line`) and domain (default: its folder's)."""
-    return str(rec.get("id", f"{rel}:{i + 1}")), _domain(str(rec.get("domain") or default_domain), f"{rel}:{i + 1}")
+    did = rec.get("id")  # "id": null is no id (it was the id "None" of every such record; a review)
+    return (str(did) if did is not None else f"{rel}:{i + 1}",
+            _domain(str(rec.get("domain") or default_domain), f"{rel}:{i + 1}"))
 
 
 RESERVED_DOMAINS = ("all",)  # the analyses' name for every domain's rows together

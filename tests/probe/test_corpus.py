@@ -223,3 +223,84 @@ def test_read_documents_asks_for_the_callers_fields_and_raises_its_error(tmp_pat
         read_documents(tmp_path / "missing.jsonl", ("text",), CallerError)
     with pytest.raises(CallerError, match=r": not found"):  # a directory is not a corpus file
         read_documents(tmp_path, ("text",), CallerError)
+
+
+def test_hidden_folders_linked_folders_and_broken_links(tmp_path):
+    """What a real folder holds (a review): .git was read as a domain and hidden files dropped without
+    a word; folders behind a symbolic link were not read (rglob does not follow them); a broken link
+    and an unreadable folder vanished silently. Now: hidden paths are not read (said in the error of
+    a folder that holds only those), linked folders are read once each (a link to an ancestor ends),
+    and a broken link or an unreadable folder is a one-line error naming it."""
+    import os
+
+    c = folder_corpus(tmp_path / "c")
+    (c / ".git").mkdir()
+    (c / ".git" / "HEAD").write_text("ref: refs/heads/main")
+    (c / "prose" / ".notes.txt").write_text("alpha " * 50)
+    elsewhere = folder_corpus(tmp_path / "elsewhere", docs=(("wiki", [12, 7]),))
+    (c / "wiki").symlink_to(elsewhere / "wiki")
+    (c / "math" / "loop").symlink_to(c)  # a link to an ancestor: walked once
+    stats = CorpusStats()
+    got = list(corpus_windows(c, encode, 16, 0, None, "corpus", stats))
+    assert sorted({w.domain for w in got}) == ["code", "math", "prose", "wiki"]
+    assert sorted({w.doc_id for w in got if w.domain == "wiki"}) == ["wiki/d0.txt", "wiki/d1.txt"]
+    assert stats.documents == 3 + 4 + 1 + 2
+    hidden = tmp_path / "hidden"
+    (hidden / ".git").mkdir(parents=True)
+    (hidden / ".x.txt").write_text("alpha")
+    with pytest.raises(CorpusError, match=r"hidden: corpus directory has no files \(names starting with '\.'"):
+        windows(hidden, "corpus")
+    (c / "prose" / "gone.txt").symlink_to(tmp_path / "nowhere.txt")
+    with pytest.raises(CorpusError, match=r"prose/gone.txt: a broken symbolic link in the corpus"):
+        windows(c, "domains")
+    (c / "prose" / "gone.txt").unlink()
+    real_scandir = os.scandir
+
+    def denied(path="."):  # a folder this user may not list (root may list a chmod-000 one: faked)
+        if str(path).endswith("code"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(os, "scandir", denied)
+        with pytest.raises(CorpusError, match=r"c/code: cannot read this folder of the corpus \(Permission denied\)"):
+            windows(c, "corpus")
+
+
+def test_utf16_and_utf32_text_null_ids_and_a_binary_file_given_alone(tmp_path):
+    """A UTF-16 file of Chinese text (no NUL byte) was decoded as UTF-8 mojibake, and English UTF-16
+    skipped as binary; a JSONL "id": null became the id "None" of every such record; a gzip'd file
+    given as --corpus was read as text (a review)."""
+    from probe.corpus import iter_documents
+
+    c = tmp_path / "c"
+    (c / "zh").mkdir(parents=True)
+    (c / "en").mkdir()
+    (c / "zh" / "u16.txt").write_bytes("中文文本测试。".encode("utf-16"))
+    (c / "en" / "u16.txt").write_bytes("alpha beta".encode("utf-16-be").join([codecs_bom("utf-16-be"), b""]))
+    (c / "en" / "u32.txt").write_bytes("gamma".encode("utf-32"))
+    (c / "en" / "n.jsonl").write_text("\n".join(json.dumps({"text": t, "id": None}) for t in ("delta", "eta")))
+    stats = CorpusStats()
+    docs = {d.doc_id: d.text for d in iter_documents(c, stats)}
+    assert docs == {"zh/u16.txt": "中文文本测试。", "en/u16.txt": "alpha beta", "en/u32.txt": "gamma",
+                    "en/n.jsonl:1": "delta", "en/n.jsonl:2": "eta"}
+    assert stats.replaced_bytes == 0 and stats.skipped_binary == [] and stats.replaced_note() is None
+    ids = sorted(w.doc_id for w in corpus_windows(c, encode, 16, 0, None, "domains", CorpusStats()))
+    assert ids == sorted(docs)  # the lazy, offset-reading order too
+    (tmp_path / "bad.txt").write_bytes(b"alpha \xff\xfe beta")
+    s = CorpusStats()
+    list(iter_documents(tmp_path / "bad.txt", s))
+    assert s.replaced_note() == ("note: 2 byte(s) that are not UTF-8 replaced by U+FFFD in 1 file(s) (bad.txt): "
+                                 "convert them to UTF-8 if they are text in another encoding")
+    gz = tmp_path / "corpus.txt.gz"
+    import gzip
+
+    gz.write_bytes(gzip.compress(b"alpha beta " * 100))
+    with pytest.raises(CorpusError, match=r"corpus.txt.gz: not a text file \(a NUL byte in its first 8 KiB"):
+        windows(gz, "corpus")
+
+
+def codecs_bom(encoding: str) -> bytes:
+    import codecs
+
+    return {"utf-16-be": codecs.BOM_UTF16_BE, "utf-16-le": codecs.BOM_UTF16_LE}[encoding]
