@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from .corpus import CorpusError, CorpusStats, iter_documents
+from .corpus import CorpusError, CorpusStats, iter_documents, text_pieces
 from .job import (RecordError, agree, check_out_parent, check_run_model, checkpoint_args, checkpoint_identity,
                   load_model, load_tokenizer, os_refusal, resolve_paths, same_checkpoint, signals_held,
                   start_world)
@@ -74,8 +74,11 @@ def spec_prompts(corpus: Path, tok, bos: int | None, n_tokens: int, limit: int |
     corpus reader replaced or skipped."""
     by_domain: dict[str, list[tuple[str, str, list[int]]]] = {}
     for doc in iter_documents(corpus, stats if stats is not None else CorpusStats()):
-        ids = tok.encode(doc.text, add_special_tokens=False).ids
-        ids = ([bos] if bos is not None else []) + ids
+        ids = [bos] if bos is not None else []
+        for piece in text_pieces(doc.text):  # a prompt needs only the head of a long document
+            ids += tok.encode(piece, add_special_tokens=False).ids
+            if len(ids) >= n_tokens:
+                break
         prompts = by_domain.setdefault(doc.domain, [])
         if len(ids) >= n_tokens:
             prompts.append((doc.doc_id, doc.domain, ids[:n_tokens]))

@@ -304,3 +304,35 @@ def codecs_bom(encoding: str) -> bytes:
     import codecs
 
     return {"utf-16-be": codecs.BOM_UTF16_BE, "utf-16-le": codecs.BOM_UTF16_LE}[encoding]
+
+
+def test_a_long_document_is_tokenised_in_pieces_to_the_same_ids(tmp_path):
+    """A document is tokenised in pieces cut before a single space between non-space characters, so a
+    cap reads only what it needs (a 21 MB document took 5.6 GB for 3,000 tokens, a review): with the
+    bundled byte-level BPE tokenizer, on every domain of the bundled validation corpus (Chinese,
+    code, math, prose) joined into one document, the pieces' ids are the whole text's, and so are the
+    windows. Control: pieces cut anywhere (in a word) give other ids."""
+    from pathlib import Path
+
+    from tokenizers import Tokenizer
+
+    from probe import corpus as C
+
+    repo = Path(__file__).resolve().parents[2]
+    tok = Tokenizer.from_file(str(repo / "data" / "model" / "tokenizer.json"))
+    enc = lambda t: tok.encode(t, add_special_tokens=False).ids  # noqa: E731
+    docs = read_documents(repo / "data" / "corpus" / "val.jsonl", ("text", "domain"), CorpusError)
+    text = "\n\n".join(d["text"] for d in docs[::4])[:400_000]
+    assert {d["domain"] for d in docs[::4]} >= {"chinese", "code", "math"}
+    pieces = list(C.text_pieces(text, 3000))
+    assert len(pieces) > 50 and "".join(pieces) == text
+    whole = enc(text)
+    assert [i for p in pieces for i in enc(p)] == whole
+    cuts = [text[i : i + 2999] for i in range(0, len(text), 2999)]  # control: cut anywhere
+    assert [i for p in cuts for i in enc(p)] != whole
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(C, "PIECE_CHARS", 3000)
+        got = [w.ids.tolist() for w in C.iter_windows(iter([C.Document("d", "x", text)]), enc, 256, 0)]
+    want = [0, *whole]
+    assert got == [want[i : i + 256] for i in range(0, len(want), 256)]
+    assert C.text_pieces("中文" * 5000, 3000).__next__() == "中文" * 5000  # no space to cut at: whole
