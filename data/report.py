@@ -141,6 +141,13 @@ def checks(f: dict) -> list[tuple[str, bool]]:
     ]
 
 
+def _shown(runs_dir, name: str) -> str:
+    """Where a run of the report went, as the report names it: relative to the repository when
+    inside it (the default `runs/`), else as given (it said runs/ whatever --runs-dir was; a review)."""
+    p = Path(runs_dir).resolve() / name
+    return p.relative_to(REPO).as_posix() if p.is_relative_to(REPO) else str(p)
+
+
 def render(f: dict, checked: list[tuple[str, bool]], ns, ckpt: Path, base: Path, seconds: float) -> str:
     """REPORT.md's text."""
     loss, nan = f["loss"], float("nan")
@@ -148,7 +155,8 @@ def render(f: dict, checked: list[tuple[str, bool]], ns, ckpt: Path, base: Path,
              f"Written by `python -m data.report` on {time.strftime('%Y-%m-%d')} in {seconds:.0f} s. "
              f"Validation split `{Path(ns.corpus).name}`: {f['tokens']} tokens "
              f"({f['windows']} windows of <= {ns.seq_len}); model `{ckpt.name}` vs baseline "
-             f"`{base}` (same budget, `--balance none`). Runs: `runs/report-model`, `runs/report-baseline`.", "",
+             f"`{base}` (same budget, `--balance none`). Runs: `{_shown(ns.runs_dir, 'report-model')}`, "
+             f"`{_shown(ns.runs_dir, 'report-baseline')}`.", "",
              "## Checks", ""]
     lines += [f"- [{'x' if ok else ' '}] {name}" for name, ok in checked]
     lines += ["", "## Validation loss per domain (nats/token)", "",

@@ -299,3 +299,6 @@ def test_report_checks_and_input_errors(tmp_path, capsys):
     assert report.main(["--baseline", str(DATA / "model"), "--train", str(good), "--out",
                         str(tmp_path / "afile" / "REPORT.md")]) == 2
     assert "afile is a file, not a directory" in capsys.readouterr().err
+    # the report names the runs where --runs-dir put them (it said runs/ whatever it was; a review)
+    assert report._shown(report.REPO / "runs", "report-model") == "runs/report-model"
+    assert report._shown(tmp_path / "elsewhere", "report-model") == str(tmp_path / "elsewhere" / "report-model")
