@@ -1,0 +1,233 @@
+"""Reading SGLang's expert-distribution dump files for `dsv3-probe import sglang` (probe/sglang.py, whose
+docstring says what the files hold and how they become a run): each file loaded without running
+pickled code, its mode recognised, every field the import reads checked (one-line SGLangError naming
+the file), and the model's shape (layers, experts, top-k) from --config or the dumps themselves."""
+
+from __future__ import annotations
+
+import numbers
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .job import RecordError, first_line
+
+MODES = ("stat", "per_pass", "per_token")
+DEFAULT_TOPK = 8  # DeepSeek-V3's experts per token: counts -> tokens when no --config says otherwise
+
+
+class SGLangError(RecordError):
+    """A dump we cannot import (one line naming the file)."""
+
+
+@dataclass
+class Dump:
+    path: Path
+    mode: str
+    data: dict
+
+
+@dataclass
+class Shape:
+    """What the import knows of the model: its layers, experts and top-k."""
+    n_layers: int
+    n_experts: int
+    topk: int = DEFAULT_TOPK
+    dense: list[int] = field(default_factory=list)  # layers run dense (skipped)
+    groups: int = 1
+    args: dict | None = None  # the config's ModelArgs, when --config was given
+
+    def model_args(self, moe_layers: list[int]) -> dict:
+        if self.args is not None:
+            return self.args
+        first = moe_layers[0] if moe_layers else 0
+        return {"n_layers": self.n_layers, "n_dense_layers": first, "n_routed_experts": self.n_experts,
+                "n_activated_experts": self.topk, "n_expert_groups": self.groups}
+
+
+# ------------------------------------------------------------------------------ reading
+# every imported row's domain: the server's traffic is one stream ("all" is the analyses' name for
+# the rows of every domain together, so it cannot name a domain)
+DOMAIN = "sglang"
+
+
+def read_dump(path: Path) -> Dump:
+    """One dump file, loaded without running pickled code, its mode recognised."""
+    import pickle
+
+    import torch
+
+    # torch.save has written a zip archive since torch 1.6; anything else is not a dump at all (and
+    # torch.load would read it as a legacy pickle stream, failing on whatever byte comes first)
+    if path.is_file() and not zipfile.is_zipfile(path):
+        raise SGLangError(f"{path}: not a readable torch.save file (not a torch zip archive)")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        why = next((ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln), "")
+        why = why.split("Unsupported global:", 1)[-1].split(" was not")[0].strip() if why else "a non-tensor object"
+        raise SGLangError(f"{path}: refused: it holds pickled Python objects ({why}), which "
+                          "torch.load(weights_only=True) will not run") from None
+    except (OSError, RuntimeError, EOFError, ValueError) as e:
+        why = first_line(e, 160)
+        raise SGLangError(f"{path}: not a readable torch.save file ({why})") from None
+    if not isinstance(data, dict):
+        raise SGLangError(f"{path}: not an SGLang expert-distribution dump (a {type(data).__name__}, not a dict)")
+    d = Dump(path, _mode(data, path), data)
+    _check_fields(d)
+    return d
+
+
+def _ints(d: Dump, value, name: str, dims: int, nonneg: bool = True):
+    """`value` as an integer tensor of `dims` dimensions (non-negative unless told), else one line
+    naming the file and the field."""
+    import torch
+
+    if not isinstance(value, torch.Tensor) or value.dim() != dims:
+        got = f"shape {list(value.shape)}" if isinstance(value, torch.Tensor) else f"a {type(value).__name__}"
+        raise SGLangError(f"{d.path}: {name} should be a {dims}-D tensor, found {got}")
+    if value.is_floating_point() or value.dtype == torch.bool:
+        raise SGLangError(f"{d.path}: {name} holds {value.dtype} values; SGLang writes integer counts and ids")
+    if nonneg and value.numel() and int(value.min()) < 0:
+        raise SGLangError(f"{d.path}: {name} holds a negative value ({int(value.min())})")
+    return value
+
+
+MAX_EXPERT_ID = 65535  # the routing table keeps expert ids as uint16
+MAX_INDEX = 2**31 - 1  # token ids and positions: int32 columns
+
+
+def _scalar(d: Dump, value, name: str) -> int:
+    """A non-negative integer field (rank, forward_pass_id), else one line naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise SGLangError(f"{d.path}: {name}={value!r} should be a non-negative integer")
+    return int(value)
+
+
+def _seq(d: Dump, value, name: str, hi: int = MAX_INDEX) -> np.ndarray:
+    """A list (or 1-D tensor) of integers in [0, hi], as SGLang writes input_ids, positions and
+    extend_seq_lens, else one line naming the field."""
+    try:
+        a = np.asarray(value.cpu() if hasattr(value, "cpu") else value)
+    except (TypeError, ValueError):
+        a = np.asarray([None])
+    if a.ndim != 1 or (a.size and a.dtype.kind not in "iu"):
+        raise SGLangError(f"{d.path}: {name} should be a list of integers, found {type(value).__name__}"
+                          + (f" of {a.dtype}" if a.ndim == 1 else ""))
+    if a.size and (int(a.min()) < 0 or int(a.max()) > hi):
+        bad = int(a.min()) if int(a.min()) < 0 else int(a.max())
+        raise SGLangError(f"{d.path}: {name} holds {bad}, outside [0, {hi}]")
+    return a.astype(np.int64)
+
+
+def _check_fields(d: Dump) -> None:
+    """Every field the import reads, present and of the kind SGLang writes, before anything is
+    written: a broken dump is one line naming the file, the record and the field."""
+    if d.mode == "stat":
+        c = _ints(d, d.data["logical_count"], "logical_count", 3)
+        if not len(c):
+            raise SGLangError(f"{d.path}: logical_count holds no passes (a buffer of 0 rows)")
+        _scalar(d, d.data.get("rank", 0), "rank")
+        return
+    m = _ints(d, d.data.get("last_physical_to_logical_map"), "last_physical_to_logical_map", 2)
+    if m.numel() and int(m.max()) > MAX_EXPERT_ID:
+        raise SGLangError(f"{d.path}: last_physical_to_logical_map names expert {int(m.max())}; ids above "
+                          f"{MAX_EXPERT_ID} are not expert ids")
+    for i, r in enumerate(d.data["records"]):
+        need = ("forward_pass_id", "global_physical_count") if d.mode == "per_pass" else \
+            ("forward_pass_id", "input_ids", "positions", "topk_ids_of_layer")
+        missing = [k for k in need if not isinstance(r, dict) or k not in r]
+        if missing:
+            raise SGLangError(f"{d.path}: record {i} has no {', '.join(missing)}")
+        _scalar(d, r["forward_pass_id"], f"record {i}'s forward_pass_id")
+        if "rank" in r:
+            _scalar(d, r["rank"], f"record {i}'s rank")
+        where = f"record {i} (pass {r['forward_pass_id']})"
+        if d.mode == "per_pass":
+            _ints(d, r["global_physical_count"], f"global_physical_count of {where}", 2)
+            continue
+        ids = _ints(d, r["topk_ids_of_layer"], f"topk_ids_of_layer of {where}", 3, nonneg=False)
+        if ids.numel() and int(ids.min()) < -1:
+            raise SGLangError(f"{d.path}: topk_ids_of_layer of {where} holds {int(ids.min())}; "
+                              "SGLang pads with -1 only")
+        n = len(_seq(d, r["input_ids"], f"input_ids of {where}"))
+        n_pos = len(_seq(d, r["positions"], f"positions of {where}"))
+        if n_pos != n:
+            raise SGLangError(f"{d.path}: {where} has {n} input_ids but {n_pos} positions")
+        lens = r.get("extend_seq_lens")
+        if lens is not None and len(lens := _seq(d, lens, f"extend_seq_lens of {where}")) and int(lens.sum()) != n:
+            raise SGLangError(f"{d.path}: {where}'s extend_seq_lens sum to {int(lens.sum())}, "
+                              f"but it has {n} input_ids")
+
+
+def _mode(data: dict, path: Path) -> str:
+    if "logical_count" in data:
+        return "stat"
+    records = data.get("records")
+    if isinstance(records, list) and records and isinstance(records[0], dict):
+        if "topk_ids_of_layer" in records[0]:
+            return "per_token"
+        if "global_physical_count" in records[0]:
+            return "per_pass"
+        raise SGLangError(f"{path}: unknown record layout (record keys: {sorted(records[0])}); expected "
+                          "topk_ids_of_layer (per_token) or global_physical_count (per_pass)")
+    if isinstance(records, list) and not records:
+        raise SGLangError(f"{path}: the dump holds no records (was the recorder started before the traffic?)")
+    raise SGLangError(f"{path}: unknown key layout (keys: {sorted(map(str, data))}); expected SGLang's stat dump "
+                      "(logical_count) or a per_pass / per_token dump (records)")
+
+
+def find_dumps(dump: str | Path) -> list[Dump]:
+    """The dump file, or every *.pt of the directory (one per rank), all of one mode."""
+    p = Path(dump)
+    if not p.exists():
+        raise SGLangError(f"{p}: no such file or directory")
+    files = sorted(p.glob("*.pt")) if p.is_dir() else [p]
+    if not files:
+        raise SGLangError(f"{p}: no *.pt dump files in this directory")
+    dumps = [read_dump(f) for f in files]
+    modes = sorted({d.mode for d in dumps})
+    if len(modes) > 1:
+        raise SGLangError(f"{p}: the files mix dump modes {modes} ({', '.join(f'{d.path.name}: {d.mode}' for d in dumps)})")
+    return dumps
+
+
+def _shape(dumps: list[Dump], config: str | None) -> Shape:
+    """Layers and experts: from --config, checked against every dump (ranks must agree)."""
+    sizes, physical = {}, {}
+    for d in dumps:
+        if d.mode == "stat":
+            c = d.data["logical_count"]
+            if c.dim() != 3:
+                raise SGLangError(f"{d.path}: logical_count has shape {list(c.shape)}, expected [passes, layers, experts]")
+            sizes[d.path] = (int(c.shape[1]), int(c.shape[2]))
+        else:
+            m = d.data.get("last_physical_to_logical_map")
+            if m is None or m.dim() != 2:
+                raise SGLangError(f"{d.path}: no last_physical_to_logical_map [layers, physical experts] in the dump")
+            sizes[d.path] = (int(m.shape[0]), int(m.max()) + 1)
+            physical[d.path] = int(m.shape[1])
+    if len(set(physical.values())) > 1:  # one server keeps one count of physical slots
+        raise SGLangError("the dumps disagree on the number of physical experts (files of different servers?): "
+                          + ", ".join(f"{p.name}: {n}" for p, n in physical.items()))
+    if len(set(sizes.values())) > 1:
+        raise SGLangError("the ranks' dumps disagree on layers x experts: " + ", ".join(
+            f"{p.name}: {a} x {b}" for p, (a, b) in sizes.items()))
+    layers, experts = next(iter(sizes.values()))
+    if config is None:
+        return Shape(layers, experts)
+    from model.args import ConfigError, ModelArgs
+
+    try:
+        a = ModelArgs.from_hf_config(Path(config))
+    except (ConfigError, OSError) as e:
+        raise SGLangError(f"--config {config}: {e}") from None
+    if a.n_layers != layers:
+        raise SGLangError(f"{dumps[0].path}: the dump has {layers} layers, --config {config} has {a.n_layers}")
+    if experts > a.n_routed_experts:
+        raise SGLangError(f"{dumps[0].path}: expert id {experts - 1} is outside --config {config} "
+                          f"(n_routed_experts={a.n_routed_experts})")
+    return Shape(layers, a.n_routed_experts, a.n_activated_experts, list(range(a.n_dense_layers)),
+                 a.n_expert_groups, a.to_dict())
