@@ -62,12 +62,14 @@ def source_caption(ref: data.RunRef, n_passes: int, every: int) -> None:
         st.caption(f"The run has more than {data.MAX_PASSES:,} passes: every {every}th is replayed.")
 
 
-def controls(ref: data.RunRef, steps: np.ndarray, E: int, current_gpus: int | None, P_now: int | None):
+def controls(ref: data.RunRef, steps: np.ndarray, E: int, current_gpus: int | None, P_now: int | None,
+             every: int = 1):
     c = st.columns([3, 1, 1, 1, 1])
     lo, hi = int(steps[0]), int(steps[-1])
     if lo < hi:
         default = (lo, int(steps[max(0, len(steps) // 2 - 1)])) if len(steps) >= 4 else (lo, hi)
-        window = c[0].slider("Plan from passes", lo, hi, default, key="sv_window",
+        # in steps of the stride, so that a window holds replayed passes (it could hold none: a review)
+        window = c[0].slider("Plan from passes", lo, hi, default, step=every, key="sv_window",
                              help="The planner sees only these passes' loads; the passes after them show how "
                                   "the plan holds up on traffic it has not seen.")
     else:
@@ -112,10 +114,15 @@ def main() -> None:
     n_all = data.pass_count(ref)
     source_caption(ref, n_all, data.pass_stride(n_all))
     P_now = len(next(iter(current.values()))) if current else None
-    window, gpus, redundant, nodes, mode = controls(ref, steps, E, current_gpus, P_now)
+    every = data.pass_stride(n_all)
+    window, gpus, redundant, nodes, mode = controls(ref, steps, E, current_gpus, P_now, every)
+    if not ((steps >= window[0]) & (steps <= window[1])).any():
+        st.warning(f"No replayed pass lies in passes {window[0]}-{window[1]} (every {every}th pass is replayed): "
+                   "widen the plan window.")
+        return
     with ui.guard("the replay"):
         r = replay(ref, tuple(window), gpus, redundant, nodes, mode)
-        show(ref, steps, layers, E, r, window, gpus, redundant, nodes, mode)
+        show(ref, steps, layers, E, r, window, gpus, redundant, nodes, mode, every)
 
 
 def _mean(a: np.ndarray) -> float:
@@ -123,18 +130,20 @@ def _mean(a: np.ndarray) -> float:
     return float(a.mean()) if a.size else float("nan")
 
 
-def show(ref, steps, layers, E, r, window, gpus, redundant, nodes: int = 1, mode: str = "hierarchical") -> None:
+def show(ref, steps, layers, E, r, window, gpus, redundant, nodes: int = 1, mode: str = "hierarchical",
+         every: int = 1) -> None:
     per_pass = {NOW: np.nanmean(r["now"], 1), PLAN: np.nanmean(r["plan"], 1)}
     win = r["window"]
+    later = np.asarray(steps) > window[1]  # the passes after the window (not those before it; a review)
     m = st.columns(4)
     m[0].metric("Current, plan window", f"{_mean(per_pass[NOW][win]):.3f}",
                 help="Mean over passes of the balancedness (mean / max GPU load) averaged over layers")
     m[1].metric("Planned, plan window", f"{_mean(per_pass[PLAN][win]):.3f}",
                 delta=f"{_mean(per_pass[PLAN][win]) - _mean(per_pass[NOW][win]):+.3f}")
-    if (~win).any():
-        m[2].metric("Current, later passes", f"{_mean(per_pass[NOW][~win]):.3f}")
-        m[3].metric("Planned, later passes", f"{_mean(per_pass[PLAN][~win]):.3f}",
-                    delta=f"{_mean(per_pass[PLAN][~win]) - _mean(per_pass[NOW][~win]):+.3f}",
+    if later.any():
+        m[2].metric("Current, later passes", f"{_mean(per_pass[NOW][later]):.3f}")
+        m[3].metric("Planned, later passes", f"{_mean(per_pass[PLAN][later]):.3f}",
+                    delta=f"{_mean(per_pass[PLAN][later]) - _mean(per_pass[NOW][later]):+.3f}",
                     help="Passes the planner did not see: how well the plan generalises")
     agg = {k: float(np.nanmean([g.mean() / g.max() if g.max() > 0 else np.nan for g in r[f"gpu_{k}"]]))
            for k in ("now", "plan")}
@@ -168,7 +177,9 @@ def show(ref, steps, layers, E, r, window, gpus, redundant, nodes: int = 1, mode
             fig.add_trace(go.Bar(x=[f"GPU {k}" for k in range(len(g))], y=g, name=name, marker_color=COLORS[name],
                                  hovertemplate=f"{name}<br>%{{x}}: %{{y:,.0f}} assignments<extra></extra>"))
         fig.update_xaxes(type="category")
-        fig.update_yaxes(title="assignments in the plan window")
+        # a strided run's bars sum the replayed passes only (they claimed the window's whole load; a review)
+        fig.update_yaxes(title="assignments in the plan window" if every == 1 else
+                         f"assignments in the window's replayed passes (1 in {every})")
         st.plotly_chart(charts.style(fig, f"{layer}: load per GPU", 320, barmode="group"), key="sv_gpu")
     download(ref, r, E, gpus, redundant, nodes, mode)
 

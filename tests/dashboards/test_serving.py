@@ -112,6 +112,30 @@ def test_serving_window_and_layout_change_the_plan(imported):
     assert " --mode global --format sglang" in cmd and "--redundant 2" in cmd
 
 
+
+def test_later_passes_are_those_after_the_window_and_a_strided_run_says_what_its_bars_sum(imported, monkeypatch):
+    """(a review) 'later passes' took every pass outside the window, those before it too; with the
+    passes strided (a run longer than MAX_PASSES) the window slider moved by 1, so a window could hold
+    no replayed pass, and the GPU bars claimed the window's whole load."""
+    from dashboards import data
+
+    counts, m = imported["counts"], imported["map"]
+    current = {layer: m[layer] for layer in (1, 2)}
+    at = open_page(app(imported["runs"], "per_pass"), "serving")
+    at.slider(key="sv_window").set_value((6, PASSES - 1)).run()
+    assert not at.error and not any(x.label.endswith("later passes") for x in at.metric)  # nothing after it
+    at.slider(key="sv_window").set_value((3, 5)).run()
+    assert metric(at, "Current, later passes") == pytest.approx(by_hand(counts, current, 2, range(6, PASSES)), abs=5e-4)
+    # every 3rd pass replayed: the slider moves by 3 and the bars say they sum the replayed passes only
+    monkeypatch.setattr(data.pass_stride, "__defaults__", (4,))
+    monkeypatch.setattr(data.pass_loads.uncached, "__defaults__", (4,))
+    data.pass_loads.clear()
+    at = open_page(app(imported["runs"], "per_pass"), "serving")
+    assert not at.error and at.slider(key="sv_window").proto.step == 3
+    assert "every 3th is replayed" in " ".join(c.value for c in at.caption)
+    assert "replayed passes (1 in 3)" in at.get("plotly_chart")[2].proto.spec
+    data.pass_loads.clear()
+
 @pytest.mark.slow  # a whole app or command: the quick loop leaves it out
 def test_every_page_on_imported_runs(imported):
     for run in ("stat", "per_token"):
