@@ -117,7 +117,11 @@ def _interactive(m, codec, ns, world, sampling) -> None:
         if line is None:
             return
         if line.strip():
-            _run_batch(m, codec, [line], ns, world.rank, sampling)
+            try:  # one bad line (too long for the model) ends that answer, not the session (a review)
+                _run_batch(m, codec, [line], ns, world.rank, sampling)
+            except GenerateError as e:
+                if world.rank == 0:
+                    print(f"error: {e}", file=sys.stderr, flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,7 +34,8 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        # a temperature that float32 rounds to 0 (below ~7e-46) is greedy too: logits / 0 were NaN (a review)
+        return float(torch.tensor(self.temperature, dtype=torch.float32)) == 0
 
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
         """[B, V] logits -> [B, V] float32 sampling probabilities (temperature, top-k, top-p)."""

@@ -23,12 +23,17 @@ class TextCodec:
     bos_id: int | None
     stop_ids: list[int]
     chat: bool  # the tokenizer config has a chat template
+    # BOS in the chat format: the template's own `{{ bos_token }}`, whatever add_bos_token says (DeepSeek's
+    # config sets it false and lets the template add BOS; chat prompts went without it: a review)
+    chat_bos_id: int | None = None
 
     def encode(self, text: str, *, chat: bool | None = None, system: str | None = None) -> list[int]:
-        if self.chat if chat is None else chat:
+        chat = self.chat if chat is None else chat
+        if chat:
             text = (system or "") + USER + text + ASSISTANT
         ids = self.tokenizer.encode(text, add_special_tokens=False).ids
-        return ([self.bos_id] if self.bos_id is not None else []) + ids
+        bos = self.chat_bos_id if chat else self.bos_id
+        return ([bos] if bos is not None else []) + ids
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
@@ -61,26 +66,32 @@ def load_codec(ckpt: str | os.PathLike, args=None) -> TextCodec:
         raise GenerateError(f"{path}: not a readable tokenizer ({str(e).splitlines()[0]})") from None
     cfg = _read_json(ckpt / "tokenizer_config.json")
     gen_cfg = _read_json(ckpt / "generation_config.json")
-    bos = None
-    if cfg.get("add_bos_token", True):
-        bos_text = _token_text(cfg.get("bos_token"))
-        bos = tok.token_to_id(bos_text) if bos_text else None
-        if bos is None and args is not None:
-            bos = args.bos_token_id
+    bos_text = _token_text(cfg.get("bos_token"))
+    bos_token = tok.token_to_id(bos_text) if bos_text else None
+    if bos_token is None and args is not None:
+        bos_token = args.bos_token_id
+    bos = bos_token if cfg.get("add_bos_token", True) else None
+    template = cfg.get("chat_template")
+    chat_bos = bos_token if isinstance(template, str) and "bos_token" in template else None
     stops: list[int] = []
     for v in (getattr(args, "eos_token_id", None), gen_cfg.get("eos_token_id")):
+        if v is not None and not (isinstance(v, int) and not isinstance(v, bool) or isinstance(v, list) and all(
+                isinstance(x, int) and not isinstance(x, bool) for x in v)):
+            # a string or a float was a TypeError's traceback (a review)
+            raise GenerateError(f"{ckpt / 'generation_config.json'}: eos_token_id={v!r} must be a token id or a list "
+                                "of them")
         stops += [v] if isinstance(v, int) else list(v or [])
     eos_text = _token_text(cfg.get("eos_token"))
     if eos_text and tok.token_to_id(eos_text) is not None:
         stops.append(tok.token_to_id(eos_text))
-    return TextCodec(tok, bos, sorted(set(stops)), bool(cfg.get("chat_template")))
+    return TextCodec(tok, bos, sorted(set(stops)), bool(template), chat_bos)
 
 
 def read_prompts(path: str | os.PathLike) -> list[str]:
     """One prompt per non-blank line, or JSON Lines with a "prompt" field."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a leading byte-order mark is not prompt text (a review)
     except (OSError, UnicodeDecodeError) as e:
         raise GenerateError(f"{path}: cannot read prompt file ({e})") from None
     # lines end at "\n" only: str.splitlines() also breaks at form feeds (Python source), U+2028 and

@@ -120,6 +120,16 @@ def test_max_seq_len_and_bad_input():
 
 
 # --------------------------------------------------------------------------------------- sampling
+def test_a_temperature_that_float32_rounds_to_0_is_greedy(tiny):
+    """1e-50 passed the check and divided the logits by a float32 0: NaN probabilities, a traceback
+    (a review). It samples greedily, as 0 does."""
+    prompts = [[0, 5, 9, 2]]
+    greedy = generate(tiny, prompts, max_new_tokens=4)
+    assert SamplingParams(temperature=1e-50).greedy and not SamplingParams(temperature=1e-45).greedy
+    got = generate(tiny, prompts, max_new_tokens=4, sampling=SamplingParams(temperature=1e-50, seed=0))
+    assert got.tokens == greedy.tokens
+
+
 def test_sampling_filters():
     logits = torch.log(torch.tensor([[0.5, 0.2, 0.15, 0.1, 0.05]]))
     assert torch.allclose(SamplingParams(1.0).probs(logits), logits.exp())
@@ -295,10 +305,30 @@ def test_codec_chat_format_and_stops(demo_dir):
     assert codec.encode("héllo", chat=False) == [0] + tok.encode("héllo", add_special_tokens=False).ids
     assert codec.encode("x", system="Be brief.")[1:4] == tok.encode("Be ", add_special_tokens=False).ids
     assert codec.decode(chat) == "héllo"  # special tokens are not shown
+    # a config that leaves BOS to the chat template (add_bos_token false, as DeepSeek's does): chat prompts
+    # still start with it, raw ones do not (chat prompts went without it; a review)
+    import shutil
+
+    nobos = demo_dir.parent / "nobos"
+    if not nobos.exists():
+        shutil.copytree(demo_dir, nobos)
+        cfg = json.loads((nobos / "tokenizer_config.json").read_text())
+        (nobos / "tokenizer_config.json").write_text(json.dumps(cfg | {"add_bos_token": False}))
+    c2 = load_codec(nobos, ModelArgs.from_hf_config(nobos))
+    assert c2.encode("héllo") == chat and c2.encode("héllo", chat=False) == chat_free(tok, "héllo")
+    (nobos / "generation_config.json").write_text('{"eos_token_id": "x"}')  # a traceback before (a review)
+    with pytest.raises(GenerateError, match=r"generation_config.json: eos_token_id='x' must be a token id"):
+        load_codec(nobos, ModelArgs.from_hf_config(nobos))
+    (nobos / "generation_config.json").write_text('{"eos_token_id": [1, 5]}')
+    assert load_codec(nobos, ModelArgs.from_hf_config(nobos)).stop_ids == [1, 5]
     # streaming holds back an incomplete UTF-8 character
     s = Streamer(codec, 1)
     b1, b2 = tok.encode("é", add_special_tokens=False).ids
     assert s.push(0, b1) == "" and s.push(0, b2) == "é"
+
+
+def chat_free(tok, text: str) -> list[int]:
+    return tok.encode(text, add_special_tokens=False).ids
 
 
 def test_read_prompts(tmp_path):
@@ -323,6 +353,11 @@ def test_read_prompts(tmp_path):
             read_prompts(f)
     with pytest.raises(GenerateError, match="cannot read prompt file"):
         read_prompts(tmp_path / "missing.txt")
+    # a UTF-8 byte-order mark (some editors write one) is not prompt text, nor a JSON error (a review)
+    f.write_bytes(b"\xef\xbb\xbffirst\nsecond\n")
+    assert read_prompts(f) == ["first", "second"]
+    j.write_bytes(b"\xef\xbb\xbf" + json.dumps({"prompt": "a"}).encode() + b"\n")
+    assert read_prompts(j) == ["a"]
 
 
 def run_cli(capsys, *argv):
@@ -367,6 +402,10 @@ def test_cli_interactive(demo_dir, capsys, monkeypatch):
     code, out, err = run_cli(capsys, "--ckpt", demo_dir, "--interactive", "--max-new-tokens", 3)
     assert code == 0, err
     assert err.count("tokens/s") == 2 and err.count("> ") == 4  # two prompts, one blank line, /exit
+    # a line too long for the model is an error for that line; the session goes on (it ended; a review)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("first\n" + "word " * 1500 + "\nsecond\n"))
+    code, out, err = run_cli(capsys, "--ckpt", demo_dir, "--interactive", "--max-new-tokens", 3)
+    assert code == 0 and err.count("tokens/s") == 2 and "longer than max_seq_len" in err, err
 
 
 def test_cli_ctrl_c_is_one_line(demo_dir, capsys, monkeypatch):
