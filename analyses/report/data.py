@@ -247,7 +247,7 @@ def _domain_table(rows: pd.DataFrame, domains: list[str], n: int) -> tuple[pd.Da
         on = mat.loc[others, d].mean() if others else np.nan
         out.append({"domain": d, "own": own, "by_others": by, "on_others": on,
                     "own_minus_by_others": own - by, "own_minus_on_others": own - on,
-                    "own_hurts_most": bool(own > on) if np.isfinite(own) and np.isfinite(on) else None})
+                    "own_above_on_others_mean": bool(own > on) if np.isfinite(own) and np.isfinite(on) else None})
     return mat, pd.DataFrame(out)
 
 

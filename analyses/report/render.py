@@ -143,7 +143,7 @@ def _sweep_summary(sw) -> list[str]:
                      f"{int(x.masked)}/{sw.options['n_experts']} -> {x.run_top_delta:+.4f}" for x in c.itertuples())
                  + f"; more than random at {int((c.run_top_delta > c.random_delta).sum())} of {len(c)} fractions.")
     ds = sw.domain_summary.dropna(subset=["own", "on_others"])
-    n_own = int(ds.own_hurts_most.astype(bool).sum())
+    n_own = int(ds.own_above_on_others_mean.astype(bool).sum())
     n_row = int((ds.own > ds.by_others).sum())
     if not len(ds):
         s.append("Per-domain ablation: not measured (it compares a domain's own experts with the others', "

@@ -291,7 +291,7 @@ def test_the_sweep_sentence_counts_measured_fractions_and_no_spread_of_one_seed(
     sw = SimpleNamespace(curve=curve, options={"rank_by": "eval", "tokens": 1000, "domain_tokens": 200,
                                                "n_experts": 32, "domain_top": 4},
                          domain_summary=pd.DataFrame(columns=["domain", "own", "on_others", "by_others",
-                                                              "own_hurts_most"]))
+                                                              "own_above_on_others_mean"]))
     first = _sweep_summary(sw)[0]
     assert "4/32 -> +0.0500 (random +0.0100, 1 seed)" in first and "±" not in first and "32/32" not in first
     assert first.endswith("top-used hurts more than random at 1 of 1 fractions.")
