@@ -116,7 +116,16 @@ class Run:
         return self.con.table(table)
 
     def sql(self, query: str):
-        return self.con.sql(query)
+        """A DuckDB relation of `query` over this run's tables (one view per table, empty where the run
+        has no parts). A name that is no table is one line naming the run and its tables (it was
+        DuckDB's two lines suggesting one of its own catalogue tables; a review)."""
+        import duckdb
+
+        try:
+            return self.con.sql(query)
+        except duckdb.CatalogException as e:
+            why = str(e).strip().splitlines()[0].removeprefix("Catalog Error: ")
+            raise RunError(f"{self.path}: {why} (a run's tables are {list(TABLES)})") from None
 
 
 def open_run(path: str | Path) -> Run:

@@ -111,11 +111,14 @@ def write_result_part(out: str | Path, table: str, df, key: dict, meta: dict, pa
 def read_run_json(run: Path) -> dict:
     p = Path(run) / RUN_JSON
     try:
-        return json.loads(p.read_text())
+        info = json.loads(p.read_text())
     except (FileNotFoundError, NotADirectoryError):
         raise RunError(f"{run}: not a run directory (no {RUN_JSON})") from None
     except (json.JSONDecodeError, UnicodeDecodeError, IsADirectoryError) as e:
         raise RunError(f"{p}: unreadable ({e})") from None
+    if not isinstance(info, dict):  # [] or null opened, then every read was an AttributeError (a review)
+        raise RunError(f"{p}: unreadable (a JSON {type(info).__name__}, not an object)")
+    return info
 
 
 class PartWriter:

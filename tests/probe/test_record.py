@@ -334,6 +334,18 @@ def test_existing_out_needs_a_flag(probe_env, tmp_path):
     with pytest.raises(RunError, match="unknown table 'token'"):
         run.df("token")
     assert list(run.df("tokens", columns=["loss"]).columns) == ["loss"]  # the control
+    # SQL naming no table, and a run.json that is JSON but not an object: one line each (DuckDB's two
+    # lines suggesting its own catalogue, and an AttributeError at the first repr; a review)
+    with pytest.raises(RunError, match=r"r: Table with name nosuch does not exist!.*a run's tables are \['tokens'"):
+        run.sql("select * from nosuch")
+    assert run.sql("select count(*) from tokens").fetchall()[0][0] == 100
+    import shutil
+
+    bad = shutil.copytree(out, tmp_path / "bad")
+    for text, kind in (("[]", "list"), ("null", "NoneType")):
+        (bad / "run.json").write_text(text)
+        with pytest.raises(RunError, match=rf"bad/run.json: unreadable \(a JSON {kind}, not an object\)"):
+            probe.open_run(bad)
 
 
 def test_non_utf8_bytes_are_replaced_and_counted(probe_env, tmp_path):
