@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
 from model import ConfigError
@@ -10,19 +11,32 @@ from probe.job import exit_ranks
 from . import TrainError, parse_args, run
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, torchrun stopping its ranks), handled as Ctrl-C is: the loop marks the run
+    interrupted. Left to Python's default, the process died with run.json saying "running" (a review)."""
+
+
+def _terminate(signum, frame):
+    raise _Terminated
+
+
 def main(argv: list[str] | None = None) -> None:
     ns = parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         run(ns)
     except (TrainError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         exit_ranks(2)  # under torchrun: leave without interpreter teardown (probe.job.exit_ranks says why)
         raise SystemExit(2) from None
-    except KeyboardInterrupt:  # Ctrl-C: one line, as the other commands (it was a traceback)
-        print(f"\ninterrupted: the run in {ns.out}, if it had begun, is marked interrupted (continue it with "
-              "--resume, from its last checkpoint)", file=sys.stderr)
-        exit_ranks(130)
-        raise SystemExit(130) from None
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: one line, as the other commands (it was a traceback)
+        code = 143 if isinstance(e, _Terminated) else 130
+        print(f"\n{'terminated' if code == 143 else 'interrupted'}: the run in {ns.out}, if it had begun, is "
+              "marked interrupted (continue it with --resume, from its last checkpoint)", file=sys.stderr)
+        exit_ranks(code)
+        raise SystemExit(code) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     exit_ranks(0)
 
 

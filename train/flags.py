@@ -16,7 +16,8 @@ BALANCE_MODES = ("aux-free", "switch", "none")
 # flags that change what a resumed run computes; a resume with other values is allowed but reported
 RESUME_CHECKED = ("seed", "batch_size", "seq_len", "lr", "min_lr_ratio", "warmup_steps", "steps", "weight_decay",
                   "beta1", "beta2", "grad_clip", "mtp_weight", "balance", "bias_update_speed", "bias_schedule",
-                  "seq_aux_weight", "switch_weight", "mix_alpha")
+                  "seq_aux_weight", "switch_weight", "mix_alpha", "corpus", "settle_updates", "settle_batches",
+                  "settle_speed")  # the corpus and the settle phase too: changed silently before (a review)
 
 
 # ------------------------------------------------------------------------------------------ flags

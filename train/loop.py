@@ -118,10 +118,16 @@ class _Run:
         torch.set_rng_state(saved["rng"]["torch"])
         if saved["rng"].get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
-        changed = [k for k in RESUME_CHECKED if saved["flags"].get(k) != getattr(self.ns, k)]
+        now = config_record(self.ns)
+
+        def same(k: str) -> bool:  # paths compared as the folders they name
+            a, b = saved["flags"].get(k), now.get(k)
+            return a == b or k == "corpus" and a is not None and b is not None and Path(a).resolve() == Path(b).resolve()
+
+        changed = [k for k in RESUME_CHECKED if not same(k)]
         if changed and self.dist.main:
             print("note: resuming with changed flags: " + ", ".join(
-                f"{k} {saved['flags'].get(k)} -> {getattr(self.ns, k)}" for k in changed), file=sys.stderr)
+                f"{k} {saved['flags'].get(k)} -> {now.get(k)}" for k in changed), file=sys.stderr)
 
     def _wrap(self, raw: Transformer):
         if self.dist.world == 1:

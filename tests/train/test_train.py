@@ -410,6 +410,54 @@ def test_ctrl_c_is_one_line_and_exit_status_130(corpus, tmp_path, monkeypatch, c
     assert e.value.code == 130 and err.count("\n") == 0 and "is marked interrupted (continue it with --resume" in err
 
 
+def test_sigterm_marks_the_run_interrupted_and_exits_143(corpus, tmp_path, capsys):
+    """SIGTERM (a scheduler, torchrun) killed the process with run.json saying "running" (a review):
+    now it is handled as Ctrl-C, the run marked interrupted, one line, exit status 143, and the
+    handler put back afterwards."""
+    import os
+    import signal
+
+    import train.__main__ as cli
+    from train import loop
+
+    real_step = loop._Run._train_step
+    calls = []
+
+    def step_then_term(self, *a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_step(self, *a, **kw)
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(loop._Run, "_train_step", step_then_term)
+        with pytest.raises(SystemExit) as e:
+            cli.main(_flags(corpus, tmp_path / "run", "--steps", "6", "--eval-every", "0"))
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 143 and err.startswith("terminated: the run in") and err.count("\n") == 0, err
+    assert probe.open_run(tmp_path / "run").info["status"] == "interrupted"
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_resume_reports_another_corpus_and_settle_flags(corpus, tmp_path, capsys):
+    """The corpus and the settle phase were not among the flags a resume compares (a review)."""
+    import shutil
+
+    common = ("--steps", "4", "--eval-every", "0", "--checkpoint-every", "0")
+    run(parse_args(_flags(corpus, tmp_path / "r", *common, "--stop-at", "2")))
+    other = shutil.copytree(corpus, tmp_path / "corpus2")
+    capsys.readouterr()
+    run(parse_args(_flags(corpus, tmp_path / "r", *common, "--resume", "--stop-at", "3")
+                   + ["--corpus", str(other), "--settle-updates", "3"]))
+    note = capsys.readouterr().err
+    assert "note: resuming with changed flags:" in note and "corpus " in note and "settle_updates 1 -> 3" in note
+    # the same folder named another way is not a change
+    run(parse_args(_flags(corpus, tmp_path / "r", *common, "--resume", "--settle-updates", "3")
+                   + ["--corpus", str(other / ".." / "corpus2")]))
+    assert "corpus" not in capsys.readouterr().err
+
+
 def test_an_unwritable_default_token_cache_is_skipped_not_fatal(corpus, tmp_path, capsys):
     """The default cache (CORPUS/token_cache) of a corpus that cannot take it (read-only, or a file
     there) failed after the corpus was tokenised; now training goes on without the cache."""
