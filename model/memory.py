@@ -73,7 +73,7 @@ def shard_plan(args: ModelArgs, world_size: int, *, fp8: bool = True, dtype: tor
     twin = [_twin_bytes_per_token(mod, args.quant_block or (128, 128)) for mod in m.modules()
             if quantised_activations and isinstance(mod, Linear) and mod.weight.dtype == torch.float8_e4m3fn]
     # what a frozen float32 CPU model may pack for oneDNN (model/frozen.py): a copy of each float32
-    # weight at most (probe.job.packing_fits counts the same)
+    # weight at most (probe.job.packed_copy_bytes counts the same)
     float32_bytes = sum(p.numel() * 4 for p in m.parameters() if p.dtype == torch.float32)
     return {"world_size": world_size, "fp8": fp8, "full_bytes": full, "per_rank_bytes": local,
             "float32_per_rank_bytes": float32_bytes,

@@ -291,21 +291,25 @@ def load_model(ckpt: Path, world, *, dtype: str | None = None, gemm: str = "bf16
 
 def packing_fits(m, available: int | None = None) -> bool:
     """Whether a copy of `m`'s float32 CPU weights (what frozen weights may pack: at most that much)
-    fits in half the memory the machine has available (`available` bytes; default /proc/meminfo's
-    MemAvailable). Without float32 CPU weights nothing would be packed; where the memory cannot be
-    read, no."""
+    fits in half the memory the machine has available (`packed_copy_bytes`)."""
     import torch
 
-    need = sum(p.numel() * 4 for p in m.parameters() if p.dtype == torch.float32 and p.device.type == "cpu")
-    if not need:
-        return False
+    return packed_copy_bytes(sum(p.numel() * 4 for p in m.parameters()
+                                 if p.dtype == torch.float32 and p.device.type == "cpu"), available) > 0
+
+
+def packed_copy_bytes(float32_bytes: int, available: int | None = None) -> int:
+    """The bytes a job's frozen weights pack: all `float32_bytes` where they fit in half the
+    `available` memory (default /proc/meminfo's MemAvailable), else none; none where there are no
+    float32 weights or the memory cannot be read. The jobs (`packing_fits`) and the --dry-run plan
+    (probe/plan.py) both ask this."""
+    if not float32_bytes:
+        return 0
     if available is None:
         from model.memory import available_memory
 
         available = available_memory()
-        if available is None:
-            return False
-    return need <= available // 2
+    return float32_bytes if available is not None and float32_bytes <= available // 2 else 0
 
 
 def add_model_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:

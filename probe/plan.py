@@ -27,7 +27,7 @@ import torch
 
 from model.checkpoint import FP8_RESIDENT
 
-from .job import RecordError, compute_dtype, launch_rank0
+from .job import RecordError, compute_dtype, launch_rank0, packed_copy_bytes
 from .recorders import list_array
 from .schema import TABLES
 from .writer import parquet_options
@@ -79,7 +79,8 @@ def dry_run(job, opts) -> dict:
             "corpus": {"tokens": corpus.tokens, "windows": corpus.windows, "per_domain": corpus.per_domain},
             "weights": weights, "kv_cache": kv, "activations": act, "table_bytes_per_token": per_token}
     # float32 on a CPU: the jobs pack a copy of the weights for oneDNN where it fits in half the memory
-    # available (probe.job.packing_fits); left out of the plan, the measured peak was twice it (a review)
+    # available (probe.job.packed_copy_bytes, which they ask too); left out of the plan, the measured
+    # peak was twice it (a review)
     weights["packed_bytes"] = packed_copy_bytes(weights["float32_per_rank_bytes"]) if dev == "cpu" else 0
     plan["per_rank"] = (weights["per_rank_bytes"] + weights["absorb_dense_bytes"] + weights["packed_bytes"]
                         + act["peak"])
@@ -90,16 +91,6 @@ def dry_run(job, opts) -> dict:
     if launch_rank0():  # under torchrun every rank plans the same; rank 0 prints it
         print(format_dry_run(job, opts, plan))
     return plan
-
-
-def packed_copy_bytes(float32_bytes: int, available: int | None = None) -> int:
-    """The bytes a job's frozen weights may pack (`probe.job.packing_fits`: all of them where they fit
-    in half the `available` memory, this machine's by default; else none)."""
-    if available is None:
-        from model.memory import available_memory
-
-        available = available_memory()
-    return float32_bytes if float32_bytes and available is not None and float32_bytes <= available // 2 else 0
 
 
 def capture_bytes(args, opts, dtype: torch.dtype) -> dict:

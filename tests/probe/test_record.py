@@ -389,7 +389,8 @@ def test_dry_run_counts_the_packed_copy_of_float32_cpu_weights(probe_env, tmp_pa
     import torch
 
     import model
-    from probe.plan import dry_run, packed_copy_bytes
+    from probe.job import packed_copy_bytes
+    from probe.plan import dry_run
     from probe.record import prepare
 
     def plan(dtype):
