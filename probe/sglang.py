@@ -52,7 +52,7 @@ import numpy as np
 import pyarrow as pa
 
 from .job import check_out_parent, check_replaceable, load_tokenizer, os_refusal, package_version
-from .sglang_dumps import DOMAIN, MODES, Dump, SGLangError, Shape, _shape, find_dumps  # noqa: F401 - MODES re-exported
+from .sglang_dumps import DOMAIN, Dump, SGLangError, Shape, find_dumps, model_shape
 from .writer import PartWriter, write_json_atomic
 
 # ------------------------------------------------------------------------------ the import
@@ -62,7 +62,7 @@ def import_sglang(dump: str | Path, out: str | Path | None = None, config: str |
     --expert-distribution-recorder-buffer-size, for stat dumps (-1: an unbounded buffer, its rows
     every pass in order; N: a circular buffer of N rows; None: circular assumed, SGLang's default)."""
     dumps = find_dumps(dump)
-    shape = _shape(dumps, config)
+    shape = model_shape(dumps, config)
     mode = dumps[0].mode
     _check_buffer_size(buffer_size, mode)
     if tokenizer is not None:  # read now, so that a typo is not found only when a page decodes tokens

@@ -194,7 +194,7 @@ def find_dumps(dump: str | Path) -> list[Dump]:
     return dumps
 
 
-def _shape(dumps: list[Dump], config: str | None) -> Shape:
+def model_shape(dumps: list[Dump], config: str | None) -> Shape:
     """Layers and experts: from --config, checked against every dump (ranks must agree)."""
     sizes, physical = {}, {}
     for d in dumps:
