@@ -98,6 +98,10 @@ class CorpusStats:
         more = ", ..." if len(s) > 3 else ""
         return f"note: {len(s)} binary file(s) in the corpus skipped ({', '.join(s[:3])}{more}); run.json lists them"
 
+    def notes(self) -> list[str]:
+        """The jobs' notes on what the reader skipped or replaced (record and spec print them)."""
+        return [n for n in (self.binary_note(), self.replaced_note()) if n]
+
     def replaced_note(self) -> str | None:
         """The jobs' note on bytes that were not UTF-8 (None when there were none): a file in another
         encoding is read as mojibake, and the count in run.json alone went unnoticed (a review)."""

@@ -200,9 +200,8 @@ def record(opts: RecordOptions) -> Path:
     mem |= {"load_s": round(time.time() - t_load, 3), "after_load": process_memory()["rss"]}
     if opts.mtp and not len(m.mtp) and world.rank == 0:
         print("note: the checkpoint has no MTP weights; the mtp table is skipped", file=sys.stderr)
-    for note in (plan.stats.binary_note(), plan.stats.replaced_note()):
-        if note and world.rank == 0:
-            print(note, file=sys.stderr)
+    for note in plan.stats.notes() if world.rank == 0 else ():
+        print(note, file=sys.stderr)
     tables = [t for t in STREAM_TABLES if not (t == "routing" and opts.router_logits == "none")
               and not (t == "mtp" and not (opts.mtp and len(m.mtp)))]
     bias_layers, biases = router_biases(m)  # once: the table, and run.json's list of tables

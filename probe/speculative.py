@@ -156,9 +156,8 @@ def record_spec(opts: SpecOptions) -> Path:
         print(f"note: no document of {', '.join(short)} has {opts.prompt_tokens} tokens for a prompt "
               f"(--prompt-tokens): no prompt from {'that domain' if len(short) == 1 else 'those domains'}",
               file=sys.stderr)
-    for note in (stats.binary_note(), stats.replaced_note()):  # run.json's spec_decode lists them
-        if note and world.rank == 0:
-            print(note, file=sys.stderr)
+    for note in stats.notes() if world.rank == 0 else ():  # run.json's spec_decode lists them
+        print(note, file=sys.stderr)
     if not prompts:
         raise CorpusError(f"{corpus}: no document has {opts.prompt_tokens} tokens for a prompt")
     m = load_model(ckpt, world, dtype=opts.dtype, gemm=opts.gemm)
