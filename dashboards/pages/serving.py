@@ -112,9 +112,9 @@ def main() -> None:
     E = X.shape[2]
     current, current_gpus = data.placement_maps(ref)
     n_all = data.pass_count(ref)
-    source_caption(ref, n_all, data.pass_stride(n_all))
-    P_now = len(next(iter(current.values()))) if current else None
     every = data.pass_stride(n_all)
+    source_caption(ref, n_all, every)
+    P_now = len(next(iter(current.values()))) if current else None
     window, gpus, redundant, nodes, mode = controls(ref, steps, E, current_gpus, P_now, every)
     if not ((steps >= window[0]) & (steps <= window[1])).any():
         st.warning(f"No replayed pass lies in passes {window[0]}-{window[1]} (every {every}th pass is replayed): "
