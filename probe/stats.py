@@ -9,6 +9,8 @@ holding 90/95/99% of the energy.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -90,8 +92,14 @@ def summarise(acc: KVAccumulator, bytes_per: dict[str, int]):
             continue
         mean = acc.sum[i] / n
         cov = acc.outer[i] / n - np.outer(mean, mean)
-        eig = np.clip(np.linalg.eigvalsh((cov + cov.T) / 2)[::-1], 0, None)
-        summary = spectrum_summary(eig)
+        if np.isfinite(cov).all():
+            eig = np.clip(np.linalg.eigvalsh((cov + cov.T) / 2)[::-1], 0, None)
+            summary = spectrum_summary(eig)
+        else:  # a diverged model: no spectrum to take, but the run still ends with its other tables
+            warnings.warn(f"kv_stats: layer {layer}'s latent c_kv held NaN or inf values; its effective rank is "
+                          "NaN, its energy counts are empty and kv_spectrum has no rows for it", stacklevel=2)
+            eig = np.zeros(0)
+            summary = {"effective_rank": float("nan"), "energy90": None, "energy95": None, "energy99": None}
         stats["layer"].append(layer)
         stats["tokens"].append(n)
         stats["latent_dim"].append(len(mean))

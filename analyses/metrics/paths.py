@@ -51,7 +51,7 @@ def path_keys(ids, k: int = 1) -> np.ndarray:
     if not 1 <= k <= a.shape[2]:
         raise MetricsError(f"k={k}: must be between 1 and the K={a.shape[2]} experts recorded per token")
     sub = a[:, :, :k] if k == 1 else np.sort(a[:, :, :k], axis=2)
-    return sub.reshape(len(a), -1)
+    return sub.reshape(len(a), sub.shape[1] * sub.shape[2])  # (-1 cannot be inferred for 0 tokens)
 
 
 def path_codes(ids, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -228,6 +228,10 @@ def routes_from_run(run, layers=None) -> Routes:
     bad = [x for x in layers if x not in have]
     if bad or not layers:
         raise MetricsError(f"layers {bad or layers}: no routing rows (MoE layers recorded: {have})")
+    twice = sorted({x for x in layers if layers.count(x) > 1})
+    if twice:
+        raise MetricsError(f"layers {layers}: layer {', '.join(map(str, twice))} named twice; a path visits each layer once")
+    layers = sorted(layers)  # a path runs in layer order, whatever order the layers were named in
     inlist = ", ".join(map(str, layers))
     df = run.sql(f"""
         with r as (select seq_id, pos, list(expert_ids order by layer) as ids, count(*) as n

@@ -188,7 +188,8 @@ def summary(r: dict) -> list[str]:
     kv = r["kv"]
     if kv is not None:
         s.append("Latent c_kv effective rank: " + ", ".join(
-            f"L{int(x.layer)} {x.effective_rank:.1f}/{int(x.latent_dim)} (99% energy in {int(x.energy99)})"
+            (f"L{int(x.layer)} {x.effective_rank:.1f}/{int(x.latent_dim)} (99% energy in {int(x.energy99)})"
+             if x.energy99 == x.energy99 else f"L{int(x.layer)} none (non-finite latents)")
             for x in kv.itertuples()) + ".")
     return s + research.summary(r)
 

@@ -312,3 +312,23 @@ def test_path_codes_rank_rows_as_numpy_unique_does(k):
     assert np.array_equal(uniq, want_uniq) and np.array_equal(codes, want_codes.reshape(-1))
     _, swapped = path_codes(ids[:, ::-1], k)
     assert not np.array_equal(swapped, codes)
+
+
+def test_layers_named_out_of_order_or_twice(runs):
+    """Layers named [2, 1] used to label layer 1's figures as layer 2's (the SQL orders a path by
+    layer, the labels kept the caller's order), and [1, 1] gave numpy's reshape error from
+    `path_keys` on zero tokens (found by a review)."""
+    d, _, _ = runs
+    fwd = M.domain_information_from_run(d / "a", layers=[1, 2]).set_index("unit")
+    rev = M.domain_information_from_run(d / "a", layers=[2, 1]).set_index("unit")
+    assert fwd.equals(rev)
+    t_fwd = M.token_dependence_from_run(d / "a", layers=[1, 2]).set_index(["layer", "target"])
+    t_rev = M.token_dependence_from_run(d / "a", layers=[2, 1]).set_index(["layer", "target"])
+    assert t_rev.loc[(1, "top1"), "token_id"] == pytest.approx(1.0)  # layer 1 routes by token id
+    assert t_fwd.equals(t_rev.loc[t_fwd.index])
+    with pytest.raises(M.MetricsError, match=r"layers \[1, 1\]: layer 1 named twice"):
+        M.domain_information_from_run(d / "a", layers=[1, 1])
+    empty = np.zeros((0, 3, 4), np.int64)
+    assert M.path_keys(empty).shape == (0, 3) and M.path_keys(empty, k=2).shape == (0, 6)
+    assert len(M.path_codes(empty)[1]) == 0
+    assert M.path_summary(empty).loc[0, "tokens"] == 0

@@ -410,3 +410,39 @@ def test_dry_run_counts_the_packed_copy_of_float32_cpu_weights(probe_env, tmp_pa
     routers = sum(p.numel() * 4 for p in b16.parameters() if p.dtype == torch.float32)
     assert plan("bfloat16")["weights"]["packed_bytes"] == routers < want // 50
     assert packed_copy_bytes(want, available=2 * want) == want and packed_copy_bytes(want, available=want) == 0
+
+
+def test_non_finite_latents_leave_their_layer_empty_not_the_run_unfinished(tmp_path):
+    """A NaN in one layer's latents (a diverged checkpoint) made `summarise`'s eigen-decomposition
+    raise at the end of the record, and run.json stayed "running" (found by a review). That layer now
+    gets a NaN effective rank, empty energy counts and no spectrum rows, with a warning naming it."""
+    from types import SimpleNamespace
+
+    import pyarrow.parquet as pq
+
+    from probe.record import _write_kv_tables
+    from probe.stats import KVAccumulator
+
+    acc = KVAccumulator([0, 1], 4)
+    g = torch.Generator().manual_seed(0)
+    for i in (0, 1):
+        acc.add(i, torch.randn(16, 4, generator=g), torch.randn(16, 2, generator=g))
+    bad = torch.randn(3, 4, generator=g)
+    bad[1, 2] = float("nan")
+    acc.add(1, bad, torch.randn(3, 2, generator=g))
+    args = SimpleNamespace(dtype="float32", kv_lora_rank=4, qk_rope_head_dim=2, n_heads=2, qk_head_dim=6,
+                           v_head_dim=4, dim=8)
+    with pytest.warns(UserWarning, match="layer 1's latent c_kv held NaN or inf"):
+        _write_kv_tables(tmp_path, acc, args)
+    stats = pq.read_table(tmp_path / "kv_stats").to_pandas().set_index("layer")
+    assert stats.loc[0, "effective_rank"] > 1 and stats.loc[0, "energy90"] >= 1
+    assert np.isnan(stats.loc[1, "effective_rank"]) and pd_isna(stats.loc[1, "energy90"])
+    assert stats.loc[1, "tokens"] == 19
+    spec = pq.read_table(tmp_path / "kv_spectrum").to_pandas()
+    assert spec.layer.tolist() == [0, 0, 0, 0]
+
+
+def pd_isna(x) -> bool:
+    import pandas as pd
+
+    return bool(pd.isna(x))
