@@ -237,13 +237,19 @@ def _check_index_against_headers(path: Path, weight_map: dict[str, Path] | None,
 def _keep_fp8(meta: Transformer, plan, headers: dict, path: Path) -> set[str]:
     """gemm_impl="fp8": make the FP8 tensors' parameters FP8 resident; returns their names."""
     resident = _fp8_resident_names(plan, headers, path)
-    block = meta.args.quant_block or (128, 128)
+    block = _fp8_block(meta.args, path)
+    make_fp8_resident(meta, resident, block=block, scale_fmt=meta.args.scale_fmt)
+    return resident
+
+
+def _fp8_block(args: ModelArgs, path: Path) -> int:
+    """The weight block size FP8-resident weights keep (gemm_impl="fp8"): square, a power of two >= 16."""
+    block = args.quant_block or (128, 128)
     if block[0] != block[1] or block[0] < 16 or block[0] & (block[0] - 1):
         raise CheckpointError(f"{path}: gemm_impl='fp8' needs square weight blocks of a power of two >= 16 (its "
                               f"kernels tile by them), config has weight_block_size {list(block)}; "
                               "gemm_impl='bf16' dequantises any block size")
-    make_fp8_resident(meta, resident, block=block[0], scale_fmt=meta.args.scale_fmt)
-    return resident
+    return block[0]
 
 
 def _stream(model: Transformer, plan, headers: dict, files: list[Path], spec: dict, resident: set[str]) -> None:
@@ -344,26 +350,46 @@ def inspect(path: str | os.PathLike, *, gemm_impl: str = "bf16", dtype: torch.dt
     if gemm_impl in FP8_RESIDENT and not fp8:
         raise CheckpointError(f"{path}: gemm_impl='fp8' needs an FP8 checkpoint; {index.name} lists no "
                               "weight_scale_inv tensors: use gemm_impl='bf16'")
+    if gemm_impl in FP8_RESIDENT:
+        _fp8_block(args, path)
     args.n_mtp_layers = sum(any(n.startswith(f"model.layers.{args.n_layers + k}.") for n in names)
                             for k in range(args.n_mtp_layers))
     with torch.device("meta"):
         meta = Transformer(args, dtype=dtype or torch.bfloat16, init=False)
+    want = [hf for hf, _, _, _ in ours_to_hf(meta)]
+    known = set(want)
     for n in sorted(names):
-        scale = n.endswith("_scale_inv")
-        if (scale and n[: -len("_scale_inv")] not in names) or (not scale and not IGNORED.match(n)
-                                                                  and hf_to_ours(n, args) is None):
-            raise CheckpointError(f"{index}: unexpected tensor {n} (not part of a {args.model_type} model with "
-                                  f"{args.n_layers} layers)")
+        problem = _index_name_problem(n, names, known, args)
+        if problem:
+            raise CheckpointError(f"{index}: {problem}")
     # every weight; no scale is required: a projection may be stored in bf16 without one, which a
     # load takes (the dtypes are in the headers, not the index; requiring a scale for every FP8-capable
     # weight refused such a checkpoint here and nowhere else, a review)
-    want = [hf for hf, _, _, _ in ours_to_hf(meta)]
     absent = [n for n in want if n not in names]
     if absent:
         more = f" (and {len(absent) - 1} more)" if len(absent) > 1 else ""
         raise CheckpointError(f"{index}: missing tensor {absent[0]}{more}")
     return {"args": args, "checked": "index", "files": files, "missing_files": missing, "tensors": len(names),
             "fp8": fp8, "mtp": args.n_mtp_layers}
+
+
+def _index_name_problem(n: str, names: set[str], known: set[str], args: ModelArgs) -> str | None:
+    """Why a full load would refuse index name `n` (None: it would take it), judged from the names
+    alone: the config's model must have the tensor (`known`: its every checkpoint name), an expert
+    must be in range, a scale needs its weight. The MTP layer's copies of the embedding and head are
+    known but not loaded."""
+    if n.endswith("_scale_inv"):
+        return None if n[: -len("_scale_inv")] in names else f"scale {n} has no weight {n[: -len('_scale_inv')]}"
+    if n in known or IGNORED.match(n):
+        return None
+    target = hf_to_ours(n, args)
+    if target == "skip":
+        return None
+    if target is None:
+        return f"unexpected tensor {n} (not part of a {args.model_type} model with {args.n_layers} layers)"
+    if target.expert is not None and target.expert >= args.n_routed_experts:
+        return f"tensor {n}: expert {target.expert} out of range (n_routed_experts={args.n_routed_experts})"
+    return f"tensor {n} maps to {target.name}, which this config does not have"
 
 
 def _config(path: Path) -> ModelArgs:

@@ -165,7 +165,8 @@ def shard_spec(model: Transformer, shards: Shards) -> dict[str, Cut]:
                               for r, c in enumerate(cuts)]
                     spec[scale] = scales[shards.rank]
                     mine = cuts[shards.rank]
-                    inside_block = mine.start % mod.block or mine.size % mod.block
+                    # (a rank holding the whole width quantises whole activation rows, as one process does)
+                    inside_block = mine.size < mine.full and (mine.start % mod.block or mine.size % mod.block)
                     # (weight-only FP8, gemm_impl="fp8-weights", quantises no activation: no warning)
                     if (mine.dim == 1 and not isinstance(mod, Experts) and inside_block
                             and getattr(mod, "quantise_activations", True)):

@@ -165,6 +165,46 @@ def test_inspect_before_the_download_takes_a_projection_stored_without_a_scale(f
         ckpt.inspect(d)
 
 
+@pytest.mark.parametrize("name,needle", [
+    ("model.layers.1.mlp.experts.16.up_proj.weight", "expert 16 out of range (n_routed_experts=16)"),
+    ("model.layers.1.self_attn.q_proj.weight", "which this config does not have"),  # q_lora_rank > 0
+    ("model.layers.0.mlp.experts.0.up_proj.weight", "which this config does not have"),  # a dense layer
+    ("model.layers.0.mlp.gate.e_score_correction_bias", "which this config does not have"),
+    ("model.layers.1.self_attn.q_proj.weight_scale_inv", "has no weight"),
+])
+def test_inspect_before_the_download_refuses_names_a_load_refuses(sharded_dir, tmp_path, name, needle):
+    """From the index alone, a name only had to map to some parameter name: an expert past
+    n_routed_experts, or a module the config's model lacks, passed the dry run and failed the load
+    once the shards were there (a review)."""
+    d = Path(shutil.copytree(sharded_dir, tmp_path / "ckpt"))
+    p = d / "model.safetensors.index.json"
+    j = json.loads(p.read_text())
+    shard = sorted(set(j["weight_map"].values()))[-1]
+    (d / shard).rename(tmp_path / "away.safetensors")  # not downloaded yet
+    assert ckpt.inspect(d)["checked"] == "index"  # the control: the index as written passes
+    j["weight_map"][name] = shard
+    p.write_text(json.dumps(j))
+    with pytest.raises(CheckpointError, match=re.escape(needle)) as e:
+        ckpt.inspect(d)
+    assert name in str(e.value) and "\n" not in str(e.value)
+
+
+def test_inspect_before_the_download_checks_the_fp8_block_for_resident_weights(fp8_dir, tmp_path):
+    """gemm_impl="fp8" needs square power-of-two blocks; the index-only check did not ask (a review)."""
+    d = Path(shutil.copytree(fp8_dir, tmp_path / "ckpt"))
+    edit_config(d, lambda c: c | {"quantization_config": c["quantization_config"] | {"weight_block_size": [96, 80]}})
+    (d / "model.safetensors").rename(tmp_path / "away.safetensors")
+    j = {"metadata": {}, "weight_map": {}}
+    # an index naming the one (absent) shard for every tensor of the checkpoint
+    from safetensors import safe_open
+    with safe_open(tmp_path / "away.safetensors", "pt") as f:
+        j["weight_map"] = dict.fromkeys(f.keys(), "model.safetensors")
+    (d / "model.safetensors.index.json").write_text(json.dumps(j))
+    assert ckpt.inspect(d)["checked"] == "index"
+    with pytest.raises(CheckpointError, match=re.escape("square weight blocks of a power of two")):
+        ckpt.inspect(d, gemm_impl="fp8")
+
+
 def test_error_fp8_scales_not_finite_or_not_float_and_fp8_vectors(fp8_dir, tmp_path):
     """Block scales multiply every weight of their block: a NaN one, or integer ones, were used as
     they came; an FP8 tensor that is not 2-D was an IndexError."""
