@@ -195,19 +195,53 @@ def bound_heap() -> None:
 
 
 # ------------------------------------------------------------------------------- ranks
-def start_world(model_parallel, device: str | None, args=None):
+def start_world(model_parallel, device: str | None, args=None, options: dict | None = None):
     """This process's `model.parallel.World`; with `args`, also checks that the model splits over
-    --model-parallel ranks (a one-line ParallelError naming the field, on every rank alike)."""
+    --model-parallel ranks (a one-line ParallelError naming the field, on every rank alike); with
+    `options` (the job's options by flag name), that every rank runs the job alike (`same_options`)."""
     from model.parallel import check_world, env_world_size, init_world, model_parallel_flag, model_parallel_size
 
     if args is not None:  # before any process group exists, so that every rank stops the same way
         check_world(args, model_parallel_size(model_parallel, env_world_size()), what=model_parallel_flag(model_parallel))
     world = init_world(model_parallel, device=device)
+    if options is not None:
+        same_options(world, options)
     if args is not None and world.size > 1 and world.device == "cpu" and args.n_routed_experts:
         from model import gemm  # the experts' float32 layout too: every rank computes alike
 
         gemm.agree_experts_across_ranks(args.dim, args.moe_inter_dim)
     return world
+
+
+# options that may differ from rank to rank: where each node finds its files (a shared filesystem
+# may be mounted at other paths) and whether it draws a progress bar
+PER_NODE_OPTIONS = ("ckpt", "corpus", "out", "run", "tokenizer", "progress")
+
+
+def job_options(opts, **extra) -> dict:
+    """A job's options dataclass as `same_options` compares it, plus `extra` (e.g. the ablations a
+    job derived from its flags), without the options that may differ per node."""
+    import dataclasses
+
+    return {k: v for k, v in dataclasses.asdict(opts).items() if k not in PER_NODE_OPTIONS} | extra
+
+
+def same_options(world, options: dict) -> None:
+    """Every rank must run the job with rank 0's options: under torchrun each node types its own
+    command, and ranks that disagree hang in a collective, crash inside gloo/NCCL, or write one run
+    of mixed settings. A RecordError on every rank naming the first option that differs."""
+    if world.size == 1:
+        return
+    first = world.broadcast(options)
+    mine = {k: options.get(k) for k in sorted(first.keys() | options.keys()) if first.get(k) != options.get(k)}
+    differ = world.broadcast(world.gather(mine))
+    for rank, diff in enumerate(differ):
+        if diff:
+            key, value = next(iter(diff.items()))
+            flag = key if key.startswith("-") or " " in key else "--" + key.replace("_", "-")
+            more = f" (and {len(diff) - 1} more)" if len(diff) > 1 else ""
+            raise RecordError(f"ranks run different jobs: {flag} is {first.get(key)!r} on rank 0 but {value!r} on "
+                              f"rank {rank}{more}; every node's command must pass the same options")
 
 
 def check_out_parent(out: Path, flag: str = "--out", file: bool = False,

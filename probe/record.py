@@ -39,7 +39,7 @@ from model.memory import process_memory
 from .corpus import ORDERS, CorpusError, CorpusStats, corpus_windows, fingerprint
 from .job import (DEFAULT_CKPT, DEFAULT_CORPUS, RecordError, agree, bound_heap, check_out_parent, check_replaceable,
                   checkpoint_args, checkpoint_identity, default_seq_len, load_model, load_tokenizer, os_refusal,
-                  first_line, package_version, resolve_paths, same_checkpoint, signals_held, start_world,
+                  first_line, job_options, package_version, resolve_paths, same_checkpoint, signals_held, start_world,
                   window_length)
 from .recorders import Batch, RecordConfig, Recorder
 from .schema import TABLES
@@ -191,7 +191,7 @@ def record(opts: RecordOptions) -> Path:
 
         dry_run(job, opts)
         return job.out
-    world = start_world(opts.model_parallel, opts.device, job.args)
+    world = start_world(opts.model_parallel, opts.device, job.args, job_options(opts))
     agree(world, lambda: check_out(job.out, opts))
     plan = count_corpus(job, opts)
     mem = {"before_load": process_memory()["rss"]}

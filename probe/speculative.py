@@ -39,8 +39,8 @@ import torch
 
 from .corpus import CorpusError, CorpusStats, iter_documents, text_pieces
 from .job import (RecordError, agree, check_out_parent, check_run_model, checkpoint_args, checkpoint_identity,
-                  load_model, load_tokenizer, os_refusal, resolve_paths, same_checkpoint, signals_held,
-                  start_world)
+                  job_options, load_model, load_tokenizer, os_refusal, resolve_paths, same_checkpoint,
+                  signals_held, start_world)
 from .schema import TABLES
 from .writer import RUN_JSON, read_run_json, updating_run_json
 
@@ -148,7 +148,7 @@ def record_spec(opts: SpecOptions) -> Path:
     if args.n_mtp_layers < 1:
         raise RecordError(f"{ckpt}: the model has no MTP module (n_mtp_layers = 0): nothing to draft with")
     tok = load_tokenizer(opts.tokenizer, ckpt, args.vocab_size)
-    world = start_world(opts.model_parallel, opts.device, args)
+    world = start_world(opts.model_parallel, opts.device, args, job_options(opts))
     agree(world, lambda: _check_out(out, opts.overwrite))
     stats, short = CorpusStats(), []
     prompts = spec_prompts(corpus, tok, args.bos_token_id, opts.prompt_tokens, prompt_limit(opts), stats, short)

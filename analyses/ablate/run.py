@@ -283,7 +283,8 @@ def ablate(opts: AblateOptions, ablations: list[Ablation]):
         if a.domain is not None and loads is None and a.domain not in domains:
             raise AblationError(f"ablation {a.name!r}: no tokens of domain {a.domain!r} in the sample; its domains "
                                 f"are {domains}")
-    world, batches, m = start_job(opts, ckpt, args, windows)
+    world, batches, m = start_job(opts, ckpt, args, windows,
+                                  **{"the ablations (--top, --random, --experts, --spec...)": [repr(a) for a in ablations]})
     bar = None
     if opts.progress and world.rank == 0:
         from tqdm import tqdm
@@ -341,13 +342,14 @@ def replica_batches(windows: list, batch_size: int, world) -> list[Batch]:
             if b % world.replicas == world.replica]
 
 
-def start_job(opts: AblateOptions, ckpt: Path, args, windows: list):
-    """The model side of a job, once its inputs are checked: bound the heap, join the ranks, take
-    this replica's batches and load the model sharded over the replica -> (world, batches, model)."""
-    from probe.job import bound_heap, load_model, start_world
+def start_job(opts: AblateOptions, ckpt: Path, args, windows: list, **derived):
+    """The model side of a job, once its inputs are checked: bound the heap, join the ranks (each
+    running the job with rank 0's options and `derived` settings, e.g. the ablations), take this
+    replica's batches and load the model sharded over the replica -> (world, batches, model)."""
+    from probe.job import bound_heap, job_options, load_model, start_world
 
     bound_heap()
-    world = start_world(opts.model_parallel, opts.device, args)
+    world = start_world(opts.model_parallel, opts.device, args, job_options(opts, **derived))
     batches = replica_batches(windows, opts.batch_size, world)
     return world, batches, load_model(ckpt, world, dtype=opts.dtype, gemm=opts.gemm)
 

@@ -209,7 +209,8 @@ def steer(opts: SteerOptions, steering: Steer, token_filter: str | None = None):
     prompts = text_prompts(opts.prompts, lambda t: tok.encode(t, add_special_tokens=False).ids,
                            args.bos_token_id if opts.add_bos else None) if opts.prompts else \
         corpus_prompts(windows, opts.prompt_tokens, decode)
-    world, batches, m = start_job(opts, ckpt, args, windows)
+    how = "the steering (--experts, --mode, --bias, --steer-domain, --steer-tokens)"
+    world, batches, m = start_job(opts, ckpt, args, windows, **{how: repr(steering)})
     df = _run_passes(m, batches, steering, prompts, opts, domains, world, decode, args)
     meta = job_meta(ckpt, corpus, opts, max_new_tokens=opts.max_new_tokens, prompts=[p.text for p in prompts]) | {
         "world": world.describe()}

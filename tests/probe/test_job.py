@@ -71,3 +71,78 @@ def test_jobs_noting_their_parts_at_once_lose_none(tmp_path):
     assert all(p.exitcode == 0 for p in procs)
     parts = json.loads((tmp_path / "run.json").read_text())["parts"]
     assert len(parts) == 120 and json.loads((tmp_path / "run.json").read_text())["status"] == "complete"
+
+
+class _TwoRanks:
+    """Two ranks of a world as threads exchanging objects (broadcast and gather as torch.distributed's)."""
+
+    def __init__(self):
+        import threading
+
+        self.box, self.barrier = {}, threading.Barrier(2)
+
+    def rank(self, r):
+        hub = self
+
+        class World:
+            rank, size = r, 2
+
+            def broadcast(self, obj, src=0):
+                if r == src:
+                    hub.box["b"] = obj
+                hub.barrier.wait()
+                got = hub.box["b"]
+                hub.barrier.wait()
+                return got
+
+            def gather(self, obj):
+                hub.box[r] = obj
+                hub.barrier.wait()
+                got = [hub.box[0], hub.box[1]] if r == 0 else None
+                hub.barrier.wait()
+                return got
+
+        return World()
+
+
+def _run_two(options0, options1):
+    import threading
+
+    from probe.job import same_options
+
+    hub, errors = _TwoRanks(), [None, None]
+
+    def run(r, opts):
+        try:
+            same_options(hub.rank(r), opts)
+        except Exception as e:  # noqa: BLE001 - the test looks at what each rank raised
+            errors[r] = e
+
+    threads = [threading.Thread(target=run, args=(r, o)) for r, o in enumerate((options0, options1))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    return errors
+
+
+def test_ranks_with_different_options_stop_alike_naming_the_flag():
+    """Under torchrun each node types its own command. Ranks with different --max-tokens hung in a
+    collective, different --batch-size crashed inside gloo, and different --dtype wrote one
+    "complete" run of mixed settings (found by a review): every rank now raises the same line."""
+    import dataclasses
+
+    from probe.job import RecordError, job_options
+    from probe.record import RecordOptions
+
+    a = job_options(RecordOptions(max_tokens=4096, out="/node0/run"))
+    assert "out" not in a and "progress" not in a  # where each node finds its files may differ
+    assert _run_two(a, job_options(RecordOptions(max_tokens=4096, out="/node1/run", progress=False))) == [None, None]
+    errors = _run_two(a, job_options(dataclasses.replace(RecordOptions(max_tokens=8192, dtype="bfloat16"))))
+    assert all(isinstance(e, RecordError) for e in errors) and str(errors[0]) == str(errors[1])
+    assert str(errors[0]) == ("ranks run different jobs: --dtype is None on rank 0 but 'bfloat16' on rank 1 (and 1 "
+                              "more); every node's command must pass the same options")
+    named = {"the ablations (--top, ...)": ["Ablation(top=2)"]}
+    errors = _run_two(a | named, a | {"the ablations (--top, ...)": ["Ablation(top=4)"]})
+    assert "the ablations (--top, ...) is ['Ablation(top=2)'] on rank 0 but ['Ablation(top=4)'] on rank 1" \
+        in str(errors[1])
