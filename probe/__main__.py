@@ -267,6 +267,9 @@ def _add_import(sub) -> None:
     p.add_argument("--buffer-size", type=int, help="stat dumps: the server's --expert-distribution-recorder-buffer-size "
                                                    "(-1: unbounded, every pass in order; default: SGLang's circular "
                                                    "buffer, its order inferred from its unused rows)")
+    p.add_argument("--gpus", type=int, help="per_pass / per_token dumps: the server's GPU count (its expert-parallel "
+                                            "size), for the placement table (default: the ranks seen, when every "
+                                            "rank's file is imported)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.set_defaults(fn=_import)
 
@@ -274,7 +277,7 @@ def _add_import(sub) -> None:
 def _import(ns) -> int:
     from .sglang import import_sglang
 
-    out = import_sglang(ns.dump, ns.out, ns.config, ns.tokenizer, ns.overwrite, ns.buffer_size)
+    out = import_sglang(ns.dump, ns.out, ns.config, ns.tokenizer, ns.overwrite, ns.buffer_size, ns.gpus)
     info = read_run_json(out)["source"]
     print(f"imported {info['mode']} dump of {len(info['files'])} file(s), {info['passes']} forward passes, "
           + (f"MoE layers {info['moe_layers'][0]}..{info['moe_layers'][-1]}" if info["moe_layers"] else "no MoE layer"))

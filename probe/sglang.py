@@ -42,7 +42,9 @@ ranks), so a dump of some ranks only gets no placement). Layers the model runs d
 
 from __future__ import annotations
 
+import glob
 import numbers
+import re
 import shutil
 import sys
 import time
@@ -57,14 +59,22 @@ from .writer import PartWriter, write_json_atomic
 
 # ------------------------------------------------------------------------------ the import
 def import_sglang(dump: str | Path, out: str | Path | None = None, config: str | None = None,
-                  tokenizer: str | None = None, overwrite: bool = False, buffer_size: int | None = None) -> Path:
+                  tokenizer: str | None = None, overwrite: bool = False, buffer_size: int | None = None,
+                  gpus: int | None = None) -> Path:
     """Import SGLang dumps into a run directory; returns it. `buffer_size`: the server's
     --expert-distribution-recorder-buffer-size, for stat dumps (-1: an unbounded buffer, its rows
-    every pass in order; N: a circular buffer of N rows; None: circular assumed, SGLang's default)."""
+    every pass in order; N: a circular buffer of N rows; None: circular assumed, SGLang's default).
+    `gpus`: the server's GPU count (its expert-parallel size), for the `placement` table; None: the
+    ranks seen, when every rank's file was imported."""
     dumps = find_dumps(dump)
     shape = model_shape(dumps, config)
     mode = dumps[0].mode
     _check_buffer_size(buffer_size, mode)
+    if gpus is not None and (isinstance(gpus, bool) or not isinstance(gpus, numbers.Integral) or gpus < 1):
+        raise SGLangError(f"--gpus {gpus!r}: the server's GPU count, a number >= 1")
+    if gpus is not None and mode == "stat":
+        raise SGLangError("--gpus places the physical-to-logical map of per_pass and per_token dumps; a stat dump "
+                          "has no map, so no placement to place")
     if tokenizer is not None:  # read now, so that a typo is not found only when a page decodes tokens
         vocab = (shape.args or {}).get("vocab_size", sys.maxsize)
         load_tokenizer(tokenizer, Path(tokenizer).parent, vocab, error=SGLangError)
@@ -79,7 +89,7 @@ def import_sglang(dump: str | Path, out: str | Path | None = None, config: str |
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
     try:
-        _import_into(tmp, dumps, shape, mode, tokenizer, buffer_size)
+        _import_into(tmp, dumps, shape, mode, tokenizer, buffer_size, gpus)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written stays behind
         raise
@@ -102,13 +112,13 @@ def _check_buffer_size(buffer_size, mode: str) -> None:
 
 
 def _import_into(tmp: Path, dumps: list[Dump], shape: Shape, mode: str, tokenizer: str | None,
-                 buffer_size: int | None = None) -> None:
+                 buffer_size: int | None = None, gpus: int | None = None) -> None:
     """Every table of the run, then its run.json, into `tmp`."""
     if mode == "stat":
         steps = _stat(dumps, shape, tmp, buffer_size)
     else:
         steps = {"per_pass": _per_pass, "per_token": _per_token}[mode](dumps, shape, tmp)
-    placement = _write_placement(dumps, shape, tmp, steps["moe_layers"])
+    placement = _write_placement(dumps, shape, tmp, steps["moe_layers"], gpus)
     info = {"status": "complete", "format": 1, "kind": "import",
             "source": {"name": "sglang", "mode": mode, "files": [str(d.path.resolve()) for d in dumps],
                        "ranks": _ranks(dumps),
@@ -370,10 +380,36 @@ def _ranks(dumps: list[Dump]) -> list[int]:
     return sorted(found or {int(d.data.get("rank", i)) for i, d in enumerate(dumps)})
 
 
-def _write_placement(dumps: list[Dump], shape: Shape, out: Path, layers: list[int]) -> dict | None:
+_RANK_FILE = re.compile(r"^(?P<stem>.+)_(?P<rank>\d+)\.pt$")  # SGLang's per-rank dump files: <name>_<rank>.pt
+
+
+def _gpus_unknown(dumps: list[Dump], seen: list[int]) -> str | None:
+    """Why the ranks seen may not be the server's every GPU (None: they are): not 0..n-1; one rank
+    only (rank 0 of a 1-GPU server and of an 8-GPU one look alike); other ranks' files of the same
+    dump lying beside the imported ones."""
+    if seen != list(range(len(seen))):
+        return f"the dump holds ranks {seen}, not 0..{len(seen) - 1}"
+    if len(seen) == 1:
+        return f"the dump holds one rank's records (rank {seen[0]})"
+    imported = {d.path.resolve() for d in dumps}
+    beside = set()
+    for d in dumps:
+        m = _RANK_FILE.match(d.path.name)
+        if m:
+            beside |= {int(_RANK_FILE.match(f.name)["rank"]) for f in d.path.parent.glob(f"{glob.escape(m['stem'])}_*.pt")
+                       if _RANK_FILE.match(f.name) and f.resolve() not in imported}
+    beside -= set(seen)
+    if beside:
+        return f"files of rank(s) {sorted(beside)} of the same dump lie beside the imported ones"
+    return None
+
+
+def _write_placement(dumps: list[Dump], shape: Shape, out: Path, layers: list[int],
+                     gpus: int | None = None) -> dict | None:
     """The dump's physical-to-logical map (per_pass / per_token) as the `placement` table; the GPU of
-    a physical slot is slot // (physical experts / ranks), SGLang's layout. None without a map, or
-    when the ranks that recorded are not 0..n-1 (a dump of some ranks only: the GPUs are unknown)."""
+    a physical slot is slot // (physical experts / GPUs), SGLang's layout. The GPUs: `gpus`, else the
+    ranks that recorded when they are surely all of them (`_gpus_unknown`). None without a map, or
+    when the GPU count is unknown."""
     with_map = sorted((x for x in dumps if "last_physical_to_logical_map" in x.data), key=_dump_time)
     if not with_map:
         return None
@@ -384,11 +420,14 @@ def _write_placement(dumps: list[Dump], shape: Shape, out: Path, layers: list[in
               f"each file's expert ids are read with its own map; the placement table holds the last one "
               f"({d.path.name})", file=sys.stderr)
     seen = _ranks(dumps)
-    if seen != list(range(len(seen))):
-        print(f"note: the dump holds ranks {seen}, not 0..{len(seen) - 1}: the server's GPU count is unknown, so its "
-              "placement is not imported (import every rank's file to keep it)", file=sys.stderr)
+    if gpus is not None and seen and seen[-1] >= gpus:
+        raise SGLangError(f"--gpus {gpus}: the dump holds rank {seen[-1]}, so the server had more GPUs")
+    why = None if gpus is not None else _gpus_unknown(dumps, seen)
+    if why:
+        print(f"note: {why}: the server's GPU count is unknown, so its placement is not imported (import every "
+              "rank's file, or pass --gpus N)", file=sys.stderr)
         return None
-    ranks = len(seen)
+    ranks = gpus or len(seen)
     P = m.shape[1]
     if P % ranks:
         raise SGLangError(f"{d.path}: {P} physical experts do not split over {ranks} ranks")

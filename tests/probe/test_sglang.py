@@ -471,3 +471,35 @@ def test_an_unbounded_stat_buffer_is_read_in_order_with_buffer_size_minus_1(worl
             import_sglang(path, tmp_path / "n", config=cfg, buffer_size=bad)
     with pytest.raises(SGLangError, match="applies to stat dumps"):
         import_sglang(world["per_pass"], tmp_path / "n", config=cfg, buffer_size=-1)
+
+
+def test_placement_needs_every_rank_or_the_gpu_count(world, tmp_path, capsys):
+    """Rank 0's file alone of a 2-rank server put all 40 slots on one GPU (its ranks, [0], passed the
+    0..n-1 check), and the Serving page measured that placement's balance as 1.0 (a review). One
+    rank's records, or a dump whose other ranks' files lie beside it unimported, now keep no
+    placement unless --gpus says how many GPUs the server had."""
+    files = sorted(sg.write_per_pass(tmp_path / "d", world["passes"], world["map"]))
+    capsys.readouterr()
+    run = probe.open_run(import_sglang(files[0], tmp_path / "r0", config=str(world["config"])))
+    assert "placement" not in run.tables and run.info["source"]["placement"] is None
+    assert "the dump holds one rank's records (rank 0)" in capsys.readouterr().err
+    run = probe.open_run(import_sglang(files[0], tmp_path / "r0-gpus", config=str(world["config"]), gpus=2))
+    assert run.info["source"]["placement"]["gpus"] == 2 and run.df("placement").gpu.max() == 1
+    # a 4-rank server whose ranks 0 and 1 were imported, ranks 2 and 3 beside them
+    for rank in (2, 3):
+        d = torch.load(files[1], weights_only=True)
+        torch.save(d | {"records": [r | {"rank": rank} for r in d["records"]]},
+                   files[1].with_name(files[1].name.replace("_1.pt", f"_{rank}.pt")))
+    from probe.sglang import _gpus_unknown
+    from probe.sglang_dumps import find_dumps
+
+    two = find_dumps(files[0]) + find_dumps(files[1])  # ranks 0 and 1 imported (a dump names one file or folder)
+    assert "files of rank(s) [2, 3] of the same dump lie beside" in _gpus_unknown(two, [0, 1])
+    full = probe.open_run(import_sglang(tmp_path / "d", tmp_path / "all", config=str(world["config"])))
+    assert full.info["source"]["placement"]["gpus"] == 4 and full.df("placement").gpu.max() == 3
+    with pytest.raises(SGLangError, match=r"--gpus 2: the dump holds rank 3"):
+        import_sglang(tmp_path / "d", tmp_path / "bad", config=str(world["config"]), gpus=2)
+    with pytest.raises(SGLangError, match=r"--gpus 0: the server's GPU count"):
+        import_sglang(tmp_path / "d", tmp_path / "bad", config=str(world["config"]), gpus=0)
+    with pytest.raises(SGLangError, match=r"a stat dump has no map"):
+        import_sglang(world["stat"], tmp_path / "bad", config=str(world["config"]), gpus=2)
