@@ -252,6 +252,16 @@ def recorded_tokens(ref: RunRef) -> pd.DataFrame:
                       "count(distinct doc_id)::bigint as documents from tokens group by 1 order by 1", ("tokens",))
 
 
+def tokens_in_run(ref: RunRef) -> int | None:
+    """The tokens a probe run holds: run.json's `recorded` once the job ended, else (still recording,
+    or killed) its `tokens` table's rows so far; `planned` only when neither is there. A running run
+    used to show its plan (200,000 tokens) beside 4,096 recorded (a review)."""
+    i = ref.info
+    if i.get("status") != "complete" and has_table(ref, "tokens"):
+        return int(recorded_tokens(ref).tokens.sum())
+    return (i.get("recorded") or {}).get("tokens") or (i.get("planned") or {}).get("tokens")
+
+
 @cached
 def loads_by_step(ref: RunRef) -> pd.DataFrame:
     """step, layer (label, e.g. 'layer3' or 'mtp0'), expert, load: top-k assignments per batch or step."""

@@ -161,9 +161,9 @@ def layer_picker(layers: list, key: str, label: str = "MoE layer", index: int = 
 
 
 def caption_sample(ref: data.RunRef) -> None:
-    planned = ((ref.info.get("planned") or {}).get("tokens") or (ref.info.get("recorded") or {}).get("tokens"))
-    if planned and planned <= data.SAMPLE_TOKENS:
-        st.caption(f"Per-token view over all {planned:,} tokens of the run.")
+    held = data.tokens_in_run(ref)
+    if held and held <= data.SAMPLE_TOKENS:
+        st.caption(f"Per-token view over all {held:,} tokens of the run.")
     else:
         st.caption(f"Per-token view over the first ~{data.SAMPLE_TOKENS:,} tokens of the run "
                    "(aggregate views use every token).")

@@ -36,7 +36,7 @@ def _tokens(ref: data.RunRef) -> int | None:
         return i.get("tokens_seen")
     if i.get("kind") == "spec":  # prompt + generated tokens
         return sum((i.get("spec_decode") or {}).get("tokens_per_domain", {}).values()) or None
-    return (i.get("recorded") or {}).get("tokens") or (i.get("planned") or {}).get("tokens")
+    return data.tokens_in_run(ref)
 
 
 def _source(ref: data.RunRef) -> str:

@@ -212,6 +212,16 @@ def test_running_and_interrupted_runs_are_flagged(runs):
         shown = {m.label: m.value for m in at.metric}
         assert shown["Windows"] == f"{tok.seq_id.nunique():,}" and shown["Documents"] == f"{tok.doc_id.nunique():,}"
         assert f"({len(tok):,} of the {plan['tokens']:,} tokens planned)" in texts(at.caption)
+        # a run still recording (or killed) has no `recorded` yet: its Tokens metric, the runs table and
+        # the per-token captions showed the plan as if recorded (a review)
+        info |= {"status": "running"}
+        info.pop("recorded", None)
+        (stopped / "run.json").write_text(json.dumps(info))
+        at = app(d, "stopped")
+        open_page(at, "overview")
+        assert {m.label: m.value for m in at.metric}["Tokens"] == f"{len(tok):,}"
+        open_page(at, "specialisation")
+        assert f"Per-token view over all {len(tok):,} tokens of the run." in texts(at.caption)
 
 
 @pytest.mark.slow  # every page
