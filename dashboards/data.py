@@ -370,14 +370,15 @@ def domain_expert(ref: RunRef) -> pd.DataFrame:
 
 
 @cached
-def _seq_cap(ref: RunRef) -> int:
-    """The per-token views' bound on seq_id: past the windows that hold the run's first SAMPLE_TOKENS
-    tokens (every window of a smaller run), counted in the tokens table. (SAMPLE_TOKENS / --seq-len
-    windows was assumed before, which read 22% of an SGLang import, one sequence per decode token,
-    while its pages said they showed all of it; found by a review.)"""
+def _seq_cap(ref: RunRef, tokens: int | None = None) -> int:
+    """The per-token views' bound on seq_id: past the windows that hold the run's first `tokens`
+    (default SAMPLE_TOKENS) tokens (every window of a smaller run: 2**62), counted in the tokens
+    table. (SAMPLE_TOKENS / --seq-len windows was assumed before, which read 22% of an SGLang import,
+    one sequence per decode token, while its pages said they showed all of it; found by a review.)"""
+    budget = int(SAMPLE_TOKENS if tokens is None else tokens)
     df = query(ref, f"""select min(seq_id) as last from (
                           select seq_id, sum(count(*)) over (order by seq_id) as upto from tokens group by seq_id)
-                        where upto >= {int(SAMPLE_TOKENS)}""", ("tokens",))
+                        where upto >= {budget}""", ("tokens",))
     last = df["last"].iloc[0] if len(df) else None
     return (2**62) if last is None or pd.isna(last) else int(last) + 1
 

@@ -17,7 +17,7 @@ import duckdb
 import pandas as pd
 import streamlit as st
 
-from .data import (SAMPLE_TOKENS, DataError, MissingTable, RunRef, _quote, cached, moe_layers, query,
+from .data import (SAMPLE_TOKENS, DataError, MissingTable, RunRef, _quote, _seq_cap, cached, moe_layers, query,
                    table_files, token_top1)
 
 # Expert paths and token-id dependence load [tokens, layers, K] expert ids: at most this many ids, from
@@ -30,10 +30,13 @@ MAX_ROUTE_IDS = 2_000_000
 
 
 def route_windows(ref: RunRef, n_layers: int) -> int:
-    """Windows (seq_id < n) the per-token metrics read for `n_layers` layers of top-k ids."""
+    """The bound n on seq_id (windows seq_id < n) that the per-token metrics read for `n_layers`
+    layers of top-k ids: past the windows holding the run's first MAX_ROUTE_IDS / (layers x K)
+    tokens, counted in its tokens table (at least one window; 2**62 when the run is smaller). Windows
+    of --seq-len tokens each were assumed before: a corpus of short documents or an SGLang import
+    (one window per decode token) read a few percent of the budget (a review)."""
     K = int((ref.info.get("model_args") or {}).get("n_activated_experts") or 8)
-    seq_len = int((ref.info.get("options") or {}).get("seq_len") or 512)
-    return max(1, min(SAMPLE_TOKENS, MAX_ROUTE_IDS // max(1, n_layers * K)) // seq_len)
+    return _seq_cap(ref, max(1, min(SAMPLE_TOKENS, MAX_ROUTE_IDS // max(1, n_layers * K))))
 
 
 @cached

@@ -208,3 +208,24 @@ def test_per_token_views_cover_the_runs_first_tokens_whatever_its_windows(tmp_pa
     assert dict(zip(top.token_id, top.total)) == {t: want[t] for t in top.token_id}  # every window counted
     monkeypatch.setattr(data, "SAMPLE_TOKENS", 101)  # a large run: the windows holding the first 101 tokens
     assert data._seq_cap.uncached(ref) == 51
+
+
+def test_expert_paths_read_their_id_budget_in_tokens_not_in_assumed_windows(tmp_path, monkeypatch):
+    """Expert paths and token-id dependence took MAX_ROUTE_IDS / (layers x K) / --seq-len windows, as
+    if every window were --seq-len long: on short documents or an SGLang import (one window per
+    decode token) they read a few percent of the budget (a review). The bound is now counted in
+    tokens: a run under the budget is read whole."""
+    from dashboards import data, research
+    from helpers.synthetic_run import write_run
+
+    write_run(tmp_path / "r", n_seq=600, seq_len=2)  # 1,200 tokens in windows of 2; run.json says seq_len 2
+    import json
+
+    info = json.loads((tmp_path / "r" / "run.json").read_text())
+    info["options"] = dict(info.get("options") or {}, seq_len=512)  # windows far shorter than --seq-len
+    info["model_args"] = dict(info.get("model_args") or {}, n_activated_experts=2)
+    ref = data.RunRef("r", str(tmp_path / "r"), "probe", "complete", info)
+    monkeypatch.setattr(research, "_seq_cap", data._seq_cap.uncached, raising=False)
+    assert research.route_windows(ref, 2) >= 600  # every window (2 layers x K 2 x 1,200 tokens = 4,800 ids)
+    monkeypatch.setattr(research, "MAX_ROUTE_IDS", 2 * 2 * 101)  # room for 101 tokens: the windows holding them
+    assert research.route_windows(ref, 2) == 51  # (it was 101 // 512 -> 1 window, 2 tokens)
