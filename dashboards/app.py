@@ -46,6 +46,8 @@ with st.sidebar:
     st.markdown("### :material/biotech: DeepSeek-V3 probe")
     runs = ui.all_runs()
     st.caption(f"Runs directory: `{ui.runs_dir()}`")
+    if ui.runs_dir_problem():
+        st.error(ui.runs_dir_problem())
     if runs:
         names = [r.name for r in runs]
         asked = st.query_params.get("run")  # a shared link: ?run=NAME

@@ -22,12 +22,30 @@ RUN_KEY = "run"  # session-state key of the selected run's name
 
 def runs_dir() -> Path:
     """The runs directory: `streamlit run dashboards/app.py -- DIR`, else $DSV3_RUNS_DIR, else runs/."""
+    return _runs_dir()[0]
+
+
+def _runs_dir() -> tuple[Path, bool]:
+    """(the runs directory, whether it was named: by the command line, the environment or the session)."""
     if "runs_dir" in st.session_state:
-        return Path(st.session_state["runs_dir"])
+        return Path(st.session_state["runs_dir"]), True
     args = [a for a in sys.argv[1:] if not a.startswith("-")]
-    if args and Path(args[0]).is_dir():
-        return Path(args[0])
-    return Path(os.environ.get(RUNS_ENV, "runs"))
+    # under `streamlit run` argv[0] is the app; elsewhere (a test runner) argv is someone else's
+    launched = Path(sys.argv[0]).resolve() == (Path(__file__).parent / "app.py").resolve() if sys.argv else False
+    if args and (launched or Path(args[0]).is_dir()):
+        return Path(args[0]), True
+    if os.environ.get(RUNS_ENV):
+        return Path(os.environ[RUNS_ENV]), True
+    return Path("runs"), False
+
+
+def runs_dir_problem() -> str | None:
+    """Why a runs directory the user named cannot be read (a typo served ./runs silently; a review);
+    None when it can, or when it is the default runs/ that no record has made yet."""
+    path, named = _runs_dir()
+    if not named or path.is_dir():
+        return None
+    return f"Runs directory `{path}`: " + ("is a file, not a directory." if path.exists() else "not found.")
 
 
 def all_runs() -> list[data.RunRef]:

@@ -224,6 +224,25 @@ def test_running_and_interrupted_runs_are_flagged(runs):
         assert f"Per-token view over all {len(tok):,} tokens of the run." in texts(at.caption)
 
 
+def test_a_mistyped_runs_directory_is_said_not_replaced(tmp_path, monkeypatch):
+    """`streamlit run dashboards/app.py -- DIR` with a DIR that is not a directory silently served
+    ./runs instead (a review): the sidebar now names DIR and says what is wrong with it."""
+    from streamlit.testing.v1 import AppTest
+
+    from helpers.apptest import APP
+
+    monkeypatch.delenv("DSV3_RUNS_DIR", raising=False)
+    (tmp_path / "a_file").write_text("x")
+    for given, said in ((tmp_path / "typo", "not found."), (tmp_path / "a_file", "is a file, not a directory."),
+                        (tmp_path, None)):  # the last: the control, a directory
+        monkeypatch.setattr(sys, "argv", [APP, str(given)])
+        at = AppTest.from_file(APP, default_timeout=60).run()
+        assert not at.exception
+        assert f"Runs directory: `{given}`" in texts(at.sidebar.caption)
+        errors = texts(at.sidebar.error)
+        assert (f"Runs directory `{given}`: {said}" in errors) if said else not errors
+
+
 @pytest.mark.slow  # every page
 def test_empty_runs_directory(runs):
     at = app(runs["empty"])
