@@ -69,8 +69,11 @@ def main() -> None:
         if any(e is not None for e in top1):
             st.markdown(expert_chips(top1), unsafe_allow_html=True)
 
-        if toks.loss.isna().all():
-            st.caption("No per-token loss in this run (a serving engine's dump records routing, not losses).")
+        if toks.loss.isna().all():  # an import has none at all; a recorded document of one token has no target
+            st.caption("No per-token loss in this run (a serving engine's dump records routing, not losses)."
+                       if (ref.info.get("source") or {}).get("name") else
+                       "No per-token loss in this document: none of its tokens has a finite loss (a window of one "
+                       "token holds no prediction to score).")
         else:
             loss_chart(toks, texts, top1)
         route_of_one_token(ref, route, toks, texts)
