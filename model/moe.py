@@ -117,7 +117,13 @@ class Gate(nn.Module):
         select_TE = self.hook_allowed_scores(select_TE)
         ids_TK = self.hook_topk_ids(select_TE.topk(self.topk, dim=-1).indices)
         # NOTE: the bias picks the experts; the weights come from the unbiased scores.
-        weights_TK = scores_TE.gather(1, ids_TK)
+        try:
+            weights_TK = scores_TE.gather(1, ids_TK)
+        except RuntimeError as e:  # a hook's edit in place: a returned tensor is checked at the hook point
+            if not self.hook_topk_ids.active or "out of bounds" not in str(e):
+                raise
+            raise ValueError(f"the hook on {self.hook_topk_ids.name} left an expert id outside [0, {self.n_experts}) "
+                             f"in place ({e})") from None
         if self.norm_topk_prob:
             weights_TK = weights_TK / weights_TK.sum(dim=-1, keepdim=True)
         weights_TK = self.hook_topk_weights(weights_TK * self.route_scale)

@@ -307,6 +307,10 @@ def test_a_replacement_of_another_shape_names_the_hook():
         with pytest.raises(ValueError, match=rf"the hook on {ids} returned index {bad}; .* \[0, {n_experts}\)"):
             with m.hooks([(ids, lambda t, hook: torch.full_like(t, bad))]):
                 m(x)
+        # the same edit in place was torch's "index out of bounds" from the gather, naming no hook (a review)
+        with pytest.raises(ValueError, match=rf"the hook on {ids} left an expert id outside \[0, {n_experts}\) in place"):
+            with m.hooks([(ids, lambda t, hook: (t.fill_(bad), None)[1])]):
+                m(x)
     with m.hooks([(ids, lambda t, hook: torch.full_like(t, n_experts - 1))]):  # in range: taken
         last = m(x)
     with m.hooks([(name, lambda t, hook: t * 0)]):
