@@ -138,12 +138,12 @@ class MLA(nn.Module):
                 kv = self._store("kv", kv, pos, n_keys)  # [B, T, C]
                 k_pe = self._store("pe", k_pe, pos, n_keys)  # [B, T, R]
             if self.latent_attention != "always" and self._expand_is_cheaper(seqlen, kv.shape[1]):
-                kvb = dense_linear(kv, wkv_b.flatten(0, 1)).view(bsz, -1, self.n_heads, self.nope + self.v_dim)
+                kvb = dense_linear(kv, wkv_b.flatten(0, 1)).view(bsz, kv.shape[1], self.n_heads, self.nope + self.v_dim)
                 z = self._attend_expanded(self._query(q, nope_view, q_nope, q_pe), kvb, k_pe, mask)
             else:
                 z = self._attend_latent(q_nope, q_pe, kv, k_pe, wkv_b, mask)
         else:
-            kvb = self.wkv_b(kv).view(bsz, -1, self.n_heads, self.nope + self.v_dim)
+            kvb = self.wkv_b(kv).view(bsz, kv.shape[1], self.n_heads, self.nope + self.v_dim)  # (-1 fails on 0 rows)
             query = self._query(q, nope_view, q_nope, q_pe)
             if use_cache:
                 k_nope, v = kvb.split([self.nope, self.v_dim], dim=-1)

@@ -463,3 +463,15 @@ def test_meta_then_to_empty_then_reset_parameters_gives_a_whole_model():
     tokens = torch.randint(0, args.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(m(tokens), ref(tokens))
+
+
+@pytest.mark.parametrize("impl", ["absorb", "naive"])
+def test_an_empty_batch_gives_empty_logits(impl):
+    """Zero rows failed deep inside attention (a view with -1 over 0 elements; a review); zero
+    positions already worked. Both now give empty logits of the right shape."""
+    m = random_model("tiny", seed=0, attn_impl=impl)
+    V = m.args.vocab_size
+    assert m(torch.zeros(0, 8, dtype=torch.long)).shape == (0, 8, V)
+    logits, mtp = m(torch.zeros(0, 8, dtype=torch.long), mtp=True)
+    assert logits.shape == (0, 8, V) and mtp.shape == (0, 7, V)
+    assert m(torch.zeros(2, 0, dtype=torch.long)).shape == (2, 0, V)
