@@ -331,6 +331,12 @@ def test_summary_cli_and_its_errors(capsys, tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as e:  # does not fit: exit status 1, as record --dry-run
         main(["params", "--config", "671B", "--world-size", "8", "--device-memory", "40"])
     assert e.value.code == 1 and "does NOT fit 40 GB per rank" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:  # misaligned FP8 shards: the advice is this command's --dense (a review)
+        main(["params", "--config", "16B", "--world-size", "16"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "do not align to the 128-wide FP8 blocks; pass --dense" in err and "gemm_impl='bf16' (" not in err
+    main(["params", "--config", "16B", "--world-size", "16", "--dense"])
+    assert "16B: world size 16 (dense weights)" in capsys.readouterr().out
 
 
 def test_fp8_misaligned_shard_is_refused_on_meta():
