@@ -10,6 +10,7 @@ hold one sharded model); `model.parallel` cuts a model for a `Shards` and re-exp
 from __future__ import annotations
 
 import os
+import re
 import socket
 from dataclasses import dataclass
 
@@ -233,7 +234,7 @@ def _pick_device(device: str | None) -> str:
     want = device or "auto"
     if want == "auto":
         want = "cuda" if torch.cuda.is_available() else "cpu"
-    if want.startswith("cuda"):
+    if re.fullmatch(r"cuda(:\d+)?", want):
         if not torch.cuda.is_available():
             raise ParallelError(f"--device {device}: torch sees no CUDA device")
         if want == "cuda":
@@ -241,7 +242,7 @@ def _pick_device(device: str | None) -> str:
         torch.cuda.set_device(torch.device(want))
         return want
     if want != "cpu":
-        raise ParallelError(f"--device {device!r}: choose cpu, cuda or auto")
+        raise ParallelError(f"--device {device!r}: choose cpu, cuda (or cuda:N) or auto")
     return want
 
 

@@ -446,3 +446,18 @@ def pd_isna(x) -> bool:
     import pandas as pd
 
     return bool(pd.isna(x))
+
+
+def test_dry_run_refuses_the_devices_the_job_refuses(probe_env, tmp_path):
+    """--dry-run planned any --device value as the CPU and exited 0, while the job refuses it (a
+    review): a mistyped GPU passed the plan. cuda and cuda:N plan a GPU run from any machine."""
+    from model.parallel import ParallelError
+    from model.ranks import _pick_device
+    from probe.plan import plan_device
+
+    with pytest.raises(RecordError, match=r"--device 'cdua': choose cpu, cuda \(or cuda:N\) or auto"):
+        record(RecordOptions(ckpt=str(probe_env["ckpt"]), corpus=str(probe_env["corpus"]), out=str(tmp_path / "o"),
+                             dry_run=True, device="cdua", max_tokens=200, progress=False))
+    assert [plan_device(d) for d in ("cpu", "cuda", "cuda:3")] == ["cpu", "cuda", "cuda"]
+    with pytest.raises(ParallelError, match=r"--device 'cudax': choose cpu"):  # it was torch's own error
+        _pick_device("cudax")
