@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ReportError(f"--importance-tokens {ns.importance_tokens}: must be >= 0")
         if ns.seeds < 1:
             raise ReportError(f"--seeds {ns.seeds}: must be >= 1")
+        if ns.domain_top is not None and ns.domain_top < 1:
+            raise ReportError(f"--domain-top {ns.domain_top}: must be >= 1")
         if ns.compare:  # before the default run is recorded and minutes of ablations run, not after
             check_run(Path(ns.compare))
         if ns.run is None and not (DEFAULT_RUN / "run.json").exists():

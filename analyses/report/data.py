@@ -145,6 +145,9 @@ def ablation_sweep(run, *, max_tokens: int | None = 20_000, fractions=FRACTIONS,
     E = shape.n_experts
     domains = sorted(r[0] for r in run.sql("select distinct domain from expert_load").fetchall())
     domain_top = domain_top if domain_top is not None else max(1, E // 8)
+    if isinstance(domain_top, bool) or not 1 <= int(domain_top) <= E:
+        raise ValueError(f"--domain-top {domain_top}: experts masked per layer in the per-domain ablation, "
+                         f"1..{E} (the run's model routes over {E} experts a layer)")
     counts = masked_counts(E, fractions)
 
     wanted, by_run = _sweep_ablations(counts, seeds, domains, domain_top, compare_run_ranking and rank_by == "eval")

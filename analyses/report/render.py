@@ -145,7 +145,10 @@ def _sweep_summary(sw) -> list[str]:
     ds = sw.domain_summary.dropna(subset=["own", "on_others"])
     n_own = int(ds.own_above_on_others_mean.astype(bool).sum())
     n_row = int((ds.own > ds.by_others).sum())
-    if not len(ds):
+    if not len(ds) and len(sw.domain_summary) >= 2:
+        s.append("Per-domain ablation: not measured (the routing guard refused every domain's selection; see "
+                 "the refused selections).")
+    elif not len(ds):
         s.append("Per-domain ablation: not measured (it compares a domain's own experts with the others', "
                  "and the run has fewer than two domains).")
     else:

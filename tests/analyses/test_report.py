@@ -119,6 +119,18 @@ def test_loss_vs_masked_comes_from_the_ablation_api(run_dir):
         assert sw.domains.loc[d, d] == pytest.approx(float(r.delta.iloc[0]))
 
 
+def test_domain_top_out_of_range_is_refused_before_any_pass(run_dir, capsys, tmp_path):
+    """--domain-top 99 on 32 experts ran the report with every per-domain selection refused by the
+    routing guard, and the text said the run had fewer than two domains (a review)."""
+    E = json.loads((run_dir / "run.json").read_text())["model_args"]["n_routed_experts"]
+    with pytest.raises(ValueError, match=rf"--domain-top {E + 1}: .* 1..{E}"):
+        ablation_sweep(run_dir, max_tokens=100, fractions=(1 / 8,), seeds=(0,), domain_top=E + 1)
+    assert "--domain-top 0: must be >= 1" in _err([str(run_dir), "--domain-top", "0", "--out",
+                                                    str(tmp_path / "r.html")], capsys)
+    err = _err([str(run_dir), "--domain-top", str(E + 1), "--out", str(tmp_path / "r.html")], capsys)
+    assert f"--domain-top {E + 1}" in err and not (tmp_path / "r.html").exists()
+
+
 def _err(argv, capsys) -> str:
     assert report.main(argv) == 2
     err = capsys.readouterr().err.strip()
