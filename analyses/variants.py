@@ -43,6 +43,9 @@ def without_router_bias(ckpt: str | Path, out: str | Path, overwrite: bool = Fal
         raise VariantError(str(e)) from None
     if not (ckpt / "config.json").exists() or not files:
         raise VariantError(f"{ckpt}: not a checkpoint (needs config.json and *.safetensors)")
+    if out.exists() and out.resolve() == ckpt.resolve():  # --overwrite would replace the source it reads
+        raise VariantError(f"--out {out}: is the checkpoint the variant is made from (--ckpt {ckpt}); write the "
+                           "variant elsewhere, so that both can be compared")
     if out.exists() and not overwrite:
         raise VariantError(f"--out {out}: exists (pass --overwrite to replace it)")
     check_replaceable(out, "config.json", "a checkpoint directory", error=VariantError)

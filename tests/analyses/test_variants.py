@@ -55,6 +55,11 @@ def test_errors_are_one_line(ckpt, tmp_path, capsys):
     assert capsys.readouterr().err == want
     assert variants.main(["no-router-bias", "--ckpt", str(src), "--out", "/proc/dsv3-variant"]) == 2
     assert "--out /proc/dsv3-variant: cannot write the variant there" in capsys.readouterr().err
+    # --out the source itself with --overwrite replaced the bundled model with its variant (a review)
+    before = {f.name: f.read_bytes() for f in src.glob("*.safetensors")}
+    assert variants.main(["no-router-bias", "--ckpt", str(src), "--out", str(src), "--overwrite"]) == 2
+    assert "is the checkpoint the variant is made from" in capsys.readouterr().err
+    assert {f.name: f.read_bytes() for f in src.glob("*.safetensors")} == before
     nb, _ = variants.without_router_bias(src, tmp_path / "nb")
     with pytest.raises(variants.VariantError, match="no `e_score_correction_bias`"):
         # a checkpoint whose biases were dropped altogether has nothing to remove
