@@ -17,7 +17,8 @@ BALANCE_MODES = ("aux-free", "switch", "none")
 RESUME_CHECKED = ("seed", "batch_size", "seq_len", "lr", "min_lr_ratio", "warmup_steps", "steps", "weight_decay",
                   "beta1", "beta2", "grad_clip", "mtp_weight", "balance", "bias_update_speed", "bias_schedule",
                   "seq_aux_weight", "switch_weight", "mix_alpha", "corpus", "settle_updates", "settle_batches",
-                  "settle_speed")  # the corpus and the settle phase too: changed silently before (a review)
+                  "settle_speed", "tokenizer")  # the corpus, the settle phase and the tokenizer too: changed
+# silently before (reviews)
 
 
 # ------------------------------------------------------------------------------------------ flags

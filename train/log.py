@@ -52,14 +52,17 @@ class TrainLog:
             "bias_norm": [float(b.norm()) if b is not None else float("nan") for b in biases]}, s)
         self.last = s
 
-    def loads(self, step: int, loads: torch.Tensor, biases: list[torch.Tensor | None], tokens: int) -> None:
-        """Per-expert loads and balancing biases of every gate at this step."""
+    def loads(self, step: int, loads: torch.Tensor, biases: list[torch.Tensor | None], tokens: int,
+              seq_len: int) -> None:
+        """Per-expert loads and balancing biases of every gate at this step (`tokens`: the step's, in
+        windows of `seq_len`; an MTP block routes all but each window's last position)."""
         G, E = len(self.gates), self.E
         layer = np.repeat(np.array([g.layer for g in self.gates], np.int16), E)
+        routed = [tokens // seq_len * (seq_len - 1) if g.label.startswith("mtp") else tokens for g in self.gates]
         self.writer.append("expert_load", {
             "step": np.full(G * E, step, np.int64), "layer": layer, "expert": np.tile(np.arange(E, dtype=np.int32), G),
             "domain": ["all"] * (G * E), "count": loads.round().long().cpu().numpy().reshape(-1),
-            "weight_sum": pa.nulls(G * E, pa.float64()), "tokens": np.full(G * E, tokens, np.int64)}, step)
+            "weight_sum": pa.nulls(G * E, pa.float64()), "tokens": np.repeat(np.array(routed, np.int64), E)}, step)
         bias = np.stack([b.float().cpu().numpy() if b is not None else np.full(E, np.nan, np.float32) for b in biases])
         self.writer.append("router_bias", {"step": np.full(G * E, step, np.int64), "layer": layer,
                                            "expert": np.tile(np.arange(E, dtype=np.int32), G),
@@ -73,7 +76,8 @@ class TrainLog:
         self.evaluated.add(step)
         self.writer.append("train_eval", {"step": [step], "tokens_seen": [tokens_seen], "val_loss": [res["val_loss"]],
                                           "val_mtp_agree": [res["val_mtp_agree"]]}, step)
-        doms = [d for d in self.domains if f"val_loss_{d}" in res]
+        # every validation domain val_loss averages, those training never saw too (they had no row; a review)
+        doms = sorted(k[len("val_loss_"):] for k in res if k.startswith("val_loss_"))
         self.writer.append("train_domains", {"step": [step] * len(doms), "split": ["val"] * len(doms), "domain": doms,
                                              "loss": [res[f"val_loss_{d}"] for d in doms],
                                              "mtp_loss": [res[f"val_mtp_loss_{d}"] for d in doms]}, step)

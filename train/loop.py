@@ -52,6 +52,7 @@ class _Run:
     t_start: float = field(default_factory=time.perf_counter)
     step: int = 0
     tokens_seen: int = 0
+    saved_step: int | None = None  # the step the checkpoint holds (None: none saved yet)
     recent_tps: collections.deque = field(default_factory=lambda: collections.deque(maxlen=50))
 
     # ------------------------------------------------------------------------------- set-up
@@ -115,6 +116,7 @@ class _Run:
         except (RuntimeError, ValueError, KeyError) as e:
             raise TrainError(f"cannot resume from {where}: {str(e).splitlines()[0]}") from None
         self.step, self.tokens_seen = int(saved["step"]), int(saved["tokens_seen"])
+        self.saved_step = self.step
         torch.set_rng_state(saved["rng"]["torch"])
         if saved["rng"].get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
@@ -122,7 +124,8 @@ class _Run:
 
         def same(k: str) -> bool:  # paths compared as the folders they name
             a, b = saved["flags"].get(k), now.get(k)
-            return a == b or k == "corpus" and a is not None and b is not None and Path(a).resolve() == Path(b).resolve()
+            return a == b or k in ("corpus", "tokenizer") and a is not None and b is not None and \
+                Path(a).resolve() == Path(b).resolve()
 
         changed = [k for k in RESUME_CHECKED if not same(k)]
         if changed and self.dist.main:
@@ -167,7 +170,7 @@ class _Run:
         self.bar = tqdm(total=ns.steps, initial=self.step, disable=not self.dist.main or ns.no_progress,
                         dynamic_ncols=True, mininterval=1.0, unit="step")
         stop_reason = None
-        try:
+        try:  # the settling, the final evaluation and the save too: a stop there left run.json 'running'
             while self.step < ns.steps:
                 row, domain_loss, loads = self._train_step()
                 self._log_step(row, domain_loss, loads)
@@ -175,27 +178,34 @@ class _Run:
                 stop_reason = self._after_step()
                 if stop_reason:
                     break
+            self.bar.close()
+            if not stop_reason:
+                self._settle()
+                return self._finish()
         except BaseException as e:
             self.bar.close()
-            self.flush("interrupted", error=f"{type(e).__name__}: {e}".splitlines()[0])
+            if self.info.get("status") != "complete":
+                self.flush("interrupted", error=f"{type(e).__name__}: {e}".splitlines()[0])
             raise
-        self.bar.close()
-        if stop_reason:
-            self.flush("interrupted", stop_reason=stop_reason)
-            if self.dist.main:
-                print(f"stopped after step {self.step} ({stop_reason}); continue with --resume")
-            return self.info
-        self._settle()
-        return self._finish()
+        self.flush("interrupted", stop_reason=stop_reason)
+        if self.dist.main:
+            print(f"stopped after step {self.step} ({stop_reason}); continue with --resume")
+        return self.info
 
     def _check_finite(self, row: dict) -> None:
-        """A loss that is no longer a number never comes back: stop at once, before a checkpoint saves
-        the broken weights (the row is in train_steps; the last checkpoint predates it)."""
-        if not math.isfinite(row["loss"]):
-            raise TrainError(f"the training loss became {row['loss']} at step {row['step']} (lr {row['lr']:.3g}, "
-                             f"gradient norm {row['grad_norm']:.3g}): the run diverged. Lower --lr (or raise "
-                             f"--warmup-steps) and --resume from {self.ns.out / 'checkpoint'}, which holds the "
-                             "last step saved before it, or start again")
+        """A loss or gradient that is no longer a number never comes back: stop at once, before a
+        checkpoint saves broken weights (the row is in train_steps; a non-finite gradient was not
+        applied, and the last checkpoint predates the step). The gradient counts too: a finite loss
+        with an infinite gradient updated the weights to NaN, and the next checkpoint kept them."""
+        if math.isfinite(row["loss"]) and math.isfinite(row["grad_norm"]):
+            return
+        what, key = ("loss", "loss") if not math.isfinite(row["loss"]) else ("gradient norm", "grad_norm")
+        where = (f"--resume from {self.ns.out / 'checkpoint'}, which holds step {self.saved_step}, the last saved "
+                 "before it," if self.saved_step is not None else
+                 "start again (no checkpoint was saved before it: see --checkpoint-every)")
+        raise TrainError(f"the training {what} became {row[key]} "
+                         f"at step {row['step']} (loss {row['loss']:.4g}, lr {row['lr']:.3g}, gradient norm "
+                         f"{row['grad_norm']:.3g}): the run diverged. Lower --lr (or raise --warmup-steps) and {where}")
 
     def _train_step(self) -> tuple[dict, list[float], torch.Tensor]:
         """One optimizer step on the global batch; returns its train_steps row, each domain's loss in
@@ -213,7 +223,8 @@ class _Run:
         self.opt.zero_grad(set_to_none=True)
         o.loss.backward()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(raw.parameters(), ns.grad_clip or float("inf")))
-        self.opt.step()
+        if math.isfinite(grad_norm):  # else not applied: _check_finite stops the run after logging this step
+            self.opt.step()
         B, D = x.shape[0], len(domains)
         ones = torch.ones(B, device=dist.device)
         s = dist.sum(lm=o.lm_rows.sum(), mtp=o.mtp_rows.sum() if o.mtp_rows is not None else torch.zeros((), device=dist.device),
@@ -231,7 +242,7 @@ class _Run:
         self.recent_tps.append(step_tokens / dt)
         ds, dc = s["domain_loss"].tolist(), s["domain_rows"].tolist()
         row = {"step": self.step, "lr": lr, "loss": float(s["loss"]) / n, "lm_loss": float(s["lm"]) / n,
-                "mtp_loss": float(s["mtp"]) / n if o.mtp_rows is not None else float("nan"),
+                "mtp_loss": float(s["mtp"]) / n if o.mtp_rows is not None else None,  # null without MTP
                 "aux_loss": float(s["aux"]) / n, "grad_norm": grad_norm, "tokens": int(step_tokens),
                 "tokens_seen": self.tokens_seen, "step_time_s": dt, "tokens_per_s": step_tokens / dt,
                "elapsed_s": time.perf_counter() - self.t_start}
@@ -242,7 +253,7 @@ class _Run:
             biases = [self.gate_mods[g.label].bias for g in self.gates]
             self.log.step(row, domain_loss, loads, biases)
             if self.step % self.ns.load_every == 0 and self.gates:
-                self.log.loads(self.step, loads, biases, row["tokens"])
+                self.log.loads(self.step, loads, biases, row["tokens"], self.ns.seq_len)
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{row['lm_loss']:.3f}", tok_s=f"{row['tokens_per_s']:,.0f}", refresh=False)
 
@@ -263,6 +274,7 @@ class _Run:
         if stop_reason or (ns.checkpoint_every and self.step % ns.checkpoint_every == 0) or last:
             if self.dist.main:
                 save_state(ns.out / "checkpoint", self.raw, self.opt, self.step, ns, self.tokens_seen)
+            self.saved_step = self.step
             self.flush("running")
         elif self.step % ns.flush_every == 0:
             self.flush("running")

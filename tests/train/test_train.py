@@ -170,6 +170,10 @@ def test_training_reduces_loss_and_writes_the_run(corpus, tmp_path):
     ev = r.df("train_eval").sort_values("step")
     assert ev.step.tolist() == [20, 40] and ev.val_loss.iloc[1] < ev.val_loss.iloc[0]
     assert len(r.df("expert_load")) == 40 * 3 * 16 == len(r.df("router_bias"))  # steps x gates x experts
+    # tokens x K assignments per gate and step; the MTP router routes all but each window's last token
+    # (its rows said the main model's count; a review)
+    per = r.df("expert_load").groupby(["step", "layer"]).agg(count=("count", "sum"), tokens=("tokens", "first"))
+    assert (per["count"] == per.tokens * 4).all() and set(per.xs(3, level="layer").tokens) == {4 * 31}
     val = dom[(dom.split == "val") & (dom.step == 40)].set_index("domain")
     assert info["final"]["val_loss_math"] == val.loss.loc["math"]
 
@@ -315,12 +319,14 @@ def test_bad_input_errors(corpus, tmp_path, capsys):
     assert probe.open_run(tmp_path / "r").df("train_steps").step.tolist() == [1, 2]
     # a learning rate that blows the weights up: the run stops at the first loss that is not a number,
     # before a checkpoint could save the broken weights; the row that showed it is in the tables
-    with pytest.raises(TrainError, match=r"the training loss became (nan|inf) at step \d \(lr .*\): the run diverged"):
+    with pytest.raises(TrainError, match=r"the training (loss|gradient norm) became (nan|inf) at step \d \(loss .*\): "
+                                         r"the run diverged"):
         run(parse_args(_flags(corpus, tmp_path / "div", "--steps", "6", "--lr", "1e30", "--eval-every", "0",
                               "--checkpoint-every", "0")))
     diverged = probe.open_run(tmp_path / "div")
     assert diverged.info["status"] == "interrupted" and "diverged" in diverged.info["error"]
-    assert not np.isfinite(diverged.df("train_steps").loss.iloc[-1]) and not (tmp_path / "div" / "checkpoint").exists()
+    last = diverged.df("train_steps").sort_values("step").iloc[-1]
+    assert not (np.isfinite(last.loss) and np.isfinite(last.grad_norm)) and not (tmp_path / "div" / "checkpoint").exists()
     with pytest.raises(TrainError, match="no checkpoint there"):
         run(parse_args(_flags(corpus, tmp_path / "empty", "--resume")))
     (tmp_path / "junk" / "checkpoint").mkdir(parents=True)
@@ -456,6 +462,11 @@ def test_resume_reports_another_corpus_and_settle_flags(corpus, tmp_path, capsys
     run(parse_args(_flags(corpus, tmp_path / "r", *common, "--resume", "--settle-updates", "3")
                    + ["--corpus", str(other / ".." / "corpus2")]))
     assert "corpus" not in capsys.readouterr().err
+    tok2 = tmp_path / "tok2.json"  # another tokenizer file (the same ids here): reported too (a review)
+    tok2.write_bytes((corpus / "tokenizer.json").read_bytes())
+    run(parse_args(_flags(corpus, tmp_path / "r", *common, "--resume", "--settle-updates", "3")
+                   + ["--corpus", str(other), "--tokenizer", str(tok2)]))
+    assert "tokenizer " in capsys.readouterr().err
 
 
 def test_an_unwritable_default_token_cache_is_skipped_not_fatal(corpus, tmp_path, capsys):
@@ -469,3 +480,68 @@ def test_an_unwritable_default_token_cache_is_skipped_not_fatal(corpus, tmp_path
                                  "--checkpoint-every", "0")))
     assert info["status"] == "complete" and (c / "token_cache").is_file()
     assert "note: the tokenised corpus is not cached (--token-cache" in capsys.readouterr().err
+
+
+def test_a_non_finite_gradient_is_not_applied_and_the_advice_names_the_saved_step(corpus, tmp_path, monkeypatch):
+    """A finite loss with a NaN gradient updated the weights to NaN, the next checkpoint kept them, and
+    the error sent the user back to that checkpoint (a review). The step is not applied, the run stops
+    there, and the message names the step the checkpoint holds, or says none was saved."""
+    real = torch.nn.utils.clip_grad_norm_
+    calls = []
+
+    def nan_at_step_3(params, *a, **kw):
+        calls.append(1)
+        params = list(params)
+        norm = real(params, *a, **kw)
+        if len(calls) == 3:
+            for p in params:
+                if p.grad is not None:
+                    p.grad.fill_(float("nan"))
+            return torch.tensor(float("nan"))
+        return norm
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", nan_at_step_3)
+    out = tmp_path / "run"
+    with pytest.raises(TrainError, match=r"the training gradient norm became nan at step 3 .* --resume from .*"
+                                         r"checkpoint, which holds step 2"):
+        run(parse_args(_flags(corpus, out, "--steps", "6", "--eval-every", "0", "--checkpoint-every", "1")))
+    state = torch.load(out / "checkpoint" / "state.pt", weights_only=False)
+    assert state["step"] == 2 and all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert probe.open_run(out).info["status"] == "interrupted"
+    calls.clear()
+    with pytest.raises(TrainError, match=r"at step 3 .* start again \(no checkpoint was saved before it"):
+        run(parse_args(_flags(corpus, tmp_path / "run2", "--steps", "6", "--eval-every", "0",
+                              "--checkpoint-every", "0")))
+
+
+def test_a_stop_while_settling_marks_the_run_interrupted(corpus, tmp_path, monkeypatch):
+    """Ctrl-C or SIGTERM during the bias settling (about a minute in the shipped recipe), the final
+    evaluation or the save left run.json saying "running" (a review)."""
+    from train import loop
+
+    def stopped(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop._Run, "_settle", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run(parse_args(_flags(corpus, tmp_path / "run", "--steps", "2", "--eval-every", "0")))
+    info = probe.open_run(tmp_path / "run").info
+    assert info["status"] == "interrupted" and info["step"] == 2
+
+
+def test_without_mtp_its_loss_is_null_and_unseen_val_domains_get_rows(corpus, tmp_path):
+    """train_steps.mtp_loss was NaN, not null, without MTP; a validation domain the training split
+    lacks was averaged into val_loss but had no train_domains row (a review)."""
+    import shutil
+
+    c = Path(shutil.copytree(corpus, tmp_path / "corpus", ignore=shutil.ignore_patterns("token_cache")))
+    with open(c / "val.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps({"id": "extra/0", "domain": "zzz", "text": " ".join(WORDS * 20)}) + "\n")
+    info = run(parse_args(_flags(c, tmp_path / "run", "--steps", "2", "--eval-every", "0", "--checkpoint-every", "0",
+                                 "--mtp-weight", "0", "--set", "n_mtp_layers=0")))
+    r = probe.open_run(tmp_path / "run")
+    assert r.df("train_steps").mtp_loss.isna().all()
+    assert r.sql("select count(*) from train_steps where mtp_loss is null").fetchall()[0][0] == 2
+    val = r.df("train_domains").query("split == 'val'").set_index("domain")
+    assert "zzz" in val.index and val.loss.loc["zzz"] == info["final"]["val_loss_zzz"]
+    assert r.df("train_eval").val_loss.iloc[-1] == pytest.approx(val.loss.mean())
