@@ -463,6 +463,17 @@ def one_line_when_a_peer_is_lost(main):
     return wrapped
 
 
+def table_errors() -> tuple[type[BaseException], ...]:
+    """What reading a run's tables raises beyond RunError, for a command to report as one line:
+    DuckDB's errors (a half-written or foreign part file; its message names the file). Imported when
+    an exception is being matched, so a command that never fails never imports DuckDB for it:
+    `except (RunError, *table_errors()) as e`. A command's `except OSError` re-raises BrokenPipeError
+    for `closed_pipe_quiet`."""
+    import duckdb
+
+    return (duckdb.Error,)
+
+
 def first_line(e: BaseException, limit: int = 300) -> str:
     """An exception's message as one line for an error report: its first line, cut at `limit`
     characters (a backend error can run to pages), or its type's name where it has no message."""

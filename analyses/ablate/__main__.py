@@ -14,7 +14,7 @@ use_system_allocator()
 import analyses.ablate as package  # noqa: E402
 from probe.corpus import CorpusError  # noqa: E402
 from probe.job import (add_input_flags, closed_pipe_quiet, exit_ranks, launch_rank0,  # noqa: E402
-                       one_line_when_a_peer_is_lost)
+                       one_line_when_a_peer_is_lost, table_errors)
 from probe.writer import RunError  # noqa: E402
 
 if TYPE_CHECKING:
@@ -83,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     opts = AblateOptions(**{k: v for k, v in vars(ns).items() if k in AblateOptions.__dataclass_fields__})
     try:
         out, df = ablate(opts, ablations_from_args(ns))
-    except (AblationError, CorpusError, RunError, ValueError, OSError) as e:
+    except (AblationError, CorpusError, RunError, ValueError, OSError, *table_errors()) as e:
+        if isinstance(e, BrokenPipeError):  # `| head`: closed_pipe_quiet ends it quietly
+            raise
         print(f"error: {e}", file=sys.stderr)
         return exit_ranks(2)
     if launch_rank0():

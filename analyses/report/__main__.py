@@ -10,7 +10,7 @@ from pathlib import Path
 import analyses.report as package
 from analyses.notebook_utils import DEFAULT_RUN
 from probe.job import (MODEL_FLAGS, add_model_flags, check_out_parent, closed_pipe_quiet, exit_ranks, launch_rank0,
-                       one_line_when_a_peer_is_lost, os_refusal)
+                       one_line_when_a_peer_is_lost, os_refusal, table_errors)
 
 from . import data as rd
 from .render import ReportError, check_run, compute, figures, print_text, run_notes, write_findings, write_html
@@ -109,16 +109,22 @@ def main(argv: list[str] | None = None) -> int:
         r = compute(run_dir, ns, writer)
         if writer:
             figs = figures(r)
-            print_text(r, figs)
+            # the files first: a reader that stops reading the text (`| head`) must not cost the report
             with os_refusal(f"--out {html}: cannot write it there", ReportError):  # checked above; not all foreseeable
                 out = write_html(r, figs, html, argv)
-            print(f"\nwrote {out} ({time.time() - t:.0f} s" +
-                  (f", ablations {r['ablation_seconds']:.0f} s)" if "ablation_seconds" in r else ")"))
+            md = None
             if findings:
                 with os_refusal(f"--findings {findings}: cannot write it there", ReportError):
                     md = write_findings(r, figs, findings, argv)
+            print_text(r, figs)
+            print(f"\nwrote {out} ({time.time() - t:.0f} s" +
+                  (f", ablations {r['ablation_seconds']:.0f} s)" if "ablation_seconds" in r else ")"))
+            if md:
                 print(f"wrote {md}")
-    except (ReportError, AblationError, MetricsError, CorpusError, RecordError, RunError, ValueError, OSError) as e:
+    except (ReportError, AblationError, MetricsError, CorpusError, RecordError, RunError, ValueError, OSError,
+            *table_errors()) as e:
+        if isinstance(e, BrokenPipeError):  # `| head`: closed_pipe_quiet ends it quietly
+            raise
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return exit_ranks(2)
     return exit_ranks(0)

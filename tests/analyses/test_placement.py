@@ -232,6 +232,16 @@ def test_cli_errors_are_one_line(tmp_path):
         assert p.returncode == 2 and p.stderr.startswith(f"error: {needle}") and p.stderr.count("\n") == 1, p.stderr
 
 
+def test_a_damaged_part_file_is_one_line(tmp_path):
+    """A truncated expert_load part (an interrupted copy of a run) gave an 11-frame DuckDB traceback
+    (a review): DuckDB's errors are reported as one line naming the file."""
+    write_run(tmp_path / "run", E=8, groups=4)
+    part = sorted((tmp_path / "run" / "expert_load").glob("*.parquet"))[0]
+    part.write_bytes(part.read_bytes()[:100])
+    p = _cli(tmp_path / "run", "--gpus", 2)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and part.name in p.stderr, p.stderr
+
+
 def test_a_failed_write_keeps_the_previous_plan(tmp_path, monkeypatch):
     """--out was written in place: a write that failed part-way (a full disk) left half a JSON file
     where the previous plan was (found by a review). Now the file is replaced only when whole."""

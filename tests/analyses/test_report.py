@@ -131,6 +131,25 @@ def test_domain_top_out_of_range_is_refused_before_any_pass(run_dir, capsys, tmp
     assert f"--domain-top {E + 1}" in err and not (tmp_path / "r.html").exists()
 
 
+def test_a_reader_that_stops_early_does_not_cost_the_files(run_dir, tmp_path):
+    """`python -m analyses.report ... | head` printed the text before writing the files, caught the
+    broken pipe as an OSError and exited 2 with neither file written (a review)."""
+    import os
+    import subprocess
+    import sys
+
+    html, md = tmp_path / "r.html", tmp_path / "r.md"
+    p = subprocess.Popen([sys.executable, "-m", "analyses.report", str(run_dir), "--skip-ablation", "--no-progress",
+                          "--importance-tokens", "0", "--out", str(html), "--findings", str(md)],
+                         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=os.environ | {"PYTHONPATH": str(REPO)})
+    p.stdout.readline()  # `| head -1`
+    p.stdout.close()
+    err = p.stderr.read()
+    assert p.wait(timeout=300) == 141 and "error" not in err, err
+    assert html.stat().st_size > 0 and md.stat().st_size > 0
+
+
 def _err(argv, capsys) -> str:
     assert report.main(argv) == 2
     err = capsys.readouterr().err.strip()
