@@ -21,8 +21,10 @@ Each layer gets `E + redundant` physical slots, the same number on every GPU.
   allows;
 - global (`--mode global`): one pool: replicate over all experts, pack onto all GPUs.
 
-Output: the physical-to-logical map (layer, node, gpu, slot, physical, logical expert, replicas of
-that expert, predicted load of the replica) as Parquet (`.parquet`) or JSON (`.json`), and a table
+Output: the physical-to-logical map as Parquet (`.parquet`: one row per slot with layer, node, gpu,
+slot, physical, logical expert, replicas of that expert and predicted load of the replica) or JSON
+(`.json`: per layer, the balancedness before and after, per-GPU loads, replicas per expert and
+`phy_to_log[gpu][slot]`), and a table
 per layer of the predicted per-GPU balancedness (mean / max GPU load, SGLang / vLLM EPLB metric)
 before (the plain contiguous placement: experts in order, E / GPUs per GPU, no replicas) and after.
 `--format sglang | eplb | logical-count` writes what SGLang or deepseek-ai/EPLB read (export.py).
