@@ -27,6 +27,20 @@ SMALL_TOKENS = 40_000
 ABLATION_TOKENS = 8_000
 
 
+def need_domains(run, what: str) -> list[str]:
+    """The run's domains (from `tokens`), or one clear error when it has fewer than two: `what`
+    compares domains, and on one domain it crashed deep in pandas or printed empty conclusions
+    (a review)."""
+    from analyses.metrics import MetricsError
+
+    domains = [d for (d,) in run.sql("select distinct domain from tokens order by 1").fetchall()]
+    if len(domains) < 2:
+        raise MetricsError(f"{run.path}: {what} compares domains, and this run has "
+                           f"{'one: ' + domains[0] if domains else 'no tokens'}. Record a corpus with several "
+                           "domains (folders, or a `domain` field), or point $DSV3_NOTEBOOK_RUN at such a run")
+    return domains
+
+
 def env_int(name: str, default: int) -> int:
     v = os.environ.get(name)
     if v in (None, ""):

@@ -166,3 +166,25 @@ def test_the_users_run_is_analysed_as_it_is_never_recorded_over(run_dir, tmp_pat
     assert run.status == "interrupted" and Path(run.path) == mine
     assert "is 'interrupted': the notebooks analyse the tokens recorded so far" in capsys.readouterr().out
     assert {p.relative_to(mine): p.read_bytes() for p in mine.rglob("*") if p.is_file()} == before
+
+
+def test_notebooks_that_compare_domains_refuse_a_one_domain_run(tmp_path):
+    """On a one-domain run expert_paths and specialisation crashed deep in pandas (idxmax of all-NaN)
+    and steering forced "the most specialised domain's" experts, a tie among equal lifts (a review):
+    they now stop in their first cell with one line saying why; ablation's per-domain sentence says
+    it was not measured."""
+    import nbformat
+
+    import probe
+    from analyses.metrics import MetricsError
+    from analyses.notebook_utils import need_domains
+    from helpers.synthetic_run import write_run
+
+    write_run(tmp_path / "one", domains=("math",))
+    with pytest.raises(MetricsError, match=r"compares domains, and this run has one: math\. Record a corpus"):
+        need_domains(probe.open_run(tmp_path / "one"), "this notebook (x)")
+    write_run(tmp_path / "two")
+    assert need_domains(probe.open_run(tmp_path / "two"), "x") == ["code", "prose"]
+    for name in ("expert_paths", "specialisation", "steering"):
+        first = [c for c in nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4).cells if c.cell_type == "code"][0]
+        assert "need_domains(run" in first.source, name
