@@ -94,20 +94,30 @@ def spearman_p(x, y) -> float:
 
 
 def load_vs_importance(df_or_run, domain: str = "all") -> pd.DataFrame:
-    """Per layer: experts, tokens, spearman (with its p-value spearman_p) and pearson (load_share vs
-    delta), the most important
-    expert (top_expert, lowest id among ties) with its top_delta and top_load_share."""
+    """Per layer: experts, tokens (the fewest any of its experts was measured on), token_budgets (how
+    many different token counts its experts were measured on: more than 1 when a later measurement of
+    some experts, e.g. a notebook's quick look, replaced theirs at another budget; warned), spearman
+    (with its p-value spearman_p) and pearson (load_share vs delta), the most important expert
+    (top_expert, lowest id among ties) with its top_delta and top_load_share."""
+    import warnings
+
     df = _domain_rows(importance_table(df_or_run), domain)
     out = []
     for layer, g in df.groupby("layer", sort=True):
         top = g.loc[g.delta.idxmax()]
-        out.append({"layer": int(layer), "experts": len(g), "tokens": int(g.tokens.max()) if "tokens" in g else None,
+        budgets = g.tokens.nunique() if "tokens" in g else None
+        if budgets and budgets > 1:  # it said the largest budget, as if every expert had it (a review)
+            warnings.warn(f"expert_importance, layer {int(layer)} ({domain}): its experts were measured on "
+                          f"{budgets} token budgets ({int(g.tokens.min()):,} to {int(g.tokens.max()):,} tokens), so the "
+                          "correlation mixes them; measure every expert again at one budget", stacklevel=2)
+        out.append({"layer": int(layer), "experts": len(g), "tokens": int(g.tokens.min()) if "tokens" in g else None,
+                    "token_budgets": budgets,
                     "spearman": spearman(g.load_share, g.delta), "spearman_p": spearman_p(g.load_share, g.delta),
                     "pearson": pearson(g.load_share, g.delta),
                     "top_expert": int(top.expert), "top_delta": float(top.delta),
                     "top_load_share": float(top.load_share)})
-    return pd.DataFrame(out, columns=["layer", "experts", "tokens", "spearman", "spearman_p", "pearson", "top_expert",
-                                      "top_delta", "top_load_share"])
+    return pd.DataFrame(out, columns=["layer", "experts", "tokens", "token_budgets", "spearman", "spearman_p", "pearson",
+                                      "top_expert", "top_delta", "top_load_share"])
 
 
 def correlation_by_domain(df_or_run) -> pd.DataFrame:
@@ -115,8 +125,8 @@ def correlation_by_domain(df_or_run) -> pd.DataFrame:
     df = importance_table(df_or_run)
     doms = sorted(df.domain.unique(), key=lambda d: (d != "all", d))
     return pd.concat([load_vs_importance(df, d).assign(domain=d) for d in doms], ignore_index=True)[
-        ["domain", "layer", "experts", "tokens", "spearman", "spearman_p", "pearson", "top_expert", "top_delta",
-         "top_load_share"]]
+        ["domain", "layer", "experts", "tokens", "token_budgets", "spearman", "spearman_p", "pearson", "top_expert",
+         "top_delta", "top_load_share"]]
 
 
 def rank_disagreement(df_or_run, layer: int | None = None, top: int = 5, domain: str = "all") -> pd.DataFrame:

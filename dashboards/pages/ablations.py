@@ -134,6 +134,12 @@ def importance(ref: data.RunRef) -> None:
         shown = c2.multiselect("Layers", layers, default=layers[:4], key="imp_layers")
         d = imp[imp.domain == dom]
         by_layer = {x: d[d.layer == x] for x in layers}
+        mixed = [x for x, g in by_layer.items() if "tokens" in g and g.tokens.nunique() > 1]
+        if mixed:  # a later measurement of some experts (a notebook's quick look) replaced theirs at another budget
+            st.warning(f"Layer{'s' if len(mixed) > 1 else ''} {', '.join(map(str, mixed))}: the experts were measured "
+                       f"on different token budgets ({int(d.tokens.min()):,} to {int(d.tokens.max()):,} tokens), so "
+                       "their Δ loss and ρ mix them. Measure every expert again at one budget "
+                       f"(`python -m analyses.importance --run {ref.path}`).")
         rho = pd.DataFrame({"layer": layers, "rho": [compute.spearman(g.load_share, g.delta)
                                                       for g in by_layer.values()]})
         cols = st.columns(2)

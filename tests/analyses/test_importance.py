@@ -307,3 +307,22 @@ def test_a_new_measurement_of_an_expert_replaces_the_older_one(tmp_path):
     assert len(list((out / TABLE).glob("*.parquet"))) == 1 and len(probe.open_run(out).info["importance_parts"]) == 1
     assert importance_table(probe.open_run(out)).delta.tolist() == [0.5] * 4
     assert not list((out / TABLE).glob(".*tmp*"))
+
+
+def test_a_layer_measured_on_mixed_token_budgets_says_so():
+    """A notebook's quick look (a few experts on fewer tokens) replaces those experts' rows in the
+    run's table; load_vs_importance then reported the largest budget as the layer's and mixed the
+    two silently (a review). `tokens` is now the fewest, `token_budgets` counts them, with a warning."""
+    one = _table([0.1, 0.2, 0.3, 0.4], [0.0, 0.1, 0.2, 0.9], layer=1).assign(tokens=9958)
+    mixed = one.copy()
+    mixed.loc[mixed.expert < 2, "tokens"] = 995
+    with pytest.warns(UserWarning, match=r"layer 1 \(all\): its experts were measured on 2 token budgets "
+                                         r"\(995 to 9,958 tokens\)"):
+        got = load_vs_importance(mixed)
+    assert (int(got.tokens[0]), int(got.token_budgets[0])) == (995, 2)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the control: one budget, no warning
+        got = load_vs_importance(one)
+    assert (int(got.tokens[0]), int(got.token_budgets[0])) == (9958, 1)
