@@ -175,7 +175,7 @@ def write_train_run(run: Path, steps: int = 120, balance: str = "aux-free", seed
         loads = loads if aux_free else loads * torch.linspace(0.2, 3, E)
         biases = [torch.tensor(rng.normal(0, 0.01 * np.sqrt(s), E) * aux_free, dtype=torch.float32) for _ in gates]
         log.step(row, [5 + decay + rng.normal(0, 0.05) for _ in domains], loads, biases)
-        log.loads(s, loads, biases, 512)
+        log.loads(s, loads, biases, 512, 128)  # 4 windows of 128 tokens
         if s % 50 == 0:
             log.evaluation(s, 512 * s, {"val_loss": 5.6 - s / 500, "val_mtp_agree": 0.4 + s / 1000,
                                         **{f"val_loss_{d}": 5.6 - s / 500 for d in domains},
