@@ -120,7 +120,6 @@ def params(ns) -> int:
     print(line)
     if ns.world_size:
         from .memory import forward_plan, format_plan, kv_cache_bytes, shard_plan, size
-
         from .parallel import ParallelError
 
         dtype = torch.bfloat16

@@ -283,8 +283,8 @@ def ablate(opts: AblateOptions, ablations: list[Ablation]):
         if a.domain is not None and loads is None and a.domain not in domains:
             raise AblationError(f"ablation {a.name!r}: no tokens of domain {a.domain!r} in the sample; its domains "
                                 f"are {domains}")
-    world, batches, m = start_job(opts, ckpt, args, windows,
-                                  **{"the ablations (--top, --random, --experts, --spec...)": [repr(a) for a in ablations]})
+    what = "the ablations (--top, --random, --experts, --spec...)"
+    world, batches, m = start_job(opts, ckpt, args, windows, **{what: [repr(a) for a in ablations]})
     bar = None
     if opts.progress and world.rank == 0:
         from tqdm import tqdm

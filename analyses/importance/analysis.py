@@ -108,16 +108,16 @@ def load_vs_importance(df_or_run, domain: str = "all") -> pd.DataFrame:
         budgets = g.tokens.nunique() if "tokens" in g else None
         if budgets and budgets > 1:  # it said the largest budget, as if every expert had it (a review)
             warnings.warn(f"expert_importance, layer {int(layer)} ({domain}): its experts were measured on "
-                          f"{budgets} token budgets ({int(g.tokens.min()):,} to {int(g.tokens.max()):,} tokens), so the "
-                          "correlation mixes them; measure every expert again at one budget", stacklevel=2)
+                          f"{budgets} token budgets ({int(g.tokens.min()):,} to {int(g.tokens.max()):,} tokens), so "
+                          "the correlation mixes them; measure every expert again at one budget", stacklevel=2)
         out.append({"layer": int(layer), "experts": len(g), "tokens": int(g.tokens.min()) if "tokens" in g else None,
                     "token_budgets": budgets,
                     "spearman": spearman(g.load_share, g.delta), "spearman_p": spearman_p(g.load_share, g.delta),
                     "pearson": pearson(g.load_share, g.delta),
                     "top_expert": int(top.expert), "top_delta": float(top.delta),
                     "top_load_share": float(top.load_share)})
-    return pd.DataFrame(out, columns=["layer", "experts", "tokens", "token_budgets", "spearman", "spearman_p", "pearson",
-                                      "top_expert", "top_delta", "top_load_share"])
+    return pd.DataFrame(out, columns=["layer", "experts", "tokens", "token_budgets", "spearman", "spearman_p",
+                                      "pearson", "top_expert", "top_delta", "top_load_share"])
 
 
 def correlation_by_domain(df_or_run) -> pd.DataFrame:

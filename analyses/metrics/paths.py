@@ -230,7 +230,8 @@ def routes_from_run(run, layers=None) -> Routes:
         raise MetricsError(f"layers {bad or layers}: no routing rows (MoE layers recorded: {have})")
     twice = sorted({x for x in layers if layers.count(x) > 1})
     if twice:
-        raise MetricsError(f"layers {layers}: layer {', '.join(map(str, twice))} named twice; a path visits each layer once")
+        raise MetricsError(f"layers {layers}: layer {', '.join(map(str, twice))} named twice; a path visits each "
+                           "layer once")
     layers = sorted(layers)  # a path runs in layer order, whatever order the layers were named in
     inlist = ", ".join(map(str, layers))
     df = run.sql(f"""
