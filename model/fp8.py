@@ -48,7 +48,8 @@ def dequantize_block(q: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int,
 def round_ue8m0(scale: torch.Tensor) -> torch.Tensor:
     """float32 scales rounded up to the next power of two (an exponent alone, DeepSeek-V3.1's "ue8m0"
     scale format), exact, on the float32 bits."""
-    return ((scale.view(torch.int32) + 0x7FFFFF) & 0x7F800000).view(torch.float32)
+    up = ((scale.view(torch.int32) + 0x7FFFFF) & 0x7F800000).view(torch.float32)
+    return torch.where(torch.isnan(scale), scale, up)  # a NaN's bits overflowed to 0.0 (a review)
 
 
 def scale_from_amax(amax: torch.Tensor, scale_fmt: str | None = None, floor: float = 0.0) -> torch.Tensor:

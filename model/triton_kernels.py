@@ -41,12 +41,16 @@ def act_quant_kernel(x_ptr, q_ptr, s_ptr, M, K, NKB, BLOCK_M: tl.constexpr, BLOC
     mask = (rows[:, None] < M) & (cols[None, :] < K)
     offs = rows[:, None].to(tl.int64) * K + cols[None, :]
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    amax = tl.maximum(tl.max(tl.abs(x), axis=1), 1e-4)
+    # NOTE: tl.max / tl.minimum / tl.maximum drop NaN; torch's amax and clamp keep it, and so does
+    # DeepSeek's reference (no clamp): a NaN in a block makes its scale NaN, and a NaN (or inf / inf)
+    # stays NaN, as in the twin (it became a finite -448 code here; a review)
+    nan_in_row = tl.max((x != x).to(tl.int32), axis=1) > 0
+    amax = tl.where(nan_in_row, float("nan"), tl.maximum(tl.max(tl.abs(x), axis=1), 1e-4))
     s = tl.math.div_rn(amax, tl.full(amax.shape, 448.0, tl.float32))
     if UE8M0:
-        s = ((s.to(tl.int32, bitcast=True) + 0x7FFFFF) & 0x7F800000).to(tl.float32, bitcast=True)
+        s = tl.where(s == s, ((s.to(tl.int32, bitcast=True) + 0x7FFFFF) & 0x7F800000).to(tl.float32, bitcast=True), s)
     y = tl.math.div_rn(x, tl.broadcast_to(s[:, None], x.shape))
-    y = round_e4m3(tl.minimum(tl.maximum(y, -448.0), 448.0))
+    y = round_e4m3(tl.where(y == y, tl.minimum(tl.maximum(y, -448.0), 448.0), y))
     tl.store(q_ptr + offs, y.to(q_ptr.dtype.element_ty), mask=mask)
     tl.store(s_ptr + rows.to(tl.int64) * NKB + pid_k, s, mask=rows < M)
 

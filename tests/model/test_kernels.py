@@ -322,6 +322,17 @@ def test_interp_fp8_gemm_matches_twin(interp_results):
     assert of_kind(interp_results, "fp8_linear")[0]["rel"] <= GEMM_REL["float32"]
 
 
+def test_interp_a_nan_activation_block_stays_nan(interp_results):
+    """The Triton kernel's tl.max and clamp dropped a NaN: the block's scale and the GEMM's output came
+    back finite (-2.0 where the twin and DeepSeek's reference give NaN; a review). With and without
+    ue8m0 (whose bit rounding turned a NaN scale into 0.0 in the twin)."""
+    rows = of_kind(interp_results, "nan_block")
+    assert len(rows) == 2
+    for r in rows:
+        assert r["scale_nan"] == [True, True] and r["out_all_nan"] == [True, True], r
+        assert r["clean_row_rel"] <= GEMM_REL["float32"], r  # the control: a row without NaN is finite, as before
+
+
 # --------------------------------------------------------------------------------------------- CUDA
 cuda_only = pytest.mark.skipif(not (CUDA and HAS_TRITON), reason="needs a CUDA GPU and triton")
 

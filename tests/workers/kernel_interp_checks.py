@@ -101,3 +101,16 @@ for m, n, k in [(5, 200, 300), (33, 130, 256), (1, 64, 40), (70, 256, 384)]:
         # the whole FP8 linear (quantise + GEMM) through each implementation
         emit(kind="fp8_linear", case="5x200x300 float32",
              rel=rel(K.fp8_linear(x, wq, ws, impl="triton"), K.fp8_linear(x, wq, ws, impl="torch")))
+
+# --- a NaN in an activation block: its scale is NaN in both, and so is every output it feeds (the
+# Triton kernel's min/max dropped the NaN, and the output came back finite; a review)
+wq, ws = quantize_block(torch.eye(128))
+for fmt in (None, "ue8m0"):
+    x = torch.ones(2, 128)
+    x[0, 5] = float("nan")
+    (_, st), (_, sr) = K.act_quant(x, scale_fmt=fmt, impl="triton"), K.act_quant(x, scale_fmt=fmt, impl="torch")
+    yt = K.fp8_linear(x, wq, ws, impl="triton", out_dtype=torch.float32, scale_fmt=fmt)
+    yr = K.fp8_linear(x, wq, ws, impl="torch", out_dtype=torch.float32, scale_fmt=fmt)
+    emit(kind="nan_block", case=f"nan {fmt}", scale_nan=[bool(st[0, 0].isnan()), bool(sr[0, 0].isnan())],
+         out_all_nan=[bool(yt[0].isnan().all()), bool(yr[0].isnan().all())],
+         clean_row_rel=rel(yt[1], yr[1]))
