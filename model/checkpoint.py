@@ -151,6 +151,9 @@ def load(path: str | os.PathLike, *, dtype: torch.dtype | None = None, device=No
     path = Path(path)
     args, files, headers = _open(path)
     dtype = dtype or getattr(torch, args.dtype)
+    if gemm_impl == "fp8" and dtype == torch.float64:  # refused before the weights load, not at the first GEMM
+        raise CheckpointError("gemm_impl='fp8' quantises float32, bfloat16 or float16 activations to FP8, not "
+                              "float64: use dtype float32, or gemm_impl='fp8-weights' (FP8 weights, float64 sums)")
     with torch.device("meta"):
         meta = Transformer(args, attn_impl=attn_impl, dtype=dtype, init=False)
     plan = _plan(meta, headers)

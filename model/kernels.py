@@ -211,6 +211,8 @@ def dequant_for_gemm(q: torch.Tensor, s: torch.Tensor, block: int, x: torch.Tens
     if (x.dtype in (torch.float32, torch.float64) and resolve_impl(None, q.device) == "torch"
             and not (torch.is_grad_enabled() and x.requires_grad)):
         return dequantize_block(q, s, (block, block), x.dtype, out=scratch(q.shape, x.dtype, q.device))
+    if x.dtype == torch.float64:  # not a kernel dtype: the exact torch dequantisation, a new tensor
+        return dequantize_block(q, s, (block, block), torch.float64)
     return weight_dequant(q, s, block, x.dtype)
 
 

@@ -243,3 +243,17 @@ def test_fp8_weights_mode_gives_the_dequantised_numbers_with_fp8_storage(fp8_dir
     mean_rel, _ = rels(a, b)
     assert mean_rel < 1e-6, mean_rel  # the dequantised path's numbers (float32 GEMM order aside)
     assert rels(c, b)[0] > 1e-3  # the control: the FP8-activation path differs from them
+
+
+@pytest.mark.parametrize("attn_impl", ["absorb", "naive"])
+def test_float64_with_fp8_weights_equals_the_dequantised_float64_model(fp8_dir, attn_impl):
+    """--dtype float64 (the reference precision) with --gemm fp8-weights loaded, then failed on the
+    first absorbed-attention forward (the kernel wrapper refuses float64); with --gemm fp8 the same
+    came at the first GEMM, after the whole load (a review). fp8-weights now runs, equal to the
+    dequantised float64 model; fp8 is refused before loading."""
+    x = tokens(model.load(fp8_dir, device="meta"))
+    want = model.load(fp8_dir, dtype=torch.float64, attn_impl=attn_impl)(x)
+    got = model.load(fp8_dir, dtype=torch.float64, gemm_impl="fp8-weights", attn_impl=attn_impl)(x)
+    assert torch.equal(got, want)
+    with pytest.raises(model.CheckpointError, match="gemm_impl='fp8' quantises float32, bfloat16 or float16"):
+        model.load(fp8_dir, dtype=torch.float64, gemm_impl="fp8")
