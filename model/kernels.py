@@ -349,6 +349,35 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, block
                scale_fmt: str | None = None, *, impl: str | None = None,
                out_dtype: torch.dtype | None = None, acc_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """y = x W^T with W kept in FP8: quantise x per (token, block), then the FP8 GEMM (accumulated
-    in `acc_dtype`); y in `out_dtype` (default x.dtype)."""
-    q, s = act_quant(x, block, scale_fmt, impl=impl)
-    return fp8_gemm(q, s, weight, scale, block, out_dtype or x.dtype, impl=impl, acc_dtype=acc_dtype)
+    in `acc_dtype`); y in `out_dtype` (default x.dtype). A gradient for x is straight-through
+    (`fp8_matmul`)."""
+    return fp8_matmul(x, act_quant(x, block, scale_fmt, impl=impl), weight, scale, block, out_dtype or x.dtype,
+                      impl=impl, acc_dtype=acc_dtype)
+
+
+def fp8_matmul(x: torch.Tensor, xq: tuple[torch.Tensor, torch.Tensor], weight: torch.Tensor, scale: torch.Tensor,
+               block: int, out_dtype: torch.dtype, *, impl: str | None = None,
+               acc_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The FP8 GEMM of x's codes `xq` (= act_quant(x)) with W; when autograd wants x's gradient, it is
+    the straight-through one, dL/dx = dL/dy W with W dequantised (float32): rounding to FP8 has no
+    useful gradient, and autograd through the float8 cast quantised the incoming gradient to
+    unscaled e4m3, mostly zeros (cosine 0.05 with the dense gradient at loss scale 1e-3; a review).
+    The forward values are the same either way."""
+    q, s = xq
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _FP8GemmStraightThrough.apply(x, q, s, weight, scale, block, out_dtype, impl, acc_dtype)
+    return fp8_gemm(q, s, weight, scale, block, out_dtype, impl=impl, acc_dtype=acc_dtype)
+
+
+class _FP8GemmStraightThrough(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, q, s, weight, scale, block, out_dtype, impl, acc_dtype):
+        ctx.save_for_backward(weight, scale)
+        ctx.block, ctx.x_dtype = block, x.dtype
+        return fp8_gemm(q, s, weight, scale, block, out_dtype, impl=impl, acc_dtype=acc_dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        weight, scale = ctx.saved_tensors
+        w = dequantize_block(weight, scale, (ctx.block, ctx.block), torch.float32)
+        return (grad.float() @ w).to(ctx.x_dtype), *([None] * 8)

@@ -15,7 +15,7 @@ from .hooks import HookPoint
 from .fp8 import quantize_block
 from .frozen import packed_experts
 from .gemm import onednn_linear, onednn_swiglu
-from .kernels import act_quant, dequant_for_gemm, fp8_gemm
+from .kernels import act_quant, dequant_for_gemm, fp8_matmul
 from .layers import (ONEDNN_ROW_BUCKET, Linear, dense_linear, experts_on_onednn, fp8_wide, grad_tracked,
                      onednn_eligible, wide)
 
@@ -318,7 +318,7 @@ class Experts(nn.Module):
             return dense_linear(x, dequant_for_gemm(w, s[le], self.block, x))
         if xq is None:
             xq = act_quant(x, self.block, self.scale_fmt)
-        return fp8_gemm(*xq, w, s[le], self.block, out_dtype or x.dtype)
+        return fp8_matmul(x, xq, w, s[le], self.block, out_dtype or x.dtype)
 
     def make_fp8_(self, block: int = 128, scale_fmt: str | None = None,
                   names: tuple[str, ...] = WEIGHTS) -> "Experts":
