@@ -155,9 +155,16 @@ def prepare(opts: RecordOptions) -> Job:
     return Job(ckpt, corpus, out, args, tok, args.bos_token_id if opts.add_bos else None)
 
 
-def check_out(out: Path, opts: RecordOptions) -> None:
+def check_out(out: Path, opts: RecordOptions, corpus: Path | None = None) -> None:
     if out.exists() and not out.is_dir():
         raise RecordError(f"--out {out}: a file, not a run directory")
+    if corpus is not None and corpus.is_dir() and out.resolve().is_relative_to(corpus.resolve()):
+        # the run's own Parquet files were then read as corpus documents, after the run was made (a review)
+        raise RecordError(f"--out {out}: lies inside --corpus {corpus}, whose every file is read as a document; "
+                          "write the run elsewhere")
+    if opts.overwrite and out.is_symlink():  # found only when deleting it, after the model had loaded (a review)
+        raise RecordError(f"--out {out}: a symbolic link (to {os.readlink(out)}); --overwrite replaces a run "
+                          "directory: pass the directory itself")
     if out.exists() and not (opts.overwrite or opts.resume):
         raise RecordError(f"--out {out} exists: pass --overwrite to replace it or --resume to continue it")
     if opts.overwrite:
@@ -192,7 +199,7 @@ def record(opts: RecordOptions) -> Path:
         dry_run(job, opts)
         return job.out
     world = start_world(opts.model_parallel, opts.device, job.args, job_options(opts))
-    agree(world, lambda: check_out(job.out, opts))
+    agree(world, lambda: check_out(job.out, opts, job.corpus))
     plan = count_corpus(job, opts)
     mem = {"before_load": process_memory()["rss"]}
     t_load = time.time()
@@ -280,6 +287,8 @@ def open_run(out: Path, info: dict, opts: RecordOptions) -> None:
         for key, value in old.items():
             if key not in info and key not in SESSION_KEYS:
                 info[key] = value
+        # and their tables (ablations, spec_*...): this session's list replaced theirs (a review)
+        info["tables"] += [t for t in old.get("tables") or [] if t not in info["tables"]]
     elif out.exists() and opts.overwrite:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -307,6 +316,8 @@ def check_resumable(old: dict, new: dict, out: Path) -> None:
                               f"({flag} {old[key].get('path')})")
     for k, before in keys.items():
         was, now = old["options"].get(k, before), new["options"].get(k)
+        if k == "dtype":  # unset is float32 (probe.job.compute_dtype): `--dtype float32` resumes a default run
+            was, now = was or "float32", now or "float32"
         if was != now:
             flag = "--" + k.replace("_", "-")
             raise RecordError(f"--resume: {out} was recorded with {flag} {was}, this command gives {now}: rerun the "

@@ -461,3 +461,35 @@ def test_dry_run_refuses_the_devices_the_job_refuses(probe_env, tmp_path):
     assert [plan_device(d) for d in ("cpu", "cuda", "cuda:3")] == ["cpu", "cuda", "cuda"]
     with pytest.raises(ParallelError, match=r"--device 'cudax': choose cpu"):  # it was torch's own error
         _pick_device("cudax")
+
+
+def test_out_inside_the_corpus_and_a_symlinked_out_are_refused_before_anything_is_written(probe_env, tmp_path):
+    """--out inside --corpus: the run was made, then its own Parquet files were read as documents, and
+    --resume failed the same way; --overwrite of a symlink failed at rmtree, after the model load
+    (a review). Both are refused up front now, and nothing is written."""
+    import shutil
+
+    corpus = Path(shutil.copytree(probe_env["corpus"], tmp_path / "corpus"))
+    with pytest.raises(RecordError, match=r"lies inside --corpus .*, whose every file is read as a document"):
+        rec(probe_env, corpus / "myrun", corpus=corpus, max_tokens=200)
+    assert not (corpus / "myrun").exists()
+    rec(probe_env, tmp_path / "r", max_tokens=200)
+    (tmp_path / "link").symlink_to(tmp_path / "r")
+    with pytest.raises(RecordError, match=r"--out .*link: a symbolic link .*pass the directory itself"):
+        rec(probe_env, tmp_path / "link", max_tokens=200, overwrite=True)
+    assert (tmp_path / "r" / "run.json").exists()
+
+
+def test_resume_keeps_other_commands_tables_and_takes_an_explicit_default_dtype(probe_env, tmp_path):
+    """A resume replaced run.json's table list with its own (an ablation's table dropped out of it),
+    and refused --dtype float32 for a run recorded without --dtype, saying '--dtype None' (a review)."""
+    import json
+
+    out = tmp_path / "r"
+    rec(probe_env, out, max_tokens=200)
+    info = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps(info | {"tables": info["tables"] + ["ablations"], "status": "interrupted"}))
+    rec(probe_env, out, max_tokens=200, resume=True, dtype="float32")
+    assert "ablations" in json.loads((out / "run.json").read_text())["tables"]
+    with pytest.raises(RecordError, match=r"--dtype float32, this command gives bfloat16"):  # the control
+        rec(probe_env, out, max_tokens=200, resume=True, dtype="bfloat16")
