@@ -17,8 +17,12 @@ What the promise covers:
 - An in-place change through the parameter itself (`with torch.no_grad(): w[5].zero_()`, an
   optimiser step, `load_state_dict`) bumps the tensor's version counter: the packed copy is
   remade on its next use.
+- A step of a fused optimiser (`fused=True`) does not bump the version counter; every optimiser
+  step, fused or not, drops the packed copies of the weights it updated (a global optimiser
+  post-step hook, registered with the first frozen scope): they are remade on their next use.
 - A change through `.data` (`w.data.zero_()`) is invisible to the version counter: inside the scope
   it is NOT seen. Edit weights through the parameter, or outside the scope.
+- Weights made under `torch.inference_mode()` have no version counter: their GEMMs run unpacked.
 - A parameter given new storage (`w.data = t`, `m.to(...)`) falls out of the scope (its GEMMs run
   unpacked) until the module is frozen again.
 - An expert's W1 and W3, which one GEMM reads together, are packed into one copy of both, and a
@@ -49,6 +53,28 @@ class _Entry:
 
 
 _FROZEN: "weakref.WeakKeyDictionary[nn.Module, _Entry]" = weakref.WeakKeyDictionary()
+_OPTIMISER_HOOK = None  # the global optimiser post-step hook, registered with the first frozen scope
+
+
+def _watch_optimisers() -> None:
+    global _OPTIMISER_HOOK
+    if _OPTIMISER_HOOK is None:
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        _OPTIMISER_HOOK = register_optimizer_step_post_hook(_after_optimiser_step)
+
+
+def _after_optimiser_step(optimizer, args, kwargs) -> None:
+    """Drop the packed copies of every weight `optimizer` holds: a fused step (`fused=True`) edits
+    them in place without bumping their version counters, and the copies kept the old weights (the
+    logits of a frozen model were 11.9 off its parameters after one AdamW step; a review)."""
+    if not _FROZEN:
+        return
+    ptrs = {p.untyped_storage().data_ptr() for g in optimizer.param_groups for p in g["params"]
+            if isinstance(p, torch.Tensor) and p.device.type == "cpu"}
+    for entry in _FROZEN.values():
+        for key in [k for k in entry.packed if any(view[0] in ptrs for view in k)]:
+            del entry.packed[key]
 
 
 class FrozenWeights:
@@ -60,6 +86,7 @@ class FrozenWeights:
         entry = _FROZEN.get(module)
         if entry is None:
             entry = _FROZEN[module] = _Entry(module)
+            _watch_optimisers()
         entry.holds += 1
         self._held = True
 
@@ -154,6 +181,8 @@ def _cached(ws: tuple[torch.Tensor, ...], make):
     (made by `make` on first use, remade when a version changes, the stale copy freed first); None
     when they are not all such views, or autograd would see the copy."""
     if not _FROZEN or any(w.requires_grad for w in ws) and torch.is_grad_enabled():
+        return None
+    if any(w.is_inference() for w in ws):  # no version counter to watch (made under inference_mode): unpacked
         return None
     ptrs = [w.untyped_storage().data_ptr() for w in ws]
     for entry in _FROZEN.values():

@@ -172,7 +172,7 @@ def _cached_or_measured(key: str, timed, what: str, base: dict) -> GemmChoice:
     (a tie keeps F.linear), cached under `key`."""
     use_cache = _caching()
     cached = _read_cache().get(key) if use_cache else None
-    if cached and cached.get("path") in PATHS:
+    if _valid_entry(cached):  # else (a hand-edited or foreign entry) measured again: it was an AttributeError
         return GemmChoice(cached["path"], "cache", f"{cached.get('reason', '')} (cached in {_cache_file()})",
                           seconds=cached.get("seconds", {}), **base)
     secs = timed()
@@ -191,9 +191,25 @@ def _cached_or_measured(key: str, timed, what: str, base: dict) -> GemmChoice:
     return choice
 
 
+def _valid_entry(entry) -> bool:
+    """A cache entry as _write_cache writes it: a path of PATHS, seconds {path: number} if any."""
+    if not isinstance(entry, dict) or entry.get("path") not in PATHS:
+        return False
+    secs = entry.get("seconds", {})
+    return isinstance(secs, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                          for v in secs.values())
+
+
 def _caching() -> bool:
-    """Whether choices are read from and written to the cache (DSV3_GEMM_CACHE=0: not)."""
-    return os.environ.get("DSV3_GEMM_CACHE", "1") != "0"
+    """Whether choices are read from and written to the cache (DSV3_GEMM_CACHE=0: not; 1 or unset:
+    yes; anything else is refused, as DSV3_ONEDNN's typos are: "false" or "off" used the cache)."""
+    value = os.environ.get("DSV3_GEMM_CACHE") or "1"
+    if value not in ("0", "1"):
+        from .kernels import KernelError
+
+        raise KernelError(f"DSV3_GEMM_CACHE={value!r}: set 0 (measure afresh, no cache) or 1 (the default: use "
+                          "the cache)")
+    return value == "1"
 
 
 def _read_cache() -> dict:

@@ -167,3 +167,35 @@ def test_the_jobs_load_their_model_frozen_where_the_copies_fit(tmp_path):
     mb = load_model(ckpt, cpu, dtype="bfloat16")
     routers = sum(p.numel() * 4 for p in mb.parameters() if p.dtype == torch.float32)
     assert 0 < routers < weights / 4 and packing_fits(mb, available=2 * routers)
+
+
+@pytest.mark.parametrize("make", [lambda ps: torch.optim.AdamW(ps, lr=1e-2, fused=True),
+                                  lambda ps: torch.optim.SGD(ps, lr=1e-1, fused=True),
+                                  lambda ps: torch.optim.AdamW(ps, lr=1e-2, foreach=True)])
+def test_an_optimiser_step_is_seen_even_a_fused_one(make):
+    """A fused optimiser step leaves the version counters as they were: the packed copies kept the
+    old weights, and a frozen model's logits were 11.9 off its own parameters' (a review). Every
+    optimiser step now drops the copies of the weights it holds."""
+    m, tokens = tiny_model_and_tokens()
+    ref, _ = tiny_model_and_tokens()
+    with model.frozen_weights(m):
+        with torch.no_grad():
+            m(tokens)  # packs
+        for mm in (m, ref):
+            opt = make(mm.parameters())
+            mm(tokens).float().logsumexp(-1).mean().backward()
+            opt.step()
+        assert all(torch.equal(p, q) for p, q in zip(m.parameters(), ref.parameters()))
+        with torch.no_grad():
+            assert torch.equal(m(tokens), ref(tokens))
+
+
+def test_weights_made_in_inference_mode_run_unpacked_not_fail(packs):
+    """Inference tensors have no version counter: freezing a model made under inference_mode failed
+    at its first GEMM (a review); its GEMMs run unpacked instead."""
+    with torch.inference_mode():
+        m, tokens = tiny_model_and_tokens()
+        plain = m(tokens)
+        with model.frozen_weights(m):
+            assert torch.equal(m(tokens), plain)
+    assert not packs

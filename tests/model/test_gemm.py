@@ -229,6 +229,31 @@ def test_the_environment_forces_the_path(fresh, monkeypatch):
 
 
 @needs_onednn
+def test_a_foreign_cache_entry_is_measured_again_and_the_cache_switch_takes_0_or_1(fresh, monkeypatch):
+    """An entry that is not an object (or has seconds that are not numbers) was an AttributeError in
+    every float32 job until the file was deleted; DSV3_GEMM_CACHE=false/off used the cache (a review)."""
+    monkeypatch.setattr(gemm, "measure", lambda shapes: {"onednn": 1.0, "linear": 3.0})
+    c = gemm.choice()
+    key = next(iter(json.loads(fresh.read_text())))
+    for bad in ("onednn", {"path": "onednn", "seconds": 5}, {"path": "nope"}):
+        fresh.write_text(json.dumps({key: bad}))
+        gemm.reset()
+        assert gemm.choice().source == "measured", bad
+    gemm.reset()
+    assert gemm.choice().source == "cache" and c.path == "onednn"  # the control: a well-formed entry is read
+    from model.kernels import KernelError
+
+    for value in ("false", "off", " 0"):
+        gemm.reset()
+        monkeypatch.setenv("DSV3_GEMM_CACHE", value)
+        with pytest.raises(KernelError, match=f"DSV3_GEMM_CACHE='{value}': set 0 .* or 1"):
+            gemm.choice()
+    gemm.reset()
+    monkeypatch.setenv("DSV3_GEMM_CACHE", "0")
+    assert gemm.choice().source == "measured"
+
+
+@needs_onednn
 def test_a_real_measurement_times_both_paths(fresh):
     secs = gemm.measure([(64, 128, 256)])
     assert set(secs) == {"onednn", "linear"} and all(0 < v < 1 for v in secs.values())
