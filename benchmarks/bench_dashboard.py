@@ -204,7 +204,7 @@ def synth_train_run(out: Path, steps: int = 2000, seed: int = 0) -> None:
         loads = torch.tensor(rng.poisson(400, (len(gates), E)), dtype=torch.float32)
         biases = [torch.tensor(rng.normal(0, 0.003 * np.sqrt(s), E), dtype=torch.float32) for _ in gates]
         log.step(row, list(4 + decay + rng.normal(0, 0.05, len(DOMAINS))), loads, biases)
-        log.loads(s, loads, biases, 4096)
+        log.loads(s, loads, biases, 4096, 512)  # 8 windows of 512 tokens a step
         if s % 100 == 0:
             log.evaluation(s, 4096 * s, {"val_loss": 5 - s / steps, "val_mtp_agree": 0.5,
                                          **{f"val_loss_{d}": 5 - s / steps for d in DOMAINS},
@@ -315,10 +315,15 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the synthetic runs")
     ap.add_argument("--repeat", type=positive_int, default=2, help="timings per page; the best is reported (default 2)")
     ns = ap.parse_args()
+    if ns.rows < LAYERS * SEQ:  # a smaller run held no whole window (it failed deep inside; a review)
+        ap.error(f"--rows {ns.rows}: at least {LAYERS * SEQ} (one window of {SEQ} tokens at {LAYERS} MoE layers)")
     runs = Path(ns.out or tempfile.mkdtemp(prefix="bench-dashboard-"))
+    done = runs / ".bench-runs-complete"  # written last: a half-made --out (a failed first run) is made again
     try:
-        if not (runs / "big" / "run.json").exists():
+        if not done.exists():
             t = time.time()
+            for name in ("big", "train"):
+                shutil.rmtree(runs / name, ignore_errors=True)
             synth_probe_run(runs / "big", ns.rows)
             synth_train_run(runs / "train")
             ab = [{"ablation": f"top{n}", "spec": json.dumps({"top": n}), "mode": "reroute", "renormalise": False,
@@ -330,6 +335,7 @@ def main() -> int:
                            runs / "big" / "ablations" / "a.parquet")
             synth_spec(runs / "big")
             synth_steering(runs / "big")
+            done.write_text("")
             print(f"wrote {runs} in {time.time() - t:.1f} s")
         import duckdb
 

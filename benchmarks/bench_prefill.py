@@ -178,7 +178,9 @@ def report(ns, timed: tuple[dict, dict], err: float, chosen, weight_bytes: int) 
         # batch, seconds apart), which a drift in the shared machine's speed moves less than the others;
         # its quartiles show how far one run's figure can be trusted
         ratios = [h / c for h, c in zip(results["transformers"], ts)]
-        q1, paired, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+        # quartiles within the measured ratios (the default 'exclusive' method extrapolates: with 2
+        # repeats it printed a negative ratio; a review)
+        q1, paired, q3 = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
         print(f"{name:36} {t:9.4f} {n_tok / t:10.0f} {base / t:15.2f}x {b:8.4f} {best / b:12.2f}x {paired:6.2f}x "
               f"{q1:5.2f}-{q3:4.2f}x")
     forced = {"onednn": "ours, idle hooks, oneDNN forced", "linear": "ours, idle hooks, F.linear forced"}
@@ -219,6 +221,8 @@ def main() -> None:
         import json
         from pathlib import Path
 
+        if not Path(ns.config).is_file():  # e.g. the checkpoint's folder: IsADirectoryError before (a review)
+            raise ValueError(f"--config {ns.config}: not a file (a Hugging Face config.json)")
         cfg = json.loads(Path(ns.config).read_text())
         CONFIG.clear()
         CONFIG.update({k: v for k, v in cfg.items() if k not in ("architectures", "model_type", "torch_dtype")})

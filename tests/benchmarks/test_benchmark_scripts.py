@@ -81,3 +81,20 @@ def test_benchmark_command_lines_give_one_line_errors():
         p = subprocess.run([sys.executable, str(REPO / "benchmarks" / args[0]), *args[1:]], capture_output=True,
                            text=True, cwd=REPO, timeout=120)
         assert p.returncode == 2 and msg in p.stderr and "Traceback" not in p.stderr, p.stderr[-2000:]
+
+
+def test_the_dashboard_benchs_synthetic_runs_are_made_and_bad_sizes_refused(tmp_path, monkeypatch):
+    """bench_dashboard.py crashed on every run when TrainLog.loads grew an argument (only the test
+    helper was updated), and --rows 1..7 failed deep inside; bench_prefill.py --config DIR was an
+    IsADirectoryError (a review). Its training run is made here, as the bench makes it."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import probe
+    from bench_dashboard import synth_train_run
+
+    synth_train_run(tmp_path / "train", steps=20)
+    assert len(probe.open_run(tmp_path / "train").df("train_steps")) == 20
+    for args, msg in ((["bench_dashboard.py", "--rows", "7"], "--rows 7: at least 4096"),
+                      (["bench_prefill.py", "--config", "data/model"], "error: --config data/model: not a file")):
+        p = subprocess.run([sys.executable, str(REPO / "benchmarks" / args[0]), *args[1:]], capture_output=True,
+                           text=True, cwd=REPO, timeout=120)
+        assert p.returncode == 2 and msg in p.stderr and "Traceback" not in p.stderr, p.stderr[-2000:]
