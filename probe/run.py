@@ -43,16 +43,26 @@ def create_views(con, path: str | Path, tables, temp: bool = False) -> list[str]
 
 
 class Run:
+    """A run directory, read as it is on disk at each call: a job may still be writing it (its parts
+    committed so far are read; `status` re-reads run.json)."""
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.info = read_run_json(self.path)
         self._con = None
+        self._parts: tuple | None = None  # the part files the connection's views were made over
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r}, status={self.status!r}, tables={self.tables})"
 
     @property
     def status(self) -> str:
+        """run.json's status now (re-read: polling a running job's run for completion saw its first
+        status forever; a review); `info` follows it."""
+        try:
+            self.info = read_run_json(self.path)
+        except RunError:  # gone or unreadable now: what was read before
+            pass
         return self.info.get("status", "unknown")
 
     @property
@@ -86,21 +96,31 @@ class Run:
 
     @property
     def con(self):
-        """A DuckDB connection with one view per table. A table with an unreadable part file (a
-        half-written or foreign file) gets a view that raises DuckDB's own error, naming the file,
-        when a query reads it: queries of the other tables are not affected."""
-        if self._con is None:
-            import duckdb
+        """A DuckDB connection with one view per table, over the part files committed when it is
+        asked for: the views are made again whenever the parts changed since (a job committed,
+        resumed or overwrote; they were a snapshot of the first query's parts, so `sql` and `df` of
+        one Run disagreed, and a removed part was an IO error; a review). A table with an unreadable
+        part file (a half-written or foreign file) gets a view that raises DuckDB's own error, naming
+        the file, when a query reads it: queries of the other tables are not affected."""
+        import duckdb
 
+        parts = tuple(tuple(f.name for f in table_files(self.path, t)) for t in TABLES)
+        if self._con is not None and parts == self._parts:
+            return self._con
+        if self._con is None:
             self._con = duckdb.connect()
-            for t in TABLES:
-                try:
-                    missing = create_views(self._con, self.path, [t])
-                except duckdb.Error as e:
-                    self._unreadable_view(t, str(e).strip().splitlines()[0])
-                    continue
-                if missing:
-                    self._con.register(t, TABLES[t].empty_table())
+        self._parts = parts
+        for t in TABLES:
+            self._con.execute(f"drop view if exists {t}")
+            for name in (t, f"_unreadable_{t}"):
+                self._con.unregister(name)
+            try:
+                missing = create_views(self._con, self.path, [t])
+            except duckdb.Error as e:
+                self._unreadable_view(t, str(e).strip().splitlines()[0])
+                continue
+            if missing:
+                self._con.register(t, TABLES[t].empty_table())
         return self._con
 
     def _unreadable_view(self, table: str, error: str) -> None:

@@ -493,3 +493,36 @@ def test_resume_keeps_other_commands_tables_and_takes_an_explicit_default_dtype(
     assert "ablations" in json.loads((out / "run.json").read_text())["tables"]
     with pytest.raises(RecordError, match=r"--dtype float32, this command gives bfloat16"):  # the control
         rec(probe_env, out, max_tokens=200, resume=True, dtype="bfloat16")
+
+
+def test_a_run_read_while_it_is_written_sees_each_call_what_is_on_disk(tmp_path):
+    """A Run's SQL views were a snapshot of the parts its first query saw: a part committed later was
+    in `df` but not in `sql`, a table appearing later stayed empty (a metric on the Run said so), a
+    removed part was an IO error, and `status` never changed (a review)."""
+    import json
+    import shutil
+
+    from helpers.synthetic_run import write_run
+
+    src = tmp_path / "src"
+    write_run(src)
+    live = tmp_path / "live"
+    shutil.copytree(src, live, ignore=shutil.ignore_patterns("expert_load"))
+    parts = sorted((live / "tokens").glob("*.parquet"))
+    held = parts[-1].rename(tmp_path / parts[-1].name)  # one part not committed yet
+    run = probe.open_run(live)
+    count = lambda: run.sql("select count(*) from tokens").fetchall()[0][0]  # noqa: E731
+    first = count()
+    held.rename(parts[-1])  # committed now
+    assert count() == len(run.df("tokens")) > first
+    assert run.sql("select count(*) from expert_load").fetchall()[0][0] == 0
+    shutil.copytree(src / "expert_load", live / "expert_load")  # a table that appears later
+    from analyses.metrics import balance_table
+
+    assert run.sql("select count(*) from expert_load").fetchall()[0][0] == len(run.df("expert_load")) > 0
+    assert len(balance_table(run))
+    parts[0].unlink()  # a part removed (a resume truncating, an overwrite)
+    assert count() == len(run.df("tokens"))
+    info = json.loads((live / "run.json").read_text())
+    (live / "run.json").write_text(json.dumps(info | {"status": "running"}))
+    assert run.status == "running" and run.info["status"] == "running"
