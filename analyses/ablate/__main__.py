@@ -59,6 +59,8 @@ def ablations_from_args(ns) -> list[Ablation]:
         if flags or ns.mode != "reroute":
             raise AblationError(f"--spec excludes the single-ablation flags (got --{flags[0] if flags else 'mode'})")
         return load_spec(ns.spec)
+    if ns.experts is not None and not ns.experts.replace(",", "").strip():  # "" or ",,": ran a no-op (a review)
+        raise AblationError(f"--experts {ns.experts!r}: no experts; give layer:expert[+expert],... e.g. 1:3+5")
     if not any(getattr(ns, f) is not None for f in ("experts", "top", "random")) and not ns.shared:
         raise AblationError("nothing to ablate: pass --experts, --top, --random, --shared or --spec")
     seed = 0 if ns.seed is None else ns.seed

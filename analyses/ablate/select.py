@@ -217,6 +217,9 @@ class Ablation:
         who = f"ablation {self.name!r}: " if self.name else ""
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise AblationError(f"{who}seed must be a non-negative integer, not {self.seed!r}")
+        for k in ("renormalise", "shared"):  # a spec file's "false" (a string) was true to Python (a review)
+            if not isinstance(getattr(self, k), bool):
+                raise AblationError(f"{who}{k} must be true or false, not {getattr(self, k)!r}")
         chosen = [k for k in ("experts", "top", "random") if getattr(self, k) is not None]
         if len(chosen) > 1:
             raise AblationError(f"{who}choose one of experts, top, random (got {', '.join(chosen)})")

@@ -68,7 +68,10 @@ def show(df, out) -> None:
     print(loss[cols].to_string(index=False, float_format=lambda x: f"{x:.4f}"))
     for _, r in df[df.kind == "generation"].iterrows():
         print(f"\n[{r.domain or 'prompt'}] {_flat(r.prompt)}")
-        share = "n/a (no token generated)" if pd.isna(r.forced_share) else f"{r.forced_share:.2f}"
+        # n/a: nothing generated, or tokens generated that the steering did not apply to (the
+        # prompt's domain or tokens are not steered): it said "no token generated" then too (a review)
+        why = "no token generated" if not r.steered_text else "no token steered"
+        share = f"n/a ({why})" if pd.isna(r.forced_share) else f"{r.forced_share:.2f}"
         print(f"{'baseline':<{COLUMN}} | steered (forced_share {share})")
         left = textwrap.wrap(_flat(r.baseline_text), COLUMN) or [""]
         right = textwrap.wrap(_flat(r.steered_text), COLUMN) or [""]

@@ -202,6 +202,12 @@ def test_guard_when_every_group_is_kept():
 
 def test_bad_input_errors(tiny, tmp_path):
     shape = RouterShape.of(tiny.args)
+    # a spec file's "false" was true to Python: the run renormalised, or disabled the shared expert,
+    # while its table said it had not (a review)
+    for field in ("renormalise", "shared"):
+        for bad in ("false", 1, None):
+            with pytest.raises(AblationError, match=f"ablation 'z': {field} must be true or false, not {bad!r}"):
+                Ablation(name="z", experts="1:3", mode="zero", **{field: bad})
     cases = [({1: [16]}, "expert 1:16 out of range: layers have experts 0..15"),
              ({0: [1]}, "layer 0 is dense \\(n_dense_layers=1\\)"),
              ({7: [1]}, "layer 7 out of range")]
@@ -333,6 +339,8 @@ def test_cli_with_a_recorded_run_uses_its_loads(probe_env, tmp_path):
     ([], "nothing to ablate"),
     (["--random", "2", "--control"], "--control adds the random counterpart"),
     (["--top", "1", "--batch-size", "0"], "--batch-size must be >= 1"),  # it ran with 8, silently (a review)
+    (["--experts", ""], "--experts '': no experts"),  # it ran a no-op ablation named 'none' (a review)
+    (["--experts", ",,"], "--experts ',,': no experts"),
 ])
 def test_cli_bad_inputs_are_one_line_errors(probe_env, tmp_path, capsys, extra, msg):
     assert_one_line_error(main(_cli(probe_env, tmp_path / "o", *extra)), capsys, msg, tmp_path / "o")

@@ -254,6 +254,10 @@ def test_cli_end_to_end_writes_the_steering_table(probe_env, tmp_path, capsys):
     # TypeError after the table was written
     assert main(_cli(probe_env, out, "--experts", "2:1", "--max-new-tokens", "0")) == 0
     assert "steered (forced_share n/a (no token generated))" in capsys.readouterr().out
+    # tokens generated for a prompt of a domain the steering leaves alone: none steered, not none generated
+    assert main(_cli(probe_env, out, "--experts", "2:1", "--max-new-tokens", "3", "--steer-domain", "code")) == 0
+    printed = capsys.readouterr().out
+    assert "n/a (no token steered)" in printed and "n/a (no token generated)" not in printed
 
 
 @pytest.mark.parametrize("extra,msg", [
