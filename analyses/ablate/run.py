@@ -268,6 +268,12 @@ def ablate(opts: AblateOptions, ablations: list[Ablation]):
                                                and _has_loads(opts.run))):
         loads, source = loads_from_run(opts.run, shape), f"run:{Path(opts.run).resolve()}"
     for a in ablations:  # refuse bad selections before loading anything big
+        if (a.needs_loads and loads is None and a.top is not None and shape.n_experts - a.top < shape.topk
+                and a.mode == "reroute"):
+            # known whatever the loads: with the baseline's loads it was found after that pass (a review)
+            raise AblationError(f"ablation {a.name!r}: top {a.top} leaves {shape.n_experts - a.top} of the "
+                                f"{shape.n_experts} experts a layer, fewer than the {shape.topk} each token is "
+                                "routed to (mode reroute)")
         if not a.needs_loads or loads is not None:
             try:
                 resolve(a, shape, loads, source)
