@@ -332,16 +332,16 @@ def test_cli_with_a_recorded_run_uses_its_loads(probe_env, tmp_path):
 @pytest.mark.parametrize("extra,msg", [
     (["--experts", "1:99"], "expert 1:99 out of range"),
     (["--experts", "0:1"], "layer 0 is dense"),
-    (["--top", "13"], "group limit cannot be met"),
+    # without a run the loads come from the baseline pass: the count alone decides first (the routing
+    # guard ran only after that pass; a review)
+    (["--top", "13"], "top 13 leaves 3 of the 16 experts a layer, fewer than the 4"),
     (["--top", "1", "--domain", "poetry"], "ablation 'top1-poetry': no tokens of domain 'poetry' in the sample"),
     (["--spec", str(REPO / "analyses" / "sweeps" / "top_vs_random.yaml"), "--seed", "7"],
      "--spec excludes the single-ablation flags (got --seed)"),  # it was ignored (a review)
     ([], "nothing to ablate"),
     (["--random", "2", "--control"], "--control adds the random counterpart"),
     (["--top", "1", "--batch-size", "0"], "--batch-size must be >= 1"),  # it ran with 8, silently (a review)
-    (["--experts", ""], "--experts '': no experts"),
-    # with the baseline's loads the guard ran only after that pass (a review); the count alone decides
-    (["--top", "13", "--loads-from", "baseline"], "top 13 leaves 3 of the 16 experts a layer, fewer than the 4"),  # it ran a no-op ablation named 'none' (a review)
+    (["--experts", ""], "--experts '': no experts"),  # it ran a no-op ablation named 'none' (a review)
     (["--experts", ",,"], "--experts ',,': no experts"),
 ])
 def test_cli_bad_inputs_are_one_line_errors(probe_env, tmp_path, capsys, extra, msg):
