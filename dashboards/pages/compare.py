@@ -16,12 +16,16 @@ def loads_of(ref: data.RunRef):
     return data.total_loads(ref, 50 if ref.kind == "train" else None)
 
 
-def grouped(tables: dict, col: str, title: str, ylabel: str, key: str) -> None:
+def grouped(tables: dict, col: str, title: str, ylabel: str, key: str, colors: dict | None = None) -> None:
+    """Bars per layer, one series per run, each in its run's colour (`colors`: run name -> colour; a
+    run left out, e.g. one domain only, must not hand its colour to the other: a review found run B's
+    bars in run A's blue, without a legend) and always with a legend."""
     fig = go.Figure()
-    for (name, t), c in zip(tables.items(), RUN_COLORS):
-        fig.add_trace(go.Bar(x=t.layer, y=t[col], name=name, marker_color=c,
+    colors = colors or dict(zip(tables, RUN_COLORS))
+    for name, t in tables.items():
+        fig.add_trace(go.Bar(x=t.layer, y=t[col], name=name, marker_color=colors[name],
                              hovertemplate=f"{name}<br>%{{x}}<br>{ylabel} %{{y:.4f}}<extra></extra>"))
-    fig.update_layout(barmode="group")
+    fig.update_layout(barmode="group", showlegend=True)
     fig.update_yaxes(title=ylabel)
     st.plotly_chart(charts.style(fig, title, 340), key=key)
 
@@ -95,7 +99,8 @@ def specialisation(probes: list[data.RunRef]) -> None:
             E = int((r.info.get("model_args") or {}).get("n_routed_experts") or de.expert.max() + 1)
             nm[r.name] = compute.domain_nmi_by_layer(de, E)
         if nm:
-            grouped(nm, "domain_nmi", f"{compute.DOMAIN_NMI_LABEL} per layer", "I / H(domain)", "cmp_nmi")
+            grouped(nm, "domain_nmi", f"{compute.DOMAIN_NMI_LABEL} per layer", "I / H(domain)", "cmp_nmi",
+                    colors=dict(zip((r.name for r in probes), RUN_COLORS)))
 
 
 def training_curves(ra: data.RunRef, rb: data.RunRef) -> None:

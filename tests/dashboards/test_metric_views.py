@@ -87,3 +87,19 @@ def test_vocabulary_specialisation_is_shown_beside_its_baseline(tmp_path):
     base = vocabulary_specialisation_baseline(a["token_id"], top1, min_count=5)
     assert shown[0].value == f"{vs:.2f}" and shown[0].delta == f"{vs - base:+.2f} vs no specialisation"
     assert base < vs - 0.2  # the control: a specialised layer stands clear of its baseline
+
+
+def test_a_run_left_out_of_a_compared_chart_does_not_lend_its_colour(tmp_path):
+    """Run A with one domain is left out of the specialisation chart; run B's bars were then drawn in
+    A's colour, with no legend, so they read as A's (a review)."""
+    from dashboards.pages.compare import RUN_COLORS
+    from helpers.synthetic_run import write_run
+
+    write_run(tmp_path / "a", domains=("code",))
+    write_run(tmp_path / "b")
+    at = open_page(app(tmp_path, "a"), "compare")
+    at.selectbox(key="cmp_b").set_value("b").run()
+    specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    nmi = [s for s in specs if "I / H(domain)" in json.dumps(s.get("layout", {}).get("yaxis", {}))]
+    assert len(nmi) == 1 and [t["name"] for t in nmi[0]["data"]] == ["b"]
+    assert nmi[0]["data"][0]["marker"]["color"] == RUN_COLORS[1] and nmi[0]["layout"]["showlegend"] is True
