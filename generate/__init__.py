@@ -22,7 +22,8 @@ as one user turn in DeepSeek-V3's chat format, rendered here without running the
 
     <BOS>{system}<｜User｜>{prompt}<｜Assistant｜>
 
-(`--system` sets the system text; `--no-chat-template` sends the raw prompt after BOS.) Multi-turn
+(`--system` sets the system text; `--no-chat-template` sends the raw prompt, after BOS where
+`add_bos_token` asks for one.) Multi-turn
 history and V3.1's thinking markers are not rendered. Generation stops at the config's
 eos_token_id(s), the tokenizer's eos_token, generation_config.json's eos_token_id, or after
 `--max-new-tokens` (and never runs past max_seq_len).

@@ -112,7 +112,9 @@ def _interactive(m, codec, ns, world, sampling) -> None:
         if world.rank == 0:
             print("> ", end="", file=sys.stderr, flush=True)
             line = sys.stdin.readline()
-            line = None if line == "" or line.strip() in ("/exit", "/quit") else line.rstrip("\n")
+            # (a CRLF line's \r is not prompt text, as read_prompts drops it; it changed the answer: a review)
+            done = line == "" or line.strip() in ("/exit", "/quit")
+            line = None if done else line.removesuffix("\n").removesuffix("\r")
         line = world.broadcast(line)
         if line is None:
             return
@@ -139,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=0, help="0 = off")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mtp", action="store_true", help="speculative decoding with MTP drafts")
-    p.add_argument("--no-chat-template", action="store_true", help="send prompts raw (after BOS)")
+    p.add_argument("--no-chat-template", action="store_true",
+                   help="send prompts raw (after BOS where the tokenizer config adds one: add_bos_token)")
     p.add_argument("--system", help="system text before the user turn (chat format only)")
     p.add_argument("--gemm", choices=["bf16", "fp8", "fp8-weights"], default="bf16",
                    help="fp8: keep FP8 weights resident, FP8 GEMMs; fp8-weights: resident, dequantised per GEMM")

@@ -44,8 +44,11 @@ class SamplingParams:
         # -inf, never the best to +inf (softmax(inf) was NaN below T ~1e-37); the same distribution
         logits = (logits - logits.amax(dim=-1, keepdim=True)) / self.temperature
         if self.top_k and self.top_k < logits.shape[-1]:
-            kth = logits.topk(self.top_k, dim=-1).values[:, -1:]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
+            # exactly k tokens, ties broken toward the lower id as greedy's argmax breaks them: masking
+            # below the k-th value kept every token tied with it (bfloat16 logits tie often), so
+            # --top-k 1 was not greedy (a review)
+            order = logits.sort(dim=-1, descending=True, stable=True).indices[:, self.top_k:]
+            logits = logits.scatter(1, order, float("-inf"))
         probs = logits.softmax(dim=-1)
         if self.top_p < 1:
             sorted_p, order = probs.sort(dim=-1, descending=True)

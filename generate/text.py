@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,12 +32,19 @@ class TextCodec:
         chat = self.chat if chat is None else chat
         if chat:
             text = (system or "") + USER + text + ASSISTANT
+        # bytes that are not UTF-8 reach Python as lone surrogates (argv, stdin; "\ud83d" in JSON), which
+        # the tokenizer refuses with a TypeError (a traceback, and the end of an interactive session;
+        # a review): each becomes U+FFFD, as a corpus file's bad bytes do
+        text = _SURROGATE.sub("\ufffd", text)
         ids = self.tokenizer.encode(text, add_special_tokens=False).ids
         bos = self.chat_bos_id if chat else self.bos_id
         return ([bos] if bos is not None else []) + ids
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _token_text(v) -> str | None:
@@ -84,7 +92,16 @@ def load_codec(ckpt: str | os.PathLike, args=None) -> TextCodec:
     eos_text = _token_text(cfg.get("eos_token"))
     if eos_text and tok.token_to_id(eos_text) is not None:
         stops.append(tok.token_to_id(eos_text))
-    return TextCodec(tok, bos, sorted(set(stops)), bool(template), chat_bos)
+    chat = bool(template)
+    if chat and any(tok.token_to_id(marker.strip()) is None for marker in (USER, ASSISTANT)):
+        # a template of another format (DeepSeek-V2's "User: ... Assistant:"): V3's markers would be
+        # sent as plain text, split into pieces (a review); the prompt goes raw instead, with a note
+        import sys
+
+        print(f"note: {ckpt / 'tokenizer_config.json'}: its chat template is not DeepSeek-V3's (the tokenizer has "
+              f"no {USER.strip()!r} / {ASSISTANT.strip()!r} tokens): prompts are sent without it", file=sys.stderr)
+        chat, chat_bos = False, None
+    return TextCodec(tok, bos, sorted(set(stops)), chat, chat_bos)
 
 
 def read_prompts(path: str | os.PathLike) -> list[str]:

@@ -470,3 +470,44 @@ def test_a_bad_kernel_setting_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("DSV3_KERNELS", "bogus")
     code, out, err = run_cli(capsys, "--ckpt", fp8, "--gemm", "fp8", "--prompt", "a", "--no-chat-template")
     assert code == 2 and err.startswith("error: DSV3_KERNELS='bogus': choose one of") and err.count("\n") == 1, err
+
+
+def test_top_k_keeps_exactly_k_tokens_ties_to_the_lower_id():
+    """Masking below the k-th value kept every token tied with it (bfloat16 logits tie often), so
+    --top-k 1 sampled among tied tokens and was not greedy (a review)."""
+    tied = torch.tensor([[2.0, 5.0, 5.0, 1.0, 5.0]])
+    p = SamplingParams(1.0, top_k=1).probs(tied)
+    assert p.tolist() == [[0.0, 1.0, 0.0, 0.0, 0.0]] and int(p.argmax()) == int(tied.argmax())
+    p2 = SamplingParams(1.0, top_k=2).probs(tied)
+    assert (p2 > 0).sum() == 2 and p2[0, 1] == p2[0, 2] == 0.5
+
+
+def test_text_that_is_not_utf8_and_crlf_lines_and_a_foreign_chat_template(demo_dir, tmp_path, capsys, monkeypatch):
+    """Bytes that are not UTF-8 (lone surrogates in argv, stdin or JSON) were a TypeError traceback and
+    ended an interactive session; an interactive CRLF line kept its \\r; a chat template whose markers
+    the tokenizer lacks sent V3's markers as plain text (a review)."""
+    import shutil
+
+    codec = load_codec(demo_dir)
+    assert codec.encode("caf\udce9") == codec.encode("caf\ufffd")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("caf\udce9\nsecond\n"))
+    code, out, err = run_cli(capsys, "--ckpt", demo_dir, "--interactive", "--max-new-tokens", 3)
+    assert code == 0 and err.count("tokens/s") == 2, err
+    seen = []
+    import generate.__main__ as cli
+
+    real = cli._run_batch
+    monkeypatch.setattr(cli, "_run_batch", lambda m, c, lines, *a: seen.append(lines) or real(m, c, lines, *a))
+    monkeypatch.setattr(sys, "stdin", io.StringIO("The cat\r\n"))
+    assert run_cli(capsys, "--ckpt", demo_dir, "--interactive", "--max-new-tokens", 2)[0] == 0
+    assert seen == [["The cat"]]
+    other = Path(shutil.copytree(demo_dir, tmp_path / "v2chat"))
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+
+    tok = Tokenizer(WordLevel({"[UNK]": 0, "User:": 1}, unk_token="[UNK]"))
+    tok.save(str(other / "tokenizer.json"))
+    cfg = json.loads((other / "tokenizer_config.json").read_text()) | {"chat_template": "User: {{ m }} Assistant:"}
+    (other / "tokenizer_config.json").write_text(json.dumps(cfg))
+    c2 = load_codec(other)
+    assert not c2.chat and "its chat template is not DeepSeek-V3's" in capsys.readouterr().err
