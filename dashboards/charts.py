@@ -8,6 +8,8 @@ balanced value for relative loads and lifts.
 
 from __future__ import annotations
 
+import numbers
+
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -117,6 +119,10 @@ def lines(series: dict[str, tuple[Sequence, Sequence]], *, title: str | None = N
             line=dict(color=(colors or {}).get(name), dash=(dash or {}).get(name)),
             hovertemplate=f"{name}<br>{xlabel} %{{x}}<br>{ylabel}: %{{y:{fmt}}}<extra></extra>"))
     fig.update_xaxes(title=xlabel)
+    xs = [v for x, _ in series.values() for v in x]
+    whole = all(isinstance(v, numbers.Integral) or isinstance(v, numbers.Real) and float(v).is_integer() for v in xs)
+    if xs and whole and max(xs) - min(xs) <= 12:
+        fig.update_xaxes(dtick=1)  # whole batches or passes: plotly's ticks were 0.2, 0.4... on short runs (a review)
     fig.update_yaxes(title=ylabel, type="log" if log_y else None, tickformat=".0%" if "%" in fmt else None)
     if log_y:  # ticks at powers of ten only, written out (plotly's default adds lone-digit minor labels and SI "µ")
         fig.update_yaxes(dtick=1, exponentformat="power", tickformat=None)

@@ -229,3 +229,16 @@ def test_expert_paths_read_their_id_budget_in_tokens_not_in_assumed_windows(tmp_
     assert research.route_windows(ref, 2) >= 600  # every window (2 layers x K 2 x 1,200 tokens = 4,800 ids)
     monkeypatch.setattr(research, "MAX_ROUTE_IDS", 2 * 2 * 101)  # room for 101 tokens: the windows holding them
     assert research.route_windows(ref, 2) == 51  # (it was 101 // 512 -> 1 window, 2 tokens)
+
+
+def test_lines_over_a_few_whole_steps_tick_whole_steps_only():
+    """A short run's MaxVio-per-batch and balancedness-per-pass lines ticked 0.2, 0.4... (a review)."""
+    import numpy as np
+
+    from dashboards import charts
+
+    assert charts.lines({"a": ([0, 1], [0.5, 0.7])}).layout.xaxis.dtick == 1
+    assert charts.lines({"a": (np.array([0, 1, 2]), [0.5, 0.7, 0.6])}).layout.xaxis.dtick == 1
+    assert charts.lines({"a": (list(range(0, 500, 10)), list(range(50)))}).layout.xaxis.dtick is None  # long: plotly's
+    assert charts.lines({"a": ([0.5, 1.5], [1, 2])}).layout.xaxis.dtick is None  # not whole numbers
+    assert charts.lines({"a": (["layer1", "layer2"], [1, 2])}).layout.xaxis.dtick is None  # categories
