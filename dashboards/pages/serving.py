@@ -79,11 +79,18 @@ def controls(ref: data.RunRef, steps: np.ndarray, E: int, current_gpus: int | No
                                       help="Extra physical experts per layer for replicas of hot experts "
                                            "(SGLang: --ep-num-redundant-experts)"))
     with c[2]:
-        wanted = st.session_state.get("sv_gpus")
-        gpus = _pick("GPUs", _divisors(E + redundant)[1:] or [1], "sv_gpus", current_gpus or 8,
-                     help="Expert-parallel size: the GPUs the physical experts are spread over; each GPU holds "
-                          "as many slots as the others, so the count divides experts + redundant slots")
-        if wanted is not None and wanted != gpus:  # the redundant slots changed what divides
+        # the count the user picked is kept apart from the box's value: when the redundant slots make it
+        # divide no more, the nearest count that does is shown, and the picked one comes back once it
+        # divides again (each invalid step replaced the choice, which drifted to counts nobody picked and
+        # the caption named them; a review)
+        options = _divisors(E + redundant)[1:] or [1]
+        wanted = st.session_state.setdefault("sv_gpus_wanted", current_gpus or 8)
+        st.session_state["sv_gpus"] = wanted if wanted in options else min(options, key=lambda o: (abs(o - wanted), -o))
+        gpus = st.selectbox("GPUs", options, key="sv_gpus",
+                            on_change=lambda: st.session_state.update(sv_gpus_wanted=st.session_state["sv_gpus"]),
+                            help="Expert-parallel size: the GPUs the physical experts are spread over; each GPU "
+                                 "holds as many slots as the others, so the count divides experts + redundant slots")
+        if wanted != gpus:  # the redundant slots changed what divides
             st.caption(f"{wanted} GPUs do not divide {E} + {redundant} = {E + redundant} slots; {gpus} GPUs taken.")
     mode = c[3].radio("Planner", ("hierarchical", "global"), key="sv_mode", horizontal=False)
     nodes = 1

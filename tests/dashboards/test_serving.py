@@ -106,6 +106,16 @@ def test_serving_window_and_layout_change_the_plan(imported):
     assert at.selectbox(key="sv_gpus").value in (2, 3, 6, 9, 18) and not at.error and not at.exception
     # ... and the page says why (it switched silently before)
     assert any("8 GPUs do not divide 16 + 2 = 18 slots" in c.value for c in at.caption), [c.value for c in at.caption]
+    assert at.selectbox(key="sv_gpus").value == 9  # the nearest count that divides
+    # the 8 picked is kept, not replaced by what was shown: it comes back once it divides again, and
+    # the caption never names a count nobody picked (it drifted to 5, then 3; a review)
+    at.number_input(key="sv_redundant").set_value(3).run()  # 19 slots: only 19 divides
+    assert any("8 GPUs do not divide 16 + 3 = 19 slots" in c.value for c in at.caption)
+    at.number_input(key="sv_redundant").set_value(0).run()  # 16 slots: 8 divides again
+    assert at.selectbox(key="sv_gpus").value == 8 and not any("do not divide" in c.value for c in at.caption)
+    at.selectbox(key="sv_gpus").set_value(4).run()  # the user's own pick is the new one to keep
+    at.number_input(key="sv_redundant").set_value(2).run()
+    assert any("4 GPUs do not divide 16 + 2 = 18 slots; 3 GPUs taken" in c.value for c in at.caption)
     # the command line it offers plans what the page planned: the planner's mode too (a review)
     at.radio(key="sv_mode").set_value("global").run()
     cmd = next(c.value for c in at.caption if "The same plan from the command line" in c.value)
