@@ -127,7 +127,8 @@ def import_details(ref: data.RunRef) -> None:
     i = ref.info
     src, a = i.get("source") or {}, i.get("model_args") or {}
     c = st.columns(5)
-    c[0].metric("Source", f"{src.get('name')} · {src.get('mode')}")
+    # the engine in the label, the mode as the value: "sglang · per_token" was cut off at 1400 px (a review)
+    c[0].metric(f"Source: {src.get('name')}", str(src.get("mode")), help="the engine and its dump's mode")
     c[1].metric("Forward passes", f"{src.get('passes', 0):,}")
     c[2].metric("Ranks", len(src.get("ranks") or []))
     c[3].metric("MoE layers", len(src.get("moe_layers") or data.moe_layers(ref)))

@@ -156,6 +156,7 @@ def test_every_page_on_imported_runs(imported):
             assert not at.warning, (run, page, texts(at.warning))
         open_page(at, "overview")
         assert any(m.label == "Forward passes" and m.value == str(PASSES) for m in at.metric), run
+        assert any(m.label == "Source: sglang" and m.value == run for m in at.metric), run  # short enough to show
         assert set(at.dataframe[0].value.kind) == {"sglang import"}
     at = open_page(app(imported["runs"], "stat"), "coactivation")  # per-token pages say what a stat dump lacks
     assert "no `routing` table" in texts(at.info)
