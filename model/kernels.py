@@ -211,8 +211,6 @@ def dequant_for_gemm(q: torch.Tensor, s: torch.Tensor, block: int, x: torch.Tens
     if (x.dtype in (torch.float32, torch.float64) and resolve_impl(None, q.device) == "torch"
             and not (torch.is_grad_enabled() and x.requires_grad)):
         return dequantize_block(q, s, (block, block), x.dtype, out=scratch(q.shape, x.dtype, q.device))
-    if x.dtype == torch.float64:  # not a kernel dtype: the exact torch dequantisation, a new tensor
-        return dequantize_block(q, s, (block, block), torch.float64)
     return weight_dequant(q, s, block, x.dtype)
 
 
@@ -296,15 +294,17 @@ def act_quant(x: torch.Tensor, block: int = BLOCK, scale_fmt: str | None = None,
 
 def weight_dequant(q: torch.Tensor, s: torch.Tensor, block: int = BLOCK, dtype: torch.dtype = torch.bfloat16,
                    *, impl: str | None = None) -> torch.Tensor:
-    """W = Q * scale per block x block tile: q [(E,) N, K] fp8, s [(E,) ceil(N/b), ceil(K/b)] float32."""
+    """W = Q * scale per block x block tile: q [(E,) N, K] fp8, s [(E,) ceil(N/b), ceil(K/b)] float32.
+    dtype float64 (the reference precision; exact products) is the torch twin's only, as fp8_gemm's
+    float64 sums are."""
     _check_fp8("weight_dequant: q", q, (2, 3))
     _check_block(block)
     want = (*q.shape[:-2], _n_blocks(q.shape[-2], block), _n_blocks(q.shape[-1], block))
     _check_scale("weight_dequant: s", s, want, f"weight {tuple(q.shape)} in {block}x{block} blocks")
-    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise KernelError(f"weight_dequant: dtype must be float32, bfloat16 or float16, got {dtype}")
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+        raise KernelError(f"weight_dequant: dtype must be float32, bfloat16, float16 or float64, got {dtype}")
     dev = _same_device(q=q, s=s)
-    if resolve_impl(impl, dev) == "triton":
+    if resolve_impl(impl, dev) == "triton" and dtype != torch.float64:
         return weight_dequant_triton(q.contiguous(), s.contiguous(), block, dtype)
     return weight_dequant_torch(q, s, block, dtype)
 

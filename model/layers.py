@@ -14,7 +14,7 @@ from torch import nn
 
 from . import gemm
 from .args import ModelArgs
-from .fp8 import dequantize_block, quantize_block
+from .fp8 import quantize_block
 from .kernels import dequant_for_gemm, fp8_linear, resolve_impl, weight_dequant
 
 
@@ -195,12 +195,7 @@ class Linear(nn.Module):
         w, s = self.weight, self.weight_scale_inv
         key = (w.device, w.data_ptr(), w._version, s.data_ptr(), s._version)
         if self._dense is None or self._dense[0] != key:
-            # float64 (the reference precision) is not a kernel dtype: the exact torch dequantisation
-            # (a float64 model with fp8-weights failed here on its first absorbed-attention forward)
-            dense = (dequantize_block(w.detach(), s, (self.block, self.block), torch.float64)
-                     if self.compute_dtype == torch.float64 else weight_dequant(w.detach(), s, self.block,
-                                                                                 self.compute_dtype))
-            self._dense = (key, dense)
+            self._dense = (key, weight_dequant(w.detach(), s, self.block, self.compute_dtype))
         return self._dense[1]
 
     def make_fp8_(self, block: int = 128, scale_fmt: str | None = None) -> "Linear":
