@@ -230,19 +230,25 @@ def init_world(model_parallel: int | str | None = 1, *, device: str | None = Non
                  devices=tuple(devices))
 
 
-def _pick_device(device: str | None) -> str:
+def device_type(device: str | None) -> str:
+    """"cpu" or "cuda": what --device names (cpu, cuda, cuda:N), or for auto (or None) what torch
+    sees here; anything else is a ParallelError. The one reading of --device, for a job and for a
+    --dry-run's plan alike."""
     want = device or "auto"
     if want == "auto":
-        want = "cuda" if torch.cuda.is_available() else "cpu"
-    if re.fullmatch(r"cuda(:\d+)?", want):
-        if not torch.cuda.is_available():
-            raise ParallelError(f"--device {device}: torch sees no CUDA device")
-        if want == "cuda":
-            want = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-        torch.cuda.set_device(torch.device(want))
-        return want
-    if want != "cpu":
-        raise ParallelError(f"--device {device!r}: choose cpu, cuda (or cuda:N) or auto")
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if want == "cpu" or re.fullmatch(r"cuda(:\d+)?", want):
+        return want.split(":")[0]
+    raise ParallelError(f"--device {device!r}: choose cpu, cuda (or cuda:N) or auto")
+
+
+def _pick_device(device: str | None) -> str:
+    if device_type(device) == "cpu":
+        return "cpu"
+    if not torch.cuda.is_available():
+        raise ParallelError(f"--device {device}: torch sees no CUDA device")
+    want = device if device and device.startswith("cuda:") else f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    torch.cuda.set_device(torch.device(want))
     return want
 
 

@@ -16,7 +16,6 @@ Table bytes are measured by writing synthetic rows with the run's schema and com
 
 from __future__ import annotations
 
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -110,12 +109,13 @@ def capture_bytes(args, opts, dtype: torch.dtype) -> dict:
 def plan_device(device: str | None) -> str:
     """The device type the planned run computes on: --device's, else what `auto` picks here (CUDA
     when torch sees a GPU). Plan GPU runs from a machine without one with --device cuda."""
-    if device in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu" or re.fullmatch(r"cuda(:\d+)?", str(device)):
-        return str(device).split(":")[0]
-    # the job itself refuses it (model.ranks); a plan for the CPU under a mistyped GPU passed (a review)
-    raise RecordError(f"--device {device!r}: choose cpu, cuda (or cuda:N) or auto")
+    from model.parallel import ParallelError
+    from model.ranks import device_type
+
+    try:  # as the job reads it: a plan for the CPU under a mistyped GPU passed (a review)
+        return device_type(device)
+    except ParallelError as e:
+        raise RecordError(str(e)) from None
 
 
 def table_bytes_per_token(args, opts, mtp: bool, tokens: int | None = None) -> dict[str, float]:
