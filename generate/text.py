@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,8 +97,6 @@ def load_codec(ckpt: str | os.PathLike, args=None) -> TextCodec:
     if chat and any(tok.token_to_id(marker.strip()) is None for marker in (USER, ASSISTANT)):
         # a template of another format (DeepSeek-V2's "User: ... Assistant:"): V3's markers would be
         # sent as plain text, split into pieces (a review); the prompt goes raw instead, with a note
-        import sys
-
         print(f"note: {ckpt / 'tokenizer_config.json'}: its chat template is not DeepSeek-V3's (the tokenizer has "
               f"no {USER.strip()!r} / {ASSISTANT.strip()!r} tokens): prompts are sent without it", file=sys.stderr)
         chat, chat_bos = False, None

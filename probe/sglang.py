@@ -70,11 +70,7 @@ def import_sglang(dump: str | Path, out: str | Path | None = None, config: str |
     shape = model_shape(dumps, config)
     mode = dumps[0].mode
     _check_buffer_size(buffer_size, mode)
-    if gpus is not None and (isinstance(gpus, bool) or not isinstance(gpus, numbers.Integral) or gpus < 1):
-        raise SGLangError(f"--gpus {gpus!r}: the server's GPU count, a number >= 1")
-    if gpus is not None and mode == "stat":
-        raise SGLangError("--gpus places the physical-to-logical map of per_pass and per_token dumps; a stat dump "
-                          "has no map, so no placement to place")
+    _check_gpus(gpus, mode)
     if tokenizer is not None:  # read now, so that a typo is not found only when a page decodes tokens
         vocab = (shape.args or {}).get("vocab_size", sys.maxsize)
         load_tokenizer(tokenizer, Path(tokenizer).parent, vocab, error=SGLangError)
@@ -109,6 +105,16 @@ def _check_buffer_size(buffer_size, mode: str) -> None:
     if mode != "stat":
         raise SGLangError(f"--buffer-size applies to stat dumps (a circular buffer of passes); this is a {mode} "
                           "dump, whose records are kept whole")
+
+
+def _check_gpus(gpus, mode: str) -> None:
+    if gpus is None:
+        return
+    if isinstance(gpus, bool) or not isinstance(gpus, numbers.Integral) or gpus < 1:
+        raise SGLangError(f"--gpus {gpus!r}: the server's GPU count, a number >= 1")
+    if mode == "stat":
+        raise SGLangError("--gpus places the physical-to-logical map of per_pass and per_token dumps; a stat dump "
+                          "has no map, so no placement to place")
 
 
 def _import_into(tmp: Path, dumps: list[Dump], shape: Shape, mode: str, tokenizer: str | None,
@@ -396,8 +402,9 @@ def _gpus_unknown(dumps: list[Dump], seen: list[int]) -> str | None:
     for d in dumps:
         m = _RANK_FILE.match(d.path.name)
         if m:
-            beside |= {int(_RANK_FILE.match(f.name)["rank"]) for f in d.path.parent.glob(f"{glob.escape(m['stem'])}_*.pt")
-                       if _RANK_FILE.match(f.name) and f.resolve() not in imported}
+            near = d.path.parent.glob(f"{glob.escape(m['stem'])}_*.pt")
+            beside |= {int(other["rank"]) for f in near if f.resolve() not in imported
+                       and (other := _RANK_FILE.match(f.name))}
     beside -= set(seen)
     if beside:
         return f"files of rank(s) {sorted(beside)} of the same dump lie beside the imported ones"

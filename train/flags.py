@@ -14,11 +14,11 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "data" / "model_config.json"
 BALANCE_MODES = ("aux-free", "switch", "none")
 # flags that change what a resumed run computes; a resume with other values is allowed but reported
+# (the corpus, the settle phase and the tokenizer too: they changed silently before; reviews)
 RESUME_CHECKED = ("seed", "batch_size", "seq_len", "lr", "min_lr_ratio", "warmup_steps", "steps", "weight_decay",
                   "beta1", "beta2", "grad_clip", "mtp_weight", "balance", "bias_update_speed", "bias_schedule",
                   "seq_aux_weight", "switch_weight", "mix_alpha", "corpus", "settle_updates", "settle_batches",
-                  "settle_speed", "tokenizer")  # the corpus, the settle phase and the tokenizer too: changed
-# silently before (reviews)
+                  "settle_speed", "tokenizer")
 
 
 # ------------------------------------------------------------------------------------------ flags
