@@ -120,16 +120,13 @@ def params(ns) -> int:
     print(line)
     if ns.world_size:
         from .memory import forward_plan, format_plan, kv_cache_bytes, shard_plan, size
-        from .parallel import ParallelError
+        from .parallel import BlockAlignError, ParallelError
 
         dtype = torch.bfloat16
         try:
             w = shard_plan(args, ns.world_size, fp8=not ns.dense, dtype=dtype)
-        except ParallelError as e:  # its advice names the loader's argument; this command's switch is --dense
-            if ns.dense or "FP8 blocks" not in str(e):
-                raise
-            raise ParallelError(str(e).replace("use gemm_impl='bf16' (dequantise on load)",
-                                               "pass --dense (bf16 weights, as gemm_impl='bf16' loads them)")) from None
+        except BlockAlignError as e:  # its advice names the loader's argument; this command's switch is --dense
+            raise ParallelError(e.advise("pass --dense (bf16 weights, as gemm_impl='bf16' loads them)")) from None
         print(format_plan(w, ns.config))
         act = forward_plan(args, model_parallel=ns.world_size, batch=batch, seq_len=seq_len, dtype=dtype)
         total = w["per_rank_bytes"] + w["absorb_dense_bytes"] + act["peak"]

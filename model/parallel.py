@@ -71,6 +71,7 @@ from .layers import Linear, grad_tracked
 from .mla import MLA
 from .moe import MLP, Experts
 from .ranks import (  # noqa: F401  (re-exported: model.parallel is the documented home of these)
+    BlockAlignError,
     ParallelError,
     Shards,
     World,
@@ -191,9 +192,8 @@ def _scale_cut(name: str, rank: int, cut: Cut, scale: torch.Tensor, block: int, 
     end = cut.start + cut.size
     first, last = cut.start // block, (end - 1) // block
     if cut.start % block and first != last:
-        raise ParallelError(f"{name}: rank {rank}'s rows/columns [{cut.start}, {end}) of {cut.full} do not align "
-                            f"to the {block}-wide FP8 blocks; use gemm_impl='bf16' (dequantise on load) or a "
-                            f"world size whose shards are multiples of {block}")
+        raise BlockAlignError(f"{name}: rank {rank}'s rows/columns [{cut.start}, {end}) of {cut.full} do not "
+                              f"align to the {block}-wide FP8 blocks", block)
     return Cut(cut.dim, first, last - first + 1, scale.shape[cut.dim])
 
 

@@ -24,6 +24,19 @@ class ParallelError(ConfigError):
     """A layout that cannot be sharded (one line naming the field, its value and the world size)."""
 
 
+class BlockAlignError(ParallelError):
+    """A shard of an FP8 weight that cuts through its scale blocks. `advise(dense)` words the message
+    with the way the caller dequantises on load (the loader's argument, or a command's flag)."""
+    LOADER = "use gemm_impl='bf16' (dequantise on load)"
+
+    def __init__(self, where: str, block: int) -> None:
+        self.where, self.block = where, block
+        super().__init__(self.advise(self.LOADER))
+
+    def advise(self, dense: str) -> str:
+        return f"{self.where}; {dense} or a world size whose shards are multiples of {self.block}"
+
+
 @dataclass(frozen=True)
 class Shards:
     """This process's place: `rank` of `world`, and the process group joining them (None when

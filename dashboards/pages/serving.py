@@ -174,7 +174,8 @@ def show(ref, steps, layers, E, r, window, gpus, redundant, nodes: int = 1, mode
                                  hovertemplate=f"{name}<br>%{{x}}: %{{y:.3f}}<extra></extra>"))
         fig.update_xaxes(type="category", title="MoE layer")
         fig.update_yaxes(title="balancedness", range=[0, 1.02])
-        st.plotly_chart(charts.style(fig, "Balancedness per layer, plan window", 360, barmode="group"), key="sv_layers")
+        title = "Balancedness per layer, mean over the plan window's passes"  # not the summed load's (caption)
+        st.plotly_chart(charts.style(fig, title, 360, barmode="group"), key="sv_layers")
     with right:
         layer = ui.layer_picker([f"layer{x}" for x in layers], "sv_layer")
         i = [f"layer{x}" for x in layers].index(layer)

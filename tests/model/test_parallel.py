@@ -346,7 +346,9 @@ def test_fp8_misaligned_shard_is_refused_on_meta():
     model.checkpoint.make_fp8_resident(m)
     for rank in (0, 1):  # rank 0's [0, 160) starts on a block, rank 1's does not: both ranks raise
         with pytest.raises(ParallelError, match=r"layers\.0\.ffn\.w1\.weight: rank 1's rows/columns \[160, 320\) "
-                                                r"of 320 do not align"):
+                                                r"of 320 do not align to the 128-wide FP8 blocks; use "
+                                                r"gemm_impl='bf16' \(dequantise on load\) or a world size whose "
+                                                r"shards are multiples of 128$"):
             parallel.shard_spec(m, Shards(rank, 2))
     with pytest.warns(UserWarning, match="FP8-resident shards narrower than one 128-wide block"):
         spec = parallel.shard_spec(model.checkpoint.make_fp8_resident(
