@@ -157,7 +157,7 @@ def load(path: str | os.PathLike, *, dtype: torch.dtype | None = None, device=No
     with torch.device("meta"):
         meta = Transformer(args, attn_impl=attn_impl, dtype=dtype, init=False)
     plan = _plan(meta, headers)
-    resident = _keep_fp8(meta, plan, headers, path) if gemm_impl in FP8_RESIDENT else set()
+    resident = _keep_fp8(meta, plan, headers, path, gemm_impl) if gemm_impl in FP8_RESIDENT else set()
     if gemm_impl == "fp8-weights":
         for mod in meta.modules():
             if hasattr(mod, "quantise_activations"):
@@ -185,7 +185,7 @@ def float_dtype(dtype, what: str) -> torch.dtype | None:
     named = getattr(torch, dtype.removeprefix("torch."), None) if isinstance(dtype, str) else dtype
     if not isinstance(named, torch.dtype) or not named.is_floating_point or named.itemsize < 2:
         raise CheckpointError(f"{what}={dtype!r}: expected a floating-point torch dtype or its name "
-                              "(float32, bfloat16, float16)")
+                              "(float32, bfloat16, float16, float64)")
     return named
 
 
@@ -237,20 +237,21 @@ def _check_index_against_headers(path: Path, weight_map: dict[str, Path] | None,
                                   f"but stored in {headers[k][0].name} (a stale or hand-edited index)")
 
 
-def _keep_fp8(meta: Transformer, plan, headers: dict, path: Path) -> set[str]:
-    """gemm_impl="fp8": make the FP8 tensors' parameters FP8 resident; returns their names."""
-    resident = _fp8_resident_names(plan, headers, path)
-    block = _fp8_block(meta.args, path)
+def _keep_fp8(meta: Transformer, plan, headers: dict, path: Path, gemm_impl: str = "fp8") -> set[str]:
+    """gemm_impl "fp8" or "fp8-weights": make the FP8 tensors' parameters FP8 resident; returns their names."""
+    resident = _fp8_resident_names(plan, headers, path, gemm_impl)
+    block = _fp8_block(meta.args, path, gemm_impl)
     make_fp8_resident(meta, resident, block=block, scale_fmt=meta.args.scale_fmt)
     return resident
 
 
-def _fp8_block(args: ModelArgs, path: Path) -> int:
-    """The weight block size FP8-resident weights keep (gemm_impl="fp8"): square, a power of two >= 16."""
+def _fp8_block(args: ModelArgs, path: Path, gemm_impl: str = "fp8") -> int:
+    """The weight block size FP8-resident weights keep (gemm_impl "fp8" or "fp8-weights"): square, a
+    power of two >= 16."""
     block = args.quant_block or (128, 128)
     if block[0] != block[1] or block[0] < 16 or block[0] & (block[0] - 1):
-        raise CheckpointError(f"{path}: gemm_impl='fp8' needs square weight blocks of a power of two >= 16 (its "
-                              f"kernels tile by them), config has weight_block_size {list(block)}; "
+        raise CheckpointError(f"{path}: gemm_impl={gemm_impl!r} needs square weight blocks of a power of two >= 16 "
+                              f"(its kernels tile by them), config has weight_block_size {list(block)}; "
                               "gemm_impl='bf16' dequantises any block size")
     return block[0]
 
@@ -351,10 +352,10 @@ def inspect(path: str | os.PathLike, *, gemm_impl: str = "bf16", dtype: torch.dt
     names = set(weight_map)
     fp8 = any(n.endswith("_scale_inv") for n in names)
     if gemm_impl in FP8_RESIDENT and not fp8:
-        raise CheckpointError(f"{path}: gemm_impl='fp8' needs an FP8 checkpoint; {index.name} lists no "
+        raise CheckpointError(f"{path}: gemm_impl={gemm_impl!r} needs an FP8 checkpoint; {index.name} lists no "
                               "weight_scale_inv tensors: use gemm_impl='bf16'")
     if gemm_impl in FP8_RESIDENT:
-        _fp8_block(args, path)
+        _fp8_block(args, path, gemm_impl)
     args.n_mtp_layers = sum(any(n.startswith(f"model.layers.{args.n_layers + k}.") for n in names)
                             for k in range(args.n_mtp_layers))
     with torch.device("meta"):
@@ -406,7 +407,8 @@ def _is_fp8_args(args: ModelArgs) -> bool:
     return args.quant_block is not None
 
 
-def _fp8_resident_names(plan: list[tuple[str, "Target"]], headers: dict, path: Path) -> set[str]:
+def _fp8_resident_names(plan: list[tuple[str, "Target"]], headers: dict, path: Path,
+                        gemm_impl: str = "fp8") -> set[str]:
     """Our parameter names whose checkpoint tensors are all FP8 (stacked experts: every expert)."""
     dtypes: dict[str, set] = defaultdict(set)
     for hf_name, target in plan:
@@ -416,12 +418,12 @@ def _fp8_resident_names(plan: list[tuple[str, "Target"]], headers: dict, path: P
     for name, dts in dtypes.items():
         if torch.float8_e4m3fn in dts:
             if len(dts) > 1:
-                raise CheckpointError(f"{path}: gemm_impl='fp8': {name} mixes FP8 and "
+                raise CheckpointError(f"{path}: gemm_impl={gemm_impl!r}: {name} mixes FP8 and "
                                       f"{sorted(str(d) for d in dts - {torch.float8_e4m3fn})} tensors")
             names.add(name)
     if not names:
-        raise CheckpointError(f"{path}: gemm_impl='fp8' needs an FP8 checkpoint (float8_e4m3fn weights with "
-                              "weight_scale_inv); this one has none: use gemm_impl='bf16'")
+        raise CheckpointError(f"{path}: gemm_impl={gemm_impl!r} needs an FP8 checkpoint (float8_e4m3fn weights "
+                              "with weight_scale_inv); this one has none: use gemm_impl='bf16'")
     return names
 
 

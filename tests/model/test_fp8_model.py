@@ -217,6 +217,8 @@ def test_gemm_impl_errors(tmp_path, fp8_dir, resident):
     model.save(random_model("tiny", seed=0), plain)
     with pytest.raises(CheckpointError, match="gemm_impl='fp8' needs an FP8 checkpoint"):
         model.load(plain, gemm_impl="fp8")
+    with pytest.raises(CheckpointError, match="gemm_impl='fp8-weights' needs an FP8 checkpoint"):  # not 'fp8' (a review)
+        model.load(plain, gemm_impl="fp8-weights")
     with pytest.raises(CheckpointError, match=r"gemm_impl='int4': choose one of \('bf16', 'fp8', 'fp8-weights'\)"):
         model.load(fp8_dir, gemm_impl="int4")
     # casting an FP8-resident model with .to(dtype) would drop FP8 storage: a clear error, not junk
