@@ -64,8 +64,8 @@ def import_sglang(dump: str | Path, out: str | Path | None = None, config: str |
     """Import SGLang dumps into a run directory; returns it. `buffer_size`: the server's
     --expert-distribution-recorder-buffer-size, for stat dumps (-1: an unbounded buffer, its rows
     every pass in order; N: a circular buffer of N rows; None: circular assumed, SGLang's default).
-    `gpus`: the server's GPU count (its expert-parallel size), for the `placement` table; None: the
-    ranks seen, when every rank's file was imported."""
+    `gpus`: the server's expert-parallel size (its GPU count under EP; 1 for tensor parallelism only),
+    for the `placement` table; None: the ranks seen, when every rank's file was imported."""
     dumps = find_dumps(dump)
     shape = model_shape(dumps, config)
     mode = dumps[0].mode
@@ -111,7 +111,7 @@ def _check_gpus(gpus, mode: str) -> None:
     if gpus is None:
         return
     if isinstance(gpus, bool) or not isinstance(gpus, numbers.Integral) or gpus < 1:
-        raise SGLangError(f"--gpus {gpus!r}: the server's GPU count, a number >= 1")
+        raise SGLangError(f"--gpus {gpus!r}: the server's expert-parallel size, a number >= 1")
     if mode == "stat":
         raise SGLangError("--gpus places the physical-to-logical map of per_pass and per_token dumps; a stat dump "
                           "has no map, so no placement to place")
@@ -386,13 +386,14 @@ def _ranks(dumps: list[Dump]) -> list[int]:
     return sorted(found or {int(d.data.get("rank", i)) for i, d in enumerate(dumps)})
 
 
-_RANK_FILE = re.compile(r"^(?P<stem>.+)_(?P<rank>\d+)\.pt$")  # SGLang's per-rank dump files: <name>_<rank>.pt
+# SGLang's per-rank dump files: <name>_<time.time()>_<rank>.pt, each rank stamping its own time
+_RANK_FILE = re.compile(r"^(?P<name>.+?)_(?P<stamp>\d+(?:\.\d*)?)_(?P<rank>\d+)\.pt$")
 
 
 def _gpus_unknown(dumps: list[Dump], seen: list[int]) -> str | None:
-    """Why the ranks seen may not be the server's every GPU (None: they are): not 0..n-1; one rank
-    only (rank 0 of a 1-GPU server and of an 8-GPU one look alike); other ranks' files of the same
-    dump lying beside the imported ones."""
+    """Why the ranks seen may not be the server's every GPU (None: as far as the files tell, they
+    are): not 0..n-1; one rank only (rank 0 of a 1-GPU server and of an 8-GPU one look alike); files
+    of other ranks lying beside the imported ones (any time stamp: each rank stamps its own)."""
     if seen != list(range(len(seen))):
         return f"the dump holds ranks {seen}, not 0..{len(seen) - 1}"
     if len(seen) == 1:
@@ -402,21 +403,41 @@ def _gpus_unknown(dumps: list[Dump], seen: list[int]) -> str | None:
     for d in dumps:
         m = _RANK_FILE.match(d.path.name)
         if m:
-            near = d.path.parent.glob(f"{glob.escape(m['stem'])}_*.pt")
+            near = d.path.parent.glob(f"{glob.escape(m['name'])}_*_*.pt")
             beside |= {int(other["rank"]) for f in near if f.resolve() not in imported
-                       and (other := _RANK_FILE.match(f.name))}
+                       and (other := _RANK_FILE.match(f.name)) and other["name"] == m["name"]}
     beside -= set(seen)
     if beside:
-        return f"files of rank(s) {sorted(beside)} of the same dump lie beside the imported ones"
+        return f"files of rank(s) {sorted(beside)} lie beside the imported ones"
     return None
+
+
+def _gpus_of(dumps: list[Dump], gpus: int | None) -> int | None:
+    """The server's expert-parallel size: `gpus`, checked against the ranks that recorded (an EP size
+    divides the world size; more GPUs than ranks seen: some ranks' files were not imported), else
+    the ranks seen when nothing says they are not all (said on stderr), else None (said why)."""
+    seen = _ranks(dumps)
+    if gpus is not None:
+        if gpus <= seen[-1] and (seen[-1] + 1) % gpus:
+            raise SGLangError(f"--gpus {gpus}: the dump holds ranks up to {seen[-1]}, and an expert-parallel size "
+                              f"divides the number of ranks ({seen[-1] + 1} or more)")
+        return gpus
+    why = _gpus_unknown(dumps, seen)
+    if why:
+        print(f"note: {why}: the server's GPU count is unknown, so its placement is not imported (import every "
+              "rank's file, or pass --gpus N)", file=sys.stderr)
+        return None
+    print(f"note: placement read as {len(seen)} expert-parallel GPUs, one per rank that recorded; pass --gpus N if "
+          "the server had more (ranks whose files lie elsewhere) or another --ep-size (1 for tensor parallel only)",
+          file=sys.stderr)
+    return len(seen)
 
 
 def _write_placement(dumps: list[Dump], shape: Shape, out: Path, layers: list[int],
                      gpus: int | None = None) -> dict | None:
     """The dump's physical-to-logical map (per_pass / per_token) as the `placement` table; the GPU of
-    a physical slot is slot // (physical experts / GPUs), SGLang's layout. The GPUs: `gpus`, else the
-    ranks that recorded when they are surely all of them (`_gpus_unknown`). None without a map, or
-    when the GPU count is unknown."""
+    a physical slot is slot // (physical experts / GPUs), SGLang's layout, its expert-parallel rank.
+    The GPUs: `_gpus_of`. None without a map, or when the GPU count is unknown."""
     with_map = sorted((x for x in dumps if "last_physical_to_logical_map" in x.data), key=_dump_time)
     if not with_map:
         return None
@@ -426,22 +447,16 @@ def _write_placement(dumps: list[Dump], shape: Shape, out: Path, layers: list[in
         print(f"note: the files hold different physical-to-logical maps (the server rebalanced between dumps?): "
               f"each file's expert ids are read with its own map; the placement table holds the last one "
               f"({d.path.name})", file=sys.stderr)
-    seen = _ranks(dumps)
-    if gpus is not None and seen and seen[-1] >= gpus:
-        raise SGLangError(f"--gpus {gpus}: the dump holds rank {seen[-1]}, so the server had more GPUs")
-    why = None if gpus is not None else _gpus_unknown(dumps, seen)
-    if why:
-        print(f"note: {why}: the server's GPU count is unknown, so its placement is not imported (import every "
-              "rank's file, or pass --gpus N)", file=sys.stderr)
+    gpus = _gpus_of(dumps, gpus)
+    if gpus is None:
         return None
-    ranks = gpus or len(seen)
     P = m.shape[1]
-    if P % ranks:
-        raise SGLangError(f"{d.path}: {P} physical experts do not split over {ranks} ranks")
-    per = P // ranks  # `layers`: expert_load's (the config's MoE layers, or without one those that routed)
+    if P % gpus:
+        raise SGLangError(f"{d.path}: {P} physical experts do not split over {gpus} GPUs")
+    per = P // gpus  # `layers`: expert_load's (the config's MoE layers, or without one those that routed)
     w = PartWriter(out, 0, ["placement"])
     w.append("placement", {"layer": np.repeat(np.array(layers, np.int16), P), "physical": np.tile(np.arange(P, dtype=np.int32), len(layers)),
                            "logical": m[layers].reshape(-1).astype(np.int32),
                            "gpu": np.tile(np.arange(P, dtype=np.int32) // per, len(layers))}, 0)
     w.commit(0)
-    return {"physical_experts": P, "gpus": ranks, "from": str(d.path.name)}
+    return {"physical_experts": P, "gpus": gpus, "from": str(d.path.name)}

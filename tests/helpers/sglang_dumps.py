@@ -110,6 +110,12 @@ def _physical(logical: np.ndarray, m: np.ndarray, rng) -> np.ndarray:
     return out
 
 
+def rank_file(rank: int, stamp: float = 1733000000.0) -> str:
+    """SGLang's name for a rank's per_pass / per_token dump: each rank stamps its own time.time(), so
+    the ranks' stamps differ (here by 0.01 s a rank, two decimals: name order is rank order)."""
+    return f"expert_distribution_recorder_{stamp + 0.01 * rank:.2f}_{rank}.pt"
+
+
 def write_per_pass(d: Path, passes: list[Pass], m: np.ndarray, ranks: int = 2, seed: int = 0) -> list[Path]:
     """One file per rank: per pass, that rank's tokens counted per physical expert."""
     rng = np.random.default_rng(seed)
@@ -125,7 +131,7 @@ def write_per_pass(d: Path, passes: list[Pass], m: np.ndarray, ranks: int = 2, s
                 c[layer] += np.bincount(v, minlength=m.shape[1])
             records.append(dict(forward_pass_id=p.fp, rank=rank, gatherer_key="primary",
                                 global_physical_count=torch.from_numpy(c).int()))
-        path = d / f"expert_distribution_recorder_1733000000.0_{rank}.pt"
+        path = d / rank_file(rank)
         torch.save(dict(records=records, last_physical_to_logical_map=torch.from_numpy(m)), path)
         files.append(path)
     return files
@@ -155,7 +161,7 @@ def write_per_token(d: Path, passes: list[Pass], m: np.ndarray, ranks: int = 2, 
                                                    num_tokens_per_rdma_rank=[len(p.input_ids)],
                                                    num_tokens_per_expert=gpc[1].tolist())],  # DeepEP's counts
                                 global_physical_count=torch.from_numpy(gpc).int()))
-        path = d / f"expert_distribution_recorder_1733000000.0_{rank}.pt"
+        path = d / rank_file(rank)
         torch.save(dict(records=records, last_physical_to_logical_map=torch.from_numpy(m)), path)
         files.append(path)
     return files

@@ -485,21 +485,28 @@ def test_placement_needs_every_rank_or_the_gpu_count(world, tmp_path, capsys):
     assert "the dump holds one rank's records (rank 0)" in capsys.readouterr().err
     run = probe.open_run(import_sglang(files[0], tmp_path / "r0-gpus", config=str(world["config"]), gpus=2))
     assert run.info["source"]["placement"]["gpus"] == 2 and run.df("placement").gpu.max() == 1
-    # a 4-rank server whose ranks 0 and 1 were imported, ranks 2 and 3 beside them
+    # a 4-rank server whose ranks 0 and 1 were imported, ranks 2 and 3 beside them; each rank stamps
+    # its file with its own time.time() (the check matched one shared stamp, so never a real dump's)
     for rank in (2, 3):
         d = torch.load(files[1], weights_only=True)
-        torch.save(d | {"records": [r | {"rank": rank} for r in d["records"]]},
-                   files[1].with_name(files[1].name.replace("_1.pt", f"_{rank}.pt")))
+        torch.save(d | {"records": [r | {"rank": rank} for r in d["records"]]}, files[1].with_name(sg.rank_file(rank)))
     from probe.sglang import _gpus_unknown
     from probe.sglang_dumps import find_dumps
 
     two = find_dumps(files[0]) + find_dumps(files[1])  # ranks 0 and 1 imported (a dump names one file or folder)
-    assert "files of rank(s) [2, 3] of the same dump lie beside" in _gpus_unknown(two, [0, 1])
+    assert "files of rank(s) [2, 3] lie beside" in _gpus_unknown(two, [0, 1])
+    capsys.readouterr()
     full = probe.open_run(import_sglang(tmp_path / "d", tmp_path / "all", config=str(world["config"])))
     assert full.info["source"]["placement"]["gpus"] == 4 and full.df("placement").gpu.max() == 3
-    with pytest.raises(SGLangError, match=r"--gpus 2: the dump holds rank 3"):
-        import_sglang(tmp_path / "d", tmp_path / "bad", config=str(world["config"]), gpus=2)
-    with pytest.raises(SGLangError, match=r"--gpus 0: the server's GPU count"):
+    assert "note: placement read as 4 expert-parallel GPUs" in capsys.readouterr().err  # said, as it is a guess
+    # --gpus is the expert-parallel size: a divisor of the ranks' count (1: tensor parallelism only)
+    for ep in (1, 2):
+        run = probe.open_run(import_sglang(tmp_path / "d", tmp_path / f"ep{ep}", config=str(world["config"]), gpus=ep))
+        assert run.info["source"]["placement"]["gpus"] == ep and run.df("placement").gpu.max() == ep - 1
+    with pytest.raises(SGLangError, match=r"--gpus 3: the dump holds ranks up to 3, and an expert-parallel size "
+                                          r"divides the number of ranks \(4 or more\)"):
+        import_sglang(tmp_path / "d", tmp_path / "bad", config=str(world["config"]), gpus=3)
+    with pytest.raises(SGLangError, match=r"--gpus 0: the server's expert-parallel size"):
         import_sglang(tmp_path / "d", tmp_path / "bad", config=str(world["config"]), gpus=0)
     with pytest.raises(SGLangError, match=r"a stat dump has no map"):
         import_sglang(world["stat"], tmp_path / "bad", config=str(world["config"]), gpus=2)
