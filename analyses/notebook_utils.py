@@ -136,11 +136,23 @@ def _complete(path: Path) -> bool:
         return False
 
 
+def _env_path(env: str) -> Path:
+    """$DSV3_NOTEBOOK_RUN as an absolute path: a relative one that is not under the working directory
+    is the repository root's (`runs/model-val` from a kernel in analyses/notebooks/ recorded a new run
+    there, silently, instead of opening the user's; a review)."""
+    path = Path(env).expanduser()
+    if path.is_absolute() or path.exists():
+        return path.resolve()
+    return (REPO / path).resolve()
+
+
 def default_run(max_tokens: int | None = None):
     """The run the notebooks analyse, as a `probe.Run`:
 
     1. $DSV3_NOTEBOOK_RUN when set (recorded there, small, on the bundled model when missing; a run
-       there that is not complete is analysed as it is, never recorded over);
+       there that is not complete is analysed as it is, never recorded over); a relative path is
+       read from the working directory when it is there, else from the repository root (Jupyter
+       starts a notebook's kernel in the notebook's folder, not where the server was launched);
     2. else the default run `runs/model-val` when it is complete;
     3. else a small run `runs/model-val-<N>tok` of N = `max_tokens` ($DSV3_NOTEBOOK_MAX_TOKENS,
        default 40000) tokens of the bundled validation corpus, recorded now if missing (about a
@@ -150,7 +162,7 @@ def default_run(max_tokens: int | None = None):
     n = max_tokens or env_int("DSV3_NOTEBOOK_MAX_TOKENS", SMALL_TOKENS)
     env = os.environ.get("DSV3_NOTEBOOK_RUN")
     if env:
-        path = Path(env)
+        path = _env_path(env)
     elif _complete(DEFAULT_RUN):
         path = DEFAULT_RUN
     else:
@@ -181,6 +193,11 @@ def compare_run(run, variant: str = "no-router-bias", out: str | Path | None = N
 
     if variant != "no-router-bias":
         raise ValueError(f"variant {variant!r}: only no-router-bias is known")
+    if "routing" not in run.tables:  # before recording a whole variant run that cannot be compared (a review)
+        from analyses.metrics import MetricsError
+
+        raise MetricsError(f"{run.path}: no routing table to compare (recorded with --router-logits none?); record "
+                           "the run with routing, or point $DSV3_NOTEBOOK_RUN at one that has it")
     src = Path(run.path)
     out = Path(out) if out else src.with_name(f"{src.name}-{variant}")
     if not _complete(out):

@@ -188,3 +188,45 @@ def test_notebooks_that_compare_domains_refuse_a_one_domain_run(tmp_path):
     for name in ("expert_paths", "specialisation", "steering"):
         first = [c for c in nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4).cells if c.cell_type == "code"][0]
         assert "need_domains(run" in first.source, name
+
+
+def test_a_relative_run_path_is_the_repositorys_when_not_under_the_kernels_folder(run_dir, tmp_path, monkeypatch):
+    """Jupyter starts a kernel in the notebook's folder: DSV3_NOTEBOOK_RUN=runs/r1, the user's run
+    under the repository root, recorded a new run in analyses/notebooks/runs/r1 and analysed that
+    (a review). A relative path is the working directory's when there, else the repository's."""
+    from analyses import notebook_utils
+
+    monkeypatch.setattr(notebook_utils, "REPO", tmp_path / "repo")
+    (tmp_path / "repo" / "runs").mkdir(parents=True)
+    mine = tmp_path / "repo" / "runs" / "r1"
+    mine.symlink_to(run_dir, target_is_directory=True)
+    kernel = tmp_path / "repo" / "analyses" / "notebooks"
+    kernel.mkdir(parents=True)
+    monkeypatch.chdir(kernel)
+    monkeypatch.setenv("DSV3_NOTEBOOK_RUN", "runs/r1")
+    monkeypatch.setattr(notebook_utils, "record_small", lambda *a, **k: pytest.fail("must open the user's run"))
+    assert Path(notebook_utils.default_run().path) == Path(run_dir).resolve()
+    assert not (kernel / "runs").exists()
+    (kernel / "here").symlink_to(run_dir, target_is_directory=True)  # under the working directory: that one
+    assert notebook_utils._env_path("here") == Path(run_dir).resolve()
+    assert notebook_utils._env_path("nowhere") == tmp_path / "repo" / "nowhere"  # recorded at the root
+
+
+def test_compare_run_refuses_a_run_without_routing_before_recording(tmp_path, monkeypatch):
+    """run_vs_run recorded a whole variant run (and its checkpoint) before finding that the run had
+    no routing table to compare (a review)."""
+    import probe
+    from analyses import notebook_utils, variants
+    from analyses.metrics import MetricsError
+    from helpers.synthetic_run import write_run
+
+    import shutil
+
+    write_run(tmp_path / "r")
+    shutil.rmtree(tmp_path / "r" / "routing")  # as --router-logits none records it
+    run = probe.open_run(tmp_path / "r")
+    assert "routing" not in run.tables and "tokens" in run.tables
+    monkeypatch.setattr(variants, "without_router_bias", lambda *a, **k: pytest.fail("must not write a variant"))
+    with pytest.raises(MetricsError, match=r"no routing table to compare \(recorded with --router-logits none\?\)"):
+        notebook_utils.compare_run(run)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
