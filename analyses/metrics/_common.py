@@ -87,12 +87,19 @@ def n_experts_of_run(run, table: str = "expert_load") -> int:
     return int(m) + 1 if m is not None else 0
 
 
+# what leaves a recorded table out, for need_rows's message
+_NOT_RECORDED = {"routing": "recorded with --router-logits none?", "kv_stats": "recorded with --no-kv-stats?",
+                 "kv_spectrum": "recorded with --no-kv-stats?",
+                 "mtp": "recorded with --no-mtp, or a checkpoint without an MTP layer?"}
+
+
 def need_rows(run, table: str) -> None:
     """Raise when the run has no rows in `table` (an empty run or a table not recorded)."""
     if not run.files(table):
         src = run.info.get("source") or {}
         why = (f"imported from a {src.get('name')} {src.get('mode')} dump, which holds loads per forward pass "
                "only; the per_token mode records routing" if src.get("mode") in ("stat", "per_pass")
+               else f"empty run, or not recorded: {_NOT_RECORDED[table]}" if table in _NOT_RECORDED
                else "empty run, or not recorded")
         raise MetricsError(f"{run.path}: run has no {table} table ({why})")
     n = run.sql(f"select count(*) from {table}").fetchall()[0][0]

@@ -538,3 +538,25 @@ def test_record_agreement_by_hand():
     assert c["loss_move"] == pytest.approx(0.25)
     with pytest.raises(M.MetricsError, match="share no"):
         M.record_agreement(toks, ref, toks, got.assign(seq_id=got.seq_id + 9))
+
+
+def test_a_table_not_recorded_names_the_flag_that_leaves_it_out(tmp_path):
+    """A notebook on a run recorded with --no-kv-stats said "empty run, or not recorded" without the
+    flag (a review)."""
+    import shutil
+
+    import probe
+    from analyses.metrics import MetricsError
+    from analyses.metrics._common import need_rows
+    from helpers.synthetic_run import write_run
+
+    write_run(tmp_path / "r")
+    shutil.rmtree(tmp_path / "r" / "routing")
+    run = probe.open_run(tmp_path / "r")
+    for table, flag in (("routing", "--router-logits none"), ("kv_stats", "--no-kv-stats"), ("mtp", "--no-mtp")):
+        with pytest.raises(MetricsError, match=rf"run has no {table} table \(empty run, or not recorded: "
+                                               rf"recorded with {flag}"):
+            need_rows(run, table)
+    with pytest.raises(MetricsError, match=r"run has no spec_decode table \(empty run, or not recorded\)$"):
+        need_rows(run, "spec_decode")
+    need_rows(run, "tokens")  # the control: a table that is there
