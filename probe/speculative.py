@@ -281,7 +281,8 @@ def _write_run(out: Path, rows: dict, drafts: dict, opts: SpecOptions, ckpt: Pat
                "generated": int(np.sum(rows["new_tokens"])), "forward_passes": int(np.sum(rows["forward_passes"])),
                "drafts_proposed": proposed, "drafts_accepted": accepted,
                "acceptance_rate": accepted / proposed if proposed else None,
-               # tokens a verifying pass yields on average (one MTP draft a pass: 1 + acceptance rate)
+               # tokens a verifying pass yields on average (one MTP draft a pass: 1 + acceptance rate), as
+               # the metric is defined: a prompt's last pass may yield one fewer, cut at --new-tokens
                "mean_acceptance_length": 1 + accepted / proposed if proposed else None,
                "max_prompts": opts.max_prompts, "max_tokens": opts.max_tokens,
                "prompts_per_domain": _per_domain(rows["domain"], [1] * len(rows["domain"])),

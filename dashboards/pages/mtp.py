@@ -50,7 +50,8 @@ def speculative(ref: data.RunRef, colors: dict) -> None:
     m = st.columns(4)
     m[0].metric("Acceptance rate", f"{acc:.1%}", help="accepted drafts / proposed drafts")
     m[1].metric("Mean acceptance length", f"{1 + acc:.2f}",
-                help="1 + accepted / proposed: tokens a verifying pass yields (one MTP draft a pass)")
+                help="1 + accepted / proposed: the tokens a verifying pass yields with one MTP draft a pass, "
+                     "before a prompt's last pass is cut at its new-token budget")
     m[2].metric("Prompts", f"{int(d.prompts.sum()):,}")
     m[3].metric("Drafts proposed", f"{int(d.proposed.sum()):,}")
     left, right = st.columns(2)

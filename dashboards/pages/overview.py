@@ -115,7 +115,9 @@ def spec_details(ref: data.RunRef) -> None:
     rate = s.get("acceptance_rate")
     c[2].metric("MTP draft acceptance", f"{rate:.3f}" if rate is not None else "n/a",
                 help="accepted / proposed drafts (the MTP page has the details)")
-    c[3].metric("Tokens per verifying pass", f"{s.get('mean_acceptance_length') or 0:.3f}")
+    c[3].metric("Mean acceptance length", f"{s.get('mean_acceptance_length') or 0:.3f}",
+                help="1 + accepted / proposed: the tokens a verifying pass yields with one MTP draft a pass, "
+                     "before a prompt's last pass is cut at its new-token budget")
     domain_bars(s.get("tokens_per_domain") or {}, "Prompt + generated tokens per domain", "spec_tokens_per_domain")
     st.caption(f"A `dsv3-probe spec` run: {s.get('prompt_tokens', '?')}-token prompts, {s.get('new_tokens', '?')} "
                f"new tokens each, of `{s.get('checkpoint', '?')}` on `{s.get('corpus', '?')}`. It holds no "
