@@ -300,16 +300,37 @@ def compute_dtype(name: str | None):
     return getattr(torch, name) if name else torch.float32
 
 
+def check_model_flags(dtype: str | None, gemm: str) -> None:
+    """The --dtype/--gemm pairs a load refuses, refused in the flags' words (the loader's message
+    names its own arguments, gemm_impl and dtype)."""
+    if dtype == "float64" and gemm == "fp8":
+        raise RecordError("--dtype float64 with --gemm fp8: FP8 GEMMs quantise float32 or bfloat16 activations, "
+                          "not float64; use --dtype float32, or --gemm fp8-weights (FP8 weights, float64 sums)")
+
+
+@contextlib.contextmanager
+def flag_advice():
+    """A shard cutting FP8 blocks, advised in the jobs' flag (the loader's message names gemm_impl)."""
+    from model.ranks import BlockAlignError, ParallelError
+
+    try:
+        yield
+    except BlockAlignError as e:
+        raise ParallelError(e.advise("pass --gemm bf16 (dequantise on load)")) from None
+
+
 def load_model(ckpt: Path, world, *, dtype: str | None = None, gemm: str = "bf16"):
     """The checkpoint as this replica's model: whole (model_parallel 1) or this rank's shards, its
     weights frozen for as long as it lives where the packed copies fit (no job changes them;
     oneDNN's float32 GEMMs then read them pre-packed, model/frozen.py)."""
     import model
 
+    check_model_flags(dtype, gemm)
     m, failed = None, None
     try:  # each rank loads its own shards: a failure on one rank (an unreadable shard, its memory) must
-        m = model.load(ckpt, dtype=compute_dtype(dtype), device=world.device, gemm_impl=gemm,  # reach all
-                       parallel=world.shards if world.shards is not None else False)
+        with flag_advice():  # reach all
+            m = model.load(ckpt, dtype=compute_dtype(dtype), device=world.device, gemm_impl=gemm,
+                           parallel=world.shards if world.shards is not None else False)
     except (ValueError, OSError, MemoryError, RuntimeError) as e:
         if world.size == 1:
             raise
@@ -356,7 +377,7 @@ def add_model_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> Non
                         "(1 byte per weight + block scales) and run block-scaled FP8 GEMMs with FP8-quantised "
                         "activations, as DeepSeek's inference does; fp8-weights: keep them resident but "
                         "dequantise each for its GEMM, activations unquantised (bf16's numbers, fp8's memory; "
-                        "routing that does not change with the parallel layout)")
+                        "in float32 or float64, routing that does not change with the parallel layout)")
     p.add_argument("--device", default=None, help="cpu, cuda or auto (default auto: CUDA when torch sees a GPU; "
                                                   "under torchrun 'cuda' is each rank's LOCAL_RANK GPU)")
     p.add_argument("--model-parallel", default="1", metavar="M",

@@ -27,7 +27,7 @@ import torch
 
 from model.checkpoint import FP8_RESIDENT
 
-from .job import RecordError, compute_dtype, launch_rank0, packed_copy_bytes
+from .job import RecordError, check_model_flags, compute_dtype, flag_advice, launch_rank0, packed_copy_bytes
 from .recorders import list_array
 from .schema import TABLES
 from .writer import parquet_options
@@ -52,6 +52,7 @@ def dry_run(job, opts) -> dict:
                              f"--world-size {world}" if opts.world_size is not None else None)
     args = job.args
     check_world(args, mp, model_parallel_flag(opts.model_parallel))
+    check_model_flags(opts.dtype, opts.gemm)
     dtype = compute_dtype(opts.dtype)
     try:
         ck = inspect(job.ckpt, gemm_impl=opts.gemm, dtype=dtype)
@@ -61,8 +62,9 @@ def dry_run(job, opts) -> dict:
     corpus = count_corpus(job, opts)
     mtp = bool(opts.mtp and ck["mtp"])
     args.n_mtp_layers = ck["mtp"]
-    weights = shard_plan(args, mp, fp8=opts.gemm in FP8_RESIDENT, dtype=dtype,  # also checks FP8 block alignment
-                         quantised_activations=opts.gemm == "fp8")
+    with flag_advice():  # shard_plan also checks FP8 block alignment
+        weights = shard_plan(args, mp, fp8=opts.gemm in FP8_RESIDENT, dtype=dtype,
+                             quantised_activations=opts.gemm == "fp8")
     caps = capture_bytes(args, opts, dtype)
     # the head's blocks depend on the device; the torch twin of the FP8 GEMM (gemm fp8) runs on a CPU,
     # where it dequantises the weight and copies its input in float32/float64; on a GPU the Triton

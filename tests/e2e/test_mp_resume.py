@@ -231,6 +231,19 @@ def test_dry_run_plans_671B_from_config_and_index_alone(tmp_path, capsys):
     assert "largest FP8 weight dequantised 0.13 GB, its activations in the CPU's FP8 GEMM 0.59 GB" in text
 
 
+def test_dry_run_advises_in_the_jobs_flags(tmp_path, capsys):
+    """A shard cutting FP8 blocks, and float64 with FP8 activations, were advised with the loader's
+    arguments (gemm_impl='bf16', dtype float32) at the command line (a review)."""
+    ckpt = index_only(tmp_path / "DeepSeek-V3", model.ModelArgs.from_name("671B"))
+    code, _, err = dry(capsys, ckpt, "--world-size", "32", "--model-parallel", "auto", "--gemm", "fp8")
+    assert code == 2 and "do not align to the 128-wide FP8 blocks; pass --gemm bf16 (dequantise on load) or a " \
+                         "world size whose shards are multiples of 128" in err and "gemm_impl" not in err, err
+    code, _, err = dry(capsys, ckpt, "--gemm", "fp8", "--dtype", "float64")
+    assert code == 2 and err.strip() == ("error: --dtype float64 with --gemm fp8: FP8 GEMMs quantise float32 or "
+                                         "bfloat16 activations, not float64; use --dtype float32, or --gemm "
+                                         "fp8-weights (FP8 weights, float64 sums)")
+
+
 def test_dry_run_checks_the_index_names_and_the_layout(tmp_path, capsys):
     args = model.ModelArgs.from_name("tiny")
     bad = index_only(tmp_path / "a", args, n_files=3, drop="model.layers.1.mlp.experts.3.up_proj.weight")
