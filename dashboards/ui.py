@@ -14,6 +14,8 @@ from pathlib import Path
 
 import streamlit as st
 
+from probe.job import DEFAULT_RUNS
+
 from . import charts, data
 
 RUNS_ENV = "DSV3_RUNS_DIR"
@@ -36,7 +38,7 @@ def _runs_dir() -> tuple[Path, bool]:
         return Path(args[0]), True
     if os.environ.get(RUNS_ENV):
         return Path(os.environ[RUNS_ENV]), True
-    return Path("runs"), False
+    return DEFAULT_RUNS, False
 
 
 def runs_dir_problem() -> str | None:

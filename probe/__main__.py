@@ -29,8 +29,8 @@ from .allocator import reader_env, use_system_allocator
 use_system_allocator()
 
 from .corpus import CorpusError  # noqa: E402
-from .job import (DEFAULT_CKPT, DEFAULT_CORPUS, RecordError, add_model_flags, closed_pipe_quiet,  # noqa: E402
-                  exit_ranks, launch_rank0, one_line_when_a_peer_is_lost)
+from .job import (DEFAULT_CKPT, DEFAULT_CORPUS, DEFAULT_RUNS, RecordError, add_model_flags,  # noqa: E402
+                  closed_pipe_quiet, exit_ranks, launch_rank0, one_line_when_a_peer_is_lost)
 from .writer import RunError, read_run_json  # noqa: E402
 
 if TYPE_CHECKING:
@@ -126,7 +126,8 @@ def _add_dashboard(sub) -> None:
     p = sub.add_parser("dashboard", help="open the Streamlit dashboard over a directory of runs",
                        description="Start the dashboard (streamlit) over RUNS_DIR; when it holds no run, record "
                                    "the default run (bundled model and corpus) into it first.")
-    p.add_argument("runs_dir", nargs="?", default="runs", help="directory of run directories (default runs/)")
+    p.add_argument("runs_dir", nargs="?", default=str(DEFAULT_RUNS),
+                   help=f"directory of run directories (default {DEFAULT_RUNS}, where record writes by default)")
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
     p.add_argument("--port", type=_port, default=8501, help="port (default 8501)")
     p.add_argument("--no-record", dest="record", action="store_false",

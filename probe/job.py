@@ -21,6 +21,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CKPT = REPO / "data" / "model"
 DEFAULT_CORPUS = REPO / "data" / "corpus" / "val.jsonl"
+# where every command's default output goes and the dashboard looks, wherever it is started from (the
+# dashboard served ./runs while record wrote the repository's runs/; a review)
+DEFAULT_RUNS = REPO / "runs"
 DTYPES = ("float32", "bfloat16", "float64")
 MODEL_FLAGS = ("dtype", "gemm", "device", "model_parallel")  # the options add_model_flags adds
 
@@ -46,7 +49,7 @@ def resolve_paths(ckpt: str | None, corpus: str | None, out: str | None, suffix:
                     "and the safetensors shards)")
     if not ckpt_p.is_dir() or not (ckpt_p / "config.json").exists():
         raise error(f"--ckpt {ckpt_p}: not a checkpoint directory (no config.json)")
-    out_p = Path(out) if out else REPO / "runs" / f"{ckpt_p.name}-{corpus_p.stem}{suffix}"
+    out_p = Path(out) if out else DEFAULT_RUNS / f"{ckpt_p.name}-{corpus_p.stem}{suffix}"
     return ckpt_p, corpus_p, out_p
 
 

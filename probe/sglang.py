@@ -53,7 +53,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from .job import check_out_parent, check_replaceable, load_tokenizer, os_refusal, package_version
+from .job import DEFAULT_RUNS, check_out_parent, check_replaceable, load_tokenizer, os_refusal, package_version
 from .sglang_dumps import DOMAIN, Dump, SGLangError, Shape, find_dumps, model_shape
 from .writer import PartWriter, write_json_atomic
 
@@ -74,7 +74,7 @@ def import_sglang(dump: str | Path, out: str | Path | None = None, config: str |
     if tokenizer is not None:  # read now, so that a typo is not found only when a page decodes tokens
         vocab = (shape.args or {}).get("vocab_size", sys.maxsize)
         load_tokenizer(tokenizer, Path(tokenizer).parent, vocab, error=SGLangError)
-    out = Path(out) if out else Path("runs") / f"sglang-{mode}-{Path(dump).stem}"
+    out = Path(out) if out else DEFAULT_RUNS / f"sglang-{mode}-{Path(dump).stem}"
     if out.exists() and not overwrite:
         raise SGLangError(f"--out {out} exists: pass --overwrite to replace it")
     check_replaceable(out, "run.json", "a run directory", error=SGLangError)

@@ -6,7 +6,7 @@ import argparse
 import math
 from pathlib import Path
 
-from probe.job import check_out_parent
+from probe.job import DEFAULT_RUNS, check_out_parent
 
 from .data import TrainError
 
@@ -44,7 +44,8 @@ def _data_flags(a) -> None:
                    help="override a ModelArgs field, e.g. --set n_routed_experts=64 (repeatable; JSON values)")
     a.add_argument("--token-cache", type=Path, default=None,
                    help="where tokenised corpora are cached as .npz (default: CORPUS/token_cache)")
-    a.add_argument("--out", type=Path, default=Path("runs/train"), help="run directory (default: runs/train)")
+    a.add_argument("--out", type=Path, default=DEFAULT_RUNS / "train",
+                   help="run directory (default: runs/train in the repository, beside record's runs)")
 
 
 def _optimisation_flags(t) -> None:

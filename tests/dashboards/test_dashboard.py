@@ -469,3 +469,24 @@ def test_a_spec_only_run_has_an_overview_of_its_own(runs, tmp_path):
     assert shown["Prompts"] == f"{len(dec):,}" and shown["Generated tokens"] == f"{int(dec.new_tokens.sum()):,}"
     assert shown["MTP draft acceptance"] == f"{summary['acceptance_rate']:.3f}"
     assert "A `dsv3-probe spec` run" in texts(at.caption) and not at.error
+
+
+def test_the_default_runs_directory_is_records_wherever_a_command_starts(monkeypatch, tmp_path):
+    """From a folder other than the repository, record wrote the repository's runs/ while the
+    dashboard served ./runs (and recorded the corpus again there; a review). Every default is
+    probe.job.DEFAULT_RUNS: record's, the dashboard command's and app's, an import's, train's."""
+    from probe import __main__ as cli
+    from probe.job import DEFAULT_RUNS, REPO, resolve_paths
+    from train.flags import build_parser
+
+    from dashboards import ui
+
+    assert DEFAULT_RUNS == REPO / "runs"
+    monkeypatch.chdir(tmp_path)
+    assert resolve_paths(None, None, None)[2].parent == DEFAULT_RUNS
+    assert cli.parser().parse_args(["dashboard"]).runs_dir == str(DEFAULT_RUNS)
+    monkeypatch.delenv("DSV3_RUNS_DIR", raising=False)
+    monkeypatch.setattr(ui.sys, "argv", ["pytest"])
+    assert ui.runs_dir() == DEFAULT_RUNS
+    assert build_parser().parse_args([]).out == DEFAULT_RUNS / "train"
+    assert not (tmp_path / "runs").exists()
