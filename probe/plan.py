@@ -58,7 +58,7 @@ def dry_run(job, opts) -> dict:
         ck = inspect(job.ckpt, gemm_impl=opts.gemm, dtype=dtype)
     except CheckpointError as e:
         raise RecordError(str(e)) from None
-    check_out(job.out, opts, job.corpus)
+    check_out(job.out, opts, job.corpus, job.ckpt)
     corpus = count_corpus(job, opts)
     mtp = bool(opts.mtp and ck["mtp"])
     args.n_mtp_layers = ck["mtp"]

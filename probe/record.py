@@ -155,7 +155,7 @@ def prepare(opts: RecordOptions) -> Job:
     return Job(ckpt, corpus, out, args, tok, args.bos_token_id if opts.add_bos else None)
 
 
-def check_out(out: Path, opts: RecordOptions, corpus: Path | None = None) -> None:
+def check_out(out: Path, opts: RecordOptions, corpus: Path | None = None, ckpt: Path | None = None) -> None:
     if out.exists() and not out.is_dir():
         raise RecordError(f"--out {out}: a file, not a run directory")
     if corpus is not None and corpus.is_dir() and out.resolve().is_relative_to(corpus.resolve()):
@@ -169,9 +169,21 @@ def check_out(out: Path, opts: RecordOptions, corpus: Path | None = None) -> Non
         raise RecordError(f"--out {out} exists: pass --overwrite to replace it or --resume to continue it")
     if opts.overwrite:
         check_replaceable(out, "run.json", "a run directory")
+        _inputs_outside(out, {"--ckpt": ckpt, "--corpus": corpus, "--tokenizer": opts.tokenizer})
     if opts.resume and not (out / "run.json").exists():
         raise RecordError(f"--resume: {out} is not a run directory (no run.json)")
     check_out_parent(out)
+
+
+def _inputs_outside(out: Path, inputs: dict) -> None:
+    """--overwrite deletes `out`: none of the job's inputs may lie inside it (recording into a training
+    run, whose model is runs/NAME/model, deleted the model it read; a review)."""
+    if not out.is_dir():
+        return
+    for flag, path in inputs.items():
+        if path is not None and Path(path).resolve().is_relative_to(out.resolve()):
+            raise RecordError(f"--out {out}: --overwrite would delete it, and {flag} {path} lies inside it; "
+                              "write the run elsewhere")
 
 
 def count_corpus(job: Job, opts: RecordOptions) -> CorpusPlan:
@@ -199,7 +211,7 @@ def record(opts: RecordOptions) -> Path:
         dry_run(job, opts)
         return job.out
     world = start_world(opts.model_parallel, opts.device, job.args, job_options(opts))
-    agree(world, lambda: check_out(job.out, opts, job.corpus))
+    agree(world, lambda: check_out(job.out, opts, job.corpus, job.ckpt))
     plan = count_corpus(job, opts)
     mem = {"before_load": process_memory()["rss"]}
     t_load = time.time()

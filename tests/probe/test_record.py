@@ -480,6 +480,27 @@ def test_out_inside_the_corpus_and_a_symlinked_out_are_refused_before_anything_i
     assert (tmp_path / "r" / "run.json").exists()
 
 
+def test_overwrite_refuses_a_run_that_holds_the_jobs_own_inputs(probe_env, tmp_path):
+    """Recording into a training run (its model at runs/NAME/model) with --overwrite deleted the model
+    it was reading, and the new run.json named a checkpoint that no longer existed (a review)."""
+    import shutil
+
+    out = tmp_path / "train-run"
+    rec(probe_env, out, max_tokens=200)
+    ckpt = Path(shutil.copytree(probe_env["ckpt"], out / "model"))
+    corpus = Path(shutil.copy(probe_env["corpus"], out / "texts.jsonl")) if Path(probe_env["corpus"]).is_file() \
+        else Path(shutil.copytree(probe_env["corpus"], out / "texts"))
+    inside = probe_env | {"ckpt": ckpt}
+    for flag, env, kw in (("--ckpt", inside, {}), ("--corpus", probe_env, {"corpus": corpus}),
+                          ("--tokenizer", probe_env, {"tokenizer": str(ckpt / "tokenizer.json")})):
+        with pytest.raises(RecordError, match=rf"--out .*train-run: --overwrite would delete it, and {flag} "
+                                              r".* lies inside it; write the run elsewhere"):
+            rec(env, out, max_tokens=200, overwrite=True, **kw)
+        assert (ckpt / "config.json").exists() and corpus.exists()
+    rec(probe_env, out, max_tokens=200, overwrite=True)  # the control: inputs elsewhere, the run is replaced
+    assert not ckpt.exists()
+
+
 def test_resume_keeps_other_commands_tables_and_takes_an_explicit_default_dtype(probe_env, tmp_path):
     """A resume replaced run.json's table list with its own (an ablation's table dropped out of it),
     and refused --dtype float32 for a run recorded without --dtype, saying '--dtype None' (a review)."""
