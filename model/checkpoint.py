@@ -152,8 +152,8 @@ def load(path: str | os.PathLike, *, dtype: torch.dtype | None = None, device=No
     args, files, headers = _open(path)
     dtype = dtype or getattr(torch, args.dtype)
     if gemm_impl == "fp8" and dtype == torch.float64:  # refused before the weights load, not at the first GEMM
-        raise CheckpointError("gemm_impl='fp8' quantises float32, bfloat16 or float16 activations to FP8, not "
-                              "float64: use dtype float32, or gemm_impl='fp8-weights' (FP8 weights, float64 sums)")
+        raise CheckpointError(f"{_impl('fp8')} quantises float32, bfloat16 or float16 activations to FP8, not "
+                              f"float64: use dtype float32, or {_impl('fp8-weights')} (FP8 weights, float64 sums)")
     with torch.device("meta"):
         meta = Transformer(args, attn_impl=attn_impl, dtype=dtype, init=False)
     plan = _plan(meta, headers)
@@ -250,9 +250,9 @@ def _fp8_block(args: ModelArgs, path: Path, gemm_impl: str = "fp8") -> int:
     power of two >= 16."""
     block = args.quant_block or (128, 128)
     if block[0] != block[1] or block[0] < 16 or block[0] & (block[0] - 1):
-        raise CheckpointError(f"{path}: gemm_impl={gemm_impl!r} needs square weight blocks of a power of two >= 16 "
+        raise CheckpointError(f"{path}: {_impl(gemm_impl)} needs square weight blocks of a power of two >= 16 "
                               f"(its kernels tile by them), config has weight_block_size {list(block)}; "
-                              "gemm_impl='bf16' dequantises any block size")
+                              f"{_impl('bf16')} dequantises any block size")
     return block[0]
 
 
@@ -352,8 +352,8 @@ def inspect(path: str | os.PathLike, *, gemm_impl: str = "bf16", dtype: torch.dt
     names = set(weight_map)
     fp8 = any(n.endswith("_scale_inv") for n in names)
     if gemm_impl in FP8_RESIDENT and not fp8:
-        raise CheckpointError(f"{path}: gemm_impl={gemm_impl!r} needs an FP8 checkpoint; {index.name} lists no "
-                              "weight_scale_inv tensors: use gemm_impl='bf16'")
+        raise CheckpointError(f"{path}: {_impl(gemm_impl)} needs an FP8 checkpoint; {index.name} lists no "
+                              f"weight_scale_inv tensors: use {_impl('bf16')}")
     if gemm_impl in FP8_RESIDENT:
         _fp8_block(args, path, gemm_impl)
     args.n_mtp_layers = sum(any(n.startswith(f"model.layers.{args.n_layers + k}.") for n in names)
@@ -403,6 +403,11 @@ def _config(path: Path) -> ModelArgs:
         raise CheckpointError(str(e)) from None
 
 
+def _impl(name: str) -> str:
+    """A gemm_impl as the loader's messages name it: the argument, and the commands' flag that sets it."""
+    return f"gemm_impl={name!r} (--gemm {name})"
+
+
 def _is_fp8_args(args: ModelArgs) -> bool:
     return args.quant_block is not None
 
@@ -418,12 +423,12 @@ def _fp8_resident_names(plan: list[tuple[str, "Target"]], headers: dict, path: P
     for name, dts in dtypes.items():
         if torch.float8_e4m3fn in dts:
             if len(dts) > 1:
-                raise CheckpointError(f"{path}: gemm_impl={gemm_impl!r}: {name} mixes FP8 and "
+                raise CheckpointError(f"{path}: {_impl(gemm_impl)}: {name} mixes FP8 and "
                                       f"{sorted(str(d) for d in dts - {torch.float8_e4m3fn})} tensors")
             names.add(name)
     if not names:
-        raise CheckpointError(f"{path}: gemm_impl={gemm_impl!r} needs an FP8 checkpoint (float8_e4m3fn weights "
-                              "with weight_scale_inv); this one has none: use gemm_impl='bf16'")
+        raise CheckpointError(f"{path}: {_impl(gemm_impl)} needs an FP8 checkpoint (float8_e4m3fn weights "
+                              f"with weight_scale_inv); this one has none: use {_impl('bf16')}")
     return names
 
 

@@ -449,7 +449,8 @@ def test_cli_errors(demo_dir, tmp_path, capsys):
         (["--ckpt", demo_dir], "give --prompt, --prompt-file or --interactive"),
         (["--ckpt", tmp_path / "nowhere", "--prompt", "a"], "not a checkpoint directory"),
         (["--ckpt", demo_dir, "--prompt", "a", "--top-p", "1.5"], "top_p=1.5 must be in (0, 1]"),
-        (["--ckpt", demo_dir, "--prompt", "a", "--gemm", "fp8"], "gemm_impl='fp8' needs an FP8 checkpoint"),
+        (["--ckpt", demo_dir, "--prompt", "a", "--gemm", "fp8"],
+         "gemm_impl='fp8' (--gemm fp8) needs an FP8 checkpoint"),
         # where nothing can be written: refused before the model loads, not a traceback after generating
         (["--ckpt", demo_dir, "--prompt", "a", "--output", afile / "x.jsonl"], "afile is a file, not a directory"),
         (["--ckpt", demo_dir, "--prompt", "a", "--output", tmp_path], "is a directory, not a file"),

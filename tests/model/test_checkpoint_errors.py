@@ -232,7 +232,7 @@ def test_error_fp8_kernel_block_not_a_power_of_two(fp8_model, tmp_path):
     m = random_model("tiny", seed=1, **FP8_OVERRIDES, quant_block=(96, 96))
     model.save(m, d, fp8=True)
     model.load(d, dtype=torch.float32)  # dequantised: any block size
-    with pytest.raises(CheckpointError, match=r"gemm_impl='fp8' needs square weight blocks of a power of two "
+    with pytest.raises(CheckpointError, match=r"gemm_impl='fp8' \(--gemm fp8\) needs square weight blocks of a power of two "
                                               r">= 16 .* weight_block_size \[96, 96\]"):
         model.load(d, gemm_impl="fp8", dtype=torch.float32)
 

@@ -215,9 +215,11 @@ def test_ue8m0_weights_made_or_saved_here_have_power_of_two_scales(tmp_path):
 def test_gemm_impl_errors(tmp_path, fp8_dir, resident):
     plain = tmp_path / "plain"
     model.save(random_model("tiny", seed=0), plain)
-    with pytest.raises(CheckpointError, match="gemm_impl='fp8' needs an FP8 checkpoint"):
+    with pytest.raises(CheckpointError, match=r"gemm_impl='fp8' \(--gemm fp8\) needs an FP8 checkpoint .*: use "
+                                              r"gemm_impl='bf16' \(--gemm bf16\)$"):
         model.load(plain, gemm_impl="fp8")
-    with pytest.raises(CheckpointError, match="gemm_impl='fp8-weights' needs an FP8 checkpoint"):  # not 'fp8' (a review)
+    # the mode the user passed, not 'fp8' (a review)
+    with pytest.raises(CheckpointError, match=r"gemm_impl='fp8-weights' \(--gemm fp8-weights\) needs an FP8"):
         model.load(plain, gemm_impl="fp8-weights")
     with pytest.raises(CheckpointError, match=r"gemm_impl='int4': choose one of \('bf16', 'fp8', 'fp8-weights'\)"):
         model.load(fp8_dir, gemm_impl="int4")
@@ -257,7 +259,8 @@ def test_float64_with_fp8_weights_equals_the_dequantised_float64_model(fp8_dir, 
     want = model.load(fp8_dir, dtype=torch.float64, attn_impl=attn_impl)(x)
     got = model.load(fp8_dir, dtype=torch.float64, gemm_impl="fp8-weights", attn_impl=attn_impl)(x)
     assert torch.equal(got, want)
-    with pytest.raises(model.CheckpointError, match="gemm_impl='fp8' quantises float32, bfloat16 or float16"):
+    with pytest.raises(model.CheckpointError,
+                       match=r"gemm_impl='fp8' \(--gemm fp8\) quantises float32, bfloat16 or float16"):
         model.load(fp8_dir, dtype=torch.float64, gemm_impl="fp8")
 
 
