@@ -30,8 +30,12 @@ NOTE on rounding: both twins round to float8 with round-to-nearest-even. The ker
 in float32 onto the e4m3 grid (exact bit arithmetic) and only then cast, and do the same for bf16
 outputs: Triton's interpreter converts float32 -> fp8/bf16 without carrying a mantissa overflow
 into the exponent (31.01 -> 16.0 in e4m3), and the explicit rounding makes the kernels agree with
-torch bit for bit wherever they run. On a GPU the cast of an already-rounded value is exact, so
-this costs a few integer operations per element and changes nothing.
+torch bit for bit wherever they run, the sign of a zero included. On a GPU the cast of an
+already-rounded value is exact, so this costs a few integer operations per element and changes
+nothing. One exception, on the interpreter only: its fp8 casts turn NaN into finite numbers (NaN
+-> 384 one way, code 0x7F -> 480 the other), so there the codes of an activation block holding a
+NaN are finite (its scale is NaN, and so is every GEMM output it feeds, as in the twin), and a NaN
+weight code reads as a finite weight. Finite values are unaffected.
 """
 
 from __future__ import annotations

@@ -14,13 +14,14 @@ def round_e4m3(x):
     # x float32 in [-448, 448] -> nearest e4m3 value, ties to even, as float32. The e4m3 grid
     # spacing at x is 2^(exponent(x) - 3), never below 2^-9 (subnormals): scale by the inverse
     # spacing (a power of two: exact), round to an integer with the 1.5 * 2^23 trick (float32
-    # round-to-nearest-even; |x / spacing| < 16), scale back (exact).
+    # round-to-nearest-even; |x / spacing| < 16), scale back (exact). A negative x that rounds to
+    # zero keeps its sign (-0.0, as torch's cast gives; the trick alone gives +0.0; a review).
     e = (x.to(tl.int32, bitcast=True) >> 23) & 0xFF
     se = tl.maximum(e - 130, -9)
     inv = ((127 - se) << 23).to(tl.float32, bitcast=True)
     step = ((127 + se) << 23).to(tl.float32, bitcast=True)
     r = (x * inv + 12582912.0) - 12582912.0
-    return r * step
+    return tl.where(r == 0.0, x * 0.0, r * step)
 
 
 @triton.jit

@@ -382,3 +382,10 @@ def test_cuda_fp8_gemm(m, n, k):
         ct = K.fp8_gemm(xq, xs, wq, ws, out_dtype=dtype, impl="triton")
         err = ((ct.double() - exact).abs().max() / exact.abs().max()).item()
         assert err <= (f32_rel if dtype == torch.float32 else f32_rel + GEMM_REL["bfloat16"]), (dtype, err)
+
+
+def test_interp_act_quant_keeps_the_sign_of_zero(interp_results):
+    """Bit for bit means the zero's sign too: -1e-6 in a block of scale 1 is code 0x80 (-0) in torch."""
+    r = of_kind(interp_results, "signed_zero")[0]
+    assert r["bytes_torch"] == [126, 128, 128, 0, 128, 0], r  # the control: torch's cast keeps the sign
+    assert r["bytes_triton"] == r["bytes_torch"], r

@@ -114,3 +114,10 @@ for fmt in (None, "ue8m0"):
     emit(kind="nan_block", case=f"nan {fmt}", scale_nan=[bool(st[0, 0].isnan()), bool(sr[0, 0].isnan())],
          out_all_nan=[bool(yt[0].isnan().all()), bool(yr[0].isnan().all())],
          clean_row_rel=rel(yt[1], yr[1]))
+
+# --- signed zeros: a negative activation that rounds to zero is -0 (code 0x80) in torch's cast; the
+# kernel's rounding trick gave +0 (a review). Bytes compared, not values (-0 == +0).
+x = torch.tensor([[448.0, -1e-6, -1e-7, 0.0, -0.0, 1e-7] + [1.0] * 122])
+(qt, _), (qr, _) = K.act_quant(x, impl="triton"), K.act_quant(x, impl="torch")
+emit(kind="signed_zero", case="act_quant", bytes_triton=qt.view(torch.uint8)[0, :6].tolist(),
+     bytes_torch=qr.view(torch.uint8)[0, :6].tolist())
