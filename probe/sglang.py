@@ -302,8 +302,12 @@ def _per_token(dumps: list[Dump], shape: Shape, out: Path) -> dict:
     step_of = {fp: i for i, fp in enumerate(sorted({fp for fp, *_ in logical_all}))}  # one step per pass
     per_pass: dict[int, list] = {}
     seq = 0
-    for fp, d, r, lg in logical_all:
-        seq, counts = _token_rows(w, step_of[fp], fp, d, r, lg, layers, shape, seq)
+    docs: dict[tuple, int] = {}  # sequences named so far per (pass, rank): two records of one pass on one
+    for fp, d, r, lg in logical_all:  # rank's file numbered theirs from 0 alike, one doc_id (a review)
+        first = docs.get((fp, int(r.get("rank", 0))), 0)
+        after, counts = _token_rows(w, step_of[fp], fp, d, r, lg, layers, shape, seq, first)
+        docs[(fp, int(r.get("rank", 0)))] = first + after - seq
+        seq = after
         acc = per_pass.setdefault(fp, [0, 0])
         acc[0], acc[1] = acc[0] + counts, acc[1] + len(r["input_ids"])
     for fp, (counts, n) in sorted(per_pass.items()):
@@ -344,15 +348,16 @@ def _record_logical(d: Dump, r: dict, shape: Shape) -> np.ndarray:
 
 
 def _token_rows(w: PartWriter, step: int, fp: int, d: Dump, r: dict, lg: np.ndarray, layers: list[int],
-                shape: Shape, seq: int) -> tuple[int, np.ndarray]:
-    """tokens and routing rows of one record; returns the next free seq_id and its counts [L, E]."""
+                shape: Shape, seq: int, first_doc: int = 0) -> tuple[int, np.ndarray]:
+    """tokens and routing rows of one record, its sequences named pass<fp>:rank<r>:seq<first_doc + i>;
+    returns the next free seq_id and its counts [L, E]."""
     ids, pos = np.asarray(r["input_ids"], np.int64), np.asarray(r["positions"], np.int64)
     n = len(ids)
     lens = r.get("extend_seq_lens")
     lens = [int(x) for x in lens] if lens is not None and len(lens) else [1] * n  # decode: one token a sequence
     seq_of = np.repeat(np.arange(seq, seq + len(lens)), lens)
     rank = int(r.get("rank", 0))
-    doc = np.array([f"pass{fp}:rank{rank}:seq{s - seq}" for s in seq_of], dtype=object)
+    doc = np.array([f"pass{fp}:rank{rank}:seq{first_doc + s - seq}" for s in seq_of], dtype=object)
     w.append("tokens", {"doc_id": doc, "seq_id": seq_of, "pos": pos.astype(np.int32), "doc_pos": pos,
                         "token_id": ids.astype(np.int32), "domain": [DOMAIN] * n,
                         "loss": pa.nulls(n, pa.float32())}, step)

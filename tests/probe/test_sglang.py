@@ -82,6 +82,9 @@ def test_per_token_tokens_and_routing_equal_the_routing(world, tmp_path):
     first = tok[tok.doc_id.str.startswith("pass0:")]
     assert first.groupby("seq_id").size().tolist() == [n for p in passes if p.fp == 0 for n in p.extend_seq_lens]
     assert run.info["planned"]["tokens"] == len(tok)
+    # one document per sequence: a rank's file holding two records of one pass numbered both from seq0,
+    # and the token explorer showed two sequences interleaved as one document (a review)
+    assert tok.groupby("doc_id").seq_id.nunique().max() == 1 and tok.doc_id.nunique() == tok.seq_id.nunique()
 
 
 def test_without_config_the_dump_decides(world, tmp_path):
