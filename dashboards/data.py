@@ -254,11 +254,14 @@ def recorded_tokens(ref: RunRef) -> pd.DataFrame:
 
 def tokens_in_run(ref: RunRef) -> int | None:
     """The tokens a probe run holds: run.json's `recorded` once the job ended, else (still recording,
-    or killed) its `tokens` table's rows so far; `planned` only when neither is there. A running run
-    used to show its plan (200,000 tokens) beside 4,096 recorded (a review)."""
+    or killed) its `tokens` table's rows so far, 0 before its first commit; `planned` only when
+    neither is there. A running run used to show its plan (200,000 tokens) beside 4,096 recorded, and
+    its plan before any batch was committed (a review)."""
     i = ref.info
     if i.get("status") != "complete" and has_table(ref, "tokens"):
         return int(recorded_tokens(ref).tokens.sum())
+    if i.get("status") != "complete" and i.get("planned") and not i.get("recorded"):
+        return 0
     return (i.get("recorded") or {}).get("tokens") or (i.get("planned") or {}).get("tokens")
 
 

@@ -81,6 +81,10 @@ def probe_details(ref: data.RunRef) -> None:
         per = dict(zip(got.domain, got.tokens.astype(int)))
         st.caption(f"Status {i.get('status')!r}: the figures count what was recorded so far "
                    f"({sum(per.values()):,} of the {planned.get('tokens', 0):,} tokens planned).")
+    elif i.get("status") != "complete" and planned and not i.get("recorded"):  # its plan showed as recorded
+        docs, windows, per = 0, 0, {}
+        st.caption(f"Status {i.get('status')!r}: no batch committed yet ({planned.get('tokens', 0):,} tokens "
+                   "planned); the figures fill in as the record commits.")
     c = st.columns(5)
     c[0].metric("Tokens", f"{_tokens(ref) or 0:,}")
     c[1].metric("Documents", f"{docs:,}")

@@ -222,6 +222,19 @@ def test_running_and_interrupted_runs_are_flagged(runs):
         assert {m.label: m.value for m in at.metric}["Tokens"] == f"{len(tok):,}"
         open_page(at, "specialisation")
         assert f"Per-token view over all {len(tok):,} tokens of the run." in texts(at.caption)
+        # and before its first commit: no tokens at all, not the plan (6,000 tokens, 24 windows and a
+        # bar per domain on a run that held none; a review)
+        def domain_chart(at) -> bool:
+            return any("Tokens per domain" in str(c.proto.spec) for c in at.get("plotly_chart"))
+
+        assert domain_chart(open_page(at, "overview"))  # the control: drawn while tokens are there
+        shutil.rmtree(stopped / "tokens")
+        at = app(d, "stopped")
+        open_page(at, "overview")
+        shown = {m.label: m.value for m in at.metric}
+        assert (shown["Tokens"], shown["Windows"], shown["Documents"]) == ("0", "0", "0"), shown
+        assert "no batch committed yet" in texts(at.caption)
+        assert not domain_chart(at)
 
 
 def test_a_mistyped_runs_directory_is_said_not_replaced(tmp_path, monkeypatch):
