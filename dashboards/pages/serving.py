@@ -142,15 +142,24 @@ def show(ref, steps, layers, E, r, window, gpus, redundant, nodes: int = 1, mode
     per_pass = {NOW: np.nanmean(r["now"], 1), PLAN: np.nanmean(r["plan"], 1)}
     win = r["window"]
     later = np.asarray(steps) > window[1]  # the passes after the window (not those before it; a review)
+    alike = r["now_gpus"] == gpus  # balancedness falls with the GPU count: deltas only at the same count
+
+    def delta(a, b) -> str | None:
+        return f"{_mean(a) - _mean(b):+.3f}" if alike else None
+
+    if not alike:  # a plan for 10 GPUs showed -0.245 against the server's 2 (a review)
+        st.info(f"The current placement runs on the server's {r['now_gpus']} GPUs and the plan on {gpus}: "
+                f"balancedness (mean / max GPU load) falls as GPUs are added, so the two are shown side by "
+                f"side without a difference. Pick {r['now_gpus']} GPUs to compare them.")
     m = st.columns(4)
-    m[0].metric("Current, plan window", f"{_mean(per_pass[NOW][win]):.3f}",
+    m[0].metric(f"Current, plan window ({r['now_gpus']} GPUs)", f"{_mean(per_pass[NOW][win]):.3f}",
                 help="Mean over passes of the balancedness (mean / max GPU load) averaged over layers")
-    m[1].metric("Planned, plan window", f"{_mean(per_pass[PLAN][win]):.3f}",
-                delta=f"{_mean(per_pass[PLAN][win]) - _mean(per_pass[NOW][win]):+.3f}")
+    m[1].metric(f"Planned, plan window ({gpus} GPUs)", f"{_mean(per_pass[PLAN][win]):.3f}",
+                delta=delta(per_pass[PLAN][win], per_pass[NOW][win]))
     if later.any():
         m[2].metric("Current, later passes", f"{_mean(per_pass[NOW][later]):.3f}")
         m[3].metric("Planned, later passes", f"{_mean(per_pass[PLAN][later]):.3f}",
-                    delta=f"{_mean(per_pass[PLAN][later]) - _mean(per_pass[NOW][later]):+.3f}",
+                    delta=delta(per_pass[PLAN][later], per_pass[NOW][later]),
                     help="Passes the planner did not see: how well the plan generalises")
     agg = {k: float(np.nanmean([g.mean() / g.max() if g.max() > 0 else np.nan for g in r[f"gpu_{k}"]]))
            for k in ("now", "plan")}

@@ -47,7 +47,8 @@ def by_hand(counts: dict[int, np.ndarray], maps: dict[int, np.ndarray], gpus: in
 
 
 def metric(at, label: str) -> float:
-    return float(next(m.value for m in at.metric if m.label == label))
+    """A metric's value by its label without the GPU count ("Planned, plan window (2 GPUs)")."""
+    return float(next(m.value for m in at.metric if m.label.split(" (")[0] == label))
 
 
 def test_serving_replays_the_dumps_placement(imported):
@@ -214,3 +215,20 @@ def test_token_explorer_shows_text_with_the_tokenizer(imported, tmp_path):
     ids_html = " ".join(m.value for m in at.markdown if "class='tokdoc'" in m.value)
     assert ids_html != html and f"{first}" in ids_html
     assert word.strip() and any(w in html for w in (word, word.strip()))
+
+
+def test_a_plan_for_another_gpu_count_is_not_scored_against_the_servers(imported):
+    """A plan for 10 GPUs showed a red -0.245 against the dump's placement on 2: balancedness falls as
+    GPUs are added, so the difference said nothing about the plan (a review). The page now names
+    each side's GPUs and shows a difference only at the server's count."""
+    at = open_page(app(imported["runs"], "per_pass"), "serving")
+    deltas = {m.label: m.delta for m in at.metric}
+    assert deltas["Planned, plan window (2 GPUs)"] not in (None, "")  # the control: same count, a delta
+    choices = at.selectbox(key="sv_gpus").options
+    other = next(int(c) for c in choices if int(c) != 2)
+    at.selectbox(key="sv_gpus").set_value(other).run()
+    assert not at.exception
+    labels = {m.label: m.delta for m in at.metric}
+    assert f"Planned, plan window ({other} GPUs)" in labels and "Current, plan window (2 GPUs)" in labels, labels
+    assert not any(d for label, d in labels.items() if label.startswith("Planned")), labels
+    assert any(f"the plan on {other}" in i.value and "Pick 2 GPUs to compare them" in i.value for i in at.info)
