@@ -418,14 +418,16 @@ def _gpus_unknown(dumps: list[Dump], seen: list[int]) -> str | None:
 
 
 def _gpus_of(dumps: list[Dump], gpus: int | None) -> int | None:
-    """The server's expert-parallel size: `gpus`, checked against the ranks that recorded (an EP size
-    divides the world size; more GPUs than ranks seen: some ranks' files were not imported), else
-    the ranks seen when nothing says they are not all (said on stderr), else None (said why)."""
+    """The server's expert-parallel size: `gpus` as given (more GPUs than ranks seen: some ranks'
+    files were not imported; fewer: EP narrower than the world, which it divides, said when the
+    ranks seen are not a multiple), else the ranks seen when nothing says they are not all (said on
+    stderr), else None (said why)."""
     seen = _ranks(dumps)
     if gpus is not None:
-        if gpus <= seen[-1] and (seen[-1] + 1) % gpus:
-            raise SGLangError(f"--gpus {gpus}: the dump holds ranks up to {seen[-1]}, and an expert-parallel size "
-                              f"divides the number of ranks ({seen[-1] + 1} or more)")
+        if gpus < len(seen) and len(seen) % gpus:
+            print(f"note: --gpus {gpus} does not divide the {len(seen)} ranks that recorded, as an expert-parallel "
+                  "size divides the server's: taken as given (the server had ranks whose files are elsewhere)",
+                  file=sys.stderr)
         return gpus
     why = _gpus_unknown(dumps, seen)
     if why:

@@ -5,6 +5,7 @@ config) as one-line errors naming the file."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -506,9 +507,17 @@ def test_placement_needs_every_rank_or_the_gpu_count(world, tmp_path, capsys):
     for ep in (1, 2):
         run = probe.open_run(import_sglang(tmp_path / "d", tmp_path / f"ep{ep}", config=str(world["config"]), gpus=ep))
         assert run.info["source"]["placement"]["gpus"] == ep and run.df("placement").gpu.max() == ep - 1
-    with pytest.raises(SGLangError, match=r"--gpus 3: the dump holds ranks up to 3, and an expert-parallel size "
-                                          r"divides the number of ranks \(4 or more\)"):
+    with pytest.raises(SGLangError, match=r"20 physical experts do not split over 3 GPUs"):
         import_sglang(tmp_path / "d", tmp_path / "bad", config=str(world["config"]), gpus=3)
+    # ranks 0-2 of those 4 imported alone: 3 ranks seen, so any EP size may divide the server's count
+    three = tmp_path / "three"
+    three.mkdir()
+    for rank in range(3):
+        shutil.copy(tmp_path / "d" / sg.rank_file(rank), three)
+    capsys.readouterr()
+    run = probe.open_run(import_sglang(three, tmp_path / "ep2of3", config=str(world["config"]), gpus=2))
+    assert run.info["source"]["placement"]["gpus"] == 2
+    assert "note: --gpus 2 does not divide the 3 ranks that recorded" in capsys.readouterr().err
     with pytest.raises(SGLangError, match=r"--gpus 0: the server's expert-parallel size"):
         import_sglang(tmp_path / "d", tmp_path / "bad", config=str(world["config"]), gpus=0)
     with pytest.raises(SGLangError, match=r"a stat dump has no map"):
