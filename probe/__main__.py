@@ -269,8 +269,8 @@ def _add_import(sub) -> None:
                                                    "(-1: unbounded, every pass in order; default: SGLang's circular "
                                                    "buffer, its order inferred from its unused rows)")
     p.add_argument("--gpus", type=int, help="per_pass / per_token dumps: the server's expert-parallel size (its GPU "
-                                            "count under EP, 1 for tensor parallelism only; it divides the ranks' "
-                                            "count), for the placement table (default: the ranks seen, when every "
+                                            "count under EP, 1 for tensor parallelism only; it divides the server's "
+                                            "rank count), for the placement table (default: the ranks seen, when every "
                                             "rank's file is imported)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.set_defaults(fn=_import)
