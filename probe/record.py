@@ -525,13 +525,13 @@ def _run_batches(job: Job, opts, world, rec: Recorder, writer, prog: _Progress, 
                 if writer is not None:
                     commit()
                 return "interrupted", None
+        if writer is not None:  # inside the try: a full disk here left the run "running" (a review)
+            commit(final=True)
     except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - a dead peer, out of memory, a bug, a
-        # second Ctrl-C (_Stop): never commit half a batch; the caller marks the run interrupted
+        # second Ctrl-C (_Stop), a full disk: never commit half a batch; the caller marks the run interrupted
         if writer is not None:
             writer.abandon()
         return "interrupted", e
-    if writer is not None:
-        commit(final=True)
     return "complete", None
 
 

@@ -164,12 +164,15 @@ class PartWriter:
         """Make every row up to global batch `last_batch` durable, with the accumulator state
         (`progress` None: the caller keeps its own, as training does in its checkpoint)."""
         first = self.first_uncommitted if self.first_uncommitted is not None else last_batch
-        for t in self.tables:
+        done = []  # every table's rows written out first, then the renames: a write that fails (a full
+        for t in self.tables:  # disk) leaves no table's part visible without the others' (a review)
             self._flush(t)
             w = self._open.pop(t, None)
             if w is not None:
                 w.close()
-                os.replace(self._tmp(t), self.run / t / f"r{self.rank:03d}-b{first:07d}-{last_batch:07d}.parquet")
+                done.append(t)
+        for t in done:
+            os.replace(self._tmp(t), self.run / t / f"r{self.rank:03d}-b{first:07d}-{last_batch:07d}.parquet")
         self.first_uncommitted = None
         if progress is None:
             return

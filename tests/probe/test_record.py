@@ -547,3 +547,31 @@ def test_a_run_read_while_it_is_written_sees_each_call_what_is_on_disk(tmp_path)
     info = json.loads((live / "run.json").read_text())
     (live / "run.json").write_text(json.dumps(info | {"status": "running"}))
     assert run.status == "running" and run.info["status"] == "running"
+
+
+def test_a_full_disk_at_the_last_commit_marks_the_run_interrupted_with_no_table_half_committed(
+        probe_env, tmp_path, monkeypatch):
+    """`ulimit -f` hit at the final commit left run.json "running" for good (the commit sat outside
+    the batches' error handling) with a half-written temporary file, and a failing commit left the
+    tables renamed before it visible without the rest (a review)."""
+    import json
+
+    from probe.writer import PartWriter
+
+    real = PartWriter._flush
+
+    def full(self, table):
+        if table == "expert_load":  # the third table: tokens and routing were already written out
+            raise OSError(27, "File too large")
+        real(self, table)
+
+    monkeypatch.setattr(PartWriter, "_flush", full)
+    out = tmp_path / "r"
+    with pytest.raises(OSError, match="File too large"):
+        rec(probe_env, out, max_tokens=300, commit_every=1000)
+    assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
+    assert not list(out.rglob("*.tmp")), list(out.rglob("*.tmp"))
+    assert not list(out.glob("*/r000-b*.parquet")), list(out.glob("*/r000-b*.parquet"))  # all or none
+    monkeypatch.setattr(PartWriter, "_flush", real)
+    rec(probe_env, out, max_tokens=300, commit_every=1000, resume=True)  # and it resumes to the end
+    assert json.loads((out / "run.json").read_text())["status"] == "complete"
