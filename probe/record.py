@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import sys
@@ -44,8 +43,8 @@ from .job import (DEFAULT_CKPT, DEFAULT_CORPUS, RecordError, agree, bound_heap, 
 from .recorders import Batch, RecordConfig, Recorder
 from .schema import TABLES
 from .stats import KVAccumulator, summarise
-from .writer import (PartWriter, load_progress, prune_uncommitted, read_run_json, updating_run_json,
-                     write_json_atomic)
+from .writer import (PartWriter, clear_run, load_progress, lock_writer, prune_uncommitted, read_run_json,
+                     unlock_writer, updating_run_json, write_json_atomic)
 
 __all__ = ["RecordOptions", "RecordError", "record", "default_seq_len", "DEFAULT_CKPT", "DEFAULT_CORPUS"]
 STREAM_TABLES = ["tokens", "routing", "expert_load", "mtp"]
@@ -226,17 +225,28 @@ def record(opts: RecordOptions) -> Path:
     bias_layers, biases = router_biases(m)  # once: the table, and run.json's list of tables
     info = run_info(job, plan, opts, world, m, tables, has_router_bias=bool(bias_layers))
 
-    def create() -> None:  # rank 0
-        with os_refusal(f"--out {job.out}: cannot create the run there"):
-            open_run(job.out, info, opts)
-        write_router_bias(job.out, bias_layers, biases)
+    with contextlib.ExitStack() as held:  # rank 0's writer lock on the run, for the whole job
+        def create() -> None:  # rank 0
+            with os_refusal(f"--out {job.out}: cannot create the run there"):
+                held.callback(unlock_writer, lock_writer(job.out))
+                open_run(job.out, info, opts)
+            write_router_bias(job.out, bias_layers, biases)
 
-    # a peer lost here, after rank 0 created the run and before the batches' own handling, left it
-    # "running" for good, and torchrun's SIGTERM could end a rank before it said why (a review)
+        unseen = _create(job, world, create)
+        if unseen:
+            raise RecordError(f"--out {job.out}: a writing rank does not see run.json there: under several "
+                              "nodes the run directory must be on a filesystem every node shares")
+        return _record_loop(job, opts, world, m, plan, info, tables, mem)
+
+
+def _create(job: Job, world, create) -> bool:
+    """Rank 0 creates the run (`create`), every rank agreeing; returns whether a writing rank cannot
+    see it. A peer lost here, after rank 0 created the run and before the batches' own handling,
+    left it "running" for good, and torchrun's SIGTERM could end a rank before it said why (a review)."""
     with signals_held(signal.SIGINT, signal.SIGTERM) if world.size > 1 else contextlib.nullcontext():
         try:
             agree(world, create)
-            unseen = world.any(world.writes and not (job.out / "run.json").exists())
+            return world.any(world.writes and not (job.out / "run.json").exists())
         except RuntimeError as e:
             if world.size == 1:
                 raise
@@ -247,10 +257,6 @@ def record(opts: RecordOptions) -> Path:
                 signal.signal(s, signal.SIG_IGN)
             raise RecordError(f"rank {world.rank} of {world.size} stopped before recording: {first_line(e)}; "
                               f"{job.out} is marked interrupted (continue with --resume)") from None
-    if unseen:
-        raise RecordError(f"--out {job.out}: a writing rank does not see run.json there: under several "
-                          "nodes the run directory must be on a filesystem every node shares")
-    return _record_loop(job, opts, world, m, plan, info, tables, mem)
 
 
 def tokenizer_info(path: str | None, ckpt: Path) -> dict:
@@ -302,7 +308,7 @@ def open_run(out: Path, info: dict, opts: RecordOptions) -> None:
         # and their tables (ablations, spec_*...): this session's list replaced theirs (a review)
         info["tables"] += [t for t in old.get("tables") or [] if t not in info["tables"]]
     elif out.exists() and opts.overwrite:
-        shutil.rmtree(out)
+        clear_run(out)  # its writer lock stays: this job holds it
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "run.json", info)
 

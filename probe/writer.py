@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,6 +48,45 @@ def replacing(path: str | Path):
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+WRITER_LOCK = ".writer.lock"  # held by the one job that records into a run, for as long as it runs
+
+
+def lock_writer(run: Path) -> int | None:
+    """Make `run` (if needed) and take its writer lock without waiting; returns the lock's descriptor
+    (close it to release; the process's end releases it too, however it ends). Two records resuming
+    one run at once shared their temporary part names and committed each other's rows (a review):
+    the second is refused. None where the file system has no locks."""
+    run.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    fd = os.open(run / WRITER_LOCK, os.O_CREAT | os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RunError(f"{run}: another process is recording into this run (it holds {WRITER_LOCK}); wait for it "
+                       "to end, or write elsewhere") from None
+    except OSError:  # a file system without locks (some network mounts)
+        os.close(fd)
+        return None
+    return fd
+
+
+def unlock_writer(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
+
+
+def clear_run(run: Path) -> None:
+    """Delete a run's contents for --overwrite, keeping its writer lock (whose holder is this job)."""
+    for child in run.iterdir():
+        if child.name == WRITER_LOCK:
+            continue
+        shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
 
 
 @contextmanager

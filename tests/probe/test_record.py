@@ -575,3 +575,29 @@ def test_a_full_disk_at_the_last_commit_marks_the_run_interrupted_with_no_table_
     monkeypatch.setattr(PartWriter, "_flush", real)
     rec(probe_env, out, max_tokens=300, commit_every=1000, resume=True)  # and it resumes to the end
     assert json.loads((out / "run.json").read_text())["status"] == "complete"
+
+
+def test_a_second_record_into_a_run_being_recorded_is_refused(probe_env, tmp_path):
+    """Two `record --resume` of one run at once shared their temporary part names, committed each
+    other's rows (batches 15-16 lost, 17-18 twice) and a later --resume marked that complete (a
+    review). The job holding the run's writer lock is the only one let in; a lock left by a
+    finished or killed job is free (the process's end releases it)."""
+    import json
+
+    from probe.writer import WRITER_LOCK, lock_writer, unlock_writer
+
+    out = tmp_path / "r"
+    rec(probe_env, out, max_tokens=300)
+    info = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps(info | {"status": "interrupted"}))
+    fd = lock_writer(out)  # another process's job, as far as flock is concerned (its own open file)
+    try:
+        for kw in ({"resume": True}, {"overwrite": True}):
+            with pytest.raises(RecordError, match=rf"another process is recording into this run \(it holds "
+                                                  rf"{WRITER_LOCK}\)"):
+                rec(probe_env, out, max_tokens=300, **kw)
+        assert json.loads((out / "run.json").read_text())["status"] == "interrupted"  # untouched
+    finally:
+        unlock_writer(fd)
+    rec(probe_env, out, max_tokens=300, overwrite=True)  # the control: released, it goes ahead
+    assert (out / WRITER_LOCK).exists() and json.loads((out / "run.json").read_text())["status"] == "complete"
