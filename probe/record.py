@@ -43,8 +43,8 @@ from .job import (DEFAULT_CKPT, DEFAULT_CORPUS, RecordError, agree, bound_heap, 
 from .recorders import Batch, RecordConfig, Recorder
 from .schema import TABLES
 from .stats import KVAccumulator, summarise
-from .writer import (PartWriter, clear_run, load_progress, lock_writer, prune_uncommitted, read_run_json,
-                     unlock_writer, updating_run_json, write_json_atomic)
+from .writer import (PartWriter, clear_run, load_progress, lock_writer, prune_uncommitted, unlock_writer,
+                     updating_run_json, write_json_atomic)
 
 __all__ = ["RecordOptions", "RecordError", "record", "default_seq_len", "DEFAULT_CKPT", "DEFAULT_CORPUS"]
 STREAM_TABLES = ["tokens", "routing", "expert_load", "mtp"]
@@ -296,18 +296,21 @@ def run_info(job: Job, plan: CorpusPlan, opts: RecordOptions, world, m, tables: 
 def open_run(out: Path, info: dict, opts: RecordOptions) -> None:
     """Rank 0: create (or check, to resume) the run directory and write run.json."""
     if opts.resume:
-        old = read_run_json(out)
-        check_resumable(old, info, out)
-        info["started"] = old.get("started", info["started"])
-        info["resumed"] = old.get("resumed", 0) + 1
-        # what other commands noted while the run waited (spec's summary, ablate's, importance's and
-        # steer's parts) stays; what this session rewrites at its end does not
-        for key, value in old.items():
-            if key not in info and key not in SESSION_KEYS:
-                info[key] = value
-        # and their tables (ablations, spec_*...): this session's list replaced theirs (a review)
-        info["tables"] += [t for t in old.get("tables") or [] if t not in info["tables"]]
-    elif out.exists() and opts.overwrite:
+        with updating_run_json(out) as old:  # under the lock, as other jobs note their parts
+            check_resumable(old, info, out)
+            info["started"] = old.get("started", info["started"])
+            info["resumed"] = old.get("resumed", 0) + 1
+            # what other commands noted while the run waited (spec's summary, ablate's, importance's
+            # and steer's parts) stays; what this session rewrites at its end does not
+            for key, value in old.items():
+                if key not in info and key not in SESSION_KEYS:
+                    info[key] = value
+            # and their tables (ablations, spec_*...): this session's list replaced theirs (a review)
+            info["tables"] += [t for t in old.get("tables") or [] if t not in info["tables"]]
+            old.clear()
+            old.update(info)
+        return
+    if out.exists() and opts.overwrite:
         clear_run(out)  # its writer lock stays: this job holds it
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "run.json", info)
@@ -545,8 +548,6 @@ def finish(out: Path, info: dict, status: str, opts, args, world, elapsed: float
     """Merge the replicas' committed progress and accumulators, write the final tables when the
     run is complete, and update run.json (rank 0; on a failure, any surviving rank). `ranks`: each
     rank's load time and resident memory (bytes: before and after the load, peak), when gathered."""
-    import json
-
     finished = True
     tokens = 0
     acc = KVAccumulator(list(range(args.n_layers)), args.kv_lora_rank)
@@ -560,19 +561,19 @@ def finish(out: Path, info: dict, status: str, opts, args, world, elapsed: float
             acc.merge(other)
     if status == "complete" and finished and opts.kv_stats:
         _write_kv_tables(out, acc, args)
-    info = json.loads((out / "run.json").read_text())
-    info["status"] = "complete" if (status == "complete" and finished) else "interrupted"
-    info["recorded"] = {"tokens": tokens}
     from model import frozen, gemm
 
     made = gemm.current()  # this rank's float32 CPU GEMM path (model/gemm.py), when it ran any
-    info["cpu_gemm"] = (made.to_dict() | {"experts": gemm.experts_made(), "packed_weight_bytes": frozen.packed_bytes()}
-                        if made is not None else None)
-    info["timings"] = {"last_session_s": round(elapsed, 3), "finished": time.time()}
-    if ranks:
-        info["timings"]["load_s"] = max(r["load_s"] for r in ranks)
-        info["memory"] = {"per_rank": ranks}
-    write_json_atomic(out / "run.json", info)
+    with updating_run_json(out) as info:  # under the lock: a part another job noted meanwhile stays (a review)
+        info["status"] = "complete" if (status == "complete" and finished) else "interrupted"
+        info["recorded"] = {"tokens": tokens}
+        info["cpu_gemm"] = (made.to_dict() | {"experts": gemm.experts_made(),
+                                              "packed_weight_bytes": frozen.packed_bytes()}
+                            if made is not None else None)
+        info["timings"] = {"last_session_s": round(elapsed, 3), "finished": time.time()}
+        if ranks:
+            info["timings"]["load_s"] = max(r["load_s"] for r in ranks)
+            info["memory"] = {"per_rank": ranks}
 
 
 def router_biases(m) -> tuple[list[int], list[np.ndarray]]:

@@ -601,3 +601,37 @@ def test_a_second_record_into_a_run_being_recorded_is_refused(probe_env, tmp_pat
         unlock_writer(fd)
     rec(probe_env, out, max_tokens=300, overwrite=True)  # the control: released, it goes ahead
     assert (out / WRITER_LOCK).exists() and json.loads((out / "run.json").read_text())["status"] == "complete"
+
+
+def test_records_closing_run_json_update_keeps_what_other_jobs_note_meanwhile(probe_env, tmp_path):
+    """record's last run.json write read and rewrote the file without the lock the other jobs take to
+    note their parts: 23 of 300 entries noted meanwhile were lost (a review)."""
+    import json
+    import threading
+    from types import SimpleNamespace
+
+    from probe.record import finish
+    from probe.writer import updating_run_json
+
+    out = tmp_path / "r"
+    rec(probe_env, out, max_tokens=200)
+    n = 150
+    world = SimpleNamespace(size=1, model_parallel=1)
+    args = SimpleNamespace(n_layers=2, kv_lora_rank=8)
+    opts = SimpleNamespace(kv_stats=False)
+
+    def closing():
+        for _ in range(n):
+            finish(out, {}, "interrupted", opts, args, world, 1.0)
+
+    def noting():
+        for i in range(n):
+            with updating_run_json(out) as info:
+                info.setdefault("ablation_parts", {})[f"p{i}"] = {}
+
+    threads = [threading.Thread(target=closing), threading.Thread(target=noting)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(json.loads((out / "run.json").read_text())["ablation_parts"]) == n
