@@ -82,13 +82,17 @@ class Run:
         if unknown:
             raise RunError(f"{self.path / table}: no column {', '.join(map(repr, unknown))}; its columns are "
                            f"{schema.names}")
-        if not files:
-            return schema.empty_table().select(columns) if columns else schema.empty_table()
-        try:
-            parts = [pq.read_table(f, columns=columns, schema=schema) for f in files]
-        except (pa.ArrowInvalid, OSError) as e:
-            raise RunError(f"{self.path / table}: unreadable part file ({e})") from None
-        return pa.concat_tables(parts)
+        for attempt in range(3):  # a part a job replaced while it was read: list the parts again
+            if not files:
+                return schema.empty_table().select(columns) if columns else schema.empty_table()
+            try:
+                return pa.concat_tables([pq.read_table(f, columns=columns, schema=schema) for f in files])
+            except FileNotFoundError as e:  # it was called unreadable (a review)
+                if attempt == 2:
+                    raise RunError(f"{self.path / table}: its part files keep changing while read ({e})") from None
+                files = self.files(table)
+            except (pa.ArrowInvalid, OSError) as e:
+                raise RunError(f"{self.path / table}: unreadable part file ({e})") from None
 
     def df(self, table: str, columns: list[str] | None = None):
         """The table as a pandas DataFrame (loads it; prefer `rel`/`sql` for big tables)."""

@@ -90,6 +90,28 @@ def clear_run(run: Path) -> None:
 
 
 @contextmanager
+def table_lock(run: str | Path, table: str):
+    """An exclusive lock (waited for) on `run`'s `table` for a block: for jobs whose write also
+    rewrites other parts of the table (analyses.importance's newest-measurement rule), which two
+    at once deleted under each other (a review). Not the run.json lock: the block takes that one
+    itself. No lock where the file system has none."""
+    fd = None
+    try:
+        import fcntl
+
+        Path(run).mkdir(parents=True, exist_ok=True)
+        fd = os.open(Path(run) / f".{table}.lock", os.O_CREAT | os.O_RDWR)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except (ImportError, OSError):
+        pass
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+@contextmanager
 def updating_run_json(run: str | Path, new=None):
     """Yields run.json's contents (or `new()` where there is none yet) to change in place, and writes
     them back whole, under an exclusive lock beside it: the jobs that add their part to a finished

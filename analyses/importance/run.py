@@ -28,7 +28,7 @@ from analyses.importance import TOKEN_BUDGET
 from probe.corpus import CorpusError
 from probe.recorders import Batch, model_token_nll
 from probe.schema import TABLES
-from probe.writer import replacing, updating_run_json, write_result_part
+from probe.writer import replacing, table_lock, updating_run_json, write_result_part
 
 from .analysis import TABLE, ImportanceError  # noqa: F401 - defined where torch is not imported
 
@@ -282,8 +282,9 @@ def write_importance(out: str | Path, df, meta: dict, args=None) -> Path:
     in run.json under `importance_parts`; a directory without run.json becomes a run holding only
     this table (probe.writer.write_result_part). The newest measurement of an expert in a domain
     replaces older ones: their rows leave the older parts (`supersede`)."""
-    part = write_result_part(out, TABLE, df, part_key(meta), meta, "importance_parts", {"rows": len(df)}, args)
-    supersede(Path(out), part, df)
+    with table_lock(out, TABLE):  # two jobs superseding each other at once deleted both (a review)
+        part = write_result_part(out, TABLE, df, part_key(meta), meta, "importance_parts", {"rows": len(df)}, args)
+        supersede(Path(out), part, df)
     return part
 
 

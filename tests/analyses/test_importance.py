@@ -309,6 +309,62 @@ def test_a_new_measurement_of_an_expert_replaces_the_older_one(tmp_path):
     assert not list((out / TABLE).glob(".*tmp*"))
 
 
+def test_two_jobs_superseding_each_other_at_once_keep_one_measurement(tmp_path):
+    """Two importance jobs on the same experts finishing together deleted each other's parts: the
+    table was left empty and run.json listed a part that was gone (a review). Their writes now take
+    turns (a lock on the table); every key keeps exactly one measurement and run.json lists the
+    parts on disk."""
+    import multiprocessing
+
+    import probe
+    from analyses.importance.analysis import TABLE, importance_table
+    from analyses.importance.run import write_importance
+
+    out = tmp_path / "run"
+
+    def meta(tokens):
+        return {"layers": [1], "experts": None, "checkpoint": {"path": "c"}, "corpus": {"path": "t"},
+                "options": {"domain_tokens": tokens}}
+
+    def job(tokens):  # in a process of its own, as two commands are
+        for _ in range(20):
+            write_importance(out, _table([0.1, 0.2, 0.3, 0.4], [tokens / 1e4] * 4), meta(tokens))
+
+    write_importance(out, _table([0.1, 0.2, 0.3, 0.4], [0.0] * 4), meta(500))  # an older measurement
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=job, args=(t,)) for t in (1000, 2000)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    run = probe.open_run(out)
+    got = importance_table(run)
+    assert sorted(got.expert) == [0, 1, 2, 3] and got.delta.nunique() == 1  # one job's whole measurement
+    on_disk = {f.stem for f in (out / TABLE).glob("*.parquet")}
+    assert on_disk == set(run.info["importance_parts"]) and len(on_disk) == 1
+
+
+def test_a_reader_lists_the_parts_again_when_one_goes_while_it_reads(tmp_path, monkeypatch):
+    import probe
+    from analyses.importance.run import write_importance
+    from probe import run as run_module
+
+    out = tmp_path / "run"
+    write_importance(out, _table([0.1, 0.2], [0.3, 0.4]), {"layers": [1], "experts": None, "checkpoint": {},
+                                                            "corpus": {}, "options": {}})
+    real = run_module.table_files
+    calls = []
+
+    def stale_once(path, table):  # the first listing names a part that a job has just removed
+        files = real(path, table)
+        calls.append(table)
+        return files + [files[0].with_name("gone.parquet")] if len(calls) == 1 else files
+
+    monkeypatch.setattr(run_module, "table_files", stale_once)
+    assert len(probe.open_run(out).df("expert_importance")) == 2 and len(calls) == 2
+
+
 def test_a_layer_measured_on_mixed_token_budgets_says_so():
     """A notebook's quick look (a few experts on fewer tokens) replaces those experts' rows in the
     run's table; load_vs_importance then reported the largest budget as the layer's and mixed the
