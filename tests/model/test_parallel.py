@@ -203,7 +203,7 @@ def test_bf16_fp8_partials_are_reduced_wide(worker_results):
 @pytest.mark.parametrize("name, error, words", [
     ("experts5", "ParallelError", ["world size 2 does not divide n_routed_experts=5"]),
     ("hf_vocab211", "ParallelError", ["world size 2 does not divide vocab_size=211"]),
-    ("blocks_fp8_resident", "ParallelError", ["ffn.w1.weight", "[160, 320)", "align", "gemm_impl='bf16'"]),
+    ("blocks_fp8_resident", "BlockAlignError", ["ffn.w1.weight", "[160, 320)", "align", "gemm_impl='bf16'"]),
     ("missing_shard", "CheckpointError", ["is missing"]),
 ])
 def test_clear_errors_under_torchrun(worker_results, name, error, words):
