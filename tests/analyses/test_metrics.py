@@ -137,6 +137,27 @@ def test_gpu_loads_and_balance_summary():
         M.balance_summary([1, 2], batch_loads=[[1, 2, 3]])
 
 
+def test_balance_summary_batches_min_load_and_gpu_ratio_hand_computed():
+    """balance_summary's batch MaxVio mean and max took every batch but a dropped one unnoticed (the
+    existing case has equal MaxVio in each batch), its min_relative_load was never checked against a
+    value, and its imbalance ratio without per-batch loads could read per-expert loads in place of
+    the GPUs' (a review)."""
+    # MaxVio per batch: [4,0,0,0] -> (4-1)/1 = 3; [2,2,2,2] -> 0; [0,3,1,0] -> (3-1)/1 = 2
+    b = [[4, 0, 0, 0], [2, 2, 2, 2], [0, 3, 1, 0]]
+    x = [6, 5, 3, 2]  # their sum: mean 4
+    s = M.balance_summary(x, batch_loads=b)
+    assert s["batches"] == 3
+    assert s["maxvio_batch_mean"] == pytest.approx(5 / 3) and s["maxvio_batch_max"] == pytest.approx(3.0)
+    assert s["maxvio_global"] == pytest.approx(0.5)  # (6 - 4) / 4
+    assert s["max_relative_load"] == pytest.approx(1.5) and s["min_relative_load"] == pytest.approx(0.5)  # 6/4, 2/4
+    # without per-batch loads, two GPUs: contiguous halves [6+5, 3+2] = [11, 5], mean 8 -> 11/8 - 1
+    g = M.balance_summary(x, n_gpus=2)
+    assert g["batches"] == 0 and math.isnan(g["maxvio_batch_mean"])
+    assert g["imbalance_ratio"] == pytest.approx(3 / 8)  # per expert it would be 6/4 - 1 = 1/2
+    assert g["gpu_balancedness"] == pytest.approx(8 / 11)
+    assert M.balance_summary(x)["imbalance_ratio"] == pytest.approx(0.5)  # no GPUs: the experts' own
+
+
 # ------------------------------------------------------------------------------ specialisation
 def test_contingency_lift_share():
     names, c = M.contingency(["a", "b", "a"], [[0, 1], [1, 2], [0, 2]])
@@ -350,6 +371,38 @@ def test_run_specialisation_equals_array_versions(synth):
         assert t.loc[layer, "max_lift"] == pytest.approx(np.nanmax(M.lift(c)))
     # the domain-routed layer specialises by domain more than the token-routed one
     assert t.loc[2, "domain_nmi"] > t.loc[1, "domain_nmi"]
+
+
+def test_specialisation_table_nmi_and_max_lift_domain_hand_case(tmp_path):
+    """specialisation_table's `nmi` column was compared with nothing (its arithmetic normalisation,
+    scikit-learn's default, could become another), and the max-lift domain was only checked for
+    being set: a wrong index into the domain list went unseen (a review)."""
+    from sklearn.metrics import normalized_mutual_info_score
+
+    from helpers.synthetic_run import _write
+
+    write_run(tmp_path / "r", E=4, layers=(1,), empty=True)  # run.json only (E = 4)
+    # domain x expert counts, domains sorted a, b, c; rows written c first, b split over two steps
+    want = {"a": [2, 0, 0, 0], "b": [1, 2, 1, 0], "c": [1, 1, 2, 4]}
+    rows = [(0, "c", want["c"]), (0, "a", want["a"]), (0, "b", [1, 1, 0, 0]), (1, "b", [0, 1, 1, 0])]
+    cols = {k: [] for k in ("step", "layer", "expert", "domain", "count", "weight_sum", "tokens")}
+    for step, dom, counts in rows:
+        for e, n in enumerate(counts):
+            for k, v in (("step", step), ("layer", 1), ("expert", e), ("domain", dom), ("count", n),
+                         ("weight_sum", float(n)), ("tokens", 1)):
+                cols[k].append(v)
+    _write(tmp_path / "r", "expert_load", cols, [np.ones(len(cols["step"]), bool)])
+    t = M.specialisation_table(tmp_path / "r").set_index("layer")
+    # one (domain, expert) label pair per assignment, for scikit-learn
+    dom_lab = [d for d, c in want.items() for e, n in enumerate(c) for _ in range(n)]
+    exp_lab = [e for d, c in want.items() for e, n in enumerate(c) for _ in range(n)]
+    ref = normalized_mutual_info_score(dom_lab, exp_lab)  # average_method="arithmetic"
+    assert t.loc[1, "domains"] == 3
+    assert t.loc[1, "nmi"] == pytest.approx(ref, rel=1e-9)
+    assert ref != pytest.approx(normalized_mutual_info_score(dom_lab, exp_lab, average_method="geometric"), rel=1e-3)
+    # lift = n(d, e) * N / (n(d) n(e)), N = 14: (a, 0) = 2*14/(2*4) = 3.5; the next, (b, 1) = 2*14/(4*3) = 7/3
+    assert t.loc[1, "max_lift"] == pytest.approx(3.5)
+    assert t.loc[1, "max_lift_domain"] == "a" and t.loc[1, "max_lift_expert"] == 0
 
 
 def test_an_unreadable_table_breaks_only_the_queries_that_read_it(tmp_path):

@@ -152,6 +152,16 @@ def test_token_dependence_degenerate():
         M.token_dependence([1, 2], [-1], [0, 1], [0, 1], [False, True])
 
 
+def test_token_dependence_unseen_counts_ids_absent_from_training():
+    """`unseen` was only checked where it is 0: ids looked up in every token, held-out ones included,
+    would count each held-out id as seen (a review)."""
+    tok = [1, 2, 3, 1, 4, 5, 4]
+    test = [False, False, False, True, True, True, True]
+    # held out: 1 (trained on), 4, 5, 4 (never in training) -> 3 of 4 unseen
+    r = M.token_dependence(tok, [-1, 1, 2, 3, 1, 4, 5], [0, 1, 2, 3, 4, 5, 6], [0, 1, 0, 0, 1, 1, 0], test)
+    assert r["unseen"] == pytest.approx(3 / 4) and r["test_tokens"] == 4 and r["train_tokens"] == 3
+
+
 # ------------------------------------------------------------------------------ run versions
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
@@ -232,6 +242,26 @@ def test_run_token_dependence_one_expert_per_token(tmp_path):
     write_run(tmp_path / "k1", K=1)
     t = M.token_dependence_from_run(tmp_path / "k1", every=2)
     assert set(t.target) == {"top1"}  # no top-k set beyond the first choice
+
+
+def test_run_token_dependence_vocab_spec_next_is_against_the_next_token(runs):
+    """vocab_spec_next was only compared with the same function's output: filled with the input
+    token's value, nothing failed (a review). By hand: each first choice grouped by the id of the
+    token after it in its window; per id the share on its most common expert, averaged over ids."""
+    d, a, _ = runs
+    t = M.token_dependence_from_run(d / "a", every=5).set_index(["layer", "target"])
+    seq, tok = a["seq"], a["token_id"]
+    for layer in a["layers"]:
+        by_next: dict = {}
+        for i in range(len(seq) - 1):
+            if seq[i + 1] == seq[i]:  # a next token in the same window
+                by_next.setdefault(int(tok[i + 1]), Counter())[int(a["ids"][layer][i, 0])] += 1
+        want = np.mean([max(c.values()) / sum(c.values()) for c in by_next.values()])
+        for target in ("top1", "topk"):
+            assert t.loc[(layer, target), "vocab_spec_next"] == pytest.approx(want), (layer, target)
+    # layer 1 routes by the input id (vocab_spec_input 1), not by the next one: the two differ
+    assert t.loc[(1, "top1"), "vocab_spec_input"] == pytest.approx(1.0)
+    assert t.loc[(1, "top1"), "vocab_spec_next"] < 0.9
 
 
 def test_run_vs_run_changes_and_coverage(runs, tmp_path):

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -72,6 +73,33 @@ def test_expert_load_equals_counts_from_routing(full_run):
     merged["n_r"] = merged["n_r"].fillna(0)
     assert (merged.n == merged.n_r).all()
     assert merged.n.sum() == len(full_run.df("tokens")) * 4 * 2  # K=4, 2 MoE layers
+
+
+def test_expert_load_weight_sums_and_tokens_are_the_domains(full_run):
+    """expert_load's weight_sum and tokens were never checked: each domain's row could carry the sum
+    over every domain of the batch, or the batch's token count, unnoticed (a review). By hand from
+    routing and tokens: the gate weights summed per (layer, domain, expert), and per domain the
+    tokens of its rows summed over the batches = its tokens in the run."""
+    el = full_run.df("expert_load")
+    # precondition: some batch holds both domains, else the per-domain and per-batch values agree
+    assert el.groupby("step").domain.nunique().max() == 2
+    toks = full_run.df("tokens")[["seq_id", "pos", "domain"]]
+    r = full_run.df("routing").merge(toks, on=["seq_id", "pos"])
+    ids, w = np.stack(r.expert_ids.to_numpy()), np.stack(r.expert_weights.to_numpy()).astype(np.float64)
+    K = ids.shape[1]
+    flat = pd.DataFrame({"layer": np.repeat(r.layer.to_numpy(), K), "domain": np.repeat(r.domain.to_numpy(), K),
+                         "expert": ids.reshape(-1), "w": w.reshape(-1)})
+    want = flat.groupby(["layer", "domain", "expert"]).w.sum()
+    got = el.groupby(["layer", "domain", "expert"]).weight_sum.sum()
+    assert want.index.isin(got.index).all()  # experts no token chose: rows of weight 0
+    np.testing.assert_allclose(got.to_numpy(), want.reindex(got.index, fill_value=0.0).to_numpy(), rtol=1e-5)
+    # tokens: one value per (step, layer, domain), the same on every expert's row
+    per = el.groupby(["step", "layer", "domain"]).tokens
+    assert (per.nunique() == 1).all()
+    tok_sum = per.first().groupby(["layer", "domain"]).sum()
+    n_dom = toks.domain.value_counts()
+    for (layer, dom), n in tok_sum.items():
+        assert n == n_dom[dom], (layer, dom)
 
 
 def test_routing_matches_run_with_cache(full_run, direct):

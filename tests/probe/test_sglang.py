@@ -59,6 +59,34 @@ def test_expert_load_per_pass_equals_the_routing(world, tmp_path, mode):
         assert pl.gpu.max() == 1 and (pl.groupby("gpu").size() == (sg.E + 4) // 2 * 2).all()
 
 
+@pytest.mark.parametrize("mode", ["stat", "per_pass"])
+def test_expert_load_tokens_are_the_passes_tokens(world, tmp_path, mode):
+    """The tokens of a pass (expert_load's `tokens`, the mean load's T) were never checked for the
+    count imports: a pass's top-k assignments not divided by top-k gave K times its tokens (a review).
+    By hand: the tokens every rank sent through the pass."""
+    run = probe.open_run(import_sglang(world[mode], tmp_path / "run", config=str(world["config"])))
+    el = run.df("expert_load")
+    want = {}
+    for p in world["passes"]:
+        want[p.fp] = want.get(p.fp, 0) + len(p.input_ids)
+    for step, fp in enumerate(sorted(want)):
+        assert set(el[el.step == step].tokens) == {want[fp]}, (mode, step)
+
+
+def test_placement_gpus_are_contiguous_blocks_of_slots(world, tmp_path):
+    """SGLang puts physical slots on expert-parallel ranks in contiguous blocks (slot // slots per
+    GPU); the existing checks (GPU count, slots per GPU) also held for slots dealt round-robin
+    (a review). Exactly, per layer: gpu = arange(P) // (P / GPUs)."""
+    run = probe.open_run(import_sglang(world["per_pass"], tmp_path / "run", config=str(world["config"])))
+    pl = run.df("placement")
+    P, gpus = sg.E + 4, 2
+    assert run.info["source"]["placement"]["gpus"] == gpus
+    for layer, g in pl.groupby("layer"):
+        g = g.sort_values("physical")
+        np.testing.assert_array_equal(g.physical, np.arange(P))
+        np.testing.assert_array_equal(g.gpu, np.arange(P) // (P // gpus), err_msg=f"layer {layer}")
+
+
 def test_per_token_tokens_and_routing_equal_the_routing(world, tmp_path):
     run = probe.open_run(import_sglang(world["per_token"], tmp_path / "run", config=str(world["config"])))
     tok = run.df("tokens").sort_values(["seq_id", "pos"])

@@ -147,6 +147,18 @@ def test_balance_losses_on_hand_computed_cases():
     assert max_violation(torch.tensor([8.0, 0.0, 0.0, 0.0])) == pytest.approx(3.0)
 
 
+def test_switch_balance_loss_normalises_non_uniform_scores():
+    """The Switch loss was only checked on uniform scores, where any per-token normalisation (a
+    softmax of the scores too) gives P = 1/E: P_i must be the mean of s_i,t / sum_j s_j,t (a review)."""
+    scores = torch.tensor([[1.0, 1.0, 2.0], [1.0, 1.0, 0.0]])
+    ids = torch.tensor([[2, 0], [0, 1]])  # T = 2, K = 2: counts [2, 1, 1]
+    # s' = [[1/4, 1/4, 1/2], [1/2, 1/2, 0]] -> P = [3/8, 3/8, 1/4]; f = counts / (K T) = [1/2, 1/4, 1/4]
+    # E * sum f P = 3 * (3/16 + 3/32 + 1/16) = 3 * 11/32
+    assert float(switch_balance_loss(scores, ids)) == pytest.approx(33 / 32, rel=1e-6)
+    # the same scores scaled per token (normalisation removes it) give the same loss
+    assert float(switch_balance_loss(scores * torch.tensor([[3.0], [0.5]]), ids)) == pytest.approx(33 / 32, rel=1e-6)
+
+
 # -------------------------------------------------------------------------------------------- runs
 @pytest.mark.slow
 def test_training_reduces_loss_and_writes_the_run(corpus, tmp_path):
