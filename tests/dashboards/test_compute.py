@@ -242,3 +242,17 @@ def test_lines_over_a_few_whole_steps_tick_whole_steps_only():
     assert charts.lines({"a": (list(range(0, 500, 10)), list(range(50)))}).layout.xaxis.dtick is None  # long: plotly's
     assert charts.lines({"a": ([0.5, 1.5], [1, 2])}).layout.xaxis.dtick is None  # not whole numbers
     assert charts.lines({"a": (["layer1", "layer2"], [1, 2])}).layout.xaxis.dtick is None  # categories
+
+
+def test_layer_labels_sort_by_their_number_main_layers_before_mtp():
+    """The heatmaps' and tables' rows (compute.layer_order): layer2 before layer10 and mtp2 before
+    mtp10 (numbers, not strings: string order put layer10 between layer1 and layer2, a review), every
+    main layer before the MTP blocks, each label once; a label without a number comes first in its prefix.
+    The same order reaches load_matrix's rows."""
+    labels = ["mtp10", "layer10", "layer2", "mtp2", "layer1", "layer2", "mtp0", "layer11", "layer9"]
+    assert compute.layer_order(labels) == ["layer1", "layer2", "layer9", "layer10", "layer11", "mtp0", "mtp2", "mtp10"]
+    assert compute.layer_order(["layer3", "layer", "layer12"]) == ["layer", "layer3", "layer12"]
+    loads = pd.DataFrame({"layer": ["layer10", "layer2", "mtp0"], "expert": [0, 1, 0], "load": [5.0, 7.0, 2.0]})
+    layers, m = compute.load_matrix(loads)
+    assert layers == ["layer2", "layer10", "mtp0"]
+    assert m.tolist() == [[0.0, 7.0], [5.0, 0.0], [2.0, 0.0]]

@@ -191,6 +191,34 @@ def test_attention_pattern_opt_in():
     assert torch.equal(edited, replaced) and not torch.equal(edited, m(x[:2, :6]))
 
 
+@torch.no_grad()
+def test_an_edited_pattern_is_applied_query_by_key_as_written():
+    """A replaced pattern is applied as written, rows the queries and columns the keys: when every
+    query attends to key 0 only, every position's per-head output (hook_z) and attention output equal
+    position 0's, which attends to key 0 alone anyway (the unedited run's); with absorb (expanded and
+    latent forms) and naive. A pattern applied transposed (key by query) went unnoticed by a
+    symmetric edit's check (a review): it gives position 0 the sum of all values and the others zero."""
+    m = random_model("tiny", seed=3)
+    x = torch.randint(0, 512, (2, 6), generator=torch.Generator().manual_seed(3))
+    names = ["layers.2.attn.hook_z", "layers.2.hook_attn_out"]
+
+    def key0_only(p, hook):
+        return torch.zeros_like(p).index_fill_(-1, torch.tensor([0]), 1.0)
+
+    for impl, latent in (("absorb", "auto"), ("absorb", "always"), ("naive", "auto")):
+        m.attn_impl = impl
+        for a in m.attention_modules():
+            a.latent_attention = latent
+        _, plain = m.run_with_cache(x, names=names)
+        with m.hooks([("layers.2.attn.hook_pattern", key0_only)]):
+            _, edited = m.run_with_cache(x, names=names)
+        for name in names:
+            first = plain[name][:, :1]  # position 0: its own (only) key, edited or not
+            # the control: unedited, the later positions differ from position 0
+            assert not torch.allclose(plain[name], first.expand_as(plain[name]), atol=1e-3)
+            assert torch.allclose(edited[name], first.expand_as(edited[name]), atol=1e-5), (impl, latent, name)
+
+
 def test_replacing_hooks_change_the_output_as_expected():
     m = random_model("tiny", seed=4)
     x = torch.randint(0, 512, (2, 8))

@@ -88,7 +88,8 @@ def test_keys_and_values_in_one_tensor_equal_zero_padded_values(nope, rope, v_di
     """MLA._attend_expanded keeps keys and values in one [k_nope | k_pe | v] tensor, the value's leading
     dims standing in for zero padding: bit-equal to concatenated keys and zero-padded values
     (_attend_kv), with V below, equal to and above N (and above N+R, where nothing is padded), with
-    and without a mask, and on the materialised path (hook_pattern)."""
+    and without a mask, and on the materialised path (a hook on hook_pattern that returns a copy: a
+    hook that only observes leaves the output the fused kernel's, a review)."""
     import dataclasses
 
     from model.mla import MLA
@@ -102,7 +103,7 @@ def test_keys_and_values_in_one_tensor_equal_zero_padded_values(nope, rope, v_di
     mask = torch.rand(B, 1, S, S, generator=g).lt(0.7) | torch.eye(S, dtype=torch.bool) if masked else None
     k = torch.cat([kvb[..., :nope], k_pe[:, :, None].expand(-1, -1, H, -1)], dim=-1)
     for pattern_hooked in (False, True):
-        handle = attn.hook_pattern.add(lambda t, hook: None) if pattern_hooked else None
+        handle = attn.hook_pattern.add(lambda t, hook: t.clone()) if pattern_hooked else None
         got = attn._attend_expanded(query, kvb, k_pe, mask)
         want = attn._attend_kv(query, k, kvb[..., nope:], mask)
         if handle:

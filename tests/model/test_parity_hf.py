@@ -324,3 +324,29 @@ def test_negative_control_yarn_frequencies_dropped(cases):
     report("NEGATIVE yarn frequencies dropped/long2x112", r)
     assert r["rel"] > LOGIT_RTOL, "dropping the YaRN frequencies went unnoticed by the logits check"
     assert passes(compare(m, c.hf_out["long2x112"], c.inputs["long2x112"]))
+
+
+# --------------------------------------------------------------------------------- attention pattern
+def test_the_hooked_attention_pattern_is_transformers_eager_attention(cases):
+    """What a hook on hook_pattern sees is softmax(Q K^T x softmax_scale) under the causal mask: equal,
+    per layer, head and position, to the attention weights transformers' eager attention returns
+    (output_attentions) on the same checkpoint, with each attention implementation. The scores made for
+    the hook without the softmax scale went unnoticed (a review): the rows still sum to 1 and stay
+    causal, and an observed pattern leaves the output the fused kernel's."""
+    import transformers
+
+    c = cases("tiny_grouped")
+    hf = transformers.DeepseekV3ForCausalLM.from_pretrained(c.dir, dtype=torch.float32,
+                                                            attn_implementation="eager").eval()
+    tokens = c.inputs["batch4x48"][:2, :10]
+    with torch.no_grad():
+        want = hf(tokens, output_attentions=True).attentions  # one [B, H, S, S] per layer
+    assert len(want) == 3 and all(ref.shape == (2, 4, 10, 10) for ref in want)
+    assert min(float(ref[..., 1:, :].max()) for ref in want) > 0.5  # far from uniform: a wrong scale shows
+    for attn_impl in ATTN_IMPLS:
+        m = c.ours(attn_impl)
+        with torch.no_grad():
+            _, cache = m.run_with_cache(tokens, names="layers.*.attn.hook_pattern")
+        for i, ref in enumerate(want):
+            diff = float((cache[f"layers.{i}.attn.hook_pattern"] - ref).abs().max())
+            assert diff < 1e-5, (attn_impl, i, diff)

@@ -55,7 +55,7 @@ FLOAT32 = dict(rtol=1e-5, atol=1e-5)
 def test_signal_then_resume_equals_uninterrupted(probe_env, big_corpus, reference_run, tmp_path, monkeypatch, sig):
     """Ctrl-C or SIGTERM while recording (sent to this process after the 7th batch): the batch in
     flight finishes, the rows are committed, run.json says interrupted, and --resume completes a run
-    equal to the uninterrupted one."""
+    equal to the uninterrupted one, its recorded token count included."""
     from probe.recorders import Recorder
 
     calls = []
@@ -84,7 +84,11 @@ def test_signal_then_resume_equals_uninterrupted(probe_env, big_corpus, referenc
     (out / "run.json").write_text(json.dumps(info | {"spec_decode": {"prompts": 3}}))
     done = probe.open_run(rec(probe_env, out, resume=True, **kw))
     assert done.status == "complete" and done.info["resumed"] == 1
-    assert done.info["spec_decode"] == {"prompts": 3} and done.info["recorded"]["tokens"] > 0
+    assert done.info["spec_decode"] == {"prompts": 3}
+    # the count of recorded tokens carries over the interruption: the resumed session's total counts
+    # the first session's committed tokens too (restored as 0 it still passed "> 0", a review)
+    assert done.info["recorded"]["tokens"] == len(done.df("tokens")) == done.info["planned"]["tokens"] \
+        == reference_run.info["recorded"]["tokens"]
     assert_same_tables(done, reference_run, TABLES, **FLOAT32)
 
 
@@ -122,6 +126,42 @@ def test_resume_refuses_changed_options(probe_env, big_corpus, reference_run, tm
     with pytest.raises(RecordError, match=r"was recorded with --seq-len 32, this command gives 64: rerun the run's "
                                           r"own command with --resume added"):
         rec(probe_env, out, corpus=big_corpus, resume=True, router_logits="full", batch_size=2)
+
+
+def test_resume_refuses_each_option_that_shapes_the_rows(probe_env, big_corpus, reference_run, tmp_path):
+    """--resume with any one option that decides what is recorded changed (each of RESUME_KEYS; the
+    pairs below are written out here, not read from it) is refused in one line naming the flag with both
+    values, and leaves the run as it was. Without --router-logits among the keys, a --router-logits topk
+    resume of a full run went through (a review)."""
+    import re
+    import shutil
+
+    from probe.record import RESUME_KEYS
+
+    out = tmp_path / "copy"
+    shutil.copytree(reference_run.path, out)
+    info = json.loads((out / "run.json").read_text())
+    info["status"] = "interrupted"  # as a stopped run (the options are checked whatever the status)
+    kw = dict(corpus=big_corpus, seq_len=32, batch_size=2, router_logits="full", max_tokens=MAX_TOKENS, resume=True)
+    # option: (the value the run was recorded with, as the refusal shows it; a value this command gives that
+    # it accepts). --gemm fp8 does not load this float32 checkpoint: the run's run.json says fp8 instead
+    changed = {"seq_len": (32, 64), "batch_size": (2, 3), "router_logits": ("full", "topk"), "sample": (1.0, 0.5),
+               "kv_stats": (True, False), "mtp": (True, False), "max_tokens": (MAX_TOKENS, 2000),
+               "add_bos": (True, False), "dtype": ("float32", "bfloat16"), "gemm": ("fp8", "bf16"),
+               "order": ("domains", "corpus")}
+    assert set(RESUME_KEYS) <= set(changed), "a new resume key: add its change here"
+    for key, (was, now) in changed.items():
+        recorded = info | {"options": info["options"] | {"gemm": "fp8"}} if key == "gemm" else info
+        (out / "run.json").write_text(json.dumps(recorded))
+        before = (out / "run.json").read_text()
+        flag = "--" + key.replace("_", "-")
+        with pytest.raises(RecordError) as e:
+            rec(probe_env, out, **kw | {key: now})
+        msg = str(e.value)
+        assert "\n" not in msg
+        assert re.search(rf"was recorded with {flag} {re.escape(str(was))}, this command gives "
+                         rf"{re.escape(str(now))}: rerun the run's own command with --resume added", msg), (key, msg)
+        assert (out / "run.json").read_text() == before, key
 
 
 def test_resume_refuses_another_tokenizer_and_a_run_record_did_not_make(probe_env, big_corpus, reference_run, tmp_path):
