@@ -42,7 +42,7 @@ from .job import (RecordError, agree, check_out_parent, check_run_model, checkpo
                   job_options, load_model, load_tokenizer, os_refusal, resolve_paths, same_checkpoint,
                   signals_held, start_world)
 from .schema import TABLES
-from .writer import RUN_JSON, read_run_json, updating_run_json
+from .writer import RUN_JSON, read_run_json, table_lock, updating_run_json
 
 SPEC_TABLES = ("spec_decode", "spec_drafts")
 
@@ -109,8 +109,8 @@ def _write_tables(out: Path, tables: dict[str, dict], commit) -> None:
         for t, columns in tables.items():
             tmps[t].parent.mkdir(parents=True, exist_ok=True)
             pq.write_table(pa.table(columns, schema=TABLES[t]), tmps[t], compression="zstd")
-        try:
-            with signals_held(signal.SIGINT):
+        try:  # two specs into one run take turns here: their tables and summaries pair up
+            with signals_held(signal.SIGINT), table_lock(out, "spec_decode"):
                 for t, tmp in tmps.items():
                     os.replace(tmp, out / t / "part-0.parquet")
                     for old in (out / t).glob("*.parquet"):
