@@ -156,6 +156,59 @@ def test_top_n_per_layer_and_domain():
     assert resolve(Ablation(experts={"1": "3+5", 2: 7}), shape).disabled == {1: [3, 5], 2: [7]}
 
 
+def test_top_n_ties_go_to_the_lower_expert_id():
+    """Equal loads: the lower expert id is disabled first (the documented tie rule). A descending
+    sort written as argsort(counts)[::-1] disables the higher ids of a tie instead (a review)."""
+    shape = RouterShape(3, 1, 16, 4, 4, 2, True, 1)
+    load = np.zeros((2, 16), np.int64)
+    load[0, [2, 5, 9]] = 7  # a three-way tie for the top: 2 and 5 go
+    load[1, [1, 4]], load[1, [8, 12, 15]] = 9, 3  # 1 and 4 first, then the lowest of the tie at 3: 8
+    assert resolve(Ablation(top=2), shape, {"all": load}).disabled == {1: [2, 5], 2: [1, 4]}
+    assert resolve(Ablation(top=3), shape, {"all": load}).disabled == {1: [2, 5, 9], 2: [1, 4, 8]}
+
+
+def test_a_random_control_draws_each_layer_on_its_own():
+    """`random` N draws per layer, seeded by (seed, layer): a draw seeded by the seed alone disabled
+    the same expert ids in every layer, a control correlated across layers (a review)."""
+    shape = RouterShape(4, 1, 16, 4, 4, 2, True, 1)  # MoE layers 1, 2, 3
+    draws = [resolve(Ablation(random=3, seed=s, mode="zero"), shape).disabled for s in range(4)]
+    assert all(set(d) == {1, 2, 3} and all(len(set(v)) == 3 for v in d.values()) for d in draws)
+    assert sum(d[1] == d[2] == d[3] for d in draws) == 0  # 560 ways to draw 3 of 16: equal draws are rare
+
+
+def test_a_random_reroute_draw_the_guard_refuses_is_redrawn():
+    """Reroute: a random draw that would leave a token fewer than K experts is drawn again (up to
+    RANDOM_DRAWS times), not refused: without the redraw, `random 10` failed for a seed whose first draw the guard refuses (a review).
+    Zero mode keeps the first draw, which shows that the guard does refuse some first draws."""
+    shape = RouterShape(3, 1, 16, 4, 4, 2, True, 1)  # 4 groups of 4, keep 2, K = 4, bias
+    refused_first = 0
+    for seed in range(6):
+        first = resolve(Ablation(random=10, seed=seed, mode="zero"), shape).disabled
+        for layer, ids in first.items():
+            try:
+                check_routable(shape, layer, ids)
+            except AblationError:
+                refused_first += 1
+        got = resolve(Ablation(random=10, seed=seed), shape).disabled
+        assert set(got) == {1, 2}
+        for layer, ids in got.items():
+            assert len(set(ids)) == 10
+            check_routable(shape, layer, ids)
+    assert refused_first > 0
+
+
+def test_guard_without_the_bias_one_expert_scores_a_group():
+    """Without the sigmoid bias (softmax routers) a group scores by its best expert: a group left with
+    one expert is still eligible. A guard that always asked for two refused such reroutes (a review)."""
+    off = [0, 1, 2, 4, 5, 6, 8, 9, 10]  # one expert left in groups 0-2, four in group 3
+    plain = RouterShape(3, 1, 16, 2, 4, 2, False, 1)  # K = 2, keep 2 of 4 groups
+    check_routable(plain, 1, off)  # the two fewest: 1 + 1 = K
+    with pytest.raises(AblationError, match="would have 2 < top-k=3"):
+        check_routable(RouterShape(3, 1, 16, 3, 4, 2, False, 1), 1, off)  # K = 3: 1 + 1 < 3
+    with pytest.raises(AblationError, match="only 1 of 4 expert groups keep >= 2 experts"):
+        check_routable(RouterShape(3, 1, 16, 2, 4, 2, True, 1), 1, off)  # the control: with the bias
+
+
 def test_guard():
     shape = RouterShape.of(random_model("tiny").args)  # G=4 groups of 4, keep 2 groups, K=4, bias
     check_routable(shape, 1, [0, 1, 2, 3])  # one whole group off: three groups remain
@@ -275,6 +328,36 @@ def test_evaluate_baseline_control_and_reroute(tiny):
             counts[int(name.split(".")[1])] += torch.bincount(ids[b.valid.reshape(-1)].reshape(-1), minlength=16)
     assert plans[1].disabled == {k: sorted(np.argsort(-v.numpy(), kind="stable")[:3].tolist())
                                  for k, v in counts.items()}
+
+
+def test_routing_and_experts_changed_equal_a_count_by_hand(tiny):
+    """routing_changed (top-k sets that differ from the baseline's) and experts_changed (experts
+    replaced, over K) at the MoE layers after the first ablated one, per domain, counted here token
+    by token. Counting the experts kept as replaced, or not dividing by K, gave wrong numbers that no
+    test saw, as did mixing up the rows' domains (a review)."""
+    batches = _batches()
+    off = [0, 3, 5, 9, 12]
+    df, _ = evaluate(tiny, batches, [Ablation(name="x", experts={1: off})])
+    name, K = "layers.2.ffn.gate.hook_topk_ids", tiny.args.n_activated_experts
+    sums: dict = {}  # domain -> [tokens, changed sets, replaced experts]
+    for b in batches:
+        _, base = tiny.run_with_cache(b.tokens, lengths=b.lengths, names=name)
+        with ablated(tiny, {1: off}):
+            _, abl = tiny.run_with_cache(b.tokens, lengths=b.lengths, names=name)
+        S = b.tokens.shape[1]
+        for t in range(b.tokens.numel()):
+            if not b.valid.reshape(-1)[t]:
+                continue
+            was, now = set(base[name][t].tolist()), set(abl[name][t].tolist())
+            for d in ("all", b.windows[t // S].domain):
+                s = sums.setdefault(d, [0, 0, 0])
+                s[0], s[1], s[2] = s[0] + 1, s[1] + (was != now), s[2] + len(now - was)
+    got = df.set_index("domain")
+    assert sorted(sums) == ["all", "code", "prose"] and (got.downstream_layers == 1).all()
+    for d, (n, changed, replaced) in sums.items():
+        assert 0 < changed < n and replaced > changed  # some sets change, by more than one expert
+        assert got.loc[d, "routing_changed"] == pytest.approx(changed / n, rel=1e-12)
+        assert got.loc[d, "experts_changed"] == pytest.approx(replaced / (K * n), rel=1e-12)
 
 
 # ----------------------------------------------------------------------------------- CLI

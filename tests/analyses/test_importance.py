@@ -76,6 +76,30 @@ def test_batched_removals_equal_one_ablation_per_expert(tiny64):
         _assert_same(one, got[(got.layer == 2) & got.expert.isin([0, 3, 9])])
 
 
+def test_loads_of_a_later_layer_alone_are_that_layers(tiny64):
+    """Measuring layer 2 alone: each row's load is expert e's assignments at layer 2 (counted here
+    from the router's top-k ids, per domain) and load_share that over the layer's valid tokens x K.
+    Indexing the baseline loads by the position of the layer in the selection took layer 1's loads
+    (a review)."""
+    batches = _batches()
+    got = measure(tiny64, batches, layers=[2], experts=[0, 3, 9], group=3).set_index(["expert", "domain"])
+    K, name = tiny64.args.n_activated_experts, "layers.2.ffn.gate.hook_topk_ids"
+    counts = {d: torch.zeros(16, dtype=torch.long) for d in ("all", "code", "prose")}
+    tokens = dict.fromkeys(counts, 0)
+    for b in batches:
+        _, cache = tiny64.run_with_cache(b.tokens, lengths=b.lengths, names=name)
+        ids = cache[name].reshape(*b.tokens.shape, -1)
+        for i, w in enumerate(b.windows):
+            row = ids[i, : int(b.lengths[i])]
+            for d in ("all", w.domain):
+                counts[d] += torch.bincount(row.reshape(-1), minlength=16)
+                tokens[d] += row.shape[0]
+    for (e, d), r in got.iterrows():
+        assert r.load == int(counts[d][e]), (e, d)
+        assert r.load_share == pytest.approx(int(counts[d][e]) / (tokens[d] * K), rel=1e-12)
+    assert got.load.sum() > 0 and sorted(got.index.get_level_values(0).unique()) == [0, 3, 9]
+
+
 def test_selection_and_group_defaults():
     shape = RouterShape(3, 1, 16, 4, 4, 2, True, 1)
     assert check_selection(shape) == ([1, 2], list(range(16)))

@@ -300,6 +300,16 @@ def test_routing_agreement_hand_computed():
         M.routing_agreement(a, a[:1])
 
 
+def test_routing_agreement_of_two_top_k_sizes():
+    """Two routings with different K (metrics.md: overlap over K of ids_a): a = {0, 1}, b = {0, 1, 2}
+    share both of a's experts, overlap 1; jaccard 2/3; the sets differ. Dividing by b's K gave 2/3
+    (a review)."""
+    got = M.routing_agreement(np.array([[0, 1], [3, 4]]), np.array([[0, 1, 2], [4, 5, 6]]))
+    assert got["overlap"] == pytest.approx((2 / 2 + 1 / 2) / 2)
+    assert got["jaccard"] == pytest.approx((2 / 3 + 1 / 4) / 2)
+    assert got["set_same"] == 0 and got["top1_same"] == 0.5 and got["tokens"] == 2
+
+
 def test_margin_summary_and_score_entropy():
     s = M.margin_summary([0.0, 0.005, 0.1, np.nan])
     assert s["count"] == 3 and s["near"] == pytest.approx(2 / 3)

@@ -145,6 +145,19 @@ def test_bias_mode_against_a_hand_computed_router(tiny, tokens):
             assert torch.equal(got["hook_topk_weights"], base["hook_topk_weights"])
 
 
+def test_bias_mode_forced_share_counts_tokens_holding_every_steered_expert(tiny, tokens):
+    """forced_share: the share of steered tokens whose top-k holds EVERY steered expert of the layer,
+    counted here from the top-k ids. Counting a token that holds any one of them overstated a bias
+    steering of two experts (a review)."""
+    got = _gate(tiny, tokens, G1, Steer(experts={1: [2, 6]}, mode="bias", bias=0.3))
+    ids = got["hook_topk_ids"]
+    has2, has6 = (ids == 2).any(-1), (ids == 6).any(-1)
+    both, either = int((has2 & has6).sum()) / len(ids), int((has2 | has6).sum()) / len(ids)
+    assert 0 < both < either  # the control: the two counts differ on these tokens
+    assert got["state"].forced_share == pytest.approx(both, rel=1e-12)
+    assert got["state"].pairs == {1: ids.shape[0]}
+
+
 # ---------------------------------------------------------------------------- loss rows
 @torch.no_grad()
 def _manual_losses(model, batches, forced, layer, domain):

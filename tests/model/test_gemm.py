@@ -254,6 +254,44 @@ def test_a_foreign_cache_entry_is_measured_again_and_the_cache_switch_takes_0_or
 
 
 @needs_onednn
+def test_no_cache_neither_reads_nor_writes_the_cache(fresh, monkeypatch):
+    """DSV3_GEMM_CACHE=0 measures afresh without reading or writing the cache (the module docstring):
+    a choice measured so was written over the cached one, which every later process then took (a review)."""
+    monkeypatch.setattr(gemm, "measure", lambda shapes: {"onednn": 1.0, "linear": 3.0})
+    monkeypatch.setenv("DSV3_GEMM_CACHE", "0")
+    assert gemm.choice().path == "onednn" and not fresh.exists()  # nothing written
+    monkeypatch.delenv("DSV3_GEMM_CACHE")
+    gemm.reset()
+    assert (gemm.choice().path, gemm.choice().source) == ("onednn", "measured")  # cached now
+    before = fresh.read_text()
+    monkeypatch.setattr(gemm, "measure", lambda shapes: {"onednn": 3.0, "linear": 1.0})
+    monkeypatch.setenv("DSV3_GEMM_CACHE", "0")
+    gemm.reset()
+    assert (gemm.choice().path, gemm.choice().source) == ("linear", "measured")  # not read
+    assert fresh.read_text() == before  # not overwritten
+    monkeypatch.delenv("DSV3_GEMM_CACHE")
+    gemm.reset()
+    assert (gemm.choice().path, gemm.choice().source) == ("onednn", "cache")
+
+
+@needs_onednn
+def test_a_choice_is_cached_per_thread_count(fresh, monkeypatch):
+    """The cache key holds the thread count (the module docstring): which path is faster changes with
+    the threads, and a choice measured on one thread was taken by a job on two (a review)."""
+    # the thread count as gemm reads it, patched: the pools themselves are left alone
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    monkeypatch.setattr(gemm, "measure", lambda shapes: {"onednn": 1.0, "linear": 3.0})
+    assert gemm.choice().source == "measured"
+    gemm.reset()
+    assert gemm.choice().source == "cache"  # the control: the same threads read it
+    monkeypatch.setattr(gemm, "measure", lambda shapes: {"onednn": 3.0, "linear": 1.0})
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    gemm.reset()
+    assert (gemm.choice().path, gemm.choice().source) == ("linear", "measured")
+    assert len(json.loads(fresh.read_text())) == 2
+
+
+@needs_onednn
 def test_a_real_measurement_times_both_paths(fresh):
     secs = gemm.measure([(64, 128, 256)])
     assert set(secs) == {"onednn", "linear"} and all(0 < v < 1 for v in secs.values())
@@ -335,8 +373,10 @@ def test_the_experts_choose_on_their_own_where_f_linear_is_the_main_choice(fresh
 
 @needs_onednn
 def test_a_real_experts_measurement_times_both_layouts(fresh):
+    """Both paths timed, in seconds. The bound is loose (it said under 1 s, which a loaded 2-core
+    machine missed at 9-16 s: a timed assertion, not a check); milliseconds would read 100s to 1000s."""
     secs = gemm._time_swiglu(64, 32)
-    assert set(secs) == {"onednn", "linear"} and all(0 < v < 1 for v in secs.values())
+    assert set(secs) == {"onednn", "linear"} and all(0 < v < 60 for v in secs.values())
 
 
 def test_the_experts_timing_streams_more_weights_than_a_cache_holds():
