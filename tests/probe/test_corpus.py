@@ -336,3 +336,70 @@ def test_a_long_document_is_tokenised_in_pieces_to_the_same_ids(tmp_path):
     want = [0, *whole]
     assert got == [want[i : i + 256] for i in range(0, len(want), 256)]
     assert C.text_pieces("中文" * 5000, 3000).__next__() == "中文" * 5000  # no space to cut at: whole
+
+
+def test_the_cap_balances_tokens_not_windows(tmp_path):
+    """Each next window comes from the domain with the fewest *tokens* so far: counting windows
+    instead gave a domain of one-word documents (2-token windows with BOS) a few tokens against the
+    other's full windows, and the cap no longer covered the domains equally (a review). By hand,
+    seq_len 16, cap 64: a 2, b 16, a 4..16 (tie with b, a by name) 18, b 32, a 20..32: 32 each."""
+    c = folder_corpus(tmp_path / "c", docs=(("a", [1] * 40), ("b", [200])))
+    got = windows(c, "domains", max_tokens=64)
+    per = Counter()
+    for w in got:
+        per[w.domain] += len(w.ids)
+    assert per == {"a": 32, "b": 32}
+    assert [w.domain for w in got] == ["a", "b"] + ["a"] * 8 + ["b"] + ["a"] * 7
+
+
+def test_the_domain_of_a_nested_file_is_its_first_folder(tmp_path):
+    """The domain is the first sub-folder under the corpus directory, however deep the file lies:
+    taking the file's own folder made `code/py/a.txt` the domain "py" (a review)."""
+    c = tmp_path / "c"
+    (c / "code" / "py" / "deep").mkdir(parents=True)
+    (c / "math").mkdir()
+    (c / "code" / "py" / "a.txt").write_text("alpha beta")
+    (c / "code" / "py" / "deep" / "b.txt").write_text("gamma")
+    (c / "code" / "c.txt").write_text("delta")
+    (c / "math" / "d.txt").write_text("eta")
+    (c / "top.txt").write_text("iota")
+    want = {"code/c.txt": "code", "code/py/a.txt": "code", "code/py/deep/b.txt": "code", "math/d.txt": "math",
+            "top.txt": "default"}
+    for order in ("corpus", "domains"):
+        assert {w.doc_id: w.domain for w in windows(c, order)} == want, order
+
+
+def test_windows_of_a_document_read_in_pieces_start_where_their_tokens_do(tmp_path):
+    """A document longer than PIECE_CHARS is tokenised piece by piece; each window's doc_start (the
+    tokens table's doc_pos) must still count from the document's first token: counting from the
+    current piece's start repeated positions 0, 16, ... in every piece (a review). By hand: BOS then
+    one token per word, windows of 16 at 0, 16, 32, ... holding exactly those tokens."""
+    from probe import corpus as C
+
+    rng = np.random.default_rng(3)
+    text = " ".join(rng.choice(WORDS, 300))
+    want = [0, *encode(text)]
+    path = tmp_path / "c"
+    (path / "x").mkdir(parents=True)
+    (path / "x" / "long.txt").write_text(text)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(C, "PIECE_CHARS", 100)  # ~16 words a piece: many pieces, cut off window boundaries
+        assert len(list(C.text_pieces(text))) > 10
+        for order in ("corpus", "domains"):
+            got = windows(path, order)
+            assert [w.doc_start for w in got] == list(range(0, len(want), 16)), order
+            assert all(w.ids.tolist() == want[w.doc_start : w.doc_start + 16] for w in got), order
+
+
+def test_parquet_rows_after_nulls_in_several_row_groups(tmp_path):
+    """Null texts are skipped; the lazy reader (--order domains) finds a document by its index among
+    the non-null rows through the row groups' counts of non-null texts: counting every row put the
+    documents after a null in the wrong group (an IndexError, or another row's text; a review). A
+    document without an id is named by its 1-based row in the file, nulls counted."""
+    texts = ["alpha", None, "beta beta", "gamma", None, None, "delta", "eta iota", None, "kappa"]
+    path = tmp_path / "c.parquet"
+    pq.write_table(pa.table({"text": texts}), path, row_group_size=3)
+    assert pq.ParquetFile(path).num_row_groups == 4
+    want = [(f"c.parquet:{i + 1}", [0, *encode(t)]) for i, t in enumerate(texts) if t is not None]
+    for order in ("corpus", "domains"):
+        assert [(w.doc_id, w.ids.tolist()) for w in windows(path, order)] == want, order

@@ -663,3 +663,61 @@ def test_records_closing_run_json_update_keeps_what_other_jobs_note_meanwhile(pr
     for t in threads:
         t.join()
     assert len(json.loads((out / "run.json").read_text())["ablation_parts"]) == n
+
+
+def test_kv_norm_std_min_max_survive_the_merge_of_accumulators():
+    """kv_stats' latent and k_pe norm std and min were never checked: the job always merges the
+    accumulators it saved (one per replica, and across a resume), and a merge that dropped the sums
+    of squares left every std 0, a min read from the max went unnoticed too (a review). Expected:
+    numpy's population std, min and max of the row norms of both parts together."""
+    from probe.stats import KVAccumulator, summarise
+
+    g = torch.Generator().manual_seed(1)
+    parts = [(torch.randn(7, 4, generator=g) * 2 + 1, torch.randn(7, 2, generator=g)),
+             (torch.randn(5, 4, generator=g), torch.randn(5, 2, generator=g) * 3)]
+    acc = KVAccumulator([0], 4)
+    for c, k in parts:  # as record's finish(): each saved state loaded, then merged into an empty one
+        one = KVAccumulator([0], 4)
+        one.add(0, c, k)
+        other = KVAccumulator([0], 4)
+        other.load_state(one.state())
+        acc.merge(other)
+    stats, _ = summarise(acc, {})
+    assert stats["tokens"] == [12]
+    for key, i in (("latent", 0), ("k_pe", 1)):
+        norms = np.linalg.norm(np.concatenate([p[i].double().numpy() for p in parts]), axis=1)
+        assert stats[f"{key}_norm_mean"][0] == pytest.approx(norms.mean(), rel=1e-9)
+        assert stats[f"{key}_norm_std"][0] == pytest.approx(norms.std(), rel=1e-6)
+        assert stats[f"{key}_norm_min"][0] == pytest.approx(norms.min(), rel=1e-9)
+        assert stats[f"{key}_norm_max"][0] == pytest.approx(norms.max(), rel=1e-9)
+    # by hand: latent norms 5, 1, 3 -> mean 3, std sqrt(8/3)
+    acc = KVAccumulator([0], 2)
+    acc.add(0, torch.tensor([[3.0, 4.0], [0.0, 1.0], [3.0, 0.0]]), torch.zeros(3, 1))
+    stats, _ = summarise(acc, {})
+    assert (stats["latent_norm_mean"], stats["latent_norm_min"], stats["latent_norm_max"]) == ([3.0], [1.0], [5.0])
+    assert stats["latent_norm_std"][0] == pytest.approx(np.sqrt(8 / 3), rel=1e-12)
+
+
+def test_mtp_rows_of_a_short_window_padded_in_its_batch():
+    """A window shorter than its batch's longest (a document's last window) has its own n - 1 mtp
+    rows, and its last row no target and no loss: measured against the batch's padded length, its
+    padding became rows, and its last row a loss against the padding token 0 (a review). Synthetic
+    head statistics; expected rows written out by hand."""
+    from probe.corpus import Window
+    from probe.recorders import Batch, Recorder
+
+    b = Batch(0, [Window(7, "d0", "x", 0, np.array([10, 11, 12, 13, 14], np.int32)),
+                  Window(8, "d1", "y", 32, np.array([20, 21, 22], np.int32))])
+    top1 = torch.tensor([[100, 101, 102, 103, 104], [200, 201, 202, 0, 0]])  # main argmax at each position
+    mtp_nll = torch.tensor([[0.5, 1.5, 2.5, 3.5], [4.5, 5.5, 6.5, 7.5]])  # [B, S-1]: prediction of token i+2
+    mtp_top1 = torch.tensor([[101, 9, 103, 9], [201, 9, 9, 9]])
+    rows = Recorder._mtp(None, b, top1, (mtp_nll, mtp_top1))  # uses nothing of the recorder itself
+    got = {k: (v.to_pylist() if hasattr(v, "to_pylist") else list(v)) for k, v in rows.items()}
+    assert got["seq_id"] == [7, 7, 7, 7, 8, 8]
+    assert got["pos"] == [0, 1, 2, 3, 0, 1]
+    assert got["domain"] == ["x"] * 4 + ["y"] * 2
+    assert got["main_top1"] == [101, 102, 103, 104, 201, 202]
+    assert got["mtp_top1"] == [101, 9, 103, 9, 201, 9]
+    assert got["agree"] == [True, False, True, False, True, False]
+    assert got["target"] == [12, 13, 14, None, 22, None]
+    assert got["mtp_loss"] == [0.5, 1.5, 2.5, None, 4.5, None]

@@ -251,3 +251,41 @@ def test_an_out_that_cannot_be_written_is_a_one_line_error(probe_env, tmp_path):
         record_spec(SpecOptions(out=str(tmp_path / "afile" / "run"), **kw))
     with pytest.raises(RecordError, match=r"--out /proc/dsv3-probe-spec: cannot write the spec tables there"):
         record_spec(SpecOptions(out="/proc/dsv3-probe-spec", **kw))
+
+
+def test_the_summary_counts_are_the_tables_sums(probe_env, tmp_path):
+    """run.json's spec_decode summary: `generated`, `forward_passes` and `acceptance_rate` were not
+    checked against the spec_decode rows (a copy-paste of new_tokens for forward_passes, a rate per
+    prompt instead of per draft, would have gone unnoticed; a review). Expected: sums of the rows."""
+    out = record_spec(SpecOptions(ckpt=str(probe_env["ckpt"]), corpus=str(probe_env["corpus"]),
+                                  out=str(tmp_path / "s"), prompt_tokens=12, new_tokens=10, max_prompts=6,
+                                  batch_size=4, progress=False))
+    run = probe.open_run(out)
+    s, dec, drafts = run.info["spec_decode"], run.df("spec_decode"), run.df("spec_drafts")
+    assert s["prompts"] == len(dec) == 6
+    assert s["generated"] == dec.new_tokens.sum() and s["forward_passes"] == dec.forward_passes.sum()
+    assert s["drafts_proposed"] == len(drafts) > 0 and s["drafts_accepted"] == drafts.accepted.sum()
+    assert s["acceptance_rate"] == pytest.approx(drafts.accepted.sum() / len(drafts))
+    assert s["mean_acceptance_length"] == pytest.approx(1 + drafts.accepted.sum() / len(drafts))
+
+
+class _WordTokenizer:  # one id per word: prompt lengths are easy to reason about
+    def encode(self, text, add_special_tokens=False):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(ids=[len(w) for w in text.split()])
+
+
+def test_a_document_of_exactly_the_prompt_length_makes_a_prompt(tmp_path):
+    """spec_prompts takes documents with *at least* --prompt-tokens tokens (BOS counted): a document
+    of exactly that many was dropped, and a domain of such documents named as too short (a review).
+    By hand, prompt length 4 with BOS 0: a/d.txt has 3 words (4 tokens), b/d.txt 2 (3 tokens)."""
+    c = tmp_path / "c"
+    (c / "a").mkdir(parents=True)
+    (c / "b").mkdir()
+    (c / "a" / "d.txt").write_text("xx yyy z")
+    (c / "b" / "d.txt").write_text("xx yyy")
+    short = []
+    assert spec_prompts(c, _WordTokenizer(), 0, 4, None, short=short) == [("a/d.txt", "a", [0, 2, 3, 1])]
+    assert short == ["b"]
+    assert spec_prompts(c, _WordTokenizer(), 0, 3, None) == [("a/d.txt", "a", [0, 2, 3]), ("b/d.txt", "b", [0, 2, 3])]
