@@ -90,17 +90,14 @@ def clear_run(run: Path) -> None:
 
 
 @contextmanager
-def table_lock(run: str | Path, table: str):
-    """An exclusive lock (waited for) on `run`'s `table` for a block: for jobs whose write also
-    rewrites other parts of the table (analyses.importance's newest-measurement rule), which two
-    at once deleted under each other (a review). Not the run.json lock: the block takes that one
-    itself. No lock where the file system has none."""
+def _locked(path: Path):
+    """An exclusive lock on the file `path` (made if missing), waited for, held for the block. No
+    lock where the file system has none (some network mounts)."""
     fd = None
     try:
         import fcntl
 
-        Path(run).mkdir(parents=True, exist_ok=True)
-        fd = os.open(Path(run) / f".{table}.lock", os.O_CREAT | os.O_RDWR)
+        fd = os.open(path, os.O_CREAT | os.O_RDWR)
         fcntl.flock(fd, fcntl.LOCK_EX)
     except (ImportError, OSError):
         pass
@@ -108,7 +105,21 @@ def table_lock(run: str | Path, table: str):
         yield
     finally:
         if fd is not None:
-            os.close(fd)
+            os.close(fd)  # releases the lock
+
+
+@contextmanager
+def table_lock(run: str | Path, table: str):
+    """An exclusive lock on `run`'s `table` for a block: for jobs whose write also rewrites other
+    parts of the table (analyses.importance's newest-measurement rule), which two at once deleted
+    under each other (a review). Not the run.json lock: the block takes that one itself. Where the
+    run cannot be made, no lock: the write in the block says why, naming the run."""
+    try:
+        Path(run).mkdir(parents=True, exist_ok=True)
+    except OSError:
+        pass
+    with _locked(Path(run) / f".{table}.lock"):
+        yield
 
 
 @contextmanager
@@ -119,21 +130,10 @@ def updating_run_json(run: str | Path, new=None):
     without the lock lost the other's entry (found by a review: 112 of 300 in a test of two writers).
     No lock where the file system has none (some network mounts)."""
     run = Path(run)
-    fd = None
-    try:
-        import fcntl
-
-        fd = os.open(run / ".run.json.lock", os.O_CREAT | os.O_RDWR)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-    except (ImportError, OSError):
-        pass
-    try:
+    with _locked(run / ".run.json.lock"):
         info = read_run_json(run) if (run / RUN_JSON).exists() or new is None else new()
         yield info
         write_json_atomic(run / RUN_JSON, info)
-    finally:
-        if fd is not None:
-            os.close(fd)  # releases the lock
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
