@@ -34,8 +34,8 @@ are identical on every rank, i.e. the same tokens counted on each, which are kep
 also `tokens` (input ids and positions; a forward pass's sequences split by extend_seq_lens, a
 decode pass one sequence per token; records repeated on several ranks kept once) and `routing`
 (logical expert ids; SGLang records no weights), and `placement` when the dump carries the
-physical-to-logical map (the GPU of a slot from the ranks that recorded: slot // (physical experts /
-ranks), so a dump of some ranks only gets no placement). Layers the model runs dense
+physical-to-logical map (the GPU of a slot: slot // (physical experts / GPUs), the GPUs being
+--gpus, else the ranks that recorded when nothing says they are not all: see `_gpus_of`). Layers the model runs dense
 (`first_k_dense_replace` of --config), or that counted nothing when no config is given, are skipped. Files are read with
 `torch.load(weights_only=True)`: a file that holds pickled Python objects is refused, never run.
 """
@@ -304,9 +304,10 @@ def _per_token(dumps: list[Dump], shape: Shape, out: Path) -> dict:
     seq = 0
     docs: dict[tuple, int] = {}  # sequences named so far per (pass, rank): two records of one pass on one
     for fp, d, r, lg in logical_all:  # rank's file numbered theirs from 0 alike, one doc_id (a review)
-        first = docs.get((fp, int(r.get("rank", 0))), 0)
+        key = (fp, int(r.get("rank", 0)))
+        first = docs.get(key, 0)
         after, counts = _token_rows(w, step_of[fp], fp, d, r, lg, layers, shape, seq, first)
-        docs[(fp, int(r.get("rank", 0)))] = first + after - seq
+        docs[key] = first + after - seq
         seq = after
         acc = per_pass.setdefault(fp, [0, 0])
         acc[0], acc[1] = acc[0] + counts, acc[1] + len(r["input_ids"])
