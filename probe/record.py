@@ -43,8 +43,8 @@ from .job import (DEFAULT_CKPT, DEFAULT_CORPUS, RecordError, agree, bound_heap, 
 from .recorders import Batch, RecordConfig, Recorder
 from .schema import TABLES
 from .stats import KVAccumulator, summarise
-from .writer import (PartWriter, clear_run, load_progress, lock_writer, prune_uncommitted, unlock_writer,
-                     updating_run_json, write_json_atomic)
+from .writer import (PartWriter, clear_run, load_progress, prune_uncommitted, updating_run_json, write_json_atomic,
+                     writer_lock)
 
 __all__ = ["RecordOptions", "RecordError", "record", "default_seq_len", "DEFAULT_CKPT", "DEFAULT_CORPUS"]
 STREAM_TABLES = ["tokens", "routing", "expert_load", "mtp"]
@@ -228,7 +228,7 @@ def record(opts: RecordOptions) -> Path:
     with contextlib.ExitStack() as held:  # rank 0's writer lock on the run, for the whole job
         def create() -> None:  # rank 0
             with os_refusal(f"--out {job.out}: cannot create the run there"):
-                held.callback(unlock_writer, lock_writer(job.out))
+                held.enter_context(writer_lock(job.out))
                 open_run(job.out, info, opts)
             write_router_bias(job.out, bias_layers, biases)
 

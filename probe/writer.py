@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -53,32 +53,20 @@ def replacing(path: str | Path):
 WRITER_LOCK = ".writer.lock"  # held by the one job that records into a run, for as long as it runs
 
 
-def lock_writer(run: Path) -> int | None:
-    """Make `run` (if needed) and take its writer lock without waiting; returns the lock's descriptor
-    (close it to release; the process's end releases it too, however it ends). Two records resuming
-    one run at once shared their temporary part names and committed each other's rows (a review):
-    the second is refused. None where the file system has no locks."""
+@contextmanager
+def writer_lock(run: Path):
+    """Make `run` (if needed) and hold its writer lock for the block, refused at once (a RunError)
+    while another process holds it; the process's end releases it too, however it ends. Two records
+    resuming one run at once shared their temporary part names and committed each other's rows (a
+    review): the second is refused. No lock where the file system has none."""
     run.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:
-        return None
-    fd = os.open(run / WRITER_LOCK, os.O_CREAT | os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise RunError(f"{run}: another process is recording into this run (it holds {WRITER_LOCK}); wait for it "
-                       "to end, or write elsewhere") from None
-    except OSError:  # a file system without locks (some network mounts)
-        os.close(fd)
-        return None
-    return fd
-
-
-def unlock_writer(fd: int | None) -> None:
-    if fd is not None:
-        os.close(fd)
+    with ExitStack() as held:
+        try:
+            held.enter_context(_locked(run / WRITER_LOCK, wait=False))
+        except BlockingIOError:
+            raise RunError(f"{run}: another process is recording into this run (it holds {WRITER_LOCK}); wait for "
+                           "it to end, or write elsewhere") from None
+        yield
 
 
 def clear_run(run: Path) -> None:
@@ -90,15 +78,19 @@ def clear_run(run: Path) -> None:
 
 
 @contextmanager
-def _locked(path: Path):
-    """An exclusive lock on the file `path` (made if missing), waited for, held for the block. No
-    lock where the file system has none (some network mounts)."""
+def _locked(path: Path, wait: bool = True):
+    """An exclusive lock on the file `path` (made if missing), held for the block: waited for, or
+    with `wait` False a BlockingIOError at once while another process holds it. No lock where the
+    file system has none (some network mounts)."""
     fd = None
     try:
         import fcntl
 
         fd = os.open(path, os.O_CREAT | os.O_RDWR)
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise
     except (ImportError, OSError):
         pass
     try:

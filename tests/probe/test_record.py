@@ -612,21 +612,18 @@ def test_a_second_record_into_a_run_being_recorded_is_refused(probe_env, tmp_pat
     finished or killed job is free (the process's end releases it)."""
     import json
 
-    from probe.writer import WRITER_LOCK, lock_writer, unlock_writer
+    from probe.writer import WRITER_LOCK, writer_lock
 
     out = tmp_path / "r"
     rec(probe_env, out, max_tokens=300)
     info = json.loads((out / "run.json").read_text())
     (out / "run.json").write_text(json.dumps(info | {"status": "interrupted"}))
-    fd = lock_writer(out)  # another process's job, as far as flock is concerned (its own open file)
-    try:
+    with writer_lock(out):  # another process's job, as far as flock is concerned (its own open file)
         for kw in ({"resume": True}, {"overwrite": True}):
             with pytest.raises(RecordError, match=rf"another process is recording into this run \(it holds "
                                                   rf"{WRITER_LOCK}\)"):
                 rec(probe_env, out, max_tokens=300, **kw)
         assert json.loads((out / "run.json").read_text())["status"] == "interrupted"  # untouched
-    finally:
-        unlock_writer(fd)
     rec(probe_env, out, max_tokens=300, overwrite=True)  # the control: released, it goes ahead
     assert (out / WRITER_LOCK).exists() and json.loads((out / "run.json").read_text())["status"] == "complete"
 
