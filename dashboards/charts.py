@@ -120,7 +120,7 @@ def lines(series: dict[str, tuple[Sequence, Sequence]], *, title: str | None = N
             hovertemplate=f"{name}<br>{xlabel} %{{x}}<br>{ylabel}: %{{y:{fmt}}}<extra></extra>"))
     fig.update_xaxes(title=xlabel)
     xs = [v for x, _ in series.values() for v in x]
-    whole = all(isinstance(v, numbers.Integral) or isinstance(v, numbers.Real) and float(v).is_integer() for v in xs)
+    whole = all(isinstance(v, numbers.Real) and float(v).is_integer() for v in xs)  # ints, and floats like 3.0
     if xs and whole and max(xs) - min(xs) <= 12:
         fig.update_xaxes(dtick=1)  # whole batches or passes: plotly's ticks were 0.2, 0.4... on short runs (a review)
     fig.update_yaxes(title=ylabel, type="log" if log_y else None, tickformat=".0%" if "%" in fmt else None)

@@ -23,7 +23,8 @@ RUN_KEY = "run"  # session-state key of the selected run's name
 
 
 def runs_dir() -> Path:
-    """The runs directory: `streamlit run dashboards/app.py -- DIR`, else $DSV3_RUNS_DIR, else runs/."""
+    """The runs directory: `streamlit run dashboards/app.py -- DIR`, else $DSV3_RUNS_DIR, else the
+    repository's runs/ (probe.job.DEFAULT_RUNS, where record writes by default)."""
     return _runs_dir()[0]
 
 
