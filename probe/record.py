@@ -12,8 +12,9 @@ M = --model-parallel consecutive ranks (`model.parallel.World`); each replica ho
 first rank alone captures and writes its part files, so the tables are the same (after sorting)
 whatever the layout. All ranks agree after every round of R batches whether to stop (a signal on
 any rank stops them all at the same batch); a rank that dies makes the others mark the run
-`interrupted`. See `probe/writer.py` for commits and resume, `probe/schema.py` for tables,
-`probe/plan.py` for --dry-run.
+`interrupted`. The batch loop is `probe/record_loop.py`; the tables written whole, and run.json's
+closing update, are `probe/record_tables.py`. See `probe/writer.py` for commits and resume,
+`probe/schema.py` for tables, `probe/plan.py` for --dry-run.
 """
 
 from __future__ import annotations
@@ -21,16 +22,12 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 from model.memory import process_memory
@@ -40,17 +37,13 @@ from .job import (DEFAULT_CKPT, DEFAULT_CORPUS, RecordError, agree, bound_heap, 
                   checkpoint_args, checkpoint_identity, default_seq_len, load_model, load_tokenizer, os_refusal,
                   first_line, job_options, package_version, resolve_paths, same_checkpoint, signals_held, start_world,
                   window_length)
-from .recorders import Batch, RecordConfig, Recorder
-from .schema import TABLES
-from .stats import KVAccumulator, summarise
-from .writer import (PartWriter, clear_run, load_progress, prune_uncommitted, updating_run_json, write_json_atomic,
-                     writer_lock)
+from .record_loop import record_batches
+from .record_tables import FINAL_TABLES, SESSION_KEYS, router_biases, write_router_bias
+from .writer import clear_run, updating_run_json, write_json_atomic, writer_lock
 
 __all__ = ["RecordOptions", "RecordError", "record", "default_seq_len", "DEFAULT_CKPT", "DEFAULT_CORPUS"]
 STREAM_TABLES = ["tokens", "routing", "expert_load", "mtp"]
 BYTES_PER_TOKEN = 4
-STOP_GRACE = float(os.environ.get("DSV3_STOP_GRACE", "20"))  # seconds a rank may take to stop after a signal
-FINAL_TABLES = ["kv_stats", "kv_spectrum"]
 
 
 @dataclass
@@ -236,7 +229,7 @@ def record(opts: RecordOptions) -> Path:
         if unseen:
             raise RecordError(f"--out {job.out}: a writing rank does not see run.json there: under several "
                               "nodes the run directory must be on a filesystem every node shares")
-        return _record_loop(job, opts, world, m, plan, info, tables, mem)
+        return record_batches(job, opts, world, m, plan, info, tables, mem)
 
 
 def _create(job: Job, world, create) -> bool:
@@ -264,9 +257,6 @@ def tokenizer_info(path: str | None, ckpt: Path) -> dict:
     sha256 (None where there is none: a --dry-run estimate); --resume refuses another."""
     p = Path(path) if path else ckpt / "tokenizer.json"
     return {"path": str(p.resolve()), "fingerprint": fingerprint(p) if p.is_file() else None}
-
-
-SESSION_KEYS = ("status", "recorded", "cpu_gemm", "timings", "memory")  # run.json keys `finish` writes
 
 
 def run_info(job: Job, plan: CorpusPlan, opts: RecordOptions, world, m, tables: list[str],
@@ -348,270 +338,3 @@ def check_resumable(old: dict, new: dict, out: Path) -> None:
         raise RecordError(f"--resume: the run was recorded with {was.get('size')} ranks in replicas of "
                           f"{was.get('model_parallel')}, now {new['world']['size']} ranks in replicas of "
                           f"{new['world']['model_parallel']}: resume with the same torchrun and --model-parallel")
-
-
-# ----------------------------------------------------------------------------- main loop
-class _Stop:
-    """SIGINT / SIGTERM set a flag that the loop reads between batches; a second signal stops now.
-
-    With `on_stuck` (several ranks): a watchdog thread learns of the signal at once, through the
-    signal wakeup fd, even while the main thread is blocked in a collective, and calls `on_stuck`
-    if the loop has not ended `grace` seconds later (a peer died and the backend waits on it: NCCL,
-    or gloo in a state it does not notice)."""
-
-    def __init__(self, on_stuck=None, grace: float = 20.0) -> None:
-        self.signal: int | None = None
-        self._old = {}
-        self.on_stuck, self.grace = on_stuck, grace
-        self._done = threading.Event()
-        self._sock = None
-        self.leaving = False  # set when this rank leaves after a failure: signals are then ignored
-
-    def ignore_from_now(self) -> None:
-        """This rank is leaving (a peer is gone): from the end of the block on, SIGINT and SIGTERM are
-        ignored instead of restored, so that torchrun's SIGTERM, which follows a peer's death at a
-        moment of its own, cannot kill the rank between marking the run and saying so."""
-        self.leaving = True
-
-    def __enter__(self):
-        for s in (signal.SIGINT, signal.SIGTERM):
-            self._old[s] = signal.signal(s, self._handle)
-        if self.on_stuck is not None:
-            r, w = socket.socketpair()
-            w.setblocking(False)
-            self._sock, self._old_fd = (r, w), signal.set_wakeup_fd(w.fileno())
-            threading.Thread(target=self._watch, daemon=True).start()
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.signal is not None:
-            raise KeyboardInterrupt
-        self.signal = signum
-
-    def _watch(self) -> None:
-        try:
-            got = self._sock[0].recv(1)  # the first signal's number
-        except OSError:
-            return
-        if got and not self._done.wait(self.grace):
-            self.on_stuck(got[0])
-
-    def __exit__(self, *exc) -> None:
-        self._done.set()
-        for s, h in self._old.items():
-            signal.signal(s, signal.SIG_IGN if self.leaving else h)
-        if self._sock is not None:
-            signal.set_wakeup_fd(self._old_fd)
-            for sock in self._sock:
-                sock.close()
-
-
-@dataclass
-class _Progress:
-    """What this writer has committed (restored from `_progress/` on --resume)."""
-    done: int = -1  # last global batch committed
-    tokens: int = 0
-    commits: int = 0
-    last: int = -1  # last global batch recorded
-    since_commit: int = 0
-
-
-def _batches(windows, size: int):
-    buf = []
-    for w in windows:
-        buf.append(w)
-        if len(buf) == size:
-            yield buf
-            buf = []
-    if buf:
-        yield buf
-
-
-def _restore(out: Path, world, rec: Recorder, tables: list[str], resume: bool) -> _Progress:
-    """This replica's progress (its writer's, which every rank of the replica reads, so that they
-    all skip the same batches); the writer also drops part files past its last commit."""
-    progress, state = load_progress(out, world.leader) if resume else ({}, {})
-    if world.writes:
-        prune_uncommitted(out, world.rank, progress.get("done") if progress else None, tables)
-        if state:
-            rec.kv.load_state(state)
-    done = progress.get("done", -1)
-    return _Progress(done=done, tokens=progress.get("tokens", 0), commits=progress.get("commits", 0), last=done)
-
-
-def _record_loop(job: Job, opts: RecordOptions, world, m, plan: CorpusPlan, info: dict, tables, mem: dict) -> Path:
-    out = job.out
-    cfg = RecordConfig(router_logits=opts.router_logits, sample=opts.sample, kv_stats=opts.kv_stats, mtp=opts.mtp)
-    rec = Recorder(m, cfg, domains=sorted(plan.per_domain))
-    writer = PartWriter(out, world.rank, tables) if world.writes else None
-    prog = _restore(out, world, rec, tables, opts.resume)
-    bar = None
-    if opts.progress and world.rank == 0:
-        from tqdm import tqdm
-        bar = tqdm(total=plan.tokens, unit="tok", unit_scale=True, desc="record", dynamic_ncols=True)
-    t_start = time.time()
-
-    def stuck(signum: int) -> None:  # the watchdog thread: mark the run and leave (see _Stop)
-        finish(out, info, "interrupted", opts, job.args, world, time.time() - t_start)
-        print(f"error: rank {world.rank} of {world.size} stopped: no progress {STOP_GRACE:g} s after signal {signum} "
-              f"(a peer rank is gone?); {out} is marked interrupted (continue with --resume)", file=sys.stderr, flush=True)
-        os._exit(1)
-
-    # the signal handlers (and the watchdog) stay in place through the closing collectives too: a
-    # peer may die, and torchrun then send SIGTERM, while this rank waits in the final gather
-    with _Stop(stuck if world.size > 1 else None, STOP_GRACE) as stop:
-        status, failure = _run_batches(job, opts, world, rec, writer, prog, plan, stop, bar)
-        if bar is not None:
-            bar.close()
-        elapsed = time.time() - t_start
-        if failure is None:
-            failure = _close(out, info, status, opts, job, world, elapsed, mem)
-        if failure is not None and world.size > 1:
-            stop.ignore_from_now()
-    if failure is not None:
-        # NOTE: no collective from here on: a peer may be gone. Any surviving rank marks the run.
-        finish(out, info, "interrupted", opts, job.args, world, elapsed)
-        if isinstance(failure, KeyboardInterrupt):  # a second signal: what was committed stays
-            raise KeyboardInterrupt(f"interrupted by a second signal; {out} is marked interrupted, its committed "
-                                    "batches kept (continue with --resume)") from None
-        if world.size == 1:
-            raise failure
-        raise RecordError(f"rank {world.rank} of {world.size} stopped: {first_line(failure)}; {out} is marked "
-                          "interrupted (continue with --resume)") from None
-    if status == "interrupted":
-        raise KeyboardInterrupt(f"interrupted by signal {stop.signal or 'on another rank'}; {out} is marked "
-                                "interrupted (continue with --resume)")
-    return out
-
-
-def _close(out: Path, info: dict, status: str, opts, job: Job, world, elapsed: float, mem: dict):
-    """The closing collectives: gather each rank's memory, rank 0 finishes run.json, barrier.
-    Returns the exception when a peer is gone before run.json is finished (None otherwise)."""
-    try:
-        now = process_memory()
-        ranks = world.gather(mem | {"rank": world.rank, "peak_rss": now["peak_rss"],
-                                    **({"cuda_peak_allocated": now["cuda_peak_allocated"]}
-                                       if "cuda_peak_allocated" in now else {})})
-    except Exception as e:  # noqa: BLE001 - a dead peer: the caller marks the run and says so
-        if world.size == 1:
-            raise
-        return e
-    if world.rank == 0:
-        finish(out, info, status, opts, job.args, world, elapsed, ranks)
-    try:
-        world.barrier()
-    except Exception:  # noqa: BLE001 - a peer gone after run.json was finished: the run is written
-        pass
-    return None
-
-
-def _run_batches(job: Job, opts, world, rec: Recorder, writer, prog: _Progress, plan: CorpusPlan, stop, bar):
-    """Run this replica's batches; returns (status, the exception that stopped this rank or None)."""
-    R = world.replicas
-
-    def commit(final: bool = False) -> None:
-        writer.commit(prog.last, {"tokens": prog.tokens, "commits": prog.commits, "finished": final},
-                      rec.kv.state())
-        prog.commits, prog.since_commit = prog.commits + 1, 0
-
-    try:
-        for b, bw in enumerate(_batches(job.windows(opts.seq_len, opts.max_tokens, opts.order), opts.batch_size)):
-            n = sum(len(x.ids) for x in bw)
-            if b % R == world.replica and b > prog.done:
-                if writer is None:
-                    rec.forward_only(Batch(b, bw))
-                else:
-                    for table, cols in rec.run(Batch(b, bw)).items():
-                        if cols and table in writer.tables:
-                            writer.append(table, cols, b)
-                    prog.tokens, prog.last, prog.since_commit = prog.tokens + n, b, prog.since_commit + 1
-                    if prog.since_commit >= opts.commit_every:
-                        commit()
-            if bar is not None:
-                bar.update(n)
-            # every R batches (a round), all ranks agree whether any of them was asked to stop
-            if (b % R == R - 1 or b == plan.batches - 1) and world.any(stop.signal is not None):
-                if writer is not None:
-                    commit()
-                return "interrupted", None
-        if writer is not None:  # inside the try: a full disk here left the run "running" (a review)
-            commit(final=True)
-    except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - a dead peer, out of memory, a bug, a
-        # second Ctrl-C (_Stop), a full disk: never commit half a batch; the caller marks the run interrupted
-        if writer is not None:
-            writer.abandon()
-        return "interrupted", e
-    return "complete", None
-
-
-def finish(out: Path, info: dict, status: str, opts, args, world, elapsed: float, ranks: list | None = None) -> None:
-    """Merge the replicas' committed progress and accumulators, write the final tables when the
-    run is complete, and update run.json (rank 0; on a failure, any surviving rank). `ranks`: each
-    rank's load time and resident memory (bytes: before and after the load, peak), when gathered."""
-    finished = True
-    tokens = 0
-    acc = KVAccumulator(list(range(args.n_layers)), args.kv_lora_rank)
-    for r in range(0, world.size, world.model_parallel):
-        prog, state = load_progress(out, r)
-        finished &= bool(prog.get("finished"))
-        tokens += prog.get("tokens", 0)
-        if state and opts.kv_stats:
-            other = KVAccumulator(acc.layers, args.kv_lora_rank)
-            other.load_state(state)
-            acc.merge(other)
-    if status == "complete" and finished and opts.kv_stats:
-        _write_kv_tables(out, acc, args)
-    from model import frozen, gemm
-
-    made = gemm.current()  # this rank's float32 CPU GEMM path (model/gemm.py), when it ran any
-    with updating_run_json(out) as info:  # under the lock: a part another job noted meanwhile stays (a review)
-        info["status"] = "complete" if (status == "complete" and finished) else "interrupted"
-        info["recorded"] = {"tokens": tokens}
-        info["cpu_gemm"] = (made.to_dict() | {"experts": gemm.experts_made(),
-                                              "packed_weight_bytes": frozen.packed_bytes()}
-                            if made is not None else None)
-        info["timings"] = {"last_session_s": round(elapsed, 3), "finished": time.time()}
-        if ranks:
-            info["timings"]["load_s"] = max(r["load_s"] for r in ranks)
-            info["memory"] = {"per_rank": ranks}
-
-
-def router_biases(m) -> tuple[list[int], list[np.ndarray]]:
-    """(layer, bias) of every router with a balancing bias (none: a softmax router, DeepSeek-V2)."""
-    layers, biases = [], []
-    for i, block in enumerate(list(m.layers) + [mtp.block for mtp in m.mtp]):
-        gate = getattr(block.ffn, "gate", None)
-        if gate is not None and gate.bias is not None:
-            layers.append(i)
-            biases.append(gate.bias.detach().float().cpu().numpy())
-    return layers, biases
-
-
-def write_router_bias(out: Path, layers: list[int], biases: list[np.ndarray]) -> None:
-    """The checkpoint's balancing bias of every router (`router_biases`: main MoE layers, then MTP
-    blocks at layer n_layers + k) as the `router_bias` table, step 0: what a training run logs over
-    its steps."""
-    if not layers:
-        return
-    E = len(biases[0])
-    cols = {"step": np.zeros(len(layers) * E, np.int64), "layer": np.repeat(np.array(layers, np.int16), E),
-            "expert": np.tile(np.arange(E, dtype=np.int32), len(layers)), "bias": np.concatenate(biases)}
-    d = out / "router_bias"
-    d.mkdir(exist_ok=True)
-    tmp = d / "part-0.parquet.tmp"
-    pq.write_table(pa.Table.from_pydict(cols, schema=TABLES["router_bias"]), tmp, compression="zstd")
-    os.replace(tmp, d / "part-0.parquet")
-
-
-def _write_kv_tables(out: Path, acc: KVAccumulator, args) -> None:
-    elem = torch.finfo(getattr(torch, args.dtype)).bits // 8
-    per = {"bytes_absorb": (args.kv_lora_rank + args.qk_rope_head_dim) * elem,
-           "bytes_naive": args.n_heads * (args.qk_head_dim + args.v_head_dim) * elem,
-           "bytes_mha": 2 * args.dim * elem}
-    stats, spec = summarise(acc, per)
-    for name, cols in (("kv_stats", stats), ("kv_spectrum", spec)):
-        d = out / name
-        d.mkdir(exist_ok=True)
-        tmp = d / "part-0.parquet.tmp"
-        pq.write_table(pa.Table.from_pydict(cols, schema=TABLES[name]), tmp, compression="zstd")
-        os.replace(tmp, d / "part-0.parquet")

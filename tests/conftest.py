@@ -75,7 +75,7 @@ LONGEST_FIRST = [
     "probe/test_resume.py",  # ~25 s: records stopped and resumed, two processes
     "analyses/test_report.py", "analyses/test_ablate.py",  # ~15 s each
     "dashboards/test_research_views.py", "model/test_tensor_reader.py", "dashboards/test_serving.py",  # ~10 s
-    "probe/test_record.py",  # ~10 s
+    "probe/test_record.py", "probe/test_record_integrity.py",  # ~10 s each
 ]
 
 

@@ -1,13 +1,11 @@
-"""The record job: tables against direct computation, windows and corpora, bad input. (Interrupt,
-resume and several processes: test_resume.py.)"""
+"""The record job: tables against direct computation, windows and corpora. (Bad input and refusals:
+test_record_refusals.py; run integrity: test_record_integrity.py; interrupt, resume and several
+processes: test_resume.py.)"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +15,10 @@ import torch
 
 import model
 import probe
-from probe.record import RecordError, RecordOptions, record
-from probe.writer import RunError
+from probe.record import RecordOptions, record
 
 from helpers.records import rec
 from helpers.tables import sorted_df
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -249,133 +244,6 @@ def test_jsonl_and_parquet_corpora(probe_env, tmp_path):
         assert dict(t.groupby("doc_id").domain.first()) == {"a": "code", "b": "prose", "c": "default"}
 
 
-# ------------------------------------------------------------------------ bad input
-class Done:
-    def __init__(self, code, err):
-        self.returncode, self.stderr = code, err
-
-
-def cli(*args, capsys=None):
-    """`python -m probe ARGS`: in this process when `capsys` is given (the same main(), no
-    interpreter start-up), else in a subprocess."""
-    if "--seq-len" not in args:
-        args = (*args, "--seq-len", "64")
-    if capsys is not None:
-        from probe.__main__ import main
-
-        code = main(list(args))
-        return Done(code, capsys.readouterr().err)
-    return subprocess.run([sys.executable, "-m", "probe", *args], capture_output=True, text=True,
-                          env=os.environ | {"PYTHONPATH": str(REPO)}, timeout=300)
-
-
-def assert_one_line_error(p, *needles):
-    assert p.returncode == 2, p.stderr
-    err = p.stderr.strip()
-    assert "\n" not in err and err.startswith("error: "), err
-    for n in needles:
-        assert n in err, err
-
-
-def test_bad_inputs_give_one_line_errors_and_write_nothing(probe_env, tmp_path, capsys):
-    ck, corpus = str(probe_env["ckpt"]), str(probe_env["corpus"])
-    out = tmp_path / "out"
-    # the real command line once (a subprocess), then the same main() in this process
-    assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", str(tmp_path / "nope"), "--out", str(out)),
-                          "nope", "corpus not found")
-    (tmp_path / "empty").mkdir()
-    assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", str(tmp_path / "empty"), "--out", str(out),
-                              capsys=capsys), "has no files")
-    (tmp_path / "blank").mkdir()
-    (tmp_path / "blank" / "a.txt").write_text("")
-    assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", str(tmp_path / "blank"), "--out", str(out),
-                              "--no-bos", capsys=capsys), "no text")
-    assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", corpus, "--out", str(out), "--seq-len", "4096",
-                              capsys=capsys), "--seq-len 4096", "max_seq_len 256")
-    f = tmp_path / "afile"
-    f.write_text("x")
-    assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", corpus, "--out", str(f / "run"), capsys=capsys),
-                          "is a file")
-    for extra in ([], ["--overwrite"]):  # the file itself: not "pass --overwrite", which could not help
-        assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", corpus, "--out", str(f), *extra, capsys=capsys),
-                              f"--out {f}: a file, not a run directory")
-    assert_one_line_error(cli("record", "--ckpt", str(tmp_path), "--corpus", corpus, "--out", str(out),
-                              capsys=capsys), "no config.json")
-    assert_one_line_error(cli("record", "--ckpt", str(probe_env["ckpt"] / "config.json"), "--corpus", corpus,
-                              "--out", str(out), capsys=capsys), "config.json: a file; pass the checkpoint directory")
-    assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", corpus, "--out", str(out), "--sample", "0.5",
-                              capsys=capsys),
-                          "--sample 0.5 thins the full router scores: it needs --router-logits full")
-    from probe.__main__ import main as probe_main
-
-    code = probe_main(["dashboard", str(tmp_path / "typo"), "--no-record"])
-    assert_one_line_error(Done(code, capsys.readouterr().err), "typo: no such directory of runs")
-    assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", corpus, "--out", str(out), "--max-tokens", "0",
-                              capsys=capsys), "--max-tokens 0")
-    for n in ("0", "-3"):  # committed every batch, silently (a review)
-        assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", corpus, "--out", str(out), "--commit-every", n,
-                                  capsys=capsys), f"--commit-every {n}: must be >= 1")
-    empty = tmp_path / "empty.txt"  # a document without a token: no BOS-only window, no "complete" run of 1 token
-    empty.write_text("")
-    assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", str(empty), "--out", str(out), capsys=capsys),
-                          "empty.txt: corpus has no text")
-    assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", corpus, "--out", str(out), "--world-size", "2",
-                              capsys=capsys), "use them with --dry-run")
-    # a directory the OS refuses only when the run is created (procfs takes no new entries, even from root)
-    assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", corpus, "--out", "/proc/dsv3-probe-run",
-                              "--max-tokens", "64", capsys=capsys), "--out /proc/dsv3-probe-run: cannot create the run")
-    assert not out.exists()
-
-
-def test_vocab_mismatch_is_refused(probe_env, tmp_path):
-    from helpers import make_tokenizer
-
-    from tokenizers import Tokenizer
-
-    big = make_tokenizer(probe_env["corpus"], tmp_path / "big.json")
-    tok = Tokenizer.from_file(str(big))
-    tok.add_tokens([f"<extra{i}>" for i in range(600 - tok.get_vocab_size())])
-    tok.save(str(big))
-    with pytest.raises(RecordError, match="600 tokens but the checkpoint's vocab_size is 512"):
-        rec(probe_env, tmp_path / "o", tokenizer=str(big))
-    assert not (tmp_path / "o").exists()
-
-
-def test_existing_out_needs_a_flag(probe_env, tmp_path):
-    out = rec(probe_env, tmp_path / "r", max_tokens=200, kv_stats=False)
-    with pytest.raises(RecordError, match="exists: pass --overwrite"):
-        rec(probe_env, out, max_tokens=200)
-    (tmp_path / "notrun").mkdir()
-    (tmp_path / "notrun" / "precious.txt").write_text("keep")
-    with pytest.raises(RecordError, match="not a run directory"):
-        rec(probe_env, tmp_path / "notrun", overwrite=True)
-    assert (tmp_path / "notrun" / "precious.txt").exists()
-    rec(probe_env, out, max_tokens=100, kv_stats=False, overwrite=True)
-    assert probe.open_run(out).info["recorded"]["tokens"] == 100
-    # reading back: a file, an unknown table or column is a RunError naming it (not an OSError or
-    # Arrow's "No match for FieldRef")
-    with pytest.raises(RunError, match="precious.txt: not a run directory"):
-        probe.open_run(tmp_path / "notrun" / "precious.txt")
-    run = probe.open_run(out)
-    with pytest.raises(RunError, match=r"tokens: no column 'lost'; its columns are \['doc_id', "):
-        run.df("tokens", columns=["loss", "lost"])
-    with pytest.raises(RunError, match="unknown table 'token'"):
-        run.df("token")
-    assert list(run.df("tokens", columns=["loss"]).columns) == ["loss"]  # the control
-    # SQL naming no table, and a run.json that is JSON but not an object: one line each (DuckDB's two
-    # lines suggesting its own catalogue, and an AttributeError at the first repr; a review)
-    with pytest.raises(RunError, match=r"r: Table with name nosuch does not exist!.*a run's tables are \['tokens'"):
-        run.sql("select * from nosuch")
-    assert run.sql("select count(*) from tokens").fetchall()[0][0] == 100
-    import shutil
-
-    bad = shutil.copytree(out, tmp_path / "bad")
-    for text, kind in (("[]", "list"), ("null", "NoneType")):
-        (bad / "run.json").write_text(text)
-        with pytest.raises(RunError, match=rf"bad/run.json: unreadable \(a JSON {kind}, not an object\)"):
-            probe.open_run(bad)
-
-
 def test_non_utf8_bytes_are_replaced_and_counted(probe_env, tmp_path):
     c = tmp_path / "c"
     (c / "x").mkdir(parents=True)
@@ -448,7 +316,7 @@ def test_non_finite_latents_leave_their_layer_empty_not_the_run_unfinished(tmp_p
 
     import pyarrow.parquet as pq
 
-    from probe.record import _write_kv_tables
+    from probe.record_tables import write_kv_tables
     from probe.stats import KVAccumulator
 
     acc = KVAccumulator([0, 1], 4)
@@ -461,7 +329,7 @@ def test_non_finite_latents_leave_their_layer_empty_not_the_run_unfinished(tmp_p
     args = SimpleNamespace(dtype="float32", kv_lora_rank=4, qk_rope_head_dim=2, n_heads=2, qk_head_dim=6,
                            v_head_dim=4, dim=8)
     with pytest.warns(UserWarning, match="layer 1's latent c_kv held NaN or inf"):
-        _write_kv_tables(tmp_path, acc, args)
+        write_kv_tables(tmp_path, acc, args)
     stats = pq.read_table(tmp_path / "kv_stats").to_pandas().set_index("layer")
     assert stats.loc[0, "effective_rank"] > 1 and stats.loc[0, "energy90"] >= 1
     assert np.isnan(stats.loc[1, "effective_rank"]) and pd_isna(stats.loc[1, "energy90"])
@@ -474,192 +342,6 @@ def pd_isna(x) -> bool:
     import pandas as pd
 
     return bool(pd.isna(x))
-
-
-def test_dry_run_refuses_the_devices_the_job_refuses(probe_env, tmp_path):
-    """--dry-run planned any --device value as the CPU and exited 0, while the job refuses it (a
-    review): a mistyped GPU passed the plan. cuda and cuda:N plan a GPU run from any machine."""
-    from model.parallel import ParallelError
-    from model.ranks import _pick_device
-    from probe.plan import plan_device
-
-    with pytest.raises(RecordError, match=r"--device 'cdua': choose cpu, cuda \(or cuda:N\) or auto"):
-        record(RecordOptions(ckpt=str(probe_env["ckpt"]), corpus=str(probe_env["corpus"]), out=str(tmp_path / "o"),
-                             dry_run=True, device="cdua", max_tokens=200, progress=False))
-    assert [plan_device(d) for d in ("cpu", "cuda", "cuda:3")] == ["cpu", "cuda", "cuda"]
-    with pytest.raises(ParallelError, match=r"--device 'cudax': choose cpu"):  # it was torch's own error
-        _pick_device("cudax")
-
-
-def test_out_inside_the_corpus_and_a_symlinked_out_are_refused_before_anything_is_written(probe_env, tmp_path):
-    """--out inside --corpus: the run was made, then its own Parquet files were read as documents, and
-    --resume failed the same way; --overwrite of a symlink failed at rmtree, after the model load
-    (a review). Both are refused up front now, and nothing is written."""
-    import shutil
-
-    corpus = Path(shutil.copytree(probe_env["corpus"], tmp_path / "corpus"))
-    with pytest.raises(RecordError, match=r"lies inside --corpus .*, whose every file is read as a document"):
-        rec(probe_env, corpus / "myrun", corpus=corpus, max_tokens=200)
-    assert not (corpus / "myrun").exists()
-    rec(probe_env, tmp_path / "r", max_tokens=200)
-    (tmp_path / "link").symlink_to(tmp_path / "r")
-    with pytest.raises(RecordError, match=r"--out .*link: a symbolic link .*pass the directory itself"):
-        rec(probe_env, tmp_path / "link", max_tokens=200, overwrite=True)
-    assert (tmp_path / "r" / "run.json").exists()
-
-
-def test_overwrite_refuses_a_run_that_holds_the_jobs_own_inputs(probe_env, tmp_path):
-    """Recording into a training run (its model at runs/NAME/model) with --overwrite deleted the model
-    it was reading, and the new run.json named a checkpoint that no longer existed (a review)."""
-    import shutil
-
-    out = tmp_path / "train-run"
-    rec(probe_env, out, max_tokens=200)
-    ckpt = Path(shutil.copytree(probe_env["ckpt"], out / "model"))
-    corpus = Path(shutil.copy(probe_env["corpus"], out / "texts.jsonl")) if Path(probe_env["corpus"]).is_file() \
-        else Path(shutil.copytree(probe_env["corpus"], out / "texts"))
-    inside = probe_env | {"ckpt": ckpt}
-    for flag, env, kw in (("--ckpt", inside, {}), ("--corpus", probe_env, {"corpus": corpus}),
-                          ("--tokenizer", probe_env, {"tokenizer": str(ckpt / "tokenizer.json")})):
-        with pytest.raises(RecordError, match=rf"--out .*train-run: --overwrite would delete it, and {flag} "
-                                              r".* lies inside it; write the run elsewhere"):
-            rec(env, out, max_tokens=200, overwrite=True, **kw)
-        assert (ckpt / "config.json").exists() and corpus.exists()
-    rec(probe_env, out, max_tokens=200, overwrite=True)  # the control: inputs elsewhere, the run is replaced
-    assert not ckpt.exists()
-
-
-def test_resume_keeps_other_commands_tables_and_takes_an_explicit_default_dtype(probe_env, tmp_path):
-    """A resume replaced run.json's table list with its own (an ablation's table dropped out of it),
-    and refused --dtype float32 for a run recorded without --dtype, saying '--dtype None' (a review)."""
-    import json
-
-    out = tmp_path / "r"
-    rec(probe_env, out, max_tokens=200)
-    info = json.loads((out / "run.json").read_text())
-    (out / "run.json").write_text(json.dumps(info | {"tables": info["tables"] + ["ablations"], "status": "interrupted"}))
-    rec(probe_env, out, max_tokens=200, resume=True, dtype="float32")
-    assert "ablations" in json.loads((out / "run.json").read_text())["tables"]
-    with pytest.raises(RecordError, match=r"--dtype float32, this command gives bfloat16"):  # the control
-        rec(probe_env, out, max_tokens=200, resume=True, dtype="bfloat16")
-
-
-def test_a_run_read_while_it_is_written_sees_each_call_what_is_on_disk(tmp_path):
-    """A Run's SQL views were a snapshot of the parts its first query saw: a part committed later was
-    in `df` but not in `sql`, a table appearing later stayed empty (a metric on the Run said so), a
-    removed part was an IO error, and `status` never changed (a review)."""
-    import json
-    import shutil
-
-    from helpers.synthetic_run import write_run
-
-    src = tmp_path / "src"
-    write_run(src)
-    live = tmp_path / "live"
-    shutil.copytree(src, live, ignore=shutil.ignore_patterns("expert_load"))
-    parts = sorted((live / "tokens").glob("*.parquet"))
-    held = parts[-1].rename(tmp_path / parts[-1].name)  # one part not committed yet
-    run = probe.open_run(live)
-    count = lambda: run.sql("select count(*) from tokens").fetchall()[0][0]  # noqa: E731
-    first = count()
-    held.rename(parts[-1])  # committed now
-    assert count() == len(run.df("tokens")) > first
-    assert run.sql("select count(*) from expert_load").fetchall()[0][0] == 0
-    shutil.copytree(src / "expert_load", live / "expert_load")  # a table that appears later
-    from analyses.metrics import balance_table
-
-    assert run.sql("select count(*) from expert_load").fetchall()[0][0] == len(run.df("expert_load")) > 0
-    assert len(balance_table(run))
-    parts[0].unlink()  # a part removed (a resume truncating, an overwrite)
-    assert count() == len(run.df("tokens"))
-    info = json.loads((live / "run.json").read_text())
-    (live / "run.json").write_text(json.dumps(info | {"status": "running"}))
-    assert run.status == "running" and run.info["status"] == "running"
-
-
-def test_a_full_disk_at_the_last_commit_marks_the_run_interrupted_with_no_table_half_committed(
-        probe_env, tmp_path, monkeypatch):
-    """`ulimit -f` hit at the final commit left run.json "running" for good (the commit sat outside
-    the batches' error handling) with a half-written temporary file, and a failing commit left the
-    tables renamed before it visible without the rest (a review)."""
-    import json
-
-    from probe.writer import PartWriter
-
-    real = PartWriter._flush
-
-    def full(self, table):
-        if table == "expert_load":  # the third table: tokens and routing were already written out
-            raise OSError(27, "File too large")
-        real(self, table)
-
-    monkeypatch.setattr(PartWriter, "_flush", full)
-    out = tmp_path / "r"
-    with pytest.raises(OSError, match="File too large"):
-        rec(probe_env, out, max_tokens=300, commit_every=1000)
-    assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
-    assert not list(out.rglob("*.tmp")), list(out.rglob("*.tmp"))
-    assert not list(out.glob("*/r000-b*.parquet")), list(out.glob("*/r000-b*.parquet"))  # all or none
-    monkeypatch.setattr(PartWriter, "_flush", real)
-    rec(probe_env, out, max_tokens=300, commit_every=1000, resume=True)  # and it resumes to the end
-    assert json.loads((out / "run.json").read_text())["status"] == "complete"
-
-
-def test_a_second_record_into_a_run_being_recorded_is_refused(probe_env, tmp_path):
-    """Two `record --resume` of one run at once shared their temporary part names, committed each
-    other's rows (batches 15-16 lost, 17-18 twice) and a later --resume marked that complete (a
-    review). The job holding the run's writer lock is the only one let in; a lock left by a
-    finished or killed job is free (the process's end releases it)."""
-    import json
-
-    from probe.writer import WRITER_LOCK, writer_lock
-
-    out = tmp_path / "r"
-    rec(probe_env, out, max_tokens=300)
-    info = json.loads((out / "run.json").read_text())
-    (out / "run.json").write_text(json.dumps(info | {"status": "interrupted"}))
-    with writer_lock(out):  # another process's job, as far as flock is concerned (its own open file)
-        for kw in ({"resume": True}, {"overwrite": True}):
-            with pytest.raises(RecordError, match=rf"another process is recording into this run \(it holds "
-                                                  rf"{WRITER_LOCK}\)"):
-                rec(probe_env, out, max_tokens=300, **kw)
-        assert json.loads((out / "run.json").read_text())["status"] == "interrupted"  # untouched
-    rec(probe_env, out, max_tokens=300, overwrite=True)  # the control: released, it goes ahead
-    assert (out / WRITER_LOCK).exists() and json.loads((out / "run.json").read_text())["status"] == "complete"
-
-
-def test_records_closing_run_json_update_keeps_what_other_jobs_note_meanwhile(probe_env, tmp_path):
-    """record's last run.json write read and rewrote the file without the lock the other jobs take to
-    note their parts: 23 of 300 entries noted meanwhile were lost (a review)."""
-    import json
-    import threading
-    from types import SimpleNamespace
-
-    from probe.record import finish
-    from probe.writer import updating_run_json
-
-    out = tmp_path / "r"
-    rec(probe_env, out, max_tokens=200)
-    n = 150
-    world = SimpleNamespace(size=1, model_parallel=1)
-    args = SimpleNamespace(n_layers=2, kv_lora_rank=8)
-    opts = SimpleNamespace(kv_stats=False)
-
-    def closing():
-        for _ in range(n):
-            finish(out, {}, "interrupted", opts, args, world, 1.0)
-
-    def noting():
-        for i in range(n):
-            with updating_run_json(out) as info:
-                info.setdefault("ablation_parts", {})[f"p{i}"] = {}
-
-    threads = [threading.Thread(target=closing), threading.Thread(target=noting)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(json.loads((out / "run.json").read_text())["ablation_parts"]) == n
 
 
 def test_kv_norm_std_min_max_survive_the_merge_of_accumulators():

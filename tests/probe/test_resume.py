@@ -263,15 +263,15 @@ def test_a_rank_stuck_after_a_signal_is_stopped_by_the_watchdog():
     """Under several ranks a signal starts a watchdog: if the loop (here: a sleep standing for a
     collective that waits on a dead peer) has not ended `grace` seconds later, on_stuck runs; a loop
     that ends in time is left alone."""
-    from probe.record import _Stop
+    from probe.record_loop import StopOnSignal
 
     calls = []
-    with _Stop(calls.append, grace=0.3) as stop:
+    with StopOnSignal(calls.append, grace=0.3) as stop:
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(1.0)  # stuck
     assert calls == [signal.SIGTERM] and stop.signal == signal.SIGTERM
     calls.clear()
-    with _Stop(calls.append, grace=0.5):
+    with StopOnSignal(calls.append, grace=0.5):
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.1)  # the loop ends in time
     time.sleep(0.6)
@@ -282,21 +282,21 @@ def test_a_rank_leaving_after_a_failure_ignores_the_signals_that_follow():
     """A rank whose peer died leaves the loop, marks the run and says so; torchrun's SIGTERM comes at a
     moment of its own, and must not kill the rank in between: after ignore_from_now the block ends
     with SIGINT and SIGTERM ignored. Without it the handlers in place before are restored (control)."""
-    from probe.record import _Stop
+    from probe.record_loop import StopOnSignal
 
     def mine(signum, frame):  # what the process had before the loop
         raise AssertionError("the previous handler ran")
 
     old = {s: signal.signal(s, mine) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with _Stop() as stop:
+        with StopOnSignal() as stop:
             stop.ignore_from_now()
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
         os.kill(os.getpid(), signal.SIGTERM)  # ignored: the test goes on
         time.sleep(0.05)
         for s in old:
             signal.signal(s, mine)
-        with _Stop():
+        with StopOnSignal():
             pass
         assert signal.getsignal(signal.SIGTERM) is mine and signal.getsignal(signal.SIGINT) is mine
     finally:

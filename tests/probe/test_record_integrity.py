@@ -1,0 +1,129 @@
+"""The record job's run integrity: a run read while written, a full disk at the last commit, a
+second writer, and run.json updates that other jobs make meanwhile. (Tables: test_record.py.)"""
+
+from __future__ import annotations
+
+import pytest
+
+import probe
+from probe.record import RecordError
+
+from helpers.records import rec
+
+
+def test_a_run_read_while_it_is_written_sees_each_call_what_is_on_disk(tmp_path):
+    """A Run's SQL views were a snapshot of the parts its first query saw: a part committed later was
+    in `df` but not in `sql`, a table appearing later stayed empty (a metric on the Run said so), a
+    removed part was an IO error, and `status` never changed (a review)."""
+    import json
+    import shutil
+
+    from helpers.synthetic_run import write_run
+
+    src = tmp_path / "src"
+    write_run(src)
+    live = tmp_path / "live"
+    shutil.copytree(src, live, ignore=shutil.ignore_patterns("expert_load"))
+    parts = sorted((live / "tokens").glob("*.parquet"))
+    held = parts[-1].rename(tmp_path / parts[-1].name)  # one part not committed yet
+    run = probe.open_run(live)
+    count = lambda: run.sql("select count(*) from tokens").fetchall()[0][0]  # noqa: E731
+    first = count()
+    held.rename(parts[-1])  # committed now
+    assert count() == len(run.df("tokens")) > first
+    assert run.sql("select count(*) from expert_load").fetchall()[0][0] == 0
+    shutil.copytree(src / "expert_load", live / "expert_load")  # a table that appears later
+    from analyses.metrics import balance_table
+
+    assert run.sql("select count(*) from expert_load").fetchall()[0][0] == len(run.df("expert_load")) > 0
+    assert len(balance_table(run))
+    parts[0].unlink()  # a part removed (a resume truncating, an overwrite)
+    assert count() == len(run.df("tokens"))
+    info = json.loads((live / "run.json").read_text())
+    (live / "run.json").write_text(json.dumps(info | {"status": "running"}))
+    assert run.status == "running" and run.info["status"] == "running"
+
+
+def test_a_full_disk_at_the_last_commit_marks_the_run_interrupted_with_no_table_half_committed(
+        probe_env, tmp_path, monkeypatch):
+    """`ulimit -f` hit at the final commit left run.json "running" for good (the commit sat outside
+    the batches' error handling) with a half-written temporary file, and a failing commit left the
+    tables renamed before it visible without the rest (a review)."""
+    import json
+
+    from probe.writer import PartWriter
+
+    real = PartWriter._flush
+
+    def full(self, table):
+        if table == "expert_load":  # the third table: tokens and routing were already written out
+            raise OSError(27, "File too large")
+        real(self, table)
+
+    monkeypatch.setattr(PartWriter, "_flush", full)
+    out = tmp_path / "r"
+    with pytest.raises(OSError, match="File too large"):
+        rec(probe_env, out, max_tokens=300, commit_every=1000)
+    assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
+    assert not list(out.rglob("*.tmp")), list(out.rglob("*.tmp"))
+    assert not list(out.glob("*/r000-b*.parquet")), list(out.glob("*/r000-b*.parquet"))  # all or none
+    monkeypatch.setattr(PartWriter, "_flush", real)
+    rec(probe_env, out, max_tokens=300, commit_every=1000, resume=True)  # and it resumes to the end
+    assert json.loads((out / "run.json").read_text())["status"] == "complete"
+
+
+def test_a_second_record_into_a_run_being_recorded_is_refused(probe_env, tmp_path):
+    """Two `record --resume` of one run at once shared their temporary part names, committed each
+    other's rows (batches 15-16 lost, 17-18 twice) and a later --resume marked that complete (a
+    review). The job holding the run's writer lock is the only one let in; a lock left by a
+    finished or killed job is free (the process's end releases it)."""
+    import json
+
+    from probe.writer import WRITER_LOCK, writer_lock
+
+    out = tmp_path / "r"
+    rec(probe_env, out, max_tokens=300)
+    info = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps(info | {"status": "interrupted"}))
+    with writer_lock(out):  # another process's job, as far as flock is concerned (its own open file)
+        for kw in ({"resume": True}, {"overwrite": True}):
+            with pytest.raises(RecordError, match=rf"another process is recording into this run \(it holds "
+                                                  rf"{WRITER_LOCK}\)"):
+                rec(probe_env, out, max_tokens=300, **kw)
+        assert json.loads((out / "run.json").read_text())["status"] == "interrupted"  # untouched
+    rec(probe_env, out, max_tokens=300, overwrite=True)  # the control: released, it goes ahead
+    assert (out / WRITER_LOCK).exists() and json.loads((out / "run.json").read_text())["status"] == "complete"
+
+
+def test_records_closing_run_json_update_keeps_what_other_jobs_note_meanwhile(probe_env, tmp_path):
+    """record's last run.json write read and rewrote the file without the lock the other jobs take to
+    note their parts: 23 of 300 entries noted meanwhile were lost (a review)."""
+    import json
+    import threading
+    from types import SimpleNamespace
+
+    from probe.record_tables import finish
+    from probe.writer import updating_run_json
+
+    out = tmp_path / "r"
+    rec(probe_env, out, max_tokens=200)
+    n = 150
+    world = SimpleNamespace(size=1, model_parallel=1)
+    args = SimpleNamespace(n_layers=2, kv_lora_rank=8)
+    opts = SimpleNamespace(kv_stats=False)
+
+    def closing():
+        for _ in range(n):
+            finish(out, {}, "interrupted", opts, args, world, 1.0)
+
+    def noting():
+        for i in range(n):
+            with updating_run_json(out) as info:
+                info.setdefault("ablation_parts", {})[f"p{i}"] = {}
+
+    threads = [threading.Thread(target=closing), threading.Thread(target=noting)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(json.loads((out / "run.json").read_text())["ablation_parts"]) == n

@@ -1,0 +1,215 @@
+"""The record job's refusals: bad flags, inputs and run directories give one-line errors and write
+nothing; --overwrite and --resume refuse what they must. (Tables: test_record.py.)"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import probe
+from probe.record import RecordError, RecordOptions, record
+from probe.writer import RunError
+
+from helpers.records import rec
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+# ------------------------------------------------------------------------ bad input
+class Done:
+    def __init__(self, code, err):
+        self.returncode, self.stderr = code, err
+
+
+def cli(*args, capsys=None):
+    """`python -m probe ARGS`: in this process when `capsys` is given (the same main(), no
+    interpreter start-up), else in a subprocess."""
+    if "--seq-len" not in args:
+        args = (*args, "--seq-len", "64")
+    if capsys is not None:
+        from probe.__main__ import main
+
+        code = main(list(args))
+        return Done(code, capsys.readouterr().err)
+    return subprocess.run([sys.executable, "-m", "probe", *args], capture_output=True, text=True,
+                          env=os.environ | {"PYTHONPATH": str(REPO)}, timeout=300)
+
+
+def assert_one_line_error(p, *needles):
+    assert p.returncode == 2, p.stderr
+    err = p.stderr.strip()
+    assert "\n" not in err and err.startswith("error: "), err
+    for n in needles:
+        assert n in err, err
+
+
+def test_bad_inputs_give_one_line_errors_and_write_nothing(probe_env, tmp_path, capsys):
+    ck, corpus = str(probe_env["ckpt"]), str(probe_env["corpus"])
+    out = tmp_path / "out"
+    # the real command line once (a subprocess), then the same main() in this process
+    assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", str(tmp_path / "nope"), "--out", str(out)),
+                          "nope", "corpus not found")
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", str(tmp_path / "empty"), "--out", str(out),
+                              capsys=capsys), "has no files")
+    (tmp_path / "blank").mkdir()
+    (tmp_path / "blank" / "a.txt").write_text("")
+    assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", str(tmp_path / "blank"), "--out", str(out),
+                              "--no-bos", capsys=capsys), "no text")
+    assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", corpus, "--out", str(out), "--seq-len", "4096",
+                              capsys=capsys), "--seq-len 4096", "max_seq_len 256")
+    f = tmp_path / "afile"
+    f.write_text("x")
+    assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", corpus, "--out", str(f / "run"), capsys=capsys),
+                          "is a file")
+    for extra in ([], ["--overwrite"]):  # the file itself: not "pass --overwrite", which could not help
+        assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", corpus, "--out", str(f), *extra, capsys=capsys),
+                              f"--out {f}: a file, not a run directory")
+    assert_one_line_error(cli("record", "--ckpt", str(tmp_path), "--corpus", corpus, "--out", str(out),
+                              capsys=capsys), "no config.json")
+    assert_one_line_error(cli("record", "--ckpt", str(probe_env["ckpt"] / "config.json"), "--corpus", corpus,
+                              "--out", str(out), capsys=capsys), "config.json: a file; pass the checkpoint directory")
+    assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", corpus, "--out", str(out), "--sample", "0.5",
+                              capsys=capsys),
+                          "--sample 0.5 thins the full router scores: it needs --router-logits full")
+    from probe.__main__ import main as probe_main
+
+    code = probe_main(["dashboard", str(tmp_path / "typo"), "--no-record"])
+    assert_one_line_error(Done(code, capsys.readouterr().err), "typo: no such directory of runs")
+    assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", corpus, "--out", str(out), "--max-tokens", "0",
+                              capsys=capsys), "--max-tokens 0")
+    for n in ("0", "-3"):  # committed every batch, silently (a review)
+        assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", corpus, "--out", str(out), "--commit-every", n,
+                                  capsys=capsys), f"--commit-every {n}: must be >= 1")
+    empty = tmp_path / "empty.txt"  # a document without a token: no BOS-only window, no "complete" run of 1 token
+    empty.write_text("")
+    assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", str(empty), "--out", str(out), capsys=capsys),
+                          "empty.txt: corpus has no text")
+    assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", corpus, "--out", str(out), "--world-size", "2",
+                              capsys=capsys), "use them with --dry-run")
+    # a directory the OS refuses only when the run is created (procfs takes no new entries, even from root)
+    assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", corpus, "--out", "/proc/dsv3-probe-run",
+                              "--max-tokens", "64", capsys=capsys), "--out /proc/dsv3-probe-run: cannot create the run")
+    assert not out.exists()
+
+
+def test_vocab_mismatch_is_refused(probe_env, tmp_path):
+    from helpers import make_tokenizer
+
+    from tokenizers import Tokenizer
+
+    big = make_tokenizer(probe_env["corpus"], tmp_path / "big.json")
+    tok = Tokenizer.from_file(str(big))
+    tok.add_tokens([f"<extra{i}>" for i in range(600 - tok.get_vocab_size())])
+    tok.save(str(big))
+    with pytest.raises(RecordError, match="600 tokens but the checkpoint's vocab_size is 512"):
+        rec(probe_env, tmp_path / "o", tokenizer=str(big))
+    assert not (tmp_path / "o").exists()
+
+
+def test_existing_out_needs_a_flag(probe_env, tmp_path):
+    out = rec(probe_env, tmp_path / "r", max_tokens=200, kv_stats=False)
+    with pytest.raises(RecordError, match="exists: pass --overwrite"):
+        rec(probe_env, out, max_tokens=200)
+    (tmp_path / "notrun").mkdir()
+    (tmp_path / "notrun" / "precious.txt").write_text("keep")
+    with pytest.raises(RecordError, match="not a run directory"):
+        rec(probe_env, tmp_path / "notrun", overwrite=True)
+    assert (tmp_path / "notrun" / "precious.txt").exists()
+    rec(probe_env, out, max_tokens=100, kv_stats=False, overwrite=True)
+    assert probe.open_run(out).info["recorded"]["tokens"] == 100
+    # reading back: a file, an unknown table or column is a RunError naming it (not an OSError or
+    # Arrow's "No match for FieldRef")
+    with pytest.raises(RunError, match="precious.txt: not a run directory"):
+        probe.open_run(tmp_path / "notrun" / "precious.txt")
+    run = probe.open_run(out)
+    with pytest.raises(RunError, match=r"tokens: no column 'lost'; its columns are \['doc_id', "):
+        run.df("tokens", columns=["loss", "lost"])
+    with pytest.raises(RunError, match="unknown table 'token'"):
+        run.df("token")
+    assert list(run.df("tokens", columns=["loss"]).columns) == ["loss"]  # the control
+    # SQL naming no table, and a run.json that is JSON but not an object: one line each (DuckDB's two
+    # lines suggesting its own catalogue, and an AttributeError at the first repr; a review)
+    with pytest.raises(RunError, match=r"r: Table with name nosuch does not exist!.*a run's tables are \['tokens'"):
+        run.sql("select * from nosuch")
+    assert run.sql("select count(*) from tokens").fetchall()[0][0] == 100
+    import shutil
+
+    bad = shutil.copytree(out, tmp_path / "bad")
+    for text, kind in (("[]", "list"), ("null", "NoneType")):
+        (bad / "run.json").write_text(text)
+        with pytest.raises(RunError, match=rf"bad/run.json: unreadable \(a JSON {kind}, not an object\)"):
+            probe.open_run(bad)
+
+
+
+def test_dry_run_refuses_the_devices_the_job_refuses(probe_env, tmp_path):
+    """--dry-run planned any --device value as the CPU and exited 0, while the job refuses it (a
+    review): a mistyped GPU passed the plan. cuda and cuda:N plan a GPU run from any machine."""
+    from model.parallel import ParallelError
+    from model.ranks import _pick_device
+    from probe.plan import plan_device
+
+    with pytest.raises(RecordError, match=r"--device 'cdua': choose cpu, cuda \(or cuda:N\) or auto"):
+        record(RecordOptions(ckpt=str(probe_env["ckpt"]), corpus=str(probe_env["corpus"]), out=str(tmp_path / "o"),
+                             dry_run=True, device="cdua", max_tokens=200, progress=False))
+    assert [plan_device(d) for d in ("cpu", "cuda", "cuda:3")] == ["cpu", "cuda", "cuda"]
+    with pytest.raises(ParallelError, match=r"--device 'cudax': choose cpu"):  # it was torch's own error
+        _pick_device("cudax")
+
+
+def test_out_inside_the_corpus_and_a_symlinked_out_are_refused_before_anything_is_written(probe_env, tmp_path):
+    """--out inside --corpus: the run was made, then its own Parquet files were read as documents, and
+    --resume failed the same way; --overwrite of a symlink failed at rmtree, after the model load
+    (a review). Both are refused up front now, and nothing is written."""
+    import shutil
+
+    corpus = Path(shutil.copytree(probe_env["corpus"], tmp_path / "corpus"))
+    with pytest.raises(RecordError, match=r"lies inside --corpus .*, whose every file is read as a document"):
+        rec(probe_env, corpus / "myrun", corpus=corpus, max_tokens=200)
+    assert not (corpus / "myrun").exists()
+    rec(probe_env, tmp_path / "r", max_tokens=200)
+    (tmp_path / "link").symlink_to(tmp_path / "r")
+    with pytest.raises(RecordError, match=r"--out .*link: a symbolic link .*pass the directory itself"):
+        rec(probe_env, tmp_path / "link", max_tokens=200, overwrite=True)
+    assert (tmp_path / "r" / "run.json").exists()
+
+
+def test_overwrite_refuses_a_run_that_holds_the_jobs_own_inputs(probe_env, tmp_path):
+    """Recording into a training run (its model at runs/NAME/model) with --overwrite deleted the model
+    it was reading, and the new run.json named a checkpoint that no longer existed (a review)."""
+    import shutil
+
+    out = tmp_path / "train-run"
+    rec(probe_env, out, max_tokens=200)
+    ckpt = Path(shutil.copytree(probe_env["ckpt"], out / "model"))
+    corpus = Path(shutil.copy(probe_env["corpus"], out / "texts.jsonl")) if Path(probe_env["corpus"]).is_file() \
+        else Path(shutil.copytree(probe_env["corpus"], out / "texts"))
+    inside = probe_env | {"ckpt": ckpt}
+    for flag, env, kw in (("--ckpt", inside, {}), ("--corpus", probe_env, {"corpus": corpus}),
+                          ("--tokenizer", probe_env, {"tokenizer": str(ckpt / "tokenizer.json")})):
+        with pytest.raises(RecordError, match=rf"--out .*train-run: --overwrite would delete it, and {flag} "
+                                              r".* lies inside it; write the run elsewhere"):
+            rec(env, out, max_tokens=200, overwrite=True, **kw)
+        assert (ckpt / "config.json").exists() and corpus.exists()
+    rec(probe_env, out, max_tokens=200, overwrite=True)  # the control: inputs elsewhere, the run is replaced
+    assert not ckpt.exists()
+
+
+def test_resume_keeps_other_commands_tables_and_takes_an_explicit_default_dtype(probe_env, tmp_path):
+    """A resume replaced run.json's table list with its own (an ablation's table dropped out of it),
+    and refused --dtype float32 for a run recorded without --dtype, saying '--dtype None' (a review)."""
+    import json
+
+    out = tmp_path / "r"
+    rec(probe_env, out, max_tokens=200)
+    info = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps(info | {"tables": info["tables"] + ["ablations"], "status": "interrupted"}))
+    rec(probe_env, out, max_tokens=200, resume=True, dtype="float32")
+    assert "ablations" in json.loads((out / "run.json").read_text())["tables"]
+    with pytest.raises(RecordError, match=r"--dtype float32, this command gives bfloat16"):  # the control
+        rec(probe_env, out, max_tokens=200, resume=True, dtype="bfloat16")
