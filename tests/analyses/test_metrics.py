@@ -1,4 +1,5 @@
-"""Metrics on hand-computed cases and the edge cases metrics.md asks for."""
+"""Metrics on hand-computed cases and the edge cases metrics.md asks for. (Their Run versions:
+test_run_metrics.py.)"""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import numpy as np
 import pytest
 
 from analyses import metrics as M
+
+from helpers.cli_errors import one_line
 
 
 def test_maxvio_hand_computed():
@@ -59,12 +62,6 @@ def test_bad_shapes():
 
 
 # ------------------------------------------------------------------------------ load balance
-def _one_line(excinfo) -> str:
-    msg = str(excinfo.value)
-    assert "\n" not in msg and msg
-    return msg
-
-
 @pytest.mark.parametrize("bad, needle", [([[1, 2], [3, 4]], "1-D"), ([], "empty"), ([1, -2, 3], "negative"),
                                          ([1, float("nan")], "finite")])
 def test_bad_loads_raise_one_line_errors(bad, needle):
@@ -72,7 +69,7 @@ def test_bad_loads_raise_one_line_errors(bad, needle):
                M.gini, M.jain_index):
         with pytest.raises(M.MetricsError, match=needle) as e:
             fn(bad)
-        _one_line(e)
+        one_line(e)
 
 
 def test_maxvio_batch_and_imbalance_ratio():
@@ -251,6 +248,8 @@ def test_repetition_top2_is_mixtrals_measure_beside_the_top_k_one(tmp_path):
     assert r["baseline_top2_any_uniform"] == pytest.approx(1 - 15 / 28)  # 1 - C(6, 2) / C(8, 2)
     assert r["baseline_topk_any_uniform"] == pytest.approx(1 - 10 / 56)  # 1 - C(5, 3) / C(8, 3)
     assert math.isnan(M.repetition([[0], [0]], n_experts=2)["top2_any"])
+    from helpers.synthetic_run import write_run
+
     a = write_run(tmp_path / "k3", K=3, E=8)
     rep = M.repetition_from_run(tmp_path / "k3").set_index("layer")
     for layer in a["layers"]:
@@ -320,306 +319,3 @@ def test_margin_summary_and_score_entropy():
     np.testing.assert_allclose(M.score_entropy([[1, 1], [1, 0], [0, 0]]), [1.0, 0.0, np.nan])
     np.testing.assert_allclose(M.score_entropy([[0.5, 0.25, 0.25]]), [1.5 * math.log(2) / math.log(3)])
     np.testing.assert_allclose(M.score_entropy([[0.3]]), [1.0])
-
-
-# ------------------------------------------------------------------------------ run versions
-from helpers.synthetic_run import write_run  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    import probe
-
-    d = tmp_path_factory.mktemp("runs") / "synth"
-    arrays = write_run(d)
-    return probe.open_run(d), arrays
-
-
-def test_run_loads_and_balance_table_equal_array_versions(synth):
-    run, a = synth
-    loads = M.layer_loads_from_run(run)
-    assert sorted(loads) == a["layers"]
-    for layer in a["layers"]:
-        ids = a["ids"][layer]
-        want = np.bincount(ids.reshape(-1), minlength=a["E"])
-        np.testing.assert_array_equal(loads[layer], want)
-        steps, b = M.batch_loads_from_run(run, layer)
-        wb = np.stack([np.bincount(ids[a["step"] == s].reshape(-1), minlength=a["E"]) for s in (0, 1)])
-        np.testing.assert_array_equal(b, wb)
-        mv = M.maxvio_batch_from_run(run)
-        np.testing.assert_allclose(mv[mv.layer == layer].maxvio, M.maxvio_batch(wb))
-        # Switch from the scored rows only
-        sc = a["scores"][layer]
-        keep = ~np.isnan(sc[:, 0])
-        load_s = np.bincount(ids[keep].reshape(-1), minlength=a["E"])
-        P = M.normalised_scores(sc[keep]).mean(0)
-        sw = M.switch_inputs_from_run(run)[layer]
-        np.testing.assert_allclose(sw[0], load_s)
-        np.testing.assert_allclose(sw[1], P, rtol=1e-6)
-        row = M.balance_table(run, n_gpus=2).set_index("layer").loc[layer]
-        want_row = M.balance_summary(want, wb, n_gpus=2)
-        for k, v in want_row.items():
-            if k != "switch":
-                assert row[k] == pytest.approx(v, nan_ok=True), k
-        assert row["switch"] == pytest.approx(M.switch_balance(load_s, P), rel=1e-6)
-
-
-def test_run_specialisation_equals_array_versions(synth):
-    run, a = synth
-    for layer in a["layers"]:
-        names, c = M.contingency_from_run(run, layer)
-        wn, wc = M.contingency(a["domain"], a["ids"][layer], a["E"])
-        assert names == wn
-        np.testing.assert_array_equal(c, wc)
-        assert M.domain_contingency_from_run(run)[layer][0] == wn
-        np.testing.assert_allclose(M.lift_from_run(run, layer)[1], M.lift(wc))
-    t = M.specialisation_table(run).set_index("layer")
-    for layer in a["layers"]:
-        c = M.contingency(a["domain"], a["ids"][layer], a["E"])[1]
-        assert t.loc[layer, "domain_nmi"] == pytest.approx(M.domain_nmi(c))
-        assert t.loc[layer, "mutual_information"] == pytest.approx(M.mutual_information(c))
-        assert t.loc[layer, "max_lift"] == pytest.approx(np.nanmax(M.lift(c)))
-    # the domain-routed layer specialises by domain more than the token-routed one
-    assert t.loc[2, "domain_nmi"] > t.loc[1, "domain_nmi"]
-
-
-def test_specialisation_table_nmi_and_max_lift_domain_hand_case(tmp_path):
-    """specialisation_table's `nmi` column was compared with nothing (its arithmetic normalisation,
-    scikit-learn's default, could become another), and the max-lift domain was only checked for
-    being set: a wrong index into the domain list went unseen (a review)."""
-    from sklearn.metrics import normalized_mutual_info_score
-
-    from helpers.synthetic_run import _write
-
-    write_run(tmp_path / "r", E=4, layers=(1,), empty=True)  # run.json only (E = 4)
-    # domain x expert counts, domains sorted a, b, c; rows written c first, b split over two steps
-    want = {"a": [2, 0, 0, 0], "b": [1, 2, 1, 0], "c": [1, 1, 2, 4]}
-    rows = [(0, "c", want["c"]), (0, "a", want["a"]), (0, "b", [1, 1, 0, 0]), (1, "b", [0, 1, 1, 0])]
-    cols = {k: [] for k in ("step", "layer", "expert", "domain", "count", "weight_sum", "tokens")}
-    for step, dom, counts in rows:
-        for e, n in enumerate(counts):
-            for k, v in (("step", step), ("layer", 1), ("expert", e), ("domain", dom), ("count", n),
-                         ("weight_sum", float(n)), ("tokens", 1)):
-                cols[k].append(v)
-    _write(tmp_path / "r", "expert_load", cols, [np.ones(len(cols["step"]), bool)])
-    t = M.specialisation_table(tmp_path / "r").set_index("layer")
-    # one (domain, expert) label pair per assignment, for scikit-learn
-    dom_lab = [d for d, c in want.items() for e, n in enumerate(c) for _ in range(n)]
-    exp_lab = [e for d, c in want.items() for e, n in enumerate(c) for _ in range(n)]
-    ref = normalized_mutual_info_score(dom_lab, exp_lab)  # average_method="arithmetic"
-    assert t.loc[1, "domains"] == 3
-    assert t.loc[1, "nmi"] == pytest.approx(ref, rel=1e-9)
-    assert ref != pytest.approx(normalized_mutual_info_score(dom_lab, exp_lab, average_method="geometric"), rel=1e-3)
-    # lift = n(d, e) * N / (n(d) n(e)), N = 14: (a, 0) = 2*14/(2*4) = 3.5; the next, (b, 1) = 2*14/(4*3) = 7/3
-    assert t.loc[1, "max_lift"] == pytest.approx(3.5)
-    assert t.loc[1, "max_lift_domain"] == "a" and t.loc[1, "max_lift_expert"] == 0
-
-
-def test_an_unreadable_table_breaks_only_the_queries_that_read_it(tmp_path):
-    """A half-written part of one table made every query of the run fail (DuckDB opened each table's
-    files when the connection made its views), so the dashboard's path and token views, which read
-    routing and tokens only, blamed those tables for expert_load's file."""
-    import duckdb
-
-    import probe
-
-    write_run(tmp_path / "r")
-    part = sorted((tmp_path / "r" / "expert_load").glob("*.parquet"))[-1]
-    part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])
-    run = probe.open_run(tmp_path / "r")
-    assert run.sql("select count(*) from routing").fetchall()[0][0] > 0
-    assert run.sql("select count(*) from routing join tokens using (seq_id, pos)").fetchall()[0][0] > 0
-    with pytest.raises(duckdb.Error, match=rf"{tmp_path / 'r' / 'expert_load'}: .*{part.name}"):
-        run.sql("select count(*) from expert_load").fetchall()
-    with pytest.raises(duckdb.Error, match="expert_load"):
-        run.sql("select layer from expert_load group by layer").fetchall()
-
-
-def test_one_domain_specialisation_is_not_measured_rather_than_zero(tmp_path):
-    """With one domain there is nothing to tell apart: NaN, as domain_information says, not a 0
-    that reads as 'experts ignore domains'; two domains give numbers (the control)."""
-    write_run(tmp_path / "one", domains=("code",))
-    t = M.specialisation_table(tmp_path / "one")
-    assert (t.domains == 1).all() and len(t) == 2
-    assert t[["mutual_information", "domain_nmi", "nmi", "max_lift"]].isna().all().all()
-    assert t.max_lift_domain.isna().all()
-    write_run(tmp_path / "two")
-    assert M.specialisation_table(tmp_path / "two")[["domain_nmi", "nmi", "max_lift"]].notna().all().all()
-
-
-def test_run_vocabulary_equals_array_versions(synth):
-    run, a = synth
-    cur = M.vocabulary_specialisation_from_run(run).set_index("layer")
-    nxt = M.vocabulary_specialisation_from_run(run, against="next", min_count=2).set_index("layer")
-    same_seq = a["seq"][1:] == a["seq"][:-1]
-    for layer in a["layers"]:
-        top1 = a["ids"][layer][:, 0]
-        assert cur.loc[layer, "vocabulary_specialisation"] == pytest.approx(
-            M.vocabulary_specialisation(a["token_id"], top1))
-        assert nxt.loc[layer, "vocabulary_specialisation"] == pytest.approx(
-            M.vocabulary_specialisation(a["token_id"][1:][same_seq], top1[:-1][same_seq], min_count=2))
-        ev = M.expert_vocabulary_from_run(run, layer, top=3)
-        wv = M.expert_vocabulary(a["token_id"], top1, a["E"], top=3)
-        assert ev.drop(columns=["top_shares", "top_share", "vocab_entropy"]).equals(
-            wv.drop(columns=["top_shares", "top_share", "vocab_entropy"]))
-        np.testing.assert_allclose(ev.top_share, wv.top_share)
-        np.testing.assert_allclose(ev.vocab_entropy, wv.vocab_entropy)
-    assert cur.loc[1, "vocabulary_specialisation"] == 1.0  # layer 1 routes by token id
-
-
-
-def test_run_margins_keep_a_layer_without_any_finite_margin(tmp_path):
-    """A layer whose every margin is null (the kept groups held no (K+1)-th expert) is a row of count 0
-    with NaN statistics, as margin_summary reports it; it was left out of the table (a review)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    import probe
-
-    write_run(tmp_path / "r")
-    for part in (tmp_path / "r" / "routing").glob("*.parquet"):
-        t = pq.read_table(part)
-        on2 = pc.equal(t["layer"], 2)
-        for col in ("margin_1", "margin_k"):
-            i = t.schema.get_field_index(col)
-            t = t.set_column(i, col, pc.if_else(on2, pa.scalar(None, t[col].type), t[col]))
-        pq.write_table(t, part)
-    mg = M.margins_from_run(probe.open_run(tmp_path / "r")).set_index(["layer", "margin"])
-    assert sorted(set(mg.index.get_level_values("layer"))) == [1, 2]
-    for col in ("margin_1", "margin_k"):
-        assert mg.loc[(2, col), "count"] == 0 and mg.loc[(1, col), "count"] > 0
-        assert all(math.isnan(mg.loc[(2, col), k]) for k in ("mean", "std", "min", "p50", "max", "near"))
-    assert M.margin_summary([float("nan")])["count"] == 0  # the array version's answer for the same layer
-
-def test_run_repetition_coactivation_agreement_margins(synth):
-    run, a = synth
-    rep = M.repetition_from_run(run).set_index("layer")
-    for layer in a["layers"]:
-        ids = a["ids"][layer]
-        want = M.repetition(ids, seq_id=a["seq"], pos=a["pos"], n_experts=a["E"])
-        for k, v in want.items():
-            assert rep.loc[layer, k] == pytest.approx(v), k
-        np.testing.assert_allclose(M.coactivation_from_run(run, layer), M.coactivation(ids, a["E"]))
-        np.testing.assert_array_equal(M.coactivation_from_run(run, layer, normalise=False),
-                                      M.coactivation(ids, a["E"], normalise=False))
-        mg = M.margins_from_run(run, near=0.02)
-        for col in ("margin_1", "margin_k"):
-            got = mg[(mg.layer == layer) & (mg.margin == col)].iloc[0]
-            for k, v in M.margin_summary(a[col][layer], near=0.02).items():
-                assert got[k] == pytest.approx(v, rel=1e-6), (col, k)
-        se = M.score_entropy_from_run(run).set_index("layer")
-        sc = a["scores"][layer]
-        assert se.loc[layer, "score_entropy"] == pytest.approx(
-            np.nanmean(M.score_entropy(sc[~np.isnan(sc[:, 0])])), rel=1e-6)
-    la = M.layer_agreement_from_run(run).iloc[0]
-    want = M.routing_agreement(a["ids"][1], a["ids"][2])
-    assert (la.layer_a, la.layer_b) == (1, 2)
-    for k, v in want.items():
-        assert la[k] == pytest.approx(v), k
-
-
-def test_cross_run_agreement_and_negative_control(synth, tmp_path):
-    import probe
-
-    run, a = synth
-    same = M.routing_agreement_from_runs(run, run.path)
-    assert (same.top1_same == 1).all() and (same.jaccard == 1).all()
-    other = write_run(tmp_path / "other", seed=5, token_seed=0)  # same tokens, different routing
-    got = M.routing_agreement_from_runs(run, probe.open_run(tmp_path / "other")).set_index("layer")
-    for layer in a["layers"]:
-        want = M.routing_agreement(a["ids"][layer], other["ids"][layer])
-        for k, v in want.items():
-            assert got.loc[layer, k] == pytest.approx(v), k
-    # the in-memory twin (no DuckDB) gives the run version's table, column for column
-    mem = M.routing_agreement_by_layer(run.df("routing"), probe.open_run(tmp_path / "other").arrow("routing"))
-    assert list(mem.columns) == ["layer"] + list(got.columns)
-    for col in got.columns:
-        np.testing.assert_allclose(mem.set_index("layer")[col], got[col], rtol=1e-9, err_msg=col)
-    half = run.df("routing").iloc[::2]
-    assert (M.routing_agreement_by_layer(half, run.df("routing")).share_of_b.between(0.4, 0.6)).all()
-    with pytest.raises(M.MetricsError, match="no column expert_ids"):
-        M.routing_agreement_by_layer(run.df("routing").drop(columns="expert_ids"), half)
-    with pytest.raises(M.MetricsError, match="share no"):
-        M.routing_agreement_by_layer(half.assign(seq_id=half.seq_id + 1000), half)
-    # negative control: the run versions do see the difference between the two runs
-    assert got.loc[2, "top1_same"] < 1 and got.loc[2, "set_same"] < 1
-    assert not np.array_equal(M.contingency_from_run(tmp_path / "other", 2)[1], M.contingency_from_run(run, 2)[1])
-    # the same top-k sets in another order: set_same 1, top1_same not (in SQL and in memory)
-    import shutil
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    shutil.copytree(run.path, tmp_path / "reordered")
-    for f in sorted((tmp_path / "reordered" / "routing").glob("*.parquet")):
-        t = pq.read_table(f)
-        flipped = [ids[::-1] if i % 2 else ids for i, ids in enumerate(t.column("expert_ids").to_pylist())]
-        pq.write_table(t.set_column(t.schema.get_field_index("expert_ids"), "expert_ids",
-                                    pa.array(flipped, t.schema.field("expert_ids").type)), f)
-    for ag in (M.routing_agreement_from_runs(run, tmp_path / "reordered"),
-               M.routing_agreement_by_layer(run.df("routing"), probe.open_run(tmp_path / "reordered").df("routing"))):
-        assert (ag.set_same == 1).all() and (ag.overlap == 1).all() and (ag.top1_same < 0.6).all()
-    write_run(tmp_path / "diff", seed=0, token_seed=9)  # different tokens
-    with pytest.raises(M.MetricsError, match="different tokens") as e:
-        M.routing_agreement_from_runs(run, tmp_path / "diff")
-    _one_line(e)
-
-
-def test_run_bad_input_errors(synth, tmp_path):
-    run, _ = synth
-    write_run(tmp_path / "empty", empty=True)
-    for fn in (M.layer_loads_from_run, M.balance_table, M.contingency_from_run, M.repetition_from_run,
-               M.margins_from_run, M.specialisation_table, M.vocabulary_specialisation_from_run):
-        with pytest.raises(M.MetricsError, match="no (expert_load|routing) table") as e:
-            fn(tmp_path / "empty")
-        _one_line(e)
-    with pytest.raises(M.MetricsError, match="layer 0 has no routing rows") as e:
-        M.coactivation_from_run(run, 0)
-    _one_line(e)
-    with pytest.raises(M.MetricsError, match="against"):
-        M.vocabulary_specialisation_from_run(run, against="prev")
-    with pytest.raises(ValueError, match="not a run directory"):
-        M.balance_table(tmp_path / "nothing")
-
-
-def test_record_agreement_by_hand():
-    import pandas as pd
-
-    # two MoE layers, K = 2; layer 1: 3 pairs (sets equal, equal, differ by one), layer 2: 1 pair (differ)
-    ref = pd.DataFrame({"seq_id": [0, 0, 1, 0], "pos": [0, 1, 0, 0], "layer": [1, 1, 1, 2],
-                        "expert_ids": [np.array(v) for v in ([1, 2], [3, 4], [5, 6], [0, 1])]})
-    got = ref.assign(expert_ids=[np.array(v) for v in ([2, 1], [3, 4], [5, 7], [2, 3])])
-    toks = pd.DataFrame({"seq_id": [0, 0, 1], "pos": [0, 1, 0], "domain": ["a", "a", "b"], "loss": [1.0, 3.0, 2.0]})
-    c = M.record_agreement(toks, ref, toks.assign(loss=[1.5, 3.0, 2.25]), got)
-    assert (c["pairs"], c["of"], c["K"]) == (4, 4, 2)
-    assert c["same_set"] == pytest.approx(2 / 4)  # pairs weigh equally: layer 1 2/3 over 3 pairs, layer 2 0 over 1
-    assert c["top1"] == pytest.approx(2 / 4)  # [2, 1] vs [1, 2] keeps the set, not the top-1
-    assert c["differ"] == pytest.approx(2 * (1 - (1 + 1 + 0.5 + 0) / 4))  # 0.75 experts of 2
-    assert c["per_layer"].to_dict() == pytest.approx({1: 2 / 3, 2: 0.0})
-    assert c["loss"].loc["a"].tolist() == [2.0, 2.25] and c["loss"].loc["b"].tolist() == [2.0, 2.25]
-    assert c["loss_move"] == pytest.approx(0.25)
-    with pytest.raises(M.MetricsError, match="share no"):
-        M.record_agreement(toks, ref, toks, got.assign(seq_id=got.seq_id + 9))
-
-
-def test_a_table_not_recorded_names_the_flag_that_leaves_it_out(tmp_path):
-    """A notebook on a run recorded with --no-kv-stats said "empty run, or not recorded" without the
-    flag (a review)."""
-    import shutil
-
-    import probe
-    from analyses.metrics import MetricsError
-    from analyses.metrics._common import need_rows
-    from helpers.synthetic_run import write_run
-
-    write_run(tmp_path / "r")
-    shutil.rmtree(tmp_path / "r" / "routing")
-    run = probe.open_run(tmp_path / "r")
-    for table, flag in (("routing", "--router-logits none"), ("kv_stats", "--no-kv-stats"), ("mtp", "--no-mtp")):
-        with pytest.raises(MetricsError, match=rf"run has no {table} table \(empty run, or not recorded: "
-                                               rf"recorded with {flag}"):
-            need_rows(run, table)
-    with pytest.raises(MetricsError, match=r"run has no spec_decode table \(empty run, or not recorded\)$"):
-        need_rows(run, "spec_decode")
-    need_rows(run, "tokens")  # the control: a table that is there

@@ -16,6 +16,14 @@ def assert_one_line_error(code: int, capsys, msg: str, out: Path | None = None) 
     return err
 
 
+def one_line(excinfo) -> str:
+    """The message of a `pytest.raises` exception, checked to be one non-empty line (a library call's
+    errors are read by people in notebooks, as the commands' are)."""
+    msg = str(excinfo.value)
+    assert "\n" not in msg and msg
+    return msg
+
+
 def assert_out_under_a_file_is_refused(main, cli, tmp_path: Path, capsys, *extra: str) -> None:
     """`--out` below a regular file is refused by name before the model loads. `cli(out, *extra)` makes
     the command's argv."""
