@@ -251,9 +251,13 @@ def check_out_parent(out: Path, flag: str = "--out", file: bool = False,
                      error: type[Exception] = RecordError) -> None:
     """A one-line `error` when `out` (a directory to create, or with `file` a file to write) could
     not be written: it is a directory where a file should go, or its nearest existing ancestor is a
-    file or a directory this process cannot write."""
+    file or a directory this process cannot write; with `file`, also when it would replace a run's
+    run.json or land in one of a run's table folders (a plan written over run.json lost the run's
+    metadata, found by a review). A file directly in a run directory (a plan, a report) is fine."""
     if file and out.is_dir():
         raise error(f"{flag} {out}: is a directory, not a file")
+    if file:
+        _refuse_inside_a_run(out, flag, error)
     parent = out if out.exists() and not file else out.parent
     while not parent.exists():
         parent = parent.parent
@@ -261,6 +265,18 @@ def check_out_parent(out: Path, flag: str = "--out", file: bool = False,
         raise error(f"{flag} {out}: {parent} is a file, not a directory")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise error(f"{flag} {out}: directory {parent} is not writable")
+
+
+def _refuse_inside_a_run(out: Path, flag: str, error: type[Exception]) -> None:
+    path = out.resolve()
+    for run in path.parents:
+        if (run / "run.json").is_file():
+            if path == run / "run.json":
+                raise error(f"{flag} {out}: is the run.json of the run {run}; write elsewhere")
+            if path.parent != run:
+                raise error(f"{flag} {out}: is inside the folder {path.relative_to(run).parts[0]}/ of the "
+                            f"run {run}, which holds its tables; write elsewhere")
+            return
 
 
 def check_replaceable(out: Path, marker: str, what: str, flag: str = "--out",

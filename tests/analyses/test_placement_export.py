@@ -157,3 +157,19 @@ def test_a_trained_runs_mtp_router_is_not_a_layer_of_the_plan(tmp_path, capsys):
     assert code == 0, err
     assert len(json.loads((tmp_path / "plan.json").read_text())["physical_to_logical_map"]) == 3
     assert set(plan_run(tmp_path / "run", n_gpus=4, n_redundant=4)) == {1, 2}
+
+
+def test_a_plan_written_over_the_runs_own_files_is_refused(tmp_path, capsys):
+    """`--out RUN/run.json` replaced the run's metadata with the plan and exited 0, and a plan inside a
+    table folder was taken as well (a review). A plan beside run.json is fine (the control)."""
+    write_run(tmp_path / "run", E=8, K=2, groups=4)
+    run = tmp_path / "run"
+    before = (run / "run.json").read_text()
+    table = next(p for p in sorted(run.iterdir()) if p.is_dir() and not p.name.startswith(("_", ".")))
+    for out, needle in ((run / "run.json", "is the run.json of the run"),
+                        (table / "plan.json", f"inside the folder {table.name}/ of the run")):
+        code, _, err = _cli(capsys, run, "--gpus", 4, "--format", "sglang", "--out", out)
+        assert code == 2 and err.count("\n") == 1 and needle in err and str(out) in err, err
+    assert (run / "run.json").read_text() == before and not (table / "plan.json").exists()
+    code, _, err = _cli(capsys, run, "--gpus", 4, "--format", "sglang", "--out", run / "plan.json")
+    assert code == 0 and (run / "plan.json").is_file(), err
