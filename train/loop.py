@@ -17,7 +17,7 @@ import torch
 
 from model import Transformer
 from probe.job import check_out_parent, checkpoint_identity
-from probe.writer import write_json_atomic
+from probe.writer import updating_run_json
 
 from .balance import RoutingTap, moe_gates, settle_biases, update_bias
 from .data import Batches, TrainError, load_tokenizer, token_streams, val_windows
@@ -160,7 +160,9 @@ class _Run:
             return
         self.log.commit()
         self.info.update(status=status, updated=time.time(), step=self.step, tokens_seen=self.tokens_seen, **extra)
-        write_json_atomic(self.ns.out / "run.json", self.info)
+        with updating_run_json(self.ns.out, new=dict) as on_disk:  # what other jobs noted there stays
+            others = [t for t in on_disk.get("tables", ()) if t not in self.info["tables"]]
+            on_disk.update(self.info, tables=list(self.info["tables"]) + others)
 
     # --------------------------------------------------------------------------------- steps
     def _loop(self) -> dict:

@@ -261,7 +261,12 @@ def test_resume_equals_uninterrupted(corpus, tmp_path):
     run(parse_args(_flags(corpus, tmp_path / "a", *common)))
     stopped = run(parse_args(_flags(corpus, tmp_path / "b", *common, "--stop-at", "3")))
     assert stopped["status"] == "interrupted" and stopped["stop_reason"] == "--stop-at 3" and stopped["step"] == 3
+    with probe.writer.updating_run_json(tmp_path / "b") as info:  # another job notes its part meanwhile
+        info["tables"].append("ablations")
+        info["ablation_parts"] = {"part-x.parquet": {"experts": [1]}}
     run(parse_args(_flags(corpus, tmp_path / "b", *common, "--resume")))
+    info = json.loads((tmp_path / "b" / "run.json").read_text())  # training rewrote run.json, and kept it
+    assert info["ablation_parts"] == {"part-x.parquet": {"experts": [1]}} and info["tables"][-1] == "ablations"
     a = torch.load(tmp_path / "a" / "checkpoint" / "state.pt", weights_only=False)
     b = torch.load(tmp_path / "b" / "checkpoint" / "state.pt", weights_only=False)
     assert a["step"] == b["step"] == 6
