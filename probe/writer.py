@@ -218,15 +218,17 @@ class PartWriter:
         """Make every row up to global batch `last_batch` durable, with the accumulator state
         (`progress` None: the caller keeps its own, as training does in its checkpoint)."""
         first = self.first_uncommitted if self.first_uncommitted is not None else last_batch
+        part = f"r{self.rank:03d}-b{first:07d}-{last_batch:07d}.parquet"
         done = []  # every table's rows written out first, then the renames: a write that fails (a full
         for t in self.tables:  # disk) leaves no table's part visible without the others' (a review)
             self._flush(t)
             w = self._open.pop(t, None)
             if w is not None:
                 w.close()
+                self._merge_into_tmp(t, self.run / t / part)
                 done.append(t)
         for t in done:
-            os.replace(self._tmp(t), self.run / t / f"r{self.rank:03d}-b{first:07d}-{last_batch:07d}.parquet")
+            os.replace(self._tmp(t), self.run / t / part)
         self.first_uncommitted = None
         if progress is None:
             return
@@ -242,6 +244,18 @@ class PartWriter:
         for old in (self.run / PROGRESS).glob(f"r{self.rank:03d}-c*.npz"):
             if old != npz:
                 old.unlink(missing_ok=True)
+
+    def _merge_into_tmp(self, table: str, part: Path) -> None:
+        """A second commit of the same batches (training commits its last step's rows, then its final
+        evaluation's at that step) named the same part and replaced the first one's rows (a review):
+        the committed part's rows go first in the new one."""
+        if not part.exists():
+            return
+        tmp = self._tmp(table)
+        merged = pa.concat_tables([pq.read_table(part, schema=TABLES[table]), pq.read_table(tmp, schema=TABLES[table])])
+        both = tmp.with_name(tmp.name + ".merged.tmp")
+        pq.write_table(merged, both, **parquet_options(TABLES[table]))
+        os.replace(both, tmp)
 
     def abandon(self) -> None:
         """Drop uncommitted rows (their temporary files)."""

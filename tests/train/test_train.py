@@ -164,19 +164,24 @@ def test_switch_balance_loss_normalises_non_uniform_scores():
 def test_training_reduces_loss_and_writes_the_run(corpus, tmp_path):
     out = tmp_path / "run"
     info = run(parse_args(_flags(corpus, out, "--steps", "40", "--eval-every", "20", "--checkpoint-every", "0",
-                                 "--flush-every", "15", settle=True)))
+                                 "--flush-every", "13", settle=True)))
     assert info["status"] == "complete" and info["kind"] == "train"
     r = probe.open_run(out)  # a training run is a run like any other
     assert set(r.tables) == {"train_steps", "train_domains", "train_gates", "train_eval", "expert_load", "router_bias"}
     rows = r.df("train_steps").sort_values("step")
     assert rows.step.tolist() == list(range(1, 41))
-    assert len(r.files("train_steps")) == 3  # committed at steps 15, 30 and the end
+    assert len(r.files("train_steps")) == 4  # committed at steps 13, 26, 39 and 40
+    # step 40's rows and the final evaluation's at step 40 are two commits of one step, into one part
+    # file: the second replaced the first's rows (a review)
+    assert len(r.files("train_gates")) == 4 and len(r.files("train_domains")) == 4
     first, last = rows.lm_loss.head(5).mean(), rows.lm_loss.tail(5).mean()
     assert last < first - 0.5, (first, last)
     dom = r.df("train_domains")
     assert set(dom.domain) == {"math", "literature", "chinese"} and set(dom.split) == {"train", "val"}
+    assert set(dom[dom.split == "train"].step) == set(range(1, 41))
     gates = r.df("train_gates")
     assert set(gates.layer) == {1, 2, 3}  # the MTP block's router is layer n_layers = 3
+    assert set(gates[gates.split == "train"].step) == set(range(1, 41)) and len(gates[gates.step == 40]) == 6
     trained = gates[(gates.split == "train") & (gates.step == 40)].set_index("layer")
     assert trained.bias_norm.loc[1] > 0  # aux-free: the biases moved
     ev = r.df("train_eval").sort_values("step")
