@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model import ModelArgs, Transformer
+from model import ConfigError, ModelArgs, Transformer
 
 from .balance import RoutingTap, expert_counts, max_violation, seq_balance_loss, switch_balance_loss
 from .data import TrainError
@@ -43,8 +43,13 @@ def model_args(ns: argparse.Namespace, vocab_size: int) -> ModelArgs:
             raw = json.loads((path / "config.json" if path.is_dir() else path).read_text())
         except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
             raise TrainError(f"--config {src}: not a readable JSON file ({e})") from None
-        base = ModelArgs.from_hf_config(raw) if "model_type" in raw and "hidden_size" in raw \
-            else ModelArgs.from_dict(raw)
+        if not isinstance(raw, dict):
+            raise TrainError(f"--config {src}: a JSON {type(raw).__name__}, not a config object")
+        try:  # its errors named "config dict", not the file (a review)
+            base = ModelArgs.from_hf_config(raw) if "model_type" in raw and "hidden_size" in raw \
+                else ModelArgs.from_dict(raw)
+        except ConfigError as e:
+            raise TrainError(f"--config {src}: {str(e).removeprefix('config dict: ')}") from None
         d = base.to_dict()
     else:
         d = ModelArgs.from_name(src).to_dict()

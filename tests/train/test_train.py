@@ -308,6 +308,14 @@ def test_bad_input_errors(corpus, tmp_path, capsys):
         run(parse_args(_flags(corpus, tmp_path / "x", "--set", "n_routed_experts=15")))
     with pytest.raises(ConfigError, match=r"n_activated_experts=12 must be in \[1, 8\]"):
         run(parse_args(_flags(corpus, tmp_path / "x", "--set", "n_activated_experts=12")))
+    # a --config file the architecture forbids is named, as the flag (it said "config dict"; a review)
+    hf = json.loads((Path(__file__).resolve().parents[2] / "data" / "model" / "config.json").read_text())
+    (tmp_path / "hf.json").write_text(json.dumps(hf | {"n_routed_experts": 30}))
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(TrainError, match=rf"^--config {tmp_path / 'hf.json'}: invalid ModelArgs: n_routed_experts=30"):
+        run(parse_args(_flags(corpus, tmp_path / "x", "--config", str(tmp_path / "hf.json"))))
+    with pytest.raises(TrainError, match=rf"^--config {tmp_path / 'list.json'}: a JSON list, not a config object"):
+        run(parse_args(_flags(corpus, tmp_path / "x", "--config", str(tmp_path / "list.json"))))
     with pytest.raises(TrainError, match="ModelArgs has no field 'bogus'"):
         run(parse_args(_flags(corpus, tmp_path / "x", "--set", "bogus=1")))
     with pytest.raises(TrainError, match="no tokenizer"):
