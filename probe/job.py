@@ -102,13 +102,34 @@ def checkpoint_fingerprint(ckpt: Path) -> str:
     return _checkpoint_hashes(ckpt, sample=False)[0]
 
 
-def check_run_model(info: dict, where: str, ckpt, error: type[Exception] = RecordError) -> None:
-    """A job on an existing run takes the run's checkpoint unless --ckpt is given; a training run has
-    one only once its model is written (run.json's `checkpoint`, at the end). Without it the bundled
-    model stood in silently (a review): one line asking for --ckpt instead."""
-    if info.get("kind") == "train" and not ckpt and not (info.get("checkpoint") or {}).get("path"):
+def run_inputs(info: dict, where: str, ckpt: str | None, corpus: str | None,
+               error: type[Exception] = RecordError) -> tuple[str | None, str | None]:
+    """--ckpt and --corpus of a job on an existing run (spec, ablate, importance, steer), each
+    defaulting to the run's own: its model on its corpus, never the bundled ones standing in
+    silently. Refused, unless the flag is given: a training run whose model is not written yet, an
+    import (which has neither), a path the run names that is gone, and a checkpoint whose weights
+    changed since the run was recorded (ablate, importance and steer took it silently; a review)."""
+    have = lambda key: (info.get(key) or {}).get("path")  # noqa: E731
+    if info.get("kind") == "train" and not ckpt and not have("checkpoint"):
         raise error(f"{where}: a training run whose model is not written yet (status {info.get('status')!r}): "
                     "pass --ckpt with the model to use")
+    if info.get("kind") == "import" and not (ckpt and corpus):
+        raise error(f"{where}: an imported run ({(info.get('source') or {}).get('name', 'import')}) has no "
+                    "checkpoint or corpus of its own: pass --ckpt and --corpus")
+    if ckpt is None and have("checkpoint"):
+        ckpt = have("checkpoint")
+        if not (Path(ckpt) / "config.json").is_file():
+            raise error(f"{where}: the run's checkpoint {ckpt} is no longer there; pass --ckpt with the model "
+                        "the run was recorded with")
+        was = info.get("checkpoint") or {}
+        if was.get("fingerprint") and not same_checkpoint(was, checkpoint_identity(Path(ckpt))):
+            raise error(f"{where}: the checkpoint at {ckpt} has changed since the run was recorded (its "
+                        "fingerprint differs); pass --ckpt to use it anyway")
+    if corpus is None and have("corpus"):
+        corpus = have("corpus")
+        if not Path(corpus).exists():
+            raise error(f"{where}: the run's corpus {corpus} is no longer there; pass --corpus")
+    return ckpt, corpus
 
 
 def checkpoint_identity(ckpt: Path) -> dict:

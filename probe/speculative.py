@@ -38,9 +38,8 @@ import pyarrow.parquet as pq
 import torch
 
 from .corpus import CorpusError, CorpusStats, iter_documents, text_pieces
-from .job import (RecordError, agree, check_out_parent, check_run_model, checkpoint_args, checkpoint_identity,
-                  job_options, load_model, load_tokenizer, os_refusal, resolve_paths, same_checkpoint,
-                  signals_held, start_world)
+from .job import (RecordError, agree, check_out_parent, checkpoint_args, checkpoint_identity, job_options,
+                  load_model, load_tokenizer, os_refusal, resolve_paths, run_inputs, signals_held, start_world)
 from .schema import TABLES
 from .writer import RUN_JSON, read_run_json, table_lock, updating_run_json
 
@@ -245,32 +244,10 @@ def _per_domain(domains: list[str], values) -> dict[str, int]:
 
 def _run_defaults(opts: SpecOptions) -> tuple[str | None, str | None]:
     """--ckpt and --corpus, each defaulting to the run's own when --out is an earlier run (which the
-    spec tables join): its model on its corpus, not the bundled ones. A path the run names that is
-    no longer there, or a checkpoint whose fingerprint has changed since, is refused (the tables
-    would describe another model or corpus than the run's) unless the flag is given."""
-    ckpt, corpus = opts.ckpt, opts.corpus
+    spec tables join; `probe.job.run_inputs` says what is refused)."""
     if opts.out and (Path(opts.out) / RUN_JSON).exists():
-        info = read_run_json(Path(opts.out))
-        check_run_model(info, f"--out {opts.out}", ckpt)
-        if info.get("kind") == "import" and not (ckpt and corpus):
-            # an import (SGLang) carries loads but no model or text: the bundled ones would stand in silently
-            raise RecordError(f"--out {opts.out}: an imported run ({(info.get('source') or {}).get('name', 'import')})"
-                              " has no checkpoint or corpus of its own: pass --ckpt and --corpus")
-        have = lambda key: (info.get(key) or {}).get("path")  # noqa: E731
-        if ckpt is None and have("checkpoint"):
-            ckpt = have("checkpoint")
-            if not (Path(ckpt) / "config.json").is_file():
-                raise RecordError(f"--out {opts.out}: the run's checkpoint {ckpt} is no longer there; pass --ckpt "
-                                  "with the model the run was recorded with")
-            was = info.get("checkpoint") or {}
-            if was.get("fingerprint") and not same_checkpoint(was, checkpoint_identity(Path(ckpt))):
-                raise RecordError(f"--out {opts.out}: the checkpoint at {ckpt} has changed since the run was "
-                                  "recorded (its fingerprint differs); pass --ckpt to use it anyway")
-        if corpus is None and have("corpus"):
-            corpus = have("corpus")
-            if not Path(corpus).exists():
-                raise RecordError(f"--out {opts.out}: the run's corpus {corpus} is no longer there; pass --corpus")
-    return ckpt, corpus
+        return run_inputs(read_run_json(Path(opts.out)), f"--out {opts.out}", opts.ckpt, opts.corpus)
+    return opts.ckpt, opts.corpus
 
 
 def _write_run(out: Path, rows: dict, drafts: dict, opts: SpecOptions, ckpt: Path, corpus: Path, args, world,

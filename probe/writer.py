@@ -69,6 +69,19 @@ def writer_lock(run: Path):
         yield
 
 
+def recorder_alive(run: str | Path) -> bool:
+    """Whether a record job holds `run`'s writer lock now: a record that was killed holds none, and
+    its run.json still says "running"."""
+    lock = Path(run) / WRITER_LOCK
+    if not lock.is_file():
+        return False
+    try:
+        with _locked(lock, wait=False):
+            return False
+    except BlockingIOError:
+        return True
+
+
 def clear_run(run: Path) -> None:
     """Delete a run's contents for --overwrite, keeping its writer lock (whose holder is this job)."""
     for child in run.iterdir():

@@ -40,7 +40,8 @@ from probe.lazy import exports
 # NOTE: imported on first use (probe/lazy.py): run.py and select.py import torch, and
 # `python -m analyses.ablate --help` runs this file first
 __getattr__, __dir__, __all__ = exports(__name__, {
-    ".run": ("AblateOptions", "ablate", "add_loss", "baseline_pass", "check_out", "evaluate", "forward_batch",
+    ".run": ("AblateOptions", "ablate", "add_loss", "baseline_pass", "check_finished", "check_out", "evaluate",
+             "forward_batch",
              "job_defaults", "job_meta", "limit_per_domain", "loads_from_run", "replica_batches", "sample_windows",
              "start_job", "write_ablations"),
     ".select": ("ALL", "MODES", "Ablation", "AblationError", "Plan", "RouterShape", "ablated", "ablation_hooks",

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from probe.corpus import CorpusError, Window, corpus_windows, fingerprint
-from probe.job import check_out_parent, check_run_model
+from probe.job import check_out_parent, run_inputs
 from probe.recorders import Batch, model_token_nll
 from probe.schema import TABLES
 from probe.writer import read_run_json, write_result_part
@@ -190,15 +190,8 @@ def job_defaults(opts: AblateOptions) -> tuple[AblateOptions, dict | None]:
         raise AblationError(f"--loads-from {opts.loads_from!r}: choose auto, run or baseline")
     if opts.run is not None:
         info = read_run_json(Path(opts.run))
-        check_run_model(info, str(opts.run), opts.ckpt, AblationError)
+        opts.ckpt, opts.corpus = run_inputs(info, str(opts.run), opts.ckpt, opts.corpus, AblationError)
         ro = info.get("options", {})
-        opts.ckpt = opts.ckpt or (info.get("checkpoint") or {}).get("path")
-        opts.corpus = opts.corpus or (info.get("corpus") or {}).get("path")
-        if info.get("kind") == "import" and not (opts.ckpt and opts.corpus):
-            # an import (SGLang) carries loads but no model or text: the bundled ones would stand in silently
-            raise AblationError(f"{opts.run}: an imported run ({(info.get('source') or {}).get('name', 'import')}) "
-                                "has no checkpoint or corpus of its own: pass --ckpt and --corpus to evaluate "
-                                "its loads on a model")
         opts.tokenizer = opts.tokenizer or ro.get("tokenizer")
         for k in ("max_tokens", "seq_len", "batch_size", "add_bos"):
             if getattr(opts, k) is None:
@@ -218,6 +211,21 @@ def job_defaults(opts: AblateOptions) -> tuple[AblateOptions, dict | None]:
     if opts.domain_tokens is not None and opts.domain_tokens < 1:
         raise AblationError(f"--domain-tokens {opts.domain_tokens}: must be >= 1")
     return opts, info
+
+
+def check_finished(run, info: dict | None, error: type[Exception] = AblationError) -> None:
+    """A run still being written is refused; one whose record was killed (run.json says "running"
+    and no record job holds its writer lock) says how to finish it instead of "still being recorded"
+    for good (a review)."""
+    from probe.writer import recorder_alive
+
+    if info is None or info.get("status") != "running":
+        return
+    if info.get("kind") is None and not recorder_alive(run):  # a record run (the others have a kind)
+        raise error(f"{run}: its record stopped before the end (run.json says running, and no record job "
+                    "holds the run): finish it with the record command that wrote it plus --resume")
+    raise error(f"{run}: the run is still being {'recorded' if info.get('kind') is None else 'written'} "
+                "(status running)")
 
 
 def loads_from_run(run_dir: str | Path, shape: RouterShape) -> Loads:
@@ -255,8 +263,7 @@ def ablate(opts: AblateOptions, ablations: list[Ablation]):
         raise AblationError("nothing to ablate: pass --experts, --top, --random, --shared or --spec")
     check_names(ablations)
     opts, info = job_defaults(opts)
-    if info is not None and info.get("status") == "running":
-        raise AblationError(f"{opts.run}: the run is still being recorded (status running)")
+    check_finished(opts.run, info)
     ckpt, corpus, out = resolve_paths(opts.ckpt, opts.corpus, opts.out or opts.run, error=AblationError)
     check_out(out)
     args = checkpoint_args(ckpt, AblationError)
@@ -363,9 +370,9 @@ def start_job(opts: AblateOptions, ckpt: Path, args, windows: list, **derived):
 def job_meta(ckpt: Path, corpus: Path, opts: AblateOptions, **options) -> dict:
     """What a result part records about its inputs: checkpoint and corpus (path, fingerprint) and the
     options that decide the numbers (plus `options`)."""
-    from probe.job import checkpoint_fingerprint
+    from probe.job import checkpoint_identity
 
-    return {"checkpoint": {"path": str(ckpt.resolve()), "fingerprint": checkpoint_fingerprint(ckpt)},
+    return {"checkpoint": checkpoint_identity(ckpt),  # with the weights sample: a part names the weights it saw
             "corpus": {"path": str(corpus.resolve()), "fingerprint": fingerprint(corpus)},
             "options": {"max_tokens": opts.max_tokens, "domain_tokens": opts.domain_tokens, "seq_len": opts.seq_len,
                         "batch_size": opts.batch_size, "add_bos": opts.add_bos, "order": opts.order,

@@ -380,6 +380,10 @@ def load_spec(path: str | Path) -> list[Ablation]:
             out.append(Ablation(**item))
         except (AblationError, TypeError) as e:
             raise AblationError(f"spec file {path}: ablation #{i + 1}: {e}") from None
+        if out[-1].experts is not None and not any(out[-1].experts.values()):  # as --experts "" (a review): a
+            # typo ran a no-op with delta 0; the library's Ablation(experts={}) stays, a baseline control
+            raise AblationError(f"spec file {path}: ablation #{i + 1} ({out[-1].name!r}): experts names no "
+                                "expert; give layer:expert[+expert],... e.g. 1:3+5")
     try:
         check_names(out)
     except AblationError as e:

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from analyses.ablate import (AblateOptions, add_loss, baseline_pass, check_out, job_defaults,
+from analyses.ablate import (AblateOptions, add_loss, baseline_pass, check_finished, check_out, job_defaults,
                              job_meta, sample_windows, start_job)
 from analyses.ablate.select import ALL, AblationError, RouterShape, also_removed, check_routable
 from analyses.importance import TOKEN_BUDGET
@@ -226,8 +226,7 @@ def _prepare(opts: ImportanceOptions):
     from probe.job import checkpoint_args, resolve_paths, window_length
 
     opts, info = job_defaults(opts)
-    if info is not None and info.get("status") == "running":
-        raise ImportanceError(f"{opts.run}: the run is still being recorded (status running)")
+    check_finished(opts.run, info, ImportanceError)
     if opts.group is not None and opts.group < 1:
         raise ImportanceError(f"--group {opts.group}: must be >= 1")
     ckpt, corpus, out = resolve_paths(opts.ckpt, opts.corpus, opts.out or opts.run, error=ImportanceError)

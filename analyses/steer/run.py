@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from analyses.ablate.run import (AblateOptions, add_loss, check_out, forward_batch, job_defaults, job_meta,
-                                 sample_windows, start_job)
+from analyses.ablate.run import (AblateOptions, add_loss, check_finished, check_out, forward_batch, job_defaults,
+                                 job_meta, sample_windows, start_job)
 from analyses.ablate.select import ALL, RouterShape
 from probe.corpus import CorpusError
 from probe.recorders import Batch
@@ -190,8 +190,7 @@ def steer(opts: SteerOptions, steering: Steer, token_filter: str | None = None):
     from probe.job import agree
 
     opts, info = job_defaults(opts)
-    if info is not None and info.get("status") == "running":
-        raise SteerError(f"{opts.run}: the run is still being recorded (status running)")
+    check_finished(opts.run, info, SteerError)
     if opts.max_new_tokens < 0 or opts.prompt_tokens < 1:
         raise SteerError("--max-new-tokens must be >= 0 and --prompt-tokens >= 1")
     ckpt, corpus, out, args, tok = _inputs(opts)

@@ -499,3 +499,58 @@ def test_two_processes_equal_one(probe_env, tmp_path):
     assert one[["ablation", "domain", "tokens", "spec"]].equals(two[["ablation", "domain", "tokens", "spec"]])
     for col in ("loss", "baseline_loss", "delta", "routing_changed", "experts_changed"):
         np.testing.assert_allclose(one[col], two[col], rtol=1e-9, atol=1e-12)
+
+
+def test_a_changed_checkpoint_and_a_killed_record_are_refused_with_the_way_on(probe_env, tmp_path, capsys):
+    """ablate, importance and steer took a run's checkpoint whose weights had changed since the run was
+    recorded, silently (spec refused it), and their parts kept only the layout fingerprint, the same
+    as before the change; a record killed mid-run left its run refused for good as "still being
+    recorded" (a review). Each command's check is the same (`probe.job.run_inputs`, `check_finished`)."""
+    import shutil
+
+    from analyses.ablate.run import job_meta
+    from analyses.importance.__main__ import main as importance_main
+    from analyses.steer.__main__ import main as steer_main
+    from helpers.checkpoints import edit_tensors
+    from probe.job import checkpoint_identity
+    from probe.writer import writer_lock
+
+    ckpt = shutil.copytree(probe_env["ckpt"], tmp_path / "ckpt")
+    run = tmp_path / "run"
+    (run / "expert_load").mkdir(parents=True)
+    info = {"status": "complete", "checkpoint": checkpoint_identity(ckpt),
+            "corpus": {"path": str(probe_env["corpus"])}, "options": {"seq_len": 32}, "planned": {"tokens": 0}}
+    (run / "run.json").write_text(json.dumps(info))
+    assert main(["--run", str(run), "--top", "1", "--no-progress"]) == 2  # the control: not refused for the model
+    assert "empty run" in capsys.readouterr().err
+    before = job_meta(ckpt, probe_env["corpus"], AblateOptions())["checkpoint"]
+    weights = next(ckpt.glob("*.safetensors"))
+    edit_tensors(weights, lambda t: {k: (v + 1 if k.endswith("e_score_correction_bias") else v) for k, v in t.items()})
+    after = job_meta(ckpt, probe_env["corpus"], AblateOptions())["checkpoint"]
+    assert before["fingerprint"] == after["fingerprint"] and before["sample"] != after["sample"]
+    argv = {main: ["--top", "1"], importance_main: ["--layers", "1"], steer_main: ["--experts", "1:0"]}
+    for cli, extra in argv.items():
+        assert_one_line_error(cli(["--run", str(run), *extra, "--no-progress"]), capsys,
+                              f"{run}: the checkpoint at {ckpt} has changed since the run was recorded")
+    assert main(["--run", str(run), "--ckpt", str(ckpt), "--top", "1", "--no-progress"]) == 2  # --ckpt: taken
+    assert "empty run" in capsys.readouterr().err
+
+    (run / "run.json").write_text(json.dumps(info | {"status": "running", "checkpoint": checkpoint_identity(ckpt)}))
+    for cli, extra in argv.items():
+        assert_one_line_error(cli(["--run", str(run), *extra, "--no-progress"]), capsys,
+                              f"{run}: its record stopped before the end (run.json says running, and no record job "
+                              "holds the run): finish it with the record command that wrote it plus --resume")
+    with writer_lock(run):  # a record job at work
+        for cli, extra in argv.items():
+            assert_one_line_error(cli(["--run", str(run), *extra, "--no-progress"]), capsys,
+                                  f"{run}: the run is still being recorded (status running)")
+
+
+def test_a_sweep_entry_that_names_no_expert_is_refused(tmp_path, capsys):
+    """A spec entry `experts: ""` (or `{1: []}`) ran a no-op ablation with delta 0, which the flag form
+    refuses (a review)."""
+    for text in ('- {name: l1, experts: ""}\n', "- {name: l1, experts: {1: []}}\n"):
+        (tmp_path / "s.yaml").write_text(text)
+        assert_one_line_error(main(["--out", str(tmp_path / "o"), "--spec", str(tmp_path / "s.yaml")]), capsys,
+                              f"spec file {tmp_path / 's.yaml'}: ablation #1 ('l1'): experts names no expert",
+                              tmp_path / "o")
