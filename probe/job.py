@@ -124,7 +124,7 @@ def run_inputs(info: dict, where: str, ckpt: str | None, corpus: str | None,
         was = info.get("checkpoint") or {}
         if was.get("fingerprint") and not same_checkpoint(was, checkpoint_identity(Path(ckpt))):
             raise error(f"{where}: the checkpoint at {ckpt} has changed since the run was recorded (its "
-                        "fingerprint differs); pass --ckpt to use it anyway")
+                        "fingerprint or weights sample differs); pass --ckpt to use it anyway")
     if corpus is None and have("corpus"):
         corpus = have("corpus")
         if not Path(corpus).exists():
