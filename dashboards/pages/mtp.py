@@ -46,10 +46,11 @@ def speculative(ref: data.RunRef, colors: dict) -> None:
     if d.empty:
         st.info("The spec_decode table is empty.")
         return
-    acc = d.accepted.sum() / max(d.proposed.sum(), 1)
+    proposed = int(d.proposed.sum())  # none (one new token a prompt, or every prompt ended at once): 0/0 is
+    acc = d.accepted.sum() / proposed if proposed else None  # no rate, and no length below 1 (a review)
     m = st.columns(4)
-    m[0].metric("Acceptance rate", f"{acc:.1%}", help="accepted drafts / proposed drafts")
-    m[1].metric("Mean acceptance length", f"{1 + acc:.2f}",
+    m[0].metric("Acceptance rate", f"{acc:.1%}" if acc is not None else "n/a", help="accepted drafts / proposed drafts")
+    m[1].metric("Mean acceptance length", f"{1 + acc:.2f}" if acc is not None else "n/a",
                 help="1 + accepted / proposed: the tokens a verifying pass yields with one MTP draft a pass, "
                      "before a prompt's last pass is cut at its new-token budget")
     m[2].metric("Prompts", f"{int(d.prompts.sum()):,}")

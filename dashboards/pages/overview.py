@@ -119,7 +119,8 @@ def spec_details(ref: data.RunRef) -> None:
     rate = s.get("acceptance_rate")
     c[2].metric("MTP draft acceptance", f"{rate:.3f}" if rate is not None else "n/a",
                 help="accepted / proposed drafts (the MTP page has the details)")
-    c[3].metric("Mean acceptance length", f"{s.get('mean_acceptance_length') or 0:.3f}",
+    length = s.get("mean_acceptance_length")  # None when no draft was proposed: not 0 (a review)
+    c[3].metric("Mean acceptance length", f"{length:.3f}" if length is not None else "n/a",
                 help="1 + accepted / proposed: the tokens a verifying pass yields with one MTP draft a pass, "
                      "before a prompt's last pass is cut at its new-token budget")
     domain_bars(s.get("tokens_per_domain") or {}, "Prompt + generated tokens per domain", "spec_tokens_per_domain")

@@ -484,6 +484,38 @@ def test_a_spec_only_run_has_an_overview_of_its_own(runs, tmp_path):
     assert "A `dsv3-probe spec` run" in texts(at.caption) and not at.error
 
 
+def test_a_spec_run_without_a_single_draft_shows_no_acceptance(runs, tmp_path):
+    """`spec --new-tokens 1` proposes no draft: run.json says the rate and length are undefined, and
+    the dashboard showed a mean acceptance length of 0.000 on the overview, 0.0% and 1.00 on the MTP
+    page (a review). Both pages now say n/a."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from probe.schema import TABLES
+
+    spec = tmp_path / "runs" / "nodrafts"
+    rows = [{"doc_id": f"d{i}", "domain": "code", "prompt_tokens": 8, "new_tokens": 1, "forward_passes": 1,
+             "drafts_proposed": 0, "drafts_accepted": 0, "tokens_per_forward": 1.0, "finish_reason": "length"}
+            for i in range(3)]
+    (spec / "spec_decode").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=TABLES["spec_decode"]), spec / "spec_decode" / "part-0.parquet")
+    (spec / "spec_drafts").mkdir()
+    pq.write_table(TABLES["spec_drafts"].empty_table(), spec / "spec_drafts" / "part-0.parquet")
+    info = json.loads((Path(runs["good"]) / "demo" / "run.json").read_text())
+    summary = {"prompts": 3, "generated": 3, "prompt_tokens": 8, "new_tokens": 1, "acceptance_rate": None,
+               "mean_acceptance_length": None, "tokens_per_domain": {"code": 27}, "checkpoint": "c", "corpus": "t"}
+    (spec / "run.json").write_text(json.dumps({"status": "complete", "format": 1, "kind": "spec",
+                                               "model_args": info["model_args"], "spec_decode": summary,
+                                               "tables": ["spec_decode", "spec_drafts"]}))
+    at = open_page(app(tmp_path / "runs", "nodrafts"), "overview")
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["MTP draft acceptance"] == "n/a" and shown["Mean acceptance length"] == "n/a", shown
+    at = open_page(at, "mtp")
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["Acceptance rate"] == "n/a" and shown["Mean acceptance length"] == "n/a", shown
+    assert shown["Drafts proposed"] == "0" and not at.exception and not at.error
+
+
 def test_the_default_runs_directory_is_records_wherever_a_command_starts(monkeypatch, tmp_path):
     """From a folder other than the repository, record wrote the repository's runs/ while the
     dashboard served ./runs (and recorded the corpus again there; a review). Every default is
