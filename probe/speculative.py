@@ -268,15 +268,19 @@ def _write_run(out: Path, rows: dict, drafts: dict, opts: SpecOptions, ckpt: Pat
                "dtype": opts.dtype or "float32", "gemm": opts.gemm,
                "checkpoint": str(ckpt.resolve()), "corpus": str(corpus.resolve()),
                "replaced_bytes": stats.replaced_bytes, "skipped_binary_files": stats.skipped_binary[:100]}
-    # the checkpoint's record only for a run made here (each weight file's header read to make it)
-    identity = None if (out / RUN_JSON).exists() else checkpoint_identity(ckpt)
+    # the checkpoint's record for a run of spec's own (each weight file's header read to make it): a new
+    # one, or a spec-only run whose tables this command replaces; another kind of run keeps its own
+    own = not (out / RUN_JSON).exists() or read_run_json(out).get("kind") == "spec"
+    inputs = {"checkpoint": checkpoint_identity(ckpt), "corpus": {"path": str(corpus.resolve())},
+              "model_args": args.to_dict()} if own else {}
 
     def new() -> dict:
-        return {"status": "complete", "format": 1, "kind": "spec", "checkpoint": identity,
-                "corpus": {"path": str(corpus.resolve())}, "model_args": args.to_dict(), "tables": []}
+        return {"status": "complete", "format": 1, "kind": "spec", **inputs, "tables": []}
 
     def commit() -> None:
         with updating_run_json(out, new) as info:  # locked: an ablation may note its part at the same time
+            if info.get("kind") == "spec":  # --overwrite with another --ckpt left run.json naming the old
+                info.update(inputs)  # model, which the next plain --overwrite went back to (a review)
             info["spec_decode"] = summary
             tables = info.setdefault("tables", [])
             tables += [t for t in SPEC_TABLES if t not in tables]

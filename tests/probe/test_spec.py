@@ -267,6 +267,16 @@ def test_the_summary_counts_are_the_tables_sums(probe_env, tmp_path):
     assert s["drafts_proposed"] == len(drafts) > 0 and s["drafts_accepted"] == drafts.accepted.sum()
     assert s["acceptance_rate"] == pytest.approx(drafts.accepted.sum() / len(drafts))
     assert s["mean_acceptance_length"] == pytest.approx(1 + drafts.accepted.sum() / len(drafts))
+    # --overwrite with another --ckpt: a spec-only run's run.json names the model of its tables, which a
+    # later plain --overwrite then takes (it kept the first model's, and went back to it; a review)
+    import shutil
+
+    other = shutil.copytree(probe_env["ckpt"], tmp_path / "other")
+    for ckpt in (str(other), None):
+        record_spec(SpecOptions(ckpt=ckpt, out=str(out), prompt_tokens=12, new_tokens=2, max_prompts=2,
+                                batch_size=2, progress=False, overwrite=True))
+        info = probe.open_run(out).info
+        assert info["checkpoint"]["path"] == info["spec_decode"]["checkpoint"] == str(other.resolve())
 
 
 class _WordTokenizer:  # one id per word: prompt lengths are easy to reason about
