@@ -41,6 +41,34 @@ def need_domains(run, what: str) -> list[str]:
     return domains
 
 
+def latent_summary(kv, stats) -> str:
+    """The latent_kv notebook's conclusion (markdown): the effective-rank and energy ranges over the
+    layers with finite latents, the layers without (a diverged checkpoint: the probe writes NaN
+    there; the notebook raised deep in pandas, or left the layer out unsaid; a review), and the
+    cache bytes. `kv`: `analyses.report.latent_rank(run)`; `stats`: the `kv_stats` rows."""
+    import numpy as np
+
+    finite = kv[np.isfinite(kv.effective_rank.astype(float))]
+    lines = []
+    bad = sorted(int(x) for x in set(kv.layer) - set(finite.layer))
+    if bad:
+        lines.append(f"- Layer{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))}: non-finite latents (NaN "
+                     "or inf) in this recording, so no effective rank or spectrum.")
+    if finite.empty:
+        lines.append("- No layer has finite latents: there is no rank to summarise.")
+    else:
+        lo, hi = finite.loc[finite.effective_rank.idxmin()], finite.loc[finite.effective_rank.idxmax()]
+        lines.append(f"- Effective rank of c_kv ranges from {lo.effective_rank:.1f} (layer {int(lo.layer)}) to "
+                     f"{hi.effective_rank:.1f} (layer {int(hi.layer)}) out of {int(kv.latent_dim.max())} channels "
+                     f"({finite.rank_share.mean():.0%} on average).")
+        lines.append(f"- 99% of the energy needs {int(finite.energy99.min())} to {int(finite.energy99.max())} "
+                     f"components; 90% needs {int(finite.energy90.min())} to {int(finite.energy90.max())}.")
+    c = stats.iloc[0]
+    lines.append(f"- Cache per token and layer: {int(c.bytes_absorb)} bytes absorbed vs {int(c.bytes_naive)} naive "
+                 f"MLA vs {int(c.bytes_mha)} standard MHA ({c.bytes_mha / c.bytes_absorb:.1f}x smaller than MHA).")
+    return "\n".join(lines)
+
+
 def env_int(name: str, default: int) -> int:
     v = os.environ.get(name)
     if v in (None, ""):

@@ -3,6 +3,8 @@ components, and the cache bytes per token of each attention form."""
 
 from __future__ import annotations
 
+import math
+
 import plotly.graph_objects as go
 import streamlit as st
 
@@ -30,9 +32,15 @@ def main() -> None:
             st.info("The `kv_stats` table holds no rows: nothing to draw.")
             return
         c = kv.iloc[0]
+        finite = kv.effective_rank.astype(float).map(math.isfinite)
+        if not finite.all():  # the probe writes NaN for a layer whose latents were (a diverged checkpoint): the
+            bad = ", ".join(str(int(x)) for x in kv.layer[~finite])  # mean left it out unsaid (a review)
+            st.warning(f"Layer(s) {bad}: non-finite latents (NaN or inf) in this recording, so no effective rank "
+                       "or spectrum; the mean below is over the other layers.")
         m = st.columns(4)
         m[0].metric("Latent dim C", int(c.latent_dim))
-        m[1].metric("Mean effective rank", f"{kv.effective_rank.mean():.1f}")
+        m[1].metric("Mean effective rank", f"{kv.effective_rank[finite].mean():.1f}" if finite.any() else "n/a",
+                    help=f"over the {int(finite.sum())} of {len(kv)} layers with finite latents")
         m[2].metric("Tokens", f"{int(c.tokens):,}")
         m[3].metric("Absorb vs MHA cache", f"{c.bytes_absorb / c.bytes_mha:.1%}",
                     help="bytes per token per layer, absorb form / standard MHA of the same width")

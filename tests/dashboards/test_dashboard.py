@@ -98,6 +98,44 @@ def test_a_run_compared_with_itself_and_latent_tables_without_rows(runs, tmp_pat
     assert not at.error and "holds no rows" in texts(at.info), texts(at.error)
 
 
+def test_a_layer_with_non_finite_latents_is_named_not_averaged_away(runs, tmp_path):
+    """The probe writes a NaN effective rank for a layer whose latents were NaN (a diverged checkpoint);
+    the page's mean left that layer out without a word, and showed nan when every layer was (a
+    review). It now names the layers, and the notebook's conclusion too (`latent_summary`)."""
+    import shutil
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from analyses.notebook_utils import latent_summary
+    from probe.schema import TABLES
+
+    run = shutil.copytree(runs["demo"], tmp_path / "nan")
+    kv = pq.read_table(run / "kv_stats").to_pandas().sort_values("layer", ignore_index=True)
+    finite_mean = kv.effective_rank.iloc[1:].mean()
+    for bad_layers, want in ((kv.layer.iloc[:1], f"{finite_mean:.1f}"), (kv.layer, "n/a")):
+        nan = kv.copy()
+        gone = nan.layer.isin(bad_layers)
+        nan.loc[gone, "effective_rank"] = np.nan
+        for col in ("energy90", "energy95", "energy99"):
+            nan[col] = nan[col].astype("Int64").where(~gone)
+        for f in (run / "kv_stats").glob("*.parquet"):
+            f.unlink()
+        pq.write_table(pa.Table.from_pandas(nan, schema=TABLES["kv_stats"], preserve_index=False),
+                       run / "kv_stats" / "part-0.parquet")
+        at = open_page(app(tmp_path, "nan"), "latent_kv")
+        shown = {m.label: m.value for m in at.metric}
+        layers = ", ".join(str(int(x)) for x in bad_layers)
+        assert shown["Mean effective rank"] == want and not at.error, (shown, texts(at.error))
+        assert f"Layer(s) {layers}: non-finite latents" in texts(at.warning)
+        rank = nan[["layer", "latent_dim", "effective_rank", "energy90", "energy99"]].assign(
+            rank_share=nan.effective_rank / nan.latent_dim)
+        text = latent_summary(rank, nan)
+        assert ": non-finite latents (NaN or inf)" in text and "bytes absorbed" in text
+        assert ("No layer has finite latents" in text) == (len(bad_layers) == len(kv))
+
+
 @pytest.mark.slow
 def test_a_run_without_rows_is_not_called_a_zero_domain_run(tmp_path):
     from helpers.synthetic_run import write_run
