@@ -273,8 +273,9 @@ def check_out_parent(out: Path, flag: str = "--out", file: bool = False,
     """A one-line `error` when `out` (a directory to create, or with `file` a file to write) could
     not be written: it is a directory where a file should go, or its nearest existing ancestor is a
     file or a directory this process cannot write; with `file`, also when it would replace a run's
-    run.json or land in one of a run's table folders (a plan written over run.json lost the run's
-    metadata, found by a review). A file directly in a run directory (a plan, a report) is fine."""
+    run.json or a checkpoint's file, or land in one of a run's table folders (a plan written over
+    run.json lost the run's metadata, found by a review). A new file directly in a run directory (a
+    plan, a report) is fine."""
     if file and out.is_dir():
         raise error(f"{flag} {out}: is a directory, not a file")
     if file:
@@ -290,6 +291,10 @@ def check_out_parent(out: Path, flag: str = "--out", file: bool = False,
 
 def _refuse_inside_a_run(out: Path, flag: str, error: type[Exception]) -> None:
     path = out.resolve()
+    ckpt = path.parent
+    if path.is_file() and (ckpt / "config.json").is_file() and any(ckpt.glob("*.safetensors")):
+        # the report written over a checkpoint's config.json left a model that no longer loads (a review)
+        raise error(f"{flag} {out}: is a file of the checkpoint {ckpt}; write elsewhere")
     for run in path.parents:
         if (run / "run.json").is_file():
             if path == run / "run.json":

@@ -50,7 +50,7 @@ Routing patterns (`routing.py`)
 - score_entropy(scores)                   per-token normalised routing entropy
 - repetition_from_run(run, layer=None), coactivation_from_run(run, layer, normalise=True)
 - layer_agreement_from_run(run, layers=None)     consecutive MoE layers
-- routing_agreement_from_runs(run_a, run_b)      same tokens, two runs
+- routing_agreement_from_runs(run_a, run_b)      same tokens, two runs (check_comparable: its checks alone)
 - routing_agreement_by_layer(routing_a, routing_b)   the same on two routing tables in memory (no DuckDB)
 - record_agreement(tokens_ref, routing_ref, tokens_got, routing_got)   one record against another: top-k
   sets, top-1, experts differing and mean loss per domain, summed over layers (no DuckDB)
@@ -84,8 +84,8 @@ from .balance import (balance_summary, balance_table, balancedness, batch_loads_
 from .paths import (Routes, common_paths, common_paths_from_run, domain_information, domain_information_from_run,
                     heldout_accuracy, path_codes, path_entropy, path_keys, path_summary, path_summary_from_run,
                     routes_from_run)
-from .routing import (coactivation, coactivation_from_run, layer_agreement_from_run, margin_summary,
-                      margins_from_run, random_overlap_baseline, repetition, repetition_from_run,
+from .routing import (check_comparable, coactivation, coactivation_from_run, layer_agreement_from_run,
+                      margin_summary, margins_from_run, random_overlap_baseline, repetition, repetition_from_run,
                       record_agreement, route_changes_from_runs, routing_agreement, routing_agreement_by_layer,
                       routing_agreement_from_runs, score_entropy, score_entropy_from_run)
 from .token_dependence import PREDICTORS, majority_predict, token_dependence, token_dependence_from_run
@@ -100,7 +100,8 @@ __all__ = [
     "balance_summary", "balance_table", "balancedness", "batch_loads_from_run", "cv", "gini", "gpu_loads",
     "imbalance_ratio", "jain_index", "layer_loads_from_run", "maxvio", "maxvio_batch", "maxvio_batch_from_run",
     "normalised_entropy", "normalised_scores", "relative_load", "switch_balance", "switch_inputs_from_run",
-    "coactivation", "coactivation_from_run", "layer_agreement_from_run", "margin_summary", "margins_from_run",
+    "check_comparable", "coactivation", "coactivation_from_run", "layer_agreement_from_run", "margin_summary",
+    "margins_from_run",
     "random_overlap_baseline", "repetition", "repetition_from_run", "routing_agreement", "record_agreement",
     "routing_agreement_by_layer", "routing_agreement_from_runs", "route_changes_from_runs", "score_entropy",
     "score_entropy_from_run",

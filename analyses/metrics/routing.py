@@ -254,8 +254,7 @@ def routing_agreement_from_runs(run_a, run_b, check_tokens: bool = True) -> "pan
     con = _joined_runs(run_a, run_b, check_tokens)
     df = _agreement_sql(con, "ra", "rb", "a.seq_id = b.seq_id and a.pos = b.pos and a.layer = b.layer")
     if df.empty:
-        raise MetricsError(f"{run_a.path} and {run_b.path} share no routed (seq_id, pos, layer): they did not "
-                           "see the same windows (record both with the same corpus, --seq-len and --order)")
+        raise _nothing_shared(run_a, run_b)
     sizes = con.sql("""select layer, count(*) filter (where side = 'a') as na, count(*) filter (where side = 'b') as nb
                        from (select layer, 'a' as side from ra union all select layer, 'b' from rb)
                        group by layer""").df().set_index("layer")
@@ -345,6 +344,26 @@ def route_changes_from_runs(run_a, run_b, top: int = 20,
         raise MetricsError(f"{run_a.path} and {run_b.path} share no routed (seq_id, pos, layer): they did not "
                            "see the same windows (record both with the same corpus, --seq-len and --order)")
     return df
+
+
+def check_comparable(run_a, run_b) -> None:
+    """The checks of `routing_agreement_from_runs` without its work: both runs hold routing rows, the
+    positions they share hold the same tokens, and they share a routed position. For a caller that
+    must refuse two runs before a long job (the report's --compare failed after minutes of
+    ablations; a review)."""
+    run_a, run_b = as_run(run_a), as_run(run_b)
+    con = _joined_runs(run_a, run_b)
+    try:
+        shared = con.sql("select 1 from ra a join rb b using (seq_id, pos, layer) limit 1").fetchall()
+    finally:
+        con.close()
+    if not shared:
+        raise _nothing_shared(run_a, run_b)
+
+
+def _nothing_shared(run_a, run_b) -> MetricsError:
+    return MetricsError(f"{run_a.path} and {run_b.path} share no routed (seq_id, pos, layer): they did not "
+                        "see the same windows (record both with the same corpus, --seq-len and --order)")
 
 
 def _joined_runs(run_a, run_b, check_tokens: bool = True):

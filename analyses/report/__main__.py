@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -98,12 +99,23 @@ def main(argv: list[str] | None = None) -> int:
                 raise ReportError(f"cannot record the default run ({e}); or pass RUN, a run recorded with "
                                   "`dsv3-probe record --ckpt DIR`") from None
         run_dir = Path(ns.run) if ns.run else DEFAULT_RUN
-        for note in run_notes(check_run(run_dir), ns):
+        run = check_run(run_dir)
+        if ns.compare:  # other windows, or no routing: refused now, not after the ablations (a review)
+            from analyses.metrics import check_comparable
+
+            check_comparable(run, Path(ns.compare))
+        for note in run_notes(run, ns):
             print(f"note: {note}", file=sys.stderr)
         html, findings = Path(ns.out) if ns.out else run_dir / "report.html", ns.findings and Path(ns.findings)
+        for flag, value in (("--out", ns.out), ("--findings", ns.findings)):  # `reports/` wrote a file named
+            if value and value.endswith(("/", os.sep)):  # reports (a review)
+                raise ReportError(f"{flag} {value}: names a directory; give the file to write, e.g. "
+                                  f"{value}{'report.html' if flag == '--out' else 'findings.md'}")
         check_out_parent(html, "--out", file=True)  # before minutes of ablations, not after
         if findings:
             check_out_parent(findings, "--findings", file=True)
+            if findings.resolve() == html.resolve():  # the findings were written over the report (a review)
+                raise ReportError(f"--findings {findings}: the same file as --out; give each its own")
         t = time.time()
         writer = launch_rank0()  # under torchrun every rank runs the ablations; one writes
         r = compute(run_dir, ns, writer)

@@ -172,6 +172,8 @@ def test_outputs_that_cannot_be_written_are_refused_first(tmp_path, capsys):
     """--out or --findings where no file can go is a one-line error before any section is computed
     (ablations can take minutes); one the OS refuses only at the write (procfs takes no new entries,
     even from root) is a one-line error naming the flag, not a bare OSError."""
+    import shutil
+
     from helpers.synthetic_run import write_run
 
     run = tmp_path / "r"
@@ -188,6 +190,28 @@ def test_outputs_that_cannot_be_written_are_refused_first(tmp_path, capsys):
     # a --compare that is not a run: said first, not after the ablations wrote into the run
     err = _err([str(run), "--compare", str(tmp_path / "nope"), "--importance-tokens", "0", "--no-progress"], capsys)
     assert err.startswith(f"error: {tmp_path / 'nope'}: no such run directory") and not (run / "ablations").exists()
+    # a --compare run over other windows, or without routing, failed only after every model section had
+    # run, and no report was written (a review): refused first too
+    write_run(tmp_path / "other", token_seed=5)
+    write_run(tmp_path / "norouting")
+    shutil.rmtree(tmp_path / "norouting" / "routing")
+    for other, needle in (("other", "hold different tokens at"), ("norouting", "routing")):
+        err = _err([str(run), "--compare", str(tmp_path / other), "--importance-tokens", "0", "--no-progress"],
+                   capsys)
+        assert needle in err and not (run / "ablations").exists(), err
+    # a directory for --out wrote a file of that name; --findings over --out kept only the findings; the
+    # checkpoint's config.json was overwritten with HTML (a review)
+    err = _err([str(run), "--out", f"{tmp_path / 'reports'}/", *fast], capsys)
+    assert f"--out {tmp_path / 'reports'}/: names a directory" in err and not (tmp_path / "reports").exists()
+    same = str(tmp_path / "r.html")
+    assert "the same file as --out" in _err([str(run), "--out", same, "--findings", same, *fast], capsys)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text("{}")
+    (ckpt / "model.safetensors").write_bytes(b"")
+    err = _err([str(run), "--out", str(ckpt / "config.json"), *fast], capsys)
+    assert f"is a file of the checkpoint {ckpt}" in err and (ckpt / "config.json").read_text() == "{}"
+    assert not (tmp_path / "r.html").exists()
 
 
 def test_a_one_domain_run_is_reported_as_such(tmp_path, capsys):
