@@ -321,6 +321,11 @@ def check_resumable(old: dict, new: dict, out: Path) -> None:
     for key, flag in fingerprinted:
         same = (same_checkpoint(old[key], new[key]) if key == "checkpoint" else
                 old[key]["fingerprint"] == new[key]["fingerprint"])
+        if not same and old[key].get("path") == new[key].get("path"):  # the advice below named the command
+            # just run (a review): the same path with other contents cannot be resumed
+            raise RecordError(f"--resume: the {key} at {old[key].get('path')} has changed since {out} was "
+                              f"recorded (its fingerprint differs), so the run cannot go on from it: restore "
+                              f"the {key} as it was, or record the run again with --overwrite")
         if not same:
             raise RecordError(f"--resume: the {key} differs from the one {out} was recorded with "
                               f"({old[key].get('path')}): rerun the run's own command with --resume added "

@@ -213,6 +213,26 @@ def test_resume_refuses_a_checkpoint_with_the_same_layout_and_other_weights(prob
     rec(dict(probe_env, ckpt=moved), out, **kw)
 
 
+def test_resume_after_the_corpus_changed_in_place_says_so(probe_env, big_corpus, reference_run, tmp_path):
+    """A file of the corpus edited after the record: --resume said "rerun the run's own command with
+    --resume added (--corpus PATH)", the very command just run (a review). The same path with other
+    contents now says that the corpus changed and what can be done."""
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(reference_run.path, out)
+    corpus = Path(shutil.copytree(big_corpus, tmp_path / "corpus")).resolve()
+    info = json.loads((out / "run.json").read_text())
+    info["corpus"]["path"] = str(corpus)  # as if recorded from this copy: the same contents, so resumable
+    (out / "run.json").write_text(json.dumps(info))
+    kw = dict(corpus=str(corpus), seq_len=32, batch_size=2, router_logits="full", max_tokens=MAX_TOKENS, resume=True)
+    edited = sorted(p for p in corpus.rglob("*") if p.is_file())[0]
+    edited.write_text(edited.read_text() + " one more sentence.")
+    with pytest.raises(RecordError, match=rf"--resume: the corpus at {corpus} has changed since {out} was recorded "
+                                          r"\(its fingerprint differs\), so the run cannot go on from it: restore"):
+        rec(probe_env, out, **kw)
+
+
 def test_a_second_signal_stops_at_once_and_keeps_the_committed_batches(probe_env, big_corpus, reference_run, tmp_path,
                                                                        monkeypatch):
     """The second Ctrl-C (raised inside a batch) left run.json "running" and the command said it was
