@@ -4,6 +4,7 @@ per-domain losses and routing changes, the `ablations` table (usage: the package
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -333,10 +334,16 @@ def sample_windows(opts: AblateOptions, corpus: Path, tok, args) -> tuple[list, 
     """The job's windows: `opts.domain_tokens` of every domain (a balanced sample) or the corpus up to
     `opts.max_tokens`, in `opts.order`; and the domains among them. An empty corpus is an error, and
     so are windows of one token each, which leave no token to score (its loss needs the next)."""
+    from probe.corpus import CorpusStats
+    from probe.job import launch_rank0
+
     bos = args.bos_token_id if opts.add_bos else None
+    stats = CorpusStats()  # what the reader skipped or replaced: said as record says it (it was silent; a review)
     windows = corpus_windows(corpus, lambda t: tok.encode(t, add_special_tokens=False).ids, opts.seq_len, bos,
-                             None if opts.domain_tokens else opts.max_tokens, opts.order)
+                             None if opts.domain_tokens else opts.max_tokens, opts.order, stats)
     windows = limit_per_domain(windows, opts.domain_tokens, opts.max_tokens) if opts.domain_tokens else list(windows)
+    for note in stats.notes() if launch_rank0() else ():
+        print(note, file=sys.stderr)
     if not windows:
         raise CorpusError(f"{corpus}: corpus has no text")
     if all(len(w.ids) < 2 for w in windows):

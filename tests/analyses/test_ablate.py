@@ -554,3 +554,24 @@ def test_a_sweep_entry_that_names_no_expert_is_refused(tmp_path, capsys):
         assert_one_line_error(main(["--out", str(tmp_path / "o"), "--spec", str(tmp_path / "s.yaml")]), capsys,
                               f"spec file {tmp_path / 's.yaml'}: ablation #1 ('l1'): experts names no expert",
                               tmp_path / "o")
+
+
+def test_the_sample_says_what_the_reader_skipped_or_replaced(probe_env, tmp_path, capsys):
+    """ablate, importance and steer (`sample_windows`) read a corpus with a binary file and a Latin-1 one
+    without a word, where record names both (a review)."""
+    from analyses.ablate.run import sample_windows
+    from probe.job import checkpoint_args, load_tokenizer
+
+    corpus = tmp_path / "c"
+    (corpus / "a").mkdir(parents=True)
+    (corpus / "b").mkdir()
+    (corpus / "a" / "p.txt").write_text("plain words for the model to read " * 20)
+    (corpus / "a" / "blob.bin").write_bytes(b"\x00\x01binary" * 50)
+    (corpus / "b" / "x.txt").write_bytes("caf\xe9 au lait, cr\xe8me ".encode("latin-1") * 20)
+    args = checkpoint_args(probe_env["ckpt"])
+    tok = load_tokenizer(None, probe_env["ckpt"], args.vocab_size)
+    windows, domains = sample_windows(AblateOptions(seq_len=32, order="domains"), corpus, tok, args)
+    err = capsys.readouterr().err
+    assert domains == ["a", "b"] and windows
+    assert "binary file(s) in the corpus skipped (a/blob.bin)" in err, err
+    assert "not UTF-8 replaced by U+FFFD in 1 file(s) (b/x.txt)" in err, err
