@@ -109,13 +109,15 @@ def expert_paths(ref: RunRef, layers: tuple[int, ...], top: int = 10) -> dict:
 
 
 @cached
-def vocabulary_specialisation(ref: RunRef, layer: int, min_count: int = 5) -> tuple[float, float]:
+def vocabulary_specialisation(ref: RunRef, layer: int, min_count: int | None = None) -> tuple[float, float]:
     """(OLMoE's vocabulary specialisation of `layer`'s first choices over the ids seen at least
-    `min_count` times, its value without specialisation: `vocabulary_specialisation_baseline`, the
-    experts shuffled across the same tokens with a fixed seed), over `data.token_top1`'s sample;
-    NaN, NaN without routed tokens."""
-    from analyses.metrics.specialisation import vocabulary_specialisation, vocabulary_specialisation_baseline
+    `min_count` times (default `VOCAB_MIN_COUNT`, as the report), its value without specialisation:
+    `vocabulary_specialisation_baseline`, the experts shuffled across the same tokens with a fixed
+    seed), over `data.token_top1`'s sample; NaN, NaN without routed tokens."""
+    from analyses.metrics.specialisation import (VOCAB_MIN_COUNT, vocabulary_specialisation,
+                                                 vocabulary_specialisation_baseline)
 
+    min_count = VOCAB_MIN_COUNT if min_count is None else min_count
     tt = token_top1(ref, layer)
     if tt.empty:
         return float("nan"), float("nan")

@@ -35,6 +35,7 @@ Specialisation (`specialisation.py`)
 - lift(table)                             P(domain | expert) / P(domain)
 - vocabulary_specialisation(token_ids, top1, min_count=1)   OLMoE: mean over ids of top expert share
 - vocabulary_specialisation_baseline(token_ids, top1, min_count=1)   its value with the experts shuffled
+- VOCAB_MIN_COUNT                         the min_count the dashboard and the report use (5)
 - expert_vocabulary(token_ids, top1, n_experts=None, top=5) per expert: ids, entropy, top ids, share
 - contingency_from_run(run, layer=None), domain_contingency_from_run(run), lift_from_run(run, layer)
 - specialisation_table(run)               DataFrame per layer: MI, domain_nmi, nmi, max lift
@@ -68,7 +69,8 @@ Expert paths (`paths.py`)
 Token-id dependence (`token_dependence.py`)
 - majority_predict(keys, labels, test, fallback=None)   majority label per key, learned on training rows
 - token_dependence(token_id, prev_id, pos, labels, test)   held-out accuracy: token id vs context baselines
-- token_dependence_from_run(run, layers=None, every=5, k=None)   per layer, top-1 and top-k, + OLMoE vocab spec
+- token_dependence_from_run(run, layers=None, every=5, k=None, min_count=1, baseline=False)   per layer, top-1
+  and top-k, + OLMoE vocab spec (with baseline: its value with the experts shuffled beside it)
 
 Run vs run (`routing.py`): routing_agreement_from_runs (also share_of_a / share_of_b matched) and
 route_changes_from_runs(run_a, run_b, top=20): the tokens whose routes changed most.
@@ -91,7 +93,7 @@ from .routing import (check_comparable, coactivation, coactivation_from_run, lay
 from .token_dependence import PREDICTORS, majority_predict, token_dependence, token_dependence_from_run
 from .specialisation import (contingency, contingency_from_run, domain_contingency_from_run, domain_nmi,
                              domain_share, entropy, expert_vocabulary, expert_vocabulary_from_run, lift,
-                             lift_from_run, mutual_information, nmi, specialisation_table,
+                             lift_from_run, mutual_information, nmi, specialisation_table, VOCAB_MIN_COUNT,
                              vocabulary_specialisation, vocabulary_specialisation_baseline,
                              vocabulary_specialisation_from_run)
 
@@ -110,6 +112,6 @@ __all__ = [
     "routes_from_run", "PREDICTORS", "majority_predict", "token_dependence", "token_dependence_from_run",
     "contingency", "contingency_from_run", "domain_contingency_from_run", "domain_nmi", "domain_share", "entropy",
     "expert_vocabulary", "expert_vocabulary_from_run", "lift", "lift_from_run", "mutual_information", "nmi",
-    "specialisation_table", "vocabulary_specialisation", "vocabulary_specialisation_baseline",
+    "specialisation_table", "VOCAB_MIN_COUNT", "vocabulary_specialisation", "vocabulary_specialisation_baseline",
     "vocabulary_specialisation_from_run",
 ]

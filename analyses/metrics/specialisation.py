@@ -10,6 +10,10 @@ import numpy as np
 
 from ._common import MetricsError, as_ids, as_run, check_layer, n_experts_of, n_experts_of_run, need_rows, same_length
 
+# Vocabulary specialisation as the dashboard and the report show it: over the ids seen at least this
+# many times (an id seen once scores 1 whatever the routing), beside `vocabulary_specialisation_baseline`
+VOCAB_MIN_COUNT = 5
+
 
 # ------------------------------------------------------------------------------ arrays
 def contingency(labels, expert_ids, n_experts: int | None = None) -> tuple[list, np.ndarray]:

@@ -24,7 +24,7 @@ import numpy as np
 
 from ._common import MetricsError
 from .paths import path_codes, routes_from_run
-from .specialisation import vocabulary_specialisation_from_run
+from .specialisation import vocabulary_specialisation_baseline, vocabulary_specialisation_from_run
 
 PREDICTORS = ("token_id", "prev_token", "position", "prev_and_position", "token_and_prev", "majority")
 
@@ -92,12 +92,15 @@ def token_dependence(token_id, prev_id, pos, labels, test) -> dict:
     return out | {name: float((preds[name] == yt).mean()) for name in PREDICTORS}
 
 
-def token_dependence_from_run(run, layers=None, every: int = 5, k: int | None = None,
-                              routes=None) -> "pandas.DataFrame":  # noqa: F821
+def token_dependence_from_run(run, layers=None, every: int = 5, k: int | None = None, routes=None,
+                              min_count: int = 1, baseline: bool = False) -> "pandas.DataFrame":  # noqa: F821
     """Per MoE layer and target ("top1": first-choice expert; "topk": the whole top-k set, or the
     first `k` experts' set): the accuracies of `token_dependence`, plus OLMoE's vocabulary
-    specialisation for the input token and the next token (top-1, every id counted). routes: the
-    run's `routes_from_run(run, layers)` when already read (the report shares it with the paths)."""
+    specialisation for the input token and the next token (top-1, over the ids seen at least
+    `min_count` times; 1: every id counted). With `baseline`, also its value without specialisation
+    (`vocabulary_specialisation_baseline` on the routed tokens: columns vocab_spec_input_baseline,
+    vocab_spec_next_baseline). routes: the run's `routes_from_run(run, layers)` when already read
+    (the report shares it with the paths)."""
     import pandas as pd
 
     r = routes if routes is not None else routes_from_run(run, layers)
@@ -106,14 +109,29 @@ def token_dependence_from_run(run, layers=None, every: int = 5, k: int | None = 
     k = K if k is None else int(k)
     if not 1 <= k <= K:
         raise MetricsError(f"k={k}: must be between 1 and K={K}")
-    vs_in = vocabulary_specialisation_from_run(run, "current").set_index("layer")["vocabulary_specialisation"]
-    vs_next = vocabulary_specialisation_from_run(run, "next").set_index("layer")["vocabulary_specialisation"]
+    vs_in, vs_next = (vocabulary_specialisation_from_run(run, against, min_count).set_index("layer")
+                      ["vocabulary_specialisation"] for against in ("current", "next"))
     rows = []
     for j, layer in enumerate(r.layers):
+        vs = {"vocab_spec_input": float(vs_in.get(layer, np.nan)),
+              "vocab_spec_next": float(vs_next.get(layer, np.nan))}
+        if baseline:
+            vs |= _vocab_baselines(r, j, min_count)
         targets = [("top1", r.ids[:, j, 0])] + ([("topk", path_codes(r.ids[:, [j]], k)[1])] if k > 1 else [])
         for target, y in targets:
             res = token_dependence(r.token_id, r.prev_id, r.pos, y, test)
-            rows.append({"layer": layer, "target": target, **res,
-                         "vocab_spec_input": float(vs_in.get(layer, np.nan)),
-                         "vocab_spec_next": float(vs_next.get(layer, np.nan))})
+            rows.append({"layer": layer, "target": target, **res, **vs})
     return pd.DataFrame(rows)
+
+
+def _vocab_baselines(r, j: int, min_count: int) -> dict:
+    """`vocabulary_specialisation_baseline` of the `j`-th layer's first choices against the input
+    token and against the next one (the token after it in its window: a window's last token has none)."""
+    top1 = r.ids[:, j, 0]
+    nxt = (r.seq_id[1:] == r.seq_id[:-1]) & (r.pos[1:] == r.pos[:-1] + 1)  # token i + 1 follows token i
+
+    def base(ids, e) -> float:
+        return vocabulary_specialisation_baseline(ids, e, min_count) if len(ids) else float("nan")
+
+    return {"vocab_spec_input_baseline": base(r.token_id, top1),
+            "vocab_spec_next_baseline": base(r.token_id[1:][nxt], top1[:-1][nxt])}

@@ -254,16 +254,23 @@ def _domain_table(rows: pd.DataFrame, domains: list[str], n: int) -> tuple[pd.Da
     return mat, pd.DataFrame(out)
 
 
+IMPORT_SOURCES = {"sglang": "SGLang"}  # run.json's source name of an import -> the engine's name
+
+
 def run_label(run) -> str:
     """The run's checkpoint: its directory and a fingerprint of its weight files' contents (the
     probe's checkpoint fingerprint covers the layout only, not the weights). The fingerprint hashes
     each file's name, size and first and last MiB, so it reads little of a 671B checkpoint and stays
-    the same in every clone (a file's time would be the checkout's)."""
+    the same in every clone (a file's time would be the checkout's). An import (a serving engine's
+    dumps) has no checkpoint: "none (imported from SGLang)"."""
     import hashlib
 
     from model.checkpoint import CheckpointError, weight_files
 
     run = as_run(run)
+    if run.info.get("kind") == "import":
+        name = (run.info.get("source") or {}).get("name", "?")
+        return f"none (imported from {IMPORT_SOURCES.get(name, name)})"
     ck = Path(str(run.info.get("checkpoint", {}).get("path", "?")))
     try:
         files = weight_files(ck) if ck.is_dir() else []

@@ -23,6 +23,8 @@ from probe.writer import replacing
 
 ONE_DOMAIN = ("the run has one domain ({}): record a corpus with two or more (a sub-folder or a `domain` field "
               "each; with --max-tokens the default --order domains takes tokens from every domain).")
+ONE_DOMAIN_IMPORT = ("the run is imported serving traffic, one stream ({}): domains are compared in a run recorded "
+                     "from a corpus of two or more (`dsv3-probe record`).")
 SECTIONS = ("Summary", "Load balance", "Domain specialisation", "Loss vs masked experts",
             "Per-domain ablation", "Consecutive-token repetition", "MTP agreement", "Latent KV effective rank",
             *research.RESEARCH_SECTIONS)
@@ -125,23 +127,14 @@ def compute(run_dir: Path, ns, writer: bool = True) -> dict:
 
 def _sweep_summary(sw) -> list[str]:
     """The masking sweep's sentences: top-used against random experts per fraction, per domain."""
-    s = []
     # fractions measured both ways (a refused one, NaN, is no comparison: it counted in "of N")
     c = sw.curve[(sw.curve.masked > 0) & np.isfinite(sw.curve.top_delta) & np.isfinite(sw.curve.random_delta)]
-    wins = int((c.top_delta > c.random_delta).sum())
     how = ("ranked by load on the evaluated tokens" if sw.options["rank_by"] == "eval"
            else "ranked by load over the whole run")
-    s.append(f"Masking the most-used experts ({how}; reroute, {sw.options['tokens']} tokens, "
-             f"at most {sw.options['domain_tokens']} per domain): loss delta " + ", ".join(
-        f"{int(x.masked)}/{sw.options['n_experts']} -> {x.top_delta:+.4f} (random {x.random_delta:+.4f}"
-        + (f" ± {x.random_delta_std:.4f}, {int(x.random_seeds)} seeds)" if np.isfinite(x.random_delta_std)
-           else f", {int(x.random_seeds)} seed)") for x in c.itertuples())
-        + f"; top-used hurts more than random at {wins} of {len(c)} fractions.")
-    if "run_top_delta" in c:
-        s.append("The same masks ranked by load over the whole run instead (its domain mix differs from the "
-                 "balanced sample): loss delta " + ", ".join(
-                     f"{int(x.masked)}/{sw.options['n_experts']} -> {x.run_top_delta:+.4f}" for x in c.itertuples())
-                 + f"; more than random at {int((c.run_top_delta > c.random_delta).sum())} of {len(c)} fractions.")
+    head = (f"Masking the most-used experts ({how}; reroute, {sw.options['tokens']} tokens, "
+            f"at most {sw.options['domain_tokens']} per domain): ")
+    s = (_curve_sentences(sw, c, head) if len(c) else
+         [head + "not measured (the routing guard refused every selection; see the refused selections)."])
     ds = sw.domain_summary.dropna(subset=["own", "on_others"])
     n_own = int(ds.own_above_on_others_mean.astype(bool).sum())
     n_row = int((ds.own > ds.by_others).sum())
@@ -162,6 +155,23 @@ def _sweep_summary(sw) -> list[str]:
     return s
 
 
+def _curve_sentences(sw, c: pd.DataFrame, head: str) -> list[str]:
+    """The loss deltas of the fractions measured both ways (`c`, not empty): top-used against random,
+    and the top-used ranked over the whole run where the sweep measured them."""
+    s = [head + "loss delta " + ", ".join(
+        f"{int(x.masked)}/{sw.options['n_experts']} -> {x.top_delta:+.4f} (random {x.random_delta:+.4f}"
+        + (f" ± {x.random_delta_std:.4f}, {int(x.random_seeds)} seeds)" if np.isfinite(x.random_delta_std)
+           else f", {int(x.random_seeds)} seed)") for x in c.itertuples())
+        + f"; top-used hurts more than random at {int((c.top_delta > c.random_delta).sum())} of {len(c)} "
+        "fractions."]
+    if "run_top_delta" in c:
+        s.append("The same masks ranked by load over the whole run instead (its domain mix differs from the "
+                 "balanced sample): loss delta " + ", ".join(
+                     f"{int(x.masked)}/{sw.options['n_experts']} -> {x.run_top_delta:+.4f}" for x in c.itertuples())
+                 + f"; more than random at {int((c.run_top_delta > c.random_delta).sum())} of {len(c)} fractions.")
+    return s
+
+
 def summary(r: dict) -> list[str]:
     """One sentence per finding, written from the computed values."""
     s = []
@@ -171,7 +181,7 @@ def summary(r: dict) -> list[str]:
         + ", ".join(f"L{int(x.layer)} {x.balancedness:.3f}" for x in b.itertuples()) + ".")
     sp = r["specialisation"]
     if len(r["domains"]) < 2:
-        s.append(f"Domain specialisation: not measured, {ONE_DOMAIN.format(', '.join(r['domains']) or 'none')}")
+        s.append(f"Domain specialisation: not measured, {_one_domain(r)}")
     else:
         top = sp.loc[sp.max_lift.fillna(-np.inf).idxmax()]
         s.append("Domain specialisation: I(domain; expert)/H(domain) per layer " + ", ".join(
@@ -332,9 +342,16 @@ def print_text(r: dict, figs: dict) -> None:
                 print(table.to_string(index=index, float_format=lambda x: f"{x:.4f}"))
 
 
+def _one_domain(r: dict) -> str:
+    """Why a run of fewer than two domains has no domain sections, and what would have them: a
+    recorded run's corpus with more domains; an import has none to give."""
+    text = ONE_DOMAIN_IMPORT if r["run"].info.get("kind") == "import" else ONE_DOMAIN
+    return text.format(", ".join(r["domains"]) or "none")
+
+
 def _missing(sec: str, r: dict) -> str:
     if sec in ("Domain specialisation", "Per-domain ablation") and len(r["domains"]) < 2:
-        return f"(not measured: {ONE_DOMAIN.format(', '.join(r['domains']) or 'none')})"
+        return f"(not measured: {_one_domain(r)})"
     if sec in ("Loss vs masked experts", "Per-domain ablation") and r["sweep"] is None:
         return f"(skipped: {r.get('skip_reason') or '--skip-ablation'})"
     if sec in research.RESEARCH_SECTIONS:

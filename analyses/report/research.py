@@ -23,7 +23,8 @@ def compute_tables(run, ns, out: dict) -> None:
     if "routing" in tables and "tokens" in tables:
         routes = M.routes_from_run(run)  # read once: both sections use every routed token
         out["paths"] = paths(run, routes)
-        out["token_dependence"] = M.token_dependence_from_run(run, routes=routes)
+        out["token_dependence"] = M.token_dependence_from_run(run, routes=routes, min_count=M.VOCAB_MIN_COUNT,
+                                                              baseline=True)
     if getattr(ns, "compare", None):
         out["run_vs_run"] = run_vs_run(run, ns.compare)
 
@@ -110,7 +111,8 @@ def _importance_sentence(imp: dict) -> str:
                 f"L{int(x.layer)} expert {int(x.top_expert)} ({x.top_delta:+.4f})" for x in c.itertuples()) + ".")
 
 
-NO_HELD_OUT = "held-out domain accuracy not measured (too few windows to hold some out and train on the rest)"
+TOO_FEW_WINDOWS = "too few windows to hold some out and train on the rest"
+NO_HELD_OUT = f"held-out domain accuracy not measured ({TOO_FEW_WINDOWS})"
 
 
 def _path_verdict(ami_beats: bool, heldout_beats: bool | None) -> str:
@@ -164,16 +166,35 @@ def _path_sentences(p: dict) -> list[str]:
 
 def _token_sentences(td: pd.DataFrame) -> list[str]:
     t = td[td.target == "top1"]
-    out = ["Token-id dependence (held-out windows, top-1 expert predicted by the token id alone): " + ", ".join(
-        f"L{int(x.layer)} {x.token_id:.3f} (previous token {x.prev_token:.3f}, previous token + position "
-        f"{x.prev_and_position:.3f}, token + previous {x.token_and_prev:.3f}, majority {x.majority:.3f})"
-        for x in t.itertuples()) + "; vocabulary specialisation input/next: " + ", ".join(
-        f"L{int(x.layer)} {x.vocab_spec_input:.3f}/{x.vocab_spec_next:.3f}" for x in t.itertuples()) + "."]
+    if t.token_id.notna().any():
+        acc = ", ".join(f"L{int(x.layer)} {x.token_id:.3f} (previous token {x.prev_token:.3f}, previous token + "
+                        f"position {x.prev_and_position:.3f}, token + previous {x.token_and_prev:.3f}, majority "
+                        f"{x.majority:.3f})" for x in t.itertuples())
+    else:  # nothing held out, or nothing left to train on: every accuracy is NaN
+        acc = f"not measured ({TOO_FEW_WINDOWS})"
+    out = ["Token-id dependence (held-out windows, top-1 expert predicted by the token id alone): " + acc + "; "
+           + _vocabulary_clause(t) + "."]
     tk = td[td.target == "topk"]
-    if len(tk):
+    if len(tk) and tk.token_id.notna().any():
         out.append("The whole top-k set predicted by the token id: " + ", ".join(
             f"L{int(x.layer)} {x.token_id:.3f} (majority {x.majority:.3f})" for x in tk.itertuples()) + ".")
     return out
+
+
+def _vocabulary_clause(t: pd.DataFrame) -> str:
+    """OLMoE's vocabulary specialisation per layer, input/next token, each beside its value without
+    specialisation (docs/metrics.md: not 1/N), over the ids the dashboard counts too."""
+    n = M.VOCAB_MIN_COUNT
+    if t[["vocab_spec_input", "vocab_spec_next"]].isna().all(axis=None):
+        return f"vocabulary specialisation not measured (no token id is seen {n} times or more)"
+    return (f"vocabulary specialisation input/next over the ids seen at least {n} times (no specialisation: the "
+            "first choices shuffled across the same tokens): " + ", ".join(
+                f"L{int(x.layer)} {_share(x.vocab_spec_input)}/{_share(x.vocab_spec_next)} (no specialisation "
+                f"{_share(x.vocab_spec_input_baseline)}/{_share(x.vocab_spec_next_baseline)})" for x in t.itertuples()))
+
+
+def _share(x: float) -> str:
+    return f"{x:.3f}" if pd.notna(x) else "not measured"
 
 
 def _load_predicts(c: pd.DataFrame) -> str:
@@ -208,20 +229,19 @@ def figures(r: dict) -> dict[str, list]:
     p = r.get("paths")
     if p is not None:
         info = p["information"]
-        fig = go.Figure([go.Bar(name=f"{t}: {m}", x=g.unit, y=g[m]) for t, g in info.groupby("target", sort=False)
-                         for m in ("ami", "heldout_accuracy")])
-        fig.update_layout(barmode="group", yaxis_title="AMI / accuracy")
+        fig = _bars([(f"{t}: {m}", g.unit, g[m]) for t, g in info.groupby("target", sort=False)
+                     for m in ("ami", "heldout_accuracy")], "AMI / accuracy")
+        if fig is not None:  # one domain: no domain information to draw or list
+            out["Expert paths"].append(("Path vs single layer: domain information (AMI, chance-adjusted) and held-out "
+                                        "domain accuracy", fig, info, False))
         out["Expert paths"] += [
-            ("Path vs single layer: domain information (AMI, chance-adjusted) and held-out domain accuracy",
-             fig, info, False),
             ("Top-1 paths per domain: distinct paths, entropy (nats), perplexity, top-10 share", None,
              p["summary"], False),
             ("The ten most common top-1 paths", None, p["common"], False)]
     td = r.get("token_dependence")
     if td is not None:
         t = td[td.target == "top1"]
-        fig = go.Figure([go.Bar(name=c, x=[f"L{x}" for x in t.layer], y=t[c]) for c in M.PREDICTORS])
-        fig.update_layout(barmode="group", yaxis_title="held-out accuracy (top-1 expert)")
+        fig = _bars([(c, [f"L{x}" for x in t.layer], t[c]) for c in M.PREDICTORS], "held-out accuracy (top-1 expert)")
         out["Token-id dependence"].append(("Top-1 expert predicted from the token id vs context baselines "
                                            "(token_dependence_from_run)", fig, td, False))
     rv = r.get("run_vs_run")
@@ -236,6 +256,15 @@ def figures(r: dict) -> dict[str, list]:
     if st is not None:
         out["Steering"] += st["figures"]
     return out
+
+
+def _bars(series, yaxis_title: str):
+    """Grouped bars, one per (name, x, y) that holds a measured value (an all-NaN series drew as an
+    empty one); None when none does."""
+    import plotly.graph_objects as go
+
+    bars = [go.Bar(name=name, x=x, y=y) for name, x, y in series if pd.Series(y).notna().any()]
+    return go.Figure(bars).update_layout(barmode="group", yaxis_title=yaxis_title) if bars else None
 
 
 def missing(sec: str, r: dict) -> str:

@@ -33,7 +33,9 @@ def importance(run, ns) -> dict:
                      for layer, g in alld.groupby("layer")])
     fig.update_layout(xaxis_title="load share (of the layer's top-k assignments)",
                       yaxis_title="loss delta when removed (nats)")
-    figs = [("Load share vs loss delta when the expert is removed (reroute), every routed expert", fig, corr, False),
+    points = alld[["layer", "expert", "load_share", "delta"]].sort_values(["layer", "expert"], ignore_index=True)
+    figs = [("Load share vs loss delta when the expert is removed (reroute), every routed expert", fig, points, False),
+            ("Spearman and Pearson correlation of load share with loss delta per layer", None, corr, False),
             ("Experts whose load rank and causal rank disagree most (3 per layer)", None, gaps, False)]
     return {"correlation": corr, "gaps": gaps, "table": df, "figures": figs, "tokens": int(alld.tokens.max())}
 

@@ -9,6 +9,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from analyses.metrics.specialisation import VOCAB_MIN_COUNT
 from dashboards import charts, compute, data, research, ui
 
 
@@ -111,13 +112,13 @@ def top_tokens(ref, layer: str, E: int, tops: pd.DataFrame) -> None:
     expert = c1.number_input("Expert", 0, max(E - 1, 0), default, key="sp_expert")
     with c1, ui.guard("vocabulary specialisation"):
         vs, base = research.vocabulary_specialisation(ref, lnum)
-        if vs == vs:  # NaN: no id seen 5 times in the sample
+        if vs == vs:  # NaN: no id seen VOCAB_MIN_COUNT times in the sample
             st.metric(f"Vocabulary specialisation, {layer}", f"{vs:.2f}", f"{vs - base:+.2f} vs no specialisation",
-                      help=("For each token id seen at least 5 times, the share of its occurrences whose top-1 "
-                            "expert is its most common one, averaged over ids (OLMoE). Without specialisation "
-                            f"(the top-1 experts shuffled across the same tokens) it is {base:.3f}, not 1/N = "
-                            f"{1 / E:.3f}: an id seen a few times has a clear favourite by chance, and a busy "
-                            "expert takes more than 1/N of every id."))
+                      help=(f"For each token id seen at least {VOCAB_MIN_COUNT} times, the share of its occurrences "
+                            "whose top-1 expert is its most common one, averaged over ids (OLMoE). Without "
+                            "specialisation (the top-1 experts shuffled across the same tokens) it is "
+                            f"{base:.3f}, not 1/N = {1 / E:.3f}: an id seen a few times has a clear favourite by "
+                            "chance, and a busy expert takes more than 1/N of every id."))
     ui.caption_sample(ref)
     with ui.guard("the expert's top tokens"):
         top = data.expert_top_tokens(ref, lnum, int(expert), 15)
@@ -182,7 +183,7 @@ def token_dependence(ref: data.RunRef) -> None:
                    "of its occurrences routed to its most common top-1 expert, averaged over ids; against the next "
                    "token it asks whether experts specialise in what is predicted rather than what is read. Here "
                    "every id counts, those seen once too (each trivially 1.0), so VS input lies above the metric "
-                   "beside the expert picker, which counts ids seen at least 5 times."
+                   f"beside the expert picker, which counts ids seen at least {VOCAB_MIN_COUNT} times."
                    + research.sample_note(ref, windows))
         short = {"token_id": "token id", "prev_token": "prev token", "prev_and_position": "prev + pos",
                  "token_and_prev": "token + prev", "vocab_spec_input": "VS input", "vocab_spec_next": "VS next",

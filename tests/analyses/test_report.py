@@ -352,3 +352,143 @@ def test_the_sweep_sentence_counts_measured_fractions_and_no_spread_of_one_seed(
     assert first.endswith("top-used hurts more than random at 1 of 1 fractions.")
     curve.loc[1, ["random_delta_std", "random_seeds"]] = [0.002, 3]
     assert "(random +0.0100 ± 0.0020, 3 seeds)" in _sweep_summary(sw)[0]
+
+
+def _research(run, **kw) -> dict:
+    """The research sections computed from a run's tables, their summary and figures (no model run)."""
+    from types import SimpleNamespace
+
+    from analyses.report import research
+
+    out = {"run": probe.open_run(run)}
+    research.compute_tables(out["run"], SimpleNamespace(compare=None), out)
+    return {"summary": research.summary(out), "figures": research.figures(out), **out}
+
+
+def test_too_few_windows_to_hold_out_is_not_measured_not_nan(tmp_path):
+    """One window a domain (record --max-tokens 600): nothing left to train on, so every held-out
+    accuracy is NaN. The summary printed `L1 nan (previous token nan, ...)` and the token-id chart drew
+    six all-NaN bar series, the paths chart two (a review)."""
+    from helpers.synthetic_run import write_run
+
+    write_run(tmp_path / "r", n_seq=2, seq_len=30)  # code and prose: one window each
+    r = _research(tmp_path / "r")
+    text = " ".join(r["summary"])
+    assert "Token-id dependence (held-out windows, top-1 expert predicted by the token id alone): not measured (too " \
+           "few windows to hold some out and train on the rest); vocabulary specialisation" in text
+    assert "nan" not in text and "The whole top-k set" not in text
+    [(_, fig, table, _)] = r["figures"]["Token-id dependence"]
+    assert fig is None and table.token_id.isna().all()  # the table keeps the vocabulary specialisation
+    path_fig = r["figures"]["Expert paths"][0][1]
+    assert {b.name for b in path_fig.data} == {"top1: ami", "top2 set: ami"}  # no all-NaN accuracy bars
+
+
+def test_one_domain_leaves_out_the_path_information_figure(tmp_path):
+    """One domain (a corpus of one .jsonl file, an SGLang per_token import): the summary said domain
+    information is not measured, yet "Path vs single layer" drew four all-NaN series over an all-NaN
+    table (a review)."""
+    from helpers.synthetic_run import write_run
+
+    write_run(tmp_path / "r", domains=("code",), n_seq=12)
+    r = _research(tmp_path / "r")
+    assert "Domain information: not measured (the run has one domain)." in r["summary"][0]
+    titles = [t for t, *_ in r["figures"]["Expert paths"]]
+    assert titles and not any(t.startswith("Path vs single layer") for t in titles)
+    write_run(tmp_path / "two", domains=("code", "prose"), n_seq=12)  # the control: two domains draw it
+    fig = _research(tmp_path / "two")["figures"]["Expert paths"][0][1]
+    assert fig is not None and len(fig.data) == 4
+
+
+def test_a_sweep_whose_every_masked_count_was_refused_says_not_measured():
+    """--fractions 1 --seeds 1: the routing guard refused every masked count and the summary said
+    `loss delta ; top-used hurts more than random at 0 of 0 fractions` (a review)."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from analyses.report.render import _sweep_summary
+
+    curve = pd.DataFrame({"masked": [0, 32], "top_delta": [0.0, np.nan], "random_delta": [0.0, np.nan],
+                          "random_delta_std": [np.nan, np.nan], "random_seeds": [0, 0], "run_top_delta": [0.0, np.nan]})
+    sw = SimpleNamespace(curve=curve, options={"rank_by": "eval", "tokens": 297, "domain_tokens": 100,
+                                               "n_experts": 32, "domain_top": 4},
+                         domain_summary=pd.DataFrame(columns=["domain", "own", "on_others", "by_others",
+                                                              "own_above_on_others_mean"]))
+    s = _sweep_summary(sw)
+    assert s[0] == ("Masking the most-used experts (ranked by load on the evaluated tokens; reroute, 297 tokens, at "
+                    "most 100 per domain): not measured (the routing guard refused every selection; see the refused "
+                    "selections).")
+    assert not any("0 of 0" in x or "loss delta ;" in x for x in s)
+
+
+def test_the_report_shows_vocabulary_specialisation_as_the_dashboard_does_beside_its_baseline(tmp_path):
+    """The report counted every id (min_count 1: an id seen once scores 1) and showed no baseline;
+    the dashboard counts ids seen VOCAB_MIN_COUNT times and shows the shuffled baseline (a review)."""
+    from analyses import metrics as M
+    from analyses.metrics.specialisation import vocabulary_specialisation as vs
+    from analyses.metrics.specialisation import vocabulary_specialisation_baseline as base
+    from helpers.synthetic_run import write_run
+
+    a = write_run(tmp_path / "r", n_seq=40, vocab=60)  # layer 1: first choice = token id % 8 (specialised)
+    r = _research(tmp_path / "r")
+    td = r["token_dependence"].set_index(["layer", "target"])
+    seq, tok, n = a["seq"], a["token_id"], M.VOCAB_MIN_COUNT
+    nxt = seq[1:] == seq[:-1]  # the token after each one in its window
+    for layer in a["layers"]:
+        e = a["ids"][layer][:, 0]
+        row = td.loc[(layer, "top1")]
+        assert row.vocab_spec_input == pytest.approx(vs(tok, e, n)) and row.vocab_spec_input_baseline == base(tok, e, n)
+        assert row.vocab_spec_next == pytest.approx(vs(tok[1:][nxt], e[:-1][nxt], n))
+        assert row.vocab_spec_next_baseline == base(tok[1:][nxt], e[:-1][nxt], n)
+    x = td.loc[(1, "top1")]
+    assert x.vocab_spec_input == 1.0 and x.vocab_spec_input_baseline < 0.5  # specialised: far above its baseline
+    [line] = [s for s in r["summary"] if s.startswith("Token-id dependence")]
+    assert (f"vocabulary specialisation input/next over the ids seen at least {n} times (no specialisation: the "
+            "first choices shuffled across the same tokens): L1 1.000/") in line
+    assert f"(no specialisation {x.vocab_spec_input_baseline:.3f}/{x.vocab_spec_next_baseline:.3f})" in line
+    # the library's default is unchanged: every id counted (the rare ones too), no baseline columns
+    plain = M.token_dependence_from_run(tmp_path / "r").set_index(["layer", "target"])
+    assert "vocab_spec_input_baseline" not in plain
+    assert plain.loc[(2, "top1"), "vocab_spec_input"] == pytest.approx(vs(tok, a["ids"][2][:, 0]))
+    assert plain.loc[(2, "top1"), "vocab_spec_input"] > td.loc[(2, "top1"), "vocab_spec_input"] + 0.05
+
+
+def test_an_import_is_labelled_and_told_it_has_one_stream(tmp_path, capsys):
+    """An SGLang import's header said `checkpoint ?` and its one-domain line advised recording a corpus
+    with sub-folders, which an import cannot do (a review)."""
+    from helpers import sglang_dumps as sg
+    from probe.sglang import import_sglang
+
+    passes = sg.traffic(seed=3)
+    dumps = sg.write_per_token(tmp_path / "dumps", passes, sg.physical_map())[0].parent
+    run = import_sglang(dumps, tmp_path / "run", config=str(sg.config(tmp_path / "model")))
+    assert report.main([str(run), "--out", str(tmp_path / "r.html"), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert text.splitlines()[0] == f"# Findings report: {run} — checkpoint none (imported from SGLang)"
+    assert ("Domain specialisation: not measured, the run is imported serving traffic, one stream (sglang): domains "
+            "are compared in a run recorded from a corpus of two or more (`dsv3-probe record`).") in text
+    assert "sub-folder" not in text and "checkpoint ?" not in text
+
+
+def test_the_importance_scatter_has_its_own_table_of_every_expert(tmp_path, monkeypatch):
+    """README: the report prints every figure as a table. The load share vs loss delta scatter was paired
+    with the per-layer correlation table, and its per-expert points appeared nowhere (a review)."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    import analyses.importance
+    from analyses.report import research_model
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame([{"layer": layer, "expert": e, "domain": d, "tokens": 100, "load": 10,
+                        "load_share": rng.random(), "baseline_loss": 2.0, "loss": 2.1, "delta": rng.random()}
+                       for layer in (1, 2) for e in range(6) for d in ("all", "code")])
+    monkeypatch.setattr(analyses.importance, "importance", lambda opts: (opts.run, df))
+    ns = SimpleNamespace(importance_tokens=100, progress=False, batch_size=None)
+    figs = research_model.importance(SimpleNamespace(path=tmp_path), ns)["figures"]  # the measurement: `df`
+    title, fig, table, _ = figs[0]
+    assert title.startswith("Load share vs loss delta") and fig is not None
+    want = df[df.domain == "all"][["layer", "expert", "load_share", "delta"]].reset_index(drop=True)
+    pd.testing.assert_frame_equal(table, want)
+    assert "spearman" in figs[1][2] and figs[1][1] is None  # the correlation: an entry of its own
