@@ -123,8 +123,9 @@ def params(ns) -> int:
         from .parallel import BlockAlignError, ParallelError
 
         dtype = torch.bfloat16
+        fp8 = not ns.dense and args.quant_block is not None  # V2 and V2-Lite are published in BF16 (a review)
         try:
-            w = shard_plan(args, ns.world_size, fp8=not ns.dense, dtype=dtype)
+            w = shard_plan(args, ns.world_size, fp8=fp8, dtype=dtype, what="--world-size")
         except BlockAlignError as e:  # its advice names the loader's argument; this command's switch is --dense
             raise ParallelError(e.advise("pass --dense (bf16 weights, as gemm_impl='bf16' loads them)")) from None
         print(format_plan(w, ns.config))

@@ -44,15 +44,16 @@ def tensor_bytes(model: nn.Module, names=None) -> int:
 
 
 def shard_plan(args: ModelArgs, world_size: int, *, fp8: bool = True, dtype: torch.dtype = torch.bfloat16,
-               rank: int = 0, quantised_activations: bool = False) -> dict:
+               rank: int = 0, quantised_activations: bool = False, what: str = "world size") -> dict:
     """Per-rank parameter bytes of `args` at `world_size` (meta device: no memory). fp8: every
     projection an FP8 checkpoint stores as FP8 stays FP8 (1 byte + float32 128x128 block scales),
     the rest in `dtype`. MTP modules count when the config has them. `absorb_dense_bytes`: the
     dequantised copy of each FP8 `wkv_b` that absorbed attention keeps (see model/mla.py).
     `largest_fp8_weight_bytes`: the largest weight an FP8 GEMM on the CPU dequantises for one call,
     in `dtype` (gemm fp8-weights) or, with `quantised_activations` (gemm fp8, the torch twin), in
-    its accumulation dtype (float32; float64 for the row-parallel ones, see layers.LAYOUT_FREE_SUMS)."""
-    check_world(args, world_size)
+    its accumulation dtype (float32; float64 for the row-parallel ones, see layers.LAYOUT_FREE_SUMS).
+    `what`: how an error names the world size (a command's flag)."""
+    check_world(args, world_size, what)
     with torch.device("meta"):
         m = Transformer(args, dtype=dtype, init=False)
     if fp8:
@@ -197,6 +198,7 @@ def size(n: float) -> str:
 
 
 def format_plan(p: dict, name: str = "") -> str:
-    return (f"{name + ': ' if name else ''}world size {p['world_size']} ({'FP8' if p['fp8'] else 'dense'} weights): "
+    kind = "FP8" if p["fp8"] else "dense bf16"
+    return (f"{name + ': ' if name else ''}world size {p['world_size']} ({kind} weights): "
             f"{size(p['per_rank_bytes'])} per rank (sharded {size(p['sharded_per_rank_bytes'])} + replicated "
             f"{size(p['replicated_bytes'])}) of {size(p['full_bytes'])} in one process")

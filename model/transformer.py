@@ -427,11 +427,14 @@ class Transformer(HookedModule):
 
     # ---------------------------------------------------------------------------- counting
     def param_counts(self) -> dict[str, int]:
-        """Parameter counts (works on meta): total main model, activated per token, MTP module."""
+        """Parameter counts (works on meta): total main model, activated per token, MTP module.
+        Activated leaves out the routed experts a token does not use and, as DeepSeek count it (V3
+        36.6B "including 0.9B for the output head", V2 21B, V2-Lite 2.4B), the input embedding table,
+        of which a token reads one row (it counted the whole table: 37.55B; a review)."""
         a = self.args
         main = sum(p.numel() for n, p in self.named_parameters() if not n.startswith("mtp."))
         mtp = sum(p.numel() for n, p in self.named_parameters() if n.startswith("mtp."))
         per_expert = 3 * a.dim * a.moe_inter_dim
         inactive = a.n_moe_layers * (a.n_routed_experts - a.n_activated_experts) * per_expert
-        return {"main": main, "activated": main - inactive, "mtp": mtp,
+        return {"main": main, "activated": main - inactive - self.embed.weight.numel(), "mtp": mtp,
                 "mtp_activated": mtp - len(self.mtp) * (a.n_routed_experts - a.n_activated_experts) * per_expert}

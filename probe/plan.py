@@ -16,6 +16,7 @@ Table bytes are measured by writing synthetic rows with the run's schema and com
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -48,8 +49,9 @@ def dry_run(job, opts) -> dict:
         raise RecordError(f"--world-size {world} must be >= 1")
     if opts.device_memory is not None and not opts.device_memory > 0:
         raise RecordError(f"--device-memory {opts.device_memory:g}: must be > 0 (GB per rank)")
-    mp = model_parallel_size(opts.model_parallel, world,
-                             f"--world-size {world}" if opts.world_size is not None else None)
+    given = (f"--world-size {world}" if opts.world_size is not None else None if "WORLD_SIZE" in os.environ
+             else "no --world-size given: pass the ranks to plan for")  # outside torchrun: no process to speak of
+    mp = model_parallel_size(opts.model_parallel, world, given)
     args = job.args
     check_world(args, mp, model_parallel_flag(opts.model_parallel))
     check_model_flags(opts.dtype, opts.gemm)

@@ -231,7 +231,7 @@ def test_dry_run_plans_671B_from_config_and_index_alone(tmp_path, capsys):
     assert "largest FP8 weight dequantised 0.13 GB, its activations in the CPU's FP8 GEMM 0.59 GB" in text
 
 
-def test_dry_run_advises_in_the_jobs_flags(tmp_path, capsys):
+def test_dry_run_advises_in_the_jobs_flags(tmp_path, capsys, monkeypatch):
     """A shard cutting FP8 blocks, and float64 with FP8 activations, were advised with the loader's
     arguments (gemm_impl='bf16', dtype float32) at the command line (a review)."""
     ckpt = index_only(tmp_path / "DeepSeek-V3", model.ModelArgs.from_name("671B"))
@@ -242,6 +242,11 @@ def test_dry_run_advises_in_the_jobs_flags(tmp_path, capsys):
     assert code == 2 and err.strip() == ("error: --dtype float64 with --gemm fp8: FP8 GEMMs quantise float32 or "
                                          "bfloat16 activations, not float64; use --dtype float32, or --gemm "
                                          "fp8-weights (FP8 weights, float64 sums)")
+    # --model-parallel 8 planned outside torchrun without --world-size said "torchrun started 1 process" (a review)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    code, _, err = dry(capsys, ckpt, "--model-parallel", "8")
+    assert code == 2 and err.strip() == ("error: --model-parallel 8 does not divide the world size 1 (no --world-size "
+                                         "given: pass the ranks to plan for)")
 
 
 def test_dry_run_checks_the_index_names_and_the_layout(tmp_path, capsys):
