@@ -124,27 +124,40 @@ def plan_device(device: str | None) -> str:
 
 def table_bytes_per_token(args, opts, mtp: bool, tokens: int | None = None) -> dict[str, float]:
     """Bytes on disk per recorded token of each streamed table, measured by writing synthetic rows
-    (random expert ids and weights, as incompressible as real ones) with the run's Parquet options."""
+    (random expert ids and weights, as incompressible as real ones) with the run's Parquet options.
+    Each table has its own sample: routing's shrinks as its rows widen (a 671B run's full scores),
+    tokens' and mtp's does not, and expert_load's is whole batches (a row per batch, layer, expert
+    and domain, whatever the batch's size): when every table shared routing's sample, `--router-logits
+    full` made expert_load 15x larger than it is, and a larger --batch-size changed nothing (a review)."""
     n_moe = sum(args.is_moe_layer(i) for i in range(args.n_layers))
     width = args.n_routed_experts if opts.router_logits == "full" else args.n_activated_experts
-    tokens = tokens or int(max(256, min(4096, 2_000_000 // max(1, n_moe * width))))
+    routed = tokens or int(max(256, min(4096, 2_000_000 // max(1, n_moe * width))))
+    plain = tokens or 4096
     rng = np.random.default_rng(0)
-    S = min(opts.seq_len, tokens)
-    seq, pos = np.arange(tokens) // S, (np.arange(tokens) % S).astype(np.int32)
-    samples = {"tokens": _tokens_rows(rng, seq, pos, args.vocab_size)}
-    if opts.router_logits != "none" and n_moe:
-        samples["routing"] = _routing_rows(rng, seq, pos, n_moe, args, opts)
-    if n_moe:
-        samples["expert_load"] = _load_rows(rng, tokens, n_moe, args, opts)
-    if mtp:
-        samples["mtp"] = _mtp_rows(rng, seq, pos, args.vocab_size)
     out = {}
     with tempfile.TemporaryDirectory() as d:
-        for name, cols in samples.items():
+        def measure(name: str, cols: dict, n_tokens: int) -> None:
             f = Path(d) / f"{name}.parquet"
             pq.write_table(pa.table(cols, schema=TABLES[name]), f, **parquet_options(TABLES[name]))
-            out[name] = f.stat().st_size / tokens
+            out[name] = f.stat().st_size / n_tokens
+
+        seq, pos = _positions(plain, opts.seq_len)
+        measure("tokens", _tokens_rows(rng, seq, pos, args.vocab_size), plain)
+        if opts.router_logits != "none" and n_moe:
+            measure("routing", _routing_rows(rng, *_positions(routed, opts.seq_len), n_moe, args, opts), routed)
+        if n_moe:
+            batches = 4
+            measure("expert_load", _load_rows(rng, batches, n_moe, args, opts),
+                    batches * opts.batch_size * opts.seq_len)
+        if mtp:
+            measure("mtp", _mtp_rows(rng, seq, pos, args.vocab_size), plain)
     return out
+
+
+def _positions(tokens: int, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """(seq_id, pos) of `tokens` tokens in windows of `seq_len`."""
+    S = min(seq_len, tokens)
+    return np.arange(tokens) // S, (np.arange(tokens) % S).astype(np.int32)
 
 
 def _tokens_rows(rng, seq, pos, vocab) -> dict:
@@ -185,10 +198,10 @@ def _distinct_ids(rng, rows: int, E: int, K: int) -> np.ndarray:
     return ids.astype(np.uint16)
 
 
-def _load_rows(rng, tokens: int, n_moe: int, args, opts) -> dict:
-    """expert_load: a row per (batch, layer, expert, domain present in the batch); 2 domains a batch."""
+def _load_rows(rng, batches: int, n_moe: int, args, opts) -> dict:
+    """expert_load of `batches` batches: a row per (batch, layer, expert, domain present in the batch);
+    2 domains a batch."""
     E = args.n_routed_experts
-    batches = max(1, tokens // (opts.batch_size * opts.seq_len))
     rows = batches * n_moe * E * 2
     return {"step": np.repeat(np.arange(batches, dtype=np.int64), rows // batches),
             "layer": np.tile(np.repeat(np.arange(n_moe, dtype=np.int16), E * 2), batches),

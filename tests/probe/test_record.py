@@ -400,3 +400,20 @@ def test_mtp_rows_of_a_short_window_padded_in_its_batch():
     assert got["agree"] == [True, False, True, False, True, False]
     assert got["target"] == [12, 13, 14, None, 22, None]
     assert got["mtp_loss"] == [0.5, 1.5, 2.5, None, 4.5, None]
+
+
+def test_the_dry_runs_table_sizes_follow_each_tables_own_rows():
+    """--dry-run measured every table on routing's sample, which shrinks as its rows widen: with
+    --router-logits full expert_load came out 15x larger, and a larger --batch-size (fewer expert_load
+    rows per token: one set a batch) changed nothing (a review)."""
+    from probe.plan import table_bytes_per_token
+    from probe.record import RecordOptions
+
+    args = model.ModelArgs.from_name("671B")
+    topk, full = (table_bytes_per_token(args, RecordOptions(router_logits=r, seq_len=256), mtp=True)
+                  for r in ("topk", "full"))
+    for t in ("tokens", "expert_load", "mtp"):  # the same rows whatever --router-logits says
+        assert full[t] == pytest.approx(topk[t], rel=0.02), t
+    assert full["routing"] > 10 * topk["routing"]  # 256 scores a row instead of none
+    wide = table_bytes_per_token(args, RecordOptions(seq_len=256, batch_size=32), mtp=True)
+    assert wide["expert_load"] == pytest.approx(topk["expert_load"] / 4, rel=0.1)  # batch 32 instead of 8
