@@ -2,29 +2,34 @@
 
 Accepted `--corpus` forms:
 - a directory: every file below it is read in sorted path order (symbolic links to folders followed,
-  each real folder once; hidden files and folders, whose names start with ".", such as .git, are not
-  read; an unreadable folder or a broken link is an error); `*.jsonl` and `*.parquet` files as
+  each real folder once, under its own path where the corpus holds it, not through a link; hidden
+  files and folders, whose names start with ".", such as .git, are not read; an unreadable folder or
+  a broken link is an error); `*.jsonl` and `*.parquet` files as
   records (below), any other file as one plain-text document, except binary files (a NUL byte in
   the first 8 KiB: weights, archives, images), which are skipped and listed in
   `CorpusStats.skipped_binary`. The domain is the first sub-folder under the corpus directory
-  (files at its top level get the domain "default");
+  (files at its top level get the domain "default"; a file name that is not UTF-8 is read, named
+  with U+FFFD in its document id and domain);
 - a `.txt` (or any text) file: one document (a binary file is refused);
 - a `.jsonl` file: one JSON object per line with `text`, optional `domain` and `id`;
 - a `.parquet` file: columns `text`, optional `domain` and `id`.
-Text is UTF-8, or UTF-16 / UTF-32 when the file starts with their byte-order mark (not in JSONL).
-Bytes that are not UTF-8 are replaced by U+FFFD and counted (`CorpusStats.replaced_bytes`; the jobs
-print a note naming the files).
+A record's domain is its folder's when it has none (null or ""), else its value as a string (0 is "0").
+Text is UTF-8, or UTF-16 / UTF-32 when the file starts with their byte-order mark (JSONL too).
+Bytes that are not UTF-8, and lone surrogate escapes in JSON strings (`"\ud83d"` without its pair),
+are replaced by U+FFFD and counted (`CorpusStats.replaced_bytes`; the jobs print a note naming the
+files); the decoding is probe/text_bytes.py's.
 
 Windows: each document is tokenised (with BOS prepended when the model has one) and cut into
 consecutive, non-overlapping windows of `seq_len` tokens; the last window of a document is
 shorter. `corpus_windows` gives them in corpus order, or (the default) with the domains
-interleaved, so that a --max-tokens cap covers every domain. Windows are never packed together: a batch is right-padded and the model is told each
-row's length, so every window is seen exactly as if it were alone.
+interleaved, so that a --max-tokens cap covers every domain (a cap smaller than a window per domain
+leaves the last ones without a token: the jobs' note names them). Windows are never packed
+together: a batch is right-padded and the model is told each row's length, so every window is seen
+exactly as if it were alone.
 """
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import json
 import os
@@ -34,6 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from .text_bytes import (BINARY_PROBE, decode, decode_as, is_binary, is_string, jsonl_lines, mend, parquet_strings,
+                         shown)
 
 RECORD_SUFFIXES = (".jsonl", ".parquet")
 
@@ -89,6 +97,15 @@ class CorpusStats:
     replaced_bytes: int = 0
     files_with_replacements: list[str] = field(default_factory=list)
     skipped_binary: list[str] = field(default_factory=list)  # files of a corpus directory that are not text
+    starved_domains: list[str] = field(default_factory=list)  # domains with text a --max-tokens cap left empty
+    cap: tuple[int, int, int] = (0, 0, 0)  # (--max-tokens, --seq-len, domains with text) when it did
+
+    def replaced(self, n: int, where: str) -> None:
+        """Count `n` characters replaced by U+FFFD in file `where` (its path in the corpus)."""
+        if n:
+            self.replaced_bytes += n
+            if where not in self.files_with_replacements:
+                self.files_with_replacements.append(where)
 
     def binary_note(self) -> str | None:
         """The jobs' note on the binary files the reader skipped (None when there were none)."""
@@ -100,7 +117,21 @@ class CorpusStats:
 
     def notes(self) -> list[str]:
         """The jobs' notes on what the reader skipped or replaced (record and spec print them)."""
-        return [n for n in (self.binary_note(), self.replaced_note()) if n]
+        return [n for n in (self.binary_note(), self.replaced_note(), self.cap_note()) if n]
+
+    def cap_note(self) -> str | None:
+        """The jobs' note on the domains a --max-tokens cap left without a token (None when none): each
+        domain takes a window in turn, so a cap below one window per domain filled the first ones and
+        the rest were missing from the run without a word (a review)."""
+        s = self.starved_domains
+        if not s:
+            return None
+        cap, seq_len, n = self.cap
+        more = ", ..." if len(s) > 3 else ""
+        fit = f"a --seq-len of at most {cap // n:,} or " if cap // n >= 2 else ""
+        return (f"note: --max-tokens {cap:,} left {len(s)} of {n} domains without a token ({', '.join(s[:3])}{more}): "
+                f"each domain takes a window of up to --seq-len {seq_len:,} tokens in turn; pass {fit}"
+                f"a --max-tokens of at least {n * seq_len:,} to cover every domain")
 
     def replaced_note(self) -> str | None:
         """The jobs' note on bytes that were not UTF-8 (None when there were none): a file in another
@@ -113,61 +144,24 @@ class CorpusStats:
                 f"({', '.join(f[:3])}{more}): convert them to UTF-8 if they are text in another encoding")
 
 
-class _Counter:
-    """A codecs error handler that replaces undecodable bytes and counts them."""
-
-    def __init__(self) -> None:
-        self.n = 0
-
-    def __call__(self, err: UnicodeDecodeError):
-        self.n += err.end - err.start
-        return "\ufffd", err.end
-
-
-BOM = codecs.BOM_UTF8
-# UTF-32's little-endian mark begins with UTF-16's: looked for first
-WIDE_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
-             (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
-
-
-def _wide_encoding(head: bytes) -> str | None:
-    """"utf-16" or "utf-32" when `head` starts with that encoding's byte-order mark."""
-    return next((enc for bom, enc in WIDE_BOMS if head.startswith(bom)), None)
-
-
-def _decode(data: bytes, where: str, stats: CorpusStats) -> str:
-    """The text of a file (or a JSONL record): UTF-8 without a leading byte-order mark, or UTF-16 /
-    UTF-32 after theirs (read as UTF-8 it was mojibake, a review); undecodable bytes are replaced by
-    U+FFFD and counted in `stats`."""
-    wide = _wide_encoding(data[:4])
-    data = data[len(BOM):] if not wide and data.startswith(BOM) else data
-    counter = _Counter()
-    name = f"probe-count-{id(counter)}"
-    codecs.register_error(name, counter)
-    text = data.decode(wide or "utf-8", errors=name)
-    if counter.n:
-        stats.replaced_bytes += counter.n
-        if where not in stats.files_with_replacements:
-            stats.files_with_replacements.append(where)
-    return text
-
-
 def _files(root: Path) -> list[Path]:
     """Every file below `root` in sorted path order: symbolic links to folders followed (each real
-    folder once, so a link to an ancestor ends), hidden files and folders left out. An unreadable
-    folder or a broken link is a CorpusError: they vanished silently, and `rglob` did not follow
-    linked folders either, while '.git' became a domain (a review)."""
-    def unreadable(e: OSError):
-        raise CorpusError(f"{e.filename}: cannot read this folder of the corpus ({e.strerror})")
-
+    folder once, so a link to an ancestor ends), hidden files and folders left out. A linked folder
+    that the corpus also holds as a real folder (not through a link) is read there only: the first
+    path reached in the file system's listing order won, so `code/examples -> ../prose` could make
+    prose's files the domain code, and prose vanish (a review). An unreadable folder or a broken link
+    is a CorpusError: they vanished silently, and `rglob` did not follow linked folders either, while
+    '.git' became a domain (a review)."""
+    held = {os.path.realpath(d) for d, _, _ in _walk(root, followlinks=False)}
     out, seen = [], set()
-    for d, dirs, names in os.walk(root, onerror=unreadable, followlinks=True):
+    for d, dirs, names in _walk(root, followlinks=True):
         real = os.path.realpath(d)
         if real in seen:
             dirs[:] = []
             continue
         seen.add(real)
-        dirs[:] = [x for x in dirs if not x.startswith(".")]
+        dirs[:] = [x for x in dirs if not (os.path.islink(os.path.join(d, x))
+                                           and os.path.realpath(os.path.join(d, x)) in held)]
         for n in names:
             p = Path(d) / n
             if n.startswith("."):
@@ -179,17 +173,31 @@ def _files(root: Path) -> list[Path]:
     return sorted(out)
 
 
+def _walk(root: Path, followlinks: bool) -> Iterator[tuple[str, list[str], list[str]]]:
+    """os.walk over `root`'s folders in sorted order (the walk stays the same on every file system),
+    hidden folders left out; the caller may prune `dirs` further. An unreadable folder is a CorpusError."""
+    def unreadable(e: OSError):
+        raise CorpusError(f"{e.filename}: cannot read this folder of the corpus ({e.strerror})")
+
+    for d, dirs, names in os.walk(root, onerror=unreadable, followlinks=followlinks):
+        dirs[:] = sorted(x for x in dirs if not x.startswith("."))
+        yield d, dirs, names
+
+
 def _jsonl(path: Path, rel: str, default_domain: str, stats: CorpusStats) -> Iterator[Document]:
-    text = _decode(path.read_bytes(), rel, stats)
-    # NOTE: split on "\n" only, as _index_jsonl does: str.splitlines() also splits on U+2028, U+0085
-    # and form feeds, which JSON strings may hold, and would number the lines differently
-    for i, line in enumerate(text.split("\n")):
+    data = path.read_bytes()
+    encoding, spans = jsonl_lines(data)
+    for i, (start, size) in enumerate(spans):
+        line = decode_as(data[start : start + size], encoding, rel, stats)
         if line.strip():
-            rec = _record(path, i, line)
-            yield Document(*_id_domain(rec, rel, i, default_domain), rec["text"])
+            rec = _record(path, i, line, rel, stats)
+            yield Document(*_id_domain(rec, rel, i, default_domain, stats), rec["text"])
 
 
-def _parquet(path: Path, rel: str, default_domain: str) -> Iterator[Document]:
+def _parquet(path: Path, rel: str, default_domain: str, stats: CorpusStats,
+             texts: bool = True) -> Iterator[Document]:
+    """The documents of a Parquet file, a row without text (null) skipped; `texts` False: their texts
+    left empty, not read (the lazy reader's index)."""
     import pyarrow.parquet as pq
 
     try:
@@ -199,35 +207,24 @@ def _parquet(path: Path, rel: str, default_domain: str) -> Iterator[Document]:
     cols = set(pf.schema_arrow.names)
     if "text" not in cols:
         raise CorpusError(f"{path}: a Parquet corpus needs a 'text' column (has {sorted(cols)})")
-    import pyarrow as pa
-
     kind = pf.schema_arrow.field("text").type
-    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)
-            or getattr(pa.types, "is_string_view", lambda t: False)(kind)):  # pyarrow 16+
+    if not is_string(kind):
         raise CorpusError(f"{path}: the 'text' column must hold strings, it holds {kind}")
     want = [c for c in ("text", "domain", "id") if c in cols]
     row = 0
     for batch in pf.iter_batches(columns=want, batch_size=1024):
-        d = batch.to_pydict()
-        for j, text in enumerate(d["text"]):
+        n = batch.num_rows
+        text = parquet_strings(batch.column("text"), rel, stats) if texts else [None if x else "" for x in
+                                                                        batch.column("text").is_null().to_pylist()]
+        dom, did = ((parquet_strings(batch.column(c), rel, stats) if c in want else [None] * n)
+                    for c in ("domain", "id"))
+        for j in range(n):
             row += 1
-            if text is None:
+            if text[j] is None:
                 continue
-            dom = _domain(str(d.get("domain", [None] * len(d["text"]))[j] or default_domain), f"{path}:{row}")
-            did = d.get("id", [None] * len(d["text"]))[j]
-            yield Document(str(did) if did is not None else f"{rel}:{row}", dom, text)
-
-
-BINARY_PROBE = 8192  # bytes read from the head of a file to tell text from binary
-
-
-def _is_binary(f: Path) -> bool:
-    """A NUL byte in the file's head: weights, archives, images (UTF-8 text has none). UTF-16 and
-    UTF-32 text has them too: a file that starts with their byte-order mark is text (JSONL aside,
-    whose lines are split as UTF-8 bytes)."""
-    with open(f, "rb") as fh:
-        head = fh.read(BINARY_PROBE)
-    return b"\0" in head and not (_wide_encoding(head[:4]) and f.suffix != ".jsonl")
+            where = f"{rel}:{row}"
+            yield Document(str(did[j]) if did[j] is not None else where,
+                           _domain(_name_or(dom[j], default_domain), f"{path}:{row}"), text[j])
 
 
 def _entries(path: str | Path, stats: CorpusStats | None = None) -> tuple[Path, list[tuple[Path, str, str]]]:
@@ -240,7 +237,7 @@ def _entries(path: str | Path, stats: CorpusStats | None = None) -> tuple[Path, 
         files = _files(root)
         if not files:
             raise CorpusError(f"{root}: corpus directory has no files (names starting with '.' are not read)")
-        binary = [f for f in files if f.suffix != ".parquet" and _is_binary(f)]
+        binary = [f for f in files if f.suffix != ".parquet" and is_binary(f)]
         if binary and len(binary) == len(files):
             raise CorpusError(f"{root}: corpus directory has no text files (all {len(files)} are binary, "
                               f"e.g. {binary[0].name})")
@@ -248,14 +245,14 @@ def _entries(path: str | Path, stats: CorpusStats | None = None) -> tuple[Path, 
             skip = set(binary)
             files = [f for f in files if f not in skip]
             if stats is not None:
-                stats.skipped_binary[:] = [f.relative_to(root).as_posix() for f in binary]
-        rels = [(f, f.relative_to(root).as_posix()) for f in files]
+                stats.skipped_binary[:] = [shown(f.relative_to(root).as_posix()) for f in binary]
+        rels = [(f, shown(f.relative_to(root).as_posix())) for f in files]
         return root, [(f, rel, _domain(Path(rel).parts[0], str(root / Path(rel).parts[0])) if len(Path(rel).parts) > 1
                        else "default") for f, rel in rels]
-    if root.suffix != ".parquet" and _is_binary(root):  # read as text it was bytes of mojibake (a review)
+    if root.suffix != ".parquet" and is_binary(root):  # read as text it was bytes of mojibake (a review)
         raise CorpusError(f"{root}: not a text file (a NUL byte in its first {BINARY_PROBE // 1024} KiB: weights, an "
                           "archive, an image?); decompress or convert it, or pass a folder of text files")
-    return root, [(root, root.name, "default")]
+    return root, [(root, shown(root.name), "default")]
 
 
 def iter_documents(path: str | Path, stats: CorpusStats | None = None) -> Iterator[Document]:
@@ -266,9 +263,9 @@ def iter_documents(path: str | Path, stats: CorpusStats | None = None) -> Iterat
         if f.suffix == ".jsonl":
             docs = _jsonl(f, rel, domain, stats)
         elif f.suffix == ".parquet":
-            docs = _parquet(f, rel, domain)
+            docs = _parquet(f, rel, domain, stats)
         else:
-            docs = iter([Document(rel, domain, _decode(f.read_bytes(), rel, stats))])
+            docs = iter([Document(rel, domain, decode(f.read_bytes(), rel, stats))])
         for d in docs:
             stats.documents += 1
             yield d
@@ -280,7 +277,8 @@ def fingerprint(path: str | Path) -> str:
     h = hashlib.sha256()
     files = _files(root) if root.is_dir() else [root]
     for f in files:
-        h.update(f.relative_to(root).as_posix().encode() if root.is_dir() else f.name.encode())
+        # the name's bytes: a name that is not UTF-8 has no .encode() (a review)
+        h.update(os.fsencode(f.relative_to(root).as_posix() if root.is_dir() else f.name))
         with open(f, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
@@ -301,7 +299,7 @@ def corpus_windows(path: str | Path, encode, seq_len: int, bos_id: int | None, m
     stats = stats if stats is not None else CorpusStats()
     if order == "corpus":
         return iter_windows(iter_documents(path, stats), encode, seq_len, bos_id, max_tokens)
-    return _balanced(domain_streams(path, stats), encode, seq_len, bos_id, max_tokens)
+    return _balanced(domain_streams(path, stats), encode, seq_len, bos_id, max_tokens, stats)
 
 
 # A document longer than this many characters is tokenised in pieces, so that a cap reads only what it
@@ -372,7 +370,7 @@ def iter_windows(docs: Iterator[Document], encode, seq_len: int, bos_id: int | N
 
 
 def _balanced(streams: dict[str, Iterator[Document]], encode, seq_len: int, bos_id: int | None,
-              max_tokens: int | None) -> Iterator[Window]:
+              max_tokens: int | None, stats: CorpusStats) -> Iterator[Window]:
     def windows(docs: Iterator[Document]):
         for d in docs:
             for start, w in _doc_windows(d, encode, seq_len, bos_id):
@@ -394,6 +392,19 @@ def _balanced(streams: dict[str, Iterator[Document]], encode, seq_len: int, bos_
         seq_id += 1
         tokens[dom] += len(w)
         total += len(w)
+    starved = _starved(live, tokens, stats)
+    if starved:
+        stats.starved_domains[:] = starved
+        stats.cap = (max_tokens, seq_len, sum(n > 0 for n in tokens.values()) + len(starved))
+
+
+def _starved(live: dict[str, Iterator], tokens: dict[str, int], stats: CorpusStats) -> list[str]:
+    """The domains still in the rotation when the cap ended it, without a token though they hold one:
+    looked for by reading on to each one's first window, and the documents that read not counted."""
+    before = stats.documents, stats.replaced_bytes, list(stats.files_with_replacements)
+    out = [dom for dom, ws in live.items() if not tokens[dom] and next(ws, None) is not None]
+    stats.documents, stats.replaced_bytes, stats.files_with_replacements[:] = before
+    return out
 
 
 # ------------------------------------------------------------------------- documents by domain
@@ -408,6 +419,7 @@ class _Ref:
     line: int  # jsonl: 1-based line number (for messages and default ids)
     domain: str
     doc_id: str
+    encoding: str = "utf-8"  # jsonl: the file's (`jsonl_lines`)
 
 
 def domain_streams(path: str | Path, stats: CorpusStats | None = None) -> dict[str, Iterator[Document]]:
@@ -425,40 +437,51 @@ def _index(path, stats: CorpusStats | None = None) -> Iterator[_Ref]:
     _, entries = _entries(path, stats)
     for f, rel, domain in entries:
         if f.suffix == ".jsonl":
-            yield from _index_jsonl(f, rel, domain)
+            yield from _index_jsonl(f, rel, domain, stats)
         elif f.suffix == ".parquet":
-            for i, doc in enumerate(_parquet(f, rel, domain)):
+            for i, doc in enumerate(_parquet(f, rel, domain, stats, texts=False)):
                 yield _Ref("parquet", f, rel, i, 0, 0, doc.domain, doc.doc_id)
         else:
             yield _Ref("text", f, rel, 0, 0, 0, domain, rel)
 
 
-def _index_jsonl(f: Path, rel: str, domain: str) -> Iterator[_Ref]:
+def _index_jsonl(f: Path, rel: str, domain: str, stats: CorpusStats | None) -> Iterator[_Ref]:
+    """Where each record of a JSONL file is, with its id and domain (their replacements counted here,
+    the text's when it is read)."""
     data = f.read_bytes()
-    offset = len(BOM) if data.startswith(BOM) else 0  # a byte-order mark some editors write: not JSON
-    for i, raw in enumerate(data[offset:].split(b"\n")):
-        line = raw.decode("utf-8", errors="replace")
+    encoding, spans = jsonl_lines(data)
+    for i, (start, size) in enumerate(spans):
+        line = data[start : start + size].decode(encoding, errors="replace")
         if line.strip():
-            doc_id, dom = _id_domain(_record(f, i, line), rel, i, domain)
-            yield _Ref("jsonl", f, rel, offset, len(raw), i + 1, dom, doc_id)
-        offset += len(raw) + 1
+            doc_id, dom = _id_domain(_record(f, i, line), rel, i, domain, stats)
+            yield _Ref("jsonl", f, rel, start, size, i + 1, dom, doc_id, encoding)
 
 
-def _record(path: Path, i: int, line: str) -> dict:
+def _record(path: Path, i: int, line: str, rel: str = "", stats: CorpusStats | None = None) -> dict:
+    """Line `i` (0-based) of a JSONL file as a record, its text's lone surrogates replaced (`mend`;
+    counted in `stats` as file `rel`'s when given)."""
     try:
         rec = json.loads(line)
     except json.JSONDecodeError as e:
         raise CorpusError(f"{path}:{i + 1}: not valid JSON ({e.msg})") from None
     if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
         raise CorpusError(f"{path}:{i + 1}: a JSONL record needs a string field 'text'")
+    rec["text"] = mend(rec["text"], rel, stats)
     return rec
 
 
-def _id_domain(rec: dict, rel: str, i: int, default_domain: str) -> tuple[str, str]:
-    """A JSONL record's document id (default `file:line`) and domain (default: its folder's)."""
+def _id_domain(rec: dict, rel: str, i: int, default_domain: str, stats: CorpusStats | None) -> tuple[str, str]:
+    """A JSONL record's document id (default `file:line`) and domain (default: its folder's), their
+    lone surrogates replaced (`mend`)."""
     did = rec.get("id")  # "id": null is no id (it was the id "None" of every such record; a review)
-    return (str(did) if did is not None else f"{rel}:{i + 1}",
-            _domain(str(rec.get("domain") or default_domain), f"{rel}:{i + 1}"))
+    return (mend(str(did), rel, stats) if did is not None else f"{rel}:{i + 1}",
+            _domain(mend(_name_or(rec.get("domain"), default_domain), rel, stats), f"{rel}:{i + 1}"))
+
+
+def _name_or(value, default: str) -> str:
+    """A record's domain as a string, or `default` when it has none (null or ""): the domain 0 or
+    false became the folder's (`value or default`, a review)."""
+    return default if value is None or value == "" else str(value)
 
 
 RESERVED_DOMAINS = ("all",)  # the analyses' name for every domain's rows together
@@ -476,31 +499,32 @@ def _read_refs(refs: list[_Ref], stats: CorpusStats) -> Iterator[Document]:
     for r in refs:
         stats.documents += 1
         if r.kind == "text":
-            yield Document(r.doc_id, r.domain, _decode(r.file.read_bytes(), r.rel, stats))
+            yield Document(r.doc_id, r.domain, decode(r.file.read_bytes(), r.rel, stats))
         elif r.kind == "jsonl":
             with open(r.file, "rb") as fh:
                 fh.seek(r.key)
-                line = _decode(fh.read(r.size), r.rel, stats)
-            yield Document(r.doc_id, r.domain, _record(r.file, r.line - 1, line)["text"])
+                line = decode_as(fh.read(r.size), r.encoding, r.rel, stats)
+            yield Document(r.doc_id, r.domain, _record(r.file, r.line - 1, line, r.rel, stats)["text"])
         else:
-            yield Document(r.doc_id, r.domain, _parquet_row(r, rows))
+            yield Document(r.doc_id, r.domain, _parquet_row(r, rows, stats))
 
 
-def _parquet_row(r: _Ref, cache: dict) -> str:
+def _parquet_row(r: _Ref, cache: dict, stats: CorpusStats) -> str:
     """Text of the r.key-th non-null row of r.file, through its row group (the group in use is kept
-    while the stream reads on; the groups' row counts are read once per file)."""
+    while the stream reads on; the groups' row counts are read once per file). Bytes that are not
+    UTF-8 are replaced and counted as the row is read (`parquet_strings`)."""
     import pyarrow.parquet as pq
 
     if ("groups", r.file) not in cache:
         pf = pq.ParquetFile(r.file)
-        counts = [sum(t is not None for t in pf.read_row_group(g, columns=["text"]).column("text").to_pylist())
+        counts = [pf.metadata.row_group(g).num_rows - pf.read_row_group(g, columns=["text"]).column("text").null_count
                   for g in range(pf.num_row_groups)]
         cache[("groups", r.file)] = (pf, np.concatenate([[0], np.cumsum(counts)]).astype(int).tolist())
-    first, texts = cache.get(r.file, (0, []))
-    if not first <= r.key < first + len(texts):
+    first, texts = cache.get(r.file, (0, None))
+    if texts is None or not first <= r.key < first + len(texts):
         pf, starts = cache[("groups", r.file)]
         g = next(i for i in range(len(starts) - 1) if starts[i] <= r.key < starts[i + 1])
         first = starts[g]
-        texts = [t for t in pf.read_row_group(g, columns=["text"]).column("text").to_pylist() if t is not None]
+        texts = pf.read_row_group(g, columns=["text"]).column("text").drop_null()
         cache[r.file] = (first, texts)
-    return texts[r.key - first]
+    return parquet_strings(texts.slice(r.key - first, 1), r.rel, stats)[0]

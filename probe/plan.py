@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -94,6 +95,8 @@ def dry_run(job, opts) -> dict:
                     and shutil.disk_usage(_existing(job.out)).free > plan["run_bytes"])
     if launch_rank0():  # under torchrun every rank plans the same; rank 0 prints it
         print(format_dry_run(job, opts, plan))
+        for note in corpus.stats.notes():  # what the record would say of its corpus: skipped files, a cap
+            print(note, file=sys.stderr)  # that leaves domains out (a review)
     return plan
 
 

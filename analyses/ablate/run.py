@@ -342,8 +342,6 @@ def sample_windows(opts: AblateOptions, corpus: Path, tok, args) -> tuple[list, 
     windows = corpus_windows(corpus, lambda t: tok.encode(t, add_special_tokens=False).ids, opts.seq_len, bos,
                              None if opts.domain_tokens else opts.max_tokens, opts.order, stats)
     windows = limit_per_domain(windows, opts.domain_tokens, opts.max_tokens) if opts.domain_tokens else list(windows)
-    for note in stats.notes() if launch_rank0() else ():
-        print(note, file=sys.stderr)
     if not windows:
         raise CorpusError(f"{corpus}: corpus has no text")
     if all(len(w.ids) < 2 for w in windows):
@@ -352,6 +350,8 @@ def sample_windows(opts: AblateOptions, corpus: Path, tok, args) -> tuple[list, 
         why = f"the sample is capped at {' and '.join(caps)}" if caps else "the documents are one token long"
         raise CorpusError(f"{corpus}: the {len(windows)} window(s) evaluated hold one token each, which leaves no "
                           f"token to score (a token's loss needs the next one); {why}")
+    for note in stats.notes() if launch_rank0() else ():  # a sample the job takes: an error says enough
+        print(note, file=sys.stderr)
     return windows, sorted({w.domain for w in windows})
 
 

@@ -417,3 +417,20 @@ def test_the_dry_runs_table_sizes_follow_each_tables_own_rows():
     assert full["routing"] > 10 * topk["routing"]  # 256 scores a row instead of none
     wide = table_bytes_per_token(args, RecordOptions(seq_len=256, batch_size=32), mtp=True)
     assert wide["expert_load"] == pytest.approx(topk["expert_load"] / 4, rel=0.1)  # batch 32 instead of 8
+
+
+def test_a_dry_run_says_which_domains_a_cap_leaves_out(probe_env, tmp_path, capsys):
+    """The corpus notes (a cap below one window per domain, skipped files) were printed by the record
+    alone: the plan for the same command said nothing (a review)."""
+    from probe.__main__ import main
+
+    for dom in ("alpha", "beta", "gamma"):
+        (tmp_path / "c" / dom).mkdir(parents=True)
+        (tmp_path / "c" / dom / "d.txt").write_text(f"{dom} words " * 40)
+    argv = ["record", "--dry-run", "--ckpt", str(probe_env["ckpt"]), "--corpus", str(tmp_path / "c"),
+            "--out", str(tmp_path / "run"), "--seq-len", "16"]
+    assert main([*argv, "--max-tokens", "20"]) == 0
+    err = capsys.readouterr().err
+    assert "note: --max-tokens 20 left 1 of 3 domains without a token (gamma)" in err, err
+    assert main([*argv, "--max-tokens", "48"]) == 0  # the control: a window each
+    assert "without a token" not in capsys.readouterr().err and not (tmp_path / "run").exists()

@@ -1,0 +1,219 @@
+"""Corpus input the reader once failed on or read wrongly (a review): lone surrogate escapes in
+JSONL, UTF-16 / UTF-32 JSONL, a --max-tokens cap below one window per domain, linked folders, file
+names that are not UTF-8, Parquet strings that are not UTF-8, and the domain 0. Each is read, in
+both orders alike, or named in a note; none is a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from probe.corpus import CorpusStats, corpus_windows, fingerprint, iter_documents
+
+WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
+ORDERS = ("corpus", "domains")
+
+
+def encode(text: str) -> list[int]:
+    """One token per word; like a real tokenizer it takes only text that can be encoded (a lone
+    surrogate raised "TextInputSequence must be str" in the bundled one)."""
+    text.encode("utf-8")
+    return [WORDS.index(w) + 2 if w in WORDS else 1 for w in text.split()]
+
+
+def read(path, order, max_tokens=None, seq_len=16, stats=None):
+    stats = stats if stats is not None else CorpusStats()
+    return list(corpus_windows(path, encode, seq_len, 0, max_tokens, order, stats))
+
+
+def words(n: int, seed: int = 0) -> str:
+    return " ".join(np.random.default_rng(seed).choice(WORDS, n))
+
+
+def test_a_lone_surrogate_escape_in_jsonl_is_replaced_and_counted(tmp_path):
+    """json.loads takes "\\ud83d" without its pair; the tokenizer did not (a traceback). Now it is
+    U+FFFD, counted with the replaced bytes, in the text and in the id and domain alike."""
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"text": "alpha \\ud83d beta", "id": "a\\udc00"}\n'
+                    '{"text": "gamma \\ud83d\\ude00 delta", "domain": "d\\ud800"}\n')  # a pair is one character
+    docs = {d.doc_id: (d.domain, d.text) for d in iter_documents(path)}
+    assert docs == {"a\ufffd": ("default", "alpha \ufffd beta"), "c.jsonl:2": ("d\ufffd", "gamma \U0001f600 delta")}
+    for order in ORDERS:
+        stats = CorpusStats()
+        got = read(path, order, stats=stats)
+        assert sorted((w.doc_id, w.domain, w.ids.tolist()) for w in got) == [
+            ("a\ufffd", "default", [0, 2, 1, 3]), ("c.jsonl:2", "d\ufffd", [0, 4, 1, 5])], order
+        assert (stats.replaced_bytes, stats.files_with_replacements) == (3, ["c.jsonl"]), order
+        assert stats.replaced_note().startswith("note: 3 byte(s) that are not UTF-8 replaced by U+FFFD in 1 file(s) "
+                                                "(c.jsonl)")
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-32", "utf-32-be"])
+def test_utf16_and_utf32_jsonl_read_as_utf8_jsonl_does(tmp_path, encoding):
+    """The README promises UTF-16 / UTF-32 after their byte-order mark; a JSONL file in them (Windows
+    PowerShell writes UTF-16LE) was refused as "not a text file" alone and skipped as binary in a
+    folder. Now both orders read it as the same records in UTF-8: lines split at "\\n" only (CRLF, a
+    U+2028 in a string and a character outside the BMP, a surrogate pair in UTF-16, kept)."""
+    recs = [{"text": "alpha beta\u2028gamma", "domain": "x"}, {"text": "\U0001f600 delta " * 20, "domain": "y"},
+            {"text": "中文 eta", "domain": "x", "id": "zh"}]
+    body = "\r\n".join(json.dumps(r, ensure_ascii=False) for r in recs) + "\r\n\r\n"
+    bom = {"utf-16-be": b"\xfe\xff", "utf-32-be": b"\x00\x00\xfe\xff"}.get(encoding, b"")  # the others write theirs
+    (tmp_path / "plain.jsonl").write_text(body, encoding="utf-8")
+    (tmp_path / "wide.jsonl").write_bytes(bom + body.encode(encoding))
+    (tmp_path / "f" / "sub").mkdir(parents=True)
+    (tmp_path / "f" / "sub" / "wide.jsonl").write_bytes(bom + body.encode(encoding))
+    key = lambda w: (w.doc_id.split(":")[-1], w.domain, w.doc_start, w.ids.tolist())  # noqa: E731
+    want = sorted(map(key, read(tmp_path / "plain.jsonl", "corpus")))
+    assert len(want) == 5
+    for path in (tmp_path / "wide.jsonl", tmp_path / "f"):
+        for order in ORDERS:
+            stats = CorpusStats()
+            assert sorted(map(key, read(path, order, stats=stats))) == want, (path.name, order)
+            assert stats.skipped_binary == [] and stats.replaced_bytes == 0 and stats.documents == 3
+
+
+def domains_corpus(root, lengths):
+    for dom, n in lengths.items():
+        (root / dom).mkdir(parents=True)
+        (root / dom / "d.txt").write_text(words(n))
+    return root
+
+
+def test_a_cap_below_a_window_per_domain_names_the_domains_it_left_out(tmp_path):
+    """--max-tokens 1000 over the bundled corpus's five domains at --seq-len 256 gave technical no
+    token, silently. The windows stay as they were; a note names the domains with text that got none
+    (not one without text, here "e") and says what covers them all: by hand, seq_len 16, cap 40: a 16,
+    b 16, c 8, d none; 4 domains with text: --seq-len <= 10 or --max-tokens >= 64."""
+    c = domains_corpus(tmp_path / "c", {"a": 50, "b": 50, "c": 50, "d": 50, "e": 0})
+    stats = CorpusStats()
+    per = Counter()
+    for w in read(c, "domains", max_tokens=40, stats=stats):
+        per[w.domain] += len(w.ids)
+    assert per == {"a": 16, "b": 16, "c": 8}
+    assert stats.documents == 3  # the documents read to find d's first window are not counted
+    assert stats.notes() == ["note: --max-tokens 40 left 1 of 4 domains without a token (d): each domain takes a "
+                             "window of up to --seq-len 16 tokens in turn; pass a --seq-len of at most 10 or a "
+                             "--max-tokens of at least 64 to cover every domain"]
+    for cap, order in ((64, "domains"), (None, "domains"), (40, "corpus")):  # every domain got some; no cap;
+        stats = CorpusStats()  # the corpus order, which reads the corpus in order by design
+        read(c, order, max_tokens=cap, stats=stats)
+        assert stats.notes() == [], (cap, order)
+
+
+class _Listing:
+    """os.scandir's answer with its entries in a given order (os.walk iterates it in a with block)."""
+
+    def __init__(self, entries):
+        self.entries = iter(entries)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self.entries)
+
+
+def test_a_linked_folder_the_corpus_holds_is_read_under_its_own_domain(tmp_path):
+    """The walk kept whichever path to a folder it reached first, in the file system's listing
+    order: `code/examples -> ../prose` made prose's file the domain code and prose vanished. Now, in
+    any listing order, a folder is read under its own (not linked) path once, with the same
+    fingerprint; a link to a folder outside the corpus is still read."""
+    c = domains_corpus(tmp_path / "c", {"code": 5, "prose": 7})
+    (c / "code" / "examples").symlink_to("../prose")
+    (c / "a_prose").symlink_to("prose")  # sorts before prose
+    outside = domains_corpus(tmp_path / "out", {"wiki": 3})
+    (c / "wiki").symlink_to(outside / "wiki")
+    real_scandir = os.scandir
+    seen = []
+    for backwards in (False, True):
+        def listed(path=".", backwards=backwards):
+            with real_scandir(path) as it:
+                return _Listing(sorted(it, key=lambda e: e.name, reverse=backwards))
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(os, "scandir", listed)
+            for order in ORDERS:
+                got = sorted({(w.domain, w.doc_id) for w in read(c, order)})
+                want = [("code", "code/d.txt"), ("prose", "prose/d.txt"), ("wiki", "wiki/d.txt")]
+                assert got == want, (backwards, order)
+            seen.append(fingerprint(c))
+    assert seen[0] == seen[1]
+
+
+def test_a_file_name_that_is_not_utf8_is_read(tmp_path):
+    """A name such as b"caf\\xe9.txt" (Latin-1) stopped every job on "'utf-8' codec can't encode
+    character '\\udce9' ... surrogates not allowed", naming nothing. Now it is read, its document id
+    and domain with U+FFFD, and the fingerprint hashes the name's bytes."""
+    root = os.fsencode(tmp_path / "c")
+    try:
+        os.makedirs(os.path.join(root, b"d\xe9v"))
+    except (OSError, UnicodeError):  # a file system that takes UTF-8 names only
+        pytest.skip("this file system refuses names that are not UTF-8")
+    with open(os.path.join(root, b"d\xe9v", b"caf\xe9.txt"), "wb") as f:
+        f.write(b"alpha beta")
+    fp = fingerprint(tmp_path / "c")
+    assert len(fp) == 64
+    os.rename(os.path.join(root, b"d\xe9v", b"caf\xe9.txt"), os.path.join(root, b"d\xe9v", b"caf\xe8.txt"))
+    assert fingerprint(tmp_path / "c") != fp  # the name's own bytes, not its replacement
+    for order in ORDERS:
+        got = [(w.doc_id, w.domain, w.ids.tolist()) for w in read(tmp_path / "c", order)]
+        assert got == [("d\ufffdv/caf\ufffd.txt", "d\ufffdv", [0, 2, 3])], order
+        assert got[0][0].encode() and got[0][1].encode()  # strings a Parquet table takes
+    alone = os.path.join(root, b"d\xe9v", b"caf\xe8.txt")
+    assert [d.doc_id for d in iter_documents(os.fsdecode(alone))] == ["caf\ufffd.txt"]
+    assert len(fingerprint(os.fsdecode(alone))) == 64
+
+
+def test_parquet_strings_that_are_not_utf8_are_replaced_and_counted(tmp_path):
+    """pyarrow reads a string column's bytes unchecked, then raised "'utf-8' codec can't decode byte
+    0xe9", naming no file. Now they are replaced and counted like a text file's, in both orders
+    alike (through row groups and after a null, for the lazy reader), the domain column too."""
+    def strings(values):
+        return pa.array(values, pa.binary()).view(pa.string())
+
+    texts = [b"caf\xe9 alpha", b"beta", None, b"gamma \xff\xfe", b"delta"]
+    table = pa.table({"text": strings(texts), "domain": strings([b"x", b"y\xe9", b"x", b"x", b"y\xe9"])})
+    path = tmp_path / "c.parquet"
+    pq.write_table(table, path, row_group_size=2)
+    want = [("c.parquet:1", "x", "caf\ufffd alpha"), ("c.parquet:2", "y\ufffd", "beta"),
+            ("c.parquet:4", "x", "gamma \ufffd\ufffd"), ("c.parquet:5", "y\ufffd", "delta")]
+    stats = CorpusStats()
+    assert [(d.doc_id, d.domain, d.text) for d in iter_documents(path, stats)] == want
+    counts = []
+    for order in ORDERS:
+        stats = CorpusStats()
+        got = sorted((w.doc_id, w.domain, w.ids.tolist()) for w in read(path, order, stats=stats))
+        assert got == sorted((i, d, [0, *encode(t)]) for i, d, t in want), order
+        counts.append((stats.replaced_bytes, stats.files_with_replacements))
+    assert counts[0] == counts[1] == (5, ["c.parquet"])  # é, \xff\xfe and the domain's two é
+
+
+def test_a_domain_0_or_false_is_a_domain(tmp_path):
+    """`rec.get("domain") or default` made the domains 0 and false the folder's. Only a missing,
+    null or "" domain is the folder's; any other value is the domain, as a string."""
+    path = tmp_path / "c.jsonl"
+    recs = [{"text": "alpha", "domain": 0}, {"text": "beta", "domain": False}, {"text": "gamma", "domain": ""},
+            {"text": "delta", "domain": None}, {"text": "eta"}, {"text": "iota", "domain": "x"}]
+    path.write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    parquet = tmp_path / "c.parquet"
+    pq.write_table(pa.table({"text": ["alpha", "beta", "gamma"], "domain": [0, 1, None]}), parquet)
+    named = tmp_path / "n.parquet"
+    pq.write_table(pa.table({"text": ["alpha", "beta"], "domain": ["", "0"]}), named)
+    want = {path: ["0", "False", "default", "default", "default", "x"], parquet: ["0", "1", "default"],
+            named: ["default", "0"]}
+    for p, domains in want.items():
+        for order in ORDERS:
+            got = {w.doc_id: w.domain for w in read(p, order)}
+            assert [got[k] for k in sorted(got, key=lambda k: int(k.split(":")[1]))] == domains, (p.name, order)
