@@ -403,3 +403,15 @@ def test_parquet_rows_after_nulls_in_several_row_groups(tmp_path):
     want = [(f"c.parquet:{i + 1}", [0, *encode(t)]) for i, t in enumerate(texts) if t is not None]
     for order in ("corpus", "domains"):
         assert [(w.doc_id, w.ids.tolist()) for w in windows(path, order)] == want, order
+
+
+def test_a_document_without_a_token_gives_no_window(tmp_path):
+    """An empty or blank document has no token: it gives no window (a window of BOS alone made an empty
+    text file a "complete" one-token run), in both orders; a domain of such documents gives none."""
+    c = tmp_path / "c"
+    for rel, text in (("a/d0.txt", "alpha beta"), ("a/empty.txt", ""), ("b/blank.txt", "  \n ")):
+        (c / rel).parent.mkdir(parents=True, exist_ok=True)
+        (c / rel).write_text(text)
+    for order in ("corpus", "domains"):
+        got = windows(c, order)
+        assert [(w.doc_id, w.ids.tolist()) for w in got] == [("a/d0.txt", [0, 2, 3])], order

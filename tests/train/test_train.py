@@ -147,6 +147,13 @@ def test_balance_losses_on_hand_computed_cases():
     assert max_violation(torch.tensor([8.0, 0.0, 0.0, 0.0])) == pytest.approx(3.0)
 
 
+def test_max_violation_of_no_load_is_undefined_not_balanced():
+    """A gate that routed no token (mean load 0) has no MaxVio: nan, never 0, which reads as perfect
+    balance in train_gates and on the dashboard."""
+    assert math.isnan(max_violation(torch.zeros(4)))
+    assert max_violation(torch.tensor([1.0, 3.0])) == pytest.approx(0.5)  # (3 - 2) / 2
+
+
 def test_switch_balance_loss_normalises_non_uniform_scores():
     """The Switch loss was only checked on uniform scores, where any per-token normalisation (a
     softmax of the scores too) gives P = 1/E: P_i must be the mean of s_i,t / sum_j s_j,t (a review)."""

@@ -1,0 +1,160 @@
+"""probe.writer's commit protocol on hand-made rows (no model): part names, progress and its
+accumulator state, a second commit of the same batches, abandon, and the clean-ups --resume relies on
+(truncate_after, prune_uncommitted). The record and train tests cover these end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from probe.schema import TABLES
+from probe.writer import (PROGRESS, PartWriter, load_progress, prune_uncommitted, truncate_after,
+                          updating_run_json)
+
+T = "router_bias"  # step, layer, expert, bias: the smallest streamed table
+
+
+def rows(step: int, n: int = 2, bias: float = 0.0) -> dict:
+    return {"step": [step] * n, "layer": [0] * n, "expert": list(range(n)), "bias": [bias] * n}
+
+
+def names(run, table: str = T) -> list[str]:
+    return sorted(p.name for p in (run / table).glob("*.parquet"))
+
+
+def col(path, name: str = "step") -> list:
+    return pq.read_table(path).column(name).to_pylist()
+
+
+def part(run, name: str, steps: list[int]) -> None:
+    """A part file written by hand, rows of the given steps."""
+    (run / T).mkdir(parents=True, exist_ok=True)
+    n = len(steps)
+    pq.write_table(pa.table({"step": steps, "layer": [0] * n, "expert": [0] * n, "bias": [0.0] * n},
+                            schema=TABLES[T]), run / T / name)
+
+
+def test_commits_name_parts_by_their_batches_and_keep_one_progress_state(tmp_path):
+    """Batches 0-1 then 2-4: two parts named by their first and last batch; the progress file says
+    the last batch committed, counts the commits, keeps what the caller passed, and points at a
+    state file of its own per commit (the previous one deleted)."""
+    run = tmp_path / "run"
+    w = PartWriter(run, 3, [T])
+    for b in (0, 1):
+        w.append(T, rows(b), b)
+    w.commit(1, {"tokens": 10}, {"acc": np.array([1.0, 2.0])})
+    first, _ = load_progress(run, 3)
+    for b in (2, 3, 4):
+        w.append(T, rows(b), b)
+    w.commit(4, {"tokens": 25, "commits": first["commits"]}, {"acc": np.array([3.0, 4.0])})
+    assert names(run) == ["r003-b0000000-0000001.parquet", "r003-b0000002-0000004.parquet"]
+    assert col(run / T / "r003-b0000002-0000004.parquet") == [2, 2, 3, 3, 4, 4]
+    progress, arrays = load_progress(run, 3)
+    assert (first["done"], first["commits"], progress["done"], progress["commits"]) == (1, 1, 4, 2)
+    assert progress["tokens"] == 25 and arrays["acc"].tolist() == [3.0, 4.0]
+    # a new state file per commit: a crash between writing it and the progress file leaves the old
+    # progress pointing at the old state, never at accumulators of batches it does not count
+    assert progress["state"] != first["state"]
+    assert sorted(p.name for p in (run / PROGRESS).glob("*.npz")) == [progress["state"]]
+
+
+def test_a_second_commit_of_the_same_batch_adds_its_rows_after_the_first(tmp_path):
+    """Training commits its last step's rows, then its final evaluation's at the same step: one part,
+    the committed rows first, then the new ones."""
+    run = tmp_path / "run"
+    w = PartWriter(run, 0, [T])
+    w.append(T, rows(3, bias=1.0), 3)
+    w.commit(3)
+    w.append(T, rows(3, bias=2.0), 3)
+    w.commit(3)
+    assert names(run) == ["r000-b0000003-0000003.parquet"]
+    assert col(run / T / "r000-b0000003-0000003.parquet", "bias") == [1.0, 1.0, 2.0, 2.0]
+
+
+def test_abandon_drops_flushed_and_buffered_rows(tmp_path):
+    """A failure mid-batch: abandon deletes the open temporary file and forgets the buffered rows; the
+    next commit holds only what was appended after it, named from its own first batch."""
+    run = tmp_path / "run"
+    w = PartWriter(run, 0, [T], row_group_rows=4)
+    w.append(T, rows(0), 0)
+    w.commit(0)
+    w.append(T, rows(1, n=4), 1)  # a full row group: flushed to the open temporary file
+    w.append(T, rows(1, n=2), 1)  # buffered
+    assert list((run / T).glob(".*.tmp"))
+    w.abandon()
+    assert not list((run / T).glob(".*tmp*"))
+    w.append(T, rows(2), 2)
+    w.commit(2)
+    assert names(run) == ["r000-b0000000-0000000.parquet", "r000-b0000002-0000002.parquet"]
+    assert col(run / T / "r000-b0000002-0000002.parquet") == [2, 2]
+
+
+def test_truncate_after_keeps_rows_up_to_the_step_of_this_rank(tmp_path):
+    """Parts b1-2, b3-5, b6-7 of rank 0 (and b3-5 of rank 1), truncated to step 3: b1-2 stays, b3-5
+    becomes b3-3 holding step 3's rows, b6-7 goes, rank 1 and other tables are untouched, a stale
+    temporary goes. Then to step 2: b1-2, which ends exactly there, stays whole."""
+    run = tmp_path / "run"
+    part(run, "r000-b0000001-0000002.parquet", [1, 1, 2])
+    part(run, "r000-b0000003-0000005.parquet", [3, 3, 4, 5])
+    part(run, "r000-b0000006-0000007.parquet", [6, 7])
+    part(run, "r001-b0000003-0000005.parquet", [3, 4, 5])
+    (run / T / ".r000-open.parquet.tmp").write_bytes(b"half")
+    truncate_after(run, 0, [T], 3)
+    assert names(run) == ["r000-b0000001-0000002.parquet", "r000-b0000003-0000003.parquet",
+                          "r001-b0000003-0000005.parquet"]
+    assert col(run / T / "r000-b0000003-0000003.parquet") == [3, 3]
+    assert col(run / T / "r001-b0000003-0000005.parquet") == [3, 4, 5]
+    assert not (run / T / ".r000-open.parquet.tmp").exists()
+    truncate_after(run, 0, [T], 2)
+    assert names(run) == ["r000-b0000001-0000002.parquet", "r001-b0000003-0000005.parquet"]
+    assert col(run / T / "r000-b0000001-0000002.parquet") == [1, 1, 2]
+
+
+def test_prune_uncommitted_deletes_only_this_ranks_parts_past_done(tmp_path):
+    run = tmp_path / "run"
+    for name in ("r000-b0000000-0000001", "r000-b0000002-0000003", "r000-b0000004-0000005", "r001-b0000004-0000005"):
+        part(run, name + ".parquet", [0])
+    (run / T / ".r000-open.parquet.tmp").write_bytes(b"half")
+    assert prune_uncommitted(run, 0, 3, [T, "routing"]) == 1  # a table never written is no error
+    assert names(run) == ["r000-b0000000-0000001.parquet", "r000-b0000002-0000003.parquet",
+                          "r001-b0000004-0000005.parquet"]
+    assert not (run / T / ".r000-open.parquet.tmp").exists()
+    assert prune_uncommitted(run, 0, None, [T]) == 2  # no progress: nothing of this rank was committed
+    assert names(run) == ["r001-b0000004-0000005.parquet"]
+
+
+def test_load_progress_reads_the_ranks_own_commit(tmp_path):
+    run = tmp_path / "run"
+    for rank, tokens in ((0, 100), (2, 7)):
+        w = PartWriter(run, rank, [T])
+        w.append(T, rows(rank), rank)
+        w.commit(rank, {"tokens": tokens}, {"acc": np.array([float(tokens)])})
+    progress, arrays = load_progress(run, 2)
+    assert (progress["done"], progress["tokens"], arrays["acc"].tolist()) == (2, 7, [7.0])
+    assert load_progress(run, 1) == ({}, {})
+
+
+def test_updating_run_json_keeps_an_existing_file_and_makes_a_new_one_only_when_missing(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    with updating_run_json(run, lambda: {"made": True}) as info:
+        info["a"] = 1
+    with updating_run_json(run, lambda: {"made": "again"}) as info:
+        info["b"] = 2
+    assert json.loads((run / "run.json").read_text()) == {"made": True, "a": 1, "b": 2}
+
+
+def test_recorder_alive_only_while_a_job_holds_the_lock(tmp_path):
+    """A killed record leaves its lock file behind, free (the process's end released it): not alive.
+    Alive only while a job holds it; a run without the file (not written by record) is not alive."""
+    from probe.writer import WRITER_LOCK, recorder_alive, writer_lock
+
+    run = tmp_path / "run"
+    run.mkdir()
+    assert not recorder_alive(run)
+    with writer_lock(run):
+        assert recorder_alive(run)
+    assert (run / WRITER_LOCK).is_file() and not recorder_alive(run)
