@@ -93,7 +93,7 @@ def test_bad_inputs_give_one_line_errors_and_write_nothing(probe_env, tmp_path, 
                               capsys=capsys), "use them with --dry-run")
     # a directory the OS refuses only when the run is created (procfs takes no new entries, even from root)
     assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", corpus, "--out", "/proc/dsv3-probe-run",
-                              "--max-tokens", "64", capsys=capsys), "--out /proc/dsv3-probe-run: cannot create the run")
+                              "--max-tokens", "128", capsys=capsys), "--out /proc/dsv3-probe-run: cannot create the run")
     assert not out.exists()
 
 
