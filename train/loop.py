@@ -17,7 +17,7 @@ import torch
 
 from model import Transformer
 from probe.job import check_out_parent, checkpoint_identity
-from probe.writer import updating_run_json
+from probe.writer import RunError, updating_run_json, write_json_atomic
 
 from .balance import RoutingTap, moe_gates, settle_biases, update_bias
 from .data import Batches, TrainError, load_tokenizer, token_streams, val_windows
@@ -25,6 +25,12 @@ from .flags import RESUME_CHECKED, check_flags
 from .log import TABLES, TrainLog
 from .state import config_record, load_state, resume_dir, save_final, save_state
 from .steps import Dist, bias_speed_at, evaluate, forward_losses, lr_at, make_optimizer, model_args
+
+
+# run.json keys a session writes at its end (`_Run.flush`'s extras, the settling): a later session's run.json
+# has them only if it writes them again
+SESSION_KEYS = ("final", "model_dir", "model_bytes", "checkpoint", "corpus", "tokens_per_s", "error", "stop_reason",
+                "bias_settle")
 
 
 def run(ns: argparse.Namespace) -> dict:
@@ -155,14 +161,22 @@ class _Run:
                 "domain_weights": dict(zip(d.batches.domains, map(float, d.batches.weights)))}
 
     def flush(self, status: str, **extra) -> None:
-        """Rank 0: commit the rows so far and rewrite run.json."""
+        """Rank 0: commit the rows so far and rewrite run.json: this run's record, and what other jobs
+        noted there (an ablation's part and table; a --resume dropped them, a review). What an earlier
+        session of this run wrote at its end (`SESSION_KEYS`: a final evaluation, a stop reason) is
+        not kept: a resumed run that stops again kept the model and figures of its first end."""
         if not self.dist.main:
             return
         self.log.commit()
         self.info.update(status=status, updated=time.time(), step=self.step, tokens_seen=self.tokens_seen, **extra)
-        with updating_run_json(self.ns.out, new=dict) as on_disk:  # what other jobs noted there stays
-            others = [t for t in on_disk.get("tables", ()) if t not in self.info["tables"]]
-            on_disk.update(self.info, tables=list(self.info["tables"]) + others)
+        try:
+            with updating_run_json(self.ns.out, new=dict) as on_disk:
+                theirs = {k: v for k, v in on_disk.items() if k not in self.info and k not in SESSION_KEYS}
+                others = [t for t in on_disk.get("tables", ()) if t not in self.info["tables"]]
+                on_disk.clear()
+                on_disk.update(self.info, **theirs, tables=list(self.info["tables"]) + others)
+        except RunError:  # an unreadable run.json: this run's own record replaces it, as it always did
+            write_json_atomic(self.ns.out / "run.json", self.info)
 
     # --------------------------------------------------------------------------------- steps
     def _loop(self) -> dict:

@@ -292,6 +292,24 @@ def test_resume_equals_uninterrupted(corpus, tmp_path):
         assert ra.df(t).sort_values(key).reset_index(drop=True).equals(rb.df(t).sort_values(key).reset_index(drop=True))
 
 
+def test_a_resumed_run_keeps_no_figures_of_its_earlier_end_and_an_unreadable_run_json_is_replaced(corpus, tmp_path):
+    """Training's run.json kept, across a --resume, every key of the earlier session's end: a run
+    resumed and stopped again still named its first end's model and final figures, which the jobs on
+    a run then took as its model (a review). An unreadable run.json ended --resume in a traceback."""
+    common = ("--eval-every", "0", "--checkpoint-every", "0")
+    out = tmp_path / "r"
+    first = run(parse_args(_flags(corpus, out, "--steps", "2", *common)))
+    assert first["status"] == "complete" and first["final"] and first["checkpoint"]
+    again = run(parse_args(_flags(corpus, out, "--steps", "4", "--stop-at", "3", "--resume", *common)))
+    info = json.loads((out / "run.json").read_text())
+    assert again["status"] == info["status"] == "interrupted" and info["stop_reason"] == "--stop-at 3"
+    assert not {"final", "checkpoint", "model_dir", "model_bytes", "corpus"} & set(info), sorted(info)
+    (out / "run.json").write_text('{"status": "interrupted", ')  # cut short
+    done = run(parse_args(_flags(corpus, out, "--steps", "4", "--resume", *common)))
+    info = json.loads((out / "run.json").read_text())
+    assert done["status"] == info["status"] == "complete" and info["step"] == 4 and "stop_reason" not in info
+
+
 def test_resume_from_an_earlier_checkpoint_drops_the_later_rows(corpus, tmp_path):
     """Rows committed after the checkpoint a run resumes from (a kill between the two) are dropped
     and recorded again, not kept twice."""
