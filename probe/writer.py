@@ -69,17 +69,29 @@ def writer_lock(run: Path):
         yield
 
 
-def recorder_alive(run: str | Path) -> bool:
-    """Whether a record job holds `run`'s writer lock now: a record that was killed holds none, and
-    its run.json still says "running"."""
+def recorder_alive(run: str | Path) -> bool | None:
+    """Whether a record job holds `run`'s writer lock now (a record that was killed holds none, and its
+    run.json still says "running"); None when this process cannot tell: the lock file cannot be opened
+    or the file system has no locks. Asked through a read-only descriptor, so that a run on a read-only
+    mount or another user's is asked too (opened for writing it failed, and read as "killed"; a review)."""
     lock = Path(run) / WRITER_LOCK
     if not lock.is_file():
         return False
     try:
-        with _locked(lock, wait=False):
-            return False
+        import fcntl
+
+        fd = os.open(lock, os.O_RDONLY)
+    except (ImportError, OSError):  # no flock on this system, or a lock file this process cannot open
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
     except BlockingIOError:
         return True
+    except OSError:
+        return None
+    finally:
+        os.close(fd)  # releases a lock it took
 
 
 def clear_run(run: Path) -> None:

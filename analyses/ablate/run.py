@@ -222,7 +222,7 @@ def check_finished(run, info: dict | None, error: type[Exception] = AblationErro
 
     if info is None or info.get("status") != "running":
         return
-    if info.get("kind") is None and not recorder_alive(run):  # a record run (the others have a kind)
+    if info.get("kind") is None and recorder_alive(run) is False:  # a record run (the others have a kind)
         raise error(f"{run}: its record stopped before the end (run.json says running, and no record job "
                     "holds the run): finish it with the record command that wrote it plus --resume")
     raise error(f"{run}: the run is still being {'recorded' if info.get('kind') is None else 'written'} "

@@ -5,10 +5,12 @@ accumulator state, a second commit of the same batches, abandon, and the clean-u
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from probe.schema import TABLES
 from probe.writer import (PROGRESS, PartWriter, load_progress, prune_uncommitted, truncate_after,
@@ -154,7 +156,34 @@ def test_recorder_alive_only_while_a_job_holds_the_lock(tmp_path):
 
     run = tmp_path / "run"
     run.mkdir()
-    assert not recorder_alive(run)
+    assert recorder_alive(run) is False
     with writer_lock(run):
-        assert recorder_alive(run)
-    assert (run / WRITER_LOCK).is_file() and not recorder_alive(run)
+        assert recorder_alive(run) is True
+    assert (run / WRITER_LOCK).is_file() and recorder_alive(run) is False
+
+
+def test_a_lock_this_process_cannot_open_is_not_taken_for_a_killed_record(tmp_path, monkeypatch):
+    """recorder_alive opened the lock file for writing and took any failure (a read-only mount, another
+    user's run) for "no record holds it": a live record's run was said to be killed, with advice to
+    --resume it (a review). It cannot tell then, and the jobs keep saying "still being recorded"."""
+    from analyses.ablate.run import check_finished
+    from analyses.ablate.select import AblationError
+    from probe import writer
+    from probe.writer import WRITER_LOCK, recorder_alive
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / WRITER_LOCK).touch()
+    real = writer.os.open
+
+    def refused(path, flags, *a):
+        if str(path).endswith(WRITER_LOCK) and flags & (os.O_WRONLY | os.O_RDWR):
+            raise PermissionError(13, "Read-only file system", str(path))
+        return real(path, flags, *a)
+
+    monkeypatch.setattr(writer.os, "open", refused)  # opened for writing, it fails; for reading it opens
+    assert recorder_alive(run) is False  # free, and asked through a read-only descriptor
+    monkeypatch.setattr(writer.os, "open", lambda *a: (_ for _ in ()).throw(PermissionError(13, "denied")))
+    assert recorder_alive(run) is None
+    with pytest.raises(AblationError, match="the run is still being recorded"):
+        check_finished(run, json.loads('{"status": "running"}'))
