@@ -292,17 +292,39 @@ def check_out_parent(out: Path, flag: str = "--out", file: bool = False,
 def _refuse_inside_a_run(out: Path, flag: str, error: type[Exception]) -> None:
     path = out.resolve()
     ckpt = path.parent
-    if path.is_file() and (ckpt / "config.json").is_file() and any(ckpt.glob("*.safetensors")):
+    if _checkpoint_file(path.name) and (ckpt / "config.json").is_file() and any(ckpt.glob("*.safetensors")):
         # the report written over a checkpoint's config.json left a model that no longer loads (a review)
-        raise error(f"{flag} {out}: is a file of the checkpoint {ckpt}; write elsewhere")
+        raise error(f"{flag} {out}: is a file of the checkpoint {ckpt} (its weights, config or tokenizer); "
+                    "write elsewhere")
     for run in path.parents:
         if (run / "run.json").is_file():
             if path == run / "run.json":
                 raise error(f"{flag} {out}: is the run.json of the run {run}; write elsewhere")
-            if path.parent != run:
-                raise error(f"{flag} {out}: is inside the folder {path.relative_to(run).parts[0]}/ of the "
-                            f"run {run}, which holds its tables; write elsewhere")
+            folder = path.relative_to(run).parts[0]
+            if path.parent != run and folder in _run_folders(run):
+                raise error(f"{flag} {out}: is inside the folder {folder}/ of the run {run}, which holds its "
+                            "tables; write elsewhere")
             return
+
+
+def _checkpoint_file(name: str) -> bool:
+    """A file a checkpoint directory is made of (writing a plan or a report beside them is fine)."""
+    return (name in ("config.json", "generation_config.json") or name.startswith("tokenizer")
+            or name.endswith((".safetensors", ".safetensors.index.json")))
+
+
+def _run_folders(run: Path) -> set[str]:
+    """The folders a run writes: its tables (run.json's list, or every folder it holds when that is
+    unreadable) and the record's bookkeeping."""
+    from .writer import PROGRESS, RunError, read_run_json
+
+    try:
+        tables = read_run_json(run).get("tables")
+    except RunError:
+        tables = None
+    if not isinstance(tables, list):
+        tables = [p.name for p in run.iterdir() if p.is_dir()]
+    return {str(t) for t in tables} | {PROGRESS}
 
 
 def check_replaceable(out: Path, marker: str, what: str, flag: str = "--out",

@@ -173,3 +173,15 @@ def test_a_plan_written_over_the_runs_own_files_is_refused(tmp_path, capsys):
     assert (run / "run.json").read_text() == before and not (table / "plan.json").exists()
     code, _, err = _cli(capsys, run, "--gpus", 4, "--format", "sglang", "--out", run / "plan.json")
     assert code == 0 and (run / "plan.json").is_file(), err
+    # a folder of the user's own in a run, and a plan beside a checkpoint's files (twice: the second time
+    # over the first plan), are fine; the checkpoint's own files are not (a review of the first version)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text("{}")
+    (ckpt / "model.safetensors").write_bytes(b"")
+    for out in (run / "plans" / "p.json", ckpt / "plan.json", ckpt / "plan.json"):
+        out.parent.mkdir(exist_ok=True)
+        code, _, err = _cli(capsys, run, "--gpus", 4, "--format", "sglang", "--out", out)
+        assert code == 0 and out.is_file(), (out, err)
+    code, _, err = _cli(capsys, run, "--gpus", 4, "--format", "sglang", "--out", ckpt / "config.json")
+    assert code == 2 and f"is a file of the checkpoint {ckpt}" in err and (ckpt / "config.json").read_text() == "{}"
