@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from .text_bytes import (BINARY_PROBE, decode, decode_as, is_binary, is_string, jsonl_lines, mend, parquet_strings,
-                         shown)
+                         parquet_strings_counted, shown)
 
 RECORD_SUFFIXES = (".jsonl", ".parquet")
 
@@ -512,7 +512,7 @@ def _read_refs(refs: list[_Ref], stats: CorpusStats) -> Iterator[Document]:
 def _parquet_row(r: _Ref, cache: dict, stats: CorpusStats) -> str:
     """Text of the r.key-th non-null row of r.file, through its row group (the group in use is kept
     while the stream reads on; the groups' row counts are read once per file). Bytes that are not
-    UTF-8 are replaced and counted as each group is read (`parquet_strings`)."""
+    UTF-8 are replaced, and counted as the row is read (`parquet_strings_counted`)."""
     import pyarrow.parquet as pq
 
     if ("groups", r.file) not in cache:
@@ -520,12 +520,14 @@ def _parquet_row(r: _Ref, cache: dict, stats: CorpusStats) -> str:
         counts = [pf.metadata.row_group(g).num_rows - pf.read_row_group(g, columns=["text"]).column("text").null_count
                   for g in range(pf.num_row_groups)]
         cache[("groups", r.file)] = (pf, np.concatenate([[0], np.cumsum(counts)]).astype(int).tolist())
-    first, texts = cache.get(r.file, (0, []))
+    first, texts, replaced = cache.get(r.file, (0, [], []))
     if not first <= r.key < first + len(texts):
         pf, starts = cache[("groups", r.file)]
         g = next(i for i in range(len(starts) - 1) if starts[i] <= r.key < starts[i + 1])
         first = starts[g]
-        # the group decoded once (a row at a time, a cast and a decode each, took 3x as long; a review)
-        texts = parquet_strings(pf.read_row_group(g, columns=["text"]).column("text").drop_null(), r.rel, stats)
-        cache[r.file] = (first, texts)
+        # the group decoded once (a row at a time, a cast and a decode each, took 3x as long; a review);
+        # each row's replacements counted when it is read (every domain's stream decodes the group)
+        texts, replaced = parquet_strings_counted(pf.read_row_group(g, columns=["text"]).column("text").drop_null())
+        cache[r.file] = (first, texts, replaced)
+    stats.replaced(replaced[r.key - first], r.rel)
     return texts[r.key - first]

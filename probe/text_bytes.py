@@ -8,6 +8,7 @@ from __future__ import annotations
 import codecs
 import os
 import re
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,15 +18,16 @@ if TYPE_CHECKING:
     from .corpus import CorpusStats
 
 
-class _Counter:
-    """A codecs error handler that replaces undecodable bytes and counts them."""
+_counted = threading.local()  # bytes the handler below replaced, in this thread
 
-    def __init__(self) -> None:
-        self.n = 0
 
-    def __call__(self, err: UnicodeDecodeError):
-        self.n += err.end - err.start
-        return "\ufffd", err.end
+def _count_and_replace(err: UnicodeDecodeError):
+    """The codecs error handler "probe-count": undecodable bytes become U+FFFD, and are counted."""
+    _counted.n = getattr(_counted, "n", 0) + err.end - err.start
+    return "\ufffd", err.end
+
+
+codecs.register_error("probe-count", _count_and_replace)  # once: a handler registered per call stayed
 
 
 # byte-order marks and the encoding each names (UTF-32's little-endian mark begins with UTF-16's:
@@ -51,16 +53,20 @@ def decode(data: bytes, where: str, stats: CorpusStats) -> str:
 
 def decode_as(data: bytes, encoding: str, where: str, stats: CorpusStats) -> str:
     """`data` in `encoding`; undecodable bytes are replaced by U+FFFD and counted in `stats` as `where`'s."""
+    text, n = decoded(data, encoding)
+    stats.replaced(n, where)
+    return text
+
+
+def decoded(data: bytes, encoding: str) -> tuple[str, int]:
+    """`data` in `encoding`, and how many of its bytes did not decode (replaced by U+FFFD)."""
     try:
-        return data.decode(encoding)
+        return data.decode(encoding), 0
     except UnicodeDecodeError:
         pass
-    counter = _Counter()
-    name = f"probe-count-{id(counter)}"
-    codecs.register_error(name, counter)
-    text = data.decode(encoding, errors=name)
-    stats.replaced(counter.n, where)
-    return text
+    before = getattr(_counted, "n", 0)
+    text = data.decode(encoding, errors="probe-count")
+    return text, _counted.n - before
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")  # in a str, a surrogate not in a pair (a pair is one character)
@@ -105,12 +111,26 @@ def parquet_strings(column, where: str, stats: CorpusStats) -> list:
     """A Parquet column's values; strings read from their bytes, those that are not UTF-8 replaced by
     U+FFFD and counted as `where`'s (pyarrow raised "'utf-8' codec can't decode", naming no file; a
     review)."""
+    values, replaced = parquet_strings_counted(column)
+    stats.replaced(sum(replaced), where)
+    return values
+
+
+def parquet_strings_counted(column) -> tuple[list, list[int]]:
+    """A Parquet column's values (strings decoded from their bytes, as `parquet_strings`) and, for
+    each, how many of its bytes were replaced: for a reader that counts only the values it uses."""
     import pyarrow as pa
 
     if not is_string(column.type):
-        return column.to_pylist()
+        return column.to_pylist(), [0] * len(column)
+    try:  # the usual case, every value UTF-8: checked by Arrow, read as it is
+        column.validate(full=True)
+        return column.to_pylist(), [0] * len(column)
+    except pa.ArrowInvalid:
+        pass
     raw = column.cast(pa.large_binary() if pa.types.is_large_string(column.type) else pa.binary())
-    return [None if b is None else decode_as(b, "utf-8", where, stats) for b in raw.to_pylist()]
+    pairs = [(None, 0) if b is None else decoded(b, "utf-8") for b in raw.to_pylist()]
+    return [v for v, _ in pairs], [n for _, n in pairs]
 
 
 def is_string(kind) -> bool:
