@@ -301,7 +301,7 @@ def _refuse_inside_a_run(out: Path, flag: str, error: type[Exception]) -> None:
             if path == run / "run.json":
                 raise error(f"{flag} {out}: is the run.json of the run {run}; write elsewhere")
             folder = path.relative_to(run).parts[0]
-            if path.parent != run and folder in _run_folders(run):
+            if path.parent != run and folder in _run_folders(run, folder):
                 raise error(f"{flag} {out}: is inside the folder {folder}/ of the run {run}, which holds its "
                             "tables; write elsewhere")
             return
@@ -313,17 +313,21 @@ def _checkpoint_file(name: str) -> bool:
             or name.endswith((".safetensors", ".safetensors.index.json")))
 
 
-def _run_folders(run: Path) -> set[str]:
+def _run_folders(run: Path, folder: str) -> set[str]:
     """The folders a run writes: its tables (run.json's list, or every folder it holds when that is
-    unreadable) and the record's bookkeeping."""
+    unreadable) and the record's bookkeeping; `{folder}` when neither can be read (another user's
+    run: refused as a table folder rather than a traceback, a review)."""
     from .writer import PROGRESS, RunError, read_run_json
 
     try:
         tables = read_run_json(run).get("tables")
-    except RunError:
+    except (RunError, OSError):
         tables = None
     if not isinstance(tables, list):
-        tables = [p.name for p in run.iterdir() if p.is_dir()]
+        try:
+            tables = [p.name for p in run.iterdir() if p.is_dir()]
+        except OSError:
+            return {folder}
     return {str(t) for t in tables} | {PROGRESS}
 
 

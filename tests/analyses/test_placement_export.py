@@ -185,3 +185,22 @@ def test_a_plan_written_over_the_runs_own_files_is_refused(tmp_path, capsys):
         assert code == 0 and out.is_file(), (out, err)
     code, _, err = _cli(capsys, run, "--gpus", 4, "--format", "sglang", "--out", ckpt / "config.json")
     assert code == 2 and f"is a file of the checkpoint {ckpt}" in err and (ckpt / "config.json").read_text() == "{}"
+
+
+def test_a_run_whose_run_json_cannot_be_read_is_refused_in_one_line(tmp_path, monkeypatch):
+    """Deciding whether an --out below a run lands in one of its table folders read run.json and
+    listed the run: another user's (permission denied) ended in a traceback (a review)."""
+    from probe.job import RecordError, check_out_parent
+
+    run = tmp_path / "run"
+    (run / "notes").mkdir(parents=True)
+    (run / "run.json").write_text('{"status": "complete", "tables": ["routing"]}')
+    check_out_parent(run / "notes" / "x.json", file=True)  # the control: a folder of the user's own
+
+    def denied(*a, **k):
+        raise PermissionError(13, "Permission denied", str(run / "run.json"))
+
+    monkeypatch.setattr("probe.writer.read_run_json", denied)
+    monkeypatch.setattr(type(run), "iterdir", denied)
+    with pytest.raises(RecordError, match=r"is inside the folder notes/ of the run .*, which holds its tables"):
+        check_out_parent(run / "notes" / "x.json", file=True)
