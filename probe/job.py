@@ -18,6 +18,9 @@ import os
 import sys
 from pathlib import Path
 
+from .errors import RecordError
+from .out_paths import check_out_parent, check_replaceable, os_refusal  # noqa: F401 - the jobs import them here
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CKPT = REPO / "data" / "model"
 DEFAULT_CORPUS = REPO / "data" / "corpus" / "val.jsonl"
@@ -26,10 +29,6 @@ DEFAULT_CORPUS = REPO / "data" / "corpus" / "val.jsonl"
 DEFAULT_RUNS = REPO / "runs"
 DTYPES = ("float32", "bfloat16", "float64")
 MODEL_FLAGS = ("dtype", "gemm", "device", "model_parallel")  # the options add_model_flags adds
-
-
-class RecordError(ValueError):
-    """Bad options or inputs for a job (one line, naming the culprit)."""
 
 
 # ------------------------------------------------------------------------------ inputs
@@ -266,88 +265,6 @@ def same_options(world, options: dict) -> None:
             more = f" (and {len(diff) - 1} more)" if len(diff) > 1 else ""
             raise RecordError(f"ranks run different jobs: {flag} is {first.get(key)!r} on rank 0 but {value!r} on "
                               f"rank {rank}{more}; every node's command must pass the same options")
-
-
-def check_out_parent(out: Path, flag: str = "--out", file: bool = False,
-                     error: type[Exception] = RecordError) -> None:
-    """A one-line `error` when `out` (a directory to create, or with `file` a file to write) could
-    not be written: it is a directory where a file should go, or its nearest existing ancestor is a
-    file or a directory this process cannot write; with `file`, also when it would replace a run's
-    run.json or a checkpoint's file, or land in one of a run's table folders (a plan written over
-    run.json lost the run's metadata, found by a review). A new file directly in a run directory (a
-    plan, a report) is fine."""
-    if file and out.is_dir():
-        raise error(f"{flag} {out}: is a directory, not a file")
-    if file:
-        _refuse_inside_a_run(out, flag, error)
-    parent = out if out.exists() and not file else out.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise error(f"{flag} {out}: {parent} is a file, not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise error(f"{flag} {out}: directory {parent} is not writable")
-
-
-def _refuse_inside_a_run(out: Path, flag: str, error: type[Exception]) -> None:
-    path = out.resolve()
-    ckpt = path.parent
-    if _checkpoint_file(path.name) and (ckpt / "config.json").is_file() and any(ckpt.glob("*.safetensors")):
-        # the report written over a checkpoint's config.json left a model that no longer loads (a review)
-        raise error(f"{flag} {out}: is a file of the checkpoint {ckpt} (its weights, config or tokenizer); "
-                    "write elsewhere")
-    for run in path.parents:
-        if (run / "run.json").is_file():
-            if path == run / "run.json":
-                raise error(f"{flag} {out}: is the run.json of the run {run}; write elsewhere")
-            folder = path.relative_to(run).parts[0]
-            if path.parent != run and folder in _run_folders(run, folder):
-                raise error(f"{flag} {out}: is inside the folder {folder}/ of the run {run}, which holds its "
-                            "tables; write elsewhere")
-            return
-
-
-def _checkpoint_file(name: str) -> bool:
-    """A file a checkpoint directory is made of (writing a plan or a report beside them is fine)."""
-    return (name in ("config.json", "generation_config.json") or name.startswith("tokenizer")
-            or name.endswith((".safetensors", ".safetensors.index.json")))
-
-
-def _run_folders(run: Path, folder: str) -> set[str]:
-    """The folders a run writes: its tables (run.json's list, or every folder it holds when that is
-    unreadable) and the record's bookkeeping; `{folder}` when neither can be read (another user's
-    run: refused as a table folder rather than a traceback, a review)."""
-    from .writer import PROGRESS, RunError, read_run_json
-
-    try:
-        tables = read_run_json(run).get("tables")
-    except (RunError, OSError):
-        tables = None
-    if not isinstance(tables, list):
-        try:
-            tables = [p.name for p in run.iterdir() if p.is_dir()]
-        except OSError:
-            return {folder}
-    return {str(t) for t in tables} | {PROGRESS}
-
-
-def check_replaceable(out: Path, marker: str, what: str, flag: str = "--out",
-                      error: type[Exception] = RecordError) -> None:
-    """Before `--overwrite` deletes `out`: it must be empty or hold `marker` (run.json, config.json),
-    i.e. be the kind of thing the command writes, never a user's other directory."""
-    if out.is_dir() and any(out.iterdir()) and not (out / marker).exists():
-        raise error(f"{flag} {out} is not {what} (no {marker}): refusing to delete it")
-
-
-@contextlib.contextmanager
-def os_refusal(message: str, error: type[Exception] = RecordError):
-    """Within the block, an OSError becomes one line: `error(f"{message} ({reason})")`. For the
-    writes no up-front check (check_out_parent) can foresee, e.g. a filesystem that refuses new
-    entries: `with os_refusal(f"--out {out}: cannot create the run there"): out.mkdir()`."""
-    try:
-        yield
-    except OSError as e:
-        raise error(f"{message} ({e.strerror or e})") from None
 
 
 def agree(world, fn):

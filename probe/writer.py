@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute in truncate_after
 import pyarrow.parquet as pq
 
-from .job import os_refusal
+from .out_paths import os_refusal
 from .schema import TABLES
 
 RUN_JSON = "run.json"

@@ -70,7 +70,7 @@ LONGEST_FIRST = [
     "e2e/test_mp_jobs.py",  # ~35 s: a four-rank launch of five jobs
     "model/test_parallel.py",  # ~35 s
     "e2e/test_dashboard_e2e.py",  # ~30 s: streamlit and chromium
-    "train/test_train.py",  # ~30 s
+    "train/test_train.py", "train/test_train_resume.py",  # ~20 s and ~10 s
     "benchmarks/test_benchmark_scripts.py",  # ~25 s: the GPU checks' runner in its CPU mode
     "probe/test_resume.py",  # ~25 s: records stopped and resumed, two processes
     "analyses/test_report.py", "analyses/test_ablate.py",  # ~15 s each

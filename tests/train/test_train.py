@@ -1,10 +1,10 @@
-"""train (python -m train): losses go down, balancing pieces do what the report says, resume is exact, bad input."""
+"""train (python -m train): losses go down, balancing pieces do what the report says, bad input. (Resume and
+stops: test_train_resume.py.)"""
 
 from __future__ import annotations
 
 import json
 import math
-import random
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +14,6 @@ from helpers import load_hf
 
 import probe
 
-from data.mathgen import math_document
-from data.tokenizer import save_tokenizer, train_tokenizer
 from model import ConfigError, ModelArgs, Transformer
 from model import load as load_ckpt
 from model.moe import Gate
@@ -23,43 +21,7 @@ from train import (RoutingTap, TrainError, max_violation, moe_gates, parse_args,
                    settle_biases, switch_balance_loss, update_bias)
 from train.__main__ import main as train_main
 
-WORDS = "the king queen night watch ghost castle sword crown speak love death".split()
-HANZI = "的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可也你"
-
-
-def _docs(seed: int, n: int) -> list[dict]:
-    rng = random.Random(seed)
-    docs = []
-    for i in range(n):
-        docs.append({"id": f"math/{seed}/{i}", "domain": "math", "text": math_document(rng, 600)})
-        docs.append({"id": f"lit/{seed}/{i}", "domain": "literature",
-                     "text": ".\n".join(" ".join(rng.choice(WORDS) for _ in range(9)) for _ in range(12))})
-        docs.append({"id": f"zh/{seed}/{i}", "domain": "chinese",
-                     "text": "。".join("".join(rng.choice(HANZI) for _ in range(14)) for _ in range(20))})
-    return docs
-
-
-def _write(path: Path, docs: list[dict]) -> None:
-    path.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs), encoding="utf-8")
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("corpus")
-    train, val = _docs(0, 12), _docs(1, 2)
-    _write(d / "train.jsonl", train)
-    _write(d / "val.jsonl", val)
-    save_tokenizer(train_tokenizer((x["text"] for x in train), vocab_size=320), d / "tokenizer.json")
-    return d
-
-
-def _flags(corpus: Path, out: Path, *extra: str, settle: bool = False) -> list[str]:
-    """Flags of a small run; the bias-settling phase (30 x 8 extra forward passes by default) is cut to
-    one update on one batch unless a test looks at it."""
-    quick = [] if settle else ["--settle-updates", "1", "--settle-batches", "1"]
-    return ["--corpus", str(corpus), "--tokenizer", str(corpus / "tokenizer.json"), "--config", "tiny",
-            "--out", str(out), "--batch-size", "4", "--seq-len", "32", "--lr", "3e-3", "--warmup-steps", "2",
-            "--eval-windows", "2", "--no-progress", "--threads", "1", "--save-dtype", "float32", *quick, *extra]
+from helpers.training import WORDS, flags
 
 
 # ------------------------------------------------------------------------------------ balancing math
@@ -170,7 +132,7 @@ def test_switch_balance_loss_normalises_non_uniform_scores():
 @pytest.mark.slow
 def test_training_reduces_loss_and_writes_the_run(corpus, tmp_path):
     out = tmp_path / "run"
-    info = run(parse_args(_flags(corpus, out, "--steps", "40", "--eval-every", "20", "--checkpoint-every", "0",
+    info = run(parse_args(flags(corpus, out, "--steps", "40", "--eval-every", "20", "--checkpoint-every", "0",
                                  "--flush-every", "13", settle=True)))
     assert info["status"] == "complete" and info["kind"] == "train"
     r = probe.open_run(out)  # a training run is a run like any other
@@ -256,157 +218,100 @@ def _analyses_take_the_runs_own_model(out: Path, corpus: Path, info: dict) -> No
 
 
 def test_balance_none_keeps_bias_zero_and_switch_adds_loss(corpus, tmp_path):
-    none = run(parse_args(_flags(corpus, tmp_path / "none", "--steps", "3", "--balance", "none", "--eval-every", "0")))
+    none = run(parse_args(flags(corpus, tmp_path / "none", "--steps", "3", "--balance", "none", "--eval-every", "0")))
     assert none["status"] == "complete"
     r = probe.open_run(tmp_path / "none")
     gates = r.df("train_gates")
     assert (r.df("train_steps").aux_loss == 0).all() and (gates[gates.split == "train"].bias_norm == 0).all()
-    run(parse_args(_flags(corpus, tmp_path / "sw", "--steps", "3", "--balance", "switch", "--eval-every", "0")))
+    run(parse_args(flags(corpus, tmp_path / "sw", "--steps", "3", "--balance", "switch", "--eval-every", "0")))
     r = probe.open_run(tmp_path / "sw")
     # three gates, each loss near 1 (>= 1 unless perfectly balanced), weight 0.01
     gates = r.df("train_gates")
     assert (gates[gates.split == "train"].bias_norm == 0).all() and r.df("train_steps").aux_loss.between(0.02, 0.2).all()
 
 
-def test_resume_equals_uninterrupted(corpus, tmp_path):
-    common = ("--steps", "6", "--eval-every", "0", "--checkpoint-every", "0")
-    run(parse_args(_flags(corpus, tmp_path / "a", *common)))
-    stopped = run(parse_args(_flags(corpus, tmp_path / "b", *common, "--stop-at", "3")))
-    assert stopped["status"] == "interrupted" and stopped["stop_reason"] == "--stop-at 3" and stopped["step"] == 3
-    with probe.writer.updating_run_json(tmp_path / "b") as info:  # another job notes its part meanwhile
-        info["tables"].append("ablations")
-        info["ablation_parts"] = {"part-x.parquet": {"experts": [1]}}
-    run(parse_args(_flags(corpus, tmp_path / "b", *common, "--resume")))
-    info = json.loads((tmp_path / "b" / "run.json").read_text())  # training rewrote run.json, and kept it
-    assert info["ablation_parts"] == {"part-x.parquet": {"experts": [1]}} and info["tables"][-1] == "ablations"
-    a = torch.load(tmp_path / "a" / "checkpoint" / "state.pt", weights_only=False)
-    b = torch.load(tmp_path / "b" / "checkpoint" / "state.pt", weights_only=False)
-    assert a["step"] == b["step"] == 6
-    for k, v in a["model"].items():
-        assert torch.equal(v, b["model"][k]), k  # bitwise, biases included
-    ra, rb = probe.open_run(tmp_path / "a"), probe.open_run(tmp_path / "b")
-    sa, sb = ra.df("train_steps").sort_values("step"), rb.df("train_steps").sort_values("step")
-    assert sb.step.tolist() == list(range(1, 7)) and sa.loss.tolist() == sb.loss.tolist()
-    key = ["step", "layer", "expert"]
-    for t in ("expert_load", "router_bias"):
-        assert ra.df(t).sort_values(key).reset_index(drop=True).equals(rb.df(t).sort_values(key).reset_index(drop=True))
-
-
-def test_a_resumed_run_keeps_no_figures_of_its_earlier_end_and_an_unreadable_run_json_is_replaced(corpus, tmp_path):
-    """Training's run.json kept, across a --resume, every key of the earlier session's end: a run
-    resumed and stopped again still named its first end's model and final figures, which the jobs on
-    a run then took as its model (a review). An unreadable run.json ended --resume in a traceback."""
-    common = ("--eval-every", "0", "--checkpoint-every", "0")
-    out = tmp_path / "r"
-    first = run(parse_args(_flags(corpus, out, "--steps", "2", *common)))
-    assert first["status"] == "complete" and first["final"] and first["checkpoint"]
-    again = run(parse_args(_flags(corpus, out, "--steps", "4", "--stop-at", "3", "--resume", *common)))
-    info = json.loads((out / "run.json").read_text())
-    assert again["status"] == info["status"] == "interrupted" and info["stop_reason"] == "--stop-at 3"
-    assert not {"final", "checkpoint", "model_dir", "model_bytes", "corpus"} & set(info), sorted(info)
-    (out / "run.json").write_text('{"status": "interrupted", ')  # cut short
-    done = run(parse_args(_flags(corpus, out, "--steps", "4", "--resume", *common)))
-    info = json.loads((out / "run.json").read_text())
-    assert done["status"] == info["status"] == "complete" and info["step"] == 4 and "stop_reason" not in info
-
-
-def test_resume_from_an_earlier_checkpoint_drops_the_later_rows(corpus, tmp_path):
-    """Rows committed after the checkpoint a run resumes from (a kill between the two) are dropped
-    and recorded again, not kept twice."""
-    import shutil
-
-    flags = ("--steps", "5", "--eval-every", "0", "--checkpoint-every", "2", "--flush-every", "1")
-    run(parse_args(_flags(corpus, tmp_path / "c", *flags, "--stop-at", "3")))  # rows and checkpoint at 3
-    run(parse_args(_flags(corpus, tmp_path / "d", *flags, "--stop-at", "2")))  # the same run's state at 2
-    shutil.copy(tmp_path / "d" / "checkpoint" / "state.pt", tmp_path / "c" / "checkpoint" / "state.pt")
-    run(parse_args(_flags(corpus, tmp_path / "c", *flags, "--resume")))
-    run(parse_args(_flags(corpus, tmp_path / "e", *flags)))  # uninterrupted
-    c, e = (probe.open_run(tmp_path / x).df("train_steps").sort_values("step") for x in ("c", "e"))
-    assert c.step.tolist() == list(range(1, 6)) and c.loss.tolist() == e.loss.tolist()
-
-
 # --------------------------------------------------------------------------------------- bad input
 def test_bad_input_errors(corpus, tmp_path, capsys):
     with pytest.raises(TrainError, match="corpus too small for one batch"):
-        run(parse_args(_flags(corpus, tmp_path / "x", "--batch-size", "5000", "--steps", "1")))
+        run(parse_args(flags(corpus, tmp_path / "x", "--batch-size", "5000", "--steps", "1")))
     with pytest.raises(ConfigError, match="n_routed_experts=15 must be a positive multiple of n_expert_groups=4"):
-        run(parse_args(_flags(corpus, tmp_path / "x", "--set", "n_routed_experts=15")))
+        run(parse_args(flags(corpus, tmp_path / "x", "--set", "n_routed_experts=15")))
     with pytest.raises(ConfigError, match=r"n_activated_experts=12 must be in \[1, 8\]"):
-        run(parse_args(_flags(corpus, tmp_path / "x", "--set", "n_activated_experts=12")))
+        run(parse_args(flags(corpus, tmp_path / "x", "--set", "n_activated_experts=12")))
     # a --config file the architecture forbids is named, as the flag (it said "config dict"; a review)
     hf = json.loads((Path(__file__).resolve().parents[2] / "data" / "model" / "config.json").read_text())
     (tmp_path / "hf.json").write_text(json.dumps(hf | {"n_routed_experts": 30}))
     (tmp_path / "list.json").write_text("[1, 2]")
     with pytest.raises(TrainError, match=rf"^--config {tmp_path / 'hf.json'}: invalid ModelArgs: n_routed_experts=30"):
-        run(parse_args(_flags(corpus, tmp_path / "x", "--config", str(tmp_path / "hf.json"))))
+        run(parse_args(flags(corpus, tmp_path / "x", "--config", str(tmp_path / "hf.json"))))
     with pytest.raises(TrainError, match=rf"^--config {tmp_path / 'list.json'}: a JSON list, not a config object"):
-        run(parse_args(_flags(corpus, tmp_path / "x", "--config", str(tmp_path / "list.json"))))
+        run(parse_args(flags(corpus, tmp_path / "x", "--config", str(tmp_path / "list.json"))))
     with pytest.raises(TrainError, match="ModelArgs has no field 'bogus'"):
-        run(parse_args(_flags(corpus, tmp_path / "x", "--set", "bogus=1")))
+        run(parse_args(flags(corpus, tmp_path / "x", "--set", "bogus=1")))
     with pytest.raises(TrainError, match="no tokenizer"):
-        run(parse_args(_flags(corpus, tmp_path / "x") + ["--tokenizer", str(tmp_path / "none.json")]))
+        run(parse_args(flags(corpus, tmp_path / "x") + ["--tokenizer", str(tmp_path / "none.json")]))
     with pytest.raises(TrainError, match="exceeds the config's max_seq_len=256"):
-        run(parse_args(_flags(corpus, tmp_path / "x", "--seq-len", "512")))
+        run(parse_args(flags(corpus, tmp_path / "x", "--seq-len", "512")))
     # a softmax router (DeepSeek-V2 style) has no bias for the default aux-free balancing to move: it
     # was an AttributeError after the first step (a review); --balance switch takes the same config
     soft = ["--set", "score_func=softmax", "--set", "model_type=deepseek_v2", "--set", "norm_topk_prob=false",
             "--set", "n_expert_groups=1", "--set", "n_limited_groups=1", "--set", "n_mtp_layers=0"]
     with pytest.raises(TrainError, match=r"--balance aux-free moves the routers' bias.*'softmax': pass --balance switch"):
-        run(parse_args(_flags(corpus, tmp_path / "soft", *soft)))
+        run(parse_args(flags(corpus, tmp_path / "soft", *soft)))
     assert not (tmp_path / "soft").exists()
     from train.steps import model_args
-    assert model_args(parse_args(_flags(corpus, tmp_path / "soft", *soft, "--balance", "switch")), 512).score_func == "softmax"
+    assert model_args(parse_args(flags(corpus, tmp_path / "soft", *soft, "--balance", "switch")), 512).score_func == "softmax"
     # resume from a checkpoint of another shape
-    run(parse_args(_flags(corpus, tmp_path / "r", "--steps", "2", "--eval-every", "0")))
+    run(parse_args(flags(corpus, tmp_path / "r", "--steps", "2", "--eval-every", "0")))
     with pytest.raises(TrainError, match=r"cannot resume from .*checkpoint: it holds a model with dim=64.*"
                                          r"this run builds dim=48"):
-        run(parse_args(_flags(corpus, tmp_path / "r", "--steps", "4", "--set", "dim=48", "--resume")))
+        run(parse_args(flags(corpus, tmp_path / "r", "--steps", "4", "--set", "dim=48", "--resume")))
     for flag, value, msg in (("--lr", "nan", "--lr=nan must be a finite number"),
                              ("--beta1", "1.5", r"--beta1=1.5 must be in \[0, 1\)"),
                              ("--stop-at", "-1", "--stop-at=-1 must be a step of at least 1"),
                              ("--time-limit", "0", "--time-limit=0.0 must be a positive number of minutes"),
                              ("--threads", "0", "--threads=0 must be at least 1")):
         with pytest.raises(TrainError, match=msg):
-            run(parse_args(_flags(corpus, tmp_path / "x", flag, value)))
+            run(parse_args(flags(corpus, tmp_path / "x", flag, value)))
     # the same --out again without --resume: its tables would hold both runs' rows (found by a review)
     with pytest.raises(TrainError, match=r"--out .*/r already holds a run: pass --resume to continue it"):
-        run(parse_args(_flags(corpus, tmp_path / "r", "--steps", "2", "--eval-every", "0")))
+        run(parse_args(flags(corpus, tmp_path / "r", "--steps", "2", "--eval-every", "0")))
     assert probe.open_run(tmp_path / "r").df("train_steps").step.tolist() == [1, 2]
     # a learning rate that blows the weights up: the run stops at the first loss that is not a number,
     # before a checkpoint could save the broken weights; the row that showed it is in the tables
     with pytest.raises(TrainError, match=r"the training (loss|gradient norm) became (nan|inf) at step \d \(loss .*\): "
                                          r"the run diverged"):
-        run(parse_args(_flags(corpus, tmp_path / "div", "--steps", "6", "--lr", "1e30", "--eval-every", "0",
+        run(parse_args(flags(corpus, tmp_path / "div", "--steps", "6", "--lr", "1e30", "--eval-every", "0",
                               "--checkpoint-every", "0")))
     diverged = probe.open_run(tmp_path / "div")
     assert diverged.info["status"] == "interrupted" and "diverged" in diverged.info["error"]
     last = diverged.df("train_steps").sort_values("step").iloc[-1]
     assert not (np.isfinite(last.loss) and np.isfinite(last.grad_norm)) and not (tmp_path / "div" / "checkpoint").exists()
     with pytest.raises(TrainError, match="no checkpoint there"):
-        run(parse_args(_flags(corpus, tmp_path / "empty", "--resume")))
+        run(parse_args(flags(corpus, tmp_path / "empty", "--resume")))
     (tmp_path / "junk" / "checkpoint").mkdir(parents=True)
     (tmp_path / "junk" / "checkpoint" / "state.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(TrainError, match="state.pt is not a training checkpoint"):
-        run(parse_args(_flags(corpus, tmp_path / "junk", "--resume")))
+        run(parse_args(flags(corpus, tmp_path / "junk", "--resume")))
     with pytest.raises(ConfigError, match="n_mtp_layers=2: MTP depth 0 or 1 only"):
-        run(parse_args(_flags(corpus, tmp_path / "x", "--set", "n_mtp_layers=2")))
+        run(parse_args(flags(corpus, tmp_path / "x", "--set", "n_mtp_layers=2")))
     (tmp_path / "afile").write_text("x")
     with pytest.raises(TrainError, match=r"--out .*afile/run: .*afile is a file, not a directory"):
-        run(parse_args(_flags(corpus, tmp_path / "afile" / "run")))
+        run(parse_args(flags(corpus, tmp_path / "afile" / "run")))
     # --token-cache naming a file was a FileExistsError traceback after the corpus was tokenised (a review)
     with pytest.raises(TrainError, match=r"--token-cache .*afile: .*afile is a file, not a directory"):
-        run(parse_args(_flags(corpus, tmp_path / "tc", "--token-cache", str(tmp_path / "afile"))))
+        run(parse_args(flags(corpus, tmp_path / "tc", "--token-cache", str(tmp_path / "afile"))))
     with pytest.raises(TrainError, match=r"--out /proc/dsv3-train-run: cannot create the run there"):
-        run(parse_args(_flags(corpus, Path("/proc/dsv3-train-run"))))
+        run(parse_args(flags(corpus, Path("/proc/dsv3-train-run"))))
     with pytest.raises(TrainError, match=r"nowhere/train.jsonl: not found \(build the corpus with"):
-        run(parse_args(_flags(corpus, tmp_path / "x") + ["--corpus", str(tmp_path / "nowhere")]))
+        run(parse_args(flags(corpus, tmp_path / "x") + ["--corpus", str(tmp_path / "nowhere")]))
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "train.jsonl").write_text('{"domain": "x"}\n')
     with pytest.raises(TrainError, match=r"train.jsonl:1: a document needs string fields"):
-        run(parse_args(_flags(corpus, tmp_path / "x") + ["--corpus", str(tmp_path / "bad")]))
+        run(parse_args(flags(corpus, tmp_path / "x") + ["--corpus", str(tmp_path / "bad")]))
     # the command line: one line on stderr, exit status 2
     with pytest.raises(SystemExit) as e:
-        train_main(_flags(corpus, tmp_path / "x", "--set", "n_routed_experts=15"))
+        train_main(flags(corpus, tmp_path / "x", "--set", "n_routed_experts=15"))
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: invalid ModelArgs") and "\n" not in err
@@ -420,13 +325,13 @@ def test_two_process_gloo_run_matches_one_process(corpus, tmp_path):
     import sys
 
     common = ("--steps", "3", "--eval-every", "0", "--checkpoint-every", "0")
-    run(parse_args(_flags(corpus, tmp_path / "one", *common)))
-    flags = _flags(corpus, tmp_path / "two", *common)
-    flags[flags.index("--batch-size") + 1] = "2"
+    run(parse_args(flags(corpus, tmp_path / "one", *common)))
+    argv = flags(corpus, tmp_path / "two", *common)
+    argv[argv.index("--batch-size") + 1] = "2"
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR",
                                                             "MASTER_PORT")} | {"OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                        "-m", "train", *flags], cwd=Path(__file__).resolve().parents[2], env=env,
+                        "-m", "train", *argv], cwd=Path(__file__).resolve().parents[2], env=env,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     one, two = probe.open_run(tmp_path / "one"), probe.open_run(tmp_path / "two")
@@ -457,73 +362,6 @@ def test_the_bias_schedule_follows_the_lr_shape_even_at_lr_0():
     assert lr_at(5, zero) == 0.0
 
 
-def test_ctrl_c_is_one_line_and_exit_status_130(corpus, tmp_path, monkeypatch, capsys):
-    """`python -m train` showed a KeyboardInterrupt traceback on Ctrl-C (found by a review)."""
-    import train.__main__ as cli
-
-    def interrupted(ns):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(cli, "run", interrupted)
-    with pytest.raises(SystemExit) as e:
-        cli.main(_flags(corpus, tmp_path / "run"))
-    err = capsys.readouterr().err.strip()
-    assert e.value.code == 130 and err.count("\n") == 0 and "is marked interrupted (continue it with --resume" in err
-
-
-def test_sigterm_marks_the_run_interrupted_and_exits_143(corpus, tmp_path, capsys):
-    """SIGTERM (a scheduler, torchrun) killed the process with run.json saying "running" (a review):
-    now it is handled as Ctrl-C, the run marked interrupted, one line, exit status 143, and the
-    handler put back afterwards."""
-    import os
-    import signal
-
-    import train.__main__ as cli
-    from train import loop
-
-    real_step = loop._Run._train_step
-    calls = []
-
-    def step_then_term(self, *a, **kw):
-        calls.append(1)
-        if len(calls) == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real_step(self, *a, **kw)
-
-    before = signal.getsignal(signal.SIGTERM)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(loop._Run, "_train_step", step_then_term)
-        with pytest.raises(SystemExit) as e:
-            cli.main(_flags(corpus, tmp_path / "run", "--steps", "6", "--eval-every", "0"))
-    err = capsys.readouterr().err.strip()
-    assert e.value.code == 143 and err.startswith("terminated: the run in") and err.count("\n") == 0, err
-    assert probe.open_run(tmp_path / "run").info["status"] == "interrupted"
-    assert signal.getsignal(signal.SIGTERM) == before
-
-
-def test_resume_reports_another_corpus_and_settle_flags(corpus, tmp_path, capsys):
-    """The corpus and the settle phase were not among the flags a resume compares (a review)."""
-    import shutil
-
-    common = ("--steps", "4", "--eval-every", "0", "--checkpoint-every", "0")
-    run(parse_args(_flags(corpus, tmp_path / "r", *common, "--stop-at", "2")))
-    other = shutil.copytree(corpus, tmp_path / "corpus2")
-    capsys.readouterr()
-    run(parse_args(_flags(corpus, tmp_path / "r", *common, "--resume", "--stop-at", "3")
-                   + ["--corpus", str(other), "--settle-updates", "3"]))
-    note = capsys.readouterr().err
-    assert "note: resuming with changed flags:" in note and "corpus " in note and "settle_updates 1 -> 3" in note
-    # the same folder named another way is not a change
-    run(parse_args(_flags(corpus, tmp_path / "r", *common, "--resume", "--settle-updates", "3")
-                   + ["--corpus", str(other / ".." / "corpus2")]))
-    assert "corpus" not in capsys.readouterr().err
-    tok2 = tmp_path / "tok2.json"  # another tokenizer file (the same ids here): reported too (a review)
-    tok2.write_bytes((corpus / "tokenizer.json").read_bytes())
-    run(parse_args(_flags(corpus, tmp_path / "r", *common, "--resume", "--settle-updates", "3")
-                   + ["--corpus", str(other), "--tokenizer", str(tok2)]))
-    assert "tokenizer " in capsys.readouterr().err
-
-
 def test_an_unwritable_default_token_cache_is_skipped_not_fatal(corpus, tmp_path, capsys):
     """The default cache (CORPUS/token_cache) of a corpus that cannot take it (read-only, or a file
     there) failed after the corpus was tokenised; now training goes on without the cache."""
@@ -531,7 +369,7 @@ def test_an_unwritable_default_token_cache_is_skipped_not_fatal(corpus, tmp_path
 
     c = Path(shutil.copytree(corpus, tmp_path / "corpus", ignore=shutil.ignore_patterns("token_cache")))
     (c / "token_cache").write_text("not a folder")
-    info = run(parse_args(_flags(c, tmp_path / "run", "--steps", "1", "--eval-every", "0",
+    info = run(parse_args(flags(c, tmp_path / "run", "--steps", "1", "--eval-every", "0",
                                  "--checkpoint-every", "0")))
     assert info["status"] == "complete" and (c / "token_cache").is_file()
     assert "note: the tokenised corpus is not cached (--token-cache" in capsys.readouterr().err
@@ -559,29 +397,14 @@ def test_a_non_finite_gradient_is_not_applied_and_the_advice_names_the_saved_ste
     out = tmp_path / "run"
     with pytest.raises(TrainError, match=r"the training gradient norm became nan at step 3 .* --resume from .*"
                                          r"checkpoint, which holds step 2"):
-        run(parse_args(_flags(corpus, out, "--steps", "6", "--eval-every", "0", "--checkpoint-every", "1")))
+        run(parse_args(flags(corpus, out, "--steps", "6", "--eval-every", "0", "--checkpoint-every", "1")))
     state = torch.load(out / "checkpoint" / "state.pt", weights_only=False)
     assert state["step"] == 2 and all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
     assert probe.open_run(out).info["status"] == "interrupted"
     calls.clear()
     with pytest.raises(TrainError, match=r"at step 3 .* start again \(no checkpoint was saved before it"):
-        run(parse_args(_flags(corpus, tmp_path / "run2", "--steps", "6", "--eval-every", "0",
+        run(parse_args(flags(corpus, tmp_path / "run2", "--steps", "6", "--eval-every", "0",
                               "--checkpoint-every", "0")))
-
-
-def test_a_stop_while_settling_marks_the_run_interrupted(corpus, tmp_path, monkeypatch):
-    """Ctrl-C or SIGTERM during the bias settling (about a minute in the shipped recipe), the final
-    evaluation or the save left run.json saying "running" (a review)."""
-    from train import loop
-
-    def stopped(self):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(loop._Run, "_settle", stopped)
-    with pytest.raises(KeyboardInterrupt):
-        run(parse_args(_flags(corpus, tmp_path / "run", "--steps", "2", "--eval-every", "0")))
-    info = probe.open_run(tmp_path / "run").info
-    assert info["status"] == "interrupted" and info["step"] == 2
 
 
 def test_without_mtp_its_loss_is_null_and_unseen_val_domains_get_rows(corpus, tmp_path):
@@ -592,7 +415,7 @@ def test_without_mtp_its_loss_is_null_and_unseen_val_domains_get_rows(corpus, tm
     c = Path(shutil.copytree(corpus, tmp_path / "corpus", ignore=shutil.ignore_patterns("token_cache")))
     with open(c / "val.jsonl", "a", encoding="utf-8") as f:
         f.write(json.dumps({"id": "extra/0", "domain": "zzz", "text": " ".join(WORDS * 20)}) + "\n")
-    info = run(parse_args(_flags(c, tmp_path / "run", "--steps", "2", "--eval-every", "0", "--checkpoint-every", "0",
+    info = run(parse_args(flags(c, tmp_path / "run", "--steps", "2", "--eval-every", "0", "--checkpoint-every", "0",
                                  "--mtp-weight", "0", "--set", "n_mtp_layers=0")))
     r = probe.open_run(tmp_path / "run")
     assert r.df("train_steps").mtp_loss.isna().all()

@@ -1,0 +1,153 @@
+"""train (python -m train): resume is exact (from the last or an earlier checkpoint), a stop (Ctrl-C,
+SIGTERM, --stop-at, while settling) leaves the run interrupted and resumable, and a resumed run's
+run.json is its own. (Losses, balancing and bad input: test_train.py.)"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import probe
+from helpers.training import flags
+from train import parse_args, run
+
+
+def test_resume_equals_uninterrupted(corpus, tmp_path):
+    common = ("--steps", "6", "--eval-every", "0", "--checkpoint-every", "0")
+    run(parse_args(flags(corpus, tmp_path / "a", *common)))
+    stopped = run(parse_args(flags(corpus, tmp_path / "b", *common, "--stop-at", "3")))
+    assert stopped["status"] == "interrupted" and stopped["stop_reason"] == "--stop-at 3" and stopped["step"] == 3
+    with probe.writer.updating_run_json(tmp_path / "b") as info:  # another job notes its part meanwhile
+        info["tables"].append("ablations")
+        info["ablation_parts"] = {"part-x.parquet": {"experts": [1]}}
+    run(parse_args(flags(corpus, tmp_path / "b", *common, "--resume")))
+    info = json.loads((tmp_path / "b" / "run.json").read_text())  # training rewrote run.json, and kept it
+    assert info["ablation_parts"] == {"part-x.parquet": {"experts": [1]}} and info["tables"][-1] == "ablations"
+    a = torch.load(tmp_path / "a" / "checkpoint" / "state.pt", weights_only=False)
+    b = torch.load(tmp_path / "b" / "checkpoint" / "state.pt", weights_only=False)
+    assert a["step"] == b["step"] == 6
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k  # bitwise, biases included
+    ra, rb = probe.open_run(tmp_path / "a"), probe.open_run(tmp_path / "b")
+    sa, sb = ra.df("train_steps").sort_values("step"), rb.df("train_steps").sort_values("step")
+    assert sb.step.tolist() == list(range(1, 7)) and sa.loss.tolist() == sb.loss.tolist()
+    key = ["step", "layer", "expert"]
+    for t in ("expert_load", "router_bias"):
+        assert ra.df(t).sort_values(key).reset_index(drop=True).equals(rb.df(t).sort_values(key).reset_index(drop=True))
+
+
+def test_a_resumed_run_keeps_no_figures_of_its_earlier_end_and_an_unreadable_run_json_is_replaced(corpus, tmp_path):
+    """Training's run.json kept, across a --resume, every key of the earlier session's end: a run
+    resumed and stopped again still named its first end's model and final figures, which the jobs on
+    a run then took as its model (a review). An unreadable run.json ended --resume in a traceback."""
+    common = ("--eval-every", "0", "--checkpoint-every", "0")
+    out = tmp_path / "r"
+    first = run(parse_args(flags(corpus, out, "--steps", "2", *common)))
+    assert first["status"] == "complete" and first["final"] and first["checkpoint"]
+    again = run(parse_args(flags(corpus, out, "--steps", "4", "--stop-at", "3", "--resume", *common)))
+    info = json.loads((out / "run.json").read_text())
+    assert again["status"] == info["status"] == "interrupted" and info["stop_reason"] == "--stop-at 3"
+    assert not {"final", "checkpoint", "model_dir", "model_bytes", "corpus"} & set(info), sorted(info)
+    (out / "run.json").write_text('{"status": "interrupted", ')  # cut short
+    done = run(parse_args(flags(corpus, out, "--steps", "4", "--resume", *common)))
+    info = json.loads((out / "run.json").read_text())
+    assert done["status"] == info["status"] == "complete" and info["step"] == 4 and "stop_reason" not in info
+
+
+def test_resume_from_an_earlier_checkpoint_drops_the_later_rows(corpus, tmp_path):
+    """Rows committed after the checkpoint a run resumes from (a kill between the two) are dropped
+    and recorded again, not kept twice."""
+    import shutil
+
+    opts = ("--steps", "5", "--eval-every", "0", "--checkpoint-every", "2", "--flush-every", "1")
+    run(parse_args(flags(corpus, tmp_path / "c", *opts, "--stop-at", "3")))  # rows and checkpoint at 3
+    run(parse_args(flags(corpus, tmp_path / "d", *opts, "--stop-at", "2")))  # the same run's state at 2
+    shutil.copy(tmp_path / "d" / "checkpoint" / "state.pt", tmp_path / "c" / "checkpoint" / "state.pt")
+    run(parse_args(flags(corpus, tmp_path / "c", *opts, "--resume")))
+    run(parse_args(flags(corpus, tmp_path / "e", *opts)))  # uninterrupted
+    c, e = (probe.open_run(tmp_path / x).df("train_steps").sort_values("step") for x in ("c", "e"))
+    assert c.step.tolist() == list(range(1, 6)) and c.loss.tolist() == e.loss.tolist()
+
+
+def test_ctrl_c_is_one_line_and_exit_status_130(corpus, tmp_path, monkeypatch, capsys):
+    """`python -m train` showed a KeyboardInterrupt traceback on Ctrl-C (found by a review)."""
+    import train.__main__ as cli
+
+    def interrupted(ns):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "run", interrupted)
+    with pytest.raises(SystemExit) as e:
+        cli.main(flags(corpus, tmp_path / "run"))
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 130 and err.count("\n") == 0 and "is marked interrupted (continue it with --resume" in err
+
+
+def test_sigterm_marks_the_run_interrupted_and_exits_143(corpus, tmp_path, capsys):
+    """SIGTERM (a scheduler, torchrun) killed the process with run.json saying "running" (a review):
+    now it is handled as Ctrl-C, the run marked interrupted, one line, exit status 143, and the
+    handler put back afterwards."""
+    import os
+    import signal
+
+    import train.__main__ as cli
+    from train import loop
+
+    real_step = loop._Run._train_step
+    calls = []
+
+    def step_then_term(self, *a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_step(self, *a, **kw)
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(loop._Run, "_train_step", step_then_term)
+        with pytest.raises(SystemExit) as e:
+            cli.main(flags(corpus, tmp_path / "run", "--steps", "6", "--eval-every", "0"))
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 143 and err.startswith("terminated: the run in") and err.count("\n") == 0, err
+    assert probe.open_run(tmp_path / "run").info["status"] == "interrupted"
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_resume_reports_another_corpus_and_settleflags(corpus, tmp_path, capsys):
+    """The corpus and the settle phase were not among the flags a resume compares (a review)."""
+    import shutil
+
+    common = ("--steps", "4", "--eval-every", "0", "--checkpoint-every", "0")
+    run(parse_args(flags(corpus, tmp_path / "r", *common, "--stop-at", "2")))
+    other = shutil.copytree(corpus, tmp_path / "corpus2")
+    capsys.readouterr()
+    run(parse_args(flags(corpus, tmp_path / "r", *common, "--resume", "--stop-at", "3")
+                   + ["--corpus", str(other), "--settle-updates", "3"]))
+    note = capsys.readouterr().err
+    assert "note: resuming with changed flags:" in note and "corpus " in note and "settle_updates 1 -> 3" in note
+    # the same folder named another way is not a change
+    run(parse_args(flags(corpus, tmp_path / "r", *common, "--resume", "--settle-updates", "3")
+                   + ["--corpus", str(other / ".." / "corpus2")]))
+    assert "corpus" not in capsys.readouterr().err
+    tok2 = tmp_path / "tok2.json"  # another tokenizer file (the same ids here): reported too (a review)
+    tok2.write_bytes((corpus / "tokenizer.json").read_bytes())
+    run(parse_args(flags(corpus, tmp_path / "r", *common, "--resume", "--settle-updates", "3")
+                   + ["--corpus", str(other), "--tokenizer", str(tok2)]))
+    assert "tokenizer " in capsys.readouterr().err
+
+
+def test_a_stop_while_settling_marks_the_run_interrupted(corpus, tmp_path, monkeypatch):
+    """Ctrl-C or SIGTERM during the bias settling (about a minute in the shipped recipe), the final
+    evaluation or the save left run.json saying "running" (a review)."""
+    from train import loop
+
+    def stopped(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop._Run, "_settle", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run(parse_args(flags(corpus, tmp_path / "run", "--steps", "2", "--eval-every", "0")))
+    info = probe.open_run(tmp_path / "run").info
+    assert info["status"] == "interrupted" and info["step"] == 2
