@@ -39,7 +39,7 @@ from .job import (DEFAULT_CKPT, DEFAULT_CORPUS, RecordError, agree, bound_heap, 
                   window_length)
 from .record_loop import record_batches
 from .record_tables import FINAL_TABLES, SESSION_KEYS, router_biases, write_router_bias
-from .writer import clear_run, updating_run_json, write_json_atomic, writer_lock
+from .writer import clear_run, replace_keeping_others, updating_run_json, write_json_atomic, writer_lock
 
 __all__ = ["RecordOptions", "RecordError", "record", "default_seq_len", "DEFAULT_CKPT", "DEFAULT_CORPUS"]
 STREAM_TABLES = ["tokens", "routing", "expert_load", "mtp"]
@@ -229,7 +229,7 @@ def record(opts: RecordOptions) -> Path:
         if unseen:
             raise RecordError(f"--out {job.out}: a writing rank does not see run.json there: under several "
                               "nodes the run directory must be on a filesystem every node shares")
-        return record_batches(job, opts, world, m, plan, info, tables, mem)
+        return record_batches(job, opts, world, m, plan, tables, mem)
 
 
 def _create(job: Job, world, create) -> bool:
@@ -290,15 +290,9 @@ def open_run(out: Path, info: dict, opts: RecordOptions) -> None:
             check_resumable(old, info, out)
             info["started"] = old.get("started", info["started"])
             info["resumed"] = old.get("resumed", 0) + 1
-            # what other commands noted while the run waited (spec's summary, ablate's, importance's
-            # and steer's parts) stays; what this session rewrites at its end does not
-            for key, value in old.items():
-                if key not in info and key not in SESSION_KEYS:
-                    info[key] = value
-            # and their tables (ablations, spec_*...): this session's list replaced theirs (a review)
-            info["tables"] += [t for t in old.get("tables") or [] if t not in info["tables"]]
-            old.clear()
-            old.update(info)
+            # what other commands noted while the run waited stays; what this session rewrites at its
+            # end (SESSION_KEYS) does not
+            replace_keeping_others(old, info, SESSION_KEYS)
         return
     if out.exists() and opts.overwrite:
         clear_run(out)  # its writer lock stays: this job holds it

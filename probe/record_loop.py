@@ -117,7 +117,7 @@ def _restore(out: Path, world, rec: Recorder, tables: list[str], resume: bool) -
     return _Progress(done=done, tokens=progress.get("tokens", 0), commits=progress.get("commits", 0), last=done)
 
 
-def record_batches(job: Job, opts: RecordOptions, world, m, plan: CorpusPlan, info: dict, tables, mem: dict) -> Path:
+def record_batches(job: Job, opts: RecordOptions, world, m, plan: CorpusPlan, tables, mem: dict) -> Path:
     out = job.out
     cfg = RecordConfig(router_logits=opts.router_logits, sample=opts.sample, kv_stats=opts.kv_stats, mtp=opts.mtp)
     rec = Recorder(m, cfg, domains=sorted(plan.per_domain))
@@ -130,7 +130,7 @@ def record_batches(job: Job, opts: RecordOptions, world, m, plan: CorpusPlan, in
     t_start = time.time()
 
     def stuck(signum: int) -> None:  # the watchdog thread: mark the run and leave (see StopOnSignal)
-        finish(out, info, "interrupted", opts, job.args, world, time.time() - t_start)
+        finish(out, "interrupted", opts, job.args, world, time.time() - t_start)
         print(f"error: rank {world.rank} of {world.size} stopped: no progress {STOP_GRACE:g} s after signal {signum} "
               f"(a peer rank is gone?); {out} is marked interrupted (continue with --resume)", file=sys.stderr, flush=True)
         os._exit(1)
@@ -143,12 +143,12 @@ def record_batches(job: Job, opts: RecordOptions, world, m, plan: CorpusPlan, in
             bar.close()
         elapsed = time.time() - t_start
         if failure is None:
-            failure = _close(out, info, status, opts, job, world, elapsed, mem)
+            failure = _close(out, status, opts, job, world, elapsed, mem)
         if failure is not None and world.size > 1:
             stop.ignore_from_now()
     if failure is not None:
         # NOTE: no collective from here on: a peer may be gone. Any surviving rank marks the run.
-        finish(out, info, "interrupted", opts, job.args, world, elapsed)
+        finish(out, "interrupted", opts, job.args, world, elapsed)
         if isinstance(failure, KeyboardInterrupt):  # a second signal: what was committed stays
             raise KeyboardInterrupt(f"interrupted by a second signal; {out} is marked interrupted, its committed "
                                     "batches kept (continue with --resume)") from None
@@ -162,7 +162,7 @@ def record_batches(job: Job, opts: RecordOptions, world, m, plan: CorpusPlan, in
     return out
 
 
-def _close(out: Path, info: dict, status: str, opts, job: Job, world, elapsed: float, mem: dict):
+def _close(out: Path, status: str, opts, job: Job, world, elapsed: float, mem: dict):
     """The closing collectives: gather each rank's memory, rank 0 finishes run.json, barrier.
     Returns the exception when a peer is gone before run.json is finished (None otherwise)."""
     try:
@@ -175,7 +175,7 @@ def _close(out: Path, info: dict, status: str, opts, job: Job, world, elapsed: f
             raise
         return e
     if world.rank == 0:
-        finish(out, info, status, opts, job.args, world, elapsed, ranks)
+        finish(out, status, opts, job.args, world, elapsed, ranks)
     try:
         world.barrier()
     except Exception:  # noqa: BLE001 - a peer gone after run.json was finished: the run is written

@@ -21,7 +21,7 @@ FINAL_TABLES = ["kv_stats", "kv_spectrum"]
 SESSION_KEYS = ("status", "recorded", "cpu_gemm", "timings", "memory")  # run.json keys `finish` writes
 
 
-def finish(out: Path, info: dict, status: str, opts, args, world, elapsed: float, ranks: list | None = None) -> None:
+def finish(out: Path, status: str, opts, args, world, elapsed: float, ranks: list | None = None) -> None:
     """Merge the replicas' committed progress and accumulators, write the final tables when the
     run is complete, and update run.json (rank 0; on a failure, any surviving rank). `ranks`: each
     rank's load time and resident memory (bytes: before and after the load, peak), when gathered."""

@@ -153,6 +153,19 @@ def updating_run_json(run: str | Path, new=None):
         write_json_atomic(run / RUN_JSON, info)
 
 
+def replace_keeping_others(on_disk: dict, ours: dict, session_keys) -> None:
+    """Make run.json's contents `on_disk` (in place, under `updating_run_json`) a job's own record
+    `ours`, keeping what other commands noted there: their keys (spec's summary, ablate's, importance's
+    and steer's parts), but not `session_keys`, what the job itself writes at an end (a later session
+    writes them again), and their tables after the job's own. A resumed record and a training run
+    rewrite run.json so; each dropped the others' entries before (reviews)."""
+    theirs = {k: v for k, v in on_disk.items() if k not in ours and k not in session_keys}
+    tables = list(ours.get("tables") or [])
+    tables += [t for t in on_disk.get("tables") or [] if t not in tables]
+    on_disk.clear()
+    on_disk.update(ours, **theirs, tables=tables)
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     with replacing(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")

@@ -17,7 +17,7 @@ import torch
 
 from model import Transformer
 from probe.job import check_out_parent, checkpoint_identity
-from probe.writer import RunError, updating_run_json, write_json_atomic
+from probe.writer import RunError, replace_keeping_others, updating_run_json, write_json_atomic
 
 from .balance import RoutingTap, moe_gates, settle_biases, update_bias
 from .data import Batches, TrainError, load_tokenizer, token_streams, val_windows
@@ -171,10 +171,7 @@ class _Run:
         self.info.update(status=status, updated=time.time(), step=self.step, tokens_seen=self.tokens_seen, **extra)
         try:
             with updating_run_json(self.ns.out, new=dict) as on_disk:
-                theirs = {k: v for k, v in on_disk.items() if k not in self.info and k not in SESSION_KEYS}
-                others = [t for t in on_disk.get("tables", ()) if t not in self.info["tables"]]
-                on_disk.clear()
-                on_disk.update(self.info, **theirs, tables=list(self.info["tables"]) + others)
+                replace_keeping_others(on_disk, self.info, SESSION_KEYS)
         except RunError:  # an unreadable run.json: this run's own record replaces it, as it always did
             write_json_atomic(self.ns.out / "run.json", self.info)
 

@@ -114,7 +114,7 @@ def test_records_closing_run_json_update_keeps_what_other_jobs_note_meanwhile(pr
 
     def closing():
         for _ in range(n):
-            finish(out, {}, "interrupted", opts, args, world, 1.0)
+            finish(out, "interrupted", opts, args, world, 1.0)
 
     def noting():
         for i in range(n):

@@ -208,8 +208,10 @@ def test_resume_keeps_other_commands_tables_and_takes_an_explicit_default_dtype(
     out = tmp_path / "r"
     rec(probe_env, out, max_tokens=200)
     info = json.loads((out / "run.json").read_text())
-    (out / "run.json").write_text(json.dumps(info | {"tables": info["tables"] + ["ablations"], "status": "interrupted"}))
+    (out / "run.json").write_text(json.dumps(info | {"tables": info["tables"] + ["ablations"], "status": "interrupted",
+                                                     "ablation_parts": {"p": {"experts": [1]}}}))
     rec(probe_env, out, max_tokens=200, resume=True, dtype="float32")
-    assert "ablations" in json.loads((out / "run.json").read_text())["tables"]
+    after = json.loads((out / "run.json").read_text())
+    assert "ablations" in after["tables"] and after["ablation_parts"] == {"p": {"experts": [1]}}  # the part's entry too
     with pytest.raises(RecordError, match=r"--dtype float32, this command gives bfloat16"):  # the control
         rec(probe_env, out, max_tokens=200, resume=True, dtype="bfloat16")
