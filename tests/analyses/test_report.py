@@ -279,6 +279,16 @@ def test_path_sentences_without_held_out_figures():
     summary = pd.DataFrame({"domain": ["all"], "distinct_paths": [900], "perplexity": [300.0], "top10_share": [0.1]})
     text = " ".join(_path_sentences({"summary": summary, "information": info, "layers": [1, 2], "E": 32, "K": 4}))
     assert text.count("held-out domain accuracy not measured") == 2 and "AMI 0.900" in text and "nan" not in text
+    # the chart's title and axis name only the AMI bars it draws (they named the accuracy as well)
+    from analyses.report.research import figures
+
+    paths = {"information": info, "summary": summary, "common": summary}
+    (title, fig, _, _), *_ = figures({"paths": paths})["Expert paths"]
+    assert "held-out domain accuracy not measured" in title and fig.layout.yaxis.title.text == "AMI"
+    assert [b.name for b in fig.data] == ["top1: ami", "top4 set: ami"]
+    info["heldout_accuracy"] = [0.4, 0.5, 0.7, 0.5, 0.6, 0.8]
+    (title, fig, _, _), *_ = figures({"paths": paths})["Expert paths"]
+    assert title.endswith("and held-out domain accuracy") and fig.layout.yaxis.title.text == "AMI / accuracy"
 
 
 def test_the_load_importance_verdict_reads_the_sign_and_the_counts():
