@@ -2,12 +2,19 @@
 routing rows, cold (no cache), with the time per page against the 2 s budget.
 
     python benchmarks/bench_dashboard.py                      # 10M routing rows in a temporary dir
-    python benchmarks/bench_dashboard.py --rows 2000000 --out /tmp/bench-run --keep
+    python benchmarks/bench_dashboard.py --keep               # ... and keep that dir (its path is printed)
+    python benchmarks/bench_dashboard.py --rows 2000000 --out /tmp/bench-runs   # kept, reused next time
 
 The run is written through the probe's own `PartWriter` (same part files, row groups and encodings
 as `dsv3-probe record`): 8 MoE layers of 64 experts, top-6, windows of 512 tokens, 5 domains,
 routing with a domain-dependent preference so the aggregates are not uniform. A training run
-(2,000 steps x 4 gates x 64 experts) is written beside it for the Training page.
+(2,000 steps x 8 gates x 64 experts: 7 MoE layers and the MTP layer) is written beside it for the
+Training page.
+
+--out DIR writes the two runs to DIR/big and DIR/train and keeps them; a later run with the same
+--rows reuses them, another --rows makes them again. Each folder the bench writes holds a marker
+file (`.bench-dashboard`): an existing DIR/big or DIR/train without it (a real run) is refused, not
+replaced.
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ from _cli import positive_int, run
 E, K, SEQ, BATCH, LAYERS, DENSE, DOMAINS = 64, 6, 512, 8, 8, 1, ["code", "chinese", "literature", "math", "web"]
 KV_RANK = 512  # the synthetic latent width
 BUDGET_S = 2.0
+MARK = ".bench-dashboard"  # in every run folder this bench writes: the only folders it deletes
+DONE = ".bench-runs-complete"  # in --out, written last: the routing rows of the runs there
 
 
 def list_array(values: np.ndarray, typ) -> pa.Array:
@@ -48,7 +57,7 @@ def synth_probe_run(out: Path, rows: int, seed: int = 0) -> dict:
     tokens_total = rows // LAYERS
     n_batches = -(-tokens_total // (SEQ * BATCH))
     pref = rng.normal(0, 1.0, (LAYERS, len(DOMAINS), E))  # domain preference of each expert per layer
-    out.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)
     w = PartWriter(out, 0, ["tokens", "routing", "expert_load", "mtp"])
     per_domain = dict.fromkeys(DOMAINS, 0)
     done = 0
@@ -311,48 +320,84 @@ def pages(runs: Path) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=positive_int, default=10_000_000, help="routing rows (default 10 million)")
-    ap.add_argument("--out", help="runs directory to write (default: a temporary one)")
-    ap.add_argument("--keep", action="store_true", help="keep the synthetic runs")
+    ap.add_argument("--out", help="runs directory to write, kept and reused (default: a temporary one)")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary runs directory (--out is always kept)")
     ap.add_argument("--repeat", type=positive_int, default=2, help="timings per page; the best is reported (default 2)")
     ns = ap.parse_args()
     if ns.rows < LAYERS * SEQ:  # a smaller run held no whole window (it failed deep inside; a review)
         ap.error(f"--rows {ns.rows}: at least {LAYERS * SEQ} (one window of {SEQ} tokens at {LAYERS} MoE layers)")
+    if ns.out and Path(ns.out).exists() and not Path(ns.out).is_dir():  # a NotADirectoryError before (a review)
+        ap.error(f"--out {ns.out}: not a directory")
     runs = Path(ns.out or tempfile.mkdtemp(prefix="bench-dashboard-"))
-    done = runs / ".bench-runs-complete"  # written last: a half-made --out (a failed first run) is made again
     try:
-        if not done.exists():
+        if not built(runs, ns.rows):
             t = time.time()
-            for name in ("big", "train"):
-                shutil.rmtree(runs / name, ignore_errors=True)
-            synth_probe_run(runs / "big", ns.rows)
-            synth_train_run(runs / "train")
-            ab = [{"ablation": f"top{n}", "spec": json.dumps({"top": n}), "mode": "reroute", "renormalise": False,
-                   "shared": False, "n_disabled": n * LAYERS, "domain": d, "tokens": 1000, "loss": 4.0 + n / 10,
-                   "baseline_loss": 4.0, "delta": n / 10, "routing_changed": 0.1, "experts_changed": 0.1,
-                   "downstream_layers": LAYERS - 1} for n in (1, 2, 4, 8) for d in ["all", *DOMAINS]]
-            (runs / "big" / "ablations").mkdir()
-            pq.write_table(pa.Table.from_pylist(ab, schema=TABLES["ablations"]),
-                           runs / "big" / "ablations" / "a.parquet")
-            synth_spec(runs / "big")
-            synth_steering(runs / "big")
-            done.write_text("")
+            build_runs(runs, ns.rows)
             print(f"wrote {runs} in {time.time() - t:.1f} s")
-        import duckdb
-
-        n = duckdb.sql(f"select count(*) from read_parquet('{runs / 'big' / 'routing'}/*.parquet')").fetchall()[0][0]
-        size = sum(f.stat().st_size for f in (runs / "big").rglob("*.parquet")) / 2**20
-        print(f"synthetic run: {n:,} routing rows, {size:.0f} MiB of Parquet; budget {BUDGET_S:.1f} s per page (cold)")
-        worst = 0.0
-        for name, fn in pages(runs).items():
-            best = min(_timed(fn) for _ in range(max(1, ns.repeat)))
-            worst = max(worst, best)
-            print(f"  {name:22s} {best:6.2f} s  {'ok' if best <= BUDGET_S else 'OVER BUDGET'}")
-        verdict = "all within" if worst <= BUDGET_S else "over"
-        print(f"slowest page: {worst:.2f} s ({verdict} the {BUDGET_S:.0f} s budget)")
-        return 0 if worst <= BUDGET_S else 1
+        return time_pages(runs, ns.repeat)
     finally:
-        if not ns.keep and not ns.out:
+        if ns.keep and not ns.out:
+            print(f"kept {runs}")
+        elif not ns.out:
             shutil.rmtree(runs, ignore_errors=True)
+
+
+def built(runs: Path, rows: int) -> bool:
+    """Whether `runs` holds this bench's complete runs of `rows` routing rows (its marker says so)."""
+    try:
+        return json.loads((runs / DONE).read_text()).get("rows") == rows
+    except (OSError, ValueError, AttributeError):  # none, half-made, or an older bench's empty marker
+        return False
+
+
+def refuse_unless_ours(path: Path) -> None:
+    """Refuse a file or folder at `path` that this bench did not write (it holds no MARK): a real run
+    under --out was deleted before (a review)."""
+    if (path.exists() or path.is_symlink()) and (path.is_symlink() or not (path / MARK).is_file()):
+        raise ValueError(f"--out: {path} exists and was not written by bench_dashboard.py; "
+                         "move it, or pass another --out")
+
+
+def build_runs(runs: Path, rows: int) -> None:
+    """The synthetic probe run (`big`, with ablations, spec decoding and steering tables) and training
+    run (`train`) under `runs`, each folder marked as this bench's (MARK) before anything is written
+    in it, and the marker saying they are complete (DONE, with `rows`), written last."""
+    for name in ("big", "train"):  # both checked before anything is deleted
+        refuse_unless_ours(runs / name)
+    (runs / DONE).unlink(missing_ok=True)  # a failed rebuild must not pass for the old runs
+    for name in ("big", "train"):
+        shutil.rmtree(runs / name, ignore_errors=True)
+        (runs / name).mkdir(parents=True)
+        (runs / name / MARK).write_text("written by benchmarks/bench_dashboard.py, which deletes it when it makes "
+                                        "its runs again\n")
+    synth_probe_run(runs / "big", rows)
+    synth_train_run(runs / "train")
+    ab = [{"ablation": f"top{n}", "spec": json.dumps({"top": n}), "mode": "reroute", "renormalise": False,
+           "shared": False, "n_disabled": n * LAYERS, "domain": d, "tokens": 1000, "loss": 4.0 + n / 10,
+           "baseline_loss": 4.0, "delta": n / 10, "routing_changed": 0.1, "experts_changed": 0.1,
+           "downstream_layers": LAYERS - 1} for n in (1, 2, 4, 8) for d in ["all", *DOMAINS]]
+    (runs / "big" / "ablations").mkdir()
+    pq.write_table(pa.Table.from_pylist(ab, schema=TABLES["ablations"]), runs / "big" / "ablations" / "a.parquet")
+    synth_spec(runs / "big")
+    synth_steering(runs / "big")
+    write_json_atomic(runs / DONE, {"rows": rows})
+
+
+def time_pages(runs: Path, repeat: int) -> int:
+    """Every page's data-layer work timed on the runs under `runs`, printed; 1 when one is over budget."""
+    import duckdb
+
+    n = duckdb.sql(f"select count(*) from read_parquet('{runs / 'big' / 'routing'}/*.parquet')").fetchall()[0][0]
+    size = sum(f.stat().st_size for f in (runs / "big").rglob("*.parquet")) / 2**20
+    print(f"synthetic run: {n:,} routing rows, {size:.0f} MiB of Parquet; budget {BUDGET_S:.1f} s per page (cold)")
+    worst = 0.0
+    for name, fn in pages(runs).items():
+        best = min(_timed(fn) for _ in range(repeat))
+        worst = max(worst, best)
+        print(f"  {name:22s} {best:6.2f} s  {'ok' if best <= BUDGET_S else 'OVER BUDGET'}")
+    verdict = "all within" if worst <= BUDGET_S else "over"
+    print(f"slowest page: {worst:.2f} s ({verdict} the {BUDGET_S:.0f} s budget)")
+    return 0 if worst <= BUDGET_S else 1
 
 
 def _timed(fn) -> float:

@@ -64,7 +64,7 @@ def random_checkpoint(config: str, out: Path) -> str:
     try:
         args = ModelArgs.from_hf_config(json.loads(Path(config).read_text()) | {"vocab_size": vocab})
     except ValueError as e:  # model.args.ConfigError, or json's decode error
-        raise SystemExit(f"error: --config {config}: {e}") from None
+        raise ValueError(f"--config {config}: {e}") from None  # one line, exit status 2 (_cli.run)
     m = Transformer(args, init=False)
     m.reset_parameters(seed=0)
     with torch.no_grad():

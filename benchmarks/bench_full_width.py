@@ -12,9 +12,11 @@ layer (256 routed experts of 2048, 8 groups, top-8, one shared expert), 128 head
 weights are stored as the published checkpoint stores them: every projection FP8 e4m3 with 128 x 128
 `weight_scale_inv` blocks, the embedding, head, norms and router in BF16, the balancing bias in
 float32, in safetensors files of about 2 GB with an index. It is written once into the cache
-directory (default ~/.cache/dsv3-probe/full-width-671B-2L) and reused.
+directory (default ~/.cache/dsv3-probe/full-width-671B-2L) and reused; a --cache folder that holds
+anything but an earlier write of this bench (a marker file says which) is refused, never replaced.
 
-Then: `dsv3-probe record --dry-run` for the layout (the plan: weights, activations, total per rank),
+Then: `dsv3-probe record --dry-run` for the layout (the plan per rank: weights, their packed copy for
+oneDNN (float32 on a CPU), activations, and their total),
 `torchrun --nproc-per-node 2 -m probe record --model-parallel 2 --gemm fp8 --dtype bfloat16` over the bundled corpus,
 and the same in one process when the machine's available memory holds the plan's single-process
 total. Printed: checkpoint write and load times, tokens/s, each rank's peak resident memory (from
@@ -75,17 +77,23 @@ def _tensor(hf: str, shape: torch.Size, fp8: bool, dim: int, gen: torch.Generato
     return [(hf, torch.randn(shape, generator=gen).mul_(std).bfloat16())]
 
 
+OURS = ".written-by-bench-full-width"  # in every cache folder this bench writes, from its first file on
+
+
 def write_checkpoint(args: ModelArgs, path: Path, seed: int = 0, shard_bytes: float = 2 * GB) -> float:
     """Write the slice as a Hugging Face FP8 checkpoint (skipped when `path` holds this one complete),
     drawing one tensor at a time (model.saving.write_checkpoint holds one file's tensors); returns
-    the seconds it took (0 when reused)."""
+    the seconds it took (0 when reused). What `path` holds is replaced only when it is empty or this
+    bench wrote it (a partial or other write, holding OURS); anything else there is refused."""
     want = {"args": args.to_dict(), "seed": seed, "std": STD, "embed_std": EMBED_STD, "format": 1}
     marker = path / "COMPLETE.json"
-    if marker.exists() and json.loads(marker.read_text()) == want:
+    if marker.exists() and _read_json(marker) == want:
         return 0.0
     t0 = time.time()
-    if path.exists():
-        shutil.rmtree(path)
+    clear_cache(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / OURS).write_text("a checkpoint of random weights written by benchmarks/bench_full_width.py; "
+                             "it replaces this folder when it writes another\n")
     with torch.device("meta"):
         meta = Transformer(args, dtype=torch.bfloat16, init=False)
     state = meta.state_dict()
@@ -103,8 +111,33 @@ def write_checkpoint(args: ModelArgs, path: Path, seed: int = 0, shard_bytes: fl
         print()
 
     save_tensors(path, args, tensors(), fp8=True, dtype=torch.bfloat16, max_shard_bytes=shard_bytes)
-    marker.write_text(json.dumps(want))
+    tmp = path / "COMPLETE.json.tmp"
+    tmp.write_text(json.dumps(want))
+    tmp.replace(marker)
     return time.time() - t0
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def clear_cache(path: Path) -> None:
+    """Empty --cache's folder `path` for a new checkpoint: delete it when this bench wrote it (it holds
+    OURS); leave it when empty or absent; refuse anything else (a user's folder or a real checkpoint
+    was deleted before; a review)."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_dir() and not path.is_symlink():
+        if (path / OURS).is_file():
+            shutil.rmtree(path)
+            return
+        if not any(path.iterdir()):
+            return
+    raise ValueError(f"--cache {path}: holds files this bench did not write (not its checkpoint); "
+                     "pass another --cache, or empty that folder")
 
 
 # --------------------------------------------------------------------------------- the runs
@@ -180,14 +213,22 @@ def report(ns, pl: dict, r: dict, ranks: int) -> None:
     weights = pl["weights"]["per_rank_bytes"] + pl["weights"]["absorb_dense_bytes"]
     print(f"  {ranks} process(es): {tokens:,} tokens, load {load:.1f} s, record {r['wall'] - load:.1f} s of "
           f"{r['wall']:.1f} s wall -> {tokens / info['timings']['last_session_s']:.1f} tokens/s")
-    print(f"    plan per rank: weights {weights / GB:.2f} GB + activations {pl['activations']['peak'] / GB:.2f} GB "
-          f"= {pl['per_rank'] / GB:.2f} GB")
+    print("    " + plan_line(pl))
     for m in per_rank:
         grown = m["peak_rss"] - m["before_load"]
         print(f"    rank {m['rank']}: before load {m['before_load'] / GB:.2f} GB, after load {m['after_load'] / GB:.2f} "
               f"GB, peak {m['peak_rss'] / GB:.2f} GB; peak - before load = {grown / GB:.2f} GB = "
               f"{grown / pl['per_rank']:.3f} x the plan; after load - before = "
               f"{(m['after_load'] - m['before_load']) / weights:.3f} x the plan's weights")
+
+
+def plan_line(pl: dict) -> str:
+    """The plan's terms per rank, which add up to its total: the weights (with the dequantised wkv_b),
+    the oneDNN packed copy of them (float32 on a CPU; 0 elsewhere) and the activations."""
+    w = pl["weights"]
+    weights = w["per_rank_bytes"] + w["absorb_dense_bytes"]
+    return (f"plan per rank: weights {weights / GB:.2f} GB + packed copy {w['packed_bytes'] / GB:.2f} GB + "
+            f"activations {pl['activations']['peak'] / GB:.2f} GB = {pl['per_rank'] / GB:.2f} GB")
 
 
 def main() -> int:

@@ -218,14 +218,9 @@ def main() -> None:
                                     "(default: CONFIG above)")
     ns = p.parse_args()
     if ns.config:
-        import json
-        from pathlib import Path
-
-        if not Path(ns.config).is_file():  # e.g. the checkpoint's folder: IsADirectoryError before (a review)
-            raise ValueError(f"--config {ns.config}: not a file (a Hugging Face config.json)")
-        cfg = json.loads(Path(ns.config).read_text())
+        cfg = read_config(ns.config)
         CONFIG.clear()
-        CONFIG.update({k: v for k, v in cfg.items() if k not in ("architectures", "model_type", "torch_dtype")})
+        CONFIG.update(cfg)
     torch.set_num_threads(ns.threads)
     hf, ours, tokens, err = build(ns)
 
@@ -242,6 +237,28 @@ def main() -> None:
            sum(p.numel() * p.element_size() for p in ours.parameters()))
     if ns.profile:
         report_profile(cases)
+
+
+def read_config(path: str) -> dict:
+    """--config's architecture as transformers' config keys: the file read by our own reader first
+    (ModelArgs.from_hf_config), so that a file it cannot describe a model from is one line naming it
+    (our ModelArgs JSON, with `dim` for `hidden_size`, made transformers fall back to the 671B
+    model's widths, and a missing key was a KeyError; a review); keys the file leaves out are the
+    ones our reader defaulted them to."""
+    import json
+    from pathlib import Path
+
+    from model import ModelArgs
+
+    if not Path(path).is_file():  # e.g. the checkpoint's folder: IsADirectoryError before (a review)
+        raise ValueError(f"--config {path}: not a file (a Hugging Face config.json)")
+    try:
+        args = ModelArgs.from_hf_config(path)
+    except ValueError as e:  # model.args.ConfigError: names the file and the key
+        raise ValueError(f"--config {e}") from None
+    cfg = args.to_hf_config() | json.loads(Path(path).read_text())
+    return {k: v for k, v in cfg.items() if k not in ("architectures", "model_type", "torch_dtype",
+                                                       "quantization_config")}
 
 
 GEMM_OPS = {"aten::mm", "aten::addmm", "mkldnn::_linear_pointwise"}

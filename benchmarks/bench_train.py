@@ -14,6 +14,7 @@ machine the wall figure drops with the load; tokens per CPU-second is what one f
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -30,12 +31,24 @@ from _cli import positive_int, run
 
 
 def load_args(src: str, overrides: list[str]) -> ModelArgs:
+    """The config `src` (a ModelArgs JSON file or a shipped name) with the --set FIELD=VALUE overrides,
+    each VALUE read as JSON (false, 128, [128, 128], null), else as the string it is. A value of the
+    wrong kind is refused, naming --set (`false` made a bool field True, and a field whose default is
+    null kept the string '128'; a review)."""
     p = Path(src)
     d = (ModelArgs.from_json(p) if p.exists() else ModelArgs.from_name(src)).to_dict()
     for item in overrides:
-        k, _, v = item.partition("=")
-        d[k] = type(d[k])(v) if d.get(k) is not None else v
-    return ModelArgs.from_dict(d)
+        k, eq, text = item.partition("=")
+        if not eq or k not in d:
+            raise ValueError(f"--set {item}: expected FIELD=VALUE with FIELD one of ModelArgs' fields")
+        try:
+            d[k] = json.loads(text)
+        except ValueError:
+            d[k] = text
+    try:
+        return ModelArgs.from_dict(d)
+    except ValueError as e:  # model.args.ConfigError, e.g. "norm_topk_prob='yes' must be true or false"
+        raise ValueError(f"--set {' '.join(overrides)}: {e}") from None
 
 
 def bench(args: ModelArgs, ns: argparse.Namespace) -> str:
@@ -73,7 +86,8 @@ def main() -> None:
     p.add_argument("--config", nargs="+", default=["data/model_config.json"],
                    help="ModelArgs JSON files or shipped names")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override a field of every config (repeatable)")
+                   help="override a field of every config (repeatable); VALUE is read as JSON (true, 128, "
+                        "[128, 128], null), else taken as a string")
     p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
     p.add_argument("--batch-size", type=positive_int, default=16, help="sequences per step")
     p.add_argument("--seq-len", type=positive_int, default=256, help="tokens per sequence")
