@@ -82,6 +82,29 @@ def load_codec(ckpt: str | os.PathLike, args=None) -> TextCodec:
     bos = bos_token if cfg.get("add_bos_token", True) else None
     template = cfg.get("chat_template")
     chat_bos = bos_token if isinstance(template, str) and "bos_token" in template else None
+    stops = _stop_ids(ckpt, args, tok, cfg, gen_cfg)
+    chat = bool(template)
+    if chat and any(tok.token_to_id(marker.strip()) is None for marker in (USER, ASSISTANT)):
+        # a template of another format (DeepSeek-V2's "User: ... Assistant:"): V3's markers would be
+        # sent as plain text, split into pieces (a review); the prompt goes raw instead, with a note
+        print(f"note: {ckpt / 'tokenizer_config.json'}: its chat template is not DeepSeek-V3's (the tokenizer has "
+              f"no {USER.strip()!r} / {ASSISTANT.strip()!r} tokens): prompts are sent without it", file=sys.stderr)
+        chat, chat_bos = False, None
+    return TextCodec(tok, bos, stops, chat, chat_bos)
+
+
+def stop_ids(ckpt: str | os.PathLike, args, tok) -> list[int]:
+    """The token ids generation from the checkpoint `ckpt` stops at, as `python -m generate` takes
+    them: config.json's `eos_token_id` (`args`; one id or a list), generation_config.json's, and
+    tokenizer_config.json's `eos_token` where the tokenizer `tok` (a `tokenizers.Tokenizer`) knows
+    it. `dsv3-probe spec` and the steering job read only the first (a list was a TypeError in spec;
+    a review)."""
+    ckpt = Path(ckpt)
+    return _stop_ids(ckpt, args, tok, _read_json(ckpt / "tokenizer_config.json"),
+                     _read_json(ckpt / "generation_config.json"))
+
+
+def _stop_ids(ckpt: Path, args, tok, cfg: dict, gen_cfg: dict) -> list[int]:
     stops: list[int] = []
     for v in (getattr(args, "eos_token_id", None), gen_cfg.get("eos_token_id")):
         if v is not None and not (isinstance(v, int) and not isinstance(v, bool) or isinstance(v, list) and all(
@@ -93,14 +116,7 @@ def load_codec(ckpt: str | os.PathLike, args=None) -> TextCodec:
     eos_text = _token_text(cfg.get("eos_token"))
     if eos_text and tok.token_to_id(eos_text) is not None:
         stops.append(tok.token_to_id(eos_text))
-    chat = bool(template)
-    if chat and any(tok.token_to_id(marker.strip()) is None for marker in (USER, ASSISTANT)):
-        # a template of another format (DeepSeek-V2's "User: ... Assistant:"): V3's markers would be
-        # sent as plain text, split into pieces (a review); the prompt goes raw instead, with a note
-        print(f"note: {ckpt / 'tokenizer_config.json'}: its chat template is not DeepSeek-V3's (the tokenizer has "
-              f"no {USER.strip()!r} / {ASSISTANT.strip()!r} tokens): prompts are sent without it", file=sys.stderr)
-        chat, chat_bos = False, None
-    return TextCodec(tok, bos, sorted(set(stops)), chat, chat_bos)
+    return sorted(set(stops))
 
 
 def read_prompts(path: str | os.PathLike) -> list[str]:

@@ -128,6 +128,7 @@ def record_spec(opts: SpecOptions) -> Path:
     Under torchrun, batches of prompts go round robin to the replicas (each one model, sharded over
     --model-parallel ranks); rank 0 gathers the rows and writes."""
     from generate import GenerateError
+    from generate.text import stop_ids
 
     if opts.prompt_tokens < 1 or opts.new_tokens < 1 or opts.batch_size < 1:
         raise RecordError("--prompt-tokens, --new-tokens and --batch-size must be >= 1")
@@ -164,7 +165,7 @@ def record_spec(opts: SpecOptions) -> Path:
         raise RecordError(f"{ckpt}: the checkpoint holds no MTP weights (layer {args.n_layers}): nothing to draft with")
     t0 = time.time()
     try:
-        mine = _generate(m, prompts, opts, world, [args.eos_token_id] if args.eos_token_id is not None else [])
+        mine = _generate(m, prompts, opts, world, stop_ids(ckpt, args, tok))
     except GenerateError as e:
         raise RecordError(str(e)) from None
     parts = world.gather_leaders(mine)

@@ -194,6 +194,7 @@ def steer(opts: SteerOptions, steering: Steer, token_filter: str | None = None):
     if opts.max_new_tokens < 0 or opts.prompt_tokens < 1:
         raise SteerError("--max-new-tokens must be >= 0 and --prompt-tokens >= 1")
     ckpt, corpus, out, args, tok = _inputs(opts)
+    stops = _stops(ckpt, args, tok)
     steering.resolve(RouterShape.of(args))  # refuse bad experts before reading the corpus
     if token_filter is not None:
         auto = steering.name == steering.default_name()
@@ -210,11 +211,22 @@ def steer(opts: SteerOptions, steering: Steer, token_filter: str | None = None):
         corpus_prompts(windows, opts.prompt_tokens, decode)
     how = "the steering (--experts, --mode, --bias, --steer-domain, --steer-tokens)"
     world, batches, m = start_job(opts, ckpt, args, windows, **{how: repr(steering)})
-    df = _run_passes(m, batches, steering, prompts, opts, domains, world, decode, args)
+    df = _run_passes(m, batches, steering, prompts, opts, domains, world, decode, stops)
     meta = job_meta(ckpt, corpus, opts, max_new_tokens=opts.max_new_tokens, prompts=[p.text for p in prompts]) | {
         "world": world.describe()}
     agree(world, lambda: write_steering(out, df, meta, args))  # rank 0 writes; a failure stops every rank
     return out, df
+
+
+def _stops(ckpt: Path, args, tok) -> list[int]:
+    """The ids the generations stop at, as `python -m generate` takes them (generate.text.stop_ids)."""
+    from generate import GenerateError
+    from generate.text import stop_ids
+
+    try:
+        return stop_ids(ckpt, args, tok)
+    except GenerateError as e:  # a generation_config.json whose eos_token_id is not ids
+        raise SteerError(str(e)) from None
 
 
 def _inputs(opts: SteerOptions):
@@ -232,7 +244,7 @@ def _inputs(opts: SteerOptions):
 
 
 def _run_passes(m, batches, steering: Steer, prompts: list[Prompt], opts: SteerOptions, domains, world, decode,
-                args):
+                stops: list[int]):
     """Loss rows (every replica its batches, summed) then generation rows (every rank alike)."""
     import pandas as pd
 
@@ -244,8 +256,6 @@ def _run_passes(m, batches, steering: Steer, prompts: list[Prompt], opts: SteerO
                     progress=bar.update if bar is not None else None)
     if bar is not None:
         bar.close()
-    eos = args.eos_token_id
-    stops = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
     gen = generations(m, [steering], prompts, max_new_tokens=opts.max_new_tokens, stop_ids=stops, decode=decode)
     return pd.concat([loss, gen], ignore_index=True) if len(gen) else loss
 

@@ -297,3 +297,25 @@ def test_cli_missing_run(tmp_path, capsys):
     assert main(["--run", str(tmp_path / "nope"), "--experts", "1:2"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "not a run directory" in err and "\n" not in err
+
+
+def test_generations_stop_where_python_m_generate_stops(probe_env, tmp_path, capsys):
+    # config.json's eos_token_id (one id or a list) and generation_config.json's, as `python -m generate`
+    # takes them (the job read config.json's alone); a generation_config.json that names no ids is one line
+    import shutil
+
+    from tokenizers import Tokenizer
+
+    from analyses.steer.run import _stops
+    from probe.job import checkpoint_args
+
+    ck = shutil.copytree(probe_env["ckpt"], tmp_path / "ck")
+    cfg = json.loads((ck / "config.json").read_text())
+    (ck / "config.json").write_text(json.dumps(cfg | {"eos_token_id": [1, 2]}))
+    (ck / "generation_config.json").write_text(json.dumps({"eos_token_id": 5}))
+    tok = Tokenizer.from_file(str(ck / "tokenizer.json"))
+    assert _stops(ck, checkpoint_args(ck), tok) == [1, 2, 5]
+    (ck / "generation_config.json").write_text(json.dumps({"eos_token_id": "</s>"}))
+    env = probe_env | {"ckpt": ck}
+    assert_one_line_error(main(_cli(env, tmp_path / "o", "--experts", "1:2")), capsys,
+                          "generation_config.json: eos_token_id='</s>' must be a token id", tmp_path / "o")

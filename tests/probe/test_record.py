@@ -434,3 +434,66 @@ def test_a_dry_run_says_which_domains_a_cap_leaves_out(probe_env, tmp_path, caps
     assert "note: --max-tokens 20 left 1 of 3 domains without a token (gamma)" in err, err
     assert main([*argv, "--max-tokens", "48"]) == 0  # the control: a window each
     assert "without a token" not in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_spectrum_summary_by_hand():
+    """Effective rank exp(-sum p ln p) and the fewest components holding 90/95/99% of the variance
+    (docs/metrics.md), by hand: [9, 1] holds exactly 90% in one component; zero eigenvalues add nothing
+    (0 ln 0 = 0); a spectrum with no variance has rank 0 and no components; any order."""
+    from probe.stats import spectrum_summary
+
+    s = spectrum_summary(np.array([1.0, 9.0]))
+    assert (s["energy90"], s["energy95"], s["energy99"]) == (1, 2, 2)
+    assert s["effective_rank"] == pytest.approx(np.exp(-(0.9 * np.log(0.9) + 0.1 * np.log(0.1))), rel=1e-12)
+    s = spectrum_summary(np.array([2.0, 0.0, 2.0, 0.0]))
+    assert s["effective_rank"] == pytest.approx(2.0, rel=1e-12) and (s["energy90"], s["energy99"]) == (2, 2)
+    assert spectrum_summary(np.zeros(3)) == {"effective_rank": 0.0, "energy90": 0, "energy95": 0, "energy99": 0}
+
+
+def test_router_score_sampling_is_drawn_per_token():
+    # --sample keeps a fraction of tokens: every position keeps about that fraction of its sequences (a hash
+    # of the position alone keeps a position in every window or in none), and every sequence of its positions
+    from probe.recorders import sample_mask
+
+    seq, pos = np.repeat(np.arange(500), 8), np.tile(np.arange(8), 500)
+    keep = sample_mask(seq, pos, 0.3).reshape(500, 8)
+    assert ((keep.mean(0) > 0.2) & (keep.mean(0) < 0.4)).all()
+    assert 0.25 < keep.mean() < 0.35
+    assert sample_mask(seq, pos, 1.0).all()
+
+
+def test_expert_load_rows_are_the_batchs_domains_counted_by_hand():
+    """One batch's expert_load: a row per (MoE layer, expert) for each domain with tokens in the batch (a
+    domain the recorder met in an earlier batch gets none), its top-k count, gate weight sum and tokens.
+    Synthetic captures, E=4, K=2; by hand: domain a's tokens chose {0,1} and {0,3}, c's {1,2}."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from probe.recorders import Recorder
+
+    g = "layers.1.ffn.gate."
+    ids = torch.tensor([[0, 1], [1, 2], [0, 3], [3, 3]])  # the last token is padding: not in vidx
+    w = torch.tensor([[0.5, 0.25], [1.0, 2.0], [0.125, 0.75], [9.0, 9.0]])
+    fake = SimpleNamespace(E=4, domains=["a", "b", "c"], moe_layers=[1],
+                           _cap={g + "hook_topk_ids": ids, g + "hook_topk_weights": w})
+    df = pd.DataFrame(Recorder._loads(fake, 7, torch.tensor([0, 1, 2]), np.array([0, 2, 0])))
+    assert sorted(set(df.domain)) == ["a", "c"] and len(df) == 8
+    assert (df.step == 7).all() and (df.layer == 1).all()
+    a, c = (df[df.domain == d].sort_values("expert") for d in ("a", "c"))
+    assert a["count"].tolist() == [2, 1, 0, 1] and c["count"].tolist() == [0, 1, 1, 0]
+    assert a.weight_sum.tolist() == [0.625, 0.25, 0.0, 0.75] and c.weight_sum.tolist() == [0.0, 1.0, 2.0, 0.0]
+    assert set(a.tokens) == {2} and set(c.tokens) == {1}
+
+
+def test_kv_norm_min_and_max_span_every_batch_added():
+    # one accumulator over several batches (the record adds one per batch): by hand, latent norms 5 then 1
+    # then 3 -> min 1, max 5; k_pe norms 2, 0, 4 -> min 0, max 4
+    from probe.stats import KVAccumulator, summarise
+
+    acc = KVAccumulator([0], 2)
+    for c, k in (([3.0, 4.0], [2.0]), ([0.0, 1.0], [0.0]), ([3.0, 0.0], [-4.0])):
+        acc.add(0, torch.tensor([c]), torch.tensor([k]))
+    stats, _ = summarise(acc, {})
+    assert (stats["latent_norm_min"], stats["latent_norm_max"]) == ([1.0], [5.0])
+    assert (stats["k_pe_norm_min"], stats["k_pe_norm_max"]) == ([0.0], [4.0])

@@ -5,6 +5,7 @@ config) as one-line errors naming the file."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -550,3 +551,169 @@ def test_placement_needs_every_rank_or_the_gpu_count(world, tmp_path, capsys):
         import_sglang(tmp_path / "d", tmp_path / "bad", config=str(world["config"]), gpus=0)
     with pytest.raises(SGLangError, match=r"a stat dump has no map"):
         import_sglang(world["stat"], tmp_path / "bad", config=str(world["config"]), gpus=2)
+
+
+def _edited(src: Path, dst: Path, edit) -> Path:
+    """A copy of the dump file or folder `src` in `dst` with `edit(data)` applied to every file (alike, so
+    that tensor-parallel copies stay copies)."""
+    files = sorted(src.glob("*.pt")) if src.is_dir() else [src]
+    dst.mkdir(parents=True)
+    for f in files:
+        d = torch.load(f, weights_only=True)
+        edit(d)
+        torch.save(d, dst / f.name)
+    return dst
+
+
+def test_refusals_start_exactly_at_their_bounds(world, tmp_path):
+    """Each check refuses the first value past its bound and takes the bound itself (a value one past
+    it was taken, and failed later with a traceback or a wrong table): input id = vocab_size (512),
+    physical id = the map's slot count (20), a config with one expert fewer than the dump counts, or
+    one layer more, extend_seq_lens summing to one token more, one position more than input ids."""
+    import json
+
+    base = str(world["config"])
+    cfg = json.loads(world["config"].read_text())
+
+    def config(name, **kw):
+        (tmp_path / name).write_text(json.dumps(cfg | kw))
+        return str(tmp_path / name)
+
+    def token(name, key, value):
+        def edit(d):
+            r = d["records"][0]
+            r[key] = value(r)
+        return _edited(world["per_token"], tmp_path / name, edit)
+
+    def topk(d):
+        d["records"][0]["topk_ids_of_layer"][1, 0, 0] = sg.E + 4
+
+    cases = [
+        (token("vocab", "input_ids", lambda r: [512] + list(r["input_ids"][1:])), base,
+         "holds input id 512, outside the vocabulary of --config (vocab_size=512)"),
+        (_edited(world["per_token"], tmp_path / "slot", topk), base, "physical expert id 20 is outside the map's 20 experts"),
+        (world["stat"], config("e15.json", n_routed_experts=15, n_group=1, topk_group=1), "expert id 15 is outside --config"),
+        (world["stat"], config("l4.json", num_hidden_layers=4), "the dump has 3 layers, --config"),
+        (token("lens", "extend_seq_lens", lambda r: list(r["extend_seq_lens"][:-1]) + [r["extend_seq_lens"][-1] + 1]),
+         base, "extend_seq_lens sum to"),
+        (token("pos", "positions", lambda r: list(r["positions"]) + [0]), base, "input_ids but"),
+    ]
+    for dump, c, msg in cases:
+        with pytest.raises(SGLangError, match=re.escape(msg)):
+            import_sglang(dump, tmp_path / "run", config=c)
+        assert not (tmp_path / "run").exists()
+    # the bounds themselves are taken
+    ok = token("vocab511", "input_ids", lambda r: [511] + list(r["input_ids"][1:]))
+    assert 511 in set(probe.open_run(import_sglang(ok, tmp_path / "ok", config=base)).df("tokens").token_id)
+    far = token("pos-max", "positions", lambda r: [2**31 - 1] + list(r["positions"][1:]))  # int32's largest
+    assert probe.open_run(import_sglang(far, tmp_path / "far", config=base)).df("tokens").pos.max() == 2**31 - 1
+
+
+def test_the_largest_uint16_expert_id_is_read_the_next_refused(world, tmp_path):
+    from probe.sglang_dumps import read_dump
+
+    src = sorted(world["per_pass"].glob("*.pt"))[0]
+    for value, ok in ((65535, True), (65536, False)):
+        d = torch.load(src, weights_only=True)
+        d["last_physical_to_logical_map"][1, 0] = value
+        torch.save(d, tmp_path / f"{value}.pt")
+        if ok:  # the routing table keeps expert ids as uint16: 65535 is one
+            assert read_dump(tmp_path / f"{value}.pt").mode == "per_pass"
+        else:
+            with pytest.raises(SGLangError, match="names expert 65536; ids above 65535"):
+                read_dump(tmp_path / f"{value}.pt")
+
+
+def test_a_folder_mixing_dump_modes_is_refused(world, tmp_path):
+    d = tmp_path / "mixed"
+    d.mkdir()
+    shutil.copy(world["stat"], d)
+    for f in world["per_pass"].glob("*.pt"):
+        shutil.copy(f, d)
+    with pytest.raises(SGLangError, match=r"the files mix dump modes \['per_pass', 'stat'\]"):
+        import_sglang(d, tmp_path / "run", config=str(world["config"]))
+
+
+def test_a_one_row_buffer_with_its_one_pass_is_read_in_order(world, tmp_path, capsys):
+    # --buffer-size 1 is a circular buffer of one row: one pass has one order, so nothing is flagged
+    one = [p for p in world["passes"] if p.fp == 0]
+    path = sg.write_stat(tmp_path / "one", one, buffer=1)
+    capsys.readouterr()
+    run = probe.open_run(import_sglang(path, tmp_path / "run", config=str(world["config"]), buffer_size=1))
+    assert run.info["source"]["passes"] == 1 and run.info["source"]["pass_order_unknown"] is False
+    assert "warning" not in capsys.readouterr().err
+    assert loads(run)[0][1:].tolist() == sg.logical_counts(one)[0][1:].tolist()
+
+
+def test_a_stat_dump_of_fewer_experts_than_the_config_gets_zero_rows_for_the_rest(world, tmp_path):
+    # expert_load holds every expert of the config at every step, as the recorder's does: the analyses
+    # count an expert without a row as missing, not as unused
+    dump = _edited(world["stat"], tmp_path / "narrow", lambda d: d.__setitem__("logical_count", d["logical_count"][:, :, :12].clone()))
+    el = probe.open_run(import_sglang(dump, tmp_path / "run", config=str(world["config"]))).df("expert_load")
+    assert (el.groupby(["step", "layer"]).expert.apply(sorted).map(lambda e: e == list(range(sg.E)))).all()
+    assert (el[el.expert >= 12]["count"] == 0).all() and el[el.expert < 12]["count"].sum() > 0
+
+
+def test_one_ranks_per_pass_file_did_not_count_the_same_tokens_as_another(world, tmp_path):
+    # "ranks_counted_the_same_tokens" compares ranks: a single rank's file has none to compare with
+    f = sorted(world["per_pass"].glob("*.pt"))[0]
+    run = probe.open_run(import_sglang(f, tmp_path / "run", config=str(world["config"])))
+    assert run.info["source"]["ranks_counted_the_same_tokens"] is False
+    want = sg.logical_counts([p for p in world["passes"] if p.rank == 0])
+    assert [a[1:].tolist() for _, a in sorted(loads(run).items())] == [want[fp][1:].tolist() for fp in sorted(want)]
+
+
+def test_per_token_sequences_are_numbered_in_pass_order(world, tmp_path):
+    run = probe.open_run(import_sglang(world["per_token"], tmp_path / "run", config=str(world["config"])))
+    tok = run.df("tokens").sort_values(["seq_id", "pos"])
+    fp = tok.doc_id.str.extract(r"^pass(\d+):")[0].astype(int)
+    assert fp.is_monotonic_increasing and fp.iloc[0] == 0  # seq_id 0.. are pass 0's sequences, then pass 1's, ...
+
+
+def test_per_token_documents_are_numbered_from_seq0_in_each_pass_and_rank(world, tmp_path):
+    """doc_id is pass<fp>:rank<r>:seq<i>, i counting the sequences of that pass recorded by that rank from 0,
+    over every record of it in the rank's file. By hand: a tensor-parallel dump of three ranks, where
+    rank 0's file (the one kept) holds all three ranks' records of each pass as its own."""
+    passes = sg.traffic(seed=4, passes=3, ranks=3)
+    sg.write_per_token(tmp_path / "d", passes, world["map"], ranks=3)
+    run = probe.open_run(import_sglang(tmp_path / "d", tmp_path / "run", config=str(world["config"]), gpus=1))
+    tok = run.df("tokens")
+    want = set()
+    for fp in sorted({p.fp for p in passes}):
+        n = sum(len(p.extend_seq_lens) if p.extend_seq_lens else len(p.input_ids) for p in passes if p.fp == fp)
+        want |= {f"pass{fp}:rank0:seq{i}" for i in range(n)}
+    assert set(tok.doc_id) == want
+    assert tok.groupby("doc_id").seq_id.nunique().max() == 1  # one sequence per document
+
+
+def test_the_placement_is_the_last_written_files_map_whatever_its_rank(world, tmp_path, capsys):
+    # two dump calls; the second's rank 1 file is missing: the last written is the second call's rank 0
+    # file (its time stamp), not the first call's rank 1 file (a higher rank)
+    import pyarrow.parquet as pq
+
+    d = tmp_path / "d"
+    sg.write_per_pass(tmp_path / "a", [p for p in world["passes"] if p.fp < 3], world["map"])
+    sg.write_per_pass(tmp_path / "b", [p for p in world["passes"] if p.fp >= 3], world["map"])
+    d.mkdir()
+    for rank in (0, 1):
+        shutil.copy(tmp_path / "a" / sg.rank_file(rank, 1733000000.0), d)
+    late = torch.load(tmp_path / "b" / sg.rank_file(0), weights_only=True)
+    m = late["last_physical_to_logical_map"]
+    m[1, [0, 1]] = m[1, [1, 0]]  # the server rebalanced before the second dump
+    torch.save(late, d / sg.rank_file(0, 1733000100.0))
+    run = import_sglang(d, tmp_path / "run", config=str(world["config"]))
+    p = pq.read_table(run / "placement").to_pandas()
+    assert p[p.layer == 1].sort_values("physical").logical.tolist() == m[1].tolist() != world["map"][1].tolist()
+
+
+def test_other_dump_calls_of_the_same_ranks_beside_the_imported_files_are_not_missing_ranks(world, tmp_path):
+    from probe.sglang import _gpus_unknown
+    from probe.sglang_dumps import find_dumps
+
+    d = tmp_path / "d"
+    d.mkdir()
+    for stamp in (1733000000.0, 1733000100.0):  # two dump calls of ranks 0 and 1 in one folder
+        for rank, f in enumerate(sg.write_per_pass(tmp_path / f"w{stamp}", world["passes"], world["map"])):
+            f.rename(d / sg.rank_file(rank, stamp))
+    first = [x for rank in (0, 1) for x in find_dumps(d / sg.rank_file(rank, 1733000000.0))]
+    assert _gpus_unknown(first, [0, 1]) is None

@@ -299,3 +299,96 @@ def test_a_document_of_exactly_the_prompt_length_makes_a_prompt(tmp_path):
     assert spec_prompts(c, _WordTokenizer(), 0, 4, None, short=short) == [("a/d.txt", "a", [0, 2, 3, 1])]
     assert short == ["b"]
     assert spec_prompts(c, _WordTokenizer(), 0, 3, None) == [("a/d.txt", "a", [0, 2, 3]), ("b/d.txt", "b", [0, 2, 3])]
+
+
+def test_max_prompts_zero_through_the_api_is_refused(tmp_path):
+    # the CLI maps --max-prompts 0 to None ("every document"); the API's 0 is an error, not "no cap"
+    with pytest.raises(RecordError, match="--max-prompts must be >= 1"):
+        record_spec(SpecOptions(out=str(tmp_path / "s"), max_prompts=0, progress=False))
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_budget_of_exactly_one_prompt_makes_one_prompt(probe_env, tmp_path):
+    # --max-tokens = prompt + new tokens is one prompt's worth: taken, not "less than one prompt"
+    out = record_spec(SpecOptions(ckpt=str(probe_env["ckpt"]), corpus=str(probe_env["corpus"]), out=str(tmp_path / "s"),
+                                  prompt_tokens=8, new_tokens=4, max_prompts=None, max_tokens=12, progress=False))
+    assert probe.open_run(out).info["spec_decode"]["prompts"] == 1
+
+
+def test_prompt_plus_new_tokens_may_fill_max_seq_len_exactly(probe_env, tmp_path):
+    import shutil
+
+    ck = shutil.copytree(probe_env["ckpt"], tmp_path / "short")
+    cfg = json.loads((ck / "config.json").read_text())
+    cfg["max_position_embeddings"] = 16
+    (ck / "config.json").write_text(json.dumps(cfg))
+    assert model.ModelArgs.from_hf_config(ck).max_seq_len == 16  # precondition: the config key is the one read
+    kw = dict(ckpt=str(ck), corpus=str(probe_env["corpus"]), max_prompts=1, progress=False)
+    out = record_spec(SpecOptions(out=str(tmp_path / "fits"), prompt_tokens=8, new_tokens=8, **kw))  # 16 of 16
+    assert probe.open_run(out).info["spec_decode"]["prompts"] == 1
+    with pytest.raises(RecordError, match="= 17 exceeds the model's max_seq_len 16"):
+        record_spec(SpecOptions(out=str(tmp_path / "over"), prompt_tokens=8, new_tokens=9, **kw))
+
+
+def test_each_replica_generates_its_own_round_robin_share_of_batches(monkeypatch):
+    """Under torchrun, replica r of R takes batches r, r+R, ... (of --batch-size prompts each); the
+    other replicas' batches are never generated here. By hand: 7 prompts in batches of 2 are
+    [0 1] [2 3] [4 5] [6]; replica 1 of 2 takes [2 3] and [6]."""
+    from types import SimpleNamespace
+
+    import generate as gen_pkg
+    from probe.speculative import _generate
+
+    calls = []
+
+    def fake(m, prompts, **kw):
+        calls.append([p[0] for p in prompts])
+        n = len(prompts)
+        return SimpleNamespace(tokens=[[5]] * n, forward_passes=[1] * n, drafts_proposed=[[0]] * n,
+                               drafts_accepted=[[0]] * n, tokens_per_forward=[1.0] * n, finish_reasons=["length"] * n,
+                               drafts=[[]] * n)
+
+    monkeypatch.setattr(gen_pkg, "generate", fake)
+    prompts = [(f"d{i}", "x", [i, 100 + i]) for i in range(7)]
+    world = SimpleNamespace(replicas=2, replica=1, rank=1)
+    done = _generate(None, prompts, SpecOptions(batch_size=2, progress=False), world, [])
+    assert calls == [[2, 3], [6]]
+    assert [i for i, _ in done] == [2, 3, 6]
+    world0 = SimpleNamespace(replicas=2, replica=0, rank=0)
+    calls.clear()
+    assert [i for i, _ in _generate(None, prompts, SpecOptions(batch_size=2, progress=False), world0, [])] == [0, 1, 4, 5]
+
+
+@pytest.mark.parametrize("eos, gen_eos, want", [(1, None, [1]), ([1, 2], None, [1, 2]), (1, [3, 1], [1, 3])])
+def test_generation_stops_at_the_checkpoints_eos_ids(probe_env, tmp_path, monkeypatch, eos, gen_eos, want):
+    # finish_reason `stop` means EOS: generate() gets the config's eos_token_id, one id or a list of them
+    # (a list was passed on as one nested stop id: a TypeError after the model had loaded), and
+    # generation_config.json's, as `python -m generate` stops (spec read only config.json's)
+    import shutil
+
+    import generate as gen_pkg
+
+    ck = shutil.copytree(probe_env["ckpt"], tmp_path / "ck")
+    cfg = json.loads((ck / "config.json").read_text())
+    (ck / "config.json").write_text(json.dumps(cfg | {"eos_token_id": eos}))
+    if gen_eos is not None:
+        (ck / "generation_config.json").write_text(json.dumps({"eos_token_id": gen_eos}))
+    real, stops = gen_pkg.generate, []
+
+    def spy(*a, **kw):
+        stops.append(sorted(kw["stop_ids"]))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(gen_pkg, "generate", spy)
+    out = record_spec(SpecOptions(ckpt=str(ck), corpus=str(probe_env["corpus"]), out=str(tmp_path / "s"),
+                                  prompt_tokens=8, new_tokens=2, max_prompts=1, progress=False))
+    assert stops == [want]
+    assert probe.open_run(out).info["spec_decode"]["prompts"] == 1
+
+
+def test_tokens_per_forward_is_new_tokens_over_forward_passes(probe_env, tmp_path):
+    out = record_spec(SpecOptions(ckpt=str(probe_env["ckpt"]), corpus=str(probe_env["corpus"]), out=str(tmp_path / "s"),
+                                  prompt_tokens=8, new_tokens=6, max_prompts=2, progress=False))
+    dec = probe.open_run(out).df("spec_decode")
+    assert len(dec) == 2
+    assert dec.tokens_per_forward.tolist() == pytest.approx((dec.new_tokens / dec.forward_passes).tolist(), rel=1e-12)
