@@ -165,3 +165,15 @@ def write_per_token(d: Path, passes: list[Pass], m: np.ndarray, ranks: int = 2, 
         torch.save(dict(records=records, last_physical_to_logical_map=torch.from_numpy(m)), path)
         files.append(path)
     return files
+
+
+def edited_copy(src: Path, dst: Path, edit) -> Path:
+    """A copy of the dump file or folder `src` in `dst` with `edit(data)` applied to every file (alike, so
+    that tensor-parallel copies stay copies)."""
+    files = sorted(src.glob("*.pt")) if src.is_dir() else [src]
+    dst.mkdir(parents=True)
+    for f in files:
+        d = torch.load(f, weights_only=True)
+        edit(d)
+        torch.save(d, dst / f.name)
+    return dst

@@ -1,13 +1,10 @@
 """`dsv3-probe import sglang`: dumps built in SGLang's structures (tests/helpers/sglang_dumps.py) from a
 known routing, for the three recorder modes and two ranks, imported and checked against that
-routing; refused input (pickled objects, unknown layouts, ranks that disagree, ids outside the
-config) as one-line errors naming the file."""
+routing (the `world` fixture is in conftest.py; refused input is in test_sglang_refusals.py)."""
 
 from __future__ import annotations
 
-import re
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,17 +13,6 @@ import torch
 import probe
 from helpers import sglang_dumps as sg
 from probe.sglang import SGLangError, import_sglang
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    base = tmp_path_factory.mktemp("sglang")
-    passes = sg.traffic(seed=3)
-    m = sg.physical_map(redundant=4)
-    return {"base": base, "passes": passes, "map": m, "config": sg.config(base / "model"),
-            "stat": sg.write_stat(base / "stat", passes),
-            "per_pass": sg.write_per_pass(base / "per_pass", passes, m)[0].parent,
-            "per_token": sg.write_per_token(base / "per_token", passes, m)[0].parent}
 
 
 def loads(run) -> dict[int, np.ndarray]:
@@ -198,7 +184,6 @@ def test_metrics_and_placement_work_on_an_import(world, tmp_path):
     assert all(p.balancedness_after >= p.balancedness_before for p in plans.values())
 
 
-
 def test_the_model_jobs_do_not_stand_the_bundled_model_in_for_an_import(world, tmp_path, capsys):
     """An import has loads but no model or text: ablate says to pass --ckpt and --corpus (before, the
     bundled model and corpus stood in silently), and the report (per_token: with paths, which domain
@@ -220,70 +205,6 @@ def test_the_model_jobs_do_not_stand_the_bundled_model_in_for_an_import(world, t
     err = capsys.readouterr().err
     assert "is an import (sglang): it has no checkpoint or corpus, so the sections that run the model" in err
     assert (tmp_path / "r.html").stat().st_size > 0
-
-
-# ------------------------------------------------------------------------------------ refused
-class NotAllowed:  # a class a weights_only load cannot construct
-    def __reduce__(self):
-        return (print, ("this must never run",))
-
-
-def test_a_pickled_object_is_refused_never_run(tmp_path, capsys):
-    evil = tmp_path / "evil.pt"
-    torch.save({"records": [NotAllowed()]}, evil)
-    with pytest.raises(SGLangError, match=r"evil.pt: refused: it holds pickled Python objects"):
-        import_sglang(evil, tmp_path / "run")
-    assert "this must never run" not in capsys.readouterr().out
-    assert not (tmp_path / "run").exists()
-
-
-def test_bad_dumps_are_one_line_errors_naming_the_file(world, tmp_path, capsys):
-    from probe.__main__ import main
-
-    (tmp_path / "text.pt").write_text("not a torch file")
-    # text whose first bytes the legacy unpickler reads as opcodes (KeyError 101, IndexError before)
-    (tmp_path / "hello.pt").write_text("hello world\n")
-    (tmp_path / "garbage.pt").write_text("garbage\n")
-    torch.save({"counts": torch.zeros(3), "rank": 0}, tmp_path / "other.pt")
-    torch.save([1, 2, 3], tmp_path / "list.pt")
-    cases = [(tmp_path / "text.pt", "text.pt: not a readable torch.save file"),
-             (tmp_path / "hello.pt", "hello.pt: not a readable torch.save file (not a torch zip archive)"),
-             (tmp_path / "garbage.pt", "garbage.pt: not a readable torch.save file (not a torch zip archive)"),
-             (tmp_path / "other.pt", "other.pt: unknown key layout (keys: ['counts', 'rank'])"),
-             (tmp_path / "list.pt", "list.pt: not an SGLang expert-distribution dump (a list, not a dict)")]
-    # two ranks that disagree on the experts
-    bad = tmp_path / "disagree"
-    files = sg.write_per_pass(bad, world["passes"], world["map"])
-    d = torch.load(files[1], weights_only=True)
-    d["last_physical_to_logical_map"] = d["last_physical_to_logical_map"] % 8
-    torch.save(d, files[1])
-    cases.append((bad, "the ranks' dumps disagree on layers x experts"))
-    # ... and on the number of physical slots (files of two servers)
-    other = tmp_path / "two-servers"
-    files = sg.write_per_pass(other, world["passes"], world["map"])
-    d = torch.load(files[1], weights_only=True)
-    d["last_physical_to_logical_map"] = d["last_physical_to_logical_map"][:, :10] % 8
-    torch.save(d, files[1])
-    cases.append((other, "the dumps disagree on the number of physical experts (files of different servers?)"))
-    for path, msg in cases:
-        code = main(["import", "sglang", str(path), "--out", str(tmp_path / "run")])
-        err = capsys.readouterr().err.strip()
-        assert code == 2 and err.startswith("error: ") and "\n" not in err and msg in err, err
-    # an expert id outside the config
-    small = tmp_path / "small.json"
-    cfg = __import__("json").loads(world["config"].read_text()) | {"n_routed_experts": 8}
-    small.write_text(__import__("json").dumps(cfg))
-    code = main(["import", "sglang", str(world["stat"]), "--config", str(small), "--out", str(tmp_path / "run")])
-    err = capsys.readouterr().err
-    assert code == 2 and "is outside --config" in err and "n_routed_experts=8" in err
-    assert not (tmp_path / "run").exists()
-    # an --out where no run can go: under a file, or where the OS refuses new entries (procfs, even for root)
-    (tmp_path / "afile").write_text("x")
-    for out, msg in ((tmp_path / "afile" / "run", "afile is a file, not a directory"),
-                     (Path("/proc/dsv3-sglang-run"), "--out /proc/dsv3-sglang-run: cannot create the run there")):
-        code = main(["import", "sglang", str(world["stat"]), "--config", str(world["config"]), "--out", str(out)])
-        err = capsys.readouterr().err.strip()
-        assert code == 2 and err.startswith("error: ") and "\n" not in err and msg in err, err
 
 
 def test_data_parallel_ranks_that_ran_the_same_batch_are_both_counted(world, tmp_path):
@@ -343,77 +264,6 @@ def test_the_tokenizer_is_read_when_the_import_runs(world, tmp_path, capsys):
         assert not (tmp_path / "run").exists()
     out = import_sglang(world["stat"], tmp_path / "run", tokenizer=str(tok))  # the control
     assert probe.open_run(out).info["options"]["tokenizer"] == str(tok.resolve())
-
-
-def test_broken_fields_are_named_and_leave_nothing_behind(world, tmp_path, capsys):
-    """Fields of the wrong kind (found by a review: a -1 in the map counted as the last expert,
-    negative or float counts taken, a record without its pass id a KeyError, extend_seq_lens that do
-    not add up read as decode) are one line naming the file and field, and a failed import leaves no
-    half-written `.NAME.importing` folder."""
-    from probe.__main__ import main
-
-    def broken(name: str, mode: str, edit) -> Path:
-        src = world[mode]
-        files = sorted(src.glob("*.pt")) if src.is_dir() else [src]
-        out = tmp_path / name
-        out.mkdir()
-        for i, f in enumerate(files):
-            d = torch.load(f, weights_only=True)
-            if i == 0:
-                edit(d)
-            torch.save(d, out / f.name)
-        return out
-
-    def set_map(d, layer, slot, value):
-        d["last_physical_to_logical_map"][layer, slot] = value
-
-    cases = [
-        (broken("mapneg", "per_pass", lambda d: set_map(d, 1, 5, -1)), "last_physical_to_logical_map holds a negative value (-1)"),
-        (broken("negpp", "per_pass", lambda d: d["records"][1]["global_physical_count"].__setitem__((1, 0), -90)),
-         "global_physical_count of record 1 (pass 1) holds a negative value (-90)"),
-        (broken("nofp", "per_pass", lambda d: d["records"][2].pop("forward_pass_id")), "record 2 has no forward_pass_id"),
-        (broken("statf", "stat", lambda d: d.__setitem__("logical_count", d["logical_count"].float() + 0.5)),
-         "logical_count holds torch.float32 values"),
-        (broken("statlist", "stat", lambda d: d.__setitem__("logical_count", d["logical_count"].tolist())),
-         "logical_count should be a 3-D tensor, found a list"),
-        (broken("ptpos", "per_token", lambda d: d["records"][0].__setitem__("positions", d["records"][0]["positions"][:-1])),
-         "input_ids but"),
-        (broken("ptlens", "per_token", lambda d: d["records"][0].__setitem__("extend_seq_lens", [1, 1])),
-         "extend_seq_lens sum to 2, but it has"),
-        # tracebacks once (TypeError, OverflowError, MemoryError), found by a second review
-        (broken("rankless", "stat", lambda d: d.__setitem__("rank", None)),
-         "rank=None should be a non-negative integer"),
-        (broken("fpnone", "per_pass", lambda d: d["records"][0].__setitem__("forward_pass_id", None)),
-         "record 0's forward_pass_id=None should be a non-negative integer"),
-        (broken("rankstr", "per_pass", lambda d: d["records"][0].__setitem__("rank", "r0")),
-         "record 0's rank='r0' should be a non-negative integer"),
-        (broken("hugeid", "per_pass", lambda d: set_map(d, 1, 5, 10**12)),
-         "last_physical_to_logical_map names expert 1000000000000; ids above 65535 are not expert ids"),
-        (broken("posnone", "per_token", lambda d: d["records"][0].__setitem__("positions", None)),
-         "positions of record 0 (pass 0) should be a list of integers, found NoneType"),
-        (broken("poshuge", "per_token", lambda d: d["records"][0]["positions"].__setitem__(0, 2**40)),
-         "positions of record 0 (pass 0) holds 1099511627776, outside [0, 2147483647]"),
-        (broken("idneg", "per_token", lambda d: d["records"][0]["input_ids"].__setitem__(0, -3)),
-         "input_ids of record 0 (pass 0) holds -3"),
-        (broken("lensneg", "per_token", lambda d: d["records"][0].__setitem__("extend_seq_lens", [-1])),
-         "extend_seq_lens of record 0 (pass 0) holds -1"),
-        (broken("pad5", "per_token", lambda d: d["records"][0]["topk_ids_of_layer"].__setitem__((1, 0, 0), -5)),
-         "holds -5; SGLang pads with -1 only"),
-        (broken("nopass", "stat", lambda d: d.__setitem__("logical_count", d["logical_count"][:0])),
-         "logical_count holds no passes"),
-        # an empty "complete" run and ids from another model's vocabulary, found by a third review
-        (broken("statzero", "stat", lambda d: d["logical_count"].zero_()),
-         "every pass row of the stat dump is zero: no expert was chosen while it recorded"),
-        (broken("idvocab", "per_token", lambda d: d["records"][1]["input_ids"].__setitem__(0, 100_000)),
-         "holds input id 100000, outside the vocabulary of --config (vocab_size="),
-    ]
-    (tmp_path / "empty.pt").write_bytes(b"")
-    cases.append((tmp_path / "empty.pt", "empty.pt: not a readable torch.save file"))
-    for path, msg in cases:
-        code = main(["import", "sglang", str(path), "--config", str(world["config"]), "--out", str(tmp_path / "run")])
-        err = capsys.readouterr().err.strip()
-        assert code == 2 and err.startswith("error: ") and "\n" not in err and msg in err, (path.name, err)
-    assert not list(tmp_path.glob(".*importing")) and not (tmp_path / "run").exists()
 
 
 def test_overwrite_replaces_a_run_and_nothing_else(world, tmp_path, capsys):
@@ -553,87 +403,6 @@ def test_placement_needs_every_rank_or_the_gpu_count(world, tmp_path, capsys):
         import_sglang(world["stat"], tmp_path / "bad", config=str(world["config"]), gpus=2)
 
 
-def _edited(src: Path, dst: Path, edit) -> Path:
-    """A copy of the dump file or folder `src` in `dst` with `edit(data)` applied to every file (alike, so
-    that tensor-parallel copies stay copies)."""
-    files = sorted(src.glob("*.pt")) if src.is_dir() else [src]
-    dst.mkdir(parents=True)
-    for f in files:
-        d = torch.load(f, weights_only=True)
-        edit(d)
-        torch.save(d, dst / f.name)
-    return dst
-
-
-def test_refusals_start_exactly_at_their_bounds(world, tmp_path):
-    """Each check refuses the first value past its bound and takes the bound itself (a value one past
-    it was taken, and failed later with a traceback or a wrong table): input id = vocab_size (512),
-    physical id = the map's slot count (20), a config with one expert fewer than the dump counts, or
-    one layer more, extend_seq_lens summing to one token more, one position more than input ids."""
-    import json
-
-    base = str(world["config"])
-    cfg = json.loads(world["config"].read_text())
-
-    def config(name, **kw):
-        (tmp_path / name).write_text(json.dumps(cfg | kw))
-        return str(tmp_path / name)
-
-    def token(name, key, value):
-        def edit(d):
-            r = d["records"][0]
-            r[key] = value(r)
-        return _edited(world["per_token"], tmp_path / name, edit)
-
-    def topk(d):
-        d["records"][0]["topk_ids_of_layer"][1, 0, 0] = sg.E + 4
-
-    cases = [
-        (token("vocab", "input_ids", lambda r: [512] + list(r["input_ids"][1:])), base,
-         "holds input id 512, outside the vocabulary of --config (vocab_size=512)"),
-        (_edited(world["per_token"], tmp_path / "slot", topk), base, "physical expert id 20 is outside the map's 20 experts"),
-        (world["stat"], config("e15.json", n_routed_experts=15, n_group=1, topk_group=1), "expert id 15 is outside --config"),
-        (world["stat"], config("l4.json", num_hidden_layers=4), "the dump has 3 layers, --config"),
-        (token("lens", "extend_seq_lens", lambda r: list(r["extend_seq_lens"][:-1]) + [r["extend_seq_lens"][-1] + 1]),
-         base, "extend_seq_lens sum to"),
-        (token("pos", "positions", lambda r: list(r["positions"]) + [0]), base, "input_ids but"),
-    ]
-    for dump, c, msg in cases:
-        with pytest.raises(SGLangError, match=re.escape(msg)):
-            import_sglang(dump, tmp_path / "run", config=c)
-        assert not (tmp_path / "run").exists()
-    # the bounds themselves are taken
-    ok = token("vocab511", "input_ids", lambda r: [511] + list(r["input_ids"][1:]))
-    assert 511 in set(probe.open_run(import_sglang(ok, tmp_path / "ok", config=base)).df("tokens").token_id)
-    far = token("pos-max", "positions", lambda r: [2**31 - 1] + list(r["positions"][1:]))  # int32's largest
-    assert probe.open_run(import_sglang(far, tmp_path / "far", config=base)).df("tokens").pos.max() == 2**31 - 1
-
-
-def test_the_largest_uint16_expert_id_is_read_the_next_refused(world, tmp_path):
-    from probe.sglang_dumps import read_dump
-
-    src = sorted(world["per_pass"].glob("*.pt"))[0]
-    for value, ok in ((65535, True), (65536, False)):
-        d = torch.load(src, weights_only=True)
-        d["last_physical_to_logical_map"][1, 0] = value
-        torch.save(d, tmp_path / f"{value}.pt")
-        if ok:  # the routing table keeps expert ids as uint16: 65535 is one
-            assert read_dump(tmp_path / f"{value}.pt").mode == "per_pass"
-        else:
-            with pytest.raises(SGLangError, match="names expert 65536; ids above 65535"):
-                read_dump(tmp_path / f"{value}.pt")
-
-
-def test_a_folder_mixing_dump_modes_is_refused(world, tmp_path):
-    d = tmp_path / "mixed"
-    d.mkdir()
-    shutil.copy(world["stat"], d)
-    for f in world["per_pass"].glob("*.pt"):
-        shutil.copy(f, d)
-    with pytest.raises(SGLangError, match=r"the files mix dump modes \['per_pass', 'stat'\]"):
-        import_sglang(d, tmp_path / "run", config=str(world["config"]))
-
-
 def test_a_one_row_buffer_with_its_one_pass_is_read_in_order(world, tmp_path, capsys):
     # --buffer-size 1 is a circular buffer of one row: one pass has one order, so nothing is flagged
     one = [p for p in world["passes"] if p.fp == 0]
@@ -648,7 +417,7 @@ def test_a_one_row_buffer_with_its_one_pass_is_read_in_order(world, tmp_path, ca
 def test_a_stat_dump_of_fewer_experts_than_the_config_gets_zero_rows_for_the_rest(world, tmp_path):
     # expert_load holds every expert of the config at every step, as the recorder's does: the analyses
     # count an expert without a row as missing, not as unused
-    dump = _edited(world["stat"], tmp_path / "narrow", lambda d: d.__setitem__("logical_count", d["logical_count"][:, :, :12].clone()))
+    dump = sg.edited_copy(world["stat"], tmp_path / "narrow", lambda d: d.__setitem__("logical_count", d["logical_count"][:, :, :12].clone()))
     el = probe.open_run(import_sglang(dump, tmp_path / "run", config=str(world["config"]))).df("expert_load")
     assert (el.groupby(["step", "layer"]).expert.apply(sorted).map(lambda e: e == list(range(sg.E)))).all()
     assert (el[el.expert >= 12]["count"] == 0).all() and el[el.expert < 12]["count"].sum() > 0
