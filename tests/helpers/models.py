@@ -134,3 +134,13 @@ def make_probe_ckpt(root: Path, corpus: Path, seed: int = 0) -> Path:
     model.save(m, root)
     make_tokenizer(corpus, root / "tokenizer.json")
     return root
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The largest absolute difference relative to the largest magnitude of `b`."""
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def random_tokens(b: int, s: int, seed: int = 0, vocab: int = 512) -> torch.Tensor:
+    """A [b, s] batch of token ids drawn with its own generator."""
+    return torch.randint(0, vocab, (b, s), generator=torch.Generator().manual_seed(seed))

@@ -515,3 +515,18 @@ def test_unknown_field():
     with pytest.raises(ConfigError, match="n_experts"):
         ModelArgs.from_dict(ModelArgs.from_name("tiny").to_dict() | {"n_experts": 3})
     assert issubclass(ConfigError, ValueError)
+
+
+@pytest.mark.parametrize("rope", [
+    {"rope_theta": 10.0},  # high = ceil(corr(beta_slow)) = 5 > R/2 - 1 = 3: clamped at R - 1 = 7, as the references do
+    {"rope_scaling": HF_TINY["rope_scaling"] | {"beta_slow": 16}},  # floor(corr(32)) and ceil(corr(16)) both clamp to 0: low == high
+])
+def test_yarn_frequencies_match_transformers_at_the_correction_ranges_edges(rope):
+    from transformers import DeepseekV3Config
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    cfg = TINY_HF | rope
+    hf_freq, _ = ROPE_INIT_FUNCTIONS["yarn"](DeepseekV3Config(**{k: v for k, v in cfg.items() if k != "model_type"}))
+    ours = rope_inv_freq(ModelArgs.from_hf_config(cfg))
+    assert torch.isfinite(ours).all()
+    assert torch.allclose(ours, hf_freq.float(), rtol=1e-6), (ours, hf_freq)

@@ -410,3 +410,32 @@ def test_forward_from_a_later_block_equals_the_full_pass():
                         ({"start_at_layer": 1, "resid": cap[1], "use_cache": True}, "use_cache=False")]:
             with pytest.raises(ValueError, match=msg):
                 m(tok, lengths=lengths, **kw)
+
+
+def test_an_in_place_edit_of_the_allowed_scores_alone_leaves_a_softmax_routers_weights():
+    # without a bias and without groups the allowed scores are the weights' own scores: an in-place
+    # edit there (no hook on the selection scores) must still move only the choice, as on a copy
+    m = random_model("tiny", seed=0, n_expert_groups=1, n_limited_groups=1, score_func="softmax",
+                     model_type="deepseek_v2", norm_topk_prob=False)
+    toks = torch.randint(0, m.args.vocab_size, (1, 6), generator=torch.Generator().manual_seed(1))
+    g = "layers.1.ffn.gate."
+
+    def in_place(s, hook):
+        s[:, 5] += 1.0
+
+    def on_a_copy(s, hook):
+        s = s.clone()
+        s[:, 5] += 1.0
+        return s
+
+    with torch.no_grad():
+        _, plain = m.run_with_cache(toks, names=g + "hook_scores")
+        out = {}
+        for fn in (in_place, on_a_copy):
+            with m.hooks([(g + "hook_allowed_scores", fn)]):
+                out[fn.__name__] = m.run_with_cache(toks, names=[g + "hook_topk_ids", g + "hook_topk_weights"])
+    (a, ca), (b, cb) = out["in_place"], out["on_a_copy"]
+    assert (ca[g + "hook_topk_ids"] == 5).any(dim=-1).all()  # the edit does choose expert 5
+    want = plain[g + "hook_scores"].gather(1, ca[g + "hook_topk_ids"]) * m.args.route_scale  # unedited scores
+    assert torch.equal(ca[g + "hook_topk_weights"], want)
+    assert torch.equal(ca[g + "hook_topk_weights"], cb[g + "hook_topk_weights"]) and torch.equal(a, b)

@@ -6,22 +6,15 @@ import pytest
 import torch
 
 import model
-from helpers import cast_, random_model
+from helpers import random_model
+from helpers.models import random_tokens as tokens, rel
 
 ATOL = 1e-5
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).abs().max() / b.abs().max()).item()
 
 
 @pytest.fixture(params=["absorb", "naive"])
 def impl_model(request):
     return random_model("tiny", seed=1, attn_impl=request.param)
-
-
-def tokens(b, s, seed=0, vocab=512):
-    return torch.randint(0, vocab, (b, s), generator=torch.Generator().manual_seed(seed))
 
 
 @torch.no_grad()
@@ -356,86 +349,6 @@ def test_bad_forward_inputs():
         m.mtp_logits(h, x, depth=1)
 
 
-@torch.no_grad()
-def test_bfloat16_close_to_float32():
-    m = random_model("tiny", seed=10)
-    x = tokens(2, 32)
-    ref = m(x)
-    m16 = cast_(random_model("tiny", seed=10), torch.bfloat16)  # the router stays float32
-    got = m16(x).float()
-    # a few near-tie routing decisions flip in bf16, so compare on average, not at the maximum
-    mean_rel = ((got - ref).abs().mean() / ref.abs().mean()).item()
-    print(f"bf16 vs fp32: mean |diff| / mean |logit| = {mean_rel:.3f}")
-    assert mean_rel < 0.1
-
-
-@torch.no_grad()
-def test_a_float64_model_normalises_and_rotates_in_float64():
-    """RMSNorm and RoPE compute in float32 at least, in float64 for a float64 model (the
-    `--dtype float64` reference precision): against a float64 formula they agree to float64
-    rounding; the same input rounded through float32 (the control) is 1e-8 away."""
-    from model.layers import RMSNorm, apply_rope
-
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(3, 40, 8, 96, dtype=torch.float64, generator=g) * 3
-    norm = RMSNorm(96, eps=1e-6).double()
-    norm.weight.copy_(torch.rand(96, dtype=torch.float64, generator=g) + 0.5)
-    want = x / (x.square().mean(-1, keepdim=True) + 1e-6).sqrt() * norm.weight
-    assert rel(norm(x), want) < 1e-14
-    assert rel((norm.float()(x.float())).double(), want) > 1e-9  # the control: float32 is visibly coarser
-    cos, sin = (torch.rand(3, 40, 16, generator=g) for _ in range(2))
-    x0, x1 = x[..., 64::2], x[..., 65::2]
-    c, s = cos[:, :, None].double(), sin[:, :, None].double()
-    want = torch.stack((x0 * c - x1 * s, x1 * c + x0 * s), dim=-1).flatten(-2)
-    assert apply_rope(x[..., 64:], cos, sin).dtype == torch.float64
-    assert rel(apply_rope(x[..., 64:], cos, sin), want) < 1e-14
-    assert rel(apply_rope(x[..., 64:].float(), cos, sin).double(), want) > 1e-9
-
-
-@torch.no_grad()
-def test_the_router_computes_in_float64_for_a_float64_model_and_float32_otherwise():
-    """Its weight stays float32; the logits, scores and weights are float64 in a float64 model (two
-    float64 inputs a few ulps apart must not round to different float32 values there: a sharded
-    model's routing weights then differed from one process's in their last float32 bits), float32
-    for float32 and bfloat16 inputs."""
-    from model.moe import Gate
-
-    gate = Gate(model.ModelArgs.from_name("tiny"))
-    gate.reset_parameters(std=0.1)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(64, gate.weight.shape[1], dtype=torch.float64, generator=g)
-    w, ids, scores = gate(x)
-    assert w.dtype == scores.dtype == torch.float64 and gate.weight.dtype == torch.float32
-    assert rel(scores, torch.sigmoid(x @ gate.weight.double().T)) < 1e-14
-    # the control: the same input through float32 is ~1e-8 away
-    assert rel(gate(x.float())[2].double(), scores) > 1e-9
-    assert gate(x.to(torch.bfloat16))[0].dtype == torch.float32
-
-
-def test_rms_norm_scales_in_place_only_where_nothing_can_tell():
-    """RMSNorm multiplies its weight into its own fresh output in place when no gradient is recorded:
-    bit-equal to F.rms_norm and to the tracked path, the input left as it was; with a gradient to
-    record the weight still gets one (the in-place product would have destroyed what it needs)."""
-    from model.layers import RMSNorm
-
-    g = torch.Generator().manual_seed(0)
-    norm = RMSNorm(64, eps=1e-6)
-    with torch.no_grad():
-        norm.weight.copy_(torch.rand(64, generator=g) + 0.5)
-    x = torch.randn(3, 5, 64, generator=g)
-    before = x.clone()
-    with torch.no_grad():
-        fast = norm(x)
-    assert torch.equal(x, before)
-    assert torch.equal(fast, torch.nn.functional.rms_norm(x, (64,), norm.weight, eps=1e-6))
-    tracked = norm(x)
-    assert tracked.requires_grad and torch.equal(tracked.detach(), fast)
-    tracked.sum().backward()
-    assert norm.weight.grad is not None and norm.weight.grad.abs().sum() > 0
-    with torch.no_grad():  # a bf16 input with a float32 weight: the product is float32, as before
-        assert norm(x.bfloat16()).dtype == torch.float32
-
-
 def test_meta_then_to_empty_then_reset_parameters_gives_a_whole_model():
     """PyTorch's idiom for building a large model without a CPU copy (tests/gpu/check_record.py
     uses it): on the meta device, then to_empty(), then reset_parameters(). to_empty leaves every
@@ -476,3 +389,116 @@ def test_an_empty_batch_gives_empty_logits(impl):
     logits, mtp = m(torch.zeros(0, 8, dtype=torch.long), mtp=True)
     assert logits.shape == (0, 8, V) and mtp.shape == (0, 7, V)
     assert m(torch.zeros(2, 0, dtype=torch.long)).shape == (2, 0, V)
+
+
+@torch.no_grad()
+def test_latent_attention_always_forces_the_latent_form_and_auto_expands_a_prefill(monkeypatch):
+    from model.mla import MLA
+
+    m = random_model("tiny", seed=4)
+    calls = []
+    for name in ("_attend_latent", "_attend_expanded"):
+        real = getattr(MLA, name)
+        monkeypatch.setattr(MLA, name, (lambda real, name: lambda self, *a: calls.append(name) or real(self, *a))(real, name))
+    x = tokens(1, 24, seed=5)
+    m(x[:, :23], use_cache=True)  # auto: a prefill (S = T) expands its latents
+    assert set(calls) == {"_attend_expanded"}
+    calls.clear()
+    m(x[:, 23:], start_pos=23)  # auto: one query against 24 keys stays latent
+    assert set(calls) == {"_attend_latent"}
+    for a in m.attention_modules():
+        a.latent_attention = "always"
+    calls.clear()
+    m(x[:, :23], use_cache=True)
+    assert set(calls) == {"_attend_latent"}  # "always": no expansion, even in a prefill
+
+
+@pytest.mark.parametrize("impl", ["absorb", "naive"])
+def test_gradients_reach_the_hooked_query_parts(impl):
+    # the query assembled in place (MLA._query) must not cut a retained q_nope out of the graph: the same
+    # gradients as with a hook that replaces q_nope by a copy (which forces the concatenation)
+    m = random_model("tiny", seed=9, attn_impl=impl)
+    x = tokens(1, 8)
+
+    def grads(copy: bool):
+        saved = {}
+
+        def keep(t, hook):
+            t = t.clone() if copy and hook.name.endswith("q_nope") else t
+            t.retain_grad()
+            saved[hook.name] = t
+            return t
+
+        m.zero_grad()
+        with m.hooks([("layers.1.attn.hook_q_nope", keep), ("layers.1.attn.hook_q_pe", keep)]):
+            logits = m(x)
+        logits[0, -1, 5].backward()
+        return {k: v.grad for k, v in saved.items()}
+
+    fast, joined = grads(False), grads(True)
+    for name, g in joined.items():
+        assert g is not None and g.abs().sum() > 0, name
+        assert fast[name] is not None, name
+        torch.testing.assert_close(fast[name], g, rtol=1e-5, atol=1e-9)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("first,then", [("absorb", "naive"), ("naive", "absorb")])
+def test_switching_attention_impl_after_a_cached_prefill_starts_a_fresh_cache(first, then):
+    m = random_model("tiny", seed=1, attn_impl=first)
+    x = tokens(2, 12, seed=3)
+    m(x[:, :8], use_cache=True)
+    m.attn_impl = then  # the other layout caches other tensors: the old cache must not be reused
+    assert m.layers[0].attn.cache_shape == (0, 0)
+    got = torch.cat([m(x[:, :8], use_cache=True)] + [m(x[:, i:i + 1], start_pos=i) for i in range(8, 12)], 1)
+    assert rel(got, m(x)) < ATOL
+
+
+@torch.no_grad()
+def test_an_empty_row_in_a_cached_batch_leaves_no_query_without_a_key():
+    # a padding query sees itself: a row of length 0 still has one visible key per query, so a hooked
+    # pattern is a distribution everywhere (an all-masked row softmaxes to NaN)
+    m = random_model("tiny", seed=1)
+    x = tokens(2, 6, seed=2)
+    _, c = m.run_with_cache(x, lengths=torch.tensor([6, 0]), use_cache=True, names="layers.*.attn.hook_pattern")
+    for name, p in c.items():
+        assert torch.isfinite(p).all(), name
+        torch.testing.assert_close(p.sum(-1), torch.ones(p.shape[:-1]))
+
+
+@torch.no_grad()
+def test_mtp_rotates_with_the_yarn_attention_factor():
+    # rope_attention_factor (YaRN's cos/sin multiplier, != 1 for V2 configs) applies in the MTP block too
+    m = random_model("tiny", seed=5, rope_attention_factor=1.3)
+    x = tokens(2, 16, seed=3)
+    h = m(x, return_hidden=True)[1]
+    mt = m.mtp[0]
+    z = mt.eh_proj(torch.cat([mt.enorm(m.embed(x[:, 1:])), mt.hnorm(h[:, :-1])], -1))
+    angles = torch.arange(15, dtype=torch.float32)[None, :, None] * m.rope_inv_freq
+    cos, sin = (1.3 * angles.cos()).expand(2, -1, -1), (1.3 * angles.sin()).expand(2, -1, -1)
+    pos = torch.arange(15)[None].expand(2, 15)
+    ref = m.head(mt.norm(mt.block(z, cos, sin, pos, None, 15, False)))
+    assert rel(m.mtp_logits(h, x), ref) < ATOL
+    assert rel(m(x, mtp=True)[1], ref) < ATOL
+
+
+def test_reset_parameters_with_a_seed_leaves_the_global_rng_as_it_was():
+    m = random_model("tiny", seed=0)
+    torch.manual_seed(123)
+    want = torch.rand(4)
+    torch.manual_seed(123)
+    m.reset_parameters(seed=7)
+    assert torch.equal(torch.rand(4), want)
+
+
+@torch.no_grad()
+def test_a_padded_mtp_pass_fills_each_rows_mtp_cache_to_its_length_minus_one():
+    # MTP position i needs token i+1: a row of length L fills positions 0..L-2 of the MTP block's cache
+    m = random_model("tiny", seed=2)
+    x = tokens(2, 6, seed=4)
+    m(x, lengths=torch.tensor([6, 3]), use_cache=True, mtp=True)
+    h = m(x, return_hidden=True)[1]
+    assert m.mtp_logits(h[:, :2], x[:, :2], start_pos=torch.tensor([5, 2]), use_cache=True).shape[1] == 1
+    m(x, lengths=torch.tensor([6, 3]), use_cache=True, mtp=True)
+    with pytest.raises(ValueError, match=r"row\(s\) \[1\] start past the positions their MTP block 0's KV cache"):
+        m.mtp_logits(h[:, :2], x[:, :2], start_pos=torch.tensor([5, 3]), use_cache=True)
