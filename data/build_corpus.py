@@ -18,13 +18,17 @@ Each source text is cut into documents of about `DOC_CHARS` characters at paragr
 boundaries; documents are capped per domain (`--max-chars`, chosen by a seeded hash, so the cap
 keeps the same documents whatever the order of reading), then split into train / validation by a
 seeded hash of the document id. Output: JSON lines `{"id", "domain", "source", "text"}` sorted by
-(domain, id), written under temporary names and renamed, plus `manifest.json` with counts and
-SHA-256s. The same sdists, Python version and flags give byte-identical files.
+(domain, id), plus `manifest.json` with the flags, counts, SHA-256s and `cross_split_duplicates`
+(validation documents whose text is also a training document's; the build prints a note naming
+them). All three are written under temporary names and renamed once all are written: a failed
+build leaves the old files as they were. The same sdists, Python version and flags give
+byte-identical files.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -299,41 +303,86 @@ def collect(domains: Iterable[str], *, seed: int, cache: Path, offline: bool, ma
     return docs
 
 
-def _write_jsonl(path: Path, docs: list[Doc]) -> str:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        for d in docs:
-            f.write(d.to_json() + "\n")
-    os.replace(tmp, path)
-    return sha256_file(path)
+def _jsonl(docs: list[Doc]) -> bytes:
+    return "".join(d.to_json() + "\n" for d in docs).encode("utf-8")
+
+
+def cross_split_duplicates(train: list[Doc], val: list[Doc]) -> list[dict]:
+    """The validation documents whose text is also a training document's: the split is by document,
+    so one text under two ids lands on both sides (pydoc_data's topics 'if' and 'else' are one text)."""
+    ids_by_text: dict[str, list[str]] = {}
+    for d in train:
+        ids_by_text.setdefault(d.text, []).append(d.id)
+    return [{"val": d.id, "train": ids_by_text[d.text], "chars": len(d.text)} for d in val if d.text in ids_by_text]
+
+
+def duplicates_note(dups: list[dict]) -> str | None:
+    """The build's note on `cross_split_duplicates` (None when there are none)."""
+    if not dups:
+        return None
+    shown = "; ".join(f"{d['val']} = train {', '.join(d['train'])} ({d['chars']:,} characters)" for d in dups[:3])
+    more = "; ..." if len(dups) > 3 else ""
+    return (f"note: {len(dups)} validation document(s) have the same text as a training document, so they are "
+            f"not held out: {shown}{more} (manifest.json: cross_split_duplicates)")
+
+
+def _write_all(out: Path, files: dict[str, bytes]) -> None:
+    """Write each file to NAME.tmp in `out`, then rename them all. A write that fails (a full disk, a
+    folder in the way) or is interrupted removes the temporaries made and leaves the old files as they
+    were; the failure is a CorpusError naming the file. It replaced train.jsonl, left the old val.jsonl
+    and manifest.json and a traceback (a review)."""
+    made: list[Path] = []
+    where = out
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name in files:  # a rename onto a folder would fail after the first file was replaced
+            if (out / name).is_dir():
+                raise CorpusError(f"{out / name}: is a directory, not a file; move it away")
+        for name, data in files.items():
+            where = out / f"{name}.tmp"
+            with open(where, "wb") as f:
+                made.append(where)
+                f.write(data)
+        for tmp in made:
+            where = tmp.with_suffix("")
+            os.replace(tmp, where)
+    except OSError as e:
+        raise CorpusError(f"{where}: cannot write ({e.strerror or e})") from None
+    finally:
+        for tmp in made:  # those renamed are gone already
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
 
 
 def write_corpus(out: Path, docs: list[Doc], *, seed: int, val_fraction: float, max_chars: int | None,
                  extra: dict | None = None) -> dict:
-    """Cap per domain, split, write train.jsonl / val.jsonl / manifest.json; returns the manifest."""
+    """Cap per domain, split, write train.jsonl / val.jsonl / manifest.json (each under a temporary
+    name, all renamed once all three are written); returns the manifest. `extra`: more flags of the
+    build to record."""
     if not 0 < val_fraction < 1:
         raise CorpusError(f"val fraction {val_fraction} must be in (0, 1)")
     capped = []
     for domain in sorted({d.domain for d in docs}):
         capped += cap([d for d in docs if d.domain == domain], max_chars, seed)
     train, val = split(capped, val_fraction, seed)
-    out.mkdir(parents=True, exist_ok=True)
     manifest = {
         "format": "JSON lines: id, domain, source, text (UTF-8); split by document",
-        "seed": seed, "val_fraction": val_fraction, "max_chars_per_domain": max_chars,
+        "seed": seed, "val_fraction": val_fraction, "max_chars_per_domain": max_chars, **(extra or {}),
         "python": sys.version.split()[0], "sdists": {k: vars(v) for k, v in SDISTS.items()},
-        **(extra or {}), "files": {}, "domains": {},
+        "files": {}, "domains": {},
     }
+    files = {}
     for name, part in (("train", train), ("val", val)):
-        manifest["files"][f"{name}.jsonl"] = {"sha256": _write_jsonl(out / f"{name}.jsonl", part),
+        files[f"{name}.jsonl"] = _jsonl(part)
+        manifest["files"][f"{name}.jsonl"] = {"sha256": hashlib.sha256(files[f"{name}.jsonl"]).hexdigest(),
                                               "documents": len(part)}
         for d in part:
             st = manifest["domains"].setdefault(d.domain, {}).setdefault(name, {"documents": 0, "chars": 0})
             st["documents"] += 1
             st["chars"] += len(d.text)
-    tmp = out / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, out / "manifest.json")
+    manifest["cross_split_duplicates"] = cross_split_duplicates(train, val)
+    files["manifest.json"] = (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    _write_all(out, files)
     return manifest
 
 
@@ -367,11 +416,14 @@ def main(argv: list[str] | None = None) -> None:
             raise CorpusError(f"--max-chars {ns.max_chars}: must be positive")
         if ns.math_chars < 0 or (ns.math_chars == 0 and "math" in domains):
             raise CorpusError(f"--math-chars {ns.math_chars}: must be positive")
+        if not 0 < ns.val_fraction < 1:  # before the sources are read (write_corpus found it after; a review)
+            raise CorpusError(f"--val-fraction {ns.val_fraction}: must be between 0 and 1 (exclusive)")
         check_out_parent(ns.out, error=CorpusError)  # before the sources are fetched and read, not after
         docs = collect(domains, seed=ns.seed, cache=ns.cache, offline=ns.offline, math_chars=ns.math_chars)
         if not docs:
             raise CorpusError("no document was collected: nothing to write")
-        m = write_corpus(ns.out, docs, seed=ns.seed, val_fraction=ns.val_fraction, max_chars=ns.max_chars or None)
+        m = write_corpus(ns.out, docs, seed=ns.seed, val_fraction=ns.val_fraction, max_chars=ns.max_chars or None,
+                         extra={"math_chars": ns.math_chars, "selected_domains": domains})
     except CorpusError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -380,6 +432,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{domain:<11} train {tr.get('documents', 0):>5} docs {tr.get('chars', 0):>10,} chars   "
               f"val {va.get('documents', 0):>4} docs {va.get('chars', 0):>9,} chars")
     print(f"wrote {ns.out}/train.jsonl, val.jsonl, manifest.json")
+    note = duplicates_note(m["cross_split_duplicates"])
+    if note:
+        print(note, file=sys.stderr)
 
 
 if __name__ == "__main__":

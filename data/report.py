@@ -199,10 +199,11 @@ def main(argv=None) -> int:
             return 2
     from probe.job import RecordError, check_out_parent
 
-    try:  # both splits read, the flags and --out checked, before anything is recorded
+    try:  # both splits read, the flags, --out and --runs-dir checked, before anything is recorded
         if (ns.max_tokens is not None and ns.max_tokens < 1) or ns.seq_len < 2:
             raise RecordError(f"--max-tokens must be >= 1 and --seq-len >= 2 (got {ns.max_tokens}, {ns.seq_len})")
         check_out_parent(Path(ns.out), file=True)
+        check_out_parent(Path(ns.runs_dir), flag="--runs-dir")  # the record job named it --out (a review)
         val = read_documents(ns.corpus, ("domain", "text"), CorpusError)
         train = read_documents(ns.train, ("text",), CorpusError)
         t0 = time.time()

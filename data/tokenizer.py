@@ -28,13 +28,14 @@ from probe.job import check_out_parent  # noqa: E402
 
 SPECIAL_TOKENS = ("<|bos|>", "<|eos|>", "<|pad|>")
 BOS, EOS, PAD = 0, 1, 2
+BASE_VOCAB = 256 + len(SPECIAL_TOKENS)  # a vocabulary must exceed the bytes and the special tokens
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2) -> Tokenizer:
     """Train byte-level BPE on `texts`; `vocab_size` includes the 256 bytes and the special tokens."""
-    base = 256 + len(SPECIAL_TOKENS)
-    if vocab_size <= base:
-        raise ValueError(f"vocab_size={vocab_size} must exceed {base} (256 bytes + {len(SPECIAL_TOKENS)} special)")
+    if vocab_size <= BASE_VOCAB:
+        raise ValueError(f"vocab_size={vocab_size} must exceed {BASE_VOCAB} "
+                         f"(256 bytes + {len(SPECIAL_TOKENS)} special)")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Digits(individual_digits=True),
@@ -87,6 +88,9 @@ def main(argv: list[str] | None = None) -> None:
     try:  # flags, --out and both splits checked before the training, and before anything is written
         if ns.min_frequency < 0:
             raise CorpusError(f"--min-frequency {ns.min_frequency}: must be >= 0")
+        if ns.vocab_size <= BASE_VOCAB:  # train_tokenizer's own error named vocab_size=, not the flag (a review)
+            raise CorpusError(f"--vocab-size {ns.vocab_size}: must exceed {BASE_VOCAB} "
+                              f"(256 bytes + {len(SPECIAL_TOKENS)} special tokens)")
         check_out_parent(ns.out, file=True, error=CorpusError)
         docs = read_jsonl(ns.corpus / "train.jsonl")
         if not docs:

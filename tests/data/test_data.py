@@ -172,7 +172,7 @@ def test_build_flags_that_collect_nothing_or_twice_are_refused(tmp_path, capsys)
     out = tmp_path / "o"
     for args, msg in ((["--domains", ","], "--domains ',': no domain"), (["--domains", "math", "--math-chars", "0"],
                       "--math-chars 0: must be positive"), (["--domains", "math", "--max-chars", "-1"],
-                      "--max-chars -1: must be positive")):
+                      "--max-chars -1: must be positive"), (["--val-fraction", "0"], "--val-fraction 0.0: must be")):
         with pytest.raises(SystemExit) as e:
             bc.main([*args, "--out", str(out), "--offline", "--cache", str(tmp_path / "none")])
         assert e.value.code == 2 and msg in capsys.readouterr().err and not out.exists()
@@ -199,6 +199,52 @@ def test_an_out_under_a_file_is_refused_before_any_work(tmp_path, capsys):
     assert e.value.code == 2 and "afile is a file, not a directory" in capsys.readouterr().err
 
 
+def test_a_text_in_both_splits_is_noted_and_the_flags_recorded(tmp_path, monkeypatch, capsys):
+    """Two documents of one text can fall on both sides of the split by document (pydoc_data's 'if' and
+    'else' are one text): the build names them on stderr and in manifest.json; the manifest also records
+    --math-chars and --domains. Tiny in-memory sources, no download."""
+    text = "The if statement is used for conditional execution.\n" * 8
+    other = "The while statement is used for repeated execution.\n" * 8
+    monkeypatch.setattr(bc, "technical_texts", lambda: iter([("else", text), ("if", text)]))
+    out = tmp_path / "o"
+    args = ["--domains", "technical,math", "--math-chars", "9000", "--out", str(out), "--offline", "--cache",
+            str(tmp_path / "none")]
+    bc.main(args)
+    err = capsys.readouterr().err
+    m = json.loads((out / "manifest.json").read_text())
+    [dup] = m["cross_split_duplicates"]
+    assert {dup["val"], *dup["train"]} == {"technical/if/0000", "technical/else/0000"} and dup["chars"] == len(text)
+    assert dup["val"] in err and dup["train"][0] in err and f"{len(text)} characters" in err
+    assert m["math_chars"] == 9000 and m["selected_domains"] == ["technical", "math"]
+    # the control: two texts, no note
+    monkeypatch.setattr(bc, "technical_texts", lambda: iter([("else", other), ("if", text)]))
+    bc.main(args)
+    assert "note" not in capsys.readouterr().err
+    assert json.loads((out / "manifest.json").read_text())["cross_split_duplicates"] == []
+
+
+def test_a_failed_write_leaves_the_old_corpus_whole(tmp_path, capsys):
+    """A write that fails (here a folder where val.jsonl's temporary goes) is one line naming the file,
+    leaves all three old files as they were and no temporary of ours behind (it had replaced
+    train.jsonl, kept the old val.jsonl and manifest.json, and ended in a traceback)."""
+    out, files = tmp_path / "o", ("train.jsonl", "val.jsonl", "manifest.json")
+    args = ["--domains", "math", "--out", str(out), "--offline", "--cache", str(tmp_path / "none")]
+    bc.main([*args, "--math-chars", "20000"])
+    capsys.readouterr()
+    before = {name: (out / name).read_bytes() for name in files}
+    (out / "val.jsonl.tmp").mkdir()
+    with pytest.raises(SystemExit) as e:
+        bc.main([*args, "--math-chars", "40000"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith(f"error: {out / 'val.jsonl.tmp'}: ") and len(err.splitlines()) == 1
+    assert {name: (out / name).read_bytes() for name in files} == before
+    assert sorted(p.name for p in out.iterdir()) == sorted([*files, "val.jsonl.tmp"])
+    (out / "val.jsonl.tmp").rmdir()  # the control: the same build now replaces them
+    bc.main([*args, "--math-chars", "40000"])
+    assert (out / "train.jsonl").read_bytes() != before["train.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(files)
+
+
 # --------------------------------------------------------------------------------------- tokenizer
 def test_committed_validation_split_matches_its_manifest():
     manifest = json.loads((DATA / "corpus" / "manifest.json").read_text())
@@ -207,6 +253,10 @@ def test_committed_validation_split_matches_its_manifest():
     docs = bc.read_jsonl(val)
     assert {d["domain"] for d in docs} == set(bc.DOMAINS)
     assert len(docs) == manifest["files"]["val.jsonl"]["documents"]
+    by_id = {d["id"]: d for d in docs}
+    assert [d["val"] for d in manifest["cross_split_duplicates"]] == ["technical/if/0000"]
+    assert all(len(by_id[d["val"]]["text"]) == d["chars"] for d in manifest["cross_split_duplicates"])
+    assert manifest["math_chars"] == 2_500_000 and manifest["selected_domains"] == list(bc.DOMAINS)
 
 
 def test_tokenizer_round_trips_every_domain_of_the_validation_split():
@@ -258,6 +308,10 @@ def test_tokenizer_command_checks_everything_before_writing(tmp_path, capsys):
         err = capsys.readouterr().err
         assert e.value.code == 2 and msg in err and len(err.splitlines()) == 1, err
         assert not out.exists()
+    with pytest.raises(SystemExit) as e:  # the flag is named (it said vocab_size=100)
+        tokenizer.main(["--corpus", str(tmp_path / "c"), "--out", str(out), "--vocab-size", "100"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: --vocab-size 100: must exceed 259") and not out.exists()
     (tmp_path / "c" / "val.jsonl").write_text(docs[0] + "\n")  # the control
     tokenizer.main(["--corpus", str(tmp_path / "c"), "--out", str(out), "--vocab-size", "300"])
     assert out.exists() and "round trip 1/1 docs" in capsys.readouterr().out
@@ -299,6 +353,38 @@ def test_report_checks_and_input_errors(tmp_path, capsys):
     assert report.main(["--baseline", str(DATA / "model"), "--train", str(good), "--out",
                         str(tmp_path / "afile" / "REPORT.md")]) == 2
     assert "afile is a file, not a directory" in capsys.readouterr().err
+    assert report.main(["--baseline", str(DATA / "model"), "--train", str(good), "--out", str(tmp_path / "R.md"),
+                        "--runs-dir", str(tmp_path / "afile")]) == 2  # it was named --out .../report-model
+    afile = tmp_path / "afile"
+    assert capsys.readouterr().err == f"error: --runs-dir {afile}: {afile} is a file, not a directory\n"
     # the report names the runs where --runs-dir put them (it said runs/ whatever it was; a review)
     assert report._shown(report.REPO / "runs", "report-model") == "runs/report-model"
     assert report._shown(tmp_path / "elsewhere", "report-model") == str(tmp_path / "elsewhere" / "report-model")
+
+
+def test_a_split_that_is_not_utf8_is_named_by_each_command(tmp_path, capsys):
+    """A corpus .jsonl with a byte that is not UTF-8 is one line naming the file and its line for the
+    tokenizer, the report and training (a UnicodeDecodeError traceback, or a message naming no file)."""
+    from data import report, tokenizer
+    from train.__main__ import main as train_main
+
+    good = json.dumps({"id": "a", "domain": "code", "text": "def f(x): return x"})
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    bad = corpus / "train.jsonl"
+    bad.write_bytes(good.encode() + b"\n" + b'{"id": "b", "domain": "code", "text": "caf\xe9"}\n')
+    want = f"error: {bad}:2: not valid UTF-8 ("
+    runs = [lambda: tokenizer.main(["--corpus", str(corpus), "--out", str(tmp_path / "tok.json")]),
+            lambda: train_main(["--corpus", str(corpus), "--tokenizer", str(DATA / "tokenizer.json"), "--config",
+                                "tiny", "--out", str(tmp_path / "run"), "--no-progress", "--threads", "1"])]
+    for job in runs:
+        with pytest.raises(SystemExit) as e:
+            job()
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith(want) and len(err.splitlines()) == 1, err
+    fine = tmp_path / "fine.jsonl"
+    fine.write_text(good + "\n")
+    for splits in (["--train", str(bad), "--corpus", str(fine)], ["--train", str(fine), "--corpus", str(bad)]):
+        assert report.main(["--baseline", str(DATA / "model"), *splits, "--out", str(tmp_path / "R.md")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(want) and len(err.splitlines()) == 1, err

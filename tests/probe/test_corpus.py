@@ -223,6 +223,10 @@ def test_read_documents_asks_for_the_callers_fields_and_raises_its_error(tmp_pat
         read_documents(tmp_path / "missing.jsonl", ("text",), CallerError)
     with pytest.raises(CallerError, match=r": not found"):  # a directory is not a corpus file
         read_documents(tmp_path, ("text",), CallerError)
+    # a byte that is not UTF-8 is named with its own line, past the first 8 KiB read (a traceback before)
+    p.write_bytes(b'{"text": "a"}\n' * 2000 + b'{"text": "caf\xe9"}\n')
+    with pytest.raises(CallerError, match=r"c.jsonl:2001: not valid UTF-8 \("):
+        read_documents(p, ("text",), CallerError)
 
 
 def test_hidden_folders_linked_folders_and_broken_links(tmp_path):
