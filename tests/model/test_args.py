@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from model import ConfigError, ModelArgs
+from model import ConfigError, ModelArgs, Transformer
 from model.layers import rope_inv_freq
 
 from helpers import HF_TINY
@@ -322,6 +322,8 @@ def test_invalid_args(overrides, fields):
     (dict(quantization_config="fp8"), ["quantization_config='fp8' must be an object"]),
     (dict(quantization_config={"quant_method": "fp8", "weight_block_size": "128"}),
      ["quantization_config.weight_block_size='128' must be two positive integers"]),
+    (dict(quantization_config={"quant_method": "fp8", "weight_block_size": [0, 128]}),
+     ["quantization_config.weight_block_size=[0, 128] must be two positive integers"]),
     (dict(quantization_config={"quant_method": "fp8", "scale_fmt": "e8m0"}),
      ["quantization_config.scale_fmt='e8m0' is not supported"]),
     (dict(quantization_config={"quant_method": "fp8", "fmt": "e5m2"}),
@@ -483,6 +485,43 @@ def test_yarn_truncate_false_keeps_the_ramp_ends_unrounded():
     assert torch.allclose(ours, hf_freq.float(), rtol=1e-6), (ours, hf_freq)
     rounded = rope_inv_freq(ModelArgs.from_hf_config(TINY_HF))
     assert (ours - rounded).abs().max() > 1e-3  # the control: rounding changes them
+
+
+@pytest.mark.parametrize("rope", [
+    {k: v for k, v in HF_TINY["rope_scaling"].items() if k != "original_max_position_embeddings"},
+    {k: v for k, v in HF_TINY["rope_scaling"].items() if k != "mscale_all_dim"} | {"mscale": 0.5},
+    HF_TINY["rope_scaling"] | {"beta_fast": 0, "beta_slow": 0},
+])
+def test_yarn_keys_left_out_or_zero_give_transformers_frequencies_and_cos_sin_factor(rope):
+    # transformers: no original_max_position_embeddings = max_position_embeddings (256 here, not 4096);
+    # mscale without mscale_all_dim = the factor from ln(factor) alone; beta 0 = the defaults 32 / 1
+    from transformers import DeepseekV3Config
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    a = ModelArgs.from_hf_config(TINY_HF | {"rope_scaling": rope})
+    hf = DeepseekV3Config(**copy.deepcopy(HF_TINY | {"rope_scaling": rope}))
+    hf_freq, hf_factor = ROPE_INIT_FUNCTIONS["yarn"](hf)
+    assert torch.allclose(rope_inv_freq(a), hf_freq.float(), rtol=1e-6), (rope_inv_freq(a), hf_freq)
+    assert a.rope_attention_factor == pytest.approx(hf_factor)
+
+
+def test_null_group_keys_mean_no_group_limit():
+    plain = ModelArgs.from_hf_config(TINY_HF | {"n_group": 1, "topk_group": 1})
+    for key in ("n_group", "topk_group"):  # either one null: the other one alone does not limit groups
+        assert ModelArgs.from_hf_config(TINY_HF | {key: None}) == plain, key
+
+
+def test_null_mtp_depth_builds_no_mtp_module():
+    a = ModelArgs.from_hf_config(TINY_HF | {"num_nextn_predict_layers": None})
+    assert a.n_mtp_layers == 0
+    with torch.device("meta"):
+        assert len(Transformer(a, init=False).mtp) == 0
+
+
+def test_dense_only_config_reads_with_every_layer_dense():
+    a = ModelArgs.from_hf_config(TINY_HF | {"n_routed_experts": None})
+    assert a.n_dense_layers == a.n_layers == TINY_HF["num_hidden_layers"]
+    assert not any(a.is_moe_layer(i) for i in range(a.n_layers))
 
 
 def test_config_dtype_names_and_other_shapes(tmp_path):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 from pathlib import Path
 
@@ -19,8 +18,7 @@ from safetensors.torch import load_file, save_file
 import model
 import model.checkpoint as ckpt
 from model.names import ours_to_hf
-from model.saving import write_checkpoint
-from model import CheckpointError, ModelArgs, Transformer
+from model import ModelArgs, Transformer
 import model.fp8 as ckpt_fp8
 from model.fp8 import FP8_MAX, dequantize_block, quantize_block
 
@@ -38,6 +36,8 @@ def assert_close_rel(got: torch.Tensor, want: torch.Tensor, rel: float) -> None:
 
 
 # ----------------------------------------------------------------------------------------- FP8
+
+
 def blockwise_dequant_loop(q: torch.Tensor, s: torch.Tensor, block=BLOCK) -> torch.Tensor:
     """An independent dequantisation: one slice per block, W = Q * scale_inv."""
     out = torch.empty(q.shape, dtype=torch.float32)
@@ -112,6 +112,28 @@ def test_dequantize_block_whole_blocks_path_equals_the_elementwise_one():
         assert not torch.equal(dequantize_block(q, s * 2, BLOCK), want)  # the control: the scales matter
 
 
+def test_quantize_block_in_blocks_that_are_not_square():
+    block = (64, 128)
+    w = torch.randn(300, 200, generator=torch.Generator().manual_seed(0))  # partial blocks both ways
+    q, s = quantize_block(w, block)
+    assert tuple(s.shape) == (math.ceil(300 / 64), math.ceil(200 / 128)) == (5, 2)
+    deq = dequantize_block(q, s, block)
+    assert torch.equal(deq, blockwise_dequant_loop(q, s, block))
+    for i in range(5):
+        for j in range(2):  # every block's largest element is stored as +-448
+            assert q[i * 64:(i + 1) * 64, j * 128:(j + 1) * 128].float().abs().max() == FP8_MAX
+    assert ((deq - w).abs() <= 2.0**-4 * w.abs() + 2.0**-10 * s.max()).all()
+
+
+def test_round_ue8m0_rounds_up_to_a_power_of_two_and_keeps_nan():
+    x = torch.tensor([1.0, 1.5, 2.0, 3.0, 0.75, 1e-12, 448.0, 7e30], dtype=torch.float32)
+    x = torch.cat([x, torch.nextafter(x, torch.full_like(x, math.inf))])  # one ulp above each
+    want = torch.exp2(torch.ceil(torch.log2(x.double()))).float()  # the next power of two, in float64
+    assert torch.equal(ckpt_fp8.round_ue8m0(x), want)
+    special = ckpt_fp8.round_ue8m0(torch.tensor([math.nan, math.inf]))
+    assert special[0].isnan() and special[1] == math.inf  # a NaN amax stays NaN, not a 0.0 scale
+
+
 def test_dequantize_block_rejects_wrong_scale_shape():
     q, s = quantize_block(torch.randn(300, 200), BLOCK)
     with pytest.raises(ValueError, match="scale shape"):
@@ -182,6 +204,20 @@ def test_fp8_checkpoint_logits_equal_dequantised_checkpoint(fp8_dir, fp8_model, 
         assert ((w8 - w).abs() <= 2.0**-4 * w.abs() + 2.0**-10 * amax / FP8_MAX + 1e-7 * amax).all(), name
 
 
+def test_fp8_checkpoint_in_blocks_that_are_not_square_loads_dequantised(tmp_path):
+    # "bf16 dequantises any block size": a 64 x 128 one too (rows x columns)
+    m = random_model("tiny", seed=1, **FP8_OVERRIDES, quant_block=(64, 128))
+    model.save(m, tmp_path, fp8=True)
+    sd = load_file(tmp_path / "model.safetensors")
+    got = model.load(tmp_path, dtype=torch.float32)
+    for hf, ours, e, is_fp8 in ours_to_hf(m):
+        if is_fp8 and e in (None, 1):
+            q, s = sd[hf], sd[hf + "_scale_inv"]
+            assert tuple(s.shape) == (math.ceil(q.shape[0] / 64), math.ceil(q.shape[1] / 128)), hf
+            w = got.get_parameter(ours) if e is None else got.get_parameter(ours)[e]
+            assert torch.equal(w, blockwise_dequant_loop(q, s, (64, 128))), hf
+
+
 def test_fp8_checkpoint_default_dtype_is_bf16_with_fp32_router(fp8_dir):
     m = model.load(fp8_dir)
     assert m.args.quant_block == (128, 128)
@@ -194,6 +230,8 @@ def test_fp8_checkpoint_default_dtype_is_bf16_with_fp32_router(fp8_dir):
 
 
 # ------------------------------------------------------------------------------- loading variants
+
+
 def test_single_file_round_trip(tiny, tiny_dir):
     assert sorted(p.name for p in tiny_dir.iterdir()) == ["config.json", "model.safetensors",
                                                            "model.safetensors.index.json"]
@@ -262,155 +300,6 @@ def test_sharded_without_index(tiny, sharded_dir, tmp_path):
     assert len(m.mtp) == 1
 
 
-def test_saving_over_a_checkpoint_replaces_it_whole(tiny, sharded_dir, tmp_path):
-    """A save into a directory that holds an earlier checkpoint leaves none of its weight files or
-    index behind: before, a single-file save over a sharded one kept the old index, and a load then
-    read the OLD weights. Files that are not weights are kept; a file as the target is one line."""
-    d = Path(shutil.copytree(sharded_dir, tmp_path / "ckpt"))
-    (d / "notes.txt").write_text("mine")
-    changed = random_model("tiny", seed=9)
-    model.save(changed, d)
-    assert sorted(p.name for p in d.iterdir()) == ["config.json", "model.safetensors", "model.safetensors.index.json",
-                                                   "notes.txt"]
-    tok = tokens_for(changed)
-    assert torch.equal(model.load(d)(tok), changed(tok)) and not torch.equal(changed(tok), tiny(tok))
-    model.save(tiny, d, max_shard_bytes=500_000)  # and back to shards, fewer than the first time
-    assert not (d / "model.safetensors").exists() and (d / "model.safetensors.index.json").exists()
-    assert torch.equal(model.load(d)(tok), tiny(tok))
-    (tmp_path / "afile").write_text("x")
-    with pytest.raises(CheckpointError, match="afile: a file, not a checkpoint directory"):
-        model.save(tiny, tmp_path / "afile")
-    # DeepSeek-V3's own release numbers its shards 00001-of-000163, and an index may name any file:
-    # a save over such a download replaced the index but kept the shards (the next load found every
-    # tensor twice)
-    rel = Path(shutil.copytree(sharded_dir, tmp_path / "release"))
-    index = json.loads((rel / "model.safetensors.index.json").read_text())
-    renames = {f: (f"model-{i + 1:05d}-of-{len(set(index['weight_map'].values())):06d}.safetensors" if i else
-                   "weights-a.safetensors") for i, f in enumerate(sorted(set(index["weight_map"].values())))}
-    for old, new in renames.items():
-        (rel / old).rename(rel / new)
-    index["weight_map"] = {k: renames[v] for k, v in index["weight_map"].items()}
-    (rel / "model.safetensors.index.json").write_text(json.dumps(index))
-    assert torch.equal(model.load(rel)(tok), tiny(tok))
-    model.save(changed, rel)
-    assert sorted(p.name for p in rel.iterdir()) == ["config.json", "model.safetensors", "model.safetensors.index.json"]
-    assert torch.equal(model.load(rel)(tok), changed(tok))
-
-
-@pytest.mark.parametrize("fail_at", ["second shard", "config", "index"])
-def test_a_save_that_fails_while_replacing_leaves_the_old_checkpoint_whole(tiny, sharded_dir, tmp_path,
-                                                                          monkeypatch, fail_at):
-    """Replacing a checkpoint and failing part way (a full disk) keeps the old one loadable and whole:
-    before, the old index went first and the new shards were renamed over the old names one by one,
-    so a failure in between left no index, and a load read new and old files mixed (found by a
-    review: 12 tensors new, 55 old). The new index is now the commit."""
-    import model.saving as saving
-
-    d = Path(shutil.copytree(sharded_dir, tmp_path / "ckpt"))
-    before = sorted(p.name for p in d.iterdir())
-    changed = random_model("tiny", seed=9)
-    real, seen = os.replace, []
-
-    def failing(src, dst):
-        name = Path(dst).name
-        seen.append(name)
-        hit = {"second shard": name.endswith(".safetensors") and sum(n.endswith(".safetensors") for n in seen) == 2,
-               "config": name == "config.json", "index": name == saving.INDEX}[fail_at]
-        if hit:
-            raise OSError(28, "No space left on device")
-        return real(src, dst)
-
-    monkeypatch.setattr(saving.os, "replace", failing)
-    with pytest.raises(OSError, match="No space left"):
-        model.save(changed, d, max_shard_bytes=400_000)
-    monkeypatch.setattr(saving.os, "replace", real)
-    if fail_at == "config":  # after the commit: the new weights, the old config (the same model here)
-        assert torch.equal(model.load(d)(tokens_for(changed)), changed(tokens_for(changed)))
-        return
-    assert sorted(p.name for p in d.iterdir()) == before  # no temporary or half-placed file left
-    tok = tokens_for(tiny)
-    assert torch.equal(model.load(d)(tok), tiny(tok))
-
-
-def test_a_save_beside_other_safetensors_files_loads(tiny, tiny_dir, tmp_path):
-    """A single-file save wrote no index, and a load without one read every *.safetensors file in
-    the directory: a save beside an old `consolidated.safetensors` or an `activations.safetensors`
-    did not load again (a review). Saves now always write an index, and without one a load reads
-    `model.safetensors` alone where it exists, as transformers does."""
-    tok = tokens_for(tiny)
-    for other in ("consolidated.safetensors", "activations.safetensors"):
-        d = Path(shutil.copytree(tiny_dir, tmp_path / other))
-        shutil.copy(d / "model.safetensors", d / other)  # an old copy of every tensor, or anything else
-        changed = random_model("tiny", seed=9)
-        model.save(changed, d)  # over model.safetensors: the new file is named apart, then it goes
-        assert (d / other).exists() and (d / "model.safetensors.index.json").exists()
-        assert torch.equal(model.load(d)(tok), changed(tok))
-        (d / "model.safetensors.index.json").unlink()
-        assert len(list(d.glob("*.safetensors"))) == 2 and not (d / "model.safetensors").exists()
-        with pytest.raises(CheckpointError, match="also appears in"):  # the control: no index, two files
-            model.load(d)
-    d = Path(shutil.copytree(tiny_dir, tmp_path / "noindex"))
-    (d / "model.safetensors.index.json").unlink()
-    save_file({"acts": torch.zeros(3)}, str(d / "activations.safetensors"))
-    assert torch.equal(model.load(d)(tok), tiny(tok))  # model.safetensors alone
-
-
-def test_fp8_saves_keep_the_models_block_and_scale_format(tmp_path):
-    """An FP8 save writes back the model's own block size and activation-scale format: before, every
-    save claimed 128x128 blocks (a 64-block model's save did not load again, or failed) and dropped
-    `scale_fmt` (a V3.1-style checkpoint saved and reloaded computed other activation scales)."""
-    m = random_model("tiny", seed=1, **FP8_OVERRIDES, quant_block=(64, 64), scale_fmt="ue8m0")
-    model.save(m, tmp_path / "a", fp8=True)
-    q = json.loads((tmp_path / "a" / "config.json").read_text())["quantization_config"]
-    assert q["weight_block_size"] == [64, 64] and q["scale_fmt"] == "ue8m0"
-    resident = model.load(tmp_path / "a", gemm_impl="fp8-weights", dtype=torch.float32)
-    assert (resident.args.quant_block, resident.args.scale_fmt) == ((64, 64), "ue8m0")
-    model.save(resident, tmp_path / "b", fp8=True)  # the FP8 tensors as they are
-    model.save(resident, tmp_path / "c")  # dequantised, in their own blocks
-    tok = tokens_for(resident)
-    again = model.load(tmp_path / "b", gemm_impl="fp8", dtype=torch.float32)
-    assert again.args.scale_fmt == "ue8m0"
-    assert torch.equal(again(tok), model.load(tmp_path / "a", gemm_impl="fp8", dtype=torch.float32)(tok))
-    plain = model.load(tmp_path / "c", dtype=torch.float32)
-    assert plain.args.quant_block is None and torch.equal(plain(tok), resident(tok))
-    # made resident by hand in 64-blocks on a model whose args named no block: the args now say so
-    # (the save declared 128 and its reload was refused), without touching the caller's ModelArgs
-    m = random_model("tiny", seed=1, **FP8_OVERRIDES)
-    before = m.args
-    ckpt.make_fp8_resident(m, block=64)
-    assert m.args.quant_block == (64, 64) and before.quant_block is None
-    model.save(m, tmp_path / "d", fp8=True)
-    assert torch.equal(model.load(tmp_path / "d", gemm_impl="fp8", dtype=torch.float32)(tok), m(tok))
-    with pytest.raises(ValueError, match=r"already keeps weights in FP8 in 64x64 blocks .* would mix two formats"):
-        ckpt.make_fp8_resident(plain, ["layers.0.attn.wq_a.weight"], block=64)
-        ckpt.make_fp8_resident(plain, ["layers.0.attn.wkv_a.weight"], block=128)
-
-
-def test_a_failed_save_leaves_the_directory_as_it_was(tiny, tiny_copy):
-    """A save that fails part way (here the tensors' source raises) removes its temporary files; the
-    checkpoint already there stays whole. Bad arguments are one line before anything is written."""
-    before = {p.name: p.read_bytes() for p in tiny_copy.iterdir()}
-
-    def tensors():
-        yield "a", torch.zeros(1000)
-        yield "b", torch.zeros(1000)
-        raise RuntimeError("source failed")
-
-    with pytest.raises(RuntimeError, match="source failed"):
-        write_checkpoint(tiny_copy, tiny.args, tensors(), fp8=False, dtype=torch.float32, max_shard_bytes=4000)
-    assert {p.name: p.read_bytes() for p in tiny_copy.iterdir()} == before
-    for bad in ("1GB", -5, 0):
-        with pytest.raises(CheckpointError, match=f"max_shard_bytes={bad!r}: expected a positive number"):
-            model.save(tiny, tiny_copy, max_shard_bytes=bad)
-    with pytest.raises(CheckpointError, match="dtype='int8': expected a floating-point torch dtype"):
-        model.save(tiny, tiny_copy, dtype="int8")
-    with pytest.raises(CheckpointError, match="cannot save a model on the meta device"):
-        model.save(model.load(tiny_copy, device="meta"), tiny_copy / "meta")
-    assert {p.name: p.read_bytes() for p in tiny_copy.iterdir()} == before
-    model.save(tiny, tiny_copy, dtype="bfloat16")  # the control: a dtype by name is taken
-    assert model.load(tiny_copy).embed.weight.dtype == torch.bfloat16
-
-
 def test_mtp_weights_round_trip(tiny, tiny_dir):
     n = tiny.args.n_layers
     names = set(load_file(tiny_dir / "model.safetensors"))
@@ -443,6 +332,8 @@ def test_checkpoint_without_mtp_layer_loads_without_mtp(tiny, tiny_copy):
     dict(mscale=0.0),  # YaRN without mscale_all_dim: config.json must spell out attention_factor 1.0
     dict(rope_attention_factor=1.2),
 ])
+
+
 def test_transformers_reads_our_checkpoint(overrides, tiny, tiny_dir, tmp_path):
     m, d = tiny, tiny_dir
     if overrides:
@@ -468,6 +359,21 @@ def test_transformers_reads_our_checkpoint(overrides, tiny, tiny_dir, tmp_path):
     assert (off_logits - want).abs().max() > 1e-3 * want.abs().max()
 
 
+def test_transformers_attention_from_our_config_without_query_lora_has_our_checkpoint_names():
+    # q_lora_rank 0 (V2-Lite) must reach config.json as null: transformers builds a rank-0 q_a_proj
+    # from a 0 and leaves the checkpoint's q_proj unread
+    from transformers import DeepseekV3Config
+    from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3Attention
+
+    args = ModelArgs.from_dict(ModelArgs.from_name("tiny").to_dict() | {"q_lora_rank": 0})
+    with torch.device("meta"):
+        m = Transformer(args, init=False)
+        theirs = set(DeepseekV3Attention(DeepseekV3Config(**args.to_hf_config()), layer_idx=0).state_dict())
+    ours = {hf.removeprefix("model.layers.0.self_attn.") for hf, _, _, _ in ours_to_hf(m)
+            if hf.startswith("model.layers.0.self_attn.")}
+    assert "q_proj.weight" in ours and ours == theirs
+
+
 def test_load_on_meta_reads_no_tensor_data(tiny, tiny_dir, monkeypatch):
     """Headers only: every tensor byte of a load goes through TensorReader.rows, made to fail here."""
     def no_data(self, path, name, *a, **kw):
@@ -484,6 +390,8 @@ def test_load_on_meta_reads_no_tensor_data(tiny, tiny_dir, monkeypatch):
 
 
 # ------------------------------------------------------------------------------ counts on meta
+
+
 def meta_counts(name: str) -> dict[str, int]:
     args = ModelArgs.from_name(name)
     with torch.device("meta"):

@@ -53,6 +53,22 @@ def test_error_unexpected_tensor(tiny_copy, name):
     load_error(tiny_copy, f, name)
 
 
+def test_error_layer_just_past_the_mtp_layer_is_unexpected(tiny_copy):
+    # tiny: layers 0-2 and the MTP layer 3; a layer 4 belongs to no module of this config
+    f = tiny_copy / "model.safetensors"
+    name = "model.layers.4.input_layernorm.weight"
+    edit_tensors(f, lambda sd: sd | {name: sd["model.layers.3.input_layernorm.weight"].clone()})
+    load_error(tiny_copy, f, f"unexpected tensor {name} (not part of a deepseek_v3 model with 3 layers)")
+
+
+def test_rotary_inv_freq_buffers_of_old_exports_are_ignored(tiny, tiny_copy):
+    # as transformers ignores them: RoPE's frequencies come from the config
+    edit_tensors(tiny_copy / "model.safetensors", lambda sd: sd | {
+        f"model.layers.{i}.self_attn.rotary_emb.inv_freq": torch.ones(4) for i in range(4)})
+    tok = torch.arange(10).view(2, 5)
+    assert torch.equal(model.load(tiny_copy)(tok), tiny(tok))
+
+
 def test_error_wrong_shape(tiny_copy):
     f = tiny_copy / "model.safetensors"
     name = "model.layers.0.self_attn.q_b_proj.weight"
@@ -65,6 +81,23 @@ def test_error_wrong_expert_shape(tiny_copy):
     name = "model.layers.1.mlp.experts.3.gate_proj.weight"
     edit_tensors(f, lambda sd: sd | {name: sd[name].T.contiguous()})
     load_error(tiny_copy, f, name, "shape")
+
+
+def test_error_two_names_for_one_tensor(tiny_copy):
+    # "01" and "1" are one layer (one expert) to the name parser: which copy won was file order
+    for name, twin in (("model.layers.1.input_layernorm.weight", "model.layers.01.input_layernorm.weight"),
+                       ("model.layers.1.mlp.experts.3.up_proj.weight", "model.layers.1.mlp.experts.03.up_proj.weight")):
+        d = Path(shutil.copytree(tiny_copy, tiny_copy.parent / twin))
+        edit_tensors(d / "model.safetensors", lambda sd: sd | {twin: sd[name] + 1})
+        msg = load_error(d, d / "model.safetensors", "loaded twice")
+        assert name in msg or twin in msg
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.uint8, torch.bool])
+def test_error_integer_tensor_where_a_float_weight_belongs(tiny_copy, dtype):
+    f = tiny_copy / "model.safetensors"
+    edit_tensors(f, lambda sd: sd | {"model.norm.weight": sd["model.norm.weight"].to(dtype)})
+    load_error(tiny_copy, f, "model.norm.weight", f"unsupported dtype {dtype}")
 
 
 @pytest.mark.parametrize("keep", [0.5, 0.999, 6])
@@ -189,10 +222,11 @@ def test_inspect_before_the_download_refuses_names_a_load_refuses(sharded_dir, t
     assert name in str(e.value) and "\n" not in str(e.value)
 
 
-def test_inspect_before_the_download_checks_the_fp8_block_for_resident_weights(fp8_dir, tmp_path):
+@pytest.mark.parametrize("block", [[96, 80], [64, 128], [8, 8]])  # not a power of two, not square, < 16
+def test_inspect_before_the_download_checks_the_fp8_block_for_resident_weights(fp8_dir, tmp_path, block):
     """gemm_impl="fp8" needs square power-of-two blocks; the index-only check did not ask (a review)."""
     d = Path(shutil.copytree(fp8_dir, tmp_path / "ckpt"))
-    edit_config(d, lambda c: c | {"quantization_config": c["quantization_config"] | {"weight_block_size": [96, 80]}})
+    edit_config(d, lambda c: c | {"quantization_config": c["quantization_config"] | {"weight_block_size": block}})
     (d / "model.safetensors").rename(tmp_path / "away.safetensors")
     j = {"metadata": {}, "weight_map": {}}
     # an index naming the one (absent) shard for every tensor of the checkpoint
@@ -201,8 +235,44 @@ def test_inspect_before_the_download_checks_the_fp8_block_for_resident_weights(f
         j["weight_map"] = dict.fromkeys(f.keys(), "model.safetensors")
     (d / "model.safetensors.index.json").write_text(json.dumps(j))
     assert ckpt.inspect(d)["checked"] == "index"
-    with pytest.raises(CheckpointError, match=re.escape("square weight blocks of a power of two")):
+    with pytest.raises(CheckpointError, match=re.escape(f"square weight blocks of a power of two >= 16 (its kernels "
+                                                        f"tile by them), config has weight_block_size {block}")):
         ckpt.inspect(d, gemm_impl="fp8")
+
+
+def test_inspect_before_the_download_refuses_fp8_gemms_for_a_checkpoint_without_scales(sharded_dir, tmp_path):
+    d = Path(shutil.copytree(sharded_dir, tmp_path / "ckpt"))
+    shard = sorted(d.glob("*.safetensors"))[-1]
+    shard.rename(tmp_path / "away.safetensors")  # not downloaded yet
+    assert ckpt.inspect(d)["checked"] == "index"  # the control: the bf16 path takes it
+    for impl in ("fp8", "fp8-weights"):  # what a load of the whole checkpoint refuses too
+        with pytest.raises(CheckpointError, match=re.escape(f"gemm_impl='{impl}' (--gemm {impl}) needs an FP8 "
+                                                            "checkpoint")):
+            ckpt.inspect(d, gemm_impl=impl)
+
+
+def test_error_fp8_gemms_over_experts_stored_partly_fp8(fp8_dir, tmp_path):
+    # the stacked expert weight is one FP8 tensor: one expert in bf16 cannot join it; dequantised it loads
+    d = Path(shutil.copytree(fp8_dir, tmp_path / "ckpt"))
+    name = "model.layers.1.mlp.experts.5.up_proj.weight"
+    edit_tensors(d / "model.safetensors", lambda sd: {k: v for k, v in sd.items() if k != name + "_scale_inv"}
+                 | {name: sd[name].to(torch.bfloat16)})
+    model.load(d, device="meta")  # the control: the bf16 path takes it
+    for impl in ("fp8", "fp8-weights"):
+        with pytest.raises(CheckpointError, match=re.escape("experts.w3 mixes FP8 and ['torch.bfloat16']")):
+            model.load(d, device="meta", gemm_impl=impl)
+
+
+def test_inspect_before_the_download_of_a_checkpoint_without_its_mtp_layer(sharded_dir, tmp_path):
+    d = Path(shutil.copytree(sharded_dir, tmp_path / "ckpt"))
+    p = d / "model.safetensors.index.json"
+    j = json.loads(p.read_text())
+    n = json.loads((d / "config.json").read_text())["num_hidden_layers"]
+    j["weight_map"] = {k: v for k, v in j["weight_map"].items() if not k.startswith(f"model.layers.{n}.")}
+    p.write_text(json.dumps(j))
+    (d / sorted(set(j["weight_map"].values()))[-1]).rename(tmp_path / "away.safetensors")  # not downloaded yet
+    got = ckpt.inspect(d)  # as a load would: no MTP weights, no MTP module to need them
+    assert got["checked"] == "index" and got["mtp"] == 0 and got["args"].n_mtp_layers == 0
 
 
 def test_error_fp8_scales_not_finite_or_not_float_and_fp8_vectors(fp8_dir, tmp_path):
@@ -216,6 +286,8 @@ def test_error_fp8_scales_not_finite_or_not_float_and_fp8_vectors(fp8_dir, tmp_p
             (lambda sd: sd | {name: sd[name].clone().view(-1).index_fill_(0, torch.tensor([sd[name].numel() - 1]),
                                                                           -0.5).view_as(sd[name])},
              [name, "holds -0.5 at block [", "must be finite and not negative"]),
+            (lambda sd: sd | {name: sd[name].clone().index_fill_(1, torch.tensor([0]), float("inf"))},
+             [name, "holds inf at block [0, 0]"]),  # an overflowed scale: its block all inf
             (lambda sd: sd | {name: sd[name].to(torch.int32)}, [name, "has dtype torch.int32"]),
             (lambda sd: sd | {"model.norm.weight": sd["model.norm.weight"].to(torch.float8_e4m3fn),
                               "model.norm.weight_scale_inv": torch.ones(1)},
@@ -295,6 +367,9 @@ def test_dtype_by_name_and_devices_this_machine_lacks(tiny, tiny_dir):
         model.load(tiny_dir, device="mps")
     with pytest.raises(CheckpointError, match="dtype=torch.int32: expected a floating-point torch dtype"):
         model.load(tiny_dir, dtype=torch.int32)
+    for fp8 in (torch.float8_e4m3fn, "float8_e5m2"):  # floating point, but one byte: storage, not compute
+        with pytest.raises(CheckpointError, match="expected a floating-point torch dtype"):
+            model.load(tiny_dir, dtype=fp8)
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     with pytest.raises(CheckpointError, match=f"device='cuda:{n}': this machine's torch sees {n} CUDA device"):
         model.load(tiny_dir, device=f"cuda:{n}")

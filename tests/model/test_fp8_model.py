@@ -212,6 +212,20 @@ def test_ue8m0_weights_made_or_saved_here_have_power_of_two_scales(tmp_path):
     assert not torch.equal(s, torch.exp2(torch.log2(s).round()))
 
 
+def test_ue8m0_model_saved_to_fp8_from_dense_weights_has_power_of_two_scales(tmp_path):
+    # save(fp8=True) quantises a dense model's projections itself, in the scale format its args name
+    m = random_model("tiny", seed=0, scale_fmt="ue8m0")
+    model.save(m, tmp_path, fp8=True)
+    saved = load_file(str(tmp_path / "model.safetensors"))
+    scales = [t for n, t in saved.items() if n.endswith("weight_scale_inv")]
+    assert scales and all(torch.equal(t, torch.exp2(torch.log2(t).round())) for t in scales)
+    dense = m.layers[0].attn.wq_a.weight.detach()
+    q, sc = (saved[f"model.layers.0.self_attn.q_a_proj.{n}"] for n in ("weight", "weight_scale_inv"))
+    back = q.float() * sc.repeat_interleave(128, 0).repeat_interleave(128, 1)[:q.shape[0], :q.shape[1]]
+    assert float((back - dense).abs().max() / dense.abs().max()) <= 2 ** -4  # rounded, not clipped at 448
+    assert json.loads((tmp_path / "config.json").read_text())["quantization_config"]["scale_fmt"] == "ue8m0"
+
+
 def test_gemm_impl_errors(tmp_path, fp8_dir, resident):
     plain = tmp_path / "plain"
     model.save(random_model("tiny", seed=0), plain)

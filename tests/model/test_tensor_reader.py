@@ -46,6 +46,18 @@ def test_whole_tensors_equal_safetensors(st_file, small_chunks, name):
     assert name in ("v", "q_scale_inv") or len(chunks) > 3  # the small chunks really split the matrices
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16, torch.float8_e4m3fn])
+def test_every_float_dtype_reads_as_safetensors_reads_it(tmp_path, dtype):
+    # the bytes alone do not say it: bf16 and f16 rows are the same size
+    f = tmp_path / "d.safetensors"
+    save_file({"w": torch.randn(5, 7, generator=torch.Generator().manual_seed(0)).to(dtype)}, f)
+    dst = torch.empty(5, 7, dtype=torch.float64)
+    with TensorReader() as r:
+        got = r.read(f, "w")
+        copy_range(r, f, "w", dst, dim=0, start=0, end=5)
+    assert got.dtype == dtype and torch.equal(dst, load_file(f)["w"].double())
+
+
 @pytest.mark.parametrize("dim, start, end", [(0, 0, 300), (0, 150, 300), (0, 7, 131), (1, 160, 320), (1, 5, 130)])
 def test_row_and_column_ranges_convert_into_the_destination(st_file, small_chunks, dim, start, end):
     f, ref = st_file
@@ -66,6 +78,26 @@ def test_fp8_dequantised_over_whole_blocks_then_trimmed(st_file, small_chunks, c
     dst = torch.full(want.shape, float("nan"))
     with TensorReader() as r:
         ckpt._copy_tensor(r, headers, "q", cut, dst, None, (128, 128))
+    assert torch.equal(dst, want)
+
+
+@pytest.mark.parametrize("block", [(128, 128), (64, 128)])
+@pytest.mark.parametrize("rows_per_chunk", [3, 200])  # chunks that straddle block rows, or more than one
+@pytest.mark.parametrize("cut", [None, Cut(0, 150, 150, 300), Cut(1, 160, 160, 320)])
+def test_fp8_dequantised_in_chunks_of_any_height_and_blocks_of_any_shape(tmp_path, monkeypatch, block,
+                                                                         rows_per_chunk, cut):
+    g = torch.Generator().manual_seed(1)
+    q, s = quantize_block(torch.randn(300, 320, generator=g), block)
+    f = tmp_path / "b.safetensors"
+    save_file({"q": q, "q_scale_inv": s}, f)
+    monkeypatch.setattr(tensor_reader, "CHUNK", rows_per_chunk * 320)  # 320 one-byte FP8 values a row
+    # W = Q * scale, each scale covering block[0] rows x block[1] columns (no model code)
+    full = q.float() * s.repeat_interleave(block[0], 0).repeat_interleave(block[1], 1)[:300, :320]
+    want = full if cut is None else cut.slice(full)
+    headers = {"q": (f, q.shape, q.dtype), "q_scale_inv": (f, s.shape, s.dtype)}
+    dst = torch.full(want.shape, float("nan"))
+    with TensorReader() as r:
+        ckpt._copy_tensor(r, headers, "q", cut, dst, None, block)
     assert torch.equal(dst, want)
 
 
