@@ -419,7 +419,9 @@ def _rope_from_hf(cfg: dict[str, Any], where: str) -> dict[str, Any]:
 
     if rope.get("factor") is None:  # transformers refuses such a config too
         raise ConfigError(f"{where}: {name}.factor is missing (YaRN's context-extension factor)")
-    factor = num("factor", 1.0) or 1.0
+    factor = num("factor", 1.0)
+    if not factor > 0:  # 0 was read as 1.0 (no extension); transformers makes inf frequencies of it
+        raise ConfigError(f"{where}: {name}.factor={factor} must be positive (YaRN's context-extension factor)")
     m, m_all = num("mscale", 0.0), num("mscale_all_dim", 0.0)
     kw["rope_factor"] = factor
     # absent: the context the model was trained at is taken to be max_position_embeddings, as transformers does

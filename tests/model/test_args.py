@@ -313,6 +313,7 @@ def test_invalid_args(overrides, fields):
     (dict(norm_topk_prob="true"), ["config dict: norm_topk_prob='true' must be true or false"]),
     (dict(rope_scaling="yarn"), ["config dict: rope_scaling='yarn' must be an object"]),
     (dict(rope_scaling={"type": "yarn", "factor": "40"}), ["config dict: rope_scaling.factor='40' must be a number"]),
+    (dict(rope_scaling={"type": "yarn", "factor": 0}), ["config dict: rope_scaling.factor=0.0 must be positive"]),
     (dict(rope_scaling={"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096.5}),
      ["rope_scaling.original_max_position_embeddings=4096.5 must be an integer"]),
     (dict(rope_parameters={"rope_type": "default", "rope_theta": "1e4"}),
