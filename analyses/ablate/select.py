@@ -209,8 +209,11 @@ class Ablation:
         elif self.experts is not None:
             if not isinstance(self.experts, Mapping):
                 raise AblationError(f"experts {self.experts!r}: expected 'layer:e1+e2,...' or a mapping layer -> ids")
-            self.experts = {_int(k, "layer"): str(v).split("+") if isinstance(v, (int, str)) else list(v)
-                            for k, v in self.experts.items()}
+            merged: dict[int, list] = {}  # a layer written twice ("1" and 1) is one layer: its lists merge
+            for k, v in self.experts.items():
+                merged.setdefault(_int(k, "layer"), []).extend(str(v).split("+") if isinstance(v, (int, str))
+                                                              else list(v))
+            self.experts = merged
         self.layers = parse_layers(self.layers)
         if self.name is not None and not isinstance(self.name, str):  # YAML reads `name: 16` as a number
             raise AblationError(f"name {self.name!r} must be a string (in YAML, quote it: name: \"{self.name}\")")

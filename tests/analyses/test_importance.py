@@ -406,3 +406,18 @@ def test_a_layer_measured_on_mixed_token_budgets_says_so():
         warnings.simplefilter("error")  # the control: one budget, no warning
         got = load_vs_importance(one)
     assert (int(got.tokens[0]), int(got.token_budgets[0])) == (9958, 1)
+
+
+def test_the_all_domain_comes_first_and_row_order_changes_nothing():
+    # "academic" sorts before "all": the pooled rows still come first
+    df = pd.concat([_table([0.1, 0.2, 0.3], [0.1, 0.2, 0.3], domain="academic"),
+                    _table([0.1, 0.2, 0.3], [0.3, 0.2, 0.1], domain="all")])
+    assert correlation_by_domain(df).domain.tolist() == ["all", "academic"]
+    # the top expert of a tie is the lowest id however the rows are stored
+    tied = _table([0.2, 0.2, 0.2], [0.1, 0.3, 0.3]).iloc[::-1]
+    assert load_vs_importance(tied).top_expert.tolist() == [1]
+
+
+def test_rank_disagreement_needs_at_least_one_expert():
+    with pytest.raises(ImportanceError, match="top 0: must be >= 1"):
+        rank_disagreement(_table([0.1, 0.2], [0.2, 0.1]), top=0)

@@ -308,3 +308,67 @@ def test_a_failed_write_keeps_the_previous_plan(tmp_path, monkeypatch):
         write_export({"a": np.arange(5)}, pt)
     assert (js.read_text(), pt.read_text()) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["map.json", "plan.json", "run"]  # no temporary left
+
+
+def test_replicate_gives_each_spare_slot_to_the_highest_load_per_replica():
+    # [5, 3] + 2 slots: 5 > 3 -> expert 0 (2.5 a replica), then 3 > 2.5 -> expert 1
+    np.testing.assert_array_equal(replicate([5, 3], 4), [2, 2])
+    # the rule minimises the largest load per replica: equal to the best of every split, by brute force
+    from itertools import product
+
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        loads = rng.integers(0, 20, 3).astype(float)
+        slots = 3 + int(rng.integers(0, 5))
+        best = min((loads / np.array(r)).max() for r in product(range(1, slots - 1), repeat=3) if sum(r) == slots)
+        assert (loads / replicate(loads, slots)).max() == pytest.approx(best), (loads, slots)
+
+
+def test_the_swap_search_keeps_swapping_while_a_swap_helps():
+    # one swap after the greedy packing is not enough here: it takes two to reach the optimum 21 | 21
+    from itertools import combinations
+
+    loads = [9, 4, 5, 6, 5, 0, 5, 8]
+    best = min(max(sum(loads[i] for i in c), sum(loads) - sum(loads[i] for i in c)) for c in combinations(range(8), 4))
+    assert best == 21 and sum(loads[:4]) == 24  # the contiguous split is 24 | 18
+    p = plan_placement(loads, n_gpus=2, mode="global")
+    np.testing.assert_allclose(p.gpu_load, [best, best])
+
+
+def test_hierarchical_falls_back_to_the_contiguous_placement_that_keeps_groups_on_nodes():
+    # 6 groups of 2 with group loads [3, 3, 0, 2, 2, 2] on 2 nodes of one GPU: packing the groups onto
+    # the nodes gives 7 | 5 (3, 3, then 2 -> each, 2 -> node 0, 0 -> node 1); the contiguous placement
+    # (experts 0-5 | 6-11, groups 0-2 | 3-5) is 6 | 6 and keeps every group on one node
+    from itertools import combinations
+
+    loads = [2, 1, 1, 2, 0, 0, 1, 1, 2, 0, 1, 1]
+    group = np.add.reduceat(loads, range(0, 12, 2))
+    best = min(max(group[list(c)].sum(), group.sum() - group[list(c)].sum()) for c in combinations(range(6), 3))
+    assert best == 6 == sum(loads[:6])
+    p = plan_placement(loads, n_gpus=2, n_nodes=2, groups=6)
+    np.testing.assert_allclose(p.gpu_load, [6, 6])
+    assert p.balancedness_after >= p.balancedness_before
+    for grp in np.arange(12).reshape(6, 2):
+        assert len({g for g in range(2) if np.isin(p.phy_to_log[g], grp).any()}) == 1
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_loads_that_are_not_finite_are_refused(bad):
+    with pytest.raises(PlacementError, match="must be finite"):
+        plan_placement([1.0, bad, 2.0, 3.0], n_gpus=2)
+
+
+def test_summary_and_json_report_the_gpu_loads_before_and_after(tmp_path):
+    from analyses.placement import summary_frame, write_plan
+
+    # [10, 1, 1, 1] on 2 GPUs + 2 redundant (hand-checked above): before [10, 1] | [1, 1] = 11 | 2,
+    # after 20/3 + 1 | 10/3 + 2; the mean GPU load is 13 / 2 either way
+    p = plan_placement([10, 1, 1, 1], n_gpus=2, n_redundant=2, mode="global")
+    s = summary_frame({1: p}).iloc[0]
+    assert s.max_gpu_load_before == 11 and s.max_gpu_load_after == pytest.approx(20 / 3 + 1)
+    assert s.mean_gpu_load == pytest.approx(6.5)
+    write_plan({1: p}, tmp_path / "plan.json", {})
+    (layer,) = json.loads((tmp_path / "plan.json").read_text())["layers"]
+    assert layer["gpu_load_before"] == [11, 2]
+    np.testing.assert_allclose(sorted(layer["gpu_load_after"]), [10 / 3 + 2, 20 / 3 + 1])
+    assert layer["balancedness_before"] == pytest.approx(6.5 / 11)

@@ -204,3 +204,40 @@ def test_a_run_whose_run_json_cannot_be_read_is_refused_in_one_line(tmp_path, mo
     monkeypatch.setattr(type(run), "iterdir", denied)
     with pytest.raises(RecordError, match=r"is inside the folder notes/ of the run .*, which holds its tables"):
         check_out_parent(run / "notes" / "x.json", file=True)
+
+
+def test_sglang_map_refuses_a_layer_outside_the_model_and_mixed_slot_counts():
+    from analyses.placement import PlacementError
+    from analyses.placement.export import sglang_map
+
+    six = Placement(np.ones(4), np.array([[0, 1, 0], [2, 1, 3]]), 1, "global")
+    eight = Placement(np.ones(4), np.array([[0, 1, 0, 1], [2, 3, 2, 3]]), 1, "global")
+    np.testing.assert_array_equal(sglang_map({2: six}, 3, 4)[2], [0, 1, 0, 2, 1, 3])  # the control: last layer
+    with pytest.raises(PlacementError, match="layer 3 is outside the model's 3 layers"):
+        sglang_map({3: six}, 3, 4)
+    with pytest.raises(PlacementError, match=r"different numbers of physical slots: \[6, 8\]"):
+        sglang_map({1: six, 2: eight}, 3, 4)
+
+
+def test_eplb_maps_list_layers_in_order_and_replicas_in_slot_order():
+    from analyses.placement.export import eplb_maps
+
+    a = Placement(np.ones(4), np.array([[0, 1, 0], [2, 1, 3]]), 1, "global")  # physical [0 1 0 2 1 3]
+    b = Placement(np.ones(4), np.array([[3, 2, 1], [0, 3, 2]]), 1, "global")
+    got = eplb_maps({2: a, 1: b})  # planned layers given out of order
+    np.testing.assert_array_equal(got["phy2log"], [[3, 2, 1, 0, 3, 2], [0, 1, 0, 2, 1, 3]])
+    # layer 2 by hand: expert 0 in slots 0 and 2, expert 1 in 1 and 4, expert 2 in 3, expert 3 in 5
+    np.testing.assert_array_equal(got["log2phy"][1], [[0, 2], [1, 4], [3, -1], [5, -1]])
+    np.testing.assert_array_equal(got["logcnt"], [[1, 1, 2, 2], [2, 2, 1, 1]])
+
+
+def test_replay_refuses_maps_outside_the_experts_and_a_map_count_other_than_the_layers():
+    from analyses.placement import PlacementError
+    from analyses.placement.replay import balancedness, gpu_loads
+
+    for bad in ([0, 1, 2, 3, -1, 1], [0, 1, 2, 3, 4, 1]):  # -1 would wrap to the last expert; 4 is past it
+        with pytest.raises(PlacementError, match="outside 0..3"):
+            gpu_loads([10, 4, 3, 5], np.array(bad), 3)
+    m = np.array([0, 1, 0, 2, 3, 1])
+    with pytest.raises(PlacementError, match="one map per layer"):
+        balancedness(np.ones((2, 2, 4)), [m], 3)  # two layers, one map

@@ -85,3 +85,34 @@ def test_compare_run_records_the_variant_over_the_same_windows(ckpt, tmp_path):
     assert (agr.share_of_a == 1).all() and (agr.share_of_b == 1).all()  # the same windows
     assert (agr.top1_same < 1).any()  # the bias decided some routes
     assert compare_run(run).path == other.path  # reused, not recorded again
+
+
+def test_no_router_bias_keeps_every_other_file_and_the_weights_metadata(ckpt, tmp_path):
+    import shutil
+
+    from safetensors import safe_open
+
+    src = shutil.copytree(ckpt[0], tmp_path / "src")
+    (src / "tokenizer.model").write_bytes(b"\x00sentencepiece")  # files other than JSON come along too
+    (src / "README.md").write_text("a model card")
+    out, _ = variants.without_router_bias(src, tmp_path / "nb")
+    for f in src.iterdir():
+        if f.suffix != ".safetensors":
+            assert (out / f.name).read_bytes() == f.read_bytes(), f.name
+        else:  # the metadata ({"format": "pt"}, which transformers checks) kept
+            with safe_open(str(f), "pt") as a, safe_open(str(out / f.name), "pt") as b:
+                assert a.metadata() and b.metadata() == a.metadata()
+
+
+def test_a_refused_variant_leaves_no_temporary_folder(ckpt, tmp_path):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    src = shutil.copytree(ckpt[0], tmp_path / "src")
+    for f in src.glob("*.safetensors"):
+        save_file({k: v for k, v in load_file(f).items() if not k.endswith(variants.BIAS)}, f)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(variants.VariantError, match="no `e_score_correction_bias`"):
+        variants.without_router_bias(src, tmp_path / "out" / "nb")
+    assert list((tmp_path / "out").iterdir()) == []
