@@ -131,6 +131,7 @@ def test_domain_top_out_of_range_is_refused_before_any_pass(run_dir, capsys, tmp
     assert f"--domain-top {E + 1}" in err and not (tmp_path / "r.html").exists()
 
 
+@pytest.mark.slow  # a command in a fresh process
 def test_a_reader_that_stops_early_does_not_cost_the_files(run_dir, tmp_path):
     """`python -m analyses.report ... | head` printed the text before writing the files, caught the
     broken pipe as an OSError and exited 2 with neither file written (a review)."""

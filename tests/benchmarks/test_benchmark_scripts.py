@@ -72,6 +72,7 @@ def test_the_gpu_checks_runner_passes_in_its_cpu_mode_and_names_what_fails(tmp_p
     assert failed.stdout.rstrip().endswith(f"failed: kernels record parallel jobs (logs in {tmp_path / 'bad'})")
 
 
+@pytest.mark.slow  # commands in fresh processes
 def test_benchmark_command_lines_give_one_line_errors():
     """A count of 0 or a checkpoint that is not there is one line and exit status 2 (tracebacks from
     GenerateError, CheckpointError or statistics' empty median before; found by a review)."""
@@ -83,6 +84,7 @@ def test_benchmark_command_lines_give_one_line_errors():
         assert p.returncode == 2 and msg in p.stderr and "Traceback" not in p.stderr, p.stderr[-2000:]
 
 
+@pytest.mark.slow  # commands in fresh processes
 def test_the_dashboard_benchs_synthetic_runs_are_made_and_bad_sizes_refused(tmp_path, monkeypatch):
     """bench_dashboard.py crashed on every run when TrainLog.loads grew an argument (only the test
     helper was updated), and --rows 1..7 failed deep inside; bench_prefill.py --config DIR was an

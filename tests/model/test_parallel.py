@@ -296,6 +296,7 @@ def test_params_cli_world_size(capsys):
         assert err.startswith(f"error: {flag.split()[-2]} ") and err.rstrip().endswith("must be > 0"), err
 
 
+@pytest.mark.slow  # a command end to end on the bundled model
 def test_summary_cli_and_its_errors(capsys, tmp_path, monkeypatch):
     import model.__main__ as cli
     from model.__main__ import main

@@ -47,6 +47,7 @@ def assert_one_line_error(p, *needles):
         assert n in err, err
 
 
+@pytest.mark.slow  # a command in a fresh process, then in this one
 def test_bad_inputs_give_one_line_errors_and_write_nothing(probe_env, tmp_path, capsys):
     ck, corpus = str(probe_env["ckpt"]), str(probe_env["corpus"])
     out = tmp_path / "out"

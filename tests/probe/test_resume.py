@@ -51,6 +51,7 @@ MAX_TOKENS = 3000  # ~50 batches of 2 x 32: enough to stop a run in the middle, 
 FLOAT32 = dict(rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # records stopped and resumed end to end
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_then_resume_equals_uninterrupted(probe_env, big_corpus, reference_run, tmp_path, monkeypatch, sig):
     """Ctrl-C or SIGTERM while recording (sent to this process after the 7th batch): the batch in
@@ -233,6 +234,7 @@ def test_resume_after_the_corpus_changed_in_place_says_so(probe_env, big_corpus,
         rec(probe_env, out, **kw)
 
 
+@pytest.mark.slow  # a record stopped and resumed end to end
 def test_a_second_signal_stops_at_once_and_keeps_the_committed_batches(probe_env, big_corpus, reference_run, tmp_path,
                                                                        monkeypatch):
     """The second Ctrl-C (raised inside a batch) left run.json "running" and the command said it was

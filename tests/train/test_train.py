@@ -217,6 +217,7 @@ def _analyses_take_the_runs_own_model(out: Path, corpus: Path, info: dict) -> No
         job_defaults(AblateOptions(run=str(running)))
 
 
+@pytest.mark.slow  # two training runs
 def test_balance_none_keeps_bias_zero_and_switch_adds_loss(corpus, tmp_path):
     none = run(parse_args(flags(corpus, tmp_path / "none", "--steps", "3", "--balance", "none", "--eval-every", "0")))
     assert none["status"] == "complete"

@@ -13,6 +13,8 @@ import probe
 from helpers.training import flags
 from train import parse_args, run
 
+pytestmark = pytest.mark.slow  # every test here runs training, stops and resumes it
+
 
 def test_resume_equals_uninterrupted(corpus, tmp_path):
     common = ("--steps", "6", "--eval-every", "0", "--checkpoint-every", "0")
