@@ -1,7 +1,7 @@
 """The dashboard's compute layer on hand-computed cases: the load-balance window, the per-GPU
 imbalance ratio, one colour scale for compared heatmaps, I(domain; expert) / H(domain) under its own
 name, rank disagreement taken from `analyses.importance`, and a layered Sankey whose columns plotly
-keeps (no Streamlit session needed)."""
+keeps (no Streamlit session needed). The data layer's queries: test_data_layer.py."""
 
 from __future__ import annotations
 
@@ -256,3 +256,43 @@ def test_layer_labels_sort_by_their_number_main_layers_before_mtp():
     layers, m = compute.load_matrix(loads)
     assert layers == ["layer2", "layer10", "mtp0"]
     assert m.tolist() == [[0.0, 7.0], [5.0, 0.0], [2.0, 0.0]]
+
+
+def test_load_matrix_sums_repeated_rows_of_one_layer_and_expert():
+    # per-domain rows (layer, expert repeated) add up: none is overwritten by the next
+    loads = pd.DataFrame({"layer": ["layer1"] * 4, "expert": [0, 1, 0, 1], "load": [3.0, 1.0, 2.0, 4.0]})
+    layers, m = compute.load_matrix(loads, 2)
+    assert layers == ["layer1"] and m.tolist() == [[3.0 + 2.0, 1.0 + 4.0]]
+    extra = pd.concat([loads, pd.DataFrame({"layer": ["layer1"], "expert": [2], "load": [9.0]})])
+    assert compute.load_matrix(extra, 2)[1].tolist() == m.tolist()  # an expert past n_experts is left out
+
+
+def test_path_flows_count_tokens_largest_first_and_break_domain_ties_by_name():
+    # [T, 2] first choices with their domains: flows 0->1 (a, a, b), 2->3 (a, b), 2->1 (b)
+    top1 = np.array([[0, 1], [0, 1], [0, 1], [2, 3], [2, 3], [2, 1]])
+    domains = np.array(["a", "b", "a", "b", "a", "b"])
+    flows, nodes = compute.path_flows(top1, domains)
+    got = [(r.step, r.src, r.dst, r.n, r.domain, r.domain_share) for r in flows.itertuples()]
+    assert got == [(0, 0, 1, 3, "a", pytest.approx(2 / 3)), (0, 2, 3, 2, "a", 0.5), (0, 2, 1, 1, "b", 1.0)]
+    got = {(r.col, r.expert): (r.n, r.domain, r.domain_share) for r in nodes.itertuples()}
+    assert got == {(0, 0): (3, "a", pytest.approx(2 / 3)), (0, 2): (3, "b", pytest.approx(2 / 3)),
+                   (1, 1): (4, "a", 0.5), (1, 3): (2, "a", 0.5)}  # 2 a / 2 b and 1 / 1: the tie goes to "a"
+
+
+def test_serving_replay_scores_the_current_placement_on_its_own_gpus_over_the_window():
+    # one layer of 4 experts, passes 10 and 11; the engine's map puts experts 0, 2 on GPU 0 and 1, 3 on GPU 1
+    X = np.array([[[4, 0, 2, 2]], [[1, 1, 1, 1]]], dtype=float)
+    current = {5: np.array([0, 2, 1, 3])}
+    r = compute.serving_replay(np.array([10, 11]), [5], X, (10, 10), gpus=4, redundant=0, nodes=1, groups=1,
+                               mode="global", current=current, current_gpus=2)
+    assert r["window"].tolist() == [True, False]  # the window's ends are inclusive
+    assert r["now_gpus"] == 2 and r["gpu_now"].tolist() == [[4 + 2, 0 + 2]]  # pass 10 only, on the engine's 2 GPUs
+    assert r["gpu_plan"].shape == (1, 4) and r["gpu_plan"].sum() == 8  # the plan: on the 4 GPUs asked for
+    np.testing.assert_allclose(r["now"][:, 0], [(6 + 2) / 2 / 6, 1.0])  # mean / max GPU load of each pass
+    # a layer missing from the engine's 6-slot map: SGLang's trivial map over the same 6 slots, [0 1 2 | 3 0 1];
+    # experts 0 and 1 have two replicas, which share their load
+    X2 = np.concatenate([X, [[[6, 2, 1, 3]], [[1, 1, 1, 1]]]], axis=1)
+    current = {5: np.array([0, 2, 1, 3, 0, 1])}
+    r = compute.serving_replay(np.array([10, 11]), [5, 6], X2, (10, 10), gpus=2, redundant=2, nodes=1, groups=1,
+                               mode="global", current=current, current_gpus=2)
+    assert r["gpu_now"][1].tolist() == [6 / 2 + 2 / 2 + 1, 3 + 6 / 2 + 2 / 2]

@@ -1,0 +1,128 @@
+"""The notebooks' helpers (analyses/notebook_utils.py) without a kernel or a recording: the latent
+conclusion's numbers, the integer settings, the token-balanced corpus sample on a word-level
+tokenizer, and the options a small run and a variant run are recorded with (`record` stubbed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analyses import notebook_utils
+
+
+def test_the_latent_conclusion_names_the_extreme_layers_and_the_cache_ratio():
+    # layers 0 and 1 finite (ranks 12 and 30 of 32 channels), layer 2 NaN
+    kv = pd.DataFrame({"layer": [0, 1, 2], "latent_dim": 32, "effective_rank": [12.0, 30.0, np.nan],
+                       "energy90": pd.array([4, 9, None], dtype="Int64"),
+                       "energy99": pd.array([10, 20, None], dtype="Int64")})
+    kv["rank_share"] = kv.effective_rank / kv.latent_dim
+    stats = pd.DataFrame({"bytes_absorb": [100], "bytes_naive": [400], "bytes_mha": [1500]})
+    lines = notebook_utils.latent_summary(kv, stats).splitlines()
+    assert lines[0].startswith("- Layer 2: non-finite latents")
+    share = (12 / 32 + 30 / 32) / 2
+    assert lines[1] == f"- Effective rank of c_kv ranges from 12.0 (layer 0) to 30.0 (layer 1) out of 32 channels " \
+                       f"({share:.0%} on average)."
+    assert lines[2] == "- 99% of the energy needs 10 to 20 components; 90% needs 4 to 9."
+    assert lines[3].endswith(f"({1500 / 100:.1f}x smaller than MHA).")  # MHA over the absorbed cache
+
+
+def test_integer_settings_must_be_positive_and_blank_means_the_default(monkeypatch):
+    monkeypatch.setenv("DSV3_T", "")
+    assert notebook_utils.env_int("DSV3_T", 7) == 7
+    monkeypatch.setenv("DSV3_T", "12")
+    assert notebook_utils.env_int("DSV3_T", 7) == 12
+    for bad, why in (("0", "must be >= 1"), ("-3", "must be >= 1"), ("x", "expected an integer")):
+        monkeypatch.setenv("DSV3_T", bad)
+        with pytest.raises(ValueError, match=why):
+            notebook_utils.env_int("DSV3_T", 7)
+
+
+@pytest.fixture
+def word_corpus(tmp_path):
+    """A JSONL corpus of two domains and a word-level tokenizer (one token per word, offsets by word)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    docs = [("c1", "code", "a b c"), ("c2", "code", "one two three four five"), ("c3", "code", "x y"),
+            ("p1", "prose", "s t u v w x y"), ("p2", "prose", "m n")]
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"id": i, "domain": d, "text": t}) + "\n" for i, d, t in docs))
+    words = sorted({w for *_, t in docs for w in t.split()})
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(["[UNK]", *words])}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.save(str(tmp_path / "tok.json"))
+    return corpus, tmp_path / "tok.json"
+
+
+def test_a_balanced_sample_takes_each_domains_first_tokens_and_interleaves_the_domains(word_corpus, tmp_path):
+    corpus, tok = word_corpus
+    out = notebook_utils.balanced_corpus(corpus, tok, 5, tmp_path / "samples")
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    # code: c1 (3 words) and c2's first 2 words; prose: p1's first 5 words; c3 and p2 are past the budget
+    assert [(r["id"], r["domain"], r["text"]) for r in rows] == [
+        ("c1", "code", "a b c"), ("p1", "prose", "s t u v w"), ("c2", "code", "one two")]
+    assert notebook_utils.balanced_corpus(corpus, tok, 5, tmp_path / "samples") == out  # written once
+    with pytest.raises(ValueError, match="tokens_per_domain 0: must be >= 1"):
+        notebook_utils.balanced_corpus(corpus, tok, 0, tmp_path / "samples")
+
+
+def test_a_small_run_splits_its_tokens_evenly_between_the_corpus_domains(word_corpus, tmp_path, monkeypatch):
+    import probe.record
+
+    corpus, tok = word_corpus
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text("{}")
+    (ckpt / "tokenizer.json").write_bytes(tok.read_bytes())
+    asked = {}
+
+    def sample(corpus, tokenizer, per, dest):
+        asked["per"] = per
+        return tmp_path / "s.jsonl"
+
+    monkeypatch.setattr(notebook_utils, "balanced_corpus", sample)
+    monkeypatch.setattr(probe.record, "record", lambda opts: asked.setdefault("opts", opts).out)
+    notebook_utils.record_small(tmp_path / "run", 900, ckpt=ckpt, corpus=corpus)
+    assert asked["per"] == 900 // 2  # two domains
+    assert asked["opts"].corpus == str(tmp_path / "s.jsonl") and asked["opts"].ckpt == str(ckpt)
+
+
+def test_a_variant_run_is_recorded_with_the_runs_own_window_options(tmp_path, monkeypatch):
+    """The same windows need the run's seq_len, order, batch and BOS; max_tokens cuts them, never extends them."""
+    import probe
+    import probe.record
+
+    opts = {"seq_len": 128, "max_tokens": 5000, "order": "corpus", "batch_size": 4, "add_bos": False, "sample": 0.5}
+    run = SimpleNamespace(path=str(tmp_path / "run"), tables=["tokens", "routing"],
+                          info={"checkpoint": {"path": "ck"}, "corpus": {"path": "c"}, "options": opts})
+    (tmp_path / "run-no-router-bias-ckpt").mkdir()
+    (tmp_path / "run-no-router-bias-ckpt" / "config.json").write_text("{}")  # the variant is there already
+    recorded = []
+    monkeypatch.setattr(probe.record, "record", recorded.append)
+    monkeypatch.setattr(probe, "open_run", Path)
+    for asked, want in ((1000, 1000), (9000, 5000), (None, 5000)):
+        assert notebook_utils.compare_run(run, max_tokens=asked) == tmp_path / "run-no-router-bias"
+        o = recorded.pop()
+        assert (o.seq_len, o.order, o.batch_size, o.add_bos, o.max_tokens) == (128, "corpus", 4, False, want)
+        assert o.ckpt == str(tmp_path / "run-no-router-bias-ckpt") and o.corpus == "c"
+
+
+def test_the_default_run_is_used_only_when_complete_else_a_small_run_is_recorded(tmp_path, monkeypatch):
+    from helpers.synthetic_run import write_run
+
+    def record_small(path, n, overwrite):
+        write_run(path)
+        (path / "run.json").write_text(json.dumps(json.loads((path / "run.json").read_text()) | {"status": "complete"}))
+
+    monkeypatch.delenv("DSV3_NOTEBOOK_RUN", raising=False)
+    monkeypatch.setattr(notebook_utils, "DEFAULT_RUN", tmp_path / "model-val")
+    monkeypatch.setattr(notebook_utils, "record_small", record_small)
+    record_small(tmp_path / "model-val", 0, False)
+    (tmp_path / "model-val" / "run.json").write_text(json.dumps({"status": "interrupted"}))  # a recording cut short
+    assert Path(notebook_utils.default_run(100).path) == tmp_path / "model-val-100tok"
+    (tmp_path / "model-val" / "run.json").write_text(json.dumps({"status": "complete"}))
+    assert Path(notebook_utils.default_run(100).path) == tmp_path / "model-val"  # the control: complete, so used
