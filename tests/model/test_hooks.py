@@ -351,6 +351,16 @@ def test_a_replacement_of_another_shape_names_the_hook():
             m(x)
 
 
+def in_place(s, hook):  # expert 5's score raised where it is computed
+    s[:, 5] += 1.0
+
+
+def on_a_copy(s, hook):  # the same edit on a copy the hook returns
+    s = s.clone()
+    s[:, 5] += 1.0
+    return s
+
+
 @pytest.mark.parametrize("router", ["softmax, no bias", "sigmoid, no groups"])
 def test_an_in_place_edit_of_the_selection_scores_moves_only_the_selection(router):
     """Without a bias the selection scores were the weights' own scores, and without groups the
@@ -363,14 +373,6 @@ def test_an_in_place_edit_of_the_selection_scores_moves_only_the_selection(route
     toks = torch.randint(0, m.args.vocab_size, (1, 6), generator=torch.Generator().manual_seed(1))
     g = "layers.1.ffn.gate."
     names = [g + "hook_scores", g + "hook_select_scores", g + "hook_topk_weights"]
-
-    def in_place(s, hook):
-        s[:, 5] += 1.0
-
-    def on_a_copy(s, hook):
-        s = s.clone()
-        s[:, 5] += 1.0
-        return s
 
     with torch.no_grad():
         _, plain = m.run_with_cache(toks, names=names)
@@ -419,14 +421,6 @@ def test_an_in_place_edit_of_the_allowed_scores_alone_leaves_a_softmax_routers_w
                      model_type="deepseek_v2", norm_topk_prob=False)
     toks = torch.randint(0, m.args.vocab_size, (1, 6), generator=torch.Generator().manual_seed(1))
     g = "layers.1.ffn.gate."
-
-    def in_place(s, hook):
-        s[:, 5] += 1.0
-
-    def on_a_copy(s, hook):
-        s = s.clone()
-        s[:, 5] += 1.0
-        return s
 
     with torch.no_grad():
         _, plain = m.run_with_cache(toks, names=g + "hook_scores")
