@@ -160,12 +160,16 @@ def record_spec(opts: SpecOptions) -> Path:
         print(note, file=sys.stderr)
     if not prompts:
         raise CorpusError(f"{corpus}: no document has {opts.prompt_tokens} tokens for a prompt")
+    try:  # before the model loads: a generation_config.json that names no ids is refused at once
+        stops = stop_ids(ckpt, args, tok)
+    except GenerateError as e:
+        raise RecordError(str(e)) from None
     m = load_model(ckpt, world, dtype=opts.dtype, gemm=opts.gemm)
     if not len(m.mtp):
         raise RecordError(f"{ckpt}: the checkpoint holds no MTP weights (layer {args.n_layers}): nothing to draft with")
     t0 = time.time()
     try:
-        mine = _generate(m, prompts, opts, world, stop_ids(ckpt, args, tok))
+        mine = _generate(m, prompts, opts, world, stops)
     except GenerateError as e:
         raise RecordError(str(e)) from None
     parts = world.gather_leaders(mine)

@@ -229,11 +229,13 @@ def figures(r: dict) -> dict[str, list]:
     p = r.get("paths")
     if p is not None:
         info = p["information"]
+        held_out = bool(info["heldout_accuracy"].notna().any())  # too few windows: only the AMI bars
         fig = _bars([(f"{t}: {m}", g.unit, g[m]) for t, g in info.groupby("target", sort=False)
-                     for m in ("ami", "heldout_accuracy")],
-                   "AMI / accuracy" if info["heldout_accuracy"].notna().any() else "AMI")
+                     for m in ("ami", "heldout_accuracy")], "AMI / accuracy" if held_out else "AMI")
         if fig is not None:  # one domain: no domain information to draw or list
-            out["Expert paths"].append((_paths_title(info), fig, info, False))
+            title = "Path vs single layer: domain information (AMI, chance-adjusted)"
+            title += " and held-out domain accuracy" if held_out else f"; {NO_HELD_OUT}"
+            out["Expert paths"].append((title, fig, info, False))
         out["Expert paths"] += [
             ("Top-1 paths per domain: distinct paths, entropy (nats), perplexity, top-10 share", None,
              p["summary"], False),
@@ -256,15 +258,6 @@ def figures(r: dict) -> dict[str, list]:
     if st is not None:
         out["Steering"] += st["figures"]
     return out
-
-
-def _paths_title(info: pd.DataFrame) -> str:
-    """The paths chart's title names only what it draws: with too few windows to hold some out, the
-    held-out accuracies are NaN and only the AMI bars are drawn."""
-    title = "Path vs single layer: domain information (AMI, chance-adjusted)"
-    if info["heldout_accuracy"].notna().any():
-        return title + " and held-out domain accuracy"
-    return f"{title}; {NO_HELD_OUT}"
 
 
 def _bars(series, yaxis_title: str):

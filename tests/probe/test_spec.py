@@ -392,3 +392,16 @@ def test_tokens_per_forward_is_new_tokens_over_forward_passes(probe_env, tmp_pat
     dec = probe.open_run(out).df("spec_decode")
     assert len(dec) == 2
     assert dec.tokens_per_forward.tolist() == pytest.approx((dec.new_tokens / dec.forward_passes).tolist(), rel=1e-12)
+
+
+def test_a_generation_config_naming_no_ids_is_refused_before_the_model_loads(probe_env, tmp_path, monkeypatch):
+    import shutil
+
+    import probe.speculative as spec
+
+    ck = shutil.copytree(probe_env["ckpt"], tmp_path / "ck")
+    (ck / "generation_config.json").write_text(json.dumps({"eos_token_id": "</s>"}))
+    monkeypatch.setattr(spec, "load_model", lambda *a, **k: pytest.fail("the model loaded before the refusal"))
+    with pytest.raises(spec.RecordError, match="eos_token_id='</s>' must be a token id"):
+        record_spec(SpecOptions(ckpt=str(ck), corpus=str(probe_env["corpus"]), out=str(tmp_path / "s"),
+                                prompt_tokens=8, new_tokens=2, max_prompts=1, progress=False))
