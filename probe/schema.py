@@ -11,8 +11,8 @@ A run directory holds `run.json` and one Parquet dataset (a folder of part files
     runs/NAME/train_steps/..., train_domains/, train_gates/, train_eval/   (written by `python -m train`)
     runs/NAME/placement/...   (a serving engine's expert placement, from `dsv3-probe import sglang`)
 
-`TABLES[name]` is the pyarrow schema; `DOCS[name]` documents each column (the README's table
-reference is generated from it). Definitions follow `docs/metrics.md`.
+`TABLES[name]` is the pyarrow schema; `DOCS[name]` documents each column (docs/run-tables.md, the
+table reference, is generated from it). Definitions follow `docs/metrics.md`.
 """
 
 from __future__ import annotations
@@ -357,12 +357,11 @@ DOCS: dict[str, dict[str, str]] = {
 
 
 def markdown() -> str:
-    """The table reference as Markdown (the README's "Run tables" section is this text;
-    a test keeps the two equal; regenerate with
-    `python -c "import probe.schema as s; print(s.markdown())"`)."""
+    """The table reference as Markdown: docs/run-tables.md holds this text under its introduction (a
+    test keeps the two equal; regenerate with `python -c "import probe.schema as s; print(s.markdown())"`)."""
     out = []
     for table, schema in TABLES.items():
-        out.append(f"#### `{table}`\n\n| column | type | meaning |\n|---|---|---|")
+        out.append(f"## `{table}`\n\n| column | type | meaning |\n|---|---|---|")
         docs = DOCS.get(table, {})
         for f in schema:
             doc = docs.get(f.name)

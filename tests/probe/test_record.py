@@ -270,12 +270,21 @@ def test_a_router_without_a_bias_lists_no_router_bias_table(probe_env, tmp_path)
     assert "router_bias" not in run.info["tables"] and not (out / "router_bias").exists()
 
 
-def test_readme_table_reference_is_generated_from_schema():
-    """The README's run-table reference is `probe.schema.markdown()` verbatim (regenerate it when a
-    column changes)."""
+def test_table_reference_is_generated_from_schema_and_the_readme_indexes_every_table():
+    """docs/run-tables.md is `probe.schema.markdown()` verbatim (regenerate it when a column changes),
+    and the README's "Run tables" index links each table of the schema once, in the schema's order."""
+    import re
+
     import probe.schema as sch
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    assert sch.markdown() in readme, "README 'Run tables' is stale: paste probe.schema.markdown() there"
+    root = Path(__file__).resolve().parents[2]
+    reference = (root / "docs" / "run-tables.md").read_text()
+    assert sch.markdown() in reference, "docs/run-tables.md is stale: paste probe.schema.markdown() there"
+    readme = (root / "README.md").read_text()
+    index = readme[readme.index("### Run tables"):readme.index("## Analyses")]
+    linked = re.findall(r"^\| \[`(\w+)`\]\(docs/run-tables\.md#(\w+)\) \|", index, re.M)
+    assert linked == [(t, t) for t in sch.TABLES]
+    anchors = re.findall(r"^## `(\w+)`$", reference, re.M)  # GitHub's anchor of "## `name`" is #name
+    assert anchors == list(sch.TABLES)
 
 
 def test_dry_run_counts_the_packed_copy_of_float32_cpu_weights(probe_env, tmp_path, capsys):
