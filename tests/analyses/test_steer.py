@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import probe
-from analyses.steer import Prompt, Steer, SteerError, evaluate, generations, steered
+from analyses.steer import (Prompt, Steer, SteerError, corpus_prompts, evaluate, generations, parse_token_filter,
+                            steered, text_prompts)
 from analyses.steer.__main__ import main
 from generate import generate
 from probe.corpus import Window
@@ -283,6 +284,7 @@ def test_cli_end_to_end_writes_the_steering_table(probe_env, tmp_path, capsys):
     # a digit to str.isdigit that int() refuses: was "invalid literal for int()" (a review)
     (["--experts", "1:2", "--steer-tokens", "\u00b2"], "--steer-tokens '\u00b2': not a single token"),
     (["--experts", "1:2", "--bias", "0.5"], "--bias applies to --mode bias only (this command gives --mode force)"),
+    (["--experts", "1:2", "--prompt-tokens", "0"], "--max-new-tokens must be >= 0 and --prompt-tokens >= 1"),
     ([], "nothing to steer: pass --experts"),
 ])
 def test_cli_bad_inputs_are_one_line_errors(probe_env, tmp_path, capsys, extra, msg):
@@ -319,3 +321,124 @@ def test_generations_stop_where_python_m_generate_stops(probe_env, tmp_path, cap
     env = probe_env | {"ckpt": ck}
     assert_one_line_error(main(_cli(env, tmp_path / "o", "--experts", "1:2")), capsys,
                           "generation_config.json: eos_token_id='</s>' must be a token id", tmp_path / "o")
+
+
+# ------------------------------------------------------------------- the edges (mutation tests)
+def test_the_domains_of_a_steering_are_sorted_and_deduplicated():
+    a, b = Steer(experts="2:5", domains=["prose", "code", "code"]), Steer(experts="2:5", domains=["code", "prose"])
+    assert a.domains == ["code", "prose"] and a.name == b.name == "force-2:5@code+prose" and a.spec() == b.spec()
+
+
+def test_a_negative_token_id_is_refused():
+    with pytest.raises(SteerError, match=r"token ids \[3, -1\]: must be non-negative integers"):
+        Steer(experts="2:5", token_ids=[3, -1])
+
+
+def test_padding_is_neither_steered_nor_counted(tiny, tokens):
+    lengths = torch.tensor([24, 10, 3])
+    with steered(tiny, Steer(experts={2: [5]})) as st:
+        tiny(tokens, lengths=lengths)
+    n = 24 + 10 + 3  # every real token, no padding slot
+    assert st.steered_tokens == st.pairs[2] == st.hits[2] == n and st.forced_share == 1.0
+
+
+def test_a_row_of_no_domain_is_steered_under_a_domain_filter(tiny, tokens):
+    # a --prompt has no domain: "a domain filter does not exclude them" (the package docstring)
+    got = _gate(tiny, tokens, G2, Steer(experts={2: [5]}, domains=["code"]), [None, "prose", "code"])
+    rows = torch.tensor([True, False, True]).repeat_interleave(tokens.shape[1])
+    assert (got["hook_topk_ids"][rows] == 5).any(-1).all()
+    assert got["state"].steered_tokens == int(rows.sum())
+
+
+def test_row_domains_of_another_length_than_the_batch_are_refused(tiny, tokens):
+    # one domain for a batch of three rows was broadcast to every row
+    with pytest.raises(SteerError, match="set row_domains to the domain of each of the batch's 3 rows"):
+        with steered(tiny, Steer(experts="2:1", domains=["code"]), row_domains=["code"]):
+            tiny(tokens)
+
+
+def test_forced_share_counts_only_steered_tokens_and_delta_is_steered_minus_baseline(tiny):
+    batches = _batches(n_windows=4, seq=12, bs=2)
+    # the expert that prose tokens take most often unsteered: counting their hits passed a share of 1
+    taken = []
+    for b in batches:
+        _, cache = tiny.run_with_cache(b.tokens, lengths=b.lengths, names=G2 + "hook_topk_ids")
+        prose = torch.tensor([w.domain == "prose" for w in b.windows])[:, None] & b.valid
+        taken.append(cache[G2 + "hook_topk_ids"].reshape(*b.tokens.shape, -1)[prose].reshape(-1))
+    e = int(torch.bincount(torch.cat(taken)).argmax())
+    df = evaluate(tiny, batches, [Steer(experts={2: [e]}, domains=["code"])]).set_index("domain")
+    assert df.loc["code", "forced_share"] == 1.0 and df.loc["all", "forced_share"] == 1.0
+    assert np.isnan(df.loc["prose", "forced_share"])
+    for d in ("all", "code", "prose"):
+        assert df.loc[d, "delta"] == pytest.approx(df.loc[d, "loss"] - df.loc[d, "baseline_loss"], abs=0)
+    assert df.loc["code", "delta"] != 0
+
+
+def test_corpus_prompts_take_the_start_of_each_domains_first_window():
+    ws = [Window(i, f"d{i}", dom, 0, np.arange(10 * i, 10 * i + 6, dtype=np.int32))
+          for i, dom in enumerate(["prose", "code", "prose", "code"])]
+    got = corpus_prompts(ws, 4, lambda ids: ",".join(map(str, ids)))
+    assert [(p.domain, p.ids, p.text) for p in got] == [("code", [10, 11, 12, 13], "10,11,12,13"),
+                                                         ("prose", [0, 1, 2, 3], "0,1,2,3")]
+
+
+def test_text_prompts_start_with_bos_when_given_one():
+    enc = lambda t: [ord(c) for c in t]  # noqa: E731
+    assert [p.ids for p in text_prompts(["ab", "c"], enc, 0)] == [[0, 97, 98], [0, 99]]
+    assert [p.ids for p in text_prompts(["ab"], enc, None)] == [[97, 98]]
+
+
+def test_generation_rows_stop_the_baseline_too_and_count_the_steered_tokens(tiny):
+    prompt = Prompt("p0", [0, 17, 99, 250, 3], "code")
+    plain = generate(tiny, [prompt.ids], max_new_tokens=6).tokens[0]
+    stop = plain[2]
+    assert stop not in plain[:2]
+    absurd = Steer(name="absurd", experts="1:0+1+2+3,2:12+13+14+15")
+    row = generations(tiny, [absurd], [prompt], max_new_tokens=6, stop_ids=[stop]).iloc[0]
+    assert row.baseline_text == " ".join(map(str, plain[:3]))
+    steered_ids = row.steered_text.split()
+    assert row.tokens == len(steered_ids) and len(steered_ids) != 3  # the control: the lengths differ
+
+
+def test_a_token_filter_id_equal_to_the_vocabulary_size_is_refused():
+    with pytest.raises(SteerError, match="--steer-tokens 512: token id out of range"):
+        parse_token_filter("7,512", None, 512)
+    assert parse_token_filter("511, 7,7", None, 512) == [7, 511]
+
+
+def test_given_prompts_start_with_bos_as_the_windows_do(probe_env, tmp_path, monkeypatch):
+    import analyses.steer.run as run
+    from analyses.steer import SteerOptions
+    from tokenizers import Tokenizer
+
+    seen, real = [], run.text_prompts
+
+    def stop(*a, **kw):
+        raise SteerError("stopped before the model loads")
+
+    monkeypatch.setattr(run, "text_prompts", lambda *a: seen.append(real(*a)) or seen[-1])
+    monkeypatch.setattr(run, "start_job", stop)
+    opts = SteerOptions(ckpt=str(probe_env["ckpt"]), corpus=str(probe_env["corpus"]), out=str(tmp_path / "o"),
+                        seq_len=32, domain_tokens=200, progress=False, prompts=["def f(x):"])
+    with pytest.raises(SteerError, match="stopped"):
+        run.steer(opts, Steer(experts="1:2"))
+    tok = Tokenizer.from_file(str(probe_env["ckpt"] / "tokenizer.json"))
+    bos = json.loads((probe_env["ckpt"] / "config.json").read_text())["bos_token_id"]
+    assert [p.ids for p in seen[0]] == [[bos] + tok.encode("def f(x):", add_special_tokens=False).ids]
+
+
+def test_cli_bias_defaults_to_1_and_domain_tokens_0_is_no_cap(tmp_path, capsys, monkeypatch):
+    import analyses.steer.run as run
+
+    seen = []
+
+    def spy(opts, steering, token_filter=None):
+        seen.append((opts, steering))
+        raise SteerError("stopped")
+
+    monkeypatch.setattr(run, "steer", spy)
+    argv = ["--out", str(tmp_path / "o"), "--ckpt", "c", "--corpus", "c", "--experts", "1:2", "--mode", "bias",
+            "--domain-tokens", "0"]
+    assert_one_line_error(main(argv), capsys, "stopped")
+    opts, s = seen[0]
+    assert s.bias == 1.0 and s.name == "bias-1:2-b1" and opts.domain_tokens is None

@@ -17,21 +17,12 @@ import pytest
 import torch
 
 from generate import (ASSISTANT, USER, GenerateError, SamplingParams, generate, verify_drafts,
-                      load_codec, read_prompts, write_demo_checkpoint)
+                      load_codec, read_prompts)
 from generate.__main__ import Streamer, main
 
 from helpers import random_model
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Decoding is many tiny ops: one thread is faster, and immune to busy-waiting when the CPU is shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -274,11 +265,6 @@ def test_speculative_mtp_drafts_match_full_forward(tiny):
 
 
 # ------------------------------------------------------------------ tokenizer, prompt files, CLI
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory) -> Path:
-    return write_demo_checkpoint(tmp_path_factory.mktemp("demo") / "ckpt")
-
-
 def test_the_bundled_models_prompts_start_with_bos_as_in_training():
     """The bundled model was trained on <|bos|> document <|eos|> (train/data.py) and record and spec
     prepend BOS; its tokenizer_config said add_bos_token false, so generate alone left it out and

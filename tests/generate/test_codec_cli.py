@@ -1,0 +1,126 @@
+"""The tokenizer configs' edges (generate/text.py) and the command line's (generate/__main__.py):
+BOS defaults, templates without BOS or with half of V3's markers, bad eos ids, empty JSONL prompts,
+prompts of a checkpoint without a chat template, the default seed, blank interactive lines, a zero
+budget, and Ctrl-C's count of appended lines."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from generate import ASSISTANT, BOS_TEXT, USER, GenerateError, load_codec, read_prompts
+from generate.__main__ import main
+
+
+def tokenizer_dir(demo_dir: Path, tmp_path: Path, name: str, **cfg) -> Path:
+    """The demo's tokenizer alone, its tokenizer_config.json updated with `cfg` (None removes a key)."""
+    d = tmp_path / name
+    d.mkdir()
+    shutil.copy(demo_dir / "tokenizer.json", d)
+    old = json.loads((demo_dir / "tokenizer_config.json").read_text())
+    new = {k: v for k, v in (old | cfg).items() if v is not None}
+    (d / "tokenizer_config.json").write_text(json.dumps(new))
+    return d
+
+
+def run_cli(capsys, *argv):
+    try:
+        main([str(a) for a in argv])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ------------------------------------------------------------------------------------ the codec
+def test_a_config_without_add_bos_token_starts_raw_prompts_with_bos(demo_dir, tmp_path):
+    # add_bos_token defaults to true, as in Hugging Face's LlamaTokenizer (DeepSeek-V3's tokenizer class)
+    codec = load_codec(tokenizer_dir(demo_dir, tmp_path, "nokey", add_bos_token=None))
+    tok = codec.tokenizer
+    assert codec.encode("hi", chat=False) == [tok.token_to_id(BOS_TEXT)] + tok.encode("hi", add_special_tokens=False).ids
+
+
+def test_a_chat_template_without_bos_token_sends_chat_prompts_without_bos(demo_dir, tmp_path):
+    template = "{% for m in messages %}" + USER + "{{ m['content'] }}{% endfor %}" + ASSISTANT
+    codec = load_codec(tokenizer_dir(demo_dir, tmp_path, "nobos", chat_template=template))
+    tok = codec.tokenizer
+    assert codec.chat and codec.encode("hi") == tok.encode(USER + "hi" + ASSISTANT, add_special_tokens=False).ids
+    assert codec.encode("hi", chat=False)[0] == tok.token_to_id(BOS_TEXT)  # the control: raw prompts keep it
+
+
+def test_a_tokenizer_with_only_one_of_the_chat_markers_sends_prompts_raw(demo_dir, tmp_path, capsys):
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+
+    d = tokenizer_dir(demo_dir, tmp_path, "half")
+    Tokenizer(WordLevel({"[UNK]": 0, USER: 1}, unk_token="[UNK]")).save(str(d / "tokenizer.json"))
+    assert not load_codec(d).chat
+    assert "its chat template is not DeepSeek-V3's" in capsys.readouterr().err
+
+
+def test_a_boolean_eos_token_id_is_refused(demo_dir, tmp_path):
+    d = tokenizer_dir(demo_dir, tmp_path, "booleos")
+    (d / "generation_config.json").write_text('{"eos_token_id": true}')  # it stopped at token 1
+    with pytest.raises(GenerateError, match=r"generation_config.json: eos_token_id=True must be a token id"):
+        load_codec(d)
+
+
+def test_an_empty_jsonl_prompt_is_refused(tmp_path):
+    j = tmp_path / "p.jsonl"
+    j.write_text('{"prompt": "a"}\n{"prompt": ""}\n')
+    with pytest.raises(GenerateError, match=r'p.jsonl:2: each JSON line needs a non-empty string field "prompt"'):
+        read_prompts(j)
+
+
+# ------------------------------------------------------------------------------------- the CLI
+def test_cli_sends_raw_prompts_for_a_checkpoint_without_a_chat_template(demo_dir, tmp_path, capsys, monkeypatch):
+    import generate.__main__ as cli
+
+    ckpt = Path(shutil.copytree(demo_dir, tmp_path / "notemplate"))
+    cfg = json.loads((ckpt / "tokenizer_config.json").read_text())
+    del cfg["chat_template"]
+    (ckpt / "tokenizer_config.json").write_text(json.dumps(cfg))
+    seen, real = [], cli.generate
+    monkeypatch.setattr(cli, "generate", lambda m, prompts, **kw: seen.append(prompts) or real(m, prompts, **kw))
+    code, _, err = run_cli(capsys, "--ckpt", ckpt, "--prompt", "hi", "--max-new-tokens", 1)
+    assert code == 0, err
+    tok = load_codec(ckpt).tokenizer
+    assert seen == [[[tok.token_to_id(BOS_TEXT)] + tok.encode("hi", add_special_tokens=False).ids]]
+
+
+def test_cli_sampling_is_reproducible_without_a_seed_flag(demo_dir, capsys):
+    argv = ["--ckpt", demo_dir, "--prompt", "hi", "--max-new-tokens", 12, "--temperature", 1.0, "--no-chat-template"]
+    first, second = run_cli(capsys, *argv), run_cli(capsys, *argv)
+    assert first[0] == 0 and first[1].strip() and first[1] == second[1]
+
+
+def test_cli_interactive_skips_a_blank_line_of_spaces(demo_dir, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("   \n\t\n/exit\n"))
+    code, _, err = run_cli(capsys, "--ckpt", demo_dir, "--interactive", "--max-new-tokens", 2)
+    assert code == 0 and "tokens/s" not in err and err.count("> ") == 3, err
+
+
+def test_cli_max_new_tokens_0_prints_the_prompt_alone(demo_dir, capsys):
+    code, out, err = run_cli(capsys, "--ckpt", demo_dir, "--prompt", "hi", "--max-new-tokens", 0, "--no-chat-template")
+    assert code == 0 and out == "[0] hi\n\n\n" and "[0 tokens in" in err, err
+
+
+def test_cli_ctrl_c_counts_every_line_of_a_prompt_file_batch(demo_dir, tmp_path, capsys, monkeypatch):
+    class CtrlC(io.StringIO):
+        def readline(self, *a):
+            raise KeyboardInterrupt
+
+    f = tmp_path / "p.txt"
+    f.write_text("one\ntwo\nthree\n")
+    out = tmp_path / "out.jsonl"
+    monkeypatch.setattr(sys, "stdin", CtrlC())
+    code, _, err = run_cli(capsys, "--ckpt", demo_dir, "--prompt-file", f, "--interactive", "--max-new-tokens", 1,
+                           "--output", out)
+    assert code == 130 and "interrupted (3 lines appended to" in err, err
+    assert len(out.read_text().splitlines()) == 3
