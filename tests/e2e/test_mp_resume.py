@@ -18,6 +18,7 @@ import probe
 from model.parallel import ParallelError
 
 from helpers import random_model
+from helpers.checkpoints import index_only
 from helpers.mp_jobs import RECORD, ROOT, TABLES, TOPOLOGY, opts, our_frames, record_args, torchrun
 from helpers.processes import HELD_PROBE, hold_env, wait_until_held
 from helpers.tables import assert_same_tables
@@ -173,27 +174,6 @@ def test_model_parallel_must_divide_the_model(env, tmp_path, monkeypatch, overri
 
 
 # ------------------------------------------------------------------------------- --dry-run
-def index_only(path: Path, args, n_files: int = 163, drop: str | None = None, add: str | None = None) -> Path:
-    """A checkpoint directory as a user has it before downloading the weights: config.json and
-    model.safetensors.index.json (names -> shard files), no shard file."""
-    import torch
-
-    from model import Transformer
-    from model.names import MTP_SHARED, ours_to_hf
-
-    with torch.device("meta"):
-        m = Transformer(args, init=False)
-    scaled = args.quant_block is not None  # an FP8 checkpoint stores block scales beside FP8 weights
-    names = [n for hf, _, _, fp8 in ours_to_hf(m) for n in ([hf, hf + "_scale_inv"] if fp8 and scaled else [hf])]
-    names += [f"model.layers.{args.n_layers}.{k}" for k in MTP_SHARED]
-    names = [n for n in names if n != drop] + ([add] if add else [])
-    path.mkdir(parents=True)
-    (path / "config.json").write_text(json.dumps(args.to_hf_config()))
-    wm = {n: f"model-{i * n_files // len(names) + 1:05d}-of-{n_files:06d}.safetensors" for i, n in enumerate(names)}
-    (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": wm}))
-    return path
-
-
 def dry(capsys, ckpt, *extra):
     from probe.__main__ import main
 

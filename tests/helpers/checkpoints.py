@@ -1,5 +1,6 @@
 """Checkpoint files for the model tests: FP8 dims with partial blocks, a batch of tokens for a model,
-and in-place edits of a checkpoint's tensors or config (to damage a copy)."""
+in-place edits of a checkpoint's tensors or config (to damage a copy), and a checkpoint of config and
+index alone (what --dry-run plans from before the weights are downloaded)."""
 
 from __future__ import annotations
 
@@ -37,3 +38,22 @@ def edit_tensors(file: Path, fn, index: bool = True) -> None:
 def edit_config(d: Path, fn) -> None:
     p = d / "config.json"
     p.write_text(json.dumps(fn(json.loads(p.read_text()))))
+
+
+def index_only(path: Path, args, n_files: int = 163, drop: str | None = None, add: str | None = None) -> Path:
+    """A checkpoint directory as a user has it before downloading the weights: config.json and
+    model.safetensors.index.json (names -> shard files), no shard file."""
+    from model import Transformer
+    from model.names import MTP_SHARED, ours_to_hf
+
+    with torch.device("meta"):
+        m = Transformer(args, init=False)
+    scaled = args.quant_block is not None  # an FP8 checkpoint stores block scales beside FP8 weights
+    names = [n for hf, _, _, fp8 in ours_to_hf(m) for n in ([hf, hf + "_scale_inv"] if fp8 and scaled else [hf])]
+    names += [f"model.layers.{args.n_layers}.{k}" for k in MTP_SHARED]
+    names = [n for n in names if n != drop] + ([add] if add else [])
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps(args.to_hf_config()))
+    wm = {n: f"model-{i * n_files // len(names) + 1:05d}-of-{n_files:06d}.safetensors" for i, n in enumerate(names)}
+    (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": wm}))
+    return path

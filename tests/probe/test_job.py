@@ -1,4 +1,5 @@
-"""probe.job: what the jobs share (here: the heap thresholds of the long jobs)."""
+"""probe.job: what the jobs share (the heap thresholds of the long jobs, the ranks' options, the inputs and
+flags they check, error lines)."""
 
 from __future__ import annotations
 
@@ -142,7 +143,132 @@ def test_ranks_with_different_options_stop_alike_naming_the_flag():
     assert all(isinstance(e, RecordError) for e in errors) and str(errors[0]) == str(errors[1])
     assert str(errors[0]) == ("ranks run different jobs: --dtype is None on rank 0 but 'bfloat16' on rank 1 (and 1 "
                               "more); every node's command must pass the same options")
-    named = {"the ablations (--top, ...)": ["Ablation(top=2)"]}
-    errors = _run_two(a | named, a | {"the ablations (--top, ...)": ["Ablation(top=4)"]})
+    def derived(top):  # what a job derived from its flags (analyses.ablate's ablations) is compared too
+        return job_options(RecordOptions(max_tokens=4096), **{"the ablations (--top, ...)": [f"Ablation(top={top})"]})
+
+    errors = _run_two(derived(2), derived(4))
     assert "the ablations (--top, ...) is ['Ablation(top=2)'] on rank 0 but ['Ablation(top=4)'] on rank 1" \
         in str(errors[1])
+
+
+# A fresh process with glibc's heap (the thresholds are the whole process's): 64 blocks of 1 MiB, touched
+# and freed; prints the resident bytes they leave behind.
+TRIM = """
+import ctypes, os, sys
+from probe.job import bound_heap
+
+if sys.argv[1] == "bound":
+    bound_heap()
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+page = os.sysconf("SC_PAGE_SIZE")
+rss = lambda: int(open("/proc/self/statm").read().split()[1]) * page
+before = rss()
+blocks = [libc.malloc(1 << 20) for _ in range(64)]
+for b in blocks:
+    ctypes.memset(b, 1, 1 << 20)
+for b in reversed(blocks):
+    libc.free(b)
+print(rss() - before)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="bound_heap sets glibc's thresholds (a no-op elsewhere)")
+def test_bound_heap_keeps_freed_batch_buffers_for_the_next_batch():
+    # 1 MiB blocks come from the heap (below the 64 MiB mmap threshold), and the 64 MiB they free stay
+    # mapped for reuse (below the 128 MiB trim threshold) instead of going back to the kernel
+    kept = {mode: int(subprocess.run([sys.executable, "-c", TRIM, mode], cwd=ROOT, capture_output=True, text=True,
+                                     check=True).stdout) for mode in ("bound", "default")}
+    assert kept["bound"] > 60 << 20
+    assert kept["default"] < 8 << 20  # the control: glibc's own thresholds map and unmap each block
+
+
+def test_a_window_may_be_as_long_as_the_model_allows():
+    import model
+    from probe.job import RecordError, window_length
+
+    tiny = model.ModelArgs.from_name("tiny")
+    assert window_length(tiny.max_seq_len, tiny) == tiny.max_seq_len
+    with pytest.raises(RecordError, match=f"--seq-len {tiny.max_seq_len + 1} exceeds the model's max_seq_len"):
+        window_length(tiny.max_seq_len + 1, tiny)
+
+
+def test_a_tokenizer_as_large_as_the_vocabulary_belongs_to_it(probe_env):
+    from probe.job import RecordError, load_tokenizer
+
+    n = load_tokenizer(None, probe_env["ckpt"], 10**6).get_vocab_size(with_added_tokens=True)
+    assert load_tokenizer(None, probe_env["ckpt"], n).get_vocab_size(with_added_tokens=True) == n
+    with pytest.raises(RecordError, match=f"has {n} tokens but the checkpoint's vocab_size is {n - 1}"):
+        load_tokenizer(None, probe_env["ckpt"], n - 1)
+
+
+def test_an_imported_run_needs_both_ckpt_and_corpus():
+    from probe.job import RecordError, run_inputs
+
+    info = {"kind": "import", "source": {"name": "sglang"}}
+    for ckpt, corpus in (("ckpt", None), (None, "corpus.txt"), (None, None)):
+        with pytest.raises(RecordError, match="an imported run .sglang. has no checkpoint or corpus of its own"):
+            run_inputs(info, "runs/x", ckpt, corpus)
+    assert run_inputs(info, "runs/x", "ckpt", "corpus.txt") == ("ckpt", "corpus.txt")
+
+
+def test_the_flags_win_over_the_runs_own_inputs(tmp_path):
+    from probe.job import run_inputs
+
+    (tmp_path / "theirs.txt").write_text("a document")
+    info = {"checkpoint": {"path": str(tmp_path / "gone")}, "corpus": {"path": str(tmp_path / "theirs.txt")}}
+    assert run_inputs(info, "runs/x", "mine", "mine.txt") == ("mine", "mine.txt")
+    assert run_inputs(info, "runs/x", "mine", None) == ("mine", str(tmp_path / "theirs.txt"))  # unset: the run's
+
+
+def test_a_run_recorded_before_weights_samples_matches_on_its_fingerprint():
+    from probe.job import same_checkpoint
+
+    now = {"path": "/m", "fingerprint": "f", "sample": "s"}
+    assert same_checkpoint({"path": "/m", "fingerprint": "f"}, now)  # no sample recorded: the layout decides
+    assert same_checkpoint({"fingerprint": "f", "sample": "s"}, now)
+    assert not same_checkpoint({"fingerprint": "f", "sample": "t"}, now)
+    assert not same_checkpoint({"fingerprint": "g"}, now)
+
+
+def test_only_fp8_activations_refuse_float64():
+    from probe.job import RecordError, check_model_flags
+
+    for gemm in ("bf16", "fp8-weights"):  # fp8-weights: FP8 weights, float64 sums
+        check_model_flags("float64", gemm)
+    with pytest.raises(RecordError, match="--dtype float64 with --gemm fp8:"):
+        check_model_flags("float64", "fp8")
+
+
+def test_an_error_report_is_its_first_line_cut_short():
+    from probe.job import first_line
+
+    assert first_line(RuntimeError("Connection closed by peer\n  frame 1\n  frame 2")) == "Connection closed by peer"
+    assert first_line(RuntimeError("")) == "RuntimeError"
+    assert first_line(ValueError("x" * 1000), limit=40) == "x" * 40
+
+
+def test_rank_0_or_a_plain_process_prints_the_summary(monkeypatch):
+    from probe.job import launch_rank0
+
+    monkeypatch.delenv("RANK", raising=False)
+    assert launch_rank0()
+    for rank, prints in (("0", True), ("1", False), ("7", False)):
+        monkeypatch.setenv("RANK", rank)
+        assert launch_rank0() is prints, rank
+
+
+def test_a_single_process_raises_a_runtime_error_whole(monkeypatch):
+    from probe.job import one_line_when_a_peer_is_lost
+
+    @one_line_when_a_peer_is_lost
+    def main():
+        raise RuntimeError("a bug to see whole")
+
+    for world in (None, "1"):  # no torchrun, or torchrun with one process
+        if world is None:
+            monkeypatch.delenv("WORLD_SIZE", raising=False)
+        else:
+            monkeypatch.setenv("WORLD_SIZE", world)
+        with pytest.raises(RuntimeError, match="a bug to see whole"):
+            main()
