@@ -194,10 +194,6 @@ TABLES: dict[str, pa.Schema] = {
         ("val_mtp_agree", pa.float64()),
     ]),
 }
-# written by `python -m train` (a training run is a run like any other: these plus expert_load and
-# router_bias); probe runs never have them
-TRAIN_TABLES = ("train_steps", "train_domains", "train_gates", "train_eval")
-
 DOCS: dict[str, dict[str, str]] = {
     "tokens": {
         "doc_id": "document id (the corpus record's `id`, else `relative/path` or `file:line`)",
