@@ -83,6 +83,13 @@ def test_domain_information_one_domain_and_bad_lengths():
         M.domain_information(IDS, ["a"] * 3)
 
 
+def test_path_summary_top10_share_counts_the_ten_most_common_paths():
+    # 12 one-layer paths: path j taken by j + 1 tokens (78 tokens); the ten most common hold 3 + ... + 12
+    ids = np.repeat(np.arange(12), np.arange(1, 13))[:, None]
+    s = M.path_summary(ids).set_index("domain")
+    assert s.loc["all", "distinct_paths"] == 12 and s.loc["all", "top10_share"] == pytest.approx(75 / 78)
+
+
 def test_heldout_accuracy_hand_computed():
     labels = ["x", "x", "y", "y", "x", "y"]
     values = [5, 5, 7, 7, 5, 9]
@@ -93,12 +100,26 @@ def test_heldout_accuracy_hand_computed():
     assert all(np.isnan(M.heldout_accuracy(labels, values, [False] * 6)))
 
 
+def test_heldout_majority_is_the_training_rows_majority():
+    # training x, x, y: majority x, though y is the majority of all rows; held-out values are unseen
+    acc, base = M.heldout_accuracy(["x", "x", "y", "y", "y", "y"], [1, 1, 2, 3, 4, 5], [False] * 3 + [True] * 3)
+    assert (acc, base) == (0.0, 0.0)
+
+
 def test_common_paths_hand_computed():
     c = M.common_paths(IDS, DOM, token_ids=[7, 8, 9, 9], top=2)
     assert c.path.tolist() == [[1, 3], [1, 2]]  # (1,3) twice; ties (1,2) vs (2,0) by code order
     assert c["count"].tolist() == [2, 1] and c.share.tolist() == [0.5, 0.25]
     assert c.top_domain.tolist() == ["a", "b"] and c.top_domain_share.tolist() == [1.0, 1.0]
     assert c.token_ids.tolist() == [[7, 8], [9]]
+
+
+def test_common_paths_top_domain_and_examples_go_by_count():
+    # one path of six tokens: domain b on 4 (a on 2); id 7 three times, ids 4, 5 and 9 once each
+    ids = np.zeros((6, 2), int)
+    c = M.common_paths(ids, ["b", "a", "b", "b", "a", "b"], token_ids=[9, 7, 5, 7, 7, 4], examples=3)
+    assert c.top_domain.tolist() == ["b"] and c.top_domain_share.tolist() == [4 / 6]
+    assert c.token_ids.tolist() == [[7, 4, 5]]  # the most frequent first, then ties by id
 
 
 # ------------------------------------------------------------------------------ token-id dependence
@@ -216,10 +237,27 @@ def test_run_paths_equal_array_versions(runs):
                                 _heldout(a["seq"], a["domain"].astype(str), 5))
     np.testing.assert_allclose(got[["domain_nmi", "ami", "heldout_accuracy"]].to_numpy(),
                                want[["domain_nmi", "ami", "heldout_accuracy"]].to_numpy())
+    every2 = M.domain_information_from_run(d / "a", every=2).heldout_accuracy  # every other window held out
+    np.testing.assert_allclose(every2, M.domain_information(ids, a["domain"].astype(str), a["layers"], 1, _heldout(
+        a["seq"], a["domain"].astype(str), 2)).heldout_accuracy)
     s = M.path_summary_from_run(d / "a", layers=[2], k=2)
     assert s.loc[0, "distinct_paths"] == len({tuple(sorted(x)) for x in a["ids"][2].tolist()})
     with pytest.raises(M.MetricsError, match="layers \\[7\\]"):
         M.routes_from_run(d / "a", layers=[7])
+
+
+def test_routes_leave_out_a_token_not_routed_at_every_layer(tmp_path):
+    import pyarrow.compute as pc
+
+    a = write_run(tmp_path / "r")
+    for f in (tmp_path / "r" / "routing").glob("*.parquet"):  # (window 0, position 3) lost its layer-2 row
+        t = pq.read_table(f)
+        gone = pc.and_(pc.and_(pc.equal(t["seq_id"], 0), pc.equal(t["pos"], 3)), pc.equal(t["layer"], 2))
+        pq.write_table(t.filter(pc.invert(gone)), f)
+    r = M.routes_from_run(tmp_path / "r")
+    keep = ~((a["seq"] == 0) & (a["pos"] == 3))
+    np.testing.assert_array_equal(r.ids, _stack(a, a["layers"])[keep])
+    assert len(M.routes_from_run(tmp_path / "r", layers=[1]).ids) == len(a["seq"])  # layer 1 alone: every token
 
 
 def test_run_token_dependence(runs):
@@ -285,13 +323,35 @@ def test_run_vs_run_changes_and_coverage(runs, tmp_path):
     assert (half.share_of_a == 0.5).all() and (half.share_of_b == 1).all()
 
 
+def _route_changes_by_hand(a, b, layers):
+    """Per token (seq_id, pos): layers compared, first choices changed, sets changed, mean Jaccard."""
+    rows = []
+    for i, (q, p) in enumerate(zip(a["seq"], a["pos"])):
+        x, y = [a["ids"][la][i] for la in layers], [b["ids"][la][i] for la in layers]
+        rows.append((int(q), int(p), len(layers), sum(int(u[0] != v[0]) for u, v in zip(x, y)),
+                     sum(int(set(u) != set(v)) for u, v in zip(x, y)),
+                     float(np.mean([len(set(u) & set(v)) / len(set(u) | set(v)) for u, v in zip(x, y)]))))
+    return sorted(rows, key=lambda r: (r[5], -r[3], r[0], r[1]))  # lowest Jaccard, then most top-1 changes
+
+
+@pytest.mark.parametrize("layers", [None, [2]])
+def test_route_changes_equal_a_plain_reference_in_order(runs, layers):
+    d, a, b = runs
+    got = M.route_changes_from_runs(d / "a", d / "b", top=len(a["seq"]), layers=layers)
+    want = _route_changes_by_hand(a, b, layers or a["layers"])
+    cols = ["seq_id", "pos", "layers", "top1_changed", "set_changed"]
+    assert got[cols].values.tolist() == [list(r[:5]) for r in want]
+    np.testing.assert_allclose(got.jaccard, [r[5] for r in want])
+    assert len({r[5] for r in want}) < len(want)  # ties in Jaccard: the order of top1_changed is checked
+
+
 def test_run_vs_run_no_shared_windows(runs, tmp_path):
     d, _, _ = runs
     write_run(tmp_path / "far", n_seq=10, seq_len=9)
     for f in (tmp_path / "far" / "routing").glob("*.parquet"):  # move every window elsewhere
         t = pq.read_table(f)
         pq.write_table(t.set_column(0, "seq_id", pa.array(t.column("seq_id").to_numpy() + 1000, pa.int64())), f)
-    for fn in (M.routing_agreement_from_runs, M.route_changes_from_runs):
+    for fn in (M.routing_agreement_from_runs, M.route_changes_from_runs, M.check_comparable):  # the last: --compare's
         with pytest.raises(M.MetricsError, match="did not see the same windows") as e:
             fn(d / "a", tmp_path / "far")
         assert "\n" not in str(e.value)

@@ -311,3 +311,41 @@ def test_a_table_not_recorded_names_the_flag_that_leaves_it_out(tmp_path):
     with pytest.raises(MetricsError, match=r"run has no spec_decode table \(empty run, or not recorded\)$"):
         need_rows(run, "spec_decode")
     need_rows(run, "tokens")  # the control: a table that is there
+
+
+def test_run_repetition_with_one_expert_per_token_has_no_top2_measure(tmp_path):
+    # K = 1: there is no second choice, so top2_any is NaN (as the array version says), not same_top1
+    a = write_run(tmp_path / "k1", K=1)
+    rep = M.repetition_from_run(tmp_path / "k1").set_index("layer")
+    for layer in a["layers"]:
+        e = a["ids"][layer][:, 0]
+        pair = a["seq"][1:] == a["seq"][:-1]
+        assert rep.loc[layer, "same_top1"] == pytest.approx((e[1:] == e[:-1])[pair].mean())
+        assert math.isnan(rep.loc[layer, "top2_any"])
+        assert math.isnan(M.repetition(a["ids"][layer], seq_id=a["seq"], n_experts=a["E"])["top2_any"])
+
+
+def test_in_memory_agreement_shares_are_of_each_side(synth):
+    # a holds every second row of b: all of a is matched (share 1), about half of b
+    run, _ = synth
+    full = run.df("routing")
+    half = full.iloc[::2]
+    ag = M.routing_agreement_by_layer(half, full).set_index("layer")
+    for layer, g in half.groupby("layer"):
+        assert ag.loc[layer, "share_of_a"] == 1.0
+        assert ag.loc[layer, "share_of_b"] == pytest.approx(len(g) / (full.layer == layer).sum())
+
+
+def test_record_agreement_loss_move_counts_a_loss_that_falls():
+    import pandas as pd
+
+    ref = pd.DataFrame({"seq_id": [0, 1], "pos": [0, 0], "layer": [1, 1], "expert_ids": [np.array([0, 1])] * 2})
+    toks = pd.DataFrame({"seq_id": [0, 1], "pos": [0, 0], "domain": ["a", "b"], "loss": [2.0, 2.0]})
+    c = M.record_agreement(toks, ref, toks.assign(loss=[2.1, 1.5]), ref)  # a: +0.1, b: -0.5
+    assert c["loss_move"] == pytest.approx(0.5)
+
+
+def test_margin_summary_near_is_strictly_below():
+    # the docstring's "share of margins below `near`" (SQL: margin < near): one equal to it is not near
+    s = M.margin_summary([0.0, 0.25, 0.5, 1.0], near=0.25)
+    assert s["near"] == 0.25

@@ -1,0 +1,278 @@
+"""The numbers the findings report prints, against hand computations: its summary sentences from
+small hand-made tables, the sweep's curve and per-domain table (the ablation API replaced by known
+losses), the research sections on a synthetic run, and the command's checks. (The report end to end:
+test_report.py.)"""
+
+from __future__ import annotations
+
+import statistics
+from types import SimpleNamespace as NS
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import probe
+from analyses import metrics as M
+from analyses.report import __main__ as report
+from analyses.report import data as rd
+from analyses.report import research, research_model
+from analyses.report.render import _sweep_summary, run_notes, summary
+from helpers.synthetic_run import write_run
+
+
+# ------------------------------------------------------------------------------ summary sentences
+def _paths_info(path_acc: float) -> dict:
+    units = ["layer 1", "layer 2", "path"]
+    info = pd.DataFrame({"unit": units * 2, "target": ["top1"] * 3 + ["top2 set"] * 3,
+                         "ami": [0.5, 0.3, 0.4, 0.2, 0.1, 0.3], "values": [8, 8, 40, 20, 20, 300],
+                         "heldout_accuracy": [0.6, 0.7, path_acc, 0.65, 0.5, 0.7],
+                         "majority_baseline": [0.5] * 6})
+    summ = pd.DataFrame({"domain": ["all"], "distinct_paths": [40], "perplexity": [20.0], "top10_share": [0.5]})
+    return {"summary": summ, "information": info, "layers": [1, 2], "E": 8, "K": 2}
+
+
+def test_path_sentences_name_the_best_layers_and_compare_with_them():
+    # by AMI the best layer is layer 1 (0.5 > path 0.4); by held-out accuracy layer 2 (0.7 < path 0.8)
+    first, topk = research._path_sentences(_paths_info(0.8))
+    assert ("Domain information: path AMI 0.400 vs best single layer (layer 1) 0.500; held-out domain accuracy "
+            "0.800 vs 0.700 (layer 2; majority 0.500): paths carry more domain information than any single layer's "
+            "expert (held-out accuracy; AMI, which also charges the path for its many values, does not).") in first
+    # top-2 sets: the best layer by held-out accuracy is layer 1 (0.65)
+    assert "AMI 0.300 vs best single layer 0.200, held-out domain accuracy 0.700 vs 0.650 (layer 1)" in topk
+    # metrics.md: paths beat single experts with a HIGHER held-out accuracy than every layer; a tie does not
+    tie = research._path_sentences(_paths_info(0.7))[0]
+    assert "paths do not carry more domain information than the best single layer's expert (held-out" in tie
+
+
+def test_load_importance_bands_and_significance_count():
+    # docstring bands: |rho| >= 0.7 strong, 0.3-0.7 moderate, below weak; p < 0.05 counted
+    c = pd.DataFrame({"spearman": [0.3, 0.69, 0.7, 0.29], "spearman_p": [0.01, 0.2, 0.04, 0.05]})
+    assert "rank correlation 1 strong, 2 moderate, 1 weak (of 4 layers; p < 0.05 in 2)" in research._load_predicts(c)
+
+
+def test_run_vs_run_sentence_gives_the_least_matched_layer_of_this_run():
+    g = pd.DataFrame({"layer": [1, 2], "top1_same": [0.9, 0.8], "set_same": [0.7, 0.6], "jaccard": [0.85, 0.75],
+                      "tokens": [90, 80], "share_of_a": [1.0, 0.8], "share_of_b": [0.5, 0.4]})
+    [line] = research.summary({"run_vs_run": {"agreement": g, "changes": None, "other": "runs/x"}})
+    assert line == ("Run vs run (runs/x): top-1 agreement per layer L1 0.900, L2 0.800; identical top-k sets L1 0.700, "
+                    "L2 0.600; mean Jaccard of top-k sets L1 0.850, L2 0.750; 80 tokens matched (80% of this run's).")
+
+
+def test_vocabulary_clause_keeps_the_layers_it_measured():
+    # a layer with no id seen often enough is "not measured"; the others keep their numbers
+    t = pd.DataFrame({"layer": [1, 2], "vocab_spec_input": [0.5, np.nan], "vocab_spec_next": [0.4, np.nan],
+                      "vocab_spec_input_baseline": [0.2, np.nan], "vocab_spec_next_baseline": [0.1, np.nan]})
+    text = research._vocabulary_clause(t)
+    assert text.endswith(": L1 0.500/0.400 (no specialisation 0.200/0.100), L2 not measured/not measured "
+                         "(no specialisation not measured/not measured)")
+
+
+def test_summary_names_the_largest_lift():
+    b = pd.DataFrame({"layer": [1, 2], "maxvio_global": [0.5, 0.25], "balancedness": [0.8, 0.9]})
+    sp = pd.DataFrame({"layer": [1, 2], "domain_nmi": [0.1, 0.2], "max_lift": [1.5, 3.5],
+                       "max_lift_domain": ["code", "prose"], "max_lift_expert": [3, 5]})
+    r = {"balance": b, "specialisation": sp, "domains": ["code", "prose"], "sweep": None, "repetition": None,
+         "mtp": None, "kv": None}
+    s = summary(r)
+    assert s[0] == ("Load balance: MaxVio_global per layer L1 0.500, L2 0.250; balancedness (mean/max) L1 0.800, "
+                    "L2 0.900.")
+    assert s[1].endswith("L1 0.100, L2 0.200; largest lift 3.50 (prose, layer 2, expert 5).")
+
+
+def _sweep(domain_summary, curve=None):
+    curve = curve if curve is not None else pd.DataFrame(
+        {"masked": [0, 4], "top_delta": [0.0, 0.3], "random_delta": [0.0, 0.1], "random_delta_std": [np.nan, 0.01],
+         "random_seeds": [0, 2]})
+    return NS(curve=curve, domain_summary=domain_summary,
+              options={"rank_by": "eval", "tokens": 600, "domain_tokens": 200, "n_experts": 32, "domain_top": 4})
+
+
+def test_per_domain_ablation_sentence_counts_each_comparison():
+    # own > on_others for a and b (2 of 3), own > by_others for a only (1 of 3)
+    ds = pd.DataFrame({"domain": ["a", "b", "c"], "own": [0.5, 0.3, 0.1], "by_others": [0.4, 0.35, 0.2],
+                       "on_others": [0.2, 0.1, 0.3]})
+    ds["own_above_on_others_mean"] = ds.own > ds.on_others
+    s = _sweep_summary(_sweep(ds))[-1]
+    assert ("own experts hurt it more than they hurt the other domains (mean) for 2 of 3 domains, and more than the "
+            "other domains' experts hurt it (mean) for 1 of 3") in s
+    one = pd.DataFrame({"domain": ["a"], "own": [0.5], "by_others": [np.nan], "on_others": [np.nan],
+                        "own_above_on_others_mean": [None]})
+    assert _sweep_summary(_sweep(one))[-1] == ("Per-domain ablation: not measured (it compares a domain's own experts "
+                                               "with the others', and the run has fewer than two domains).")
+
+
+def test_whole_run_ranking_sentence_counts_its_own_deltas():
+    # run-ranked masks beat random at 1 of 2 fractions (the eval-ranked ones at 2 of 2)
+    curve = pd.DataFrame({"masked": [0, 2, 4], "top_delta": [0.0, 0.2, 0.3], "random_delta": [0.0, 0.1, 0.1],
+                          "random_delta_std": [np.nan, 0.01, 0.01], "random_seeds": [0, 2, 2],
+                          "run_top_delta": [0.0, 0.05, 0.2]})
+    first, run_ranked, _ = _sweep_summary(_sweep(pd.DataFrame(columns=["domain", "own", "by_others", "on_others",
+                                                                        "own_above_on_others_mean"]), curve))
+    assert first.endswith("top-used hurts more than random at 2 of 2 fractions.")
+    assert run_ranked.endswith("2/32 -> +0.0500, 4/32 -> +0.2000; more than random at 1 of 2 fractions.")
+
+
+def test_run_notes_say_a_run_still_recording_is_not_complete():
+    notes = run_notes(NS(path="r", status="running", info={}), NS(skip_ablation=True))
+    assert notes == ["r is 'running', not complete: the report covers the tokens recorded so far"]
+
+
+# ------------------------------------------------------------------------------ the sweep's tables
+def _fake_delta(a) -> float:
+    """Known loss deltas: top-n masks 0.1 n (ranked over the run 0.05 n), random ones 0.01 n (seed + 1)."""
+    if a.random:
+        return 0.01 * a.random * (a.seed + 1)
+    return (0.05 if a.name.startswith("run-top") else 0.1) * a.top
+
+
+# loss delta on (evaluated domain, domain whose own top experts are masked)
+OWN = {("code", "code"): 0.5, ("prose", "code"): 0.1, ("code", "prose"): 0.3, ("prose", "prose"): 0.4}
+
+
+def test_ablation_sweep_curve_and_domain_table_by_hand(tmp_path, monkeypatch):
+    write_run(tmp_path / "r", E=32)
+    seen = {}
+
+    def fake(run, ablations, max_tokens, per_domain, batch_size, progress, loads_from, skipped, model_opts=None):
+        seen.setdefault("per_domain", per_domain)
+        rows = []
+        for a in ablations:
+            for dom in ("all", "code", "prose"):
+                delta = OWN.get((dom, a.domain), 0.0) if a.domain else _fake_delta(a)
+                rows.append({"ablation": a.name, "domain": dom, "tokens": 100, "baseline_loss": 2.0,
+                             "loss": 2.0 + delta, "delta": delta})
+        return pd.DataFrame(rows)
+
+    monkeypatch.setattr(rd, "_ablate_skipping", fake)
+    sw = rd.ablation_sweep(tmp_path / "r", max_tokens=600, fractions=(1 / 8,), seeds=(0, 1, 2),
+                           compare_run_ranking=True)
+    assert seen["per_domain"] == 300 and sw.options["domain_tokens"] == 300  # 600 tokens over two domains
+    assert sw.options["domain_top"] == 4  # default E / 8 of 32 experts
+    c = sw.curve.set_index("masked").loc[4]
+    rnd = [0.04, 0.08, 0.12]  # 0.01 * 4 * (seed + 1)
+    assert c.top_delta == pytest.approx(0.4) and c.random_delta == pytest.approx(statistics.mean(rnd))
+    assert c.random_delta_std == pytest.approx(statistics.stdev(rnd))  # sample std (ddof 1)
+    assert c.top_minus_random == pytest.approx(0.4 - statistics.mean(rnd))
+    assert c.run_top_delta == pytest.approx(0.2)
+    # rows: evaluated domain, columns: masked domain; by_others = the row's others, on_others = the column's
+    ds = sw.domain_summary.set_index("domain")
+    assert ds.loc["code", "own"] == 0.5 and ds.loc["code", "by_others"] == pytest.approx(OWN[("code", "prose")])
+    assert ds.loc["code", "on_others"] == pytest.approx(OWN[("prose", "code")])
+    assert ds.loc["prose", "by_others"] == pytest.approx(0.1) and ds.loc["prose", "on_others"] == pytest.approx(0.3)
+
+
+def test_masked_counts_round_but_mask_at_least_one_and_refuse_more_than_all():
+    assert rd.masked_counts(32, [1 / 64, 1 / 8]) == [0, 1, 4]  # 0.5 rounds to 0: still one expert
+    with pytest.raises(ValueError, match="fraction 1.5 out of range"):
+        rd.masked_counts(32, [1.5])
+
+
+# ------------------------------------------------------------------------------ tables of a run
+def test_repetition_ratios_divide_by_their_own_baselines(tmp_path):
+    a = write_run(tmp_path / "r", K=3, E=8)
+    df = rd.repetition(tmp_path / "r").set_index("layer")
+    for layer in a["layers"]:
+        w = M.repetition(a["ids"][layer], seq_id=a["seq"], pos=a["pos"], n_experts=8)
+        x = df.loc[layer]
+        assert x.top1_vs_uniform == pytest.approx(w["same_top1"] * 8)
+        assert x.top1_vs_load == pytest.approx(w["same_top1"] / w["baseline_top1_load"])
+        assert x.top2_any_vs_uniform == pytest.approx(w["top2_any"] / w["baseline_top2_any_uniform"])
+        assert x.topk_any_vs_uniform == pytest.approx(w["topk_any"] / w["baseline_topk_any_uniform"])
+
+
+def test_mtp_accuracy_leaves_out_positions_without_a_target(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from probe.schema import TABLES
+
+    write_run(tmp_path / "r")
+    rows = [(0, "code", 1, 1, 1), (1, "code", 2, 1, None), (2, "code", 3, 3, 2), (3, "prose", 4, 0, 4)]
+    (tmp_path / "r" / "mtp").mkdir()
+    pq.write_table(pa.Table.from_pylist([{"seq_id": 0, "pos": p, "domain": d, "mtp_top1": m, "main_top1": h,
+                                          "agree": m == h, "target": t, "mtp_loss": 1.0} for p, d, m, h, t in rows],
+                                         schema=TABLES["mtp"]), tmp_path / "r" / "mtp" / "part-0.parquet")
+    m = rd.mtp_by_domain(tmp_path / "r").set_index("domain")
+    # code: agree 2 of 3; mtp_top1 == target at 1 of the 2 positions with a target
+    assert m.loc["code", "agreement"] == pytest.approx(2 / 3) and m.loc["code", "mtp_accuracy"] == 0.5
+    assert m.loc["all", "positions"] == 4 and m.loc["all", "mtp_accuracy"] == pytest.approx(2 / 3)
+
+
+def _heldout_by_hand(seq, domain, every=5):
+    """metrics.md: every fifth window of each domain held out (its 1st, 6th, ... in seq_id order)."""
+    test = np.zeros(len(seq), bool)
+    for dom in set(domain.tolist()):
+        windows = sorted({int(q) for q, d in zip(seq, domain) if d == dom})
+        test |= np.isin(seq, windows[::every]) & (domain == dom)
+    return test
+
+
+def test_report_paths_hold_out_every_fifth_window_and_use_the_top_k_sets(tmp_path):
+    a = write_run(tmp_path / "r", n_seq=10, seq_len=6)
+    p = research.paths(probe.open_run(tmp_path / "r"))
+    ids = np.stack([a["ids"][x] for x in a["layers"]], axis=1)
+    dom = a["domain"].astype(str)
+    test = _heldout_by_hand(a["seq"], dom)
+    info = p["information"].set_index(["target", "unit"])
+    for target, k in (("top1", 1), ("top2 set", 2)):
+        want = M.domain_information(ids, dom, a["layers"], k, test).set_index("unit")
+        got = info.loc[target]
+        np.testing.assert_allclose(got.heldout_accuracy, want.heldout_accuracy)
+        assert got["values"].tolist() == want["values"].tolist()
+    assert info.loc[("top2 set", "layer 1"), "values"] == len({tuple(sorted(x)) for x in a["ids"][1].tolist()})
+    assert p["E"] == 8 and p["K"] == 2
+
+
+# ------------------------------------------------------------------------------ steering
+LIFT = {1: pd.DataFrame([[1.0, 2.0, 0.5], [1.0, 0.5, 1.5]], index=["code", "prose"]),
+        2: pd.DataFrame([[3.0, 0.2, 1.0], [0.1, 1.0, 2.5]], index=["code", "prose"])}
+
+
+def test_steered_experts_are_the_top_lift_domain_s_best_expert_per_layer():
+    # the largest lift anywhere: code's 3.0 (layer 2); code's best expert: layer 1 expert 1, layer 2 expert 0
+    assert research_model.steered_experts(LIFT) == ("code", {1: [1], 2: [0]})
+
+
+def test_steering_sentence_compares_with_the_other_domains_not_the_pooled_row(tmp_path, monkeypatch):
+    import analyses.steer
+
+    loss = pd.DataFrame({"kind": "loss", "domain": ["all", "code", "math", "prose"], "tokens": 10,
+                         "steered_tokens": 10, "forced_share": [0.75, 1.0, 0.5, 0.5], "baseline_loss": 2.0,
+                         "loss": 2.0, "delta": [0.9, 0.5, 0.1, 0.3]})
+    gen = pd.DataFrame({"kind": "generation", "domain": ["code", "prose"], "prompt": ["p", "q"],
+                        "baseline_text": ["a", "b"], "steered_text": ["a", "c"]})
+    monkeypatch.setattr(analyses.steer, "steer", lambda opts, s: (None, pd.concat([loss, gen], ignore_index=True)))
+    ns = NS(importance_tokens=10, progress=False, batch_size=None)
+    out = research_model.steering(NS(path=tmp_path), ns, LIFT)
+    [s] = out["sentences"]
+    assert "put it in 75% of the steered top-k sets; loss delta on code +0.5000 vs the other domains' mean +0.2000" in s
+    assert s.endswith("greedy continuations changed for 1 of 2 prompts.")
+    # one domain: nothing domain-specific to steer with
+    assert research_model.steering(NS(path=tmp_path), ns, {1: LIFT[1].loc[["code"]]}) is None
+
+
+# ------------------------------------------------------------------------------ the command's checks
+def _err(argv, capsys) -> str:
+    assert report.main(argv) == 2
+    return capsys.readouterr().err.strip()
+
+
+def test_a_fraction_of_one_and_seeds_below_one(tmp_path, capsys):
+    assert report.parser().parse_args(["--fractions", "1"]).fractions == [1.0]  # (0, 1]: every expert
+    assert "--seeds 0: must be >= 1" in _err([str(tmp_path), "--seeds", "0"], capsys)
+
+
+def test_a_compare_run_over_other_windows_is_refused_before_any_section(tmp_path, capsys, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    write_run(tmp_path / "r")
+    write_run(tmp_path / "far")  # the same tokens; its routing moved to windows the run does not have
+    for f in (tmp_path / "far" / "routing").glob("*.parquet"):
+        t = pq.read_table(f)
+        pq.write_table(t.set_column(0, "seq_id", pa.array(t.column("seq_id").to_numpy() + 1000, pa.int64())), f)
+    monkeypatch.setattr(report, "compute", lambda *a, **k: pytest.fail("computed the report before refusing"))
+    err = _err([str(tmp_path / "r"), "--compare", str(tmp_path / "far"), "--skip-ablation", "--no-progress",
+                "--out", str(tmp_path / "r.html")], capsys)
+    assert "did not see the same windows" in err and not (tmp_path / "r.html").exists()
