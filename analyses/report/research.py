@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from analyses import metrics as M
+from analyses.metrics._common import n_experts_of_run
 
 RESEARCH_SECTIONS = ("Causal vs observed importance", "Expert paths", "Token-id dependence", "Run vs run",
                      "Steering")
@@ -65,7 +66,7 @@ def paths(run, routes=None) -> dict:
     common["examples"] = [" ".join(token_texts(run, ids)) for ids in common.pop("token_ids")]
     common["path"] = [" → ".join(f"L{la}:{e}" for la, e in zip(r.layers, p)) for p in common.path]
     return {"summary": M.path_summary(r.ids, r.domain, 1), "information": pd.concat([info1, infok]),
-            "common": common, "layers": r.layers, "K": K, "E": int(r.ids.max()) + 1 if r.ids.size else 0}
+            "common": common, "layers": r.layers, "K": K, "E": n_experts_of_run(run, "routing")}
 
 
 def run_vs_run(run, other) -> dict:

@@ -5,6 +5,8 @@ test_report.py.)"""
 
 from __future__ import annotations
 
+import json
+
 import statistics
 from types import SimpleNamespace as NS
 
@@ -222,6 +224,18 @@ def test_report_paths_hold_out_every_fifth_window_and_use_the_top_k_sets(tmp_pat
         assert got["values"].tolist() == want["values"].tolist()
     assert info.loc[("top2 set", "layer 1"), "values"] == len({tuple(sorted(x)) for x in a["ids"][1].tolist()})
     assert p["E"] == 8 and p["K"] == 2
+
+
+def test_the_possible_paths_count_every_expert_of_the_model_not_only_those_chosen(tmp_path):
+    # E came from the largest expert id routed: a run whose last experts were never chosen understated E^L
+    write_run(tmp_path / "r", E=8)
+    info = json.loads((tmp_path / "r" / "run.json").read_text())
+    info["model_args"]["n_routed_experts"] = 12  # experts 8..11 exist but no token chose them
+    (tmp_path / "r" / "run.json").write_text(json.dumps(info))
+    assert research.paths(probe.open_run(tmp_path / "r"))["E"] == 12
+    del info["model_args"]  # a run without model args (an import): the largest id routed + 1
+    (tmp_path / "r" / "run.json").write_text(json.dumps(info))
+    assert research.paths(probe.open_run(tmp_path / "r"))["E"] == 8
 
 
 # ------------------------------------------------------------------------------ steering
