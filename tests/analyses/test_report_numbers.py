@@ -6,7 +6,6 @@ test_report.py.)"""
 from __future__ import annotations
 
 import json
-
 import statistics
 from types import SimpleNamespace as NS
 
