@@ -48,3 +48,29 @@ def flags(corpus: Path, out: Path, *extra: str, settle: bool = False) -> list[st
     return ["--corpus", str(corpus), "--tokenizer", str(corpus / "tokenizer.json"), "--config", "tiny",
             "--out", str(out), "--batch-size", "4", "--seq-len", "32", "--lr", "3e-3", "--warmup-steps", "2",
             "--eval-windows", "2", "--no-progress", "--threads", "1", "--save-dtype", "float32", *quick, *extra]
+
+
+def step_run(out: Path, streams: dict, *extra: str, seed: int = 0):
+    """A `train.loop._Run` set up as `run` sets it up (tiny model, optimizer, routing tap, one process)
+    but on the token `streams` given (domain -> int array), with --seq-len 8 and --batch-size 2: for
+    unit tests of `_train_step`, `_restore` and `_settle` without a corpus, a tokenizer or a run
+    directory."""
+    import torch
+
+    from model import Transformer
+    from train import loop, parse_args
+    from train.balance import RoutingTap, moe_gates
+    from train.data import Batches
+    from train.steps import Dist, make_optimizer, model_args
+
+    ns = parse_args(["--config", "tiny", "--out", str(out), "--seq-len", "8", "--batch-size", "2", "--lr", "1e-3",
+                     "--warmup-steps", "2", "--steps", "10", "--seed", str(seed), "--no-progress", *extra])
+    r = loop._Run(ns, Dist("cpu"))
+    torch.manual_seed(seed)
+    r.raw = Transformer(model_args(ns, 512), dtype=torch.float32).train()
+    r.opt = make_optimizer(r.raw, ns)
+    r.model, r.gates = r.raw, moe_gates(r.raw)
+    r.tap = RoutingTap(r.gates)
+    r.gate_mods = {g.label: r.raw.get_submodule(g.prefix) for g in r.gates}
+    r.data = loop._Data(Batches(streams, ns.seq_len, ns.batch_size, ns.mix_alpha, ns.seed), {}, {}, {})
+    return r

@@ -29,6 +29,9 @@ def test_update_bias_sign_and_direction():
     bias = torch.zeros(4)
     update_bias(bias, torch.tensor([10.0, 0.0, 5.0, 5.0]), 0.01)
     assert bias.tolist() == pytest.approx([-0.01, 0.01, 0.0, 0.0])  # overloaded down, underloaded up
+    bias = torch.zeros(4)
+    update_bias(bias, torch.tensor([10.0, 0.0, 0.0, 2.0]), 0.01)  # against the mean 3, not the median
+    assert bias.tolist() == pytest.approx([-0.01, 0.01, 0.01, 0.01])
 
     # A router that prefers expert 0 for every token: repeated updates move load away from it.
     args = ModelArgs.from_dict(ModelArgs.from_name("tiny").to_dict() | dict(n_expert_groups=1, n_limited_groups=1,
@@ -88,6 +91,27 @@ def test_settle_biases_balances_a_lopsided_router_and_touches_nothing_else():
     for mod in mods.values():
         torch.testing.assert_close(mod.bias[:2], torch.full((2,), 0.4), rtol=0, atol=1e-6)
 
+
+def test_settle_biases_pool_fresh_batches_and_follow_the_loads_summed_over_ranks():
+    args = ModelArgs.from_name("tiny")
+    torch.manual_seed(0)
+    m = Transformer(args, dtype=torch.float32)
+    gates = moe_gates(m)
+    mods = {g.label: m.get_submodule(g.prefix) for g in gates}
+    drawn = []
+
+    def batch(i: int) -> torch.Tensor:
+        drawn.append(i)
+        return torch.randint(0, args.vocab_size, (2, 9), generator=torch.Generator().manual_seed(i))
+
+    other = torch.arange(16.0)  # the loads all ranks together count: expert 15 the busiest, 0 the idlest
+    history = settle_biases(m, RoutingTap(gates), mods, batch, updates=2, pooled=3, speed=0.02,
+                            all_reduce=lambda t: t * 0 + other)
+    assert drawn == list(range(6))  # each update pools 3 batches of its own
+    for label, mod in mods.items():
+        # two updates, steps 0.02 and 0.01, each against sign(load - mean) of the summed loads
+        torch.testing.assert_close(mod.bias, -0.03 * torch.sign(other - 7.5), rtol=0, atol=1e-7)
+        assert history[label] == pytest.approx([(15 - 7.5) / 7.5] * 2)
 
 def test_balance_losses_on_hand_computed_cases():
     E, K, S = 4, 2, 3

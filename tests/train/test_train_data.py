@@ -1,0 +1,70 @@
+"""train.data: the token streams, the seeded batch sampler and the validation windows, on small
+hand-made streams. (Whole training runs: test_train.py.)"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from train import TrainError
+from train.data import Batches, load_tokenizer, token_streams, val_windows
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_batches_are_windows_of_seq_len_plus_1_from_every_start_and_depend_on_seed_and_step():
+    # "a": 10 tokens, two starts (0 and 1) for a window of 9; "b": exactly one window; "c": too short
+    streams = {"a": np.arange(10), "b": np.arange(100, 109), "c": np.arange(200, 205)}
+    b = Batches(streams, seq_len=8, global_batch=2, mix_alpha=1.0, seed=3)
+    assert b.domains == ["a", "b"] and b.all_domains == ["a", "b", "c"]
+    firsts = set()
+    for step in range(40):
+        x, dom = b.get(step)
+        assert x.shape == (2, 9) and x.dtype == torch.int64
+        for row, d in zip(x.tolist(), dom.tolist()):
+            base = 100 * d
+            assert row == list(range(row[0], row[0] + 9)) and base <= row[0] <= base + len(streams["ab"[d]]) - 9
+            firsts.add(row[0])
+    assert firsts == {0, 1, 100}  # every start drawn, the last one included; "b"'s single window too
+    long = {"a": np.arange(1000)}
+    b, again, other = (Batches(long, 8, 2, 1.0, seed) for seed in (3, 3, 4))
+    assert torch.equal(again.get(7)[0], b.get(7)[0])  # a step's batch is the same in a resumed run
+    assert len({tuple(b.get(s)[0].flatten().tolist()) for s in range(6)}) == 6  # each step its own batch
+    assert not torch.equal(other.get(0)[0], b.get(0)[0])  # and each seed
+
+
+def test_domain_weights_are_token_counts_to_the_power_mix_alpha():
+    streams = {"a": np.zeros(100, np.int32), "b": np.zeros(400, np.int32)}
+    for alpha, want in ((0.0, [0.5, 0.5]), (0.5, [1 / 3, 2 / 3]), (1.0, [0.2, 0.8])):  # 10:20, 100:400
+        np.testing.assert_allclose(Batches(streams, 8, 2, alpha, 0).weights, want, rtol=1e-12)
+
+
+def test_a_corpus_with_exactly_one_batch_of_windows_is_enough():
+    streams = {"a": np.arange(18), "b": np.arange(5)}  # two windows of 9 in all
+    assert Batches(streams, 8, 2, 1.0, 0).get(0)[0].shape == (2, 9)
+    with pytest.raises(TrainError, match="corpus too small for one batch: the train split has 23 tokens, 2 windows"):
+        Batches(streams, 8, 3, 1.0, 0)
+
+
+def test_val_windows_are_the_first_non_overlapping_windows_of_each_domain():
+    streams = {"a": np.arange(30), "b": np.arange(100, 108)}  # "a": 3 windows of 9 (27 tokens), "b": none
+    out = val_windows(streams, seq_len=8, per_domain=5)
+    assert list(out) == ["a"] and out["a"].tolist() == [list(range(0, 9)), list(range(9, 18)), list(range(18, 27))]
+    assert val_windows(streams, 8, per_domain=2)["a"].tolist() == [list(range(0, 9)), list(range(9, 18))]
+
+
+def test_token_streams_join_each_domains_documents_as_bos_text_eos(tmp_path):
+    tok = load_tokenizer(REPO / "data" / "tokenizer.json")
+    docs = [("x", "one two"), ("y", "three"), ("x", "four")]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps({"id": str(i), "domain": d, "text": t}) + "\n"
+                                                  for i, (d, t) in enumerate(docs)))
+    streams = token_streams(tmp_path / "train.jsonl", tok, None)
+    bos, eos = tok.token_to_id("<|bos|>"), tok.token_to_id("<|eos|>")
+    enc = [tok.encode(t).ids for _, t in docs]
+    assert sorted(streams) == ["x", "y"]
+    assert streams["x"].tolist() == [bos, *enc[0], eos, bos, *enc[2], eos]
+    assert streams["y"].tolist() == [bos, *enc[1], eos]

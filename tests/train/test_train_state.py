@@ -1,0 +1,143 @@
+"""train.flags, train.state and train.log without a training run: the flags' ranges and the recipe's
+defaults, where --resume looks, what a restored checkpoint brings back, the shipped tokenizer's
+config, the log's figures. (Whole runs and resumes: test_train.py, test_train_resume.py.)"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+import train
+from train import TrainError, parse_args
+from train.balance import GateRef
+from train.flags import check_flags
+from train.log import TrainLog
+from train.state import load_state, resume_dir, save_final, save_state
+
+from helpers.training import step_run
+
+REPO = Path(__file__).resolve().parents[2]
+POSITIVE = ("--steps", "--batch-size", "--seq-len", "--eval-windows", "--flush-every", "--load-every",
+            "--settle-batches")
+NON_NEGATIVE = ("--lr", "--warmup-steps", "--weight-decay", "--grad-clip", "--mtp-weight", "--bias-update-speed",
+                "--seq-aux-weight", "--settle-updates", "--settle-speed", "--switch-weight", "--mix-alpha",
+                "--eval-every", "--checkpoint-every")
+
+
+def test_check_flags_refuses_each_out_of_range_value_and_takes_the_bounds(tmp_path):
+    def check(*argv: str) -> None:
+        check_flags(parse_args(["--out", str(tmp_path / "run"), *argv]))
+
+    for flag in POSITIVE:
+        with pytest.raises(TrainError, match=f"^{flag}=0 must be at least 1"):
+            check(flag, "0")
+    for flag in NON_NEGATIVE:
+        with pytest.raises(TrainError, match=f"^{flag}=-1.* must not be negative"):
+            check(flag, "-1")
+    for flag, value, msg in (("--seq-len", "2", "must be at least 3 .MTP predicts two tokens ahead"),
+                             ("--beta1", "1", r"must be in \[0, 1\)"), ("--beta2", "1", r"must be in \[0, 1\)"),
+                             ("--min-lr-ratio", "1.01", r"must be in \[0, 1\]"),
+                             ("--stop-at", "0", "must be a step of at least 1")):
+        with pytest.raises(TrainError, match=f"^{flag}={value}"):
+            check(flag, value)
+    for argv in (("--seq-len", "3"), ("--min-lr-ratio", "1"), ("--min-lr-ratio", "0"), ("--beta1", "0"),
+                 ("--stop-at", "1"), *((flag, "0") for flag in NON_NEGATIVE)):
+        check(*argv)
+
+
+def test_an_out_folder_with_train_steps_alone_already_holds_a_run(tmp_path):
+    (tmp_path / "run" / "train_steps").mkdir(parents=True)  # a run killed before its first run.json
+    with pytest.raises(TrainError, match="already holds a run: pass --resume"):
+        check_flags(parse_args(["--out", str(tmp_path / "run")]))
+    check_flags(parse_args(["--out", str(tmp_path / "run"), "--resume"]))
+
+
+def test_the_defaults_are_the_documented_recipe():
+    ns = parse_args([])
+    assert "700 steps x 16 x 256 tokens" in train.__doc__ and (ns.steps, ns.batch_size, ns.seq_len) == (700, 16, 256)
+    assert "betas 0.9/0.95" in train.__doc__ and (ns.beta1, ns.beta2) == (0.9, 0.95)
+    assert "clipping at 1.0" in train.__doc__ and ns.grad_clip == 1.0
+    assert ns.balance == "aux-free" and ns.bias_schedule == "constant"
+    # DeepSeek-V3's report: balance factor alpha = 0.0001, MTP weight lambda = 0.3 (its first 10T tokens)
+    assert (ns.seq_aux_weight, ns.mtp_weight) == (1e-4, 0.3)
+
+
+def test_resume_takes_a_checkpoint_folder_or_a_run_folder(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoint").mkdir(parents=True)
+    (run / "checkpoint" / "state.pt").write_bytes(b"")
+    other = tmp_path / "other"
+    for resume, want in (("auto", run / "checkpoint"), (str(run), run / "checkpoint"),
+                         (str(run / "checkpoint"), run / "checkpoint")):
+        assert resume_dir(parse_args(["--out", str(other if resume != "auto" else run), "--resume", resume])) == want
+    assert resume_dir(parse_args(["--out", str(run)])) is None
+    with pytest.raises(TrainError, match="no checkpoint there"):
+        resume_dir(parse_args(["--out", str(other), "--resume"]))
+
+
+STREAMS = {"a": np.arange(10, 210, dtype=np.int32)}
+
+
+def test_restore_brings_back_weights_optimizer_step_and_tokens_and_reports_changed_flags(tmp_path, capsys):
+    a = step_run(tmp_path / "a", STREAMS)
+    a._train_step()
+    a._train_step()
+    save_state(tmp_path / "ck", a.raw, a.opt, a.step, a.ns, a.tokens_seen)
+    b = step_run(tmp_path / "b", STREAMS, "--mtp-weight", "0.5", seed=1)
+    b._restore(load_state(tmp_path / "ck", b.raw.args), tmp_path / "ck")
+    assert (b.step, b.tokens_seen) == (2, 2 * 2 * 8)  # two steps of 2 windows of 8 tokens
+    for k, v in a.raw.state_dict().items():
+        assert torch.equal(b.raw.state_dict()[k], v), k
+    sa, sb = a.opt.state_dict()["state"], b.opt.state_dict()["state"]
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[i]["exp_avg"], sb[i]["exp_avg"]) for i in sa)
+    note = capsys.readouterr().err
+    assert "note: resuming with changed flags:" in note and "seed 0 -> 1" in note and "mtp_weight 0.3 -> 0.5" in note
+    # a step that diverges right after the resume sends the user back to the checkpoint just restored
+    row = {"step": 3, "loss": float("nan"), "grad_norm": 1.0, "lr": 1e-3}
+    with pytest.raises(TrainError, match="which holds step 2, the last saved"):
+        b._check_finite(row)
+
+
+def test_the_shipped_tokenizer_config_names_the_tokenizers_special_tokens(tmp_path):
+    from tokenizers import Tokenizer
+
+    r = step_run(tmp_path / "run", STREAMS)
+    tok_file = REPO / "data" / "tokenizer.json"
+    path = save_final(r.raw, tmp_path / "run", tok_file, torch.float32)
+    cfg = json.loads((path / "tokenizer_config.json").read_text())
+    tok = Tokenizer.from_file(str(tok_file))
+    args = r.raw.args
+    named = tok.token_to_id(cfg["bos_token"]), tok.token_to_id(cfg["eos_token"])
+    assert named == (args.bos_token_id, args.eos_token_id) == (0, 1)
+    assert tok.token_to_id(cfg["pad_token"]) not in (args.bos_token_id, args.eos_token_id, None)
+
+
+def _log_step(log: TrainLog, step: int, biases: list) -> None:
+    row = {"step": step, "lr": 1e-3, "loss": 5.0, "lm_loss": 5.0, "mtp_loss": 5.0, "aux_loss": 0.0, "grad_norm": 1.0,
+           "tokens": 16, "tokens_seen": 16 * step, "step_time_s": 0.1, "tokens_per_s": 160.0, "elapsed_s": 0.1 * step}
+    log.step(row, [5.0], torch.tensor([[1.0, 2.0, 3.0, 6.0]]), biases)
+
+
+def test_the_log_records_bias_norms_and_one_evaluation_per_step_across_a_resume(tmp_path):
+    gates = [GateRef("layer1", 1, "layers.1.ffn.gate")]
+    res = {"val_loss": 4.0, "val_mtp_agree": 0.5, "val_loss_x": 4.0, "val_mtp_loss_x": 4.5, "val_maxvio_layer1": 0.2}
+    log = TrainLog(tmp_path, gates, ["x"], 4, None)
+    _log_step(log, 1, [torch.tensor([3.0, 0.0, 0.0, -4.0])])
+    log.evaluation(1, 16, res)
+    log.evaluation(1, 16, res)  # a completed run resumed again redoes its final evaluation
+    log.commit()
+    again = TrainLog(tmp_path, gates, ["x"], 4, resume_step=1)
+    again.evaluation(1, 16, res)
+    again.commit()
+    assert pq.read_table(tmp_path / "train_eval").num_rows == 1
+    assert sorted(pq.read_table(tmp_path / "train_domains").column("split").to_pylist()) == ["train", "val"]
+    g = pq.read_table(tmp_path / "train_gates").to_pandas().set_index("split")
+    assert sorted(g.index) == ["train", "val"] and math.isnan(g.bias_norm.loc["val"])
+    assert g.bias_norm.loc["train"] == pytest.approx(5.0)  # |(3, 0, 0, -4)|
+    assert g.maxvio.loc["train"] == pytest.approx((6 - 3) / 3)  # loads (1, 2, 3, 6): (max - mean) / mean
