@@ -11,7 +11,7 @@ from pathlib import Path
 import analyses.report as package
 from analyses.notebook_utils import DEFAULT_RUN
 from probe.job import (MODEL_FLAGS, add_model_flags, check_out_parent, closed_pipe_quiet, exit_ranks, launch_rank0,
-                       one_line_when_a_peer_is_lost, os_refusal, table_errors)
+                       one_line_when_a_peer_is_lost, os_refusal, run_inputs, table_errors)
 
 from . import data as rd
 from .render import ReportError, check_run, compute, figures, print_text, run_notes, write_findings, write_html
@@ -61,6 +61,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--importance-tokens", type=int, default=1000,
                    help="tokens per domain the causal-importance and steering sections evaluate (default 1000; "
                         "0 leaves both out)")
+    p.add_argument("--ckpt", help="checkpoint the model sections run (default: the run's own; needed where it has "
+                                  "moved or changed, or a training run's model is not written yet)")
+    p.add_argument("--corpus", help="corpus the model sections evaluate (default: the run's own)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     add_model_flags(p.add_argument_group("how the ablations run the model (under torchrun: replicas of "
                                          "--model-parallel ranks, as analyses.ablate)"))
@@ -104,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             from analyses.metrics import check_comparable
 
             check_comparable(run, Path(ns.compare))
+        if not ns.skip_ablation:  # the model sections' checkpoint and corpus: refused now, not after the tables
+            run_inputs(run.info, str(run_dir), ns.ckpt, ns.corpus, ReportError)
         for note in run_notes(run, ns):
             print(f"note: {note}", file=sys.stderr)
         html, findings = Path(ns.out) if ns.out else run_dir / "report.html", ns.findings and Path(ns.findings)

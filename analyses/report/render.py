@@ -17,8 +17,8 @@ import pandas as pd
 
 from . import data as rd
 from . import research
+from .research_model import job_opts
 from analyses.notebook_utils import DEFAULT_RUN
-from probe.job import MODEL_FLAGS
 from probe.writer import replacing
 
 ONE_DOMAIN = ("the run has one domain ({}): record a corpus with two or more (a sub-folder or a `domain` field "
@@ -107,7 +107,7 @@ def compute(run_dir: Path, ns, writer: bool = True) -> dict:
                                          seeds=tuple(range(ns.seeds)), domain_top=ns.domain_top,
                                          batch_size=ns.batch_size, progress=ns.progress, rank_by=ns.rank_by,
                                          compare_run_ranking=ns.rank_by == "eval",
-                                         model_opts={k: getattr(ns, k) for k in MODEL_FLAGS})
+                                         model_opts=job_opts(ns))
         out["ablation_seconds"] = time.time() - t
     research.compute_model(run, ns, out)
     if writer:

@@ -10,8 +10,13 @@ import pandas as pd
 from probe.job import MODEL_FLAGS
 
 
-def _model_opts(ns) -> dict:
-    return {k: getattr(ns, k) for k in MODEL_FLAGS if getattr(ns, k, None) is not None}
+INPUT_FLAGS = ("ckpt", "corpus")  # the report's --ckpt and --corpus, for a run whose own are gone or not written
+
+
+def job_opts(ns) -> dict:
+    """The options the report's model sections pass to ablate, importance and steer: the model flags
+    and --ckpt/--corpus, where given (else the jobs take the run's own)."""
+    return {k: getattr(ns, k) for k in (*MODEL_FLAGS, *INPUT_FLAGS) if getattr(ns, k, None) is not None}
 
 
 def importance(run, ns) -> dict:
@@ -23,7 +28,7 @@ def importance(run, ns) -> dict:
     from analyses.importance import importance as run_importance
 
     opts = ImportanceOptions(run=str(run.path), domain_tokens=ns.importance_tokens, progress=ns.progress,
-                             batch_size=ns.batch_size, **_model_opts(ns))
+                             batch_size=ns.batch_size, **job_opts(ns))
     _, df = run_importance(opts)
     corr = load_vs_importance(df)
     gaps = rank_disagreement(df, top=3)
@@ -60,7 +65,7 @@ def steering(run, ns, lift: dict) -> dict | None:
     dom, experts = steered_experts(lift)
     name = f"force-{dom}"
     opts = SteerOptions(run=str(run.path), domain_tokens=ns.importance_tokens, progress=ns.progress,
-                        batch_size=ns.batch_size, max_new_tokens=24, **_model_opts(ns))
+                        batch_size=ns.batch_size, max_new_tokens=24, **job_opts(ns))
     _, df = run_steer(opts, Steer(name=name, experts=experts, mode="force"))
     loss = df[df.kind == "loss"][["domain", "tokens", "steered_tokens", "forced_share", "baseline_loss", "loss",
                                   "delta"]].reset_index(drop=True)

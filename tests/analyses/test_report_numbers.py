@@ -289,3 +289,33 @@ def test_a_compare_run_over_other_windows_is_refused_before_any_section(tmp_path
     err = _err([str(tmp_path / "r"), "--compare", str(tmp_path / "far"), "--skip-ablation", "--no-progress",
                 "--out", str(tmp_path / "r.html")], capsys)
     assert "did not see the same windows" in err and not (tmp_path / "r.html").exists()
+
+
+def test_a_run_whose_checkpoint_moved_takes_ckpt_and_corpus_for_the_model_sections(probe_env, tmp_path, capsys,
+                                                                                  monkeypatch):
+    # the refusal told the user to pass --ckpt, a flag the report did not have (a review)
+    import shutil
+
+    import analyses.ablate
+    from probe.record import RecordOptions, record
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(probe_env["ckpt"], ckpt)
+    run = tmp_path / "run"
+    record(RecordOptions(ckpt=str(ckpt), corpus=str(probe_env["corpus"]), out=str(run), seq_len=32,
+                         max_tokens=200, progress=False))
+    moved = ckpt.rename(tmp_path / "moved")
+    html = tmp_path / "r.html"
+    assert report.main([str(run), "--out", str(html), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint" in err and "is no longer there; pass --ckpt" in err and not html.exists()
+    seen = []
+
+    def ablate(opts, ablations):  # the first model section: what reaches the job, then stop
+        seen.append((opts.ckpt, opts.corpus))
+        raise analyses.ablate.AblationError("stopped by the test")
+
+    monkeypatch.setattr(analyses.ablate, "ablate", ablate)
+    argv = [str(run), "--out", str(html), "--no-progress", "--ckpt", str(moved), "--corpus", str(probe_env["corpus"])]
+    assert report.main(argv) == 2 and "stopped by the test" in capsys.readouterr().err
+    assert seen == [(str(moved), str(probe_env["corpus"]))]
