@@ -107,10 +107,10 @@ def main(argv: list[str] | None = None) -> int:
             from analyses.metrics import check_comparable
 
             check_comparable(run, Path(ns.compare))
-        if not ns.skip_ablation:  # the model sections' checkpoint and corpus: refused now, not after the tables
-            run_inputs(run.info, str(run_dir), ns.ckpt, ns.corpus, ReportError)
         for note in run_notes(run, ns):
             print(f"note: {note}", file=sys.stderr)
+        if not ns.skip_ablation:  # the model sections' checkpoint and corpus (after run_notes: an import skips them)
+            run_inputs(run.info, str(run_dir), ns.ckpt, ns.corpus, ReportError)
         html, findings = Path(ns.out) if ns.out else run_dir / "report.html", ns.findings and Path(ns.findings)
         for flag, value in (("--out", ns.out), ("--findings", ns.findings)):  # `reports/` wrote a file named
             if value and value.endswith(("/", os.sep)):  # reports (a review)
