@@ -165,13 +165,25 @@ def _complete(path: Path) -> bool:
 
 
 def _env_path(env: str) -> Path:
-    """$DSV3_NOTEBOOK_RUN as an absolute path: a relative one that is not under the working directory
-    is the repository root's (`runs/model-val` from a kernel in analyses/notebooks/ recorded a new run
-    there, silently, instead of opening the user's; a review)."""
+    """A run path from the environment ($DSV3_NOTEBOOK_RUN, $DSV3_NOTEBOOK_COMPARE_RUN) as an absolute
+    path: a relative one that is not under the working directory is the repository root's
+    (`runs/model-val` from a kernel in analyses/notebooks/ recorded a new run there, silently,
+    instead of opening the user's; a review)."""
     path = Path(env).expanduser()
     if path.is_absolute() or path.exists():
         return path.resolve()
     return (REPO / path).resolve()
+
+
+def env_run(var: str):
+    """The run the environment variable `var` names, as a `probe.Run` (a relative path read as
+    $DSV3_NOTEBOOK_RUN's is), or None when it is unset or empty."""
+    value = os.environ.get(var)
+    if not value:
+        return None
+    import probe
+
+    return probe.open_run(_env_path(value))
 
 
 def default_run(max_tokens: int | None = None):

@@ -3,6 +3,7 @@ is stored without outputs, states its question and ends with a conclusion comput
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -210,6 +211,13 @@ def test_a_relative_run_path_is_the_repositorys_when_not_under_the_kernels_folde
     (kernel / "here").symlink_to(run_dir, target_is_directory=True)  # under the working directory: that one
     assert notebook_utils._env_path("here") == Path(run_dir).resolve()
     assert notebook_utils._env_path("nowhere") == tmp_path / "repo" / "nowhere"  # recorded at the root
+    # the run-vs-run notebook's second run reads its variable the same way (it opened the path as given)
+    monkeypatch.setenv("DSV3_NOTEBOOK_COMPARE_RUN", "runs/r1")
+    assert Path(notebook_utils.env_run("DSV3_NOTEBOOK_COMPARE_RUN").path) == Path(run_dir).resolve()
+    monkeypatch.setenv("DSV3_NOTEBOOK_COMPARE_RUN", "")
+    assert notebook_utils.env_run("DSV3_NOTEBOOK_COMPARE_RUN") is None
+    source = json.loads((REPO / "analyses" / "notebooks" / "run_vs_run.ipynb").read_text())
+    assert 'env_run("DSV3_NOTEBOOK_COMPARE_RUN")' in "".join("".join(c["source"]) for c in source["cells"])
 
 
 def test_compare_run_refuses_a_run_without_routing_before_recording(tmp_path, monkeypatch):
