@@ -27,6 +27,8 @@ The DeepSeek-V3 recipe at small scale:
       g): U bias-only updates with the weights frozen, each on loads pooled over P fresh training
       batches, the step decaying linearly from g to 0 (DeepSeek-V3 froze the bias for its last 500B
       tokens; a 700-step run instead ends with the bias wherever its last +-gamma jitter left it).
+      run.json's `bias_settle.maxvio_pooled` holds per gate U + 1 MaxVio values over pooled loads:
+      before each update, then after the last one on P more fresh batches.
   switch: no bias updates; w * E * sum_i f_i P_i over the batch (`--switch-weight`) with
       f_i = #assignments to i / (K T) and P_i = mean_t s'_i,t (1.0 at perfect balance; the same
       quantity as Wang et al. 2024, Eq. 2, with their f_i = E x ours).

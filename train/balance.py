@@ -102,30 +102,36 @@ def max_violation(load: torch.Tensor) -> float:
     return float((load.max() - mean) / mean) if mean > 0 else float("nan")
 
 
+def _pooled_loads(raw: Transformer, tap: RoutingTap, get_batch, first: int, pooled: int, all_reduce) -> torch.Tensor:
+    """Each gate's expert loads [G, E] over batches first .. first + pooled - 1, summed over ranks."""
+    E, use_mtp = raw.args.n_routed_experts, len(raw.mtp) > 0
+    loads = torch.zeros(len(tap.gates), E, device=raw.embed.weight.device)
+    for i in range(first, first + pooled):
+        x = get_batch(i)
+        tap.clear()
+        with raw.hooks(tap.hooks()):
+            raw(x[:, :-1], mtp=use_mtp)
+        for gi, g in enumerate(tap.gates):
+            if g.label in tap.ids:
+                loads[gi] += expert_counts(tap.ids[g.label], E)
+    return all_reduce(loads)
+
+
 @torch.no_grad()
 def settle_biases(raw: Transformer, tap: RoutingTap, gate_mods: dict, get_batch, updates: int, pooled: int,
                   speed: float, all_reduce) -> dict[str, list[float]]:
     """Bias-only updates with the weights frozen: `updates` times, count each gate's loads over
     `pooled` batches (`get_batch(i)` -> windows [B, S+1], i = 0, 1, ...; loads summed over ranks by
     `all_reduce`) and move the bias by -gamma_u * sign(load - mean), gamma_u = speed * (1 - u/updates).
-    Returns per gate the MaxVio of the pooled loads before each update (the first is where training
-    left the bias, the last where it settled)."""
-    E = raw.args.n_routed_experts
+    Then pool `pooled` more fresh batches to measure where the bias settled. Returns per gate
+    `updates` + 1 MaxVio values of the pooled loads: before each update (the first is where training
+    left the bias), then after the last update (where it settled)."""
     labels = [g.label for g in tap.gates]
-    use_mtp = len(raw.mtp) > 0
     history: dict[str, list[float]] = {label: [] for label in labels}
-    for u in range(updates):
-        loads = torch.zeros(len(labels), E, device=raw.embed.weight.device)
-        for j in range(pooled):
-            x = get_batch(u * pooled + j)
-            tap.clear()
-            with raw.hooks(tap.hooks()):
-                raw(x[:, :-1], mtp=use_mtp)
-            for gi, label in enumerate(labels):
-                if label in tap.ids:
-                    loads[gi] += expert_counts(tap.ids[label], E)
-        loads = all_reduce(loads)
+    for u in range(updates + 1):
+        loads = _pooled_loads(raw, tap, get_batch, u * pooled, pooled, all_reduce)
         for gi, label in enumerate(labels):
             history[label].append(max_violation(loads[gi]))
-            update_bias(gate_mods[label].bias, loads[gi], speed * (1 - u / updates))
+            if u < updates:
+                update_bias(gate_mods[label].bias, loads[gi], speed * (1 - u / updates))
     return history

@@ -318,7 +318,7 @@ class _Run:
                                     "speed": ns.settle_speed, "seconds": time.perf_counter() - t0,
                                     "maxvio_pooled": history}
         if dist.main:
-            print("bias settled (weights frozen): MaxVio over pooled batches " + " ".join(
+            print("bias settled (weights frozen): MaxVio over pooled batches, before -> after settling " + " ".join(
                 f"{g}={h[0]:.2f}->{h[-1]:.2f}" for g, h in history.items()))
 
     def _finish(self) -> dict:

@@ -73,7 +73,7 @@ def test_settle_biases_balances_a_lopsided_router_and_touches_nothing_else():
 
     history = settle_biases(m, RoutingTap(gates), mods, batch, updates=40, pooled=2, speed=0.05,
                             all_reduce=lambda t: t)
-    assert set(history) == {g.label for g in gates} and all(len(h) == 40 for h in history.values())
+    assert set(history) == {g.label for g in gates} and all(len(h) == 41 for h in history.values())
     for label, h in history.items():
         assert h[0] > 2.0, (label, h[0])  # lopsided to begin with
         assert max(h[-5:]) < 0.25 * h[0], (label, h)
@@ -107,11 +107,44 @@ def test_settle_biases_pool_fresh_batches_and_follow_the_loads_summed_over_ranks
     other = torch.arange(16.0)  # the loads all ranks together count: expert 15 the busiest, 0 the idlest
     history = settle_biases(m, RoutingTap(gates), mods, batch, updates=2, pooled=3, speed=0.02,
                             all_reduce=lambda t: t * 0 + other)
-    assert drawn == list(range(6))  # each update pools 3 batches of its own
+    assert drawn == list(range(9))  # each update pools 3 batches of its own, and so does the last measure
     for label, mod in mods.items():
         # two updates, steps 0.02 and 0.01, each against sign(load - mean) of the summed loads
         torch.testing.assert_close(mod.bias, -0.03 * torch.sign(other - 7.5), rtol=0, atol=1e-7)
-        assert history[label] == pytest.approx([(15 - 7.5) / 7.5] * 2)
+        assert history[label] == pytest.approx([(15 - 7.5) / 7.5] * 3)
+
+
+def test_settle_biases_reports_the_maxvio_after_the_last_update():
+    """The history ended with the MaxVio before the last update, so one update reported no change
+    although the bias had moved (a review): its last value is measured after the last update."""
+    args = ModelArgs.from_name("tiny")
+    torch.manual_seed(0)
+    m = Transformer(args, dtype=torch.float32)
+    m.reset_parameters()
+    gates = moe_gates(m)
+    mods = {g.label: m.get_submodule(g.prefix) for g in gates}
+    with torch.no_grad():
+        for mod in mods.values():
+            mod.bias[:2] = 0.5  # experts 0 and 1 win nearly every token
+
+    def batch(i: int) -> torch.Tensor:
+        return torch.randint(0, args.vocab_size, (4, 33), generator=torch.Generator().manual_seed(i))
+
+    history = settle_biases(m, RoutingTap(gates), mods, batch, updates=1, pooled=2, speed=0.6,
+                            all_reduce=lambda t: t)
+    tap = RoutingTap(gates)  # the loads after the update, by hand, on the next two fresh batches
+    loads = {g.label: torch.zeros(args.n_routed_experts) for g in gates}
+    with torch.no_grad():
+        for i in (2, 3):
+            with m.hooks(tap.hooks()):
+                m(batch(i)[:, :-1], mtp=len(m.mtp) > 0)
+            for label, ids in tap.ids.items():
+                loads[label] += torch.bincount(ids.flatten(), minlength=args.n_routed_experts).float()
+    for label, h in history.items():
+        assert len(h) == 2, (label, h)
+        assert h[-1] == pytest.approx(max_violation(loads[label])), label
+        assert h[-1] < 0.5 * h[0], (label, h)
+
 
 def test_balance_losses_on_hand_computed_cases():
     E, K, S = 4, 2, 3

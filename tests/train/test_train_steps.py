@@ -171,6 +171,8 @@ def test_the_bias_settling_draws_fresh_batches_after_the_last_training_step(tmp_
 
     r.data.batches.get = recording
     r._settle()
-    # training drew steps 0-9; each of the 2 x 3 settle forward passes its own batch, none of those
-    assert len(set(drawn)) == 6 and min(drawn) >= 10
+    # training drew steps 0-9; each of the (2 + 1) x 3 settle forward passes (2 updates, then the
+    # MaxVio after the last) its own batch, none of those
+    assert len(set(drawn)) == 9 and min(drawn) >= 10
     assert r.info["bias_settle"]["updates"] == 2 and set(r.info["bias_settle"]["maxvio_pooled"]) == set(r.gate_mods)
+    assert all(len(h) == 3 for h in r.info["bias_settle"]["maxvio_pooled"].values())
