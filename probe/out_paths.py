@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from pathlib import Path
 
 from .errors import RecordError
@@ -16,7 +17,9 @@ def check_out_parent(out: Path, flag: str = "--out", file: bool = False,
                      error: type[Exception] = RecordError) -> None:
     """A one-line `error` when `out` (a directory to create, or with `file` a file to write) could
     not be written: it is a directory where a file should go, or its nearest existing ancestor is a
-    file or a directory this process cannot write; with `file`, also when it would replace a run's
+    file or a directory where this process cannot create an entry (tried for real: os.access says yes
+    to root on procfs, a read-only bind mount or a root-squashed NFS share, and the write then failed
+    after the work was done, a review); with `file`, also when it would replace a run's
     run.json or a checkpoint's file, or land in one of a run's table folders (a plan written over
     run.json lost the run's metadata, found by a review). A new file directly in a run directory (a
     plan, a report) is fine."""
@@ -29,8 +32,17 @@ def check_out_parent(out: Path, flag: str = "--out", file: bool = False,
         parent = parent.parent
     if not parent.is_dir():
         raise error(f"{flag} {out}: {parent} is a file, not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise error(f"{flag} {out}: directory {parent} is not writable")
+    _check_writable(parent, f"{flag} {out}", error)
+
+
+def _check_writable(folder: Path, what: str, error: type[Exception]) -> None:
+    """Really create (and remove) an entry in `folder`: the only test root cannot pass by privilege."""
+    try:
+        made = tempfile.mkdtemp(dir=folder, prefix=".dsv3-write-check-")
+    except OSError as e:
+        raise error(f"{what}: directory {folder} is not writable ({e.strerror or e})") from None
+    with contextlib.suppress(OSError):  # it could be made: the folder takes entries
+        os.rmdir(made)
 
 
 def _refuse_inside_a_run(out: Path, flag: str, error: type[Exception]) -> None:
@@ -86,8 +98,8 @@ def check_replaceable(out: Path, marker: str, what: str, flag: str = "--out",
 @contextlib.contextmanager
 def os_refusal(message: str, error: type[Exception] = RecordError):
     """Within the block, an OSError becomes one line: `error(f"{message} ({reason})")`. For the
-    writes no up-front check (check_out_parent) can foresee, e.g. a filesystem that refuses new
-    entries: `with os_refusal(f"--out {out}: cannot create the run there"): out.mkdir()`."""
+    writes no up-front check (check_out_parent) can foresee, e.g. a disk that fills or a folder
+    made read-only after the check: `with os_refusal(f"--out {out}: cannot create the run there"): out.mkdir()`."""
     try:
         yield
     except OSError as e:

@@ -15,7 +15,8 @@ import torch
 import probe
 from analyses.ablate import AblateOptions, Ablation, RouterShape, ablate, ablated, check_routable, evaluate
 from analyses.ablate.__main__ import main
-from helpers.cli_errors import assert_one_line_error, assert_out_under_a_file_is_refused
+from helpers.cli_errors import (assert_one_line_error, assert_out_under_a_file_is_refused, unwritable_msg,
+                                  unwritable_out)
 from probe.corpus import Window
 from probe.recorders import Batch
 
@@ -253,6 +254,11 @@ def test_cli_bad_inputs_are_one_line_errors(probe_env, tmp_path, capsys, extra, 
 
 def test_an_out_under_a_file_is_refused_before_the_model_loads(probe_env, tmp_path, capsys):
     assert_out_under_a_file_is_refused(main, lambda out, *a: _cli(probe_env, out, *a), tmp_path, capsys, "--top", "1")
+
+
+def test_an_out_the_os_refuses_is_refused_before_the_model_loads(probe_env, capsys, monkeypatch):
+    out = unwritable_out(monkeypatch)  # os.access says yes; found only when the table was written (a review)
+    assert_one_line_error(main(_cli(probe_env, out, "--top", "1")), capsys, unwritable_msg("--out", out))
 
 
 def test_cli_empty_run_and_empty_corpus(probe_env, tmp_path, capsys):

@@ -13,6 +13,7 @@ import torch
 
 import probe
 from helpers.analysis_runs import small_run
+from helpers.cli_errors import unwritable_msg, unwritable_out
 from analyses.report import __main__ as report
 from analyses.report import ablation_sweep, masked_counts
 from analyses.report.render import SECTIONS
@@ -169,10 +170,10 @@ def test_errors_for_missing_and_empty_runs(tmp_path, capsys):
     assert "--max-tokens" in _err([str(tmp_path / "empty"), "--max-tokens", "0"], capsys)
 
 
-def test_outputs_that_cannot_be_written_are_refused_first(tmp_path, capsys):
+def test_outputs_that_cannot_be_written_are_refused_first(tmp_path, capsys, monkeypatch):
     """--out or --findings where no file can go is a one-line error before any section is computed
-    (ablations can take minutes); one the OS refuses only at the write (procfs takes no new entries,
-    even from root) is a one-line error naming the flag, not a bare OSError."""
+    (ablations can take minutes), also where os.access says yes but the OS refuses new entries
+    (procfs, for root: found only at the write, a review)."""
     import shutil
 
     from helpers.synthetic_run import write_run
@@ -186,8 +187,8 @@ def test_outputs_that_cannot_be_written_are_refused_first(tmp_path, capsys):
     assert f"--out {tmp_path / 'afile' / 'r.html'}: {tmp_path / 'afile'} is a file, not a directory" in err
     assert "is a directory, not a file" in _err([str(run), "--findings", str(tmp_path), *fast], capsys)
     assert time.perf_counter() - t < 5
-    assert "--out /proc/dsv3-report.html: cannot write it there" in _err(
-        [str(run), "--out", "/proc/dsv3-report.html", *fast], capsys)
+    html = unwritable_out(monkeypatch, "dsv3-report.html")
+    assert unwritable_msg("--out", html) in _err([str(run), "--out", str(html), *fast], capsys)
     # a --compare that is not a run: said first, not after the ablations wrote into the run
     err = _err([str(run), "--compare", str(tmp_path / "nope"), "--importance-tokens", "0", "--no-progress"], capsys)
     assert err.startswith(f"error: {tmp_path / 'nope'}: no such run directory") and not (run / "ablations").exists()

@@ -17,7 +17,8 @@ from generate import generate
 from probe.corpus import Window
 from probe.recorders import Batch, token_nll
 
-from helpers.cli_errors import assert_one_line_error, assert_out_under_a_file_is_refused
+from helpers.cli_errors import (assert_one_line_error, assert_out_under_a_file_is_refused, unwritable_msg,
+                                  unwritable_out)
 
 torch.set_num_threads(1)
 G2 = "layers.2.ffn.gate."
@@ -293,6 +294,11 @@ def test_cli_bad_inputs_are_one_line_errors(probe_env, tmp_path, capsys, extra, 
 
 def test_an_out_under_a_file_is_refused_before_the_model_loads(probe_env, tmp_path, capsys):
     assert_out_under_a_file_is_refused(main, lambda out, *a: _cli(probe_env, out, *a), tmp_path, capsys, "--experts", "1:2")
+
+
+def test_an_out_the_os_refuses_is_refused_before_the_model_loads(probe_env, capsys, monkeypatch):
+    out = unwritable_out(monkeypatch)  # os.access says yes; found only when the table was written (a review)
+    assert_one_line_error(main(_cli(probe_env, out, "--experts", "1:2")), capsys, unwritable_msg("--out", out))
 
 
 def test_cli_missing_run(tmp_path, capsys):

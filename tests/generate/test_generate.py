@@ -21,6 +21,7 @@ from generate import (ASSISTANT, USER, GenerateError, SamplingParams, generate, 
 from generate.__main__ import Streamer, main
 
 from helpers import random_model
+from helpers.cli_errors import unwritable_msg, unwritable_out
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -446,6 +447,14 @@ def test_cli_errors(demo_dir, tmp_path, capsys):
         code, out, err = run_cli(capsys, *argv, "--no-chat-template")
         assert code == 2, argv
         assert err.startswith("error: ") and msg in err and err.count("\n") == 1, err
+
+
+def test_an_output_the_os_refuses_is_refused_before_the_model_loads(demo_dir, capsys, monkeypatch):
+    """--output where os.access says yes but the OS refuses new entries (procfs, for root) failed only
+    after generating (a review): one line naming --output, before the model loads."""
+    out = unwritable_out(monkeypatch, "dsv3-generate.jsonl")
+    code, _, err = run_cli(capsys, "--ckpt", demo_dir, "--prompt", "a", "--output", out, "--no-chat-template")
+    assert code == 2 and err.startswith(f"error: {unwritable_msg('--output', out)}") and err.count("\n") == 1, err
 
 
 def test_a_bad_kernel_setting_is_one_line(tmp_path, capsys, monkeypatch):

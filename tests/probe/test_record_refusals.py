@@ -14,6 +14,7 @@ import probe
 from probe.record import RecordError, RecordOptions, record
 from probe.writer import RunError
 
+from helpers.cli_errors import unwritable_msg, unwritable_out
 from helpers.records import rec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -92,10 +93,19 @@ def test_bad_inputs_give_one_line_errors_and_write_nothing(probe_env, tmp_path, 
                           "empty.txt: corpus has no text")
     assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", corpus, "--out", str(out), "--world-size", "2",
                               capsys=capsys), "use them with --dry-run")
-    # a directory the OS refuses only when the run is created (procfs takes no new entries, even from root)
-    assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", corpus, "--out", "/proc/dsv3-probe-run",
-                              "--max-tokens", "128", capsys=capsys), "--out /proc/dsv3-probe-run: cannot create the run")
     assert not out.exists()
+
+
+def test_an_out_the_os_refuses_is_refused_before_the_model_loads(probe_env, tmp_path, capsys, monkeypatch):
+    """An --out os.access calls writable (procfs, for root) where nothing can be created was refused
+    only after the model loaded and the corpus was counted (a review). --dry-run tries the same write
+    and leaves nothing behind."""
+    ck, corpus, out = str(probe_env["ckpt"]), str(probe_env["corpus"]), unwritable_out(monkeypatch)
+    assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", corpus, "--out", str(out), "--max-tokens", "128",
+                              capsys=capsys), unwritable_msg("--out", out))
+    p = cli("record", "--ckpt", ck, "--corpus", corpus, "--out", str(tmp_path / "run"), "--max-tokens", "128",
+            "--dry-run", capsys=capsys)
+    assert p.returncode == 0 and list(tmp_path.iterdir()) == [], p.stderr
 
 
 def test_vocab_mismatch_is_refused(probe_env, tmp_path):

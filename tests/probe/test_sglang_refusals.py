@@ -13,6 +13,7 @@ import torch
 
 import probe
 from helpers import sglang_dumps as sg
+from helpers.cli_errors import unwritable_msg, unwritable_out
 from probe.sglang import SGLangError, import_sglang
 
 
@@ -30,7 +31,7 @@ def test_a_pickled_object_is_refused_never_run(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
-def test_bad_dumps_are_one_line_errors_naming_the_file(world, tmp_path, capsys):
+def test_bad_dumps_are_one_line_errors_naming_the_file(world, tmp_path, capsys, monkeypatch):
     from probe.__main__ import main
 
     (tmp_path / "text.pt").write_text("not a torch file")
@@ -70,10 +71,12 @@ def test_bad_dumps_are_one_line_errors_naming_the_file(world, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "is outside --config" in err and "n_routed_experts=8" in err
     assert not (tmp_path / "run").exists()
-    # an --out where no run can go: under a file, or where the OS refuses new entries (procfs, even for root)
+    # an --out where no run can go: under a file, or where the OS refuses new entries though os.access
+    # says yes (procfs, for root)
     (tmp_path / "afile").write_text("x")
+    proc = unwritable_out(monkeypatch, "dsv3-sglang-run")
     for out, msg in ((tmp_path / "afile" / "run", "afile is a file, not a directory"),
-                     (Path("/proc/dsv3-sglang-run"), "--out /proc/dsv3-sglang-run: cannot create the run there")):
+                     (proc, unwritable_msg("--out", proc))):
         code = main(["import", "sglang", str(world["stat"]), "--config", str(world["config"]), "--out", str(out)])
         err = capsys.readouterr().err.strip()
         assert code == 2 and err.startswith("error: ") and "\n" not in err and msg in err, err

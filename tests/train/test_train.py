@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from train import (RoutingTap, TrainError, max_violation, moe_gates, parse_args,
                    settle_biases, switch_balance_loss, update_bias)
 from train.__main__ import main as train_main
 
+from helpers.cli_errors import unwritable_msg, unwritable_out
 from helpers.training import WORDS, flags
 
 
@@ -289,7 +291,7 @@ def test_balance_none_keeps_bias_zero_and_switch_adds_loss(corpus, tmp_path):
 
 
 # --------------------------------------------------------------------------------------- bad input
-def test_bad_input_errors(corpus, tmp_path, capsys):
+def test_bad_input_errors(corpus, tmp_path, capsys, monkeypatch):
     with pytest.raises(TrainError, match="corpus too small for one batch"):
         run(parse_args(flags(corpus, tmp_path / "x", "--batch-size", "5000", "--steps", "1")))
     with pytest.raises(ConfigError, match="n_routed_experts=15 must be a positive multiple of n_expert_groups=4"):
@@ -359,8 +361,9 @@ def test_bad_input_errors(corpus, tmp_path, capsys):
     # --token-cache naming a file was a FileExistsError traceback after the corpus was tokenised (a review)
     with pytest.raises(TrainError, match=r"--token-cache .*afile: .*afile is a file, not a directory"):
         run(parse_args(flags(corpus, tmp_path / "tc", "--token-cache", str(tmp_path / "afile"))))
-    with pytest.raises(TrainError, match=r"--out /proc/dsv3-train-run: cannot create the run there"):
-        run(parse_args(flags(corpus, Path("/proc/dsv3-train-run"))))
+    proc = unwritable_out(monkeypatch, "dsv3-train-run")  # os.access says yes; the OS refuses new entries
+    with pytest.raises(TrainError, match=re.escape(unwritable_msg("--out", proc))):
+        run(parse_args(flags(corpus, proc)))
     with pytest.raises(TrainError, match=r"nowhere/train.jsonl: not found \(build the corpus with"):
         run(parse_args(flags(corpus, tmp_path / "x") + ["--corpus", str(tmp_path / "nowhere")]))
     (tmp_path / "bad").mkdir()
