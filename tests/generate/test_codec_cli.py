@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from generate import ASSISTANT, BOS_TEXT, USER, GenerateError, load_codec, read_prompts
-from generate.__main__ import main
+from helpers.generate_cli import run_cli
 
 
 def tokenizer_dir(demo_dir: Path, tmp_path: Path, name: str, **cfg) -> Path:
@@ -26,16 +26,6 @@ def tokenizer_dir(demo_dir: Path, tmp_path: Path, name: str, **cfg) -> Path:
     new = {k: v for k, v in (old | cfg).items() if v is not None}
     (d / "tokenizer_config.json").write_text(json.dumps(new))
     return d
-
-
-def run_cli(capsys, *argv):
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # ------------------------------------------------------------------------------------ the codec

@@ -18,9 +18,10 @@ import torch
 
 from generate import (ASSISTANT, USER, GenerateError, SamplingParams, generate, verify_drafts,
                       load_codec, read_prompts)
-from generate.__main__ import Streamer, main
+from generate.__main__ import Streamer
 
 from helpers import random_model
+from helpers.generate_cli import run_cli
 from helpers.cli_errors import unwritable_msg, unwritable_out
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -345,16 +346,6 @@ def test_read_prompts(tmp_path):
     assert read_prompts(f) == ["first", "second"]
     j.write_bytes(b"\xef\xbb\xbf" + json.dumps({"prompt": "a"}).encode() + b"\n")
     assert read_prompts(j) == ["a"]
-
-
-def run_cli(capsys, *argv):
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_cli_batch_file_jsonl_output(demo_dir, tmp_path, capsys):

@@ -58,7 +58,9 @@ def test_update_bias_sign_and_direction():
     assert max(max_violation(v) for v in late) < 0.3 * max_violation(loads[0])
 
 
-def test_settle_biases_balances_a_lopsided_router_and_touches_nothing_else():
+def _lopsided_tiny():
+    """(args, model, gates, {label: gate module}, batch(i) -> windows [4, 33]) of the tiny model with
+    experts 0 and 1 biased to win nearly every token."""
     args = ModelArgs.from_name("tiny")
     torch.manual_seed(0)
     m = Transformer(args, dtype=torch.float32)
@@ -67,11 +69,17 @@ def test_settle_biases_balances_a_lopsided_router_and_touches_nothing_else():
     mods = {g.label: m.get_submodule(g.prefix) for g in gates}
     with torch.no_grad():
         for mod in mods.values():
-            mod.bias[:2] = 0.5  # experts 0 and 1 win nearly every token
-    before = {k: v.clone() for k, v in m.state_dict().items()}
+            mod.bias[:2] = 0.5
 
     def batch(i: int) -> torch.Tensor:
         return torch.randint(0, args.vocab_size, (4, 33), generator=torch.Generator().manual_seed(i))
+
+    return args, m, gates, mods, batch
+
+
+def test_settle_biases_balances_a_lopsided_router_and_touches_nothing_else():
+    args, m, gates, mods, batch = _lopsided_tiny()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
 
     history = settle_biases(m, RoutingTap(gates), mods, batch, updates=40, pooled=2, speed=0.05,
                             all_reduce=lambda t: t)
@@ -119,18 +127,7 @@ def test_settle_biases_pool_fresh_batches_and_follow_the_loads_summed_over_ranks
 def test_settle_biases_reports_the_maxvio_after_the_last_update():
     """The history ended with the MaxVio before the last update, so one update reported no change
     although the bias had moved (a review): its last value is measured after the last update."""
-    args = ModelArgs.from_name("tiny")
-    torch.manual_seed(0)
-    m = Transformer(args, dtype=torch.float32)
-    m.reset_parameters()
-    gates = moe_gates(m)
-    mods = {g.label: m.get_submodule(g.prefix) for g in gates}
-    with torch.no_grad():
-        for mod in mods.values():
-            mod.bias[:2] = 0.5  # experts 0 and 1 win nearly every token
-
-    def batch(i: int) -> torch.Tensor:
-        return torch.randint(0, args.vocab_size, (4, 33), generator=torch.Generator().manual_seed(i))
+    args, m, gates, mods, batch = _lopsided_tiny()
 
     history = settle_biases(m, RoutingTap(gates), mods, batch, updates=1, pooled=2, speed=0.6,
                             all_reduce=lambda t: t)
