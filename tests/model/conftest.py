@@ -1,5 +1,5 @@
 """Checkpoints the model tests share (per test module): the tiny model as one file and sharded, and
-an FP8 checkpoint with partial blocks. `tiny` is tests/conftest.py's."""
+an FP8 checkpoint with partial blocks; a fresh model.gemm choice (`fresh`). `tiny` is tests/conftest.py's."""
 
 from __future__ import annotations
 
@@ -45,3 +45,18 @@ def fp8_dir(fp8_model, tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("fp8_ckpt")
     model.save(fp8_model, d, fp8=True)
     return d
+
+
+@pytest.fixture
+def fresh(monkeypatch, tmp_path):
+    """model.gemm with no forcing, an empty cache directory and no choice made yet in this process
+    (tests/model/test_gemm.py, test_gemm_choice.py); the cache file's path."""
+    from model import gemm, layers
+
+    monkeypatch.setattr(layers, "ONEDNN_LINEAR", None)
+    monkeypatch.delenv("DSV3_ONEDNN", raising=False)
+    monkeypatch.delenv("DSV3_GEMM_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    gemm.reset()
+    yield tmp_path / "cache" / "dsv3-probe" / "gemm.json"
+    gemm.reset()

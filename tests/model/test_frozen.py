@@ -199,3 +199,75 @@ def test_weights_made_in_inference_mode_run_unpacked_not_fail(packs):
         with model.frozen_weights(m):
             assert torch.equal(m(tokens), plain)
     assert not packs
+
+
+def stacked_experts(e: int = 3, inter: int = 8, dim: int = 16) -> torch.nn.Module:
+    """A module holding routed experts' stacked weights w1, w3 [E, I, D] and w2 [E, D, I]."""
+    g = torch.Generator().manual_seed(0)
+    m = torch.nn.Module()
+    m.w1, m.w3 = (torch.nn.Parameter(torch.randn(e, inter, dim, generator=g)) for _ in range(2))
+    m.w2 = torch.nn.Parameter(torch.randn(e, dim, inter, generator=g))
+    return m
+
+
+@torch.no_grad()
+def test_a_fused_step_on_one_of_the_experts_weights_remakes_the_layers_copies():
+    # the optimiser holds w2 alone (fine-tuning the down projections): the layer's copies hold w2 too
+    m = stacked_experts()
+    x = torch.randn(4, 8)
+    with model.frozen_weights(m):
+        before = frozen.packed_experts(m.w1, m.w2, m.w3)
+        m.w2.grad = torch.ones_like(m.w2)
+        torch.optim.SGD([m.w2], lr=0.5, fused=True).step()
+        after = frozen.packed_experts(m.w1, m.w2, m.w3)
+        for e in range(3):
+            assert torch.equal(gemm.onednn_linear(x, after[e][1]), gemm.onednn_linear(x, m.w2[e].clone()))
+    assert after is not before
+
+
+def test_a_handle_released_twice_releases_its_own_hold_only():
+    m = torch.nn.Linear(8, 4, bias=False)
+    with model.frozen_weights(m):
+        inner = model.frozen_weights(m)
+        inner.release()
+        inner.release()  # harmless: the outer scope still holds the module
+        assert frozen.is_frozen(m)
+    assert not frozen.is_frozen(m)
+
+
+@torch.no_grad()
+def test_weights_outside_the_frozen_module_are_not_packed_with_it():
+    # a copy keyed by a tensor whose storage the scope does not hold could be served for another
+    # tensor given that address later
+    m = stacked_experts()
+    loose = torch.randn_like(m.w2)
+    with model.frozen_weights(m):
+        assert frozen.packed_experts(m.w1, loose, m.w3) is None
+        assert frozen.packed_experts(m.w1, m.w2, m.w3) is not None  # the control
+
+
+@torch.no_grad()
+def test_each_view_of_a_weight_gets_its_own_copy(packs):
+    # experts' slices of one parameter (same shape and strides, other offsets), a square weight's
+    # transpose (same offset and shape, other strides) and its first rows (same offset and strides,
+    # another shape) are other matrices
+    m = stacked_experts(e=2, inter=16, dim=16)
+    x = torch.randn(4, 16)
+    with model.frozen_weights(m):
+        for w in (m.w1[0], m.w1[1], m.w1[1].t(), m.w1[1][:8]):
+            assert torch.equal(gemm.onednn_linear(x, w), gemm.onednn_linear(x, w.clone()))
+    assert packs == [(16, 16)] * 3 + [(8, 16)]
+
+
+@torch.no_grad()
+def test_a_stale_copy_is_freed_before_its_remake(monkeypatch):
+    # the remake of an edited weight does not hold both copies at once (peak memory: twice the weights)
+    m = torch.nn.Linear(128, 64, bias=False)
+    held = []
+    real = frozen.pack
+    monkeypatch.setattr(frozen, "pack", lambda w: held.append(frozen.packed_bytes()) or real(w))
+    with model.frozen_weights(m):
+        frozen.packed(m.weight)
+        m.weight.mul_(2)
+        frozen.packed(m.weight)
+    assert held == [0, 0]

@@ -163,18 +163,7 @@ def onednn_expert_loop(ex, x, w, ids) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------ the choice, by measurement
-@pytest.fixture
-def fresh(monkeypatch, tmp_path):
-    """No forcing, an empty cache directory, no choice made yet in this process."""
-    monkeypatch.setattr(layers, "ONEDNN_LINEAR", None)
-    monkeypatch.delenv("DSV3_ONEDNN", raising=False)
-    monkeypatch.delenv("DSV3_GEMM_CACHE", raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    gemm.reset()
-    yield tmp_path / "cache" / "dsv3-probe" / "gemm.json"
-    gemm.reset()
-
-
+# `fresh` (no forcing, an empty cache, no choice made yet): tests/model/conftest.py
 @needs_onednn
 @pytest.mark.parametrize("faster", ["onednn", "linear"])
 def test_the_faster_path_is_kept_cached_and_used(fresh, monkeypatch, faster):
