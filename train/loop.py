@@ -71,21 +71,29 @@ class _Run:
         where = resume_dir(ns)
         saved = load_state(where, args) if where is not None else None
         self.data = self._data(tok)
-        torch.manual_seed(ns.seed)
-        self.raw = Transformer(args, dtype=torch.float32, device=dist.device).train()
-        self.opt = make_optimizer(self.raw, ns)
+        self._build(args)
         if saved is not None:
             self._restore(saved, where)
-        self.model = self._wrap(self.raw)
-        self.gates = moe_gates(self.raw)
-        self.tap = RoutingTap(self.gates)
-        self.gate_mods = {g.label: self.raw.get_submodule(g.prefix) for g in self.gates}
+        self._attach()
         domains = self.data.batches.all_domains
         self.log = TrainLog(ns.out, self.gates, domains, args.n_routed_experts,
                             self.step if saved is not None else None) if dist.main else None
         self.info = self._info(args, domains)
         self.flush("running")
         return self._loop()
+
+    def _build(self, args) -> None:
+        """The model, seeded, and its optimizer."""
+        torch.manual_seed(self.ns.seed)
+        self.raw = Transformer(args, dtype=torch.float32, device=self.dist.device).train()
+        self.opt = make_optimizer(self.raw, self.ns)
+
+    def _attach(self) -> None:
+        """The model as the steps call it (DDP over several ranks) and the routing taps on its gates."""
+        self.model = self._wrap(self.raw)
+        self.gates = moe_gates(self.raw)
+        self.tap = RoutingTap(self.gates)
+        self.gate_mods = {g.label: self.raw.get_submodule(g.prefix) for g in self.gates}
 
     def _default_cache(self) -> Path | None:
         """CORPUS/token_cache, or no cache where that cannot be written (a read-only corpus): saving

@@ -55,22 +55,14 @@ def step_run(out: Path, streams: dict, *extra: str, seed: int = 0):
     but on the token `streams` given (domain -> int array), with --seq-len 8 and --batch-size 2: for
     unit tests of `_train_step`, `_restore` and `_settle` without a corpus, a tokenizer or a run
     directory."""
-    import torch
-
-    from model import Transformer
     from train import loop, parse_args
-    from train.balance import RoutingTap, moe_gates
     from train.data import Batches
-    from train.steps import Dist, make_optimizer, model_args
+    from train.steps import Dist, model_args
 
     ns = parse_args(["--config", "tiny", "--out", str(out), "--seq-len", "8", "--batch-size", "2", "--lr", "1e-3",
                      "--warmup-steps", "2", "--steps", "10", "--seed", str(seed), "--no-progress", *extra])
     r = loop._Run(ns, Dist("cpu"))
-    torch.manual_seed(seed)
-    r.raw = Transformer(model_args(ns, 512), dtype=torch.float32).train()
-    r.opt = make_optimizer(r.raw, ns)
-    r.model, r.gates = r.raw, moe_gates(r.raw)
-    r.tap = RoutingTap(r.gates)
-    r.gate_mods = {g.label: r.raw.get_submodule(g.prefix) for g in r.gates}
+    r._build(model_args(ns, 512))
+    r._attach()
     r.data = loop._Data(Batches(streams, ns.seq_len, ns.batch_size, ns.mix_alpha, ns.seed), {}, {}, {})
     return r
