@@ -109,8 +109,10 @@ def main(argv: list[str] | None = None) -> int:
             check_comparable(run, Path(ns.compare))
         for note in run_notes(run, ns):
             print(f"note: {note}", file=sys.stderr)
-        if not ns.skip_ablation:  # the model sections' checkpoint and corpus (after run_notes: an import skips them)
-            run_inputs(run.info, str(run_dir), ns.ckpt, ns.corpus, ReportError)
+        if not ns.skip_ablation:  # the model sections' checkpoint and corpus (after run_notes: an import skips them),
+            # checked once here and handed to every ablation, importance and steering job, which then
+            # read the checkpoint's weights sample no more
+            ns.ckpt, ns.corpus = run_inputs(run.info, str(run_dir), ns.ckpt, ns.corpus, ReportError)
         html, findings = Path(ns.out) if ns.out else run_dir / "report.html", ns.findings and Path(ns.findings)
         for flag, value in (("--out", ns.out), ("--findings", ns.findings)):  # `reports/` wrote a file named
             if value and value.endswith(("/", os.sep)):  # reports (a review)
