@@ -330,8 +330,10 @@ def _write_all(out: Path, files: dict[str, bytes]) -> None:
     """Write each file to NAME.tmp in `out`, then rename them all. A write that fails (a full disk, a
     folder in the way) or is interrupted removes the temporaries made and leaves the old files as they
     were; the failure is a CorpusError naming the file. It replaced train.jsonl, left the old val.jsonl
-    and manifest.json and a traceback (a review)."""
+    and manifest.json and a traceback (a review). A rename that fails part way puts back the files
+    already replaced, so a corpus is never half old, half new."""
     made: list[Path] = []
+    swapped: list[tuple[Path, Path | None]] = []  # (file, its old version set aside, or None)
     where = out
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -345,13 +347,38 @@ def _write_all(out: Path, files: dict[str, bytes]) -> None:
                 f.write(data)
         for tmp in made:
             where = tmp.with_suffix("")
+            swapped.append((where, _set_aside(where)))
             os.replace(tmp, where)
     except OSError as e:
+        _put_back(swapped)
         raise CorpusError(f"{where}: cannot write ({e.strerror or e})") from None
     finally:
         for tmp in made:  # those renamed are gone already
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
+    for _, old in swapped:
+        if old is not None:
+            with contextlib.suppress(OSError):
+                old.unlink()
+
+
+def _set_aside(path: Path) -> Path | None:
+    """Rename an existing `path` to PATH.old (for _put_back); None if there was none."""
+    if not path.exists():
+        return None
+    old = path.with_name(path.name + ".old")
+    os.replace(path, old)
+    return old
+
+
+def _put_back(swapped: list[tuple[Path, Path | None]]) -> None:
+    """Undo _write_all's renames: each old file back in its place, each new file with no old one removed."""
+    for path, old in reversed(swapped):
+        with contextlib.suppress(OSError):
+            if old is None:
+                path.unlink(missing_ok=True)
+            else:
+                os.replace(old, path)
 
 
 def write_corpus(out: Path, docs: list[Doc], *, seed: int, val_fraction: float, max_chars: int | None,

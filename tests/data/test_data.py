@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import io
+import os
 import json
 import random
 import re
@@ -242,6 +244,32 @@ def test_a_failed_write_leaves_the_old_corpus_whole(tmp_path, capsys):
     (out / "val.jsonl.tmp").rmdir()  # the control: the same build now replaces them
     bc.main([*args, "--math-chars", "40000"])
     assert (out / "train.jsonl").read_bytes() != before["train.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(files)
+
+
+def test_a_rename_that_fails_part_way_puts_the_old_corpus_back(tmp_path, capsys, monkeypatch):
+    # the second of three renames fails: train.jsonl, already replaced, must get its old text back
+    out, files = tmp_path / "o", ("train.jsonl", "val.jsonl", "manifest.json")
+    args = ["--domains", "math", "--out", str(out), "--offline", "--cache", str(tmp_path / "none")]
+    bc.main([*args, "--math-chars", "20000"])
+    before = {name: (out / name).read_bytes() for name in files}
+    real_replace = os.replace
+
+    def failing(src, dst):
+        if str(src).endswith("val.jsonl.tmp"):
+            raise OSError(errno.EIO, "Input/output error")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(bc.os, "replace", failing)
+    with pytest.raises(SystemExit) as e:
+        bc.main([*args, "--math-chars", "40000"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith(f"error: {out / 'val.jsonl'}: cannot write (Input/output error)")
+    assert {name: (out / name).read_bytes() for name in files} == before
+    assert sorted(p.name for p in out.iterdir()) == sorted(files)
+    monkeypatch.setattr(bc.os, "replace", real_replace)  # the control: the same build replaces all three
+    bc.main([*args, "--math-chars", "40000"])
+    assert all((out / name).read_bytes() != before[name] for name in ("train.jsonl", "manifest.json"))
     assert sorted(p.name for p in out.iterdir()) == sorted(files)
 
 
