@@ -486,13 +486,7 @@ def _plan(meta: Transformer, headers: dict) -> list[tuple[str, Target]]:
         if IGNORED.match(hf_name):
             continue
         if hf_name.endswith("_scale_inv"):
-            w = hf_name[: -len("_scale_inv")]
-            if w not in headers:
-                raise CheckpointError(f"{f}: scale {hf_name} has no weight {w}")
-            if headers[w][2] != torch.float8_e4m3fn:  # its scale would be dropped: weights off by 1/scale
-                raise CheckpointError(f"{headers[w][0]}: tensor {w} is {headers[w][2]} but has a block scale "
-                                      f"{hf_name}, which belongs to a float8_e4m3fn weight (cast from FP8 without "
-                                      "multiplying by its scales?)")
+            _check_scale_has_fp8_weight(hf_name, f, headers)
             continue
         target = hf_to_ours(hf_name, args)
         if target == "skip":  # an MTP layer's copy of the embedding or head: not loaded, but the same shape
@@ -501,34 +495,9 @@ def _plan(meta: Transformer, headers: dict) -> list[tuple[str, Target]]:
                 raise CheckpointError(f"{f}: tensor {hf_name} has shape {list(shape)}, expected "
                                       f"{list(expect[main].shape)} (the MTP layer's copy of {main})")
             continue
-        if target is None:
-            raise CheckpointError(f"{f}: unexpected tensor {hf_name} (not part of a {args.model_type} model "
-                                  f"with {args.n_layers} layers)")
-        want = expect[target.name].shape if target.name in expect else None
-        if want is None:
-            raise CheckpointError(f"{f}: tensor {hf_name} maps to {target.name}, which this config does not have")
-        if target.expert is not None:
-            if target.expert >= want[0]:
-                raise CheckpointError(f"{f}: tensor {hf_name}: expert {target.expert} out of range "
-                                      f"(n_routed_experts={want[0]})")
-            want = want[1:]
-        if tuple(shape) != tuple(want):
-            raise CheckpointError(f"{f}: tensor {hf_name} has shape {list(shape)}, expected {list(want)}")
+        _check_shape(hf_name, f, shape, target, expect, args)
         if dt == torch.float8_e4m3fn:
-            if len(shape) != 2:
-                raise CheckpointError(f"{f}: FP8 tensor {hf_name} has shape {list(shape)}; FP8 block "
-                                      "quantisation holds 2-D weights only")
-            if hf_name + "_scale_inv" not in headers:
-                raise CheckpointError(f"{f}: FP8 tensor {hf_name} has no {hf_name}_scale_inv")
-            s_file, s_shape, s_dt = headers[hf_name + "_scale_inv"]
-            if not (isinstance(s_dt, torch.dtype) and s_dt.is_floating_point):
-                raise CheckpointError(f"{s_file}: tensor {hf_name}_scale_inv has dtype {s_dt}; block scales "
-                                      "are floating point (float32)")
-            block = args.quant_block or (128, 128)
-            s_want = (-(-shape[0] // block[0]), -(-shape[1] // block[1]))
-            if tuple(s_shape) != s_want:
-                raise CheckpointError(f"{s_file}: tensor {hf_name}_scale_inv has shape {list(s_shape)}, expected "
-                                      f"{list(s_want)}")
+            _check_fp8_weight(hf_name, f, shape, headers, args.quant_block or (128, 128))
         elif not (dt.is_floating_point if isinstance(dt, torch.dtype) else False):
             raise CheckpointError(f"{f}: tensor {hf_name} has unsupported dtype {dt}")
         key = target.expert if target.expert is not None else -1
@@ -536,16 +505,59 @@ def _plan(meta: Transformer, headers: dict) -> list[tuple[str, Target]]:
             raise CheckpointError(f"{f}: tensor {hf_name} loaded twice")
         covered[target.name].add(key)
         plan.append((hf_name, target))
-    missing = []
-    by_ours = defaultdict(list)
-    for hf, ours, e, _ in ours_to_hf(meta):
-        by_ours[ours].append((hf, e))
-    for ours, entries in by_ours.items():
-        for hf, e in entries:
-            if (e if e is not None else -1) not in covered[ours]:
-                missing.append(hf)
+    _check_complete(meta, covered)
+    return plan
+
+
+def _check_scale_has_fp8_weight(hf_name: str, f: str, headers: dict) -> None:
+    """A `*_scale_inv` tensor must sit beside the float8_e4m3fn weight it scales."""
+    w = hf_name[: -len("_scale_inv")]
+    if w not in headers:
+        raise CheckpointError(f"{f}: scale {hf_name} has no weight {w}")
+    if headers[w][2] != torch.float8_e4m3fn:  # its scale would be dropped: weights off by 1/scale
+        raise CheckpointError(f"{headers[w][0]}: tensor {w} is {headers[w][2]} but has a block scale "
+                              f"{hf_name}, which belongs to a float8_e4m3fn weight (cast from FP8 without "
+                              "multiplying by its scales?)")
+
+
+def _check_shape(hf_name: str, f: str, shape, target: Target | None, expect: dict, args) -> None:
+    """The tensor maps to one of ours (an expert in range) and has its shape."""
+    if target is None:
+        raise CheckpointError(f"{f}: unexpected tensor {hf_name} (not part of a {args.model_type} model "
+                              f"with {args.n_layers} layers)")
+    want = expect[target.name].shape if target.name in expect else None
+    if want is None:
+        raise CheckpointError(f"{f}: tensor {hf_name} maps to {target.name}, which this config does not have")
+    if target.expert is not None:
+        if target.expert >= want[0]:
+            raise CheckpointError(f"{f}: tensor {hf_name}: expert {target.expert} out of range "
+                                  f"(n_routed_experts={want[0]})")
+        want = want[1:]
+    if tuple(shape) != tuple(want):
+        raise CheckpointError(f"{f}: tensor {hf_name} has shape {list(shape)}, expected {list(want)}")
+
+
+def _check_fp8_weight(hf_name: str, f: str, shape, headers: dict, block: tuple[int, int]) -> None:
+    """An FP8 weight is 2-D and has a floating-point `_scale_inv` of one value per `block`."""
+    if len(shape) != 2:
+        raise CheckpointError(f"{f}: FP8 tensor {hf_name} has shape {list(shape)}; FP8 block "
+                              "quantisation holds 2-D weights only")
+    if hf_name + "_scale_inv" not in headers:
+        raise CheckpointError(f"{f}: FP8 tensor {hf_name} has no {hf_name}_scale_inv")
+    s_file, s_shape, s_dt = headers[hf_name + "_scale_inv"]
+    if not (isinstance(s_dt, torch.dtype) and s_dt.is_floating_point):
+        raise CheckpointError(f"{s_file}: tensor {hf_name}_scale_inv has dtype {s_dt}; block scales "
+                              "are floating point (float32)")
+    s_want = (-(-shape[0] // block[0]), -(-shape[1] // block[1]))
+    if tuple(s_shape) != s_want:
+        raise CheckpointError(f"{s_file}: tensor {hf_name}_scale_inv has shape {list(s_shape)}, expected "
+                              f"{list(s_want)}")
+
+
+def _check_complete(meta: Transformer, covered: dict[str, set]) -> None:
+    """Every tensor the model needs was in the checkpoint; else name the first missing one."""
+    missing = [hf for hf, ours, e, _ in ours_to_hf(meta) if (e if e is not None else -1) not in covered[ours]]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise CheckpointError(f"{meta.args.extra.get('checkpoint', 'checkpoint')}: missing tensor "
                               f"{missing[0]}{more}")
-    return plan
