@@ -78,29 +78,15 @@ def main(argv: list[str] | None = None) -> int:
     from analyses.ablate import AblationError
     from analyses.metrics import MetricsError
     from probe.corpus import CorpusError
-    from probe.record import RecordError, RecordOptions, record
+    from probe.record import RecordError
     from probe.writer import RunError
 
     try:
-        if ns.max_tokens is not None and ns.max_tokens < 1:
-            raise ReportError(f"--max-tokens {ns.max_tokens}: must be >= 1")
-        if ns.importance_tokens < 0:
-            raise ReportError(f"--importance-tokens {ns.importance_tokens}: must be >= 0")
-        if ns.seeds < 1:
-            raise ReportError(f"--seeds {ns.seeds}: must be >= 1")
-        if ns.domain_top is not None and ns.domain_top < 1:
-            raise ReportError(f"--domain-top {ns.domain_top}: must be >= 1")
+        _check_numbers(ns)
         if ns.compare:  # before the default run is recorded and minutes of ablations run, not after
             check_run(Path(ns.compare))
         if ns.run is None and not (DEFAULT_RUN / "run.json").exists():
-            print(f"no default run yet: recording {DEFAULT_RUN} (bundled model, whole validation corpus) ...",
-                  file=sys.stderr)
-            try:
-                record(RecordOptions(out=str(DEFAULT_RUN), progress=ns.progress,
-                                     **{k: getattr(ns, k) for k in MODEL_FLAGS}))
-            except (RecordError, CorpusError) as e:
-                raise ReportError(f"cannot record the default run ({e}); or pass RUN, a run recorded with "
-                                  "`dsv3-probe record --ckpt DIR`") from None
+            _record_default_run(ns)
         run_dir = Path(ns.run) if ns.run else DEFAULT_RUN
         run = check_run(run_dir)
         if ns.compare:  # other windows, or no routing: refused now, not after the ablations (a review)
@@ -113,33 +99,12 @@ def main(argv: list[str] | None = None) -> int:
             # checked once here and handed to every ablation, importance and steering job, which then
             # read the checkpoint's weights sample no more
             ns.ckpt, ns.corpus = run_inputs(run.info, str(run_dir), ns.ckpt, ns.corpus, ReportError)
-        html, findings = Path(ns.out) if ns.out else run_dir / "report.html", ns.findings and Path(ns.findings)
-        for flag, value in (("--out", ns.out), ("--findings", ns.findings)):  # `reports/` wrote a file named
-            if value and value.endswith(("/", os.sep)):  # reports (a review)
-                raise ReportError(f"{flag} {value}: names a directory; give the file to write, e.g. "
-                                  f"{value}{'report.html' if flag == '--out' else 'findings.md'}")
-        check_out_parent(html, "--out", file=True)  # before minutes of ablations, not after
-        if findings:
-            check_out_parent(findings, "--findings", file=True)
-            if findings.resolve() == html.resolve():  # the findings were written over the report (a review)
-                raise ReportError(f"--findings {findings}: the same file as --out; give each its own")
+        html, findings = _outputs(ns, run_dir)  # before minutes of ablations, not after
         t = time.time()
         writer = launch_rank0()  # under torchrun every rank runs the ablations; one writes
         r = compute(run_dir, ns, writer)
         if writer:
-            figs = figures(r)
-            # the files first: a reader that stops reading the text (`| head`) must not cost the report
-            with os_refusal(f"--out {html}: cannot write it there", ReportError):  # checked above; not all foreseeable
-                out = write_html(r, figs, html, argv)
-            md = None
-            if findings:
-                with os_refusal(f"--findings {findings}: cannot write it there", ReportError):
-                    md = write_findings(r, figs, findings, argv)
-            print_text(r, figs)
-            print(f"\nwrote {out} ({time.time() - t:.0f} s" +
-                  (f", ablations {r['ablation_seconds']:.0f} s)" if "ablation_seconds" in r else ")"))
-            if md:
-                print(f"wrote {md}")
+            _write(r, html, findings, argv, t)
     except (ReportError, AblationError, MetricsError, CorpusError, RecordError, RunError, ValueError, OSError,
             *table_errors()) as e:
         if isinstance(e, BrokenPipeError):  # `| head`: closed_pipe_quiet ends it quietly
@@ -147,6 +112,64 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return exit_ranks(2)
     return exit_ranks(0)
+
+
+def _check_numbers(ns: argparse.Namespace) -> None:
+    """The numeric flags, before any work."""
+    if ns.max_tokens is not None and ns.max_tokens < 1:
+        raise ReportError(f"--max-tokens {ns.max_tokens}: must be >= 1")
+    if ns.importance_tokens < 0:
+        raise ReportError(f"--importance-tokens {ns.importance_tokens}: must be >= 0")
+    if ns.seeds < 1:
+        raise ReportError(f"--seeds {ns.seeds}: must be >= 1")
+    if ns.domain_top is not None and ns.domain_top < 1:
+        raise ReportError(f"--domain-top {ns.domain_top}: must be >= 1")
+
+
+def _record_default_run(ns: argparse.Namespace) -> None:
+    """No RUN given and no default run yet: record it (the bundled model on its whole validation corpus)."""
+    from probe.corpus import CorpusError
+    from probe.record import RecordError, RecordOptions, record
+
+    print(f"no default run yet: recording {DEFAULT_RUN} (bundled model, whole validation corpus) ...",
+          file=sys.stderr)
+    try:
+        record(RecordOptions(out=str(DEFAULT_RUN), progress=ns.progress, **{k: getattr(ns, k) for k in MODEL_FLAGS}))
+    except (RecordError, CorpusError) as e:
+        raise ReportError(f"cannot record the default run ({e}); or pass RUN, a run recorded with "
+                          "`dsv3-probe record --ckpt DIR`") from None
+
+
+def _outputs(ns: argparse.Namespace, run_dir: Path) -> tuple[Path, Path | None]:
+    """(the HTML report's path, the findings' or None), each checked writable and distinct."""
+    html, findings = Path(ns.out) if ns.out else run_dir / "report.html", ns.findings and Path(ns.findings)
+    for flag, value in (("--out", ns.out), ("--findings", ns.findings)):  # `reports/` wrote a file named
+        if value and value.endswith(("/", os.sep)):  # reports (a review)
+            raise ReportError(f"{flag} {value}: names a directory; give the file to write, e.g. "
+                              f"{value}{'report.html' if flag == '--out' else 'findings.md'}")
+    check_out_parent(html, "--out", file=True)
+    if findings:
+        check_out_parent(findings, "--findings", file=True)
+        if findings.resolve() == html.resolve():  # the findings were written over the report (a review)
+            raise ReportError(f"--findings {findings}: the same file as --out; give each its own")
+    return html, findings or None
+
+
+def _write(r: dict, html: Path, findings: Path | None, argv: list[str], t0: float) -> None:
+    """Write the report (and the findings), then print its text: the files first, so that a reader that
+    stops reading the text (`| head`) does not cost the report."""
+    figs = figures(r)
+    with os_refusal(f"--out {html}: cannot write it there", ReportError):  # checked above; not all foreseeable
+        out = write_html(r, figs, html, argv)
+    md = None
+    if findings:
+        with os_refusal(f"--findings {findings}: cannot write it there", ReportError):
+            md = write_findings(r, figs, findings, argv)
+    print_text(r, figs)
+    print(f"\nwrote {out} ({time.time() - t0:.0f} s" +
+          (f", ablations {r['ablation_seconds']:.0f} s)" if "ablation_seconds" in r else ")"))
+    if md:
+        print(f"wrote {md}")
 
 
 if __name__ == "__main__":
