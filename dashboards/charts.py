@@ -129,23 +129,6 @@ def lines(series: dict[str, tuple[Sequence, Sequence]], *, title: str | None = N
     return style(fig, title, height)
 
 
-def sankey(src_labels: list[str], dst_labels: list[str], links: list[tuple[int, int, float]], *,
-           src_colors: list[str], dst_colors: list[str], title: str | None = None, height: int = 560) -> go.Figure:
-    """Flows from the left column (src) to the right column (dst); link = (src index, dst index, value)."""
-    n = len(src_labels)
-    link_colors = [_rgba(src_colors[s], 0.35) for s, _, _ in links]
-    fig = go.Figure(go.Sankey(
-        arrangement="snap",
-        textfont=dict(color="#222", size=12),
-        node=dict(label=src_labels + dst_labels, color=src_colors + dst_colors, pad=8, thickness=14,
-                  hovertemplate="%{label}<br>tokens: %{value:,}<extra></extra>"),
-        link=dict(source=[s for s, _, _ in links], target=[n + d for _, d, _ in links],
-                  value=[v for _, _, v in links], color=link_colors,
-                  hovertemplate="%{source.label} → %{target.label}<br>tokens: %{value:,}<extra></extra>")))
-    return style(fig, title, height)
-
-
-
 def layered_sankey(columns: list[list[tuple[str, str, float]]], links: list[tuple], *, title: str | None = None,
                    height: int = 560) -> go.Figure:
     """Flows between consecutive columns (layers). columns[c] = [(label, colour, size), ...] top to bottom

@@ -296,3 +296,72 @@ def test_serving_replay_scores_the_current_placement_on_its_own_gpus_over_the_wi
     r = compute.serving_replay(np.array([10, 11]), [5, 6], X2, (10, 10), gpus=2, redundant=2, nodes=1, groups=1,
                                mode="global", current=current, current_gpus=2)
     assert r["gpu_now"][1].tolist() == [6 / 2 + 2 / 2 + 1, 3 + 6 / 2 + 2 / 2]
+
+
+def test_relative_loads_are_each_layers_loads_over_its_own_mean():
+    # layer1 [2, 6, 0, 4] (mean 3), layer2 [5, 5, 0, 0] (mean 2.5); an expert without rows counts 0
+    loads = pd.DataFrame({"layer": ["layer1"] * 3 + ["layer2"] * 2, "expert": [0, 1, 3, 0, 1],
+                          "load": [2.0, 6.0, 4.0, 5.0, 5.0]})
+    layers, rel = compute.relative_loads(loads, 4)
+    assert layers == ["layer1", "layer2"]
+    np.testing.assert_allclose(rel, [[2 / 3, 2.0, 0.0, 4 / 3], [2.0, 2.0, 0.0, 0.0]])
+
+
+def test_a_window_of_zero_steps_is_the_whole_run_as_in_total_loads():
+    by_step = by_step_table()
+    assert compute.last_steps(by_step, 0) is by_step  # data.total_loads(ref, 0) sums every step too
+
+
+def test_coactivation_row_i_is_the_share_of_expert_is_tokens_that_also_chose_j():
+    ids = np.array([[0, 1], [0, 2], [1, 0]])  # N(0) = 3, N(1) = 2, N(2) = 1; N(0, 1) = 2, N(0, 2) = 1
+    co = compute.coactivation(ids, 3)
+    assert co[0, 1] == pytest.approx(2 / 3) and co[1, 0] == pytest.approx(2 / 2)
+    assert co[0, 2] == pytest.approx(1 / 3) and co[2, 0] == pytest.approx(1 / 1) and co[1, 2] == 0.0
+
+
+def test_serving_replay_without_an_engine_map_scores_sglangs_trivial_map_with_its_redundant_slots():
+    # 4 experts on 2 GPUs with 2 redundant slots: SGLang's trivial map [0 1 2 | 3 0 1], replicas share their load
+    X = np.array([[[6, 2, 1, 3]]], dtype=float)
+    r = compute.serving_replay(np.array([0]), [1], X, (0, 0), gpus=2, redundant=2, nodes=1, groups=1,
+                               mode="global", current=None, current_gpus=None)
+    assert r["now_gpus"] == 2 and r["gpu_now"].tolist() == [[6 / 2 + 2 / 2 + 1, 3 + 6 / 2 + 2 / 2]]
+    np.testing.assert_allclose(r["now"], [[(5 + 7) / 2 / 7]])  # mean / max GPU load
+
+
+def test_serving_replay_scores_the_plan_on_the_gpus_asked_for_not_the_engines():
+    X = np.array([[[4, 0, 2, 2]], [[1, 1, 1, 1]]], dtype=float)
+    r = compute.serving_replay(np.array([10, 11]), [5], X, (10, 11), gpus=4, redundant=0, nodes=1, groups=1,
+                               mode="global", current={5: np.array([0, 2, 1, 3])}, current_gpus=2)
+    m = [int(e) for e in r["plans"][5].phy_to_log.reshape(-1)]
+    per = len(m) // 4
+    for s in range(2):  # a plain loop over the plan's slots on 4 GPUs, replicas sharing their expert's load
+        g = [0.0] * 4
+        for slot, e in enumerate(m):
+            g[slot // per] += X[s, 0, e] / m.count(e)
+        assert r["plan"][s, 0] == pytest.approx(sum(g) / 4 / max(g))
+
+
+def test_a_domain_keeps_its_colour_whatever_order_a_run_lists_its_domains_in():
+    want = {"code": charts.DOMAIN_PALETTE[0], "math": charts.DOMAIN_PALETTE[1], "prose": charts.DOMAIN_PALETTE[2]}
+    assert charts.domain_colors(["prose", "code", "math", "code"]) == want == charts.domain_colors(["math", "prose", "code"])
+
+
+def test_text_on_a_light_colour_is_dark_and_on_a_dark_colour_light():
+    # luma 0.299 R + 0.587 G + 0.114 B: #EECA3B (yellow) 196.5, #4C78A8 (blue) 112.3
+    assert charts.text_color("#ffffff") == charts.text_color("#EECA3B") == "#111"
+    assert charts.text_color("#000000") == charts.text_color("#4C78A8") == "#fff"
+
+
+def test_a_ratio_heatmap_is_white_at_one_wherever_its_top_is():
+    for top in (2.0, 4.0):  # the scale runs 0..top: white, the balanced value 1, sits at 1 / top of it
+        h = charts.heatmap(np.array([[0.0, 1.0, top]]), [0, 1, 2], ["layer1"], colorscale=charts.DIVERGING,
+                           zmid=1.0).data[0]
+        assert [pos for pos, col in h.colorscale if col == "#f7f7f7"] == [pytest.approx(1 / top)]
+        assert (h.zmin, h.zmax) == (0.0, top)  # an unused expert (0) too: no negative end
+
+
+def test_a_sequential_heatmap_given_a_top_stops_its_scale_there():
+    h = charts.heatmap(np.array([[2.0, 5.0]]), [0, 1], ["a"], zmax=10.0).data[0]  # several heatmaps on one scale
+    assert (h.zmin, h.zmax) == (2.0, 10.0)
+    h = charts.heatmap(np.array([[-1.0, 0.5]]), [0, 1], ["a"], zmid=0.0, zmax=3.0).data[0]  # a loss change
+    assert (h.zmin, h.zmax) == (-3.0, 3.0)  # symmetric around zmid up to the given top, not to this one's |z|

@@ -312,3 +312,81 @@ def test_vocabulary_specialisation_counts_ids_seen_five_times_by_default(tmp_pat
     every = (vocabulary_specialisation(*args), vocabulary_specialisation_baseline(*args))
     assert abs(want[0] - every[0]) > 0.01 and abs(want[1] - every[1]) > 0.01  # the control: all ids differ
     assert research.vocabulary_specialisation.uncached(ref, 2, 1) == pytest.approx(every)
+
+
+def test_a_run_still_recording_counts_its_tokens_table_and_a_stopped_one_its_recorded_figure(tmp_path, monkeypatch):
+    from dashboards import data
+    from helpers.synthetic_run import write_run
+
+    monkeypatch.setattr(data, "recorded_tokens", data.recorded_tokens.uncached)  # no Streamlit cache to start
+    write_run(tmp_path / "r", n_seq=3, seq_len=4)  # 12 tokens in the tokens table
+    running = {"status": "running", "planned": {"tokens": 200}}
+    assert data.tokens_in_run(data.RunRef("r", str(tmp_path / "r"), "probe", "running", running)) == 3 * 4
+    done = {"status": "complete", "planned": {"tokens": 200}, "recorded": {"tokens": 150}}
+    assert data.tokens_in_run(data.RunRef("r", str(tmp_path / "r"), "probe", "complete", done)) == 150  # run.json's
+    stopped = {"status": "interrupted", "planned": {"tokens": 200}, "recorded": {"tokens": 150}}
+    assert data.tokens_in_run(data.RunRef("s", str(tmp_path / "s"), "probe", "interrupted", stopped)) == 150
+
+
+def test_a_runs_moe_layers_start_after_its_dense_layers():
+    from dashboards import data
+
+    def ref(args):
+        return data.RunRef("r", "/nonexistent", "probe", "complete", {"model_args": args})
+
+    assert data.moe_layers(ref({"n_layers": 4, "n_dense_layers": 1})) == [1, 2, 3]
+    assert data.moe_layers(ref({"n_layers": 2})) == [0, 1] and data.moe_layers(ref({})) == []
+
+
+def test_per_token_ids_and_first_choices_are_the_layers_routing_rows(tmp_path):
+    from dashboards import data
+    from helpers.synthetic_run import write_run
+
+    write_run(tmp_path / "r", n_seq=4, seq_len=5, K=3)
+    ref = data.RunRef("r", str(tmp_path / "r"), "probe", "complete")
+    j = routed_tokens(tmp_path / "r", 2).sort_values(["seq_id", "pos"])
+    ids = data.layer_topk.uncached(ref, 2)
+    got = pd.DataFrame({"seq_id": j.seq_id.to_numpy(), "row": [tuple(r) for r in ids]})  # routing's row order
+    assert ids.shape == (len(j), 3)
+    assert sorted(got.row) == sorted(tuple(r) for r in j.expert_ids)  # [T, K]: one token's top-k per row
+    top1 = data.token_top1.uncached(ref, 2)
+    want = sorted(zip(j.token_id, (int(r[0]) for r in j.expert_ids)))
+    assert sorted(zip(top1.token_id, top1.e1)) == want  # expert_ids[1] in SQL: the first choice
+    assert any(int(r[0]) != int(r[1]) for r in j.expert_ids)  # the control: first and second choices differ
+
+
+def test_a_documents_routing_rows_are_those_of_its_windows(tmp_path):
+    from dashboards import data
+    from helpers.synthetic_run import write_run
+
+    write_run(tmp_path / "r", n_seq=5, seq_len=3)
+    ref = data.RunRef("r", str(tmp_path / "r"), "probe", "complete")
+    routing = pd.read_parquet(tmp_path / "r" / "routing")
+    want = routing[routing.seq_id.between(1, 3)].sort_values(["seq_id", "pos", "layer"])
+    got = data.doc_routing.uncached(ref, 1, 3)
+    assert got[["seq_id", "pos", "layer"]].values.tolist() == want[["seq_id", "pos", "layer"]].values.tolist()
+
+
+def test_evaluation_curves_are_the_val_splits_per_domain_and_gate(tmp_path):
+    from dashboards import data
+
+    run = tmp_path / "t"
+    write_table(run, "train_eval", [{"step": 50, "tokens_seen": 100, "val_loss": 5.0, "val_mtp_agree": 0.5}])
+    write_table(run, "train_domains", [{"step": 50, "split": split, "domain": "code", "loss": loss, "mtp_loss": mtp}
+                                       for split, loss, mtp in (("train", 4.0, None), ("val", 5.5, 5.75))])
+    write_table(run, "train_gates", [{"step": 50, "split": split, "layer": 1, "maxvio": mv, "bias_norm": None}
+                                     for split, mv in (("train", 0.25), ("val", 0.125))])
+    ref = data.RunRef("t", str(run), "train", "complete", {"model_args": {"n_layers": 3}})
+    got = data.eval_metrics.uncached(ref).iloc[0]
+    assert (got.val_loss_code, got.val_mtp_loss_code, got.val_maxvio_layer1) == (5.5, 5.75, 0.125)
+
+
+def test_mtp_position_buckets_round_the_window_up_into_equal_buckets(tmp_path):
+    from dashboards import data
+
+    # seq_len 10 in 4 buckets: ceil(10 / 4) = 3 positions each, starting at 0, 3, 6, 9
+    write_table(tmp_path / "r", "mtp", [{"seq_id": 0, "pos": p, "domain": "code", "mtp_top1": 1, "main_top1": 1,
+                                         "target": 1, "mtp_loss": 0.5, "agree": True} for p in range(10)])
+    ref = data.RunRef("r", str(tmp_path / "r"), "probe", "complete", {"options": {"seq_len": 10}})
+    got = data.mtp_by_position.uncached(ref, 4)
+    assert got.bucket.tolist() == [0, 3, 6, 9] and got.positions.tolist() == [3, 3, 3, 1]

@@ -103,3 +103,24 @@ def test_a_run_left_out_of_a_compared_chart_does_not_lend_its_colour(tmp_path):
     nmi = [s for s in specs if "I / H(domain)" in json.dumps(s.get("layout", {}).get("yaxis", {}))]
     assert len(nmi) == 1 and [t["name"] for t in nmi[0]["data"]] == ["b"]
     assert nmi[0]["data"][0]["marker"]["color"] == RUN_COLORS[1] and nmi[0]["layout"]["showlegend"] is True
+
+
+def test_the_most_domain_specific_experts_are_ranked_by_their_best_domains_lift(tmp_path):
+    from helpers.synthetic_run import write_run
+
+    write_run(tmp_path / "r", n_seq=8, domains=("code", "prose", "math"))  # 3, 3 and 2 windows: P(domain) differs
+    run = tmp_path / "r"
+    el = pq.read_table(run / "expert_load").to_pandas()
+    C = el[el.layer == 1].pivot_table(index="domain", columns="expert", values="count", aggfunc="sum",
+                                      fill_value=0).reindex(columns=range(8), fill_value=0).to_numpy(float)
+    lift = (C / C.sum(0)) / (C.sum(1, keepdims=True) / C.sum())  # P(domain | expert) / P(domain)
+    best = lift.max(0)
+    keep = [e for e in range(8) if C[:, e].sum() >= 0.1 * C.sum() / 8]  # experts with a tenth of the mean load
+    want = sorted(keep, key=lambda e: -best[e])[:8]
+    at = open_page(app(tmp_path, "r"), "specialisation")
+    table = frame(at, "lift")
+    assert table.expert.tolist() == want and len(set(np.round(best[want], 6))) > 1  # a real order to check
+    share = C / C.sum(0)
+    assert table.domain.tolist() == [sorted(['code', 'math', 'prose'])[i] for i in lift.argmax(0)[want]]
+    assert (share.argmax(0) != lift.argmax(0))[want].any()  # the control: the largest share is another domain
+    np.testing.assert_allclose(table.lift, best[want])
