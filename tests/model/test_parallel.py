@@ -244,8 +244,31 @@ def test_dense_only_config_needs_no_expert_split():
     parallel.check_world(args, 2)  # no MoE layer: the expert count is irrelevant
 
 
+def _hand_bytes_671B(W: int) -> int:
+    """Bytes a rank of W holds of the 671B config, counted from its shapes: FP8 projections (1 byte + a
+    float32 scale a 128 x 128 block), bf16 embedding, head, norms and MTP eh_proj, float32 router."""
+    D, V, L, dense, E, I, MI, H = 7168, 129280, 61, 3, 256, 18432, 2048, 128
+    qr, kvr, nope, rope, v = 1536, 512, 128, 64, 128
+    fp8 = lambda n, k: n * k + -(-n // 128) * -(-k // 128) * 4  # noqa: E731
+    h = H // W
+    attn = (fp8(qr, D) + fp8(h * (nope + rope), qr) + fp8(kvr + rope, D) + fp8(h * (nope + v), kvr)
+            + fp8(D, h * v) + (D + qr + kvr + D) * 2)  # + attn_norm, q_norm, kv_norm, ffn_norm
+    mlp = 2 * fp8(I // W, D) + fp8(D, I // W)
+    moe = (E * D * 4 + E * 4                                  # router weight and bias
+           + E // W * (2 * fp8(MI, D) + fp8(D, MI))           # whole experts
+           + 2 * fp8(MI // W, D) + fp8(D, MI // W))           # the shared expert, split
+    mtp = attn + moe + 3 * D * 2 + 2 * D * D * 2              # enorm, hnorm, norm; eh_proj
+    return (L * attn + dense * mlp + (L - dense) * moe + mtp
+            + 2 * (V // W) * D * 2 + D * 2 + rope // 2 * 4)  # embed, head rows; norm; rope_inv_freq
+
+
 def test_671B_shard_plan_fits_80GB_at_world_16():
     plan = memory.shard_plan(ModelArgs.from_name("671B"), 16, fp8=True)
+    # the plan is the hand count of the config's tensors, and absorb's dequantised wkv_b is 8 of 128 heads
+    # x (128 + 128) rows x 512 latent in bf16 for 61 layers + MTP; float32: the 59 MoE routers' weights
+    assert plan["per_rank_bytes"] == _hand_bytes_671B(16) and plan["full_bytes"] == _hand_bytes_671B(1)
+    assert plan["absorb_dense_bytes"] == 62 * 8 * 256 * 512 * 2
+    assert plan["float32_per_rank_bytes"] == 59 * 256 * 7168 * 4
     print("\n" + memory.format_plan(plan, "671B"))
     gb = plan["per_rank_bytes"] / 1e9
     assert gb < 80, f"{gb:.1f} GB per rank does not fit an 80 GB GPU"
@@ -262,7 +285,9 @@ def test_plan_counts_the_largest_fp8_weight_a_gemm_dequantises():
     import dataclasses
 
     a = dataclasses.replace(ModelArgs.from_name("671B"), n_layers=2, n_dense_layers=1, n_mtp_layers=0)
-    assert memory.shard_plan(a, 2, dtype=torch.float32)["largest_fp8_weight_bytes"] == 18432 // 2 * 7168 * 4
+    f32 = memory.shard_plan(a, 2, dtype=torch.float32)
+    assert f32["largest_fp8_weight_bytes"] == 18432 // 2 * 7168 * 4
+    assert f32["absorb_dense_bytes"] == 2 * 64 * (128 + 128) * 512 * 4  # 64 heads' wkv_b a rank, float32
     assert memory.shard_plan(a, 16, dtype=torch.bfloat16)["largest_fp8_weight_bytes"] == 2048 * 7168 * 2
     assert memory.shard_plan(a, 2, fp8=False)["largest_fp8_weight_bytes"] == 0
     # FP8 activations (gemm fp8) on the CPU: the twin dequantises into its accumulation dtype, float64 for
