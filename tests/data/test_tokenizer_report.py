@@ -1,0 +1,142 @@
+"""data.tokenizer's limits and command output, and data.report's figures, checks and page, against
+hand computations (no recording: `measure` is replaced where the command runs)."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from argparse import Namespace
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+from data import report, tokenizer
+from data.build_corpus import CorpusError
+from data.mathgen import math_document
+from helpers import random_model
+
+DATA = Path(__file__).resolve().parents[2] / "data"
+TEXTS = [math_document(random.Random(f"tok{i}"), 600) for i in range(10)] + ["这本书很好，推荐给朋友。" * 20]
+
+
+# --------------------------------------------------------------------------------------- tokenizer
+def test_tokenizer_vocabulary_limits_and_min_frequency():
+    with pytest.raises(ValueError, match="vocab_size=259 must exceed 259"):  # 256 bytes + 3 special: no merge
+        tokenizer.train_tokenizer(TEXTS, vocab_size=259)
+    # no pair occurs a million times: no merge, only the bytes and the special tokens
+    assert tokenizer.train_tokenizer(TEXTS, vocab_size=400, min_frequency=10**6).get_vocab_size() == 256 + 3
+    assert tokenizer.train_tokenizer(TEXTS, vocab_size=400).get_vocab_size() > 256 + 3
+
+
+def test_save_makes_the_folder_and_load_checks_every_special_id(tmp_path):
+    tok = tokenizer.train_tokenizer(TEXTS, vocab_size=300)
+    tokenizer.save_tokenizer(tok, tmp_path / "new" / "sub" / "tok.json")
+    assert tokenizer.load_tokenizer(tmp_path / "new" / "sub" / "tok.json").to_str() == tok.to_str()
+    with pytest.raises(CorpusError, match="no tokenizer"):
+        tokenizer.load_tokenizer(tmp_path / "missing.json")
+    # a tokenizer whose <|bos|> is right but <|eos|> and <|pad|> are swapped
+    other = Tokenizer(models.BPE())
+    other.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    other.train_from_iterator(TEXTS, trainers.BpeTrainer(vocab_size=300, special_tokens=["<|bos|>", "<|pad|>", "<|eos|>"],
+                                                         show_progress=False))
+    other.save(str(tmp_path / "swapped.json"))
+    with pytest.raises(CorpusError, match=r"special token <\|eos\|> must have id 1, has 2"):
+        tokenizer.load_tokenizer(tmp_path / "swapped.json")
+
+
+def test_tokenizer_command_flags_and_per_domain_figures(tmp_path, capsys, monkeypatch):
+    docs = [{"id": f"m{i}", "domain": "math", "text": t} for i, t in enumerate(TEXTS[:-1])]
+    zh = {"id": "z", "domain": "chinese", "text": TEXTS[-1]}
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(d) + "\n" for d in [*docs, zh]))
+    (tmp_path / "val.jsonl").write_text(json.dumps(zh, ensure_ascii=False) + "\n")
+    out = tmp_path / "tok.json"
+    with pytest.raises(SystemExit):  # the flag is named, not train_tokenizer's vocab_size=
+        tokenizer.main(["--corpus", str(tmp_path), "--out", str(out), "--vocab-size", "259"])
+    assert capsys.readouterr().err.startswith("error: --vocab-size 259: must exceed 259")
+    tokenizer.main(["--corpus", str(tmp_path), "--out", str(out), "--vocab-size", "300", "--min-frequency", "0"])
+    ids = Tokenizer.from_file(str(out)).encode(zh["text"]).ids
+    nbytes = len(zh["text"].encode("utf-8"))  # bytes, not characters: 3 a Chinese character
+    line = f"  val chinese     {len(ids):>8,} tokens  {nbytes / len(ids):.2f} bytes/token  round trip 1/1 docs"
+    assert line in capsys.readouterr().out.splitlines()
+    seen = {}
+    monkeypatch.setattr(tokenizer, "train_tokenizer", lambda texts, v, f: seen.update(v=v, f=f) or
+                        Tokenizer.from_file(str(out)))
+    tokenizer.main(["--corpus", str(tmp_path), "--out", str(tmp_path / "t2.json")])
+    # the defaults are those of the committed tokenizer (data/README.md: 4,096 entries)
+    assert seen == {"v": tokenizer.load_tokenizer(DATA / "tokenizer.json").get_vocab_size(), "f": 2}
+
+
+# ------------------------------------------------------------------------------------------ report
+def test_unigram_loss_is_add_one_cross_entropy_per_domain():
+    texts = ["abca"] * 200 + ["cb"] * 100 + ["d"]  # more than one batch of 256 documents
+    tok = SimpleNamespace(encode_batch=lambda batch, add_special_tokens: [
+        SimpleNamespace(ids=["abcde".index(ch) for ch in t]) for t in batch])
+    val = pd.DataFrame({"domain": ["x", "x", "y"], "token_id": [0, 4, 2]})
+    # by hand: counts a 400, b 300, c 300, d 1, e 0, each + 1; total 1001 + 5
+    p = {t: (n + 1) / 1006 for t, n in zip(range(5), (400, 300, 300, 1, 0))}
+    got = report.unigram_loss(texts, tok, val, vocab=5)
+    assert got == pytest.approx({"x": -(math.log(p[0]) + math.log(p[4])) / 2, "y": -math.log(p[2])}, rel=1e-12)
+
+
+def test_report_checks_at_their_thresholds():
+    f = {"loss": {"a": 1.0, "b": 2.0}, "uni": {"a": 1.5, "b": 2.5}, "agree": 0.4,
+         "layers": {1: {"maxvio": 0.3, "nmi": 0.05}, 2: {"maxvio": 0.1, "nmi": 0.1}},
+         "layers_b": {1: {"maxvio": 0.31}, 2: {"maxvio": 0.2}}}
+    assert all(ok for _, ok in report.checks(f))  # 0.3, 40 % and 0.1 pass; NMI in one layer is enough
+    f["loss"]["b"] = 2.5  # equal is not below
+    f["layers_b"][2]["maxvio"] = 0.1  # nor is equal MaxVio lower
+    assert [ok for _, ok in report.checks(f)] == [False, True, False, True, True]
+
+
+def _figures():
+    return {"tokens": 1234, "windows": 9, "loss": {"code": 2.0, "math": 1.5}, "loss_b": {"code": 2.25},
+            "uni": {"code": 5.0, "math": 4.0}, "agree": 0.456, "agree_dom": {"code": 0.5, "math": 0.125},
+            "layers": {1: {"maxvio": 0.2, "nmi": 0.15, "balancedness": 0.75}},
+            "layers_b": {1: {"maxvio": 0.5, "nmi": 0.1, "balancedness": 0.5}},
+            "samples": {"code": ("def f", "(x):")}}
+
+
+def test_report_page_shows_each_figure_in_its_column(tmp_path):
+    ns = Namespace(corpus="val.jsonl", seq_len=256, runs_dir=str(tmp_path))
+    checked = [("first claim", True), ("second claim", False)]
+    text = report.render(_figures(), checked, ns, Path("model"), Path("base"), 3.0)
+    lines = text.splitlines()
+    assert "- [x] first claim" in lines and "- [ ] second claim" in lines
+    assert "| code | 2.000 | 2.250 | 5.000 | 50.0% |" in lines and "| math | 1.500 | nan | 4.000 | 12.5% |" in lines
+    assert "| 1 | 0.200 | 0.500 | 0.750 | 0.150 | 0.100 |" in lines
+    assert "MTP teacher-forced agreement overall: 45.6% " in text and "1234 tokens (9 windows of <= 256)" in text
+
+
+def test_report_command_exit_code_follows_the_checks(tmp_path, monkeypatch, capsys):
+    good = tmp_path / "c.jsonl"
+    good.write_text('{"domain": "code", "text": "def f(x): return x"}\n')
+    args = ["--baseline", str(DATA / "model"), "--train", str(good), "--corpus", str(good),
+            "--out", str(tmp_path / "R.md"), "--runs-dir", str(tmp_path / "runs")]
+    assert report.main([*args, "--seq-len", "1"]) == 2
+    assert capsys.readouterr().err.startswith("error: --max-tokens must be >= 1 and --seq-len >= 2")
+    f = _figures()
+    monkeypatch.setattr(report, "measure", lambda *a: f)
+    assert report.main(args) == 0  # every check passes on these figures
+    f["agree"] = 0.3  # MTP agreement under 40 %
+    assert report.main(args) == 1
+    assert "- [ ] MTP teacher-forced agreement >= 40%" in (tmp_path / "R.md").read_text().splitlines()
+
+
+@torch.no_grad()
+def test_greedy_continuation_matches_recomputing_the_whole_sequence():
+    m = random_model("tiny", seed=2)
+    prompt = [0, 5, 9, 17]
+    ref = list(prompt)
+    for _ in range(4):  # no cache: the whole sequence each step
+        ref.append(int(m(torch.tensor([ref]))[0, -1].argmax()))
+    tok = SimpleNamespace(decode=list)
+    assert report.greedy(m, tok, prompt, 4, []) == ref[4:]  # no token ends it
+    k = next(k for k in range(5, 8) if ref[k] not in ref[4:k])  # a token not generated before it
+    assert report.greedy(m, tok, prompt, 4, [ref[k]]) == ref[4:k]  # it stops before the stop token
+    assert report.greedy(m, tok, prompt, 4, [3, ref[k]]) == ref[4:k]  # one of several (a list in config.json)
+
