@@ -363,10 +363,10 @@ def _write_all(out: Path, files: dict[str, bytes]) -> None:
 
 
 def _set_aside(path: Path) -> Path | None:
-    """Rename an existing `path` to PATH.old (for _put_back); None if there was none."""
+    """Rename an existing `path` to a hidden name of this process's (for _put_back); None if there was none."""
     if not path.exists():
         return None
-    old = path.with_name(path.name + ".old")
+    old = path.with_name(f".{path.name}.{os.getpid()}.old")  # never a name a user's own file may have
     os.replace(path, old)
     return old
 
