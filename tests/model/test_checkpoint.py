@@ -140,6 +140,15 @@ def test_dequantize_block_rejects_wrong_scale_shape():
         dequantize_block(q, s[:2], BLOCK)
 
 
+def test_dequantize_block_rejects_an_out_of_another_shape_or_a_narrow_dtype():
+    q, s = quantize_block(torch.randn(256, 200), BLOCK)
+    for kw in (dict(out=torch.empty(256, 100)),  # another shape
+               dict(out=torch.empty(100, 256)),
+               dict(dtype=torch.bfloat16, out=torch.empty(256, 200, dtype=torch.bfloat16))):  # out is float32/64 only
+        with pytest.raises(ValueError, match="out must be"):
+            dequantize_block(q, s, BLOCK, **kw)
+
+
 def test_fp8_checkpoint_layout(fp8_dir, fp8_model):
     sd = load_file(fp8_dir / "model.safetensors")
     cfg = json.loads((fp8_dir / "config.json").read_text())

@@ -153,6 +153,30 @@ def test_fp8_gemm_float64_sum_does_not_depend_on_the_split_of_k(k):
     assert differ > 0.05
 
 
+def test_fp8_gemm_torch_in_64_blocks_equals_blockwise_reference():
+    # a block other than 128 reaches both scale expansions (activations and weight)
+    g = gen(9)
+    a = torch.randn(3, 200, generator=g)
+    wq, ws = quantize_block(torch.randn(100, 200, generator=g) * torch.logspace(-2, 1, 200), (64, 64))
+    aq, as_ = K.act_quant(a, 64, impl="torch")
+    ref = blockwise_gemm_reference(aq, as_, wq, ws, block=64)
+    got = K.fp8_gemm(aq, as_, wq, ws, 64, out_dtype=torch.float32, impl="torch")
+    assert ((got.double() - ref).abs().max() / ref.abs().max()).item() < 1e-6
+
+
+def test_float16_in_and_out_equal_the_float32_values_rounded():
+    g = gen(10)
+    x = torch.randn(4, 200, generator=g).half()
+    q, s = K.act_quant(x, impl="torch")
+    q32, s32 = K.act_quant(x.float(), impl="torch")  # float16 -> float32 is exact
+    assert torch.equal(q.float(), q32.float()) and torch.equal(s, s32)
+    wq, ws = quantize_block(torch.randn(130, 200, generator=g))
+    w32 = K.weight_dequant(wq, ws, dtype=torch.float32, impl="torch")
+    assert torch.equal(K.weight_dequant(wq, ws, dtype=torch.float16, impl="torch"), w32.half())
+    y32 = K.fp8_gemm(q, s, wq, ws, out_dtype=torch.float32, impl="torch")
+    assert torch.equal(K.fp8_gemm(q, s, wq, ws, out_dtype=torch.float16, impl="torch"), y32.half())
+
+
 def test_twin_dequantises_into_one_reused_scratch_buffer():
     """The torch twins dequantise a weight into one reused buffer (a fresh ~60 MB tensor's first touch
     costs as much as the conversion): the products equal a freshly allocated dequantisation's."""
@@ -262,6 +286,29 @@ def test_wrapper_input_errors():
             fn()
 
 
+def test_an_empty_kernel_env_var_means_auto(monkeypatch):
+    monkeypatch.setenv(K.ENV_VAR, "")
+    assert K.resolve_impl(None, torch.device("cpu")) == "torch"
+    assert K.resolve_impl(None, torch.device("cuda")) == ("triton" if HAS_TRITON else "torch")  # auto, not torch
+
+
+def test_wrapper_errors_for_dims_transposed_scales_devices_and_small_blocks():
+    wq, ws = quantize_block(torch.randn(300, 200, generator=gen(11)))  # scales [3, 2]
+    q, s = K.act_quant(torch.randn(4, 200, generator=gen(12)), impl="torch")
+    cases = [
+        (lambda: K.fp8_gemm(q, s, wq[0], ws), r"fp8_gemm: b must have 2 dims, got shape \(200,\)"),
+        (lambda: K.weight_dequant(wq[0], ws), "weight_dequant: q must have 2 or 3 dims"),
+        # transposed scales hold as many numbers: the shape itself is checked
+        (lambda: K.weight_dequant(wq, ws.T.contiguous()), r"s has shape \(2, 3\), expected \(3, 2\)"),
+        (lambda: K.fp8_gemm(q, s, wq, ws.T.contiguous()), r"b_s has shape \(2, 3\), expected \(3, 2\)"),
+        (lambda: K.weight_dequant(wq, ws.to("meta")), "tensors on different devices: q on cpu, s on meta"),
+        (lambda: K.act_quant(torch.randn(2, 64), 8), "block=8 must be a power of two >= 16"),
+    ]
+    for fn, msg in cases:
+        with pytest.raises(K.KernelError, match=msg):
+            fn()
+
+
 # -------------------------------------------------------------------- Triton under the interpreter
 @pytest.fixture(scope="module")
 def interp_results() -> list[dict]:
@@ -270,7 +317,9 @@ def interp_results() -> list[dict]:
     found = K._triton_version_text()
     if TorchVersion(found) < K.INTERPRETER_MIN:  # a GPU image's older triton: its CUDA tests below run
         pytest.skip(f"triton {found}'s interpreter cannot run these kernels (3.7 or later: pip install -e '.[test]')")
-    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
+    # PYTHONPATH: this checkout's `model`, not whichever one an editable install points at
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     env.pop(K.ENV_VAR, None)
     proc = subprocess.run([sys.executable, str(ROOT / "tests" / "workers" / "kernel_interp_checks.py")], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
@@ -331,6 +380,29 @@ def test_interp_a_nan_activation_block_stays_nan(interp_results):
     for r in rows:
         assert r["scale_nan"] == [True, True] and r["out_all_nan"] == [True, True], r
         assert r["clean_row_rel"] <= GEMM_REL["float32"], r  # the control: a row without NaN is finite, as before
+
+
+def test_interp_kernels_agree_with_the_twins_bit_for_bit(interp_results):
+    # the module's promise on the interpreter: the same roundings as torch, so no tolerance at all
+    for r in of_kind(interp_results, "act_quant"):
+        assert r["scale_rel"] == 0 and r["q_mismatch"] == 0, r["case"]
+    for r in of_kind(interp_results, "weight_dequant"):
+        assert r["exact"], r["case"]
+    exact = {r["case"]: r for r in of_kind(interp_results, "exact")}
+    assert len(exact) == 7 and all(r["equal"] for r in exact.values()), exact
+    # ue8m0 of amax = 448, 7, 0.4375: amax / 448 is already a power of two (1, 2^-6, 2^-10) and stays
+    assert exact["act_quant ue8m0 at powers of two"]["scales"] == [1.0, 2.0**-6, 2.0**-10]
+    # the controls: bf16 rounding, exact ties among them, really happened in the exact-sum cases
+    gemm = exact["fp8_gemm exact sums bfloat16"]
+    assert gemm["rounded"] > 0 and gemm["ties"] > 0, gemm
+    assert exact["weight_dequant bf16 ties"]["rounded"] > 0
+
+
+def test_interp_gemm_refuses_float64_accumulation_and_writes_inside_its_outputs(interp_results):
+    err = next(r for r in of_kind(interp_results, "error") if r["case"] == "fp8_gemm acc_dtype float64 on triton")
+    assert err["error"] and "accumulates in float32" in err["error"], err
+    canary = of_kind(interp_results, "canary")[0]
+    assert canary["q_tail"] and canary["s_tail"], canary  # nothing written past q or s
 
 
 # --------------------------------------------------------------------------------------------- CUDA

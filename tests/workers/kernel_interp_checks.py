@@ -121,3 +121,62 @@ x = torch.tensor([[448.0, -1e-6, -1e-7, 0.0, -0.0, 1e-7] + [1.0] * 122])
 (qt, _), (qr, _) = K.act_quant(x, impl="triton"), K.act_quant(x, impl="torch")
 emit(kind="signed_zero", case="act_quant", bytes_triton=qt.view(torch.uint8)[0, :6].tolist(),
      bytes_torch=qr.view(torch.uint8)[0, :6].tolist())
+
+# --- bit-exact cases (kind "exact"): where the kernels and the twins must give the same bits
+# ue8m0 at an amax of 448 x a power of two: the scale is that power of two, not the next one up
+x = torch.rand(3, 200, generator=g) * torch.tensor([[448.0], [7.0], [0.4375]]) * 0.9
+x[:, 130] = torch.tensor([448.0, -7.0, 0.4375])  # amax / 448 = 1, 2^-6, 2^-10 in the partial block
+(qt, st), (qr, sr) = K.act_quant(x, scale_fmt="ue8m0", impl="triton"), K.act_quant(x, scale_fmt="ue8m0", impl="torch")
+emit(kind="exact", case="act_quant ue8m0 at powers of two", equal=bool(torch.equal(st, sr) and torch.equal(qt.float(), qr.float())),
+     scales=st[:, 1].tolist())
+
+# GEMM with exact float32 sums (small-integer codes, power-of-two scales): the summation order cannot
+# matter, so the outputs are equal bit for bit, bf16 rounding (ties to even) included
+m, n, k = 6, 136, 200
+aq = torch.randint(-8, 9, (m, k), generator=g).float().to(torch.float8_e4m3fn)
+bq = torch.randint(-8, 9, (n, k), generator=g).float().to(torch.float8_e4m3fn)
+a_s = 2.0 ** torch.randint(-3, 3, (m, 2), generator=g).float()
+b_s = 2.0 ** torch.randint(-3, 3, (2, 2), generator=g).float()
+exact = K.fp8_gemm(aq, a_s, bq, b_s, out_dtype=torch.float64, acc_dtype=torch.float64, impl="torch")
+for dtype in (torch.float32, torch.bfloat16):
+    ct = K.fp8_gemm(aq, a_s, bq, b_s, out_dtype=dtype, impl="triton")
+    emit(kind="exact", case=f"fp8_gemm exact sums {str(dtype)[6:]}", equal=bool(torch.equal(ct, exact.to(dtype))),
+         rounded=int((exact.to(dtype).double() != exact).sum()),
+         ties=int(((exact.float().view(torch.int32) & 0xFFFF) == 0x8000).sum()))
+
+# bf16 ties in the dequantisation: q x (1 + 3 * 2^-8) lies halfway between two bf16 values for q = +-1
+q = torch.randint(-8, 9, (130, 200), generator=g).float().to(torch.float8_e4m3fn)
+s = torch.full((2, 2), 1 + 3 * 2.0**-8) * torch.tensor([[1.0, 0.5], [2.0, 4.0]])
+yt = K.weight_dequant(q, s, dtype=torch.bfloat16, impl="triton")
+emit(kind="exact", case="weight_dequant bf16 ties", equal=bool(torch.equal(yt, K.weight_dequant(q, s, impl="torch"))),
+     rounded=int((q.float().abs() == 1).sum()))
+
+# float64 dequantisation (the reference precision) and inputs that are views, through impl="triton"
+w = torch.randn(300, 200, generator=g)
+wq, ws = quantize_block(w)
+emit(kind="exact", case="weight_dequant float64", equal=bool(torch.equal(
+    K.weight_dequant(wq, ws, dtype=torch.float64, impl="triton"), K.weight_dequant(wq, ws, dtype=torch.float64, impl="torch"))))
+wq_t, ws_t = quantize_block(w.T.contiguous())  # W^T stored, its transposed views are W's codes and scales
+emit(kind="exact", case="weight_dequant transposed views", equal=bool(torch.equal(
+    K.weight_dequant(wq_t.T, ws_t.T, dtype=torch.float32, impl="triton"), K.weight_dequant(wq, ws, dtype=torch.float32, impl="torch"))))
+xq, xs = K.act_quant(torch.randn(5, 200, generator=g), impl="torch")
+wide_q, wide_s = torch.cat([wq, wq], 1), torch.cat([xs, xs], 1)  # column slices of wider tensors: not contiguous
+views = K.fp8_gemm(xq, wide_s[:, :2], wide_q[:, :200], ws, out_dtype=torch.float32, impl="triton")
+emit(kind="exact", case="fp8_gemm views", equal=bool(torch.equal(views, K.fp8_gemm(xq, xs, wq, ws, out_dtype=torch.float32,
+                                                                                  impl="triton"))))
+
+# the Triton GEMM accumulates in float32 only: float64 is the twin's, and asking the kernel for it is an error
+try:
+    K.fp8_gemm(xq, xs, wq, ws, acc_dtype=torch.float64, impl="triton")
+    emit(kind="error", case="fp8_gemm acc_dtype float64 on triton", error=None)
+except K.KernelError as e:
+    emit(kind="error", case="fp8_gemm acc_dtype float64 on triton", error=str(e))
+
+# the activation kernel writes nothing past its outputs: canaries after q and s (rows of a partial tile)
+from model import triton_kernels as tk  # noqa: E402
+m, k = 5, 300
+x = torch.randn(m, k, generator=g)
+q_buf = torch.full((m * k + 512,), 7.0).to(torch.float8_e4m3fn)
+s_buf = torch.full((m * 3 + 64,), 7.0)
+tk.act_quant_kernel[(1, 3)](x, q_buf, s_buf, m, k, 3, BLOCK_M=16, BLOCK_K=128, UE8M0=False)
+emit(kind="canary", case="act_quant", q_tail=bool((q_buf[m * k:].float() == 7).all()), s_tail=bool((s_buf[m * 3:] == 7).all()))
