@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,12 +30,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _cli import positive_int, run  # first: it puts this checkout on sys.path
+from probe.schema import TABLES
+from probe.writer import PartWriter, write_json_atomic
 
-from probe.schema import TABLES  # noqa: E402
-from probe.writer import PartWriter, write_json_atomic  # noqa: E402
-
-from _cli import positive_int, run
 
 E, K, SEQ, BATCH, LAYERS, DENSE, DOMAINS = 64, 6, 512, 8, 8, 1, ["code", "chinese", "literature", "math", "web"]
 KV_RANK = 512  # the synthetic latent width

@@ -38,16 +38,13 @@ from pathlib import Path
 
 import torch
 
+from _cli import positive_int, run as run_cli  # first: it puts this checkout on sys.path
+from model import ModelArgs, Transformer
+from model.names import MTP_SHARED, ours_to_hf
+from model.saving import write_checkpoint as save_tensors
+from model.fp8 import FP8_MAX
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from model import ModelArgs, Transformer  # noqa: E402
-from model.names import MTP_SHARED, ours_to_hf  # noqa: E402
-from model.saving import write_checkpoint as save_tensors  # noqa: E402
-from model.fp8 import FP8_MAX  # noqa: E402
-
-from _cli import positive_int, run as run_cli
-
 GB = 1e9
 STD = 0.02  # projections (the FP8 ones, and the head)
 EMBED_STD = 1.0  # unit-scale embeddings: each random layer adds a small update to the residual stream

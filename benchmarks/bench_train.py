@@ -16,18 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from model import ModelArgs, Transformer  # noqa: E402
-from train import RoutingTap, forward_losses, make_optimizer, moe_gates, parse_args, update_bias  # noqa: E402
-
-from _cli import positive_int, run
+from _cli import positive_int, run  # first: it puts this checkout on sys.path
+from model import ModelArgs, Transformer
+from train import RoutingTap, forward_losses, make_optimizer, moe_gates, parse_args, update_bias
 
 
 def load_args(src: str, overrides: list[str]) -> ModelArgs:
