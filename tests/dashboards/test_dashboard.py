@@ -128,6 +128,7 @@ def test_a_layer_with_non_finite_latents_is_named_not_averaged_away(runs, tmp_pa
         shown = {m.label: m.value for m in at.metric}
         layers = ", ".join(str(int(x)) for x in bad_layers)
         assert shown["Mean effective rank"] == want and not at.error, (shown, texts(at.error))
+        assert shown["Absorb vs MHA cache"] == f"{kv.bytes_absorb.iloc[0] / kv.bytes_mha.iloc[0]:.1%}"
         assert f"Layer(s) {layers}: non-finite latents" in texts(at.warning)
         rank = nan[["layer", "latent_dim", "effective_rank", "energy90", "energy99"]].assign(
             rank_share=nan.effective_rank / nan.latent_dim)
@@ -155,6 +156,8 @@ def test_a_run_without_rows_is_not_called_a_zero_domain_run(tmp_path):
     at.selectbox(key="cmp_b").set_value("b").run()
     info = texts(at.info)
     assert not at.error and "0 domains" not in info and "has no routed tokens yet" in info, info
+    assert "`b` has no expert loads yet." in info and not any(  # no balance "comparison" of run A alone
+        c.proto.id.endswith(("-cmp_maxvio", "-cmp_bal")) for c in at.get("plotly_chart"))
 
 
 @pytest.mark.slow

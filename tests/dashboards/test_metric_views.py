@@ -1,17 +1,19 @@
 """The metric views under AppTest, against numbers computed here from the run's Parquet files: the
 load-balance page over its window (and per GPU), the compared heatmaps' shared colour scale, and the
-vocabulary specialisation beside its no-specialisation baseline."""
+vocabulary specialisation beside its no-specialisation baseline; and what the other pages show (co-activation,
+compare, training, overview, token explorer, MTP, ablations, steering) against the same tables by hand."""
 
 from __future__ import annotations
 
-import base64
 import json
 
 import numpy as np
+import pandas as pd
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from helpers.apptest import app, open_page, texts
+from helpers.apptest import app, array, chart, open_page, texts
 from helpers.dashboard_runs import write_train_run
 
 
@@ -19,13 +21,6 @@ def frame(at, column: str):
     found = [d.value for d in at.dataframe if column in d.value.columns]
     assert found, (column, [list(d.value.columns) for d in at.dataframe])
     return found[0]
-
-
-def array(v) -> np.ndarray:
-    """A plotly JSON array: a list, or numpy's typed-array form {dtype, bdata (base64)[, shape]}."""
-    if isinstance(v, dict):
-        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=v["dtype"]).astype(float)
-    return np.array(v, dtype=float)
 
 
 def step_loads(run, layer: int, E: int, last: int | None = None) -> np.ndarray:
@@ -124,3 +119,261 @@ def test_the_most_domain_specific_experts_are_ranked_by_their_best_domains_lift(
     assert table.domain.tolist() == [sorted(['code', 'math', 'prose'])[i] for i in lift.argmax(0)[want]]
     assert (share.argmax(0) != lift.argmax(0))[want].any()  # the control: the largest share is another domain
     np.testing.assert_allclose(table.lift, best[want])
+
+
+def metrics(at) -> dict:
+    """label -> (value, delta), the first metric of each label (the MTP page has two acceptance lengths)."""
+    out = {}
+    for m in at.metric:
+        out.setdefault(m.label, (m.value, m.delta))
+    return out
+
+
+def probe_run(path, **kw) -> dict:
+    """A synthetic probe run whose model has dense layer 0 and MoE layers 1, 2 (the pages' moe_layers)."""
+    from helpers.synthetic_run import write_run
+
+    arrays = write_run(path, **kw)
+    info = json.loads((path / "run.json").read_text())
+    info["model_args"] |= {"n_layers": 3, "n_dense_layers": 1}
+    (path / "run.json").write_text(json.dumps(info))
+    return arrays
+
+
+@pytest.fixture(scope="module")
+def page_runs(tmp_path_factory):
+    """Two training runs of 100 steps (b: aux-free, c: no balancing) between synthetic probe runs, so that
+    c's next run of its own kind is b, three names on; e's routing table holds no rows and one of its
+    expert_load files is unreadable."""
+    from probe.schema import TABLES
+
+    d = tmp_path_factory.mktemp("page_runs")
+    probe_run(d / "a")
+    write_train_run(d / "b", steps=100)
+    for f in (d / "b" / "router_bias").glob("*.parquet"):  # b's largest |bias| negative (its largest bias is not)
+        t = pq.read_table(f)
+        i = t.schema.get_field_index("bias")
+        pq.write_table(t.set_column(i, "bias", pc.negate(t.column(i))), f)
+    write_train_run(d / "c", steps=100, balance="none", seed=1)
+    probe_run(d / "d", seed=1)
+    _result_tables(d / "a")
+    probe_run(d / "e")  # recorded without routing rows
+    for f in (d / "e" / "routing").glob("*.parquet"):
+        pq.write_table(TABLES["routing"].empty_table(), f)
+    sorted((d / "e" / "expert_load").glob("*.parquet"))[0].write_bytes(b"not parquet" * 10)  # and a broken file
+    info = json.loads((d / "e" / "run.json").read_text())
+    (d / "e" / "run.json").write_text(json.dumps(info | {"status": "complete", "tables": ["tokens", "routing",
+                                                                                       "expert_load"]}))
+    return d
+
+
+def _result_tables(run) -> None:
+    """run's mtp (two domains of unequal size), spec, ablations (two commands; one ablation drawn twice) and
+    steering tables (its "all" rows last, half the tokens steered)."""
+    import pyarrow as pa
+
+    from helpers.dashboard_runs import write_ablations, write_spec, write_steering
+    from probe.schema import TABLES
+
+    rows = [{"seq_id": i, "pos": i, "domain": dom, "mtp_top1": 1, "main_top1": 1, "agree": bool(i % k), "target": 1,
+             "mtp_loss": 1.0} for dom, n, k in (("code", 30, 5), ("prose", 10, 3)) for i in range(n)]
+    (run / "mtp").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows, schema=TABLES["mtp"]), run / "mtp" / "part-0.parquet")
+    write_spec(run)
+    write_ablations(run)
+    ab = pq.read_table(run / "ablations" / "sweep.parquet").to_pandas()
+    again = ab[ab.ablation == "rand2"].assign(ablation="rand2-seed1", delta=lambda t: t.delta + 0.1)
+    pq.write_table(pa.Table.from_pandas(pd.concat([ab, again]), schema=TABLES["ablations"], preserve_index=False),
+                   run / "ablations" / "sweep.parquet")
+    pq.write_table(pa.Table.from_pandas(ab.assign(delta=ab.delta + 1), schema=TABLES["ablations"], preserve_index=False),
+                   run / "ablations" / "older.parquet")
+    write_steering(run)
+    st = pq.read_table(run / "steering" / "steer.parquet").to_pandas()
+    st = st.assign(steered_tokens=st.tokens // 2).sort_values("domain", key=lambda d: d == "all", kind="stable")
+    pq.write_table(pa.Table.from_pandas(st, schema=TABLES["steering"], preserve_index=False),
+                   run / "steering" / "steer.parquet")
+    info = json.loads((run / "run.json").read_text())
+    info["ablation_parts"] = {"sweep": {"written": 1767225600.0}, "older": {"written": 1767225000.0}}
+    (run / "run.json").write_text(json.dumps(info))
+
+
+def test_co_activation_rows_are_the_first_experts_and_paths_are_scored_against_the_best_layer(tmp_path):
+    from analyses.metrics import domain_information, routes_from_run
+
+    a = probe_run(tmp_path / "r", n_seq=12)
+    probe_run(tmp_path / "one", domains=("code",))
+    at = open_page(app(tmp_path, "r"), "coactivation")
+    heat = chart(at, "coact")["data"][0]
+    ids, E = a["ids"][1], 8
+    n = np.bincount(ids.ravel(), minlength=E)
+    pair = np.zeros((E, E))
+    for row in ids:
+        for i in row:
+            for j in row:
+                pair[i, j] += i != j
+    z = array(heat["z"]).reshape(E, E)
+    off = ~np.eye(E, dtype=bool)
+    assert n.min() > 0 and not np.allclose(pair / n[:, None], pair / n[None, :])  # rows and columns differ
+    # row i: of the tokens that chose expert i, the share that also chose j; N(i) beside each cell of row i
+    np.testing.assert_allclose(z[off], (pair / n[:, None])[off], rtol=1e-6)
+    assert np.isnan(np.diag(z)).all()  # the diagonal (always 1) left blank
+    np.testing.assert_array_equal(array(heat["customdata"]).reshape(E, E), np.repeat(n[:, None], E, 1))
+    r = routes_from_run(tmp_path / "r", [1, 2])
+    info = domain_information(r.ids, r.domain, r.layers, 1, r.heldout(5)).set_index("unit")
+    path, single = info.loc["path"], info.drop(index="path")
+    shown = metrics(at)
+    assert shown["Path AMI"][1] == f"{path.ami - single.ami.max():+.3f} vs best layer"
+    assert single.ami.max() != single.ami.min()  # the control: which layer is best matters
+    assert shown["Domain accuracy"][1] == f"{100 * (path.heldout_accuracy - path.majority_baseline):+.1f} pp vs majority"
+    at.session_state["run"] = "one"
+    at.run()
+    assert "The domain information of paths compares domains, and run `one` has 1 domain" in texts(at.info)
+    assert "Path AMI" not in metrics(at) and "Distinct paths" in metrics(at) and not at.error
+
+
+def test_load_balance_shows_the_picked_layers_load_and_bias_over_the_last_50_steps_by_default(tmp_path):
+    run = write_train_run(tmp_path / "t", steps=80)
+    at = open_page(app(tmp_path, "t"), "load_balance")
+    assert at.slider(key="lb_window").value == 50  # the default window: the last 50 steps of 80
+    heat = chart(at, "rel_heatmap")["data"][0]
+    last50 = step_loads(run, 1, 16, last=50).sum(0)
+    np.testing.assert_allclose(array(heat["z"]).reshape(3, 16)[0], last50 / last50.mean(), rtol=1e-6)
+    whole = step_loads(run, 1, 16).sum(0)
+    assert not np.allclose(whole / whole.mean(), last50 / last50.mean(), rtol=1e-3)  # the control
+    assert at.selectbox(key="lb_layer").options == heat["y"]  # the picker lists the heatmap's rows, in order
+    at.selectbox(key="lb_layer").set_value("layer2").run()
+    fig = chart(at, "load_bias")
+    assert fig["layout"]["title"]["text"].startswith("layer2:")
+    load = step_loads(run, 2, 16, last=50).sum(0)
+    rel = load / load.mean()
+    np.testing.assert_allclose(array(fig["data"][0]["y"]), rel, rtol=1e-6)
+    b = pq.read_table(run / "router_bias").to_pandas()
+    b = b[(b.layer == 2) & (b.step == b.step.max())].sort_values("expert")
+    np.testing.assert_allclose(array(fig["data"][1]["y"]), b.bias, rtol=1e-6)
+    corr = np.corrcoef(rel, b.bias)[0, 1]
+    assert f"Correlation of relative load and bias across experts: {corr:+.2f}." in texts(at.caption), [c.value[:70] for c in at.caption]
+
+
+def test_compare_starts_from_the_selected_run_against_the_next_of_its_kind_over_its_last_50_steps(page_runs):
+    at = open_page(app(page_runs, "c"), "compare")
+    assert (at.selectbox(key="cmp_a").value, at.selectbox(key="cmp_b").value) == ("c", "b")  # d and a are probes
+    heat = chart(at, "cmp_rel_c")["data"][0]
+    load = step_loads(page_runs / "c", 1, 16, last=50).sum(0)
+    np.testing.assert_allclose(array(heat["z"]).reshape(-1, 16)[0], load / load.mean(), rtol=1e-6)
+    steps = pq.read_table(page_runs / "c" / "train_steps").to_pandas().sort_values("step")
+    loss = next(t for t in chart(at, "cmp_loss")["data"] if t["name"] == "c")
+    want = [steps.lm_loss.iloc[max(0, i - 9):i + 1].mean() for i in range(len(steps))]  # a 10-step mean
+    np.testing.assert_allclose(array(loss["y"]), want, rtol=1e-5)
+
+
+def test_training_headline_and_curves_follow_the_logged_steps(page_runs):
+    run = page_runs / "b"
+    at = open_page(app(page_runs, "b"), "training")
+    steps = pq.read_table(run / "train_steps").to_pandas().sort_values("step")
+    ev = pq.read_table(run / "train_eval").to_pandas().sort_values("step")
+    shown = metrics(at)
+    assert shown["LM loss (last 20)"][0] == f"{steps.lm_loss.iloc[-20:].mean():.3f}"
+    assert len(ev) == 2 and shown["Val loss"][0] == f"{ev.val_loss.iloc[-1]:.3f}"  # the latest evaluation
+    lm = next(t for t in chart(at, "loss")["data"] if t["name"] == "lm_loss")
+    want = [steps.lm_loss.iloc[max(0, i - 9):i + 1].mean() for i in range(len(steps))]  # 10 steps by default
+    np.testing.assert_allclose(array(lm["y"]), want, rtol=1e-5)
+    bias = pq.read_table(run / "router_bias").to_pandas()
+    b = bias[bias.layer == 1].bias.to_numpy(float)
+    heat = chart(at, "bias_heat")["data"][0]
+    assert np.abs(b).max() > b.max()  # the control: the scale is set by the largest |bias|, not the largest bias
+    assert heat["zmax"] == pytest.approx(np.abs(b).max(), rel=1e-6) and heat["zmin"] == -heat["zmax"]
+
+
+def test_overview_figures_of_a_training_run(page_runs):
+    info = json.loads((page_runs / "b" / "run.json").read_text())
+    at = open_page(app(page_runs, "b"), "overview")
+    runs = at.dataframe[0].value.set_index("run")
+    assert runs.tokens["b"] == info["tokens_seen"] and "16 experts (top-4)" in runs.model["b"]
+    assert metrics(at)["Tokens seen"][0] == f"{info['tokens_seen']:,}"
+    bars = chart(at, "train_tokens_per_domain")["data"][0]
+    per = info["train_tokens"]
+    assert len(set(per.values())) > 1  # the control: the domains' counts differ
+    assert dict(zip(bars["x"], array(bars["y"]))) == per
+    at.session_state["run"] = "e"
+    at.run()
+    files = sorted((page_runs / "e").glob("*/*.parquet"))
+    assert "Unreadable Parquet file" in texts(at.warning) and not at.success  # a complete run, yet not all readable
+    assert f"1 of {len(files)} files unreadable." in texts(at.caption)
+
+
+def test_token_explorer_colours_and_routes_by_the_picked_layer(page_runs):
+    import html
+    import re
+    from collections import Counter
+
+    from dashboards.charts import expert_color
+
+    run = page_runs / "a"
+    at = open_page(app(page_runs, "a"), "token_explorer")
+    at.selectbox(key="te_layer").set_value(2).run()
+    doc = at.selectbox(key="te_doc").value
+    tok = pq.read_table(run / "tokens").to_pandas()
+    tok = tok[tok.doc_id == doc].sort_values("doc_pos")
+    r = pq.read_table(run / "routing").to_pandas().set_index(["layer", "seq_id", "pos"])
+    routes = [r.loc[(2, s, p)] for s, p in zip(tok.seq_id, tok.pos)]
+    doc_html = next(m.value for m in at.markdown if "class='tokdoc'" in m.value)
+    spans = re.findall(r"<span class='tok' title='([^']*)' style='background:([^;]+);", doc_html)
+    assert [bg for _, bg in spans] == [expert_color(int(x.expert_ids[0])) for x in routes]  # top-1 at layer 2
+    for (tip, _), x in zip(spans, routes):
+        pairs = ", ".join(f"{int(e)} ({w:.3f})" for e, w in zip(x.expert_ids, x.expert_weights))
+        assert f"layer 2 top-k (weight): {pairs}" in html.unescape(tip)
+    counts = Counter(int(x.expert_ids[0]) for x in routes)
+    chips = next(m.value for m in at.markdown if "border-radius:4px;padding:1px 6px" in m.value)
+    shown = [(int(e), int(n)) for e, n in re.findall(r"expert (\d+): (\d+)</span>", chips)]
+    assert shown == sorted(counts.items(), key=lambda c: (-c[1], c[0])) and len(set(counts.values())) > 1
+    heat = chart(at, "route")["data"][0]  # the route of the document's second token (the slider's default)
+    z, rank = array(heat["z"]).reshape(2, 8), array(heat["customdata"]).reshape(2, 8)
+    for j, layer in enumerate((1, 2)):
+        x = r.loc[(layer, tok.seq_id.iloc[1], tok.pos.iloc[1])]
+        np.testing.assert_allclose(z[j, list(x.expert_ids)], x.expert_weights, rtol=1e-6)
+        assert rank[j, list(x.expert_ids)].tolist() == [1, 2]
+    at.session_state["run"] = "e"
+    at.run()
+    assert "No routing rows for this document" in texts(at.info) and not at.error
+    assert [c.proto.id.split("-")[-1] for c in at.get("plotly_chart")] == ["doc_loss"]  # no route heatmap
+
+
+def test_mtp_agreement_is_over_positions_and_the_drafts_are_counted(page_runs):
+    mtp = pq.read_table(page_runs / "a" / "mtp").to_pandas()
+    dec = pq.read_table(page_runs / "a" / "spec_decode").to_pandas()
+    at = open_page(app(page_runs, "a"), "mtp")
+    shown = metrics(at)
+    agree = mtp.agree.mean()  # every position counts once: the larger domain weighs more
+    assert agree != mtp.groupby("domain").agree.mean().mean()  # the control: the mean of the domains' differs
+    assert shown["Agreement (all)"][0] == f"{agree:.1%}" and shown["Mean acceptance length"][0] == f"{1 + agree:.2f}"
+    assert shown["Drafts proposed"][0] == f"{dec.drafts_proposed.sum():,}" != f"{dec.drafts_accepted.sum():,}"
+
+
+def test_ablations_show_the_latest_command_sorted_with_shares_of_every_moe_layers_experts(page_runs):
+    ab = pq.read_table(page_runs / "a" / "ablations" / "sweep.parquet").to_pandas()
+    at = open_page(app(page_runs, "a"), "ablations")
+    assert at.selectbox(key="abl_part").value == "sweep"  # written last (run.json's ablation_parts)
+    table = frame(at, "routing_changed")
+    assert list(zip(table.ablation, table.domain)) == sorted(zip(ab.ablation, ab.domain))
+    np.testing.assert_allclose(table.delta, ab.set_index(["ablation", "domain"]).delta.sort_index(), rtol=1e-6)
+    curve = chart(at, "masked_curve")["data"]
+    dots = next(t for t in curve if t["mode"] == "markers" and "rand2" in str(t["customdata"]))
+    al = ab[(ab.domain == "all") & ab.ablation.isin(["rand2", "rand2-seed1", "rand4"])]
+    np.testing.assert_allclose(sorted(array(dots["x"])), sorted(al.n_disabled / (8 * 2)))  # 8 experts x 2 MoE layers
+    line = next(t for t in curve if t["mode"] == "lines" and t["name"] == "reroute · random")
+    two = al[al.n_disabled == 4].delta  # rand2 and its second draw, at one share
+    assert len(two) == 2 and array(line["y"])[np.argmin(array(line["x"]))] == pytest.approx(two.mean())
+
+
+def test_steering_shows_each_steerings_all_row_and_its_domains_bars(page_runs):
+    tab = pq.read_table(page_runs / "a" / "steering").to_pandas()
+    loss = tab[tab.kind == "loss"]
+    at = open_page(app(page_runs, "a"), "steering")
+    bars = chart(at, "steer_delta")["data"]
+    assert sorted(t["name"] for t in bars) == ["code", "prose"]  # per domain; "all" is the metric
+    for name in loss.steer.unique()[::-1]:
+        at.selectbox(key="steer_pick").set_value(name).run()
+        al = loss[(loss.steer == name) & (loss.domain == "all")].iloc[0]
+        shown = metrics(at)
+        assert shown["Δ loss (all)"][0] == f"{al.delta:+.4f}"
+        assert shown["Share steered"][0] == f"{al.steered_tokens / al.tokens:.1%}" != "100.0%"

@@ -202,3 +202,32 @@ def test_steering_page_keeps_two_commands_of_one_name_apart(runs, tmp_path):
     assert metric(at, "Δ loss (all)") == f"{want.delta:+.4f}"  # the second part's rows only
     shown = " ".join(m.value for m in at.markdown)
     assert "&#35;&#35;&#35; Position" in shown and "<br>" in shown and "\n\n" not in shown.split("prompt:")[-1]
+
+
+def test_run_vs_run_lists_a_token_whose_top1_or_whose_set_alone_changed(tmp_path):
+    import pyarrow as pa
+
+    from helpers.synthetic_run import write_run
+    from probe.schema import TABLES
+
+    write_run(tmp_path / "a")
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+
+    def edit(ids: list, seq: int, pos: int, layer: int) -> list:
+        if (seq, pos, layer) == (0, 1, 1):
+            return ids[::-1]  # the same set, another first choice
+        if (seq, pos, layer) == (0, 2, 2):
+            return [ids[0], next(e for e in range(8) if e not in ids)]  # the same first choice, another set
+        if (seq, pos, layer) == (1, 3, 1):
+            return [e for e in range(8) if e not in ids][:2]  # both
+        return ids
+
+    for f in (tmp_path / "b" / "routing").glob("*.parquet"):
+        t = pq.read_table(f).to_pandas()
+        t["expert_ids"] = [edit(list(map(int, ids)), s, p, la) for ids, s, p, la in
+                           zip(t.expert_ids, t.seq_id, t.pos, t.layer)]
+        pq.write_table(pa.Table.from_pandas(t, schema=TABLES["routing"], preserve_index=False), f)
+    at = open_page(app(tmp_path, "a"), "compare")
+    assert at.selectbox(key="cmp_b").value == "b" and not at.error
+    changed = frame(at, "top1_changed")
+    assert sorted(zip(changed.seq_id, changed.pos)) == [(0, 1), (0, 2), (1, 3)]

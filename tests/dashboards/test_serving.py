@@ -10,7 +10,7 @@ import pytest
 
 from helpers import sglang_dumps as sg
 from probe.sglang import import_sglang
-from helpers.apptest import PAGES, app, open_page, texts
+from helpers.apptest import PAGES, app, array, chart, open_page, texts
 
 PASSES = 12
 
@@ -232,3 +232,31 @@ def test_a_plan_for_another_gpu_count_is_not_scored_against_the_servers(imported
     assert f"Planned, plan window ({other} GPUs)" in labels and "Current, plan window (2 GPUs)" in labels, labels
     assert not any(d for label, d in labels.items() if label.startswith("Planned")), labels
     assert any(f"the plan on {other}" in i.value and "Pick 2 GPUs to compare them" in i.value for i in at.info)
+
+
+def test_serving_per_layer_bars_cover_the_plan_window_and_the_gpu_bars_the_picked_layer(imported):
+    counts, m = imported["counts"], imported["map"]
+    at = open_page(app(imported["runs"], "per_pass"), "serving")
+    lo, hi = at.slider(key="sv_window").value
+    n_slots = len(m[1])
+    assert [int(c) for c in at.selectbox(key="sv_gpus").options] == [d for d in range(2, n_slots + 1)
+                                                                      if n_slots % d == 0]  # one GPU is no EP
+    now = next(t for t in chart(at, "sv_layers")["data"] if t["name"] == "current placement")
+    want = [by_hand(counts, {layer: m[layer]}, 2, range(lo, hi + 1)) for layer in (1, 2)]
+    later = [by_hand(counts, {layer: m[layer]}, 2, range(hi + 1, PASSES)) for layer in (1, 2)]
+    assert np.allclose(array(now["y"]), want, atol=5e-4) and not np.allclose(want, later, atol=5e-4)  # the window's passes
+    at.selectbox(key="sv_layer").set_value("layer2").run()
+    gpu = chart(at, "sv_gpu")
+    per_gpu = [0.0, 0.0]
+    for slot, e in enumerate(m[2]):  # layer 2's window load on the dump's map, replicas sharing evenly
+        per_gpu[slot // (n_slots // 2)] += sum(counts[fp][2][e] for fp in range(lo, hi + 1)) / list(m[2]).count(e)
+    got = array(next(t for t in gpu["data"] if t["name"] == "current placement")["y"])
+    assert gpu["layout"]["title"]["text"].startswith("layer2:") and np.allclose(got, per_gpu, rtol=1e-6)
+    # hierarchical planning puts whole expert groups on a node: only node counts dividing the groups are offered
+    groups = json.loads((imported["runs"] / "per_pass" / "run.json").read_text())["model_args"]["n_expert_groups"]
+    at.selectbox(key="sv_gpus").set_value(n_slots).run()
+    nodes = [int(c) for c in at.selectbox(key="sv_nodes").options]
+    assert nodes == [d for d in range(1, n_slots + 1) if n_slots % d == 0 and groups % d == 0] != [1] and not at.error
+    at.selectbox(key="sv_nodes").set_value(2).run()
+    cmd = next(c.value for c in at.caption if "The same plan from the command line" in c.value)
+    assert f"--gpus {n_slots} --redundant 4 --nodes 2 --format sglang" in cmd  # the node count it planned with

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 APP = str(REPO / "dashboards" / "app.py")
@@ -35,3 +39,17 @@ def open_page(at, page: str):
 
 def texts(elems) -> str:
     return " | ".join(e.value for e in elems)
+
+
+def array(v) -> np.ndarray:
+    """A plotly JSON array: a list, or numpy's typed-array form {dtype, bdata (base64)[, shape]}."""
+    if isinstance(v, dict):
+        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=v["dtype"]).astype(float)
+    return np.array(v, dtype=float)
+
+
+def chart(at, key: str) -> dict:
+    """The plotly figure a page drew under `key` (its element id ends with the key)."""
+    found = [json.loads(c.proto.spec) for c in at.get("plotly_chart") if c.proto.id.endswith(f"-{key}")]
+    assert found, (key, [c.proto.id for c in at.get("plotly_chart")])
+    return found[0]
