@@ -106,6 +106,7 @@ def test_selection_and_group_defaults():
     assert check_selection(shape) == ([1, 2], list(range(16)))
     assert check_selection(shape, "2", "0-2,7, 5") == ([2], [0, 1, 2, 5, 7])
     assert parse_ids([3, 1, 3], "--experts") == [1, 3]
+    assert parse_ids("3-3,5-6", "--experts") == [3, 5, 6]  # a range may start and end on one id
     for layers, experts, msg in [("0", None, "--layers 0 is dense"), ("3", None, "--layers 3 out of range"),
                                  (None, "16", "--experts: 16 out of range"), (None, "4-2", "empty range"),
                                  (None, "0-99", "--experts: 16..99 out of range"),
@@ -421,3 +422,22 @@ def test_the_all_domain_comes_first_and_row_order_changes_nothing():
 def test_rank_disagreement_needs_at_least_one_expert():
     with pytest.raises(ImportanceError, match="top 0: must be >= 1"):
         rank_disagreement(_table([0.1, 0.2], [0.2, 0.1]), top=0)
+
+
+def test_commands_measuring_other_experts_write_parts_of_their_own(tmp_path):
+    # the part's name hashes the experts measured: `--experts 0-1` then `--experts 2-3` with the same
+    # options are two parts, the second not replacing the first
+    import probe
+    from analyses.importance.analysis import importance_table
+    from analyses.importance.run import write_importance
+
+    out = tmp_path / "run"
+
+    def meta(experts):
+        return {"layers": [1], "experts": experts, "checkpoint": {"path": "c"}, "corpus": {"path": "t"},
+                "options": {"domain_tokens": 2000}}
+
+    write_importance(out, _table([0.1, 0.2], [0.3, 0.4]), meta([0, 1]))
+    write_importance(out, _table([0.5, 0.6], [0.7, 0.8]).assign(expert=[2, 3]), meta([2, 3]))
+    got = importance_table(probe.open_run(out)).sort_values("expert")
+    assert got.expert.tolist() == [0, 1, 2, 3] and got.delta.tolist() == [0.3, 0.4, 0.7, 0.8]

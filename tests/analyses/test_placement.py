@@ -374,3 +374,16 @@ def test_summary_and_json_report_the_gpu_loads_before_and_after(tmp_path):
     assert layer["gpu_load_before"] == [11, 2]
     np.testing.assert_allclose(sorted(layer["gpu_load_after"]), [10 / 3 + 2, 20 / 3 + 1])
     assert layer["balancedness_before"] == pytest.approx(6.5 / 11)
+
+
+def test_frame_slots_count_from_zero_on_each_gpu_and_physical_is_gpu_major():
+    from collections import Counter
+
+    loads = [9, 1, 1, 1, 5, 3]
+    p = plan_placement(loads, n_gpus=2, n_redundant=2, mode="global")  # 8 slots, 4 a GPU
+    f = p.to_frame(layer=1)
+    count = Counter(p.phy_to_log.reshape(-1).tolist())  # replicas by a plain count over the slots
+    for row in f.itertuples():
+        assert 0 <= row.slot < 4 and row.physical == row.gpu * 4 + row.slot  # SGLang's layout
+        assert row.logical == p.phy_to_log[row.gpu][row.slot] and row.replicas == count[row.logical]
+        assert row.predicted_load == pytest.approx(loads[row.logical] / count[row.logical])

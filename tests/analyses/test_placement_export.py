@@ -241,3 +241,12 @@ def test_replay_refuses_maps_outside_the_experts_and_a_map_count_other_than_the_
     m = np.array([0, 1, 0, 2, 3, 1])
     with pytest.raises(PlacementError, match="one map per layer"):
         balancedness(np.ones((2, 2, 4)), [m], 3)  # two layers, one map
+
+
+def test_logical_count_rounds_loads_to_the_nearest_count_and_zeroes_unloaded_layers():
+    from analyses.placement.export import logical_count
+
+    loads = [2.6, 0.4, 7.0, 1.9999999]  # float sums of counts (e.g. 1.9999999 for 2)
+    got = logical_count({1: np.array(loads)}, 3, 4)
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, [[0] * 4, [round(x) for x in loads], [0] * 4])

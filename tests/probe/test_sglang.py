@@ -486,3 +486,14 @@ def test_other_dump_calls_of_the_same_ranks_beside_the_imported_files_are_not_mi
             f.rename(d / sg.rank_file(rank, stamp))
     first = [x for rank in (0, 1) for x in find_dumps(d / sg.rank_file(rank, 1733000000.0))]
     assert _gpus_unknown(first, [0, 1]) is None
+
+
+def test_per_token_data_parallel_sequences_are_numbered_in_pass_order(world, tmp_path):
+    # two data-parallel ranks, each file holding its own passes 0..4: seq ids follow the passes across
+    # the files, not rank 0's every pass first and then rank 1's
+    sg.write_per_token(tmp_path / "dp", world["passes"], world["map"], duplicate=False)
+    run = probe.open_run(import_sglang(tmp_path / "dp", tmp_path / "run", config=str(world["config"]), gpus=2))
+    tok = run.df("tokens").sort_values(["seq_id", "pos"])
+    fp = tok.doc_id.str.extract(r"^pass(\d+):")[0].astype(int)
+    assert fp.is_monotonic_increasing and set(fp) == {p.fp for p in world["passes"]}
+    assert set(tok.doc_id.str.extract(r":rank(\d+):")[0].astype(int)) == {0, 1}  # both ranks' tokens kept

@@ -220,3 +220,18 @@ def test_a_folder_mixing_dump_modes_is_refused(world, tmp_path):
         shutil.copy(f, d)
     with pytest.raises(SGLangError, match=r"the files mix dump modes \['per_pass', 'stat'\]"):
         import_sglang(d, tmp_path / "run", config=str(world["config"]))
+
+
+def test_a_topk_id_below_the_minus_1_padding_is_refused(world, tmp_path):
+    from probe.sglang_dumps import read_dump
+
+    src = sorted(world["per_token"].glob("*.pt"))[0]
+    for value, ok in ((-1, True), (-2, False)):  # SGLang pads topk_ids_of_layer with -1, nothing lower
+        d = torch.load(src, weights_only=True)
+        d["records"][0]["topk_ids_of_layer"][1, 0, 0] = value
+        torch.save(d, tmp_path / f"pad{-value}.pt")
+        if ok:
+            assert read_dump(tmp_path / f"pad{-value}.pt").mode == "per_token"
+        else:
+            with pytest.raises(SGLangError, match="holds -2; SGLang pads with -1 only"):
+                read_dump(tmp_path / f"pad{-value}.pt")
