@@ -217,3 +217,39 @@ def test_a_domain_0_or_false_is_a_domain(tmp_path):
         for order in ORDERS:
             got = {w.doc_id: w.domain for w in read(p, order)}
             assert [got[k] for k in sorted(got, key=lambda k: int(k.split(":")[1]))] == domains, (p.name, order)
+
+
+def test_a_cap_below_two_tokens_a_domain_suggests_only_a_larger_max_tokens(tmp_path):
+    # by hand: cap 5 over 4 domains at seq_len 16: a takes 5 tokens, b, c and d none; a --seq-len of
+    # 5 // 4 = 1 (BOS alone) is no advice, so only --max-tokens 4 x 16 = 64; three names, all shown
+    c = domains_corpus(tmp_path / "c", {"a": 50, "b": 50, "c": 50, "d": 50})
+    stats = CorpusStats()
+    assert [(w.domain, len(w.ids)) for w in read(c, "domains", max_tokens=5, stats=stats)] == [("a", 5)]
+    assert stats.notes() == ["note: --max-tokens 5 left 3 of 4 domains without a token (b, c, d): each domain takes "
+                             "a window of up to --seq-len 16 tokens in turn; pass a --max-tokens of at least 64 to "
+                             "cover every domain"]
+
+
+def test_the_fingerprint_hashes_each_files_path_in_the_corpus_and_its_bytes(tmp_path):
+    # by hand: sha256 over (relative path, bytes) of each file in sorted order; a file moved to another
+    # domain's folder, same name and bytes, is another corpus
+    import hashlib
+
+    c = domains_corpus(tmp_path / "c", {"a": 3, "b": 4})
+    want = hashlib.sha256(b"a/d.txt" + (c / "a" / "d.txt").read_bytes() + b"b/d.txt" + (c / "b" / "d.txt").read_bytes())
+    assert fingerprint(c) == want.hexdigest()
+    before = fingerprint(c)
+    (c / "e").mkdir()
+    os.rename(c / "b" / "d.txt", c / "e" / "d.txt")
+    assert fingerprint(c) != before
+
+
+def test_a_bad_jsonl_record_is_named_by_its_line_number(tmp_path):
+    # the third line (1-based) is not JSON, the second (blank lines count) has no text
+    (tmp_path / "a.jsonl").write_text('{"text": "alpha"}\n{"id": 1}\n')
+    (tmp_path / "b.jsonl").write_text('{"text": "alpha"}\n\n{oops\n')
+    for order in ORDERS:
+        with pytest.raises(ValueError, match=r"a\.jsonl:2: a JSONL record needs a string field 'text'"):
+            read(tmp_path / "a.jsonl", order)
+        with pytest.raises(ValueError, match=r"b\.jsonl:3: not valid JSON"):
+            read(tmp_path / "b.jsonl", order)

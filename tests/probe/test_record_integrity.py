@@ -127,3 +127,38 @@ def test_records_closing_run_json_update_keeps_what_other_jobs_note_meanwhile(pr
     for t in threads:
         t.join()
     assert len(json.loads((out / "run.json").read_text())["ablation_parts"]) == n
+
+
+@pytest.mark.parametrize("second_done", [True, False])
+def test_the_closing_update_merges_each_replicas_leader_only(tmp_path, second_done):
+    # 4 ranks, model parallel 2: replicas led by ranks 0 and 2 commit progress (ranks 1 and 3 have none).
+    # Complete only when both finished; then kv_stats counts both leaders' tokens, not one's
+    import json
+    from types import SimpleNamespace
+
+    import numpy as np
+    import pyarrow.parquet as pq
+    import torch
+
+    from probe.record_tables import finish
+    from probe.stats import KVAccumulator
+    from probe.writer import PROGRESS
+
+    out = tmp_path / "r"
+    (out / PROGRESS).mkdir(parents=True)
+    (out / "run.json").write_text(json.dumps({"status": "running"}))
+    for rank, n, done in ((0, 3, True), (2, 5, second_done)):
+        acc = KVAccumulator([0], 2)
+        acc.add(0, torch.ones(n, 2), torch.ones(n, 1))
+        np.savez(out / PROGRESS / f"r{rank:03d}.npz", **acc.state())
+        (out / PROGRESS / f"r{rank:03d}.json").write_text(json.dumps(
+            {"finished": done, "tokens": 10 * n, "state": f"r{rank:03d}.npz"}))
+    args = SimpleNamespace(n_layers=1, kv_lora_rank=2, dtype="float32", qk_rope_head_dim=1, n_heads=1,
+                           qk_head_dim=2, v_head_dim=1, dim=2)
+    finish(out, "complete", SimpleNamespace(kv_stats=True), args, SimpleNamespace(size=4, model_parallel=2), 1.0)
+    info = json.loads((out / "run.json").read_text())
+    assert info["recorded"] == {"tokens": 80}
+    assert info["status"] == ("complete" if second_done else "interrupted")
+    assert (out / "kv_stats").exists() == second_done
+    if second_done:
+        assert pq.read_table(out / "kv_stats").column("tokens").to_pylist() == [8]
