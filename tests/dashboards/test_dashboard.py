@@ -442,6 +442,7 @@ def test_cli_dashboard_subcommand_parses(monkeypatch, tmp_path, capsys):
     assert bad.value.code == 2 and "'99999' is not a TCP port (1-65535)" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # four page sessions over three runs
 def test_a_one_domain_run_says_so_instead_of_empty_charts(tmp_path):
     """Specialisation and Compare runs need two domains; with one they say why, and draw no heatmap."""
     from helpers.synthetic_run import write_run
