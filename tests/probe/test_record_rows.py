@@ -58,3 +58,47 @@ def test_kv_stats_cache_bytes_of_deepseek_v3_by_hand(tmp_path):
     write_kv_tables(tmp_path, acc, args)
     row = pq.read_table(tmp_path / "kv_stats").to_pylist()[0]
     assert (row["bytes_absorb"], row["bytes_naive"], row["bytes_mha"]) == (1152, 81920, 28672)
+
+
+def test_energy_counts_of_a_uniform_spectrum_and_a_slightly_negative_eigenvalue():
+    from probe.stats import spectrum_summary
+
+    # ten equal eigenvalues: 90% of the energy is exactly nine components (their float cumsum reads
+    # 0.8999999999999999 there, which must still count as 90%)
+    s = spectrum_summary(np.ones(10))
+    assert (s["energy90"], s["energy95"], s["energy99"]) == (9, 10, 10)
+    assert s["effective_rank"] == pytest.approx(10.0, rel=1e-12)
+    # a covariance's eigvalsh can return small negatives: they count as zero energy, not as negative
+    assert spectrum_summary(np.array([1.0, 1.0, -1.0])) == spectrum_summary(np.array([1.0, 1.0, 0.0]))
+    assert spectrum_summary(np.array([1.0, 1.0, 0.0]))["energy90"] == 2
+
+
+def test_kv_spectrum_numbers_components_from_0_largest_first(tmp_path):
+    import pyarrow.parquet as pq
+
+    from probe.record_tables import write_kv_tables
+    from probe.stats import KVAccumulator
+
+    acc = KVAccumulator([3], 2)
+    acc.add(0, torch.tensor([[3.0, 0.0], [-3.0, 0.0], [0.0, 1.0], [0.0, -1.0]]), torch.ones(4, 1))
+    args = SimpleNamespace(dtype="float32", kv_lora_rank=2, qk_rope_head_dim=1, n_heads=1, qk_head_dim=2,
+                           v_head_dim=1, dim=4)
+    write_kv_tables(tmp_path, acc, args)
+    spec = pq.read_table(tmp_path / "kv_spectrum").to_pandas()
+    # mean 0; covariance diag(18 / 4, 2 / 4)
+    assert spec.layer.tolist() == [3, 3] and spec.component.tolist() == [0, 1]
+    assert spec.eigenvalue.tolist() == pytest.approx([4.5, 0.5])
+
+
+def test_a_layer_without_valid_tokens_adds_nothing_and_a_loaded_state_is_a_copy():
+    from probe.stats import KVAccumulator
+
+    acc = KVAccumulator([0], 2)
+    acc.add(0, torch.zeros(0, 2), torch.zeros(0, 1))  # a batch of padding only
+    assert acc.n.tolist() == [0] and np.isinf(acc.norms["latent"][0, 2])
+    acc.add(0, torch.tensor([[3.0, 4.0]]), torch.tensor([[2.0]]))
+    twin = KVAccumulator([0], 2)
+    twin.load_state(acc.state())  # e.g. a resumed rank's saved sums
+    twin.add(0, torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0]]))
+    assert acc.n.tolist() == [1] and acc.sum.tolist() == [[3.0, 4.0]]  # the source did not move with it
+    assert twin.n.tolist() == [2] and twin.norms["latent"][0].tolist() == [6.0, 26.0, 1.0, 5.0]
