@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from _cli import positive_int, run
+from _cli import REPO, positive_int, run
 
 CONFIG = dict(vocab_size=8192, dim=512, inter_dim=1408, moe_inter_dim=256, n_layers=6, n_dense_layers=1,
               n_heads=8, n_routed_experts=32, n_shared_experts=1, n_activated_experts=4, n_expert_groups=4,
@@ -37,9 +37,8 @@ def corpus_prompts(codec, n: int, chars: int = 120) -> list[list[int]]:
     then each domain's second, and so on, a domain that has run out of documents left out (an
     IndexError before; a review). More than the file holds is refused, naming --batch."""
     import json
-    from pathlib import Path
 
-    val = Path(__file__).resolve().parent.parent / "data" / "corpus" / "val.jsonl"
+    val = REPO / "data" / "corpus" / "val.jsonl"
     by_domain: dict[str, list[str]] = {}
     for line in val.read_text().splitlines():
         d = json.loads(line)

@@ -38,13 +38,12 @@ from pathlib import Path
 
 import torch
 
-from _cli import positive_int, run as run_cli  # first: it puts this checkout on sys.path
+from _cli import REPO, positive_int, run as run_cli  # first: it puts this checkout on sys.path
 from model import ModelArgs, Transformer
 from model.names import MTP_SHARED, ours_to_hf
 from model.saving import write_checkpoint as save_tensors
 from model.fp8 import FP8_MAX
 
-ROOT = Path(__file__).resolve().parents[1]
 GB = 1e9
 STD = 0.02  # projections (the FP8 ones, and the head)
 EMBED_STD = 1.0  # unit-scale embeddings: each random layer adds a small update to the residual stream
@@ -139,7 +138,7 @@ def clear_cache(path: Path) -> None:
 
 # --------------------------------------------------------------------------------- the runs
 def record_flags(ns, ckpt: Path) -> list[str]:
-    return ["--ckpt", str(ckpt), "--tokenizer", str(ROOT / "data" / "tokenizer.json"), "--max-tokens",
+    return ["--ckpt", str(ckpt), "--tokenizer", str(REPO / "data" / "tokenizer.json"), "--max-tokens",
             str(ns.tokens), "--seq-len", str(ns.seq_len), "--batch-size", str(ns.batch_size), "--gemm", ns.gemm,
             "--dtype", ns.dtype, "--device", ns.device, "--no-progress", "--overwrite"]
 
@@ -167,7 +166,7 @@ def run(ns, ckpt: Path, ranks: int) -> dict:
     cmd += record_flags(ns, ckpt) + ["--out", str(out)]
     print("  $ " + " ".join(cmd), flush=True)
     t0 = time.time()
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     wall = time.time() - t0
     if p.returncode != 0:
         tail = "\n".join((p.stdout + p.stderr).strip().splitlines()[-15:])

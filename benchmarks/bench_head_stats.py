@@ -22,17 +22,13 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from _cli import positive_int, run
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def child(ns) -> dict:
     import torch
 
-    sys.path.insert(0, str(REPO))
     import model
     from model.head_stats import logit_stats
     from model.memory import process_memory

@@ -30,10 +30,8 @@ from pathlib import Path
 
 import torch
 
-from _cli import positive_int, run
+from _cli import REPO, positive_int, run
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 # the tests' helpers package, searched last: tests/model/ etc. must not shadow the packages of the same name
 sys.path.append(str(REPO / "tests"))
 

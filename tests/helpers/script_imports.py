@@ -30,6 +30,15 @@ def _forget_ours() -> None:
             del sys.modules[name]
 
 
+def _forget_siblings(folder: Path) -> None:
+    """Modules imported from the script's own folder (benchmarks/_cli, which puts the repository first
+    on sys.path): a fresh `python script.py` runs their top level again, so this check does too."""
+    for name, mod in list(sys.modules.items()):
+        where = getattr(mod, "__file__", None)
+        if where and Path(where).resolve().parent == folder.resolve():
+            del sys.modules[name]
+
+
 def _resolve(module: str, names: list[str]) -> list[str]:
     try:
         mod = importlib.import_module(module)
@@ -52,6 +61,7 @@ def check(script: Path) -> list[str]:
     tree = ast.parse(script.read_text(), filename=str(script))
     saved = list(sys.path)
     _forget_ours()
+    _forget_siblings(script.parent)
     sys.path.insert(0, str(script.parent))  # as `python script.py` would
     problems = []
     try:
