@@ -1,0 +1,78 @@
+"""The commands the README, docs/ and the modules' docstrings show are contracts (a user pastes them):
+each one's arguments must still be accepted by the parser of the command it names, and the files
+it names must be there. tests/helpers/doc_commands.py finds and checks them without running a job."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from helpers import REPO
+
+CHECKER = REPO / "tests" / "helpers" / "doc_commands.py"
+
+
+def check(*files) -> dict:
+    p = subprocess.run([sys.executable, str(CHECKER), *map(str, files)], capture_output=True, text=True, cwd=REPO,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow  # a fresh process that runs every command's module up to its parser
+def test_every_documented_command_parses():
+    found = check()
+    assert found["problems"] == []
+    checked = "\n".join(found["checked"])
+    # the Quickstart's two commands, torchrun's flags after `--`, a script, a usage synopsis, a notebook
+    for line in ("README.md:63: dsv3-probe record", "README.md:64: pip install -e '.[test]'",
+                 "-m analyses.ablate -- --run runs/v3 --top 8", "python benchmarks/bench_prefill.py",
+                 "python -m analyses.steer --run RUN --experts 2:5+7 --mode force --steer-domain code",
+                 "jupyter execute analyses/notebooks/mtp.ipynb"):
+        assert line in checked
+    assert len(found["checked"]) >= 250
+
+
+DOC = """# A page
+
+Run `dsv3-probe record` (a mention) or `python -m analyses.placement` (one without its required run).
+
+```bash
+dsv3-probe record --max-tokenz 1000            # a flag misspelt
+python -m analyses.placement RUN --gpus G --redundant R   # placeholders for numbers
+python -m analyses.placement runs/x --gpus eight           # not a number
+python -m analyses.placement                               # a pasted line must be complete
+torchrun --nproc-per-node 2 -m analyses.ablate -- --run runs/x --top 2 \\
+    --domian code
+python benchmarks/bench_gone.py --repeats 3
+pip install -e '.[test,gpu]'
+streamlit run dashboards/missing.py -- runs/
+python -m analyses.steer --run RUN --experts 2:5 [--mode force\\|bias] [--steer-domain code]
+python my_script.py --anything && python -m pytest -q | head
+```
+"""
+
+
+@pytest.mark.slow  # a fresh process
+def test_a_broken_command_is_named_with_its_file_and_line(tmp_path):
+    """Negative control: each kind of drift the check exists for, in a page of its own."""
+    page = tmp_path / "page.md"
+    page.write_text(DOC)
+    found = check(page)
+    problems = "\n".join(found["problems"])
+    assert f"{page}:6: dsv3-probe record --max-tokenz 1000" in problems
+    assert "unrecognized arguments: --max-tokenz 1000" in problems
+    assert "argument --gpus: invalid int value: 'eight'" in problems
+    assert f"{page}:9: python -m analyses.placement" in problems  # fenced: required arguments missing
+    assert f"{page}:10: torchrun" in problems and "unrecognized arguments: --domian code" in problems
+    assert "benchmarks/bench_gone.py: no such file" in problems
+    assert "no extra gpu in pyproject.toml" in problems
+    assert "dashboards/missing.py: no such file" in problems
+    assert len(found["problems"]) == 7, problems
+    # what passed: the mentions, the placeholders, the synopsis; a user's own script and pytest are not ours
+    checked = "\n".join(found["checked"])
+    assert f"{page}:3: dsv3-probe record" in checked and f"{page}:3: python -m analyses.placement" in checked
+    assert "analyses.placement RUN --gpus G --redundant R" in checked
+    assert "analyses.steer --run RUN --experts 2:5 --mode force --steer-domain code" in checked
+    assert "my_script" not in checked and "-m pytest" not in checked
