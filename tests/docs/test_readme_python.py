@@ -1,0 +1,73 @@
+"""The README's Python examples run as written: each ```python block is executed in turn in one
+namespace, on a random checkpoint with the layers its layer numbers name (21) and a synthetic run,
+with only their paths replaced and their two illustrative inputs (`next_ids`, `padded`) supplied.
+Then a few of the claims their comments make are checked on what they computed."""
+
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from helpers import REPO, random_model
+from helpers.synthetic_run import write_run
+
+PATHS = {'"path/to/DeepSeek-V3"': "ckpt", '"runs/model-val"': "run"}
+
+
+def readme_blocks(text: str) -> list[tuple[int, str]]:
+    """(first line, code) of every ```python block."""
+    return [(text[: m.start()].count("\n") + 2, m.group(1)) for m in re.finditer(r"```python\n(.*?)```", text, re.S)]
+
+
+@pytest.fixture(scope="module")
+def places(tmp_path_factory):
+    import model
+
+    base = tmp_path_factory.mktemp("readme")
+    model.save(random_model("tiny", n_layers=21), base / "ckpt")
+    write_run(base / "run")
+    return {"ckpt": base / "ckpt", "run": base / "run"}
+
+
+def run_blocks(blocks, places) -> dict:
+    tokens = torch.tensor([[0, 1234 % 512, 99, 7]])  # the README's tokens, inside the tiny vocabulary
+    ns = {"next_ids": torch.tensor([[1234 % 512, 99, 7, 5]]), "padded": torch.randint(0, 512, (2, 7))}
+    for line, code in blocks:
+        for text, key in PATHS.items():
+            code = code.replace(text, repr(str(places[key])))
+        code = code.replace("torch.tensor([[0, 1234, 99, 7]])", repr(tokens.tolist()).join(("torch.tensor(", ")")))
+        exec(compile(code, f"README.md:{line}", "exec"), ns)
+    return ns
+
+
+def test_the_readme_python_runs_and_its_comments_hold(places):
+    blocks = readme_blocks((REPO / "README.md").read_text())
+    assert len(blocks) >= 3
+    ns = run_blocks(blocks, places)
+    m, tokens = ns["m"], ns["tokens"]
+    V = m.args.vocab_size
+    assert ns["mtp_logits"].shape == (1, 3, V)  # mtp_logits[:, i] predicts token i+2 -> [B, S-1, V]
+    full = m(tokens)
+    # the KV cache: prefill 3, then the 4th token at start_pos=3 gives the full forward's last position
+    torch.testing.assert_close(ns["last"], full[:, 3:], rtol=1e-5, atol=1e-5)
+    stats = ns["stats"]  # the loss of each target and the argmax, without logits
+    nll = F.cross_entropy(full.flatten(0, 1), ns["next_ids"].flatten(), reduction="none").view(1, 4)
+    torch.testing.assert_close(stats.nll, nll, rtol=1e-5, atol=1e-5)
+    assert torch.equal(stats.top1, full.argmax(-1))
+    # the hook example: blocks 20.. from the cached residual give the same logits
+    resid = ns["cache"]["layers.20.hook_resid_pre"]
+    torch.testing.assert_close(m(tokens, start_at_layer=20, resid=resid), full, rtol=1e-6, atol=1e-6)
+    assert "layers.5.ffn.gate.hook_select_scores" in ns["m"].hook_names()
+    # probe.open_run: the run's tables, as the last example reads them
+    assert {"expert_load", "tokens"} <= set(ns["run"].tables)
+
+
+def test_an_example_that_calls_what_is_not_there_fails(places):
+    """Negative control: a renamed method in an example is an error naming that example's line."""
+    blocks = readme_blocks((REPO / "README.md").read_text())
+    hooks = next(i for i, (_, code) in enumerate(blocks) if "run_with_cache" in code)
+    broken = [(line, code.replace("run_with_cache", "run_with_caches")) if i == hooks else (line, code)
+              for i, (line, code) in enumerate(blocks)]
+    with pytest.raises(AttributeError, match="run_with_caches"):
+        run_blocks(broken[: hooks + 1], places)
