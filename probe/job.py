@@ -472,12 +472,23 @@ def one_line_when_a_peer_is_lost(main):
     return wrapped
 
 
+def job_error(e: BaseException, message: str | None = None) -> int:
+    """A command's report of an error it expects (`except (RunError, OSError, *table_errors()) as e:
+    return job_error(e)`): `error: <message, else e's>` on stderr as one line, and exit status 2
+    (on every rank under torchrun, `exit_ranks`). A BrokenPipeError is an OSError but not a failure
+    of the job: the reader of its output stopped (`... | head`), so it is raised again for
+    `closed_pipe_quiet`."""
+    if isinstance(e, BrokenPipeError):
+        raise e
+    print(f"error: {message if message is not None else e}", file=sys.stderr)
+    return exit_ranks(2)
+
+
 def table_errors() -> tuple[type[BaseException], ...]:
     """What reading a run's tables raises beyond RunError, for a command to report as one line:
     DuckDB's errors (a half-written or foreign part file; its message names the file). Imported when
     an exception is being matched, so a command that never fails never imports DuckDB for it:
-    `except (RunError, *table_errors()) as e`. A command's `except OSError` re-raises BrokenPipeError
-    for `closed_pipe_quiet`."""
+    `except (RunError, *table_errors()) as e`, reported by `job_error`."""
     import duckdb
 
     return (duckdb.Error,)

@@ -13,7 +13,7 @@ use_system_allocator()
 
 import analyses.ablate as package  # noqa: E402
 from probe.corpus import CorpusError  # noqa: E402
-from probe.job import (add_input_flags, closed_pipe_quiet, exit_ranks, launch_rank0,  # noqa: E402
+from probe.job import (add_input_flags, closed_pipe_quiet, exit_ranks, job_error, launch_rank0,  # noqa: E402
                        one_line_when_a_peer_is_lost, table_errors)
 from probe.writer import RunError  # noqa: E402
 
@@ -86,10 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out, df = ablate(opts, ablations_from_args(ns))
     except (AblationError, CorpusError, RunError, ValueError, OSError, *table_errors()) as e:
-        if isinstance(e, BrokenPipeError):  # `| head`: closed_pipe_quiet ends it quietly
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return exit_ranks(2)
+        return job_error(e)
     if launch_rank0():
         show = df.drop(columns=["spec"]).copy()
         print(show.to_string(index=False, float_format=lambda x: f"{x:.4f}"))

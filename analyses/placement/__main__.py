@@ -9,7 +9,7 @@ from pathlib import Path
 import analyses.placement as package
 from analyses.placement import PlacementError, plan_run, run_groups, run_loads, summary_frame, write_plan
 from analyses.placement.export import FORMATS, export
-from probe.job import RecordError, check_out_parent, closed_pipe_quiet, os_refusal, table_errors
+from probe.job import RecordError, check_out_parent, closed_pipe_quiet, job_error, os_refusal, table_errors
 
 
 @closed_pipe_quiet
@@ -34,14 +34,10 @@ def main(argv=None) -> int:
     try:
         return _run(ns)
     except RecordError as e:  # an --out where no file can go (check_out_parent): nothing to do with the run
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return job_error(e)
     except (PlacementError, ValueError, OSError, *table_errors()) as e:
-        if isinstance(e, BrokenPipeError):  # `| head`: closed_pipe_quiet ends it quietly
-            raise
         msg = " ".join(str(e).split())
-        print(f"error: {msg if str(ns.run) in msg else f'{ns.run}: {msg}'}", file=sys.stderr)
-        return 2
+        return job_error(e, msg if str(ns.run) in msg else f"{ns.run}: {msg}")
 
 
 def _run(ns) -> int:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import analyses.report as package
 from analyses.notebook_utils import DEFAULT_RUN
-from probe.job import (MODEL_FLAGS, add_model_flags, check_out_parent, closed_pipe_quiet, exit_ranks, launch_rank0,
-                       one_line_when_a_peer_is_lost, os_refusal, run_inputs, table_errors)
+from probe.job import (MODEL_FLAGS, add_model_flags, check_out_parent, closed_pipe_quiet, exit_ranks, job_error,
+                       launch_rank0, one_line_when_a_peer_is_lost, os_refusal, run_inputs, table_errors)
 
 from . import data as rd
 from .render import ReportError, check_run, compute, figures, print_text, run_notes, write_findings, write_html
@@ -107,10 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             _write(r, html, findings, argv, t)
     except (ReportError, AblationError, MetricsError, CorpusError, RecordError, RunError, ValueError, OSError,
             *table_errors()) as e:
-        if isinstance(e, BrokenPipeError):  # `| head`: closed_pipe_quiet ends it quietly
-            raise
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return exit_ranks(2)
+        return job_error(e, " ".join(str(e).split()))
     return exit_ranks(0)
 
 

@@ -15,14 +15,21 @@ ROOT = Path(__file__).resolve().parents[2]
 # a command whose output (1.6 MB) is far larger than a pipe's buffer, so its reader's early exit matters
 SCRIPT = """
 import sys
-from probe.job import closed_pipe_quiet
+from probe.job import closed_pipe_quiet, job_error
 
 def main():
     for i in range(200_000):
         print(f"row {i:>7}")
     return 0
 
-sys.exit(closed_pipe_quiet(main)() if sys.argv[1] == "quiet" else main())
+def reporting():  # as the commands catch their expected errors, OSError among them
+    try:
+        return main()
+    except OSError as e:
+        return job_error(e)
+
+mains = {"quiet": closed_pipe_quiet(main), "reporting": closed_pipe_quiet(reporting), "plain": main}
+sys.exit(mains[sys.argv[1]]())
 """
 
 
@@ -39,6 +46,9 @@ def test_a_closed_pipe_ends_the_command_quietly():
     first, code, err = _first_line_then_close("quiet")
     assert first.strip() == "row       0"
     assert code == 141 and err == "", err
+    # a command that reports its OSErrors as one line (job_error) still leaves a closed pipe to it
+    first, code, err = _first_line_then_close("reporting")
+    assert first.strip() == "row       0" and code == 141 and err == "", err
     # control: the same main undecorated dies with the traceback users saw from `analyses.steer | head`
     _, code, err = _first_line_then_close("plain")
     assert code != 0 and "BrokenPipeError" in err

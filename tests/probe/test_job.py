@@ -272,3 +272,14 @@ def test_a_single_process_raises_a_runtime_error_whole(monkeypatch):
             monkeypatch.setenv("WORLD_SIZE", world)
         with pytest.raises(RuntimeError, match="a bug to see whole"):
             main()
+
+
+def test_job_error_is_one_line_and_exit_status_2_but_passes_a_closed_pipe_on(capsys):
+    from probe.job import job_error
+
+    assert job_error(OSError("disk full")) == 2
+    assert job_error(ValueError("raw"), "runs/x: the message as the command words it") == 2
+    assert capsys.readouterr().err == "error: disk full\nerror: runs/x: the message as the command words it\n"
+    with pytest.raises(BrokenPipeError):  # for closed_pipe_quiet: the reader stopped, not a failure
+        job_error(BrokenPipeError(32, "Broken pipe"))
+    assert capsys.readouterr().err == ""
