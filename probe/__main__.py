@@ -30,7 +30,7 @@ use_system_allocator()
 
 from .corpus import CorpusError  # noqa: E402
 from .job import (DEFAULT_CKPT, DEFAULT_CORPUS, DEFAULT_RUNS, RecordError, add_model_flags,  # noqa: E402
-                  closed_pipe_quiet, exit_ranks, launch_rank0, one_line_when_a_peer_is_lost)
+                  closed_pipe_quiet, exit_ranks, job_error, launch_rank0, one_line_when_a_peer_is_lost)
 from .writer import RunError, read_run_json  # noqa: E402
 
 if TYPE_CHECKING:
@@ -304,8 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = ns.fn(ns)
     except (RecordError, CorpusError, RunError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        code = 2
+        return job_error(e)
     return exit_ranks(code)
 
 
