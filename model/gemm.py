@@ -372,7 +372,7 @@ def _cache_lock():
 
         f = _cache_file()
         f.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(f.with_name(f.name + ".lock"), os.O_CREAT | os.O_RDWR)
+        fd = os.open(f.with_name(f.name + ".lock"), os.O_CREAT | os.O_RDWR, 0o666)  # not executable
     except (ImportError, OSError):
         yield
         return

@@ -111,7 +111,7 @@ def _locked(path: Path, wait: bool = True):
     try:
         import fcntl
 
-        fd = os.open(path, os.O_CREAT | os.O_RDWR)
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o666)  # as open() makes files: not executable
         fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)

@@ -189,6 +189,14 @@ def test_the_faster_path_is_kept_cached_and_used(fresh, monkeypatch, faster):
     assert gemm.choice().source == "cache" and gemm.choice().path == faster and len(timed) == 1
 
 
+def test_the_experts_measurement_lock_is_left_beside_the_cache_as_a_plain_file(fresh):
+    """(It was made executable: os.open's default mode.)"""
+    with gemm._cache_lock():
+        pass
+    lock = fresh.with_name(fresh.name + ".lock")
+    assert lock.is_file() and lock.stat().st_mode & 0o111 == 0
+
+
 @needs_onednn
 def test_a_tie_keeps_f_linear_and_is_cached_like_any_choice(fresh, monkeypatch):
     monkeypatch.setattr(gemm, "measure", lambda shapes: {"onednn": 1.00, "linear": 1.02})  # oneDNN 2% faster

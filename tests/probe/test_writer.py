@@ -162,6 +162,24 @@ def test_recorder_alive_only_while_a_job_holds_the_lock(tmp_path):
     assert (run / WRITER_LOCK).is_file() and recorder_alive(run) is False
 
 
+def test_the_lock_files_left_in_a_run_are_plain_files(tmp_path):
+    """The writer's, run.json's and a table's lock stay in the run, empty; they were made
+    executable (os.open's default mode 0o777, found by a new user's look at a finished run)."""
+    import stat
+
+    from probe.writer import table_lock, updating_run_json, writer_lock
+
+    run = tmp_path / "run"
+    with writer_lock(run), table_lock(run, "spec_decode"), updating_run_json(run, new=dict):
+        pass
+    locks = sorted(run.glob(".*.lock"))
+    assert [p.name for p in locks] == [".run.json.lock", ".spec_decode.lock", ".writer.lock"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o666 & ~umask for p in locks)
+    assert all(p.stat().st_size == 0 for p in locks)
+
+
 def test_a_lock_this_process_cannot_open_is_not_taken_for_a_killed_record(tmp_path, monkeypatch):
     """recorder_alive opened the lock file for writing and took any failure (a read-only mount, another
     user's run) for "no record holds it": a live record's run was said to be killed, with advice to
