@@ -58,7 +58,9 @@ def test_the_gpu_checks_runner_passes_in_its_cpu_mode_and_names_what_fails(tmp_p
     assert "all checks passed" in logs["kernels.log"]
     assert "identical 100.00% (>= 99%): ok" in logs["record.log"]  # decisive choices, group margins included
     assert all(f"== {step}: exit 0 after" in logs[f"{step}.log"] for step in ("kernels", "record", "parallel", "jobs"))
-    assert "spec, float32" in logs["jobs.log"] and logs["jobs.log"].count(": ok") == 5  # 4 records, spec
+    # 3 records judged (float32, bfloat16, FP8 against the twins; the CPU's twins are the reference) and spec
+    assert "spec, float32" in logs["jobs.log"] and logs["jobs.log"].count(": ok") == 4
+    assert "float32 on the CPU as the device: " in logs["jobs.log"]
     # the FP8-resident shards on the twins' float64 sums equal the whole model (both attention paths)
     assert logs["parallel.log"].count("fp8 twins") == 2
     assert all(line.endswith("yes") for line in logs["parallel.log"].splitlines() if line.startswith("fp8 twins"))
