@@ -2,8 +2,8 @@
 to record over the same windows and compare routing with `analyses.metrics.routing_agreement_from_runs`.
 
     python -m analyses.variants no-router-bias --ckpt data/model --out runs/ckpt-no-bias
-    dsv3-probe record --ckpt runs/ckpt-no-bias --out runs/model-val-no-bias
-    python -m analyses.report --compare runs/model-val-no-bias
+    dsv3-probe record --ckpt runs/ckpt-no-bias --out runs/model-val-no-router-bias --max-tokens 60000
+    python -m analyses.report --compare runs/model-val-no-router-bias   # with runs/model-val
 
 no-router-bias: every MoE gate's balancing bias (`e_score_correction_bias`, the aux-loss-free
 balancing term added to the selection scores) set to zero, everything else byte-identical. The
