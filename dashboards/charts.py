@@ -1,8 +1,9 @@
 """Plotly figures and the colour maps every page shares (one colour per domain and per expert).
 
 Domains get colours in sorted order of all the domains seen across the runs directory, so a domain
-has the same colour on every page and in every run; experts cycle through a fixed qualitative
-palette by id. Heatmaps use one sequential scale for counts and one diverging scale centred on the
+has the same colour on every page and in every run; experts take a fixed qualitative palette by
+id, 48 colours (a 256-expert layer repeats them every 48 ids: hover texts and legends name the id).
+Heatmaps use one sequential scale for counts and one diverging scale centred on the
 balanced value for relative loads and lifts.
 """
 
@@ -14,12 +15,14 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
+from plotly.colors import qualitative
 
 DOMAIN_PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#EECA3B", "#9D755D",
                   "#FF9DA6", "#BAB0AC"]
 EXPERT_PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                   "#bcbd22", "#17becf", "#393b79", "#e6550d", "#31a354", "#756bb1", "#636363", "#843c39",
-                  "#7b4173", "#3182bd", "#fd8d3c", "#74c476", "#9e9ac8", "#bd9e39", "#ad494a", "#6baed6"]
+                  "#7b4173", "#3182bd", "#fd8d3c", "#74c476", "#9e9ac8", "#bd9e39", "#ad494a", "#6baed6",
+                  *qualitative.Dark24]  # 48: ids 24 apart shared a colour in a 32-expert layer (a review)
 SEQUENTIAL = "Viridis"
 DIVERGING = "RdBu_r"
 TEMPLATE = "plotly_white"

@@ -51,7 +51,23 @@ def balance_section(ref: data.RunRef, loads, by_step, E: int, what: str) -> None
             xl = step_word(ref)
             few = mv.step.nunique() < 3  # a line of one or two points draws (next to) nothing: mark them
             st.plotly_chart(charts.lines(series, title=f"MaxVio per {xl}, {what}", xlabel=xl, markers=few,
-                                         ylabel="MaxVio_batch", height=340), key="maxvio_steps")
+                                         ylabel=f"MaxVio of the {xl}", height=340), key="maxvio_steps")
+            note = batch_order_note(ref)
+            if note:
+                st.caption(note)
+
+
+def batch_order_note(ref: data.RunRef) -> str | None:
+    """What else moves along a recorded run's batch axis: the batches' domain mix (a rise at the end
+    of a run read as routing drift; a review). None for training runs, imports and one-domain runs."""
+    if ref.kind == "train" or (ref.info.get("source") or {}).get("name") or len(ref.info.get("domains") or []) < 2:
+        return None
+    if (ref.info.get("options") or {}).get("order", "corpus") == "domains":
+        return ("Batches follow the record's `--order domains`: the domains take turns until the smaller ones run "
+                "out, so the last batches hold only the largest ones. A change along this axis can be the batches' "
+                "domain mix rather than a change of routing.")
+    return ("Batches follow the corpus order (`--order corpus`): each domain's documents come together, so the "
+            "load follows the domain being read.")
 
 
 def load_and_bias(ref: data.RunRef, layer: str, rel_E, raw_E, E: int) -> None:

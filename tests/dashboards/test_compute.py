@@ -346,6 +346,12 @@ def test_a_domain_keeps_its_colour_whatever_order_a_run_lists_its_domains_in():
     assert charts.domain_colors(["prose", "code", "math", "code"]) == want == charts.domain_colors(["math", "prose", "code"])
 
 
+def test_every_expert_of_a_48_expert_layer_has_a_colour_of_its_own():
+    """Experts 3 and 27 of the bundled model's 32 were one red (24 colours; a review of the token explorer)."""
+    assert len({charts.expert_color(e) for e in range(48)}) == 48
+    assert charts.expert_color(48) == charts.expert_color(0)  # then the palette repeats, by id
+
+
 def test_text_on_a_light_colour_is_dark_and_on_a_dark_colour_light():
     # luma 0.299 R + 0.587 G + 0.114 B: #EECA3B (yellow) 196.5, #4C78A8 (blue) 112.3
     assert charts.text_color("#ffffff") == charts.text_color("#EECA3B") == "#111"
@@ -365,3 +371,21 @@ def test_a_sequential_heatmap_given_a_top_stops_its_scale_there():
     assert (h.zmin, h.zmax) == (2.0, 10.0)
     h = charts.heatmap(np.array([[-1.0, 0.5]]), [0, 1], ["a"], zmid=0.0, zmax=3.0).data[0]  # a loss change
     assert (h.zmin, h.zmax) == (-3.0, 3.0)  # symmetric around zmid up to the given top, not to this one's |z|
+
+
+def test_the_batch_axis_says_what_else_moves_along_it():
+    """A recorded run's batches change domain mix along the run (with --order domains the last ones hold
+    only the largest domain): the load-balance page says so under its MaxVio-per-batch chart, where a
+    rise at the end was read as routing drift (a review). Nothing for training runs, imports, one domain."""
+    from dashboards.data import RunRef
+    from dashboards.pages.load_balance import batch_order_note
+
+    def ref(kind="probe", **info):
+        return RunRef("r", "/r", kind, "complete", {"domains": ["code", "math"], **info})
+
+    assert "--order domains" in batch_order_note(ref(options={"order": "domains"}))
+    assert "--order corpus" in batch_order_note(ref(options={"order": "corpus"}))
+    assert "--order corpus" in batch_order_note(ref())  # runs recorded before --order existed
+    assert batch_order_note(ref(kind="train")) is None
+    assert batch_order_note(ref(source={"name": "sglang"})) is None
+    assert batch_order_note(ref(domains=["code"])) is None
