@@ -198,10 +198,10 @@ def show(ref, steps, layers, E, r, window, gpus, redundant, nodes: int = 1, mode
         fig.update_yaxes(title="assignments in the plan window" if every == 1 else
                          f"assignments in the window's replayed passes (1 in {every})")
         st.plotly_chart(charts.style(fig, f"{layer}: load per GPU", 320, barmode="group"), key="sv_gpu")
-    download(ref, r, E, gpus, redundant, nodes, mode)
+    download(ref, r, E, gpus, redundant, nodes, mode, all_passes=window[0] <= min(steps) and window[1] >= max(steps))
 
 
-def download(ref, r, E, gpus, redundant, nodes: int = 1, mode: str = "hierarchical") -> None:
+def download(ref, r, E, gpus, redundant, nodes: int = 1, mode: str = "hierarchical", all_passes: bool = True) -> None:
     from analyses.placement.export import sglang_map
 
     n_layers = int((ref.info.get("model_args") or {}).get("n_layers") or max(r["plans"]) + 1)
@@ -209,7 +209,11 @@ def download(ref, r, E, gpus, redundant, nodes: int = 1, mode: str = "hierarchic
     st.download_button("Download the plan for SGLang (plan.json)", body, file_name="plan.json",
                        mime="application/json", icon=":material/download:", key="sv_download")
     st.caption(f"Serve with `--init-expert-location plan.json --ep-num-redundant-experts {redundant}` on "
-               f"{gpus} expert-parallel GPUs. The same plan from the command line (all passes): `python -m "
+               f"{gpus} expert-parallel GPUs. "
+               + ("The same plan from the command line: " if all_passes else
+                  "The command line plans from all of the run's passes, not from this window (it has no window "
+                  "option), so its plan can differ from this one: ")
+               + f"`python -m "
                f"analyses.placement {ref.path} --gpus {gpus} --redundant {redundant}"
                # the planner's choices too: without them the command planned another layout (a review)
                + (f" --nodes {nodes}" if nodes > 1 else "") + (" --mode global" if mode == "global" else "")

@@ -95,9 +95,13 @@ def test_serving_window_and_layout_change_the_plan(imported):
     assert metric(at, "Current, plan window") == pytest.approx(by_hand(counts, trivial, 8, range(lo, hi + 1)),
                                                                abs=5e-4)
     before = metric(at, "Planned, plan window")
+    # the command line plans from all passes: offered as the same plan only when the window is all of them
+    # (it was "the same plan" for any window; a review)
+    assert any("plans from all of the run's passes, not from this window" in c.value for c in at.caption)
     at.slider(key="sv_window").set_value((0, PASSES - 1)).run()
     assert not at.exception and not at.error
     assert not any(m.label == "Planned, later passes" for m in at.metric)  # nothing held out any more
+    assert any("The same plan from the command line" in c.value for c in at.caption)
     at.number_input(key="sv_redundant").set_value(8).run()
     assert at.selectbox(key="sv_gpus").value == 8 and not at.error  # 24 slots: 8 GPUs still divide them
     trivial = {layer: np.arange(24) % sg.E for layer in (1, 2)}
@@ -119,7 +123,7 @@ def test_serving_window_and_layout_change_the_plan(imported):
     assert any("4 GPUs do not divide 16 + 2 = 18 slots; 3 GPUs taken" in c.value for c in at.caption)
     # the command line it offers plans what the page planned: the planner's mode too (a review)
     at.radio(key="sv_mode").set_value("global").run()
-    cmd = next(c.value for c in at.caption if "The same plan from the command line" in c.value)
+    cmd = next(c.value for c in at.caption if "python -m analyses.placement" in c.value)
     assert " --mode global --format sglang" in cmd and "--redundant 2" in cmd
 
 
@@ -258,5 +262,5 @@ def test_serving_per_layer_bars_cover_the_plan_window_and_the_gpu_bars_the_picke
     nodes = [int(c) for c in at.selectbox(key="sv_nodes").options]
     assert nodes == [d for d in range(1, n_slots + 1) if n_slots % d == 0 and groups % d == 0] != [1] and not at.error
     at.selectbox(key="sv_nodes").set_value(2).run()
-    cmd = next(c.value for c in at.caption if "The same plan from the command line" in c.value)
+    cmd = next(c.value for c in at.caption if "python -m analyses.placement" in c.value)
     assert f"--gpus {n_slots} --redundant 4 --nodes 2 --format sglang" in cmd  # the node count it planned with
