@@ -120,6 +120,29 @@ def training_curves(ra: data.RunRef, rb: data.RunRef) -> None:
                                         xlabel="step", ylabel="MaxVio", colors=colors), key="cmp_mv")
 
 
+def sample_note(ra: data.RunRef, rb: data.RunRef) -> str | None:
+    """Where two recorded runs cover different samples (token counts apart by more than 10%, or other
+    domain shares), their whole-run figures are not like for like: say so, with each run's sample (a
+    60,000-token run beside a 359,101-token one looked four to eight times less balanced; a review)."""
+    planned = [(r.info.get("planned") or {}) for r in (ra, rb)]
+    if ra.kind != "probe" or rb.kind != "probe" or not all(p.get("tokens") for p in planned):
+        return None
+    tokens = [p["tokens"] for p in planned]
+    shares = [{d: n / p["tokens"] for d, n in (p.get("tokens_per_domain") or {}).items()} for p in planned]
+    apart = max(abs(shares[0].get(d, 0) - shares[1].get(d, 0)) for d in {*shares[0], *shares[1]} or {""})
+    if max(tokens) <= 1.1 * min(tokens) and apart <= 0.05:
+        return None
+
+    def sample(r, p, sh):
+        return f"`{r.name}` {p['tokens']:,} tokens (" + ", ".join(f"{d} {v:.0%}" for d, v in sorted(sh.items())) + ")"
+
+    return ("The two runs cover different samples, so their whole-run figures below (MaxVio, balancedness, "
+            "specialisation) compare different token mixes as well as the models: "
+            + "; ".join(sample(r, p, sh) for r, p, sh in zip((ra, rb), planned, shares))
+            + ". Record both with the same corpus, `--max-tokens` and `--order` to compare like for like; "
+            "Run vs run below uses only the windows both hold.")
+
+
 def main() -> None:
     st.title("Compare runs")
     picked = pick_runs()
@@ -128,6 +151,9 @@ def main() -> None:
     ra, rb = picked
     if ra.kind == "train" or rb.kind == "train":
         st.caption("Training runs: loads summed over their last 50 steps (every step of a shorter run).")
+    note = sample_note(ra, rb)
+    if note:
+        st.warning(note)
     balance(ra, rb)
     probes = [r for r in (ra, rb) if r.kind == "probe"]
     if len(probes) == 2:

@@ -389,3 +389,23 @@ def test_the_batch_axis_says_what_else_moves_along_it():
     assert batch_order_note(ref(kind="train")) is None
     assert batch_order_note(ref(source={"name": "sglang"})) is None
     assert batch_order_note(ref(domains=["code"])) is None
+
+
+def test_compared_runs_of_different_samples_are_said_to_be():
+    """Compare runs set a 60,000-token run's MaxVio beside a 359,101-token run's, of another domain mix,
+    without a word (a review): the page now warns, naming each run's sample."""
+    from dashboards.data import RunRef
+    from dashboards.pages.compare import sample_note
+
+    def ref(name, tokens, per_domain, kind="probe"):
+        return RunRef(name, f"/{name}", kind, "complete", {"planned": {"tokens": tokens, "tokens_per_domain": per_domain}})
+
+    big = ref("model-val", 359_101, {"chinese": 177_773, "code": 79_848, "math": 101_480})
+    small = ref("no-bias", 60_000, {"chinese": 20_000, "code": 20_000, "math": 20_000})
+    note = sample_note(big, small)
+    assert "`model-val` 359,101 tokens (chinese 50%, code 22%, math 28%)" in note
+    assert "`no-bias` 60,000 tokens (chinese 33%, code 33%, math 33%)" in note
+    same_mix = ref("half", 179_550, {"chinese": 88_886, "code": 39_924, "math": 50_740})
+    assert "different samples" in sample_note(big, same_mix)  # the same mix, half the tokens
+    assert sample_note(big, ref("twin", 359_101, {"chinese": 177_773, "code": 79_848, "math": 101_480})) is None
+    assert sample_note(big, ref("t", 60_000, {}, kind="train")) is None  # training runs: their own caption
