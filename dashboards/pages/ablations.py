@@ -14,6 +14,21 @@ import streamlit as st
 from dashboards import charts, compute, data, ui
 
 
+MASKED_CAPTION = ("Each point is one ablation, named as its command named it (`--top 4 --control` writes `top4` and "
+                  "`top4-control`). Mode: reroute, each token's top-k chosen again among the experts left; zero, "
+                  "the disabled experts' outputs dropped. Rule: top-N, each layer's N most loaded experts (by the "
+                  "run's loads, or by the evaluated tokens' with `--loads-from baseline`: the run's domain mix can "
+                  "differ from the sample's); random, N drawn at random per layer (the control); chosen, experts "
+                  "named with `--experts`.")
+
+
+def masked_caption(pooled: pd.DataFrame) -> str:
+    """MASKED_CAPTION, and where every (mode, rule) has one size only, that its points are no curve yet."""
+    one_each = pooled.groupby(["mode", "rule"]).frac.nunique().max() < 2
+    return MASKED_CAPTION + (" Each rule has one size here, so each is one point: a curve needs several sizes "
+                             "(`--spec analyses/sweeps/top_vs_random.yaml`)." if one_each else "")
+
+
 def rule_of(spec: str) -> str:
     """The selection rule of an ablation's spec JSON: top-N, random or chosen experts."""
     try:
@@ -102,7 +117,7 @@ def sweep(ref: data.RunRef) -> None:
         for i, ((mode, rule), g) in enumerate(pooled.groupby(["mode", "rule"])):
             color = charts.DOMAIN_PALETTE[i % len(charts.DOMAIN_PALETTE)]
             mean = g.groupby("frac", as_index=False).delta.mean()  # repeated draws (seeds) averaged
-            fig.add_trace(go.Scatter(x=mean.frac, y=mean.delta, mode="lines", name=f"{mode} · {rule}",
+            fig.add_trace(go.Scatter(x=mean.frac, y=mean.delta, mode="lines+markers", name=f"{mode} · {rule}",
                                      line=dict(color=color), legendgroup=f"{mode}{rule}", hoverinfo="skip"))
             fig.add_trace(go.Scatter(x=g.frac, y=g.delta, mode="markers", marker=dict(color=color, size=8),
                                      legendgroup=f"{mode}{rule}", showlegend=False,
@@ -110,8 +125,9 @@ def sweep(ref: data.RunRef) -> None:
                                      hovertemplate="%{customdata[0]}<br>" + xl + " %{x:.3f} (%{customdata[1]})"
                                                    "<br>Δ loss %{y:+.4f} nats<extra></extra>"))
         fig.update_xaxes(title=xl, tickformat=".0%" if E else None, rangemode="tozero")  # no negative shares
-        fig.update_yaxes(title="Δ loss, all tokens (nats)")
+        fig.update_yaxes(title="Δ loss, all tokens (nats)", rangemode="tozero")  # a 0.0005 gap looked large
         st.plotly_chart(charts.style(fig, "Masked-fraction curve", 400), key="masked_curve")
+        st.caption(masked_caption(pooled))
         cols = [c for c in (name, "mode", "rule", "n_disabled", "domain", "tokens", "baseline_loss", "loss", "delta",
                             "routing_changed", "experts_changed") if c in ab.columns]
         st.dataframe(ab[cols].sort_values([name, "domain"]), hide_index=True, width="stretch")

@@ -409,3 +409,14 @@ def test_compared_runs_of_different_samples_are_said_to_be():
     assert "different samples" in sample_note(big, same_mix)  # the same mix, half the tokens
     assert sample_note(big, ref("twin", 359_101, {"chinese": 177_773, "code": 79_848, "math": 101_480})) is None
     assert sample_note(big, ref("t", 60_000, {}, kind="train")) is None  # training runs: their own caption
+
+
+def test_the_masked_fraction_caption_says_when_its_rules_are_single_points():
+    """`--top 4 --control` gives one size per rule: two dots under a legend of lines (a review)."""
+    from dashboards.pages.ablations import masked_caption
+
+    one = pd.DataFrame({"mode": ["reroute"] * 2, "rule": ["top-N", "random"], "frac": [0.125, 0.125]})
+    sweep = pd.DataFrame({"mode": ["reroute"] * 4, "rule": ["top-N", "top-N", "random", "random"],
+                          "frac": [0.03, 0.125, 0.03, 0.125]})
+    assert "Each rule has one size here" in masked_caption(one)
+    assert "Each rule has one size here" not in masked_caption(sweep) and "Mode: reroute" in masked_caption(sweep)

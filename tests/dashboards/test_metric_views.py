@@ -360,9 +360,12 @@ def test_ablations_show_the_latest_command_sorted_with_shares_of_every_moe_layer
     dots = next(t for t in curve if t["mode"] == "markers" and "rand2" in str(t["customdata"]))
     al = ab[(ab.domain == "all") & ab.ablation.isin(["rand2", "rand2-seed1", "rand4"])]
     np.testing.assert_allclose(sorted(array(dots["x"])), sorted(al.n_disabled / (8 * 2)))  # 8 experts x 2 MoE layers
-    line = next(t for t in curve if t["mode"] == "lines" and t["name"] == "reroute · random")
+    line = next(t for t in curve if t["mode"] == "lines+markers" and t["name"] == "reroute · random")
     two = al[al.n_disabled == 4].delta  # rand2 and its second draw, at one share
     assert len(two) == 2 and array(line["y"])[np.argmin(array(line["x"]))] == pytest.approx(two.mean())
+    # the names and rules explained; this sweep has two sizes of random, so no "one point" note
+    text = " ".join(c.value for c in at.caption)
+    assert "Mode: reroute" in text and "`top4-control`" in text and "Each rule has one size here" not in text
 
 
 def test_steering_shows_each_steerings_all_row_and_its_domains_bars(page_runs):
