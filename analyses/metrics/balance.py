@@ -187,13 +187,18 @@ def _nanmax(a) -> float:
 
 
 # ------------------------------------------------------------------------------ runs
-def layer_loads_from_run(run) -> dict[int, np.ndarray]:
+def layer_loads_from_run(run, steps: tuple[int, int] | None = None) -> dict[int, np.ndarray]:
     """layer -> total load per expert over the whole run (`expert_load` summed over steps and domains
-    in SQL); index = expert id, experts with no row get 0."""
+    in SQL), or over its steps first..last (inclusive) with `steps`; index = expert id, experts with no
+    row get 0. A step range that holds no row is a MetricsError."""
     run = as_run(run)
     need_rows(run, "expert_load")
     E = n_experts_of_run(run)
-    rows = run.sql("select layer, expert, sum(count) as n from expert_load group by all").fetchnumpy()
+    where = "" if steps is None else f" where step between {int(steps[0])} and {int(steps[1])}"
+    rows = run.sql(f"select layer, expert, sum(count) as n from expert_load{where} group by all").fetchnumpy()
+    if steps is not None and not len(rows["layer"]):
+        first, last = run.sql("select min(step), max(step) from expert_load").fetchall()[0]
+        raise MetricsError(f"no expert_load rows in steps {steps[0]}-{steps[1]} (the run's steps are {first}-{last})")
     out: dict[int, np.ndarray] = {}
     for layer in np.unique(rows["layer"]):
         m = rows["layer"] == layer

@@ -7,8 +7,10 @@ loads a run measured, as DeepSeek's open EPLB does (our own implementation of th
     python -m analyses.placement runs/x --gpus 32 --redundant 32 --format sglang --out plan.json   # SGLang
     python -m analyses.placement runs/x --gpus 32 --redundant 32 --format eplb --out plan.pt       # EPLB's maps
     python -m analyses.placement runs/x --format logical-count --out counts.json   # loads for SGLang's EPLB
+    python -m analyses.placement runs/prod --gpus 8 --redundant 8 --steps 0-93     # from these passes only
 
-Input: per MoE layer, the total load of each logical expert (`expert_load`, summed over the run).
+Input: per MoE layer, the total load of each logical expert (`expert_load`, summed over the run, or
+over its steps FIRST..LAST with `--steps`: a record's batches, a server dump's forward passes).
 Each layer gets `E + redundant` physical slots, the same number on every GPU.
 
 - replicate: repeatedly give one more replica to the expert with the highest load per replica
@@ -272,15 +274,16 @@ def run_groups(run) -> int:
     return int(model_arg(as_run(run), "n_expert_groups", 1) or 1)
 
 
-def run_loads(run) -> tuple[dict[int, np.ndarray], int, int]:
-    """({MoE layer: loads [E]} summed over the run, the model's layer count, E): what the export
-    formats need (the layer count from model_args, else the last layer loaded + 1)."""
+def run_loads(run, steps: tuple[int, int] | None = None) -> tuple[dict[int, np.ndarray], int, int]:
+    """({MoE layer: loads [E]} summed over the run, or over its expert_load steps first..last with
+    `steps`, the model's layer count, E): what the export formats need (the layer count from
+    model_args, else the last layer loaded + 1)."""
     from analyses.metrics import MetricsError, layer_loads_from_run
     from analyses.metrics._common import as_run, model_arg
 
     try:
         run = as_run(run)
-        loads = layer_loads_from_run(run)
+        loads = layer_loads_from_run(run, steps)
     except MetricsError as e:
         raise PlacementError(str(e)) from None
     n_layers = int(model_arg(run, "n_layers", 0) or (max(loads) + 1 if loads else 0))

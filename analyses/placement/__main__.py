@@ -12,6 +12,14 @@ from analyses.placement.export import FORMATS, export
 from probe.job import RecordError, check_out_parent, closed_pipe_quiet, job_error, os_refusal, table_errors
 
 
+def step_range(text: str) -> tuple[int, int]:
+    """`--steps FIRST-LAST` as (first, last): whole numbers, first <= last."""
+    first, sep, last = text.partition("-")
+    if not (sep and first.isdigit() and last.isdigit()) or int(first) > int(last):
+        raise argparse.ArgumentTypeError(f"{text!r}: give FIRST-LAST, whole numbers with FIRST <= LAST, e.g. 0-93")
+    return int(first), int(last)
+
+
 @closed_pipe_quiet
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m analyses.placement", description=package.__doc__,
@@ -21,6 +29,10 @@ def main(argv=None) -> int:
     p.add_argument("--nodes", type=int, default=None, help="nodes (must divide --gpus; default 1)")
     p.add_argument("--redundant", type=int, default=None,
                    help="extra physical slots for replicas per layer (default 0)")
+    p.add_argument("--steps", type=step_range, default=None, metavar="FIRST-LAST",
+                   help="plan from expert_load's steps FIRST..LAST only, inclusive (a record's batches, a server "
+                        "dump's forward passes, training steps; the dashboard's Serving page names its plan window "
+                        "this way); default: every step")
     p.add_argument("--groups", type=int, default=None,
                    help="expert groups for --mode hierarchical (default: run.json model_args n_expert_groups)")
     p.add_argument("--mode", choices=("hierarchical", "global"), default=None,
@@ -55,7 +67,7 @@ def _run(ns) -> int:
     for name, default in (("nodes", 1), ("redundant", 0), ("mode", "hierarchical")):
         if getattr(ns, name) is None:
             setattr(ns, name, default)
-    loads, n_layers, E = run_loads(ns.run)
+    loads, n_layers, E = run_loads(ns.run, ns.steps)
     if ns.format == "logical-count":
         with os_refusal(f"--out {ns.out}: cannot write it there"):
             written = export(ns.format, None, loads, n_layers, E, ns.out)
@@ -67,7 +79,7 @@ def _run(ns) -> int:
     groups = ns.groups if ns.groups is not None else run_groups(ns.run)
     plans = plan_run(ns.run, ns.gpus, ns.nodes, ns.redundant, groups, ns.mode, loads=loads)
     config = {"run": str(ns.run), "gpus": ns.gpus, "nodes": ns.nodes, "redundant": ns.redundant,
-              "groups": groups, "mode": ns.mode}
+              "groups": groups, "mode": ns.mode, "steps": list(ns.steps) if ns.steps else None}
     with os_refusal(f"--out {ns.out}: cannot write it there"):  # checked above; not everything is foreseeable
         if ns.format == "table" and ns.out is not None:
             write_plan(plans, ns.out, config)

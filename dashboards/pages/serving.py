@@ -198,10 +198,15 @@ def show(ref, steps, layers, E, r, window, gpus, redundant, nodes: int = 1, mode
         fig.update_yaxes(title="assignments in the plan window" if every == 1 else
                          f"assignments in the window's replayed passes (1 in {every})")
         st.plotly_chart(charts.style(fig, f"{layer}: load per GPU", 320, barmode="group"), key="sv_gpu")
-    download(ref, r, E, gpus, redundant, nodes, mode, all_passes=window[0] <= min(steps) and window[1] >= max(steps))
+    whole = window[0] <= min(steps) and window[1] >= max(steps)
+    download(ref, r, E, gpus, redundant, nodes, mode, steps=None if whole else tuple(window), strided=every > 1)
 
 
-def download(ref, r, E, gpus, redundant, nodes: int = 1, mode: str = "hierarchical", all_passes: bool = True) -> None:
+def download(ref, r, E, gpus, redundant, nodes: int = 1, mode: str = "hierarchical",
+             steps: tuple[int, int] | None = None, strided: bool = False) -> None:
+    """The plan as SGLang's file, and the command line that plans the same: the plan window as
+    `--steps` (the command sums every pass in it; a strided replay planned from 1 pass in N, so
+    there the command's plan can differ, and the caption says so)."""
     from analyses.placement.export import sglang_map
 
     n_layers = int((ref.info.get("model_args") or {}).get("n_layers") or max(r["plans"]) + 1)
@@ -210,13 +215,14 @@ def download(ref, r, E, gpus, redundant, nodes: int = 1, mode: str = "hierarchic
                        mime="application/json", icon=":material/download:", key="sv_download")
     st.caption(f"Serve with `--init-expert-location plan.json --ep-num-redundant-experts {redundant}` on "
                f"{gpus} expert-parallel GPUs. "
-               + ("The same plan from the command line: " if all_passes else
-                  "The command line plans from all of the run's passes, not from this window (it has no window "
-                  "option), so its plan can differ from this one: ")
+               + ("The same plan from the command line: " if not strided else
+                  "From the command line, which sums every pass of the window where this page replayed 1 in "
+                  "every few, so its plan can differ a little: ")
                + f"`python -m "
                f"analyses.placement {ref.path} --gpus {gpus} --redundant {redundant}"
                # the planner's choices too: without them the command planned another layout (a review)
                + (f" --nodes {nodes}" if nodes > 1 else "") + (" --mode global" if mode == "global" else "")
+               + (f" --steps {steps[0]}-{steps[1]}" if steps else "")
                + " --format sglang --out plan.json`.")
 
 

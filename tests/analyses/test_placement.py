@@ -275,6 +275,35 @@ def test_cli_errors_are_one_line(tmp_path, monkeypatch):
         assert p.returncode == 2 and p.stderr.startswith(f"error: {needle}") and p.stderr.count("\n") == 1, p.stderr
 
 
+def test_steps_plan_from_those_steps_only_and_a_bad_range_is_one_line(tmp_path):
+    """--steps FIRST-LAST (the Serving page's plan window on the command line) sums expert_load's
+    steps FIRST..LAST only; the plan then equals plan_layers of those steps' loads."""
+    import json
+
+    from analyses.metrics import batch_loads_from_run
+    from analyses.placement import plan_layers
+
+    write_run(tmp_path / "run", E=8, groups=4)
+    steps, by_step = batch_loads_from_run(tmp_path / "run", 1)
+    assert steps.tolist() == [0, 1]  # two batches: plan from the second alone
+    first, last = 1, 1
+    p = _cli(tmp_path / "run", "--gpus", 2, "--redundant", 2, "--steps", f"{first}-{last}", "--out", tmp_path / "w.json")
+    assert p.returncode == 0, p.stderr
+    plan = json.loads((tmp_path / "w.json").read_text())
+    assert plan["config"]["steps"] == [first, last]
+    want = plan_layers({1: by_step[1:].sum(0)}, n_gpus=2, n_redundant=2, groups=4)[1]
+    assert plan["layers"][0]["phy_to_log"] == want.phy_to_log.tolist()
+    everything = plan_layers({1: by_step.sum(0)}, n_gpus=2, n_redundant=2, groups=4)[1]
+    assert everything.gpu_load.tolist() != plan["layers"][0]["gpu_load_after"]  # control: the first step counted there
+    for arg, needle in (("5-3", "'5-3': give FIRST-LAST, whole numbers with FIRST <= LAST"),
+                        ("x", "'x': give FIRST-LAST"),
+                        (f"{last + 100}-{last + 200}", f"no expert_load rows in steps {last + 100}-{last + 200} "
+                                                       f"(the run's steps are {int(steps[0])}-{last})")):
+        p = _cli(tmp_path / "run", "--gpus", 2, "--steps", arg)  # argparse's usage, then its one error line
+        assert p.returncode == 2 and needle in p.stderr.strip().splitlines()[-1], p.stderr
+    assert p.stderr.count("\n") == 1  # the range the run has not: one line from the command itself
+
+
 def test_a_damaged_part_file_is_one_line(tmp_path):
     """A truncated expert_load part (an interrupted copy of a run) gave an 11-frame DuckDB traceback
     (a review): DuckDB's errors are reported as one line naming the file."""

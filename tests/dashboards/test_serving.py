@@ -51,7 +51,7 @@ def metric(at, label: str) -> float:
     return float(next(m.value for m in at.metric if m.label.split(" (")[0] == label))
 
 
-def test_serving_replays_the_dumps_placement(imported):
+def test_serving_replays_the_dumps_placement(imported, tmp_path):
     at = open_page(app(imported["runs"], "per_pass"), "serving")
     assert not at.error and not at.warning, (texts(at.error), texts(at.warning))
     assert len(at.get("plotly_chart")) == 3
@@ -83,6 +83,24 @@ def test_serving_replays_the_dumps_placement(imported):
     assert f"current {agg['now']:.3f}, planned {agg['plan']:.3f}" in " ".join(c.value for c in at.caption)
     dl = at.get("download_button")
     assert dl and "plan.json" in dl[0].proto.label
+    # the command line it offers plans the same: the window as --steps (it planned from every pass; a review)
+    cmd = next(c.value for c in at.caption if "python -m analyses.placement" in c.value)
+    assert "The same plan from the command line" in cmd and f" --steps {lo}-{hi} " in cmd
+    import shlex
+
+    from analyses.placement.__main__ import main as placement
+
+    def planned_by(line: str) -> list:
+        out = tmp_path / "plan.json"
+        assert placement(shlex.split(line.replace("--out plan.json", f"--out {out}"))) == 0
+        return json.loads(out.read_text())["physical_to_logical_map"]
+
+    line = cmd.split("`python -m analyses.placement ")[1].split("`")[0]
+    got = planned_by(line)
+    assert all(got[layer] == plans[layer].tolist() for layer in (1, 2))
+    # control: from every pass, the command plans another placement
+    every_pass = planned_by(line.replace(f" --steps {lo}-{hi}", ""))
+    assert any(every_pass[layer] != plans[layer].tolist() for layer in (1, 2))
 
 
 def test_serving_window_and_layout_change_the_plan(imported):
@@ -95,13 +113,11 @@ def test_serving_window_and_layout_change_the_plan(imported):
     assert metric(at, "Current, plan window") == pytest.approx(by_hand(counts, trivial, 8, range(lo, hi + 1)),
                                                                abs=5e-4)
     before = metric(at, "Planned, plan window")
-    # the command line plans from all passes: offered as the same plan only when the window is all of them
-    # (it was "the same plan" for any window; a review)
-    assert any("plans from all of the run's passes, not from this window" in c.value for c in at.caption)
     at.slider(key="sv_window").set_value((0, PASSES - 1)).run()
     assert not at.exception and not at.error
     assert not any(m.label == "Planned, later passes" for m in at.metric)  # nothing held out any more
-    assert any("The same plan from the command line" in c.value for c in at.caption)
+    cmd = next(c.value for c in at.caption if "python -m analyses.placement" in c.value)
+    assert "The same plan from the command line" in cmd and "--steps" not in cmd  # every pass: no range needed
     at.number_input(key="sv_redundant").set_value(8).run()
     assert at.selectbox(key="sv_gpus").value == 8 and not at.error  # 24 slots: 8 GPUs still divide them
     trivial = {layer: np.arange(24) % sg.E for layer in (1, 2)}
@@ -263,4 +279,4 @@ def test_serving_per_layer_bars_cover_the_plan_window_and_the_gpu_bars_the_picke
     assert nodes == [d for d in range(1, n_slots + 1) if n_slots % d == 0 and groups % d == 0] != [1] and not at.error
     at.selectbox(key="sv_nodes").set_value(2).run()
     cmd = next(c.value for c in at.caption if "python -m analyses.placement" in c.value)
-    assert f"--gpus {n_slots} --redundant 4 --nodes 2 --format sglang" in cmd  # the node count it planned with
+    assert f"--gpus {n_slots} --redundant 4 --nodes 2 --steps " in cmd  # the node count it planned with
