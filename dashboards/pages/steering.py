@@ -91,10 +91,17 @@ def one(g) -> None:
         c = st.columns(4)
         c[0].metric(f"Δ loss ({al.domain})", f"{al.delta:+.4f}", help=f"{al.loss:.4f} vs {al.baseline_loss:.4f} nats")
         c[1].metric("Steered tokens", f"{int(al.steered_tokens):,}", help=f"of {int(al.tokens):,} tokens scored")
-        c[2].metric("Share steered", f"{al.steered_tokens / al.tokens:.1%}" if al.tokens else "–")
+        c[2].metric("Share steered", f"{al.steered_tokens / al.tokens:.1%}" if al.tokens else "–",
+                    help="share of the scored tokens the steering applied to: all of them, unless --steer-tokens "
+                         "or --steer-domain narrowed it")
         c[3].metric("Forced share", f"{al.forced_share:.1%}" if al.forced_share == al.forced_share else "–",
                     help="share of (steered token, steered layer) pairs whose top-k holds every steered expert "
                          "(1 when forcing; lower for a bias the router can refuse)")
+        per = loss[loss.domain != "all"]
+        st.caption(f"Scored on {int(al.tokens):,} tokens"
+                   + (" (" + ", ".join(f"{r.domain} {int(r.tokens):,}" for r in per.itertuples()) + ")" if len(per) else "")
+                   + ", the steering command's own sample: the Ablations page's losses come from their commands' "
+                     "samples, so their baselines and Δ loss are not on the same tokens as these.")
         st.dataframe(loss[["domain", "tokens", "steered_tokens", "forced_share", "baseline_loss", "loss", "delta"]],
                      hide_index=True, width="stretch", key="steer_rows",
                      column_config={c: st.column_config.NumberColumn(format="%.4f")
