@@ -147,6 +147,11 @@ def route_of_one_token(ref, route, toks, texts) -> None:
                                    title=f"Token {texts[i]!r} (window {s}, pos {p}): {what} of each chosen expert",
                                    xlabel="expert", ylabel="", zlabel=zlabel, fmt=fmt, customdata=rank,
                                    extra_hover="<br>rank %{customdata}"), key="route")
+    if weighted:
+        scale = (ref.info.get("model_args") or {}).get("route_scale")
+        st.caption("Weight: the gate's multiplier of the expert's output (its unbiased score, normalised over "
+                   "the top-k" + (f", times route_scale {scale:g}, so a layer's weights sum to about {scale:g}"
+                                  if scale else ", times the model's route_scale") + ").")
 
 
 with ui.guard("this page"):

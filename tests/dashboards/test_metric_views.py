@@ -332,6 +332,9 @@ def test_token_explorer_colours_and_routes_by_the_picked_layer(page_runs):
         x = r.loc[(layer, tok.seq_id.iloc[1], tok.pos.iloc[1])]
         np.testing.assert_allclose(z[j, list(x.expert_ids)], x.expert_weights, rtol=1e-6)
         assert rank[j, list(x.expert_ids)].tolist() == [1, 2]
+    scale = json.loads((run / "run.json").read_text())["model_args"].get("route_scale")
+    words = " ".join(c.value for c in at.caption)  # what the weights are (their sums near route_scale puzzled a review)
+    assert (f"times route_scale {scale:g}" if scale else "times the model's route_scale") in words
     at.session_state["run"] = "e"
     at.run()
     assert "No routing rows for this document" in texts(at.info) and not at.error
