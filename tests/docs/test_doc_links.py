@@ -3,10 +3,10 @@ and in code spans (`docs/run-tables.md`, `analyses/notebooks/`). Each must be th
 a tracked file or folder, and a heading of the target page for an anchor (GitHub's slugs)."""
 
 import re
-import subprocess
 from pathlib import PurePosixPath
 
 from helpers import REPO
+from helpers.doc_commands import repo_files
 
 TOP = ("model", "probe", "analyses", "dashboards", "data", "train", "generate", "docs", "tests", "benchmarks", ".ci")
 _LINK = re.compile(r"\]\(([^)\s]*)\)")
@@ -15,7 +15,7 @@ _FENCE = re.compile(r"^```.*?^```", re.S | re.M)
 
 
 def tracked() -> tuple[set[str], set[str]]:
-    files = set(subprocess.run(["git", "ls-files"], capture_output=True, text=True, cwd=REPO, check=True).stdout.split())
+    files = set(repo_files())
     folders = {str(p) for f in files for p in PurePosixPath(f).parents}
     return files, folders
 
@@ -80,3 +80,19 @@ def test_a_missing_file_folder_or_section_is_named():
         "docs/new.md:2: link to gone.md: no such file",
         "docs/new.md:2: link to ../README.md#no-such-section: no heading #no-such-section in README.md",
         "docs/new.md:2: `probe/gone.py`: no such file or folder"]
+
+
+def test_a_copy_without_git_lists_the_same_files(monkeypatch):
+    """A release archive has no .git: the checks then walk the tree, skipping what git ignores."""
+    from helpers import doc_commands
+
+    tracked_by_git = doc_commands.repo_files()
+
+    def no_git(*args, **kwargs):
+        raise FileNotFoundError("git")
+
+    monkeypatch.setattr(doc_commands.subprocess, "run", no_git)
+    walked = doc_commands.repo_files()
+    # every tracked file found (a built corpus or a new file may add some), nothing from git's or a venv's folders
+    assert set(tracked_by_git) <= set(walked) and "README.md" in walked and ".ci/run" in walked
+    assert not [f for f in walked if f.split("/")[0] in (".git", ".venv", ".ci-venv", "runs") or "__pycache__" in f]

@@ -18,6 +18,7 @@ import ast
 import contextlib
 import io
 import json
+import os
 import re
 import runpy
 import shlex
@@ -125,8 +126,25 @@ def from_docstrings(source: str, name: str) -> list[Command]:
     return found
 
 
+UNTRACKED = {".git", ".venv", ".ci-venv", "runs", "__pycache__", "build", "dist", "cache", "token_cache"}
+
+
+def repo_files() -> list[str]:
+    """The repository's files, relative: git's tracked ones, or, in a copy without git (a release
+    archive), every file but hidden ones and those in the folders .gitignore keeps out (UNTRACKED)."""
+    try:
+        return subprocess.run(["git", "ls-files"], capture_output=True, text=True, cwd=REPO, check=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        out = []
+        for d, dirs, names in os.walk(REPO):
+            dirs[:] = sorted(x for x in dirs if x not in UNTRACKED and (x == ".ci" or not x.startswith("."))
+                             and not x.endswith(".egg-info"))
+            out += [os.path.relpath(os.path.join(d, n), REPO) for n in names if not n.startswith(".") or n == ".gitignore"]
+        return sorted(out)
+
+
 def default_files() -> list[Path]:
-    tracked = subprocess.run(["git", "ls-files"], capture_output=True, text=True, cwd=REPO, check=True).stdout.split()
+    tracked = repo_files()
     keep = [p for p in tracked if p.endswith(".md") or (p.endswith(".py") and (
         p.split("/")[0] in PACKAGES or any(p.startswith(d + "/") for d in SCRIPT_DIRS)))]
     return [REPO / p for p in sorted(keep)]
