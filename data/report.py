@@ -18,12 +18,15 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from probe.corpus import CorpusError, read_documents
-from probe.run import Run
+
+if TYPE_CHECKING:
+    from probe.run import Run  # pyarrow: imported when a run is recorded, not with this module
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -129,7 +129,7 @@ def sample_note(ra: data.RunRef, rb: data.RunRef) -> str | None:
         return None
     tokens = [p["tokens"] for p in planned]
     shares = [{d: n / p["tokens"] for d, n in (p.get("tokens_per_domain") or {}).items()} for p in planned]
-    apart = max(abs(shares[0].get(d, 0) - shares[1].get(d, 0)) for d in {*shares[0], *shares[1]} or {""})
+    apart = max((abs(shares[0].get(d, 0) - shares[1].get(d, 0)) for d in {*shares[0], *shares[1]}), default=0.0)
     if max(tokens) <= 1.1 * min(tokens) and apart <= 0.05:
         return None
 

@@ -2,6 +2,7 @@
 and in code spans (`docs/run-tables.md`, `analyses/notebooks/`). Each must be there on a fresh clone:
 a tracked file or folder, and a heading of the target page for an anchor (GitHub's slugs)."""
 
+import posixpath
 import re
 from pathlib import PurePosixPath
 
@@ -33,14 +34,13 @@ def anchors(markdown: str) -> set[str]:
 
 def broken(page: str, text: str, files: set[str], folders: set[str], pages: dict[str, str]) -> list[str]:
     """The links and code-span paths of `page` (a repository path) that name nothing there."""
-    base, out = PurePosixPath(page).parent, []
+    base, out = posixpath.dirname(page), []
     for no, line in enumerate(text.splitlines(), 1):
         for target in _LINK.findall(line):
             if re.match(r"[a-z]+:", target):  # http(s):, mailto:
                 continue
             path, _, anchor = target.partition("#")
-            where = str(PurePosixPath(*(base / path).parts)) if path else page
-            where = _normalise(where)
+            where = posixpath.normpath(posixpath.join(base, path)) if path else page
             if path and where not in files and where not in folders:
                 out.append(f"{page}:{no}: link to {target}: no such file")
             elif anchor and where in pages and anchor not in anchors(pages[where]):
@@ -49,16 +49,6 @@ def broken(page: str, text: str, files: set[str], folders: set[str], pages: dict
             if "*" not in path and path.rstrip("/") not in files | folders:
                 out.append(f"{page}:{no}: `{path}`: no such file or folder")
     return out
-
-
-def _normalise(path: str) -> str:
-    parts: list[str] = []
-    for p in path.split("/"):
-        if p == "..":
-            parts.pop()
-        elif p not in (".", ""):
-            parts.append(p)
-    return "/".join(parts)
 
 
 def test_every_path_and_section_the_docs_name_is_there():

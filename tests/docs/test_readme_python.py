@@ -36,7 +36,7 @@ def run_blocks(blocks, places) -> dict:
     for line, code in blocks:
         for text, key in PATHS.items():
             code = code.replace(text, repr(str(places[key])))
-        code = code.replace("torch.tensor([[0, 1234, 99, 7]])", repr(tokens.tolist()).join(("torch.tensor(", ")")))
+        code = code.replace("torch.tensor([[0, 1234, 99, 7]])", f"torch.tensor({tokens.tolist()})")
         exec(compile(code, f"README.md:{line}", "exec"), ns)
     return ns
 
