@@ -133,9 +133,21 @@ def run_inputs(info: dict, where: str, ckpt: str | None, corpus: str | None,
 
 def checkpoint_identity(ckpt: Path) -> dict:
     """What run.json keeps of a run's checkpoint: its path, layout fingerprint and weights sample
-    (each weight file read once for both)."""
-    fingerprint, sample = _checkpoint_hashes(ckpt, sample=True)
-    return {"path": str(ckpt.resolve()), "fingerprint": fingerprint, "sample": sample}
+    (each weight file read once for both). Kept for the process while no file's inode, size or
+    times change: a job on a run checks the run's checkpoint and then records it (spec read each
+    file twice)."""
+    from model.checkpoint import weight_files
+
+    files = [ckpt / "config.json", *weight_files(ckpt)]
+    key = (str(ckpt.resolve()), tuple((f.name, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                                      for f in files for st in [f.stat()]))
+    if key not in _IDENTITIES:
+        fingerprint, sample = _checkpoint_hashes(ckpt, sample=True)
+        _IDENTITIES[key] = {"path": key[0], "fingerprint": fingerprint, "sample": sample}
+    return dict(_IDENTITIES[key])
+
+
+_IDENTITIES: dict[tuple, dict] = {}
 
 
 def same_checkpoint(recorded: dict, now: dict) -> bool:

@@ -231,6 +231,26 @@ def test_a_run_recorded_before_weights_samples_matches_on_its_fingerprint():
     assert not same_checkpoint({"fingerprint": "g"}, now)
 
 
+def test_a_checkpoints_identity_is_read_once_until_a_file_changes(probe_env, tmp_path, monkeypatch):
+    """spec checked the run's checkpoint and then recorded it, reading every weight file twice."""
+    import shutil
+
+    import probe.job as job
+    from helpers.checkpoints import edit_tensors
+
+    ckpt = shutil.copytree(probe_env["ckpt"], tmp_path / "ckpt")
+    reads = []
+    real = job._checkpoint_hashes
+    monkeypatch.setattr(job, "_checkpoint_hashes", lambda *a, **k: reads.append(a) or real(*a, **k))
+    first = job.checkpoint_identity(ckpt)
+    first["path"] = "changed by the caller"  # a copy: the kept record is not the caller's
+    assert job.checkpoint_identity(ckpt)["path"] == str(ckpt.resolve()) and len(reads) == 1
+    edit_tensors(next(ckpt.glob("*.safetensors")),
+                 lambda t: {k: (v + 1 if k.endswith("e_score_correction_bias") else v) for k, v in t.items()})
+    after = job.checkpoint_identity(ckpt)
+    assert len(reads) == 2 and after["sample"] != first["sample"]  # the control: a rewritten file is read again
+
+
 def test_only_fp8_activations_refuse_float64():
     from probe.job import RecordError, check_model_flags
 
