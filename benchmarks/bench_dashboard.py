@@ -292,7 +292,7 @@ def pages(runs: Path) -> dict:
             compute.relative_loads(loads, E)
             compute.domain_nmi_by_layer(u(data.domain_expert)(r), E)
 
-    def serving():  # the page's replay (dashboards/pages/serving.py, which runs its UI when imported)
+    def serving():  # the page's replay (dashboards/views/serving.py, which runs its UI when imported)
         steps, layers, X = u(data.pass_loads)(ref)
         u(data.pass_count)(ref)
         current, current_gpus = u(data.placement_maps)(ref)

@@ -131,7 +131,7 @@ def test_rank_disagreement_and_spearman_are_the_librarys_with_ties():
 
 def test_the_overview_names_only_what_a_run_knows_of_its_model():
     """An SGLang import knows layers and experts, not the hidden size: no "dim None" on the page."""
-    from dashboards.pages.overview import _model
+    from dashboards.views.overview import _model
 
     assert _model({"model_args": {"n_layers": 61, "n_routed_experts": 256, "n_activated_experts": 8}}) == \
         "61 layers, 256 experts (top-8)"
@@ -378,7 +378,7 @@ def test_the_batch_axis_says_what_else_moves_along_it():
     only the largest domain): the load-balance page says so under its MaxVio-per-batch chart, where a
     rise at the end was read as routing drift (a review). Nothing for training runs, imports, one domain."""
     from dashboards.data import RunRef
-    from dashboards.pages.load_balance import batch_order_note
+    from dashboards.views.load_balance import batch_order_note
 
     def ref(kind="probe", **info):
         return RunRef("r", "/r", kind, "complete", {"domains": ["code", "math"], **info})
@@ -395,7 +395,7 @@ def test_compared_runs_of_different_samples_are_said_to_be():
     """Compare runs set a 60,000-token run's MaxVio beside a 359,101-token run's, of another domain mix,
     without a word (a review): the page now warns, naming each run's sample."""
     from dashboards.data import RunRef
-    from dashboards.pages.compare import sample_note
+    from dashboards.views.compare import sample_note
 
     def ref(name, tokens, per_domain, kind="probe"):
         return RunRef(name, f"/{name}", kind, "complete", {"planned": {"tokens": tokens, "tokens_per_domain": per_domain}})
@@ -413,7 +413,7 @@ def test_compared_runs_of_different_samples_are_said_to_be():
 
 def test_the_masked_fraction_caption_says_when_its_rules_are_single_points():
     """`--top 4 --control` gives one size per rule: two dots under a legend of lines (a review)."""
-    from dashboards.pages.ablations import masked_caption
+    from dashboards.views.ablations import masked_caption
 
     one = pd.DataFrame({"mode": ["reroute"] * 2, "rule": ["top-N", "random"], "frac": [0.125, 0.125]})
     sweep = pd.DataFrame({"mode": ["reroute"] * 4, "rule": ["top-N", "top-N", "random", "random"],

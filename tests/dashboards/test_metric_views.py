@@ -87,7 +87,7 @@ def test_vocabulary_specialisation_is_shown_beside_its_baseline(tmp_path):
 def test_a_run_left_out_of_a_compared_chart_does_not_lend_its_colour(tmp_path):
     """Run A with one domain is left out of the specialisation chart; run B's bars were then drawn in
     A's colour, with no legend, so they read as A's (a review)."""
-    from dashboards.pages.compare import RUN_COLORS
+    from dashboards.views.compare import RUN_COLORS
     from helpers.synthetic_run import write_run
 
     write_run(tmp_path / "a", domains=("code",))

@@ -31,7 +31,7 @@ def app(runs_dir: Path, run: str | None = None):
 
 def open_page(at, page: str):
     """Switch to `page`; it must run without an exception and show its title."""
-    at.switch_page(f"pages/{page}.py").run()
+    at.switch_page(f"views/{page}.py").run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.title and at.title[0].value == PAGES[page]
     return at
