@@ -270,6 +270,9 @@ def run_info(job: Job, plan: CorpusPlan, opts: RecordOptions, world, m, tables: 
                    "skipped_binary_files": plan.stats.skipped_binary[:100]},
         "tokenizer": tokenizer_info(opts.tokenizer, job.ckpt),
         "model_args": job.args.to_dict(), "mtp_module": bool(len(m.mtp)),
+        # the dtype the forward ran in: model_args.dtype is the checkpoint's (its config's torch_dtype, what
+        # model.load uses by default) and options.dtype is the flag as given (None: float32)
+        "compute_dtype": opts.dtype or "float32",
         "options": {k: v for k, v in asdict(opts).items() if k not in NOT_RECORDED},
         "world": world.describe(),
         "tables": tables + (FINAL_TABLES if opts.kv_stats else []) + (["router_bias"] if has_router_bias else []),

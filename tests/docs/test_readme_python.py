@@ -26,6 +26,8 @@ def places(tmp_path_factory):
 
     base = tmp_path_factory.mktemp("readme")
     model.save(random_model("tiny", n_layers=21), base / "ckpt")
+    for name in ("tokenizer.json", "tokenizer_config.json"):  # the bundled model's tokenizer, for the codec line
+        (base / "ckpt" / name).write_bytes((REPO / "data" / "model" / name).read_bytes())
     write_run(base / "run")
     return {"ckpt": base / "ckpt", "run": base / "run"}
 
@@ -59,6 +61,11 @@ def test_the_readme_python_runs_and_its_comments_hold(places):
     resid = ns["cache"]["layers.20.hook_resid_pre"]
     torch.testing.assert_close(m(tokens, start_at_layer=20, resid=resid), full, rtol=1e-6, atol=1e-6)
     assert "layers.5.ffn.gate.hook_select_scores" in ns["m"].hook_names()
+    # the model as loaded by default is in the config's dtype, the float32 one as the jobs compute
+    assert ns["m32"].embed.weight.dtype == torch.float32 and m.embed.weight.dtype == getattr(torch, m.args.dtype)
+    # text to ids: BOS first, then the text's tokens, which decode back to it
+    ids = ns["ids"][0].tolist()
+    assert ids[0] == ns["m"].args.bos_token_id and ns["codec"].decode(ids) == "def mean(xs):"
     # probe.open_run: the run's tables, as the last example reads them
     assert {"expert_load", "tokens"} <= set(ns["run"].tables)
 

@@ -219,10 +219,14 @@ def test_resume_keeps_other_commands_tables_and_takes_an_explicit_default_dtype(
     out = tmp_path / "r"
     rec(probe_env, out, max_tokens=200)
     info = json.loads((out / "run.json").read_text())
+    # the dtype the forward ran in, beside the checkpoint's, which model.load takes by default (a researcher
+    # reproducing a run in a notebook got bfloat16 numbers; run.json said float32 nowhere)
+    assert info["compute_dtype"] == "float32" and info["options"]["dtype"] is None
     (out / "run.json").write_text(json.dumps(info | {"tables": info["tables"] + ["ablations"], "status": "interrupted",
                                                      "ablation_parts": {"p": {"experts": [1]}}}))
     rec(probe_env, out, max_tokens=200, resume=True, dtype="float32")
     after = json.loads((out / "run.json").read_text())
+    assert after["compute_dtype"] == "float32"
     assert "ablations" in after["tables"] and after["ablation_parts"] == {"p": {"experts": [1]}}  # the part's entry too
     with pytest.raises(RecordError, match=r"--dtype float32, this command gives bfloat16"):  # the control
         rec(probe_env, out, max_tokens=200, resume=True, dtype="bfloat16")
