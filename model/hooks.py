@@ -141,15 +141,18 @@ class HookedModule(nn.Module):
         """Run `forward(*args, **kwargs)` and return `(output, cache)` with `cache[name] = tensor`.
 
         `names`: None = every hook point except the opt-in ones (`hook_pattern`), a name, a glob
-        ("layers.*.ffn.gate.hook_topk_ids"), a list of names or a predicate. Tensors are detached
-        unless `detach=False`, and moved to `device` if given.
+        ("layers.*.ffn.gate.hook_topk_ids"), a list of names or a predicate. Each entry is a copy of
+        the tensor as it passed its hook point, so that nothing later in the forward (a hook that edits
+        in place, or the same tensor passing the next hook point: `layers.0.hook_resid_post` is
+        `layers.1.hook_resid_pre`) changes what was cached. Detached unless `detach=False` (the copy
+        then stays in the graph), and moved to `device` if given.
         """
         match = _matcher(names, list(self._hook_points))
         cache: dict[str, torch.Tensor] = {}
 
         def save(t: torch.Tensor, hook: HookPoint) -> None:
             t = t.detach() if detach else t
-            cache[hook.name] = t.to(device) if device is not None else t
+            cache[hook.name] = t.to(device, copy=True) if device is not None else t.clone()
 
         selected = [(n, save) for n in self._hook_points if match(n)]
         if not selected:

@@ -159,6 +159,19 @@ def test_cached_values_are_consistent():
     assert torch.allclose(logits, m.head(c["hook_final"]), atol=1e-6)
 
 
+def test_the_cache_holds_copies_that_later_edits_do_not_reach():
+    """layers.0.hook_resid_post and layers.1.hook_resid_pre are one tensor: a hook that zeroed the latter in
+    place zeroed the cached former too, though the docs said the cache records copies (a researcher's tour)."""
+    m = random_model("tiny", seed=4)
+    x = torch.randint(0, 512, (2, 7))
+    _, clean = m.run_with_cache(x, names="layers.0.hook_resid_post")
+    with m.hooks([("layers.1.hook_resid_pre", lambda t, h: t.zero_())]):
+        edited, c = m.run_with_cache(x, names="layers.0.hook_resid_post")
+    assert not torch.allclose(edited, m(x))  # the control: the in-place edit did reach the forward
+    assert torch.equal(c["layers.0.hook_resid_post"], clean["layers.0.hook_resid_post"])
+    assert c["layers.0.hook_resid_post"].abs().sum() > 0
+
+
 def test_attention_pattern_opt_in():
     m = random_model("tiny", seed=3)
     x = torch.randint(0, 512, (2, 6))
