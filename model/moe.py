@@ -115,7 +115,10 @@ class Gate(nn.Module):
         elif self.hook_allowed_scores.active and self.hook_select_scores.active:
             select_TE = select_TE.clone()  # the selection hook's tensor (a cache may hold it): not edited here
         select_TE = self.hook_allowed_scores(select_TE)
-        ids_TK = self.hook_topk_ids(select_TE.topk(self.topk, dim=-1).indices)
+        top = select_TE.topk(self.topk, dim=-1)
+        if self._selection_hooked():
+            self._check_choice(top.values)
+        ids_TK = self.hook_topk_ids(top.indices)
         # NOTE: the bias picks the experts; the weights come from the unbiased scores.
         try:
             weights_TK = scores_TE.gather(1, ids_TK)
@@ -128,6 +131,30 @@ class Gate(nn.Module):
             weights_TK = weights_TK / weights_TK.sum(dim=-1, keepdim=True)
         weights_TK = self.hook_topk_weights(weights_TK * self.route_scale)
         return weights_TK, ids_TK, scores_TE
+
+    def _selection_hooked(self) -> bool:
+        points = [self.hook_scores, self.hook_select_scores, self.hook_allowed_scores]
+        return any(p.active for p in points + ([self.hook_group_scores] if self.n_groups > 1 else []))
+
+    def _check_choice(self, top_TK: torch.Tensor) -> None:
+        """A hook that excluded experts (-inf scores) must leave top-k something to choose: where fewer
+        than K experts stayed allowed, topk picked among -inf ties, i.e. experts the hook had excluded,
+        with real weights and no error (keeping 2 experts out of 256 routed every token to others)."""
+        bad = torch.isneginf(top_TK) | torch.isnan(top_TK)
+        if not bool(bad.any()):
+            return
+        rows = bad.any(-1).nonzero().flatten()
+        t = int(rows[0])
+        left = int(self.topk - bad[t].sum())
+        groups = (f"; with {self.n_groups} expert groups, a group is ranked by the sum of its two best scores, so "
+                  f"it needs 2 allowed experts, and only the best {self.topk_groups} groups are kept"
+                  if self.n_groups > 1 and self.bias is not None else
+                  f"; only the best {self.topk_groups} of {self.n_groups} expert groups are kept"
+                  if self.n_groups > 1 else "")
+        raise ValueError(f"{self.hook_topk_ids.name.rsplit('.', 1)[0]}: the hooks on the router's scores leave "
+                         f"{len(rows)} token(s) fewer than the {self.topk} experts each must be routed to (token "
+                         f"{t}: {left} allowed, the rest -inf or NaN){groups}; top-k would pick excluded experts. "
+                         f"Exclude fewer experts (analyses.ablate.ablated checks a mask before the forward)")
 
     def reset_parameters(self, std: float = 0.02) -> None:
         nn.init.normal_(self.weight, std=std)

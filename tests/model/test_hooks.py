@@ -403,6 +403,35 @@ def test_an_in_place_edit_of_the_selection_scores_moves_only_the_selection(route
         assert not torch.equal(a, m(toks))  # the control: the edit does move the routing
 
 
+@pytest.mark.parametrize("groups", [4, 1])
+def test_a_hook_that_leaves_too_few_experts_is_refused(groups):
+    """Masking every expert but a few (-inf selection scores) routed every token to experts the hook had
+    excluded, with real weights: top-k picked among -inf ties (with groups, a group with one expert left
+    ranks -inf too). A researcher's tour found it; the mask is now refused, naming the router."""
+    m = random_model("tiny", seed=0, n_expert_groups=groups, n_limited_groups=min(2, groups))
+    K, E = m.args.n_activated_experts, m.args.n_routed_experts
+    toks = torch.randint(0, m.args.vocab_size, (2, 6), generator=torch.Generator().manual_seed(1))
+    g = "layers.1.ffn.gate."
+
+    def keep(experts):
+        mask = torch.full((E,), float("-inf"))
+        mask[experts] = 0.0
+        return lambda s, hook: s + mask
+
+    with pytest.raises(ValueError, match=rf"^layers\.1\.ffn\.gate: the hooks on the router's scores leave 12 token\(s\) "
+                                         rf"fewer than the {K} experts .*token 0: [12] allowed"):
+        with m.hooks([(g + "hook_select_scores", keep([5, 9]))]):
+            m(toks)
+    with pytest.raises(ValueError, match="fewer than the"):  # NaN is no score either
+        with m.hooks([(g + "hook_scores", lambda s, hook: torch.full_like(s, float("nan")))]):
+            m(toks)
+    # the control: a mask that leaves enough experts routes only to them (with groups: 2 in each of 2 groups)
+    allowed = [0, 1, 4, 5] if groups > 1 else [3, 7, 8, 12]
+    with m.hooks([(g + "hook_select_scores", keep(allowed))]):
+        _, c = m.run_with_cache(toks, names=g + "hook_topk_ids")
+    assert set(c[g + "hook_topk_ids"].flatten().tolist()) <= set(allowed)
+
+
 def test_forward_from_a_later_block_equals_the_full_pass():
     """start_at_layer + resid (a block's hook_resid_pre from a full pass) gives the full pass's
     logits bit for bit; bad uses are refused with a message naming the argument."""
