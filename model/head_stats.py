@@ -36,8 +36,13 @@ import torch.distributed as dist
 from . import layers
 
 
+IGNORE_INDEX = -100  # a target that asks for no loss (padding), as torch's cross_entropy: its nll is NaN
+
+
 class TokenStats(NamedTuple):
+    """Per position of a forward with `targets`: the target's loss and the argmax."""
     nll: torch.Tensor  # [B, N] float32: -log softmax(logits)[target] (nats); NaN where no token is allowed
+    #                    or the target is IGNORE_INDEX (-100)
     top1: torch.Tensor  # [B, N] int64: argmax of the logits
 
     def cpu(self) -> "TokenStats":
@@ -154,9 +159,16 @@ def check_targets(targets: torch.Tensor, shape: tuple[int, int], vocab: int, wha
         raise ValueError(f"{what}: expected token ids of shape {tuple(shape)}, got {got}")
     if targets.dtype.is_floating_point or targets.dtype == torch.bool:
         raise ValueError(f"{what}: expected integer token ids, got dtype {targets.dtype}")
-    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= vocab):
-        raise ValueError(f"{what}: token ids must be in [0, {vocab}); got [{int(targets.min())}, {int(targets.max())}]")
+    kept = targets[targets != IGNORE_INDEX]
+    if kept.numel() and (int(kept.min()) < 0 or int(kept.max()) >= vocab):
+        raise ValueError(f"{what}: token ids must be in [0, {vocab}) or {IGNORE_INDEX} (no loss); got "
+                         f"[{int(kept.min())}, {int(kept.max())}]")
     return targets.reshape(-1).long()
+
+
+def _ignored(nll: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+    """NaN losses where the target is IGNORE_INDEX (the reduction read some logit in its place)."""
+    return nll.masked_fill_(tgt == IGNORE_INDEX, float("nan"))
 
 
 @torch.no_grad()
@@ -171,7 +183,7 @@ def logit_stats(logits: torch.Tensor, targets: torch.Tensor) -> TokenStats:
     B, N, V = logits.shape
     tgt = check_targets(targets, (B, N), V, "targets").to(logits.device)
     nll, top1 = _stats_rows([(0, logits.reshape(B * N, V))], B * N, V, tgt, logits.dtype, logits.device)
-    return TokenStats(nll.view(B, N), top1.view(B, N))
+    return TokenStats(_ignored(nll, tgt).view(B, N), top1.view(B, N))
 
 
 def head_rows(device: torch.device, width: int, n_rows: int) -> int:
@@ -189,7 +201,7 @@ def head_rows(device: torch.device, width: int, n_rows: int) -> int:
 def head_stats(head, h: torch.Tensor, targets: torch.Tensor, vocab: int, shards=None) -> TokenStats:
     """TokenStats of `head` (model.layers.Linear: [V, D], or this rank's [V/W, D] rows of it under
     model parallelism, `shards` = model.ranks.Shards) on hidden states h [B, N, D] against
-    targets [B, N] (ids in [0, vocab)), a block of rows at a time (head_rows). Collective under
+    targets [B, N] (ids in [0, vocab), or IGNORE_INDEX), a block of rows at a time (head_rows). Collective under
     model parallelism: every rank of `shards.group` calls it with the same h and targets."""
     B, N, D = h.shape
     tgt = check_targets(targets, (B, N), vocab, "targets").to(h.device)
@@ -203,4 +215,4 @@ def head_stats(head, h: torch.Tensor, targets: torch.Tensor, vocab: int, shards=
     rows = head_rows(h.device, width, B * N)
     blocks = ((a, head.forward(flat[a : a + rows])) for a in range(0, B * N, rows))
     nll, top1 = _stats_rows(blocks, B * N, width, tgt, h.dtype, h.device, offset, group)
-    return TokenStats(nll.view(B, N), top1.view(B, N))
+    return TokenStats(_ignored(nll, tgt).view(B, N), top1.view(B, N))

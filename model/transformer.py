@@ -238,8 +238,8 @@ class Transformer(HookedModule):
             and earlier blocks are skipped, so the logits equal the full pass's when resid does (for
             analyses that change a late layer many times, e.g. analyses.importance). No KV cache.
         targets: [B, S] token ids: return model.head_stats.TokenStats (nll [B, S] float32: the loss of
-            targets[:, p] under the prediction at p; top1 [B, S]: the argmax) in place of the logits.
-            The head then runs a block of rows at a time and no [B, S, V] logits exist, on any rank
+            targets[:, p] under the prediction at p, NaN where the target is -100, e.g. padding;
+            top1 [B, S]: the argmax) in place of the logits. The head then runs a block of rows at a time and no [B, S, V] logits exist, on any rank
             (model/head_stats.py); no gradient. Not combinable with logits_at.
         mtp_targets: [B, S-1] the same for the MTP predictions (mtp=True): row i against token i+2.
         """

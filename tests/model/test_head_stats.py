@@ -136,6 +136,27 @@ def test_mtp_targets_and_a_hooked_mtp_head(tiny, monkeypatch):
     assert torch.equal(mixed[0], logits) and torch.equal(mixed[1].nll, want.nll)
 
 
+def test_targets_of_minus_100_ask_for_no_loss(tiny, monkeypatch):
+    """Padded batches needed dummy targets and a mask afterwards: -100 (torch's cross_entropy's
+    ignore_index) gives a NaN loss there, the argmax and every other loss unchanged; the MTP's too."""
+    m, tokens, targets = tiny
+    lengths = torch.tensor([11, 7, 4])
+    pad = targets.clone()
+    for row, n in enumerate(lengths.tolist()):
+        pad[row, n:] = hs.IGNORE_INDEX
+    for rows in (1000, 4):  # one block of the head, and several (the head_stats path)
+        _small_blocks(monkeypatch, rows)
+        want = m(tokens, lengths=lengths, targets=targets)
+        got, mtp = m(tokens, lengths=lengths, targets=pad, mtp=True, mtp_targets=pad[:, 1:])
+        real = pad != hs.IGNORE_INDEX
+        assert got.nll[~real].isnan().all() and torch.equal(got.nll[real], want.nll[real])
+        assert torch.equal(got.top1, want.top1)
+        assert mtp.nll[~real[:, 1:]].isnan().all() and not mtp.nll[real[:, 1:]].isnan().any()
+    with m.hooks([("mtp.0.hook_logits", lambda t, hook: None)]):  # the logits path (logit_stats) too
+        hooked = m(tokens, lengths=lengths, targets=pad, mtp=True, mtp_targets=pad[:, 1:])[1]
+    assert torch.equal(hooked.nll.isnan(), ~real[:, 1:])
+
+
 def test_head_stats_of_a_start_at_layer_pass(tiny):
     """targets combine with start_at_layer/resid (analyses.importance's suffix passes)."""
     m, tokens, targets = tiny
@@ -150,7 +171,9 @@ def test_head_stats_of_a_start_at_layer_pass(tiny):
     (dict(targets=torch.zeros(3, 10, dtype=torch.long)),
      r"targets: expected token ids of shape \(3, 11\), got \(3, 10\)"),
     (dict(targets=torch.zeros(3, 11)), "targets: expected integer token ids, got dtype torch.float32"),
-    (dict(targets=torch.full((3, 11), 10**6)), r"targets: token ids must be in \[0, \d+\); got \[1000000, 1000000\]"),
+    (dict(targets=torch.full((3, 11), 10**6)),
+     r"targets: token ids must be in \[0, \d+\) or -100 \(no loss\); got \[1000000, 1000000\]"),
+    (dict(targets=torch.full((3, 11), -1)), r"targets: token ids must be in \[0, \d+\) or -100 .*got \[-1, -1\]"),
     (dict(targets=torch.zeros(3, 11, dtype=torch.long), logits_at=torch.zeros(3, 1, dtype=torch.long)),
      "targets asks for statistics at every position"),
     (dict(mtp_targets=torch.zeros(3, 10, dtype=torch.long)), "mtp_targets is for the MTP predictions: pass mtp=True"),
