@@ -119,11 +119,21 @@ class HookedModule(nn.Module):
 
     @contextlib.contextmanager
     def hooks(self, fwd_hooks: Iterable[tuple[NameFilter, HookFn]] = ()) -> Iterator["HookedModule"]:
-        """Attach `(name_or_filter, fn)` pairs for the duration of the block; always detached after."""
+        """Attach `(name_or_filter, fn)` pairs for the duration of the block; always detached after.
+
+        `name_or_filter`: a hook point's name, a glob, a list of names or a predicate (as
+        `run_with_cache`'s `names`); `fn(tensor, hook) -> tensor | None` runs each time the forward
+        passes a matching point (returning a tensor replaces the value downstream). Yields the model."""
         handles = []
+        if isinstance(fwd_hooks, tuple) and len(fwd_hooks) == 2 and callable(fwd_hooks[1]):
+            raise HookError(f"hooks() takes a list of (name, fn) pairs; got one pair, {fwd_hooks[0]!r}: "
+                            "write hooks([(name, fn)])")
         try:
             names = list(self._hook_points)
-            for name_filter, fn in fwd_hooks:
+            for pair in fwd_hooks:
+                if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and callable(pair[1])):
+                    raise HookError(f"hooks() takes (name, fn) pairs, fn callable; got {pair!r}")
+                name_filter, fn = pair
                 if isinstance(name_filter, str) and name_filter in self._hook_points:
                     hit = [name_filter]
                 else:

@@ -115,6 +115,13 @@ def _select(x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
 
 
 class Transformer(HookedModule):
+    """DeepSeek-V3 (and V2-style configs): token embedding, `n_layers` blocks of MLA attention and a
+    dense MLP (the first `n_dense_layers`) or DeepSeekMoE, the final norm and the output head, plus
+    the MTP modules in `mtp` where the checkpoint has them. Made by `model.load(path)` from a
+    checkpoint (or from `ModelArgs` for random weights). Its forward takes token ids [B, S] and
+    returns logits [B, S, V] (see `forward` for the KV cache, padding, MTP and `targets`); every
+    internal tensor passes a named hook point (`hook_names()`, `hooks`, `run_with_cache`)."""
+
     def __init__(self, args: ModelArgs, *, attn_impl: str = "absorb", device=None, dtype=None,
                  init: bool = True) -> None:
         """Build the model. `dtype` defaults to `args.dtype`; the router stays float32.

@@ -14,6 +14,7 @@ what it needs then.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 
 
@@ -26,6 +27,10 @@ def exports(package: str, modules: dict[str, tuple[str, ...]]):
     def __getattr__(name: str):
         mod = where.get(name)
         if mod is None:
+            # a submodule the docs name (`probe.schema`): imported on first access too, as after an
+            # explicit import (it was an AttributeError until then; a researcher's tour)
+            if not name.startswith("_") and importlib.util.find_spec(f"{package}.{name}") is not None:
+                return importlib.import_module(f"{package}.{name}")
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
         value = getattr(importlib.import_module(mod, package), name)
         setattr(sys.modules[package], name, value)

@@ -71,11 +71,15 @@ class Run:
         return [t for t in TABLES if self.files(t)]
 
     def files(self, table: str) -> list[Path]:
+        """The table's committed Parquet part files, in order (empty where the run has none yet);
+        `table` must be one of `probe.schema.TABLES` (docs/run-tables.md)."""
         if table not in TABLES:
             raise RunError(f"unknown table {table!r}; tables are {list(TABLES)}")
         return table_files(self.path, table)
 
     def arrow(self, table: str, columns: list[str] | None = None) -> pa.Table:
+        """The table (or only `columns`) as one pyarrow Table in the schema of `probe.schema.TABLES`,
+        read whole into memory; an empty table with that schema where the run has no part yet."""
         files = self.files(table)
         schema = TABLES[table]
         unknown = [c for c in columns or () if c not in schema.names]
@@ -135,6 +139,8 @@ class Run:
         self._con.execute(f"create view {table} as select * from _unreadable_{table} where error('{msg}') is null")
 
     def rel(self, table: str):
+        """The table as a lazy DuckDB relation (`.filter`, `.aggregate`, `.df()`...): nothing is read
+        until it is consumed, so it suits tables larger than memory (routing, tokens)."""
         if table not in TABLES:
             raise RunError(f"unknown table {table!r}; tables are {list(TABLES)}")
         return self.con.table(table)
@@ -153,4 +159,7 @@ class Run:
 
 
 def open_run(path: str | Path) -> Run:
+    """The run directory at `path` (it must hold run.json) for reading: `Run.tables`, `Run.df`,
+    `Run.arrow`, `Run.rel`, `Run.sql` and `Run.info` (run.json). A missing or unreadable run.json is a
+    `RunError` naming the path."""
     return Run(path)

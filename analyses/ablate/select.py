@@ -447,7 +447,15 @@ def ablation_hooks(model, disabled: Mapping, mode: str = "reroute", *, renormali
 @contextlib.contextmanager
 def ablated(model, disabled: Mapping, mode: str = "reroute", *, renormalise: bool = False,
             shared_layers: Iterable[int] = ()):
-    """`with ablated(model, {layer: [experts]}, mode): model(tokens)`; hooks removed afterwards."""
+    """`with ablated(model, {layer: [experts]}, mode): model(tokens)`; hooks removed afterwards.
+
+    `disabled`: model layer index (1..n_layers-1, as in the hook names, MoE layers only) -> expert
+    ids to disable. `mode`: "reroute" (their selection scores set to -inf, so each token is routed to
+    its next-best allowed experts; refused where a layer's groups could not supply top-k experts) or
+    "zero" (the routing as it was, the disabled experts' weights zeroed: the token loses their
+    output); `renormalise` (zero only) rescales the remaining weights to the original sum.
+    `shared_layers`: layers whose shared expert's output is dropped too. Bad ids, layers and modes are
+    an `AblationError` before the forward."""
     with model.hooks(ablation_hooks(model, disabled, mode, renormalise=renormalise,
                                     shared_layers=shared_layers)):
         yield model

@@ -68,6 +68,9 @@ def as_run(run):
         import probe
 
         return probe.open_run(run)
+    if not all(hasattr(run, a) for a in ("files", "info", "sql")):  # a Run, or something that reads like one
+        raise TypeError(f"expected a run: a run directory's path or a probe.Run (probe.open_run), got "
+                        f"{type(run).__name__}")
     return run
 
 

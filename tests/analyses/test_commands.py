@@ -46,3 +46,12 @@ def test_every_exported_name_resolves(name):
     assert set(package.__all__) <= set(dir(package))
     with pytest.raises(AttributeError, match="has no attribute 'nope'"):
         package.nope  # noqa: B018 - the attribute access is the test
+
+
+def test_a_packages_submodule_is_reached_as_an_attribute():
+    """`probe.schema`, which `probe`'s docstring names, was an AttributeError until imported explicitly (a
+    researcher's tour); a submodule is now imported on first access, and only where it exists."""
+    code = ("import probe, sys; pre = 'probe.schema' in sys.modules; s = probe.schema.TABLES; "
+            "print(pre, sorted(s)[:1], hasattr(probe, 'no_such_module'))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "['ablations']", "False"], out.stdout

@@ -349,3 +349,11 @@ def test_margin_summary_near_is_strictly_below():
     # the docstring's "share of margins below `near`" (SQL: margin < near): one equal to it is not near
     s = M.margin_summary([0.0, 0.25, 0.5, 1.0], near=0.25)
     assert s["near"] == 0.25
+
+
+def test_something_that_is_no_run_is_named_as_such():
+    """balance_table({}) said "'dict' object has no attribute 'files'" (a researcher's tour)."""
+    from analyses.metrics import balance_table
+
+    with pytest.raises(TypeError, match=r"^expected a run: a run directory's path or a probe.Run .*got dict$"):
+        balance_table({})

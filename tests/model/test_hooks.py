@@ -318,6 +318,13 @@ def test_unknown_hook_names_are_errors():
     with pytest.raises(model.HookError, match=r"names='layers\.\*\.ffn\.hook_routed_outt' matches no hook"):
         with m.hooks([(["hook_embed", "layers.*.ffn.hook_routed_outt"], lambda t, hook: None)]):
             pass
+    # one pair where a list of pairs goes: "too many values to unpack (expected 2)" before (a researcher's tour)
+    with pytest.raises(model.HookError, match=r"got one pair, 'hook_embed': write hooks\(\[\(name, fn\)\]\)"):
+        with m.hooks(("hook_embed", lambda t, hook: None)):
+            pass
+    with pytest.raises(model.HookError, match=r"takes \(name, fn\) pairs, fn callable; got \('hook_embed', 3\)"):
+        with m.hooks([("hook_embed", 3)]):
+            pass
     _, cache = m.run_with_cache(tok, names=["hook_embed", "layers.*.ffn.gate.hook_topk_ids"])  # the control
     moe = range(m.args.n_dense_layers, m.args.n_layers)
     assert set(cache) == {"hook_embed", *(f"layers.{i}.ffn.gate.hook_topk_ids" for i in moe)}
