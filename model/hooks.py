@@ -24,8 +24,8 @@ from torch import nn
 HookFn = Callable[[torch.Tensor, "HookPoint"], Union[torch.Tensor, None]]
 NameFilter = Union[str, Callable[[str], bool], Iterable[str], None]
 
-# Hooks whose tensors are large ([B, H, S, T]); `run_with_cache` skips them unless named explicitly.
-OPT_IN_SUFFIXES = ("hook_pattern",)
+# Hooks whose tensors are large ([B, H, S, T]; [T, K, D]); `run_with_cache` skips them unless named explicitly.
+OPT_IN_SUFFIXES = ("hook_pattern", "hook_expert_out")
 
 
 class HookError(KeyError):
@@ -129,23 +129,42 @@ class HookedModule(nn.Module):
             raise HookError(f"hooks() takes a list of (name, fn) pairs; got one pair, {fwd_hooks[0]!r}: "
                             "write hooks([(name, fn)])")
         try:
-            names = list(self._hook_points)
             for pair in fwd_hooks:
                 if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and callable(pair[1])):
                     raise HookError(f"hooks() takes (name, fn) pairs, fn callable; got {pair!r}")
                 name_filter, fn = pair
-                if isinstance(name_filter, str) and name_filter in self._hook_points:
-                    hit = [name_filter]
-                else:
-                    match = _matcher(name_filter, names)
-                    hit = [n for n in names if match(n)]
-                    if not hit:
-                        raise HookError(f"hook filter {name_filter!r} matches no hook point")
-                handles.extend(self._hook_points[n].add(fn) for n in hit)
+                handles.extend(self._hook_points[n].add(fn) for n in self._resolve(name_filter))
             yield self
         finally:
             for h in handles:
                 h.remove()
+
+    def add_hook(self, name_filter: NameFilter, fn: HookFn) -> list[torch.utils.hooks.RemovableHandle]:
+        """Attach `fn` to every matching hook point until removed (`handle.remove()` or `reset_hooks()`):
+        for a session that keeps an edit across many forwards. Prefer `hooks()`, which always detaches."""
+        if not callable(fn):
+            raise HookError(f"add_hook({name_filter!r}, fn): fn must be callable, got {type(fn).__name__}")
+        return [self._hook_points[n].add(fn) for n in self._resolve(name_filter)]
+
+    def _resolve(self, name_filter: NameFilter) -> list[str]:
+        """The hook points a filter names (at least one)."""
+        if isinstance(name_filter, str) and name_filter in self._hook_points:
+            return [name_filter]
+        names = list(self._hook_points)
+        match = _matcher(name_filter, names)
+        hit = [n for n in names if match(n)]
+        if not hit:
+            raise HookError(f"hook filter {name_filter!r} matches no hook point")
+        return hit
+
+    def reset_hooks(self) -> int:
+        """Remove every hook attached to any hook point (by `add_hook`, `hooks()` or `HookPoint.add`);
+        returns how many were removed."""
+        n = 0
+        for point in self._hook_points.values():
+            n += len(point._forward_hooks)
+            point._forward_hooks.clear()
+        return n
 
     def run_with_cache(self, *args, names: NameFilter = None, detach: bool = True, device=None, **kwargs):
         """Run `forward(*args, **kwargs)` and return `(output, cache)` with `cache[name] = tensor`.

@@ -36,9 +36,10 @@ class MLP(nn.Module):
         self.w1 = Linear(dim, inter_dim, device=device, dtype=dtype)
         self.w2 = Linear(inter_dim, dim, row_parallel=True, device=device, dtype=dtype)
         self.w3 = Linear(dim, inter_dim, device=device, dtype=dtype)
+        self.hook_hidden = HookPoint()  # [B, S, I] silu(w1 x) * w3 x, the input of w2 (this rank's I under TP)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        return self.w2(self.hook_hidden(F.silu(self.w1(x)) * self.w3(x)))
 
 
 class Gate(nn.Module):
@@ -191,8 +192,13 @@ class Experts(nn.Module):
         self.scale_fmt: str | None = None
         self.quantise_activations = True  # FP8 resident: quantise the input too (False: weight-only FP8)
         self.wide_output = False  # return the wide (float32) sum: set by model.parallel, which all-reduces it
+        # [T, K, D] each chosen expert's output for its token before the routing weight, in the order of
+        # hook_topk_ids (zero rows for experts another rank holds); opt-in (K times a residual stream)
+        self.hook_expert_out = HookPoint()
 
     def forward(self, x_TD: torch.Tensor, weights_TK: torch.Tensor, ids_TK: torch.Tensor) -> torch.Tensor:
+        if self.hook_expert_out.active:
+            return self._per_assignment(x_TD, weights_TK, ids_TK)
         K = ids_TK.shape[1]
         flat_ids = ids_TK.flatten()  # [T*K]
         order = flat_ids.argsort(stable=True)  # assignments grouped by expert
@@ -210,6 +216,28 @@ class Experts(nn.Module):
             out_TD = self._gathered(x_TD, w_A, tok_A, counts, acc)
         else:
             out_TD = self._one_expert_at_a_time(x_TD, w_A, tok_A, counts, fp8_in, acc)
+        return out_TD if self.wide_output else out_TD.to(x_TD.dtype)
+
+    def _per_assignment(self, x_TD: torch.Tensor, weights_TK: torch.Tensor, ids_TK: torch.Tensor) -> torch.Tensor:
+        """The weighted sum through hook_expert_out: each local expert's SwiGLU on its rows, unweighted
+        ([T, K, D] in x's dtype, rows of other ranks' experts zero), the hook, then sum_k w_k out_k in the
+        wide dtype. The same sum as forward's other paths to rounding (the weight multiplies after w2,
+        as on the FP8 path, and the K outputs are added in order)."""
+        T, K = ids_TK.shape
+        first, end = self.expert_range
+        fp8_in = (self.w1_scale_inv is not None or self.w3_scale_inv is not None) and self.quantise_activations
+        acc = fp8_wide(x_TD.device, x_TD.dtype) if fp8_in else wide(x_TD.dtype)
+        flat = ids_TK.flatten()
+        out_AD = torch.zeros(T * K, x_TD.shape[1], dtype=x_TD.dtype, device=x_TD.device)
+        for e in range(first, end):
+            rows = (flat == e).nonzero().flatten()  # assignments to expert e, in (token, k) order
+            if len(rows):
+                xe = x_TD.index_select(0, rows // K)
+                xq = act_quant(xe, self.block, self.scale_fmt) if fp8_in else None
+                h = F.silu(self._linear(xe, "w1", e - first, xq)) * self._linear(xe, "w3", e - first, xq)
+                out_AD.index_copy_(0, rows, self._linear(h, "w2", e - first, out_dtype=acc).to(x_TD.dtype))
+        out_TKD = self.hook_expert_out(out_AD.view(T, K, -1))
+        out_TD = (out_TKD.to(acc) * weights_TK.to(acc)[..., None]).sum(dim=1)
         return out_TD if self.wide_output else out_TD.to(x_TD.dtype)
 
     def _padding_pays(self, x_TD: torch.Tensor, counts: list[int]) -> bool:
@@ -391,9 +419,10 @@ class MoE(nn.Module):
         super().__init__()
         self.gate = Gate(args, device=device)
         self.experts = Experts(args, device=device, dtype=dtype)
+        # registered before the shared experts, so that hook_names() lists the points in forward order
+        self.hook_routed_out = HookPoint()  # [B, S, D] weighted sum of the routed experts
         self.shared_experts = MLP(args.dim, args.n_shared_experts * args.moe_inter_dim,
                                   device=device, dtype=dtype) if args.n_shared_experts else None
-        self.hook_routed_out = HookPoint()  # [B, S, D] weighted sum of the routed experts
         self.hook_shared_out = HookPoint()  # [B, S, D] shared experts' output
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,7 @@ TINY_HOOK_NAMES = [
     "layers.0.hook_attn_out",
     "layers.0.hook_resid_mid",
     "layers.0.hook_ffn_in",
+    "layers.0.ffn.hook_hidden",
     "layers.0.hook_ffn_out",
     "layers.0.hook_resid_post",
     "layers.1.hook_resid_pre",
@@ -43,7 +44,9 @@ TINY_HOOK_NAMES = [
     "layers.1.ffn.gate.hook_allowed_scores",
     "layers.1.ffn.gate.hook_topk_ids",
     "layers.1.ffn.gate.hook_topk_weights",
+    "layers.1.ffn.experts.hook_expert_out",
     "layers.1.ffn.hook_routed_out",
+    "layers.1.ffn.shared_experts.hook_hidden",
     "layers.1.ffn.hook_shared_out",
     "layers.1.hook_ffn_out",
     "layers.1.hook_resid_post",
@@ -65,7 +68,9 @@ TINY_HOOK_NAMES = [
     "layers.2.ffn.gate.hook_allowed_scores",
     "layers.2.ffn.gate.hook_topk_ids",
     "layers.2.ffn.gate.hook_topk_weights",
+    "layers.2.ffn.experts.hook_expert_out",
     "layers.2.ffn.hook_routed_out",
+    "layers.2.ffn.shared_experts.hook_hidden",
     "layers.2.ffn.hook_shared_out",
     "layers.2.hook_ffn_out",
     "layers.2.hook_resid_post",
@@ -89,7 +94,9 @@ TINY_HOOK_NAMES = [
     "mtp.0.block.ffn.gate.hook_allowed_scores",
     "mtp.0.block.ffn.gate.hook_topk_ids",
     "mtp.0.block.ffn.gate.hook_topk_weights",
+    "mtp.0.block.ffn.experts.hook_expert_out",
     "mtp.0.block.ffn.hook_routed_out",
+    "mtp.0.block.ffn.shared_experts.hook_hidden",
     "mtp.0.block.ffn.hook_shared_out",
     "mtp.0.block.hook_ffn_out",
     "mtp.0.block.hook_resid_post",
@@ -136,7 +143,9 @@ def test_run_with_cache_shapes():
     }
     for name, shape in expect.items():
         assert tuple(cache[name].shape) == shape, name
-    assert set(cache) == set(TINY_HOOK_NAMES) - {n for n in TINY_HOOK_NAMES if n.endswith("hook_pattern")}
+    assert set(cache) == {n for n in TINY_HOOK_NAMES if not n.endswith(("hook_pattern", "hook_expert_out"))}
+    assert cache["layers.0.ffn.hook_hidden"].shape == (B, S, a.inter_dim)
+    assert cache["layers.1.ffn.shared_experts.hook_hidden"].shape == (B, S, a.n_shared_experts * a.moe_inter_dim)
     assert torch.equal(cache["hook_final"], cache["hook_final"].detach())
     assert torch.allclose(cache["mtp.0.hook_logits"], mtp_logits)
 
@@ -170,6 +179,36 @@ def test_the_cache_holds_copies_that_later_edits_do_not_reach():
     assert not torch.allclose(edited, m(x))  # the control: the in-place edit did reach the forward
     assert torch.equal(c["layers.0.hook_resid_post"], clean["layers.0.hook_resid_post"])
     assert c["layers.0.hook_resid_post"].abs().sum() > 0
+
+
+def test_mlp_hidden_and_each_experts_output():
+    """hook_hidden: the SwiGLU's hidden state, w2's input (dense layers and shared experts). hook_expert_out
+    (opt-in): each chosen expert's output before its weight, [T, K, D] in hook_topk_ids' order; the routed
+    output is their weighted sum, and a replacement is summed instead (per-expert attribution, patching)."""
+    m = random_model("tiny", seed=6)
+    x = torch.randint(0, 512, (2, 7))
+    g, ex = "layers.1.ffn.", "layers.1.ffn.experts.hook_expert_out"
+    ref, c = m.run_with_cache(x)
+    assert ex not in c  # opt-in
+    torch.testing.assert_close(m.layers[0].ffn.w2(c["layers.0.ffn.hook_hidden"]), c["layers.0.hook_ffn_out"])
+    torch.testing.assert_close(m.layers[1].ffn.shared_experts.w2(c[g + "shared_experts.hook_hidden"]),
+                               c[g + "hook_shared_out"])
+    logits, c2 = m.run_with_cache(x, names=[ex, g + "gate.hook_topk_ids", g + "gate.hook_topk_weights",
+                                            g + "hook_routed_out", "layers.1.hook_ffn_in"])
+    out, ids, w = c2[ex], c2[g + "gate.hook_topk_ids"], c2[g + "gate.hook_topk_weights"]
+    T, K = ids.shape
+    assert out.shape == (T, K, m.args.dim)
+    torch.testing.assert_close(logits, ref, rtol=1e-5, atol=1e-5)  # observing moves the sum by rounding only
+    torch.testing.assert_close((out * w[..., None]).sum(1), c2[g + "hook_routed_out"].view(T, -1))
+    t, k = 5, 2  # one assignment by hand: expert ids[t, k]'s SwiGLU on token t's FFN input
+    e, xt = int(ids[t, k]), c2["layers.1.hook_ffn_in"].view(T, -1)[t]
+    E = m.layers[1].ffn.experts
+    by_hand = E.w2[e] @ (torch.nn.functional.silu(E.w1[e] @ xt) * (E.w3[e] @ xt))
+    torch.testing.assert_close(out[t, k], by_hand, rtol=1e-5, atol=1e-6)
+    # a replacement is what gets summed: every expert's output but the first choice's dropped
+    with m.hooks([(ex, lambda o, hook: o * (torch.arange(K) == 0)[None, :, None])]):
+        _, c3 = m.run_with_cache(x, names=g + "hook_routed_out")
+    torch.testing.assert_close(c3[g + "hook_routed_out"].view(T, -1), out[:, 0] * w[:, :1])
 
 
 def test_attention_pattern_opt_in():
@@ -298,6 +337,26 @@ def test_hooks_are_scoped_and_detached_on_error():
     assert all(not hp.active for hp in m.hook_points.values())
     m(x)
     assert len(calls) == 3
+
+
+def test_persistent_hooks_until_reset():
+    """add_hook keeps a hook across forwards (a notebook session's edit); reset_hooks removes every hook."""
+    m = random_model("tiny", seed=7)
+    x = torch.randint(0, 512, (1, 5))
+    ref = m(x)
+    handles = m.add_hook("layers.*.hook_resid_post", lambda t, hook: t * 0.5)
+    assert len(handles) == m.args.n_layers
+    first, second = m(x), m(x)
+    assert torch.equal(first, second) and not torch.allclose(first, ref)  # on for both forwards
+    handles[0].remove()
+    assert not torch.equal(m(x), first)  # one removed: the others still on
+    with m.hooks([("hook_embed", lambda t, hook: None)]):
+        assert m.reset_hooks() == m.args.n_layers - 1 + 1  # the scoped one too
+    assert torch.equal(m(x), ref) and m.reset_hooks() == 0
+    with pytest.raises(model.HookError, match="fn must be callable, got int"):
+        m.add_hook("hook_embed", 3)
+    with pytest.raises(model.HookError, match="matches no hook point"):
+        m.add_hook("layers.*.hook_nothing", lambda t, hook: None)
 
 
 def test_unknown_hook_names_are_errors():

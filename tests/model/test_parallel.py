@@ -100,12 +100,14 @@ def test_sharded_logits_equal_single_process(worker_results, name):
         assert "error" not in r, r
         assert r["world"] == WORLD and r["logits_shape"][-1] > 0
         keys = ["logits_rel_absorb", "logits_rel_naive", "mtp_rel_absorb", "mtp_rel_naive", "decode_rel",
-                "hook_scores_rel", "hook_z_rel", "hook_c_kv_rel", "hook_routed_out_rel"]
+                "hook_scores_rel", "hook_z_rel", "hook_c_kv_rel", "hook_routed_out_rel", "expert_out_local_rel",
+                "expert_out_routed_rel"]
         for k in keys:
             if k.startswith("mtp") and k not in r:  # a checkpoint without MTP weights (transformers')
                 continue
             assert r[k] <= EXACT, f"{name} rank {r['rank']}: {k} = {r[k]:.3g}"
         assert r["hook_topk_equal"], "router choices must be the single-process ones on every rank"
+        assert r["expert_out_others_zero"], "other ranks' experts' outputs are zero rows here"
         assert r["hook_z_shape"][2] * WORLD == ModelArgs.from_hf_config(
             worker_results["_cases"][name]["ckpt"]).n_heads  # per-rank heads
         print(f"\n{name} rank {r['rank']}: logits max rel {r['logits_rel_absorb']:.2e}"

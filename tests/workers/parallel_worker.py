@@ -65,6 +65,16 @@ def forward_checks(full, sh, out: dict) -> None:
         out["hook_z_rel"] = rel(c_sh[names[2]], c_ref[names[2]][:, :, first:end])
         out["hook_c_kv_rel"] = rel(c_sh[names[3]], c_ref[names[3]])
         out["hook_routed_out_rel"] = rel(c_sh[names[4]], c_ref[names[4]])
+        # each chosen expert's output: this rank's experts' rows as one process computes them, the others zero;
+        # their weighted sums, all-reduced, the routed output
+        ex = "layers.1.ffn.experts.hook_expert_out"
+        _, e_ref = full.run_with_cache(tok, names=[ex, names[1]])
+        _, e_sh = sh.run_with_cache(tok, names=[ex, names[4]])
+        first_e, end_e = sh.layers[1].ffn.experts.expert_range
+        local = (e_ref[names[1]] >= first_e) & (e_ref[names[1]] < end_e)
+        out["expert_out_local_rel"] = rel(e_sh[ex][local], e_ref[ex][local])
+        out["expert_out_others_zero"] = bool((e_sh[ex][~local] == 0).all()) and bool((~local).any())
+        out["expert_out_routed_rel"] = rel(e_sh[names[4]], c_ref[names[4]])
         # every hidden state (layers, final norm, the MTP block) before the vocab-split head
         hidden = lambda n: n.endswith(("hook_resid_post", "hook_final", "mtp.0.hook_hidden"))  # noqa: E731
         _, c_ref = full.run_with_cache(tok, names=hidden, mtp=has_mtp)
