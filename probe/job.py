@@ -106,7 +106,8 @@ def run_inputs(info: dict, where: str, ckpt: str | None, corpus: str | None,
     """--ckpt and --corpus of a job on an existing run (spec, ablate, importance, steer), each
     defaulting to the run's own: its model on its corpus, never the bundled ones standing in
     silently. Refused, unless the flag is given: a training run whose model is not written yet, an
-    import (which has neither), a path the run names that is gone, and a checkpoint whose weights
+    import (which has neither), a record run whose run.json lost either path, a path the run names
+    that is gone, and a checkpoint whose weights
     changed since the run was recorded (ablate, importance and steer took it silently; a review)."""
     have = lambda key: (info.get(key) or {}).get("path")  # noqa: E731
     if info.get("kind") == "train" and not ckpt and not have("checkpoint"):
@@ -115,6 +116,13 @@ def run_inputs(info: dict, where: str, ckpt: str | None, corpus: str | None,
     if info.get("kind") == "import" and not (ckpt and corpus):
         raise error(f"{where}: an imported run ({(info.get('source') or {}).get('name', 'import')}) has no "
                     "checkpoint or corpus of its own: pass --ckpt and --corpus")
+    if info.get("kind") is None and "planned" in info:  # a record run names both: the bundled ones stood in
+        lost = [(flag, key) for flag, key, given in (("--ckpt", "checkpoint", ckpt), ("--corpus", "corpus", corpus))
+                if not given and not have(key)]
+        if lost:
+            raise error(f"{where}: run.json names no {' and no '.join(k for _, k in lost)} path (a damaged or "
+                        f"hand-edited run.json): pass {' and '.join(f for f, _ in lost)} with what the run was "
+                        "recorded with")
     if ckpt is None and have("checkpoint"):
         ckpt = have("checkpoint")
         if not (Path(ckpt) / "config.json").is_file():

@@ -210,7 +210,27 @@ def read_run_json(run: Path) -> dict:
         raise RunError(f"{p}: unreadable ({e})") from None
     if not isinstance(info, dict):  # [] or null opened, then every read was an AttributeError (a review)
         raise RunError(f"{p}: unreadable (a JSON {type(info).__name__}, not an object)")
+    for key, value in info.items():  # a field of another type: an AttributeError deep in a reader before
+        want = RUN_JSON_TYPES.get(key)
+        if want is not None and value is not None and not isinstance(value, want):
+            raise RunError(f"{p}: field {key!r} is a JSON {_json_type(value)}, not {_JSON_NAMES[want]} "
+                           "(a damaged or hand-edited run.json)")
     return info
+
+
+# run.json's fields that readers look into, by type (None is taken as absent)
+RUN_JSON_TYPES: dict[str, type] = {
+    **dict.fromkeys(("checkpoint", "corpus", "tokenizer", "model_args", "options", "world", "planned", "versions",
+                     "recorded", "timings", "memory", "source", "cpu_gemm", "spec_decode", "ablation_parts",
+                     "importance_parts", "steering_parts"), dict),
+    **dict.fromkeys(("tables", "domains"), list), **dict.fromkeys(("status", "kind"), str)}
+
+
+_JSON_NAMES = {dict: "an object", list: "an array", str: "a string"}
+
+
+def _json_type(value) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean"}.get(type(value), "number")
 
 
 class PartWriter:

@@ -221,6 +221,22 @@ def test_the_flags_win_over_the_runs_own_inputs(tmp_path):
     assert run_inputs(info, "runs/x", "mine", None) == ("mine", str(tmp_path / "theirs.txt"))  # unset: the run's
 
 
+def test_a_record_run_that_lost_its_paths_is_refused_not_filled_in(tmp_path):
+    """A record run whose run.json had no checkpoint ran ablate and spec on the bundled model, silently (a
+    bad-input audit); now refused unless the flag is given."""
+    from probe.job import RecordError, run_inputs
+
+    (tmp_path / "c.txt").write_text("a document")
+    info = {"planned": {"tokens": 10}, "corpus": {"path": str(tmp_path / "c.txt")}}
+    with pytest.raises(RecordError, match=r"^runs/x: run.json names no checkpoint path \(a damaged or hand-edited "
+                                          r"run.json\): pass --ckpt with what the run was recorded with$"):
+        run_inputs(info, "runs/x", None, None)
+    with pytest.raises(RecordError, match="names no checkpoint and no corpus path .*pass --ckpt and --corpus"):
+        run_inputs({"planned": {}}, "runs/x", None, None)
+    assert run_inputs(info, "runs/x", "m", None) == ("m", str(tmp_path / "c.txt"))  # the control: --ckpt given
+    assert run_inputs({"kind": "spec"}, "runs/x", None, None) == (None, None)  # not a record run: defaults apply
+
+
 def test_a_run_recorded_before_weights_samples_matches_on_its_fingerprint():
     from probe.job import same_checkpoint
 

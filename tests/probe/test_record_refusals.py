@@ -155,6 +155,18 @@ def test_existing_out_needs_a_flag(probe_env, tmp_path):
         (bad / "run.json").write_text(text)
         with pytest.raises(RunError, match=rf"bad/run.json: unreadable \(a JSON {kind}, not an object\)"):
             probe.open_run(bad)
+    # a field of another type: AttributeErrors deep inside report and ablate before (a bad-input audit)
+    import json
+
+    info = json.loads((out / "run.json").read_text())
+    for field, value, got, want in (("checkpoint", "/m", "string", "an object"), ("options", "oops", "string",
+                                                                                 "an object"),
+                                    ("tables", 3, "number", "an array"), ("status", ["complete"], "array", "a string")):
+        (bad / "run.json").write_text(json.dumps(info | {field: value}))
+        with pytest.raises(RunError, match=rf"bad/run.json: field '{field}' is a JSON {got}, not {want} \(a damaged"):
+            probe.open_run(bad)
+    (bad / "run.json").write_text(json.dumps(info | {"cpu_gemm": None, "checkpoint": {"path": "/m"}}))
+    assert probe.open_run(bad).info["checkpoint"] == {"path": "/m"}  # the control: null and the right types pass
 
 
 
