@@ -299,6 +299,26 @@ def test_error_fp8_scales_not_finite_or_not_float_and_fp8_vectors(fp8_dir, tmp_p
     model.load(d)
 
 
+@pytest.mark.parametrize("value, dtype", [(float("nan"), torch.bfloat16), (float("inf"), torch.float32),
+                                          (float("-inf"), torch.bfloat16)])
+def test_error_a_weight_that_is_not_finite(tiny_copy, value, dtype):
+    """A NaN weight loaded without a word, and a record over it wrote a complete run of NaN losses and
+    degenerate routing (a bad-input audit): named with its file, tensor and where, in either dtype."""
+    f, name = tiny_copy / "model.safetensors", "model.layers.1.mlp.gate.weight"
+    edit_tensors(f, lambda sd: sd | {name: sd[name].clone().index_put_((torch.tensor([2]), torch.tensor([5])),
+                                                                      torch.tensor(value))})
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(f))}: tensor {name} holds 1 non-finite value \(NaN "
+                                              r"or inf; the first at \[2, 5\]\): a damaged checkpoint$"):
+        model.load(tiny_copy, dtype=dtype)
+
+
+def test_a_finite_weight_whose_sum_overflows_still_loads(tiny_copy):
+    """The check's fast path is one sum; finite weights whose float32 sum overflows are told apart."""
+    f, name = tiny_copy / "model.safetensors", "model.embed_tokens.weight"
+    edit_tensors(f, lambda sd: sd | {name: torch.full_like(sd[name], 3e38)})
+    assert model.load(tiny_copy, dtype=torch.float32).embed.weight.max().item() == pytest.approx(3e38)
+
+
 def test_error_fp8_kernel_block_not_a_power_of_two(fp8_model, tmp_path):
     d = tmp_path / "b96"
     m = random_model("tiny", seed=1, **FP8_OVERRIDES, quant_block=(96, 96))
