@@ -35,11 +35,16 @@ def balance_section(ref: data.RunRef, loads, by_step, E: int, what: str) -> None
                                  "balancedness. The Serving page replays real placements.")
         table = compute.balance_rows(loads, by_step, E, gpus)
         labels = compute.balance_columns(gpus)
-        cols = ["layer"] + [c for c in labels if c in table.columns]
         st.caption("MaxVio = (max − mean) / mean load (Wang et al. 2024); balancedness = mean / max; "
                    "entropy normalised by ln N. Definitions: `analyses.metrics`, docs/metrics.md.")
-        st.dataframe(table[cols].rename(columns=labels), hide_index=True, width="stretch", key="lb_table",
-                     column_config={v: st.column_config.NumberColumn(format="%.3f") for v in labels.values()})
+        # the per-GPU columns in a table of their own: beside the seven per-expert ones the table scrolled
+        # sideways and cut the last column off at a laptop's width (a dashboard review)
+        per_gpu = [c for c in ("imbalance_ratio", "gpu_balancedness") if c in labels and c in table.columns]
+        for key, group in (("lb_table", [c for c in labels if c not in per_gpu]), ("lb_gpu_table", per_gpu)):
+            cols = ["layer"] + [c for c in group if c in table.columns]
+            if len(cols) > 1:
+                st.dataframe(table[cols].rename(columns=labels), hide_index=True, width="stretch", key=key,
+                             column_config={labels[c]: st.column_config.NumberColumn(format="%.3f") for c in cols[1:]})
     left, right = st.columns([1, 2])
     with left, ui.guard("the MaxVio bars"):
         st.plotly_chart(charts.bars(table.layer, table.maxvio_global, title="MaxVio (global) per layer",

@@ -49,6 +49,9 @@ def test_load_balance_numbers_cover_the_window_and_the_imbalance_ratio_is_per_gp
     assert not any("imbalance" in c for c in table.columns)  # no GPU count: no second name for MaxVio
     at.selectbox(key="lb_gpus").set_value(4).run()
     table = frame(at, "imbalance ratio (4 GPUs, batch mean)").set_index("layer")
+    # in a table of their own: beside the per-expert columns the table scrolled sideways at a laptop's width
+    assert list(table.columns) == ["imbalance ratio (4 GPUs, batch mean)", "balancedness (4 GPUs)"]
+    assert "balancedness (4 GPUs)" not in frame(at, "MaxVio (batch mean)").columns
     g = b.reshape(10, 4, 4).sum(2)  # 4 GPUs of 4 contiguous experts
     assert table.loc["layer1", "imbalance ratio (4 GPUs, batch mean)"] == pytest.approx(
         np.mean(g.max(1) / g.mean(1) - 1), rel=1e-6)
