@@ -29,20 +29,32 @@ class VariantError(ValueError):
     """A checkpoint the variant cannot be made from (one line)."""
 
 
+def _checked_source(ckpt: Path) -> list[Path]:
+    """The weight files of `ckpt`, after the checks `model.load(ckpt, device="meta")` makes (config,
+    every shard's header, each tensor's name and shape against the config, none missing), so that a
+    truncated shard or a wrong tensor is refused before anything is written instead of being copied."""
+    from model.checkpoint import CheckpointError, load, weight_files
+    from model.names import ours_to_hf
+
+    try:
+        files = weight_files(ckpt) if ckpt.is_dir() else []  # the files a load reads
+        if not (ckpt / "config.json").exists() or not files:
+            raise VariantError(f"{ckpt}: not a checkpoint (needs config.json and *.safetensors)")
+        meta = load(ckpt, device="meta", parallel=False)  # reads headers only, no tensor data
+    except CheckpointError as e:
+        raise VariantError(str(e)) from None
+    if not any(hf.endswith(BIAS) for hf, *_ in ours_to_hf(meta)):  # a softmax router has none
+        raise VariantError(f"{ckpt}: no `{BIAS}` tensor: the checkpoint has no balancing bias to remove")
+    return files
+
+
 def without_router_bias(ckpt: str | Path, out: str | Path, overwrite: bool = False) -> tuple[Path, int]:
     """Copy `ckpt` to `out` with every router bias zeroed; returns (out, tensors zeroed)."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from model.checkpoint import CheckpointError, weight_files
-
     ckpt, out = Path(ckpt), Path(out)
-    try:
-        files = weight_files(ckpt) if ckpt.is_dir() else []  # the files a load reads
-    except CheckpointError as e:
-        raise VariantError(str(e)) from None
-    if not (ckpt / "config.json").exists() or not files:
-        raise VariantError(f"{ckpt}: not a checkpoint (needs config.json and *.safetensors)")
+    files = _checked_source(ckpt)
     if out.exists() and out.resolve() == ckpt.resolve():  # --overwrite would replace the source it reads
         raise VariantError(f"--out {out}: is the checkpoint the variant is made from (--ckpt {ckpt}); write the "
                            "variant elsewhere, so that both can be compared")

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from analyses import variants
 from helpers import make_corpus, make_probe_ckpt
-from helpers.cli_errors import unwritable_msg, unwritable_out
+from helpers.cli_errors import one_line, unwritable_msg, unwritable_out
 
 
 @pytest.fixture(scope="module")
@@ -63,12 +63,28 @@ def test_errors_are_one_line(ckpt, tmp_path, capsys, monkeypatch):
     assert "is the checkpoint the variant is made from" in capsys.readouterr().err
     assert {f.name: f.read_bytes() for f in src.glob("*.safetensors")} == before
     nb, _ = variants.without_router_bias(src, tmp_path / "nb")
-    with pytest.raises(variants.VariantError, match="no `e_score_correction_bias`"):
-        # a checkpoint whose biases were dropped altogether has nothing to remove
-        from safetensors.torch import save_file
-        for f in nb.glob("*.safetensors"):
-            save_file({k: v for k, v in load_file(f).items() if not k.endswith(variants.BIAS)}, f)
+    from safetensors.torch import save_file
+    for f in nb.glob("*.safetensors"):  # a V3 checkpoint whose biases were dropped is refused as a load does
+        save_file({k: v for k, v in load_file(f).items() if not k.endswith(variants.BIAS)}, f)
+    with pytest.raises(variants.VariantError) as e:
         variants.without_router_bias(nb, tmp_path / "nb2")
+    assert one_line(e) == (f"{nb / 'model.safetensors'}: tensor model.layers.1.mlp.gate.{variants.BIAS} listed in "
+                           "the index is not in the file")
+
+
+def test_a_router_without_bias_has_nothing_to_remove(tmp_path):
+    """A softmax router (DeepSeek-V2 style) has no balancing bias: refused before anything is written."""
+    import model
+    from helpers.models import random_model
+
+    m = random_model("tiny", score_func="softmax", model_type="deepseek_v2", norm_topk_prob=False,
+                     n_expert_groups=1, n_limited_groups=1, n_mtp_layers=0)
+    model.save(m, tmp_path / "v2")
+    (tmp_path / "out").mkdir()
+    with pytest.raises(variants.VariantError) as e:
+        variants.without_router_bias(tmp_path / "v2", tmp_path / "out" / "nb")
+    assert one_line(e) == f"{tmp_path / 'v2'}: no `{variants.BIAS}` tensor: the checkpoint has no balancing bias to remove"
+    assert list((tmp_path / "out").iterdir()) == []
 
 
 def test_compare_run_records_the_variant_over_the_same_windows(ckpt, tmp_path):
@@ -115,6 +131,49 @@ def test_a_refused_variant_leaves_no_temporary_folder(ckpt, tmp_path):
     for f in src.glob("*.safetensors"):
         save_file({k: v for k, v in load_file(f).items() if not k.endswith(variants.BIAS)}, f)
     (tmp_path / "out").mkdir()
-    with pytest.raises(variants.VariantError, match="no `e_score_correction_bias`"):
+    with pytest.raises(variants.VariantError, match=f"tensor model.layers.1.mlp.gate.{variants.BIAS} listed in the index"):
         variants.without_router_bias(src, tmp_path / "out" / "nb")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def _damage(src, kind: str):
+    """Damage a copy of a checkpoint the way `kind` says; returns (the file or tensor named, extra)."""
+    from helpers.checkpoints import edit_tensors
+
+    f = sorted(src.glob("*.safetensors"))[0]
+    names = list(load_file(f))
+    if kind == "truncated":
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    elif kind == "header":
+        data = f.read_bytes()
+        f.write_bytes(data[:8] + b"}" + data[9:])  # the JSON header's first byte
+    elif kind == "config":
+        (src / "config.json").write_text('{"hidden_size": 64,')
+    elif kind == "shape":
+        edit_tensors(f, lambda t: t | {names[0]: torch.zeros(3, 5)})
+    elif kind == "missing":
+        edit_tensors(f, lambda t: {k: v for k, v in t.items() if k != names[0]})
+    return f, names[0]
+
+
+@pytest.mark.parametrize("kind,want", [
+    ("truncated", "{f}: not a readable safetensors file ("),
+    ("header", "{f}: not a readable safetensors file ("),
+    ("config", "{src}/config.json: "),
+    ("shape", "{f}: tensor {name} has shape [3, 5], expected "),
+    ("missing", ": missing tensor {name}"),
+])
+def test_a_damaged_checkpoint_is_refused_naming_the_file_and_nothing_is_written(ckpt, tmp_path, capsys, kind, want):
+    """A truncated or header-corrupt shard was a SafetensorError traceback; a config.json that is not
+    JSON, a tensor of the wrong shape or a missing one was copied and reported `wrote ...`. Each is now
+    the loader's own one-line refusal (`model.load(..., device="meta")`), before anything is written."""
+    import shutil
+
+    src = shutil.copytree(ckpt[0], tmp_path / "src")
+    f, name = _damage(src, kind)
+    (tmp_path / "out").mkdir()
+    code = variants.main(["no-router-bias", "--ckpt", str(src), "--out", str(tmp_path / "out" / "nb")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: ") and "\n" not in err, err
+    assert want.format(f=f, src=src, name=name) in err, err
     assert list((tmp_path / "out").iterdir()) == []
