@@ -427,7 +427,10 @@ def add_input_flags(p: argparse.ArgumentParser, table: str, *, run_note: str = "
 def closed_pipe_quiet(main):
     """Decorator for a command's main(): when the reader of its output stops early (`... | head`),
     end with exit status 141 (128 + SIGPIPE, as a shell reports it) instead of a BrokenPipeError
-    traceback, and point stdout at /dev/null so that the interpreter's last flush cannot fail."""
+    traceback, and point stdout at /dev/null so that the interpreter's last flush cannot fail.
+    Ctrl-C (SIGINT) that the command does not handle itself ends with one line and exit status 130
+    (128 + SIGINT), as record, spec and generate do, instead of a KeyboardInterrupt traceback (ablate,
+    importance and report printed one; their results are written only when complete)."""
     @functools.wraps(main)
     def wrapped(*args, **kwargs):
         try:
@@ -437,6 +440,9 @@ def closed_pipe_quiet(main):
         except BrokenPipeError:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 141
+        except KeyboardInterrupt as e:  # a job's own message, where it raised one, says what it kept
+            print(f"\n{first_line(e) if str(e) else 'interrupted'}", file=sys.stderr, flush=True)
+            return exit_ranks(130)
     return wrapped
 
 

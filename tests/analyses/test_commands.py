@@ -55,3 +55,38 @@ def test_a_packages_submodule_is_reached_as_an_attribute():
             "print(pre, sorted(s)[:1], hasattr(probe, 'no_such_module'))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "['ablations']", "False"], out.stdout
+
+
+def _interrupted(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("module,target,argv", [
+    ("analyses.ablate", "analyses.ablate.run.ablate", ["--out", "{tmp}/o", "--top", "1"]),
+    ("analyses.importance", "analyses.importance.run.importance", ["--out", "{tmp}/o"]),
+    ("analyses.report", "analyses.report.__main__._check_numbers", ["{tmp}/run"]),
+])
+def test_ctrl_c_is_one_line_and_exit_130(module, target, argv, tmp_path, capsys, monkeypatch):
+    """Ctrl-C in ablate, importance and report printed a KeyboardInterrupt traceback; record, spec and
+    generate print one line. The commands' shared wrapper (probe.job.closed_pipe_quiet) now does too."""
+    main = importlib.import_module(f"{module}.__main__").main
+    owner, name = target.rsplit(".", 1)
+    monkeypatch.setattr(importlib.import_module(owner), name, _interrupted)
+    assert main([a.format(tmp=tmp_path) for a in argv]) == 130
+    assert capsys.readouterr().err.strip() == "interrupted"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_real_sigint_is_one_line(tmp_path):
+    """The same, from a real SIGINT delivered while the job runs (a process, as a terminal's Ctrl-C)."""
+    script = ("import os, signal, sys, time\n"
+              "import analyses.ablate.run as r\n"
+              "def job(*a, **k):\n"
+              "    os.kill(os.getpid(), signal.SIGINT)\n"
+              "    time.sleep(30)\n"
+              "r.ablate = job\n"
+              "from analyses.ablate.__main__ import main\n"
+              f"sys.exit(main(['--out', {str(tmp_path / 'o')!r}, '--top', '1']))\n")
+    p = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert (p.returncode, p.stderr.strip()) == (130, "interrupted"), p.stderr
+    assert not (tmp_path / "o").exists()
