@@ -118,8 +118,10 @@ def check_options(opts: RecordOptions) -> None:
     if opts.sample != 1 and opts.router_logits != "full":
         raise RecordError(f"--sample {opts.sample} thins the full router scores: it needs --router-logits full "
                           f"(this command gives {opts.router_logits}, which keeps every token's top-k)")
-    if opts.batch_size < 1 or (opts.seq_len is not None and opts.seq_len < 2):
-        raise RecordError("--batch-size must be >= 1 and --seq-len >= 2")
+    if opts.batch_size < 1:  # each flag named with its value (it said "--batch-size must be >= 1 and --seq-len >= 2")
+        raise RecordError(f"--batch-size {opts.batch_size}: must be >= 1 (windows per forward pass)")
+    if opts.seq_len is not None and opts.seq_len < 2:
+        raise RecordError(f"--seq-len {opts.seq_len}: must be >= 2 (tokens per window)")
     if opts.max_tokens is not None and opts.max_tokens < 1:
         raise RecordError(f"--max-tokens {opts.max_tokens}: must be >= 1")
     if opts.commit_every < 1:  # 0 and -3 committed every batch, silently (a review)

@@ -205,8 +205,10 @@ def job_defaults(opts: AblateOptions) -> tuple[AblateOptions, dict | None]:
     opts.order = opts.order or "domains"
     opts.batch_size = 8 if opts.batch_size is None else opts.batch_size  # 0 became 8, silently (a review)
     opts.add_bos = True if opts.add_bos is None else opts.add_bos
-    if opts.batch_size < 1 or (opts.seq_len is not None and opts.seq_len < 2):
-        raise AblationError("--batch-size must be >= 1 and --seq-len >= 2")
+    if opts.batch_size < 1:  # each flag named with its value (it said "--batch-size must be >= 1 and --seq-len >= 2")
+        raise AblationError(f"--batch-size {opts.batch_size}: must be >= 1 (windows per forward pass)")
+    if opts.seq_len is not None and opts.seq_len < 2:
+        raise AblationError(f"--seq-len {opts.seq_len}: must be >= 2 (tokens per window)")
     if opts.max_tokens is not None and opts.max_tokens < 1:
         raise AblationError(f"--max-tokens {opts.max_tokens}: must be >= 1")
     if opts.domain_tokens is not None and opts.domain_tokens < 1:

@@ -244,7 +244,7 @@ def test_cli_with_a_recorded_run_uses_its_loads(probe_env, tmp_path):
      "--spec excludes the single-ablation flags (got --seed)"),  # it was ignored (a review)
     ([], "nothing to ablate"),
     (["--random", "2", "--control"], "--control adds the random counterpart"),
-    (["--top", "1", "--batch-size", "0"], "--batch-size must be >= 1"),  # it ran with 8, silently (a review)
+    (["--top", "1", "--batch-size", "0"], "--batch-size 0: must be >= 1"),  # it ran with 8, silently (a review)
     (["--experts", ""], "--experts '': no experts"),  # it ran a no-op ablation named 'none' (a review)
     (["--experts", ",,"], "--experts ',,': no experts"),
 ])
@@ -409,3 +409,14 @@ def test_reroute_with_only_the_kept_number_of_groups_left(tiny, tokens):
     check_routable(RouterShape.of(tiny.args), 1, off)
     got = _ids(tiny, tokens, disabled={1: off})[1]
     assert (got >= 8).all() and (got.sort(-1).values.diff(dim=-1) != 0).all()
+
+
+@pytest.mark.parametrize("extra,want", [
+    # it said "--batch-size must be >= 1 and --seq-len >= 2", naming neither the flag at fault nor its value
+    (["--top", "1", "--seq-len", "0"], "--seq-len 0: must be >= 2 (tokens per window)"),
+    (["--top", "1", "--seq-len", "1"], "--seq-len 1: must be >= 2 (tokens per window)"),
+    (["--top", "1", "--batch-size", "-2"], "--batch-size -2: must be >= 1 (windows per forward pass)"),
+])
+def test_a_bad_number_is_named_with_its_value(probe_env, tmp_path, capsys, extra, want):
+    err = assert_one_line_error(main(_cli(probe_env, tmp_path / "o", *extra)), capsys, want, tmp_path / "o")
+    assert err == f"error: {want}"

@@ -242,3 +242,17 @@ def test_resume_keeps_other_commands_tables_and_takes_an_explicit_default_dtype(
     assert "ablations" in after["tables"] and after["ablation_parts"] == {"p": {"experts": [1]}}  # the part's entry too
     with pytest.raises(RecordError, match=r"--dtype float32, this command gives bfloat16"):  # the control
         rec(probe_env, out, max_tokens=200, resume=True, dtype="bfloat16")
+
+
+@pytest.mark.parametrize("extra,want", [
+    # it said "--batch-size must be >= 1 and --seq-len >= 2", naming neither the flag at fault nor its value
+    (("--seq-len", "0"), "--seq-len 0: must be >= 2 (tokens per window)"),
+    (("--seq-len", "1"), "--seq-len 1: must be >= 2 (tokens per window)"),
+    (("--batch-size", "0"), "--batch-size 0: must be >= 1 (windows per forward pass)"),
+])
+def test_a_bad_window_flag_is_named_with_its_value(probe_env, tmp_path, capsys, extra, want):
+    out = tmp_path / "out"
+    p = cli("record", "--ckpt", str(probe_env["ckpt"]), "--corpus", str(probe_env["corpus"]), "--out", str(out),
+            *extra, capsys=capsys)
+    assert (p.returncode, p.stderr) == (2, f"error: {want}\n")
+    assert not out.exists()
