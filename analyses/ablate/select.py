@@ -358,6 +358,9 @@ def load_spec(path: str | Path) -> list[Ablation]:
         text = path.read_text()
     except OSError as e:
         raise AblationError(f"spec file {path}: cannot read it ({e.strerror})") from None
+    except UnicodeDecodeError as e:  # it said "'utf-8' codec can't decode ...", naming no file
+        raise AblationError(f"spec file {path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
+                            f"{e.start}); a sweep is a YAML or JSON list") from None
     try:
         if path.suffix == ".json":
             data = json.loads(text)

@@ -420,3 +420,14 @@ def test_reroute_with_only_the_kept_number_of_groups_left(tiny, tokens):
 def test_a_bad_number_is_named_with_its_value(probe_env, tmp_path, capsys, extra, want):
     err = assert_one_line_error(main(_cli(probe_env, tmp_path / "o", *extra)), capsys, want, tmp_path / "o")
     assert err == f"error: {want}"
+
+
+
+def test_a_spec_file_that_is_not_utf8_is_named(tmp_path, capsys):
+    """It said "error: 'utf-8' codec can't decode byte 0xff in position 0: ...", naming no file."""
+    spec = tmp_path / "sweep.yaml"
+    spec.write_bytes(b"\xff\xfe- {top: 1}\n")
+    err = assert_one_line_error(main(["--out", str(tmp_path / "o"), "--spec", str(spec)]), capsys, str(spec),
+                                tmp_path / "o")
+    assert err == (f"error: spec file {spec}: not UTF-8 text (byte 0xff at offset 0); a sweep is a YAML or "
+                   "JSON list")
