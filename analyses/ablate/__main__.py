@@ -61,6 +61,11 @@ def ablations_from_args(ns) -> list[Ablation]:
         return load_spec(ns.spec)
     if ns.experts is not None and not ns.experts.replace(",", "").strip():  # "" or ",,": ran a no-op (a review)
         raise AblationError(f"--experts {ns.experts!r}: no experts; give layer:expert[+expert],... e.g. 1:3+5")
+    # --top 0 wrote a no-op ablation `top0` (delta 0); the library's Ablation(top=0) stays, the report's baseline
+    for flag in ("top", "random"):
+        n = getattr(ns, flag)
+        if n is not None and n < 1:
+            raise AblationError(f"--{flag} {n}: must be >= 1 (experts to disable per layer)")
     if not any(getattr(ns, f) is not None for f in ("experts", "top", "random")) and not ns.shared:
         raise AblationError("nothing to ablate: pass --experts, --top, --random, --shared or --spec")
     seed = 0 if ns.seed is None else ns.seed

@@ -416,11 +416,14 @@ def test_reroute_with_only_the_kept_number_of_groups_left(tiny, tokens):
     (["--top", "1", "--seq-len", "0"], "--seq-len 0: must be >= 2 (tokens per window)"),
     (["--top", "1", "--seq-len", "1"], "--seq-len 1: must be >= 2 (tokens per window)"),
     (["--top", "1", "--batch-size", "-2"], "--batch-size -2: must be >= 1 (windows per forward pass)"),
+    # --top 0 was taken and wrote a no-op ablation `top0`; --random 0 likewise
+    (["--top", "0"], "--top 0: must be >= 1 (experts to disable per layer)"),
+    (["--top", "-1"], "--top -1: must be >= 1 (experts to disable per layer)"),
+    (["--random", "0"], "--random 0: must be >= 1 (experts to disable per layer)"),
 ])
 def test_a_bad_number_is_named_with_its_value(probe_env, tmp_path, capsys, extra, want):
     err = assert_one_line_error(main(_cli(probe_env, tmp_path / "o", *extra)), capsys, want, tmp_path / "o")
     assert err == f"error: {want}"
-
 
 
 def test_a_spec_file_that_is_not_utf8_is_named(tmp_path, capsys):
