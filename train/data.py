@@ -26,6 +26,14 @@ def _corpus_file(path: Path) -> Path:
     return path
 
 
+def check_corpus_dir(corpus: Path) -> None:
+    """--corpus is a folder holding train.jsonl (and val.jsonl): a file given instead (data/corpus/val.jsonl)
+    was reported as ".../val.jsonl/train.jsonl: not found"."""
+    if corpus.is_file():
+        raise TrainError(f"--corpus {corpus}: is a file; --corpus must be a folder holding train.jsonl (and "
+                         "val.jsonl), e.g. data/corpus")
+
+
 def load_tokenizer(path: Path):
     from tokenizers import Tokenizer
 

@@ -20,7 +20,7 @@ from probe.job import check_out_parent, checkpoint_identity
 from probe.writer import RunError, replace_keeping_others, updating_run_json, write_json_atomic
 
 from .balance import RoutingTap, moe_gates, settle_biases, update_bias
-from .data import Batches, TrainError, load_tokenizer, token_streams, val_windows
+from .data import Batches, TrainError, check_corpus_dir, load_tokenizer, token_streams, val_windows
 from .flags import RESUME_CHECKED, check_flags
 from .log import TABLES, TrainLog
 from .state import config_record, load_state, resume_dir, save_final, save_state
@@ -109,6 +109,7 @@ class _Run:
 
     def _data(self, tok) -> _Data:
         ns, dist = self.ns, self.dist
+        check_corpus_dir(ns.corpus)  # before the token cache beside it is looked for
         cache = ns.token_cache or self._default_cache()
         if dist.main:  # rank 0 tokenises (and caches); the others then read its cache
             train_streams = token_streams(ns.corpus / "train.jsonl", tok, cache)

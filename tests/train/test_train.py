@@ -375,6 +375,17 @@ def test_bad_input_errors(corpus, tmp_path, capsys, monkeypatch):
     assert err.startswith("error: invalid ModelArgs") and "\n" not in err
 
 
+def test_a_corpus_file_is_refused_as_not_a_folder(corpus, tmp_path, capsys):
+    """--corpus data/corpus/val.jsonl (a file) said ".../val.jsonl/train.jsonl: not found (build the corpus
+    ...)", after a note that the token cache could not go under the file: one line saying what --corpus is."""
+    with pytest.raises(SystemExit) as e:
+        train_main(flags(corpus, tmp_path / "x") + ["--corpus", str(corpus / "val.jsonl")])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == (f"error: --corpus {corpus / 'val.jsonl'}: is a file; --corpus must be a folder "
+                                       "holding train.jsonl (and val.jsonl), e.g. data/corpus\n")
+    assert not (tmp_path / "x").exists()
+
+
 @pytest.mark.slow
 def test_two_process_gloo_run_matches_one_process(corpus, tmp_path):
     """torchrun with 2 CPU processes (gloo) x batch 2 takes the same steps as 1 process x batch 4."""
