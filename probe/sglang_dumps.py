@@ -166,7 +166,11 @@ def _mode(data: dict, path: Path) -> str:
     if "logical_count" in data:
         return "stat"
     records = data.get("records")
-    if isinstance(records, list) and records and isinstance(records[0], dict):
+    if isinstance(records, list) and records and not isinstance(records[0], dict):  # the keys are right: it
+        # said "unknown key layout (keys: ['last_physical_to_logical_map', 'records'])"
+        raise SGLangError(f"{path}: record 0 is a {type(records[0]).__name__}, not a dict; SGLang's per_pass and "
+                          "per_token records are dicts of tensors")
+    if isinstance(records, list) and records:
         if "topk_ids_of_layer" in records[0]:
             return "per_token"
         if "global_physical_count" in records[0]:

@@ -235,3 +235,16 @@ def test_a_topk_id_below_the_minus_1_padding_is_refused(world, tmp_path):
         else:
             with pytest.raises(SGLangError, match="holds -2; SGLang pads with -1 only"):
                 read_dump(tmp_path / f"pad{-value}.pt")
+
+
+def test_a_record_that_is_not_a_dict_is_named(tmp_path, capsys):
+    """A dump whose records are strings said "unknown key layout (keys: ['last_physical_to_logical_map',
+    'records'])", though those keys are SGLang's: the fault is record 0's type."""
+    from probe.__main__ import main
+
+    dump = tmp_path / "strings.pt"
+    torch.save({"records": ["pass 0"], "last_physical_to_logical_map": torch.zeros(2, 4, dtype=torch.int64)}, dump)
+    code = main(["import", "sglang", str(dump), "--out", str(tmp_path / "run")])
+    assert (code, capsys.readouterr().err) == (2, f"error: {dump}: record 0 is a str, not a dict; SGLang's per_pass "
+                                                  "and per_token records are dicts of tensors\n")
+    assert not (tmp_path / "run").exists()
