@@ -78,9 +78,24 @@ def run_notes(run, ns) -> list[str]:
         notes.append(f"{run.path} is an import ({(run.info.get('source') or {}).get('name', '?')}): it has no "
                      "checkpoint or corpus, so the sections that run the model (masking, importance, steering) "
                      "are left out")
+    if run.status == "running" and not ns.skip_ablation:
+        _check_model_sections_can_run(run)
     if run.status in ("running", "interrupted"):
         notes.append(f"{run.path} is {run.status!r}, not complete: the report covers the tokens recorded so far")
     return notes
+
+
+def _check_model_sections_can_run(run) -> None:
+    """The model sections (ablate, importance, steer) refuse a run still marked running; refused here,
+    before the note that the report covers the tokens so far (which the error then contradicted), with
+    the way to a report of those tokens as well as the way to finish the run."""
+    from analyses.ablate.run import check_finished
+
+    try:
+        check_finished(run.path, run.info, ReportError)
+    except ReportError as e:
+        raise ReportError(f"{e}; or pass --skip-ablation for a report of the tokens recorded so far, without the "
+                          "sections that run the model") from None
 
 
 def compute(run_dir: Path, ns, writer: bool = True) -> dict:

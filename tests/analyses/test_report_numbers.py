@@ -119,6 +119,28 @@ def test_run_notes_say_a_run_still_recording_is_not_complete():
     assert notes == ["r is 'running', not complete: the report covers the tokens recorded so far"]
 
 
+def test_a_killed_record_is_one_message_not_a_note_and_a_contradicting_error(tmp_path):
+    """A SIGKILLed record (run.json "running", no writer holds it): the report noted that it "covers the
+    tokens recorded so far" and then failed in the ablations with "finish it with ... --resume". Now the
+    refusal comes first, alone, and names both ways on; with --skip-ablation the note stands alone."""
+    from analyses.report.render import ReportError
+    from probe.writer import writer_lock
+
+    run = NS(path=tmp_path, status="running", info={"status": "running"})
+    with pytest.raises(ReportError) as e:
+        run_notes(run, NS(skip_ablation=False))
+    assert str(e.value) == (f"{tmp_path}: its record stopped before the end (run.json says running, and no record "
+                            "job holds the run): finish it with the record command that wrote it plus --resume; or "
+                            "pass --skip-ablation for a report of the tokens recorded so far, without the sections "
+                            "that run the model")
+    with writer_lock(tmp_path):  # a record at work
+        with pytest.raises(ReportError, match=r"the run is still being recorded \(status running\); or pass "
+                                              "--skip-ablation for a report of the tokens recorded so far"):
+            run_notes(run, NS(skip_ablation=False))
+    assert run_notes(run, NS(skip_ablation=True)) == [
+        f"{tmp_path} is 'running', not complete: the report covers the tokens recorded so far"]
+
+
 # ------------------------------------------------------------------------------ the sweep's tables
 def _fake_delta(a) -> float:
     """Known loss deltas: top-n masks 0.1 n (ranked over the run 0.05 n), random ones 0.01 n (seed + 1)."""
