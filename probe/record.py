@@ -39,7 +39,8 @@ from .job import (DEFAULT_CKPT, DEFAULT_CORPUS, RecordError, agree, bound_heap, 
                   window_length)
 from .record_loop import record_batches
 from .record_tables import FINAL_TABLES, SESSION_KEYS, router_biases, write_router_bias
-from .writer import clear_run, replace_keeping_others, updating_run_json, write_json_atomic, writer_lock
+from .writer import (RunError, check_committed, clear_run, replace_keeping_others, updating_run_json,
+                     write_json_atomic, writer_lock)
 
 __all__ = ["RecordOptions", "RecordError", "record", "default_seq_len", "DEFAULT_CKPT", "DEFAULT_CORPUS"]
 STREAM_TABLES = ["tokens", "routing", "expert_load", "mtp"]
@@ -288,11 +289,24 @@ def run_info(job: Job, plan: CorpusPlan, opts: RecordOptions, world, m, tables: 
     }
 
 
+def _check_committed(out: Path, old: dict) -> None:
+    """--resume: each writing rank's committed parts are intact (`probe.writer.check_committed`), checked
+    before run.json says running again; a RecordError naming the run, table and part otherwise."""
+    world = old.get("world") or {}
+    streamed = [t for t in old.get("tables") or [] if t in STREAM_TABLES]
+    for rank in range(0, world.get("size", 1), world.get("model_parallel", 1)):
+        try:
+            check_committed(out, rank, streamed)
+        except RunError as e:
+            raise RecordError(str(e)) from None
+
+
 def open_run(out: Path, info: dict, opts: RecordOptions) -> None:
     """Rank 0: create (or check, to resume) the run directory and write run.json."""
     if opts.resume:
         with updating_run_json(out) as old:  # under the lock, as other jobs note their parts
             check_resumable(old, info, out)
+            _check_committed(out, old)
             info["started"] = old.get("started", info["started"])
             info["resumed"] = old.get("resumed", 0) + 1
             # what other commands noted while the run waited stays; what this session rewrites at its

@@ -21,7 +21,7 @@ from model.memory import process_memory
 from .job import RecordError, first_line
 from .recorders import Batch, RecordConfig, Recorder
 from .record_tables import finish
-from .writer import PartWriter, load_progress, prune_uncommitted
+from .writer import PartWriter, check_committed, load_progress, prune_uncommitted
 
 if TYPE_CHECKING:
     from .record import CorpusPlan, Job, RecordOptions
@@ -105,11 +105,16 @@ def _batches(windows, size: int):
         yield buf
 
 
-def _restore(out: Path, world, rec: Recorder, tables: list[str], resume: bool) -> _Progress:
+def _restore(out: Path, world, rec: Recorder, writer: PartWriter | None, tables: list[str],
+             resume: bool) -> _Progress:
     """This replica's progress (its writer's, which every rank of the replica reads, so that they
-    all skip the same batches); the writer also drops part files past its last commit."""
+    all skip the same batches); the writer also drops part files past its last commit and goes on
+    from its committed parts (checked intact: rank 0 checked every writer's before run.json said
+    running, `probe.record.open_run`)."""
     progress, state = load_progress(out, world.leader) if resume else ({}, {})
-    if world.writes:
+    if writer is not None:
+        if progress:
+            writer.committed = check_committed(out, world.rank, tables)
         prune_uncommitted(out, world.rank, progress.get("done") if progress else None, tables)
         if state:
             rec.kv.load_state(state)
@@ -122,7 +127,7 @@ def record_batches(job: Job, opts: RecordOptions, world, m, plan: CorpusPlan, ta
     cfg = RecordConfig(router_logits=opts.router_logits, sample=opts.sample, kv_stats=opts.kv_stats, mtp=opts.mtp)
     rec = Recorder(m, cfg, domains=sorted(plan.per_domain))
     writer = PartWriter(out, world.rank, tables) if world.writes else None
-    prog = _restore(out, world, rec, tables, opts.resume)
+    prog = _restore(out, world, rec, writer, tables, opts.resume)
     bar = None
     if opts.progress and world.rank == 0:
         from tqdm import tqdm

@@ -6,9 +6,10 @@ memory stays bounded. At a commit point the files are closed and renamed to thei
     TABLE/r{rank:03d}-b{first:07d}-{last:07d}.parquet      (global batches first..last)
 
 and then `_progress/r{rank:03d}.json` is replaced atomically, recording the last committed batch
-and the streaming accumulators (an `.npz` beside it). Whatever is not committed is temporary:
-a killed run loses at most the batches since the last commit, and `--resume` deletes any part
-file past the recorded progress before continuing, so no row is duplicated or missing.
+and the streaming accumulators (an `.npz` beside it) and every part committed with its rows.
+Whatever is not committed is temporary: a killed run loses at most the batches since the last
+commit, and `--resume` checks that the committed parts are intact (`check_committed`) and deletes
+any part file past the recorded progress before continuing, so no row is duplicated or missing.
 """
 
 from __future__ import annotations
@@ -243,6 +244,10 @@ class PartWriter:
         self._buf: dict[str, list[pa.RecordBatch]] = {t: [] for t in tables}
         self._buf_rows: dict[str, int] = dict.fromkeys(tables, 0)
         self.first_uncommitted: int | None = None
+        # table -> {part file: rows} of every part committed: noted in the progress file, so that
+        # --resume can check that they are all still there (`check_committed`); a resumed writer
+        # starts from the verified list
+        self.committed: dict[str, dict[str, int]] = {}
         for t in tables:
             (self.run / t).mkdir(parents=True, exist_ok=True)
 
@@ -287,6 +292,7 @@ class PartWriter:
                 done.append(t)
         for t in done:
             os.replace(self._tmp(t), self.run / t / part)
+            self.committed.setdefault(t, {})[part] = pq.read_metadata(self.run / t / part).num_rows
         self.first_uncommitted = None
         if progress is None:
             return
@@ -297,7 +303,7 @@ class PartWriter:
         np.savez(tmp, **arrays)
         os.replace(tmp, npz)
         progress = progress | {"done": last_batch, "commits": commit_no, "state": npz.name,
-                               "time": time.time()}
+                               "time": time.time(), "parts": self.committed}
         write_json_atomic(self.run / PROGRESS / f"r{self.rank:03d}.json", progress)
         for old in (self.run / PROGRESS).glob(f"r{self.rank:03d}-c*.npz"):
             if old != npz:
@@ -344,14 +350,70 @@ def _split_columns(schema: pa.Schema) -> tuple[list[str], list[str]]:
 
 
 def load_progress(run: Path, rank: int) -> tuple[dict, dict[str, np.ndarray]]:
-    """The rank's last commit: (progress dict, accumulator arrays); empty when none."""
+    """The rank's last commit: (progress dict, accumulator arrays); empty when none. A progress file
+    or accumulator state that cannot be read is a RunError naming it (it was a traceback)."""
     p = Path(run) / PROGRESS / f"r{rank:03d}.json"
     if not p.exists():
         return {}, {}
-    progress = json.loads(p.read_text())
-    with np.load(Path(run) / PROGRESS / progress["state"]) as z:
-        arrays = {k: z[k] for k in z.files}
+    advice = "the run's committed state is damaged: record it again with --overwrite (or into another --out)"
+    try:
+        progress = json.loads(p.read_text())
+        state = Path(run) / PROGRESS / progress["state"]
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise RunError(f"{p}: unreadable progress file ({type(e).__name__}: {e}); {advice}") from None
+    try:
+        with np.load(state) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError) as e:
+        raise RunError(f"{state}: unreadable accumulator state of {p.name} ({first_line(e)}); {advice}") from None
     return progress, arrays
+
+
+def first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _rank_parts(run: Path, table: str, rank: int, done: int) -> dict[str, None]:
+    """This rank's part files of `table` on disk up to batch `done` (rows unknown)."""
+    files = sorted((run / table).glob(f"r{rank:03d}-b*.parquet"))
+    return {f.name: None for f in files if int(f.stem.rsplit("-", 1)[1]) <= done}
+
+
+def check_committed(run: Path, rank: int, tables: list[str]) -> dict[str, dict[str, int]]:
+    """Before --resume continues after the rank's last commit: every part file its progress says was
+    committed is there and readable (its Parquet footer only), with the rows committed, and every
+    streamed table's folder exists. A part lost or damaged was resumed over, and the run then said
+    complete with rows missing or unreadable; no earlier consistent state is kept to go back to (the
+    accumulators of older commits are gone), so it is a RunError naming the run, table and part.
+    Progress written before commits named their parts: the rank's parts up to its last batch are
+    checked readable. Returns table -> {part: rows}, what the resumed writer starts from."""
+    run = Path(run)
+    progress, _ = load_progress(run, rank)
+    if not progress:
+        return {}
+    fix = "its rows cannot be recorded again in place: record the run again with --overwrite (or into another --out)"
+    for t in tables:
+        if not (run / t).is_dir():
+            raise RunError(f"--resume: {run}: the {t} table's folder is missing (deleted?) although batches up to "
+                           f"{progress.get('done')} were committed; {fix}")
+    parts = progress.get("parts")
+    if parts is None:
+        parts = {t: _rank_parts(run, t, rank, progress.get("done", -1)) for t in tables}
+    verified: dict[str, dict[str, int]] = {}
+    for t, files in parts.items():
+        for name, rows in files.items():
+            try:
+                n = pq.read_metadata(run / t / name).num_rows
+            except FileNotFoundError:
+                problem = "is missing (deleted?)"
+            except (pa.ArrowInvalid, OSError) as e:
+                problem = f"is unreadable ({first_line(e)})"
+            else:
+                problem = None if rows is None or n == rows else f"holds {n} rows where {rows} were committed"
+            if problem:
+                raise RunError(f"--resume: {run}: the {t} table's committed part {t}/{name} {problem}; {fix}")
+            verified.setdefault(t, {})[name] = n
+    return verified
 
 
 def truncate_after(run: Path, rank: int, tables: list[str], step: int, key: str = "step") -> None:

@@ -1,6 +1,7 @@
 """probe.writer's commit protocol on hand-made rows (no model): part names, progress and its
 accumulator state, a second commit of the same batches, abandon, and the clean-ups --resume relies on
-(truncate_after, prune_uncommitted). The record and train tests cover these end to end."""
+(truncate_after, prune_uncommitted) and the check that its committed parts are intact
+(check_committed). The record and train tests cover these end to end."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from probe.schema import TABLES
-from probe.writer import (PROGRESS, PartWriter, load_progress, prune_uncommitted, truncate_after,
-                          updating_run_json)
+from probe.writer import (PROGRESS, PartWriter, RunError, check_committed, load_progress, prune_uncommitted,
+                          truncate_after, updating_run_json)
 
 T = "router_bias"  # step, layer, expert, bias: the smallest streamed table
 
@@ -205,3 +206,70 @@ def test_a_lock_this_process_cannot_open_is_not_taken_for_a_killed_record(tmp_pa
     assert recorder_alive(run) is None
     with pytest.raises(AblationError, match="the run is still being recorded"):
         check_finished(run, json.loads('{"status": "running"}'))
+
+
+def committed_run(tmp_path, commits: int = 3):
+    """A run whose rank 0 writer committed `commits` times, two batches of 3 rows of `T` each."""
+    run = tmp_path / "run"
+    w = PartWriter(run, 0, [T])
+    for c in range(commits):
+        for b in (2 * c, 2 * c + 1):
+            w.append(T, rows(b, n=3), b)
+        w.commit(2 * c + 1, {"tokens": 6 * (c + 1), "commits": c}, {"acc": np.zeros(1)})
+    return run
+
+
+def test_commit_notes_each_committed_part_and_its_rows_in_the_progress(tmp_path):
+    run = committed_run(tmp_path)
+    progress, _ = load_progress(run, 0)
+    assert progress["parts"] == {T: {"r000-b0000000-0000001.parquet": 6, "r000-b0000002-0000003.parquet": 6,
+                                     "r000-b0000004-0000005.parquet": 6}}
+    assert check_committed(run, 0, [T]) == progress["parts"]
+
+
+@pytest.mark.parametrize("damage, says", [
+    (lambda run: (run / T / "r000-b0000004-0000005.parquet").unlink(),
+     "part router_bias/r000-b0000004-0000005.parquet is missing (deleted?)"),
+    (lambda run: os.truncate(run / T / "r000-b0000004-0000005.parquet", 300),
+     "part router_bias/r000-b0000004-0000005.parquet is unreadable"),
+    (lambda run: part(run, "r000-b0000002-0000003.parquet", [2, 3]),  # replaced by a shorter one
+     "part router_bias/r000-b0000002-0000003.parquet holds 2 rows where 6 were committed"),
+    (lambda run: __import__("shutil").rmtree(run / T),
+     "the router_bias table's folder is missing (deleted?) although batches up to 5 were committed"),
+])
+def test_check_committed_refuses_a_lost_or_damaged_part_naming_run_table_and_part(tmp_path, damage, says):
+    run = committed_run(tmp_path)
+    assert check_committed(run, 0, [T])  # intact
+    damage(run)
+    with pytest.raises(RunError, match="record the run again with --overwrite") as e:
+        check_committed(run, 0, [T])
+    msg = str(e.value)
+    assert "\n" not in msg and str(run) in msg and says in msg, msg
+
+
+def test_check_committed_of_progress_that_names_no_parts_checks_the_parts_present(tmp_path):
+    """Progress written before commits named their parts: the rank's parts up to its last commit are
+    read (footers), those past it are left to prune_uncommitted; a lost part cannot be told there."""
+    run = committed_run(tmp_path)
+    p = run / PROGRESS / "r000.json"
+    p.write_text(json.dumps({k: v for k, v in json.loads(p.read_text()).items() if k != "parts"}))
+    part(run, "r000-b0000006-0000007.parquet", [6])  # past the commit: not checked
+    os.truncate(run / T / "r000-b0000006-0000007.parquet", 10)
+    assert set(check_committed(run, 0, [T])[T]) == {"r000-b0000000-0000001.parquet", "r000-b0000002-0000003.parquet",
+                                                     "r000-b0000004-0000005.parquet"}
+    os.truncate(run / T / "r000-b0000002-0000003.parquet", 300)
+    with pytest.raises(RunError, match="part router_bias/r000-b0000002-0000003.parquet is unreadable"):
+        check_committed(run, 0, [T])
+
+
+@pytest.mark.parametrize("damage, says", [
+    (lambda run: (run / PROGRESS / "r000.json").write_text("{"), "r000.json: unreadable progress file"),
+    (lambda run: next((run / PROGRESS).glob("*.npz")).unlink(), "unreadable accumulator state of r000.json"),
+])
+def test_damaged_progress_is_one_line_naming_the_file(tmp_path, damage, says):
+    run = committed_run(tmp_path)
+    damage(run)
+    with pytest.raises(RunError, match=says) as e:
+        load_progress(run, 0)
+    assert "\n" not in str(e.value) and "--overwrite" in str(e.value)
+    assert check_committed(run, 1, [T]) == {}  # a rank that committed nothing: nothing to check
