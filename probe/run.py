@@ -11,19 +11,54 @@ Only committed part files are read (temporary files of a running or killed job a
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .schema import TABLES
-from .writer import RunError, read_run_json
+from .writer import PROGRESS, RunError, read_run_json
 
 
 def table_files(path: str | Path, table: str) -> list[Path]:
     """The committed part files of `table` in run directory `path` (temporaries never match)."""
     d = Path(path) / table
     return sorted(d.glob("*.parquet")) if d.is_dir() else []
+
+
+def lost_tables(path: str | Path, info: dict) -> list[str]:
+    """Tables a complete run's run.json lists that have no part file although the run wrote some: the
+    table's folder is gone, or the record job's progress (`_progress/`) names parts committed to it. A
+    folder without parts is a table that got no rows (mtp, from windows too short for its target); a
+    running or interrupted run may not have written a table yet. Such a table read as empty, silently."""
+    if info.get("status") != "complete":
+        return []
+    listed = [t for t in info.get("tables") or [] if t in TABLES and not table_files(path, t)]
+    if not listed:
+        return []
+    committed = _committed_tables(Path(path))
+    return [t for t in listed if not (Path(path) / t).is_dir() or t in committed]
+
+
+def _committed_tables(path: Path) -> set[str]:
+    """Tables that the record job's progress files name committed parts of (unreadable ones: none)."""
+    tables = set()
+    for p in sorted((path / PROGRESS).glob("r*.json")):
+        try:
+            parts = json.loads(p.read_text()).get("parts") or {}
+            tables |= {t for t, files in parts.items() if files}
+        except (OSError, ValueError, AttributeError):
+            continue
+    return tables
+
+
+LOST = "listed in run.json but has no part files: deleted? (the run is complete; record it again)"
+
+
+def lost_message(path: str | Path, table: str) -> str:
+    """The one line naming the run and the table: RUN/TABLE: listed in run.json but ..."""
+    return f"{Path(path) / table}: {LOST}"
 
 
 def create_views(con, path: str | Path, tables, temp: bool = False) -> list[str]:
@@ -67,8 +102,20 @@ class Run:
 
     @property
     def tables(self) -> list[str]:
-        """Tables that have at least one committed part file."""
+        """Tables that have at least one committed part file (see `lost_tables` for those a complete
+        run lists without any)."""
         return [t for t in TABLES if self.files(t)]
+
+    @property
+    def lost_tables(self) -> list[str]:
+        """Tables run.json lists that this complete run has lost (no part file: deleted?); reading one
+        is a RunError (`probe.run.lost_tables`)."""
+        self.status  # re-reads run.json into `info`
+        return lost_tables(self.path, self.info)
+
+    def _check_not_lost(self, table: str) -> None:
+        if table in self.lost_tables:
+            raise RunError(lost_message(self.path, table))
 
     def files(self, table: str) -> list[Path]:
         """The table's committed Parquet part files, in order (empty where the run has none yet);
@@ -79,8 +126,11 @@ class Run:
 
     def arrow(self, table: str, columns: list[str] | None = None) -> pa.Table:
         """The table (or only `columns`) as one pyarrow Table in the schema of `probe.schema.TABLES`,
-        read whole into memory; an empty table with that schema where the run has no part yet."""
+        read whole into memory; an empty table with that schema where the run has no part yet (a
+        complete run that lists the table in run.json and has lost its parts: a RunError)."""
         files = self.files(table)
+        if not files:
+            self._check_not_lost(table)
         schema = TABLES[table]
         unknown = [c for c in columns or () if c not in schema.names]
         if unknown:
@@ -109,10 +159,12 @@ class Run:
         resumed or overwrote; they were a snapshot of the first query's parts, so `sql` and `df` of
         one Run disagreed, and a removed part was an IO error; a review). A table with an unreadable
         part file (a half-written or foreign file) gets a view that raises DuckDB's own error, naming
-        the file, when a query reads it: queries of the other tables are not affected."""
+        the file, when a query reads it: queries of the other tables are not affected. So does a table
+        that a complete run lists in run.json and has no part file of (`lost_tables`)."""
         import duckdb
 
-        parts = tuple(tuple(f.name for f in table_files(self.path, t)) for t in TABLES)
+        lost = self.lost_tables
+        parts = (tuple(tuple(f.name for f in table_files(self.path, t)) for t in TABLES), tuple(lost))
         if self._con is not None and parts == self._parts:
             return self._con
         if self._con is None:
@@ -127,7 +179,9 @@ class Run:
             except duckdb.Error as e:
                 self._unreadable_view(t, str(e).strip().splitlines()[0])
                 continue
-            if missing:
+            if missing and t in lost:
+                self._unreadable_view(t, LOST)
+            elif missing:
                 self._con.register(t, TABLES[t].empty_table())
         return self._con
 
@@ -143,6 +197,8 @@ class Run:
         until it is consumed, so it suits tables larger than memory (routing, tokens)."""
         if table not in TABLES:
             raise RunError(f"unknown table {table!r}; tables are {list(TABLES)}")
+        if not self.files(table):
+            self._check_not_lost(table)
         return self.con.table(table)
 
     def sql(self, query: str):

@@ -1,0 +1,76 @@
+"""A table that a complete run's run.json lists but that has lost its part files (its folder deleted,
+or its parts while the record's progress names them) is a RunError naming the run and the table,
+through `Run.arrow`/`df`, `Run.rel` and the DuckDB views of `Run.sql`; it read as an empty table
+(a review). A folder without parts is a table that got no rows, and a run that is not complete may
+not have written a table yet: both still read as empty."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+import probe
+from probe.writer import PROGRESS, RunError
+
+from helpers.synthetic_run import write_run
+
+WRITTEN = ["tokens", "routing", "expert_load"]
+
+
+@pytest.fixture
+def run(tmp_path):
+    """A complete synthetic run listing tokens, routing, expert_load and an mtp table that got no rows."""
+    out = tmp_path / "run"
+    write_run(out)
+    (out / "mtp").mkdir()
+    info = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps(info | {"status": "complete", "tables": WRITTEN + ["mtp"]}))
+    return out
+
+
+def read_every_way(r: probe.Run, table: str):
+    yield lambda: r.df(table)
+    yield lambda: r.rel(table).df()
+    yield lambda: r.sql(f"select count(*) from {table}").fetchall()
+
+
+@pytest.mark.parametrize("lose", ["folder", "parts"])
+def test_a_complete_run_that_lost_a_listed_table_says_so_however_it_is_read(run, lose):
+    r = probe.open_run(run)
+    assert r.lost_tables == [] and len(r.df("tokens")) > 0
+    if lose == "folder":
+        shutil.rmtree(run / "tokens")
+    else:  # the parts, where the record's progress names them committed
+        for f in (run / "tokens").glob("*.parquet"):
+            f.unlink()
+        (run / PROGRESS).mkdir()
+        (run / PROGRESS / "r000.json").write_text(json.dumps({"done": 1, "parts": {"tokens": {"r000-b0000000-0000000"
+                                                                                              ".parquet": 3}}}))
+    assert r.lost_tables == ["tokens"] and "tokens" not in r.tables
+    for read in read_every_way(r, "tokens"):
+        with pytest.raises(Exception) as e:  # RunError; DuckDB's error through the view, its message ours
+            read()
+        msg = str(e.value)
+        assert f"{run / 'tokens'}: listed in run.json but has no part files: deleted?" in msg, msg
+    assert isinstance(pytest.raises(RunError, r.df, "tokens").value, RunError)
+    assert len(r.df("routing")) > 0 and r.sql("select count(*) from routing").fetchall()[0][0] > 0  # the others read
+
+
+def test_a_table_without_rows_or_a_run_not_complete_reads_as_empty(run):
+    r = probe.open_run(run)
+    assert r.lost_tables == [] and len(r.df("mtp")) == 0 and r.sql("select count(*) from mtp").fetchall() == [(0,)]
+    shutil.rmtree(run / "tokens")
+    info = json.loads((run / "run.json").read_text())
+    for status in ("running", "interrupted"):  # a listed table not written yet
+        (run / "run.json").write_text(json.dumps(info | {"status": status}))
+        assert r.lost_tables == [] and len(r.df("tokens")) == 0
+        assert r.sql("select count(*) from tokens").fetchall() == [(0,)]
+    (run / "run.json").write_text(json.dumps(info | {"tables": ["routing", "expert_load"]}))  # not listed
+    assert r.status == "complete" and r.lost_tables == [] and len(r.df("tokens")) == 0
+    (run / "run.json").write_text(json.dumps(info))  # complete again: the same Run sees the change
+    with pytest.raises(RunError, match="tokens: listed in run.json"):
+        r.df("tokens")
+    with pytest.raises(Exception, match="tokens: listed in run.json"):
+        r.sql("select * from tokens").fetchall()
