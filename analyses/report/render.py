@@ -82,6 +82,10 @@ def run_notes(run, ns) -> list[str]:
         _check_model_sections_can_run(run)
     if run.status in ("running", "interrupted"):
         notes.append(f"{run.path} is {run.status!r}, not complete: the report covers the tokens recorded so far")
+    if lost := run.lost_tables:  # they read as empty, and the sections were "not recorded" (a review)
+        notes.append(f"{run.path}: run.json lists {', '.join(lost)} but the run has no part files of "
+                     f"{'them' if len(lost) > 1 else 'it'} (deleted?): the sections that read "
+                     f"{'them' if len(lost) > 1 else 'it'} are left out; record the run again for a whole report")
     return notes
 
 
@@ -127,6 +131,7 @@ def compute(run_dir: Path, ns, writer: bool = True) -> dict:
     research.compute_model(run, ns, out)
     if writer:
         tables = set(run.tables)
+        out["lost_tables"] = run.lost_tables  # run_notes said so; the sections' placeholders say so too
         out["tokens"] = run.sql("select domain, count(*)::bigint as tokens from tokens group by 1 order by 1").df() \
             if "tokens" in tables else None
         out["balance"] = rd.balance(run)
@@ -371,7 +376,7 @@ def _missing(sec: str, r: dict) -> str:
         return f"(skipped: {r.get('skip_reason') or '--skip-ablation'})"
     if sec in research.RESEARCH_SECTIONS:
         return research.missing(sec, r)
-    return "(not in this run: the table was not recorded)"
+    return research.not_recorded(r, "the table was not recorded")
 
 
 def write_html(r: dict, figs: dict, path: Path, argv: list[str]) -> Path:

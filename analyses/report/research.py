@@ -278,4 +278,12 @@ def missing(sec: str, r: dict) -> str:
         return "(not measured: the run has one domain, so there is no domain-specific expert to steer with)"
     if sec in ("Causal vs observed importance", "Steering") and r.get("importance") is None:
         return f"(skipped: {r.get('skip_reason') or '--skip-ablation or --importance-tokens 0'})"
-    return "(not in this run: the routing or tokens table was not recorded)"
+    return not_recorded(r, "the routing or tokens table was not recorded")
+
+
+def not_recorded(r: dict, why: str) -> str:
+    """A section's placeholder where its table is not in the run: `why`, unless the run lists tables it
+    has lost (their part files deleted), which the report then names rather than call unrecorded."""
+    if lost := r.get("lost_tables"):
+        return f"(not in this run: run.json lists {', '.join(lost)}, whose part files are gone: deleted?)"
+    return f"(not in this run: {why})"

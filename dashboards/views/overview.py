@@ -9,6 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboards import charts, data, ui
+from probe.run import lost_tables
 
 
 def _when(v) -> str:
@@ -186,8 +187,9 @@ def health(ref: data.RunRef) -> None:
     missing = [t for t in expected if t not in set(h.table)]
     if missing and ref.status == "complete":
         # a table without rows keeps its folder (the mtp table needs two more tokens after a position
-        # in its window); a missing folder is a run that lost files
-        empty = [t for t in missing if data.table_folder_exists(ref, t)]
+        # in its window); a missing folder, or parts the record's progress names, is a run that lost files
+        lost = set(lost_tables(ref.path, ref.info | {"status": ref.status}))
+        empty = [t for t in missing if data.table_folder_exists(ref, t) and t not in lost]
         if empty:
             st.info(f"No rows recorded in: {', '.join(empty)} (the run's windows gave these tables nothing to record).")
         if lost := [t for t in missing if t not in empty]:

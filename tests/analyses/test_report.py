@@ -321,6 +321,26 @@ def test_the_path_verdict_is_held_out_accuracy_with_ami_beside_it():
     assert _path_verdict(True, None).startswith("by AMI, paths carry more")
 
 
+def test_a_complete_run_that_lost_a_listed_table_is_warned_about_not_called_unrecorded(tmp_path, capsys):
+    """A complete run whose tokens folder was deleted: its sections were "(not in this run: ... not
+    recorded)", with no word of the loss (a review); the report warns first and says so in their place."""
+    import shutil
+
+    from helpers.synthetic_run import write_run
+
+    run = tmp_path / "run"
+    write_run(run)
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps(info | {"status": "complete", "tables": ["tokens", "routing",
+                                                                                       "expert_load"]}))
+    shutil.rmtree(run / "tokens")
+    rc = report.main([str(run), "--out", str(tmp_path / "r.html"), "--skip-ablation", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 0 and f"note: {run}: run.json lists tokens but the run has no part files of it (deleted?)" in err
+    doc = (tmp_path / "r.html").read_text()
+    assert "run.json lists tokens, whose part files are gone: deleted?" in doc and "was not recorded" not in doc
+
+
 def test_run_notes_name_interrupted_runs_and_imports():
     """The report's opening notes: a run that is not complete, and an import whose model sections it
     leaves out (turning them off); a complete recorded run gets none."""
@@ -329,9 +349,11 @@ def test_run_notes_name_interrupted_runs_and_imports():
     from analyses.report.render import run_notes
 
     ns = NS(skip_ablation=False)
-    assert run_notes(NS(path="r", status="complete", info={}), ns) == [] and not ns.skip_ablation
-    assert "is 'interrupted', not complete" in run_notes(NS(path="r", status="interrupted", info={}), ns)[0]
-    notes = run_notes(NS(path="p", status="complete", info={"kind": "import", "source": {"name": "sglang"}}), ns)
+    assert run_notes(NS(path="r", status="complete", info={}, lost_tables=[]), ns) == [] and not ns.skip_ablation
+    assert "is 'interrupted', not complete" in run_notes(NS(path="r", status="interrupted", info={}, lost_tables=[]),
+                                                         ns)[0]
+    notes = run_notes(NS(path="p", status="complete", info={"kind": "import", "source": {"name": "sglang"}},
+                         lost_tables=[]), ns)
     assert "p is an import (sglang)" in notes[0] and ns.skip_ablation
     # the skipped sections say why in their place (they blamed --skip-ablation, not given; a review)
     from analyses.report import research

@@ -336,16 +336,28 @@ def test_corrupted_files_are_warnings_not_tracebacks(runs):
 @pytest.mark.slow
 def test_a_table_without_rows_is_told_from_a_lost_one(runs, tmp_path):
     """A complete run whose mtp table got no rows (windows too short for its i+2 target) keeps the
-    table's empty folder: the overview says so plainly; a run that lost the folder is warned about."""
+    table's empty folder and its progress names no mtp part: the overview says so plainly; a run that
+    lost the folder, or parts its progress names committed, is warned about."""
     import shutil
 
-    for name, damage in (("no-rows", lambda t: [f.unlink() for f in t.glob("*.parquet")]), ("lost", shutil.rmtree)):
+    def no_rows(t):  # as the writer leaves a table that got no rows: no part, none noted committed
+        unlink_parts(t)
+        for p in (t.parent / "_progress").glob("r*.json"):
+            progress = json.loads(p.read_text())
+            p.write_text(json.dumps(progress | {"parts": {k: v for k, v in progress["parts"].items() if k != "mtp"}}))
+
+    def unlink_parts(t):
+        for f in t.glob("*.parquet"):
+            f.unlink()
+
+    for name, damage in (("no-rows", no_rows), ("lost", shutil.rmtree), ("parts-lost", unlink_parts)):
         shutil.copytree(runs["demo"], tmp_path / name)
         damage(tmp_path / name / "mtp")
     at = open_page(app(tmp_path, "no-rows"), "overview")
     assert "No rows recorded in: mtp" in texts(at.info) and "no files" not in texts(at.warning)
-    at = open_page(app(tmp_path, "lost"), "overview")
-    assert "run.json lists tables with no files: mtp" in texts(at.warning) and "No rows" not in texts(at.info)
+    for name in ("lost", "parts-lost"):
+        at = open_page(app(tmp_path, name), "overview")
+        assert "run.json lists tables with no files: mtp" in texts(at.warning) and "No rows" not in texts(at.info)
 
 
 @pytest.mark.slow  # a fresh process
