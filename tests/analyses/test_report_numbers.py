@@ -115,7 +115,7 @@ def test_whole_run_ranking_sentence_counts_its_own_deltas():
 
 
 def test_run_notes_say_a_run_still_recording_is_not_complete():
-    notes = run_notes(NS(path="r", status="running", info={}), NS(skip_ablation=True))
+    notes = run_notes(NS(path="r", status="running", info={}, lost_tables=[]), NS(skip_ablation=True))
     assert notes == ["r is 'running', not complete: the report covers the tokens recorded so far"]
 
 
@@ -126,7 +126,7 @@ def test_a_killed_record_is_one_message_not_a_note_and_a_contradicting_error(tmp
     from analyses.report.render import ReportError
     from probe.writer import writer_lock
 
-    run = NS(path=tmp_path, status="running", info={"status": "running"})
+    run = NS(path=tmp_path, status="running", info={"status": "running"}, lost_tables=[])
     with pytest.raises(ReportError) as e:
         run_notes(run, NS(skip_ablation=False))
     assert str(e.value) == (f"{tmp_path}: its record stopped before the end (run.json says running, and no record "
