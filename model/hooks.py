@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Union
 
@@ -188,4 +189,9 @@ class HookedModule(nn.Module):
             raise HookError(f"names={names!r} matches no hook point (see model.hook_names())")
         with self.hooks(selected):
             out = self(*args, **kwargs)
+        unreached = [n for n, _ in selected if n not in cache]
+        if names is not None and unreached:  # asked for by name, and silently absent from the cache before
+            warnings.warn(f"run_with_cache: {len(unreached)} of the {len(selected)} hook points named were not "
+                          f"reached by this forward (e.g. {unreached[0]}): the MTP module runs only with mtp=True, "
+                          "and start_at_layer skips the blocks before it", stacklevel=2)
         return out, cache

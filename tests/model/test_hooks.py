@@ -339,6 +339,21 @@ def test_hooks_are_scoped_and_detached_on_error():
     assert len(calls) == 3
 
 
+def test_a_named_hook_point_the_forward_never_reached_is_warned_of():
+    """mtp.0.* without mtp=True (or a block before start_at_layer) left the cache without them, silently."""
+    m = random_model("tiny", seed=7)
+    x = torch.randint(0, 512, (1, 5))
+    with pytest.warns(UserWarning, match=r"1 of the 2 hook points named were not reached .*\(e.g. mtp.0.hook_in\)"):
+        _, c = m.run_with_cache(x, names=["hook_embed", "mtp.0.hook_in"])
+    assert list(c) == ["hook_embed"]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the controls: every named point reached, or no names given
+        m.run_with_cache(x, names=["hook_embed", "mtp.0.hook_in"], mtp=True)
+        m.run_with_cache(x)
+
+
 def test_persistent_hooks_until_reset():
     """add_hook keeps a hook across forwards (a notebook session's edit); reset_hooks removes every hook."""
     m = random_model("tiny", seed=7)
