@@ -8,8 +8,8 @@ Both models run in this one process on the same checkpoint (written by transform
 `model.load`), interleaved in an order shuffled every repeat, after a warm-up that checks every case's
 logits against transformers', each repeat on a fresh random batch; transformers with use_cache=False
 (ours makes no KV cache here either). Ours is timed three ways: hook points present with nothing
-attached; a no-op hook attached to every hook point except the opt-in attention pattern ("attached
-but idle"); and with the attention pattern hooked (made for the hook beside the fused kernel). Printed: median
+attached; a no-op hook attached to every hook point except the opt-in ones, the attention pattern and
+each expert's output (`model.hooks.OPT_IN_SUFFIXES`; "attached but idle"); and with the attention pattern hooked (made for the hook beside the fused kernel). Printed: median
 tokens/s and the ratio to transformers, the best-of-N times, and the paired ratio: the median over
 repeats of the two times measured in the same repeat (the least sensitive to a shared machine whose
 speed drifts), with its quartiles ("paired IQR": how far one run's figure can be trusted). Target: ours >= 1.3x transformers with idle hooks.
@@ -91,10 +91,10 @@ def make_cases(hf, ours, batch: dict) -> dict:
     """name -> a function running one forward of `batch["tokens"]`. Ours runs with its weights
     frozen, as the jobs load it (model/frozen.py), except in the row that says otherwise."""
     from model import frozen, frozen_weights, layers
+    from model.hooks import OPT_IN_SUFFIXES
 
     frozen_weights(ours)  # held for the life of `ours`
-
-    noop = [(lambda n: not n.endswith("hook_pattern"), lambda t, hook: None)]
+    noop = [(lambda n: not n.endswith(OPT_IN_SUFFIXES), lambda t, hook: None)]
     pattern = [("layers.*.attn.hook_pattern", lambda t, hook: None)]
 
     def run_hf():
