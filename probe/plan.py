@@ -32,6 +32,7 @@ from model.checkpoint import FP8_RESIDENT
 from .job import RecordError, check_model_flags, compute_dtype, flag_advice, launch_rank0, packed_copy_bytes
 from .recorders import list_array
 from .schema import TABLES
+from .stats import state_bytes
 from .writer import parquet_options
 
 GB = 1e9
@@ -89,7 +90,10 @@ def dry_run(job, opts) -> dict:
     weights["packed_bytes"] = packed_copy_bytes(weights["float32_per_rank_bytes"]) if dev == "cpu" else 0
     plan["per_rank"] = (weights["per_rank_bytes"] + weights["absorb_dense_bytes"] + weights["packed_bytes"]
                         + act["peak"])
-    plan["run_bytes"] = int(sum(per_token.values()) * corpus.tokens)
+    # each writer's accumulator state (`_progress/*.npz`), whatever the token count: 128 MB per writer for
+    # DeepSeek-V3, and a fifth of a small run of the bundled model (it was left out of the size)
+    plan["state_bytes"] = plan["replicas"] * state_bytes(args.n_layers, args.kv_lora_rank)
+    plan["run_bytes"] = int(sum(per_token.values()) * corpus.tokens) + plan["state_bytes"]
     # what the command's exit status says (1: does not fit): --device-memory per rank, the disk at --out
     plan["fits"] = ((opts.device_memory is None or plan["per_rank"] <= opts.device_memory * GB)
                     and shutil.disk_usage(_existing(job.out)).free > plan["run_bytes"])
@@ -276,7 +280,8 @@ def format_dry_run(job, opts, p: dict) -> str:
                  f"{f', --sample {opts.sample:g}' if opts.router_logits == 'full' else ''}): "
                  + ", ".join(f"{t} {_gb(b)}" for t, b in per_m.items()) + f"; total {_gb(sum(per_m.values()))}")
     free = shutil.disk_usage(_existing(job.out)).free
-    lines.append(f"  expected run size: {_gb(p['run_bytes'])} for {p['corpus']['tokens']:,} tokens "
+    lines.append(f"  expected run size: {_gb(p['run_bytes'])} for {p['corpus']['tokens']:,} tokens, the latent "
+                 f"statistics' running sums {_gb(p['state_bytes'])} of it "
                  f"({_gb(free)} free there{'' if free > p['run_bytes'] else ': NOT ENOUGH'})")
     lines.append("  nothing loaded, nothing written: drop --dry-run to record")
     return "\n".join(lines)

@@ -15,6 +15,14 @@ import numpy as np
 import torch
 
 
+def state_bytes(n_layers: int, latent_dim: int) -> int:
+    """Bytes of a writer's accumulator state on disk (`KVAccumulator.state()` in an .npz beside each
+    commit's progress): float64 sums, [C, C] a layer of them, 128 MB per writer at DeepSeek-V3's 61
+    layers of 512 channels; plus the archive's headers (~254 bytes an array)."""
+    L, C = n_layers, latent_dim
+    return 8 * (L + L * C + L * C * C + 2 * L * 4) + 5 * 254
+
+
 class KVAccumulator:
     def __init__(self, layers: list[int], latent_dim: int) -> None:
         self.layers = layers
