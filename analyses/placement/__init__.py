@@ -25,10 +25,11 @@ Each layer gets `E + redundant` physical slots, the same number on every GPU.
 
 Output: the physical-to-logical map as Parquet (`.parquet`: one row per slot with layer, node, gpu,
 slot, physical, logical expert, replicas of that expert and predicted load of the replica) or JSON
-(`.json`: per layer, the balancedness before and after, per-GPU loads, replicas per expert and
-`phy_to_log[gpu][slot]`), and a table
-per layer of the predicted per-GPU balancedness (mean / max GPU load, SGLang / vLLM EPLB metric)
-before (the plain contiguous placement: experts in order, E / GPUs per GPU, no replicas) and after.
+(`.json`: per layer, the balancedness before, current and after, per-GPU loads, replicas per expert
+and `phy_to_log[gpu][slot]`), and a table per layer of the predicted per-GPU balancedness (mean / max
+GPU load, SGLang / vLLM EPLB metric) before (the plain contiguous placement: experts in order,
+E / GPUs per GPU, no replicas), current (the placement the loads ran on: an imported dump's map, else
+SGLang's trivial map of E + redundant slots, as the dashboard's Serving page replays it) and after.
 `--format sglang | eplb | logical-count` writes what SGLang or deepseek-ai/EPLB read (export.py).
 
 NOTE: greedy packing is a heuristic; in contrived cases (loads [3, 3, 0, 2, 2, 2] on 2 GPUs) it
@@ -296,19 +297,49 @@ def run_loads(run, steps: tuple[int, int] | None = None) -> tuple[dict[int, np.n
     return loads, n_layers, E
 
 
-def summary_frame(plans: dict):
-    """One row per layer: balancedness before/after, max GPU load before/after, replicas used."""
+def current_placement(run, n_experts: int, n_gpus: int, n_redundant: int) -> tuple[dict, int, str]:
+    """({layer: physical-to-logical map [P]}, GPUs, what it is) of the placement the loads ran on: the
+    serving engine's (`placement` table, from `dsv3-probe import sglang` of a dump that carries one),
+    else SGLang's default for the plan's slots, `trivial_map(E, E + R)` on n_gpus GPUs, the Serving page's
+    "current placement" (the CLI compared against the contiguous split alone, without the replicas or
+    the map the server ran; a serving engineer's review)."""
+    from analyses.metrics._common import as_run
+
+    from .replay import trivial_map
+
+    run = as_run(run)
+    if run.files("placement"):
+        df = run.sql("select layer, physical, logical, gpu from placement order by layer, physical").df()
+        maps = {int(lay): g.logical.to_numpy(np.int64) for lay, g in df.groupby("layer")}
+        gpus = int(df.gpu.max()) + 1
+        return maps, gpus, f"the server's placement from the import ({gpus} GPUs)"
+    m = trivial_map(n_experts, n_experts + n_redundant)
+    return {None: m}, n_gpus, f"SGLang's trivial map, slot p -> expert p % {n_experts}, on {n_gpus} GPUs"
+
+
+def summary_frame(plans: dict, current: tuple[dict, int] | None = None):
+    """One row per layer: balancedness before (contiguous, no replicas) and after, with `current` =
+    (`current_placement`'s maps, GPUs) also the current placement's; max GPU load before/after, replicas used."""
     import pandas as pd
 
-    return pd.DataFrame([{"layer": layer, "balancedness_before": p.balancedness_before,
-                          "balancedness_after": p.balancedness_after,
-                          "max_gpu_load_before": _max(p.gpu_load_before), "max_gpu_load_after": _max(p.gpu_load),
-                          "mean_gpu_load": float(p.gpu_load.mean()), "replicated": int((p.replicas > 1).sum())}
-                         for layer, p in plans.items()])
+    from .replay import gpu_loads
+
+    rows = []
+    for layer, p in plans.items():
+        row = {"layer": layer, "balancedness_before": p.balancedness_before}
+        if current is not None:
+            maps, gpus = current
+            m = maps.get(layer, maps.get(None))
+            row["balancedness_current"] = _balancedness(gpu_loads(p.loads, m, gpus)) if m is not None else np.nan
+        rows.append(row | {"balancedness_after": p.balancedness_after, "max_gpu_load_before": _max(p.gpu_load_before),
+                           "max_gpu_load_after": _max(p.gpu_load), "mean_gpu_load": float(p.gpu_load.mean()),
+                           "replicated": int((p.replicas > 1).sum())})
+    return pd.DataFrame(rows)
 
 
-def write_plan(plans: dict, out: Path, config: dict) -> None:
-    """Parquet: the long map table. JSON: config, per-layer summary and phy_to_log [gpu][slot]."""
+def write_plan(plans: dict, out: Path, config: dict, current: tuple[dict, int] | None = None) -> None:
+    """Parquet: the long map table. JSON: config, per-layer summary (with `current`, as `summary_frame`
+    takes it, the current placement's balancedness too) and phy_to_log [gpu][slot]."""
     import pandas as pd
 
     out = Path(out)
@@ -318,7 +349,10 @@ def write_plan(plans: dict, out: Path, config: dict) -> None:
         if out.suffix == ".parquet":
             pd.concat([p.to_frame(layer) for layer, p in plans.items()], ignore_index=True).to_parquet(tmp, index=False)
         else:
+            now = summary_frame(plans, current).set_index("layer") if current is not None else None
             layers = [{"layer": int(layer), "balancedness_before": p.balancedness_before,
+                       **({"balancedness_current": float(now.loc[layer, "balancedness_current"])}
+                          if now is not None else {}),
                        "balancedness_after": p.balancedness_after, "gpu_load_before": p.gpu_load_before.tolist(),
                        "gpu_load_after": p.gpu_load.tolist(), "replicas": p.replicas.tolist(),
                        "phy_to_log": p.phy_to_log.tolist()} for layer, p in plans.items()]

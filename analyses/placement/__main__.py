@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 import analyses.placement as package
-from analyses.placement import PlacementError, plan_run, run_groups, run_loads, summary_frame, write_plan
+from analyses.placement import (PlacementError, current_placement, plan_run, run_groups, run_loads, summary_frame,
+                                write_plan)
 from analyses.placement.export import FORMATS, export
 from probe.job import RecordError, check_out_parent, closed_pipe_quiet, job_error, os_refusal, table_errors
 
@@ -78,17 +79,21 @@ def _run(ns) -> int:
         raise PlacementError("--gpus is needed to plan a placement")
     groups = ns.groups if ns.groups is not None else run_groups(ns.run)
     plans = plan_run(ns.run, ns.gpus, ns.nodes, ns.redundant, groups, ns.mode, loads=loads)
+    maps, now_gpus, what = current_placement(ns.run, E, ns.gpus, ns.redundant)
     config = {"run": str(ns.run), "gpus": ns.gpus, "nodes": ns.nodes, "redundant": ns.redundant,
-              "groups": groups, "mode": ns.mode, "steps": list(ns.steps) if ns.steps else None}
+              "groups": groups, "mode": ns.mode, "steps": list(ns.steps) if ns.steps else None,
+              "before": "experts in order, no replicas", "current": what}
     with os_refusal(f"--out {ns.out}: cannot write it there"):  # checked above; not everything is foreseeable
         if ns.format == "table" and ns.out is not None:
-            write_plan(plans, ns.out, config)
+            write_plan(plans, ns.out, config, (maps, now_gpus))
         elif ns.format != "table":
             export(ns.format, plans, loads, n_layers, E, ns.out)
     import pandas as pd
 
+    print(f"balancedness (mean / max GPU load) before: experts in order, {E} / {ns.gpus} a GPU, no replicas; "
+          f"current: {what}; after: the plan")
     with pd.option_context("display.width", 200, "display.max_rows", 500):
-        print(summary_frame(plans).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        print(summary_frame(plans, (maps, now_gpus)).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     if ns.out is not None:
         print(f"wrote {ns.out}")
         if ns.format == "sglang":

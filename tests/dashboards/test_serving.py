@@ -280,3 +280,29 @@ def test_serving_per_layer_bars_cover_the_plan_window_and_the_gpu_bars_the_picke
     at.selectbox(key="sv_nodes").set_value(2).run()
     cmd = next(c.value for c in at.caption if "python -m analyses.placement" in c.value)
     assert f"--gpus {n_slots} --redundant 4 --nodes 2 --steps " in cmd  # the node count it planned with
+
+
+def test_the_command_lines_current_placement_is_the_pages(imported, tmp_path):
+    """analyses.placement compared its plan only against the contiguous split without replicas, while the
+    Serving page compares against the server's own map (a serving engineer's review): its
+    balancedness_current column is that map's (an imported dump's, else SGLang's trivial one), by hand."""
+    import contextlib
+    import io
+
+    from analyses.placement.__main__ import main as placement
+
+    counts, window = imported["counts"], range(0, 6)
+    summed = sum(counts[fp] for fp in window)
+    for run, gpus, maps in (("per_pass", 2, {layer: imported["map"][layer] for layer in (1, 2)}),
+                            ("stat", 4, {layer: np.arange(20) % sg.E for layer in (1, 2)})):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert placement([str(imported["runs"] / run), "--gpus", str(gpus), "--redundant", "4", "--steps", "0-5",
+                              "--out", str(tmp_path / f"{run}.json")]) == 0
+        what = "the server's placement from the import (2 GPUs)" if run == "per_pass" else "SGLang's trivial map"
+        assert f"current: {what}" in out.getvalue()
+        layers = json.loads((tmp_path / f"{run}.json").read_text())["layers"]
+        for row in layers:
+            want = by_hand({0: summed}, {row["layer"]: maps[row["layer"]]}, gpus, [0])
+            assert row["balancedness_current"] == pytest.approx(want, abs=1e-9), (run, row["layer"])
+            assert row["balancedness_current"] != pytest.approx(row["balancedness_before"])  # the control
