@@ -53,7 +53,10 @@ def source_caption(ref: data.RunRef, n_passes: int, every: int) -> None:
                    + (f"Current placement: the dump's map ({pl['physical_experts']} physical experts on "
                       f"{pl['gpus']} GPUs)." if pl else "The dump carries no placement: the current one is taken "
                       "to be SGLang's trivial map (`--init-expert-location trivial`) with the GPUs and redundant "
-                      "slots chosen below."))
+                      "slots chosen below.")
+                   + " Both placements are replayed on the logical loads, each expert's load split evenly over its "
+                     "replicas (EPLB's model): the current figures model the server's, they are not its measured "
+                     "per-slot counts, and SGLang's own utilisation rate also averages its dense layers in (1.0 each).")
     else:
         st.caption("Each recorded batch stands in for a forward pass. Current placement: SGLang's trivial map "
                    "with the GPUs and redundant slots chosen below. Import a server's own traffic with "
