@@ -262,10 +262,15 @@ class Plan:
     disabled: dict[int, list[int]]
     shared_layers: list[int] = field(default_factory=list)
     loads: str | None = None  # where top-N loads came from
+    # reroute: experts left unreachable by `disabled` (`also_removed`: alone in a group, which routing
+    # scores by its two best), removed as surely as the named ones
+    unreachable: dict[int, list[int]] = field(default_factory=dict)
 
     @property
     def n_disabled(self) -> int:
-        return sum(len(v) for v in self.disabled.values())
+        """Experts the ablation removes: the named ones and, rerouting, those it leaves unreachable (a
+        top16 that stranded one more expert counted 48 of 96 where 49 were gone; a sweep user's review)."""
+        return sum(len(v) for v in self.disabled.values()) + sum(len(v) for v in self.unreachable.values())
 
     @property
     def first_layer(self) -> int | None:
@@ -282,6 +287,8 @@ class Plan:
         if self.ablation.random is None:
             a.pop("seed", None)
         a["disabled"] = {str(k): v for k, v in self.disabled.items()}
+        if self.unreachable:  # only where there are some: other entries keep their keys
+            a["unreachable"] = {str(k): v for k, v in self.unreachable.items()}
         a["shared_layers"] = self.shared_layers
         if self.loads:
             a["loads"] = self.loads
@@ -329,22 +336,31 @@ def resolve(ab: Ablation, shape: RouterShape, loads: Loads | None = None, loads_
         if not shape.n_shared:
             raise AblationError(f"ablation {ab.name!r}: the model has no shared experts")
         shared = layers
-    return Plan(ab, disabled, shared, loads_source if ab.needs_loads else None)
+    unreachable = {layer: more for layer, ids in disabled.items()
+                   if ab.mode == "reroute" and (more := also_removed(shape, ids))}
+    return Plan(ab, disabled, shared, loads_source if ab.needs_loads else None, unreachable)
 
 
 def _draw(ab: Ablation, shape: RouterShape, layer: int) -> list[int]:
     """N distinct experts, seeded by (seed, layer) so each layer's draw is reproducible on its own;
-    in reroute mode a draw the guard refuses is redrawn (deterministically)."""
+    in reroute mode a draw the guard refuses is redrawn (deterministically), and so is one that leaves
+    other experts unreachable (`also_removed`), while a draw that does not can be found: a random-16
+    control then removes 16 experts, not 17 (a sweep user's review). Else the first routable draw."""
     rng = np.random.default_rng([ab.seed, layer])
+    first = None
     for _ in range(RANDOM_DRAWS):
         ids = sorted(rng.choice(shape.n_experts, ab.random, replace=False).tolist())
         if ab.mode != "reroute":
             return ids
         try:
             check_routable(shape, layer, ids)
-            return ids
         except AblationError:
             continue
+        if not also_removed(shape, ids):
+            return ids
+        first = first or ids
+    if first is not None:
+        return first
     raise AblationError(f"ablation {ab.name!r}: no routable draw of {ab.random} random experts in layer {layer} "
                         f"after {RANDOM_DRAWS} tries")
 

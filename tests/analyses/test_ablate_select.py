@@ -123,6 +123,26 @@ def test_guard():
 
 
 
+def test_experts_a_reroute_strands_are_counted_and_named():
+    """A top-N that disables 3 of a group's 4 experts strands the 4th (a group is scored by its two best):
+    n_disabled said N where N + 1 were gone, so top-vs-random compared unequal counts, and random draws
+    stranded experts too (a sweep user's review). Now counted, named in the spec, and random draws avoid it."""
+    shape = RouterShape(3, 1, 16, 4, 4, 2, True, 1)  # 4 groups of 4, keep 2, K = 4, bias
+    loads = np.zeros((2, 16))
+    loads[:, [0, 1, 2, 8]] = [9, 8, 7, 6]  # the busiest: 3 of group 0 and one of group 2
+    plan = resolve(Ablation(name="top4", top=4), shape, {"all": loads})
+    assert plan.disabled == {1: [0, 1, 2, 8], 2: [0, 1, 2, 8]} and plan.unreachable == {1: [3], 2: [3]}
+    assert plan.n_disabled == 10 and json.loads(plan.spec())["unreachable"] == {"1": [3], "2": [3]}
+    zero = resolve(Ablation(name="top4z", top=4, mode="zero"), shape, {"all": loads})  # the routing is kept
+    assert zero.unreachable == {} and zero.n_disabled == 8 and "unreachable" not in zero.spec()
+    spread = np.zeros((2, 16))
+    spread[:, [0, 4, 8, 12]] = 1  # the control: one a group strands nothing, and its key is as before
+    assert resolve(Ablation(name="t", top=4), shape, {"all": spread}).unreachable == {}
+    for seed in range(20):  # random draws of 3 would often take 3 of a group; none strands an expert
+        p = resolve(Ablation(name="r", random=3, seed=seed), shape)
+        assert p.unreachable == {} and p.n_disabled == 6, seed
+
+
 def test_guard_when_every_group_is_kept():
     """A router that keeps all its groups (n_limited_groups = n_expert_groups) limits nothing: a group
     left with one expert scores -inf but is still kept, so that expert stays reachable. The guard
