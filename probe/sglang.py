@@ -13,7 +13,9 @@ per_token`, between POST `/start_expert_distribution_record` and `/stop_expert_d
   several such files is joined in the order they were written (the time in their names). A buffer
   with no unused row may have wrapped: it then holds only the last `buffer size` passes (1,000 by
   default), rotated, so their order is unknown; the import says so (run.json `source.
-  pass_order_unknown`). `--expert-distribution-recorder-buffer-size -1` keeps every pass in order:
+  pass_order_unknown`). A server running MTP leaves its draft passes' rows empty, single unused rows
+  between the passes: the buffer's own gap is then the one longer run of unused rows (with none, or
+  several, the order is unknown). `--expert-distribution-recorder-buffer-size -1` keeps every pass in order:
   import such dumps with `--buffer-size -1` (its rows are then read in order as they are; a zero row
   there is a pass that counted nothing, such as a speculative-decoding draft pass).
   On a server whose ranks all route the same tokens (tensor parallel, no all-to-all MoE backend),
@@ -174,7 +176,7 @@ def _stat(dumps: list[Dump], shape: Shape, out: Path, buffer_size: int | None = 
         if int(d.data.get("rank", 0)) != 0:
             raise SGLangError(f"{d.path}: a stat dump of rank {int(d.data['rank'])}; SGLang writes stat dumps "
                               "on rank 0 only (the counts already summed over the ranks)")
-    counts, unknown = [], []
+    counts, unknown = [], {}  # dumps whose pass order is unknown -> whether every row was used
     for d in dumps:
         c = d.data["logical_count"].numpy().astype(np.int64)  # [buffer rows, L, E]
         if buffer_size is not None and buffer_size > 0 and len(c) != buffer_size:
@@ -187,7 +189,7 @@ def _stat(dumps: list[Dump], shape: Shape, out: Path, buffer_size: int | None = 
         order, known = (np.flatnonzero(used).tolist(), True) if buffer_size == -1 else _buffer_order(used)
         counts.append(c[order])
         if not known:
-            unknown.append(d.path.name)
+            unknown[d.path.name] = bool(used.all())
     counts = np.concatenate(counts)  # [passes, L, E], empty rows dropped, each dump's in the order written
     if not len(counts):
         raise SGLangError(f"{', '.join(d.path.name for d in dumps[:3])}: every pass row of the stat dump is zero: "
@@ -195,11 +197,14 @@ def _stat(dumps: list[Dump], shape: Shape, out: Path, buffer_size: int | None = 
     if counts.shape[2] < shape.n_experts:
         counts = np.pad(counts, ((0, 0), (0, 0), (0, shape.n_experts - counts.shape[2])))
     if unknown:
-        print(f"warning: {', '.join(unknown[:3])}: SGLang's circular pass buffer has no single run of unused rows, "
-              "so the order its passes were written in is unknown (every row used: it may have wrapped, holding "
-              "only the last passes). Totals are right; the order of passes (the Serving page's windows) is not. "
-              "A server started with --expert-distribution-recorder-buffer-size -1 keeps every pass in order: "
-              "import its dumps with --buffer-size -1.", file=sys.stderr)
+        why = ("every row used: it may have wrapped, holding only the last passes" if all(unknown.values()) else
+               "several runs of unused rows and no single longer gap among them: it may have wrapped while a "
+               "server running MTP left its draft passes' rows empty")
+        print(f"warning: {', '.join(list(unknown)[:3])}: SGLang's circular pass buffer has no single run of unused "
+              f"rows, so the order its passes were written in is unknown ({why}). Totals are right; the order of "
+              "passes (the Serving page's windows) is not. A server started with "
+              "--expert-distribution-recorder-buffer-size -1 keeps every pass in order: import its dumps with "
+              "--buffer-size -1.", file=sys.stderr)
     layers = _moe_layers(shape, counts.sum(0))
     w = PartWriter(out, 0, ["expert_load"])
     for step, c in enumerate(counts):
@@ -208,7 +213,7 @@ def _stat(dumps: list[Dump], shape: Shape, out: Path, buffer_size: int | None = 
     w.commit(max(len(counts) - 1, 0))
     rows = sum(len(d.data["logical_count"]) for d in dumps)
     return {"passes": len(counts), "dropped_empty_passes": rows - len(counts), "moe_layers": layers,
-            "topk_assumed": shape.args is None, "pass_order_unknown": bool(unknown), "full_buffers": unknown,
+            "topk_assumed": shape.args is None, "pass_order_unknown": bool(unknown), "full_buffers": list(unknown),
             "buffer_size": buffer_size}
 
 
@@ -225,8 +230,23 @@ def _buffer_order(used: np.ndarray) -> tuple[list[int], bool]:
         return idx, len(idx) != n or n == 1
     starts = [i for i in idx if not used[(i - 1) % n]]  # a used row after an unused one
     if len(starts) != 1:
-        return idx, False
-    return [(starts[0] + k) % n for k in range(len(idx))], True
+        # a server running MTP leaves each draft pass's row empty: single unused rows between passes. The
+        # buffer's own gap is then the one longer run of unused rows, if there is exactly one (a serving
+        # engineer's review: every MTP server's stat dump was flagged, as if it had wrapped)
+        gaps = {i: _unused_run(used, i) for i in starts}
+        long = [i for i, g in gaps.items() if g > 1]
+        if len(long) != 1:
+            return idx, False
+        starts = long
+    return [(starts[0] + k) % n for k in range(n) if used[(starts[0] + k) % n]], True
+
+
+def _unused_run(used: np.ndarray, start: int) -> int:
+    """How many unused rows lie just before row `start` of a circular buffer."""
+    k = 0
+    while k < len(used) and not used[(start - 1 - k) % len(used)]:
+        k += 1
+    return k
 
 
 def _per_pass(dumps: list[Dump], shape: Shape, out: Path) -> dict:

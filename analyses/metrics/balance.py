@@ -122,9 +122,9 @@ def switch_balance(load, mean_score) -> float:
     normalised score s_i,t (`normalised_scores(...).mean(0)`). 1 at perfect balance (f = 1, P = 1/N);
     N when every token sends all its load and score to one expert.
 
-    NOTE: metrics.md writes `N * sum_i f_i * P_i` with f_i already scaled by N/(K T); that counts N
-    twice (the Switch paper's N * sum f_i P_i takes f_i as a fraction of tokens). We follow the
-    papers, whose value is 1 at balance; multiply by N for the doc's literal form.
+    NOTE: some write `N * sum_i f_i * P_i` with f_i already scaled by N/(K T); that counts N twice
+    (the Switch paper's N * sum f_i P_i takes f_i as a fraction of tokens). We follow the papers and
+    docs/metrics.md, whose value is 1 at balance.
     NaN for an empty layer."""
     x = as_loads(load)
     p = np.asarray(mean_score, dtype=np.float64)

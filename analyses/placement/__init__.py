@@ -224,7 +224,9 @@ def plan_placement(loads, n_gpus: int, n_nodes: int = 1, n_redundant: int = 0, g
         if E % groups:
             raise PlacementError(f"{E} experts do not split into {groups} groups")
         if groups % n_nodes:
-            raise PlacementError(f"{groups} expert groups are not divisible by --nodes {n_nodes}: pass --mode "
+            hint = ("; a run imported without --config knows no groups: pass --groups with the model's "
+                    "n_expert_groups (8 for DeepSeek-V3)" if groups == 1 else "")
+            raise PlacementError(f"{groups} expert groups are not divisible by --nodes {n_nodes}{hint}; or pass --mode "
                                  "global (deepseek-ai/EPLB and SGLang fall back to it silently here)")
         # NOTE: (E + R) % gpus == 0, gpus % nodes == 0 and E % nodes == 0 imply R % nodes == 0:
         # every node gets the same number of redundant slots.

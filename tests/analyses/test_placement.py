@@ -185,7 +185,10 @@ def test_uniform_loads_are_already_balanced():
 @pytest.mark.parametrize("kw, needle", [
     (dict(n_gpus=3, n_redundant=0), "does not divide the 4 slots"),
     (dict(n_gpus=2, n_nodes=3, n_redundant=2), "--nodes 3 does not divide --gpus 2"),
-    (dict(n_gpus=2, n_nodes=2, n_redundant=2, groups=1), "not divisible by --nodes 2"),
+    # one group: what a run imported without --config says; the way on is --groups (it said only --mode global)
+    (dict(n_gpus=2, n_nodes=2, n_redundant=2, groups=1), r"^1 expert groups are not divisible by --nodes 2; a run "
+     r"imported without --config knows no groups: pass --groups with the model's n_expert_groups \(8 for "
+     r"DeepSeek-V3\); or pass --mode global"),
     (dict(n_gpus=2, groups=3), "do not split into 3 groups"),
     (dict(n_gpus=2, n_redundant=-1), "--redundant must be >= 0"),
     (dict(n_gpus=2, mode="ring"), "mode="),

@@ -497,3 +497,33 @@ def test_per_token_data_parallel_sequences_are_numbered_in_pass_order(world, tmp
     fp = tok.doc_id.str.extract(r"^pass(\d+):")[0].astype(int)
     assert fp.is_monotonic_increasing and set(fp) == {p.fp for p in world["passes"]}
     assert set(tok.doc_id.str.extract(r":rank(\d+):")[0].astype(int)) == {0, 1}  # both ranks' tokens kept
+
+
+def test_an_mtp_servers_stat_buffer_is_read_in_order(world, tmp_path, capsys):
+    """A server running MTP leaves each draft pass's row of the stat buffer empty, so real passes sit between
+    single unused rows: every such dump was flagged pass_order_unknown with 'every row used: it may have
+    wrapped' (a serving engineer's review). The buffer's own gap is the one longer run of unused rows."""
+    want = sg.logical_counts(world["passes"])
+    fps = sorted(want)
+
+    def dump(name: str, rows: list[int], buffer: int):
+        lc = torch.zeros(buffer, sg.L, sg.E, dtype=torch.int32)
+        for fp, row in zip(fps, rows):
+            lc[row] = torch.from_numpy(want[fp]).int()
+        d = tmp_path / name
+        d.mkdir()
+        torch.save(dict(rank=0, logical_count=lc, average_utilization_rate_over_window=None),
+                   d / "expert_distribution_recorder_1733000000.0.pt")
+        capsys.readouterr()
+        return probe.open_run(import_sglang(d, tmp_path / f"run-{name}", config=str(world["config"])))
+
+    n = len(fps)
+    for name, rows, buffer in (("from0", [2 * i for i in range(n)], 20),  # a draft row after every pass
+                               ("wrapped", [(13 + 2 * i) % 20 for i in range(n)], 20)):  # started at 13, wraps
+        run = dump(name, rows, buffer)
+        assert run.info["source"]["pass_order_unknown"] is False and "warning" not in capsys.readouterr().err
+        assert [a[1:].tolist() for _, a in sorted(loads(run).items())] == [want[fp][1:].tolist() for fp in fps]
+    # the control: only single unused rows (no longer gap), the order is ambiguous and said to be, with why
+    run = dump("ambiguous", [2 * i for i in range(n)], 2 * n)
+    assert run.info["source"]["pass_order_unknown"] is True
+    assert "several runs of unused rows and no single longer gap" in capsys.readouterr().err
