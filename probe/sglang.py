@@ -27,7 +27,8 @@ per_token`, between POST `/start_expert_distribution_record` and `/stop_expert_d
   misc_objects, plus last_physical_to_logical_map.
 A server running speculative decoding (MTP) records its draft passes too, with nothing routed (their
 MoE layers do not record) and pass ids of the draft's own: per_pass and per_token records that chose
-no expert are skipped (run.json `source.empty_records_skipped`).
+no expert are skipped (run.json `source.empty_records_skipped`), and so are records whose
+`gatherer_key` names a draft (`source.draft_records_skipped`).
 
 DUMP is a file or a directory of such files (every `*.pt` in it). The run gets `expert_load` (one
 step per forward pass; ranks summed, as SGLang's own stat mode sums them, except per_pass counts that
@@ -254,10 +255,13 @@ def _per_pass(dumps: list[Dump], shape: Shape, out: Path) -> dict:
     every pass counted the same on every rank (each rank routed the whole batch: tensor parallel
     without an all-to-all backend), one rank's counts, not their sum."""
     per_rank: dict[int, list[np.ndarray]] = {}
-    empty = 0
+    empty = drafts = 0
     for d in dumps:
         m = d.data["last_physical_to_logical_map"].numpy().astype(np.int64)
         for r in d.data["records"]:
+            if _draft(r):
+                drafts += 1
+                continue
             c = r["global_physical_count"].numpy().astype(np.int64)
             if c.shape != m.shape:
                 raise SGLangError(f"{d.path}: global_physical_count of pass {r.get('forward_pass_id')} has shape "
@@ -283,15 +287,17 @@ def _per_pass(dumps: list[Dump], shape: Shape, out: Path) -> dict:
     w.commit(max(len(order) - 1, 0))
     return {"passes": len(order), "forward_pass_ids": [order[0], order[-1]] if order else [], "moe_layers": layers,
             "topk_assumed": shape.args is None, "ranks_counted_the_same_tokens": repeated,
-            "empty_records_skipped": empty}
+            "empty_records_skipped": empty, "draft_records_skipped": drafts}
 
 
 def _per_token(dumps: list[Dump], shape: Shape, out: Path) -> dict:
     """Every recorded token: its input id, position and the logical top-k of each MoE layer."""
-    kept, seen, copies, empty = [], set(), 0, 0
+    kept, seen, copies, empty, drafts = [], set(), 0, 0, 0
     for d in dumps:
-        records = [r for r in d.data["records"] if _recorded(r)]
-        empty += len(d.data["records"]) - len(records)
+        mine = [r for r in d.data["records"] if not _draft(r)]
+        drafts += len(d.data["records"]) - len(mine)
+        records = [r for r in mine if _recorded(r)]
+        empty += len(mine) - len(records)
         # a file whose every record another file holds too is a tensor-parallel copy (each rank routes
         # the whole batch) and counts once; records alike in files that differ otherwise (data-parallel
         # ranks that happened to run the same batch in one pass) are each kept
@@ -336,7 +342,16 @@ def _per_token(dumps: list[Dump], shape: Shape, out: Path) -> dict:
     w.commit(max(len(step_of) - 1, 0))
     return {"passes": len(step_of), "records": len(logical_all), "moe_layers": layers,
             "tokens": sum(n for _, n in per_pass.values()), "topk_assumed": False,
-            "ranks_counted_the_same_tokens": copies > 0, "copies_skipped": copies, "empty_records_skipped": empty}
+            "ranks_counted_the_same_tokens": copies > 0, "copies_skipped": copies, "empty_records_skipped": empty,
+            "draft_records_skipped": drafts}
+
+
+def _draft(r: dict) -> bool:
+    """Whether a record is a speculative-decoding draft pass by its gatherer key: SGLang keys each record
+    ("primary"; two-batch overlap would add its micro-batches, real traffic), and a recorder that routes
+    the draft model's MoE layers may key them as drafts ("speculative_draft" in a recent test of its
+    per_token gatherer, a serving engineer's review): their tokens repeat the target's."""
+    return "draft" in str(r.get("gatherer_key") or "")
 
 
 def _recorded(r: dict) -> bool:

@@ -527,3 +527,38 @@ def test_an_mtp_servers_stat_buffer_is_read_in_order(world, tmp_path, capsys):
     run = dump("ambiguous", [2 * i for i in range(n)], 2 * n)
     assert run.info["source"]["pass_order_unknown"] is True
     assert "several runs of unused rows and no single longer gap" in capsys.readouterr().err
+
+
+def test_records_keyed_as_drafts_are_skipped_even_when_they_routed(world, tmp_path):
+    """A recorder that routes the draft model's MoE layers may key those records "speculative_draft" (seen in a
+    test of SGLang's per_token gatherer, a serving engineer's review): their tokens repeat the target's and
+    counted as traffic (15 tokens where 9 were served). Records keyed otherwise ("primary", or two-batch
+    overlap's micro-batches) are traffic and stay."""
+    passes, m = world["passes"], world["map"]
+    d = tmp_path / "tok"
+    for f in sg.write_per_token(d, passes, m):
+        dump = torch.load(f, weights_only=True)
+        drafts = [r | {"gatherer_key": "speculative_draft"} for r in dump["records"]]  # routed, keyed as drafts
+        torch.save(dump | {"records": dump["records"] + drafts}, f)
+    run = probe.open_run(import_sglang(d, tmp_path / "tok-run", config=str(world["config"])))
+    assert len(run.df("tokens")) == sum(len(p.input_ids) for p in passes)
+    assert run.info["source"]["draft_records_skipped"] == 2 * len(passes)
+    want = sg.logical_counts(passes)
+    assert [a[1:].tolist() for _, a in sorted(loads(run).items())] == [want[fp][1:].tolist() for fp in sorted(want)]
+    # the control: the same records keyed as a micro-batch of two-batch overlap are traffic, not drafts
+    for f in d.glob("*.pt"):
+        dump = torch.load(f, weights_only=True)
+        torch.save(dump | {"records": [r | {"gatherer_key": "child_a"} if r["gatherer_key"] != "primary" else r
+                                       for r in dump["records"]]}, f)
+    more = probe.open_run(import_sglang(d, tmp_path / "tok-run2", config=str(world["config"])))
+    assert more.info["source"]["draft_records_skipped"] == 0 and len(more.df("tokens")) > len(run.df("tokens"))
+    # per_pass: a draft-keyed record with counts is skipped too
+    one = sg.traffic(seed=3, ranks=1)
+    (f,) = sg.write_per_pass(tmp_path / "pp", one, m, ranks=1)
+    dump = torch.load(f, weights_only=True)
+    torch.save(dump | {"records": dump["records"] + [r | {"gatherer_key": "speculative_draft"}
+                                                      for r in dump["records"]]}, f)
+    pp = probe.open_run(import_sglang(tmp_path / "pp", tmp_path / "pp-run", config=str(world["config"])))
+    assert pp.info["source"]["draft_records_skipped"] == len(dump["records"])
+    want = sg.logical_counts(one)
+    assert [a[1:].tolist() for _, a in sorted(loads(pp).items())] == [want[fp][1:].tolist() for fp in sorted(want)]
