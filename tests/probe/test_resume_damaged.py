@@ -74,12 +74,15 @@ DAMAGES = {
 }
 
 
-@pytest.mark.parametrize("legacy", [False, True], ids=["parts-noted", "older-progress"])
-@pytest.mark.parametrize("damage", list(DAMAGES))
+# progress written before commits named their parts cannot tell a deleted part from one never written: that
+# pair is not a case (not a skipped one)
+CASES = [pytest.param(damage, legacy, id=f"{damage}-{'older-progress' if legacy else 'parts-noted'}")
+         for damage in DAMAGES for legacy in (False, True) if not (legacy and damage == "one part deleted")]
+
+
+@pytest.mark.parametrize("damage, legacy", CASES)
 def test_resume_over_damaged_committed_state_is_refused_and_leaves_the_run_as_it_was(
         probe_env, interrupted, tmp_path, damage, legacy):
-    if legacy and damage == "one part deleted":
-        pytest.skip("progress that names no parts cannot tell a deleted part from one never written")
     out = copy(interrupted, tmp_path)
     if legacy:
         drop_parts_from_progress(out)
