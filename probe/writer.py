@@ -172,6 +172,13 @@ def write_json_atomic(path: Path, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
 
 
+def part_name(key: dict) -> str:
+    """The name of a result part: a hash of `key` (what was measured and how)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def write_result_part(out: str | Path, table: str, df, key: dict, meta: dict, parts: str, note: dict,
                       args=None) -> Path:
     """Write `df` (rows of TABLES[table]) as one part file of `out/<table>/`, named by a hash of
@@ -179,26 +186,33 @@ def write_result_part(out: str | Path, table: str, df, key: dict, meta: dict, pa
     name and renamed; then note it in run.json: `table` in "tables", `meta | note | {"written"}`
     under `info[parts][name]`. A directory without run.json becomes a run holding only this table
     (kind = table). What the analysis jobs (ablate, importance, steer) write their results with."""
-    import hashlib
-
     out = Path(out)
     arrow = pa.Table.from_pandas(df, schema=TABLES[table], preserve_index=False)
-    name = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    name = part_name(key)
     d = out / table
     with os_refusal(f"{out}: cannot write the {table} table there", RunError):  # the jobs check --out up front
         d.mkdir(parents=True, exist_ok=True)
         with replacing(d / f"{name}.parquet") as tmp:
             pq.write_table(arrow, tmp, compression="zstd")
+    note_result_part(out, table, parts, name, meta | note, args)
+    return d / f"{name}.parquet"
+
+
+def note_result_part(out: str | Path, table: str, parts: str, name: str, entry: dict, args=None,
+                     listed: bool = True) -> None:
+    """Note part `name` in run.json (under its lock): `entry | {"written"}` under `info[parts][name]`,
+    and `table` in "tables" unless not `listed` (no part file yet: a table listed without one reads
+    as lost, probe.run.lost_tables). A directory without run.json becomes a run of kind `table`
+    with `entry`'s checkpoint, corpus and options."""
     def new() -> dict:
-        return {"status": "complete", "format": 1, "kind": table, "checkpoint": meta["checkpoint"],
-                "corpus": meta["corpus"], "model_args": args.to_dict() if args is not None else None,
-                "options": meta["options"], "tables": [], "started": time.time()}
+        return {"status": "complete", "format": 1, "kind": table, "checkpoint": entry["checkpoint"],
+                "corpus": entry["corpus"], "model_args": args.to_dict() if args is not None else None,
+                "options": entry["options"], "tables": [], "started": time.time()}
 
     with updating_run_json(out, new) as info:
-        if table not in info.setdefault("tables", []):
+        if listed and table not in info.setdefault("tables", []):
             info["tables"].append(table)
-        info.setdefault(parts, {})[name] = meta | note | {"written": time.time()}
-    return d / f"{name}.parquet"
+        info.setdefault(parts, {})[name] = entry | {"written": time.time()}
 
 
 def read_run_json(run: Path) -> dict:

@@ -30,6 +30,9 @@ def parser() -> argparse.ArgumentParser:
     io.add_argument("--loads-from", choices=["auto", "run", "baseline"], default="auto",
                     help="loads ranking --top: the run's expert_load, or measured on the baseline pass "
                          "(default auto: the run's when it has them)")
+    io.add_argument("--fresh", action="store_true",
+                    help="compute every ablation again; by default, rerunning a command that was interrupted "
+                         "takes the ablations (and baseline) it committed and computes only the rest")
     sel = p.add_argument_group("one ablation (or --spec for a sweep)")
     sel.add_argument("--spec", help="YAML/JSON sweep file: a list of ablations (see above)")
     sel.add_argument("--experts", help="explicit experts: layer:expert[+expert],... e.g. 1:3+5,2:7")

@@ -18,6 +18,7 @@ from probe.schema import TABLES
 from probe.writer import read_run_json, write_result_part
 
 from .select import ALL, Ablation, AblationError, Loads, Plan, RouterShape, check_names, plan_hooks, resolve
+from .sweep import Sweep
 
 ACC = ("nll", "n", "pairs", "changed", "replaced")  # per-domain sums of an ablation pass
 
@@ -62,13 +63,18 @@ def _pairs_changed(ids, base, layers: slice) -> tuple[torch.Tensor, torch.Tensor
 
 
 def evaluate(model, batches: list[Batch], ablations: list[Ablation], *, domains: list[str] | None = None,
-             loads: Loads | None = None, loads_source: str = "given", world=None, progress=None):
+             loads: Loads | None = None, loads_source: str = "given", world=None, progress=None, sweep=None):
     """Run the baseline and every ablation over `batches`; returns (DataFrame of `ablations` rows, plans).
 
     batches: this replica's share (all of them in one process). domains: every domain of the
     corpus, the same list on every rank (default: those of `batches`). loads: {domain or "all":
     [n_moe_layers, E] counts} for top-N; None = measured on the baseline pass (summed over ranks).
+    sweep: an `analyses.ablate.sweep.Sweep` that commits the baseline and each ablation as it
+    finishes and hands back what an interrupted attempt of the same sweep committed (None: nothing
+    is written).
     """
+    import pandas as pd
+
     check_names(ablations)
     shape = RouterShape.of(model.args)
     domains = domains if domains is not None else sorted({w.domain for b in batches for w in b.windows})
@@ -76,18 +82,60 @@ def evaluate(model, batches: list[Batch], ablations: list[Ablation], *, domains:
     # plans that need no loads are resolved (and refused) before any forward pass
     plans: dict[str, Plan] = {a.name: resolve(a, shape, loads, loads_source) for a in ablations
                               if not a.needs_loads or loads is not None}
-    base_acc, base_loads, stored = baseline_pass(model, batches, domains, shape, tick)
+    base_acc, base_loads, stored = _baseline(model, batches, domains, shape, tick, world, loads is None, sweep)
     if loads is None:
-        base_loads = _allreduce(base_loads, world)
         loads = {d: base_loads[i] for i, d in enumerate(domains)} | {ALL: base_loads.sum(0)}
         loads_source = "baseline"
     for a in ablations:
         if a.name not in plans:
             plans[a.name] = resolve(a, shape, loads, loads_source)
-    acc = np.stack([_ablated(model, batches, stored, plans[a.name], shape, len(domains), tick) for a in ablations]) \
-        if ablations else np.zeros((0, len(domains), len(ACC)))
-    df = _rows(ablations, plans, _allreduce(base_acc, world), _allreduce(acc, world), domains, shape.moe_layers)
+    rows = {a.name: sweep.take(a.name, plans[a.name].spec()) if sweep is not None else None for a in ablations}
+    for i, a in enumerate(ablations):
+        if rows[a.name] is None:
+            acc = _ablated(model, batches, stored, plans[a.name], shape, len(domains), tick)
+            acc = _reduce_entry(acc, i, len(ablations), world)
+            rows[a.name] = _rows(a, plans[a.name], base_acc, acc, domains, shape.moe_layers)
+            if sweep is not None:
+                sweep.commit(a.name, rows[a.name])
+    if sweep is not None:
+        sweep.finish()
+    df = pd.DataFrame([r for a in ablations for r in rows[a.name]], columns=TABLES["ablations"].names)
     return df, [plans[a.name] for a in ablations]
+
+
+def _baseline(model, batches: list[Batch], domains: list[str], shape: RouterShape, tick, world, measure_loads: bool,
+              sweep):
+    """The baseline pass's loss sums (summed over the replicas), loads (summed when `measure_loads`)
+    and per-batch routing (`baseline_pass`); the one an interrupted attempt of `sweep` saved if
+    there is one, else computed and saved for a rerun."""
+    saved = sweep.restore_baseline(batches, domains) if sweep is not None else None
+    if saved is not None:
+        base_acc, base_loads, ids = saved
+        index = {d: i for i, d in enumerate(domains)}
+        return base_acc, base_loads, [(x, *_batch_domains(b, index)) for x, b in zip(ids, batches)]
+    base_acc, base_loads, stored = baseline_pass(model, batches, domains, shape, tick)
+    base_acc = _allreduce(base_acc, world)
+    if measure_loads:
+        base_loads = _allreduce(base_loads, world)
+    if sweep is not None:
+        sweep.save_baseline(base_acc, base_loads, [s[0] for s in stored], batches, domains)
+    return base_acc, base_loads, stored
+
+
+def _reduce_entry(acc: np.ndarray, i: int, n: int, world) -> np.ndarray:
+    """Ablation i's sums [D, len(ACC)] summed over the replicas, reduced at its place in an array of
+    the whole sweep's n ablations: the sums a reduction of the whole sweep at once gives (the same
+    tensor and position, hence the same order of additions), bit for bit."""
+    if world is None:
+        return acc
+    full = np.zeros((n, *acc.shape))
+    full[i] = acc
+    return _allreduce(full, world)[i]
+
+
+def _batch_domains(batch: Batch, index: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(domain of every valid token, domain of every position [B * S]) of a batch."""
+    return _domains_of(batch, index), np.repeat([index[w.domain] for w in batch.windows], batch.tokens.shape[1])
 
 
 def baseline_pass(model, batches: list[Batch], domains: list[str], shape: RouterShape, tick):
@@ -99,8 +147,7 @@ def baseline_pass(model, batches: list[Batch], domains: list[str], shape: Router
     base_acc, base_loads, stored = np.zeros((D, 2)), np.zeros((D, len(moe), E), np.int64), []
     for batch in batches:
         nll, ids = forward_batch(model, batch, moe, [])
-        dom_tok = _domains_of(batch, index)
-        dom_nll = np.repeat([index[w.domain] for w in batch.windows], batch.tokens.shape[1])
+        dom_tok, dom_nll = _batch_domains(batch, index)
         add_loss(base_acc, nll, dom_nll)
         for j in range(len(moe)):
             key = torch.from_numpy(dom_tok.astype(np.int64))[:, None] * E + ids[j].long()
@@ -132,27 +179,23 @@ def _ablated(model, batches: list[Batch], stored: list, plan: Plan, shape: Route
     return acc
 
 
-def _rows(ablations: list[Ablation], plans: dict, base_acc: np.ndarray, acc: np.ndarray, domains: list[str],
-          moe: list[int]):
-    """The `ablations` table: per ablation, one row for all tokens and one per domain."""
-    import pandas as pd
-
+def _rows(a: Ablation, plan: Plan, base_acc: np.ndarray, acc: np.ndarray, domains: list[str],
+          moe: list[int]) -> list[dict]:
+    """An ablation's rows of the `ablations` table: one for all tokens and one per domain."""
+    first = plan.first_layer
+    n_down = len([x for x in moe if first is None or x > first])
     rows = []
-    for i, a in enumerate(ablations):
-        plan = plans[a.name]
-        first = plan.first_layer
-        n_down = len([x for x in moe if first is None or x > first])
-        for d, (b, s) in [(ALL, (base_acc.sum(0), acc[i].sum(0)))] + [
-                (dom, (base_acc[j], acc[i, j])) for j, dom in enumerate(domains)]:
-            if s[1] == 0:
-                continue
-            loss, base = s[0] / s[1], b[0] / b[1]
-            rows.append({"ablation": a.name, "spec": plan.spec(), "mode": a.mode, "renormalise": a.renormalise,
-                         "shared": bool(plan.shared_layers), "n_disabled": plan.n_disabled, "domain": d,
-                         "tokens": int(s[1]), "loss": loss, "baseline_loss": base, "delta": loss - base,
-                         "routing_changed": s[3] / s[2] if s[2] else None,
-                         "experts_changed": s[4] / s[2] if s[2] else None, "downstream_layers": n_down})
-    return pd.DataFrame(rows, columns=TABLES["ablations"].names)
+    for d, (b, s) in [(ALL, (base_acc.sum(0), acc.sum(0)))] + [
+            (dom, (base_acc[j], acc[j])) for j, dom in enumerate(domains)]:
+        if s[1] == 0:
+            continue
+        loss, base = s[0] / s[1], b[0] / b[1]
+        rows.append({"ablation": a.name, "spec": plan.spec(), "mode": a.mode, "renormalise": a.renormalise,
+                     "shared": bool(plan.shared_layers), "n_disabled": plan.n_disabled, "domain": d,
+                     "tokens": int(s[1]), "loss": loss, "baseline_loss": base, "delta": loss - base,
+                     "routing_changed": s[3] / s[2] if s[2] else None,
+                     "experts_changed": s[4] / s[2] if s[2] else None, "downstream_layers": n_down})
+    return rows
 
 
 def _allreduce(x: np.ndarray, world) -> np.ndarray:
@@ -180,6 +223,7 @@ class AblateOptions:
     model_parallel: str | int = 1
     loads_from: str = "auto"  # auto | run | baseline
     progress: bool = True
+    fresh: bool = False  # compute every ablation again, taking nothing from an interrupted attempt (sweep.py)
 
 
 def job_defaults(opts: AblateOptions) -> tuple[AblateOptions, dict | None]:
@@ -301,16 +345,22 @@ def ablate(opts: AblateOptions, ablations: list[Ablation]):
                                 f"are {domains}")
     what = "the ablations (--top, --random, --experts, --spec...)"
     world, batches, m = start_job(opts, ckpt, args, windows, **{what: [repr(a) for a in ablations]})
+    meta = job_meta(ckpt, corpus, opts) | {"loads": source, "world": world.describe()}
+    sweep = Sweep(out, ablations, meta, args, world, fresh=opts.fresh)
+    sweep.note_start()
     bar = None
     if opts.progress and world.rank == 0:
         from tqdm import tqdm
-        bar = tqdm(total=len(batches) * (1 + len(ablations)), unit="batch", desc="ablate", dynamic_ncols=True)
-    df, plans = evaluate(m, batches, ablations, domains=domains, loads=loads, loads_source=source, world=world,
-                         progress=bar.update if bar is not None else None)
-    if bar is not None:
-        bar.close()
-    meta = job_meta(ckpt, corpus, opts) | {"loads": source, "world": world.describe()}
-    agree(world, lambda: write_ablations(out, df, meta, args))  # rank 0 writes; a failure stops every rank
+        passes = (0 if sweep.baseline_saved() else 1) + sweep.to_compute()
+        bar = tqdm(total=len(batches) * passes, unit="batch", desc="ablate", dynamic_ncols=True)
+    try:  # each ablation is committed as it finishes (sweep.py); a rerun computes only the rest
+        df, plans = evaluate(m, batches, ablations, domains=domains, loads=loads, loads_source=source, world=world,
+                             progress=bar.update if bar is not None else None, sweep=sweep)
+    except KeyboardInterrupt:
+        raise sweep.interrupted() from None
+    finally:
+        if bar is not None:
+            bar.close()
     return out, df
 
 

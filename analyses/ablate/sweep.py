@@ -1,0 +1,208 @@
+"""Durable sweeps: each ablation of a command committed as it finishes, and a rerun of an interrupted
+command continuing from what it committed (usage: the package docstring).
+
+A command's rows go into one part file, `ablations/<name>.parquet`, `<name>` a hash of the sweep
+(its ablations as given, in order), the loads' source, the checkpoint, the corpus and the options
+(`sweep_key`). When the baseline pass ends, its sums and routing are saved under
+`ablations/.sweep-<name>/` (one file per replica) and run.json's `ablation_parts[<name>]` says the
+sweep is unfinished (`pending`: the ablations not done). After each ablation the part is written
+again whole with every finished ablation's rows (temporary name, then rename) and its run.json
+entry lists them; the last one's commit drops `pending` and the saved baseline, which leaves what
+an uninterrupted command writes. A rerun of the same command finds `pending`, takes the baseline
+and the finished ablations' rows (one whose resolved experts differ is computed again) and
+computes the rest; a finished part is computed again whole, as before (it replaces itself).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from probe.writer import RunError, note_result_part, part_name, read_run_json, write_result_part
+
+TABLE, PARTS = "ablations", "ablation_parts"
+
+
+def sweep_key(ablations: list, meta: dict) -> dict:
+    """What decides a sweep's numbers: its part's name hashes it (a rerun with other options or
+    inputs writes another part and takes nothing from this one)."""
+    return {"ablations": [repr(a) for a in ablations], "loads": meta["loads"], "checkpoint": meta["checkpoint"],
+            "corpus": meta["corpus"], "options": meta["options"]}
+
+
+class Sweep:
+    """One command's ablations, committed one by one into `out` (rank 0 writes; every replica's
+    leader saves its share of the baseline). `fresh`: take nothing from an earlier attempt."""
+
+    def __init__(self, out, ablations: list, meta: dict, args, world, fresh: bool = False) -> None:
+        self.out, self.ablations, self.meta, self.args, self.world = Path(out), ablations, meta, args, world
+        self.key = sweep_key(ablations, meta)
+        self.name = part_name(self.key)
+        self.dir = self.out / TABLE / f".sweep-{self.name}"
+        self.rows: dict[str, list[dict]] = {}  # the committed ablations' rows, by name
+        self.earlier = None if fresh else self._earlier()  # name -> rows of an unfinished earlier attempt
+        self.kept = 0  # ablations taken from it
+        self._finished = False  # the part written with every ablation's rows
+
+    @property
+    def resuming(self) -> bool:
+        return self.earlier is not None
+
+    def _earlier(self) -> dict[str, list[dict]] | None:
+        """The rows an unfinished attempt of this sweep committed (None: no such attempt)."""
+        try:
+            entry = (read_run_json(self.out).get(PARTS) or {}).get(self.name)
+        except RunError:
+            return None  # no run.json yet: nothing committed
+        if not isinstance(entry, dict) or "pending" not in entry:
+            return None  # none, or finished: a rerun computes it again
+        part = self.out / TABLE / f"{self.name}.parquet"
+        listed = set(entry.get("ablations") or [])
+        rows: dict[str, list[dict]] = {}
+        if listed and part.exists():
+            for r in pq.read_table(part).to_pylist():
+                if r["ablation"] in listed:
+                    rows.setdefault(r["ablation"], []).append(r)
+        return rows
+
+    def note_start(self) -> None:
+        """Say, on rank 0, what a rerun takes from the earlier attempt (one line on stderr)."""
+        if not self.resuming or self.world.rank != 0:
+            return
+        n = sum(a.name in self.earlier for a in self.ablations)
+        base = " and the baseline pass" if self.baseline_saved() else ""
+        print(f"ablate: continuing an interrupted sweep: {n} of {len(self.ablations)} ablations{base} taken from "
+              f"the earlier attempt ({self.out / TABLE}), {len(self.ablations) - n} to compute (--fresh computes "
+              "them all)", file=sys.stderr, flush=True)
+
+    def to_compute(self) -> int:
+        """Ablations this attempt will run (as far as can be told before their experts are resolved)."""
+        return sum(not self.resuming or a.name not in self.earlier for a in self.ablations)
+
+    def take(self, name: str, spec: str) -> list[dict] | None:
+        """The earlier attempt's rows of ablation `name`, when it disabled the same experts (`spec`)."""
+        rows = (self.earlier or {}).get(name)
+        if not rows or any(r["spec"] != spec for r in rows):
+            return None
+        self.rows[name] = rows
+        self.kept += 1
+        return rows
+
+    # ------------------------------------------------------------------------ the baseline
+    def _state(self, replica: int) -> Path:
+        return self.dir / f"replica{replica:03d}.npz"
+
+    def baseline_saved(self) -> bool:
+        """Every replica's share of the baseline is saved, for this layout (the same on every rank)."""
+        if not self.resuming:
+            return False
+        for r in range(self.world.replicas):
+            try:
+                with np.load(self._state(r)) as z:
+                    if int(z["replicas"]) != self.world.replicas:
+                        return False
+            except (OSError, ValueError, KeyError, EOFError):
+                return False
+        return True
+
+    def restore_baseline(self, batches: list, domains: list[str]):
+        """(base_acc, base_loads, per-batch top-k ids) saved by the earlier attempt, or None."""
+        if not self.baseline_saved():
+            return None
+        with np.load(self._state(self.world.replica)) as z:
+            if z["batches"].tolist() != [b.index for b in batches] or json.loads(str(z["domains"])) != domains:
+                raise RunError(f"{self.dir}: the saved baseline is of other batches or domains; rerun with --fresh")
+            counts, ids = z["counts"], z["ids"]
+            parts = np.split(ids, np.cumsum(counts)[:-1], axis=1) if len(counts) else []
+            return z["base_acc"], z["base_loads"], [torch.from_numpy(p.copy()) for p in parts]
+
+    def save_baseline(self, base_acc, base_loads, ids: list, batches: list, domains: list[str]) -> None:
+        """Each replica's leader saves its share (temporary name, then rename); rank 0 notes the
+        unfinished sweep in run.json (what makes a rerun continue it). A failure on any rank is
+        raised on every rank."""
+        from probe.job import agree
+
+        failed = ""
+        if self.world.writes:
+            try:
+                self.dir.mkdir(parents=True, exist_ok=True)
+                tmp = self._state(self.world.replica).with_suffix(".tmp.npz")
+                np.savez(tmp, base_acc=base_acc, base_loads=base_loads, replicas=self.world.replicas,
+                         batches=np.array([b.index for b in batches]), domains=json.dumps(domains),
+                         counts=np.array([x.shape[1] for x in ids], np.int64),
+                         ids=np.concatenate([x.numpy() for x in ids], axis=1) if ids else np.zeros((0, 0, 0)))
+                tmp.replace(self._state(self.world.replica))
+            except OSError as e:
+                failed = f"{self.dir}: cannot save the baseline pass ({e})"
+        if self.world.size > 1:  # every rank learns of a failure (a rank alone raising left the others waiting)
+            bad = self.world.sum_replicas(np.array([float(bool(failed))]))[0]
+            failed = failed or ("another rank could not save its baseline pass" if bad else "")
+        if failed:
+            raise RunError(failed)
+        if not self.resuming:  # a rerun's entry already says so, and lists what it keeps
+            agree(self.world, lambda: self._note(listed=False))
+
+    # ------------------------------------------------------------------------ the ablations
+    def commit(self, name: str, rows: list[dict]) -> None:
+        """Ablation `name` finished: the part written again with every finished ablation's rows, and
+        run.json's entry listing them; after the last one, the saved baseline is dropped."""
+        from probe.job import agree
+
+        self.rows[name] = rows
+        agree(self.world, self._write)
+        self._finished = not self._pending()  # on every rank (rank 0 alone writes)
+
+    def finish(self) -> None:
+        """After the last ablation: the part written as finished if no commit of this attempt did
+        (every ablation taken from the earlier one)."""
+        from probe.job import agree
+
+        if not self._finished:
+            agree(self.world, self._write)
+            self._finished = True
+
+    def df(self):
+        """The rows of every ablation, in the sweep's order (as `run.evaluate` builds them)."""
+        import pandas as pd
+
+        from probe.schema import TABLES
+
+        return pd.DataFrame([r for a in self.ablations for r in self.rows.get(a.name, ())],
+                            columns=TABLES[TABLE].names)
+
+    def _pending(self) -> list[str]:
+        return [a.name for a in self.ablations if a.name not in self.rows]
+
+    def _note(self, listed: bool) -> None:
+        from probe.job import signals_held
+
+        entry = self.meta | {"ablations": [a.name for a in self.ablations if a.name in self.rows]}
+        with signals_held(signal.SIGINT):  # run.json as a whole or not at all (write_json_atomic) anyway
+            note_result_part(self.out, TABLE, PARTS, self.name, entry | {"pending": self._pending()}, self.args,
+                             listed)
+
+    def _write(self) -> None:
+        from probe.job import signals_held
+
+        pending = self._pending()
+        note = {"ablations": [a.name for a in self.ablations if a.name in self.rows]}
+        with signals_held(signal.SIGINT):  # the part and its run.json entry together
+            write_result_part(self.out, TABLE, self.df(), self.key, self.meta, PARTS,
+                              note | ({"pending": pending} if pending else {}), self.args)
+        if not pending:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def interrupted(self) -> KeyboardInterrupt:
+        """What Ctrl-C says: what was kept and how to go on."""
+        done = len(self.rows)
+        if not done and not self.dir.exists():
+            return KeyboardInterrupt("interrupted: nothing was committed")
+        return KeyboardInterrupt(f"interrupted: {done} of {len(self.ablations)} ablations committed in "
+                                 f"{self.out / TABLE}; run the same command again to compute the rest")

@@ -1,0 +1,121 @@
+"""Durable sweeps (analyses/ablate/sweep.py): an interrupted `python -m analyses.ablate` keeps the
+ablations it finished, and rerunning the same command computes only the rest."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+import probe
+from analyses.ablate import run as run_module
+from analyses.ablate.__main__ import main
+
+SPEC = ("- {name: top2, top: 2}\n- {name: random2, random: 2, seed: 3}\n"
+        "- {name: z, experts: '1:0+1', mode: zero}\n- {name: r1, random: 1, seed: 1}\n")
+
+
+def _cli(env, out, spec, *extra):
+    return ["--ckpt", str(env["ckpt"]), "--corpus", str(env["corpus"]), "--out", str(out), "--seq-len", "32",
+            "--batch-size", "4", "--max-tokens", "400", "--no-progress", "--spec", str(spec), *extra]
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Counts the ablation passes and the model's forward batches; with `stop_at` = N, Ctrl-C
+    (KeyboardInterrupt) arrives as the (N+1)th ablation pass starts."""
+    calls = {"passes": 0, "forwards": 0, "stop_at": None}
+    real_ablated, real_forward = run_module._ablated, run_module.forward_batch
+
+    def ablated(*a, **k):
+        if calls["stop_at"] is not None and calls["passes"] == calls["stop_at"]:
+            raise KeyboardInterrupt
+        calls["passes"] += 1
+        return real_ablated(*a, **k)
+
+    def forward(*a, **k):
+        calls["forwards"] += 1
+        return real_forward(*a, **k)
+
+    monkeypatch.setattr(run_module, "_ablated", ablated)
+    monkeypatch.setattr(run_module, "forward_batch", forward)
+    return calls
+
+
+@pytest.fixture
+def whole(probe_env, tmp_path, counted):
+    """The sweep run uninterrupted: (spec file, its table, forward batches of one pass)."""
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(SPEC)
+    assert main(_cli(probe_env, tmp_path / "whole", spec)) == 0
+    n_batches = counted["forwards"] // 5  # the baseline and four ablations
+    counted.update(passes=0, forwards=0)
+    return spec, probe.open_run(tmp_path / "whole").df("ablations"), n_batches
+
+
+def _no_leftovers(out):
+    assert not list((out / "ablations").glob(".*"))  # no temporary or saved baseline left behind
+    (entry,) = probe.open_run(out).info["ablation_parts"].values()
+    assert "pending" not in entry
+
+
+def test_an_interrupted_sweep_keeps_its_ablations_and_a_rerun_computes_the_rest(probe_env, tmp_path, capsys,
+                                                                                  counted, whole):
+    spec, ref, n_batches = whole
+    out = tmp_path / "cut"
+    counted["stop_at"] = 2
+    assert main(_cli(probe_env, out, spec)) == 130
+    assert f"interrupted: 2 of 4 ablations committed in {out / 'ablations'}; run the same command again" in \
+        capsys.readouterr().err
+    run = probe.open_run(out)
+    kept = run.df("ablations")  # what finished is in the table, bit for bit as the whole sweep's
+    pd.testing.assert_frame_equal(kept, ref[ref.ablation.isin(["top2", "random2"])].reset_index(drop=True),
+                                  check_exact=True)
+    (entry,) = run.info["ablation_parts"].values()
+    assert entry["ablations"] == ["top2", "random2"] and entry["pending"] == ["z", "r1"]
+
+    counted.update(passes=0, forwards=0, stop_at=None)
+    assert main(_cli(probe_env, out, spec)) == 0
+    assert ("ablate: continuing an interrupted sweep: 2 of 4 ablations and the baseline pass taken from the earlier "
+            "attempt") in capsys.readouterr().err
+    assert counted["passes"] == 2 and counted["forwards"] == 2 * n_batches  # no baseline pass, two ablations
+    done = probe.open_run(out)
+    pd.testing.assert_frame_equal(done.df("ablations"), ref, check_exact=True)
+    assert len(done.files("ablations")) == 1  # one part: no row twice
+    _no_leftovers(out)
+
+
+def test_interrupted_in_the_first_ablation_keeps_the_baseline(probe_env, tmp_path, capsys, counted, whole):
+    """Into a new --out: the saved baseline made it a run (run.json), which the rerun writes into."""
+    spec, ref, n_batches = whole
+    out = tmp_path / "cut"
+    counted["stop_at"] = 0
+    assert main(_cli(probe_env, out, spec)) == 130
+    assert "interrupted: 0 of 4 ablations committed" in capsys.readouterr().err
+    assert probe.open_run(out).tables == []  # no rows yet: no table listed (a listed table without parts is lost)
+    counted.update(passes=0, forwards=0, stop_at=None)
+    assert main(_cli(probe_env, out, spec)) == 0
+    assert counted["passes"] == 4 and counted["forwards"] == 4 * n_batches  # the baseline was taken
+    pd.testing.assert_frame_equal(probe.open_run(out).df("ablations"), ref, check_exact=True)
+    _no_leftovers(out)
+
+
+def test_negative_control_nothing_is_taken_across_options_finished_sweeps_or_fresh(probe_env, tmp_path, capsys,
+                                                                                  counted, whole):
+    """The counts above can fail: other options (another key), a finished sweep and --fresh compute
+    the baseline and every ablation."""
+    spec, ref, n_batches = whole
+    out = tmp_path / "cut"
+    counted["stop_at"] = 2
+    assert main(_cli(probe_env, out, spec)) == 130
+    counted.update(passes=0, forwards=0, stop_at=None)
+    assert main(_cli(probe_env, out, spec, "--max-tokens", "300")) == 0  # another sample: another part
+    assert counted["passes"] == 4 and "continuing" not in capsys.readouterr().err
+    assert len(probe.open_run(out).files("ablations")) == 2
+    counted.update(passes=0, forwards=0)
+    assert main(_cli(probe_env, out, spec, "--fresh")) == 0  # the interrupted one, from the start
+    assert counted["passes"] == 4 and counted["forwards"] == 5 * n_batches
+    assert "continuing" not in capsys.readouterr().err
+    counted.update(passes=0, forwards=0)
+    assert main(_cli(probe_env, tmp_path / "whole", spec)) == 0  # finished: computed again, as before
+    assert counted["passes"] == 4 and counted["forwards"] == 5 * n_batches
+    pd.testing.assert_frame_equal(probe.open_run(tmp_path / "whole").df("ablations"), ref, check_exact=True)
