@@ -18,6 +18,9 @@ into RUN; `--out DIR` writes them elsewhere (a new run directory holding only `a
 Results: one row per ablation and domain (plus domain `all`) in the run's `ablations` table
 (`probe/schema.py`), one part file per command (its name hashes the sweep and the inputs, so
 repeating a command replaces its own part), written under a temporary name and renamed.
+Each ablation is committed as it finishes (the part written again with it): Ctrl-C keeps the
+finished ones, and running the same command again takes them (and the baseline pass) and
+computes only the rest; `--fresh` computes them all again (sweep.py).
 
 Spec file (YAML or JSON; keys as `analyses.ablate.Ablation`):
 
@@ -32,7 +35,8 @@ per-domain sums are added over the replicas, so the table is the same whatever t
 writes it.
 
 Library: select.py (what to disable: `Ablation`, `resolve`, the routing guard, the hooks, `ablated`),
-run.py (the job: `evaluate`, `ablate`, `write_ablations`); the command is `__main__.py`.
+run.py (the job: `evaluate`, `ablate`, `write_ablations`), sweep.py (committing a sweep as it goes and
+continuing an interrupted one); the command is `__main__.py`.
 """
 
 from probe.lazy import exports

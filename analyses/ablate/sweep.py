@@ -2,7 +2,7 @@
 command continuing from what it committed (usage: the package docstring).
 
 A command's rows go into one part file, `ablations/<name>.parquet`, `<name>` a hash of the sweep
-(its ablations as given, in order), the loads' source, the checkpoint, the corpus and the options
+(its ablations as selected, in any order), the loads' source, the checkpoint, the corpus and the options
 (`sweep_key`). When the baseline pass ends, its sums and routing are saved under
 `ablations/.sweep-<name>/` (one file per replica) and run.json's `ablation_parts[<name>]` says the
 sweep is unfinished (`pending`: the ablations not done). After each ablation the part is written
@@ -32,9 +32,25 @@ TABLE, PARTS = "ablations", "ablation_parts"
 
 def sweep_key(ablations: list, meta: dict) -> dict:
     """What decides a sweep's numbers: its part's name hashes it (a rerun with other options or
-    inputs writes another part and takes nothing from this one)."""
-    return {"ablations": [repr(a) for a in ablations], "loads": meta["loads"], "checkpoint": meta["checkpoint"],
-            "corpus": meta["corpus"], "options": meta["options"]}
+    inputs writes another part and takes nothing from this one). The ablations as a set, each as
+    selected (experts and layers sorted: `1:5+3` is `1:3+5`), as the part's key was before."""
+    return {"ablations": sorted(json.dumps(_selection(a), sort_keys=True, default=str) for a in ablations),
+            "loads": meta["loads"], "checkpoint": meta["checkpoint"], "corpus": meta["corpus"],
+            "options": meta["options"]}
+
+
+def _selection(a) -> dict:
+    from dataclasses import asdict
+
+    d = asdict(a)
+    try:
+        if d["experts"] is not None:
+            d["experts"] = {str(k): sorted({int(e) for e in v}) for k, v in sorted(d["experts"].items())}
+        if d["layers"] is not None:
+            d["layers"] = sorted({int(x) for x in d["layers"]})
+    except (TypeError, ValueError):  # resolved later, where a bad value is refused
+        pass
+    return d
 
 
 class Sweep:

@@ -67,7 +67,9 @@ def one_evaluation(ref: data.RunRef, ab):
         toks = rows[rows.domain == "all"].tokens.max() if (rows.domain == "all").any() else rows.tokens.sum()
         when = (parts.get(p) or {}).get("written")
         stamp = time.strftime(" · %Y-%m-%d %H:%M", time.localtime(when)) if when else ""
-        return f"{rows.ablation.nunique()} ablations on {int(toks):,} tokens{stamp} ({p[:6]})"
+        pending = (parts.get(p) or {}).get("pending")  # a sweep interrupted (analyses/ablate/sweep.py)
+        left = f", unfinished: {len(pending)} to go" if pending else ""
+        return f"{rows.ablation.nunique()} ablations on {int(toks):,} tokens{stamp}{left} ({p[:6]})"
 
     st.caption(f"{len(order)} commands wrote ablations into this run, each on its own tokens: one is shown at a time.")
     pick = st.selectbox("Evaluation", order, format_func=label, key="abl_part")
