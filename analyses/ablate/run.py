@@ -304,7 +304,7 @@ def loads_from_run(run_dir: str | Path, shape: RouterShape) -> Loads:
 
 def ablate(opts: AblateOptions, ablations: list[Ablation]):
     """Run the job; returns (output run directory, DataFrame of the rows). Rank 0 writes."""
-    from probe.job import agree, checkpoint_args, load_tokenizer, resolve_paths, window_length
+    from probe.job import checkpoint_args, load_tokenizer, resolve_paths, window_length
 
     if not ablations:
         raise AblationError("nothing to ablate: pass --experts, --top, --random, --shared or --spec")
@@ -361,7 +361,20 @@ def ablate(opts: AblateOptions, ablations: list[Ablation]):
     finally:
         if bar is not None:
             bar.close()
+    if world.rank == 0:
+        _note_stranded(plans)
     return out, df
+
+
+def _note_stranded(plans) -> None:
+    """Say which experts an ablation removed without naming them (`Plan.unreachable`): they count in its
+    n_disabled, and a reader comparing top-N with random-N should know (a sweep user's review)."""
+    for p in plans:
+        if p.unreachable:
+            where = "; ".join(f"layer {layer}: {', '.join(map(str, ids))}" for layer, ids in p.unreachable.items())
+            print(f"note: ablation {p.ablation.name!r} also removes experts it leaves alone in their group ({where}): "
+                  "group-limited routing scores a group by its two best experts, so they cannot be chosen; counted "
+                  "in n_disabled", file=sys.stderr)
 
 
 def limit_per_domain(windows, per_domain: int, total: int | None) -> list:

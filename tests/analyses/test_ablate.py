@@ -434,3 +434,16 @@ def test_a_spec_file_that_is_not_utf8_is_named(tmp_path, capsys):
                                 tmp_path / "o")
     assert err == (f"error: spec file {spec}: not UTF-8 text (byte 0xff at offset 0); a sweep is a YAML or "
                    "JSON list")
+
+
+def test_an_ablation_that_strands_an_expert_says_so_and_counts_it(probe_env, tmp_path, capsys):
+    """Disabling 3 of a group's 4 experts leaves the 4th unchoosable (a group is scored by its two best):
+    the command now names it and counts it in n_disabled (a sweep user's review); the control strands none."""
+    out = tmp_path / "o"
+    assert main(_cli(probe_env, out, "--experts", "1:0+1+2", "--max-tokens", "300")) == 0
+    assert ("note: ablation 'experts-1:0+1+2' also removes experts it leaves alone in their group (layer 1: 3)"
+            in capsys.readouterr().err)
+    assert main(_cli(probe_env, out, "--experts", "1:0+4+8", "--max-tokens", "300")) == 0
+    assert "also removes" not in capsys.readouterr().err
+    df = probe.open_run(out).df("ablations").drop_duplicates("ablation").set_index("ablation")
+    assert df.loc["experts-1:0+1+2", "n_disabled"] == 4 and df.loc["experts-1:0+4+8", "n_disabled"] == 3
