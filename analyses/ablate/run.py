@@ -440,15 +440,28 @@ def start_job(opts: AblateOptions, ckpt: Path, args, windows: list, **derived):
 
 
 def job_meta(ckpt: Path, corpus: Path, opts: AblateOptions, **options) -> dict:
-    """What a result part records about its inputs: checkpoint and corpus (path, fingerprint) and the
-    options that decide the numbers (plus `options`)."""
+    """What a result part records about its inputs: checkpoint, corpus and tokenizer (path,
+    fingerprint) and the options that decide the numbers (plus `options`)."""
     from probe.job import checkpoint_identity
 
+    tok = Path(getattr(opts, "tokenizer", None) or ckpt / "tokenizer.json")
     return {"checkpoint": checkpoint_identity(ckpt),  # with the weights sample: a part names the weights it saw
             "corpus": {"path": str(corpus.resolve()), "fingerprint": fingerprint(corpus)},
+            # the file that turned the corpus into ids: it was in neither the part's record nor its key
+            "tokenizer": {"path": str(tok.resolve()), "fingerprint": fingerprint(tok) if tok.is_file() else None},
             "options": {"max_tokens": opts.max_tokens, "domain_tokens": opts.domain_tokens, "seq_len": opts.seq_len,
                         "batch_size": opts.batch_size, "add_bos": opts.add_bos, "order": opts.order,
                         "dtype": opts.dtype or "float32", "gemm": opts.gemm} | options}
+
+
+def inputs_key(meta: dict) -> dict:
+    """The inputs of `job_meta` as a result part's key takes them: by content, not path, so that the same
+    command on a moved or copied run replaces its part instead of writing a second one beside it, with
+    every row twice under one name (a sweep user's review)."""
+    def content(d):
+        return {k: v for k, v in (d or {}).items() if k != "path"}
+    return {"checkpoint": content(meta["checkpoint"]), "corpus": content(meta["corpus"]),
+            "tokenizer": content(meta.get("tokenizer"))}
 
 
 def _has_loads(run: str) -> bool:

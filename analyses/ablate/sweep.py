@@ -30,13 +30,18 @@ from probe.writer import RunError, note_result_part, part_name, read_run_json, w
 TABLE, PARTS = "ablations", "ablation_parts"
 
 
-def sweep_key(ablations: list, meta: dict) -> dict:
+def sweep_key(ablations: list, meta: dict, out: Path | None = None) -> dict:
     """What decides a sweep's numbers: its part's name hashes it (a rerun with other options or
     inputs writes another part and takes nothing from this one). The ablations as a set, each as
-    selected (experts and layers sorted: `1:5+3` is `1:3+5`), as the part's key was before."""
+    selected (experts and layers sorted: `1:5+3` is `1:3+5`), as the part's key was before; the inputs
+    by content (`inputs_key`), and loads from the run written into as that run, not its path."""
+    from .run import inputs_key
+
+    loads = meta["loads"]
+    if out is not None and loads.startswith("run:") and Path(loads[4:]) == Path(out).resolve():
+        loads = "run:out"
     return {"ablations": sorted(json.dumps(_selection(a), sort_keys=True, default=str) for a in ablations),
-            "loads": meta["loads"], "checkpoint": meta["checkpoint"], "corpus": meta["corpus"],
-            "options": meta["options"]}
+            "loads": loads, **inputs_key(meta), "options": meta["options"]}
 
 
 def _selection(a) -> dict:
@@ -59,7 +64,7 @@ class Sweep:
 
     def __init__(self, out, ablations: list, meta: dict, args, world, fresh: bool = False) -> None:
         self.out, self.ablations, self.meta, self.args, self.world = Path(out), ablations, meta, args, world
-        self.key = sweep_key(ablations, meta)
+        self.key = sweep_key(ablations, meta, out)
         self.name = part_name(self.key)
         self.dir = self.out / TABLE / f".sweep-{self.name}"
         self.rows: dict[str, list[dict]] = {}  # the committed ablations' rows, by name

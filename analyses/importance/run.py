@@ -22,7 +22,7 @@ import pyarrow as pa
 import torch
 
 from analyses.ablate import (AblateOptions, add_loss, baseline_pass, check_finished, check_out, job_defaults,
-                             job_meta, sample_windows, start_job)
+                             inputs_key, job_meta, sample_windows, start_job)
 from analyses.ablate.select import ALL, AblationError, RouterShape, also_removed, check_routable
 from analyses.importance import TOKEN_BUDGET
 from probe.corpus import CorpusError
@@ -273,7 +273,7 @@ def importance(opts: ImportanceOptions):
 def part_key(meta: dict) -> dict:
     """What names the part file: what was measured and how (not the group size or the ranks'
     layout, which change nothing), so repeating a command replaces its own part."""
-    return {k: meta[k] for k in ("layers", "experts", "checkpoint", "corpus", "options")}
+    return {k: meta[k] for k in ("layers", "experts", "options")} | inputs_key(meta)
 
 
 def write_importance(out: str | Path, df, meta: dict, args=None) -> Path:

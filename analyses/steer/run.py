@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from analyses.ablate.run import (AblateOptions, add_loss, check_finished, check_out, forward_batch, job_defaults,
-                                 job_meta, sample_windows, start_job)
+                                 inputs_key, job_meta, sample_windows, start_job)
 from analyses.ablate.select import ALL, RouterShape
 from probe.corpus import CorpusError
 from probe.recorders import Batch
@@ -264,7 +264,6 @@ def write_steering(out: str | Path, df, meta: dict, args=None) -> Path:
     """Write `df` as one part of `out/steering/` (temporary name, then rename) and note it in
     run.json under `steering_parts`; a directory without run.json becomes a run holding only this
     table (probe.writer.write_result_part)."""
-    key = {"rows": sorted(set(zip(df.steer, df.spec))), "checkpoint": meta["checkpoint"],
-           "corpus": meta["corpus"], "options": meta["options"]}
+    key = {"rows": sorted(set(zip(df.steer, df.spec))), **inputs_key(meta), "options": meta["options"]}
     return write_result_part(out, "steering", df, key, meta, "steering_parts",
                              {"steers": list(dict.fromkeys(df.steer))}, args)

@@ -447,3 +447,32 @@ def test_an_ablation_that_strands_an_expert_says_so_and_counts_it(probe_env, tmp
     assert "also removes" not in capsys.readouterr().err
     df = probe.open_run(out).df("ablations").drop_duplicates("ablation").set_index("ablation")
     assert df.loc["experts-1:0+1+2", "n_disabled"] == 4 and df.loc["experts-1:0+4+8", "n_disabled"] == 3
+
+
+def test_the_same_command_on_a_moved_run_replaces_its_part(probe_env, tmp_path):
+    """A part's key held the run's, checkpoint's and corpus' absolute paths: the same sweep on a copied or moved
+    run wrote a second part beside the first, every row twice under one name; and the tokenizer was in neither
+    the key nor the part's record (a sweep user's review). Now keyed by content, the tokenizer included."""
+    import shutil
+
+    run = tmp_path / "run"
+    rec_args = ["--run", str(run), "--top", "2", "--no-progress", "--max-tokens", "300", "--seq-len", "32"]
+    from helpers.records import rec
+
+    rec(probe_env, run, max_tokens=600, seq_len=32)
+    assert main(rec_args) == 0
+    moved = tmp_path / "moved"
+    shutil.move(run, moved)
+    assert main([*rec_args[:1], str(moved), *rec_args[2:]]) == 0
+    done = probe.open_run(moved)
+    assert len(done.files("ablations")) == 1 and not done.df("ablations").duplicated(["ablation", "domain"]).any()
+    (entry,) = done.info["ablation_parts"].values()
+    assert entry["tokenizer"]["fingerprint"] is not None
+    ckpt = shutil.copytree(probe_env["ckpt"], tmp_path / "ckpt-copy")  # the same model at another path
+    assert main([*rec_args[:1], str(moved), *rec_args[2:], "--ckpt", str(ckpt)]) == 0
+    assert len(probe.open_run(moved).files("ablations")) == 1
+    # the control: another tokenizer file (the same tokens, another file) is another part
+    tok = tmp_path / "tok.json"
+    tok.write_text((probe_env["ckpt"] / "tokenizer.json").read_text() + "\n")
+    assert main([*rec_args[:1], str(moved), *rec_args[2:], "--ckpt", str(ckpt), "--tokenizer", str(tok)]) == 0
+    assert len(probe.open_run(moved).files("ablations")) == 2
