@@ -46,7 +46,8 @@ from probe.lazy import exports
 __getattr__, __dir__, __all__ = exports(__name__, {
     ".run": ("AblateOptions", "ablate", "add_loss", "baseline_pass", "check_finished", "check_out", "evaluate",
              "forward_batch", "inputs_key", "job_defaults", "job_meta", "limit_per_domain", "loads_from_run",
-             "replica_batches", "sample_windows", "start_job", "write_ablations"),
+             "reduce_entry", "replica_batches", "sample_windows", "saved_or_baseline", "start_job",
+             "write_ablations"),
     ".select": ("ALL", "MODES", "Ablation", "AblationError", "Plan", "RouterShape", "ablated", "ablation_hooks",
                 "check_names", "check_routable", "load_spec", "normalise_disabled", "parse_experts", "parse_layers",
                 "plan_hooks", "resolve", "reroute_hook", "top_vs_random", "zero_hook"),

@@ -82,7 +82,8 @@ def evaluate(model, batches: list[Batch], ablations: list[Ablation], *, domains:
     # plans that need no loads are resolved (and refused) before any forward pass
     plans: dict[str, Plan] = {a.name: resolve(a, shape, loads, loads_source) for a in ablations
                               if not a.needs_loads or loads is not None}
-    base_acc, base_loads, stored = _baseline(model, batches, domains, shape, tick, world, loads is None, sweep)
+    base_acc, base_loads, stored = saved_or_baseline(model, batches, domains, shape, tick, world, loads is None,
+                                                     sweep)
     if loads is None:
         loads = {d: base_loads[i] for i, d in enumerate(domains)} | {ALL: base_loads.sum(0)}
         loads_source = "baseline"
@@ -93,7 +94,7 @@ def evaluate(model, batches: list[Batch], ablations: list[Ablation], *, domains:
     for i, a in enumerate(ablations):
         if rows[a.name] is None:
             acc = _ablated(model, batches, stored, plans[a.name], shape, len(domains), tick)
-            acc = _reduce_entry(acc, i, len(ablations), world)
+            acc = reduce_entry(acc, i, len(ablations), world)
             rows[a.name] = _rows(a, plans[a.name], base_acc, acc, domains, shape.moe_layers)
             if sweep is not None:
                 sweep.commit(a.name, rows[a.name])
@@ -103,11 +104,12 @@ def evaluate(model, batches: list[Batch], ablations: list[Ablation], *, domains:
     return df, [plans[a.name] for a in ablations]
 
 
-def _baseline(model, batches: list[Batch], domains: list[str], shape: RouterShape, tick, world, measure_loads: bool,
-              sweep):
+def saved_or_baseline(model, batches: list[Batch], domains: list[str], shape: RouterShape, tick, world,
+                      measure_loads: bool, sweep):
     """The baseline pass's loss sums (summed over the replicas), loads (summed when `measure_loads`)
-    and per-batch routing (`baseline_pass`); the one an interrupted attempt of `sweep` saved if
-    there is one, else computed and saved for a rerun."""
+    and per-batch routing (`baseline_pass`); the one an interrupted attempt of `sweep` (a
+    `sweep.Commits`: ablate's or importance's) saved if there is one, else computed and saved for a
+    rerun (a restored one's routing is None where the job keeps none)."""
     saved = sweep.restore_baseline(batches, domains) if sweep is not None else None
     if saved is not None:
         base_acc, base_loads, ids = saved
@@ -122,7 +124,7 @@ def _baseline(model, batches: list[Batch], domains: list[str], shape: RouterShap
     return base_acc, base_loads, stored
 
 
-def _reduce_entry(acc: np.ndarray, i: int, n: int, world) -> np.ndarray:
+def reduce_entry(acc: np.ndarray, i: int, n: int, world) -> np.ndarray:
     """Ablation i's sums [D, len(ACC)] summed over the replicas, reduced at its place in an array of
     the whole sweep's n ablations: the sums a reduction of the whole sweep at once gives (the same
     tensor and position, hence the same order of additions), bit for bit."""

@@ -11,6 +11,9 @@ entry lists them; the last one's commit drops `pending` and the saved baseline, 
 an uninterrupted command writes. A rerun of the same command finds `pending`, takes the baseline
 and the finished ablations' rows (one whose resolved experts differ is computed again) and
 computes the rest; a finished part is computed again whole, as before (it replaces itself).
+
+`Commits` is that machinery for any job whose part is made of units (`Sweep`: ablate's ablations;
+`analyses.importance.run.LayerCommits`: importance's layers).
 """
 
 from __future__ import annotations
@@ -58,61 +61,72 @@ def _selection(a) -> dict:
     return d
 
 
-class Sweep:
-    """One command's ablations, committed one by one into `out` (rank 0 writes; every replica's
-    leader saves its share of the baseline). `fresh`: take nothing from an earlier attempt."""
+class Commits:
+    """A job's result part committed unit by unit into `out` (rank 0 writes; every replica's leader
+    saves its share of the baseline), and what an unfinished earlier attempt of the same job (the
+    same `key`) committed, for a rerun to take. A subclass names the table, its run.json entry, the
+    entry's field listing the committed units and the unit of a row (`unit_of`). `units`: the job's
+    units in order (names or numbers: JSON keeps them). `fresh`: take nothing from an earlier attempt."""
 
-    def __init__(self, out, ablations: list, meta: dict, args, world, fresh: bool = False) -> None:
-        self.out, self.ablations, self.meta, self.args, self.world = Path(out), ablations, meta, args, world
-        self.key = sweep_key(ablations, meta, out)
-        self.name = part_name(self.key)
-        self.dir = self.out / TABLE / f".sweep-{self.name}"
-        self.rows: dict[str, list[dict]] = {}  # the committed ablations' rows, by name
-        self.earlier = None if fresh else self._earlier()  # name -> rows of an unfinished earlier attempt
-        self.kept = 0  # ablations taken from it
-        self._finished = False  # the part written with every ablation's rows
+    TABLE, PARTS, FIELD = "", "", ""  # the table, run.json's entry of its parts, the field listing the units done
+    NOUN, COMMAND, WHAT = "", "", ""  # said as "<COMMAND>: continuing an interrupted <WHAT>: 3 of 9 <NOUN> ..."
+    KEEP_ROUTING = True  # the saved baseline holds every token's top-k ids (ablate compares routing with them)
+
+    def __init__(self, out, units: list, key: dict, meta: dict, args, world, fresh: bool = False) -> None:
+        self.out, self.units, self.meta, self.args, self.world = Path(out), list(units), meta, args, world
+        self.key = key
+        self.name = part_name(key)
+        self.dir = self.out / self.TABLE / f".sweep-{self.name}"
+        self.rows: dict = {}  # the committed units' rows, by unit
+        self.earlier = None if fresh else self._earlier()  # unit -> rows of an unfinished earlier attempt
+        self.kept = 0  # units taken from it
+        self._finished = False  # the part written with every unit's rows
+
+    def unit_of(self, row: dict):
+        raise NotImplementedError
 
     @property
     def resuming(self) -> bool:
         return self.earlier is not None
 
-    def _earlier(self) -> dict[str, list[dict]] | None:
-        """The rows an unfinished attempt of this sweep committed (None: no such attempt)."""
+    def _earlier(self) -> dict | None:
+        """The rows an unfinished attempt of this job committed (None: no such attempt)."""
         try:
-            entry = (read_run_json(self.out).get(PARTS) or {}).get(self.name)
+            entry = (read_run_json(self.out).get(self.PARTS) or {}).get(self.name)
         except RunError:
             return None  # no run.json yet: nothing committed
         if not isinstance(entry, dict) or "pending" not in entry:
             return None  # none, or finished: a rerun computes it again
-        part = self.out / TABLE / f"{self.name}.parquet"
-        listed = set(entry.get("ablations") or [])
-        rows: dict[str, list[dict]] = {}
+        part = self.out / self.TABLE / f"{self.name}.parquet"
+        listed = set(entry.get(self.FIELD) or [])
+        rows: dict = {}
         if listed and part.exists():
             for r in pq.read_table(part).to_pylist():
-                if r["ablation"] in listed:
-                    rows.setdefault(r["ablation"], []).append(r)
+                if self.unit_of(r) in listed:
+                    rows.setdefault(self.unit_of(r), []).append(r)
         return rows
 
     def note_start(self) -> None:
         """Say, on rank 0, what a rerun takes from the earlier attempt (one line on stderr)."""
         if not self.resuming or self.world.rank != 0:
             return
-        n = sum(a.name in self.earlier for a in self.ablations)
+        n = sum(u in self.earlier for u in self.units)
         base = " and the baseline pass" if self.baseline_saved() else ""
-        print(f"ablate: continuing an interrupted sweep: {n} of {len(self.ablations)} ablations{base} taken from "
-              f"the earlier attempt ({self.out / TABLE}), {len(self.ablations) - n} to compute (--fresh computes "
-              "them all)", file=sys.stderr, flush=True)
+        print(f"{self.COMMAND}: continuing an interrupted {self.WHAT}: {n} of {len(self.units)} {self.NOUN}{base} "
+              f"taken from the earlier attempt ({self.out / self.TABLE}), {len(self.units) - n} to compute (--fresh "
+              "computes them all)", file=sys.stderr, flush=True)
 
     def to_compute(self) -> int:
-        """Ablations this attempt will run (as far as can be told before their experts are resolved)."""
-        return sum(not self.resuming or a.name not in self.earlier for a in self.ablations)
+        """Units this attempt will compute (as far as can be told before they start)."""
+        return sum(not self.resuming or u not in self.earlier for u in self.units)
 
-    def take(self, name: str, spec: str) -> list[dict] | None:
-        """The earlier attempt's rows of ablation `name`, when it disabled the same experts (`spec`)."""
-        rows = (self.earlier or {}).get(name)
-        if not rows or any(r["spec"] != spec for r in rows):
+    def take(self, unit, same=None) -> list[dict] | None:
+        """The earlier attempt's rows of `unit` (None: none, or `same(rows)` says they measured
+        something else)."""
+        rows = (self.earlier or {}).get(unit)
+        if not rows or (same is not None and not same(rows)):
             return None
-        self.rows[name] = rows
+        self.rows[unit] = rows
         self.kept += 1
         return rows
 
@@ -134,14 +148,17 @@ class Sweep:
         return True
 
     def restore_baseline(self, batches: list, domains: list[str]):
-        """(base_acc, base_loads, per-batch top-k ids) saved by the earlier attempt, or None."""
+        """(base_acc, base_loads, per-batch top-k ids: None each without KEEP_ROUTING) saved by the
+        earlier attempt, or None."""
         if not self.baseline_saved():
             return None
         with np.load(self._state(self.world.replica)) as z:
             if z["batches"].tolist() != [b.index for b in batches] or json.loads(str(z["domains"])) != domains:
                 raise RunError(f"{self.dir}: the saved baseline is of other batches or domains; rerun with --fresh")
             counts, ids = z["counts"], z["ids"]
-            parts = np.split(ids, np.cumsum(counts)[:-1], axis=1) if len(counts) else []
+            if not len(counts):  # no routing kept (KEEP_ROUTING), or no batch
+                return z["base_acc"], z["base_loads"], [None] * len(batches)
+            parts = np.split(ids, np.cumsum(counts)[:-1], axis=1)
             return z["base_acc"], z["base_loads"], [torch.from_numpy(p.copy()) for p in parts]
 
     def save_baseline(self, base_acc, base_loads, ids: list, batches: list, domains: list[str]) -> None:
@@ -151,6 +168,7 @@ class Sweep:
         from probe.job import agree
 
         failed = ""
+        ids = ids if self.KEEP_ROUTING else []
         if self.world.writes:
             try:
                 self.dir.mkdir(parents=True, exist_ok=True)
@@ -170,19 +188,19 @@ class Sweep:
         if not self.resuming:  # a rerun's entry already says so, and lists what it keeps
             agree(self.world, lambda: self._note(listed=False))
 
-    # ------------------------------------------------------------------------ the ablations
-    def commit(self, name: str, rows: list[dict]) -> None:
-        """Ablation `name` finished: the part written again with every finished ablation's rows, and
-        run.json's entry listing them; after the last one, the saved baseline is dropped."""
+    # ------------------------------------------------------------------------ the units
+    def commit(self, unit, rows: list[dict]) -> None:
+        """`unit` finished: the part written again with every finished unit's rows, and run.json's
+        entry listing them; after the last one, the saved baseline is dropped."""
         from probe.job import agree
 
-        self.rows[name] = rows
+        self.rows[unit] = rows
         agree(self.world, self._write)
         self._finished = not self._pending()  # on every rank (rank 0 alone writes)
 
     def finish(self) -> None:
-        """After the last ablation: the part written as finished if no commit of this attempt did
-        (every ablation taken from the earlier one)."""
+        """After the last unit: the part written as finished if no commit of this attempt did
+        (every unit taken from the earlier one)."""
         from probe.job import agree
 
         if not self._finished:
@@ -190,40 +208,62 @@ class Sweep:
             self._finished = True
 
     def df(self):
-        """The rows of every ablation, in the sweep's order (as `run.evaluate` builds them)."""
+        """The rows of every unit, in the job's order (as an uninterrupted job builds them)."""
         import pandas as pd
 
         from probe.schema import TABLES
 
-        return pd.DataFrame([r for a in self.ablations for r in self.rows.get(a.name, ())],
-                            columns=TABLES[TABLE].names)
+        return pd.DataFrame([r for u in self.units for r in self.rows.get(u, ())], columns=TABLES[self.TABLE].names)
 
-    def _pending(self) -> list[str]:
-        return [a.name for a in self.ablations if a.name not in self.rows]
+    def _done(self) -> list:
+        return [u for u in self.units if u in self.rows]
+
+    def _pending(self) -> list:
+        return [u for u in self.units if u not in self.rows]
 
     def _note(self, listed: bool) -> None:
         from probe.job import signals_held
 
-        entry = self.meta | {"ablations": [a.name for a in self.ablations if a.name in self.rows]}
+        entry = self.meta | {self.FIELD: self._done(), "pending": self._pending()}
         with signals_held(signal.SIGINT):  # run.json as a whole or not at all (write_json_atomic) anyway
-            note_result_part(self.out, TABLE, PARTS, self.name, entry | {"pending": self._pending()}, self.args,
-                             listed)
+            note_result_part(self.out, self.TABLE, self.PARTS, self.name, entry, self.args, listed)
 
     def _write(self) -> None:
         from probe.job import signals_held
 
         pending = self._pending()
-        note = {"ablations": [a.name for a in self.ablations if a.name in self.rows]}
+        note = {self.FIELD: self._done()} | ({"pending": pending} if pending else {})
         with signals_held(signal.SIGINT):  # the part and its run.json entry together
-            write_result_part(self.out, TABLE, self.df(), self.key, self.meta, PARTS,
-                              note | ({"pending": pending} if pending else {}), self.args)
+            self.write_part(self.df(), note)
         if not pending:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+    def write_part(self, df, note: dict) -> None:
+        """The part written whole, `note` added to its run.json entry."""
+        write_result_part(self.out, self.TABLE, df, self.key, self.meta, self.PARTS, note, self.args)
 
     def interrupted(self) -> KeyboardInterrupt:
         """What Ctrl-C says: what was kept and how to go on."""
         done = len(self.rows)
         if not done and not self.dir.exists():
             return KeyboardInterrupt("interrupted: nothing was committed")
-        return KeyboardInterrupt(f"interrupted: {done} of {len(self.ablations)} ablations committed in "
-                                 f"{self.out / TABLE}; run the same command again to compute the rest")
+        return KeyboardInterrupt(f"interrupted: {done} of {len(self.units)} {self.NOUN} committed in "
+                                 f"{self.out / self.TABLE}; run the same command again to compute the rest")
+
+
+class Sweep(Commits):
+    """One command's ablations, committed one by one (`Commits`; the unit: an ablation, by name)."""
+
+    TABLE, PARTS, FIELD = TABLE, PARTS, "ablations"
+    NOUN, COMMAND, WHAT = "ablations", "ablate", "sweep"
+
+    def __init__(self, out, ablations: list, meta: dict, args, world, fresh: bool = False) -> None:
+        self.ablations = ablations
+        super().__init__(out, [a.name for a in ablations], sweep_key(ablations, meta, out), meta, args, world, fresh)
+
+    def unit_of(self, row: dict) -> str:
+        return row["ablation"]
+
+    def take(self, name: str, spec: str) -> list[dict] | None:
+        """The earlier attempt's rows of ablation `name`, when it disabled the same experts (`spec`)."""
+        return super().take(name, lambda rows: all(r["spec"] == spec for r in rows))
