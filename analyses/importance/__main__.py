@@ -29,7 +29,10 @@ if TYPE_CHECKING:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m analyses.importance", description=package.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_input_flags(p, "expert_importance", domain_tokens=DOMAIN_TOKENS)
+    io = add_input_flags(p, "expert_importance", domain_tokens=DOMAIN_TOKENS)
+    io.add_argument("--fresh", action="store_true",
+                    help="measure every layer again; by default, rerunning a command that was interrupted takes "
+                         "the layers (and baseline) it committed and measures only the rest")
     sel = p.add_argument_group("what to remove (one expert at a time, reroute)")
     sel.add_argument("--layers", help="MoE layers, e.g. 1,3 or 1-3 (default: every MoE layer)")
     sel.add_argument("--experts", help="routed experts, e.g. 0-7,12 (default: all of them)")

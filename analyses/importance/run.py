@@ -21,9 +21,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from analyses.ablate import (AblateOptions, add_loss, baseline_pass, check_finished, check_out, job_defaults,
-                             inputs_key, job_meta, sample_windows, start_job)
+from analyses.ablate import (AblateOptions, add_loss, check_finished, check_out, inputs_key, job_defaults, job_meta,
+                             reduce_entry, sample_windows, saved_or_baseline, start_job)
 from analyses.ablate.select import ALL, AblationError, RouterShape, also_removed, check_routable
+from analyses.ablate.sweep import Commits
 from analyses.importance import TOKEN_BUDGET
 from probe.corpus import CorpusError
 from probe.recorders import Batch, model_token_nll
@@ -162,15 +163,19 @@ def removal_sums(model, batches: list[Batch], stored: list, layers: list[int], e
 
 
 def measure(model, batches: list[Batch], layers=None, experts=None, *, domains: list[str] | None = None,
-            group: int | None = None, world=None, progress=None):
+            group: int | None = None, world=None, progress=None, commits=None):
     """Remove each of `experts` (default all) at each of `layers` (default every MoE layer) in turn,
     reroute mode, and compare the loss with one shared baseline pass over `batches`.
 
     Returns the `expert_importance` rows (DataFrame): per layer, expert and domain (plus `all`).
     batches: this replica's share (all of them in one process); domains: every domain of the corpus,
     the same on every rank (default: those of `batches`); group: removals per forward pass (default
-    from TOKEN_BUDGET); world: sums over its replicas (None: one process).
+    from TOKEN_BUDGET); world: sums over its replicas (None: one process). commits: a `LayerCommits`
+    that commits the baseline and each layer as it finishes and hands back what an interrupted
+    attempt of the same job committed (None: nothing is written).
     """
+    import pandas as pd
+
     shape = RouterShape.of(model.args)
     layers, experts = check_selection(shape, layers, experts)
     domains = domains if domains is not None else sorted({w.domain for b in batches for w in b.windows})
@@ -179,13 +184,21 @@ def measure(model, batches: list[Batch], layers=None, experts=None, *, domains: 
     if group < 1:
         raise ImportanceError(f"--group {group}: must be >= 1")
     tick = progress or (lambda: None)
-    base_acc, base_loads, stored = baseline_pass(model, batches, domains, shape, tick)
-    acc = removal_sums(model, batches, stored, layers, experts, group, len(domains), tick)
-    if world is not None:
-        base_acc, base_loads, acc = (world.sum_replicas(x) for x in (base_acc, base_loads, acc))
+    base_acc, base_loads, stored = saved_or_baseline(model, batches, domains, shape, tick, world, True, commits)
     moe_index = [shape.moe_layers.index(x) for x in layers]
-    return importance_rows(layers, experts, domains, base_acc, base_loads[:, moe_index][:, :, experts],
-                           base_loads[:, moe_index].sum(-1), acc)
+    loads_DLX, assigned_DL = base_loads[:, moe_index][:, :, experts], base_loads[:, moe_index].sum(-1)
+    rows = {}
+    for li, layer in enumerate(layers):  # a layer at a time: the unit an interrupted job keeps
+        rows[layer] = commits.take(layer) if commits is not None else None
+        if rows[layer] is None:
+            acc = removal_sums(model, batches, stored, [layer], experts, group, len(domains), tick)[0]
+            acc = reduce_entry(acc, li, len(layers), world)  # as the whole [L', X, D, 2] at once: bit for bit
+            rows[layer] = layer_rows(layer, experts, domains, base_acc, loads_DLX[:, li], assigned_DL[:, li], acc)
+            if commits is not None:
+                commits.commit(layer, rows[layer])
+    if commits is not None:
+        commits.finish()
+    return pd.DataFrame([r for layer in layers for r in rows[layer]], columns=TABLES[TABLE].names)
 
 
 def importance_rows(layers, experts, domains, base_acc, loads_DLX, assigned_DL, acc):
@@ -193,20 +206,27 @@ def importance_rows(layers, experts, domains, base_acc, loads_DLX, assigned_DL, 
     assignments per layer [D, L'] (routed tokens x K), acc [L', X, D, 2]."""
     import pandas as pd
 
+    return pd.DataFrame([r for li, layer in enumerate(layers) for r in
+                         layer_rows(layer, experts, domains, base_acc, loads_DLX[:, li], assigned_DL[:, li], acc[li])],
+                        columns=TABLES[TABLE].names)
+
+
+def layer_rows(layer, experts, domains, base_acc, loads_DX, assigned_D, acc) -> list[dict]:
+    """One layer's rows: base_acc [D, 2], loads of the chosen experts [D, X], all assignments [D]
+    (routed tokens x K), acc [X, D, 2]."""
     groups = [(ALL, slice(None))] + [(d, j) for j, d in enumerate(domains)]
     rows = []
-    for li, layer in enumerate(layers):
-        for k, e in enumerate(experts):
-            for dom, j in groups:
-                (b_nll, n), (nll, n_abl) = base_acc[j].reshape(-1, 2).sum(0), acc[li, k, j].reshape(-1, 2).sum(0)
-                assigned = int(np.sum(assigned_DL[j, li]))
-                if n == 0 or assigned == 0:
-                    continue
-                load = int(np.sum(loads_DLX[j, li, k]))
-                rows.append({"layer": layer, "expert": e, "domain": dom, "tokens": int(n), "load": load,
-                             "load_share": load / assigned, "baseline_loss": b_nll / n, "loss": nll / n_abl,
-                             "delta": nll / n_abl - b_nll / n})
-    return pd.DataFrame(rows, columns=TABLES[TABLE].names)
+    for k, e in enumerate(experts):
+        for dom, j in groups:
+            (b_nll, n), (nll, n_abl) = base_acc[j].reshape(-1, 2).sum(0), acc[k, j].reshape(-1, 2).sum(0)
+            assigned = int(np.sum(assigned_D[j]))
+            if n == 0 or assigned == 0:
+                continue
+            load = int(np.sum(loads_DX[j, k]))
+            rows.append({"layer": layer, "expert": e, "domain": dom, "tokens": int(n), "load": load,
+                         "load_share": load / assigned, "baseline_loss": b_nll / n, "loss": nll / n_abl,
+                         "delta": nll / n_abl - b_nll / n})
+    return rows
 
 
 # ---------------------------------------------------------------------------------- the job
@@ -248,26 +268,50 @@ def _sample(opts: ImportanceOptions, ckpt: Path, corpus: Path, args) -> tuple[li
 
 
 def importance(opts: ImportanceOptions):
-    """Run the job; returns (output run directory, DataFrame of the rows). Rank 0 writes."""
-    from probe.job import agree
-
+    """Run the job; returns (output run directory, DataFrame of the rows). Rank 0 writes, a layer at a
+    time (`LayerCommits`): Ctrl-C keeps the finished layers, and rerunning the same command computes
+    only the rest (`opts.fresh`: all of them again)."""
     opts, ckpt, corpus, out, args, layers, experts = _prepare(opts)
     windows, domains = _sample(opts, ckpt, corpus, args)
     world, batches, m = start_job(opts, ckpt, args, windows)
+    meta = job_meta(ckpt, corpus, opts) | {"layers": layers, "experts": experts, "group": opts.group,
+                                           "world": world.describe()}
+    commits = LayerCommits(out, layers, meta, args, world, fresh=opts.fresh)
+    commits.note_start()
     bar = None
     if opts.progress and world.rank == 0:
         from tqdm import tqdm
         per_layer = -(-len(experts) // opts.group)
-        bar = tqdm(total=len(batches) * (1 + len(layers) * per_layer), unit="pass", desc="importance",
-                   dynamic_ncols=True)
-    df = measure(m, batches, layers, experts, domains=domains, group=opts.group, world=world,
-                 progress=bar.update if bar is not None else None)
-    if bar is not None:
-        bar.close()
-    meta = job_meta(ckpt, corpus, opts) | {"layers": layers, "experts": experts, "group": opts.group,
-                                           "world": world.describe()}
-    agree(world, lambda: write_importance(out, df, meta, args))  # rank 0 writes; a failure stops every rank
+        passes = (0 if commits.baseline_saved() else 1) + commits.to_compute() * per_layer
+        bar = tqdm(total=len(batches) * passes, unit="pass", desc="importance", dynamic_ncols=True)
+    try:
+        df = measure(m, batches, layers, experts, domains=domains, group=opts.group, world=world,
+                     progress=bar.update if bar is not None else None, commits=commits)
+    except KeyboardInterrupt:
+        raise commits.interrupted() from None
+    finally:
+        if bar is not None:
+            bar.close()
     return out, df
+
+
+class LayerCommits(Commits):
+    """An importance job's part committed a layer at a time (`analyses.ablate.sweep.Commits`): each
+    commit rewrites the part whole and takes the rows it measures again out of older parts
+    (`write_importance`); run.json's entry lists the layers done (`measured_layers`) and, until the
+    last, `pending`. The saved baseline keeps the loss sums and loads, not the routing."""
+
+    TABLE, PARTS, FIELD = TABLE, "importance_parts", "measured_layers"
+    NOUN, COMMAND, WHAT, KEEP_ROUTING = "layers", "importance", "measurement", False
+
+    def __init__(self, out, layers: list[int], meta: dict, args, world, fresh: bool = False) -> None:
+        super().__init__(out, layers, part_key(meta), meta, args, world, fresh)
+
+    def unit_of(self, row: dict) -> int:
+        return row["layer"]
+
+    def write_part(self, df, note: dict) -> None:
+        write_importance(self.out, df, self.meta, self.args, note)
 
 
 def part_key(meta: dict) -> dict:
@@ -276,13 +320,15 @@ def part_key(meta: dict) -> dict:
     return {k: meta[k] for k in ("layers", "experts", "options")} | inputs_key(meta)
 
 
-def write_importance(out: str | Path, df, meta: dict, args=None) -> Path:
+def write_importance(out: str | Path, df, meta: dict, args=None, note: dict | None = None) -> Path:
     """Write `df` as one part of `out/expert_importance/` (temporary name, then rename) and note it
     in run.json under `importance_parts`; a directory without run.json becomes a run holding only
     this table (probe.writer.write_result_part). The newest measurement of an expert in a domain
-    replaces older ones: their rows leave the older parts (`supersede`)."""
+    replaces older ones: their rows leave the older parts (`supersede`). `note`: more of the part's
+    run.json entry (an unfinished job's layers done and pending, `LayerCommits`)."""
     with table_lock(out, TABLE):  # two jobs superseding each other at once deleted both (a review)
-        part = write_result_part(out, TABLE, df, part_key(meta), meta, "importance_parts", {"rows": len(df)}, args)
+        part = write_result_part(out, TABLE, df, part_key(meta), meta, "importance_parts",
+                                 (note or {}) | {"rows": len(df)}, args)
         supersede(Path(out), part, df)
     return part
 
@@ -299,7 +345,7 @@ def supersede(out: Path, part: Path, df) -> int:
     from analyses.importance.analysis import KEY
 
     new = set(df[KEY].itertuples(index=False, name=None))
-    removed, left = 0, {}
+    removed, left, lost = 0, {}, {}
     for f in sorted((out / TABLE).glob("*.parquet")):
         if f == part:
             continue
@@ -308,6 +354,7 @@ def supersede(out: Path, part: Path, df) -> int:
         if all(keep):
             continue
         removed += len(old) - sum(keep)
+        lost[f.stem] = {int(x) for x, k in zip(old.layer, keep) if not k}
         if any(keep):
             with replacing(f) as tmp:
                 pq.write_table(pa.Table.from_pandas(old[keep], schema=TABLES[TABLE], preserve_index=False), tmp,
@@ -319,8 +366,20 @@ def supersede(out: Path, part: Path, df) -> int:
         with updating_run_json(out) as info:
             parts = info.get("importance_parts", {})
             for stem, n in left.items():
-                if n:
+                if "pending" in (parts.get(stem) or {}):
+                    _unfinished_lost(parts[stem], lost[stem], n)
+                elif n:
                     parts.setdefault(stem, {})["rows"] = n
                 else:
                     parts.pop(stem, None)
     return removed
+
+
+def _unfinished_lost(entry: dict, layers: set[int], rows: int) -> None:
+    """An unfinished job's part (`LayerCommits`) lost rows of `layers` to a newer measurement: they
+    are no longer done, so that a rerun computes them again instead of taking a layer with rows
+    missing; the entry stays (with its saved baseline) even when its part went."""
+    field = LayerCommits.FIELD
+    entry[field] = [x for x in entry.get(field) or [] if x not in layers]
+    entry["pending"] = [x for x in entry.get("layers") or [] if x not in entry[field]]
+    entry["rows"] = rows
