@@ -1,0 +1,149 @@
+"""Durable importance (analyses/importance/run.py, `LayerCommits`): an interrupted `python -m
+analyses.importance` keeps the layers it finished, and rerunning the same command measures only the rest."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+import probe
+from analyses.ablate import run as ablate_run
+from analyses.importance import run as run_module
+from analyses.importance.__main__ import main
+
+LAYERS = [1, 2]  # the probe checkpoint's MoE layers; 16 experts, 3 removals a pass: 6 passes a batch and layer
+
+
+def _cli(env, out, *extra):
+    return ["--ckpt", str(env["ckpt"]), "--corpus", str(env["corpus"]), "--out", str(out), "--seq-len", "32",
+            "--batch-size", "4", "--domain-tokens", "60", "--group", "3", "--no-progress", *extra]
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Counts the layers measured, the baseline's forward batches and the removal passes; with
+    `stop_at` = N, Ctrl-C (KeyboardInterrupt) arrives as the (N+1)th layer starts."""
+    calls = {"layers": 0, "baseline": 0, "removals": 0, "stop_at": None}
+    real_sums, real_suffix, real_forward = run_module.removal_sums, run_module.suffix_nll, ablate_run.forward_batch
+
+    def removal_sums(*a, **k):
+        if calls["stop_at"] is not None and calls["layers"] == calls["stop_at"]:
+            raise KeyboardInterrupt
+        calls["layers"] += 1
+        return real_sums(*a, **k)
+
+    def suffix(*a, **k):
+        calls["removals"] += 1
+        return real_suffix(*a, **k)
+
+    def forward(*a, **k):
+        calls["baseline"] += 1
+        return real_forward(*a, **k)
+
+    monkeypatch.setattr(run_module, "removal_sums", removal_sums)
+    monkeypatch.setattr(run_module, "suffix_nll", suffix)
+    monkeypatch.setattr(ablate_run, "forward_batch", forward)
+    return calls
+
+
+def _reset(calls, stop_at=None):
+    calls.update(layers=0, baseline=0, removals=0, stop_at=stop_at)
+
+
+@pytest.fixture
+def whole(probe_env, tmp_path, counted):
+    """The job run uninterrupted: (its table, batches)."""
+    assert main(_cli(probe_env, tmp_path / "whole")) == 0
+    n_batches = counted["baseline"]
+    assert counted["layers"] == 2 and counted["removals"] == 2 * 6 * n_batches
+    _reset(counted)
+    return probe.open_run(tmp_path / "whole").df("expert_importance"), n_batches
+
+
+def _no_leftovers(out):
+    assert not list((out / "expert_importance").glob(".*"))  # no temporary or saved baseline left behind
+    (entry,) = probe.open_run(out).info["importance_parts"].values()
+    assert "pending" not in entry and entry["measured_layers"] == LAYERS
+
+
+def test_an_interrupted_job_keeps_its_layers_and_a_rerun_measures_the_rest(probe_env, tmp_path, capsys, counted,
+                                                                          whole):
+    ref, n_batches = whole
+    out = tmp_path / "cut"
+    counted["stop_at"] = 1
+    assert main(_cli(probe_env, out)) == 130
+    assert (f"interrupted: 1 of 2 layers committed in {out / 'expert_importance'}; run the same command again to "
+            "compute the rest") in capsys.readouterr().err
+    run = probe.open_run(out)
+    kept = run.df("expert_importance")  # what finished is in the table, bit for bit as the whole job's
+    pd.testing.assert_frame_equal(kept, ref[ref.layer == 1].reset_index(drop=True), check_exact=True)
+    (entry,) = run.info["importance_parts"].values()
+    assert entry["measured_layers"] == [1] and entry["pending"] == [2] and entry["rows"] == len(kept)
+
+    _reset(counted)
+    assert main(_cli(probe_env, out)) == 0
+    assert ("importance: continuing an interrupted measurement: 1 of 2 layers and the baseline pass taken from the "
+            "earlier attempt") in capsys.readouterr().err
+    # no baseline pass, one layer's removals
+    assert (counted["layers"], counted["baseline"], counted["removals"]) == (1, 0, 6 * n_batches)
+    done = probe.open_run(out)
+    pd.testing.assert_frame_equal(done.df("expert_importance"), ref, check_exact=True)
+    assert len(done.files("expert_importance")) == 1  # one part: no row twice
+    _no_leftovers(out)
+
+
+def test_interrupted_in_the_first_layer_keeps_the_baseline(probe_env, tmp_path, capsys, counted, whole):
+    """Into a new --out: the saved baseline made it a run (run.json), which the rerun writes into."""
+    ref, n_batches = whole
+    out = tmp_path / "cut"
+    counted["stop_at"] = 0
+    assert main(_cli(probe_env, out)) == 130
+    assert "interrupted: 0 of 2 layers committed" in capsys.readouterr().err
+    assert probe.open_run(out).tables == []  # no rows yet: no table listed (a listed table without parts is lost)
+    _reset(counted)
+    assert main(_cli(probe_env, out)) == 0
+    assert (counted["layers"], counted["baseline"]) == (2, 0)  # the baseline was taken
+    pd.testing.assert_frame_equal(probe.open_run(out).df("expert_importance"), ref, check_exact=True)
+    _no_leftovers(out)
+
+
+def test_a_layer_a_newer_measurement_took_is_measured_again(probe_env, tmp_path, capsys, counted, whole):
+    """Another command (other options) measuring layer 1 takes its rows out of the unfinished part
+    (`supersede`): the rerun measures layer 1 again rather than taking a layer with rows missing."""
+    ref, n_batches = whole
+    out = tmp_path / "cut"
+    counted["stop_at"] = 1
+    assert main(_cli(probe_env, out)) == 130
+    _reset(counted)
+    assert main(_cli(probe_env, out, "--layers", "1", "--domain-tokens", "40")) == 0
+    (entry,) = [e for e in probe.open_run(out).info["importance_parts"].values() if "pending" in e]
+    assert entry["measured_layers"] == [] and entry["pending"] == LAYERS and entry["rows"] == 0
+    capsys.readouterr()
+    _reset(counted)
+    assert main(_cli(probe_env, out)) == 0
+    assert "0 of 2 layers and the baseline pass taken" in capsys.readouterr().err
+    assert (counted["layers"], counted["baseline"]) == (2, 0)
+    pd.testing.assert_frame_equal(probe.open_run(out).df("expert_importance"), ref, check_exact=True)
+    _no_leftovers(out)
+
+
+def test_negative_control_nothing_is_taken_across_options_finished_jobs_or_fresh(probe_env, tmp_path, capsys,
+                                                                                counted, whole):
+    """The counts above can fail: other options (another part), a finished job and --fresh run the
+    baseline and measure every layer."""
+    ref, n_batches = whole
+    out = tmp_path / "cut"
+    counted["stop_at"] = 1
+    assert main(_cli(probe_env, out)) == 130
+    _reset(counted)
+    assert main(_cli(probe_env, out, "--experts", "0-14")) == 0  # other experts: another part
+    assert counted["layers"] == 2 and counted["baseline"] == n_batches
+    assert "continuing" not in capsys.readouterr().err
+    _reset(counted)
+    assert main(_cli(probe_env, out, "--fresh")) == 0  # the interrupted one, from the start
+    assert (counted["layers"], counted["baseline"], counted["removals"]) == (2, n_batches, 2 * 6 * n_batches)
+    assert "continuing" not in capsys.readouterr().err
+    _reset(counted)
+    assert main(_cli(probe_env, tmp_path / "whole")) == 0  # finished: measured again, as before
+    assert counted["layers"] == 2 and counted["baseline"] == n_batches
+    pd.testing.assert_frame_equal(probe.open_run(tmp_path / "whole").df("expert_importance"), ref, check_exact=True)
