@@ -430,7 +430,8 @@ def closed_pipe_quiet(main):
     traceback, and point stdout at /dev/null so that the interpreter's last flush cannot fail.
     Ctrl-C (SIGINT) that the command does not handle itself ends with one line and exit status 130
     (128 + SIGINT), as record, spec and generate do, instead of a KeyboardInterrupt traceback (ablate,
-    importance and report printed one; their results are written only when complete)."""
+    importance and report printed one; ablate and importance say what they committed, in their own
+    message)."""
     @functools.wraps(main)
     def wrapped(*args, **kwargs):
         try:

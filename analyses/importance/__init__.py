@@ -30,6 +30,13 @@ other options (another token budget, e.g. the report's own) takes those rows out
 so the table holds one measurement per layer, expert and domain. The command prints per layer Spearman's rho between load_share and delta and
 the most important experts.
 
+Interrupted: each layer is committed as it finishes (the part rewritten whole; run.json's entry lists
+`measured_layers` and `pending`), and the baseline pass's sums are saved under
+`expert_importance/.sweep-<part>/`. Ctrl-C keeps the finished layers; running the same command again
+continues (one line says what it took) and measures only the missing layers, with the table an
+uninterrupted run writes, bit for bit. `--fresh` measures everything again; another command (other
+layers, experts, options or inputs) takes nothing (run.py, `LayerCommits`).
+
 Under torchrun the ranks form replicas of --model-parallel ranks (probe/job.py): global batch b is
 evaluated by replica b % R and the per-domain sums are added over the replicas; rank 0 writes.
 
