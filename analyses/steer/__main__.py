@@ -31,7 +31,10 @@ COLUMN = 48  # width of each side of the printed continuations
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m analyses.steer", description=package.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_input_flags(p, "steering", domain_tokens=2000)
+    io = add_input_flags(p, "steering", domain_tokens=2000)
+    io.add_argument("--fresh", action="store_true",
+                    help="compute every pass again; by default, rerunning a command that was interrupted takes "
+                         "the passes it committed (the loss pass, each prompt's continuations) and runs only the rest")
     st = p.add_argument_group("the steering")
     st.add_argument("--experts", help="experts to steer: layer:expert[+expert],... e.g. 2:5+7,3:1")
     st.add_argument("--mode", choices=MODES, default="force",

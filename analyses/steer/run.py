@@ -4,6 +4,7 @@ package docstring)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import torch
 from analyses.ablate.run import (AblateOptions, add_loss, check_finished, check_out, forward_batch, job_defaults,
                                  inputs_key, job_meta, sample_windows, start_job)
 from analyses.ablate.select import ALL, RouterShape
+from analyses.ablate.sweep import Commits
 from probe.corpus import CorpusError
 from probe.recorders import Batch
 from probe.schema import TABLES
@@ -186,9 +188,9 @@ def parse_token_filter(text: str, tokenizer, vocab_size: int) -> list[int]:
 
 def steer(opts: SteerOptions, steering: Steer, token_filter: str | None = None):
     """Run the job; returns (output run directory, DataFrame of the rows). Rank 0 writes.
-    token_filter: --steer-tokens text, resolved with the checkpoint's tokenizer into steering.token_ids."""
-    from probe.job import agree
-
+    token_filter: --steer-tokens text, resolved with the checkpoint's tokenizer into steering.token_ids.
+    Each pass is committed as it finishes (`SteerCommits`): Ctrl-C keeps the finished ones, and rerunning
+    the same command computes only the rest (`opts.fresh`: all of them again)."""
     opts, info = job_defaults(opts)
     check_finished(opts.run, info, SteerError)
     if opts.max_new_tokens < 0 or opts.prompt_tokens < 1:
@@ -211,10 +213,14 @@ def steer(opts: SteerOptions, steering: Steer, token_filter: str | None = None):
         corpus_prompts(windows, opts.prompt_tokens, decode)
     how = "the steering (--experts, --mode, --bias, --steer-domain, --steer-tokens)"
     world, batches, m = start_job(opts, ckpt, args, windows, **{how: repr(steering)})
-    df = _run_passes(m, batches, steering, prompts, opts, domains, world, decode, stops)
     meta = job_meta(ckpt, corpus, opts, max_new_tokens=opts.max_new_tokens, prompts=[p.text for p in prompts]) | {
         "world": world.describe()}
-    agree(world, lambda: write_steering(out, df, meta, args))  # rank 0 writes; a failure stops every rank
+    commits = SteerCommits(out, steering, prompts, RouterShape.of(args), meta, args, world, fresh=opts.fresh)
+    commits.note_start()
+    try:
+        df = _run_passes(m, batches, steering, prompts, opts, domains, world, decode, stops, commits)
+    except KeyboardInterrupt:
+        raise commits.interrupted() from None
     return out, df
 
 
@@ -244,26 +250,78 @@ def _inputs(opts: SteerOptions):
 
 
 def _run_passes(m, batches, steering: Steer, prompts: list[Prompt], opts: SteerOptions, domains, world, decode,
-                stops: list[int]):
-    """Loss rows (every replica its batches, summed) then generation rows (every rank alike)."""
-    import pandas as pd
+                stops: list[int], commits: SteerCommits):
+    """Loss rows (every replica its batches, summed) then generation rows (every rank alike), each
+    pass committed as it finishes; a pass an interrupted attempt committed is taken, not run again."""
+    if commits.take(LOSS) is None:
+        bar = None
+        if opts.progress and world.rank == 0:
+            from tqdm import tqdm
+            bar = tqdm(total=len(batches) * 2, unit="batch", desc="steer", dynamic_ncols=True)
+        try:
+            loss = evaluate(m, batches, [steering], domains=domains, world=world,
+                            progress=bar.update if bar is not None else None)
+        finally:
+            if bar is not None:
+                bar.close()
+        commits.commit(LOSS, loss.to_dict("records"))
+    for p in prompts:
+        unit = prompt_unit(p)
+        if unit in commits.rows or commits.take(unit) is not None:  # a repeated prompt: its continuations once
+            continue
+        gen = generations(m, [steering], [p], max_new_tokens=opts.max_new_tokens, stop_ids=stops, decode=decode)
+        commits.commit(unit, gen.to_dict("records"))
+    commits.finish()
+    return commits.df()
 
-    bar = None
-    if opts.progress and world.rank == 0:
-        from tqdm import tqdm
-        bar = tqdm(total=len(batches) * 2, unit="batch", desc="steer", dynamic_ncols=True)
-    loss = evaluate(m, batches, [steering], domains=domains, world=world,
-                    progress=bar.update if bar is not None else None)
-    if bar is not None:
-        bar.close()
-    gen = generations(m, [steering], prompts, max_new_tokens=opts.max_new_tokens, stop_ids=stops, decode=decode)
-    return pd.concat([loss, gen], ignore_index=True) if len(gen) else loss
+
+LOSS = "loss"  # the unit of the loss rows; a prompt's generation rows: prompt_unit
+
+
+def prompt_unit(p: Prompt) -> str:
+    """The unit of a prompt's generation rows (its domain and text: what its rows hold of it)."""
+    return json.dumps([p.domain, p.text])
+
+
+class SteerCommits(Commits):
+    """A steer command's part committed a pass at a time (`analyses.ablate.sweep.Commits`): the loss
+    pass (baseline and steered, its `loss` rows), then each prompt's continuations (its `generation`
+    row); run.json's `steering_parts` entry lists the passes done (`committed`) and, until the last,
+    `pending`. Nothing is saved besides the rows (the baseline pass is part of the loss pass)."""
+
+    TABLE, PARTS, FIELD = "steering", "steering_parts", "committed"
+    NOUN, COMMAND, WHAT, KEEP_ROUTING = "steering passes", "steer", "steering", False
+
+    def __init__(self, out, steering: Steer, prompts: list[Prompt], shape: RouterShape, meta: dict, args, world,
+                 fresh: bool = False) -> None:
+        self.steering = steering
+        key = steering_key([(steering.name, steering.spec(shape))], meta)
+        super().__init__(out, [LOSS] + [prompt_unit(p) for p in prompts], key, meta, args, world, fresh)
+
+    def unit_of(self, row: dict) -> str:
+        return LOSS if row["kind"] == "loss" else json.dumps([row["domain"], row["prompt"]])
+
+    def take(self, unit: str) -> list[dict] | None:
+        """The earlier attempt's rows of `unit` (a prompt given twice: its row once)."""
+        if unit != LOSS and (self.earlier or {}).get(unit):  # one steering: one row a prompt
+            self.earlier[unit] = self.earlier[unit][:1]
+        return super().take(unit)
+
+    def write_part(self, df, note: dict) -> None:
+        write_result_part(self.out, self.TABLE, df, self.key, self.meta, self.PARTS,
+                          {"steers": [self.steering.name]} | note, self.args)
 
 
 def write_steering(out: str | Path, df, meta: dict, args=None) -> Path:
     """Write `df` as one part of `out/steering/` (temporary name, then rename) and note it in
     run.json under `steering_parts`; a directory without run.json becomes a run holding only this
-    table (probe.writer.write_result_part)."""
-    key = {"rows": sorted(set(zip(df.steer, df.spec))), **inputs_key(meta), "options": meta["options"]}
-    return write_result_part(out, "steering", df, key, meta, "steering_parts",
+    table (probe.writer.write_result_part). The command writes its part a pass at a time instead
+    (`SteerCommits`), under the same name."""
+    return write_result_part(out, "steering", df, steering_key(zip(df.steer, df.spec), meta), meta, "steering_parts",
                              {"steers": list(dict.fromkeys(df.steer))}, args)
+
+
+def steering_key(rows, meta: dict) -> dict:
+    """What names a steering part: its (steer, spec) pairs and the inputs by content, so repeating a
+    command replaces its own part and other options or inputs write another."""
+    return {"rows": sorted(set(rows)), **inputs_key(meta), "options": meta["options"]}

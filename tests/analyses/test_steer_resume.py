@@ -1,0 +1,132 @@
+"""Durable steering (analyses/steer/run.py, `SteerCommits`): an interrupted `python -m analyses.steer`
+keeps the passes it finished (the loss pass, each prompt's continuations), and rerunning the same
+command runs only the rest."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+import probe
+from analyses.steer import run as run_module
+from analyses.steer.__main__ import main
+
+
+def _cli(env, out, *extra):
+    return ["--ckpt", str(env["ckpt"]), "--corpus", str(env["corpus"]), "--out", str(out), "--seq-len", "32",
+            "--batch-size", "4", "--domain-tokens", "60", "--max-new-tokens", "3", "--prompt-tokens", "6",
+            "--experts", "1:3+5,2:7", "--no-progress", *extra]
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Counts the passes run (loss: evaluate; a prompt's: generations) and the loss forward batches;
+    with `stop_at` = N, Ctrl-C (KeyboardInterrupt) arrives as the (N+1)th pass starts."""
+    calls = {"passes": 0, "loss": 0, "prompts": 0, "forward": 0, "stop_at": None}
+    real_eval, real_gen, real_forward = run_module.evaluate, run_module.generations, run_module.forward_batch
+
+    def start(kind):
+        if calls["stop_at"] is not None and calls["passes"] == calls["stop_at"]:
+            raise KeyboardInterrupt
+        calls["passes"] += 1
+        calls[kind] += 1
+
+    def evaluate(*a, **k):
+        start("loss")
+        return real_eval(*a, **k)
+
+    def generations(*a, **k):
+        start("prompts")
+        return real_gen(*a, **k)
+
+    def forward(*a, **k):
+        calls["forward"] += 1
+        return real_forward(*a, **k)
+
+    monkeypatch.setattr(run_module, "evaluate", evaluate)
+    monkeypatch.setattr(run_module, "generations", generations)
+    monkeypatch.setattr(run_module, "forward_batch", forward)
+    return calls
+
+
+def _reset(calls, stop_at=None):
+    calls.update(passes=0, loss=0, prompts=0, forward=0, stop_at=stop_at)
+
+
+@pytest.fixture
+def whole(probe_env, tmp_path, counted):
+    """The command run uninterrupted: (its table, prompts, loss forward batches)."""
+    assert main(_cli(probe_env, tmp_path / "whole")) == 0
+    n_prompts, n_forward = counted["prompts"], counted["forward"]
+    assert counted["loss"] == 1 and n_prompts >= 2 and n_forward > 0
+    _reset(counted)
+    return probe.open_run(tmp_path / "whole").df("steering"), n_prompts, n_forward
+
+
+def _finished(out, n):
+    (entry,) = probe.open_run(out).info["steering_parts"].values()
+    assert "pending" not in entry and len(entry["committed"]) == n
+    assert not list((out / "steering").glob(".*"))  # no temporary left behind
+
+
+def test_an_interrupted_command_keeps_its_passes_and_a_rerun_runs_the_rest(probe_env, tmp_path, capsys, counted,
+                                                                         whole):
+    ref, n_prompts, n_forward = whole
+    out, n = tmp_path / "cut", 1 + n_prompts
+    counted["stop_at"] = 2  # the loss pass and the first prompt's
+    assert main(_cli(probe_env, out)) == 130
+    assert (f"interrupted: 2 of {n} steering passes committed in {out / 'steering'}; run the same command again "
+            "to compute the rest") in capsys.readouterr().err
+    run = probe.open_run(out)
+    kept = run.df("steering")  # what finished is in the table, bit for bit as the whole command's
+    pd.testing.assert_frame_equal(kept, ref.iloc[:len(kept)], check_exact=True)
+    assert (kept.kind == "generation").sum() == 1
+    (entry,) = run.info["steering_parts"].values()
+    assert len(entry["committed"]) == 2 and len(entry["pending"]) == n_prompts - 1
+
+    _reset(counted)
+    assert main(_cli(probe_env, out)) == 0
+    assert (f"steer: continuing an interrupted steering: 2 of {n} steering passes taken from the earlier attempt"
+            in capsys.readouterr().err)
+    assert (counted["loss"], counted["forward"], counted["prompts"]) == (0, 0, n_prompts - 1)  # only the rest
+    done = probe.open_run(out)
+    pd.testing.assert_frame_equal(done.df("steering"), ref, check_exact=True)
+    assert len(done.files("steering")) == 1  # one part: no row twice
+    _finished(out, n)
+
+
+def test_interrupted_before_anything_finished_commits_nothing(probe_env, tmp_path, capsys, counted, whole):
+    ref, n_prompts, n_forward = whole
+    out = tmp_path / "cut"
+    counted["stop_at"] = 0
+    assert main(_cli(probe_env, out)) == 130
+    assert "interrupted: nothing was committed" in capsys.readouterr().err
+    _reset(counted)
+    assert main(_cli(probe_env, out)) == 0
+    assert "continuing" not in capsys.readouterr().err
+    assert (counted["loss"], counted["forward"], counted["prompts"]) == (1, n_forward, n_prompts)
+    pd.testing.assert_frame_equal(probe.open_run(out).df("steering"), ref, check_exact=True)
+
+
+def test_negative_control_nothing_is_taken_across_options_finished_commands_or_fresh(probe_env, tmp_path, capsys,
+                                                                                   counted, whole):
+    """The counts above can fail: other options (another part), a finished command and --fresh run
+    every pass."""
+    ref, n_prompts, n_forward = whole
+    out = tmp_path / "cut"
+    counted["stop_at"] = 2
+    assert main(_cli(probe_env, out)) == 130
+    _reset(counted)
+    assert main(_cli(probe_env, out, "--max-new-tokens", "2")) == 0  # other options: another part
+    assert (counted["loss"], counted["forward"], counted["prompts"]) == (1, n_forward, n_prompts)
+    assert "continuing" not in capsys.readouterr().err
+    assert len(probe.open_run(out).files("steering")) == 2
+    _reset(counted)
+    assert main(_cli(probe_env, out, "--fresh")) == 0  # the interrupted one, from the start
+    assert (counted["loss"], counted["forward"], counted["prompts"]) == (1, n_forward, n_prompts)
+    assert len(probe.open_run(out).files("steering")) == 2  # it replaced its own part
+    assert "continuing" not in capsys.readouterr().err
+    _reset(counted)
+    assert main(_cli(probe_env, tmp_path / "whole")) == 0  # finished: computed again, as before
+    assert (counted["loss"], counted["prompts"]) == (1, n_prompts)
+    pd.testing.assert_frame_equal(probe.open_run(tmp_path / "whole").df("steering"), ref, check_exact=True)
