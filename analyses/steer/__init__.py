@@ -29,6 +29,9 @@ writes into RUN; `--out DIR` writes elsewhere (a new run directory holding only 
 Results: rows of kind `loss` (per domain and `all`) and `generation` (per prompt) in the run's
 `steering` table (probe/schema.py), one part file per command (its name hashes the steering and the
 inputs, so repeating a command replaces its own part), written under a temporary name and renamed.
+Each pass (the loss pass, then each prompt's continuations) is committed as it finishes: Ctrl-C keeps
+them, and rerunning the same command runs only the missing ones (`--fresh`: all again; run.py
+`SteerCommits`).
 
 Under torchrun the ranks form replicas of --model-parallel ranks: batch b is evaluated by replica
 b % R and the per-domain sums are added over the replicas; every replica generates the same
