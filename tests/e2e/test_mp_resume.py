@@ -129,8 +129,11 @@ def test_a_rank_failing_before_the_batches_ends_every_rank_in_one_line(env, tmp_
     # the ranks print at the same moment: one's line may land inside the other's
     lines = ["error: " + m for m in re.findall(r"error: (.*?)(?=error: |\n)", p.stderr + "\n")]
     if mode == "load":
-        assert lines and set(lines) == {"error: the model did not load on every rank (rank 1: injected: cannot "
-                                        "read this rank's shard)"}, p.stderr[-3000:]
+        # both ranks agree on the failure and say it; a rank that exits first can have torchrun stop the other
+        # before it prints, which then says so (as in the layout errors above; seen once in five runs)
+        want = "error: the model did not load on every rank (rank 1: injected: cannot read this rank's shard)"
+        assert want in lines and all(ln == want or re.match(r"error: rank [01] of 2 stopped by signal 15 ", ln)
+                                     for ln in lines), p.stderr[-3000:]
         assert not (out / "run.json").exists()
     else:
         # rank 0 holds torchrun's SIGTERM until it has marked the run and said so
