@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import RecordError
+from .errors import RecordError, first_line
 from .out_paths import check_out_parent, check_replaceable, os_refusal  # noqa: F401 - the jobs import them here
 
 REPO = Path(__file__).resolve().parent.parent
@@ -519,12 +519,6 @@ def table_errors() -> tuple[type[BaseException], ...]:
     import duckdb
 
     return (duckdb.Error,)
-
-
-def first_line(e: BaseException, limit: int = 300) -> str:
-    """An exception's message as one line for an error report: its first line, cut at `limit`
-    characters (a backend error can run to pages), or its type's name where it has no message."""
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:limit]
 
 
 def launch_rank0() -> bool:

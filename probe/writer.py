@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute in truncate_after
 import pyarrow.parquet as pq
 
+from .errors import first_line
 from .out_paths import os_refusal
 from .schema import TABLES
 
@@ -379,12 +380,8 @@ def load_progress(run: Path, rank: int) -> tuple[dict, dict[str, np.ndarray]]:
         with np.load(state) as z:
             arrays = {k: z[k] for k in z.files}
     except (OSError, ValueError, EOFError) as e:
-        raise RunError(f"{state}: unreadable accumulator state of {p.name} ({first_line(e)}); {advice}") from None
+        raise RunError(f"{state}: unreadable accumulator state of {p.name} ({first_line(e, None)}); {advice}") from None
     return progress, arrays
-
-
-def first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def _rank_parts(run: Path, table: str, rank: int, done: int) -> dict[str, None]:
@@ -421,7 +418,7 @@ def check_committed(run: Path, rank: int, tables: list[str]) -> dict[str, dict[s
             except FileNotFoundError:
                 problem = "is missing (deleted?)"
             except (pa.ArrowInvalid, OSError) as e:
-                problem = f"is unreadable ({first_line(e)})"
+                problem = f"is unreadable ({first_line(e, None)})"
             else:
                 problem = None if rows is None or n == rows else f"holds {n} rows where {rows} were committed"
             if problem:
