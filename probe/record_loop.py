@@ -113,8 +113,8 @@ def _restore(out: Path, world, rec: Recorder, writer: PartWriter | None, tables:
     running, `probe.record.open_run`)."""
     progress, state = load_progress(out, world.leader) if resume else ({}, {})
     if writer is not None:
-        if progress:
-            writer.committed = check_committed(out, world.rank, tables)
+        if progress:  # verified by rank 0 before run.json said running; older progress names no parts
+            writer.committed = progress.get("parts") or check_committed(out, world.rank, tables)
         prune_uncommitted(out, world.rank, progress.get("done") if progress else None, tables)
         if state:
             rec.kv.load_state(state)
