@@ -197,19 +197,19 @@ class Experts(nn.Module):
         self.hook_expert_out = HookPoint()
 
     def forward(self, x_TD: torch.Tensor, weights_TK: torch.Tensor, ids_TK: torch.Tensor) -> torch.Tensor:
-        if self.hook_expert_out.active:
-            return self._per_assignment(x_TD, weights_TK, ids_TK)
         K = ids_TK.shape[1]
         flat_ids = ids_TK.flatten()  # [T*K]
         order = flat_ids.argsort(stable=True)  # assignments grouped by expert
         counts = torch.bincount(flat_ids, minlength=self.n_experts).tolist()
-        tok_A = order // K  # token of each sorted assignment (A = T*K assignments)
-        w_A = weights_TK.flatten()[order].to(x_TD.dtype)
         # the experts' outputs are summed in wide(dtype) (float32 for bf16; float64 with FP8 activations
         # on the CPU, see model.layers.LAYOUT_FREE_SUMS) and rounded once at the end; under expert
         # parallelism the wide partial sums are all-reduced first (model.parallel)
         fp8_in = (self.w1_scale_inv is not None or self.w3_scale_inv is not None) and self.quantise_activations
         acc = fp8_wide(x_TD.device, x_TD.dtype) if fp8_in else wide(x_TD.dtype)
+        if self.hook_expert_out.active:
+            return self._per_assignment(x_TD, weights_TK, order, counts, fp8_in, acc)
+        tok_A = order // K  # token of each sorted assignment (A = T*K assignments)
+        w_A = weights_TK.flatten()[order].to(x_TD.dtype)
         if not fp8_in and self._padding_pays(x_TD, counts):
             out_TD = self._onednn_padded(x_TD, w_A, tok_A, counts)
         elif self._dense_inference(x_TD):
@@ -218,24 +218,25 @@ class Experts(nn.Module):
             out_TD = self._one_expert_at_a_time(x_TD, w_A, tok_A, counts, fp8_in, acc)
         return out_TD if self.wide_output else out_TD.to(x_TD.dtype)
 
-    def _per_assignment(self, x_TD: torch.Tensor, weights_TK: torch.Tensor, ids_TK: torch.Tensor) -> torch.Tensor:
-        """The weighted sum through hook_expert_out: each local expert's SwiGLU on its rows, unweighted
-        ([T, K, D] in x's dtype, rows of other ranks' experts zero), the hook, then sum_k w_k out_k in the
-        wide dtype. The same sum as forward's other paths to rounding (the weight multiplies after w2,
-        as on the FP8 path, and the K outputs are added in order)."""
-        T, K = ids_TK.shape
+    def _per_assignment(self, x_TD: torch.Tensor, weights_TK: torch.Tensor, order: torch.Tensor, counts: list[int],
+                        fp8_in: bool, acc: torch.dtype) -> torch.Tensor:
+        """The weighted sum through hook_expert_out: each local expert's SwiGLU on its rows (`order`,
+        `counts`: forward's assignments grouped by expert), unweighted ([T, K, D] in x's dtype, rows of
+        other ranks' experts zero), the hook, then sum_k w_k out_k in `acc`. The same sum as forward's
+        other paths to rounding (the weight multiplies after w2, as on the FP8 path, and the K outputs
+        are added in order)."""
+        T, K = weights_TK.shape
         first, end = self.expert_range
-        fp8_in = (self.w1_scale_inv is not None or self.w3_scale_inv is not None) and self.quantise_activations
-        acc = fp8_wide(x_TD.device, x_TD.dtype) if fp8_in else wide(x_TD.dtype)
-        flat = ids_TK.flatten()
         out_AD = torch.zeros(T * K, x_TD.shape[1], dtype=x_TD.dtype, device=x_TD.device)
-        for e in range(first, end):
-            rows = (flat == e).nonzero().flatten()  # assignments to expert e, in (token, k) order
-            if len(rows):
+        start = sum(counts[:first])
+        for le, n in enumerate(counts[first:end]):
+            if n:
+                rows = order[start : start + n]  # assignments to this expert, in (token, k) order
                 xe = x_TD.index_select(0, rows // K)
                 xq = act_quant(xe, self.block, self.scale_fmt) if fp8_in else None
-                h = F.silu(self._linear(xe, "w1", e - first, xq)) * self._linear(xe, "w3", e - first, xq)
-                out_AD.index_copy_(0, rows, self._linear(h, "w2", e - first, out_dtype=acc).to(x_TD.dtype))
+                h = F.silu(self._linear(xe, "w1", le, xq)) * self._linear(xe, "w3", le, xq)
+                out_AD.index_copy_(0, rows, self._linear(h, "w2", le, out_dtype=acc).to(x_TD.dtype))
+            start += n
         out_TKD = self.hook_expert_out(out_AD.view(T, K, -1))
         out_TD = (out_TKD.to(acc) * weights_TK.to(acc)[..., None]).sum(dim=1)
         return out_TD if self.wide_output else out_TD.to(x_TD.dtype)
