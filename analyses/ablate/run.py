@@ -483,8 +483,9 @@ def check_out(out: Path) -> None:
 def write_ablations(out: str | Path, df, meta: dict, args=None) -> Path:
     """Write `df` as one part of `out/ablations/` (temporary name, then rename) and note it in
     run.json under `ablation_parts`; a directory without run.json becomes a run holding only this
-    table (probe.writer.write_result_part)."""
-    key = {"rows": sorted(set(zip(df.ablation, df.spec))), "checkpoint": meta["checkpoint"],
-           "corpus": meta["corpus"], "options": meta["options"]}
+    table (probe.writer.write_result_part). The command writes its part an ablation at a time instead
+    (`sweep.Sweep`); this one, for rows made with `evaluate`, is keyed by its rows and, as every result
+    part, by its inputs' content (`inputs_key`)."""
+    key = {"rows": sorted(set(zip(df.ablation, df.spec))), **inputs_key(meta), "options": meta["options"]}
     return write_result_part(out, "ablations", df, key, meta, "ablation_parts",
                              {"ablations": list(dict.fromkeys(df.ablation))}, args)

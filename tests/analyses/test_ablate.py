@@ -476,3 +476,20 @@ def test_the_same_command_on_a_moved_run_replaces_its_part(probe_env, tmp_path):
     tok.write_text((probe_env["ckpt"] / "tokenizer.json").read_text() + "\n")
     assert main([*rec_args[:1], str(moved), *rec_args[2:], "--ckpt", str(ckpt), "--tokenizer", str(tok)]) == 0
     assert len(probe.open_run(moved).files("ablations")) == 2
+
+
+def test_write_ablations_keys_its_part_by_its_inputs_content(tiny, tmp_path):
+    """The library's writer keys a part as the command does, by its inputs' content, not their paths: the same
+    rows written for the same checkpoint at another path replace the part; another corpus is another part."""
+    from analyses.ablate.run import write_ablations
+
+    df, _ = evaluate(tiny, _batches(), [Ablation(name="x", experts={1: [0, 3]})])
+    meta = {"checkpoint": {"path": "/a/ckpt", "fingerprint": "f", "sample": "s"},
+            "corpus": {"path": "/a/c.txt", "fingerprint": "c"}, "tokenizer": {"path": "/a/t.json", "fingerprint": "t"},
+            "options": {"max_tokens": 100}}
+    first = write_ablations(tmp_path / "o", df, meta)
+    moved = meta | {k: meta[k] | {"path": "/b/" + k} for k in ("checkpoint", "corpus", "tokenizer")}
+    assert write_ablations(tmp_path / "o", df, moved) == first  # the same part, replaced
+    other = meta | {"corpus": {"path": "/a/c.txt", "fingerprint": "d"}}  # the control
+    assert write_ablations(tmp_path / "o", df, other) != first
+    assert len(probe.open_run(tmp_path / "o").files("ablations")) == 2
