@@ -317,11 +317,12 @@ def pass_loads(ref: RunRef, max_passes: int = MAX_PASSES) -> tuple[np.ndarray, l
 def placement_maps(ref: RunRef) -> tuple[dict[int, np.ndarray], int]:
     """({layer: physical-to-logical map [P]}, GPUs) of the serving engine's placement (`placement`
     table, written by `dsv3-probe import sglang` from a dump that carries one); ({}, None) without one."""
+    from analyses.placement import PLACEMENT_ROWS
+    from analyses.placement.replay import maps_from_rows
+
     if not has_table(ref, "placement"):
         return {}, None
-    df = query(ref, "select layer, physical, logical, gpu from placement order by layer, physical", ("placement",))
-    maps = {int(lay): g.logical.to_numpy(np.int64) for lay, g in df.groupby("layer")}
-    return maps, int(df.gpu.max()) + 1 if len(df) else 0
+    return maps_from_rows(query(ref, PLACEMENT_ROWS, ("placement",)))
 
 
 @cached

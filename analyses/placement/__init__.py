@@ -299,6 +299,9 @@ def run_loads(run, steps: tuple[int, int] | None = None) -> tuple[dict[int, np.n
     return loads, n_layers, E
 
 
+PLACEMENT_ROWS = "select layer, physical, logical, gpu from placement order by layer, physical"  # maps_from_rows's
+
+
 def current_placement(run, n_experts: int, n_gpus: int, n_redundant: int) -> tuple[dict, int, str]:
     """({layer: physical-to-logical map [P]}, GPUs, what it is) of the placement the loads ran on: the
     serving engine's (`placement` table, from `dsv3-probe import sglang` of a dump that carries one),
@@ -307,13 +310,11 @@ def current_placement(run, n_experts: int, n_gpus: int, n_redundant: int) -> tup
     the map the server ran; a serving engineer's review)."""
     from analyses.metrics._common import as_run
 
-    from .replay import trivial_map
+    from .replay import maps_from_rows, trivial_map
 
     run = as_run(run)
     if run.files("placement"):
-        df = run.sql("select layer, physical, logical, gpu from placement order by layer, physical").df()
-        maps = {int(lay): g.logical.to_numpy(np.int64) for lay, g in df.groupby("layer")}
-        gpus = int(df.gpu.max()) + 1
+        maps, gpus = maps_from_rows(run.sql(PLACEMENT_ROWS).df())
         return maps, gpus, f"the server's placement from the import ({gpus} GPUs)"
     m = trivial_map(n_experts, n_experts + n_redundant)
     return {None: m}, n_gpus, f"SGLang's trivial map, slot p -> expert p % {n_experts}, on {n_gpus} GPUs"

@@ -13,6 +13,7 @@ every layer, its dense ones (which count 1.0) included, so its figure reads high
     gpu_loads(loads [..., E], phy2log [P], gpus)               -> [..., G]
     balancedness(loads [S, L, E], maps [L, P], gpus)           -> [S, L]   (NaN where nothing was routed)
     trivial_map(E, P)                                          -> SGLang's default `arange(P) % E`
+    maps_from_rows(placement table rows)                       -> ({layer: map [P]}, GPUs)
 """
 
 from __future__ import annotations
@@ -20,6 +21,13 @@ from __future__ import annotations
 import numpy as np
 
 from . import PlacementError
+
+
+def maps_from_rows(df) -> tuple[dict[int, np.ndarray], int]:
+    """({layer: physical-to-logical map [P]}, GPUs) of a `placement` table's rows (layer, physical,
+    logical, gpu; ordered by layer and physical), as `dsv3-probe import sglang` writes the server's."""
+    maps = {int(lay): g.logical.to_numpy(np.int64) for lay, g in df.groupby("layer")}
+    return maps, int(df.gpu.max()) + 1 if len(df) else 0
 
 
 def trivial_map(n_experts: int, n_physical: int) -> np.ndarray:
