@@ -234,8 +234,7 @@ def _buffer_order(used: np.ndarray) -> tuple[list[int], bool]:
         # a server running MTP leaves each draft pass's row empty: single unused rows between passes. The
         # buffer's own gap is then the one longer run of unused rows, if there is exactly one (a serving
         # engineer's review: every MTP server's stat dump was flagged, as if it had wrapped)
-        gaps = {i: _unused_run(used, i) for i in starts}
-        long = [i for i, g in gaps.items() if g > 1]
+        long = [i for i in starts if _unused_run(used, i) > 1]
         if len(long) != 1:
             return idx, False
         starts = long
