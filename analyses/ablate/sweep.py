@@ -180,9 +180,8 @@ class Commits:
                 tmp.replace(self._state(self.world.replica))
             except OSError as e:
                 failed = f"{self.dir}: cannot save the baseline pass ({e})"
-        if self.world.size > 1:  # every rank learns of a failure (a rank alone raising left the others waiting)
-            bad = self.world.sum_replicas(np.array([float(bool(failed))]))[0]
-            failed = failed or ("another rank could not save its baseline pass" if bad else "")
+        if self.world.any(bool(failed)) and not failed:  # every rank learns of a failure (a rank alone
+            failed = "another rank could not save its baseline pass"  # raising left the others waiting)
         if failed:
             raise RunError(failed)
         if not self.resuming:  # a rerun's entry already says so, and lists what it keeps
