@@ -280,7 +280,11 @@ LOSS = "loss"  # the unit of the loss rows; a prompt's generation rows: prompt_u
 
 def prompt_unit(p: Prompt) -> str:
     """The unit of a prompt's generation rows (its domain and text: what its rows hold of it)."""
-    return json.dumps([p.domain, p.text])
+    return _unit(p.domain, p.text)
+
+
+def _unit(domain: str, text: str) -> str:  # one encoding for a prompt and for its rows (SteerCommits.unit_of)
+    return json.dumps([domain, text])
 
 
 class SteerCommits(Commits):
@@ -299,7 +303,7 @@ class SteerCommits(Commits):
         super().__init__(out, [LOSS] + [prompt_unit(p) for p in prompts], key, meta, args, world, fresh)
 
     def unit_of(self, row: dict) -> str:
-        return LOSS if row["kind"] == "loss" else json.dumps([row["domain"], row["prompt"]])
+        return LOSS if row["kind"] == "loss" else _unit(row["domain"], row["prompt"])
 
     def take(self, unit: str) -> list[dict] | None:
         """The earlier attempt's rows of `unit` (a prompt given twice: its row once)."""
