@@ -34,6 +34,9 @@ PAGES = [
     ("views/training.py", "Training", ":material/monitoring:", "Experiments"),
 ]
 
+# about as many characters of a run's label as the sidebar's selectbox shows before cutting it off
+SIDEBAR_LABEL_CHARS = 26
+
 st.set_page_config(page_title="DeepSeek-V3 probe", page_icon=":material/biotech:", layout="wide")
 
 here = Path(__file__).parent
@@ -68,6 +71,9 @@ with st.sidebar:
             del st.session_state["_missing_run"]
         labels = {r.name: f"{r.name} · {ui.kind_text(r)} · {r.status}" for r in runs}
         st.selectbox("Run", names, key=ui.RUN_KEY, format_func=labels.get)
+        if len(labels[st.session_state[ui.RUN_KEY]]) > SIDEBAR_LABEL_CHARS:
+            # the selectbox cuts a long label off with an ellipsis; a caption wraps
+            st.caption(labels[st.session_state[ui.RUN_KEY]])
         # the link follows the run shown; noted as asked, so that the next rerun does not take the app's own
         # write for a new link (after a link to a missing run, the first run picked in the sidebar was put
         # back, and the warning stayed: found in a browser once the pages moved out of `pages/`)

@@ -589,3 +589,29 @@ def test_the_default_runs_directory_is_records_wherever_a_command_starts(monkeyp
     assert ui.runs_dir() == DEFAULT_RUNS
     assert build_parser().parse_args([]).out == DEFAULT_RUNS / "train"
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_long_run_name_is_shown_whole_under_the_picker(tmp_path):
+    """The sidebar's selectbox cuts a long label off ("sweep-top16-layer3-seed…"), so a run whose
+    name and kind do not fit gets its whole label in a caption below it; a short one does not."""
+    from helpers.synthetic_run import write_run
+
+    long = "ablate-sweep-top16-random-control-seed4-layer3"
+    write_run(tmp_path / long, n_seq=2)
+    write_run(tmp_path / "a", n_seq=2)
+    captions = [c.value for c in app(tmp_path, long).sidebar.caption]
+    assert f"{long} · probe · done" in captions, captions
+    captions = [c.value for c in app(tmp_path, "a").sidebar.caption]
+    assert not any(c.startswith("a · ") for c in captions), captions
+
+
+def test_domains_only_a_table_names_get_colours(tmp_path):
+    """A run whose run.json lists no domains (written by a user's own code, not `record`) but whose
+    tokens table has some: the overview's bars looked their colours up among run.json's domains only
+    and showed "Could not draw the run's summary: KeyError: 'code'"."""
+    from helpers.synthetic_run import write_run
+
+    write_run(tmp_path / "a", n_seq=2)
+    at = app(tmp_path, "a")
+    assert not at.error, texts(at.error)
+    assert any(c.proto.id.endswith("-tokens_per_domain") for c in at.get("plotly_chart"))
