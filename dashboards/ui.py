@@ -55,8 +55,9 @@ def all_runs() -> list[data.RunRef]:
     return data.discover(runs_dir())
 
 
-def domain_colors() -> dict[str, str]:
-    doms = set()
+def domain_colors(extra=()) -> dict[str, str]:
+    """Every run's domains (from run.json) -> a colour, plus `extra` ones a page found only in a table."""
+    doms = set(extra)
     for r in all_runs():
         doms.update(data.domains_of(r))
     return charts.domain_colors(doms)

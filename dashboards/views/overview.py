@@ -63,7 +63,7 @@ def runs_table(runs: list[data.RunRef]) -> pd.DataFrame:
 def domain_bars(per: dict, title: str, key: str, where=st) -> None:
     """Tokens per domain as bars in the domains' colours (nothing when there are none)."""
     if per:
-        colors, doms = ui.domain_colors(), sorted(per)
+        colors, doms = ui.domain_colors(per), sorted(per)  # per: a run.json without `domains` named none
         where.plotly_chart(charts.bars(doms, [per[d] for d in doms], title=title, xlabel="domain", ylabel="tokens",
                                        colors=[colors[d] for d in doms], fmt=",d"), key=key)
 
