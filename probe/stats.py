@@ -3,8 +3,9 @@
 Per layer: count n, sum x [C] and sum x x^T [C, C] of the latent c_kv (after kv_norm), and the
 sum, sum of squares, min and max of the L2 norms of c_kv and of k_pe. The covariance
 sum(xx^T)/n - mean mean^T is eigen-decomposed at the end (`summarise`), following metrics.md:
-effective rank exp(-sum p ln p) with p_k = sigma_k / sum sigma, and the number of components
-holding 90/95/99% of the energy.
+effective rank exp(-sum p ln p) with p_k = lambda_k / sum lambda, lambda_k the covariance's
+eigenvalues (not the singular values of the data matrix), and the number of components holding
+90/95/99% of the energy.
 """
 
 from __future__ import annotations
