@@ -469,6 +469,12 @@ def test_router_score_sampling_is_drawn_per_token():
     assert ((keep.mean(0) > 0.2) & (keep.mean(0) < 0.4)).all()
     assert 0.25 < keep.mean() < 0.35
     assert sample_mask(seq, pos, 1.0).all()
+    # neighbours are kept together about as often as independent draws would be (fraction squared): the
+    # first hash stepped by the golden ratio along a window and never kept two adjacent tokens below 0.38
+    for f in (0.1, 0.3):
+        keep = sample_mask(seq, pos, f).reshape(500, 8)
+        both = (keep[:, 1:] & keep[:, :-1]).mean()
+        assert 0.6 * f * f < both < 1.4 * f * f, (f, both)
 
 
 def test_expert_load_rows_are_the_batchs_domains_counted_by_hand():
