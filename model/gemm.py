@@ -151,14 +151,29 @@ def _base() -> dict:
     return dict(cpu=cpu_model(), torch=torch.__version__, threads=torch.get_num_threads())
 
 
-def _forced(base: dict) -> GemmChoice | None:
-    """F.linear when this torch has no oneDNN; DSV3_ONEDNN's path when set; else None (measure)."""
+def check_env() -> None:
+    """Refuse a mistyped DSV3_ONEDNN or DSV3_GEMM_CACHE now, with the KernelError the first GEMM big
+    enough to choose would raise: model.ranks.init_world calls it, so that a job stops before it
+    writes anything (a record had left an "interrupted" run behind, and on a model too small to
+    choose the typo went unsaid)."""
+    _forced_env()
+    _caching()
+
+
+def _forced_env() -> str | None:
+    """DSV3_ONEDNN: "0", "1" or None (unset or empty); anything else is refused."""
     forced = os.environ.get("DSV3_ONEDNN") or None
     if forced not in (None, "0", "1"):  # a typo ("yes", "2") was ignored, and the cached choice taken (a review)
         from .kernels import KernelError
 
         raise KernelError(f"DSV3_ONEDNN={forced!r}: set 1 (oneDNN's linear primitive) or 0 (F.linear), or leave "
                           "it unset to choose by measurement")
+    return forced
+
+
+def _forced(base: dict) -> GemmChoice | None:
+    """F.linear when this torch has no oneDNN; DSV3_ONEDNN's path when set; else None (measure)."""
+    forced = _forced_env()
     if not onednn_available():
         return GemmChoice("linear", "unavailable", "oneDNN's linear primitive is not in this torch build", **base)
     if forced in ("0", "1"):

@@ -226,6 +226,10 @@ def init_world(model_parallel: int | str | None = 1, *, device: str | None = Non
     size = env_world_size()
     m = model_parallel_size(model_parallel, size)  # checked before any group exists: all ranks agree
     dev = _pick_device(device)
+    if dev == "cpu":  # a typo in the GEMM switches stops every rank here, before a job writes anything
+        from . import gemm
+
+        gemm.check_env()
     if size == 1:
         return World(device=dev, devices=(f"{socket.gethostname()}:{dev}",))
     _start_process_group(backend or ("nccl" if dev.startswith("cuda") else "gloo"))

@@ -96,6 +96,19 @@ def test_bad_inputs_give_one_line_errors_and_write_nothing(probe_env, tmp_path, 
     assert not out.exists()
 
 
+def test_a_mistyped_gemm_switch_is_refused_before_the_run_is_created(probe_env, tmp_path, capsys, monkeypatch):
+    """DSV3_ONEDNN=2 stopped a record at its first large float32 GEMM, after the run was created, and
+    left it "interrupted" (the next try asked for --overwrite); on a model too small to choose a path
+    the typo went unsaid. Both switches are now checked before anything is written."""
+    ck, corpus, out = str(probe_env["ckpt"]), str(probe_env["corpus"]), tmp_path / "out"
+    for name, value in (("DSV3_ONEDNN", "2"), ("DSV3_GEMM_CACHE", "yes")):
+        monkeypatch.setenv(name, value)
+        assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", corpus, "--out", str(out), "--max-tokens", "128",
+                                  capsys=capsys), f"{name}={value!r}")
+        assert not out.exists()
+        monkeypatch.delenv(name)
+
+
 def test_an_out_the_os_refuses_is_refused_before_the_model_loads(probe_env, tmp_path, capsys, monkeypatch):
     """An --out os.access calls writable (procfs, for root) where nothing can be created was refused
     only after the model loaded and the corpus was counted (a review). --dry-run tries the same write
