@@ -114,6 +114,7 @@ class CorpusStats:
     files_with_replacements: list[str] = field(default_factory=list)
     skipped_binary: list[str] = field(default_factory=list)  # files of a corpus directory that are not text
     starved_domains: list[str] = field(default_factory=list)  # domains with text a --max-tokens cap left empty
+    empty_domains: list[str] = field(default_factory=list)  # sub-folders of a corpus directory without a text file
     cap: tuple[int, int, int] = (0, 0, 0)  # (--max-tokens, --seq-len, domains with text) when it did
 
     def replaced(self, n: int, where: str) -> None:
@@ -133,7 +134,17 @@ class CorpusStats:
 
     def notes(self) -> list[str]:
         """The jobs' notes on what the reader skipped or replaced (record and spec print them)."""
-        return [n for n in (self.binary_note(), self.replaced_note(), self.cap_note()) if n]
+        return [n for n in (self.binary_note(), self.replaced_note(), self.empty_note(), self.cap_note()) if n]
+
+    def empty_note(self) -> str | None:
+        """The jobs' note on the sub-folders of a corpus directory that hold no text file (None when none):
+        an empty domain folder was left out of the run without a word, the run's domains one fewer."""
+        s = self.empty_domains
+        if not s:
+            return None
+        more = ", ..." if len(s) > 3 else ""
+        return (f"note: {len(s)} sub-folder(s) of the corpus without a text file left out ({', '.join(s[:3])}{more}): "
+                "each sub-folder is a domain only where it holds text")
 
     def cap_note(self) -> str | None:
         """The jobs' note on the domains a --max-tokens cap left without a token (None when none): each
@@ -263,8 +274,13 @@ def _entries(path: str | Path, stats: CorpusStats | None = None) -> tuple[Path, 
             if stats is not None:
                 stats.skipped_binary[:] = [shown(f.relative_to(root).as_posix()) for f in binary]
         rels = [(f, shown(f.relative_to(root).as_posix())) for f in files]
-        return root, [(f, rel, _domain(Path(rel).parts[0], str(root / Path(rel).parts[0])) if len(Path(rel).parts) > 1
-                       else "default") for f, rel in rels]
+        entries = [(f, rel, _domain(Path(rel).parts[0], str(root / Path(rel).parts[0])) if len(Path(rel).parts) > 1
+                    else "default") for f, rel in rels]
+        if stats is not None:
+            held = {Path(rel).parts[0] for _, rel, _ in entries}
+            stats.empty_domains[:] = [shown(d.name) for d in sorted(root.iterdir())
+                                      if d.is_dir() and not d.name.startswith(".") and shown(d.name) not in held]
+        return root, entries
     if root.suffix != ".parquet" and is_binary(root):  # read as text it was bytes of mojibake (a review)
         raise CorpusError(f"{root}: not a text file (a NUL byte in its first {BINARY_PROBE // 1024} KiB: weights, an "
                           "archive, an image?); decompress or convert it, or pass a folder of text files")

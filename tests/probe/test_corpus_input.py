@@ -106,6 +106,25 @@ def test_a_cap_below_a_window_per_domain_names_the_domains_it_left_out(tmp_path)
         assert stats.notes() == [], (cap, order)
 
 
+def test_an_empty_domain_folder_is_named_in_a_note(tmp_path):
+    """A sub-folder without a text file (empty, or binary files only) was left out of the run without a
+    word: the run had one domain fewer than the folders. A note names it, in both orders; a folder
+    with an empty document is a domain read as any other (the cap note's "e" above), not named."""
+    c = domains_corpus(tmp_path / "c", {"a": 20, "b": 20})
+    (c / "empty").mkdir()
+    (c / "bin").mkdir()
+    (c / "bin" / "w.bin").write_bytes(b"\0" * 16)
+    (c / ".hidden").mkdir()
+    for order in ORDERS:
+        stats = CorpusStats()
+        assert {w.domain for w in read(c, order, stats=stats)} == {"a", "b"}
+        assert stats.notes()[1:] == ["note: 2 sub-folder(s) of the corpus without a text file left out (bin, empty): "
+                                     "each sub-folder is a domain only where it holds text"], order
+    stats = CorpusStats()  # the control: every folder holds text
+    read(domains_corpus(tmp_path / "d", {"a": 20, "e": 0}), "domains", stats=stats)
+    assert stats.notes() == []
+
+
 class _Listing:
     """os.scandir's answer with its entries in a given order (os.walk iterates it in a with block)."""
 
