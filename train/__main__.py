@@ -6,6 +6,7 @@ import signal
 import sys
 
 from model import ConfigError
+from model.kernels import KernelError
 from probe.job import exit_ranks
 
 from . import TrainError, parse_args, run
@@ -25,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         run(ns)
-    except (TrainError, ConfigError) as e:
+    except (TrainError, ConfigError, KernelError) as e:  # KernelError: a mistyped DSV3_ONEDNN (model/gemm.py)
         print(f"error: {e}", file=sys.stderr)
         exit_ranks(2)  # under torchrun: leave without interpreter teardown (probe.job.exit_ranks says why)
         raise SystemExit(2) from None

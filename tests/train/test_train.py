@@ -375,6 +375,18 @@ def test_bad_input_errors(corpus, tmp_path, capsys, monkeypatch):
     assert err.startswith("error: invalid ModelArgs") and "\n" not in err
 
 
+def test_a_mistyped_gemm_switch_is_one_line_before_the_run_begins(corpus, tmp_path, capsys, monkeypatch):
+    """DSV3_ONEDNN=2 is refused where the world starts (model.ranks.init_world), before --out is made:
+    one line and exit status 2, not the KernelError's traceback."""
+    monkeypatch.setenv("DSV3_ONEDNN", "2")
+    with pytest.raises(SystemExit) as e:
+        train_main(flags(corpus, tmp_path / "x", "--steps", "1"))
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: DSV3_ONEDNN='2': set 1") and "\n" not in err, err
+    assert not (tmp_path / "x").exists()
+
+
 def test_a_corpus_file_is_refused_as_not_a_folder(corpus, tmp_path, capsys):
     """--corpus data/corpus/val.jsonl (a file) said ".../val.jsonl/train.jsonl: not found (build the corpus
     ...)", after a note that the token cache could not go under the file: one line saying what --corpus is."""
