@@ -74,6 +74,10 @@ def dry_run(job, opts) -> dict:
     # where it dequantises the weight and copies its input in float32/float64; on a GPU the Triton
     # GEMM reads the FP8 weight as it is (gemm fp8-weights dequantises the weight on both)
     dev = plan_device(opts.device)
+    if dev == "cpu":  # a mistyped DSV3_ONEDNN / DSV3_GEMM_CACHE, which the record itself refuses
+        from model import gemm
+
+        gemm.check_env()
     twin = dev == "cpu"
     act = forward_plan(args, model_parallel=mp, batch=opts.batch_size, seq_len=opts.seq_len, dtype=dtype,
                        dequantised=weights["largest_fp8_weight_bytes"] if twin or opts.gemm != "fp8" else 0,

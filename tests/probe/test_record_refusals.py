@@ -99,13 +99,14 @@ def test_bad_inputs_give_one_line_errors_and_write_nothing(probe_env, tmp_path, 
 def test_a_mistyped_gemm_switch_is_refused_before_the_run_is_created(probe_env, tmp_path, capsys, monkeypatch):
     """DSV3_ONEDNN=2 stopped a record at its first large float32 GEMM, after the run was created, and
     left it "interrupted" (the next try asked for --overwrite); on a model too small to choose a path
-    the typo went unsaid. Both switches are now checked before anything is written."""
+    the typo went unsaid, and --dry-run passed it. Both switches are now checked before anything is written."""
     ck, corpus, out = str(probe_env["ckpt"]), str(probe_env["corpus"]), tmp_path / "out"
     for name, value in (("DSV3_ONEDNN", "2"), ("DSV3_GEMM_CACHE", "yes")):
         monkeypatch.setenv(name, value)
-        assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", corpus, "--out", str(out), "--max-tokens", "128",
-                                  capsys=capsys), f"{name}={value!r}")
-        assert not out.exists()
+        for plan in ([], ["--dry-run"]):  # the plan "checks everything": it passed the typo
+            assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", corpus, "--out", str(out), "--max-tokens",
+                                      "128", *plan, capsys=capsys), f"{name}={value!r}")
+            assert not out.exists()
         monkeypatch.delenv(name)
 
 
