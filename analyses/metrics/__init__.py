@@ -72,6 +72,13 @@ Token-id dependence (`token_dependence.py`)
 - token_dependence_from_run(run, layers=None, every=5, k=None, min_count=1, baseline=False)   per layer, top-1
   and top-k, + OLMoE vocab spec (with baseline: its value with the experts shuffled beside it)
 
+Linear probes (`probes.py`)
+- routing_features(ids, weights, n_experts)   [T, E] gate weights at the chosen experts, 0 elsewhere
+- linear_probe(features, labels, test, seed=0)   logistic regression on ~test, scored on test: accuracy,
+  balanced accuracy, and two controls (the majority label; the probe trained on shuffled labels)
+- domain_probe_from_run(run, layers=None, features="weights"|"scores", every=5, max_rows=50_000)
+  the token's domain probed from each layer's routing and from all of them side by side
+
 Run vs run (`routing.py`): routing_agreement_from_runs (also share_of_a / share_of_b matched) and
 route_changes_from_runs(run_a, run_b, top=20): the tokens whose routes changed most.
 """
@@ -90,6 +97,7 @@ from .routing import (check_comparable, coactivation, coactivation_from_run, lay
                       margin_summary, margins_from_run, random_overlap_baseline, repetition, repetition_from_run,
                       record_agreement, route_changes_from_runs, routing_agreement, routing_agreement_by_layer,
                       routing_agreement_from_runs, score_entropy, score_entropy_from_run)
+from .probes import FEATURES as PROBE_FEATURES, domain_probe_from_run, linear_probe, routing_features
 from .token_dependence import PREDICTORS, majority_predict, token_dependence, token_dependence_from_run
 from .specialisation import (contingency, contingency_from_run, domain_contingency_from_run, domain_nmi,
                              domain_share, entropy, expert_vocabulary, expert_vocabulary_from_run, lift,
@@ -114,4 +122,5 @@ __all__ = [
     "expert_vocabulary", "expert_vocabulary_from_run", "lift", "lift_from_run", "mutual_information", "nmi",
     "specialisation_table", "VOCAB_MIN_COUNT", "vocabulary_specialisation", "vocabulary_specialisation_baseline",
     "vocabulary_specialisation_from_run",
+    "PROBE_FEATURES", "domain_probe_from_run", "linear_probe", "routing_features",
 ]

@@ -207,14 +207,20 @@ class Routes:
         domain with two windows or more is in training too. A plain seq_id % every would line up with
         the recorder's domain interleave (`--order domains` takes windows from the domains in turn):
         with five domains every held-out window came from one domain, which training never saw."""
-        if every < 2:
-            raise MetricsError(f"every={every}: need >= 2 (one window in `every` is held out)")
-        test = np.zeros(len(self.seq_id), bool)
-        for dom in np.unique(self.domain):
-            rows = self.domain == dom
-            rank = np.unique(self.seq_id[rows], return_inverse=True)[1]  # each window's place in its domain
-            test[rows] = rank.reshape(-1) % every == 0
-        return test
+        return heldout_windows(self.seq_id, self.domain, every)
+
+
+def heldout_windows(seq_id, domain, every: int = 5) -> np.ndarray:
+    """`Routes.heldout` on any tokens: [T] True for the tokens of every `every`-th window of each domain."""
+    if every < 2:
+        raise MetricsError(f"every={every}: need >= 2 (one window in `every` is held out)")
+    seq_id, domain = np.asarray(seq_id), np.asarray(domain)
+    test = np.zeros(len(seq_id), bool)
+    for dom in np.unique(domain):
+        rows = domain == dom
+        rank = np.unique(seq_id[rows], return_inverse=True)[1]  # each window's place in its domain
+        test[rows] = rank.reshape(-1) % every == 0
+    return test
 
 
 def routes_from_run(run, layers=None) -> Routes:

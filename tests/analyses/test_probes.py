@@ -1,0 +1,112 @@
+"""Linear probes of the domain from routing: the features by hand, the probe on data with and without
+a signal (its controls must read chance where there is nothing to find), and the run version on a
+synthetic run whose first layer routes by token id and second by domain, against features rebuilt
+from the run's Parquet files with pandas."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analyses import metrics as M
+from analyses.metrics.paths import heldout_windows
+from helpers.synthetic_run import write_run
+
+
+def test_routing_features_by_hand():
+    x = M.routing_features([[2, 0], [1, 3]], [[0.7, 0.3], [0.6, 0.4]], n_experts=4)
+    np.testing.assert_array_equal(x, np.array([[0.3, 0, 0.7, 0], [0, 0.6, 0, 0.4]], np.float32))
+    with pytest.raises(M.MetricsError, match=r"out of range \[0, 3\)"):
+        M.routing_features([[2, 3]], [[0.5, 0.5]], n_experts=3)
+    with pytest.raises(M.MetricsError, match="two \\[tokens, K\\] arrays"):
+        M.routing_features([[1, 2]], [[0.5]], n_experts=3)
+
+
+def _blobs(n: int, signal: float, seed: int = 0):
+    """Three labels; features [n, 8] whose first three columns carry the label with strength `signal`."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    x = rng.normal(size=(n, 8))
+    x[np.arange(n), y] += signal
+    return x, np.array(["a", "b", "c"])[y], np.arange(n) % 4 == 0
+
+
+def test_a_probe_reads_a_signal_and_its_controls_read_chance():
+    x, y, test = _blobs(3000, signal=8.0)
+    r = M.linear_probe(x, y, test)
+    assert r["accuracy"] > 0.99 and r["balanced_accuracy"] > 0.99
+    assert abs(r["shuffled"] - 1 / 3) < 0.06, r  # trained on shuffled labels: nothing to read
+    assert abs(r["majority"] - 1 / 3) < 0.06 and (r["n_train"], r["n_test"], r["n_features"]) == (2250, 750, 8)
+    # the negative control: the same features without the signal are read at chance, not above it
+    x0, y0, _ = _blobs(3000, signal=0.0)
+    r0 = M.linear_probe(x0, y0, test)
+    assert abs(r0["accuracy"] - 1 / 3) < 0.06 and abs(r0["balanced_accuracy"] - 1 / 3) < 0.06, r0
+
+
+def test_balanced_accuracy_is_the_mean_recall_over_labels():
+    # 90% of the tokens are "a" and the features say nothing: the probe says "a", accuracy ~0.9, balanced 1/2
+    rng = np.random.default_rng(1)
+    y = np.where(rng.random(4000) < 0.9, "a", "b")
+    r = M.linear_probe(rng.normal(size=(4000, 4)), y, np.arange(4000) % 5 == 0)
+    assert r["accuracy"] == pytest.approx(r["majority"]) and r["balanced_accuracy"] == pytest.approx(0.5)
+
+
+def test_bad_probe_input_is_named():
+    x, y, test = _blobs(100, 1.0)
+    with pytest.raises(M.MetricsError, match="two labels or more"):
+        M.linear_probe(x, np.full(100, "a"), test)
+    with pytest.raises(M.MetricsError, match=r"expected \[T, F\]"):
+        M.linear_probe(x[:50], y, test)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    path = tmp_path_factory.mktemp("probe") / "r"
+    write_run(path, n_seq=200, seq_len=20, vocab=50)  # code and prose; layer 2: code prefers experts < 4
+    return path
+
+
+def _by_hand(run, layer: int, E: int = 8):
+    """The layer's gate-weight features, domains and held-out mask, from the Parquet files with pandas."""
+    r = pd.read_parquet(run / "routing")
+    t = pd.read_parquet(run / "tokens")[["seq_id", "pos", "domain"]]
+    r = r[r.layer == layer].merge(t, on=["seq_id", "pos"]).sort_values(["seq_id", "pos"])
+    x = np.zeros((len(r), E), np.float32)
+    for i, (ids, w) in enumerate(zip(r.expert_ids, r.expert_weights)):
+        x[i, list(ids)] = w
+    return x, r.domain.to_numpy(), heldout_windows(r.seq_id.to_numpy(), r.domain.to_numpy(), 5)
+
+
+def test_the_run_version_probes_each_layer_as_its_features_say(run):
+    got = M.domain_probe_from_run(run).set_index("unit")
+    assert list(got.index) == ["layer 1", "layer 2", "all layers"]
+    for layer in (1, 2):
+        x, d, test = _by_hand(run, layer)
+        want = M.linear_probe(x, d, test)
+        row = got.loc[f"layer {layer}"]
+        assert {k: row[k] for k in want} == pytest.approx(want), layer
+    # layer 1 routes by token id (ids drawn regardless of domain), layer 2 by domain (code's first choice is
+    # one of experts 0-3 80% of the time, prose's one of 4-7): only the second tells the domain
+    lay1, lay2 = got.loc["layer 1"], got.loc["layer 2"]
+    assert lay2.accuracy > lay2.majority + 0.15 and abs(lay1.accuracy - lay1.majority) < 0.06, got
+    assert got.loc["all layers"].n_features == 16
+
+
+def test_scores_features_and_drawn_rows(run, tmp_path):
+    # full scores on even windows only (three domains, so that those hold more than one)
+    write_run(tmp_path / "three", n_seq=60, seq_len=10, domains=("code", "prose", "math"))
+    sc = M.domain_probe_from_run(tmp_path / "three", layers=[2], features="scores")
+    assert len(sc) == 1 and sc.n_train[0] + sc.n_test[0] == 30 * 10 and sc.n_features[0] == 8
+    few = M.domain_probe_from_run(run, layers=[2], max_rows=50)
+    assert (few.n_train[0], few.n_test[0]) == (50, 50)
+
+
+def test_runs_a_probe_cannot_use_are_refused_by_name(run, tmp_path):
+    with pytest.raises(M.MetricsError, match="features='latent'"):
+        M.domain_probe_from_run(run, features="latent")
+    with pytest.raises(M.MetricsError, match=r"layers \[7\]"):
+        M.domain_probe_from_run(run, layers=[7])
+    write_run(tmp_path / "one", n_seq=10, domains=("code",))
+    with pytest.raises(M.MetricsError, match="1 domain"):
+        M.domain_probe_from_run(tmp_path / "one")
