@@ -12,7 +12,8 @@ fraction of the most-used experts masked (DeepSeekMoE protocol, mode reroute) ag
 number of random experts (several seeds); per-domain ablation (each domain's own top experts vs the
 other domains'); consecutive-token repetition vs its random baselines; MTP agreement by domain;
 latent-KV effective rank by layer; then the research sections: causal vs observed importance (each
-routed expert removed in turn, `analyses.importance`), expert paths, token-id dependence, run vs run
+routed expert removed in turn, `analyses.importance`), expert paths, domain probes (a linear probe of
+the domain from each layer's routing), token-id dependence, run vs run
 (with `--compare RUN`, a run over the same windows) and steering (the most specialised domain's
 experts forced on, `analyses.steer`). The ablations evaluate about --max-tokens tokens split evenly
 between the domains and are also written into the run's `ablations` table; importance and steering

@@ -13,8 +13,8 @@ import pandas as pd
 from analyses import metrics as M
 from analyses.metrics._common import n_experts_of_run
 
-RESEARCH_SECTIONS = ("Causal vs observed importance", "Expert paths", "Token-id dependence", "Run vs run",
-                     "Steering")
+RESEARCH_SECTIONS = ("Causal vs observed importance", "Expert paths", "Domain probes", "Token-id dependence",
+                     "Run vs run", "Steering")
 
 
 # --------------------------------------------------------------------------------- compute
@@ -26,6 +26,7 @@ def compute_tables(run, ns, out: dict) -> None:
         out["paths"] = paths(run, routes)
         out["token_dependence"] = M.token_dependence_from_run(run, routes=routes, min_count=M.VOCAB_MIN_COUNT,
                                                               baseline=True)
+        out["probes"] = probes(run)
     if getattr(ns, "compare", None):
         out["run_vs_run"] = run_vs_run(run, ns.compare)
 
@@ -69,6 +70,20 @@ def paths(run, routes=None) -> dict:
             "common": common, "layers": r.layers, "K": K, "E": n_experts_of_run(run, "routing")}
 
 
+def probes(run) -> dict:
+    """Linear probes of the domain from each layer's gate weights, and from every expert's score where
+    the run kept them (--router-logits full): {"table": rows of both, "note": why nothing was probed}."""
+    parts, note = [], None
+    for features in M.PROBE_FEATURES:
+        try:
+            parts.append(M.domain_probe_from_run(run, features=features))
+        except M.MetricsError as e:
+            if features == "weights":  # every routed run has weights: say why they could not be probed
+                note = str(e).split(": ", 1)[-1] if str(run.path) in str(e) else str(e)
+                break
+    return {"table": pd.concat(parts, ignore_index=True) if parts else None, "note": note}
+
+
 def run_vs_run(run, other) -> dict:
     """Per-layer agreement with another run over the same windows, and the tokens whose routes
     changed most (with their text)."""
@@ -88,6 +103,8 @@ def summary(r: dict) -> list[str]:
         s.append(_importance_sentence(r["importance"]))
     if r.get("paths") is not None:
         s += _path_sentences(r["paths"])
+    if r.get("probes") is not None:
+        s.append(_probe_sentence(r["probes"]))
     if r.get("token_dependence") is not None:
         s += _token_sentences(r["token_dependence"])
     rv = r.get("run_vs_run")
@@ -163,6 +180,20 @@ def _path_sentences(p: dict) -> list[str]:
                    f"single layer {lk.ami.max():.3f}, {held}; {int(path['values']):,} distinct set "
                    "paths, so many held-out tokens follow a path never seen in training.")
     return out
+
+
+def _probe_sentence(p: dict) -> str:
+    head = "Domain probes (logistic regression on held-out windows, analyses.metrics.domain_probe_from_run)"
+    if p["table"] is None:
+        return f"{head}: not measured ({p['note']})."
+    parts = []
+    for features, g in p["table"].groupby("features", sort=False):
+        what = "the gate weights" if features == "weights" else "every expert's score"
+        parts.append(f"from {what}: accuracy " + ", ".join(
+            f"{x.unit.replace('layer ', 'L')} {x.accuracy:.3f}" for x in g.itertuples())
+            + f" (majority {g.majority.iloc[0]:.3f}, the probe trained on shuffled domains "
+              f"{g.shuffled.min():.3f}-{g.shuffled.max():.3f}; {int(g.n_test.iloc[0]):,} held-out tokens)")
+    return f"{head}: " + "; ".join(parts) + "."
 
 
 def _token_sentences(td: pd.DataFrame) -> list[str]:
@@ -241,6 +272,13 @@ def figures(r: dict) -> dict[str, list]:
             ("Top-1 paths per domain: distinct paths, entropy (nats), perplexity, top-10 share", None,
              p["summary"], False),
             ("The ten most common top-1 paths", None, p["common"], False)]
+    pr = (r.get("probes") or {}).get("table")
+    if pr is not None:
+        fig = _bars([(f"{f}: {m}", g.unit, g[m]) for f, g in pr.groupby("features", sort=False)
+                     for m in ("accuracy", "shuffled")], "held-out accuracy")
+        out["Domain probes"].append(("The token's domain read linearly from its routing: held-out accuracy, and "
+                                     f"the same probe trained on shuffled domains (majority "
+                                     f"{pr.majority.iloc[0]:.3f})", fig, pr, False))
     td = r.get("token_dependence")
     if td is not None:
         t = td[td.target == "top1"]
@@ -274,6 +312,8 @@ def missing(sec: str, r: dict) -> str:
     if sec == "Run vs run":
         return ("(not measured: pass --compare RUN, a run over the same windows: another checkpoint, or the same "
                 "one with its router bias removed, see FINDINGS.md)")
+    if sec == "Domain probes" and (r.get("probes") or {}).get("note"):
+        return f"(not measured: {r['probes']['note']})"
     if sec == "Steering" and r.get("importance") is not None:
         return "(not measured: the run has one domain, so there is no domain-specific expert to steer with)"
     if sec in ("Causal vs observed importance", "Steering") and r.get("importance") is None:

@@ -37,13 +37,14 @@ def main() -> None:
     ref = ui.selected_run(("probe",))
     if ref is None:
         return
-    domain_views(ref)
+    if len(domain_views(ref)) >= 2:  # with one domain the page has said so once, above
+        domain_probe(ref)
     token_dependence(ref)
 
 
-def domain_views(ref: data.RunRef) -> None:
+def domain_views(ref: data.RunRef) -> list[str]:
     """Domain x expert per layer, I(domain; expert) / H(domain), the most domain-specific experts and
-    an expert's top tokens."""
+    an expert's top tokens; returns the domains of the expert loads."""
     E = int((ref.info.get("model_args") or {}).get("n_routed_experts") or 0)
     de = None
     with ui.guard("the domain × expert tables"):
@@ -51,7 +52,7 @@ def domain_views(ref: data.RunRef) -> None:
         if de.empty:
             st.info("No expert loads recorded yet.")
     if de is None or de.empty:
-        return
+        return []
     E = E or int(de.expert.max() + 1)
     layers = compute.layer_order(de.layer)
     c1, c2 = st.columns([1, 2])
@@ -65,7 +66,7 @@ def domain_views(ref: data.RunRef) -> None:
         ui.one_domain_note(ref, doms, "Domain specialisation (share, lift, I / H(domain))")
         tops = pd.DataFrame({"expert": np.argsort(-C.sum(0))})  # the busiest expert first
         top_tokens(ref, layer, E, tops)
-        return
+        return doms
     with ui.guard("the domain × expert heatmap"):
         if view == "lift":
             z, cs, mid, zl, other = lift, charts.DIVERGING, 1.0, "lift", share
@@ -101,6 +102,7 @@ def domain_views(ref: data.RunRef) -> None:
                    "the chosen expert removes (`analyses.metrics.domain_nmi`). Not the symmetric NMI "
                    "2I / (H(domain) + H(expert)), the `nmi` column of `specialisation_table` (docs/metrics.md).")
     top_tokens(ref, layer, E, tops)
+    return doms
 
 
 def top_tokens(ref, layer: str, E: int, tops: pd.DataFrame) -> None:
@@ -141,6 +143,35 @@ def top_tokens(ref, layer: str, E: int, tops: pd.DataFrame) -> None:
             badge = f"<span style='color:{dcol.get(s.domain, '#888')};font-weight:600'>{ui.html_text(s.domain)}</span>"
             st.markdown(f"{badge} · window {s.seq_id}, pos {s.pos}: " + snippet_html(tok, s.ids, s.centre, color),
                         unsafe_allow_html=True)
+
+
+def domain_probe(ref: data.RunRef) -> None:
+    """Held-out accuracy of a logistic-regression probe of the token's domain from each layer's routing,
+    beside the same probe trained on shuffled domains and the majority domain."""
+    if not all(data.has_table(ref, t) for t in ("tokens", "routing")):
+        return  # the token-id dependence below says which per-token table is missing
+    st.subheader("Domain probe")
+    full = (ref.info.get("options") or {}).get("router_logits") == "full"
+    features = st.radio("Features", ["weights", "scores"] if full else ["weights"], horizontal=True,
+                        key="probe_features", captions=["gate weights of the top-k experts (0 elsewhere)",
+                                                        "every expert's router score"][:2 if full else 1])
+    with ui.guard("the domain probe"), st.spinner("Fitting the probes…"):
+        df, windows = research.domain_probe(ref, features)
+        fig = go.Figure()
+        for col, name, color in (("accuracy", "probe", "#4C78A8"), ("balanced_accuracy", "balanced accuracy", "#72B7B2"),
+                                 ("shuffled", "probe on shuffled domains", "#BAB0AC")):
+            fig.add_trace(go.Bar(x=df.unit, y=df[col], name=name, marker_color=color,
+                                 hovertemplate=f"%{{x}}<br>{name}: %{{y:.3f}}<extra></extra>"))
+        fig.add_hline(y=float(df.majority.iloc[0]), line_dash="dot", annotation_text="majority domain")
+        fig.update_layout(barmode="group")
+        fig.update_yaxes(title="held-out accuracy", tickformat=".0%", range=[0, 1])
+        st.plotly_chart(charts.style(fig, "The token's domain read linearly from its routing", 360), key="probe")
+        st.caption(f"A logistic regression (`analyses.metrics.domain_probe_from_run`) learns the domain from one "
+                   f"layer's routing ({df.n_features.iloc[0]} features a layer) on 4 of every 5 windows and is "
+                   f"scored on the 5th ({int(df.n_test.iloc[0]):,} held-out tokens, {int(df.n_train.iloc[0]):,} "
+                   "training ones: at most 5,000 of each, drawn at random). Above the shuffled-domain bar, the "
+                   "routing carries the domain; `all layers` reads every layer's features side by side. "
+                   "`python -m analyses.report` fits it on up to 50,000 tokens of each." + research.sample_note(ref, windows))
 
 
 def token_dependence(ref: data.RunRef) -> None:

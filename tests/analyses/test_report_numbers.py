@@ -247,6 +247,26 @@ def test_report_paths_hold_out_every_fifth_window_and_use_the_top_k_sets(tmp_pat
     assert p["E"] == 8 and p["K"] == 2
 
 
+def test_report_probes_weights_and_scores_and_says_why_not(tmp_path):
+    """The domain-probe section: both feature kinds where the run kept scores (the synthetic run keeps
+    them on even windows), its sentence from those rows, and with one domain the reason in its place."""
+    write_run(tmp_path / "r", n_seq=60, seq_len=10, domains=("code", "prose", "math"))
+    p = research.probes(probe.open_run(tmp_path / "r"))
+    t = p["table"]
+    assert p["note"] is None and t.features.tolist() == ["weights"] * 3 + ["scores"] * 3
+    want = M.domain_probe_from_run(tmp_path / "r", features="scores")
+    np.testing.assert_allclose(t[t.features == "scores"].accuracy, want.accuracy)
+    [line] = research.summary({"probes": p})
+    w = t[t.features == "weights"].set_index("unit")
+    assert (f"from the gate weights: accuracy L1 {w.accuracy['layer 1']:.3f}, L2 {w.accuracy['layer 2']:.3f}, "
+            f"all layers {w.accuracy['all layers']:.3f} (majority {w.majority.iloc[0]:.3f}") in line
+    assert "; from every expert's score: accuracy" in line
+    write_run(tmp_path / "one", n_seq=10, domains=("code",))
+    one = research.probes(probe.open_run(tmp_path / "one"))
+    assert one["table"] is None and one["note"].startswith("1 domain(s) among the probed tokens")
+    assert research.missing("Domain probes", {"probes": one}).startswith("(not measured: 1 domain(s)")
+
+
 def test_the_possible_paths_count_every_expert_of_the_model_not_only_those_chosen(tmp_path):
     # E came from the largest expert id routed: a run whose last experts were never chosen understated E^L
     write_run(tmp_path / "r", E=8)
