@@ -314,9 +314,12 @@ class PartWriter:
         (self.run / PROGRESS).mkdir(exist_ok=True)
         commit_no = progress.get("commits", 0) + 1
         npz = self.run / PROGRESS / f"r{self.rank:03d}-c{commit_no:06d}.npz"
-        tmp = npz.with_name(npz.name + ".tmp.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, npz)
+        tmp = npz.with_name(npz.name + ".tmp.npz")  # a name the clean-up below matches, after a kill
+        try:
+            np.savez(tmp, **arrays)
+            os.replace(tmp, npz)
+        finally:  # a save that failed part-way (a full disk): its bytes would keep run.json from being marked
+            tmp.unlink(missing_ok=True)
         progress = progress | {"done": last_batch, "commits": commit_no, "state": npz.name,
                                "time": time.time(), "parts": self.committed}
         write_json_atomic(self.run / PROGRESS / f"r{self.rank:03d}.json", progress)

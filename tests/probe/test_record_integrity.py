@@ -72,6 +72,33 @@ def test_a_full_disk_at_the_last_commit_marks_the_run_interrupted_with_no_table_
     assert json.loads((out / "run.json").read_text())["status"] == "complete"
 
 
+def test_a_full_disk_while_saving_the_accumulators_leaves_no_partial_file(probe_env, tmp_path, monkeypatch):
+    """A commit's accumulator state (`_progress/*.npz`) that failed part-way (a full disk) stayed as a
+    partial `.tmp.npz`: on a full disk its bytes kept run.json from being marked, so the run said
+    "running" for good and the command said only "[Errno 28] No space left on device" (found under
+    torchrun on a 2 MB tmpfs). The partial file goes, the run is marked and resumes to the end."""
+    import json
+
+    import numpy as np
+
+    real = np.savez
+
+    def full(file, **arrays):
+        with open(file, "wb") as f:
+            f.write(b"PK" * 1000)  # the bytes written before the disk filled up
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", full)
+    out = tmp_path / "r"
+    with pytest.raises(OSError, match="No space left"):
+        rec(probe_env, out, max_tokens=300, commit_every=1000)
+    assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
+    assert not [f.name for f in (out / "_progress").iterdir()]
+    monkeypatch.setattr(np, "savez", real)
+    rec(probe_env, out, max_tokens=300, commit_every=1000, resume=True)
+    assert json.loads((out / "run.json").read_text())["status"] == "complete"
+
+
 def test_a_second_record_into_a_run_being_recorded_is_refused(probe_env, tmp_path):
     """Two `record --resume` of one run at once shared their temporary part names, committed each
     other's rows (batches 15-16 lost, 17-18 twice) and a later --resume marked that complete (a
