@@ -113,7 +113,9 @@ def _record(ns) -> int:
             from .plan import dry_run
             from .record import prepare
 
-            return 0 if dry_run(prepare(opts), opts)["fits"] else 1
+            # under torchrun rank 0's alone, the rank that prints the plan: another rank leaving first with
+            # 1 had torchrun stop rank 0 before it printed
+            return 0 if dry_run(prepare(opts), opts)["fits"] or not launch_rank0() else 1
         out = record(opts)
     except KeyboardInterrupt as e:
         return _record_interrupted(e)

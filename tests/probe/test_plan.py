@@ -99,6 +99,21 @@ def test_only_rank_0_prints_the_plan(probe_env, tmp_path, monkeypatch, capsys):
     assert "2 rank(s) = 2 replica(s) x 1" in out and "ranks 0..1\n" in out  # ranks numbered from 0
 
 
+def test_under_torchrun_rank_0_alone_says_that_a_plan_does_not_fit(probe_env, tmp_path, monkeypatch, capsys):
+    """`torchrun ... record --dry-run --device-memory 80` of a plan that did not fit printed no plan, only
+    "rank 0 of 2 stopped by signal 15": rank 1, which prints nothing, left first with status 1 and
+    torchrun stopped rank 0 before it printed. The other ranks leave with 0; rank 0's status is the verdict."""
+    from probe.__main__ import _record, parser
+
+    argv = ["record", "--ckpt", str(probe_env["ckpt"]), "--corpus", str(probe_env["corpus"]), "--out",
+            str(tmp_path / "run"), "--dry-run", "--max-tokens", "200", "--seq-len", "32", "--world-size", "2",
+            "--device-memory", "0.000001"]
+    monkeypatch.setenv("RANK", "1")
+    assert _record(parser().parse_args(argv)) == 0 and capsys.readouterr().out == ""
+    monkeypatch.setenv("RANK", "0")
+    assert _record(parser().parse_args(argv)) == 1 and "does NOT fit" in capsys.readouterr().out
+
+
 def test_fp8_weights_are_resident_as_with_fp8_and_dequantised_per_gemm_on_every_device(fp8_index, probe_env,
                                                                                         tmp_path):
     # --gemm fp8-weights keeps the FP8 weights (fp8's memory) but dequantises each weight for its GEMM in
