@@ -228,11 +228,12 @@ def record(opts: RecordOptions) -> Path:
                 open_run(job.out, info, opts)
             write_router_bias(job.out, bias_layers, biases)
 
-        unseen = _create(job, world, create)
-        if unseen:
-            raise RecordError(f"--out {job.out}: a writing rank does not see run.json there: under several "
-                              "nodes the run directory must be on a filesystem every node shares")
-        return record_batches(job, opts, world, m, plan, tables, mem)
+        def begin() -> None:  # run by the batch loop under its signal handlers (see record_batches)
+            if _create(job, world, create):
+                raise RecordError(f"--out {job.out}: a writing rank does not see run.json there: under several "
+                                  "nodes the run directory must be on a filesystem every node shares")
+
+        return record_batches(job, opts, world, m, plan, tables, mem, begin)
 
 
 def _create(job: Job, world, create) -> bool:

@@ -122,20 +122,19 @@ def _restore(out: Path, world, rec: Recorder, writer: PartWriter | None, tables:
     return _Progress(done=done, tokens=progress.get("tokens", 0), commits=progress.get("commits", 0), last=done)
 
 
-def record_batches(job: Job, opts: RecordOptions, world, m, plan: CorpusPlan, tables, mem: dict) -> Path:
+def record_batches(job: Job, opts: RecordOptions, world, m, plan: CorpusPlan, tables, mem: dict, begin) -> Path:
+    """`begin()` creates the run (or reopens it to resume) under the loop's signal handlers: a signal
+    then stops the loop at its first round, which marks the run; one that came between the run's
+    creation and the handlers left run.json "running" for good (under torchrun, with only "stopped
+    by signal 15" said)."""
     out = job.out
     cfg = RecordConfig(router_logits=opts.router_logits, sample=opts.sample, kv_stats=opts.kv_stats, mtp=opts.mtp)
     rec = Recorder(m, cfg, domains=sorted(plan.per_domain))
-    writer = PartWriter(out, world.rank, tables) if world.writes else None
-    prog = _restore(out, world, rec, writer, tables, opts.resume)
-    bar = None
-    if opts.progress and world.rank == 0:
-        from tqdm import tqdm
-        bar = tqdm(total=plan.tokens, unit="tok", unit_scale=True, desc="record", dynamic_ncols=True)
     t_start = time.time()
 
     def stuck(signum: int) -> None:  # the watchdog thread: mark the run and leave (see StopOnSignal)
-        finish(out, "interrupted", opts, job.args, world, time.time() - t_start)
+        if (out / "run.json").exists():  # else stuck before rank 0 created it (begin)
+            finish(out, "interrupted", opts, job.args, world, time.time() - t_start)
         print(f"error: rank {world.rank} of {world.size} stopped: no progress {STOP_GRACE:g} s after signal {signum} "
               f"(a peer rank is gone?); {out} is marked interrupted (continue with --resume)", file=sys.stderr, flush=True)
         os._exit(1)
@@ -143,6 +142,18 @@ def record_batches(job: Job, opts: RecordOptions, world, m, plan: CorpusPlan, ta
     # the signal handlers (and the watchdog) stay in place through the closing collectives too: a
     # peer may die, and torchrun then send SIGTERM, while this rank waits in the final gather
     with StopOnSignal(stuck if world.size > 1 else None, STOP_GRACE) as stop:
+        try:
+            begin()
+        except RecordError:  # a peer lost while the run was created: leaving, as after the batches
+            if world.size > 1:
+                stop.ignore_from_now()
+            raise
+        writer = PartWriter(out, world.rank, tables) if world.writes else None
+        prog = _restore(out, world, rec, writer, tables, opts.resume)
+        bar = None
+        if opts.progress and world.rank == 0:
+            from tqdm import tqdm
+            bar = tqdm(total=plan.tokens, unit="tok", unit_scale=True, desc="record", dynamic_ncols=True)
         status, failure = _run_batches(job, opts, world, rec, writer, prog, plan, stop, bar)
         if bar is not None:
             bar.close()

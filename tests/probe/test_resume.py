@@ -324,3 +324,34 @@ def test_a_rank_leaving_after_a_failure_ignores_the_signals_that_follow():
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_the_run_is_created_marks_it_interrupted(probe_env, tmp_path, monkeypatch, signum):
+    """Ctrl-C (or torchrun's SIGTERM) while rank 0 created the run, before the batch loop's handlers,
+    left run.json "running" for good and the command said "interrupted before anything was
+    recorded" (under torchrun: only "rank 0 of 2 stopped by signal 15", 1 kill of 7 at 3.85 s).
+    The run is created under the loop's handlers: it stops at its first round and marks the run,
+    which then resumes to the end."""
+    import probe.record
+
+    real = probe.record.write_router_bias
+
+    def then_a_signal(*args):
+        real(*args)
+        os.kill(os.getpid(), signum)
+
+    monkeypatch.setattr(probe.record, "write_router_bias", then_a_signal)
+    out = tmp_path / "r"
+    handler = signal.getsignal(signal.SIGTERM)
+    if signum == signal.SIGTERM:  # what torchrun's workers get; pytest's own would end the test run
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt, match=f"interrupted by signal {signum}; .* is marked interrupted"):
+            rec(probe_env, out, max_tokens=300)
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
+    monkeypatch.setattr(probe.record, "write_router_bias", real)
+    rec(probe_env, out, max_tokens=300, resume=True)
+    assert json.loads((out / "run.json").read_text())["status"] == "complete"
