@@ -452,18 +452,30 @@ def signals_held(*signums: int):
     """`signums` held pending in this block, delivered when it ends (main thread only: elsewhere a
     process's signals are not this thread's to hold, and nothing is held). For the steps that must
     not be cut in two: renaming a job's results together with run.json, marking a run interrupted
-    and saying so before torchrun's SIGTERM ends the rank."""
+    and saying so before torchrun's SIGTERM ends the rank. Held by a handler that notes them, not by
+    the thread's signal mask: a signal sent to the process goes to any thread that does not block
+    it (torch's and gloo's threads), and Python runs the handler on the main thread all the same.
+    A handler set inside the block stays (and gets what was held)."""
     import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    signal.pthread_sigmask(signal.SIG_BLOCK, set(signums))
+    held = []
+
+    def note(signum, frame):
+        held.append(signum)
+
+    before = {s: signal.signal(s, note) for s in signums}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, set(signums))
+        for s, h in before.items():
+            if signal.getsignal(s) is note:
+                signal.signal(s, signal.SIG_DFL if h is None else h)
+        for s in dict.fromkeys(held):
+            signal.raise_signal(s)
 
 
 def one_line_when_a_peer_is_lost(main):

@@ -319,3 +319,39 @@ def test_job_error_is_one_line_and_exit_status_2_but_passes_a_closed_pipe_on(cap
     with pytest.raises(BrokenPipeError):  # for closed_pipe_quiet: the reader stopped, not a failure
         job_error(BrokenPipeError(32, "Broken pipe"))
     assert capsys.readouterr().err == ""
+
+
+def test_signals_are_held_with_torchs_threads_running_and_delivered_at_the_end():
+    """signals_held blocked them in the main thread's mask, but a signal sent to the process goes to any
+    thread that does not block it (torch's pool, gloo's), and Python runs its handler on the main
+    thread all the same: with torch's threads up a Ctrl-C ran inside the block every time (found with
+    record's run creation under torchrun). A handler set inside the block stays (record's leaving rank
+    ignores them); blocks nest."""
+    import os
+    import signal
+    import time
+
+    import torch
+
+    from probe.job import signals_held
+
+    torch.set_num_threads(2)
+    torch.ones(512, 512) @ torch.ones(512, 512)  # torch's pool threads started
+    got = []
+    old = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
+    try:
+        for _ in range(5):
+            with signals_held(signal.SIGINT, signal.SIGTERM):
+                with signals_held(signal.SIGINT):
+                    os.kill(os.getpid(), signal.SIGINT)
+                    time.sleep(0.01)
+                time.sleep(0.01)
+                assert got == []
+            assert got == [signal.SIGINT]
+            got.clear()
+        with signals_held(signal.SIGINT):
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # leaving: what comes now must not cut the message
+            os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and got == []
+    finally:
+        signal.signal(signal.SIGINT, old)
