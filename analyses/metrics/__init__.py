@@ -62,6 +62,7 @@ Expert paths (`paths.py`)
 - path_entropy(codes), path_summary(ids, domains=None, k=1)   distinct paths, entropy, top-10 share
 - domain_information(ids, domains, layers=None, k=1, test=None)   path vs each layer: NMI, AMI, held-out accuracy
 - heldout_accuracy(labels, values, test)  majority-label decoding on held-out rows, and its baseline
+- heldout_windows(seq_id, domain, every=5)   the held-out mask: every `every`-th window of each domain
 - common_paths(ids, domains=None, token_ids=None, k=1, top=10)   the most used paths, their domain, tokens
 - routes_from_run(run, layers=None) -> Routes   tokens routed at every chosen layer, [T, L, K]
 - path_summary_from_run, domain_information_from_run, common_paths_from_run
@@ -91,7 +92,7 @@ from .balance import (balance_summary, balance_table, balancedness, batch_loads_
                       maxvio_batch_from_run, normalised_entropy, normalised_scores, relative_load,
                       switch_balance, switch_inputs_from_run)
 from .paths import (Routes, common_paths, common_paths_from_run, domain_information, domain_information_from_run,
-                    heldout_accuracy, path_codes, path_entropy, path_keys, path_summary, path_summary_from_run,
+                    heldout_accuracy, heldout_windows, path_codes, path_entropy, path_keys, path_summary, path_summary_from_run,
                     routes_from_run)
 from .routing import (check_comparable, coactivation, coactivation_from_run, layer_agreement_from_run,
                       margin_summary, margins_from_run, random_overlap_baseline, repetition, repetition_from_run,
@@ -116,7 +117,7 @@ __all__ = [
     "routing_agreement_by_layer", "routing_agreement_from_runs", "route_changes_from_runs", "score_entropy",
     "score_entropy_from_run",
     "Routes", "common_paths", "common_paths_from_run", "domain_information", "domain_information_from_run",
-    "heldout_accuracy", "path_codes", "path_entropy", "path_keys", "path_summary", "path_summary_from_run",
+    "heldout_accuracy", "heldout_windows", "path_codes", "path_entropy", "path_keys", "path_summary", "path_summary_from_run",
     "routes_from_run", "PREDICTORS", "majority_predict", "token_dependence", "token_dependence_from_run",
     "contingency", "contingency_from_run", "domain_contingency_from_run", "domain_nmi", "domain_share", "entropy",
     "expert_vocabulary", "expert_vocabulary_from_run", "lift", "lift_from_run", "mutual_information", "nmi",
