@@ -35,7 +35,7 @@ PAGES = [
 ]
 
 # about as many characters of a run's label as the sidebar's selectbox shows before cutting it off
-SIDEBAR_LABEL_CHARS = 26
+SIDEBAR_LABEL_CHARS = 30
 
 st.set_page_config(page_title="DeepSeek-V3 probe", page_icon=":material/biotech:", layout="wide")
 

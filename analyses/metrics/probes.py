@@ -85,13 +85,15 @@ def domain_probe_from_run(run, layers=None, features: str = "weights", every: in
     need_rows(run, "routing")
     need_rows(run, "tokens")
     n_experts = n_experts_of_run(run, "routing")
-    keys, domain, per_layer = _read(run, layers, features)
+    layers = _layers(run, layers)
+    keys, domain = _tokens(run, layers, features)
     if len(np.unique(domain)) < 2:
         raise MetricsError(f"{run.path}: {len(np.unique(domain))} domain(s) among the probed tokens; a domain "
                            "probe needs two or more")
     test = heldout_windows(keys >> 32, domain, every)
     rows = _draw(test, max_rows, seed)
-    units = {f"layer {layer}": _dense(cols, rows, features, n_experts) for layer, cols in per_layer.items()}
+    per_layer = _columns(run, layers, features, keys[rows])
+    units = {f"layer {layer}": _dense(per_layer[layer], features, n_experts) for layer in layers}
     if len(units) > 1 and len(rows) * len(units) * next(iter(units.values())).shape[1] <= MAX_COMBINED:
         units["all layers"] = np.concatenate(list(units.values()), axis=1)
     out = [{"unit": unit, "features": features} | linear_probe(x, domain[rows], test[rows], seed)
@@ -99,34 +101,52 @@ def domain_probe_from_run(run, layers=None, features: str = "weights", every: in
     return pd.DataFrame(out)
 
 
-def _read(run, layers, features: str):
-    """(keys [T] = seq_id << 32 | pos, domains [T], {layer: columns of those tokens}) for the tokens with
-    `features` at every chosen layer, in key order."""
+KEY = "((seq_id::bigint << 32) | pos::bigint)"  # one int64 per token, in (seq_id, pos) order
+
+
+def _layers(run, layers) -> list[int]:
     have = [int(r[0]) for r in run.sql("select distinct layer from routing order by 1").fetchall()]
     layers = have if layers is None else sorted({int(x) for x in layers})
     if not layers or any(x not in have for x in layers):
         raise MetricsError(f"layers {layers}: no routing rows (MoE layers recorded: {have})")
-    cols = "scores" if features == "scores" else "expert_ids, expert_weights"
+    return layers
+
+
+def _tokens(run, layers: list[int], features: str) -> tuple[np.ndarray, np.ndarray]:
+    """(keys [T] in order, domains [T]) of the tokens with `features` at every one of `layers`."""
     where = " and scores is not null" if features == "scores" else ""
-    per_layer, keys = {}, None
-    for layer in layers:
-        t = run.sql(f"select (seq_id::bigint << 32) | pos::bigint as key, {cols} from routing "
-                    f"where layer = {layer}{where} order by key").arrow()
-        t = t.read_all() if hasattr(t, "read_all") else t  # duckdb 2 gives a batch reader, 1.x a table
-        per_layer[layer] = t
-        k = t.column("key").to_numpy()
-        keys = k if keys is None else np.intersect1d(keys, k, assume_unique=True)
-    if not len(keys):
+    t = run.sql(f"""
+        with r as (select seq_id, pos from routing where layer in ({", ".join(map(str, layers))}){where}
+                   group by seq_id, pos having count(*) = {len(layers)})
+        select {KEY} as key, t.domain from r join tokens t using (seq_id, pos) order by key""").df()
+    if t.empty:
         hint = " (scores are kept with --router-logits full)" if features == "scores" else ""
         raise MetricsError(f"{run.path}: no token has {features} at every one of layers {layers}{hint}")
-    for layer, t in per_layer.items():  # each layer's rows of exactly those tokens
-        at = np.searchsorted(t.column("key").to_numpy(), keys)
-        per_layer[layer] = {c: t.column(c).take(at) for c in t.column_names if c != "key"}
-    tok = run.sql("select (seq_id::bigint << 32) | pos::bigint as key, domain from tokens order by key").df()
-    at = np.searchsorted(tok.key.to_numpy(), keys)
-    if (at >= len(tok)).any() or (tok.key.to_numpy()[np.minimum(at, len(tok) - 1)] != keys).any():
-        raise MetricsError(f"{run.path}: routing rows without a tokens row (a damaged run?)")
-    return keys, tok.domain.to_numpy().astype(str)[at], per_layer
+    return t.key.to_numpy(np.int64), t.domain.to_numpy().astype(str)
+
+
+def _columns(run, layers: list[int], features: str, keys: np.ndarray) -> dict:
+    """{layer: {column: [len(keys), ...] array}} for exactly the tokens `keys` (sorted), in one scan."""
+    import pyarrow as pa
+
+    cols = ["scores"] if features == "scores" else ["expert_ids", "expert_weights"]
+    name = "_probe_keys"
+    run.con.register(name, pa.table({"key": pa.array(keys, pa.int64())}))
+    try:
+        t = run.sql(f"select layer, {KEY} as key, {', '.join(cols)} from routing where layer in "
+                    f"({', '.join(map(str, layers))}) and {KEY} in (select key from {name}) order by layer, key").arrow()
+        t = t.read_all() if hasattr(t, "read_all") else t  # duckdb 2 gives a batch reader, 1.x a table
+    finally:
+        run.con.unregister(name)
+    layer = t.column("layer").to_numpy()
+    out = {}
+    for x in layers:
+        part = t.filter(pa.array(layer == x))
+        if part.num_rows != len(keys):  # a token with two rows of a layer: a damaged run
+            raise MetricsError(f"{run.path}: layer {x} has {part.num_rows} routing rows for {len(keys)} tokens")
+        out[x] = {c: part.column(c).combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(len(keys), -1)
+                  for c in cols}
+    return out
 
 
 def _draw(test: np.ndarray, max_rows: int, seed: int) -> np.ndarray:
@@ -139,13 +159,8 @@ def _draw(test: np.ndarray, max_rows: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(picked))
 
 
-def _dense(cols: dict, rows: np.ndarray, features: str, n_experts: int) -> np.ndarray:
-    """[len(rows), E] features of the drawn tokens from one layer's arrow columns."""
-    def matrix(col):
-        col = col.take(rows).combine_chunks() if hasattr(col, "combine_chunks") else col.take(rows)
-        return col.flatten().to_numpy(zero_copy_only=False).reshape(len(rows), -1)
-
+def _dense(cols: dict, features: str, n_experts: int) -> np.ndarray:
+    """[T, E] float32 features of one layer's columns."""
     if features == "scores":
-        return matrix(cols["scores"]).astype(np.float32)
-    ids = matrix(cols["expert_ids"])
-    return routing_features(ids, matrix(cols["expert_weights"]), n_experts)
+        return cols["scores"].astype(np.float32)
+    return routing_features(cols["expert_ids"], cols["expert_weights"], n_experts)

@@ -17,7 +17,7 @@ from helpers.apptest import PAGES, REPO, app, open_page, texts
 from helpers.dashboard_runs import dashboard_runs
 
 # plotly charts each page must draw for the complete probe run `demo`
-CHARTS_DEMO = {"overview": 1, "load_balance": 4, "specialisation": 5, "token_explorer": 2, "coactivation": 3,
+CHARTS_DEMO = {"overview": 1, "load_balance": 4, "specialisation": 4, "token_explorer": 2, "coactivation": 3,
                "serving": 3, "latent_kv": 3, "mtp": 6, "ablations": 5, "steering": 1, "compare": 6, "training": 6}
 
 
@@ -473,8 +473,8 @@ def test_a_one_domain_run_says_so_instead_of_empty_charts(tmp_path):
     assert "I(domain; expert) / H(domain) compares domains, and run `one` has 1 domain" in texts(at.info)
     at = app(tmp_path, "two")
     open_page(at, "specialisation")
-    assert "compares domains" not in texts(at.info)  # the control: two domains draw the heatmap, I / H, the probe
-    assert len(at.get("plotly_chart")) == one_charts + 3
+    assert "compares domains" not in texts(at.info)  # the control: two domains draw the heatmap and I / H
+    assert len(at.get("plotly_chart")) == one_charts + 2 and at.toggle(key="probe_on")  # and offer the probe
     # an interrupted run that has not reached its other domains, and serving traffic, are not told to
     # record another corpus (a review found both were)
     for name, edit, want in (("part", {"status": "interrupted", "domains": ["code", "math", "prose"]},
@@ -619,17 +619,21 @@ def test_domains_only_a_table_names_get_colours(tmp_path):
 
 
 def test_the_domain_probe_panel_draws_the_metric_of_the_run(tmp_path):
-    """The specialisation page's probe bars are `domain_probe_from_run`'s held-out accuracies (at most
-    5,000 tokens a side), beside the shuffled-domain control; a run without scores offers weights only."""
+    """The specialisation page's probe bars (fitted when asked) are `domain_probe_from_run`'s held-out
+    accuracies (at most PROBE_ROWS tokens a side), beside the shuffled-domain control; a run without
+    scores offers weights only."""
     from analyses.metrics import domain_probe_from_run
+    from dashboards.research import PROBE_ROWS
     from helpers.apptest import array, chart
     from helpers.synthetic_run import write_run
 
     write_run(tmp_path / "r", n_seq=200, seq_len=20, vocab=50)
     at = open_page(app(tmp_path, "r"), "specialisation")
+    assert not any(c.proto.id.endswith("-probe") for c in at.get("plotly_chart"))  # fitted on demand only
+    at.toggle(key="probe_on").set_value(True).run()
     assert not at.error, texts(at.error)
     bars = {t["name"]: array(t["y"]) for t in chart(at, "probe")["data"]}
-    want = domain_probe_from_run(tmp_path / "r", max_rows=5000)
+    want = domain_probe_from_run(tmp_path / "r", max_rows=PROBE_ROWS)
     np.testing.assert_allclose(bars["probe"], want.accuracy, rtol=1e-9)
     np.testing.assert_allclose(bars["probe on shuffled domains"], want.shuffled, rtol=1e-9)
     assert at.radio(key="probe_features").options == ["weights"]  # no --router-logits full: no scores
