@@ -168,8 +168,11 @@ def record_batches(job: Job, opts: RecordOptions, world, m, plan: CorpusPlan, ta
         if isinstance(failure, KeyboardInterrupt):  # a second signal: what was committed stays
             raise KeyboardInterrupt(f"interrupted by a second signal; {out} is marked interrupted, its committed "
                                     "batches kept (continue with --resume)") from None
-        if world.size == 1:
+        if world.size == 1 and not isinstance(failure, OSError):
             raise failure
+        if world.size == 1:  # a full disk, a lost mount: named with the run, as under torchrun (a review)
+            raise RecordError(f"{first_line(failure)}; {out} is marked interrupted, its committed batches kept "
+                              "(continue with --resume once that is fixed)") from None
         raise RecordError(f"rank {world.rank} of {world.size} stopped: {first_line(failure)}; {out} is marked "
                           "interrupted (continue with --resume)") from None
     if status == "interrupted":

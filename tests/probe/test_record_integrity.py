@@ -62,7 +62,7 @@ def test_a_full_disk_at_the_last_commit_marks_the_run_interrupted_with_no_table_
 
     monkeypatch.setattr(PartWriter, "_flush", full)
     out = tmp_path / "r"
-    with pytest.raises(OSError, match="File too large"):
+    with pytest.raises(RecordError, match="File too large; .* is marked interrupted"):
         rec(probe_env, out, max_tokens=300, commit_every=1000)
     assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
     assert not list(out.rglob("*.tmp")), list(out.rglob("*.tmp"))
@@ -90,7 +90,8 @@ def test_a_full_disk_while_saving_the_accumulators_leaves_no_partial_file(probe_
 
     monkeypatch.setattr(np, "savez", full)
     out = tmp_path / "r"
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(RecordError, match=rf"No space left on device; {out} is marked interrupted, its committed "
+                       r"batches kept \(continue with --resume"):  # one process: the run is named too
         rec(probe_env, out, max_tokens=300, commit_every=1000)
     assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
     assert not [f.name for f in (out / "_progress").iterdir()]
