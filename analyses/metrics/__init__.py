@@ -92,8 +92,8 @@ from .balance import (balance_summary, balance_table, balancedness, batch_loads_
                       maxvio_batch_from_run, normalised_entropy, normalised_scores, relative_load,
                       switch_balance, switch_inputs_from_run)
 from .paths import (Routes, common_paths, common_paths_from_run, domain_information, domain_information_from_run,
-                    heldout_accuracy, heldout_windows, path_codes, path_entropy, path_keys, path_summary, path_summary_from_run,
-                    routes_from_run)
+                    heldout_accuracy, heldout_windows, path_codes, path_entropy, path_keys, path_summary,
+                    path_summary_from_run, routes_from_run)
 from .routing import (check_comparable, coactivation, coactivation_from_run, layer_agreement_from_run,
                       margin_summary, margins_from_run, random_overlap_baseline, repetition, repetition_from_run,
                       record_agreement, route_changes_from_runs, routing_agreement, routing_agreement_by_layer,
@@ -117,8 +117,8 @@ __all__ = [
     "routing_agreement_by_layer", "routing_agreement_from_runs", "route_changes_from_runs", "score_entropy",
     "score_entropy_from_run",
     "Routes", "common_paths", "common_paths_from_run", "domain_information", "domain_information_from_run",
-    "heldout_accuracy", "heldout_windows", "path_codes", "path_entropy", "path_keys", "path_summary", "path_summary_from_run",
-    "routes_from_run", "PREDICTORS", "majority_predict", "token_dependence", "token_dependence_from_run",
+    "heldout_accuracy", "heldout_windows", "path_codes", "path_entropy", "path_keys", "path_summary",
+    "path_summary_from_run", "routes_from_run", "PREDICTORS", "majority_predict", "token_dependence", "token_dependence_from_run",
     "contingency", "contingency_from_run", "domain_contingency_from_run", "domain_nmi", "domain_share", "entropy",
     "expert_vocabulary", "expert_vocabulary_from_run", "lift", "lift_from_run", "mutual_information", "nmi",
     "specialisation_table", "VOCAB_MIN_COUNT", "vocabulary_specialisation", "vocabulary_specialisation_baseline",

@@ -152,11 +152,12 @@ def domain_probe(ref: data.RunRef) -> None:
         return  # the token-id dependence below says which per-token table is missing
     st.subheader("Domain probe")
     # fitted on demand: 2 x (layers + 1) logistic regressions, about a second on 2 cores (and scikit-learn's
-    # import, 0.7 s, the first time), which took the page over its 2 s budget (benchmarks/bench_dashboard.py)
+    # import, 0.7 s, the first time), which took the page over its 2 s budget (bench_dashboard.py)
     if not st.toggle("Fit a linear probe of each token's domain from its routing (about a second, then cached)",
                      key="probe_on"):
         st.caption("How much of the domain a logistic regression reads from each layer's routing, on held-out "
-                   "windows, beside the same probe trained on shuffled domains (`analyses.metrics.domain_probe_from_run`).")
+                   "windows, beside the same probe trained on shuffled domains "
+                   "(`analyses.metrics.domain_probe_from_run`).")
         return
     full = (ref.info.get("options") or {}).get("router_logits") == "full"
     features = st.radio("Features", ["weights", "scores"] if full else ["weights"], horizontal=True,
@@ -165,7 +166,8 @@ def domain_probe(ref: data.RunRef) -> None:
     with ui.guard("the domain probe"), st.spinner("Fitting the probes…"):
         df, windows = research.domain_probe(ref, features)
         fig = go.Figure()
-        for col, name, color in (("accuracy", "probe", "#4C78A8"), ("balanced_accuracy", "balanced accuracy", "#72B7B2"),
+        for col, name, color in (("accuracy", "probe", "#4C78A8"),
+                                 ("balanced_accuracy", "balanced accuracy", "#72B7B2"),
                                  ("shuffled", "probe on shuffled domains", "#BAB0AC")):
             fig.add_trace(go.Bar(x=df.unit, y=df[col], name=name, marker_color=color,
                                  hovertemplate=f"%{{x}}<br>{name}: %{{y:.3f}}<extra></extra>"))
@@ -176,9 +178,10 @@ def domain_probe(ref: data.RunRef) -> None:
         st.caption(f"A logistic regression (`analyses.metrics.domain_probe_from_run`) learns the domain from one "
                    f"layer's routing ({df.n_features.iloc[0]} features a layer) on 4 of every 5 windows and is "
                    f"scored on the 5th ({int(df.n_test.iloc[0]):,} held-out tokens, {int(df.n_train.iloc[0]):,} "
-                   f"training ones: at most {research.PROBE_ROWS:,} of each, drawn at random). Above the shuffled-domain bar, the "
-                   "routing carries the domain; `all layers` reads every layer's features side by side. "
-                   "`python -m analyses.report` fits it on up to 50,000 tokens of each." + research.sample_note(ref, windows))
+                   f"training ones: at most {research.PROBE_ROWS:,} of each, drawn at random). Above the "
+                   "shuffled-domain bar, the routing carries the domain; `all layers` reads every layer's features "
+                   "side by side. `python -m analyses.report` fits it on up to 50,000 tokens of each."
+                   + research.sample_note(ref, windows))
 
 
 def token_dependence(ref: data.RunRef) -> None:
