@@ -107,7 +107,6 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int = 6
     _check(model, prompts, max_new_tokens, mtp)
     b = _start(model, prompts, max_new_tokens, sampling or SamplingParams(), stop_ids, mtp, on_token)
     if all(b.done):  # nothing to generate (max_new_tokens=0, or prompts filling max_seq_len)
-        b.out.forward_passes = [0] * len(prompts)
         return b.out
     padded, lengths, h = _prefill(b, prompts)
     if mtp:
@@ -149,9 +148,11 @@ def _start(model, prompts, max_new_tokens: int, sampling: SamplingParams, stop_i
     cache_len = max(min(max(n + k for n, k in zip(lens, budget)) + (1 if mtp else 0), limit), max(lens))
     model.setup_cache(len(prompts), cache_len)
     dev = next(model.parameters()).device
-    n = len(prompts)
+    # a row without room generates nothing, so no pass is its own, even where the others' prefill
+    # runs it (it counted 1 there, 0 alone)
     out = GenerationOutput(tokens=[[] for _ in prompts], finish_reasons=["length" if k == 0 else "" for k in budget],
-                           forward_passes=[1] * n, drafts_proposed=[[0] for _ in prompts] if mtp else [],
+                           forward_passes=[int(k > 0) for k in budget],
+                           drafts_proposed=[[0] for _ in prompts] if mtp else [],
                            drafts_accepted=[[0] for _ in prompts] if mtp else [],
                            drafts=[[] for _ in prompts] if mtp else [])
     gen = torch.Generator(device=dev).manual_seed(sampling.seed) if sampling.seed is not None else None

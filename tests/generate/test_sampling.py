@@ -82,6 +82,9 @@ def test_a_row_without_room_leaves_the_others_generating(tiny):
     res = generate(tiny, [full, short], max_new_tokens=4)
     assert res.tokens == [[], generate(tiny, [short], max_new_tokens=4).tokens[0]]
     assert res.finish_reasons == ["length", "length"]
+    for mtp in (False, True):  # its forward passes: none, as when it is alone
+        assert generate(tiny, [full, short], max_new_tokens=4, mtp=mtp).forward_passes[0] == 0, mtp
+        assert generate(tiny, [full], max_new_tokens=4, mtp=mtp).forward_passes == [0], mtp
 
 
 @torch.no_grad()
