@@ -32,8 +32,12 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: one line, as the other commands (it was a traceback)
         code = 143 if isinstance(e, _Terminated) else 130
+        # before its first checkpoint there is nothing to resume: --resume refused, and so did a fresh run
+        # in the same --out (it holds a run), so the advice to resume led nowhere
+        how = ("continue it with --resume, from its last checkpoint" if (ns.out / "checkpoint" / "state.pt").exists()
+               else "no checkpoint was saved yet: delete it to start again")
         print(f"\n{'terminated' if code == 143 else 'interrupted'}: the run in {ns.out}, if it had begun, is "
-              "marked interrupted (continue it with --resume, from its last checkpoint)", file=sys.stderr)
+              f"marked interrupted ({how})", file=sys.stderr)
         exit_ranks(code)
         raise SystemExit(code) from None
     finally:

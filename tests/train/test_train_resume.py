@@ -84,6 +84,13 @@ def test_ctrl_c_is_one_line_and_exit_status_130(corpus, tmp_path, monkeypatch, c
     with pytest.raises(SystemExit) as e:
         cli.main(flags(corpus, tmp_path / "run"))
     err = capsys.readouterr().err.strip()
+    # no checkpoint yet: --resume would be refused, and so would a fresh run there (it told to resume)
+    assert e.value.code == 130 and err.count("\n") == 0 and "(no checkpoint was saved yet: delete it" in err, err
+    (tmp_path / "run" / "checkpoint").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoint" / "state.pt").write_bytes(b"")
+    with pytest.raises(SystemExit) as e:
+        cli.main(flags(corpus, tmp_path / "run", "--resume"))
+    err = capsys.readouterr().err.strip()
     assert e.value.code == 130 and err.count("\n") == 0 and "is marked interrupted (continue it with --resume" in err
 
 
