@@ -74,8 +74,11 @@ def token_streams(jsonl: Path, tok, cache_dir: Path | None) -> dict[str, np.ndar
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_name(f"{cached.stem}.{os.getpid()}.tmp.npz")  # concurrent runs share the cache
-        np.savez(tmp, **streams)
-        os.replace(tmp, cached)
+        try:
+            np.savez(tmp, **streams)
+            os.replace(tmp, cached)
+        finally:  # a Ctrl-C or a full disk part-way left the partial file in the cache for good
+            tmp.unlink(missing_ok=True)
     return streams
 
 

@@ -68,3 +68,20 @@ def test_token_streams_join_each_domains_documents_as_bos_text_eos(tmp_path):
     assert sorted(streams) == ["x", "y"]
     assert streams["x"].tolist() == [bos, *enc[0], eos, bos, *enc[2], eos]
     assert streams["y"].tolist() == [bos, *enc[1], eos]
+
+
+def test_a_token_cache_write_stopped_part_way_leaves_no_partial_file(tmp_path, monkeypatch):
+    tok = load_tokenizer(REPO / "data" / "tokenizer.json")
+    (tmp_path / "train.jsonl").write_text(json.dumps({"id": "0", "domain": "x", "text": "one two"}) + "\n")
+
+    def cut_short(path, **arrays):  # Ctrl-C while the file is being written
+        Path(path).write_bytes(b"PK")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savez", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        token_streams(tmp_path / "train.jsonl", tok, tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []
+    monkeypatch.undo()  # the control: an uninterrupted write leaves the cache file alone
+    token_streams(tmp_path / "train.jsonl", tok, tmp_path / "cache")
+    assert [p.suffix for p in (tmp_path / "cache").iterdir()] == [".npz"]
