@@ -189,10 +189,11 @@ def _probe_sentence(p: dict) -> str:
     parts = []
     for features, g in p["table"].groupby("features", sort=False):
         what = "the gate weights" if features == "weights" else "every expert's score"
-        parts.append(f"from {what}: accuracy " + ", ".join(
-            f"{x.unit.replace('layer ', 'L')} {x.accuracy:.3f}" for x in g.itertuples())
+        lo, hi = f"{g.shuffled.min():.3f}", f"{g.shuffled.max():.3f}"
+        parts.append(f"from {what}: accuracy (balanced accuracy) " + ", ".join(
+            f"{x.unit.replace('layer ', 'L')} {x.accuracy:.3f} ({x.balanced_accuracy:.3f})" for x in g.itertuples())
             + f" (majority {g.majority.iloc[0]:.3f}, the probe trained on shuffled domains "
-              f"{g.shuffled.min():.3f}-{g.shuffled.max():.3f}; {int(g.n_test.iloc[0]):,} held-out tokens)")
+              f"{lo if lo == hi else f'{lo}-{hi}'}; {int(g.n_test.iloc[0]):,} held-out tokens)")
     return f"{head}: " + "; ".join(parts) + "."
 
 

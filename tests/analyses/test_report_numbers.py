@@ -258,9 +258,13 @@ def test_report_probes_weights_and_scores_and_says_why_not(tmp_path):
     np.testing.assert_allclose(t[t.features == "scores"].accuracy, want.accuracy)
     [line] = research.summary({"probes": p})
     w = t[t.features == "weights"].set_index("unit")
-    assert (f"from the gate weights: accuracy L1 {w.accuracy['layer 1']:.3f}, L2 {w.accuracy['layer 2']:.3f}, "
-            f"all layers {w.accuracy['all layers']:.3f} (majority {w.majority.iloc[0]:.3f}") in line
+    assert (f"from the gate weights: accuracy (balanced accuracy) L1 {w.accuracy['layer 1']:.3f} "
+            f"({w.balanced_accuracy['layer 1']:.3f}), L2 {w.accuracy['layer 2']:.3f} "
+            f"({w.balanced_accuracy['layer 2']:.3f}), all layers {w.accuracy['all layers']:.3f} "
+            f"({w.balanced_accuracy['all layers']:.3f}) (majority {w.majority.iloc[0]:.3f}") in line
     assert "; from every expert's score: accuracy" in line
+    one = {"table": t.assign(shuffled=0.25), "note": None}  # one shuffled value: said once, not as 0.250-0.250
+    assert "shuffled domains 0.250;" in research.summary({"probes": one})[0]
     write_run(tmp_path / "one", n_seq=10, domains=("code",))
     one = research.probes(probe.open_run(tmp_path / "one"))
     assert one["table"] is None and one["note"].startswith("1 domain(s) among the probed tokens")
