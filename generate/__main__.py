@@ -187,6 +187,9 @@ def main(argv: list[str] | None = None) -> None:
         if not Path(ckpt).is_dir():
             raise GenerateError(f"{ckpt}: not a checkpoint directory")
         codec = load_codec(ckpt, ModelArgs.from_hf_config(ckpt))  # before the weights: fail fast
+        if ns.system is not None and (ns.no_chat_template or not codec.chat):  # it was dropped without a word
+            why = "--no-chat-template" if ns.no_chat_template else f"{ckpt}'s tokenizer has no chat format"
+            raise GenerateError(f"--system: the prompts are sent raw ({why}), so a system text has no turn to go in")
         m = load(ckpt, dtype=getattr(torch, ns.dtype) if ns.dtype else None, device=world.device,
                  gemm_impl=ns.gemm, parallel=world.shards if world.shards is not None else False)
         if world.rank == 0 and world.size > 1:

@@ -114,3 +114,18 @@ def test_cli_ctrl_c_counts_every_line_of_a_prompt_file_batch(demo_dir, tmp_path,
                            "--output", out)
     assert code == 130 and "interrupted (3 lines appended to" in err, err
     assert len(out.read_text().splitlines()) == 3
+
+
+def test_cli_refuses_a_system_text_it_has_no_turn_for(demo_dir, tmp_path, capsys):
+    """--system with raw prompts (--no-chat-template, or a checkpoint without a chat format) was dropped
+    without a word; with the chat format it is kept (the control)."""
+    code, _, err = run_cli(capsys, "--ckpt", demo_dir, "--prompt", "hi", "--system", "Be brief.", "--no-chat-template")
+    assert code == 2 and "--system: the prompts are sent raw (--no-chat-template)" in err, err
+    ckpt = Path(shutil.copytree(demo_dir, tmp_path / "notemplate"))
+    cfg = json.loads((ckpt / "tokenizer_config.json").read_text())
+    del cfg["chat_template"]
+    (ckpt / "tokenizer_config.json").write_text(json.dumps(cfg))
+    code, _, err = run_cli(capsys, "--ckpt", ckpt, "--prompt", "hi", "--system", "Be brief.")
+    assert code == 2 and "tokenizer has no chat format" in err, err
+    code, _, err = run_cli(capsys, "--ckpt", demo_dir, "--prompt", "hi", "--system", "Be brief.", "--max-new-tokens", 1)
+    assert code == 0, err
