@@ -55,11 +55,13 @@ def domain_views(ref: data.RunRef) -> list[str]:
         return []
     E = E or int(de.expert.max() + 1)
     layers = compute.layer_order(de.layer)
-    c1, c2 = st.columns([1, 2])
+    c1, c2, c3 = st.columns([1, 2, 1])
     layer = c1.selectbox("MoE layer", layers, key="sp_layer")
     view = c2.radio("Show", ["lift", "share"], horizontal=True, key="sp_view",
                     captions=["P(domain | expert) / P(domain): > 1 = over-serves the domain",
                               "P(domain | expert): each expert's load split over domains"])
+    order_by = c3.radio("Experts", ["by domain", "by id"], horizontal=True, key="sp_order",
+                        captions=["grouped by the domain each over-serves most", "0 to N - 1"])
     doms, C = compute.contingency(de, layer, E)
     share, lift = compute.metric("domain_share")(C), compute.metric("lift")(C)
     if len(doms) < 2:
@@ -72,10 +74,11 @@ def domain_views(ref: data.RunRef) -> list[str]:
             z, cs, mid, zl, other = lift, charts.DIVERGING, 1.0, "lift", share
         else:
             z, cs, mid, zl, other = share, charts.SEQUENTIAL, None, "share", lift
-        custom = np.dstack([C, other])
+        order = compute.experts_by_domain(lift) if order_by == "by domain" else np.arange(E)
+        custom = np.dstack([C, other])[:, order]
         hover = "<br>assignments: %{customdata[0]:,}<br>" + ("share" if view == "lift" else "lift") + \
                 ": %{customdata[1]:.3f}"
-        st.plotly_chart(charts.heatmap(z, list(range(E)), doms, title=f"{layer}: domain × expert ({zl})",
+        st.plotly_chart(charts.heatmap(z[:, order], order, doms, title=f"{layer}: domain × expert ({zl})",
                                        xlabel="expert", ylabel="domain", zlabel=zl, colorscale=cs, zmid=mid,
                                        fmt=".3f", customdata=custom, extra_hover=hover), key="dom_exp")
 

@@ -420,3 +420,12 @@ def test_the_masked_fraction_caption_says_when_its_rules_are_single_points():
                           "frac": [0.03, 0.125, 0.03, 0.125]})
     assert "Each rule has one size here" in masked_caption(one)
     assert "Each rule has one size here" not in masked_caption(sweep) and "Mode: reroute" in masked_caption(sweep)
+
+
+def test_experts_ordered_by_the_domain_they_over_serve_then_by_lift():
+    # 2 domains x 5 experts: experts 1 and 4 over-serve domain 0 (lifts 1.5 > 1.2), 0 and 2 domain 1 (2.0 >
+    # 1.1), expert 3 has no assignments (NaN) and goes last; by hand: [1, 4, 0, 2, 3]
+    lift = np.array([[0.5, 1.5, 0.9, np.nan, 1.2],
+                     [2.0, 0.5, 1.1, np.nan, 0.8]])
+    assert compute.experts_by_domain(lift).tolist() == [1, 4, 0, 2, 3]
+    assert compute.experts_by_domain(np.ones((2, 3))).tolist() == [0, 1, 2]  # ties: by id

@@ -637,3 +637,22 @@ def test_the_domain_probe_panel_draws_the_metric_of_the_run(tmp_path):
     np.testing.assert_allclose(bars["probe"], want.accuracy, rtol=1e-9)
     np.testing.assert_allclose(bars["probe on shuffled domains"], want.shuffled, rtol=1e-9)
     assert at.radio(key="probe_features").options == ["weights"]  # no --router-logits full: no scores
+
+
+def test_the_domain_heatmap_orders_experts_by_domain_or_by_id(tmp_path):
+    """With 256 experts in id order a domain's experts do not show as a block: by default the heatmap's
+    columns follow `compute.experts_by_domain` of the layer's lifts; "by id" puts them back."""
+    from dashboards import compute, data
+    from helpers.apptest import chart
+    from helpers.synthetic_run import write_run
+
+    write_run(tmp_path / "r", n_seq=40, seq_len=10)
+    at = open_page(app(tmp_path, "r"), "specialisation")
+    ref = next(r for r in data.discover(tmp_path) if r.name == "r")
+    de = data.domain_expert(ref)
+    layer = at.selectbox(key="sp_layer").value
+    _, C = compute.contingency(de, layer, 8)
+    want = compute.experts_by_domain(compute.metric("lift")(C))
+    assert chart(at, "dom_exp")["data"][0]["x"] == [str(e) for e in want] != [str(e) for e in range(8)]
+    at.radio(key="sp_order").set_value("by id").run()
+    assert chart(at, "dom_exp")["data"][0]["x"] == [str(e) for e in range(8)]
