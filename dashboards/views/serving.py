@@ -17,6 +17,12 @@ NOW, PLAN = "current placement", "planned placement"
 COLORS = {NOW: "#9D755D", PLAN: "#4C78A8"}
 
 
+def ordinal(n: int) -> str:
+    """2nd, 3rd, 11th, 21st: the pass stride in the page's sentences (they said "every 3th")."""
+    suffix = "th" if 11 <= n % 100 <= 13 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
 def _replay(ref: data.RunRef, window: tuple[int, int], gpus: int, redundant: int, nodes: int, mode: str) -> dict:
     steps, layers, X = data.pass_loads(ref)
     current, current_gpus = data.placement_maps(ref)
@@ -62,7 +68,7 @@ def source_caption(ref: data.RunRef, n_passes: int, every: int) -> None:
                    "with the GPUs and redundant slots chosen below. Import a server's own traffic with "
                    "`dsv3-probe import sglang DUMP`.")
     if every > 1:
-        st.caption(f"The run has more than {data.MAX_PASSES:,} passes: every {every}th is replayed.")
+        st.caption(f"The run has more than {data.MAX_PASSES:,} passes: every {ordinal(every)} is replayed.")
 
 
 def controls(ref: data.RunRef, steps: np.ndarray, E: int, current_gpus: int | None, P_now: int | None,
@@ -127,7 +133,7 @@ def main() -> None:
     P_now = len(next(iter(current.values()))) if current else None
     window, gpus, redundant, nodes, mode = controls(ref, steps, E, current_gpus, P_now, every)
     if not ((steps >= window[0]) & (steps <= window[1])).any():
-        st.warning(f"No replayed pass lies in passes {window[0]}-{window[1]} (every {every}th pass is replayed): "
+        st.warning(f"No replayed pass lies in passes {window[0]}-{window[1]} (every {ordinal(every)} pass is replayed): "
                    "widen the plan window.")
         return
     with ui.guard("the replay"):

@@ -163,7 +163,7 @@ def test_later_passes_are_those_after_the_window_and_a_strided_run_says_what_its
     data.pass_loads.clear()
     at = open_page(app(imported["runs"], "per_pass"), "serving")
     assert not at.error and at.slider(key="sv_window").proto.step == 3
-    assert "every 3th is replayed" in " ".join(c.value for c in at.caption)
+    assert "every 3rd is replayed" in " ".join(c.value for c in at.caption)  # it said "every 3th"
     assert "replayed passes (1 in 3)" in at.get("plotly_chart")[2].proto.spec
     data.pass_loads.clear()
 
@@ -306,3 +306,10 @@ def test_the_command_lines_current_placement_is_the_pages(imported, tmp_path):
             want = by_hand({0: summed}, {row["layer"]: maps[row["layer"]]}, gpus, [0])
             assert row["balancedness_current"] == pytest.approx(want, abs=1e-9), (run, row["layer"])
             assert row["balancedness_current"] != pytest.approx(row["balancedness_before"])  # the control
+
+
+def test_the_stride_reads_as_an_ordinal():
+    from dashboards.views.serving import ordinal
+
+    assert [ordinal(n) for n in (1, 2, 3, 4, 11, 12, 13, 21, 22, 23, 101, 111, 112)] == [
+        "1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "23rd", "101st", "111th", "112th"]
