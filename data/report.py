@@ -77,7 +77,8 @@ def layer_figures(run) -> dict[int, dict[str, float]]:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m data.report", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(REPO / "data" / "model"), help="the shipped checkpoint")
     p.add_argument("--baseline", default=str(REPO / "runs" / "nobal2" / "model"),
                    help="a checkpoint trained with the same budget and --balance none (data/README.md: "

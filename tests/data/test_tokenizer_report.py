@@ -140,3 +140,13 @@ def test_greedy_continuation_matches_recomputing_the_whole_sequence():
     assert report.greedy(m, tok, prompt, 4, [ref[k]]) == ref[4:k]  # it stops before the stop token
     assert report.greedy(m, tok, prompt, 4, [3, ref[k]]) == ref[4:k]  # one of several (a list in config.json)
 
+
+
+def test_the_data_commands_name_themselves_as_they_are_run(capsys):
+    """`python -m data.report --help` said `usage: report.py`, where its siblings say `python -m data.X`."""
+    from data import build_corpus
+
+    for module, name in ((report, "report"), (tokenizer, "tokenizer"), (build_corpus, "build_corpus")):
+        with pytest.raises(SystemExit):
+            module.main(["--help"])
+        assert capsys.readouterr().out.startswith(f"usage: python -m data.{name} "), name
