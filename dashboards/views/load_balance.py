@@ -75,8 +75,9 @@ def batch_order_note(ref: data.RunRef) -> str | None:
             "load follows the domain being read.")
 
 
-def load_and_bias(ref: data.RunRef, layer: str, rel_E, raw_E, E: int) -> None:
-    """One layer's relative load per expert, with its balancing bias below when the run has one."""
+def load_and_bias(ref: data.RunRef, layer: str, rel_E, raw_E, E: int, what: str = "whole run") -> None:
+    """One layer's relative load per expert over `what` (the steps the page sums), with its balancing
+    bias below when the run has one."""
     b = data.bias(ref)
     b = b[b.layer == layer]
     has_bias = len(b) > 0 and bool((b.bias != 0).any())  # all zero: trained without one (--balance none)
@@ -95,8 +96,10 @@ def load_and_bias(ref: data.RunRef, layer: str, rel_E, raw_E, E: int) -> None:
         corr = np.corrcoef(rel_E[b.expert.to_numpy()], b.bias)[0, 1] if len(b) > 1 else np.nan
     fig.update_xaxes(title_text="expert", type="category", row=2 if has_bias else 1, col=1)
     src = "at the last step" if ref.kind == "train" else "of the checkpoint"
-    st.plotly_chart(charts.style(fig, f"{layer}: relative load and balancing bias {src}" if has_bias
-                                 else f"{layer}: relative load", 460, showlegend=False), key="load_bias")
+    # the load is summed over the page's window, the bias is one step's: a title saying "at the last step"
+    # for both read as the last step's load (a dashboard tour)
+    st.plotly_chart(charts.style(fig, f"{layer}: relative load ({what}) and balancing bias {src}" if has_bias
+                                 else f"{layer}: relative load ({what})", 460, showlegend=False), key="load_bias")
     if has_bias:
         st.caption(f"Correlation of relative load and bias across experts: {corr:+.2f}. The bias is added to "
                    "the selection score only, so a higher bias means more tokens; aux-loss-free balancing "
@@ -104,6 +107,8 @@ def load_and_bias(ref: data.RunRef, layer: str, rel_E, raw_E, E: int) -> None:
     elif len(b):
         st.caption("The balancing bias is zero for every expert: a model trained without aux-loss-free "
                    "balancing, or one whose bias was zeroed (e.g. `analyses.variants no-router-bias`).")
+    elif (ref.info.get("source") or {}).get("name"):
+        st.caption("No balancing bias: a serving engine's dump records loads and routes, not the router's bias.")
     else:
         st.caption("No balancing bias found (the checkpoint is not readable from here, or has none).")
 
@@ -115,7 +120,7 @@ def load_per_batch(ref: data.RunRef, layer: str, by_step, E: int) -> None:
     relb = np.array([compute.metric("relative_load")(r) if r.sum() > 0 else np.full(E, np.nan)
                      for r in tb[::every]])
     st.plotly_chart(charts.heatmap(relb, list(range(E)), steps[::every],
-                                   title=f"{layer}: relative load per batch", xlabel="expert",
+                                   title=f"{layer}: relative load per {step_word(ref)}", xlabel="expert",
                                    ylabel=step_word(ref), zlabel="relative load",
                                    colorscale=charts.DIVERGING, zmid=1.0, fmt=".3f", height=460,
                                    y_numeric=True),
@@ -160,7 +165,7 @@ def main() -> None:
     c1, c2 = st.columns([3, 2])
     i = layers.index(layer)
     with c1, ui.guard("the loads and bias"):
-        load_and_bias(ref, layer, rel[i], raw[i], E)
+        load_and_bias(ref, layer, rel[i], raw[i], E, what)
     with c2, ui.guard("the per-batch loads"):
         if by_step is not None and len(by_step):
             load_per_batch(ref, layer, by_step, E)

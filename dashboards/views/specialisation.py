@@ -57,18 +57,18 @@ def domain_views(ref: data.RunRef) -> list[str]:
     layers = compute.layer_order(de.layer)
     c1, c2, c3 = st.columns([1, 2, 1])
     layer = c1.selectbox("MoE layer", layers, key="sp_layer")
+    doms, C = compute.contingency(de, layer, E)
+    if len(doms) < 2:  # no heatmap to switch, so no lift / share radio (it was drawn and did nothing)
+        ui.one_domain_note(ref, doms, "Domain specialisation (share, lift, I / H(domain))")
+        tops = pd.DataFrame({"expert": np.argsort(-C.sum(0))})  # the busiest expert first
+        top_tokens(ref, layer, E, tops)
+        return doms
     view = c2.radio("Show", ["lift", "share"], horizontal=True, key="sp_view",
                     captions=["P(domain | expert) / P(domain): > 1 = over-serves the domain",
                               "P(domain | expert): each expert's load split over domains"])
     order_by = c3.radio("Experts", ["by domain", "by id"], horizontal=True, key="sp_order",
                         captions=["grouped by the domain each over-serves most", "0 to N - 1"])
-    doms, C = compute.contingency(de, layer, E)
     share, lift = compute.metric("domain_share")(C), compute.metric("lift")(C)
-    if len(doms) < 2:
-        ui.one_domain_note(ref, doms, "Domain specialisation (share, lift, I / H(domain))")
-        tops = pd.DataFrame({"expert": np.argsort(-C.sum(0))})  # the busiest expert first
-        top_tokens(ref, layer, E, tops)
-        return doms
     with ui.guard("the domain × expert heatmap"):
         if view == "lift":
             z, cs, mid, zl, other = lift, charts.DIVERGING, 1.0, "lift", share
