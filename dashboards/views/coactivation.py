@@ -61,8 +61,10 @@ def paths(ref: data.RunRef, layers: list[int]) -> None:
     chosen = sorted(c1.multiselect("MoE layers (a path: the top-1 expert at each, in layer order)", layers,
                                    default=layers, key="path_layers"))
     n_links = c2.slider("Largest flows per layer step", 5, 100, MAX_LINKS, step=5, key="path_links")
-    by = c3.radio("Colour by", ["expert", "domain"], horizontal=True, key="path_color",
-                  help="domain: each flow and node in the most common domain of its tokens")
+    by = "expert"
+    if len(ref.info.get("domains") or []) != 1:  # one domain (an import's stream) paints every flow alike
+        by = c3.radio("Colour by", ["expert", "domain"], horizontal=True, key="path_color",
+                      help="domain: each flow and node in the most common domain of its tokens")
     if len(chosen) < 2:
         st.info("Pick at least two MoE layers: a path is a token's top-1 expert at each chosen layer.")
         return

@@ -186,9 +186,10 @@ def test_every_page_on_imported_runs(imported):
     assert len(at.get("plotly_chart")) >= 1
 
 
-def test_load_balance_and_specialisation_on_an_import_speak_of_passes_and_draw_no_idle_widget(imported):
+def test_pages_on_an_import_speak_of_passes_and_draw_no_idle_widget(imported):
     """A dump's steps are forward passes and it holds no router bias; with one domain there is no
-    domain x expert heatmap, so no lift / share radio to switch it (a tour found it drawn, doing nothing)."""
+    domain x expert heatmap, so no lift / share radio to switch it, nor a colour-by-domain one for the
+    paths (a tour found both drawn, doing nothing)."""
     at = open_page(app(imported["runs"], "per_token"), "load_balance")
     assert chart(at, "load_steps")["layout"]["title"]["text"] == "layer1: relative load per forward pass"
     assert chart(at, "load_bias")["layout"]["title"]["text"] == "layer1: relative load (whole run)"
@@ -197,6 +198,8 @@ def test_load_balance_and_specialisation_on_an_import_speak_of_passes_and_draw_n
     open_page(at, "specialisation")
     assert "one stream" in texts(at.info) and not [r for r in at.radio if r.key == "sp_view"]
     assert at.selectbox(key="sp_layer").value == "layer1"  # the layer picker still serves the top tokens
+    open_page(at, "coactivation")  # nor a colour-by-domain radio over one stream's paths
+    assert len(at.get("plotly_chart")) == 2 and not [r for r in at.radio if r.key == "path_color"]
 
 
 def test_a_page_for_other_runs_names_an_import_as_the_sidebar_does(imported, tmp_path):
