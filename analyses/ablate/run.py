@@ -355,14 +355,9 @@ def ablate(opts: AblateOptions, ablations: list[Ablation]):
         from tqdm import tqdm
         passes = (0 if sweep.baseline_saved() else 1) + sweep.to_compute()
         bar = tqdm(total=len(batches) * passes, unit="batch", desc="ablate", dynamic_ncols=True)
-    try:  # each ablation is committed as it finishes (sweep.py); a rerun computes only the rest
+    with sweep.computing(bar):  # each ablation is committed as it finishes (sweep.py); a rerun computes the rest
         df, plans = evaluate(m, batches, ablations, domains=domains, loads=loads, loads_source=source, world=world,
                              progress=bar.update if bar is not None else None, sweep=sweep)
-    except KeyboardInterrupt:
-        raise sweep.interrupted() from None
-    finally:
-        if bar is not None:
-            bar.close()
     if world.rank == 0:
         _note_stranded(plans)
     return out, df

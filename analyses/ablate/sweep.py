@@ -22,6 +22,7 @@ import json
 import shutil
 import signal
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -240,6 +241,18 @@ class Commits:
     def write_part(self, df, note: dict) -> None:
         """The part written whole, `note` added to its run.json entry."""
         write_result_part(self.out, self.TABLE, df, self.key, self.meta, self.PARTS, note, self.args)
+
+    @contextmanager
+    def computing(self, bar=None):
+        """The block that computes the units: Ctrl-C leaves it as `interrupted()`'s one message (what was
+        committed stays), and the progress bar, if any, is closed either way."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            raise self.interrupted() from None
+        finally:
+            if bar is not None:
+                bar.close()
 
     def interrupted(self) -> KeyboardInterrupt:
         """What Ctrl-C says: what was kept and how to go on."""

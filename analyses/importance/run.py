@@ -284,14 +284,9 @@ def importance(opts: ImportanceOptions):
         per_layer = -(-len(experts) // opts.group)
         passes = (0 if commits.baseline_saved() else 1) + commits.to_compute() * per_layer
         bar = tqdm(total=len(batches) * passes, unit="pass", desc="importance", dynamic_ncols=True)
-    try:
+    with commits.computing(bar):
         df = measure(m, batches, layers, experts, domains=domains, group=opts.group, world=world,
                      progress=bar.update if bar is not None else None, commits=commits)
-    except KeyboardInterrupt:
-        raise commits.interrupted() from None
-    finally:
-        if bar is not None:
-            bar.close()
     return out, df
 
 

@@ -217,10 +217,8 @@ def steer(opts: SteerOptions, steering: Steer, token_filter: str | None = None):
         "world": world.describe()}
     commits = SteerCommits(out, steering, prompts, RouterShape.of(args), meta, args, world, fresh=opts.fresh)
     commits.note_start()
-    try:
+    with commits.computing():
         df = _run_passes(m, batches, steering, prompts, opts, domains, world, decode, stops, commits)
-    except KeyboardInterrupt:
-        raise commits.interrupted() from None
     return out, df
 
 
