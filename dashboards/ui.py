@@ -155,6 +155,17 @@ def guard(what: str = "this section"):
         st.error(f"Could not draw {what}: {type(e).__name__}: {e}")
 
 
+def rows(what: str, load, empty: str):
+    """`load()`'s frame, read under `guard(what)`; None once the page has said why there is nothing to
+    draw: the read failed (guard's message), or it has no rows (`empty`)."""
+    df = None
+    with guard(what):
+        df = load()
+        if df.empty:
+            st.info(empty)
+    return None if df is None or df.empty else df
+
+
 def result_table(ref: data.RunRef, table: str, load, missing: str):
     """A job's result table of the run (`load(ref)`), or None after saying why there is nothing to
     draw: `missing` (how to compute it) when the run has no such table, a line when it has no rows.

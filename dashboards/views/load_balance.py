@@ -136,12 +136,8 @@ def main() -> None:
     steps = int(ref.info.get("step") or 0)
     if ref.kind == "train" and steps > 1:  # a run at step 0 or 1 has no window to choose (a 1..1 slider fails)
         window = st.slider("Loads summed over the last N steps", 1, steps, min(50, steps), key="lb_window")
-    loads = None
-    with ui.guard("the load heatmap"):
-        loads = data.total_loads(ref, window)
-        if loads.empty:
-            st.info("No expert loads recorded yet.")
-    if loads is None or loads.empty:
+    loads = ui.rows("the load heatmap", lambda: data.total_loads(ref, window), "No expert loads recorded yet.")
+    if loads is None:
         return
     E = n_experts(ref, loads)
     layers, rel = compute.relative_loads(loads, E)

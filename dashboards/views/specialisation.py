@@ -46,12 +46,8 @@ def domain_views(ref: data.RunRef) -> list[str]:
     """Domain x expert per layer, I(domain; expert) / H(domain), the most domain-specific experts and
     an expert's top tokens; returns the domains of the expert loads."""
     E = int((ref.info.get("model_args") or {}).get("n_routed_experts") or 0)
-    de = None
-    with ui.guard("the domain × expert tables"):
-        de = data.domain_expert(ref)
-        if de.empty:
-            st.info("No expert loads recorded yet.")
-    if de is None or de.empty:
+    de = ui.rows("the domain × expert tables", lambda: data.domain_expert(ref), "No expert loads recorded yet.")
+    if de is None:
         return []
     E = E or int(de.expert.max() + 1)
     layers = compute.layer_order(de.layer)

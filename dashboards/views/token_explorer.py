@@ -36,12 +36,8 @@ def main() -> None:
     ref = ui.selected_run(("probe",))
     if ref is None:
         return
-    docs = None
-    with ui.guard("the document list"):
-        docs = data.documents(ref)
-        if docs.empty:
-            st.info("No tokens recorded yet.")
-    if docs is None or docs.empty:
+    docs = ui.rows("the document list", lambda: data.documents(ref), "No tokens recorded yet.")
+    if docs is None:
         return
     c1, c2, c3 = st.columns([1, 2, 1])
     doms = ["all"] + sorted(docs.domain.dropna().unique())

@@ -116,12 +116,8 @@ def main() -> None:
     if ref is None:
         return
     info = ref.info
-    tm = None
-    with ui.guard("the training metrics"):
-        tm = data.train_metrics(ref)
-        if tm.empty:
-            st.info("No steps logged yet.")
-    if tm is None or tm.empty:
+    tm = ui.rows("the training metrics", lambda: data.train_metrics(ref), "No steps logged yet.")
+    if tm is None:
         return
     gates = info.get("gates") or [c[7:] for c in tm.columns if c.startswith("maxvio_")]
     w = 10
