@@ -1,19 +1,16 @@
 """The Streamlit dashboard under streamlit.testing.v1.AppTest: every page on a small recorded run,
 on training runs, on an empty runs directory and on a run with corrupted files (no exception, no
-traceback, the expected elements present); and `import dashboards` never imports torch."""
+traceback, the expected elements present). The app around the pages: test_app_runs.py; the
+Specialisation page on synthetic runs: test_specialisation_view.py."""
 
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from helpers.apptest import PAGES, REPO, app, open_page, texts
+from helpers.apptest import PAGES, app, open_page, texts
 from helpers.dashboard_runs import dashboard_runs
 
 # plotly charts each page must draw for the complete probe run `demo`
@@ -279,25 +276,6 @@ def test_running_and_interrupted_runs_are_flagged(runs):
         assert not domain_chart(at)
 
 
-def test_a_mistyped_runs_directory_is_said_not_replaced(tmp_path, monkeypatch):
-    """`streamlit run dashboards/app.py -- DIR` with a DIR that is not a directory silently served
-    ./runs instead (a review): the sidebar now names DIR and says what is wrong with it."""
-    from streamlit.testing.v1 import AppTest
-
-    from helpers.apptest import APP
-
-    monkeypatch.delenv("DSV3_RUNS_DIR", raising=False)
-    (tmp_path / "a_file").write_text("x")
-    for given, said in ((tmp_path / "typo", "not found."), (tmp_path / "a_file", "is a file, not a directory."),
-                        (tmp_path, None)):  # the last: the control, a directory
-        monkeypatch.setattr(sys, "argv", [APP, str(given)])
-        at = AppTest.from_file(APP, default_timeout=60).run()
-        assert not at.exception
-        assert f"Runs directory: `{given}`" in texts(at.sidebar.caption)
-        errors = texts(at.sidebar.error)
-        assert (f"Runs directory `{given}`: {said}" in errors) if said else not errors
-
-
 @pytest.mark.slow  # every page
 def test_empty_runs_directory(runs):
     at = app(runs["empty"])
@@ -359,133 +337,6 @@ def test_a_table_without_rows_is_told_from_a_lost_one(runs, tmp_path):
     for name in ("lost", "parts-lost"):
         at = open_page(app(tmp_path, name), "overview")
         assert "run.json lists tables with no files: mtp" in texts(at.warning) and "No rows" not in texts(at.info)
-
-
-@pytest.mark.slow  # a fresh process
-def test_dashboards_never_import_torch():
-    code = ("import sys; import dashboards.data, dashboards.charts, dashboards.ui, dashboards.compute; "
-            "import analyses.metrics; dashboards.compute.spearman([1, 2, 3], [1, 3, 2]); "  # the library's ranks
-            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'torch')))")
-    out = subprocess.run([sys.executable, "-c", "import json; " + code], cwd=REPO, capture_output=True, text=True,
-                         check=True)
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
-
-
-def test_the_runs_list_follows_the_folder_without_a_reload(tmp_path):
-    """A run added, finished or deleted while the dashboard is open shows in the next session: the
-    folder's signature was a parameter named `_sig`, which st.cache_data leaves out of its key, so
-    the first list stayed until "Reload runs" (found in a browser walkthrough)."""
-    import shutil
-
-    from dashboards import data
-    from helpers.synthetic_run import write_run
-
-    write_run(tmp_path / "a", n_seq=2)
-    assert [r.name for r in data.discover(tmp_path)] == ["a"]
-    write_run(tmp_path / "b", n_seq=2)
-    assert [r.name for r in data.discover(tmp_path)] == ["a", "b"]
-    info = json.loads((tmp_path / "b" / "run.json").read_text())
-    (tmp_path / "b" / "run.json").write_text(json.dumps(info | {"status": "running", "x": 1}))
-    assert next(r for r in data.discover(tmp_path) if r.name == "b").status == "running"
-    (tmp_path / "b" / "run.json").write_text(json.dumps(info | {"status": "complete"}))
-    assert next(r for r in data.discover(tmp_path) if r.name == "b").status == "complete"
-    shutil.rmtree(tmp_path / "a")
-    assert [r.name for r in data.discover(tmp_path)] == ["b"]
-
-
-def test_queries_share_one_database_each_with_views_of_its_own_run(tmp_path):
-    """Every query runs on a cursor of one database (dashboards.data._database) with temporary views:
-    queries of two runs at once, from eight threads as Streamlit's sessions run, each read their own
-    run's `tokens` and leave no view behind; a missing table still closes its cursor."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from dashboards import data
-    from helpers.synthetic_run import write_run
-
-    write_run(tmp_path / "a", n_seq=3)
-    write_run(tmp_path / "b", n_seq=5, seed=1)
-    refs = [data.RunRef(n, str(tmp_path / n), "probe", "complete") for n in ("a", "b")]
-    want = {ref.name: int(data.query(ref, "select count(*) as n from tokens", ("tokens",)).n[0]) for ref in refs}
-    assert want["a"] * 5 == want["b"] * 3 > 0  # runs of 3 and 5 windows of one length
-
-    def count(i: int) -> tuple[str, int]:
-        ref = refs[i % 2]
-        return ref.name, int(data.query(ref, "select count(*) as n from tokens", ("tokens",)).n[0])
-
-    with ThreadPoolExecutor(8) as pool:
-        assert all(n == want[name] for name, n in pool.map(count, range(64)))
-    with pytest.raises(data.MissingTable):  # a run without the table
-        data.query(data.RunRef("none", str(tmp_path / "none"), "probe", "complete"), "select 1", ("tokens",))
-    assert data._database().sql("select count(*) from duckdb_views() where not internal").fetchall() == [(0,)]
-
-
-def test_cli_dashboard_subcommand_parses(monkeypatch, tmp_path, capsys):
-    """`dsv3-probe dashboard DIR --host --port` builds the streamlit command (not started here)."""
-    from probe import __main__ as cli
-
-    calls = []
-    monkeypatch.setattr(cli, "_exec_streamlit", lambda cmd, env: calls.append((cmd, env)) or 0)
-    (tmp_path / "r").mkdir()
-    (tmp_path / "r" / "run.json").write_text("{}")
-    assert cli.main(["dashboard", str(tmp_path), "--host", "0.0.0.0", "--port", "8765"]) == 0
-    cmd, env = calls[0]
-    assert cmd[cmd.index("--server.address") + 1] == "0.0.0.0" and cmd[cmd.index("--server.port") + 1] == "8765"
-    assert cmd[-1] == str(tmp_path) and env["DSV3_RUNS_DIR"] == str(tmp_path)
-    capsys.readouterr()
-    # a run given in place of its folder: the folder is served, the run selected (it recorded the
-    # default run inside the run, found by a review)
-    assert cli.main(["dashboard", str(tmp_path / "r"), "--port", "8765"]) == 0
-    cmd, env = calls.pop()
-    assert cmd[-1] == str(tmp_path.resolve()) and not (tmp_path / "r" / "model-val").exists()
-    assert "/?run=r " in capsys.readouterr().err
-    (tmp_path / "afile").write_text("x")  # a file is refused with one line, and no server starts
-    assert cli.main(["dashboard", str(tmp_path / "afile"), "--no-record"]) == 2 and len(calls) == 1
-    assert capsys.readouterr().err == f"error: {tmp_path / 'afile'}: a file, not a directory of runs\n"
-    # an address it cannot serve on is one line before anything is recorded, not streamlit's traceback
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        assert cli.main(["dashboard", str(tmp_path / "empty"), "--port", str(port)]) == 2
-    assert capsys.readouterr().err == f"error: --host 127.0.0.1 --port {port}: cannot serve there (Address already in use)\n"
-    assert not (tmp_path / "empty").exists() and len(calls) == 1  # nothing recorded, no server
-    assert cli.main(["dashboard", str(tmp_path), "--port", str(port)]) == 0 and len(calls) == 2  # control: freed
-    with pytest.raises(SystemExit) as bad:
-        cli.main(["dashboard", str(tmp_path), "--port", "99999"])
-    assert bad.value.code == 2 and "'99999' is not a TCP port (1-65535)" in capsys.readouterr().err
-
-
-@pytest.mark.slow  # four page sessions over three runs
-def test_a_one_domain_run_says_so_instead_of_empty_charts(tmp_path):
-    """Specialisation and Compare runs need two domains; with one they say why, and draw no heatmap."""
-    from helpers.synthetic_run import write_run
-
-    write_run(tmp_path / "one", domains=("code",))
-    write_run(tmp_path / "two", seed=1)
-    at = app(tmp_path, "one")
-    open_page(at, "specialisation")
-    note = texts(at.info)
-    assert "compares domains, and run `one` has 1 domain (`code`)" in note and "--order domains" in note
-    assert not at.error
-    one_charts = len(at.get("plotly_chart"))
-    assert any("Top tokens" in s.value for s in at.subheader)  # the per-expert view still works
-    open_page(at, "compare")
-    assert "I(domain; expert) / H(domain) compares domains, and run `one` has 1 domain" in texts(at.info)
-    at = app(tmp_path, "two")
-    open_page(at, "specialisation")
-    assert "compares domains" not in texts(at.info)  # the control: two domains draw the heatmap and I / H
-    assert len(at.get("plotly_chart")) == one_charts + 2 and at.toggle(key="probe_on")  # and offer the probe
-    # an interrupted run that has not reached its other domains, and serving traffic, are not told to
-    # record another corpus (a review found both were)
-    for name, edit, want in (("part", {"status": "interrupted", "domains": ["code", "math", "prose"]},
-                              "run `part` (interrupted) has rows from 1 of its 3 domains so far: continue it with "
-                              "`--resume`"),
-                             ("served", {"kind": "import"}, "run `served` is imported serving traffic, one stream")):
-        write_run(tmp_path / name, domains=("code",))
-        info = json.loads((tmp_path / name / "run.json").read_text())
-        (tmp_path / name / "run.json").write_text(json.dumps(info | edit))
-        at = open_page(app(tmp_path, name), "specialisation")
-        assert want in texts(at.info) and "Record a corpus with two" not in texts(at.info), texts(at.info)
 
 
 def test_a_link_to_a_missing_run_says_so(runs):
@@ -571,41 +422,6 @@ def test_a_spec_run_without_a_single_draft_shows_no_acceptance(runs, tmp_path):
     assert shown["Drafts proposed"] == "0" and not at.exception and not at.error
 
 
-def test_the_default_runs_directory_is_records_wherever_a_command_starts(monkeypatch, tmp_path):
-    """From a folder other than the repository, record wrote the repository's runs/ while the
-    dashboard served ./runs (and recorded the corpus again there; a review). Every default is
-    probe.job.DEFAULT_RUNS: record's, the dashboard command's and app's, an import's, train's."""
-    from probe import __main__ as cli
-    from probe.job import DEFAULT_RUNS, REPO, resolve_paths
-    from train.flags import build_parser
-
-    from dashboards import ui
-
-    assert DEFAULT_RUNS == REPO / "runs"
-    monkeypatch.chdir(tmp_path)
-    assert resolve_paths(None, None, None)[2].parent == DEFAULT_RUNS
-    assert cli.parser().parse_args(["dashboard"]).runs_dir == str(DEFAULT_RUNS)
-    monkeypatch.delenv("DSV3_RUNS_DIR", raising=False)
-    monkeypatch.setattr(ui.sys, "argv", ["pytest"])
-    assert ui.runs_dir() == DEFAULT_RUNS
-    assert build_parser().parse_args([]).out == DEFAULT_RUNS / "train"
-    assert not (tmp_path / "runs").exists()
-
-
-def test_a_long_run_name_is_shown_whole_under_the_picker(tmp_path):
-    """The sidebar's selectbox cuts a long label off ("sweep-top16-layer3-seed…"), so a run whose
-    name and kind do not fit gets its whole label in a caption below it; a short one does not."""
-    from helpers.synthetic_run import write_run
-
-    long = "ablate-sweep-top16-random-control-seed4-layer3"
-    write_run(tmp_path / long, n_seq=2)
-    write_run(tmp_path / "a", n_seq=2)
-    captions = [c.value for c in app(tmp_path, long).sidebar.caption]
-    assert f"{long} · probe · done" in captions, captions
-    captions = [c.value for c in app(tmp_path, "a").sidebar.caption]
-    assert not any(c.startswith("a · ") for c in captions), captions
-
-
 def test_domains_only_a_table_names_get_colours(tmp_path):
     """A run whose run.json lists no domains (written by a user's own code, not `record`) but whose
     tokens table has some: the overview's bars looked their colours up among run.json's domains only
@@ -616,43 +432,3 @@ def test_domains_only_a_table_names_get_colours(tmp_path):
     at = app(tmp_path, "a")
     assert not at.error, texts(at.error)
     assert any(c.proto.id.endswith("-tokens_per_domain") for c in at.get("plotly_chart"))
-
-
-def test_the_domain_probe_panel_draws_the_metric_of_the_run(tmp_path):
-    """The specialisation page's probe bars (fitted when asked) are `domain_probe_from_run`'s held-out
-    accuracies (at most PROBE_ROWS tokens a side), beside the shuffled-domain control; a run without
-    scores offers weights only."""
-    from analyses.metrics import domain_probe_from_run
-    from dashboards.research import PROBE_ROWS
-    from helpers.apptest import array, chart
-    from helpers.synthetic_run import write_run
-
-    write_run(tmp_path / "r", n_seq=200, seq_len=20, vocab=50)
-    at = open_page(app(tmp_path, "r"), "specialisation")
-    assert not any(c.proto.id.endswith("-probe") for c in at.get("plotly_chart"))  # fitted on demand only
-    at.toggle(key="probe_on").set_value(True).run()
-    assert not at.error, texts(at.error)
-    bars = {t["name"]: array(t["y"]) for t in chart(at, "probe")["data"]}
-    want = domain_probe_from_run(tmp_path / "r", max_rows=PROBE_ROWS)
-    np.testing.assert_allclose(bars["probe"], want.accuracy, rtol=1e-9)
-    np.testing.assert_allclose(bars["probe on shuffled domains"], want.shuffled, rtol=1e-9)
-    assert at.radio(key="probe_features").options == ["weights"]  # no --router-logits full: no scores
-
-
-def test_the_domain_heatmap_orders_experts_by_domain_or_by_id(tmp_path):
-    """With 256 experts in id order a domain's experts do not show as a block: by default the heatmap's
-    columns follow `compute.experts_by_domain` of the layer's lifts; "by id" puts them back."""
-    from dashboards import compute, data
-    from helpers.apptest import chart
-    from helpers.synthetic_run import write_run
-
-    write_run(tmp_path / "r", n_seq=40, seq_len=10)
-    at = open_page(app(tmp_path, "r"), "specialisation")
-    ref = next(r for r in data.discover(tmp_path) if r.name == "r")
-    de = data.domain_expert(ref)
-    layer = at.selectbox(key="sp_layer").value
-    _, C = compute.contingency(de, layer, 8)
-    want = compute.experts_by_domain(compute.metric("lift")(C))
-    assert chart(at, "dom_exp")["data"][0]["x"] == [str(e) for e in want] != [str(e) for e in range(8)]
-    at.radio(key="sp_order").set_value("by id").run()
-    assert chart(at, "dom_exp")["data"][0]["x"] == [str(e) for e in range(8)]

@@ -1,0 +1,84 @@
+"""The Specialisation page on synthetic runs: a one-domain run says so instead of drawing empty charts,
+the domain x expert heatmap's expert order, and the domain probe panel against its metric."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from helpers.apptest import app, open_page, texts
+
+
+@pytest.mark.slow  # four page sessions over three runs
+def test_a_one_domain_run_says_so_instead_of_empty_charts(tmp_path):
+    """Specialisation and Compare runs need two domains; with one they say why, and draw no heatmap."""
+    from helpers.synthetic_run import write_run
+
+    write_run(tmp_path / "one", domains=("code",))
+    write_run(tmp_path / "two", seed=1)
+    at = app(tmp_path, "one")
+    open_page(at, "specialisation")
+    note = texts(at.info)
+    assert "compares domains, and run `one` has 1 domain (`code`)" in note and "--order domains" in note
+    assert not at.error
+    one_charts = len(at.get("plotly_chart"))
+    assert any("Top tokens" in s.value for s in at.subheader)  # the per-expert view still works
+    open_page(at, "compare")
+    assert "I(domain; expert) / H(domain) compares domains, and run `one` has 1 domain" in texts(at.info)
+    at = app(tmp_path, "two")
+    open_page(at, "specialisation")
+    assert "compares domains" not in texts(at.info)  # the control: two domains draw the heatmap and I / H
+    assert len(at.get("plotly_chart")) == one_charts + 2 and at.toggle(key="probe_on")  # and offer the probe
+    # an interrupted run that has not reached its other domains, and serving traffic, are not told to
+    # record another corpus (a review found both were)
+    for name, edit, want in (("part", {"status": "interrupted", "domains": ["code", "math", "prose"]},
+                              "run `part` (interrupted) has rows from 1 of its 3 domains so far: continue it with "
+                              "`--resume`"),
+                             ("served", {"kind": "import"}, "run `served` is imported serving traffic, one stream")):
+        write_run(tmp_path / name, domains=("code",))
+        info = json.loads((tmp_path / name / "run.json").read_text())
+        (tmp_path / name / "run.json").write_text(json.dumps(info | edit))
+        at = open_page(app(tmp_path, name), "specialisation")
+        assert want in texts(at.info) and "Record a corpus with two" not in texts(at.info), texts(at.info)
+
+
+def test_the_domain_probe_panel_draws_the_metric_of_the_run(tmp_path):
+    """The specialisation page's probe bars (fitted when asked) are `domain_probe_from_run`'s held-out
+    accuracies (at most PROBE_ROWS tokens a side), beside the shuffled-domain control; a run without
+    scores offers weights only."""
+    from analyses.metrics import domain_probe_from_run
+    from dashboards.research import PROBE_ROWS
+    from helpers.apptest import array, chart
+    from helpers.synthetic_run import write_run
+
+    write_run(tmp_path / "r", n_seq=200, seq_len=20, vocab=50)
+    at = open_page(app(tmp_path, "r"), "specialisation")
+    assert not any(c.proto.id.endswith("-probe") for c in at.get("plotly_chart"))  # fitted on demand only
+    at.toggle(key="probe_on").set_value(True).run()
+    assert not at.error, texts(at.error)
+    bars = {t["name"]: array(t["y"]) for t in chart(at, "probe")["data"]}
+    want = domain_probe_from_run(tmp_path / "r", max_rows=PROBE_ROWS)
+    np.testing.assert_allclose(bars["probe"], want.accuracy, rtol=1e-9)
+    np.testing.assert_allclose(bars["probe on shuffled domains"], want.shuffled, rtol=1e-9)
+    assert at.radio(key="probe_features").options == ["weights"]  # no --router-logits full: no scores
+
+
+def test_the_domain_heatmap_orders_experts_by_domain_or_by_id(tmp_path):
+    """With 256 experts in id order a domain's experts do not show as a block: by default the heatmap's
+    columns follow `compute.experts_by_domain` of the layer's lifts; "by id" puts them back."""
+    from dashboards import compute, data
+    from helpers.apptest import chart
+    from helpers.synthetic_run import write_run
+
+    write_run(tmp_path / "r", n_seq=40, seq_len=10)
+    at = open_page(app(tmp_path, "r"), "specialisation")
+    ref = next(r for r in data.discover(tmp_path) if r.name == "r")
+    de = data.domain_expert(ref)
+    layer = at.selectbox(key="sp_layer").value
+    _, C = compute.contingency(de, layer, 8)
+    want = compute.experts_by_domain(compute.metric("lift")(C))
+    assert chart(at, "dom_exp")["data"][0]["x"] == [str(e) for e in want] != [str(e) for e in range(8)]
+    at.radio(key="sp_order").set_value("by id").run()
+    assert chart(at, "dom_exp")["data"][0]["x"] == [str(e) for e in range(8)]
