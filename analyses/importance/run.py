@@ -201,16 +201,6 @@ def measure(model, batches: list[Batch], layers=None, experts=None, *, domains: 
     return pd.DataFrame([r for layer in layers for r in rows[layer]], columns=TABLES[TABLE].names)
 
 
-def importance_rows(layers, experts, domains, base_acc, loads_DLX, assigned_DL, acc):
-    """The table from the sums: base_acc [D, 2], loads of the chosen experts [D, L', X], all
-    assignments per layer [D, L'] (routed tokens x K), acc [L', X, D, 2]."""
-    import pandas as pd
-
-    return pd.DataFrame([r for li, layer in enumerate(layers) for r in
-                         layer_rows(layer, experts, domains, base_acc, loads_DLX[:, li], assigned_DL[:, li], acc[li])],
-                        columns=TABLES[TABLE].names)
-
-
 def layer_rows(layer, experts, domains, base_acc, loads_DX, assigned_D, acc) -> list[dict]:
     """One layer's rows: base_acc [D, 2], loads of the chosen experts [D, X], all assignments [D]
     (routed tokens x K), acc [X, D, 2]."""
