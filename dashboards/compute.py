@@ -26,11 +26,11 @@ def metric(name: str):
 
 
 def layer_order(labels) -> list[str]:
-    """layer1, layer2, ..., layer10, then mtp0, ...: numeric order within each prefix."""
+    """layer 1, layer 2, ..., layer 10, then MTP 0, ...: numeric order within each prefix."""
     def key(s: str):
         head = s.rstrip("0123456789")
         num = s[len(head):]
-        return (head != "layer", head, int(num) if num else -1)
+        return (head.strip() != "layer", head.strip(), int(num) if num else -1)
     return sorted(set(labels), key=key)
 
 

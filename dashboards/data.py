@@ -18,6 +18,7 @@ Errors a page should show rather than raise: `MissingTable` (the run has no such
 from __future__ import annotations
 
 import json
+import re
 import struct
 import threading
 from contextlib import contextmanager
@@ -31,7 +32,7 @@ import pyarrow.parquet as pq
 import streamlit as st
 
 from probe.run import create_views, table_files as run_table_files
-from probe.schema import TABLES
+from probe.schema import TABLES, layer_label as schema_layer_label
 
 # Per-token views (co-activation, top tokens, Sankey) read at most this many tokens per layer: the
 # first windows of the run (row groups past them are skipped by their seq_id statistics).
@@ -233,15 +234,31 @@ def file_health(ref: RunRef) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------ loads
-def _layer_label(ref: RunRef, layer) -> str:
-    """'layer3', or 'mtp0' for an MTP block's router (layer n_layers + k, as in the checkpoint)."""
+def layer_label(ref: RunRef, layer) -> str:
+    """`probe.schema.layer_label` with the run's n_layers: 'layer 3', or 'MTP 0' for an MTP block's
+    router. Every page names a layer this way (the tables and run.json keep 'layer3' / 3)."""
+    return schema_layer_label(layer, (ref.info.get("model_args") or {}).get("n_layers"))
+
+
+def layer_number(ref: RunRef, label: str) -> int:
+    """The table's layer of a label: 'layer 3' or run.json's gate 'layer3' -> 3; 'MTP 0' / 'mtp0' -> n_layers."""
+    m = re.fullmatch(r"(layer|mtp) ?(\d+)", label.strip(), re.IGNORECASE)
+    if m is None:
+        raise ValueError(f"not a layer label: {label!r}")
+    n = (ref.info.get("model_args") or {}).get("n_layers", 0)
+    return int(m[2]) + (n if m[1].lower() == "mtp" else 0)
+
+
+def _labelled(ref: RunRef, df: pd.DataFrame, label=layer_label) -> pd.DataFrame:
+    df["layer"] = [label(ref, x) for x in df["layer"]]
+    return df
+
+
+def _gate(ref: RunRef, layer) -> str:
+    """run.json's name of a gate ('layer3', 'mtp0': train.balance's labels), which keys the training
+    metrics' maxvio_<gate> columns; pages show `layer_label`."""
     n = (ref.info.get("model_args") or {}).get("n_layers")
     return f"mtp{int(layer) - n}" if n is not None and int(layer) >= n else f"layer{int(layer)}"
-
-
-def _labelled(ref: RunRef, df: pd.DataFrame) -> pd.DataFrame:
-    df["layer"] = [_layer_label(ref, x) for x in df["layer"]]
-    return df
 
 
 @cached
@@ -267,7 +284,7 @@ def tokens_in_run(ref: RunRef) -> int | None:
 
 @cached
 def loads_by_step(ref: RunRef) -> pd.DataFrame:
-    """step, layer (label, e.g. 'layer3' or 'mtp0'), expert, load: top-k assignments per batch or step."""
+    """step, layer (label, e.g. 'layer 3' or 'MTP 0'), expert, load: top-k assignments per batch or step."""
     return _labelled(ref, query(ref, "select step, layer, expert, sum(count)::bigint as load from expert_load "
                                      "group by all order by step, layer, expert", ("expert_load",)))
 
@@ -339,7 +356,7 @@ def bias(ref: RunRef) -> pd.DataFrame:
         for name, arr in _safetensors_vectors(f, "e_score_correction_bias").items():
             parts = name.split(".")
             layer = int(parts[parts.index("layers") + 1]) if "layers" in parts else -1
-            rows += [{"layer": _layer_label(ref, layer), "expert": i, "bias": float(v)} for i, v in enumerate(arr)]
+            rows += [{"layer": layer_label(ref, layer), "expert": i, "bias": float(v)} for i, v in enumerate(arr)]
     return pd.DataFrame(rows, columns=["layer", "expert", "bias"])
 
 
@@ -554,11 +571,11 @@ def steering(ref: RunRef) -> pd.DataFrame:
 @cached
 def train_metrics(ref: RunRef) -> pd.DataFrame:
     """One row per step: train_steps' columns, plus loss_<domain> and maxvio_<gate> / bias_norm_<gate>
-    (gate labels as `_layer_label`) from the train split of train_domains and train_gates."""
+    (gates named as in run.json, `_gate`) from the train split of train_domains and train_gates."""
     steps = query(ref, "select * from train_steps order by step", ("train_steps",))
     dom = query(ref, "select step, domain, loss from train_domains where split = 'train'", ("train_domains",))
     gates = _labelled(ref, query(ref, "select step, layer, maxvio, bias_norm from train_gates where split = 'train'",
-                                 ("train_gates",)))
+                                 ("train_gates",)), _gate)
     return _wide(steps, dom, gates)
 
 
@@ -569,7 +586,7 @@ def eval_metrics(ref: RunRef) -> pd.DataFrame:
     ev = query(ref, "select * from train_eval order by step", ("train_eval",))
     dom = query(ref, "select step, domain, loss, mtp_loss from train_domains where split = 'val'", ("train_domains",))
     gates = _labelled(ref, query(ref, "select step, layer, maxvio from train_gates where split = 'val'",
-                                 ("train_gates",)))
+                                 ("train_gates",)), _gate)
     return _wide(ev, dom.rename(columns={"loss": "val_loss", "mtp_loss": "val_mtp_loss"}),
                  gates.rename(columns={"maxvio": "val_maxvio"}))
 
@@ -589,9 +606,8 @@ def _wide(base: pd.DataFrame, dom: pd.DataFrame, gates: pd.DataFrame) -> pd.Data
 
 @cached
 def bias_by_step(ref: RunRef, gate: str, every: int = 1) -> pd.DataFrame:
-    """step, expert, bias, load of one gate ('layer3', 'mtp0') over steps (every `every`-th step)."""
-    n = (ref.info.get("model_args") or {}).get("n_layers", 0)
-    layer = n + int(gate[3:]) if gate.startswith("mtp") else int(gate.removeprefix("layer"))
+    """step, expert, bias, load of one gate ('layer 3', 'MTP 0') over steps (every `every`-th step)."""
+    layer = layer_number(ref, gate)
     return query(ref, "select b.step, b.expert, b.bias::double as bias, coalesce(l.load, 0)::bigint as load "
                       "from router_bias b left join (select step, layer, expert, sum(count) as load from expert_load "
                       "group by all) l using (step, layer, expert) where b.layer = ? and b.step % ? = 0 "

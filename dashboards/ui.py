@@ -187,10 +187,13 @@ def whole_table_height(n_rows: int, most: int = 40) -> int:
     return 38 + 35 * max(1, min(n_rows, most))
 
 
-def layer_picker(layers: list, key: str, label: str = "MoE layer", index: int = 0):
+def layer_picker(layers: list, key: str, label: str = "MoE layer", index: int = 0, ref: data.RunRef | None = None):
+    """A layer from `layers`: labels as they are, or the tables' layer numbers with `ref` (shown as
+    `data.layer_label`, 'layer 3')."""
     if not layers:
         return None
-    return st.columns(3)[0].selectbox(label, layers, index=min(index, len(layers) - 1), key=key)
+    shown = (lambda x: data.layer_label(ref, x)) if ref is not None else str
+    return st.columns(3)[0].selectbox(label, layers, index=min(index, len(layers) - 1), key=key, format_func=shown)
 
 
 def caption_sample(ref: data.RunRef) -> None:

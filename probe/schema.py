@@ -352,6 +352,14 @@ DOCS: dict[str, dict[str, str]] = {
 }
 
 
+def layer_label(layer: int, n_layers: int | None = None) -> str:
+    """How pages and the report name a layer to a reader: 'layer 3', or 'MTP 0' for an MTP block's
+    router (layer n_layers + k, as in the checkpoint and the tables' `layer` column, which keep the
+    integer). Display only: run.json's `gates` and the tables are unchanged."""
+    layer = int(layer)
+    return f"MTP {layer - n_layers}" if n_layers is not None and layer >= n_layers else f"layer {layer}"
+
+
 def markdown() -> str:
     """The table reference as Markdown: docs/run-tables.md holds this text under its introduction (a
     test keeps the two equal; regenerate with `python -c "import probe.schema as s; print(s.markdown())"`)."""

@@ -18,6 +18,7 @@ import pandas as pd
 from analyses.metrics import (MetricsError, balance_table, layer_loads_from_run, lift_from_run, relative_load,
                               repetition_from_run, specialisation_table)
 from analyses.metrics._common import as_run, need_rows
+from probe.schema import layer_label
 
 FRACTIONS = (1 / 16, 1 / 8, 1 / 4)
 SEEDS = (0, 1, 2, 3, 4)
@@ -32,7 +33,7 @@ def balance(run) -> pd.DataFrame:
 def relative_loads(run) -> pd.DataFrame:
     """[layer x expert] `relative_load` (load / mean load; 1 = balanced) of the whole run."""
     loads = layer_loads_from_run(as_run(run))
-    return pd.DataFrame({f"layer {k}": relative_load(v) for k, v in loads.items()}).T.rename_axis("layer")
+    return pd.DataFrame({layer_label(k): relative_load(v) for k, v in loads.items()}).T.rename_axis("layer")
 
 
 def specialisation(run) -> tuple[pd.DataFrame, dict[int, pd.DataFrame]]:

@@ -19,6 +19,7 @@ from . import data as rd
 from . import research
 from .research_model import job_opts
 from analyses.notebook_utils import DEFAULT_RUN
+from probe.schema import layer_label
 from probe.writer import replacing
 
 ONE_DOMAIN = ("the run has one domain ({}): record a corpus with two or more (a sub-folder or a `domain` field "
@@ -206,7 +207,7 @@ def summary(r: dict) -> list[str]:
         top = sp.loc[sp.max_lift.fillna(-np.inf).idxmax()]
         s.append("Domain specialisation: I(domain; expert)/H(domain) per layer " + ", ".join(
             f"L{int(x.layer)} {x.domain_nmi:.3f}" for x in sp.itertuples()) + f"; largest lift {top.max_lift:.2f} "
-            f"({top.max_lift_domain}, layer {int(top.layer)}, expert {int(top.max_lift_expert)}).")
+            f"({top.max_lift_domain}, {layer_label(top.layer)}, expert {int(top.max_lift_expert)}).")
     if r["sweep"] is not None:
         s += _sweep_summary(r["sweep"])
     rep = r["repetition"]
@@ -259,10 +260,10 @@ def _heat(df: pd.DataFrame, title: str, zmid=None, colorscale: str = "Viridis", 
 
 
 def _layer_bars(df: pd.DataFrame, series):
-    """Grouped bars per layer ("L<n>"): one bar series per (legend name, column of df)."""
+    """Grouped bars per layer ("layer <n>", `layer_label`): one bar series per (legend name, column of df)."""
     import plotly.graph_objects as go
 
-    x = [f"L{v}" for v in df.layer]
+    x = [layer_label(v) for v in df.layer]
     return go.Figure([go.Bar(name=name, x=x, y=df[col]) for name, col in series]).update_layout(barmode="group")
 
 
@@ -279,7 +280,7 @@ def _specialisation_figures(sp: pd.DataFrame, lift: dict) -> list:
     fig = _layer_bars(sp, [("domain_nmi", "domain_nmi"), ("nmi", "nmi")]).update_layout(yaxis_title="nats / nats")
     out = [("I(domain; expert) / H(domain) and NMI per layer (specialisation_table)", fig, sp, False)]
     for layer, li in lift.items():
-        out.append((f"Lift P(domain | expert) / P(domain), layer {layer}",
+        out.append((f"Lift P(domain | expert) / P(domain), {layer_label(layer)}",
                      _heat(np.log2(li.astype(float).where(li > 0)), "log2 lift", zmid=0.0, colorscale="RdBu_r"),
                      li.round(2), True))
     return out

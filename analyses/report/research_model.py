@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from probe.job import MODEL_FLAGS
+from probe.schema import layer_label
 
 
 INPUT_FLAGS = ("ckpt", "corpus")  # the report's --ckpt and --corpus, for a run whose own are gone or not written
@@ -33,7 +34,7 @@ def importance(run, ns) -> dict:
     corr = load_vs_importance(df)
     gaps = rank_disagreement(df, top=3)
     alld = df[df.domain == "all"]
-    fig = go.Figure([go.Scatter(x=g.load_share, y=g.delta, mode="markers", name=f"layer {layer}",
+    fig = go.Figure([go.Scatter(x=g.load_share, y=g.delta, mode="markers", name=layer_label(layer),
                                 text=[f"expert {e}" for e in g.expert])
                      for layer, g in alld.groupby("layer")])
     fig.update_layout(xaxis_title="load share (of the layer's top-k assignments)",

@@ -149,7 +149,8 @@ def importance(ref: data.RunRef) -> None:
         layers = sorted(int(x) for x in imp.layer.unique())
         c1, c2 = st.columns([1, 3])
         dom = c1.selectbox("Domain", doms, key="imp_domain", help="`all`: every token; else that domain's tokens")
-        shown = c2.multiselect("Layers", layers, default=layers[:4], key="imp_layers")
+        shown = c2.multiselect("Layers", layers, default=layers[:4], key="imp_layers",
+                               format_func=lambda x: data.layer_label(ref, x))
         d = imp[imp.domain == dom]
         by_layer = {x: d[d.layer == x] for x in layers}
         mixed = [x for x, g in by_layer.items() if "tokens" in g and g.tokens.nunique() > 1]
@@ -163,12 +164,12 @@ def importance(ref: data.RunRef) -> None:
         cols = st.columns(2)
         rho_of = dict(zip(rho.layer, rho.rho))
         for i, layer in enumerate(shown):
-            cols[i % 2].plotly_chart(importance_scatter(by_layer[layer], layer, rho_of[layer], dom),
-                                     key=f"imp_scatter_{layer}")
+            scatter = importance_scatter(by_layer[layer], data.layer_label(ref, layer), rho_of[layer], dom)
+            cols[i % 2].plotly_chart(scatter, key=f"imp_scatter_{layer}")
         gaps = compute.rank_disagreement(d, dom, shown or layers, top=10)
         left, right = st.columns([2, 3]) if len(layers) > 1 else (None, st.container())
         if left is not None:
-            left.plotly_chart(charts.bars([f"layer {x}" for x in rho.layer], rho.rho, ylabel="Spearman ρ",
+            left.plotly_chart(charts.bars([data.layer_label(ref, x) for x in rho.layer], rho.rho, ylabel="Spearman ρ",
                                           title=f"Spearman ρ(load share, Δ loss) per layer ({dom})",
                                           colors="#4C78A8", fmt=".3f", height=380), key="imp_rho")
         right.markdown("**Experts whose load rank and causal rank disagree most** (rank 1 = largest, ties share "
@@ -181,7 +182,7 @@ def importance(ref: data.RunRef) -> None:
                    "only) minus the baseline, nats. Spearman ρ near 1: the busiest experts are the ones that matter.")
 
 
-def importance_scatter(g: pd.DataFrame, layer: int, rho: float, dom: str) -> go.Figure:
+def importance_scatter(g: pd.DataFrame, layer: str, rho: float, dom: str) -> go.Figure:
     fig = go.Figure(go.Scatter(
         x=g.load_share, y=g.delta, mode="markers+text", text=[str(e) for e in g.expert], textposition="top center",
         textfont=dict(size=9, color="#555"), marker=dict(size=9, color=[charts.expert_color(e) for e in g.expert]),
@@ -191,7 +192,7 @@ def importance_scatter(g: pd.DataFrame, layer: int, rho: float, dom: str) -> go.
     fig.update_xaxes(title="load share", tickformat=".1%")
     fig.update_yaxes(title="Δ loss when removed (nats)")
     fig.add_hline(y=0, line_color="#999")
-    return charts.style(fig, f"layer {layer} ({dom}): Spearman ρ = {rho:.3f}", 360)
+    return charts.style(fig, f"{layer} ({dom}): Spearman ρ = {rho:.3f}", 360)
 
 
 with ui.guard("this page"):

@@ -26,11 +26,11 @@ def main() -> None:
     E = int((ref.info.get("model_args") or {}).get("n_routed_experts") or 0)
     ui.caption_sample(ref)
 
-    layer = ui.layer_picker(layers, "co_layer")
+    layer = ui.layer_picker(layers, "co_layer", ref=ref)
     with ui.guard("the co-activation heatmap"):
         ids = data.layer_topk(ref, layer)
         if ids.size == 0:
-            st.info(f"No routing rows for layer {layer} yet.")
+            st.info(f"No routing rows for {data.layer_label(ref, layer)} yet.")
         else:
             E = E or int(ids.max()) + 1
             co = compute.coactivation(ids, E)
@@ -41,7 +41,7 @@ def main() -> None:
                 co_plot, list(range(E)), list(range(E)), xlabel="expert j", ylabel="expert i",
                 zlabel="N(i,j)/N(i)", fmt=".3f", customdata=np.repeat(counts[:, None], E, 1),
                 extra_hover="<br>N(i) = %{customdata:,}",
-                title=f"layer{layer}: co-activation N(Eᵢ, Eⱼ) / N(Eᵢ) over {len(ids):,} tokens "
+                title=f"{data.layer_label(ref, layer)}: co-activation N(Eᵢ, Eⱼ) / N(Eᵢ) over {len(ids):,} tokens "
                       f"(pairs within the top-{ids.shape[1]})",
                 height=560), key="coact")
             st.caption("Row i: of the tokens that chose expert i, the share that also chose expert j "
@@ -59,7 +59,7 @@ def paths(ref: data.RunRef, layers: list[int]) -> None:
         return
     c1, c2, c3 = st.columns([3, 1.2, 1])
     chosen = sorted(c1.multiselect("MoE layers (a path: the top-1 expert at each, in layer order)", layers,
-                                   default=layers, key="path_layers"))
+                                   default=layers, key="path_layers", format_func=lambda x: data.layer_label(ref, x)))
     n_links = c2.slider("Largest flows per layer step", 5, 100, MAX_LINKS, step=5, key="path_links")
     by = "expert"
     if len(ref.info.get("domains") or []) != 1:  # one domain (an import's stream) paints every flow alike

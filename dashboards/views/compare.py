@@ -193,7 +193,7 @@ def run_vs_run(ra: data.RunRef, rb: data.RunRef) -> None:
         c[4].metric("Mean Jaccard (top-k)", f"{(ag.jaccard * w).sum():.3f}",
                     help="|A ∩ B| / |A ∪ B| of the two top-k sets; over layers, weighted by tokens")
         fig = go.Figure()
-        x = [f"layer {int(v)}" for v in ag.layer]
+        x = [data.layer_label(ra, v) for v in ag.layer]
         for col, name, color in (("top1_same", "same top-1 expert", RUN_COLORS[0]),
                                  ("set_same", "same top-k set", "#54A24B"),
                                  ("jaccard", "mean Jaccard (top-k)", RUN_COLORS[1]),

@@ -21,7 +21,7 @@ def main() -> None:
     with ui.guard("the latent spectrum"):
         spec = data.kv_spectrum(ref)
         log = st.toggle("Log scale", True, key="kv_log")
-        series = {f"layer{l}": (g.component, g.share) for l, g in spec.groupby("layer")}
+        series = {data.layer_label(ref, l): (g.component, g.share) for l, g in spec.groupby("layer")}
         colors = {k: LAYER_COLORS[i % len(LAYER_COLORS)] for i, k in enumerate(series)}
         st.plotly_chart(charts.lines(series, title="Spectrum of the latent covariance (eigenvalue / total)",
                                      xlabel="component", ylabel="share of energy", colors=colors, log_y=log,
@@ -45,7 +45,7 @@ def main() -> None:
         m[3].metric("Absorb vs MHA cache", f"{c.bytes_absorb / c.bytes_mha:.1%}",
                     help="bytes per token per layer, absorb form / standard MHA of the same width")
         left, right = st.columns(2)
-        labels = [f"layer{l}" for l in kv.layer]
+        labels = [data.layer_label(ref, l) for l in kv.layer]
         fig = go.Figure()
         fig.add_trace(go.Bar(x=labels, y=kv.effective_rank, name="effective rank", marker_color="#4C78A8",
                              hovertemplate="%{x}<br>effective rank %{y:.2f}<extra></extra>"))

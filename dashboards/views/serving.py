@@ -188,15 +188,16 @@ def show(ref, steps, layers, E, r, window, gpus, redundant, nodes: int = 1, mode
         fig = go.Figure()
         for name, key in ((NOW, "now"), (PLAN, "plan")):
             mean = np.nanmean(np.where(win[:, None], r[key], np.nan), 0)
-            fig.add_trace(go.Bar(x=[f"layer{x}" for x in layers], y=mean, name=name, marker_color=COLORS[name],
+            fig.add_trace(go.Bar(x=[data.layer_label(ref, x) for x in layers], y=mean, name=name,
+                                 marker_color=COLORS[name],
                                  hovertemplate=f"{name}<br>%{{x}}: %{{y:.3f}}<extra></extra>"))
         fig.update_xaxes(type="category", title="MoE layer")
         fig.update_yaxes(title="balancedness", range=[0, 1.02])
         title = "Balancedness per layer, mean over the plan window's passes"  # not the summed load's (caption)
         st.plotly_chart(charts.style(fig, title, 360, barmode="group"), key="sv_layers")
     with right:
-        layer = ui.layer_picker([f"layer{x}" for x in layers], "sv_layer")
-        i = [f"layer{x}" for x in layers].index(layer)
+        layer = ui.layer_picker(layers, "sv_layer", ref=ref)
+        i = list(layers).index(layer)
         fig = go.Figure()
         for name, key in ((NOW, "gpu_now"), (PLAN, "gpu_plan")):
             g = r[key][i]
@@ -206,7 +207,8 @@ def show(ref, steps, layers, E, r, window, gpus, redundant, nodes: int = 1, mode
         # a strided run's bars sum the replayed passes only (they claimed the window's whole load; a review)
         fig.update_yaxes(title="assignments in the plan window" if every == 1 else
                          f"assignments in the window's replayed passes (1 in {every})")
-        st.plotly_chart(charts.style(fig, f"{layer}: load per GPU", 320, barmode="group"), key="sv_gpu")
+        st.plotly_chart(charts.style(fig, f"{data.layer_label(ref, layer)}: load per GPU", 320, barmode="group"),
+                        key="sv_gpu")
     whole = window[0] <= min(steps) and window[1] >= max(steps)
     download(ref, r, E, gpus, redundant, nodes, mode, steps=None if whole else tuple(window), strided=every > 1)
 

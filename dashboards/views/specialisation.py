@@ -107,7 +107,7 @@ def domain_views(ref: data.RunRef) -> list[str]:
 def top_tokens(ref, layer: str, E: int, tops: pd.DataFrame) -> None:
     """An expert's most routed tokens (default: the first of `tops`), with snippets in context."""
     st.subheader("Top tokens of an expert")
-    lnum = int(layer.removeprefix("layer"))
+    lnum = data.layer_number(ref, layer)
     c1, c2 = st.columns([1, 3])
     default = int(tops.expert.iloc[0]) if len(tops) else 0
     expert = c1.number_input("Expert", 0, max(E - 1, 0), default, key="sp_expert")
@@ -196,7 +196,7 @@ def token_dependence(ref: data.RunRef) -> None:
     with ui.guard("the token-id dependence"):
         td, windows = research.token_dependence(ref)
         top1 = td[td.target == "top1"]
-        x = [f"layer {int(v)}" for v in top1.layer]
+        x = [data.layer_label(ref, v) for v in top1.layer]
         fig = go.Figure()
         for p in PREDICTOR_LABELS:
             fig.add_trace(go.Bar(x=x, y=top1[p], name=PREDICTOR_LABELS[p], marker_color=PREDICTOR_COLORS[p],

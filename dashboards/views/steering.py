@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from dashboards import charts, data, ui
+from probe.schema import layer_label
 
 
 def describe(spec: str) -> str:
@@ -20,7 +21,7 @@ def describe(spec: str) -> str:
         return "?"
     if not isinstance(s, dict):
         return "?"
-    sel = "; ".join(f"layer {k}: expert{'s' if len(v) > 1 else ''} {'+'.join(map(str, v))}"
+    sel = "; ".join(f"{layer_label(int(k))}: expert{'s' if len(v) > 1 else ''} {'+'.join(map(str, v))}"
                     for k, v in (s.get("experts") or {}).items())
     mode = s.get("mode", "?")
     out = f"{mode} {s['bias']:g} · {sel}" if mode == "bias" and "bias" in s else f"{mode} · {sel}"

@@ -46,7 +46,8 @@ def main() -> None:
     doc_id = c2.selectbox("Document", sub.doc_id.tolist(), key="te_doc",
                           format_func=lambda d: f"{d}  ({int(sub.set_index('doc_id').tokens[d]):,} tokens)")
     layers = data.moe_layers(ref)
-    layer = c3.selectbox("MoE layer", layers, key="te_layer") if layers else None
+    layer = (c3.selectbox("MoE layer", layers, key="te_layer", format_func=lambda x: data.layer_label(ref, x))
+             if layers else None)
     d = docs.set_index("doc_id").loc[doc_id]
 
     with ui.guard("the document's tokens"):
@@ -59,7 +60,8 @@ def main() -> None:
         with ui.guard("the routing of this document"):
             route = data.doc_routing(ref, int(toks.seq_id.min()), int(toks.seq_id.max()))
         top1, tips = routes_and_tips(route, layer, toks, texts)
-        st.markdown(f"**{ui.html_text(str(doc_id))}** · coloured by the top-1 expert at layer {layer}; "
+        st.markdown(f"**{ui.html_text(str(doc_id))}** · coloured by the top-1 expert at "
+                    f"{data.layer_label(ref, layer) if layer is not None else 'no layer'}; "
                     "hover a token for its route.")
         st.markdown(token_html(texts, top1, tips), unsafe_allow_html=True)
         if any(e is not None for e in top1):
@@ -139,7 +141,7 @@ def route_of_one_token(ref, route, toks, texts) -> None:
         rank[j, np.asarray(ids, int)] = np.arange(1, len(ids) + 1)
         z[j, np.asarray(ids, int)] = w if weighted else rank[j, np.asarray(ids, int)]
     what, zlabel, fmt = ("weight", "weight", ".4f") if weighted else ("rank (no weights recorded)", "rank", "d")
-    st.plotly_chart(charts.heatmap(z, list(range(E)), [f"layer{l}" for l in rr.layer],
+    st.plotly_chart(charts.heatmap(z, list(range(E)), [data.layer_label(ref, x) for x in rr.layer],
                                    title=f"Token {texts[i]!r} (window {s}, pos {p}): {what} of each chosen expert",
                                    xlabel="expert", ylabel="", zlabel=zlabel, fmt=fmt, customdata=rank,
                                    extra_hover="<br>rank %{customdata}"), key="route")

@@ -58,26 +58,27 @@ def loss_charts(tm, ev, domains: list[str], w: int) -> None:
     right.plotly_chart(fig, key="loss_domain")
 
 
-def balance_charts(tm, ev, gates: list[str], w: int) -> None:
-    """MaxVio per gate (validation MaxVio_global as diamonds) and the norm of each gate's bias."""
-    gcolors = {g: charts.EXPERT_PALETTE[i % len(charts.EXPERT_PALETTE)] for i, g in enumerate(gates)}
+def balance_charts(tm, ev, gates: dict[str, str], w: int) -> None:
+    """MaxVio per gate (validation MaxVio_global as diamonds) and the norm of each gate's bias; `gates`:
+    run.json's gate name -> its label."""
+    gcolors = {g: charts.EXPERT_PALETTE[i % len(charts.EXPERT_PALETTE)] for i, g in enumerate(gates.values())}
     left, right = st.columns(2)
-    mv = {g: (tm.step, smooth(tm[f"maxvio_{g}"], w)) for g in gates if f"maxvio_{g}" in tm}
+    mv = {gates[g]: (tm.step, smooth(tm[f"maxvio_{g}"], w)) for g in gates if f"maxvio_{g}" in tm}
     fig = charts.lines(mv, title="MaxVio_batch per gate", xlabel="step", ylabel="MaxVio", colors=gcolors)
     if has_rows(ev):
         for g in gates:
-            eval_markers(fig, ev, f"val_maxvio_{g}", gcolors[g],
-                         f"{g}<br>step %{{x}}<br>MaxVio_global (val) %{{y:.3f}}")
+            eval_markers(fig, ev, f"val_maxvio_{g}", gcolors[gates[g]],
+                         f"{gates[g]}<br>step %{{x}}<br>MaxVio_global (val) %{{y:.3f}}")
     left.plotly_chart(fig, key="maxvio")
-    bn = {g: (tm.step, tm[f"bias_norm_{g}"]) for g in gates if f"bias_norm_{g}" in tm}
+    bn = {gates[g]: (tm.step, tm[f"bias_norm_{g}"]) for g in gates if f"bias_norm_{g}" in tm}
     right.plotly_chart(charts.lines(bn, title="Balancing bias norm per gate", xlabel="step", ylabel="‖bias‖",
                                     colors=gcolors), key="bias_norm")
     st.caption("Lines: per training batch; diamonds: the validation set (MaxVio_global).")
 
 
-def gate_over_steps(ref, info: dict, tm, gates: list[str]) -> None:
+def gate_over_steps(ref, info: dict, tm, gates: dict[str, str]) -> None:
     """One gate's per-expert bias and relative load over the steps, as two heatmaps."""
-    gate = st.selectbox("Gate", gates, key="tr_gate")
+    gate = st.selectbox("Gate", list(gates), key="tr_gate", format_func=gates.get)
     steps = int(info.get("step") or tm.step.max())
     bb = data.bias_by_step(ref, gate, max(1, steps // 200))
     if bb.empty:
@@ -91,11 +92,11 @@ def gate_over_steps(ref, info: dict, tm, gates: list[str]) -> None:
                     for r in load_m.to_numpy(float)])
     left, right = st.columns(2)
     lim = float(np.nanmax(np.abs(bias_m.to_numpy()))) or 1.0
-    left.plotly_chart(charts.heatmap(bias_m.to_numpy(), list(range(E)), bias_m.index, title=f"{gate}: bias",
+    left.plotly_chart(charts.heatmap(bias_m.to_numpy(), list(range(E)), bias_m.index, title=f"{gates[gate]}: bias",
                                      xlabel="expert", ylabel="step", zlabel="bias", colorscale="PuOr", zmid=0,
                                      fmt=".4f", height=460, y_numeric=True).update_traces(zmin=-lim, zmax=lim),
                       key="bias_heat")
-    right.plotly_chart(charts.heatmap(rel, list(range(E)), load_m.index, title=f"{gate}: relative load",
+    right.plotly_chart(charts.heatmap(rel, list(range(E)), load_m.index, title=f"{gates[gate]}: relative load",
                                       xlabel="expert", ylabel="step", zlabel="relative load",
                                       colorscale=charts.DIVERGING, zmid=1.0, fmt=".3f", height=460,
                                       y_numeric=True),
@@ -119,7 +120,8 @@ def main() -> None:
     tm = ui.rows("the training metrics", lambda: data.train_metrics(ref), "No steps logged yet.")
     if tm is None:
         return
-    gates = info.get("gates") or [c[7:] for c in tm.columns if c.startswith("maxvio_")]
+    gates = {g: data.layer_label(ref, data.layer_number(ref, g))
+             for g in info.get("gates") or [c[7:] for c in tm.columns if c.startswith("maxvio_")]}
     w = 10
     with ui.guard("the training curves"):
         ev = None

@@ -252,6 +252,8 @@ def test_layer_labels_sort_by_their_number_main_layers_before_mtp():
     labels = ["mtp10", "layer10", "layer2", "mtp2", "layer1", "layer2", "mtp0", "layer11", "layer9"]
     assert compute.layer_order(labels) == ["layer1", "layer2", "layer9", "layer10", "layer11", "mtp0", "mtp2", "mtp10"]
     assert compute.layer_order(["layer3", "layer", "layer12"]) == ["layer", "layer3", "layer12"]
+    shown = ["MTP 1", "layer 10", "MTP 0", "layer 2"]  # as the pages name them (data.layer_label)
+    assert compute.layer_order(shown) == ["layer 2", "layer 10", "MTP 0", "MTP 1"]
     loads = pd.DataFrame({"layer": ["layer10", "layer2", "mtp0"], "expert": [0, 1, 0], "load": [5.0, 7.0, 2.0]})
     layers, m = compute.load_matrix(loads)
     assert layers == ["layer2", "layer10", "mtp0"]

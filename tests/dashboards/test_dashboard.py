@@ -6,6 +6,7 @@ Specialisation page on synthetic runs: test_specialisation_view.py."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,33 @@ def test_training_runs(runs):
     open_page(at, "compare")
     at.selectbox(key="cmp_b").set_value("train-nobal").run()
     assert not at.exception and not at.error and len(at.get("plotly_chart")) >= 6
+
+
+OLD_LAYER_LABEL = re.compile(r"\b(?:layer|mtp)\d+\b")  # 'layer3', 'mtp0': the pages now say 'layer 3', 'MTP 0'
+
+
+def shown_labels(at) -> list[str]:
+    """What a page shows that can name a layer: its charts (traces, axes, titles, hover texts, as the
+    figure's JSON) and its pickers' options."""
+    out = [c.proto.spec for c in at.get("plotly_chart")]
+    for picker in (*at.selectbox, *at.multiselect):
+        out += [str(o) for o in picker.options]
+    return out
+
+
+@pytest.mark.slow
+def test_every_page_names_layers_one_way(runs):
+    """One label for a layer on every page (data.layer_label): 'layer 3' and 'MTP 0', where the pages
+    said 'layer3', 'layer 3' or a bare 3 each their own way."""
+    seen = []
+    for run, pages in (("demo", CHARTS_DEMO), ("train-demo", ("load_balance", "training"))):
+        at = app(runs["good"], run)
+        for page in pages:
+            labels = shown_labels(open_page(at, page))
+            assert not [x for x in labels if OLD_LAYER_LABEL.search(x)], (run, page, OLD_LAYER_LABEL.findall(
+                " ".join(labels)))
+            seen += labels
+    assert re.search(r"\blayer \d+\b", " ".join(seen)) and "MTP 0" in " ".join(seen)
 
 
 @pytest.mark.slow

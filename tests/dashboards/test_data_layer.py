@@ -27,8 +27,10 @@ def test_gate_labels_are_the_ones_training_wrote_mtp_included(train_run):
     from dashboards import data
 
     run, ref = train_run
-    assert data.total_loads.uncached(ref).layer.unique().tolist() == ref.info["gates"]  # layer 3 of 3 is mtp0
-    assert data._layer_label(ref, 4) == "mtp1" and data._layer_label(ref, 2) == "layer2"
+    assert ref.info["gates"] == ["layer1", "layer2", "mtp0"]  # layer 3 of 3 is the MTP block's router
+    assert data.total_loads.uncached(ref).layer.unique().tolist() == ["layer 1", "layer 2", "MTP 0"]
+    assert data.layer_label(ref, 4) == "MTP 1" and data.layer_label(ref, 2) == "layer 2"
+    assert [data.layer_number(ref, g) for g in ("layer2", "layer 2", "mtp0", "MTP 1")] == [2, 2, 3, 4]
 
 
 def test_a_run_is_a_probe_run_by_its_format_or_by_its_table_folders(tmp_path):
@@ -74,7 +76,7 @@ def test_the_bias_shown_is_the_last_steps(train_run):
     last = rb[(rb.step == rb.step.max()) & (rb.layer == 2)].sort_values("expert")
     got = data.bias.uncached(ref)
     assert (rb.groupby("step").bias.sum().diff().dropna() != 0).all()  # the steps' biases differ
-    np.testing.assert_allclose(got[got.layer == "layer2"].bias, last.bias.astype(float))
+    np.testing.assert_allclose(got[got.layer == "layer 2"].bias, last.bias.astype(float))
 
 
 def test_a_runs_bias_without_a_router_bias_table_is_read_from_its_checkpoints_safetensors(tmp_path):
@@ -91,7 +93,7 @@ def test_a_runs_bias_without_a_router_bias_table_is_read_from_its_checkpoints_sa
                "model.layers.2.mlp.gate.e_score_correction_bias": b16}, tmp_path / "ckpt" / "model.safetensors")
     info = {"checkpoint": {"path": str(tmp_path / "ckpt")}, "model_args": {"n_layers": 3}}
     got = data.bias.uncached(data.RunRef("r", str(tmp_path / "run"), "probe", "complete", info))
-    assert got.layer.tolist() == ["layer1"] * 3 + ["layer2"] * 3 and got.expert.tolist() == [0, 1, 2] * 2
+    assert got.layer.tolist() == ["layer 1"] * 3 + ["layer 2"] * 3 and got.expert.tolist() == [0, 1, 2] * 2
     np.testing.assert_array_equal(got.bias, torch.cat([f32, b16.float()]).double().numpy())
 
 

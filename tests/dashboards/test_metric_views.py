@@ -43,7 +43,7 @@ def test_load_balance_numbers_cover_the_window_and_the_imbalance_ratio_is_per_gp
     b = step_loads(run, 1, 16, last=10)
     assert len(b) == 10
     want = np.mean((b.max(1) - b.mean(1)) / b.mean(1))
-    assert table.loc["layer1", "MaxVio (batch mean)"] == pytest.approx(want, rel=1e-6)
+    assert table.loc["layer 1", "MaxVio (batch mean)"] == pytest.approx(want, rel=1e-6)
     whole = step_loads(run, 1, 16)
     assert abs(np.mean((whole.max(1) - whole.mean(1)) / whole.mean(1)) - want) > 1e-4  # the run's would differ
     assert not any("imbalance" in c for c in table.columns)  # no GPU count: no second name for MaxVio
@@ -53,7 +53,7 @@ def test_load_balance_numbers_cover_the_window_and_the_imbalance_ratio_is_per_gp
     assert list(table.columns) == ["imbalance ratio (4 GPUs, batch mean)", "balancedness (4 GPUs)"]
     assert "balancedness (4 GPUs)" not in frame(at, "MaxVio (batch mean)").columns
     g = b.reshape(10, 4, 4).sum(2)  # 4 GPUs of 4 contiguous experts
-    assert table.loc["layer1", "imbalance ratio (4 GPUs, batch mean)"] == pytest.approx(
+    assert table.loc["layer 1", "imbalance ratio (4 GPUs, batch mean)"] == pytest.approx(
         np.mean(g.max(1) / g.mean(1) - 1), rel=1e-6)
 
 
@@ -78,7 +78,7 @@ def test_vocabulary_specialisation_is_shown_beside_its_baseline(tmp_path):
 
     a = write_run(tmp_path / "r", n_seq=40)  # layer 1: first choice = token id % 8 (specialised)
     at = open_page(app(tmp_path, "r"), "specialisation")
-    shown = [m for m in at.metric if m.label == "Vocabulary specialisation, layer1"]
+    shown = [m for m in at.metric if m.label == "Vocabulary specialisation, layer 1"]
     assert shown, [m.label for m in at.metric]
     top1 = a["ids"][1][:, 0]
     vs = vocabulary_specialisation(a["token_id"], top1, min_count=5)
@@ -244,11 +244,11 @@ def test_load_balance_shows_the_picked_layers_load_and_bias_over_the_last_50_ste
     whole = step_loads(run, 1, 16).sum(0)
     assert not np.allclose(whole / whole.mean(), last50 / last50.mean(), rtol=1e-3)  # the control
     assert at.selectbox(key="lb_layer").options == heat["y"]  # the picker lists the heatmap's rows, in order
-    at.selectbox(key="lb_layer").set_value("layer2").run()
+    at.selectbox(key="lb_layer").set_value("layer 2").run()
     fig = chart(at, "load_bias")
     # the bars sum the window, the bias is the last step's; the per-step heatmap says step, not batch
-    assert fig["layout"]["title"]["text"] == "layer2: relative load (last 50 steps) and balancing bias at the last step"
-    assert chart(at, "load_steps")["layout"]["title"]["text"] == "layer2: relative load per step"
+    assert fig["layout"]["title"]["text"] == "layer 2: relative load (last 50 steps) and balancing bias at the last step"
+    assert chart(at, "load_steps")["layout"]["title"]["text"] == "layer 2: relative load per step"
     load = step_loads(run, 2, 16, last=50).sum(0)
     rel = load / load.mean()
     np.testing.assert_allclose(array(fig["data"][0]["y"]), rel, rtol=1e-6)

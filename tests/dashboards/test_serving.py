@@ -191,13 +191,13 @@ def test_pages_on_an_import_speak_of_passes_and_draw_no_idle_widget(imported):
     domain x expert heatmap, so no lift / share radio to switch it, nor a colour-by-domain one for the
     paths (a tour found both drawn, doing nothing)."""
     at = open_page(app(imported["runs"], "per_token"), "load_balance")
-    assert chart(at, "load_steps")["layout"]["title"]["text"] == "layer1: relative load per forward pass"
-    assert chart(at, "load_bias")["layout"]["title"]["text"] == "layer1: relative load (whole run)"
+    assert chart(at, "load_steps")["layout"]["title"]["text"] == "layer 1: relative load per forward pass"
+    assert chart(at, "load_bias")["layout"]["title"]["text"] == "layer 1: relative load (whole run)"
     cap = texts(at.caption)
     assert "dump records loads and routes, not the router's bias" in cap and "checkpoint" not in cap
     open_page(at, "specialisation")
     assert "one stream" in texts(at.info) and not [r for r in at.radio if r.key == "sp_view"]
-    assert at.selectbox(key="sp_layer").value == "layer1"  # the layer picker still serves the top tokens
+    assert at.selectbox(key="sp_layer").value == "layer 1"  # the layer picker still serves the top tokens
     open_page(at, "coactivation")  # nor a colour-by-domain radio over one stream's paths
     assert len(at.get("plotly_chart")) == 2 and not [r for r in at.radio if r.key == "path_color"]
 
@@ -281,13 +281,13 @@ def test_serving_per_layer_bars_cover_the_plan_window_and_the_gpu_bars_the_picke
     want = [by_hand(counts, {layer: m[layer]}, 2, range(lo, hi + 1)) for layer in (1, 2)]
     later = [by_hand(counts, {layer: m[layer]}, 2, range(hi + 1, PASSES)) for layer in (1, 2)]
     assert np.allclose(array(now["y"]), want, atol=5e-4) and not np.allclose(want, later, atol=5e-4)  # the window's passes
-    at.selectbox(key="sv_layer").set_value("layer2").run()
+    at.selectbox(key="sv_layer").set_value(2).run()
     gpu = chart(at, "sv_gpu")
     per_gpu = [0.0, 0.0]
     for slot, e in enumerate(m[2]):  # layer 2's window load on the dump's map, replicas sharing evenly
         per_gpu[slot // (n_slots // 2)] += sum(counts[fp][2][e] for fp in range(lo, hi + 1)) / list(m[2]).count(e)
     got = array(next(t for t in gpu["data"] if t["name"] == "current placement")["y"])
-    assert gpu["layout"]["title"]["text"].startswith("layer2:") and np.allclose(got, per_gpu, rtol=1e-6)
+    assert gpu["layout"]["title"]["text"].startswith("layer 2:") and np.allclose(got, per_gpu, rtol=1e-6)
     # hierarchical planning puts whole expert groups on a node: only node counts dividing the groups are offered
     groups = json.loads((imported["runs"] / "per_pass" / "run.json").read_text())["model_args"]["n_expert_groups"]
     at.selectbox(key="sv_gpus").set_value(n_slots).run()
