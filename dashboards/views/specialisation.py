@@ -170,7 +170,10 @@ def domain_probe(ref: data.RunRef) -> None:
                                  ("shuffled", "probe on shuffled domains", "#BAB0AC")):
             fig.add_trace(go.Bar(x=df.unit, y=df[col], name=name, marker_color=color,
                                  hovertemplate=f"%{{x}}<br>{name}: %{{y:.3f}}<extra></extra>"))
-        fig.add_hline(y=float(df.majority.iloc[0]), line_dash="dot", annotation_text="majority domain")
+        # in the legend, as on the Co-activation page: add_hline's annotation sat on the last bars
+        fig.add_trace(go.Scatter(x=df.unit, y=[float(df.majority.iloc[0])] * len(df), mode="lines",
+                                 name="majority domain", line=dict(color="#444", dash="dot"),
+                                 hovertemplate="always the majority domain: %{y:.3f}<extra></extra>"))
         fig.update_layout(barmode="group")
         fig.update_yaxes(title="held-out accuracy", tickformat=".0%", range=[0, 1])
         st.plotly_chart(charts.style(fig, "The token's domain read linearly from its routing", 360), key="probe")

@@ -58,8 +58,12 @@ def test_the_domain_probe_panel_draws_the_metric_of_the_run(tmp_path):
     assert not any(c.proto.id.endswith("-probe") for c in at.get("plotly_chart"))  # fitted on demand only
     at.toggle(key="probe_on").set_value(True).run()
     assert not at.error, texts(at.error)
-    bars = {t["name"]: array(t["y"]) for t in chart(at, "probe")["data"]}
+    fig = chart(at, "probe")
+    bars = {t["name"]: array(t["y"]) for t in fig["data"]}
     want = domain_probe_from_run(tmp_path / "r", max_rows=PROBE_ROWS)
+    # the majority domain: a dotted line named in the legend, not an annotation drawn over the last bars
+    assert not fig["layout"].get("annotations") and not fig["layout"].get("shapes")
+    np.testing.assert_allclose(bars["majority domain"], want.majority, rtol=1e-9)
     np.testing.assert_allclose(bars["probe"], want.accuracy, rtol=1e-9)
     np.testing.assert_allclose(bars["probe on shuffled domains"], want.shuffled, rtol=1e-9)
     assert at.radio(key="probe_features").options == ["weights"]  # no --router-logits full: no scores
