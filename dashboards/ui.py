@@ -180,11 +180,11 @@ def result_table(ref: data.RunRef, table: str, load, missing: str):
     return df
 
 
-def whole_table_height(n_rows: int, most: int = 40) -> int:
+def whole_table_height(n_rows: int, most: int = 40, row: int = 35) -> int:
     """Pixels for st.dataframe to show its header and up to `most` rows without a scroll bar of its
-    own (35 px a row, Streamlit's; its default height stops at 10 rows, which hid the end of short
-    tables such as a run's options and its tables' health)."""
-    return 38 + 35 * max(1, min(n_rows, most))
+    own (`row` px a row: 35, Streamlit's, unless its row_height says otherwise; its default height
+    stops at 10 rows, which hid the end of short tables such as a run's options and its tables' health)."""
+    return 38 + row * max(1, min(n_rows, most))
 
 
 def layer_picker(layers: list, key: str, label: str = "MoE layer", index: int = 0, ref: data.RunRef | None = None):

@@ -52,6 +52,9 @@ def _source(ref: data.RunRef) -> str:
     return str((i.get("corpus") or {}).get("path", ""))
 
 
+CORPUS_CHARS = 52  # characters a line of the runs table's corpus column holds, "large" (400 px) wide
+
+
 def runs_table(runs: list[data.RunRef]) -> pd.DataFrame:
     return pd.DataFrame([{
         "run": r.name, "kind": ui.kind_text(r), "status": r.status, "model": _model(r.info),
@@ -214,8 +217,15 @@ runs = ui.all_runs()
 if not runs:
     ui.no_runs()
 else:
-    st.dataframe(runs_table(runs), hide_index=True, width="stretch",
-                 column_config={"tokens": st.column_config.NumberColumn(format="%d")})
+    table = runs_table(runs)
+    # a corpus path or an import's dump files ran past the column's width, cut off: wrapped instead, which
+    # Streamlit allows in rows taller than 4rem, taken only when a value is that long
+    lines = min(4, -(-int(table.corpus.str.len().max()) // CORPUS_CHARS))
+    row = 26 + 22 * lines if lines > 1 else None  # and the 10 rows the table showed, in rows that tall
+    st.dataframe(table, hide_index=True, width="stretch", row_height=row,
+                 height=ui.whole_table_height(len(table), 10, row) if row else "auto",
+                 column_config={"tokens": st.column_config.NumberColumn(format="%d"),
+                                "corpus": st.column_config.TextColumn(width="large" if row else None)})
     ref = ui.selected_run(("probe", "train", "unknown"))
     if ref is not None:
         st.header(ref.name, divider="gray")

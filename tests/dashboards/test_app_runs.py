@@ -161,3 +161,23 @@ def test_a_long_run_name_is_shown_whole_under_the_picker(tmp_path):
     assert f"{long} · probe · done" in captions, captions
     captions = [c.value for c in app(tmp_path, "a").sidebar.caption]
     assert not any(c.startswith("a · ") for c in captions), captions
+
+
+def test_a_long_corpus_path_wraps_in_the_runs_table(tmp_path):
+    """The Overview's runs table cut a long corpus path off at the column's width; a long one now
+    wraps (a wide column, rows tall enough for Streamlit to wrap their text: over 64 px), with room
+    for all its lines; short ones keep the table's one-line rows."""
+    from helpers.synthetic_run import write_run
+
+    write_run(tmp_path / "short", n_seq=2)
+    at = app(tmp_path, "short")
+    table = at.dataframe[0].proto
+    assert not table.HasField("row_height") and "width" not in json.loads(table.columns).get("corpus", {})
+    path = "/home/researcher/datasets/deepseek-v3-probe/corpora/code-math-prose-balanced-2026-11/shards"
+    write_run(tmp_path / "long", n_seq=2)
+    info = json.loads((tmp_path / "long" / "run.json").read_text())
+    (tmp_path / "long" / "run.json").write_text(json.dumps(info | {"corpus": {"path": path}}))
+    at = app(tmp_path, "long")
+    shown = at.dataframe[0]
+    assert path in shown.value.corpus.tolist()
+    assert shown.proto.row_height > 64 and json.loads(shown.proto.columns)["corpus"]["width"] == "large"
