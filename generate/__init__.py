@@ -55,9 +55,13 @@ Library: `generate(model, prompts, ...)` (decode.py), `SamplingParams` (sampling
 `python -m model.generate` is an alias of `python -m generate`.
 """
 
-from .decode import DraftFn, GenerationOutput, OnToken, generate
-from .sampling import GenerateError, SamplingParams, propose, verify_drafts
-from .text import ASSISTANT, BOS_TEXT, EOS_TEXT, USER, TextCodec, load_codec, read_prompts, write_demo_checkpoint
+from probe.job import quiet_start
+
+with quiet_start():  # `python -m generate`: Ctrl-C while torch is imported (generate/__main__ takes it from there)
+    from .decode import DraftFn, GenerationOutput, OnToken, generate
+    from .sampling import GenerateError, SamplingParams, propose, verify_drafts
+    from .text import (ASSISTANT, BOS_TEXT, EOS_TEXT, USER, TextCodec, load_codec, read_prompts,
+                       write_demo_checkpoint)
 
 __all__ = ["generate", "GenerationOutput", "SamplingParams", "GenerateError", "TextCodec", "load_codec",
            "read_prompts", "write_demo_checkpoint", "propose", "verify_drafts", "OnToken", "DraftFn", "USER",

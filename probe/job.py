@@ -448,6 +448,30 @@ def closed_pipe_quiet(main):
 
 
 @contextlib.contextmanager
+def quiet_start():
+    """Around a command package's imports (torch: a second or two): Ctrl-C there ends the process at
+    once with one line and exit status 130, as it does once the command's main() runs, instead of a
+    traceback from inside `import torch`. By a handler that exits (os._exit: nothing has been done
+    yet), not a KeyboardInterrupt: one raised inside numpy's import came out as an ImportError
+    traceback, and a bare `except:` in an imported module swallowed another (the command then ran).
+    Only under `python -m PACKAGE`, which imports the package before its __main__ and sets
+    sys.argv[0] to "-m" meanwhile (Python's documented value while it locates the module); a library
+    import keeps Python's handler."""
+    import signal
+
+    def stop(signum, frame):
+        os.write(2, b"\ninterrupted while starting: nothing was done\n")
+        os._exit(130)
+
+    previous = signal.signal(signal.SIGINT, stop) if sys.argv[:1] == ["-m"] else None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
 def signals_held(*signums: int):
     """`signums` held pending in this block, delivered when it ends (main thread only: elsewhere a
     process's signals are not this thread's to hold, and nothing is held). For the steps that must

@@ -53,12 +53,15 @@ Library: `run(flags)` (loop.py) with its pieces in steps.py (losses, schedules, 
 data.py, state.py and log.py; the command is `__main__.py` (`python -m model.train` is an alias).
 """
 
-from .balance import (GateRef, RoutingTap, expert_counts, max_violation, moe_gates, seq_balance_loss, settle_biases,
-                      switch_balance_loss, update_bias)
-from .data import TrainError
-from .flags import build_parser
-from .loop import run
-from .steps import forward_losses, make_optimizer
+from probe.job import quiet_start
+
+with quiet_start():  # `python -m train`: Ctrl-C while torch is imported (train/__main__ takes it from there)
+    from .balance import (GateRef, RoutingTap, expert_counts, max_violation, moe_gates, seq_balance_loss,
+                          settle_biases, switch_balance_loss, update_bias)
+    from .data import TrainError
+    from .flags import build_parser
+    from .loop import run
+    from .steps import forward_losses, make_optimizer
 
 
 def parse_args(argv: list[str] | None = None):

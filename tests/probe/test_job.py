@@ -355,3 +355,22 @@ def test_signals_are_held_with_torchs_threads_running_and_delivered_at_the_end()
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and got == []
     finally:
         signal.signal(signal.SIGINT, old)
+
+
+@pytest.mark.parametrize("command", ["train", "generate"])
+def test_ctrl_c_while_a_command_imports_torch_is_one_line(command):
+    """`python -m train` and `python -m generate` import torch with their package, before main() can
+    catch Ctrl-C: a SIGINT in those seconds printed a traceback from inside `import torch`. Now one
+    line and exit status 130, as Ctrl-C once the command runs."""
+    import os
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", command, "--help"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=os.environ | {"PYTHONPATH": str(ROOT)})
+    time.sleep(0.3)  # Python is up; torch takes a second or more
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (proc.returncode, err)
+    assert "Traceback" not in err and err.strip().splitlines() == ["interrupted while starting: nothing was done"]
+    assert "usage" not in out  # stopped before main() ran
