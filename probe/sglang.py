@@ -255,6 +255,7 @@ def _per_pass(dumps: list[Dump], shape: Shape, out: Path) -> dict:
     without an all-to-all backend), one rank's counts, not their sum."""
     per_rank: dict[int, list[np.ndarray]] = {}
     empty = drafts = 0
+    owners: dict[tuple, Path] = {}
     for d in dumps:
         m = d.data["last_physical_to_logical_map"].numpy().astype(np.int64)
         for r in d.data["records"]:
@@ -268,6 +269,7 @@ def _per_pass(dumps: list[Dump], shape: Shape, out: Path) -> dict:
             if not c.any():  # see _recorded
                 empty += 1
                 continue
+            _claim(owners, d, r, c.any(1))
             logical = np.zeros((m.shape[0], shape.n_experts), np.int64)
             np.add.at(logical, (np.arange(m.shape[0])[:, None].repeat(m.shape[1], 1), m), c)
             per_rank.setdefault(int(r["forward_pass_id"]), []).append(logical)
@@ -292,6 +294,7 @@ def _per_pass(dumps: list[Dump], shape: Shape, out: Path) -> dict:
 def _per_token(dumps: list[Dump], shape: Shape, out: Path) -> dict:
     """Every recorded token: its input id, position and the logical top-k of each MoE layer."""
     kept, seen, copies, empty, drafts = [], set(), 0, 0, 0
+    owners: dict[tuple, Path] = {}
     for d in dumps:
         mine = [r for r in d.data["records"] if not _draft(r)]
         drafts += len(d.data["records"]) - len(mine)
@@ -305,6 +308,8 @@ def _per_token(dumps: list[Dump], shape: Shape, out: Path) -> dict:
             copies += 1
             continue
         seen.add(sig)
+        for r in records:
+            _claim(owners, d, r, (r["topk_ids_of_layer"] >= 0).flatten(1).any(1).numpy())
         kept.extend((int(r["forward_pass_id"]), d, r) for r in records)
     if not kept:
         raise SGLangError(f"{', '.join(d.path.name for d in dumps[:3])}: no per_token record chose an expert (every "
@@ -343,6 +348,25 @@ def _per_token(dumps: list[Dump], shape: Shape, out: Path) -> dict:
             "tokens": sum(n for _, n in per_pass.values()), "topk_assumed": False,
             "ranks_counted_the_same_tokens": copies > 0, "copies_skipped": copies, "empty_records_skipped": empty,
             "draft_records_skipped": drafts}
+
+
+def _claim(owners: dict, d: Dump, r: dict, layers: np.ndarray) -> None:
+    """A (forward pass, rank, gatherer key) recorded in one file only, as SGLang's own per_pass reader
+    asserts, unless the files count disjoint layers (`layers`: bool [L], the layers this record
+    counted): pipeline-parallel stages share their ranks' numbers and each records its own layers.
+    The same key counting the same layers in two files (drafts, empty records and tensor-parallel
+    copies set aside) is files of two server runs in one folder: SGLang numbers passes from 0 at
+    each start and writes every run's files into SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR (/tmp by
+    default); so do the replicas of a data-parallel server without DP attention, each its own ranks
+    0..n-1. Summed, their passes were merged step by step."""
+    key = (int(r["forward_pass_id"]), int(r.get("rank", 0)), str(r.get("gatherer_key")))
+    first, seen = owners.get(key, (d.path, np.zeros_like(layers)))
+    if first != d.path and (seen & layers).any():
+        raise SGLangError(f"{d.path}: pass {key[0]} of rank {key[1]} is recorded also in {first.name} (dumps of two "
+                          "server runs in one folder, or of data-parallel replicas without --enable-dp-attention? "
+                          "each numbers its ranks and passes from 0): move one run's files to a folder of their own "
+                          "and import that")
+    owners[key] = (first, seen | layers)
 
 
 def _draft(r: dict) -> bool:

@@ -248,3 +248,44 @@ def test_a_record_that_is_not_a_dict_is_named(tmp_path, capsys):
     assert (code, capsys.readouterr().err) == (2, f"error: {dump}: record 0 is a str, not a dict; SGLang's per_pass "
                                                   "and per_token records are dicts of tensors\n")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("mode", ["per_pass", "per_token"])
+def test_two_server_runs_in_one_folder_are_refused_not_merged(world, tmp_path, capsys, mode):
+    """SGLang writes every run's files into SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR (/tmp by default)
+    and numbers passes from 0 at each start: a folder holding two runs' files has each (pass, rank)
+    in two files, which SGLang's own per_pass reader asserts against. They were summed, two runs'
+    passes merged step by step (the totals right, every pass wrong)."""
+    from probe.__main__ import main
+
+    write = sg.write_per_pass if mode == "per_pass" else sg.write_per_token
+    d = tmp_path / "tmp-dir"
+    d.mkdir()
+    for run, seed in (("first", 3), ("second", 4)):
+        for f in write(tmp_path / run, sg.traffic(seed=seed), world["map"]):
+            shutil.copy(f, d / f"{run}-{f.name}")
+    code = main(["import", "sglang", str(d), "--config", str(world["config"]), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert re.search(r"second-\S+\.pt: pass 0 of rank 0 is recorded also in first-\S+\.pt \(dumps of two server "
+                     r"runs in one folder, or of data-parallel replicas", err), err
+    assert not (tmp_path / "run").exists() and not list(tmp_path.glob(".run*"))
+    assert import_sglang(tmp_path / "first", tmp_path / "ok", config=str(world["config"])).is_dir()  # one run's files
+
+
+def test_pipeline_stages_sharing_rank_numbers_are_summed_not_refused(world, tmp_path):
+    """Pipeline-parallel stages number their ranks alike and each records its own layers: the same
+    (pass, rank) in two files is refused only when both count a layer."""
+    d = tmp_path / "pp-stages"
+    d.mkdir()
+    for f in sg.write_per_pass(tmp_path / "whole", world["passes"], world["map"]):
+        dump = torch.load(f, weights_only=True)
+        for stage, layer in ((0, 2), (1, 1)):  # stage 0 holds layer 1, stage 1 layer 2 (layer 0 is dense)
+            records = [r | {"global_physical_count": r["global_physical_count"].index_fill(0, torch.tensor([layer]), 0)}
+                       for r in dump["records"]]
+            torch.save(dump | {"records": records}, d / f"stage{stage}-{f.name}")
+    run = probe.open_run(import_sglang(d, tmp_path / "run", config=str(world["config"])))
+    el = run.df("expert_load").groupby(["step", "layer", "expert"])["count"].sum()
+    want = sg.logical_counts(world["passes"])
+    assert [[el[i, layer].tolist() for layer in (1, 2)] for i in range(len(want))] == \
+        [want[fp][1:].tolist() for fp in sorted(want)]
