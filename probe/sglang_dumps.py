@@ -80,6 +80,11 @@ def read_dump(path: Path) -> Dump:
     return d
 
 
+MAX_EXPERT_ID = 65535  # the routing table keeps expert ids as uint16
+MAX_INDEX = 2**31 - 1  # token ids and positions: int32 columns
+MAX_COUNT = 2**31 - 1  # SGLang counts in int32 tensors; sums of larger ones wrapped round to negative loads
+
+
 def _ints(d: Dump, value, name: str, dims: int, nonneg: bool = True):
     """`value` as an integer tensor of `dims` dimensions (non-negative unless told), else one line
     naming the file and the field."""
@@ -95,8 +100,14 @@ def _ints(d: Dump, value, name: str, dims: int, nonneg: bool = True):
     return value
 
 
-MAX_EXPERT_ID = 65535  # the routing table keeps expert ids as uint16
-MAX_INDEX = 2**31 - 1  # token ids and positions: int32 columns
+def _counts(d: Dump, value, name: str, dims: int):
+    """A count tensor as SGLang writes it (int32: at most MAX_COUNT), else one line naming it: larger
+    counts are no recorder's, and their sums over ranks and passes overflowed int64 into negative
+    loads in the run."""
+    c = _ints(d, value, name, dims)
+    if c.numel() and int(c.max()) > MAX_COUNT:
+        raise SGLangError(f"{d.path}: {name} holds {int(c.max())}, above {MAX_COUNT}: SGLang counts in int32")
+    return c
 
 
 def _scalar(d: Dump, value, name: str) -> int:
@@ -126,7 +137,7 @@ def _check_fields(d: Dump) -> None:
     """Every field the import reads, present and of the kind SGLang writes, before anything is
     written: a broken dump is one line naming the file, the record and the field."""
     if d.mode == "stat":
-        c = _ints(d, d.data["logical_count"], "logical_count", 3)
+        c = _counts(d, d.data["logical_count"], "logical_count", 3)
         if not len(c):
             raise SGLangError(f"{d.path}: logical_count holds no passes (a buffer of 0 rows)")
         _scalar(d, d.data.get("rank", 0), "rank")
@@ -146,7 +157,7 @@ def _check_fields(d: Dump) -> None:
             _scalar(d, r["rank"], f"record {i}'s rank")
         where = f"record {i} (pass {r['forward_pass_id']})"
         if d.mode == "per_pass":
-            _ints(d, r["global_physical_count"], f"global_physical_count of {where}", 2)
+            _counts(d, r["global_physical_count"], f"global_physical_count of {where}", 2)
             continue
         ids = _ints(d, r["topk_ids_of_layer"], f"topk_ids_of_layer of {where}", 3, nonneg=False)
         if ids.numel() and int(ids.min()) < -1:

@@ -289,3 +289,28 @@ def test_pipeline_stages_sharing_rank_numbers_are_summed_not_refused(world, tmp_
     want = sg.logical_counts(world["passes"])
     assert [[el[i, layer].tolist() for layer in (1, 2)] for i in range(len(want))] == \
         [want[fp][1:].tolist() for fp in sorted(want)]
+
+
+@pytest.mark.parametrize("mode", ["stat", "per_pass"])
+def test_a_count_above_int32_is_refused_not_summed_into_negative_loads(world, tmp_path, mode):
+    """SGLang counts in int32 tensors; an int64 count past that is no recorder's, and was taken: summed
+    over ranks (per_pass) or by the analyses (stat), 2**62 wrapped round to a negative expert_load."""
+    def edit(value):
+        def set_count(d):
+            if mode == "stat":
+                d["logical_count"] = d["logical_count"].long()
+                d["logical_count"][0, 1, 0] = value
+            else:
+                for r in d["records"]:
+                    r["global_physical_count"] = r["global_physical_count"].long()
+                    r["global_physical_count"][1, 0] = value
+        return set_count
+
+    src = world[mode]
+    cfg = str(world["config"])
+    with pytest.raises(SGLangError, match=rf"count of .*holds {2**62}, above {2**31 - 1}: SGLang counts in int32"
+                       if mode == "per_pass" else rf"logical_count holds {2**62}, above {2**31 - 1}"):
+        import_sglang(sg.edited_copy(src, tmp_path / "huge", edit(2**62)), tmp_path / "run", config=cfg)
+    assert not (tmp_path / "run").exists()
+    ok = probe.open_run(import_sglang(sg.edited_copy(src, tmp_path / "max", edit(2**31 - 1)), tmp_path / "ok", config=cfg))
+    assert ok.df("expert_load")["count"].max() >= 2**31 - 1 and ok.df("expert_load")["count"].min() >= 0
