@@ -93,7 +93,11 @@ def _ints(d: Dump, value, name: str, dims: int, nonneg: bool = True):
     if not isinstance(value, torch.Tensor) or value.dim() != dims:
         got = f"shape {list(value.shape)}" if isinstance(value, torch.Tensor) else f"a {type(value).__name__}"
         raise SGLangError(f"{d.path}: {name} should be a {dims}-D tensor, found {got}")
-    if value.is_floating_point() or value.dtype == torch.bool:
+    if value.layout != torch.strided:  # sparse: min() and numpy() fail with a traceback
+        raise SGLangError(f"{d.path}: {name} is a {value.layout} tensor; SGLang writes dense ones")
+    # the integer dtypes torch reduces (min/max): SGLang writes int32 and int64; unsigned 16-64-bit,
+    # quantized and complex tensors failed with a traceback, floats and bools are no counts or ids
+    if value.dtype not in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64):
         raise SGLangError(f"{d.path}: {name} holds {value.dtype} values; SGLang writes integer counts and ids")
     if nonneg and value.numel() and int(value.min()) < 0:
         raise SGLangError(f"{d.path}: {name} holds a negative value ({int(value.min())})")

@@ -314,3 +314,27 @@ def test_a_count_above_int32_is_refused_not_summed_into_negative_loads(world, tm
     assert not (tmp_path / "run").exists()
     ok = probe.open_run(import_sglang(sg.edited_copy(src, tmp_path / "max", edit(2**31 - 1)), tmp_path / "ok", config=cfg))
     assert ok.df("expert_load")["count"].max() >= 2**31 - 1 and ok.df("expert_load")["count"].min() >= 0
+
+
+@pytest.mark.parametrize("kind", ["complex", "sparse", "uint16"])
+def test_tensors_torch_cannot_reduce_are_one_line_errors(world, tmp_path, capsys, kind):
+    """A complex, sparse or unsigned 16-64-bit tensor where SGLang writes int32 passed the checks
+    (neither float nor bool) and failed in min() with torch's NotImplementedError traceback."""
+    from probe.__main__ import main
+
+    def strange(t):
+        if kind == "complex":
+            return t.to(torch.complex64)
+        if kind == "sparse":
+            return t.to_sparse()
+        return t.to(torch.uint16)
+
+    stat = sg.edited_copy(world["stat"], tmp_path / "stat", lambda d: d.__setitem__("logical_count", strange(d["logical_count"])))
+    tok = sg.edited_copy(world["per_token"], tmp_path / "tok", lambda d: d["records"][0].__setitem__(
+        "topk_ids_of_layer", strange(d["records"][0]["topk_ids_of_layer"].clamp(min=0))))
+    for dump, field in ((stat, "logical_count"), (tok, "topk_ids_of_layer of record 0")):
+        code = main(["import", "sglang", str(dump), "--out", str(tmp_path / "run")])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+        assert re.search(rf"\.pt: {field}.* (holds torch\.\w+ values|is a torch\.sparse_coo tensor)", err), err
+        assert not (tmp_path / "run").exists()
