@@ -46,6 +46,7 @@ physical-to-logical map (the GPU of a slot: slot // (physical experts / GPUs), t
 from __future__ import annotations
 
 import glob
+import hashlib
 import numbers
 import re
 import shutil
@@ -295,22 +296,25 @@ def _per_token(dumps: list[Dump], shape: Shape, out: Path) -> dict:
     """Every recorded token: its input id, position and the logical top-k of each MoE layer."""
     kept, seen, copies, empty, drafts = [], set(), 0, 0, 0
     owners: dict[tuple, Path] = {}
+    at: dict[tuple, int] = {}  # (pass, rank, gatherer key) -> its index in kept
     for d in dumps:
         mine = [r for r in d.data["records"] if not _draft(r)]
         drafts += len(d.data["records"]) - len(mine)
         records = [r for r in mine if _recorded(r)]
         empty += len(mine) - len(records)
-        # a file whose every record another file holds too is a tensor-parallel copy (each rank routes
-        # the whole batch) and counts once; records alike in files that differ otherwise (data-parallel
-        # ranks that happened to run the same batch in one pass) are each kept
-        sig = tuple((int(r["forward_pass_id"]), tuple(r["input_ids"]), tuple(r["positions"])) for r in records)
+        # a file whose every record another file holds too, logical routing included (ranks may send a
+        # token to different replicas), is a tensor-parallel copy and counts once; data-parallel ranks'
+        # records alike otherwise are each kept, and pipeline stages' (same tokens, own layers) merged
+        sig = tuple((int(r["forward_pass_id"]), tuple(r["input_ids"]), tuple(r["positions"]),
+                     hashlib.blake2b(_record_logical(d, r, shape).tobytes(), digest_size=16).digest())
+                    for r in records)
         if sig in seen:
             copies += 1
             continue
         seen.add(sig)
         for r in records:
             _claim(owners, d, r, (r["topk_ids_of_layer"] >= 0).flatten(1).any(1).numpy())
-        kept.extend((int(r["forward_pass_id"]), d, r) for r in records)
+            _keep_or_merge(kept, at, d, r)
     if not kept:
         raise SGLangError(f"{', '.join(d.path.name for d in dumps[:3])}: no per_token record chose an expert (every "
                           "id -1): nothing was routed while it recorded")
@@ -367,6 +371,26 @@ def _claim(owners: dict, d: Dump, r: dict, layers: np.ndarray) -> None:
                           "each numbers its ranks and passes from 0): move one run's files to a folder of their own "
                           "and import that")
     owners[key] = (first, seen | layers)
+
+
+def _keep_or_merge(kept: list, at: dict, d: Dump, r: dict) -> None:
+    """Append (pass, file, record) to `kept`, or merge `r` into the kept record of the same (pass,
+    rank, gatherer key) from another file: a pipeline stage's, whose disjoint layers `_claim` has
+    checked. Its tokens must be the same; its ids fill the layers the earlier stages left at -1."""
+    key = (int(r["forward_pass_id"]), int(r.get("rank", 0)), str(r.get("gatherer_key")))
+    if key not in at or kept[at[key]][1] is d:  # records of one file are each kept, as they were
+        at.setdefault(key, len(kept))
+        kept.append((key[0], d, r))
+        return
+    fp, d0, r0 = kept[at[key]]
+    a, b = r0["topk_ids_of_layer"], r["topk_ids_of_layer"]
+    if list(r0["input_ids"]) != list(r["input_ids"]) or list(r0["positions"]) != list(r["positions"]) \
+            or a.shape != b.shape:
+        raise SGLangError(f"{d.path}: pass {fp} of rank {key[1]} is recorded also in {d0.path.name} with other "
+                          "tokens: not two pipeline stages of one pass (files of two server runs?)")
+    import torch
+
+    kept[at[key]] = (fp, d0, r0 | {"topk_ids_of_layer": torch.where(a >= 0, a, b)})
 
 
 def _draft(r: dict) -> bool:

@@ -562,3 +562,48 @@ def test_records_keyed_as_drafts_are_skipped_even_when_they_routed(world, tmp_pa
     assert pp.info["source"]["draft_records_skipped"] == len(dump["records"])
     want = sg.logical_counts(one)
     assert [a[1:].tolist() for _, a in sorted(loads(pp).items())] == [want[fp][1:].tolist() for fp in sorted(want)]
+
+
+def test_per_token_pipeline_stages_are_merged_not_dropped_as_copies(world, tmp_path):
+    """Pipeline-parallel stages record the same tokens under the same (pass, rank), each its own
+    layers (-1 elsewhere). The second stage's file was taken for a tensor-parallel copy and skipped:
+    every layer after the first stage's read as never routed, and no word said."""
+    tr = sg.traffic(seed=1, passes=4, ranks=1)
+    (f,) = sg.write_per_token(tmp_path / "whole", tr, world["map"], ranks=1)
+    dump = torch.load(f, weights_only=True)
+    d = tmp_path / "stages"
+    d.mkdir()
+    for stage, other in ((0, 2), (1, 1)):  # stage 0 routes layer 1, stage 1 layer 2 (layer 0 is dense)
+        records = [r | {"topk_ids_of_layer": r["topk_ids_of_layer"].index_fill(0, torch.tensor([other]), -1)}
+                   for r in dump["records"]]
+        torch.save(dump | {"records": records}, d / f"stage{stage}-{f.name}")
+    run = probe.open_run(import_sglang(d, tmp_path / "run", config=str(world["config"])))
+    want = sg.logical_counts(tr)
+    assert [a[1:].tolist() for _, a in sorted(loads(run).items())] == [want[fp][1:].tolist() for fp in sorted(want)]
+    assert len(run.df("tokens")) == sum(len(p.input_ids) for p in tr)  # each token once, not once a stage
+    assert run.info["source"]["copies_skipped"] == 0
+    # the same pass and rank with other tokens is no pipeline stage: refused, naming both files
+    other = dump | {"records": [r | {"input_ids": [x + 1 for x in r["input_ids"]],
+                                     "topk_ids_of_layer": r["topk_ids_of_layer"].index_fill(0, torch.tensor([1]), -1)}
+                                for r in dump["records"]]}
+    torch.save(other, d / f"stage1-{f.name}")
+    with pytest.raises(SGLangError, match=r"stage1-.*: pass \d+ of rank 0 is recorded also in stage0-.* with other "
+                                          r"tokens"):
+        import_sglang(d, tmp_path / "run2", config=str(world["config"]))
+
+
+def test_tensor_parallel_copies_that_dispatch_to_other_replicas_are_still_copies(world, tmp_path):
+    """Tensor-parallel ranks route alike but may each send a token to another replica of its expert
+    (SGLang's static dispatch prefers a replica on the rank's own GPU): their files are copies in
+    logical experts, not in physical slots, and count once."""
+    tr = sg.traffic(seed=2, passes=4, ranks=1)
+    m = world["map"]
+    d = tmp_path / "tp"
+    for rank, seed in ((0, 0), (1, 1)):  # each rank draws its own replicas of the same logical routing
+        (f,) = sg.write_per_token(tmp_path / f"r{rank}", tr, m, ranks=1, seed=seed)
+        dump = torch.load(f, weights_only=True)
+        d.mkdir(exist_ok=True)
+        torch.save(dump | {"records": [r | {"rank": rank} for r in dump["records"]]}, d / sg.rank_file(rank))
+    run = probe.open_run(import_sglang(d, tmp_path / "run", config=str(world["config"])))
+    assert run.info["source"]["copies_skipped"] == 1
+    assert len(run.df("tokens")) == sum(len(p.input_ids) for p in tr)
