@@ -444,27 +444,31 @@ def _token_rows(w: PartWriter, step: int, fp: int, d: Dump, r: dict, lg: np.ndar
     w.append("tokens", {"doc_id": doc, "seq_id": seq_of, "pos": pos.astype(np.int32), "doc_pos": pos,
                         "token_id": ids.astype(np.int32), "domain": [DOMAIN] * n,
                         "loss": pa.nulls(n, pa.float32())}, step)
-    offsets, flat, rows = [0], [], {"seq_id": [], "pos": [], "layer": []}
-    counts = np.zeros((shape.n_layers, shape.n_experts), np.int64)
-    for layer in layers:
-        for t in range(n):
-            e = lg[layer, t][lg[layer, t] >= 0]  # SGLang pads with -1
-            if not len(e):
-                continue
-            flat.extend(e.tolist())
-            offsets.append(len(flat))
-            rows["seq_id"].append(seq_of[t])
-            rows["pos"].append(pos[t])
-            rows["layer"].append(layer)
-            np.add.at(counts[layer], e, 1)
+    layer_of, t, flat, offsets, counts = _chosen(lg, layers, shape)
+    rows = {"seq_id": seq_of[t], "pos": pos[t], "layer": layer_of}
     k = len(rows["seq_id"])
     if k:
-        lists = pa.ListArray.from_arrays(pa.array(np.asarray(offsets, np.int32)), pa.array(flat, pa.uint16()))
+        lists = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(flat.astype(np.uint16)))
         w.append("routing", {"seq_id": np.asarray(rows["seq_id"], np.int64), "pos": np.asarray(rows["pos"], np.int32),
                              "layer": np.asarray(rows["layer"], np.int16), "expert_ids": lists,
                              "expert_weights": pa.nulls(k, pa.list_(pa.float32())), "margin_k": pa.nulls(k, pa.float32()),
                              "margin_1": pa.nulls(k, pa.float32()), "scores": pa.nulls(k, pa.list_(pa.float32()))}, step)
     return seq + len(lens), counts
+
+
+def _chosen(lg: np.ndarray, layers: list[int], shape: Shape):
+    """The (layer, token) pairs of a record's logical ids `lg` [L, n, K] that chose an expert, layer by
+    layer in token order: their layer and token index, their ids without SGLang's -1 padding (flat, with
+    list offsets), and the counts [L, E]."""
+    ids = lg[layers]  # [l, n, K]
+    chose = ids >= 0
+    li, t = np.nonzero(chose.any(2))
+    flat = ids[chose]  # row-major: the same (layer, token) order
+    offsets = np.concatenate([[0], np.cumsum(chose[li, t].sum(1))])
+    layer_of = np.asarray(layers, np.int64)[li]
+    counts = np.zeros((shape.n_layers, shape.n_experts), np.int64)
+    np.add.at(counts, (np.repeat(np.asarray(layers, np.int64), chose.sum((1, 2))), flat), 1)
+    return layer_of, t, flat, offsets, counts
 
 
 def _ranks(dumps: list[Dump]) -> list[int]:
