@@ -45,6 +45,7 @@ physical-to-logical map (the GPU of a slot: slot // (physical experts / GPUs), t
 
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import numbers
@@ -58,6 +59,7 @@ import numpy as np
 import pyarrow as pa
 
 from .job import DEFAULT_RUNS, check_out_parent, check_replaceable, load_tokenizer, os_refusal, package_version
+from .schema import TABLES
 from .sglang_dumps import DOMAIN, Dump, SGLangError, Shape, find_dumps, model_shape
 from .writer import PartWriter, write_json_atomic
 
@@ -149,13 +151,24 @@ def _moe_layers(shape: Shape, counts_LE: np.ndarray) -> list[int]:
     return [i for i in range(shape.n_layers) if counts_LE[i].sum() > 0]
 
 
-def _load_rows(step: int, layers: list[int], counts_LE: np.ndarray, tokens: int) -> dict:
-    E = counts_LE.shape[1]
+def _load_rows(step: int, layers: list[int], counts_LE: np.ndarray, tokens: int) -> pa.RecordBatch:
+    """The expert_load rows of one pass (or step): every MoE layer's counts of every expert."""
+    n = len(layers) * counts_LE.shape[1]
+    fixed = _fixed_load_columns(tuple(layers), counts_LE.shape[1])
+    return pa.RecordBatch.from_arrays(
+        [pa.array(np.full(n, step, np.int64)), *fixed[:3], pa.array(counts_LE[layers].reshape(-1).astype(np.int64)),
+         fixed[3], pa.array(np.full(n, tokens, np.int64))], schema=TABLES["expert_load"])
+
+
+@functools.lru_cache(maxsize=4)
+def _fixed_load_columns(layers: tuple[int, ...], E: int) -> tuple:
+    """layer, expert, domain and weight_sum of `_load_rows`, alike for every pass: built once (a stat
+    dump of 4,500 passes spent most of its import making the same 15k-string column again per pass)."""
     n = len(layers) * E
-    return {"step": np.full(n, step, np.int64), "layer": np.repeat(np.array(layers, np.int16), E),
-            "expert": np.tile(np.arange(E, dtype=np.int32), len(layers)), "domain": [DOMAIN] * n,
-            "count": counts_LE[layers].reshape(-1).astype(np.int64), "weight_sum": pa.nulls(n, pa.float64()),
-            "tokens": np.full(n, tokens, np.int64)}
+    return (pa.array(np.repeat(np.array(layers, np.int16), E)),
+            pa.array(np.tile(np.arange(E, dtype=np.int32), len(layers))),
+            pa.DictionaryArray.from_arrays(np.zeros(n, np.int32), [DOMAIN]).cast(pa.string()),
+            pa.nulls(n, pa.float64()))
 
 
 def _dump_time(d: Dump) -> tuple:
@@ -180,11 +193,11 @@ def _stat(dumps: list[Dump], shape: Shape, out: Path, buffer_size: int | None = 
                               "on rank 0 only (the counts already summed over the ranks)")
     counts, unknown = [], {}  # dumps whose pass order is unknown -> whether every row was used
     for d in dumps:
-        c = d.data["logical_count"].numpy().astype(np.int64)  # [buffer rows, L, E]
+        c = d.data["logical_count"].numpy()  # [buffer rows, L, E], integers of at most int32 (checked)
         if buffer_size is not None and buffer_size > 0 and len(c) != buffer_size:
             raise SGLangError(f"{d.path}: {len(c)} pass rows, but --buffer-size {buffer_size}: SGLang's circular "
                               "buffer dumps all its rows (an unbounded one, -1, only the passes it holds)")
-        used = c.reshape(len(c), -1).sum(1) > 0
+        used = c.reshape(len(c), -1).any(1)  # counts are never negative (checked)
         # NOTE: an unbounded buffer holds every pass in order, so a zero row inside it is a pass that
         # counted nothing, not the gap a circular buffer's write position leaves (which the rotation
         # below looks for): read as circular, such a dump was rotated out of order (a review)
@@ -192,7 +205,8 @@ def _stat(dumps: list[Dump], shape: Shape, out: Path, buffer_size: int | None = 
         counts.append(c[order])
         if not known:
             unknown[d.path.name] = bool(used.all())
-    counts = np.concatenate(counts)  # [passes, L, E], empty rows dropped, each dump's in the order written
+    # [passes, L, E], empty rows dropped, each dump's in the order written
+    counts = counts[0] if len(counts) == 1 else np.concatenate(counts)
     if not len(counts):
         raise SGLangError(f"{', '.join(d.path.name for d in dumps[:3])}: every pass row of the stat dump is zero: "
                           "no expert was chosen while it recorded (was the recorder started before the traffic?)")
@@ -207,10 +221,10 @@ def _stat(dumps: list[Dump], shape: Shape, out: Path, buffer_size: int | None = 
               "passes (the Serving page's windows) is not. A server started with "
               "--expert-distribution-recorder-buffer-size -1 keeps every pass in order: import its dumps with "
               "--buffer-size -1.", file=sys.stderr)
-    layers = _moe_layers(shape, counts.sum(0))
+    layers = _moe_layers(shape, counts.sum(0, dtype=np.int64))
     w = PartWriter(out, 0, ["expert_load"])
     for step, c in enumerate(counts):
-        tokens = int(c[layers[0]].sum() // shape.topk) if layers else 0
+        tokens = int(c[layers[0]].sum(dtype=np.int64) // shape.topk) if layers else 0
         w.append("expert_load", _load_rows(step, layers, c, tokens), step)
     w.commit(max(len(counts) - 1, 0))
     rows = sum(len(d.data["logical_count"]) for d in dumps)
