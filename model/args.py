@@ -132,6 +132,12 @@ class ModelArgs:
                 bad(f"{name}={getattr(self, name)} must be positive")
         if self.qk_rope_head_dim % 2:
             bad(f"qk_rope_head_dim={self.qk_rope_head_dim} must be even (RoPE rotates pairs)")
+        # the jobs feed bos_token_id to the embedding: one outside the vocabulary passed every check, then
+        # failed the first forward pass and left a run directory behind (a checkpoint tour)
+        eos = self.eos_token_id if isinstance(self.eos_token_id, list) else [self.eos_token_id]
+        for name, ids in (("bos_token_id", [self.bos_token_id]), ("eos_token_id", eos)):
+            if any(i is not None and not 0 <= i < self.vocab_size for i in ids):
+                bad(f"{name}={getattr(self, name)} must be a token id in [0, vocab_size={self.vocab_size})")
         # sizes a layer is built with, and the RoPE parameters (a negative size was a torch error from
         # inside the model's construction, rope_theta=1 a ZeroDivisionError; found by a review)
         moe = self.n_dense_layers < self.n_layers or self.n_mtp_layers > 0

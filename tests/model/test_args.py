@@ -278,6 +278,10 @@ def test_plain_rope_frequencies():
     (dict(route_scale="2.5"), ["route_scale='2.5' must be a number"]),
     (dict(norm_topk_prob=1), ["norm_topk_prob=1 must be true or false"]),
     (dict(bos_token_id="0"), ["bos_token_id='0' must be an integer or null"]),
+    # an id outside the vocabulary failed the first forward pass of a record, its run directory left behind
+    (dict(bos_token_id=5000), ["bos_token_id=5000 must be a token id in [0, vocab_size="]),
+    (dict(bos_token_id=-1), ["bos_token_id=-1 must be a token id"]),
+    (dict(eos_token_id=[1, 5000]), ["eos_token_id=[1, 5000] must be a token id"]),
     # sizes and RoPE parameters that failed inside torch or math (found by a review)
     (dict(moe_inter_dim=-32), ["moe_inter_dim=-32 must be positive"]),
     (dict(inter_dim=0), ["inter_dim=0 must be positive"]),
