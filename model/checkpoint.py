@@ -277,6 +277,8 @@ def _stream(model: Transformer, plan, headers: dict, files: list[Path], spec: di
                 dst, sdst = dst[row], (None if sdst is None else sdst[row])
             try:
                 _copy_tensor(reader, headers, hf_name, cut, dst, sdst, block)
+            except CheckpointError:  # already names its file and tensor (a bad block scale)
+                raise
             except (ReadError, OSError, RuntimeError, ValueError) as e:
                 raise CheckpointError(f"{headers[hf_name][0]}: cannot read tensor {hf_name} ({e})") from None
             _check_finite(dst, headers[hf_name][0], hf_name)

@@ -294,7 +294,10 @@ def test_error_fp8_scales_not_finite_or_not_float_and_fp8_vectors(fp8_dir, tmp_p
              ["FP8 tensor model.norm.weight has shape [", "2-D weights only"])]):
         d = Path(shutil.copytree(fp8_dir, tmp_path / f"ckpt{i}"))
         edit_tensors(d / "model.safetensors", edit)
-        load_error(d, d / "model.safetensors", *needles)
+        msg = load_error(d, d / "model.safetensors", *needles)
+        # the scale's own line, not wrapped in "cannot read tensor <the weight> (<the file>: ...)" naming the
+        # file twice and the weight before the scale at fault (a checkpoint tour)
+        assert msg.startswith(f"{d / 'model.safetensors'}: ") and msg.count(str(d)) == 1, msg
     d = Path(shutil.copytree(fp8_dir, tmp_path / "ok"))  # the control: the same copy, unedited, loads
     model.load(d)
 
