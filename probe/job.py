@@ -82,7 +82,9 @@ def load_tokenizer(path: str | None, ckpt: Path, vocab_size: int, error: type[Ex
     from tokenizers import Tokenizer
 
     p = Path(path) if path else ckpt / "tokenizer.json"
-    if not p.exists():
+    if not p.exists():  # the advice to pass --tokenizer misled when --tokenizer had named this missing file
+        if path:
+            raise error(f"--tokenizer {p}: no tokenizer there (the file does not exist)")
         raise error(f"{p}: no tokenizer (put tokenizer.json in the checkpoint or pass --tokenizer)")
     try:
         tok = Tokenizer.from_file(str(p))

@@ -136,6 +136,19 @@ def test_vocab_mismatch_is_refused(probe_env, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_a_missing_tokenizer_names_the_flag_that_named_it(probe_env, tmp_path):
+    """--tokenizer naming a file that is not there said 'put tokenizer.json in the checkpoint or pass
+    --tokenizer', to a user who had passed it (a checkpoint tour); the checkpoint's own is still asked for."""
+    with pytest.raises(RecordError, match=r"^--tokenizer \S*nosuch.json: no tokenizer there \(the file does not exist\)$"):
+        rec(probe_env, tmp_path / "o", tokenizer=str(tmp_path / "nosuch.json"))
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    (ck / "config.json").write_text((probe_env["ckpt"] / "config.json").read_text())
+    with pytest.raises(RecordError, match=r"ck/tokenizer.json: no tokenizer \(put tokenizer.json in the checkpoint or pass --tokenizer\)$"):
+        rec(probe_env | {"ckpt": ck}, tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+
 def test_existing_out_needs_a_flag(probe_env, tmp_path):
     out = rec(probe_env, tmp_path / "r", max_tokens=200, kv_stats=False)
     with pytest.raises(RecordError, match="exists: pass --overwrite"):
