@@ -113,8 +113,23 @@ def _read_headers(files: list[Path]) -> dict[str, tuple[Path, torch.Size, torch.
                         raise CheckpointError(f"{f}: tensor {k} also appears in {found[k][0].name}")
                     found[k] = (f, torch.Size(sl.get_shape()), DTYPES.get(sl.get_dtype(), sl.get_dtype()))
         except (SafetensorError, OSError) as e:
-            raise CheckpointError(f"{f}: not a readable safetensors file ({e})") from None
+            raise CheckpointError(f"{f}: not a readable safetensors file ({e}){lfs_pointer_note(f)}") from None
     return found
+
+
+LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+
+
+def lfs_pointer_note(f: Path) -> str:
+    """'; ...' advice when file `f` is a Git LFS pointer (a clone made without git-lfs holds these ~130-byte
+    text files in place of the weights; safetensors read one as 'header too large'), else ''."""
+    try:
+        with open(f, "rb") as fh:
+            if not fh.read(len(LFS_POINTER)) == LFS_POINTER:
+                return ""
+    except OSError:
+        return ""
+    return "; it is a Git LFS pointer, not the file: fetch it (git lfs pull, or huggingface-cli download)"
 
 
 GEMM_IMPLS = ("bf16", "fp8", "fp8-weights")

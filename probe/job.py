@@ -89,7 +89,9 @@ def load_tokenizer(path: str | None, ckpt: Path, vocab_size: int, error: type[Ex
     try:
         tok = Tokenizer.from_file(str(p))
     except Exception as e:  # noqa: BLE001 - tokenizers raises its own exception type
-        raise error(f"{p}: not a tokenizers JSON file ({e})") from None
+        from model.checkpoint import lfs_pointer_note
+
+        raise error(f"{p}: not a tokenizers JSON file ({e}){lfs_pointer_note(p)}") from None
     n = tok.get_vocab_size(with_added_tokens=True)
     if n > vocab_size:
         raise error(f"{p} has {n} tokens but the checkpoint's vocab_size is {vocab_size}: "

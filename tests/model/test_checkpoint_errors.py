@@ -108,6 +108,17 @@ def test_error_truncated_file(tiny_copy, keep):
     load_error(tiny_copy, f)
 
 
+def test_error_a_git_lfs_pointer_in_place_of_a_shard(sharded_dir, tmp_path):
+    """A clone made without git-lfs holds ~130-byte pointer files in place of the shards, which safetensors
+    reads as 'header too large' (a checkpoint tour): the message says what the file is and how to fetch it."""
+    d = Path(shutil.copytree(sharded_dir, tmp_path / "ckpt"))
+    shard = sorted(d.glob("*.safetensors"))[1]
+    shard.write_text(f"version https://git-lfs.github.com/spec/v1\noid sha256:{'ab' * 32}\nsize 4302350824\n")
+    load_error(d, shard, "not a readable safetensors file", "it is a Git LFS pointer, not the file", "git lfs pull")
+    shard.write_bytes(b"\x00" * 6)  # the control: a damaged file is not called a pointer
+    assert "Git LFS" not in load_error(d, shard, "not a readable safetensors file")
+
+
 def test_error_unsupported_model_type(tiny_copy):
     edit_config(tiny_copy, lambda c: c | {"model_type": "llama"})
     load_error(tiny_copy, tiny_copy / "config.json", "llama")

@@ -149,6 +149,14 @@ def test_a_missing_tokenizer_names_the_flag_that_named_it(probe_env, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_a_tokenizer_that_is_a_git_lfs_pointer_says_so(probe_env, tmp_path):
+    p = tmp_path / "tokenizer.json"
+    p.write_text(f"version https://git-lfs.github.com/spec/v1\noid sha256:{'ab' * 32}\nsize 7847119\n")
+    with pytest.raises(RecordError, match=r"not a tokenizers JSON file \(.*\); it is a Git LFS pointer, not the file"):
+        rec(probe_env, tmp_path / "o", tokenizer=str(p))
+    assert not (tmp_path / "o").exists()
+
+
 def test_existing_out_needs_a_flag(probe_env, tmp_path):
     out = rec(probe_env, tmp_path / "r", max_tokens=200, kv_stats=False)
     with pytest.raises(RecordError, match="exists: pass --overwrite"):
