@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -432,7 +433,7 @@ def _index_name_problem(n: str, names: set[str], known: set[str], args: ModelArg
     if target == "skip":
         return None
     if target is None:
-        return f"unexpected tensor {n} (not part of a {args.model_type} model with {args.n_layers} layers)"
+        return _unexpected(n, args)
     if target.expert is not None and target.expert >= args.n_routed_experts:
         return f"tensor {n}: expert {target.expert} out of range (n_routed_experts={args.n_routed_experts})"
     return f"tensor {n} maps to {target.name}, which this config does not have"
@@ -551,6 +552,19 @@ def _plan(meta: Transformer, headers: dict) -> list[tuple[str, Target]]:
     return plan
 
 
+def _unexpected(hf_name: str, args: ModelArgs) -> str:
+    """Why tensor `hf_name` has no place in the config's model. A layer past the main ones is an MTP module's:
+    a config.json edited to num_nextn_predict_layers 0 (to switch MTP off) over weights that keep it was
+    refused as 'not part of a model with 61 layers', which did not say which key to look at (a checkpoint tour)."""
+    layer = re.match(r"model\.layers\.(\d+)\.", hf_name)
+    if layer and int(layer.group(1)) >= args.n_layers:
+        k = int(layer.group(1)) - args.n_layers
+        return (f"unexpected tensor {hf_name} (layer {layer.group(1)} would be MTP module {k}, but the config has "
+                f"{args.n_layers} layers and {args.n_mtp_layers} MTP module(s) with weights: see config.json's "
+                "num_hidden_layers and num_nextn_predict_layers)")
+    return f"unexpected tensor {hf_name} (not part of a {args.model_type} model with {args.n_layers} layers)"
+
+
 def _check_scale_has_fp8_weight(hf_name: str, f: str, headers: dict) -> None:
     """A `*_scale_inv` tensor must sit beside the float8_e4m3fn weight it scales."""
     w = hf_name[: -len("_scale_inv")]
@@ -565,8 +579,7 @@ def _check_scale_has_fp8_weight(hf_name: str, f: str, headers: dict) -> None:
 def _check_shape(hf_name: str, f: str, shape, target: Target | None, expect: dict, args) -> None:
     """The tensor maps to one of ours (an expert in range) and has its shape."""
     if target is None:
-        raise CheckpointError(f"{f}: unexpected tensor {hf_name} (not part of a {args.model_type} model "
-                              f"with {args.n_layers} layers)")
+        raise CheckpointError(f"{f}: {_unexpected(hf_name, args)}")
     want = expect[target.name].shape if target.name in expect else None
     if want is None:
         raise CheckpointError(f"{f}: tensor {hf_name} maps to {target.name}, which this config does not have")

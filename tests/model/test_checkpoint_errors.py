@@ -58,7 +58,27 @@ def test_error_layer_just_past_the_mtp_layer_is_unexpected(tiny_copy):
     f = tiny_copy / "model.safetensors"
     name = "model.layers.4.input_layernorm.weight"
     edit_tensors(f, lambda sd: sd | {name: sd["model.layers.3.input_layernorm.weight"].clone()})
-    load_error(tiny_copy, f, f"unexpected tensor {name} (not part of a deepseek_v3 model with 3 layers)")
+    load_error(tiny_copy, f, f"unexpected tensor {name} (layer 4 would be MTP module 1, but the config has 3 layers "
+                             "and 1 MTP module(s) with weights: see config.json's num_hidden_layers and "
+                             "num_nextn_predict_layers)")
+
+
+def test_mtp_weights_under_a_config_without_mtp_name_the_key(tiny_copy, tmp_path):
+    """A config.json edited to num_nextn_predict_layers 0 (MTP off) over weights that keep layer 3 was refused as
+    'not part of a deepseek_v3 model with 3 layers', which pointed at the layer count (a checkpoint tour); also
+    from the index alone, as --dry-run plans before the download."""
+    edit_config(tiny_copy, lambda c: c | {"num_nextn_predict_layers": 0})
+    msg = load_error(tiny_copy, tiny_copy / "model.safetensors", "unexpected tensor model.layers.3.",
+                     "layer 3 would be MTP module 0, but the config has 3 layers and 0 MTP module(s)",
+                     "num_nextn_predict_layers")
+    assert "not part of" not in msg
+    from helpers.checkpoints import index_only
+
+    d = index_only(tmp_path / "index", model.ModelArgs.from_name("tiny"))
+    edit_config(d, lambda c: c | {"num_nextn_predict_layers": 0})
+    with pytest.raises(CheckpointError, match=r"model.safetensors.index.json: unexpected tensor model.layers.3.*"
+                                              r"layer 3 would be MTP module 0.*num_nextn_predict_layers\)$"):
+        ckpt.inspect(d)
 
 
 def test_rotary_inv_freq_buffers_of_old_exports_are_ignored(tiny, tiny_copy):
