@@ -373,7 +373,8 @@ def inspect(path: str | os.PathLike, *, gemm_impl: str = "bf16", dtype: torch.dt
     on disk. With every shard file present: the full check of `load(..., device="meta")` (every
     name, shape and dtype against the config). When `model.safetensors.index.json` lists shard files
     that are absent: the index's names against the config (every expected tensor listed, nothing
-    unknown; shapes cannot be checked without the files). Returns what was checked:
+    unknown) and the headers of the shards already there (the others' shapes need their files).
+    Returns what was checked:
     {"args", "checked": "headers" | "index", "files", "missing_files", "tensors", "fp8", "mtp"}."""
     path = Path(path)
     if not (path / "config.json").exists():
@@ -416,8 +417,22 @@ def inspect(path: str | os.PathLike, *, gemm_impl: str = "bf16", dtype: torch.dt
     if absent:
         more = f" (and {len(absent) - 1} more)" if len(absent) > 1 else ""
         raise CheckpointError(f"{index}: missing tensor {absent[0]}{more}")
+    _check_downloaded(meta, path, [path / f for f in files if f not in missing], weight_map)
     return {"args": args, "checked": "index", "files": files, "missing_files": missing, "tensors": len(names),
             "fp8": fp8, "mtp": args.n_mtp_layers}
+
+
+def _check_downloaded(meta: Transformer, path: Path, files: list[Path], weight_map: dict[str, str]) -> None:
+    """`inspect` while some shards are missing: the headers of those on disk against the index and the model
+    (names, shapes, dtypes, scales). Only the index's names were checked, so a damaged or wrong shard already
+    downloaded (a truncated file, a Git LFS pointer, a tensor of another shape) passed --dry-run and was found
+    by the load, on the rented GPUs (a checkpoint tour)."""
+    headers = _read_headers(files)
+    on_disk = set(files)
+    _check_index_against_headers(path, {k: path / v for k, v in weight_map.items() if path / v in on_disk}, headers)
+    expect = _expected(meta)
+    for hf_name in headers:
+        _check_tensor(hf_name, headers, meta.args, expect, partial=True)
 
 
 def _index_name_problem(n: str, names: set[str], known: set[str], args: ModelArgs) -> str | None:
@@ -520,36 +535,55 @@ def _fp8_resident(m: torch.nn.Module) -> bool:
 
 def _plan(meta: Transformer, headers: dict) -> list[tuple[str, Target]]:
     """Check every checkpoint tensor against the model; returns (hf_name, target) in file order."""
-    args = meta.args
-    expect = dict(meta.named_parameters()) | dict(meta.named_buffers())
-    expect.pop("rope_inv_freq", None)
+    expect = _expected(meta)
     covered: dict[str, set] = defaultdict(set)
     plan = []
-    for hf_name, (f, shape, dt) in headers.items():
-        if IGNORED.match(hf_name):
+    for hf_name in headers:
+        target = _check_tensor(hf_name, headers, meta.args, expect)
+        if target is None:
             continue
-        if hf_name.endswith("_scale_inv"):
-            _check_scale_has_fp8_weight(hf_name, f, headers)
-            continue
-        target = hf_to_ours(hf_name, args)
-        if target == "skip":  # an MTP layer's copy of the embedding or head: not loaded, but the same shape
-            main = MTP_SHARED[hf_name.split(".", 3)[3]]
-            if tuple(shape) != tuple(expect[main].shape):
-                raise CheckpointError(f"{f}: tensor {hf_name} has shape {list(shape)}, expected "
-                                      f"{list(expect[main].shape)} (the MTP layer's copy of {main})")
-            continue
-        _check_shape(hf_name, f, shape, target, expect, args)
-        if dt == torch.float8_e4m3fn:
-            _check_fp8_weight(hf_name, f, shape, headers, args.quant_block or (128, 128))
-        elif not (dt.is_floating_point if isinstance(dt, torch.dtype) else False):
-            raise CheckpointError(f"{f}: tensor {hf_name} has unsupported dtype {dt}")
         key = target.expert if target.expert is not None else -1
         if key in covered[target.name]:
-            raise CheckpointError(f"{f}: tensor {hf_name} loaded twice")
+            raise CheckpointError(f"{headers[hf_name][0]}: tensor {hf_name} loaded twice")
         covered[target.name].add(key)
         plan.append((hf_name, target))
     _check_complete(meta, covered)
     return plan
+
+
+def _expected(meta: Transformer) -> dict[str, torch.Tensor]:
+    """The meta model's parameters and buffers by name, as checkpoint tensors are checked against them."""
+    expect = dict(meta.named_parameters()) | dict(meta.named_buffers())
+    expect.pop("rope_inv_freq", None)
+    return expect
+
+
+def _check_tensor(hf_name: str, headers: dict, args: ModelArgs, expect: dict, partial: bool = False) -> Target | None:
+    """Checkpoint tensor `hf_name` against the model: its place, shape, dtype and block scale. Returns where
+    it loads, None for a tensor not loaded (a block scale, an ignored buffer, the MTP layer's copies).
+    partial: `headers` are the shards downloaded so far, so a weight's scale or a scale's weight may be in
+    one still missing (`inspect`)."""
+    f, shape, dt = headers[hf_name]
+    if IGNORED.match(hf_name):
+        return None
+    if hf_name.endswith("_scale_inv"):
+        if not (partial and hf_name[: -len("_scale_inv")] not in headers):
+            _check_scale_has_fp8_weight(hf_name, f, headers)
+        return None
+    target = hf_to_ours(hf_name, args)
+    if target == "skip":  # an MTP layer's copy of the embedding or head: not loaded, but the same shape
+        main = MTP_SHARED[hf_name.split(".", 3)[3]]
+        if tuple(shape) != tuple(expect[main].shape):
+            raise CheckpointError(f"{f}: tensor {hf_name} has shape {list(shape)}, expected "
+                                  f"{list(expect[main].shape)} (the MTP layer's copy of {main})")
+        return None
+    _check_shape(hf_name, f, shape, target, expect, args)
+    if dt == torch.float8_e4m3fn:
+        _check_fp8_weight(hf_name, f, shape, headers, args.quant_block or (128, 128),
+                          scale_elsewhere=partial and hf_name + "_scale_inv" not in headers)
+    elif not (dt.is_floating_point if isinstance(dt, torch.dtype) else False):
+        raise CheckpointError(f"{f}: tensor {hf_name} has unsupported dtype {dt}")
+    return target
 
 
 def _unexpected(hf_name: str, args: ModelArgs) -> str:
@@ -592,11 +626,15 @@ def _check_shape(hf_name: str, f: str, shape, target: Target | None, expect: dic
         raise CheckpointError(f"{f}: tensor {hf_name} has shape {list(shape)}, expected {list(want)}")
 
 
-def _check_fp8_weight(hf_name: str, f: str, shape, headers: dict, block: tuple[int, int]) -> None:
-    """An FP8 weight is 2-D and has a floating-point `_scale_inv` of one value per `block`."""
+def _check_fp8_weight(hf_name: str, f: str, shape, headers: dict, block: tuple[int, int],
+                      scale_elsewhere: bool = False) -> None:
+    """An FP8 weight is 2-D and has a floating-point `_scale_inv` of one value per `block` (not looked at
+    when `scale_elsewhere`: in a shard not downloaded yet)."""
     if len(shape) != 2:
         raise CheckpointError(f"{f}: FP8 tensor {hf_name} has shape {list(shape)}; FP8 block "
                               "quantisation holds 2-D weights only")
+    if scale_elsewhere:
+        return
     if hf_name + "_scale_inv" not in headers:
         raise CheckpointError(f"{f}: FP8 tensor {hf_name} has no {hf_name}_scale_inv")
     s_file, s_shape, s_dt = headers[hf_name + "_scale_inv"]

@@ -5,8 +5,8 @@ rank, without loading a weight.
         --dtype bfloat16 --device-memory 141 --device cuda
 
 Checked: the options, the checkpoint (every tensor's name, shape and dtype from the safetensors
-headers; or, when only `config.json` and `model.safetensors.index.json` are there, the index's
-names), that --model-parallel divides the world and the model's heads/experts/vocabulary (and
+headers; or, while shard files are missing, the index's names and the headers of the shards
+already there), that --model-parallel divides the world and the model's heads/experts/vocabulary (and
 that FP8 shards align to their blocks), the output directory, and the corpus (tokenised and
 counted). Printed per rank: weight bytes (FP8 resident or dequantised), the latent KV cache for
 --batch-size x --seq-len, an estimate of a forward pass's peak activations (model/memory.py), the
@@ -241,7 +241,8 @@ def format_dry_run(job, opts, p: dict) -> str:
     if ck["checked"] == "index":
         lines.append(f"  checkpoint: {len(ck['missing_files'])} of {len(ck['files'])} shard files are absent "
                      f"(e.g. {ck['missing_files'][0]}); checked the {ck['tensors']:,} names of "
-                     "model.safetensors.index.json against the config (shapes need the files)")
+                     "model.safetensors.index.json against the config, and the headers of the "
+                     f"{len(ck['files']) - len(ck['missing_files'])} files there")
     else:
         lines.append(f"  checkpoint: every tensor's name, shape and dtype checked against config.json "
                      f"({len(ck['files'])} file{'s' if len(ck['files']) != 1 else ''}, headers only)")

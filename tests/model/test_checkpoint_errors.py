@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import model
 import model.checkpoint as ckpt
@@ -227,6 +228,41 @@ def test_inspect_before_the_download_takes_a_projection_stored_without_a_scale(f
     p.write_text(json.dumps(j))
     with pytest.raises(CheckpointError, match=f"missing tensor {re.escape(name)}"):
         ckpt.inspect(d)
+
+
+def test_inspect_mid_download_checks_the_shards_already_there(fp8_model, tmp_path):
+    """With some shards missing, only the index's names were checked: a truncated shard, a Git LFS pointer or a
+    tensor of the wrong shape among those already downloaded passed --dry-run and failed the load (a checkpoint
+    tour). A weight whose block scale is in a shard still missing, or the reverse, is no error."""
+    d = tmp_path / "ckpt"
+    model.save(fp8_model, d, fp8=True, max_shard_bytes=60_000)
+
+    def index() -> dict:
+        return json.loads((d / "model.safetensors.index.json").read_text())["weight_map"]
+
+    j = index()
+    a, b = [d / f for f in sorted({j[k] for k in j if k + "_scale_inv" in j})[:2]]  # two shards with FP8 weights
+    w, v = [next(k for k, f in j.items() if f == s.name and k + "_scale_inv" in j) for s in (a, b)]
+    for name, dst in ((w, b), (v, a)):  # each weight's scale moved into the other's shard
+        src = d / index()[name + "_scale_inv"]
+        scale = load_file(src)[name + "_scale_inv"]
+        edit_tensors(src, lambda sd: {k: t for k, t in sd.items() if k != name + "_scale_inv"})
+        edit_tensors(dst, lambda sd: sd | {name + "_scale_inv": scale})
+    assert index()[w + "_scale_inv"] == b.name and index()[v + "_scale_inv"] == a.name
+    a.rename(tmp_path / "away.safetensors")  # not downloaded yet: b holds w's scale and v without its scale
+    assert ckpt.inspect(d)["checked"] == "index"  # the control
+    there, keep, name = b, b.read_bytes(), v
+    for damage, needles in [
+            (lambda: there.write_bytes(keep[: len(keep) // 2]), ["not a readable safetensors file"]),
+            (lambda: there.write_text(f"version https://git-lfs.github.com/spec/v1\noid sha256:{'ab' * 32}\n"),
+             ["it is a Git LFS pointer"]),
+            (lambda: edit_tensors(there, lambda sd: sd | {name: sd[name][:, :-1].contiguous()}),
+             [f"tensor {name} has shape"])]:
+        there.write_bytes(keep)
+        damage()
+        with pytest.raises(CheckpointError) as ei:
+            ckpt.inspect(d)
+        assert str(ei.value).startswith(f"{there}: ") and all(n in str(ei.value) for n in needles), ei.value
 
 
 @pytest.mark.parametrize("name,needle", [
