@@ -279,7 +279,7 @@ def format_dry_run(job, opts, p: dict) -> str:
         cap = opts.device_memory * GB
         left = cap - p["per_rank"]
         lines.append(f"  fits {opts.device_memory:g} GB per rank with {_gb(left)} to spare" if left >= 0 else
-                     f"  does NOT fit {opts.device_memory:g} GB per rank: {_gb(-left)} short ({_advice(opts)})")
+                     f"  does NOT fit {opts.device_memory:g} GB per rank: {_gb(-left)} short ({_advice(opts, p['model_parallel'], p['world_size'])})")
     per_m = {t: b * 1e6 for t, b in p["table_bytes_per_token"].items()}
     lines.append(f"  tables per 1M tokens (--router-logits {opts.router_logits}"
                  f"{f', --sample {opts.sample:g}' if opts.router_logits == 'full' else ''}): "
@@ -292,10 +292,17 @@ def format_dry_run(job, opts, p: dict) -> str:
     return "\n".join(lines)
 
 
-def _advice(opts) -> str:
+def _advice(opts, model_parallel: int = 1, world: int = 1) -> str:
     """What could make a plan fit, leaving out what the command already does (a review: it suggested
-    --gemm fp8 to a command that gave it)."""
-    ways = ["more ranks"]
+    --gemm fp8 to a command that gave it). Ranks help only where they shard the model: with
+    --model-parallel 1 on 8 ranks, each held the whole 671B and the advice was "more ranks" (a checkpoint tour)."""
+    if model_parallel < world:
+        held = "the whole model" if model_parallel == 1 else f"1/{model_parallel} of the model"
+        ways = [f"--model-parallel auto (each of the {world} ranks holds {held} now)"]
+    elif str(opts.model_parallel) == "auto":
+        ways = ["more ranks"]
+    else:
+        ways = ["more ranks with --model-parallel auto"]
     if opts.gemm not in FP8_RESIDENT:
         ways.append("--gemm fp8 (FP8 weights resident)")
     if opts.batch_size > 1:

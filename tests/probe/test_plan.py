@@ -168,7 +168,14 @@ def test_synthetic_expert_ids_are_k_distinct_experts_a_row(E, K):
 def test_advice_for_a_plan_that_does_not_fit_names_only_what_would_change():
     assert "--batch-size" not in _advice(RecordOptions(batch_size=1))  # one window a batch is the least
     assert "--batch-size" in _advice(RecordOptions(batch_size=2))
-    assert _advice(RecordOptions(batch_size=1, gemm="fp8")) == "more ranks"
+    assert _advice(RecordOptions(batch_size=1, gemm="fp8", model_parallel="auto"), 8, 8) == "more ranks"
+    # ranks help where they shard the model: with --model-parallel 1 (the default) on 8 ranks each held the
+    # whole model and the advice was "more ranks" (a checkpoint tour)
+    assert _advice(RecordOptions(batch_size=1, gemm="fp8"), 1, 8) == (
+        "--model-parallel auto (each of the 8 ranks holds the whole model now)")
+    assert _advice(RecordOptions(batch_size=1, gemm="fp8", model_parallel=4), 4, 8).startswith(
+        "--model-parallel auto (each of the 8 ranks holds 1/4 of the model now)")
+    assert _advice(RecordOptions(batch_size=1, gemm="fp8"), 1, 1) == "more ranks with --model-parallel auto"
 
 
 def test_sizes_print_in_gb_from_10_mb_up():
