@@ -237,7 +237,7 @@ def format_dry_run(job, opts, p: dict) -> str:
     ck, w, act = p["checkpoint"], p["weights"], p["activations"]
     a = job.args
     lines = [f"dry run: {job.ckpt} ({a.n_layers} layers, {a.n_routed_experts} experts, vocab {a.vocab_size}"
-             f"{', MTP' if ck['mtp'] else ''}{', FP8 checkpoint' if ck['fp8'] else ''})"]
+             f"{', MTP' if ck['mtp'] else ''}{', FP8 checkpoint' if ck['fp8'] else ''}, {_rope(a)})"]
     if ck["checked"] == "index":
         lines.append(f"  checkpoint: {len(ck['missing_files'])} of {len(ck['files'])} shard files are absent "
                      f"(e.g. {ck['missing_files'][0]}); checked the {ck['tensors']:,} names of "
@@ -290,6 +290,15 @@ def format_dry_run(job, opts, p: dict) -> str:
                  f"({_gb(free)} free there{'' if free > p['run_bytes'] else ': NOT ENOUGH'})")
     lines.append("  nothing loaded, nothing written: drop --dry-run to record")
     return "\n".join(lines)
+
+
+def _rope(a) -> str:
+    """The RoPE the config gives. A config.json without rope_scaling reads as plain RoPE (as transformers
+    reads it), which changes every attention score of a DeepSeek-V3 (YaRN's softmax scale is 1.87x at factor
+    40) without a word (a checkpoint tour): the plan says which it is."""
+    if a.yarn:
+        return f"YaRN x{a.rope_factor:g} over {a.original_seq_len:,} positions"
+    return "plain RoPE: no YaRN rope_scaling in config.json"
 
 
 def _advice(opts, model_parallel: int = 1, world: int = 1) -> str:

@@ -89,6 +89,21 @@ def test_an_out_several_folders_deep_is_planned_on_its_nearest_existing_folder(p
     assert "expected run size" in capsys.readouterr().out and not (tmp_path / "a").exists()
 
 
+def test_the_plan_says_which_rope_the_config_gives(probe_env, tmp_path, capsys):
+    """A config.json without rope_scaling reads as plain RoPE, as transformers reads it: for a DeepSeek-V3 every
+    attention score changes (YaRN's softmax scale), and nothing said so (a checkpoint tour)."""
+    import shutil
+
+    from helpers.checkpoints import edit_config
+
+    plan(probe_env, tmp_path / "a")
+    assert ", YaRN x4 over 64 positions)\n" in capsys.readouterr().out  # tiny's rope_scaling
+    ck = shutil.copytree(probe_env["ckpt"], tmp_path / "ck")
+    edit_config(ck, lambda c: {k: v for k, v in c.items() if k != "rope_scaling"})
+    plan(probe_env, tmp_path / "b", ckpt=ck)
+    assert ", plain RoPE: no YaRN rope_scaling in config.json)\n" in capsys.readouterr().out
+
+
 def test_only_rank_0_prints_the_plan(probe_env, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("RANK", "1")
     plan(probe_env, tmp_path)
