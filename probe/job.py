@@ -92,9 +92,12 @@ def load_tokenizer(path: str | None, ckpt: Path, vocab_size: int, error: type[Ex
         from model.checkpoint import lfs_pointer_note
 
         raise error(f"{p}: not a tokenizers JSON file ({e}){lfs_pointer_note(p)}") from None
-    n = tok.get_vocab_size(with_added_tokens=True)
-    if n > vocab_size:
-        raise error(f"{p} has {n} tokens but the checkpoint's vocab_size is {vocab_size}: "
+    # its largest id, not its count: a vocabulary with gaps in its ids counts fewer tokens than it can
+    # produce, and an id past the embedding failed the first forward pass (a checkpoint tour)
+    n, top = tok.get_vocab_size(with_added_tokens=True), max(tok.get_vocab(with_added_tokens=True).values(), default=-1)
+    if max(n, top + 1) > vocab_size:
+        ids = f"has {n} tokens" + (f" with ids up to {top}" if top + 1 != n else "")
+        raise error(f"{p} {ids} but the checkpoint's vocab_size is {vocab_size}: "
                     "tokenizer and checkpoint do not belong together")
     return tok
 

@@ -3,6 +3,8 @@ flags they check, error lines)."""
 
 from __future__ import annotations
 
+import json
+
 import platform
 import subprocess
 import sys
@@ -200,6 +202,23 @@ def test_a_tokenizer_as_large_as_the_vocabulary_belongs_to_it(probe_env):
     assert load_tokenizer(None, probe_env["ckpt"], n).get_vocab_size(with_added_tokens=True) == n
     with pytest.raises(RecordError, match=f"has {n} tokens but the checkpoint's vocab_size is {n - 1}"):
         load_tokenizer(None, probe_env["ckpt"], n - 1)
+
+
+def test_a_tokenizer_whose_ids_pass_the_vocabulary_is_refused_whatever_its_count(probe_env, tmp_path):
+    """A vocabulary with a gap in its ids counts fewer tokens than its largest id: the count passed the
+    check, and the id failed the first forward pass (a checkpoint tour)."""
+    from probe.job import RecordError, load_tokenizer
+
+    spec = json.loads((probe_env["ckpt"] / "tokenizer.json").read_text())
+    vocab = spec["model"]["vocab"]
+    n = load_tokenizer(None, probe_env["ckpt"], 10**6).get_vocab_size(with_added_tokens=True)
+    far = max(vocab, key=vocab.get)
+    vocab[far] = 10 * n  # the count stays n
+    (tmp_path / "gaps.json").write_text(json.dumps(spec))
+    with pytest.raises(RecordError, match=f"has {n} tokens with ids up to {10 * n} but the checkpoint's vocab_size "
+                                          f"is {n}"):
+        load_tokenizer(str(tmp_path / "gaps.json"), probe_env["ckpt"], n)
+    assert load_tokenizer(str(tmp_path / "gaps.json"), probe_env["ckpt"], 10 * n + 1)  # control: within it
 
 
 def test_an_imported_run_needs_both_ckpt_and_corpus():
