@@ -188,7 +188,8 @@ def main(argv=None) -> int:
         if not (c / "config.json").exists():
             how = (" (train it first: python -m train --out runs/nobal2 --balance none, data/README.md)"
                    if flag == "--baseline" else "")
-            print(f"error: {flag} {c}: not a checkpoint directory{how}", file=sys.stderr)
+            what = "not a checkpoint directory (no config.json)" if c.exists() else "no such directory"
+            print(f"error: {flag} {c}: {what}{how}", file=sys.stderr)
             return 2
     for flag, path in (("--corpus", ns.corpus), ("--train", ns.train)):
         if not Path(path).is_file():

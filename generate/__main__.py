@@ -185,7 +185,8 @@ def main(argv: list[str] | None = None) -> None:
             world.barrier()
             ckpt = ns.demo
         if not Path(ckpt).is_dir():
-            raise GenerateError(f"{ckpt}: not a checkpoint directory")
+            what = "not a checkpoint directory" if Path(ckpt).exists() else "no such directory"
+            raise GenerateError(f"{ckpt}: {what}")
         codec = load_codec(ckpt, ModelArgs.from_hf_config(ckpt))  # before the weights: fail fast
         if ns.system is not None and (ns.no_chat_template or not codec.chat):  # it was dropped without a word
             why = "--no-chat-template" if ns.no_chat_template else f"{ckpt}'s tokenizer has no chat format"

@@ -226,7 +226,7 @@ def _check_placement(dtype, device) -> tuple[torch.dtype | None, torch.device | 
 def _open(path: Path) -> tuple[ModelArgs, list[Path], dict]:
     """The config (MTP modules counted only when their weights are there) and every shard's header."""
     if not path.is_dir():
-        raise CheckpointError(f"{path}: not a checkpoint directory")
+        raise CheckpointError(f"{path}: {'not a checkpoint directory' if path.exists() else 'no such directory'}")
     if not (path / "config.json").exists():
         raise CheckpointError(f"{path}: no config.json (a Hugging Face checkpoint directory needs one)")
     args = _config(path)

@@ -46,6 +46,8 @@ def resolve_paths(ckpt: str | None, corpus: str | None, out: str | None, suffix:
     if ckpt_p.is_file():
         raise error(f"--ckpt {ckpt_p}: a file; pass the checkpoint directory (the folder holding config.json "
                     "and the safetensors shards)")
+    if not ckpt_p.exists():
+        raise error(f"--ckpt {ckpt_p}: no such directory")
     if not ckpt_p.is_dir() or not (ckpt_p / "config.json").exists():
         raise error(f"--ckpt {ckpt_p}: not a checkpoint directory (no config.json)")
     out_p = Path(out) if out else DEFAULT_RUNS / f"{ckpt_p.name}-{corpus_p.stem}{suffix}"

@@ -377,7 +377,7 @@ def test_report_checks_and_input_errors(tmp_path, capsys):
     f["layers_b"][1]["maxvio"] = 0.1
     assert not dict(report.checks(f))["balanced model has lower MaxVio_global than the no-balancing one on every layer"]
     assert report.main(["--model", str(tmp_path / "none")]) == 2
-    assert f"{tmp_path / 'none'}: not a checkpoint directory" in capsys.readouterr().err
+    assert f"{tmp_path / 'none'}: no such directory" in capsys.readouterr().err
     assert report.main(["--baseline", str(DATA / "model"), "--train", str(tmp_path / "train.jsonl")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --train ") and "no such file" in err and len(err.splitlines()) == 1

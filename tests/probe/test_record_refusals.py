@@ -73,6 +73,8 @@ def test_bad_inputs_give_one_line_errors_and_write_nothing(probe_env, tmp_path, 
                               f"--out {f}: a file, not a run directory")
     assert_one_line_error(cli("record", "--ckpt", str(tmp_path), "--corpus", corpus, "--out", str(out),
                               capsys=capsys), "no config.json")
+    assert_one_line_error(cli("record", "--ckpt", str(tmp_path / "typo"), "--corpus", corpus, "--out", str(out),
+                              capsys=capsys), f"--ckpt {tmp_path / 'typo'}: no such directory")
     assert_one_line_error(cli("record", "--ckpt", str(probe_env["ckpt"] / "config.json"), "--corpus", corpus,
                               "--out", str(out), capsys=capsys), "config.json: a file; pass the checkpoint directory")
     assert_one_line_error(cli("record", "--ckpt", ck, "--corpus", corpus, "--out", str(out), "--sample", "0.5",
