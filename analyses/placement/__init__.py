@@ -340,6 +340,24 @@ def summary_frame(plans: dict, current: tuple[dict, int] | None = None):
     return pd.DataFrame(rows)
 
 
+def worse_than_current(summary, mode: str, nodes: int) -> str | None:
+    """A note when `summary_frame`'s plan balances some layers worse than the current placement (None
+    when it does not, or there is no current one): which layers, the largest gap, and what to do. On
+    near-uniform loads a hierarchical plan, which keeps each expert group's replicas on one node, can
+    lose to a server's placement made without that constraint (EPLB's hierarchical policy does too)."""
+    if "balancedness_current" not in summary:
+        return None
+    worse = summary[summary.balancedness_current > summary.balancedness_after + 1e-9]
+    if worse.empty:
+        return None
+    w = worse.loc[(worse.balancedness_current - worse.balancedness_after).idxmax()]
+    why = ("; --mode hierarchical keeps each expert group's replicas on one node, --mode global plans without "
+           "that constraint" if mode == "hierarchical" and nodes > 1 else "")
+    return (f"note: in {len(worse)} of {len(summary)} layers the plan balances worse than the current placement "
+            f"(layer {int(w.layer)}: {w.balancedness_after:.4f} against {w.balancedness_current:.4f}): keep the "
+            f"current placement for those layers{why}")
+
+
 def write_plan(plans: dict, out: Path, config: dict, current: tuple[dict, int] | None = None) -> None:
     """Parquet: the long map table. JSON: config, per-layer summary (with `current`, as `summary_frame`
     takes it, the current placement's balancedness too) and phy_to_log [gpu][slot]."""

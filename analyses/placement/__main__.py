@@ -8,7 +8,7 @@ from pathlib import Path
 
 import analyses.placement as package
 from analyses.placement import (PlacementError, current_placement, plan_run, run_groups, run_loads, summary_frame,
-                                write_plan)
+                                worse_than_current, write_plan)
 from analyses.placement.export import FORMATS, export
 from probe.job import RecordError, check_out_parent, closed_pipe_quiet, job_error, os_refusal, table_errors
 
@@ -92,8 +92,12 @@ def _run(ns) -> int:
 
     print(f"balancedness (mean / max GPU load) before: experts in order, {E} / {ns.gpus} a GPU, no replicas; "
           f"current: {what}; after: the plan")
+    summary = summary_frame(plans, (maps, now_gpus))
     with pd.option_context("display.width", 200, "display.max_rows", 500):
-        print(summary_frame(plans, (maps, now_gpus)).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    note = worse_than_current(summary, ns.mode, ns.nodes)
+    if note:
+        print(note)
     if ns.out is not None:
         print(f"wrote {ns.out}")
         if ns.format == "sglang":

@@ -419,3 +419,27 @@ def test_frame_slots_count_from_zero_on_each_gpu_and_physical_is_gpu_major():
         assert 0 <= row.slot < 4 and row.physical == row.gpu * 4 + row.slot  # SGLang's layout
         assert row.logical == p.phy_to_log[row.gpu][row.slot] and row.replicas == count[row.logical]
         assert row.predicted_load == pytest.approx(loads[row.logical] / count[row.logical])
+
+
+def test_a_plan_worse_than_the_current_placement_is_said(tmp_path, monkeypatch):
+    """On near-uniform loads a hierarchical plan (each expert group's replicas on one node) can balance
+    worse than a server's current placement (a serving engineer's tour: 0.93 against 0.98, as EPLB's
+    own hierarchical policy does); the table showed both figures without a word."""
+    import analyses.placement.__main__ as cli
+
+    write_run(tmp_path / "run", E=8, K=2, groups=4)
+    args = (tmp_path / "run", "--gpus", 4, "--nodes", 2, "--redundant", 4)
+    assert "note:" not in _cli(*args).stdout  # control: the plan beats the trivial map here
+    real = cli.summary_frame
+
+    def better_current(plans, current):
+        f = real(plans, current)
+        f.loc[f.layer == 2, "balancedness_current"] = f.loc[f.layer == 2, "balancedness_after"] + 0.05
+        return f
+
+    monkeypatch.setattr(cli, "summary_frame", better_current)
+    out = _cli(*args).stdout
+    assert "note: in 1 of 2 layers the plan balances worse than the current placement (layer 2: " in out
+    assert "keep the current placement for those layers; --mode hierarchical keeps each expert group's" in out
+    out = _cli(*args[:-4], "--redundant", 4, "--mode", "global").stdout
+    assert "note: in 1 of 2 layers" in out and "--mode global plans" not in out  # no hint where it cannot help
