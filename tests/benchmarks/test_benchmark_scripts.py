@@ -80,7 +80,7 @@ def test_benchmark_command_lines_give_one_line_errors():
     GenerateError, CheckpointError or statistics' empty median before; found by a review)."""
     for args, msg in ((["bench_record.py", "--repeats", "0"], "argument --repeats: 0 must be at least 1"),
                       (["bench_decode.py", "--ckpt", "/nonexistent-ckpt"],
-                       "error: /nonexistent-ckpt: not a checkpoint")):
+                       "error: /nonexistent-ckpt: no such directory")):
         p = subprocess.run([sys.executable, str(REPO / "benchmarks" / args[0]), *args[1:]], capture_output=True,
                            text=True, cwd=REPO, timeout=120)
         assert p.returncode == 2 and msg in p.stderr and "Traceback" not in p.stderr, p.stderr[-2000:]
