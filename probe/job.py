@@ -580,8 +580,10 @@ def exit_ranks(code: int) -> int:
     after a peer died, tearing the process group down can block. So flush and leave at once, also
     when the process group is already closed (train and generate close theirs first; generate's
     ranks still aborted at teardown). A process that never imported torch (`dsv3-probe --help`, the
-    dashboard) has nothing to tear down."""
-    if "torch.distributed" not in sys.modules:
+    dashboard) has nothing to tear down, and neither has one whose `import torch` was cut short (Ctrl-C
+    while ablate, importance or steer imported it): importing torch.distributed here imported torch
+    again, whose half-registered operators then raised a RuntimeError traceback under "interrupted"."""
+    if "torch.distributed" not in sys.modules or "torch" not in sys.modules:
         return code
     import torch.distributed as dist
 

@@ -140,3 +140,28 @@ def test_ctrl_c_before_the_job_begins_says_so(monkeypatch, capsys):
         monkeypatch.setattr(probe.record, "record", stop)
         assert cli.main(["record", "--out", "nowhere", "--max-tokens", "10"]) == 130
         assert capsys.readouterr().err == f"\n{want}\n"
+
+
+# Ctrl-C inside the `import torch` that ablate, importance and steer make once their flags parse
+# (a finder stands in for the signal: it interrupts torch's import once, as one Ctrl-C does)
+INTERRUPTED_IMPORT = """
+import sys
+class Interrupt:
+    fired = False
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch._decomp" and not Interrupt.fired:
+            Interrupt.fired = True
+            raise KeyboardInterrupt
+sys.meta_path.insert(0, Interrupt())
+from analyses.ablate.__main__ import main
+sys.exit(main(["--run", "nowhere", "--top", "1"]))
+"""
+
+
+def test_ctrl_c_while_a_job_imports_torch_is_one_line():
+    """The interrupted import leaves torch out of sys.modules but some of its submodules in: the
+    exit used to import torch.distributed again, and torch's second registration of its operators
+    printed a RuntimeError traceback under "interrupted" (found interrupting a sweep as it started)."""
+    proc = subprocess.run([sys.executable, "-c", INTERRUPTED_IMPORT], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 130 and proc.stderr == "\ninterrupted\n", proc.stderr[-2000:]
