@@ -406,6 +406,9 @@ def load_spec(path: str | Path) -> list[Ablation]:
             # typo ran a no-op with delta 0; the library's Ablation(experts={}) stays, a baseline control
             raise AblationError(f"spec file {path}: ablation #{i + 1} ({out[-1].name!r}): experts names no "
                                 "expert; give layer:expert[+expert],... e.g. 1:3+5")
+        if out[-1].layers == []:  # `layers: []` left top/random/shared nothing to act on: a no-op with delta 0
+            raise AblationError(f"spec file {path}: ablation #{i + 1} ({out[-1].name!r}): layers names no layer; "
+                                "leave it out for every MoE layer, or list some, e.g. [1, 3]")
     try:
         check_names(out)
     except AblationError as e:

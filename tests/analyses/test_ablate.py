@@ -382,6 +382,17 @@ def test_a_sweep_entry_that_names_no_expert_is_refused(tmp_path, capsys):
                               tmp_path / "o")
 
 
+def test_a_sweep_entry_that_names_no_layer_is_refused(tmp_path, capsys):
+    """`layers: []` gave top, random and shared no layer to act on: the entry ran as a no-op with delta 0
+    and n_disabled 0, as `experts: ""` did (found scripting a sweep); the flag form refuses `--layers ''`."""
+    for text in ("- {name: t1, top: 1, layers: []}\n", "- {name: sh, shared: true, layers: []}\n"):
+        (tmp_path / "s.yaml").write_text(text)
+        name = text.split(",")[0].split()[-1]
+        assert_one_line_error(main(["--out", str(tmp_path / "o"), "--spec", str(tmp_path / "s.yaml")]), capsys,
+                              f"spec file {tmp_path / 's.yaml'}: ablation #1 ('{name}'): layers names no layer",
+                              tmp_path / "o")
+
+
 def test_the_sample_says_what_the_reader_skipped_or_replaced(probe_env, tmp_path, capsys):
     """ablate, importance and steer (`sample_windows`) read a corpus with a binary file and a Latin-1 one
     without a word, where record names both (a review)."""
