@@ -71,6 +71,7 @@ def ablations_from_args(ns) -> list[Ablation]:
             raise AblationError(f"--{flag} {n}: must be >= 1 (experts to disable per layer)")
     if not any(getattr(ns, f) is not None for f in ("experts", "top", "random")) and not ns.shared:
         raise AblationError("nothing to ablate: pass --experts, --top, --random, --shared or --spec")
+    unused(ns)
     seed = 0 if ns.seed is None else ns.seed
     main = Ablation(name=ns.name or "", mode=ns.mode, renormalise=ns.renormalise, experts=ns.experts, top=ns.top,
                     random=ns.random, domain=ns.domain, seed=seed, layers=ns.layers, shared=ns.shared)
@@ -81,6 +82,19 @@ def ablations_from_args(ns) -> list[Ablation]:
         out.append(Ablation(name=f"{main.name}-control", mode=ns.mode, renormalise=ns.renormalise,
                             random=ns.top, seed=seed, layers=ns.layers, shared=ns.shared))
     return out
+
+
+def unused(ns) -> None:
+    """Refuse a flag the selection would ignore: `--layers 2 --experts 1:3` ablated layer 1 and
+    `--seed 3 --top 2` drew nothing, each without a word (found scripting a sweep)."""
+    from .select import AblationError
+
+    if ns.seed is not None and ns.random is None and not ns.control:
+        raise AblationError(f"--seed {ns.seed}: it seeds the draw of --random or --control, and this command draws "
+                            "nothing")
+    if ns.layers is not None and ns.experts is not None and not ns.shared:
+        raise AblationError(f"--layers {ns.layers}: it chooses the layers of --top, --random and --shared; --experts "
+                            "names its own (layer:expert, e.g. 2:3+5)")
 
 
 @closed_pipe_quiet

@@ -247,6 +247,9 @@ def test_cli_with_a_recorded_run_uses_its_loads(probe_env, tmp_path):
     (["--top", "1", "--batch-size", "0"], "--batch-size 0: must be >= 1"),  # it ran with 8, silently (a review)
     (["--experts", ""], "--experts '': no experts"),  # it ran a no-op ablation named 'none' (a review)
     (["--experts", ",,"], "--experts ',,': no experts"),
+    # ignored flags: layer 1 was ablated, and nothing drawn (found scripting a sweep)
+    (["--layers", "2", "--experts", "1:3"], "--layers 2: it chooses the layers of --top, --random and --shared"),
+    (["--seed", "3", "--top", "1"], "--seed 3: it seeds the draw of --random or --control"),
 ])
 def test_cli_bad_inputs_are_one_line_errors(probe_env, tmp_path, capsys, extra, msg):
     assert_one_line_error(main(_cli(probe_env, tmp_path / "o", *extra)), capsys, msg, tmp_path / "o")
