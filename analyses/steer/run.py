@@ -13,7 +13,7 @@ import torch
 
 from analyses.ablate.run import (AblateOptions, add_loss, check_finished, check_out, forward_batch, job_defaults,
                                  inputs_key, job_meta, sample_windows, start_job)
-from analyses.ablate.select import ALL, RouterShape
+from analyses.ablate.select import ALL, RouterShape, experts_label
 from analyses.ablate.sweep import Commits
 from probe.corpus import CorpusError
 from probe.recorders import Batch
@@ -197,7 +197,10 @@ def steer(opts: SteerOptions, steering: Steer, token_filter: str | None = None):
         raise SteerError("--max-new-tokens must be >= 0 and --prompt-tokens >= 1")
     ckpt, corpus, out, args, tok = _inputs(opts)
     stops = _stops(ckpt, args, tok)
-    steering.resolve(RouterShape.of(args))  # refuse bad experts before reading the corpus
+    try:  # refuse bad experts before reading the corpus, naming the flag as the job's other errors do
+        steering.resolve(RouterShape.of(args))
+    except SteerError as e:
+        raise SteerError(f"--experts {experts_label(steering.experts)}: {e}") from None
     if token_filter is not None:
         auto = steering.name == steering.default_name()
         steering.token_ids = parse_token_filter(token_filter, tok, args.vocab_size)

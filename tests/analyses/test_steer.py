@@ -276,9 +276,10 @@ def test_cli_end_to_end_writes_the_steering_table(probe_env, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("extra,msg", [
-    (["--experts", "1:99"], "expert 1:99 out of range"),
-    (["--experts", "0:1"], "layer 0 is dense"),
-    (["--experts", "1:0+1+2+3+4"], "5 experts forced"),
+    # the flag named: it was "layer 0 is dense ..." alone, where the job's other errors name theirs (a tour)
+    (["--experts", "1:99"], "--experts 1:99: expert 1:99 out of range"),
+    (["--experts", "0:1"], "--experts 0:1: layer 0 is dense"),
+    (["--experts", "1:0+1+2+3+4"], "--experts 1:0+1+2+3+4: layer 1: 5 experts forced"),
     (["--experts", "1-2"], "expected layer:expert"),
     (["--experts", "1:2", "--steer-domain", "poetry"], "--steer-domain 'poetry': no such domain in the windows sampled"),
     (["--experts", "1:2", "--steer-tokens", "zzqxv"], "--steer-tokens 'zzqxv': not a single token"),
