@@ -14,7 +14,9 @@ Python call (`nn.Module.__call__` takes its no-hook fast path).
 from __future__ import annotations
 
 import contextlib
+import difflib
 import fnmatch
+import re
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Union
@@ -78,6 +80,15 @@ class HookPoint(nn.Module):
         return self.name
 
 
+def _did_you_mean(name: str, all_names: list[str]) -> str:
+    """' (did you mean ...?)' naming the hook point closest to a mistyped `name`, or '' where none is
+    close. A glob is compared with the names' layer-generic forms (`layers.*.hook_resid_post`)."""
+    if any(c in name for c in "*?["):
+        all_names = sorted({re.sub(r"(?<=\.)\d+(?=\.)", "*", n) for n in all_names})
+    close = difflib.get_close_matches(name, all_names, n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _matcher(names: NameFilter, all_names: list[str]) -> Callable[[str], bool]:
     """A name filter: None = all (except opt-in), str = exact name or glob, callable, or a list of names."""
     if names is None:
@@ -91,12 +102,13 @@ def _matcher(names: NameFilter, all_names: list[str]) -> Callable[[str], bool]:
     for n in names:
         if any(c in n for c in "*?["):
             if not any(fnmatch.fnmatchcase(a, n) for a in all_names):  # a typo in one glob of a list
-                raise HookError(f"names={n!r} matches no hook point (see model.hook_names())")
+                raise HookError(f"names={n!r} matches no hook point{_did_you_mean(n, all_names)} "
+                                "(see model.hook_names())")
             patterns.append(n)
         elif n in all_names:
             exact.add(n)
         else:
-            raise HookError(f"no hook point named {n!r} (see model.hook_names())")
+            raise HookError(f"no hook point named {n!r}{_did_you_mean(n, all_names)} (see model.hook_names())")
     return lambda n: n in exact or any(fnmatch.fnmatchcase(n, p) for p in patterns)
 
 

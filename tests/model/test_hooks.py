@@ -404,6 +404,25 @@ def test_unknown_hook_names_are_errors():
     assert set(cache) == {"hook_embed", *(f"layers.{i}.ffn.gate.hook_topk_ids" for i in moe)}
 
 
+def test_a_mistyped_hook_name_suggests_the_closest():
+    """A typo, or TransformerLens's `blocks.` for our `layers.`, named the point with no hint of the
+    right one: a researcher searched hook_names() by hand (a tour). The closest name is suggested."""
+    m = random_model("tiny")
+    tok = torch.zeros(1, 2, dtype=torch.long)
+    for wrong, right in [("layers.1.hook_resid_psot", "layers.1.hook_resid_post"),
+                         ("blocks.1.hook_resid_post", "layers.1.hook_resid_post"),
+                         ("layers.2.ffn.gate.hook_topk_idx", "layers.2.ffn.gate.hook_topk_ids")]:
+        with pytest.raises(model.HookError, match=rf"no hook point named '{wrong}' \(did you mean '{right}'\?\)"):
+            m.run_with_cache(tok, names=wrong)
+        with pytest.raises(model.HookError, match=rf"did you mean '{right}'\?"):
+            m.add_hook(wrong, lambda t, hook: None)
+    with pytest.raises(model.HookError, match=r"did you mean 'layers\.\*\.ffn\.gate\.hook_topk_ids'\?"):
+        with m.hooks([("layers.*.ffn.gate.hook_topk_idz", lambda t, hook: None)]):
+            pass
+    with pytest.raises(model.HookError, match=r"no hook point named 'xyz' \(see"):  # nothing close: no guess
+        m.run_with_cache(tok, names="xyz")
+
+
 def test_a_replacement_of_another_shape_names_the_hook():
     """A hook that returns a tensor of another shape, or something not a tensor, fails at the hook
     with its name, not blocks later inside RoPE or a GEMM; a same-shape one is taken (the control)."""
