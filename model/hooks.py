@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import fnmatch
+import inspect
 import re
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -55,8 +56,14 @@ class HookPoint(nn.Module):
         return bool(self._forward_hooks)
 
     def add(self, fn: HookFn) -> torch.utils.hooks.RemovableHandle:
+        self._check_signature(fn)
+
         def _wrapped(module: nn.Module, args: tuple, output: torch.Tensor):
-            out = fn(output, self)
+            try:
+                out = fn(output, self)
+            except Exception as e:  # the traceback named the hook's own line, never which hook point ran it
+                e.add_note(f"(raised by the hook {_fn_name(fn)} on {self.name})")
+                raise  # the same exception: a caller that catches its own (to end a pass early) still does
             if out is not None and (not isinstance(out, torch.Tensor) or out.shape != output.shape
                                     or out.dtype != output.dtype or out.device != output.device):
                 # checked here, where the hook is known, rather than failing blocks downstream (a
@@ -76,8 +83,23 @@ class HookPoint(nn.Module):
 
         return self.register_forward_hook(_wrapped)
 
+    def _check_signature(self, fn: HookFn) -> None:
+        """A hook is called as fn(tensor, hook): one that cannot take two arguments is refused when
+        attached, naming the point, not by the forward with '<lambda>() takes 1 positional argument'."""
+        try:
+            inspect.signature(fn).bind(None, None)
+        except TypeError:
+            raise HookError(f"the hook {_fn_name(fn)} for {self.name} cannot be called as fn(tensor, hook) "
+                            f"(its signature: {inspect.signature(fn)})") from None
+        except ValueError:  # no signature to read (some builtins): left to the call
+            pass
+
     def extra_repr(self) -> str:
         return self.name
+
+
+def _fn_name(fn: Callable) -> str:
+    return getattr(fn, "__qualname__", None) or type(fn).__name__
 
 
 def _did_you_mean(name: str, all_names: list[str]) -> str:

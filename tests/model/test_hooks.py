@@ -423,6 +423,37 @@ def test_a_mistyped_hook_name_suggests_the_closest():
         m.run_with_cache(tok, names="xyz")
 
 
+def test_a_hook_that_raises_is_named_with_its_hook_point():
+    """A hook's own error named its line but not the hook point that ran it (a glob attaches one fn
+    to many), and a hook written fn(t) failed inside the forward with '<lambda>() takes 1 positional
+    argument but 2 were given' (a tour). The error keeps its type (a hook may raise to end a pass
+    early), with a note naming the point; a wrong signature is refused when attached."""
+    m = random_model("tiny")
+    x = torch.zeros(1, 3, dtype=torch.long)
+
+    def bad(t, hook):
+        if hook.name == "layers.2.hook_resid_pre":
+            raise RuntimeError("my bug")
+
+    with pytest.raises(RuntimeError, match="my bug") as err:
+        with m.hooks([("layers.*.hook_resid_pre", bad)]):
+            m(x)
+    assert err.value.__notes__ == [f"(raised by the hook {bad.__qualname__} on layers.2.hook_resid_pre)"]
+    with pytest.raises(model.HookError, match=r"the hook .*<lambda> for layers\.1\.attn\.hook_z cannot be called as "
+                                              r"fn\(tensor, hook\) \(its signature: \(t\)\)"):
+        with m.hooks([("layers.1.attn.hook_z", lambda t: t)]):
+            m(x)
+    with pytest.raises(model.HookError, match="cannot be called as fn"):
+        m.add_hook("hook_embed", lambda: None)
+    assert m.reset_hooks() == 0
+    import functools
+
+    with m.hooks([("hook_embed", functools.partial(lambda t, hook, k: None, k=1))]):  # the controls
+        m(x)
+    m.add_hook("hook_embed", lambda *a: None)
+    m(x)
+
+
 def test_a_replacement_of_another_shape_names_the_hook():
     """A hook that returns a tensor of another shape, or something not a tensor, fails at the hook
     with its name, not blocks later inside RoPE or a GEMM; a same-shape one is taken (the control)."""
