@@ -208,15 +208,21 @@ class HookedModule(nn.Module):
         ("layers.*.ffn.gate.hook_topk_ids"), a list of names or a predicate. Each entry is a copy of
         the tensor as it passed its hook point, so that nothing later in the forward (a hook that edits
         in place, or the same tensor passing the next hook point: `layers.0.hook_resid_post` is
-        `layers.1.hook_resid_pre`) changes what was cached. Detached unless `detach=False` (the copy
-        then stays in the graph), and moved to `device` if given.
+        `layers.1.hook_resid_pre`) changes what was cached. Detached unless `detach=False`, and moved to
+        `device` if given. With `detach=False` and gradients on, the copy (on the tensor's own device)
+        is what the forward goes on with, so `torch.autograd.grad(logit, cache[name])` is the gradient
+        with respect to that activation; a cached `hook_pattern` is then applied as a product, not by
+        the fused kernel (the output moves by rounding).
         """
         match = _matcher(names, list(self._hook_points))
         cache: dict[str, torch.Tensor] = {}
 
-        def save(t: torch.Tensor, hook: HookPoint) -> None:
-            t = t.detach() if detach else t
-            cache[hook.name] = t.to(device, copy=True) if device is not None else t.clone()
+        def save(t: torch.Tensor, hook: HookPoint) -> torch.Tensor | None:
+            copy = t.detach() if detach else t
+            copy = cache[hook.name] = copy.to(device, copy=True) if device is not None else copy.clone()
+            # NOTE: a copy nothing downstream read had no gradient: grad(logit, cache[name]) raised "not
+            # used in the graph" (a tour); the forward goes on with the copy, the same values
+            return copy if copy.requires_grad and copy.device == t.device else None
 
         selected = [(n, save) for n in self._hook_points if match(n)]
         if not selected:

@@ -454,6 +454,34 @@ def test_a_hook_that_raises_is_named_with_its_hook_point():
     m(x)
 
 
+def test_a_cache_kept_in_the_graph_gives_gradients_with_respect_to_its_activations():
+    """run_with_cache(detach=False) cached a copy that nothing downstream read: the gradient of a
+    logit with respect to it raised 'The differentiated Tensor at index 0 appears to not have been
+    used in the graph' (a tour, doing attribution). It is now the gradient the activation itself gets."""
+    m = random_model("tiny", seed=3)
+    x = torch.randint(0, 512, (2, 5))
+    names = ["layers.1.hook_resid_post", "layers.2.hook_resid_pre", "layers.1.attn.hook_pattern",
+             "layers.1.ffn.gate.hook_topk_weights"]
+    kept = {}
+
+    def keep(t, hook):  # the reference: the hook's own replacement, read downstream
+        kept[hook.name] = t.clone()
+        return kept[hook.name]
+
+    with torch.enable_grad():
+        with m.hooks([(names, keep)]):
+            ref = torch.autograd.grad(m(x)[1, -1, 7], [kept[n] for n in names])
+        logits, cache = m.run_with_cache(x, names=names, detach=False)
+        got = torch.autograd.grad(logits[1, -1, 7], [cache[n] for n in names])
+    for n, a, b in zip(names, got, ref):
+        assert a.abs().sum() > 0 and torch.allclose(a, b, atol=1e-6), n
+    with torch.no_grad():  # without gradients the cache is only observed: the output bit for bit
+        assert torch.equal(m.run_with_cache(x, names=names, detach=False)[0], m(x))
+    with torch.enable_grad():
+        out, _ = m.run_with_cache(x, names="layers.1.hook_resid_post", detach=False)
+    assert torch.equal(out.detach(), m(x))
+
+
 def test_a_replacement_of_another_shape_names_the_hook():
     """A hook that returns a tensor of another shape, or something not a tensor, fails at the hook
     with its name, not blocks later inside RoPE or a GEMM; a same-shape one is taken (the control)."""
