@@ -121,7 +121,9 @@ class MLA(nn.Module):
         bsz, seqlen, _ = x.shape
         q = self.wq(x) if self.q_lora_rank == 0 else self.wq_b(self.q_norm(self.wq_a(x)))
         q = q.view(bsz, seqlen, self.n_heads, self.nope + self.rope)
-        nope_view, q_pe = q.split([self.nope, self.rope], dim=-1)
+        # NOTE: sliced, not split: a hook may edit q_nope in place, and with gradients on torch refuses an
+        # in-place edit of one of split's views ('output of a function that returns multiple views')
+        nope_view, q_pe = q[..., : self.nope], q[..., self.nope :]
         q_nope = self.hook_q_nope(nope_view)  # [B, S, H, N]
         q_pe = self.hook_q_pe(apply_rope(q_pe, cos, sin))  # [B, S, H, R]
 

@@ -482,6 +482,23 @@ def test_a_cache_kept_in_the_graph_gives_gradients_with_respect_to_its_activatio
     assert torch.equal(out.detach(), m(x))
 
 
+@pytest.mark.parametrize("attn_impl", ["absorb", "naive"])
+def test_an_in_place_edit_of_the_queries_works_with_gradients_on(attn_impl):
+    """q_nope was one of split's views: with gradients on (a model outside torch.no_grad, as for
+    attribution) a hook's in-place edit failed with torch's 'Output 0 of SplitWithSizes is a view
+    and is being modified inplace' (a tour). It now equals the same edit as a replacement."""
+    m = random_model("tiny", seed=4, attn_impl=attn_impl)
+    x = torch.randint(0, 512, (2, 5))
+    name = "layers.1.attn.hook_q_nope"
+    with torch.enable_grad():
+        with m.hooks([(name, lambda t, hook: (t.mul_(0.5), None)[1])]):
+            in_place = m(x)
+        in_place[0, -1, 3].backward()
+        with m.hooks([(name, lambda t, hook: t * 0.5)]):
+            copied = m(x)
+    assert torch.allclose(in_place, copied, atol=1e-6) and not torch.allclose(copied, m(x))
+
+
 def test_a_replacement_of_another_shape_names_the_hook():
     """A hook that returns a tensor of another shape, or something not a tensor, fails at the hook
     with its name, not blocks later inside RoPE or a GEMM; a same-shape one is taken (the control)."""
