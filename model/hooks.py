@@ -13,6 +13,7 @@ Python call (`nn.Module.__call__` takes its no-hook fast path).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import difflib
 import fnmatch
@@ -134,6 +135,30 @@ def _matcher(names: NameFilter, all_names: list[str]) -> Callable[[str], bool]:
     return lambda n: n in exact or any(fnmatch.fnmatchcase(n, p) for p in patterns)
 
 
+class ActivationCache(dict):
+    """`run_with_cache`'s dict of name -> tensor. A name it lacks is a one-line HookError saying why
+    (opt-in, not named, not reached, or no such hook point), not a bare KeyError of the name."""
+
+    def __init__(self, all_names: list[str], named: list[str]) -> None:
+        super().__init__()
+        self._all_names, self._named = all_names, set(named)
+
+    def __reduce__(self):  # pickled (torch.save) as an OrderedDict, which torch.load(weights_only=True) reads
+        return collections.OrderedDict, (list(self.items()),)
+
+    def __missing__(self, name: str):
+        if name not in self._all_names:
+            why = f"there is no hook point named {name!r}{_did_you_mean(name, self._all_names)}"
+        elif name not in self._named and name.endswith(OPT_IN_SUFFIXES):
+            why = (f"{name} is opt-in: run_with_cache caches it only where names= names it "
+                   f"(e.g. names=[..., {name!r}])")
+        elif name not in self._named:
+            why = f"{name} was not among the names= this cache was made with"
+        else:
+            why = f"{name} was not reached by this forward (MTP runs only with mtp=True; start_at_layer skips blocks)"
+        raise HookError(f"cache[{name!r}]: not cached: {why}")
+
+
 class HookedModule(nn.Module):
     """Mixin for the root model: names hook points, attaches and removes hooks, caches activations."""
 
@@ -202,7 +227,8 @@ class HookedModule(nn.Module):
         return n
 
     def run_with_cache(self, *args, names: NameFilter = None, detach: bool = True, device=None, **kwargs):
-        """Run `forward(*args, **kwargs)` and return `(output, cache)` with `cache[name] = tensor`.
+        """Run `forward(*args, **kwargs)` and return `(output, cache)` with `cache[name] = tensor` (a dict;
+        a name it lacks raises a HookError that says why).
 
         `names`: None = every hook point except the opt-in ones (`hook_pattern`), a name, a glob
         ("layers.*.ffn.gate.hook_topk_ids"), a list of names or a predicate. Each entry is a copy of
@@ -215,7 +241,8 @@ class HookedModule(nn.Module):
         the fused kernel (the output moves by rounding).
         """
         match = _matcher(names, list(self._hook_points))
-        cache: dict[str, torch.Tensor] = {}
+        selected_names = [n for n in self._hook_points if match(n)]
+        cache = ActivationCache(list(self._hook_points), selected_names)
 
         def save(t: torch.Tensor, hook: HookPoint) -> torch.Tensor | None:
             copy = t.detach() if detach else t
@@ -224,7 +251,7 @@ class HookedModule(nn.Module):
             # used in the graph" (a tour); the forward goes on with the copy, the same values
             return copy if copy.requires_grad and copy.device == t.device else None
 
-        selected = [(n, save) for n in self._hook_points if match(n)]
+        selected = [(n, save) for n in selected_names]
         if not selected:
             raise HookError(f"names={names!r} matches no hook point (see model.hook_names())")
         with self.hooks(selected):

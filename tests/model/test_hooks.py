@@ -499,6 +499,30 @@ def test_an_in_place_edit_of_the_queries_works_with_gradients_on(attn_impl):
     assert torch.allclose(in_place, copied, atol=1e-6) and not torch.allclose(copied, m(x))
 
 
+def test_a_name_the_cache_lacks_says_why(tmp_path):
+    """cache['layers.1.attn.hook_pattern'] after a run_with_cache without names was KeyError with the
+    name alone, where TransformerLens caches the pattern by default (a tour); the cache now says why
+    a name is missing. It is still a dict (HookError is a KeyError; get() and `in` as before)."""
+    m = random_model("tiny")
+    x = torch.zeros(1, 3, dtype=torch.long)
+    _, cache = m.run_with_cache(x)
+    with pytest.raises(model.HookError, match=r"^cache\['layers\.1\.attn\.hook_pattern'\]: not cached: .* is opt-in: "
+                                              r"run_with_cache caches it only where names= names it"):
+        cache["layers.1.attn.hook_pattern"]
+    with pytest.raises(model.HookError, match=r"not cached: there is no hook point named 'layers\.1\.hook_resid_psot' "
+                                              r"\(did you mean 'layers\.1\.hook_resid_post'\?\)"):
+        cache["layers.1.hook_resid_psot"]
+    with pytest.raises(KeyError, match=r"mtp\.0\.hook_in was not reached by this forward"):
+        cache["mtp.0.hook_in"]
+    _, named = m.run_with_cache(x, names="hook_embed")
+    with pytest.raises(model.HookError, match="hook_final was not among the names= this cache was made with"):
+        named["hook_final"]
+    assert isinstance(named, dict) and named.get("hook_final") is None and "hook_final" not in named
+    torch.save(named, tmp_path / "c.pt")  # saved as an OrderedDict, which a weights-only load reads
+    back = torch.load(tmp_path / "c.pt", weights_only=True)
+    assert list(back) == ["hook_embed"] and torch.equal(back["hook_embed"], named["hook_embed"])
+
+
 def test_a_replacement_of_another_shape_names_the_hook():
     """A hook that returns a tensor of another shape, or something not a tensor, fails at the hook
     with its name, not blocks later inside RoPE or a GEMM; a same-shape one is taken (the control)."""
