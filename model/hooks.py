@@ -240,6 +240,9 @@ class HookedModule(nn.Module):
         with respect to that activation; a cached `hook_pattern` is then applied as a product, not by
         the fused kernel (the output moves by rounding).
         """
+        if "names_filter" in kwargs:  # else forward's "unexpected keyword argument 'names_filter'"
+            raise HookError("run_with_cache takes names=, not TransformerLens's names_filter= (the same filters: a "
+                            "name, a glob, a list of names or a predicate)")
         match = _matcher(names, list(self._hook_points))
         selected_names = [n for n in self._hook_points if match(n)]
         cache = ActivationCache(list(self._hook_points), selected_names)

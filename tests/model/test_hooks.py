@@ -523,6 +523,14 @@ def test_a_name_the_cache_lacks_says_why(tmp_path):
     assert list(back) == ["hook_embed"] and torch.equal(back["hook_embed"], named["hook_embed"])
 
 
+def test_transformerlens_names_filter_is_named():
+    """run_with_cache(x, names_filter=...), TransformerLens's spelling, reached the forward and failed
+    there with "unexpected keyword argument 'names_filter'" (a tour)."""
+    m = random_model("tiny")
+    with pytest.raises(model.HookError, match=r"run_with_cache takes names=, not TransformerLens's names_filter="):
+        m.run_with_cache(torch.zeros(1, 2, dtype=torch.long), names_filter="hook_embed")
+
+
 def test_a_replacement_of_another_shape_names_the_hook():
     """A hook that returns a tensor of another shape, or something not a tensor, fails at the hook
     with its name, not blocks later inside RoPE or a GEMM; a same-shape one is taken (the control)."""
