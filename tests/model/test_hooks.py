@@ -531,6 +531,19 @@ def test_transformerlens_names_filter_is_named():
         m.run_with_cache(torch.zeros(1, 2, dtype=torch.long), names_filter="hook_embed")
 
 
+def test_the_routing_weights_are_the_unbiased_scores_normalised_and_scaled():
+    """The README's hook_topk_weights row: unbiased scores at the ids, normalised, times the routed
+    scaling factor (it said only 'their weights'; a tour expected them to sum to 1)."""
+    m = random_model("tiny", seed=2)
+    g = "layers.1.ffn.gate."
+    _, c = m.run_with_cache(torch.randint(0, 512, (2, 5)), names=[g + "hook_scores", g + "hook_topk_ids",
+                                                                   g + "hook_topk_weights"])
+    picked = c[g + "hook_scores"].gather(1, c[g + "hook_topk_ids"])
+    scale = m.args.route_scale
+    assert scale != 1 and m.args.norm_topk_prob
+    assert torch.allclose(c[g + "hook_topk_weights"], picked / picked.sum(-1, keepdim=True) * scale)
+
+
 def test_a_replacement_of_another_shape_names_the_hook():
     """A hook that returns a tensor of another shape, or something not a tensor, fails at the hook
     with its name, not blocks later inside RoPE or a GEMM; a same-shape one is taken (the control)."""
