@@ -360,7 +360,26 @@ def ablate(opts: AblateOptions, ablations: list[Ablation]):
                              progress=bar.update if bar is not None else None, sweep=sweep)
     if world.rank == 0:
         _note_stranded(plans)
+        _note_reused_names(out, df)
     return out, df
+
+
+def _note_reused_names(out: Path, df) -> None:
+    """Say when a name of this command's already names another ablation (other experts) in the run's
+    table: both are kept, each in its own part, and whatever groups the table by name mixes them (a
+    sweep user's review: '--name top4 --experts 1:3' beside an earlier '--top 4')."""
+    import probe
+    from probe.job import table_errors
+
+    try:
+        table = probe.open_run(out).df("ablations")[["ablation", "spec"]].drop_duplicates()
+    except (OSError, *table_errors()):  # another part unreadable: the rows are written, the note can go
+        return
+    for name, spec in dict(zip(df.ablation, df.spec)).items():
+        if (table.ablation.eq(name) & table.spec.ne(spec)).any():
+            print(f"note: {out / 'ablations'} already held an ablation named {name!r} that disables other experts: "
+                  "both are kept, each in its own part, under one name; give this one another --name (or its "
+                  "spec entry another name) to tell them apart", file=sys.stderr)
 
 
 def _note_stranded(plans) -> None:

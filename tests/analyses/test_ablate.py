@@ -210,6 +210,11 @@ def test_cli_end_to_end_writes_the_ablations_table(probe_env, tmp_path, capsys):
     assert main(_cli(probe_env, out, "--top", "1", "--control")) == 0  # another part alongside
     assert set(probe.open_run(out).df("ablations").ablation) == {"top2", "random2", "code-top2", "z",
                                                                     "top1", "top1-control"}
+    assert "already held an ablation named" not in capsys.readouterr().err  # control: new names
+    # a name that already names other experts: both kept, and said (a sweep user's review)
+    assert main(_cli(probe_env, out, "--experts", "1:5", "--name", "top2")) == 0
+    assert "already held an ablation named 'top2' that disables other experts" in capsys.readouterr().err
+    assert probe.open_run(out).df("ablations").query("ablation == 'top2'").spec.nunique() == 2
 
 
 @pytest.mark.slow  # a whole app or command: the quick loop leaves it out
