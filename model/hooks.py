@@ -105,7 +105,13 @@ def _fn_name(fn: Callable) -> str:
 
 def _did_you_mean(name: str, all_names: list[str]) -> str:
     """' (did you mean ...?)' naming the hook point closest to a mistyped `name`, or '' where none is
-    close. A glob is compared with the names' layer-generic forms (`layers.*.hook_resid_post`)."""
+    close. A glob is compared with the names' layer-generic forms (`layers.*.hook_resid_post`); a
+    block the model has not (`layers.9.` of a 3-layer model) is told the blocks it has instead."""
+    layer = re.match(r"(layers|mtp)\.(\d+)\.", name)
+    have = {int(m[1]) for n in all_names if (m := re.match(re.escape(layer[1]) + r"\.(\d+)\.", n))} if layer else set()
+    if have and int(layer[2]) not in have:  # not a typo: a block the model has not
+        kind = layer[1]
+        return f" (this model has {kind}.{min(have)}" + (f" to {kind}.{max(have)})" if len(have) > 1 else " only)")
     if any(c in name for c in "*?["):
         all_names = sorted({re.sub(r"(?<=\.)\d+(?=\.)", "*", n) for n in all_names})
     close = difflib.get_close_matches(name, all_names, n=1, cutoff=0.75)

@@ -421,6 +421,10 @@ def test_a_mistyped_hook_name_suggests_the_closest():
             pass
     with pytest.raises(model.HookError, match=r"no hook point named 'xyz' \(see"):  # nothing close: no guess
         m.run_with_cache(tok, names="xyz")
+    # a block past the model's: the blocks it has, not the nearest name (it pointed at layers.2)
+    with pytest.raises(model.HookError, match=r"no hook point named 'layers\.9\.hook_resid_post' \(this model has "
+                                              r"layers\.0 to layers\.2\)"):
+        m.run_with_cache(tok, names="layers.9.hook_resid_post")
 
 
 def test_a_hook_that_raises_is_named_with_its_hook_point():
