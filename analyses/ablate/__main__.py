@@ -69,6 +69,12 @@ def ablations_from_args(ns) -> list[Ablation]:
         n = getattr(ns, flag)
         if n is not None and n < 1:
             raise AblationError(f"--{flag} {n}: must be >= 1 (experts to disable per layer)")
+    # --control or --domain without --top said "nothing to ablate" alone, and --domain beside --random or
+    # --experts was ignored (an ablation tour): each names the flag it needs
+    if ns.domain is not None and ns.top is None:
+        raise AblationError(f"--domain {ns.domain}: it picks that domain's own top experts: use it with --top N")
+    if ns.control and ns.top is None:
+        raise AblationError("--control adds the random counterpart of --top N: use it with --top")
     if not any(getattr(ns, f) is not None for f in ("experts", "top", "random")) and not ns.shared:
         raise AblationError("nothing to ablate: pass --experts, --top, --random, --shared or --spec")
     unused(ns)
@@ -77,8 +83,6 @@ def ablations_from_args(ns) -> list[Ablation]:
                     random=ns.random, domain=ns.domain, seed=seed, layers=ns.layers, shared=ns.shared)
     out = [main]
     if ns.control:
-        if ns.top is None:
-            raise AblationError("--control adds the random counterpart of --top N: use it with --top")
         out.append(Ablation(name=f"{main.name}-control", mode=ns.mode, renormalise=ns.renormalise,
                             random=ns.top, seed=seed, layers=ns.layers, shared=ns.shared))
     return out

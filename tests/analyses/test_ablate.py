@@ -249,6 +249,9 @@ def test_cli_with_a_recorded_run_uses_its_loads(probe_env, tmp_path):
      "--spec excludes the single-ablation flags (got --seed)"),  # it was ignored (a review)
     ([], "nothing to ablate"),
     (["--random", "2", "--control"], "--control adds the random counterpart"),
+    (["--control"], "--control adds the random counterpart of --top N: use it with --top"),  # "nothing to ablate"
+    (["--domain", "code"], "--domain code: it picks that domain's own top experts: use it with --top N"),
+    (["--random", "2", "--domain", "code"], "--domain code: it picks"),  # it was ignored
     (["--top", "1", "--batch-size", "0"], "--batch-size 0: must be >= 1"),  # it ran with 8, silently (a review)
     (["--experts", ""], "--experts '': no experts"),  # it ran a no-op ablation named 'none' (a review)
     (["--experts", ",,"], "--experts ',,': no experts"),
