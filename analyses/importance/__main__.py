@@ -64,7 +64,8 @@ def summary(df, out, show: int) -> str:
                                                                            ascending=[False, True])
         tops = ", ".join(f"{int(r.expert)} {r.delta:+.4f} (load {r.load_share:.1%})" for r in g.head(show).itertuples())
         lines.append(f"layer {row.layer}: {row.experts} experts, {row.tokens:,} tokens: Spearman rho(load share, "
-                     f"delta) = {row.spearman:+.3f}, Pearson r = {row.pearson:+.3f}; top by delta: {tops}")
+                     f"delta) = {row.spearman:+.3f}, Pearson r = {row.pearson:+.3f}" + (f"; top by delta: {tops}"
+                                                                                       if show else ""))
     lines.append(f"wrote {out / 'expert_importance'}")
     return "\n".join(lines)
 

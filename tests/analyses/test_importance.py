@@ -441,3 +441,13 @@ def test_commands_measuring_other_experts_write_parts_of_their_own(tmp_path):
     write_importance(out, _table([0.5, 0.6], [0.7, 0.8]).assign(expert=[2, 3]), meta([2, 3]))
     got = importance_table(probe.open_run(out)).sort_values("expert")
     assert got.expert.tolist() == [0, 1, 2, 3] and got.delta.tolist() == [0.3, 0.4, 0.7, 0.8]
+
+
+def test_the_summary_lists_the_top_experts_only_when_asked(tmp_path):
+    """`--show 0` printed 'top by delta: ' with nothing after it (an ablation tour)."""
+    from analyses.importance.__main__ import summary
+
+    df = _table([0.1, 0.2, 0.3, 0.4], [0.04, 0.01, 0.03, 0.02])
+    assert "; top by delta: 0 +0.0400 (load 10.0%), 2 +0.0300 (load 30.0%)" in summary(df, tmp_path, 2)
+    text = summary(df, tmp_path, 0)
+    assert "top by delta" not in text and "Pearson r = " in text.splitlines()[0]
