@@ -234,6 +234,9 @@ class Ablation:
             raise AblationError(f"{who}domain selects the top experts of a domain: use it with top")
         if self.renormalise and self.mode != "zero":
             raise AblationError(f"{who}renormalise applies to mode zero only")
+        if self.renormalise and not chosen:  # shared alone: nothing to rescale, accepted without a word (a tour)
+            raise AblationError(f"{who}renormalise rescales the routed experts left after mode zero, and this "
+                                "ablation disables none (shared alone)")
         if not self.name:
             self.name = self.default_name()
 

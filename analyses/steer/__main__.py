@@ -100,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not ns.experts:
             raise AblationError("nothing to steer: pass --experts layer:expert[+expert],... (e.g. 2:5+7)")
+        if any(not t.strip() for t in ns.prompt):  # generated from BOS alone, as if a prompt (an ablation tour)
+            raise AblationError("--prompt '': an empty prompt; give text, or leave --prompt out for the domains' own")
         if ns.bias is not None and ns.mode != "bias":  # it was ignored (a review), as ablate refuses --renormalise
             raise AblationError(f"--bias applies to --mode bias only (this command gives --mode {ns.mode})")
         s = Steer(name=ns.name or "", experts=ns.experts, mode=ns.mode, bias=1.0 if ns.bias is None else ns.bias,

@@ -290,6 +290,11 @@ def test_renormalise_outside_zero_mode_is_refused(tiny):
         Ablation(experts="1:3", renormalise=True)
     with pytest.raises(AblationError, match="renormalise applies to mode zero only"):
         ablation_hooks(tiny, {1: [3]}, "reroute", renormalise=True)
+    # the shared expert alone: nothing routed to rescale, accepted without a word (an ablation tour)
+    with pytest.raises(AblationError, match="renormalise rescales the routed experts left after mode zero, and this "
+                                            r"ablation disables none \(shared alone\)"):
+        Ablation(shared=True, mode="zero", renormalise=True)
+    assert Ablation(experts="1:3", shared=True, mode="zero", renormalise=True).renormalise  # control
 
 
 def test_default_names_tell_renormalise_and_shared_apart(tmp_path):

@@ -288,6 +288,7 @@ def test_cli_end_to_end_writes_the_steering_table(probe_env, tmp_path, capsys):
     (["--experts", "1:2", "--bias", "0.5"], "--bias applies to --mode bias only (this command gives --mode force)"),
     (["--experts", "1:2", "--prompt-tokens", "0"], "--max-new-tokens must be >= 0 and --prompt-tokens >= 1"),
     ([], "nothing to steer: pass --experts"),
+    (["--experts", "1:2", "--prompt", " "], "--prompt '': an empty prompt"),  # it generated from BOS alone
 ])
 def test_cli_bad_inputs_are_one_line_errors(probe_env, tmp_path, capsys, extra, msg):
     assert_one_line_error(main(_cli(probe_env, tmp_path / "o", *extra)), capsys, msg, tmp_path / "o")
