@@ -152,6 +152,14 @@ class ActivationCache(dict):
     def __reduce__(self):  # pickled (torch.save) as an OrderedDict, which torch.load(weights_only=True) reads
         return collections.OrderedDict, (list(self.items()),)
 
+    def __copy__(self) -> ActivationCache:  # copy.copy went through __reduce__: an OrderedDict, the reasons lost
+        new = ActivationCache(self._all_names, list(self._named))
+        new.update(self)
+        return new
+
+    def copy(self) -> ActivationCache:  # dict.copy gave a plain dict
+        return self.__copy__()
+
     def __missing__(self, name: str):
         if name not in self._all_names:
             why = f"there is no hook point named {name!r}{_did_you_mean(name, self._all_names)}"

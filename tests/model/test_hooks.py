@@ -525,6 +525,12 @@ def test_a_name_the_cache_lacks_says_why(tmp_path):
     torch.save(named, tmp_path / "c.pt")  # saved as an OrderedDict, which a weights-only load reads
     back = torch.load(tmp_path / "c.pt", weights_only=True)
     assert list(back) == ["hook_embed"] and torch.equal(back["hook_embed"], named["hook_embed"])
+    import copy
+
+    for c in (copy.copy(named), named.copy()):  # a copy keeps the reasons (copy.copy gave an OrderedDict)
+        assert list(c) == ["hook_embed"] and c["hook_embed"] is named["hook_embed"]
+        with pytest.raises(model.HookError, match="hook_final was not among the names="):
+            c["hook_final"]
 
 
 def test_transformerlens_names_filter_is_named():
