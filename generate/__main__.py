@@ -156,6 +156,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _sampling(ns) -> SamplingParams:
+    """SamplingParams from the flags; a bad value names its flag (SamplingParams' own message names
+    the field, e.g. top_p=1.5, which is not what was typed)."""
+    try:
+        return SamplingParams(ns.temperature, ns.top_p, ns.top_k, ns.seed)
+    except GenerateError as e:  # "top_p=1.5 must be ..." -> "--top-p 1.5 must be ..."
+        field, rest = str(e).split("=", 1)
+        raise GenerateError(f"--{field.replace('_', '-')} {rest}") from None
+
+
 def main(argv: list[str] | None = None) -> None:
     ns = build_parser().parse_args(argv)
 
@@ -173,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
         for flag, path, file in (("--output", ns.output, True), ("--demo", ns.demo, False)):
             if path:  # before the model loads and generates, not after
                 check_out_parent(Path(path), flag, file=file, error=GenerateError)
-        sampling = SamplingParams(ns.temperature, ns.top_p, ns.top_k, ns.seed)
+        sampling = _sampling(ns)
         # every rank one whole model (--replicate), or all ranks one sharded model
         world = init_world(1 if ns.replicate else "auto", device=ns.device)
         texts = _prompts_from_rank0(ns, world)
@@ -186,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
             ckpt = ns.demo
         if not Path(ckpt).is_dir():
             what = "not a checkpoint directory" if Path(ckpt).exists() else "no such directory"
-            raise GenerateError(f"{ckpt}: {what}")
+            raise GenerateError(f"--ckpt {ckpt}: {what}")
         codec = load_codec(ckpt, ModelArgs.from_hf_config(ckpt))  # before the weights: fail fast
         if ns.system is not None and (ns.no_chat_template or not codec.chat):  # it was dropped without a word
             why = "--no-chat-template" if ns.no_chat_template else f"{ckpt}'s tokenizer has no chat format"

@@ -425,9 +425,13 @@ def test_cli_errors(demo_dir, tmp_path, capsys):
         (["--ckpt", no_tok, "--prompt", "hi"], "no tokenizer.json (generation needs the checkpoint's tokenizer)"),
         (["--ckpt", demo_dir, "--prompt", "y" * 300], "has 301 tokens, longer than max_seq_len=256"),
         (["--ckpt", demo_dir], "give --prompt, --prompt-file or --interactive"),
-        (["--ckpt", tmp_path / "nowhere", "--prompt", "a"], "nowhere: no such directory"),
-        (["--ckpt", afile, "--prompt", "a"], "afile: not a checkpoint directory"),
-        (["--ckpt", demo_dir, "--prompt", "a", "--top-p", "1.5"], "top_p=1.5 must be in (0, 1]"),
+        (["--ckpt", tmp_path / "nowhere", "--prompt", "a"], f"--ckpt {tmp_path / 'nowhere'}: no such directory"),
+        (["--ckpt", afile, "--prompt", "a"], f"--ckpt {afile}: not a checkpoint directory"),
+        # a bad sampling value names the flag typed, not SamplingParams' field (it said "top_p=1.5")
+        (["--ckpt", demo_dir, "--prompt", "a", "--top-p", "1.5"], "--top-p 1.5 must be in (0, 1]"),
+        (["--ckpt", demo_dir, "--prompt", "a", "--temperature", "-1"], "--temperature -1.0 must be >= 0 and finite"),
+        (["--ckpt", demo_dir, "--prompt", "a", "--top-k", "-2"], "--top-k -2 must be an integer >= 0"),
+        (["--ckpt", demo_dir, "--prompt", "a", "--seed", str(2**64)], f"--seed {2**64} is out of range"),
         (["--ckpt", demo_dir, "--prompt", "a", "--gemm", "fp8"],
          "gemm_impl='fp8' (--gemm fp8) needs an FP8 checkpoint"),
         # where nothing can be written: refused before the model loads, not a traceback after generating
