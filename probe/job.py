@@ -93,7 +93,8 @@ def load_tokenizer(path: str | None, ckpt: Path, vocab_size: int, error: type[Ex
     except Exception as e:  # noqa: BLE001 - tokenizers raises its own exception type
         from model.checkpoint import lfs_pointer_note
 
-        raise error(f"{p}: not a tokenizers JSON file ({e}){lfs_pointer_note(p)}") from None
+        flag = "--tokenizer " if path else ""  # a file the user named: say which flag named it
+        raise error(f"{flag}{p}: not a tokenizers JSON file ({e}){lfs_pointer_note(p)}") from None
     # its largest id, not its count: a vocabulary with gaps in its ids counts fewer tokens than it can
     # produce, and an id past the embedding failed the first forward pass (a checkpoint tour)
     n, top = tok.get_vocab_size(with_added_tokens=True), max(tok.get_vocab(with_added_tokens=True).values(), default=-1)

@@ -146,7 +146,7 @@ def prepare(opts: RecordOptions) -> Job:
     else:
         tok = load_tokenizer(opts.tokenizer, ckpt, args.vocab_size)
     if not corpus.exists():
-        raise CorpusError(f"{corpus}: corpus not found")
+        raise CorpusError(f"--corpus {corpus}: corpus not found")
     return Job(ckpt, corpus, out, args, tok, args.bos_token_id if opts.add_bos else None)
 
 

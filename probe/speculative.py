@@ -140,7 +140,7 @@ def record_spec(opts: SpecOptions) -> Path:
                           f"= {per_prompt}")
     ckpt, corpus, out = resolve_paths(*_run_defaults(opts), opts.out, suffix="-spec")
     if not corpus.exists():
-        raise CorpusError(f"{corpus}: corpus not found")
+        raise CorpusError(f"--corpus {corpus}: corpus not found")
     args = checkpoint_args(ckpt)
     if opts.prompt_tokens + opts.new_tokens > args.max_seq_len:
         raise RecordError(f"--prompt-tokens + --new-tokens = {opts.prompt_tokens + opts.new_tokens} exceeds "

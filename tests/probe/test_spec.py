@@ -105,9 +105,14 @@ def test_spec_adds_to_a_recorded_run_and_refuses_to_clobber(probe_env, tmp_path,
     (dict(prompt_tokens=500, new_tokens=100), "max_seq_len"),
     (dict(new_tokens=0), ">= 1"),
     (dict(prompt_tokens=200, new_tokens=8, corpus="short.txt"), "no document has 200 tokens"),
+    # a path the user typed is named with its flag (both said only "PATH: ...")
+    (dict(corpus="nope.jsonl"), "^--corpus .*nope.jsonl: corpus not found$"),
+    (dict(tokenizer="short.txt"), "^--tokenizer .*short.txt: not a tokenizers JSON file"),
 ])
 def test_spec_bad_input(probe_env, tmp_path, kw, msg):
     (tmp_path / "short.txt").write_text("a short text")
+    if "tokenizer" in kw:
+        kw["tokenizer"] = str(tmp_path / kw["tokenizer"])
     corpus = str(tmp_path / kw.pop("corpus")) if "corpus" in kw else str(probe_env["corpus"])
     opts = SpecOptions(ckpt=str(probe_env["ckpt"]), corpus=corpus, out=str(tmp_path / "s"), progress=False, **kw)
     with pytest.raises((RecordError, CorpusError), match=msg):
