@@ -25,6 +25,22 @@ os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="dsv3-tests-cache-")
 atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)
 
 
+_THREADS: list[int] = []  # torch's thread count when the first test starts (after every module's import)
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_kept():
+    """Each test ends on the thread count the tests began with: one that raised it (to start torch's pool
+    in tests/probe/test_job.py) left 2 threads for every later test of its xdist worker, whose parallel
+    regions then spun against the other worker's on 2 cores (tests of 0.1 s took 5-7 s; the suite 323 s
+    in two clean-clone runs, against ~245 s)."""
+    if not _THREADS:
+        _THREADS.append(torch.get_num_threads())
+    yield
+    if torch.get_num_threads() != _THREADS[0]:
+        torch.set_num_threads(_THREADS[0])
+
+
 @pytest.fixture(scope="session")
 def hf_tiny_dir(tmp_path_factory):
     return hf_checkpoint(tmp_path_factory.mktemp("hf_tiny"), seed=0)
