@@ -319,39 +319,38 @@ def _per_token(dumps: list[Dump], shape: Shape, out: Path) -> dict:
         # a file whose every record another file holds too, logical routing included (ranks may send a
         # token to different replicas), is a tensor-parallel copy and counts once; data-parallel ranks'
         # records alike otherwise are each kept, and pipeline stages' (same tokens, own layers) merged
+        logical = [_record_logical(d, r, shape) for r in records]  # each record's once, copies included
         sig = tuple((int(r["forward_pass_id"]), tuple(r["input_ids"]), tuple(r["positions"]),
-                     hashlib.blake2b(_record_logical(d, r, shape).tobytes(), digest_size=16).digest())
-                    for r in records)
+                     hashlib.blake2b(lg.tobytes(), digest_size=16).digest()) for r, lg in zip(records, logical))
         if sig in seen:
             copies += 1
             continue
         seen.add(sig)
-        for r in records:
-            _claim(owners, d, r, (r["topk_ids_of_layer"] >= 0).flatten(1).any(1).numpy())
-            _keep_or_merge(kept, at, d, r)
+        for r, lg in zip(records, logical):
+            _claim(owners, d, r, (lg >= 0).reshape(len(lg), -1).any(1))
+            _keep_or_merge(kept, at, d, r, lg)
     if not kept:
         raise SGLangError(f"{', '.join(d.path.name for d in dumps[:3])}: no per_token record chose an expert (every "
                           "id -1): nothing was routed while it recorded")
     kept.sort(key=lambda x: x[0])
     vocab = (shape.args or {}).get("vocab_size")
-    for fp, d, r in kept if vocab else ():
+    for fp, d, r, _ in kept if vocab else ():
         top = max(map(int, r["input_ids"]), default=-1)
         if top >= vocab:
             raise SGLangError(f"{d.path}: pass {fp} holds input id {top}, outside the vocabulary of --config "
                               f"(vocab_size={vocab}): is it this model's dump?")
-    logical_all = [(fp, d, r, _record_logical(d, r, shape)) for fp, d, r in kept]
     totals = np.zeros((shape.n_layers, shape.n_experts), np.int64)
-    for _, _, _, lg in logical_all:
+    for _, _, _, lg in kept:
         for layer in range(lg.shape[0]):
             valid = lg[layer][lg[layer] >= 0]
             totals[layer] += np.bincount(valid, minlength=shape.n_experts)
     layers = _moe_layers(shape, totals)
     w = PartWriter(out, 0, ["tokens", "routing", "expert_load"])
-    step_of = {fp: i for i, fp in enumerate(sorted({fp for fp, *_ in logical_all}))}  # one step per pass
+    step_of = {fp: i for i, fp in enumerate(sorted({fp for fp, *_ in kept}))}  # one step per pass
     per_pass: dict[int, list] = {}
     seq = 0
     docs: dict[tuple, int] = {}  # sequences named so far per (pass, rank): two records of one pass on one
-    for fp, d, r, lg in logical_all:  # rank's file numbered theirs from 0 alike, one doc_id (a review)
+    for fp, d, r, lg in kept:  # rank's file numbered theirs from 0 alike, one doc_id (a review)
         key = (fp, int(r.get("rank", 0)))
         first = docs.get(key, 0)
         after, counts = _token_rows(w, step_of[fp], fp, d, r, lg, layers, shape, seq, first)
@@ -362,7 +361,7 @@ def _per_token(dumps: list[Dump], shape: Shape, out: Path) -> dict:
     for fp, (counts, n) in sorted(per_pass.items()):
         w.append("expert_load", _load_rows(step_of[fp], layers, counts, n), step_of[fp])
     w.commit(max(len(step_of) - 1, 0))
-    return {"passes": len(step_of), "records": len(logical_all), "moe_layers": layers,
+    return {"passes": len(step_of), "records": len(kept), "moe_layers": layers,
             "tokens": sum(n for _, n in per_pass.values()), "topk_assumed": False,
             "ranks_counted_the_same_tokens": copies > 0, "copies_skipped": copies, "empty_records_skipped": empty,
             "draft_records_skipped": drafts}
@@ -377,7 +376,7 @@ def _claim(owners: dict, d: Dump, r: dict, layers: np.ndarray) -> None:
     each start and writes every run's files into SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR (/tmp by
     default); so do the replicas of a data-parallel server without DP attention, each its own ranks
     0..n-1. Summed, their passes were merged step by step."""
-    key = (int(r["forward_pass_id"]), int(r.get("rank", 0)), str(r.get("gatherer_key")))
+    key = _record_key(r)
     first, seen = owners.get(key, (d.path, np.zeros_like(layers)))
     if first != d.path and (seen & layers).any():
         raise SGLangError(f"{d.path}: pass {key[0]} of rank {key[1]} is recorded also in {first.name} (dumps of two "
@@ -387,24 +386,27 @@ def _claim(owners: dict, d: Dump, r: dict, layers: np.ndarray) -> None:
     owners[key] = (first, seen | layers)
 
 
-def _keep_or_merge(kept: list, at: dict, d: Dump, r: dict) -> None:
-    """Append (pass, file, record) to `kept`, or merge `r` into the kept record of the same (pass,
-    rank, gatherer key) from another file: a pipeline stage's, whose disjoint layers `_claim` has
-    checked. Its tokens must be the same; its ids fill the layers the earlier stages left at -1."""
-    key = (int(r["forward_pass_id"]), int(r.get("rank", 0)), str(r.get("gatherer_key")))
+def _record_key(r: dict) -> tuple[int, int, str]:
+    """(forward pass, rank, gatherer key): what names one record of one rank's pass."""
+    return int(r["forward_pass_id"]), int(r.get("rank", 0)), str(r.get("gatherer_key"))
+
+
+def _keep_or_merge(kept: list, at: dict, d: Dump, r: dict, lg: np.ndarray) -> None:
+    """Append (pass, file, record, logical ids `lg`) to `kept`, or merge `lg` into the kept record of
+    the same `_record_key` from another file: a pipeline stage's, whose disjoint layers `_claim` has
+    checked. Its tokens must be the same; its ids (each file's through its own map) fill the layers
+    the earlier stages left at -1."""
+    key = _record_key(r)
     if key not in at or kept[at[key]][1] is d:  # records of one file are each kept, as they were
         at.setdefault(key, len(kept))
-        kept.append((key[0], d, r))
+        kept.append((key[0], d, r, lg))
         return
-    fp, d0, r0 = kept[at[key]]
-    a, b = r0["topk_ids_of_layer"], r["topk_ids_of_layer"]
+    fp, d0, r0, lg0 = kept[at[key]]
     if list(r0["input_ids"]) != list(r["input_ids"]) or list(r0["positions"]) != list(r["positions"]) \
-            or a.shape != b.shape:
+            or lg0.shape != lg.shape:
         raise SGLangError(f"{d.path}: pass {fp} of rank {key[1]} is recorded also in {d0.path.name} with other "
                           "tokens: not two pipeline stages of one pass (files of two server runs?)")
-    import torch
-
-    kept[at[key]] = (fp, d0, r0 | {"topk_ids_of_layer": torch.where(a >= 0, a, b)})
+    kept[at[key]] = (fp, d0, r0, np.where(lg0 >= 0, lg0, lg))
 
 
 def _draft(r: dict) -> bool:
