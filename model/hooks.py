@@ -145,7 +145,7 @@ class ActivationCache(dict):
     """`run_with_cache`'s dict of name -> tensor. A name it lacks is a one-line HookError saying why
     (opt-in, not named, not reached, or no such hook point), not a bare KeyError of the name."""
 
-    def __init__(self, all_names: list[str], named: list[str]) -> None:
+    def __init__(self, all_names: list[str], named: Iterable[str]) -> None:
         super().__init__()
         self._all_names, self._named = all_names, set(named)
 
@@ -153,7 +153,7 @@ class ActivationCache(dict):
         return collections.OrderedDict, (list(self.items()),)
 
     def __copy__(self) -> ActivationCache:  # copy.copy went through __reduce__: an OrderedDict, the reasons lost
-        new = ActivationCache(self._all_names, list(self._named))
+        new = ActivationCache(self._all_names, self._named)
         new.update(self)
         return new
 
@@ -257,9 +257,10 @@ class HookedModule(nn.Module):
         if "names_filter" in kwargs:  # else forward's "unexpected keyword argument 'names_filter'"
             raise HookError("run_with_cache takes names=, not TransformerLens's names_filter= (the same filters: a "
                             "name, a glob, a list of names or a predicate)")
-        match = _matcher(names, list(self._hook_points))
-        selected_names = [n for n in self._hook_points if match(n)]
-        cache = ActivationCache(list(self._hook_points), selected_names)
+        all_names = list(self._hook_points)
+        match = _matcher(names, all_names)
+        selected_names = [n for n in all_names if match(n)]
+        cache = ActivationCache(all_names, selected_names)
 
         def save(t: torch.Tensor, hook: HookPoint) -> torch.Tensor | None:
             copy = t.detach() if detach else t
