@@ -278,8 +278,9 @@ def format_dry_run(job, opts, p: dict) -> str:
     if opts.device_memory:
         cap = opts.device_memory * GB
         left = cap - p["per_rank"]
+        advice = _advice(opts, p["model_parallel"], p["world_size"])
         lines.append(f"  fits {opts.device_memory:g} GB per rank with {_gb(left)} to spare" if left >= 0 else
-                     f"  does NOT fit {opts.device_memory:g} GB per rank: {_gb(-left)} short ({_advice(opts, p['model_parallel'], p['world_size'])})")
+                     f"  does NOT fit {opts.device_memory:g} GB per rank: {_gb(-left)} short ({advice})")
     per_m = {t: b * 1e6 for t, b in p["table_bytes_per_token"].items()}
     lines.append(f"  tables per 1M tokens (--router-logits {opts.router_logits}"
                  f"{f', --sample {opts.sample:g}' if opts.router_logits == 'full' else ''}): "

@@ -27,6 +27,17 @@ class Pass:
     rank: int  # the data-parallel rank whose tokens these are
 
 
+def run_loads(run) -> dict[int, np.ndarray]:
+    """An imported run's expert_load as {step: counts [L, E]}, to compare with the routing built here."""
+    df = run.df("expert_load")
+    out = {}
+    for step, g in df.groupby("step"):
+        a = np.zeros((L, E), np.int64)
+        np.add.at(a, (g.layer.to_numpy(), g.expert.to_numpy()), g["count"].to_numpy())
+        out[int(step)] = a
+    return out
+
+
 def config(path: Path) -> Path:
     """The tiny model's config.json (Hugging Face keys)."""
     from model import ModelArgs

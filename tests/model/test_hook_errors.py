@@ -1,0 +1,173 @@
+"""Hook errors a user meets: a mistyped name (the closest suggested), a hook that raises or returns
+another shape (named with its hook point), a cache asked for what it lacks (why), TransformerLens's
+spellings, and a hook that leaves too few experts to route to."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import model
+from helpers import random_model
+
+
+def test_a_mistyped_hook_name_suggests_the_closest():
+    """A typo, or TransformerLens's `blocks.` for our `layers.`, named the point with no hint of the
+    right one: a researcher searched hook_names() by hand (a tour). The closest name is suggested."""
+    m = random_model("tiny")
+    tok = torch.zeros(1, 2, dtype=torch.long)
+    for wrong, right in [("layers.1.hook_resid_psot", "layers.1.hook_resid_post"),
+                         ("blocks.1.hook_resid_post", "layers.1.hook_resid_post"),
+                         ("layers.2.ffn.gate.hook_topk_idx", "layers.2.ffn.gate.hook_topk_ids")]:
+        with pytest.raises(model.HookError, match=rf"no hook point named '{wrong}' \(did you mean '{right}'\?\)"):
+            m.run_with_cache(tok, names=wrong)
+        with pytest.raises(model.HookError, match=rf"did you mean '{right}'\?"):
+            m.add_hook(wrong, lambda t, hook: None)
+    with pytest.raises(model.HookError, match=r"did you mean 'layers\.\*\.ffn\.gate\.hook_topk_ids'\?"):
+        with m.hooks([("layers.*.ffn.gate.hook_topk_idz", lambda t, hook: None)]):
+            pass
+    with pytest.raises(model.HookError, match=r"no hook point named 'xyz' \(see"):  # nothing close: no guess
+        m.run_with_cache(tok, names="xyz")
+    # a block past the model's: the blocks it has, not the nearest name (it pointed at layers.2)
+    with pytest.raises(model.HookError, match=r"no hook point named 'layers\.9\.hook_resid_post' \(this model has "
+                                              r"layers\.0 to layers\.2\)"):
+        m.run_with_cache(tok, names="layers.9.hook_resid_post")
+
+
+def test_a_hook_that_raises_is_named_with_its_hook_point():
+    """A hook's own error named its line but not the hook point that ran it (a glob attaches one fn
+    to many), and a hook written fn(t) failed inside the forward with '<lambda>() takes 1 positional
+    argument but 2 were given' (a tour). The error keeps its type (a hook may raise to end a pass
+    early), with a note naming the point; a wrong signature is refused when attached."""
+    m = random_model("tiny")
+    x = torch.zeros(1, 3, dtype=torch.long)
+
+    def bad(t, hook):
+        if hook.name == "layers.2.hook_resid_pre":
+            raise RuntimeError("my bug")
+
+    with pytest.raises(RuntimeError, match="my bug") as err:
+        with m.hooks([("layers.*.hook_resid_pre", bad)]):
+            m(x)
+    assert err.value.__notes__ == [f"(raised by the hook {bad.__qualname__} on layers.2.hook_resid_pre)"]
+    with pytest.raises(model.HookError, match=r"the hook .*<lambda> for layers\.1\.attn\.hook_z cannot be called as "
+                                              r"fn\(tensor, hook\) \(its signature: \(t\)\)"):
+        with m.hooks([("layers.1.attn.hook_z", lambda t: t)]):
+            m(x)
+    with pytest.raises(model.HookError, match="cannot be called as fn"):
+        m.add_hook("hook_embed", lambda: None)
+    assert m.reset_hooks() == 0
+    import functools
+
+    with m.hooks([("hook_embed", functools.partial(lambda t, hook, k: None, k=1))]):  # the controls
+        m(x)
+    m.add_hook("hook_embed", lambda *a: None)
+    m(x)
+
+
+def test_a_name_the_cache_lacks_says_why(tmp_path):
+    """cache['layers.1.attn.hook_pattern'] after a run_with_cache without names was KeyError with the
+    name alone, where TransformerLens caches the pattern by default (a tour); the cache now says why
+    a name is missing. It is still a dict (HookError is a KeyError; get() and `in` as before)."""
+    m = random_model("tiny")
+    x = torch.zeros(1, 3, dtype=torch.long)
+    _, cache = m.run_with_cache(x)
+    with pytest.raises(model.HookError, match=r"^cache\['layers\.1\.attn\.hook_pattern'\]: not cached: .* is opt-in: "
+                                              r"run_with_cache caches it only where names= names it"):
+        cache["layers.1.attn.hook_pattern"]
+    with pytest.raises(model.HookError, match=r"not cached: there is no hook point named 'layers\.1\.hook_resid_psot' "
+                                              r"\(did you mean 'layers\.1\.hook_resid_post'\?\)"):
+        cache["layers.1.hook_resid_psot"]
+    with pytest.raises(KeyError, match=r"mtp\.0\.hook_in was not reached by this forward"):
+        cache["mtp.0.hook_in"]
+    _, named = m.run_with_cache(x, names="hook_embed")
+    with pytest.raises(model.HookError, match="hook_final was not among the names= this cache was made with"):
+        named["hook_final"]
+    assert isinstance(named, dict) and named.get("hook_final") is None and "hook_final" not in named
+    torch.save(named, tmp_path / "c.pt")  # saved as an OrderedDict, which a weights-only load reads
+    back = torch.load(tmp_path / "c.pt", weights_only=True)
+    assert list(back) == ["hook_embed"] and torch.equal(back["hook_embed"], named["hook_embed"])
+    import copy
+
+    for c in (copy.copy(named), named.copy()):  # a copy keeps the reasons (copy.copy gave an OrderedDict)
+        assert list(c) == ["hook_embed"] and c["hook_embed"] is named["hook_embed"]
+        with pytest.raises(model.HookError, match="hook_final was not among the names="):
+            c["hook_final"]
+
+
+def test_transformerlens_names_filter_is_named():
+    """run_with_cache(x, names_filter=...), TransformerLens's spelling, reached the forward and failed
+    there with "unexpected keyword argument 'names_filter'" (a tour)."""
+    m = random_model("tiny")
+    with pytest.raises(model.HookError, match=r"run_with_cache takes names=, not TransformerLens's names_filter="):
+        m.run_with_cache(torch.zeros(1, 2, dtype=torch.long), names_filter="hook_embed")
+
+
+def test_a_replacement_of_another_shape_names_the_hook():
+    """A hook that returns a tensor of another shape, or something not a tensor, fails at the hook
+    with its name, not blocks later inside RoPE or a GEMM; a same-shape one is taken (the control)."""
+    m = random_model("tiny")
+    x = torch.zeros(1, 4, dtype=torch.long)
+    name = "layers.1.hook_resid_pre"
+    with pytest.raises(ValueError, match=rf"the hook on {name} returned torch.float32 of shape \(1, 2, 64\) on cpu; .* "
+                                         r"torch.float32 \(1, 4, 64\)"):
+        with m.hooks([(name, lambda t, hook: t[:, :2])]):
+            m(x)
+    with pytest.raises(ValueError, match=f"the hook on {name} returned list"):
+        with m.hooks([(name, lambda t, hook: [t])]):
+            m(x)
+    with pytest.raises(ValueError, match=f"the hook on {name} returned torch.float64 of shape"):
+        with m.hooks([(name, lambda t, hook: t.double())]):
+            m(x)
+    ids = "layers.1.ffn.gate.hook_topk_ids"
+    with pytest.raises(ValueError, match=f"the hook on {ids} returned torch.float32"):
+        with m.hooks([(ids, lambda t, hook: t.float())]):
+            m(x)
+    n_experts = m.args.n_routed_experts
+    for bad in (n_experts, -1):  # an expert id out of range fails at the hook, not in a gather later
+        with pytest.raises(ValueError, match=rf"the hook on {ids} returned index {bad}; .* \[0, {n_experts}\)"):
+            with m.hooks([(ids, lambda t, hook: torch.full_like(t, bad))]):
+                m(x)
+        # the same edit in place was torch's "index out of bounds" from the gather, naming no hook (a review)
+        with pytest.raises(ValueError, match=rf"the hook on {ids} left an expert id outside \[0, {n_experts}\) in place"):
+            with m.hooks([(ids, lambda t, hook: (t.fill_(bad), None)[1])]):
+                m(x)
+    with m.hooks([(ids, lambda t, hook: torch.full_like(t, n_experts - 1))]):  # in range: taken
+        last = m(x)
+    with m.hooks([(name, lambda t, hook: t * 0)]):
+        zeroed = m(x)
+    assert not torch.equal(zeroed, m(x))  # the replacement took effect
+    assert not torch.equal(last, m(x))
+    with pytest.raises(ValueError, match=rf"the hook on {name} returned torch.float32 of shape \(1, 4, 64\) on meta; "
+                                         r".* on cpu"):  # another device (a CPU cache patched into a GPU model)
+        with m.hooks([(name, lambda t, hook: torch.empty_like(t, device="meta"))]):
+            m(x)
+
+
+@pytest.mark.parametrize("groups", [4, 1])
+def test_a_hook_that_leaves_too_few_experts_is_refused(groups):
+    """Masking every expert but a few (-inf selection scores) routed every token to experts the hook had
+    excluded, with real weights: top-k picked among -inf ties (with groups, a group with one expert left
+    ranks -inf too). A researcher's tour found it; the mask is now refused, naming the router."""
+    m = random_model("tiny", seed=0, n_expert_groups=groups, n_limited_groups=min(2, groups))
+    K, E = m.args.n_activated_experts, m.args.n_routed_experts
+    toks = torch.randint(0, m.args.vocab_size, (2, 6), generator=torch.Generator().manual_seed(1))
+    g = "layers.1.ffn.gate."
+
+    def keep(experts):
+        mask = torch.full((E,), float("-inf"))
+        mask[experts] = 0.0
+        return lambda s, hook: s + mask
+
+    with pytest.raises(ValueError, match=rf"^layers\.1\.ffn\.gate: the hooks on the router's scores leave 12 token\(s\) "
+                                         rf"fewer than the {K} experts .*token 0: [12] allowed"):
+        with m.hooks([(g + "hook_select_scores", keep([5, 9]))]):
+            m(toks)
+    with pytest.raises(ValueError, match="fewer than the"):  # NaN is no score either
+        with m.hooks([(g + "hook_scores", lambda s, hook: torch.full_like(s, float("nan")))]):
+            m(toks)
+    # the control: a mask that leaves enough experts routes only to them (with groups: 2 in each of 2 groups)
+    allowed = [0, 1, 4, 5] if groups > 1 else [3, 7, 8, 12]
+    with m.hooks([(g + "hook_select_scores", keep(allowed))]):
+        _, c = m.run_with_cache(toks, names=g + "hook_topk_ids")
+    assert set(c[g + "hook_topk_ids"].flatten().tolist()) <= set(allowed)
