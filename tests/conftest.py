@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import gc
 import os
 import shutil
 import sys
@@ -113,6 +114,16 @@ def pytest_collection_modifyitems(items):
         return rank.get(rel, len(rank))
 
     items.sort(key=key)  # stable: the rest keep their order, and each file's tests theirs
+
+
+def pytest_collection_finish(session):
+    """Python's cyclic collector, tuned for a test process: what collection made (torch, transformers,
+    pandas, every test module: about 300,000 objects a worker) lives as long as the worker, so
+    gc.freeze() takes it out of the full passes, and the thresholds (700, 10, 10 by default) let
+    fewer, larger passes find the tests' garbage. Counted with gc.callbacks over the whole suite
+    (2026-12-06, 2-core EPYC): 9-11 s of collection per xdist worker before, 4 s after."""
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 100)
 
 
 def pytest_terminal_summary(terminalreporter):
