@@ -222,4 +222,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from probe.teardown import quick_teardown
+
+    quick_teardown()
     sys.exit(main())

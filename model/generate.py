@@ -6,5 +6,7 @@ from generate import __all__  # noqa: F401
 
 if __name__ == "__main__":
     from generate.__main__ import main
+    from probe.teardown import quick_teardown
 
+    quick_teardown()
     main()

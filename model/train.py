@@ -3,5 +3,7 @@
 
 if __name__ == "__main__":
     from train.__main__ import main
+    from probe.teardown import quick_teardown
 
+    quick_teardown()
     main()

@@ -310,5 +310,13 @@ def main(argv: list[str] | None = None) -> int:
     return exit_ranks(code)
 
 
+def cli() -> int:
+    """The console script `dsv3-probe`: main() in a process of its own (pyproject.toml)."""
+    from .teardown import quick_teardown
+
+    quick_teardown()
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

@@ -46,4 +46,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    from probe.teardown import quick_teardown
+
+    quick_teardown()
     main()

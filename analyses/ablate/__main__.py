@@ -121,4 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from probe.teardown import quick_teardown
+
+    quick_teardown()
     sys.exit(main())

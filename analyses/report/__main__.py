@@ -170,4 +170,7 @@ def _write(r: dict, html: Path, findings: Path | None, argv: list[str], t0: floa
 
 
 if __name__ == "__main__":
+    from probe.teardown import quick_teardown
+
+    quick_teardown()
     sys.exit(main())
