@@ -40,8 +40,8 @@ def _prompts_from_rank0(ns, world) -> list[str]:
     if world.rank == 0:
         try:
             box = [list(ns.prompt) + (read_prompts(ns.prompt_file) if ns.prompt_file else []), None]
-        except GenerateError as e:
-            box = [None, str(e)]
+        except GenerateError as e:  # the flag first, as the other flags' errors ("--ckpt DIR: ...")
+            box = [None, f"--prompt-file {e}"]
     box = world.broadcast(box)
     if box[1] is not None:
         raise GenerateError(box[1])

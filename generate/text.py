@@ -124,8 +124,14 @@ def read_prompts(path: str | os.PathLike) -> list[str]:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")  # a leading byte-order mark is not prompt text (a review)
-    except (OSError, UnicodeDecodeError) as e:
-        raise GenerateError(f"{path}: cannot read prompt file ({e})") from None
+    except FileNotFoundError:
+        raise GenerateError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise GenerateError(f"{path}: is a directory, not a prompt file") from None
+    except OSError as e:
+        raise GenerateError(f"{path}: cannot read prompt file ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise GenerateError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     # lines end at "\n" only: str.splitlines() also breaks at form feeds (Python source), U+2028 and
     # \x85, which JSON keeps raw inside strings (json.dumps(..., ensure_ascii=False))
     raw = text.split("\n")

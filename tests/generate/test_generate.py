@@ -339,8 +339,13 @@ def test_read_prompts(tmp_path):
         f.write_text(text)
         with pytest.raises(GenerateError, match=msg):
             read_prompts(f)
-    with pytest.raises(GenerateError, match="cannot read prompt file"):
+    with pytest.raises(GenerateError, match="missing.txt: no such file$"):
         read_prompts(tmp_path / "missing.txt")
+    with pytest.raises(GenerateError, match="is a directory, not a prompt file$"):
+        read_prompts(tmp_path)
+    (tmp_path / "latin1.txt").write_bytes(b"caf\xe9\n")
+    with pytest.raises(GenerateError, match=r"latin1.txt: not UTF-8 text \(invalid continuation byte at byte 3\)$"):
+        read_prompts(tmp_path / "latin1.txt")
     # a UTF-8 byte-order mark (some editors write one) is not prompt text, nor a JSON error (a review)
     f.write_bytes(b"\xef\xbb\xbffirst\nsecond\n")
     assert read_prompts(f) == ["first", "second"]
@@ -421,7 +426,8 @@ def test_cli_errors(demo_dir, tmp_path, capsys):
     afile = tmp_path / "afile"
     afile.write_text("x")
     cases = [
-        (["--ckpt", demo_dir, "--prompt-file", empty], "no prompts (the file is empty)"),
+        (["--ckpt", demo_dir, "--prompt-file", empty], f"--prompt-file {empty}: no prompts (the file is empty)"),
+        (["--ckpt", demo_dir, "--prompt-file", tmp_path / "none.txt"], f"--prompt-file {tmp_path / 'none.txt'}: no such file"),
         (["--ckpt", no_tok, "--prompt", "hi"], "no tokenizer.json (generation needs the checkpoint's tokenizer)"),
         (["--ckpt", demo_dir, "--prompt", "y" * 300], "has 301 tokens, longer than max_seq_len=256"),
         (["--ckpt", demo_dir], "give --prompt, --prompt-file or --interactive"),
