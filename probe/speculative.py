@@ -41,7 +41,7 @@ from .corpus import CorpusError, CorpusStats, iter_documents, text_pieces
 from .job import (RecordError, agree, check_out_parent, checkpoint_args, checkpoint_identity, job_options,
                   load_model, load_tokenizer, os_refusal, resolve_paths, run_inputs, signals_held, start_world)
 from .schema import TABLES
-from .writer import RUN_JSON, read_run_json, table_lock, updating_run_json
+from .writer import RUN_JSON, read_run_json, refuse_running, table_lock, updating_run_json
 
 SPEC_TABLES = ("spec_decode", "spec_drafts")
 
@@ -93,6 +93,8 @@ def _check_out(out: Path, overwrite: bool) -> None:
     check_out_parent(out)
     if out.exists() and any(out.iterdir()) and not (out / RUN_JSON).exists():
         raise RecordError(f"--out {out} exists and is not a run directory (no run.json)")
+    if (out / RUN_JSON).exists():  # a record still writing it would commit its run.json over spec's entry
+        refuse_running(out, read_run_json(out), RecordError)
     present = [t for t in SPEC_TABLES if (out / t).exists()]
     if present and not overwrite:
         raise RecordError(f"--out {out} already has {', '.join(present)}: pass --overwrite to replace them")

@@ -15,7 +15,7 @@ from probe.corpus import CorpusError, Window, corpus_windows, fingerprint
 from probe.job import check_out_parent, run_inputs
 from probe.recorders import Batch, model_token_nll
 from probe.schema import TABLES
-from probe.writer import read_run_json, write_result_part
+from probe.writer import read_run_json, refuse_running, write_result_part
 
 from .select import ALL, Ablation, AblationError, Loads, Plan, RouterShape, check_names, plan_hooks, resolve
 from .sweep import Sweep
@@ -263,18 +263,8 @@ def job_defaults(opts: AblateOptions) -> tuple[AblateOptions, dict | None]:
 
 
 def check_finished(run, info: dict | None, error: type[Exception] = AblationError) -> None:
-    """A run still being written is refused; one whose record was killed (run.json says "running"
-    and no record job holds its writer lock) says how to finish it instead of "still being recorded"
-    for good (a review)."""
-    from probe.writer import recorder_alive
-
-    if info is None or info.get("status") != "running":
-        return
-    if info.get("kind") is None and recorder_alive(run) is False:  # a record run (the others have a kind)
-        raise error(f"{run}: its record stopped before the end (run.json says running, and no record job "
-                    "holds the run): finish it with the record command that wrote it plus --resume")
-    raise error(f"{run}: the run is still being {'recorded' if info.get('kind') is None else 'written'} "
-                "(status running)")
+    """probe.writer.refuse_running, with this package's error by default."""
+    refuse_running(run, info, error)
 
 
 def loads_from_run(run_dir: str | Path, shape: RouterShape) -> Loads:
