@@ -7,7 +7,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboards import charts, compute, data, research, ui
+from dashboards import charts, compute, data, research, training_data, ui
 
 RUN_COLORS = ("#4C78A8", "#F58518")
 
@@ -109,7 +109,7 @@ def training_curves(ra: data.RunRef, rb: data.RunRef) -> None:
         left, right = st.columns(2)
         loss, mv = {}, {}
         for r in (ra, rb):
-            tm = data.train_metrics(r)
+            tm = training_data.train_metrics(r)
             loss[r.name] = (tm.step, tm.lm_loss.rolling(10, min_periods=1).mean())
             cols = [c for c in tm.columns if c.startswith("maxvio_layer")]
             mv[r.name] = (tm.step, tm[cols].mean(axis=1).rolling(10, min_periods=1).mean())

@@ -7,7 +7,7 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboards import charts, compute, data, ui
+from dashboards import charts, compute, data, training_data, ui
 
 
 def smooth(s, w: int):
@@ -80,7 +80,7 @@ def gate_over_steps(ref, info: dict, tm, gates: dict[str, str]) -> None:
     """One gate's per-expert bias and relative load over the steps, as two heatmaps."""
     gate = st.selectbox("Gate", list(gates), key="tr_gate", format_func=gates.get)
     steps = int(info.get("step") or tm.step.max())
-    bb = data.bias_by_step(ref, gate, max(1, steps // 200))
+    bb = training_data.bias_by_step(ref, gate, max(1, steps // 200))
     if bb.empty:
         st.info("No per-expert loads logged for this gate.")
         return
@@ -117,7 +117,7 @@ def main() -> None:
     if ref is None:
         return
     info = ref.info
-    tm = ui.rows("the training metrics", lambda: data.train_metrics(ref), "No steps logged yet.")
+    tm = ui.rows("the training metrics", lambda: training_data.train_metrics(ref), "No steps logged yet.")
     if tm is None:
         return
     gates = {g: data.layer_label(ref, data.layer_number(ref, g))
@@ -126,7 +126,7 @@ def main() -> None:
     with ui.guard("the training curves"):
         ev = None
         with ui.guard("the evaluation metrics"):
-            ev = data.eval_metrics(ref)
+            ev = training_data.eval_metrics(ref)
         headline(info, tm, ev)
         w = st.slider("Smoothing (steps)", 1, 100, 10, key="tr_smooth")
         domains = sorted(info.get("domains") or [c[5:] for c in tm.columns if c.startswith("loss_")])

@@ -234,11 +234,11 @@ def test_mtp_and_speculative_decoding_aggregates_per_domain(tmp_path):
 def test_training_curves_are_the_train_splits_per_domain_and_gate(train_run):
     import pyarrow.parquet as pq
 
-    from dashboards import data
+    from dashboards import training_data
 
     run, ref = train_run
     dom, gates = (pq.read_table(run / t).to_pandas() for t in ("train_domains", "train_gates"))
-    got = data.train_metrics.uncached(ref).set_index("step")
+    got = training_data.train_metrics.uncached(ref).set_index("step")
     code = dom[(dom.split == "train") & (dom.domain == "code")].set_index("step").loss
     mtp = gates[(gates.split == "train") & (gates.layer == 3)].set_index("step").maxvio
     assert len(code) == len(got) == 4
@@ -249,14 +249,14 @@ def test_training_curves_are_the_train_splits_per_domain_and_gate(train_run):
 def test_a_gates_bias_over_steps_is_that_gates_every_kth_step_beside_its_load(train_run):
     import pyarrow.parquet as pq
 
-    from dashboards import data
+    from dashboards import training_data
 
     run, ref = train_run
     rb = pq.read_table(run / "router_bias").to_pandas()
     el = pq.read_table(run / "expert_load").to_pandas()
     el = el.groupby(["step", "layer", "expert"], as_index=False)["count"].sum()
     want = rb[(rb.layer == 3) & (rb.step % 2 == 0)].merge(el, on=["step", "layer", "expert"], how="left")
-    got = data.bias_by_step.uncached(ref, "mtp0", 2)  # mtp0: layer n_layers + 0 = 3
+    got = training_data.bias_by_step.uncached(ref, "mtp0", 2)  # mtp0: layer n_layers + 0 = 3
     assert got.step.unique().tolist() == [2, 4]
     assert got[["step", "expert", "load"]].values.tolist() == want[["step", "expert", "count"]].values.tolist()
     np.testing.assert_allclose(got.bias, want.bias.astype(float))
@@ -370,7 +370,7 @@ def test_a_documents_routing_rows_are_those_of_its_windows(tmp_path):
 
 
 def test_evaluation_curves_are_the_val_splits_per_domain_and_gate(tmp_path):
-    from dashboards import data
+    from dashboards import data, training_data
 
     run = tmp_path / "t"
     write_table(run, "train_eval", [{"step": 50, "tokens_seen": 100, "val_loss": 5.0, "val_mtp_agree": 0.5}])
@@ -379,7 +379,7 @@ def test_evaluation_curves_are_the_val_splits_per_domain_and_gate(tmp_path):
     write_table(run, "train_gates", [{"step": 50, "split": split, "layer": 1, "maxvio": mv, "bias_norm": None}
                                      for split, mv in (("train", 0.25), ("val", 0.125))])
     ref = data.RunRef("t", str(run), "train", "complete", {"model_args": {"n_layers": 3}})
-    got = data.eval_metrics.uncached(ref).iloc[0]
+    got = training_data.eval_metrics.uncached(ref).iloc[0]
     assert (got.val_loss_code, got.val_mtp_loss_code, got.val_maxvio_layer1) == (5.5, 5.75, 0.125)
 
 
