@@ -12,9 +12,9 @@ def quick_teardown() -> None:
     out of every collection that follows.
 
     Python's teardown runs a full pass of the cyclic garbage collector, which walks every object still
-    alive, and once torch is imported that is several hundred thousand of them: 0.27 s of
-    `python -m model params --config 671B` (1.48 s against 1.21 s, medians of 8 alternating runs, 2-core
-    AMD EPYC, 2026-12-06). gc.freeze() from an atexit handler (they run before that pass) leaves them
+    alive, and once torch is imported that is several hundred thousand of them: 0.37 s of
+    `python -m model params --config 671B` (1.77 s without this against 1.40 s, medians of 10 alternating
+    runs, 2-core AMD EPYC, 2026-12-06). gc.freeze() from an atexit handler (they run before that pass) leaves them
     out. Objects are still freed by reference counting as the modules are cleared; only reference
     cycles alive at the very end stay as they are until the operating system reclaims the process,
     and none of the commands leaves data in one: their writers close and rename their files before
