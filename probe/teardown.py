@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import gc
+import sys
 
 
 def quick_teardown() -> None:
@@ -18,5 +19,15 @@ def quick_teardown() -> None:
     out. Objects are still freed by reference counting as the modules are cleared; only reference
     cycles alive at the very end stay as they are until the operating system reclaims the process,
     and none of the commands leaves data in one: their writers close and rename their files before
-    the command returns."""
-    atexit.register(gc.freeze)
+    the command returns.
+
+    Not where triton is loaded (torch imports it with its optimizers, so `python -m train` does):
+    its nanobind bindings check at the very end that each of their objects was freed, and report
+    every one that a frozen cycle kept, dozens of "nanobind: leaked ..." lines on stderr after the
+    command's last line (a review); there Python's own last collection frees them."""
+    atexit.register(_freeze)
+
+
+def _freeze() -> None:
+    if "triton" not in sys.modules:  # loaded or not by the time the process ends, not when it starts
+        gc.freeze()
