@@ -70,6 +70,10 @@ class _Run:
         args = model_args(ns, tok.get_vocab_size())
         where = resume_dir(ns)
         saved = load_state(where, args) if where is not None else None
+        if saved is not None and ns.stop_at is not None and ns.stop_at <= int(saved["step"]) < ns.steps:
+            # the check after each step comes after the first one: it trained a step past the checkpoint, then stopped
+            raise TrainError(f"--stop-at {ns.stop_at}: the checkpoint in {where} is already at step {saved['step']} "
+                             f"(pass a later step, or leave --stop-at out to go on to step {ns.steps})")
         self.data = self._data(tok)
         self._build(args)
         if saved is not None:

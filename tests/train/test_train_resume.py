@@ -11,7 +11,7 @@ import torch
 
 import probe
 from helpers.training import flags
-from train import parse_args, run
+from train import TrainError, parse_args, run
 
 pytestmark = pytest.mark.slow  # every test here runs training, stops and resumes it
 
@@ -160,3 +160,19 @@ def test_a_stop_while_settling_marks_the_run_interrupted(corpus, tmp_path, monke
         run(parse_args(flags(corpus, tmp_path / "run", "--steps", "2", "--eval-every", "0")))
     info = probe.open_run(tmp_path / "run").info
     assert info["status"] == "interrupted" and info["step"] == 2
+
+
+def test_resume_with_a_stop_at_the_checkpoint_already_passed_is_refused(corpus, tmp_path):
+    """--resume --stop-at S from a checkpoint at step >= S trained one step more, then stopped there
+    (its check comes after a step): refused before anything is read or written, naming the flag."""
+    common = ("--steps", "6", "--eval-every", "0", "--checkpoint-every", "0")
+    out = tmp_path / "s"
+    run(parse_args(flags(corpus, out, *common, "--stop-at", "3")))
+    before = (out / "run.json").read_text()
+    for stop in ("3", "2"):
+        with pytest.raises(TrainError, match=rf"--stop-at {stop}: the checkpoint in .* is already at step 3"):
+            run(parse_args(flags(corpus, out, *common, "--resume", "--stop-at", stop)))
+    assert (out / "run.json").read_text() == before
+    assert torch.load(out / "checkpoint" / "state.pt", weights_only=False)["step"] == 3
+    again = run(parse_args(flags(corpus, out, *common, "--resume", "--stop-at", "4")))
+    assert again["status"] == "interrupted" and again["step"] == 4
