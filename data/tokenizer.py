@@ -92,6 +92,9 @@ def main(argv: list[str] | None = None) -> None:
             raise CorpusError(f"--vocab-size {ns.vocab_size}: must exceed {BASE_VOCAB} "
                               f"(256 bytes + {len(SPECIAL_TOKENS)} special tokens)")
         check_out_parent(ns.out, file=True, error=CorpusError)
+        if ns.corpus.is_file():  # data/corpus/train.jsonl given: reported as ".../train.jsonl/train.jsonl: not found"
+            raise CorpusError(f"--corpus {ns.corpus}: is a file; --corpus must be a folder holding train.jsonl, "
+                              "e.g. data/corpus")
         docs = read_jsonl(ns.corpus / "train.jsonl")
         if not docs:
             raise CorpusError(f"{ns.corpus / 'train.jsonl'}: no documents to learn merges from")

@@ -71,6 +71,17 @@ def test_tokenizer_command_flags_and_per_domain_figures(tmp_path, capsys, monkey
     assert seen == {"v": tokenizer.load_tokenizer(DATA / "tokenizer.json").get_vocab_size(), "f": 2}
 
 
+def test_tokenizer_command_names_a_corpus_file_given_as_corpus(tmp_path, capsys):
+    """--corpus data/corpus/train.jsonl (the file, not its folder) said ".../train.jsonl/train.jsonl: not found"."""
+    (tmp_path / "train.jsonl").write_text(json.dumps({"id": "a", "domain": "math", "text": TEXTS[0]}) + "\n")
+    out = tmp_path / "tok.json"
+    with pytest.raises(SystemExit):
+        tokenizer.main(["--corpus", str(tmp_path / "train.jsonl"), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert err == f"error: --corpus {tmp_path / 'train.jsonl'}: is a file; --corpus must be a folder holding " \
+                  "train.jsonl, e.g. data/corpus\n" and not out.exists()
+
+
 # ------------------------------------------------------------------------------------------ report
 def test_unigram_loss_is_add_one_cross_entropy_per_domain():
     texts = ["abca"] * 200 + ["cb"] * 100 + ["d"]  # more than one batch of 256 documents
