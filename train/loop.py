@@ -122,6 +122,11 @@ class _Run:
             train_streams = token_streams(ns.corpus / "train.jsonl", tok, cache)
         val_streams = token_streams(ns.corpus / "val.jsonl", tok, None) if (ns.corpus / "val.jsonl").exists() else {}
         batches = Batches(train_streams, ns.seq_len, ns.batch_size * dist.world, ns.mix_alpha, ns.seed)
+        short = [d for d in batches.all_domains if d not in batches.domains]
+        if short and dist.main:  # never sampled: its train_domains rows are NaN, and nothing said why
+            print(f"note: never trained on (fewer training tokens than one window of --seq-len + 1 = "
+                  f"{ns.seq_len + 1}): " + ", ".join(f"{d} ({len(train_streams[d])})" for d in short),
+                  file=sys.stderr)
         return _Data(batches, val_windows(val_streams, ns.seq_len, ns.eval_windows),
                      {d: int(len(s)) for d, s in train_streams.items()}, {d: int(len(s)) for d, s in val_streams.items()})
 

@@ -504,3 +504,18 @@ def test_without_mtp_its_loss_is_null_and_unseen_val_domains_get_rows(corpus, tm
     val = r.df("train_domains").query("split == 'val'").set_index("domain")
     assert "zzz" in val.index and val.loss.loc["zzz"] == info["final"]["val_loss_zzz"]
     assert r.df("train_eval").val_loss.iloc[-1] == pytest.approx(val.loss.mean())
+
+
+def test_a_training_domain_shorter_than_one_window_is_named(corpus, tmp_path, capsys):
+    """A domain whose training tokens do not fill one window is never sampled: its train_domains
+    rows were NaN and the run said nothing of it."""
+    import shutil
+
+    c = Path(shutil.copytree(corpus, tmp_path / "corpus", ignore=shutil.ignore_patterns("token_cache")))
+    with open(c / "train.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps({"id": "short/0", "domain": "short", "text": "the"}) + "\n")
+    info = run(parse_args(flags(c, tmp_path / "run", "--steps", "1", "--eval-every", "0", "--checkpoint-every", "0")))
+    assert "short" in info["domains"] and "short" not in info["domain_weights"]
+    n = info["train_tokens"]["short"]
+    assert f"note: never trained on (fewer training tokens than one window of --seq-len + 1 = 33): short ({n})" \
+        in capsys.readouterr().err.splitlines()
