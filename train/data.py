@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -63,8 +65,13 @@ def token_streams(jsonl: Path, tok, cache_dir: Path | None) -> dict[str, np.ndar
     key = hashlib.sha256((_sha256(_corpus_file(jsonl)) + tok.to_str()).encode()).hexdigest()[:16]
     cached = cache_dir / f"{jsonl.stem}-{key}.npz" if cache_dir else None
     if cached is not None and cached.exists():
-        with np.load(cached) as z:
-            return {k: z[k] for k in z.files}
+        try:
+            with np.load(cached) as z:
+                return {k: z[k] for k in z.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # a cut or damaged copy: a traceback
+            why = f"{type(e).__name__}: {str(e).splitlines()[0]}" if str(e) else type(e).__name__
+            print(f"note: {cached}: not a readable token cache ({why}); tokenising again, and replacing it",
+                  file=sys.stderr)
     docs = read_documents(jsonl, ("text", "domain"), TrainError)
     encoded = tok.encode_batch([d["text"] for d in docs])
     parts: dict[str, list[np.ndarray]] = {}

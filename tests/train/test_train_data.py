@@ -85,3 +85,23 @@ def test_a_token_cache_write_stopped_part_way_leaves_no_partial_file(tmp_path, m
     monkeypatch.undo()  # the control: an uninterrupted write leaves the cache file alone
     token_streams(tmp_path / "train.jsonl", tok, tmp_path / "cache")
     assert [p.suffix for p in (tmp_path / "cache").iterdir()] == [".npz"]
+
+
+@pytest.mark.parametrize("damage", ["empty", "cut", "flipped"])
+def test_a_damaged_token_cache_is_tokenised_again_and_replaced(tmp_path, capsys, damage):
+    """A cache file cut short or damaged (a copy stopped part-way, a bad disk) ended training in a
+    zipfile or numpy traceback; a cache is only a cache: the corpus is tokenised again."""
+    tok = load_tokenizer(REPO / "data" / "tokenizer.json")
+    jsonl = tmp_path / "train.jsonl"
+    jsonl.write_text("".join(json.dumps({"text": t, "domain": d}) + "\n" for d, t in
+                             [("a", "some words here"), ("b", "other words, more of them")]))
+    cache = tmp_path / "cache"
+    good = token_streams(jsonl, tok, cache)
+    (f,) = cache.glob("*.npz")
+    data = f.read_bytes()
+    f.write_bytes({"empty": b"", "cut": data[: len(data) // 2],
+                   "flipped": data[:100] + bytes([data[100] ^ 0xFF]) + data[101:]}[damage])
+    again = token_streams(jsonl, tok, cache)
+    assert again.keys() == good.keys() and all(np.array_equal(again[k], good[k]) for k in good)
+    assert f"note: {f}: not a readable token cache (" in capsys.readouterr().err
+    assert f.read_bytes() == data  # replaced by a good one
