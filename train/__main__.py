@@ -18,7 +18,7 @@ class _Terminated(KeyboardInterrupt):
 
 
 def _terminate(signum, frame):
-    raise _Terminated
+    raise _Terminated("SIGTERM")  # what run.json's error says
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -215,8 +215,9 @@ class _Run:
                 return self._finish()
         except BaseException as e:
             self.bar.close()
-            if self.info.get("status") != "complete":
-                self.flush("interrupted", error=f"{type(e).__name__}: {e}".splitlines()[0])
+            if self.info.get("status") != "complete":  # a stop said "KeyboardInterrupt: " (SIGTERM "_Terminated: ")
+                why = (str(e) or "Ctrl-C") if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
+                self.flush("interrupted", error=why.splitlines()[0])
             raise
         self.flush("interrupted", stop_reason=stop_reason)
         if self.dist.main:

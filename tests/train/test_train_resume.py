@@ -120,7 +120,8 @@ def test_sigterm_marks_the_run_interrupted_and_exits_143(corpus, tmp_path, capsy
             cli.main(flags(corpus, tmp_path / "run", "--steps", "6", "--eval-every", "0"))
     err = capsys.readouterr().err.strip()
     assert e.value.code == 143 and err.startswith("terminated: the run in") and err.count("\n") == 0, err
-    assert probe.open_run(tmp_path / "run").info["status"] == "interrupted"
+    info = probe.open_run(tmp_path / "run").info
+    assert info["status"] == "interrupted" and info["error"] == "SIGTERM"  # it said "_Terminated: "
     assert signal.getsignal(signal.SIGTERM) == before
 
 
@@ -176,3 +177,17 @@ def test_resume_with_a_stop_at_the_checkpoint_already_passed_is_refused(corpus, 
     assert torch.load(out / "checkpoint" / "state.pt", weights_only=False)["step"] == 3
     again = run(parse_args(flags(corpus, out, *common, "--resume", "--stop-at", "4")))
     assert again["status"] == "interrupted" and again["step"] == 4
+
+
+def test_a_ctrl_c_in_the_loop_is_named_in_run_json(corpus, tmp_path, monkeypatch):
+    """run.json's error read "KeyboardInterrupt: " after a Ctrl-C (the dashboard shows it as the reason)."""
+    from train import loop
+
+    def ctrl_c(self, *a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop._Run, "_train_step", ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        run(parse_args(flags(corpus, tmp_path / "run", "--steps", "3", "--eval-every", "0")))
+    info = probe.open_run(tmp_path / "run").info
+    assert info["status"] == "interrupted" and info["error"] == "Ctrl-C"
