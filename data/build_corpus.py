@@ -352,6 +352,9 @@ def _write_all(out: Path, files: dict[str, bytes]) -> None:
     except OSError as e:
         _put_back(swapped)
         raise CorpusError(f"{where}: cannot write ({e.strerror or e})") from None
+    except KeyboardInterrupt:  # between two renames: the corpus was left half new, the old files set aside
+        _put_back(swapped)
+        raise
     finally:
         for tmp in made:  # those renamed are gone already
             with contextlib.suppress(OSError):
@@ -454,6 +457,9 @@ def main(argv: list[str] | None = None) -> None:
     except CorpusError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:  # one line, as the other commands (it was a traceback)
+        print(f"\ninterrupted: nothing written ({ns.out} is as it was)", file=sys.stderr)
+        raise SystemExit(130) from None
     for domain, st in m["domains"].items():
         tr, va = st.get("train", {}), st.get("val", {})
         print(f"{domain:<11} train {tr.get('documents', 0):>5} docs {tr.get('chars', 0):>10,} chars   "

@@ -103,6 +103,9 @@ def main(argv: list[str] | None = None) -> None:
     except (CorpusError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:  # while training, before anything is written: one line, not a traceback
+        print(f"\ninterrupted: nothing written ({ns.out} is as it was)", file=sys.stderr)
+        raise SystemExit(130) from None
     save_tokenizer(tok, ns.out)
     by_domain: dict[str, list[int]] = {}
     for d in val:

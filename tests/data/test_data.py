@@ -292,6 +292,29 @@ def test_a_rename_that_fails_part_way_puts_the_old_corpus_back(tmp_path, capsys,
     assert sorted(p.name for p in out.iterdir()) == sorted(files)
 
 
+def test_ctrl_c_is_one_line_and_leaves_the_old_corpus_whole(tmp_path, capsys, monkeypatch):
+    """Ctrl-C in data.build_corpus was a traceback, and between two renames it left train.jsonl new,
+    val.jsonl and manifest.json old and the old train.jsonl under a hidden name."""
+    out, files = tmp_path / "o", ("train.jsonl", "val.jsonl", "manifest.json")
+    args = ["--domains", "math", "--out", str(out), "--offline", "--cache", str(tmp_path / "none")]
+    bc.main([*args, "--math-chars", "20000"])
+    before = {name: (out / name).read_bytes() for name in files}
+    real_replace = os.replace
+
+    def ctrl_c(src, dst):
+        if str(src).endswith("val.jsonl.tmp"):
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(bc.os, "replace", ctrl_c)
+    with pytest.raises(SystemExit) as e:
+        bc.main([*args, "--math-chars", "40000"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 130 and err == f"interrupted: nothing written ({out} is as it was)"
+    assert {name: (out / name).read_bytes() for name in files} == before
+    assert sorted(p.name for p in out.iterdir()) == sorted(files)
+
+
 # --------------------------------------------------------------------------------------- tokenizer
 def test_committed_validation_split_matches_its_manifest():
     manifest = json.loads((DATA / "corpus" / "manifest.json").read_text())

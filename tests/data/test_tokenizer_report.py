@@ -82,6 +82,21 @@ def test_tokenizer_command_names_a_corpus_file_given_as_corpus(tmp_path, capsys)
                   "train.jsonl, e.g. data/corpus\n" and not out.exists()
 
 
+def test_tokenizer_command_ctrl_c_is_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    """Ctrl-C while the merges were learned was a KeyboardInterrupt traceback."""
+    (tmp_path / "train.jsonl").write_text(json.dumps({"id": "a", "domain": "math", "text": TEXTS[0]}) + "\n")
+    out = tmp_path / "tok.json"
+
+    def ctrl_c(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tokenizer, "train_tokenizer", ctrl_c)
+    with pytest.raises(SystemExit) as e:
+        tokenizer.main(["--corpus", str(tmp_path), "--out", str(out)])
+    assert e.value.code == 130 and not out.exists()
+    assert capsys.readouterr().err.strip() == f"interrupted: nothing written ({out} is as it was)"
+
+
 # ------------------------------------------------------------------------------------------ report
 def test_unigram_loss_is_add_one_cross_entropy_per_domain():
     texts = ["abca"] * 200 + ["cb"] * 100 + ["d"]  # more than one batch of 256 documents
