@@ -210,6 +210,10 @@ def main(argv=None) -> int:
     except (CorpusError, RecordError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a traceback, whose last line (record's) told to --resume, a flag this has not
+        print(f"\ninterrupted: {ns.out} not written (the next python -m data.report records both runs again)",
+              file=sys.stderr)
+        return 130
     checked = checks(f)
     text = render(f, checked, ns, ckpt, base, time.time() - t0)
     out = Path(ns.out)

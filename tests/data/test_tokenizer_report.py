@@ -153,6 +153,25 @@ def test_report_command_exit_code_follows_the_checks(tmp_path, monkeypatch, caps
     assert "- [ ] MTP teacher-forced agreement >= 40%" in (tmp_path / "R.md").read_text().splitlines()
 
 
+def test_report_command_ctrl_c_is_one_line(tmp_path, monkeypatch, capsys):
+    """Ctrl-C while a model was recorded was a traceback ending in record's "continue with --resume",
+    a flag data.report does not have; REPORT.md is not written."""
+    good = tmp_path / "c.jsonl"
+    good.write_text('{"domain": "code", "text": "def f(x): return x"}\n')
+    out = tmp_path / "R.md"
+    args = ["--baseline", str(DATA / "model"), "--train", str(good), "--corpus", str(good),
+            "--out", str(out), "--runs-dir", str(tmp_path / "runs")]
+
+    def ctrl_c(*a):
+        raise KeyboardInterrupt("interrupted by signal 2; ... is marked interrupted (continue with --resume)")
+
+    monkeypatch.setattr(report, "measure", ctrl_c)
+    capsys.readouterr()
+    assert report.main(args) == 130 and not out.exists()
+    assert capsys.readouterr().err.strip() == (f"interrupted: {out} not written (the next python -m data.report "
+                                               "records both runs again)")
+
+
 @torch.no_grad()
 def test_greedy_continuation_matches_recomputing_the_whole_sequence():
     m = random_model("tiny", seed=2)
