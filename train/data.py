@@ -15,6 +15,10 @@ import torch
 from probe.corpus import read_documents
 
 SPECIAL_TOKENS = ("<|bos|>", "<|eos|>", "<|pad|>")  # ids 0, 1, 2 (data/tokenizer.py)
+# a cache file's array names: "domain:" + the domain. Saved as the domains themselves, a domain named `file`
+# was np.savez's own argument (a TypeError) and one named `allow_pickle` its flag (left out of the cache)
+CACHE_KEY = "domain:"
+CACHE_FORMAT = "token-streams 2"  # in the cache's name: files of the first format are not read
 
 
 class TrainError(RuntimeError):
@@ -62,12 +66,12 @@ def _sha256(path: Path) -> str:
 def token_streams(jsonl: Path, tok, cache_dir: Path | None) -> dict[str, np.ndarray]:
     """domain -> int32 stream of <|bos|> ids <|eos|> for its documents in file order.
     Cached as .npz in `cache_dir`, keyed by the SHA-256 of the corpus file and the tokenizer."""
-    key = hashlib.sha256((_sha256(_corpus_file(jsonl)) + tok.to_str()).encode()).hexdigest()[:16]
+    key = hashlib.sha256((_sha256(_corpus_file(jsonl)) + tok.to_str() + CACHE_FORMAT).encode()).hexdigest()[:16]
     cached = cache_dir / f"{jsonl.stem}-{key}.npz" if cache_dir else None
     if cached is not None and cached.exists():
         try:
             with np.load(cached) as z:
-                return {k: z[k] for k in z.files}
+                return {k[len(CACHE_KEY):]: z[k] for k in z.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # a cut or damaged copy: a traceback
             why = f"{type(e).__name__}: {str(e).splitlines()[0]}" if str(e) else type(e).__name__
             print(f"note: {cached}: not a readable token cache ({why}); tokenising again, and replacing it",
@@ -82,7 +86,7 @@ def token_streams(jsonl: Path, tok, cache_dir: Path | None) -> dict[str, np.ndar
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_name(f"{cached.stem}.{os.getpid()}.tmp.npz")  # concurrent runs share the cache
         try:
-            np.savez(tmp, **streams)
+            np.savez(tmp, **{CACHE_KEY + k: v for k, v in streams.items()})
             os.replace(tmp, cached)
         finally:  # a Ctrl-C or a full disk part-way left the partial file in the cache for good
             tmp.unlink(missing_ok=True)

@@ -105,3 +105,17 @@ def test_a_damaged_token_cache_is_tokenised_again_and_replaced(tmp_path, capsys,
     assert again.keys() == good.keys() and all(np.array_equal(again[k], good[k]) for k in good)
     assert f"note: {f}: not a readable token cache (" in capsys.readouterr().err
     assert f.read_bytes() == data  # replaced by a good one
+
+
+def test_domains_named_as_savez_arguments_are_cached_and_read_back(tmp_path):
+    """The cache was np.savez(path, **streams): a domain named `file` was a TypeError, and one named
+    `allow_pickle` was taken for the flag, so a second run read a cache without that domain."""
+    tok = load_tokenizer(REPO / "data" / "tokenizer.json")
+    jsonl = tmp_path / "train.jsonl"
+    names = ["file", "allow_pickle", "args", "a/b", ""]
+    jsonl.write_text("".join(json.dumps({"text": f"text of {d!r}", "domain": d}) + "\n" for d in names))
+    first = token_streams(jsonl, tok, tmp_path / "cache")
+    again = token_streams(jsonl, tok, tmp_path / "cache")  # from the cache
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
+    assert sorted(first) == sorted(again) == sorted(names)
+    assert all(np.array_equal(first[d], again[d]) for d in names)
