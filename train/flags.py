@@ -127,6 +127,8 @@ def check_flags(ns: argparse.Namespace) -> None:
         raise TrainError(f"--stop-at={ns.stop_at} must be a step of at least 1")
     if ns.time_limit is not None and ns.time_limit <= 0:
         raise TrainError(f"--time-limit={ns.time_limit} must be a positive number of minutes")
+    if not 0 <= ns.seed < 2**64:  # the batches' numpy generator takes no negative seed: a traceback at step 1
+        raise TrainError(f"--seed={ns.seed} must be a whole number from 0 to 2**64 - 1")
     if ns.threads is not None and ns.threads < 1:
         raise TrainError(f"--threads={ns.threads} must be at least 1")
     check_out_parent(Path(ns.out), error=TrainError)  # before the corpus is read and the model built, not after

@@ -327,9 +327,13 @@ def test_bad_input_errors(corpus, tmp_path, capsys, monkeypatch):
                              ("--beta1", "1.5", r"--beta1=1.5 must be in \[0, 1\)"),
                              ("--stop-at", "-1", "--stop-at=-1 must be a step of at least 1"),
                              ("--time-limit", "0", "--time-limit=0.0 must be a positive number of minutes"),
-                             ("--threads", "0", "--threads=0 must be at least 1")):
+                             ("--threads", "0", "--threads=0 must be at least 1"),
+                             # a traceback at the first step, after the run directory was made (a review)
+                             ("--seed", "-1", r"--seed=-1 must be a whole number from 0 to 2\*\*64 - 1"),
+                             ("--seed", str(2**64), rf"--seed={2**64} must be a whole number")):
         with pytest.raises(TrainError, match=msg):
             run(parse_args(flags(corpus, tmp_path / "x", flag, value)))
+        assert not (tmp_path / "x").exists()
     # the same --out again without --resume: its tables would hold both runs' rows (found by a review)
     with pytest.raises(TrainError, match=r"--out .*/r already holds a run: pass --resume to continue it"):
         run(parse_args(flags(corpus, tmp_path / "r", "--steps", "2", "--eval-every", "0")))
