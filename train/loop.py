@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import math
 import sys
 import time
@@ -16,8 +17,8 @@ import numpy as np
 import torch
 
 from model import Transformer
-from probe.job import check_out_parent, checkpoint_identity
-from probe.writer import RunError, replace_keeping_others, updating_run_json, write_json_atomic
+from probe.job import check_out_parent, checkpoint_identity, os_refusal
+from probe.writer import RunError, replace_keeping_others, updating_run_json, write_json_atomic, writer_lock
 
 from .balance import RoutingTap, moe_gates, settle_biases, update_bias
 from .data import Batches, TrainError, check_corpus_dir, load_tokenizer, token_streams, val_windows
@@ -38,7 +39,8 @@ def run(ns: argparse.Namespace) -> dict:
     check_flags(ns)
     dist = Dist(ns.device)
     try:
-        return _Run(ns, dist).go()
+        with contextlib.ExitStack() as held:  # the run's writer lock, once taken (`_Run.go`)
+            return _Run(ns, dist, held).go()
     finally:
         dist.close()
 
@@ -55,6 +57,7 @@ class _Data:
 class _Run:
     ns: argparse.Namespace
     dist: Dist
+    held: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)  # what the run holds until it ends
     t_start: float = field(default_factory=time.perf_counter)
     step: int = 0
     tokens_seen: int = 0
@@ -80,6 +83,13 @@ class _Run:
             self._restore(saved, where)
         self._attach()
         domains = self.data.batches.all_domains
+        if dist.main:  # a second process in the same --out (a --resume while it runs) cut the tables under
+            # the first's writer, and both ended in tracebacks over a part file left broken (a review)
+            try:
+                with os_refusal(f"--out {ns.out}: cannot create the run there", TrainError):
+                    self.held.enter_context(writer_lock(ns.out))
+            except RunError as e:
+                raise TrainError(str(e)) from None
         self.log = TrainLog(ns.out, self.gates, domains, args.n_routed_experts,
                             self.step if saved is not None else None) if dist.main else None
         self.info = self._info(args, domains)
