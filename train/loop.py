@@ -137,7 +137,13 @@ class _Run:
             print(f"note: never trained on (fewer training tokens than one window of --seq-len + 1 = "
                   f"{ns.seq_len + 1}): " + ", ".join(f"{d} ({len(train_streams[d])})" for d in short),
                   file=sys.stderr)
-        return _Data(batches, val_windows(val_streams, ns.seq_len, ns.eval_windows),
+        val = val_windows(val_streams, ns.seq_len, ns.eval_windows)
+        unseen = [d for d in val_streams if d not in val]
+        if unseen and dist.main:  # left out of every evaluation (with none left, the run had no val loss at all)
+            print(f"note: never evaluated (fewer validation tokens than one window of --seq-len + 1 = "
+                  f"{ns.seq_len + 1}): " + ", ".join(f"{d} ({len(val_streams[d])})" for d in unseen),
+                  file=sys.stderr)
+        return _Data(batches, val,
                      {d: int(len(s)) for d, s in train_streams.items()}, {d: int(len(s)) for d, s in val_streams.items()})
 
     def _restore(self, saved: dict, where: Path) -> None:

@@ -523,3 +523,18 @@ def test_a_training_domain_shorter_than_one_window_is_named(corpus, tmp_path, ca
     n = info["train_tokens"]["short"]
     assert f"note: never trained on (fewer training tokens than one window of --seq-len + 1 = 33): short ({n})" \
         in capsys.readouterr().err.splitlines()
+
+
+def test_a_validation_domain_shorter_than_one_window_is_named(corpus, tmp_path, capsys):
+    """A validation domain too short for one window was left out of every evaluation, silently (a
+    split of only such domains gave a run with no validation figures at all)."""
+    import shutil
+
+    c = Path(shutil.copytree(corpus, tmp_path / "corpus", ignore=shutil.ignore_patterns("token_cache")))
+    with open(c / "val.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps({"id": "short/0", "domain": "short", "text": "the"}) + "\n")
+    info = run(parse_args(flags(c, tmp_path / "run", "--steps", "1", "--eval-every", "0", "--checkpoint-every", "0")))
+    assert "val_loss_short" not in info["final"]
+    n = info["val_tokens"]["short"]
+    assert f"note: never evaluated (fewer validation tokens than one window of --seq-len + 1 = 33): short ({n})" \
+        in capsys.readouterr().err.splitlines()
