@@ -98,16 +98,18 @@ def recorder_alive(run: str | Path) -> bool | None:
 
 def refuse_running(run: str | Path, info: dict | None, error: type[Exception]) -> None:
     """A run still being written is refused (an `error`): the jobs that read a run (ablate, importance,
-    steer, report) and spec, which also writes its tables into one. One whose record was killed
-    (run.json says "running" and no record job holds its writer lock) says how to finish it instead
+    steer, report) and spec, which also writes its tables into one. One whose record or training was
+    killed (run.json says "running" and no job holds its writer lock) says how to finish it instead
     of "still being recorded" for good (a review)."""
     if info is None or info.get("status") != "running":
         return
-    if info.get("kind") is None and recorder_alive(run) is False:  # a record run (the others have a kind)
-        raise error(f"{run}: its record stopped before the end (run.json says running, and no record job "
-                    "holds the run): finish it with the record command that wrote it plus --resume")
-    raise error(f"{run}: the run is still being {'recorded' if info.get('kind') is None else 'written'} "
-                "(status running)")
+    kind = info.get("kind")  # None: a record run; record and train hold the writer lock while they run
+    if kind in (None, "train") and recorder_alive(run) is False:
+        job = "record" if kind is None else "training"
+        raise error(f"{run}: its {job} stopped before the end (run.json says running, and no {job} job "
+                    f"holds the run): finish it with the {'record' if kind is None else 'python -m train'} "
+                    "command that wrote it plus --resume")
+    raise error(f"{run}: the run is still being {'recorded' if kind is None else 'written'} (status running)")
 
 
 def clear_run(run: Path) -> None:

@@ -181,6 +181,29 @@ def test_the_lock_files_left_in_a_run_are_plain_files(tmp_path):
     assert all(p.stat().st_size == 0 for p in locks)
 
 
+def test_a_killed_training_run_is_told_from_one_still_training(tmp_path):
+    """Training holds the run's writer lock as record does: a training run whose process was killed
+    (run.json still "running", no lock held) gets the advice to --resume it, one that trains (the lock
+    held, here by this process) is "still being written". Before, a killed training run was refused as
+    "still being written" for good (a review)."""
+    from probe.writer import refuse_running, writer_lock
+
+    class Refused(Exception):
+        pass
+
+    run = tmp_path / "train-run"
+    info = {"status": "running", "kind": "train"}
+    with writer_lock(run):
+        with pytest.raises(Refused, match=r"the run is still being written \(status running\)$"):
+            refuse_running(run, info, Refused)
+    with pytest.raises(Refused, match="its training stopped before the end .* python -m train command that "
+                                      "wrote it plus --resume$"):
+        refuse_running(run, info, Refused)
+    refuse_running(run, info | {"status": "interrupted"}, Refused)  # only a running run is refused
+    with pytest.raises(Refused, match="the run is still being written"):  # other kinds hold no lock: written
+        refuse_running(run, info | {"kind": "spec"}, Refused)
+
+
 def test_a_lock_this_process_cannot_open_is_not_taken_for_a_killed_record(tmp_path, monkeypatch):
     """recorder_alive opened the lock file for writing and took any failure (a read-only mount, another
     user's run) for "no record holds it": a live record's run was said to be killed, with advice to
