@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -36,8 +37,6 @@ def _build(ns) -> Transformer:
 
 def _tokens(ns, m: Transformer) -> torch.Tensor:
     if ns.text is not None:
-        from pathlib import Path
-
         from tokenizers import Tokenizer
         tok_path = Path(ns.ckpt or "") / "tokenizer.json"
         if not ns.ckpt or not tok_path.exists():
@@ -56,10 +55,22 @@ def _tokens(ns, m: Transformer) -> torch.Tensor:
 
 def summary(ns) -> None:
     for flag, value in (("--batch", ns.batch), ("--seq-len", ns.seq_len)):
-        if value < 1:
+        if value is not None and value < 1:
             raise ValueError(f"{flag} {value}: must be at least 1")
     if ns.text is not None and not ns.ckpt:  # before the model is built (it was after, with exit status 1)
         raise ValueError("--text needs --ckpt DIR with a tokenizer.json")
+    # flags the run would not use: they were dropped silently (a summary of the checkpoint, not of
+    # --config 16B; of the text's own tokens, not of a --batch x --seq-len shape)
+    if ns.ckpt and ns.config is not None:
+        raise ValueError(f"--config {ns.config}: random weights of a shipped config, not with --ckpt (the "
+                         "checkpoint's config.json sets the model)")
+    for flag, value in (("--batch", ns.batch), ("--seq-len", ns.seq_len)):
+        if ns.text is not None and value is not None:
+            raise ValueError(f"{flag} {value}: sizes the random tokens, not with --text (the text's tokens are run)")
+    if ns.ckpt and not Path(ns.ckpt).is_dir():  # the flag named, as generate and record name it
+        what = "not a checkpoint directory" if Path(ns.ckpt).exists() else "no such directory"
+        raise ValueError(f"--ckpt {ns.ckpt}: {what}")
+    ns.config, ns.batch, ns.seq_len = ns.config or "tiny", ns.batch or 4, ns.seq_len or 128
     m = _build(ns)
     a = m.args
     counts = m.param_counts()
@@ -149,10 +160,10 @@ def main(argv: list[str] | None = None) -> None:
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("summary", help="forward pass and a routing / latent summary")
     s.add_argument("--ckpt", help="Hugging Face checkpoint directory (default: random weights)")
-    s.add_argument("--config", default="tiny", help="shipped config for random weights (default: tiny)")
+    s.add_argument("--config", help="shipped config for random weights (default: tiny)")
     s.add_argument("--text", help="text to run (needs --ckpt with tokenizer.json); default random tokens")
-    s.add_argument("--batch", type=int, default=4, help="random-token batch size")
-    s.add_argument("--seq-len", type=int, default=128, help="random-token sequence length")
+    s.add_argument("--batch", type=int, help="random-token batch size (default 4)")
+    s.add_argument("--seq-len", type=int, help="random-token sequence length (default 128)")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(fn=summary)
     q = sub.add_parser("params", help="parameter counts of a shipped config, on the meta device")

@@ -1,0 +1,30 @@
+"""`python -m model summary`: flags the run would not use are refused by name, before any model is
+built (they were dropped silently), and a --ckpt that is not a directory is named as the flag."""
+
+import pytest
+
+from model.__main__ import main
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--ckpt", "{ckpt}", "--config", "16B"], "--config 16B: random weights of a shipped config, not with --ckpt"),
+    (["--ckpt", "{ckpt}", "--text", "hi", "--batch", "2"], "--batch 2: sizes the random tokens, not with --text"),
+    (["--ckpt", "{ckpt}", "--text", "hi", "--seq-len", "8"], "--seq-len 8: sizes the random tokens, not with --text"),
+    (["--ckpt", "{missing}"], "--ckpt {missing}: no such directory"),
+    (["--ckpt", "{file}"], "--ckpt {file}: not a checkpoint directory"),
+])
+def test_summary_refuses_unused_flags_and_names_ckpt(argv, msg, tmp_path, capsys):
+    paths = {"ckpt": str(tmp_path), "missing": str(tmp_path / "nope"), "file": str(tmp_path / "f.txt")}
+    (tmp_path / "f.txt").write_text("x")
+    with pytest.raises(SystemExit) as e:
+        main(["summary", *[a.format(**paths) for a in argv]])
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert err.startswith(f"error: {msg.format(**paths)}") and err.count("\n") == 1, err
+
+
+def test_summary_defaults_still_apply(capsys):
+    main(["summary", "--batch", "2", "--seq-len", "8"])
+    assert "forward: (2, 8) tokens" in capsys.readouterr().out
+    main(["summary", "--config", "tiny", "--seq-len", "8"])  # --batch's default, 4
+    assert "forward: (4, 8) tokens" in capsys.readouterr().out
