@@ -36,10 +36,12 @@ def _checked_source(ckpt: Path) -> list[Path]:
     from model.checkpoint import CheckpointError, load, weight_files
     from model.names import ours_to_hf
 
+    if not ckpt.is_dir():  # the flag named, as record, generate and the jobs name a --ckpt that is not there
+        raise VariantError(f"--ckpt {ckpt}: {'not a checkpoint directory' if ckpt.exists() else 'no such directory'}")
     try:
-        files = weight_files(ckpt) if ckpt.is_dir() else []  # the files a load reads
+        files = weight_files(ckpt)  # the files a load reads
         if not (ckpt / "config.json").exists() or not files:
-            raise VariantError(f"{ckpt}: not a checkpoint (needs config.json and *.safetensors)")
+            raise VariantError(f"--ckpt {ckpt}: not a checkpoint (needs config.json and *.safetensors)")
         meta = load(ckpt, device="meta", parallel=False)  # reads headers only, no tensor data
     except CheckpointError as e:
         raise VariantError(str(e)) from None

@@ -177,3 +177,13 @@ def test_a_damaged_checkpoint_is_refused_naming_the_file_and_nothing_is_written(
     assert code == 2 and err.startswith("error: ") and "\n" not in err, err
     assert want.format(f=f, src=src, name=name) in err, err
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_ckpt_that_is_not_a_checkpoint_names_the_flag(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "empty").mkdir()
+    for ckpt, why in ((tmp_path / "nope", "no such directory"), (tmp_path / "afile", "not a checkpoint directory"),
+                      (tmp_path / "empty", "not a checkpoint (needs config.json and *.safetensors)")):
+        assert variants.main(["no-router-bias", "--ckpt", str(ckpt), "--out", str(tmp_path / "v")]) == 2
+        assert capsys.readouterr().err == f"error: --ckpt {ckpt}: {why}\n"
+    assert not (tmp_path / "v").exists()
