@@ -89,6 +89,9 @@ def run_vs_run(run, other) -> dict:
     changed most (with their text)."""
     agr = M.routing_agreement_from_runs(run, other)
     ch = M.route_changes_from_runs(run, other, top=15)
+    # the ranking ends in tokens routed alike (Jaccard 1, no first choice changed): not changes, and
+    # they filled the table under "changed most" where fewer than 15 changed (all 15 for a run itself)
+    ch = ch[(ch.top1_changed > 0) | (ch.set_changed > 0)].reset_index(drop=True)
     ch.insert(3, "token", token_texts(run, ch.token_id.fillna(0).astype(int)))
     from .render import shown
 
@@ -291,9 +294,13 @@ def figures(r: dict) -> dict[str, list]:
         g = rv["agreement"]
         fig = go.Figure([go.Bar(name=c, x=[f"L{x}" for x in g.layer], y=g[c])
                          for c in ("top1_same", "set_same", "jaccard")])
-        out["Run vs run"] += [(f"Routing agreement with {rv['other']} per layer", fig.update_layout(barmode="group"),
-                               g, False),
-                              ("Tokens whose routes changed most", None, rv["changes"], False)]
+        changes = rv["changes"]
+        same = "" if len(changes) else (": no token's route changed (the same first choice and top-k set at "
+                                        "every matched position and layer)")
+        out["Run vs run"].append((f"Routing agreement with {rv['other']} per layer{same}",
+                                  fig.update_layout(barmode="group"), g, False))
+        if len(changes):
+            out["Run vs run"].append(("Tokens whose routes changed most", None, changes, False))
     st = r.get("steering")
     if st is not None:
         out["Steering"] += st["figures"]

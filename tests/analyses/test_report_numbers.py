@@ -365,3 +365,36 @@ def test_a_run_whose_checkpoint_moved_takes_ckpt_and_corpus_for_the_model_sectio
     argv = [str(run), "--out", str(html), "--no-progress", "--ckpt", str(moved), "--corpus", str(probe_env["corpus"])]
     assert report.main(argv) == 2 and "stopped by the test" in capsys.readouterr().err
     assert seen == [(str(moved), str(probe_env["corpus"]))]
+
+
+def test_run_vs_run_lists_only_tokens_whose_routes_changed(tmp_path):
+    """The changes table held the 15 lowest-Jaccard tokens even where they were routed alike: every
+    token of a run compared with itself, under 'Tokens whose routes changed most'."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    write_run(tmp_path / "a")
+    run = probe.open_run(tmp_path / "a")
+    same = research.run_vs_run(run, tmp_path / "a")
+    assert same["changes"].empty
+    [(title, _, table, _)] = research.figures({"run_vs_run": same})["Run vs run"]
+    assert title.endswith("per layer: no token's route changed (the same first choice and top-k set at every "
+                          "matched position and layer)") and len(table) == 2
+    # one token's first two choices swapped in one layer: the same set (Jaccard 1), another first choice
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    for f in sorted((tmp_path / "b" / "routing").glob("*.parquet")):
+        t = pq.read_table(f)
+        ids = t.column("expert_ids").to_pylist()
+        hit = [i for i, (q, p, la) in enumerate(zip(*(t.column(c).to_pylist() for c in ("seq_id", "pos", "layer"))))
+               if (q, p, la) == (0, 3, 2)]
+        for i in hit:
+            ids[i] = [ids[i][1], ids[i][0], *ids[i][2:]]
+        pq.write_table(t.set_column(t.schema.get_field_index("expert_ids"), "expert_ids",
+                                    pa.array(ids, type=t.schema.field("expert_ids").type)), f)
+    one = research.run_vs_run(run, tmp_path / "b")
+    assert one["changes"][["seq_id", "pos", "top1_changed", "set_changed", "jaccard"]].values.tolist() == [
+        [0, 3, 1, 0, 1.0]]
+    titles = [x[0] for x in research.figures({"run_vs_run": one})["Run vs run"]]
+    assert titles == ["Routing agreement with " + one["other"] + " per layer", "Tokens whose routes changed most"]
