@@ -137,7 +137,7 @@ def read_prompts(path: str | os.PathLike) -> list[str]:
     raw = text.split("\n")
     lines = [(n, line.removesuffix("\r")) for n, line in enumerate(raw, 1) if line.strip()]
     if not lines:
-        raise GenerateError(f"{path}: no prompts (the file is empty)")
+        raise GenerateError(f"{path}: no prompts (the file is {'empty' if not text else 'blank lines only'})")
     if path.suffix != ".jsonl" and not lines[0][1].lstrip().startswith("{"):
         return [line for _, line in lines]
     prompts = []

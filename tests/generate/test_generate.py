@@ -332,7 +332,8 @@ def test_read_prompts(tmp_path):
     assert read_prompts(f) == ["def a():\x0c    pass", "line\u2028two\x85"]
     j.write_text(json.dumps({"prompt": "p\u2028q\x85"}, ensure_ascii=False) + "\n", encoding="utf-8")
     assert read_prompts(j) == ["p\u2028q\x85"]
-    for text, msg in [("", "no prompts \\(the file is empty\\)"), ("\n  \n", "no prompts"),
+    for text, msg in [("", "no prompts \\(the file is empty\\)"),
+                      ("\n  \n", "no prompts \\(the file is blank lines only\\)$"),  # it said 'empty'
                       ('{"prompt": "a"}\n{"text": "b"}\n',
                        ':2: each JSON line needs a non-empty string field "prompt"'),
                       ('{"prompt": "a"}\nnot json\n', ":2: not valid JSON")]:
