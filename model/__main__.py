@@ -37,16 +37,16 @@ def _build(ns) -> Transformer:
 
 def _tokens(ns, m: Transformer) -> torch.Tensor:
     if ns.text is not None:
-        from tokenizers import Tokenizer
-        tok_path = Path(ns.ckpt or "") / "tokenizer.json"
-        if not ns.ckpt or not tok_path.exists():
+        from generate.text import load_codec
+
+        if not ns.ckpt or not (Path(ns.ckpt) / "tokenizer.json").exists():
             raise ValueError("--text needs --ckpt DIR with a tokenizer.json")
-        try:
-            tok = Tokenizer.from_file(str(tok_path))
-        except Exception as e:  # the tokenizers library raises its own exception type
-            raise ValueError(f"{tok_path}: not a readable tokenizer ({str(e).splitlines()[0]})") from None
-        ids = tok.encode(ns.text).ids
-        if not ids:
+        # as record and generate feed text: BOS first, and bytes that are not UTF-8 (a lone surrogate
+        # in argv) as U+FFFD; the raw tokenizer left BOS out (another loss than a run's) and raised
+        # a TypeError traceback on such bytes
+        codec = load_codec(ns.ckpt, m.args)
+        ids = codec.encode(ns.text, chat=False)
+        if len(ids) == (codec.bos_id is not None):
             raise ValueError(f"--text {ns.text!r}: no tokens to run")
         return torch.tensor([ids])
     g = torch.Generator().manual_seed(ns.seed)

@@ -28,3 +28,26 @@ def test_summary_defaults_still_apply(capsys):
     assert "forward: (2, 8) tokens" in capsys.readouterr().out
     main(["summary", "--config", "tiny", "--seq-len", "8"])  # --batch's default, 4
     assert "forward: (4, 8) tokens" in capsys.readouterr().out
+
+
+def test_summary_text_runs_as_record_feeds_it(capsys):
+    """--text went through the raw tokenizer: no BOS (record and generate put it first, so the loss
+    printed was not a run's), and bytes that are not UTF-8 in argv were a TypeError traceback."""
+    import torch
+
+    import model
+    from generate import load_codec
+    from helpers.models import REPO
+
+    ckpt = REPO / "data" / "model"
+    ids = load_codec(ckpt).encode("def f(x):", chat=False)
+    assert ids[0] == 0 and len(ids) > 2  # the bundled tokenizer config asks for BOS
+    m = model.load(ckpt, dtype=torch.float32)
+    with torch.no_grad():
+        logits = m(torch.tensor([ids]))
+    want = torch.nn.functional.cross_entropy(logits[0, :-1], torch.tensor(ids[1:])).item()
+    main(["summary", "--ckpt", str(ckpt), "--text", "def f(x):"])
+    out = capsys.readouterr().out
+    assert f"forward: (1, {len(ids)}) tokens" in out and f"next-token loss on these tokens: {want:.3f} " in out, out
+    main(["summary", "--ckpt", str(ckpt), "--text", "caf\udce9"])  # b"caf\xe9" in argv: not UTF-8
+    assert "forward: (1, " in capsys.readouterr().out
