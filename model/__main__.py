@@ -73,6 +73,8 @@ def summary(ns) -> None:
     ns.config, ns.batch, ns.seq_len = ns.config or "tiny", ns.batch or 4, ns.seq_len or 128
     m = _build(ns)
     a = m.args
+    if ns.text is None and ns.seq_len > a.max_seq_len:  # the forward's own error named no flag, after the header
+        raise ValueError(f"--seq-len {ns.seq_len}: longer than the model's max_seq_len {a.max_seq_len}")
     counts = m.param_counts()
     print(f"model: {a.model_type}  dim={a.dim} layers={a.n_layers} (dense {a.n_dense_layers}) "
           f"experts={a.n_routed_experts} top-{a.n_activated_experts} groups={a.n_expert_groups}/"

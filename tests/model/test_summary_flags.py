@@ -12,6 +12,7 @@ from model.__main__ import main
     (["--ckpt", "{ckpt}", "--text", "hi", "--seq-len", "8"], "--seq-len 8: sizes the random tokens, not with --text"),
     (["--ckpt", "{missing}"], "--ckpt {missing}: no such directory"),
     (["--ckpt", "{file}"], "--ckpt {file}: not a checkpoint directory"),
+    (["--seq-len", "257"], "--seq-len 257: longer than the model's max_seq_len 256"),  # the tiny config's
 ])
 def test_summary_refuses_unused_flags_and_names_ckpt(argv, msg, tmp_path, capsys):
     paths = {"ckpt": str(tmp_path), "missing": str(tmp_path / "nope"), "file": str(tmp_path / "f.txt")}
