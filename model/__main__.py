@@ -48,6 +48,8 @@ def _tokens(ns, m: Transformer) -> torch.Tensor:
         ids = codec.encode(ns.text, chat=False)
         if len(ids) == (codec.bos_id is not None):
             raise ValueError(f"--text {ns.text!r}: no tokens to run")
+        if len(ids) > m.args.max_seq_len:  # the forward's own error named no flag
+            raise ValueError(f"--text: {len(ids):,} tokens, longer than the model's max_seq_len {m.args.max_seq_len}")
         return torch.tensor([ids])
     g = torch.Generator().manual_seed(ns.seed)
     return torch.randint(0, m.args.vocab_size, (ns.batch, ns.seq_len), generator=g)
@@ -75,12 +77,12 @@ def summary(ns) -> None:
     a = m.args
     if ns.text is None and ns.seq_len > a.max_seq_len:  # the forward's own error named no flag, after the header
         raise ValueError(f"--seq-len {ns.seq_len}: longer than the model's max_seq_len {a.max_seq_len}")
+    tokens = _tokens(ns, m)  # before the header: a --text refused is the one line printed
     counts = m.param_counts()
     print(f"model: {a.model_type}  dim={a.dim} layers={a.n_layers} (dense {a.n_dense_layers}) "
           f"experts={a.n_routed_experts} top-{a.n_activated_experts} groups={a.n_expert_groups}/"
           f"{a.n_limited_groups} score={a.score_func} mtp={len(m.mtp)}")
     print(f"parameters: main {counts['main']:,}  activated/token {counts['activated']:,}  mtp {counts['mtp']:,}")
-    tokens = _tokens(ns, m)
     t0 = time.perf_counter()
     with torch.no_grad():
         out, cache = m.run_with_cache(tokens, names=lambda n: n.startswith("layers.") and n.endswith(

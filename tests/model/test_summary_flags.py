@@ -52,3 +52,9 @@ def test_summary_text_runs_as_record_feeds_it(capsys):
     assert f"forward: (1, {len(ids)}) tokens" in out and f"next-token loss on these tokens: {want:.3f} " in out, out
     main(["summary", "--ckpt", str(ckpt), "--text", "caf\udce9"])  # b"caf\xe9" in argv: not UTF-8
     assert "forward: (1, " in capsys.readouterr().out
+    long = " word" * m.args.max_seq_len
+    with pytest.raises(SystemExit):
+        main(["summary", "--ckpt", str(ckpt), "--text", long])
+    n = len(load_codec(ckpt).encode(long, chat=False))
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"error: --text: {n:,} tokens, longer than the model's max_seq_len 1024\n"
