@@ -191,7 +191,10 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    from probe.job import closed_pipe_quiet
     from probe.teardown import quick_teardown
 
     quick_teardown()
-    main()
+    # `python -m model params ... | head -1` ended in a BrokenPipeError traceback: exit 141, as the
+    # analyses commands do
+    sys.exit(closed_pipe_quiet(main)())

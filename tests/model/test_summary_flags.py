@@ -58,3 +58,18 @@ def test_summary_text_runs_as_record_feeds_it(capsys):
     n = len(load_codec(ckpt).encode(long, chat=False))
     out, err = capsys.readouterr()
     assert out == "" and err == f"error: --text: {n:,} tokens, longer than the model's max_seq_len 1024\n"
+
+
+@pytest.mark.parametrize("argv", [["params", "--config", "tiny", "--world-size", "2"],
+                                  ["summary", "--batch", "1", "--seq-len", "4"]])
+def test_a_closed_pipe_ends_the_command_quietly(argv):
+    import subprocess
+    import sys
+
+    from helpers.models import REPO
+
+    proc = subprocess.Popen([sys.executable, "-m", "model", *argv], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader has gone before the first line, as `| head -0` would
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141 and err == "", err
