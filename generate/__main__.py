@@ -234,7 +234,10 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    from probe.job import closed_pipe_quiet
     from probe.teardown import quick_teardown
 
     quick_teardown()
-    main()
+    # a reader that stops early (`| head`) was a BrokenPipeError traceback from the streaming print:
+    # exit 141, as the analyses commands do
+    sys.exit(closed_pipe_quiet(main)())
