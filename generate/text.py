@@ -72,7 +72,10 @@ def load_codec(ckpt: str | os.PathLike, args=None) -> TextCodec:
     try:
         tok = Tokenizer.from_file(str(path))
     except Exception as e:  # the tokenizers library raises its own exception type
-        raise GenerateError(f"{path}: not a readable tokenizer ({str(e).splitlines()[0]})") from None
+        from model.checkpoint import lfs_pointer_note  # a clone without git-lfs: say so, as record does
+
+        raise GenerateError(f"{path}: not a readable tokenizer ({str(e).splitlines()[0]}){lfs_pointer_note(path)}") \
+            from None
     cfg = _read_json(ckpt / "tokenizer_config.json")
     gen_cfg = _read_json(ckpt / "generation_config.json")
     bos_text = _token_text(cfg.get("bos_token"))

@@ -144,3 +144,18 @@ def test_a_closed_pipe_ends_the_command_quietly(demo_dir, module, prompts):
     proc.stdout.close()  # the reader has gone, as after `| head -1`: it was a BrokenPipeError traceback
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 141 and "Traceback" not in err, err
+
+
+def test_a_git_lfs_pointer_for_tokenizer_json_is_named_as_one(demo_dir, tmp_path, capsys):
+    """generate reads the tokenizer before the weights: a clone without git-lfs got 'not a readable
+    tokenizer (expected value at line 1 column 1)', where record names the pointer and the fetch."""
+    d = tokenizer_dir(demo_dir, tmp_path, "lfs")
+    (d / "tokenizer.json").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:" + "0" * 64
+                                      + "\nsize 270139\n")
+    with pytest.raises(GenerateError, match=r"tokenizer\.json: not a readable tokenizer \(.*\); it is a Git LFS "
+                                            r"pointer, not the file: fetch it \(git lfs pull"):
+        load_codec(d)
+    (d / "tokenizer.json").write_text("{")  # control: a broken file that is no pointer gets no such advice
+    with pytest.raises(GenerateError) as e:
+        load_codec(d)
+    assert "not a readable tokenizer" in str(e.value) and "LFS" not in str(e.value)
