@@ -64,6 +64,9 @@ def check_run(path: Path) -> None:
     if not (path / "run.json").exists():
         raise ReportError(f"{path}: not a run directory (no run.json)")
     run = probe.open_run(path)
+    if "expert_load" in run.lost_tables:  # deleted, not unrecorded: "empty run ... record it first" misled
+        raise ReportError(f"{path}: run.json lists expert_load but the run has no part files of it (deleted?): "
+                          "every section reads it; record the run again")
     if not run.files("expert_load") or run.sql("select count(*) from expert_load").fetchall()[0][0] == 0:
         raise ReportError(f"{path}: empty run: no expert_load rows (status {run.status!r}); record it first")
     return run

@@ -341,6 +341,24 @@ def test_a_complete_run_that_lost_a_listed_table_is_warned_about_not_called_unre
     assert "run.json lists tokens, whose part files are gone: deleted?" in doc and "was not recorded" not in doc
 
 
+def test_a_complete_run_that_lost_expert_load_is_not_called_empty(tmp_path, capsys):
+    """expert_load deleted from a complete run: the report refused it as 'empty run: no expert_load
+    rows (status 'complete'); record it first', a run that holds all its other tables."""
+    import shutil
+
+    from helpers.synthetic_run import write_run
+
+    run = tmp_path / "run"
+    write_run(run)
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps(info | {"status": "complete", "tables": ["tokens", "routing",
+                                                                                       "expert_load"]}))
+    shutil.rmtree(run / "expert_load")
+    err = _err([str(run), "--skip-ablation", "--no-progress"], capsys)
+    assert err == (f"error: {run}: run.json lists expert_load but the run has no part files of it (deleted?): "
+                   "every section reads it; record the run again")
+
+
 def test_run_notes_name_interrupted_runs_and_imports():
     """The report's opening notes: a run that is not complete, and an import whose model sections it
     leaves out (turning them off); a complete recorded run gets none."""
