@@ -183,6 +183,9 @@ def main(argv: list[str] | None = None) -> None:
         for flag, path, file in (("--output", ns.output, True), ("--demo", ns.demo, False)):
             if path:  # before the model loads and generates, not after
                 check_out_parent(Path(path), flag, file=file, error=GenerateError)
+        if ns.output and ns.prompt_file and Path(ns.output).resolve() == Path(ns.prompt_file).resolve():
+            # the results were appended to the prompts: the next run read them back as prompts too
+            raise GenerateError(f"--output {ns.output}: the same file as --prompt-file; give the results their own")
         sampling = _sampling(ns)
         # every rank one whole model (--replicate), or all ranks one sharded model
         world = init_world(1 if ns.replicate else "auto", device=ns.device)

@@ -159,3 +159,15 @@ def test_a_git_lfs_pointer_for_tokenizer_json_is_named_as_one(demo_dir, tmp_path
     with pytest.raises(GenerateError) as e:
         load_codec(d)
     assert "not a readable tokenizer" in str(e.value) and "LFS" not in str(e.value)
+
+
+def test_output_the_prompt_file_itself_is_refused(demo_dir, tmp_path, capsys, monkeypatch):
+    """--output appended the results to the JSONL prompt file, whose next run read them back as prompts."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "hi"}\n')
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(capsys, "--ckpt", demo_dir, "--prompt-file", prompts, "--output", "./p.jsonl",
+                           "--max-new-tokens", 1)
+    assert code == 2 and err == ("error: --output ./p.jsonl: the same file as --prompt-file; give the results "
+                                 "their own\n")
+    assert prompts.read_text() == '{"prompt": "hi"}\n'
