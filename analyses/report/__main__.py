@@ -84,7 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _check_numbers(ns)
         if ns.compare:  # before the default run is recorded and minutes of ablations run, not after
-            check_run(Path(ns.compare))
+            try:
+                check_run(Path(ns.compare))
+            except (ReportError, RunError) as e:  # the flag named: 'PATH: no such run directory' named no run
+                raise ReportError(f"--compare {e}") from None
         if ns.run is None and not (DEFAULT_RUN / "run.json").exists():
             _record_default_run(ns)
         run_dir = Path(ns.run) if ns.run else DEFAULT_RUN

@@ -191,7 +191,8 @@ def test_outputs_that_cannot_be_written_are_refused_first(tmp_path, capsys, monk
     assert unwritable_msg("--out", html) in _err([str(run), "--out", str(html), *fast], capsys)
     # a --compare that is not a run: said first, not after the ablations wrote into the run
     err = _err([str(run), "--compare", str(tmp_path / "nope"), "--importance-tokens", "0", "--no-progress"], capsys)
-    assert err.startswith(f"error: {tmp_path / 'nope'}: no such run directory") and not (run / "ablations").exists()
+    assert err.startswith(f"error: --compare {tmp_path / 'nope'}: no such run directory")
+    assert not (run / "ablations").exists()
     # a --compare run over other windows, or without routing, failed only after every model section had
     # run, and no report was written (a review): refused first too
     write_run(tmp_path / "other", token_seed=5)
@@ -339,6 +340,20 @@ def test_a_complete_run_that_lost_a_listed_table_is_warned_about_not_called_unre
     assert rc == 0 and f"note: {run}: run.json lists tokens but the run has no part files of it (deleted?)" in err
     doc = (tmp_path / "r.html").read_text()
     assert "run.json lists tokens, whose part files are gone: deleted?" in doc and "was not recorded" not in doc
+
+
+def test_a_compare_run_that_is_not_one_names_the_flag(tmp_path, capsys):
+    """--compare's refusals read 'PATH: no such run directory', as the report's own run's do: which of
+    the two runs was meant went unsaid."""
+    from helpers.synthetic_run import write_run
+
+    write_run(tmp_path / "run")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "run.json").write_text("[]")
+    for other, why in (("nope", "no such run directory"), ("", "not a run directory (no run.json)"),
+                       ("bad", "unreadable (a JSON list, not an object)")):
+        err = _err([str(tmp_path / "run"), "--skip-ablation", "--compare", str(tmp_path / other)], capsys)
+        assert err.startswith(f"error: --compare {tmp_path / other}") and err.endswith(why), err
 
 
 def test_a_complete_run_that_lost_expert_load_is_not_called_empty(tmp_path, capsys):
