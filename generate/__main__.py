@@ -48,8 +48,16 @@ def _prompts_from_rank0(ns, world) -> list[str]:
     return box[0]
 
 
-def _run_batch(m, codec: TextCodec, texts: list[str], ns, rank: int, sampling: SamplingParams) -> GenerationOutput:
+def _run_batch(m, codec: TextCodec, texts: list[str], ns, rank: int, sampling: SamplingParams,
+               sources: list[str] | None = None) -> GenerationOutput:
     prompts = [codec.encode(t, chat=not ns.no_chat_template and codec.chat, system=ns.system) for t in texts]
+    # a prompt the model cannot take, named as it was given: generate()'s 'prompt 3 has ...' counts
+    # from 0 over --prompt and the file's non-blank lines together, and says 'prompt 0' of a typed line
+    limit = m.args.max_seq_len
+    for i, p in enumerate(prompts):
+        why = "no tokens" if not p else f"{len(p):,} tokens, longer than max_seq_len={limit}" if len(p) > limit else ""
+        if why:
+            raise GenerateError(f"{sources[i] if sources else f'prompt {i}'}: {why}")
     streamer = Streamer(codec, len(prompts))
     single = len(prompts) == 1
 
@@ -120,7 +128,7 @@ def _interactive(m, codec, ns, world, sampling) -> None:
             return
         if line.strip():
             try:  # one bad line (too long for the model) ends that answer, not the session (a review)
-                _run_batch(m, codec, [line], ns, world.rank, sampling)
+                _run_batch(m, codec, [line], ns, world.rank, sampling, sources=["this prompt"])
             except GenerateError as e:
                 if world.rank == 0:
                     print(f"error: {e}", file=sys.stderr, flush=True)
@@ -212,7 +220,9 @@ def main(argv: list[str] | None = None) -> None:
         if ns.mtp and not len(m.mtp):
             raise GenerateError(f"{ckpt}: --mtp needs MTP weights, and this checkpoint has none")
         if texts:
-            _run_batch(m, codec, texts, ns, world.rank, sampling)
+            sources = [f"--prompt #{i + 1}" if i < len(ns.prompt) else
+                       f"--prompt-file {ns.prompt_file}: prompt {i - len(ns.prompt) + 1}" for i in range(len(texts))]
+            _run_batch(m, codec, texts, ns, world.rank, sampling, sources=sources)
         if ns.interactive:
             _interactive(m, codec, ns, world, sampling)
         code = 0

@@ -389,7 +389,8 @@ def test_cli_interactive(demo_dir, capsys, monkeypatch):
     # a line too long for the model is an error for that line; the session goes on (it ended; a review)
     monkeypatch.setattr(sys, "stdin", io.StringIO("first\n" + "word " * 1500 + "\nsecond\n"))
     code, out, err = run_cli(capsys, "--ckpt", demo_dir, "--interactive", "--max-new-tokens", 3)
-    assert code == 0 and err.count("tokens/s") == 2 and "longer than max_seq_len" in err, err
+    assert code == 0 and err.count("tokens/s") == 2, err
+    assert "error: this prompt: 7,503 tokens, longer than max_seq_len=256\n" in err, err  # 'prompt 0' of a typed line
 
 
 def test_cli_ctrl_c_is_one_line(demo_dir, capsys, monkeypatch):
@@ -426,11 +427,16 @@ def test_cli_errors(demo_dir, tmp_path, capsys):
     (no_tok / "tokenizer.json").unlink()
     afile = tmp_path / "afile"
     afile.write_text("x")
+    long = tmp_path / "long.txt"
+    long.write_text("ok\n\n" + "y" * 300 + "\n")
     cases = [
         (["--ckpt", demo_dir, "--prompt-file", empty], f"--prompt-file {empty}: no prompts (the file is empty)"),
         (["--ckpt", demo_dir, "--prompt-file", tmp_path / "none.txt"], f"--prompt-file {tmp_path / 'none.txt'}: no such file"),
         (["--ckpt", no_tok, "--prompt", "hi"], "no tokenizer.json (generation needs the checkpoint's tokenizer)"),
-        (["--ckpt", demo_dir, "--prompt", "y" * 300], "has 301 tokens, longer than max_seq_len=256"),
+        # named as given, counted from 1 (it said 'prompt 0 has 301 tokens', counted over all sources)
+        (["--ckpt", demo_dir, "--prompt", "y" * 300], "--prompt #1: 301 tokens, longer than max_seq_len=256"),
+        (["--ckpt", demo_dir, "--prompt", "a", "--prompt-file", long],
+         f"--prompt-file {long}: prompt 2: 301 tokens, longer than max_seq_len=256"),
         (["--ckpt", demo_dir], "give --prompt, --prompt-file or --interactive"),
         (["--ckpt", tmp_path / "nowhere", "--prompt", "a"], f"--ckpt {tmp_path / 'nowhere'}: no such directory"),
         (["--ckpt", afile, "--prompt", "a"], f"--ckpt {afile}: not a checkpoint directory"),
@@ -496,7 +502,8 @@ def test_text_that_is_not_utf8_and_crlf_lines_and_a_foreign_chat_template(demo_d
     import generate.__main__ as cli
 
     real = cli._run_batch
-    monkeypatch.setattr(cli, "_run_batch", lambda m, c, lines, *a: seen.append(lines) or real(m, c, lines, *a))
+    monkeypatch.setattr(cli, "_run_batch",
+                        lambda m, c, lines, *a, **k: seen.append(lines) or real(m, c, lines, *a, **k))
     monkeypatch.setattr(sys, "stdin", io.StringIO("The cat\r\n"))
     assert run_cli(capsys, "--ckpt", demo_dir, "--interactive", "--max-new-tokens", 2)[0] == 0
     assert seen == [["The cat"]]
