@@ -479,7 +479,8 @@ def test_generate_under_torchrun_is_sharded_and_equals_single_process(tmp_path):
     empty.write_text("\n")
     proc = _torchrun("-m", "generate", "--ckpt", str(demo), "--prompt-file", str(empty))
     assert proc.returncode != 0
-    assert proc.stderr.count("error: ") == 1 and "no prompts (the file is empty)" in proc.stderr
+    assert proc.stderr.count("error: ") == 1
+    assert f"--prompt-file {empty}: no prompts (the file is blank lines only)" in proc.stderr
 
 
 def test_auto_shards_only_under_a_multi_process_launch(monkeypatch):
