@@ -274,6 +274,10 @@ def loads_from_run(run_dir: str | Path, shape: RouterShape) -> Loads:
     import probe
 
     run = probe.open_run(run_dir)
+    if "expert_load" in run.lost_tables:  # said through DuckDB's "Invalid Input Error: ..." before
+        from probe.run import lost_message
+
+        raise AblationError(lost_message(run_dir, "expert_load"))
     df = run.sql("select layer, expert, domain, sum(count)::bigint as n from expert_load group by all").df()
     df = df[df.layer < shape.n_layers]
     if df.empty:

@@ -280,6 +280,12 @@ def test_cli_empty_run_and_empty_corpus(probe_env, tmp_path, capsys):
     (empty / "run.json").write_text(json.dumps(info))
     assert main(["--run", str(empty), "--top", "2", "--no-progress"]) == 2
     assert "empty run: its expert_load table has no rows" in capsys.readouterr().err
+    # a complete run whose expert_load run.json lists is gone: named as lost, not as DuckDB's error
+    (empty / "expert_load").rmdir()
+    (empty / "run.json").write_text(json.dumps(info | {"tables": ["expert_load"]}))
+    assert main(["--run", str(empty), "--top", "2", "--no-progress"]) == 2
+    assert capsys.readouterr().err == (f"error: {empty / 'expert_load'}: listed in run.json but has no part files: "
+                                       "deleted? (the run is complete; record it again)\n")
     (tmp_path / "blank.jsonl").write_text("\n")
     assert main(_cli(probe_env, tmp_path / "o", "--corpus", str(tmp_path / "blank.jsonl"), "--random", "1")) == 2
     assert "corpus has no text" in capsys.readouterr().err
