@@ -43,15 +43,21 @@ def check_corpus_dir(corpus: Path) -> None:
 def load_tokenizer(path: Path):
     from tokenizers import Tokenizer
 
+    # `path` is --tokenizer's: its errors name the flag, as the other flags' do
     if not path.exists():
-        raise TrainError(f"{path}: no tokenizer (train one with: python -m data.tokenizer)")
+        raise TrainError(f"--tokenizer {path}: no tokenizer (train one with: python -m data.tokenizer)")
+    if path.is_dir():  # "not a readable tokenizer.json (Is a directory (os error 21))" before
+        raise TrainError(f"--tokenizer {path}: a directory; give the tokenizer.json file itself")
     try:
         tok = Tokenizer.from_file(str(path))
     except Exception as e:  # tokenizers raises a bare Exception
-        raise TrainError(f"{path}: not a readable tokenizer.json ({str(e).splitlines()[0]})") from None
+        from model.checkpoint import lfs_pointer_note  # a clone without git-lfs: say so, as record does
+
+        raise TrainError(f"--tokenizer {path}: not a readable tokenizer.json ({str(e).splitlines()[0]})"
+                         f"{lfs_pointer_note(path)}") from None
     for i, s in enumerate(SPECIAL_TOKENS):
         if tok.token_to_id(s) != i:
-            raise TrainError(f"{path}: special token {s} must have id {i} (has {tok.token_to_id(s)})")
+            raise TrainError(f"--tokenizer {path}: special token {s} must have id {i} (has {tok.token_to_id(s)})")
     return tok
 
 

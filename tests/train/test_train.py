@@ -305,8 +305,15 @@ def test_bad_input_errors(corpus, tmp_path, capsys, monkeypatch):
         run(parse_args(flags(corpus, tmp_path / "x", "--config", str(tmp_path / "list.json"))))
     with pytest.raises(TrainError, match="ModelArgs has no field 'bogus'"):
         run(parse_args(flags(corpus, tmp_path / "x", "--set", "bogus=1")))
-    with pytest.raises(TrainError, match="no tokenizer"):
+    with pytest.raises(TrainError, match=rf"^--tokenizer {tmp_path / 'none.json'}: no tokenizer"):
         run(parse_args(flags(corpus, tmp_path / "x") + ["--tokenizer", str(tmp_path / "none.json")]))
+    # a folder, or a file that is not one, named with the flag (a folder read "/tmp: not a readable
+    # tokenizer.json (Is a directory (os error 21))"; a review)
+    with pytest.raises(TrainError, match=rf"^--tokenizer {tmp_path}: a directory; give the tokenizer.json file itself$"):
+        run(parse_args(flags(corpus, tmp_path / "x") + ["--tokenizer", str(tmp_path)]))
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(TrainError, match=rf"^--tokenizer {tmp_path / 'bad.json'}: not a readable tokenizer.json"):
+        run(parse_args(flags(corpus, tmp_path / "x") + ["--tokenizer", str(tmp_path / "bad.json")]))
     with pytest.raises(TrainError, match="exceeds the config's max_seq_len=256"):
         run(parse_args(flags(corpus, tmp_path / "x", "--seq-len", "512")))
     # a softmax router (DeepSeek-V2 style) has no bias for the default aux-free balancing to move: it
