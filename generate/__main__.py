@@ -174,6 +174,17 @@ def _sampling(ns) -> SamplingParams:
         raise GenerateError(f"--{field.replace('_', '-')} {rest}") from None
 
 
+def _greedy_note(ns) -> str | None:
+    """The sampling flags given at --temperature 0 (greedy decoding, the default), where they change
+    nothing: said once, instead of a greedy answer the user took for a sampled one."""
+    given = [flag for flag, value, default in (("--top-p", ns.top_p, 1.0), ("--top-k", ns.top_k, 0),
+                                               ("--seed", ns.seed, 0)) if value != default]
+    if ns.temperature != 0 or not given:
+        return None
+    return (f"note: {', '.join(given)} {'has' if len(given) == 1 else 'have'} no effect at --temperature 0 "
+            "(greedy decoding); give a temperature above 0 to sample")
+
+
 def main(argv: list[str] | None = None) -> None:
     ns = build_parser().parse_args(argv)
 
@@ -197,6 +208,9 @@ def main(argv: list[str] | None = None) -> None:
         sampling = _sampling(ns)
         # every rank one whole model (--replicate), or all ranks one sharded model
         world = init_world(1 if ns.replicate else "auto", device=ns.device)
+        note = _greedy_note(ns)
+        if note and world.rank == 0:
+            print(note, file=sys.stderr)
         texts = _prompts_from_rank0(ns, world)
         ckpt = ns.ckpt
         if ns.demo:

@@ -517,3 +517,20 @@ def test_text_that_is_not_utf8_and_crlf_lines_and_a_foreign_chat_template(demo_d
     (other / "tokenizer_config.json").write_text(json.dumps(cfg))
     c2 = load_codec(other)
     assert not c2.chat and "its chat template is not DeepSeek-V3's" in capsys.readouterr().err
+
+
+def test_sampling_flags_at_temperature_0_are_said_to_change_nothing(demo_dir, capsys):
+    """--top-p, --top-k and --seed at the default --temperature 0 (greedy) were dropped silently: a
+    greedy answer could be taken for a sampled one (a review). One note names them; with a temperature
+    there is none, and the greedy tokens are the same with or without them."""
+    base = ["--ckpt", demo_dir, "--prompt", "ab", "--max-new-tokens", "3", "--no-chat-template"]
+    code, plain, err = run_cli(capsys, *base)
+    assert code == 0 and "note:" not in err
+    code, out, err = run_cli(capsys, *base, "--top-p", "0.5", "--seed", "3")
+    assert code == 0 and out == plain
+    assert err.splitlines()[0] == ("note: --top-p, --seed have no effect at --temperature 0 (greedy decoding); "
+                                   "give a temperature above 0 to sample")
+    code, _, err = run_cli(capsys, *base, "--top-k", "2")
+    assert code == 0 and "note: --top-k has no effect at --temperature 0" in err
+    code, _, err = run_cli(capsys, *base, "--temperature", "0.7", "--top-p", "0.5")
+    assert code == 0 and "note:" not in err
