@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from pathlib import Path
 
@@ -140,3 +141,21 @@ def check_flags(ns: argparse.Namespace) -> None:
         # (placement, metrics, the dashboard) would sum the two
         raise TrainError(f"--out {out} already holds a run: pass --resume to continue it, or another --out "
                          "(delete the old one first to start again there)")
+    if ns.resume is not None and (out / "run.json").is_file():  # --resume DIR wrote into a record's run
+        kind = _run_kind(out)
+        if kind not in ("train", None):  # None: unreadable, which a resume replaces (train.loop)
+            raise TrainError(f"--out {out} holds {kind}, not a training run: --resume continues a training run "
+                             "in its own --out (give the --out of the run that saved the checkpoint)")
+
+
+def _run_kind(out: Path) -> str:
+    """What --out's run.json says the run is: "train", a phrase naming another kind, or None where it
+    cannot be read."""
+    try:
+        kind = json.loads((out / "run.json").read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if kind == "train":
+        return kind
+    kind = str(kind or "record")
+    return f"{'an' if kind[:1] in 'aeiou' else 'a'} {kind} run"

@@ -305,6 +305,16 @@ def test_bad_input_errors(corpus, tmp_path, capsys, monkeypatch):
         run(parse_args(flags(corpus, tmp_path / "x", "--config", str(tmp_path / "list.json"))))
     with pytest.raises(TrainError, match="ModelArgs has no field 'bogus'"):
         run(parse_args(flags(corpus, tmp_path / "x", "--set", "bogus=1")))
+    # --resume into a run another job made (a record's): training's tables would have gone in beside its own
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    (rec / "run.json").write_text('{"status": "complete", "format": 1}')
+    with pytest.raises(TrainError, match=rf"^--out {rec} holds a record run, not a training run: --resume"):
+        run(parse_args(flags(corpus, rec, "--resume", str(tmp_path / "elsewhere"))))
+    (rec / "run.json").write_text('{"status": "complete", "kind": "ablations"}')
+    with pytest.raises(TrainError, match="holds an ablations run, not a training run"):
+        run(parse_args(flags(corpus, rec, "--resume")))
+    assert sorted(p.name for p in rec.iterdir()) == ["run.json"]  # nothing written
     with pytest.raises(TrainError, match=rf"^--tokenizer {tmp_path / 'none.json'}: no tokenizer"):
         run(parse_args(flags(corpus, tmp_path / "x") + ["--tokenizer", str(tmp_path / "none.json")]))
     # a folder, or a file that is not one, named with the flag (a folder read "/tmp: not a readable
