@@ -322,9 +322,8 @@ def test_the_path_verdict_is_held_out_accuracy_with_ami_beside_it():
     assert _path_verdict(True, None).startswith("by AMI, paths carry more")
 
 
-def test_a_complete_run_that_lost_a_listed_table_is_warned_about_not_called_unrecorded(tmp_path, capsys):
-    """A complete run whose tokens folder was deleted: its sections were "(not in this run: ... not
-    recorded)", with no word of the loss (a review); the report warns first and says so in their place."""
+def _complete_run_without(tmp_path, table: str):
+    """A synthetic run marked complete, listing tokens, routing and expert_load, with `table`'s folder deleted."""
     import shutil
 
     from helpers.synthetic_run import write_run
@@ -332,9 +331,16 @@ def test_a_complete_run_that_lost_a_listed_table_is_warned_about_not_called_unre
     run = tmp_path / "run"
     write_run(run)
     info = json.loads((run / "run.json").read_text())
-    (run / "run.json").write_text(json.dumps(info | {"status": "complete", "tables": ["tokens", "routing",
-                                                                                       "expert_load"]}))
-    shutil.rmtree(run / "tokens")
+    (run / "run.json").write_text(json.dumps(info | {"status": "complete",
+                                                     "tables": ["tokens", "routing", "expert_load"]}))
+    shutil.rmtree(run / table)
+    return run
+
+
+def test_a_complete_run_that_lost_a_listed_table_is_warned_about_not_called_unrecorded(tmp_path, capsys):
+    """A complete run whose tokens folder was deleted: its sections were "(not in this run: ... not
+    recorded)", with no word of the loss (a review); the report warns first and says so in their place."""
+    run = _complete_run_without(tmp_path, "tokens")
     rc = report.main([str(run), "--out", str(tmp_path / "r.html"), "--skip-ablation", "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 0 and f"note: {run}: run.json lists tokens but the run has no part files of it (deleted?)" in err
@@ -359,16 +365,7 @@ def test_a_compare_run_that_is_not_one_names_the_flag(tmp_path, capsys):
 def test_a_complete_run_that_lost_expert_load_is_not_called_empty(tmp_path, capsys):
     """expert_load deleted from a complete run: the report refused it as 'empty run: no expert_load
     rows (status 'complete'); record it first', a run that holds all its other tables."""
-    import shutil
-
-    from helpers.synthetic_run import write_run
-
-    run = tmp_path / "run"
-    write_run(run)
-    info = json.loads((run / "run.json").read_text())
-    (run / "run.json").write_text(json.dumps(info | {"status": "complete", "tables": ["tokens", "routing",
-                                                                                       "expert_load"]}))
-    shutil.rmtree(run / "expert_load")
+    run = _complete_run_without(tmp_path, "expert_load")
     err = _err([str(run), "--skip-ablation", "--no-progress"], capsys)
     assert err == (f"error: {run}: run.json lists expert_load but the run has no part files of it (deleted?): "
                    "every section reads it; record the run again")

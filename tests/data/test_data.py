@@ -266,12 +266,17 @@ def test_a_failed_write_leaves_the_old_corpus_whole(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == sorted(files)
 
 
-def test_a_rename_that_fails_part_way_puts_the_old_corpus_back(tmp_path, capsys, monkeypatch):
-    # the second of three renames fails: train.jsonl, already replaced, must get its old text back
+def _a_built_corpus(tmp_path):
+    """(out, its three files' names, the build's flags without --math-chars, their bytes) of a small build."""
     out, files = tmp_path / "o", ("train.jsonl", "val.jsonl", "manifest.json")
     args = ["--domains", "math", "--out", str(out), "--offline", "--cache", str(tmp_path / "none")]
     bc.main([*args, "--math-chars", "20000"])
-    before = {name: (out / name).read_bytes() for name in files}
+    return out, files, args, {name: (out / name).read_bytes() for name in files}
+
+
+def test_a_rename_that_fails_part_way_puts_the_old_corpus_back(tmp_path, capsys, monkeypatch):
+    # the second of three renames fails: train.jsonl, already replaced, must get its old text back
+    out, files, args, before = _a_built_corpus(tmp_path)
     real_replace = os.replace
 
     def failing(src, dst):
@@ -295,10 +300,7 @@ def test_a_rename_that_fails_part_way_puts_the_old_corpus_back(tmp_path, capsys,
 def test_ctrl_c_is_one_line_and_leaves_the_old_corpus_whole(tmp_path, capsys, monkeypatch):
     """Ctrl-C in data.build_corpus was a traceback, and between two renames it left train.jsonl new,
     val.jsonl and manifest.json old and the old train.jsonl under a hidden name."""
-    out, files = tmp_path / "o", ("train.jsonl", "val.jsonl", "manifest.json")
-    args = ["--domains", "math", "--out", str(out), "--offline", "--cache", str(tmp_path / "none")]
-    bc.main([*args, "--math-chars", "20000"])
-    before = {name: (out / name).read_bytes() for name in files}
+    out, files, args, before = _a_built_corpus(tmp_path)
     real_replace = os.replace
 
     def ctrl_c(src, dst):
