@@ -189,6 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     ns = build_parser().parse_args(argv)
 
     from model import CheckpointError, ConfigError, ModelArgs, ParallelError, load
+    from model.checkpoint import not_a_directory
     from model.kernels import KernelError
     from model.parallel import World, init_world
 
@@ -219,9 +220,8 @@ def main(argv: list[str] | None = None) -> None:
                     write_demo_checkpoint(ns.demo)
             world.barrier()
             ckpt = ns.demo
-        if not Path(ckpt).is_dir():
-            what = "not a checkpoint directory" if Path(ckpt).exists() else "no such directory"
-            raise GenerateError(f"--ckpt {ckpt}: {what}")
+        if why := not_a_directory(ckpt):
+            raise GenerateError(f"--ckpt {ckpt}: {why}")
         codec = load_codec(ckpt, ModelArgs.from_hf_config(ckpt))  # before the weights: fail fast
         if ns.system is not None and (ns.no_chat_template or not codec.chat):  # it was dropped without a word
             why = "--no-chat-template" if ns.no_chat_template else f"{ckpt}'s tokenizer has no chat format"

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from . import CheckpointError, ConfigError, ModelArgs, Transformer, load
+from .checkpoint import not_a_directory
 from .memory import available_memory
 
 
@@ -69,9 +70,8 @@ def summary(ns) -> None:
     for flag, value in (("--batch", ns.batch), ("--seq-len", ns.seq_len)):
         if ns.text is not None and value is not None:
             raise ValueError(f"{flag} {value}: sizes the random tokens, not with --text (the text's tokens are run)")
-    if ns.ckpt and not Path(ns.ckpt).is_dir():  # the flag named, as generate and record name it
-        what = "not a checkpoint directory" if Path(ns.ckpt).exists() else "no such directory"
-        raise ValueError(f"--ckpt {ns.ckpt}: {what}")
+    if ns.ckpt and (why := not_a_directory(ns.ckpt)):  # the flag named, as generate and record name it
+        raise ValueError(f"--ckpt {ns.ckpt}: {why}")
     ns.config, ns.batch, ns.seq_len = ns.config or "tiny", ns.batch or 4, ns.seq_len or 128
     m = _build(ns)
     a = m.args

@@ -221,10 +221,19 @@ def _check_placement(dtype, device) -> tuple[torch.dtype | None, torch.device | 
     return dtype, device
 
 
+def not_a_directory(path: str | Path) -> str | None:
+    """Why `path` cannot be a checkpoint directory before anything is read: "no such directory", or
+    "not a checkpoint directory" (a file); None for a directory. The commands put their flag before it."""
+    path = Path(path)
+    if path.is_dir():
+        return None
+    return "not a checkpoint directory" if path.exists() else "no such directory"
+
+
 def _open(path: Path) -> tuple[ModelArgs, list[Path], dict]:
     """The config (MTP modules counted only when their weights are there) and every shard's header."""
-    if not path.is_dir():
-        raise CheckpointError(f"{path}: {'not a checkpoint directory' if path.exists() else 'no such directory'}")
+    if why := not_a_directory(path):
+        raise CheckpointError(f"{path}: {why}")
     if not (path / "config.json").exists():
         raise CheckpointError(f"{path}: no config.json (a Hugging Face checkpoint directory needs one)")
     args = _config(path)
