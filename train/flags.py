@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 
 from probe.job import DEFAULT_RUNS, check_out_parent
+from probe.writer import RunError, read_run_json
 
 from .data import TrainError
 
@@ -152,8 +152,8 @@ def _run_kind(out: Path) -> str:
     """What --out's run.json says the run is: "train", a phrase naming another kind, or None where it
     cannot be read."""
     try:
-        kind = json.loads((out / "run.json").read_text()).get("kind")
-    except (OSError, ValueError, AttributeError):
+        kind = read_run_json(out).get("kind")
+    except (RunError, OSError):
         return None
     if kind == "train":
         return kind
