@@ -45,6 +45,14 @@ def run(ns: argparse.Namespace) -> dict:
         dist.close()
 
 
+
+def _short_domains_note(what: str, split: str, streams: dict, kept, seq_len: int) -> None:
+    """One note naming the domains of `streams` left out of `kept` for want of one window's tokens."""
+    short = [d for d in streams if d not in kept]
+    if short:
+        print(f"note: {what} (fewer {split} tokens than one window of --seq-len + 1 = {seq_len + 1}): "
+              + ", ".join(f"{d} ({len(streams[d])})" for d in short), file=sys.stderr)
+
 @dataclass
 class _Data:
     batches: Batches
@@ -132,17 +140,12 @@ class _Run:
             train_streams = token_streams(ns.corpus / "train.jsonl", tok, cache)
         val_streams = token_streams(ns.corpus / "val.jsonl", tok, None) if (ns.corpus / "val.jsonl").exists() else {}
         batches = Batches(train_streams, ns.seq_len, ns.batch_size * dist.world, ns.mix_alpha, ns.seed)
-        short = [d for d in batches.all_domains if d not in batches.domains]
-        if short and dist.main:  # never sampled: its train_domains rows are NaN, and nothing said why
-            print(f"note: never trained on (fewer training tokens than one window of --seq-len + 1 = "
-                  f"{ns.seq_len + 1}): " + ", ".join(f"{d} ({len(train_streams[d])})" for d in short),
-                  file=sys.stderr)
         val = val_windows(val_streams, ns.seq_len, ns.eval_windows)
-        unseen = [d for d in val_streams if d not in val]
-        if unseen and dist.main:  # left out of every evaluation (with none left, the run had no val loss at all)
-            print(f"note: never evaluated (fewer validation tokens than one window of --seq-len + 1 = "
-                  f"{ns.seq_len + 1}): " + ", ".join(f"{d} ({len(val_streams[d])})" for d in unseen),
-                  file=sys.stderr)
+        if dist.main:
+            # never sampled: its train_domains rows are NaN, and nothing said why
+            _short_domains_note("never trained on", "training", train_streams, batches.domains, ns.seq_len)
+            # left out of every evaluation (with none left, the run had no val loss at all)
+            _short_domains_note("never evaluated", "validation", val_streams, val, ns.seq_len)
         return _Data(batches, val,
                      {d: int(len(s)) for d, s in train_streams.items()}, {d: int(len(s)) for d, s in val_streams.items()})
 
