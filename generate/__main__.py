@@ -260,11 +260,16 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(code) from None
 
 
-if __name__ == "__main__":
+def cli() -> int:
+    """main() in a process of its own: `python -m generate` and its alias `python -m model.generate`.
+    A reader that stops early (`| head`) was a BrokenPipeError traceback from the streaming print: exit
+    141, as the analyses commands do."""
     from probe.job import closed_pipe_quiet
     from probe.teardown import quick_teardown
 
     quick_teardown()
-    # a reader that stops early (`| head`) was a BrokenPipeError traceback from the streaming print:
-    # exit 141, as the analyses commands do
-    sys.exit(closed_pipe_quiet(main)())
+    return closed_pipe_quiet(main)()
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

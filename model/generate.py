@@ -7,9 +7,6 @@ from generate import __all__  # noqa: F401
 if __name__ == "__main__":
     import sys
 
-    from generate.__main__ import main
-    from probe.job import closed_pipe_quiet
-    from probe.teardown import quick_teardown
+    from generate.__main__ import cli
 
-    quick_teardown()
-    sys.exit(closed_pipe_quiet(main)())  # as python -m generate: a closed pipe is exit 141, not a traceback
+    sys.exit(cli())

@@ -2,8 +2,6 @@
 (It imports nothing until run, so the model package never loads the training code.)"""
 
 if __name__ == "__main__":
-    from train.__main__ import main
-    from probe.teardown import quick_teardown
+    from train.__main__ import cli
 
-    quick_teardown()
-    main()
+    cli()

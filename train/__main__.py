@@ -45,8 +45,13 @@ def main(argv: list[str] | None = None) -> None:
     exit_ranks(0)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """main() in a process of its own: `python -m train` and its alias `python -m model.train`."""
     from probe.teardown import quick_teardown
 
     quick_teardown()
     main()
+
+
+if __name__ == "__main__":
+    cli()
