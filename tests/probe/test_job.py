@@ -14,40 +14,47 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# A fresh process, since heap thresholds are the whole process's. Allocates a batch-sized
-# activation again and again, as a job's forwards do, and prints the page faults of the last ten.
+# A fresh process, since heap thresholds are the whole process's. Allocates a batch-sized activation
+# again and again, as a job's forwards do, and prints the page faults of the last ten: first under the
+# thresholds bound_heap set before 2026-12-02 (a 1 MiB mmap threshold: every 8 MiB block is a fresh
+# mapping, so the heap does not grow), then under bound_heap's. One process for both: each costs a
+# torch import (~1.5 s).
 REUSE = """
-import ctypes, resource, sys
+import ctypes, resource
 import torch
 from probe.job import bound_heap
 
-if sys.argv[1] == "bound":
-    bound_heap()
-else:  # the thresholds bound_heap set before 2026-12-02: a 1 MiB mmap threshold
-    ctypes.CDLL(None).mallopt(-3, 1 << 20)
-n = (8 << 20) // 4  # 8 MiB of float32
-for _ in range(20):  # the first few grow the heap (glibc extends it a few times before it settles)
-    torch.ones(n)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(10):
-    torch.ones(n)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+def faults():
+    n = (8 << 20) // 4  # 8 MiB of float32
+    for _ in range(20):  # the first few grow the heap (glibc extends it a few times before it settles)
+        torch.ones(n)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(10):
+        torch.ones(n)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+ctypes.CDLL(None).mallopt(-3, 1 << 20)
+old = faults()
+bound_heap()
+print(old, faults())
 """
 
 
-def faults(mode: str) -> int:
-    out = subprocess.run([sys.executable, "-c", REUSE, mode], cwd=ROOT, capture_output=True, text=True, check=True)
-    return int(out.stdout.strip())
+def faults() -> dict[str, int]:
+    out = subprocess.run([sys.executable, "-c", REUSE], cwd=ROOT, capture_output=True, text=True, check=True)
+    old, bound = map(int, out.stdout.split())
+    return {"old": old, "bound": bound}
 
 
-@pytest.mark.slow  # two fresh processes
+@pytest.mark.slow  # a fresh process
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="bound_heap sets glibc's thresholds (a no-op elsewhere)")
 def test_bound_heap_reuses_activations_instead_of_faulting_them_in_again():
     """With bound_heap's thresholds an activation's memory is reused from one batch to the next:
     no page faults. The old 1 MiB mmap threshold (the control) mapped each one afresh, 2,048 faults
     per 8 MiB, which made record 1.4x and a bf16 forward 2x slower on an Intel Xeon VM (docs/performance.md)."""
-    assert faults("bound") < 100
-    assert faults("old") > 10 * 2048 // 2  # the control: the test can tell the two apart
+    counts = faults()
+    assert counts["bound"] < 100, counts
+    assert counts["old"] > 10 * 2048 // 2, counts  # the control: the test can tell the two apart
 
 
 def _note_parts(run: str, who: str, n: int) -> None:
