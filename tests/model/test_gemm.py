@@ -393,7 +393,7 @@ def test_the_experts_timing_streams_more_weights_than_a_cache_holds():
         assert n == 1 or (n - 1) * 3 * dim * inter * 4 < gemm.EXPERT_STREAM_BYTES  # no more than needed
 
 
-def _racing_worker(rank: int, cache: str, out: str) -> None:
+def _racing_part(rank: int, cache: str, out: str) -> None:
     """One of two processes that start measuring the same experts shape at once; alone, each would
     choose another path."""
     import time as _time
@@ -412,18 +412,7 @@ def _racing_worker(rank: int, cache: str, out: str) -> None:
         f.write(f"{c.path}|{c.source}")
 
 
-@needs_onednn
-@pytest.mark.slow
-def test_processes_starting_together_take_turns_on_the_experts_measurement(tmp_path):
-    import torch.multiprocessing as mp
-
-    mp.spawn(_racing_worker, args=(str(tmp_path / "cache"), str(tmp_path / "out")), nprocs=2)
-    got = sorted((tmp_path / f"out.{r}").read_text().split("|") for r in (0, 1))
-    assert got[0][0] == got[1][0]  # one path for both
-    assert sorted(g[1] for g in got) == ["cache", "measured"]  # one measured, the other read it
-
-
-def _agree_worker(rank: int, store: str, out: str) -> None:
+def _agree_part(rank: int, store: str, out: str) -> None:
     """One rank of a 2-process gloo group whose ranks would measure different paths."""
     import torch.distributed as dist
 
@@ -444,12 +433,35 @@ def _agree_worker(rank: int, store: str, out: str) -> None:
         dist.destroy_process_group()
 
 
-@needs_onednn
-@pytest.mark.slow
-def test_every_rank_takes_rank_0s_choice(tmp_path):
+def _two_process_worker(rank: int, root: str) -> None:
+    """Both two-process scenarios in one pair of processes (a spawned pair costs ~5 s of start-up):
+    first the race on the experts measurement, then, with the choices forgotten, rank 0's choice."""
+    _racing_part(rank, f"{root}/cache", f"{root}/race")
+    gemm.reset()  # the race's experts choice is not the next part's to read
+    _agree_part(rank, f"{root}/store", f"{root}/agree")
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    """The folder of what the spawned pair wrote: race.RANK and agree.RANK."""
     import torch.multiprocessing as mp
 
-    mp.spawn(_agree_worker, args=(str(tmp_path / "store"), str(tmp_path / "out")), nprocs=2)
-    got = [(tmp_path / f"out.{r}").read_text().split("|") for r in (0, 1)]
+    root = tmp_path_factory.mktemp("two_processes")
+    mp.spawn(_two_process_worker, args=(str(root),), nprocs=2)
+    return root
+
+
+@needs_onednn
+@pytest.mark.slow
+def test_processes_starting_together_take_turns_on_the_experts_measurement(two_processes):
+    got = sorted((two_processes / f"race.{r}").read_text().split("|") for r in (0, 1))
+    assert got[0][0] == got[1][0]  # one path for both
+    assert sorted(g[1] for g in got) == ["cache", "measured"]  # one measured, the other read it
+
+
+@needs_onednn
+@pytest.mark.slow
+def test_every_rank_takes_rank_0s_choice(two_processes):
+    got = [(two_processes / f"agree.{r}").read_text().split("|") for r in (0, 1)]
     # rank 1 alone would have chosen linear, and oneDNN for the experts
     assert got == [["onednn", "measured", "linear", "measured"], ["onednn", "rank 0", "linear", "rank 0"]]
