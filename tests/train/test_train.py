@@ -188,8 +188,10 @@ def test_switch_balance_loss_normalises_non_uniform_scores():
 @pytest.mark.slow
 def test_training_reduces_loss_and_writes_the_run(corpus, tmp_path):
     out = tmp_path / "run"
+    # the settling phase's 30 updates (the default), each pooling 2 fresh batches, not the default 8:
+    # 60 forward passes, not 240 (~2 s here); the pooling itself is checked above (test_settle_biases_pool_*)
     info = run(parse_args(flags(corpus, out, "--steps", "40", "--eval-every", "20", "--checkpoint-every", "0",
-                                 "--flush-every", "13", settle=True)))
+                                 "--flush-every", "13", "--settle-batches", "2", settle=True)))
     assert info["status"] == "complete" and info["kind"] == "train"
     r = probe.open_run(out)  # a training run is a run like any other
     assert set(r.tables) == {"train_steps", "train_domains", "train_gates", "train_eval", "expert_load", "router_bias"}
@@ -230,7 +232,8 @@ def test_training_reduces_loss_and_writes_the_run(corpus, tmp_path):
         if k not in settled:
             assert torch.equal(final[k], v), k
     settle = info["bias_settle"]
-    assert settle["updates"] == 30 and set(settle["maxvio_pooled"]) == {"layer1", "layer2", "mtp0"}
+    assert settle["updates"] == 30 and settle["batches_per_update"] == 2
+    assert set(settle["maxvio_pooled"]) == {"layer1", "layer2", "mtp0"}
     ref = Transformer(m.args, dtype=torch.float32)
     ref.load_state_dict(state | {k: final[k] for k in settled})
     tokens = torch.randint(0, m.args.vocab_size, (1, 12), generator=torch.Generator().manual_seed(0))
