@@ -73,12 +73,14 @@ def spec_prompts(corpus: Path, tok, bos: int | None, n_tokens: int, limit: int |
     corpus reader replaced or skipped."""
     by_domain: dict[str, list[tuple[str, str, list[int]]]] = {}
     for doc in iter_documents(corpus, stats if stats is not None else CorpusStats()):
+        prompts = by_domain.setdefault(doc.domain, [])
+        if limit and len(prompts) >= limit:  # the first `limit` of the round robin take no more of one domain
+            continue
         ids = [bos] if bos is not None else []
         for piece in text_pieces(doc.text):  # a prompt needs only the head of a long document
             ids += tok.encode(piece, add_special_tokens=False).ids
             if len(ids) >= n_tokens:
                 break
-        prompts = by_domain.setdefault(doc.domain, [])
         if len(ids) >= n_tokens:
             prompts.append((doc.doc_id, doc.domain, ids[:n_tokens]))
     if short is not None:
