@@ -28,8 +28,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 from _cli import REPO, positive_int, run
 
 # the tests' helpers package, searched last: tests/model/ etc. must not shadow the packages of the same name
@@ -44,6 +42,8 @@ BENCH_ARGS = dict(vocab_size=8192, dim=512, inter_dim=1408, moe_inter_dim=256, n
 
 def build_env(root: Path, docs: int = 24, scale: int = 8):
     """A random hidden-512 checkpoint with a tokenizer, and a two-domain corpus."""
+    import torch
+
     import model
     from helpers.models import make_corpus, make_tokenizer, randomize_
 
@@ -58,6 +58,8 @@ def build_env(root: Path, docs: int = 24, scale: int = 8):
 
 
 def overhead(ckpt: Path, corpus: Path, repeats: int) -> None:
+    import torch
+
     import model
     from probe.corpus import iter_documents, iter_windows
     from probe.recorders import Batch, RecordConfig, Recorder
@@ -200,6 +202,8 @@ def main() -> None:
     p.add_argument("--threads", type=positive_int, default=2,
                    help="torch CPU threads, here and in the child records (OMP_NUM_THREADS; default 2)")
     ns = p.parse_args()
+    import torch  # after the flags: a bad one is answered at once, not after torch's ~2 s import
+
     torch.set_num_threads(ns.threads)
     with tempfile.TemporaryDirectory(prefix="bench_record-") as root:
         tempfile.tempdir = root  # every folder made below lands here, and goes with it
