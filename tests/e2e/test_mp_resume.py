@@ -26,10 +26,13 @@ from helpers.tables import assert_same_tables
 pytestmark = pytest.mark.slow  # torchrun launches, a browser or notebook kernels: `pytest -m "not slow"` skips them
 
 
-# NOTE: 38 batches of a tiny model, a few ms each. The kills do not race the run: each launch goes
-# through helpers/held_probe.py, which holds both ranks at the start of one batch until the victim is
-# killed (a kill timed from the commits once landed after a loaded machine had finished the run).
-RESUME_TOKENS = 2400
+# NOTE: 20 batches of a tiny model (~55 ms each on 2 ranks, float64), committed every 2: the first
+# launch is killed at batch 5, the first resume at batch 13, and the second resume commits 4 more
+# times (2400 tokens, 38 batches, cost ~1 s more of each sharded run and the reference, and crossed
+# no commit boundary the 20 do not). The kills do not race the run: each launch goes through
+# helpers/held_probe.py, which holds both ranks at the start of one batch until the victim is killed
+# (a kill timed from the commits once landed after a loaded machine had finished the run).
+RESUME_TOKENS = 1280
 
 
 @pytest.fixture(scope="module")
