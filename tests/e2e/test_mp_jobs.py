@@ -16,7 +16,7 @@ import probe
 
 from helpers import random_model
 from helpers.mp_jobs import (ABLATE, ABLATIONS, IMPORTANCE, RECORD, REPORT, ROOT, SPEC, STEER, STEERING, TABLES,
-                             TOPOLOGY, opts, torchrun)
+                             TOPOLOGY, one_thread, opts, torchrun)
 from helpers.tables import assert_same_tables, sorted_df
 
 pytestmark = pytest.mark.slow  # torchrun launches, a browser or notebook kernels: `pytest -m "not slow"` skips them
@@ -33,15 +33,16 @@ def single(env):
     from probe.record import RecordOptions, record
     from probe.speculative import SpecOptions, record_spec
 
-    base = env["base"] / "single"
-    record(RecordOptions(**opts(env, base / "rec", RECORD)))
-    record_spec(SpecOptions(**opts(env, base / "spec", SPEC)))
-    ablate(AblateOptions(**opts(env, base / "abl", ABLATE)), [Ablation(**a) for a in ABLATIONS])
-    importance(ImportanceOptions(**opts(env, base / "imp", IMPORTANCE)))
     from analyses.steer import Steer, SteerOptions, steer
 
-    steer(SteerOptions(**opts(env, base / "steer", STEER)), Steer(**STEERING))
-    assert report_main([str(base / "rec"), *REPORT]) == 0
+    base = env["base"] / "single"
+    with one_thread():
+        record(RecordOptions(**opts(env, base / "rec", RECORD)))
+        record_spec(SpecOptions(**opts(env, base / "spec", SPEC)))
+        ablate(AblateOptions(**opts(env, base / "abl", ABLATE)), [Ablation(**a) for a in ABLATIONS])
+        importance(ImportanceOptions(**opts(env, base / "imp", IMPORTANCE)))
+        steer(SteerOptions(**opts(env, base / "steer", STEER)), Steer(**STEERING))
+        assert report_main([str(base / "rec"), *REPORT]) == 0
     return {k: probe.open_run(base / k) for k in ("rec", "spec", "abl", "imp", "steer")}
 
 
@@ -137,6 +138,7 @@ def test_negative_control_another_model_differs(env, single):
     other = env["base"] / "other_ckpt"
     model.save(random_model("tiny", seed=12, **TOPOLOGY), other)
     (other / "tokenizer.json").write_bytes((env["ckpt"] / "tokenizer.json").read_bytes())
-    out = record(RecordOptions(**opts(env, env["base"] / "other", RECORD) | {"ckpt": str(other)}))
+    with one_thread():
+        out = record(RecordOptions(**opts(env, env["base"] / "other", RECORD) | {"ckpt": str(other)}))
     with pytest.raises(AssertionError):
         assert_same_tables(probe.open_run(out), single["rec"], ["routing"])

@@ -19,7 +19,7 @@ from model.parallel import ParallelError
 
 from helpers import random_model
 from helpers.checkpoints import index_only
-from helpers.mp_jobs import RECORD, ROOT, TABLES, TOPOLOGY, opts, our_frames, record_args, torchrun
+from helpers.mp_jobs import RECORD, ROOT, TABLES, TOPOLOGY, one_thread, opts, our_frames, record_args, torchrun
 from helpers.processes import HELD_PROBE, hold_env, wait_until_held
 from helpers.tables import assert_same_tables
 
@@ -40,7 +40,8 @@ def single(env):
     """The record job in this process (one whole model): what a resumed sharded run must equal."""
     from probe.record import RecordOptions, record
 
-    record(RecordOptions(**opts(env, env["base"] / "single", RECORD | {"max_tokens": RESUME_TOKENS})))
+    with one_thread():
+        record(RecordOptions(**opts(env, env["base"] / "single", RECORD | {"max_tokens": RESUME_TOKENS})))
     return {"rec": probe.open_run(env["base"] / "single")}
 
 

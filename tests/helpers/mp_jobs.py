@@ -11,7 +11,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+
+import torch
 
 import model
 
@@ -42,6 +45,21 @@ def make_env(base: Path) -> dict:
     model.save(random_model("tiny", seed=11, **TOPOLOGY), ckpt)
     make_tokenizer(corpus, ckpt / "tokenizer.json")
     return {"base": base, "corpus": corpus, "ckpt": ckpt}
+
+
+@contextmanager
+def one_thread():
+    """torch on one thread for a job run in the test process (the single-process references): the tiny
+    model's per-expert GEMMs are too small to split, and two threads per process spin against the
+    other xdist worker and the torchrun ranks on 2 cores (a 1280-token record: 0.6-0.9 s on one thread,
+    5-10 s on two, measured on the shared 2-core box). The ranks it is compared with run one thread
+    each (OMP_NUM_THREADS=1 in `torchrun`)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def opts(env, out, extra: dict) -> dict:
