@@ -39,10 +39,22 @@ FP8_FLIP_MEAN_REL, FP8_FLIP_MAX_REL = 5e-3, 5e-2  # FP8 rounding flips from summ
 FP8_MEAN_REL, FP8_MAX_REL = 0.25, 0.50  # the FP8 GEMM tolerance of tests/model/test_fp8_model.py
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Each test's work in this process on one torch thread: two spin on the 2-core box for these tiny
+    models' GEMMs (helpers.mp_jobs.one_thread; `model summary`'s two forwards: 2.5-4.6 s on two threads,
+    0.1-0.4 s on one). The torchrun ranks run one thread each already."""
+    with one_thread():
+        yield
+
+
 @pytest.fixture(scope="module")
 def worker_results(tmp_path_factory) -> dict:
-    base = tmp_path_factory.mktemp("parallel")
+    with one_thread():  # a module fixture starts before the autouse one above
+        return _worker_results(tmp_path_factory.mktemp("parallel"))
 
+
+def _worker_results(base: Path) -> dict:
     def save(name, m, **kw):
         model.save(m, base / name, **kw)
         return str(base / name)
@@ -469,8 +481,7 @@ def test_generate_under_torchrun_is_sharded_and_equals_single_process(tmp_path):
     single = model.load(demo)
     prompts = [codec.encode(t) for t in texts]
     for mtp in (True, False):  # greedy MTP decoding == plain greedy == the sharded run
-        with one_thread():
-            ref = generate(single, prompts, max_new_tokens=6, stop_ids=codec.stop_ids, mtp=mtp)
+        ref = generate(single, prompts, max_new_tokens=6, stop_ids=codec.stop_ids, mtp=mtp)
         assert [r["tokens"] for r in rows] == ref.tokens
     # rank 0 alone prints: each completion once, one summary line
     for i, text in enumerate(texts):
