@@ -19,7 +19,14 @@ IMPORT_TORCH_S = time.perf_counter() - _t0 if _fresh else None  # for the machin
 
 from helpers import hf_checkpoint, make_corpus, make_probe_ckpt, random_model
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# torch's threads per pytest process: the cores shared among xdist's workers (at most 2, at least 1).
+# Two workers of 2 threads each on 2 cores spin against each other in every parallel region, and the
+# tests' models are tiny: a 1,280-token record took 0.75-0.89 s on one thread against 5.2-10.1 s on
+# two while other tests ran (a loaded 2-core EPYC, 2026-12-06). The whole suite ran on one thread
+# before this only because test modules that set it at import (test_ablate.py, ...) are collected by
+# every worker; a run of a few files (`pytest tests/model`) did not.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 # model/gemm.py caches its measured CPU GEMM choice in the user's cache directory: not the tests'
 # (one per pytest process, xdist workers included, removed when it exits)
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="dsv3-tests-cache-")
