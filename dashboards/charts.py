@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
+import plotly.io as pio
 from plotly.colors import qualitative
 
 DOMAIN_PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#EECA3B", "#9D755D",
@@ -43,8 +44,22 @@ def text_color(bg: str) -> str:
     return "#111" if 0.299 * r + 0.587 * g + 0.114 * b > 150 else "#fff"
 
 
+def _set_template(fig: go.Figure) -> None:
+    """fig's template = TEMPLATE, as plotly sets its default template on a new figure: without
+    validating it again. `template="plotly_white"` through update_layout deep-copies and validates the
+    registered template each time, 20 ms a figure (a quarter of the pages' script time, measured
+    2026-12-06); this is under 1 ms, and the figure's JSON is the same."""
+    layout = fig.layout
+    validate, layout._validate = layout._validate, False
+    try:
+        layout.template = pio.templates[TEMPLATE]
+    finally:
+        layout._validate = validate
+
+
 def style(fig: go.Figure, title: str | None = None, height: int = 380, **layout) -> go.Figure:
-    fig.update_layout(template=TEMPLATE, height=height, margin=dict(l=10, r=10, t=50 if title else 20, b=10),
+    _set_template(fig)
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=50 if title else 20, b=10),
                       title=dict(text=title, x=0.01, font=dict(size=15)) if title else None,
                       hoverlabel=dict(font_size=12), legend=dict(orientation="h", y=-0.18), **layout)
     return fig
