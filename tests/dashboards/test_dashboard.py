@@ -24,28 +24,53 @@ def runs(probe_env, tmp_path_factory):
     return dashboard_runs(probe_env, tmp_path_factory)
 
 
+def seen(at) -> dict:
+    """What the tests read from the page `at` has just run: one visit of a page serves every test
+    that reads it (each visit is a whole run of the page's script)."""
+    return {"errors": [e.value for e in at.error], "warnings": [w.value for w in at.warning],
+            "charts": len(at.get("plotly_chart")), "labels": shown_labels(at),
+            "markdown": [m.value for m in at.markdown], "dataframes": len(at.dataframe),
+            "captions": [c.value for c in at.caption], "metrics": {m.label: m.value for m in at.metric}}
+
+
+def visit(runs_dir: Path, run: str, pages) -> dict[str, dict]:
+    """Each of `pages` opened once, in order, in one app on `run`: what each showed (`seen`)."""
+    at = app(runs_dir, run)
+    return {page: seen(open_page(at, page)) for page in pages}
+
+
+@pytest.fixture(scope="module")
+def demo_pages(runs):
+    """Every page on the complete probe run `demo` (test_every_page_on_a_recorded_run and
+    test_every_page_names_layers_one_way read them: each opened them all, 4 s)."""
+    return visit(runs["good"], "demo", CHARTS_DEMO)
+
+
+@pytest.fixture(scope="module")
+def train_pages(runs):
+    """The training run's pages with charts (test_training_runs, test_every_page_names_layers_one_way)."""
+    return visit(runs["good"], "train-demo", ("overview", "load_balance", "training"))
+
+
 @pytest.mark.slow
-def test_every_page_on_a_recorded_run(runs):
-    at = app(runs["good"], "demo")
+def test_every_page_on_a_recorded_run(runs, demo_pages):
     for page, n in CHARTS_DEMO.items():
-        open_page(at, page)
-        assert not at.error, (page, texts(at.error))
-        assert not at.warning, (page, texts(at.warning))
-        assert len(at.get("plotly_chart")) >= n, (page, len(at.get("plotly_chart")))
+        shown = demo_pages[page]
+        assert not shown["errors"], (page, shown["errors"])
+        assert not shown["warnings"], (page, shown["warnings"])
+        assert shown["charts"] >= n, (page, shown["charts"])
     # the token explorer colours tokens and the specialisation page shows snippets
-    open_page(at, "token_explorer")
-    assert any("class='tokdoc'" in m.value for m in at.markdown)
-    open_page(at, "specialisation")
-    assert len(at.dataframe) >= 2 and any("window" in m.value for m in at.markdown)
+    assert any("class='tokdoc'" in m for m in demo_pages["token_explorer"]["markdown"])
+    spec = demo_pages["specialisation"]
+    assert spec["dataframes"] >= 2 and any("window" in m for m in spec["markdown"])
     # a small run's per-token views say they cover all of it (not "the first ~250,000 tokens")
     tokens = json.loads((runs["good"] / "demo" / "run.json").read_text())["planned"]["tokens"]
-    assert f"Per-token view over all {tokens:,} tokens of the run." in [c.value for c in at.caption]
+    assert f"Per-token view over all {tokens:,} tokens of the run." in spec["captions"]
     # the MTP page's mean acceptance length, from the spec_decode rows
     import pyarrow.parquet as pq
 
     dec = pq.read_table(runs["good"] / "demo" / "spec_decode").to_pandas()
-    open_page(at, "mtp")
-    shown = {m.label: m.value for m in at.metric}
+    shown = demo_pages["mtp"]["metrics"]
     assert shown["Mean acceptance length"] == f"{1 + dec.drafts_accepted.sum() / dec.drafts_proposed.sum():.2f}"
 
 
@@ -63,13 +88,11 @@ def test_widgets_change_the_view(runs):
 
 
 @pytest.mark.slow  # a whole app or command: the quick loop leaves it out
-def test_training_runs(runs):
-    at = app(runs["good"], "train-demo")
-    for page in ("overview", "load_balance", "training"):
-        open_page(at, page)
-        assert not at.error and not at.warning, (page, texts(at.error), texts(at.warning))
-        assert len(at.get("plotly_chart")) >= (6 if page == "training" else 1), page
-    open_page(at, "specialisation")  # a probe-only page says so and offers the probe runs
+def test_training_runs(runs, train_pages):
+    for page, shown in train_pages.items():
+        assert not shown["errors"] and not shown["warnings"], (page, shown["errors"], shown["warnings"])
+        assert shown["charts"] >= (6 if page == "training" else 1), page
+    at = open_page(app(runs["good"], "train-demo"), "specialisation")  # a probe-only page says so and offers the probe runs
     assert "`train-demo` (train) is not a probe run" in texts(at.info) and not at.error
     open_page(at, "compare")
     at.selectbox(key="cmp_b").set_value("train-nobal").run()
@@ -89,18 +112,17 @@ def shown_labels(at) -> list[str]:
 
 
 @pytest.mark.slow
-def test_every_page_names_layers_one_way(runs):
+def test_every_page_names_layers_one_way(demo_pages, train_pages):
     """One label for a layer on every page (data.layer_label): 'layer 3' and 'MTP 0', where the pages
     said 'layer3', 'layer 3' or a bare 3 each their own way."""
-    seen = []
-    for run, pages in (("demo", CHARTS_DEMO), ("train-demo", ("load_balance", "training"))):
-        at = app(runs["good"], run)
-        for page in pages:
-            labels = shown_labels(open_page(at, page))
+    every = []
+    for run, pages in (("demo", demo_pages), ("train-demo", train_pages)):
+        for page, shown in pages.items():
+            labels = shown["labels"]
             assert not [x for x in labels if OLD_LAYER_LABEL.search(x)], (run, page, OLD_LAYER_LABEL.findall(
                 " ".join(labels)))
-            seen += labels
-    assert re.search(r"\blayer \d+\b", " ".join(seen)) and "MTP 0" in " ".join(seen)
+            every += labels
+    assert re.search(r"\blayer \d+\b", " ".join(every)) and "MTP 0" in " ".join(every)
 
 
 @pytest.mark.slow

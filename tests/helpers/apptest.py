@@ -18,10 +18,25 @@ PAGES = {  # page file -> title shown (dashboards/app.py's PAGES)
 }
 
 
+def share_script_cache() -> None:
+    """One compiled copy of app.py and each page for every AppTest run of the process, as the real
+    server keeps one for all its sessions: AppTest builds a new ScriptCache for each run, so every
+    widget change or page switch parsed, rewrote (Streamlit's "magic") and compiled app.py and the
+    page again, about a tenth of a page's run (py-spy, 2026-12-06). The scripts do not change while
+    the tests run."""
+    from streamlit.runtime.scriptrunner.script_cache import ScriptCache
+    from streamlit.testing.v1 import app_test
+
+    if app_test.ScriptCache is ScriptCache:  # not yet replaced in this process
+        shared = ScriptCache()
+        app_test.ScriptCache = lambda: shared
+
+
 def app(runs_dir: Path, run: str | None = None):
     """The app on `runs_dir`, with `run` selected, after its first run."""
     from streamlit.testing.v1 import AppTest
 
+    share_script_cache()
     at = AppTest.from_file(APP, default_timeout=120)
     at.session_state["runs_dir"] = str(runs_dir)
     if run:
