@@ -28,9 +28,14 @@ def seen(at) -> dict:
     """What the tests read from the page `at` has just run: one visit of a page serves every test
     that reads it (each visit is a whole run of the page's script)."""
     return {"errors": [e.value for e in at.error], "warnings": [w.value for w in at.warning],
-            "charts": len(at.get("plotly_chart")), "labels": shown_labels(at),
+            "charts": len(at.get("plotly_chart")), "labels": shown_labels(at), "info": texts(at.info),
             "markdown": [m.value for m in at.markdown], "dataframes": len(at.dataframe),
             "captions": [c.value for c in at.caption], "metrics": {m.label: m.value for m in at.metric}}
+
+
+def texts_of(values: list[str]) -> str:
+    """`texts` of what `seen` kept."""
+    return " | ".join(values)
 
 
 def visit(runs_dir: Path, run: str, pages) -> dict[str, dict]:
@@ -265,22 +270,16 @@ def test_a_training_run_at_its_first_step(tmp_path):
 
 @pytest.mark.slow
 def test_running_and_interrupted_runs_are_flagged(runs):
-    at = app(runs["good"], "demo-running")
-    for page in PAGES:
-        open_page(at, page)
-        assert not at.error, (page, texts(at.error))
-    open_page(at, "overview")
-    assert "still **running**" in texts(at.info)
-    open_page(at, "latent_kv")  # its tables are written only when the run finishes
-    assert "no `kv_spectrum` table" in texts(at.info)
-    open_page(at, "ablations")
-    assert "no ablations yet" in texts(at.info)
-    at = app(runs["good"], "demo-stopped")
-    for page in PAGES:
-        open_page(at, page)
-        assert not at.error, (page, texts(at.error))
-    open_page(at, "load_balance")
-    assert "**interrupted**" in texts(at.warning) and len(at.get("plotly_chart")) >= 4
+    running = visit(runs["good"], "demo-running", PAGES)
+    for page, shown in running.items():
+        assert not shown["errors"], (page, shown["errors"])
+    assert "still **running**" in running["overview"]["info"]
+    assert "no `kv_spectrum` table" in running["latent_kv"]["info"]  # its tables are written only when the run finishes
+    assert "no ablations yet" in running["ablations"]["info"]
+    stopped = visit(runs["good"], "demo-stopped", PAGES)
+    for page, shown in stopped.items():
+        assert not shown["errors"], (page, shown["errors"])
+    assert "**interrupted**" in texts_of(stopped["load_balance"]["warnings"]) and stopped["load_balance"]["charts"] >= 4
     # the overview counts what was recorded, not the plan (it showed the planned windows and tokens
     # per domain beside the recorded tokens; a review)
     import shutil
@@ -337,26 +336,20 @@ def test_empty_runs_directory(runs):
 
 @pytest.mark.slow
 def test_corrupted_files_are_warnings_not_tracebacks(runs):
-    at = app(runs["corrupt"], "demo")
-    seen = set()
-    for page in PAGES:
-        open_page(at, page)
-        assert not at.error, (page, texts(at.error))
-        seen.update(w.value for w in at.warning)
-    joined = " ".join(seen)
+    demo = visit(runs["corrupt"], "demo", PAGES)
+    for page, shown in demo.items():
+        assert not shown["errors"], (page, shown["errors"])
+    joined = " ".join({w for shown in demo.values() for w in shown["warnings"]})
     assert "Unreadable Parquet file" in joined  # the overview's health check names the file
     assert "cannot read `routing`" in joined or "cannot read `routing`, `tokens`" in joined
     assert "cannot read `tokens`" in joined or "`routing`, `tokens`" in joined
     # pages that do not read the broken tables still draw
     for page in ("load_balance", "latent_kv", "mtp"):
-        open_page(at, page)
-        assert len(at.get("plotly_chart")) >= 2, page
-    at = app(runs["corrupt"], "loads")
-    for page in PAGES:
-        open_page(at, page)
-        assert not at.error, (page, texts(at.error))
-    open_page(at, "load_balance")
-    assert "cannot read `expert_load`" in texts(at.warning)
+        assert demo[page]["charts"] >= 2, page
+    loads = visit(runs["corrupt"], "loads", PAGES)
+    for page, shown in loads.items():
+        assert not shown["errors"], (page, shown["errors"])
+    assert "cannot read `expert_load`" in texts_of(loads["load_balance"]["warnings"])
     at = app(runs["corrupt"], "badjson")
     open_page(at, "overview")
     assert "run.json unreadable" in texts(at.error) or "run.json unreadable" in texts(at.info + at.warning)
