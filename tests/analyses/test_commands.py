@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -87,6 +88,9 @@ def test_a_real_sigint_is_one_line(tmp_path):
               "r.ablate = job\n"
               "from analyses.ablate.__main__ import main\n"
               f"sys.exit(main(['--out', {str(tmp_path / 'o')!r}, '--top', '1']))\n")
-    p = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    # SIGINT's default disposition in the child, as under a terminal: a suite started in the background
+    # (`bash .ci/run &`) has SIGINT ignored, which children inherit and Python then leaves alone
+    p = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert (p.returncode, p.stderr.strip()) == (130, "interrupted"), p.stderr
     assert not (tmp_path / "o").exists()
