@@ -16,8 +16,9 @@ import probe
 
 from helpers import random_model
 from helpers.mp_jobs import (ABLATE, ABLATIONS, IMPORTANCE, RECORD, REPORT, ROOT, SPEC, STEER, STEERING, TABLES,
-                             TOPOLOGY, one_thread, opts, torchrun)
+                             TOPOLOGY, opts, torchrun)
 from helpers.tables import assert_same_tables, sorted_df
+from helpers.threads import one_thread
 
 pytestmark = pytest.mark.slow  # torchrun launches, a browser or notebook kernels: `pytest -m "not slow"` skips them
 

@@ -19,9 +19,10 @@ from model.parallel import ParallelError
 
 from helpers import random_model
 from helpers.checkpoints import index_only
-from helpers.mp_jobs import RECORD, ROOT, TABLES, TOPOLOGY, one_thread, opts, our_frames, record_args, torchrun
+from helpers.mp_jobs import RECORD, ROOT, TABLES, TOPOLOGY, opts, our_frames, record_args, torchrun
 from helpers.processes import HELD_PROBE, hold_env, wait_until_held
 from helpers.tables import assert_same_tables
+from helpers.threads import one_thread
 
 pytestmark = pytest.mark.slow  # torchrun launches, a browser or notebook kernels: `pytest -m "not slow"` skips them
 

@@ -5,18 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from generate import write_demo_checkpoint
+from helpers.threads import one_thread
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
+def _one_thread():
     """Decoding is many tiny ops: one thread is faster, and immune to busy-waiting when the CPU is shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="session")

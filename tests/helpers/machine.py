@@ -23,14 +23,12 @@ def reference(import_torch_s: float | None) -> str:
     """One line: the CPU, its cores and the three timings (each the best of a few runs; 0.3 s in all)."""
     import torch
 
+    from .threads import one_thread
+
     loop = min(_timed(lambda: sum(i * i for i in range(1_000_000))) for _ in range(5))
     a, b = torch.randn(512, 512), torch.randn(512, 512)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         gemm = min(_timed(lambda: torch.mm(a, b)) for _ in range(20))
-    finally:
-        torch.set_num_threads(threads)
     imported = "torch imported before conftest" if import_torch_s is None else f"import torch {import_torch_s:.1f} s"
     return (f"machine reference: {cpu_model()}, {os.cpu_count()} cores: {imported}, Python loop {loop * 1e3:.0f} ms, "
             f"GEMM {2 * 512 ** 3 / gemm / 1e9:.0f} GFLOP/s (the 2-core EPYC of 2026-12-03: {EPYC_2026_12_03})")

@@ -11,14 +11,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
-
-import torch
 
 import model
 
 from . import make_corpus, make_tokenizer, random_model
+from .threads import one_thread
 
 ROOT = Path(__file__).resolve().parents[2]
 TOPOLOGY = dict(n_routed_experts=256, n_expert_groups=8, n_limited_groups=4, n_activated_experts=8, moe_inter_dim=8)
@@ -35,21 +33,6 @@ STEERING = {"name": "force-1:5+77", "experts": "1:5+77", "mode": "force"}
 TABLES = ["tokens", "routing", "expert_load", "mtp", "kv_stats", "kv_spectrum", "router_bias"]
 REPORT = ["--max-tokens", "300", "--fractions", "1/32", "--seeds", "1", "--no-progress", "--dtype", "float64",
           "--importance-tokens", "0"]  # the importance job is compared on its own
-
-
-@contextmanager
-def one_thread():
-    """torch on one thread for a job run in the test process (the single-process references): the tiny
-    model's per-expert GEMMs are too small to split, and two threads per process spin against the
-    other xdist worker and the torchrun ranks on 2 cores (a 1280-token record: 0.6-0.9 s on one thread,
-    5-10 s on two, measured on the shared 2-core box). The ranks it is compared with run one thread
-    each (OMP_NUM_THREADS=1 in `torchrun`)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def make_env(base: Path) -> dict:

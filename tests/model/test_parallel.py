@@ -23,7 +23,7 @@ from model import ModelArgs, memory, parallel
 from model.parallel import ParallelError, Shards
 
 from helpers import hf_checkpoint, random_model
-from helpers.mp_jobs import one_thread
+from helpers.threads import one_thread
 
 ROOT = Path(__file__).resolve().parents[2]
 WORLD = 2
@@ -42,7 +42,7 @@ FP8_MEAN_REL, FP8_MAX_REL = 0.25, 0.50  # the FP8 GEMM tolerance of tests/model/
 @pytest.fixture(autouse=True)
 def _one_thread():
     """Each test's work in this process on one torch thread: two spin on the 2-core box for these tiny
-    models' GEMMs (helpers.mp_jobs.one_thread; `model summary`'s two forwards: 2.5-4.6 s on two threads,
+    models' GEMMs (helpers.threads.one_thread; `model summary`'s two forwards: 2.5-4.6 s on two threads,
     0.1-0.4 s on one). The torchrun ranks run one thread each already."""
     with one_thread():
         yield
