@@ -134,16 +134,12 @@ def test_cli_refuses_a_system_text_it_has_no_turn_for(demo_dir, tmp_path, capsys
 @pytest.mark.parametrize("module", ["generate", "model.generate"])
 @pytest.mark.parametrize("prompts", [["a"], ["a", "b"]])  # streamed, and printed per finished row
 def test_a_closed_pipe_ends_the_command_quietly(demo_dir, module, prompts):
-    import subprocess
-
-    from helpers.models import REPO
+    from helpers.processes import reader_gone
 
     argv = [a for p in prompts for a in ("--prompt", p)]
-    proc = subprocess.Popen([sys.executable, "-m", module, "--ckpt", str(demo_dir), *argv, "--max-new-tokens", "3"],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    proc.stdout.close()  # the reader has gone, as after `| head -1`: it was a BrokenPipeError traceback
-    err = proc.stderr.read()
-    assert proc.wait(timeout=120) == 141 and "Traceback" not in err, err
+    # the reader has gone (`| head`): it was a BrokenPipeError traceback
+    code, err = reader_gone("-m", module, "--ckpt", str(demo_dir), *argv, "--max-new-tokens", "3")
+    assert code == 141 and "Traceback" not in err, err
 
 
 def test_a_git_lfs_pointer_for_tokenizer_json_is_named_as_one(demo_dir, tmp_path, capsys):

@@ -1,7 +1,10 @@
-"""Holding a record job started as a subprocess at a known batch (the kill-then-resume tests)."""
+"""Commands run as subprocesses: a record job held at a known batch (the kill-then-resume tests), a
+command whose reader has gone (the closed-pipe tests)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -25,3 +28,15 @@ def wait_until_held(proc, gate: Path, ranks: int = 1, timeout: float = 120) -> b
             return True
         time.sleep(0.01)
     return False
+
+
+def reader_gone(*args: str, timeout: float = 120) -> tuple[int, str]:
+    """`python ARGS` in the repository with its standard output a pipe closed before the first line, as
+    `| head -0` would: (exit status, standard error)."""
+    from .models import REPO
+
+    proc = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    return proc.wait(timeout=timeout), err

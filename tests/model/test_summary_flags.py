@@ -63,13 +63,7 @@ def test_summary_text_runs_as_record_feeds_it(capsys):
 @pytest.mark.parametrize("argv", [["params", "--config", "tiny", "--world-size", "2"],
                                   ["summary", "--batch", "1", "--seq-len", "4"]])
 def test_a_closed_pipe_ends_the_command_quietly(argv):
-    import subprocess
-    import sys
+    from helpers.processes import reader_gone
 
-    from helpers.models import REPO
-
-    proc = subprocess.Popen([sys.executable, "-m", "model", *argv], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    proc.stdout.close()  # the reader has gone before the first line, as `| head -0` would
-    err = proc.stderr.read()
-    assert proc.wait(timeout=120) == 141 and err == "", err
+    code, err = reader_gone("-m", "model", *argv)
+    assert code == 141 and err == "", err
