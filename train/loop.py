@@ -45,13 +45,13 @@ def run(ns: argparse.Namespace) -> dict:
         dist.close()
 
 
-
 def _short_domains_note(what: str, split: str, streams: dict, kept, seq_len: int) -> None:
     """One note naming the domains of `streams` left out of `kept` for want of one window's tokens."""
     short = [d for d in streams if d not in kept]
     if short:
         print(f"note: {what} (fewer {split} tokens than one window of --seq-len + 1 = {seq_len + 1}): "
               + ", ".join(f"{d} ({len(streams[d])})" for d in short), file=sys.stderr)
+
 
 @dataclass
 class _Data:
