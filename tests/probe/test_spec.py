@@ -106,11 +106,8 @@ def test_a_run_still_being_recorded_is_refused(probe_env, tmp_path, capsys):
     the record's commits would have gone on beside spec's, as ablate, importance and steer refuse such
     a run as their input (left alone by an earlier session, taken up by the next). A record that was
     killed gets the advice to --resume it."""
-    import subprocess
-    import sys
-
     from probe.record import RecordOptions, record
-    from probe.writer import WRITER_LOCK
+    from probe.writer import writer_lock
 
     run_dir = tmp_path / "rec"
     record(RecordOptions(ckpt=str(probe_env["ckpt"]), corpus=str(probe_env["corpus"]), out=str(run_dir),
@@ -123,17 +120,12 @@ def test_a_run_still_being_recorded_is_refused(probe_env, tmp_path, capsys):
     assert cli_main(argv) == 2  # no record holds its lock: killed
     err = capsys.readouterr().err
     assert "its record stopped before the end" in err and "--resume" in err and err.count("\n") == 1, err
-    # a record holding the run: another process holds the writer lock (flock is per open file, so a child)
-    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR); "
-                               "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()",
-                               str(run_dir / WRITER_LOCK)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    # a record holding the run: its writer lock held through an open file of its own, as another
+    # process's (flock locks an open file, not a process)
+    with writer_lock(run_dir):
         assert cli_main(argv) == 2
         err = capsys.readouterr().err
         assert f"{run_dir}: the run is still being recorded (status running)" in err and err.count("\n") == 1, err
-    finally:
-        holder.communicate("")
     assert "spec_decode" not in probe.open_run(run_dir).tables  # nothing written by the refused runs
     (run_dir / "run.json").write_text(json.dumps(info))  # control: the finished run takes spec's tables
     assert cli_main(argv) == 0 and "spec_decode" in probe.open_run(run_dir).tables

@@ -197,26 +197,17 @@ def test_a_second_process_in_a_run_being_trained_is_refused(corpus, tmp_path):
     """A --resume started while the run was still training cut the tables under the first
     process's writer: both ended in tracebacks, over a part file left broken. The running one holds
     the run's writer lock; the second is refused in one line, and the lock goes with the run's end."""
-    import subprocess
-    import sys
-
-    from probe.writer import WRITER_LOCK
+    from probe.writer import writer_lock
 
     common = ("--steps", "3", "--eval-every", "0", "--checkpoint-every", "0")
     out = tmp_path / "run"
     run(parse_args(flags(corpus, out, *common, "--stop-at", "2")))
-    hold = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_CREAT | os.O_RDWR); "
-            "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)")
-    holder = subprocess.Popen([sys.executable, "-c", hold, str(out / WRITER_LOCK)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"  # as a training process holds it
+    # held as a training process holds it, through an open file of its own (flock locks an open file)
+    with writer_lock(out):
         before = sorted(p.name for p in (out / "train_steps").iterdir())
         with pytest.raises(TrainError, match=r"another process is recording into this run"):
             run(parse_args(flags(corpus, out, *common, "--resume")))
         assert sorted(p.name for p in (out / "train_steps").iterdir()) == before
-    finally:
-        holder.kill()
-        holder.wait()
     done = run(parse_args(flags(corpus, out, *common, "--resume")))  # the lock went with the holder
     assert done["status"] == "complete"
     again = run(parse_args(flags(corpus, out, *common, "--resume")))  # and this process's with its run
