@@ -13,6 +13,7 @@ import torch
 import generate as package
 from generate import (GenerateError, GenerationOutput, SamplingParams, TextCodec, generate, load_codec,
                       read_prompts, write_demo_checkpoint)
+from generate.text import demo_refusal
 from probe.job import check_out_parent, exit_ranks, os_refusal
 
 
@@ -139,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--ckpt", help="Hugging Face checkpoint directory with tokenizer.json")
-    src.add_argument("--demo", metavar="DIR", help="write (once) and use a random tiny checkpoint in DIR")
+    src.add_argument("--demo", metavar="DIR", help="write (once) and use a random tiny checkpoint in DIR: a new or "
+                                                   "empty folder, or one that already holds the demo")
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     p.add_argument("--prompt-file", help="prompts, one per line, or JSONL with a 'prompt' field")
     p.add_argument("--interactive", action="store_true", help="read prompts from stdin (rank 0)")
@@ -203,6 +205,8 @@ def main(argv: list[str] | None = None) -> None:
         for flag, path, file in (("--output", ns.output, True), ("--demo", ns.demo, False)):
             if path:  # before the model loads and generates, not after
                 check_out_parent(Path(path), flag, file=file, error=GenerateError)
+        if ns.demo and (why := demo_refusal(ns.demo)):
+            raise GenerateError(f"--demo {ns.demo}: {why}")
         if ns.output and ns.prompt_file and Path(ns.output).resolve() == Path(ns.prompt_file).resolve():
             # the results were appended to the prompts: the next run read them back as prompts too
             raise GenerateError(f"--output {ns.output}: the same file as --prompt-file; give the results their own")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -157,17 +158,55 @@ def read_prompts(path: str | os.PathLike) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------ demo weights
+def demo_refusal(path: str | os.PathLike) -> str | None:
+    """Why `path` cannot take a demo checkpoint (to follow the path in a message), or None. A folder that already holds files but no
+    checkpoint with a tokenizer (config.json and tokenizer.json) is refused: writing there would put a
+    random model's config.json and weights over what it holds (a real checkpoint kept without its
+    tokenizer lost its weights that way)."""
+    path = Path(path)
+    if (path / "config.json").exists() and (path / "tokenizer.json").exists():
+        return None  # a demo (or any checkpoint with a tokenizer): used as it is
+    if path.exists() and not path.is_dir():
+        return "a file, not a folder"
+    if path.is_dir() and any(path.iterdir()):
+        held = "config.json but no tokenizer.json" if (path / "config.json").exists() else "files"
+        return (f"the folder holds {held}, not a demo checkpoint; the demo is written only into a new "
+                "or empty folder (nothing there is replaced)")
+    return None
+
+
 def write_demo_checkpoint(path: str | os.PathLike, seed: int = 0) -> Path:
     """A random tiny DeepSeek-V3 (with MTP) and a byte-level tokenizer with DeepSeek's special
-    tokens and a chat template, in `path` (kept if already there). Its text is noise."""
+    tokens and a chat template, in `path` (kept if already there). Its text is noise.
+
+    `path` must be new or empty (`demo_refusal`, a GenerateError otherwise). The checkpoint is built
+    in a temporary folder beside it and renamed into place when complete, so an interrupted write
+    leaves no half checkpoint that a later call would take for a whole one."""
+    path = Path(path)
+    if (path / "config.json").exists() and (path / "tokenizer.json").exists():
+        return path
+    if why := demo_refusal(path):
+        raise GenerateError(f"{path}: {why}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write_demo(tmp, seed)
+        if path.is_dir():
+            path.rmdir()  # empty (checked above); rename() cannot replace it on every platform
+        os.rename(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _write_demo(path: Path, seed: int) -> None:
+    """The demo's tokenizer, tokenizer config and random weights, written into `path`."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     from model import ModelArgs, Transformer, save
 
-    path = Path(path)
-    if (path / "config.json").exists() and (path / "tokenizer.json").exists():
-        return path
-    path.mkdir(parents=True, exist_ok=True)
+    path.mkdir(parents=True)
     specials = [BOS_TEXT, EOS_TEXT, USER, ASSISTANT]
     vocab = {s: i for i, s in enumerate(specials)}
     for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
@@ -188,4 +227,3 @@ def write_demo_checkpoint(path: str | os.PathLike, seed: int = 0) -> Path:
     args.vocab_size = len(vocab)
     torch.manual_seed(seed)
     save(Transformer(args, dtype=torch.float32).eval(), path)
-    return path

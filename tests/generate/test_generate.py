@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from generate import (ASSISTANT, USER, GenerateError, SamplingParams, generate, verify_drafts,
-                      load_codec, read_prompts)
+                      load_codec, read_prompts, write_demo_checkpoint)
 from generate.__main__ import Streamer
 
 from helpers import random_model
@@ -451,11 +451,40 @@ def test_cli_errors(demo_dir, tmp_path, capsys):
         (["--ckpt", demo_dir, "--prompt", "a", "--output", afile / "x.jsonl"], "afile is a file, not a directory"),
         (["--ckpt", demo_dir, "--prompt", "a", "--output", tmp_path], "is a directory, not a file"),
         (["--demo", afile / "demo", "--prompt", "a"], f"--demo {afile / 'demo'}: {afile} is a file"),
+        # a checkpoint kept without its tokenizer had its config.json and weights replaced by the demo's
+        (["--demo", no_tok, "--prompt", "a"], f"--demo {no_tok}: the folder holds config.json but no tokenizer.json"),
     ]
+    before = {f.name: f.read_bytes() for f in no_tok.iterdir()}
     for argv, msg in cases:
         code, out, err = run_cli(capsys, *argv, "--no-chat-template")
         assert code == 2, argv
         assert err.startswith("error: ") and msg in err and err.count("\n") == 1, err
+    assert {f.name: f.read_bytes() for f in no_tok.iterdir()} == before
+
+
+def test_the_demo_is_written_whole_into_a_new_or_empty_folder_only(tmp_path, monkeypatch):
+    """write_demo_checkpoint wrote into any folder without config.json and tokenizer.json (a review),
+    over what it held, and a write cut short left a half checkpoint there."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert write_demo_checkpoint(empty) == empty and (empty / "tokenizer.json").exists()
+    kept = (empty / "config.json").stat().st_mtime_ns
+    assert write_demo_checkpoint(empty) == empty and (empty / "config.json").stat().st_mtime_ns == kept
+
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "mine.txt").write_text("keep")
+    with pytest.raises(GenerateError, match=f"{notes}: the folder holds files, not a demo checkpoint"):
+        write_demo_checkpoint(notes)
+    assert [f.name for f in notes.iterdir()] == ["mine.txt"]
+
+    def full_disk(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("model.save", full_disk)
+    with pytest.raises(OSError):
+        write_demo_checkpoint(tmp_path / "cut")
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["empty", "notes"]  # no half demo, no temporary
 
 
 def test_an_output_the_os_refuses_is_refused_before_the_model_loads(demo_dir, capsys, monkeypatch):
