@@ -192,9 +192,13 @@ def write_demo_checkpoint(path: str | os.PathLike, seed: int = 0) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         _write_demo(tmp, seed)
-        if path.is_dir():
-            path.rmdir()  # empty (checked above); rename() cannot replace it on every platform
-        os.rename(tmp, path)
+        try:
+            if path.is_dir():
+                path.rmdir()  # empty (checked above); rename() cannot replace it on every platform
+            os.rename(tmp, path)
+        except OSError:  # another process put its demo there first: that one is used
+            if not ((path / "config.json").exists() and (path / "tokenizer.json").exists()):
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
