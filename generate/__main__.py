@@ -187,6 +187,13 @@ def _greedy_note(ns) -> str | None:
             "(greedy decoding); give a temperature above 0 to sample")
 
 
+def _replicate_note(ns, world) -> str | None:
+    """--replicate in a single process, where there is one whole model anyway: said, not dropped."""
+    if not ns.replicate or world.size > 1:
+        return None
+    return "note: --replicate has no effect in one process (under torchrun it loads a whole model on every rank)"
+
+
 def main(argv: list[str] | None = None) -> None:
     ns = build_parser().parse_args(argv)
 
@@ -213,9 +220,9 @@ def main(argv: list[str] | None = None) -> None:
         sampling = _sampling(ns)
         # every rank one whole model (--replicate), or all ranks one sharded model
         world = init_world(1 if ns.replicate else "auto", device=ns.device)
-        note = _greedy_note(ns)
-        if note and world.rank == 0:
-            print(note, file=sys.stderr)
+        for note in (_greedy_note(ns), _replicate_note(ns, world)):
+            if note and world.rank == 0:
+                print(note, file=sys.stderr)
         texts = _prompts_from_rank0(ns, world)
         ckpt = ns.ckpt
         if ns.demo:

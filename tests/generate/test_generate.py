@@ -563,3 +563,13 @@ def test_sampling_flags_at_temperature_0_are_said_to_change_nothing(demo_dir, ca
     assert code == 0 and "note: --top-k has no effect at --temperature 0" in err
     code, _, err = run_cli(capsys, *base, "--temperature", "0.7", "--top-p", "0.5")
     assert code == 0 and "note:" not in err
+
+
+def test_replicate_in_one_process_is_said_to_change_nothing(demo_dir, capsys):
+    """--replicate outside torchrun was dropped silently (a review): one process holds a whole model anyway."""
+    base = ["--ckpt", demo_dir, "--prompt", "ab", "--max-new-tokens", "3", "--no-chat-template"]
+    code, plain, _ = run_cli(capsys, *base)
+    code, out, err = run_cli(capsys, *base, "--replicate")
+    assert code == 0 and out == plain
+    assert err.splitlines()[0] == ("note: --replicate has no effect in one process (under torchrun it loads a "
+                                   "whole model on every rank)")
