@@ -115,6 +115,9 @@ def main(argv: list[str] | None = None) -> None:
         n[1] += len(ids)
         n[2] += tok.decode(ids, skip_special_tokens=False) == d["text"]
     print(f"wrote {ns.out} (vocab {tok.get_vocab_size()})")
+    if tok.get_vocab_size() < ns.vocab_size:  # it was a smaller vocabulary without a word (a tour)
+        print(f"note: --vocab-size {ns.vocab_size} asked for more: the corpus has no further pair seen at least "
+              f"{ns.min_frequency} times (--min-frequency) to merge", file=sys.stderr)
     for domain, (nbytes, ntok, ok) in sorted(by_domain.items()):
         print(f"  val {domain:<11} {ntok:>8,} tokens  {nbytes / max(ntok, 1):.2f} bytes/token  "
               f"round trip {ok}/{sum(d['domain'] == domain for d in val)} docs")

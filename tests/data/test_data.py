@@ -363,6 +363,8 @@ def test_tokenizer_training_is_deterministic_and_exact():
 def test_tokenizer_command_checks_everything_before_writing(tmp_path, capsys):
     """A broken val.jsonl, a negative --min-frequency or an empty train split is one line, and no
     tokenizer.json is written (the first was a traceback after the file had been written)."""
+    import tokenizers
+
     from data import tokenizer
 
     docs = [json.dumps({"id": f"d{i}", "domain": "code", "text": f"def f{i}(x): return x * {i}"}) for i in range(20)]
@@ -385,8 +387,16 @@ def test_tokenizer_command_checks_everything_before_writing(tmp_path, capsys):
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.startswith("error: --vocab-size 100: must exceed 259") and not out.exists()
     (tmp_path / "c" / "val.jsonl").write_text(docs[0] + "\n")  # the control
-    tokenizer.main(["--corpus", str(tmp_path / "c"), "--out", str(out), "--vocab-size", "300"])
-    assert out.exists() and "round trip 1/1 docs" in capsys.readouterr().out
+    tokenizer.main(["--corpus", str(tmp_path / "c"), "--out", str(out), "--vocab-size", "265"])
+    said = capsys.readouterr()
+    assert out.exists() and "round trip 1/1 docs" in said.out and "(vocab 265)" in said.out and not said.err
+    # more than this corpus can merge: the smaller vocabulary is said, not left to be found
+    tokenizer.main(["--corpus", str(tmp_path / "c"), "--out", str(out), "--vocab-size", "5000"])
+    said = capsys.readouterr()
+    vocab = tokenizers.Tokenizer.from_file(str(out)).get_vocab_size()
+    assert vocab < 5000 and f"(vocab {vocab})" in said.out
+    assert said.err.startswith("note: --vocab-size 5000 asked for more: the corpus has no further pair seen "
+                               "at least 2 times (--min-frequency) to merge")
 
 
 def test_report_checks_and_input_errors(tmp_path, capsys):
