@@ -141,11 +141,25 @@ def check_flags(ns: argparse.Namespace) -> None:
         # (placement, metrics, the dashboard) would sum the two
         raise TrainError(f"--out {out} already holds a run: pass --resume to continue it, or another --out "
                          "(delete the old one first to start again there)")
+    _refuse_theirs(out, ns.resume is not None)
     if ns.resume is not None and (out / "run.json").is_file():  # --resume DIR wrote into a record's run
         kind = _run_kind(out)
         if kind not in ("train", None):  # None: unreadable, which a resume replaces (train.loop)
             raise TrainError(f"--out {out} holds {kind}, not a training run: --resume continues a training run "
                              "in its own --out (give the --out of the run that saved the checkpoint)")
+
+
+def _refuse_theirs(out: Path, resume: bool) -> None:
+    """The run replaces OUT/model whole at its end and writes OUT/checkpoint/state.pt: in an --out that
+    is not a training run, a folder of either name is someone else's (a user's own model/ in the folder
+    given as --out was deleted without a word at the end of the run; a tour). A resume may start from
+    a checkpoint/ copied there."""
+    if (out / "train_steps").is_dir() or ((out / "run.json").is_file() and _run_kind(out) in ("train", None)):
+        return
+    for name in ("model",) if resume else ("model", "checkpoint"):
+        if (out / name).exists():
+            raise TrainError(f"--out {out} holds {name}/ and is not a training run: the run would replace it "
+                             f"with its own {name}/; pass another --out (or move {name}/ away)")
 
 
 def _run_kind(out: Path) -> str:

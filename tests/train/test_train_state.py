@@ -58,6 +58,22 @@ def test_an_out_folder_with_train_steps_alone_already_holds_a_run(tmp_path):
     check_flags(parse_args(["--out", str(tmp_path / "run"), "--resume"]))
 
 
+def test_an_out_folder_holding_someone_elses_model_or_checkpoint_is_refused(tmp_path):
+    # the run's end replaced OUT/model whole: a user's own model/ there was deleted (a tour)
+    for name in ("model", "checkpoint"):
+        out = tmp_path / name / "project"
+        (out / name).mkdir(parents=True)
+        (out / name / "mine.txt").write_text("keep")
+        with pytest.raises(TrainError, match=f"^--out {out} holds {name}/ and is not a training run"):
+            check_flags(parse_args(["--out", str(out)]))
+        assert (out / name / "mine.txt").read_text() == "keep"
+    with pytest.raises(TrainError, match="holds model/ and is not a training run"):
+        check_flags(parse_args(["--out", str(tmp_path / "model" / "project"), "--resume", str(tmp_path)]))
+    check_flags(parse_args(["--out", str(tmp_path / "checkpoint" / "project"), "--resume"]))  # a copied checkpoint
+    (tmp_path / "model" / "project" / "train_steps").mkdir()  # a training run's own model/: its resume replaces it
+    check_flags(parse_args(["--out", str(tmp_path / "model" / "project"), "--resume"]))
+
+
 def test_the_defaults_are_the_documented_recipe():
     ns = parse_args([])
     assert "700 steps x 16 x 256 tokens" in train.__doc__ and (ns.steps, ns.batch_size, ns.seq_len) == (700, 16, 256)
