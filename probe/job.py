@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 
 from .errors import RecordError, first_line
-from .out_paths import check_out_parent, check_replaceable, os_refusal  # noqa: F401 - the jobs import them here
+# the jobs import these here
+from .out_paths import check_not_an_input, check_out_parent, check_replaceable, os_refusal  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CKPT = REPO / "data" / "model"

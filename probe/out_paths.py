@@ -35,6 +35,22 @@ def check_out_parent(out: Path, flag: str = "--out", file: bool = False,
     _check_writable(parent, f"{flag} {out}", error)
 
 
+def check_not_an_input(out: Path, inputs: dict[str, str | Path | None], flag: str = "--out",
+                       error: type[Exception] = RecordError) -> None:
+    """A file output must not replace a file the job reads (or that its run was recorded from), nor
+    land inside such a folder (a corpus folder reads every file in it as a document): `inputs` maps
+    how to name each one ("the run's corpus") to its path, None where there is none. A report written
+    over the run's corpus file replaced the corpus (a tour)."""
+    path = out.resolve()
+    for what, given in inputs.items():
+        if given is None:
+            continue
+        src = Path(given).resolve()
+        if path == src or (src.is_dir() and path.is_relative_to(src)):
+            raise error(f"{flag} {out}: is {'' if path == src else 'inside '}{what} {given}, which it "
+                        "would overwrite or add to; write elsewhere")
+
+
 def _check_writable(folder: Path, what: str, error: type[Exception]) -> None:
     """Really create (and remove) an entry in `folder`: the only test root cannot pass by privilege."""
     try:

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import analyses.report as package
 from analyses.notebook_utils import DEFAULT_RUN
-from probe.job import (MODEL_FLAGS, add_model_flags, check_out_parent, closed_pipe_quiet, exit_ranks, job_error,
-                       launch_rank0, one_line_when_a_peer_is_lost, os_refusal, run_inputs, table_errors)
+from probe.job import (MODEL_FLAGS, add_model_flags, check_not_an_input, check_out_parent, closed_pipe_quiet,
+                       exit_ranks, job_error, launch_rank0, one_line_when_a_peer_is_lost, os_refusal, run_inputs,
+                       table_errors)
 
 from . import data as rd
 from .render import ReportError, check_run, compute, figures, print_text, run_notes, write_findings, write_html
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             # checked once here and handed to every ablation, importance and steering job, which then
             # read the checkpoint's weights sample no more
             ns.ckpt, ns.corpus = run_inputs(run.info, str(run_dir), ns.ckpt, ns.corpus, ReportError)
-        html, findings = _outputs(ns, run_dir)  # before minutes of ablations, not after
+        html, findings = _outputs(ns, run_dir, run.info)  # before minutes of ablations, not after
         t = time.time()
         writer = launch_rank0()  # under torchrun every rank runs the ablations; one writes
         r = compute(run_dir, ns, writer)
@@ -140,19 +141,29 @@ def _record_default_run(ns: argparse.Namespace) -> None:
                           "`dsv3-probe record --ckpt DIR`") from None
 
 
-def _outputs(ns: argparse.Namespace, run_dir: Path) -> tuple[Path, Path | None]:
-    """(the HTML report's path, the findings' or None), each checked writable and distinct."""
+def _outputs(ns: argparse.Namespace, run_dir: Path, info: dict) -> tuple[Path, Path | None]:
+    """(the HTML report's path, the findings' or None), each checked writable, distinct and none of the
+    files the run was recorded from."""
     html, findings = Path(ns.out) if ns.out else run_dir / "report.html", ns.findings and Path(ns.findings)
     for flag, value in (("--out", ns.out), ("--findings", ns.findings)):  # `reports/` wrote a file named
         if value and value.endswith(("/", os.sep)):  # reports (a review)
             raise ReportError(f"{flag} {value}: names a directory; give the file to write, e.g. "
                               f"{value}{'report.html' if flag == '--out' else 'findings.md'}")
+    inputs = {"the run's corpus": _path(info.get("corpus")), "the run's tokenizer": _path(info.get("tokenizer")),
+              "--corpus": ns.corpus}
     check_out_parent(html, "--out", file=True)
+    check_not_an_input(html, inputs, "--out", ReportError)
     if findings:
         check_out_parent(findings, "--findings", file=True)
+        check_not_an_input(findings, inputs, "--findings", ReportError)
         if findings.resolve() == html.resolve():  # the findings were written over the report (a review)
             raise ReportError(f"--findings {findings}: the same file as --out; give each its own")
     return html, findings or None
+
+
+def _path(entry) -> str | None:
+    """The path a run.json entry ({"path": ..., "fingerprint": ...}) names, if any."""
+    return entry.get("path") if isinstance(entry, dict) and isinstance(entry.get("path"), str) else None
 
 
 def _write(r: dict, html: Path, findings: Path | None, argv: list[str], t0: float) -> None:

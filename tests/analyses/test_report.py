@@ -220,6 +220,28 @@ def test_outputs_that_cannot_be_written_are_refused_first(tmp_path, capsys, monk
     assert not (tmp_path / "r.html").exists()
 
 
+def test_outputs_over_the_files_the_run_was_recorded_from_are_refused(tmp_path, capsys):
+    """A report written over the run's corpus file replaced the corpus (a tour): --out and --findings
+    may be neither the run's corpus or tokenizer file nor inside a corpus folder."""
+    from helpers.synthetic_run import write_run
+
+    run, corpus, folder, tok = tmp_path / "r", tmp_path / "texts.jsonl", tmp_path / "texts", tmp_path / "tok.json"
+    write_run(run, domains=("code", "prose"))
+    for path in (corpus, tok):
+        path.write_text('{"text": "keep"}\n')
+    info = json.loads((run / "run.json").read_text())
+    info.update(corpus={"path": str(corpus), "fingerprint": "x"}, tokenizer={"path": str(tok), "fingerprint": "y"})
+    (run / "run.json").write_text(json.dumps(info))
+    fast = ["--skip-ablation", "--importance-tokens", "0", "--no-progress"]
+    assert f"--out {corpus}: is the run's corpus {corpus}" in _err([str(run), "--out", str(corpus), *fast], capsys)
+    err = _err([str(run), "--findings", str(tok), *fast], capsys)
+    assert f"--findings {tok}: is the run's tokenizer {tok}" in err
+    assert corpus.read_text() == tok.read_text() == '{"text": "keep"}\n'
+    folder.mkdir()
+    err = _err([str(run), "--out", str(folder / "r.html"), "--corpus", str(folder), *fast], capsys)
+    assert f"is inside --corpus {folder}" in err and not any(folder.iterdir())
+
+
 def test_a_one_domain_run_is_reported_as_such(tmp_path, capsys):
     """Domain specialisation and the per-domain ablation need two domains: the report says so."""
     from helpers.synthetic_run import write_run
