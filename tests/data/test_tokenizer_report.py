@@ -82,6 +82,18 @@ def test_tokenizer_command_names_a_corpus_file_given_as_corpus(tmp_path, capsys)
                   "train.jsonl, e.g. data/corpus\n" and not out.exists()
 
 
+def test_tokenizer_command_refuses_an_out_over_a_corpus_split(tmp_path, capsys):
+    """--out DIR/train.jsonl with --corpus DIR replaced the training texts with the tokenizer (a tour)."""
+    text = json.dumps({"id": "a", "domain": "math", "text": TEXTS[0]}) + "\n"
+    for split in ("train.jsonl", "val.jsonl"):
+        (tmp_path / split).write_text(text)
+        with pytest.raises(SystemExit) as e:
+            tokenizer.main(["--corpus", str(tmp_path), "--out", str(tmp_path / "." / split)])
+        assert e.value.code == 2 and (tmp_path / split).read_text() == text
+        assert capsys.readouterr().err == (f"error: --out {tmp_path / split}: is the {split} of --corpus "
+                                           f"{tmp_path / split}, which it would overwrite or add to; write elsewhere\n")
+
+
 def test_tokenizer_command_ctrl_c_is_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch):
     """Ctrl-C while the merges were learned was a KeyboardInterrupt traceback."""
     (tmp_path / "train.jsonl").write_text(json.dumps({"id": "a", "domain": "math", "text": TEXTS[0]}) + "\n")
