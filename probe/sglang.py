@@ -84,6 +84,11 @@ def import_sglang(dump: str | Path, out: str | Path | None = None, config: str |
     if out.exists() and not overwrite:
         raise SGLangError(f"--out {out} exists: pass --overwrite to replace it")
     check_replaceable(out, "run.json", "a run directory", error=SGLangError)
+    if out.is_dir():  # --overwrite deletes `out`: dumps kept in the run they were imported into went with it (a tour)
+        for flag, path in (("DUMP", dump), ("--config", config), ("--tokenizer", tokenizer)):
+            if path is not None and Path(path).resolve().is_relative_to(out.resolve()):
+                raise SGLangError(f"--out {out}: --overwrite would delete it, and {flag} {path} lies inside it; "
+                                  "write the run elsewhere, or move the input out first")
     check_out_parent(out)
     tmp = out.with_name(f".{out.name}.importing")
     with os_refusal(f"--out {out}: cannot create the run there", SGLangError):

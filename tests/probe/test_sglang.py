@@ -5,6 +5,8 @@ ranks' and stages' files in test_sglang_ranks.py)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -230,6 +232,26 @@ def test_overwrite_replaces_a_run_and_nothing_else(world, tmp_path, capsys):
     assert probe.open_run(run).df("expert_load").domain.unique().tolist() == ["sglang"]  # not "all"
     assert import_sglang(world["per_pass"], run, config=str(world["config"]), overwrite=True) == run  # the control
     assert probe.open_run(run).info["source"]["mode"] == "per_pass"
+
+
+def test_overwrite_refuses_a_run_that_holds_the_dumps_it_imports(world, tmp_path, capsys):
+    """Dumps (or the config) kept inside the run they were imported into were deleted with it by the
+    next import with --overwrite, after being read (a tour)."""
+    import shutil
+
+    from probe.__main__ import main
+
+    run = import_sglang(world["stat"], tmp_path / "run", config=str(world["config"]))
+    (run / "dumps").mkdir()
+    dump = Path(shutil.copy(world["stat"], run / "dumps"))
+    config = Path(shutil.copy(world["config"], run / "config.json"))
+    for argv, flag, path in (([str(dump), "--config", str(world["config"])], "DUMP", dump),
+                             ([str(world["stat"]), "--config", str(config)], "--config", config)):
+        code = main(["import", "sglang", *argv, "--out", str(run), "--overwrite"])
+        err = capsys.readouterr().err
+        assert code == 2 and f"--overwrite would delete it, and {flag} {path} lies inside it" in err, err
+        assert dump.read_bytes() == world["stat"].read_bytes() and config.read_bytes() == world["config"].read_bytes()
+        assert probe.open_run(run).info["source"]["mode"] == "stat"
 
 
 def test_draft_passes_of_a_speculative_server_are_skipped(world, tmp_path):
