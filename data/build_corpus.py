@@ -419,6 +419,21 @@ def write_corpus(out: Path, docs: list[Doc], *, seed: int, val_fraction: float, 
     return manifest
 
 
+def _check_ours(out: Path) -> None:
+    """`out` may hold a corpus this command built (a manifest.json listing its files) or none of the
+    files it writes: a folder holding the user's own train.jsonl had it replaced without a word (a tour)."""
+    names = [n for n in ("train.jsonl", "val.jsonl", "manifest.json") if (out / n).exists()]
+    if not names:
+        return
+    try:
+        ours = "train.jsonl" in json.loads((out / "manifest.json").read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        ours = False
+    if not ours:
+        raise CorpusError(f"--out {out}: holds {', '.join(names)} but no manifest.json of a corpus built here; "
+                          "they would be replaced: pass another --out (or move them away)")
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
     """Read a corpus file; every line must be an object with string `id`, `domain` and `text`."""
     return read_documents(path, ("id", "domain", "text"), CorpusError)
@@ -452,6 +467,7 @@ def main(argv: list[str] | None = None) -> None:
         if not 0 < ns.val_fraction < 1:  # before the sources are read (write_corpus found it after; a review)
             raise CorpusError(f"--val-fraction {ns.val_fraction}: must be between 0 and 1 (exclusive)")
         check_out_parent(ns.out, error=CorpusError)  # before the sources are fetched and read, not after
+        _check_ours(ns.out)
         docs = collect(domains, seed=ns.seed, cache=ns.cache, offline=ns.offline, math_chars=ns.math_chars)
         if not docs:
             raise CorpusError("no document was collected: nothing to write")

@@ -266,6 +266,27 @@ def test_a_failed_write_leaves_the_old_corpus_whole(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == sorted(files)
 
 
+def test_a_folder_holding_the_users_own_splits_is_refused(tmp_path, capsys):
+    """--out a folder of the user's own train.jsonl (no manifest.json of a build) replaced it without a
+    word (a tour); a corpus built here is rebuilt in place (the control)."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    args = ["--domains", "math", "--math-chars", "20000", "--out", str(out), "--offline",
+            "--cache", str(tmp_path / "none")]
+    for name, text in (("train.jsonl", '{"id": "a", "domain": "mine", "text": "keep"}\n'), ("manifest.json", "{}")):
+        (out / name).write_text(text)
+        with pytest.raises(SystemExit) as e:
+            bc.main(args)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith(f"error: --out {out}: holds train.jsonl") and err.count("\n") == 1
+        assert (out / "train.jsonl").read_text() == '{"id": "a", "domain": "mine", "text": "keep"}\n'
+    (out / "train.jsonl").unlink()
+    (out / "manifest.json").unlink()
+    bc.main(args)
+    bc.main(args)  # its own build: replaced
+    assert json.loads((out / "manifest.json").read_text())["files"]["train.jsonl"]["documents"] > 0
+
+
 def _a_built_corpus(tmp_path):
     """(out, its three files' names, the build's flags without --math-chars, their bytes) of a small build."""
     out, files = tmp_path / "o", ("train.jsonl", "val.jsonl", "manifest.json")
