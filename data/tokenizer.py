@@ -24,7 +24,7 @@ if __package__ in (None, ""):  # `python data/tokenizer.py`
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
 
 from data.build_corpus import DATA_DIR, CorpusError, read_jsonl  # noqa: E402
-from probe.job import check_not_an_input, check_out_parent  # noqa: E402
+from probe.job import check_file_replaceable, check_not_an_input, check_out_parent  # noqa: E402
 
 SPECIAL_TOKENS = ("<|bos|>", "<|eos|>", "<|pad|>")
 BOS, EOS, PAD = 0, 1, 2
@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         # --out over the corpus' train.jsonl replaced the training texts with the tokenizer (a tour)
         splits = {f"the {split} of --corpus": ns.corpus / split for split in ("train.jsonl", "val.jsonl")}
         check_not_an_input(ns.out, splits, error=CorpusError)
+        check_file_replaceable(ns.out, (b'"added_tokens"',), "a tokenizer.json", error=CorpusError)
         if ns.corpus.is_file():  # data/corpus/train.jsonl given: reported as ".../train.jsonl/train.jsonl: not found"
             raise CorpusError(f"--corpus {ns.corpus}: is a file; --corpus must be a folder holding train.jsonl, "
                               "e.g. data/corpus")

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from .errors import RecordError, first_line
 # the jobs import these here
-from .out_paths import check_not_an_input, check_out_parent, check_replaceable, os_refusal  # noqa: F401
+from .out_paths import (  # noqa: F401
+    check_file_replaceable, check_not_an_input, check_out_parent, check_replaceable, os_refusal)
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CKPT = REPO / "data" / "model"

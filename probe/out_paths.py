@@ -51,6 +51,22 @@ def check_not_an_input(out: Path, inputs: dict[str, str | Path | None], flag: st
                         "would overwrite or add to; write elsewhere")
 
 
+def check_file_replaceable(out: Path, signatures: tuple[bytes, ...], what: str, flag: str = "--out",
+                           error: type[Exception] = RecordError) -> None:
+    """An existing file at `out` is replaced only when it is `what`, a file of the kind the command
+    writes (its first KiB holds one of `signatures`) or empty: a user's notes given as --out were
+    replaced without a word (a tour)."""
+    if not out.is_file():
+        return
+    try:
+        with open(out, "rb") as f:
+            head = f.read(1024)
+    except OSError:
+        return  # the write itself names what is wrong
+    if head.strip() and not any(s in head for s in signatures):
+        raise error(f"{flag} {out}: exists and is not {what}; write to a new file (or delete it first)")
+
+
 def _check_writable(folder: Path, what: str, error: type[Exception]) -> None:
     """Really create (and remove) an entry in `folder`: the only test root cannot pass by privilege."""
     try:

@@ -94,6 +94,21 @@ def test_tokenizer_command_refuses_an_out_over_a_corpus_split(tmp_path, capsys):
                                            f"{tmp_path / split}, which it would overwrite or add to; write elsewhere\n")
 
 
+def test_tokenizer_command_replaces_a_tokenizer_but_not_another_file(tmp_path, capsys):
+    """--out notes.txt, a file of the user's, was replaced by the tokenizer without a word (a tour)."""
+    (tmp_path / "train.jsonl").write_text(json.dumps({"id": "a", "domain": "math", "text": TEXTS[0]}) + "\n")
+    notes, tok = tmp_path / "notes.txt", tmp_path / "tok.json"
+    notes.write_text("mine")
+    with pytest.raises(SystemExit) as e:
+        tokenizer.main(["--corpus", str(tmp_path), "--out", str(notes), "--vocab-size", "270"])
+    assert e.value.code == 2 and notes.read_text() == "mine"
+    assert capsys.readouterr().err == (f"error: --out {notes}: exists and is not a tokenizer.json; write to a new "
+                                       "file (or delete it first)\n")
+    for vocab in ("270", "280"):  # a tokenizer is replaced (the control)
+        tokenizer.main(["--corpus", str(tmp_path), "--out", str(tok), "--vocab-size", vocab, "--min-frequency", "0"])
+    assert Tokenizer.from_file(str(tok)).get_vocab_size() == 280
+
+
 def test_tokenizer_command_ctrl_c_is_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch):
     """Ctrl-C while the merges were learned was a KeyboardInterrupt traceback."""
     (tmp_path / "train.jsonl").write_text(json.dumps({"id": "a", "domain": "math", "text": TEXTS[0]}) + "\n")
