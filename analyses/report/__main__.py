@@ -10,9 +10,9 @@ from pathlib import Path
 
 import analyses.report as package
 from analyses.notebook_utils import DEFAULT_RUN
-from probe.job import (MODEL_FLAGS, add_model_flags, check_not_an_input, check_out_parent, closed_pipe_quiet,
-                       exit_ranks, job_error, launch_rank0, one_line_when_a_peer_is_lost, os_refusal, run_inputs,
-                       table_errors)
+from probe.job import (MODEL_FLAGS, add_model_flags, check_file_replaceable, check_not_an_input, check_out_parent,
+                       closed_pipe_quiet, exit_ranks, job_error, launch_rank0, one_line_when_a_peer_is_lost, os_refusal,
+                       run_inputs, table_errors)
 
 from . import data as rd
 from .render import ReportError, check_run, compute, figures, print_text, run_notes, write_findings, write_html
@@ -153,9 +153,11 @@ def _outputs(ns: argparse.Namespace, run_dir: Path, info: dict) -> tuple[Path, P
               "--corpus": ns.corpus}
     check_out_parent(html, "--out", file=True)
     check_not_an_input(html, inputs, "--out", ReportError)
+    check_file_replaceable(html, (b"<title>DeepSeek-V3 probe findings</title>",), "a report", "--out", ReportError)
     if findings:
         check_out_parent(findings, "--findings", file=True)
         check_not_an_input(findings, inputs, "--findings", ReportError)
+        check_file_replaceable(findings, (b"# Findings on ",), "a findings file", "--findings", ReportError)
         if findings.resolve() == html.resolve():  # the findings were written over the report (a review)
             raise ReportError(f"--findings {findings}: the same file as --out; give each its own")
     return html, findings or None

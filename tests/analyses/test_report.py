@@ -242,6 +242,25 @@ def test_outputs_over_the_files_the_run_was_recorded_from_are_refused(tmp_path, 
     assert f"is inside --corpus {folder}" in err and not any(folder.iterdir())
 
 
+def test_an_existing_file_is_replaced_only_when_it_is_a_report_or_findings(tmp_path, capsys):
+    """--out or --findings naming a user's own file (notes.md) replaced it without a word (a tour)."""
+    from helpers.synthetic_run import write_run
+
+    run, notes = tmp_path / "r", tmp_path / "notes.md"
+    write_run(run, domains=("code", "prose"))
+    notes.write_text("# my notes\n")
+    fast = ["--skip-ablation", "--importance-tokens", "0", "--no-progress"]
+    for flag, what in (("--out", "a report"), ("--findings", "a findings file")):
+        err = _err([str(run), flag, str(notes), *fast], capsys)
+        assert err == f"error: {flag} {notes}: exists and is not {what}; write to a new file (or delete it first)"
+    assert notes.read_text() == "# my notes\n"
+    html, md = tmp_path / "r.html", tmp_path / "f.md"  # the command's own files are replaced (the control)
+    html.write_text("<!DOCTYPE html><html><head><meta charset='utf-8'><title>DeepSeek-V3 probe findings</title>old")
+    md.write_text("# Findings on an older run\n")
+    assert report.main([str(run), "--out", str(html), "--findings", str(md), *fast]) == 0
+    assert not html.read_text().endswith("old") and "older" not in md.read_text()
+
+
 def test_a_one_domain_run_is_reported_as_such(tmp_path, capsys):
     """Domain specialisation and the per-domain ablation need two domains: the report says so."""
     from helpers.synthetic_run import write_run
