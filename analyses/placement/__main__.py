@@ -10,7 +10,8 @@ import analyses.placement as package
 from analyses.placement import (PlacementError, current_placement, plan_run, run_groups, run_loads, summary_frame,
                                 worse_than_current, write_plan)
 from analyses.placement.export import FORMATS, export
-from probe.job import RecordError, check_out_parent, closed_pipe_quiet, job_error, os_refusal, table_errors
+from probe.job import (RecordError, check_file_replaceable, check_out_parent, closed_pipe_quiet, job_error, os_refusal,
+                       table_errors)
 
 
 def step_range(text: str) -> tuple[int, int]:
@@ -53,6 +54,12 @@ def main(argv=None) -> int:
         return job_error(e, msg if str(ns.run) in msg else f"{ns.run}: {msg}")
 
 
+# the start of each file this command writes, which a later plan may replace: the sglang, eplb and
+# logical-count JSON, the table as JSON (indent 1) or Parquet, and torch.save's zip (.pt)
+PLAN_FILES = (b'{"physical_to_logical_map"', b'{"phy2log"', b'{"logical_count"', b'{\n "config": ', b"PAR1",
+              b"PK\x03\x04")
+
+
 def _run(ns) -> int:
     if ns.format != "table" and ns.out is None:
         raise PlacementError(f"--format {ns.format} writes a file: pass --out plan.json (or .pt)")
@@ -60,6 +67,7 @@ def _run(ns) -> int:
         raise PlacementError(f"--out {ns.out}: --format {ns.format} writes a .json or .pt file")
     if ns.out is not None:
         check_out_parent(ns.out, file=True)
+        check_file_replaceable(ns.out, PLAN_FILES, "a placement file")
     planning = [f"--{k}" for k in ("gpus", "nodes", "redundant", "groups", "mode") if getattr(ns, k) is not None]
     if ns.format == "logical-count" and planning:
         # the loads are written as measured; SGLang plans from them with its own EP size

@@ -187,6 +187,24 @@ def test_a_plan_written_over_the_runs_own_files_is_refused(tmp_path, capsys):
     assert code == 2 and f"is a file of the checkpoint {ckpt}" in err and (ckpt / "config.json").read_text() == "{}"
 
 
+@pytest.mark.parametrize("fmt,suffix", [("sglang", ".json"), ("eplb", ".pt"), ("logical-count", ".json"),
+                                        ("table", ".json"), ("table", ".parquet")])
+def test_an_existing_file_is_replaced_only_when_it_is_a_placement_file(tmp_path, capsys, fmt, suffix):
+    """--out naming a user's own file (settings.json) replaced it with the plan without a word (a tour);
+    a file this command wrote, in any format, is replaced (the control)."""
+    write_run(tmp_path / "run", E=8, K=2, groups=4)
+    mine, plan = tmp_path / f"mine{suffix}", tmp_path / f"plan{suffix}"
+    mine.write_text('{"theme": "dark"}\n')
+    gpus = [] if fmt == "logical-count" else ["--gpus", 4]
+    code, _, err = _cli(capsys, tmp_path / "run", *gpus, "--format", fmt, "--out", mine)
+    assert code == 2 and err == f"error: --out {mine}: exists and is not a placement file; write to a new file " \
+                                "(or delete it first)\n" and mine.read_text() == '{"theme": "dark"}\n'
+    for redundant in (0, 4):
+        extra = [] if fmt == "logical-count" else ["--redundant", redundant]
+        code, _, err = _cli(capsys, tmp_path / "run", *gpus, *extra, "--format", fmt, "--out", plan)
+        assert code == 0, err
+
+
 def test_a_run_whose_run_json_cannot_be_read_is_refused_in_one_line(tmp_path, monkeypatch):
     """Deciding whether an --out below a run lands in one of its table folders read run.json and
     listed the run: another user's (permission denied) ended in a traceback (a review)."""
