@@ -20,7 +20,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from probe.job import check_out_parent, check_replaceable, closed_pipe_quiet, os_refusal
+from probe.job import check_out_parent, check_replaceable, closed_pipe_quiet, os_refusal, terminate_as_interrupt
 
 BIAS = "e_score_correction_bias"
 
@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overwrite", action="store_true", help="replace --out when it exists")
     ns = p.parse_args(argv)
     try:
-        out, n = without_router_bias(ns.ckpt, ns.out, ns.overwrite)
+        with terminate_as_interrupt():  # the temporary copy is removed on SIGTERM too
+            out, n = without_router_bias(ns.ckpt, ns.out, ns.overwrite)
     except (VariantError, OSError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2

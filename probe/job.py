@@ -484,6 +484,29 @@ def quiet_start():
 
 
 @contextlib.contextmanager
+def terminate_as_interrupt():
+    """In this block SIGTERM raises KeyboardInterrupt("terminated"), as Ctrl-C does, so that the
+    `finally` that removes a half-written temporary runs: Python's default ended the process where it
+    stood (an import or a variant stopped by `timeout` or a scheduler left its temporary folder, for a
+    variant a copy of the checkpoint under a name no later run removes; a tour). Main thread only."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt("terminated")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+@contextlib.contextmanager
 def signals_held(*signums: int):
     """`signums` held pending in this block, delivered when it ends (main thread only: elsewhere a
     process's signals are not this thread's to hold, and nothing is held). For the steps that must

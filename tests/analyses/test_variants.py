@@ -136,6 +136,27 @@ def test_a_refused_variant_leaves_no_temporary_folder(ckpt, tmp_path):
     assert list((tmp_path / "out").iterdir()) == []
 
 
+def test_sigterm_while_copying_leaves_no_temporary_folder(ckpt, tmp_path, capsys, monkeypatch):
+    """SIGTERM (`timeout`, a scheduler) ended the copy where it stood: its temporary folder, a copy of
+    the checkpoint under a name with the process id that no later run removes, stayed (a tour)."""
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    real = variants.shutil.copymode
+
+    def terminated(*a):
+        real(*a)
+        # without a handler of the command's own, SIGTERM would end the test process itself
+        assert signal.getsignal(signal.SIGTERM) is not before, "SIGTERM is left to Python's default"
+        signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(variants.shutil, "copymode", terminated)
+    (tmp_path / "out").mkdir()
+    assert variants.main(["no-router-bias", "--ckpt", str(ckpt[0]), "--out", str(tmp_path / "out" / "nb")]) == 130
+    assert capsys.readouterr().err.strip() == "terminated"
+    assert list((tmp_path / "out").iterdir()) == [] and signal.getsignal(signal.SIGTERM) is before
+
+
 def _damage(src, kind: str):
     """Damage a copy of a checkpoint the way `kind` says; returns (the file or tensor named, extra)."""
     from helpers.checkpoints import edit_tensors
