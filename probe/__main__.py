@@ -30,7 +30,8 @@ use_system_allocator()
 
 from .corpus import CorpusError  # noqa: E402
 from .job import (DEFAULT_CKPT, DEFAULT_CORPUS, DEFAULT_RUNS, RecordError, add_model_flags,  # noqa: E402
-                  closed_pipe_quiet, exit_ranks, job_error, launch_rank0, one_line_when_a_peer_is_lost)
+                  closed_pipe_quiet, exit_ranks, job_error, launch_rank0, one_line_when_a_peer_is_lost,
+                  terminate_as_interrupt)
 from .writer import RunError, read_run_json  # noqa: E402
 
 if TYPE_CHECKING:
@@ -281,7 +282,8 @@ def _add_import(sub) -> None:
 def _import(ns) -> int:
     from .sglang import import_sglang
 
-    out = import_sglang(ns.dump, ns.out, ns.config, ns.tokenizer, ns.overwrite, ns.buffer_size, ns.gpus)
+    with terminate_as_interrupt():  # the half-written .OUT.importing is removed on SIGTERM too
+        out = import_sglang(ns.dump, ns.out, ns.config, ns.tokenizer, ns.overwrite, ns.buffer_size, ns.gpus)
     info = read_run_json(out)["source"]
     print(f"imported {info['mode']} dump of {len(info['files'])} file(s), {info['passes']} forward passes, "
           + (f"MoE layers {info['moe_layers'][0]}..{info['moe_layers'][-1]}" if info["moe_layers"] else "no MoE layer"))

@@ -254,6 +254,30 @@ def test_overwrite_refuses_a_run_that_holds_the_dumps_it_imports(world, tmp_path
         assert probe.open_run(run).info["source"]["mode"] == "stat"
 
 
+def test_sigterm_during_an_import_leaves_no_half_written_run(world, tmp_path, capsys, monkeypatch):
+    """SIGTERM (`timeout`, a scheduler) ended an import where it stood, leaving .OUT.importing, a
+    half-written run, beside --out (a tour); it is removed as after Ctrl-C."""
+    import signal
+
+    import probe.sglang as ps
+    from probe.__main__ import main
+
+    before, real = signal.getsignal(signal.SIGTERM), ps._import_into
+
+    def terminated(tmp, *a, **kw):
+        real(tmp, *a, **kw)
+        # without a handler of the command's own, SIGTERM would end the test process itself
+        assert signal.getsignal(signal.SIGTERM) is not before, "SIGTERM is left to Python's default"
+        signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(ps, "_import_into", terminated)
+    (tmp_path / "runs").mkdir()
+    code = main(["import", "sglang", str(world["stat"]), "--config", str(world["config"]),
+                 "--out", str(tmp_path / "runs" / "prod")])
+    assert code == 130 and capsys.readouterr().err.strip() == "terminated"
+    assert list((tmp_path / "runs").iterdir()) == [] and signal.getsignal(signal.SIGTERM) is before
+
+
 def test_draft_passes_of_a_speculative_server_are_skipped(world, tmp_path):
     """A server running MTP speculative decoding records its draft model's passes too: nothing routed
     (the draft's MoE layers do not record), pass ids from the draft's own counter (overlapping the
