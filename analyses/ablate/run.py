@@ -308,7 +308,7 @@ def ablate(opts: AblateOptions, ablations: list[Ablation]):
     opts, info = job_defaults(opts)
     check_finished(opts.run, info)
     ckpt, corpus, out = resolve_paths(opts.ckpt, opts.corpus, opts.out or opts.run, error=AblationError)
-    check_out(out)
+    check_out(out, corpus)
     args = checkpoint_args(ckpt, AblationError)
     opts.seq_len = window_length(opts.seq_len, args, AblationError)
     shape = RouterShape.of(args)
@@ -480,9 +480,13 @@ def _has_loads(run: str) -> bool:
     return (d.is_dir() and any(d.glob("*.parquet"))) or "planned" in read_run_json(Path(run))
 
 
-def check_out(out: Path) -> None:
+def check_out(out: Path, corpus: Path | None = None) -> None:
     if out.exists() and not out.is_dir():
         raise AblationError(f"--out {out}: is a file, not a directory")
+    if corpus is not None and corpus.is_dir() and out.resolve().is_relative_to(corpus.resolve()):
+        # the table's Parquet files became documents of the corpus, which no record could read again (a tour)
+        raise AblationError(f"--out {out}: lies inside the corpus {corpus}, whose every file is read as a document; "
+                            "write the table elsewhere")
     if out.is_dir() and any(out.iterdir()) and not (out / "run.json").exists():
         raise AblationError(f"--out {out}: not a run directory (no run.json) and not empty")
     check_out_parent(out, error=AblationError)  # before a model loads, not when the table is written

@@ -267,6 +267,23 @@ def test_an_out_under_a_file_is_refused_before_the_model_loads(probe_env, tmp_pa
     assert_out_under_a_file_is_refused(main, lambda out, *a: _cli(probe_env, out, *a), tmp_path, capsys, "--top", "1")
 
 
+def test_an_out_inside_the_corpus_is_refused_by_ablate_importance_and_steer(probe_env, tmp_path, capsys):
+    """A table written into a folder of the corpus made its Parquet files documents of that corpus, which
+    no record (nor the run's --resume) could read again (a tour); record refused it already."""
+    import shutil
+
+    from analyses.importance.__main__ import main as importance
+    from analyses.steer.__main__ import main as steer
+
+    corpus = shutil.copytree(probe_env["corpus"], tmp_path / "corpus")
+    files = sorted(p.relative_to(corpus) for p in corpus.rglob("*"))
+    for command, extra in ((main, ["--top", "1"]), (importance, []), (steer, ["--experts", "1:3"])):
+        argv = _cli(probe_env, corpus / "tables", *extra)
+        argv[argv.index("--corpus") + 1] = str(corpus)
+        assert_one_line_error(command(argv), capsys, f"--out {corpus / 'tables'}: lies inside the corpus {corpus}")
+    assert sorted(p.relative_to(corpus) for p in corpus.rglob("*")) == files
+
+
 def test_an_out_the_os_refuses_is_refused_before_the_model_loads(probe_env, capsys, monkeypatch):
     out = unwritable_out(monkeypatch)  # os.access says yes; found only when the table was written (a review)
     assert_one_line_error(main(_cli(probe_env, out, "--top", "1")), capsys, unwritable_msg("--out", out))
