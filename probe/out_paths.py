@@ -51,6 +51,16 @@ def check_not_an_input(out: Path, inputs: dict[str, str | Path | None], flag: st
                         "would overwrite or add to; write elsewhere")
 
 
+def check_outside_corpus(out: Path, corpus: Path | None, what: str, error: type[Exception] = RecordError,
+                         name: str = "--corpus") -> None:
+    """A directory output must not lie inside a corpus folder, whose every file is read as a document:
+    a run's or a table's Parquet files there were read as corpus documents, and every later job over
+    that corpus failed on them (reviews and a tour). `what`: what to write elsewhere ("the run")."""
+    if corpus is not None and corpus.is_dir() and out.resolve().is_relative_to(corpus.resolve()):
+        raise error(f"--out {out}: lies inside {name} {corpus}, whose every file is read as a document; "
+                    f"write {what} elsewhere")
+
+
 def check_file_replaceable(out: Path, signatures: tuple[bytes, ...], what: str, flag: str = "--out",
                            error: type[Exception] = RecordError) -> None:
     """An existing file at `out` is replaced only when it is `what`, a file of the kind the command

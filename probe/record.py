@@ -33,10 +33,10 @@ import torch
 from model.memory import process_memory
 
 from .corpus import ORDERS, CorpusError, CorpusStats, corpus_windows, fingerprint
-from .job import (DEFAULT_CKPT, DEFAULT_CORPUS, RecordError, agree, bound_heap, check_out_parent, check_replaceable,
-                  checkpoint_args, checkpoint_identity, default_seq_len, load_model, load_tokenizer, os_refusal,
-                  first_line, job_options, package_version, resolve_paths, same_checkpoint, signals_held, start_world,
-                  window_length)
+from .job import (DEFAULT_CKPT, DEFAULT_CORPUS, RecordError, agree, bound_heap, check_out_parent, check_outside_corpus,
+                  check_replaceable, checkpoint_args, checkpoint_identity, default_seq_len, load_model, load_tokenizer,
+                  os_refusal, first_line, job_options, package_version, resolve_paths, same_checkpoint, signals_held,
+                  start_world, window_length)
 from .record_loop import record_batches
 from .record_tables import FINAL_TABLES, SESSION_KEYS, router_biases, write_router_bias
 from .writer import (RunError, check_committed, clear_run, replace_keeping_others, updating_run_json,
@@ -153,10 +153,7 @@ def prepare(opts: RecordOptions) -> Job:
 def check_out(out: Path, opts: RecordOptions, corpus: Path | None = None, ckpt: Path | None = None) -> None:
     if out.exists() and not out.is_dir():
         raise RecordError(f"--out {out}: a file, not a run directory")
-    if corpus is not None and corpus.is_dir() and out.resolve().is_relative_to(corpus.resolve()):
-        # the run's own Parquet files were then read as corpus documents, after the run was made (a review)
-        raise RecordError(f"--out {out}: lies inside --corpus {corpus}, whose every file is read as a document; "
-                          "write the run elsewhere")
+    check_outside_corpus(out, corpus, "the run")  # its own Parquet files were read as documents (a review)
     if opts.overwrite and out.is_symlink():  # found only when deleting it, after the model had loaded (a review)
         raise RecordError(f"--out {out}: a symbolic link (to {os.readlink(out)}); --overwrite replaces a run "
                           "directory: pass the directory itself")

@@ -38,8 +38,8 @@ import pyarrow.parquet as pq
 import torch
 
 from .corpus import CorpusError, CorpusStats, iter_documents, text_pieces
-from .job import (RecordError, agree, check_out_parent, checkpoint_args, checkpoint_identity, job_options,
-                  load_model, load_tokenizer, os_refusal, resolve_paths, run_inputs, signals_held, start_world)
+from .job import (RecordError, agree, check_out_parent, check_outside_corpus, checkpoint_args, checkpoint_identity,
+                  job_options, load_model, load_tokenizer, os_refusal, resolve_paths, run_inputs, signals_held, start_world)
 from .schema import TABLES
 from .writer import RUN_JSON, read_run_json, refuse_running, table_lock, updating_run_json
 
@@ -91,8 +91,9 @@ def spec_prompts(corpus: Path, tok, bos: int | None, n_tokens: int, limit: int |
     return out[:limit] if limit else out
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
+def _check_out(out: Path, overwrite: bool, corpus: Path) -> None:
     check_out_parent(out)
+    check_outside_corpus(out, corpus, "the tables")  # they were read as documents of the corpus (a tour)
     if out.exists() and any(out.iterdir()) and not (out / RUN_JSON).exists():
         raise RecordError(f"--out {out} exists and is not a run directory (no run.json)")
     if (out / RUN_JSON).exists():  # a record still writing it would commit its run.json over spec's entry
@@ -153,7 +154,7 @@ def record_spec(opts: SpecOptions) -> Path:
         raise RecordError(f"{ckpt}: the model has no MTP module (n_mtp_layers = 0): nothing to draft with")
     tok = load_tokenizer(opts.tokenizer, ckpt, args.vocab_size)
     world = start_world(opts.model_parallel, opts.device, args, job_options(opts))
-    agree(world, lambda: _check_out(out, opts.overwrite))
+    agree(world, lambda: _check_out(out, opts.overwrite, corpus))
     stats, short = CorpusStats(), []
     prompts = spec_prompts(corpus, tok, args.bos_token_id, opts.prompt_tokens, prompt_limit(opts), stats, short)
     if short and prompts and world.rank == 0:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from probe.corpus import CorpusError, Window, corpus_windows, fingerprint
-from probe.job import check_out_parent, run_inputs
+from probe.job import check_out_parent, check_outside_corpus, run_inputs
 from probe.recorders import Batch, model_token_nll
 from probe.schema import TABLES
 from probe.writer import read_run_json, refuse_running, write_result_part
@@ -483,10 +483,7 @@ def _has_loads(run: str) -> bool:
 def check_out(out: Path, corpus: Path | None = None) -> None:
     if out.exists() and not out.is_dir():
         raise AblationError(f"--out {out}: is a file, not a directory")
-    if corpus is not None and corpus.is_dir() and out.resolve().is_relative_to(corpus.resolve()):
-        # the table's Parquet files became documents of the corpus, which no record could read again (a tour)
-        raise AblationError(f"--out {out}: lies inside the corpus {corpus}, whose every file is read as a document; "
-                            "write the table elsewhere")
+    check_outside_corpus(out, corpus, "the table", AblationError, "the corpus")
     if out.is_dir() and any(out.iterdir()) and not (out / "run.json").exists():
         raise AblationError(f"--out {out}: not a run directory (no run.json) and not empty")
     check_out_parent(out, error=AblationError)  # before a model loads, not when the table is written

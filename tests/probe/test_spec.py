@@ -289,6 +289,19 @@ def test_an_out_that_cannot_be_written_is_a_one_line_error(probe_env, tmp_path, 
         record_spec(SpecOptions(out=str(out), **kw))
 
 
+def test_an_out_inside_the_corpus_is_refused(probe_env, tmp_path):
+    """The spec tables written into a folder of the corpus became its documents, and every later record
+    over that corpus failed on them (a tour); record refuses such an --out too."""
+    import shutil
+
+    corpus = shutil.copytree(probe_env["corpus"], tmp_path / "corpus")
+    files = sorted(corpus.rglob("*"))
+    with pytest.raises(RecordError, match=re.escape(f"--out {corpus / 'spec'}: lies inside --corpus {corpus}")):
+        record_spec(SpecOptions(ckpt=str(probe_env["ckpt"]), corpus=str(corpus), out=str(corpus / "spec"),
+                                prompt_tokens=8, new_tokens=2, max_prompts=1, progress=False))
+    assert sorted(corpus.rglob("*")) == files
+
+
 def test_the_summary_counts_are_the_tables_sums(probe_env, tmp_path):
     """run.json's spec_decode summary: `generated`, `forward_passes` and `acceptance_rate` were not
     checked against the spec_decode rows (a copy-paste of new_tokens for forward_passes, a rate per
