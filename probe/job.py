@@ -21,7 +21,8 @@ from pathlib import Path
 from .errors import RecordError, first_line
 # the jobs import these here
 from .out_paths import (  # noqa: F401
-    check_file_replaceable, check_not_an_input, check_out_parent, check_outside_corpus, check_replaceable, os_refusal)
+    check_file_replaceable, check_not_an_input, check_out_parent, check_outside_corpus, check_replaceable, os_refusal,
+    refuse_a_training_run)
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CKPT = REPO / "data" / "model"

@@ -137,6 +137,15 @@ def check_replaceable(out: Path, marker: str, what: str, flag: str = "--out",
         raise error(f"{flag} {out} is not {what} (no {marker}): refusing to delete it")
 
 
+def refuse_a_training_run(out: Path, error: type[Exception] = RecordError) -> None:
+    """Before `--overwrite` deletes a run directory: not a training run's (its train_steps/ table), whose
+    model/ and checkpoint/ no other command makes again (a mistyped `record --out runs/small
+    --overwrite` deleted the trained model; a tour)."""
+    if (out / "train_steps").is_dir():
+        raise error(f"--out {out}: is a training run (train_steps/); --overwrite would delete its model and "
+                    "checkpoint too: pass another --out (or delete the run yourself)")
+
+
 @contextlib.contextmanager
 def os_refusal(message: str, error: type[Exception] = RecordError):
     """Within the block, an OSError becomes one line: `error(f"{message} ({reason})")`. For the

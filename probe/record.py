@@ -36,7 +36,7 @@ from .corpus import ORDERS, CorpusError, CorpusStats, corpus_windows, fingerprin
 from .job import (DEFAULT_CKPT, DEFAULT_CORPUS, RecordError, agree, bound_heap, check_out_parent, check_outside_corpus,
                   check_replaceable, checkpoint_args, checkpoint_identity, default_seq_len, load_model, load_tokenizer,
                   os_refusal, first_line, job_options, package_version, resolve_paths, same_checkpoint, signals_held,
-                  start_world, window_length)
+                  refuse_a_training_run, start_world, window_length)
 from .record_loop import record_batches
 from .record_tables import FINAL_TABLES, SESSION_KEYS, router_biases, write_router_bias
 from .writer import (RunError, check_committed, clear_run, replace_keeping_others, updating_run_json,
@@ -161,6 +161,7 @@ def check_out(out: Path, opts: RecordOptions, corpus: Path | None = None, ckpt: 
         raise RecordError(f"--out {out} exists: pass --overwrite to replace it or --resume to continue it")
     if opts.overwrite:
         check_replaceable(out, "run.json", "a run directory")
+        refuse_a_training_run(out)
         _inputs_outside(out, {"--ckpt": ckpt, "--corpus": corpus, "--tokenizer": opts.tokenizer})
     if opts.resume and not (out / "run.json").exists():
         raise RecordError(f"--resume: {out} is not a run directory (no run.json)")

@@ -58,7 +58,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from .job import DEFAULT_RUNS, check_out_parent, check_replaceable, load_tokenizer, os_refusal, package_version
+from .job import (DEFAULT_RUNS, check_out_parent, check_replaceable, load_tokenizer, os_refusal, package_version,
+                  refuse_a_training_run)
 from .schema import TABLES
 from .sglang_dumps import DOMAIN, Dump, SGLangError, Shape, find_dumps, model_shape
 from .writer import PartWriter, write_json_atomic
@@ -84,6 +85,7 @@ def import_sglang(dump: str | Path, out: str | Path | None = None, config: str |
     if out.exists() and not overwrite:
         raise SGLangError(f"--out {out} exists: pass --overwrite to replace it")
     check_replaceable(out, "run.json", "a run directory", error=SGLangError)
+    refuse_a_training_run(out, SGLangError)
     if out.is_dir():  # --overwrite deletes `out`: dumps kept in the run they were imported into went with it (a tour)
         for flag, path in (("DUMP", dump), ("--config", config), ("--tokenizer", tokenizer)):
             if path is not None and Path(path).resolve().is_relative_to(out.resolve()):

@@ -3,6 +3,7 @@ nothing; --overwrite and --resume refuse what they must. (Tables: test_record.py
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -258,6 +259,19 @@ def test_overwrite_refuses_a_run_that_holds_the_jobs_own_inputs(probe_env, tmp_p
         assert (ckpt / "config.json").exists() and corpus.exists()
     rec(probe_env, out, max_tokens=200, overwrite=True)  # the control: inputs elsewhere, the run is replaced
     assert not ckpt.exists()
+
+
+def test_overwrite_refuses_a_training_run(probe_env, tmp_path):
+    """`record --out runs/small --overwrite` (a name mistyped) deleted a training run, its trained model
+    and checkpoint with it (a tour): --overwrite replaces a run no other command made at such a cost."""
+    out = tmp_path / "small"
+    for folder in ("train_steps", "model", "checkpoint"):
+        (out / folder).mkdir(parents=True)
+    (out / "run.json").write_text(json.dumps({"status": "complete", "format": 1, "kind": "train"}))
+    with pytest.raises(RecordError, match=f"^--out {out}: is a training run .train_steps/.; --overwrite would "
+                                          "delete its model and checkpoint too"):
+        rec(probe_env, out, max_tokens=200, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint", "model", "run.json", "train_steps"]
 
 
 def test_resume_keeps_other_commands_tables_and_takes_an_explicit_default_dtype(probe_env, tmp_path):

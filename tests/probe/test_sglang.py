@@ -234,6 +234,17 @@ def test_overwrite_replaces_a_run_and_nothing_else(world, tmp_path, capsys):
     assert probe.open_run(run).info["source"]["mode"] == "per_pass"
 
 
+def test_overwrite_refuses_a_training_run(world, tmp_path):
+    """--overwrite deleted a training run, its trained model and checkpoint with it (a tour)."""
+    out = tmp_path / "small"
+    for folder in ("train_steps", "model"):
+        (out / folder).mkdir(parents=True)
+    (out / "run.json").write_text('{"status": "complete", "format": 1, "kind": "train"}')
+    with pytest.raises(SGLangError, match="is a training run .train_steps/.; --overwrite would delete its model"):
+        import_sglang(world["stat"], out, config=str(world["config"]), overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["model", "run.json", "train_steps"]
+
+
 def test_overwrite_refuses_a_run_that_holds_the_dumps_it_imports(world, tmp_path, capsys):
     """Dumps (or the config) kept inside the run they were imported into were deleted with it by the
     next import with --overwrite, after being read (a tour)."""
