@@ -1,6 +1,7 @@
 """Where a job may write: an output's parent must be writable, a file output must not replace a run's
-run.json, land in a run's table folders or overwrite a checkpoint's own files, `--overwrite` deletes
-only what the command writes, and an OS refusal the checks could not foresee is one line
+run.json, land in a run's table folders, overwrite a checkpoint's own files, an input of the job or a
+file of another kind, a directory output must not lie inside a corpus, `--overwrite` deletes only what
+the command writes (never a training run), and an OS refusal the checks could not foresee is one line
 (`probe.job` re-exports these for the jobs)."""
 
 from __future__ import annotations
