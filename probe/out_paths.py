@@ -65,16 +65,18 @@ def check_outside_corpus(out: Path, corpus: Path | None, what: str, error: type[
 def check_file_replaceable(out: Path, signatures: tuple[bytes, ...], what: str, flag: str = "--out",
                            error: type[Exception] = RecordError) -> None:
     """An existing file at `out` is replaced only when it is `what`, a file of the kind the command
-    writes (its first KiB holds one of `signatures`) or empty: a user's notes given as --out were
-    replaced without a word (a tour)."""
+    writes (its first KiB, or its last 4 KiB where Parquet keeps its column names, holds one of
+    `signatures`) or empty: a user's notes given as --out were replaced without a word (a tour)."""
     if not out.is_file():
         return
     try:
         with open(out, "rb") as f:
             head = f.read(1024)
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            tail = f.read()
     except OSError:
         return  # the write itself names what is wrong
-    if head.strip() and not any(s in head for s in signatures):
+    if head.strip() and not any(s in head or s in tail for s in signatures):
         raise error(f"{flag} {out}: exists and is not {what}; write to a new file (or delete it first)")
 
 

@@ -54,10 +54,11 @@ def main(argv=None) -> int:
         return job_error(e, msg if str(ns.run) in msg else f"{ns.run}: {msg}")
 
 
-# the start of each file this command writes, which a later plan may replace: the sglang, eplb and
-# logical-count JSON, the table as JSON (indent 1) or Parquet, and torch.save's zip (.pt)
-PLAN_FILES = (b'{"physical_to_logical_map"', b'{"phy2log"', b'{"logical_count"', b'{\n "config": ', b"PAR1",
-              b"PK\x03\x04")
+# what shows a file this command wrote, which a later plan may replace: the keys of the sglang, eplb
+# and logical-count exports (in JSON or in the pickle at the start of a .pt), the table as JSON
+# (indent 1), and a column of the table as Parquet (in its footer); not the magic of any Parquet or
+# zip file, which a user's corpus or weights share
+PLAN_FILES = (b"physical_to_logical_map", b"phy2log", b"logical_count", b'{\n "config": ', b"predicted_load")
 
 
 def _run(ns) -> int:

@@ -192,13 +192,22 @@ def test_a_plan_written_over_the_runs_own_files_is_refused(tmp_path, capsys):
 def test_an_existing_file_is_replaced_only_when_it_is_a_placement_file(tmp_path, capsys, fmt, suffix):
     """--out naming a user's own file (settings.json) replaced it with the plan without a word (a tour);
     a file this command wrote, in any format, is replaced (the control)."""
+    import pandas as pd
+    import torch
+
     write_run(tmp_path / "run", E=8, K=2, groups=4)
     mine, plan = tmp_path / f"mine{suffix}", tmp_path / f"plan{suffix}"
-    mine.write_text('{"theme": "dark"}\n')
+    if suffix == ".json":
+        mine.write_text('{"theme": "dark"}\n')
+    elif suffix == ".parquet":  # a corpus of the user's: Parquet as the plan table is
+        pd.DataFrame({"text": ["keep"]}).to_parquet(mine)
+    else:  # weights of the user's: a torch.save zip as a .pt plan is
+        torch.save({"w": torch.zeros(2)}, mine)
+    before = mine.read_bytes()
     gpus = [] if fmt == "logical-count" else ["--gpus", 4]
     code, _, err = _cli(capsys, tmp_path / "run", *gpus, "--format", fmt, "--out", mine)
     assert code == 2 and err == f"error: --out {mine}: exists and is not a placement file; write to a new file " \
-                                "(or delete it first)\n" and mine.read_text() == '{"theme": "dark"}\n'
+                                "(or delete it first)\n" and mine.read_bytes() == before
     for redundant in (0, 4):
         extra = [] if fmt == "logical-count" else ["--redundant", redundant]
         code, _, err = _cli(capsys, tmp_path / "run", *gpus, *extra, "--format", fmt, "--out", plan)
