@@ -132,6 +132,9 @@ def _record_default_run(ns: argparse.Namespace) -> None:
     from probe.corpus import CorpusError
     from probe.record import RecordError, RecordOptions, record
 
+    if DEFAULT_RUN.exists():  # record's own advice, "pass --overwrite", named a flag the report does not have
+        raise ReportError(f"{DEFAULT_RUN}: the default run's folder exists but holds no run (no run.json), and the "
+                          "report does not replace it: move it away, or pass RUN")
     print(f"no default run yet: recording {DEFAULT_RUN} (bundled model, whole validation corpus) ...",
           file=sys.stderr)
     try:

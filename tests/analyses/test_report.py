@@ -261,6 +261,19 @@ def test_an_existing_file_is_replaced_only_when_it_is_a_report_or_findings(tmp_p
     assert not html.read_text().endswith("old") and "older" not in md.read_text()
 
 
+def test_a_default_run_folder_without_a_run_is_named_not_overwritten(tmp_path, capsys, monkeypatch):
+    """No RUN and a runs/model-val that holds no run: record's advice "pass --overwrite" named a flag the
+    report does not have (a tour); the folder is named and left as it was."""
+    default = tmp_path / "runs" / "model-val"
+    default.mkdir(parents=True)
+    (default / "mine.txt").write_text("keep")
+    monkeypatch.setattr(report, "DEFAULT_RUN", default)
+    err = _err(["--skip-ablation", "--no-progress"], capsys)
+    assert err == (f"error: {default}: the default run's folder exists but holds no run (no run.json), and the "
+                   "report does not replace it: move it away, or pass RUN")
+    assert [p.name for p in default.iterdir()] == ["mine.txt"]
+
+
 def test_a_one_domain_run_is_reported_as_such(tmp_path, capsys):
     """Domain specialisation and the per-domain ablation need two domains: the report says so."""
     from helpers.synthetic_run import write_run
