@@ -48,7 +48,7 @@ if __package__ in (None, ""):  # `python data/build_corpus.py`: make `data.*` im
 
 from data.mathgen import math_document  # noqa: E402
 from probe.corpus import read_documents  # noqa: E402
-from probe.job import check_out_parent  # noqa: E402
+from probe.job import check_out_parent, terminate_as_interrupt  # noqa: E402
 
 DATA_DIR = Path(__file__).resolve().parent
 DOMAINS = ("literature", "technical", "code", "chinese", "math")
@@ -471,8 +471,10 @@ def main(argv: list[str] | None = None) -> None:
         docs = collect(domains, seed=ns.seed, cache=ns.cache, offline=ns.offline, math_chars=ns.math_chars)
         if not docs:
             raise CorpusError("no document was collected: nothing to write")
-        m = write_corpus(ns.out, docs, seed=ns.seed, val_fraction=ns.val_fraction, max_chars=ns.max_chars or None,
-                         extra={"math_chars": ns.math_chars, "selected_domains": domains})
+        with terminate_as_interrupt():  # SIGTERM left NAME.tmp files, read as documents of a corpus folder
+            m = write_corpus(ns.out, docs, seed=ns.seed, val_fraction=ns.val_fraction,
+                             max_chars=ns.max_chars or None,
+                             extra={"math_chars": ns.math_chars, "selected_domains": domains})
     except CorpusError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

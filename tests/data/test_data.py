@@ -338,6 +338,30 @@ def test_ctrl_c_is_one_line_and_leaves_the_old_corpus_whole(tmp_path, capsys, mo
     assert sorted(p.name for p in out.iterdir()) == sorted(files)
 
 
+def test_sigterm_while_writing_leaves_the_old_corpus_whole_and_no_temporary(tmp_path, capsys, monkeypatch):
+    """SIGTERM (`timeout`, a scheduler) between the writes ended the build where it stood: NAME.tmp files
+    stayed in the corpus folder, where a record over that folder reads every file as a document (a tour)."""
+    import signal
+
+    out, files, args, before = _a_built_corpus(tmp_path)
+    handler, real_replace = signal.getsignal(signal.SIGTERM), os.replace
+
+    def terminated(src, dst):
+        if str(src).endswith("val.jsonl.tmp"):
+            # without a handler of the command's own, SIGTERM would end the test process itself
+            assert signal.getsignal(signal.SIGTERM) is not handler, "SIGTERM is left to Python's default"
+            signal.raise_signal(signal.SIGTERM)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(bc.os, "replace", terminated)
+    with pytest.raises(SystemExit) as e:
+        bc.main([*args, "--math-chars", "40000"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 130 and err == f"interrupted: nothing written ({out} is as it was)"
+    assert {name: (out / name).read_bytes() for name in files} == before
+    assert sorted(p.name for p in out.iterdir()) == sorted(files) and signal.getsignal(signal.SIGTERM) is handler
+
+
 # --------------------------------------------------------------------------------------- tokenizer
 def test_committed_validation_split_matches_its_manifest():
     manifest = json.loads((DATA / "corpus" / "manifest.json").read_text())
