@@ -443,3 +443,12 @@ def test_a_plan_worse_than_the_current_placement_is_said(tmp_path, monkeypatch):
     assert "keep the current placement for those layers; --mode hierarchical keeps each expert group's" in out
     out = _cli(*args[:-4], "--redundant", 4, "--mode", "global").stdout
     assert "note: in 1 of 2 layers" in out and "--mode global plans" not in out  # no hint where it cannot help
+
+
+def test_cli_refuses_more_redundant_slots_than_the_gpus_can_use(tmp_path):
+    # --redundant 10**12 looped once per slot and hung; past E x (gpus - 1) a GPU holds an expert twice
+    write_run(tmp_path / "run", E=8, K=2, groups=4)
+    p = _cli(tmp_path / "run", "--gpus", 4, "--redundant", 10**12)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+    assert "--redundant 1000000000000: more than --gpus 4 x 8 experts - 8 = 24" in p.stderr
+    assert _cli(tmp_path / "run", "--gpus", 4, "--redundant", 24).returncode == 0
