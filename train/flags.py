@@ -132,6 +132,8 @@ def check_flags(ns: argparse.Namespace) -> None:
         raise TrainError(f"--seed={ns.seed} must be a whole number from 0 to 2**64 - 1")
     if ns.threads is not None and ns.threads < 1:
         raise TrainError(f"--threads={ns.threads} must be at least 1")
+    if ns.threads is not None and ns.threads >= 2**31:  # torch.set_num_threads takes a C int: a traceback (a tour)
+        raise TrainError(f"--threads={ns.threads} is more than torch can set (at most 2**31 - 1)")
     check_out_parent(Path(ns.out), error=TrainError)  # before the corpus is read and the model built, not after
     if getattr(ns, "token_cache", None):  # a folder the tokenised corpus is saved to, after tokenising it
         check_out_parent(Path(ns.token_cache), "--token-cache", error=TrainError)

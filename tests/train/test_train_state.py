@@ -43,7 +43,8 @@ def test_check_flags_refuses_each_out_of_range_value_and_takes_the_bounds(tmp_pa
     for flag, value, msg in (("--seq-len", "2", "must be at least 3 .MTP predicts two tokens ahead"),
                              ("--beta1", "1", r"must be in \[0, 1\)"), ("--beta2", "1", r"must be in \[0, 1\)"),
                              ("--min-lr-ratio", "1.01", r"must be in \[0, 1\]"),
-                             ("--stop-at", "0", "must be a step of at least 1")):
+                             ("--stop-at", "0", "must be a step of at least 1"),
+                             ("--threads", str(10**12), "is more than torch can set")):
         with pytest.raises(TrainError, match=f"^{flag}={value}"):
             check(flag, value)
     for argv in (("--seq-len", "3"), ("--min-lr-ratio", "1"), ("--min-lr-ratio", "0"), ("--beta1", "0"),
