@@ -60,6 +60,8 @@ def summary(ns) -> None:
     for flag, value in (("--batch", ns.batch), ("--seq-len", ns.seq_len)):
         if value is not None and value < 1:
             raise ValueError(f"{flag} {value}: must be at least 1")
+    if not -2**63 <= ns.seed < 2**64:  # torch's own error named no flag: "Overflow when unpacking long long"
+        raise ValueError(f"--seed {ns.seed}: out of range: use an integer in [-2^63, 2^64)")
     if ns.text is not None and not ns.ckpt:  # before the model is built (it was after, with exit status 1)
         raise ValueError("--text needs --ckpt DIR with a tokenizer.json")
     # flags the run would not use: they were dropped silently (a summary of the checkpoint, not of
@@ -77,6 +79,12 @@ def summary(ns) -> None:
     a = m.args
     if ns.text is None and ns.seq_len > a.max_seq_len:  # the forward's own error named no flag, after the header
         raise ValueError(f"--seq-len {ns.seq_len}: longer than the model's max_seq_len {a.max_seq_len}")
+    have = available_memory()
+    if ns.text is None and have is not None and ns.batch * ns.seq_len * a.vocab_size * 4 > have / 2:
+        # the float32 logits alone; --batch 1000000000000 was the allocator's traceback
+        raise ValueError(f"--batch {ns.batch} x --seq-len {ns.seq_len}: the logits alone would take "
+                         f"{ns.batch * ns.seq_len * a.vocab_size * 4 / 2**30:,.1f} GiB, more than half of the "
+                         f"{have / 2**30:,.1f} GiB available here")
     tokens = _tokens(ns, m)  # before the header: a --text refused is the one line printed
     counts = m.param_counts()
     print(f"model: {a.model_type}  dim={a.dim} layers={a.n_layers} (dense {a.n_dense_layers}) "

@@ -67,3 +67,16 @@ def test_a_closed_pipe_ends_the_command_quietly(argv):
 
     code, err = reader_gone("-m", "model", *argv)
     assert code == 141 and err == "", err
+
+
+def test_summary_refuses_a_batch_beyond_memory_and_a_seed_torch_cannot_take(capsys, monkeypatch):
+    # both were tracebacks: the allocator's for 10**12 rows of random tokens, torch's overflow for the seed
+    import model.__main__ as cli
+
+    monkeypatch.setattr(cli, "available_memory", lambda: 2**30)
+    for argv, msg in ((["--batch", str(10**12)], f"--batch {10**12} x --seq-len 128: the logits alone would take "),
+                      (["--seed", str(10**23)], f"--seed {10**23}: out of range")):
+        with pytest.raises(SystemExit) as e:
+            main(["summary", *argv])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith(f"error: {msg}") and err.count("\n") == 1, err
