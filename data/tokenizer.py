@@ -36,6 +36,11 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096, min_frequency:
     if vocab_size <= BASE_VOCAB:
         raise ValueError(f"vocab_size={vocab_size} must exceed {BASE_VOCAB} "
                          f"(256 bytes + {len(SPECIAL_TOKENS)} special)")
+    # each merge joins a pair of symbols of the text, so a vocabulary holds at most one token per byte
+    # beyond BASE_VOCAB; the trainer allocates for vocab_size up front, and --vocab-size 10**12 aborted
+    # the process in Rust ("memory allocation of ... bytes failed"). The merges learned are the same.
+    texts = list(texts)
+    vocab_size = min(vocab_size, BASE_VOCAB + 4 * sum(map(len, texts)))  # at most 4 UTF-8 bytes a character
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Digits(individual_digits=True),

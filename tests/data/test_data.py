@@ -16,7 +16,7 @@ import pytest
 
 from data import build_corpus as bc
 from data.mathgen import GENERATORS, math_document
-from data.tokenizer import BOS, EOS, PAD, SPECIAL_TOKENS, load_tokenizer, train_tokenizer
+from data.tokenizer import BASE_VOCAB, BOS, EOS, PAD, SPECIAL_TOKENS, load_tokenizer, train_tokenizer
 
 DATA = Path(__file__).resolve().parents[2] / "data"
 
@@ -403,6 +403,14 @@ def test_tokenizer_training_is_deterministic_and_exact():
     assert len(a.encode("2024").ids) == 4  # digits are never merged
     with pytest.raises(ValueError, match="vocab_size"):
         train_tokenizer(texts, vocab_size=100)
+
+
+def test_a_vocabulary_larger_than_the_text_can_merge_into_trains_what_it_can():
+    # the trainer allocated for vocab_size up front: 10**12 aborted the process in Rust
+    texts = ["abab cdcd", "abab"]
+    big = train_tokenizer(texts, vocab_size=10**12)
+    assert big.to_str() == train_tokenizer(texts, vocab_size=BASE_VOCAB + 100).to_str()
+    assert BASE_VOCAB < big.get_vocab_size() < BASE_VOCAB + 13  # 13 bytes of text
 
 
 def test_tokenizer_command_checks_everything_before_writing(tmp_path, capsys):
