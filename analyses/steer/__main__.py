@@ -53,8 +53,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _options(ns) -> SteerOptions:
+    from analyses.ablate.select import AblationError
+
     from .run import SteerOptions
 
+    if ns.domain_tokens is not None and ns.domain_tokens < 0:  # the job's check said "must be >= 1": 0 is taken
+        raise AblationError(f"--domain-tokens {ns.domain_tokens}: must be >= 0 (0 = no per-domain cap)")
     kw = {k: v for k, v in vars(ns).items() if k in SteerOptions.__dataclass_fields__}
     kw["domain_tokens"] = ns.domain_tokens or None
     kw["prompts"] = ns.prompt

@@ -450,3 +450,9 @@ def test_cli_bias_defaults_to_1_and_domain_tokens_0_is_no_cap(tmp_path, capsys, 
     assert_one_line_error(main(argv), capsys, "stopped")
     opts, s = seen[0]
     assert s.bias == 1.0 and s.name == "bias-1:2-b1" and opts.domain_tokens is None
+
+
+def test_cli_negative_domain_tokens_names_the_bound_steer_takes(tmp_path, capsys):
+    # it said "must be >= 1" (the ablation job's bound), while steer takes 0 as no per-domain cap
+    argv = ["--out", str(tmp_path / "o"), "--ckpt", "c", "--corpus", "c", "--experts", "1:2", "--domain-tokens", "-1"]
+    assert_one_line_error(main(argv), capsys, "--domain-tokens -1: must be >= 0 (0 = no per-domain cap)")
