@@ -125,6 +125,8 @@ def params(ns) -> int:
                         ("--device-memory", ns.device_memory)):
         if value is not None and not value > 0:
             raise ValueError(f"{flag} {value:g}: must be > 0")
+    if ns.device_memory == float("inf"):  # it printed "fits inf GB per rank with inf GB to spare"
+        raise ValueError(f"--device-memory {ns.device_memory:g}: must be a finite number of GB per rank")
     args = ModelArgs.from_name(ns.config)
     for flag, given in (("--dense", ns.dense), ("--device-memory", ns.device_memory),
                         ("--batch-size", ns.batch_size is not None), ("--seq-len", ns.seq_len is not None)):

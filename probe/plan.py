@@ -51,6 +51,8 @@ def dry_run(job, opts) -> dict:
         raise RecordError(f"--world-size {world} must be >= 1")
     if opts.device_memory is not None and not opts.device_memory > 0:
         raise RecordError(f"--device-memory {opts.device_memory:g}: must be > 0 (GB per rank)")
+    if opts.device_memory is not None and opts.device_memory == float("inf"):  # "fits inf GB with inf GB to spare"
+        raise RecordError(f"--device-memory {opts.device_memory:g}: must be a finite number of GB per rank")
     given = (f"--world-size {world}" if opts.world_size is not None else None if "WORLD_SIZE" in os.environ
              else "no --world-size given: pass the ranks to plan for")  # outside torchrun: no process to speak of
     mp = model_parallel_size(opts.model_parallel, world, given)

@@ -80,3 +80,11 @@ def test_summary_refuses_a_batch_beyond_memory_and_a_seed_torch_cannot_take(caps
             main(["summary", *argv])
         err = capsys.readouterr().err
         assert e.value.code == 2 and err.startswith(f"error: {msg}") and err.count("\n") == 1, err
+
+
+def test_params_refuses_an_infinite_device_memory(capsys):
+    # it printed "fits inf GB per rank with inf GB to spare"
+    with pytest.raises(SystemExit) as e:
+        main(["params", "--config", "tiny", "--world-size", "2", "--device-memory", "inf"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err == "error: --device-memory inf: must be a finite number of GB per rank\n", err

@@ -70,6 +70,8 @@ def test_device_memory_is_in_decimal_gigabytes_and_must_be_positive(probe_env, t
     for bad in (0.0, -1.0):
         with pytest.raises(RecordError, match=f"--device-memory {bad:g}: must be > 0"):
             plan(probe_env, tmp_path, device_memory=bad)
+    with pytest.raises(RecordError, match="--device-memory inf: must be a finite number"):  # it "fit, inf to spare"
+        plan(probe_env, tmp_path, device_memory=float("inf"))
 
 
 def test_a_run_larger_than_the_free_disk_does_not_fit(probe_env, tmp_path, monkeypatch, capsys):
