@@ -205,6 +205,10 @@ def main(argv: list[str] | None = None) -> None:
     code = None  # the exit status once main's work ended normally or with a reported error
     world = World()
     try:
+        for flag, path in (("--ckpt", ns.ckpt), ("--demo", ns.demo), ("--prompt-file", ns.prompt_file),
+                           ("--output", ns.output)):
+            if path is not None and not path.strip():  # --demo '' was a TypeError traceback, --output '' and
+                raise GenerateError(f"{flag} {path!r}: an empty path")  # --prompt-file '' were dropped silently
         if not (ns.prompt or ns.prompt_file or ns.interactive):
             raise GenerateError("give --prompt, --prompt-file or --interactive")
         if ns.max_new_tokens < 0:
