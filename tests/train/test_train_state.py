@@ -158,3 +158,13 @@ def test_the_log_records_bias_norms_and_one_evaluation_per_step_across_a_resume(
     assert sorted(g.index) == ["train", "val"] and math.isnan(g.bias_norm.loc["val"])
     assert g.bias_norm.loc["train"] == pytest.approx(5.0)  # |(3, 0, 0, -4)|
     assert g.maxvio.loc["train"] == pytest.approx((6 - 3) / 3)  # loads (1, 2, 3, 6): (max - mean) / mean
+
+
+@pytest.mark.parametrize("flag", ["--out", "--corpus", "--tokenizer", "--token-cache"])
+def test_an_empty_path_flag_is_refused_not_taken_for_the_current_folder(flag, capsys):
+    # Path('') is '.': `--out ''` trained into the current folder, `--token-cache ''` cached there
+    with pytest.raises(SystemExit) as e:
+        parse_args([flag, ""])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.endswith(f"error: argument {flag}: an empty path (for the current folder, give .)\n")
+    assert parse_args([flag, "."]) is not None
