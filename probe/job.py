@@ -35,6 +35,14 @@ MODEL_FLAGS = ("dtype", "gemm", "device", "model_parallel")  # the options add_m
 
 
 # ------------------------------------------------------------------------------ inputs
+def path_arg(text: str) -> Path:
+    """argparse type of a path flag: Path('') is '.', so an empty value (an unset shell variable) wrote
+    into the current folder without a word; it is refused, as '.' is not."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path (for the current folder, give .)")
+    return Path(text)
+
+
 def resolve_paths(ckpt: str | None, corpus: str | None, out: str | None, suffix: str = "",
                   error: type[Exception] = RecordError) -> tuple[Path, Path, Path]:
     """(checkpoint dir, corpus path, output dir): the bundled model and corpus by default, and

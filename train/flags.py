@@ -6,7 +6,7 @@ import argparse
 import math
 from pathlib import Path
 
-from probe.job import DEFAULT_RUNS, check_out_parent
+from probe.job import DEFAULT_RUNS, check_out_parent, path_arg
 from probe.writer import RunError, read_run_json
 
 from .data import TrainError
@@ -23,14 +23,6 @@ RESUME_CHECKED = ("seed", "batch_size", "seq_len", "lr", "min_lr_ratio", "warmup
 
 
 # ------------------------------------------------------------------------------------------ flags
-def _path(text: str) -> Path:
-    """A path flag's value. Path('') is '.': `--out ''` (an unset shell variable) trained into the current
-    folder, whose new model/ then shadowed the package for `python -m` there; --token-cache '' cached there."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("an empty path (for the current folder, give .)")
-    return Path(text)
-
-
 def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train", description=description,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -42,18 +34,18 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
 
 
 def _data_flags(a) -> None:
-    a.add_argument("--corpus", type=_path, default=REPO / "data" / "corpus",
+    a.add_argument("--corpus", type=path_arg, default=REPO / "data" / "corpus",
                    help="directory with train.jsonl and val.jsonl (default: data/corpus)")
-    a.add_argument("--tokenizer", type=_path, default=REPO / "data" / "tokenizer.json",
+    a.add_argument("--tokenizer", type=path_arg, default=REPO / "data" / "tokenizer.json",
                    help="tokenizer.json with <|bos|>=0, <|eos|>=1, <|pad|>=2 (default: data/tokenizer.json)")
     a.add_argument("--config", default=str(DEFAULT_CONFIG),
                    help="model: a shipped config name (tiny, 16B, ...), a ModelArgs JSON or a Hugging Face "
                         "config.json (default: data/model_config.json); vocab_size follows the tokenizer")
     a.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a ModelArgs field, e.g. --set n_routed_experts=64 (repeatable; JSON values)")
-    a.add_argument("--token-cache", type=_path, default=None,
+    a.add_argument("--token-cache", type=path_arg, default=None,
                    help="where tokenised corpora are cached as .npz (default: CORPUS/token_cache)")
-    a.add_argument("--out", type=_path, default=DEFAULT_RUNS / "train",
+    a.add_argument("--out", type=path_arg, default=DEFAULT_RUNS / "train",
                    help="run directory (default: runs/train in the repository, beside record's runs)")
 
 

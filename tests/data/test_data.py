@@ -523,3 +523,21 @@ def test_a_split_that_is_not_utf8_is_named_by_each_command(tmp_path, capsys):
         assert report.main(["--baseline", str(DATA / "model"), *splits, "--out", str(tmp_path / "R.md")]) == 2
         err = capsys.readouterr().err
         assert err.startswith(want) and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("argv", [["build_corpus", "--out"], ["build_corpus", "--cache"], ["tokenizer", "--out"],
+                                  ["tokenizer", "--corpus"]])
+def test_an_empty_path_flag_is_refused_not_taken_for_the_current_folder(argv, capsys, tmp_path, monkeypatch):
+    # Path('') is '.': build_corpus --out '' wrote train.jsonl, val.jsonl and manifest.json into the current folder
+    from data import tokenizer
+
+    monkeypatch.chdir(tmp_path)
+    main, rest = {"build_corpus": (bc.main, ["--offline", "--domains", "math", "--math-chars", "2000", "--out",
+                                            str(tmp_path / "o"), "--cache", str(tmp_path / "c")]),
+                  "tokenizer": (tokenizer.main, ["--corpus", str(tmp_path / "c"), "--out", str(tmp_path / "t.json")])
+                  }[argv[0]]  # everything under tmp_path: the flag tested comes last and wins
+    with pytest.raises(SystemExit) as e:
+        main([*rest, argv[1], ""])
+    assert not list(tmp_path.iterdir())
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.endswith(f"error: argument {argv[1]}: an empty path (for the current folder, give .)\n")
