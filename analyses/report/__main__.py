@@ -104,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
             # read the checkpoint's weights sample no more
             ns.ckpt, ns.corpus = run_inputs(run.info, str(run_dir), ns.ckpt, ns.corpus, ReportError)
         html, findings = _outputs(ns, run_dir, run.info)  # before minutes of ablations, not after
+        if ns.skip_ablation and (unused := _model_section_flags(ns)):  # dropped without a word (a tour);
+            # said after the outputs are checked, so that a refusal stays the one line printed
+            print(f"note: {', '.join(unused)} change{'s' * (len(unused) == 1)} nothing: the sections that run the "
+                  f"model are left out ({getattr(ns, 'skip_reason', None) or '--skip-ablation'})", file=sys.stderr)
         t = time.time()
         writer = launch_rank0()  # under torchrun every rank runs the ablations; one writes
         r = compute(run_dir, ns, writer)
@@ -113,6 +117,14 @@ def main(argv: list[str] | None = None) -> int:
             *table_errors()) as e:
         return job_error(e, " ".join(str(e).split()))
     return exit_ranks(0)
+
+
+def _model_section_flags(ns: argparse.Namespace) -> list[str]:
+    """The flags given (other than their defaults) that only the sections running the model read."""
+    defaults = parser()
+    return [f"--{k.replace('_', '-')}" for k in ("max_tokens", "fractions", "seeds", "domain_top", "batch_size",
+                                                 "importance_tokens", "ckpt", "corpus", *MODEL_FLAGS)
+            if getattr(ns, k) != defaults.get_default(k)]
 
 
 def _check_numbers(ns: argparse.Namespace) -> None:

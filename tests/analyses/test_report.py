@@ -613,3 +613,16 @@ def test_the_importance_scatter_has_its_own_table_of_every_expert(tmp_path, monk
     want = df[df.domain == "all"][["layer", "expert", "load_share", "delta"]].reset_index(drop=True)
     pd.testing.assert_frame_equal(table, want)
     assert "spearman" in figs[1][2] and figs[1][1] is None  # the correlation: an entry of its own
+
+
+def test_flags_of_the_model_sections_are_said_to_change_nothing_with_skip_ablation(tmp_path, capsys):
+    # --seeds, --ckpt, --dtype ... with --skip-ablation were dropped without a word
+    from helpers.synthetic_run import write_run
+
+    write_run(tmp_path / "r", domains=("code", "prose"))
+    argv = [str(tmp_path / "r"), "--out", str(tmp_path / "r.html"), "--skip-ablation", "--no-progress"]
+    assert report.main([*argv, "--seeds", "3", "--dtype", "float64"]) == 0
+    assert ("note: --seeds, --dtype change nothing: the sections that run the model are left out (--skip-ablation)"
+            in capsys.readouterr().err)
+    assert report.main(argv) == 0
+    assert "change nothing" not in capsys.readouterr().err
