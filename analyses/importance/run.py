@@ -35,16 +35,16 @@ from .analysis import TABLE, ImportanceError  # noqa: F401 - defined where torch
 
 
 # ------------------------------------------------------------------------------ selection
-def parse_ids(value, flag: str) -> list[int] | None:
-    """`"0-7,12"` (or a list of ints) -> sorted unique ids; None stays None (= all)."""
+def id_ranges(value, flag: str) -> list[tuple[int, int]] | None:
+    """`"0-7,12"` (or a list of ints) -> its (first, last) ranges, as given; None stays None (= all)."""
     if value is None:
         return None
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        return [int(value)]
+        return [(int(value), int(value))]
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)):
         raise ImportanceError(f"{flag} {value!r}: expected ids like 0-7,12")
-    out: set[int] = set()
+    out = []
     for item in items:
         text = str(item).strip()
         lo, dash, hi = text.partition("-")
@@ -52,29 +52,52 @@ def parse_ids(value, flag: str) -> list[int] | None:
             raise ImportanceError(f"{flag} {value!r}: expected ids like 0-7,12 (got {text!r})")
         if dash and int(hi) < int(lo):
             raise ImportanceError(f"{flag} {text}: empty range (the end is below the start)")
-        out.update(range(int(lo), int(hi or lo) + 1))
+        out.append((int(lo), int(hi or lo)))
     if not out:
         raise ImportanceError(f"{flag} {value!r}: no ids given")
-    return sorted(out)
+    return out
+
+
+def parse_ids(value, flag: str, limit: int | None = None) -> list[int] | None:
+    """`"0-7,12"` (or a list of ints) -> sorted unique ids; None stays None (= all). With `limit`, a range
+    stops at the first id >= limit, which the caller refuses: 0-1000000000000 was expanded whole and hung."""
+    ranges = id_ranges(value, flag)
+    if ranges is None:
+        return None
+    return sorted({i for lo, hi in ranges for i in range(lo, (hi if limit is None else min(hi, max(lo, limit))) + 1)})
+
+
+def _out_of_range(ranges: list[tuple[int, int]], limit: int) -> str | None:
+    """The ids >= limit in `ranges`, as a message names them: one id, a..b, or the first five."""
+    bad = sorted((max(lo, limit), hi) for lo, hi in ranges if hi >= limit)
+    blocks: list[list[int]] = []
+    for lo, hi in bad:  # merged where they touch or overlap
+        if blocks and lo <= blocks[-1][1] + 1:
+            blocks[-1][1] = max(blocks[-1][1], hi)
+        else:
+            blocks.append([lo, hi])
+    if not blocks:
+        return None
+    if len(blocks) == 1:
+        lo, hi = blocks[0]
+        return str(lo) if lo == hi else f"{lo}..{hi}"
+    first = [i for lo, hi in blocks for i in range(lo, min(hi, lo + 5) + 1)][:6]
+    return ",".join(map(str, first[:5])) + (",..." if len(first) > 5 else "")
 
 
 def check_selection(shape: RouterShape, layers=None, experts=None) -> tuple[list[int], list[int]]:
     """(MoE layers, experts), defaults all of them; refuses dense or unknown layers, experts out of
     range, and an expert whose removal the routing guard refuses (`check_routable`)."""
-    layers = parse_ids(layers, "--layers")
-    experts = parse_ids(experts, "--experts")
+    layers = parse_ids(layers, "--layers", shape.n_layers)  # check_layer names the first out of range
+    ranges = id_ranges(experts, "--experts")
     try:
         layers = [shape.check_layer(x, "--layers") for x in layers] if layers is not None else shape.moe_layers
     except AblationError as e:
         raise ImportanceError(str(e)) from None
-    if experts is None:
-        experts = list(range(shape.n_experts))
-    bad = [e for e in experts if e >= shape.n_experts]
-    if bad:
-        given = bad[0] if len(bad) == 1 else f"{bad[0]}..{bad[-1]}" if bad == list(range(bad[0], bad[-1] + 1)) \
-            else ",".join(map(str, bad[:5])) + (",..." if len(bad) > 5 else "")
-        raise ImportanceError(f"--experts: {given} out of range: the model's MoE layers have experts "
-                              f"0..{shape.n_experts - 1}")
+    if ranges is not None and (given := _out_of_range(ranges, shape.n_experts)):  # named from the ranges given,
+        raise ImportanceError(f"--experts: {given} out of range: the model's MoE layers have experts "  # not a
+                              f"0..{shape.n_experts - 1}")  # list of every id (0-1000000000000 hung)
+    experts = parse_ids(experts, "--experts") if ranges is not None else list(range(shape.n_experts))
     for layer in layers:
         for e in experts:
             try:

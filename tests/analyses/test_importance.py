@@ -451,3 +451,15 @@ def test_the_summary_lists_the_top_experts_only_when_asked(tmp_path):
     assert "; top by delta: 0 +0.0400 (load 10.0%), 2 +0.0300 (load 30.0%)" in summary(df, tmp_path, 2)
     text = summary(df, tmp_path, 0)
     assert "top by delta" not in text and "Pearson r = " in text.splitlines()[0]
+
+
+def test_a_huge_id_range_is_refused_without_listing_its_ids():
+    # --experts 0-1000000000000 (or --layers) built a list of every id and hung
+    shape = RouterShape(3, 1, 16, 4, 4, 2, True, 1)
+    for layers, experts, msg in [(None, f"0-{10**12}", f"--experts: 16..{10**12} out of range"),
+                                 (f"1-{10**12}", None, "--layers 3 out of range"),
+                                 (None, "20-30,17,40-41", "--experts: 17,20,21,22,23,... out of range"),
+                                 (None, "16-20,18-25", "--experts: 16..25 out of range")]:
+        with pytest.raises(ImportanceError, match=msg):
+            check_selection(shape, layers, experts)
+    assert parse_ids(f"2-{10**12}", "--layers", 3) == [2, 3]
