@@ -176,6 +176,7 @@ def load(path: str | os.PathLike, *, dtype: torch.dtype | None = None, device=No
     dtype, device = _check_placement(dtype, device)
     path = Path(path)
     args, files, headers = _open(path)
+    _check_layer_count(path, args, headers)
     dtype = dtype or getattr(torch, args.dtype)
     if gemm_impl == "fp8" and dtype == torch.float64:  # refused before the weights load, not at the first GEMM
         raise CheckpointError(f"{_impl('fp8')} quantises float32, bfloat16 or float16 activations to FP8, not "
@@ -247,6 +248,16 @@ def not_a_directory(path: str | Path) -> str | None:
     if path.is_dir():
         return None
     return "not a checkpoint directory" if path.exists() else "no such directory"
+
+
+def _check_layer_count(where: Path, args: ModelArgs, names) -> None:
+    """A config with more layers than the tensors name is refused before the model is built: its missing
+    tensors were found only after building every layer (num_hidden_layers 10**12 hung)."""
+    layers = {int(n.split(".")[2]) for n in names if n.startswith("model.layers.") and n.split(".")[2].isdigit()}
+    if args.n_layers > len(layers):
+        first = next(i for i in range(len(layers) + 1) if i not in layers)
+        raise CheckpointError(f"{where}: missing tensor model.layers.{first}.* (config.json has {args.n_layers:,} "
+                              f"layers; the tensors name {len(layers):,})")
 
 
 def _open(path: Path) -> tuple[ModelArgs, list[Path], dict]:
@@ -426,6 +437,7 @@ def inspect(path: str | os.PathLike, *, gemm_impl: str = "bf16", dtype: torch.dt
                               f"weight_scale_inv tensors: use {_impl('bf16')}")
     if gemm_impl in FP8_RESIDENT:
         _fp8_block(args, path, gemm_impl)
+    _check_layer_count(index, args, names)
     args.n_mtp_layers = sum(any(n.startswith(f"model.layers.{args.n_layers + k}.") for n in names)
                             for k in range(args.n_mtp_layers))
     with torch.device("meta"):

@@ -463,3 +463,13 @@ def test_dtype_by_name_and_devices_this_machine_lacks(tiny, tiny_dir):
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     with pytest.raises(CheckpointError, match=f"device='cuda:{n}': this machine's torch sees {n} CUDA device"):
         model.load(tiny_dir, device=f"cuda:{n}")
+
+
+def test_a_config_with_more_layers_than_the_tensors_is_refused_before_the_model_is_built(sharded_dir, tmp_path):
+    # num_hidden_layers 10**12 built every layer (on the meta device) before finding their tensors missing: a hang
+    d = Path(shutil.copytree(sharded_dir, tmp_path / "ckpt"))
+    edit_config(d, lambda c: c | {"num_hidden_layers": 10**12})
+    load_error(d, d, "missing tensor model.layers.4.* (config.json has 1,000,000,000,000 layers; the tensors name 4)")
+    sorted(d.glob("*.safetensors"))[0].rename(tmp_path / "away.safetensors")  # inspect from the index alone
+    with pytest.raises(CheckpointError, match=re.escape("missing tensor model.layers.4.* (config.json has 1,000,")):
+        ckpt.inspect(d)
