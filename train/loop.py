@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from model import Transformer
+from model.memory import available_memory
 from probe.job import check_out_parent, checkpoint_identity, os_refusal
 from probe.writer import RunError, replace_keeping_others, updating_run_json, write_json_atomic, writer_lock
 
@@ -106,9 +107,24 @@ class _Run:
 
     def _build(self, args) -> None:
         """The model, seeded, and its optimizer."""
+        self._check_size(args)
         torch.manual_seed(self.ns.seed)
         self.raw = Transformer(args, dtype=torch.float32, device=self.dist.device).train()
         self.opt = make_optimizer(self.raw, self.ns)
+
+    def _check_size(self, args) -> None:
+        """A model too large for this machine's memory is refused before it is built: --set dim=1000000000000
+        (or a config as large) was the allocator's RuntimeError traceback."""
+        what = f"--config {self.ns.config}" + "".join(f" --set {o}" for o in self.ns.overrides)
+        try:
+            with torch.device("meta"):
+                n = sum(p.numel() for p in Transformer(args, init=False).parameters())
+        except RuntimeError as e:  # a tensor whose size overflows: "Storage size calculation overflowed"
+            raise TrainError(f"{what}: a model too large to build ({str(e).splitlines()[0]})") from None
+        need, have = 16 * n, available_memory()  # float32 weights, gradients and AdamW's two moments
+        if self.dist.device.type == "cpu" and have is not None and need > have:
+            raise TrainError(f"{what}: {n:,} parameters need {need / 2**30:,.1f} GiB for float32 weights, gradients "
+                             f"and AdamW's moments, more than the {have / 2**30:,.1f} GiB available here")
 
     def _attach(self) -> None:
         """The model as the steps call it (DDP over several ranks) and the routing taps on its gates."""

@@ -558,3 +558,16 @@ def test_a_validation_domain_shorter_than_one_window_is_named(corpus, tmp_path, 
     n = info["val_tokens"]["short"]
     assert f"note: never evaluated (fewer validation tokens than one window of --seq-len + 1 = 33): short ({n})" \
         in capsys.readouterr().err.splitlines()
+
+
+def test_a_model_too_large_for_memory_is_refused_before_it_is_built(corpus, tmp_path, monkeypatch):
+    # --set dim=10**12 was the allocator's RuntimeError traceback, after the run directory was made
+    import train.loop
+
+    with pytest.raises(TrainError, match=r"^--config tiny --set dim=1000000000000: a model too large to build"):
+        run(parse_args(flags(corpus, tmp_path / "x", "--set", f"dim={10**12}")))
+    monkeypatch.setattr(train.loop, "available_memory", lambda: 2**20)
+    with pytest.raises(TrainError, match=r"^--config tiny: [\d,]+ parameters need 0.0 GiB for float32 weights, "
+                                         r"gradients and AdamW's moments, more than the 0.0 GiB available here$"):
+        run(parse_args(flags(corpus, tmp_path / "y")))
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
