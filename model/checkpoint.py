@@ -181,8 +181,7 @@ def load(path: str | os.PathLike, *, dtype: torch.dtype | None = None, device=No
     if gemm_impl == "fp8" and dtype == torch.float64:  # refused before the weights load, not at the first GEMM
         raise CheckpointError(f"{_impl('fp8')} quantises float32, bfloat16 or float16 activations to FP8, not "
                               f"float64: use dtype float32, or {_impl('fp8-weights')} (FP8 weights, float64 sums)")
-    with torch.device("meta"):
-        meta = Transformer(args, attn_impl=attn_impl, dtype=dtype, init=False)
+    meta = _meta_model(path, args, attn_impl=attn_impl, dtype=dtype)
     plan = _plan(meta, headers)
     resident = _keep_fp8(meta, plan, headers, path, gemm_impl) if gemm_impl in FP8_RESIDENT else set()
     if gemm_impl == "fp8-weights":
@@ -248,6 +247,17 @@ def not_a_directory(path: str | Path) -> str | None:
     if path.is_dir():
         return None
     return "not a checkpoint directory" if path.exists() else "no such directory"
+
+
+def _meta_model(path: Path, args: ModelArgs, **kw) -> Transformer:
+    """The model on the meta device; config sizes whose tensors overflow even there (hidden_size
+    1000000000000: "Storage size calculation overflowed") are a one-line error, not a traceback."""
+    try:
+        with torch.device("meta"):
+            return Transformer(args, init=False, **kw)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path / 'config.json'}: sizes too large to build a model of "
+                              f"({str(e).splitlines()[0]})") from None
 
 
 def _check_layer_count(where: Path, args: ModelArgs, names) -> None:
@@ -440,8 +450,7 @@ def inspect(path: str | os.PathLike, *, gemm_impl: str = "bf16", dtype: torch.dt
     _check_layer_count(index, args, names)
     args.n_mtp_layers = sum(any(n.startswith(f"model.layers.{args.n_layers + k}.") for n in names)
                             for k in range(args.n_mtp_layers))
-    with torch.device("meta"):
-        meta = Transformer(args, dtype=dtype or torch.bfloat16, init=False)
+    meta = _meta_model(path, args, dtype=dtype or torch.bfloat16)
     want = [hf for hf, _, _, _ in ours_to_hf(meta)]
     known = set(want)
     for n in sorted(names):

@@ -473,3 +473,9 @@ def test_a_config_with_more_layers_than_the_tensors_is_refused_before_the_model_
     sorted(d.glob("*.safetensors"))[0].rename(tmp_path / "away.safetensors")  # inspect from the index alone
     with pytest.raises(CheckpointError, match=re.escape("missing tensor model.layers.4.* (config.json has 1,000,")):
         ckpt.inspect(d)
+
+
+def test_a_config_whose_tensors_overflow_is_one_line(tiny_copy):
+    # hidden_size 10**12: the meta device's "Storage size calculation overflowed" was a RuntimeError traceback
+    edit_config(tiny_copy, lambda c: c | {"hidden_size": 10**12})
+    load_error(tiny_copy, tiny_copy / "config.json", "sizes too large to build a model of (Storage size calculation")
