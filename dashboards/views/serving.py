@@ -43,6 +43,14 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
+def gpu_options(E: int, redundant: int) -> list[int]:
+    """GPU counts for E experts + `redundant` slots: those dividing the slots (every GPU as many), two or
+    more, and none holding more than E slots (an expert twice on a GPU spreads no load; the placement
+    command refuses it, and the page's command line for it was refused)."""
+    n = E + redundant
+    return [d for d in _divisors(n)[1:] if n // d <= E] or [1]
+
+
 def _pick(label: str, options: list, key: str, default, **kw):
     """A selectbox whose remembered value is reset when the options no longer hold it."""
     if st.session_state.get(key) not in options:
@@ -92,7 +100,7 @@ def controls(ref: data.RunRef, steps: np.ndarray, E: int, current_gpus: int | No
         # divide no more, the nearest count that does is shown, and the picked one comes back once it
         # divides again (each invalid step replaced the choice, which drifted to counts nobody picked and
         # the caption named them; a review)
-        options = _divisors(E + redundant)[1:] or [1]
+        options = gpu_options(E, redundant)
         wanted = st.session_state.setdefault("sv_gpus_wanted", current_gpus or 8)
         st.session_state["sv_gpus"] = wanted if wanted in options else min(options, key=lambda o: (abs(o - wanted), -o))
         gpus = st.selectbox("GPUs", options, key="sv_gpus",

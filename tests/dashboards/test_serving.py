@@ -329,3 +329,12 @@ def test_the_stride_reads_as_an_ordinal():
 
     assert [ordinal(n) for n in (1, 2, 3, 4, 11, 12, 13, 21, 22, 23, 101, 111, 112)] == [
         "1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "23rd", "101st", "111th", "112th"]
+
+
+def test_the_gpu_counts_offered_are_those_the_placement_command_takes():
+    # with 2E redundant slots, 2 GPUs held 1.5E slots each: the page planned it and its command line was refused
+    from dashboards.views.serving import gpu_options
+
+    assert gpu_options(16, 0) == [2, 4, 8, 16]
+    assert gpu_options(16, 32) == [3, 4, 6, 8, 12, 16, 24, 48]
+    assert gpu_options(1, 0) == [1]
