@@ -318,13 +318,21 @@ def open_run(out: Path, info: dict, opts: RecordOptions) -> None:
     write_json_atomic(out / "run.json", info)
 
 
+MADE_BY = {"import": "`dsv3-probe import`", "spec": "`dsv3-probe spec`", "train": "`python -m train`",
+           "ablations": "`python -m analyses.ablate`", "expert_importance": "`python -m analyses.importance`",
+           "steering": "`python -m analyses.steer`"}  # the commands that write run.json's "kind"
+
+
 def check_resumable(old: dict, new: dict, out: Path) -> None:
-    made_by = {"import": "`dsv3-probe import`", "spec": "`dsv3-probe spec`"}.get(old.get("kind"), "another command")
+    made_by = MADE_BY.get(old.get("kind"), "another command")
     for need in ("checkpoint", "corpus", "options"):
         if not (isinstance(old.get(need), dict) and (need == "options" or old[need].get("fingerprint"))):
             what = "record options" if need == "options" else f"{need} fingerprint"
             raise RecordError(f"--resume: {out} is not a record run (made by {made_by}: its run.json has no "
                               f"{what} to resume against); pick another --out")
+    if old.get("kind") is not None:  # a record run has no kind; an ablate/importance/steer --out run has the
+        # fingerprints and options of its job, and was refused as "recorded with --router-logits None" (a tour)
+        raise RecordError(f"--resume: {out} is not a record run (made by {made_by}); pick another --out")
     keys = RESUME_KEYS
     if isinstance(old.get("tokenizer"), dict):
         fingerprinted = (("checkpoint", "--ckpt"), ("corpus", "--corpus"), ("tokenizer", "--tokenizer"))

@@ -355,3 +355,17 @@ def test_a_signal_while_the_run_is_created_marks_it_interrupted(probe_env, tmp_p
     monkeypatch.setattr(probe.record, "write_router_bias", real)
     rec(probe_env, out, max_tokens=300, resume=True)
     assert json.loads((out / "run.json").read_text())["status"] == "complete"
+
+
+@pytest.mark.parametrize("kind, command", [("ablations", "analyses.ablate"), ("expert_importance", "analyses.importance"),
+                                           ("steering", "analyses.steer"), ("train", "train")])
+def test_resume_into_another_jobs_own_run_names_the_job(tmp_path, kind, command):
+    # an `analyses.ablate --out` run has fingerprints and options of its own: it was refused as
+    # "recorded with --router-logits None, this command gives topk"
+    from probe.record import check_resumable
+
+    old = {"kind": kind, "checkpoint": {"fingerprint": "c"}, "corpus": {"fingerprint": "d"}, "options": {}}
+    new = {k: v for k, v in old.items() if k != "kind"} | {"options": {"router_logits": "topk"}}
+    with pytest.raises(RecordError, match=rf"^--resume: {tmp_path} is not a record run \(made by `python -m "
+                                          rf"{command}`\); pick another --out$"):
+        check_resumable(old, new, tmp_path)
