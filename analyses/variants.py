@@ -20,7 +20,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from probe.job import check_out_parent, check_replaceable, closed_pipe_quiet, os_refusal, terminate_as_interrupt
+from probe.job import (check_out_parent, check_replaceable, closed_pipe_quiet, os_refusal, path_text,
+                       terminate_as_interrupt)
 
 BIAS = "e_score_correction_bias"
 
@@ -100,9 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m analyses.variants", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("variant", choices=["no-router-bias"])
-    p.add_argument("--ckpt", default=str(Path(__file__).resolve().parents[1] / "data" / "model"),
+    p.add_argument("--ckpt", type=path_text, default=str(Path(__file__).resolve().parents[1] / "data" / "model"),
                    help="checkpoint directory (default: the bundled model)")
-    p.add_argument("--out", required=True, help="directory to write the variant into")
+    p.add_argument("--out", type=path_text, required=True, help="directory to write the variant into")
     p.add_argument("--overwrite", action="store_true", help="replace --out when it exists")
     ns = p.parse_args(argv)
     try:

@@ -35,12 +35,18 @@ MODEL_FLAGS = ("dtype", "gemm", "device", "model_parallel")  # the options add_m
 
 
 # ------------------------------------------------------------------------------ inputs
-def path_arg(text: str) -> Path:
-    """argparse type of a path flag: Path('') is '.', so an empty value (an unset shell variable) wrote
-    into the current folder without a word; it is refused, as '.' is not."""
+def path_text(text: str) -> str:
+    """argparse type of a path flag kept as text: an empty value (an unset shell variable) is refused,
+    as '.' is not. The jobs read '' as "not given" and took their default (`record --corpus "$CORPUS"`
+    recorded the bundled corpus), and Path('') is '.' (`train --out ''` wrote into the current folder)."""
     if not text.strip():
         raise argparse.ArgumentTypeError("an empty path (for the current folder, give .)")
-    return Path(text)
+    return text
+
+
+def path_arg(text: str) -> Path:
+    """argparse type of a path flag read as a Path (`path_text`: an empty value is refused)."""
+    return Path(path_text(text))
 
 
 def resolve_paths(ckpt: str | None, corpus: str | None, out: str | None, suffix: str = "",
@@ -420,12 +426,12 @@ def add_input_flags(p: argparse.ArgumentParser, table: str, *, run_note: str = "
     (analyses.ablate, .importance, .steer): --run/--out and what --run provides by default, the
     window options, the model flags and --no-progress. Returns the group (a job adds its own)."""
     io = p.add_argument_group("inputs and output")
-    io.add_argument("--run", help="a recorded run: its checkpoint, corpus and options are the defaults" + run_note
+    io.add_argument("--run", type=path_text, help="a recorded run: its checkpoint, corpus and options are the defaults" + run_note
                                   + f", and the {table} table is written into it")
-    io.add_argument("--out", help=f"run directory to write the {table} table into (default: --run)")
-    io.add_argument("--ckpt", help="Hugging Face checkpoint directory (default: the run's, else the bundled model)")
-    io.add_argument("--corpus", help="corpus as for `probe record` (default: the run's, else the bundled val.jsonl)")
-    io.add_argument("--tokenizer", help="tokenizer.json (default: the checkpoint's)")
+    io.add_argument("--out", type=path_text, help=f"run directory to write the {table} table into (default: --run)")
+    io.add_argument("--ckpt", type=path_text, help="Hugging Face checkpoint directory (default: the run's, else the bundled model)")
+    io.add_argument("--corpus", type=path_text, help="corpus as for `probe record` (default: the run's, else the bundled val.jsonl)")
+    io.add_argument("--tokenizer", type=path_text, help="tokenizer.json (default: the checkpoint's)")
     io.add_argument("--max-tokens", type=int, help="at most this many tokens in all (default: the run's, else all)")
     io.add_argument("--domain-tokens", type=int, default=domain_tokens,
                     help="at most this many tokens of each domain, in corpus order: a balanced sample of a corpus "

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import analyses.placement as package
 from analyses.placement import (PlacementError, current_placement, plan_run, run_groups, run_loads, summary_frame,
                                 worse_than_current, write_plan)
 from analyses.placement.export import FORMATS, export
 from probe.job import (RecordError, check_file_replaceable, check_out_parent, closed_pipe_quiet, job_error, os_refusal,
-                       table_errors)
+                       path_arg, path_text, table_errors)
 
 
 def step_range(text: str) -> tuple[int, int]:
@@ -26,7 +25,7 @@ def step_range(text: str) -> tuple[int, int]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m analyses.placement", description=package.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", help="a run directory (recorded, imported or trained: its expert_load table)")
+    p.add_argument("run", type=path_text, help="a run directory (recorded, imported or trained: its expert_load table)")
     p.add_argument("--gpus", type=int, help="GPUs in all (must divide experts + redundant); needed to plan")
     p.add_argument("--nodes", type=int, default=None, help="nodes (must divide --gpus; default 1)")
     p.add_argument("--redundant", type=int, default=None,
@@ -43,7 +42,7 @@ def main(argv=None) -> int:
                    help="table: our map (.parquet or .json); sglang: --init-expert-location file; eplb: "
                         "deepseek-ai/EPLB's phy2log/log2phy/logcnt; logical-count: the loads as SGLang's "
                         "statistics (no planning)")
-    p.add_argument("--out", type=Path, default=None, help="where to write (.parquet/.json for table; .json/.pt else)")
+    p.add_argument("--out", type=path_arg, default=None, help="where to write (.parquet/.json for table; .json/.pt else)")
     ns = p.parse_args(argv)
     try:
         return _run(ns)

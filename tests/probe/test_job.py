@@ -400,3 +400,30 @@ def test_ctrl_c_while_a_command_imports_torch_is_one_line(command):
     assert proc.returncode == 130, (proc.returncode, err)
     assert "Traceback" not in err and err.strip().splitlines() == ["interrupted while starting: nothing was done"]
     assert "usage" not in out  # stopped before main() ran
+
+
+@pytest.mark.parametrize("module, argv", [
+    ("probe.__main__", ["record", "--corpus", ""]),
+    ("probe.__main__", ["record", "--out", " "]),
+    ("probe.__main__", ["spec", "--ckpt", ""]),
+    ("probe.__main__", ["import", "sglang", ""]),
+    ("analyses.ablate.__main__", ["--run", ""]),
+    ("analyses.importance.__main__", ["--corpus", ""]),
+    ("analyses.steer.__main__", ["--out", ""]),
+    ("analyses.report.__main__", [""]),
+    ("analyses.report.__main__", ["--findings", ""]),
+    ("analyses.placement.__main__", [""]),
+    ("analyses.variants", ["no-router-bias", "--out", ""]),
+])
+def test_an_empty_path_is_refused_by_its_flag(module, argv, capsys):
+    """An empty path (an unset shell variable) read as "not given": `record --corpus "$CORPUS"` recorded the
+    bundled corpus, `report ''` reported on the default run (a tour). argparse refuses it, naming the flag."""
+    import importlib
+
+    main = importlib.import_module(module).main
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    flag = next((a for a in argv if a.startswith("--")), None)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert e.value.code == 2 and err.endswith(": an empty path (for the current folder, give .)"), err
+    assert flag is None or f"argument {flag}:" in err
