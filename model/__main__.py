@@ -57,6 +57,9 @@ def _tokens(ns, m: Transformer) -> torch.Tensor:
 
 
 def summary(ns) -> None:
+    for flag, value in (("--ckpt", ns.ckpt), ("--config", ns.config)):
+        if value is not None and not value.strip():  # read as "not given": random weights of tiny (a tour)
+            raise ValueError(f"{flag} {value!r}: an empty path or name")
     for flag, value in (("--batch", ns.batch), ("--seq-len", ns.seq_len)):
         if value is not None and value < 1:
             raise ValueError(f"{flag} {value}: must be at least 1")

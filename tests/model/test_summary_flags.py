@@ -13,6 +13,9 @@ from model.__main__ import main
     (["--ckpt", "{missing}"], "--ckpt {missing}: no such directory"),
     (["--ckpt", "{file}"], "--ckpt {file}: not a checkpoint directory"),
     (["--seq-len", "257"], "--seq-len 257: longer than the model's max_seq_len 256"),  # the tiny config's
+    # read as "not given" (an unset shell variable): a summary of random tiny weights, not of the checkpoint
+    (["--ckpt", ""], "--ckpt '': an empty path or name"),
+    (["--config", " "], "--config ' ': an empty path or name"),
 ])
 def test_summary_refuses_unused_flags_and_names_ckpt(argv, msg, tmp_path, capsys):
     paths = {"ckpt": str(tmp_path), "missing": str(tmp_path / "nope"), "file": str(tmp_path / "f.txt")}
