@@ -313,7 +313,9 @@ def open_run(out: Path, info: dict, opts: RecordOptions) -> None:
             replace_keeping_others(old, info, SESSION_KEYS)
         return
     if out.exists() and opts.overwrite:
-        clear_run(out)  # its writer lock stays: this job holds it
+        if kept := clear_run(out):  # its writer lock stays: this job holds it
+            print(f"note: --overwrite kept what no run writes in {out}: {', '.join(kept[:5])}"
+                  + (f" and {len(kept) - 5} more" if len(kept) > 5 else ""), file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "run.json", info)
 

@@ -112,12 +112,35 @@ def refuse_running(run: str | Path, info: dict | None, error: type[Exception]) -
     raise error(f"{run}: the run is still being {'recorded' if kind is None else 'written'} (status running)")
 
 
-def clear_run(run: Path) -> None:
-    """Delete a run's contents for --overwrite, keeping its writer lock (whose holder is this job)."""
-    for child in run.iterdir():
+def clear_run(run: Path) -> list[str]:
+    """Delete what a run is made of for --overwrite: run.json, its lock and temporary files, its table
+    folders (a table's name, or only Parquet files inside), _progress and the report written beside
+    them; its writer lock stays (this job holds it). Anything else stays where it is, a user's notes or
+    a run kept inside this one (all of it was deleted: a tour), and is returned by name to be said."""
+    kept = []
+    for child in sorted(run.iterdir()):
         if child.name == WRITER_LOCK:
             continue
-        shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        if not _of_a_run(child):
+            kept.append(child.name + "/" * child.is_dir())
+        elif child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+    return kept
+
+
+def _of_a_run(entry: Path) -> bool:
+    """Whether `entry`, directly in a run directory, is one of the run's own (`clear_run`)."""
+    name = entry.name
+    if name in (RUN_JSON, PROGRESS, "report.html") or name in TABLES:
+        return True
+    if name.startswith(".") and name.endswith((".lock", ".tmp")):
+        return True
+    if entry.is_dir() and not entry.is_symlink():  # a table folder of a name this version does not know
+        files = list(entry.iterdir())
+        return bool(files) and all(f.is_file() and (f.suffix == ".parquet" or f.name.startswith(".")) for f in files)
+    return False
 
 
 @contextmanager

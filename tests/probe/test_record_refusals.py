@@ -160,7 +160,7 @@ def test_a_tokenizer_that_is_a_git_lfs_pointer_says_so(probe_env, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_existing_out_needs_a_flag(probe_env, tmp_path):
+def test_existing_out_needs_a_flag(probe_env, tmp_path, capsys):
     out = rec(probe_env, tmp_path / "r", max_tokens=200, kv_stats=False)
     with pytest.raises(RecordError, match="exists: pass --overwrite"):
         rec(probe_env, out, max_tokens=200)
@@ -169,8 +169,17 @@ def test_existing_out_needs_a_flag(probe_env, tmp_path):
     with pytest.raises(RecordError, match="not a run directory"):
         rec(probe_env, tmp_path / "notrun", overwrite=True)
     assert (tmp_path / "notrun" / "precious.txt").exists()
+    # what no run writes stays (all of it was deleted: a tour), and is said; the old run's own files go
+    (out / "notes.md").write_text("mine")
+    (out / "sub").mkdir()
+    (out / "sub" / "run.json").write_text("{}")
+    (out / "old_table").mkdir()  # a table folder of a name this version does not know
+    (out / "old_table" / "part-0.parquet").write_bytes(b"PAR1")
     rec(probe_env, out, max_tokens=100, kv_stats=False, overwrite=True)
     assert probe.open_run(out).info["recorded"]["tokens"] == 100
+    assert (out / "notes.md").read_text() == "mine" and (out / "sub" / "run.json").exists()
+    assert not (out / "old_table").exists()
+    assert f"note: --overwrite kept what no run writes in {out}: notes.md, sub/" in capsys.readouterr().err
     # reading back: a file, an unknown table or column is a RunError naming it (not an OSError or
     # Arrow's "No match for FieldRef")
     with pytest.raises(RunError, match="precious.txt: not a run directory"):
