@@ -22,6 +22,7 @@ from pathlib import Path
 
 from probe.job import (check_out_parent, check_replaceable, closed_pipe_quiet, os_refusal, path_text,
                        terminate_as_interrupt)
+from probe.writer import replace_dir
 
 BIAS = "e_score_correction_bias"
 
@@ -88,9 +89,7 @@ def without_router_bias(ckpt: str | Path, out: str | Path, overwrite: bool = Fal
         for f in ckpt.iterdir():
             if f.is_file() and f.suffix != ".safetensors":
                 shutil.copy2(f, tmp / f.name)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        replace_dir(tmp, out)  # an earlier variant stays whole until this one is in place
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out, zeroed

@@ -62,7 +62,7 @@ from .job import (DEFAULT_RUNS, check_out_parent, check_replaceable, load_tokeni
                   refuse_a_training_run)
 from .schema import TABLES
 from .sglang_dumps import DOMAIN, Dump, SGLangError, Shape, find_dumps, model_shape
-from .writer import PartWriter, write_json_atomic
+from .writer import PartWriter, replace_dir, write_json_atomic
 
 # ------------------------------------------------------------------------------ the import
 def import_sglang(dump: str | Path, out: str | Path | None = None, config: str | None = None,
@@ -102,9 +102,7 @@ def import_sglang(dump: str | Path, out: str | Path | None = None, config: str |
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written stays behind
         raise
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)  # the run appears whole or not at all
+    replace_dir(tmp, out)  # the run appears whole or not at all; an earlier one stays whole until then
     return out
 
 

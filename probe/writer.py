@@ -52,6 +52,26 @@ def replacing(path: str | Path):
         tmp.unlink(missing_ok=True)
 
 
+def replace_dir(tmp: str | Path, path: str | Path) -> None:
+    """Put the complete directory `tmp` in place of the directory `path` (or where there is none): the old
+    one is renamed aside first and deleted only once the new one is in place, so a stop at any moment
+    leaves `path` whole, old or new (deleting it first left nothing while a large copy was deleted, if
+    the stop came then), or at worst the old one under a hidden name beside it."""
+    tmp, path = Path(tmp), Path(path)
+    old = path.with_name(f".{path.name}.old{os.getpid()}")
+    if path.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(path, old)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        if old.exists() and not path.exists():
+            os.replace(old, path)  # the old one back, as it was
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
 WRITER_LOCK = ".writer.lock"  # held by the one job that records into a run, for as long as it runs
 
 

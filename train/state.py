@@ -12,7 +12,7 @@ import torch
 
 from model import ModelArgs, Transformer
 from model import save as save_hf
-from probe.writer import write_json_atomic
+from probe.writer import replace_dir, write_json_atomic
 
 from .data import SPECIAL_TOKENS, TrainError
 
@@ -68,9 +68,7 @@ def save_final(raw: Transformer, out: Path, tokenizer: Path, dtype: torch.dtype)
         "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": SPECIAL_TOKENS[0],
         "eos_token": SPECIAL_TOKENS[1], "pad_token": SPECIAL_TOKENS[2], "add_bos_token": True,
         "model_max_length": raw.args.max_seq_len})
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    replace_dir(tmp, final)  # the previous model stays whole until this one is in place
     return final
 
 

@@ -296,3 +296,34 @@ def test_damaged_progress_is_one_line_naming_the_file(tmp_path, damage, says):
         load_progress(run, 0)
     assert "\n" not in str(e.value) and "--overwrite" in str(e.value)
     assert check_committed(run, 1, [T]) == {}  # a rank that committed nothing: nothing to check
+
+
+def test_replace_dir_keeps_a_whole_directory_at_every_step(tmp_path, monkeypatch):
+    """variants --overwrite, import sglang --overwrite and train's final model deleted the old directory
+    first: a stop while it was deleted (a large checkpoint) left neither (a tour)."""
+    from probe import writer
+
+    def tree(d):
+        return {p.name: p.read_text() for p in d.iterdir()}
+
+    out, new = tmp_path / "out", tmp_path / ".out.tmp"
+    new.mkdir()
+    (new / "a").write_text("first")
+    writer.replace_dir(new, out)  # where there is none
+    assert tree(out) == {"a": "first"} and not new.exists()
+    new.mkdir()
+    (new / "b").write_text("second")
+    real = os.replace
+
+    def stopped(src, dst):  # the new directory's rename fails: the old one is put back, whole
+        if src == new:
+            raise KeyboardInterrupt
+        real(src, dst)
+
+    monkeypatch.setattr(writer.os, "replace", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        writer.replace_dir(new, out)
+    assert tree(out) == {"a": "first"} and sorted(p.name for p in tmp_path.iterdir()) == [".out.tmp", "out"]
+    monkeypatch.setattr(writer.os, "replace", real)
+    writer.replace_dir(new, out)  # the control: replaced, and the old one gone
+    assert tree(out) == {"b": "second"} and [p.name for p in tmp_path.iterdir()] == ["out"]
