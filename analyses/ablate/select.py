@@ -232,6 +232,9 @@ class Ablation:
                 raise AblationError(f"{who}{k} must be a non-negative integer, not {v!r}")
         if self.domain is not None and self.top is None:
             raise AblationError(f"{who}domain selects the top experts of a domain: use it with top")
+        if self.domain is not None and not (isinstance(self.domain, str) and self.domain.strip()):
+            # '' (an unset shell variable) ranked the experts by every domain's load, without a word (a tour)
+            raise AblationError(f"{who}domain {self.domain!r}: name a domain of the run (or leave it out for all)")
         if self.renormalise and self.mode != "zero":
             raise AblationError(f"{who}renormalise applies to mode zero only")
         if self.renormalise and not chosen:  # shared alone: nothing to rescale, accepted without a word (a tour)

@@ -259,6 +259,11 @@ def test_top_and_random_take_up_to_every_expert_of_a_layer():
 def test_a_domain_without_top_is_refused():
     with pytest.raises(AblationError, match="domain selects the top experts of a domain: use it with top"):
         Ablation(random=2, domain="code")
+    # '' (`--domain "$D"` with the variable unset) ranked by every domain's load without a word (a tour)
+    for empty in ("", " "):
+        with pytest.raises(AblationError, match=f"domain {empty!r}: name a domain of the run"):
+            Ablation(top=2, domain=empty)
+    assert Ablation(top=2, domain="code").domain == "code"  # the control
 
 
 def test_a_layer_named_with_no_expert_is_not_part_of_the_plan():
