@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .errors import RecordError, first_line
 # the jobs import these here
+from .job_signals import quiet_start, signals_held, terminate_as_interrupt  # noqa: F401
 from .out_paths import (  # noqa: F401
     check_file_replaceable, check_not_an_input, check_out_parent, check_outside_corpus, check_replaceable, os_refusal,
     refuse_a_training_run)
@@ -472,84 +473,6 @@ def closed_pipe_quiet(main):
             print(f"\n{first_line(e) if str(e) else 'interrupted'}", file=sys.stderr, flush=True)
             return exit_ranks(130)
     return wrapped
-
-
-@contextlib.contextmanager
-def quiet_start():
-    """Around a command package's imports (torch: a second or two): Ctrl-C there ends the process at
-    once with one line and exit status 130, as it does once the command's main() runs, instead of a
-    traceback from inside `import torch`. By a handler that exits (os._exit: nothing has been done
-    yet), not a KeyboardInterrupt: one raised inside numpy's import came out as an ImportError
-    traceback, and a bare `except:` in an imported module swallowed another (the command then ran).
-    Only under `python -m PACKAGE`, which imports the package before its __main__ and sets
-    sys.argv[0] to "-m" meanwhile (Python's documented value while it locates the module); a library
-    import keeps Python's handler."""
-    import signal
-
-    def stop(signum, frame):
-        os.write(2, b"\ninterrupted while starting: nothing was done\n")
-        os._exit(130)
-
-    previous = signal.signal(signal.SIGINT, stop) if sys.argv[:1] == ["-m"] else None
-    try:
-        yield
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-
-
-@contextlib.contextmanager
-def terminate_as_interrupt():
-    """In this block SIGTERM raises KeyboardInterrupt("terminated"), as Ctrl-C does, so that the
-    `finally` that removes a half-written temporary runs: Python's default ended the process where it
-    stood (an import or a variant stopped by `timeout` or a scheduler left its temporary folder, for a
-    variant a copy of the checkpoint under a name no later run removes; a tour). Main thread only."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum, frame):
-        raise KeyboardInterrupt("terminated")
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
-
-
-@contextlib.contextmanager
-def signals_held(*signums: int):
-    """`signums` held pending in this block, delivered when it ends (main thread only: elsewhere a
-    process's signals are not this thread's to hold, and nothing is held). For the steps that must
-    not be cut in two: renaming a job's results together with run.json, marking a run interrupted
-    and saying so before torchrun's SIGTERM ends the rank. Held by a handler that notes them, not by
-    the thread's signal mask: a signal sent to the process goes to any thread that does not block
-    it (torch's and gloo's threads), and Python runs the handler on the main thread all the same.
-    A handler set inside the block stays (and gets what was held)."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held = []
-
-    def note(signum, frame):
-        held.append(signum)
-
-    before = {s: signal.signal(s, note) for s in signums}
-    try:
-        yield
-    finally:
-        for s, h in before.items():
-            if signal.getsignal(s) is note:
-                signal.signal(s, signal.SIG_DFL if h is None else h)
-        for s in dict.fromkeys(held):
-            signal.raise_signal(s)
 
 
 def one_line_when_a_peer_is_lost(main):
