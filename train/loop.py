@@ -25,7 +25,7 @@ from .balance import RoutingTap, moe_gates, settle_biases, update_bias
 from .data import Batches, TrainError, check_corpus_dir, load_tokenizer, token_streams, val_windows
 from .flags import RESUME_CHECKED, check_flags
 from .log import TABLES, TrainLog
-from .state import config_record, load_state, resume_dir, save_final, save_state
+from .state import check_resume_run, config_record, load_state, resume_dir, save_final, save_state
 from .steps import Dist, bias_speed_at, evaluate, forward_losses, lr_at, make_optimizer, model_args
 
 
@@ -82,6 +82,8 @@ class _Run:
         args = model_args(ns, tok.get_vocab_size())
         where = resume_dir(ns)
         saved = load_state(where, args) if where is not None else None
+        if saved is not None:
+            check_resume_run(saved, where, ns.out)
         if saved is not None and ns.stop_at is not None and ns.stop_at <= int(saved["step"]) < ns.steps:
             # the check after each step comes after the first one: it trained a step past the checkpoint, then stopped
             raise TrainError(f"--stop-at {ns.stop_at}: the checkpoint in {where} is already at step {saved['step']} "

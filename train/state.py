@@ -32,6 +32,22 @@ def resume_dir(ns: argparse.Namespace) -> Path | None:
     return d
 
 
+def check_resume_run(saved: dict, where: Path, out: Path) -> None:
+    """A checkpoint from another folder is resumed only into a new --out or the run that saved it:
+    resumed into another training run's --out, that run's first rows were kept under the resumed
+    run's later ones, and its checkpoint and model replaced (a tour). A checkpoint in OUT/checkpoint
+    is the run's own (a run folder moved, or a checkpoint copied back)."""
+    if not ((out / "train_steps").is_dir() or (out / "run.json").is_file()):
+        return
+    theirs = saved.get("flags", {}).get("out")
+    if where.resolve() == (out / "checkpoint").resolve() or (theirs is not None
+                                                             and Path(theirs).resolve() == out.resolve()):
+        return
+    raise TrainError(f"--resume {where}: the checkpoint was saved by the run in {theirs}, but --out {out} holds "
+                     "another training run: a resume continues the run that saved it (give --out "
+                     f"{theirs}, or a new --out to start a run from the checkpoint)")
+
+
 def check_resume_shape(saved: dict, args: ModelArgs, where: Path) -> None:
     """A checkpoint of another architecture cannot be resumed: name the differing fields."""
     theirs, ours = saved, args.to_dict()

@@ -212,3 +212,20 @@ def test_a_second_process_in_a_run_being_trained_is_refused(corpus, tmp_path):
     assert done["status"] == "complete"
     again = run(parse_args(flags(corpus, out, *common, "--resume")))  # and this process's with its run
     assert again["status"] == "complete"
+
+
+def test_a_resume_into_another_training_runs_out_is_refused(corpus, tmp_path):
+    """--resume A/checkpoint --out B, B another run (here another --seed), kept B's first rows under
+    A's later ones and replaced B's checkpoint and model (a tour): refused before anything is
+    written. A new --out may start from the checkpoint; A's own --out continues it."""
+    common = ("--steps", "3", "--eval-every", "0", "--checkpoint-every", "0")
+    a, b = tmp_path / "a", tmp_path / "b"
+    run(parse_args(flags(corpus, a, *common, "--stop-at", "1")))
+    run(parse_args(flags(corpus, b, *common, "--seed", "7", "--stop-at", "2")))
+    before = {p: p.read_bytes() for p in sorted(b.rglob("*")) if p.is_file()}
+    with pytest.raises(TrainError, match=rf"--resume {a / 'checkpoint'}: the checkpoint was saved by the run in "
+                                         rf"{a}, but --out {b} holds another training run"):
+        run(parse_args(flags(corpus, b, *common, "--seed", "7", "--resume", str(a))))
+    assert {p: p.read_bytes() for p in sorted(b.rglob("*")) if p.is_file()} == before
+    assert run(parse_args(flags(corpus, tmp_path / "c", *common, "--resume", str(a))))["step"] == 3
+    assert run(parse_args(flags(corpus, a, *common, "--resume", str(a / "checkpoint"))))["step"] == 3
