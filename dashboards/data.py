@@ -210,6 +210,15 @@ def cached(fn):
     return call
 
 
+def _count(name: str, value, least: int = 1):
+    """`value` of the argument `name`, refused below `least` (None passes: 'not given'): a zero or
+    negative count divided by zero (pass_loads' max_passes, mtp_by_position's buckets), reached
+    DuckDB's LIMIT as a Binder Error, or was read as another count without a word (a tour)."""
+    if value is not None and int(value) < least:
+        raise ValueError(f"{name}={value!r} must be at least {least}")
+    return value
+
+
 def _read_info(path: str) -> dict:
     try:
         info = json.loads((Path(path) / "run.json").read_text())
@@ -292,6 +301,7 @@ def loads_by_step(ref: RunRef) -> pd.DataFrame:
 @cached
 def total_loads(ref: RunRef, last_steps: int | None = None) -> pd.DataFrame:
     """layer, expert, load summed over the run, or over its last `last_steps` steps."""
+    _count("last_steps", last_steps, 0)  # 0: the whole run, as None (compute.last_steps); -1 summed no step
     where = "where step > (select max(step) from expert_load) - ?" if last_steps else ""
     return _labelled(ref, query(ref, f"select layer, expert, sum(count)::bigint as load from expert_load {where} "
                                      "group by all order by all", ("expert_load",),
@@ -306,6 +316,7 @@ def pass_count(ref: RunRef) -> int:
 
 def pass_stride(n: int, max_passes: int = MAX_PASSES) -> int:
     """Every how many passes `pass_loads` reads, for a run of `n` passes."""
+    _count("max_passes", max_passes)  # 0 divided by zero; a negative one read every pass, past the bound
     return max(1, -(-n // max_passes))
 
 
@@ -314,6 +325,7 @@ def pass_loads(ref: RunRef, max_passes: int = MAX_PASSES) -> tuple[np.ndarray, l
     """(steps [S], layers [L], loads [S, L, E]): each forward pass's (a recorded run: each batch's)
     top-k assignments per expert of the model's MoE layers (MTP routers left out: servers place them
     apart). A run with more than `max_passes` passes is read every k-th pass (the smallest k that fits)."""
+    _count("max_passes", max_passes)  # before the run is read
     n_layers = (ref.info.get("model_args") or {}).get("n_layers")
     every = pass_stride(pass_count(ref), max_passes)
     # rows are summed by the bincount below (a recorded run has one row per domain), not in SQL
@@ -408,6 +420,7 @@ def _seq_cap(ref: RunRef, tokens: int | None = None) -> int:
 def expert_top_tokens(ref: RunRef, layer: int, expert: int, limit: int = 20) -> pd.DataFrame:
     """token_id, n (times `expert` was among the token's top-k), total (occurrences of the token),
     share = n / total: over the first SAMPLE_TOKENS tokens."""
+    _count("limit", limit, 0)
     cap = _seq_cap(ref)
     return query(ref, """
         with r as (select seq_id, pos, list_contains(expert_ids, ?::usmallint) as hit from routing
@@ -432,6 +445,8 @@ def token_top1(ref: RunRef, layer: int) -> pd.DataFrame:
 def token_snippets(ref: RunRef, layer: int, expert: int, token_id: int, n: int = 6, width: int = 8) -> pd.DataFrame:
     """Up to `n` places where `token_id` was routed to `expert` (in its top-k): seq_id, pos, domain, and the
     token ids of the window around it (`ids`, `centre` = index of the token in `ids`)."""
+    _count("n", n, 0)
+    _count("width", width, 0)
     cap = _seq_cap(ref)
     hits = query(ref, """
         select r.seq_id, r.pos, t.domain from routing r join tokens t using (seq_id, pos)
@@ -466,6 +481,7 @@ def documents(ref: RunRef) -> pd.DataFrame:
 @cached
 def doc_tokens(ref: RunRef, doc_id: str, seq_lo: int, seq_hi: int, max_tokens: int = 1500) -> pd.DataFrame:
     """The document's tokens in order (seq_id, pos, doc_pos, token_id, loss), at most max_tokens."""
+    _count("max_tokens", max_tokens, 0)
     return query(ref, "select seq_id, pos, doc_pos, token_id, loss from tokens where seq_id between ? and ? "
                       "and doc_id = ? order by doc_pos limit ?", ("tokens",), [seq_lo, seq_hi, doc_id, max_tokens])
 
@@ -513,6 +529,7 @@ def mtp_by_domain(ref: RunRef) -> pd.DataFrame:
 @cached
 def mtp_by_position(ref: RunRef, buckets: int = 16) -> pd.DataFrame:
     """domain, bucket (start position), positions, agree: agreement by position in the window."""
+    _count("buckets", buckets)  # 0 divided by zero; a negative count made one bucket a position
     seq_len = int((ref.info.get("options") or {}).get("seq_len") or 512)
     size = max(1, -(-seq_len // buckets))
     return query(ref, "select domain, (pos // ?) * ? as bucket, count(*) as positions, avg(agree::int) as agree "

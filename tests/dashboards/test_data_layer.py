@@ -392,3 +392,29 @@ def test_mtp_position_buckets_round_the_window_up_into_equal_buckets(tmp_path):
     ref = data.RunRef("r", str(tmp_path / "r"), "probe", "complete", {"options": {"seq_len": 10}})
     got = data.mtp_by_position.uncached(ref, 4)
     assert got.bucket.tolist() == [0, 3, 6, 9] and got.positions.tolist() == [3, 3, 3, 1]
+
+
+def test_a_count_argument_below_its_least_is_a_value_error_naming_it(train_run):
+    """pass_loads(ref, max_passes=0) and mtp_by_position(ref, 0) raised ZeroDivisionError; a negative
+    max_passes read every pass, a negative last_steps summed no step, and a negative limit reached
+    DuckDB's LIMIT as a Binder Error (a tour). Each names its argument; 0 stays valid where it is a
+    size (an empty result) or total_loads' 'the whole run'."""
+    from dashboards import data
+
+    run, ref = train_run
+    calls = {"max_passes": [lambda v: data.pass_loads.uncached(ref, v), lambda v: data.pass_stride(4, v)],
+             "buckets": [lambda v: data.mtp_by_position.uncached(ref, v)]}
+    for name, fns in calls.items():
+        for fn in fns:
+            for bad in (0, -1):
+                with pytest.raises(ValueError, match=rf"^{name}={bad} must be at least 1$"):
+                    fn(bad)
+    sized = {"last_steps": lambda v: data.total_loads.uncached(ref, v),
+             "limit": lambda v: data.expert_top_tokens.uncached(ref, 1, 0, v),
+             "n": lambda v: data.token_snippets.uncached(ref, 1, 0, 5, v),
+             "width": lambda v: data.token_snippets.uncached(ref, 1, 0, 5, 6, v),
+             "max_tokens": lambda v: data.doc_tokens.uncached(ref, "d", 0, 1, v)}
+    for name, fn in sized.items():
+        with pytest.raises(ValueError, match=rf"^{name}=-1 must be at least 0$"):
+            fn(-1)
+    assert data.total_loads.uncached(ref, 0).equals(data.total_loads.uncached(ref))
