@@ -245,8 +245,17 @@ def file_health(ref: RunRef) -> pd.DataFrame:
 # ------------------------------------------------------------------------------ loads
 def layer_label(ref: RunRef, layer) -> str:
     """`probe.schema.layer_label` with the run's n_layers: 'layer 3', or 'MTP 0' for an MTP block's
-    router. Every page names a layer this way (the tables and run.json keep 'layer3' / 3)."""
-    return schema_layer_label(layer, (ref.info.get("model_args") or {}).get("n_layers"))
+    router. Every page names a layer this way (the tables and run.json keep 'layer3' / 3). A layer the
+    run does not have is a ValueError: layer 99 of a 3-layer run was labelled 'MTP 96' (a tour)."""
+    args = ref.info.get("model_args") or {}
+    n = args.get("n_layers")
+    if n is not None:
+        # an older run.json without n_mtp_layers: ModelArgs' default, one MTP block
+        last = int(n) + int(args.get("n_mtp_layers", 1)) - 1
+        if not 0 <= int(layer) <= last:
+            mtp = f" (MTP 0 is layer {n})" if last >= int(n) else ""
+            raise ValueError(f"layer {layer}: run {ref.name} has layers 0 to {last}{mtp}")
+    return schema_layer_label(layer, n)
 
 
 def layer_number(ref: RunRef, label: str) -> int:

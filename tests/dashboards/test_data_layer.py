@@ -29,7 +29,7 @@ def test_gate_labels_are_the_ones_training_wrote_mtp_included(train_run):
     run, ref = train_run
     assert ref.info["gates"] == ["layer1", "layer2", "mtp0"]  # layer 3 of 3 is the MTP block's router
     assert data.total_loads.uncached(ref).layer.unique().tolist() == ["layer 1", "layer 2", "MTP 0"]
-    assert data.layer_label(ref, 4) == "MTP 1" and data.layer_label(ref, 2) == "layer 2"
+    assert data.layer_label(ref, 3) == "MTP 0" and data.layer_label(ref, 2) == "layer 2"
     assert [data.layer_number(ref, g) for g in ("layer2", "layer 2", "mtp0", "MTP 1")] == [2, 2, 3, 4]
 
 
@@ -418,3 +418,20 @@ def test_a_count_argument_below_its_least_is_a_value_error_naming_it(train_run):
         with pytest.raises(ValueError, match=rf"^{name}=-1 must be at least 0$"):
             fn(-1)
     assert data.total_loads.uncached(ref, 0).equals(data.total_loads.uncached(ref))
+
+
+def test_a_layer_the_run_does_not_have_is_refused_not_labelled(train_run):
+    """layer_label(ref, 99) on a 3-layer run said 'MTP 96', and -1 'layer -1' (a tour): a ValueError
+    naming the layer and the run's range. Without n_mtp_layers (an older run.json, this one) the run
+    has ModelArgs' one MTP block; with it, as many as it says."""
+    from dashboards import data
+
+    run, ref = train_run
+    for bad in (99, 4, -1):
+        with pytest.raises(ValueError, match=rf"^layer {bad}: run t has layers 0 to 3 \(MTP 0 is layer 3\)$"):
+            data.layer_label(ref, bad)
+    no_mtp = data.RunRef("n", ref.path, "train", "complete", {"model_args": {"n_layers": 3, "n_mtp_layers": 0}})
+    with pytest.raises(ValueError, match=r"^layer 3: run n has layers 0 to 2$"):
+        data.layer_label(no_mtp, 3)
+    assert data.layer_label(no_mtp, 2) == "layer 2"
+    assert data.layer_label(data.RunRef("u", ref.path, "unknown", "complete", {}), 99) == "layer 99"  # no n_layers
