@@ -42,8 +42,9 @@ Outputs under --out, a run directory like any other (`probe.open_run` reads it; 
 probe/schema.py): `train_steps` (one row per step: losses, lr, grad norm, tokens/s), `train_domains`
 (loss per domain, each step and each evaluation), `train_gates` (MaxVio and bias norm per MoE
 router), `train_eval` (validation loss, MTP agreement), `expert_load` and `router_bias` (per expert,
-every --load-every steps), `run.json` (status, flags, model args, final figures),
-`checkpoint/state.pt` (model + optimizer + step + RNG, for --resume) and, when finished, `model/`: a
+every --load-every steps), `run.json` (status, flags, model args, final figures, the run's id),
+`checkpoint/state.pt` (model + optimizer + step + RNG + the run's id, for --resume: a checkpoint is
+resumed only into a new --out or the run whose id it carries) and, when finished, `model/`: a
 Hugging Face checkpoint (`model.save`) that transformers' DeepseekV3ForCausalLM also reads, with
 `tokenizer.json` next to it. Rank 0 alone prints and writes. A step whose loss is not a finite
 number (a learning rate that blew the weights up) ends the run with an error at once: its row is in

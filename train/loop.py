@@ -10,6 +10,7 @@ import contextlib
 import math
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from .balance import RoutingTap, moe_gates, settle_biases, update_bias
 from .data import Batches, TrainError, check_corpus_dir, load_tokenizer, token_streams, val_windows
 from .flags import RESUME_CHECKED, check_flags
 from .log import TABLES, TrainLog
-from .state import check_resume_run, config_record, load_state, resume_dir, save_final, save_state
+from .state import check_resume_run, config_record, load_state, resume_dir, run_id, save_final, save_state
 from .steps import Dist, bias_speed_at, evaluate, forward_losses, lr_at, make_optimizer, model_args
 
 
@@ -84,6 +85,9 @@ class _Run:
         saved = load_state(where, args) if where is not None else None
         if saved is not None:
             check_resume_run(saved, where, ns.out)
+        # the run's id, in run.json and every checkpoint: a resume continues the run whose id it carries;
+        # a new --out started from another run's checkpoint is a run of its own
+        self.run_id = run_id(ns.out) or uuid.uuid4().hex
         if saved is not None and ns.stop_at is not None and ns.stop_at <= int(saved["step"]) < ns.steps:
             # the check after each step comes after the first one: it trained a step past the checkpoint, then stopped
             raise TrainError(f"--stop-at {ns.stop_at}: the checkpoint in {where} is already at step {saved['step']} "
@@ -207,7 +211,8 @@ class _Run:
 
     def _info(self, args, domains: list[str]) -> dict:
         ns, d = self.ns, self.data
-        return {"status": "running", "format": 1, "kind": "train", "started": time.time(), "updated": time.time(),
+        return {"status": "running", "format": 1, "kind": "train", "run_id": self.run_id, "started": time.time(),
+                "updated": time.time(),
                 "step": self.step, "steps": ns.steps, "tokens_seen": self.tokens_seen, "world": self.dist.ranks.describe(),
                 "device": str(self.dist.device), "domains": domains, "gates": [g.label for g in self.gates],
                 "gate_layers": {g.label: g.layer for g in self.gates}, "flags": config_record(ns),
@@ -342,7 +347,7 @@ class _Run:
             stop_reason = f"--time-limit {ns.time_limit} min"
         if stop_reason or (ns.checkpoint_every and self.step % ns.checkpoint_every == 0) or last:
             if self.dist.main:
-                save_state(ns.out / "checkpoint", self.raw, self.opt, self.step, ns, self.tokens_seen)
+                save_state(ns.out / "checkpoint", self.raw, self.opt, self.step, ns, self.tokens_seen, self.run_id)
             self.saved_step = self.step
             self.flush("running")
         elif self.step % ns.flush_every == 0:

@@ -4,6 +4,7 @@ RNG), and the final Hugging Face checkpoint with its tokenizer."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 from pathlib import Path
@@ -33,19 +34,32 @@ def resume_dir(ns: argparse.Namespace) -> Path | None:
 
 
 def check_resume_run(saved: dict, where: Path, out: Path) -> None:
-    """A checkpoint from another folder is resumed only into a new --out or the run that saved it:
-    resumed into another training run's --out, that run's first rows were kept under the resumed
-    run's later ones, and its checkpoint and model replaced (a tour). A checkpoint in OUT/checkpoint
-    is the run's own (a run folder moved, or a checkpoint copied back)."""
+    """A checkpoint is resumed only into a new --out or the run that saved it: resumed into another
+    training run's --out, that run's first rows were kept under the resumed run's later ones, and its
+    checkpoint and model replaced (a tour). Where both record the run's id (`run_id`, made when a run
+    starts and saved in its checkpoints), they must match, wherever the folders were moved or the
+    checkpoint copied; otherwise a checkpoint in OUT/checkpoint, or one saved with this --out, is
+    taken as the run's own."""
     if not ((out / "train_steps").is_dir() or (out / "run.json").is_file()):
         return
-    theirs = saved.get("flags", {}).get("out")
-    if where.resolve() == (out / "checkpoint").resolve() or (theirs is not None
-                                                             and Path(theirs).resolve() == out.resolve()):
+    theirs, ours = saved.get("flags", {}).get("out"), run_id(out)
+    if saved.get("run_id") is not None and ours is not None:
+        if saved["run_id"] == ours:
+            return
+    elif where.resolve() == (out / "checkpoint").resolve() or (theirs is not None
+                                                               and Path(theirs).resolve() == out.resolve()):
         return
     raise TrainError(f"--resume {where}: the checkpoint was saved by the run in {theirs}, but --out {out} holds "
                      "another training run: a resume continues the run that saved it (give --out "
                      f"{theirs}, or a new --out to start a run from the checkpoint)")
+
+
+def run_id(out: Path) -> str | None:
+    """The run id in OUT/run.json, or None (none recorded, or unreadable)."""
+    try:
+        return json.loads((out / "run.json").read_text(encoding="utf-8")).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def check_resume_shape(saved: dict, args: ModelArgs, where: Path) -> None:
@@ -60,9 +74,10 @@ def check_resume_shape(saved: dict, args: ModelArgs, where: Path) -> None:
                          + "; this run builds " + ", ".join(f"{k}={ours[k]}" for k in shown) + more)
 
 
-def save_state(path: Path, raw: Transformer, opt, step: int, ns: argparse.Namespace, tokens_seen: int) -> None:
+def save_state(path: Path, raw: Transformer, opt, step: int, ns: argparse.Namespace, tokens_seen: int,
+               run_id: str | None = None) -> None:
     path.mkdir(parents=True, exist_ok=True)
-    state = {
+    state = {"run_id": run_id,
         "model": raw.state_dict(), "optimizer": opt.state_dict(), "step": step, "tokens_seen": tokens_seen,
         "rng": {"torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},

@@ -5,6 +5,7 @@ run.json is its own. (Losses, balancing and bad input: test_train.py.)"""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -64,9 +65,11 @@ def test_resume_from_an_earlier_checkpoint_drops_the_later_rows(corpus, tmp_path
     import shutil
 
     opts = ("--steps", "5", "--eval-every", "0", "--checkpoint-every", "2", "--flush-every", "1")
-    run(parse_args(flags(corpus, tmp_path / "c", *opts, "--stop-at", "3")))  # rows and checkpoint at 3
-    run(parse_args(flags(corpus, tmp_path / "d", *opts, "--stop-at", "2")))  # the same run's state at 2
-    shutil.copy(tmp_path / "d" / "checkpoint" / "state.pt", tmp_path / "c" / "checkpoint" / "state.pt")
+    state = tmp_path / "c" / "checkpoint" / "state.pt"
+    run(parse_args(flags(corpus, tmp_path / "c", *opts, "--stop-at", "2")))
+    at_2 = shutil.copy(state, tmp_path / "state-2.pt")  # the run's state at 2
+    run(parse_args(flags(corpus, tmp_path / "c", *opts, "--resume", "--stop-at", "3")))  # rows and checkpoint at 3
+    shutil.copy(at_2, state)  # as if killed after committing row 3, before its checkpoint
     run(parse_args(flags(corpus, tmp_path / "c", *opts, "--resume")))
     run(parse_args(flags(corpus, tmp_path / "e", *opts)))  # uninterrupted
     c, e = (probe.open_run(tmp_path / x).df("train_steps").sort_values("step") for x in ("c", "e"))
@@ -227,5 +230,11 @@ def test_a_resume_into_another_training_runs_out_is_refused(corpus, tmp_path):
                                          rf"{a}, but --out {b} holds another training run"):
         run(parse_args(flags(corpus, b, *common, "--seed", "7", "--resume", str(a))))
     assert {p: p.read_bytes() for p in sorted(b.rglob("*")) if p.is_file()} == before
+    # A's checkpoint copied over B's own: the runs' ids tell them apart (its place in OUT did not)
+    shutil.rmtree(b / "checkpoint")
+    shutil.copytree(a / "checkpoint", b / "checkpoint")
+    with pytest.raises(TrainError, match=rf"the checkpoint was saved by the run in {a}, but --out {b} holds another"):
+        run(parse_args(flags(corpus, b, *common, "--seed", "7", "--resume")))
     assert run(parse_args(flags(corpus, tmp_path / "c", *common, "--resume", str(a))))["step"] == 3
+    assert json.loads((tmp_path / "c" / "run.json").read_text())["run_id"] != json.loads((a / "run.json").read_text())["run_id"]
     assert run(parse_args(flags(corpus, a, *common, "--resume", str(a / "checkpoint"))))["step"] == 3
