@@ -264,7 +264,9 @@ def layer_number(ref: RunRef, label: str) -> int:
     if m is None:
         raise ValueError(f"not a layer label: {label!r}")
     n = (ref.info.get("model_args") or {}).get("n_layers", 0)
-    return int(m[2]) + (n if m[1].lower() == "mtp" else 0)
+    layer = int(m[2]) + (n if m[1].lower() == "mtp" else 0)
+    layer_label(ref, layer)  # a layer the run does not have is a ValueError, as there ('MTP 5' of one block)
+    return layer
 
 
 def _labelled(ref: RunRef, df: pd.DataFrame, label=layer_label) -> pd.DataFrame:

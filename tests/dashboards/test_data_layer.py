@@ -30,7 +30,10 @@ def test_gate_labels_are_the_ones_training_wrote_mtp_included(train_run):
     assert ref.info["gates"] == ["layer1", "layer2", "mtp0"]  # layer 3 of 3 is the MTP block's router
     assert data.total_loads.uncached(ref).layer.unique().tolist() == ["layer 1", "layer 2", "MTP 0"]
     assert data.layer_label(ref, 3) == "MTP 0" and data.layer_label(ref, 2) == "layer 2"
-    assert [data.layer_number(ref, g) for g in ("layer2", "layer 2", "mtp0", "MTP 1")] == [2, 2, 3, 4]
+    assert [data.layer_number(ref, g) for g in ("layer2", "layer 2", "mtp0", "MTP 0")] == [2, 2, 3, 3]
+    for label in ("MTP 1", "layer 4"):  # layers the run does not have: refused, as layer_label refuses them
+        with pytest.raises(ValueError, match=f"layer 4: run {ref.name} has layers 0 to 3"):
+            data.layer_number(ref, label)
 
 
 def test_a_run_is_a_probe_run_by_its_format_or_by_its_table_folders(tmp_path):
