@@ -11,7 +11,7 @@ import math
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +61,21 @@ class _Data:
     val: dict  # domain -> validation windows
     train_tokens: dict
     val_tokens: dict
+
+
+def _param_count(args, built: int = 64) -> int:
+    """The parameters of a model of `args`, counted on the meta device. Past `built` layers, from two
+    small models' difference (every MoE layer holds as many): building 10**12 layers, even on the meta
+    device, hung (--set n_layers=1000000000000)."""
+    def count(layers: int) -> int:
+        with torch.device("meta"):
+            return sum(p.numel() for p in Transformer(replace(args, n_layers=layers), init=False).parameters())
+
+    if args.n_layers <= built:
+        return count(args.n_layers)
+    base = args.n_dense_layers + 1  # the dense layers and one MoE layer
+    one = count(base)
+    return one + (args.n_layers - base) * (count(base + 1) - one)
 
 
 @dataclass
@@ -123,8 +138,7 @@ class _Run:
         (or a config as large) was the allocator's RuntimeError traceback."""
         what = f"--config {self.ns.config}" + "".join(f" --set {o}" for o in self.ns.overrides)
         try:
-            with torch.device("meta"):
-                n = sum(p.numel() for p in Transformer(args, init=False).parameters())
+            n = _param_count(args)
         except RuntimeError as e:  # a tensor whose size overflows: "Storage size calculation overflowed"
             raise TrainError(f"{what}: a model too large to build ({str(e).splitlines()[0]})") from None
         need, have = 16 * n, available_memory()  # float32 weights, gradients and AdamW's two moments

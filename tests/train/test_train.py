@@ -3,6 +3,7 @@ stops: test_train_resume.py.)"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -566,6 +567,13 @@ def test_a_model_too_large_for_memory_is_refused_before_it_is_built(corpus, tmp_
 
     with pytest.raises(TrainError, match=r"^--config tiny --set dim=1000000000000: a model too large to build"):
         run(parse_args(flags(corpus, tmp_path / "x", "--set", f"dim={10**12}")))
+    # 10**12 layers: counted from two small models, not built layer by layer on the meta device (it hung)
+    with pytest.raises(TrainError, match=r"^--config tiny --set n_layers=1000000000000: [\d,]+ parameters need "):
+        run(parse_args(flags(corpus, tmp_path / "x", "--set", f"n_layers={10**12}")))
+    from model import ModelArgs
+    for layers in (3, 70):  # the count past 64 layers is the count of the model built whole
+        args = dataclasses.replace(ModelArgs.from_name("tiny"), n_layers=layers)
+        assert train.loop._param_count(args, built=2) == train.loop._param_count(args)
     monkeypatch.setattr(train.loop, "available_memory", lambda: 2**20)
     with pytest.raises(TrainError, match=r"^--config tiny: [\d,]+ parameters need 0.0 GiB for float32 weights, "
                                          r"gradients and AdamW's moments, more than the 0.0 GiB available here$"):
