@@ -211,6 +211,11 @@ def plan_placement(loads, n_gpus: int, n_nodes: int = 1, n_redundant: int = 0, g
             raise PlacementError(f"--{name} must be >= 1, got {v}")
     if n_redundant < 0:
         raise PlacementError(f"--redundant must be >= 0, got {n_redundant}")
+    if n_redundant > E * (n_gpus - 1):
+        # a GPU with more than E slots holds some expert twice, which spreads no load; and the planner
+        # loops once per redundant slot: --redundant 1000000000000 hung (a tour)
+        raise PlacementError(f"--redundant {n_redundant}: more than --gpus {n_gpus} x {E} experts - {E} "
+                             f"= {E * (n_gpus - 1)}; beyond that a GPU holds some expert twice, which spreads no load")
     n_slots = E + n_redundant
     if n_slots % n_gpus:
         raise PlacementError(f"--gpus {n_gpus} does not divide the {n_slots} slots ({E} experts + "

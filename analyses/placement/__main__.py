@@ -85,11 +85,6 @@ def _run(ns) -> int:
         return 0
     if ns.gpus is None:
         raise PlacementError("--gpus is needed to plan a placement")
-    if ns.gpus >= 1 and ns.redundant > E * (ns.gpus - 1):
-        # a GPU with more than E slots holds some expert twice, which spreads no load; and the planner
-        # loops once per redundant slot: --redundant 1000000000000 hung (a tour)
-        raise PlacementError(f"--redundant {ns.redundant}: more than --gpus {ns.gpus} x {E} experts - {E} "
-                             f"= {E * (ns.gpus - 1)}; beyond that a GPU holds some expert twice, which spreads no load")
     groups = ns.groups if ns.groups is not None else run_groups(ns.run)
     plans = plan_run(ns.run, ns.gpus, ns.nodes, ns.redundant, groups, ns.mode, loads=loads)
     maps, now_gpus, what = current_placement(ns.run, E, ns.gpus, ns.redundant)

@@ -191,6 +191,8 @@ def test_uniform_loads_are_already_balanced():
      r"DeepSeek-V3\); or pass --mode global"),
     (dict(n_gpus=2, groups=3), "do not split into 3 groups"),
     (dict(n_gpus=2, n_redundant=-1), "--redundant must be >= 0"),
+    # a GPU of more than E slots holds an expert twice; the planner hung on --redundant 10**12 (a tour)
+    (dict(n_gpus=2, n_redundant=10**12), r"--redundant 1000000000000: more than --gpus 2 x 4 experts - 4 = 4;"),
     (dict(n_gpus=2, mode="ring"), "mode="),
 ])
 def test_errors(kw, needle):
