@@ -22,8 +22,8 @@ from .errors import RecordError, first_line
 # the jobs import these here
 from .job_signals import quiet_start, signals_held, terminate_as_interrupt  # noqa: F401
 from .out_paths import (  # noqa: F401
-    check_file_replaceable, check_not_an_input, check_out_parent, check_outside_corpus, check_replaceable, os_refusal,
-    refuse_a_training_run)
+    check_file_replaceable, check_inputs_outside, check_not_an_input, check_out_parent, check_outside_corpus,
+    check_replaceable, os_refusal, refuse_a_training_run)
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CKPT = REPO / "data" / "model"
@@ -427,11 +427,14 @@ def add_input_flags(p: argparse.ArgumentParser, table: str, *, run_note: str = "
     (analyses.ablate, .importance, .steer): --run/--out and what --run provides by default, the
     window options, the model flags and --no-progress. Returns the group (a job adds its own)."""
     io = p.add_argument_group("inputs and output")
-    io.add_argument("--run", type=path_text, help="a recorded run: its checkpoint, corpus and options are the defaults" + run_note
-                                  + f", and the {table} table is written into it")
+    io.add_argument("--run", type=path_text,
+                    help="a recorded run: its checkpoint, corpus and options are the defaults" + run_note
+                         + f", and the {table} table is written into it")
     io.add_argument("--out", type=path_text, help=f"run directory to write the {table} table into (default: --run)")
-    io.add_argument("--ckpt", type=path_text, help="Hugging Face checkpoint directory (default: the run's, else the bundled model)")
-    io.add_argument("--corpus", type=path_text, help="corpus as for `probe record` (default: the run's, else the bundled val.jsonl)")
+    io.add_argument("--ckpt", type=path_text,
+                    help="Hugging Face checkpoint directory (default: the run's, else the bundled model)")
+    io.add_argument("--corpus", type=path_text,
+                    help="corpus as for `probe record` (default: the run's, else the bundled val.jsonl)")
     io.add_argument("--tokenizer", type=path_text, help="tokenizer.json (default: the checkpoint's)")
     io.add_argument("--max-tokens", type=int, help="at most this many tokens in all (default: the run's, else all)")
     io.add_argument("--domain-tokens", type=int, default=domain_tokens,

@@ -52,6 +52,19 @@ def check_not_an_input(out: Path, inputs: dict[str, str | Path | None], flag: st
                         "would overwrite or add to; write elsewhere")
 
 
+def check_inputs_outside(out: Path, inputs: dict[str, str | Path | None],
+                         error: type[Exception] = RecordError) -> None:
+    """Before `--overwrite` deletes the directory `out`: none of the job's inputs (`inputs`: flag -> path,
+    None where not given) may lie inside it. Recording into a training run deleted the model it read
+    (a review), and an import deleted the dumps kept in the run they had been imported into (a tour)."""
+    if not out.is_dir():
+        return
+    for flag, path in inputs.items():
+        if path is not None and Path(path).resolve().is_relative_to(out.resolve()):
+            raise error(f"--out {out}: --overwrite would delete it, and {flag} {path} lies inside it; write the run "
+                        "elsewhere, or move the input out first")
+
+
 def check_outside_corpus(out: Path, corpus: Path | None, what: str, error: type[Exception] = RecordError,
                          name: str = "--corpus") -> None:
     """A directory output must not lie inside a corpus folder, whose every file is read as a document:

@@ -33,10 +33,10 @@ import torch
 from model.memory import process_memory
 
 from .corpus import ORDERS, CorpusError, CorpusStats, corpus_windows, fingerprint
-from .job import (DEFAULT_CKPT, DEFAULT_CORPUS, RecordError, agree, bound_heap, check_out_parent, check_outside_corpus,
-                  check_replaceable, checkpoint_args, checkpoint_identity, default_seq_len, load_model, load_tokenizer,
-                  os_refusal, first_line, job_options, package_version, resolve_paths, same_checkpoint, signals_held,
-                  refuse_a_training_run, start_world, window_length)
+from .job import (DEFAULT_CKPT, DEFAULT_CORPUS, RecordError, agree, bound_heap, check_inputs_outside, check_out_parent,
+                  check_outside_corpus, check_replaceable, checkpoint_args, checkpoint_identity, default_seq_len,
+                  first_line, job_options, load_model, load_tokenizer, os_refusal, package_version,
+                  refuse_a_training_run, resolve_paths, same_checkpoint, signals_held, start_world, window_length)
 from .record_loop import record_batches
 from .record_tables import FINAL_TABLES, SESSION_KEYS, router_biases, write_router_bias
 from .writer import (RunError, check_committed, clear_run, replace_keeping_others, updating_run_json,
@@ -162,21 +162,10 @@ def check_out(out: Path, opts: RecordOptions, corpus: Path | None = None, ckpt: 
     if opts.overwrite:
         check_replaceable(out, "run.json", "a run directory")
         refuse_a_training_run(out)
-        _inputs_outside(out, {"--ckpt": ckpt, "--corpus": corpus, "--tokenizer": opts.tokenizer})
+        check_inputs_outside(out, {"--ckpt": ckpt, "--corpus": corpus, "--tokenizer": opts.tokenizer})
     if opts.resume and not (out / "run.json").exists():
         raise RecordError(f"--resume: {out} is not a run directory (no run.json)")
     check_out_parent(out)
-
-
-def _inputs_outside(out: Path, inputs: dict) -> None:
-    """--overwrite deletes `out`: none of the job's inputs may lie inside it (recording into a training
-    run, whose model is runs/NAME/model, deleted the model it read; a review)."""
-    if not out.is_dir():
-        return
-    for flag, path in inputs.items():
-        if path is not None and Path(path).resolve().is_relative_to(out.resolve()):
-            raise RecordError(f"--out {out}: --overwrite would delete it, and {flag} {path} lies inside it; "
-                              "write the run elsewhere")
 
 
 def count_corpus(job: Job, opts: RecordOptions) -> CorpusPlan:

@@ -58,8 +58,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from .job import (DEFAULT_RUNS, check_out_parent, check_replaceable, load_tokenizer, os_refusal, package_version,
-                  refuse_a_training_run)
+from .job import (DEFAULT_RUNS, check_inputs_outside, check_out_parent, check_replaceable, load_tokenizer, os_refusal,
+                  package_version, refuse_a_training_run)
 from .schema import TABLES
 from .sglang_dumps import DOMAIN, Dump, SGLangError, Shape, find_dumps, model_shape
 from .writer import PartWriter, replace_dir, write_json_atomic
@@ -86,11 +86,7 @@ def import_sglang(dump: str | Path, out: str | Path | None = None, config: str |
         raise SGLangError(f"--out {out} exists: pass --overwrite to replace it")
     check_replaceable(out, "run.json", "a run directory", error=SGLangError)
     refuse_a_training_run(out, SGLangError)
-    if out.is_dir():  # --overwrite deletes `out`: dumps kept in the run they were imported into went with it (a tour)
-        for flag, path in (("DUMP", dump), ("--config", config), ("--tokenizer", tokenizer)):
-            if path is not None and Path(path).resolve().is_relative_to(out.resolve()):
-                raise SGLangError(f"--out {out}: --overwrite would delete it, and {flag} {path} lies inside it; "
-                                  "write the run elsewhere, or move the input out first")
+    check_inputs_outside(out, {"DUMP": dump, "--config": config, "--tokenizer": tokenizer}, SGLangError)
     check_out_parent(out)
     tmp = out.with_name(f".{out.name}.importing")
     with os_refusal(f"--out {out}: cannot create the run there", SGLangError):
