@@ -159,12 +159,12 @@ def read_prompts(path: str | os.PathLike) -> list[str]:
 
 # ------------------------------------------------------------------------------------ demo weights
 def demo_refusal(path: str | os.PathLike) -> str | None:
-    """Why `path` cannot take a demo checkpoint (to follow the path in a message), or None. A folder that already holds files but no
-    checkpoint with a tokenizer (config.json and tokenizer.json) is refused: writing there would put a
-    random model's config.json and weights over what it holds (a real checkpoint kept without its
-    tokenizer lost its weights that way)."""
+    """Why `path` cannot take a demo checkpoint (to follow the path in a message), or None. A folder that
+    already holds files but no checkpoint with a tokenizer (config.json and tokenizer.json) is refused:
+    writing there would put a random model's config.json and weights over what it holds (a real
+    checkpoint kept without its tokenizer lost its weights that way)."""
     path = Path(path)
-    if (path / "config.json").exists() and (path / "tokenizer.json").exists():
+    if _holds_checkpoint(path):
         return None  # a demo (or any checkpoint with a tokenizer): used as it is
     if path.exists() and not path.is_dir():
         return "a file, not a folder"
@@ -175,6 +175,11 @@ def demo_refusal(path: str | os.PathLike) -> str | None:
     return None
 
 
+def _holds_checkpoint(path: Path) -> bool:
+    """`path` holds a checkpoint with its tokenizer (config.json and tokenizer.json): the demo is kept."""
+    return (path / "config.json").exists() and (path / "tokenizer.json").exists()
+
+
 def write_demo_checkpoint(path: str | os.PathLike, seed: int = 0) -> Path:
     """A random tiny DeepSeek-V3 (with MTP) and a byte-level tokenizer with DeepSeek's special
     tokens and a chat template, in `path` (kept if already there). Its text is noise.
@@ -183,7 +188,7 @@ def write_demo_checkpoint(path: str | os.PathLike, seed: int = 0) -> Path:
     in a temporary folder beside it and renamed into place when complete, so an interrupted write
     leaves no half checkpoint that a later call would take for a whole one."""
     path = Path(path)
-    if (path / "config.json").exists() and (path / "tokenizer.json").exists():
+    if _holds_checkpoint(path):
         return path
     if why := demo_refusal(path):
         raise GenerateError(f"{path}: {why}")
@@ -197,7 +202,7 @@ def write_demo_checkpoint(path: str | os.PathLike, seed: int = 0) -> Path:
                 path.rmdir()  # empty (checked above); rename() cannot replace it on every platform
             os.rename(tmp, path)
         except OSError:  # another process put its demo there first: that one is used
-            if not ((path / "config.json").exists() and (path / "tokenizer.json").exists()):
+            if not _holds_checkpoint(path):
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -49,9 +49,11 @@ def _doc(module: str) -> str:
 def _add_record(sub) -> None:
     p = sub.add_parser("record", help="feed a corpus through the model and write a run directory",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", type=path_text, help=f"Hugging Face checkpoint directory (default: the bundled {DEFAULT_CKPT.name})")
-    p.add_argument("--corpus", type=path_text, help="directory of text files (domain = sub-folder), .txt, .jsonl or .parquet "
-                                    f"(default: the bundled {DEFAULT_CORPUS})")
+    p.add_argument("--ckpt", type=path_text,
+                   help=f"Hugging Face checkpoint directory (default: the bundled {DEFAULT_CKPT.name})")
+    p.add_argument("--corpus", type=path_text,
+                   help="directory of text files (domain = sub-folder), .txt, .jsonl or .parquet "
+                        f"(default: the bundled {DEFAULT_CORPUS})")
     p.add_argument("--out", type=path_text, help="run directory to write (default: runs/<ckpt>-<corpus>)")
     p.add_argument("--tokenizer", type=path_text, help="tokenizer.json (default: the checkpoint's)")
     p.add_argument("--max-tokens", type=int, help="stop after this many tokens (default: the whole corpus)")
@@ -211,9 +213,12 @@ def _dashboard(ns) -> int:
 def _add_spec(sub) -> None:
     p = sub.add_parser("spec", help="generate with MTP drafts and record their acceptance into a run",
                        description=_doc("speculative"), formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", type=path_text, help="Hugging Face checkpoint directory with MTP weights (default: the bundled model)")
-    p.add_argument("--corpus", type=path_text, help=f"where prompts come from (default: the bundled {DEFAULT_CORPUS.name})")
-    p.add_argument("--out", type=path_text, help="run directory to create or add to (default: runs/<ckpt>-<corpus>-spec)")
+    p.add_argument("--ckpt", type=path_text,
+                   help="Hugging Face checkpoint directory with MTP weights (default: the bundled model)")
+    p.add_argument("--corpus", type=path_text,
+                   help=f"where prompts come from (default: the bundled {DEFAULT_CORPUS.name})")
+    p.add_argument("--out", type=path_text,
+                   help="run directory to create or add to (default: runs/<ckpt>-<corpus>-spec)")
     p.add_argument("--tokenizer", type=path_text, help="tokenizer.json (default: the checkpoint's)")
     p.add_argument("--prompt-tokens", type=int, default=32, help="prompt length in tokens, BOS included (default 32)")
     p.add_argument("--new-tokens", type=int, default=32, help="tokens to generate per prompt (default 32)")
@@ -265,9 +270,11 @@ def _add_import(sub) -> None:
     p.add_argument("source", choices=["sglang"], help="which engine wrote the dump")
     p.add_argument("dump", type=path_text, help="a dump file, or a directory of them (one per rank)")
     p.add_argument("--out", type=path_text, help="run directory to write (default: runs/sglang-<mode>-<dump name>)")
-    p.add_argument("--config", type=path_text, help="the served model's config.json (or its directory): layers, experts, top-k, "
-                                    "dense layers (default: read from the dump; top-k 8)")
-    p.add_argument("--tokenizer", type=path_text, help="tokenizer.json, so that the token explorer shows text (per_token dumps)")
+    p.add_argument("--config", type=path_text,
+                   help="the served model's config.json (or its directory): layers, experts, top-k, "
+                        "dense layers (default: read from the dump; top-k 8)")
+    p.add_argument("--tokenizer", type=path_text,
+                   help="tokenizer.json, so that the token explorer shows text (per_token dumps)")
     p.add_argument("--buffer-size", type=int, help="stat dumps: the server's --expert-distribution-recorder-buffer-size "
                                                    "(-1: unbounded, every pass in order; default: SGLang's circular "
                                                    "buffer, its order inferred from its unused rows)")

@@ -39,7 +39,8 @@ import torch
 
 from .corpus import CorpusError, CorpusStats, iter_documents, text_pieces
 from .job import (RecordError, agree, check_out_parent, check_outside_corpus, checkpoint_args, checkpoint_identity,
-                  job_options, load_model, load_tokenizer, os_refusal, resolve_paths, run_inputs, signals_held, start_world)
+                  job_options, load_model, load_tokenizer, os_refusal, resolve_paths, run_inputs, signals_held,
+                  start_world)
 from .schema import TABLES
 from .writer import RUN_JSON, read_run_json, refuse_running, table_lock, updating_run_json
 

@@ -42,7 +42,8 @@ def main(argv=None) -> int:
                    help="table: our map (.parquet or .json); sglang: --init-expert-location file; eplb: "
                         "deepseek-ai/EPLB's phy2log/log2phy/logcnt; logical-count: the loads as SGLang's "
                         "statistics (no planning)")
-    p.add_argument("--out", type=path_arg, default=None, help="where to write (.parquet/.json for table; .json/.pt else)")
+    p.add_argument("--out", type=path_arg, default=None,
+                   help="where to write (.parquet/.json for table; .json/.pt else)")
     ns = p.parse_args(argv)
     try:
         return _run(ns)

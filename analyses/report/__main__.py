@@ -39,10 +39,12 @@ def eval_fraction(x: str) -> float:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m analyses.report", description=package.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", nargs="?", type=path_text, help=f"run directory (default {DEFAULT_RUN.relative_to(DEFAULT_RUN.parents[1])}, "
-                                          "recorded with the bundled model and validation corpus if missing)")
+    p.add_argument("run", nargs="?", type=path_text,
+                   help=f"run directory (default {DEFAULT_RUN.relative_to(DEFAULT_RUN.parents[1])}, "
+                        "recorded with the bundled model and validation corpus if missing)")
     p.add_argument("--out", type=path_text, help="HTML file to write (default RUN/report.html)")
-    p.add_argument("--findings", type=path_text, help="also write the measured numbers as Markdown here (e.g. analyses/FINDINGS.md)")
+    p.add_argument("--findings", type=path_text,
+                   help="also write the measured numbers as Markdown here (e.g. analyses/FINDINGS.md)")
     p.add_argument("--max-tokens", type=int, default=20_000,
                    help="tokens the ablations evaluate, split evenly between domains (default 20000)")
     p.add_argument("--fractions", type=fractions_arg, default=list(rd.FRACTIONS),
@@ -62,8 +64,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--importance-tokens", type=int, default=1000,
                    help="tokens per domain the causal-importance and steering sections evaluate (default 1000; "
                         "0 leaves both out)")
-    p.add_argument("--ckpt", type=path_text, help="checkpoint the model sections run (default: the run's own; needed where it has "
-                                  "moved or changed, or a training run's model is not written yet)")
+    p.add_argument("--ckpt", type=path_text,
+                   help="checkpoint the model sections run (default: the run's own; needed where it has "
+                        "moved or changed, or a training run's model is not written yet)")
     p.add_argument("--corpus", type=path_text, help="corpus the model sections evaluate (default: the run's own)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     add_model_flags(p.add_argument_group("how the ablations run the model (under torchrun: replicas of "
