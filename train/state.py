@@ -4,7 +4,6 @@ RNG), and the final Hugging Face checkpoint with its tokenizer."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 from pathlib import Path
@@ -13,7 +12,7 @@ import torch
 
 from model import ModelArgs, Transformer
 from model import save as save_hf
-from probe.writer import replace_dir, write_json_atomic
+from probe.writer import RunError, read_run_json, replace_dir, write_json_atomic
 
 from .data import SPECIAL_TOKENS, TrainError
 
@@ -57,8 +56,8 @@ def check_resume_run(saved: dict, where: Path, out: Path) -> None:
 def run_id(out: Path) -> str | None:
     """The run id in OUT/run.json, or None (none recorded, or unreadable)."""
     try:
-        return json.loads((out / "run.json").read_text(encoding="utf-8")).get("run_id")
-    except (OSError, ValueError, AttributeError):
+        return read_run_json(out).get("run_id")
+    except (RunError, OSError):
         return None
 
 
