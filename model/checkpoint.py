@@ -263,7 +263,9 @@ def _meta_model(path: Path, args: ModelArgs, **kw) -> Transformer:
 def _check_layer_count(where: Path, args: ModelArgs, names) -> None:
     """A config with more layers than the tensors name is refused before the model is built: its missing
     tensors were found only after building every layer (num_hidden_layers 10**12 hung)."""
-    layers = {int(n.split(".")[2]) for n in names if n.startswith("model.layers.") and n.split(".")[2].isdigit()}
+    prefix = len("model.layers.")
+    numbers = (n[prefix:].partition(".")[0] for n in names if n.startswith("model.layers."))  # once a name
+    layers = {int(i) for i in numbers if i.isdigit()}
     if args.n_layers > len(layers):
         first = next(i for i in range(len(layers) + 1) if i not in layers)
         raise CheckpointError(f"{where}: missing tensor model.layers.{first}.* (config.json has {args.n_layers:,} "
