@@ -1,5 +1,6 @@
 """`python -m analyses.report`: every section on a small run, the ablation numbers come from the
-ablation API, clear one-line errors for a missing or empty run."""
+ablation API, and what the report says of runs that lack something (its command line's refusals:
+test_report_cli.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 
 import probe
 from helpers.analysis_runs import TOKENS, small_run
-from helpers.cli_errors import unwritable_msg, unwritable_out
+from helpers.cli_errors import assert_one_line_error
 from analyses.report import __main__ as report
 from analyses.report import ablation_sweep, masked_counts
 from analyses.report.render import SECTIONS
@@ -25,21 +26,6 @@ torch.set_num_threads(1)  # the ablations run in this process: one thread is ste
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     return small_run(tmp_path_factory)
-
-
-def test_help():
-    text = report.parser().format_help()
-    for flag in ("--out", "--findings", "--max-tokens", "--fractions", "--seeds", "--skip-ablation", "--model-parallel"):
-        assert flag in text
-
-
-@pytest.mark.parametrize("text", ["1/0", "x", "0", "1/8,2", "nan", ""])
-def test_bad_fractions_are_one_line_errors(text, capsys):
-    with pytest.raises(SystemExit) as ei:
-        report.parser().parse_args(["--fractions", text])
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert ei.value.code == 2 and "argument --fractions" in err and repr(text) in err, err
-    assert report.parser().parse_args(["--fractions", "1/16, 0.25"]).fractions == [1 / 16, 0.25]  # control
 
 
 @pytest.mark.slow
@@ -129,10 +115,10 @@ def test_domain_top_out_of_range_is_refused_before_any_pass(run_dir, capsys, tmp
     E = json.loads((run_dir / "run.json").read_text())["model_args"]["n_routed_experts"]
     with pytest.raises(ValueError, match=rf"--domain-top {E + 1}: .* 1..{E}"):
         ablation_sweep(run_dir, max_tokens=100, fractions=(1 / 8,), seeds=(0,), domain_top=E + 1)
-    assert "--domain-top 0: must be >= 1" in _err([str(run_dir), "--domain-top", "0", "--out",
-                                                    str(tmp_path / "r.html")], capsys)
-    err = _err([str(run_dir), "--domain-top", str(E + 1), "--out", str(tmp_path / "r.html")], capsys)
-    assert f"--domain-top {E + 1}" in err and not (tmp_path / "r.html").exists()
+    out = ["--out", str(tmp_path / "r.html")]
+    assert_one_line_error(report.main([str(run_dir), "--domain-top", "0", *out]), capsys, "--domain-top 0: must be >= 1")
+    assert_one_line_error(report.main([str(run_dir), "--domain-top", str(E + 1), *out]), capsys, f"--domain-top {E + 1}",
+                          tmp_path / "r.html")
 
 
 @pytest.mark.slow  # a command in a fresh process
@@ -153,125 +139,6 @@ def test_a_reader_that_stops_early_does_not_cost_the_files(run_dir, tmp_path):
     err = p.stderr.read()
     assert p.wait(timeout=300) == 141 and "error" not in err, err
     assert html.stat().st_size > 0 and md.stat().st_size > 0
-
-
-def _err(argv, capsys) -> str:
-    assert report.main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err
-    return err
-
-
-def test_errors_for_missing_and_empty_runs(tmp_path, capsys):
-    assert "no such run directory" in _err([str(tmp_path / "nope")], capsys)
-    (tmp_path / "empty").mkdir()
-    assert "not a run directory" in _err([str(tmp_path / "empty")], capsys)
-    (tmp_path / "empty" / "run.json").write_text(json.dumps({"status": "running", "format": 1}))
-    assert "empty run" in _err([str(tmp_path / "empty")], capsys)
-    (tmp_path / "expert_load").mkdir()  # an empty table folder is still an empty run
-    assert "empty run" in _err([str(tmp_path / "empty"), "--skip-ablation"], capsys)
-    assert "--max-tokens" in _err([str(tmp_path / "empty"), "--max-tokens", "0"], capsys)
-
-
-def test_outputs_that_cannot_be_written_are_refused_first(tmp_path, capsys, monkeypatch):
-    """--out or --findings where no file can go is a one-line error before any section is computed
-    (ablations can take minutes), also where os.access says yes but the OS refuses new entries
-    (procfs, for root: found only at the write, a review)."""
-    import shutil
-
-    from helpers.synthetic_run import write_run
-
-    run = tmp_path / "r"
-    write_run(run, domains=("code", "prose"))
-    (tmp_path / "afile").write_text("x")
-    fast = ["--skip-ablation", "--importance-tokens", "0", "--no-progress"]
-    t = time.perf_counter()
-    err = _err([str(run), "--out", str(tmp_path / "afile" / "r.html"), *fast], capsys)
-    assert f"--out {tmp_path / 'afile' / 'r.html'}: {tmp_path / 'afile'} is a file, not a directory" in err
-    assert "is a directory, not a file" in _err([str(run), "--findings", str(tmp_path), *fast], capsys)
-    assert time.perf_counter() - t < 5
-    html = unwritable_out(monkeypatch, "dsv3-report.html")
-    assert unwritable_msg("--out", html) in _err([str(run), "--out", str(html), *fast], capsys)
-    # a --compare that is not a run: said first, not after the ablations wrote into the run
-    err = _err([str(run), "--compare", str(tmp_path / "nope"), "--importance-tokens", "0", "--no-progress"], capsys)
-    assert err.startswith(f"error: --compare {tmp_path / 'nope'}: no such run directory")
-    assert not (run / "ablations").exists()
-    # a --compare run over other windows, or without routing, failed only after every model section had
-    # run, and no report was written (a review): refused first too
-    write_run(tmp_path / "other", token_seed=5)
-    write_run(tmp_path / "norouting")
-    shutil.rmtree(tmp_path / "norouting" / "routing")
-    for other, needle in (("other", "hold different tokens at"), ("norouting", "routing")):
-        err = _err([str(run), "--compare", str(tmp_path / other), "--importance-tokens", "0", "--no-progress"],
-                   capsys)
-        assert needle in err and not (run / "ablations").exists(), err
-    # a directory for --out wrote a file of that name; --findings over --out kept only the findings; the
-    # checkpoint's config.json was overwritten with HTML (a review)
-    err = _err([str(run), "--out", f"{tmp_path / 'reports'}/", *fast], capsys)
-    assert f"--out {tmp_path / 'reports'}/: names a directory" in err and not (tmp_path / "reports").exists()
-    same = str(tmp_path / "r.html")
-    assert "the same file as --out" in _err([str(run), "--out", same, "--findings", same, *fast], capsys)
-    ckpt = tmp_path / "ckpt"
-    ckpt.mkdir()
-    (ckpt / "config.json").write_text("{}")
-    (ckpt / "model.safetensors").write_bytes(b"")
-    err = _err([str(run), "--out", str(ckpt / "config.json"), *fast], capsys)
-    assert f"is a file of the checkpoint {ckpt}" in err and (ckpt / "config.json").read_text() == "{}"
-    assert not (tmp_path / "r.html").exists()
-
-
-def test_outputs_over_the_files_the_run_was_recorded_from_are_refused(tmp_path, capsys):
-    """A report written over the run's corpus file replaced the corpus (a tour): --out and --findings
-    may be neither the run's corpus or tokenizer file nor inside a corpus folder."""
-    from helpers.synthetic_run import write_run
-
-    run, corpus, folder, tok = tmp_path / "r", tmp_path / "texts.jsonl", tmp_path / "texts", tmp_path / "tok.json"
-    write_run(run, domains=("code", "prose"))
-    for path in (corpus, tok):
-        path.write_text('{"text": "keep"}\n')
-    info = json.loads((run / "run.json").read_text())
-    info.update(corpus={"path": str(corpus), "fingerprint": "x"}, tokenizer={"path": str(tok), "fingerprint": "y"})
-    (run / "run.json").write_text(json.dumps(info))
-    fast = ["--skip-ablation", "--importance-tokens", "0", "--no-progress"]
-    assert f"--out {corpus}: is the run's corpus {corpus}" in _err([str(run), "--out", str(corpus), *fast], capsys)
-    err = _err([str(run), "--findings", str(tok), *fast], capsys)
-    assert f"--findings {tok}: is the run's tokenizer {tok}" in err
-    assert corpus.read_text() == tok.read_text() == '{"text": "keep"}\n'
-    folder.mkdir()
-    err = _err([str(run), "--out", str(folder / "r.html"), "--corpus", str(folder), *fast], capsys)
-    assert f"is inside --corpus {folder}" in err and not any(folder.iterdir())
-
-
-def test_an_existing_file_is_replaced_only_when_it_is_a_report_or_findings(tmp_path, capsys):
-    """--out or --findings naming a user's own file (notes.md) replaced it without a word (a tour)."""
-    from helpers.synthetic_run import write_run
-
-    run, notes = tmp_path / "r", tmp_path / "notes.md"
-    write_run(run, domains=("code", "prose"))
-    notes.write_text("# my notes\n")
-    fast = ["--skip-ablation", "--importance-tokens", "0", "--no-progress"]
-    for flag, what in (("--out", "a report"), ("--findings", "a findings file")):
-        err = _err([str(run), flag, str(notes), *fast], capsys)
-        assert err == f"error: {flag} {notes}: exists and is not {what}; write to a new file (or delete it first)"
-    assert notes.read_text() == "# my notes\n"
-    html, md = tmp_path / "r.html", tmp_path / "f.md"  # the command's own files are replaced (the control)
-    html.write_text("<!DOCTYPE html><html><head><meta charset='utf-8'><title>DeepSeek-V3 probe findings</title>old")
-    md.write_text("# Findings on an older run\n")
-    assert report.main([str(run), "--out", str(html), "--findings", str(md), *fast]) == 0
-    assert not html.read_text().endswith("old") and "older" not in md.read_text()
-
-
-def test_a_default_run_folder_without_a_run_is_named_not_overwritten(tmp_path, capsys, monkeypatch):
-    """No RUN and a runs/model-val that holds no run: record's advice "pass --overwrite" named a flag the
-    report does not have (a tour); the folder is named and left as it was."""
-    default = tmp_path / "runs" / "model-val"
-    default.mkdir(parents=True)
-    (default / "mine.txt").write_text("keep")
-    monkeypatch.setattr(report, "DEFAULT_RUN", default)
-    err = _err(["--skip-ablation", "--no-progress"], capsys)
-    assert err == (f"error: {default}: the default run's folder exists but holds no run (no run.json), and the "
-                   "report does not replace it: move it away, or pass RUN")
-    assert [p.name for p in default.iterdir()] == ["mine.txt"]
 
 
 def test_a_one_domain_run_is_reported_as_such(tmp_path, capsys):
@@ -405,25 +272,11 @@ def test_a_complete_run_that_lost_a_listed_table_is_warned_about_not_called_unre
     assert "run.json lists tokens, whose part files are gone: deleted?" in doc and "was not recorded" not in doc
 
 
-def test_a_compare_run_that_is_not_one_names_the_flag(tmp_path, capsys):
-    """--compare's refusals read 'PATH: no such run directory', as the report's own run's do: which of
-    the two runs was meant went unsaid."""
-    from helpers.synthetic_run import write_run
-
-    write_run(tmp_path / "run")
-    (tmp_path / "bad").mkdir()
-    (tmp_path / "bad" / "run.json").write_text("[]")
-    for other, why in (("nope", "no such run directory"), ("", "not a run directory (no run.json)"),
-                       ("bad", "unreadable (a JSON list, not an object)")):
-        err = _err([str(tmp_path / "run"), "--skip-ablation", "--compare", str(tmp_path / other)], capsys)
-        assert err.startswith(f"error: --compare {tmp_path / other}") and err.endswith(why), err
-
-
 def test_a_complete_run_that_lost_expert_load_is_not_called_empty(tmp_path, capsys):
     """expert_load deleted from a complete run: the report refused it as 'empty run: no expert_load
     rows (status 'complete'); record it first', a run that holds all its other tables."""
     run = _complete_run_without(tmp_path, "expert_load")
-    err = _err([str(run), "--skip-ablation", "--no-progress"], capsys)
+    err = assert_one_line_error(report.main([str(run), "--skip-ablation", "--no-progress"]), capsys, "")
     assert err == (f"error: {run}: run.json lists expert_load but the run has no part files of it (deleted?): "
                    "every section reads it; record the run again")
 
@@ -614,15 +467,3 @@ def test_the_importance_scatter_has_its_own_table_of_every_expert(tmp_path, monk
     pd.testing.assert_frame_equal(table, want)
     assert "spearman" in figs[1][2] and figs[1][1] is None  # the correlation: an entry of its own
 
-
-def test_flags_of_the_model_sections_are_said_to_change_nothing_with_skip_ablation(tmp_path, capsys):
-    # --seeds, --ckpt, --dtype ... with --skip-ablation were dropped without a word
-    from helpers.synthetic_run import write_run
-
-    write_run(tmp_path / "r", domains=("code", "prose"))
-    argv = [str(tmp_path / "r"), "--out", str(tmp_path / "r.html"), "--skip-ablation", "--no-progress"]
-    assert report.main([*argv, "--seeds", "3", "--dtype", "float64"]) == 0
-    assert ("note: --seeds, --dtype change nothing: the sections that run the model are left out (--skip-ablation)"
-            in capsys.readouterr().err)
-    assert report.main(argv) == 0
-    assert "change nothing" not in capsys.readouterr().err

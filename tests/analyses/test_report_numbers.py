@@ -15,7 +15,6 @@ import pytest
 
 import probe
 from analyses import metrics as M
-from analyses.report import __main__ as report
 from analyses.report import data as rd
 from analyses.report import research, research_model
 from analyses.report.render import _sweep_summary, run_notes, summary
@@ -309,62 +308,6 @@ def test_steering_sentence_compares_with_the_other_domains_not_the_pooled_row(tm
     assert s.endswith("greedy continuations changed for 1 of 2 prompts.")
     # one domain: nothing domain-specific to steer with
     assert research_model.steering(NS(path=tmp_path), ns, {1: LIFT[1].loc[["code"]]}) is None
-
-
-# ------------------------------------------------------------------------------ the command's checks
-def _err(argv, capsys) -> str:
-    assert report.main(argv) == 2
-    return capsys.readouterr().err.strip()
-
-
-def test_a_fraction_of_one_and_seeds_below_one(tmp_path, capsys):
-    assert report.parser().parse_args(["--fractions", "1"]).fractions == [1.0]  # (0, 1]: every expert
-    assert "--seeds 0: must be >= 1" in _err([str(tmp_path), "--seeds", "0"], capsys)
-
-
-def test_a_compare_run_over_other_windows_is_refused_before_any_section(tmp_path, capsys, monkeypatch):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    write_run(tmp_path / "r")
-    write_run(tmp_path / "far")  # the same tokens; its routing moved to windows the run does not have
-    for f in (tmp_path / "far" / "routing").glob("*.parquet"):
-        t = pq.read_table(f)
-        pq.write_table(t.set_column(0, "seq_id", pa.array(t.column("seq_id").to_numpy() + 1000, pa.int64())), f)
-    monkeypatch.setattr(report, "compute", lambda *a, **k: pytest.fail("computed the report before refusing"))
-    err = _err([str(tmp_path / "r"), "--compare", str(tmp_path / "far"), "--skip-ablation", "--no-progress",
-                "--out", str(tmp_path / "r.html")], capsys)
-    assert "did not see the same windows" in err and not (tmp_path / "r.html").exists()
-
-
-def test_a_run_whose_checkpoint_moved_takes_ckpt_and_corpus_for_the_model_sections(probe_env, tmp_path, capsys,
-                                                                                  monkeypatch):
-    # the refusal told the user to pass --ckpt, a flag the report did not have (a review)
-    import shutil
-
-    import analyses.ablate
-    from probe.record import RecordOptions, record
-
-    ckpt = tmp_path / "ckpt"
-    shutil.copytree(probe_env["ckpt"], ckpt)
-    run = tmp_path / "run"
-    record(RecordOptions(ckpt=str(ckpt), corpus=str(probe_env["corpus"]), out=str(run), seq_len=32,
-                         max_tokens=200, progress=False))
-    moved = ckpt.rename(tmp_path / "moved")
-    html = tmp_path / "r.html"
-    assert report.main([str(run), "--out", str(html), "--no-progress"]) == 2
-    err = capsys.readouterr().err
-    assert "checkpoint" in err and "is no longer there; pass --ckpt" in err and not html.exists()
-    seen = []
-
-    def ablate(opts, ablations):  # the first model section: what reaches the job, then stop
-        seen.append((opts.ckpt, opts.corpus))
-        raise analyses.ablate.AblationError("stopped by the test")
-
-    monkeypatch.setattr(analyses.ablate, "ablate", ablate)
-    argv = [str(run), "--out", str(html), "--no-progress", "--ckpt", str(moved), "--corpus", str(probe_env["corpus"])]
-    assert report.main(argv) == 2 and "stopped by the test" in capsys.readouterr().err
-    assert seen == [(str(moved), str(probe_env["corpus"]))]
 
 
 def test_run_vs_run_lists_only_tokens_whose_routes_changed(tmp_path):

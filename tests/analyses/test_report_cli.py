@@ -1,0 +1,213 @@
+"""`python -m analyses.report`'s command line: bad flags, missing or empty runs, a --compare that is
+not a run, and outputs that cannot or must not be written are one-line errors, said before any section
+runs; flags that change nothing are said so."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from analyses.report import __main__ as report
+from helpers.cli_errors import assert_one_line_error, unwritable_msg, unwritable_out
+from helpers.synthetic_run import write_run
+
+
+def test_help():
+    text = report.parser().format_help()
+    for flag in ("--out", "--findings", "--max-tokens", "--fractions", "--seeds", "--skip-ablation", "--model-parallel"):
+        assert flag in text
+
+
+@pytest.mark.parametrize("text", ["1/0", "x", "0", "1/8,2", "nan", ""])
+def test_bad_fractions_are_one_line_errors(text, capsys):
+    with pytest.raises(SystemExit) as ei:
+        report.parser().parse_args(["--fractions", text])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert ei.value.code == 2 and "argument --fractions" in err and repr(text) in err, err
+    assert report.parser().parse_args(["--fractions", "1/16, 0.25"]).fractions == [1 / 16, 0.25]  # control
+
+
+def _err(argv, capsys) -> str:
+    """The report's one `error:` line for `argv` (exit status 2)."""
+    return assert_one_line_error(report.main(argv), capsys, "")
+
+
+def test_errors_for_missing_and_empty_runs(tmp_path, capsys):
+    assert "no such run directory" in _err([str(tmp_path / "nope")], capsys)
+    (tmp_path / "empty").mkdir()
+    assert "not a run directory" in _err([str(tmp_path / "empty")], capsys)
+    (tmp_path / "empty" / "run.json").write_text(json.dumps({"status": "running", "format": 1}))
+    assert "empty run" in _err([str(tmp_path / "empty")], capsys)
+    (tmp_path / "expert_load").mkdir()  # an empty table folder is still an empty run
+    assert "empty run" in _err([str(tmp_path / "empty"), "--skip-ablation"], capsys)
+    assert "--max-tokens" in _err([str(tmp_path / "empty"), "--max-tokens", "0"], capsys)
+
+
+def test_outputs_that_cannot_be_written_are_refused_first(tmp_path, capsys, monkeypatch):
+    """--out or --findings where no file can go is a one-line error before any section is computed
+    (ablations can take minutes), also where os.access says yes but the OS refuses new entries
+    (procfs, for root: found only at the write, a review)."""
+    import shutil
+
+    run = tmp_path / "r"
+    write_run(run, domains=("code", "prose"))
+    (tmp_path / "afile").write_text("x")
+    fast = ["--skip-ablation", "--importance-tokens", "0", "--no-progress"]
+    t = time.perf_counter()
+    err = _err([str(run), "--out", str(tmp_path / "afile" / "r.html"), *fast], capsys)
+    assert f"--out {tmp_path / 'afile' / 'r.html'}: {tmp_path / 'afile'} is a file, not a directory" in err
+    assert "is a directory, not a file" in _err([str(run), "--findings", str(tmp_path), *fast], capsys)
+    assert time.perf_counter() - t < 5
+    html = unwritable_out(monkeypatch, "dsv3-report.html")
+    assert unwritable_msg("--out", html) in _err([str(run), "--out", str(html), *fast], capsys)
+    # a --compare that is not a run: said first, not after the ablations wrote into the run
+    err = _err([str(run), "--compare", str(tmp_path / "nope"), "--importance-tokens", "0", "--no-progress"], capsys)
+    assert err.startswith(f"error: --compare {tmp_path / 'nope'}: no such run directory")
+    assert not (run / "ablations").exists()
+    # a --compare run over other windows, or without routing, failed only after every model section had
+    # run, and no report was written (a review): refused first too
+    write_run(tmp_path / "other", token_seed=5)
+    write_run(tmp_path / "norouting")
+    shutil.rmtree(tmp_path / "norouting" / "routing")
+    for other, needle in (("other", "hold different tokens at"), ("norouting", "routing")):
+        err = _err([str(run), "--compare", str(tmp_path / other), "--importance-tokens", "0", "--no-progress"],
+                   capsys)
+        assert needle in err and not (run / "ablations").exists(), err
+    # a directory for --out wrote a file of that name; --findings over --out kept only the findings; the
+    # checkpoint's config.json was overwritten with HTML (a review)
+    err = _err([str(run), "--out", f"{tmp_path / 'reports'}/", *fast], capsys)
+    assert f"--out {tmp_path / 'reports'}/: names a directory" in err and not (tmp_path / "reports").exists()
+    same = str(tmp_path / "r.html")
+    assert "the same file as --out" in _err([str(run), "--out", same, "--findings", same, *fast], capsys)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text("{}")
+    (ckpt / "model.safetensors").write_bytes(b"")
+    err = _err([str(run), "--out", str(ckpt / "config.json"), *fast], capsys)
+    assert f"is a file of the checkpoint {ckpt}" in err and (ckpt / "config.json").read_text() == "{}"
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_outputs_over_the_files_the_run_was_recorded_from_are_refused(tmp_path, capsys):
+    """A report written over the run's corpus file replaced the corpus (a tour): --out and --findings
+    may be neither the run's corpus or tokenizer file nor inside a corpus folder."""
+    run, corpus, folder, tok = tmp_path / "r", tmp_path / "texts.jsonl", tmp_path / "texts", tmp_path / "tok.json"
+    write_run(run, domains=("code", "prose"))
+    for path in (corpus, tok):
+        path.write_text('{"text": "keep"}\n')
+    info = json.loads((run / "run.json").read_text())
+    info.update(corpus={"path": str(corpus), "fingerprint": "x"}, tokenizer={"path": str(tok), "fingerprint": "y"})
+    (run / "run.json").write_text(json.dumps(info))
+    fast = ["--skip-ablation", "--importance-tokens", "0", "--no-progress"]
+    assert f"--out {corpus}: is the run's corpus {corpus}" in _err([str(run), "--out", str(corpus), *fast], capsys)
+    err = _err([str(run), "--findings", str(tok), *fast], capsys)
+    assert f"--findings {tok}: is the run's tokenizer {tok}" in err
+    assert corpus.read_text() == tok.read_text() == '{"text": "keep"}\n'
+    folder.mkdir()
+    err = _err([str(run), "--out", str(folder / "r.html"), "--corpus", str(folder), *fast], capsys)
+    assert f"is inside --corpus {folder}" in err and not any(folder.iterdir())
+
+
+def test_an_existing_file_is_replaced_only_when_it_is_a_report_or_findings(tmp_path, capsys):
+    """--out or --findings naming a user's own file (notes.md) replaced it without a word (a tour)."""
+    run, notes = tmp_path / "r", tmp_path / "notes.md"
+    write_run(run, domains=("code", "prose"))
+    notes.write_text("# my notes\n")
+    fast = ["--skip-ablation", "--importance-tokens", "0", "--no-progress"]
+    for flag, what in (("--out", "a report"), ("--findings", "a findings file")):
+        err = _err([str(run), flag, str(notes), *fast], capsys)
+        assert err == f"error: {flag} {notes}: exists and is not {what}; write to a new file (or delete it first)"
+    assert notes.read_text() == "# my notes\n"
+    html, md = tmp_path / "r.html", tmp_path / "f.md"  # the command's own files are replaced (the control)
+    html.write_text("<!DOCTYPE html><html><head><meta charset='utf-8'><title>DeepSeek-V3 probe findings</title>old")
+    md.write_text("# Findings on an older run\n")
+    assert report.main([str(run), "--out", str(html), "--findings", str(md), *fast]) == 0
+    assert not html.read_text().endswith("old") and "older" not in md.read_text()
+
+
+def test_a_default_run_folder_without_a_run_is_named_not_overwritten(tmp_path, capsys, monkeypatch):
+    """No RUN and a runs/model-val that holds no run: record's advice "pass --overwrite" named a flag the
+    report does not have (a tour); the folder is named and left as it was."""
+    default = tmp_path / "runs" / "model-val"
+    default.mkdir(parents=True)
+    (default / "mine.txt").write_text("keep")
+    monkeypatch.setattr(report, "DEFAULT_RUN", default)
+    err = _err(["--skip-ablation", "--no-progress"], capsys)
+    assert err == (f"error: {default}: the default run's folder exists but holds no run (no run.json), and the "
+                   "report does not replace it: move it away, or pass RUN")
+    assert [p.name for p in default.iterdir()] == ["mine.txt"]
+
+
+def test_a_compare_run_that_is_not_one_names_the_flag(tmp_path, capsys):
+    """--compare's refusals read 'PATH: no such run directory', as the report's own run's do: which of
+    the two runs was meant went unsaid."""
+    write_run(tmp_path / "run")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "run.json").write_text("[]")
+    for other, why in (("nope", "no such run directory"), ("", "not a run directory (no run.json)"),
+                       ("bad", "unreadable (a JSON list, not an object)")):
+        err = _err([str(tmp_path / "run"), "--skip-ablation", "--compare", str(tmp_path / other)], capsys)
+        assert err.startswith(f"error: --compare {tmp_path / other}") and err.endswith(why), err
+
+
+def test_flags_of_the_model_sections_are_said_to_change_nothing_with_skip_ablation(tmp_path, capsys):
+    # --seeds, --ckpt, --dtype ... with --skip-ablation were dropped without a word
+    write_run(tmp_path / "r", domains=("code", "prose"))
+    argv = [str(tmp_path / "r"), "--out", str(tmp_path / "r.html"), "--skip-ablation", "--no-progress"]
+    assert report.main([*argv, "--seeds", "3", "--dtype", "float64"]) == 0
+    assert ("note: --seeds, --dtype change nothing: the sections that run the model are left out (--skip-ablation)"
+            in capsys.readouterr().err)
+    assert report.main(argv) == 0
+    assert "change nothing" not in capsys.readouterr().err
+
+
+def test_a_fraction_of_one_and_seeds_below_one(tmp_path, capsys):
+    assert report.parser().parse_args(["--fractions", "1"]).fractions == [1.0]  # (0, 1]: every expert
+    assert "--seeds 0: must be >= 1" in _err([str(tmp_path), "--seeds", "0"], capsys)
+
+
+def test_a_compare_run_over_other_windows_is_refused_before_any_section(tmp_path, capsys, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    write_run(tmp_path / "r")
+    write_run(tmp_path / "far")  # the same tokens; its routing moved to windows the run does not have
+    for f in (tmp_path / "far" / "routing").glob("*.parquet"):
+        t = pq.read_table(f)
+        pq.write_table(t.set_column(0, "seq_id", pa.array(t.column("seq_id").to_numpy() + 1000, pa.int64())), f)
+    monkeypatch.setattr(report, "compute", lambda *a, **k: pytest.fail("computed the report before refusing"))
+    err = _err([str(tmp_path / "r"), "--compare", str(tmp_path / "far"), "--skip-ablation", "--no-progress",
+                "--out", str(tmp_path / "r.html")], capsys)
+    assert "did not see the same windows" in err and not (tmp_path / "r.html").exists()
+
+
+def test_a_run_whose_checkpoint_moved_takes_ckpt_and_corpus_for_the_model_sections(probe_env, tmp_path, capsys,
+                                                                                  monkeypatch):
+    # the refusal told the user to pass --ckpt, a flag the report did not have (a review)
+    import shutil
+
+    import analyses.ablate
+    from probe.record import RecordOptions, record
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(probe_env["ckpt"], ckpt)
+    run = tmp_path / "run"
+    record(RecordOptions(ckpt=str(ckpt), corpus=str(probe_env["corpus"]), out=str(run), seq_len=32,
+                         max_tokens=200, progress=False))
+    moved = ckpt.rename(tmp_path / "moved")
+    html = tmp_path / "r.html"
+    assert report.main([str(run), "--out", str(html), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint" in err and "is no longer there; pass --ckpt" in err and not html.exists()
+    seen = []
+
+    def ablate(opts, ablations):  # the first model section: what reaches the job, then stop
+        seen.append((opts.ckpt, opts.corpus))
+        raise analyses.ablate.AblationError("stopped by the test")
+
+    monkeypatch.setattr(analyses.ablate, "ablate", ablate)
+    argv = [str(run), "--out", str(html), "--no-progress", "--ckpt", str(moved), "--corpus", str(probe_env["corpus"])]
+    assert report.main(argv) == 2 and "stopped by the test" in capsys.readouterr().err
+    assert seen == [(str(moved), str(probe_env["corpus"]))]
