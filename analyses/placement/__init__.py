@@ -11,7 +11,8 @@ loads a run measured, as DeepSeek's open EPLB does (our own implementation of th
 
 Input: per MoE layer, the total load of each logical expert (`expert_load`, summed over the run, or
 over its steps FIRST..LAST with `--steps`: a record's batches, a server dump's forward passes).
-Each layer gets `E + redundant` physical slots, the same number on every GPU.
+Each layer gets `E + redundant` physical slots, the same number on every GPU; with redundant slots, at
+most 16,384 (MAX_SLOTS: the planner's time grows with the square of the slots).
 
 - replicate: repeatedly give one more replica to the expert with the highest load per replica
   (a replica serves load / replicas of its expert's tokens);
@@ -53,6 +54,11 @@ from probe.writer import replacing
 
 class PlacementError(ValueError):
     """Impossible placement request or unusable input (one-line message)."""
+
+
+# physical slots per layer (experts + redundant) the planner takes: 64 x DeepSeek-V3's 256 experts. Its
+# packing and swap search grow with the square of the slots (about 2 s a layer at this bound on one core)
+MAX_SLOTS = 16384
 
 
 @dataclass
@@ -217,6 +223,11 @@ def plan_placement(loads, n_gpus: int, n_nodes: int = 1, n_redundant: int = 0, g
         raise PlacementError(f"--redundant {n_redundant}: more than --gpus {n_gpus} x {E} experts - {E} "
                              f"= {E * (n_gpus - 1)}; beyond that a GPU holds some expert twice, which spreads no load")
     n_slots = E + n_redundant
+    if n_redundant and n_slots > MAX_SLOTS:
+        # --gpus and --redundant both near 10**12 passed the bound above, and the planner hung (a tour)
+        raise PlacementError(f"--gpus {n_gpus} --redundant {n_redundant}: {n_slots} physical slots per layer, more "
+                             f"than the planner takes ({MAX_SLOTS}, 64 x DeepSeek-V3's 256 experts: its time grows "
+                             "with the square of the slots)")
     if n_slots % n_gpus:
         raise PlacementError(f"--gpus {n_gpus} does not divide the {n_slots} slots ({E} experts + "
                              f"{n_redundant} redundant): every GPU needs the same number of slots")

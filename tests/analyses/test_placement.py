@@ -194,6 +194,10 @@ def test_uniform_loads_are_already_balanced():
     # a GPU of more than E slots holds an expert twice; the planner hung on --redundant 10**12 (a tour)
     (dict(n_gpus=2, n_redundant=10**12), r"--redundant 1000000000000: more than --gpus 2 x 4 experts - 4 = 4;"),
     (dict(n_gpus=2, mode="ring"), "mode="),
+    # both near 10**12 passed the bound above and hung (a tour); past 16,384 slots a layer is refused
+    (dict(n_gpus=10**12, n_redundant=10**12 - 4), r"^--gpus 1000000000000 --redundant 999999999996: 1000000000000 "
+     r"physical slots per layer, more than the planner takes \(16384, "),
+    (dict(n_gpus=16385, n_redundant=16381), "16385 physical slots per layer, more than the planner takes"),
 ])
 def test_errors(kw, needle):
     with pytest.raises(PlacementError, match=needle) as e:
@@ -454,3 +458,6 @@ def test_cli_refuses_more_redundant_slots_than_the_gpus_can_use(tmp_path):
     assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
     assert "--redundant 1000000000000: more than --gpus 4 x 8 experts - 8 = 24" in p.stderr
     assert _cli(tmp_path / "run", "--gpus", 4, "--redundant", 24).returncode == 0
+    p = _cli(tmp_path / "run", "--gpus", 10**12, "--redundant", 10**12 - 8)  # both huge: it hung (a tour)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+    assert "--redundant 999999999992: 1000000000000 physical slots per layer, more than the planner takes" in p.stderr
