@@ -54,6 +54,10 @@ DATA_DIR = Path(__file__).resolve().parent
 DOMAINS = ("literature", "technical", "code", "chinese", "math")
 DOC_CHARS = {"literature": 4000, "technical": 4000, "code": 4000, "chinese": 1500, "math": 4000}
 MIN_DOC_CHARS = 200
+# the most --math-chars a build generates: its sets are numbered set00000-set99999 and hold about 4,000
+# characters each, so 300 M characters (75,000 sets, about 35 s and 1.3 GB of memory) stay within the
+# five digits; 10**12 generated without end (a tour)
+MAX_MATH_CHARS = 300_000_000
 
 
 class CorpusError(RuntimeError):
@@ -201,12 +205,22 @@ def chinese_texts(sdist: Path) -> Iterator[tuple[str, str]]:
 
 def math_texts(seed: int, total_chars: int) -> Iterator[tuple[str, str]]:
     """Generated problem sets, each from its own seeded generator (independent of the others)."""
+    check_math_chars(total_chars)
     size, i = 0, 0
     while size < total_chars:
         text = math_document(random.Random(f"{seed}:math:{i}"), DOC_CHARS["math"])
         yield f"set{i:05d}", text
         size += len(text)
         i += 1
+
+
+def check_math_chars(n: int) -> None:
+    """--math-chars must be positive and at most MAX_MATH_CHARS (one line naming the flag and the bound)."""
+    if n <= 0:
+        raise CorpusError(f"--math-chars {n}: must be positive")
+    if n > MAX_MATH_CHARS:
+        raise CorpusError(f"--math-chars {n}: more than {MAX_MATH_CHARS:,}, the most a build generates (its sets "
+                          "are numbered set00000-set99999, about 4,000 characters each)")
 
 
 # ------------------------------------------------------------------------------------ documents
@@ -450,7 +464,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--val-fraction", type=float, default=0.05, help="share of documents in validation (by hash)")
     p.add_argument("--max-chars", type=int, default=4_000_000,
                    help="cap on characters per domain before the split (0 = no cap; default 4,000,000)")
-    p.add_argument("--math-chars", type=int, default=2_500_000, help="characters of generated mathematics")
+    p.add_argument("--math-chars", type=int, default=2_500_000,
+                   help=f"characters of generated mathematics (default 2,500,000; at most {MAX_MATH_CHARS:,}: the "
+                        "sets are numbered set00000-set99999, about 4,000 characters each)")
     p.add_argument("--domains", default=",".join(DOMAINS), help="comma-separated subset of " + ", ".join(DOMAINS))
     ns = p.parse_args(argv)
     domains = list(dict.fromkeys(d.strip() for d in ns.domains.split(",") if d.strip()))  # once each
@@ -462,8 +478,8 @@ def main(argv: list[str] | None = None) -> None:
             raise CorpusError(f"--domains {ns.domains!r}: no domain; choose from {', '.join(DOMAINS)}")
         if ns.max_chars < 0:  # 0: no cap
             raise CorpusError(f"--max-chars {ns.max_chars}: must be positive")
-        if ns.math_chars < 0 or (ns.math_chars == 0 and "math" in domains):
-            raise CorpusError(f"--math-chars {ns.math_chars}: must be positive")
+        if ns.math_chars != 0 or "math" in domains:  # 0 is fine where no mathematics is generated
+            check_math_chars(ns.math_chars)
         if not 0 < ns.val_fraction < 1:  # before the sources are read (write_corpus found it after; a review)
             raise CorpusError(f"--val-fraction {ns.val_fraction}: must be between 0 and 1 (exclusive)")
         check_out_parent(ns.out, error=CorpusError)  # before the sources are fetched and read, not after

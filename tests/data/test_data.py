@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
@@ -201,6 +202,29 @@ def test_build_flags_that_collect_nothing_or_twice_are_refused(tmp_path, capsys)
              "--cache", str(tmp_path / "none")])
     ids = [json.loads(line)["id"] for f in ("train", "val") for line in (out / f"{f}.jsonl").read_text().splitlines()]
     assert len(ids) == len(set(ids)) > 1
+
+
+def test_more_math_than_a_build_generates_is_refused_before_generating(tmp_path, capsys, monkeypatch):
+    """--math-chars 1000000000000 generated sets without end (a tour): past MAX_MATH_CHARS (the sets'
+    five-digit numbers) it is one line naming the flag and the bound, before any set is generated."""
+    monkeypatch.setattr(bc, "math_document", lambda *a, **kw: pytest.fail("generated before the bound was checked"))
+    out = tmp_path / "o"
+    for n in (10**12, 300_000_001):
+        with pytest.raises(SystemExit) as e:
+            bc.main(["--domains", "math", "--math-chars", str(n), "--out", str(out), "--offline"])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err == (f"error: --math-chars {n}: more than 300,000,000, the most a build "
+                                             "generates (its sets are numbered set00000-set99999, about 4,000 "
+                                             "characters each)\n") and not out.exists(), err
+    with pytest.raises(bc.CorpusError, match="--math-chars 1000000000000: more than 300,000,000"):
+        next(bc.math_texts(0, 10**12))  # a library caller too
+    assert "at most 300,000,000" in " ".join(_bc_help().split())
+
+
+def _bc_help() -> str:
+    with pytest.raises(SystemExit), contextlib.redirect_stdout(io.StringIO()) as f:
+        bc.main(["--help"])
+    return f.getvalue()
 
 
 def test_an_out_under_a_file_is_refused_before_any_work(tmp_path, capsys):
