@@ -16,7 +16,8 @@ Domains (one `domain` value each; see data/README.md for sources and licences):
 
 Each source text is cut into documents of about `DOC_CHARS` characters at paragraph (or line)
 boundaries; documents are capped per domain (`--max-chars`, chosen by a seeded hash, so the cap
-keeps the same documents whatever the order of reading), then split into train / validation by a
+keeps the same documents whatever the order of reading; the document that reaches the cap is kept,
+so a domain ends less than one document past it), then split into train / validation by a
 seeded hash of the document id. Output: JSON lines `{"id", "domain", "source", "text"}` sorted by
 (domain, id), plus `manifest.json` with the flags, counts, SHA-256s and `cross_split_duplicates`
 (validation documents whose text is also a training document's; the build prints a note naming
@@ -261,7 +262,9 @@ def _unit(seed: int, salt: str, doc_id: str) -> float:
 
 
 def cap(docs: list[Doc], max_chars: int | None, seed: int) -> list[Doc]:
-    """Keep documents in seeded-hash order until `max_chars` characters (None = all)."""
+    """Keep documents in seeded-hash order until they hold `max_chars` characters (None = all): the
+    document that reaches the cap is kept, so the kept ones hold at least `max_chars` characters (when
+    there are that many) and less than one document more."""
     if max_chars is None:
         return docs
     kept, size = [], 0
@@ -463,7 +466,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the cap, the split and the math generator")
     p.add_argument("--val-fraction", type=float, default=0.05, help="share of documents in validation (by hash)")
     p.add_argument("--max-chars", type=int, default=4_000_000,
-                   help="cap on characters per domain before the split (0 = no cap; default 4,000,000)")
+                   help="cap on characters per domain before the split: documents are kept (in seeded-hash "
+                        "order) until the domain reaches it, the one that reaches it included, so a domain ends "
+                        "less than one document past it (0 = no cap; default 4,000,000)")
     p.add_argument("--math-chars", type=int, default=2_500_000,
                    help=f"characters of generated mathematics (default 2,500,000; at most {MAX_MATH_CHARS:,}: the "
                         "sets are numbered set00000-set99999, about 4,000 characters each)")
