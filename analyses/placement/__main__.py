@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import analyses.placement as package
 from analyses.placement import (PlacementError, current_placement, plan_run, run_groups, run_loads, summary_frame,
                                 worse_than_current, write_plan)
-from analyses.placement.export import FORMATS, export
-from probe.job import (RecordError, check_file_replaceable, check_out_parent, closed_pipe_quiet, job_error, os_refusal,
+from analyses.placement.export import FORMATS, export, is_placement_file
+from probe.job import (RecordError, check_out_parent, closed_pipe_quiet, job_error, os_refusal,
                        path_arg, path_text, table_errors)
 
 
@@ -54,11 +55,19 @@ def main(argv=None) -> int:
         return job_error(e, msg if str(ns.run) in msg else f"{ns.run}: {msg}")
 
 
-# what shows a file this command wrote, which a later plan may replace: the keys of the sglang, eplb
-# and logical-count exports (in JSON or in the pickle at the start of a .pt), the table as JSON
-# (indent 1), and a column of the table as Parquet (in its footer); not the magic of any Parquet or
-# zip file, which a user's corpus or weights share
-PLAN_FILES = (b"physical_to_logical_map", b"phy2log", b"logical_count", b'{\n "config": ', b"predicted_load")
+def check_replaceable_plan(out: Path) -> None:
+    """An existing --out is replaced only when it is a file this command writes (export.is_placement_file
+    parses it as its suffix says). Its first KiB was searched for the formats' keys: a user's notes.json
+    that named phy2log was replaced, and our own plan re-indented (json.tool) was refused (a tour)."""
+    if not out.is_file():
+        return
+    try:
+        ours = is_placement_file(out)
+    except OSError as e:
+        raise RecordError(f"--out {out}: exists and cannot be read ({e.strerror or e}), so it cannot be told to be "
+                          "a placement file; write to a new file (or delete it first)") from None
+    if not ours:
+        raise RecordError(f"--out {out}: exists and is not a placement file; write to a new file (or delete it first)")
 
 
 def _run(ns) -> int:
@@ -66,9 +75,11 @@ def _run(ns) -> int:
         raise PlacementError(f"--format {ns.format} writes a file: pass --out plan.json (or .pt)")
     if ns.format != "table" and ns.out.suffix not in (".json", ".pt"):
         raise PlacementError(f"--out {ns.out}: --format {ns.format} writes a .json or .pt file")
+    if ns.format == "table" and ns.out is not None and ns.out.suffix not in (".parquet", ".json"):
+        raise PlacementError(f"--out {ns.out}: --format table writes a .parquet or .json file")  # before planning
     if ns.out is not None:
         check_out_parent(ns.out, file=True)
-        check_file_replaceable(ns.out, PLAN_FILES, "a placement file")
+        check_replaceable_plan(ns.out)
     planning = [f"--{k}" for k in ("gpus", "nodes", "redundant", "groups", "mode") if getattr(ns, k) is not None]
     if ns.format == "logical-count" and planning:
         # the loads are written as measured; SGLang plans from them with its own EP size

@@ -91,6 +91,44 @@ def read_export(path: Path) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in torch.load(path, weights_only=True).items()}
 
 
+# the top-level keys of every file this command writes: the sglang, eplb and logical-count exports
+# (JSON or .pt) and the table as JSON (write_plan); the table as Parquet is known by its columns
+EXPORT_KEYS = ({"physical_to_logical_map"}, {"phy2log", "log2phy", "logcnt"}, {"logical_count"})
+TABLE_JSON_KEYS = {"config", "layers"}
+TABLE_COLUMNS = {"layer", "node", "gpu", "slot", "physical", "logical", "replicas", "predicted_load"}
+
+
+def is_placement_file(path: Path) -> bool:
+    """Whether the file at `path` is one this command writes (or empty), read as its suffix says: JSON
+    (a byte-order mark and white space allowed) holding exactly the keys of one of the formats, Parquet
+    with the table's columns, or a torch .pt of an export's keys. Anything that does not parse as that
+    is not. An OSError (unreadable) is raised for the caller to name."""
+    path = Path(path)
+    if path.stat().st_size == 0:
+        return True  # nothing to lose
+    try:
+        if path.suffix == ".json":
+            text = path.read_bytes().decode("utf-8-sig")
+            if not text.strip():
+                return True
+            keys = json.loads(text)
+            return isinstance(keys, dict) and (set(keys) == TABLE_JSON_KEYS or set(keys) in EXPORT_KEYS)
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return TABLE_COLUMNS <= set(pq.read_schema(path).names)
+        if path.suffix == ".pt":
+            import torch
+
+            keys = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # mmap: reads no tensor data
+            return isinstance(keys, dict) and set(keys) in EXPORT_KEYS
+    except OSError:
+        raise
+    except Exception:  # noqa: BLE001 - any way of not parsing (UTF-8, JSON, Arrow, pickle, zip): not ours
+        return False
+    return False
+
+
 def export(fmt: str, plans: dict[int, Placement] | None, loads: dict[int, np.ndarray], n_layers: int,
            n_experts: int, out: Path) -> Path:
     """Write `fmt` (sglang, eplb or logical-count) to `out`."""

@@ -4,6 +4,7 @@ GPU for GPU; DeepSeek EPLB's own README example is planned at least as well as E
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -212,6 +213,45 @@ def test_an_existing_file_is_replaced_only_when_it_is_a_placement_file(tmp_path,
         extra = [] if fmt == "logical-count" else ["--redundant", redundant]
         code, _, err = _cli(capsys, tmp_path / "run", *gpus, *extra, "--format", fmt, "--out", plan)
         assert code == 0, err
+
+
+def test_an_existing_out_is_told_a_placement_file_by_parsing_it_not_by_its_first_bytes(tmp_path, capsys,
+                                                                                      monkeypatch):
+    """The check searched the file's first KiB (and last 4 KiB) for the formats' keys: a user's notes.json
+    that named phy2log, or a CSV named .parquet with a predicted_load column, was replaced by the plan, and
+    our own plan re-indented by json.tool was refused (a tour). Now the file is parsed as its suffix says."""
+    import torch
+
+    write_run(tmp_path / "run", E=8, K=2, groups=4)
+    plan = ["--gpus", 4, "--redundant", 4]
+    user = {"notes.json": b"My notes on the EPLB outputs: phy2log is the map, log2phy its inverse.\n",
+            "brace.json": b'{\n "config": my notes, not JSON\n',
+            "keys.json": b'{"phy2log": [], "theme": "dark"}',
+            "mine.parquet": b"layer,predicted_load\n1,2\n", "mine.pt": b"phy2log logcnt log2phy"}
+    for name, data in user.items():
+        (tmp_path / name).write_bytes(data)
+        code, _, err = _cli(capsys, tmp_path / "run", *plan, "--format", "eplb" if name.endswith(".pt") else "table",
+                            "--out", tmp_path / name)
+        assert code == 2 and "exists and is not a placement file" in err and err.count("\n") == 1, (name, err)
+        assert (tmp_path / name).read_bytes() == data
+    js = tmp_path / "plan.json"
+    assert _cli(capsys, tmp_path / "run", *plan, "--out", js)[0] == 0
+    ours = {"plan.json": b"\xef\xbb\xbf \n" + json.dumps(json.loads(js.read_text()), indent=4).encode(),
+            "blank.json": b"\xef\xbb\xbf  \n"}
+    for name, data in ours.items():  # our table re-indented, after a byte-order mark and white space
+        (tmp_path / name).write_bytes(data)
+        code, _, err = _cli(capsys, tmp_path / "run", *plan, "--out", tmp_path / name)
+        assert code == 0 and json.loads((tmp_path / name).read_text())["config"]["gpus"] == 4, (name, err)
+    torch.save({"logical_count": torch.zeros(2)}, tmp_path / "lc.pt")  # an export's keys in a .pt
+    assert _cli(capsys, tmp_path / "run", *plan, "--format", "sglang", "--out", tmp_path / "lc.pt")[0] == 0
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", denied)  # another user's file (root reads anything, so a stand-in)
+    code, _, err = _cli(capsys, tmp_path / "run", *plan, "--out", js)
+    assert code == 2 and err == (f"error: --out {js}: exists and cannot be read (Permission denied), so it cannot be "
+                                 "told to be a placement file; write to a new file (or delete it first)\n"), err
 
 
 def test_a_run_whose_run_json_cannot_be_read_is_refused_in_one_line(tmp_path, monkeypatch):
