@@ -382,6 +382,7 @@ def write_plan(plans: dict, out: Path, config: dict, current: tuple[dict, int] |
     out = Path(out)
     if out.suffix not in (".parquet", ".json"):
         raise PlacementError(f"--out {out}: use a .parquet or .json file name")
+    out.parent.mkdir(parents=True, exist_ok=True)  # as check_out_parent allows (it failed after planning: a tour)
     with replacing(out) as tmp:  # a failed write leaves the previous plan, not half a file
         if out.suffix == ".parquet":
             pd.concat([p.to_frame(layer) for layer, p in plans.items()], ignore_index=True).to_parquet(tmp, index=False)

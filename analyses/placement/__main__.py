@@ -44,7 +44,7 @@ def main(argv=None) -> int:
                         "deepseek-ai/EPLB's phy2log/log2phy/logcnt; logical-count: the loads as SGLang's "
                         "statistics (no planning)")
     p.add_argument("--out", type=path_arg, default=None,
-                   help="where to write (.parquet/.json for table; .json/.pt else)")
+                   help="where to write (.parquet/.json for table; .json/.pt else; folders missing are made)")
     ns = p.parse_args(argv)
     try:
         return _run(ns)

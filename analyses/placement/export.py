@@ -71,6 +71,7 @@ def write_export(payload: dict[str, np.ndarray], out: Path) -> Path:
     out = Path(out)
     if out.suffix not in (".json", ".pt"):
         raise PlacementError(f"--out {out}: use a .json or .pt file name for this format")
+    out.parent.mkdir(parents=True, exist_ok=True)  # a folder not made yet, as write_plan
     with replacing(out) as tmp:
         if out.suffix == ".json":
             tmp.write_text(json.dumps({k: v.tolist() for k, v in payload.items()}) + "\n")

@@ -254,6 +254,18 @@ def test_an_existing_out_is_told_a_placement_file_by_parsing_it_not_by_its_first
                                  "told to be a placement file; write to a new file (or delete it first)\n"), err
 
 
+@pytest.mark.parametrize("fmt,name", [("table", "plan.json"), ("table", "plan.parquet"), ("sglang", "plan.pt"),
+                                      ("logical-count", "lc.json")])
+def test_an_out_in_folders_not_made_yet_is_written(tmp_path, capsys, fmt, name):
+    """check_out_parent passed an --out under folders not made yet (as report and tokenizer make them), and
+    the write failed after planning: 'cannot write it there (No such file or directory)' (a tour)."""
+    write_run(tmp_path / "run", E=8, K=2, groups=4)
+    out = tmp_path / "plans" / "new" / name
+    plan = [] if fmt == "logical-count" else ["--gpus", 4]
+    code, _, err = _cli(capsys, tmp_path / "run", *plan, "--format", fmt, "--out", out)
+    assert code == 0 and out.is_file() and out.stat().st_size > 0, err
+
+
 def test_a_run_whose_run_json_cannot_be_read_is_refused_in_one_line(tmp_path, monkeypatch):
     """Deciding whether an --out below a run lands in one of its table folders read run.json and
     listed the run: another user's (permission denied) ended in a traceback (a review)."""
