@@ -209,7 +209,8 @@ def chinese_texts(sdist: Path) -> Iterator[tuple[str, str]]:
 
 
 def math_texts(seed: int, total_chars: int) -> Iterator[tuple[str, str]]:
-    """Generated problem sets, each from its own seeded generator (independent of the others)."""
+    """Generated problem sets, each from its own seeded generator (independent of the others), until they
+    hold `total_chars` characters: the last set ends past it by less than its own length."""
     check_math_chars(total_chars)
     size, i = 0, 0
     while size < total_chars:
@@ -474,8 +475,9 @@ def main(argv: list[str] | None = None) -> None:
                         "order) until the domain reaches it, the one that reaches it included, so a domain ends "
                         "less than one document past it (0 = no cap; default 4,000,000)")
     p.add_argument("--math-chars", type=int, default=2_500_000,
-                   help=f"characters of generated mathematics (default 2,500,000; at most {MAX_MATH_CHARS:,}: the "
-                        "sets are numbered set00000-set99999, about 4,000 characters each)")
+                   help=f"characters of generated mathematics, in whole sets of about 4,000 characters, so at least "
+                        f"this many and less than one set more (default 2,500,000; at most {MAX_MATH_CHARS:,}: the "
+                        "sets are numbered set00000-set99999)")
     p.add_argument("--domains", default=",".join(DOMAINS), help="comma-separated subset of " + ", ".join(DOMAINS))
     ns = p.parse_args(argv)
     domains = list(dict.fromkeys(d.strip() for d in ns.domains.split(",") if d.strip()))  # once each

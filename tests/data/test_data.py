@@ -234,6 +234,16 @@ def test_more_math_than_a_build_generates_is_refused_before_generating(tmp_path,
     assert "at most 300,000,000" in " ".join(_bc_help().split())
 
 
+def test_math_chars_are_generated_in_whole_sets_as_the_help_says():
+    """--math-chars 1 generated one whole set of about 4,000 characters while the help said 'characters of
+    generated mathematics' (a tour): the help now says whole sets, at least that many."""
+    for n in (1, 4000, 9000):
+        sets = [text for _, text in bc.math_texts(0, n)]
+        assert sum(map(len, sets)) >= n > sum(map(len, sets[:-1])), n
+    assert "in whole sets of about 4,000 characters, so at least this many and less than one set more" in \
+        " ".join(_bc_help().split())
+
+
 def _bc_help() -> str:
     with pytest.raises(SystemExit), contextlib.redirect_stdout(io.StringIO()) as f:
         bc.main(["--help"])
