@@ -1,8 +1,8 @@
 """Where a job may write: an output's parent must be writable, a file output must not replace a run's
 run.json, land in a run's table folders, overwrite a checkpoint's own files, an input of the job or a
-file of another kind, a directory output must not lie inside a corpus, `--overwrite` deletes only what
-the command writes (never a training run), and an OS refusal the checks could not foresee is one line
-(`probe.job` re-exports these for the jobs)."""
+file of another kind, a directory output must not lie inside a corpus, a new run neither inside a run
+nor over a folder of runs, `--overwrite` deletes only what the command writes (never a training run),
+and an OS refusal the checks could not foresee is one line (`probe.job` re-exports these for the jobs)."""
 
 from __future__ import annotations
 
@@ -73,6 +73,24 @@ def check_outside_corpus(out: Path, corpus: Path | None, what: str, error: type[
     if corpus is not None and corpus.is_dir() and out.resolve().is_relative_to(corpus.resolve()):
         raise error(f"--out {out}: lies inside {name} {corpus}, whose every file is read as a document; "
                     f"write {what} elsewhere")
+
+
+def check_run_place(out: Path, flag: str = "--out", error: type[Exception] = RecordError) -> None:
+    """A new run directory `out` must not lie inside another run (a folder above it holding run.json),
+    nor be a folder that holds runs: the dashboard lists the runs directly in the folder it serves, so
+    a run inside a run was never listed, and the outer run's `record --overwrite` deleted it with a
+    table folder of its name; a run written over a folder of runs hid them all (a tour). A run that
+    already exists is written into (resumed, tables added) wherever it lies."""
+    if (out / "run.json").is_file():
+        return
+    outer = next((p for p in out.resolve().parents if (p / "run.json").is_file()), None)
+    if outer is not None:
+        raise error(f"{flag} {out}: lies inside the run {outer}, where the dashboard does not list it and that "
+                    "run's --overwrite may delete it; write the run beside that one")
+    held = sorted(p.parent.name for p in out.glob("*/run.json")) if out.is_dir() else []
+    if held:
+        raise error(f"{flag} {out}: holds the runs {', '.join(held[:3])}{' ...' * (len(held) > 3)}, which a run "
+                    f"written there would hide; give the run a folder of its own (e.g. {out / 'new-run'})")
 
 
 def check_file_replaceable(out: Path, signatures: tuple[bytes, ...], what: str, flag: str = "--out",

@@ -34,8 +34,8 @@ from model.memory import process_memory
 
 from .corpus import ORDERS, CorpusError, CorpusStats, corpus_windows, fingerprint
 from .job import (DEFAULT_CKPT, DEFAULT_CORPUS, RecordError, agree, bound_heap, check_inputs_outside, check_out_parent,
-                  check_outside_corpus, check_replaceable, checkpoint_args, checkpoint_identity, default_seq_len,
-                  first_line, job_options, load_model, load_tokenizer, os_refusal, package_version,
+                  check_outside_corpus, check_replaceable, check_run_place, checkpoint_args, checkpoint_identity,
+                  default_seq_len, first_line, job_options, load_model, load_tokenizer, os_refusal, package_version,
                   refuse_a_training_run, resolve_paths, same_checkpoint, signals_held, start_world, window_length)
 from .record_loop import record_batches
 from .record_tables import FINAL_TABLES, SESSION_KEYS, router_biases, write_router_bias
@@ -154,6 +154,7 @@ def check_out(out: Path, opts: RecordOptions, corpus: Path | None = None, ckpt: 
     if out.exists() and not out.is_dir():
         raise RecordError(f"--out {out}: a file, not a run directory")
     check_outside_corpus(out, corpus, "the run")  # its own Parquet files were read as documents (a review)
+    check_run_place(out)
     if opts.overwrite and out.is_symlink():  # found only when deleting it, after the model had loaded (a review)
         raise RecordError(f"--out {out}: a symbolic link (to {os.readlink(out)}); --overwrite replaces a run "
                           "directory: pass the directory itself")

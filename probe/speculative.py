@@ -38,9 +38,9 @@ import pyarrow.parquet as pq
 import torch
 
 from .corpus import CorpusError, CorpusStats, iter_documents, text_pieces
-from .job import (RecordError, agree, check_out_parent, check_outside_corpus, checkpoint_args, checkpoint_identity,
-                  job_options, load_model, load_tokenizer, os_refusal, resolve_paths, run_inputs, signals_held,
-                  start_world)
+from .job import (RecordError, agree, check_out_parent, check_outside_corpus, check_run_place, checkpoint_args,
+                  checkpoint_identity, job_options, load_model, load_tokenizer, os_refusal, resolve_paths, run_inputs,
+                  signals_held, start_world)
 from .schema import TABLES
 from .writer import RUN_JSON, read_run_json, refuse_running, table_lock, updating_run_json
 
@@ -95,6 +95,7 @@ def spec_prompts(corpus: Path, tok, bos: int | None, n_tokens: int, limit: int |
 def _check_out(out: Path, overwrite: bool, corpus: Path) -> None:
     check_out_parent(out)
     check_outside_corpus(out, corpus, "the tables")  # they were read as documents of the corpus (a tour)
+    check_run_place(out)
     if out.exists() and any(out.iterdir()) and not (out / RUN_JSON).exists():
         raise RecordError(f"--out {out} exists and is not a run directory (no run.json)")
     if (out / RUN_JSON).exists():  # a record still writing it would commit its run.json over spec's entry

@@ -6,7 +6,7 @@ import argparse
 import math
 from pathlib import Path
 
-from probe.job import DEFAULT_RUNS, check_out_parent, path_arg
+from probe.job import DEFAULT_RUNS, check_out_parent, check_run_place, path_arg
 from probe.writer import RunError, read_run_json
 
 from .data import TrainError
@@ -135,6 +135,7 @@ def check_flags(ns: argparse.Namespace) -> None:
     if ns.threads is not None and ns.threads >= 2**31:  # torch.set_num_threads takes a C int: a traceback (a tour)
         raise TrainError(f"--threads={ns.threads} is more than torch can set (at most 2**31 - 1)")
     check_out_parent(Path(ns.out), error=TrainError)  # before the corpus is read and the model built, not after
+    check_run_place(Path(ns.out), error=TrainError)
     if getattr(ns, "token_cache", None):  # a folder the tokenised corpus is saved to, after tokenising it
         check_out_parent(Path(ns.token_cache), "--token-cache", error=TrainError)
     out = Path(ns.out)

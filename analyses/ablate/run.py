@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from probe.corpus import CorpusError, Window, corpus_windows, fingerprint
-from probe.job import check_out_parent, check_outside_corpus, run_inputs
+from probe.job import check_out_parent, check_outside_corpus, check_run_place, run_inputs
 from probe.recorders import Batch, model_token_nll
 from probe.schema import TABLES
 from probe.writer import read_run_json, refuse_running, write_result_part
@@ -484,6 +484,7 @@ def check_out(out: Path, corpus: Path | None = None) -> None:
     if out.exists() and not out.is_dir():
         raise AblationError(f"--out {out}: is a file, not a directory")
     check_outside_corpus(out, corpus, "the table", AblationError, "the corpus")
+    check_run_place(out, error=AblationError)
     if out.is_dir() and any(out.iterdir()) and not (out / "run.json").exists():
         raise AblationError(f"--out {out}: not a run directory (no run.json) and not empty")
     check_out_parent(out, error=AblationError)  # before a model loads, not when the table is written

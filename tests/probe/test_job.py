@@ -427,3 +427,44 @@ def test_an_empty_path_is_refused_by_its_flag(module, argv, capsys):
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert e.value.code == 2 and err.endswith(": an empty path (for the current folder, give .)"), err
     assert flag is None or f"argument {flag}:" in err
+
+
+def _outer_run_with_a_note(tmp_path: Path) -> Path:
+    """runs/a, a run, beside which runs/ holds nothing else."""
+    outer = tmp_path / "runs" / "a"
+    outer.mkdir(parents=True)
+    (outer / "run.json").write_text('{"status": "complete", "format": 1}')
+    return outer
+
+
+def _run_place_checks(corpus: Path):
+    """Each command's own --out check (before a model loads): what it raises for `out`."""
+    from analyses.ablate.run import check_out as ablate_check_out
+    from probe.record import RecordOptions, check_out as record_check_out
+    from probe.speculative import _check_out as spec_check_out
+    from train.flags import build_parser, check_flags
+
+    return {"record": lambda out: record_check_out(out, RecordOptions(), corpus),
+            "spec": lambda out: spec_check_out(out, False, corpus),
+            "ablate": lambda out: ablate_check_out(out, corpus),  # importance and steer call it too
+            "train": lambda out: check_flags(build_parser().parse_args(["--out", str(out)]))}
+
+
+@pytest.mark.parametrize("command", ["record", "spec", "ablate", "train"])
+def test_a_new_run_inside_a_run_or_over_a_folder_of_runs_is_refused(command, tmp_path):
+    """`record --out runs/a/sub` wrote a run inside the run runs/a: the dashboard, which lists the runs
+    directly in the folder it serves, never showed it, and runs/a's `--overwrite` deleted it with a
+    table folder of its name; a run written over runs/ itself hid every run there (a tour). Each
+    command that writes a run refuses both, naming the run; writing into an existing run goes on."""
+    check = _run_place_checks(tmp_path / "corpus.txt")[command]
+    outer = _outer_run_with_a_note(tmp_path)
+    for out in (outer / "sub", outer / "routing" / "x"):
+        with pytest.raises(Exception, match=f"--out {out}: lies inside the run {outer}, ") as e:
+            check(out)
+        assert "\n" not in str(e.value) and not out.exists()
+    with pytest.raises(Exception, match=r"holds the runs a, which a run written there would hide") as e:
+        check(tmp_path / "runs")
+    assert not (tmp_path / "runs" / "run.json").exists()
+    check(tmp_path / "runs" / "b")  # the control: a run beside the other
+    if command in ("spec", "ablate"):  # record and train need --resume (or --overwrite) to write into one
+        check(outer)

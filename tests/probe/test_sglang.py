@@ -234,6 +234,22 @@ def test_overwrite_replaces_a_run_and_nothing_else(world, tmp_path, capsys):
     assert probe.open_run(run).info["source"]["mode"] == "per_pass"
 
 
+def test_an_import_inside_a_run_is_refused_in_one_line(world, tmp_path, capsys):
+    """An import into runs/a/sub, inside the run runs/a, was never listed by the dashboard (it lists the
+    runs directly in the folder it serves) and runs/a's --overwrite could delete it (a tour)."""
+    from probe.__main__ import main
+
+    outer = import_sglang(world["stat"], tmp_path / "runs" / "a", config=str(world["config"]))
+    code = main(["import", "sglang", str(world["stat"]), "--config", str(world["config"]), "--out", str(outer / "sub")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == (f"error: --out {outer / 'sub'}: lies inside the run {outer}, where the dashboard "
+                                 "does not list it and that run's --overwrite may delete it; write the run beside "
+                                 "that one"), err
+    assert not (outer / "sub").exists() and not list(outer.glob(".sub*"))
+    with pytest.raises(SGLangError, match="holds the runs a, which a run written there would hide"):
+        import_sglang(world["stat"], tmp_path / "runs", config=str(world["config"]), overwrite=True)
+
+
 def test_overwrite_refuses_a_training_run(world, tmp_path):
     """--overwrite deleted a training run, its trained model and checkpoint with it (a tour)."""
     out = tmp_path / "small"
