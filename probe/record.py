@@ -39,7 +39,7 @@ from .job import (DEFAULT_CKPT, DEFAULT_CORPUS, RecordError, agree, bound_heap, 
                   refuse_a_training_run, resolve_paths, same_checkpoint, signals_held, start_world, window_length)
 from .record_loop import record_batches
 from .record_tables import FINAL_TABLES, SESSION_KEYS, router_biases, write_router_bias
-from .writer import (RunError, check_committed, clear_run, replace_keeping_others, updating_run_json,
+from .writer import (RunError, check_committed, clear_run, replace_keeping_others, say_kept, updating_run_json,
                      write_json_atomic, writer_lock)
 
 __all__ = ["RecordOptions", "RecordError", "record", "default_seq_len", "DEFAULT_CKPT", "DEFAULT_CORPUS"]
@@ -303,9 +303,7 @@ def open_run(out: Path, info: dict, opts: RecordOptions) -> None:
             replace_keeping_others(old, info, SESSION_KEYS)
         return
     if out.exists() and opts.overwrite:
-        if kept := clear_run(out):  # its writer lock stays: this job holds it
-            print(f"note: --overwrite kept what no run writes in {out}: {', '.join(kept[:5])}"
-                  + (f" and {len(kept) - 5} more" if len(kept) > 5 else ""), file=sys.stderr)
+        say_kept(out, clear_run(out))  # its writer lock stays: this job holds it
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "run.json", info)
 

@@ -62,7 +62,7 @@ from .job import (DEFAULT_RUNS, check_inputs_outside, check_out_parent, check_re
                   load_tokenizer, os_refusal, package_version, refuse_a_training_run)
 from .schema import TABLES
 from .sglang_dumps import DOMAIN, Dump, SGLangError, Shape, find_dumps, model_shape
-from .writer import PartWriter, replace_dir, write_json_atomic
+from .writer import PartWriter, replace_run, say_kept, write_json_atomic
 
 # ------------------------------------------------------------------------------ the import
 def import_sglang(dump: str | Path, out: str | Path | None = None, config: str | None = None,
@@ -96,10 +96,12 @@ def import_sglang(dump: str | Path, out: str | Path | None = None, config: str |
         tmp.mkdir(parents=True)
     try:
         _import_into(tmp, dumps, shape, mode, tokenizer, buffer_size, gpus)
-    except BaseException:
+        # the run appears whole or not at all; of an earlier one, only what a run is made of is replaced
+        with os_refusal(f"--out {out}: cannot put the run there", SGLangError):
+            kept = replace_run(tmp, out)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written stays behind
-        raise
-    replace_dir(tmp, out)  # the run appears whole or not at all; an earlier one stays whole until then
+    say_kept(out, kept)
     return out
 
 

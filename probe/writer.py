@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -28,6 +29,7 @@ import pyarrow.compute  # noqa: F401 - pa.compute in truncate_after
 import pyarrow.parquet as pq
 
 from .errors import first_line
+from .job_signals import signals_held
 from .out_paths import os_refusal
 from .schema import TABLES
 
@@ -148,6 +150,33 @@ def clear_run(run: Path) -> list[str]:
         else:
             child.unlink()
     return kept
+
+
+def replace_run(tmp: Path, run: Path) -> list[str]:
+    """Put the complete run directory `tmp` in place of `run` for --overwrite, as `record --overwrite`
+    replaces one: what the old run is made of is deleted (`clear_run`) and `tmp`'s entries moved in,
+    run.json last, under `run`'s writer lock (a record still writing there is refused) and with Ctrl-C
+    and SIGTERM held until done; anything else in `run` stays, and is returned by name to be said. An
+    import deleted the whole folder, a user's notes with it (a tour). Where `run` is not there yet,
+    `tmp` is simply renamed."""
+    import signal
+
+    if not run.exists():
+        replace_dir(tmp, run)
+        return []
+    with writer_lock(run), signals_held(signal.SIGINT, signal.SIGTERM):
+        kept = clear_run(run)
+        for entry in sorted(tmp.iterdir(), key=lambda e: e.name == RUN_JSON):
+            os.replace(entry, run / entry.name)
+        tmp.rmdir()
+    return kept
+
+
+def say_kept(run: Path, kept: list[str]) -> None:
+    """The note that --overwrite kept `kept` (`clear_run`'s list) in `run`, on stderr; nothing if none."""
+    if kept:
+        print(f"note: --overwrite kept what no run writes in {run}: {', '.join(kept[:5])}"
+              + (f" and {len(kept) - 5} more" if len(kept) > 5 else ""), file=sys.stderr)
 
 
 def _of_a_run(entry: Path) -> bool:

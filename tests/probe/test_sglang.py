@@ -250,6 +250,24 @@ def test_an_import_inside_a_run_is_refused_in_one_line(world, tmp_path, capsys):
         import_sglang(world["stat"], tmp_path / "runs", config=str(world["config"]), overwrite=True)
 
 
+def test_overwrite_keeps_and_names_what_no_run_writes(world, tmp_path, capsys):
+    """--overwrite replaced the whole folder, deleting a user's notes kept beside the run's tables, where
+    `record --overwrite` keeps them (a tour): the old run's own files go, the rest stays and is named."""
+    from probe.__main__ import main
+
+    run = import_sglang(world["per_pass"], tmp_path / "run", config=str(world["config"]))
+    (run / "notes.md").write_text("mine")
+    (run / "old_table").mkdir()  # a table folder of a name this version does not know: the old run's
+    (run / "old_table" / "part-0.parquet").write_bytes(b"PAR1")
+    code = main(["import", "sglang", str(world["stat"]), "--config", str(world["config"]), "--out", str(run),
+                 "--overwrite"])
+    assert code == 0 and f"note: --overwrite kept what no run writes in {run}: notes.md\n" in capsys.readouterr().err
+    assert (run / "notes.md").read_text() == "mine" and not (run / "old_table").exists()
+    new = probe.open_run(run)
+    assert new.info["source"]["mode"] == "stat" and "placement" not in new.tables and not (run / "placement").exists()
+    assert not list(tmp_path.glob(".run*"))  # no temporary folder left beside it
+
+
 def test_overwrite_refuses_a_training_run(world, tmp_path):
     """--overwrite deleted a training run, its trained model and checkpoint with it (a tour)."""
     out = tmp_path / "small"
