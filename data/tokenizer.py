@@ -13,7 +13,6 @@ Nothing is added automatically on encode; the training code adds <|bos|> / <|eos
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -24,7 +23,9 @@ if __package__ in (None, ""):  # `python data/tokenizer.py`
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
 
 from data.build_corpus import DATA_DIR, CorpusError, read_jsonl  # noqa: E402
-from probe.job import check_file_replaceable, check_not_an_input, check_out_parent, path_arg  # noqa: E402
+from probe.job import (check_file_replaceable, check_not_an_input, check_out_parent, path_arg,  # noqa: E402
+                       terminate_as_interrupt)
+from probe.writer import replacing  # noqa: E402
 
 SPECIAL_TOKENS = ("<|bos|>", "<|eos|>", "<|pad|>")
 BOS, EOS, PAD = 0, 1, 2
@@ -57,12 +58,12 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096, min_frequency:
 
 
 def save_tokenizer(tok: Tokenizer, path: str | Path) -> None:
-    """Write `tokenizer.json` under a temporary name, then rename."""
+    """Write `tokenizer.json` under a temporary name, then rename; a failed or stopped save removes the
+    temporary (`tokenizer.json.tmp` was left beside it for good) and leaves `path` as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tok.save(str(tmp))
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        tok.save(str(tmp))
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
@@ -80,16 +81,9 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     return tok
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m data.tokenizer", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--corpus", type=path_arg, default=DATA_DIR / "corpus",
-                   help="corpus directory with train.jsonl (default: data/corpus)")
-    p.add_argument("--out", type=path_arg, default=DATA_DIR / "tokenizer.json",
-                   help="where to write tokenizer.json (default: data/tokenizer.json)")
-    p.add_argument("--vocab-size", type=int, default=4096, help="vocabulary incl. bytes and special tokens")
-    p.add_argument("--min-frequency", type=int, default=2, help="minimum pair count for a merge")
-    ns = p.parse_args(argv)
+def _train(ns: argparse.Namespace) -> tuple[Tokenizer, list[dict]]:
+    """Check the flags, --out and both splits, train and save: the tokenizer and the validation split.
+    Bad input is one line and exit status 2, Ctrl-C one line and 130, with --out as it was."""
     try:  # flags, --out and both splits checked before the training, and before anything is written
         if ns.min_frequency < 0:
             raise CorpusError(f"--min-frequency {ns.min_frequency}: must be >= 0")
@@ -109,13 +103,28 @@ def main(argv: list[str] | None = None) -> None:
             raise CorpusError(f"{ns.corpus / 'train.jsonl'}: no documents to learn merges from")
         val = read_jsonl(ns.corpus / "val.jsonl") if (ns.corpus / "val.jsonl").exists() else []
         tok = train_tokenizer((d["text"] for d in docs), ns.vocab_size, ns.min_frequency)
+        save_tokenizer(tok, ns.out)
     except (CorpusError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    except KeyboardInterrupt:  # while training, before anything is written: one line, not a traceback
+    except KeyboardInterrupt:  # while training or saving (the temporary is gone): one line, not a traceback
         print(f"\ninterrupted: nothing written ({ns.out} is as it was)", file=sys.stderr)
         raise SystemExit(130) from None
-    save_tokenizer(tok, ns.out)
+    return tok, val
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m data.tokenizer", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--corpus", type=path_arg, default=DATA_DIR / "corpus",
+                   help="corpus directory with train.jsonl (default: data/corpus)")
+    p.add_argument("--out", type=path_arg, default=DATA_DIR / "tokenizer.json",
+                   help="where to write tokenizer.json (default: data/tokenizer.json)")
+    p.add_argument("--vocab-size", type=int, default=4096, help="vocabulary incl. bytes and special tokens")
+    p.add_argument("--min-frequency", type=int, default=2, help="minimum pair count for a merge")
+    ns = p.parse_args(argv)
+    with terminate_as_interrupt():  # SIGTERM (`timeout`, a scheduler) as Ctrl-C: the temporary is removed
+        tok, val = _train(ns)
     by_domain: dict[str, list[int]] = {}
     for d in val:
         n = by_domain.setdefault(d["domain"], [0, 0, 0])

@@ -71,6 +71,33 @@ def test_tokenizer_command_flags_and_per_domain_figures(tmp_path, capsys, monkey
     assert seen == {"v": tokenizer.load_tokenizer(DATA / "tokenizer.json").get_vocab_size(), "f": 2}
 
 
+def test_sigterm_while_the_tokenizer_is_saved_leaves_no_temporary(tmp_path, capsys, monkeypatch):
+    """SIGTERM (`timeout`, a scheduler) ended the command where it stood, and a save cut short left
+    tokenizer.json.tmp beside --out for good (a tour). Now as Ctrl-C: one line, exit status 130, the
+    temporary removed and the old tokenizer.json as it was."""
+    import signal
+
+    (tmp_path / "train.jsonl").write_text(json.dumps({"id": "a", "domain": "math", "text": TEXTS[0]}) + "\n")
+    out = tmp_path / "tok.json"
+    out.write_text('{"added_tokens": [], "old": true}')
+    before = signal.getsignal(signal.SIGTERM)
+
+    class Cut:
+        def save(self, path):
+            Path(path).write_text('{"added_tokens": [')  # half of it
+            # without a handler of the command's own, SIGTERM would end the test process itself
+            assert signal.getsignal(signal.SIGTERM) is not before, "SIGTERM is left to Python's default"
+            signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(tokenizer, "train_tokenizer", lambda texts, v, f: Cut())
+    with pytest.raises(SystemExit) as e:
+        tokenizer.main(["--corpus", str(tmp_path), "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 130 and err == f"interrupted: nothing written ({out} is as it was)"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tok.json", "train.jsonl"]
+    assert out.read_text() == '{"added_tokens": [], "old": true}' and signal.getsignal(signal.SIGTERM) is before
+
+
 def test_tokenizer_command_names_a_corpus_file_given_as_corpus(tmp_path, capsys):
     """--corpus data/corpus/train.jsonl (the file, not its folder) said ".../train.jsonl/train.jsonl: not found"."""
     (tmp_path / "train.jsonl").write_text(json.dumps({"id": "a", "domain": "math", "text": TEXTS[0]}) + "\n")
