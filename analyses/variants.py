@@ -6,10 +6,10 @@ to record over the same windows and compare routing with `analyses.metrics.routi
     python -m analyses.report --compare runs/model-val-no-router-bias   # with runs/model-val
 
 no-router-bias: every MoE gate's balancing bias (`e_score_correction_bias`, the aux-loss-free
-balancing term added to the selection scores) set to zero, everything else byte-identical. The
-comparison then measures how much of the routing the balancing bias decides. The copy is written
-into a temporary folder beside `--out` and renamed when complete; tensors are streamed one shard
-file at a time.
+balancing term added to the selection scores) set to zero, everything else (the checkpoint
+directory's other files and its folders too) byte-identical. The comparison then measures how much
+of the routing the balancing bias decides. The copy is written into a temporary folder beside
+`--out` and renamed when complete; tensors are streamed one shard file at a time.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from probe.job import (check_out_parent, check_replaceable, closed_pipe_quiet, os_refusal, path_text,
-                       terminate_as_interrupt)
+from probe.job import (check_inputs_outside, check_not_an_input, check_out_parent, check_replaceable,
+                       closed_pipe_quiet, os_refusal, path_text, terminate_as_interrupt)
 from probe.writer import replace_dir
 
 BIAS = "e_score_correction_bias"
@@ -65,6 +65,10 @@ def without_router_bias(ckpt: str | Path, out: str | Path, overwrite: bool = Fal
     if out.exists() and not overwrite:
         raise VariantError(f"--out {out}: exists (pass --overwrite to replace it)")
     check_replaceable(out, "config.json", "a checkpoint directory", error=VariantError)
+    # the variant copies the checkpoint's folders too: one inside it would be copied into itself, and
+    # --overwrite of a folder holding the checkpoint would delete the source
+    check_not_an_input(out, {"the checkpoint --ckpt": ckpt}, error=VariantError)
+    check_inputs_outside(out, {"--ckpt": ckpt}, VariantError)
     check_out_parent(out, error=VariantError)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -86,13 +90,25 @@ def without_router_bias(ckpt: str | Path, out: str | Path, overwrite: bool = Fal
             shutil.copymode(f, tmp / f.name)  # safetensors creates 0600 files; the source's mode is shared
         if not zeroed:
             raise VariantError(f"{ckpt}: no `{BIAS}` tensor: the checkpoint has no balancing bias to remove")
-        for f in ckpt.iterdir():
-            if f.is_file() and f.suffix != ".safetensors":
-                shutil.copy2(f, tmp / f.name)
+        _copy_the_rest(ckpt, tmp, {f.name for f in files})
         replace_dir(tmp, out)  # an earlier variant stays whole until this one is in place
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out, zeroed
+
+
+def _copy_the_rest(ckpt: Path, tmp: Path, weights: set[str]) -> None:
+    """Everything in `ckpt` but the weight files the variant rewrote, byte for byte: its other files
+    (a .safetensors a load does not read too) and its folders whole. Only the top folder's files other
+    than .safetensors were copied: a checkpoint's subfolders (DeepSeek-V3's inference/ code and
+    configs) and unlisted .safetensors files were missing from the variant without a word (a tour)."""
+    for f in ckpt.iterdir():
+        if f.name in weights:
+            continue
+        if f.is_dir():
+            shutil.copytree(f, tmp / f.name)
+        elif f.is_file():
+            shutil.copy2(f, tmp / f.name)
 
 
 @closed_pipe_quiet

@@ -38,6 +38,31 @@ def test_no_router_bias_zeroes_only_the_bias(ckpt, tmp_path):
         f.name: f.stat().st_mode for f in src.glob("*.safetensors")}
 
 
+def test_the_checkpoints_folders_and_other_files_are_copied_too(ckpt, tmp_path, capsys):
+    """Only the top folder's files other than .safetensors were copied: a checkpoint's subfolders
+    (DeepSeek-V3's inference/ code and configs) and a .safetensors file a load does not read were
+    missing from the variant without a word (a tour). And as the folders are copied, an --out inside
+    --ckpt (copied into itself) or holding it (--overwrite deleted the source) is refused."""
+    import shutil
+
+    src = shutil.copytree(ckpt[0], tmp_path / "src")
+    (src / "inference" / "configs").mkdir(parents=True)
+    (src / "inference" / "configs" / "config_671B.json").write_text('{"dim": 7168}')
+    (src / "inference" / "generate.py").write_text("print('hi')\n")
+    (src / "adapter.safetensors").write_bytes(b"not read by a load")
+    out, _ = variants.without_router_bias(src, tmp_path / "nb")
+    for rel in ("inference/configs/config_671B.json", "inference/generate.py", "adapter.safetensors"):
+        assert (out / rel).read_bytes() == (src / rel).read_bytes(), rel
+    assert variants.main(["no-router-bias", "--ckpt", str(src), "--out", str(src / "nb")]) == 2
+    err = capsys.readouterr().err
+    want = f"error: --out {src / 'nb'}: is inside the checkpoint --ckpt {src}, which it would overwrite or add to"
+    assert err == want + "; write elsewhere\n" and not (src / "nb").exists()
+    inner = shutil.copytree(src, out / "base")
+    assert variants.main(["no-router-bias", "--ckpt", str(inner), "--out", str(out), "--overwrite"]) == 2
+    assert f"--overwrite would delete it, and --ckpt {inner} lies inside it" in capsys.readouterr().err
+    assert (inner / "config.json").exists()
+
+
 def test_errors_are_one_line(ckpt, tmp_path, capsys, monkeypatch):
     src, _ = ckpt
     (tmp_path / "exists").mkdir()
