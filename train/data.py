@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import sys
 import zipfile
 from pathlib import Path
@@ -69,11 +70,37 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _cache_file(cache_dir: Path, jsonl: Path, tok) -> Path:
+    """`STEM-WHICH-CONTENT.npz`: WHICH names the corpus file (its full path) with the tokenizer and the
+    cache format, CONTENT the file's SHA-256, so that a cache of an edited corpus is told from the
+    caches of other corpora and other tokenizers kept in the same folder (`_save_cache`)."""
+    which = hashlib.sha256(f"{jsonl.resolve()}\n{tok.to_str()}\n{CACHE_FORMAT}".encode()).hexdigest()[:8]
+    return cache_dir / f"{jsonl.stem}-{which}-{_sha256(jsonl)[:16]}.npz"
+
+
+def _save_cache(cached: Path, streams: dict[str, np.ndarray]) -> None:
+    """Write the cache under a temporary name and rename it; then delete the caches of the same corpus
+    and tokenizer made from an earlier content of the file, which no run reads again (one was kept for
+    every edit of the corpus, without bound; a tour). Other corpora's and tokenizers' caches stay, as
+    do the temporaries of runs still writing theirs."""
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_name(f"{cached.stem}.{os.getpid()}.tmp.npz")  # concurrent runs share the cache
+    try:
+        np.savez(tmp, **{CACHE_KEY + k: v for k, v in streams.items()})
+        os.replace(tmp, cached)
+    finally:  # a Ctrl-C or a full disk part-way left the partial file in the cache for good
+        tmp.unlink(missing_ok=True)
+    same = re.compile(re.escape(cached.stem.rsplit("-", 1)[0]) + r"-[0-9a-f]{16}\.npz")
+    for old in cached.parent.iterdir():
+        if old != cached and same.fullmatch(old.name):
+            old.unlink(missing_ok=True)
+
+
 def token_streams(jsonl: Path, tok, cache_dir: Path | None) -> dict[str, np.ndarray]:
     """domain -> int32 stream of <|bos|> ids <|eos|> for its documents in file order.
-    Cached as .npz in `cache_dir`, keyed by the SHA-256 of the corpus file and the tokenizer."""
-    key = hashlib.sha256((_sha256(_corpus_file(jsonl)) + tok.to_str() + CACHE_FORMAT).encode()).hexdigest()[:16]
-    cached = cache_dir / f"{jsonl.stem}-{key}.npz" if cache_dir else None
+    Cached as .npz in `cache_dir`, keyed by the corpus file (its path and SHA-256) and the tokenizer."""
+    _corpus_file(jsonl)
+    cached = _cache_file(cache_dir, jsonl, tok) if cache_dir else None
     if cached is not None and cached.exists():
         try:
             with np.load(cached) as z:
@@ -89,13 +116,7 @@ def token_streams(jsonl: Path, tok, cache_dir: Path | None) -> dict[str, np.ndar
         parts.setdefault(d["domain"], []).append(np.asarray([0, *enc.ids, 1], dtype=np.int32))
     streams = {k: np.concatenate(v) for k, v in sorted(parts.items())}
     if cached is not None:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_name(f"{cached.stem}.{os.getpid()}.tmp.npz")  # concurrent runs share the cache
-        try:
-            np.savez(tmp, **{CACHE_KEY + k: v for k, v in streams.items()})
-            os.replace(tmp, cached)
-        finally:  # a Ctrl-C or a full disk part-way left the partial file in the cache for good
-            tmp.unlink(missing_ok=True)
+        _save_cache(cached, streams)
     return streams
 
 

@@ -44,7 +44,8 @@ def _data_flags(a) -> None:
     a.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a ModelArgs field, e.g. --set n_routed_experts=64 (repeatable; JSON values)")
     a.add_argument("--token-cache", type=path_arg, default=None,
-                   help="where tokenised corpora are cached as .npz (default: CORPUS/token_cache)")
+                   help="where tokenised corpora are cached as .npz (default: CORPUS/token_cache); an edited "
+                        "corpus' cache replaces its earlier one")
     a.add_argument("--out", type=path_arg, default=DEFAULT_RUNS / "train",
                    help="run directory (default: runs/train in the repository, beside record's runs)")
 

@@ -119,3 +119,35 @@ def test_domains_named_as_savez_arguments_are_cached_and_read_back(tmp_path):
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
     assert sorted(first) == sorted(again) == sorted(names)
     assert all(np.array_equal(first[d], again[d]) for d in names)
+
+
+def test_the_cache_of_an_edited_corpus_replaces_its_earlier_one_and_no_other(tmp_path):
+    """Every edit of the corpus left one more cache file (named by the file's content) in the folder
+    for good. The new one now replaces the earlier ones of the same corpus and tokenizer once written;
+    another corpus' cache in the same folder, another tokenizer's and a run's temporary stay."""
+    from tokenizers import Tokenizer
+
+    tok = load_tokenizer(REPO / "data" / "tokenizer.json")
+    other_tok = Tokenizer.from_str(tok.to_str())
+    other_tok.add_tokens(["zzzz"])  # another tokenizer of the same special ids
+    cache = tmp_path / "cache"
+    (tmp_path / "b").mkdir()
+    jsonl, other = tmp_path / "train.jsonl", tmp_path / "b" / "train.jsonl"
+    for path, text in ((jsonl, "first words"), (other, "another corpus")):
+        path.write_text(json.dumps({"text": text, "domain": "a"}) + "\n")
+    token_streams(other, tok, cache)
+    token_streams(jsonl, other_tok, cache)
+    keep = {p.name for p in cache.iterdir()}
+    token_streams(jsonl, tok, cache)
+    (first,) = {p.name for p in cache.iterdir()} - keep
+    running = cache / f"{first[:-4]}.99999.tmp.npz"  # a run still writing its cache of the same corpus
+    running.write_bytes(b"PK")
+    for text in ("second words", "third words"):
+        jsonl.write_text(json.dumps({"text": text, "domain": "a"}) + "\n")
+        streams = token_streams(jsonl, tok, cache)
+    assert streams["a"].tolist() == [0, *tok.encode("third words").ids, 1]
+    now = sorted(p.name for p in cache.iterdir())
+    assert len(now) == 4 and first not in now and running.exists(), now
+    assert keep < set(now)  # the other corpus' and the other tokenizer's caches stay
+    again = token_streams(jsonl, tok, cache)  # the new cache is the one read
+    assert np.array_equal(again["a"], streams["a"]) and sorted(p.name for p in cache.iterdir()) == now
