@@ -20,8 +20,8 @@ must hold): all by default. Loss: one baseline pass and one steered pass over th
 (`--domain-tokens` per domain, default 2000, and `--max-tokens` in all); `steered_tokens` counts the
 scored tokens the steering applied to, `forced_share` the share of (steered token, steered layer)
 pairs whose top-k holds every steered expert of the layer. Generation: greedy continuations
-(`--max-new-tokens`, default 32) of each `--prompt` (repeatable; no domain, so a domain filter does
-not exclude them) or, by default, of the first `--prompt-tokens` (24) tokens of each domain's first
+(`--max-new-tokens`, default 32) of each `--prompt` (repeatable, a repeat run once; no domain, so a
+domain filter does not exclude them) or, by default, of the first `--prompt-tokens` (24) tokens of each domain's first
 window, steered at prefill and every decode step, one prompt at a time.
 
 `--run RUN` takes the checkpoint, corpus, window length and token limit from RUN's run.json and

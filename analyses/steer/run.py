@@ -34,6 +34,7 @@ def evaluate(model, batches: list[Batch], steers: list[Steer], *, domains: list[
     steered_tokens counts the scored tokens (positions > 0) the steering applied to; forced_share
     is over those tokens times the steered layers."""
     shape = RouterShape.of(model.args)
+    check_names(steers)
     for s in steers:
         s.resolve(shape)  # refuse bad steerings before any forward pass
     domains = domains if domains is not None else sorted({w.domain for b in batches for w in b.windows})
@@ -48,6 +49,16 @@ def evaluate(model, batches: list[Batch], steers: list[Steer], *, domains: list[
         np.zeros((0, len(domains), len(LOSS_ACC)))
     base, acc = _sum(base, world), _sum(acc, world)
     return _loss_rows(steers, shape, base, acc, domains)
+
+
+def check_names(steers: list[Steer]) -> None:
+    """Refuse two steerings of one name: their rows would share every key of the table (the same
+    selection written twice got two identical sets of loss rows)."""
+    seen = set()
+    for s in steers:
+        if s.name in seen:
+            raise SteerError(f"two steerings are named {s.name!r}: names must be unique")
+        seen.add(s.name)
 
 
 def _token_domains(batch: Batch, index: dict[str, int]) -> np.ndarray:
@@ -141,8 +152,9 @@ def generations(model, steers: list[Steer], prompts: list[Prompt], *, max_new_to
 
     decode = decode or (lambda ids: " ".join(map(str, ids)))
     shape = RouterShape.of(model.args)
+    check_names(steers)
     rows = []
-    for p in prompts:
+    for p in distinct(prompts):
         base = generate(model, [p.ids], max_new_tokens=max_new_tokens, stop_ids=stop_ids).tokens[0]
         for s in steers:
             with steered(model, s, row_domains=[p.domain]) as st:
@@ -279,6 +291,11 @@ def _run_passes(m, batches, steering: Steer, prompts: list[Prompt], opts: SteerO
 LOSS = "loss"  # the unit of the loss rows; a prompt's generation rows: prompt_unit
 
 
+def distinct(prompts: list[Prompt]) -> list[Prompt]:
+    """The prompts less repeats (the same domain and text: the same row), in order."""
+    return list({prompt_unit(p): p for p in prompts}.values())
+
+
 def prompt_unit(p: Prompt) -> str:
     """The unit of a prompt's generation rows (its domain and text: what its rows hold of it)."""
     return _unit(p.domain, p.text)
@@ -301,7 +318,8 @@ class SteerCommits(Commits):
                  fresh: bool = False) -> None:
         self.steering = steering
         key = steering_key([(steering.name, steering.spec(shape))], meta)
-        super().__init__(out, [LOSS] + [prompt_unit(p) for p in prompts], key, meta, args, world, fresh)
+        # a prompt given twice is one unit: listed twice, its row was in the part twice
+        super().__init__(out, [LOSS] + [prompt_unit(p) for p in distinct(prompts)], key, meta, args, world, fresh)
 
     def unit_of(self, row: dict) -> str:
         return LOSS if row["kind"] == "loss" else _unit(row["domain"], row["prompt"])

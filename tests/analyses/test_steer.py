@@ -303,6 +303,26 @@ def test_an_out_the_os_refuses_is_refused_before_the_model_loads(probe_env, caps
     assert_one_line_error(main(_cli(probe_env, out, "--experts", "1:2")), capsys, unwritable_msg("--out", out))
 
 
+def test_each_row_key_appears_once_with_a_prompt_given_twice(probe_env, tmp_path):
+    """A prompt given twice was one pass but two units of the part: its generation row was written twice,
+    under one (steer, kind, domain, prompt) key."""
+    out = tmp_path / "run"
+    assert main(_cli(probe_env, out, "--experts", "2:7", "--prompt", "def f", "--prompt", "x", "--prompt",
+                     "def f")) == 0
+    df = probe.open_run(out).df("steering")
+    keys = df.groupby(["steer", "spec", "kind", "domain", "prompt"], dropna=False).size()
+    assert len(keys) == len(df) == 5 and keys.max() == 1, keys[keys > 1]
+    assert df[df.kind == "generation"].prompt.tolist() == ["def f", "x"] and (df.kind == "loss").sum() == 3
+
+
+def test_two_steerings_of_one_name_are_refused(tiny):
+    """The same selection twice (however written) wrote two identical sets of loss rows under one key."""
+    with pytest.raises(SteerError, match="two steerings are named 'force-2:3': names must be unique"):
+        evaluate(tiny, _batches(), [Steer(experts={2: [3]}), Steer(experts="2:3")])
+    with pytest.raises(SteerError, match="two steerings are named 'x'"):
+        generations(tiny, [Steer(name="x", experts="2:3"), Steer(name="x", experts="2:4")], [Prompt("p", [0, 5])])
+
+
 def test_cli_missing_run(tmp_path, capsys):
     assert main(["--run", str(tmp_path / "nope"), "--experts", "1:2"]) == 2
     err = capsys.readouterr().err.strip()
