@@ -13,6 +13,7 @@ import torch
 import generate as package
 from generate import (GenerateError, GenerationOutput, SamplingParams, TextCodec, generate, load_codec,
                       read_prompts, write_demo_checkpoint)
+from generate.decode import PromptError
 from generate.text import demo_refusal
 from probe.job import check_out_parent, exit_ranks, os_refusal
 
@@ -50,15 +51,10 @@ def _prompts_from_rank0(ns, world) -> list[str]:
 
 
 def _run_batch(m, codec: TextCodec, texts: list[str], ns, rank: int, sampling: SamplingParams,
-               sources: list[str] | None = None) -> GenerationOutput:
+               sources: list[str]) -> GenerationOutput:
+    """Generate for `texts` and print (and append to --output) the results; a text the model cannot take
+    is refused by generate()'s own check, named as `sources` names it (its flag and place)."""
     prompts = [codec.encode(t, chat=not ns.no_chat_template and codec.chat, system=ns.system) for t in texts]
-    # a prompt the model cannot take, named as it was given: generate()'s 'prompt 3 has ...' counts
-    # from 0 over --prompt and the file's non-blank lines together, and says 'prompt 0' of a typed line
-    limit = m.args.max_seq_len
-    for i, p in enumerate(prompts):
-        why = "no tokens" if not p else f"{len(p):,} tokens, longer than max_seq_len={limit}" if len(p) > limit else ""
-        if why:
-            raise GenerateError(f"{sources[i] if sources else f'prompt {i}'}: {why}")
     streamer = Streamer(codec, len(prompts))
     single = len(prompts) == 1
 
@@ -79,8 +75,12 @@ def _run_batch(m, codec: TextCodec, texts: list[str], ns, rank: int, sampling: S
             show(i)
 
     t0 = time.perf_counter()
-    res = generate(m, prompts, max_new_tokens=ns.max_new_tokens, sampling=sampling, stop_ids=codec.stop_ids,
-                   mtp=ns.mtp, on_token=on_token)
+    try:
+        res = generate(m, prompts, max_new_tokens=ns.max_new_tokens, sampling=sampling, stop_ids=codec.stop_ids,
+                       mtp=ns.mtp, on_token=on_token)
+    except PromptError as e:  # named as it was given: generate()'s 'prompt 3' counts from 0 over --prompt and the
+        # file's non-blank lines together, and says 'prompt 0' of a typed line
+        raise GenerateError(f"{sources[e.index]}: {e.why}") from None
     dt = time.perf_counter() - t0
     for i in range(len(prompts)):  # rows that had no room to generate anything
         if i not in printed:

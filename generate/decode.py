@@ -116,6 +116,16 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int = 6
     return b.out
 
 
+class PromptError(GenerateError):
+    """A prompt `generate` cannot take: `index` in the batch and `why`, which names no prompt, so that a
+    caller that knows where prompt i came from (`python -m generate`: --prompt #2, a file's line) can
+    name it so; the message alone says 'prompt {index}: {why}'."""
+
+    def __init__(self, index: int, why: str) -> None:
+        super().__init__(f"prompt {index}: {why}")
+        self.index, self.why = index, why
+
+
 def _check(model, prompts, max_new_tokens: int, mtp: bool) -> None:
     if isinstance(prompts, (str, bytes)) or len(prompts) == 0:
         raise GenerateError("no prompts" if not isinstance(prompts, (str, bytes)) else
@@ -123,22 +133,28 @@ def _check(model, prompts, max_new_tokens: int, mtp: bool) -> None:
                             "generate.text), got a string")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 0:
         raise GenerateError(f"max_new_tokens={max_new_tokens!r} must be an integer >= 0")
-    vocab = model.args.vocab_size
     for i, p in enumerate(prompts):
-        if isinstance(p, (str, bytes)):
-            raise GenerateError(f"prompt {i}: expected token ids, got a string (tokenise it first)")
-        if len(p) == 0:
-            raise GenerateError(f"prompt {i} is empty (no tokens)")
-        ids = torch.as_tensor(list(p) if not isinstance(p, torch.Tensor) else p)
-        if ids.is_floating_point() or ids.dtype == torch.bool or ids.dim() != 1:
-            raise GenerateError(f"prompt {i}: expected a flat list of integer token ids, got {ids.dtype} of shape "
-                                f"{tuple(ids.shape)}")
-        if int(ids.min()) < 0 or int(ids.max()) >= vocab:
-            raise GenerateError(f"prompt {i}: token ids must be in [0, {vocab}), got [{int(ids.min())}, {int(ids.max())}]")
-        if len(p) > model.args.max_seq_len:
-            raise GenerateError(f"prompt {i} has {len(p)} tokens, longer than max_seq_len={model.args.max_seq_len}")
+        if why := _prompt_problem(model.args, p):
+            raise PromptError(i, why)
     if mtp and not len(model.mtp):
         raise GenerateError("mtp=True but this model has no MTP module (its checkpoint has no MTP layer)")
+
+
+def _prompt_problem(args, p) -> str:
+    """Why the model cannot take prompt `p` ('' when it can): not token ids, none, out of the
+    vocabulary, or longer than max_seq_len."""
+    if isinstance(p, (str, bytes)):
+        return "expected token ids, got a string (tokenise it first)"
+    if len(p) == 0:
+        return "no tokens"
+    ids = torch.as_tensor(list(p) if not isinstance(p, torch.Tensor) else p)
+    if ids.is_floating_point() or ids.dtype == torch.bool or ids.dim() != 1:
+        return f"expected a flat list of integer token ids, got {ids.dtype} of shape {tuple(ids.shape)}"
+    if int(ids.min()) < 0 or int(ids.max()) >= args.vocab_size:
+        return f"token ids must be in [0, {args.vocab_size}), got [{int(ids.min())}, {int(ids.max())}]"
+    if len(p) > args.max_seq_len:
+        return f"{len(p):,} tokens, longer than max_seq_len={args.max_seq_len}"
+    return ""
 
 
 def _start(model, prompts, max_new_tokens: int, sampling: SamplingParams, stop_ids, mtp: bool, on_token) -> _Batch:

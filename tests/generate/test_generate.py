@@ -19,6 +19,7 @@ import torch
 from generate import (ASSISTANT, USER, GenerateError, SamplingParams, generate, verify_drafts,
                       load_codec, read_prompts, write_demo_checkpoint)
 from generate.__main__ import Streamer
+from generate.decode import PromptError
 
 from helpers import random_model
 from helpers.generate_cli import run_cli
@@ -86,10 +87,15 @@ def test_max_seq_len_and_bad_input():
         assert len(res.tokens[1]) == 10
         full = generate(m, prompts_of([32], seed=3), max_new_tokens=5, mtp=mtp)
         assert full.tokens == [[]] and full.finish_reasons == ["length"]
-    with pytest.raises(GenerateError, match="prompt 1 has 33 tokens, longer than max_seq_len=32"):
+    with pytest.raises(GenerateError, match="prompt 1: 33 tokens, longer than max_seq_len=32"):
         generate(m, prompts_of([4, 33]))
-    with pytest.raises(GenerateError, match="prompt 0 is empty"):
+    with pytest.raises(GenerateError, match="prompt 0: no tokens"):
         generate(m, [[]])
+    # which prompt and why, apart: python -m generate names the prompt as it was given (--prompt #2)
+    # from these, where it had a check of its own (empty or too long) beside this one
+    with pytest.raises(PromptError) as e:
+        generate(m, [[1, 2], [1, 600]])
+    assert (e.value.index, e.value.why) == (1, "token ids must be in [0, 512), got [1, 600]")
     with pytest.raises(GenerateError, match="no prompts"):
         generate(m, [])
     with pytest.raises(GenerateError, match="no MTP module"):
