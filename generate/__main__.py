@@ -15,7 +15,7 @@ from generate import (GenerateError, GenerationOutput, SamplingParams, TextCodec
                       read_prompts, write_demo_checkpoint)
 from generate.decode import PromptError
 from generate.text import demo_refusal
-from probe.job import check_out_parent, exit_ranks, os_refusal
+from probe.job import check_out_parent, exit_ranks, os_refusal, path_text
 
 
 class Streamer:
@@ -139,11 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m generate", description=package.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--ckpt", help="Hugging Face checkpoint directory with tokenizer.json")
-    src.add_argument("--demo", metavar="DIR", help="write (once) and use a random tiny checkpoint in DIR: a new or "
-                                                   "empty folder, or one that already holds the demo")
+    src.add_argument("--ckpt", type=path_text, help="Hugging Face checkpoint directory with tokenizer.json")
+    src.add_argument("--demo", metavar="DIR", type=path_text,
+                     help="write (once) and use a random tiny checkpoint in DIR: a new or empty folder, or one that "
+                          "already holds the demo")
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
-    p.add_argument("--prompt-file", help="prompts, one per line, or JSONL with a 'prompt' field")
+    p.add_argument("--prompt-file", type=path_text, help="prompts, one per line, or JSONL with a 'prompt' field")
     p.add_argument("--interactive", action="store_true", help="read prompts from stdin (rank 0)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
@@ -162,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "LOCAL_RANK GPU")
     p.add_argument("--replicate", action="store_true",
                    help="under torchrun: a whole model on every rank instead of tensor + expert parallel shards")
-    p.add_argument("--output", help="append one JSON line per prompt (completion, tokens, acceptance) to this file")
+    p.add_argument("--output", type=path_text,
+                   help="append one JSON line per prompt (completion, tokens, acceptance) to this file")
     return p
 
 
@@ -205,10 +207,6 @@ def main(argv: list[str] | None = None) -> None:
     code = None  # the exit status once main's work ended normally or with a reported error
     world = World()
     try:
-        for flag, path in (("--ckpt", ns.ckpt), ("--demo", ns.demo), ("--prompt-file", ns.prompt_file),
-                           ("--output", ns.output)):
-            if path is not None and not path.strip():  # --demo '' was a TypeError traceback, --output '' and
-                raise GenerateError(f"{flag} {path!r}: an empty path")  # --prompt-file '' were dropped silently
         if not (ns.prompt or ns.prompt_file or ns.interactive):
             raise GenerateError("give --prompt, --prompt-file or --interactive")
         if ns.max_new_tokens < 0:

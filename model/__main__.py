@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from probe.job import path_text
+
 from . import CheckpointError, ConfigError, ModelArgs, Transformer, load
 from .checkpoint import not_a_directory
 from .memory import available_memory
@@ -57,9 +59,8 @@ def _tokens(ns, m: Transformer) -> torch.Tensor:
 
 
 def summary(ns) -> None:
-    for flag, value in (("--ckpt", ns.ckpt), ("--config", ns.config)):
-        if value is not None and not value.strip():  # read as "not given": random weights of tiny (a tour)
-            raise ValueError(f"{flag} {value!r}: an empty path or name")
+    if ns.config is not None and not ns.config.strip():  # read as "not given": random weights of tiny (a tour)
+        raise ValueError(f"--config {ns.config!r}: an empty name")  # (an empty --ckpt: path_text, its type)
     for flag, value in (("--batch", ns.batch), ("--seq-len", ns.seq_len)):
         if value is not None and value < 1:
             raise ValueError(f"{flag} {value}: must be at least 1")
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("summary", help="forward pass and a routing / latent summary")
-    s.add_argument("--ckpt", help="Hugging Face checkpoint directory (default: random weights)")
+    s.add_argument("--ckpt", type=path_text, help="Hugging Face checkpoint directory (default: random weights)")
     s.add_argument("--config", help="shipped config for random weights (default: tiny)")
     s.add_argument("--text", help="text to run (needs --ckpt with tokenizer.json); default random tokens")
     s.add_argument("--batch", type=int, help="random-token batch size (default 4)")

@@ -14,8 +14,7 @@ from model.__main__ import main
     (["--ckpt", "{file}"], "--ckpt {file}: not a checkpoint directory"),
     (["--seq-len", "257"], "--seq-len 257: longer than the model's max_seq_len 256"),  # the tiny config's
     # read as "not given" (an unset shell variable): a summary of random tiny weights, not of the checkpoint
-    (["--ckpt", ""], "--ckpt '': an empty path or name"),
-    (["--config", " "], "--config ' ': an empty path or name"),
+    (["--config", " "], "--config ' ': an empty name"),
 ])
 def test_summary_refuses_unused_flags_and_names_ckpt(argv, msg, tmp_path, capsys):
     paths = {"ckpt": str(tmp_path), "missing": str(tmp_path / "nope"), "file": str(tmp_path / "f.txt")}
@@ -25,6 +24,16 @@ def test_summary_refuses_unused_flags_and_names_ckpt(argv, msg, tmp_path, capsys
     err = capsys.readouterr().err
     assert e.value.code == 2
     assert err.startswith(f"error: {msg.format(**paths)}") and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("value", ["", " "])
+def test_summary_refuses_an_empty_ckpt_as_every_path_flag_is_refused(value, capsys):
+    """--ckpt '' was read as "not given" (a summary of random tiny weights); its type is now the other
+    commands' (probe.job.path_text), and so is the message."""
+    with pytest.raises(SystemExit) as e:
+        main(["summary", "--ckpt", value])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.endswith("error: argument --ckpt: an empty path (for the current folder, give .)\n")
 
 
 def test_summary_defaults_still_apply(capsys):
