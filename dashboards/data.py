@@ -197,14 +197,17 @@ def query(ref: RunRef, sql: str, tables: tuple[str, ...], params: list | None = 
 
 
 def cached(fn):
-    """st.cache_data keyed on the run's file signature: `fn(ref, *args)` -> `cached(ref, *args)`."""
+    """st.cache_data keyed on the run's file signature: `fn(ref, *args, **kwargs)` -> `cached(ref, *args,
+    **kwargs)` (arguments by name too: `total_loads(ref, last_steps=5)` was a TypeError of the wrapper's)."""
     # NOTE: every wrapper shares one source text, and st.cache_data keys functions on their source,
     # so the wrapped function's name is part of the arguments (the cache key).
     inner = st.cache_data(show_spinner=False, max_entries=64)(
-        lambda fname, path, sig, kind, name, args: fn(RunRef(name, path, kind, "", _read_info(path)), *args))
+        lambda fname, path, sig, kind, name, args, kwargs: fn(RunRef(name, path, kind, "", _read_info(path)), *args,
+                                                              **dict(kwargs)))
 
-    def call(ref: RunRef, *args):
-        return inner(f"{fn.__module__}.{fn.__qualname__}", ref.path, ref.sig, ref.kind, ref.name, args)
+    def call(ref: RunRef, *args, **kwargs):
+        return inner(f"{fn.__module__}.{fn.__qualname__}", ref.path, ref.sig, ref.kind, ref.name, args,
+                     tuple(sorted(kwargs.items())))
 
     call.__name__, call.__doc__, call.clear, call.uncached = fn.__name__, fn.__doc__, inner.clear, fn
     return call

@@ -438,3 +438,18 @@ def test_a_layer_the_run_does_not_have_is_refused_not_labelled(train_run):
         data.layer_label(no_mtp, 3)
     assert data.layer_label(no_mtp, 2) == "layer 2"
     assert data.layer_label(data.RunRef("u", ref.path, "unknown", "complete", {}), 99) == "layer 99"  # no n_layers
+
+
+def test_the_cached_queries_take_their_arguments_by_name_too(train_run):
+    """`data.total_loads(ref, last_steps=2)` in a notebook was a TypeError of the caching wrapper
+    ('call() got an unexpected keyword argument'), though the signature shown names last_steps."""
+    from dashboards import data
+
+    run, ref = train_run
+    assert data.total_loads(ref, last_steps=2).equals(data.total_loads.uncached(ref, 2))
+    assert not data.total_loads(ref, last_steps=2).equals(data.total_loads(ref))  # the argument is used
+    steps, _, X = data.pass_loads(ref, max_passes=2)
+    want_steps, _, want = data.pass_loads.uncached(ref, 2)
+    assert steps.tolist() == want_steps.tolist() and len(steps) == 2 and np.array_equal(X, want)
+    with pytest.raises(TypeError, match="total_loads.* unexpected keyword argument 'steps'"):
+        data.total_loads(ref, steps=2)
