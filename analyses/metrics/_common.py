@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -110,8 +112,25 @@ def need_rows(run, table: str) -> None:
         raise MetricsError(f"{run.path}: run's {table} table is empty")
 
 
-def check_layer(run, layer, table: str = "routing") -> int:
-    layers = [int(r[0]) for r in run.sql(f"select distinct layer from {table} order by 1").fetchall()]
-    if int(layer) not in layers:
-        raise MetricsError(f"layer {layer} has no {table} rows (MoE layers recorded: {layers})")
+def layer_number(layer, name: str = "layer") -> int:
+    """`layer` as an int: a whole number (2, numpy's 2, 2.0). int() took 2.5 for layer 2 and '2' for
+    a number, without a word."""
+    if isinstance(layer, (bool, str, bytes)) or not isinstance(layer, numbers.Real) or not float(layer).is_integer():
+        raise MetricsError(f"{name}={layer!r}: expected a whole layer number")
     return int(layer)
+
+
+def layer_numbers(layers, name: str = "layers") -> list[int]:
+    """`layers` as a list of ints (`layer_number`); one number alone (layers=2: 'int' object is not
+    iterable) or a string is refused, naming the list form."""
+    if isinstance(layers, (str, bytes, numbers.Number)) or not isinstance(layers, Iterable):
+        raise MetricsError(f"{name}={layers!r}: expected a list of layer numbers, e.g. [1, 3]")
+    return [layer_number(x, name) for x in layers]
+
+
+def check_layer(run, layer, table: str = "routing") -> int:
+    n = layer_number(layer)
+    layers = [int(r[0]) for r in run.sql(f"select distinct layer from {table} order by 1").fetchall()]
+    if n not in layers:
+        raise MetricsError(f"layer {layer} has no {table} rows (MoE layers recorded: {layers})")
+    return n

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import MetricsError, as_loads, as_run, n_experts_of_run, need_rows
+from ._common import MetricsError, as_loads, as_run, check_layer, n_experts_of_run, need_rows
 
 
 # ------------------------------------------------------------------------------ arrays
@@ -213,11 +213,10 @@ def batch_loads_from_run(run, layer: int) -> tuple[np.ndarray, np.ndarray]:
     run = as_run(run)
     need_rows(run, "expert_load")
     E = n_experts_of_run(run)
-    rows = run.sql(f"select step, expert, sum(count) as n from expert_load where layer = {int(layer)} "
+    layer = check_layer(run, layer, "expert_load")
+    rows = run.sql(f"select step, expert, sum(count) as n from expert_load where layer = {layer} "
                    "group by all").fetchnumpy()
     steps = np.unique(rows["step"])
-    if len(steps) == 0:
-        raise MetricsError(f"layer {layer} has no expert_load rows")
     out = np.zeros((len(steps), E))
     out[np.searchsorted(steps, rows["step"]), rows["expert"].astype(np.int64)] = rows["n"]
     return steps, out

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._common import MetricsError, as_run, need_rows, same_length
+from ._common import MetricsError, as_run, layer_numbers, need_rows, same_length
 from .specialisation import contingency, domain_nmi, entropy
 
 
@@ -230,7 +230,7 @@ def routes_from_run(run, layers=None) -> Routes:
     need_rows(run, "routing")
     need_rows(run, "tokens")
     have = [int(r[0]) for r in run.sql("select distinct layer from routing order by 1").fetchall()]
-    layers = have if layers is None else [int(x) for x in layers]
+    layers = have if layers is None else layer_numbers(layers)
     bad = [x for x in layers if x not in have]
     if bad or not layers:
         raise MetricsError(f"layers {bad or layers}: no routing rows (MoE layers recorded: {have})")

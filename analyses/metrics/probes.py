@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import MetricsError, as_run, n_experts_of_run, need_rows
+from ._common import MetricsError, as_run, layer_numbers, n_experts_of_run, need_rows
 from .paths import heldout_windows
 
 FEATURES = ("weights", "scores")
@@ -107,7 +107,7 @@ KEY = "((seq_id::bigint << 32) | pos::bigint)"  # one int64 per token, in (seq_i
 
 def _layers(run, layers) -> list[int]:
     have = [int(r[0]) for r in run.sql("select distinct layer from routing order by 1").fetchall()]
-    layers = have if layers is None else sorted({int(x) for x in layers})
+    layers = have if layers is None else sorted(set(layer_numbers(layers)))
     if not layers or any(x not in have for x in layers):
         raise MetricsError(f"layers {layers}: no routing rows (MoE layers recorded: {have})")
     return layers

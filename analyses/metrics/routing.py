@@ -9,8 +9,8 @@ from math import comb
 
 import numpy as np
 
-from ._common import (MetricsError, as_ids, as_run, check_layer, n_experts_of, n_experts_of_run, need_rows,
-                      same_length)
+from ._common import (MetricsError, as_ids, as_run, check_layer, layer_numbers, n_experts_of, n_experts_of_run,
+                      need_rows, same_length)
 from .specialisation import nmi
 
 
@@ -233,7 +233,7 @@ def layer_agreement_from_run(run, layers: list[int] | None = None) -> "pandas.Da
     run = as_run(run)
     need_rows(run, "routing")
     have = [int(r[0]) for r in run.sql("select distinct layer from routing order by 1").fetchall()]
-    layers = have if layers is None else [check_layer(run, x) for x in layers]
+    layers = have if layers is None else [check_layer(run, x) for x in layer_numbers(layers)]
     frames = []
     for la, lb in zip(layers[:-1], layers[1:]):
         frames.append(_agreement_sql(run.con, f"(select * from routing where layer = {la})",
@@ -324,7 +324,7 @@ def route_changes_from_runs(run_a, run_b, top: int = 20,
     Same checks as `routing_agreement_from_runs` (different tokens at matched positions: an error)."""
     run_a, run_b = as_run(run_a), as_run(run_b)
     if layers is not None:  # a dense or mistyped layer is named, not blamed on the runs' windows
-        layers = [check_layer(run_b, check_layer(run_a, x)) for x in layers]
+        layers = [check_layer(run_b, check_layer(run_a, x)) for x in layer_numbers(layers)]
     con = _joined_runs(run_a, run_b)
     where = "" if layers is None else f"where a.layer in ({', '.join(str(int(x)) for x in layers)})"
     df = con.sql(f"""

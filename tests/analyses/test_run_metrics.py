@@ -271,6 +271,29 @@ def test_run_bad_input_errors(synth, tmp_path):
         M.balance_table(tmp_path / "nothing")
 
 
+def test_a_layer_that_is_not_a_whole_number_is_refused_by_name(synth):
+    """int() took layer 2.5 for layer 2 and '2' for a number, without a word; layers=2 was "'int' object is
+    not iterable" from deep in the paths; batch_loads_from_run said a missing layer had no rows without
+    naming the layers recorded, as the others do."""
+    run, a = synth
+    layer = a["layers"][0]
+    for fn in (M.lift_from_run, M.coactivation_from_run, M.batch_loads_from_run, M.expert_vocabulary_from_run):
+        for bad in (layer + 0.5, str(layer), True, float("nan")):
+            with pytest.raises(M.MetricsError, match=rf"^layer={bad!r}: expected a whole layer number$"):
+                fn(run, bad)
+    np.testing.assert_array_equal(M.batch_loads_from_run(run, float(layer))[1], M.batch_loads_from_run(run, layer)[1])
+    with pytest.raises(M.MetricsError, match=rf"^layer 0 has no expert_load rows \(MoE layers recorded: "
+                                             rf"\[{', '.join(map(str, a['layers']))}\]\)$"):
+        M.batch_loads_from_run(run, 0)
+    for fn in (M.routes_from_run, M.path_summary_from_run, M.layer_agreement_from_run, M.domain_probe_from_run):
+        with pytest.raises(M.MetricsError, match=rf"^layers={layer}: expected a list of layer numbers, e\.g\. "
+                                                 r"\[1, 3\]$"):
+            fn(run, layer)
+        with pytest.raises(M.MetricsError, match=r"^layers=2\.5: expected a whole layer number$"):
+            fn(run, [layer, 2.5])
+    assert M.routes_from_run(run, (layer,)).layers == [layer]  # any sequence of numbers is a list of layers
+
+
 def test_record_agreement_by_hand():
     import pandas as pd
 
