@@ -8,6 +8,8 @@ come back to numpy.
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from ._common import MetricsError, as_loads, as_run, check_layer, n_experts_of_run, need_rows
@@ -140,6 +142,8 @@ def gpu_loads(load, n_gpus: int) -> np.ndarray:
     """Per-GPU loads of the plain contiguous placement (no replicas): experts split in order into
     n_gpus contiguous chunks as equal as possible (E/n_gpus each when it divides)."""
     x = as_loads(load)
+    if isinstance(n_gpus, bool) or not isinstance(n_gpus, numbers.Integral):  # '4' and 2.5 were TypeErrors
+        raise MetricsError(f"n_gpus={n_gpus!r}: expected a whole number of GPUs")  # from deep in numpy
     if n_gpus < 1:
         raise MetricsError(f"n_gpus must be >= 1, got {n_gpus}")
     if n_gpus > len(x):
@@ -159,7 +163,8 @@ def balance_summary(load, batch_loads=None, n_gpus: int | None = None, mean_scor
            "gini": gini(x), "jain": jain_index(x), "max_relative_load": float(np.max(relative_load(x))),
            "min_relative_load": float(np.min(relative_load(x)))}
     row["switch"] = switch_balance(x, mean_score) if mean_score is not None else float("nan")
-    ranks = (lambda v: gpu_loads(v, n_gpus)) if n_gpus else (lambda v: v)
+    # (n_gpus=0 was taken for "no GPU view" without a word: gpu_loads refuses it, as any count not >= 1)
+    ranks = (lambda v: gpu_loads(v, n_gpus)) if n_gpus is not None else (lambda v: v)
     if batch_loads is not None:
         b = np.asarray(batch_loads, dtype=np.float64)
         if b.ndim != 2 or b.shape[1] != len(x):
@@ -171,7 +176,7 @@ def balance_summary(load, batch_loads=None, n_gpus: int | None = None, mean_scor
     else:
         row |= {"batches": 0, "maxvio_batch_mean": float("nan"), "maxvio_batch_max": float("nan"),
                 "imbalance_ratio": imbalance_ratio(ranks(x))}
-    if n_gpus:
+    if n_gpus is not None:
         row["gpu_balancedness"] = balancedness(gpu_loads(x, n_gpus))
     return row
 

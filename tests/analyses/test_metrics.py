@@ -155,6 +155,19 @@ def test_balance_summary_batches_min_load_and_gpu_ratio_hand_computed():
     assert M.balance_summary(x)["imbalance_ratio"] == pytest.approx(0.5)  # no GPUs: the experts' own
 
 
+def test_a_gpu_count_that_is_not_a_whole_number_above_0_is_refused_by_name():
+    """balance_table(run, n_gpus='4') and n_gpus=2.5 were TypeErrors from deep in numpy, and n_gpus=0 was
+    read as "no GPU view" without a word."""
+    x = [6, 5, 3, 2]
+    for bad, msg in (("4", r"n_gpus='4': expected a whole number of GPUs"),
+                     (2.5, r"n_gpus=2\.5: expected a whole number of GPUs"),
+                     (True, r"n_gpus=True: expected a whole number of GPUs"), (0, "n_gpus must be >= 1, got 0")):
+        for kw in ({}, {"batch_loads": [[4, 0, 0, 0]]}):
+            with pytest.raises(M.MetricsError, match=f"^{msg}$"):
+                M.balance_summary(x, n_gpus=bad, **kw)
+    assert M.balance_summary(x, n_gpus=np.int64(2))["gpu_balancedness"] == pytest.approx(8 / 11)
+
+
 # ------------------------------------------------------------------------------ specialisation
 def test_contingency_lift_share():
     names, c = M.contingency(["a", "b", "a"], [[0, 1], [1, 2], [0, 2]])
