@@ -224,8 +224,9 @@ def default_run(max_tokens: int | None = None):
 def compare_run(run, variant: str = "no-router-bias", out: str | Path | None = None, max_tokens: int | None = None):
     """A run of a variant of `run`'s checkpoint (`analyses.variants`) over the same windows (same
     corpus, tokenizer and recording options), as a `probe.Run`; recorded (and the variant written)
-    beside the run when missing: `<run>-<variant>` and `<run>-<variant>-ckpt`. max_tokens: only the
-    run's first windows (the same ones: windows come in a fixed order), for a quicker comparison."""
+    beside the run when missing: `<run>-<variant>` and `<run>-<variant>-ckpt`. run: a `probe.Run` or
+    its directory. max_tokens: only the run's first windows (the same ones: windows come in a fixed
+    order), for a quicker comparison."""
     import probe
     from probe.record import RecordOptions, record
 
@@ -233,6 +234,8 @@ def compare_run(run, variant: str = "no-router-bias", out: str | Path | None = N
 
     if variant != "no-router-bias":
         raise ValueError(f"variant {variant!r}: only no-router-bias is known")
+    if isinstance(run, (str, Path)):  # a run directory, as the metrics take one ('str' has no attribute 'tables')
+        run = probe.open_run(run)
     if "routing" not in run.tables:  # before recording a whole variant run that cannot be compared (a review)
         from analyses.metrics import MetricsError
 

@@ -111,6 +111,31 @@ def test_a_variant_run_is_recorded_with_the_runs_own_window_options(tmp_path, mo
         assert o.ckpt == str(tmp_path / "run-no-router-bias-ckpt") and o.corpus == "c"
 
 
+def test_the_run_to_compare_may_be_given_by_its_path(tmp_path, monkeypatch):
+    """compare_run('runs/model-val'), as the metrics take a run, was "'str' object has no attribute
+    'tables'"; a path to no run is the reader's one-line error."""
+    import probe
+    import probe.record
+    from probe.writer import RunError
+
+    from helpers.synthetic_run import write_run
+
+    write_run(tmp_path / "run")
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    (tmp_path / "run" / "run.json").write_text(json.dumps(info | {"checkpoint": {"path": "ck"}, "corpus": {"path": "c"},
+                                                                   "options": {}}))
+    (tmp_path / "run-no-router-bias-ckpt").mkdir()
+    (tmp_path / "run-no-router-bias-ckpt" / "config.json").write_text("{}")  # the variant is there already
+    recorded = []
+    monkeypatch.setattr(probe.record, "record", lambda opts: recorded.append(opts) or Path(opts.out).exists()
+                        or write_run(Path(opts.out)))
+    for given in (str(tmp_path / "run"), tmp_path / "run"):
+        got = notebook_utils.compare_run(given)
+        assert Path(got.path) == tmp_path / "run-no-router-bias" and recorded.pop().corpus == "c"
+    with pytest.raises(RunError, match="not a run directory"):
+        notebook_utils.compare_run(str(tmp_path / "nope"))
+
+
 def test_the_default_run_is_used_only_when_complete_else_a_small_run_is_recorded(tmp_path, monkeypatch):
     from helpers.synthetic_run import write_run
 
