@@ -212,6 +212,9 @@ def fp8_copy(src: str | os.PathLike, out: str | os.PathLike) -> Path:
     from .checkpoint import _config, load
 
     src, out = Path(src), Path(out)
+    if out.exists() and out.resolve() == src.resolve():  # it replaced the source's weights, lossily, without a word
+        raise CheckpointError(f"out {out}: is the source checkpoint {src}; write the FP8 copy elsewhere (there it "
+                              "would replace the weights it is made from by their FP8 rounding)")
     save(load(src, dtype=torch.float32, parallel=False), out, fp8=True, dtype=_config(src).dtype)
     for f in src.iterdir():  # everything but the weights and what `save` wrote
         if f.is_file() and f.suffix != ".safetensors" and f.name not in ("config.json", INDEX):

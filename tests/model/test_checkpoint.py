@@ -470,3 +470,17 @@ def test_fp8_copy_rewrites_a_checkpoint_in_fp8_with_its_tokenizer(tmp_path):
     assert got["model.embed_tokens.weight"].dtype == got["lm_head.weight"].dtype == torch.bfloat16
     assert {t.dtype for k, t in got.items() if k.endswith("norm.weight")} == {torch.bfloat16}
     assert {t.dtype for k, t in got.items() if k.endswith("_proj.weight") and "eh_proj" not in k} == {torch.float8_e4m3fn}
+
+
+def test_fp8_copy_into_its_own_source_is_refused_and_leaves_it_whole(tmp_path):
+    """fp8_copy(ckpt, ckpt) replaced the checkpoint's weights by their FP8 rounding without a word: the
+    higher-precision original was gone. Refused, by any spelling of the same folder, before anything is written."""
+    from model.saving import fp8_copy
+
+    model.save(random_model("tiny", seed=2, **FP8_OVERRIDES), tmp_path / "src")
+    before = {f.name: f.read_bytes() for f in (tmp_path / "src").iterdir()}
+    for out in (tmp_path / "src", tmp_path / "src" / ".." / "src"):
+        with pytest.raises(model.CheckpointError, match=r"^out .*src: is the source checkpoint .*src; write the FP8 "
+                                                        "copy elsewhere"):
+            fp8_copy(tmp_path / "src", out)
+    assert {f.name: f.read_bytes() for f in (tmp_path / "src").iterdir()} == before
