@@ -130,10 +130,17 @@ def also_removed(shape: RouterShape, disabled: Iterable[int]) -> list[int]:
 
 
 def normalise_disabled(shape: RouterShape, disabled: Mapping) -> dict[int, list[int]]:
-    """{layer: experts} validated, sorted and deduplicated (empty layers dropped)."""
+    """{layer: experts} validated, sorted and deduplicated (empty layers dropped). A selection that is not
+    such a mapping ('2:5', parse_experts' text) or a layer's experts that are not a list ({2: 5}) are
+    refused by name: they were "'str' object has no attribute 'items'" and "'int' object is not iterable"."""
+    if not isinstance(disabled, Mapping):
+        raise AblationError(f"experts {disabled!r}: expected {{layer: [expert, ...]}}, e.g. {{2: [5, 7]}}"
+                            + (" (parse_experts reads the text form)" if isinstance(disabled, str) else ""))
     out: dict[int, list[int]] = {}
     for layer, experts in disabled.items():
         layer = shape.check_layer(_int(layer, "layer"))
+        if isinstance(experts, (str, bytes, int, np.integer)) or not isinstance(experts, Iterable):
+            raise AblationError(f"layer {layer}: experts {experts!r}: expected a list of expert ids, e.g. [5, 7]")
         ids = sorted({shape.check_expert(layer, _int(e, "expert")) for e in experts})
         if ids:
             out[layer] = sorted(set(out.get(layer, [])) | set(ids))
@@ -157,7 +164,8 @@ def experts_label(experts: Mapping) -> str:
         items = sorted((_int(k, "layer"), sorted({_int(e, "expert") for e in v})) for k, v in experts.items())
     except (AblationError, TypeError):
         items = list(experts.items())
-    return ",".join(f"{k}:{'+'.join(map(str, v))}" for k, v in items)
+    return ",".join(f"{k}:{'+'.join(map(str, v)) if isinstance(v, Iterable) and not isinstance(v, str) else v}"
+                    for k, v in items)
 
 
 def parse_experts(text: str) -> dict[int, list[int]]:

@@ -246,6 +246,23 @@ def test_negative_and_boolean_expert_ids_are_refused():
             resolve(Ablation(experts=experts), shape)
 
 
+def test_a_selection_not_written_as_layer_to_expert_list_is_refused_by_name(tiny):
+    """ablated(m, {1: 3}) (one expert, not a list) was "'int' object is not iterable" and ablated(m, '1:3')
+    "'str' object has no attribute 'items'", from deep in the selection; Steer(experts={1: 3}) the same."""
+    from analyses.steer import Steer, SteerError
+
+    for disabled, msg in (({1: 3}, r"^layer 1: experts 3: expected a list of expert ids, e\.g\. \[5, 7\]$"),
+                          ({1: "3"}, r"^layer 1: experts '3': expected a list of expert ids"),
+                          ("1:3", r"^experts '1:3': expected \{layer: \[expert, \.\.\.\]\}, e\.g\. \{2: \[5, 7\]\} "
+                                  r"\(parse_experts reads the text form\)$"),
+                          ([(1, [3])], r"^experts \[\(1, \[3\]\)\]: expected \{layer")):
+        with pytest.raises(AblationError, match=msg):
+            ablation_hooks(tiny, disabled)
+    with pytest.raises(SteerError, match=r"^layer 1: experts 3: expected a list of expert ids"):
+        Steer(experts={1: 3}).resolve(RouterShape.of(tiny.args))
+    assert len(ablation_hooks(tiny, {1: (3,)})) > 0  # the control: any list of ids
+
+
 def test_top_and_random_take_up_to_every_expert_of_a_layer():
     shape = RouterShape(3, 1, 16, 4, 4, 2, True, 1)
     loads = {"all": np.ones((2, 16))}
