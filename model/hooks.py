@@ -126,7 +126,11 @@ def _matcher(names: NameFilter, all_names: list[str]) -> Callable[[str], bool]:
         return names
     if isinstance(names, str):
         names = [names]
-    names = list(names)
+    given, names = names, list(names) if isinstance(names, Iterable) and not isinstance(names, bytes) else None
+    if names is None or not all(isinstance(n, str) for n in names):
+        # names=5 or [5] was a TypeError from list() or from the glob test below
+        raise HookError(f"hook point names {given!r}: expected a name or glob (a str), a list of them, or a "
+                        "callable (see model.hook_names())")
     exact, patterns = set(), []
     for n in names:
         if any(c in n for c in "*?["):

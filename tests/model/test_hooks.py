@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -398,6 +400,13 @@ def test_unknown_hook_names_are_errors():
     with pytest.raises(model.HookError, match=r"takes \(name, fn\) pairs, fn callable; got \('hook_embed', 3\)"):
         with m.hooks([("hook_embed", 3)]):
             pass
+    # a name that is not a string: "'int' object is not iterable" from list(), or a TypeError from the glob test
+    for bad in (5, [5], ["hook_embed", None], b"hook_embed"):
+        with pytest.raises(model.HookError, match=rf"^hook point names {re.escape(repr(bad))}: expected a name or glob "
+                                                  r"\(a str\), a list of them, or a callable"):
+            m.run_with_cache(tok, names=bad)
+    with pytest.raises(model.HookError, match=r"^hook point names 7: expected a name or glob"):
+        m.add_hook(7, lambda t, hook: None)
     _, cache = m.run_with_cache(tok, names=["hook_embed", "layers.*.ffn.gate.hook_topk_ids"])  # the control
     moe = range(m.args.n_dense_layers, m.args.n_layers)
     assert set(cache) == {"hook_embed", *(f"layers.{i}.ffn.gate.hook_topk_ids" for i in moe)}
