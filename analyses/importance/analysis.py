@@ -138,7 +138,8 @@ def rank_disagreement(df_or_run, layer: int | None = None, top: int = 5, domain:
     df = _domain_rows(importance_table(df_or_run), domain)
     if layer is not None:
         if layer not in set(df.layer):
-            raise ImportanceError(f"layer {layer}: not in the table; layers are {sorted(df.layer.unique())}")
+            raise ImportanceError(f"layer {layer}: not in the table; layers are "  # ints: numpy's read [np.int16(2)]
+                                  f"{sorted(int(x) for x in df.layer.unique())}")
         df = df[df.layer == layer]
     parts = []
     for _, g in df.groupby("layer", sort=True):
