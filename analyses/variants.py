@@ -9,7 +9,10 @@ no-router-bias: every MoE gate's balancing bias (`e_score_correction_bias`, the 
 balancing term added to the selection scores) set to zero, everything else (the checkpoint
 directory's other files and its folders too) byte-identical. The comparison then measures how much
 of the routing the balancing bias decides. The copy is written into a temporary folder beside
-`--out` and renamed when complete; tensors are streamed one shard file at a time.
+`--out` and renamed when complete; tensors are streamed one shard file at a time. `--overwrite` of an
+earlier variant replaces only what a variant is made of (the entries of the names the new one writes,
+and the old one's weights, config and tokenizer files), once the new one is complete; anything else
+there (a user's notes, results) stays, and is named.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from pathlib import Path
 
 from probe.job import (check_inputs_outside, check_not_an_input, check_out_parent, check_replaceable,
                        closed_pipe_quiet, os_refusal, path_text, terminate_as_interrupt)
-from probe.writer import replace_dir
+from probe.out_paths import is_checkpoint_file
+from probe.writer import replace_entries, say_kept
 
 BIAS = "e_score_correction_bias"
 
@@ -91,9 +95,11 @@ def without_router_bias(ckpt: str | Path, out: str | Path, overwrite: bool = Fal
         if not zeroed:
             raise VariantError(f"{ckpt}: no `{BIAS}` tensor: the checkpoint has no balancing bias to remove")
         _copy_the_rest(ckpt, tmp, {f.name for f in files})
-        replace_dir(tmp, out)  # an earlier variant stays whole until this one is in place
+        # an earlier variant stays whole until this one is in place; a user's files beside it stay
+        kept = replace_entries(tmp, out, lambda entry: is_checkpoint_file(entry.name))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    say_kept(out, kept, "variant")
     return out, zeroed
 
 
@@ -119,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ckpt", type=path_text, default=str(Path(__file__).resolve().parents[1] / "data" / "model"),
                    help="checkpoint directory (default: the bundled model)")
     p.add_argument("--out", type=path_text, required=True, help="directory to write the variant into")
-    p.add_argument("--overwrite", action="store_true", help="replace --out when it exists")
+    p.add_argument("--overwrite", action="store_true", help="replace the variant in --out (keeping other files there)")
     ns = p.parse_args(argv)
     try:
         with terminate_as_interrupt():  # the temporary copy is removed on SIGTERM too

@@ -124,7 +124,7 @@ def _check_writable(folder: Path, what: str, error: type[Exception]) -> None:
 def _refuse_inside_a_run(out: Path, flag: str, error: type[Exception]) -> None:
     path = out.resolve()
     ckpt = path.parent
-    if _checkpoint_file(path.name) and (ckpt / "config.json").is_file() and any(ckpt.glob("*.safetensors")):
+    if is_checkpoint_file(path.name) and (ckpt / "config.json").is_file() and any(ckpt.glob("*.safetensors")):
         # the report written over a checkpoint's config.json left a model that no longer loads (a review)
         raise error(f"{flag} {out}: is a file of the checkpoint {ckpt} (its weights, config or tokenizer); "
                     "write elsewhere")
@@ -139,7 +139,7 @@ def _refuse_inside_a_run(out: Path, flag: str, error: type[Exception]) -> None:
             return
 
 
-def _checkpoint_file(name: str) -> bool:
+def is_checkpoint_file(name: str) -> bool:
     """A file a checkpoint directory is made of (writing a plan or a report beside them is fine)."""
     return (name in ("config.json", "generation_config.json") or name.startswith("tokenizer")
             or name.endswith((".safetensors", ".safetensors.index.json")))

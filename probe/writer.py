@@ -154,28 +154,66 @@ def clear_run(run: Path) -> list[str]:
 
 def replace_run(tmp: Path, run: Path) -> list[str]:
     """Put the complete run directory `tmp` in place of `run` for --overwrite, as `record --overwrite`
-    replaces one: what the old run is made of is deleted (`clear_run`) and `tmp`'s entries moved in,
-    run.json last, under `run`'s writer lock (a record still writing there is refused) and with Ctrl-C
-    and SIGTERM held until done; anything else in `run` stays, and is returned by name to be said. An
-    import deleted the whole folder, a user's notes with it (a tour). Where `run` is not there yet,
-    `tmp` is simply renamed."""
-    import signal
-
+    replaces one: what the old run is made of (`clear_run`'s choice) is replaced by `tmp`'s entries,
+    run.json last, under `run`'s writer lock (a record still writing there is refused), by
+    `replace_entries`; anything else in `run` stays, and is returned by name to be said. An import
+    deleted the whole folder, a user's notes with it (a tour). Where `run` is not there yet, `tmp` is
+    simply renamed."""
     if not run.exists():
         replace_dir(tmp, run)
         return []
-    with writer_lock(run), signals_held(signal.SIGINT, signal.SIGTERM):
-        kept = clear_run(run)
-        for entry in sorted(tmp.iterdir(), key=lambda e: e.name == RUN_JSON):
-            os.replace(entry, run / entry.name)
+    with writer_lock(run):
+        return replace_entries(tmp, run, _of_a_run, last=RUN_JSON, leave=(WRITER_LOCK,))
+
+
+def replace_entries(tmp: Path, out: Path, ours, last: str | None = None, leave: tuple[str, ...] = ()) -> list[str]:
+    """Put the complete directory `tmp`'s entries into `out` for --overwrite, in place of `out`'s of the
+    same names and those `ours(entry)` says an earlier output wrote; the rest stays and is returned by
+    name to be said (`say_kept`; `leave`'s names are not). The old entries go into a hidden folder in
+    `out` first, deleted once every new one is in (`last`'s name last), with Ctrl-C and SIGTERM held;
+    a failed move puts them back: a stop leaves the old ones in that folder at worst, which the next
+    --overwrite deletes. Where `out` is not there yet, `tmp` is simply renamed (`replace_dir`)."""
+    import signal
+
+    if not out.exists():
+        replace_dir(tmp, out)
+        return []
+    aside, kept, moved = out / f"{_ASIDE}{os.getpid()}.tmp", [], []
+    with signals_held(signal.SIGINT, signal.SIGTERM):
+        if aside.exists():
+            shutil.rmtree(aside)
+        aside.mkdir()
+        try:
+            new = {e.name for e in tmp.iterdir()}
+            for child in sorted(out.iterdir()):
+                if child == aside or child.name in leave:
+                    continue
+                if child.name in new or child.name.startswith(_ASIDE) or ours(child):
+                    os.replace(child, aside / child.name)
+                else:
+                    kept.append(child.name + "/" * child.is_dir())
+            for entry in sorted(tmp.iterdir(), key=lambda e: e.name == last):
+                os.replace(entry, out / entry.name)
+                moved.append(entry.name)
+        except BaseException:  # all put back as it was
+            for name in moved:
+                os.replace(out / name, tmp / name)
+            for old in aside.iterdir():
+                os.replace(old, out / old.name)
+            aside.rmdir()
+            raise
         tmp.rmdir()
+        shutil.rmtree(aside, ignore_errors=True)
     return kept
 
 
-def say_kept(run: Path, kept: list[str]) -> None:
-    """The note that --overwrite kept `kept` (`clear_run`'s list) in `run`, on stderr; nothing if none."""
+_ASIDE = ".overwritten"  # + pid + .tmp: the folder an --overwrite moves the old entries into
+
+
+def say_kept(out: Path, kept: list[str], what: str = "run") -> None:
+    """The note that --overwrite of a `what` ("run", "variant") kept `kept` in `out`; nothing if none."""
     if kept:
-        print(f"note: --overwrite kept what no run writes in {run}: {', '.join(kept[:5])}"
+        print(f"note: --overwrite kept what no {what} writes in {out}: {', '.join(kept[:5])}"
               + (f" and {len(kept) - 5} more" if len(kept) > 5 else ""), file=sys.stderr)
 
 

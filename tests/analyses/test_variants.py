@@ -63,6 +63,25 @@ def test_the_checkpoints_folders_and_other_files_are_copied_too(ckpt, tmp_path, 
     assert (inner / "config.json").exists()
 
 
+def test_overwrite_replaces_only_what_a_variant_is_made_of(ckpt, tmp_path, capsys):
+    """--overwrite replaced the whole folder, deleting a user's notes and results kept beside the variant,
+    where `record --overwrite` keeps what is not its own (a tour). What the new variant writes and an
+    earlier variant's weights and index (another checkpoint's shards: a load would read the stale
+    index) go; the rest stays and is named in one note."""
+    out, _ = variants.without_router_bias(ckpt[0], tmp_path / "nb")
+    (out / "notes.txt").write_text("mine")
+    (out / "results").mkdir()
+    (out / "results" / "agreement.csv").write_text("1,2")
+    (out / "model-00002-of-00002.safetensors").write_bytes(b"an earlier variant's shard")
+    argv = ["no-router-bias", "--ckpt", str(ckpt[0]), "--out", str(out), "--overwrite"]
+    assert variants.main(argv) == 0
+    err = capsys.readouterr().err
+    assert err == f"note: --overwrite kept what no variant writes in {out}: notes.txt, results/\n", err
+    assert (out / "notes.txt").read_text() == "mine" and (out / "results" / "agreement.csv").read_text() == "1,2"
+    assert sorted(p.name for p in out.iterdir()) == sorted([p.name for p in ckpt[0].iterdir()] + ["notes.txt", "results"])
+    assert not list(tmp_path.glob(".*")) and not list(out.glob(".*"))  # no temporary or old folder left
+
+
 def test_errors_are_one_line(ckpt, tmp_path, capsys, monkeypatch):
     src, _ = ckpt
     (tmp_path / "exists").mkdir()

@@ -327,3 +327,38 @@ def test_replace_dir_keeps_a_whole_directory_at_every_step(tmp_path, monkeypatch
     monkeypatch.setattr(writer.os, "replace", real)
     writer.replace_dir(new, out)  # the control: replaced, and the old one gone
     assert tree(out) == {"b": "second"} and [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_replace_entries_replaces_only_the_outputs_own_and_keeps_them_whole_until_all_new_ones_are_in(
+        tmp_path, monkeypatch):
+    """variants --overwrite replaced the whole folder, deleting a user's notes kept beside the variant (a
+    tour): only entries of the new output's names and those `ours` names go, once every new one is in."""
+    from probe import writer
+
+    def tree(d):
+        return {p.name: p.read_text() for p in d.iterdir() if p.is_file()}
+
+    out, new = tmp_path / "out", tmp_path / ".out.tmp"
+    out.mkdir()
+    for name, text in (("a", "old a"), ("b", "old b"), ("notes", "mine")):
+        (out / name).write_text(text)
+    (out / ".overwritten999.tmp").mkdir()  # the old entries of an --overwrite killed mid-way
+    new.mkdir()
+    (new / "a").write_text("new a")
+    (new / "c").write_text("new c")
+    real = os.replace
+
+    def stopped(src, dst):  # the second new entry's move fails: everything goes back as it was
+        if src == new / "c":
+            raise KeyboardInterrupt
+        real(src, dst)
+
+    monkeypatch.setattr(writer.os, "replace", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        writer.replace_entries(new, out, lambda e: e.name == "b")
+    assert (out / ".overwritten999.tmp").is_dir() and len(list(out.iterdir())) == 4
+    assert tree(out) == {"a": "old a", "b": "old b", "notes": "mine"} and tree(new) == {"a": "new a", "c": "new c"}
+    monkeypatch.setattr(writer.os, "replace", real)
+    assert writer.replace_entries(new, out, lambda e: e.name == "b") == ["notes"]
+    assert tree(out) == {"a": "new a", "c": "new c", "notes": "mine"} and not new.exists()
+    assert sorted(p.name for p in out.iterdir()) == ["a", "c", "notes"]  # the killed one's old entries gone too
