@@ -23,7 +23,7 @@ from .errors import RecordError, first_line
 from .job_signals import quiet_start, signals_held, terminate_as_interrupt  # noqa: F401
 from .out_paths import (  # noqa: F401
     check_file_replaceable, check_inputs_outside, check_not_an_input, check_out_parent, check_outside_corpus,
-    check_replaceable, check_run_place, os_refusal, refuse_a_training_run)
+    check_replaceable, check_run_place, os_refusal, refuse_a_symlinked_out, refuse_a_training_run)
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CKPT = REPO / "data" / "model"

@@ -171,6 +171,15 @@ def check_replaceable(out: Path, marker: str, what: str, flag: str = "--out",
         raise error(f"{flag} {out} is not {what} (no {marker}): refusing to delete it")
 
 
+def refuse_a_symlinked_out(out: Path, error: type[Exception] = RecordError) -> None:
+    """Before a run directory `out` is replaced (`--overwrite`): not a symbolic link. `record` found one
+    only when deleting it, after the model had loaded (a review); `import sglang` wrote the new run into
+    the link's target, where record refused it (a tour)."""
+    if out.is_symlink():
+        raise error(f"--out {out}: a symbolic link (to {os.readlink(out)}); --overwrite replaces a run directory: "
+                    "pass the directory itself")
+
+
 def refuse_a_training_run(out: Path, error: type[Exception] = RecordError) -> None:
     """Before `--overwrite` deletes a run directory: not a training run's (its train_steps/ table), whose
     model/ and checkpoint/ no other command makes again (a mistyped `record --out runs/small

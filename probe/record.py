@@ -20,7 +20,6 @@ closing update, are `probe/record_tables.py`. See `probe/writer.py` for commits 
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import sys
 import time
@@ -36,7 +35,8 @@ from .corpus import ORDERS, CorpusError, CorpusStats, corpus_windows, fingerprin
 from .job import (DEFAULT_CKPT, DEFAULT_CORPUS, RecordError, agree, bound_heap, check_inputs_outside, check_out_parent,
                   check_outside_corpus, check_replaceable, check_run_place, checkpoint_args, checkpoint_identity,
                   default_seq_len, first_line, job_options, load_model, load_tokenizer, os_refusal, package_version,
-                  refuse_a_training_run, resolve_paths, same_checkpoint, signals_held, start_world, window_length)
+                  refuse_a_symlinked_out, refuse_a_training_run, resolve_paths, same_checkpoint, signals_held,
+                  start_world, window_length)
 from .record_loop import record_batches
 from .record_tables import FINAL_TABLES, SESSION_KEYS, router_biases, write_router_bias
 from .writer import (RunError, check_committed, clear_run, replace_keeping_others, say_kept, updating_run_json,
@@ -155,9 +155,8 @@ def check_out(out: Path, opts: RecordOptions, corpus: Path | None = None, ckpt: 
         raise RecordError(f"--out {out}: a file, not a run directory")
     check_outside_corpus(out, corpus, "the run")  # its own Parquet files were read as documents (a review)
     check_run_place(out)
-    if opts.overwrite and out.is_symlink():  # found only when deleting it, after the model had loaded (a review)
-        raise RecordError(f"--out {out}: a symbolic link (to {os.readlink(out)}); --overwrite replaces a run "
-                          "directory: pass the directory itself")
+    if opts.overwrite:
+        refuse_a_symlinked_out(out)
     if out.exists() and not (opts.overwrite or opts.resume):
         raise RecordError(f"--out {out} exists: pass --overwrite to replace it or --resume to continue it")
     if opts.overwrite:

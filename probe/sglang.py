@@ -59,7 +59,8 @@ import numpy as np
 import pyarrow as pa
 
 from .job import (DEFAULT_RUNS, check_inputs_outside, check_out_parent, check_replaceable, check_run_place,
-                  load_tokenizer, os_refusal, package_version, refuse_a_training_run)
+                  load_tokenizer, os_refusal, package_version, refuse_a_symlinked_out,
+                  refuse_a_training_run)
 from .schema import TABLES
 from .sglang_dumps import DOMAIN, Dump, SGLangError, Shape, find_dumps, model_shape
 from .writer import PartWriter, replace_run, say_kept, write_json_atomic
@@ -84,6 +85,7 @@ def import_sglang(dump: str | Path, out: str | Path | None = None, config: str |
     out = Path(out) if out else DEFAULT_RUNS / f"sglang-{mode}-{Path(dump).stem}"
     if out.exists() and not overwrite:
         raise SGLangError(f"--out {out} exists: pass --overwrite to replace it")
+    refuse_a_symlinked_out(out, SGLangError)  # the run went into the link's target
     check_run_place(out, error=SGLangError)
     check_replaceable(out, "run.json", "a run directory", error=SGLangError)
     refuse_a_training_run(out, SGLangError)

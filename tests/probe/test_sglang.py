@@ -268,6 +268,22 @@ def test_overwrite_keeps_and_names_what_no_run_writes(world, tmp_path, capsys):
     assert not list(tmp_path.glob(".run*"))  # no temporary folder left beside it
 
 
+def test_overwrite_refuses_a_symlinked_out_as_record_does(world, tmp_path, capsys):
+    """`--out LINK --overwrite`, LINK a symbolic link to a run, wrote the new run into the link's target,
+    where `record --overwrite` refuses such an --out with one line (a tour): the same check now."""
+    from probe.__main__ import main
+
+    run = import_sglang(world["stat"], tmp_path / "r", config=str(world["config"]))
+    (tmp_path / "link").symlink_to(run)
+    code = main(["import", "sglang", str(world["per_pass"]), "--config", str(world["config"]),
+                 "--out", str(tmp_path / "link"), "--overwrite"])
+    assert code == 2 and capsys.readouterr().err == (
+        f"error: --out {tmp_path / 'link'}: a symbolic link (to {run}); --overwrite replaces a run directory: "
+        "pass the directory itself\n")
+    assert probe.open_run(run).info["source"]["mode"] == "stat" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "link", "r"]
+
+
 def test_overwrite_refuses_a_training_run(world, tmp_path):
     """--overwrite deleted a training run, its trained model and checkpoint with it (a tour)."""
     out = tmp_path / "small"
