@@ -23,8 +23,8 @@ if __package__ in (None, ""):  # `python data/tokenizer.py`
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
 
 from data.build_corpus import DATA_DIR, CorpusError, read_jsonl  # noqa: E402
-from probe.job import (check_file_replaceable, check_not_an_input, check_out_parent, path_arg,  # noqa: E402
-                       terminate_as_interrupt)
+from probe.job import (check_file_replaceable, check_not_an_input, check_out_parent, first_line,  # noqa: E402
+                       path_arg, terminate_as_interrupt)
 from probe.writer import replacing  # noqa: E402
 
 SPECIAL_TOKENS = ("<|bos|>", "<|eos|>", "<|pad|>")
@@ -59,11 +59,19 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096, min_frequency:
 
 def save_tokenizer(tok: Tokenizer, path: str | Path) -> None:
     """Write `tokenizer.json` under a temporary name, then rename; a failed or stopped save removes the
-    temporary (`tokenizer.json.tmp` was left beside it for good) and leaves `path` as it was."""
+    temporary (`tokenizer.json.tmp` was left beside it for good) and leaves `path` as it was. A write
+    the OS refuses (a file or folder put where --out goes since it was checked) is a CorpusError naming
+    `path`: an OSError, or the bare Exception `tokenizers` raises for its own write, was a traceback."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with replacing(path) as tmp:
-        tok.save(str(tmp))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with replacing(path) as tmp:
+            tok.save(str(tmp))
+    except Exception as e:
+        if not isinstance(e, OSError) and type(e) is not Exception:  # a bug of ours stays a traceback
+            raise
+        why = e.strerror if isinstance(e, OSError) and e.strerror else first_line(e)  # not the temporary's name
+        raise CorpusError(f"{path}: cannot write the tokenizer there ({why}); nothing written") from None
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
@@ -125,6 +133,21 @@ def main(argv: list[str] | None = None) -> None:
     ns = p.parse_args(argv)
     with terminate_as_interrupt():  # SIGTERM (`timeout`, a scheduler) as Ctrl-C: the temporary is removed
         tok, val = _train(ns)
+    print(f"wrote {ns.out} (vocab {tok.get_vocab_size()})")
+    if tok.get_vocab_size() < ns.vocab_size:  # it was a smaller vocabulary without a word (a tour)
+        print(f"note: --vocab-size {ns.vocab_size} asked for more: the corpus has no further pair seen at least "
+              f"{ns.min_frequency} times (--min-frequency) to merge", file=sys.stderr)
+    try:
+        with terminate_as_interrupt():
+            _print_validation(tok, val)
+    except KeyboardInterrupt:  # a traceback before (SIGTERM ended it without a word); the tokenizer is saved
+        print(f"\ninterrupted: the validation figures were cut short; {ns.out} is written and complete",
+              file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def _print_validation(tok: Tokenizer, val: list[dict]) -> None:
+    """Per domain of the validation split: its tokens, bytes per token and documents that round-trip."""
     by_domain: dict[str, list[int]] = {}
     for d in val:
         n = by_domain.setdefault(d["domain"], [0, 0, 0])
@@ -132,10 +155,6 @@ def main(argv: list[str] | None = None) -> None:
         n[0] += len(d["text"].encode("utf-8"))
         n[1] += len(ids)
         n[2] += tok.decode(ids, skip_special_tokens=False) == d["text"]
-    print(f"wrote {ns.out} (vocab {tok.get_vocab_size()})")
-    if tok.get_vocab_size() < ns.vocab_size:  # it was a smaller vocabulary without a word (a tour)
-        print(f"note: --vocab-size {ns.vocab_size} asked for more: the corpus has no further pair seen at least "
-              f"{ns.min_frequency} times (--min-frequency) to merge", file=sys.stderr)
     for domain, (nbytes, ntok, ok) in sorted(by_domain.items()):
         print(f"  val {domain:<11} {ntok:>8,} tokens  {nbytes / max(ntok, 1):.2f} bytes/token  "
               f"round trip {ok}/{sum(d['domain'] == domain for d in val)} docs")

@@ -151,6 +151,61 @@ def test_tokenizer_command_ctrl_c_is_one_line_and_writes_nothing(tmp_path, capsy
     assert capsys.readouterr().err.strip() == f"interrupted: nothing written ({out} is as it was)"
 
 
+def test_tokenizer_command_stopped_during_the_validation_figures_is_one_line(tmp_path, capsys, monkeypatch):
+    """Ctrl-C during the validation figures printed after the save was a KeyboardInterrupt traceback
+    (SIGTERM ended it without a word): one line now, naming the tokenizer already written, which stays."""
+    import signal
+
+    for split in ("train.jsonl", "val.jsonl"):
+        (tmp_path / split).write_text(json.dumps({"id": "a", "domain": "math", "text": TEXTS[0]}) + "\n")
+    out = tmp_path / "tok.json"
+    real, before = tokenizer.train_tokenizer, signal.getsignal(signal.SIGTERM)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        tok = real(TEXTS, 300)
+
+        class Stopped:  # the saved tokenizer, whose encoding for the figures is stopped
+            save, get_vocab_size = tok.save, tok.get_vocab_size
+
+            def encode(self, text):
+                # without a handler of the command's own, SIGTERM would end the test process itself
+                assert signal.getsignal(signal.SIGTERM) is not before, "SIGTERM is left to Python's default"
+                signal.raise_signal(signum)
+
+        monkeypatch.setattr(tokenizer, "train_tokenizer", lambda texts, v, f: Stopped())
+        with pytest.raises(SystemExit) as e:
+            try:
+                tokenizer.main(["--corpus", str(tmp_path), "--out", str(out), "--vocab-size", "300"])
+            except KeyboardInterrupt:
+                pytest.fail("Ctrl-C is a traceback")
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 130 and err == f"interrupted: the validation figures were cut short; {out} is written " \
+                                              "and complete", (signum, err)
+        assert tokenizer.load_tokenizer(out).to_str() == tok.to_str()
+        out.unlink()
+
+
+def test_tokenizer_command_save_refused_by_the_os_is_one_line(tmp_path, capsys, monkeypatch):
+    """A save that fails after the checks (a folder made at --out, its parent made a file meanwhile, or
+    the bare Exception `tokenizers` raises for its own write) was a traceback: one line, naming the file."""
+    (tmp_path / "train.jsonl").write_text(json.dumps({"id": "a", "domain": "math", "text": TEXTS[0]}) + "\n")
+    tok = tokenizer.train_tokenizer(TEXTS, 300)
+
+    class Refused:
+        def save(self, path):
+            raise Exception("No space left on device (os error 28)")
+
+    cases = ((tmp_path / "dir.json", lambda: (tmp_path / "dir.json").mkdir() or tok, "Is a directory"),
+             (tmp_path / "sub" / "t.json", lambda: (tmp_path / "sub").write_text("x") or tok, "File exists"),
+             (tmp_path / "t.json", Refused, "No space left on device (os error 28)"))
+    for out, trained, why in cases:
+        monkeypatch.setattr(tokenizer, "train_tokenizer", lambda texts, v, f: trained())
+        with pytest.raises(SystemExit) as e:
+            tokenizer.main(["--corpus", str(tmp_path), "--out", str(out), "--vocab-size", "300"])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err == f"error: {out}: cannot write the tokenizer there ({why}); nothing written\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.json", "sub", "train.jsonl"]
+
+
 # ------------------------------------------------------------------------------------------ report
 def test_unigram_loss_is_add_one_cross_entropy_per_domain():
     texts = ["abca"] * 200 + ["cb"] * 100 + ["d"]  # more than one batch of 256 documents
