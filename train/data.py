@@ -81,8 +81,9 @@ def _cache_file(cache_dir: Path, jsonl: Path, tok) -> Path:
 def _save_cache(cached: Path, streams: dict[str, np.ndarray]) -> None:
     """Write the cache under a temporary name and rename it; then delete the caches of the same corpus
     and tokenizer made from an earlier content of the file, which no run reads again (one was kept for
-    every edit of the corpus, without bound; a tour). Other corpora's and tokenizers' caches stay, as
-    do the temporaries of runs still writing theirs."""
+    every edit of the corpus, without bound; a tour), and their temporaries left by runs that are gone
+    (killed by SIGKILL: no `finally` removed them; a tour). Other corpora's and tokenizers' caches stay,
+    as do the temporaries of runs still writing theirs (their process is alive)."""
     cached.parent.mkdir(parents=True, exist_ok=True)
     tmp = cached.with_name(f"{cached.stem}.{os.getpid()}.tmp.npz")  # concurrent runs share the cache
     try:
@@ -90,10 +91,23 @@ def _save_cache(cached: Path, streams: dict[str, np.ndarray]) -> None:
         os.replace(tmp, cached)
     finally:  # a Ctrl-C or a full disk part-way left the partial file in the cache for good
         tmp.unlink(missing_ok=True)
-    same = re.compile(re.escape(cached.stem.rsplit("-", 1)[0]) + r"-[0-9a-f]{16}\.npz")
+    same = re.compile(re.escape(cached.stem.rsplit("-", 1)[0]) + r"-[0-9a-f]{16}(?:\.(\d+)\.tmp)?\.npz")
     for old in cached.parent.iterdir():
-        if old != cached and same.fullmatch(old.name):
+        m = same.fullmatch(old.name)
+        if old != cached and m and (m[1] is None or not _alive(int(m[1]))):
             old.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` exists (another user's too); a temporary named by a pid of no process is a
+    killed run's."""
+    try:
+        os.kill(pid, 0)  # signal 0: only asks
+    except (ProcessLookupError, OverflowError):  # no such process (OverflowError: not even such a pid)
+        return False
+    except PermissionError:  # another user's
+        pass
+    return True
 
 
 def token_streams(jsonl: Path, tok, cache_dir: Path | None) -> dict[str, np.ndarray]:

@@ -4,6 +4,7 @@ hand-made streams. (Whole training runs: test_train.py.)"""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -140,7 +141,7 @@ def test_the_cache_of_an_edited_corpus_replaces_its_earlier_one_and_no_other(tmp
     keep = {p.name for p in cache.iterdir()}
     token_streams(jsonl, tok, cache)
     (first,) = {p.name for p in cache.iterdir()} - keep
-    running = cache / f"{first[:-4]}.99999.tmp.npz"  # a run still writing its cache of the same corpus
+    running = cache / f"{first[:-4]}.{os.getpid()}.tmp.npz"  # a run still writing its cache of the same corpus
     running.write_bytes(b"PK")
     for text in ("second words", "third words"):
         jsonl.write_text(json.dumps({"text": text, "domain": "a"}) + "\n")
@@ -151,3 +152,29 @@ def test_the_cache_of_an_edited_corpus_replaces_its_earlier_one_and_no_other(tmp
     assert keep < set(now)  # the other corpus' and the other tokenizer's caches stay
     again = token_streams(jsonl, tok, cache)  # the new cache is the one read
     assert np.array_equal(again["a"], streams["a"]) and sorted(p.name for p in cache.iterdir()) == now
+
+
+def test_a_killed_runs_temporary_cache_is_removed_and_a_live_ones_kept(tmp_path):
+    """A training run killed by SIGKILL while saving its token cache left its `*.PID.tmp.npz` in the cache
+    folder for good (a tour). The next save of the same corpus removes those of processes that are gone,
+    and leaves those of live ones (a run still writing) and another corpus' alone."""
+    import subprocess
+    import sys
+
+    tok = load_tokenizer(REPO / "data" / "tokenizer.json")
+    jsonl, cache = tmp_path / "train.jsonl", tmp_path / "cache"
+    jsonl.write_text(json.dumps({"text": "first words", "domain": "a"}) + "\n")
+    token_streams(jsonl, tok, cache)
+    (first,) = (p.name for p in cache.iterdir())
+    gone = subprocess.Popen([sys.executable, "-c", ""])
+    gone.wait()  # reaped: no process has its pid now
+    other_corpus = f"val-{'0' * 8}-{'0' * 16}.{gone.pid}.tmp.npz"  # another corpus' killed run: not this save's
+    dead, live = (cache / f"{first[:-4]}.{pid}.tmp.npz" for pid in (gone.pid, os.getpid()))
+    earlier = cache / f"{first.rsplit('-', 1)[0]}-{'1' * 16}.{gone.pid}.tmp.npz"  # of an earlier content, killed
+    for f in (dead, live, earlier, cache / other_corpus):
+        f.write_bytes(b"PK")
+    jsonl.write_text(json.dumps({"text": "second words", "domain": "a"}) + "\n")
+    token_streams(jsonl, tok, cache)
+    now = {p.name for p in cache.iterdir()}
+    assert live.name in now and other_corpus in now and dead.name not in now and earlier.name not in now, now
+    assert len(now) == 3  # and the new cache (the first one replaced)
