@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from probe.job import (check_inputs_outside, check_not_an_input, check_out_parent, check_replaceable,
-                       closed_pipe_quiet, os_refusal, path_text, terminate_as_interrupt)
+                       closed_pipe_quiet, os_refusal, path_text, refuse_a_symlinked_out, terminate_as_interrupt)
 from probe.out_paths import is_checkpoint_file
 from probe.writer import replace_entries, say_kept
 
@@ -68,6 +68,7 @@ def without_router_bias(ckpt: str | Path, out: str | Path, overwrite: bool = Fal
                            "variant elsewhere, so that both can be compared")
     if out.exists() and not overwrite:
         raise VariantError(f"--out {out}: exists (pass --overwrite to replace it)")
+    refuse_a_symlinked_out(out, VariantError, "a checkpoint directory")  # as record and import sglang do
     check_replaceable(out, "config.json", "a checkpoint directory", error=VariantError)
     # the variant copies the checkpoint's folders too: one inside it would be copied into itself, and
     # --overwrite of a folder holding the checkpoint would delete the source

@@ -171,12 +171,13 @@ def check_replaceable(out: Path, marker: str, what: str, flag: str = "--out",
         raise error(f"{flag} {out} is not {what} (no {marker}): refusing to delete it")
 
 
-def refuse_a_symlinked_out(out: Path, error: type[Exception] = RecordError) -> None:
-    """Before a run directory `out` is replaced (`--overwrite`): not a symbolic link. `record` found one
-    only when deleting it, after the model had loaded (a review); `import sglang` wrote the new run into
-    the link's target, where record refused it (a tour)."""
+def refuse_a_symlinked_out(out: Path, error: type[Exception] = RecordError, what: str = "a run directory") -> None:
+    """Before `what` in the directory `out` is replaced (`--overwrite`): not a symbolic link. `record`
+    found one only when deleting it, after the model had loaded (a review); `import sglang` wrote the new
+    run into the link's target, where record refused it, and `analyses.variants` replaced the link by a
+    folder, leaving the link under a hidden name (tours)."""
     if out.is_symlink():
-        raise error(f"--out {out}: a symbolic link (to {os.readlink(out)}); --overwrite replaces a run directory: "
+        raise error(f"--out {out}: a symbolic link (to {os.readlink(out)}); --overwrite replaces {what}: "
                     "pass the directory itself")
 
 

@@ -82,6 +82,17 @@ def test_overwrite_replaces_only_what_a_variant_is_made_of(ckpt, tmp_path, capsy
     assert not list(tmp_path.glob(".*")) and not list(out.glob(".*"))  # no temporary or old folder left
 
 
+def test_overwrite_refuses_a_symlinked_out_as_record_does(ckpt, tmp_path, capsys):
+    """--out LINK --overwrite, LINK a symbolic link to a variant, replaced the link by a folder and left
+    the link under a hidden name for good; record and import sglang refuse such an --out (a tour)."""
+    out, _ = variants.without_router_bias(ckpt[0], tmp_path / "nb")
+    (tmp_path / "link").symlink_to(out)
+    assert variants.main(["no-router-bias", "--ckpt", str(ckpt[0]), "--out", str(tmp_path / "link"), "--overwrite"]) == 2
+    assert capsys.readouterr().err == (f"error: --out {tmp_path / 'link'}: a symbolic link (to {out}); --overwrite "
+                                       "replaces a checkpoint directory: pass the directory itself\n")
+    assert (tmp_path / "link").is_symlink() and sorted(p.name for p in tmp_path.iterdir()) == ["link", "nb"]
+
+
 def test_errors_are_one_line(ckpt, tmp_path, capsys, monkeypatch):
     src, _ = ckpt
     (tmp_path / "exists").mkdir()
