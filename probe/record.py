@@ -37,9 +37,10 @@ from .job import (DEFAULT_CKPT, DEFAULT_CORPUS, RecordError, agree, bound_heap, 
                   default_seq_len, first_line, job_options, load_model, load_tokenizer, os_refusal, package_version,
                   refuse_a_symlinked_out, refuse_a_training_run, resolve_paths, same_checkpoint, signals_held,
                   start_world, window_length)
+from .overwrite import clear_run, say_kept
 from .record_loop import record_batches
 from .record_tables import FINAL_TABLES, SESSION_KEYS, router_biases, write_router_bias
-from .writer import (RunError, check_committed, clear_run, replace_keeping_others, say_kept, updating_run_json,
+from .writer import (RunError, check_committed, replace_keeping_others, updating_run_json,
                      write_json_atomic, writer_lock)
 
 __all__ = ["RecordOptions", "RecordError", "record", "default_seq_len", "DEFAULT_CKPT", "DEFAULT_CORPUS"]

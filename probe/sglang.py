@@ -63,7 +63,8 @@ from .job import (DEFAULT_RUNS, check_inputs_outside, check_out_parent, check_re
                   refuse_a_training_run)
 from .schema import TABLES
 from .sglang_dumps import DOMAIN, Dump, SGLangError, Shape, find_dumps, model_shape
-from .writer import PartWriter, replace_run, say_kept, write_json_atomic
+from .overwrite import replace_run, say_kept
+from .writer import PartWriter, write_json_atomic
 
 # ------------------------------------------------------------------------------ the import
 def import_sglang(dump: str | Path, out: str | Path | None = None, config: str | None = None,

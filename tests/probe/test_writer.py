@@ -333,7 +333,7 @@ def test_replace_entries_replaces_only_the_outputs_own_and_keeps_them_whole_unti
         tmp_path, monkeypatch):
     """variants --overwrite replaced the whole folder, deleting a user's notes kept beside the variant (a
     tour): only entries of the new output's names and those `ours` names go, once every new one is in."""
-    from probe import writer
+    from probe import overwrite
 
     def tree(d):
         return {p.name: p.read_text() for p in d.iterdir() if p.is_file()}
@@ -353,12 +353,12 @@ def test_replace_entries_replaces_only_the_outputs_own_and_keeps_them_whole_unti
             raise KeyboardInterrupt
         real(src, dst)
 
-    monkeypatch.setattr(writer.os, "replace", stopped)
+    monkeypatch.setattr(overwrite.os, "replace", stopped)
     with pytest.raises(KeyboardInterrupt):
-        writer.replace_entries(new, out, lambda e: e.name == "b")
+        overwrite.replace_entries(new, out, lambda e: e.name == "b")
     assert (out / ".overwritten999.tmp").is_dir() and len(list(out.iterdir())) == 4
     assert tree(out) == {"a": "old a", "b": "old b", "notes": "mine"} and tree(new) == {"a": "new a", "c": "new c"}
-    monkeypatch.setattr(writer.os, "replace", real)
-    assert writer.replace_entries(new, out, lambda e: e.name == "b") == ["notes"]
+    monkeypatch.setattr(overwrite.os, "replace", real)
+    assert overwrite.replace_entries(new, out, lambda e: e.name == "b") == ["notes"]
     assert tree(out) == {"a": "new a", "c": "new c", "notes": "mine"} and not new.exists()
     assert sorted(p.name for p in out.iterdir()) == ["a", "c", "notes"]  # the killed one's old entries gone too
