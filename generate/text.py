@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from probe.errors import given_path
+
 from .sampling import GenerateError
 
 USER, ASSISTANT = "<｜User｜>", "<｜Assistant｜>"
@@ -63,10 +65,11 @@ def _read_json(p: Path) -> dict:
 
 
 def load_codec(ckpt: str | os.PathLike, args=None) -> TextCodec:
-    """tokenizer.json (required) + tokenizer_config.json / generation_config.json (optional)."""
+    """tokenizer.json (required) + tokenizer_config.json / generation_config.json (optional). An empty
+    `ckpt` is a GenerateError, not the current folder."""
     from tokenizers import Tokenizer
 
-    ckpt = Path(ckpt)
+    ckpt = given_path(ckpt, "ckpt", GenerateError)
     path = ckpt / "tokenizer.json"
     if not path.exists():
         raise GenerateError(f"{ckpt}: no tokenizer.json (generation needs the checkpoint's tokenizer)")

@@ -30,6 +30,15 @@ class ConfigError(ValueError):
     """A config that cannot describe a model we can build (message names the file and key)."""
 
 
+def given_path(path, what: str, error: type[Exception]) -> Path:
+    """`path` (text or os.PathLike) as a Path for a library call, refusing empty text by name as `error`:
+    Path('') is '.', so `model.load("")` read the current folder and its error said '.' (model's own
+    copy of `probe.errors.given_path`: the model library does not import probe)."""
+    if isinstance(path, str) and not path.strip():
+        raise error(f"{what}={path!r}: an empty path (for the current folder, give .)")
+    return Path(path)
+
+
 @dataclass
 class ModelArgs:
     # sizes
@@ -222,11 +231,12 @@ class ModelArgs:
 
     @classmethod
     def from_hf_config(cls, source: str | Path | dict[str, Any]) -> "ModelArgs":
-        """Read a DeepSeek-V3 / V2 / V2-Lite Hugging Face `config.json` (a directory, a file, or a dict)."""
+        """Read a DeepSeek-V3 / V2 / V2-Lite Hugging Face `config.json` (a directory, a file, or a dict;
+        an empty path is a ConfigError, not the current folder)."""
         if isinstance(source, dict):
             cfg, where = dict(source), "config dict"
         else:
-            p = Path(source)
+            p = given_path(source, "source", ConfigError)
             if p.is_dir():
                 p = p / "config.json"
             where = str(p)

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from .args import ConfigError, ModelArgs
+from .args import ConfigError, ModelArgs, given_path
 from .checkpoint_checks import CheckpointError, _check_tensor, _expected, _index_name_problem, _plan
 from .fp8 import dequantize_block
 from .names import Target, ours_to_hf, scale_name
@@ -170,11 +170,12 @@ def load(path: str | os.PathLike, *, dtype: torch.dtype | None = None, device=No
         (data-parallel replicas, as `probe record` under torchrun uses); or a `model.parallel.Shards`.
         See model/parallel.py.
     MTP weights (layer n_layers) are loaded when present; without them the model has no MTP module.
+    An empty `path` is a CheckpointError, not the current folder.
     """
     if gemm_impl not in GEMM_IMPLS:
         raise CheckpointError(f"gemm_impl={gemm_impl!r}: choose one of {GEMM_IMPLS}")
     dtype, device = _check_placement(dtype, device)
-    path = Path(path)
+    path = given_path(path, "path", CheckpointError)
     args, files, headers = _open(path)
     _check_layer_count(path, args, headers)
     dtype = dtype or getattr(torch, args.dtype)
@@ -425,7 +426,7 @@ def inspect(path: str | os.PathLike, *, gemm_impl: str = "bf16", dtype: torch.dt
     unknown) and the headers of the shards already there (the others' shapes need their files).
     Returns what was checked:
     {"args", "checked": "headers" | "index", "files", "missing_files", "tensors", "fp8", "mtp"}."""
-    path = Path(path)
+    path = given_path(path, "path", CheckpointError)
     if not (path / "config.json").exists():
         raise CheckpointError(f"{path}: no config.json (a Hugging Face checkpoint directory needs one)")
     index = path / "model.safetensors.index.json"

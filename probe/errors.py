@@ -1,5 +1,8 @@
 """The jobs' error for bad options or inputs, and how an exception becomes one line of a report
-(`probe.job` re-exports both; `probe/out_paths.py` and `probe/writer.py` use them)."""
+(`probe.job` re-exports both; `probe/out_paths.py` and `probe/writer.py` use them); an empty path
+refused by name, for the commands' flags (`probe.job.path_text`) and the library calls (`given_path`)."""
+
+from pathlib import Path
 
 
 class RecordError(ValueError):
@@ -10,3 +13,15 @@ def first_line(e: BaseException, limit: int | None = 300) -> str:
     """An exception's message as one line for an error report: its first line, cut at `limit`
     characters (a backend error can run to pages), or its type's name where it has no message."""
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:limit]
+
+
+EMPTY_PATH = "an empty path (for the current folder, give .)"
+
+
+def given_path(path, what: str, error: type[Exception]) -> Path:
+    """`path` (text or os.PathLike) as a Path for a library call, refusing empty text by name as `error`:
+    Path('') is '.', so `probe.open_run(os.environ.get("RUN", ""))` read the current folder and its error
+    said '.' (the commands refuse an empty flag in argparse: `probe.job.path_text`)."""
+    if isinstance(path, str) and not path.strip():
+        raise error(f"{what}={path!r}: {EMPTY_PATH}")
+    return Path(path)

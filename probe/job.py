@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import RecordError, first_line
+from .errors import EMPTY_PATH, RecordError, first_line
 # the jobs import these here
 from .job_signals import quiet_start, signals_held, terminate_as_interrupt  # noqa: F401
 from .out_paths import (  # noqa: F401
@@ -41,7 +41,7 @@ def path_text(text: str) -> str:
     as '.' is not. The jobs read '' as "not given" and took their default (`record --corpus "$CORPUS"`
     recorded the bundled corpus), and Path('') is '.' (`train --out ''` wrote into the current folder)."""
     if not text.strip():
-        raise argparse.ArgumentTypeError("an empty path (for the current folder, give .)")
+        raise argparse.ArgumentTypeError(EMPTY_PATH)
     return text
 
 

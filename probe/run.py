@@ -17,6 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .errors import given_path
 from .schema import TABLES
 from .writer import PROGRESS, RunError, read_run_json
 
@@ -82,7 +83,7 @@ class Run:
     committed so far are read; `status` re-reads run.json)."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+        self.path = given_path(path, "path", RunError)
         self.info = read_run_json(self.path)
         self._con = None
         self._parts: tuple | None = None  # the part files the connection's views were made over
@@ -217,5 +218,5 @@ class Run:
 def open_run(path: str | Path) -> Run:
     """The run directory at `path` (it must hold run.json) for reading: `Run.tables`, `Run.df`,
     `Run.arrow`, `Run.rel`, `Run.sql` and `Run.info` (run.json). A missing or unreadable run.json is a
-    `RunError` naming the path."""
+    `RunError` naming the path; so is an empty path ('' is not the current folder)."""
     return Run(path)

@@ -157,6 +157,15 @@ def test_a_git_lfs_pointer_for_tokenizer_json_is_named_as_one(demo_dir, tmp_path
     assert "not a readable tokenizer" in str(e.value) and "LFS" not in str(e.value)
 
 
+def test_an_empty_checkpoint_path_is_refused_by_name_not_read_as_the_current_folder(demo_dir, monkeypatch):
+    """Path('') is '.': load_codec("") read the current folder's tokenizer, and elsewhere said
+    '.: no tokenizer.json'."""
+    monkeypatch.chdir(demo_dir)
+    with pytest.raises(GenerateError, match=r"^ckpt='': an empty path \(for the current folder, give \.\)$"):
+        load_codec("")
+    assert load_codec(".").tokenizer is not None
+
+
 def test_output_the_prompt_file_itself_is_refused(demo_dir, tmp_path, capsys, monkeypatch):
     """--output appended the results to the JSONL prompt file, whose next run read them back as prompts."""
     prompts = tmp_path / "p.jsonl"

@@ -441,6 +441,20 @@ def test_error_not_a_directory(tiny_dir, tmp_path):
     load_error(tmp_path / "nowhere", tmp_path / "nowhere")
 
 
+def test_an_empty_path_is_refused_by_name_not_read_as_the_current_folder(tiny_dir, monkeypatch):
+    """Path('') is '.': model.load("") (an unset variable in a notebook) loaded whatever checkpoint the
+    current folder held, and elsewhere said '.: no config.json'."""
+    monkeypatch.chdir(tiny_dir)
+    for empty in ("", "  "):
+        msg = load_error(empty, f"path={empty!r}: an empty path")
+        assert not msg.startswith(".")
+        with pytest.raises(CheckpointError, match="path='': an empty path"):
+            ckpt.inspect("")
+    with pytest.raises(model.ConfigError, match="source='': an empty path"):
+        model.ModelArgs.from_hf_config("")
+    assert model.load(".", device="meta").args.n_layers  # the current folder, given as '.', still loads
+
+
 def test_dtype_by_name_and_devices_this_machine_lacks(tiny, tiny_dir):
     """dtype may be named as a string; a name torch lacks, or a CUDA device torch does not see, is a
     CheckpointError before anything is read (not torch's TypeError or an assertion from its CUDA init)."""

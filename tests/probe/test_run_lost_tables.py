@@ -74,3 +74,13 @@ def test_a_table_without_rows_or_a_run_not_complete_reads_as_empty(run):
         r.df("tokens")
     with pytest.raises(Exception, match="tokens: listed in run.json"):
         r.sql("select * from tokens").fetchall()
+
+
+def test_an_empty_path_is_refused_by_name_not_read_as_the_current_folder(run, monkeypatch):
+    """Path('') is '.': probe.open_run("") (an unset variable in a notebook) opened whatever run the current
+    folder held, and elsewhere said '.: not a run directory'."""
+    monkeypatch.chdir(run)
+    for empty in ("", " "):
+        with pytest.raises(RunError, match=f"^path={empty!r}: an empty path \\(for the current folder, give \\.\\)$"):
+            probe.open_run(empty)
+    assert probe.open_run(".").status == "complete"
