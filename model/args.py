@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 import numbers
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,11 +32,14 @@ class ConfigError(ValueError):
 
 
 def given_path(path, what: str, error: type[Exception]) -> Path:
-    """`path` (text or os.PathLike) as a Path for a library call, refusing empty text by name as `error`:
-    Path('') is '.', so `model.load("")` read the current folder and its error said '.' (model's own
-    copy of `probe.errors.given_path`: the model library does not import probe)."""
+    """`path` (text or os.PathLike) as a Path for a library call, refusing empty text or another type by
+    name as `error`: Path('') is '.', so `model.load("")` read the current folder and its error said '.',
+    and `model.load(5)` was Path's own TypeError (model's own copy of `probe.errors.given_path`: the
+    model library does not import probe)."""
     if isinstance(path, str) and not path.strip():
         raise error(f"{what}={path!r}: an empty path (for the current folder, give .)")
+    if not isinstance(path, (str, os.PathLike)):  # Path(5) was Python's own TypeError
+        raise error(f"{what}={path!r}: expected a path (str or os.PathLike), not {type(path).__name__}")
     return Path(path)
 
 
@@ -235,6 +239,9 @@ class ModelArgs:
         an empty path is a ConfigError, not the current folder)."""
         if isinstance(source, dict):
             cfg, where = dict(source), "config dict"
+        elif not isinstance(source, (str, os.PathLike)):  # Path(5) was Python's own TypeError
+            raise ConfigError(f"source={source!r}: expected a checkpoint directory, a config.json path or a "
+                              f"config dict, not {type(source).__name__}")
         else:
             p = given_path(source, "source", ConfigError)
             if p.is_dir():

@@ -149,6 +149,10 @@ def test_from_hf_config_reads_dir_and_file(tmp_path):
         == ModelArgs.from_hf_config(V3_HF)
     with pytest.raises(ConfigError, match="config.json"):
         ModelArgs.from_hf_config(tmp_path / "missing")
+    for wrong, kind in ((5, "int"), (None, "NoneType"), ([V3_HF], "list")):  # Path(5): Python's own TypeError
+        with pytest.raises(ConfigError, match=rf"^source=.*: expected a checkpoint directory, a config.json path "
+                                              rf"or a config dict, not {kind}$"):
+            ModelArgs.from_hf_config(wrong)
 
 
 def test_yarn_without_mscale_all_dim():

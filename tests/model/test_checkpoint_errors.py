@@ -455,6 +455,10 @@ def test_an_empty_path_is_refused_by_name_not_read_as_the_current_folder(tiny_di
     assert model.load(".", device="meta").args.n_layers  # the current folder, given as '.', still loads
 
 
+def test_a_path_that_is_not_text_or_a_path_is_refused_by_name():
+    load_error(5, "path=5: expected a path (str or os.PathLike), not int")  # was Path(5)'s own TypeError
+
+
 def test_dtype_by_name_and_devices_this_machine_lacks(tiny, tiny_dir):
     """dtype may be named as a string; a name torch lacks, or a CUDA device torch does not see, is a
     CheckpointError before anything is read (not torch's TypeError or an assertion from its CUDA init)."""
