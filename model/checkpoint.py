@@ -223,6 +223,9 @@ def float_dtype(dtype, what: str) -> torch.dtype | None:
     return named
 
 
+_DEVICES = "'cpu', 'cuda', 'cuda:N' or 'meta'"
+
+
 def _check_placement(dtype, device) -> tuple[torch.dtype | None, torch.device | None]:
     """`dtype` (a torch.dtype, or its name: "bfloat16", "torch.float32") and `device`, checked before
     anything is read: a name torch lacks, or a CUDA device this machine does not have, is one line."""
@@ -231,10 +234,11 @@ def _check_placement(dtype, device) -> tuple[torch.dtype | None, torch.device | 
         return dtype, None
     try:
         device = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise CheckpointError(f"device={device!r}: {e}") from None
+    except (RuntimeError, TypeError) as e:  # torch lists its 20 device types ('gpu'), or its overloads (5.0)
+        why = str(e).splitlines()[0] if isinstance(device, int) else f"expected {_DEVICES} or a torch.device"
+        raise CheckpointError(f"device={device!r}: {why}") from None
     if device.type not in ("cpu", "cuda", "meta"):
-        raise CheckpointError(f"device={str(device)!r}: the model runs on 'cpu', 'cuda' or 'meta'")
+        raise CheckpointError(f"device={str(device)!r}: the model runs on {_DEVICES}")
     if device.type == "cuda" and not (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()):
         have = torch.cuda.device_count() if torch.cuda.is_available() else 0
         raise CheckpointError(f"device={str(device)!r}: this machine's torch sees {have} CUDA device(s)")
