@@ -38,6 +38,7 @@ from .fp8 import dequantize_block
 from .names import Target, ours_to_hf, scale_name
 from .parallel import Cut, device_for, install, resolve as resolve_shards, shard_
 from .layers import rope_inv_freq
+from .mla import ATTN_IMPLS
 from .tensor_reader import DTYPES, ReadError, TensorReader, copy_range
 from .transformer import Transformer
 
@@ -174,6 +175,8 @@ def load(path: str | os.PathLike, *, dtype: torch.dtype | None = None, device=No
     """
     if gemm_impl not in GEMM_IMPLS:
         raise CheckpointError(f"gemm_impl={gemm_impl!r}: choose one of {GEMM_IMPLS}")
+    if attn_impl not in ATTN_IMPLS:  # before the checkpoint is read, as gemm_impl (it was MLA's ValueError)
+        raise CheckpointError(f"attn_impl={attn_impl!r}: choose one of {ATTN_IMPLS}")
     dtype, device = _check_placement(dtype, device)
     path = given_path(path, "path", CheckpointError)
     args, files, headers = _open(path)

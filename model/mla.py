@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .args import ModelArgs
+from .args import ConfigError, ModelArgs
 from .hooks import HookPoint
 from .layers import Linear, RMSNorm, apply_rope, dense_linear, grad_tracked, wide
 
@@ -75,7 +75,7 @@ class MLA(nn.Module):
     @attn_impl.setter
     def attn_impl(self, impl: str) -> None:
         if impl not in ATTN_IMPLS:
-            raise ValueError(f"attn_impl={impl!r}: choose one of {ATTN_IMPLS}")
+            raise ConfigError(f"attn_impl={impl!r}: choose one of {ATTN_IMPLS}")
         self._attn_impl = impl
         self.cache = {}  # the two layouts cache different tensors
 

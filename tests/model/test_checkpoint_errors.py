@@ -459,6 +459,13 @@ def test_a_path_that_is_not_text_or_a_path_is_refused_by_name():
     load_error(5, "path=5: expected a path (str or os.PathLike), not int")  # was Path(5)'s own TypeError
 
 
+def test_an_unknown_attn_impl_is_a_checkpoint_error_before_anything_is_read(tmp_path):
+    """It was MLA's plain ValueError, raised only once the checkpoint's config and headers were read."""
+    for path in (tmp_path / "nowhere", tmp_path):  # named even where the checkpoint is not there
+        with pytest.raises(CheckpointError, match=r"^attn_impl='flash': choose one of \('absorb', 'naive'\)$"):
+            model.load(path, attn_impl="flash")
+
+
 def test_dtype_by_name_and_devices_this_machine_lacks(tiny, tiny_dir):
     """dtype may be named as a string; a name torch lacks, or a CUDA device torch does not see, is a
     CheckpointError before anything is read (not torch's TypeError or an assertion from its CUDA init)."""

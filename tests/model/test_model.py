@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import model
+from model import ConfigError, Transformer
 from helpers import random_model
 from helpers.models import random_tokens as tokens, rel
 
@@ -282,8 +283,10 @@ def test_bad_forward_inputs():
     m.reset_cache()
     with pytest.raises(ValueError, match="prefill with use_cache=True first"):
         m(torch.zeros(1, 1, dtype=torch.long), start_pos=4)
-    with pytest.raises(ValueError, match="attn_impl"):
-        m.attn_impl = "flash"
+    with pytest.raises(ConfigError, match=r"^attn_impl='flash': choose one of \('absorb', 'naive'\)$"):
+        m.attn_impl = "flash"  # model's own error class, as from the constructor (was a plain ValueError)
+    with pytest.raises(ConfigError, match="attn_impl='flash'"):
+        Transformer(m.args, attn_impl="flash", device="meta")
     # per-row lengths and starts that do not fit the batch: one line, not a broadcast or a wrong mask
     x = torch.zeros(2, 4, dtype=torch.long)
     for kw, msg in [(dict(lengths=torch.tensor([4])), r"lengths: expected 2 integer lengths \(one per row\), got shape \(1,\)"),
