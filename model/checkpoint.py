@@ -152,8 +152,8 @@ def load(path: str | os.PathLike, *, dtype: torch.dtype | None = None, device=No
          attn_impl: str = "absorb", gemm_impl: str = "bf16", parallel="auto") -> Transformer:
     """Load a Hugging Face DeepSeek-V3/V2 checkpoint directory into a `Transformer` (eval mode).
 
-    dtype: compute dtype, a torch.dtype or its name (default: the config's `torch_dtype`; bf16 for
-        FP8 checkpoints). The router is always float32.
+    dtype: compute dtype, a torch.dtype or its name, "bfloat16" or the short "bf16" (also "fp16", "fp32",
+        "fp64"); default: the config's `torch_dtype`, bf16 for FP8 checkpoints. The router is always float32.
     device: where to build it; "meta" validates the checkpoint and reads no tensor data.
     gemm_impl: "bf16" dequantises FP8 weights into the compute dtype on load; "fp8" keeps every
         FP8 tensor of the checkpoint resident (float8_e4m3fn weight + float32 `*_scale_inv` block
@@ -214,15 +214,23 @@ def materialise(meta: Transformer, device) -> Transformer:
     return meta._apply(lambda t: torch.empty_strided(t.size(), t.stride(), dtype=t.dtype, device=device))
 
 
+SHORT_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "fp64": "float64"}
+
+
 def float_dtype(dtype, what: str) -> torch.dtype | None:
-    """A floating-point compute dtype from a torch.dtype or its name ("bfloat16", "torch.float32");
-    None stays None. Anything else (an integer or FP8 dtype, a name torch lacks) is a CheckpointError."""
+    """A floating-point compute dtype from a torch.dtype, its name ("bfloat16", "torch.float32") or the
+    common short name ("bf16", "fp16", "fp32", "fp64", which torch lacks: "bf16" was refused); None stays
+    None. Anything else (an integer or FP8 dtype, a name torch lacks) is a CheckpointError."""
     if dtype is None:
         return None
-    named = getattr(torch, dtype.removeprefix("torch."), None) if isinstance(dtype, str) else dtype
+    if isinstance(dtype, str):
+        name = dtype.removeprefix("torch.")
+        named = getattr(torch, SHORT_DTYPES.get(name, name), None)
+    else:
+        named = dtype
     if not isinstance(named, torch.dtype) or not named.is_floating_point or named.itemsize < 2:
         raise CheckpointError(f"{what}={dtype!r}: expected a floating-point torch dtype or its name "
-                              "(float32, bfloat16, float16, float64)")
+                              "(float32, bfloat16, float16, float64; or fp32, bf16, fp16, fp64)")
     return named
 
 

@@ -471,8 +471,12 @@ def test_dtype_by_name_and_devices_this_machine_lacks(tiny, tiny_dir):
     CheckpointError before anything is read (not torch's TypeError or an assertion from its CUDA init)."""
     m = model.load(tiny_dir, dtype="torch.bfloat16")
     assert m.embed.weight.dtype == torch.bfloat16 and m.layers[1].ffn.gate.weight.dtype == torch.float32
+    for short, meant in (("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp32", torch.float32),
+                         ("fp64", torch.float64)):  # "bf16" was refused, though torch's name was meant
+        assert model.load(tiny_dir, dtype=short, device="meta").embed.weight.dtype == meant
     with pytest.raises(CheckpointError, match=r"dtype=.half-ish.: expected a floating-point torch dtype or its "
-                                              r"name \(float32, bfloat16, float16, float64\)"):  # float64 loads too
+                                              r"name \(float32, bfloat16, float16, float64; or fp32, bf16, fp16, "
+                                              r"fp64\)"):  # float64 loads too
         model.load(tiny_dir, dtype="half-ish")
     with pytest.raises(CheckpointError, match="dtype=16: expected a floating-point torch dtype"):
         model.load(tiny_dir, dtype=16)
