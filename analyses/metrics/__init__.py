@@ -3,7 +3,8 @@
 Every metric has an array version (numpy, in memory) and a run version that aggregates a run
 directory's Parquet tables with DuckDB SQL (GROUP BY / UNNEST) so that only per-expert or per-layer
 aggregates reach Python. Run arguments accept a `probe.Run` or a run directory path. Bad input
-raises `MetricsError` (a ValueError) with a one-line message. A "load" is the number of (token,
+raises `MetricsError` (a ValueError) with a one-line message; so does a count or threshold outside its
+meaning (top=0, min_count=2.5, every=1, near=-1), naming the argument. A "load" is the number of (token,
 top-k slot) assignments an expert received.
 
     from analyses.metrics import balance_table, maxvio

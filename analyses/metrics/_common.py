@@ -43,11 +43,29 @@ def as_ids(ids, name: str = "expert_ids") -> np.ndarray:
     return a
 
 
+def whole_count(value, name: str, least: int = 1, why: str = "") -> int:
+    """`value` as an int of at least `least`: a whole number (3, numpy's 3, 3.0). A count or size
+    argument outside its meaning was taken without a word (top=0 gave every expert an empty list of
+    ids, top=-1 dropped its last id, min_count=2.5 read as 2 in SQL and 3 in numpy) or failed deep in
+    numpy or DuckDB ('LIMIT/OFFSET cannot be negative'); refused here by name (`why` says what it counts)."""
+    if isinstance(value, (bool, str, bytes)) or not isinstance(value, numbers.Real) or not float(value).is_integer() \
+            or value < least:
+        raise MetricsError(f"{name}={value!r}: expected a whole number >= {least}{why}")
+    return int(value)
+
+
+def positive_number(value, name: str, why: str = "") -> float:
+    """`value` as a float > 0 (a threshold): near=-1 or 0 made every share 0 without a word, NaN failed
+    in DuckDB ('Referenced column "nan" not found') and a string in float()."""
+    if isinstance(value, (bool, str, bytes)) or not isinstance(value, numbers.Real) or not 0 < value < float("inf"):
+        raise MetricsError(f"{name}={value!r}: expected a finite number > 0{why}")
+    return float(value)
+
+
 def n_experts_of(ids: np.ndarray, n_experts: int | None, name: str = "expert_ids") -> int:
     if n_experts is None:
         return int(ids.max()) + 1 if ids.size else 0
-    if n_experts < 1:
-        raise MetricsError(f"n_experts must be >= 1, got {n_experts}")
+    n_experts = whole_count(n_experts, "n_experts")
     if ids.size and ids.max() >= n_experts:
         raise MetricsError(f"{name}: expert id {ids.max()} out of range for {n_experts} experts")
     return int(n_experts)

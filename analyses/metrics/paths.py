@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._common import MetricsError, as_run, layer_numbers, need_rows, same_length
+from ._common import MetricsError, as_run, layer_numbers, need_rows, same_length, whole_count
 from .specialisation import contingency, domain_nmi, entropy
 
 
@@ -48,6 +48,7 @@ def path_keys(ids, k: int = 1) -> np.ndarray:
     """[T, L*k] the path of each token: top-1 per layer (k=1, ordered by layer), or each layer's
     top-k set sorted (k>1, so that two tokens with the same sets have equal keys)."""
     a = _as_routes(ids)
+    k = whole_count(k, "k", why=" (experts per layer in a path)")  # 1.5 was numpy's slice TypeError
     if not 1 <= k <= a.shape[2]:
         raise MetricsError(f"k={k}: must be between 1 and the K={a.shape[2]} experts recorded per token")
     sub = a[:, :, :k] if k == 1 else np.sort(a[:, :, :k], axis=2)
@@ -165,6 +166,8 @@ def common_paths(ids, domains=None, token_ids=None, k: int = 1, top: int = 10,
     the path's tokens, with `token_ids` the path's most frequent token ids (ties by id)."""
     import pandas as pd
 
+    top = whole_count(top, "top", why=" (paths listed)")  # top=-1 listed all but the rarest path
+    examples = whole_count(examples, "examples", 0, " (token ids listed per path)")
     uniq, codes = path_codes(ids, k)
     n = np.bincount(codes, minlength=len(uniq)) if len(codes) else np.zeros(0, np.int64)
     order = np.lexsort((np.arange(len(n)), -n))[:top]
@@ -212,8 +215,7 @@ class Routes:
 
 def heldout_windows(seq_id, domain, every: int = 5) -> np.ndarray:
     """`Routes.heldout` on any tokens: [T] True for the tokens of every `every`-th window of each domain."""
-    if every < 2:
-        raise MetricsError(f"every={every}: need >= 2 (one window in `every` is held out)")
+    every = whole_count(every, "every", 2, " (one window in `every` is held out)")  # 2.5 held out windows 0, 5, ...
     seq_id, domain = np.asarray(seq_id), np.asarray(domain)
     test = np.zeros(len(seq_id), bool)
     for dom in np.unique(domain):

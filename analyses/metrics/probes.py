@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import MetricsError, as_run, layer_numbers, n_experts_of_run, need_rows
+from ._common import MetricsError, as_run, layer_numbers, n_experts_of_run, need_rows, whole_count
 from .paths import heldout_windows
 
 FEATURES = ("weights", "scores")
@@ -82,6 +82,7 @@ def domain_probe_from_run(run, layers=None, features: str = "weights", every: in
 
     if features not in FEATURES:
         raise MetricsError(f"features={features!r}: choose one of {', '.join(FEATURES)}")
+    max_rows = whole_count(max_rows, "max_rows", why=" (tokens drawn for training, and for testing)")
     run = as_run(run)
     need_rows(run, "routing")
     need_rows(run, "tokens")

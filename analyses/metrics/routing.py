@@ -10,7 +10,7 @@ from math import comb
 import numpy as np
 
 from ._common import (MetricsError, as_ids, as_run, check_layer, layer_numbers, n_experts_of, n_experts_of_run,
-                      need_rows, same_length)
+                      need_rows, positive_number, same_length, whole_count)
 from .specialisation import nmi
 
 
@@ -322,6 +322,7 @@ def route_changes_from_runs(run_a, run_b, top: int = 20,
     top-k set differs), jaccard (mean |A ∩ B| / |A ∪ B| over those layers), token_id and domain;
     the `top` rows with the lowest mean Jaccard (then most first choices changed, then seq_id, pos).
     Same checks as `routing_agreement_from_runs` (different tokens at matched positions: an error)."""
+    top = whole_count(top, "top", why=" (tokens listed)")  # top=0 was blamed on the runs' windows
     run_a, run_b = as_run(run_a), as_run(run_b)
     if layers is not None:  # a dense or mistyped layer is named, not blamed on the runs' windows
         layers = [check_layer(run_b, check_layer(run_a, x)) for x in layer_numbers(layers)]
@@ -339,7 +340,7 @@ def route_changes_from_runs(run_a, run_b, top: int = 20,
                avg(jac) as jaccard, any_value(t.token_id) as token_id, any_value(t.domain) as domain
         from j left join ta t on t.seq_id = j.seq_id and t.pos = j.pos
         group by j.seq_id, j.pos order by jaccard, top1_changed desc, j.seq_id, j.pos
-        limit {int(top)}""").df()
+        limit {top}""").df()
     if df.empty:
         raise MetricsError(f"{run_a.path} and {run_b.path} share no routed (seq_id, pos, layer): they did not "
                            "see the same windows (record both with the same corpus, --seq-len and --order)")
@@ -395,12 +396,16 @@ def _joined_runs(run_a, run_b, check_tokens: bool = True):
 
 
 # ------------------------------------------------------------------------------ margins, entropy
+NEAR_MEANS = " (the margin below which a token counts as near another route)"
+
+
 def margin_summary(margins, near: float = 0.01) -> dict:
     """Summary of score margins (metrics.md: top-1 vs top-(K+1) score margin, how close a token was
     to another route; the run's `margin_1` and `margin_k`): count, mean, population std, min,
     p10/p50/p90 (linear interpolation, as numpy and DuckDB's quantile_cont), max, and `near` =
     share of margins below `near`. NaN/null margins (no expert left) are dropped; NaN stats when
     none remain."""
+    near = positive_number(near, "near", NEAR_MEANS)
     x = np.asarray(margins, dtype=np.float64).ravel()
     x = x[np.isfinite(x)]
     if not len(x):
@@ -416,6 +421,7 @@ def margins_from_run(run, near: float = 0.01) -> "pandas.DataFrame":  # noqa: F8
     Columns layer, margin, count, mean, std, min, p10, p50, p90, max, near."""
     import pandas as pd
 
+    near = positive_number(near, "near", NEAR_MEANS)
     run = as_run(run)
     need_rows(run, "routing")
     frames = []
@@ -428,7 +434,7 @@ def margins_from_run(run, near: float = 0.01) -> "pandas.DataFrame":  # noqa: F8
                    stddev_pop({col}) {fin} as std, min({col}) {fin} as min,
                    quantile_cont({col}, 0.1) {fin} as p10, quantile_cont({col}, 0.5) {fin} as p50,
                    quantile_cont({col}, 0.9) {fin} as p90, max({col}) {fin} as max,
-                   avg(({col} < {float(near)})::int) {fin} as near
+                   avg(({col} < {near!r})::int) {fin} as near
             from routing group by layer order by layer""").df()
         frames.append(df)
     out = pd.concat(frames, ignore_index=True).sort_values(["layer", "margin"], ignore_index=True)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import MetricsError, as_ids, as_run, check_layer, n_experts_of, n_experts_of_run, need_rows, same_length
+from ._common import (MetricsError, as_ids, as_run, check_layer, n_experts_of, n_experts_of_run, need_rows, same_length,
+                      whole_count)
 
 # Vocabulary specialisation as the dashboard and the report show it: over the ids seen at least this
 # many times (an id seen once scores 1 whatever the routing), beside `vocabulary_specialisation_baseline`
@@ -150,6 +151,7 @@ def vocabulary_specialisation(token_ids, top1, min_count: int = 1) -> float:
     an id seen once) and at least the largest expert's share as n grows; compare it with
     `vocabulary_specialisation_baseline`. Pass the next token's id as `token_ids` for the "against
     the next token" view. NaN when no id qualifies."""
+    min_count = whole_count(min_count, "min_count", why=" (occurrences an id needs to count)")
     inv, e, tot = _id_expert_counts(token_ids, top1)
     keep = tot >= min_count
     return _top_share(inv, e, tot, keep) if keep.any() else float("nan")
@@ -164,8 +166,8 @@ def vocabulary_specialisation_baseline(token_ids, top1, min_count: int = 1, shuf
     tokens' order). It is
     above 1/N because rare ids score high by chance (an id seen once scores 1) and because an
     unbalanced layer's busiest expert takes more than 1/N of any id. NaN when no id qualifies."""
-    if shuffles < 1:
-        raise MetricsError(f"shuffles must be >= 1, got {shuffles}")
+    min_count = whole_count(min_count, "min_count", why=" (occurrences an id needs to count)")
+    shuffles = whole_count(shuffles, "shuffles")
     inv, e, tot = _id_expert_counts(token_ids, top1)
     keep = tot >= min_count
     if not keep.any():
@@ -188,6 +190,7 @@ def expert_vocabulary(token_ids, top1, n_experts: int | None = None, top: int = 
     per-expert token view)."""
     import pandas as pd
 
+    top = whole_count(top, "top", why=" (ids listed per expert)")
     tok = np.asarray(token_ids).ravel().astype(np.int64)
     e = as_ids(top1, "top1")[:, 0]
     same_length(tok, e, names="token_ids, top1")
@@ -275,6 +278,7 @@ def vocabulary_specialisation_from_run(run, against: str = "current",
     """`vocabulary_specialisation` per MoE layer, in SQL: routing's first choice joined to the token
     id at the same position (against="current") or at the next position ("next"). Columns layer,
     ids (qualifying ids), tokens, vocabulary_specialisation."""
+    min_count = whole_count(min_count, "min_count", why=" (occurrences an id needs to count)")
     run = as_run(run)
     need_rows(run, "routing")
     need_rows(run, "tokens")
@@ -283,7 +287,7 @@ def vocabulary_specialisation_from_run(run, against: str = "current",
         with c as (select r.layer, t.token_id, r.expert_ids[1] as e, count(*) as n
                    from routing r join {t} t using (seq_id, pos) group by all),
              i as (select layer, token_id, max(n) as m, sum(n) as s from c group by all
-                   having sum(n) >= {int(min_count)})
+                   having sum(n) >= {min_count})
         select layer, count(*) as ids, sum(s)::bigint as tokens, avg(m / s) as vocabulary_specialisation
         from i group by layer order by layer""").df()
     return df
@@ -293,6 +297,7 @@ def expert_vocabulary_from_run(run, layer: int, top: int = 5) -> "pandas.DataFra
     """`expert_vocabulary` of one layer, in SQL (GROUP BY expert, token id; ranking by window)."""
     import pandas as pd
 
+    top = whole_count(top, "top", why=" (ids listed per expert)")
     run = as_run(run)
     need_rows(run, "routing")
     need_rows(run, "tokens")
@@ -305,7 +310,7 @@ def expert_vocabulary_from_run(run, layer: int, top: int = 5) -> "pandas.DataFra
                         from (select *, sum(n) over (partition by e) as tot from {c}) group by e""").fetchnumpy()
     tops = run.sql(f"""select e, token_id, n from (select *, row_number() over
                            (partition by e order by n desc, token_id) as rk from {c})
-                       where rk <= {int(top)} order by e, rk""").fetchnumpy()
+                       where rk <= {top} order by e, rk""").fetchnumpy()
     rows = []
     for x in range(E):
         m = stats["e"] == x

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import MetricsError
+from ._common import MetricsError, whole_count
 from .paths import path_codes, routes_from_run
 from .specialisation import vocabulary_specialisation_baseline, vocabulary_specialisation_from_run
 
@@ -106,7 +106,7 @@ def token_dependence_from_run(run, layers=None, every: int = 5, k: int | None = 
     r = routes if routes is not None else routes_from_run(run, layers)
     test = r.heldout(every)
     K = r.ids.shape[2]
-    k = K if k is None else int(k)
+    k = K if k is None else whole_count(k, "k", why=" (experts of the top-k set)")  # int() read 1.5 as 1
     if not 1 <= k <= K:
         raise MetricsError(f"k={k}: must be between 1 and K={K}")
     vs_in, vs_next = (vocabulary_specialisation_from_run(run, against, min_count).set_index("layer")

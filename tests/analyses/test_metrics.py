@@ -4,6 +4,7 @@ test_run_metrics.py.)"""
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -166,6 +167,31 @@ def test_a_gpu_count_that_is_not_a_whole_number_above_0_is_refused_by_name():
             with pytest.raises(M.MetricsError, match=f"^{msg}$"):
                 M.balance_summary(x, n_gpus=bad, **kw)
     assert M.balance_summary(x, n_gpus=np.int64(2))["gpu_balancedness"] == pytest.approx(8 / 11)
+
+
+def test_counts_and_thresholds_outside_their_meaning_are_refused_by_name():
+    """top=0 gave every expert an empty list of ids, top=-1 its ids but the last, near=-1 a share of 0,
+    min_count=2.5 and every=2.5 were used as fractions, k=1.5 and shuffles=2.5 were numpy's TypeErrors."""
+    tok, e = np.arange(12) % 4, np.arange(12) % 3
+    ids = np.stack([e, (e + 1) % 3], axis=1)[:, None, :]  # [T, 1 layer, K=2]
+    calls = [(lambda v: M.expert_vocabulary(tok, e, top=v), "top", (0, -1, 2.5, "3")),
+             (lambda v: M.vocabulary_specialisation(tok, e, min_count=v), "min_count", (0, -2, 2.5)),
+             (lambda v: M.vocabulary_specialisation_baseline(tok, e, min_count=v), "min_count", (0, 2.5)),
+             (lambda v: M.vocabulary_specialisation_baseline(tok, e, shuffles=v), "shuffles", (0, 2.5, True)),
+             (lambda v: M.margin_summary([0.1, 0.2], near=v), "near", (0, -1, float("nan"), float("inf"), "0.1")),
+             (lambda v: M.common_paths(ids, top=v), "top", (0, -1, 1.5)),
+             (lambda v: M.common_paths(ids, tok, tok, examples=v), "examples", (-1, 0.5)),
+             (lambda v: M.path_keys(ids, k=v), "k", (0, 1.5)),
+             (lambda v: M.heldout_windows(np.arange(12), tok, every=v), "every", (1, 2.5)),
+             (lambda v: M.coactivation(e, n_experts=v), "n_experts", (0, 3.5))]
+    for call, name, values in calls:
+        for bad in values:
+            with pytest.raises(M.MetricsError, match=rf"^{name}={re.escape(repr(bad))}: expected a ") as ei:
+                call(bad)
+            one_line(ei)
+    assert len(M.expert_vocabulary(tok, e, top=np.int64(2)).top_ids[0]) == 2  # numpy's ints and 2.0 still count
+    assert M.common_paths(ids, top=2.0, examples=0).shape[0] == 2
+    assert M.margin_summary([0.1, 0.2], near=np.float32(0.15))["near"] == 0.5
 
 
 # ------------------------------------------------------------------------------ specialisation

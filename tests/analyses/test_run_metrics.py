@@ -4,6 +4,7 @@ run, and their errors on runs that lack what they read. (The array versions: tes
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -292,6 +293,28 @@ def test_a_layer_that_is_not_a_whole_number_is_refused_by_name(synth):
         with pytest.raises(M.MetricsError, match=r"^layers=2\.5: expected a whole layer number$"):
             fn(run, [layer, 2.5])
     assert M.routes_from_run(run, (layer,)).layers == [layer]  # any sequence of numbers is a list of layers
+
+
+def test_the_run_versions_refuse_counts_and_thresholds_outside_their_meaning_by_name(synth):
+    """expert_vocabulary_from_run(top=0) gave every expert an empty list of ids, margins_from_run(near=-1)
+    a share of 0 in every layer, min_count=0 counted every id and 2.5 read as 2 (3 in the array version);
+    route_changes_from_runs(top=0) blamed the runs' windows, top=-1 and near=nan were DuckDB errors."""
+    run, a = synth
+    layer = a["layers"][0]
+    calls = [(lambda v: M.expert_vocabulary_from_run(run, layer, top=v), "top", (0, -1, 2.5)),
+             (lambda v: M.margins_from_run(run, near=v), "near", (-1, 0, float("nan"), "x")),
+             (lambda v: M.vocabulary_specialisation_from_run(run, min_count=v), "min_count", (0, -3, 2.5)),
+             (lambda v: M.route_changes_from_runs(run, run, top=v), "top", (0, -1)),
+             (lambda v: M.common_paths_from_run(run, top=v), "top", (0, -1)),
+             (lambda v: M.domain_information_from_run(run, every=v), "every", (1, 2.5)),
+             (lambda v: M.token_dependence_from_run(run, k=v), "k", (0, 1.5)),
+             (lambda v: M.domain_probe_from_run(run, max_rows=v), "max_rows", (0, -1))]
+    for call, name, values in calls:
+        for bad in values:
+            with pytest.raises(M.MetricsError, match=rf"^{name}={re.escape(repr(bad))}: expected a ") as e:
+                call(bad)
+            one_line(e)
+    assert len(M.expert_vocabulary_from_run(run, layer, top=2.0).top_ids[0]) <= 2
 
 
 def test_record_agreement_by_hand():
