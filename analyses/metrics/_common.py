@@ -43,14 +43,15 @@ def as_ids(ids, name: str = "expert_ids") -> np.ndarray:
     return a
 
 
-def whole_count(value, name: str, least: int = 1, why: str = "") -> int:
+def whole_count(value, name: str, least: int = 1, why: str = "", error: type[Exception] = MetricsError) -> int:
     """`value` as an int of at least `least`: a whole number (3, numpy's 3, 3.0). A count or size
     argument outside its meaning was taken without a word (top=0 gave every expert an empty list of
     ids, top=-1 dropped its last id, min_count=2.5 read as 2 in SQL and 3 in numpy) or failed deep in
-    numpy or DuckDB ('LIMIT/OFFSET cannot be negative'); refused here by name (`why` says what it counts)."""
+    numpy or DuckDB ('LIMIT/OFFSET cannot be negative'); refused here by name as `error` (`why` says
+    what it counts; analyses.importance passes its own error)."""
     if isinstance(value, (bool, str, bytes)) or not isinstance(value, numbers.Real) or not float(value).is_integer() \
             or value < least:
-        raise MetricsError(f"{name}={value!r}: expected a whole number >= {least}{why}")
+        raise error(f"{name}={value!r}: expected a whole number >= {least}{why}")
     return int(value)
 
 

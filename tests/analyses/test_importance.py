@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -419,9 +420,13 @@ def test_the_all_domain_comes_first_and_row_order_changes_nothing():
     assert load_vs_importance(tied).top_expert.tolist() == [1]
 
 
-def test_rank_disagreement_needs_at_least_one_expert():
-    with pytest.raises(ImportanceError, match="top 0: must be >= 1"):
-        rank_disagreement(_table([0.1, 0.2], [0.2, 0.1]), top=0)
+def test_rank_disagreement_needs_a_whole_number_of_experts_of_at_least_one():
+    # top=2.5, '3' or True were pandas' and Python's TypeErrors ('cannot do positional indexing ...')
+    for bad in (0, -1, 2.5, "3", True, float("nan")):
+        with pytest.raises(ImportanceError, match=rf"^top={re.escape(repr(bad))}: expected a whole number >= 1 "
+                                                  r"\(experts listed per layer\)$"):
+            rank_disagreement(_table([0.1, 0.2], [0.2, 0.1]), top=bad)
+    assert len(rank_disagreement(_table([0.1, 0.2], [0.2, 0.1]), top=np.int64(1))) == 1
 
 
 def test_commands_measuring_other_experts_write_parts_of_their_own(tmp_path):
