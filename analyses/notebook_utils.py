@@ -89,22 +89,33 @@ def balanced_corpus(corpus: str | Path, tokenizer: str | Path, tokens_per_domain
     documents interleaved (1st of each domain, then the 2nd, ...). Needed because the bundled
     corpus is sorted by domain, so a plain token limit would keep only its first domain.
     Deterministic; written once per (corpus content, tokenizer, budget) under a temporary name,
-    then renamed; returns its path."""
+    then renamed; returns its path. A corpus or tokenizer file that is missing or unreadable (or an
+    empty path) is a one-line `probe.corpus.CorpusError` naming it."""
     from tokenizers import Tokenizer
 
     from probe.corpus import CorpusError, fingerprint, iter_documents
+    from probe.errors import first_line, given_path
     from probe.writer import replacing
 
-    corpus, tokenizer = Path(corpus), Path(tokenizer)
+    corpus, tokenizer = given_path(corpus, "corpus", CorpusError), given_path(tokenizer, "tokenizer", CorpusError)
     if not corpus.exists():
         raise CorpusError(f"{corpus}: corpus not found")
+    if not tokenizer.is_file():  # fingerprint() raised FileNotFoundError, or hashed a whole folder
+        raise CorpusError(f"{tokenizer}: " + ("a folder, not a tokenizer.json file" if tokenizer.is_dir()
+                                             else "tokenizer not found"))
     if tokens_per_domain < 1:
         raise ValueError(f"tokens_per_domain {tokens_per_domain}: must be >= 1")
     key = digest(fingerprint(corpus), fingerprint(tokenizer), tokens_per_domain)
     out = Path(dest_dir) / f"{corpus.stem}-{tokens_per_domain}per-domain-{key}.jsonl"
     if out.exists():
         return out
-    tok = Tokenizer.from_file(str(tokenizer))
+    try:
+        tok = Tokenizer.from_file(str(tokenizer))
+    except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception ('EOF while parsing ...')
+        from model.checkpoint import lfs_pointer_note
+
+        raise CorpusError(f"{tokenizer}: not a readable tokenizer ({first_line(e)}){lfs_pointer_note(tokenizer)}") \
+            from None
     picked: dict[str, list[tuple[str, str]]] = defaultdict(list)
     have: dict[str, int] = defaultdict(int)
     for d in iter_documents(corpus):

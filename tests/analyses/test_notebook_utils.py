@@ -70,6 +70,25 @@ def test_a_balanced_sample_takes_each_domains_first_tokens_and_interleaves_the_d
         notebook_utils.balanced_corpus(corpus, tok, 0, tmp_path / "samples")
 
 
+def test_a_tokenizer_that_is_missing_or_unreadable_is_one_line_naming_it(word_corpus, tmp_path, monkeypatch):
+    """A missing tokenizer was fingerprint()'s raw FileNotFoundError, a folder or a broken file the
+    tokenizers library's bare Exception ('Is a directory (os error 21)'), and an empty path hashed the
+    whole current folder first."""
+    from probe.corpus import CorpusError
+
+    corpus, _ = word_corpus
+    (tmp_path / "broken.json").write_text("{")
+    monkeypatch.chdir(tmp_path)
+    for tok, msg in ((tmp_path / "missing.json", f"{tmp_path / 'missing.json'}: tokenizer not found"),
+                     (tmp_path, f"{tmp_path}: a folder, not a tokenizer.json file"),
+                     ("", "tokenizer='': an empty path (for the current folder, give .)"),
+                     (tmp_path / "broken.json", f"{tmp_path / 'broken.json'}: not a readable tokenizer (")):
+        with pytest.raises(CorpusError) as e:
+            notebook_utils.balanced_corpus(corpus, tok, 5, tmp_path / "samples")
+        assert str(e.value).startswith(msg) and "\n" not in str(e.value), str(e.value)
+    assert not (tmp_path / "samples").exists()
+
+
 def test_a_small_run_splits_its_tokens_evenly_between_the_corpus_domains(word_corpus, tmp_path, monkeypatch):
     import probe.record
 
