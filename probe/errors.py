@@ -2,6 +2,7 @@
 (`probe.job` re-exports both; `probe/out_paths.py` and `probe/writer.py` use them); an empty path
 refused by name, for the commands' flags (`probe.job.path_text`) and the library calls (`given_path`)."""
 
+import os
 from pathlib import Path
 
 
@@ -19,9 +20,13 @@ EMPTY_PATH = "an empty path (for the current folder, give .)"
 
 
 def given_path(path, what: str, error: type[Exception]) -> Path:
-    """`path` (text or os.PathLike) as a Path for a library call, refusing empty text by name as `error`:
-    Path('') is '.', so `probe.open_run(os.environ.get("RUN", ""))` read the current folder and its error
-    said '.' (the commands refuse an empty flag in argparse: `probe.job.path_text`)."""
+    """`path` (text or os.PathLike) as a Path for a library call, refusing empty text or another type by
+    name as `error`: Path('') is '.', so `probe.open_run(os.environ.get("RUN", ""))` read the current
+    folder and its error said '.', and `probe.open_run(5)` was Path's own TypeError (the commands refuse
+    an empty flag in argparse: `probe.job.path_text`; model/args.py has the model library's copy, which
+    imports nothing of probe)."""
     if isinstance(path, str) and not path.strip():
         raise error(f"{what}={path!r}: {EMPTY_PATH}")
+    if not isinstance(path, (str, os.PathLike)):
+        raise error(f"{what}={path!r}: expected a path (str or os.PathLike), not {type(path).__name__}")
     return Path(path)

@@ -84,3 +84,9 @@ def test_an_empty_path_is_refused_by_name_not_read_as_the_current_folder(run, mo
         with pytest.raises(RunError, match=f"^path={empty!r}: an empty path \\(for the current folder, give \\.\\)$"):
             probe.open_run(empty)
     assert probe.open_run(".").status == "complete"
+
+
+def test_a_path_of_another_type_is_refused_by_name():
+    """probe.open_run(5) was Path's own TypeError ('expected str, bytes or os.PathLike object, not int')."""
+    with pytest.raises(RunError, match=r"^path=5: expected a path \(str or os.PathLike\), not int$"):
+        probe.open_run(5)
