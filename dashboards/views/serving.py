@@ -11,6 +11,7 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
+from analyses.placement import MAX_SLOTS
 from dashboards import charts, compute, data, ui
 
 NOW, PLAN = "current placement", "planned placement"
@@ -92,9 +93,17 @@ def controls(ref: data.RunRef, steps: np.ndarray, E: int, current_gpus: int | No
     else:
         window = (lo, hi)
         c[0].caption(f"One pass ({lo}): the plan is made from it.")
-    redundant = int(c[1].number_input("Redundant slots", 0, 4 * E, int(P_now - E if P_now else 0), key="sv_redundant",
+    # the planner's own bound (analyses.placement.MAX_SLOTS slots a layer): a cap of 4 x E lay below the
+    # default of a dump whose map had more than 5 x E slots, and Streamlit refused to draw the page
+    cap = max(0, MAX_SLOTS - E)
+    now = max(0, P_now - E) if P_now else 0
+    redundant = int(c[1].number_input("Redundant slots", 0, cap, min(now, cap), key="sv_redundant",
                                       help="Extra physical experts per layer for replicas of hot experts "
-                                           "(SGLang: --ep-num-redundant-experts)"))
+                                           f"(SGLang: --ep-num-redundant-experts); at most {cap:,}, the "
+                                           f"planner's {MAX_SLOTS:,} slots a layer less the {E} experts"))
+    if now > cap:
+        c[1].caption(f"The current placement's {now:,} redundant slots are more than the planner takes: "
+                     f"{cap:,} offered.")
     with c[2]:
         # the count the user picked is kept apart from the box's value: when the redundant slots make it
         # divide no more, the nearest count that does is shown, and the picked one comes back once it

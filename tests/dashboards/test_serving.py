@@ -338,3 +338,24 @@ def test_the_gpu_counts_offered_are_those_the_placement_command_takes():
     assert gpu_options(16, 0) == [2, 4, 8, 16]
     assert gpu_options(16, 32) == [3, 4, 6, 8, 12, 16, 24, 48]
     assert gpu_options(1, 0) == [1]
+
+
+def test_a_dump_with_many_redundant_slots_opens_with_its_own_count(tmp_path):
+    """The Redundant slots box was capped at 4 x E while its default is the dump's own count: a map
+    of 6 x E slots asked Streamlit for 80 above a max of 64, and the page was a red box. The box now
+    takes what the planner takes (analyses.placement.MAX_SLOTS slots a layer), the dump's count first."""
+    from analyses.placement import MAX_SLOTS, plan_placement
+
+    passes = sg.traffic(seed=3, passes=4)
+    m = np.tile(np.arange(6 * sg.E) % sg.E, (sg.L, 1))  # 80 redundant slots
+    cfg = str(sg.config(tmp_path / "model"))
+    import_sglang(sg.write_per_pass(tmp_path / "pp", passes, m)[0].parent, tmp_path / "runs" / "wide", config=cfg)
+    at = open_page(app(tmp_path / "runs", "wide"), "serving")
+    assert not at.error, texts(at.error)
+    box = at.number_input(key="sv_redundant")
+    cap = int(box.max)
+    assert box.value == 80 and cap == MAX_SLOTS - sg.E
+    plan_placement(np.ones(sg.E), n_gpus=1024, n_redundant=cap)  # the cap is one the planner takes
+    with pytest.raises(ValueError):
+        plan_placement(np.ones(sg.E), n_gpus=1024, n_redundant=cap + 1)
+    assert metric(at, "Planned, plan window") > 0
