@@ -117,7 +117,12 @@ def controls(ref: data.RunRef, steps: np.ndarray, E: int, current_gpus: int | No
                             help="Expert-parallel size: the GPUs the physical experts are spread over; each GPU "
                                  "holds as many slots as the others, so the count divides experts + redundant slots")
         if wanted != gpus:  # the redundant slots changed what divides
-            st.caption(f"{wanted} GPUs do not divide {E} + {redundant} = {E + redundant} slots; {gpus} GPUs taken.")
+            n = E + redundant
+            # a count that divides but puts more than E slots on a GPU is refused too: the caption said
+            # "2 GPUs do not divide 16 + 80 = 96 slots" of the 2 GPUs a dump ran on
+            why = (f"do not divide {E} + {redundant} = {n} slots" if wanted < 1 or n % wanted else
+                   f"would hold {n // wanted} slots each, more than the {E} experts (an expert twice on a GPU)")
+            st.caption(f"{wanted} GPUs {why}; {gpus} GPUs taken.")
     mode = c[3].radio("Planner", ("hierarchical", "global"), key="sv_mode", horizontal=False)
     nodes = 1
     if mode == "hierarchical":

@@ -359,3 +359,14 @@ def test_a_dump_with_many_redundant_slots_opens_with_its_own_count(tmp_path):
     with pytest.raises(ValueError):
         plan_placement(np.ones(sg.E), n_gpus=1024, n_redundant=cap + 1)
     assert metric(at, "Planned, plan window") > 0
+
+
+def test_a_gpu_count_that_divides_but_overfills_a_gpu_is_told_so(imported):
+    """The dump's 2 GPUs divide 16 + 32 = 48 slots, but each would hold 24, more than the 16 experts:
+    the page took another count and said "2 GPUs do not divide 16 + 32 = 48 slots" (a tour)."""
+    at = open_page(app(imported["runs"], "per_pass"), "serving")
+    at.number_input(key="sv_redundant").set_value(32).run()
+    cap = texts(at.caption)
+    assert "2 GPUs would hold 24 slots each, more than the 16 experts" in cap and "do not divide" not in cap, cap
+    at.number_input(key="sv_redundant").set_value(3).run()  # 19 slots: 2 does not divide them
+    assert "2 GPUs do not divide 16 + 3 = 19 slots" in texts(at.caption)
