@@ -133,6 +133,35 @@ def spec_details(ref: data.RunRef) -> None:
                "routing: the MTP page shows its speculative-decoding tables.")
 
 
+# run.json's kind of a run that `python -m analyses.X --out DIR` wrote -> (its command, table, page)
+ANALYSIS_RUNS = {"ablations": ("python -m analyses.ablate", data.ablations, "Ablations"),
+                 "expert_importance": ("python -m analyses.importance", data.expert_importance, "Ablations"),
+                 "steering": ("python -m analyses.steer", data.steering, "Steering")}
+
+
+def analysis_details(ref: data.RunRef) -> None:
+    """A run that holds only an analysis' results (`--out DIR`): the tokens it scored per domain, from its
+    table. It showed the record's figures, 0 tokens, documents and windows (a tour)."""
+    kind = ref.info["kind"]
+    cmd, read, page = ANALYSIS_RUNS[kind]
+    df = read(ref)
+    if "kind" in df:  # steering: the loss rows count tokens scored, the generation rows tokens generated
+        df = df[df.kind == "loss"]
+    # one figure per domain: the most any of the run's commands scored (each command writes its own part)
+    per = {str(d): int(n) for d, n in df.groupby("domain").tokens.max().items()}
+    total = per.pop("all", sum(per.values()))
+    a = ref.info.get("model_args") or {}
+    c = st.columns(4)
+    c[0].metric("Tokens scored", f"{total:,}", help="tokens whose loss the command compared with its baseline")
+    c[1].metric("Domains", len(per))
+    c[2].metric("MoE layers", len(data.moe_layers(ref)))
+    c[3].metric("Experts", f"{a.get('n_routed_experts', '?')} · top-{a.get('n_activated_experts', '?')}")
+    domain_bars(per, "Tokens scored per domain", "analysis_tokens_per_domain")
+    st.caption(f"A `{cmd} --out` run of `{(ref.info.get('checkpoint') or {}).get('path', '?')}` on "
+               f"`{(ref.info.get('corpus') or {}).get('path', '?')}`: it holds only the `{kind}` table, no routing, "
+               f"loads or tokens of its own; the {page} page shows it.")
+
+
 def import_details(ref: data.RunRef) -> None:
     """A run imported from a serving engine's dump: where it came from and what it holds."""
     i = ref.info
@@ -236,6 +265,8 @@ else:
                 import_details(ref)
             elif ref.info.get("kind") == "spec":
                 spec_details(ref)
+            elif ref.info.get("kind") in ANALYSIS_RUNS:
+                analysis_details(ref)
             elif ref.kind == "probe":
                 probe_details(ref)
             else:

@@ -433,6 +433,33 @@ def test_a_spec_only_run_has_an_overview_of_its_own(runs, tmp_path):
     assert "A `dsv3-probe spec` run" in texts(at.caption) and not at.error
 
 
+@pytest.mark.parametrize("kind, cmd", [("ablations", "analyses.ablate"), ("expert_importance", "analyses.importance"),
+                                       ("steering", "analyses.steer")])
+def test_an_analysis_only_run_has_an_overview_of_its_own(runs, tmp_path, kind, cmd):
+    """A run that `python -m analyses.ablate|importance|steer --out DIR` wrote holds only its results
+    table: the overview showed the record's figures, 0 tokens, 0 documents, 0 windows (a tour). It now
+    shows the tokens the command scored, per domain, from the table."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    demo = Path(runs["good"]) / "demo"
+    run = tmp_path / "runs" / "only"
+    shutil.copytree(demo / kind, run / kind)
+    info = json.loads((demo / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({"status": "complete", "format": 1, "kind": kind, "tables": [kind],
+                                              "model_args": info["model_args"], "checkpoint": info["checkpoint"],
+                                              "corpus": info["corpus"], "options": {"max_tokens": 5000}}))
+    df = pq.read_table(run / kind).to_pandas()
+    df = df[df.kind == "loss"] if kind == "steering" else df
+    at = open_page(app(tmp_path / "runs", "only"), "overview")
+    shown = {m.label: m.value for m in at.metric}
+    assert shown.get("Tokens scored") == f"{int(df[df.domain == 'all'].tokens.max()):,}" != "0", shown
+    assert "Windows" not in shown and shown["Domains"] == str(df.domain.nunique() - 1)
+    assert f"A `python -m {cmd} --out` run" in texts(at.caption) and not at.error
+    assert any(c.proto.id.endswith("-analysis_tokens_per_domain") for c in at.get("plotly_chart"))
+
+
 def test_a_spec_run_without_a_single_draft_shows_no_acceptance(runs, tmp_path):
     """`spec --new-tokens 1` proposes no draft: run.json says the rate and length are undefined, and
     the dashboard showed a mean acceptance length of 0.000 on the overview, 0.0% and 1.00 on the MTP
