@@ -56,13 +56,21 @@ def speculative(ref: data.RunRef, colors: dict) -> None:
     m[2].metric("Prompts", f"{int(d.prompts.sum()):,}")
     m[3].metric("Drafts proposed", f"{int(d.proposed.sum()):,}")
     left, right = st.columns(2)
-    left.plotly_chart(charts.bars(d.domain, d.acceptance, title="Acceptance rate by domain", xlabel="domain",
-                                  ylabel="acceptance", colors=[colors.get(x, "#888") for x in d.domain], fmt=".2%",
-                                  hover_extra=[f"{a:,} of {p:,} drafts" for a, p in zip(d.accepted, d.proposed)]),
-                      key="spec_domain")
+    if proposed:
+        left.plotly_chart(charts.bars(d.domain, d.acceptance, title="Acceptance rate by domain", xlabel="domain",
+                                      ylabel="acceptance", colors=[colors.get(x, "#888") for x in d.domain],
+                                      fmt=".2%", hover_extra=[f"{a:,} of {p:,} drafts"
+                                                              for a, p in zip(d.accepted, d.proposed)]),
+                          key="spec_domain")
+    else:  # the acceptance charts were drawn empty, without a word (a tour)
+        left.info("No MTP draft was proposed: every prompt stopped before a draft could be verified (e.g. "
+                  "`dsv3-probe spec --new-tokens 1`), so there is no acceptance to chart, by domain or by "
+                  "position. Run it with more `--new-tokens`.")
     right.plotly_chart(charts.bars(d.domain, d.tokens_per_forward, title="Tokens per forward pass", xlabel="domain",
                                    ylabel="tokens / forward", colors=[colors.get(x, "#888") for x in d.domain],
                                    fmt=".3f"), key="spec_tpf")
+    if not proposed:
+        return
     with ui.guard("acceptance by position"):
         p = data.spec_by_position(ref)
         series = {dom: (g.position, g.acceptance) for dom, g in p.groupby("domain")}

@@ -490,6 +490,10 @@ def test_a_spec_run_without_a_single_draft_shows_no_acceptance(runs, tmp_path):
     shown = {m.label: m.value for m in at.metric}
     assert shown["Acceptance rate"] == "n/a" and shown["Mean acceptance length"] == "n/a", shown
     assert shown["Drafts proposed"] == "0" and not at.exception and not at.error
+    # no acceptance chart drawn empty, without a word (a tour): the page says why, and keeps tokens per pass
+    ids = [c.proto.id for c in at.get("plotly_chart")]
+    assert not any(i.endswith(("-spec_domain", "-spec_pos")) for i in ids) and any(i.endswith("-spec_tpf") for i in ids)
+    assert "No MTP draft was proposed" in texts(at.info)
 
 
 def test_domains_only_a_table_names_get_colours(tmp_path):
