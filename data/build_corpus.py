@@ -18,8 +18,9 @@ Each source text is cut into documents of about `DOC_CHARS` characters at paragr
 boundaries; documents are capped per domain (`--max-chars`, chosen by a seeded hash, so the cap
 keeps the same documents whatever the order of reading; the document that reaches the cap is kept,
 so a domain ends less than one document past it), then split into train / validation by a
-seeded hash of the document id. Output: JSON lines `{"id", "domain", "source", "text"}` sorted by
-(domain, id), plus `manifest.json` with the flags, counts, SHA-256s and `cross_split_duplicates`
+seeded hash of the document id (a domain of two or more documents gets at least one on each side; of
+one, as a tiny `--max-chars` leaves it, the build prints a note naming the side it lacks). Output:
+JSON lines `{"id", "domain", "source", "text"}` sorted by (domain, id), plus `manifest.json` with the flags, counts, SHA-256s and `cross_split_duplicates`
 (validation documents whose text is also a training document's; the build prints a note naming
 them). All three are written under temporary names and renamed once all are written: a failed
 build leaves the old files as they were. The same sdists, Python version and flags give
@@ -351,6 +352,21 @@ def duplicates_note(dups: list[dict]) -> str | None:
             f"not held out: {shown}{more} (manifest.json: cross_split_duplicates)")
 
 
+def one_side_note(manifest: dict) -> str | None:
+    """The build's note on domains the split left on one side (None when every domain is on both): a
+    domain of one document, as a tiny --max-chars leaves it, cannot be split, and its validation (or
+    training) file got none of its text without a word (a tour)."""
+    doms = manifest["domains"]
+    lost = [(side, [d for d in sorted(doms) if side not in doms[d]]) for side in ("val", "train")]
+    said = [f"no {'validation' if side == 'val' else 'training'} document for {', '.join(names)} "
+            f"({side}.jsonl holds none of their text)" for side, names in lost if names]
+    if not said:
+        return None
+    cap = manifest.get("max_chars_per_domain")
+    return (f"note: {'; '.join(said)}: a domain of one document cannot be split"
+            + (f" (--max-chars {cap:,} kept one; raise it for two or more)" if cap else ""))
+
+
 def _write_all(out: Path, files: dict[str, bytes]) -> None:
     """Write each file to NAME.tmp in `out`, then rename them all. A write that fails (a full disk, a
     folder in the way) or is interrupted removes the temporaries made and leaves the old files as they
@@ -513,9 +529,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{domain:<11} train {tr.get('documents', 0):>5} docs {tr.get('chars', 0):>10,} chars   "
               f"val {va.get('documents', 0):>4} docs {va.get('chars', 0):>9,} chars")
     print(f"wrote {ns.out}/train.jsonl, val.jsonl, manifest.json")
-    note = duplicates_note(m["cross_split_duplicates"])
-    if note:
-        print(note, file=sys.stderr)
+    for note in (duplicates_note(m["cross_split_duplicates"]), one_side_note(m)):
+        if note:
+            print(note, file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -200,3 +200,20 @@ def test_the_default_flags_are_those_of_the_committed_corpus(tmp_path, monkeypat
     m = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert m["max_chars_per_domain"] is None and m["files"]["train.jsonl"]["documents"] + \
         m["files"]["val.jsonl"]["documents"] == 40
+
+
+def test_a_domain_of_one_document_is_named_with_the_side_it_lacks(tmp_path, monkeypatch, capsys):
+    """`--max-chars 1` keeps one document a domain, which the split cannot divide: val.jsonl came out
+    empty without a word (a tour). The build now names the domains with no validation (or training)
+    document, as data/README.md says."""
+    monkeypatch.setattr(bc, "collect", lambda domains, **kw: _docs(10, "code") + _docs(10, "math"))
+    bc.main(["--out", str(tmp_path / "a"), "--max-chars", "1"])
+    assert (tmp_path / "a" / "val.jsonl").read_text() == ""
+    err = capsys.readouterr().err
+    assert "note: no validation document for code, math (val.jsonl holds none of their text)" in err, err
+    assert "--max-chars 1 kept one" in err
+    bc.main(["--out", str(tmp_path / "b"), "--max-chars", "0"])  # the control: every domain on both sides
+    assert "no validation document" not in capsys.readouterr().err
+    one_in_val = {"max_chars_per_domain": None, "domains": {"zh": {"val": {}}, "en": {"train": {}, "val": {}}}}
+    assert bc.one_side_note(one_in_val) == ("note: no training document for zh (train.jsonl holds none of their "
+                                            "text): a domain of one document cannot be split")
