@@ -180,6 +180,16 @@ def result_table(ref: data.RunRef, table: str, load, missing: str):
     return df
 
 
+def analysis_command(ref: data.RunRef, module: str, flags: str = "") -> str:
+    """The command line that writes `analyses.<module>`'s results into `ref`. An imported run has no
+    checkpoint or corpus of its own and the command refuses it without --ckpt and --corpus: the pages
+    offered it bare, a line that could only fail (a tour)."""
+    cmd = f"python -m analyses.{module} --run {ref.path}"
+    if (ref.info.get("source") or {}).get("name"):
+        cmd += " --ckpt CKPT --corpus CORPUS"
+    return cmd + (f" {flags}" if flags else "")
+
+
 def whole_table_height(n_rows: int, most: int = 40, row: int = 35) -> int:
     """Pixels for st.dataframe to show its header and up to `most` rows without a scroll bar of its
     own (`row` px a row: 35, Streamlit's, unless its row_height says otherwise; its default height

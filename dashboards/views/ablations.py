@@ -78,8 +78,9 @@ def one_evaluation(ref: data.RunRef, ab):
 
 def sweep(ref: data.RunRef) -> None:
     """The `ablations` table: loss change per domain and the masked-fraction curve."""
-    missing = (f"Run `{ref.name}` has no ablations yet. Run a sweep over it with `python -m analyses.ablate` "
-               "(it writes `ablations/` into the run directory); the results appear here.")
+    missing = (f"Run `{ref.name}` has no ablations yet. Run a sweep over it, e.g. top-4 against random-4, with "
+               f"`{ui.analysis_command(ref, 'ablate', '--top 4 --control')}` (it writes `ablations/` into the run "
+               "directory); the results appear here.")
     with ui.guard("the ablation results"):
         ab = ui.result_table(ref, "ablations", data.ablations, missing)
         if ab is None:
@@ -139,7 +140,7 @@ def importance(ref: data.RunRef) -> None:
     """Per layer, each expert's load share against the loss change of removing it, and where they disagree."""
     st.subheader("Causal importance vs load")
     missing = (f"Run `{ref.name}` has no expert importance yet. Measure the loss change of removing each routed "
-               f"expert with `python -m analyses.importance --run {ref.path}` (it writes `expert_importance/` into "
+               f"expert with `{ui.analysis_command(ref, 'importance')}` (it writes `expert_importance/` into "
                "the run directory); each expert's load against its causal importance appears here.")
     with ui.guard("the causal importance"):
         imp = ui.result_table(ref, "expert_importance", data.expert_importance, missing)

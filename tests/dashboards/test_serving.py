@@ -370,3 +370,16 @@ def test_a_gpu_count_that_divides_but_overfills_a_gpu_is_told_so(imported):
     assert "2 GPUs would hold 24 slots each, more than the 16 experts" in cap and "do not divide" not in cap, cap
     at.number_input(key="sv_redundant").set_value(3).run()  # 19 slots: 2 does not divide them
     assert "2 GPUs do not divide 16 + 3 = 19 slots" in texts(at.caption)
+
+
+def test_the_analysis_commands_offered_for_an_import_name_a_checkpoint_and_corpus(imported):
+    """An imported run has no checkpoint or corpus of its own: analyses.ablate / importance / steer
+    refuse `--run IMPORT` without --ckpt and --corpus, and the Ablations and Steering pages offered
+    the bare command (and ablate without anything to ablate, which it refuses too; a tour)."""
+    run = imported["runs"] / "per_pass"
+    at = open_page(app(imported["runs"], "per_pass"), "ablations")
+    info = texts(at.info)
+    for module, flags in (("ablate", " --top 4 --control"), ("importance", "")):
+        assert f"`python -m analyses.{module} --run {run} --ckpt CKPT --corpus CORPUS{flags}`" in info, info
+    open_page(at, "steering")
+    assert f"`python -m analyses.steer --run {run} --ckpt CKPT --corpus CORPUS --experts L:E`" in texts(at.info)
