@@ -120,25 +120,41 @@ def training_curves(ra: data.RunRef, rb: data.RunRef) -> None:
                                         xlabel="step", ylabel="MaxVio", colors=colors), key="cmp_mv")
 
 
+def held_sample(r: data.RunRef) -> tuple[int, dict[str, int]]:
+    """(tokens, tokens per domain) a probe run holds: run.json's plan once it is complete; what its
+    tokens table holds so far while it is running or after an interruption (the note set a running
+    run's plan, 3,000 tokens, beside the other run while it held none; a tour)."""
+    p = r.info.get("planned") or {}
+    if r.status == "complete":
+        return int(p.get("tokens") or 0), dict(p.get("tokens_per_domain") or {})
+    if not data.has_table(r, "tokens"):
+        return 0, {}
+    got = data.recorded_tokens(r)
+    per = {str(d): int(n) for d, n in zip(got.domain, got.tokens)}
+    return sum(per.values()), per
+
+
 def sample_note(ra: data.RunRef, rb: data.RunRef) -> str | None:
     """Where two recorded runs cover different samples (token counts apart by more than 10%, or other
     domain shares), their whole-run figures are not like for like: say so, with each run's sample (a
     60,000-token run beside a 359,101-token one looked four to eight times less balanced; a review)."""
-    planned = [(r.info.get("planned") or {}) for r in (ra, rb)]
-    if ra.kind != "probe" or rb.kind != "probe" or not all(p.get("tokens") for p in planned):
+    if ra.kind != "probe" or rb.kind != "probe":
         return None
-    tokens = [p["tokens"] for p in planned]
-    shares = [{d: n / p["tokens"] for d, n in (p.get("tokens_per_domain") or {}).items()} for p in planned]
+    held = [held_sample(r) for r in (ra, rb)]
+    if not all(n for n, _ in held):
+        return None
+    tokens = [n for n, _ in held]
+    shares = [{d: k / n for d, k in per.items()} for n, per in held]
     apart = max((abs(shares[0].get(d, 0) - shares[1].get(d, 0)) for d in {*shares[0], *shares[1]}), default=0.0)
     if max(tokens) <= 1.1 * min(tokens) and apart <= 0.05:
         return None
 
-    def sample(r, p, sh):
-        return f"`{r.name}` {p['tokens']:,} tokens (" + ", ".join(f"{d} {v:.0%}" for d, v in sorted(sh.items())) + ")"
+    def sample(r, n, sh):
+        return f"`{r.name}` {n:,} tokens (" + ", ".join(f"{d} {v:.0%}" for d, v in sorted(sh.items())) + ")"
 
     return ("The two runs cover different samples, so their whole-run figures below (MaxVio, balancedness, "
             "specialisation) compare different token mixes as well as the models: "
-            + "; ".join(sample(r, p, sh) for r, p, sh in zip((ra, rb), planned, shares))
+            + "; ".join(sample(r, n, sh) for r, n, sh in zip((ra, rb), tokens, shares))
             + ". Record both with the same corpus, `--max-tokens` and `--order` to compare like for like; "
             "Run vs run below uses only the windows both hold.")
 

@@ -431,3 +431,33 @@ def test_experts_ordered_by_the_domain_they_over_serve_then_by_lift():
                      [2.0, 0.5, 1.1, np.nan, 0.8]])
     assert compute.experts_by_domain(lift).tolist() == [1, 4, 0, 2, 3]
     assert compute.experts_by_domain(np.ones((2, 3))).tolist() == [0, 1, 2]  # ties: by id
+
+
+def test_a_running_run_is_compared_by_what_it_holds_not_its_plan(tmp_path):
+    """The sample note set a running run's planned tokens beside the other run: a run just started
+    (no tokens yet) was '3,000 tokens' of five domains, and one that had recorded as much as the other
+    was said to cover another sample (a tour). It now counts what the tokens table holds."""
+    import json
+    import shutil
+
+    from dashboards import data
+    from dashboards.views.compare import sample_note
+    from helpers.synthetic_run import write_run
+
+    for name in ("done", "going", "fresh"):
+        write_run(tmp_path / name, n_seq=4)
+
+    def ref(name, status, planned):
+        info = json.loads((tmp_path / name / "run.json").read_text()) | {"status": status, "planned": planned}
+        return data.RunRef(name, str(tmp_path / name), "probe", status, info)
+
+    done = ref("done", "complete", {"tokens": 28, "tokens_per_domain": {"code": 14, "prose": 14}})
+    # recorded as much as `done` so far, of a plan ten times as large: the same sample up to now
+    going = ref("going", "running", {"tokens": 280, "tokens_per_domain": {"code": 140, "prose": 140}})
+    assert sample_note(done, going) is None
+    shutil.rmtree(tmp_path / "fresh" / "tokens")  # started, nothing committed: no sample to set beside
+    assert sample_note(done, ref("fresh", "running", {"tokens": 3000, "tokens_per_domain": {"code": 3000}})) is None
+    half = ref("going", "interrupted", {"tokens": 56, "tokens_per_domain": {"code": 28, "prose": 28}})
+    assert sample_note(done, half) is None  # the control below: a plan of twice as many, by the plan, warned
+    twice = ref("done", "complete", {"tokens": 56, "tokens_per_domain": {"code": 28, "prose": 28}})
+    assert "`done` 28 tokens" in sample_note(done, twice)
