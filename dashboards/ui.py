@@ -180,6 +180,15 @@ def result_table(ref: data.RunRef, table: str, load, missing: str):
     return df
 
 
+def all_held_out_note(ref: data.RunRef, what: str, where=st) -> None:
+    """Say why a held-out accuracy is missing: it is learned on 4 of every 5 windows of each domain and
+    scored on the 5th, its first window included, so a run of one window a domain (a low --max-tokens)
+    has nothing to learn from. The chart was drawn empty and the metric read 'nan%' (a tour)."""
+    where.info(f"{what} is learned on 4 of every 5 windows of each domain and scored on the 5th, the first "
+               f"included; the windows read of run `{ref.name}` hold one per domain, all held out, so there is "
+               "nothing to learn from. Record two windows or more per domain (a larger `--max-tokens`).", icon="ℹ️")
+
+
 def analysis_command(ref: data.RunRef, module: str, flags: str = "") -> str:
     """The command line that writes `analyses.<module>`'s results into `ref`. An imported run has no
     checkpoint or corpus of its own and the command refuses it without --ckpt and --corpus: the pages

@@ -207,8 +207,11 @@ def token_dependence(ref: data.RunRef) -> None:
         fig.update_layout(barmode="group")
         fig.update_yaxes(title="held-out accuracy", tickformat=".0%", rangemode="tozero")
         left, right = st.columns([3, 2])
-        left.plotly_chart(charts.style(fig, "Predicting the top-1 expert: held-out accuracy per predictor", 380),
-                          key="tokdep")
+        if len(top1) and not top1.train_tokens.any():  # every window held out: NaN accuracies, an empty chart
+            ui.all_held_out_note(ref, "Each predictor", left)
+        else:
+            left.plotly_chart(charts.style(fig, "Predicting the top-1 expert: held-out accuracy per predictor",
+                                           380), key="tokdep")
         vs = go.Figure()
         for col, name, color in (("vocab_spec_input", "input token", "#4C78A8"),
                                  ("vocab_spec_next", "next token", "#E45756")):

@@ -231,3 +231,24 @@ def test_run_vs_run_lists_a_token_whose_top1_or_whose_set_alone_changed(tmp_path
     assert at.selectbox(key="cmp_b").value == "b" and not at.error
     changed = frame(at, "top1_changed")
     assert sorted(zip(changed.seq_id, changed.pos)) == [(0, 1), (0, 2), (1, 3)]
+
+
+def test_a_run_of_one_window_a_domain_says_why_no_accuracy_is_learned(tmp_path):
+    """Held-out accuracies learn on 4 of every 5 windows of each domain and score the 5th, the first
+    included: a run of one window a domain (a low --max-tokens) holds them all out. The token-id
+    chart was drawn empty and the path's domain accuracy read 'nan%' (a tour); both now say why."""
+    from helpers.synthetic_run import write_run
+
+    write_run(tmp_path / "one", n_seq=2)  # two windows: one of code, one of prose
+    write_run(tmp_path / "six", n_seq=12)  # the control: six a domain, five of them to learn from
+    for run in ("one", "six"):  # its MoE layers 1 and 2, which the paths need to know
+        info = json.loads((tmp_path / run / "run.json").read_text())
+        info["model_args"] |= {"n_layers": 3, "n_dense_layers": 1}
+        (tmp_path / run / "run.json").write_text(json.dumps(info))
+    for run, alone in (("one", True), ("six", False)):
+        at = open_page(app(tmp_path, run), "specialisation")
+        assert ("tokdep" in " ".join(c.proto.id for c in at.get("plotly_chart"))) is not alone, run
+        assert ("hold one per domain, all held out" in texts(at.info)) is alone, texts(at.info)
+        open_page(at, "coactivation")
+        assert (metric(at, "Domain accuracy") == "n/a") is alone and "nan" not in metric(at, "Domain accuracy")
+        assert ("hold one per domain, all held out" in texts(at.info)) is alone and not at.error
