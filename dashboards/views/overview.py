@@ -4,6 +4,7 @@ run's health (status, unreadable files, tables missing against run.json)."""
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
@@ -241,8 +242,24 @@ def health(ref: data.RunRef) -> None:
         st.success("Every table is readable.", icon=":material/check_circle:")
 
 
+def without_run_json(root) -> list[str]:
+    """Folders of the runs directory that hold a run's tables but no run.json: no page can read them as
+    runs (their kind, model and status are in it), and the runs list left them out without a word."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    # a hidden folder is a job's own work in progress (an import's .NAME.importing, renamed when whole)
+    return sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
+                  and not (d / "run.json").exists() and any((d / t).is_dir() for t in data.TABLES))
+
+
 st.title("Overview")
 runs = ui.all_runs()
+if lost := without_run_json(ui.runs_dir()):  # a half-written run (a tour)
+    st.info(f"Not listed: {', '.join(f'`{n}`' for n in lost[:5])}{' and others' if len(lost) > 5 else ''} "
+            f"{'hold' if len(lost) > 1 else 'holds'} a run's tables but no run.json (which names a run's kind, model "
+            "and status), so no page can read it as a run. A job that has just started writes it in a moment; "
+            "otherwise it was deleted, or not copied with the tables.")
 if not runs:
     ui.no_runs()
 else:

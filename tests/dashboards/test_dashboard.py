@@ -496,6 +496,25 @@ def test_a_spec_run_without_a_single_draft_shows_no_acceptance(runs, tmp_path):
     assert "No MTP draft was proposed" in texts(at.info)
 
 
+def test_a_folder_of_tables_without_run_json_is_named_not_left_out_silently(tmp_path):
+    """A run folder whose run.json is gone was missing from the runs list without a word, and a runs
+    directory of only such folders said 'No runs yet' (a tour): the Overview now names them."""
+    from helpers.synthetic_run import write_run
+
+    write_run(tmp_path / "kept", n_seq=2)
+    write_run(tmp_path / "lost", n_seq=2)
+    (tmp_path / "lost" / "run.json").unlink()
+    (tmp_path / "notes").mkdir()  # a folder of something else: not named
+    (tmp_path / ".imp.importing" / "expert_load").mkdir(parents=True)  # nor an import's work in progress
+    at = app(tmp_path, "kept")
+    info = texts(at.info)
+    assert "Not listed: `lost` holds a run's tables but no run.json" in info and "notes" not in info
+    assert "importing" not in info
+    assert at.dataframe[0].value.run.tolist() == ["kept"] and not at.error
+    (tmp_path / "lost" / "run.json").write_text((tmp_path / "kept" / "run.json").read_text())
+    assert "Not listed" not in texts(app(tmp_path, "kept").info)  # the control: back in the list
+
+
 def test_domains_only_a_table_names_get_colours(tmp_path):
     """A run whose run.json lists no domains (written by a user's own code, not `record`) but whose
     tokens table has some: the overview's bars looked their colours up among run.json's domains only
