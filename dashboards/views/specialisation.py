@@ -192,9 +192,13 @@ def token_dependence(ref: data.RunRef) -> None:
     st.subheader("Token-id dependence")
     missing = [t for t in ("tokens", "routing") if not data.has_table(ref, t)]
     if missing:
+        # a record run of --router-logits none was told to record a run (a tour): to record it again, with routing
+        again = (ref.info.get("options") or {}).get("router_logits") == "none"
         st.info(f"Token-id dependence needs the per-token `tokens` and `routing` tables, and run `{ref.name}` has "
-                f"no {' and no '.join(f'`{t}`' for t in missing)} table. Record a run with `dsv3-probe record` "
-                "(a serving engine's per-pass or stat dump holds loads only).", icon="ℹ️")
+                f"no {' and no '.join(f'`{t}`' for t in missing)} table. "
+                + ("It was recorded with `--router-logits none`: record it again without it." if again else
+                   "Record a run with `dsv3-probe record` (a serving engine's per-pass or stat dump holds loads "
+                   "only)."), icon="ℹ️")
         return
     with ui.guard("the token-id dependence"):
         td, windows = research.token_dependence(ref)

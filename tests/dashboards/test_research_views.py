@@ -252,3 +252,18 @@ def test_a_run_of_one_window_a_domain_says_why_no_accuracy_is_learned(tmp_path):
         open_page(at, "coactivation")
         assert (metric(at, "Domain accuracy") == "n/a") is alone and "nan" not in metric(at, "Domain accuracy")
         assert ("hold one per domain, all held out" in texts(at.info)) is alone and not at.error
+
+
+def test_a_record_without_routing_is_told_to_record_again_with_it(tmp_path):
+    """A record run of `--router-logits none` was told to 'record a run with dsv3-probe record', as an
+    SGLang import is (a tour): it is a record run already, and needs recording again with routing."""
+    from helpers.synthetic_run import write_run
+
+    for run, option in (("bare", "none"), ("lost", "topk")):  # the control: routing lost, not left out
+        write_run(tmp_path / run, n_seq=2)
+        shutil.rmtree(tmp_path / run / "routing")
+        info = json.loads((tmp_path / run / "run.json").read_text())
+        (tmp_path / run / "run.json").write_text(json.dumps(info | {"options": {"router_logits": option}}))
+        info = texts(open_page(app(tmp_path, run), "specialisation").info)
+        assert ("recorded with `--router-logits none`: record it again without it" in info) is (option == "none")
+        assert ("Record a run with `dsv3-probe record`" in info) is (option != "none"), info
