@@ -13,19 +13,37 @@ from dashboards import charts, data, ui
 LAYER_COLORS = charts.EXPERT_PALETTE
 
 
+def too_few(ref: data.RunRef) -> str | None:
+    """Why a run's latents give no covariance to speak of: under two tokens a layer (a covariance
+    needs two), else None."""
+    kv = data.kv_stats(ref) if data.has_table(ref, "kv_stats") else None
+    n = int(kv.tokens.min()) if kv is not None and len(kv) else None
+    return (f"a covariance needs two tokens or more, and the run recorded {n} token{'' if n == 1 else 's'} a layer "
+            "(record with a larger `--max-tokens`)" if n is not None and n < 2 else None)
+
+
+def spectrum(ref: data.RunRef) -> None:
+    spec = data.kv_spectrum(ref)
+    if len(spec) and not spec.share.notna().any():  # no energy in any layer: every share 0 / 0, an empty chart
+        why = too_few(ref)
+        st.info(f"No spectrum: the latent covariance of run `{ref.name}` holds no energy in any layer"
+                + (f": {why}." if why else "."), icon="ℹ️")
+        return
+    log = st.toggle("Log scale", True, key="kv_log")
+    series = {data.layer_label(ref, l): (g.component, g.share) for l, g in spec.groupby("layer")}
+    colors = {k: LAYER_COLORS[i % len(LAYER_COLORS)] for i, k in enumerate(series)}
+    st.plotly_chart(charts.lines(series, title="Spectrum of the latent covariance (eigenvalue / total)",
+                                 xlabel="component", ylabel="share of energy", colors=colors, log_y=log,
+                                 fmt=".3e", markers=True), key="spectrum")
+
+
 def main() -> None:
     st.title("Latent KV")
     ref = ui.selected_run(("probe",))
     if ref is None:
         return
     with ui.guard("the latent spectrum"):
-        spec = data.kv_spectrum(ref)
-        log = st.toggle("Log scale", True, key="kv_log")
-        series = {data.layer_label(ref, l): (g.component, g.share) for l, g in spec.groupby("layer")}
-        colors = {k: LAYER_COLORS[i % len(LAYER_COLORS)] for i, k in enumerate(series)}
-        st.plotly_chart(charts.lines(series, title="Spectrum of the latent covariance (eigenvalue / total)",
-                                     xlabel="component", ylabel="share of energy", colors=colors, log_y=log,
-                                     fmt=".3e", markers=True), key="spectrum")
+        spectrum(ref)
     with ui.guard("the latent statistics"):
         kv = data.kv_stats(ref)
         if kv.empty:  # a part file without rows (the recorder writes none; another writer might)
@@ -37,10 +55,13 @@ def main() -> None:
             bad = ", ".join(str(int(x)) for x in kv.layer[~finite])  # mean left it out unsaid (a review)
             st.warning(f"Layer(s) {bad}: non-finite latents (NaN or inf) in this recording, so no effective rank "
                        "or spectrum; the mean below is over the other layers.")
+        few = int(kv.tokens.min()) < 2  # a covariance of one token is zero: its rank of 0.0 was shown (a tour)
+        if few:
+            st.info(f"No effective rank or energy components: {too_few(ref)}.", icon="ℹ️")
         m = st.columns(4)
         m[0].metric("Latent dim C", int(c.latent_dim))
-        m[1].metric("Mean effective rank", f"{kv.effective_rank[finite].mean():.1f}" if finite.any() else "n/a",
-                    help=f"over the {int(finite.sum())} of {len(kv)} layers with finite latents")
+        m[1].metric("Mean effective rank", f"{kv.effective_rank[finite].mean():.1f}" if finite.any() and not few
+                    else "n/a", help=f"over the {int(finite.sum())} of {len(kv)} layers with finite latents")
         m[2].metric("Tokens", f"{int(c.tokens):,}")
         m[3].metric("Absorb vs MHA cache", f"{c.bytes_absorb / c.bytes_mha:.1%}",
                     help="bytes per token per layer, absorb form / standard MHA of the same width")
@@ -55,7 +76,8 @@ def main() -> None:
                                      hovertemplate="%{x}<br>" + col[6:] + "% of energy in %{y} components"
                                                    "<extra></extra>"))
         fig.update_yaxes(title="components")
-        left.plotly_chart(charts.style(fig, "Effective rank and energy components", 360), key="erank")
+        if not few:
+            left.plotly_chart(charts.style(fig, "Effective rank and energy components", 360), key="erank")
         forms = ["bytes_absorb", "bytes_naive", "bytes_mha"]
         names = ["MLA absorb (C + R)", "MLA naive (H·(N+R+V))", "standard MHA (2·dim)"]
         vals = [int(kv[f].iloc[0]) for f in forms]

@@ -190,6 +190,37 @@ def test_a_layer_with_non_finite_latents_is_named_not_averaged_away(runs, tmp_pa
         assert ("No layer has finite latents" in text) == (len(bad_layers) == len(kv))
 
 
+def test_latents_of_one_token_give_no_spectrum_nor_a_rank_of_zero(runs, tmp_path):
+    """`dsv3-probe record --max-tokens 1`: a covariance of one token is zero, so the spectrum's shares
+    were all 0 / 0 (an empty chart, without a word) and the mean effective rank read 0.0 (a tour).
+    The page now says a covariance needs two tokens, and shows the cache bytes only."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from probe.schema import TABLES
+
+    run = shutil.copytree(runs["demo"], tmp_path / "one")
+    at = open_page(app(tmp_path, "one"), "latent_kv")  # the control: the recorded run draws both
+    ids = " ".join(c.proto.id for c in at.get("plotly_chart"))
+    assert "-spectrum" in ids and "-erank" in ids
+    kv = pq.read_table(run / "kv_stats").to_pandas().assign(tokens=1, effective_rank=0.0, energy90=0, energy95=0,
+                                                               energy99=0)
+    spec = pq.read_table(run / "kv_spectrum").to_pandas().assign(eigenvalue=0.0)
+    for table, df in (("kv_stats", kv), ("kv_spectrum", spec)):
+        shutil.rmtree(run / table)
+        (run / table).mkdir()
+        pq.write_table(pa.Table.from_pandas(df, schema=TABLES[table], preserve_index=False),
+                       run / table / "part-0.parquet")
+    at = open_page(app(tmp_path, "one"), "latent_kv")
+    ids = " ".join(c.proto.id for c in at.get("plotly_chart"))
+    assert "-spectrum" not in ids and "-erank" not in ids and "-bytes" in ids
+    assert {m.label: m.value for m in at.metric}["Mean effective rank"] == "n/a"
+    assert "a covariance needs two tokens or more, and the run recorded 1 token a layer" in texts(at.info)
+    assert not at.error
+
+
 @pytest.mark.slow
 def test_a_run_without_rows_is_not_called_a_zero_domain_run(tmp_path):
     from helpers.synthetic_run import write_run
