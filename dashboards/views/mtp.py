@@ -12,6 +12,12 @@ from dashboards import charts, data, ui
 def teacher_forced(ref: data.RunRef, colors: dict) -> None:
     st.caption("Agreement: the MTP module's top-1 guess of token i+2 equals the main model's top-1 at i+1 "
                "(teacher-forced greedy acceptance). Mean acceptance length = 1 + agreement.")
+    if not data.has_table(ref, "mtp") and data.table_folder_exists(ref, "mtp") and ref.status == "complete":
+        # the recorder made the table and no window gave it a row: 'has no mtp table' read as --no-mtp (a tour)
+        st.info(f"No MTP rows: run `{ref.name}` recorded the table, but none of its windows has a position with two "
+                "more tokens after it, which a draft of token i+2 is scored against (record longer windows or a "
+                "larger `--max-tokens`).", icon="ℹ️")
+        return
     d = data.mtp_by_domain(ref)
     if d.empty:
         st.info("No MTP rows recorded yet.")

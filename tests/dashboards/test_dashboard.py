@@ -221,6 +221,22 @@ def test_latents_of_one_token_give_no_spectrum_nor_a_rank_of_zero(runs, tmp_path
     assert not at.error
 
 
+def test_an_mtp_table_without_rows_is_not_called_missing(runs, tmp_path):
+    """A run of windows too short for a draft (`--max-tokens 1`) has an `mtp` folder without rows: the
+    MTP page said it 'has no mtp table', as if recorded with --no-mtp (a tour). It now says why it is
+    empty; a run whose folder is gone still gets the missing-table note (the control)."""
+    import shutil
+
+    run = shutil.copytree(runs["demo"], tmp_path / "short")
+    for f in (run / "mtp").glob("*.parquet"):
+        f.unlink()
+    at = open_page(app(tmp_path, "short"), "mtp")
+    assert "none of its windows has a position with two more tokens after it" in texts(at.info), texts(at.info)
+    shutil.rmtree(run / "mtp")
+    at = open_page(app(tmp_path, "short"), "mtp")
+    assert "has no `mtp` table" in texts(at.info) and "two more tokens" not in texts(at.info)
+
+
 @pytest.mark.slow
 def test_a_run_without_rows_is_not_called_a_zero_domain_run(tmp_path):
     from helpers.synthetic_run import write_run
