@@ -23,7 +23,9 @@ per_token`, between POST `/start_expert_distribution_record` and `/stop_expert_d
 - per_pass: one file per rank, {records: [{forward_pass_id, rank, gatherer_key,
   global_physical_count [layers, physical experts]}], last_physical_to_logical_map [layers, physical]};
 - per_token: one file per rank, records with input_ids, positions, extend_seq_lens, forward_mode,
-  topk_ids_of_layer [layers, tokens, 8] (physical expert ids, -1 where nothing was chosen) and
+  topk_ids_of_layer [layers, tokens, 8] (physical expert ids, -1 where nothing was chosen: the
+  buffer is 8 wide whatever the model's top-k, so the most ids a token chose is the top-k, which
+  run.json takes when no --config gives it and which a --config must agree with) and
   misc_objects, plus last_physical_to_logical_map.
 A server running speculative decoding (MTP) records its draft passes too, with nothing routed (their
 MoE layers do not record) and pass ids of the draft's own: per_pass and per_token records that chose
@@ -62,7 +64,7 @@ from .job import (DEFAULT_RUNS, check_inputs_outside, check_out_parent, check_re
                   load_tokenizer, os_refusal, package_version, refuse_a_symlinked_out,
                   refuse_a_training_run)
 from .schema import TABLES
-from .sglang_dumps import DOMAIN, Dump, SGLangError, Shape, find_dumps, model_shape
+from .sglang_dumps import DOMAIN, Dump, SGLangError, Shape, draft_record, find_dumps, model_shape
 from .overwrite import replace_run, say_kept
 from .writer import PartWriter, write_json_atomic
 
@@ -281,7 +283,7 @@ def _per_pass(dumps: list[Dump], shape: Shape, out: Path) -> dict:
     for d in dumps:
         m = d.data["last_physical_to_logical_map"].numpy().astype(np.int64)
         for r in d.data["records"]:
-            if _draft(r):
+            if draft_record(r):
                 drafts += 1
                 continue
             c = r["global_physical_count"].numpy().astype(np.int64)
@@ -319,7 +321,7 @@ def _per_token(dumps: list[Dump], shape: Shape, out: Path) -> dict:
     owners: dict[tuple, Path] = {}
     at: dict[tuple, int] = {}  # (pass, rank, gatherer key) -> its index in kept
     for d in dumps:
-        mine = [r for r in d.data["records"] if not _draft(r)]
+        mine = [r for r in d.data["records"] if not draft_record(r)]
         drafts += len(d.data["records"]) - len(mine)
         records = [r for r in mine if _recorded(r)]
         empty += len(mine) - len(records)
@@ -414,14 +416,6 @@ def _keep_or_merge(kept: list, at: dict, d: Dump, r: dict, lg: np.ndarray) -> No
         raise SGLangError(f"{d.path}: pass {fp} of rank {key[1]} is recorded also in {d0.path.name} with other "
                           "tokens: not two pipeline stages of one pass (files of two server runs?)")
     kept[at[key]] = (fp, d0, r0, np.where(lg0 >= 0, lg0, lg))
-
-
-def _draft(r: dict) -> bool:
-    """Whether a record is a speculative-decoding draft pass by its gatherer key: SGLang keys each record
-    ("primary"; two-batch overlap would add its micro-batches, real traffic), and a recorder that routes
-    the draft model's MoE layers may key them as drafts ("speculative_draft" in a recent test of its
-    per_token gatherer, a serving engineer's review): their tokens repeat the target's."""
-    return "draft" in str(r.get("gatherer_key") or "")
 
 
 def _recorded(r: dict) -> bool:

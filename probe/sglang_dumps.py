@@ -214,7 +214,8 @@ def find_dumps(dump: str | Path) -> list[Dump]:
 
 
 def model_shape(dumps: list[Dump], config: str | None) -> Shape:
-    """Layers and experts: from --config, checked against every dump (ranks must agree)."""
+    """Layers, experts and top-k: from --config, checked against every dump (ranks must agree); without
+    one, the dumps' own (top-k: `dump_topk`, else DEFAULT_TOPK)."""
     sizes, physical = {}, {}
     for d in dumps:
         if d.mode == "stat":
@@ -235,8 +236,9 @@ def model_shape(dumps: list[Dump], config: str | None) -> Shape:
         raise SGLangError("the ranks' dumps disagree on layers x experts: " + ", ".join(
             f"{p.name}: {a} x {b}" for p, (a, b) in sizes.items()))
     layers, experts = next(iter(sizes.values()))
+    topk = dump_topk(dumps)
     if config is None:
-        return Shape(layers, experts)
+        return Shape(layers, experts, topk or DEFAULT_TOPK)
     from model.args import ConfigError, ModelArgs
 
     try:
@@ -248,5 +250,34 @@ def model_shape(dumps: list[Dump], config: str | None) -> Shape:
     if experts > a.n_routed_experts:
         raise SGLangError(f"{dumps[0].path}: expert id {experts - 1} is outside --config {config} "
                           f"(n_routed_experts={a.n_routed_experts})")
+    if topk is not None and topk != a.n_activated_experts:
+        raise SGLangError(f"{dumps[0].path}: its tokens choose {topk} experts each, --config {config} has "
+                          f"n_activated_experts={a.n_activated_experts}: is it this model's dump? (a server that "
+                          "fuses the shared expert into the routed ones records one id more per token)")
     return Shape(layers, a.n_routed_experts, a.n_activated_experts, list(range(a.n_dense_layers)),
                  a.n_expert_groups, a.to_dict())
+
+
+def draft_record(r: dict) -> bool:
+    """Whether a record is a speculative-decoding draft pass by its gatherer key: SGLang keys each record
+    ("primary"; two-batch overlap would add its micro-batches, real traffic), and a recorder that routes
+    the draft model's MoE layers may key them as drafts ("speculative_draft" in a recent test of its
+    per_token gatherer, a serving engineer's review): their tokens repeat the target's."""
+    return "draft" in str(r.get("gatherer_key") or "")
+
+
+def dump_topk(dumps: list[Dump]) -> int | None:
+    """The model's top-k as a per_token dump shows it: the most ids any token chose in one layer.
+    SGLang's per-token buffer is 8 wide whatever the model's top-k (the columns past it stay -1), and
+    a token chooses none in a dense layer, a padded slot or a draft pass; each real token of a MoE
+    layer chooses exactly top-k. None for stat and per_pass dumps (counts only), or when no token
+    chose (refused later, naming the files)."""
+    most = 0
+    for d in dumps:
+        if d.mode != "per_token":
+            return None
+        for r in d.data["records"]:
+            ids = r["topk_ids_of_layer"]
+            if not draft_record(r) and ids.numel():
+                most = max(most, int((ids >= 0).sum(-1).max()))
+    return most or None

@@ -102,6 +102,16 @@ def test_without_config_the_dump_decides(world, tmp_path):
     assert run.info["source"]["topk_assumed"] is True
 
 
+def test_without_config_a_per_token_dump_gives_its_own_top_k(world, tmp_path):
+    """SGLang's per-token buffer is 8 wide whatever the model's top-k: a top-4 model's tokens leave 4
+    columns -1. The import recorded top-8 (the default) in model_args, the Overview showing "16 ·
+    top-8" beside a routing of 4 ids a token."""
+    run = probe.open_run(import_sglang(world["per_token"], tmp_path / "run"))
+    a = run.info["model_args"]
+    assert (a["n_activated_experts"], a["n_routed_experts"]) == (sg.K, sg.E)
+    assert set(run.df("routing").expert_ids.map(len)) == {sg.K}
+
+
 def test_several_stat_dumps_join_in_the_order_they_were_written(world, tmp_path):
     """Each /dump_expert_distribution_record call writes one stat file named by time.time(): a folder of
     them is one run, passes in time order whatever the file system lists first; rank != 0 is refused."""

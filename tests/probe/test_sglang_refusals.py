@@ -4,6 +4,7 @@ naming the file, with nothing left behind (the `world` fixture of dumps is in co
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -235,6 +236,20 @@ def test_a_topk_id_below_the_minus_1_padding_is_refused(world, tmp_path):
         else:
             with pytest.raises(SGLangError, match="holds -2; SGLang pads with -1 only"):
                 read_dump(tmp_path / f"pad{-value}.pt")
+
+
+def test_a_config_whose_top_k_the_per_token_dump_contradicts_is_refused(world, tmp_path, capsys):
+    from probe.__main__ import main
+
+    cfg = json.loads(world["config"].read_text()) | {"num_experts_per_tok": 2 * sg.K}
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "config.json").write_text(json.dumps(cfg))
+    code = main(["import", "sglang", str(world["per_token"]), "--config", str(tmp_path / "cfg" / "config.json"),
+                 "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and "\n" not in err and "Traceback" not in err
+    assert f"choose {sg.K} experts each" in err and f"n_activated_experts={2 * sg.K}" in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_record_that_is_not_a_dict_is_named(tmp_path, capsys):
