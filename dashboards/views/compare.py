@@ -30,8 +30,36 @@ def grouped(tables: dict, col: str, title: str, ylabel: str, key: str, colors: d
     st.plotly_chart(charts.style(fig, title, 340), key=key)
 
 
+def _shape(r: data.RunRef) -> tuple:
+    a = r.info.get("model_args") or {}
+    return a.get("n_routed_experts"), a.get("n_layers")
+
+
+def _recorded_with_routing(r: data.RunRef) -> bool:
+    """A `dsv3-probe record` run (its run.json names no kind) that holds routing: run vs run applies."""
+    return r.kind == "probe" and r.info.get("kind") is None and data.has_table(r, "routing")
+
+
+def comparable(a: data.RunRef, b: data.RunRef) -> bool:
+    """Whether `b` is a partner the page can compare `a` with: the same kind and model shape (routed
+    experts, layers), loads of its own, and routing too when `a` is a recorded run with routing. The
+    next run of A's kind was taken whatever it was: an SGLang import of another model, a spec run or
+    an analysis-only run, with nothing to compare (a tour)."""
+    return (b.name != a.name and b.kind == a.kind and _shape(b) == _shape(a) and data.has_table(b, "expert_load")
+            and (not _recorded_with_routing(a) or _recorded_with_routing(b)))
+
+
+def default_partner(a: data.RunRef, runs: list[data.RunRef]) -> int:
+    """The index in `runs` of run B's default: the first run after A (round the list) that is
+    `comparable`, else the next of A's kind, else the next."""
+    i = runs.index(a)
+    order = runs[i + 1:] + runs[:i]
+    pick = next((r for r in order if comparable(a, r)), None) or next((r for r in order if r.kind == a.kind), order[0])
+    return runs.index(pick)
+
+
 def pick_runs():
-    """Runs A and B from two select boxes (B defaults to the next run of A's kind), with their status
+    """Runs A and B from two select boxes (B defaults to `default_partner`), with their status
     banners; None when the directory holds fewer than two runs."""
     runs = [r for r in ui.all_runs() if r.kind in ("probe", "train")]
     if len(runs) < 2:
@@ -45,10 +73,7 @@ def pick_runs():
     ia = names.index(cur) if cur in names else 0
     c1, c2 = st.columns(2)
     a = c1.selectbox("Run A", names, index=ia, key="cmp_a")
-    kind = next(r.kind for r in runs if r.name == a)
-    order = [names[(names.index(a) + k) % len(names)] for k in range(1, len(names))]
-    ib = names.index(next((n for n in order if runs[names.index(n)].kind == kind), order[0]))
-    b = c2.selectbox("Run B", names, index=ib, key="cmp_b")  # default: the next run of the same kind
+    b = c2.selectbox("Run B", names, index=default_partner(runs[names.index(a)], runs), key="cmp_b")
     ra, rb = (next(r for r in runs if r.name == n) for n in (a, b))
     for r, col in ((ra, c1), (rb, c2)):
         with col:

@@ -267,3 +267,33 @@ def test_a_record_without_routing_is_told_to_record_again_with_it(tmp_path):
         info = texts(open_page(app(tmp_path, run), "specialisation").info)
         assert ("recorded with `--router-logits none`: record it again without it" in info) is (option == "none")
         assert ("Record a run with `dsv3-probe record`" in info) is (option != "none"), info
+
+
+def _info_only_run(run, **info) -> None:
+    """A run of run.json alone (a spec run, an analysis-only run, an import): what the compare page's
+    default partner must look past."""
+    run.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"status": "complete", "format": 1, **info}))
+
+
+def test_compare_defaults_run_b_to_a_run_it_can_compare(tmp_path):
+    """Run B defaulted to the next run of A's kind: here a spec run, then an analysis-only run, then an
+    import of another model, none of which holds anything to compare with A's routing. It now takes the
+    next run of the same shape with routing, and the next of A's kind only when none fits."""
+    from helpers.synthetic_run import write_run
+
+    args = {"n_routed_experts": 8, "n_activated_experts": 2, "n_expert_groups": 4}
+    write_run(tmp_path / "a")
+    _info_only_run(tmp_path / "b-spec", kind="spec", model_args=args, tables=["spec_decode", "spec_drafts"])
+    _info_only_run(tmp_path / "c-ablate", kind="ablations", model_args=args, tables=["ablations"])
+    write_run(tmp_path / "d-import", E=16)  # loads and routing, of another model
+    info = json.loads((tmp_path / "d-import" / "run.json").read_text())
+    (tmp_path / "d-import" / "run.json").write_text(json.dumps(info | {"kind": "import", "source": {"name": "sglang"}}))
+    write_run(tmp_path / "e", seed=1, token_seed=0)  # other routing of the same tokens
+    at = open_page(app(tmp_path, "a"), "compare")
+    assert at.selectbox(key="cmp_b").value == "e" and not at.error, texts(at.error)
+    assert metric(at, "Same top-k set")  # run vs run drawn: there was something to compare
+    shutil.rmtree(tmp_path / "e")
+    shutil.rmtree(tmp_path / "d-import")
+    at = open_page(app(tmp_path, "a"), "compare")
+    assert at.selectbox(key="cmp_b").value == "b-spec"  # nothing fits: the next run of A's kind, as before
