@@ -212,8 +212,8 @@ def run_vs_run(ra: data.RunRef, rb: data.RunRef) -> None:
     st.subheader("Run vs run: the same tokens' routing")
     missing = [r.name for r in (ra, rb) if not data.has_table(r, "routing")]
     if missing:
-        st.info(f"Run vs run compares routing token by token, and {', '.join(f'`{n}`' for n in missing)} has no "
-                "`routing` table.", icon="ℹ️")
+        st.info(f"Run vs run compares routing token by token, and {' and '.join(f'`{n}`' for n in missing)} "
+                f"{'has' if len(missing) == 1 else 'have'} no `routing` table.", icon="ℹ️")
         return
     with ui.guard("run vs run"):
         res = research.run_vs_run(ra, rb)

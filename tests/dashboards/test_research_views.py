@@ -297,3 +297,14 @@ def test_compare_defaults_run_b_to_a_run_it_can_compare(tmp_path):
     shutil.rmtree(tmp_path / "d-import")
     at = open_page(app(tmp_path, "a"), "compare")
     assert at.selectbox(key="cmp_b").value == "b-spec"  # nothing fits: the next run of A's kind, as before
+
+
+def test_two_runs_without_routing_are_named_in_one_sentence(tmp_path):
+    """Both runs lacking routing read "`a`, `b` has no `routing` table" (a tour)."""
+    from helpers.synthetic_run import write_run
+
+    for name in ("a", "b"):
+        write_run(tmp_path / name)
+        shutil.rmtree(tmp_path / name / "routing")
+    at = open_page(app(tmp_path, "a"), "compare")
+    assert "and `a` and `b` have no `routing` table." in texts(at.info), texts(at.info)
