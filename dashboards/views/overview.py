@@ -38,6 +38,11 @@ def _tokens(ref: data.RunRef) -> int | None:
         return i.get("tokens_seen")
     if i.get("kind") == "spec":  # prompt + generated tokens
         return sum((i.get("spec_decode") or {}).get("tokens_per_domain", {}).values()) or None
+    if i.get("kind") in ANALYSIS_RUNS:  # the tokens scored, as its summary shows them (the column was blank)
+        try:
+            return analysis_tokens(ref)[0]
+        except data.DataError:  # an unreadable table: its summary and health check say so
+            return None
     return data.tokens_in_run(ref)
 
 
@@ -140,17 +145,22 @@ ANALYSIS_RUNS = {"ablations": ("python -m analyses.ablate", data.ablations, "Abl
                  "steering": ("python -m analyses.steer", data.steering, "Steering")}
 
 
+def analysis_tokens(ref: data.RunRef) -> tuple[int, dict[str, int]]:
+    """The tokens an analysis-only run scored, in all and per domain, from its table: per domain the
+    most any of the run's commands scored (each command writes its own part); in all, its `all` rows'."""
+    df = ANALYSIS_RUNS[ref.info["kind"]][1](ref)
+    if "kind" in df:  # steering: the loss rows count tokens scored, the generation rows tokens generated
+        df = df[df.kind == "loss"]
+    per = {str(d): int(n) for d, n in df.groupby("domain").tokens.max().items()}
+    return per.pop("all", sum(per.values())), per
+
+
 def analysis_details(ref: data.RunRef) -> None:
     """A run that holds only an analysis' results (`--out DIR`): the tokens it scored per domain, from its
     table. It showed the record's figures, 0 tokens, documents and windows (a tour)."""
     kind = ref.info["kind"]
-    cmd, read, page = ANALYSIS_RUNS[kind]
-    df = read(ref)
-    if "kind" in df:  # steering: the loss rows count tokens scored, the generation rows tokens generated
-        df = df[df.kind == "loss"]
-    # one figure per domain: the most any of the run's commands scored (each command writes its own part)
-    per = {str(d): int(n) for d, n in df.groupby("domain").tokens.max().items()}
-    total = per.pop("all", sum(per.values()))
+    cmd, _, page = ANALYSIS_RUNS[kind]
+    total, per = analysis_tokens(ref)
     a = ref.info.get("model_args") or {}
     c = st.columns(4)
     c[0].metric("Tokens scored", f"{total:,}", help="tokens whose loss the command compared with its baseline")

@@ -181,3 +181,22 @@ def test_a_long_corpus_path_wraps_in_the_runs_table(tmp_path):
     shown = at.dataframe[0]
     assert path in shown.value.corpus.tolist()
     assert shown.proto.row_height > 64 and json.loads(shown.proto.columns)["corpus"]["width"] == "large"
+
+
+@pytest.mark.parametrize("kind", ["ablations", "steering"])
+def test_the_runs_table_gives_an_analysis_only_run_the_tokens_it_scored(tmp_path, kind):
+    """An `analyses.ablate|steer --out` run had a blank tokens column while its summary below showed the
+    tokens scored (its `all` rows: steering's generation rows count tokens generated, not scored)."""
+    import pyarrow.parquet as pq
+
+    from helpers.dashboard_runs import write_ablations, write_steering
+
+    run = tmp_path / "only"
+    run.mkdir()
+    {"ablations": write_ablations, "steering": write_steering}[kind](run)
+    (run / "run.json").write_text(json.dumps({"status": "complete", "format": 1, "kind": kind, "tables": [kind]}))
+    df = pq.read_table(run / kind).to_pandas()
+    scored = int(df[(df.domain == "all") & (df.get("kind", "loss") == "loss")].tokens.max())
+    at = app(tmp_path, "only")
+    assert at.dataframe[0].value.tokens.tolist() == [scored]
+    assert any(m.label == "Tokens scored" and m.value == f"{scored:,}" for m in at.metric)
