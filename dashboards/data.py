@@ -22,7 +22,7 @@ import re
 import struct
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import duckdb
@@ -33,6 +33,7 @@ import streamlit as st
 
 from probe.run import create_views, table_files as run_table_files
 from probe.schema import TABLES, layer_label as schema_layer_label
+from probe.writer import run_status
 
 # Per-token views (co-activation, top tokens, Sankey) read at most this many tokens per layer: the
 # first windows of the run (row groups past them are skipped by their seq_id statistics).
@@ -119,9 +120,13 @@ def _discover(root: str, sig: tuple) -> list[RunRef]:
 
 
 def discover(root: str | Path) -> list[RunRef]:
-    """Every run directory directly under `root` (a folder holding a run.json)."""
+    """Every run directory directly under `root` (a folder holding a run.json). A record or training
+    run whose run.json says "running" while no job holds it (killed) has status "interrupted": asked
+    here at each call, not in the cache, which a kill leaves as it was (run.json does not change), so
+    such a run was shown as still running for good (a tour)."""
     root = Path(root)
-    return _discover(str(root.resolve()), _dir_signature(root))
+    return [replace(r, status=run_status(r.path, r.info)) if r.status == "running" else r
+            for r in _discover(str(root.resolve()), _dir_signature(root))]
 
 
 def domains_of(ref: RunRef) -> list[str]:

@@ -114,6 +114,8 @@ def status_banner(ref: data.RunRef) -> None:
     elif ref.status in ("interrupted", "failed", "stopped"):  # failed / stopped: training runs of older versions
         hint = "`dsv3-probe record ... --resume`" if ref.kind == "probe" else "`python -m train ... --resume`"
         why = ref.info.get("stop_reason") or ref.info.get("error")
+        if ref.info.get("status") == "running":  # data.discover: killed, and run.json still says running
+            why = "its job was killed: run.json still says running, and no job holds the run"
         where = f" at step {ref.info['step']}" if ref.kind == "train" and "step" in ref.info else ""
         st.warning(f"`{ref.name}` was **interrupted**{where}{f' ({why})' if why else ''}: its tables hold what was "
                    f"committed before the stop; continue it with {hint}.", icon="⚠️")

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from .errors import given_path
 from .schema import TABLES
-from .writer import PROGRESS, RunError, read_run_json
+from .writer import PROGRESS, RunError, read_run_json, run_status
 
 
 def table_files(path: str | Path, table: str) -> list[Path]:
@@ -94,12 +94,14 @@ class Run:
     @property
     def status(self) -> str:
         """run.json's status now (re-read: polling a running job's run for completion saw its first
-        status forever; a review); `info` follows it."""
+        status forever; a review); `info` follows it. A record or training run killed before it could
+        mark itself (run.json says "running", and no job holds its writer lock) is "interrupted": it
+        was "running" for good (a tour); `info["status"]` still says what run.json says."""
         try:
             self.info = read_run_json(self.path)
         except RunError:  # gone or unreadable now: what was read before
             pass
-        return self.info.get("status", "unknown")
+        return run_status(self.path, self.info)
 
     @property
     def tables(self) -> list[str]:

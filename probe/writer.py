@@ -116,15 +116,32 @@ def recorder_alive(run: str | Path) -> bool | None:
         os.close(fd)  # releases a lock it took
 
 
+def stopped_running(run: str | Path, info: dict | None) -> bool:
+    """Whether `run` is a record or training run whose run.json says "running" while no job holds its
+    writer lock (record and train hold it while they run; no other job writes "running"): one killed
+    (SIGKILL, a lost machine) before it could mark itself interrupted. False where this process cannot
+    tell (`recorder_alive` None)."""
+    return (info is not None and info.get("status") == "running" and info.get("kind") in (None, "train")
+            and recorder_alive(run) is False)
+
+
+def run_status(run: str | Path, info: dict | None) -> str:
+    """run.json's status as it stands: "interrupted" for a run that `stopped_running` (its run.json
+    still says "running": the dashboard and `probe.open_run(...).status` showed such a run as running
+    for good; a tour), else run.json's own status ("unknown" where it has none)."""
+    if stopped_running(run, info):
+        return "interrupted"
+    return str((info or {}).get("status", "unknown"))
+
+
 def refuse_running(run: str | Path, info: dict | None, error: type[Exception]) -> None:
     """A run still being written is refused (an `error`): the jobs that read a run (ablate, importance,
     steer, report) and spec, which also writes its tables into one. One whose record or training was
-    killed (run.json says "running" and no job holds its writer lock) says how to finish it instead
-    of "still being recorded" for good (a review)."""
+    killed (`stopped_running`) says how to finish it instead of "still being recorded" for good (a review)."""
     if info is None or info.get("status") != "running":
         return
     kind = info.get("kind")  # None: a record run; record and train hold the writer lock while they run
-    if kind in (None, "train") and recorder_alive(run) is False:
+    if stopped_running(run, info):
         job = "record" if kind is None else "training"
         raise error(f"{run}: its {job} stopped before the end (run.json says running, and no {job} job "
                     f"holds the run): finish it with the {'record' if kind is None else 'python -m train'} "

@@ -82,10 +82,13 @@ def run_notes(run, ns) -> list[str]:
         notes.append(f"{run.path} is an import ({(run.info.get('source') or {}).get('name', '?')}): it has no "
                      "checkpoint or corpus, so the sections that run the model (masking, importance, steering) "
                      "are left out")
-    if run.status == "running" and not ns.skip_ablation:
+    status = run.status  # re-reads run.json: "interrupted" for a killed record, whose run.json says running
+    if run.info.get("status") == "running" and not ns.skip_ablation:
         _check_model_sections_can_run(run)
-    if run.status in ("running", "interrupted"):
-        notes.append(f"{run.path} is {run.status!r}, not complete: the report covers the tokens recorded so far")
+    if status in ("running", "interrupted"):
+        killed = (" (its job was killed: run.json still says running; continue it with --resume)"
+                  if status == "interrupted" and run.info.get("status") == "running" else "")
+        notes.append(f"{run.path} is {status!r}{killed}, not complete: the report covers the tokens recorded so far")
     if lost := run.lost_tables:  # they read as empty, and the sections were "not recorded" (a review)
         notes.append(f"{run.path}: run.json lists {', '.join(lost)} but the run has no part files of "
                      f"{'them' if len(lost) > 1 else 'it'} (deleted?): the sections that read "

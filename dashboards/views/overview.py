@@ -89,12 +89,13 @@ def probe_details(ref: data.RunRef) -> None:
         got = data.recorded_tokens(ref)
         docs, windows = int(got.documents.sum()), int(got.windows.sum())
         per = dict(zip(got.domain, got.tokens.astype(int)))
-        st.caption(f"Status {i.get('status')!r}: the figures count what was recorded so far "
+        st.caption(f"Status {ref.status!r}: the figures count what was recorded so far "
                    f"({sum(per.values()):,} of the {planned.get('tokens', 0):,} tokens planned).")
     elif i.get("status") != "complete" and planned and not i.get("recorded"):  # its plan showed as recorded
         docs, windows, per = 0, 0, {}
-        st.caption(f"Status {i.get('status')!r}: no batch committed yet ({planned.get('tokens', 0):,} tokens "
-                   "planned); the figures fill in as the record commits.")
+        then = "the figures fill in as the record commits" if ref.status == "running" else "resume it to record them"
+        st.caption(f"Status {ref.status!r}: no batch committed yet ({planned.get('tokens', 0):,} tokens "
+                   f"planned); {then}.")
     c = st.columns(5)
     c[0].metric("Tokens", f"{_tokens(ref) or 0:,}")
     c[1].metric("Documents", f"{docs:,}")

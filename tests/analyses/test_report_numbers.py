@@ -121,11 +121,13 @@ def test_run_notes_say_a_run_still_recording_is_not_complete():
 def test_a_killed_record_is_one_message_not_a_note_and_a_contradicting_error(tmp_path):
     """A SIGKILLed record (run.json "running", no writer holds it): the report noted that it "covers the
     tokens recorded so far" and then failed in the ablations with "finish it with ... --resume". Now the
-    refusal comes first, alone, and names both ways on; with --skip-ablation the note stands alone."""
+    refusal comes first, alone, and names both ways on; with --skip-ablation the note stands alone, and
+    calls the run interrupted (it said 'running' of a run no job was writing; a tour)."""
     from analyses.report.render import ReportError
     from probe.writer import writer_lock
 
-    run = NS(path=tmp_path, status="running", info={"status": "running"}, lost_tables=[])
+    (tmp_path / "run.json").write_text(json.dumps({"status": "running", "format": 1}))
+    run = probe.open_run(tmp_path)
     with pytest.raises(ReportError) as e:
         run_notes(run, NS(skip_ablation=False))
     assert str(e.value) == (f"{tmp_path}: its record stopped before the end (run.json says running, and no record "
@@ -136,8 +138,11 @@ def test_a_killed_record_is_one_message_not_a_note_and_a_contradicting_error(tmp
         with pytest.raises(ReportError, match=r"the run is still being recorded \(status running\); or pass "
                                               "--skip-ablation for a report of the tokens recorded so far"):
             run_notes(run, NS(skip_ablation=False))
+        assert run_notes(run, NS(skip_ablation=True)) == [
+            f"{tmp_path} is 'running', not complete: the report covers the tokens recorded so far"]
     assert run_notes(run, NS(skip_ablation=True)) == [
-        f"{tmp_path} is 'running', not complete: the report covers the tokens recorded so far"]
+        f"{tmp_path} is 'interrupted' (its job was killed: run.json still says running; continue it with --resume), "
+        "not complete: the report covers the tokens recorded so far"]
 
 
 # ------------------------------------------------------------------------------ the sweep's tables

@@ -12,7 +12,8 @@ import sys
 
 import pytest
 
-from helpers.apptest import REPO, app, texts
+from helpers.apptest import REPO, app, open_page, texts
+from probe.writer import writer_lock
 
 
 def test_a_mistyped_runs_directory_is_said_not_replaced(tmp_path, monkeypatch):
@@ -59,11 +60,41 @@ def test_the_runs_list_follows_the_folder_without_a_reload(tmp_path):
     assert [r.name for r in data.discover(tmp_path)] == ["a", "b"]
     info = json.loads((tmp_path / "b" / "run.json").read_text())
     (tmp_path / "b" / "run.json").write_text(json.dumps(info | {"status": "running", "x": 1}))
-    assert next(r for r in data.discover(tmp_path) if r.name == "b").status == "running"
+    with writer_lock(tmp_path / "b"):  # a record at work (without one, a killed run: interrupted)
+        assert next(r for r in data.discover(tmp_path) if r.name == "b").status == "running"
     (tmp_path / "b" / "run.json").write_text(json.dumps(info | {"status": "complete"}))
     assert next(r for r in data.discover(tmp_path) if r.name == "b").status == "complete"
     shutil.rmtree(tmp_path / "a")
     assert [r.name for r in data.discover(tmp_path)] == ["b"]
+
+
+def test_a_killed_record_or_training_run_is_interrupted_not_running(tmp_path):
+    """A record or a training run killed (SIGKILL) leaves run.json saying "running" and its writer lock
+    free: the Overview, the runs list and the sidebar said "still running" for good, and
+    `probe.open_run(...).status` "running" (a tour). Told apart by the lock, as refuse_running does:
+    interrupted, with how to resume; a run whose lock a job holds is running."""
+    import probe
+    from helpers.dashboard_runs import write_train_run
+    from helpers.synthetic_run import write_run
+
+    write_run(tmp_path / "rec", n_seq=2)
+    write_train_run(tmp_path / "tr", steps=3)
+    for name in ("rec", "tr"):
+        info = json.loads((tmp_path / name / "run.json").read_text())
+        (tmp_path / name / "run.json").write_text(json.dumps(info | {"status": "running"}))
+    for name, resume in (("rec", "`dsv3-probe record ... --resume`"), ("tr", "`python -m train ... --resume`")):
+        run = tmp_path / name
+        at = open_page(app(tmp_path, name), "overview")
+        shown = texts(at.warning)
+        assert f"`{name}` was **interrupted**" in shown and "its job was killed" in shown and resume in shown, shown
+        assert "still **running**" not in texts(at.info)
+        assert dict(zip(at.dataframe[0].value.run, at.dataframe[0].value.status))[name] == "interrupted"
+        assert probe.open_run(run).status == "interrupted" and probe.open_run(run).info["status"] == "running"
+        with writer_lock(run):  # the job at work
+            at = open_page(app(tmp_path, name), "overview")
+            assert "still **running**" in texts(at.info) and "**interrupted**" not in texts(at.warning)
+            assert dict(zip(at.dataframe[0].value.run, at.dataframe[0].value.status))[name] == "running"
+            assert probe.open_run(run).status == "running"
 
 
 def test_queries_share_one_database_each_with_views_of_its_own_run(tmp_path):

@@ -317,7 +317,10 @@ def test_a_training_run_at_its_first_step(tmp_path):
 
 @pytest.mark.slow
 def test_running_and_interrupted_runs_are_flagged(runs):
-    running = visit(runs["good"], "demo-running", PAGES)
+    from probe.writer import writer_lock
+
+    with writer_lock(Path(runs["good"]) / "demo-running"):  # a record at work (without one: killed, interrupted)
+        running = visit(runs["good"], "demo-running", PAGES)
     for page, shown in running.items():
         assert not shown["errors"], (page, shown["errors"])
     assert "still **running**" in running["overview"]["info"]

@@ -19,6 +19,7 @@ def test_a_run_read_while_it_is_written_sees_each_call_what_is_on_disk(tmp_path)
     import shutil
 
     from helpers.synthetic_run import write_run
+    from probe.writer import writer_lock
 
     src = tmp_path / "src"
     write_run(src)
@@ -41,7 +42,9 @@ def test_a_run_read_while_it_is_written_sees_each_call_what_is_on_disk(tmp_path)
     assert count() == len(run.df("tokens"))
     info = json.loads((live / "run.json").read_text())
     (live / "run.json").write_text(json.dumps(info | {"status": "running"}))
-    assert run.status == "running" and run.info["status"] == "running"
+    with writer_lock(live):  # a record at work; without one, a killed run: interrupted
+        assert run.status == "running" and run.info["status"] == "running"
+    assert run.status == "interrupted" and run.info["status"] == "running"
 
 
 def test_a_full_disk_at_the_last_commit_marks_the_run_interrupted_with_no_table_half_committed(
