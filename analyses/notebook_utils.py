@@ -43,9 +43,10 @@ def need_domains(run, what: str) -> list[str]:
 
 def latent_summary(kv, stats) -> str:
     """The latent_kv notebook's conclusion (markdown): the effective-rank and energy ranges over the
-    layers with finite latents, the layers without (a diverged checkpoint: the probe writes NaN
-    there; the notebook raised deep in pandas, or left the layer out unsaid; a review), and the
-    cache bytes. `kv`: `analyses.report.latent_rank(run)`; `stats`: the `kv_stats` rows."""
+    layers with finite latents of two tokens or more, the layers without (a diverged checkpoint: the
+    probe writes NaN there; the notebook raised deep in pandas, or left the layer out unsaid; a
+    review; under two tokens a layer, whose covariance is zero: it read "ranges from 0.0", a tour),
+    and the cache bytes. `kv`: `analyses.report.latent_rank(run)`; `stats`: the `kv_stats` rows."""
     import numpy as np
 
     finite = kv[np.isfinite(kv.effective_rank.astype(float))]
@@ -54,9 +55,16 @@ def latent_summary(kv, stats) -> str:
     if bad:
         lines.append(f"- Layer{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))}: non-finite latents (NaN "
                      "or inf) in this recording, so no effective rank or spectrum.")
-    if finite.empty:
+    few = finite[finite.tokens < 2] if "tokens" in finite else finite.iloc[:0]
+    if len(few):
+        n = int(few.tokens.min())
+        lines.append(f"- Layer{'s' if len(few) > 1 else ''} {', '.join(str(int(x)) for x in few.layer)}: no effective "
+                     f"rank or energy components (n/a): a covariance needs two tokens or more, and the run recorded "
+                     f"{n} token{'' if n == 1 else 's'} a layer (record with a larger `--max-tokens`).")
+        finite = finite.drop(few.index)
+    if finite.empty and not len(few):
         lines.append("- No layer has finite latents: there is no rank to summarise.")
-    else:
+    elif not finite.empty:
         lo, hi = finite.loc[finite.effective_rank.idxmin()], finite.loc[finite.effective_rank.idxmax()]
         lines.append(f"- Effective rank of c_kv ranges from {lo.effective_rank:.1f} (layer {int(lo.layer)}) to "
                      f"{hi.effective_rank:.1f} (layer {int(hi.layer)}) out of {int(kv.latent_dim.max())} channels "

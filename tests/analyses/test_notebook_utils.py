@@ -31,6 +31,25 @@ def test_the_latent_conclusion_names_the_extreme_layers_and_the_cache_ratio():
     assert lines[3].endswith(f"({1500 / 100:.1f}x smaller than MHA).")  # MHA over the absorbed cache
 
 
+def test_the_latent_conclusion_gives_no_rank_for_one_token_a_layer():
+    """A covariance of one token is zero: the conclusion said the effective rank "ranges from 0.0"
+    (a tour); it says n/a and why, as the dashboard's Latent KV page does, and ranges over the
+    layers of two tokens or more only."""
+    kv = pd.DataFrame({"layer": [1, 2], "tokens": 1, "latent_dim": 32, "effective_rank": 0.0,
+                       "energy90": 0, "energy99": 0})
+    kv["rank_share"] = kv.effective_rank / kv.latent_dim
+    stats = pd.DataFrame({"bytes_absorb": [100], "bytes_naive": [400], "bytes_mha": [1500]})
+    lines = notebook_utils.latent_summary(kv, stats).splitlines()
+    assert lines[0] == ("- Layers 1, 2: no effective rank or energy components (n/a): a covariance needs two tokens "
+                        "or more, and the run recorded 1 token a layer (record with a larger `--max-tokens`).")
+    assert len(lines) == 2 and lines[1].startswith("- Cache per token and layer")
+    kv.loc[1, ["tokens", "effective_rank", "energy90", "energy99"]] = [5, 3.0, 2, 4]  # layer 2: five tokens
+    kv["rank_share"] = kv.effective_rank / kv.latent_dim
+    lines = notebook_utils.latent_summary(kv, stats).splitlines()
+    assert lines[0].startswith("- Layer 1: no effective rank")
+    assert "ranges from 3.0 (layer 2) to 3.0 (layer 2)" in lines[1]
+
+
 def test_integer_settings_must_be_positive_and_blank_means_the_default(monkeypatch):
     monkeypatch.setenv("DSV3_T", "")
     assert notebook_utils.env_int("DSV3_T", 7) == 7
