@@ -98,21 +98,24 @@ def balanced_corpus(corpus: str | Path, tokenizer: str | Path, tokens_per_domain
     corpus is sorted by domain, so a plain token limit would keep only its first domain.
     Deterministic; written once per (corpus content, tokenizer, budget) under a temporary name,
     then renamed; returns its path. A corpus or tokenizer file that is missing or unreadable (or an
-    empty path) is a one-line `probe.corpus.CorpusError` naming it."""
+    empty path), or a `tokens_per_domain` that is not a whole number >= 1, is a one-line
+    `probe.corpus.CorpusError` naming it (2.5 or '3' failed in a TypeError deep in the sampling, a
+    NaN wrote a sample of whole documents; a tour)."""
     from tokenizers import Tokenizer
 
+    from analyses.metrics._common import whole_count
     from probe.corpus import CorpusError, fingerprint, iter_documents
     from probe.errors import first_line, given_path
     from probe.writer import replacing
 
+    tokens_per_domain = whole_count(tokens_per_domain, "tokens_per_domain", error=CorpusError,
+                                    why=" (the tokens of each domain to take)")
     corpus, tokenizer = given_path(corpus, "corpus", CorpusError), given_path(tokenizer, "tokenizer", CorpusError)
     if not corpus.exists():
         raise CorpusError(f"{corpus}: corpus not found")
     if not tokenizer.is_file():  # fingerprint() raised FileNotFoundError, or hashed a whole folder
         raise CorpusError(f"{tokenizer}: " + ("a folder, not a tokenizer.json file" if tokenizer.is_dir()
                                              else "tokenizer not found"))
-    if tokens_per_domain < 1:
-        raise ValueError(f"tokens_per_domain {tokens_per_domain}: must be >= 1")
     key = digest(fingerprint(corpus), fingerprint(tokenizer), tokens_per_domain)
     out = Path(dest_dir) / f"{corpus.stem}-{tokens_per_domain}per-domain-{key}.jsonl"
     if out.exists():

@@ -85,8 +85,21 @@ def test_a_balanced_sample_takes_each_domains_first_tokens_and_interleaves_the_d
     assert [(r["id"], r["domain"], r["text"]) for r in rows] == [
         ("c1", "code", "a b c"), ("p1", "prose", "s t u v w"), ("c2", "code", "one two")]
     assert notebook_utils.balanced_corpus(corpus, tok, 5, tmp_path / "samples") == out  # written once
-    with pytest.raises(ValueError, match="tokens_per_domain 0: must be >= 1"):
-        notebook_utils.balanced_corpus(corpus, tok, 0, tmp_path / "samples")
+
+
+def test_a_sample_size_that_is_not_a_whole_number_is_refused_by_name(word_corpus, tmp_path):
+    """tokens_per_domain=0 was a plain ValueError, 2.5 or '3' a TypeError deep in the sampling, and NaN
+    wrote a sample of whole documents (a tour): the module's CorpusError, naming the argument."""
+    from probe.corpus import CorpusError
+
+    corpus, tok = word_corpus
+    for bad in (0, -1, 2.5, "3", None, True, float("nan")):
+        with pytest.raises(CorpusError) as e:
+            notebook_utils.balanced_corpus(corpus, tok, bad, tmp_path / "samples")
+        assert str(e.value) == (f"tokens_per_domain={bad!r}: expected a whole number >= 1 (the tokens of each "
+                                "domain to take)"), str(e.value)
+    assert not (tmp_path / "samples").exists()
+    assert notebook_utils.balanced_corpus(corpus, tok, 5.0, tmp_path / "samples").name.startswith("corpus-5per-")
 
 
 def test_a_tokenizer_that_is_missing_or_unreadable_is_one_line_naming_it(word_corpus, tmp_path, monkeypatch):
