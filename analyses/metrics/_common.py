@@ -84,15 +84,22 @@ def nan_if(cond: bool, value) -> float:
 
 # ------------------------------------------------------------------------------ runs
 def as_run(run):
-    """A `probe.Run`, from a Run or a run directory path."""
+    """A `probe.Run`, from a Run or a run directory path; anything else is a MetricsError naming what it
+    got (a plain TypeError before, where every other bad input to a metric is a MetricsError; a tour)."""
     if isinstance(run, (str, Path)):
         import probe
 
         return probe.open_run(run)
     if not all(hasattr(run, a) for a in ("files", "info", "sql")):  # a Run, or something that reads like one
-        raise TypeError(f"expected a run: a run directory's path or a probe.Run (probe.open_run), got "
-                        f"{type(run).__name__}")
+        raise MetricsError(f"run: expected a run directory's path or a probe.Run (probe.open_run), got "
+                           f"{type(run).__name__}{_short_repr(run)}")
     return run
+
+
+def _short_repr(value, most: int = 40) -> str:
+    """' VALUE' where its repr is short (' 42', ' None', ' {}'), else nothing (a DataFrame's is pages)."""
+    r = repr(value)
+    return f" {r}" if len(r) <= most and "\n" not in r else ""
 
 
 def model_arg(run, key: str, default=None):

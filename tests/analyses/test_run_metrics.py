@@ -398,8 +398,15 @@ def test_margin_summary_near_is_strictly_below():
 
 
 def test_something_that_is_no_run_is_named_as_such():
-    """balance_table({}) said "'dict' object has no attribute 'files'" (a researcher's tour)."""
-    from analyses.metrics import balance_table
+    """balance_table({}) said "'dict' object has no attribute 'files'" (a researcher's tour), then a plain
+    TypeError: the module's MetricsError now, naming what it got and what it takes (a tour)."""
+    import pandas as pd
 
-    with pytest.raises(TypeError, match=r"^expected a run: a run directory's path or a probe.Run .*got dict$"):
-        balance_table({})
+    from analyses.metrics import MetricsError, balance_table
+
+    takes = "run: expected a run directory's path or a probe.Run (probe.open_run), got "
+    for bad, got in (({}, "dict {}"), (42, "int 42"), (None, "NoneType None"),
+                     (pd.DataFrame({"x": range(50)}), "DataFrame")):
+        with pytest.raises(MetricsError) as e:
+            balance_table(bad)
+        assert str(e.value) == takes + got
