@@ -133,10 +133,12 @@ def rank_disagreement(df_or_run, layer: int | None = None, top: int = 5, domain:
     """Per layer (or only `layer`), the `top` experts whose load rank and causal rank differ most
     (largest |rank_gap|; ties: lower expert id first): layer, expert, load_share, delta, load_rank,
     causal_rank, rank_gap."""
-    from analyses.metrics._common import whole_count
+    from analyses.metrics._common import layer_number, whole_count
 
     # top=2.5, '3' or True were pandas' and Python's TypeErrors
     top = whole_count(top, "top", why=" (experts listed per layer)", error=ImportanceError)
+    # layer='1' was "layer 1: not in the table; layers are [1]", and True taken for layer 1 (a tour)
+    layer = None if layer is None else layer_number(layer, error=ImportanceError)
     df = _domain_rows(importance_table(df_or_run), domain)
     if layer is not None:
         if layer not in set(df.layer):

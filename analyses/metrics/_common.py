@@ -138,11 +138,11 @@ def need_rows(run, table: str) -> None:
         raise MetricsError(f"{run.path}: run's {table} table is empty")
 
 
-def layer_number(layer, name: str = "layer") -> int:
+def layer_number(layer, name: str = "layer", error: type[Exception] = MetricsError) -> int:
     """`layer` as an int: a whole number (2, numpy's 2, 2.0). int() took 2.5 for layer 2 and '2' for
-    a number, without a word."""
+    a number, without a word. Refused as `error` (analyses.importance passes its own)."""
     if isinstance(layer, (bool, str, bytes)) or not isinstance(layer, numbers.Real) or not float(layer).is_integer():
-        raise MetricsError(f"{name}={layer!r}: expected a whole layer number")
+        raise error(f"{name}={layer!r}: expected a whole layer number")
     return int(layer)
 
 

@@ -429,6 +429,18 @@ def test_rank_disagreement_needs_a_whole_number_of_experts_of_at_least_one():
     assert len(rank_disagreement(_table([0.1, 0.2], [0.2, 0.1]), top=np.int64(1))) == 1
 
 
+def test_rank_disagreement_refuses_a_layer_that_is_not_a_whole_number_by_name():
+    """layer='1' said "layer 1: not in the table; layers are [1]", 1.5 the same of 1.5, and True was
+    taken for layer 1 (a tour): refused as the metrics refuse a layer, with this package's error."""
+    df = pd.concat([_table([0.4, 0.3], [0.0, 0.1], layer=1), _table([0.4, 0.3], [0.1, 0.0], layer=2)])
+    for bad in ("1", 1.5, True, float("nan"), [1]):
+        with pytest.raises(ImportanceError) as e:
+            rank_disagreement(df, layer=bad)
+        assert str(e.value) == f"layer={bad!r}: expected a whole layer number"
+    for good in (1, 1.0, np.int64(1)):
+        assert rank_disagreement(df, layer=good).layer.tolist() == [1, 1]
+
+
 def test_commands_measuring_other_experts_write_parts_of_their_own(tmp_path):
     # the part's name hashes the experts measured: `--experts 0-1` then `--experts 2-3` with the same
     # options are two parts, the second not replacing the first
