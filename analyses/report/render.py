@@ -68,8 +68,23 @@ def check_run(path: Path) -> None:
         raise ReportError(f"{path}: run.json lists expert_load but the run has no part files of it (deleted?): "
                           "every section reads it; record the run again")
     if not run.files("expert_load") or run.sql("select count(*) from expert_load").fetchall()[0][0] == 0:
+        if made_by := _made_by_another_command(run):  # not empty, and record refuses its folder (a tour)
+            raise ReportError(f"{path}: {made_by}, with no expert_load, which every section reads: the report is "
+                              "of a run that `dsv3-probe record` made (pass one; the dashboard shows this one)")
         raise ReportError(f"{path}: empty run: no expert_load rows (status {run.status!r}); record it first")
     return run
+
+
+def _made_by_another_command(run) -> str | None:
+    """What a run without expert_load holds where a command other than record made it (a spec run, an
+    ablate/importance/steer --out run): "a run made by CMD (it holds T1, T2)"; None otherwise."""
+    from probe.record import MADE_BY
+
+    kind = run.info.get("kind")
+    if kind not in MADE_BY:
+        return None
+    held = run.tables
+    return f"a run made by {MADE_BY[kind]}" + (f" (it holds {', '.join(held)})" if held else "")
 
 
 def run_notes(run, ns) -> list[str]:

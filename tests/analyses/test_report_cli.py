@@ -5,6 +5,7 @@ runs; flags that change nothing are said so."""
 from __future__ import annotations
 
 import json
+import shutil
 import time
 
 import pytest
@@ -211,3 +212,27 @@ def test_a_run_whose_checkpoint_moved_takes_ckpt_and_corpus_for_the_model_sectio
     argv = [str(run), "--out", str(html), "--no-progress", "--ckpt", str(moved), "--corpus", str(probe_env["corpus"])]
     assert report.main(argv) == 2 and "stopped by the test" in capsys.readouterr().err
     assert seen == [(str(moved), str(probe_env["corpus"]))]
+
+
+def test_a_run_another_command_made_is_named_not_called_empty(tmp_path, capsys):
+    """A `dsv3-probe spec` run, or one `analyses.ablate --out` wrote, was 'empty run: no expert_load rows
+    ...; record it first': it holds its own tables, and record refuses its folder (a tour)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    spec = tmp_path / "spec"
+    (spec / "spec_decode").mkdir(parents=True)
+    (spec / "run.json").write_text(json.dumps({"status": "complete", "format": 1, "kind": "spec",
+                                               "tables": ["spec_decode"]}))
+    pq.write_table(pa.table({"prompt": [0]}), spec / "spec_decode" / "part-0.parquet")
+    why = ("a run made by `dsv3-probe spec` (it holds spec_decode), with no expert_load, which every section reads: "
+           "the report is of a run that `dsv3-probe record` made (pass one; the dashboard shows this one)")
+    assert _err([str(spec), "--skip-ablation"], capsys) == f"error: {spec}: {why}"
+    write_run(tmp_path / "run")
+    assert _err([str(tmp_path / "run"), "--skip-ablation", "--compare", str(spec)], capsys) == \
+        f"error: --compare {spec}: {why}"
+    (spec / "run.json").write_text(json.dumps({"status": "complete", "format": 1, "kind": "ablations"}))
+    shutil.rmtree(spec / "spec_decode")
+    assert _err([str(spec), "--skip-ablation"], capsys) == (
+        f"error: {spec}: a run made by `python -m analyses.ablate`, with no expert_load, which every section reads: "
+        "the report is of a run that `dsv3-probe record` made (pass one; the dashboard shows this one)")
