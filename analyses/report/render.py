@@ -241,7 +241,9 @@ def summary(r: dict) -> list[str]:
         s.append("Teacher-forced MTP agreement: " + ", ".join(
             f"{x.domain} {x.agreement:.3f}" for x in m.itertuples()) + ".")
     kv = r["kv"]
-    if kv is not None:
+    if kv is not None and (few := kv_too_few(kv)):
+        s.append(f"Latent c_kv effective rank: not measured ({few}).")
+    elif kv is not None:
         s.append("Latent c_kv effective rank: " + ", ".join(
             (f"L{int(x.layer)} {x.effective_rank:.1f}/{int(x.latent_dim)} (99% energy in {int(x.energy99)})"
              if x.energy99 == x.energy99 else f"L{int(x.layer)} none (non-finite latents)")
@@ -351,9 +353,19 @@ def _mtp_figures(m: pd.DataFrame) -> list:
     return [("Teacher-forced MTP agreement by domain", fig.update_layout(barmode="group"), m, False)]
 
 
+def kv_too_few(kv: pd.DataFrame) -> str | None:
+    """Why the latents give no rank (None when they do): a covariance of one token is zero, so its
+    effective rank and energy components read 0, as if measured (record --max-tokens 1)."""
+    n = int(kv.tokens.min()) if len(kv) else None
+    return (f"a covariance needs two tokens or more, and the run recorded {n} token{'' if n == 1 else 's'} a layer; "
+            "record with a larger --max-tokens" if n is not None and n < 2 else None)
+
+
 def _kv_figures(kv: pd.DataFrame) -> list:
     import plotly.graph_objects as go
 
+    if few := kv_too_few(kv):  # no chart or column shows the zeros of a zero covariance as a result
+        return [(f"No effective rank: {few}", None, kv[["layer", "tokens", "latent_dim"]], False)]
     x = [f"L{v}" for v in kv.layer]
     fig = go.Figure([go.Bar(name="effective rank", x=x, y=kv.effective_rank)] +
                     [go.Scatter(name=f"{p}% energy", x=x, y=kv[f"energy{p}"], mode="lines+markers")

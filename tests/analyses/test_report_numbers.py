@@ -346,3 +346,29 @@ def test_run_vs_run_lists_only_tokens_whose_routes_changed(tmp_path):
         [0, 3, 1, 0, 1.0]]
     titles = [x[0] for x in research.figures({"run_vs_run": one})["Run vs run"]]
     assert titles == ["Routing agreement with " + one["other"] + " per layer", "Tokens whose routes changed most"]
+
+
+def _base_r(**kw) -> dict:
+    """The report dict of a hand-made run with two MoE layers, sections set by `kw`."""
+    b = pd.DataFrame({"layer": [1, 2], "maxvio_global": [0.5, 0.25], "balancedness": [0.8, 0.9]})
+    return {"balance": b, "specialisation": None, "domains": ["code"], "sweep": None, "repetition": None,
+            "mtp": None, "kv": None, "run": NS(info={})} | kw
+
+
+def test_latents_of_one_token_give_no_rank_of_zero():
+    """record --max-tokens 1: one token a layer, a zero covariance; the summary read 'L0 0.0/64 (99% energy
+    in 0)' and the chart drew four zero series as the measured rank (a tour)."""
+    from analyses.report.render import _kv_figures
+
+    kv = pd.DataFrame({"layer": [0, 1], "tokens": [1, 1], "latent_dim": [64, 64], "effective_rank": [0.0, 0.0],
+                       "energy90": [0, 0], "energy95": [0, 0], "energy99": [0, 0], "rank_share": [0.0, 0.0]})
+    why = ("a covariance needs two tokens or more, and the run recorded 1 token a layer; record with a larger "
+           "--max-tokens")
+    assert f"Latent c_kv effective rank: not measured ({why})." in summary(_base_r(kv=kv))
+    [(title, fig, table, _)] = _kv_figures(kv)
+    assert title == f"No effective rank: {why}" and fig is None and list(table.columns) == ["layer", "tokens",
+                                                                                           "latent_dim"]
+    kv2 = kv.assign(tokens=[2, 2], effective_rank=[1.5, 1.2], energy99=[2, 2])  # two tokens: measured
+    assert "Latent c_kv effective rank: L0 1.5/64 (99% energy in 2), L1 1.2/64 (99% energy in 2)." in \
+        summary(_base_r(kv=kv2))
+    assert _kv_figures(kv2)[0][1] is not None
