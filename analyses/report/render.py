@@ -26,6 +26,8 @@ ONE_DOMAIN = ("the run has one domain ({}): record a corpus with two or more (a 
               "each; with --max-tokens the default --order domains takes tokens from every domain).")
 ONE_DOMAIN_IMPORT = ("the run is imported serving traffic, one stream ({}): domains are compared in a run recorded "
                      "from a corpus of two or more (`dsv3-probe record`).")
+NO_PAIRS = ("every window holds one token (a record with --max-tokens 1, or documents of one token), so no token "
+            "has a neighbour to share an expert with")
 SECTIONS = ("Summary", "Load balance", "Domain specialisation", "Loss vs masked experts",
             "Per-domain ablation", "Consecutive-token repetition", "MTP agreement", "Latent KV effective rank",
             *research.RESEARCH_SECTIONS)
@@ -232,7 +234,9 @@ def summary(r: dict) -> list[str]:
     if r["sweep"] is not None:
         s += _sweep_summary(r["sweep"])
     rep = r["repetition"]
-    if rep is not None:
+    if rep is not None and not rep.pairs.any():
+        s.append(f"Consecutive tokens with the same first-choice expert: not measured ({NO_PAIRS}).")
+    elif rep is not None:
         s.append("Consecutive tokens with the same first-choice expert: " + ", ".join(
             f"L{int(x.layer)} {x.same_top1:.3f} (uniform {x.baseline_top1_uniform:.3f}, load-matched "
             f"{x.baseline_top1_load:.3f})" for x in rep.itertuples()) + ".")
@@ -338,6 +342,8 @@ def _domain_ablation_figures(sw) -> list:
 
 
 def _repetition_figures(rep: pd.DataFrame) -> list:
+    if not rep.pairs.any():  # every measured share is 0 / 0: the chart drew the baselines beside nothing
+        return [(f"No adjacent tokens: {NO_PAIRS}", None, rep[["layer", "tokens", "pairs"]], False)]
     fig = _layer_bars(rep, [("same top-1 (measured)", "same_top1"), ("uniform 1/N", "baseline_top1_uniform"),
                             ("load-matched", "baseline_top1_load"), ("top-2 share one (measured)", "top2_any"),
                             ("top-2 uniform", "baseline_top2_any_uniform"), ("top-k share one (measured)", "topk_any"),

@@ -372,3 +372,21 @@ def test_latents_of_one_token_give_no_rank_of_zero():
     assert "Latent c_kv effective rank: L0 1.5/64 (99% energy in 2), L1 1.2/64 (99% energy in 2)." in \
         summary(_base_r(kv=kv2))
     assert _kv_figures(kv2)[0][1] is not None
+
+
+def test_windows_of_one_token_give_no_repetition_of_nan(tmp_path):
+    """record --max-tokens 1: no two tokens share a window; the summary read 'L1 nan (uniform 0.031,
+    load-matched 1.000)' and the chart drew its baselines beside three all-NaN measured series (a tour)."""
+    from analyses.report.render import NO_PAIRS, _repetition_figures
+
+    write_run(tmp_path / "r", n_seq=2, seq_len=1)
+    rep = rd.repetition(probe.open_run(tmp_path / "r"))
+    s = summary(_base_r(repetition=rep))
+    assert f"Consecutive tokens with the same first-choice expert: not measured ({NO_PAIRS})." in s
+    assert not any("nan" in x for x in s)
+    [(title, fig, table, _)] = _repetition_figures(rep)
+    assert title == f"No adjacent tokens: {NO_PAIRS}" and fig is None and table.pairs.eq(0).all()
+    write_run(tmp_path / "two", n_seq=2, seq_len=2)  # two tokens a window: measured
+    rep = rd.repetition(probe.open_run(tmp_path / "two"))
+    [line] = [x for x in summary(_base_r(repetition=rep)) if x.startswith("Consecutive")]
+    assert _repetition_figures(rep)[0][1] is not None and "not measured" not in line and "L1 " in line
