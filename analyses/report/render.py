@@ -416,6 +416,12 @@ def _missing(sec: str, r: dict) -> str:
         return f"(skipped: {r.get('skip_reason') or '--skip-ablation'})"
     if sec in research.RESEARCH_SECTIONS:
         return research.missing(sec, r)
+    run = r["run"]
+    if sec == "MTP agreement" and run.status == "complete" and (Path(run.path) / "mtp").is_dir() \
+            and not r.get("lost_tables"):  # recorded without a row: "not recorded" read as --no-mtp (a tour)
+        return ("(not measured: the run recorded the mtp table, but none of its windows has a position with two more "
+                "tokens after it, which the MTP head's guess of token i+2 is scored against; record longer windows "
+                "or a larger --max-tokens)")
     return research.not_recorded(r, "the table was not recorded")
 
 

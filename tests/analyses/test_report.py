@@ -467,3 +467,23 @@ def test_the_importance_scatter_has_its_own_table_of_every_expert(tmp_path, monk
     pd.testing.assert_frame_equal(table, want)
     assert "spearman" in figs[1][2] and figs[1][1] is None  # the correlation: an entry of its own
 
+
+
+def test_a_recorded_mtp_table_without_rows_is_told_from_a_missing_one(tmp_path, capsys):
+    """record --max-tokens 1 makes the mtp table and no window gives it a row: the section said
+    '(not in this run: the table was not recorded)', which reads as a record made with --no-mtp (a tour)."""
+    from helpers.synthetic_run import write_run
+
+    write_run(tmp_path / "r", n_seq=2, seq_len=1)
+    info = json.loads((tmp_path / "r" / "run.json").read_text())
+    (tmp_path / "r" / "run.json").write_text(json.dumps(info | {"status": "complete", "tables": ["mtp"]}))
+    (tmp_path / "r" / "mtp").mkdir()
+    argv = [str(tmp_path / "r"), "--out", str(tmp_path / "r.html"), "--skip-ablation", "--no-progress"]
+    assert report.main(argv) == 0
+    doc = (tmp_path / "r.html").read_text()
+    assert ("(not measured: the run recorded the mtp table, but none of its windows has a position with two more "
+            "tokens after it") in doc and doc.count("the table was not recorded") == 1  # latent KV only
+    (tmp_path / "r" / "mtp").rmdir()  # recorded with --no-mtp: no folder, not listed
+    (tmp_path / "r" / "run.json").write_text(json.dumps(info | {"status": "complete", "tables": []}))
+    assert report.main(argv) == 0
+    assert (tmp_path / "r.html").read_text().count("the table was not recorded") == 2
