@@ -59,8 +59,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-ablation", action="store_true",
                    help="leave out the sections that run the model: ablations, causal importance, steering (fast)")
     p.add_argument("--compare", metavar="RUN", type=path_text,
-                   help="a second run over the same windows (another checkpoint, or this one changed): the "
-                        "'Run vs run' section")
+                   help="a second run over the same windows (another checkpoint of the same model, or this one "
+                        "changed): the 'Run vs run' section")
     p.add_argument("--importance-tokens", type=int, default=1000,
                    help="tokens per domain the causal-importance and steering sections evaluate (default 1000; "
                         "0 leaves both out)")
@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             from analyses.metrics import check_comparable
 
             check_comparable(run, Path(ns.compare))
+            _check_same_experts(run, Path(ns.compare))
         for note in run_notes(run, ns):
             print(f"note: {note}", file=sys.stderr)
         if not ns.skip_ablation:  # the model sections' checkpoint and corpus (after run_notes: an import skips them),
@@ -120,6 +121,20 @@ def main(argv: list[str] | None = None) -> int:
             *table_errors()) as e:
         return job_error(e, " ".join(str(e).split()))
     return exit_ranks(0)
+
+
+def _check_same_experts(run, other_dir: Path) -> None:
+    """Run vs run compares expert ids by index: runs of models with other expert counts (the ids name
+    different experts; agreement of 0.03 read as a measured disagreement, a tour) are refused."""
+    import probe
+
+    other = probe.open_run(other_dir)
+    for key, what in (("n_routed_experts", "routed experts a layer"), ("n_activated_experts", "experts a token")):
+        a, b = ((r.info.get("model_args") or {}).get(key) for r in (run, other))
+        if a is not None and b is not None and a != b:
+            raise ReportError(f"--compare {other_dir}: its model routes to {b} {what}, this run's to {a}: run vs run "
+                              "compares expert ids by index, which name the same experts only in two checkpoints "
+                              "of one model")
 
 
 def _model_section_flags(ns: argparse.Namespace) -> list[str]:

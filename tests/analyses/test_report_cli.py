@@ -236,3 +236,17 @@ def test_a_run_another_command_made_is_named_not_called_empty(tmp_path, capsys):
     assert _err([str(spec), "--skip-ablation"], capsys) == (
         f"error: {spec}: a run made by `python -m analyses.ablate`, with no expert_load, which every section reads: "
         "the report is of a run that `dsv3-probe record` made (pass one; the dashboard shows this one)")
+
+
+def test_a_compare_run_of_a_model_with_other_expert_counts_is_refused(tmp_path, capsys):
+    """--compare of a run of another model (16 routed experts against 32) compared expert ids by index
+    and reported top-1 agreement 0.030 as a measurement: the ids name different experts (a tour)."""
+    write_run(tmp_path / "a", E=8)
+    write_run(tmp_path / "b", E=16)  # the same windows and tokens, another model
+    argv = [str(tmp_path / "a"), "--out", str(tmp_path / "r.html"), "--skip-ablation", "--no-progress", "--compare"]
+    assert _err([*argv, str(tmp_path / "b")], capsys) == (
+        f"error: --compare {tmp_path / 'b'}: its model routes to 16 routed experts a layer, this run's to 8: run vs "
+        "run compares expert ids by index, which name the same experts only in two checkpoints of one model")
+    write_run(tmp_path / "c", E=8, seed=1, token_seed=0)  # another checkpoint of the same model: compared
+    assert report.main([*argv, str(tmp_path / "c")]) == 0
+    assert "Run vs run (" in capsys.readouterr().out
