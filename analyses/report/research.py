@@ -95,7 +95,22 @@ def run_vs_run(run, other) -> dict:
     ch.insert(3, "token", token_texts(run, ch.token_id.fillna(0).astype(int)))
     from .render import shown
 
-    return {"agreement": agr, "changes": ch, "other": shown(getattr(other, "path", other))}
+    name = shown(getattr(other, "path", other))
+    return {"agreement": agr, "changes": ch, "other": name, "uncompared": _uncompared(run, other, agr, name)}
+
+
+def _uncompared(run, other, agr: pd.DataFrame, name: str) -> str | None:
+    """The MoE layers of either run that the agreement leaves out (the other's model has no such
+    layer), said rather than dropped from the per-layer lists; None when both have the same."""
+    from probe import open_run
+
+    done = set(agr.layer.astype(int))
+    parts = []
+    for r, whose in ((run, "this run"), (open_run(getattr(other, "path", other)), name)):
+        left = sorted({int(x) for (x,) in r.sql("select distinct layer from expert_load").fetchall()} - done)
+        if left:
+            parts.append(f"{', '.join(f'L{x}' for x in left)} (only in {whose})")
+    return "layers not compared: " + "; ".join(parts) if parts else None
 
 
 # --------------------------------------------------------------------------------- summary
@@ -117,7 +132,8 @@ def summary(r: dict) -> list[str]:
             f"L{int(x.layer)} {x.top1_same:.3f}" for x in g.itertuples()) + "; identical top-k sets "
             + ", ".join(f"L{int(x.layer)} {x.set_same:.3f}" for x in g.itertuples()) + "; mean Jaccard of top-k sets "
             + ", ".join(f"L{int(x.layer)} {x.jaccard:.3f}" for x in g.itertuples())
-            + f"; {g.tokens.min():,} tokens matched ({g.share_of_a.min():.0%} of this run's).")
+            + f"; {g.tokens.min():,} tokens matched ({g.share_of_a.min():.0%} of this run's)"
+            + (f"; {rv['uncompared']}." if rv.get("uncompared") else "."))
     if r.get("steering") is not None:
         s += r["steering"]["sentences"]
     return s
@@ -297,7 +313,8 @@ def figures(r: dict) -> dict[str, list]:
         changes = rv["changes"]
         same = "" if len(changes) else (": no token's route changed (the same first choice and top-k set at "
                                         "every matched position and layer)")
-        out["Run vs run"].append((f"Routing agreement with {rv['other']} per layer{same}",
+        left = f" ({rv['uncompared']})" if rv.get("uncompared") else ""
+        out["Run vs run"].append((f"Routing agreement with {rv['other']} per layer{left}{same}",
                                   fig.update_layout(barmode="group"), g, False))
         if len(changes):
             out["Run vs run"].append(("Tokens whose routes changed most", None, changes, False))

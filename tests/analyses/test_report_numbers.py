@@ -390,3 +390,21 @@ def test_windows_of_one_token_give_no_repetition_of_nan(tmp_path):
     rep = rd.repetition(probe.open_run(tmp_path / "two"))
     [line] = [x for x in summary(_base_r(repetition=rep)) if x.startswith("Consecutive")]
     assert _repetition_figures(rep)[0][1] is not None and "not measured" not in line and "L1 " in line
+
+
+def test_run_vs_run_names_the_layers_only_one_run_has(tmp_path):
+    """--compare of a run of a model with fewer MoE layers (same experts): the agreement covered the
+    layers both have, and the others went unsaid from the summary and the chart (a tour)."""
+    write_run(tmp_path / "a", layers=(1, 2, 3))
+    write_run(tmp_path / "b", layers=(1, 2), seed=1, token_seed=0)
+    rv = research.run_vs_run(probe.open_run(tmp_path / "a"), tmp_path / "b")
+    assert list(rv["agreement"].layer) == [1, 2] and rv["uncompared"] == "layers not compared: L3 (only in this run)"
+    [line] = research.summary({"run_vs_run": rv})
+    assert line.endswith("of this run's); layers not compared: L3 (only in this run).")
+    title = research.figures({"run_vs_run": rv})["Run vs run"][0][0]
+    assert "(layers not compared: L3 (only in this run))" in title
+    rv = research.run_vs_run(probe.open_run(tmp_path / "b"), tmp_path / "a")
+    assert rv["uncompared"] == f"layers not compared: L3 (only in {tmp_path / 'a'})"
+    write_run(tmp_path / "c", layers=(1, 2), seed=2, token_seed=0)  # the same layers: nothing to say
+    rv = research.run_vs_run(probe.open_run(tmp_path / "b"), tmp_path / "c")
+    assert rv["uncompared"] is None and research.summary({"run_vs_run": rv})[0].endswith("of this run's).")
