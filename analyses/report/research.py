@@ -132,11 +132,19 @@ def summary(r: dict) -> list[str]:
             f"L{int(x.layer)} {x.top1_same:.3f}" for x in g.itertuples()) + "; identical top-k sets "
             + ", ".join(f"L{int(x.layer)} {x.set_same:.3f}" for x in g.itertuples()) + "; mean Jaccard of top-k sets "
             + ", ".join(f"L{int(x.layer)} {x.jaccard:.3f}" for x in g.itertuples())
-            + f"; {g.tokens.min():,} tokens matched ({g.share_of_a.min():.0%} of this run's)"
+            + f"; {g.tokens.min():,} tokens matched ({_small_share(g.share_of_a.min())} of this run's)"
             + (f"; {rv['uncompared']}." if rv.get("uncompared") else "."))
     if r.get("steering") is not None:
         s += r["steering"]["sentences"]
     return s
+
+
+def _small_share(x: float) -> str:
+    """A share in whole percent, but one that rounds to 0% or 100% is not said to be none or all (1
+    token of 1,280 read '0% of this run's')."""
+    if x in (0, 1) or 0.005 <= x < 0.995:
+        return f"{x:.0%}"
+    return f"{x:.1%}" if 0.0005 <= x < 0.9995 else "under 0.1%" if x < 0.5 else "over 99.9%"
 
 
 def _importance_sentence(imp: dict) -> str:

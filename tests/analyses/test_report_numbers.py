@@ -57,6 +57,12 @@ def test_run_vs_run_sentence_gives_the_least_matched_layer_of_this_run():
     [line] = research.summary({"run_vs_run": {"agreement": g, "changes": None, "other": "runs/x"}})
     assert line == ("Run vs run (runs/x): top-1 agreement per layer L1 0.900, L2 0.800; identical top-k sets L1 0.700, "
                     "L2 0.600; mean Jaccard of top-k sets L1 0.850, L2 0.750; 80 tokens matched (80% of this run's).")
+    # a few tokens of a large run: their share is not rounded to none ('1 tokens matched (0% of this run's)', a tour)
+    for share, said in ((1 / 1280, "0.1%"), (1 / 5000, "under 0.1%"), (0.004, "0.4%"), (0.006, "1%"),
+                        (0.996, "99.6%"), (0.9999, "over 99.9%")):
+        g["share_of_a"] = [1.0, share]
+        line = research.summary({"run_vs_run": {"agreement": g, "changes": None, "other": "runs/x"}})[0]
+        assert line.endswith(f"80 tokens matched ({said} of this run's)."), (share, line)
 
 
 def test_vocabulary_clause_keeps_the_layers_it_measured():
