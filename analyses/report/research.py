@@ -37,6 +37,13 @@ def compute_model(run, ns, out: dict) -> None:
     if not ns.skip_ablation and ns.importance_tokens:
         from . import research_model
 
+        if (cap := (run.info.get("options") or {}).get("max_tokens")) is not None and cap < 2:
+            # both evaluate the run's windows, capped as it was recorded: a window of one token has no loss,
+            # and the job's refusal ('capped at 1 token in all (max_tokens)') cost the report (a tour)
+            out["importance_skip"] = (f"the run was recorded with --max-tokens {cap}, and causal importance and "
+                                      "steering evaluate its windows, capped the same way: a window of one token "
+                                      "has no next token to score; record with a larger --max-tokens")
+            return
         t = time.time()
         out["importance"] = research_model.importance(run, ns)
         out["steering"] = research_model.steering(run, ns, out.get("lift") or {})
@@ -136,6 +143,8 @@ def summary(r: dict) -> list[str]:
             + (f"; {rv['uncompared']}." if rv.get("uncompared") else "."))
     if r.get("steering") is not None:
         s += r["steering"]["sentences"]
+    if r.get("importance_skip"):
+        s.append(f"Causal vs observed importance and steering: not measured ({r['importance_skip']}).")
     return s
 
 
@@ -347,6 +356,8 @@ def missing(sec: str, r: dict) -> str:
                 "one with its router bias removed, see FINDINGS.md)")
     if sec == "Domain probes" and (r.get("probes") or {}).get("note"):
         return f"(not measured: {r['probes']['note']})"
+    if sec in ("Causal vs observed importance", "Steering") and r.get("importance_skip"):
+        return f"(not measured: {r['importance_skip']})"
     if sec == "Steering" and r.get("importance") is not None:
         return "(not measured: the run has one domain, so there is no domain-specific expert to steer with)"
     if sec in ("Causal vs observed importance", "Steering") and r.get("importance") is None:

@@ -414,3 +414,21 @@ def test_run_vs_run_names_the_layers_only_one_run_has(tmp_path):
     write_run(tmp_path / "c", layers=(1, 2), seed=2, token_seed=0)  # the same layers: nothing to say
     rv = research.run_vs_run(probe.open_run(tmp_path / "b"), tmp_path / "c")
     assert rv["uncompared"] is None and research.summary({"run_vs_run": rv})[0].endswith("of this run's).")
+
+
+def test_a_run_of_one_token_leaves_out_importance_and_steering_not_the_report(tmp_path, monkeypatch):
+    """record --max-tokens 1: importance and steering evaluate the run's windows under its cap, one
+    token, and the job refused them ('capped at 1 token in all (max_tokens)', not a report flag) after
+    the ablations had run, and the report was lost (a tour). They are left out, saying why."""
+    write_run(tmp_path / "r")
+    info = json.loads((tmp_path / "r" / "run.json").read_text())
+    (tmp_path / "r" / "run.json").write_text(json.dumps(info | {"options": {"max_tokens": 1}}))
+    monkeypatch.setattr(research_model, "importance", lambda *a: pytest.fail("the model ran"))
+    out: dict = {}
+    research.compute_model(probe.open_run(tmp_path / "r"), NS(skip_ablation=False, importance_tokens=20), out)
+    why = ("the run was recorded with --max-tokens 1, and causal importance and steering evaluate its windows, "
+           "capped the same way: a window of one token has no next token to score; record with a larger --max-tokens")
+    assert out == {"importance_skip": why}
+    assert research.summary(out) == [f"Causal vs observed importance and steering: not measured ({why})."]
+    for sec in ("Causal vs observed importance", "Steering"):
+        assert research.missing(sec, out) == f"(not measured: {why})"
