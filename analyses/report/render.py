@@ -405,7 +405,15 @@ def print_text(r: dict, figs: dict) -> None:
 def _one_domain(r: dict) -> str:
     """Why a run of fewer than two domains has no domain sections, and what would have them: a
     recorded run's corpus with more domains; an import has none to give."""
-    text = ONE_DOMAIN_IMPORT if r["run"].info.get("kind") == "import" else ONE_DOMAIN
+    info = r["run"].info
+    text = ONE_DOMAIN_IMPORT if info.get("kind") == "import" else ONE_DOMAIN
+    o = info.get("options") or {}
+    cap, seq = o.get("max_tokens"), o.get("seq_len")
+    if text is ONE_DOMAIN and o.get("order") == "domains" and cap and seq and cap <= seq:
+        # "record a corpus with two or more" told a run of a five-domain corpus what it had done (a tour)
+        text = (f"the run has one domain ({{}}): it was recorded with --max-tokens {cap:,}, within the first window "
+                f"(--seq-len {seq}), and each domain takes a window in turn; record with a --max-tokens over "
+                f"{seq} from a corpus of two or more domains.")
     return text.format(", ".join(r["domains"]) or "none")
 
 

@@ -487,3 +487,21 @@ def test_a_recorded_mtp_table_without_rows_is_told_from_a_missing_one(tmp_path, 
     (tmp_path / "r" / "run.json").write_text(json.dumps(info | {"status": "complete", "tables": []}))
     assert report.main(argv) == 0
     assert (tmp_path / "r.html").read_text().count("the table was not recorded") == 2
+
+
+def test_one_domain_under_a_cap_within_the_first_window_is_told_to_record_more_tokens():
+    """record --max-tokens 5 of the five-domain bundled corpus: one domain, and the report advised
+    recording 'a corpus with two or more' and that --max-tokens takes tokens from every domain, which
+    that record had done (a tour); the cap was within the first window."""
+    from types import SimpleNamespace as NS
+
+    from analyses.report.render import ONE_DOMAIN, _one_domain
+
+    run = NS(info={"options": {"max_tokens": 5, "seq_len": 256, "order": "domains"}})
+    assert _one_domain({"run": run, "domains": ["chinese"]}) == (
+        "the run has one domain (chinese): it was recorded with --max-tokens 5, within the first window (--seq-len "
+        "256), and each domain takes a window in turn; record with a --max-tokens over 256 from a corpus of two or "
+        "more domains.")
+    for opts in ({"max_tokens": 3000, "seq_len": 256, "order": "domains"},  # a cap past one window: one domain
+                 {"max_tokens": None, "seq_len": 256, "order": "domains"}, {}):  # in the corpus, or unknown
+        assert _one_domain({"run": NS(info={"options": opts}), "domains": ["code"]}) == ONE_DOMAIN.format("code")
