@@ -80,8 +80,8 @@ def paths(run, routes=None) -> dict:
 def probes(run) -> dict:
     """Linear probes of the domain from each layer's gate weights, and from every expert's score where
     the run kept them (--router-logits full): {"table": rows of both, "note": why nothing was probed}."""
-    parts, note = [], None
-    for features in M.PROBE_FEATURES:
+    parts, note = [], _too_few_probe_windows(run)
+    for features in M.PROBE_FEATURES if note is None else ():
         try:
             parts.append(M.domain_probe_from_run(run, features=features))
         except M.MetricsError as e:
@@ -89,6 +89,19 @@ def probes(run) -> dict:
                 note = str(e).split(": ", 1)[-1] if str(run.path) in str(e) else str(e)
                 break
     return {"table": pd.concat(parts, ignore_index=True) if parts else None, "note": note}
+
+
+def _too_few_probe_windows(run) -> str | None:
+    """Why no probe can train, in the words the paths and token-id sections use: every fifth window of
+    a domain is held out, its first among them, so a domain of one window gives no training token, and
+    a probe needs two domains to train on (one window a domain read 'got 0 training labels, 640 held
+    out', a tour). None when two domains or more have a window to train on, or the run has one domain
+    (the probe's own note says that)."""
+    n = dict(run.sql("select domain, count(distinct seq_id) from tokens group by 1").fetchall())
+    if len(n) < 2 or sum(w >= 2 for w in n.values()) >= 2:
+        return None
+    return (f"{TOO_FEW_WINDOWS}: every fifth window of a domain is held out, its first among them, and "
+            f"{sum(w < 2 for w in n.values())} of the {len(n)} domains have one window")
 
 
 def run_vs_run(run, other) -> dict:

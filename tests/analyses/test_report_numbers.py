@@ -432,3 +432,15 @@ def test_a_run_of_one_token_leaves_out_importance_and_steering_not_the_report(tm
     assert research.summary(out) == [f"Causal vs observed importance and steering: not measured ({why})."]
     for sec in ("Causal vs observed importance", "Steering"):
         assert research.missing(sec, out) == f"(not measured: {why})"
+
+
+def test_domain_probes_of_one_window_a_domain_say_too_few_windows(tmp_path):
+    """One window a domain (record --max-tokens 640): every window is held out and the probe's note read
+    'a probe needs training tokens of two labels or more and held-out tokens (got 0 training labels, 640
+    held out)', where paths and token-id dependence say too few windows (a tour)."""
+    write_run(tmp_path / "r", n_seq=2, seq_len=30)  # code and prose: one window each
+    p = research.probes(probe.open_run(tmp_path / "r"))
+    assert p == {"table": None, "note": f"{research.TOO_FEW_WINDOWS}: every fifth window of a domain is held out, "
+                                        "its first among them, and 2 of the 2 domains have one window"}
+    write_run(tmp_path / "two", n_seq=4, seq_len=30)  # two windows each: one trains, one is held out
+    assert research.probes(probe.open_run(tmp_path / "two"))["note"] is None
