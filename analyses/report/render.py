@@ -481,9 +481,9 @@ def write_findings(r: dict, figs: dict, path: Path, argv: list[str]) -> Path:
             "Latent KV effective rank": None} | dict.fromkeys(research.RESEARCH_SECTIONS)
     for sec, which in keep.items():
         items = figs[sec] if which is None else [figs[sec][i] for i in which if i < len(figs[sec])]
-        if not items:
-            continue
         lines += ["", f"## {sec}"]
+        if not items:  # said in its place, as the HTML does: a missing heading read as nothing to say (a tour)
+            lines += ["", _missing(sec, r)]
         for title, _, table, index in items:
             lines += ["", f"{title}:", "", md_table(table, index=index)]
     path.parent.mkdir(parents=True, exist_ok=True)

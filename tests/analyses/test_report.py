@@ -505,3 +505,19 @@ def test_one_domain_under_a_cap_within_the_first_window_is_told_to_record_more_t
     for opts in ({"max_tokens": 3000, "seq_len": 256, "order": "domains"},  # a cap past one window: one domain
                  {"max_tokens": None, "seq_len": 256, "order": "domains"}, {}):  # in the corpus, or unknown
         assert _one_domain({"run": NS(info={"options": opts}), "domains": ["code"]}) == ONE_DOMAIN.format("code")
+
+
+def test_the_findings_say_why_a_section_is_missing_as_the_html_does(tmp_path, capsys):
+    """--findings left a section without numbers out, heading and all (a run without routing lost paths,
+    probes and token-id dependence without a word), where the HTML says why in its place (a tour)."""
+    from helpers.synthetic_run import write_run
+
+    write_run(tmp_path / "one", domains=("code",))
+    md = tmp_path / "f.md"
+    assert report.main([str(tmp_path / "one"), "--out", str(tmp_path / "r.html"), "--findings", str(md),
+                        "--skip-ablation", "--no-progress"]) == 0
+    text = md.read_text()
+    assert "## Domain specialisation\n\n(not measured: the run has one domain (code)" in text
+    assert "## Loss vs masked experts\n\n(skipped: --skip-ablation)" in text
+    assert "## Run vs run\n\n(not measured: pass --compare RUN" in text
+    assert "## Load balance\n\nBalance metrics per MoE layer" in text  # a measured section: its tables
