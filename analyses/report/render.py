@@ -430,7 +430,8 @@ def _missing(sec: str, r: dict) -> str:
         return ("(not measured: the run recorded the mtp table, but none of its windows has a position with two more "
                 "tokens after it, which the MTP head's guess of token i+2 is scored against; record longer windows "
                 "or a larger --max-tokens)")
-    return research.not_recorded(r, "the table was not recorded")
+    table = {"Consecutive-token repetition": "routing", "MTP agreement": "mtp"}.get(sec, "kv_stats")
+    return research.not_recorded(r, research.unrecorded_why(run, table))
 
 
 def write_html(r: dict, figs: dict, path: Path, argv: list[str]) -> Path:

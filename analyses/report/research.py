@@ -375,7 +375,31 @@ def missing(sec: str, r: dict) -> str:
         return "(not measured: the run has one domain, so there is no domain-specific expert to steer with)"
     if sec in ("Causal vs observed importance", "Steering") and r.get("importance") is None:
         return f"(skipped: {r.get('skip_reason') or '--skip-ablation or --importance-tokens 0'})"
-    return not_recorded(r, "the routing or tokens table was not recorded")
+    run = r.get("run")
+    return not_recorded(r, unrecorded_why(run, "routing" if run is None or not run.files("routing") else "tokens"))
+
+
+UNRECORDED = {("routing", "router_logits", "none"): "the run was recorded with --router-logits none, which keeps no "
+                                                    "per-token routing; record it again with --router-logits topk "
+                                                    "(the default)",
+              ("mtp", "mtp", False): "the run was recorded with --no-mtp",
+              ("kv_stats", "kv_stats", False): "the run was recorded with --no-kv-stats"}
+
+
+def unrecorded_why(run, table: str) -> str:
+    """Why a run has no `table`, in its own terms: the record flag that left it out, a checkpoint
+    without MTP weights, an import (serving traffic holds loads and routes only); else 'not recorded'.
+    ('the table was not recorded' left a user of --router-logits none to guess which, a tour.)"""
+    info = getattr(run, "info", None) or {}
+    o = info.get("options") or {}
+    if info.get("kind") == "import":
+        return f"an import ({(info.get('source') or {}).get('name', '?')}) holds no {table} table"
+    for (t, flag, value), why in UNRECORDED.items():
+        if t == table and o.get(flag, "unset") == value:
+            return why
+    if table == "mtp" and info.get("mtp_module") is False:
+        return "the checkpoint has no MTP weights"
+    return f"the {table} table was not recorded"
 
 
 def not_recorded(r: dict, why: str) -> str:

@@ -482,11 +482,11 @@ def test_a_recorded_mtp_table_without_rows_is_told_from_a_missing_one(tmp_path, 
     assert report.main(argv) == 0
     doc = (tmp_path / "r.html").read_text()
     assert ("(not measured: the run recorded the mtp table, but none of its windows has a position with two more "
-            "tokens after it") in doc and doc.count("the table was not recorded") == 1  # latent KV only
+            "tokens after it") in doc and "the mtp table was not recorded" not in doc
     (tmp_path / "r" / "mtp").rmdir()  # recorded with --no-mtp: no folder, not listed
     (tmp_path / "r" / "run.json").write_text(json.dumps(info | {"status": "complete", "tables": []}))
     assert report.main(argv) == 0
-    assert (tmp_path / "r.html").read_text().count("the table was not recorded") == 2
+    assert "(not in this run: the mtp table was not recorded)" in (tmp_path / "r.html").read_text()
 
 
 def test_one_domain_under_a_cap_within_the_first_window_is_told_to_record_more_tokens():
@@ -521,3 +521,30 @@ def test_the_findings_say_why_a_section_is_missing_as_the_html_does(tmp_path, ca
     assert "## Loss vs masked experts\n\n(skipped: --skip-ablation)" in text
     assert "## Run vs run\n\n(not measured: pass --compare RUN" in text
     assert "## Load balance\n\nBalance metrics per MoE layer" in text  # a measured section: its tables
+
+
+def test_a_section_without_its_table_names_the_record_flag_that_left_it_out():
+    """A record of --router-logits none --no-kv-stats --no-mtp: every section without its table read
+    '(not in this run: the table was not recorded)', which left the user to guess which table and why
+    (a tour); the dashboard tells a run of --router-logits none to record with routing."""
+    from types import SimpleNamespace as NS
+
+    from analyses.report import research
+    from analyses.report.render import _missing
+
+    run = NS(info={"options": {"router_logits": "none", "kv_stats": False, "mtp": False}}, status="complete",
+             path="nowhere", files=lambda t: [])
+    r = {"run": run, "domains": ["a", "b"], "sweep": None}
+    routing = ("(not in this run: the run was recorded with --router-logits none, which keeps no per-token routing; "
+               "record it again with --router-logits topk (the default))")
+    for sec in ("Consecutive-token repetition", "Expert paths", "Domain probes", "Token-id dependence"):
+        got = _missing(sec, r) if sec.startswith("Consecutive") else research.missing(sec, r)
+        assert got == routing, sec
+    assert _missing("MTP agreement", r) == "(not in this run: the run was recorded with --no-mtp)"
+    assert _missing("Latent KV effective rank", r) == "(not in this run: the run was recorded with --no-kv-stats)"
+    run.info = {"options": {"mtp": True}, "mtp_module": False}  # a checkpoint without MTP weights
+    assert _missing("MTP agreement", r) == "(not in this run: the checkpoint has no MTP weights)"
+    run.info = {"kind": "import", "source": {"name": "sglang"}}
+    assert _missing("Latent KV effective rank", r) == "(not in this run: an import (sglang) holds no kv_stats table)"
+    run.info = {}  # nothing to say why: the table is named
+    assert _missing("Latent KV effective rank", r) == "(not in this run: the kv_stats table was not recorded)"
