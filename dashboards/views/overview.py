@@ -11,6 +11,7 @@ import streamlit as st
 
 from dashboards import charts, data, ui
 from probe.run import lost_tables
+from probe.schema import TABLES
 
 
 def _when(v) -> str:
@@ -261,7 +262,7 @@ def without_run_json(root) -> list[str]:
         return []
     # a hidden folder is a job's own work in progress (an import's .NAME.importing, renamed when whole)
     return sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
-                  and not (d / "run.json").exists() and any((d / t).is_dir() for t in data.TABLES))
+                  and not (d / "run.json").exists() and any((d / t).is_dir() for t in TABLES))
 
 
 st.title("Overview")

@@ -1,0 +1,92 @@
+"""The dashboard's runs: every run directory directly under the folder it serves (`discover`), each as a
+`RunRef` (name, path, kind, status, run.json), and a run's file signature, the cache key of every query
+(`dashboards.data` re-exports these for the views)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import streamlit as st
+
+from probe.schema import TABLES
+from probe.writer import run_status
+
+
+@dataclass(frozen=True)
+class RunRef:
+    name: str
+    path: str
+    kind: str  # probe | train | unknown
+    status: str  # running | complete | interrupted | unknown | unreadable
+    info: dict = field(default_factory=dict, hash=False, compare=False)
+    error: str | None = None
+
+    @property
+    def sig(self) -> tuple:
+        return signature(self.path)
+
+
+def signature(path: str | Path) -> tuple:
+    """(name, size, mtime_ns) of run.json and every Parquet file: the cache key of a run."""
+    p = Path(path)
+    out = []
+    for f in [p / "run.json", *sorted(p.glob("*.parquet")), *sorted(p.glob("*/*.parquet"))]:
+        try:
+            s = f.stat()
+        except OSError:
+            continue
+        out.append((str(f.relative_to(p)), s.st_size, s.st_mtime_ns))
+    return tuple(out)
+
+
+def _dir_signature(root: Path) -> tuple:
+    if not root.is_dir():
+        return ()
+    out = []
+    for d in sorted(root.iterdir()):
+        j = d / "run.json"
+        if d.is_dir() and j.exists():
+            s = j.stat()
+            out.append((d.name, s.st_mtime_ns, s.st_size))
+    return tuple(out)
+
+
+def run_kind(path: Path, info: dict) -> str:
+    """train (run.json kind), probe (any other run of this layout), or unknown (e.g. a training run
+    written before training runs had this layout: flat train_metrics.parquet files)."""
+    if info.get("kind") == "train":
+        return "train"
+    if "format" in info or any((path / t).is_dir() for t in TABLES):
+        return "probe"
+    return "unknown"
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _discover(root: str, sig: tuple) -> list[RunRef]:
+    # NOTE: `sig` (each run.json's name, mtime and size) is part of the cache key: st.cache_data leaves
+    # parameters named with a leading underscore out of it, and a run added, finished or deleted
+    # stayed unseen until "Reload runs" while this was `_sig`
+    refs = []
+    for name, *_ in sig:
+        p = Path(root) / name
+        try:
+            info = json.loads((p / "run.json").read_text())
+            if not isinstance(info, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as e:
+            refs.append(RunRef(name, str(p), run_kind(p, {}), "unreadable", {}, f"run.json unreadable: {e}"))
+            continue
+        refs.append(RunRef(name, str(p), run_kind(p, info), str(info.get("status", "unknown")), info))
+    return refs
+
+
+def discover(root: str | Path) -> list[RunRef]:
+    """Every run directory directly under `root` (a folder holding a run.json). A record or training
+    run whose run.json says "running" while no job holds it (killed) has status "interrupted": asked
+    here at each call, not in the cache, which a kill leaves as it was (run.json does not change), so
+    such a run was shown as still running for good (a tour)."""
+    root = Path(root)
+    return [replace(r, status=run_status(r.path, r.info)) if r.status == "running" else r
+            for r in _discover(str(root.resolve()), _dir_signature(root))]
