@@ -15,6 +15,7 @@ from pathlib import Path
 import streamlit as st
 
 from probe.job import DEFAULT_RUNS
+from probe.run import one_window_cap
 
 from . import charts, data
 
@@ -136,8 +137,11 @@ def one_domain_note(ref: data.RunRef, doms: list[str], what: str) -> None:
         st.info(f"{what} compares domains, and run `{ref.name}` is imported serving traffic, one stream "
                 f"(`{doms[0]}`): this view is for runs recorded from a corpus of two or more domains.", icon="ℹ️")
         return
-    st.info(f"{what} compares domains, and run `{ref.name}` has {len(doms)} domain"
-            f"{'' if len(doms) == 1 else 's'}{' (`' + doms[0] + '`)' if doms else ''}. Record a corpus with two or more "
+    has = f"{what} compares domains, and run `{ref.name}` has {len(doms)} domain{'' if len(doms) == 1 else 's'}"
+    if why := one_window_cap(ref.info):  # told to record two or more domains, as it had (a tour)
+        st.info(f"{has} (`{doms[0]}`): {why}.", icon="ℹ️")
+        return
+    st.info(f"{has}{' (`' + doms[0] + '`)' if doms else ''}. Record a corpus with two or more "
             "(one sub-folder per domain, or a `domain` field per record); with `--max-tokens` the default "
             "`--order domains` takes tokens from every domain.", icon="ℹ️")
 

@@ -62,6 +62,20 @@ def lost_message(path: str | Path, table: str) -> str:
     return f"{Path(path) / table}: {LOST}"
 
 
+def one_window_cap(info: dict) -> str | None:
+    """Why a recorded run holds one domain when its --max-tokens fit in the first window (with the
+    default --order domains each domain takes a window in turn), and what to record instead; None where
+    the cap does not explain it. The report and the dashboard both say this (one wording): telling such
+    a run of a five-domain corpus to 'record a corpus with two or more domains' told it what it did."""
+    o = info.get("options") or {}
+    cap, seq = o.get("max_tokens"), o.get("seq_len")
+    if info.get("kind") == "import" or o.get("order") != "domains" or not (cap and seq and cap <= seq):
+        return None
+    return (f"it was recorded with --max-tokens {cap:,}, within the first window (--seq-len {seq}), and each "
+            f"domain takes a window in turn; record with a --max-tokens over {seq} from a corpus of two or more "
+            "domains")
+
+
 def create_views(con, path: str | Path, tables, temp: bool = False) -> list[str]:
     """One DuckDB view per table over its part files (older parts lacking a newer column read it as
     null); returns the tables that have no part file (no view made). temp: temporary views, seen

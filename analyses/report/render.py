@@ -19,6 +19,7 @@ from . import data as rd
 from . import research
 from .research_model import job_opts
 from analyses.notebook_utils import DEFAULT_RUN
+from probe.run import one_window_cap
 from probe.schema import layer_label
 from probe.writer import replacing
 
@@ -407,13 +408,8 @@ def _one_domain(r: dict) -> str:
     recorded run's corpus with more domains; an import has none to give."""
     info = r["run"].info
     text = ONE_DOMAIN_IMPORT if info.get("kind") == "import" else ONE_DOMAIN
-    o = info.get("options") or {}
-    cap, seq = o.get("max_tokens"), o.get("seq_len")
-    if text is ONE_DOMAIN and o.get("order") == "domains" and cap and seq and cap <= seq:
-        # "record a corpus with two or more" told a run of a five-domain corpus what it had done (a tour)
-        text = (f"the run has one domain ({{}}): it was recorded with --max-tokens {cap:,}, within the first window "
-                f"(--seq-len {seq}), and each domain takes a window in turn; record with a --max-tokens over "
-                f"{seq} from a corpus of two or more domains.")
+    if why := one_window_cap(info):  # "record a corpus with two or more" told what it had done (a tour)
+        text = f"the run has one domain ({{}}): {why}."
     return text.format(", ".join(r["domains"]) or "none")
 
 

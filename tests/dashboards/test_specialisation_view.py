@@ -86,3 +86,21 @@ def test_the_domain_heatmap_orders_experts_by_domain_or_by_id(tmp_path):
     assert chart(at, "dom_exp")["data"][0]["x"] == [str(e) for e in want] != [str(e) for e in range(8)]
     at.radio(key="sp_order").set_value("by id").run()
     assert chart(at, "dom_exp")["data"][0]["x"] == [str(e) for e in range(8)]
+
+
+def test_one_domain_under_a_cap_within_the_first_window_is_told_to_record_more_tokens(monkeypatch):
+    """record --max-tokens 5 of the five-domain bundled corpus holds one domain; the note told it to
+    record 'a corpus with two or more', which it had (a tour): it says the cap fit in the first window,
+    in the report's words (probe.run.one_window_cap)."""
+    from dashboards import ui
+    from dashboards.runs import RunRef
+
+    said: list[str] = []
+    monkeypatch.setattr(ui.st, "info", lambda text, **kw: said.append(text))
+    opts = {"max_tokens": 5, "seq_len": 256, "order": "domains"}
+    ui.one_domain_note(RunRef("r", "r", "probe", "complete", {"options": opts}), ["chinese"], "Specialisation")
+    assert said == ["Specialisation compares domains, and run `r` has 1 domain (`chinese`): it was recorded with "
+                    "--max-tokens 5, within the first window (--seq-len 256), and each domain takes a window in "
+                    "turn; record with a --max-tokens over 256 from a corpus of two or more domains."]
+    ui.one_domain_note(RunRef("r", "r", "probe", "complete", {"options": opts | {"max_tokens": 3000}}), ["code"], "S")
+    assert "Record a corpus with two or more" in said[-1]  # a cap past one window: the corpus has one domain
