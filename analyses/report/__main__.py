@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         if ns.compare:  # other windows, or no routing: refused now, not after the ablations (a review)
             from analyses.metrics import check_comparable
 
+            _check_routed(run, Path(ns.compare))
             check_comparable(run, Path(ns.compare))
             _check_same_experts(run, Path(ns.compare))
         for note in run_notes(run, ns):
@@ -121,6 +122,22 @@ def main(argv: list[str] | None = None) -> int:
             *table_errors()) as e:
         return job_error(e, " ".join(str(e).split()))
     return exit_ranks(0)
+
+
+def _check_routed(run, other_dir: Path) -> None:
+    """Run vs run compares the routing tables: a run without one is refused by --compare and its cause
+    from its run.json (the metrics' 'run has no routing table (... --router-logits none?)' named neither
+    the flag nor which run, and guessed where run.json says, a tour)."""
+    import probe
+
+    from .research import unrecorded_why
+
+    for r, who in ((run, "this run"), (probe.open_run(other_dir), "the compared run")):
+        if not r.files("routing"):
+            why = ("run.json lists routing, whose part files are gone (deleted?)" if "routing" in r.lost_tables
+                   else unrecorded_why(r, "routing"))
+            raise ReportError(f"--compare {other_dir}: {who}, {r.path}, has no routing table ({why}); run vs run "
+                              "compares the two runs' routes")
 
 
 def _check_same_experts(run, other_dir: Path) -> None:

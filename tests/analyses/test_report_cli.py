@@ -250,3 +250,22 @@ def test_a_compare_run_of_a_model_with_other_expert_counts_is_refused(tmp_path, 
     write_run(tmp_path / "c", E=8, seed=1, token_seed=0)  # another checkpoint of the same model: compared
     assert report.main([*argv, str(tmp_path / "c")]) == 0
     assert "Run vs run (" in capsys.readouterr().out
+
+
+def test_a_compare_run_without_routing_is_named_with_its_cause(tmp_path, capsys):
+    """--compare OTHER recorded with --router-logits none failed with the metrics' 'run has no routing
+    table (... recorded with --router-logits none?)': no --compare, and a guess where run.json says (a
+    tour). One line names the flag, the run and the cause from its run.json."""
+    write_run(tmp_path / "r")
+    write_run(tmp_path / "o")
+    shutil.rmtree(tmp_path / "o" / "routing")
+    info = json.loads((tmp_path / "o" / "run.json").read_text())
+    (tmp_path / "o" / "run.json").write_text(json.dumps(info | {"options": {"router_logits": "none"}}))
+    fast = ["--skip-ablation", "--no-progress"]
+    err = _err([str(tmp_path / "r"), "--compare", str(tmp_path / "o"), *fast], capsys)
+    assert err == (f"error: --compare {tmp_path / 'o'}: the compared run, {tmp_path / 'o'}, has no routing table "
+                   "(the run was recorded with --router-logits none, which keeps no per-token routing; record it "
+                   "again with --router-logits topk (the default)); run vs run compares the two runs' routes"), err
+    err = _err([str(tmp_path / "o"), "--compare", str(tmp_path / "r"), *fast], capsys)  # this run has none
+    assert err.startswith(f"error: --compare {tmp_path / 'r'}: this run, {tmp_path / 'o'}, has no routing table (the "
+                          "run was recorded with --router-logits none"), err
