@@ -176,7 +176,7 @@ def _sweep_summary(sw) -> list[str]:
     c = sw.curve[(sw.curve.masked > 0) & np.isfinite(sw.curve.top_delta) & np.isfinite(sw.curve.random_delta)]
     how = ("ranked by load on the evaluated tokens" if sw.options["rank_by"] == "eval"
            else "ranked by load over the whole run")
-    head = (f"Masking the most-used experts ({how}; reroute, {sw.options['tokens']} tokens, "
+    head = (f"Masking the most-used experts ({how}; reroute, {research.counted(sw.options['tokens'], 'token')}, "
             f"at most {sw.options['domain_tokens']} per domain): ")
     s = (_curve_sentences(sw, c, head) if len(c) else
          [head + "not measured (the routing guard refused every selection; see the refused selections)."])
@@ -321,9 +321,10 @@ def _sweep_figures(sw) -> list:
     c = sw.curve
     extra = [go.Scatter(name="top-used, ranked over the whole run", x=c.fraction, y=c.run_top_delta,
                         mode="lines+markers", line={"dash": "dot"})] if "run_top_delta" in c else []
+    seeds = research.counted(len(sw.options["seeds"]), "seed")
     fig = go.Figure(extra + [
                      go.Scatter(name="top-used experts masked", x=c.fraction, y=c.top_delta, mode="lines+markers"),
-                     go.Scatter(name=f"random experts masked (mean of {len(sw.options['seeds'])} seeds)",
+                     go.Scatter(name=f"random experts masked (mean of {seeds})",
                                 x=c.fraction, y=c.random_delta, mode="lines+markers",
                                 error_y={"type": "data", "array": c.random_delta_std})])
     fig.update_layout(xaxis_title="fraction of routed experts masked in every MoE layer",

@@ -152,13 +152,19 @@ def summary(r: dict) -> list[str]:
             f"L{int(x.layer)} {x.top1_same:.3f}" for x in g.itertuples()) + "; identical top-k sets "
             + ", ".join(f"L{int(x.layer)} {x.set_same:.3f}" for x in g.itertuples()) + "; mean Jaccard of top-k sets "
             + ", ".join(f"L{int(x.layer)} {x.jaccard:.3f}" for x in g.itertuples())
-            + f"; {g.tokens.min():,} tokens matched ({_small_share(g.share_of_a.min())} of this run's)"
+            + f"; {counted(int(g.tokens.min()), 'token')} matched ({_small_share(g.share_of_a.min())} of this run's)"
             + (f"; {rv['uncompared']}." if rv.get("uncompared") else "."))
     if r.get("steering") is not None:
         s += r["steering"]["sentences"]
     if r.get("importance_skip"):
         s.append(f"Causal vs observed importance and steering: not measured ({r['importance_skip']}).")
     return s
+
+
+def counted(n: int, noun: str) -> str:
+    """'1 token', '2 tokens', '1,280 tokens': a count with its noun in the number it takes ('1 tokens
+    matched' and 'mean of 1 seeds' read in the report, a tour)."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 def _small_share(x: float) -> str:
@@ -172,7 +178,7 @@ def _small_share(x: float) -> str:
 def _importance_sentence(imp: dict) -> str:
     c = imp["correlation"]
     return ("Causal vs observed importance (each routed expert removed in turn, reroute, "
-            f"{imp['tokens']} tokens): Spearman(load share, loss delta) per layer " + ", ".join(
+            f"{counted(imp['tokens'], 'token')}): Spearman(load share, loss delta) per layer " + ", ".join(
                 f"L{int(x.layer)} {x.spearman:+.2f} (p {x.spearman_p:.2g})" for x in c.itertuples())
             + f"; {_load_predicts(c)}. Most important: " + ", ".join(
                 f"L{int(x.layer)} expert {int(x.top_expert)} ({x.top_delta:+.4f})" for x in c.itertuples()) + ".")
@@ -242,7 +248,7 @@ def _probe_sentence(p: dict) -> str:
         parts.append(f"from {what}: accuracy (balanced accuracy) " + ", ".join(
             f"{x.unit.replace('layer ', 'L')} {x.accuracy:.3f} ({x.balanced_accuracy:.3f})" for x in g.itertuples())
             + f" (majority {g.majority.iloc[0]:.3f}, the probe trained on shuffled domains "
-              f"{lo if lo == hi else f'{lo}-{hi}'}; {int(g.n_test.iloc[0]):,} held-out tokens)")
+              f"{lo if lo == hi else f'{lo}-{hi}'}; {counted(int(g.n_test.iloc[0]), 'held-out token')})")
     return f"{head}: " + "; ".join(parts) + "."
 
 

@@ -444,3 +444,23 @@ def test_domain_probes_of_one_window_a_domain_say_too_few_windows(tmp_path):
                                         "its first among them, and 2 of the 2 domains have one window"}
     write_run(tmp_path / "two", n_seq=4, seq_len=30)  # two windows each: one trains, one is held out
     assert research.probes(probe.open_run(tmp_path / "two"))["note"] is None
+
+
+def test_counts_of_one_are_singular_in_the_summary_and_the_figures():
+    """'1 tokens matched' (run vs run) and 'mean of 1 seeds' (the masking figure) read in a report (a tour)."""
+    g = pd.DataFrame({"layer": [1], "top1_same": [1.0], "set_same": [1.0], "jaccard": [1.0], "tokens": [1],
+                      "share_of_a": [1.0], "share_of_b": [1.0]})
+    [line] = research.summary({"run_vs_run": {"agreement": g, "changes": None, "other": "runs/x"}})
+    assert line.endswith("; 1 token matched (100% of this run's).")
+    curve = pd.DataFrame({"masked": [0, 4], "fraction": [0, 0.125], "top_delta": [0.0, 0.3],
+                          "random_delta": [0.0, 0.1], "random_delta_std": [np.nan, np.nan], "random_seeds": [0, 1]})
+    sw = NS(curve=curve, skipped={},
+            options={"seeds": [0], "tokens": 1, "domain_tokens": 1, "rank_by": "eval", "n_experts": 32})
+    from analyses.report.render import _sweep_figures, _sweep_summary
+
+    names = [t.name for t in _sweep_figures(sw)[0][1].data]
+    assert "random experts masked (mean of 1 seed)" in names, names
+    none = pd.DataFrame(columns=["domain", "own", "on_others", "by_others", "own_above_on_others_mean"])
+    assert _sweep_summary(NS(**vars(sw), domain_summary=none))[0].startswith(
+        "Masking the most-used experts (ranked by load on the evaluated tokens; reroute, 1 token, ")
+    assert research.counted(1280, "token") == "1,280 tokens" and research.counted(0, "seed") == "0 seeds"
