@@ -81,7 +81,7 @@ def normalised_entropy(load) -> float:
         return 1.0
     p = x / x.sum()
     p = p[p > 0]
-    return float(-(p * np.log(p)).sum() / np.log(len(x)))
+    return float(-(p * np.log(p)).sum() / np.log(len(x)) + 0.0)  # + 0: one expert is 0, not -0
 
 
 def gini(load) -> float:

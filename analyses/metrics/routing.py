@@ -457,7 +457,7 @@ def score_entropy(scores) -> np.ndarray:
     tot = s.sum(1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         p = s / tot
-        h = -np.where(p > 0, p * np.log(p), 0.0).sum(1)
+        h = -np.where(p > 0, p * np.log(p), 0.0).sum(1) + 0.0  # + 0: a one-expert token is 0, not -0
     return np.where(tot[:, 0] > 0, h / np.log(s.shape[1]), np.nan)
 
 

@@ -49,7 +49,7 @@ def entropy(p) -> float:
     if s <= 0:
         return 0.0
     p = p[p > 0] / s
-    return float(-(p * np.log(p)).sum())
+    return float(-(p * np.log(p)).sum() + 0.0)  # + 0: one outcome's entropy is 0, not -0 (printed '-0.0000')
 
 
 def mutual_information(contingency) -> float:

@@ -358,3 +358,11 @@ def test_margin_summary_and_score_entropy():
     np.testing.assert_allclose(M.score_entropy([[1, 1], [1, 0], [0, 0]]), [1.0, 0.0, np.nan])
     np.testing.assert_allclose(M.score_entropy([[0.5, 0.25, 0.25]]), [1.5 * math.log(2) / math.log(3)])
     np.testing.assert_allclose(M.score_entropy([[0.3]]), [1.0])
+
+
+def test_entropy_of_one_outcome_is_zero_not_negative_zero():
+    """A domain of one top-1 path had its path entropy printed '-0.0000' in the report (a tour): -sum p ln p
+    of p = [1] is -0.0; so were the normalised load entropy of one expert and a one-expert token's score entropy."""
+    for h in (M.entropy([5]), M.path_entropy(np.array([3, 3, 3])), M.normalised_entropy([5, 0, 0, 0]),
+              *M.score_entropy([[1.0, 0.0, 0.0]]), *M.path_summary(np.array([[2, 1], [2, 1]])).path_entropy):
+        assert h == 0 and math.copysign(1, h) == 1 and f"{h:.4f}" == "0.0000", h
