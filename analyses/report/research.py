@@ -371,8 +371,9 @@ def _bars(series, yaxis_title: str):
 
 def missing(sec: str, r: dict) -> str:
     if sec == "Run vs run":
+        # not "see FINDINGS.md": this text goes into findings files of any name, and the report's own
         return ("(not measured: pass --compare RUN, a run over the same windows: another checkpoint, or the same "
-                "one with its router bias removed, see FINDINGS.md)")
+                "one with its router bias removed, `python -m analyses.variants no-router-bias`)")
     if sec == "Domain probes" and (r.get("probes") or {}).get("note"):
         return f"(not measured: {r['probes']['note']})"
     if sec in ("Causal vs observed importance", "Steering") and r.get("importance_skip"):

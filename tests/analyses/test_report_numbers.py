@@ -464,3 +464,10 @@ def test_counts_of_one_are_singular_in_the_summary_and_the_figures():
     assert _sweep_summary(NS(**vars(sw), domain_summary=none))[0].startswith(
         "Masking the most-used experts (ranked by load on the evaluated tokens; reroute, 1 token, ")
     assert research.counted(1280, "token") == "1,280 tokens" and research.counted(0, "seed") == "0 seeds"
+
+
+def test_the_run_vs_run_placeholder_names_no_findings_file():
+    """'see FINDINGS.md' was written into findings files of other names (--findings OTHER.md) and into
+    the HTML report (a tour): the placeholder names the command that makes the run to compare with."""
+    text = research.missing("Run vs run", {})
+    assert "FINDINGS" not in text and "`python -m analyses.variants no-router-bias`" in text, text
