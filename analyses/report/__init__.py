@@ -13,9 +13,9 @@ number of random experts (several seeds); per-domain ablation (each domain's own
 other domains'); consecutive-token repetition vs its random baselines; MTP agreement by domain;
 latent-KV effective rank by layer; then the research sections: causal vs observed importance (each
 routed expert removed in turn, `analyses.importance`), expert paths, domain probes (a linear probe of
-the domain from each layer's routing), token-id dependence, run vs run
-(with `--compare RUN`, a run of the same model over the same windows) and steering (the most specialised domain's
-experts forced on, `analyses.steer`). The ablations evaluate about --max-tokens tokens split evenly
+the domain from each layer's routing), token-id dependence, run vs run (with `--compare RUN`, a run
+of the same model over the same windows; the run itself, or a copy, is refused) and steering (the most
+specialised domain's experts forced on, `analyses.steer`). The ablations evaluate about --max-tokens tokens split evenly
 between the domains and are also written into the run's `ablations` table; importance and steering
 evaluate --importance-tokens per domain and write `expert_importance` and `steering`.
 

@@ -60,7 +60,7 @@ def parser() -> argparse.ArgumentParser:
                    help="leave out the sections that run the model: ablations, causal importance, steering (fast)")
     p.add_argument("--compare", metavar="RUN", type=path_text,
                    help="a second run over the same windows (another checkpoint of the same model, or this one "
-                        "changed): the 'Run vs run' section")
+                        "changed): the 'Run vs run' section; the run itself or a copy of it is refused")
     p.add_argument("--importance-tokens", type=int, default=1000,
                    help="tokens per domain the causal-importance and steering sections evaluate (default 1000; "
                         "0 leaves both out)")
@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         if ns.compare:  # other windows, or no routing: refused now, not after the ablations (a review)
             from analyses.metrics import check_comparable
 
+            _check_not_itself(run, Path(ns.compare))
             _check_routed(run, Path(ns.compare))
             check_comparable(run, Path(ns.compare))
             _check_same_experts(run, Path(ns.compare))
@@ -122,6 +123,23 @@ def main(argv: list[str] | None = None) -> int:
             *table_errors()) as e:
         return job_error(e, " ".join(str(e).split()))
     return exit_ranks(0)
+
+
+def _check_not_itself(run, other_dir: Path) -> None:
+    """--compare of the run with itself, or with a copy of it (the same run.json), is refused: every
+    agreement is 1.000 by construction, and the section did not say it was the same run (a tour)."""
+    import probe
+
+    other = probe.open_run(other_dir)
+    if Path(run.path).resolve() == other_dir.resolve():
+        what = "this run itself"
+    elif run.info.get("started") is not None and run.info == other.info:
+        what = f"a copy of this run, {run.path} (the same run.json)"
+    else:
+        return
+    raise ReportError(f"--compare {other_dir}: {what}, whose routes agree with its own everywhere by construction; "
+                      "compare a run of another checkpoint over the same windows (e.g. python -m analyses.variants "
+                      "no-router-bias, then record it)")
 
 
 def _check_routed(run, other_dir: Path) -> None:

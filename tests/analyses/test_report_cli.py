@@ -269,3 +269,23 @@ def test_a_compare_run_without_routing_is_named_with_its_cause(tmp_path, capsys)
     err = _err([str(tmp_path / "o"), "--compare", str(tmp_path / "r"), *fast], capsys)  # this run has none
     assert err.startswith(f"error: --compare {tmp_path / 'r'}: this run, {tmp_path / 'o'}, has no routing table (the "
                           "run was recorded with --router-logits none"), err
+
+
+def test_compare_with_itself_or_a_copy_is_refused(tmp_path, capsys):
+    """--compare of the run with itself reported agreement 1.000 everywhere without saying it was the same
+    run (a tour): refused in one line, as is a copy of it (the same run.json), before any section runs."""
+    write_run(tmp_path / "r")
+    info = json.loads((tmp_path / "r" / "run.json").read_text())
+    (tmp_path / "r" / "run.json").write_text(json.dumps(info | {"started": 1.5}))
+    shutil.copytree(tmp_path / "r", tmp_path / "copy")
+    fast = ["--skip-ablation", "--no-progress", "--out", str(tmp_path / "r.html")]
+    err = _err([str(tmp_path / "r"), "--compare", str(tmp_path / "r") + "/", *fast], capsys)
+    assert err.startswith(f"error: --compare {tmp_path / 'r'}: this run itself, whose routes agree with its own "
+                          "everywhere by construction; compare a run of another checkpoint"), err
+    err = _err([str(tmp_path / "r"), "--compare", str(tmp_path / "copy"), *fast], capsys)
+    assert err.startswith(f"error: --compare {tmp_path / 'copy'}: a copy of this run, {tmp_path / 'r'} (the same "
+                          "run.json)"), err
+    assert not (tmp_path / "r.html").exists()
+    write_run(tmp_path / "other", seed=3, token_seed=0)  # another run over the same windows: compared
+    assert report.main([str(tmp_path / "r"), "--compare", str(tmp_path / "other"), *fast]) == 0
+    capsys.readouterr()
