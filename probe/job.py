@@ -130,17 +130,17 @@ def checkpoint_fingerprint(ckpt: Path) -> str:
 
 
 def run_inputs(info: dict, where: str, ckpt: str | None, corpus: str | None,
-               error: type[Exception] = RecordError) -> tuple[str | None, str | None]:
+               error: type[Exception] = RecordError, run: str | Path | None = None) -> tuple[str | None, str | None]:
     """--ckpt and --corpus of a job on an existing run (spec, ablate, importance, steer), each
     defaulting to the run's own: its model on its corpus, never the bundled ones standing in
     silently. Refused, unless the flag is given: a training run whose model is not written yet, an
     import (which has neither), a record run whose run.json lost either path, a path the run names
     that is gone, and a checkpoint whose weights
-    changed since the run was recorded (ablate, importance and steer took it silently; a review)."""
+    changed since the run was recorded (ablate, importance and steer took it silently; a review). `run`:
+    the run's directory, where `where` names it otherwise (default `where`)."""
     have = lambda key: (info.get(key) or {}).get("path")  # noqa: E731
     if info.get("kind") == "train" and not ckpt and not have("checkpoint"):
-        raise error(f"{where}: a training run whose model is not written yet (status {info.get('status')!r}): "
-                    "pass --ckpt with the model to use")
+        _no_model_yet(info, where, run if run is not None else where, error)
     if info.get("kind") == "import" and not (ckpt and corpus):
         raise error(f"{where}: an imported run ({(info.get('source') or {}).get('name', 'import')}) has no "
                     "checkpoint or corpus of its own: pass --ckpt and --corpus")
@@ -165,6 +165,22 @@ def run_inputs(info: dict, where: str, ckpt: str | None, corpus: str | None,
         if not Path(corpus).exists():
             raise error(f"{where}: the run's corpus {corpus} is no longer there; pass --corpus")
     return ckpt, corpus
+
+
+def _no_model_yet(info: dict, where: str, run: str | Path, error: type[Exception]) -> None:
+    """Refuse a training run that has not written its model: still training, or stopped before it did (a
+    killed one's run.json still says running, and no job holds it: it read as 'not written yet (status
+    running)', as if it would come, a tour), which says how to resume it."""
+    from .writer import run_status, stopped_running
+
+    if run_status(run, info) != "interrupted":
+        raise error(f"{where}: a training run whose model is not written yet (status {info.get('status')!r}): "
+                    "pass --ckpt with the model to use")
+    how = " (its job was killed: run.json still says running, and no job holds the run)" \
+        if stopped_running(run, info) else ""
+    raise error(f"{where}: a training run interrupted before it wrote its model{how}: continue it with "
+                "`python -m train ... --resume` (the command that started it, plus --resume), or pass --ckpt with "
+                "the model to use")
 
 
 def checkpoint_identity(ckpt: Path) -> dict:

@@ -258,7 +258,7 @@ def _run_defaults(opts: SpecOptions) -> tuple[str | None, str | None]:
     """--ckpt and --corpus, each defaulting to the run's own when --out is an earlier run (which the
     spec tables join; `probe.job.run_inputs` says what is refused)."""
     if opts.out and (Path(opts.out) / RUN_JSON).exists():
-        return run_inputs(read_run_json(Path(opts.out)), f"--out {opts.out}", opts.ckpt, opts.corpus)
+        return run_inputs(read_run_json(Path(opts.out)), f"--out {opts.out}", opts.ckpt, opts.corpus, run=opts.out)
     return opts.ckpt, opts.corpus
 
 

@@ -468,3 +468,26 @@ def test_a_new_run_inside_a_run_or_over_a_folder_of_runs_is_refused(command, tmp
     check(tmp_path / "runs" / "b")  # the control: a run beside the other
     if command in ("spec", "ablate"):  # record and train need --resume (or --overwrite) to write into one
         check(outer)
+
+
+def test_a_killed_training_run_without_its_model_is_called_interrupted_with_the_way_to_resume(tmp_path):
+    """A training run killed before it wrote its model (run.json still says running, no job holds its
+    writer lock) was 'a training run whose model is not written yet (status 'running')', as if the model
+    would come (a tour): it was interrupted, and `python -m train ... --resume` continues it."""
+    from probe.job import RecordError, run_inputs
+    from probe.writer import writer_lock
+
+    run = tmp_path / "t"
+    run.mkdir()
+    info = {"kind": "train", "status": "running"}
+    with pytest.raises(RecordError) as ei:
+        run_inputs(info, str(run), None, None)
+    assert str(ei.value) == (f"{run}: a training run interrupted before it wrote its model (its job was killed: "
+                             "run.json still says running, and no job holds the run): continue it with `python -m "
+                             "train ... --resume` (the command that started it, plus --resume), or pass --ckpt with "
+                             "the model to use")
+    with pytest.raises(RecordError, match=r"^--out x: a training run interrupted before it wrote its model: continue"):
+        run_inputs(info | {"status": "interrupted"}, "--out x", None, None, run=run)  # stopped itself
+    with writer_lock(run), pytest.raises(RecordError, match="whose model is not written yet .status 'running'"):
+        run_inputs(info, str(run), None, None)  # still training: its model comes
+    assert run_inputs(info, str(run), "m", None) == ("m", None)  # --ckpt given: used
