@@ -63,7 +63,8 @@ def parser() -> argparse.ArgumentParser:
                         "changed): the 'Run vs run' section; the run itself or a copy of it is refused")
     p.add_argument("--importance-tokens", type=int, default=1000,
                    help="tokens per domain the causal-importance and steering sections evaluate (default 1000; "
-                        "0 leaves both out)")
+                        "0 leaves both out), within the run's own --max-tokens, which they inherit; the summary "
+                        "says the tokens scored and warns under 100")
     p.add_argument("--ckpt", type=path_text,
                    help="checkpoint the model sections run (default: the run's own; needed where it has "
                         "moved or changed, or a training run's model is not written yet)")

@@ -156,6 +156,10 @@ def summary(r: dict) -> list[str]:
             + (f"; {rv['uncompared']}." if rv.get("uncompared") else "."))
     if r.get("steering") is not None:
         s += r["steering"]["sentences"]
+    few = {k: x["too_few"] for k, x in (("causal importance", r.get("importance")), ("steering", r.get("steering")))
+           if x and x.get("too_few")}
+    if few:  # "p 0.026" over 4 tokens read as a finding (a tour)
+        s.append(f"Warning, {' and '.join(few)}: {next(iter(few.values()))}.")
     if r.get("importance_skip"):
         s.append(f"Causal vs observed importance and steering: not measured ({r['importance_skip']}).")
     return s
@@ -177,8 +181,9 @@ def _small_share(x: float) -> str:
 
 def _importance_sentence(imp: dict) -> str:
     c = imp["correlation"]
+    tokens = imp.get("scored") or counted(imp["tokens"], "token")  # the tokens and what limited them
     return ("Causal vs observed importance (each routed expert removed in turn, reroute, "
-            f"{counted(imp['tokens'], 'token')}): Spearman(load share, loss delta) per layer " + ", ".join(
+            f"{tokens}): Spearman(load share, loss delta) per layer " + ", ".join(
                 f"L{int(x.layer)} {x.spearman:+.2f} (p {x.spearman_p:.2g})" for x in c.itertuples())
             + f"; {_load_predicts(c)}. Most important: " + ", ".join(
                 f"L{int(x.layer)} expert {int(x.top_expert)} ({x.top_delta:+.4f})" for x in c.itertuples()) + ".")

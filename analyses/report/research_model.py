@@ -12,12 +12,37 @@ from probe.schema import layer_label
 
 
 INPUT_FLAGS = ("ckpt", "corpus")  # the report's --ckpt and --corpus, for a run whose own are gone or not written
+# fewer tokens scored than this, and the importance and steering figures are said to mean nothing: an
+# expert's loss delta (and a domain's steering delta) is a mean of per-token deltas, and over a few dozen
+# tokens their noise decides the ranks and correlations (a 5-token run scored 4 and reported "p 0.026")
+MIN_SCORED_TOKENS = 100
 
 
 def job_opts(ns) -> dict:
     """The options the report's model sections pass to ablate, importance and steer: the model flags
     and --ckpt/--corpus, where given (else the jobs take the run's own)."""
     return {k: getattr(ns, k) for k in (*MODEL_FLAGS, *INPUT_FLAGS) if getattr(ns, k, None) is not None}
+
+
+def scored(run, ns, tokens: int, domains: int) -> tuple[str, str | None]:
+    """What the model sections scored, for the summary: ('N tokens scored, <what limited them>', and a
+    warning where N is under MIN_SCORED_TOKENS, else None). Importance and steering take
+    --importance-tokens a domain, under the run's own recording cap (its --max-tokens in run.json),
+    which they inherit: that cap, not --importance-tokens, limited a 5-token run to 4 tokens (a tour)."""
+    from .research import counted
+
+    cap = ((getattr(run, "info", None) or {}).get("options") or {}).get("max_tokens")
+    capped = cap is not None and cap < ns.importance_tokens * max(domains, 1)
+    limit = (f"capped by the run's own --max-tokens {cap:,}, which these sections inherit" if capped
+             else f"--importance-tokens {ns.importance_tokens:,} a domain")
+    what = f"{counted(tokens, 'token')} scored, {limit}"
+    if tokens >= MIN_SCORED_TOKENS:
+        return what, None
+    more = ("record the run with a larger --max-tokens" if capped else
+            "pass a larger --importance-tokens, or a --corpus that holds more")
+    return what, (f"{counted(tokens, 'token')} scored ({limit}) is too few for these figures to mean anything "
+                  f"(under {MIN_SCORED_TOKENS}, each loss delta is a mean over so few tokens that noise decides "
+                  f"the ranks, correlations and p-values); {more}")
 
 
 def importance(run, ns) -> dict:
@@ -43,7 +68,10 @@ def importance(run, ns) -> dict:
     figs = [("Load share vs loss delta when the expert is removed (reroute), every routed expert", fig, points, False),
             ("Spearman and Pearson correlation of load share with loss delta per layer", None, corr, False),
             ("Experts whose load rank and causal rank disagree most (3 per layer)", None, gaps, False)]
-    return {"correlation": corr, "gaps": gaps, "table": df, "figures": figs, "tokens": int(alld.tokens.max())}
+    tokens = int(alld.tokens.max())
+    what, warning = scored(run, ns, tokens, int(df.domain[df.domain != "all"].nunique()))
+    return {"correlation": corr, "gaps": gaps, "table": df, "figures": figs, "tokens": tokens, "scored": what,
+            "too_few": warning}
 
 
 def steered_experts(lift: dict[int, pd.DataFrame]) -> tuple[str, dict[int, list[int]]]:
@@ -78,11 +106,13 @@ def steering(run, ns, lift: dict) -> dict | None:
     own = per.delta.get(dom, np.nan)
     others = per.drop(index=[dom, "all"], errors="ignore").delta
     changed = int((gen.baseline_text != gen.steered_text).sum())
-    sentence = (f"Steering: forcing {dom}'s most specific expert on at every MoE layer ({what}) for every token "
-                f"put it in {per.forced_share.get('all', np.nan):.0%} of the steered top-k sets; loss delta on "
-                f"{dom} {own:+.4f} vs the other domains' mean {others.mean():+.4f}; greedy continuations "
+    n_domains = len(per.drop(index="all", errors="ignore"))
+    tokens, warning = scored(run, ns, int(per.tokens.get("all", per.tokens.sum())), n_domains)
+    sentence = (f"Steering ({tokens}): forcing {dom}'s most specific expert on at every MoE layer ({what}) for "
+                f"every token put it in {per.forced_share.get('all', np.nan):.0%} of the steered top-k sets; loss "
+                f"delta on {dom} {own:+.4f} vs the other domains' mean {others.mean():+.4f}; greedy continuations "
                 f"changed for {changed} of {len(gen)} prompts.")
     figs = [(f"Loss change per domain when {what} are forced on (mode force, every token)", fig, loss, False),
             ("Greedy continuations without and with the steering", None, gen, False)]
-    return {"sentences": [sentence], "figures": figs, "loss": loss, "generation": gen, "experts": experts,
-            "domain": dom}
+    return {"sentences": [sentence], "too_few": warning, "figures": figs, "loss": loss, "generation": gen,
+            "experts": experts, "domain": dom}

@@ -62,7 +62,7 @@ def test_report_has_every_section(run_dir, tmp_path, capsys):
                 "Run vs run", "Steering"):
         assert f"## {sec}" in md
     for needle in ("Spearman(load share, loss delta)", "Expert paths (top-1", "Token-id dependence (held-out",
-                   "Run vs run (", "Steering: forcing"):
+                   "Run vs run (", "Steering (", "tokens scored, "):
         assert needle in md, needle  # a summary sentence per research section, with its numbers
     # the curve's numbers come from the run's ablations table, written by the ablation API
     rows = probe.open_run(run_dir).df("ablations")

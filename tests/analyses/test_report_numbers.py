@@ -471,3 +471,40 @@ def test_the_run_vs_run_placeholder_names_no_findings_file():
     the HTML report (a tour): the placeholder names the command that makes the run to compare with."""
     text = research.missing("Run vs run", {})
     assert "FINDINGS" not in text and "`python -m analyses.variants no-router-bias`" in text, text
+
+
+def test_importance_and_steering_say_the_tokens_scored_what_capped_them_and_when_too_few(tmp_path, monkeypatch):
+    """On a 5-token run importance scored 4 tokens, capped by the run's own --max-tokens (which the model
+    sections inherit), not --importance-tokens, and reported 'p 0.026' as a finding (a tour): the summary
+    says the tokens scored and the cap, and warns under research_model.MIN_SCORED_TOKENS (100)."""
+    import analyses.steer
+
+    run = NS(path=tmp_path, info={"options": {"max_tokens": 5}})
+    ns = NS(importance_tokens=1000, progress=False, batch_size=None)
+    what, warning = research_model.scored(run, ns, 4, 1)
+    assert what == "4 tokens scored, capped by the run's own --max-tokens 5, which these sections inherit"
+    assert warning == ("4 tokens scored (capped by the run's own --max-tokens 5, which these sections inherit) is too "
+                       "few for these figures to mean anything (under 100, each loss delta is a mean over so few "
+                       "tokens that noise decides the ranks, correlations and p-values); record the run with a "
+                       "larger --max-tokens")
+    big = NS(path=tmp_path, info={"options": {"max_tokens": 60_000}})
+    assert research_model.scored(big, ns, 2000, 2) == ("2,000 tokens scored, --importance-tokens 1,000 a domain", None)
+    assert research_model.scored(big, NS(importance_tokens=20), 40, 2)[1].endswith(
+        "pass a larger --importance-tokens, or a --corpus that holds more")  # not capped: the flag's own few
+    c = pd.DataFrame({"layer": [1], "spearman": [0.9], "spearman_p": [0.026], "top_expert": [3], "top_delta": [0.2]})
+    imp = {"correlation": c, "tokens": 4, "scored": what, "too_few": warning}
+    lines = research.summary({"importance": imp})
+    assert lines[0].startswith("Causal vs observed importance (each routed expert removed in turn, reroute, 4 tokens "
+                               "scored, capped by the run's own --max-tokens 5, which these sections inherit): ")
+    assert lines[-1] == f"Warning, causal importance: {warning}."
+    assert research.summary({"importance": imp | {"too_few": None}})[-1].startswith("Causal vs observed")
+    loss = pd.DataFrame({"kind": "loss", "domain": ["all", "code", "prose"], "tokens": [4, 2, 2], "steered_tokens": 4,
+                         "forced_share": 1.0, "baseline_loss": 2.0, "loss": 2.0, "delta": [0.9, 0.5, 0.1]})
+    gen = pd.DataFrame({"kind": "generation", "domain": ["code"], "prompt": ["p"], "baseline_text": ["a"],
+                        "steered_text": ["a"]})
+    monkeypatch.setattr(analyses.steer, "steer", lambda opts, s: (None, pd.concat([loss, gen], ignore_index=True)))
+    st = research_model.steering(run, ns, LIFT)
+    assert st["sentences"][0].startswith("Steering (4 tokens scored, capped by the run's own --max-tokens 5, which "
+                                         "these sections inherit): forcing code's")
+    assert research.summary({"importance": imp, "steering": st})[-1] == \
+        f"Warning, causal importance and steering: {warning}."
