@@ -401,6 +401,7 @@ def test_an_unbounded_stat_buffer_is_read_in_order_with_buffer_size_minus_1(worl
     ok = probe.open_run(import_sglang(path.parent, tmp_path / "ok", config=cfg, buffer_size=-1))
     assert [a[1:].tolist() for _, a in sorted(sg.run_loads(ok).items())] == order
     assert ok.info["source"]["pass_order_unknown"] is False and ok.info["source"]["buffer_size"] == -1
+    assert ok.info["source"]["dropped_empty_passes"] == 1  # the zero row: skipped, and counted (README)
     # control: read as SGLang's default circular buffer, the same dump comes out rotated
     rotated = probe.open_run(import_sglang(path.parent, tmp_path / "rot", config=cfg))
     assert [a[1:].tolist() for _, a in sorted(sg.run_loads(rotated).items())] != order
