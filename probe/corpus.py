@@ -115,6 +115,7 @@ class CorpusStats:
     skipped_binary: list[str] = field(default_factory=list)  # files of a corpus directory that are not text
     starved_domains: list[str] = field(default_factory=list)  # domains with text a --max-tokens cap left empty
     empty_domains: list[str] = field(default_factory=list)  # sub-folders of a corpus directory without a text file
+    linked_domains: list[str] = field(default_factory=list)  # "link -> folder": sub-folder links read under the folder
     cap: tuple[int, int, int] = (0, 0, 0)  # (--max-tokens, --seq-len, domains with text) when it did
 
     def replaced(self, n: int, where: str) -> None:
@@ -134,7 +135,8 @@ class CorpusStats:
 
     def notes(self) -> list[str]:
         """The jobs' notes on what the reader skipped or replaced (record and spec print them)."""
-        return [n for n in (self.binary_note(), self.replaced_note(), self.empty_note(), self.cap_note()) if n]
+        return [n for n in (self.binary_note(), self.replaced_note(), self.empty_note(), self.linked_note(),
+                            self.cap_note()) if n]
 
     def empty_note(self) -> str | None:
         """The jobs' note on the sub-folders of a corpus directory that hold no text file (None when none):
@@ -145,6 +147,16 @@ class CorpusStats:
         more = ", ..." if len(s) > 3 else ""
         return (f"note: {len(s)} sub-folder(s) of the corpus without a text file left out ({', '.join(s[:3])}{more}): "
                 "each sub-folder is a domain only where it holds text")
+
+    def linked_note(self) -> str | None:
+        """The jobs' note on the sub-folders that link to a folder the corpus holds under its own path
+        (None when none): read there only, they were named in the empty note as folders without a text file."""
+        s = self.linked_domains
+        if not s:
+            return None
+        more = ", ..." if len(s) > 3 else ""
+        return (f"note: {len(s)} sub-folder(s) of the corpus link to a folder it holds under its own path, whose "
+                f"domain reads it ({', '.join(s[:3])}{more}): each folder is read once")
 
     def cap_note(self) -> str | None:
         """The jobs' note on the domains a --max-tokens cap left without a token (None when none): each
@@ -277,14 +289,30 @@ def _entries(path: str | Path, stats: CorpusStats | None = None) -> tuple[Path, 
         entries = [(f, rel, _domain(Path(rel).parts[0], str(root / Path(rel).parts[0])) if len(Path(rel).parts) > 1
                     else "default") for f, rel in rels]
         if stats is not None:
-            held = {Path(rel).parts[0] for _, rel, _ in entries}
-            stats.empty_domains[:] = [shown(d.name) for d in sorted(root.iterdir())
-                                      if d.is_dir() and not d.name.startswith(".") and shown(d.name) not in held]
+            _note_domainless(root, {Path(rel).parts[0] for _, rel, _ in entries}, stats)
         return root, entries
     if root.suffix != ".parquet" and is_binary(root):  # read as text it was bytes of mojibake (a review)
         raise CorpusError(f"{root}: not a text file (a NUL byte in its first {BINARY_PROBE // 1024} KiB: weights, an "
                           "archive, an image?); decompress or convert it, or pass a folder of text files")
     return root, [(root, shown(root.name), "default")]
+
+
+def _note_domainless(root: Path, held: set[str], stats: CorpusStats) -> None:
+    """Name the sub-folders of `root` that are no domain (`held`: the first parts of the files' paths):
+    a link to a folder the corpus holds under its own path (read there, as `_files` does) in
+    `stats.linked_domains`, any other in `stats.empty_domains` (no text file)."""
+    empty, linked, real = [], [], None
+    for d in sorted(root.iterdir()):
+        if not d.is_dir() or d.name.startswith(".") or shown(d.name) in held:
+            continue
+        if d.is_symlink() and real is None:  # the folders under their own paths, walked once if needed
+            real = {os.path.realpath(x): Path(x) for x, _, _ in _walk(root, followlinks=False)}
+        target = real.get(os.path.realpath(d)) if d.is_symlink() else None
+        if target is not None:
+            linked.append(f"{shown(d.name)} -> {shown(target.relative_to(root).as_posix())}")
+        else:
+            empty.append(shown(d.name))
+    stats.empty_domains[:], stats.linked_domains[:] = empty, linked
 
 
 def iter_documents(path: str | Path, stats: CorpusStats | None = None) -> Iterator[Document]:

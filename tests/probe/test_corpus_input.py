@@ -125,6 +125,24 @@ def test_an_empty_domain_folder_is_named_in_a_note(tmp_path):
     assert stats.notes() == []
 
 
+def test_a_linked_domain_folder_read_under_its_target_is_not_called_empty(tmp_path):
+    """`alias -> prose` is read under prose only (README), but the note named alias a sub-folder
+    "without a text file", which it is not. It is named as a link now, with the folder that reads it;
+    a link to a folder outside the corpus is a domain as before, and an empty folder still a note."""
+    c = domains_corpus(tmp_path / "c", {"code": 5, "prose": 7})
+    (c / "alias").symlink_to("prose")
+    (c / "empty").mkdir()
+    (c / "wiki").symlink_to(domains_corpus(tmp_path / "out", {"wiki": 3}) / "wiki")
+    for order in ORDERS:
+        stats = CorpusStats()
+        assert {w.domain for w in read(c, order, stats=stats)} == {"code", "prose", "wiki"}
+        assert stats.notes() == [
+            "note: 1 sub-folder(s) of the corpus without a text file left out (empty): each sub-folder is a domain "
+            "only where it holds text",
+            "note: 1 sub-folder(s) of the corpus link to a folder it holds under its own path, whose domain reads it "
+            "(alias -> prose): each folder is read once"], order
+
+
 class _Listing:
     """os.scandir's answer with its entries in a given order (os.walk iterates it in a with block)."""
 
