@@ -1,5 +1,5 @@
-"""Claims of the README's prose that the code can answer cheaply: which jobs take a flag. A job
-given the flag without the README saying so fails here."""
+"""Claims of the README's prose that the code can answer cheaply: which jobs take a flag, which
+modules the folder table names. A job or a module added without the README saying so fails here."""
 
 import argparse
 import importlib
@@ -32,3 +32,29 @@ def test_the_jobs_named_as_taking_model_parallel_are_those_that_do():
     assert sentence, "the README's sentence on the jobs that take --model-parallel is gone"
     named = set(re.findall(r"`([^`]+)`", sentence.group(1)))
     assert named == _jobs_with("--model-parallel")
+
+
+def _named(row: str, folder: str, name: str) -> bool:
+    return f"`{name}`" in row or f"`{folder}/{name}`" in row
+
+
+def _table_row(folder: str) -> str:
+    row = re.search(rf"^\| `{folder}/` \|.*$", README, re.M)
+    assert row, f"the folder table has no row for {folder}/"
+    return row.group(0)
+
+
+def test_the_folder_table_names_every_module():
+    """Each module of the flat packages, each page of docs/ and each entry of analyses/ is named in
+    its folder's row (as `name.py` or `folder/name.py`)."""
+    missing = []
+    modules = [(f, "*.py") for f in ("model", "generate", "train", "probe", "dashboards")]
+    for folder, pattern in modules + [("docs", "*.md")]:
+        row = _table_row(folder)
+        missing += [f"{folder}/{f.name}" for f in sorted((REPO / folder).glob(pattern))
+                    if f.name not in ("__init__.py", "__main__.py") and not _named(row, folder, f.name)]
+    row = _table_row("analyses")
+    missing += [f"analyses/{f.name}" for f in sorted((REPO / "analyses").iterdir())
+                if not f.name.startswith(("_", ".")) and f.suffix in (".py", "")
+                and not _named(row, "analyses", f.name + ("/" if f.is_dir() else ""))]
+    assert missing == []
