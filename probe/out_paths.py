@@ -7,6 +7,7 @@ and an OS refusal the checks could not foresee is one line (`probe.job` re-expor
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -116,9 +117,24 @@ def _check_writable(folder: Path, what: str, error: type[Exception]) -> None:
     try:
         made = tempfile.mkdtemp(dir=folder, prefix=".dsv3-write-check-")
     except OSError as e:
-        raise error(f"{what}: directory {folder} is not writable ({e.strerror or e})") from None
+        raise error(f"{what}: directory {folder} does not accept new files ({_refusal_reason(e)})") from None
     with contextlib.suppress(OSError):  # it could be made: the folder takes entries
         os.rmdir(made)
+
+
+# why creating an entry in an existing folder failed, in words that fit: ENOENT's "No such file or
+# directory" read as if the folder were missing, when procfs (a virtual file system) just takes no
+# new entries (a tour)
+_REFUSALS = {
+    errno.ENOENT: "its file system takes no new entries, as virtual ones such as /proc do",
+    errno.EACCES: "permission denied", errno.EPERM: "the operation is not permitted there",
+    errno.EROFS: "it is on a read-only file system", errno.ENOSPC: "no space is left on its device",
+    errno.EDQUOT: "the disk quota is used up",
+}
+
+
+def _refusal_reason(e: OSError) -> str:
+    return _REFUSALS.get(e.errno, f"the OS said: {e.strerror or e}")
 
 
 def _refuse_inside_a_run(out: Path, flag: str, error: type[Exception]) -> None:

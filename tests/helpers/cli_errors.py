@@ -53,5 +53,6 @@ def unwritable_out(monkeypatch, name: str = UNWRITABLE.name) -> Path:
 
 
 def unwritable_msg(flag: str, out: Path) -> str:
-    """What check_out_parent says about `out` in /proc (the OS reason follows)."""
-    return f"{flag} {out}: directory /proc is not writable ("
+    """What check_out_parent says about `out` in /proc, with the reason (procfs takes no new entries)."""
+    return (f"{flag} {out}: directory /proc does not accept new files (its file system takes no new "
+            "entries, as virtual ones such as /proc do)")

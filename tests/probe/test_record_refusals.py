@@ -125,6 +125,27 @@ def test_an_out_the_os_refuses_is_refused_before_the_model_loads(probe_env, tmp_
     assert p.returncode == 0 and list(tmp_path.iterdir()) == [], p.stderr
 
 
+def test_an_unwritable_out_names_the_os_reason_in_words_that_fit(tmp_path, monkeypatch):
+    """Procfs refuses a new entry with ENOENT, and the check said "directory /proc is not writable (No
+    such file or directory)", contradicting itself (a tour): each reason is now said as what it means."""
+    import errno
+    import tempfile
+
+    from probe.job import check_out_parent
+
+    with pytest.raises(RecordError) as e:
+        check_out_parent(Path("/proc/foo"))
+    assert str(e.value) == unwritable_msg("--out", Path("/proc/foo")) and "No such file" not in str(e.value)
+
+    def refused(*a, **k):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", refused)
+    with pytest.raises(RecordError, match=rf"^--out {tmp_path}/x: directory {tmp_path} does not accept new files "
+                                          r"\(it is on a read-only file system\)$"):
+        check_out_parent(tmp_path / "x")
+
+
 def test_vocab_mismatch_is_refused(probe_env, tmp_path):
     from helpers import make_tokenizer
 
