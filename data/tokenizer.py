@@ -100,7 +100,9 @@ def _train(ns: argparse.Namespace) -> tuple[Tokenizer, list[dict]]:
                               f"(256 bytes + {len(SPECIAL_TOKENS)} special tokens)")
         check_out_parent(ns.out, file=True, error=CorpusError)
         # --out over the corpus' train.jsonl replaced the training texts with the tokenizer (a tour)
-        splits = {f"the {split} of --corpus": ns.corpus / split for split in ("train.jsonl", "val.jsonl")}
+        # named as given: "the val.jsonl of --corpus DIR/val.jsonl" named the file as the flag (a tour)
+        splits = {f"{{path}}, the {split} of --corpus {ns.corpus}": ns.corpus / split
+                  for split in ("train.jsonl", "val.jsonl")}
         check_not_an_input(ns.out, splits, error=CorpusError)
         check_file_replaceable(ns.out, (b'"added_tokens"',), "a tokenizer.json", error=CorpusError)
         if ns.corpus.is_file():  # data/corpus/train.jsonl given: reported as ".../train.jsonl/train.jsonl: not found"

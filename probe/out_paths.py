@@ -41,16 +41,18 @@ def check_not_an_input(out: Path, inputs: dict[str, str | Path | None], flag: st
                        error: type[Exception] = RecordError) -> None:
     """A file output must not replace a file the job reads (or that its run was recorded from), nor
     land inside such a folder (a corpus folder reads every file in it as a document): `inputs` maps
-    how to name each one ("the run's corpus") to its path, None where there is none. A report written
-    over the run's corpus file replaced the corpus (a tour)."""
+    how to name each one ("the run's corpus", said before its path, or with `{path}` where the path
+    goes: "{path}, the train.jsonl of --corpus DIR") to its path, None where there is none. A report
+    written over the run's corpus file replaced the corpus (a tour)."""
     path = out.resolve()
     for what, given in inputs.items():
         if given is None:
             continue
         src = Path(given).resolve()
         if path == src or (src.is_dir() and path.is_relative_to(src)):
-            raise error(f"{flag} {out}: is {'' if path == src else 'inside '}{what} {given}, which it "
-                        "would overwrite or add to; write elsewhere")
+            named = what.replace("{path}", str(given)) if "{path}" in what else f"{what} {given}"
+            raise error(f"{flag} {out}: is {'' if path == src else 'inside '}{named}, which it would "
+                        f"{'overwrite' if path == src else 'overwrite or add to'}; write elsewhere")
 
 
 def check_inputs_outside(out: Path, inputs: dict[str, str | Path | None],

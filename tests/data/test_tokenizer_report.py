@@ -117,8 +117,10 @@ def test_tokenizer_command_refuses_an_out_over_a_corpus_split(tmp_path, capsys):
         with pytest.raises(SystemExit) as e:
             tokenizer.main(["--corpus", str(tmp_path), "--out", str(tmp_path / "." / split)])
         assert e.value.code == 2 and (tmp_path / split).read_text() == text
-        assert capsys.readouterr().err == (f"error: --out {tmp_path / split}: is the {split} of --corpus "
-                                           f"{tmp_path / split}, which it would overwrite or add to; write elsewhere\n")
+        # the flag as given, and the file it would overwrite: it named "--corpus DIR/train.jsonl" (a tour)
+        assert capsys.readouterr().err == (f"error: --out {tmp_path / split}: is {tmp_path / split}, the "
+                                           f"{split} of --corpus {tmp_path}, which it would overwrite; write "
+                                           "elsewhere\n")
 
 
 def test_tokenizer_command_replaces_a_tokenizer_but_not_another_file(tmp_path, capsys):
