@@ -84,7 +84,7 @@ def _run(ns) -> int:
     if ns.format == "logical-count" and planning:
         # the loads are written as measured; SGLang plans from them with its own EP size
         raise PlacementError(f"--format logical-count writes the measured loads, not a plan: "
-                             f"{', '.join(planning)} would have no effect (drop them)")
+                             f"{', '.join(planning)} would have no effect (drop {'them' if planning[1:] else 'it'})")
     for name, default in (("nodes", 1), ("redundant", 0), ("mode", "hierarchical")):
         if getattr(ns, name) is None:
             setattr(ns, name, default)

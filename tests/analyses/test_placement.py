@@ -267,7 +267,10 @@ def test_cli_errors_are_one_line(tmp_path, monkeypatch):
         assert p.returncode == 2 and needle in p.stderr and p.stderr.count("\n") == 1, p.stderr
     p = _cli(tmp_path / "run", "--format", "logical-count", "--out", tmp_path / "lc.json", "--gpus", 4, "--nodes", 0)
     assert p.returncode == 2 and "--format logical-count writes the measured loads, not a plan: --gpus, --nodes " \
-                                 "would have no effect" in p.stderr and not (tmp_path / "lc.json").exists(), p.stderr
+                                 "would have no effect (drop them)" in p.stderr, p.stderr
+    assert not (tmp_path / "lc.json").exists()
+    p = _cli(tmp_path / "run", "--format", "logical-count", "--out", tmp_path / "lc.json", "--gpus", 8)
+    assert p.returncode == 2 and "not a plan: --gpus would have no effect (drop it)" in p.stderr, p.stderr  # not "them"
     p = _cli(tmp_path / "run", "--gpus", 4, "--nodes", 0)  # 0 is not taken for "the default"
     assert p.returncode == 2 and "nodes" in p.stderr, p.stderr
     p = _cli(tmp_path / "empty", "--gpus", 2)
