@@ -82,6 +82,12 @@ def nan_if(cond: bool, value) -> float:
     return float("nan") if cond else float(value)
 
 
+def counted(n: int, noun: str) -> str:
+    """'1 token', '2 tokens', '1,280 tokens': a count with its noun in the number it takes ('1 tokens
+    matched' and 'mean of 1 seeds' read in the report, '1 domain(s)' in a metric's error; tours)."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 # ------------------------------------------------------------------------------ runs
 def as_run(run):
     """A `probe.Run`, from a Run or a run directory path; anything else is a MetricsError naming what it

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import MetricsError, as_run, layer_numbers, n_experts_of_run, need_rows, whole_count
+from ._common import MetricsError, as_run, counted, layer_numbers, n_experts_of_run, need_rows, whole_count
 from .paths import heldout_windows
 
 FEATURES = ("weights", "scores")
@@ -90,8 +90,8 @@ def domain_probe_from_run(run, layers=None, features: str = "weights", every: in
     layers = _layers(run, layers)
     keys, domain = _tokens(run, layers, features)
     if len(np.unique(domain)) < 2:
-        raise MetricsError(f"{run.path}: {len(np.unique(domain))} domain(s) among the probed tokens; a domain "
-                           "probe needs two or more")
+        raise MetricsError(f"{run.path}: {counted(len(np.unique(domain)), 'domain')} among the probed tokens; "
+                           "a domain probe needs two or more")
     test = heldout_windows(keys >> 32, domain, every)
     rows = _draw(test, max_rows, seed)
     per_layer = _columns(run, layers, features, keys[rows])

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from analyses import metrics as M
-from analyses.metrics._common import n_experts_of_run
+from analyses.metrics._common import counted, n_experts_of_run
 
 RESEARCH_SECTIONS = ("Causal vs observed importance", "Expert paths", "Domain probes", "Token-id dependence",
                      "Run vs run", "Steering")
@@ -163,12 +163,6 @@ def summary(r: dict) -> list[str]:
     if r.get("importance_skip"):
         s.append(f"Causal vs observed importance and steering: not measured ({r['importance_skip']}).")
     return s
-
-
-def counted(n: int, noun: str) -> str:
-    """'1 token', '2 tokens', '1,280 tokens': a count with its noun in the number it takes ('1 tokens
-    matched' and 'mean of 1 seeds' read in the report, a tour)."""
-    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 def _small_share(x: float) -> str:

@@ -277,8 +277,8 @@ def test_report_probes_weights_and_scores_and_says_why_not(tmp_path):
     assert "shuffled domains 0.250;" in research.summary({"probes": one})[0]
     write_run(tmp_path / "one", n_seq=10, domains=("code",))
     one = research.probes(probe.open_run(tmp_path / "one"))
-    assert one["table"] is None and one["note"].startswith("1 domain(s) among the probed tokens")
-    assert research.missing("Domain probes", {"probes": one}).startswith("(not measured: 1 domain(s)")
+    assert one["table"] is None and one["note"].startswith("1 domain among the probed tokens;")  # not "domain(s)"
+    assert research.missing("Domain probes", {"probes": one}).startswith("(not measured: 1 domain among")
 
 
 def test_the_possible_paths_count_every_expert_of_the_model_not_only_those_chosen(tmp_path):
