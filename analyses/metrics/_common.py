@@ -124,20 +124,51 @@ def n_experts_of_run(run, table: str = "expert_load") -> int:
     return int(m) + 1 if m is not None else 0
 
 
-# what leaves a recorded table out, for need_rows's message
-_NOT_RECORDED = {"routing": "recorded with --router-logits none?", "kv_stats": "recorded with --no-kv-stats?",
-                 "kv_spectrum": "recorded with --no-kv-stats?",
-                 "mtp": "recorded with --no-mtp, or a checkpoint without an MTP layer?"}
+# the record option (run.json's "options") whose value leaves a table out, and what to say then
+UNRECORDED = {("routing", "router_logits", "none"): "the run was recorded with --router-logits none, which keeps no "
+                                                    "per-token routing; record it again with --router-logits topk "
+                                                    "(the default)",
+              ("mtp", "mtp", False): "the run was recorded with --no-mtp",
+              ("kv_stats", "kv_stats", False): "the run was recorded with --no-kv-stats",
+              ("kv_spectrum", "kv_stats", False): "the run was recorded with --no-kv-stats"}
+# the flag that may have left a table out, guessed only where run.json holds no record options to say
+_MAYBE = {"routing": "--router-logits none", "kv_stats": "--no-kv-stats", "kv_spectrum": "--no-kv-stats",
+          "mtp": "--no-mtp, or a checkpoint without an MTP layer"}
+
+
+def _recorded_cause(info: dict, table: str) -> str | None:
+    """Why run.json says a run has no `table`: an import (a dump of loads per forward pass holds no
+    per-token rows), the record flag that left it out, a checkpoint without MTP weights; else None."""
+    o = info.get("options") or {}
+    src = info.get("source") or {}
+    if src.get("mode") in ("stat", "per_pass") and table in ("routing", "tokens"):
+        return (f"imported from a {src.get('name')} {src.get('mode')} dump, which holds loads per forward pass "
+                "only; the per_token mode records routing")
+    if info.get("kind") == "import":
+        return f"an import ({src.get('name', '?')}) holds no {table} table"
+    for (t, flag, value), why in UNRECORDED.items():
+        if t == table and o.get(flag, "unset") == value:
+            return why
+    if table == "mtp" and info.get("mtp_module") is False:
+        return "the checkpoint has no MTP weights"
+    return None
+
+
+def unrecorded_why(run, table: str) -> str:
+    """Why a run has no `table`, in its own terms (read from its run.json); else 'not recorded'.
+    ('the table was not recorded' left a user of --router-logits none to guess which, a tour.)"""
+    return _recorded_cause(getattr(run, "info", None) or {}, table) or f"the {table} table was not recorded"
 
 
 def need_rows(run, table: str) -> None:
-    """Raise when the run has no rows in `table` (an empty run or a table not recorded)."""
+    """Raise when the run has no rows in `table` (an empty run or a table not recorded), saying why where
+    run.json does: it guessed '--router-logits none?' where run.json named the cause (a tour)."""
     if not run.files(table):
-        src = run.info.get("source") or {}
-        why = (f"imported from a {src.get('name')} {src.get('mode')} dump, which holds loads per forward pass "
-               "only; the per_token mode records routing" if src.get("mode") in ("stat", "per_pass")
-               else f"empty run, or not recorded: {_NOT_RECORDED[table]}" if table in _NOT_RECORDED
-               else "empty run, or not recorded")
+        info = run.info or {}
+        why = _recorded_cause(info, table)
+        if why is None:
+            guess = table in _MAYBE and not info.get("options")  # no record options to tell: the likely flag
+            why = "empty run, or not recorded" + (f": recorded with {_MAYBE[table]}?" if guess else "")
         raise MetricsError(f"{run.path}: run has no {table} table ({why})")
     n = run.sql(f"select count(*) from {table}").fetchall()[0][0]
     if n == 0:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from analyses import metrics as M
-from analyses.metrics._common import counted, n_experts_of_run
+from analyses.metrics._common import counted, n_experts_of_run, unrecorded_why
 
 RESEARCH_SECTIONS = ("Causal vs observed importance", "Expert paths", "Domain probes", "Token-id dependence",
                      "Run vs run", "Steering")
@@ -383,29 +383,6 @@ def missing(sec: str, r: dict) -> str:
         return f"(skipped: {r.get('skip_reason') or '--skip-ablation or --importance-tokens 0'})"
     run = r.get("run")
     return not_recorded(r, unrecorded_why(run, "routing" if run is None or not run.files("routing") else "tokens"))
-
-
-UNRECORDED = {("routing", "router_logits", "none"): "the run was recorded with --router-logits none, which keeps no "
-                                                    "per-token routing; record it again with --router-logits topk "
-                                                    "(the default)",
-              ("mtp", "mtp", False): "the run was recorded with --no-mtp",
-              ("kv_stats", "kv_stats", False): "the run was recorded with --no-kv-stats"}
-
-
-def unrecorded_why(run, table: str) -> str:
-    """Why a run has no `table`, in its own terms: the record flag that left it out, a checkpoint
-    without MTP weights, an import (serving traffic holds loads and routes only); else 'not recorded'.
-    ('the table was not recorded' left a user of --router-logits none to guess which, a tour.)"""
-    info = getattr(run, "info", None) or {}
-    o = info.get("options") or {}
-    if info.get("kind") == "import":
-        return f"an import ({(info.get('source') or {}).get('name', '?')}) holds no {table} table"
-    for (t, flag, value), why in UNRECORDED.items():
-        if t == table and o.get(flag, "unset") == value:
-            return why
-    if table == "mtp" and info.get("mtp_module") is False:
-        return "the checkpoint has no MTP weights"
-    return f"the {table} table was not recorded"
 
 
 def not_recorded(r: dict, why: str) -> str:

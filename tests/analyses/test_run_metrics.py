@@ -359,6 +359,31 @@ def test_a_table_not_recorded_names_the_flag_that_leaves_it_out(tmp_path):
     need_rows(run, "tokens")  # the control: a table that is there
 
 
+def test_a_table_not_recorded_is_said_as_run_json_says_not_guessed(tmp_path):
+    """need_rows guessed 'recorded with --router-logits none?' for a run without routing rows where
+    run.json said why (a tour): it now reads the cause from run.json, as the report does, and guesses
+    only where run.json holds no record options."""
+    import json
+    import shutil
+
+    import probe
+    from analyses.metrics import MetricsError
+    from analyses.metrics._common import need_rows
+    from helpers.synthetic_run import write_run
+
+    write_run(tmp_path / "r")
+    shutil.rmtree(tmp_path / "r" / "routing")
+    info = json.loads((tmp_path / "r" / "run.json").read_text())
+    said = ("the run was recorded with --router-logits none, which keeps no per-token routing; record it again "
+            "with --router-logits topk (the default)")
+    for options, why in (({"router_logits": "none"}, said),
+                         ({"router_logits": "topk"}, "empty run, or not recorded")):  # not a flag it was not given
+        (tmp_path / "r" / "run.json").write_text(json.dumps(info | {"options": options}))
+        with pytest.raises(MetricsError) as e:
+            need_rows(probe.open_run(tmp_path / "r"), "routing")
+        assert str(e.value) == f"{tmp_path / 'r'}: run has no routing table ({why})"
+
+
 def test_run_repetition_with_one_expert_per_token_has_no_top2_measure(tmp_path):
     # K = 1: there is no second choice, so top2_any is NaN (as the array version says), not same_top1
     a = write_run(tmp_path / "k1", K=1)
