@@ -78,6 +78,7 @@ def test_ctrl_c_is_one_line_and_exit_130(module, target, argv, tmp_path, capsys,
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # a command end to end in a fresh process (the quick loop leaves these out)
 def test_a_real_sigint_is_one_line(tmp_path):
     """The same, from a real SIGINT delivered while the job runs (a process, as a terminal's Ctrl-C)."""
     script = ("import os, signal, sys, time\n"

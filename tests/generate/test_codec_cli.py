@@ -131,6 +131,7 @@ def test_cli_refuses_a_system_text_it_has_no_turn_for(demo_dir, tmp_path, capsys
     assert code == 0, err
 
 
+@pytest.mark.slow  # a command end to end in a fresh process (the quick loop leaves these out)
 @pytest.mark.parametrize("module", ["generate", "model.generate"])
 @pytest.mark.parametrize("prompts", [["a"], ["a", "b"]])  # streamed, and printed per finished row
 def test_a_closed_pipe_ends_the_command_quietly(demo_dir, module, prompts):

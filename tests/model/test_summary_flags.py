@@ -72,6 +72,7 @@ def test_summary_text_runs_as_record_feeds_it(capsys):
     assert out == "" and err == f"error: --text: {n:,} tokens, longer than the model's max_seq_len 1024\n"
 
 
+@pytest.mark.slow  # a command end to end in a fresh process (the quick loop leaves these out)
 @pytest.mark.parametrize("argv", [["params", "--config", "tiny", "--world-size", "2"],
                                   ["summary", "--batch", "1", "--seq-len", "4"]])
 def test_a_closed_pipe_ends_the_command_quietly(argv):
