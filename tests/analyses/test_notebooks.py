@@ -229,7 +229,10 @@ def test_a_relative_run_path_is_the_repositorys_when_not_under_the_kernels_folde
 
 def test_compare_run_refuses_a_run_without_routing_before_recording(tmp_path, monkeypatch):
     """run_vs_run recorded a whole variant run (and its checkpoint) before finding that the run had
-    no routing table to compare (a review)."""
+    no routing table to compare (a review); the refusal then guessed '--router-logits none?' where
+    run.json names the cause (a tour)."""
+    import json
+
     import probe
     from analyses import notebook_utils, variants
     from analyses.metrics import MetricsError
@@ -239,9 +242,15 @@ def test_compare_run_refuses_a_run_without_routing_before_recording(tmp_path, mo
 
     write_run(tmp_path / "r")
     shutil.rmtree(tmp_path / "r" / "routing")  # as --router-logits none records it
+    info = json.loads((tmp_path / "r" / "run.json").read_text())
+    (tmp_path / "r" / "run.json").write_text(json.dumps(info | {"options": {"router_logits": "none"}}))
     run = probe.open_run(tmp_path / "r")
     assert "routing" not in run.tables and "tokens" in run.tables
     monkeypatch.setattr(variants, "without_router_bias", lambda *a, **k: pytest.fail("must not write a variant"))
-    with pytest.raises(MetricsError, match=r"no routing table to compare \(recorded with --router-logits none\?\)"):
+    with pytest.raises(MetricsError) as e:
         notebook_utils.compare_run(run)
+    said = str(e.value)
+    assert "no routing table to compare (the run was recorded with --router-logits none, which keeps no " \
+           "per-token routing; record it again with --router-logits topk (the default))" in said, said
+    assert "?" not in said, said
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
