@@ -348,8 +348,10 @@ def duplicates_note(dups: list[dict]) -> str | None:
         return None
     shown = "; ".join(f"{d['val']} = train {', '.join(d['train'])} ({d['chars']:,} characters)" for d in dups[:3])
     more = "; ..." if len(dups) > 3 else ""
-    return (f"note: {len(dups)} validation document(s) have the same text as a training document, so they are "
-            f"not held out: {shown}{more} (manifest.json: cross_split_duplicates)")
+    one = len(dups) == 1  # data/ does not import analyses' counted(): the plural inline ('1 document(s)', a tour)
+    said = "validation document has the same text as a training document, so it is" if one else \
+        "validation documents have the same text as a training document, so they are"
+    return f"note: {len(dups):,} {said} not held out: {shown}{more} (manifest.json: cross_split_duplicates)"
 
 
 def one_side_note(manifest: dict) -> str | None:
@@ -500,7 +502,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         unknown = [d for d in domains if d not in DOMAINS]
         if unknown:
-            raise CorpusError(f"unknown domain(s) {unknown}; choose from {', '.join(DOMAINS)}")
+            raise CorpusError(f"unknown domain{'' if len(unknown) == 1 else 's'} {', '.join(unknown)}; choose from "
+                              f"{', '.join(DOMAINS)}")
         if not domains:
             raise CorpusError(f"--domains {ns.domains!r}: no domain; choose from {', '.join(DOMAINS)}")
         if ns.max_chars < 0:  # 0: no cap

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from analyses.metrics._common import counted
 from probe.corpus import CorpusError, Window, corpus_windows, fingerprint
 from probe.job import check_out_parent, check_outside_corpus, check_run_place, run_inputs
 from probe.recorders import Batch, model_token_nll
@@ -423,8 +424,9 @@ def sample_windows(opts: AblateOptions, corpus: Path, tok, args) -> tuple[list, 
         caps = [f"{opts.max_tokens:,} token{'' if opts.max_tokens == 1 else 's'} in all (max_tokens)"] if opts.max_tokens else []
         caps += [f"{opts.domain_tokens:,} per domain (domain_tokens)"] if opts.domain_tokens else []
         why = f"the sample is capped at {' and '.join(caps)}" if caps else "the documents are one token long"
-        raise CorpusError(f"{corpus}: the {len(windows)} window(s) evaluated hold one token each, which leaves no "
-                          f"token to score (a token's loss needs the next one); {why}")
+        each = "holds one token" if len(windows) == 1 else "hold one token each"
+        raise CorpusError(f"{corpus}: the {counted(len(windows), 'window')} evaluated {each}, which leaves no token "
+                          f"to score (a token's loss needs the next one); {why}")
     for note in stats.notes() if launch_rank0() else ():  # a sample the job takes: an error says enough
         print(note, file=sys.stderr)
     return windows, sorted({w.domain for w in windows})

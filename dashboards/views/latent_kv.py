@@ -52,9 +52,9 @@ def main() -> None:
         c = kv.iloc[0]
         finite = kv.effective_rank.astype(float).map(math.isfinite)
         if not finite.all():  # the probe writes NaN for a layer whose latents were (a diverged checkpoint): the
-            bad = ", ".join(str(int(x)) for x in kv.layer[~finite])  # mean left it out unsaid (a review)
-            st.warning(f"Layer(s) {bad}: non-finite latents (NaN or inf) in this recording, so no effective rank "
-                       "or spectrum; the mean below is over the other layers.")
+            bad = [str(int(x)) for x in kv.layer[~finite]]  # mean left it out unsaid (a review)
+            st.warning(f"Layer{'' if len(bad) == 1 else 's'} {', '.join(bad)}: non-finite latents (NaN or inf) in "
+                       "this recording, so no effective rank or spectrum; the mean below is over the other layers.")
         few = int(kv.tokens.min()) < 2  # a covariance of one token is zero: its rank of 0.0 was shown (a tour)
         if few:
             st.info(f"No effective rank or energy components: {too_few(ref)}.", icon="ℹ️")

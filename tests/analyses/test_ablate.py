@@ -316,8 +316,8 @@ def test_a_sample_with_nothing_to_score_is_refused_before_the_model_runs(probe_e
     the report then failed on a missing domain; the shared sample now says what is wrong."""
     assert main(_cli(probe_env, tmp_path / "o", "--top", "1", "--max-tokens", "1")) == 2
     err = capsys.readouterr().err.strip()
-    assert err.endswith("the 1 window(s) evaluated hold one token each, which leaves no token to score (a token's "
-                        "loss needs the next one); the sample is capped at 1 token in all (max_tokens)")
+    assert err.endswith("the 1 window evaluated holds one token, which leaves no token to score (a token's "
+                        "loss needs the next one); the sample is capped at 1 token in all (max_tokens)"), err
     assert "\n" not in err and not (tmp_path / "o").exists()
     # control: two tokens leave one to score
     assert main(_cli(probe_env, tmp_path / "o", "--top", "1", "--max-tokens", "2")) == 0

@@ -182,7 +182,8 @@ def test_a_layer_with_non_finite_latents_is_named_not_averaged_away(runs, tmp_pa
         layers = ", ".join(str(int(x)) for x in bad_layers)
         assert shown["Mean effective rank"] == want and not at.error, (shown, texts(at.error))
         assert shown["Absorb vs MHA cache"] == f"{kv.bytes_absorb.iloc[0] / kv.bytes_mha.iloc[0]:.1%}"
-        assert f"Layer(s) {layers}: non-finite latents" in texts(at.warning)
+        noun = "Layer" if len(bad_layers) == 1 else "Layers"  # 'Layer(s) 1' (a tour)
+        assert f"{noun} {layers}: non-finite latents" in texts(at.warning), texts(at.warning)
         rank = nan[["layer", "latent_dim", "effective_rank", "energy90", "energy99"]].assign(
             rank_share=nan.effective_rank / nan.latent_dim)
         text = latent_summary(rank, nan)

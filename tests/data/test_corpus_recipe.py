@@ -122,7 +122,11 @@ def test_a_folder_of_the_users_in_the_way_is_refused_before_any_file_is_replaced
 def test_the_duplicates_note_names_three_and_says_when_there_are_more():
     dups = [{"val": f"v/{i}", "train": [f"t/{i}"], "chars": 1000 + i} for i in range(4)]
     three = bc.duplicates_note(dups[:3])
-    assert three.startswith("note: 3 validation document(s)") and "; ..." not in three
+    assert three.startswith("note: 3 validation documents have the same text as a training document, so they "
+                            "are not held out: ") and "; ..." not in three
+    one = bc.duplicates_note(dups[:1])  # '1 validation document(s) have' (a tour)
+    assert one.startswith("note: 1 validation document has the same text as a training document, so it is not "
+                          "held out: v/0 = train t/0"), one
     assert all(f"v/{i} = train t/{i} (1,00{i} characters)" in three for i in range(3))
     four = bc.duplicates_note(dups)
     assert four.startswith("note: 4 ") and "v/3" not in four and "v/2 = train t/2 (1,002 characters); ..." in four

@@ -195,6 +195,16 @@ def test_bad_input_errors(tmp_path):
         list(bc.literature_texts(tmp_path / "bad.jsonl"))
     with pytest.raises(SystemExit):
         bc.main(["--domains", "poetry", "--out", str(tmp_path / "o")])
+
+
+def test_unknown_domains_are_named_in_the_plural_they_take(tmp_path, capsys):
+    """'unknown domain(s) ['poetry']': the count's noun in its number and the names as typed (a tour)."""
+    for domains, said in (("poetry", "unknown domain poetry; choose from"),
+                          ("poetry,math,drama", "unknown domains poetry, drama; choose from")):
+        with pytest.raises(SystemExit) as e:
+            bc.main(["--domains", domains, "--out", str(tmp_path / "o")])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and said in err and "(s)" not in err, err
     with pytest.raises(bc.CorpusError, match="val fraction"):
         bc.write_corpus(tmp_path / "o", [], seed=0, val_fraction=1.5, max_chars=None)
 
