@@ -49,7 +49,8 @@ def latent_summary(kv, stats) -> str:
     and the cache bytes. `kv`: `analyses.report.latent_rank(run)`; `stats`: the `kv_stats` rows."""
     import numpy as np
 
-    finite = kv[np.isfinite(kv.effective_rank.astype(float))]
+    few_mask = kv.tokens < 2 if "tokens" in kv else np.zeros(len(kv), bool)
+    finite = kv[np.isfinite(kv.effective_rank.astype(float)) | few_mask]  # latent_rank: NaN under two tokens
     lines = []
     bad = sorted(int(x) for x in set(kv.layer) - set(finite.layer))
     if bad:

@@ -74,11 +74,16 @@ def mtp_by_domain(run) -> pd.DataFrame:
 
 def latent_rank(run) -> pd.DataFrame:
     """Per layer, from the `kv_stats` table: latent dim C, effective rank of the c_kv covariance
-    (Roy & Vetterli, accumulated in float64 by the probe), components for 90/95/99% energy."""
+    (Roy & Vetterli, accumulated in float64 by the probe), components for 90/95/99% energy. A layer
+    of fewer than two tokens has a zero covariance: its rank and components are NaN, not the 0.0
+    and 0s the probe writes (they read as measured in the notebook's table; a tour)."""
     run = as_run(run)
     need_rows(run, "kv_stats")
     cols = ["layer", "tokens", "latent_dim", "effective_rank", "energy90", "energy95", "energy99"]
     df = run.df("kv_stats", columns=cols).sort_values("layer", ignore_index=True)
+    measured = df.tokens >= 2
+    for c in ("effective_rank", "energy90", "energy95", "energy99"):
+        df[c] = df[c].astype(float).where(measured)
     df["rank_share"] = df.effective_rank / df.latent_dim
     return df
 

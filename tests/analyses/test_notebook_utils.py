@@ -50,6 +50,33 @@ def test_the_latent_conclusion_gives_no_rank_for_one_token_a_layer():
     assert "ranges from 3.0 (layer 2) to 3.0 (layer 2)" in lines[1]
 
 
+def test_latent_rank_gives_no_rank_under_two_tokens_and_the_conclusion_says_why(tmp_path):
+    """latent_rank (the notebook's table) gave the zero covariance of a layer of one token an
+    effective rank of 0.0 and 0 components, as if measured (a tour): NaN there, and the conclusion
+    on that table says n/a for too few tokens, not 'non-finite latents'."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from analyses.report import latent_rank
+    from helpers.synthetic_run import write_run
+    from probe.schema import TABLES
+
+    write_run(tmp_path / "r")
+    rows = {f.name: [None, None] for f in TABLES["kv_stats"]}
+    rows |= {"layer": [2, 1], "tokens": [5, 1], "latent_dim": [32, 32], "effective_rank": [3.0, 0.0],
+             "energy90": [2, 0], "energy95": [3, 0], "energy99": [4, 0]}
+    (tmp_path / "r" / "kv_stats").mkdir(exist_ok=True)
+    pq.write_table(pa.Table.from_pydict(rows, schema=TABLES["kv_stats"]), tmp_path / "r" / "kv_stats" / "p.parquet")
+    kv = latent_rank(tmp_path / "r")
+    assert list(kv.layer) == [1, 2] and kv.effective_rank.iloc[1] == 3.0 and kv.energy99.iloc[1] == 4
+    one = kv.iloc[0]
+    assert all(np.isnan(one[c]) for c in ("effective_rank", "energy90", "energy95", "energy99", "rank_share")), one
+    stats = pd.DataFrame({"bytes_absorb": [100], "bytes_naive": [400], "bytes_mha": [1500]})
+    lines = notebook_utils.latent_summary(kv, stats).splitlines()
+    assert lines[0].startswith("- Layer 1: no effective rank or energy components (n/a)"), lines
+    assert "ranges from 3.0 (layer 2) to 3.0 (layer 2)" in lines[1] and "non-finite" not in lines[0], lines
+
+
 def test_integer_settings_must_be_positive_and_blank_means_the_default(monkeypatch):
     monkeypatch.setenv("DSV3_T", "")
     assert notebook_utils.env_int("DSV3_T", 7) == 7
