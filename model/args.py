@@ -248,7 +248,10 @@ class ModelArgs:
                 p = p / "config.json"
             where = str(p)
             if not p.exists():
-                raise ConfigError(f"{where}: not found (a checkpoint directory needs a config.json)")
+                run_model = p.parent / "model"  # a training run's folder (python -m train --out) given for its model
+                hint = f"; a training run keeps its model in {run_model}" if (run_model / "config.json").exists() \
+                    else ""
+                raise ConfigError(f"{where}: not found (a checkpoint directory needs a config.json{hint})")
             try:
                 cfg = json.loads(p.read_text())
             except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -435,6 +435,8 @@ def test_cli_errors(demo_dir, tmp_path, capsys):
     afile.write_text("x")
     long = tmp_path / "long.txt"
     long.write_text("ok\n\n" + "y" * 300 + "\n")
+    run_dir = tmp_path / "run"
+    shutil.copytree(demo_dir, run_dir / "model")
     cases = [
         (["--ckpt", demo_dir, "--prompt-file", empty], f"--prompt-file {empty}: no prompts (the file is empty)"),
         (["--ckpt", demo_dir, "--prompt-file", tmp_path / "none.txt"], f"--prompt-file {tmp_path / 'none.txt'}: no such file"),
@@ -446,6 +448,8 @@ def test_cli_errors(demo_dir, tmp_path, capsys):
         (["--ckpt", demo_dir], "give --prompt, --prompt-file or --interactive"),
         (["--ckpt", tmp_path / "nowhere", "--prompt", "a"], f"--ckpt {tmp_path / 'nowhere'}: no such directory"),
         (["--ckpt", afile, "--prompt", "a"], f"--ckpt {afile}: not a checkpoint directory"),
+        # a training run's --out folder (its model is in model/): the error pointed at config.json alone
+        (["--ckpt", run_dir, "--prompt", "a"], f"a training run keeps its model in {run_dir / 'model'}"),
         # a bad sampling value names the flag typed, not SamplingParams' field (it said "top_p=1.5")
         (["--ckpt", demo_dir, "--prompt", "a", "--top-p", "1.5"], "--top-p 1.5 must be in (0, 1]"),
         (["--ckpt", demo_dir, "--prompt", "a", "--temperature", "-1"], "--temperature -1.0 must be >= 0 and finite"),
