@@ -413,7 +413,16 @@ class _Run:
         print(f"done: {self.step} steps, {self.tokens_seen:,} tokens in {time.perf_counter() - self.t_start:.0f} s; "
               f"model in {path} ({size / 2**20:.1f} MiB)")
         if final:
-            print("  val loss " + " ".join(f"{d}={final[f'val_loss_{d}']:.3f}" for d in sorted(self.data.val))
-                  + "  MaxVio_global " + " ".join(f"{g.label}={final[f'val_maxvio_{g.label}']:.2f}" for g in self.gates)
-                  + f"  MTP agreement {final['val_mtp_agree']:.1%}")
+            print(_final_line(final, sorted(self.data.val), [g.label for g in self.gates]))
         return self.info
+
+
+def _final_line(final: dict, domains: list[str], gates: list[str]) -> str:
+    """The closing summary; a figure the run never measured (no MTP module, or --mtp-weight 0 leaving its
+    gate unrouted) is left out rather than printed as 'nan'."""
+    vio = {g: final[f"val_maxvio_{g}"] for g in gates}
+    line = "  val loss " + " ".join(f"{d}={final[f'val_loss_{d}']:.3f}" for d in domains)
+    line += "  MaxVio_global " + " ".join(f"{g}={v:.2f}" for g, v in vio.items() if math.isfinite(v))
+    if math.isfinite(final["val_mtp_agree"]):
+        line += f"  MTP agreement {final['val_mtp_agree']:.1%}"
+    return line

@@ -514,9 +514,10 @@ def test_a_non_finite_gradient_is_not_applied_and_the_advice_names_the_saved_ste
                               "--checkpoint-every", "0")))
 
 
-def test_without_mtp_its_loss_is_null_and_unseen_val_domains_get_rows(corpus, tmp_path):
+def test_without_mtp_its_loss_is_null_and_unseen_val_domains_get_rows(corpus, tmp_path, capsys):
     """train_steps.mtp_loss was NaN, not null, without MTP; a validation domain the training split
-    lacks was averaged into val_loss but had no train_domains row (a review)."""
+    lacks was averaged into val_loss but had no train_domains row (a review); the closing summary
+    printed 'MTP agreement nan%'."""
     import shutil
 
     c = Path(shutil.copytree(corpus, tmp_path / "corpus", ignore=shutil.ignore_patterns("token_cache")))
@@ -524,6 +525,9 @@ def test_without_mtp_its_loss_is_null_and_unseen_val_domains_get_rows(corpus, tm
         f.write(json.dumps({"id": "extra/0", "domain": "zzz", "text": " ".join(WORDS * 20)}) + "\n")
     info = run(parse_args(flags(c, tmp_path / "run", "--steps", "2", "--eval-every", "0", "--checkpoint-every", "0",
                                  "--mtp-weight", "0", "--set", "n_mtp_layers=0")))
+    out = capsys.readouterr().out
+    assert "val loss " in out and "MaxVio_global layer1=" in out
+    assert "nan" not in out and "MTP agreement" not in out
     r = probe.open_run(tmp_path / "run")
     assert r.df("train_steps").mtp_loss.isna().all()
     assert r.sql("select count(*) from train_steps where mtp_loss is null").fetchall()[0][0] == 2
