@@ -103,6 +103,10 @@ class _Run:
         # the run's id, in run.json and every checkpoint: a resume continues the run whose id it carries;
         # a new --out started from another run's checkpoint is a run of its own
         self.run_id = run_id(ns.out) or uuid.uuid4().hex
+        if saved is not None and int(saved["step"]) > ns.steps:
+            # it trained nothing, re-settled and wrote run.json "complete" at step 450 of steps 50
+            raise TrainError(f"--steps {ns.steps}: the checkpoint in {where} is already at step {saved['step']} "
+                             f"(--steps is the whole run's length: pass at least {saved['step']})")
         if saved is not None and ns.stop_at is not None and ns.stop_at <= int(saved["step"]) < ns.steps:
             # the check after each step comes after the first one: it trained a step past the checkpoint, then stopped
             raise TrainError(f"--stop-at {ns.stop_at}: the checkpoint in {where} is already at step {saved['step']} "

@@ -182,6 +182,17 @@ def test_resume_with_a_stop_at_the_checkpoint_already_passed_is_refused(corpus, 
     assert again["status"] == "interrupted" and again["step"] == 4
 
 
+def test_resume_with_fewer_steps_than_the_checkpoint_is_refused(corpus, tmp_path):
+    """--resume --steps N from a checkpoint past step N trained nothing, re-settled the bias, replaced
+    the model and wrote run.json 'complete' at a step beyond its own --steps: refused, naming the flag."""
+    out = tmp_path / "s"
+    run(parse_args(flags(corpus, out, "--steps", "6", "--eval-every", "0", "--stop-at", "3")))
+    before = (out / "run.json").read_text()
+    with pytest.raises(TrainError, match=r"--steps 2: the checkpoint in .* is already at step 3 .*at least 3"):
+        run(parse_args(flags(corpus, out, "--steps", "2", "--eval-every", "0", "--resume")))
+    assert (out / "run.json").read_text() == before and not (out / "model").exists()
+
+
 def test_a_ctrl_c_in_the_loop_is_named_in_run_json(corpus, tmp_path, monkeypatch):
     """run.json's error read "KeyboardInterrupt: " after a Ctrl-C (the dashboard shows it as the reason)."""
     from train import loop
