@@ -140,6 +140,9 @@ def check_flags(ns: argparse.Namespace) -> None:
     if getattr(ns, "token_cache", None):  # a folder the tokenised corpus is saved to, after tokenising it
         check_out_parent(Path(ns.token_cache), "--token-cache", error=TrainError)
     out = Path(ns.out)
+    if ns.resume is None and (out / "run.json").is_file() and _run_kind(out) not in ("train", None):
+        # it said "pass --resume to continue it", which then refused a record's run as not a training run
+        raise TrainError(f"--out {out} holds {_run_kind(out)}, not a training run: pass another --out")
     if ns.resume is None and out.is_dir() and ((out / "run.json").exists() or (out / "train_steps").exists()):
         # a second run's rows would land beside the first's in the same tables, and every reader
         # (placement, metrics, the dashboard) would sum the two

@@ -316,6 +316,9 @@ def test_bad_input_errors(corpus, tmp_path, capsys, monkeypatch):
     (rec / "run.json").write_text('{"status": "complete", "format": 1}')
     with pytest.raises(TrainError, match=rf"^--out {rec} holds a record run, not a training run: --resume"):
         run(parse_args(flags(corpus, rec, "--resume", str(tmp_path / "elsewhere"))))
+    # without --resume it said "already holds a run: pass --resume to continue it", which the line above refuses
+    with pytest.raises(TrainError, match=rf"^--out {rec} holds a record run, not a training run: pass another --out$"):
+        run(parse_args(flags(corpus, rec)))
     (rec / "run.json").write_text('{"status": "complete", "kind": "ablations"}')
     with pytest.raises(TrainError, match="holds an ablations run, not a training run"):
         run(parse_args(flags(corpus, rec, "--resume")))
