@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from model import ConfigError, ModelArgs, Transformer
+from model.args import _HF_KEYS
 
 from .balance import RoutingTap, expert_counts, max_violation, seq_balance_loss, switch_balance_loss
 from .data import TrainError
@@ -58,7 +59,10 @@ def model_args(ns: argparse.Namespace, vocab_size: int) -> ModelArgs:
         if not sep:
             raise TrainError(f"--set {item!r}: expected FIELD=VALUE")
         if key not in d:
-            raise TrainError(f"--set {item!r}: ModelArgs has no field {key!r}")
+            # a Hugging Face config.json key (what OUT/model/config.json shows) named only the miss
+            ours = _HF_KEYS.get(key)
+            hint = f" (the Hugging Face name of {ours}: --set {ours}={value})" if ours in d else ""
+            raise TrainError(f"--set {item!r}: ModelArgs has no field {key!r}{hint}")
         d[key] = _parse_value(value)
     d.update(vocab_size=vocab_size, bos_token_id=0, eos_token_id=1)
     args = ModelArgs.from_dict(d)  # refuses MTP depth 2 and beyond (ModelArgs.validate)

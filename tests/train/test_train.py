@@ -310,6 +310,10 @@ def test_bad_input_errors(corpus, tmp_path, capsys, monkeypatch):
         run(parse_args(flags(corpus, tmp_path / "x", "--config", str(tmp_path / "list.json"))))
     with pytest.raises(TrainError, match="ModelArgs has no field 'bogus'"):
         run(parse_args(flags(corpus, tmp_path / "x", "--set", "bogus=1")))
+    # the name OUT/model/config.json shows: the message named only the miss
+    with pytest.raises(TrainError, match=r"no field 'num_nextn_predict_layers' \(the Hugging Face name of "
+                                         r"n_mtp_layers: --set n_mtp_layers=0\)$"):
+        run(parse_args(flags(corpus, tmp_path / "x", "--set", "num_nextn_predict_layers=0")))
     # --resume into a run another job made (a record's): training's tables would have gone in beside its own
     rec = tmp_path / "rec"
     rec.mkdir()
