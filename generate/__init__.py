@@ -26,7 +26,7 @@ as one user turn in DeepSeek-V3's chat format, rendered here without running the
 `add_bos_token` asks for one.) Multi-turn
 history and V3.1's thinking markers are not rendered. Generation stops at the config's
 eos_token_id(s), the tokenizer's eos_token, generation_config.json's eos_token_id, or after
-`--max-new-tokens` (and never runs past max_seq_len).
+`--max-new-tokens` (and never runs past max_seq_len: a prompt left less room than that is noted on stderr).
 
 Sampling: `--temperature 0` (default) is greedy; otherwise softmax(logits / T) restricted to the
 `--top-k` most likely tokens (0 = all) and the smallest set holding `--top-p` of the probability,

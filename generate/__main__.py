@@ -57,6 +57,8 @@ def _run_batch(m, codec: TextCodec, texts: list[str], ns, rank: int, sampling: S
     prompts = [codec.encode(t, chat=not ns.no_chat_template and codec.chat, system=ns.system) for t in texts]
     streamer = Streamer(codec, len(prompts))
     single = len(prompts) == 1
+    if rank == 0:
+        _cut_budget_note(prompts, m.args.max_seq_len, ns.max_new_tokens, sources)
 
     printed: set[int] = set()
 
@@ -97,6 +99,16 @@ def _run_batch(m, codec: TextCodec, texts: list[str], ns, rank: int, sampling: S
         if ns.output:
             _append_output(ns, texts, streamer, res)
     return res
+
+
+def _cut_budget_note(prompts: list[list[int]], limit: int, max_new: int, sources: list[str]) -> None:
+    """Say which prompts max_seq_len leaves less room than --max-new-tokens asked for: a prompt that
+    filled the window got 0 or 1 tokens with only finish_reason 'length' to tell (a tour)."""
+    for i, p in enumerate(prompts):
+        room = limit - len(p)
+        if 0 <= room < max_new:  # longer prompts are refused by generate() itself
+            print(f"note: {sources[i]}: {len(p):,} tokens leave room for {room} of --max-new-tokens {max_new} "
+                  f"(max_seq_len={limit})", file=sys.stderr, flush=True)
 
 
 def _append_output(ns, texts: list[str], streamer: Streamer, res: GenerationOutput) -> None:

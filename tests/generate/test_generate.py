@@ -387,6 +387,15 @@ def test_cli_single_prompt_streams_and_matches_library(demo_dir, capsys):
     assert out == codec.decode(res.tokens[0]) + "\n"
 
 
+def test_a_prompt_near_max_seq_len_is_said_to_cut_max_new_tokens(demo_dir, capsys):
+    """A prompt of 255 of max_seq_len=256 tokens got 1 of --max-new-tokens 4 (256: none) with nothing said."""
+    code, out, err = run_cli(capsys, "--ckpt", demo_dir, "--prompt", "y" * 254, "--prompt", "short",
+                             "--max-new-tokens", 4, "--no-chat-template")
+    assert code == 0, err
+    assert "note: --prompt #1: 255 tokens leave room for 1 of --max-new-tokens 4 (max_seq_len=256)" in err
+    assert "--prompt #2" not in err
+
+
 def test_cli_interactive(demo_dir, capsys, monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.StringIO("first\n\nsecond\n/exit\nnever\n"))
     code, out, err = run_cli(capsys, "--ckpt", demo_dir, "--interactive", "--max-new-tokens", 3)
