@@ -186,6 +186,9 @@ class _Run:
             _short_domains_note("never trained on", "training", train_streams, batches.domains, ns.seq_len)
             # left out of every evaluation (with none left, the run had no val loss at all)
             _short_domains_note("never evaluated", "validation", val_streams, val, ns.seq_len)
+            if not val_streams:  # a missing or empty val.jsonl: the run ended with no val loss and no word why
+                print(f"note: {ns.corpus / 'val.jsonl'} is missing or holds no documents: the run has no "
+                      "validation (no val loss, no train_eval rows)", file=sys.stderr)
         return _Data(batches, val,
                      {d: int(len(s)) for d, s in train_streams.items()}, {d: int(len(s)) for d, s in val_streams.items()})
 

@@ -573,6 +573,18 @@ def test_a_validation_domain_shorter_than_one_window_is_named(corpus, tmp_path, 
         in capsys.readouterr().err.splitlines()
 
 
+def test_a_corpus_with_an_empty_val_split_is_said_to_have_no_validation(corpus, tmp_path, capsys):
+    """An empty (or missing) val.jsonl gave a run with no val loss and no train_eval rows, without a word."""
+    import shutil
+
+    c = Path(shutil.copytree(corpus, tmp_path / "corpus", ignore=shutil.ignore_patterns("token_cache")))
+    (c / "val.jsonl").write_text("")
+    info = run(parse_args(flags(c, tmp_path / "run", "--steps", "1", "--eval-every", "0", "--checkpoint-every", "0")))
+    assert info["final"] == {}
+    assert f"note: {c / 'val.jsonl'} is missing or holds no documents: the run has no validation " \
+        "(no val loss, no train_eval rows)" in capsys.readouterr().err.splitlines()
+
+
 def test_a_model_too_large_for_memory_is_refused_before_it_is_built(corpus, tmp_path, monkeypatch):
     # --set dim=10**12 was the allocator's RuntimeError traceback, after the run directory was made
     import train.loop
