@@ -178,6 +178,9 @@ class _Run:
         dist.barrier()
         if not dist.main:
             train_streams = token_streams(ns.corpus / "train.jsonl", tok, cache)
+        if not train_streams:  # it said "corpus too small ... lower --batch-size / --seq-len": no setting helps
+            raise TrainError(f"{ns.corpus / 'train.jsonl'}: holds no documents (build the corpus with: "
+                             "python -m data.build_corpus)")
         val_streams = token_streams(ns.corpus / "val.jsonl", tok, None) if (ns.corpus / "val.jsonl").exists() else {}
         batches = Batches(train_streams, ns.seq_len, ns.batch_size * dist.world, ns.mix_alpha, ns.seed)
         val = val_windows(val_streams, ns.seq_len, ns.eval_windows)

@@ -296,6 +296,13 @@ def test_balance_none_keeps_bias_zero_and_switch_adds_loss(corpus, tmp_path):
 def test_bad_input_errors(corpus, tmp_path, capsys, monkeypatch):
     with pytest.raises(TrainError, match="corpus too small for one batch"):
         run(parse_args(flags(corpus, tmp_path / "x", "--batch-size", "5000", "--steps", "1")))
+    # an empty train.jsonl was "too small for one batch ... lower --batch-size / --seq-len"
+    empty = tmp_path / "empty_corpus"
+    empty.mkdir()
+    (empty / "train.jsonl").write_text("")
+    with pytest.raises(TrainError, match=rf"^{empty / 'train.jsonl'}: holds no documents \(build the corpus"):
+        run(parse_args(flags(corpus, tmp_path / "x", "--corpus", str(empty), "--steps", "1")))
+    assert not (tmp_path / "x").exists()
     with pytest.raises(ConfigError, match="n_routed_experts=15 must be a positive multiple of n_expert_groups=4"):
         run(parse_args(flags(corpus, tmp_path / "x", "--set", "n_routed_experts=15")))
     with pytest.raises(ConfigError, match=r"n_activated_experts=12 must be in \[1, 8\]"):
