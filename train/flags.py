@@ -67,7 +67,8 @@ def _optimisation_flags(t) -> None:
 
 
 def _balance_flags(b) -> None:
-    b.add_argument("--mtp-weight", type=float, default=0.3, help="lambda: weight of the MTP loss (0 = skip MTP)")
+    b.add_argument("--mtp-weight", type=float, default=0.3, help="lambda: weight of the MTP loss (0 = skip it; the "
+                   "MTP module stays, untrained: --set n_mtp_layers=0 leaves it out)")
     b.add_argument("--balance", choices=BALANCE_MODES, default="aux-free",
                    help="aux-free: bias updates + sequence-wise loss; switch: Switch-style aux loss; none")
     b.add_argument("--bias-update-speed", type=float, default=5e-3, help="gamma: bias step per update (aux-free; DeepSeek-V3 used 0.001 over ~"

@@ -113,6 +113,9 @@ class _Run:
                              f"(pass a later step, or leave --stop-at out to go on to step {ns.steps})")
         self.data = self._data(tok)
         self._build(args)
+        if dist.main and args.n_mtp_layers and ns.mtp_weight == 0:  # generate --mtp then drafted from random weights
+            print("note: --mtp-weight 0 leaves the MTP module untrained, and OUT/model keeps its random weights "
+                  "(pass --set n_mtp_layers=0 to build the model without it)", file=sys.stderr)
         if saved is not None:
             self._restore(saved, where)
         self._attach()

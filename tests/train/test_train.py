@@ -539,15 +539,25 @@ def test_without_mtp_its_loss_is_null_and_unseen_val_domains_get_rows(corpus, tm
         f.write(json.dumps({"id": "extra/0", "domain": "zzz", "text": " ".join(WORDS * 20)}) + "\n")
     info = run(parse_args(flags(c, tmp_path / "run", "--steps", "2", "--eval-every", "0", "--checkpoint-every", "0",
                                  "--mtp-weight", "0", "--set", "n_mtp_layers=0")))
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert "val loss " in out and "MaxVio_global layer1=" in out
     assert "nan" not in out and "MTP agreement" not in out
+    assert "MTP module untrained" not in err  # none was built
     r = probe.open_run(tmp_path / "run")
     assert r.df("train_steps").mtp_loss.isna().all()
     assert r.sql("select count(*) from train_steps where mtp_loss is null").fetchall()[0][0] == 2
     val = r.df("train_domains").query("split == 'val'").set_index("domain")
     assert "zzz" in val.index and val.loss.loc["zzz"] == info["final"]["val_loss_zzz"]
     assert r.df("train_eval").val_loss.iloc[-1] == pytest.approx(val.loss.mean())
+
+
+def test_mtp_weight_0_with_an_mtp_module_says_it_stays_untrained(corpus, tmp_path, capsys):
+    """--mtp-weight 0 ('skip MTP') still built and saved the MTP module, untrained: generate --mtp then
+    drafted from random weights, and nothing said so."""
+    run(parse_args(flags(corpus, tmp_path / "run", "--steps", "1", "--eval-every", "0", "--checkpoint-every", "0",
+                         "--mtp-weight", "0")))
+    assert "note: --mtp-weight 0 leaves the MTP module untrained, and OUT/model keeps its random weights " \
+        "(pass --set n_mtp_layers=0 to build the model without it)" in capsys.readouterr().err.splitlines()
 
 
 def test_a_training_domain_shorter_than_one_window_is_named(corpus, tmp_path, capsys):
