@@ -147,6 +147,9 @@ def check_flags(ns: argparse.Namespace) -> None:
     if ns.resume is None and out.is_dir() and ((out / "run.json").exists() or (out / "train_steps").exists()):
         # a second run's rows would land beside the first's in the same tables, and every reader
         # (placement, metrics, the dashboard) would sum the two
+        if not (out / "checkpoint" / "state.pt").is_file():  # --resume then said "no checkpoint there": a loop
+            raise TrainError(f"--out {out} already holds a run that saved no checkpoint, so there is nothing to "
+                             "--resume: delete it to start again there, or pass another --out")
         raise TrainError(f"--out {out} already holds a run: pass --resume to continue it, or another --out "
                          "(delete the old one first to start again there)")
     _refuse_theirs(out, ns.resume is not None)

@@ -54,9 +54,15 @@ def test_check_flags_refuses_each_out_of_range_value_and_takes_the_bounds(tmp_pa
 
 def test_an_out_folder_with_train_steps_alone_already_holds_a_run(tmp_path):
     (tmp_path / "run" / "train_steps").mkdir(parents=True)  # a run killed before its first run.json
-    with pytest.raises(TrainError, match="already holds a run: pass --resume"):
+    # and before its first checkpoint: "pass --resume" led to "--resume: no checkpoint there"
+    with pytest.raises(TrainError, match="already holds a run that saved no checkpoint, so there is nothing to "
+                                         "--resume: delete it to start again there, or pass another --out$"):
         check_flags(parse_args(["--out", str(tmp_path / "run")]))
     check_flags(parse_args(["--out", str(tmp_path / "run"), "--resume"]))
+    (tmp_path / "run" / "checkpoint").mkdir()
+    (tmp_path / "run" / "checkpoint" / "state.pt").write_bytes(b"")
+    with pytest.raises(TrainError, match="already holds a run: pass --resume"):
+        check_flags(parse_args(["--out", str(tmp_path / "run")]))
 
 
 def test_an_out_folder_holding_someone_elses_model_or_checkpoint_is_refused(tmp_path):
