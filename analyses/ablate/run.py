@@ -279,6 +279,7 @@ def loads_from_run(run_dir: str | Path, shape: RouterShape) -> Loads:
         from probe.run import lost_message
 
         raise AblationError(lost_message(run_dir, "expert_load"))
+    _check_same_router(run_dir, run.info.get("model_args") or {}, shape)
     df = run.sql("select layer, expert, domain, sum(count)::bigint as n from expert_load group by all").df()
     df = df[df.layer < shape.n_layers]
     if df.empty:
@@ -297,6 +298,18 @@ def loads_from_run(run_dir: str | Path, shape: RouterShape) -> Loads:
         out[dom] = a
     out[ALL] = sum(out.values())
     return out
+
+
+def _check_same_router(run_dir, model_args: dict, shape: RouterShape) -> None:
+    """The run's loads rank the experts of the model they were counted on: another model's (an SGLang
+    import of a served model, then --ckpt of a smaller one) gave a "top" of tie-broken zeros in the
+    layers the run lacks and of unrelated experts elsewhere."""
+    theirs = tuple(model_args.get(k) for k in ("n_layers", "n_dense_layers", "n_routed_experts"))
+    ours = (shape.n_layers, shape.n_dense_layers, shape.n_experts)
+    if None not in theirs and theirs != ours:
+        raise AblationError(f"{run_dir}: its expert_load was counted on another model ({theirs[0]} layers, "
+                            f"{theirs[1]} dense, {theirs[2]} experts; the checkpoint has {ours[0]}, {ours[1]}, "
+                            f"{ours[2]}): pass --loads-from baseline to rank experts on this model")
 
 
 def ablate(opts: AblateOptions, ablations: list[Ablation]):

@@ -208,6 +208,25 @@ def test_the_model_jobs_do_not_stand_the_bundled_model_in_for_an_import(world, t
     assert (tmp_path / "r.html").stat().st_size > 0
 
 
+def test_ablate_top_refuses_the_loads_of_another_model(world, tmp_path, capsys):
+    """An import of the tiny model (16 experts, 3 layers) ablated with --ckpt of the bundled one (32
+    experts, 4 layers): --top ranked the bundled model's experts by the tiny model's loads, and took
+    experts 0 and 1 of layer 3, which the import has no loads for (a tour). Refused before the model
+    loads, naming both shapes; --loads-from baseline is the way out."""
+    from analyses.ablate.__main__ import main as ablate_main
+    from probe.job import DEFAULT_CKPT, DEFAULT_CORPUS
+
+    out = import_sglang(world["per_token"], tmp_path / "run", config=str(world["config"]))
+    capsys.readouterr()  # the import's own notes
+    code = ablate_main(["--run", str(out), "--ckpt", str(DEFAULT_CKPT), "--corpus", str(DEFAULT_CORPUS),
+                        "--top", "2", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err, err
+    assert ("its expert_load was counted on another model (3 layers, 1 dense, 16 experts; the checkpoint has "
+            "4, 1, 32): pass --loads-from baseline") in err
+    assert "ablations" not in probe.open_run(out).tables
+
+
 def test_the_tokenizer_is_read_when_the_import_runs(world, tmp_path, capsys):
     """--tokenizer is only stored in run.json for the pages to decode tokens with: a typo or a file
     that is not a tokenizer is an error now, not when a page first decodes."""
