@@ -88,9 +88,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         _check_numbers(ns)
+        other = None
         if ns.compare:  # before the default run is recorded and minutes of ablations run, not after
             try:
-                check_run(Path(ns.compare))
+                other = check_run(Path(ns.compare))
             except (ReportError, RunError) as e:  # the flag named: 'PATH: no such run directory' named no run
                 raise ReportError(f"--compare {e}") from None
         if ns.run is None and not (DEFAULT_RUN / "run.json").exists():
@@ -100,10 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         if ns.compare:  # other windows, or no routing: refused now, not after the ablations (a review)
             from analyses.metrics import check_comparable
 
-            _check_not_itself(run, Path(ns.compare))
-            _check_routed(run, Path(ns.compare))
-            check_comparable(run, Path(ns.compare))
-            _check_same_experts(run, Path(ns.compare))
+            _check_not_itself(run, other, Path(ns.compare))
+            _check_routed(run, other, Path(ns.compare))
+            check_comparable(run, other)
+            _check_same_experts(run, other, Path(ns.compare))
         for note in run_notes(run, ns):
             print(f"note: {note}", file=sys.stderr)
         if not ns.skip_ablation:  # the model sections' checkpoint and corpus (after run_notes: an import skips them),
@@ -126,12 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     return exit_ranks(0)
 
 
-def _check_not_itself(run, other_dir: Path) -> None:
+def _check_not_itself(run, other, other_dir: Path) -> None:
     """--compare of the run with itself, or with a copy of it (the same run.json), is refused: every
     agreement is 1.000 by construction, and the section did not say it was the same run (a tour)."""
-    import probe
-
-    other = probe.open_run(other_dir)
     if Path(run.path).resolve() == other_dir.resolve():
         what = "this run itself"
     elif run.info.get("started") is not None and run.info == other.info:
@@ -143,15 +141,13 @@ def _check_not_itself(run, other_dir: Path) -> None:
                       "no-router-bias, then record it)")
 
 
-def _check_routed(run, other_dir: Path) -> None:
+def _check_routed(run, other, other_dir: Path) -> None:
     """Run vs run compares the routing tables: a run without one is refused by --compare and its cause
     from its run.json (the metrics' 'run has no routing table (... --router-logits none?)' named neither
     the flag nor which run, and guessed where run.json says, a tour)."""
-    import probe
-
     from .research import unrecorded_why
 
-    for r, who in ((run, "this run"), (probe.open_run(other_dir), "the compared run")):
+    for r, who in ((run, "this run"), (other, "the compared run")):
         if not r.files("routing"):
             why = ("run.json lists routing, whose part files are gone (deleted?)" if "routing" in r.lost_tables
                    else unrecorded_why(r, "routing"))
@@ -159,12 +155,9 @@ def _check_routed(run, other_dir: Path) -> None:
                               "compares the two runs' routes")
 
 
-def _check_same_experts(run, other_dir: Path) -> None:
+def _check_same_experts(run, other, other_dir: Path) -> None:
     """Run vs run compares expert ids by index: runs of models with other expert counts (the ids name
     different experts; agreement of 0.03 read as a measured disagreement, a tour) are refused."""
-    import probe
-
-    other = probe.open_run(other_dir)
     for key, what in (("n_routed_experts", "routed experts a layer"), ("n_activated_experts", "experts a token")):
         a, b = ((r.info.get("model_args") or {}).get(key) for r in (run, other))
         if a is not None and b is not None and a != b:

@@ -59,7 +59,8 @@ def _cell(text: str) -> str:
 
 
 # --------------------------------------------------------------------------------- compute
-def check_run(path: Path) -> None:
+def check_run(path: Path):
+    """The run at `path` (a `probe.Run`), refused unless it holds expert_load rows, which every section reads."""
     import probe
 
     if not path.exists():
