@@ -171,13 +171,13 @@ def _no_model_yet(info: dict, where: str, run: str | Path, error: type[Exception
     """Refuse a training run that has not written its model: still training, or stopped before it did (a
     killed one's run.json still says running, and no job holds it: it read as 'not written yet (status
     running)', as if it would come, a tour), which says how to resume it."""
-    from .writer import run_status, stopped_running
+    from .writer import stopped_running
 
-    if run_status(run, info) != "interrupted":
+    killed = stopped_running(run, info)  # asked once: it takes the run's writer lock to ask
+    if not killed and info.get("status") != "interrupted":
         raise error(f"{where}: a training run whose model is not written yet (status {info.get('status')!r}): "
                     "pass --ckpt with the model to use")
-    how = " (its job was killed: run.json still says running, and no job holds the run)" \
-        if stopped_running(run, info) else ""
+    how = " (its job was killed: run.json still says running, and no job holds the run)" if killed else ""
     raise error(f"{where}: a training run interrupted before it wrote its model{how}: continue it with "
                 "`python -m train ... --resume` (the command that started it, plus --resume), or pass --ckpt with "
                 "the model to use")
