@@ -288,15 +288,15 @@ def test_a_rank_stuck_after_a_signal_is_stopped_by_the_watchdog():
     from probe.record_loop import StopOnSignal
 
     calls = []
-    with StopOnSignal(calls.append, grace=0.3) as stop:
+    with StopOnSignal(calls.append, grace=0.2) as stop:
         os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(1.0)  # stuck
+        time.sleep(0.6)  # stuck
     assert calls == [signal.SIGTERM] and stop.signal == signal.SIGTERM
     calls.clear()
-    with StopOnSignal(calls.append, grace=0.5):
+    with StopOnSignal(calls.append, grace=0.4):
         os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(0.1)  # the loop ends in time
-    time.sleep(0.6)
+        time.sleep(0.05)  # the loop ends in time
+    time.sleep(0.45)  # past the grace: a watchdog left running would have called by now
     assert calls == []
 
 
