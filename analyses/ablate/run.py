@@ -304,12 +304,15 @@ def _check_same_router(run_dir, model_args: dict, shape: RouterShape) -> None:
     """The run's loads rank the experts of the model they were counted on: another model's (an SGLang
     import of a served model, then --ckpt of a smaller one) gave a "top" of tie-broken zeros in the
     layers the run lacks and of unrelated experts elsewhere."""
-    theirs = tuple(model_args.get(k) for k in ("n_layers", "n_dense_layers", "n_routed_experts"))
-    ours = (shape.n_layers, shape.n_dense_layers, shape.n_experts)
-    if None not in theirs and theirs != ours:
+    from probe.model_shape import LAYOUT, model_differences
+
+    ours = dict(zip(LAYOUT, (shape.n_layers, shape.n_dense_layers, shape.n_experts)))
+    if model_differences(model_args, ours, LAYOUT):  # a field the run does not state is not held against it
+        theirs = ["?" if model_args.get(k) is None else model_args[k] for k in LAYOUT]
         raise AblationError(f"{run_dir}: its expert_load was counted on another model ({theirs[0]} layers, "
-                            f"{theirs[1]} dense, {theirs[2]} experts; the checkpoint has {ours[0]}, {ours[1]}, "
-                            f"{ours[2]}): pass --loads-from baseline to rank experts on this model")
+                            f"{theirs[1]} dense, {theirs[2]} experts; the checkpoint has {ours['n_layers']}, "
+                            f"{ours['n_dense_layers']}, {ours['n_routed_experts']}): pass --loads-from baseline to "
+                            "rank experts on this model")
 
 
 def ablate(opts: AblateOptions, ablations: list[Ablation]):

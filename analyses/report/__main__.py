@@ -158,12 +158,13 @@ def _check_routed(run, other, other_dir: Path) -> None:
 def _check_same_experts(run, other, other_dir: Path) -> None:
     """Run vs run compares expert ids by index: runs of models with other expert counts (the ids name
     different experts; agreement of 0.03 read as a measured disagreement, a tour) are refused."""
-    for key, what in (("n_routed_experts", "routed experts a layer"), ("n_activated_experts", "experts a token")):
-        a, b = ((r.info.get("model_args") or {}).get(key) for r in (run, other))
-        if a is not None and b is not None and a != b:
-            raise ReportError(f"--compare {other_dir}: its model routes to {b} {what}, this run's to {a}: run vs run "
-                              "compares expert ids by index, which name the same experts only in two checkpoints "
-                              "of one model")
+    from probe.model_shape import ROUTING, model_differences
+
+    what = {"n_routed_experts": "routed experts a layer", "n_activated_experts": "experts a token"}
+    for d in model_differences(run, other, ROUTING)[:1]:  # the first, as before
+        raise ReportError(f"--compare {other_dir}: its model routes to {d.b} {what[d.field]}, this run's to {d.a}: run "
+                          "vs run compares expert ids by index, which name the same experts only in two checkpoints "
+                          "of one model")
 
 
 def _model_section_flags(ns: argparse.Namespace) -> list[str]:

@@ -8,6 +8,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from dashboards import charts, compute, data, research, training_data, ui
+from probe.model_shape import model_differences
 
 RUN_COLORS = ("#4C78A8", "#F58518")
 
@@ -30,11 +31,6 @@ def grouped(tables: dict, col: str, title: str, ylabel: str, key: str, colors: d
     st.plotly_chart(charts.style(fig, title, 340), key=key)
 
 
-def _shape(r: data.RunRef) -> tuple:
-    a = r.info.get("model_args") or {}
-    return a.get("n_routed_experts"), a.get("n_layers")
-
-
 def _recorded_with_routing(r: data.RunRef) -> bool:
     """A `dsv3-probe record` run (its run.json names no kind) that holds routing: run vs run applies."""
     return r.kind == "probe" and r.info.get("kind") is None and data.has_table(r, "routing")
@@ -42,11 +38,12 @@ def _recorded_with_routing(r: data.RunRef) -> bool:
 
 def comparable(a: data.RunRef, b: data.RunRef) -> bool:
     """Whether `b` is a partner the page can compare `a` with: the same kind and model shape (routed
-    experts, layers), loads of its own, and routing too when `a` is a recorded run with routing. The
+    experts, layers; `probe.model_shape`, where a count one run.json does not state is not held
+    against it), loads of its own, and routing too when `a` is a recorded run with routing. The
     next run of A's kind was taken whatever it was: an SGLang import of another model, a spec run or
     an analysis-only run, with nothing to compare (a tour)."""
-    return (b.name != a.name and b.kind == a.kind and _shape(b) == _shape(a) and data.has_table(b, "expert_load")
-            and (not _recorded_with_routing(a) or _recorded_with_routing(b)))
+    return (b.name != a.name and b.kind == a.kind and not model_differences(a, b, ("n_routed_experts", "n_layers"))
+            and data.has_table(b, "expert_load") and (not _recorded_with_routing(a) or _recorded_with_routing(b)))
 
 
 def default_partner(a: data.RunRef, runs: list[data.RunRef]) -> int:

@@ -308,3 +308,29 @@ def test_two_runs_without_routing_are_named_in_one_sentence(tmp_path):
         shutil.rmtree(tmp_path / name / "routing")
     at = open_page(app(tmp_path, "a"), "compare")
     assert "and `a` and `b` have no `routing` table." in texts(at.info), texts(at.info)
+
+
+def test_compare_takes_a_run_of_another_model_as_no_partner_and_an_unstated_count_as_no_difference(tmp_path):
+    """The page's partner test and the report's --compare ask probe.model_shape alike: 16 routed experts
+    against 8 is another model; a run.json that does not state its layers (or experts) is not held
+    against it (a missing n_layers read as a different shape, so such a run was never run B)."""
+    from dashboards.data import RunRef
+    from dashboards.views import compare
+    from helpers.synthetic_run import write_run
+
+    refs = {}
+    for name, E, drop in (("a", 8, None), ("b-other", 16, None), ("c-unstated", 8, "n_routed_experts"),
+                          ("d-same", 8, None)):
+        write_run(tmp_path / name, E=E)
+        info = json.loads((tmp_path / name / "run.json").read_text())
+        info["model_args"] = {k: v for k, v in (info["model_args"] | {"n_layers": 3}).items() if k != drop}
+        if name == "c-unstated":
+            info["model_args"].pop("n_layers")
+        (tmp_path / name / "run.json").write_text(json.dumps(info))
+        refs[name] = RunRef(name, str(tmp_path / name), "probe", "complete", info)
+    a = refs["a"]
+    assert not compare.comparable(a, refs["b-other"]) and not compare.comparable(refs["b-other"], a)
+    assert compare.comparable(a, refs["c-unstated"]) and compare.comparable(refs["c-unstated"], a)
+    assert compare.comparable(a, refs["d-same"])
+    runs = list(refs.values())
+    assert runs[compare.default_partner(a, runs)].name == "c-unstated"  # past b-other, the next it can compare
