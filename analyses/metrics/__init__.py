@@ -82,7 +82,9 @@ Linear probes (`probes.py`)
   the token's domain probed from each layer's routing and from all of them side by side
 
 Run vs run (`routing.py`): routing_agreement_from_runs (also share_of_a / share_of_b matched) and
-route_changes_from_runs(run_a, run_b, top=20): the tokens whose routes changed most.
+route_changes_from_runs(run_a, run_b, top=20): the tokens whose routes changed most. Both, and
+check_comparable, refuse runs of models with other routed or activated expert counts
+(probe.model_shape): expert ids are compared by index.
 """
 
 from __future__ import annotations

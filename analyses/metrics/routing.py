@@ -249,7 +249,8 @@ def routing_agreement_from_runs(run_a, run_b, check_tokens: bool = True) -> "pan
     check_tokens: the matched positions must hold the same token ids (from both runs' `tokens`),
     else an error. Columns layer, tokens, top1_same, set_same, overlap, jaccard, nmi_top1, share_of_a and
     share_of_b (the matched share of each run's routed tokens at that layer: below 1 when the runs
-    saw partly different windows). No shared position at all: an error saying so."""
+    saw partly different windows). No shared position at all, or runs of models with other expert
+    counts (ids compared by index name different experts): an error saying so."""
     run_a, run_b = as_run(run_a), as_run(run_b)
     con = _joined_runs(run_a, run_b, check_tokens)
     df = _agreement_sql(con, "ra", "rb", "a.seq_id = b.seq_id and a.pos = b.pos and a.layer = b.layer")
@@ -321,7 +322,8 @@ def route_changes_from_runs(run_a, run_b, top: int = 20,
     layers compared, top1_changed (layers whose first choice differs), set_changed (layers whose
     top-k set differs), jaccard (mean |A ∩ B| / |A ∪ B| over those layers), token_id and domain;
     the `top` rows with the lowest mean Jaccard (then most first choices changed, then seq_id, pos).
-    Same checks as `routing_agreement_from_runs` (different tokens at matched positions: an error)."""
+    Same checks as `routing_agreement_from_runs` (different tokens at matched positions, or other
+    expert counts: an error)."""
     top = whole_count(top, "top", why=" (tokens listed)")  # top=0 was blamed on the runs' windows
     run_a, run_b = as_run(run_a), as_run(run_b)
     if layers is not None:  # a dense or mistyped layer is named, not blamed on the runs' windows
@@ -348,8 +350,9 @@ def route_changes_from_runs(run_a, run_b, top: int = 20,
 
 
 def check_comparable(run_a, run_b) -> None:
-    """The checks of `routing_agreement_from_runs` without its work: both runs hold routing rows, the
-    positions they share hold the same tokens, and they share a routed position. For a caller that
+    """The checks of `routing_agreement_from_runs` without its work: both runs hold routing rows, of
+    models with the same routed and activated expert counts, the positions they share hold the same
+    tokens, and they share a routed position. For a caller that
     must refuse two runs before a long job (the report's --compare failed after minutes of
     ablations; a review)."""
     run_a, run_b = as_run(run_a), as_run(run_b)
@@ -367,6 +370,23 @@ def _nothing_shared(run_a, run_b) -> MetricsError:
                         "see the same windows (record both with the same corpus, --seq-len and --order)")
 
 
+_COUNTS = {"n_routed_experts": "routed experts a layer", "n_activated_experts": "experts a token"}
+
+
+def _check_same_model(run_a, run_b) -> None:
+    """Expert ids are compared by index: runs of models with other expert counts (their ids name
+    different experts) read as a measured disagreement (the report's --compare refused them; a Jupyter
+    user calling the metrics got top-1 agreement 0.03 for one). A count run.json leaves out is not held
+    against the runs (`probe.model_shape`)."""
+    from probe.model_shape import ROUTING, model_differences
+
+    diffs = model_differences(run_a, run_b, ROUTING)
+    if diffs:
+        said = "; ".join(f"{_COUNTS[d.field]}: {d.a} in {run_a.path}, {d.b} in {run_b.path}" for d in diffs)
+        raise MetricsError(f"{run_a.path} and {run_b.path} are runs of two models ({said}): run vs run compares "
+                           "expert ids by index, which name the same experts only in checkpoints of one model")
+
+
 def _joined_runs(run_a, run_b, check_tokens: bool = True):
     """A DuckDB connection with views ra, rb (routing) and ta (run a's tokens, empty when absent),
     after the checks of `routing_agreement_from_runs`."""
@@ -374,6 +394,7 @@ def _joined_runs(run_a, run_b, check_tokens: bool = True):
 
     for r in (run_a, run_b):
         need_rows(r, "routing")
+    _check_same_model(run_a, run_b)
     con = duckdb.connect()
 
     def files(r, t):

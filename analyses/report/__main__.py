@@ -103,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
 
             _check_not_itself(run, other, Path(ns.compare))
             _check_routed(run, other, Path(ns.compare))
+            _check_same_experts(run, other, Path(ns.compare))  # before check_comparable's own wording of it
             check_comparable(run, other)
-            _check_same_experts(run, other, Path(ns.compare))
         for note in run_notes(run, ns):
             print(f"note: {note}", file=sys.stderr)
         if not ns.skip_ablation:  # the model sections' checkpoint and corpus (after run_notes: an import skips them),

@@ -255,6 +255,34 @@ def test_cross_run_agreement_and_negative_control(synth, tmp_path):
     one_line(e)
 
 
+def test_run_vs_run_refuses_runs_of_models_with_other_expert_counts(synth, tmp_path):
+    """Expert ids are compared by index: a run of 16 experts against one of 8 (the same windows and tokens)
+    gave an agreement that read as a measurement, where only the report's --compare refused it. Each run
+    vs run metric refuses it, naming both runs and both values; a count run.json leaves out is unknown."""
+    import json
+
+    run, _ = synth
+    write_run(tmp_path / "e16", E=16, token_seed=0)
+    write_run(tmp_path / "k3", K=3, token_seed=0)
+    write_run(tmp_path / "same", seed=5, token_seed=0)  # the control: another checkpoint of one model
+    calls = (M.routing_agreement_from_runs, M.route_changes_from_runs, M.check_comparable)
+    a = run.path
+    for other, said in (("e16", f"routed experts a layer: 8 in {a}, 16 in {tmp_path / 'e16'}"),
+                        ("k3", f"experts a token: 2 in {a}, 3 in {tmp_path / 'k3'}")):
+        for fn in calls:
+            with pytest.raises(M.MetricsError) as e:
+                fn(run, tmp_path / other)
+            assert str(e.value) == (f"{a} and {tmp_path / other} are runs of two models ({said}): run vs run "
+                                    "compares expert ids by index, which name the same experts only in checkpoints "
+                                    "of one model")
+    for fn in calls:
+        fn(run, tmp_path / "same")
+    info = json.loads((tmp_path / "e16" / "run.json").read_text())
+    del info["model_args"]["n_routed_experts"]  # unknown: its ids are not held against it
+    (tmp_path / "e16" / "run.json").write_text(json.dumps(info))
+    M.check_comparable(run, tmp_path / "e16")
+
+
 def test_run_bad_input_errors(synth, tmp_path):
     run, _ = synth
     write_run(tmp_path / "empty", empty=True)

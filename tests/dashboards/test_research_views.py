@@ -313,7 +313,8 @@ def test_two_runs_without_routing_are_named_in_one_sentence(tmp_path):
 def test_compare_takes_a_run_of_another_model_as_no_partner_and_an_unstated_count_as_no_difference(tmp_path):
     """The page's partner test and the report's --compare ask probe.model_shape alike: 16 routed experts
     against 8 is another model; a run.json that does not state its layers (or experts) is not held
-    against it (a missing n_layers read as a different shape, so such a run was never run B)."""
+    against it (a missing n_layers read as a different shape, so such a run was never run B). Picked by
+    hand, the other model's run is refused by run vs run (analyses.metrics), which said nothing of it."""
     from dashboards.data import RunRef
     from dashboards.views import compare
     from helpers.synthetic_run import write_run
@@ -334,3 +335,9 @@ def test_compare_takes_a_run_of_another_model_as_no_partner_and_an_unstated_coun
     assert compare.comparable(a, refs["d-same"])
     runs = list(refs.values())
     assert runs[compare.default_partner(a, runs)].name == "c-unstated"  # past b-other, the next it can compare
+    at = open_page(app(tmp_path, "a"), "compare")  # picked by hand, run vs run says why it compares nothing
+    at.selectbox(key="cmp_b").set_value("b-other").run()
+    assert not at.exception and not at.error, texts(at.error)
+    assert ("`a` and `b-other` are runs of two models (routed experts a layer: 8 in `a`, 16 in `b-other`): run vs "
+            "run compares expert ids by index") in texts(at.info), texts(at.info)
+    assert "Same top-k set" not in [m.label for m in at.metric]
