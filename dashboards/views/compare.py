@@ -39,11 +39,14 @@ def _recorded_with_routing(r: data.RunRef) -> bool:
 def comparable(a: data.RunRef, b: data.RunRef) -> bool:
     """Whether `b` is a partner the page can compare `a` with: the same kind and model shape (routed
     experts, layers; `probe.model_shape`, where a count one run.json does not state is not held
-    against it), loads of its own, and routing too when `a` is a recorded run with routing. The
-    next run of A's kind was taken whatever it was: an SGLang import of another model, a spec run or
-    an analysis-only run, with nothing to compare (a tour)."""
-    return (b.name != a.name and b.kind == a.kind and not model_differences(a, b, ("n_routed_experts", "n_layers"))
-            and data.has_table(b, "expert_load") and (not _recorded_with_routing(a) or _recorded_with_routing(b)))
+    against it), loads of its own, and routing too when `a` is a recorded run with routing, of the
+    same experts a token (run vs run refuses other counts). The next run of A's kind was taken
+    whatever it was: an SGLang import of another model, a spec run or an analysis-only run, with
+    nothing to compare (a tour)."""
+    routed = _recorded_with_routing(a)
+    fields = ("n_routed_experts", "n_layers") + (("n_activated_experts",) if routed else ())
+    return (b.name != a.name and b.kind == a.kind and not model_differences(a, b, fields)
+            and data.has_table(b, "expert_load") and (not routed or _recorded_with_routing(b)))
 
 
 def default_partner(a: data.RunRef, runs: list[data.RunRef]) -> int:

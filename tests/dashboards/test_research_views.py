@@ -333,6 +333,10 @@ def test_compare_takes_a_run_of_another_model_as_no_partner_and_an_unstated_coun
     assert not compare.comparable(a, refs["b-other"]) and not compare.comparable(refs["b-other"], a)
     assert compare.comparable(a, refs["c-unstated"]) and compare.comparable(refs["c-unstated"], a)
     assert compare.comparable(a, refs["d-same"])
+    write_run(tmp_path / "e-top3", K=3)  # top-3 of the same 8 experts: run vs run refuses it, so no partner
+    info = json.loads((tmp_path / "e-top3" / "run.json").read_text())
+    e = RunRef("e-top3", str(tmp_path / "e-top3"), "probe", "complete", info)
+    assert not compare.comparable(a, e) and compare.comparable(a, refs["c-unstated"])
     runs = list(refs.values())
     assert runs[compare.default_partner(a, runs)].name == "c-unstated"  # past b-other, the next it can compare
     at = open_page(app(tmp_path, "a"), "compare")  # picked by hand, run vs run says why it compares nothing
