@@ -271,7 +271,7 @@ def check_finished(run, info: dict | None, error: type[Exception] = AblationErro
 def loads_from_run(run_dir: str | Path, shape: RouterShape) -> Loads:
     """{domain or "all": [n_moe_layers, E] counts} summed over a run's `expert_load` table. Rows of an
     MTP module's router (layer n_layers + k, which training runs record) are left out: ablations act
-    on the main layers."""
+    on the main layers. Loads of another model, or with a MoE layer that counts nothing, are refused."""
     import probe
 
     run = probe.open_run(run_dir)
@@ -291,6 +291,7 @@ def loads_from_run(run_dir: str | Path, shape: RouterShape) -> Loads:
         raise AblationError(f"{run_dir}: its expert_load does not fit this model (layers {sorted(set(df.layer))}, "
                             f"experts up to {df.expert.max()}; the model has MoE layers {moe} and "
                             f"{shape.n_experts} experts)")
+    _check_every_layer(run_dir, df, moe)
     out = {}
     for dom, g in df.groupby("domain"):
         a = np.zeros((len(moe), shape.n_experts), np.int64)
@@ -298,6 +299,22 @@ def loads_from_run(run_dir: str | Path, shape: RouterShape) -> Loads:
         out[dom] = a
     out[ALL] = sum(out.values())
     return out
+
+
+def _check_every_layer(run_dir, df, moe: list[int]) -> None:
+    """Every MoE layer has loads to rank. A run of the same model whose expert_load lacks a layer's rows
+    (recorded with fewer layers hooked, an import of some pipeline stages' dumps, an edited table), or
+    whose rows there count nothing (such an import with --config writes zeros), ranked that layer's
+    experts from zeros: a "top" of tie-broken ids. A record, a training run and an import of a whole
+    server's dumps count every MoE layer."""
+    per_layer = df.groupby("layer").n.sum()
+    missing = [x for x in moe if per_layer.get(x, 0) == 0]
+    if missing:
+        raise AblationError(f"{run_dir}: its expert_load counts no loads in MoE layer{'s' * (len(missing) > 1)} "
+                            f"{', '.join(map(str, missing))} of the model's {moe[0]}..{moe[-1]} (recorded with fewer "
+                            "layers, an import of some pipeline stages' dumps, or an edited table?): --top would rank "
+                            "their experts from zeros; pass --loads-from baseline to rank experts on the tokens "
+                            "evaluated")
 
 
 def _check_same_router(run_dir, model_args: dict, shape: RouterShape) -> None:

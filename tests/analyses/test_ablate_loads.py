@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pyarrow as pa
 import pytest
 
 from analyses.ablate import AblationError
@@ -50,3 +51,55 @@ def test_the_loads_of_another_model_are_refused_naming_both_shapes(tmp_path, mod
 def test_a_run_that_states_no_model_is_not_refused_for_it(tmp_path):
     run = _run(tmp_path / "r", n_layers=None, n_dense_layers=None, n_routed_experts=None)
     assert loads_from_run(run, SHAPE)["all"].shape == (3, 8)
+
+
+def _why(run, layers: str) -> str:
+    return (f"{run}: its expert_load counts no loads in MoE layer{'s' * (',' in layers)} {layers} of the model's 1..3 "
+            "(recorded with fewer layers, an import of some pipeline stages' dumps, or an edited table?): --top "
+            "would rank their experts from zeros; pass --loads-from baseline to rank experts on the tokens evaluated")
+
+
+@pytest.mark.parametrize("layers, missing", [((1, 2), "3"), ((2,), "1, 3")])
+def test_a_run_of_the_same_model_lacking_a_moe_layers_rows_is_refused(tmp_path, layers, missing):
+    """Its loads ranked the lacking layers' experts from zeros, a 'top' of tie-broken ids, without a word."""
+    run = _run(tmp_path / "r", layers=layers)
+    with pytest.raises(AblationError) as e:
+        loads_from_run(run, SHAPE)
+    assert str(e.value) == _why(run, missing)
+
+
+def test_a_moe_layer_whose_rows_count_nothing_is_refused_too(tmp_path):
+    """An import with --config of some pipeline stages' dumps writes every MoE layer's rows, zeros in the
+    layers no stage it holds routed."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    run = _run(tmp_path / "r")
+    for f in (run / "expert_load").glob("*.parquet"):
+        t = pq.read_table(f)
+        zero = pc.if_else(pc.equal(t["layer"], 2), pa.scalar(0, pa.int64()), t["count"])
+        pq.write_table(t.set_column(t.schema.get_field_index("count"), "count", zero), f)
+    with pytest.raises(AblationError) as e:
+        loads_from_run(run, SHAPE)
+    assert str(e.value) == _why(run, "2")
+
+
+def test_ablate_top_says_it_in_one_line_and_baseline_is_the_way_out(probe_env, tmp_path, capsys):
+    """The refusal reaches `python -m analyses.ablate --top` as its one-line error, before any pass;
+    the way it names, --loads-from baseline, runs."""
+    from analyses.ablate.__main__ import main
+    from helpers.cli_errors import assert_one_line_error
+    from probe.job import checkpoint_args
+
+    args = checkpoint_args(str(probe_env["ckpt"]), AblationError)
+    moe = list(range(args.n_dense_layers, args.n_layers))
+    run = tmp_path / "run"
+    write_run(run, E=args.n_routed_experts, K=args.n_activated_experts, layers=moe[:-1])  # the last one lacking
+    info = json.loads((run / "run.json").read_text()) | {
+        "status": "complete", "model_args": args.to_dict(), "checkpoint": {"path": str(probe_env["ckpt"])},
+        "corpus": {"path": str(probe_env["corpus"])}, "options": {"seq_len": 32}}
+    (run / "run.json").write_text(json.dumps(info))
+    argv = ["--run", str(run), "--top", "1", "--max-tokens", "64", "--out", str(tmp_path / "out"), "--no-progress"]
+    assert_one_line_error(main(argv), capsys, f"its expert_load counts no loads in MoE layer {moe[-1]} of the "
+                          f"model's {moe[0]}..{moe[-1]}", tmp_path / "out")
+    assert main([*argv, "--loads-from", "baseline"]) == 0
