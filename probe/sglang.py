@@ -43,6 +43,9 @@ physical-to-logical map (the GPU of a slot: slot // (physical experts / GPUs), t
 --gpus, else the ranks that recorded when nothing says they are not all: see `_gpus_of`). Layers the model runs dense
 (`first_k_dense_replace` of --config), or that counted nothing when no config is given, are skipped. Files are read with
 `torch.load(weights_only=True)`: a file that holds pickled Python objects is refused, never run.
+A server that fuses the shared expert into the routed ones appends an id past them to every token's
+top-k: told from the dump where it can be, that slot is set aside (probe/sglang_fused.py, run.json
+`source.shared_fused`; docs/sglang.md has what SGLang's source does).
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ from .job import (DEFAULT_RUNS, check_inputs_outside, check_out_parent, check_re
                   refuse_a_training_run)
 from .schema import TABLES
 from .sglang_dumps import DOMAIN, Dump, SGLangError, Shape, draft_record, find_dumps, model_shape
+from .sglang_fused import say as say_fused, source as fused_source
 from .overwrite import replace_run, say_kept
 from .writer import PartWriter, write_json_atomic
 
@@ -143,7 +147,7 @@ def _import_into(tmp: Path, dumps: list[Dump], shape: Shape, mode: str, tokenize
     info = {"status": "complete", "format": 1, "kind": "import",
             "source": {"name": "sglang", "mode": mode, "files": [str(d.path.resolve()) for d in dumps],
                        "ranks": _ranks(dumps),
-                       **steps, "placement": placement},
+                       **steps, "placement": placement, **fused_source(shape.fused, shape.fused_assumed)},
             "model_args": shape.model_args(steps["moe_layers"]), "domains": [DOMAIN],
             "tables": sorted(p.name for p in tmp.iterdir() if p.is_dir() and any(p.glob("*.parquet"))),
             "options": {"tokenizer": str(Path(tokenizer).resolve()) if tokenizer else None},
@@ -151,6 +155,7 @@ def _import_into(tmp: Path, dumps: list[Dump], shape: Shape, mode: str, tokenize
     if steps.get("tokens") is not None:
         info["planned"] = {"tokens": steps["tokens"], "tokens_per_domain": {DOMAIN: steps["tokens"]}}
     write_json_atomic(tmp / "run.json", info)
+    say_fused(shape)
 
 
 def _moe_layers(shape: Shape, counts_LE: np.ndarray) -> list[int]:
@@ -216,6 +221,8 @@ def _stat(dumps: list[Dump], shape: Shape, out: Path, buffer_size: int | None = 
             unknown[d.path.name] = bool(used.all())
     # [passes, L, E], empty rows dropped, each dump's in the order written
     counts = counts[0] if len(counts) == 1 else np.concatenate(counts)
+    if shape.fused:  # the experts past --config's n_routed_experts: a fused shared expert's (sglang_fused.py)
+        counts = shape.fused.strip_counts(counts, shape.n_experts)
     if not len(counts):
         raise SGLangError(f"{', '.join(d.path.name for d in dumps[:3])}: every pass row of the stat dump is zero: "
                           "no expert was chosen while it recorded (was the recorder started before the traffic?)")
@@ -238,8 +245,8 @@ def _stat(dumps: list[Dump], shape: Shape, out: Path, buffer_size: int | None = 
     w.commit(max(len(counts) - 1, 0))
     rows = sum(len(d.data["logical_count"]) for d in dumps)
     return {"passes": len(counts), "dropped_empty_passes": rows - len(counts), "moe_layers": layers,
-            "topk_assumed": shape.args is None, "pass_order_unknown": bool(unknown), "full_buffers": list(unknown),
-            "buffer_size": buffer_size}
+            "topk_assumed": shape.args is None and not shape.topk_seen, "pass_order_unknown": bool(unknown),
+            "full_buffers": list(unknown), "buffer_size": buffer_size}
 
 
 def _buffer_order(used: np.ndarray) -> tuple[list[int], bool]:
@@ -287,6 +294,8 @@ def _per_pass(dumps: list[Dump], shape: Shape, out: Path) -> dict:
                 drafts += 1
                 continue
             c = r["global_physical_count"].numpy().astype(np.int64)
+            if shape.fused:  # count columns past the map: a fused shared expert's (sglang_fused.py)
+                c = shape.fused.strip_counts(c, m.shape[1])
             if c.shape != m.shape:
                 raise SGLangError(f"{d.path}: global_physical_count of pass {r.get('forward_pass_id')} has shape "
                                   f"{list(c.shape)}, the map {list(m.shape)}")
@@ -303,6 +312,8 @@ def _per_pass(dumps: list[Dump], shape: Shape, out: Path) -> dict:
     repeated = (len({len(v) for v in per_rank.values()}) == 1 and min(map(len, per_rank.values()), default=0) > 1
                 and all(all(np.array_equal(v[0], x) for x in v[1:]) for v in per_rank.values()))
     passes = {fp: v[0] if repeated else sum(v) for fp, v in per_rank.items()}
+    if repeated and shape.fused:  # its slot counted once, as the routed counts are
+        shape.fused.dropped //= len(next(iter(per_rank.values())))
     order = sorted(passes)
     layers = _moe_layers(shape, sum(passes.values()))
     w = PartWriter(out, 0, ["expert_load"])
@@ -311,7 +322,7 @@ def _per_pass(dumps: list[Dump], shape: Shape, out: Path) -> dict:
         w.append("expert_load", _load_rows(step, layers, c, int(c[layers[0]].sum() // shape.topk) if layers else 0), step)
     w.commit(max(len(order) - 1, 0))
     return {"passes": len(order), "forward_pass_ids": [order[0], order[-1]] if order else [], "moe_layers": layers,
-            "topk_assumed": shape.args is None, "ranks_counted_the_same_tokens": repeated,
+            "topk_assumed": shape.args is None and not shape.topk_seen, "ranks_counted_the_same_tokens": repeated,
             "empty_records_skipped": empty, "draft_records_skipped": drafts}
 
 
@@ -342,6 +353,7 @@ def _per_token(dumps: list[Dump], shape: Shape, out: Path) -> dict:
         raise SGLangError(f"{', '.join(d.path.name for d in dumps[:3])}: no per_token record chose an expert (every "
                           "id -1): nothing was routed while it recorded")
     kept.sort(key=lambda x: x[0])
+    _count_fused(shape, kept)
     vocab = (shape.args or {}).get("vocab_size")
     for fp, d, r, _ in kept if vocab else ():
         top = max(map(int, r["input_ids"]), default=-1)
@@ -374,6 +386,13 @@ def _per_token(dumps: list[Dump], shape: Shape, out: Path) -> dict:
             "tokens": sum(n for _, n in per_pass.values()), "topk_assumed": False,
             "ranks_counted_the_same_tokens": copies > 0, "copies_skipped": copies, "empty_records_skipped": empty,
             "draft_records_skipped": drafts}
+
+
+def _count_fused(shape: Shape, kept: list) -> None:
+    """The fused shared-expert slot ids _record_logical set aside in the records kept (copies not
+    counted): each (layer, token) row that routed chose them too."""
+    if shape.fused:
+        shape.fused.dropped = shape.fused.columns * sum(int((lg >= 0).any(-1).sum()) for *_, lg in kept)
 
 
 def _claim(owners: dict, d: Dump, r: dict, layers: np.ndarray) -> None:
@@ -433,6 +452,8 @@ def _record_logical(d: Dump, r: dict, shape: Shape) -> np.ndarray:
     """topk_ids_of_layer [L, n, K] physical -> logical (the dump's map), -1 kept."""
     ids = r["topk_ids_of_layer"].numpy().astype(np.int64)
     m = d.data["last_physical_to_logical_map"].numpy().astype(np.int64)
+    if shape.fused:  # a fused shared expert's slot ids: set aside (sglang_fused.py)
+        ids = shape.fused.strip_ids(ids, m.shape[1])
     if ids.ndim != 3 or ids.shape[0] != m.shape[0] or ids.shape[1] != len(r["input_ids"]):
         raise SGLangError(f"{d.path}: topk_ids_of_layer of pass {r['forward_pass_id']} has shape {list(ids.shape)}, "
                           f"expected [{m.shape[0]} layers, {len(r['input_ids'])} tokens, K]")

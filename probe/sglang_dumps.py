@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .job import RecordError, first_line
+from .sglang_fused import Fused, pass_slots, stat_looks_fused, stat_slots, token_slots
 
 MODES = ("stat", "per_pass", "per_token")
 DEFAULT_TOPK = 8  # DeepSeek-V3's experts per token: counts -> tokens when no --config says otherwise
@@ -38,6 +39,10 @@ class Shape:
     dense: list[int] = field(default_factory=list)  # layers run dense (skipped)
     groups: int = 1
     args: dict | None = None  # the config's ModelArgs, when --config was given
+    fused: Fused | None = None  # a fused shared expert's slot(s) found in the dump (sglang_fused.py)
+    fused_assumed: bool = False  # none could be told either way (a stat dump without --config): none assumed
+    fused_hint: int | None = None  # ... though its last column counts 1 per this many of the others, as a slot
+    topk_seen: bool = False  # the dump shows the top-k (per_token ids, per_pass slot counts)
 
     def model_args(self, moe_layers: list[int]) -> dict:
         if self.args is not None:
@@ -236,9 +241,12 @@ def model_shape(dumps: list[Dump], config: str | None) -> Shape:
         raise SGLangError("the ranks' dumps disagree on layers x experts: " + ", ".join(
             f"{p.name}: {a} x {b}" for p, (a, b) in sizes.items()))
     layers, experts = next(iter(sizes.values()))
-    topk = dump_topk(dumps)
     if config is None:
-        return Shape(layers, experts, topk or DEFAULT_TOPK)
+        fused = _fused(dumps, None)
+        topk = dump_topk(dumps, fused)
+        stat = dumps[0].mode == "stat"  # no slot can be told: none assumed, a last column like one noted
+        return Shape(layers, experts, topk or DEFAULT_TOPK, fused=fused, topk_seen=topk is not None,
+                     fused_assumed=stat, fused_hint=stat_looks_fused(dumps) if stat else None)
     from model.args import ConfigError, ModelArgs
 
     try:
@@ -247,15 +255,32 @@ def model_shape(dumps: list[Dump], config: str | None) -> Shape:
         raise SGLangError(f"--config {config}: {e}") from None
     if a.n_layers != layers:
         raise SGLangError(f"{dumps[0].path}: the dump has {layers} layers, --config {config} has {a.n_layers}")
-    if experts > a.n_routed_experts:
+    fused = _fused(dumps, a, config)
+    if experts > a.n_routed_experts and not (fused and fused.space == "logical"):
         raise SGLangError(f"{dumps[0].path}: expert id {experts - 1} is outside --config {config} "
                           f"(n_routed_experts={a.n_routed_experts})")
+    topk = dump_topk(dumps, fused)
     if topk is not None and topk != a.n_activated_experts:
         raise SGLangError(f"{dumps[0].path}: its tokens choose {topk} experts each, --config {config} has "
                           f"n_activated_experts={a.n_activated_experts}: is it this model's dump? (a server that "
                           "fuses the shared expert into the routed ones records one id more per token)")
+    if fused and fused.columns > a.n_shared_experts:
+        raise SGLangError(f"{dumps[0].path}: its tokens also choose {fused.columns} fused shared-expert slot(s) "
+                          f"{fused.slots}, --config {config} has n_shared_experts={a.n_shared_experts}: "
+                          "is it this model's dump?")
     return Shape(layers, a.n_routed_experts, a.n_activated_experts, list(range(a.n_dense_layers)),
-                 a.n_expert_groups, a.to_dict())
+                 a.n_expert_groups, a.to_dict(), fused=fused, topk_seen=topk is not None)
+
+
+def _fused(dumps: list[Dump], a, config: str | None = None) -> Fused | None:
+    """The fused shared expert's slot(s) the dumps show, by mode (sglang_fused.py); `a`: --config's
+    ModelArgs or None."""
+    mode = dumps[0].mode
+    if mode == "per_token":
+        return token_slots(dumps, draft_record, a.n_activated_experts if a else None)
+    if mode == "per_pass":
+        return pass_slots(dumps, draft_record)
+    return stat_slots(dumps, a.n_routed_experts, a.n_activated_experts, config) if a else None
 
 
 def draft_record(r: dict) -> bool:
@@ -266,12 +291,15 @@ def draft_record(r: dict) -> bool:
     return "draft" in str(r.get("gatherer_key") or "")
 
 
-def dump_topk(dumps: list[Dump]) -> int | None:
-    """The model's top-k as a per_token dump shows it: the most ids any token chose in one layer.
-    SGLang's per-token buffer is 8 wide whatever the model's top-k (the columns past it stay -1), and
-    a token chooses none in a dense layer, a padded slot or a draft pass; each real token of a MoE
-    layer chooses exactly top-k. None for stat and per_pass dumps (counts only), or when no token
-    chose (refused later, naming the files)."""
+def dump_topk(dumps: list[Dump], fused: Fused | None = None) -> int | None:
+    """The model's top-k as the dump shows it. per_token: the most routed ids any token chose in one
+    layer (a fused shared-expert slot not counted). SGLang's per-token buffer is 8 wide whatever the
+    model's top-k (the columns past it stay -1), and a token chooses none in a dense layer, a padded
+    slot or a draft pass; each real token of a MoE layer chooses exactly top-k. per_pass: the top-k
+    a fused slot's counts give (each token counted once there). None otherwise (stat, per_pass
+    without a slot: counts only), or when no token chose (refused later, naming the files)."""
+    if fused is not None and fused.topk is not None:
+        return fused.topk
     most = 0
     for d in dumps:
         if d.mode != "per_token":
@@ -279,5 +307,7 @@ def dump_topk(dumps: list[Dump]) -> int | None:
         for r in d.data["records"]:
             ids = r["topk_ids_of_layer"]
             if not draft_record(r) and ids.numel():
-                most = max(most, int((ids >= 0).sum(-1).max()))
+                width = d.data["last_physical_to_logical_map"].shape[1]
+                routed = fused.strip_ids(ids.numpy().astype(np.int64), width) if fused else ids.numpy()
+                most = max(most, int((routed >= 0).sum(-1).max()))
     return most or None

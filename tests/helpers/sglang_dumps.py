@@ -96,15 +96,20 @@ def logical_counts(passes: list[Pass]) -> dict[int, np.ndarray]:
     return out
 
 
-def write_stat(d: Path, passes: list[Pass], buffer: int = 8, stamp: float = 1733000000.0, start: int = 0) -> Path:
+def write_stat(d: Path, passes: list[Pass], buffer: int = 8, stamp: float = 1733000000.0, start: int = 0,
+               slot: bool = False) -> Path:
     """Rank 0's file: logical_count [buffer, L, E] summed over ranks; unused buffer rows zero. Named
     with `stamp` as SGLang names it with time.time() at the dump. `start`: the buffer row the first
     pass went to (SGLang's circular buffer keeps its write index across recordings: a second
-    recording starts where the first stopped, and wraps round to row 0)."""
+    recording starts where the first stopped, and wraps round to row 0). `slot`: a fused shared
+    expert counted as logical expert E, once by every token of a MoE layer ([buffer, L, E + 1])."""
     counts = logical_counts(passes)
-    lc = torch.zeros(buffer, L, E, dtype=torch.int32)
+    lc = torch.zeros(buffer, L, E + slot, dtype=torch.int32)
     for i, fp in enumerate(sorted(counts)):
-        lc[(start + i) % buffer] = torch.from_numpy(counts[fp]).int()
+        c = counts[fp]
+        if slot:
+            c = np.concatenate([c, c.sum(1, keepdims=True) // K], 1)  # each token: K routed, 1 shared
+        lc[(start + i) % buffer] = torch.from_numpy(c).int()
     d.mkdir(parents=True, exist_ok=True)
     path = d / f"expert_distribution_recorder_{stamp}.pt"
     torch.save(dict(rank=0, logical_count=lc, average_utilization_rate_over_window=None), path)
@@ -121,14 +126,28 @@ def _physical(logical: np.ndarray, m: np.ndarray, rng) -> np.ndarray:
     return out
 
 
+def _with_slot(phys: np.ndarray, width: int, slots: int, inside: int | None = None) -> np.ndarray:
+    """[L, n, K] physical ids plus, with `slots` or `inside`, a last column: the fused shared expert's
+    id in every row that routed (id width + t % slots for token t, or `inside`), -1 elsewhere."""
+    if not slots and inside is None:
+        return phys
+    n = phys.shape[1]
+    slot = np.full(n, inside, np.int64) if inside is not None else width + np.arange(n) % slots
+    col = np.where((phys >= 0).any(2), slot[None, :], -1)
+    return np.concatenate([phys, col[:, :, None]], 2)
+
+
 def rank_file(rank: int, stamp: float = 1733000000.0) -> str:
     """SGLang's name for a rank's per_pass / per_token dump: each rank stamps its own time.time(), so
     the ranks' stamps differ (here by 0.01 s a rank, two decimals: name order is rank order)."""
     return f"expert_distribution_recorder_{stamp + 0.01 * rank:.2f}_{rank}.pt"
 
 
-def write_per_pass(d: Path, passes: list[Pass], m: np.ndarray, ranks: int = 2, seed: int = 0) -> list[Path]:
-    """One file per rank: per pass, that rank's tokens counted per physical expert."""
+def write_per_pass(d: Path, passes: list[Pass], m: np.ndarray, ranks: int = 2, seed: int = 0,
+                   slots: int = 0) -> list[Path]:
+    """One file per rank: per pass, that rank's tokens counted per physical expert. `slots`: a fused
+    shared expert's replicas past the map (ids P..P+slots-1, as SGLang's n_share_experts_fusion dealt
+    them), each token of a MoE layer counted once in one of them."""
     rng = np.random.default_rng(seed)
     d.mkdir(parents=True, exist_ok=True)
     files = []
@@ -136,10 +155,11 @@ def write_per_pass(d: Path, passes: list[Pass], m: np.ndarray, ranks: int = 2, s
         records = []
         for p in (x for x in passes if x.rank == rank):
             phys = _physical(p.logical, m, rng)
-            c = np.zeros(m.shape, np.int64)
+            phys = _with_slot(phys, m.shape[1], slots)
+            c = np.zeros((L, m.shape[1] + slots), np.int64)
             for layer in range(L):
                 v = phys[layer][phys[layer] >= 0]
-                c[layer] += np.bincount(v, minlength=m.shape[1])
+                c[layer] += np.bincount(v, minlength=m.shape[1] + slots)
             records.append(dict(forward_pass_id=p.fp, rank=rank, gatherer_key="primary",
                                 global_physical_count=torch.from_numpy(c).int()))
         path = d / rank_file(rank)
@@ -149,12 +169,15 @@ def write_per_pass(d: Path, passes: list[Pass], m: np.ndarray, ranks: int = 2, s
 
 
 def write_per_token(d: Path, passes: list[Pass], m: np.ndarray, ranks: int = 2, seed: int = 0,
-                    duplicate: bool = True) -> list[Path]:
+                    duplicate: bool = True, slots: int = 0, inside: int | None = None) -> list[Path]:
     """One file per rank: every pass's tokens with topk_ids_of_layer [L, n, 8] (physical, -1 padded).
-    `duplicate`: every rank also records the other ranks' passes (what tensor parallelism does)."""
+    `duplicate`: every rank also records the other ranks' passes (what tensor parallelism does).
+    `slots`: a fused shared expert's id(s) past the map after every MoE row's K routed ids (one id,
+    P, as SGLang's select_experts appends it; several: replicas dealt round the tokens); `inside`:
+    that slot is physical id `inside` of the map instead."""
     rng = np.random.default_rng(seed)
     d.mkdir(parents=True, exist_ok=True)
-    phys = {id(p): _physical(p.logical, m, rng) for p in passes}
+    phys = {id(p): _with_slot(_physical(p.logical, m, rng), m.shape[1], slots, inside) for p in passes}
     files = []
     for rank in range(ranks):
         records = []
@@ -162,9 +185,10 @@ def write_per_token(d: Path, passes: list[Pass], m: np.ndarray, ranks: int = 2, 
             if p.rank != rank and not duplicate:
                 continue
             ids = np.full((L, len(p.input_ids), WIDTH), -1, np.int64)
-            ids[:, :, :K] = phys[id(p)]
+            ids[:, :, :phys[id(p)].shape[2]] = phys[id(p)]
             # the current source's detail gatherer also counts the pass per physical expert
-            gpc = np.stack([np.bincount(ids[layer][ids[layer] >= 0], minlength=m.shape[1]) for layer in range(L)])
+            width = max(m.shape[1], int(ids.max()) + 1)  # a fused slot past the map is counted past it
+            gpc = np.stack([np.bincount(ids[layer][ids[layer] >= 0], minlength=width) for layer in range(L)])
             records.append(dict(forward_pass_id=p.fp, rank=rank, gatherer_key="primary", input_ids=p.input_ids,
                                 positions=p.positions, extend_seq_lens=p.extend_seq_lens, forward_mode=1,
                                 topk_ids_of_layer=torch.from_numpy(ids).int(),
