@@ -9,7 +9,7 @@
     stats = m(tokens, targets=next_ids)               # model.TokenStats(nll, top1): no [B, S, V] logits
 """
 
-from .args import ConfigError, ModelArgs
+from .args import ConfigError, InputError, ModelArgs
 from .checkpoint import CheckpointError, load
 from .frozen import frozen_weights
 from .head_stats import TokenStats
@@ -19,4 +19,4 @@ from .parallel import ParallelError
 from .transformer import MTP, Block, Transformer
 
 __all__ = ["ModelArgs", "ConfigError", "Transformer", "Block", "MTP", "HookPoint", "HookError", "load", "save",
-           "CheckpointError", "ParallelError", "frozen_weights", "TokenStats"]
+           "CheckpointError", "ParallelError", "InputError", "frozen_weights", "TokenStats"]

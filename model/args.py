@@ -31,6 +31,11 @@ class ConfigError(ValueError):
     """A config that cannot describe a model we can build (message names the file and key)."""
 
 
+class InputError(ValueError):
+    """Arguments a forward call cannot run on (tokens, start_pos, lengths, targets, logits_at, ...;
+    `Transformer.forward` and what it calls): the message names the argument and the bad value."""
+
+
 def given_path(path, what: str, error: type[Exception]) -> Path:
     """`path` (text or os.PathLike) as a Path for a library call, refusing empty text or another type by
     name as `error`: Path('') is '.', so `model.load("")` read the current folder and its error said '.',

@@ -34,6 +34,7 @@ import torch
 import torch.distributed as dist
 
 from . import layers
+from .args import InputError
 
 
 IGNORE_INDEX = -100  # a target that asks for no loss (padding), as torch's cross_entropy: its nll is NaN
@@ -156,12 +157,12 @@ def _stats_rows(blocks, n_rows: int, width: int, tgt: torch.Tensor, dtype: torch
 def check_targets(targets: torch.Tensor, shape: tuple[int, int], vocab: int, what: str) -> torch.Tensor:
     if not isinstance(targets, torch.Tensor) or tuple(targets.shape) != tuple(shape):
         got = tuple(targets.shape) if isinstance(targets, torch.Tensor) else type(targets).__name__
-        raise ValueError(f"{what}: expected token ids of shape {tuple(shape)}, got {got}")
+        raise InputError(f"{what}: expected token ids of shape {tuple(shape)}, got {got}")
     if targets.dtype.is_floating_point or targets.dtype == torch.bool:
-        raise ValueError(f"{what}: expected integer token ids, got dtype {targets.dtype}")
+        raise InputError(f"{what}: expected integer token ids, got dtype {targets.dtype}")
     kept = targets[targets != IGNORE_INDEX]
     if kept.numel() and (int(kept.min()) < 0 or int(kept.max()) >= vocab):
-        raise ValueError(f"{what}: token ids must be in [0, {vocab}) or {IGNORE_INDEX} (no loss); got "
+        raise InputError(f"{what}: token ids must be in [0, {vocab}) or {IGNORE_INDEX} (no loss); got "
                          f"[{int(kept.min())}, {int(kept.max())}]")
     return targets.reshape(-1).long()
 

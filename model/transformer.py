@@ -21,7 +21,7 @@ import numbers
 import torch
 from torch import nn
 
-from .args import ModelArgs
+from .args import InputError, ModelArgs
 from .head_stats import check_targets, head_stats, logit_stats
 from .hooks import HookedModule, HookPoint
 from .layers import Embedding, Linear, RMSNorm, rope_cos_sin, rope_inv_freq
@@ -99,11 +99,12 @@ def _check_positions(index, bsz: int, n: int) -> None:
     if (not isinstance(index, torch.Tensor) or index.is_floating_point() or index.dtype == torch.bool
             or index.dim() not in (1, 2) or index.shape[0] != bsz):
         got = f"shape {tuple(index.shape)} of {index.dtype}" if isinstance(index, torch.Tensor) else type(index).__name__
-        raise ValueError(f"logits_at: expected integer positions of shape [{bsz}, K] (or [{bsz}]), got {got}")
+        raise InputError(f"logits_at: expected integer positions of shape [{bsz}, K] (or [{bsz}]), "
+                         f"got {got}")
     if index.numel():
         lo, hi = torch.stack([index.min(), index.max()]).tolist()
         if lo < 0 or hi >= n:
-            raise ValueError(f"logits_at: positions must be in [0, {n}) (this chunk's), got [{lo}, {hi}]")
+            raise InputError(f"logits_at: positions must be in [0, {n}) (this chunk's), got [{lo}, {hi}]")
 
 
 def _select(x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
@@ -185,7 +186,7 @@ class Transformer(HookedModule):
     def setup_cache(self, batch: int, length: int) -> None:
         """Preallocate the static KV cache for `batch` rows and `length` positions."""
         if length > self.args.max_seq_len:
-            raise ValueError(f"cache length {length} exceeds max_seq_len={self.args.max_seq_len}")
+            raise InputError(f"length={length}: a KV cache longer than max_seq_len={self.args.max_seq_len}")
         for m in self.attention_modules():
             m.alloc_cache(batch, length)
 
@@ -211,7 +212,7 @@ class Transformer(HookedModule):
     def _ensure_cache(self, batch: int, end: int, fresh: bool) -> None:
         rows, length = self.layers[0].attn.cache_shape
         if not fresh and rows < batch:
-            raise ValueError(f"start_pos > 0 but the KV cache holds {rows} rows, not {batch}: "
+            raise InputError(f"start_pos > 0 over {batch} rows of tokens, but the KV cache holds {rows} rows: "
                              "prefill with use_cache=True first")
         if rows >= batch and length >= end:
             return
@@ -253,27 +254,21 @@ class Transformer(HookedModule):
         tokens = self._check_tokens(tokens)
         bsz, seqlen = tokens.shape
         dev = tokens.device
-        if logits_at is not None and mtp:
-            raise ValueError("logits_at selects main-model logits; call mtp_logits(..., logits_at=) for MTP")
-        if logits_at is not None and targets is not None:
-            raise ValueError("targets asks for statistics at every position; logits_at for logits at some")
-        _check_positions(logits_at, bsz, seqlen)
-        if mtp_targets is not None and not mtp:
-            raise ValueError("mtp_targets is for the MTP predictions: pass mtp=True with it")
-        if mtp_targets is not None:  # checked here so that a wrong one is named as the caller named it
-            check_targets(mtp_targets, (bsz, max(seqlen - 1, 0)), self.args.vocab_size, "mtp_targets")
+        self._check_outputs(bsz, seqlen, mtp, logits_at, targets, mtp_targets)
         start, max_start = self._check_rows(start_pos, lengths, bsz, seqlen, dev, self._filled)
         if mtp and max_start > 0:
             # MTP position i needs token i+1: a chunk's last position waits for the next chunk, so a
             # later chunk's MTP pass would read a cache slot nothing wrote
-            raise ValueError("mtp=True needs start_pos=0 (the MTP pass covers one chunk from position 0); to "
+            raise InputError(f"mtp=True needs start_pos=0, got start_pos up to {max_start} (the MTP pass covers one "
+                             "chunk from position 0); to "
                              "draft while decoding, call mtp_logits with the tokens each position needs, as "
                              "generate/decode.py does")
         if max_start > 0:
             use_cache = True
         end = max_start + seqlen
         if end > self.args.max_seq_len:
-            raise ValueError(f"positions up to {end} exceed max_seq_len={self.args.max_seq_len}")
+            raise InputError(f"tokens: {seqlen} positions from start_pos={max_start} reach position {end - 1}, past "
+                             f"max_seq_len={self.args.max_seq_len}")
         pos = start[:, None] + torch.arange(seqlen, device=dev)  # [B, S]
         if use_cache:
             self._ensure_cache(bsz, end, fresh=max_start == 0)
@@ -281,7 +276,8 @@ class Transformer(HookedModule):
         cos, sin = rope_cos_sin(pos, self.rope_inv_freq, self.args.rope_attention_factor)
 
         if resid is not None and not start_at_layer:
-            raise ValueError("resid is the input of block start_at_layer: pass start_at_layer >= 1 with it")
+            raise InputError(f"resid with start_at_layer={start_at_layer!r}: resid is the input of block "
+                             "start_at_layer: pass start_at_layer >= 1 with it")
         h = self.hook_embed(self.embed(tokens)) if not start_at_layer else self._check_resid(resid, tokens,
                                                                                               start_at_layer, use_cache)
         for layer in self.layers[start_at_layer:]:
@@ -310,12 +306,13 @@ class Transformer(HookedModule):
         logits_at: [B, K] indices into those S-1 positions: the head runs only there -> [B, K, V].
         targets: [B, S-1] token ids: TokenStats against them instead of logits (see forward)."""
         if not len(self.mtp):
-            raise ValueError("this model has no MTP module (the checkpoint carried no MTP weights)")
+            raise InputError("mtp: this model has no MTP module (the checkpoint carried no MTP weights)")
         if logits_at is not None and targets is not None:
-            raise ValueError("targets asks for statistics at every position; logits_at for logits at some")
+            raise InputError("targets with logits_at: targets asks for statistics at every position; logits_at for "
+                             "logits at some")
         bsz, seqlen = tokens.shape
         if isinstance(depth, bool) or not isinstance(depth, numbers.Integral) or not 0 <= depth < len(self.mtp):
-            raise ValueError(f"depth={depth!r}: this model has {len(self.mtp)} MTP module(s), "
+            raise InputError(f"depth={depth!r}: this model has {len(self.mtp)} MTP module(s), "
                              f"depth 0 to {len(self.mtp) - 1}")
         start, max_start = self._check_rows(start_pos, lengths, bsz, seqlen, tokens.device,
                                             self._mtp_filled.get(depth), cache=f"MTP block {depth}'s KV cache")
@@ -361,18 +358,34 @@ class Transformer(HookedModule):
         visible = (key <= q) & ((key < row_end[:, None, None]) | (key == q))
         return visible[:, None], n_keys
 
+    def _check_outputs(self, bsz: int, seqlen: int, mtp: bool, logits_at, targets, mtp_targets) -> None:
+        """What forward is asked to return (logits_at, targets, mtp_targets, mtp) fits together and the batch."""
+        if logits_at is not None and mtp:
+            raise InputError("logits_at with mtp=True: logits_at selects main-model logits; call "
+                             "mtp_logits(..., logits_at=) for MTP")
+        if logits_at is not None and targets is not None:
+            raise InputError("targets with logits_at: targets asks for statistics at every position; logits_at for "
+                             "logits at some")
+        _check_positions(logits_at, bsz, seqlen)
+        if mtp_targets is not None and not mtp:
+            raise InputError("mtp_targets with mtp=False: mtp_targets is for the MTP predictions: pass mtp=True "
+                             "with it")
+        if mtp_targets is not None:  # checked here so that a wrong one is named as the caller named it
+            check_targets(mtp_targets, (bsz, max(seqlen - 1, 0)), self.args.vocab_size, "mtp_targets")
+
     def _check_resid(self, resid, tokens: torch.Tensor, start: int, use_cache: bool) -> torch.Tensor:
         """The residual stream a forward from block `start` begins with, checked."""
         if isinstance(start, bool) or not isinstance(start, numbers.Integral) or not 0 < start < len(self.layers):
-            raise ValueError(f"start_at_layer={start}: must be an integer between 1 and {len(self.layers) - 1}")
+            raise InputError(f"start_at_layer={start}: must be an integer between 1 and {len(self.layers) - 1}")
         if use_cache:
-            raise ValueError("start_at_layer needs use_cache=False (the skipped blocks' KV cache would be stale)")
+            raise InputError(f"start_at_layer={start} needs use_cache=False (the skipped blocks' KV cache would be "
+                             "stale)")
         want = (*tokens.shape, self.args.dim)
         if not isinstance(resid, torch.Tensor) or tuple(resid.shape) != want:
             got = tuple(resid.shape) if isinstance(resid, torch.Tensor) else type(resid).__name__
-            raise ValueError(f"resid: expected the input of block {start}, shape {want}, got {got}")
+            raise InputError(f"resid: expected the input of block {start}, shape {want}, got {got}")
         if resid.dtype != self.embed.weight.dtype:
-            raise ValueError(f"resid: expected the model's dtype {self.embed.weight.dtype}, got {resid.dtype}")
+            raise InputError(f"resid: expected the model's dtype {self.embed.weight.dtype}, got {resid.dtype}")
         return resid
 
     @staticmethod
@@ -385,20 +398,20 @@ class Transformer(HookedModule):
         One read back from the device for all of it."""
         if isinstance(start_pos, torch.Tensor):
             if start_pos.numel() not in (1, bsz) or start_pos.is_floating_point():
-                raise ValueError(f"start_pos: expected an int or {bsz} integer starts (one per row), got "
+                raise InputError(f"start_pos: expected an int or {bsz} integer starts (one per row), got "
                                  f"shape {tuple(start_pos.shape)} of {start_pos.dtype}")
             start = start_pos.to(device=dev, dtype=torch.long).reshape(-1).expand(bsz)
         elif isinstance(start_pos, bool) or not isinstance(start_pos, numbers.Integral):
-            raise ValueError(f"start_pos: expected an int or {bsz} integer starts (one per row), got {start_pos!r}")
+            raise InputError(f"start_pos: expected an int or {bsz} integer starts (one per row), got {start_pos!r}")
         else:
             if int(start_pos) < 0:
-                raise ValueError(f"start_pos must be >= 0, got {int(start_pos)}")
+                raise InputError(f"start_pos must be >= 0, got {int(start_pos)}")
             start = torch.full((bsz,), int(start_pos), device=dev, dtype=torch.long)
         if lengths is not None and (not isinstance(lengths, torch.Tensor) or tuple(lengths.shape) != (bsz,)
                                     or lengths.is_floating_point()):
             got = f"shape {tuple(lengths.shape)} of {lengths.dtype}" if isinstance(lengths, torch.Tensor) \
                 else type(lengths).__name__
-            raise ValueError(f"lengths: expected {bsz} integer lengths (one per row), got {got}")
+            raise InputError(f"lengths: expected {bsz} integer lengths (one per row), got {got}")
         if filled is not None and filled.shape[0] < bsz:  # more rows than the cache's fill is known for
             filled = None
         gap = None if filled is None else start - filled[:bsz].to(dev)
@@ -408,27 +421,27 @@ class Transformer(HookedModule):
         ends += [] if lengths is None else [lengths.min().to(dev), lengths.max().to(dev)]
         lo, hi, past, *lens = torch.stack(ends).tolist()
         if lo < 0:
-            raise ValueError(f"start_pos must be >= 0, got {start.tolist()}")
+            raise InputError(f"start_pos must be >= 0, got {start.tolist()}")
         if lens and (lens[0] < 0 or lens[1] > seqlen):
-            raise ValueError(f"lengths must be in [0, {seqlen}] (the tokens of each row in this chunk), "
+            raise InputError(f"lengths must be in [0, {seqlen}] (the tokens of each row in this chunk), "
                              f"got [{lens[0]}, {lens[1]}]")
         if hi > 0 and past > 0:
             rows = (gap > 0).nonzero().flatten().tolist()
-            raise ValueError(f"start_pos: row(s) {rows[:8]} start past the positions their {cache} holds "
+            raise InputError(f"start_pos: row(s) {rows[:8]} start past the positions their {cache} holds "
                              f"({[int(filled[r]) for r in rows[:8]]}): the positions between were never written")
         return start, hi
 
     def _check_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         if self.embed.weight.is_meta:
-            raise ValueError("this model is on the meta device: it has shapes but no weights to run "
+            raise InputError("this model is on the meta device: it has shapes but no weights to run "
                              "(model.load(..., device='meta') only checks a checkpoint)")
         if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2:
             shape = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
-            raise ValueError(f"tokens must be a 2-D [batch, seq] tensor of token ids, got {shape}")
+            raise InputError(f"tokens must be a 2-D [batch, seq] tensor of token ids, got {shape}")
         if tokens.dtype not in (torch.long, torch.int32, torch.int64):
-            raise ValueError(f"tokens must be integer token ids, got dtype {tokens.dtype}")
+            raise InputError(f"tokens must be integer token ids, got dtype {tokens.dtype}")
         if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.args.vocab_size):
-            raise ValueError(f"token ids must be in [0, {self.args.vocab_size}); got "
+            raise InputError(f"tokens: token ids must be in [0, {self.args.vocab_size}); got "
                              f"[{int(tokens.min())}, {int(tokens.max())}]")
         return tokens.long()
 

@@ -505,3 +505,35 @@ def test_a_padded_mtp_pass_fills_each_rows_mtp_cache_to_its_length_minus_one():
     m(x, lengths=torch.tensor([6, 3]), use_cache=True, mtp=True)
     with pytest.raises(ValueError, match=r"row\(s\) \[1\] start past the positions their MTP block 0's KV cache"):
         m.mtp_logits(h[:, :2], x[:, :2], start_pos=torch.tensor([5, 3]), use_cache=True)
+
+
+def test_bad_forward_inputs_raise_model_input_error_naming_argument_and_value():
+    """Bad arguments to forward (and what it calls) raise model.InputError, a ValueError (so that
+    `except ValueError` still catches them), whose message names the argument and the bad value."""
+    m = random_model("tiny")
+    assert issubclass(model.InputError, ValueError) and "InputError" in model.__all__
+    x = torch.zeros(2, 4, dtype=torch.long)
+    n = m.args.max_seq_len
+    for args, kw, msg in [((torch.zeros(5, dtype=torch.long),), {}, r"^tokens must be a 2-D .* got \(5,\)$"),
+                          ((torch.zeros(1, 3),), {}, r"^tokens must be integer token ids, got dtype torch.float32$"),
+                          ((torch.tensor([[1, 512]]),), {}, r"^tokens: token ids must be in \[0, 512\); got \[1, 512\]$"),
+                          ((torch.zeros(1, n + 1, dtype=torch.long),), {},
+                           rf"^tokens: {n + 1} positions from start_pos=0 reach position {n}, past max_seq_len={n}$"),
+                          ((x,), dict(lengths=torch.tensor([4, 5])), r"^lengths must be in \[0, 4\] .* got \[4, 5\]$"),
+                          ((x,), dict(start_pos=torch.tensor([0, -1])), r"^start_pos must be >= 0, got \[0, -1\]$"),
+                          ((x,), dict(start_pos=2.5), r"^start_pos: expected an int or 2 integer starts .* got 2.5$"),
+                          ((x,), dict(targets=torch.zeros(2, 3, dtype=torch.long)),
+                           r"^targets: expected token ids of shape \(2, 4\), got \(2, 3\)$"),
+                          ((x,), dict(mtp_targets=torch.zeros(2, 3, dtype=torch.long)), r"^mtp_targets with mtp=False"),
+                          ((x,), dict(resid=torch.zeros(2, 4, m.args.dim)), r"^resid with start_at_layer=0: ")]:
+        with pytest.raises(model.InputError, match=msg):
+            m(*args, **kw)
+    m.reset_cache()
+    with pytest.raises(model.InputError, match=r"^start_pos > 0 over 1 rows of tokens, but the KV cache holds 0 rows"):
+        m(torch.zeros(1, 1, dtype=torch.long), start_pos=4)
+    m(x, use_cache=True, mtp=True)
+    with pytest.raises(model.InputError, match=r"^mtp=True needs start_pos=0, got start_pos up to 4 "):
+        m(x, start_pos=4, mtp=True)
+    with pytest.raises(model.InputError, match=rf"^length={n + 1}: a KV cache longer than max_seq_len={n}$"):
+        m.setup_cache(1, n + 1)
+    assert m(x).shape == (2, 4, m.args.vocab_size)  # the control: good input runs
