@@ -8,8 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 import generate as package
 from generate import (GenerateError, GenerationOutput, SamplingParams, TextCodec, generate, load_codec,
                       read_prompts, write_demo_checkpoint)
@@ -169,7 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system", help="system text before the user turn (chat format only)")
     p.add_argument("--gemm", choices=["bf16", "fp8", "fp8-weights"], default="bf16",
                    help="fp8: keep FP8 weights resident, FP8 GEMMs; fp8-weights: resident, dequantised per GEMM")
-    p.add_argument("--dtype", choices=["bfloat16", "float32"], help="compute dtype (default: the checkpoint's)")
+    p.add_argument("--dtype", metavar="DTYPE",
+                   help="compute dtype, any model.load takes: bfloat16, float16, float32, float64 or bf16, fp16, "
+                        "fp32, fp64 (default: the checkpoint's)")
     p.add_argument("--device", default="auto",
                    help="auto (CUDA when torch sees a GPU), cpu or cuda; under torchrun 'cuda' is each rank's "
                         "LOCAL_RANK GPU")
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     ns = build_parser().parse_args(argv)
 
     from model import CheckpointError, ConfigError, ModelArgs, ParallelError, load
-    from model.checkpoint import not_a_directory
+    from model.checkpoint import float_dtype, not_a_directory
     from model.kernels import KernelError
     from model.parallel import World, init_world
 
@@ -232,6 +232,7 @@ def main(argv: list[str] | None = None) -> None:
             # the results were appended to the prompts: the next run read them back as prompts too
             raise GenerateError(f"--output {ns.output}: the same file as --prompt-file; give the results their own")
         sampling = _sampling(ns)
+        dtype = float_dtype(ns.dtype, "--dtype")  # model.load's own parsing: a bad name is one line, here
         # every rank one whole model (--replicate), or all ranks one sharded model
         world = init_world(1 if ns.replicate else "auto", device=ns.device)
         for note in (_greedy_note(ns), _replicate_note(ns, world)):
@@ -251,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
         if ns.system is not None and (ns.no_chat_template or not codec.chat):  # it was dropped without a word
             why = "--no-chat-template" if ns.no_chat_template else f"{ckpt}'s tokenizer has no chat format"
             raise GenerateError(f"--system: the prompts are sent raw ({why}), so a system text has no turn to go in")
-        m = load(ckpt, dtype=getattr(torch, ns.dtype) if ns.dtype else None, device=world.device,
+        m = load(ckpt, dtype=dtype, device=world.device,
                  gemm_impl=ns.gemm, parallel=world.shards if world.shards is not None else False)
         if world.rank == 0 and world.size > 1:
             how = "a whole model on every rank" if ns.replicate else "tensor + expert parallel shards"

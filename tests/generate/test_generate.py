@@ -592,3 +592,26 @@ def test_replicate_in_one_process_is_said_to_change_nothing(demo_dir, capsys):
     assert code == 0 and out == plain
     assert err.splitlines()[0] == ("note: --replicate has no effect in one process (under torchrun it loads a "
                                    "whole model on every rank)")
+
+
+def test_cli_dtype_takes_the_names_model_load_takes(demo_dir, capsys, monkeypatch):
+    """--dtype offered only bfloat16 and float32; it takes what model.load takes (short names too),
+    and anything else is a one-line error naming the flag."""
+    import model
+    loaded = []
+    real_load = model.load
+
+    def spy(*a, **kw):
+        m = real_load(*a, **kw)
+        loaded.append(m.embed.weight.dtype)
+        return m
+    monkeypatch.setattr(model, "load", spy)
+    for name, want in [("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp64", torch.float64),
+                       ("float64", torch.float64), ("fp32", torch.float32), ("bfloat16", torch.bfloat16)]:
+        code, _, err = run_cli(capsys, "--ckpt", demo_dir, "--prompt", "hi", "--max-new-tokens", 2,
+                               "--no-chat-template", "--dtype", name)
+        assert code == 0 and loaded[-1] == want, (name, err)
+    for bad in ["fp8", "int32", "float8_e4m3fn", "half-ish"]:
+        code, out, err = run_cli(capsys, "--ckpt", demo_dir, "--prompt", "hi", "--dtype", bad)
+        assert code == 2 and not out, err
+        assert err.startswith(f"error: --dtype={bad!r}: expected a floating-point") and err.count("\n") == 1, err
