@@ -228,3 +228,10 @@ def spearman(x, y) -> float:
     from analyses.importance.analysis import spearman as rho
 
     return rho(x, y)
+
+
+def rho_undefined_why(load_share, delta) -> str | None:
+    """`analyses.importance.undefined_why`: why rho is NaN over these experts (None where defined)."""
+    from analyses.importance.analysis import undefined_why
+
+    return undefined_why(load_share, delta)

@@ -55,7 +55,7 @@ def options(ns) -> ImportanceOptions:
 
 def summary(df, out, show: int) -> str:
     """Per layer: Spearman's rho (load_share vs delta), Pearson's r, the most important experts."""
-    from .analysis import load_vs_importance
+    from .analysis import load_vs_importance, undefined_why
 
     lines = []
     corr = load_vs_importance(df) if len(df) else None
@@ -63,9 +63,11 @@ def summary(df, out, show: int) -> str:
         g = df[(df.domain == "all") & (df.layer == row.layer)].sort_values(["delta", "expert"],
                                                                            ascending=[False, True])
         tops = ", ".join(f"{int(r.expert)} {r.delta:+.4f} (load {r.load_share:.1%})" for r in g.head(show).itertuples())
-        lines.append(f"layer {row.layer}: {row.experts} experts, {row.tokens:,} tokens: Spearman rho(load share, "
-                     f"delta) = {row.spearman:+.3f}, Pearson r = {row.pearson:+.3f}" + (f"; top by delta: {tops}"
-                                                                                       if show else ""))
+        why = undefined_why(g.load_share, g.delta)
+        rho = f"Spearman rho(load share, delta) = {row.spearman:+.3f}, Pearson r = {row.pearson:+.3f}"
+        rho = rho if why is None else f"Spearman rho(load share, delta) = nan, Pearson r = nan ({why})"
+        lines.append(f"layer {row.layer}: {row.experts} expert{'s' if row.experts != 1 else ''}, {row.tokens:,} "
+                     f"tokens: {rho}" + (f"; top by delta: {tops}" if show else ""))
     lines.append(f"wrote {out / 'expert_importance'}")
     return "\n".join(lines)
 

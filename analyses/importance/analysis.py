@@ -83,6 +83,23 @@ def spearman(x, y) -> float:
     return pearson(pd.Series(x).rank().to_numpy(), pd.Series(y).rank().to_numpy())
 
 
+def undefined_why(load_share, delta) -> str | None:
+    """Why the correlations of load share with loss delta are undefined (NaN) over these experts, in
+    words for a summary; None where they are defined (Spearman's rho and Pearson's r are NaN together:
+    ranks are constant exactly where the values are)."""
+    x, y = np.asarray(load_share, np.float64), np.asarray(delta, np.float64)
+    if len(x) < 2:
+        return (f"a rank correlation needs at least two experts, and {len(x)} "
+                f"{'was' if len(x) == 1 else 'were'} measured")
+    if np.isnan(x).any() or np.isnan(y).any():
+        return "some expert's load share or loss delta is not a number"
+    if np.ptp(x) == 0:
+        return "every expert has the same load share, so there is no ranking to compare"
+    if np.ptp(y) == 0:
+        return "every expert changed the loss by the same delta, so there is no ranking to compare"
+    return None
+
+
 def spearman_p(x, y) -> float:
     """Two-sided p-value of Spearman's rho against no association (scipy's t approximation); NaN
     when rho is undefined."""

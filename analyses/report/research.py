@@ -178,9 +178,20 @@ def _importance_sentence(imp: dict) -> str:
     tokens = imp.get("scored") or counted(imp["tokens"], "token")  # the tokens and what limited them
     return ("Causal vs observed importance (each routed expert removed in turn, reroute, "
             f"{tokens}): Spearman(load share, loss delta) per layer " + ", ".join(
-                f"L{int(x.layer)} {x.spearman:+.2f} (p {x.spearman_p:.2g})" for x in c.itertuples())
+                _layer_rho(x, imp.get("table")) for x in c.itertuples())
             + f"; {_load_predicts(c)}. Most important: " + ", ".join(
                 f"L{int(x.layer)} expert {int(x.top_expert)} ({x.top_delta:+.4f})" for x in c.itertuples()) + ".")
+
+
+def _layer_rho(x, table: pd.DataFrame | None) -> str:
+    """One layer's rho with its p-value, or nan with why it is undefined (e.g. one expert measured)."""
+    if pd.notna(x.spearman):
+        return f"L{int(x.layer)} {x.spearman:+.2f} (p {x.spearman_p:.2g})"
+    from analyses.importance.analysis import undefined_why
+
+    rows = None if table is None else table[(table.domain == "all") & (table.layer == x.layer)]
+    why = None if rows is None else undefined_why(rows.load_share, rows.delta)
+    return f"L{int(x.layer)} nan ({why or 'undefined'})"
 
 
 TOO_FEW_WINDOWS = "too few windows to hold some out and train on the rest"

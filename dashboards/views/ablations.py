@@ -193,7 +193,9 @@ def importance_scatter(g: pd.DataFrame, layer: str, rho: float, dom: str) -> go.
     fig.update_xaxes(title="load share", tickformat=".1%")
     fig.update_yaxes(title="Δ loss when removed (nats)")
     fig.add_hline(y=0, line_color="#999")
-    return charts.style(fig, f"{layer} ({dom}): Spearman ρ = {rho:.3f}", 360)
+    why = None if pd.notna(rho) else compute.rho_undefined_why(g.load_share, g.delta)
+    shown = f"{rho:.3f}" if why is None else f"nan<br><sup>{why}</sup>"  # e.g. one expert measured
+    return charts.style(fig, f"{layer} ({dom}): Spearman ρ = {shown}", 360)
 
 
 with ui.guard("this page"):

@@ -480,3 +480,30 @@ def test_a_huge_id_range_is_refused_without_listing_its_ids():
         with pytest.raises(ImportanceError, match=msg):
             check_selection(shape, layers, experts)
     assert parse_ids(f"2-{10**12}", "--layers", 3) == [2, 3]
+
+
+def test_an_undefined_rho_says_why_in_the_summary_the_report_and_the_dashboard(tmp_path):
+    """A selection of one expert printed 'rho = +nan' without a word why (a review): the summary, the
+    report's sentence and the dashboard's scatter title say it (a rank correlation needs two experts)."""
+    from analyses.importance import undefined_why
+    from analyses.importance.__main__ import summary
+    from analyses.report.research import _importance_sentence
+    from dashboards.views.ablations import importance_scatter
+
+    one = _table([1.0], [0.02])
+    text = summary(one, tmp_path, 3).splitlines()[0]
+    assert text.startswith("layer 1: 1 expert, 100 tokens: Spearman rho(load share, delta) = nan, Pearson r = nan "
+                           "(a rank correlation needs at least two experts, and 1 was measured)"), text
+    assert "same load share" in undefined_why([0.5, 0.5], [0.1, 0.2])
+    assert "same delta" in undefined_why([0.4, 0.6], [0.1, 0.1])
+    two = _table([0.4, 0.6], [0.01, 0.03])
+    assert undefined_why(two.load_share, two.delta) is None  # the control: defined, no reason given
+    assert "= +1.000, Pearson r = +1.000;" in summary(two, tmp_path, 3) and "needs" not in summary(two, tmp_path, 3)
+    both = pd.concat([one, two.assign(layer=2)], ignore_index=True)
+    sentence = _importance_sentence({"correlation": load_vs_importance(both), "tokens": 100, "table": both})
+    assert "per layer L1 nan (a rank correlation needs at least two experts, and 1 was measured), L2 +1.00 (p " \
+        in sentence, sentence
+    title = importance_scatter(one, "layer 1", float("nan"), "all").layout.title.text
+    assert title == "layer 1 (all): Spearman ρ = nan<br><sup>a rank correlation needs at least two experts, and 1 was " \
+                    "measured</sup>", title
+    assert importance_scatter(two, "layer 1", 1.0, "all").layout.title.text == "layer 1 (all): Spearman ρ = 1.000"
