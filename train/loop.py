@@ -26,7 +26,8 @@ from .balance import RoutingTap, moe_gates, settle_biases, update_bias
 from .data import Batches, TrainError, check_corpus_dir, load_tokenizer, token_streams, val_windows
 from .flags import RESUME_CHECKED, check_flags
 from .log import TABLES, TrainLog
-from .state import check_resume_run, config_record, load_state, resume_dir, run_id, save_final, save_state
+from .state import (check_resume_run, completed_run, config_record, load_state, resume_dir, run_id, save_final,
+                    save_state)
 from .steps import Dist, bias_speed_at, evaluate, forward_losses, lr_at, make_optimizer, model_args
 
 
@@ -111,6 +112,11 @@ class _Run:
             # the check after each step comes after the first one: it trained a step past the checkpoint, then stopped
             raise TrainError(f"--stop-at {ns.stop_at}: the checkpoint in {where} is already at step {saved['step']} "
                              f"(pass a later step, or leave --stop-at out to go on to step {ns.steps})")
+        if saved is not None and (done := completed_run(ns.out, saved, ns.steps)) is not None:
+            if dist.main:
+                print(f"the run in {ns.out} is already complete (step {ns.steps} of --steps {ns.steps}, its model in "
+                      f"{ns.out / 'model'}): nothing to do, nothing changed (pass a larger --steps to train on)")
+            return done
         self.data = self._data(tok)
         self._build(args)
         if dist.main and args.n_mtp_layers and ns.mtp_weight == 0:  # generate --mtp then drafted from random weights

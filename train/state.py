@@ -61,6 +61,22 @@ def run_id(out: Path) -> str | None:
         return None
 
 
+def completed_run(out: Path, saved: dict, steps: int) -> dict | None:
+    """OUT/run.json where it records this run finished (status complete, at `steps`, with its model in
+    OUT/model) and the checkpoint resumed is that run's last (at `steps`, the same run id): a --resume
+    then has nothing to do, and changes nothing (it re-settled the biases and rewrote model/ and
+    run.json, without a word that the run was complete). None otherwise."""
+    try:
+        info = read_run_json(out)
+    except (RunError, OSError):
+        return None
+    same_run = saved.get("run_id") is None or info.get("run_id") == saved.get("run_id")
+    if (info.get("kind") == "train" and info.get("status") == "complete" and info.get("step") == steps
+            and int(saved["step"]) == steps and same_run and (out / "model").is_dir()):
+        return info
+    return None
+
+
 def check_resume_shape(saved: dict, args: ModelArgs, where: Path) -> None:
     """A checkpoint of another architecture cannot be resumed: name the differing fields."""
     theirs, ours = saved, args.to_dict()

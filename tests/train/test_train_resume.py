@@ -146,8 +146,9 @@ def test_resume_reports_another_corpus_and_settleflags(corpus, tmp_path, capsys)
     assert "corpus" not in capsys.readouterr().err
     tok2 = tmp_path / "tok2.json"  # another tokenizer file (the same ids here): reported too (a review)
     tok2.write_bytes((corpus / "tokenizer.json").read_bytes())
+    # (the run is complete at its 4 steps, which a --resume leaves alone: one step more)
     run(parse_args(flags(corpus, tmp_path / "r", *common, "--resume", "--settle-updates", "3")
-                   + ["--corpus", str(other), "--tokenizer", str(tok2)]))
+                   + ["--corpus", str(other), "--tokenizer", str(tok2), "--steps", "5"]))
     assert "tokenizer " in capsys.readouterr().err
 
 
@@ -249,3 +250,23 @@ def test_a_resume_into_another_training_runs_out_is_refused(corpus, tmp_path):
     assert run(parse_args(flags(corpus, tmp_path / "c", *common, "--resume", str(a))))["step"] == 3
     assert json.loads((tmp_path / "c" / "run.json").read_text())["run_id"] != json.loads((a / "run.json").read_text())["run_id"]
     assert run(parse_args(flags(corpus, a, *common, "--resume", str(a / "checkpoint"))))["step"] == 3
+
+
+def test_a_resume_of_a_complete_run_says_so_and_changes_nothing(corpus, tmp_path, capsys):
+    """`--resume` of a run that had finished at its --steps re-settled the biases and rewrote model/
+    and run.json without saying the run was complete (a review): it says so and leaves every file as
+    it was; a larger --steps still trains on (the control)."""
+    common = ("--eval-every", "0", "--checkpoint-every", "0")
+    out = tmp_path / "done"
+    first = run(parse_args(flags(corpus, out, "--steps", "2", *common)))
+    assert first["status"] == "complete"
+    capsys.readouterr()
+    files = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    again = run(parse_args(flags(corpus, out, "--steps", "2", "--resume", *common)))
+    text = capsys.readouterr().out
+    assert text == (f"the run in {out} is already complete (step 2 of --steps 2, its model in {out / 'model'}): "
+                    "nothing to do, nothing changed (pass a larger --steps to train on)\n"), text
+    assert again == first
+    assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == files  # byte-identical, none added
+    more = run(parse_args(flags(corpus, out, "--steps", "3", "--resume", *common)))
+    assert more["status"] == "complete" and more["step"] == 3 and "done: 3 steps" in capsys.readouterr().out
