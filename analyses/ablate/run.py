@@ -13,10 +13,10 @@ import torch
 
 from analyses.metrics._common import counted
 from probe.corpus import CorpusError, Window, corpus_windows, fingerprint
-from probe.job import check_out_parent, check_outside_corpus, check_run_place, run_inputs
+from probe.job import check_out_parent, check_outside_corpus, check_run_place, launch_rank0, run_inputs
 from probe.recorders import Batch, model_token_nll
 from probe.schema import TABLES
-from probe.writer import read_run_json, refuse_running, write_result_part
+from probe.writer import read_run_json, refuse_running, run_status, write_result_part
 
 from .select import ALL, Ablation, AblationError, Loads, Plan, RouterShape, check_names, plan_hooks, resolve
 from .sweep import Sweep
@@ -317,6 +317,30 @@ def _check_every_layer(run_dir, df, moe: list[int]) -> None:
                             "evaluated")
 
 
+def run_loads(opts: AblateOptions, info: dict | None, shape: RouterShape,
+              needs: bool) -> tuple[Loads | None, str, dict | None]:
+    """The loads that rank --top: (the run's, "run:PATH") where --loads-from says run (or auto, and the
+    run has them), else (None, "baseline"): the baseline pass counts them. Third, where the run's record
+    or training did not finish (run.json interrupted: Ctrl-C, SIGTERM, a crash), what its partial loads
+    cover ({status, tokens, planned_tokens}, for run.json), said in one line: they were taken silently."""
+    if not needs or not (opts.loads_from == "run" or (opts.loads_from == "auto" and opts.run is not None
+                                                      and _has_loads(opts.run))):
+        return None, "baseline", None
+    loads = loads_from_run(opts.run, shape)
+    status = run_status(opts.run, info)
+    if status in ("complete", "unknown"):
+        return loads, f"run:{Path(opts.run).resolve()}", None
+    # every token counts once in each MoE layer's top-k assignments
+    tokens, planned = int(loads[ALL][0].sum()) // shape.topk, ((info or {}).get("planned") or {}).get("tokens")
+    job = "training" if (info or {}).get("kind") == "train" else "record"
+    if launch_rank0():
+        print(f"note: --top ranks experts by partial loads: the {job} of {opts.run} did not finish (run.json status "
+              f"{status}), and its expert_load covers {tokens:,} tokens"
+              + (f" of the {planned:,} planned" if planned else "")
+              + f"; finish the {job} with --resume, or pass --loads-from baseline", file=sys.stderr)
+    return loads, f"run:{Path(opts.run).resolve()}", {"status": status, "tokens": tokens, "planned_tokens": planned}
+
+
 def _check_same_router(run_dir, model_args: dict, shape: RouterShape) -> None:
     """The run's loads rank the experts of the model they were counted on: another model's (an SGLang
     import of a served model, then --ckpt of a smaller one) gave a "top" of tie-broken zeros in the
@@ -346,11 +370,7 @@ def ablate(opts: AblateOptions, ablations: list[Ablation]):
     args = checkpoint_args(ckpt, AblationError)
     opts.seq_len = window_length(opts.seq_len, args, AblationError)
     shape = RouterShape.of(args)
-    loads, source = None, "baseline"
-    needs = any(a.needs_loads for a in ablations)
-    if needs and (opts.loads_from == "run" or (opts.loads_from == "auto" and opts.run is not None
-                                               and _has_loads(opts.run))):
-        loads, source = loads_from_run(opts.run, shape), f"run:{Path(opts.run).resolve()}"
+    loads, source, partial = run_loads(opts, info, shape, any(a.needs_loads for a in ablations))
     for a in ablations:  # refuse bad selections before loading anything big
         if (a.needs_loads and loads is None and a.top is not None and shape.n_experts - a.top < shape.topk
                 and a.mode == "reroute"):
@@ -376,6 +396,8 @@ def ablate(opts: AblateOptions, ablations: list[Ablation]):
     what = "the ablations (--top, --random, --experts, --spec...)"
     world, batches, m = start_job(opts, ckpt, args, windows, **{what: [repr(a) for a in ablations]})
     meta = job_meta(ckpt, corpus, opts) | {"loads": source, "world": world.describe()}
+    if partial is not None:  # the part's entry in run.json says that --top ranked by an unfinished run's loads
+        meta["loads_partial"] = partial
     sweep = Sweep(out, ablations, meta, args, world, fresh=opts.fresh)
     sweep.note_start()
     bar = None

@@ -538,3 +538,55 @@ def test_write_ablations_keys_its_part_by_its_inputs_content(tiny, tmp_path):
     other = meta | {"corpus": {"path": "/a/c.txt", "fingerprint": "d"}}  # the control
     assert write_ablations(tmp_path / "o", df, other) != first
     assert len(probe.open_run(tmp_path / "o").files("ablations")) == 2
+
+
+def test_top_by_the_loads_of_an_interrupted_record_says_they_are_partial(probe_env, tmp_path, capsys, monkeypatch):
+    """--top ranked experts by the expert_load of a record stopped by Ctrl-C, silently (a review): it
+    is taken, with one line naming the partial loads and the tokens they cover, and the part's entry
+    in run.json records it (loads_partial). The baseline's loads, and the finished run's, say nothing."""
+    import signal
+
+    from helpers.records import rec
+    from probe.recorders import Recorder
+
+    real_run, calls = Recorder.run, []
+
+    def run_then_ctrl_c(self, batch):
+        out = real_run(self, batch)
+        calls.append(batch.index)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(Recorder, "run", run_then_ctrl_c)
+    run = tmp_path / "rec"
+    kw = dict(seq_len=32, batch_size=4, max_tokens=600, kv_stats=False, mtp=False, commit_every=1)
+    with pytest.raises(KeyboardInterrupt):
+        rec(probe_env, run, **kw)
+    monkeypatch.setattr(Recorder, "run", real_run)
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "interrupted" and 0 < info["recorded"]["tokens"] < 600
+    tokens = info["recorded"]["tokens"]
+
+    def parts():
+        return json.loads((run / "run.json").read_text())["ablation_parts"]
+
+    assert main(["--run", str(run), "--top", "1", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("note: --top ranks experts by partial loads") == 1
+    assert (f"note: --top ranks experts by partial loads: the record of {run} did not finish (run.json status "
+            f"interrupted), and its expert_load covers {tokens:,} tokens of the 600 planned; finish the record with "
+            "--resume, or pass --loads-from baseline\n") in err, err
+    (entry,) = parts().values()
+    assert entry["loads"].startswith("run:") and entry["loads_partial"] == {"status": "interrupted", "tokens": tokens,
+                                                                            "planned_tokens": 600}
+    # the controls: loads counted on the baseline pass, and the run's loads once its record has finished
+    assert main(["--run", str(run), "--top", "1", "--loads-from", "baseline", "--no-progress"]) == 0
+    assert "partial" not in capsys.readouterr().err
+    assert [e.get("loads_partial") for e in parts().values() if e["loads"] == "baseline"] == [None]
+    rec(probe_env, run, resume=True, **kw)
+    assert probe.open_run(run).status == "complete"
+    assert main(["--run", str(run), "--top", "2", "--no-progress"]) == 0
+    assert "partial" not in capsys.readouterr().err
+    assert [e.get("loads_partial") for e in parts().values() if e["loads"].startswith("run:")] == [
+        {"status": "interrupted", "tokens": tokens, "planned_tokens": 600}, None]
