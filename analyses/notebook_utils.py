@@ -261,11 +261,14 @@ def compare_run(run, variant: str = "no-router-bias", out: str | Path | None = N
         run = probe.open_run(run)
     if "routing" not in run.tables:  # before recording a whole variant run that cannot be compared (a review)
         from analyses.metrics import MetricsError
-        from analyses.metrics._common import unrecorded_why
+        from analyses.metrics._common import RECORD_AGAIN, unrecorded_why
 
-        # the cause as run.json records it, not a guess at --router-logits none (a tour)
-        raise MetricsError(f"{run.path}: no routing table to compare ({unrecorded_why(run, 'routing')}); record "
-                           "the run with routing, or point $DSV3_NOTEBOOK_RUN at one that has it")
+        # the cause as run.json records it, not a guess at --router-logits none (a tour); where it already
+        # says how to record the run again, that advice is not repeated
+        why = unrecorded_why(run, "routing")
+        fix = ", or" if RECORD_AGAIN in why else "; record the run with routing, or"
+        raise MetricsError(f"{run.path}: no routing table to compare ({why}){fix} point $DSV3_NOTEBOOK_RUN at one "
+                           "that has it")
     src = Path(run.path)
     out = Path(out) if out else src.with_name(f"{src.name}-{variant}")
     if not _complete(out):

@@ -124,9 +124,11 @@ def n_experts_of_run(run, table: str = "expert_load") -> int:
     return int(m) + 1 if m is not None else 0
 
 
+# the words of a cause below that already say how to record the table (a caller's own advice is then left out)
+RECORD_AGAIN = "record it again with"
 # the record option (run.json's "options") whose value leaves a table out, and what to say then
 UNRECORDED = {("routing", "router_logits", "none"): "the run was recorded with --router-logits none, which keeps no "
-                                                    "per-token routing; record it again with --router-logits topk "
+                                                    f"per-token routing; {RECORD_AGAIN} --router-logits topk "
                                                     "(the default)",
               ("mtp", "mtp", False): "the run was recorded with --no-mtp",
               ("kv_stats", "kv_stats", False): "the run was recorded with --no-kv-stats",

@@ -254,3 +254,12 @@ def test_compare_run_refuses_a_run_without_routing_before_recording(tmp_path, mo
            "per-token routing; record it again with --router-logits topk (the default))" in said, said
     assert "?" not in said, said
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
+    # the advice once: the cause already says how to record the run again (it then said "record the
+    # run with routing" too)
+    assert said.count("record it again") == 1 and "record the run with routing" not in said, said
+    assert said.endswith("(the default)), or point $DSV3_NOTEBOOK_RUN at one that has it"), said
+    (tmp_path / "r" / "run.json").write_text(json.dumps(info | {"options": {}}))  # the control: no cause known
+    with pytest.raises(MetricsError) as e:
+        notebook_utils.compare_run(probe.open_run(tmp_path / "r"))
+    assert str(e.value).endswith("(the routing table was not recorded); record the run with routing, or point "
+                                 "$DSV3_NOTEBOOK_RUN at one that has it"), str(e.value)
