@@ -61,7 +61,8 @@ def overhead(ckpt: Path, corpus: Path, repeats: int) -> None:
     import torch
 
     import model
-    from probe.corpus import iter_documents, iter_windows
+    from probe.corpus import iter_documents
+    from probe.windows import iter_windows
     from probe.recorders import Batch, RecordConfig, Recorder
     from probe.writer import PartWriter
     from tokenizers import Tokenizer

@@ -49,7 +49,7 @@ if __package__ in (None, ""):  # `python data/build_corpus.py`: make `data.*` im
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.mathgen import math_document  # noqa: E402
-from probe.corpus import read_documents  # noqa: E402
+from probe.bundled_corpus import read_documents  # noqa: E402
 from probe.job import check_out_parent, path_arg, terminate_as_interrupt  # noqa: E402
 
 DATA_DIR = Path(__file__).resolve().parent

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from probe.corpus import CorpusError, read_documents
+from probe.bundled_corpus import read_documents
+from probe.corpus import CorpusError
 
 if TYPE_CHECKING:
     from probe.run import Run  # pyarrow: imported when a run is recorded, not with this module

@@ -19,13 +19,10 @@ Bytes that are not UTF-8, and lone surrogate escapes in JSON strings (`"\ud83d"`
 are replaced by U+FFFD and counted (`CorpusStats.replaced_bytes`; the jobs print a note naming the
 files); the decoding is probe/text_bytes.py's.
 
-Windows: each document is tokenised (with BOS prepended when the model has one) and cut into
-consecutive, non-overlapping windows of `seq_len` tokens; the last window of a document is
-shorter. `corpus_windows` gives them in corpus order, or (the default) with the domains
-interleaved, so that a --max-tokens cap covers every domain (a cap smaller than a window per domain
-leaves the last ones without a token: the jobs' note names them). Windows are never packed
-together: a batch is right-padded and the model is told each row's length, so every window is seen
-exactly as if it were alone.
+Windows: each document is tokenised and cut into windows of `seq_len` tokens (probe/windows.py);
+`corpus_windows` gives them in corpus order, or (the default) with the domains interleaved, so that a
+--max-tokens cap covers every domain. The bundled corpus's JSON-lines files, read whole for the
+corpus recipe and training: probe/bundled_corpus.py.
 """
 
 from __future__ import annotations
@@ -33,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +38,11 @@ import numpy as np
 
 from .text_bytes import (BINARY_PROBE, decode, decode_as, is_binary, is_string, jsonl_lines, mend, parquet_strings,
                          parquet_strings_counted, shown)
+from .windows import Window, balanced_windows, iter_windows
+
+# moved to their own modules; imported from here by users, e.g. `from probe.corpus import Window`
+from .bundled_corpus import read_documents  # noqa: F401
+from .windows import text_pieces  # noqa: F401
 
 RECORD_SUFFIXES = (".jsonl", ".parquet")
 
@@ -50,61 +51,11 @@ class CorpusError(ValueError):
     """A corpus we cannot read (message names the file)."""
 
 
-def read_documents(path: str | Path, fields: tuple[str, ...], error: type[Exception]) -> list[dict]:
-    """The bundled corpus's JSON-lines files (`data/corpus/train.jsonl`, `val.jsonl`), for the corpus
-    recipe (`data.build_corpus`, `data.tokenizer`) and training (`train.data`): every non-blank line
-    of `path` as a dict holding a string under each of `fields`. A missing file, a line that is not
-    JSON and a document without those fields are `error`s of one line naming the file (and the
-    line), and so are a line that is not UTF-8 (`PATH:LINE: not valid UTF-8 (...)`) and a file that
-    cannot be read. The record jobs stream corpora instead (`corpus_windows`)."""
-    path = Path(path)
-    if not path.is_file():
-        raise error(f"{path}: not found (build the corpus with: python -m data.build_corpus)")
-    docs = []
-    for i, line in _utf8_lines(path, error):
-        if not line.strip():
-            continue
-        try:
-            d = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise error(f"{path}:{i}: not valid JSON ({e})") from None
-        if not isinstance(d, dict) or not all(isinstance(d.get(k), str) for k in fields):
-            names = ", ".join(fields[:-1]) + " and " + fields[-1] if len(fields) > 1 else fields[0]
-            raise error(f"{path}:{i}: a document needs string fields {names}")
-        docs.append(d)
-    return docs
-
-
-def _utf8_lines(path: Path, error: type[Exception]) -> Iterator[tuple[int, str]]:
-    """(line number, text) of each line of `path`, decoded one line at a time so that a byte that is
-    not UTF-8 is named with its line (a leading byte-order mark is dropped: it is not JSON); that, or
-    a read that fails, is an `error` naming the file. It was a UnicodeDecodeError traceback (a review)."""
-    try:
-        with open(path, "rb") as f:
-            for i, raw in enumerate(f, 1):
-                try:
-                    line = raw.decode("utf-8-sig" if i == 1 else "utf-8")
-                except UnicodeDecodeError as e:
-                    raise error(f"{path}:{i}: not valid UTF-8 ({e})") from None
-                yield i, line
-    except OSError as e:
-        raise error(f"{path}: cannot be read ({e.strerror or e})") from None
-
-
 @dataclass
 class Document:
     doc_id: str
     domain: str
     text: str
-
-
-@dataclass
-class Window:
-    seq_id: int
-    doc_id: str
-    domain: str
-    doc_start: int  # position of the window's first token in its document
-    ids: np.ndarray  # int32 [n], n <= seq_len
 
 
 @dataclass
@@ -359,112 +310,7 @@ def corpus_windows(path: str | Path, encode, seq_len: int, bos_id: int | None, m
     stats = stats if stats is not None else CorpusStats()
     if order == "corpus":
         return iter_windows(iter_documents(path, stats), encode, seq_len, bos_id, max_tokens)
-    return _balanced(domain_streams(path, stats), encode, seq_len, bos_id, max_tokens, stats)
-
-
-# A document longer than this many characters is tokenised in pieces, so that a cap reads only what it
-# needs and the tokenizer never holds a whole book: a 21 MB document took 5.6 GB and 69 s for a
-# 3,000-token record (its Encoding whole, twice; a review)
-PIECE_CHARS = 1 << 18
-_SAFE_CUT = re.compile(r"(?<=\S) (?=\S)")
-
-
-def text_pieces(text: str, size: int | None = None) -> Iterator[str]:
-    """`text` in consecutive pieces of at most about `size` characters, each cut just before a single
-    space between two non-space characters. Byte-level BPE pre-tokenizers (this project's, GPT-2's,
-    DeepSeek-V3's) attach such a space to the word after it and end the word before it at its last
-    character, so no pre-token spans a cut and the ids are those of the whole text (tested). Where a
-    piece's second half holds no such space (text without spaces: CJK), the piece runs on to the
-    next one; without any, the rest goes whole."""
-    size = size or PIECE_CHARS
-    start, n = 0, len(text)
-    while n - start > size:
-        cut = None
-        for m in _SAFE_CUT.finditer(text, start + size // 2, start + size):
-            cut = m.start()
-        if cut is None:
-            m = _SAFE_CUT.search(text, start + size)
-            if m is None:
-                break
-            cut = m.start()
-        yield text[start:cut]
-        start = cut
-    yield text[start:]
-
-
-def _doc_windows(d: Document, encode, seq_len: int, bos_id: int | None) -> Iterator[tuple[int, np.ndarray]]:
-    """(start, ids) of each window of one document, tokenised piece by piece (`text_pieces`) as the windows
-    are taken; none for a document without a token (its window would be BOS alone: an empty text
-    file recorded as a "complete" one-token run, a review)."""
-    buf = np.asarray([] if bos_id is None else [bos_id], dtype=np.int32)
-    start, seen = 0, False
-    for piece in text_pieces(d.text):
-        ids = encode(piece)
-        seen = seen or bool(len(ids))
-        buf = np.concatenate([buf, np.asarray(ids, dtype=np.int32)])
-        full = (len(buf) - 1) // seq_len  # windows surely not the document's last: more may follow
-        for k in range(full):
-            yield start + k * seq_len, buf[k * seq_len : (k + 1) * seq_len]
-        start, buf = start + full * seq_len, buf[full * seq_len :]
-    if seen and len(buf):
-        for k in range(0, len(buf), seq_len):
-            yield start + k, buf[k : k + seq_len]
-
-
-def iter_windows(docs: Iterator[Document], encode, seq_len: int, bos_id: int | None,
-                 max_tokens: int | None = None) -> Iterator[Window]:
-    """Token windows in the order of `docs`. `encode(text) -> list[int]`. Stops after `max_tokens`
-    tokens (the last window is cut so the total is exact)."""
-    seq_id, total = 0, 0
-    for d in docs:
-        for start, w in _doc_windows(d, encode, seq_len, bos_id):
-            if max_tokens is not None:
-                w = w[: max_tokens - total]
-                if not len(w):
-                    return
-            yield Window(seq_id, d.doc_id, d.domain, start, w)
-            seq_id += 1
-            total += len(w)
-            if max_tokens is not None and total >= max_tokens:
-                return
-
-
-def _balanced(streams: dict[str, Iterator[Document]], encode, seq_len: int, bos_id: int | None,
-              max_tokens: int | None, stats: CorpusStats) -> Iterator[Window]:
-    def windows(docs: Iterator[Document]):
-        for d in docs:
-            for start, w in _doc_windows(d, encode, seq_len, bos_id):
-                yield d, start, w
-
-    live = {dom: windows(docs) for dom, docs in sorted(streams.items())}
-    tokens = dict.fromkeys(live, 0)
-    seq_id, total = 0, 0
-    while live and (max_tokens is None or total < max_tokens):
-        dom = min(live, key=lambda k: (tokens[k], k))
-        nxt = next(live[dom], None)
-        if nxt is None:
-            del live[dom]
-            continue
-        d, start, w = nxt
-        if max_tokens is not None:
-            w = w[: max_tokens - total]
-        yield Window(seq_id, d.doc_id, d.domain, start, w)
-        seq_id += 1
-        tokens[dom] += len(w)
-        total += len(w)
-    starved = _starved(live, tokens, stats)
-    if starved:
-        stats.starved_domains[:] = starved
-        stats.cap = (max_tokens, seq_len, sum(n > 0 for n in tokens.values()) + len(starved))
-
-
-def _starved(live: dict[str, Iterator], tokens: dict[str, int], stats: CorpusStats) -> list[str]:
-    """The domains still in the rotation when the cap ended it, without a token though they hold one:
-    looked for by reading on to each one's first window, and the documents that read not counted."""
-    before = stats.documents, stats.replaced_bytes, list(stats.files_with_replacements)
-    out = [dom for dom, ws in live.items() if not tokens[dom] and next(ws, None) is not None]
-    stats.documents, stats.replaced_bytes, stats.files_with_replacements[:] = before
-    return out
+    return balanced_windows(domain_streams(path, stats), encode, seq_len, bos_id, max_tokens, stats)
 
 
 # ------------------------------------------------------------------------- documents by domain

@@ -16,8 +16,8 @@ import torch
 from model.head_stats import TokenStats
 from model.head_stats import logit_stats as model_logit_stats
 
-from .corpus import Window
 from .stats import KVAccumulator
+from .windows import Window
 
 
 @dataclass

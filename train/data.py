@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from probe.corpus import read_documents
+from probe.bundled_corpus import read_documents
 
 SPECIAL_TOKENS = ("<|bos|>", "<|eos|>", "<|pad|>")  # ids 0, 1, 2 (data/tokenizer.py)
 # a cache file's array names: "domain:" + the domain. Saved as the domains themselves, a domain named `file`

@@ -12,10 +12,11 @@ import numpy as np
 import torch
 
 from analyses.metrics._common import counted
-from probe.corpus import CorpusError, Window, corpus_windows, fingerprint
+from probe.corpus import CorpusError, corpus_windows, fingerprint
 from probe.job import check_out_parent, check_outside_corpus, check_run_place, launch_rank0, run_inputs
 from probe.recorders import Batch, model_token_nll
 from probe.schema import TABLES
+from probe.windows import Window
 from probe.writer import read_run_json, refuse_running, run_status, write_result_part
 
 from .select import ALL, Ablation, AblationError, Loads, Plan, RouterShape, check_names, plan_hooks, resolve

@@ -17,7 +17,7 @@ from analyses.ablate import AblateOptions, Ablation, RouterShape, ablate, ablate
 from analyses.ablate.__main__ import main
 from helpers.cli_errors import (assert_one_line_error, assert_out_under_a_file_is_refused, unwritable_msg,
                                   unwritable_out)
-from probe.corpus import Window
+from probe.windows import Window
 from probe.recorders import Batch
 
 torch.set_num_threads(1)

@@ -20,7 +20,7 @@ from analyses.ablate import RouterShape
 from helpers.models import randomize_
 from helpers.cli_errors import (assert_one_line_error, assert_out_under_a_file_is_refused, unwritable_msg,
                                   unwritable_out)
-from probe.corpus import Window
+from probe.windows import Window
 from probe.recorders import Batch
 
 torch.set_num_threads(1)

@@ -14,7 +14,7 @@ from analyses.steer import (Prompt, Steer, SteerError, corpus_prompts, evaluate,
                             steered, text_prompts)
 from analyses.steer.__main__ import main
 from generate import generate
-from probe.corpus import Window
+from probe.windows import Window
 from probe.recorders import Batch, token_nll
 
 from helpers.cli_errors import (assert_one_line_error, assert_out_under_a_file_is_refused, unwritable_msg,

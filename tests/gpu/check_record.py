@@ -286,8 +286,8 @@ def record_speed(m: Transformer, args: ModelArgs, ns, device: torch.device) -> d
     """Tokens/s of a plain forward and of the recorder (capture + rows + Parquet), same batches."""
     import numpy as np
 
-    from probe.corpus import Window
     from probe.recorders import Batch, RecordConfig, Recorder
+    from probe.windows import Window
     from probe.writer import PartWriter
 
     g = torch.Generator().manual_seed(1)

@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import probe
-from probe.corpus import CorpusError, CorpusStats, corpus_windows, read_documents
+from probe.bundled_corpus import read_documents
+from probe.corpus import CorpusError, CorpusStats, corpus_windows
 from probe.record import RecordError, RecordOptions, record
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
@@ -321,6 +322,7 @@ def test_a_long_document_is_tokenised_in_pieces_to_the_same_ids(tmp_path):
     from tokenizers import Tokenizer
 
     from probe import corpus as C
+    from probe import windows as W
 
     repo = Path(__file__).resolve().parents[2]
     tok = Tokenizer.from_file(str(repo / "data" / "model" / "tokenizer.json"))
@@ -328,18 +330,18 @@ def test_a_long_document_is_tokenised_in_pieces_to_the_same_ids(tmp_path):
     docs = read_documents(repo / "data" / "corpus" / "val.jsonl", ("text", "domain"), CorpusError)
     text = "\n\n".join(d["text"] for d in docs[::4])[:400_000]
     assert {d["domain"] for d in docs[::4]} >= {"chinese", "code", "math"}
-    pieces = list(C.text_pieces(text, 3000))
+    pieces = list(W.text_pieces(text, 3000))
     assert len(pieces) > 50 and "".join(pieces) == text
     whole = enc(text)
     assert [i for p in pieces for i in enc(p)] == whole
     cuts = [text[i : i + 2999] for i in range(0, len(text), 2999)]  # control: cut anywhere
     assert [i for p in cuts for i in enc(p)] != whole
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(C, "PIECE_CHARS", 3000)
-        got = [w.ids.tolist() for w in C.iter_windows(iter([C.Document("d", "x", text)]), enc, 256, 0)]
+        mp.setattr(W, "PIECE_CHARS", 3000)
+        got = [w.ids.tolist() for w in W.iter_windows(iter([C.Document("d", "x", text)]), enc, 256, 0)]
     want = [0, *whole]
     assert got == [want[i : i + 256] for i in range(0, len(want), 256)]
-    assert C.text_pieces("中文" * 5000, 3000).__next__() == "中文" * 5000  # no space to cut at: whole
+    assert W.text_pieces("中文" * 5000, 3000).__next__() == "中文" * 5000  # no space to cut at: whole
 
 
 def test_the_cap_balances_tokens_not_windows(tmp_path):
@@ -378,7 +380,7 @@ def test_windows_of_a_document_read_in_pieces_start_where_their_tokens_do(tmp_pa
     tokens table's doc_pos) must still count from the document's first token: counting from the
     current piece's start repeated positions 0, 16, ... in every piece (a review). By hand: BOS then
     one token per word, windows of 16 at 0, 16, 32, ... holding exactly those tokens."""
-    from probe import corpus as C
+    from probe import windows as W
 
     rng = np.random.default_rng(3)
     text = " ".join(rng.choice(WORDS, 300))
@@ -387,8 +389,8 @@ def test_windows_of_a_document_read_in_pieces_start_where_their_tokens_do(tmp_pa
     (path / "x").mkdir(parents=True)
     (path / "x" / "long.txt").write_text(text)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(C, "PIECE_CHARS", 100)  # ~16 words a piece: many pieces, cut off window boundaries
-        assert len(list(C.text_pieces(text))) > 10
+        mp.setattr(W, "PIECE_CHARS", 100)  # ~16 words a piece: many pieces, cut off window boundaries
+        assert len(list(W.text_pieces(text))) > 10
         for order in ("corpus", "domains"):
             got = windows(path, order)
             assert [w.doc_start for w in got] == list(range(0, len(want), 16)), order
@@ -419,3 +421,14 @@ def test_a_document_without_a_token_gives_no_window(tmp_path):
     for order in ("corpus", "domains"):
         got = windows(c, order)
         assert [(w.doc_id, w.ids.tolist()) for w in got] == [("a/d0.txt", [0, 2, 3])], order
+
+
+def test_the_names_moved_out_of_probe_corpus_still_import_from_it():
+    """probe/corpus.py's token windows moved to probe/windows.py and the bundled corpus's reader to
+    probe/bundled_corpus.py; users' `from probe.corpus import Window` (notebooks, scripts) keeps working,
+    and gives the same objects as the new homes."""
+    from probe import bundled_corpus, corpus, windows
+
+    assert corpus.Window is windows.Window and corpus.iter_windows is windows.iter_windows
+    assert corpus.text_pieces is windows.text_pieces
+    assert corpus.read_documents is bundled_corpus.read_documents

@@ -391,8 +391,8 @@ def test_mtp_rows_of_a_short_window_padded_in_its_batch():
     rows, and its last row no target and no loss: measured against the batch's padded length, its
     padding became rows, and its last row a loss against the padding token 0 (a review). Synthetic
     head statistics; expected rows written out by hand."""
-    from probe.corpus import Window
     from probe.recorders import Batch, Recorder
+    from probe.windows import Window
 
     b = Batch(0, [Window(7, "d0", "x", 0, np.array([10, 11, 12, 13, 14], np.int32)),
                   Window(8, "d1", "y", 32, np.array([20, 21, 22], np.int32))])

@@ -9,8 +9,8 @@ from types import SimpleNamespace as NS
 
 import numpy as np
 
-from probe.corpus import Window
 from probe.record_loop import _Progress, _run_batches
+from probe.windows import Window
 
 
 class Writer:
