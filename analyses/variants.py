@@ -23,8 +23,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from probe.job import (check_inputs_outside, check_not_an_input, check_out_parent, check_replaceable,
-                       closed_pipe_quiet, os_refusal, path_text, refuse_a_symlinked_out, terminate_as_interrupt)
+from probe.job import (check_inputs_outside, check_not_an_input, check_out_parent, check_replaceable, os_refusal,
+                       path_text, refuse_a_symlinked_out, terminate_as_interrupt)
+from probe.job_exit import closed_pipe_quiet
 from probe.out_paths import is_checkpoint_file
 from probe.overwrite import replace_entries, say_kept
 

@@ -13,7 +13,8 @@ from generate import (GenerateError, GenerationOutput, SamplingParams, TextCodec
                       read_prompts, write_demo_checkpoint)
 from generate.decode import PromptError
 from generate.text import demo_refusal
-from probe.job import check_out_parent, exit_ranks, os_refusal, path_text
+from probe.job import check_out_parent, os_refusal, path_text
+from probe.job_exit import exit_ranks
 
 
 class Streamer:
@@ -280,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if world.size > 1:
             world.close()
-            if code is not None:  # leave without interpreter teardown (probe.job.exit_ranks says why)
+            if code is not None:  # leave without interpreter teardown (probe.job_exit.exit_ranks says why)
                 exit_ranks(code)
     if code:
         raise SystemExit(code) from None
@@ -290,7 +291,7 @@ def cli() -> int:
     """main() in a process of its own: `python -m generate` and its alias `python -m model.generate`.
     A reader that stops early (`| head`) was a BrokenPipeError traceback from the streaming print: exit
     141, as the analyses commands do."""
-    from probe.job import closed_pipe_quiet
+    from probe.job_exit import closed_pipe_quiet
     from probe.teardown import quick_teardown
 
     quick_teardown()

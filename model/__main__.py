@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from probe.job import closed_pipe_quiet
+    from probe.job_exit import closed_pipe_quiet
     from probe.teardown import quick_teardown
 
     quick_teardown()

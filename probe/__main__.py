@@ -29,9 +29,9 @@ from .allocator import reader_env, use_system_allocator
 use_system_allocator()
 
 from .corpus import CorpusError  # noqa: E402
-from .job import (DEFAULT_CKPT, DEFAULT_CORPUS, DEFAULT_RUNS, RecordError, add_model_flags,  # noqa: E402
-                  closed_pipe_quiet, exit_ranks, job_error, launch_rank0, one_line_when_a_peer_is_lost,
-                  path_text, terminate_as_interrupt)
+from .job import (DEFAULT_CKPT, DEFAULT_CORPUS, DEFAULT_RUNS, RecordError, add_model_flags, path_text,  # noqa: E402
+                  terminate_as_interrupt)
+from .job_exit import closed_pipe_quiet, exit_ranks, job_error, launch_rank0, one_line_when_a_peer_is_lost  # noqa: E402
 from .writer import RunError, read_run_json  # noqa: E402
 
 if TYPE_CHECKING:

@@ -1,7 +1,8 @@
 """What the jobs over a checkpoint share (record, spec, `analyses.ablate`, `analyses.report`):
 resolving the checkpoint, corpus and output, the tokenizer, the window length, the ranks (through
 `model.parallel.init_world`, the one place that creates process groups), loading the model, and the
-command-line flags that choose how the model runs.
+command-line flags that choose how the model runs. How a checkpoint is identified in run.json:
+probe/ckpt_identity.py; how the commands' processes end and report errors: probe/job_exit.py.
 
 Under torchrun, W ranks split into W / M replicas of M = `--model-parallel` consecutive ranks: each
 replica holds one model sharded over its M ranks (tensor + expert parallel, model/parallel.py), the
@@ -12,14 +13,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
-import hashlib
-import os
-import sys
 from pathlib import Path
 
+from .ckpt_identity import checkpoint_identity, same_checkpoint
 from .errors import EMPTY_PATH, RecordError, first_line
-# the jobs import these here
+
+# defined in their own modules; users import them from here too (e.g. `from probe.job import exit_ranks`)
+from .ckpt_identity import SAMPLE_BYTES, checkpoint_fingerprint  # noqa: F401
+from .job_exit import (  # noqa: F401
+    closed_pipe_quiet, exit_ranks, job_error, launch_rank0, one_line_when_a_peer_is_lost, table_errors)
 from .job_signals import quiet_start, signals_held, terminate_as_interrupt  # noqa: F401
 from .out_paths import (  # noqa: F401
     check_file_replaceable, check_inputs_outside, check_not_an_input, check_out_parent, check_outside_corpus,
@@ -123,12 +125,6 @@ def load_tokenizer(path: str | None, ckpt: Path, vocab_size: int, error: type[Ex
     return tok
 
 
-def checkpoint_fingerprint(ckpt: Path) -> str:
-    """sha256 of config.json and every safetensors header (names, shapes, offsets): cheap, and it
-    changes whenever the weights' layout does. Not a hash of the weights' bytes."""
-    return _checkpoint_hashes(ckpt, sample=False)[0]
-
-
 def run_inputs(info: dict, where: str, ckpt: str | None, corpus: str | None,
                error: type[Exception] = RecordError, run: str | Path | None = None) -> tuple[str | None, str | None]:
     """--ckpt and --corpus of a job on an existing run (spec, ablate, importance, steer), each
@@ -181,64 +177,6 @@ def _no_model_yet(info: dict, where: str, run: str | Path, error: type[Exception
     raise error(f"{where}: a training run interrupted before it wrote its model{how}: continue it with "
                 "`python -m train ... --resume` (the command that started it, plus --resume), or pass --ckpt with "
                 "the model to use")
-
-
-def checkpoint_identity(ckpt: Path) -> dict:
-    """What run.json keeps of a run's checkpoint: its path, layout fingerprint and weights sample
-    (each weight file read once for both). Kept for the process while no file's inode, size or
-    times change: a job on a run checks the run's checkpoint and then records it (spec read each
-    file twice)."""
-    from model.checkpoint import weight_files
-
-    files = [ckpt / "config.json", *weight_files(ckpt)]
-    key = (str(ckpt.resolve()), tuple((f.name, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-                                      for f in files for st in [f.stat()]))
-    if key not in _IDENTITIES:
-        fingerprint, sample = _checkpoint_hashes(ckpt, sample=True)
-        _IDENTITIES[key] = {"path": key[0], "fingerprint": fingerprint, "sample": sample}
-    return dict(_IDENTITIES[key])
-
-
-_IDENTITIES: dict[tuple, dict] = {}
-
-
-def same_checkpoint(recorded: dict, now: dict) -> bool:
-    """Whether two `checkpoint_identity` records name the same weights (the sample is compared where
-    both have one: runs recorded before it existed have none)."""
-    return recorded.get("fingerprint") == now.get("fingerprint") and (
-        not recorded.get("sample") or not now.get("sample") or recorded["sample"] == now["sample"])
-
-
-SAMPLE_BYTES = 1 << 16  # of each weight file's tensor data, for the weights sample (`checkpoint_identity`)
-
-
-def _checkpoint_hashes(ckpt: Path, sample: bool) -> tuple[str, str | None]:
-    """(`checkpoint_fingerprint`, the weights sample or None), reading each weight file's header once.
-
-    The sample: sha256 of some of the weights' bytes, every router bias (`e_score_correction_bias`,
-    what a variant or an edit of the balancing changes; a few KiB a layer) and the first 64 KiB of
-    each weight file's tensor data. Checkpoints with one layout but other weights, such as
-    `analyses.variants no-router-bias` of a model, differ there; it reads little of a 671B
-    checkpoint (one read per router bias and per file). Still not a hash of every byte."""
-    import json
-
-    from model.checkpoint import weight_files
-
-    layout, weights = hashlib.sha256((ckpt / "config.json").read_bytes()), hashlib.sha256()
-    for f in weight_files(ckpt):
-        with open(f, "rb") as fh:
-            n = int.from_bytes(fh.read(8), "little")
-            head = fh.read(n if sample else min(n, 100_000_000))
-            layout.update(f.name.encode() + head[:100_000_000])
-            if sample:
-                header = json.loads(head)
-                weights.update(f.name.encode() + fh.read(SAMPLE_BYTES))
-                for name in sorted(k for k in header if k.endswith("e_score_correction_bias")):
-                    start, end = header[name]["data_offsets"]
-                    fh.seek(8 + n + start)
-                    weights.update(name.encode() + fh.read(end - start))
-        layout.update(str(f.stat().st_size).encode())
-    return layout.hexdigest(), weights.hexdigest() if sample else None
 
 
 def package_version() -> str:
@@ -469,112 +407,3 @@ def add_input_flags(p: argparse.ArgumentParser, table: str, *, run_note: str = "
     add_model_flags(io)
     io.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     return io
-
-
-def closed_pipe_quiet(main):
-    """Decorator for a command's main(): when the reader of its output stops early (`... | head`),
-    end with exit status 141 (128 + SIGPIPE, as a shell reports it) instead of a BrokenPipeError
-    traceback, and point stdout at /dev/null so that the interpreter's last flush cannot fail.
-    Ctrl-C (SIGINT) that the command does not handle itself ends with one line and exit status 130
-    (128 + SIGINT), as record, spec and generate do, instead of a KeyboardInterrupt traceback (ablate,
-    importance and report printed one; ablate and importance say what they committed, in their own
-    message)."""
-    @functools.wraps(main)
-    def wrapped(*args, **kwargs):
-        try:
-            code = main(*args, **kwargs)
-            sys.stdout.flush()
-            return code
-        except BrokenPipeError:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            return 141
-        except KeyboardInterrupt as e:  # a job's own message, where it raised one, says what it kept
-            print(f"\n{first_line(e) if str(e) else 'interrupted'}", file=sys.stderr, flush=True)
-            return exit_ranks(130)
-    return wrapped
-
-
-def one_line_when_a_peer_is_lost(main):
-    """Decorator for the main() of a command that runs under torchrun: a rank whose peer died (its
-    collective raises torch.distributed's RuntimeError: "Connection closed by peer", "Read error"),
-    or that torchrun stops with SIGTERM because a peer failed, prints one line naming itself and the
-    cause and exits 1, instead of a traceback of ~75 frames or nothing at all (found by a review,
-    for spec, ablate, importance and steer). The SIGTERM handler writes its line and leaves at once
-    (an exception raised from it inside `import torch` came out as torch's AttributeError); a job's
-    own handling comes first (record's SIGTERM marks its run interrupted). In a single process a
-    RuntimeError is a bug to see whole: it is raised as it came."""
-    @functools.wraps(main)
-    def wrapped(*args, **kwargs):
-        world = int(os.environ.get("WORLD_SIZE", "1") or 1)  # no torch import: --help stays light
-        if world <= 1:
-            return main(*args, **kwargs)
-        import signal
-
-        rank = os.environ.get("RANK", "?")
-        tail = " (another rank failed or was stopped)"
-
-        def stopped(signum, frame):
-            os.write(2, f"error: rank {rank} of {world} stopped by signal {signum}{tail}\n".encode())
-            os._exit(1)
-
-        signal.signal(signal.SIGTERM, stopped)
-        try:
-            return main(*args, **kwargs)
-        except RuntimeError as e:
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # leaving: a second SIGTERM must not cut the line
-            print(f"error: rank {rank} of {world} stopped: {first_line(e)}{tail}", file=sys.stderr, flush=True)
-            return exit_ranks(1)
-    return wrapped
-
-
-def job_error(e: BaseException, message: str | None = None) -> int:
-    """A command's report of an error it expects (`except (RunError, OSError, *table_errors()) as e:
-    return job_error(e)`): `error: <message, else e's>` on stderr as one line, and exit status 2
-    (on every rank under torchrun, `exit_ranks`). A BrokenPipeError is an OSError but not a failure
-    of the job: the reader of its output stopped (`... | head`), so it is raised again for
-    `closed_pipe_quiet`."""
-    if isinstance(e, BrokenPipeError):
-        raise e
-    print(f"error: {message if message is not None else e}", file=sys.stderr)
-    return exit_ranks(2)
-
-
-def table_errors() -> tuple[type[BaseException], ...]:
-    """What reading a run's tables raises beyond RunError, for a command to report as one line:
-    DuckDB's errors (a half-written or foreign part file; its message names the file). Imported when
-    an exception is being matched, so a command that never fails never imports DuckDB for it:
-    `except (RunError, *table_errors()) as e`, reported by `job_error`."""
-    import duckdb
-
-    return (duckdb.Error,)
-
-
-def launch_rank0() -> bool:
-    """Whether this process prints a job's closing summary: rank 0 of a torchrun launch (its RANK
-    variable; readable before any process group exists, without importing torch), or a plain process."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def exit_ranks(code: int) -> int:
-    """Under torchrun, end the process here (every torchrun command: probe's and analyses' jobs,
-    `python -m train`, `python -m generate`). NOTE: with torch 2.13 (CPU, gloo) a rank that ran
-    forward passes intermittently aborts during interpreter teardown ("terminate called without an
-    active exception") after all its work is done, which torchrun would report as a failure; and
-    after a peer died, tearing the process group down can block. So flush and leave at once, also
-    when the process group is already closed (train and generate close theirs first; generate's
-    ranks still aborted at teardown). A process that never imported torch (`dsv3-probe --help`, the
-    dashboard) has nothing to tear down, and neither has one whose `import torch` was cut short (Ctrl-C
-    while ablate, importance or steer imported it): importing torch.distributed here imported torch
-    again, whose half-registered operators then raised a RuntimeError traceback under "interrupted"."""
-    if "torch.distributed" not in sys.modules or "torch" not in sys.modules:
-        return code
-    import torch.distributed as dist
-
-    from model.ranks import env_world_size
-
-    launched = env_world_size() > 1  # a torchrun worker, its group open or closed
-    if launched or (dist.is_available() and dist.is_initialized()):
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    return code

@@ -29,7 +29,8 @@ import torch
 
 from model.checkpoint import FP8_RESIDENT
 
-from .job import RecordError, check_model_flags, compute_dtype, flag_advice, launch_rank0, packed_copy_bytes
+from .job import RecordError, check_model_flags, compute_dtype, flag_advice, packed_copy_bytes
+from .job_exit import launch_rank0
 from .recorders import list_array
 from .schema import TABLES
 from .stats import state_bytes

@@ -31,12 +31,13 @@ import torch
 
 from model.memory import process_memory
 
+from .ckpt_identity import checkpoint_identity, same_checkpoint
 from .corpus import ORDERS, CorpusError, CorpusStats, corpus_windows, fingerprint
 from .job import (DEFAULT_CKPT, DEFAULT_CORPUS, RecordError, agree, bound_heap, check_inputs_outside, check_out_parent,
-                  check_outside_corpus, check_replaceable, check_run_place, checkpoint_args, checkpoint_identity,
-                  default_seq_len, first_line, job_options, load_model, load_tokenizer, os_refusal, package_version,
-                  refuse_a_symlinked_out, refuse_a_training_run, resolve_paths, same_checkpoint, signals_held,
-                  start_world, window_length)
+                  check_outside_corpus, check_replaceable, check_run_place, checkpoint_args, default_seq_len,
+                  first_line, job_options, load_model, load_tokenizer, os_refusal, package_version,
+                  refuse_a_symlinked_out, refuse_a_training_run, resolve_paths, signals_held, start_world,
+                  window_length)
 from .overwrite import clear_run, say_kept
 from .record_loop import record_batches
 from .record_tables import FINAL_TABLES, SESSION_KEYS, router_biases, write_router_bias

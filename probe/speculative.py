@@ -37,10 +37,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from .ckpt_identity import checkpoint_identity
 from .corpus import CorpusError, CorpusStats, iter_documents
 from .job import (RecordError, agree, check_out_parent, check_outside_corpus, check_run_place, checkpoint_args,
-                  checkpoint_identity, job_options, load_model, load_tokenizer, os_refusal, resolve_paths, run_inputs,
-                  signals_held, start_world)
+                  job_options, load_model, load_tokenizer, os_refusal, resolve_paths, run_inputs, signals_held,
+                  start_world)
 from .schema import TABLES
 from .windows import text_pieces
 from .writer import RUN_JSON, read_run_json, refuse_running, table_lock, updating_run_json

@@ -7,7 +7,7 @@ import sys
 
 from model import ConfigError
 from model.kernels import KernelError
-from probe.job import exit_ranks
+from probe.job_exit import exit_ranks
 
 from . import TrainError, parse_args, run
 
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
         run(ns)
     except (TrainError, ConfigError, KernelError) as e:  # KernelError: a mistyped DSV3_ONEDNN (model/gemm.py)
         print(f"error: {e}", file=sys.stderr)
-        exit_ranks(2)  # under torchrun: leave without interpreter teardown (probe.job.exit_ranks says why)
+        exit_ranks(2)  # under torchrun: leave without interpreter teardown (probe.job_exit.exit_ranks says why)
         raise SystemExit(2) from None
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: one line, as the other commands (it was a traceback)
         code = 143 if isinstance(e, _Terminated) else 130

@@ -19,7 +19,8 @@ import torch
 
 from model import Transformer
 from model.memory import available_memory
-from probe.job import check_out_parent, checkpoint_identity, os_refusal
+from probe.ckpt_identity import checkpoint_identity
+from probe.job import check_out_parent, os_refusal
 from probe.writer import RunError, replace_keeping_others, updating_run_json, write_json_atomic, writer_lock
 
 from .balance import RoutingTap, moe_gates, settle_biases, update_bias

@@ -420,7 +420,7 @@ def _note_reused_names(out: Path, df) -> None:
     table: both are kept, each in its own part, and whatever groups the table by name mixes them (a
     sweep user's review: '--name top4 --experts 1:3' beside an earlier '--top 4')."""
     import probe
-    from probe.job import table_errors
+    from probe.job_exit import table_errors
 
     try:
         table = probe.open_run(out).df("ablations")[["ablation", "spec"]].drop_duplicates()
@@ -467,7 +467,7 @@ def sample_windows(opts: AblateOptions, corpus: Path, tok, args) -> tuple[list, 
     `opts.max_tokens`, in `opts.order`; and the domains among them. An empty corpus is an error, and
     so are windows of one token each, which leave no token to score (its loss needs the next)."""
     from probe.corpus import CorpusStats
-    from probe.job import launch_rank0
+    from probe.job_exit import launch_rank0
 
     bos = args.bos_token_id if opts.add_bos else None
     stats = CorpusStats()  # what the reader skipped or replaced: said as record says it (it was silent; a review)
@@ -510,7 +510,7 @@ def start_job(opts: AblateOptions, ckpt: Path, args, windows: list, **derived):
 def job_meta(ckpt: Path, corpus: Path, opts: AblateOptions, **options) -> dict:
     """What a result part records about its inputs: checkpoint, corpus and tokenizer (path,
     fingerprint) and the options that decide the numbers (plus `options`)."""
-    from probe.job import checkpoint_identity
+    from probe.ckpt_identity import checkpoint_identity
 
     tok = Path(getattr(opts, "tokenizer", None) or ckpt / "tokenizer.json")
     return {"checkpoint": checkpoint_identity(ckpt),  # with the weights sample: a part names the weights it saw

@@ -10,8 +10,8 @@ import analyses.placement as package
 from analyses.placement import (PlacementError, current_placement, plan_run, run_groups, run_loads, summary_frame,
                                 worse_than_current, write_plan)
 from analyses.placement.export import FORMATS, export, is_placement_file
-from probe.job import (RecordError, check_out_parent, closed_pipe_quiet, job_error, os_refusal,
-                       path_arg, path_text, table_errors)
+from probe.job import RecordError, check_out_parent, os_refusal, path_arg, path_text
+from probe.job_exit import closed_pipe_quiet, job_error, table_errors
 
 
 def step_range(text: str) -> tuple[int, int]:

@@ -11,8 +11,9 @@ from pathlib import Path
 import analyses.report as package
 from analyses.notebook_utils import DEFAULT_RUN
 from probe.job import (MODEL_FLAGS, add_model_flags, check_file_replaceable, check_not_an_input, check_out_parent,
-                       closed_pipe_quiet, exit_ranks, job_error, launch_rank0, one_line_when_a_peer_is_lost, os_refusal,
-                       path_text, run_inputs, table_errors)
+                       os_refusal, path_text, run_inputs)
+from probe.job_exit import (closed_pipe_quiet, exit_ranks, job_error, launch_rank0, one_line_when_a_peer_is_lost,
+                            table_errors)
 
 from . import data as rd
 from .render import ReportError, check_run, compute, figures, print_text, run_notes, write_findings, write_html

@@ -14,8 +14,9 @@ use_system_allocator()
 
 import analyses.steer as package  # noqa: E402
 from probe.corpus import CorpusError  # noqa: E402
-from probe.job import (add_input_flags, closed_pipe_quiet, exit_ranks, job_error, launch_rank0,  # noqa: E402
-                       one_line_when_a_peer_is_lost, table_errors)
+from probe.job import add_input_flags  # noqa: E402
+from probe.job_exit import (closed_pipe_quiet, exit_ranks, job_error, launch_rank0,  # noqa: E402
+                            one_line_when_a_peer_is_lost, table_errors)
 from probe.writer import RunError  # noqa: E402
 
 from . import MODES

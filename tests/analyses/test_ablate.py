@@ -372,7 +372,7 @@ def test_a_changed_checkpoint_and_a_killed_record_are_refused_with_the_way_on(pr
     from analyses.importance.__main__ import main as importance_main
     from analyses.steer.__main__ import main as steer_main
     from helpers.checkpoints import edit_tensors
-    from probe.job import checkpoint_identity
+    from probe.ckpt_identity import checkpoint_identity
     from probe.writer import writer_lock
 
     ckpt = shutil.copytree(probe_env["ckpt"], tmp_path / "ckpt")

@@ -69,7 +69,7 @@ def _interrupted(*args, **kwargs):
 ])
 def test_ctrl_c_is_one_line_and_exit_130(module, target, argv, tmp_path, capsys, monkeypatch):
     """Ctrl-C in ablate, importance and report printed a KeyboardInterrupt traceback; record, spec and
-    generate print one line. The commands' shared wrapper (probe.job.closed_pipe_quiet) now does too."""
+    generate print one line. The commands' shared wrapper (probe.job_exit.closed_pipe_quiet) now does too."""
     main = importlib.import_module(f"{module}.__main__").main
     owner, name = target.rsplit(".", 1)
     monkeypatch.setattr(importlib.import_module(owner), name, _interrupted)

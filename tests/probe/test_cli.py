@@ -1,4 +1,4 @@
-"""Command-line behaviour shared by the commands (probe/job.py)."""
+"""Command-line behaviour shared by the commands (probe/job_exit.py)."""
 
 from __future__ import annotations
 

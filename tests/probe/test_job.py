@@ -264,7 +264,7 @@ def test_a_record_run_that_lost_its_paths_is_refused_not_filled_in(tmp_path):
 
 
 def test_a_run_recorded_before_weights_samples_matches_on_its_fingerprint():
-    from probe.job import same_checkpoint
+    from probe.ckpt_identity import same_checkpoint
 
     now = {"path": "/m", "fingerprint": "f", "sample": "s"}
     assert same_checkpoint({"path": "/m", "fingerprint": "f"}, now)  # no sample recorded: the layout decides
@@ -277,19 +277,19 @@ def test_a_checkpoints_identity_is_read_once_until_a_file_changes(probe_env, tmp
     """spec checked the run's checkpoint and then recorded it, reading every weight file twice."""
     import shutil
 
-    import probe.job as job
+    import probe.ckpt_identity as identity
     from helpers.checkpoints import edit_tensors
 
     ckpt = shutil.copytree(probe_env["ckpt"], tmp_path / "ckpt")
     reads = []
-    real = job._checkpoint_hashes
-    monkeypatch.setattr(job, "_checkpoint_hashes", lambda *a, **k: reads.append(a) or real(*a, **k))
-    first = job.checkpoint_identity(ckpt)
+    real = identity._checkpoint_hashes
+    monkeypatch.setattr(identity, "_checkpoint_hashes", lambda *a, **k: reads.append(a) or real(*a, **k))
+    first = identity.checkpoint_identity(ckpt)
     first["path"] = "changed by the caller"  # a copy: the kept record is not the caller's
-    assert job.checkpoint_identity(ckpt)["path"] == str(ckpt.resolve()) and len(reads) == 1
+    assert identity.checkpoint_identity(ckpt)["path"] == str(ckpt.resolve()) and len(reads) == 1
     edit_tensors(next(ckpt.glob("*.safetensors")),
                  lambda t: {k: (v + 1 if k.endswith("e_score_correction_bias") else v) for k, v in t.items()})
-    after = job.checkpoint_identity(ckpt)
+    after = identity.checkpoint_identity(ckpt)
     assert len(reads) == 2 and after["sample"] != first["sample"]  # the control: a rewritten file is read again
 
 
@@ -311,7 +311,7 @@ def test_an_error_report_is_its_first_line_cut_short():
 
 
 def test_rank_0_or_a_plain_process_prints_the_summary(monkeypatch):
-    from probe.job import launch_rank0
+    from probe.job_exit import launch_rank0
 
     monkeypatch.delenv("RANK", raising=False)
     assert launch_rank0()
@@ -321,7 +321,7 @@ def test_rank_0_or_a_plain_process_prints_the_summary(monkeypatch):
 
 
 def test_a_single_process_raises_a_runtime_error_whole(monkeypatch):
-    from probe.job import one_line_when_a_peer_is_lost
+    from probe.job_exit import one_line_when_a_peer_is_lost
 
     @one_line_when_a_peer_is_lost
     def main():
@@ -337,7 +337,7 @@ def test_a_single_process_raises_a_runtime_error_whole(monkeypatch):
 
 
 def test_job_error_is_one_line_and_exit_status_2_but_passes_a_closed_pipe_on(capsys):
-    from probe.job import job_error
+    from probe.job_exit import job_error
 
     assert job_error(OSError("disk full")) == 2
     assert job_error(ValueError("raw"), "runs/x: the message as the command words it") == 2
@@ -491,3 +491,16 @@ def test_a_killed_training_run_without_its_model_is_called_interrupted_with_the_
     with writer_lock(run), pytest.raises(RecordError, match="whose model is not written yet .status 'running'"):
         run_inputs(info, str(run), None, None)  # still training: its model comes
     assert run_inputs(info, str(run), "m", None) == ("m", None)  # --ckpt given: used
+
+
+def test_the_names_moved_out_of_probe_job_still_import_from_it():
+    """probe/job.py's commands' exits moved to probe/job_exit.py and the checkpoint identity to
+    probe/ckpt_identity.py; users' `from probe.job import exit_ranks` keeps working, and gives the same
+    objects as the new homes."""
+    from probe import ckpt_identity, job, job_exit
+
+    for name in ("closed_pipe_quiet", "one_line_when_a_peer_is_lost", "job_error", "table_errors", "launch_rank0",
+                 "exit_ranks"):
+        assert getattr(job, name) is getattr(job_exit, name), name
+    for name in ("checkpoint_identity", "same_checkpoint", "checkpoint_fingerprint", "SAMPLE_BYTES"):
+        assert getattr(job, name) is getattr(ckpt_identity, name), name

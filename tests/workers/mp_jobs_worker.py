@@ -43,11 +43,11 @@ def main() -> None:
 
         kw = dict(jobs["steer"])
         steer(SteerOptions(**{k: v for k, v in kw.items() if k != "steering"}), Steer(**kw["steering"]))
-    if "report" in jobs:  # last: analyses.report.main leaves the process itself (probe.job.exit_ranks)
+    if "report" in jobs:  # last: analyses.report.main leaves the process itself (probe.job_exit.exit_ranks)
         from analyses.report.__main__ import main as report
 
         report(jobs["report"])
-    # NOTE: leave without interpreter teardown (see probe.job.exit_ranks)
+    # NOTE: leave without interpreter teardown (see probe.job_exit.exit_ranks)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

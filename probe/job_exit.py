@@ -1,0 +1,122 @@
+"""How the commands' processes end: a reader that stopped early (`... | head`), Ctrl-C, a torchrun
+peer that died, an expected error as one line (`job_error`) and the exit status each gets, and the
+leaving of a torchrun worker without interpreter teardown (`exit_ranks`); `launch_rank0`, whether
+this process prints a job's closing summary. Decorators and helpers for every command's main()
+(dsv3-probe's, the analyses jobs', `python -m model`, `generate`, `train`)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+
+from .errors import first_line
+
+
+def closed_pipe_quiet(main):
+    """Decorator for a command's main(): when the reader of its output stops early (`... | head`),
+    end with exit status 141 (128 + SIGPIPE, as a shell reports it) instead of a BrokenPipeError
+    traceback, and point stdout at /dev/null so that the interpreter's last flush cannot fail.
+    Ctrl-C (SIGINT) that the command does not handle itself ends with one line and exit status 130
+    (128 + SIGINT), as record, spec and generate do, instead of a KeyboardInterrupt traceback (ablate,
+    importance and report printed one; ablate and importance say what they committed, in their own
+    message)."""
+    @functools.wraps(main)
+    def wrapped(*args, **kwargs):
+        try:
+            code = main(*args, **kwargs)
+            sys.stdout.flush()
+            return code
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141
+        except KeyboardInterrupt as e:  # a job's own message, where it raised one, says what it kept
+            print(f"\n{first_line(e) if str(e) else 'interrupted'}", file=sys.stderr, flush=True)
+            return exit_ranks(130)
+    return wrapped
+
+
+def one_line_when_a_peer_is_lost(main):
+    """Decorator for the main() of a command that runs under torchrun: a rank whose peer died (its
+    collective raises torch.distributed's RuntimeError: "Connection closed by peer", "Read error"),
+    or that torchrun stops with SIGTERM because a peer failed, prints one line naming itself and the
+    cause and exits 1, instead of a traceback of ~75 frames or nothing at all (found by a review,
+    for spec, ablate, importance and steer). The SIGTERM handler writes its line and leaves at once
+    (an exception raised from it inside `import torch` came out as torch's AttributeError); a job's
+    own handling comes first (record's SIGTERM marks its run interrupted). In a single process a
+    RuntimeError is a bug to see whole: it is raised as it came."""
+    @functools.wraps(main)
+    def wrapped(*args, **kwargs):
+        world = int(os.environ.get("WORLD_SIZE", "1") or 1)  # no torch import: --help stays light
+        if world <= 1:
+            return main(*args, **kwargs)
+        import signal
+
+        rank = os.environ.get("RANK", "?")
+        tail = " (another rank failed or was stopped)"
+
+        def stopped(signum, frame):
+            os.write(2, f"error: rank {rank} of {world} stopped by signal {signum}{tail}\n".encode())
+            os._exit(1)
+
+        signal.signal(signal.SIGTERM, stopped)
+        try:
+            return main(*args, **kwargs)
+        except RuntimeError as e:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # leaving: a second SIGTERM must not cut the line
+            print(f"error: rank {rank} of {world} stopped: {first_line(e)}{tail}", file=sys.stderr, flush=True)
+            return exit_ranks(1)
+    return wrapped
+
+
+def job_error(e: BaseException, message: str | None = None) -> int:
+    """A command's report of an error it expects (`except (RunError, OSError, *table_errors()) as e:
+    return job_error(e)`): `error: <message, else e's>` on stderr as one line, and exit status 2
+    (on every rank under torchrun, `exit_ranks`). A BrokenPipeError is an OSError but not a failure
+    of the job: the reader of its output stopped (`... | head`), so it is raised again for
+    `closed_pipe_quiet`."""
+    if isinstance(e, BrokenPipeError):
+        raise e
+    print(f"error: {message if message is not None else e}", file=sys.stderr)
+    return exit_ranks(2)
+
+
+def table_errors() -> tuple[type[BaseException], ...]:
+    """What reading a run's tables raises beyond RunError, for a command to report as one line:
+    DuckDB's errors (a half-written or foreign part file; its message names the file). Imported when
+    an exception is being matched, so a command that never fails never imports DuckDB for it:
+    `except (RunError, *table_errors()) as e`, reported by `job_error`."""
+    import duckdb
+
+    return (duckdb.Error,)
+
+
+def launch_rank0() -> bool:
+    """Whether this process prints a job's closing summary: rank 0 of a torchrun launch (its RANK
+    variable; readable before any process group exists, without importing torch), or a plain process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def exit_ranks(code: int) -> int:
+    """Under torchrun, end the process here (every torchrun command: probe's and analyses' jobs,
+    `python -m train`, `python -m generate`). NOTE: with torch 2.13 (CPU, gloo) a rank that ran
+    forward passes intermittently aborts during interpreter teardown ("terminate called without an
+    active exception") after all its work is done, which torchrun would report as a failure; and
+    after a peer died, tearing the process group down can block. So flush and leave at once, also
+    when the process group is already closed (train and generate close theirs first; generate's
+    ranks still aborted at teardown). A process that never imported torch (`dsv3-probe --help`, the
+    dashboard) has nothing to tear down, and neither has one whose `import torch` was cut short (Ctrl-C
+    while ablate, importance or steer imported it): importing torch.distributed here imported torch
+    again, whose half-registered operators then raised a RuntimeError traceback under "interrupted"."""
+    if "torch.distributed" not in sys.modules or "torch" not in sys.modules:
+        return code
+    import torch.distributed as dist
+
+    from model.ranks import env_world_size
+
+    launched = env_world_size() > 1  # a torchrun worker, its group open or closed
+    if launched or (dist.is_available() and dist.is_initialized()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
