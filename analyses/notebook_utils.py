@@ -124,7 +124,7 @@ def balanced_corpus(corpus: str | Path, tokenizer: str | Path, tokens_per_domain
     try:
         tok = Tokenizer.from_file(str(tokenizer))
     except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception ('EOF while parsing ...')
-        from model.checkpoint import lfs_pointer_note
+        from model.checkpoint_files import lfs_pointer_note
 
         raise CorpusError(f"{tokenizer}: not a readable tokenizer ({first_line(e)}){lfs_pointer_note(tokenizer)}") \
             from None

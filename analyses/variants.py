@@ -40,7 +40,8 @@ def _checked_source(ckpt: Path) -> list[Path]:
     """The weight files of `ckpt`, after the checks `model.load(ckpt, device="meta")` makes (config,
     every shard's header, each tensor's name and shape against the config, none missing), so that a
     truncated shard or a wrong tensor is refused before anything is written instead of being copied."""
-    from model.checkpoint import CheckpointError, load, not_a_directory, weight_files
+    from model.checkpoint import CheckpointError, load, not_a_directory
+    from model.checkpoint_files import weight_files
     from model.names import ours_to_hf
 
     if why := not_a_directory(ckpt):  # the flag named, as record, generate and the jobs name a --ckpt that is not there

@@ -76,7 +76,7 @@ def load_codec(ckpt: str | os.PathLike, args=None) -> TextCodec:
     try:
         tok = Tokenizer.from_file(str(path))
     except Exception as e:  # the tokenizers library raises its own exception type
-        from model.checkpoint import lfs_pointer_note  # a clone without git-lfs: say so, as record does
+        from model.checkpoint_files import lfs_pointer_note  # a clone without git-lfs: say so, as record does
 
         raise GenerateError(f"{path}: not a readable tokenizer ({str(e).splitlines()[0]}){lfs_pointer_note(path)}") \
             from None

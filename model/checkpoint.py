@@ -10,10 +10,11 @@ The checkpoint layout is in `docs/deepseek-v3.md` ("Checkpoint names"). Loading 
 header first (names, shapes, dtypes), checks them against the model built on the meta device, and
 only then materialises the model and copies tensors in one at a time, so the checkpoint is never in
 memory twice. Every problem raises `CheckpointError` with one line naming the file and tensor (the
-checks of the headers against the model: model/checkpoint_checks.py).
+files, the index and the headers: model/checkpoint_files.py; the checks of the headers against the
+model: model/checkpoint_checks.py).
 
 With `parallel=True` (under torchrun) the meta model is cut by `model.parallel.shard_` before it is
-materialised, and each tensor is copied in bounded chunks (model/tensor_reader.py):
+materialised, and each tensor is copied in bounded chunks (model/checkpoint_stream.py, model/tensor_reader.py):
 only this rank's rows, or its columns of every row, and only this rank's routed experts. FP8 tensors: when they stay resident
 (gemm_impl="fp8") the slice must start on a 128-block boundary or lie inside one block (otherwise
 `ParallelError` says so) and takes the matching rows/columns of `weight_scale_inv`; when they are
@@ -24,126 +25,28 @@ any world size that divides the layout works.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections import defaultdict
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 from .args import ConfigError, ModelArgs, given_path
 from .checkpoint_checks import CheckpointError, _check_tensor, _expected, _index_name_problem, _plan
-from .fp8 import dequantize_block
-from .names import Target, ours_to_hf, scale_name
+from .checkpoint_files import check_index_against_headers, read_headers, read_index, shard_files, weight_files
+from .checkpoint_stream import stream_tensors
+from .names import Target, ours_to_hf
 from .parallel import Cut, device_for, install, resolve as resolve_shards, shard_
 from .layers import rope_inv_freq
 from .mla import ATTN_IMPLS
-from .tensor_reader import DTYPES, ReadError, TensorReader, copy_range
 from .transformer import Transformer
 
+# moved to model/checkpoint_files.py, still imported from here by users (`from model.checkpoint import
+# lfs_pointer_note`; weight_files and read_index too, imported above)
+from .checkpoint_files import LFS_POINTER, lfs_pointer_note  # noqa: F401
 
 
 # ------------------------------------------------------------------------------------------ load
-def _listed(path: Path) -> tuple[list[Path], dict[str, Path] | None]:
-    """The safetensors files a load of checkpoint directory `path` reads, and the index's weight map:
-    the index's shards; else `model.safetensors` alone where it exists (as transformers reads it:
-    other .safetensors files there are not weights); else every `*.safetensors` file. Unchecked."""
-    index = path / "model.safetensors.index.json"
-    if index.exists():
-        weight_map = read_index(index)
-        # one Path per shard file, shared by its tensors: a Path per tensor cost ~0.1 s a call for an
-        # index of 8,491 names, and jobs list their checkpoint several times (the 671B's names 91,991)
-        files = {f: path / f for f in set(weight_map.values())}
-        return sorted(files.values()), {k: files[v] for k, v in weight_map.items()}
-    if (path / "model.safetensors").is_file():
-        return [path / "model.safetensors"], None
-    return sorted(path.glob("*.safetensors")), None
-
-
-def weight_files(path: str | os.PathLike) -> list[Path]:
-    """`_listed`'s files that are on disk, without an error for a missing shard or an empty
-    directory (a broken index still is one): for fingerprints and copies of a checkpoint that loads."""
-    return [f for f in _listed(Path(path))[0] if f.is_file()]
-
-
-def _shard_files(path: Path) -> tuple[list[Path], dict[str, Path] | None]:
-    """`_listed`, checked: every shard the index names is there; without an index, some file is."""
-    files, weight_map = _listed(path)
-    if weight_map is None and not files:
-        raise CheckpointError(f"{path}: no *.safetensors files")
-    for f in files if weight_map is not None else ():
-        if not f.exists():
-            some = next(k for k, v in weight_map.items() if v == f)
-            raise CheckpointError(f"{f}: shard listed in model.safetensors.index.json (e.g. for {some}) is missing")
-    return files, weight_map
-
-
-def read_index(index: Path) -> dict[str, str]:
-    """The weight map of a `model.safetensors.index.json`: tensor name -> shard file name (a plain
-    name in the same directory), checked."""
-    def unique(pairs: list) -> dict:  # json keeps the last of two equal keys, silently
-        d = dict(pairs)
-        if len(d) != len(pairs):
-            seen: set = set()
-            twice = next(k for k, _ in pairs if k in seen or seen.add(k))
-            raise CheckpointError(f"{index}: names {twice!r} twice (a hand-edited or merged index?)")
-        return d
-
-    try:
-        weight_map = json.loads(index.read_text(), object_pairs_hook=unique)["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError, OSError) as e:
-        raise CheckpointError(f"{index}: not a valid safetensors index ({type(e).__name__}: {e})") from None
-    if not isinstance(weight_map, dict):
-        raise CheckpointError(f"{index}: weight_map must map tensor names to shard files, "
-                              f"found {type(weight_map).__name__}")
-    checked: dict[str, bool] = {}  # one Path per distinct file: the 671B's index names 91,991 tensors in 163
-
-    def not_a_file_name(v) -> bool:
-        if not isinstance(v, str):
-            return True
-        if v not in checked:
-            checked[v] = not v or Path(v).name != v
-        return checked[v]
-
-    bad = next(((k, v) for k, v in weight_map.items() if not_a_file_name(v)), None)
-    if bad:
-        raise CheckpointError(f"{index}: weight_map[{bad[0]!r}] = {bad[1]!r} is not a shard file name in this "
-                              "directory")
-    return weight_map
-
-
-def _read_headers(files: list[Path]) -> dict[str, tuple[Path, torch.Size, torch.dtype]]:
-    """name -> (file, shape, dtype), from the headers only."""
-    found: dict[str, tuple[Path, torch.Size, torch.dtype]] = {}
-    for f in files:
-        try:
-            with safe_open(f, framework="pt") as h:
-                for k in h.keys():
-                    sl = h.get_slice(k)
-                    if k in found:
-                        raise CheckpointError(f"{f}: tensor {k} also appears in {found[k][0].name}")
-                    found[k] = (f, torch.Size(sl.get_shape()), DTYPES.get(sl.get_dtype(), sl.get_dtype()))
-        except (SafetensorError, OSError) as e:
-            raise CheckpointError(f"{f}: not a readable safetensors file ({e}){lfs_pointer_note(f)}") from None
-    return found
-
-
-LFS_POINTER = b"version https://git-lfs.github.com/spec/"
-
-
-def lfs_pointer_note(f: Path) -> str:
-    """'; ...' advice when file `f` is a Git LFS pointer (a clone made without git-lfs holds these ~130-byte
-    text files in place of the weights; safetensors read one as 'header too large'), else ''."""
-    try:
-        with open(f, "rb") as fh:
-            if fh.read(len(LFS_POINTER)) != LFS_POINTER:
-                return ""
-    except OSError:
-        return ""
-    return "; it is a Git LFS pointer, not the file: fetch it (git lfs pull, or huggingface-cli download)"
-
-
 GEMM_IMPLS = ("bf16", "fp8", "fp8-weights")
 FP8_RESIDENT = ("fp8", "fp8-weights")  # the gemm_impls that keep FP8 weights in memory
 
@@ -201,7 +104,7 @@ def load(path: str | os.PathLike, *, dtype: torch.dtype | None = None, device=No
         return meta.eval()
     model = materialise(meta, device or "cpu")
     model.rope_inv_freq = rope_inv_freq(args).to(model.rope_inv_freq.device)  # not in the checkpoint
-    _stream(model, plan, headers, files, spec, resident)
+    stream_tensors(model, plan, headers, files, spec, resident)
     if shards is not None:
         install(model, shards)
     return model.eval()
@@ -295,27 +198,15 @@ def _open(path: Path) -> tuple[ModelArgs, list[Path], dict]:
     if not (path / "config.json").exists():
         raise CheckpointError(f"{path}: no config.json (a Hugging Face checkpoint directory needs one)")
     args = _config(path)
-    files, weight_map = _shard_files(path)
-    headers = _read_headers(files)
-    _check_index_against_headers(path, weight_map, headers)
+    files, weight_map = shard_files(path)
+    headers = read_headers(files)
+    check_index_against_headers(path, weight_map, headers)
     mtp_prefixes = [f"model.layers.{args.n_layers + k}." for k in range(args.n_mtp_layers)]
     present = [p for p in mtp_prefixes if any(n.startswith(p) for n in headers)]
     args.extra["mtp_weights"] = bool(present)
     args.n_mtp_layers = len(present)  # MTP modules absent from the checkpoint are not built
     args.extra["checkpoint"] = str(path.resolve())
     return args, files, headers
-
-
-def _check_index_against_headers(path: Path, weight_map: dict[str, Path] | None, headers: dict) -> None:
-    """Every tensor the index lists is in the shard it names. A tensor found in another shard would
-    load (the headers say where it is), but other loaders (transformers, the serving engines) open only
-    the shard the index names, so a checkpoint that loads here would fail there: refused, naming both."""
-    for k, f in (weight_map or {}).items():
-        if k not in headers:
-            raise CheckpointError(f"{f}: tensor {k} listed in the index is not in the file")
-        if headers[k][0] != f:
-            raise CheckpointError(f"{path / 'model.safetensors.index.json'}: tensor {k} is listed in {f.name} "
-                                  f"but stored in {headers[k][0].name} (a stale or hand-edited index)")
 
 
 def _keep_fp8(meta: Transformer, plan, headers: dict, path: Path, gemm_impl: str = "fp8") -> set[str]:
@@ -335,102 +226,6 @@ def _fp8_block(args: ModelArgs, path: Path, gemm_impl: str = "fp8") -> int:
                               f"(its kernels tile by them), config has weight_block_size {list(block)}; "
                               f"{_impl('bf16')} dequantises any block size")
     return block[0]
-
-
-def _stream(model: Transformer, plan, headers: dict, files: list[Path], spec: dict, resident: set[str]) -> None:
-    """Copy every planned tensor (this rank's cut of it) into the materialised model, one at a time,
-    file by file, in bounded chunks whose file pages are released after each copy
-    (model/tensor_reader.py: the load's peak is the weights plus one chunk)."""
-    params = dict(model.named_parameters()) | dict(model.named_buffers())
-    block = model.args.quant_block or (128, 128)
-    order = {f: i for i, f in enumerate(files)}
-    plan = sorted(plan, key=lambda item: order[headers[item[0]][0]])  # stable: checkpoint order within a file
-    with TensorReader() as reader, torch.no_grad():
-        for hf_name, target in plan:
-            cut, row = spec.get(target.name), target.expert
-            if cut is not None and row is not None:  # expert parallel: whole experts, this rank's only
-                if not cut.start <= row < cut.start + cut.size:
-                    continue
-                cut, row = None, row - cut.start
-            dst = params[target.name]
-            sdst = params[scale_name(target.name)] if target.name in resident else None
-            if row is not None:
-                dst, sdst = dst[row], (None if sdst is None else sdst[row])
-            try:
-                _copy_tensor(reader, headers, hf_name, cut, dst, sdst, block)
-            except CheckpointError:  # already names its file and tensor (a bad block scale)
-                raise
-            except (ReadError, OSError, RuntimeError, ValueError) as e:
-                raise CheckpointError(f"{headers[hf_name][0]}: cannot read tensor {hf_name} ({e})") from None
-            _check_finite(dst, headers[hf_name][0], hf_name)
-
-
-def _check_finite(dst: torch.Tensor, f: Path, hf_name: str) -> None:
-    """A weight holding NaN or inf (an FP8 code of NaN) loaded without a word, and a record over it wrote a
-    complete run of NaN losses and degenerate routing (a bad-input audit). Checked on the tensor as
-    loaded, while it is still in cache. NOTE: the bundled model's load from the page cache took 38-43 ms
-    without the check and 50 ms with it (medians of 12, alternating, 2-core EPYC shared with other
-    jobs, 2026-12-05); isfinite's mask in place of the sum added 25 ms. From disk the read dominates."""
-    if dst.dtype == torch.float8_e4m3fn:
-        bad = (dst.view(torch.uint8) & 0x7F) == 0x7F  # e4m3fn has no inf; S.1111.111 is NaN
-    elif dst.dtype.is_floating_point:
-        # one streaming sum, no temporary: NaN and inf carry through it (a finite sum that overflows to inf
-        # is told apart below)
-        if dst.numel() == 0 or bool(torch.isfinite(dst.sum(dtype=torch.float64 if dst.dtype == torch.float64
-                                                           else torch.float32))):
-            return
-        bad = ~torch.isfinite(dst)
-    else:
-        return
-    if bool(bad.any()):
-        n = int(bad.count_nonzero())
-        at = [int(i) for i in bad.nonzero()[0]]
-        raise CheckpointError(f"{f}: tensor {hf_name} holds {n:,} non-finite value{'s' if n > 1 else ''} (NaN or inf; "
-                              f"the first at {at}): a damaged checkpoint")
-
-
-def _copy_tensor(reader: TensorReader, headers: dict, hf_name: str, cut, dst: torch.Tensor, sdst, block) -> None:
-    """Checkpoint tensor `hf_name` (this rank's `cut` of it, all of it when None) into `dst`. An FP8
-    tensor goes in as it is, with the matching block scales into `sdst`, when it stays resident (the
-    cut's alignment was checked by parallel.shard_spec); else it is dequantised over the whole blocks
-    around the cut, a band of block rows at a time, and trimmed."""
-    f, shape, dtype = headers[hf_name]
-    dim = cut.dim if cut is not None else 0
-    full = shape[dim] if len(shape) else 1
-    start, end = (cut.start, cut.start + cut.size) if cut is not None else (0, full)
-    if dtype != torch.float8_e4m3fn or sdst is not None:
-        copy_range(reader, f, hf_name, dst, dim=dim, start=start, end=end)
-        if sdst is not None:
-            b = block[dim]
-            first, last = start // b, (end - 1) // b
-            sdst.copy_(_read_scale(reader, headers, hf_name).narrow(dim, first, last - first + 1))
-        return
-    scale = _read_scale(reader, headers, hf_name)
-    b = block[dim]
-    lo, hi = start // b * b, min(-(-end // b) * b, full)  # the whole blocks around the cut
-    if dim == 1:
-        scale = scale[:, lo // b: -(-hi // b)]
-
-    def dequantise(r0: int, chunk: torch.Tensor) -> torch.Tensor:
-        first = r0 // block[0]
-        return dequantize_block(chunk, scale[first: first + -(-chunk.shape[0] // block[0])], block, dst.dtype)
-
-    copy_range(reader, f, hf_name, dst, dim=dim, start=start, end=end, lo=lo, hi=hi, align=block[0],
-               transform=dequantise)
-
-
-def _read_scale(reader: TensorReader, headers: dict, hf_name: str) -> torch.Tensor:
-    """The block scales of FP8 tensor `hf_name`, all finite and none negative (a NaN or inf scale
-    would silently poison every weight of its block, a negative one flip their signs; zero is an
-    all-zero block)."""
-    sname = hf_name + "_scale_inv"
-    scale = reader.read(headers[sname][0], sname)
-    wrong = ~torch.isfinite(scale) | (scale < 0)
-    if wrong.any():
-        bad = wrong.nonzero()[0].tolist()
-        raise CheckpointError(f"{headers[sname][0]}: tensor {sname} holds {scale[tuple(bad)].item()} at block "
-                              f"{bad}; block scales must be finite and not negative")
-    return scale
 
 
 def inspect(path: str | os.PathLike, *, gemm_impl: str = "bf16", dtype: torch.dtype | None = None) -> dict:
@@ -492,9 +287,9 @@ def _check_downloaded(meta: Transformer, path: Path, files: list[Path], weight_m
     (names, shapes, dtypes, scales). Only the index's names were checked, so a damaged or wrong shard already
     downloaded (a truncated file, a Git LFS pointer, a tensor of another shape) passed --dry-run and was found
     by the load, on the rented GPUs (a checkpoint tour)."""
-    headers = _read_headers(files)
+    headers = read_headers(files)
     on_disk = {f.name for f in files}  # names, not a Path per tensor of the index (~1 s for the 671B's)
-    _check_index_against_headers(path, {k: path / v for k, v in weight_map.items() if v in on_disk}, headers)
+    check_index_against_headers(path, {k: path / v for k, v in weight_map.items() if v in on_disk}, headers)
     expect = _expected(meta)
     for hf_name in headers:
         _check_tensor(hf_name, headers, meta.args, expect, partial=True)

@@ -1,6 +1,6 @@
 """What a checkpoint's tensors must be before any is read: each header (name, shape, dtype, FP8 block
 scale) against the model built on the meta device, the index's names alone when shards are still
-missing, and the plan of where each tensor loads (model/checkpoint.py streams them by it). Every
+missing, and the plan of where each tensor loads (model/checkpoint_stream.py streams them by it). Every
 problem is a `CheckpointError` of one line naming the file and the tensor."""
 
 from __future__ import annotations

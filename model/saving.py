@@ -21,7 +21,8 @@ import torch
 from safetensors.torch import save_file
 
 from .args import ModelArgs
-from .checkpoint import CheckpointError, float_dtype, read_index
+from .checkpoint import CheckpointError, float_dtype
+from .checkpoint_files import read_index
 from .fp8 import dequantize_block, quantize_block
 from .names import MTP_SHARED, ours_to_hf, scale_name
 from .transformer import Transformer

@@ -21,7 +21,7 @@ def checkpoint_identity(ckpt: Path) -> dict:
     (each weight file read once for both). Kept for the process while no file's inode, size or
     times change: a job on a run checks the run's checkpoint and then records it (spec read each
     file twice)."""
-    from model.checkpoint import weight_files
+    from model.checkpoint_files import weight_files
 
     files = [ckpt / "config.json", *weight_files(ckpt)]
     key = (str(ckpt.resolve()), tuple((f.name, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
@@ -55,7 +55,7 @@ def _checkpoint_hashes(ckpt: Path, sample: bool) -> tuple[str, str | None]:
     checkpoint (one read per router bias and per file). Still not a hash of every byte."""
     import json
 
-    from model.checkpoint import weight_files
+    from model.checkpoint_files import weight_files
 
     layout, weights = hashlib.sha256((ckpt / "config.json").read_bytes()), hashlib.sha256()
     for f in weight_files(ckpt):

@@ -111,7 +111,7 @@ def load_tokenizer(path: str | None, ckpt: Path, vocab_size: int, error: type[Ex
     try:
         tok = Tokenizer.from_file(str(p))
     except Exception as e:  # noqa: BLE001 - tokenizers raises its own exception type
-        from model.checkpoint import lfs_pointer_note
+        from model.checkpoint_files import lfs_pointer_note
 
         flag = "--tokenizer " if path else ""  # a file the user named: say which flag named it
         raise error(f"{flag}{p}: not a tokenizers JSON file ({e}){lfs_pointer_note(p)}") from None

@@ -52,7 +52,7 @@ def load_tokenizer(path: Path):
     try:
         tok = Tokenizer.from_file(str(path))
     except Exception as e:  # tokenizers raises a bare Exception
-        from model.checkpoint import lfs_pointer_note  # a clone without git-lfs: say so, as record does
+        from model.checkpoint_files import lfs_pointer_note  # a clone without git-lfs: say so, as record does
 
         raise TrainError(f"--tokenizer {path}: not a readable tokenizer.json ({str(e).splitlines()[0]})"
                          f"{lfs_pointer_note(path)}") from None

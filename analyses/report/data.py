@@ -271,7 +271,8 @@ def run_label(run) -> str:
     dumps) has no checkpoint: "none (imported from SGLang)"."""
     import hashlib
 
-    from model.checkpoint import CheckpointError, weight_files
+    from model.checkpoint import CheckpointError
+    from model.checkpoint_files import weight_files
 
     run = as_run(run)
     if run.info.get("kind") == "import":

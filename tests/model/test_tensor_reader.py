@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import model
-from model import checkpoint as ckpt
+from model import checkpoint_stream as stream
 from model import tensor_reader
 from model.fp8 import dequantize_block, quantize_block
 from model.parallel import Cut
@@ -77,7 +77,7 @@ def test_fp8_dequantised_over_whole_blocks_then_trimmed(st_file, small_chunks, c
     headers = {n: (f, t.shape, t.dtype) for n, t in ref.items()}
     dst = torch.full(want.shape, float("nan"))
     with TensorReader() as r:
-        ckpt._copy_tensor(r, headers, "q", cut, dst, None, (128, 128))
+        stream._copy_tensor(r, headers, "q", cut, dst, None, (128, 128))
     assert torch.equal(dst, want)
 
 
@@ -97,7 +97,7 @@ def test_fp8_dequantised_in_chunks_of_any_height_and_blocks_of_any_shape(tmp_pat
     headers = {"q": (f, q.shape, q.dtype), "q_scale_inv": (f, s.shape, s.dtype)}
     dst = torch.full(want.shape, float("nan"))
     with TensorReader() as r:
-        ckpt._copy_tensor(r, headers, "q", cut, dst, None, block)
+        stream._copy_tensor(r, headers, "q", cut, dst, None, block)
     assert torch.equal(dst, want)
 
 
@@ -107,7 +107,7 @@ def test_fp8_resident_cut_takes_its_scale_blocks(st_file, small_chunks):
     cut = Cut(0, 128, 128, 300)
     dst, sdst = torch.empty(128, 320, dtype=torch.float8_e4m3fn), torch.empty(1, 3)
     with TensorReader() as r:
-        ckpt._copy_tensor(r, headers, "q", cut, dst, sdst, (128, 128))
+        stream._copy_tensor(r, headers, "q", cut, dst, sdst, (128, 128))
     assert torch.equal(dst.view(torch.uint8), ref["q"][128:256].view(torch.uint8))
     assert torch.equal(sdst, ref["q_scale_inv"][1:2])
 

@@ -1,0 +1,128 @@
+"""The files of a Hugging Face checkpoint directory, before any tensor is read: which safetensors
+files a load reads (`model.safetensors.index.json`'s shards, else `model.safetensors`, else every
+`*.safetensors` file), the index's weight map checked, every file's header (names, shapes, dtypes),
+the index checked against the headers, and the advice for a Git LFS pointer in place of a file.
+Every problem is a `CheckpointError` of one line naming the file (and the tensor)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from .checkpoint_checks import CheckpointError
+from .tensor_reader import DTYPES
+
+
+def _listed(path: Path) -> tuple[list[Path], dict[str, Path] | None]:
+    """The safetensors files a load of checkpoint directory `path` reads, and the index's weight map:
+    the index's shards; else `model.safetensors` alone where it exists (as transformers reads it:
+    other .safetensors files there are not weights); else every `*.safetensors` file. Unchecked."""
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        weight_map = read_index(index)
+        # one Path per shard file, shared by its tensors: a Path per tensor cost ~0.1 s a call for an
+        # index of 8,491 names, and jobs list their checkpoint several times (the 671B's names 91,991)
+        files = {f: path / f for f in set(weight_map.values())}
+        return sorted(files.values()), {k: files[v] for k, v in weight_map.items()}
+    if (path / "model.safetensors").is_file():
+        return [path / "model.safetensors"], None
+    return sorted(path.glob("*.safetensors")), None
+
+
+def weight_files(path: str | os.PathLike) -> list[Path]:
+    """`_listed`'s files that are on disk, without an error for a missing shard or an empty
+    directory (a broken index still is one): for fingerprints and copies of a checkpoint that loads."""
+    return [f for f in _listed(Path(path))[0] if f.is_file()]
+
+
+def shard_files(path: Path) -> tuple[list[Path], dict[str, Path] | None]:
+    """`_listed`, checked: every shard the index names is there; without an index, some file is."""
+    files, weight_map = _listed(path)
+    if weight_map is None and not files:
+        raise CheckpointError(f"{path}: no *.safetensors files")
+    for f in files if weight_map is not None else ():
+        if not f.exists():
+            some = next(k for k, v in weight_map.items() if v == f)
+            raise CheckpointError(f"{f}: shard listed in model.safetensors.index.json (e.g. for {some}) is missing")
+    return files, weight_map
+
+
+def read_index(index: Path) -> dict[str, str]:
+    """The weight map of a `model.safetensors.index.json`: tensor name -> shard file name (a plain
+    name in the same directory), checked."""
+    def unique(pairs: list) -> dict:  # json keeps the last of two equal keys, silently
+        d = dict(pairs)
+        if len(d) != len(pairs):
+            seen: set = set()
+            twice = next(k for k, _ in pairs if k in seen or seen.add(k))
+            raise CheckpointError(f"{index}: names {twice!r} twice (a hand-edited or merged index?)")
+        return d
+
+    try:
+        weight_map = json.loads(index.read_text(), object_pairs_hook=unique)["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError, OSError) as e:
+        raise CheckpointError(f"{index}: not a valid safetensors index ({type(e).__name__}: {e})") from None
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{index}: weight_map must map tensor names to shard files, "
+                              f"found {type(weight_map).__name__}")
+    checked: dict[str, bool] = {}  # one Path per distinct file: the 671B's index names 91,991 tensors in 163
+
+    def not_a_file_name(v) -> bool:
+        if not isinstance(v, str):
+            return True
+        if v not in checked:
+            checked[v] = not v or Path(v).name != v
+        return checked[v]
+
+    bad = next(((k, v) for k, v in weight_map.items() if not_a_file_name(v)), None)
+    if bad:
+        raise CheckpointError(f"{index}: weight_map[{bad[0]!r}] = {bad[1]!r} is not a shard file name in this "
+                              "directory")
+    return weight_map
+
+
+def read_headers(files: list[Path]) -> dict[str, tuple[Path, torch.Size, torch.dtype]]:
+    """name -> (file, shape, dtype), from the headers only."""
+    found: dict[str, tuple[Path, torch.Size, torch.dtype]] = {}
+    for f in files:
+        try:
+            with safe_open(f, framework="pt") as h:
+                for k in h.keys():
+                    sl = h.get_slice(k)
+                    if k in found:
+                        raise CheckpointError(f"{f}: tensor {k} also appears in {found[k][0].name}")
+                    found[k] = (f, torch.Size(sl.get_shape()), DTYPES.get(sl.get_dtype(), sl.get_dtype()))
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"{f}: not a readable safetensors file ({e}){lfs_pointer_note(f)}") from None
+    return found
+
+
+LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+
+
+def lfs_pointer_note(f: Path) -> str:
+    """'; ...' advice when file `f` is a Git LFS pointer (a clone made without git-lfs holds these ~130-byte
+    text files in place of the weights; safetensors read one as 'header too large'), else ''."""
+    try:
+        with open(f, "rb") as fh:
+            if fh.read(len(LFS_POINTER)) != LFS_POINTER:
+                return ""
+    except OSError:
+        return ""
+    return "; it is a Git LFS pointer, not the file: fetch it (git lfs pull, or huggingface-cli download)"
+
+
+def check_index_against_headers(path: Path, weight_map: dict[str, Path] | None, headers: dict) -> None:
+    """Every tensor the index lists is in the shard it names. A tensor found in another shard would
+    load (the headers say where it is), but other loaders (transformers, the serving engines) open only
+    the shard the index names, so a checkpoint that loads here would fail there: refused, naming both."""
+    for k, f in (weight_map or {}).items():
+        if k not in headers:
+            raise CheckpointError(f"{f}: tensor {k} listed in the index is not in the file")
+        if headers[k][0] != f:
+            raise CheckpointError(f"{path / 'model.safetensors.index.json'}: tensor {k} is listed in {f.name} "
+                                  f"but stored in {headers[k][0].name} (a stale or hand-edited index)")
