@@ -13,7 +13,8 @@ import torch
 
 from analyses.metrics._common import counted
 from probe.corpus import CorpusError, corpus_windows, fingerprint
-from probe.job import check_out_parent, check_outside_corpus, check_run_place, launch_rank0, run_inputs
+from probe.job import check_out_parent, check_outside_corpus, check_run_place, run_inputs
+from probe.job_exit import launch_rank0
 from probe.recorders import Batch, model_token_nll
 from probe.schema import TABLES
 from probe.windows import Window
