@@ -68,6 +68,7 @@ def test_the_runs_list_follows_the_folder_without_a_reload(tmp_path):
     assert [r.name for r in data.discover(tmp_path)] == ["b"]
 
 
+@pytest.mark.slow  # a dashboard session over several pages or runs (the quick loop leaves it out)
 def test_a_killed_record_or_training_run_is_interrupted_not_running(tmp_path):
     """A record or a training run killed (SIGKILL) leaves run.json saying "running" and its writer lock
     free: the Overview, the runs list and the sidebar said "still running" for good, and
@@ -194,6 +195,7 @@ def test_a_long_run_name_is_shown_whole_under_the_picker(tmp_path):
     assert not any(c.startswith("a · ") for c in captions), captions
 
 
+@pytest.mark.slow  # a dashboard session over several pages or runs (the quick loop leaves it out)
 def test_a_long_corpus_path_wraps_in_the_runs_table(tmp_path):
     """The Overview's runs table cut a long corpus path off at the column's width; a long one now
     wraps (a wide column, rows tall enough for Streamlit to wrap their text: over 64 px), with room

@@ -151,6 +151,7 @@ def test_a_run_compared_with_itself_and_latent_tables_without_rows(runs, tmp_pat
     assert not at.error and "holds no rows" in texts(at.info), texts(at.error)
 
 
+@pytest.mark.slow  # a dashboard session over several pages or runs (the quick loop leaves it out)
 def test_a_layer_with_non_finite_latents_is_named_not_averaged_away(runs, tmp_path):
     """The probe writes a NaN effective rank for a layer whose latents were NaN (a diverged checkpoint);
     the page's mean left that layer out without a word, and showed nan when every layer was (a
@@ -191,6 +192,7 @@ def test_a_layer_with_non_finite_latents_is_named_not_averaged_away(runs, tmp_pa
         assert ("No layer has finite latents" in text) == (len(bad_layers) == len(kv))
 
 
+@pytest.mark.slow  # a dashboard session over several pages or runs (the quick loop leaves it out)
 def test_latents_of_one_token_give_no_spectrum_nor_a_rank_of_zero(runs, tmp_path):
     """`dsv3-probe record --max-tokens 1`: a covariance of one token is zero, so the spectrum's shares
     were all 0 / 0 (an empty chart, without a word) and the mean effective rank read 0.0 (a tour).
@@ -222,6 +224,7 @@ def test_latents_of_one_token_give_no_spectrum_nor_a_rank_of_zero(runs, tmp_path
     assert not at.error
 
 
+@pytest.mark.slow  # a dashboard session over several pages or runs (the quick loop leaves it out)
 def test_an_mtp_table_without_rows_is_not_called_missing(runs, tmp_path):
     """A run of windows too short for a draft (`--max-tokens 1`) has an `mtp` folder without rows: the
     MTP page said it 'has no mtp table', as if recorded with --no-mtp (a tour). It now says why it is
@@ -547,6 +550,7 @@ def test_a_spec_run_without_a_single_draft_shows_no_acceptance(runs, tmp_path):
     assert "No MTP draft was proposed" in texts(at.info)
 
 
+@pytest.mark.slow  # a dashboard session over several pages or runs (the quick loop leaves it out)
 def test_a_folder_of_tables_without_run_json_is_named_not_left_out_silently(tmp_path):
     """A run folder whose run.json is gone was missing from the runs list without a word, and a runs
     directory of only such folders said 'No runs yet' (a tour): the Overview now names them."""

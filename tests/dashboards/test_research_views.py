@@ -158,6 +158,7 @@ def test_causal_importance(runs):
     assert "python -m analyses.importance --run" in texts(at.info) and not at.error
 
 
+@pytest.mark.slow  # a dashboard session over several pages or runs (the quick loop leaves it out)
 def test_steering_page(runs):
     tab = pq.read_table(runs["demo"] / "steering").to_pandas()
     at = open_page(app(runs["good"], "demo"), "steering")
@@ -204,6 +205,7 @@ def test_steering_page_keeps_two_commands_of_one_name_apart(runs, tmp_path):
     assert "&#35;&#35;&#35; Position" in shown and "<br>" in shown and "\n\n" not in shown.split("prompt:")[-1]
 
 
+@pytest.mark.slow  # a dashboard session over several pages or runs (the quick loop leaves it out)
 def test_run_vs_run_lists_a_token_whose_top1_or_whose_set_alone_changed(tmp_path):
     import pyarrow as pa
 
@@ -233,6 +235,7 @@ def test_run_vs_run_lists_a_token_whose_top1_or_whose_set_alone_changed(tmp_path
     assert sorted(zip(changed.seq_id, changed.pos)) == [(0, 1), (0, 2), (1, 3)]
 
 
+@pytest.mark.slow  # a dashboard session over several pages or runs (the quick loop leaves it out)
 def test_a_run_of_one_window_a_domain_says_why_no_accuracy_is_learned(tmp_path):
     """Held-out accuracies learn on 4 of every 5 windows of each domain and score the 5th, the first
     included: a run of one window a domain (a low --max-tokens) holds them all out. The token-id
@@ -276,6 +279,7 @@ def _info_only_run(run, **info) -> None:
     (run / "run.json").write_text(json.dumps({"status": "complete", "format": 1, **info}))
 
 
+@pytest.mark.slow  # a dashboard session over several pages or runs (the quick loop leaves it out)
 def test_compare_defaults_run_b_to_a_run_it_can_compare(tmp_path):
     """Run B defaulted to the next run of A's kind: here a spec run, then an analysis-only run, then an
     import of another model, none of which holds anything to compare with A's routing. It now takes the
@@ -310,6 +314,7 @@ def test_two_runs_without_routing_are_named_in_one_sentence(tmp_path):
     assert "and `a` and `b` have no `routing` table." in texts(at.info), texts(at.info)
 
 
+@pytest.mark.slow  # a dashboard session over several pages or runs (the quick loop leaves it out)
 def test_compare_takes_a_run_of_another_model_as_no_partner_and_an_unstated_count_as_no_difference(tmp_path):
     """The page's partner test and the report's --compare ask probe.model_shape alike: 16 routed experts
     against 8 is another model; a run.json that does not state its layers (or experts) is not held

@@ -144,6 +144,7 @@ def test_serving_window_and_layout_change_the_plan(imported):
 
 
 
+@pytest.mark.slow  # a dashboard session over several pages or runs (the quick loop leaves it out)
 def test_later_passes_are_those_after_the_window_and_a_strided_run_says_what_its_bars_sum(imported, monkeypatch):
     """(a review) 'later passes' took every pass outside the window, those before it too; with the
     passes strided (a run longer than MAX_PASSES) the window slider moved by 1, so a window could hold
@@ -186,6 +187,7 @@ def test_every_page_on_imported_runs(imported):
     assert len(at.get("plotly_chart")) >= 1
 
 
+@pytest.mark.slow  # a dashboard session over several pages or runs (the quick loop leaves it out)
 def test_pages_on_an_import_speak_of_passes_and_draw_no_idle_widget(imported):
     """A dump's steps are forward passes and it holds no router bias; with one domain there is no
     domain x expert heatmap, so no lift / share radio to switch it, nor a colour-by-domain one for the
@@ -231,6 +233,7 @@ def test_pass_loads_reads_every_kth_pass_of_a_long_run(imported):
     np.testing.assert_array_equal(X5, X[[0, 3, 6, 9]])
 
 
+@pytest.mark.slow  # a dashboard session over several pages or runs (the quick loop leaves it out)
 def test_token_explorer_shows_text_with_the_tokenizer(imported, tmp_path):
     """`--tokenizer` puts the served model's tokenizer in run.json: the explorer decodes the ids; without
     it the explorer shows ids (the control)."""
