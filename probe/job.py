@@ -193,7 +193,7 @@ TRIM_THRESHOLD = 128 << 20  # glibc: free memory at the heap's top kept for reus
 
 def bound_heap() -> None:
     """Fix glibc's heap thresholds for a long job (record; ablate, importance and steer through
-    analyses.ablate.run.start_job): allocations below MMAP_THRESHOLD come from the
+    analyses.ablate.inputs.start_job): allocations below MMAP_THRESHOLD come from the
     heap and are reused batch after batch, and up to TRIM_THRESHOLD of free heap is kept rather than
     returned to the kernel. No-op off glibc.
 

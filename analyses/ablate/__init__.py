@@ -35,7 +35,9 @@ per-domain sums are added over the replicas, so the table is the same whatever t
 writes it.
 
 Library: select.py (what to disable: `Ablation`, `resolve`, the routing guard, the hooks, `ablated`),
-run.py (the job: `evaluate`, `ablate`, `write_ablations`), sweep.py (committing a sweep as it goes and
+run.py (the job: `evaluate`, `ablate`, `write_ablations`), inputs.py (a job's options, its checks of --run
+and --out, the corpus sample, the batches and model: shared with importance and steer), loads.py (the loads
+ranking --top: a run's expert_load or the baseline pass), sweep.py (committing a sweep as it goes and
 continuing an interrupted one); the command is `__main__.py`.
 """
 
@@ -44,10 +46,11 @@ from probe.lazy import exports
 # NOTE: imported on first use (probe/lazy.py): run.py and select.py import torch, and
 # `python -m analyses.ablate --help` runs this file first
 __getattr__, __dir__, __all__ = exports(__name__, {
-    ".run": ("AblateOptions", "ablate", "add_loss", "baseline_pass", "check_finished", "check_out", "evaluate",
-             "forward_batch", "inputs_key", "job_defaults", "job_meta", "limit_per_domain", "loads_from_run",
-             "reduce_entry", "replica_batches", "sample_windows", "saved_or_baseline", "start_job",
+    ".run": ("ablate", "add_loss", "baseline_pass", "evaluate", "forward_batch", "reduce_entry", "saved_or_baseline",
              "write_ablations"),
+    ".inputs": ("AblateOptions", "check_finished", "check_out", "inputs_key", "job_defaults", "job_meta",
+                "limit_per_domain", "replica_batches", "sample_windows", "start_job"),
+    ".loads": ("loads_from_run",),
     ".select": ("ALL", "MODES", "Ablation", "AblationError", "Plan", "RouterShape", "ablated", "ablation_hooks",
                 "check_names", "check_routable", "load_spec", "normalise_disabled", "parse_experts", "parse_layers",
                 "plan_hooks", "resolve", "reroute_hook", "top_vs_random", "zero_hook"),

@@ -106,7 +106,8 @@ def unused(ns) -> None:
 @one_line_when_a_peer_is_lost
 def main(argv: list[str] | None = None) -> int:
     ns = parser().parse_args(argv)
-    from .run import AblateOptions, ablate
+    from .inputs import AblateOptions
+    from .run import ablate
     from .select import AblationError
 
     opts = AblateOptions(**{k: v for k, v in vars(ns).items() if k in AblateOptions.__dataclass_fields__})

@@ -1,25 +1,25 @@
 """Running ablations over a corpus: the baseline and every ablation pass over the same batches,
-per-domain losses and routing changes, the `ablations` table (usage: the package docstring)."""
+per-domain losses and routing changes, the `ablations` table (usage: the package docstring). The job's
+inputs are inputs.py's; the loads that rank --top, loads.py's."""
 
 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from analyses.metrics._common import counted
-from probe.corpus import CorpusError, corpus_windows, fingerprint
-from probe.job import check_out_parent, check_outside_corpus, check_run_place, run_inputs
-from probe.job_exit import launch_rank0
+from probe.corpus import CorpusError
 from probe.recorders import Batch, model_token_nll
 from probe.schema import TABLES
-from probe.windows import Window
-from probe.writer import read_run_json, refuse_running, run_status, write_result_part
+from probe.writer import write_result_part
 
+# the job's inputs and --top's loads moved to inputs.py and loads.py; imports of them from here still work
+from .inputs import (AblateOptions, check_finished, check_out, inputs_key, job_defaults, job_meta,  # noqa: F401
+                     limit_per_domain, replica_batches, sample_windows, start_job)
+from .loads import loads_from_run, run_loads  # noqa: F401
 from .select import ALL, Ablation, AblationError, Loads, Plan, RouterShape, check_names, plan_hooks, resolve
 from .sweep import Sweep
 
@@ -209,155 +209,6 @@ def _allreduce(x: np.ndarray, world) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------- the job
-@dataclass
-class AblateOptions:
-    run: str | None = None
-    out: str | None = None
-    ckpt: str | None = None
-    corpus: str | None = None
-    tokenizer: str | None = None
-    max_tokens: int | None = None
-    domain_tokens: int | None = None  # at most this many tokens of each domain (each domain's own order)
-    order: str | None = None  # domains | corpus (default: the run's, else domains; see probe.corpus)
-    seq_len: int | None = None
-    batch_size: int | None = None
-    add_bos: bool | None = None
-    dtype: str | None = None
-    gemm: str = "bf16"
-    device: str | None = None
-    model_parallel: str | int = 1
-    loads_from: str = "auto"  # auto | run | baseline
-    progress: bool = True
-    fresh: bool = False  # compute every ablation again, taking nothing from an interrupted attempt (sweep.py)
-
-
-def job_defaults(opts: AblateOptions) -> tuple[AblateOptions, dict | None]:
-    """Fill unset options from --run's run.json; returns (options, run info)."""
-    info = None
-    if opts.run is None and opts.out is None:
-        raise AblationError("pass --run RUN (a recorded run) or --out DIR (where to write the results)")
-    if opts.loads_from not in ("auto", "run", "baseline"):
-        raise AblationError(f"--loads-from {opts.loads_from!r}: choose auto, run or baseline")
-    if opts.run is not None:
-        info = read_run_json(Path(opts.run))
-        opts.ckpt, opts.corpus = run_inputs(info, str(opts.run), opts.ckpt, opts.corpus, AblationError)
-        ro = info.get("options", {})
-        opts.tokenizer = opts.tokenizer or ro.get("tokenizer")
-        for k in ("max_tokens", "seq_len", "batch_size", "add_bos"):
-            if getattr(opts, k) is None:
-                setattr(opts, k, ro.get(k))
-        # a record run from before --order read the corpus in order; a run with no record options
-        # (spec only) takes the default, every domain interleaved
-        opts.order = opts.order or ro.get("order", "corpus" if "router_logits" in ro else "domains")
-    elif opts.loads_from == "run":
-        raise AblationError("--loads-from run needs --run RUN")
-    opts.order = opts.order or "domains"
-    opts.batch_size = 8 if opts.batch_size is None else opts.batch_size  # 0 became 8, silently (a review)
-    opts.add_bos = True if opts.add_bos is None else opts.add_bos
-    if opts.batch_size < 1:  # each flag named with its value (it said "--batch-size must be >= 1 and --seq-len >= 2")
-        raise AblationError(f"--batch-size {opts.batch_size}: must be >= 1 (windows per forward pass)")
-    if opts.seq_len is not None and opts.seq_len < 2:
-        raise AblationError(f"--seq-len {opts.seq_len}: must be >= 2 (tokens per window)")
-    if opts.max_tokens is not None and opts.max_tokens < 1:
-        raise AblationError(f"--max-tokens {opts.max_tokens}: must be >= 1")
-    if opts.domain_tokens is not None and opts.domain_tokens < 1:
-        raise AblationError(f"--domain-tokens {opts.domain_tokens}: must be >= 1")
-    return opts, info
-
-
-def check_finished(run, info: dict | None, error: type[Exception] = AblationError) -> None:
-    """probe.writer.refuse_running, with this package's error by default."""
-    refuse_running(run, info, error)
-
-
-def loads_from_run(run_dir: str | Path, shape: RouterShape) -> Loads:
-    """{domain or "all": [n_moe_layers, E] counts} summed over a run's `expert_load` table. Rows of an
-    MTP module's router (layer n_layers + k, which training runs record) are left out: ablations act
-    on the main layers. Loads of another model, or with a MoE layer that counts nothing, are refused."""
-    import probe
-
-    run = probe.open_run(run_dir)
-    if "expert_load" in run.lost_tables:  # said through DuckDB's "Invalid Input Error: ..." before
-        from probe.run import lost_message
-
-        raise AblationError(lost_message(run_dir, "expert_load"))
-    _check_same_router(run_dir, run.info.get("model_args") or {}, shape)
-    df = run.sql("select layer, expert, domain, sum(count)::bigint as n from expert_load group by all").df()
-    df = df[df.layer < shape.n_layers]
-    if df.empty:
-        raise AblationError(f"{run_dir}: empty run: its expert_load table has no rows (record it first, "
-                            "or pass --loads-from baseline)")
-    moe = shape.moe_layers
-    bad = sorted(set(df.layer) - set(moe))
-    if bad or df.expert.max() >= shape.n_experts:
-        raise AblationError(f"{run_dir}: its expert_load does not fit this model (layers {sorted(set(df.layer))}, "
-                            f"experts up to {df.expert.max()}; the model has MoE layers {moe} and "
-                            f"{shape.n_experts} experts)")
-    _check_every_layer(run_dir, df, moe)
-    out = {}
-    for dom, g in df.groupby("domain"):
-        a = np.zeros((len(moe), shape.n_experts), np.int64)
-        np.add.at(a, ([moe.index(x) for x in g.layer], g.expert.to_numpy()), g.n.to_numpy())
-        out[dom] = a
-    out[ALL] = sum(out.values())
-    return out
-
-
-def _check_every_layer(run_dir, df, moe: list[int]) -> None:
-    """Every MoE layer has loads to rank. A run of the same model whose expert_load lacks a layer's rows
-    (recorded with fewer layers hooked, an import of some pipeline stages' dumps, an edited table), or
-    whose rows there count nothing (such an import with --config writes zeros), ranked that layer's
-    experts from zeros: a "top" of tie-broken ids. A record, a training run and an import of a whole
-    server's dumps count every MoE layer."""
-    per_layer = df.groupby("layer").n.sum()
-    missing = [x for x in moe if per_layer.get(x, 0) == 0]
-    if missing:
-        raise AblationError(f"{run_dir}: its expert_load counts no loads in MoE layer{'s' * (len(missing) > 1)} "
-                            f"{', '.join(map(str, missing))} of the model's {moe[0]}..{moe[-1]} (recorded with fewer "
-                            "layers, an import of some pipeline stages' dumps, or an edited table?): --top would rank "
-                            "their experts from zeros; pass --loads-from baseline to rank experts on the tokens "
-                            "evaluated")
-
-
-def run_loads(opts: AblateOptions, info: dict | None, shape: RouterShape,
-              needs: bool) -> tuple[Loads | None, str, dict | None]:
-    """The loads that rank --top: (the run's, "run:PATH") where --loads-from says run (or auto, and the
-    run has them), else (None, "baseline"): the baseline pass counts them. Third, where the run's record
-    or training did not finish (run.json interrupted: Ctrl-C, SIGTERM, a crash), what its partial loads
-    cover ({status, tokens, planned_tokens}, for run.json), said in one line: they were taken silently."""
-    if not needs or not (opts.loads_from == "run" or (opts.loads_from == "auto" and opts.run is not None
-                                                      and _has_loads(opts.run))):
-        return None, "baseline", None
-    loads = loads_from_run(opts.run, shape)
-    status = run_status(opts.run, info)
-    if status in ("complete", "unknown"):
-        return loads, f"run:{Path(opts.run).resolve()}", None
-    # every token counts once in each MoE layer's top-k assignments
-    tokens, planned = int(loads[ALL][0].sum()) // shape.topk, ((info or {}).get("planned") or {}).get("tokens")
-    job = "training" if (info or {}).get("kind") == "train" else "record"
-    if launch_rank0():
-        print(f"note: --top ranks experts by partial loads: the {job} of {opts.run} did not finish (run.json status "
-              f"{status}), and its expert_load covers {tokens:,} tokens"
-              + (f" of the {planned:,} planned" if planned else "")
-              + f"; finish the {job} with --resume, or pass --loads-from baseline", file=sys.stderr)
-    return loads, f"run:{Path(opts.run).resolve()}", {"status": status, "tokens": tokens, "planned_tokens": planned}
-
-
-def _check_same_router(run_dir, model_args: dict, shape: RouterShape) -> None:
-    """The run's loads rank the experts of the model they were counted on: another model's (an SGLang
-    import of a served model, then --ckpt of a smaller one) gave a "top" of tie-broken zeros in the
-    layers the run lacks and of unrelated experts elsewhere."""
-    from probe.model_shape import LAYOUT, model_differences
-
-    ours = dict(zip(LAYOUT, (shape.n_layers, shape.n_dense_layers, shape.n_experts)))
-    if model_differences(model_args, ours, LAYOUT):  # a field the run does not state is not held against it
-        theirs = ["?" if model_args.get(k) is None else model_args[k] for k in LAYOUT]
-        raise AblationError(f"{run_dir}: its expert_load was counted on another model ({theirs[0]} layers, "
-                            f"{theirs[1]} dense, {theirs[2]} experts; the checkpoint has {ours['n_layers']}, "
-                            f"{ours['n_dense_layers']}, {ours['n_routed_experts']}): pass --loads-from baseline to "
-                            "rank experts on this model")
-
-
 def ablate(opts: AblateOptions, ablations: list[Ablation]):
     """Run the job; returns (output run directory, DataFrame of the rows). Rank 0 writes."""
     from probe.job import checkpoint_args, load_tokenizer, resolve_paths, window_length
@@ -443,110 +294,6 @@ def _note_stranded(plans) -> None:
             print(f"note: ablation {p.ablation.name!r} also removes experts it leaves alone in their group ({where}): "
                   "group-limited routing scores a group by its two best experts, so they cannot be chosen; counted "
                   "in n_disabled", file=sys.stderr)
-
-
-def limit_per_domain(windows, per_domain: int, total: int | None) -> list:
-    """The first `per_domain` tokens of every domain (corpus order; the last window cut), then at
-    most `total` tokens overall: a balanced sample of a corpus stored domain by domain."""
-    seen: dict[str, int] = {}
-    out, n = [], 0
-    for w in windows:
-        left = min(per_domain - seen.get(w.domain, 0), (total - n) if total is not None else len(w.ids))
-        if left <= 0:
-            if total is not None and n >= total:
-                break
-            continue
-        ids = w.ids[:left]
-        out.append(Window(w.seq_id, w.doc_id, w.domain, w.doc_start, ids))
-        seen[w.domain] = seen.get(w.domain, 0) + len(ids)
-        n += len(ids)
-    return out
-
-
-def sample_windows(opts: AblateOptions, corpus: Path, tok, args) -> tuple[list, list[str]]:
-    """The job's windows: `opts.domain_tokens` of every domain (a balanced sample) or the corpus up to
-    `opts.max_tokens`, in `opts.order`; and the domains among them. An empty corpus is an error, and
-    so are windows of one token each, which leave no token to score (its loss needs the next)."""
-    from probe.corpus import CorpusStats
-    from probe.job_exit import launch_rank0
-
-    bos = args.bos_token_id if opts.add_bos else None
-    stats = CorpusStats()  # what the reader skipped or replaced: said as record says it (it was silent; a review)
-    windows = corpus_windows(corpus, lambda t: tok.encode(t, add_special_tokens=False).ids, opts.seq_len, bos,
-                             None if opts.domain_tokens else opts.max_tokens, opts.order, stats)
-    windows = limit_per_domain(windows, opts.domain_tokens, opts.max_tokens) if opts.domain_tokens else list(windows)
-    if not windows:
-        raise CorpusError(f"{corpus}: corpus has no text")
-    if all(len(w.ids) < 2 for w in windows):
-        caps = [f"{opts.max_tokens:,} token{'' if opts.max_tokens == 1 else 's'} in all (max_tokens)"] if opts.max_tokens else []
-        caps += [f"{opts.domain_tokens:,} per domain (domain_tokens)"] if opts.domain_tokens else []
-        why = f"the sample is capped at {' and '.join(caps)}" if caps else "the documents are one token long"
-        each = "holds one token" if len(windows) == 1 else "hold one token each"
-        raise CorpusError(f"{corpus}: the {counted(len(windows), 'window')} evaluated {each}, which leaves no token "
-                          f"to score (a token's loss needs the next one); {why}")
-    for note in stats.notes() if launch_rank0() else ():  # a sample the job takes: an error says enough
-        print(note, file=sys.stderr)
-    return windows, sorted({w.domain for w in windows})
-
-
-def replica_batches(windows: list, batch_size: int, world) -> list[Batch]:
-    """This replica's batches: global batch b goes to replica b % R (the ranks of one replica, one
-    sharded model, run the same ones), as `probe record` deals them."""
-    return [Batch(b, windows[s: s + batch_size]) for b, s in enumerate(range(0, len(windows), batch_size))
-            if b % world.replicas == world.replica]
-
-
-def start_job(opts: AblateOptions, ckpt: Path, args, windows: list, **derived):
-    """The model side of a job, once its inputs are checked: bound the heap, join the ranks (each
-    running the job with rank 0's options and `derived` settings, e.g. the ablations), take this
-    replica's batches and load the model sharded over the replica -> (world, batches, model)."""
-    from probe.job import bound_heap, job_options, load_model, start_world
-
-    bound_heap()
-    world = start_world(opts.model_parallel, opts.device, args, job_options(opts, **derived))
-    batches = replica_batches(windows, opts.batch_size, world)
-    return world, batches, load_model(ckpt, world, dtype=opts.dtype, gemm=opts.gemm)
-
-
-def job_meta(ckpt: Path, corpus: Path, opts: AblateOptions, **options) -> dict:
-    """What a result part records about its inputs: checkpoint, corpus and tokenizer (path,
-    fingerprint) and the options that decide the numbers (plus `options`)."""
-    from probe.ckpt_identity import checkpoint_identity
-
-    tok = Path(getattr(opts, "tokenizer", None) or ckpt / "tokenizer.json")
-    return {"checkpoint": checkpoint_identity(ckpt),  # with the weights sample: a part names the weights it saw
-            "corpus": {"path": str(corpus.resolve()), "fingerprint": fingerprint(corpus)},
-            # the file that turned the corpus into ids: it was in neither the part's record nor its key
-            "tokenizer": {"path": str(tok.resolve()), "fingerprint": fingerprint(tok) if tok.is_file() else None},
-            "options": {"max_tokens": opts.max_tokens, "domain_tokens": opts.domain_tokens, "seq_len": opts.seq_len,
-                        "batch_size": opts.batch_size, "add_bos": opts.add_bos, "order": opts.order,
-                        "dtype": opts.dtype or "float32", "gemm": opts.gemm} | options}
-
-
-def inputs_key(meta: dict) -> dict:
-    """The inputs of `job_meta` as a result part's key takes them: by content, not path, so that the same
-    command on a moved or copied run replaces its part instead of writing a second one beside it, with
-    every row twice under one name (a sweep user's review)."""
-    def content(d):
-        return {k: v for k, v in (d or {}).items() if k != "path"}
-    return {"checkpoint": content(meta["checkpoint"]), "corpus": content(meta["corpus"]),
-            "tokenizer": content(meta.get("tokenizer"))}
-
-
-def _has_loads(run: str) -> bool:
-    d = Path(run) / "expert_load"
-    # a recorded run (even an empty one, which then fails loudly) versus an ablations-only directory
-    return (d.is_dir() and any(d.glob("*.parquet"))) or "planned" in read_run_json(Path(run))
-
-
-def check_out(out: Path, corpus: Path | None = None) -> None:
-    if out.exists() and not out.is_dir():
-        raise AblationError(f"--out {out}: is a file, not a directory")
-    check_outside_corpus(out, corpus, "the table", AblationError, "the corpus")
-    check_run_place(out, error=AblationError)
-    if out.is_dir() and any(out.iterdir()) and not (out / "run.json").exists():
-        raise AblationError(f"--out {out}: not a run directory (no run.json) and not empty")
-    check_out_parent(out, error=AblationError)  # before a model loads, not when the table is written
 
 
 def write_ablations(out: str | Path, df, meta: dict, args=None) -> Path:

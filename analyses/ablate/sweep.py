@@ -39,7 +39,7 @@ def sweep_key(ablations: list, meta: dict, out: Path | None = None) -> dict:
     inputs writes another part and takes nothing from this one). The ablations as a set, each as
     selected (experts and layers sorted: `1:5+3` is `1:3+5`), as the part's key was before; the inputs
     by content (`inputs_key`), and loads from the run written into as that run, not its path."""
-    from .run import inputs_key
+    from .inputs import inputs_key
 
     loads = meta["loads"]
     if out is not None and loads.startswith("run:") and Path(loads[4:]) == Path(out).resolve():

@@ -21,8 +21,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from analyses.ablate import (AblateOptions, add_loss, check_finished, check_out, inputs_key, job_defaults, job_meta,
-                             reduce_entry, sample_windows, saved_or_baseline, start_job)
+from analyses.ablate.inputs import (AblateOptions, check_finished, check_out, inputs_key, job_defaults, job_meta,
+                                    sample_windows, start_job)
+from analyses.ablate.run import add_loss, reduce_entry, saved_or_baseline
 from analyses.ablate.select import ALL, AblationError, RouterShape, also_removed, check_routable
 from analyses.ablate.sweep import Commits
 from analyses.importance import TOKEN_BUDGET

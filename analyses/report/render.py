@@ -119,7 +119,7 @@ def _check_model_sections_can_run(run) -> None:
     """The model sections (ablate, importance, steer) refuse a run still marked running; refused here,
     before the note that the report covers the tokens so far (which the error then contradicted), with
     the way to a report of those tokens as well as the way to finish the run."""
-    from analyses.ablate.run import check_finished
+    from analyses.ablate.inputs import check_finished
 
     try:
         check_finished(run.path, run.info, ReportError)

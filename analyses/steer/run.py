@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from analyses.ablate.run import (AblateOptions, add_loss, check_finished, check_out, forward_batch, job_defaults,
-                                 inputs_key, job_meta, sample_windows, start_job)
+from analyses.ablate.inputs import (AblateOptions, check_finished, check_out, inputs_key, job_defaults, job_meta,
+                                    sample_windows, start_job)
+from analyses.ablate.run import add_loss, forward_batch
 from analyses.ablate.select import ALL, RouterShape, experts_label
 from analyses.ablate.sweep import Commits
 from probe.corpus import CorpusError

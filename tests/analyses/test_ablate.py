@@ -368,7 +368,7 @@ def test_a_changed_checkpoint_and_a_killed_record_are_refused_with_the_way_on(pr
     recorded" (a review). Each command's check is the same (`probe.job.run_inputs`, `check_finished`)."""
     import shutil
 
-    from analyses.ablate.run import job_meta
+    from analyses.ablate.inputs import job_meta
     from analyses.importance.__main__ import main as importance_main
     from analyses.steer.__main__ import main as steer_main
     from helpers.checkpoints import edit_tensors
@@ -430,7 +430,7 @@ def test_a_sweep_entry_that_names_no_layer_is_refused(tmp_path, capsys):
 def test_the_sample_says_what_the_reader_skipped_or_replaced(probe_env, tmp_path, capsys):
     """ablate, importance and steer (`sample_windows`) read a corpus with a binary file and a Latin-1 one
     without a word, where record names both (a review)."""
-    from analyses.ablate.run import sample_windows
+    from analyses.ablate.inputs import sample_windows
     from probe.job import checkpoint_args, load_tokenizer
 
     corpus = tmp_path / "c"
@@ -590,3 +590,24 @@ def test_top_by_the_loads_of_an_interrupted_record_says_they_are_partial(probe_e
     assert "partial" not in capsys.readouterr().err
     assert [e.get("loads_partial") for e in parts().values() if e["loads"].startswith("run:")] == [
         {"status": "interrupted", "tokens": tokens, "planned_tokens": 600}, None]
+
+
+def test_names_moved_out_of_run_py_still_import_from_it_and_the_package():
+    """The job's inputs moved to inputs.py and --top's loads to loads.py (run.py was near the 600-line
+    limit): `analyses.ablate.run.X` and `analyses.ablate.X`, which steer, importance, report and user
+    code imported, are still the same objects."""
+    import analyses.ablate as package
+    import analyses.ablate.inputs as inputs
+    import analyses.ablate.loads as loads
+    import analyses.ablate.run as run
+
+    moved = {inputs: ("AblateOptions", "check_finished", "check_out", "inputs_key", "job_defaults", "job_meta",
+                      "limit_per_domain", "replica_batches", "sample_windows", "start_job"),
+             loads: ("loads_from_run", "run_loads")}
+    for home, names in moved.items():
+        for name in names:
+            assert getattr(home, name).__module__ == home.__name__, name
+            assert getattr(run, name) is getattr(home, name), name
+            if name in package.__all__:
+                assert getattr(package, name) is getattr(home, name), name
+    assert {"AblateOptions", "loads_from_run", "sample_windows", "start_job"} <= set(package.__all__)

@@ -1,4 +1,4 @@
-"""analyses.ablate.run.loads_from_run: a run's expert_load ranks the experts of `--top` only when it was
+"""analyses.ablate.loads.loads_from_run: a run's expert_load ranks the experts of `--top` only when it was
 counted on the checkpoint's model (probe.model_shape), layer for layer."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from analyses.ablate import AblationError
-from analyses.ablate.run import loads_from_run
+from analyses.ablate.loads import loads_from_run
 from analyses.ablate.select import RouterShape
 from helpers.synthetic_run import write_run
 

@@ -439,7 +439,7 @@ def _outer_run_with_a_note(tmp_path: Path) -> Path:
 
 def _run_place_checks(corpus: Path):
     """Each command's own --out check (before a model loads): what it raises for `out`."""
-    from analyses.ablate.run import check_out as ablate_check_out
+    from analyses.ablate.inputs import check_out as ablate_check_out
     from probe.record import RecordOptions, check_out as record_check_out
     from probe.speculative import _check_out as spec_check_out
     from train.flags import build_parser, check_flags

@@ -208,7 +208,7 @@ def test_a_lock_this_process_cannot_open_is_not_taken_for_a_killed_record(tmp_pa
     """recorder_alive opened the lock file for writing and took any failure (a read-only mount, another
     user's run) for "no record holds it": a live record's run was said to be killed, with advice to
     --resume it (a review). It cannot tell then, and the jobs keep saying "still being recorded"."""
-    from analyses.ablate.run import check_finished
+    from analyses.ablate.inputs import check_finished
     from analyses.ablate.select import AblationError
     from probe import writer
     from probe.writer import WRITER_LOCK, recorder_alive

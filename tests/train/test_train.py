@@ -96,7 +96,8 @@ def _analyses_take_the_runs_own_model(out: Path, corpus: Path, info: dict) -> No
     `--top` failed on the MTP router's loads (found by a review). run.json now names the run's model
     and held-out text; the loads of the MTP router (layer n_layers) are left out of ablations."""
     from analyses.ablate import AblateOptions, AblationError
-    from analyses.ablate.run import job_defaults, loads_from_run
+    from analyses.ablate.inputs import job_defaults
+    from analyses.ablate.loads import loads_from_run
     from analyses.ablate.select import RouterShape
 
     assert info["checkpoint"]["path"] == str((out / "model").resolve()) and info["checkpoint"]["sample"]

@@ -1,0 +1,180 @@
+"""A job's inputs, shared by ablate, importance and steer: the options (`AblateOptions`) and their
+defaults from --run's run.json (`job_defaults`), the checks on --run and --out, the corpus sample
+(`sample_windows`), this replica's batches and the model (`start_job`), and what a result part records
+about its inputs (`job_meta`, `inputs_key`)."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from analyses.metrics._common import counted
+from probe.corpus import CorpusError, corpus_windows, fingerprint
+from probe.job import check_out_parent, check_outside_corpus, check_run_place, run_inputs
+from probe.job_exit import launch_rank0
+from probe.recorders import Batch
+from probe.windows import Window
+from probe.writer import read_run_json, refuse_running
+
+from .select import AblationError
+
+
+# ------------------------------------------------------------------------------ options and checks
+@dataclass
+class AblateOptions:
+    run: str | None = None
+    out: str | None = None
+    ckpt: str | None = None
+    corpus: str | None = None
+    tokenizer: str | None = None
+    max_tokens: int | None = None
+    domain_tokens: int | None = None  # at most this many tokens of each domain (each domain's own order)
+    order: str | None = None  # domains | corpus (default: the run's, else domains; see probe.corpus)
+    seq_len: int | None = None
+    batch_size: int | None = None
+    add_bos: bool | None = None
+    dtype: str | None = None
+    gemm: str = "bf16"
+    device: str | None = None
+    model_parallel: str | int = 1
+    loads_from: str = "auto"  # auto | run | baseline
+    progress: bool = True
+    fresh: bool = False  # compute every ablation again, taking nothing from an interrupted attempt (sweep.py)
+
+
+def job_defaults(opts: AblateOptions) -> tuple[AblateOptions, dict | None]:
+    """Fill unset options from --run's run.json; returns (options, run info)."""
+    info = None
+    if opts.run is None and opts.out is None:
+        raise AblationError("pass --run RUN (a recorded run) or --out DIR (where to write the results)")
+    if opts.loads_from not in ("auto", "run", "baseline"):
+        raise AblationError(f"--loads-from {opts.loads_from!r}: choose auto, run or baseline")
+    if opts.run is not None:
+        info = read_run_json(Path(opts.run))
+        opts.ckpt, opts.corpus = run_inputs(info, str(opts.run), opts.ckpt, opts.corpus, AblationError)
+        ro = info.get("options", {})
+        opts.tokenizer = opts.tokenizer or ro.get("tokenizer")
+        for k in ("max_tokens", "seq_len", "batch_size", "add_bos"):
+            if getattr(opts, k) is None:
+                setattr(opts, k, ro.get(k))
+        # a record run from before --order read the corpus in order; a run with no record options
+        # (spec only) takes the default, every domain interleaved
+        opts.order = opts.order or ro.get("order", "corpus" if "router_logits" in ro else "domains")
+    elif opts.loads_from == "run":
+        raise AblationError("--loads-from run needs --run RUN")
+    opts.order = opts.order or "domains"
+    opts.batch_size = 8 if opts.batch_size is None else opts.batch_size  # 0 became 8, silently (a review)
+    opts.add_bos = True if opts.add_bos is None else opts.add_bos
+    if opts.batch_size < 1:  # each flag named with its value (it said "--batch-size must be >= 1 and --seq-len >= 2")
+        raise AblationError(f"--batch-size {opts.batch_size}: must be >= 1 (windows per forward pass)")
+    if opts.seq_len is not None and opts.seq_len < 2:
+        raise AblationError(f"--seq-len {opts.seq_len}: must be >= 2 (tokens per window)")
+    if opts.max_tokens is not None and opts.max_tokens < 1:
+        raise AblationError(f"--max-tokens {opts.max_tokens}: must be >= 1")
+    if opts.domain_tokens is not None and opts.domain_tokens < 1:
+        raise AblationError(f"--domain-tokens {opts.domain_tokens}: must be >= 1")
+    return opts, info
+
+
+def check_finished(run, info: dict | None, error: type[Exception] = AblationError) -> None:
+    """probe.writer.refuse_running, with this package's error by default."""
+    refuse_running(run, info, error)
+
+
+def check_out(out: Path, corpus: Path | None = None) -> None:
+    if out.exists() and not out.is_dir():
+        raise AblationError(f"--out {out}: is a file, not a directory")
+    check_outside_corpus(out, corpus, "the table", AblationError, "the corpus")
+    check_run_place(out, error=AblationError)
+    if out.is_dir() and any(out.iterdir()) and not (out / "run.json").exists():
+        raise AblationError(f"--out {out}: not a run directory (no run.json) and not empty")
+    check_out_parent(out, error=AblationError)  # before a model loads, not when the table is written
+
+
+# ------------------------------------------------------------------------------ the sample and the model
+def limit_per_domain(windows, per_domain: int, total: int | None) -> list:
+    """The first `per_domain` tokens of every domain (corpus order; the last window cut), then at
+    most `total` tokens overall: a balanced sample of a corpus stored domain by domain."""
+    seen: dict[str, int] = {}
+    out, n = [], 0
+    for w in windows:
+        left = min(per_domain - seen.get(w.domain, 0), (total - n) if total is not None else len(w.ids))
+        if left <= 0:
+            if total is not None and n >= total:
+                break
+            continue
+        ids = w.ids[:left]
+        out.append(Window(w.seq_id, w.doc_id, w.domain, w.doc_start, ids))
+        seen[w.domain] = seen.get(w.domain, 0) + len(ids)
+        n += len(ids)
+    return out
+
+
+def sample_windows(opts: AblateOptions, corpus: Path, tok, args) -> tuple[list, list[str]]:
+    """The job's windows: `opts.domain_tokens` of every domain (a balanced sample) or the corpus up to
+    `opts.max_tokens`, in `opts.order`; and the domains among them. An empty corpus is an error, and
+    so are windows of one token each, which leave no token to score (its loss needs the next)."""
+    from probe.corpus import CorpusStats
+
+    bos = args.bos_token_id if opts.add_bos else None
+    stats = CorpusStats()  # what the reader skipped or replaced: said as record says it (it was silent; a review)
+    windows = corpus_windows(corpus, lambda t: tok.encode(t, add_special_tokens=False).ids, opts.seq_len, bos,
+                             None if opts.domain_tokens else opts.max_tokens, opts.order, stats)
+    windows = limit_per_domain(windows, opts.domain_tokens, opts.max_tokens) if opts.domain_tokens else list(windows)
+    if not windows:
+        raise CorpusError(f"{corpus}: corpus has no text")
+    if all(len(w.ids) < 2 for w in windows):
+        caps = [f"{opts.max_tokens:,} token{'' if opts.max_tokens == 1 else 's'} in all (max_tokens)"] if opts.max_tokens else []
+        caps += [f"{opts.domain_tokens:,} per domain (domain_tokens)"] if opts.domain_tokens else []
+        why = f"the sample is capped at {' and '.join(caps)}" if caps else "the documents are one token long"
+        each = "holds one token" if len(windows) == 1 else "hold one token each"
+        raise CorpusError(f"{corpus}: the {counted(len(windows), 'window')} evaluated {each}, which leaves no token "
+                          f"to score (a token's loss needs the next one); {why}")
+    for note in stats.notes() if launch_rank0() else ():  # a sample the job takes: an error says enough
+        print(note, file=sys.stderr)
+    return windows, sorted({w.domain for w in windows})
+
+
+def replica_batches(windows: list, batch_size: int, world) -> list[Batch]:
+    """This replica's batches: global batch b goes to replica b % R (the ranks of one replica, one
+    sharded model, run the same ones), as `probe record` deals them."""
+    return [Batch(b, windows[s: s + batch_size]) for b, s in enumerate(range(0, len(windows), batch_size))
+            if b % world.replicas == world.replica]
+
+
+def start_job(opts: AblateOptions, ckpt: Path, args, windows: list, **derived):
+    """The model side of a job, once its inputs are checked: bound the heap, join the ranks (each
+    running the job with rank 0's options and `derived` settings, e.g. the ablations), take this
+    replica's batches and load the model sharded over the replica -> (world, batches, model)."""
+    from probe.job import bound_heap, job_options, load_model, start_world
+
+    bound_heap()
+    world = start_world(opts.model_parallel, opts.device, args, job_options(opts, **derived))
+    batches = replica_batches(windows, opts.batch_size, world)
+    return world, batches, load_model(ckpt, world, dtype=opts.dtype, gemm=opts.gemm)
+
+
+def job_meta(ckpt: Path, corpus: Path, opts: AblateOptions, **options) -> dict:
+    """What a result part records about its inputs: checkpoint, corpus and tokenizer (path,
+    fingerprint) and the options that decide the numbers (plus `options`)."""
+    from probe.ckpt_identity import checkpoint_identity
+
+    tok = Path(getattr(opts, "tokenizer", None) or ckpt / "tokenizer.json")
+    return {"checkpoint": checkpoint_identity(ckpt),  # with the weights sample: a part names the weights it saw
+            "corpus": {"path": str(corpus.resolve()), "fingerprint": fingerprint(corpus)},
+            # the file that turned the corpus into ids: it was in neither the part's record nor its key
+            "tokenizer": {"path": str(tok.resolve()), "fingerprint": fingerprint(tok) if tok.is_file() else None},
+            "options": {"max_tokens": opts.max_tokens, "domain_tokens": opts.domain_tokens, "seq_len": opts.seq_len,
+                        "batch_size": opts.batch_size, "add_bos": opts.add_bos, "order": opts.order,
+                        "dtype": opts.dtype or "float32", "gemm": opts.gemm} | options}
+
+
+def inputs_key(meta: dict) -> dict:
+    """The inputs of `job_meta` as a result part's key takes them: by content, not path, so that the same
+    command on a moved or copied run replaces its part instead of writing a second one beside it, with
+    every row twice under one name (a sweep user's review)."""
+    def content(d):
+        return {k: v for k, v in (d or {}).items() if k != "path"}
+    return {"checkpoint": content(meta["checkpoint"]), "corpus": content(meta["corpus"]),
+            "tokenizer": content(meta.get("tokenizer"))}
