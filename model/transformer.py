@@ -265,10 +265,7 @@ class Transformer(HookedModule):
                              "generate/decode.py does")
         if max_start > 0:
             use_cache = True
-        end = max_start + seqlen
-        if end > self.args.max_seq_len:
-            raise InputError(f"tokens: {seqlen} positions from start_pos={max_start} reach position {end - 1}, past "
-                             f"max_seq_len={self.args.max_seq_len}")
+        end = self._check_end(max_start, seqlen)
         pos = start[:, None] + torch.arange(seqlen, device=dev)  # [B, S]
         if use_cache:
             self._ensure_cache(bsz, end, fresh=max_start == 0)
@@ -318,9 +315,10 @@ class Transformer(HookedModule):
                                             self._mtp_filled.get(depth), cache=f"MTP block {depth}'s KV cache")
         n = seqlen - 1
         _check_positions(logits_at, bsz, n)
+        # the MTP positions (one per token but the last: forward's, when h came from a forward over tokens)
+        end = self._check_end(max_start, n, "MTP positions")
         pos = start[:, None] + torch.arange(n, device=tokens.device)
         lens = None if lengths is None else (lengths.to(tokens.device) - 1).clamp(min=0)
-        end = max_start + n
         if use_cache:
             self._ensure_cache(bsz, end, fresh=max_start == 0)
         mask, n_keys = self._mask(pos, start, lens, n, end, use_cache, max_start)
@@ -331,6 +329,16 @@ class Transformer(HookedModule):
             self._mtp_filled[depth] = self._filled_after(self._mtp_filled.get(depth), start, lens, n, bsz,
                                                          fresh=max_start == 0)
         return logits
+
+    def _check_end(self, max_start: int, n: int, what: str = "positions") -> int:
+        """The end (one past the last position) of `n` positions from `max_start`, the latest row's
+        start; positions past max_seq_len (beyond the RoPE scaling and the KV cache's length) are
+        refused, naming the tokens and the start (forward and mtp_logits)."""
+        end = max_start + n
+        if end > self.args.max_seq_len:
+            raise InputError(f"tokens: {n} {what} from start_pos={max_start} reach position {end - 1}, past "
+                             f"max_seq_len={self.args.max_seq_len}")
+        return end
 
     def head_stats(self, h: torch.Tensor, targets: torch.Tensor):
         """TokenStats of the output head on final-normed hidden states h [B, N, D] against targets

@@ -507,6 +507,26 @@ def test_a_padded_mtp_pass_fills_each_rows_mtp_cache_to_its_length_minus_one():
         m.mtp_logits(h[:, :2], x[:, :2], start_pos=torch.tensor([5, 3]), use_cache=True)
 
 
+@torch.no_grad()
+def test_mtp_logits_refuse_positions_past_max_seq_len_as_forward_does():
+    """mtp_logits ran its positions past max_seq_len silently (forward refuses them): now the same
+    check refuses them with model.InputError, naming the tokens and start_pos; the MTP positions are
+    one fewer than the tokens, so the last position a forward takes is still drafted from."""
+    m = random_model("tiny")
+    n, dim = m.args.max_seq_len, m.args.dim
+    x, h = torch.zeros(1, n + 2, dtype=torch.long), torch.zeros(1, n + 2, dim)
+    with pytest.raises(model.InputError,
+                       match=rf"^tokens: {n + 1} MTP positions from start_pos=0 reach position {n}, past max_seq_len={n}$"):
+        m.mtp_logits(h, x)
+    for use_cache in (False, True):
+        with pytest.raises(model.InputError, match=rf"^tokens: 3 MTP positions from start_pos={n - 2} reach position "
+                                                   rf"{n}, past max_seq_len={n}$"):
+            m.mtp_logits(h[:, :4], x[:, :4], start_pos=n - 2, use_cache=use_cache)
+    # the controls: every position a forward takes (n + 1 tokens, n MTP positions), and the last one alone
+    assert m.mtp_logits(h[:, :n + 1], x[:, :n + 1]).shape == (1, n, m.args.vocab_size)
+    assert m.mtp_logits(h[:, :2], x[:, :2], start_pos=n - 1).shape == (1, 1, m.args.vocab_size)
+
+
 def test_bad_forward_inputs_raise_model_input_error_naming_argument_and_value():
     """Bad arguments to forward (and what it calls) raise model.InputError, a ValueError (so that
     `except ValueError` still catches them), whose message names the argument and the bad value."""
