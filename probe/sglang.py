@@ -46,13 +46,12 @@ physical-to-logical map (the GPU of a slot: slot // (physical experts / GPUs), t
 A server that fuses the shared expert into the routed ones appends an id past them to every token's
 top-k: told from the dump where it can be, that slot is set aside (probe/sglang_fused.py, run.json
 `source.shared_fused`; docs/sglang.md has what SGLang's source does).
+The per_pass and per_token records are read in probe/sglang_records.py.
 """
 
 from __future__ import annotations
 
-import functools
 import glob
-import hashlib
 import numbers
 import re
 import shutil
@@ -61,15 +60,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
 from .job import (DEFAULT_RUNS, check_inputs_outside, check_out_parent, check_replaceable, check_run_place,
                   load_tokenizer, os_refusal, package_version, refuse_a_symlinked_out,
                   refuse_a_training_run)
-from .schema import TABLES
-from .sglang_dumps import DOMAIN, Dump, SGLangError, Shape, draft_record, find_dumps, model_shape
+from .sglang_dumps import DOMAIN, Dump, SGLangError, Shape, find_dumps, model_shape
 from .sglang_fused import say as say_fused, source as fused_source
 from .overwrite import replace_run, say_kept
+from .sglang_records import load_rows, moe_layers, per_pass, per_token
 from .writer import PartWriter, write_json_atomic
 
 # ------------------------------------------------------------------------------ the import
@@ -142,7 +140,7 @@ def _import_into(tmp: Path, dumps: list[Dump], shape: Shape, mode: str, tokenize
     if mode == "stat":
         steps = _stat(dumps, shape, tmp, buffer_size)
     else:
-        steps = {"per_pass": _per_pass, "per_token": _per_token}[mode](dumps, shape, tmp)
+        steps = {"per_pass": per_pass, "per_token": per_token}[mode](dumps, shape, tmp)
     placement = _write_placement(dumps, shape, tmp, steps["moe_layers"], gpus)
     info = {"status": "complete", "format": 1, "kind": "import",
             "source": {"name": "sglang", "mode": mode, "files": [str(d.path.resolve()) for d in dumps],
@@ -156,33 +154,6 @@ def _import_into(tmp: Path, dumps: list[Dump], shape: Shape, mode: str, tokenize
         info["planned"] = {"tokens": steps["tokens"], "tokens_per_domain": {DOMAIN: steps["tokens"]}}
     write_json_atomic(tmp / "run.json", info)
     say_fused(shape)
-
-
-def _moe_layers(shape: Shape, counts_LE: np.ndarray) -> list[int]:
-    """Layers that route: not dense per the config; without one, those that counted something."""
-    if shape.args is not None:
-        return [i for i in range(shape.n_layers) if i not in shape.dense]
-    return [i for i in range(shape.n_layers) if counts_LE[i].sum() > 0]
-
-
-def _load_rows(step: int, layers: list[int], counts_LE: np.ndarray, tokens: int) -> pa.RecordBatch:
-    """The expert_load rows of one pass (or step): every MoE layer's counts of every expert."""
-    n = len(layers) * counts_LE.shape[1]
-    fixed = _fixed_load_columns(tuple(layers), counts_LE.shape[1])
-    return pa.RecordBatch.from_arrays(
-        [pa.array(np.full(n, step, np.int64)), *fixed[:3], pa.array(counts_LE[layers].reshape(-1).astype(np.int64)),
-         fixed[3], pa.array(np.full(n, tokens, np.int64))], schema=TABLES["expert_load"])
-
-
-@functools.lru_cache(maxsize=4)
-def _fixed_load_columns(layers: tuple[int, ...], E: int) -> tuple:
-    """layer, expert, domain and weight_sum of `_load_rows`, alike for every pass: built once (a stat
-    dump of 4,500 passes spent most of its import making the same 15k-string column again per pass)."""
-    n = len(layers) * E
-    return (pa.array(np.repeat(np.array(layers, np.int16), E)),
-            pa.array(np.tile(np.arange(E, dtype=np.int32), len(layers))),
-            pa.DictionaryArray.from_arrays(np.zeros(n, np.int32), [DOMAIN]).cast(pa.string()),
-            pa.nulls(n, pa.float64()))
 
 
 def _dump_time(d: Dump) -> tuple:
@@ -237,11 +208,11 @@ def _stat(dumps: list[Dump], shape: Shape, out: Path, buffer_size: int | None = 
               "passes (the Serving page's windows) is not. A server started with "
               "--expert-distribution-recorder-buffer-size -1 keeps every pass in order: import its dumps with "
               "--buffer-size -1.", file=sys.stderr)
-    layers = _moe_layers(shape, counts.sum(0, dtype=np.int64))
+    layers = moe_layers(shape, counts.sum(0, dtype=np.int64))
     w = PartWriter(out, 0, ["expert_load"])
     for step, c in enumerate(counts):
         tokens = int(c[layers[0]].sum(dtype=np.int64) // shape.topk) if layers else 0
-        w.append("expert_load", _load_rows(step, layers, c, tokens), step)
+        w.append("expert_load", load_rows(step, layers, c, tokens), step)
     w.commit(max(len(counts) - 1, 0))
     rows = sum(len(d.data["logical_count"]) for d in dumps)
     return {"passes": len(counts), "dropped_empty_passes": rows - len(counts), "moe_layers": layers,
@@ -278,235 +249,6 @@ def _unused_run(used: np.ndarray, start: int) -> int:
     while k < len(used) and not used[(start - 1 - k) % len(used)]:
         k += 1
     return k
-
-
-def _per_pass(dumps: list[Dump], shape: Shape, out: Path) -> dict:
-    """global_physical_count per rank and pass -> logical counts, summed over ranks per pass; when
-    every pass counted the same on every rank (each rank routed the whole batch: tensor parallel
-    without an all-to-all backend), one rank's counts, not their sum."""
-    per_rank: dict[int, list[np.ndarray]] = {}
-    empty = drafts = 0
-    owners: dict[tuple, Path] = {}
-    for d in dumps:
-        m = d.data["last_physical_to_logical_map"].numpy().astype(np.int64)
-        for r in d.data["records"]:
-            if draft_record(r):
-                drafts += 1
-                continue
-            c = r["global_physical_count"].numpy().astype(np.int64)
-            if shape.fused:  # count columns past the map: a fused shared expert's (sglang_fused.py)
-                c = shape.fused.strip_counts(c, m.shape[1])
-            if c.shape != m.shape:
-                raise SGLangError(f"{d.path}: global_physical_count of pass {r.get('forward_pass_id')} has shape "
-                                  f"{list(c.shape)}, the map {list(m.shape)}")
-            if not c.any():  # see _recorded
-                empty += 1
-                continue
-            _claim(owners, d, r, c.any(1))
-            logical = np.zeros((m.shape[0], shape.n_experts), np.int64)
-            np.add.at(logical, (np.arange(m.shape[0])[:, None].repeat(m.shape[1], 1), m), c)
-            per_rank.setdefault(int(r["forward_pass_id"]), []).append(logical)
-    if not per_rank:
-        raise SGLangError(f"{', '.join(d.path.name for d in dumps[:3])}: every per_pass record counted nothing: no "
-                          "expert was chosen while it recorded (was the recorder started before the traffic?)")
-    repeated = (len({len(v) for v in per_rank.values()}) == 1 and min(map(len, per_rank.values()), default=0) > 1
-                and all(all(np.array_equal(v[0], x) for x in v[1:]) for v in per_rank.values()))
-    passes = {fp: v[0] if repeated else sum(v) for fp, v in per_rank.items()}
-    if repeated and shape.fused:  # its slot counted once, as the routed counts are
-        shape.fused.dropped //= len(next(iter(per_rank.values())))
-    order = sorted(passes)
-    layers = _moe_layers(shape, sum(passes.values()))
-    w = PartWriter(out, 0, ["expert_load"])
-    for step, fp in enumerate(order):
-        c = passes[fp]
-        w.append("expert_load", _load_rows(step, layers, c, int(c[layers[0]].sum() // shape.topk) if layers else 0), step)
-    w.commit(max(len(order) - 1, 0))
-    return {"passes": len(order), "forward_pass_ids": [order[0], order[-1]] if order else [], "moe_layers": layers,
-            "topk_assumed": shape.args is None and not shape.topk_seen, "ranks_counted_the_same_tokens": repeated,
-            "empty_records_skipped": empty, "draft_records_skipped": drafts}
-
-
-def _per_token(dumps: list[Dump], shape: Shape, out: Path) -> dict:
-    """Every recorded token: its input id, position and the logical top-k of each MoE layer."""
-    kept, seen, copies, empty, drafts = [], set(), 0, 0, 0
-    owners: dict[tuple, Path] = {}
-    at: dict[tuple, int] = {}  # (pass, rank, gatherer key) -> its index in kept
-    for d in dumps:
-        mine = [r for r in d.data["records"] if not draft_record(r)]
-        drafts += len(d.data["records"]) - len(mine)
-        records = [r for r in mine if _recorded(r)]
-        empty += len(mine) - len(records)
-        # a file whose every record another file holds too, logical routing included (ranks may send a
-        # token to different replicas), is a tensor-parallel copy and counts once; data-parallel ranks'
-        # records alike otherwise are each kept, and pipeline stages' (same tokens, own layers) merged
-        logical = [_record_logical(d, r, shape) for r in records]  # each record's once, copies included
-        sig = tuple((int(r["forward_pass_id"]), tuple(r["input_ids"]), tuple(r["positions"]),
-                     hashlib.blake2b(lg.tobytes(), digest_size=16).digest()) for r, lg in zip(records, logical))
-        if sig in seen:
-            copies += 1
-            continue
-        seen.add(sig)
-        for r, lg in zip(records, logical):
-            _claim(owners, d, r, (lg >= 0).reshape(len(lg), -1).any(1))
-            _keep_or_merge(kept, at, d, r, lg)
-    if not kept:
-        raise SGLangError(f"{', '.join(d.path.name for d in dumps[:3])}: no per_token record chose an expert (every "
-                          "id -1): nothing was routed while it recorded")
-    kept.sort(key=lambda x: x[0])
-    _count_fused(shape, kept)
-    vocab = (shape.args or {}).get("vocab_size")
-    for fp, d, r, _ in kept if vocab else ():
-        top = max(map(int, r["input_ids"]), default=-1)
-        if top >= vocab:
-            raise SGLangError(f"{d.path}: pass {fp} holds input id {top}, outside the vocabulary of --config "
-                              f"(vocab_size={vocab}): is it this model's dump?")
-    totals = np.zeros((shape.n_layers, shape.n_experts), np.int64)
-    for _, _, _, lg in kept:
-        for layer in range(lg.shape[0]):
-            valid = lg[layer][lg[layer] >= 0]
-            totals[layer] += np.bincount(valid, minlength=shape.n_experts)
-    layers = _moe_layers(shape, totals)
-    w = PartWriter(out, 0, ["tokens", "routing", "expert_load"])
-    step_of = {fp: i for i, fp in enumerate(sorted({fp for fp, *_ in kept}))}  # one step per pass
-    per_pass: dict[int, list] = {}
-    seq = 0
-    docs: dict[tuple, int] = {}  # sequences named so far per (pass, rank): two records of one pass on one
-    for fp, d, r, lg in kept:  # rank's file numbered theirs from 0 alike, one doc_id (a review)
-        key = (fp, int(r.get("rank", 0)))
-        first = docs.get(key, 0)
-        after, counts = _token_rows(w, step_of[fp], fp, d, r, lg, layers, shape, seq, first)
-        docs[key] = first + after - seq
-        seq = after
-        acc = per_pass.setdefault(fp, [0, 0])
-        acc[0], acc[1] = acc[0] + counts, acc[1] + len(r["input_ids"])
-    for fp, (counts, n) in sorted(per_pass.items()):
-        w.append("expert_load", _load_rows(step_of[fp], layers, counts, n), step_of[fp])
-    w.commit(max(len(step_of) - 1, 0))
-    return {"passes": len(step_of), "records": len(kept), "moe_layers": layers,
-            "tokens": sum(n for _, n in per_pass.values()), "topk_assumed": False,
-            "ranks_counted_the_same_tokens": copies > 0, "copies_skipped": copies, "empty_records_skipped": empty,
-            "draft_records_skipped": drafts}
-
-
-def _count_fused(shape: Shape, kept: list) -> None:
-    """The fused shared-expert slot ids _record_logical set aside in the records kept (copies not
-    counted): each (layer, token) row that routed chose them too."""
-    if shape.fused:
-        shape.fused.dropped = shape.fused.columns * sum(int((lg >= 0).any(-1).sum()) for *_, lg in kept)
-
-
-def _claim(owners: dict, d: Dump, r: dict, layers: np.ndarray) -> None:
-    """A (forward pass, rank, gatherer key) recorded in one file only, as SGLang's own per_pass reader
-    asserts, unless the files count disjoint layers (`layers`: bool [L], the layers this record
-    counted): pipeline-parallel stages share their ranks' numbers and each records its own layers.
-    The same key counting the same layers in two files (drafts, empty records and tensor-parallel
-    copies set aside) is files of two server runs in one folder: SGLang numbers passes from 0 at
-    each start and writes every run's files into SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR (/tmp by
-    default); so do the replicas of a data-parallel server without DP attention, each its own ranks
-    0..n-1. Summed, their passes were merged step by step."""
-    key = _record_key(r)
-    first, seen = owners.get(key, (d.path, np.zeros_like(layers)))
-    if first != d.path and (seen & layers).any():
-        raise SGLangError(f"{d.path}: pass {key[0]} of rank {key[1]} is recorded also in {first.name} (dumps of two "
-                          "server runs in one folder, or of data-parallel replicas without --enable-dp-attention? "
-                          "each numbers its ranks and passes from 0): move one run's files to a folder of their own "
-                          "and import that")
-    owners[key] = (first, seen | layers)
-
-
-def _record_key(r: dict) -> tuple[int, int, str]:
-    """(forward pass, rank, gatherer key): what names one record of one rank's pass."""
-    return int(r["forward_pass_id"]), int(r.get("rank", 0)), str(r.get("gatherer_key"))
-
-
-def _keep_or_merge(kept: list, at: dict, d: Dump, r: dict, lg: np.ndarray) -> None:
-    """Append (pass, file, record, logical ids `lg`) to `kept`, or merge `lg` into the kept record of
-    the same `_record_key` from another file: a pipeline stage's, whose disjoint layers `_claim` has
-    checked. Its tokens must be the same; its ids (each file's through its own map) fill the layers
-    the earlier stages left at -1."""
-    key = _record_key(r)
-    if key not in at or kept[at[key]][1] is d:  # records of one file are each kept, as they were
-        at.setdefault(key, len(kept))
-        kept.append((key[0], d, r, lg))
-        return
-    fp, d0, r0, lg0 = kept[at[key]]
-    if list(r0["input_ids"]) != list(r["input_ids"]) or list(r0["positions"]) != list(r["positions"]) \
-            or lg0.shape != lg.shape:
-        raise SGLangError(f"{d.path}: pass {fp} of rank {key[1]} is recorded also in {d0.path.name} with other "
-                          "tokens: not two pipeline stages of one pass (files of two server runs?)")
-    kept[at[key]] = (fp, d0, r0, np.where(lg0 >= 0, lg0, lg))
-
-
-def _recorded(r: dict) -> bool:
-    """Whether a per_token record chose any expert. A server running speculative decoding (MTP) also
-    records its draft model's passes: their MoE layers record nothing (every id -1), their
-    forward_pass_ids come from the draft's own counter (overlapping the target's) and their tokens
-    repeat the target's. Kept, they doubled the tokens and merged into the target's passes (a review
-    against SGLang's model_runner and expert_distribution code); per_pass skips such passes too
-    (every count zero)."""
-    ids = r.get("topk_ids_of_layer")
-    return ids is None or bool((ids >= 0).any())
-
-
-def _record_logical(d: Dump, r: dict, shape: Shape) -> np.ndarray:
-    """topk_ids_of_layer [L, n, K] physical -> logical (the dump's map), -1 kept."""
-    ids = r["topk_ids_of_layer"].numpy().astype(np.int64)
-    m = d.data["last_physical_to_logical_map"].numpy().astype(np.int64)
-    if shape.fused:  # a fused shared expert's slot ids: set aside (sglang_fused.py)
-        ids = shape.fused.strip_ids(ids, m.shape[1])
-    if ids.ndim != 3 or ids.shape[0] != m.shape[0] or ids.shape[1] != len(r["input_ids"]):
-        raise SGLangError(f"{d.path}: topk_ids_of_layer of pass {r['forward_pass_id']} has shape {list(ids.shape)}, "
-                          f"expected [{m.shape[0]} layers, {len(r['input_ids'])} tokens, K]")
-    if ids.max(initial=-1) >= m.shape[1]:
-        raise SGLangError(f"{d.path}: physical expert id {int(ids.max())} is outside the map's {m.shape[1]} experts")
-    out = np.full_like(ids, -1)
-    for layer in range(ids.shape[0]):
-        valid = ids[layer] >= 0
-        out[layer][valid] = m[layer][ids[layer][valid]]
-    if out.max(initial=-1) >= shape.n_experts:
-        raise SGLangError(f"{d.path}: expert id {int(out.max())} is outside the config's {shape.n_experts} experts")
-    return out
-
-
-def _token_rows(w: PartWriter, step: int, fp: int, d: Dump, r: dict, lg: np.ndarray, layers: list[int],
-                shape: Shape, seq: int, first_doc: int = 0) -> tuple[int, np.ndarray]:
-    """tokens and routing rows of one record, its sequences named pass<fp>:rank<r>:seq<first_doc + i>;
-    returns the next free seq_id and its counts [L, E]."""
-    ids, pos = np.asarray(r["input_ids"], np.int64), np.asarray(r["positions"], np.int64)
-    n = len(ids)
-    lens = r.get("extend_seq_lens")
-    lens = [int(x) for x in lens] if lens is not None and len(lens) else [1] * n  # decode: one token a sequence
-    seq_of = np.repeat(np.arange(seq, seq + len(lens)), lens)
-    rank = int(r.get("rank", 0))
-    doc = np.array([f"pass{fp}:rank{rank}:seq{first_doc + s - seq}" for s in seq_of], dtype=object)
-    w.append("tokens", {"doc_id": doc, "seq_id": seq_of, "pos": pos.astype(np.int32), "doc_pos": pos,
-                        "token_id": ids.astype(np.int32), "domain": [DOMAIN] * n,
-                        "loss": pa.nulls(n, pa.float32())}, step)
-    layer_of, t, flat, offsets, counts = _chosen(lg, layers, shape)
-    rows = {"seq_id": seq_of[t], "pos": pos[t], "layer": layer_of}
-    k = len(rows["seq_id"])
-    if k:
-        lists = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(flat.astype(np.uint16)))
-        w.append("routing", {"seq_id": np.asarray(rows["seq_id"], np.int64), "pos": np.asarray(rows["pos"], np.int32),
-                             "layer": np.asarray(rows["layer"], np.int16), "expert_ids": lists,
-                             "expert_weights": pa.nulls(k, pa.list_(pa.float32())), "margin_k": pa.nulls(k, pa.float32()),
-                             "margin_1": pa.nulls(k, pa.float32()), "scores": pa.nulls(k, pa.list_(pa.float32()))}, step)
-    return seq + len(lens), counts
-
-
-def _chosen(lg: np.ndarray, layers: list[int], shape: Shape):
-    """The (layer, token) pairs of a record's logical ids `lg` [L, n, K] that chose an expert, layer by
-    layer in token order: their layer and token index, their ids without SGLang's -1 padding (flat, with
-    list offsets), and the counts [L, E]."""
-    ids = lg[layers]  # [l, n, K]
-    chose = ids >= 0
-    li, t = np.nonzero(chose.any(2))
-    flat = ids[chose]  # row-major: the same (layer, token) order
-    offsets = np.concatenate([[0], np.cumsum(chose[li, t].sum(1))])
-    layer_of = np.asarray(layers, np.int64)[li]
-    counts = np.zeros((shape.n_layers, shape.n_experts), np.int64)
-    np.add.at(counts, (np.repeat(np.asarray(layers, np.int64), chose.sum((1, 2))), flat), 1)
-    return layer_of, t, flat, offsets, counts
 
 
 def _ranks(dumps: list[Dump]) -> list[int]:
