@@ -1,0 +1,68 @@
+"""The SGLang import's record readers at a server's width: what they hold while reading many ranks' records
+(DeepSeek-V3 dumps of 8 ranks x 2,000 passes are GBs), measured with tracemalloc, which sees numpy's
+arrays (the dump's torch tensors are made before it starts)."""
+
+from __future__ import annotations
+
+import shutil
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from probe.sglang_dumps import Dump, Shape
+from probe.sglang_records import per_pass
+
+L, E, P = 2, 4096, 4096 + 64  # wide: one pass's logical counts [L, E] in int64 are 64 KiB
+RANKS, PASSES = 8, 12
+
+
+def _per_pass_dumps(tmp: Path, ranks: int, seed: int = 0) -> tuple[list[Dump], np.ndarray]:
+    """`ranks` files of PASSES records each, in SGLang's per_pass structure; and the logical counts
+    [pass, L, E] summed over the ranks, computed here slot by slot."""
+    rng = np.random.default_rng(seed)
+    m = np.stack([rng.permutation(np.concatenate([np.arange(E), np.arange(P - E)])) for _ in range(L)])
+    want = np.zeros((PASSES, L, E), np.int64)
+    dumps = []
+    for rank in range(ranks):
+        records = []
+        for fp in range(PASSES):
+            c = rng.integers(0, 5, (L, P)).astype(np.int32)
+            for layer in range(L):
+                np.add.at(want[fp, layer], m[layer], c[layer])
+            records.append({"forward_pass_id": fp, "rank": rank, "gatherer_key": "primary",
+                            "global_physical_count": torch.from_numpy(c)})
+        data = {"records": records, "last_physical_to_logical_map": torch.from_numpy(m)}
+        dumps.append(Dump(tmp / f"expert_distribution_recorder_1733000000.{rank:02d}_{rank}.pt", "per_pass", data))
+    return dumps, want
+
+
+def test_per_pass_sums_each_pass_as_read_holding_one_array_per_pass_not_per_record(tmp_path):
+    """Every record's logical counts were kept until all files were read (2 GB more than the dump at
+    DeepSeek-V3's size): now each pass's sum, so what the reader holds grows with passes, not ranks."""
+    import pyarrow.parquet as pq
+
+    def peak(ranks: int) -> tuple[int, np.ndarray, Path]:
+        dumps, want = _per_pass_dumps(tmp_path, ranks)
+        out = tmp_path / f"run{ranks}"
+        shutil.rmtree(out, ignore_errors=True)
+        tracemalloc.start()
+        try:
+            info = per_pass(dumps, Shape(L, E, topk=8), out)
+            top = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert info["passes"] == PASSES and not info["ranks_counted_the_same_tokens"]
+        return top, want, out
+
+    peak(1)  # the first import's one-time allocations (modules, caches) out of the way
+    one, _, _ = peak(1)
+    many, want, out = peak(RANKS)
+    # the same passes written: more ranks add a record's temporaries, not every record's counts
+    # (kept, the 7 ranks' more records were 7 x 12 x 64 KiB, 5.25 MiB, more)
+    assert many - one < (RANKS - 1) * PASSES * L * E * 8 / 4, (one, many)
+    loads = pq.read_table(out / "expert_load").to_pandas()
+    got = np.zeros_like(want)
+    np.add.at(got, (loads.step.to_numpy(), loads.layer.to_numpy(), loads.expert.to_numpy()), loads["count"].to_numpy())
+    assert np.array_equal(got, want)
