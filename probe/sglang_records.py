@@ -153,12 +153,7 @@ def per_token(dumps: list[Dump], shape: Shape, out: Path) -> dict:
         if top >= vocab:
             raise SGLangError(f"{d.path}: pass {fp} holds input id {top}, outside the vocabulary of --config "
                               f"(vocab_size={vocab}): is it this model's dump?")
-    totals = np.zeros((shape.n_layers, shape.n_experts), np.int64)
-    for _, _, _, lg in kept:
-        for layer in range(lg.shape[0]):
-            valid = lg[layer][lg[layer] >= 0]
-            totals[layer] += np.bincount(valid, minlength=shape.n_experts)
-    layers = moe_layers(shape, totals)
+    layers = moe_layers(shape, sum(_counts(lg, range(len(lg)), shape) for *_, lg in kept))
     w = PartWriter(out, 0, ["tokens", "routing", "expert_load"])
     step_of = {fp: i for i, fp in enumerate(sorted({fp for fp, *_ in kept}))}  # one step per pass
     per_pass: dict[int, list] = {}
@@ -242,7 +237,8 @@ def _recorded(r: dict) -> bool:
 
 
 def _record_logical(d: Dump, r: dict, shape: Shape) -> np.ndarray:
-    """topk_ids_of_layer [L, n, K] physical -> logical (the dump's map), -1 kept."""
+    """topk_ids_of_layer [L, n, K] physical -> logical (the dump's map), -1 kept; int32, as SGLang writes
+    the ids: the import holds every record's until it writes them (int64 held twice the dump's size)."""
     ids = r["topk_ids_of_layer"].numpy().astype(np.int64)
     m = d.data["last_physical_to_logical_map"].numpy().astype(np.int64)
     if shape.fused:  # a fused shared expert's slot ids: set aside (sglang_fused.py)
@@ -252,7 +248,7 @@ def _record_logical(d: Dump, r: dict, shape: Shape) -> np.ndarray:
                           f"expected [{m.shape[0]} layers, {len(r['input_ids'])} tokens, K]")
     if ids.max(initial=-1) >= m.shape[1]:
         raise SGLangError(f"{d.path}: physical expert id {int(ids.max())} is outside the map's {m.shape[1]} experts")
-    out = np.full_like(ids, -1)
+    out = np.full(ids.shape, -1, np.int32)  # expert ids are at most 65535 (checked): int32 holds half of int64
     for layer in range(ids.shape[0]):
         valid = ids[layer] >= 0
         out[layer][valid] = m[layer][ids[layer][valid]]
@@ -297,6 +293,13 @@ def _chosen(lg: np.ndarray, layers: list[int], shape: Shape):
     flat = ids[chose]  # row-major: the same (layer, token) order
     offsets = np.concatenate([[0], np.cumsum(chose[li, t].sum(1))])
     layer_of = np.asarray(layers, np.int64)[li]
-    counts = np.zeros((shape.n_layers, shape.n_experts), np.int64)
-    np.add.at(counts, (np.repeat(np.asarray(layers, np.int64), chose.sum((1, 2))), flat), 1)
-    return layer_of, t, flat, offsets, counts
+    return layer_of, t, flat, offsets, _counts(lg, layers, shape)
+
+
+def _counts(lg: np.ndarray, layers, shape: Shape) -> np.ndarray:
+    """[n_layers, n_experts] int64: how often each expert was chosen in `layers` of the logical ids `lg`
+    [L, n, K] (-1: none); one bincount (np.add.at was a tenth of a per_token import)."""
+    layers = np.asarray(layers, np.int64)
+    ids = lg[layers]
+    cells = (layers[:, None, None] * shape.n_experts + ids)[ids >= 0]
+    return np.bincount(cells, minlength=shape.n_layers * shape.n_experts).reshape(shape.n_layers, shape.n_experts)
