@@ -133,6 +133,8 @@ def per_token(dumps: list[Dump], shape: Shape, out: Path) -> dict:
         # token to different replicas), is a tensor-parallel copy and counts once; data-parallel ranks'
         # records alike otherwise are each kept, and pipeline stages' (same tokens, own layers) merged
         logical = [_record_logical(d, r, shape) for r in records]  # each record's once, copies included
+        for r in records:  # the physical ids are read no more (the import's own load of the file): let them
+            del r["topk_ids_of_layer"]  # go, not held beside the logical ones (8 x 60,000 tokens: 0.9 GB)
         sig = tuple((int(r["forward_pass_id"]), tuple(r["input_ids"]), tuple(r["positions"]),
                      hashlib.blake2b(lg.tobytes(), digest_size=16).digest()) for r, lg in zip(records, logical))
         if sig in seen:
