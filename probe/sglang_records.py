@@ -60,7 +60,7 @@ def per_pass(dumps: list[Dump], shape: Shape, out: Path) -> dict:
             if draft_record(r):
                 drafts += 1
                 continue
-            c = r["global_physical_count"].numpy()
+            c = r.pop("global_physical_count").numpy()  # read no more (the import's own load): let it go once summed
             if shape.fused:  # count columns past the map: a fused shared expert's (sglang_fused.py)
                 c = shape.fused.strip_counts(c, m.shape[1])
             if c.shape != m.shape:

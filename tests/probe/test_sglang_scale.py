@@ -131,3 +131,15 @@ def test_per_token_lets_each_records_physical_ids_go_once_mapped(tmp_path):
     assert info["records"] == 3 and all(ref() is None for ref in held)
     got = np.stack(pq.read_table(tmp_path / "run" / "routing").column("expert_ids").to_pylist())
     assert np.array_equal(np.sort(got, 1), np.sort(want, 1))
+
+
+def test_per_pass_lets_each_records_counts_go_once_summed(tmp_path):
+    """As per_token's ids: the loaded per_pass counts are read no more once summed into their pass."""
+    import gc
+    import weakref
+
+    dumps, want = _per_pass_dumps(tmp_path, 2)
+    held = [weakref.ref(r["global_physical_count"]) for d in dumps for r in d.data["records"]]
+    info = per_pass(dumps, Shape(L, E, topk=8), tmp_path / "run")
+    gc.collect()
+    assert info["passes"] == PASSES and all(ref() is None for ref in held)
