@@ -143,3 +143,40 @@ def test_per_pass_lets_each_records_counts_go_once_summed(tmp_path):
     info = per_pass(dumps, Shape(L, E, topk=8), tmp_path / "run")
     gc.collect()
     assert info["passes"] == PASSES and all(ref() is None for ref in held)
+
+
+def test_stat_reads_each_dumps_rows_where_they_lie(tmp_path):
+    """Each stat dump's used rows were copied out (c[order]) and the dumps joined (np.concatenate): a
+    folder of 20 DeepSeek-V3 dumps of 1,000-pass buffers (1.2 GB) was held three times (3.75 GB peak,
+    now 1.7 GB). The rows are now written where they lie, in the order written, as before."""
+    import pyarrow.parquet as pq
+
+    from probe.sglang import _stat
+
+    rng = np.random.default_rng(0)
+    dumps, want = [], []
+    for k in range(2):
+        c = rng.integers(1, 9, (100, L, E)).astype(np.int32)
+        c[[5 + k, 6 + k]] = 0  # the circular buffer's gap: passes written from row 7 + k on, round to 4 + k
+        want.append(np.concatenate([c[7 + k:], c[:5 + k]]))
+        path = tmp_path / f"expert_distribution_recorder_{1733000000.0 + k}.pt"
+        dumps.append(Dump(path, "stat", {"rank": 0, "logical_count": torch.from_numpy(c)}))
+    held = sum(d.data["logical_count"].numel() * 4 for d in dumps)
+    _stat([_stat_dump(tmp_path)], Shape(L, E, topk=8), tmp_path / "warm")  # one-time allocations
+    tracemalloc.start()
+    try:
+        info = _stat(dumps, Shape(L, E, topk=8), tmp_path / "run")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert info["passes"] == 196 and not info["pass_order_unknown"]
+    assert peak < held / 2, (peak, held)  # copied out and joined: twice the dumps' counts
+    loads = pq.read_table(tmp_path / "run" / "expert_load").to_pandas()
+    got = np.zeros((196, L, E), np.int64)
+    got[loads.step.to_numpy(), loads.layer.to_numpy(), loads.expert.to_numpy()] = loads["count"].to_numpy()
+    assert np.array_equal(got, np.concatenate(want))
+
+
+def _stat_dump(tmp: Path) -> Dump:
+    c = torch.ones((3, L, E), dtype=torch.int32)
+    return Dump(tmp / "expert_distribution_recorder_1.0.pt", "stat", {"rank": 0, "logical_count": c})
