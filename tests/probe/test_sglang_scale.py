@@ -180,3 +180,27 @@ def test_stat_reads_each_dumps_rows_where_they_lie(tmp_path):
 def _stat_dump(tmp: Path) -> Dump:
     c = torch.ones((3, L, E), dtype=torch.int32)
     return Dump(tmp / "expert_distribution_recorder_1.0.pt", "stat", {"rank": 0, "logical_count": c})
+
+
+def test_a_stat_dumps_fused_slot_is_looked_for_without_joining_the_dumps(tmp_path):
+    """Without --config, whether the last column counts as a fused slot was read from every dump joined
+    in int64 (20 DeepSeek-V3 dumps of 1,000 rows: 2.4 GB more, 6.4 GB peak): now per dump, the same note."""
+    from probe.sglang_fused import stat_looks_fused
+
+    rng = np.random.default_rng(0)
+    dumps = []
+    for k in range(2):
+        routed = rng.integers(0, 5, (100, L, E - 1)).astype(np.int32) * 3  # each token: 3 routed, 1 shared
+        c = np.concatenate([routed, routed.sum(-1, keepdims=True) // 3], -1)
+        dumps.append(Dump(tmp_path / f"d{k}.pt", "stat", {"rank": 0, "logical_count": torch.from_numpy(c)}))
+    held = sum(d.data["logical_count"].numel() * 4 for d in dumps)
+    stat_looks_fused(dumps[:1])  # one-time allocations
+    tracemalloc.start()
+    try:
+        k = stat_looks_fused(dumps)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert k == 3 and peak < held / 2, (k, peak, held)  # joined in int64: twice the dumps' counts
+    dumps[1].data["logical_count"][0, 0, -1] += 1  # one (pass, layer) off: no slot
+    assert stat_looks_fused(dumps) is None
