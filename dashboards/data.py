@@ -249,8 +249,10 @@ def total_loads(ref: RunRef, last_steps: int | None = None) -> pd.DataFrame:
 
 
 @cached
+@cached
 def pass_count(ref: RunRef) -> int:
-    """Forward passes (steps of expert_load) in the run."""
+    """Forward passes (steps of expert_load) in the run (cached: the Serving page asks on every rerun, and
+    counting 19,000 passes' 286 M rows takes a second)."""
     return int(query(ref, "select count(distinct step) as n from expert_load", ("expert_load",)).n.iloc[0])
 
 
@@ -267,29 +269,36 @@ def pass_loads(ref: RunRef, max_passes: int = MAX_PASSES) -> tuple[np.ndarray, l
     apart). A run with more than `max_passes` passes is read every k-th pass (the smallest k that fits)."""
     _count("max_passes", max_passes)  # before the run is read
     n_layers = (ref.info.get("model_args") or {}).get("n_layers")
-    every = pass_stride(pass_count(ref), max_passes)
-    # rows are summed by the bincount below (a recorded run has one row per domain), not in SQL
-    sample = ("join (select step, row_number() over (order by step) - 1 as i from (select distinct step from "
-              f"expert_load)) s using (step) where s.i % {every} = 0" if every > 1 else "where true")
-    rows = (f"with f as not materialized (select e.step, e.layer, e.expert, e.count from expert_load e {sample} "
-            f"{'and e.layer < ?' if n_layers else ''}) ")
     params = [int(n_layers)] if n_layers else []
+    # rows are summed by the bincount below (a recorded run has one row per domain), not in SQL; each
+    # row's cell of [S, L, E] is numbered in SQL, joined to small tables of the passes read and the
+    # layers. Read into a DataFrame, sorted (np.unique) and searched, the 30 M rows of 2,000 DeepSeek-V3
+    # passes took 6 s of the Serving page's 8; and a sampled run (every k-th of 19,000 passes) was
+    # sampled by a window over every row, three times: 8 s.
     with _cursor(ref, ("expert_load",)) as con:
-        steps = con.execute(rows + "select distinct step from f order by step", params).fetchnumpy()["step"]
-        lt = con.execute(rows + "select layer, max(expert) as top from f group by layer order by layer",
+        every_step = con.execute("select distinct step from expert_load order by step").fetchnumpy()["step"]
+        _numbered(con, "_pass_at", "step", every_step[::pass_stride(len(every_step), max_passes)])
+        rows, where = "from expert_load e join _pass_at p using (step)", " where e.layer < ?" if n_layers else ""
+        steps = con.execute(f"select distinct step {rows}{where} order by step", params).fetchnumpy()["step"]
+        _numbered(con, "_pass_at", "step", steps)  # the passes with rows in the model's layers, numbered anew
+        lt = con.execute(f"select layer, max(expert) as top {rows}{where} group by layer order by layer",
                          params).fetchnumpy()
         layers = [int(x) for x in lt["layer"]]
+        _numbered(con, "_layer_at", "layer", layers)
         E = int(max((ref.info.get("model_args") or {}).get("n_routed_experts") or 0,
                     lt["top"].max() + 1 if len(layers) else 0))
-        # each row's cell of [S, L, E] numbered in SQL: the 30 M rows of 2,000 DeepSeek-V3 passes made a
-        # DataFrame, then were sorted (np.unique) and searched: 6 s of the Serving page's 8, 1.7 GB
-        c = con.execute(rows + f"select (s.i * {len(layers)} + l.j) * {E} + f.expert as cell, f.count as load from f "
-                        "join (select step, row_number() over (order by step) - 1 as i from (select distinct step "
-                        "from f)) s using (step) join (select layer, row_number() over (order by layer) - 1 as j "
-                        "from (select distinct layer from f)) l using (layer)", params).fetchnumpy()
+        c = con.execute(f"select (p.i * {len(layers)} + l.i) * {E} + e.expert as cell, e.count as load {rows} "
+                        f"join _layer_at l using (layer){where}", params).fetchnumpy()
     out = np.bincount(np.asarray(c["cell"], np.int64), weights=np.asarray(c["load"], np.float64),
                       minlength=len(steps) * len(layers) * E)
     return np.asarray(steps, np.int64), layers, np.rint(out).astype(np.int64).reshape(len(steps), len(layers), E)
+
+
+def _numbered(con, name: str, column: str, values) -> None:
+    """A temporary table `name` (`column`, i): the values and their index, replacing any before."""
+    values = [int(v) for v in values]
+    con.execute(f"create or replace temp table {name} as select unnest(?::BIGINT[]) as {column}, "
+                "unnest(?::BIGINT[]) as i", [values, list(range(len(values)))])
 
 
 @cached

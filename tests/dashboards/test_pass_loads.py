@@ -1,7 +1,7 @@
 """data.pass_loads numbers each row's [pass, layer, expert] cell in SQL (the 30 M rows of 2,000 DeepSeek-V3
 passes made a DataFrame that was then sorted and searched): the cells must be those of the rows in any
-order, steps far apart, several domains' rows of one cell, layers past the model's left out and a
-sampled run's every k-th pass."""
+order, steps far apart, several domains' rows of one cell, layers past the model's left out (and a
+pass with rows only there) and a sampled run's every k-th pass."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ LAYERS, E, N_LAYERS = [2, 5, 9], 6, 9  # layer 9: an MTP router's (n_layers 9), 
 def _run(tmp_path, rng):
     rows = [(s, layer, e, d, int(rng.integers(0, 50))) for s in STEPS for layer in LAYERS for e in range(E)
             for d in ("code", "prose") if rng.random() < 0.8]
+    rows += [(11, 9, e, "code", 1) for e in range(E)]  # a pass with rows in the MTP layer only
     rows = [rows[i] for i in rng.permutation(len(rows))]  # files need not hold rows in any order
     cols = dict(zip(("step", "layer", "expert", "domain", "count"), map(list, zip(*rows))))
     n = len(rows)
@@ -41,8 +42,8 @@ def test_pass_loads_cells_are_the_rows_summed(tmp_path, max_passes):
     rows, info = _run(tmp_path, np.random.default_rng(1))
     ref = data.RunRef("r", str(tmp_path), "probe", "complete", info)
     steps, layers, X = data.pass_loads.uncached(ref, max_passes)
-    every = data.pass_stride(len(STEPS), max_passes)
-    want_steps = np.sort(STEPS)[::every]
+    every = data.pass_stride(len(STEPS) + 1, max_passes)
+    want_steps = np.array([s for s in np.sort([*STEPS, 11])[::every] if s != 11])  # 11: no MoE layer's rows
     assert steps.tolist() == want_steps.tolist() and steps.dtype == np.int64
     assert layers == [2, 5] and X.shape == (len(want_steps), 2, E + 2) and X.dtype == np.int64
     want = np.zeros(X.shape, np.int64)
