@@ -191,17 +191,18 @@ def test_kv_stats_equal_direct_computation(full_run, direct):
 
 
 def test_topk_run_has_null_scores_and_sampling_is_deterministic(probe_env, tmp_path):
-    r1 = probe.open_run(rec(probe_env, tmp_path / "a", router_logits="full", sample=0.3, kv_stats=False, mtp=False))
-    r2 = probe.open_run(rec(probe_env, tmp_path / "b", router_logits="full", sample=0.3, kv_stats=False,
-                            mtp=False, batch_size=3))
+    # 640 tokens: ten 64-token windows, batched by 4 and by 3 (the whole corpus, ~5,300 tokens, cost 4x more)
+    few = dict(kv_stats=False, mtp=False, max_tokens=640)
+    r1 = probe.open_run(rec(probe_env, tmp_path / "a", router_logits="full", sample=0.3, **few))
+    r2 = probe.open_run(rec(probe_env, tmp_path / "b", router_logits="full", sample=0.3, batch_size=3, **few))
     s1, s2 = sorted_df(r1, "routing"), sorted_df(r2, "routing")
     kept1, kept2 = s1.scores.notna(), s2.scores.notna()
     assert 0.2 < kept1.mean() < 0.4
     assert (kept1 == kept2).all()  # the same tokens whatever the batching
-    r3 = probe.open_run(rec(probe_env, tmp_path / "c", router_logits="topk", kv_stats=False, mtp=False))
+    r3 = probe.open_run(rec(probe_env, tmp_path / "c", router_logits="topk", **few))
     assert r3.df("routing").scores.isna().all()
     assert set(r3.tables) == {"tokens", "routing", "expert_load", "router_bias"}
-    r4 = probe.open_run(rec(probe_env, tmp_path / "d", router_logits="none", kv_stats=False, mtp=False))
+    r4 = probe.open_run(rec(probe_env, tmp_path / "d", router_logits="none", **few))
     assert "routing" not in r4.tables and "expert_load" in r4.tables
 
 
