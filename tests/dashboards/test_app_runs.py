@@ -21,18 +21,34 @@ def test_a_mistyped_runs_directory_is_said_not_replaced(tmp_path, monkeypatch):
     ./runs instead (a review): the sidebar now names DIR and says what is wrong with it."""
     from streamlit.testing.v1 import AppTest
 
-    from helpers.apptest import APP
+    from helpers.apptest import APP, share_component_scan
 
     monkeypatch.delenv("DSV3_RUNS_DIR", raising=False)
     (tmp_path / "a_file").write_text("x")
     for given, said in ((tmp_path / "typo", "not found."), (tmp_path / "a_file", "is a file, not a directory."),
                         (tmp_path, None)):  # the last: the control, a directory
         monkeypatch.setattr(sys, "argv", [APP, str(given)])
+        share_component_scan()
         at = AppTest.from_file(APP, default_timeout=60).run()
         assert not at.exception
         assert f"Runs directory: `{given}`" in texts(at.sidebar.caption)
         errors = texts(at.sidebar.error)
         assert (f"Runs directory `{given}`: {said}" in errors) if said else not errors
+
+
+def test_the_apptests_of_a_process_share_one_component_scan(monkeypatch):
+    """helpers.apptest.share_component_scan: Streamlit's scan of the installed packages for components
+    runs once a process, not at each AppTest's first run, and every caller gets what it found."""
+    from streamlit.components.v2 import manifest_scanner
+
+    from helpers.apptest import share_component_scan
+
+    scans = []
+    monkeypatch.setattr(manifest_scanner, "scan_component_manifests", lambda max_workers=None: scans.append(1) or ["m"])
+    share_component_scan()
+    share_component_scan()  # a second AppTest
+    assert manifest_scanner.scan_component_manifests() == manifest_scanner.scan_component_manifests(4) == ["m"]
+    assert scans == [1]
 
 
 @pytest.mark.slow  # a fresh process
