@@ -441,9 +441,10 @@ def test_a_link_to_a_missing_run_says_so(runs):
     link (found by a review); now a warning names both, until another run is picked."""
     from streamlit.testing.v1 import AppTest
 
-    from helpers.apptest import APP
+    from helpers.apptest import APP, share_component_scan
 
     def open_link(name):
+        share_component_scan()
         at = AppTest.from_file(APP, default_timeout=120)
         at.session_state["runs_dir"] = str(runs["good"])
         at.query_params["run"] = name
