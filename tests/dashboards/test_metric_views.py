@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from helpers.apptest import app, array, chart, open_page, texts
+from helpers.apptest import app, array, chart, texts
 from helpers.dashboard_runs import write_train_run
 
 
@@ -36,7 +36,7 @@ def step_loads(run, layer: int, E: int, last: int | None = None) -> np.ndarray:
 @pytest.mark.slow  # a whole app session
 def test_load_balance_numbers_cover_the_window_and_the_imbalance_ratio_is_per_gpu(tmp_path):
     run = write_train_run(tmp_path / "t")
-    at = open_page(app(tmp_path, "t"), "load_balance")
+    at = app(tmp_path, "t", page="load_balance")
     at.slider(key="lb_window").set_value(10).run()
     assert not at.exception and not at.error, texts(at.error)
     table = frame(at, "MaxVio (batch mean)").set_index("layer")
@@ -61,7 +61,7 @@ def test_load_balance_numbers_cover_the_window_and_the_imbalance_ratio_is_per_gp
 def test_compared_relative_load_heatmaps_share_one_scale(tmp_path):
     write_train_run(tmp_path / "a")
     write_train_run(tmp_path / "b", balance="none", seed=1)  # far less balanced: a larger largest load
-    at = open_page(app(tmp_path, "a"), "compare")
+    at = app(tmp_path, "a", page="compare")
     at.selectbox(key="cmp_b").set_value("b").run()
     specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     heat = [s["data"][0] for s in specs if s["data"] and s["data"][0].get("type") == "heatmap"]
@@ -77,7 +77,7 @@ def test_vocabulary_specialisation_is_shown_beside_its_baseline(tmp_path):
     from helpers.synthetic_run import write_run
 
     a = write_run(tmp_path / "r", n_seq=40)  # layer 1: first choice = token id % 8 (specialised)
-    at = open_page(app(tmp_path, "r"), "specialisation")
+    at = app(tmp_path, "r", page="specialisation")
     shown = [m for m in at.metric if m.label == "Vocabulary specialisation, layer 1"]
     assert shown, [m.label for m in at.metric]
     top1 = a["ids"][1][:, 0]
@@ -95,7 +95,7 @@ def test_a_run_left_out_of_a_compared_chart_does_not_lend_its_colour(tmp_path):
 
     write_run(tmp_path / "a", domains=("code",))
     write_run(tmp_path / "b")
-    at = open_page(app(tmp_path, "a"), "compare")
+    at = app(tmp_path, "a", page="compare")
     at.selectbox(key="cmp_b").set_value("b").run()
     specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     nmi = [s for s in specs if "I / H(domain)" in json.dumps(s.get("layout", {}).get("yaxis", {}))]
@@ -115,7 +115,7 @@ def test_the_most_domain_specific_experts_are_ranked_by_their_best_domains_lift(
     best = lift.max(0)
     keep = [e for e in range(8) if C[:, e].sum() >= 0.1 * C.sum() / 8]  # experts with a tenth of the mean load
     want = sorted(keep, key=lambda e: -best[e])[:8]
-    at = open_page(app(tmp_path, "r"), "specialisation")
+    at = app(tmp_path, "r", page="specialisation")
     table = frame(at, "lift")
     assert table.expert.tolist() == want and len(set(np.round(best[want], 6))) > 1  # a real order to check
     share = C / C.sum(0)
@@ -205,7 +205,7 @@ def test_co_activation_rows_are_the_first_experts_and_paths_are_scored_against_t
 
     a = probe_run(tmp_path / "r", n_seq=12)
     probe_run(tmp_path / "one", domains=("code",))
-    at = open_page(app(tmp_path, "r"), "coactivation")
+    at = app(tmp_path, "r", page="coactivation")
     heat = chart(at, "coact")["data"][0]
     ids, E = a["ids"][1], 8
     n = np.bincount(ids.ravel(), minlength=E)
@@ -236,7 +236,7 @@ def test_co_activation_rows_are_the_first_experts_and_paths_are_scored_against_t
 
 def test_load_balance_shows_the_picked_layers_load_and_bias_over_the_last_50_steps_by_default(tmp_path):
     run = write_train_run(tmp_path / "t", steps=80)
-    at = open_page(app(tmp_path, "t"), "load_balance")
+    at = app(tmp_path, "t", page="load_balance")
     assert at.slider(key="lb_window").value == 50  # the default window: the last 50 steps of 80
     heat = chart(at, "rel_heatmap")["data"][0]
     last50 = step_loads(run, 1, 16, last=50).sum(0)
@@ -260,7 +260,7 @@ def test_load_balance_shows_the_picked_layers_load_and_bias_over_the_last_50_ste
 
 
 def test_compare_starts_from_the_selected_run_against_the_next_of_its_kind_over_its_last_50_steps(page_runs):
-    at = open_page(app(page_runs, "c"), "compare")
+    at = app(page_runs, "c", page="compare")
     assert (at.selectbox(key="cmp_a").value, at.selectbox(key="cmp_b").value) == ("c", "b")  # d and a are probes
     heat = chart(at, "cmp_rel_c")["data"][0]
     load = step_loads(page_runs / "c", 1, 16, last=50).sum(0)
@@ -273,7 +273,7 @@ def test_compare_starts_from_the_selected_run_against_the_next_of_its_kind_over_
 
 def test_training_headline_and_curves_follow_the_logged_steps(page_runs):
     run = page_runs / "b"
-    at = open_page(app(page_runs, "b"), "training")
+    at = app(page_runs, "b", page="training")
     steps = pq.read_table(run / "train_steps").to_pandas().sort_values("step")
     ev = pq.read_table(run / "train_eval").to_pandas().sort_values("step")
     shown = metrics(at)
@@ -291,7 +291,7 @@ def test_training_headline_and_curves_follow_the_logged_steps(page_runs):
 
 def test_overview_figures_of_a_training_run(page_runs):
     info = json.loads((page_runs / "b" / "run.json").read_text())
-    at = open_page(app(page_runs, "b"), "overview")
+    at = app(page_runs, "b", page="overview")
     runs = at.dataframe[0].value.set_index("run")
     assert runs.tokens["b"] == info["tokens_seen"] and "16 experts (top-4)" in runs.model["b"]
     assert metrics(at)["Tokens seen"][0] == f"{info['tokens_seen']:,}"
@@ -314,7 +314,7 @@ def test_token_explorer_colours_and_routes_by_the_picked_layer(page_runs):
     from dashboards.charts import expert_color
 
     run = page_runs / "a"
-    at = open_page(app(page_runs, "a"), "token_explorer")
+    at = app(page_runs, "a", page="token_explorer")
     at.selectbox(key="te_layer").set_value(2).run()
     doc = at.selectbox(key="te_doc").value
     tok = pq.read_table(run / "tokens").to_pandas()
@@ -349,7 +349,7 @@ def test_token_explorer_colours_and_routes_by_the_picked_layer(page_runs):
 def test_mtp_agreement_is_over_positions_and_the_drafts_are_counted(page_runs):
     mtp = pq.read_table(page_runs / "a" / "mtp").to_pandas()
     dec = pq.read_table(page_runs / "a" / "spec_decode").to_pandas()
-    at = open_page(app(page_runs, "a"), "mtp")
+    at = app(page_runs, "a", page="mtp")
     shown = metrics(at)
     agree = mtp.agree.mean()  # every position counts once: the larger domain weighs more
     assert agree != mtp.groupby("domain").agree.mean().mean()  # the control: the mean of the domains' differs
@@ -359,7 +359,7 @@ def test_mtp_agreement_is_over_positions_and_the_drafts_are_counted(page_runs):
 
 def test_ablations_show_the_latest_command_sorted_with_shares_of_every_moe_layers_experts(page_runs):
     ab = pq.read_table(page_runs / "a" / "ablations" / "sweep.parquet").to_pandas()
-    at = open_page(app(page_runs, "a"), "ablations")
+    at = app(page_runs, "a", page="ablations")
     assert at.selectbox(key="abl_part").value == "sweep"  # written last (run.json's ablation_parts)
     table = frame(at, "routing_changed")
     assert list(zip(table.ablation, table.domain)) == sorted(zip(ab.ablation, ab.domain))
@@ -379,7 +379,7 @@ def test_ablations_show_the_latest_command_sorted_with_shares_of_every_moe_layer
 def test_steering_shows_each_steerings_all_row_and_its_domains_bars(page_runs):
     tab = pq.read_table(page_runs / "a" / "steering").to_pandas()
     loss = tab[tab.kind == "loss"]
-    at = open_page(app(page_runs, "a"), "steering")
+    at = app(page_runs, "a", page="steering")
     bars = chart(at, "steer_delta")["data"]
     assert sorted(t["name"] for t in bars) == ["code", "prose"]  # per domain; "all" is the metric
     for name in loss.steer.unique()[::-1]:
