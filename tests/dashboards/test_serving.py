@@ -52,7 +52,7 @@ def metric(at, label: str) -> float:
 
 
 def test_serving_replays_the_dumps_placement(imported, tmp_path):
-    at = open_page(app(imported["runs"], "per_pass"), "serving")
+    at = app(imported["runs"], "per_pass", page="serving")
     assert not at.error and not at.warning, (texts(at.error), texts(at.warning))
     assert len(at.get("plotly_chart")) == 3
     cap = " ".join(c.value for c in at.caption)
@@ -104,7 +104,7 @@ def test_serving_replays_the_dumps_placement(imported, tmp_path):
 
 
 def test_serving_window_and_layout_change_the_plan(imported):
-    at = open_page(app(imported["runs"], "stat"), "serving")
+    at = app(imported["runs"], "stat", page="serving")
     assert "carries no placement" in " ".join(c.value for c in at.caption)
     assert at.selectbox(key="sv_gpus").value == 8  # stat: SGLang's trivial map, on 8 GPUs by default
     counts = imported["counts"]
@@ -153,7 +153,7 @@ def test_later_passes_are_those_after_the_window_and_a_strided_run_says_what_its
 
     counts, m = imported["counts"], imported["map"]
     current = {layer: m[layer] for layer in (1, 2)}
-    at = open_page(app(imported["runs"], "per_pass"), "serving")
+    at = app(imported["runs"], "per_pass", page="serving")
     at.slider(key="sv_window").set_value((6, PASSES - 1)).run()
     assert not at.error and not any(x.label.endswith("later passes") for x in at.metric)  # nothing after it
     at.slider(key="sv_window").set_value((3, 5)).run()
@@ -162,7 +162,7 @@ def test_later_passes_are_those_after_the_window_and_a_strided_run_says_what_its
     monkeypatch.setattr(data.pass_stride, "__defaults__", (4,))
     monkeypatch.setattr(data.pass_loads.uncached, "__defaults__", (4,))
     data.pass_loads.clear()
-    at = open_page(app(imported["runs"], "per_pass"), "serving")
+    at = app(imported["runs"], "per_pass", page="serving")
     assert not at.error and at.slider(key="sv_window").proto.step == 3
     assert "every 3rd is replayed" in " ".join(c.value for c in at.caption)  # it said "every 3th"
     assert "replayed passes (1 in 3)" in at.get("plotly_chart")[2].proto.spec
@@ -180,9 +180,9 @@ def test_every_page_on_imported_runs(imported):
         assert any(m.label == "Forward passes" and m.value == str(PASSES) for m in at.metric), run
         assert any(m.label == "Source: sglang" and m.value == run for m in at.metric), run  # short enough to show
         assert set(at.dataframe[0].value.kind) == {"sglang import"}
-    at = open_page(app(imported["runs"], "stat"), "coactivation")  # per-token pages say what a stat dump lacks
+    at = app(imported["runs"], "stat", page="coactivation")  # per-token pages say what a stat dump lacks
     assert "no `routing` table" in texts(at.info)
-    at = open_page(app(imported["runs"], "per_token"), "token_explorer")
+    at = app(imported["runs"], "per_token", page="token_explorer")
     assert any("weights not recorded" in m.value for m in at.markdown)  # SGLang records ids, not weights
     assert len(at.get("plotly_chart")) >= 1
 
@@ -192,7 +192,7 @@ def test_pages_on_an_import_speak_of_passes_and_draw_no_idle_widget(imported):
     """A dump's steps are forward passes and it holds no router bias; with one domain there is no
     domain x expert heatmap, so no lift / share radio to switch it, nor a colour-by-domain one for the
     paths (a tour found both drawn, doing nothing)."""
-    at = open_page(app(imported["runs"], "per_token"), "load_balance")
+    at = app(imported["runs"], "per_token", page="load_balance")
     assert chart(at, "load_steps")["layout"]["title"]["text"] == "layer 1: relative load per forward pass"
     assert chart(at, "load_bias")["layout"]["title"]["text"] == "layer 1: relative load (whole run)"
     cap = texts(at.caption)
@@ -211,7 +211,7 @@ def test_a_page_for_other_runs_names_an_import_as_the_sidebar_does(imported, tmp
 
     shutil.copytree(imported["runs"] / "per_token", tmp_path / "per_token")
     write_train_run(tmp_path / "t", steps=3)
-    at = open_page(app(tmp_path, "per_token"), "training")
+    at = app(tmp_path, "per_token", page="training")
     assert "`per_token` (sglang import) is not a train run: this page shows train runs." in texts(at.info)
 
 
@@ -247,10 +247,10 @@ def test_token_explorer_shows_text_with_the_tokenizer(imported, tmp_path):
     import_sglang(src, tmp_path / "runs" / "ids_only")
     first = sg.traffic(seed=5, passes=PASSES)[0].input_ids[0]
     word = Tokenizer.from_file(str(tok_path)).decode([first])
-    at = open_page(app(tmp_path / "runs", "with_tok"), "token_explorer")
+    at = app(tmp_path / "runs", "with_tok", page="token_explorer")
     html = " ".join(m.value for m in at.markdown if "class='tokdoc'" in m.value)
     assert html and not at.error
-    at = open_page(app(tmp_path / "runs", "ids_only"), "token_explorer")
+    at = app(tmp_path / "runs", "ids_only", page="token_explorer")
     ids_html = " ".join(m.value for m in at.markdown if "class='tokdoc'" in m.value)
     assert ids_html != html and f"{first}" in ids_html
     assert word.strip() and any(w in html for w in (word, word.strip()))
@@ -260,7 +260,7 @@ def test_a_plan_for_another_gpu_count_is_not_scored_against_the_servers(imported
     """A plan for 10 GPUs showed a red -0.245 against the dump's placement on 2: balancedness falls as
     GPUs are added, so the difference said nothing about the plan (a review). The page now names
     each side's GPUs and shows a difference only at the server's count."""
-    at = open_page(app(imported["runs"], "per_pass"), "serving")
+    at = app(imported["runs"], "per_pass", page="serving")
     deltas = {m.label: m.delta for m in at.metric}
     assert deltas["Planned, plan window (2 GPUs)"] not in (None, "")  # the control: same count, a delta
     choices = at.selectbox(key="sv_gpus").options
@@ -275,7 +275,7 @@ def test_a_plan_for_another_gpu_count_is_not_scored_against_the_servers(imported
 
 def test_serving_per_layer_bars_cover_the_plan_window_and_the_gpu_bars_the_picked_layer(imported):
     counts, m = imported["counts"], imported["map"]
-    at = open_page(app(imported["runs"], "per_pass"), "serving")
+    at = app(imported["runs"], "per_pass", page="serving")
     lo, hi = at.slider(key="sv_window").value
     n_slots = len(m[1])
     assert [int(c) for c in at.selectbox(key="sv_gpus").options] == [d for d in range(2, n_slots + 1)
@@ -353,7 +353,7 @@ def test_a_dump_with_many_redundant_slots_opens_with_its_own_count(tmp_path):
     m = np.tile(np.arange(6 * sg.E) % sg.E, (sg.L, 1))  # 80 redundant slots
     cfg = str(sg.config(tmp_path / "model"))
     import_sglang(sg.write_per_pass(tmp_path / "pp", passes, m)[0].parent, tmp_path / "runs" / "wide", config=cfg)
-    at = open_page(app(tmp_path / "runs", "wide"), "serving")
+    at = app(tmp_path / "runs", "wide", page="serving")
     assert not at.error, texts(at.error)
     box = at.number_input(key="sv_redundant")
     cap = int(box.max)
@@ -367,7 +367,7 @@ def test_a_dump_with_many_redundant_slots_opens_with_its_own_count(tmp_path):
 def test_a_gpu_count_that_divides_but_overfills_a_gpu_is_told_so(imported):
     """The dump's 2 GPUs divide 16 + 32 = 48 slots, but each would hold 24, more than the 16 experts:
     the page took another count and said "2 GPUs do not divide 16 + 32 = 48 slots" (a tour)."""
-    at = open_page(app(imported["runs"], "per_pass"), "serving")
+    at = app(imported["runs"], "per_pass", page="serving")
     at.number_input(key="sv_redundant").set_value(32).run()
     cap = texts(at.caption)
     assert "2 GPUs would hold 24 slots each, more than the 16 experts" in cap and "do not divide" not in cap, cap
@@ -380,7 +380,7 @@ def test_the_analysis_commands_offered_for_an_import_name_a_checkpoint_and_corpu
     refuse `--run IMPORT` without --ckpt and --corpus, and the Ablations and Steering pages offered
     the bare command (and ablate without anything to ablate, which it refuses too; a tour)."""
     run = imported["runs"] / "per_pass"
-    at = open_page(app(imported["runs"], "per_pass"), "ablations")
+    at = app(imported["runs"], "per_pass", page="ablations")
     info = texts(at.info)
     for module, flags in (("ablate", " --top 4 --control"), ("importance", "")):
         assert f"`python -m analyses.{module} --run {run} --ckpt CKPT --corpus CORPUS{flags}`" in info, info
