@@ -47,7 +47,7 @@ def test_expert_paths(runs):
     summ = path_summary(r.ids, r.domain, 1).set_index("domain")
     info = domain_information(r.ids, r.domain, r.layers, 1, r.heldout(5)).set_index("unit")
     com = common_paths(r.ids, r.domain, r.token_id, 1, 10)
-    at = open_page(app(runs["good"], "demo"), "coactivation")
+    at = app(runs["good"], "demo", page="coactivation")
     assert not at.error and not at.warning, (texts(at.error), texts(at.warning))
     assert at.multiselect(key="path_layers").value == [1, 2]  # default: every MoE layer
     assert "Top-1 expert paths through layers 1, 2" in chart_titles(at)
@@ -72,7 +72,7 @@ def test_token_dependence(runs, tmp_path):
     from analyses.metrics import token_dependence_from_run
 
     want = token_dependence_from_run(runs["demo"]).set_index(["layer", "target"])
-    at = open_page(app(runs["good"], "demo"), "specialisation")
+    at = app(runs["good"], "demo", page="specialisation")
     assert not at.error and not at.warning, (texts(at.error), texts(at.warning))
     assert any("held-out accuracy per predictor" in t for t in chart_titles(at))
     got = frame(at, "token id").set_index(["layer", "target"])
@@ -82,7 +82,7 @@ def test_token_dependence(runs, tmp_path):
     # a run without a tokens table: a note, not a traceback (the domain views still draw)
     shutil.copytree(runs["demo"], tmp_path / "notokens")
     shutil.rmtree(tmp_path / "notokens" / "tokens")
-    at = open_page(app(tmp_path, "notokens"), "specialisation")
+    at = app(tmp_path, "notokens", page="specialisation")
     assert not at.error, texts(at.error)
     assert "Token-id dependence needs the per-token `tokens` and `routing` tables" in texts(at.info)
     assert "no `tokens` table" in texts(at.info) and at.get("plotly_chart")
@@ -104,7 +104,7 @@ def test_run_vs_run(runs, tmp_path):
     demo, other = runs["demo"], runs["good"] / "demo-finetuned"
     ag = routing_agreement_from_runs(demo, other)
     ch = route_changes_from_runs(demo, other, top=20)
-    at = open_page(app(runs["good"], "demo"), "compare")
+    at = app(runs["good"], "demo", page="compare")
     assert at.selectbox(key="cmp_b").value == "demo-finetuned"
     assert not at.error and not at.warning, (texts(at.error), texts(at.warning))
     w = ag.tokens / ag.tokens.sum()
@@ -124,7 +124,7 @@ def test_run_vs_run(runs, tmp_path):
     _shift_windows(tmp_path / "b", 100)
     write_run(tmp_path / "c", token_seed=7)
     write_run(tmp_path / "a-copy")  # the same routing under another name
-    at = open_page(app(tmp_path, "a"), "compare")
+    at = app(tmp_path, "a", page="compare")
     at.selectbox(key="cmp_b").set_value("b").run()
     assert not at.exception and not at.error, texts(at.error)
     assert "`a` and `b` share no routed (seq_id, pos, layer): they did not see the same windows" in texts(at.info)
@@ -139,7 +139,7 @@ def test_causal_importance(runs):
     from scipy.stats import spearmanr
 
     imp = pq.read_table(runs["demo"] / "expert_importance").to_pandas()
-    at = open_page(app(runs["good"], "demo"), "ablations")
+    at = app(runs["good"], "demo", page="ablations")
     assert not at.error and not at.warning, (texts(at.error), texts(at.warning))
     titles = chart_titles(at)
     for dom in ("all", "code"):
@@ -154,14 +154,14 @@ def test_causal_importance(runs):
         assert top.load_rank == (g.load_share > share).sum() + ((g.load_share == share).sum() + 1) / 2
         at.selectbox(key="imp_domain").set_value("code").run()
         titles = chart_titles(at)
-    at = open_page(app(runs["good"], "demo-running"), "ablations")
+    at = app(runs["good"], "demo-running", page="ablations")
     assert "python -m analyses.importance --run" in texts(at.info) and not at.error
 
 
 @pytest.mark.slow  # a dashboard session over several pages or runs (the quick loop leaves it out)
 def test_steering_page(runs):
     tab = pq.read_table(runs["demo"] / "steering").to_pandas()
-    at = open_page(app(runs["good"], "demo"), "steering")
+    at = app(runs["good"], "demo", page="steering")
     assert not at.error and not at.warning, (texts(at.error), texts(at.warning))
     assert "Loss change per domain for each steering" in chart_titles(at)
     for name in tab.steer.unique():
@@ -173,7 +173,7 @@ def test_steering_page(runs):
         gen = tab[(tab.steer == name) & (tab.kind == "generation")]
         assert "into the quiet town." in shown and len(gen) == 2
     assert "&#60;b&#62;bold&#60;/b&#62;" in shown and "<b>bold</b>" not in shown  # texts are escaped
-    at = open_page(app(runs["good"], "demo-running"), "steering")
+    at = app(runs["good"], "demo-running", page="steering")
     assert "python -m analyses.steer --run" in texts(at.info) and "--experts L:E" in texts(at.info)
     assert not at.error and not at.get("plotly_chart")
 
@@ -193,7 +193,7 @@ def test_steering_page_keeps_two_commands_of_one_name_apart(runs, tmp_path):
     t2.loc[t2.kind == "generation", "prompt"] = "def f(x):\n    return x\n\n    ### Position"
     pq.write_table(pa.Table.from_pandas(t2, schema=TABLES["steering"], preserve_index=False),
                    run / "steering" / "other.parquet")
-    at = open_page(app(tmp_path / "runs", "two"), "steering")
+    at = app(tmp_path / "runs", "two", page="steering")
     assert not at.error
     options = at.selectbox(key="steer_pick").options
     assert len(options) == 2 * t.steer.nunique() and all("tokens]" in o for o in options)
@@ -229,7 +229,7 @@ def test_run_vs_run_lists_a_token_whose_top1_or_whose_set_alone_changed(tmp_path
         t["expert_ids"] = [edit(list(map(int, ids)), s, p, la) for ids, s, p, la in
                            zip(t.expert_ids, t.seq_id, t.pos, t.layer)]
         pq.write_table(pa.Table.from_pandas(t, schema=TABLES["routing"], preserve_index=False), f)
-    at = open_page(app(tmp_path, "a"), "compare")
+    at = app(tmp_path, "a", page="compare")
     assert at.selectbox(key="cmp_b").value == "b" and not at.error
     changed = frame(at, "top1_changed")
     assert sorted(zip(changed.seq_id, changed.pos)) == [(0, 1), (0, 2), (1, 3)]
@@ -249,7 +249,7 @@ def test_a_run_of_one_window_a_domain_says_why_no_accuracy_is_learned(tmp_path):
         info["model_args"] |= {"n_layers": 3, "n_dense_layers": 1}
         (tmp_path / run / "run.json").write_text(json.dumps(info))
     for run, alone in (("one", True), ("six", False)):
-        at = open_page(app(tmp_path, run), "specialisation")
+        at = app(tmp_path, run, page="specialisation")
         assert ("tokdep" in " ".join(c.proto.id for c in at.get("plotly_chart"))) is not alone, run
         assert ("hold one per domain, all held out" in texts(at.info)) is alone, texts(at.info)
         open_page(at, "coactivation")
@@ -267,7 +267,7 @@ def test_a_record_without_routing_is_told_to_record_again_with_it(tmp_path):
         shutil.rmtree(tmp_path / run / "routing")
         info = json.loads((tmp_path / run / "run.json").read_text())
         (tmp_path / run / "run.json").write_text(json.dumps(info | {"options": {"router_logits": option}}))
-        info = texts(open_page(app(tmp_path, run), "specialisation").info)
+        info = texts(app(tmp_path, run, page="specialisation").info)
         assert ("recorded with `--router-logits none`: record it again without it" in info) is (option == "none")
         assert ("Record a run with `dsv3-probe record`" in info) is (option != "none"), info
 
@@ -294,12 +294,12 @@ def test_compare_defaults_run_b_to_a_run_it_can_compare(tmp_path):
     info = json.loads((tmp_path / "d-import" / "run.json").read_text())
     (tmp_path / "d-import" / "run.json").write_text(json.dumps(info | {"kind": "import", "source": {"name": "sglang"}}))
     write_run(tmp_path / "e", seed=1, token_seed=0)  # other routing of the same tokens
-    at = open_page(app(tmp_path, "a"), "compare")
+    at = app(tmp_path, "a", page="compare")
     assert at.selectbox(key="cmp_b").value == "e" and not at.error, texts(at.error)
     assert metric(at, "Same top-k set")  # run vs run drawn: there was something to compare
     shutil.rmtree(tmp_path / "e")
     shutil.rmtree(tmp_path / "d-import")
-    at = open_page(app(tmp_path, "a"), "compare")
+    at = app(tmp_path, "a", page="compare")
     assert at.selectbox(key="cmp_b").value == "b-spec"  # nothing fits: the next run of A's kind, as before
 
 
@@ -310,7 +310,7 @@ def test_two_runs_without_routing_are_named_in_one_sentence(tmp_path):
     for name in ("a", "b"):
         write_run(tmp_path / name)
         shutil.rmtree(tmp_path / name / "routing")
-    at = open_page(app(tmp_path, "a"), "compare")
+    at = app(tmp_path, "a", page="compare")
     assert "and `a` and `b` have no `routing` table." in texts(at.info), texts(at.info)
 
 
@@ -344,7 +344,7 @@ def test_compare_takes_a_run_of_another_model_as_no_partner_and_an_unstated_coun
     assert not compare.comparable(a, e) and compare.comparable(a, refs["c-unstated"])
     runs = list(refs.values())
     assert runs[compare.default_partner(a, runs)].name == "c-unstated"  # past b-other, the next it can compare
-    at = open_page(app(tmp_path, "a"), "compare")  # picked by hand, run vs run says why it compares nothing
+    at = app(tmp_path, "a", page="compare")  # picked by hand, run vs run says why it compares nothing
     at.selectbox(key="cmp_b").set_value("b-other").run()
     assert not at.exception and not at.error, texts(at.error)
     assert ("`a` and `b-other` are runs of two models (routed experts a layer: 8 in `a`, 16 in `b-other`): run vs "
