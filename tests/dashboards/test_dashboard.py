@@ -81,7 +81,7 @@ def test_every_page_on_a_recorded_run(runs, demo_pages):
 
 @pytest.mark.slow  # a whole app or command: the quick loop leaves it out
 def test_widgets_change_the_view(runs):
-    at = open_page(app(runs["good"], "demo"), "specialisation")
+    at = app(runs["good"], "demo", page="specialisation")
     at.radio(key="sp_view").set_value("share").run()
     assert not at.exception and not at.error
     at = open_page(at, "coactivation")
@@ -97,7 +97,7 @@ def test_training_runs(runs, train_pages):
     for page, shown in train_pages.items():
         assert not shown["errors"] and not shown["warnings"], (page, shown["errors"], shown["warnings"])
         assert shown["charts"] >= (6 if page == "training" else 1), page
-    at = open_page(app(runs["good"], "train-demo"), "specialisation")  # a probe-only page says so and offers the probe runs
+    at = app(runs["good"], "train-demo", page="specialisation")  # a probe-only page says so and offers the probe runs
     assert "`train-demo` (train) is not a probe run" in texts(at.info) and not at.error
     open_page(at, "compare")
     at.selectbox(key="cmp_b").set_value("train-nobal").run()
@@ -140,14 +140,14 @@ def test_a_run_compared_with_itself_and_latent_tables_without_rows(runs, tmp_pat
 
     from probe.schema import TABLES
 
-    at = open_page(app(runs["good"], "demo"), "compare")
+    at = app(runs["good"], "demo", page="compare")
     at.selectbox(key="cmp_b").set_value("demo").run()
     assert "pick two different runs" in texts(at.info) and not at.get("plotly_chart") and not at.error
     shutil.copytree(runs["demo"], tmp_path / "kv")
     for f in (tmp_path / "kv" / "kv_stats").glob("*.parquet"):
         f.unlink()
     pq.write_table(TABLES["kv_stats"].empty_table(), tmp_path / "kv" / "kv_stats" / "part-0.parquet")
-    at = open_page(app(tmp_path, "kv"), "latent_kv")
+    at = app(tmp_path, "kv", page="latent_kv")
     assert not at.error and "holds no rows" in texts(at.info), texts(at.error)
 
 
@@ -178,7 +178,7 @@ def test_a_layer_with_non_finite_latents_is_named_not_averaged_away(runs, tmp_pa
             f.unlink()
         pq.write_table(pa.Table.from_pandas(nan, schema=TABLES["kv_stats"], preserve_index=False),
                        run / "kv_stats" / "part-0.parquet")
-        at = open_page(app(tmp_path, "nan"), "latent_kv")
+        at = app(tmp_path, "nan", page="latent_kv")
         shown = {m.label: m.value for m in at.metric}
         layers = ", ".join(str(int(x)) for x in bad_layers)
         assert shown["Mean effective rank"] == want and not at.error, (shown, texts(at.error))
@@ -205,7 +205,7 @@ def test_latents_of_one_token_give_no_spectrum_nor_a_rank_of_zero(runs, tmp_path
     from probe.schema import TABLES
 
     run = shutil.copytree(runs["demo"], tmp_path / "one")
-    at = open_page(app(tmp_path, "one"), "latent_kv")  # the control: the recorded run draws both
+    at = app(tmp_path, "one", page="latent_kv")  # the control: the recorded run draws both
     ids = " ".join(c.proto.id for c in at.get("plotly_chart"))
     assert "-spectrum" in ids and "-erank" in ids
     kv = pq.read_table(run / "kv_stats").to_pandas().assign(tokens=1, effective_rank=0.0, energy90=0, energy95=0,
@@ -216,7 +216,7 @@ def test_latents_of_one_token_give_no_spectrum_nor_a_rank_of_zero(runs, tmp_path
         (run / table).mkdir()
         pq.write_table(pa.Table.from_pandas(df, schema=TABLES[table], preserve_index=False),
                        run / table / "part-0.parquet")
-    at = open_page(app(tmp_path, "one"), "latent_kv")
+    at = app(tmp_path, "one", page="latent_kv")
     ids = " ".join(c.proto.id for c in at.get("plotly_chart"))
     assert "-spectrum" not in ids and "-erank" not in ids and "-bytes" in ids
     assert {m.label: m.value for m in at.metric}["Mean effective rank"] == "n/a"
@@ -234,10 +234,10 @@ def test_an_mtp_table_without_rows_is_not_called_missing(runs, tmp_path):
     run = shutil.copytree(runs["demo"], tmp_path / "short")
     for f in (run / "mtp").glob("*.parquet"):
         f.unlink()
-    at = open_page(app(tmp_path, "short"), "mtp")
+    at = app(tmp_path, "short", page="mtp")
     assert "none of its windows has a position with two more tokens after it" in texts(at.info), texts(at.info)
     shutil.rmtree(run / "mtp")
-    at = open_page(app(tmp_path, "short"), "mtp")
+    at = app(tmp_path, "short", page="mtp")
     assert "has no `mtp` table" in texts(at.info) and "two more tokens" not in texts(at.info)
 
 
@@ -256,7 +256,7 @@ def test_a_run_without_rows_is_not_called_a_zero_domain_run(tmp_path):
             for f in d.glob("*.parquet"):
                 f.unlink()
             pq.write_table(TABLES[d.name].empty_table(), d / "part-0.parquet")
-    at = open_page(app(tmp_path, "a"), "compare")
+    at = app(tmp_path, "a", page="compare")
     at.selectbox(key="cmp_b").set_value("b").run()
     info = texts(at.info)
     assert not at.error and "0 domains" not in info and "has no routed tokens yet" in info, info
@@ -272,10 +272,10 @@ def test_one_moe_layer_and_a_run_trained_without_bias(runs, tmp_path):
     info = json.loads((tmp_path / "one-layer" / "run.json").read_text())
     info["model_args"] |= {"n_layers": 2, "n_dense_layers": 1}
     (tmp_path / "one-layer" / "run.json").write_text(json.dumps(info))
-    at = open_page(app(tmp_path, "one-layer"), "coactivation")
+    at = app(tmp_path, "one-layer", page="coactivation")
     assert "Expert paths need two or more MoE layers; this model has 1 MoE layer." in texts(at.info)
     assert not at.error and not at.multiselect  # no widget asking for a second layer that is not there
-    at = open_page(app(runs["good"], "train-nobal"), "load_balance")
+    at = app(runs["good"], "train-nobal", page="load_balance")
     assert not at.error and "+nan" not in " ".join(c.value for c in at.caption)
 
 
@@ -295,7 +295,7 @@ def test_ablations_of_several_commands_are_shown_one_evaluation_at_a_time(runs, 
     second = first.assign(tokens=first.tokens * 2, delta=first.delta + 1.0, loss=first.loss + 1.0)
     pq.write_table(pa.Table.from_pandas(second, schema=TABLES["ablations"], preserve_index=False),
                    tmp_path / "two" / "ablations" / "other.parquet")
-    at = open_page(app(tmp_path, "two"), "ablations")
+    at = app(tmp_path, "two", page="ablations")
     assert not at.error and "2 commands wrote ablations" in " ".join(c.value for c in at.caption)
     box = at.selectbox(key="abl_part")
     assert len(box.options) == 2
@@ -314,7 +314,7 @@ def test_a_training_run_at_its_first_step(tmp_path):
     from helpers.dashboard_runs import write_train_run
 
     write_train_run(tmp_path / "t1", steps=1)
-    at = open_page(app(tmp_path, "t1"), "load_balance")
+    at = app(tmp_path, "t1", page="load_balance")
     assert not at.exception and not at.error, texts(at.error)
     assert len(at.get("plotly_chart")) >= 1 and not at.get("slider")
 
@@ -429,10 +429,10 @@ def test_a_table_without_rows_is_told_from_a_lost_one(runs, tmp_path):
     for name, damage in (("no-rows", no_rows), ("lost", shutil.rmtree), ("parts-lost", unlink_parts)):
         shutil.copytree(runs["demo"], tmp_path / name)
         damage(tmp_path / name / "mtp")
-    at = open_page(app(tmp_path, "no-rows"), "overview")
+    at = app(tmp_path, "no-rows", page="overview")
     assert "No rows recorded in: mtp" in texts(at.info) and "no files" not in texts(at.warning)
     for name in ("lost", "parts-lost"):
-        at = open_page(app(tmp_path, name), "overview")
+        at = app(tmp_path, name, page="overview")
         assert "run.json lists tables with no files: mtp" in texts(at.warning) and "No rows" not in texts(at.info)
 
 
@@ -481,7 +481,7 @@ def test_a_spec_only_run_has_an_overview_of_its_own(runs, tmp_path):
     (spec / "run.json").write_text(json.dumps({"status": "complete", "format": 1, "kind": "spec",
                                                "model_args": info["model_args"], "spec_decode": summary,
                                                "tables": ["spec_decode", "spec_drafts"]}))
-    at = open_page(app(d, "speconly"), "overview")
+    at = app(d, "speconly", page="overview")
     shown = {m.label: m.value for m in at.metric}
     assert shown["Prompts"] == f"{len(dec):,}" and shown["Generated tokens"] == f"{int(dec.new_tokens.sum()):,}"
     assert shown["MTP draft acceptance"] == f"{summary['acceptance_rate']:.3f}"
@@ -507,7 +507,7 @@ def test_an_analysis_only_run_has_an_overview_of_its_own(runs, tmp_path, kind, c
                                               "corpus": info["corpus"], "options": {"max_tokens": 5000}}))
     df = pq.read_table(run / kind).to_pandas()
     df = df[df.kind == "loss"] if kind == "steering" else df
-    at = open_page(app(tmp_path / "runs", "only"), "overview")
+    at = app(tmp_path / "runs", "only", page="overview")
     shown = {m.label: m.value for m in at.metric}
     assert shown.get("Tokens scored") == f"{int(df[df.domain == 'all'].tokens.max()):,}" != "0", shown
     assert "Windows" not in shown and shown["Domains"] == str(df.domain.nunique() - 1)
@@ -538,7 +538,7 @@ def test_a_spec_run_without_a_single_draft_shows_no_acceptance(runs, tmp_path):
     (spec / "run.json").write_text(json.dumps({"status": "complete", "format": 1, "kind": "spec",
                                                "model_args": info["model_args"], "spec_decode": summary,
                                                "tables": ["spec_decode", "spec_drafts"]}))
-    at = open_page(app(tmp_path / "runs", "nodrafts"), "overview")
+    at = app(tmp_path / "runs", "nodrafts", page="overview")
     shown = {m.label: m.value for m in at.metric}
     assert shown["MTP draft acceptance"] == "n/a" and shown["Mean acceptance length"] == "n/a", shown
     at = open_page(at, "mtp")
