@@ -40,7 +40,7 @@ def test_a_one_domain_run_says_so_instead_of_empty_charts(tmp_path):
         write_run(tmp_path / name, domains=("code",))
         info = json.loads((tmp_path / name / "run.json").read_text())
         (tmp_path / name / "run.json").write_text(json.dumps(info | edit))
-        at = open_page(app(tmp_path, name), "specialisation")
+        at = app(tmp_path, name, page="specialisation")
         assert want in texts(at.info) and "Record a corpus with two" not in texts(at.info), texts(at.info)
 
 
@@ -54,7 +54,7 @@ def test_the_domain_probe_panel_draws_the_metric_of_the_run(tmp_path):
     from helpers.synthetic_run import write_run
 
     write_run(tmp_path / "r", n_seq=200, seq_len=20, vocab=50)
-    at = open_page(app(tmp_path, "r"), "specialisation")
+    at = app(tmp_path, "r", page="specialisation")
     assert not any(c.proto.id.endswith("-probe") for c in at.get("plotly_chart"))  # fitted on demand only
     at.toggle(key="probe_on").set_value(True).run()
     assert not at.error, texts(at.error)
@@ -77,7 +77,7 @@ def test_the_domain_heatmap_orders_experts_by_domain_or_by_id(tmp_path):
     from helpers.synthetic_run import write_run
 
     write_run(tmp_path / "r", n_seq=40, seq_len=10)
-    at = open_page(app(tmp_path, "r"), "specialisation")
+    at = app(tmp_path, "r", page="specialisation")
     ref = next(r for r in data.discover(tmp_path) if r.name == "r")
     de = data.domain_expert(ref)
     layer = at.selectbox(key="sp_layer").value
