@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from helpers.apptest import REPO, app, open_page, texts
+from helpers.apptest import REPO, app, texts
 from probe.writer import writer_lock
 
 
@@ -101,14 +101,14 @@ def test_a_killed_record_or_training_run_is_interrupted_not_running(tmp_path):
         (tmp_path / name / "run.json").write_text(json.dumps(info | {"status": "running"}))
     for name, resume in (("rec", "`dsv3-probe record ... --resume`"), ("tr", "`python -m train ... --resume`")):
         run = tmp_path / name
-        at = open_page(app(tmp_path, name), "overview")
+        at = app(tmp_path, name, page="overview")
         shown = texts(at.warning)
         assert f"`{name}` was **interrupted**" in shown and "its job was killed" in shown and resume in shown, shown
         assert "still **running**" not in texts(at.info)
         assert dict(zip(at.dataframe[0].value.run, at.dataframe[0].value.status))[name] == "interrupted"
         assert probe.open_run(run).status == "interrupted" and probe.open_run(run).info["status"] == "running"
         with writer_lock(run):  # the job at work
-            at = open_page(app(tmp_path, name), "overview")
+            at = app(tmp_path, name, page="overview")
             assert "still **running**" in texts(at.info) and "**interrupted**" not in texts(at.warning)
             assert dict(zip(at.dataframe[0].value.run, at.dataframe[0].value.status))[name] == "running"
             assert probe.open_run(run).status == "running"
