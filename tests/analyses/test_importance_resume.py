@@ -23,6 +23,11 @@ def _cli(env, out, *extra):
 def counted(monkeypatch):
     """Counts the layers measured, the baseline's forward batches and the removal passes; with
     `stop_at` = N, Ctrl-C (KeyboardInterrupt) arrives as the (N+1)th layer starts."""
+    return _count(monkeypatch)
+
+
+def _count(monkeypatch) -> dict:
+    """`counted`'s counters, installed with `monkeypatch`."""
     calls = {"layers": 0, "baseline": 0, "removals": 0, "stop_at": None}
     real_sums, real_suffix, real_forward = run_module.removal_sums, run_module.suffix_nll, ablate_run.forward_batch
 
@@ -50,14 +55,23 @@ def _reset(calls, stop_at=None):
     calls.update(layers=0, baseline=0, removals=0, stop_at=stop_at)
 
 
+@pytest.fixture(scope="module")
+def whole_run(probe_env, tmp_path_factory):
+    """The job run uninterrupted, once for the module (its tests read its table and counts; the negative
+    control runs the finished job again in its folder): (folder, table, batches)."""
+    out = tmp_path_factory.mktemp("importance") / "whole"
+    with pytest.MonkeyPatch.context() as mp:
+        calls = _count(mp)
+        assert main(_cli(probe_env, out)) == 0
+    n_batches = calls["baseline"]
+    assert calls["layers"] == 2 and calls["removals"] == 2 * 6 * n_batches
+    return out, probe.open_run(out).df("expert_importance"), n_batches
+
+
 @pytest.fixture
-def whole(probe_env, tmp_path, counted):
-    """The job run uninterrupted: (its table, batches)."""
-    assert main(_cli(probe_env, tmp_path / "whole")) == 0
-    n_batches = counted["baseline"]
-    assert counted["layers"] == 2 and counted["removals"] == 2 * 6 * n_batches
-    _reset(counted)
-    return probe.open_run(tmp_path / "whole").df("expert_importance"), n_batches
+def whole(whole_run):
+    """The uninterrupted job's (table, batches)."""
+    return whole_run[1:]
 
 
 def _no_leftovers(out):
@@ -128,10 +142,10 @@ def test_a_layer_a_newer_measurement_took_is_measured_again(probe_env, tmp_path,
 
 
 def test_negative_control_nothing_is_taken_across_options_finished_jobs_or_fresh(probe_env, tmp_path, capsys,
-                                                                                counted, whole):
+                                                                                counted, whole_run):
     """The counts above can fail: other options (another part), a finished job and --fresh run the
     baseline and measure every layer."""
-    ref, n_batches = whole
+    finished, ref, n_batches = whole_run
     out = tmp_path / "cut"
     counted["stop_at"] = 1
     assert main(_cli(probe_env, out)) == 130
@@ -144,6 +158,6 @@ def test_negative_control_nothing_is_taken_across_options_finished_jobs_or_fresh
     assert (counted["layers"], counted["baseline"], counted["removals"]) == (2, n_batches, 2 * 6 * n_batches)
     assert "continuing" not in capsys.readouterr().err
     _reset(counted)
-    assert main(_cli(probe_env, tmp_path / "whole")) == 0  # finished: measured again, as before
+    assert main(_cli(probe_env, finished)) == 0  # finished: measured again, as before
     assert counted["layers"] == 2 and counted["baseline"] == n_batches
-    pd.testing.assert_frame_equal(probe.open_run(tmp_path / "whole").df("expert_importance"), ref, check_exact=True)
+    pd.testing.assert_frame_equal(probe.open_run(finished).df("expert_importance"), ref, check_exact=True)
