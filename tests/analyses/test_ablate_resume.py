@@ -23,6 +23,11 @@ def _cli(env, out, spec, *extra):
 def counted(monkeypatch):
     """Counts the ablation passes and the model's forward batches; with `stop_at` = N, Ctrl-C
     (KeyboardInterrupt) arrives as the (N+1)th ablation pass starts."""
+    return _count(monkeypatch)
+
+
+def _count(monkeypatch) -> dict:
+    """`counted`'s counters, installed with `monkeypatch`."""
     calls = {"passes": 0, "forwards": 0, "stop_at": None}
     real_ablated, real_forward = run_module._ablated, run_module.forward_batch
 
@@ -41,15 +46,25 @@ def counted(monkeypatch):
     return calls
 
 
-@pytest.fixture
-def whole(probe_env, tmp_path, counted):
-    """The sweep run uninterrupted: (spec file, its table, forward batches of one pass)."""
-    spec = tmp_path / "sweep.yaml"
+@pytest.fixture(scope="module")
+def whole_run(probe_env, tmp_path_factory):
+    """The sweep run uninterrupted, once for the module (its tests read its table and counts; the
+    negative control runs the finished sweep again in its folder): (folder, spec file, table, forward
+    batches of one pass)."""
+    d = tmp_path_factory.mktemp("sweep")
+    spec, out = d / "sweep.yaml", d / "whole"
     spec.write_text(SPEC)
-    assert main(_cli(probe_env, tmp_path / "whole", spec)) == 0
-    n_batches = counted["forwards"] // 5  # the baseline and four ablations
-    counted.update(passes=0, forwards=0)
-    return spec, probe.open_run(tmp_path / "whole").df("ablations"), n_batches
+    with pytest.MonkeyPatch.context() as mp:
+        calls = _count(mp)
+        assert main(_cli(probe_env, out, spec)) == 0
+    n_batches = calls["forwards"] // 5  # the baseline and four ablations
+    return out, spec, probe.open_run(out).df("ablations"), n_batches
+
+
+@pytest.fixture
+def whole(whole_run):
+    """The uninterrupted sweep's (spec file, table, forward batches of one pass)."""
+    return whole_run[1:]
 
 
 def _no_leftovers(out):
@@ -100,10 +115,10 @@ def test_interrupted_in_the_first_ablation_keeps_the_baseline(probe_env, tmp_pat
 
 
 def test_negative_control_nothing_is_taken_across_options_finished_sweeps_or_fresh(probe_env, tmp_path, capsys,
-                                                                                  counted, whole):
+                                                                                  counted, whole_run):
     """The counts above can fail: other options (another key), a finished sweep and --fresh compute
     the baseline and every ablation."""
-    spec, ref, n_batches = whole
+    finished, spec, ref, n_batches = whole_run
     out = tmp_path / "cut"
     counted["stop_at"] = 2
     assert main(_cli(probe_env, out, spec)) == 130
@@ -116,6 +131,6 @@ def test_negative_control_nothing_is_taken_across_options_finished_sweeps_or_fre
     assert counted["passes"] == 4 and counted["forwards"] == 5 * n_batches
     assert "continuing" not in capsys.readouterr().err
     counted.update(passes=0, forwards=0)
-    assert main(_cli(probe_env, tmp_path / "whole", spec)) == 0  # finished: computed again, as before
+    assert main(_cli(probe_env, finished, spec)) == 0  # finished: computed again, as before
     assert counted["passes"] == 4 and counted["forwards"] == 5 * n_batches
-    pd.testing.assert_frame_equal(probe.open_run(tmp_path / "whole").df("ablations"), ref, check_exact=True)
+    pd.testing.assert_frame_equal(probe.open_run(finished).df("ablations"), ref, check_exact=True)
