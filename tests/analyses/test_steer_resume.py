@@ -22,6 +22,11 @@ def _cli(env, out, *extra):
 def counted(monkeypatch):
     """Counts the passes run (loss: evaluate; a prompt's: generations) and the loss forward batches;
     with `stop_at` = N, Ctrl-C (KeyboardInterrupt) arrives as the (N+1)th pass starts."""
+    return _count(monkeypatch)
+
+
+def _count(monkeypatch) -> dict:
+    """`counted`'s counters, installed with `monkeypatch`."""
     calls = {"passes": 0, "loss": 0, "prompts": 0, "forward": 0, "stop_at": None}
     real_eval, real_gen, real_forward = run_module.evaluate, run_module.generations, run_module.forward_batch
 
@@ -53,14 +58,24 @@ def _reset(calls, stop_at=None):
     calls.update(passes=0, loss=0, prompts=0, forward=0, stop_at=stop_at)
 
 
+@pytest.fixture(scope="module")
+def whole_run(probe_env, tmp_path_factory):
+    """The command run uninterrupted, once for the module (its tests read its table and counts; the
+    negative control runs the finished command again in its folder): (folder, table, prompts, loss
+    forward batches)."""
+    out = tmp_path_factory.mktemp("steer") / "whole"
+    with pytest.MonkeyPatch.context() as mp:
+        calls = _count(mp)
+        assert main(_cli(probe_env, out)) == 0
+    n_prompts, n_forward = calls["prompts"], calls["forward"]
+    assert calls["loss"] == 1 and n_prompts >= 2 and n_forward > 0
+    return out, probe.open_run(out).df("steering"), n_prompts, n_forward
+
+
 @pytest.fixture
-def whole(probe_env, tmp_path, counted):
-    """The command run uninterrupted: (its table, prompts, loss forward batches)."""
-    assert main(_cli(probe_env, tmp_path / "whole")) == 0
-    n_prompts, n_forward = counted["prompts"], counted["forward"]
-    assert counted["loss"] == 1 and n_prompts >= 2 and n_forward > 0
-    _reset(counted)
-    return probe.open_run(tmp_path / "whole").df("steering"), n_prompts, n_forward
+def whole(whole_run):
+    """The uninterrupted command's (table, prompts, loss forward batches)."""
+    return whole_run[1:]
 
 
 def _finished(out, n):
@@ -109,10 +124,10 @@ def test_interrupted_before_anything_finished_commits_nothing(probe_env, tmp_pat
 
 
 def test_negative_control_nothing_is_taken_across_options_finished_commands_or_fresh(probe_env, tmp_path, capsys,
-                                                                                   counted, whole):
+                                                                                   counted, whole_run):
     """The counts above can fail: other options (another part), a finished command and --fresh run
     every pass."""
-    ref, n_prompts, n_forward = whole
+    finished, ref, n_prompts, n_forward = whole_run
     out = tmp_path / "cut"
     counted["stop_at"] = 2
     assert main(_cli(probe_env, out)) == 130
@@ -127,6 +142,6 @@ def test_negative_control_nothing_is_taken_across_options_finished_commands_or_f
     assert len(probe.open_run(out).files("steering")) == 2  # it replaced its own part
     assert "continuing" not in capsys.readouterr().err
     _reset(counted)
-    assert main(_cli(probe_env, tmp_path / "whole")) == 0  # finished: computed again, as before
+    assert main(_cli(probe_env, finished)) == 0  # finished: computed again, as before
     assert (counted["loss"], counted["prompts"]) == (1, n_prompts)
-    pd.testing.assert_frame_equal(probe.open_run(tmp_path / "whole").df("steering"), ref, check_exact=True)
+    pd.testing.assert_frame_equal(probe.open_run(finished).df("steering"), ref, check_exact=True)
