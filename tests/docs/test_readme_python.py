@@ -32,9 +32,11 @@ def places(tmp_path_factory):
     return {"ckpt": base / "ckpt", "run": base / "run"}
 
 
-def run_blocks(blocks, places) -> dict:
+def run_blocks(blocks, places, ns: dict | None = None) -> dict:
+    """Execute `blocks` in turn in `ns` (a fresh namespace by default); returns it."""
     tokens = torch.tensor([[0, 1234 % 512, 99, 7]])  # the README's tokens, inside the tiny vocabulary
-    ns = {"next_ids": torch.tensor([[1234 % 512, 99, 7, 5]]), "padded": torch.randint(0, 512, (2, 7))}
+    if ns is None:
+        ns = {"next_ids": torch.tensor([[1234 % 512, 99, 7, 5]]), "padded": torch.randint(0, 512, (2, 7))}
     for line, code in blocks:
         for text, key in PATHS.items():
             code = code.replace(text, repr(str(places[key])))
@@ -43,10 +45,20 @@ def run_blocks(blocks, places) -> dict:
     return ns
 
 
-def test_the_readme_python_runs_and_its_comments_hold(places):
+@pytest.fixture(scope="module")
+def readme(places):
+    """The README's blocks run once in turn: (blocks, index of the hooks example, the namespace after
+    every block, a copy of it as it was before the hooks example)."""
     blocks = readme_blocks((REPO / "README.md").read_text())
+    hooks = next(i for i, (_, code) in enumerate(blocks) if "run_with_cache" in code)
+    ns = run_blocks(blocks[:hooks], places)
+    before = dict(ns)
+    return blocks, hooks, run_blocks(blocks[hooks:], places, ns), before
+
+
+def test_the_readme_python_runs_and_its_comments_hold(readme):
+    blocks, _, ns, _ = readme
     assert len(blocks) >= 3
-    ns = run_blocks(blocks, places)
     m, tokens = ns["m"], ns["tokens"]
     V = m.args.vocab_size
     assert ns["mtp_logits"].shape == (1, 3, V)  # mtp_logits[:, i] predicts token i+2 -> [B, S-1, V]
@@ -70,11 +82,11 @@ def test_the_readme_python_runs_and_its_comments_hold(places):
     assert {"expert_load", "tokens"} <= set(ns["run"].tables)
 
 
-def test_an_example_that_calls_what_is_not_there_fails(places):
-    """Negative control: a renamed method in an example is an error naming that example's line."""
-    blocks = readme_blocks((REPO / "README.md").read_text())
-    hooks = next(i for i, (_, code) in enumerate(blocks) if "run_with_cache" in code)
-    broken = [(line, code.replace("run_with_cache", "run_with_caches")) if i == hooks else (line, code)
-              for i, (line, code) in enumerate(blocks)]
-    with pytest.raises(AttributeError, match="run_with_caches"):
-        run_blocks(broken[: hooks + 1], places)
+def test_an_example_that_calls_what_is_not_there_fails(readme, places):
+    """Negative control: a renamed method in an example is an error naming that example's line. The
+    examples before it are not run again: the broken one runs on what they left (`readme`'s copy)."""
+    blocks, hooks, _, before = readme
+    line, code = blocks[hooks]
+    with pytest.raises(AttributeError, match="run_with_caches") as ei:
+        run_blocks([(line, code.replace("run_with_cache", "run_with_caches"))], places, dict(before))
+    assert f"README.md:{line}" in [str(e.path) for e in ei.traceback]  # raised in that example
