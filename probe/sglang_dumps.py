@@ -242,7 +242,7 @@ def model_shape(dumps: list[Dump], config: str | None) -> Shape:
             f"{p.name}: {a} x {b}" for p, (a, b) in sizes.items()))
     layers, experts = next(iter(sizes.values()))
     if config is None:
-        fused = _fused(dumps, None)
+        fused = _fused(dumps, None, experts=experts)
         topk = dump_topk(dumps, fused)
         stat = dumps[0].mode == "stat"  # no slot can be told: none assumed, a last column like one noted
         return Shape(layers, experts, topk or DEFAULT_TOPK, fused=fused, topk_seen=topk is not None,
@@ -272,12 +272,13 @@ def model_shape(dumps: list[Dump], config: str | None) -> Shape:
                  a.n_expert_groups, a.to_dict(), fused=fused, topk_seen=topk is not None)
 
 
-def _fused(dumps: list[Dump], a, config: str | None = None) -> Fused | None:
+def _fused(dumps: list[Dump], a, config: str | None = None, experts: int | None = None) -> Fused | None:
     """The fused shared expert's slot(s) the dumps show, by mode (sglang_fused.py); `a`: --config's
-    ModelArgs or None."""
+    ModelArgs or None; `experts`: the dumps' logical experts, without it."""
     mode = dumps[0].mode
     if mode == "per_token":
-        return token_slots(dumps, draft_record, a.n_activated_experts if a else None)
+        return token_slots(dumps, draft_record, a.n_activated_experts if a else None,
+                           a.n_routed_experts if a else experts)
     if mode == "per_pass":
         return pass_slots(dumps, draft_record)
     return stat_slots(dumps, a.n_routed_experts, a.n_activated_experts, config) if a else None

@@ -5,7 +5,9 @@ it is set aside, so that a top-8 model over 256 experts is not read as top-9 ove
 
 - per_token: ids past the dump's physical-to-logical map, each token's last id in every MoE layer;
   with no such id, one id that is every token's last in every MoE layer (at least MIN_ROWS rows, and
-  with --config only where tokens choose one id more than num_experts_per_tok).
+  with --config only where tokens choose one id more than num_experts_per_tok), and a physical slot
+  past the logical experts (SGLang's slot id is n_routed_experts): a routed expert every token chose
+  in a dump whose ids are sorted is every token's last too, and is no slot.
 - per_pass: count columns past the map, one count per token: the routed counts of each layer are
   k times the slot's, one k everywhere, which is then the model's top-k.
 - stat: logical counts hold no ids and no map; with --config, the experts past n_routed_experts,
@@ -76,9 +78,10 @@ def say(shape) -> None:
 
 
 # ------------------------------------------------------------------------------ per_token
-def token_slots(dumps, draft, topk: int | None = None) -> Fused | None:
+def token_slots(dumps, draft, topk: int | None = None, logical: int | None = None) -> Fused | None:
     """The slot of a per_token dump (see the module docstring), None without one; a physical id past
-    the map that is not every token's last is refused, as before. `topk`: --config's top-k."""
+    the map that is not every token's last is refused, as before. `topk`: --config's top-k; `logical`:
+    the logical experts (--config's n_routed_experts, else the map's), below which no id is a slot."""
     def rows():  # (dump, its ids, the map's width) record by record: a dump's records together can be GBs
         for d in dumps:
             width = d.data["last_physical_to_logical_map"].shape[1]
@@ -88,7 +91,7 @@ def token_slots(dumps, draft, topk: int | None = None) -> Fused | None:
 
     if any((ids >= width).any() for _, ids, width in rows()):
         return _past_the_map(rows())
-    return _last_alike(rows(), topk)
+    return _last_alike(rows(), topk, logical)
 
 
 def _past_the_map(rows) -> Fused:
@@ -115,9 +118,11 @@ def _outside(d, ids, width, why: str = "not every token's last id") -> Exception
                        "so no fused shared-expert slot)")
 
 
-def _last_alike(rows, topk: int | None) -> Fused | None:
+def _last_alike(rows, topk: int | None, logical: int | None = None) -> Fused | None:
     """One id inside the map that is every MoE row's last (each row choosing as many, from column 0),
-    in no other column; with --config's `topk`, only where rows choose topk + 1."""
+    in no other column, and not below `logical` (a routed expert's id: with ids sorted, one every token
+    chose was taken for a slot and its selections dropped); with --config's `topk`, only where rows
+    choose topk + 1."""
     last, counts, total = set(), set(), 0
     for _, ids, _ in rows:
         chosen = ids >= 0
@@ -136,7 +141,7 @@ def _last_alike(rows, topk: int | None) -> Fused | None:
         if len(last) > 1 or (ids[used][:, :k - 1] == tail[:, None]).any():
             return None
         total += int(used.sum())
-    if total < MIN_ROWS or next(iter(counts)) < 2:
+    if total < MIN_ROWS or next(iter(counts)) < 2 or (logical is not None and min(last) < logical):
         return None
     return Fused(sorted(last), 1, "physical", "the same id last for every token in every MoE layer",
                  inside=set(last))

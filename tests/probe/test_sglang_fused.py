@@ -198,3 +198,32 @@ def test_what_is_no_fused_slot_or_contradicts_the_config_is_refused_in_one_line(
         assert not (tmp_path / "run").exists()
     with pytest.raises(SGLangError, match="no fused shared-expert slot"):
         import_sglang(sg.edited_copy(per_pass, tmp_path / "p3", uneven), tmp_path / "run")
+
+
+def _every_token_chooses_the_last_expert_sorted(passes) -> None:
+    """Every token of a MoE layer also chooses expert E - 1 (a popular one), its ids sorted: that routed
+    expert is every token's last id, as a slot inside the map would be."""
+    for p in passes:
+        for layer in set(range(sg.L)) - set(sg.DENSE):
+            for t in range(p.logical.shape[1]):
+                row = p.logical[layer, t]
+                if sg.E - 1 not in row:
+                    row[-1] = sg.E - 1
+                p.logical[layer, t] = np.sort(row)
+
+
+def test_a_popular_routed_expert_every_tokens_last_is_not_a_slot_without_config(tmp_path, capsys):
+    """Negative control without --config: in an unfused dump whose ids are sorted, a routed expert that
+    every token chose is every token's last id. It is a logical expert's id (SGLang's slot id is
+    n_routed_experts, past them), so it is routing, kept: its selections were dropped and the top-k
+    read as K - 1."""
+    passes = sg.traffic(seed=3, passes=3, ranks=1)
+    _every_token_chooses_the_last_expert_sorted(passes)
+    d = sg.write_per_token(tmp_path / "sorted", passes, np.tile(np.arange(sg.E), (sg.L, 1)), ranks=1)[0].parent
+    capsys.readouterr()
+    run = probe.open_run(import_sglang(d, tmp_path / "run"))
+    assert "fused" not in capsys.readouterr().out
+    assert run.info["source"]["shared_fused"] is False
+    assert run.info["model_args"]["n_activated_experts"] == sg.K
+    assert set(run.df("routing").expert_ids.map(len)) == {sg.K}
+    _loads_equal_the_routing(run, passes)
