@@ -67,9 +67,11 @@ def say(shape) -> None:
     last column counts as a slot would (`shape`: sglang_dumps.Shape)."""
     fused, topk = shape.fused, shape.topk
     if shape.fused_hint is not None:
-        print(f"note: expert {shape.n_experts - 1}, the last, counts 1 per {shape.fused_hint} of the others' in "
-              "every pass and layer, as a fused shared expert (chosen once by every token) would; without --config "
-              "it is read as a routed expert: pass --config to have it set aside (run.json "
+        last = shape.n_experts - 1  # a routed expert every token chose counts so too: --config tells which
+        print(f"note: expert {last}, the last, counts 1 per {shape.fused_hint} of the others' in every pass and "
+              "layer, as a fused shared expert (chosen once by every token) would, or a routed expert every token "
+              f"chose; without --config it is read as a routed expert: pass --config (the model's), which sets it "
+              f"aside if its n_routed_experts is {last} and keeps it if {last + 1} (run.json "
               "source.shared_fused_assumed)")
     if fused:
         print(f"note: fused shared expert found: {fused.space} id(s) {fused.slots} ({fused.found_by}); "

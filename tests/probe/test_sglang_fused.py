@@ -227,3 +227,20 @@ def test_a_popular_routed_expert_every_tokens_last_is_not_a_slot_without_config(
     assert run.info["model_args"]["n_activated_experts"] == sg.K
     assert set(run.df("routing").expert_ids.map(len)) == {sg.K}
     _loads_equal_the_routing(run, passes)
+
+
+def test_stat_note_of_a_popular_last_expert_says_when_config_sets_it_aside(world, tmp_path, capsys):
+    """An unfused stat dump without --config whose last expert every token chose counts as a slot would:
+    the note must not promise that --config sets it aside (the model's own config, of sg.E routed
+    experts, keeps it: the import with it is the control)."""
+    passes = sg.traffic(seed=1, passes=5, ranks=1)
+    _every_token_chooses_the_last_expert_sorted(passes)
+    f = sg.write_stat(tmp_path / "stat", passes)
+    capsys.readouterr()
+    import_sglang(f, tmp_path / "run")
+    out = capsys.readouterr().out
+    assert f"expert {sg.E - 1}, the last, counts 1 per {sg.K - 1}" in out
+    assert f"sets it aside if its n_routed_experts is {sg.E - 1} and keeps it if {sg.E}" in out
+    run = probe.open_run(import_sglang(f, tmp_path / "run2", config=str(world["config"])))
+    assert run.info["source"]["shared_fused"] is False and "fused" not in capsys.readouterr().out
+    _loads_equal_the_routing(run, passes)
