@@ -249,7 +249,6 @@ def total_loads(ref: RunRef, last_steps: int | None = None) -> pd.DataFrame:
 
 
 @cached
-@cached
 def pass_count(ref: RunRef) -> int:
     """Forward passes (steps of expert_load) in the run (cached: the Serving page asks on every rerun, and
     counting 19,000 passes' 286 M rows takes a second)."""

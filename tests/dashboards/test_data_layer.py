@@ -453,3 +453,15 @@ def test_the_cached_queries_take_their_arguments_by_name_too(train_run):
     assert steps.tolist() == want_steps.tolist() and len(steps) == 2 and np.array_equal(X, want)
     with pytest.raises(TypeError, match="total_loads.* unexpected keyword argument 'steps'"):
         data.total_loads(ref, steps=2)
+
+
+def test_every_cached_query_is_cached_once_and_uncached_is_the_query():
+    """`.uncached` is the query itself (the tests call it outside Streamlit): a function under two
+    @cached had its inner cache as `.uncached`, and was cached twice, the outer cache keyed by the
+    wrapper's name `cached.<locals>.call`, which a second such function would share."""
+    from dashboards import data
+
+    cached = [f for f in vars(data).values() if callable(f) and hasattr(f, "uncached")]
+    assert data.pass_count in cached and len(cached) > 5
+    assert [f.__name__ for f in cached if hasattr(f.uncached, "uncached")] == []
+    assert all(f.uncached.__module__ == "dashboards.data" and f.uncached.__qualname__ == f.__name__ for f in cached)
