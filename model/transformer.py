@@ -307,7 +307,9 @@ class Transformer(HookedModule):
         if logits_at is not None and targets is not None:
             raise InputError("targets with logits_at: targets asks for statistics at every position; logits_at for "
                              "logits at some")
+        tokens = self._check_tokens(tokens)  # an id past the vocabulary was an IndexError of the embedding
         bsz, seqlen = tokens.shape
+        self._check_mtp_hidden(h, bsz, seqlen - 1)
         if isinstance(depth, bool) or not isinstance(depth, numbers.Integral) or not 0 <= depth < len(self.mtp):
             raise InputError(f"depth={depth!r}: this model has {len(self.mtp)} MTP module(s), "
                              f"depth 0 to {len(self.mtp) - 1}")
@@ -329,6 +331,15 @@ class Transformer(HookedModule):
             self._mtp_filled[depth] = self._filled_after(self._mtp_filled.get(depth), start, lens, n, bsz,
                                                          fresh=max_start == 0)
         return logits
+
+    def _check_mtp_hidden(self, h, bsz: int, n: int) -> None:
+        """h for mtp_logits: final-normed hidden states [B, >= n, dim] (a shorter or narrower h was a
+        RuntimeError of a concatenation deep in the MTP block)."""
+        want = f"[{bsz}, at least {n}, {self.args.dim}]"
+        if not isinstance(h, torch.Tensor) or h.dim() != 3 or h.shape[0] != bsz or h.shape[1] < n \
+                or h.shape[2] != self.args.dim:
+            got = tuple(h.shape) if isinstance(h, torch.Tensor) else type(h).__name__
+            raise InputError(f"h: expected the hidden states of the tokens' positions, shape {want}, got {got}")
 
     def _check_end(self, max_start: int, n: int, what: str = "positions") -> int:
         """The end (one past the last position) of `n` positions from `max_start`, the latest row's

@@ -557,3 +557,22 @@ def test_bad_forward_inputs_raise_model_input_error_naming_argument_and_value():
     with pytest.raises(model.InputError, match=rf"^length={n + 1}: a KV cache longer than max_seq_len={n}$"):
         m.setup_cache(1, n + 1)
     assert m(x).shape == (2, 4, m.args.vocab_size)  # the control: good input runs
+
+
+def test_bad_mtp_logits_inputs_raise_model_input_error_naming_argument_and_value():
+    """mtp_logits checks its tokens as forward does, and its h: an id past the vocabulary was the
+    embedding's IndexError, a float or 1-D tokens or a short h a RuntimeError deep in the MTP block."""
+    m = random_model("tiny")
+    x = torch.randint(0, m.args.vocab_size, (2, 5))
+    _, h = m(x, return_hidden=True)
+    for args, msg in [((h, torch.full((2, 5), m.args.vocab_size)), r"^tokens: token ids must be in \[0, 512\); "),
+                      ((h, x.float()), r"^tokens must be integer token ids, got dtype torch.float32$"),
+                      ((h, x[0]), r"^tokens must be a 2-D .* got \(5,\)$"),
+                      ((h[:, :3], x), rf"^h: expected .* shape \[2, at least 4, {m.args.dim}\], got \(2, 3, "),
+                      ((h[..., :5], x), rf"^h: expected .* got \(2, 5, 5\)$"),
+                      ((h[:1], x), r"^h: expected .* got \(1, 5, "),
+                      ((h.tolist(), x), r"^h: expected .* got list$")]:
+        with pytest.raises(model.InputError, match=msg):
+            m.mtp_logits(*args)
+    # the controls: h of the tokens' positions, or of the MTP positions alone (generate's decoding)
+    assert m.mtp_logits(h, x).shape == m.mtp_logits(h[:, :4], x).shape == (2, 4, m.args.vocab_size)
