@@ -30,7 +30,7 @@ def loads_from_run(run_dir: str | Path, shape: RouterShape) -> Loads:
         from probe.run import lost_message
 
         raise AblationError(lost_message(run_dir, "expert_load"))
-    _check_same_router(run_dir, run.info.get("model_args") or {}, shape)
+    _check_same_router(run_dir, run.info, shape)
     df = run.sql("select layer, expert, domain, sum(count)::bigint as n from expert_load group by all").df()
     df = df[df.layer < shape.n_layers]
     if df.empty:
@@ -92,14 +92,18 @@ def run_loads(opts: AblateOptions, info: dict | None, shape: RouterShape,
     return loads, f"run:{Path(opts.run).resolve()}", {"status": status, "tokens": tokens, "planned_tokens": planned}
 
 
-def _check_same_router(run_dir, model_args: dict, shape: RouterShape) -> None:
+def _check_same_router(run_dir, info: dict, shape: RouterShape) -> None:
     """The run's loads rank the experts of the model they were counted on: another model's (an SGLang
     import of a served model, then --ckpt of a smaller one) gave a "top" of tie-broken zeros in the
-    layers the run lacks and of unrelated experts elsewhere."""
+    layers the run lacks and of unrelated experts elsewhere. An import without --config states as its
+    n_dense_layers the first layer its dumps counted in: for the dumps of later pipeline stages, a
+    count of the layers missing, not of another model's dense ones (the checks of the rows name them)."""
     from probe.model_shape import LAYOUT, model_differences
 
+    model_args = info.get("model_args") or {}
     ours = dict(zip(LAYOUT, (shape.n_layers, shape.n_dense_layers, shape.n_experts)))
-    if model_differences(model_args, ours, LAYOUT):  # a field the run does not state is not held against it
+    fields = tuple(f for f in LAYOUT if f != "n_dense_layers" or info.get("kind") != "import")
+    if model_differences(model_args, ours, fields):  # a field the run does not state is not held against it
         theirs = ["?" if model_args.get(k) is None else model_args[k] for k in LAYOUT]
         raise AblationError(f"{run_dir}: its expert_load was counted on another model ({theirs[0]} layers, "
                             f"{theirs[1]} dense, {theirs[2]} experts; the checkpoint has {ours['n_layers']}, "

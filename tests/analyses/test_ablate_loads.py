@@ -103,3 +103,19 @@ def test_ablate_top_says_it_in_one_line_and_baseline_is_the_way_out(probe_env, t
     assert_one_line_error(main(argv), capsys, f"its expert_load counts no loads in MoE layer {moe[-1]} of the "
                           f"model's {moe[0]}..{moe[-1]}", tmp_path / "out")
     assert main([*argv, "--loads-from", "baseline"]) == 0
+
+
+def test_an_import_of_later_pipeline_stages_is_told_its_missing_layers_not_another_model(tmp_path):
+    """An SGLang import without --config states as n_dense_layers the first layer its dumps counted in:
+    of later pipeline stages' dumps (layers 2-3 here) it said 2, and the loads were refused as counted
+    on 'another model (4 layers, 2 dense, 8 experts; the checkpoint has 4, 1, 8)'. The model is the same;
+    the layers missing are named. A record stating another dense count is still another model."""
+    run = _run(tmp_path / "r", layers=(2, 3), n_dense_layers=2)
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps(info | {"kind": "import"}))
+    with pytest.raises(AblationError) as e:
+        loads_from_run(run, SHAPE)
+    assert str(e.value) == _why(run, "1")
+    rec = _run(tmp_path / "rec", layers=(2, 3), n_dense_layers=2)
+    with pytest.raises(AblationError, match=r"counted on another model \(4 layers, 2 dense, 8 experts; "):
+        loads_from_run(rec, SHAPE)
