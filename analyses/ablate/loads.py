@@ -19,10 +19,11 @@ if TYPE_CHECKING:
     from .inputs import AblateOptions
 
 
-def loads_from_run(run_dir: str | Path, shape: RouterShape) -> Loads:
+def loads_from_run(run_dir: str | Path, shape: RouterShape, ranked: list[int] | None = None) -> Loads:
     """{domain or "all": [n_moe_layers, E] counts} summed over a run's `expert_load` table. Rows of an
     MTP module's router (layer n_layers + k, which training runs record) are left out: ablations act
-    on the main layers. Loads of another model, or with a MoE layer that counts nothing, are refused."""
+    on the main layers. Loads of another model, or with a MoE layer of `ranked` (the layers whose
+    experts the loads rank; default every MoE layer) that counts nothing, are refused."""
     import probe
 
     run = probe.open_run(run_dir)
@@ -42,7 +43,7 @@ def loads_from_run(run_dir: str | Path, shape: RouterShape) -> Loads:
         raise AblationError(f"{run_dir}: its expert_load does not fit this model (layers {sorted(set(df.layer))}, "
                             f"experts up to {df.expert.max()}; the model has MoE layers {moe} and "
                             f"{shape.n_experts} experts)")
-    _check_every_layer(run_dir, df, moe)
+    _check_every_layer(run_dir, df, moe, moe if ranked is None else [x for x in moe if x in ranked])
     out = {}
     for dom, g in df.groupby("domain"):
         a = np.zeros((len(moe), shape.n_experts), np.int64)
@@ -52,37 +53,40 @@ def loads_from_run(run_dir: str | Path, shape: RouterShape) -> Loads:
     return out
 
 
-def _check_every_layer(run_dir, df, moe: list[int]) -> None:
-    """Every MoE layer has loads to rank. A run of the same model whose expert_load lacks a layer's rows
+def _check_every_layer(run_dir, df, moe: list[int], ranked: list[int]) -> None:
+    """Every MoE layer of `ranked` has loads to rank (a --top confined by --layers to the layers a
+    pipeline stage's import counts is ranked by them). A run of the same model whose expert_load lacks a layer's rows
     (recorded with fewer layers hooked, an import of some pipeline stages' dumps, an edited table), or
     whose rows there count nothing (such an import with --config writes zeros), ranked that layer's
     experts from zeros: a "top" of tie-broken ids. A record, a training run and an import of a whole
     server's dumps count every MoE layer."""
     per_layer = df.groupby("layer").n.sum()
-    missing = [x for x in moe if per_layer.get(x, 0) == 0]
+    missing = [x for x in ranked if per_layer.get(x, 0) == 0]
     if missing:
         raise AblationError(f"{run_dir}: its expert_load counts no loads in MoE layer{'s' * (len(missing) > 1)} "
                             f"{', '.join(map(str, missing))} of the model's {moe[0]}..{moe[-1]} (recorded with fewer "
                             "layers, an import of some pipeline stages' dumps, or an edited table?): --top would rank "
                             "their experts from zeros; pass --loads-from baseline to rank experts on the tokens "
-                            "evaluated")
+                            "evaluated, or --layers to rank only the layers it counts")
 
 
-def run_loads(opts: AblateOptions, info: dict | None, shape: RouterShape,
-              needs: bool) -> tuple[Loads | None, str, dict | None]:
+def run_loads(opts: AblateOptions, info: dict | None, shape: RouterShape, needs: bool,
+              ranked: list[int] | None = None) -> tuple[Loads | None, str, dict | None]:
     """The loads that rank --top: (the run's, "run:PATH") where --loads-from says run (or auto, and the
     run has them), else (None, "baseline"): the baseline pass counts them. Third, where the run's record
     or training did not finish (run.json interrupted: Ctrl-C, SIGTERM, a crash), what its partial loads
-    cover ({status, tokens, planned_tokens}, for run.json), said in one line: they were taken silently."""
+    cover ({status, tokens, planned_tokens}, for run.json), said in one line: they were taken silently.
+    `ranked`: the MoE layers --top ranks (`loads_from_run`)."""
     if not needs or not (opts.loads_from == "run" or (opts.loads_from == "auto" and opts.run is not None
                                                       and _has_loads(opts.run))):
         return None, "baseline", None
-    loads = loads_from_run(opts.run, shape)
+    loads = loads_from_run(opts.run, shape, ranked)
     status = run_status(opts.run, info)
     if status in ("complete", "unknown"):
         return loads, f"run:{Path(opts.run).resolve()}", None
-    # every token counts once in each MoE layer's top-k assignments
-    tokens, planned = int(loads[ALL][0].sum()) // shape.topk, ((info or {}).get("planned") or {}).get("tokens")
+    # every token counts once in each MoE layer's top-k assignments (of a layer the run counts: an
+    # import of later pipeline stages' dumps counts nothing in the first)
+    tokens, planned = int(loads[ALL].sum(1).max()) // shape.topk, ((info or {}).get("planned") or {}).get("tokens")
     job = "training" if (info or {}).get("kind") == "train" else "record"
     if launch_rank0():
         print(f"note: --top ranks experts by partial loads: the {job} of {opts.run} did not finish (run.json status "

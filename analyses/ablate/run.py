@@ -223,7 +223,9 @@ def ablate(opts: AblateOptions, ablations: list[Ablation]):
     args = checkpoint_args(ckpt, AblationError)
     opts.seq_len = window_length(opts.seq_len, args, AblationError)
     shape = RouterShape.of(args)
-    loads, source, partial = run_loads(opts, info, shape, any(a.needs_loads for a in ablations))
+    # the layers --top ranks: each such ablation's --layers, else every MoE layer
+    ranked = sorted({x for a in ablations if a.needs_loads for x in (a.layers or shape.moe_layers)})
+    loads, source, partial = run_loads(opts, info, shape, any(a.needs_loads for a in ablations), ranked)
     for a in ablations:  # refuse bad selections before loading anything big
         if (a.needs_loads and loads is None and a.top is not None and shape.n_experts - a.top < shape.topk
                 and a.mode == "reroute"):

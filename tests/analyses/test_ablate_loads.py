@@ -56,7 +56,8 @@ def test_a_run_that_states_no_model_is_not_refused_for_it(tmp_path):
 def _why(run, layers: str) -> str:
     return (f"{run}: its expert_load counts no loads in MoE layer{'s' * (',' in layers)} {layers} of the model's 1..3 "
             "(recorded with fewer layers, an import of some pipeline stages' dumps, or an edited table?): --top "
-            "would rank their experts from zeros; pass --loads-from baseline to rank experts on the tokens evaluated")
+            "would rank their experts from zeros; pass --loads-from baseline to rank experts on the tokens evaluated, "
+            "or --layers to rank only the layers it counts")
 
 
 @pytest.mark.parametrize("layers, missing", [((1, 2), "3"), ((2,), "1, 3")])
@@ -103,6 +104,8 @@ def test_ablate_top_says_it_in_one_line_and_baseline_is_the_way_out(probe_env, t
     assert_one_line_error(main(argv), capsys, f"its expert_load counts no loads in MoE layer {moe[-1]} of the "
                           f"model's {moe[0]}..{moe[-1]}", tmp_path / "out")
     assert main([*argv, "--loads-from", "baseline"]) == 0
+    # --layers confines --top to the layers the run counts: its loads rank them
+    assert main([*argv, "--layers", ",".join(map(str, moe[:-1]))]) == 0
 
 
 def test_an_import_of_later_pipeline_stages_is_told_its_missing_layers_not_another_model(tmp_path):
@@ -119,3 +122,23 @@ def test_an_import_of_later_pipeline_stages_is_told_its_missing_layers_not_anoth
     rec = _run(tmp_path / "rec", layers=(2, 3), n_dense_layers=2)
     with pytest.raises(AblationError, match=r"counted on another model \(4 layers, 2 dense, 8 experts; "):
         loads_from_run(rec, SHAPE)
+
+
+def test_only_the_layers_top_ranks_need_loads(tmp_path, capsys):
+    """A run lacking layer 1 (an import of later pipeline stages' dumps) ranks --top --layers 2,3: every
+    MoE layer was required, so its own layers were refused too. The partial-loads note counts the
+    tokens of a layer the run counts (layer 1's zeros said 0 tokens)."""
+    from analyses.ablate.inputs import AblateOptions
+    from analyses.ablate.loads import run_loads
+
+    run = _run(tmp_path / "r", layers=(2, 3))
+    loads = loads_from_run(run, SHAPE, ranked=[2, 3])
+    assert loads["all"][0].sum() == 0 and (loads["all"][1:].sum(1) > 0).all()
+    with pytest.raises(AblationError) as e:
+        loads_from_run(run, SHAPE, ranked=[1, 3])
+    assert str(e.value) == _why(run, "1")
+    info = json.loads((run / "run.json").read_text()) | {"status": "interrupted"}
+    got, source, partial = run_loads(AblateOptions(run=str(run), loads_from="run"), info, SHAPE, True, [2, 3])
+    tokens = int(loads["all"][1].sum()) // SHAPE.topk
+    assert got is not None and source.startswith("run:") and partial["tokens"] == tokens > 0
+    assert f"its expert_load covers {tokens:,} tokens" in capsys.readouterr().err
