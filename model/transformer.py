@@ -255,14 +255,7 @@ class Transformer(HookedModule):
         bsz, seqlen = tokens.shape
         dev = tokens.device
         self._check_outputs(bsz, seqlen, mtp, logits_at, targets, mtp_targets)
-        start, max_start = self._check_rows(start_pos, lengths, bsz, seqlen, dev, self._filled)
-        if mtp and max_start > 0:
-            # MTP position i needs token i+1: a chunk's last position waits for the next chunk, so a
-            # later chunk's MTP pass would read a cache slot nothing wrote
-            raise InputError(f"mtp=True needs start_pos=0, got start_pos up to {max_start} (the MTP pass covers one "
-                             "chunk from position 0); to "
-                             "draft while decoding, call mtp_logits with the tokens each position needs, as "
-                             "generate/decode.py does")
+        start, max_start = self._check_start(start_pos, lengths, bsz, seqlen, dev, mtp)
         if max_start > 0:
             use_cache = True
         end = self._check_end(max_start, seqlen)
@@ -272,17 +265,11 @@ class Transformer(HookedModule):
         mask, n_keys = self._mask(pos, start, lengths, seqlen, end, use_cache, max_start)
         cos, sin = rope_cos_sin(pos, self.rope_inv_freq, self.args.rope_attention_factor)
 
-        if resid is not None and not start_at_layer:
-            raise InputError(f"resid with start_at_layer={start_at_layer!r}: resid is the input of block "
-                             "start_at_layer: pass start_at_layer >= 1 with it")
-        h = self.hook_embed(self.embed(tokens)) if not start_at_layer else self._check_resid(resid, tokens,
-                                                                                              start_at_layer, use_cache)
+        h = self._residual_in(tokens, resid, start_at_layer, use_cache)
         for layer in self.layers[start_at_layer:]:
             h = layer(h, cos, sin, pos, mask, n_keys, use_cache)
         if use_cache:
-            self._filled = self._filled_after(self._filled, start, lengths, seqlen, bsz, fresh=max_start == 0)
-            if max_start == 0:  # the MTP blocks' caches hold an earlier prompt's keys until an MTP pass from 0
-                self._mtp_filled = {d: torch.zeros_like(start) for d in range(len(self.mtp))}
+            self._note_filled(start, lengths, seqlen, bsz, fresh=max_start == 0)
         h = self.hook_final(self.norm(h))
         out = [self.head(_select(h, logits_at)) if targets is None else self.head_stats(h, targets)]
         if mtp:
@@ -290,6 +277,35 @@ class Transformer(HookedModule):
         if return_hidden:
             out.append(h)
         return out[0] if len(out) == 1 else tuple(out)
+
+    def _check_start(self, start_pos, lengths, bsz: int, seqlen: int, dev, mtp: bool) -> tuple[torch.Tensor, int]:
+        """forward's `_check_rows` against the main KV cache, and mtp=True refused past position 0."""
+        start, max_start = self._check_rows(start_pos, lengths, bsz, seqlen, dev, self._filled)
+        if mtp and max_start > 0:
+            # MTP position i needs token i+1: a chunk's last position waits for the next chunk, so a
+            # later chunk's MTP pass would read a cache slot nothing wrote
+            raise InputError(f"mtp=True needs start_pos=0, got start_pos up to {max_start} (the MTP pass covers one "
+                             "chunk from position 0); to "
+                             "draft while decoding, call mtp_logits with the tokens each position needs, as "
+                             "generate/decode.py does")
+        return start, max_start
+
+    def _residual_in(self, tokens: torch.Tensor, resid, start_at_layer: int, use_cache: bool) -> torch.Tensor:
+        """The residual stream the first block run sees: the embedded tokens, or `resid` (checked) when
+        forward starts at block `start_at_layer`."""
+        if resid is not None and not start_at_layer:
+            raise InputError(f"resid with start_at_layer={start_at_layer!r}: resid is the input of block "
+                             "start_at_layer: pass start_at_layer >= 1 with it")
+        if not start_at_layer:
+            return self.hook_embed(self.embed(tokens))
+        return self._check_resid(resid, tokens, start_at_layer, use_cache)
+
+    def _note_filled(self, start: torch.Tensor, lengths, seqlen: int, bsz: int, fresh: bool) -> None:
+        """After forward wrote the main KV cache: how far each row now holds; a pass from position 0
+        (`fresh`) also empties the MTP blocks' fills."""
+        self._filled = self._filled_after(self._filled, start, lengths, seqlen, bsz, fresh=fresh)
+        if fresh:  # the MTP blocks' caches hold an earlier prompt's keys until an MTP pass from 0
+            self._mtp_filled = {d: torch.zeros_like(start) for d in range(len(self.mtp))}
 
     def mtp_logits(self, h: torch.Tensor, tokens: torch.Tensor, start_pos: int | torch.Tensor = 0,
                    lengths: torch.Tensor | None = None, use_cache: bool = False,
