@@ -91,7 +91,9 @@ def token_slots(dumps, draft, topk: int | None = None, logical: int | None = Non
                 if not draft(r):
                     yield d, r["topk_ids_of_layer"].numpy().astype(np.int64), width
 
-    if any((ids >= width).any() for _, ids, width in rows()):
+    past = any(bool((r["topk_ids_of_layer"] >= d.data["last_physical_to_logical_map"].shape[1]).any())
+               for d in dumps for r in d.data["records"] if not draft(r))  # on the tensors: no int64 copies
+    if past:
         return _past_the_map(rows())
     return _last_alike(rows(), topk, logical)
 
@@ -168,8 +170,10 @@ def pass_slots(dumps, draft) -> Fused | None:
     for d in dumps:
         width = d.data["last_physical_to_logical_map"].shape[1]
         for r in d.data["records"]:
+            if draft(r) or r["global_physical_count"].shape[1] <= width:  # an unfused pass: no int64 copy
+                continue
             c = r["global_physical_count"].numpy().astype(np.int64)
-            if draft(r) or c.shape[1] <= width or not c.any():
+            if not c.any():
                 continue
             k = _one_per_token(c[:, :width].sum(1), c[:, width:].sum(1))
             if k is None:
