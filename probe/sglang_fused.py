@@ -38,12 +38,7 @@ class Fused:
     def strip_ids(self, ids: np.ndarray, width: int) -> np.ndarray:
         """A record's topk_ids_of_layer [L, n, W] without its slot ids (-1 there); counted by the import
         on the records it keeps (tensor-parallel copies are read too)."""
-        chosen = ids >= 0
-        if self.inside:
-            rank = np.cumsum(chosen, -1)  # 1.. among a row's chosen ids
-            mask = chosen & (rank > chosen.sum(-1, keepdims=True) - self.columns)
-        else:
-            mask = ids >= width
+        mask = _last_chosen(ids >= 0, self.columns) if self.inside else ids >= width
         return np.where(mask, -1, ids)
 
     def strip_counts(self, counts: np.ndarray, width: int) -> np.ndarray:
@@ -104,7 +99,7 @@ def _past_the_map(rows) -> Fused:
         first = first or (d, ids, width)
         chosen, out = ids >= 0, ids >= width
         m, c = chosen.sum(-1), out.sum(-1)
-        last = chosen & (np.cumsum(chosen, -1) > (m - c)[..., None])
+        last = _last_chosen(chosen, c[..., None])
         used = m > 0
         if not (out == last).all() or not (c[used] > 0).all():
             raise _outside(d, ids, width)
@@ -113,6 +108,11 @@ def _past_the_map(rows) -> Fused:
     if len(columns) != 1:
         raise _outside(*first, f"tokens hold {sorted(columns)} of them")
     return Fused(sorted(found), columns.pop(), "physical", "past the physical-to-logical map, every token's last id")
+
+
+def _last_chosen(chosen: np.ndarray, n) -> np.ndarray:
+    """The last `n` (a number, or one per row [..., 1]) chosen ids of each row of `chosen` [..., W]."""
+    return chosen & (np.cumsum(chosen, -1) > chosen.sum(-1, keepdims=True) - n)
 
 
 def _outside(d, ids, width, why: str = "not every token's last id") -> Exception:
