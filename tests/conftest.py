@@ -23,7 +23,7 @@ from helpers import hf_checkpoint, make_corpus, make_probe_ckpt, random_model
 # Two workers of 2 threads each on 2 cores spin against each other in every parallel region, and the
 # tests' models are tiny: a 1,280-token record took 0.75-0.89 s on one thread against 5.2-10.1 s on
 # two while other tests ran (a loaded 2-core EPYC, 2026-12-06). The whole suite ran on one thread
-# before this only because test modules that set it at import (test_ablate.py, ...) are collected by
+# before this only because test modules that set it at import (test_ablate_cli.py, ...) are collected by
 # every worker; a run of a few files (`pytest tests/model`) did not.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
@@ -96,7 +96,7 @@ LONGEST_FIRST = [  # (seconds per file: a full run on the 2-core EPYC, 2026-12-0
     "e2e/test_mp_jobs.py",  # ~21 s: a four-rank launch of five jobs
     "analyses/test_report.py", "analyses/test_notebooks.py",  # ~15 s and ~14 s: ten notebooks in two kernels
     "train/test_train.py", "probe/test_resume.py",  # ~13 s and ~12 s: records stopped and resumed
-    "analyses/test_ablate.py", "dashboards/test_metric_views.py",  # ~10 s and ~9 s
+    "analyses/test_ablate_cli.py", "dashboards/test_metric_views.py",  # ~10 s and ~9 s
     "dashboards/test_serving.py", "model/test_tensor_reader.py",  # ~7 s each
     "dashboards/test_research_views.py", "probe/test_teardown.py", "generate/test_codec_cli.py",  # ~6 s each
     "model/test_gemm.py", "docs/test_doc_commands.py", "train/test_train_resume.py",  # ~5 s each
