@@ -16,6 +16,7 @@ it is set aside, so that a top-8 model over 256 experts is not read as top-9 ove
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -58,8 +59,9 @@ def source(fused: Fused | None, assumed: bool) -> dict:
 
 
 def say(shape) -> None:
-    """The stdout line of an import that set slot ids aside, or of a stat dump without --config whose
-    last column counts as a slot would (`shape`: sglang_dumps.Shape)."""
+    """The stderr line of an import that set slot ids aside, or of a stat dump without --config whose
+    last column counts as a slot would (`shape`: sglang_dumps.Shape); on stderr, as the import's other
+    notes and warnings: stdout is the command's result (what it imported, where it wrote)."""
     fused, topk = shape.fused, shape.topk
     if shape.fused_hint is not None:
         last = shape.n_experts - 1  # a routed expert every token chose counts so too: --config tells which
@@ -67,11 +69,11 @@ def say(shape) -> None:
               "layer, as a fused shared expert (chosen once by every token) would, or a routed expert every token "
               f"chose; without --config it is read as a routed expert: pass --config (the model's), which sets it "
               f"aside if its n_routed_experts is {last} and keeps it if {last + 1} (run.json "
-              "source.shared_fused_assumed)")
+              "source.shared_fused_assumed)", file=sys.stderr)
     if fused:
         print(f"note: fused shared expert found: {fused.space} id(s) {fused.slots} ({fused.found_by}); "
               f"{fused.dropped:,} selections of it set aside, the run holds the {topk} routed experts a token "
-              "chose (run.json source.shared_fused)")
+              "chose (run.json source.shared_fused)", file=sys.stderr)
 
 
 # ------------------------------------------------------------------------------ per_token

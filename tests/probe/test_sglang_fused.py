@@ -38,8 +38,8 @@ def test_per_token_slot_past_the_map_is_set_aside(world, tmp_path, capsys, with_
     cfg = str(world["config"]) if with_config else None
     capsys.readouterr()
     run = probe.open_run(import_sglang(d, tmp_path / "run", config=cfg))
-    out = capsys.readouterr().out
-    assert "fused shared expert found: physical id(s) [20]" in out and len(out.strip().splitlines()) == 1
+    err = capsys.readouterr().err
+    assert "fused shared expert found: physical id(s) [20]" in err and len([x for x in err.splitlines() if "fused" in x]) == 1
     src = run.info["source"]
     assert src["shared_fused"] is True and src["shared_slots"] == [P] and src["shared_slot_ids_are"] == "physical"
     assert src["shared_selections_dropped"] == _moe_rows(passes)  # the tensor-parallel copies counted once
@@ -48,6 +48,21 @@ def test_per_token_slot_past_the_map_is_set_aside(world, tmp_path, capsys, with_
     r = run.df("routing")
     assert set(r.expert_ids.map(len)) == {sg.K} and max(max(x) for x in r.expert_ids) < sg.E
     _loads_equal_the_routing(run, passes)
+
+
+def test_the_fused_notes_go_to_stderr_with_the_imports_other_notes(world, tmp_path, capsys):
+    """The fused-slot line and the stat hint were printed on stdout, every other note of the import on
+    stderr: stdout is the command's result only (what it imported, where it wrote)."""
+    from probe.__main__ import main
+
+    token = sg.write_per_token(tmp_path / "t", world["passes"], world["map"], slots=1)[0].parent
+    stat = sg.write_stat(tmp_path / "s", world["passes"], slot=True)
+    for dump, note in ((token, "fused shared expert found"), (stat, "as a fused shared expert")):
+        capsys.readouterr()
+        assert main(["import", "sglang", str(dump), "--out", str(tmp_path / f"run-{dump.name}")]) == 0
+        got = capsys.readouterr()
+        assert note in got.err and "fused shared" not in got.out, (dump.name, got.out)
+        assert [x.split()[0] for x in got.out.strip().splitlines()] == ["imported", "wrote"], got.out
 
 
 def test_per_token_replicas_of_the_slot_are_all_set_aside(world, tmp_path):
@@ -74,7 +89,7 @@ def test_per_token_slot_inside_the_map_is_told_by_being_every_tokens_last(world,
     run = probe.open_run(import_sglang(d, tmp_path / "run", config=str(world["config"]) if with_config else None))
     src = run.info["source"]
     assert src["shared_fused"] is True and src["shared_slots"] == [P - 1]
-    assert "the same id last" in src["shared_fused_found_by"] and "fused shared expert" in capsys.readouterr().out
+    assert "the same id last" in src["shared_fused_found_by"] and "fused shared expert" in capsys.readouterr().err
     assert set(run.df("routing").expert_ids.map(len)) == {sg.K}
     _loads_equal_the_routing(run, passes)
 
@@ -89,7 +104,7 @@ def test_unfused_dumps_are_read_as_before(world, tmp_path, capsys):
             src = run.info["source"]
             assert src["shared_fused"] is False and "shared_slots" not in src, mode
             assert src["shared_fused_assumed"] is (mode == "stat" and cfg is None), (mode, cfg)
-            assert "fused" not in capsys.readouterr().out, mode
+            assert "fused" not in capsys.readouterr().err, mode
             _loads_equal_the_routing(run, world["passes"])
 
 
@@ -121,7 +136,7 @@ def test_per_pass_count_columns_past_the_map_are_set_aside(world, tmp_path, caps
     assert src["shared_selections_dropped"] == _moe_rows(passes)
     assert src["topk_assumed"] is False  # the slot counts each token once: the dump gives its top-k
     assert run.info["model_args"]["n_activated_experts"] == sg.K
-    assert "fused shared expert found" in capsys.readouterr().out
+    assert "fused shared expert found" in capsys.readouterr().err
     _loads_equal_the_routing(run, passes)
     el = run.df("expert_load")
     want = {}
@@ -138,7 +153,7 @@ def test_stat_experts_past_the_config_are_set_aside(world, tmp_path, capsys):
     src = run.info["source"]
     assert src["shared_fused"] is True and src["shared_slots"] == [sg.E] and src["shared_slot_ids_are"] == "logical"
     assert src["shared_selections_dropped"] == _moe_rows(passes) and src["shared_fused_assumed"] is False
-    assert "fused shared expert found: logical id(s) [16]" in capsys.readouterr().out
+    assert "fused shared expert found: logical id(s) [16]" in capsys.readouterr().err
     _loads_equal_the_routing(run, passes)
 
 
@@ -146,8 +161,8 @@ def test_stat_without_config_cannot_tell_and_says_what_it_assumed(world, tmp_pat
     f = sg.write_stat(tmp_path / "fused", world["passes"], slot=True)
     capsys.readouterr()
     run = probe.open_run(import_sglang(f, tmp_path / "run"))
-    out = capsys.readouterr().out
-    assert f"expert {sg.E}, the last, counts 1 per {sg.K}" in out and "pass --config" in out
+    err = capsys.readouterr().err
+    assert f"expert {sg.E}, the last, counts 1 per {sg.K}" in err and "pass --config" in err
     src = run.info["source"]
     assert src["shared_fused"] is False and src["shared_fused_assumed"] is True and src["topk_assumed"] is True
     assert run.info["model_args"]["n_routed_experts"] == sg.E + 1  # read as the dump holds it, as said
@@ -222,7 +237,7 @@ def test_a_popular_routed_expert_every_tokens_last_is_not_a_slot_without_config(
     d = sg.write_per_token(tmp_path / "sorted", passes, np.tile(np.arange(sg.E), (sg.L, 1)), ranks=1)[0].parent
     capsys.readouterr()
     run = probe.open_run(import_sglang(d, tmp_path / "run"))
-    assert "fused" not in capsys.readouterr().out
+    assert "fused" not in capsys.readouterr().err
     assert run.info["source"]["shared_fused"] is False
     assert run.info["model_args"]["n_activated_experts"] == sg.K
     assert set(run.df("routing").expert_ids.map(len)) == {sg.K}
@@ -238,9 +253,9 @@ def test_stat_note_of_a_popular_last_expert_says_when_config_sets_it_aside(world
     f = sg.write_stat(tmp_path / "stat", passes)
     capsys.readouterr()
     import_sglang(f, tmp_path / "run")
-    out = capsys.readouterr().out
-    assert f"expert {sg.E - 1}, the last, counts 1 per {sg.K - 1}" in out
-    assert f"sets it aside if its n_routed_experts is {sg.E - 1} and keeps it if {sg.E}" in out
+    err = capsys.readouterr().err
+    assert f"expert {sg.E - 1}, the last, counts 1 per {sg.K - 1}" in err
+    assert f"sets it aside if its n_routed_experts is {sg.E - 1} and keeps it if {sg.E}" in err
     run = probe.open_run(import_sglang(f, tmp_path / "run2", config=str(world["config"])))
-    assert run.info["source"]["shared_fused"] is False and "fused" not in capsys.readouterr().out
+    assert run.info["source"]["shared_fused"] is False and "fused" not in capsys.readouterr().err
     _loads_equal_the_routing(run, passes)
