@@ -28,6 +28,26 @@ class Dump:
     path: Path
     mode: str
     data: dict
+    # the record reader (per_pass, per_token) that read the records, letting each one's counts or ids
+    # go as it read them (a DeepSeek-V3 dump of 8 ranks is GBs): read once (`consume`)
+    consumed: str | None = None
+
+
+def check_unread(dumps: list[Dump]) -> None:
+    """One line naming the file when a record reader has read (and emptied) a dump already: its records'
+    counts or ids are gone (a second read was a KeyError from deep inside the reader)."""
+    for d in dumps:
+        if d.consumed:
+            raise SGLangError(f"{d.path}: its records were read by {d.consumed} already, which lets each record's "
+                              f"{'ids' if d.mode == 'per_token' else 'counts'} go as it reads them (the memory of a "
+                              "server's dump): load the file again (read_dump, find_dumps) to read it again")
+
+
+def consume(dumps: list[Dump], reader: str) -> None:
+    """Mark the dumps read by `reader`, which empties their records as it goes (refused if read already)."""
+    check_unread(dumps)
+    for d in dumps:
+        d.consumed = reader
 
 
 @dataclass
@@ -221,6 +241,7 @@ def find_dumps(dump: str | Path) -> list[Dump]:
 def model_shape(dumps: list[Dump], config: str | None) -> Shape:
     """Layers, experts and top-k: from --config, checked against every dump (ranks must agree); without
     one, the dumps' own (top-k: `dump_topk`, else DEFAULT_TOPK)."""
+    check_unread(dumps)
     sizes, physical = {}, {}
     for d in dumps:
         if d.mode == "stat":

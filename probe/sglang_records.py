@@ -1,6 +1,8 @@
 """The record-based modes of `dsv3-probe import sglang` (probe/sglang.py, whose docstring says what the
 dumps hold and how they become a run): per_pass counts and per_token routing read into a run's
-expert_load, tokens and routing tables, and expert_load's rows, which stat shares."""
+expert_load, tokens and routing tables, and expert_load's rows, which stat shares. The readers let each
+record's counts or ids go as they read them (a server's dump is GBs): loaded dumps are read once, a
+second read of them refused (sglang_dumps.consume); load the files again to read them again."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from .schema import TABLES
-from .sglang_dumps import DOMAIN, Dump, SGLangError, Shape, draft_record
+from .sglang_dumps import DOMAIN, Dump, SGLangError, Shape, consume, draft_record
 from .writer import PartWriter
 
 
@@ -48,7 +50,9 @@ def per_pass(dumps: list[Dump], shape: Shape, out: Path) -> dict:
     every pass counted the same on every rank (each rank routed the whole batch: tensor parallel
     without an all-to-all backend), one rank's counts, not their sum. Each pass's records are summed
     as they are read: kept one by one until the end, the records of 8 ranks x 2,000 passes of
-    DeepSeek-V3 held twice the dump again (2 GB more)."""
+    DeepSeek-V3 held twice the dump again (2 GB more). Each record's counts are let go once summed: the
+    dumps are read once (marked consumed; a second read of them is refused, naming the file)."""
+    consume(dumps, "per_pass")
     sums: dict[int, list] = {}  # pass -> [logical counts [L, E] summed over its records, records]
     alike = True  # so far, every pass's records counted the same
     empty = drafts = 0
@@ -120,7 +124,10 @@ def _logical_of(m: np.ndarray, n_experts: int):
 
 
 def per_token(dumps: list[Dump], shape: Shape, out: Path) -> dict:
-    """Every recorded token: its input id, position and the logical top-k of each MoE layer."""
+    """Every recorded token: its input id, position and the logical top-k of each MoE layer. Each
+    record's physical ids are let go once mapped: the dumps are read once (marked consumed; a second
+    read of them is refused, naming the file)."""
+    consume(dumps, "per_token")
     kept, seen, copies, empty, drafts = [], set(), 0, 0, 0
     owners: dict[tuple, Path] = {}
     at: dict[tuple, int] = {}  # (pass, rank, gatherer key) -> its index in kept

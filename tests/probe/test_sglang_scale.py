@@ -145,6 +145,28 @@ def test_per_pass_lets_each_records_counts_go_once_summed(tmp_path):
     assert info["passes"] == PASSES and all(ref() is None for ref in held)
 
 
+def test_a_dump_read_once_is_refused_a_second_read_naming_the_file(tmp_path):
+    """The readers let each record's counts or ids go as they read (the tests above): a caller reading
+    the same loaded dumps again met a KeyError from inside the reader; now one line naming the file and
+    what to do, and a fresh load reads alike."""
+    import pytest
+
+    from probe.sglang_dumps import SGLangError, model_shape
+    from probe.sglang_records import per_token
+
+    dumps, _ = _per_pass_dumps(tmp_path, 2)
+    per_pass(dumps, Shape(L, E, topk=8), tmp_path / "p1")
+    with pytest.raises(SGLangError, match=f"{dumps[0].path}: its records were read by per_pass already.*load the file"):
+        per_pass(dumps, Shape(L, E, topk=8), tmp_path / "p2")
+    fresh, _ = _per_pass_dumps(tmp_path, 2)
+    assert per_pass(fresh, Shape(L, E, topk=8), tmp_path / "p3")["passes"] == PASSES
+    dump = _per_token_dump(tmp_path, records=2, tokens=20)
+    assert per_token([dump], Shape(L, E, topk=8), tmp_path / "t1")["records"] == 2
+    for again in (lambda: per_token([dump], Shape(L, E, topk=8), tmp_path / "t2"), lambda: model_shape([dump], None)):
+        with pytest.raises(SGLangError, match="read by per_token already, which lets each record's ids go"):
+            again()
+
+
 def test_stat_reads_each_dumps_rows_where_they_lie(tmp_path):
     """Each stat dump's used rows were copied out (c[order]) and the dumps joined (np.concatenate): a
     folder of 20 DeepSeek-V3 dumps of 1,000-pass buffers (1.2 GB) was held three times (3.75 GB peak,
