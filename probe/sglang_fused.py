@@ -5,9 +5,10 @@ it is set aside, so that a top-8 model over 256 experts is not read as top-9 ove
 
 - per_token: ids past the dump's physical-to-logical map, each token's last id in every MoE layer;
   with no such id, one id that is every token's last in every MoE layer (at least MIN_ROWS rows, and
-  with --config only where tokens choose one id more than num_experts_per_tok), and a physical slot
-  past the logical experts (SGLang's slot id is n_routed_experts): a routed expert every token chose
-  in a dump whose ids are sorted is every token's last too, and is no slot.
+  with --config only where tokens choose one id more than num_experts_per_tok) whose id is the logical
+  experts' count (SGLang's slot id, n_routed_experts) and where every other id is below it (a server
+  whose slot lies inside the map dispatches to no replica: see _last_alike): a routed expert every
+  token chose, its own id or a replica's, is every token's last too where ids are sorted, and no slot.
 - per_pass: count columns past the map, one count per token: the routed counts of each layer are
   k times the slot's, one k everywhere, which is then the model's top-k.
 - stat: logical counts hold no ids and no map; with --config, the experts past n_routed_experts,
@@ -124,12 +125,26 @@ def _outside(d, ids, width, why: str = "not every token's last id") -> Exception
                        "so no fused shared-expert slot)")
 
 
+# NOTE: SGLang's layout where a slot id lies inside the map (python/sglang/srt/layers/moe/topk.py,
+# _post_process_topk_ids; eplb/expert_location_dispatch.py). The slot's id is n_routed_experts, the
+# logical experts' count (one shared expert; the old n_share_experts_fusion's several ids are not every
+# token's last). Off DeepEP, the ids, slot column included, go through topk_ids_logical_to_physical,
+# whose tables are num_logical_experts long: with a dispatch algorithm set (--enable-eplb or
+# --init-expert-location, which set "static"; or one named) the slot's id would index past them (SGLang's
+# own comment there says so, and keeps the column out for DeepEP only). A slot id inside the map thus
+# comes from a server that dispatches nothing: its routed ids are logical ones, all below the slot's,
+# and its map the trivial one (slot p holds p % 256), whose slots past 256 no token is sent to.
+# A dispatching server's replicas past the logical count are routed traffic: a hot expert's copy that
+# every token chose last (SGLang orders a token's ids by score, not by id) is no slot when it is not
+# the logical count or when any other id reaches past it. Not told apart: that copy at exactly the
+# logical count, every token's last in every MoE layer, in a dump where no other replica was chosen.
 def _last_alike(rows, topk: int | None, logical: int | None = None) -> Fused | None:
     """One id inside the map that is every MoE row's last (each row choosing as many, from column 0),
-    in no other column, and not below `logical` (a routed expert's id: with ids sorted, one every token
-    chose was taken for a slot and its selections dropped); with --config's `topk`, only where rows
-    choose topk + 1."""
-    last, counts, total = set(), set(), 0
+    in no other column; with --config's `topk`, only where rows choose topk + 1. With `logical` (the
+    logical experts' count), the id is `logical` itself and every other id below it, as SGLang's layout
+    has it (the NOTE above): a routed expert that every token chose, last where ids are sorted, was taken
+    for a slot and its selections dropped, whether its id was below `logical` or a replica's past it."""
+    last, counts, total, beyond = set(), set(), 0, False
     for _, ids, _ in rows:
         chosen = ids >= 0
         m = chosen.sum(-1)
@@ -146,8 +161,9 @@ def _last_alike(rows, topk: int | None, logical: int | None = None) -> Fused | N
         last |= set(tail.tolist())
         if len(last) > 1 or (ids[used][:, :k - 1] == tail[:, None]).any():
             return None
+        beyond = beyond or (logical is not None and bool((ids[used][:, :k - 1] >= logical).any()))
         total += int(used.sum())
-    if total < MIN_ROWS or next(iter(counts)) < 2 or (logical is not None and min(last) < logical):
+    if total < MIN_ROWS or next(iter(counts)) < 2 or (logical is not None and (last != {logical} or beyond)):
         return None
     return Fused(sorted(last), 1, "physical", "the same id last for every token in every MoE layer",
                  inside=set(last))

@@ -78,18 +78,56 @@ def test_per_token_replicas_of_the_slot_are_all_set_aside(world, tmp_path):
 
 @pytest.mark.parametrize("with_config", [True, False])
 def test_per_token_slot_inside_the_map_is_told_by_being_every_tokens_last(world, tmp_path, capsys, with_config):
-    """A slot id that the map covers (a server with more physical slots than experts): it is the same
-    id, last, for every token in every MoE layer, and no token routes to it otherwise."""
+    """A slot id that the map covers (a server with more physical slots than experts), in SGLang's layout
+    (the NOTE above sglang_fused._last_alike): the trivial map over P slots, the routed ids the logical
+    ones (such a server dispatches to no replica), the slot's id E, every token's last in every MoE
+    layer and in no other column."""
     passes = world["passes"]
-    # routed over the first P - 1 slots; the last one, which the map also covers, is the slot's
-    routed = np.tile(np.arange(P - 1) % sg.E, (sg.L, 1))
-    d = sg.write_per_token(tmp_path / "routed", passes, routed, inside=P - 1)[0].parent
+    d = sg.write_per_token(tmp_path / "routed", passes, np.tile(np.arange(sg.E), (sg.L, 1)), inside=sg.E)[0].parent
     d = sg.edited_copy(d, tmp_path / "fused", lambda data: data.update(
-        last_physical_to_logical_map=torch.from_numpy(np.concatenate([routed, routed[:, :1]], 1))))
+        last_physical_to_logical_map=torch.from_numpy(np.tile(np.arange(P) % sg.E, (sg.L, 1)))))
     run = probe.open_run(import_sglang(d, tmp_path / "run", config=str(world["config"]) if with_config else None))
     src = run.info["source"]
-    assert src["shared_fused"] is True and src["shared_slots"] == [P - 1]
+    assert src["shared_fused"] is True and src["shared_slots"] == [sg.E]
     assert "the same id last" in src["shared_fused_found_by"] and "fused shared expert" in capsys.readouterr().err
+    assert set(run.df("routing").expert_ids.map(len)) == {sg.K}
+    _loads_equal_the_routing(run, passes)
+
+
+@pytest.mark.parametrize("hot, copy, ordered", [(3, P - 1, "sorted"), (0, sg.E, "by score")])
+def test_a_hot_experts_replica_every_tokens_last_is_not_a_slot_without_config(tmp_path, hot, copy, ordered):
+    """Negative control: an unfused server with redundant slots that dispatches to them, every token of
+    every MoE layer choosing expert `hot` last, sent to its replica `copy` (the trivial map holds it
+    there). A copy past the logical count, the only replica any token was sent to (ids sorted), was
+    taken for a slot, and so was one at the logical count among tokens sent to other replicas too (ids
+    in score order, `hot` the lowest): SGLang's slot inside the map comes from a server that dispatches
+    nothing, and its id is the logical count."""
+    passes = sg.traffic(seed=3, passes=3, ranks=1)
+    for p in passes:
+        for layer in set(range(sg.L)) - set(sg.DENSE):
+            for row in p.logical[layer]:
+                others = [x for x in row if x != hot][:sg.K - 1]
+                row[:] = others + [hot]
+    m = np.tile(np.arange(P) % sg.E, (sg.L, 1))
+    d = sg.write_per_token(tmp_path / "routed", passes, m, ranks=1)[0].parent
+
+    def dispatched(data):
+        for r in data["records"]:
+            ids = r["topk_ids_of_layer"]
+            moe = ids[:, :, 0] >= 0
+            ids[:, :, sg.K - 1][moe] = copy
+            if ordered == "sorted":  # the others sent to their first slots (the trivial map's p % E)
+                ids[:, :, :sg.K - 1] = torch.where(moe[..., None], ids[:, :, :sg.K - 1] % sg.E, ids[:, :, :sg.K - 1])
+                ids[:, :, :sg.K] = torch.where(moe[..., None], ids[:, :, :sg.K].sort(-1).values, ids[:, :, :sg.K])
+    d = sg.edited_copy(d, tmp_path / "hot", dispatched)
+    ids = np.concatenate([r["topk_ids_of_layer"].numpy().reshape(-1, sg.WIDTH)
+                          for r in torch.load(next(d.glob("*.pt")), weights_only=True)["records"]])
+    moe = ids[:, 0] >= 0
+    assert (ids[moe, sg.K - 1] == copy).all()  # the copy is every MoE row's last
+    assert (ids[moe, :sg.K - 1] >= sg.E).any() == (ordered == "by score")  # other tokens sent to other replicas
+    run = probe.open_run(import_sglang(d, tmp_path / "run"))
+    assert run.info["source"]["shared_fused"] is False
+    assert run.info["model_args"]["n_activated_experts"] == sg.K
     assert set(run.df("routing").expert_ids.map(len)) == {sg.K}
     _loads_equal_the_routing(run, passes)
 
