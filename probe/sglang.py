@@ -154,6 +154,11 @@ def _import_into(tmp: Path, dumps: list[Dump], shape: Shape, mode: str, tokenize
         info["planned"] = {"tokens": steps["tokens"], "tokens_per_domain": {DOMAIN: steps["tokens"]}}
     write_json_atomic(tmp / "run.json", info)
     say_fused(shape)
+    if steps.get("topk_assumed"):
+        print(f"note: no --config, and {mode} counts do not show the model's top-k: {shape.topk} assumed "
+              "(DeepSeek-V3's), so expert_load's tokens per pass (assignments / top-k) and model_args' "
+              "n_activated_experts rest on it, the loads and their shares do not (run.json source.topk_assumed); "
+              "pass --config (the model's config.json) for its own", file=sys.stderr)
 
 
 def _dump_time(d: Dump) -> tuple:

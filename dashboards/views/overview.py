@@ -27,10 +27,18 @@ def _model(info: dict) -> str:
     # an import (SGLang) knows layers and experts but not the hidden size: say only what is known
     parts = [f"{a['n_layers']} layers" if a.get("n_layers") is not None else None,
              f"dim {a['dim']}" if a.get("dim") is not None else None,
-             f"{a['n_routed_experts']} experts" + (f" (top-{a['n_activated_experts']})"
+             f"{a['n_routed_experts']} experts" + (f" ({_topk(info)})"
                                                   if a.get("n_activated_experts") is not None else "")
              if a.get("n_routed_experts") is not None else None]
     return ", ".join(p for p in parts if p)
+
+
+def _topk(info: dict) -> str:
+    """'top-8'; 'top-8, assumed' for an import whose top-k no --config gave and the dump did not show
+    (run.json source.topk_assumed: SGLang's stat and per_pass counts), its tokens per pass then
+    assignments / that top-k."""
+    k = (info.get("model_args") or {}).get("n_activated_experts", "?")
+    return f"top-{k}, assumed" if (info.get("source") or {}).get("topk_assumed") else f"top-{k}"
 
 
 def _tokens(ref: data.RunRef) -> int | None:
@@ -185,7 +193,9 @@ def import_details(ref: data.RunRef) -> None:
     c[1].metric("Forward passes", f"{src.get('passes', 0):,}")
     c[2].metric("Ranks", len(src.get("ranks") or []))
     c[3].metric("MoE layers", len(src.get("moe_layers") or data.moe_layers(ref)))
-    c[4].metric("Experts", f"{a.get('n_routed_experts', '?')} · top-{a.get('n_activated_experts', '?')}")
+    # the value kept short (five columns); the note below says what the assumed top-k is and what rests on it
+    c[4].metric("Experts", f"{a.get('n_routed_experts', '?')} · top-{a.get('n_activated_experts', '?')}",
+                help=f"{_topk(i)}: see the note below" if src.get("topk_assumed") else None)
     pl = src.get("placement")
     has = set(i.get("tables") or [])
     st.markdown(
@@ -196,8 +206,10 @@ def import_details(ref: data.RunRef) -> None:
         + (f"Placement: {pl['physical_experts']} physical experts on {pl['gpus']} GPUs (from `{pl['from']}`)."
            if pl else "No placement in the dump."))
     if src.get("topk_assumed"):
-        st.info("Imported without `--config`: the model's top-k was assumed (tokens per pass = assignments / top-k). "
-                "Re-import with `--config config.json` for exact token counts and dense layers.")
+        st.info(f"Imported without `--config`, from counts that do not show the top-k: it was assumed to be "
+                f"{a.get('n_activated_experts', '?')} (DeepSeek-V3's), so the tokens per pass (`expert_load.tokens` = "
+                "assignments / top-k) rest on it; the loads and their shares do not. Re-import with `--config "
+                "config.json` for exact token counts and dense layers.")
     with st.expander("Source files"):
         st.json(src, expanded=False)
 

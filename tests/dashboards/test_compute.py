@@ -138,6 +138,9 @@ def test_the_overview_names_only_what_a_run_knows_of_its_model():
     assert _model({"model_args": {"n_layers": 4, "dim": 192, "n_routed_experts": 32, "n_activated_experts": 4}}) == \
         "4 layers, dim 192, 32 experts (top-4)"
     assert _model({}) == ""
+    # a top-k no --config gave and the dump's counts did not show (an SGLang stat import): said so
+    assert _model({"model_args": {"n_layers": 61, "n_routed_experts": 256, "n_activated_experts": 8},
+                   "source": {"topk_assumed": True}}) == "61 layers, 256 experts (top-8, assumed)"
 
 
 def test_a_log_axis_ticks_powers_of_ten_only():

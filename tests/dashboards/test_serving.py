@@ -187,6 +187,24 @@ def test_every_page_on_imported_runs(imported):
     assert len(at.get("plotly_chart")) >= 1
 
 
+def test_the_overview_says_an_assumed_top_k_where_it_shows_one(tmp_path):
+    """A stat import without --config holds DeepSeek-V3's top-8 as assumed (run.json source.topk_assumed):
+    the run list showed "17 experts (top-8)" as if known, the page's note did not say which top-k it
+    assumed nor that the loads do not rest on it. The import with --config is the control."""
+    passes = sg.traffic(seed=5, passes=4)
+    f = sg.write_stat(tmp_path / "stat", passes)
+    import_sglang(f, tmp_path / "runs" / "assumed")
+    import_sglang(f, tmp_path / "runs" / "given", config=str(sg.config(tmp_path / "model")))
+    at = app(tmp_path / "runs", "assumed")
+    model = dict(zip(at.dataframe[0].value.run, at.dataframe[0].value.model))
+    assert model["assumed"] == f"3 layers, {sg.E} experts (top-8, assumed)"
+    assert model["given"].endswith(f"{sg.E} experts (top-{sg.K})")  # the config's (with its hidden size)
+    info = texts(at.info)
+    assert "it was assumed to be 8 (DeepSeek-V3's)" in info and "the loads and their shares do not" in info
+    at = app(tmp_path / "runs", "given")
+    assert "assumed" not in texts(at.info)
+
+
 @pytest.mark.slow  # a dashboard session over several pages or runs (the quick loop leaves it out)
 def test_pages_on_an_import_speak_of_passes_and_draw_no_idle_widget(imported):
     """A dump's steps are forward passes and it holds no router bias; with one domain there is no

@@ -102,6 +102,25 @@ def test_without_config_the_dump_decides(world, tmp_path):
     assert run.info["source"]["topk_assumed"] is True
 
 
+def test_an_assumed_top_k_is_said_on_stderr(world, tmp_path, capsys):
+    """Counts without --config do not show the top-k (stat; per_pass without a fused slot): the import
+    took DeepSeek-V3's 8 for the tokens per pass and model_args, said only in run.json; now on stderr
+    too, naming what rests on it. Controls: the same dumps with --config, and a per_token dump, whose
+    ids show the top-k."""
+    for mode in ("stat", "per_pass", "per_token"):
+        for cfg in (None, str(world["config"])):
+            capsys.readouterr()
+            run = probe.open_run(import_sglang(world[mode], tmp_path / f"{mode}-{cfg is None}", config=cfg))
+            err = capsys.readouterr().err
+            assumed = mode != "per_token" and cfg is None
+            assert run.info["source"]["topk_assumed"] is assumed, (mode, cfg)
+            assert ("8 assumed (DeepSeek-V3's)" in err and "expert_load's tokens per pass" in err) is assumed, err
+            if assumed:
+                el = run.df("expert_load")
+                moe = el[el.layer == run.info["source"]["moe_layers"][0]]
+                assert (moe.groupby("step")["count"].sum() // 8 == moe.groupby("step").tokens.first()).all()
+
+
 def test_without_config_a_per_token_dump_gives_its_own_top_k(world, tmp_path):
     """SGLang's per-token buffer is 8 wide whatever the model's top-k: a top-4 model's tokens leave 4
     columns -1. The import recorded top-8 (the default) in model_args, the Overview showing "16 ·
