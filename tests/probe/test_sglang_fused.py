@@ -39,7 +39,8 @@ def test_per_token_slot_past_the_map_is_set_aside(world, tmp_path, capsys, with_
     capsys.readouterr()
     run = probe.open_run(import_sglang(d, tmp_path / "run", config=cfg))
     err = capsys.readouterr().err
-    assert "fused shared expert found: physical id(s) [20]" in err and len([x for x in err.splitlines() if "fused" in x]) == 1
+    assert "fused shared expert found: physical id(s) [20]" in err
+    assert len([x for x in err.splitlines() if "fused" in x]) == 1
     src = run.info["source"]
     assert src["shared_fused"] is True and src["shared_slots"] == [P] and src["shared_slot_ids_are"] == "physical"
     assert src["shared_selections_dropped"] == _moe_rows(passes)  # the tensor-parallel copies counted once
