@@ -45,7 +45,8 @@ router), `train_eval` (validation loss, MTP agreement), `expert_load` and `route
 every --load-every steps), `run.json` (status, flags, model args, final figures, the run's id),
 `checkpoint/state.pt` (model + optimizer + step + RNG + the run's id, for --resume: a checkpoint is
 resumed only into a new --out or the run whose id it carries; a --resume of a run already complete at
-its --steps says so and changes nothing) and, when finished, `model/`: a
+its --steps says so and changes nothing, after a note naming the flags given that differ from the
+run's own, which it did not use) and, when finished, `model/`: a
 Hugging Face checkpoint (`model.save`) that transformers' DeepseekV3ForCausalLM also reads, with
 `tokenizer.json` next to it. Rank 0 alone prints and writes. A step whose loss is not a finite
 number (a learning rate that blew the weights up) ends the run with an error at once: its row is in

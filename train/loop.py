@@ -25,10 +25,10 @@ from probe.writer import RunError, replace_keeping_others, updating_run_json, wr
 
 from .balance import RoutingTap, moe_gates, settle_biases, update_bias
 from .data import Batches, TrainError, check_corpus_dir, load_tokenizer, token_streams, val_windows
-from .flags import RESUME_CHECKED, check_flags
+from .flags import check_flags
 from .log import TABLES, TrainLog
-from .state import (check_resume_run, completed_run, config_record, load_state, resume_dir, run_id, save_final,
-                    save_state)
+from .state import (changed_flags, check_resume_run, completed_run, config_record, load_state, resume_dir, run_id,
+                    save_final, save_state)
 from .steps import Dist, bias_speed_at, evaluate, forward_losses, lr_at, make_optimizer, model_args
 
 
@@ -114,6 +114,9 @@ class _Run:
             raise TrainError(f"--stop-at {ns.stop_at}: the checkpoint in {where} is already at step {saved['step']} "
                              f"(pass a later step, or leave --stop-at out to go on to step {ns.steps})")
         if saved is not None and (done := completed_run(ns.out, saved, ns.steps)) is not None:
+            if dist.main and (changed := changed_flags(saved, ns)):  # first: these flags were not used at all
+                print("note: the run is complete, so these flags, which differ from the run's own, were not used: "
+                      + ", ".join(changed), file=sys.stderr)
             if dist.main:
                 print(f"the run in {ns.out} is already complete (step {ns.steps} of --steps {ns.steps}, its model in "
                       f"{ns.out / 'model'}): nothing to do, nothing changed (pass a larger --steps to train on)")
@@ -219,17 +222,8 @@ class _Run:
         torch.set_rng_state(saved["rng"]["torch"])
         if saved["rng"].get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
-        now = config_record(self.ns)
-
-        def same(k: str) -> bool:  # paths compared as the folders they name
-            a, b = saved["flags"].get(k), now.get(k)
-            return a == b or k in ("corpus", "tokenizer") and a is not None and b is not None and \
-                Path(a).resolve() == Path(b).resolve()
-
-        changed = [k for k in RESUME_CHECKED if not same(k)]
-        if changed and self.dist.main:
-            print("note: resuming with changed flags: " + ", ".join(
-                f"{k} {saved['flags'].get(k)} -> {now.get(k)}" for k in changed), file=sys.stderr)
+        if (changed := changed_flags(saved, self.ns)) and self.dist.main:
+            print("note: resuming with changed flags: " + ", ".join(changed), file=sys.stderr)
 
     def _wrap(self, raw: Transformer):
         if self.dist.world == 1:

@@ -15,10 +15,25 @@ from model import save as save_hf
 from probe.writer import RunError, read_run_json, replace_dir, write_json_atomic
 
 from .data import SPECIAL_TOKENS, TrainError
+from .flags import RESUME_CHECKED
 
 
 def config_record(ns: argparse.Namespace) -> dict:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(ns).items()}
+
+
+def changed_flags(saved: dict, ns: argparse.Namespace) -> list[str]:
+    """The flags that change what a resumed run computes (`RESUME_CHECKED`) whose values differ from
+    those the checkpoint was saved with, each as "name saved -> now"; paths compared as the folders
+    they name."""
+    then, now = saved.get("flags", {}), config_record(ns)
+
+    def same(k: str) -> bool:
+        a, b = then.get(k), now.get(k)
+        return a == b or k in ("corpus", "tokenizer") and a is not None and b is not None and \
+            Path(a).resolve() == Path(b).resolve()
+
+    return [f"{k} {then.get(k)} -> {now.get(k)}" for k in RESUME_CHECKED if not same(k)]
 
 
 def resume_dir(ns: argparse.Namespace) -> Path | None:

@@ -4,6 +4,8 @@ run.json is its own. (Losses, balancing and bad input: test_train.py.)"""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
 
@@ -268,5 +270,13 @@ def test_a_resume_of_a_complete_run_says_so_and_changes_nothing(corpus, tmp_path
                     "nothing to do, nothing changed (pass a larger --steps to train on)\n"), text
     assert again == first
     assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == files  # byte-identical, none added
+    # other flags: the user learns first that they were not used (the note came after "nothing to do", or never)
+    both = io.StringIO()
+    with contextlib.redirect_stdout(both), contextlib.redirect_stderr(both):
+        run(parse_args(flags(corpus, out, "--steps", "2", "--resume", *common, "--seed", "5", "--lr", "0.5")))
+    lines = both.getvalue().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("note: the run is complete, so these flags, which differ from "
+                                                   "the run's own, were not used: seed "), lines
+    assert "-> 5" in lines[0] and "lr " in lines[0] and "-> 0.5" in lines[0] and "nothing to do" in lines[1], lines
     more = run(parse_args(flags(corpus, out, "--steps", "3", "--resume", *common)))
     assert more["status"] == "complete" and more["step"] == 3 and "done: 3 steps" in capsys.readouterr().out
