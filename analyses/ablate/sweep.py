@@ -92,12 +92,21 @@ class Commits:
 
     def _earlier(self) -> dict | None:
         """The rows an unfinished attempt of this job committed (None: no such attempt)."""
+        entry = self._entry()
+        if entry is None or "pending" not in entry:
+            return None  # none, or finished: a rerun computes it again
+        return self._committed(entry)
+
+    def _entry(self) -> dict | None:
+        """run.json's entry of this job's part (None: none, or no run.json yet)."""
         try:
             entry = (read_run_json(self.out).get(self.PARTS) or {}).get(self.name)
         except RunError:
             return None  # no run.json yet: nothing committed
-        if not isinstance(entry, dict) or "pending" not in entry:
-            return None  # none, or finished: a rerun computes it again
+        return entry if isinstance(entry, dict) else None
+
+    def _committed(self, entry: dict) -> dict:
+        """The part's rows of the units `entry` lists as committed, by unit."""
         part = self.out / self.TABLE / f"{self.name}.parquet"
         listed = set(entry.get(self.FIELD) or [])
         rows: dict = {}

@@ -27,11 +27,14 @@ window, steered at prefill and every decode step, one prompt at a time.
 `--run RUN` takes the checkpoint, corpus, window length and token limit from RUN's run.json and
 writes into RUN; `--out DIR` writes elsewhere (a new run directory holding only `steering`).
 Results: rows of kind `loss` (per domain and `all`) and `generation` (per prompt) in the run's
-`steering` table (probe/schema.py), one part file per command (its name hashes the steering and the
-inputs, so repeating a command replaces its own part), written under a temporary name and renamed.
-Each pass (the loss pass, then each prompt's continuations) is committed as it finishes: Ctrl-C keeps
-them, and rerunning the same command runs only the missing ones (`--fresh`: all again; run.py
-`SteerCommits`).
+`steering` table (probe/schema.py), one part file per command (its name hashes the steering, the
+inputs and the options but the generation ones, so repeating a command replaces its own part),
+written under a temporary name and renamed. Each pass (the loss pass, then each prompt's
+continuations) is committed as it finishes: Ctrl-C keeps them, and rerunning the same command runs
+only the missing ones (`--fresh`: all again; run.py `SteerCommits`). A command that differs from an
+earlier one only in --prompt, --prompt-tokens or --max-new-tokens takes that part's loss pass (and
+the continuations of the prompts both give, of as many tokens), computes the rest and replaces the
+part: no loss row twice.
 
 Under torchrun the ranks form replicas of --model-parallel ranks: batch b is evaluated by replica
 b % R and the per-domain sums are added over the replicas; every replica generates the same

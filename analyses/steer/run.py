@@ -5,6 +5,7 @@ package docstring)."""
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -290,6 +291,9 @@ def _run_passes(m, batches, steering: Steer, prompts: list[Prompt], opts: SteerO
 
 
 LOSS = "loss"  # the unit of the loss rows; a prompt's generation rows: prompt_unit
+# the options only the generation rows depend on (job_meta's options): left out of a part's name, so that a
+# command differing from an earlier one only in them replaces its part and takes its loss rows (SteerCommits)
+GENERATION_OPTIONS = {"max_new_tokens": "--max-new-tokens", "prompts": "--prompt/--prompt-tokens"}
 
 
 def distinct(prompts: list[Prompt]) -> list[Prompt]:
@@ -310,7 +314,12 @@ class SteerCommits(Commits):
     """A steer command's part committed a pass at a time (`analyses.ablate.sweep.Commits`): the loss
     pass (baseline and steered, its `loss` rows), then each prompt's continuations (its `generation`
     row); run.json's `steering_parts` entry lists the passes done (`committed`) and, until the last,
-    `pending`. Nothing is saved besides the rows (the baseline pass is part of the loss pass)."""
+    `pending`. Nothing is saved besides the rows (the baseline pass is part of the loss pass).
+
+    An earlier command that differed only in its generation options (`GENERATION_OPTIONS`; finished or
+    not) wrote the same part: its loss rows are taken, and so are its continuations where
+    --max-new-tokens is the same (a prompt's own); the rest are computed and the part replaced. Its
+    loss pass was computed again before, into a second part: every loss row twice in the table."""
 
     TABLE, PARTS, FIELD = "steering", "steering_parts", "committed"
     NOUN, COMMAND, WHAT, KEEP_ROUTING = "steering passes", "steer", "steering", False
@@ -318,12 +327,35 @@ class SteerCommits(Commits):
     def __init__(self, out, steering: Steer, prompts: list[Prompt], shape: RouterShape, meta: dict, args, world,
                  fresh: bool = False) -> None:
         self.steering = steering
+        self.regenerating: list[str] = []  # the generation options the earlier command's part differs in
         key = steering_key([(steering.name, steering.spec(shape))], meta)
         # a prompt given twice is one unit: listed twice, its row was in the part twice
         super().__init__(out, [LOSS] + [prompt_unit(p) for p in distinct(prompts)], key, meta, args, world, fresh)
 
     def unit_of(self, row: dict) -> str:
         return LOSS if row["kind"] == "loss" else _unit(row["domain"], row["prompt"])
+
+    def _earlier(self) -> dict | None:
+        """An interrupted attempt's rows (`Commits`), or those an earlier command differing only in its
+        generation options wrote: its loss rows, and its continuations if of as many tokens."""
+        entry = self._entry()
+        theirs, ours = (entry or {}).get("options") or {}, self.meta["options"]
+        self.regenerating = [k for k in GENERATION_OPTIONS if entry is not None and theirs.get(k) != ours.get(k)]
+        if not self.regenerating:
+            return super()._earlier()
+        same_length = "max_new_tokens" not in self.regenerating
+        return {u: rows for u, rows in self._committed(entry).items() if u == LOSS or same_length}
+
+    def note_start(self) -> None:
+        if not self.regenerating:
+            return super().note_start()
+        if self.world.rank == 0:
+            n, what = sum(u in self.earlier for u in self.units), " and ".join(GENERATION_OPTIONS[k]
+                                                                                for k in self.regenerating)
+            print(f"steer: {self.out / self.TABLE} holds this steering's part, of other {what}: {n} of "
+                  f"{len(self.units)} steering passes taken from it (its loss pass, and continuations only of as "
+                  f"many tokens), {len(self.units) - n} to compute, then the part replaced (--fresh computes "
+                  "them all)", file=sys.stderr, flush=True)
 
     def take(self, unit: str) -> list[dict] | None:
         """The earlier attempt's rows of `unit` (a prompt given twice: its row once)."""
@@ -346,6 +378,8 @@ def write_steering(out: str | Path, df, meta: dict, args=None) -> Path:
 
 
 def steering_key(rows, meta: dict) -> dict:
-    """What names a steering part: its (steer, spec) pairs and the inputs by content, so repeating a
-    command replaces its own part and other options or inputs write another."""
-    return {"rows": sorted(set(rows)), **inputs_key(meta), "options": meta["options"]}
+    """What names a steering part: its (steer, spec) pairs, the inputs by content and the options
+    less the generation ones, so repeating a command (or changing only its generation options)
+    replaces its own part and other options or inputs write another."""
+    options = {k: v for k, v in meta["options"].items() if k not in GENERATION_OPTIONS}
+    return {"rows": sorted(set(rows)), **inputs_key(meta), "options": options}

@@ -4,6 +4,8 @@ command runs only the rest."""
 
 from __future__ import annotations
 
+import shutil
+
 import pandas as pd
 import pytest
 
@@ -126,13 +128,13 @@ def test_interrupted_before_anything_finished_commits_nothing(probe_env, tmp_pat
 def test_negative_control_nothing_is_taken_across_options_finished_commands_or_fresh(probe_env, tmp_path, capsys,
                                                                                    counted, whole_run):
     """The counts above can fail: other options (another part), a finished command and --fresh run
-    every pass."""
+    every pass. (Other generation options alone: the test below.)"""
     finished, ref, n_prompts, n_forward = whole_run
     out = tmp_path / "cut"
     counted["stop_at"] = 2
     assert main(_cli(probe_env, out)) == 130
     _reset(counted)
-    assert main(_cli(probe_env, out, "--max-new-tokens", "2")) == 0  # other options: another part
+    assert main(_cli(probe_env, out, "--order", "corpus")) == 0  # other options: another part
     assert (counted["loss"], counted["forward"], counted["prompts"]) == (1, n_forward, n_prompts)
     assert "continuing" not in capsys.readouterr().err
     assert len(probe.open_run(out).files("steering")) == 2
@@ -145,3 +147,40 @@ def test_negative_control_nothing_is_taken_across_options_finished_commands_or_f
     assert main(_cli(probe_env, finished)) == 0  # finished: computed again, as before
     assert (counted["loss"], counted["prompts"]) == (1, n_prompts)
     pd.testing.assert_frame_equal(probe.open_run(finished).df("steering"), ref, check_exact=True)
+
+
+def test_other_generation_options_alone_take_the_loss_pass_and_replace_the_part(probe_env, tmp_path, capsys, counted,
+                                                                                whole_run):
+    """A command differing from a finished one only in --max-new-tokens or its prompts computed the loss
+    pass again, into a second part: every loss row twice in the table. Its loss rows are taken (and the
+    continuations of a prompt both have, of as many tokens), and the part replaced."""
+    finished, ref, n_prompts, _ = whole_run
+    out = tmp_path / "copy"
+    shutil.copytree(finished, out)
+    assert main(_cli(probe_env, out, "--max-new-tokens", "2")) == 0
+    assert (counted["loss"], counted["forward"], counted["prompts"]) == (0, 0, n_prompts)
+    assert (f"steer: {out / 'steering'} holds this steering's part, of other --max-new-tokens: 1 of {1 + n_prompts} "
+            "steering passes taken from it") in capsys.readouterr().err
+    run = probe.open_run(out)
+    df = run.df("steering")
+    assert len(run.files("steering")) == 1 and (df.kind == "loss").sum() == (ref.kind == "loss").sum()
+    pd.testing.assert_frame_equal(df[df.kind == "loss"], ref[ref.kind == "loss"], check_exact=True)
+    gen, was = df[df.kind == "generation"], ref[ref.kind == "generation"]
+    assert gen.prompt.tolist() == was.prompt.tolist() and gen.tokens.max() <= 2 < was.tokens.max()
+    (entry,) = run.info["steering_parts"].values()
+    assert entry["options"]["max_new_tokens"] == 2 and "pending" not in entry
+    # other prompts, as many tokens: a prompt both commands have is taken, the other computed
+    _reset(counted)
+    assert main(_cli(probe_env, out, "--max-new-tokens", "2", "--prompt", "x = 1", "--prompt", "y")) == 0
+    assert (counted["loss"], counted["prompts"]) == (0, 2)
+    _reset(counted)
+    assert main(_cli(probe_env, out, "--max-new-tokens", "2", "--prompt", "y")) == 0
+    assert "--prompt/--prompt-tokens: 2 of 2 steering passes taken" in capsys.readouterr().err
+    assert (counted["loss"], counted["prompts"]) == (0, 0)
+    df = probe.open_run(out).df("steering")
+    assert (df.kind == "loss").sum() == (ref.kind == "loss").sum()
+    assert df[df.kind == "generation"].prompt.tolist() == ["y"]
+    # another --max-new-tokens: a prompt's continuation is computed again, the loss pass still taken
+    _reset(counted)
+    assert main(_cli(probe_env, out, "--prompt", "y")) == 0
+    assert (counted["loss"], counted["prompts"]) == (0, 1)
