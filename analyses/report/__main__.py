@@ -61,7 +61,8 @@ def parser() -> argparse.ArgumentParser:
                    help="leave out the sections that run the model: ablations, causal importance, steering (fast)")
     p.add_argument("--compare", metavar="RUN", type=path_text,
                    help="a second run over the same windows (another checkpoint of the same model, or this one "
-                        "changed): the 'Run vs run' section; the run itself or a copy of it is refused")
+                        "changed): the 'Run vs run' section; the run itself or a copy of it (the same recording, or "
+                        "the same SGLang dumps imported again) is refused")
     p.add_argument("--importance-tokens", type=int, default=1000,
                    help="tokens per domain the causal-importance and steering sections evaluate (default 1000; "
                         "0 leaves both out), within the run's own --max-tokens, which they inherit; the summary "
@@ -129,17 +130,43 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _check_not_itself(run, other, other_dir: Path) -> None:
-    """--compare of the run with itself, or with a copy of it (the same run.json), is refused: every
-    agreement is 1.000 by construction, and the section did not say it was the same run (a tour)."""
+    """--compare of the run with itself, or with a copy of its recording (`_same_recording`), is refused:
+    every agreement is 1.000 by construction, and the section did not say it was the same run (a tour)."""
     if Path(run.path).resolve() == other_dir.resolve():
         what = "this run itself"
-    elif run.info.get("started") is not None and run.info == other.info:
-        what = f"a copy of this run, {run.path} (the same run.json)"
+    elif (why := _same_recording(run.info, other.info)) is not None:
+        what = f"a copy of this run, {run.path} ({why})"
     else:
         return
     raise ReportError(f"--compare {other_dir}: {what}, whose routes agree with its own everywhere by construction; "
                       "compare a run of another checkpoint over the same windows (e.g. python -m analyses.variants "
                       "no-router-bias, then record it)")
+
+
+def _same_recording(a: dict, b: dict) -> str | None:
+    """Why run.json records `b` as the recording of `a` (None: another one). A whole run.json
+    compared missed a copied run directory once either changed: the paths a --resume or a job
+    rewrites (checkpoint, corpus, --out), the parts, tables and status later jobs note (the report's
+    own ablations). What a recording keeps from its start is compared instead: its start time (kept
+    across --resume), its training run id, the checkpoint's content (fingerprint and weights sample),
+    the corpus's and tokenizer's fingerprints, the model and the windows planned. An import's start
+    time is the import's: two imports of the same dump files (`source`, the files by name, less the
+    placement --gpus picks) are one recording."""
+    from probe.ckpt_identity import same_checkpoint
+
+    if a.get("kind") == b.get("kind") == "import":
+        def dumps(info):  # the files by name (SGLang's hold the dump's time): moved dumps are the same dumps
+            src = {k: v for k, v in (info.get("source") or {}).items() if k != "placement"}
+            return src | {"files": [Path(f).name for f in src.get("files") or []]} if src else {}
+        return "the same dump files, imported again" if dumps(a) and dumps(a) == dumps(b) else None
+
+    def fingerprint(info, key):
+        v = info.get(key)
+        return v.get("fingerprint") if isinstance(v, dict) else v
+    same = a.get("started") is not None and same_checkpoint(a.get("checkpoint") or {}, b.get("checkpoint") or {}) \
+        and all(a.get(k) == b.get(k) for k in ("started", "kind", "run_id", "model_args", "planned")) \
+        and all(fingerprint(a, k) == fingerprint(b, k) for k in ("corpus", "tokenizer"))
+    return "the same recording: its start time, checkpoint, corpus and tokenizer" if same else None
 
 
 def _check_routed(run, other, other_dir: Path) -> None:

@@ -274,7 +274,7 @@ def test_a_compare_run_without_routing_is_named_with_its_cause(tmp_path, capsys)
 
 def test_compare_with_itself_or_a_copy_is_refused(tmp_path, capsys):
     """--compare of the run with itself reported agreement 1.000 everywhere without saying it was the same
-    run (a tour): refused in one line, as is a copy of it (the same run.json), before any section runs."""
+    run (a tour): refused in one line, as is a copy of it (the same recording), before any section runs."""
     write_run(tmp_path / "r")
     info = json.loads((tmp_path / "r" / "run.json").read_text())
     (tmp_path / "r" / "run.json").write_text(json.dumps(info | {"started": 1.5}))
@@ -285,8 +285,49 @@ def test_compare_with_itself_or_a_copy_is_refused(tmp_path, capsys):
                           "everywhere by construction; compare a run of another checkpoint"), err
     err = _err([str(tmp_path / "r"), "--compare", str(tmp_path / "copy"), *fast], capsys)
     assert err.startswith(f"error: --compare {tmp_path / 'copy'}: a copy of this run, {tmp_path / 'r'} (the same "
-                          "run.json)"), err
+                          "recording: its start time, checkpoint, corpus and tokenizer)"), err
     assert not (tmp_path / "r.html").exists()
     write_run(tmp_path / "other", seed=3, token_seed=0)  # another run over the same windows: compared
     assert report.main([str(tmp_path / "r"), "--compare", str(tmp_path / "other"), *fast]) == 0
     capsys.readouterr()
+
+
+def _edit_run_json(run, **fields) -> dict:
+    info = json.loads((run / "run.json").read_text()) | fields
+    (run / "run.json").write_text(json.dumps(info))
+    return info
+
+
+def test_a_copy_is_known_by_its_recording_not_by_an_identical_run_json(tmp_path, capsys):
+    """A copied run was recognised only while both run.json files stayed identical: once its paths
+    were rewritten (a moved checkpoint or corpus, another --out) or a job noted its parts in either
+    (the report's own ablations), run vs run compared the recording with itself. The start time,
+    checkpoint content, corpus and tokenizer name it; another start time, checkpoint or corpus is
+    another recording (compared), and so is another import, while the same dumps imported again are not."""
+    ident = {"checkpoint": {"path": "/a/ckpt", "fingerprint": "c1", "sample": "s1"},
+             "corpus": {"path": "/a/val.jsonl", "fingerprint": "v1"},
+             "tokenizer": {"path": "/a/t", "fingerprint": "t1"},
+             "planned": {"tokens": 42}, "started": 1.5, "options": {"out": "/a/r"}}
+    write_run(tmp_path / "r")
+    info = _edit_run_json(tmp_path / "r", **ident)
+    shutil.copytree(tmp_path / "r", tmp_path / "copy")
+    _edit_run_json(tmp_path / "copy", checkpoint=info["checkpoint"] | {"path": "/b/ckpt"},
+                   corpus=info["corpus"] | {"path": "/b/val.jsonl"}, options={"out": str(tmp_path / "copy")})
+    _edit_run_json(tmp_path / "r", ablation_parts={"p": {"experts": [1]}}, tables=info["tables"] + ["ablations"])
+    fast = ["--skip-ablation", "--no-progress", "--out", str(tmp_path / "r.html")]
+    err = _err([str(tmp_path / "r"), "--compare", str(tmp_path / "copy"), *fast], capsys)
+    assert err.startswith(f"error: --compare {tmp_path / 'copy'}: a copy of this run, {tmp_path / 'r'} (the same "
+                          "recording"), err
+    for other in ({"started": 2.5}, {"checkpoint": info["checkpoint"] | {"sample": "s2"}},
+                  {"corpus": {"path": "/a/val.jsonl", "fingerprint": "v2"}}):  # each another recording: compared
+        _edit_run_json(tmp_path / "copy", **(ident | other))
+        assert report.main([str(tmp_path / "r"), "--compare", str(tmp_path / "copy"), *fast]) == 0
+    capsys.readouterr()
+    source = {"name": "sglang", "mode": "per_token", "files": ["/a/expert_distribution_recorder_1.pt"], "passes": 2}
+    for run, started, where, gpus in (("r", 1.5, "/a", 1), ("copy", 9.5, "/moved", 2)):  # imported again, moved
+        _edit_run_json(tmp_path / run, kind="import", started=started, source=source | {
+            "files": [f"{where}/expert_distribution_recorder_1.pt"], "placement": {"gpus": gpus}})
+    err = _err([str(tmp_path / "r"), "--compare", str(tmp_path / "copy"), *fast], capsys)
+    assert "(the same dump files, imported again)" in err, err
+    _edit_run_json(tmp_path / "copy", source=source | {"files": ["/a/expert_distribution_recorder_2.pt"]})
+    assert report.main([str(tmp_path / "r"), "--compare", str(tmp_path / "copy"), *fast]) == 0
