@@ -9,7 +9,8 @@ Each side is a run (`probe.Run`, the dashboard's RunRef: anything with run.json 
 dict (its "model_args"), a dict of model arguments, or a `model.args.ModelArgs`. A field that one
 side does not state (an older run.json, an import without --config) is unknown, not a difference:
 only two stated values that differ are listed. The callers (the report's --compare, the run vs run
-metrics, ablate's --loads-from RUN, the dashboard's Compare page) each say it in their own words.
+metrics, ablate's --loads-from RUN, the dashboard's Compare page) each say it in their own sentence;
+a ROUTING field is named in one wording, `Difference.words` (`FIELD_WORDS`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from typing import Any, NamedTuple
 ROUTING = ("n_routed_experts", "n_activated_experts")
 # what a run's loads per (layer, expert) need to rank the experts of another model's layers
 LAYOUT = ("n_layers", "n_dense_layers", "n_routed_experts")
+# how a message names a ROUTING field ("16 routed experts a layer"): the report's --compare and the run vs run
+# metrics each kept a copy of these words
+FIELD_WORDS = {"n_routed_experts": "routed experts a layer", "n_activated_experts": "experts a token"}
 
 
 class Difference(NamedTuple):
@@ -28,6 +32,11 @@ class Difference(NamedTuple):
     field: str
     a: Any
     b: Any
+
+    @property
+    def words(self) -> str:
+        """The field as a message names it (`FIELD_WORDS`; a field without words there: its name)."""
+        return FIELD_WORDS.get(self.field, self.field)
 
 
 def model_args_of(x) -> dict:

@@ -370,9 +370,6 @@ def _nothing_shared(run_a, run_b) -> MetricsError:
                         "see the same windows (record both with the same corpus, --seq-len and --order)")
 
 
-_COUNTS = {"n_routed_experts": "routed experts a layer", "n_activated_experts": "experts a token"}
-
-
 def _check_same_model(run_a, run_b) -> None:
     """Expert ids are compared by index: runs of models with other expert counts (their ids name
     different experts) read as a measured disagreement (the report's --compare refused them; a Jupyter
@@ -382,7 +379,7 @@ def _check_same_model(run_a, run_b) -> None:
 
     diffs = model_differences(run_a, run_b, ROUTING)
     if diffs:
-        said = "; ".join(f"{_COUNTS[d.field]}: {d.a} in {run_a.path}, {d.b} in {run_b.path}" for d in diffs)
+        said = "; ".join(f"{d.words}: {d.a} in {run_a.path}, {d.b} in {run_b.path}" for d in diffs)
         raise MetricsError(f"{run_a.path} and {run_b.path} are runs of two models ({said}): run vs run compares "
                            "expert ids by index, which name the same experts only in checkpoints of one model")
 

@@ -188,9 +188,8 @@ def _check_same_experts(run, other, other_dir: Path) -> None:
     different experts; agreement of 0.03 read as a measured disagreement, a tour) are refused."""
     from probe.model_shape import ROUTING, model_differences
 
-    what = {"n_routed_experts": "routed experts a layer", "n_activated_experts": "experts a token"}
     for d in model_differences(run, other, ROUTING)[:1]:  # the first, as before
-        raise ReportError(f"--compare {other_dir}: its model routes to {d.b} {what[d.field]}, this run's to {d.a}: run "
+        raise ReportError(f"--compare {other_dir}: its model routes to {d.b} {d.words}, this run's to {d.a}: run "
                           "vs run compares expert ids by index, which name the same experts only in two checkpoints "
                           "of one model")
 

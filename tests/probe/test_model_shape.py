@@ -8,7 +8,7 @@ import json
 import pytest
 
 import probe
-from probe.model_shape import LAYOUT, ROUTING, Difference, model_args_of, model_differences
+from probe.model_shape import FIELD_WORDS, LAYOUT, ROUTING, Difference, model_args_of, model_differences
 
 ARGS = {"n_layers": 4, "n_dense_layers": 1, "n_routed_experts": 32, "n_activated_experts": 4}
 
@@ -26,6 +26,16 @@ def test_each_differing_field_is_listed_with_both_values_in_the_order_asked():
     got = model_differences(other, ARGS, LAYOUT)
     assert got == [("n_layers", 3, 4), ("n_routed_experts", 16, 32)]
     assert (got[0].field, got[0].a, got[0].b) == ("n_layers", 3, 4)
+
+
+
+def test_a_routing_field_is_worded_in_one_place():
+    """The report's --compare and the run vs run metrics each kept their own copy of these words; both
+    now name a difference by `Difference.words` (their messages: test_report_cli, test_run_metrics)."""
+    other = ARGS | {"n_routed_experts": 16, "n_activated_experts": 2, "n_layers": 3}
+    got = model_differences(ARGS, other, ROUTING + ("n_layers",))
+    assert [d.words for d in got] == ["routed experts a layer", "experts a token", "n_layers"]
+    assert set(FIELD_WORDS) == set(ROUTING)
 
 
 @pytest.mark.parametrize("missing", [{"n_routed_experts": None}, {}])
