@@ -319,7 +319,9 @@ class SteerCommits(Commits):
     An earlier command that differed only in its generation options (`GENERATION_OPTIONS`; finished or
     not) wrote the same part: its loss rows are taken, and so are its continuations where
     --max-new-tokens is the same (a prompt's own); the rest are computed and the part replaced. Its
-    loss pass was computed again before, into a second part: every loss row twice in the table."""
+    loss pass was computed again before, into a second part: every loss row twice in the table. The
+    continuations it holds of prompts this command does not give stay in the part (`others`), of
+    their own length: a command of other prompts adds its own, it does not drop the earlier ones."""
 
     TABLE, PARTS, FIELD = "steering", "steering_parts", "committed"
     NOUN, COMMAND, WHAT, KEEP_ROUTING = "steering passes", "steer", "steering", False
@@ -331,6 +333,11 @@ class SteerCommits(Commits):
         key = steering_key([(steering.name, steering.spec(shape))], meta)
         # a prompt given twice is one unit: listed twice, its row was in the part twice
         super().__init__(out, [LOSS] + [prompt_unit(p) for p in distinct(prompts)], key, meta, args, world, fresh)
+        # the earlier part's continuations of prompts this command does not give: kept, after its own
+        self.others = [u for u in (self.earlier or {}) if u != LOSS and u not in self.units] if self.regenerating else []
+        for u in self.others:
+            self.units.append(u)
+            self.rows[u] = self.earlier[u]
 
     def unit_of(self, row: dict) -> str:
         return LOSS if row["kind"] == "loss" else _unit(row["domain"], row["prompt"])
@@ -344,17 +351,20 @@ class SteerCommits(Commits):
         if not self.regenerating:
             return super()._earlier()
         same_length = "max_new_tokens" not in self.regenerating
-        return {u: rows for u, rows in self._committed(entry).items() if u == LOSS or same_length}
+        return {u: rows for u, rows in self._committed(entry).items()
+                if u == LOSS or same_length or u not in self.units}  # other prompts': kept (__init__)
 
     def note_start(self) -> None:
         if not self.regenerating:
             return super().note_start()
         if self.world.rank == 0:
-            n, what = sum(u in self.earlier for u in self.units), " and ".join(GENERATION_OPTIONS[k]
-                                                                                for k in self.regenerating)
+            own = [u for u in self.units if u not in self.others]
+            n, what = sum(u in self.earlier for u in own), " and ".join(GENERATION_OPTIONS[k] for k in self.regenerating)
+            kept = (f"; its continuations of {len(self.others)} prompt{'s' * (len(self.others) != 1)} this command does "
+                    "not give stay in it") if self.others else ""
             print(f"steer: {self.out / self.TABLE} holds this steering's part, of other {what}: {n} of "
-                  f"{len(self.units)} steering passes taken from it (its loss pass, and continuations only of as "
-                  f"many tokens), {len(self.units) - n} to compute, then the part replaced (--fresh computes "
+                  f"{len(own)} steering passes taken from it (its loss pass, and continuations only of as "
+                  f"many tokens), {len(own) - n} to compute, then the part replaced{kept} (--fresh computes "
                   "them all)", file=sys.stderr, flush=True)
 
     def take(self, unit: str) -> list[dict] | None:

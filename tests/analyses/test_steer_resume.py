@@ -169,18 +169,25 @@ def test_other_generation_options_alone_take_the_loss_pass_and_replace_the_part(
     assert gen.prompt.tolist() == was.prompt.tolist() and gen.tokens.max() <= 2 < was.tokens.max()
     (entry,) = run.info["steering_parts"].values()
     assert entry["options"]["max_new_tokens"] == 2 and "pending" not in entry
-    # other prompts, as many tokens: a prompt both commands have is taken, the other computed
+    # other prompts, as many tokens: a prompt both commands have is taken, the other computed; the
+    # corpus prompts' continuations the part holds stay in it (they were dropped, a review)
+    corpus_prompts = was.prompt.tolist()
     _reset(counted)
     assert main(_cli(probe_env, out, "--max-new-tokens", "2", "--prompt", "x = 1", "--prompt", "y")) == 0
     assert (counted["loss"], counted["prompts"]) == (0, 2)
+    assert f"its continuations of {n_prompts} prompts this command does not give stay in it" in capsys.readouterr().err
     _reset(counted)
     assert main(_cli(probe_env, out, "--max-new-tokens", "2", "--prompt", "y")) == 0
     assert "--prompt/--prompt-tokens: 2 of 2 steering passes taken" in capsys.readouterr().err
     assert (counted["loss"], counted["prompts"]) == (0, 0)
     df = probe.open_run(out).df("steering")
     assert (df.kind == "loss").sum() == (ref.kind == "loss").sum()
-    assert df[df.kind == "generation"].prompt.tolist() == ["y"]
-    # another --max-new-tokens: a prompt's continuation is computed again, the loss pass still taken
+    assert df[df.kind == "generation"].prompt.tolist() == ["y", "x = 1", *corpus_prompts]  # its own first
+    # another --max-new-tokens: a prompt's continuation is computed again, the loss pass still taken,
+    # the other prompts' continuations kept at their own length
     _reset(counted)
     assert main(_cli(probe_env, out, "--prompt", "y")) == 0
     assert (counted["loss"], counted["prompts"]) == (0, 1)
+    gen = probe.open_run(out).df("steering").query("kind == 'generation'")
+    assert sorted(gen.prompt) == sorted(["y", *corpus_prompts, "x = 1"]) and len(gen) == len(set(gen.prompt))
+    assert (gen[gen.prompt != "y"].tokens <= 2).all()
