@@ -11,6 +11,7 @@ expert ids in memory: they read the run's first windows only (`route_windows`).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import duckdb
@@ -74,8 +75,9 @@ def metric_call(refs: tuple[RunRef, ...], what: str, fn):
     from probe.writer import RunError
 
     def named(msg: str) -> str:
+        # a path is named only where it ends: runs/cap's replace turned runs/capc into `cap`c (a tour)
         for r in refs:
-            msg = msg.replace(str(Path(r.path)), f"`{r.name}`")
+            msg = re.sub(re.escape(str(Path(r.path))) + r"(?![\w-]|\.\w)", lambda _, n=r.name: f"`{n}`", msg)
         return msg
 
     try:

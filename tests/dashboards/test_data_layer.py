@@ -465,3 +465,18 @@ def test_every_cached_query_is_cached_once_and_uncached_is_the_query():
     assert data.pass_count in cached and len(cached) > 5
     assert [f.__name__ for f in cached if hasattr(f.uncached, "uncached")] == []
     assert all(f.uncached.__module__ == "dashboards.data" and f.uncached.__qualname__ == f.__name__ for f in cached)
+
+
+def test_a_metric_error_names_each_run_where_its_path_ends_not_inside_a_longer_one(tmp_path):
+    """runs/cap's path is a prefix of runs/capc's: the message named runs/capc as `cap`c (a tour)."""
+    from analyses.metrics import MetricsError
+    from dashboards import data, research
+
+    a, b = (data.RunRef(n, str(tmp_path / n), "probe", "complete") for n in ("cap", "capc"))
+
+    def fails():
+        raise MetricsError(f"{a.path} and {b.path} hold different tokens; see {a.path}/tokens and {tmp_path}/cap.v2")
+
+    with pytest.raises(data.MissingTable) as e:
+        research.metric_call((a, b), "`routing`", fails)
+    assert str(e.value) == f"`cap` and `capc` hold different tokens; see `cap`/tokens and {tmp_path}/cap.v2"
