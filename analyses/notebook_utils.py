@@ -33,12 +33,27 @@ def need_domains(run, what: str) -> list[str]:
     (a review)."""
     from analyses.metrics import MetricsError
 
-    domains = [d for (d,) in run.sql("select distinct domain from tokens order by 1").fetchall()]
-    if len(domains) < 2:
-        raise MetricsError(f"{run.path}: {what} compares domains, and this run has "
-                           f"{'one: ' + domains[0] if domains else 'no tokens'}. Record a corpus with several "
-                           "domains (folders, or a `domain` field), or point $DSV3_NOTEBOOK_RUN at such a run")
+    domains, why = _domains(run, what)
+    if why:
+        raise MetricsError(f"{run.path}: {why}")
     return domains
+
+
+def one_domain_note(run, what: str) -> str | None:
+    """None when the run's tokens hold two domains or more; else why `what`, a part of a notebook that
+    compares domains, is not measured, for the notebook to show in its place (on one domain the
+    latent_kv notebook's domain probe raised "a probe needs training tokens of two labels" halfway
+    through, and mtp's conclusion named the one domain both best and worst; a tour)."""
+    return _domains(run, what)[1]
+
+
+def _domains(run, what: str) -> tuple[list[str], str | None]:
+    domains = [d for (d,) in run.sql("select distinct domain from tokens order by 1").fetchall()]
+    if len(domains) >= 2:
+        return domains, None
+    return domains, (f"{what} compares domains, and this run has {'one: ' + domains[0] if domains else 'no tokens'}. "
+                     "Record a corpus with several domains (folders, or a `domain` field), or point "
+                     "$DSV3_NOTEBOOK_RUN at such a run")
 
 
 def latent_summary(kv, stats) -> str:

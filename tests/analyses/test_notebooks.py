@@ -263,3 +263,38 @@ def test_compare_run_refuses_a_run_without_routing_before_recording(tmp_path, mo
         notebook_utils.compare_run(probe.open_run(tmp_path / "r"))
     assert str(e.value).endswith("(the routing table was not recorded); record the run with routing, or point "
                                  "$DSV3_NOTEBOOK_RUN at one that has it"), str(e.value)
+
+
+def test_notebooks_that_compare_domains_in_part_say_so_on_a_one_domain_run(tmp_path, monkeypatch):
+    """On a run of one domain latent_kv stopped halfway, in its domain probe ("a probe needs training
+    tokens of two labels or more"), and mtp's conclusion named that domain both best and worst (a
+    tour): both run to the end, their other figures and conclusions kept, and say plainly what was
+    not measured and why."""
+    import shutil
+
+    from jupyter_client.manager import AsyncKernelManager
+
+    from analyses.notebook_utils import record_small
+    from helpers import make_corpus, make_probe_ckpt
+
+    corpus = make_corpus(tmp_path / "corpus", docs_per_domain=3, scale=2)
+    shutil.rmtree(corpus / "prose")  # code only
+    run = record_small(tmp_path / "one", 600, ckpt=make_probe_ckpt(tmp_path / "ckpt", corpus), corpus=corpus,
+                       seq_len=64)
+    monkeypatch.setenv("DSV3_NOTEBOOK_RUN", str(run))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    km = AsyncKernelManager(kernel_name="python3")
+    try:
+        done = {name: _execute(name, km) for name in ("latent_kv", "mtp")}
+    finally:
+        _shutdown(km)
+    for name, (nb, _, err) in done.items():
+        assert err is None, (name, err)
+        outs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+        assert any("application/vnd.plotly.v1+json" in o.get("data", {}) for o in outs), name
+        last = [c for c in nb.cells if c.cell_type == "code"][-1]
+        said = "\n".join(o.data["text/markdown"] for o in last.outputs if "text/markdown" in o.get("data", {}))
+        assert "compares domains, and this run has one: code. Record a corpus with several domains" in said, said
+        assert "- Not measured: " in said and "Best domain" not in said and "A linear probe reads" not in said, said
+    assert "Effective rank of c_kv ranges from" in "".join(
+        o.data.get("text/markdown", "") for o in [c for c in done["latent_kv"][0].cells if c.cell_type == "code"][-1].outputs)
