@@ -1,0 +1,101 @@
+"""A run's DuckDB views (`Run.con`, `Run.sql`, `Run.rel`) are a cursor of the process's one database
+with a catalog of its own: a database per opened run cost 15 ms of CPU, most of opening a run and
+querying it, some 7 s of the quick test loop. What one run's connection holds stays its own, a table
+it has no part of reads empty in its schema's columns, and a view is made again when its parts change
+however the query reaches it."""
+
+from __future__ import annotations
+
+import gc
+import shutil
+
+import duckdb
+import pytest
+
+import probe
+from probe import run as run_module
+from probe.schema import TABLES
+
+from helpers.synthetic_run import write_run
+
+COUNT = "select count(*) from tokens"
+
+
+@pytest.fixture
+def path(tmp_path):
+    write_run(tmp_path / "run")
+    return tmp_path / "run"
+
+
+def test_opening_and_querying_runs_opens_one_database(path, monkeypatch):
+    probe.open_run(path).sql(COUNT).fetchall()  # the process's database is open by now
+    opened = []
+    real = duckdb.connect
+    monkeypatch.setattr(duckdb, "connect", lambda *a, **k: opened.append(a) or real(*a, **k))
+    counts = [probe.open_run(path).sql(COUNT).fetchall()[0][0] for _ in range(5)]
+    assert counts == [len(probe.open_run(path).df("tokens"))] * 5 and counts[0] > 0
+    assert opened == []
+
+
+def test_what_a_runs_connection_holds_is_no_other_runs(path):
+    a, b = probe.open_run(path), probe.open_run(path)
+    full = b.sql(COUNT).fetchall()[0][0]
+    a.con.execute("create or replace view tokens as select * from read_parquet("
+                  f"'{sorted((path / 'tokens').glob('*.parquet'))[0]}')")  # as the dashboard samples a run
+    a.con.execute("create table mine as select 1 as x")
+    assert 0 < a.sql(COUNT).fetchall()[0][0] < full  # its own view is kept while the parts stay
+    assert b.sql(COUNT).fetchall()[0][0] == full == probe.open_run(path).sql(COUNT).fetchall()[0][0]
+    assert a.sql("select x from mine").fetchall() == [(1,)]
+    with pytest.raises(probe.RunError, match="Table with name mine does not exist"):
+        b.sql("select x from mine")
+
+
+def test_a_table_without_parts_reads_empty_in_its_schemas_columns(path):
+    run = probe.open_run(path)
+    absent = [t for t in TABLES if t not in run.tables]
+    assert len(absent) > 10
+    want = duckdb.connect()
+    for t in absent:
+        want.register(t, TABLES[t].empty_table())  # DuckDB's reading of the schema's own empty table
+        assert run.sql(f"select * from {t}").fetchall() == []
+        assert run.con.sql(f"describe {t}").fetchall() == want.sql(f"describe {t}").fetchall(), t
+        assert run.rel(t).columns == TABLES[t].names
+    with pytest.raises(duckdb.Error):  # a view, as the registered table was: not written into
+        run.con.execute("insert into mtp (pos) values (1)")
+    assert probe.open_run(path).sql("select count(*) from mtp").fetchall() == [(0,)]
+
+
+def test_a_view_read_through_the_callers_own_view_follows_its_parts(path, tmp_path):
+    """`sql` makes only the views its query names: one made before is still made again when its parts
+    change, a view of the caller's may read it."""
+    held = sorted((path / "tokens").glob("*.parquet"))[-1]
+    held = shutil.move(held, tmp_path / held.name)
+    run = probe.open_run(path)
+    first = run.sql(COUNT).fetchall()[0][0]
+    run.con.execute("create view mine as select * from tokens")
+    shutil.move(held, path / "tokens")
+    assert run.sql("select count(*) from mine").fetchall()[0][0] == len(run.df("tokens")) > first
+
+
+def test_an_unreadable_part_is_duckdbs_error_naming_it_and_the_other_tables_read(path):
+    bad = sorted((path / "routing").glob("*.parquet"))[0]
+    bad.write_bytes(b"PAR1" + b"\0" * 64 + b"PAR1")
+    run = probe.open_run(path)
+    for read in (lambda: run.sql("select count(*) from routing").fetchall(), lambda: run.rel("routing").fetchall(),
+                 lambda: run.con.sql("select count(*) from routing").fetchall()):
+        with pytest.raises(duckdb.Error, match=str(path / "routing")):
+            read()
+    assert run.sql(COUNT).fetchall()[0][0] == len(run.df("tokens")) > 0
+
+
+def test_a_relation_outlives_its_run_and_the_runs_catalog_goes_with_the_last_of_them(path):
+    def catalogs():
+        gc.collect()
+        return run_module._database().sql("select count(*) from duckdb_databases()").fetchall()[0][0]
+
+    before = catalogs()
+    rel = probe.open_run(path).sql(COUNT)  # the Run itself is gone at once
+    assert catalogs() == before + 1
+    assert rel.fetchall()[0][0] > 0
+    del rel
+    assert catalogs() == before
