@@ -285,12 +285,14 @@ def test_a_rank_stuck_after_a_signal_is_stopped_by_the_watchdog():
     """Under several ranks a signal starts a watchdog: if the loop (here: a sleep standing for a
     collective that waits on a dead peer) has not ended `grace` seconds later, on_stuck runs; a loop
     that ends in time is left alone."""
+    import threading
+
     from probe.record_loop import StopOnSignal
 
-    calls = []
-    with StopOnSignal(calls.append, grace=0.2) as stop:
+    calls, called = [], threading.Event()
+    with StopOnSignal(lambda s: (calls.append(s), called.set()), grace=0.2) as stop:
         os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(0.6)  # stuck
+        called.wait(10)  # stuck until on_stuck runs (it slept 0.6 s whatever the watchdog did)
     assert calls == [signal.SIGTERM] and stop.signal == signal.SIGTERM
     calls.clear()
     with StopOnSignal(calls.append, grace=0.4):
