@@ -222,7 +222,10 @@ DOCS: dict[str, dict[str, str]] = {
         "domain": "domain of the tokens", "count": "top-k assignments of this batch's tokens of this domain",
         "weight_sum": "sum of their routing weights",
         "tokens": "tokens of this domain in this batch (mean load = tokens*K/E); every expert has a "
-                  "row, zero counts included",
+                  "row, zero counts included. An SGLang import of counts (stat, per_pass) has no tokens: a "
+                  "pass's assignments in its first MoE layer / the top-k, which without `--config` is assumed "
+                  "to be 8 unless the dump shows it (`run.json` `source.topk_assumed`, said by the import and "
+                  "the Overview); the loads and their shares do not rest on it",
     },
     "mtp": {
         "seq_id": "window", "pos": "position i (the MTP module sees h_i and token i+1)", "domain": "domain",
