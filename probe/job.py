@@ -390,10 +390,14 @@ def add_input_flags(p: argparse.ArgumentParser, table: str, *, run_note: str = "
     io.add_argument("--corpus", type=path_text,
                     help="corpus as for `probe record` (default: the run's, else the bundled val.jsonl)")
     io.add_argument("--tokenizer", type=path_text, help="tokenizer.json (default: the checkpoint's)")
-    io.add_argument("--max-tokens", type=int, help="at most this many tokens in all (default: the run's, else all)")
+    io.add_argument("--max-tokens", type=int,
+                    help="at most this many tokens in all (default: the run's, and then the job samples within "
+                         "the run's own windows; else all)")
     io.add_argument("--domain-tokens", type=int, default=domain_tokens,
-                    help="at most this many tokens of each domain, in corpus order: a balanced sample of a corpus "
-                         "stored domain by domain; --max-tokens then caps the total"
+                    help="at most this many tokens of each domain, in corpus order: with --run and no --max-tokens, "
+                         "of the run's own windows (only the domains the run holds, none beyond its tokens); "
+                         "else of the whole corpus, a balanced sample of a corpus stored domain by domain, "
+                         "--max-tokens capping the total"
                          + (f" (default {domain_tokens}; 0 = no per-domain cap)" if domain_tokens else ""))
     io.add_argument("--order", choices=["domains", "corpus"],
                     help="window order (default: the run's, else domains: interleaved so --max-tokens covers every "

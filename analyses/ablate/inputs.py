@@ -41,11 +41,16 @@ class AblateOptions:
     loads_from: str = "auto"  # auto | run | baseline
     progress: bool = True
     fresh: bool = False  # compute every ablation again, taking nothing from an interrupted attempt (sweep.py)
+    # set by job_defaults: --run given and --max-tokens not, so the job samples within the run's own
+    # windows (the corpus read up to the run's cap), not the whole corpus (`sample_windows`)
+    within_run: bool = False
 
 
 def job_defaults(opts: AblateOptions) -> tuple[AblateOptions, dict | None]:
-    """Fill unset options from --run's run.json; returns (options, run info)."""
+    """Fill unset options from --run's run.json; returns (options, run info). A job that inherits the
+    run's --max-tokens (none given) samples within the run's windows (`within_run`)."""
     info = None
+    opts.within_run = opts.run is not None and opts.max_tokens is None
     if opts.run is None and opts.out is None:
         raise AblationError("pass --run RUN (a recorded run) or --out DIR (where to write the results)")
     if opts.loads_from not in ("auto", "run", "baseline"):
@@ -112,15 +117,20 @@ def limit_per_domain(windows, per_domain: int, total: int | None) -> list:
 
 
 def sample_windows(opts: AblateOptions, corpus: Path, tok, args) -> tuple[list, list[str]]:
-    """The job's windows: `opts.domain_tokens` of every domain (a balanced sample) or the corpus up to
-    `opts.max_tokens`, in `opts.order`; and the domains among them. An empty corpus is an error, and
-    so are windows of one token each, which leave no token to score (its loss needs the next)."""
+    """The job's windows, in `opts.order`, and the domains among them: the corpus up to `opts.max_tokens`,
+    then at most `opts.domain_tokens` of each domain. Within a run (`opts.within_run`: its --max-tokens
+    inherited) that is the run's own windows, so the job's domains are the run's and none gets more tokens
+    than the run holds (it scored domains the run's cap had left out, a tour); with --max-tokens given, or
+    no run, `domain_tokens` of every domain of the whole corpus, capped at `max_tokens` in all (a balanced
+    sample). An empty corpus is an error, and so are windows of one token each, which leave no token to
+    score (its loss needs the next)."""
     from probe.corpus import CorpusStats
 
     bos = args.bos_token_id if opts.add_bos else None
     stats = CorpusStats()  # what the reader skipped or replaced: said as record says it (it was silent; a review)
+    read_to = opts.max_tokens if opts.within_run or not opts.domain_tokens else None
     windows = corpus_windows(corpus, lambda t: tok.encode(t, add_special_tokens=False).ids, opts.seq_len, bos,
-                             None if opts.domain_tokens else opts.max_tokens, opts.order, stats)
+                             read_to, opts.order, stats)
     windows = limit_per_domain(windows, opts.domain_tokens, opts.max_tokens) if opts.domain_tokens else list(windows)
     if not windows:
         raise CorpusError(f"{corpus}: corpus has no text")
@@ -157,7 +167,8 @@ def start_job(opts: AblateOptions, ckpt: Path, args, windows: list, **derived):
 
 def job_meta(ckpt: Path, corpus: Path, opts: AblateOptions, **options) -> dict:
     """What a result part records about its inputs: checkpoint, corpus and tokenizer (path,
-    fingerprint) and the options that decide the numbers (plus `options`)."""
+    fingerprint), the options that decide the numbers (plus `options`) and where the sample was taken
+    (`sample`: "run", within the run's own windows, or "corpus", `sample_windows`)."""
     from probe.ckpt_identity import checkpoint_identity
 
     tok = Path(getattr(opts, "tokenizer", None) or ckpt / "tokenizer.json")
@@ -167,7 +178,9 @@ def job_meta(ckpt: Path, corpus: Path, opts: AblateOptions, **options) -> dict:
             "tokenizer": {"path": str(tok.resolve()), "fingerprint": fingerprint(tok) if tok.is_file() else None},
             "options": {"max_tokens": opts.max_tokens, "domain_tokens": opts.domain_tokens, "seq_len": opts.seq_len,
                         "batch_size": opts.batch_size, "add_bos": opts.add_bos, "order": opts.order,
-                        "dtype": opts.dtype or "float32", "gemm": opts.gemm} | options}
+                        "dtype": opts.dtype or "float32", "gemm": opts.gemm} | options,
+            # not an option: not in a part's key, so the command run again replaces the part it wrote before
+            "sample": "run" if opts.within_run else "corpus"}
 
 
 def inputs_key(meta: dict) -> dict:

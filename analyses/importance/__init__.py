@@ -10,8 +10,10 @@ surprisal per domain against one shared baseline pass, and ask whether load pred
 
 `--run RUN` takes the checkpoint, corpus, window length, batch size and token limit from RUN's
 run.json and writes into RUN; `--out DIR` writes elsewhere (a new run directory holding only
-`expert_importance`). The tokens: by default the first 2000 of every domain (`--domain-tokens`; 0 =
-no per-domain cap: the run's own tokens), at most --max-tokens in all.
+`expert_importance`). The tokens: by default the first 2000 of each domain (`--domain-tokens`; 0 =
+no per-domain cap) of the run's own windows, the corpus read as the run read it (up to its
+--max-tokens, in its --order): the run's domains, none with more tokens than the run holds. With
+--max-tokens given (or no --run), of every domain of the corpus, at most --max-tokens in all.
 
 Batched: one baseline pass gives the losses and every expert's load (its top-k assignments, per
 domain); then G removals share each forward pass, the batch repeated G times along the batch

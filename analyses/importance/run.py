@@ -275,7 +275,8 @@ def _prepare(opts: ImportanceOptions):
 
 
 def _sample(opts: ImportanceOptions, ckpt: Path, corpus: Path, args) -> tuple[list, list[str]]:
-    """The windows (a balanced sample with --domain-tokens) and the corpus's domains among them."""
+    """The windows (--domain-tokens of each domain, within the run's own windows unless --max-tokens is
+    given: `sample_windows`) and the domains among them."""
     from probe.job import load_tokenizer
 
     return sample_windows(opts, corpus, load_tokenizer(opts.tokenizer, ckpt, args.vocab_size, ImportanceError), args)

@@ -27,8 +27,9 @@ def job_opts(ns) -> dict:
 def scored(run, ns, tokens: int, domains: int) -> tuple[str, str | None]:
     """What the model sections scored, for the summary: ('N tokens scored, <what limited them>', and a
     warning where N is under MIN_SCORED_TOKENS, else None). Importance and steering take
-    --importance-tokens a domain, under the run's own recording cap (its --max-tokens in run.json),
-    which they inherit: that cap, not --importance-tokens, limited a 5-token run to 4 tokens (a tour)."""
+    --importance-tokens a domain of the run's own windows, under its recording cap (its --max-tokens in
+    run.json), which they inherit: that cap, not --importance-tokens, limited a 5-token run to 4 tokens
+    (a tour). `domains`: the domains scored, the run's own (`analyses.ablate.inputs.sample_windows`)."""
     from .research import counted
 
     cap = ((getattr(run, "info", None) or {}).get("options") or {}).get("max_tokens")

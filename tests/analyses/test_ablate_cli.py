@@ -177,6 +177,19 @@ def test_domain_tokens_takes_a_balanced_sample():
     assert sum(len(w.ids) for w in limit_per_domain(iter(ws), 25, 30)) == 30
 
 
+def test_domain_tokens_sample_within_the_run_unless_max_tokens_is_given(probe_env, tmp_path):
+    """--run without --max-tokens: --domain-tokens of each domain of the run's own windows (prose, which the
+    run's cap left out, was ablated); with --max-tokens, of every domain of the corpus (a balanced sample)."""
+    from helpers.analysis_runs import corpus_order_run
+
+    rec = corpus_order_run(probe_env, tmp_path / "rec", 150)
+    assert main(["--run", str(rec), "--experts", "1:0", "--domain-tokens", "100", "--no-progress"]) == 0
+    assert set(probe.open_run(rec).df("ablations").domain) == {"all", "code"}
+    assert main(["--run", str(rec), "--out", str(tmp_path / "o"), "--experts", "1:0", "--domain-tokens", "100",
+                 "--max-tokens", "150", "--no-progress"]) == 0
+    assert set(probe.open_run(tmp_path / "o").df("ablations").domain) == {"all", "code", "prose"}
+
+
 def test_help():
     from analyses.ablate.__main__ import parser
 

@@ -17,6 +17,7 @@ from analyses.importance import (ImportanceError, ImportanceOptions, check_selec
                                  spearman)
 from analyses.importance.__main__ import main, parser
 from analyses.ablate import RouterShape
+from helpers.analysis_runs import corpus_order_run, scored_tokens
 from helpers.models import randomize_
 from helpers.cli_errors import (assert_one_line_error, assert_out_under_a_file_is_refused, unwritable_msg,
                                   unwritable_out)
@@ -223,6 +224,23 @@ def test_command_without_a_run(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == f"error: {tmp_path / 'nope'}: not a run directory (no run.json)"
     assert "--layers" in parser().format_help() and "torchrun" in parser().format_help()
+
+
+def test_a_run_is_scored_within_its_own_windows_unless_max_tokens_is_given(probe_env, tmp_path):
+    """With --run and no --max-tokens, --domain-tokens samples within the run's windows: a run whose cap
+    (order corpus) held code alone had code and prose scored, the report saying it had one domain (a
+    tour). --max-tokens given: a balanced sample of every domain of the corpus, up to that many tokens."""
+    rec = corpus_order_run(probe_env, tmp_path / "rec", 150)
+    held = scored_tokens(rec)
+    assert set(held) == {"code"}
+    cli = ["--layers", "1", "--experts", "0-1", "--domain-tokens", "100", "--no-progress"]
+    assert main(["--run", str(rec), *cli]) == 0
+    df = probe.open_run(rec).df("expert_importance")
+    assert set(df.domain) == {"all", "code"} and (df.tokens <= held["code"]).all()
+    assert [e["sample"] for e in probe.open_run(rec).info["importance_parts"].values()] == ["run"]
+    assert main(["--run", str(rec), "--out", str(tmp_path / "o"), "--max-tokens", "150", *cli]) == 0
+    tokens = probe.open_run(tmp_path / "o").df("expert_importance").groupby("domain").tokens.max()
+    assert set(tokens.index) == {"all", "code", "prose"} and tokens["prose"] > 0  # 100 of code, then 50 of prose
 
 
 # ------------------------------------------------------------------------------ the analysis

@@ -470,6 +470,20 @@ def test_the_importance_scatter_has_its_own_table_of_every_expert(tmp_path, monk
 
 
 
+def test_the_importance_section_of_a_one_domain_run_scores_that_domain_alone(probe_env, tmp_path):
+    """The model sections inherit the run's sample: a run whose cap (order corpus) held code alone had
+    code and prose scored, while the report said the run had one domain (code) (a tour)."""
+    from analyses.report import research_model
+    from helpers.analysis_runs import corpus_order_run, scored_tokens
+
+    rec = corpus_order_run(probe_env, tmp_path / "rec", 150)
+    ns = report.parser().parse_args([str(rec), "--importance-tokens", "40", "--no-progress"])
+    got = research_model.importance(probe.open_run(rec), ns)
+    assert set(got["table"].domain) == {"all", "code"} and got["tokens"] <= scored_tokens(rec)["code"]
+    assert got["scored"] == f"{got['tokens']} tokens scored, --importance-tokens 40 a domain"
+    assert "pass a larger --importance-tokens" in got["too_few"]
+
+
 def test_a_recorded_mtp_table_without_rows_is_told_from_a_missing_one(tmp_path, capsys):
     """record --max-tokens 1 makes the mtp table and no window gives it a row: the section said
     '(not in this run: the table was not recorded)', which reads as a record made with --no-mtp (a tour)."""

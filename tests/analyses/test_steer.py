@@ -17,6 +17,7 @@ from generate import generate
 from probe.windows import Window
 from probe.recorders import Batch, token_nll
 
+from helpers.analysis_runs import corpus_order_run, corpus_tokens, scored_tokens
 from helpers.cli_errors import (assert_one_line_error, assert_out_under_a_file_is_refused, unwritable_msg,
                                   unwritable_out)
 
@@ -292,6 +293,23 @@ def test_cli_end_to_end_writes_the_steering_table(probe_env, tmp_path, capsys):
 ])
 def test_cli_bad_inputs_are_one_line_errors(probe_env, tmp_path, capsys, extra, msg):
     assert_one_line_error(main(_cli(probe_env, tmp_path / "o", *extra)), capsys, msg, tmp_path / "o")
+
+
+def test_a_run_is_steered_within_its_own_windows(probe_env, tmp_path, capsys):
+    """With --run and no --max-tokens, --domain-tokens samples within the run's windows: no domain gets
+    more tokens than the run holds (a run's 30 tokens of prose were steered as 100, read from the whole
+    corpus), and one the run's cap left out is not sampled: --steer-domain says why (a tour)."""
+    rec = corpus_order_run(probe_env, tmp_path / "rec", corpus_tokens(probe_env, "code") + 30)
+    held = scored_tokens(rec)
+    assert main(["--run", str(rec), "--experts", "2:1", "--domain-tokens", "100", "--max-new-tokens", "0",
+                 "--no-progress"]) == 0
+    loss = probe.open_run(rec).df("steering").query("kind == 'loss'").set_index("domain")
+    assert set(loss.index) == {"all", "code", "prose"}
+    assert loss.tokens["code"] <= 100 and 0 < loss.tokens["prose"] <= held["prose"] < 30
+    one = corpus_order_run(probe_env, tmp_path / "one", 150)
+    assert_one_line_error(main(["--run", str(one), "--experts", "2:1", "--steer-domain", "prose"]), capsys,
+                          "--steer-domain 'prose': no such domain in the windows sampled (domains there: code); they "
+                          "are the run's own windows, up to its --max-tokens 150; pass --max-tokens")
 
 
 def test_an_out_under_a_file_is_refused_before_the_model_loads(probe_env, tmp_path, capsys):
