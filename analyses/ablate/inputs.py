@@ -41,18 +41,24 @@ class AblateOptions:
     loads_from: str = "auto"  # auto | run | baseline
     progress: bool = True
     fresh: bool = False  # compute every ablation again, taking nothing from an interrupted attempt (sweep.py)
-    # set by job_defaults: --run given and --max-tokens not, so the job samples within the run's own
-    # windows (the corpus read up to the run's cap), not the whole corpus (`sample_windows`)
-    within_run: bool = False
+    # sample within the run's own windows (the corpus read up to the run's cap), not the whole corpus
+    # (`sample_windows`). None: job_defaults decides, True where --run is given and --max-tokens not; True
+    # from a caller with a max_tokens of its own (the report's sweep): at most that many of the run's windows
+    within_run: bool | None = None
+    run_max_tokens: int | None = None  # the run's own cap (job_defaults), where a sample within it reads to
 
 
 def job_defaults(opts: AblateOptions) -> tuple[AblateOptions, dict | None]:
     """Fill unset options from --run's run.json; returns (options, run info). A job that inherits the
-    run's --max-tokens (none given) samples within the run's windows (`within_run`)."""
+    run's --max-tokens (none given) samples within the run's windows (`within_run`), as does one whose
+    caller set `within_run`."""
     info = None
-    opts.within_run = opts.run is not None and opts.max_tokens is None
+    if opts.within_run is None:
+        opts.within_run = opts.run is not None and opts.max_tokens is None
     if opts.run is None and opts.out is None:
         raise AblationError("pass --run RUN (a recorded run) or --out DIR (where to write the results)")
+    if opts.within_run and opts.run is None:
+        raise AblationError("within_run: a sample within a run's windows needs --run RUN")
     if opts.loads_from not in ("auto", "run", "baseline"):
         raise AblationError(f"--loads-from {opts.loads_from!r}: choose auto, run or baseline")
     if opts.run is not None:
@@ -60,6 +66,7 @@ def job_defaults(opts: AblateOptions) -> tuple[AblateOptions, dict | None]:
         opts.ckpt, opts.corpus = run_inputs(info, str(opts.run), opts.ckpt, opts.corpus, AblationError)
         ro = info.get("options", {})
         opts.tokenizer = opts.tokenizer or ro.get("tokenizer")
+        opts.run_max_tokens = ro.get("max_tokens")
         for k in ("max_tokens", "seq_len", "batch_size", "add_bos"):
             if getattr(opts, k) is None:
                 setattr(opts, k, ro.get(k))
@@ -117,18 +124,23 @@ def limit_per_domain(windows, per_domain: int, total: int | None) -> list:
 
 
 def sample_windows(opts: AblateOptions, corpus: Path, tok, args) -> tuple[list, list[str]]:
-    """The job's windows, in `opts.order`, and the domains among them: the corpus up to `opts.max_tokens`,
-    then at most `opts.domain_tokens` of each domain. Within a run (`opts.within_run`: its --max-tokens
-    inherited) that is the run's own windows, so the job's domains are the run's and none gets more tokens
-    than the run holds (it scored domains the run's cap had left out, a tour); with --max-tokens given, or
-    no run, `domain_tokens` of every domain of the whole corpus, capped at `max_tokens` in all (a balanced
-    sample). An empty corpus is an error, and so are windows of one token each, which leave no token to
-    score (its loss needs the next)."""
+    """The job's windows, in `opts.order`, and the domains among them. Within a run (`opts.within_run`: its
+    --max-tokens inherited, or a caller's choice) the run's own windows, the corpus up to the run's cap, then
+    at most `opts.domain_tokens` of each domain and `opts.max_tokens` in all: the job's domains are the run's
+    and none gets more tokens than the run holds (it scored domains the run's cap had left out, a tour);
+    with --max-tokens given, or no run, `domain_tokens` of every domain of the whole corpus, capped at
+    `max_tokens` in all (a balanced sample), or without `domain_tokens` the corpus up to `max_tokens`. An
+    empty corpus is an error, and so are windows of one token each, which leave no token to score (its
+    loss needs the next)."""
     from probe.corpus import CorpusStats
 
     bos = args.bos_token_id if opts.add_bos else None
     stats = CorpusStats()  # what the reader skipped or replaced: said as record says it (it was silent; a review)
-    read_to = opts.max_tokens if opts.within_run or not opts.domain_tokens else None
+    if opts.within_run:  # the corpus as the run read it; a cap of the caller's own applies after
+        caps = [c for c in (opts.run_max_tokens, None if opts.domain_tokens else opts.max_tokens) if c is not None]
+        read_to = min(caps, default=None)
+    else:
+        read_to = None if opts.domain_tokens else opts.max_tokens
     windows = corpus_windows(corpus, lambda t: tok.encode(t, add_special_tokens=False).ids, opts.seq_len, bos,
                              read_to, opts.order, stats)
     windows = limit_per_domain(windows, opts.domain_tokens, opts.max_tokens) if opts.domain_tokens else list(windows)

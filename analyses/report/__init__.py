@@ -15,12 +15,12 @@ latent-KV effective rank by layer; then the research sections: causal vs observe
 routed expert removed in turn, `analyses.importance`), expert paths, domain probes (a linear probe of
 the domain from each layer's routing), token-id dependence, run vs run (with `--compare RUN`, a run
 of the same model over the same windows; the run itself, or a copy, is refused) and steering (the most
-specialised domain's experts forced on, `analyses.steer`). The ablations evaluate about --max-tokens tokens split evenly
-between the domains and are also written into the run's `ablations` table; importance and steering
-evaluate --importance-tokens per domain of the run's own windows (the corpus up to the cap the run
-was recorded with, its --max-tokens: only the domains the run holds), and write `expert_importance`
-and `steering`; the summary says how many tokens they scored and what capped them, and warns when
-that is under 100 (too few for their figures to mean anything).
+specialised domain's experts forced on, `analyses.steer`). Every model section samples the run's own
+windows (the corpus up to the cap the run was recorded with, its --max-tokens: only the domains the run
+holds): the ablations evaluate at most --max-tokens of them, split evenly between the run's domains, and
+are also written into the run's `ablations` table; importance and steering evaluate --importance-tokens
+per domain, and write `expert_importance` and `steering`; the summary says how many tokens they scored
+and what capped them, and warns when that is under 100 (too few for their figures to mean anything).
 
 Library: data.py (the numbers behind each section and the notebooks, from `analyses.metrics` and
 the ablation API), research.py and research_model.py (the research sections; the latter runs the

@@ -47,7 +47,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--findings", type=path_text,
                    help="also write the measured numbers as Markdown here (e.g. analyses/FINDINGS.md)")
     p.add_argument("--max-tokens", type=int, default=20_000,
-                   help="tokens the ablations evaluate, split evenly between domains (default 20000)")
+                   help="tokens the ablations evaluate (default 20000), split evenly between the run's domains, "
+                        "of its own windows: within the --max-tokens it was recorded with, as the other sections")
     p.add_argument("--fractions", type=fractions_arg, default=list(rd.FRACTIONS),
                    help="fractions of the routed experts to mask per layer (default 1/16,1/8,1/4)")
     p.add_argument("--seeds", type=int, default=len(rd.SEEDS),

@@ -125,9 +125,11 @@ def ablation_sweep(run, *, max_tokens: int | None = 20_000, fractions=FRACTIONS,
     most-used experts of every MoE layer vs n random experts per layer for each seed (mode
     reroute); and, per domain, that domain's own top-`domain_top` experts (default E/8), ranked by
     the run's per-domain `expert_load` (a domain's own ranking does not depend on the domain mix).
-    Evaluated on about `max_tokens` tokens of the run's corpus: with `balanced`, the first
-    max_tokens / D tokens of each of its D domains (the API's `domain_tokens`; the bundled corpus
-    is sorted by domain), else its first max_tokens tokens.
+    Evaluated on at most `max_tokens` tokens of the run's own windows (the corpus read as the run read
+    it, up to the cap it was recorded with; the whole corpus where it had none), so the sweep's domains
+    are the run's D domains, those of every other section: with `balanced`, the first max_tokens / D
+    tokens of each (the API's `domain_tokens`), else the first max_tokens. (It took max_tokens / D of
+    every corpus domain, and a code-only run's sweep evaluated prose too, a tour.)
 
     rank_by: "eval" ranks the top-n by their load on the evaluated tokens (the baseline pass; ranking
     and loss on the same distribution, as in DeepSeekMoE), "run" by the run's `expert_load` (the
@@ -195,7 +197,8 @@ def _sweep_ablations(counts, seeds, domains, domain_top: int, run_ranked_top: bo
 
 def _ablate_skipping(run, ablations, max_tokens, per_domain, batch_size, progress, loads_from,
                      skipped: dict, model_opts: dict | None = None) -> pd.DataFrame:
-    """`analyses.ablate.ablate` on the run; an ablation the routing guard refuses (it names itself
+    """`analyses.ablate.ablate` on the run, sampling within its own windows (`within_run`: ablate's
+    --max-tokens alone takes every corpus domain); an ablation the routing guard refuses (it names itself
     in the error) is moved to `skipped` and the rest rerun."""
     import re
 
@@ -204,7 +207,7 @@ def _ablate_skipping(run, ablations, max_tokens, per_domain, batch_size, progres
 
     ablations = list(ablations)
     while ablations:
-        opts = AblateOptions(run=str(run.path), max_tokens=max_tokens, domain_tokens=per_domain,
+        opts = AblateOptions(run=str(run.path), max_tokens=max_tokens, domain_tokens=per_domain, within_run=True,
                              batch_size=batch_size, loads_from=loads_from, progress=progress, **(model_opts or {}))
         try:
             return ablate(opts, ablations)[1]

@@ -222,8 +222,8 @@ def steer(opts: SteerOptions, steering: Steer, token_filter: str | None = None):
     windows, domains = sample_windows(opts, corpus, tok, args)
     for d in steering.domains or []:
         if d not in domains:
-            more = (f"they are the run's own windows, up to its --max-tokens {opts.max_tokens:,}; pass --max-tokens "
-                    "to sample every domain of the corpus" if opts.within_run and opts.max_tokens else
+            more = (f"they are the run's own windows, up to its --max-tokens {opts.run_max_tokens:,}; pass "
+                    "--max-tokens to sample every domain of the corpus" if opts.within_run and opts.run_max_tokens else
                     "a larger --max-tokens samples more of the corpus")
             raise SteerError(f"--steer-domain {d!r}: no such domain in the windows sampled (domains there: "
                              f"{', '.join(domains)}); {more}")

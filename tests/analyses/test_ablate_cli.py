@@ -190,6 +190,35 @@ def test_domain_tokens_sample_within_the_run_unless_max_tokens_is_given(probe_en
     assert set(probe.open_run(tmp_path / "o").df("ablations").domain) == {"all", "code", "prose"}
 
 
+def test_a_caller_samples_within_the_run_with_a_max_tokens_of_its_own(probe_env, tmp_path):
+    """`within_run` with max_tokens given (the report's sweep): the run's windows, up to the cap it was
+    recorded with, then at most max_tokens of them; a run without a cap: the corpus sample, as without."""
+    from analyses.ablate.inputs import job_defaults, sample_windows
+    from analyses.ablate.select import AblationError
+    from helpers.analysis_runs import corpus_order_run
+    from probe.job import checkpoint_args, load_tokenizer
+
+    args = checkpoint_args(probe_env["ckpt"])
+    tok = load_tokenizer(None, probe_env["ckpt"], args.vocab_size)
+
+    def sample(rec, **kw):
+        opts, _ = job_defaults(AblateOptions(run=str(rec), seq_len=32, **kw))
+        windows, domains = sample_windows(opts, probe_env["corpus"], tok, args)
+        return [(w.domain, len(w.ids)) for w in windows], domains
+
+    rec = corpus_order_run(probe_env, tmp_path / "rec", 150)
+    inside, domains = sample(rec, max_tokens=3000, domain_tokens=1500, within_run=True)
+    assert domains == ["code"] and sum(n for _, n in inside) == 150
+    assert sample(rec, max_tokens=3000, domain_tokens=1500)[1] == ["code", "prose"]  # ablate's --max-tokens
+    assert sum(n for _, n in sample(rec, max_tokens=60, domain_tokens=1500, within_run=True)[0]) == 60
+    assert sum(n for _, n in sample(rec, max_tokens=60, within_run=True)[0]) == 60
+    whole = corpus_order_run(probe_env, tmp_path / "whole", None)
+    assert sample(whole, max_tokens=300, domain_tokens=150, within_run=True) == \
+        sample(whole, max_tokens=300, domain_tokens=150)
+    with pytest.raises(AblationError, match="needs --run"):
+        job_defaults(AblateOptions(out=str(tmp_path / "o"), within_run=True))
+
+
 def test_help():
     from analyses.ablate.__main__ import parser
 

@@ -484,6 +484,22 @@ def test_the_importance_section_of_a_one_domain_run_scores_that_domain_alone(pro
     assert "pass a larger --importance-tokens" in got["too_few"]
 
 
+def test_the_masking_sweep_of_a_one_domain_run_evaluates_that_domain_alone(probe_env, tmp_path):
+    """The sweep passes the report's --max-tokens to ablate, which then took a balanced sample of every
+    corpus domain: a run whose cap (order corpus) held code alone had code and prose evaluated, while the
+    report said the run had one domain (a tour). Now: the run's own windows, then at most --max-tokens."""
+    from helpers.analysis_runs import corpus_order_run, scored_tokens
+
+    rec = corpus_order_run(probe_env, tmp_path / "rec", 150)
+    held = scored_tokens(rec)
+    assert set(held) == {"code"}
+    sw = ablation_sweep(rec, max_tokens=3000, fractions=(1 / 8,), seeds=(0,))
+    assert set(sw.rows.domain) == {"all", "code"} and sw.options["tokens"] <= held["code"]
+    assert {e["sample"] for e in probe.open_run(rec).info["ablation_parts"].values()} == {"run"}
+    few = ablation_sweep(rec, max_tokens=60, fractions=(1 / 8,), seeds=(0,))  # under the run's cap: at most 60
+    assert set(few.rows.domain) == {"all", "code"} and few.options["tokens"] < 60
+
+
 def test_a_recorded_mtp_table_without_rows_is_told_from_a_missing_one(tmp_path, capsys):
     """record --max-tokens 1 makes the mtp table and no window gives it a row: the section said
     '(not in this run: the table was not recorded)', which reads as a record made with --no-mtp (a tour)."""
