@@ -20,7 +20,8 @@ windows (the corpus up to the cap the run was recorded with, its --max-tokens: o
 holds): the ablations evaluate at most --max-tokens of them, split evenly between the run's domains, and
 are also written into the run's `ablations` table; importance and steering evaluate --importance-tokens
 per domain, and write `expert_importance` and `steering`; the summary says how many tokens they scored
-and what capped them, and warns when that is under 100 (too few for their figures to mean anything).
+(each domain's) and what capped them (a domain the run holds fewer of is named), and warns when that is
+under 100 (too few for their figures to mean anything).
 
 Library: data.py (the numbers behind each section and the notebooks, from `analyses.metrics` and
 the ablation API), research.py and research_model.py (the research sections; the latter runs the

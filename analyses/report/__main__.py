@@ -67,8 +67,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--importance-tokens", type=int, default=1000,
                    help="tokens per domain the causal-importance and steering sections evaluate (default 1000; "
                         "0 leaves both out), of the run's own windows: within its --max-tokens, which they "
-                        "inherit, and only the domains it holds; the summary says the tokens scored and warns "
-                        "under 100")
+                        "inherit, and only the domains it holds; the summary says the tokens scored per domain "
+                        "and warns under 100")
     p.add_argument("--ckpt", type=path_text,
                    help="checkpoint the model sections run (default: the run's own; needed where it has "
                         "moved or changed, or a training run's model is not written yet)")

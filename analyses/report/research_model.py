@@ -24,22 +24,40 @@ def job_opts(ns) -> dict:
     return {k: getattr(ns, k) for k in (*MODEL_FLAGS, *INPUT_FLAGS) if getattr(ns, k, None) is not None}
 
 
-def scored(run, ns, tokens: int, domains: int) -> tuple[str, str | None]:
-    """What the model sections scored, for the summary: ('N tokens scored, <what limited them>', and a
-    warning where N is under MIN_SCORED_TOKENS, else None). Importance and steering take
+def scored(run, ns, tokens: int, per_domain: dict[str, int]) -> tuple[str, str | None]:
+    """What the model sections scored, for the summary: ('N tokens scored: each domain's; <what limited
+    them>', and a warning where N is under MIN_SCORED_TOKENS, else None). Importance and steering take
     --importance-tokens a domain of the run's own windows, under its recording cap (its --max-tokens in
     run.json), which they inherit: that cap, not --importance-tokens, limited a 5-token run to 4 tokens
-    (a tour). `domains`: the domains scored, the run's own (`analyses.ablate.inputs.sample_windows`)."""
+    (a tour). Said per domain, from the tokens the run holds of each (run.json's planned
+    tokens_per_domain): a cap that cut the last domain alone was "--importance-tokens a domain" (a tour).
+    `per_domain`: the tokens scored in each domain, the run's own (`analyses.ablate.inputs.sample_windows`)."""
     from .research import counted
 
-    cap = ((getattr(run, "info", None) or {}).get("options") or {}).get("max_tokens")
-    capped = cap is not None and cap < ns.importance_tokens * max(domains, 1)
-    limit = (f"capped by the run's own --max-tokens {cap:,}, which these sections inherit" if capped
-             else f"--importance-tokens {ns.importance_tokens:,} a domain")
-    what = f"{counted(tokens, 'token')} scored, {limit}"
+    info = getattr(run, "info", None) or {}
+    cap = (info.get("options") or {}).get("max_tokens")
+    held = (info.get("planned") or {}).get("tokens_per_domain")
+    if isinstance(held, dict):  # the domains of which the run holds fewer tokens than the flag asks
+        short = {d: int(held[d]) for d in sorted(per_domain) if d in held and held[d] < ns.importance_tokens}
+        reached = cap is not None and sum(held.values()) >= cap  # the run stopped at its cap, not the corpus's end
+        capped = bool(short) and reached and len(short) == len(per_domain)
+    else:  # no record of the run's windows: the cap against the flag's tokens in all
+        short, reached = {}, False
+        capped = cap is not None and cap < ns.importance_tokens * max(len(per_domain), 1)
+    cut = ", ".join(f"{n:,} token{'' if n == 1 else 's'} of {d}" for d, n in short.items())
+    if capped:
+        limit = f"capped by the run's own --max-tokens {cap:,}, which these sections inherit"
+    elif short:
+        limit = (f"--importance-tokens {ns.importance_tokens:,} a domain, but "
+                 + (f"the run's own windows, up to its --max-tokens {cap:,} (which these sections inherit), hold "
+                    f"{cut}" if reached else f"the corpus holds {cut}"))
+    else:
+        limit = f"--importance-tokens {ns.importance_tokens:,} a domain"
+    each = f": {', '.join(f'{d} {n:,}' for d, n in sorted(per_domain.items()))};" if len(per_domain) > 1 else ","
+    what = f"{counted(tokens, 'token')} scored{each} {limit}"
     if tokens >= MIN_SCORED_TOKENS:
         return what, None
-    more = ("record the run with a larger --max-tokens" if capped else
+    more = ("record the run with a larger --max-tokens" if capped or (short and reached) else
             "pass a larger --importance-tokens, or a --corpus that holds more")
     return what, (f"{counted(tokens, 'token')} scored ({limit}) is too few for these figures to mean anything "
                   f"(under {MIN_SCORED_TOKENS}, each loss delta is a mean over so few tokens that noise decides "
@@ -70,7 +88,8 @@ def importance(run, ns) -> dict:
             ("Spearman and Pearson correlation of load share with loss delta per layer", None, corr, False),
             ("Experts whose load rank and causal rank disagree most (3 per layer)", None, gaps, False)]
     tokens = int(alld.tokens.max())
-    what, warning = scored(run, ns, tokens, int(df.domain[df.domain != "all"].nunique()))
+    per_domain = df[df.domain != "all"].groupby("domain").tokens.max()
+    what, warning = scored(run, ns, tokens, {str(d): int(n) for d, n in per_domain.items()})
     return {"correlation": corr, "gaps": gaps, "table": df, "figures": figs, "tokens": tokens, "scored": what,
             "too_few": warning}
 
@@ -107,8 +126,9 @@ def steering(run, ns, lift: dict) -> dict | None:
     own = per.delta.get(dom, np.nan)
     others = per.drop(index=[dom, "all"], errors="ignore").delta
     changed = int((gen.baseline_text != gen.steered_text).sum())
-    n_domains = len(per.drop(index="all", errors="ignore"))
-    tokens, warning = scored(run, ns, int(per.tokens.get("all", per.tokens.sum())), n_domains)
+    each = per.drop(index="all", errors="ignore").tokens
+    tokens, warning = scored(run, ns, int(per.tokens.get("all", per.tokens.sum())),
+                             {str(d): int(n) for d, n in each.items()})
     sentence = (f"Steering ({tokens}): forcing {dom}'s most specific expert on at every MoE layer ({what}) for "
                 f"every token put it in {per.forced_share.get('all', np.nan):.0%} of the steered top-k sets; loss "
                 f"delta on {dom} {own:+.4f} vs the other domains' mean {others.mean():+.4f}; greedy continuations "

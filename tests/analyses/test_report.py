@@ -62,7 +62,7 @@ def test_report_has_every_section(run_dir, tmp_path, capsys):
                 "Run vs run", "Steering"):
         assert f"## {sec}" in md
     for needle in ("Spearman(load share, loss delta)", "Expert paths (top-1", "Token-id dependence (held-out",
-                   "Run vs run (", "Steering (", "tokens scored, "):
+                   "Run vs run (", "Steering (", "tokens scored: "):
         assert needle in md, needle  # a summary sentence per research section, with its numbers
     # the curve's numbers come from the run's ablations table, written by the ablation API
     rows = probe.open_run(run_dir).df("ablations")
@@ -482,6 +482,24 @@ def test_the_importance_section_of_a_one_domain_run_scores_that_domain_alone(pro
     assert set(got["table"].domain) == {"all", "code"} and got["tokens"] <= scored_tokens(rec)["code"]
     assert got["scored"] == f"{got['tokens']} tokens scored, --importance-tokens 40 a domain"
     assert "pass a larger --importance-tokens" in got["too_few"]
+
+
+def test_the_tokens_scored_name_the_domain_the_run_s_cap_cut(probe_env, tmp_path):
+    """A run whose cap (order corpus) took code whole and 29 tokens of prose: the importance section said
+    '--importance-tokens 300 a domain', as the cap was over 300 x 2 (a tour); it names prose's 29."""
+    from analyses.report import research_model
+    from helpers.analysis_runs import corpus_order_run, corpus_tokens
+
+    code = corpus_tokens(probe_env, "code")
+    assert code > 300
+    rec = corpus_order_run(probe_env, tmp_path / "rec", code + 29)
+    ns = report.parser().parse_args([str(rec), "--importance-tokens", "300", "--no-progress"])
+    got = research_model.importance(probe.open_run(rec), ns)
+    per = got["table"][got["table"].domain != "all"].groupby("domain").tokens.max()
+    assert set(per.index) == {"code", "prose"} and per["prose"] < 29
+    assert got["scored"] == (f"{got['tokens']:,} tokens scored: code {per['code']:,}, prose {per['prose']:,}; "
+                             "--importance-tokens 300 a domain, but the run's own windows, up to its --max-tokens "
+                             f"{code + 29:,} (which these sections inherit), hold 29 tokens of prose")
 
 
 def test_the_masking_sweep_of_a_one_domain_run_evaluates_that_domain_alone(probe_env, tmp_path):

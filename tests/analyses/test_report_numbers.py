@@ -466,6 +466,29 @@ def test_counts_of_one_are_singular_in_the_summary_and_the_figures():
     assert research.counted(1280, "token") == "1,280 tokens" and research.counted(0, "seed") == "0 seeds"
 
 
+def test_the_tokens_scored_say_which_domain_the_run_held_too_few_of():
+    """A cap that cut the last domain alone (code whole, 29 tokens of prose) was said as '--importance-tokens
+    a domain', the cap counted against --importance-tokens x domains (a tour): each domain is said, and the
+    one the run's windows hold fewer of than the flag asks, from run.json's planned tokens_per_domain."""
+    ns = NS(importance_tokens=300)
+
+    def run(cap, **held):
+        return NS(info={"options": {"max_tokens": cap}, "planned": {"tokens_per_domain": held}})
+
+    what, warning = research_model.scored(run(1029, code=1000, prose=29), ns, 317, {"code": 290, "prose": 27})
+    assert what == ("317 tokens scored: code 290, prose 27; --importance-tokens 300 a domain, but the run's own "
+                    "windows, up to its --max-tokens 1,029 (which these sections inherit), hold 29 tokens of prose")
+    assert warning is None
+    # the run read the whole corpus (its cap not reached): the corpus is what holds few
+    what, warning = research_model.scored(run(5000, code=1000, prose=29), ns, 317, {"code": 290, "prose": 27})
+    assert what.endswith("--importance-tokens 300 a domain, but the corpus holds 29 tokens of prose")
+    few = research_model.scored(run(60, code=31, prose=29), ns, 56, {"code": 29, "prose": 27})
+    assert few[0] == ("56 tokens scored: code 29, prose 27; capped by the run's own --max-tokens 60, which these "
+                      "sections inherit") and few[1].endswith("record the run with a larger --max-tokens")
+    assert research_model.scored(run(None, code=1000, prose=400), ns, 600, {"code": 300, "prose": 300}) == (
+        "600 tokens scored: code 300, prose 300; --importance-tokens 300 a domain", None)
+
+
 def test_the_run_vs_run_placeholder_names_no_findings_file():
     """'see FINDINGS.md' was written into findings files of other names (--findings OTHER.md) and into
     the HTML report (a tour): the placeholder names the command that makes the run to compare with."""
@@ -481,15 +504,16 @@ def test_importance_and_steering_say_the_tokens_scored_what_capped_them_and_when
 
     run = NS(path=tmp_path, info={"options": {"max_tokens": 5}})
     ns = NS(importance_tokens=1000, progress=False, batch_size=None)
-    what, warning = research_model.scored(run, ns, 4, 1)
+    what, warning = research_model.scored(run, ns, 4, {"code": 4})
     assert what == "4 tokens scored, capped by the run's own --max-tokens 5, which these sections inherit"
     assert warning == ("4 tokens scored (capped by the run's own --max-tokens 5, which these sections inherit) is too "
                        "few for these figures to mean anything (under 100, each loss delta is a mean over so few "
                        "tokens that noise decides the ranks, correlations and p-values); record the run with a "
                        "larger --max-tokens")
     big = NS(path=tmp_path, info={"options": {"max_tokens": 60_000}})
-    assert research_model.scored(big, ns, 2000, 2) == ("2,000 tokens scored, --importance-tokens 1,000 a domain", None)
-    assert research_model.scored(big, NS(importance_tokens=20), 40, 2)[1].endswith(
+    assert research_model.scored(big, ns, 2000, {"code": 1000, "prose": 1000}) == (
+        "2,000 tokens scored: code 1,000, prose 1,000; --importance-tokens 1,000 a domain", None)
+    assert research_model.scored(big, NS(importance_tokens=20), 40, {"code": 20, "prose": 20})[1].endswith(
         "pass a larger --importance-tokens, or a --corpus that holds more")  # not capped: the flag's own few
     c = pd.DataFrame({"layer": [1], "spearman": [0.9], "spearman_p": [0.026], "top_expert": [3], "top_delta": [0.2]})
     imp = {"correlation": c, "tokens": 4, "scored": what, "too_few": warning}
@@ -504,7 +528,7 @@ def test_importance_and_steering_say_the_tokens_scored_what_capped_them_and_when
                         "steered_text": ["a"]})
     monkeypatch.setattr(analyses.steer, "steer", lambda opts, s: (None, pd.concat([loss, gen], ignore_index=True)))
     st = research_model.steering(run, ns, LIFT)
-    assert st["sentences"][0].startswith("Steering (4 tokens scored, capped by the run's own --max-tokens 5, which "
-                                         "these sections inherit): forcing code's")
+    assert st["sentences"][0].startswith("Steering (4 tokens scored: code 2, prose 2; capped by the run's own "
+                                         "--max-tokens 5, which these sections inherit): forcing code's")
     assert research.summary({"importance": imp, "steering": st})[-1] == \
         f"Warning, causal importance and steering: {warning}."
