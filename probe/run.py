@@ -125,10 +125,11 @@ def _database():
         return _DB[1]
 
 
-def _run_connection():
+def run_connection():
     """A cursor of `_database()` whose default catalog is an in-memory one of its own, so that what
     a caller creates on it (a view replacing a table's, a table) is seen by no other run; the
-    catalog is detached when the cursor and every relation of it are gone."""
+    catalog is detached when the cursor and every relation of it are gone. A run's connection, and
+    one for views of a caller's own (two runs joined: `analyses.metrics.routing`)."""
     db = _database()
     con = db.cursor()
     name = f"run{next(_CATALOGS)}"
@@ -138,7 +139,7 @@ def _run_connection():
 
 
 def _detach(db, name: str) -> None:
-    """Drop a gone run's catalog (`_run_connection`'s finalizer: any thread, so no lock)."""
+    """Drop a gone run's catalog (`run_connection`'s finalizer: any thread, so no lock)."""
     import duckdb
 
     try:
@@ -242,7 +243,7 @@ class Run:
         view the caller made on `con` may read those); `sql` and `rel` make only the views their query
         names, the others cost a parquet footer read each."""
         if self._con is None:
-            self._con = _run_connection()
+            self._con = run_connection()
         want = [t for t in TABLES if t in tables or t in self._made]
         files = {t: table_files(self.path, t) for t in want}
         lost = self.lost_tables if not all(files.values()) else []

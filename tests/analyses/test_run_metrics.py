@@ -208,6 +208,36 @@ def test_run_repetition_coactivation_agreement_margins(synth):
         assert la[k] == pytest.approx(v), k
 
 
+def test_two_runs_are_joined_on_a_catalog_of_the_call_s_own_in_the_process_s_database(synth, tmp_path):
+    """Run vs run opened a DuckDB database per call (15 ms of CPU); it is a cursor of probe.run's one
+    database with a catalog of its own: its views ra, rb and ta are seen by no run and no other call,
+    and the catalog goes with the connection."""
+    import gc
+
+    import probe
+    from analyses.metrics.routing import _joined_runs
+    from probe import run as run_module
+
+    def catalogs():
+        gc.collect()
+        return run_module._database().sql("select count(*) from duckdb_databases()").fetchall()[0][0]
+
+    run, a = synth
+    write_run(tmp_path / "other", seed=5, token_seed=0, n_seq=3)
+    other = probe.open_run(tmp_path / "other")
+    run.con, other.con  # the runs' own catalogs, made before the count  # noqa: B018
+    before = catalogs()
+    one, two = _joined_runs(run, run), _joined_runs(run, other)
+    assert catalogs() == before + 2
+    count = "select count(*) from rb"
+    assert one.sql(count).fetchall()[0][0] == len(run.df("routing")) > two.sql(count).fetchall()[0][0] > 0
+    for con in (run.con, run_module._database()):
+        assert con.sql("select count(*) from duckdb_views() where view_name in ('ra', 'rb', 'ta') "
+                       "and database_name = current_database()").fetchall()[0][0] == 0
+    del one, two
+    assert catalogs() == before
+
+
 def test_cross_run_agreement_and_negative_control(synth, tmp_path):
     import probe
 
