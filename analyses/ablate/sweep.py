@@ -95,10 +95,6 @@ class Commits:
         entry = self._entry()
         if entry is None or "pending" not in entry:
             return None  # none, or finished: a rerun computes it again
-        if entry.get("sample", "corpus") != self.meta.get("sample", "corpus"):
-            # of other tokens under the same key (`job_meta`'s sample is not in it): the report's sweep went
-            # from the corpus's domains to the run's windows with the same options, and took the rows
-            return None
         return self._committed(entry)
 
     def _entry(self) -> dict | None:

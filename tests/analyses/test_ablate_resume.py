@@ -114,29 +114,6 @@ def test_interrupted_in_the_first_ablation_keeps_the_baseline(probe_env, tmp_pat
     _no_leftovers(out)
 
 
-def test_an_interrupted_sweep_of_another_sample_is_not_continued(probe_env, tmp_path, capsys, counted, whole):
-    """A part's sample (the run's windows or the corpus's) is outside its key, so the report's sweep, which
-    now samples the run's windows with the options it passed before, would take the rows an interrupted
-    attempt over the corpus's domains committed: an attempt of another sample is computed again."""
-    import json
-
-    spec, ref, n_batches = whole
-    out = tmp_path / "cut"
-    counted["stop_at"] = 2
-    assert main(_cli(probe_env, out, spec)) == 130
-    info = json.loads((out / "run.json").read_text())
-    (entry,) = info["ablation_parts"].values()
-    assert entry["sample"] == "corpus" and entry["pending"] == ["z", "r1"]
-    entry["sample"] = "run"  # as an attempt over the run's windows left it
-    (out / "run.json").write_text(json.dumps(info))
-    counted.update(passes=0, forwards=0, stop_at=None)
-    assert main(_cli(probe_env, out, spec)) == 0
-    assert "continuing" not in capsys.readouterr().err
-    assert counted["passes"] == 4 and counted["forwards"] == 5 * n_batches
-    pd.testing.assert_frame_equal(probe.open_run(out).df("ablations"), ref, check_exact=True)
-    _no_leftovers(out)
-
-
 def test_negative_control_nothing_is_taken_across_options_finished_sweeps_or_fresh(probe_env, tmp_path, capsys,
                                                                                   counted, whole_run):
     """The counts above can fail: other options (another key), a finished sweep and --fresh compute
