@@ -10,7 +10,9 @@ again whole with every finished ablation's rows (temporary name, then rename) an
 entry lists them; the last one's commit drops `pending` and the saved baseline, which leaves what
 an uninterrupted command writes. A rerun of the same command finds `pending`, takes the baseline
 and the finished ablations' rows (one whose resolved experts differ is computed again) and
-computes the rest; a finished part is computed again whole, as before (it replaces itself).
+computes the rest; a finished part is computed again whole, as before (it replaces itself). An
+attempt whose windows were sampled otherwise (run.json's `sample`, `Commits._same_sample`) gives
+nothing to take: its units are computed again.
 
 `Commits` is that machinery for any job whose part is made of units (`Sweep`: ablate's ablations;
 `analyses.importance.run.LayerCommits`: importance's layers).
@@ -32,6 +34,9 @@ import torch
 from probe.writer import RunError, note_result_part, part_name, read_run_json, write_result_part
 
 TABLE, PARTS = "ablations", "ablation_parts"
+# a part's `sample` (job_meta): where its windows were taken; an entry without one was written before
+# jobs given --run sampled within the run's windows, when every job sampled the corpus
+SAMPLES = {"corpus": "the whole corpus", "run": "the run's own windows"}
 
 
 def sweep_key(ablations: list, meta: dict, out: Path | None = None) -> dict:
@@ -79,6 +84,7 @@ class Commits:
         self.name = part_name(key)
         self.dir = self.out / self.TABLE / f".sweep-{self.name}"
         self.rows: dict = {}  # the committed units' rows, by unit
+        self.resampled = None  # the earlier attempt's sample, where it is not this one's (`_same_sample`)
         self.earlier = None if fresh else self._earlier()  # unit -> rows of an unfinished earlier attempt
         self.kept = 0  # units taken from it
         self._finished = False  # the part written with every unit's rows
@@ -95,7 +101,21 @@ class Commits:
         entry = self._entry()
         if entry is None or "pending" not in entry:
             return None  # none, or finished: a rerun computes it again
-        return self._committed(entry)
+        return self._committed(entry) if self._same_sample(entry) else None
+
+    def _same_sample(self, entry: dict) -> bool:
+        """Whether `entry`'s rows were measured on this attempt's windows: its sample is this one's (none
+        said: the whole corpus, the one sample then), or the two are the same windows whatever they are
+        called: the corpus read whole either way (no --max-tokens, as in a run without a cap) or read to
+        --max-tokens without --domain-tokens (inputs.sample_windows). Else `resampled` notes theirs: an
+        attempt interrupted before jobs given --run sampled within its windows, resumed after, mixed
+        units of the whole corpus with units of the run's windows in one part."""
+        theirs, ours = entry.get("sample") or "corpus", self.meta.get("sample") or "corpus"
+        options = self.meta.get("options") or {}
+        if theirs == ours or options.get("max_tokens") is None or not options.get("domain_tokens"):
+            return True
+        self.resampled = theirs
+        return False
 
     def _entry(self) -> dict | None:
         """run.json's entry of this job's part (None: none, or no run.json yet)."""
@@ -118,6 +138,7 @@ class Commits:
 
     def note_start(self) -> None:
         """Say, on rank 0, what a rerun takes from the earlier attempt (one line on stderr)."""
+        self.note_resampled(len(self.units))
         if not self.resuming or self.world.rank != 0:
             return
         n = sum(u in self.earlier for u in self.units)
@@ -125,6 +146,16 @@ class Commits:
         print(f"{self.COMMAND}: continuing an interrupted {self.WHAT}: {n} of {len(self.units)} {self.NOUN}{base} "
               f"taken from the earlier attempt ({self.out / self.TABLE}), {len(self.units) - n} to compute (--fresh "
               "computes them all)", file=sys.stderr, flush=True)
+
+    def note_resampled(self, n: int) -> None:
+        """Say, on rank 0, that the earlier attempt's `n` units are computed again, sampled otherwise."""
+        if self.resampled is None or self.world.rank != 0:
+            return
+        ours = self.meta.get("sample") or "corpus"
+        theirs = SAMPLES.get(self.resampled, repr(self.resampled))
+        print(f"{self.COMMAND}: the earlier {self.WHAT} in {self.out / self.TABLE} was sampled from {theirs}, this "
+              f"command samples from {SAMPLES.get(ours, ours)}: none of its {self.NOUN} taken, all {n} computed again",
+              file=sys.stderr, flush=True)
 
     def to_compute(self) -> int:
         """Units this attempt will compute (as far as can be told before they start)."""

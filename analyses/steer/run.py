@@ -347,21 +347,23 @@ class SteerCommits(Commits):
 
     def _earlier(self) -> dict | None:
         """An interrupted attempt's rows (`Commits`), or those an earlier command differing only in its
-        generation options wrote: its loss rows, and its continuations if of as many tokens."""
+        generation options wrote: its loss rows (of the same sample), and its continuations if of as
+        many tokens."""
         entry = self._entry()
         theirs, ours = (entry or {}).get("options") or {}, self.meta["options"]
         self.regenerating = [k for k in GENERATION_OPTIONS if entry is not None and theirs.get(k) != ours.get(k)]
         if not self.regenerating:
             return super()._earlier()
-        same_length = "max_new_tokens" not in self.regenerating
+        same, same_length = self._same_sample(entry), "max_new_tokens" not in self.regenerating
         return {u: rows for u, rows in self._committed(entry).items()
-                if u == LOSS or same_length or u not in self.units}  # other prompts': kept (__init__)
+                if u not in self.units or same and (u == LOSS or same_length)}  # other prompts': kept (__init__)
 
     def note_start(self) -> None:
         if not self.regenerating:
             return super().note_start()
+        own = [u for u in self.units if u not in self.others]
+        self.note_resampled(len(own))
         if self.world.rank == 0:
-            own = [u for u in self.units if u not in self.others]
             n, what = sum(u in self.earlier for u in own), " and ".join(GENERATION_OPTIONS[k] for k in self.regenerating)
             kept = (f"; its continuations of {len(self.others)} prompt{'s' * (len(self.others) != 1)} this command does "
                     "not give stay in it") if self.others else ""

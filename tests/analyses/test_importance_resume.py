@@ -161,3 +161,30 @@ def test_negative_control_nothing_is_taken_across_options_finished_jobs_or_fresh
     assert main(_cli(probe_env, finished)) == 0  # finished: measured again, as before
     assert counted["layers"] == 2 and counted["baseline"] == n_batches
     pd.testing.assert_frame_equal(probe.open_run(finished).df("expert_importance"), ref, check_exact=True)
+
+
+@pytest.mark.parametrize("cap, taken", [(150, False), (None, True)])
+def test_a_layer_of_the_whole_corpus_is_not_taken_into_a_run_sample(probe_env, tmp_path, capsys, counted, cap, taken):
+    """A job given --run (no --max-tokens) interrupted before such jobs sampled within the run's windows
+    measured its layers on the whole corpus (its entry says no `sample`), and resumed after, it put them
+    beside layers of the run's windows: they are measured again, one line says why. A run without a cap
+    is read whole either way: its layers are taken."""
+    from helpers.analysis_runs import corpus_order_run
+    from probe.writer import updating_run_json
+
+    rec = corpus_order_run(probe_env, tmp_path / "rec", cap)
+    cli = ["--run", str(rec), "--batch-size", "4", "--domain-tokens", "60", "--group", "3", "--no-progress"]
+    counted["stop_at"] = 1
+    assert main(cli) == 130
+    with updating_run_json(rec) as info:  # as a job before it wrote the entry
+        (entry,) = info["importance_parts"].values()
+        assert entry.pop("sample") == "run"
+    _reset(counted)
+    capsys.readouterr()
+    assert main(cli) == 0
+    err = capsys.readouterr().err
+    assert (counted["layers"], counted["baseline"] > 0) == ((1, False) if taken else (2, True))
+    said = (f"importance: the earlier measurement in {rec / 'expert_importance'} was sampled from the whole corpus, "
+            "this command samples from the run's own windows: none of its layers taken, all 2 computed again")
+    assert (said in err, "continuing an interrupted measurement: 1 of 2 layers" in err) == (not taken, taken)
+    _no_leftovers(rec)

@@ -191,3 +191,36 @@ def test_other_generation_options_alone_take_the_loss_pass_and_replace_the_part(
     gen = probe.open_run(out).df("steering").query("kind == 'generation'")
     assert sorted(gen.prompt) == sorted(["y", *corpus_prompts, "x = 1"]) and len(gen) == len(set(gen.prompt))
     assert (gen[gen.prompt != "y"].tokens <= 2).all()
+
+
+def test_loss_rows_of_another_sample_are_not_taken(probe_env, tmp_path, capsys, counted, whole_run):
+    """Other generation options take the earlier part's loss rows only if they were measured on the same
+    windows: a part sampled within a run's windows (its `sample`), taken by a command sampling the whole
+    corpus, put two samples' rows in one table. Capped at --max-tokens with --domain-tokens, the two
+    differ; without a cap both read the whole corpus."""
+    from probe.writer import updating_run_json
+
+    def sampled(out, sample):
+        with updating_run_json(out) as info:
+            (entry,) = info["steering_parts"].values()
+            entry["sample"] = sample
+
+    finished, ref, n_prompts, _ = whole_run
+    out = tmp_path / "capped"
+    assert main(_cli(probe_env, out, "--max-tokens", "400")) == 0
+    sampled(out, "run")
+    _reset(counted)
+    capsys.readouterr()
+    assert main(_cli(probe_env, out, "--max-tokens", "400", "--max-new-tokens", "2")) == 0
+    assert (counted["loss"], counted["prompts"]) == (1, n_prompts)
+    assert (f"steer: the earlier steering in {out / 'steering'} was sampled from the run's own windows, this command "
+            f"samples from the whole corpus: none of its steering passes taken, all {1 + n_prompts} computed "
+            "again") in capsys.readouterr().err
+    assert len(probe.open_run(out).files("steering")) == 1
+    out = tmp_path / "whole"
+    shutil.copytree(finished, out)
+    sampled(out, "run")
+    _reset(counted)
+    assert main(_cli(probe_env, out, "--max-new-tokens", "2")) == 0
+    assert (counted["loss"], counted["prompts"]) == (0, n_prompts)  # no --max-tokens: the same windows
+    assert "was sampled from" not in capsys.readouterr().err
