@@ -125,14 +125,17 @@ class Commits:
             return None  # no run.json yet: nothing committed
         return entry if isinstance(entry, dict) else None
 
-    def _committed(self, entry: dict) -> dict:
-        """The part's rows of the units `entry` lists as committed, by unit."""
-        part = self.out / self.TABLE / f"{self.name}.parquet"
+    def _committed(self, entry: dict, part: Path | None = None) -> dict:
+        """The rows of the units `entry` lists as committed, by unit, read from `part` (default: this
+        job's part file). A finished entry without the list (a part written whole, before parts were
+        committed unit by unit) has every unit its part holds."""
+        part = part or self.out / self.TABLE / f"{self.name}.parquet"
+        whole = self.FIELD not in entry and "pending" not in entry
         listed = set(entry.get(self.FIELD) or [])
         rows: dict = {}
-        if listed and part.exists():
+        if (listed or whole) and part.exists():
             for r in pq.read_table(part).to_pylist():
-                if self.unit_of(r) in listed:
+                if whole or self.unit_of(r) in listed:
                     rows.setdefault(self.unit_of(r), []).append(r)
         return rows
 

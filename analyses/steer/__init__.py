@@ -37,8 +37,9 @@ only the missing ones (`--fresh`: all again; run.py `SteerCommits`). A command t
 earlier one only in --prompt, --prompt-tokens or --max-new-tokens takes that part's loss pass (and
 the continuations of the prompts both give, of as many tokens), computes the rest and replaces the
 part: no loss row twice. The continuations the part held of prompts the command does not give stay
-in it, of their own length (`--fresh` keeps only the command's own). Loss rows of another sample
-(a part's `sample`: the run's windows or the whole corpus) are not taken.
+in it, of their own length (`--fresh` keeps only the command's own). A part named as before the
+generation options left the name is this part too: taken as the earlier one and replaced. Loss
+rows of another sample (a part's `sample`: the run's windows or the whole corpus) are not taken.
 
 Under torchrun the ranks form replicas of --model-parallel ranks: batch b is evaluated by replica
 b % R and the per-domain sums are added over the replicas; every replica generates the same

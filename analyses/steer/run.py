@@ -20,7 +20,7 @@ from analyses.ablate.sweep import Commits
 from probe.corpus import CorpusError
 from probe.recorders import Batch
 from probe.schema import TABLES
-from probe.writer import write_result_part
+from probe.writer import RunError, part_name, read_run_json, updating_run_json, write_result_part
 
 from .hooks import Steer, SteerError, steered
 
@@ -324,7 +324,12 @@ class SteerCommits(Commits):
     --max-new-tokens is the same (a prompt's own); the rest are computed and the part replaced. Its
     loss pass was computed again before, into a second part: every loss row twice in the table. The
     continuations it holds of prompts this command does not give stay in the part (`others`), of
-    their own length: a command of other prompts adds its own, it does not drop the earlier ones."""
+    their own length: a command of other prompts adds its own, it does not drop the earlier ones.
+
+    A part written before the generation options left its name (`legacy_parts`) is this part too:
+    without one of its own, the newest is taken as the earlier part, and the others' continuations
+    of prompts not given stay; when the part is first written they all go (`_adopt`, `_drop_legacy`).
+    Taken as a second part, every loss row was in the table twice."""
 
     TABLE, PARTS, FIELD = "steering", "steering_parts", "committed"
     NOUN, COMMAND, WHAT, KEEP_ROUTING = "steering passes", "steer", "steering", False
@@ -333,7 +338,10 @@ class SteerCommits(Commits):
                  fresh: bool = False) -> None:
         self.steering = steering
         self.regenerating: list[str] = []  # the generation options the earlier command's part differs in
-        key = steering_key([(steering.name, steering.spec(shape))], meta)
+        rows = [(steering.name, steering.spec(shape))]
+        key = steering_key(rows, meta)
+        self.legacy = legacy_parts(out, rows, part_name(key))  # this part under its old names (name -> entry)
+        self.source: Path | None = None  # the file of the earlier part's rows, if not this part's (`_entry`)
         # a prompt given twice is one unit: listed twice, its row was in the part twice
         super().__init__(out, [LOSS] + [prompt_unit(p) for p in distinct(prompts)], key, meta, args, world, fresh)
         # the earlier part's continuations of prompts this command does not give: kept, after its own
@@ -341,6 +349,10 @@ class SteerCommits(Commits):
         for u in self.others:
             self.units.append(u)
             self.rows[u] = self.earlier[u]
+        if fresh:
+            self._entry()  # nothing taken, but the legacy part's file is still the one this part replaces
+        else:
+            self._keep_legacy_others()
 
     def unit_of(self, row: dict) -> str:
         return LOSS if row["kind"] == "loss" else _unit(row["domain"], row["prompt"])
@@ -358,7 +370,43 @@ class SteerCommits(Commits):
         return {u: rows for u, rows in self._committed(entry).items()
                 if u not in self.units or same and (u == LOSS or same_length)}  # other prompts': kept (__init__)
 
+    def _entry(self) -> dict | None:
+        """This part's run.json entry, else the newest legacy part's whose file is there (`source`:
+        that file). An entry `adopted` from a legacy part whose file was not yet renamed (`_adopt`,
+        interrupted) reads that file."""
+        own, table = super()._entry(), self.out / self.TABLE
+        if own is not None:
+            old = table / f"{own.get('adopted')}.parquet"
+            self.source = old if own.get("adopted") and old.exists() else None
+            return own
+        for name, entry in self.legacy.items():
+            if (table / f"{name}.parquet").exists():
+                self.source = table / f"{name}.parquet"
+                return entry
+        return None
+
+    def _committed(self, entry: dict, part: Path | None = None) -> dict:
+        return super()._committed(entry, part or self.source)
+
+    def _keep_legacy_others(self) -> None:
+        """The continuations the legacy parts besides the one taken (`_entry`) hold of prompts this
+        command does not give: kept, as the taken part's are (`others`), since those parts go."""
+        for name, entry in self.legacy.items():
+            part = self.out / self.TABLE / f"{name}.parquet"
+            if part == self.source or not part.exists():
+                continue
+            for u, rows in self._committed(entry, part).items():
+                if u != LOSS and u not in self.units:
+                    self.others.append(u)
+                    self.units.append(u)
+                    self.rows[u] = rows[:1]
+
     def note_start(self) -> None:
+        if self.legacy and self.world.rank == 0:
+            n = len(self.legacy)
+            print(f"steer: {self.out / self.TABLE} holds this steering's part under {n} older name"
+                  f"{'s' * (n != 1)} (from before the generation options left a part's name): it is this "
+                  "command's part, replaced by the one this command writes", file=sys.stderr, flush=True)
         if not self.regenerating:
             return super().note_start()
         own = [u for u in self.units if u not in self.others]
@@ -379,8 +427,40 @@ class SteerCommits(Commits):
         return super().take(unit)
 
     def write_part(self, df, note: dict) -> None:
+        """The part written whole (`Commits`); the first time, in place of its legacy parts: the
+        table holds every row once (the legacy one or this one's) whenever the writes stop."""
+        self._adopt()
         write_result_part(self.out, self.TABLE, df, self.key, self.meta, self.PARTS,
                           {"steers": [self.steering.name]} | note, self.args)
+        self._drop_legacy()
+
+    def _adopt(self) -> None:
+        """The legacy part the earlier rows were read from (`source`) becomes this part before it is
+        written: its run.json entry moves to this part's name, noting the file (`adopted`), then the
+        file is renamed, so that the table holds its rows once until this part's replace them. A stop
+        in between leaves the entry, which the rerun reads as this part's, with the file (`_entry`)."""
+        part = self.out / self.TABLE / f"{self.name}.parquet"
+        if self.source is None or part.exists():
+            return
+        old = self.source.stem
+        if old in self.legacy:
+            with updating_run_json(self.out) as info:
+                parts = info.setdefault(self.PARTS, {})
+                parts[self.name] = parts.pop(old, self.legacy[old]) | {"adopted": old}
+        self.source.replace(part)
+        self.source = part
+
+    def _drop_legacy(self) -> None:
+        """After this part is written: the legacy parts' files deleted, then their run.json entries
+        (an entry left without its file by a stop is dropped by the next write)."""
+        if not self.legacy:
+            return
+        for name in self.legacy:
+            (self.out / self.TABLE / f"{name}.parquet").unlink(missing_ok=True)
+        with updating_run_json(self.out) as info:
+            for name in self.legacy:
+                info.get(self.PARTS, {}).pop(name, None)
+        self.legacy, self.source = {}, None
 
 
 def write_steering(out: str | Path, df, meta: dict, args=None) -> Path:
@@ -390,6 +470,35 @@ def write_steering(out: str | Path, df, meta: dict, args=None) -> Path:
     (`SteerCommits`), under the same name."""
     return write_result_part(out, "steering", df, steering_key(zip(df.steer, df.spec), meta), meta, "steering_parts",
                              {"steers": list(dict.fromkeys(df.steer))}, args)
+
+
+def legacy_parts(out: Path, rows, name: str) -> dict[str, dict]:
+    """The parts of `out`'s steering table that are part `name` (the steering `rows`) under the name
+    they had before the generation options left it (`legacy_key`): same steering, inputs and other
+    options, found by their run.json entries; name -> entry, the newest first."""
+    try:
+        parts = read_run_json(out).get("steering_parts") or {}
+    except RunError:
+        return {}  # no run yet
+    found = {}
+    for old, entry in parts.items():
+        try:
+            if old != name and part_name(legacy_key(rows, entry)) == old and \
+                    part_name(steering_key(rows, entry)) == name:
+                found[old] = entry
+        except (KeyError, TypeError, AttributeError):  # an entry of no steer command: not this part
+            continue
+    return dict(sorted(found.items(), key=lambda kv: -_time(kv[1].get("written"))))
+
+
+def _time(value) -> float:
+    return value if isinstance(value, (int, float)) else 0.0
+
+
+def legacy_key(rows, meta: dict) -> dict:
+    """What named a steering part before the generation options left its name (`steering_key` with
+    every option): a part of that name is the same part (`legacy_parts`)."""
+    return {"rows": sorted(set(rows)), **inputs_key(meta), "options": meta["options"]}
 
 
 def steering_key(rows, meta: dict) -> dict:

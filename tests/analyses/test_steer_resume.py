@@ -224,3 +224,143 @@ def test_loss_rows_of_another_sample_are_not_taken(probe_env, tmp_path, capsys, 
     assert main(_cli(probe_env, out, "--max-new-tokens", "2")) == 0
     assert (counted["loss"], counted["prompts"]) == (0, n_prompts)  # no --max-tokens: the same windows
     assert "was sampled from" not in capsys.readouterr().err
+
+# ---------------------------------------------------------------------- parts written by older versions
+def _old_name(entry: dict) -> str:
+    """The name a steering part had before the generation options left it (f885557): every option in
+    its key. Written out here, not taken from the module, as the older versions named it."""
+    from analyses.ablate.inputs import inputs_key
+    from probe.writer import part_name
+
+    rows = sorted({(s, spec) for s, spec in zip(entry["steers"], entry["specs"])})
+    return part_name({"rows": rows, **inputs_key(entry), "options": entry["options"]})
+
+
+def _legacy(finished, out, whole=False):
+    """`finished` copied to `out` with its steering part as an older version wrote it: under its old
+    name and without a `sample` (written before jobs sampled within a run's windows); `whole`: nor a
+    `committed` list (written whole, before passes were committed one by one). Returns the old name."""
+    from probe.writer import updating_run_json
+
+    shutil.copytree(finished, out)
+    table = probe.open_run(out).df("steering")
+    with updating_run_json(out) as info:
+        ((name, entry),) = info["steering_parts"].items()
+        entry.pop("sample")
+        if whole:
+            entry.pop("committed")
+        old = _old_name(entry | {"specs": list(dict.fromkeys(table.spec))})
+        info["steering_parts"] = {old: entry}
+    (out / "steering" / f"{name}.parquet").rename(out / "steering" / f"{old}.parquet")
+    return old
+
+
+def _one_part(out, ref):
+    """The table holds one part, named as now, and every loss row once (as `ref`'s)."""
+    run = probe.open_run(out)
+    df = run.df("steering")
+    assert len(run.files("steering")) == 1 and list(run.info["steering_parts"]) == [run.files("steering")[0].stem]
+    pd.testing.assert_frame_equal(df[df.kind == "loss"], ref[ref.kind == "loss"], check_exact=True)
+    return df
+
+
+def test_a_part_under_its_old_name_is_taken_and_replaced(probe_env, tmp_path, capsys, counted, whole_run):
+    """A part written before the generation options left its name: the same command again (the report's
+    steering section, say) wrote a second part beside it, every loss row twice in the table. It is this
+    command's earlier part now: taken as such, and replaced."""
+    finished, ref, n_prompts, n_forward = whole_run
+    out = tmp_path / "same"
+    old = _legacy(finished, out)
+    assert main(_cli(probe_env, out)) == 0
+    pd.testing.assert_frame_equal(_one_part(out, ref), ref, check_exact=True)
+    assert old not in probe.open_run(out).info["steering_parts"]
+    assert (counted["loss"], counted["prompts"]) == (1, n_prompts)  # finished: computed again, as its own part is
+    assert (f"steer: {out / 'steering'} holds this steering's part under 1 older name (from before the generation "
+            "options left a part's name): it is this command's part, replaced by the one this command writes"
+            ) in capsys.readouterr().err
+    # other generation options: its loss pass taken, from a part written whole too
+    out = tmp_path / "other"
+    _legacy(finished, out, whole=True)
+    _reset(counted)
+    assert main(_cli(probe_env, out, "--max-new-tokens", "2")) == 0
+    assert "holds this steering's part, of other --max-new-tokens: 1 of" in capsys.readouterr().err
+    assert (counted["loss"], counted["forward"], counted["prompts"]) == (0, 0, n_prompts)
+    assert (_one_part(out, ref).query("kind == 'generation'").tokens <= 2).all()
+
+
+def test_a_stop_while_a_legacy_part_is_replaced_leaves_every_row_once(probe_env, tmp_path, capsys, counted,
+                                                                     monkeypatch, whole_run):
+    """The legacy part's entry moves to the new name, then its file, and then the new part is written
+    over it: a stop before that write leaves its rows once, under the new name or the old, which the
+    rerun takes, and one after it leaves the new part alone."""
+    finished, ref, n_prompts, _ = whole_run
+    real = run_module.write_result_part
+    # a stop just after the new part's first write: the legacy part is gone already (written first and the
+    # legacy part deleted after, the stop left its loss rows twice)
+    after = tmp_path / "after"
+    _legacy(finished, after)
+
+    def written_then_stop(*a, **k):
+        real(*a, **k)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module, "write_result_part", written_then_stop)
+    assert main(_cli(probe_env, after, "--max-new-tokens", "2")) == 130
+    assert len(_one_part(after, ref).query("kind == 'generation'")) == 1
+
+    out = tmp_path / "cut"
+    old = _legacy(finished, out)
+
+    def stop(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module, "write_result_part", stop)  # after the file's rename
+    assert main(_cli(probe_env, out, "--max-new-tokens", "2")) == 130
+    run = probe.open_run(out)
+    ((name, entry),) = run.info["steering_parts"].items()
+    assert entry["adopted"] == old and [f.stem for f in run.files("steering")] == [name]
+    pd.testing.assert_frame_equal(run.df("steering"), ref, check_exact=True)  # the old part's rows, once
+    # a stop between the entry's move and the file's: the entry names the file still under its old name
+    (out / "steering" / f"{name}.parquet").rename(out / "steering" / f"{old}.parquet")
+    pd.testing.assert_frame_equal(probe.open_run(out).df("steering"), ref, check_exact=True)
+    monkeypatch.setattr(run_module, "write_result_part", real)
+    _reset(counted)
+    assert main(_cli(probe_env, out, "--max-new-tokens", "2")) == 0
+    assert (counted["loss"], counted["prompts"]) == (0, n_prompts)  # its loss pass taken
+    _one_part(out, ref)
+    assert "adopted" not in probe.open_run(out).info["steering_parts"][name]
+
+
+def test_several_legacy_parts_go_and_keep_their_other_continuations(probe_env, tmp_path, capsys, counted, whole_run):
+    """Commands differing only in their prompts each wrote a legacy part, each with the loss rows: they all
+    go, and the continuations they hold of prompts this command does not give stay."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from probe.schema import TABLES
+    from probe.writer import updating_run_json
+
+    finished, ref, n_prompts, _ = whole_run
+    out = tmp_path / "two"
+    _legacy(finished, out)
+    table = probe.open_run(out).df("steering")  # a second legacy part: prompt "y", its loss rows too
+    y = pd.concat([table[table.kind == "loss"],
+                   table[table.kind == "generation"].iloc[:1].assign(prompt="y", domain=None, steered_text="Y")])
+    with updating_run_json(out) as info:
+        (entry,) = info["steering_parts"].values()
+        second = json.loads(json.dumps(entry))
+        second["options"]["prompts"] = ["y"]
+        second |= {"committed": ["loss", '[null, "y"]'], "written": entry["written"] - 1}  # the older
+        name = _old_name(second | {"specs": list(dict.fromkeys(table.spec))})
+        info["steering_parts"][name] = second
+    pq.write_table(pa.Table.from_pandas(y, schema=TABLES["steering"], preserve_index=False),
+                   out / "steering" / f"{name}.parquet")
+    assert (probe.open_run(out).df("steering").kind == "loss").sum() == 2 * (ref.kind == "loss").sum()
+    assert main(_cli(probe_env, out)) == 0
+    df = _one_part(out, ref)
+    assert df[df.kind == "generation"].prompt.tolist() == [*ref[ref.kind == "generation"].prompt, "y"]
+    assert df[df.prompt == "y"].steered_text.tolist() == ["Y"]
+    assert "under 2 older names" in capsys.readouterr().err
+
