@@ -24,7 +24,7 @@ repeating a command replaces its own part), written under a temporary name and r
 Each ablation is committed as it finishes (the part written again with it): Ctrl-C keeps the
 finished ones, and running the same command again takes them (and the baseline pass) and
 computes only the rest; `--fresh` computes them all again (sweep.py). An attempt that sampled other
-windows (its part's `sample`: the run's own or the whole corpus) gives nothing: all computed again.
+windows (its part's `windows_digest`, and its `sample`: the run's own or the whole corpus) gives nothing: all computed again.
 
 Spec file (YAML or JSON; keys as `analyses.ablate.Ablation`):
 

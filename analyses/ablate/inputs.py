@@ -5,9 +5,12 @@ about its inputs (`job_meta`, `inputs_key`)."""
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from analyses.metrics._common import counted
 from probe.corpus import CorpusError, corpus_windows, fingerprint
@@ -177,10 +180,24 @@ def start_job(opts: AblateOptions, ckpt: Path, args, windows: list, **derived):
     return world, batches, load_model(ckpt, world, dtype=opts.dtype, gemm=opts.gemm)
 
 
-def job_meta(ckpt: Path, corpus: Path, opts: AblateOptions, **options) -> dict:
+def windows_digest(windows) -> str:
+    """A digest of the windows a job evaluates (each one's document, domain, start and token ids), which
+    its part's run.json entry keeps (`windows_digest`, outside the part's key): an interrupted attempt is
+    continued only over the same windows (`analyses.ablate.sweep.Commits._same_sample`)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for w in windows:
+        h.update(json.dumps([w.doc_id, w.domain, int(w.doc_start), len(w.ids)]).encode())
+        h.update(np.ascontiguousarray(w.ids, dtype=np.int64).tobytes())
+    return h.hexdigest()[:16]
+
+
+def job_meta(ckpt: Path, corpus: Path, opts: AblateOptions, windows=None, **options) -> dict:
     """What a result part records about its inputs: checkpoint, corpus and tokenizer (path,
-    fingerprint), the options that decide the numbers (plus `options`) and where the sample was taken
-    (`sample`: "run", within the run's own windows, or "corpus", `sample_windows`)."""
+    fingerprint), the options that decide the numbers (plus `options`), where the sample was taken
+    (`sample`: "run", within the run's own windows, or "corpus", `sample_windows`) and, given the
+    `windows`, their digest (`windows_digest`)."""
     from probe.ckpt_identity import checkpoint_identity
 
     tok = Path(getattr(opts, "tokenizer", None) or ckpt / "tokenizer.json")
@@ -192,7 +209,8 @@ def job_meta(ckpt: Path, corpus: Path, opts: AblateOptions, **options) -> dict:
                         "batch_size": opts.batch_size, "add_bos": opts.add_bos, "order": opts.order,
                         "dtype": opts.dtype or "float32", "gemm": opts.gemm} | options,
             # not an option: not in a part's key, so the command run again replaces the part it wrote before
-            "sample": "run" if opts.within_run else "corpus"}
+            "sample": "run" if opts.within_run else "corpus"} | (
+        {"windows_digest": windows_digest(windows)} if windows is not None else {})
 
 
 def inputs_key(meta: dict) -> dict:

@@ -250,7 +250,7 @@ def ablate(opts: AblateOptions, ablations: list[Ablation]):
                                 f"are {domains}")
     what = "the ablations (--top, --random, --experts, --spec...)"
     world, batches, m = start_job(opts, ckpt, args, windows, **{what: [repr(a) for a in ablations]})
-    meta = job_meta(ckpt, corpus, opts) | {"loads": source, "world": world.describe()}
+    meta = job_meta(ckpt, corpus, opts, windows) | {"loads": source, "world": world.describe()}
     if partial is not None:  # the part's entry in run.json says that --top ranked by an unfinished run's loads
         meta["loads_partial"] = partial
     sweep = Sweep(out, ablations, meta, args, world, fresh=opts.fresh)

@@ -104,18 +104,23 @@ class Commits:
         return self._committed(entry) if self._same_sample(entry) else None
 
     def _same_sample(self, entry: dict) -> bool:
-        """Whether `entry`'s rows were measured on this attempt's windows: its sample is this one's (none
-        said: the whole corpus, the one sample then), or the two are the same windows whatever they are
-        called: the corpus read whole either way (no --max-tokens, as in a run without a cap) or read to
-        --max-tokens without --domain-tokens (inputs.sample_windows). Else `resampled` notes theirs: an
-        attempt interrupted before jobs given --run sampled within its windows, resumed after, mixed
+        """Whether `entry`'s rows were measured on this attempt's windows: where both entries keep their
+        windows' digest (`inputs.windows_digest`), the two digests are equal (the report's sweep samples
+        within the run under the key its corpus sample had: a label alone could not tell); else (an
+        entry from before the digest) its sample is this one's (none said: the whole corpus, the one
+        sample then), or the two are the same windows whatever they are called: the corpus read whole
+        either way (no --max-tokens, as in a run without a cap; a capped read within the run may stop
+        short of the caller's cap, inputs.sample_windows). Else `resampled` notes theirs:
+        an attempt interrupted before jobs given --run sampled within its windows, resumed after, mixed
         units of the whole corpus with units of the run's windows in one part."""
         theirs, ours = entry.get("sample") or "corpus", self.meta.get("sample") or "corpus"
-        options = self.meta.get("options") or {}
-        if theirs == ours or options.get("max_tokens") is None or not options.get("domain_tokens"):
-            return True
-        self.resampled = theirs
-        return False
+        if entry.get("windows_digest") is not None and self.meta.get("windows_digest") is not None:
+            same = entry["windows_digest"] == self.meta["windows_digest"]
+        else:  # the same label, or the corpus read whole either way (no cap of the run's or the caller's)
+            same = theirs == ours or (self.meta.get("options") or {}).get("max_tokens") is None
+        if not same:
+            self.resampled = theirs if theirs != ours else "other windows"
+        return same
 
     def _entry(self) -> dict | None:
         """run.json's entry of this job's part (None: none, or no run.json yet)."""
@@ -155,10 +160,11 @@ class Commits:
         if self.resampled is None or self.world.rank != 0:
             return
         ours = self.meta.get("sample") or "corpus"
-        theirs = SAMPLES.get(self.resampled, repr(self.resampled))
-        print(f"{self.COMMAND}: the earlier {self.WHAT} in {self.out / self.TABLE} was sampled from {theirs}, this "
-              f"command samples from {SAMPLES.get(ours, ours)}: none of its {self.NOUN} taken, all {n} computed again",
-              file=sys.stderr, flush=True)
+        was = (f"was sampled from {SAMPLES.get(self.resampled, self.resampled)}, this command samples from "
+               f"{SAMPLES.get(ours, ours)}" if self.resampled in SAMPLES else
+               "evaluated other windows than this command's (the run or its corpus changed since?)")
+        print(f"{self.COMMAND}: the earlier {self.WHAT} in {self.out / self.TABLE} {was}: none of its {self.NOUN} "
+              f"taken, all {n} computed again", file=sys.stderr, flush=True)
 
     def to_compute(self) -> int:
         """Units this attempt will compute (as far as can be told before they start)."""

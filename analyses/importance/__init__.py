@@ -38,7 +38,7 @@ Interrupted: each layer is committed as it finishes (the part rewritten whole; r
 continues (one line says what it took) and measures only the missing layers, with the table an
 uninterrupted run writes, bit for bit. `--fresh` measures everything again; another command (other
 layers, experts, options or inputs) takes nothing (run.py, `LayerCommits`), nor does an attempt that
-sampled other windows (its part's `sample`: the run's own or the whole corpus).
+sampled other windows (its part's `windows_digest`, and its `sample`: the run's own or the whole corpus).
 
 Under torchrun the ranks form replicas of --model-parallel ranks (probe/job.py): global batch b is
 evaluated by replica b % R and the per-domain sums are added over the replicas; rank 0 writes.

@@ -289,7 +289,7 @@ def importance(opts: ImportanceOptions):
     opts, ckpt, corpus, out, args, layers, experts = _prepare(opts)
     windows, domains = _sample(opts, ckpt, corpus, args)
     world, batches, m = start_job(opts, ckpt, args, windows)
-    meta = job_meta(ckpt, corpus, opts) | {"layers": layers, "experts": experts, "group": opts.group,
+    meta = job_meta(ckpt, corpus, opts, windows) | {"layers": layers, "experts": experts, "group": opts.group,
                                            "world": world.describe()}
     commits = LayerCommits(out, layers, meta, args, world, fresh=opts.fresh)
     commits.note_start()

@@ -39,7 +39,7 @@ the continuations of the prompts both give, of as many tokens), computes the res
 part: no loss row twice. The continuations the part held of prompts the command does not give stay
 in it, of their own length (`--fresh` keeps only the command's own). A part named as before the
 generation options left the name is this part too: taken as the earlier one and replaced. Loss
-rows of another sample (a part's `sample`: the run's windows or the whole corpus) are not taken.
+rows of another sample (a part's `windows_digest`, and its `sample`: the run's windows or the whole corpus) are not taken.
 
 Under torchrun the ranks form replicas of --model-parallel ranks: batch b is evaluated by replica
 b % R and the per-domain sums are added over the replicas; every replica generates the same

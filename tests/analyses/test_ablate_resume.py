@@ -136,24 +136,27 @@ def test_negative_control_nothing_is_taken_across_options_finished_sweeps_or_fre
     pd.testing.assert_frame_equal(probe.open_run(finished).df("ablations"), ref, check_exact=True)
 
 
-def _sample(out, sample):
+def _sample(out, sample, digest=None):
     """Set the unfinished part's `sample` in run.json (None: none, as written before jobs sampled within a
-    run's windows)."""
+    run's windows) and its windows' digest (None: none, as written before the digest)."""
     from probe.writer import updating_run_json
 
     with updating_run_json(out) as info:
         (entry,) = info["ablation_parts"].values()
         entry.pop("sample")
+        entry.pop("windows_digest")
         if sample is not None:
             entry["sample"] = sample
+        if digest is not None:
+            entry["windows_digest"] = digest
 
 
-@pytest.mark.parametrize("sample, options, taken", [
-    ("run", ("--domain-tokens", "150"), False),  # other windows: none taken
-    (None, ("--domain-tokens", "150"), True),  # none said: the whole corpus, as this command's
-    ("run", (), True)])  # no --domain-tokens: the corpus up to --max-tokens either way
-def test_an_attempt_sampled_otherwise_is_computed_again(probe_env, tmp_path, capsys, counted, whole, sample, options,
-                                                        taken):
+@pytest.mark.parametrize("sample, digest, options, taken", [
+    ("run", None, ("--domain-tokens", "150"), False),  # another sample, capped: none taken
+    (None, None, ("--domain-tokens", "150"), True),  # none said: the whole corpus, as this command's
+    ("corpus", "0" * 16, (), False)])  # the same label over other windows (the digest tells): none taken
+def test_an_attempt_sampled_otherwise_is_computed_again(probe_env, tmp_path, capsys, counted, whole, sample, digest,
+                                                        options, taken):
     """An attempt interrupted before jobs given --run sampled within the run's windows, and resumed after,
     put ablations of the whole corpus and of the run's windows in one part: an attempt of another sample
     gives nothing, and says so, unless the two are the same windows."""
@@ -162,15 +165,17 @@ def test_an_attempt_sampled_otherwise_is_computed_again(probe_env, tmp_path, cap
     counted["stop_at"] = 2
     assert main(_cli(probe_env, out, spec, *options)) == 130
     n_batches = counted["forwards"] // 3  # the baseline and two ablations
-    _sample(out, sample)
+    _sample(out, sample, digest)
     counted.update(passes=0, forwards=0, stop_at=None)
     capsys.readouterr()
     assert main(_cli(probe_env, out, spec, *options)) == 0
     err = capsys.readouterr().err
     assert counted["passes"] == (2 if taken else 4)
     assert counted["forwards"] == (2 if taken else 5) * n_batches  # the baseline taken, or computed again
-    said = (f"ablate: the earlier sweep in {out / 'ablations'} was sampled from the run's own windows, this command "
-            "samples from the whole corpus: none of its ablations taken, all 4 computed again")
+    said = (f"ablate: the earlier sweep in {out / 'ablations'} "
+            + ("evaluated other windows than this command's (the run or its corpus changed since?)" if digest else
+               "was sampled from the run's own windows, this command samples from the whole corpus")
+            + ": none of its ablations taken, all 4 computed again")
     assert (said in err, "continuing an interrupted sweep: 2 of 4" in err) == (not taken, taken)
     assert len(probe.open_run(out).files("ablations")) == 1
     _no_leftovers(out)

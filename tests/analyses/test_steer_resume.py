@@ -200,10 +200,11 @@ def test_loss_rows_of_another_sample_are_not_taken(probe_env, tmp_path, capsys, 
     differ; without a cap both read the whole corpus."""
     from probe.writer import updating_run_json
 
-    def sampled(out, sample):
+    def sampled(out, sample):  # as an entry from before the windows' digest
         with updating_run_json(out) as info:
             (entry,) = info["steering_parts"].values()
             entry["sample"] = sample
+            entry.pop("windows_digest")
 
     finished, ref, n_prompts, _ = whole_run
     out = tmp_path / "capped"
