@@ -324,7 +324,8 @@ class SteerCommits(Commits):
     --max-new-tokens is the same (a prompt's own); the rest are computed and the part replaced. Its
     loss pass was computed again before, into a second part: every loss row twice in the table. The
     continuations it holds of prompts this command does not give stay in the part (`others`), of
-    their own length: a command of other prompts adds its own, it does not drop the earlier ones.
+    their own length: a command of other prompts adds its own, it does not drop the earlier ones (nor
+    does the same command run again over its finished part; `--fresh` keeps only its own).
 
     A part written before the generation options left its name (`legacy_parts`) is this part too:
     without one of its own, the newest is taken as the earlier part, and the others' continuations
@@ -344,11 +345,13 @@ class SteerCommits(Commits):
         self.source: Path | None = None  # the file of the earlier part's rows, if not this part's (`_entry`)
         # a prompt given twice is one unit: listed twice, its row was in the part twice
         super().__init__(out, [LOSS] + [prompt_unit(p) for p in distinct(prompts)], key, meta, args, world, fresh)
-        # the earlier part's continuations of prompts this command does not give: kept, after its own
-        self.others = [u for u in (self.earlier or {}) if u != LOSS and u not in self.units] if self.regenerating else []
+        # the earlier part's continuations of prompts this command does not give: kept, after its own; a
+        # finished part's too (the same command run again computes its own passes and dropped them)
+        kept = {} if fresh else self.earlier if self.earlier is not None else self._finished_rows()
+        self.others = [u for u in kept if u != LOSS and u not in self.units]
+        self.rows.update({u: kept[u] for u in self.others})
         for u in self.others:
             self.units.append(u)
-            self.rows[u] = self.earlier[u]
         if fresh:
             self._entry()  # nothing taken, but the legacy part's file is still the one this part replaces
         else:
@@ -387,6 +390,11 @@ class SteerCommits(Commits):
 
     def _committed(self, entry: dict, part: Path | None = None) -> dict:
         return super()._committed(entry, part or self.source)
+
+    def _finished_rows(self) -> dict:
+        """The rows of this part as a finished command left them (`_entry`: or a legacy one's), by unit."""
+        entry = self._entry()
+        return self._committed(entry) if entry is not None else {}
 
     def _keep_legacy_others(self) -> None:
         """The continuations the legacy parts besides the one taken (`_entry`) hold of prompts this

@@ -191,6 +191,15 @@ def test_other_generation_options_alone_take_the_loss_pass_and_replace_the_part(
     gen = probe.open_run(out).df("steering").query("kind == 'generation'")
     assert sorted(gen.prompt) == sorted(["y", *corpus_prompts, "x = 1"]) and len(gen) == len(set(gen.prompt))
     assert (gen[gen.prompt != "y"].tokens <= 2).all()
+    # the same command again (a finished part, computed again whole): the other prompts' still stay
+    _reset(counted)
+    assert main(_cli(probe_env, out, "--prompt", "y")) == 0
+    assert (counted["loss"], counted["prompts"]) == (1, 1)
+    again = probe.open_run(out).df("steering").query("kind == 'generation'")
+    assert sorted(again.prompt) == sorted(gen.prompt) and len(probe.open_run(out).files("steering")) == 1
+    # --fresh: only the command's own
+    assert main(_cli(probe_env, out, "--prompt", "y", "--fresh")) == 0
+    assert probe.open_run(out).df("steering").query("kind == 'generation'").prompt.tolist() == ["y"]
 
 
 def test_loss_rows_of_another_sample_are_not_taken(probe_env, tmp_path, capsys, counted, whole_run):
