@@ -363,15 +363,17 @@ class SteerCommits(Commits):
     def _earlier(self) -> dict | None:
         """An interrupted attempt's rows (`Commits`), or those an earlier command differing only in its
         generation options wrote: its loss rows (of the same sample), and its continuations if of as
-        many tokens."""
+        many tokens: of its own prompts only (its `prompts`), since those it kept of earlier commands'
+        (`others`) are of their own length, not of its --max-new-tokens (they were taken as of it)."""
         entry = self._entry()
         theirs, ours = (entry or {}).get("options") or {}, self.meta["options"]
         self.regenerating = [k for k in GENERATION_OPTIONS if entry is not None and theirs.get(k) != ours.get(k)]
         if not self.regenerating:
             return super()._earlier()
-        same, same_length = self._same_sample(entry), "max_new_tokens" not in self.regenerating
-        return {u: rows for u, rows in self._committed(entry).items()
-                if u not in self.units or same and (u == LOSS or same_length)}  # other prompts': kept (__init__)
+        same, own = self._same_sample(entry), set(theirs.get("prompts") or [])
+        same_length = "max_new_tokens" not in self.regenerating
+        return {u: rows for u, rows in self._committed(entry).items()  # other prompts': kept (__init__)
+                if u not in self.units or same and (u == LOSS or same_length and json.loads(u)[1] in own)}
 
     def _entry(self) -> dict | None:
         """This part's run.json entry, else the newest legacy part's whose file is there (`source`:

@@ -374,3 +374,26 @@ def test_several_legacy_parts_go_and_keep_their_other_continuations(probe_env, t
     assert df[df.prompt == "y"].steered_text.tolist() == ["Y"]
     assert "under 2 older names" in capsys.readouterr().err
 
+
+
+def test_a_kept_continuation_of_another_length_is_not_taken_as_this_length(probe_env, tmp_path, capsys, counted,
+                                                                           whole_run):
+    """The continuations a part keeps of prompts its last command did not give are of their own length,
+    not of the entry's --max-new-tokens: a later command of that length giving those prompts computes them
+    again (they were taken, a 3-token continuation reported as one of --max-new-tokens 2)."""
+    finished, ref, n_prompts, _ = whole_run
+    out = tmp_path / "copy"
+    shutil.copytree(finished, out)
+    assert ref[ref.kind == "generation"].tokens.max() > 2
+    assert main(_cli(probe_env, out, "--max-new-tokens", "2", "--prompt", "y")) == 0  # the corpus prompts' stay
+    _reset(counted)
+    assert main(_cli(probe_env, out, "--max-new-tokens", "2")) == 0  # the corpus prompts, of 2 tokens
+    assert (counted["loss"], counted["prompts"]) == (0, n_prompts)
+    gen = probe.open_run(out).df("steering").query("kind == 'generation'")
+    assert sorted(gen.prompt) == sorted([*ref[ref.kind == "generation"].prompt, "y"]) and (gen.tokens <= 2).all()
+    _reset(counted)  # the last command's own continuations, of its length, are still taken
+    assert main(_cli(probe_env, out, "--max-new-tokens", "2", "--prompt", "y")) == 0
+    assert (counted["loss"], counted["prompts"]) == (0, 1)  # y: kept of a length the entry does not say
+    _reset(counted)
+    assert main(_cli(probe_env, out, "--max-new-tokens", "2", "--prompt", "y", "--prompt", "z")) == 0
+    assert (counted["loss"], counted["prompts"]) == (0, 1)  # z alone
