@@ -222,9 +222,13 @@ def steer(opts: SteerOptions, steering: Steer, token_filter: str | None = None):
     windows, domains = sample_windows(opts, corpus, tok, args)
     for d in steering.domains or []:
         if d not in domains:
-            more = (f"they are the run's own windows, up to its --max-tokens {opts.run_max_tokens:,}; pass "
-                    "--max-tokens to sample every domain of the corpus" if opts.within_run and opts.run_max_tokens else
-                    "a larger --max-tokens samples more of the corpus")
+            if opts.within_run and opts.run_max_tokens:
+                more = (f"they are the run's own windows, up to its --max-tokens {opts.run_max_tokens:,}; pass "
+                        "--max-tokens to sample every domain of the corpus")
+            elif opts.max_tokens:
+                more = "a larger --max-tokens samples more of the corpus"
+            else:  # the whole corpus was read
+                more = f"the corpus {corpus} has no documents of it"
             raise SteerError(f"--steer-domain {d!r}: no such domain in the windows sampled (domains there: "
                              f"{', '.join(domains)}); {more}")
     decode = lambda ids: tok.decode(list(ids), skip_special_tokens=True)  # noqa: E731

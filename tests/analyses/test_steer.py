@@ -282,7 +282,12 @@ def test_cli_end_to_end_writes_the_steering_table(probe_env, tmp_path, capsys):
     (["--experts", "0:1"], "--experts 0:1: layer 0 is dense"),
     (["--experts", "1:0+1+2+3+4"], "--experts 1:0+1+2+3+4: layer 1: 5 experts forced"),
     (["--experts", "1-2"], "expected layer:expert"),
-    (["--experts", "1:2", "--steer-domain", "poetry"], "--steer-domain 'poetry': no such domain in the windows sampled"),
+    # the whole corpus read (no --max-tokens): no cap to raise (it said "a larger --max-tokens samples more")
+    (["--experts", "1:2", "--steer-domain", "poetry"], "--steer-domain 'poetry': no such domain in the windows sampled "
+                                                       "(domains there: code, prose); the corpus "),
+    (["--experts", "1:2", "--steer-domain", "poetry", "--max-tokens", "100"],
+     "--steer-domain 'poetry': no such domain in the windows sampled (domains there: code, prose); a larger "
+     "--max-tokens samples more of the corpus"),
     (["--experts", "1:2", "--steer-tokens", "zzqxv"], "--steer-tokens 'zzqxv': not a single token"),
     # a digit to str.isdigit that int() refuses: was "invalid literal for int()" (a review)
     (["--experts", "1:2", "--steer-tokens", "\u00b2"], "--steer-tokens '\u00b2': not a single token"),
