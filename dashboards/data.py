@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 import streamlit as st
 
 from dashboards.runs import RunRef, _discover, discover, run_kind, signature  # noqa: F401 - the views' data.X
-from probe.run import create_views, table_files as run_table_files
+from probe.run import create_views, lost_tables, lost_why, table_files as run_table_files
 from probe.schema import layer_label as schema_layer_label
 
 # Per-token views (co-activation, top tokens, Sankey) read at most this many tokens per layer: the
@@ -102,7 +102,10 @@ def _database() -> duckdb.DuckDBPyConnection:
 def _cursor(ref: RunRef, tables: tuple[str, ...]):
     """A cursor of the process's database with a temporary view per table, closed when the block
     ends. A table without files raises MissingTable; an unreadable file, while the views are made or
-    in the block's query, a DataError that names the tables."""
+    in the block's query, a DataError that names the tables; so does a complete run's table that has
+    lost some of its committed parts (a rank's output: the others' rows alone read as a smaller run)."""
+    if lost := partly_lost(ref, tables):
+        raise DataError(f"run {ref.name!r}: cannot read `{lost[0]}` ({lost_why(ref.path, lost[0], ref.info)})")
     con = _database().cursor()
     try:
         missing = create_views(con, ref.path, tables, temp=True)
@@ -114,6 +117,13 @@ def _cursor(ref: RunRef, tables: tuple[str, ...]):
         raise DataError(f"run {ref.name!r}: cannot read {', '.join(f'`{t}`' for t in tables)} ({msg})") from None
     finally:
         con.close()
+
+
+def partly_lost(ref: RunRef, tables: tuple[str, ...]) -> list[str]:
+    """Those of `tables` that have part files and have lost others the record committed (a complete
+    run's; `cached` calls its function with a RunRef of status '', run.json's then)."""
+    lost = lost_tables(ref.path, ref.info | {"status": ref.status or ref.info.get("status")})
+    return [t for t in tables if t in lost and table_files(ref, t)]
 
 
 def query(ref: RunRef, sql: str, tables: tuple[str, ...], params: list | None = None) -> pd.DataFrame:

@@ -34,37 +34,73 @@ def table_files(path: str | Path, table: str) -> list[Path]:
 
 
 def lost_tables(path: str | Path, info: dict) -> list[str]:
-    """Tables a complete run's run.json lists that have no part file although the run wrote some: the
-    table's folder is gone, or the record job's progress (`_progress/`) names parts committed to it. A
-    folder without parts is a table that got no rows (mtp, from windows too short for its target); a
-    running or interrupted run may not have written a table yet. Such a table read as empty, silently."""
+    """Tables a complete run's run.json lists that have lost part files the run wrote: the table's
+    folder is gone, the record job's progress (`_progress/`) names parts committed to it that are gone,
+    or a writer's progress file is gone with every part it wrote (a rank's output that another node kept,
+    or deleted). A folder without parts is a table that got no rows (mtp, from windows too short for
+    its target); a running or interrupted run may not have written a table yet. Such a table read as
+    empty, or as the other ranks' rows alone, silently."""
     if info.get("status") != "complete":
         return []
-    listed = [t for t in info.get("tables") or [] if t in TABLES and not table_files(path, t)]
-    if not listed:
-        return []
-    committed = _committed_tables(Path(path))
-    return [t for t in listed if not (Path(path) / t).is_dir() or t in committed]
+    listed = [t for t in info.get("tables") or [] if t in TABLES]
+    gone = _lost_parts(Path(path), info)
+    return [t for t in listed if t in gone or not (Path(path) / t).is_dir()]
 
 
-def _committed_tables(path: Path) -> set[str]:
-    """Tables that the record job's progress files name committed parts of (unreadable ones: none)."""
-    tables = set()
-    for p in sorted((path / PROGRESS).glob("r*.json")):
+def _writers(info: dict) -> list[int]:
+    """The ranks that wrote the record's per-rank tables, the first of each replica, that had a batch
+    (replica r takes batches r, r+R, ...; each writes its progress file, batches or not)."""
+    world = info.get("world") or {}
+    size, mp = world.get("size") or 1, world.get("model_parallel") or 1
+    batches = (info.get("planned") or {}).get("batches")
+    return [r * mp for r in range(size // mp) if batches is None or r < batches]
+
+
+def _lost_parts(path: Path, info: dict) -> dict[str, list[str]]:
+    """{table: its part files that the progress files name committed and are gone, or rank R's parts
+    where R's progress file is gone too}. No progress files (not a record run): {}."""
+    progress = {int(p.stem[1:]): p for p in sorted((path / PROGRESS).glob("r*.json")) if p.stem[1:].isdigit()}
+    if not progress:
+        return {}
+    lost: dict[str, list[str]] = {}
+    named: set[str] = set()
+    for rank, p in progress.items():
         try:
             parts = json.loads(p.read_text()).get("parts") or {}
-            tables |= {t for t, files in parts.items() if files}
-        except (OSError, ValueError, AttributeError):
+            for t, files in parts.items():
+                named |= {t} if files else set()
+                lost.setdefault(t, []).extend(f for f in files if not (path / t / f).is_file())
+        except (OSError, ValueError, AttributeError):  # unreadable: --resume says so; nothing known here
             continue
-    return tables
+    for rank in (r for r in _writers(info) if r not in progress):
+        for t in named:
+            if not list((path / t).glob(f"r{rank:03d}-b*.parquet")):
+                lost.setdefault(t, []).append(f"all of rank {rank}'s, and its {PROGRESS}/r{rank:03d}.json")
+    return {t: files for t, files in lost.items() if files}
 
 
 LOST = "listed in run.json but has no part files: deleted? (the run is complete; record it again)"
 
 
-def lost_message(path: str | Path, table: str) -> str:
-    """The one line naming the run and the table: RUN/TABLE: listed in run.json but ..."""
-    return f"{Path(path) / table}: {LOST}"
+def missing_parts(path: str | Path, table: str, info: dict | None = None) -> str:
+    """The part files of `table` that a complete run committed and has lost, in a few words (the
+    first three named)."""
+    gone = _lost_parts(Path(path), read_run_json(Path(path)) if info is None else info).get(table) or ["?"]
+    return ", ".join(gone[:3]) + (f" and {len(gone) - 3} more" if len(gone) > 3 else "")
+
+
+def lost_why(path: str | Path, table: str, info: dict | None = None) -> str:
+    """Why a lost table (`lost_tables`) cannot be read: no part files, or which of them are gone."""
+    if not table_files(path, table):
+        return LOST
+    return (f"committed part files missing ({missing_parts(path, table, info)}): deleted, or left on another "
+            "node? (the run is complete; record it again, or copy them back)")
+
+
+def lost_message(path: str | Path, table: str, info: dict | None = None) -> str:
+    """The one line naming the run and the table: RUN/TABLE: listed in run.json but ..., or RUN/TABLE:
+    committed part files missing (...)."""
+    return f"{Path(path) / table}: {lost_why(path, table, info)}"
 
 
 def one_window_cap(info: dict) -> str | None:
@@ -175,20 +211,22 @@ class Run:
 
     @property
     def tables(self) -> list[str]:
-        """Tables that have at least one committed part file (see `lost_tables` for those a complete
-        run lists without any)."""
-        return [t for t in TABLES if self.files(t)]
+        """Tables that have at least one committed part file and have lost none (see `lost_tables` for
+        those a complete run lists without all of its parts)."""
+        held = [t for t in TABLES if self.files(t)]
+        lost = self.lost_tables if held else []
+        return [t for t in held if t not in lost]
 
     @property
     def lost_tables(self) -> list[str]:
-        """Tables run.json lists that this complete run has lost (no part file: deleted?); reading one
-        is a RunError (`probe.run.lost_tables`)."""
+        """Tables run.json lists that this complete run has lost (no part file, or some of its committed
+        parts: deleted?); reading one is a RunError (`probe.run.lost_tables`)."""
         self.status  # re-reads run.json into `info`
         return lost_tables(self.path, self.info)
 
     def _check_not_lost(self, table: str) -> None:
         if table in self.lost_tables:
-            raise RunError(lost_message(self.path, table))
+            raise RunError(lost_message(self.path, table, self.info))
 
     def files(self, table: str) -> list[Path]:
         """The table's committed Parquet part files, in order (empty where the run has none yet);
@@ -200,10 +238,9 @@ class Run:
     def arrow(self, table: str, columns: list[str] | None = None) -> pa.Table:
         """The table (or only `columns`) as one pyarrow Table in the schema of `probe.schema.TABLES`,
         read whole into memory; an empty table with that schema where the run has no part yet (a
-        complete run that lists the table in run.json and has lost its parts: a RunError)."""
+        complete run that lists the table in run.json and has lost its parts, or some: a RunError)."""
         files = self.files(table)
-        if not files:
-            self._check_not_lost(table)
+        self._check_not_lost(table)
         schema = TABLES[table]
         unknown = [c for c in columns or () if c not in schema.names]
         if unknown:
@@ -246,7 +283,7 @@ class Run:
             self._con = run_connection()
         want = [t for t in TABLES if t in tables or t in self._made]
         files = {t: table_files(self.path, t) for t in want}
-        lost = self.lost_tables if not all(files.values()) else []
+        lost = self.lost_tables
         for t in want:
             key = (tuple(f.name for f in files[t]), t in lost)
             if self._made.get(t) != key:
@@ -262,13 +299,13 @@ class Run:
         if table in self._made:
             self._con.execute(f"drop view if exists {table}")
             self._con.unregister(f"_unreadable_{table}")
+        if lost:  # all its parts or some: the others alone would read as a smaller run
+            return self._unreadable_view(table, lost_why(self.path, table, self.info))
         try:
             missing = create_views(self._con, self.path, [table])
         except duckdb.Error as e:
             return self._unreadable_view(table, str(e).strip().splitlines()[0])
-        if missing and lost:
-            self._unreadable_view(table, LOST)
-        elif missing:
+        if missing:
             self._con.execute(f"create view {table} as select * from memory.{EMPTY}.{table}")
 
     def _unreadable_view(self, table: str, error: str) -> None:
@@ -283,8 +320,7 @@ class Run:
         until it is consumed, so it suits tables larger than memory (routing, tokens)."""
         if table not in TABLES:
             raise RunError(f"unknown table {table!r}; tables are {list(TABLES)}")
-        if not self.files(table):
-            self._check_not_lost(table)
+        self._check_not_lost(table)
         return self._views([table]).table(table)
 
     def sql(self, query: str):

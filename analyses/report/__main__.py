@@ -178,7 +178,7 @@ def _check_routed(run, other, other_dir: Path) -> None:
     from .research import unrecorded_why
 
     for r, who in ((run, "this run"), (other, "the compared run")):
-        if not r.files("routing"):
+        if "routing" not in r.tables:
             why = ("run.json lists routing, whose part files are gone (deleted?)" if "routing" in r.lost_tables
                    else unrecorded_why(r, "routing"))
             raise ReportError(f"--compare {other_dir}: {who}, {r.path}, has no routing table ({why}); run vs run "

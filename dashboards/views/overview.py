@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboards import charts, data, ui
-from probe.run import lost_tables
+from probe.run import lost_tables, lost_why
 from probe.schema import TABLES
 
 
@@ -253,6 +253,9 @@ def health(ref: data.RunRef) -> None:
             st.warning(f"run.json lists tables with no files: {', '.join(lost)}")
     elif missing:
         st.info(f"Not written yet: {', '.join(missing)} (written when the run finishes).")
+    if partly := data.partly_lost(ref, tuple(t for t in expected if t not in missing)):
+        st.warning(f"Tables missing part files the run committed: {', '.join(partly)} ("
+                   f"{lost_why(ref.path, partly[0], ref.info)}); the pages that read them show a warning")
     summary = h.groupby("table", as_index=False).agg(files=("file", "count"), rows=("rows", "sum"),
                                                      bytes=("bytes", "sum"))
     summary["unreadable"] = summary.table.map(bad.table.value_counts()).fillna(0).astype(int)

@@ -247,8 +247,9 @@ def test_the_path_verdict_is_held_out_accuracy_with_ami_beside_it():
     assert _path_verdict(True, None).startswith("by AMI, paths carry more")
 
 
-def _complete_run_without(tmp_path, table: str):
-    """A synthetic run marked complete, listing tokens, routing and expert_load, with `table`'s folder deleted."""
+def _complete_run_without(tmp_path, table: str | None):
+    """A synthetic run marked complete, listing tokens, routing and expert_load, with `table`'s folder deleted
+    (None: none)."""
     import shutil
 
     from helpers.synthetic_run import write_run
@@ -258,7 +259,8 @@ def _complete_run_without(tmp_path, table: str):
     info = json.loads((run / "run.json").read_text())
     (run / "run.json").write_text(json.dumps(info | {"status": "complete",
                                                      "tables": ["tokens", "routing", "expert_load"]}))
-    shutil.rmtree(run / table)
+    if table:
+        shutil.rmtree(run / table)
     return run
 
 
@@ -280,6 +282,27 @@ def test_a_complete_run_that_lost_expert_load_is_not_called_empty(tmp_path, caps
     err = assert_one_line_error(report.main([str(run), "--skip-ablation", "--no-progress"]), capsys, "")
     assert err == (f"error: {run}: run.json lists expert_load but the run has no part files of it (deleted?): "
                    "every section reads it; record the run again")
+
+
+def test_a_complete_run_missing_one_ranks_parts_is_warned_about_not_read_as_smaller(tmp_path, capsys):
+    """A sharded record's second replica's parts deleted (or left on its node's own disk): the report
+    read the first replica's tokens alone as the run, without a word (a tour); it now names the
+    missing part and leaves out the sections that read the table, as for a lost one."""
+    from helpers.synthetic_run import as_two_replicas
+
+    run = _complete_run_without(tmp_path, None)
+    as_two_replicas(run, ["tokens", "routing", "expert_load"])
+    (run / "tokens" / "r002-b0000001-0000001.parquet").unlink()
+    rc = report.main([str(run), "--out", str(tmp_path / "r.html"), "--skip-ablation", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 0 and (f"note: {run}: run.json lists tokens but the run has lost part files of it (tokens: "
+                        "r002-b0000001-0000001.parquet; deleted, or left on another node?)") in err, err
+    assert "run.json lists tokens, whose part files are gone" in (tmp_path / "r.html").read_text()
+    for f in run.glob("*/r002-*.parquet"):  # every table rank 2 wrote: expert_load too, which every section reads
+        f.unlink()
+    err = assert_one_line_error(report.main([str(run), "--skip-ablation", "--no-progress"]), capsys, "")
+    assert err.startswith(f"error: {run}: run.json lists expert_load but the run has lost part files of it "
+                          "(expert_load: r002-b0000001-0000001.parquet; deleted, or left on another node?): "), err
 
 
 def test_run_notes_name_interrupted_runs_and_imports():

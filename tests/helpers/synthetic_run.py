@@ -112,3 +112,20 @@ def _add_loads(el: dict, layer: int, ids, w, step, dom, domains, E: int) -> None
             el["count"].append(np.bincount(ids[m].reshape(-1), minlength=E))
             el["weight_sum"].append(np.bincount(ids[m].reshape(-1), weights=w[m].reshape(-1), minlength=E))
             el["tokens"].append(np.full(E, m.sum()))
+
+
+def as_two_replicas(run: Path, tables, batches: int = 2) -> None:
+    """`run` (write_run's) as two replicas of a sharded record write it (4 ranks, --model-parallel 2):
+    batch 0's parts of `tables` by rank 0, batch 1's renamed as rank 2's, each writer's progress file
+    naming its own, and run.json's world and planned batches saying so."""
+    (run / "_progress").mkdir()
+    parts = {0: {}, 2: {}}
+    for t in tables:
+        (run / t / "r000-b0000001-0000001.parquet").rename(run / t / "r002-b0000001-0000001.parquet")
+        for rank in parts:
+            parts[rank][t] = {f"r{rank:03d}-b{rank // 2:07d}-{rank // 2:07d}.parquet": 1}
+    for rank, named in parts.items():
+        (run / "_progress" / f"r{rank:03d}.json").write_text(json.dumps({"done": rank // 2, "parts": named}))
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps(info | {"world": {"size": 4, "model_parallel": 2, "replicas": 2},
+                                                     "planned": {"batches": batches}}))

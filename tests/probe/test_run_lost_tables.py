@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import shutil
 
+import pyarrow.parquet as pq
 import pytest
 
 import probe
 from probe.writer import PROGRESS, RunError
 
-from helpers.synthetic_run import write_run
+from helpers.synthetic_run import as_two_replicas, write_run
 
 WRITTEN = ["tokens", "routing", "expert_load"]
 
@@ -90,3 +91,47 @@ def test_a_path_of_another_type_is_refused_by_name():
     """probe.open_run(5) was Path's own TypeError ('expected str, bytes or os.PathLike object, not int')."""
     with pytest.raises(RunError, match=r"^path=5: expected a path \(str or os.PathLike\), not int$"):
         probe.open_run(5)
+
+
+@pytest.mark.parametrize("lose", ["a part", "a rank"])
+def test_a_complete_run_missing_one_ranks_output_says_so_however_it_is_read(run, lose):
+    """A sharded record's second replica writes its own parts (rank 2's, on a node of its own): with
+    them deleted, or left on a node whose disk is not the shared one, the run read as half the tokens
+    without a word (the dashboard's overview still said run.json's count; a tour). Now the table is
+    lost, naming what is missing, and the report and dashboard leave it out as they do a lost table."""
+    as_two_replicas(run, WRITTEN)
+    r = probe.open_run(run)
+    whole = len(r.df("tokens"))
+    assert r.lost_tables == [] and whole > len(pq.read_table(run / "tokens" / "r002-b0000001-0000001.parquet")) > 0
+    if lose == "a part":  # the part a writer's progress names
+        (run / "tokens" / "r002-b0000001-0000001.parquet").unlink()
+        lost, why = ["tokens"], "committed part files missing (r002-b0000001-0000001.parquet): deleted, or left on "
+    else:  # all rank 2 wrote, its progress file too
+        for f in [*run.glob("*/r002-*.parquet"), *(run / PROGRESS).glob("r002*")]:
+            f.unlink()
+        lost, why = WRITTEN, "committed part files missing (all of rank 2's, and its _progress/r002.json): deleted"
+    assert r.lost_tables == lost and "tokens" not in r.tables and r.files("tokens")
+    for read in read_every_way(r, "tokens"):
+        with pytest.raises(Exception) as e:
+            read()
+        assert f"{run / 'tokens'}: {why}" in str(e.value), str(e.value)
+    if lose == "a part":
+        assert len(r.df("routing")) > 0  # the others read
+
+
+def test_a_writer_without_batches_or_a_lost_progress_file_alone_loses_nothing(run):
+    """The controls: a replica that got no batch writes no part (its progress file gone is no loss),
+    and parts whose progress file alone is gone are all there."""
+    as_two_replicas(run, WRITTEN, batches=1)
+    for f in run.glob("*/r002-*.parquet"):
+        f.unlink()
+    (run / PROGRESS / "r002.json").unlink()
+    assert probe.open_run(run).lost_tables == []
+    shutil.rmtree(run)
+    write_run(run)
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps(info | {"status": "complete", "tables": WRITTEN}))
+    as_two_replicas(run, WRITTEN)
+    (run / PROGRESS / "r002.json").unlink()
+    r = probe.open_run(run)
+    assert r.lost_tables == [] and r.tables == WRITTEN and len(r.df("tokens")) == 6 * 7
