@@ -101,7 +101,8 @@ def world_shards() -> Shards | None:
 def model_parallel_size(value: int | str | None, world: int, world_from: str | None = None) -> int:
     """`--model-parallel` as a number of ranks: "auto" = the whole world (one sharded model), an
     integer that divides `world` (the ranks split into world / M replicas), default 1. world_from:
-    where the world size came from, for the message (default: torchrun's processes)."""
+    where the world size came from, for the message (default: torchrun's processes, or one process
+    not started by torchrun, which said "torchrun started 1 process" to a job run without it; a tour)."""
     if value is None:
         return 1
     if str(value) == "auto":
@@ -113,6 +114,8 @@ def model_parallel_size(value: int | str | None, world: int, world_from: str | N
     if m < 1:
         raise ParallelError(f"--model-parallel {m} must be >= 1")
     if world % m:
+        if world_from is None and world == 1 and "WORLD_SIZE" not in os.environ:
+            world_from = f"one process, not started by torchrun: launch it with torchrun --nproc-per-node {m}"
         raise ParallelError(f"--model-parallel {m} does not divide the world size {world} "
                             f"({world_from or f'torchrun started {world} process' + ('es' if world > 1 else '')})")
     return m

@@ -37,7 +37,7 @@ def test_one_process_needs_no_process_group():
     w.barrier()
 
 
-def test_model_parallel_reads_a_number_that_divides_the_world_or_auto():
+def test_model_parallel_reads_a_number_that_divides_the_world_or_auto(monkeypatch):
     assert ranks.model_parallel_size(None, 4) == 1  # not given: one model per rank
     assert ranks.model_parallel_size("auto", 4) == 4 and ranks.model_parallel_size("2", 4) == 2
     assert ranks.model_parallel_flag("auto") == "--model-parallel auto: the world size"
@@ -49,7 +49,13 @@ def test_model_parallel_reads_a_number_that_divides_the_world_or_auto():
     with pytest.raises(ParallelError, match=r"^--model-parallel 3 does not divide the world size 4 "
                                             r"\(torchrun started 4 processes\)$"):
         ranks.model_parallel_size(3, 4)
+    monkeypatch.setenv("WORLD_SIZE", "1")
     with pytest.raises(ParallelError, match=r"\(torchrun started 1 process\)$"):
+        ranks.model_parallel_size(2, 1)
+    # a job run without torchrun was told "torchrun started 1 process" (a tour)
+    monkeypatch.delenv("WORLD_SIZE")
+    with pytest.raises(ParallelError, match=r"^--model-parallel 2 does not divide the world size 1 \(one process, "
+                                            r"not started by torchrun: launch it with torchrun --nproc-per-node 2\)$"):
         ranks.model_parallel_size(2, 1)
 
 
