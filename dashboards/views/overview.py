@@ -111,6 +111,8 @@ def probe_details(ref: data.RunRef) -> None:
     c[2].metric("Windows", f"{windows:,}", help=f"seq_len {opts.get('seq_len')}")
     c[3].metric("MoE layers", len(data.moe_layers(ref)))
     c[4].metric("Experts", f"{a.get('n_routed_experts', '?')} · top-{a.get('n_activated_experts', '?')}")
+    if layout := _layout(i):
+        st.caption(layout)
     left, right = st.columns([3, 2])
     domain_bars(per, "Tokens per domain", "tokens_per_domain", left)
     with right:
@@ -127,6 +129,24 @@ def probe_details(ref: data.RunRef) -> None:
     if opts.get("router_logits") == "none":
         st.info("Recorded with `--router-logits none`: no routing table (Token explorer and Co-activation "
                 "need it).")
+
+
+def _layout(i: dict) -> str | None:
+    """How the ranks held the model, from run.json's world (None for one process): the options table
+    showed only the flag, `--model-parallel auto` saying nothing of the ranks (a tour)."""
+    w = i.get("world") or {}
+    size, mp = w.get("size") or 1, w.get("model_parallel") or 1
+    if size < 2:
+        return None
+    hosts = len({d.split(":")[0] for d in w.get("devices") or []}) or 1
+    reps = size // mp
+    held = f"a model sharded over {mp} ranks" if mp > 1 else "a whole model"
+    text = (f"Recorded on {size} ranks ({w.get('backend') or '?'}, {hosts} host{'s' if hosts > 1 else ''}): "
+            f"{reps} replica{'s' if reps > 1 else ''}, each {held}.")
+    peaks = [r.get("peak_rss") for r in (i.get("memory") or {}).get("per_rank") or [] if r.get("peak_rss")]
+    if peaks:
+        text += f" Peak memory per rank {min(peaks) / 1e9:.2f}-{max(peaks) / 1e9:.2f} GB."
+    return text
 
 
 def spec_details(ref: data.RunRef) -> None:

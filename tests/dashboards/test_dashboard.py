@@ -581,26 +581,3 @@ def test_domains_only_a_table_names_get_colours(tmp_path):
     at = app(tmp_path, "a")
     assert not at.error, texts(at.error)
     assert any(c.proto.id.endswith("-tokens_per_domain") for c in at.get("plotly_chart"))
-
-
-def test_a_run_missing_one_ranks_parts_is_warned_about_not_shown_smaller(tmp_path):
-    """A sharded record's second replica's parts deleted (or left on its node's own disk): every page
-    drew the first replica's rows as the run, and the overview said run.json's token count over them,
-    without a word (a tour). The overview now names the missing part, and a page reading the table
-    warns instead of drawing it; the other tables still draw."""
-    from helpers.synthetic_run import as_two_replicas, write_run
-
-    run = tmp_path / "runs" / "sharded"
-    write_run(run)
-    info = json.loads((run / "run.json").read_text())
-    (run / "run.json").write_text(json.dumps(info | {"status": "complete", "tables": ["tokens", "routing",
-                                                                                        "expert_load"]}))
-    as_two_replicas(run, ["tokens", "routing", "expert_load"])
-    (run / "expert_load" / "r002-b0000001-0000001.parquet").unlink()
-    at = app(tmp_path / "runs", "sharded", page="overview")
-    assert ("Tables missing part files the run committed: expert_load (committed part files missing "
-            "(r002-b0000001-0000001.parquet): deleted, or left on another node?") in texts(at.warning), texts(at.warning)
-    at = app(tmp_path / "runs", "sharded", page="load_balance")
-    assert "run 'sharded': cannot read `expert_load` (committed part files missing" in texts(at.warning)
-    at = app(tmp_path / "runs", "sharded", page="token_explorer")  # tokens and routing: whole
-    assert "cannot read" not in texts(at.warning) and not at.exception
