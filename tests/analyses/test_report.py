@@ -492,55 +492,6 @@ def test_the_importance_scatter_has_its_own_table_of_every_expert(tmp_path, monk
     assert "spearman" in figs[1][2] and figs[1][1] is None  # the correlation: an entry of its own
 
 
-
-def test_the_importance_section_of_a_one_domain_run_scores_that_domain_alone(probe_env, tmp_path):
-    """The model sections inherit the run's sample: a run whose cap (order corpus) held code alone had
-    code and prose scored, while the report said the run had one domain (code) (a tour)."""
-    from analyses.report import research_model
-    from helpers.analysis_runs import corpus_order_run, scored_tokens
-
-    rec = corpus_order_run(probe_env, tmp_path / "rec", 150)
-    ns = report.parser().parse_args([str(rec), "--importance-tokens", "40", "--no-progress"])
-    got = research_model.importance(probe.open_run(rec), ns)
-    assert set(got["table"].domain) == {"all", "code"} and got["tokens"] <= scored_tokens(rec)["code"]
-    assert got["scored"] == f"{got['tokens']} tokens scored, --importance-tokens 40 a domain"
-    assert "pass a larger --importance-tokens" in got["too_few"]
-
-
-def test_the_tokens_scored_name_the_domain_the_run_s_cap_cut(probe_env, tmp_path):
-    """A run whose cap (order corpus) took code whole and 29 tokens of prose: the importance section said
-    '--importance-tokens 300 a domain', as the cap was over 300 x 2 (a tour); it names prose's 29."""
-    from analyses.report import research_model
-    from helpers.analysis_runs import corpus_order_run, corpus_tokens
-
-    code = corpus_tokens(probe_env, "code")
-    assert code > 300
-    rec = corpus_order_run(probe_env, tmp_path / "rec", code + 29)
-    ns = report.parser().parse_args([str(rec), "--importance-tokens", "300", "--no-progress"])
-    got = research_model.importance(probe.open_run(rec), ns)
-    per = got["table"][got["table"].domain != "all"].groupby("domain").tokens.max()
-    assert set(per.index) == {"code", "prose"} and per["prose"] < 29
-    assert got["scored"] == (f"{got['tokens']:,} tokens scored: code {per['code']:,}, prose {per['prose']:,}; "
-                             "--importance-tokens 300 a domain, but the run's own windows, up to its --max-tokens "
-                             f"{code + 29:,} (which these sections inherit), hold 29 tokens of prose")
-
-
-def test_the_masking_sweep_of_a_one_domain_run_evaluates_that_domain_alone(probe_env, tmp_path):
-    """The sweep passes the report's --max-tokens to ablate, which then took a balanced sample of every
-    corpus domain: a run whose cap (order corpus) held code alone had code and prose evaluated, while the
-    report said the run had one domain (a tour). Now: the run's own windows, then at most --max-tokens."""
-    from helpers.analysis_runs import corpus_order_run, scored_tokens
-
-    rec = corpus_order_run(probe_env, tmp_path / "rec", 150)
-    held = scored_tokens(rec)
-    assert set(held) == {"code"}
-    sw = ablation_sweep(rec, max_tokens=3000, fractions=(1 / 8,), seeds=(0,))
-    assert set(sw.rows.domain) == {"all", "code"} and sw.options["tokens"] <= held["code"]
-    assert {e["sample"] for e in probe.open_run(rec).info["ablation_parts"].values()} == {"run"}
-    few = ablation_sweep(rec, max_tokens=60, fractions=(1 / 8,), seeds=(0,))  # under the run's cap: at most 60
-    assert set(few.rows.domain) == {"all", "code"} and few.options["tokens"] < 60
-
-
 def test_a_recorded_mtp_table_without_rows_is_told_from_a_missing_one(tmp_path, capsys):
     """record --max-tokens 1 makes the mtp table and no window gives it a row: the section said
     '(not in this run: the table was not recorded)', which reads as a record made with --no-mtp (a tour)."""

@@ -569,7 +569,7 @@ def test_bad_mtp_logits_inputs_raise_model_input_error_naming_argument_and_value
                       ((h, x.float()), r"^tokens must be integer token ids, got dtype torch.float32$"),
                       ((h, x[0]), r"^tokens must be a 2-D .* got \(5,\)$"),
                       ((h[:, :3], x), rf"^h: expected .* shape \[2, at least 4, {m.args.dim}\], got \(2, 3, "),
-                      ((h[..., :5], x), rf"^h: expected .* got \(2, 5, 5\)$"),
+                      ((h[..., :5], x), r"^h: expected .* got \(2, 5, 5\)$"),
                       ((h[:1], x), r"^h: expected .* got \(1, 5, "),
                       ((h.tolist(), x), r"^h: expected .* got list$")]:
         with pytest.raises(model.InputError, match=msg):
