@@ -18,8 +18,7 @@ import duckdb
 import pandas as pd
 import streamlit as st
 
-from .data import (SAMPLE_TOKENS, DataError, MissingTable, RunRef, _quote, _seq_cap, cached, moe_layers, query,
-                   table_files, token_top1)
+from .data import SAMPLE_TOKENS, DataError, MissingTable, RunRef, _seq_cap, cached, moe_layers, query, token_top1
 
 # Expert paths and token-id dependence load [tokens, layers, K] expert ids: at most this many ids, from
 # the run's first windows (and never more than SAMPLE_TOKENS tokens). Their time grows with the ids read:
@@ -55,17 +54,12 @@ def sample_note(ref: RunRef, windows: int) -> str:
 
 
 def _sampled_run(ref: RunRef, windows: int):
-    """The run as a `probe.Run` whose routing and tokens views hold only windows seq_id < `windows`."""
+    """The run as a `probe.Run` whose routing and tokens hold only windows seq_id < `windows` (`Run.restrict`:
+    a view of its own on the run's connection was replaced by the whole table's once a running record
+    committed a part; a tour)."""
     from probe.run import open_run
 
-    run = open_run(ref.path)
-    for t in ("routing", "tokens"):
-        files = table_files(ref, t)
-        if files:
-            lst = ", ".join(_quote(str(f)) for f in files)
-            run.con.execute(f"create or replace view {t} as select * from read_parquet([{lst}], union_by_name = "
-                            f"true) where seq_id < {int(windows)}")
-    return run
+    return open_run(ref.path).restrict(("routing", "tokens"), f"seq_id < {int(windows)}")
 
 
 def metric_call(refs: tuple[RunRef, ...], what: str, fn):

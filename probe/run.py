@@ -117,10 +117,11 @@ def one_window_cap(info: dict) -> str | None:
             "domains")
 
 
-def create_views(con, path: str | Path, tables, temp: bool = False) -> list[str]:
+def create_views(con, path: str | Path, tables, temp: bool = False, where: str = "") -> list[str]:
     """One DuckDB view per table over its part files (older parts lacking a newer column read it as
     null); returns the tables that have no part file (no view made). temp: temporary views, seen
-    only by this connection (a cursor of a database that other connections share)."""
+    only by this connection (a cursor of a database that other connections share); where: an SQL
+    condition the views' rows hold (`Run.restrict`)."""
     missing = []
     for t in tables:
         files = table_files(path, t)
@@ -129,7 +130,8 @@ def create_views(con, path: str | Path, tables, temp: bool = False) -> list[str]
             continue
         lst = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
         kind = "temp view" if temp else "view"
-        con.execute(f"create {kind} {t} as select * from read_parquet([{lst}], union_by_name = true)")
+        cond = f" where {where}" if where else ""
+        con.execute(f"create {kind} {t} as select * from read_parquet([{lst}], union_by_name = true){cond}")
     return missing
 
 
@@ -192,7 +194,8 @@ class Run:
         self.path = given_path(path, "path", RunError)
         self.info = read_run_json(self.path)
         self._con = None
-        self._made: dict[str, tuple] = {}  # table: (its part files, lost) when its view was made
+        self._made: dict[str, tuple] = {}  # table: (its part files, lost, its condition) when its view was made
+        self._where: dict[str, str] = {}  # table: the condition its rows hold (`restrict`)
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r}, status={self.status!r}, tables={self.tables})"
@@ -236,9 +239,10 @@ class Run:
         return table_files(self.path, table)
 
     def arrow(self, table: str, columns: list[str] | None = None) -> pa.Table:
-        """The table (or only `columns`) as one pyarrow Table in the schema of `probe.schema.TABLES`,
-        read whole into memory; an empty table with that schema where the run has no part yet (a
-        complete run that lists the table in run.json and has lost its parts, or some: a RunError)."""
+        """The table (or only `columns`; only the rows `restrict` keeps) as one pyarrow Table in the
+        schema of `probe.schema.TABLES`, read whole into memory; an empty table with that schema where
+        the run has no part yet (a complete run that lists the table in run.json and has lost its parts,
+        or some: a RunError)."""
         files = self.files(table)
         self._check_not_lost(table)
         schema = TABLES[table]
@@ -246,6 +250,11 @@ class Run:
         if unknown:
             raise RunError(f"{self.path / table}: no column {', '.join(map(repr, unknown))}; its columns are "
                            f"{schema.names}")
+        if table in self._where:  # `restrict`: the view's rows, in the schema's types
+            names = columns or schema.names
+            cols = ", ".join(f'"{c}"' for c in names)
+            got = self.sql(f"select {cols} from {table}").to_arrow_table()
+            return got.cast(pa.schema([schema.field(c) for c in names]))
         for attempt in range(3):  # a part a job replaced while it was read: list the parts again
             if not files:
                 return schema.empty_table().select(columns) if columns else schema.empty_table()
@@ -285,7 +294,7 @@ class Run:
         files = {t: table_files(self.path, t) for t in want}
         lost = self.lost_tables
         for t in want:
-            key = (tuple(f.name for f in files[t]), t in lost)
+            key = (tuple(f.name for f in files[t]), t in lost, self._where.get(t))
             if self._made.get(t) != key:
                 self._make_view(t, t in lost)
                 self._made[t] = key
@@ -301,12 +310,14 @@ class Run:
             self._con.unregister(f"_unreadable_{table}")
         if lost:  # all its parts or some: the others alone would read as a smaller run
             return self._unreadable_view(table, lost_why(self.path, table, self.info))
+        where = self._where.get(table, "")
         try:
-            missing = create_views(self._con, self.path, [table])
+            missing = create_views(self._con, self.path, [table], where=where)
         except duckdb.Error as e:
             return self._unreadable_view(table, str(e).strip().splitlines()[0])
         if missing:
-            self._con.execute(f"create view {table} as select * from memory.{EMPTY}.{table}")
+            cond = f" where {where}" if where else ""
+            self._con.execute(f"create view {table} as select * from memory.{EMPTY}.{table}{cond}")
 
     def _unreadable_view(self, table: str, error: str) -> None:
         """View `table` (with its schema's columns) over one placeholder row that raises `error`."""
@@ -314,6 +325,29 @@ class Run:
         self._con.register(f"_unreadable_{table}", pa.table({f.name: pa.nulls(1, f.type) for f in schema}))
         msg = f"{self.path / table}: {error}".replace("'", "''")
         self._con.execute(f"create view {table} as select * from _unreadable_{table} where error('{msg}') is null")
+
+    def restrict(self, tables, where: str) -> "Run":
+        """Hold only the rows of `tables` where the SQL condition `where` holds ("seq_id < 8") in this
+        run's views (`con`, `sql`, `rel`) and in `arrow` and `df`, for good: a view made again over
+        changed parts keeps it (a view replacing a table's on `con` did not: a running record's next
+        part made the dashboard's sample of its first windows the whole table; a tour). Returns the run;
+        a condition DuckDB cannot apply to a table is a RunError naming it."""
+        import duckdb
+
+        for t in tables:
+            if t not in TABLES:
+                raise RunError(f"unknown table {t!r}; tables are {list(TABLES)}")
+            before, self._where[t] = self._where.get(t), where
+            try:
+                self._views([t]).execute(f"select * from memory.{EMPTY}.{t} where {where}")
+            except duckdb.Error as e:  # the condition before it holds
+                if before is None:
+                    del self._where[t]
+                else:
+                    self._where[t] = before
+                why = str(e).strip().splitlines()[0]
+                raise RunError(f"{self.path / t}: cannot hold only the rows where {where!r} ({why})") from None
+        return self
 
     def rel(self, table: str):
         """The table as a lazy DuckDB relation (`.filter`, `.aggregate`, `.df()`...): nothing is read

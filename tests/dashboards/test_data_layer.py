@@ -3,6 +3,7 @@ its results against pandas over the run's own Parquet files or hand-written tabl
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -275,6 +276,13 @@ def test_the_sampled_run_holds_only_the_first_windows_and_the_note_says_so(tmp_p
     for t in ("tokens", "routing"):
         df = pd.read_parquet(tmp_path / "r" / t)
         assert run.sql(f"select max(seq_id), count(*) from {t}").fetchall() == [(2, (df.seq_id < 3).sum())], t
+    # a running record commits a part of later windows: the sample stays the first windows (it read the whole table)
+    for t in ("tokens", "routing"):
+        last = sorted((tmp_path / "r" / t).glob("*.parquet"))[-1]  # windows 3-5
+        shutil.copy(last, tmp_path / "r" / t / "r000-b0000009-0000009.parquet")
+        df = pd.read_parquet(tmp_path / "r" / t)
+        assert run.sql(f"select max(seq_id), count(*) from {t}").fetchall() == [(2, (df.seq_id < 3).sum())], t
+        assert len(run.df(t)) == (df.seq_id < 3).sum() < len(df), t
     assert research.sample_note(ref, 6) == ""  # every one of the 6 windows read
     assert research.sample_note(ref, 5).startswith(" Read: the first 5 of the run's 6 windows")
 

@@ -10,6 +10,7 @@ import gc
 import shutil
 
 import duckdb
+import pyarrow as pa
 import pytest
 
 import probe
@@ -99,3 +100,19 @@ def test_a_relation_outlives_its_run_and_the_runs_catalog_goes_with_the_last_of_
     assert rel.fetchall()[0][0] > 0
     del rel
     assert catalogs() == before
+
+
+def test_a_restricted_table_keeps_its_condition_when_its_parts_change(path):
+    """`Run.restrict` holds for good: a view of the caller's own on `con` was replaced by the whole table's
+    when a running record committed a part (the dashboard's sample of a run's first windows; a tour)."""
+    run = probe.open_run(path).restrict(["tokens"], "seq_id < 2")
+    first = run.sql("select count(*), max(seq_id) from tokens").fetchall()
+    assert first[0][0] > 0 and first[0][1] == 1
+    shutil.copy(sorted((path / "tokens").glob("*.parquet"))[-1], path / "tokens" / "r000-b0000009-0000009.parquet")
+    assert run.sql("select count(*), max(seq_id) from tokens").fetchall() == first
+    assert run.rel("tokens").aggregate("count(*)").fetchall()[0][0] == first[0][0] == len(run.df("tokens"))
+    assert run.arrow("tokens", ["seq_id"]).schema == pa.schema([TABLES["tokens"].field("seq_id")])
+    assert probe.open_run(path).sql(COUNT).fetchall()[0][0] > first[0][0]  # another run reads them all
+    with pytest.raises(probe.RunError, match=r"tokens: cannot hold only the rows where 'no_such > 1'"):
+        run.restrict(["tokens"], "no_such > 1")
+    assert run.sql("select count(*), max(seq_id) from tokens").fetchall() == first  # the condition before it holds
