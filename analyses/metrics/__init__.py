@@ -4,8 +4,10 @@ Every metric has an array version (numpy, in memory) and a run version that aggr
 directory's Parquet tables with DuckDB SQL (GROUP BY / UNNEST) so that only per-expert or per-layer
 aggregates reach Python. Run arguments accept a `probe.Run` or a run directory path. Bad input
 raises `MetricsError` (a ValueError) with a one-line message; so does a count or threshold outside its
-meaning (top=0, min_count=2.5, every=1, near=-1), naming the argument. A "load" is the number of (token,
-top-k slot) assignments an expert received.
+meaning (top=0, min_count=2.5, every=1, near=-1), naming the argument. A table that a complete run has
+lost (its folder, or one rank's part files: `probe.run.lost_tables`) is the `probe.RunError` that reading
+it through the run raises, naming the run, the table and the missing parts. A "load" is the number of
+(token, top-k slot) assignments an expert received.
 
     from analyses.metrics import balance_table, maxvio
     balance_table("runs/x")                  # one row per MoE layer, every balance metric

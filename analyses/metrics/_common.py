@@ -117,6 +117,7 @@ def n_experts_of_run(run, table: str = "expert_load") -> int:
     e = model_arg(run, "n_routed_experts")
     if e:
         return int(e)
+    not_lost(run, table)
     if table == "expert_load":
         m = run.sql("select max(expert) from expert_load").fetchall()[0][0]
     else:
@@ -162,9 +163,23 @@ def unrecorded_why(run, table: str) -> str:
     return _recorded_cause(getattr(run, "info", None) or {}, table) or f"the {table} table was not recorded"
 
 
+def not_lost(run, table: str) -> None:
+    """Raise the RunError that `probe.Run` raises reading a table a complete run has lost (its folder,
+    or committed part files: one rank's output; `probe.run.lost_tables`), naming the run, the table
+    and the missing parts. A metric's query of it was DuckDB's error wrapping that line, and a lost
+    folder read as a table 'not recorded' (a tour)."""
+    if table in (getattr(run, "lost_tables", None) or ()):  # a Run-like object without it loses none
+        from probe.run import lost_message
+        from probe.writer import RunError
+
+        raise RunError(lost_message(run.path, table, run.info))
+
+
 def need_rows(run, table: str) -> None:
     """Raise when the run has no rows in `table` (an empty run or a table not recorded), saying why where
-    run.json does: it guessed '--router-logits none?' where run.json named the cause (a tour)."""
+    run.json does: it guessed '--router-logits none?' where run.json named the cause (a tour); a table the
+    run has lost is `not_lost`'s RunError."""
+    not_lost(run, table)
     if not run.files(table):
         info = run.info or {}
         why = _recorded_cause(info, table)
@@ -195,6 +210,7 @@ def layer_numbers(layers, name: str = "layers") -> list[int]:
 
 def check_layer(run, layer, table: str = "routing") -> int:
     n = layer_number(layer)
+    not_lost(run, table)
     layers = [int(r[0]) for r in run.sql(f"select distinct layer from {table} order by 1").fetchall()]
     if n not in layers:
         raise MetricsError(f"layer {layer} has no {table} rows (MoE layers recorded: {layers})")

@@ -12,7 +12,7 @@ import numbers
 
 import numpy as np
 
-from ._common import MetricsError, as_loads, as_run, check_layer, n_experts_of_run, need_rows
+from ._common import MetricsError, as_loads, as_run, check_layer, n_experts_of_run, need_rows, not_lost
 
 
 # ------------------------------------------------------------------------------ arrays
@@ -246,6 +246,7 @@ def switch_inputs_from_run(run) -> dict[int, tuple[np.ndarray, np.ndarray, int]]
     """layer -> (load [N], mean normalised score P [N], tokens T) over the routing rows that kept
     full scores (`--router-logits full`), aggregated in SQL; {} when no row has scores."""
     run = as_run(run)
+    not_lost(run, "routing")
     if not run.files("routing"):
         return {}
     E = n_experts_of_run(run, "routing")

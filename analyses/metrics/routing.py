@@ -10,7 +10,7 @@ from math import comb
 import numpy as np
 
 from ._common import (MetricsError, as_ids, as_run, check_layer, layer_numbers, n_experts_of, n_experts_of_run,
-                      need_rows, positive_number, same_length, whole_count)
+                      need_rows, not_lost, positive_number, same_length, whole_count)
 from .specialisation import nmi
 
 
@@ -394,6 +394,7 @@ def _joined_runs(run_a, run_b, check_tokens: bool = True):
 
     for r in (run_a, run_b):
         need_rows(r, "routing")
+        not_lost(r, "tokens")  # read from its files: a lost rank's tokens left unchecked
     _check_same_model(run_a, run_b)
     con = run_connection()
 
