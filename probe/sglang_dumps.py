@@ -44,7 +44,8 @@ def check_unread(dumps: list[Dump]) -> None:
 
 
 def consume(dumps: list[Dump], reader: str) -> None:
-    """Mark the dumps read by `reader`, which empties their records as it goes (refused if read already)."""
+    """Mark the dumps read by `reader`, which empties their records as it goes (refused if read already):
+    as it empties the first (a reader that refuses the dumps before leaves them to read again)."""
     check_unread(dumps)
     for d in dumps:
         d.consumed = reader

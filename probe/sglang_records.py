@@ -2,7 +2,9 @@
 dumps hold and how they become a run): per_pass counts and per_token routing read into a run's
 expert_load, tokens and routing tables, and expert_load's rows, which stat shares. The readers let each
 record's counts or ids go as they read them (a server's dump is GBs): loaded dumps are read once, a
-second read of them refused (sglang_dumps.consume); load the files again to read them again."""
+second read of them refused (sglang_dumps.consume); load the files again to read them again. They are
+marked read as the first record is emptied: a reader that refuses them before (a record of the wrong
+shape) leaves them whole, to read again once the cause is fixed (--config)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from .schema import TABLES
-from .sglang_dumps import DOMAIN, Dump, SGLangError, Shape, consume, draft_record
+from .sglang_dumps import DOMAIN, Dump, SGLangError, Shape, check_unread, consume, draft_record
 from .writer import PartWriter
 
 
@@ -51,8 +53,8 @@ def per_pass(dumps: list[Dump], shape: Shape, out: Path) -> dict:
     without an all-to-all backend), one rank's counts, not their sum. Each pass's records are summed
     as they are read: kept one by one until the end, the records of 8 ranks x 2,000 passes of
     DeepSeek-V3 held twice the dump again (2 GB more). Each record's counts are let go once summed: the
-    dumps are read once (marked consumed; a second read of them is refused, naming the file)."""
-    consume(dumps, "per_pass")
+    dumps are read once (marked consumed with the first; a second read of them is refused, naming the file)."""
+    check_unread(dumps)
     sums: dict[int, list] = {}  # pass -> [logical counts [L, E] summed over its records, records]
     alike = True  # so far, every pass's records counted the same
     empty = drafts = 0
@@ -64,12 +66,15 @@ def per_pass(dumps: list[Dump], shape: Shape, out: Path) -> dict:
             if draft_record(r):
                 drafts += 1
                 continue
-            c = r.pop("global_physical_count").numpy()  # read no more (the import's own load): let it go once summed
+            c = r["global_physical_count"].numpy()
             if shape.fused:  # count columns past the map: a fused shared expert's (sglang_fused.py)
                 c = shape.fused.strip_counts(c, m.shape[1])
             if c.shape != m.shape:
                 raise SGLangError(f"{d.path}: global_physical_count of pass {r.get('forward_pass_id')} has shape "
                                   f"{list(c.shape)}, the map {list(m.shape)}")
+            if not d.consumed:  # the first record emptied: the dumps are read (refused before, they were whole)
+                consume(dumps, "per_pass")
+            del r["global_physical_count"]  # read no more (the import's own load): let it go once summed
             if not c.any():  # see _recorded
                 empty += 1
                 continue
@@ -126,8 +131,8 @@ def _logical_of(m: np.ndarray, n_experts: int):
 def per_token(dumps: list[Dump], shape: Shape, out: Path) -> dict:
     """Every recorded token: its input id, position and the logical top-k of each MoE layer. Each
     record's physical ids are let go once mapped: the dumps are read once (marked consumed; a second
-    read of them is refused, naming the file)."""
-    consume(dumps, "per_token")
+    read of them is refused, naming the file; marked consumed with the first)."""
+    check_unread(dumps)
     kept, seen, copies, empty, drafts = [], set(), 0, 0, 0
     owners: dict[tuple, Path] = {}
     at: dict[tuple, int] = {}  # (pass, rank, gatherer key) -> its index in kept
@@ -141,7 +146,9 @@ def per_token(dumps: list[Dump], shape: Shape, out: Path) -> dict:
         # records alike otherwise are each kept, and pipeline stages' (same tokens, own layers) merged
         logical = [_record_logical(d, r, shape) for r in records]  # each record's once, copies included
         for r in records:  # the physical ids are read no more (the import's own load of the file): let them
-            del r["topk_ids_of_layer"]  # go, not held beside the logical ones (8 x 60,000 tokens: 0.9 GB)
+            if not d.consumed:  # go, not held beside the logical ones (8 x 60,000 tokens: 0.9 GB); the first
+                consume(dumps, "per_token")  # emptied marks the dumps read (refused before, they were whole)
+            del r["topk_ids_of_layer"]
         sig = tuple((int(r["forward_pass_id"]), tuple(r["input_ids"]), tuple(r["positions"]),
                      hashlib.blake2b(lg.tobytes(), digest_size=16).digest()) for r, lg in zip(records, logical))
         if sig in seen:

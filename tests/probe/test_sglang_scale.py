@@ -179,6 +179,43 @@ def test_a_dump_read_once_is_refused_a_second_read_naming_the_file(tmp_path):
             again()
 
 
+def test_a_dump_a_reader_refused_before_emptying_a_record_is_read_again_whole(tmp_path):
+    """The dumps were marked read before the readers' first checks: a caller that fixed what was refused (the
+    config's expert count) and read the same loaded dumps again was refused as if they were emptied, though
+    every record was whole. They are marked as the first record is emptied; refused after, still marked."""
+    import pytest
+
+    from probe.sglang_dumps import SGLangError
+    from probe.sglang_records import per_token
+
+    dump = _per_token_dump(tmp_path, records=2, tokens=20, experts=64)
+    with pytest.raises(SGLangError, match="expert id .* is outside the config's 8 experts"):
+        per_token([dump], Shape(L, 8, topk=8), tmp_path / "t1")
+    assert dump.consumed is None and all("topk_ids_of_layer" in r for r in dump.data["records"])
+    assert per_token([dump], Shape(L, 64, topk=8), tmp_path / "t2")["records"] == 2
+    # a record of the second file refused, the first file's emptied: marked
+    first, second = _per_token_dump(tmp_path, records=2, tokens=20, experts=64), \
+        _per_token_dump(tmp_path / "b", records=2, tokens=20, seed=1, experts=64)
+    second.data["records"][0]["topk_ids_of_layer"][0, 0, 0] = 99  # past the map's 64 experts
+    with pytest.raises(SGLangError, match="physical expert id 99 is outside the map's 64 experts"):
+        per_token([first, second], Shape(L, 64, topk=8), tmp_path / "t3")
+    with pytest.raises(SGLangError, match="read by per_token already"):
+        per_token([first, second], Shape(L, 64, topk=8), tmp_path / "t4")
+    # per_pass: a first record of another shape than the map refused, the dumps whole; read again, the same error
+    dumps, _ = _per_pass_dumps(tmp_path, 2)
+    dumps[0].data["records"][0]["global_physical_count"] = torch.zeros(L, P + 1, dtype=torch.int32)
+    for out in ("p1", "p2"):
+        with pytest.raises(SGLangError, match=f"global_physical_count of pass 0 has shape \\[{L}, {P + 1}\\]"):
+            per_pass(dumps, Shape(L, E, topk=8), tmp_path / out)
+        assert not any(d.consumed for d in dumps)
+        assert all("global_physical_count" in r for d in dumps for r in d.data["records"])
+    dumps[1].data["records"][0]["global_physical_count"] = torch.zeros(L, P + 1, dtype=torch.int32)
+    dumps[0].data["records"].pop(0)
+    with pytest.raises(SGLangError, match="has shape"):  # the first file's records emptied before it
+        per_pass(dumps, Shape(L, E, topk=8), tmp_path / "p3")
+    assert all(d.consumed == "per_pass" for d in dumps)
+
+
 def test_stat_reads_each_dumps_rows_where_they_lie(tmp_path):
     """Each stat dump's used rows were copied out (c[order]) and the dumps joined (np.concatenate): a
     folder of 20 DeepSeek-V3 dumps of 1,000-pass buffers (1.2 GB) was held three times (3.75 GB peak,
