@@ -319,6 +319,16 @@ def test_serving_per_layer_bars_cover_the_plan_window_and_the_gpu_bars_the_picke
     assert f"--gpus {n_slots} --redundant 4 --nodes 2 --steps " in cmd  # the node count it planned with
 
 
+def test_the_plan_windows_label_sits_above_the_per_pass_lines(imported):
+    at = app(imported["runs"], "per_pass", page="serving")
+    fig = chart(at, "sv_passes")
+    (label,) = [a for a in fig["layout"]["annotations"] if a["text"] == "plan window"]
+    lines = np.concatenate([array(t["y"]) for t in fig["data"]])
+    assert lines.max() > 0.9  # the control: the lines reach the top of the axis, where a label inside would sit
+    # the top of the plot area, the text's bottom edge there: above every line, not over them
+    assert (label["yref"], label["y"], label["yanchor"]) == ("y domain", 1, "bottom"), label
+
+
 def test_the_command_lines_current_placement_is_the_pages(imported, tmp_path):
     """analyses.placement compared its plan only against the contiguous split without replicas, while the
     Serving page compares against the server's own map (a serving engineer's review): its
