@@ -44,9 +44,10 @@ def eval_markers(fig, ev, col: str, color, hover: str, name: str | None = None, 
 def loss_charts(tm, ev, domains: list[str], w: int) -> None:
     """The LM and MTP losses, and the loss per domain, with the validation losses as diamonds."""
     left, right = st.columns(2)
-    series = {k: (tm.step, smooth(tm[k], w)) for k in ("lm_loss", "mtp_loss") if k in tm}
-    fig = charts.lines(series, title="Loss", xlabel="step", ylabel="nats", colors={"lm_loss": "#4C78A8",
-                                                                                   "mtp_loss": "#B279A2"})
+    names = {"lm_loss": "LM loss", "mtp_loss": "MTP loss"}  # the legend named the columns (a tour)
+    series = {names[k]: (tm.step, smooth(tm[k], w)) for k in names if k in tm}
+    fig = charts.lines(series, title="Loss", xlabel="step", ylabel="nats", colors={"LM loss": "#4C78A8",
+                                                                                   "MTP loss": "#B279A2"})
     if has_rows(ev):
         eval_markers(fig, ev, "val_loss", "#E45756", "step %{x}<br>val loss %{y:.4f}", name="val loss", size=9)
     left.plotly_chart(fig, key="loss")
@@ -75,7 +76,8 @@ def balance_charts(tm, ev, gates: dict[str, str], w: int) -> None:
     bn = {gates[g]: (tm.step, tm[f"bias_norm_{g}"]) for g in gates if f"bias_norm_{g}" in tm}
     right.plotly_chart(charts.lines(bn, title="Balancing bias norm per gate", xlabel="step", ylabel="‖bias‖",
                                     colors=gcolors), key="bias_norm")
-    st.caption("Lines: per training batch; diamonds: the validation set (MaxVio_global).")
+    st.caption("Lines: per training batch, averaged over the smoothing window centred on each step (the bias "
+               "norm as logged); diamonds: the validation set (its loss, per domain too, and MaxVio_global).")
 
 
 def gate_over_steps(ref, info: dict, tm, gates: dict[str, str]) -> None:

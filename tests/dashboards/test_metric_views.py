@@ -279,7 +279,9 @@ def test_training_headline_and_curves_follow_the_logged_steps(page_runs):
     shown = metrics(at)
     assert shown["LM loss (last 20)"][0] == f"{steps.lm_loss.iloc[-20:].mean():.3f}"
     assert len(ev) == 2 and shown["Val loss"][0] == f"{ev.val_loss.iloc[-1]:.3f}"  # the latest evaluation
-    lm = next(t for t in chart(at, "loss")["data"] if t["name"] == "lm_loss")
+    names = [t["name"] for t in chart(at, "loss")["data"]]
+    assert names == ["LM loss", "MTP loss", "val loss"], names  # what they are, not the columns' names
+    lm = chart(at, "loss")["data"][0]
     # 10 steps by default, centred on each step: steps i-5..i+4 (a trailing mean lags a falling loss
     # behind the validation diamonds drawn at the same step)
     want = [steps.lm_loss.iloc[max(0, i - 5):i + 5].mean() for i in range(len(steps))]
