@@ -494,12 +494,17 @@ def mtp_by_domain(ref: RunRef) -> pd.DataFrame:
                       "avg((mtp_top1 = target)::int) as accuracy from mtp group by domain order by domain", ("mtp",))
 
 
+def mtp_bucket_size(ref: RunRef, buckets: int = 16) -> int:
+    """Positions in each of `mtp_by_position`'s buckets: the run's window cut into `buckets`."""
+    _count("buckets", buckets)  # 0 divided by zero; a negative count made one bucket a position
+    seq_len = int((ref.info.get("options") or {}).get("seq_len") or 512)
+    return max(1, -(-seq_len // buckets))
+
+
 @cached
 def mtp_by_position(ref: RunRef, buckets: int = 16) -> pd.DataFrame:
     """domain, bucket (start position), positions, agree: agreement by position in the window."""
-    _count("buckets", buckets)  # 0 divided by zero; a negative count made one bucket a position
-    seq_len = int((ref.info.get("options") or {}).get("seq_len") or 512)
-    size = max(1, -(-seq_len // buckets))
+    size = mtp_bucket_size(ref, buckets)
     return query(ref, "select domain, (pos // ?) * ? as bucket, count(*) as positions, avg(agree::int) as agree "
                       "from mtp group by all order by domain, bucket", ("mtp",), [size, size])
 

@@ -38,7 +38,11 @@ def teacher_forced(ref: data.RunRef, colors: dict) -> None:
                        key="loss_domain")
     p = data.mtp_by_position(ref)
     series = {dom: (g.bucket, g.agree) for dom, g in p.groupby("domain")}
-    st.plotly_chart(charts.lines(series, title="Agreement by position in the window", xlabel="position",
+    # each point is a bucket's mean, drawn at its first position: "position" alone read the first point as
+    # position 0's agreement (a tour)
+    size = data.mtp_bucket_size(ref)
+    st.plotly_chart(charts.lines(series, title="Agreement by position in the window",
+                                 xlabel=f"position (first of each bucket of {size})" if size > 1 else "position",
                                  ylabel="agreement", colors=colors, fmt=".2%", markers=True), key="agree_pos")
 
 

@@ -359,6 +359,13 @@ def test_mtp_agreement_is_over_positions_and_the_drafts_are_counted(page_runs):
     assert agree != mtp.groupby("domain").agree.mean().mean()  # the control: the mean of the domains' differs
     assert shown["Agreement (all)"][0] == f"{agree:.1%}" and shown["Mean acceptance length"][0] == f"{1 + agree:.2f}"
     assert shown["Drafts proposed"][0] == f"{dec.drafts_proposed.sum():,}" != f"{dec.drafts_accepted.sum():,}"
+    # each point of agreement by position is a bucket's mean, drawn at its first position: the axis says so
+    options = json.loads((page_runs / "a" / "run.json").read_text()).get("options") or {}
+    size = -(-(options.get("seq_len") or 512) // 16)  # 16 buckets of the window (512 where run.json names none)
+    fig = chart(at, "agree_pos")
+    assert size > 1 and fig["layout"]["xaxis"]["title"]["text"] == f"position (first of each bucket of {size})"
+    first = mtp[mtp.domain == fig["data"][0]["name"]]
+    assert array(fig["data"][0]["y"])[0] == pytest.approx(first[first.pos < size].agree.mean())
 
 
 def test_ablations_show_the_latest_command_sorted_with_shares_of_every_moe_layers_experts(page_runs):
