@@ -4,6 +4,7 @@ run's health (status, unreadable files, tables missing against run.json)."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -59,9 +60,11 @@ def _source(ref: data.RunRef) -> str:
     i = ref.info
     src = i.get("source") or {}
     if src.get("name"):
+        # the files' folder, not the first file's path: that one word, longer than the column, could not
+        # wrap and was cut off mid-name (a tour); the summary below lists the files
         files = src.get("files") or []
-        return f"{src['name']} {src.get('mode', '')} dump: {files[0] if files else '?'}" + (
-            f" (+{len(files) - 1} more)" if len(files) > 1 else "")
+        where = os.path.commonpath([str(Path(f).parent) for f in files]) if files else "?"
+        return f"{src['name']} {src.get('mode', '')} dump: {len(files)} file{'s' * (len(files) != 1)} in {where}"
     if ref.kind == "train":
         return str((i.get("flags") or {}).get("corpus", ""))
     return str((i.get("corpus") or {}).get("path", ""))

@@ -4,6 +4,7 @@ Serving page's balancedness equals a by-hand replay of the traffic the dumps wer
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -185,6 +186,17 @@ def test_every_page_on_imported_runs(imported):
     at = app(imported["runs"], "per_token", page="token_explorer")
     assert any("weights not recorded" in m.value for m in at.markdown)  # SGLang records ids, not weights
     assert len(at.get("plotly_chart")) >= 1
+
+
+def test_the_runs_table_names_a_dumps_folder_not_its_first_files_path(imported):
+    """The corpus cell held the first dump file's whole path, a word longer than the column that could not
+    wrap, so its end was cut off and with it the file count (a tour)."""
+    at = app(imported["runs"], "per_pass")
+    cell = dict(zip(at.dataframe[0].value.run, at.dataframe[0].value.corpus))["per_pass"]
+    files = json.loads((imported["runs"] / "per_pass" / "run.json").read_text())["source"]["files"]
+    folder = str(Path(files[0]).parent)
+    assert len(files) == 2 and cell == f"sglang per_pass dump: 2 files in {folder}"
+    assert max(len(w) for w in cell.split()) < len(files[0])  # every word shorter than the path it showed
 
 
 def test_the_overview_says_an_assumed_top_k_where_it_shows_one(tmp_path):
