@@ -234,7 +234,7 @@ def import_details(ref: data.RunRef) -> None:
                 "assignments / top-k) rest on it; the loads and their shares do not. Re-import with `--config "
                 "config.json` for exact token counts and dense layers.")
     with st.expander("Source files"):
-        st.json(src, expanded=False)
+        st.json(src, expanded=True)  # the expander is the fold: a folded `{...}` inside it needed a second click
 
 
 def train_details(ref: data.RunRef) -> None:
@@ -250,7 +250,7 @@ def train_details(ref: data.RunRef) -> None:
     c[4].metric("Final val loss", f"{fin['val_loss']:.3f}" if "val_loss" in fin else "—")
     domain_bars(i.get("train_tokens") or {}, "Training tokens per domain (corpus)", "train_tokens_per_domain")
     with st.expander("Training flags"):
-        st.json(f, expanded=False)
+        st.json(f, expanded=True)  # as the source files above
 
 
 def health(ref: data.RunRef) -> None:

@@ -303,6 +303,8 @@ def test_overview_figures_of_a_training_run(page_runs):
     per = info["train_tokens"]
     assert len(set(per.values())) > 1  # the control: the domains' counts differ
     assert dict(zip(bars["x"], array(bars["y"]))) == per
+    (flags,) = at.get("json")  # the "Training flags" expander shows them unfolded once opened
+    assert flags.proto.expanded and json.loads(flags.proto.body) == info["flags"]
     at.session_state["run"] = "e"
     at.run()
     files = sorted((page_runs / "e").glob("*/*.parquet"))

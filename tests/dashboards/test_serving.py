@@ -197,6 +197,9 @@ def test_the_runs_table_names_a_dumps_folder_not_its_first_files_path(imported):
     folder = str(Path(files[0]).parent)
     assert len(files) == 2 and cell == f"sglang per_pass dump: 2 files in {folder}"
     assert max(len(w) for w in cell.split()) < len(files[0])  # every word shorter than the path it showed
+    # they are listed in the "Source files" expander, open once it is opened (it held a folded `{...}`)
+    (listing,) = at.get("json")
+    assert listing.proto.expanded and files[0] in listing.proto.body
 
 
 def test_the_overview_says_an_assumed_top_k_where_it_shows_one(tmp_path):
