@@ -9,6 +9,13 @@ import pandas as pd
 from .data import RunRef, _gate, _labelled, cached, layer_number, query
 
 
+def smooth(s, w: int):
+    """The mean over `w` steps centred on each step (fewer at the ends): a trailing mean drew a falling
+    loss (w - 1) / 2 steps late, so the validation diamonds at the same step sat well below it. The
+    Training page's curves and Compare's of two training runs."""
+    return s.rolling(w, min_periods=1, center=True).mean() if w > 1 else s
+
+
 @cached
 def train_metrics(ref: RunRef) -> pd.DataFrame:
     """One row per step: train_steps' columns, plus loss_<domain> and maxvio_<gate> / bias_norm_<gate>

@@ -135,13 +135,13 @@ def training_curves(ra: data.RunRef, rb: data.RunRef) -> None:
         loss, mv = {}, {}
         for r in (ra, rb):
             tm = training_data.train_metrics(r)
-            loss[r.name] = (tm.step, tm.lm_loss.rolling(10, min_periods=1).mean())
+            loss[r.name] = (tm.step, training_data.smooth(tm.lm_loss, 10))
             cols = [c for c in tm.columns if c.startswith("maxvio_layer")]
-            mv[r.name] = (tm.step, tm[cols].mean(axis=1).rolling(10, min_periods=1).mean())
+            mv[r.name] = (tm.step, training_data.smooth(tm[cols].mean(axis=1), 10))
         colors = dict(zip((ra.name, rb.name), RUN_COLORS))
-        left.plotly_chart(charts.lines(loss, title="LM loss (10-step mean)", xlabel="step", ylabel="nats",
+        left.plotly_chart(charts.lines(loss, title="LM loss (10-step centred mean)", xlabel="step", ylabel="nats",
                                        colors=colors), key="cmp_loss")
-        right.plotly_chart(charts.lines(mv, title="MaxVio_batch, mean over layers (10-step mean)",
+        right.plotly_chart(charts.lines(mv, title="MaxVio_batch, mean over layers (10-step centred mean)",
                                         xlabel="step", ylabel="MaxVio", colors=colors), key="cmp_mv")
 
 

@@ -8,12 +8,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from dashboards import charts, compute, data, training_data, ui
-
-
-def smooth(s, w: int):
-    """The mean over `w` steps centred on each step (fewer at the ends): a trailing mean drew a falling
-    loss (w - 1) / 2 steps late, so the validation diamonds at the same step sat well below it."""
-    return s.rolling(w, min_periods=1, center=True).mean() if w > 1 else s
+from dashboards.training_data import smooth
 
 
 def has_rows(ev) -> bool:
