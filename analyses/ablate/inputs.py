@@ -150,7 +150,12 @@ def sample_windows(opts: AblateOptions, corpus: Path, tok, args) -> tuple[list, 
     if not windows:
         raise CorpusError(f"{corpus}: corpus has no text")
     if all(len(w.ids) < 2 for w in windows):
-        caps = [f"{opts.max_tokens:,} token{'' if opts.max_tokens == 1 else 's'} in all (max_tokens)"] if opts.max_tokens else []
+        run_cap = opts.run_max_tokens if opts.within_run else None
+        if run_cap is not None and (opts.max_tokens is None or run_cap <= opts.max_tokens):  # the run's cap limited it
+            caps = [f"the run's own {run_cap:,} token{'' if run_cap == 1 else 's'} (its --max-tokens, whose windows "
+                    "this job samples within; record the run with more)"]
+        else:
+            caps = [f"{opts.max_tokens:,} token{'' if opts.max_tokens == 1 else 's'} in all (max_tokens)"] if opts.max_tokens else []
         caps += [f"{opts.domain_tokens:,} per domain (domain_tokens)"] if opts.domain_tokens else []
         why = f"the sample is capped at {' and '.join(caps)}" if caps else "the documents are one token long"
         each = "holds one token" if len(windows) == 1 else "hold one token each"

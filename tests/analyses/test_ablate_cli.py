@@ -166,6 +166,18 @@ def test_a_sample_with_nothing_to_score_is_refused_before_the_model_runs(probe_e
     assert main(_cli(probe_env, tmp_path / "o", "--top", "1", "--max-tokens", "2")) == 0
 
 
+def test_a_run_whose_own_cap_leaves_nothing_to_score_is_named_as_the_cause(probe_env, tmp_path, capsys):
+    """Within a run's windows, the run's cap limits the sample: the error named max_tokens as if the
+    job had been given it (a review); it names the run's own --max-tokens."""
+    from helpers.analysis_runs import corpus_order_run
+
+    rec = corpus_order_run(probe_env, tmp_path / "rec", 1)
+    assert main(["--run", str(rec), "--top", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("the sample is capped at the run's own 1 token (its --max-tokens, whose windows this job "
+                        "samples within; record the run with more)"), err
+
+
 def test_domain_tokens_takes_a_balanced_sample():
     from analyses.ablate import limit_per_domain
 
