@@ -63,14 +63,45 @@ def _source(ref: data.RunRef) -> str:
         # the files' folder, not the first file's path: that one word, longer than the column, could not
         # wrap and was cut off mid-name (a tour); the summary below lists the files
         files = src.get("files") or []
-        where = os.path.commonpath([str(Path(f).parent) for f in files]) if files else "?"
+        where = short_path(os.path.commonpath([str(Path(f).parent) for f in files])) if files else "?"
         return f"{src['name']} {src.get('mode', '')} dump: {len(files)} file{'s' * (len(files) != 1)} in {where}"
     if ref.kind == "train":
-        return str((i.get("flags") or {}).get("corpus", ""))
-    return str((i.get("corpus") or {}).get("path", ""))
+        return short_path((i.get("flags") or {}).get("corpus", ""))
+    return short_path((i.get("corpus") or {}).get("path", ""))
 
 
-CORPUS_CHARS = 52  # characters a line of the runs table's corpus column holds, "large" (400 px) wide
+def short_path(path) -> str:
+    """A path as the tables show it: relative to the working folder when inside it (the bundled model and
+    corpus: data/corpus/val.jsonl), else with the home folder as ~. A whole path, one word that cannot
+    wrap, ran past the runs table's column and the options table's, cut off (a tour)."""
+    if not path:
+        return ""
+    p = Path(str(path))
+    for base, shown in ((Path.cwd(), None), (Path.home(), "~")):
+        if p.is_absolute() and p.is_relative_to(base) and p != base:
+            rel = str(p.relative_to(base))
+            return f"{shown}/{rel}" if shown else rel
+    return str(path)
+
+
+# the runs table's columns in pixels, together within the page's 938 px column at 1400 px wide (it was
+# 1,100-1,381 px wide, tokens, domains and started behind a scroll bar; a tour); a longer cell wraps
+RUN_COLUMNS = {"run": 120, "kind": 75, "status": 90, "model": 140, "corpus": 200, "tokens": 65,
+               "domains": 150, "started": 90}
+CHAR_PX, CELL_PAD_PX = 7.0, 16  # px: a character of the table's font (54 filled 400 px; a tour), a cell's padding
+
+
+def cell_lines(text: str, width: int) -> int:
+    """The lines `text` takes in a column `width` px wide, wrapped at spaces as the table does (a word
+    longer than a line, a path, broken where the line ends). Counting characters alone (52 a line) gave
+    a 54-character cell that fits on one line a two-line row."""
+    room, lines, used = max(1, int((width - CELL_PAD_PX) / CHAR_PX)), 1, 0
+    for word in str(text).split():
+        if used and used + 1 + len(word) > room:
+            lines, used = lines + 1, 0
+        used += len(word) + (1 if used else 0)
+        lines, used = lines + (used - 1) // room, (used - 1) % room + 1  # a word past the line's end
+    return lines
 
 
 def runs_table(runs: list[data.RunRef]) -> pd.DataFrame:
@@ -79,6 +110,12 @@ def runs_table(runs: list[data.RunRef]) -> pd.DataFrame:
         "corpus": _source(r), "tokens": _tokens(r), "domains": ", ".join(data.domains_of(r)),
         "started": _when(r.info.get("started")),
     } for r in runs])
+
+
+def row_lines(table: pd.DataFrame) -> int:
+    """The lines the runs table's tallest row needs (at most 4), its text columns wrapped at their widths."""
+    return min(4, max((cell_lines(v, RUN_COLUMNS[c]) for c in ("run", "kind", "model", "corpus", "domains",
+                                                                  "started") for v in table[c]), default=1))
 
 
 def domain_bars(per: dict, title: str, key: str, where=st) -> None:
@@ -314,14 +351,16 @@ if not runs:
     ui.no_runs()
 else:
     table = runs_table(runs)
-    # a corpus path or an import's dump files ran past the column's width, cut off: wrapped instead, which
-    # Streamlit allows in rows taller than 4rem, taken only when a value is that long
-    lines = min(4, -(-int(table.corpus.str.len().max()) // CORPUS_CHARS))
+    # a cell longer than its column wraps, which Streamlit allows in rows taller than 4rem, taken only
+    # when a value is that long
+    lines = row_lines(table)
     row = 26 + 22 * lines if lines > 1 else None  # and the 10 rows the table showed, in rows that tall
+    paths = "paths relative to the working folder, or with ~ for the home folder"
     st.dataframe(table, hide_index=True, width="stretch", row_height=row,
                  height=ui.whole_table_height(len(table), 10, row) if row else "auto",
-                 column_config={"tokens": st.column_config.NumberColumn(format="%d"),
-                                "corpus": st.column_config.TextColumn(width="large" if row else None)})
+                 column_config={c: st.column_config.Column(width=w) for c, w in RUN_COLUMNS.items()} | {
+                     "tokens": st.column_config.NumberColumn(format="%d", width=RUN_COLUMNS["tokens"]),
+                     "corpus": st.column_config.TextColumn(width=RUN_COLUMNS["corpus"], help=paths)})
     ref = ui.selected_run(("probe", "train", "unknown"))
     if ref is not None:
         st.header(ref.name, divider="gray")

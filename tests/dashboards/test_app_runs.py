@@ -212,24 +212,43 @@ def test_a_long_run_name_is_shown_whole_under_the_picker(tmp_path):
 
 
 @pytest.mark.slow  # a dashboard session over several pages or runs (the quick loop leaves it out)
-def test_a_long_corpus_path_wraps_in_the_runs_table(tmp_path):
-    """The Overview's runs table cut a long corpus path off at the column's width; a long one now
-    wraps (a wide column, rows tall enough for Streamlit to wrap their text: over 64 px), with room
-    for all its lines; short ones keep the table's one-line rows."""
+def test_the_runs_table_fits_the_page_and_wraps_a_long_corpus_path(tmp_path):
+    """The Overview's runs table was 1,100-1,381 px wide in the page's 938 px column at 1400 px, tokens,
+    domains and started behind a scroll bar, and cut a long corpus path off (a tour): every column now
+    has a width, together within 938 px; a long path is shown from ~ and wraps, in rows tall enough for
+    Streamlit to wrap text (over 64 px) with room for its lines; short cells keep one-line rows."""
+    from pathlib import Path
+
     from helpers.synthetic_run import write_run
 
     write_run(tmp_path / "short", n_seq=2)
-    at = app(tmp_path, "short")
-    table = at.dataframe[0].proto
-    assert not table.HasField("row_height") and "width" not in json.loads(table.columns).get("corpus", {})
-    path = "/home/researcher/datasets/deepseek-v3-probe/corpora/code-math-prose-balanced-2026-11/shards"
+    table = app(tmp_path, "short").dataframe[0].proto
+    widths = {c: v.get("width") for c, v in json.loads(table.columns).items() if c != "_index"}
+    assert set(widths) >= {"run", "kind", "status", "model", "corpus", "tokens", "domains", "started"}
+    assert all(isinstance(w, int) for w in widths.values()) and sum(widths.values()) <= 938, widths
+    assert not table.HasField("row_height")
+    path = Path.home() / "datasets/deepseek-v3-probe/corpora/code-math-prose-balanced-2026-11/shards"
     write_run(tmp_path / "long", n_seq=2)
     info = json.loads((tmp_path / "long" / "run.json").read_text())
-    (tmp_path / "long" / "run.json").write_text(json.dumps(info | {"corpus": {"path": path}}))
-    at = app(tmp_path, "long")
-    shown = at.dataframe[0]
-    assert path in shown.value.corpus.tolist()
-    assert shown.proto.row_height > 64 and json.loads(shown.proto.columns)["corpus"]["width"] == "large"
+    (tmp_path / "long" / "run.json").write_text(json.dumps(info | {"corpus": {"path": str(path)}}))
+    shown = app(tmp_path, "long").dataframe[0]
+    cell = dict(zip(shown.value.run, shown.value.corpus))["long"]
+    assert cell == f"~/{path.relative_to(Path.home())}"
+    from dashboards.views.overview import cell_lines
+
+    lines = cell_lines(cell, widths["corpus"])
+    assert lines >= 3 and shown.proto.row_height >= 26 + 22 * lines > 64
+
+
+def test_a_cell_that_fits_its_line_takes_one():
+    """The wrap estimate, 52 characters a 400 px line, gave a 54-character cell that fits on one line
+    a two-line row (a tour); lines break at spaces, and a word longer than a line where it ends."""
+    from dashboards.views.overview import cell_lines
+
+    assert cell_lines("x" * 54, 400) == 1 and cell_lines("x" * 55, 400) == 2
+    assert cell_lines("chinese, code, literature, math, technical", 150) == 3  # as a browser drew it
+    assert cell_lines("a " + "x" * 60, 400) == 3  # the word starts a line of its own and runs past it
+    assert cell_lines("", 90) == 1
 
 
 @pytest.mark.parametrize("kind", ["ablations", "steering"])
