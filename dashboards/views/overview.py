@@ -126,6 +126,9 @@ def domain_bars(per: dict, title: str, key: str, where=st) -> None:
                                        colors=[colors[d] for d in doms], fmt=",d"), key=key)
 
 
+PATH_OPTIONS = ("ckpt", "corpus", "out", "tokenizer")  # the recording options that name a path
+
+
 def probe_details(ref: data.RunRef) -> None:
     i = ref.info
     planned, opts = i.get("planned") or {}, i.get("options") or {}
@@ -160,8 +163,16 @@ def probe_details(ref: data.RunRef) -> None:
         # an option left unset shows what the run used: the checkpoint and corpus run.json names
         used = {"ckpt": (i.get("checkpoint") or {}).get("path"), "corpus": (i.get("corpus") or {}).get("path")}
         shown = {k: v if v is not None else used.get(k) or "default" for k, v in opts.items()}
-        st.dataframe(pd.DataFrame({"option": list(shown), "value": [str(v) for v in shown.values()]}),
-                     hide_index=True, width="stretch", height=ui.whole_table_height(len(shown)))
+        # a path whole ran past the narrow value column, cut off (a tour): shortened, and whole below
+        whole = {k: str(v) for k, v in shown.items() if k in PATH_OPTIONS and short_path(v) != str(v)}
+        st.dataframe(pd.DataFrame({"option": list(shown), "value": [short_path(v) if k in PATH_OPTIONS else str(v)
+                                                                    for k, v in shown.items()]}),
+                     hide_index=True, width="stretch", height=ui.whole_table_height(len(shown)),
+                     # the value column all the room the options' names leave (the page's right 2/5 at 1400 px)
+                     column_config={"option": st.column_config.TextColumn(width=105),
+                                    "value": st.column_config.TextColumn(width=255)})
+        if whole:
+            st.caption("; ".join(f"{k}: `{v}`" for k, v in whole.items()))
     rep = (i.get("corpus") or {}).get("replaced_bytes", 0)
     if rep:
         st.warning(f"The corpus had {rep:,} bytes that were not valid UTF-8 (replaced); files: "
@@ -355,7 +366,7 @@ else:
     # when a value is that long
     lines = row_lines(table)
     row = 26 + 22 * lines if lines > 1 else None  # and the 10 rows the table showed, in rows that tall
-    paths = "paths relative to the working folder, or with ~ for the home folder"
+    paths = "paths relative to the working folder, or with ~ for the home folder; the run's summary below names them whole"
     st.dataframe(table, hide_index=True, width="stretch", row_height=row,
                  height=ui.whole_table_height(len(table), 10, row) if row else "auto",
                  column_config={c: st.column_config.Column(width=w) for c, w in RUN_COLUMNS.items()} | {

@@ -251,6 +251,28 @@ def test_a_cell_that_fits_its_line_takes_one():
     assert cell_lines("", 90) == 1
 
 
+def test_the_recording_options_show_paths_readably(tmp_path):
+    """The narrow "Recording options" table cut long checkpoint and corpus paths off (a tour): they show
+    from ~, and whole in a caption below it; the other options as they were."""
+    from pathlib import Path
+
+    from helpers.synthetic_run import write_run
+
+    ckpt = Path.home() / "checkpoints/deepseek-v3-671b-fp8-e4m3-block128-instruct-2026-11"
+    write_run(tmp_path / "r", n_seq=2)
+    info = json.loads((tmp_path / "r" / "run.json").read_text())
+    info |= {"checkpoint": {"path": str(ckpt)}, "options": {"ckpt": None, "corpus": None, "seq_len": 256}}
+    (tmp_path / "r" / "run.json").write_text(json.dumps(info))
+    at = app(tmp_path, "r", page="overview")
+    options = next(d.value for d in at.dataframe if "option" in d.value)
+    shown = dict(zip(options.option, options.value))
+    assert shown == {"ckpt": f"~/{ckpt.relative_to(Path.home())}", "corpus": "default", "seq_len": "256"}
+    assert f"ckpt: `{ckpt}`" in texts(at.caption)
+    table = next(d.proto for d in at.dataframe if "option" in d.value)
+    widths = {c: v["width"] for c, v in json.loads(table.columns).items() if c != "_index"}
+    assert widths["value"] > 2 * widths["option"] and sum(widths.values()) <= 365  # the page's right 2/5
+
+
 @pytest.mark.parametrize("kind", ["ablations", "steering"])
 def test_the_runs_table_gives_an_analysis_only_run_the_tokens_it_scored(tmp_path, kind):
     """An `analyses.ablate|steer --out` run had a blank tokens column while its summary below showed the
