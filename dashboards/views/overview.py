@@ -366,7 +366,8 @@ else:
     # when a value is that long
     lines = row_lines(table)
     row = 26 + 22 * lines if lines > 1 else None  # and the 10 rows the table showed, in rows that tall
-    paths = "paths relative to the working folder, or with ~ for the home folder; the run's summary below names them whole"
+    paths = ("paths relative to the working folder, or with ~ for the home folder; the run's summary below "
+             "names them whole")
     st.dataframe(table, hide_index=True, width="stretch", row_height=row,
                  height=ui.whole_table_height(len(table), 10, row) if row else "auto",
                  column_config={c: st.column_config.Column(width=w) for c, w in RUN_COLUMNS.items()} | {
