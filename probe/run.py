@@ -227,7 +227,9 @@ class Run:
         self.status  # re-reads run.json into `info`
         return lost_tables(self.path, self.info)
 
-    def _check_not_lost(self, table: str) -> None:
+    def check_not_lost(self, table: str) -> None:
+        """A RunError naming the run, the table and its missing parts where this complete run has lost
+        `table` (`lost_tables`); nothing otherwise."""
         if table in self.lost_tables:
             raise RunError(lost_message(self.path, table, self.info))
 
@@ -244,7 +246,7 @@ class Run:
         the run has no part yet (a complete run that lists the table in run.json and has lost its parts,
         or some: a RunError)."""
         files = self.files(table)
-        self._check_not_lost(table)
+        self.check_not_lost(table)
         schema = TABLES[table]
         unknown = [c for c in columns or () if c not in schema.names]
         if unknown:
@@ -354,7 +356,7 @@ class Run:
         until it is consumed, so it suits tables larger than memory (routing, tokens)."""
         if table not in TABLES:
             raise RunError(f"unknown table {table!r}; tables are {list(TABLES)}")
-        self._check_not_lost(table)
+        self.check_not_lost(table)
         return self._views([table]).table(table)
 
     def sql(self, query: str):

@@ -168,11 +168,9 @@ def not_lost(run, table: str) -> None:
     or committed part files: one rank's output; `probe.run.lost_tables`), naming the run, the table
     and the missing parts. A metric's query of it was DuckDB's error wrapping that line, and a lost
     folder read as a table 'not recorded' (a tour)."""
-    if table in (getattr(run, "lost_tables", None) or ()):  # a Run-like object without it loses none
-        from probe.run import lost_message
-        from probe.writer import RunError
-
-        raise RunError(lost_message(run.path, table, run.info))
+    check = getattr(run, "check_not_lost", None)  # a Run-like object without it loses none
+    if check is not None:
+        check(table)
 
 
 def need_rows(run, table: str) -> None:
