@@ -196,6 +196,7 @@ class Run:
         self._con = None
         self._made: dict[str, tuple] = {}  # table: (its part files, lost, its condition) when its view was made
         self._where: dict[str, str] = {}  # table: the condition its rows hold (`restrict`)
+        self._listed: tuple | None = None  # run.json's status and tables when the views were last checked
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r}, status={self.status!r}, tables={self.tables})"
@@ -293,10 +294,16 @@ class Run:
         if self._con is None:
             self._con = run_connection()
         want = [t for t in TABLES if t in tables or t in self._made]
-        files = {t: table_files(self.path, t) for t in want}
-        lost = self.lost_tables
+        names = {t: tuple(f.name for f in table_files(self.path, t)) for t in want}
+        self.status  # re-reads run.json: its status and tables decide what is lost too
+        listed = (self.info.get("status"), tuple(self.info.get("tables") or ()))
+        if listed == self._listed and all((self._made.get(t) or (None,))[::2] == (names[t], self._where.get(t))
+                                          for t in want):
+            return self._con  # every view over the parts it was made over: a part lost since changed them
+        self._listed = listed
+        lost = lost_tables(self.path, self.info)  # the progress files and every committed part: when remaking
         for t in want:
-            key = (tuple(f.name for f in files[t]), t in lost, self._where.get(t))
+            key = (names[t], t in lost, self._where.get(t))
             if self._made.get(t) != key:
                 self._make_view(t, t in lost)
                 self._made[t] = key
