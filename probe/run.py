@@ -314,9 +314,10 @@ class Run:
         is lost, else over the shared table without rows."""
         import duckdb
 
-        if table in self._made:
+        if table in self._made:  # forgotten with its view: a making that fails below is tried again, not taken as made
             self._con.execute(f"drop view if exists {table}")
             self._con.unregister(f"_unreadable_{table}")
+            del self._made[table]
         if lost:  # all its parts or some: the others alone would read as a smaller run
             return self._unreadable_view(table, lost_why(self.path, table, self.info))
         where = self._where.get(table, "")

@@ -116,3 +116,15 @@ def test_a_restricted_table_keeps_its_condition_when_its_parts_change(path):
     with pytest.raises(probe.RunError, match=r"tokens: cannot hold only the rows where 'no_such > 1'"):
         run.restrict(["tokens"], "no_such > 1")
     assert run.sql("select count(*), max(seq_id) from tokens").fetchall() == first  # the condition before it holds
+
+
+def test_a_refused_condition_leaves_a_table_without_parts_readable(path):
+    """A table the run has no part of is a view over the shared empty table: a condition it cannot take
+    failed as that view was made again, after the old one was dropped, and the table was then gone from
+    the run ('Table with name mtp does not exist') where the condition before it should have held."""
+    run = probe.open_run(path).restrict(["mtp"], "seq_id < 2")
+    assert run.files("mtp") == [] and run.sql("select count(*) from mtp").fetchall() == [(0,)]
+    with pytest.raises(probe.RunError, match=r"mtp: cannot hold only the rows where 'no_such > 1'"):
+        run.restrict(["mtp"], "no_such > 1")
+    assert run.sql("select count(*) from mtp").fetchall() == [(0,)] and len(run.df("mtp")) == 0
+    assert run.rel("mtp").aggregate("count(*)").fetchall() == [(0,)]
