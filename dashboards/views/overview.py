@@ -313,6 +313,7 @@ def health(ref: data.RunRef) -> None:
                    icon="⚠️")
     expected = ref.info.get("tables") or []
     missing = [t for t in expected if t not in set(h.table)]
+    gone: list[str] = []  # the tables lost whole or in part: not readable
     if missing and ref.status == "complete":
         # a table without rows keeps its folder (the mtp table needs two more tokens after a position
         # in its window); a missing folder, or parts the record's progress names, is a run that lost files
@@ -320,11 +321,12 @@ def health(ref: data.RunRef) -> None:
         empty = [t for t in missing if data.table_folder_exists(ref, t) and t not in lost]
         if empty:
             st.info(f"No rows recorded in: {', '.join(empty)} (the run's windows gave these tables nothing to record).")
-        if lost := [t for t in missing if t not in empty]:
-            st.warning(f"run.json lists tables with no files: {', '.join(lost)}")
+        if gone := [t for t in missing if t not in empty]:
+            st.warning(f"run.json lists tables with no files: {', '.join(gone)}")
     elif missing:
         st.info(f"Not written yet: {', '.join(missing)} (written when the run finishes).")
     if partly := data.partly_lost(ref, tuple(t for t in expected if t not in missing)):
+        gone += partly
         st.warning(f"Tables missing part files the run committed: {', '.join(partly)} ("
                    f"{lost_why(ref.path, partly[0], ref.info)}); the pages that read them show a warning")
     summary = h.groupby("table", as_index=False).agg(files=("file", "count"), rows=("rows", "sum"),
@@ -336,7 +338,7 @@ def health(ref: data.RunRef) -> None:
     if not bad.empty or ref.status != "complete":
         if not bad.empty:
             st.caption(f"{len(bad)} of {len(h)} files unreadable.")
-    else:
+    elif not gone:  # said above the table: 'Every table is readable' below a lost one's warning contradicted it
         st.success("Every table is readable.", icon=":material/check_circle:")
 
 

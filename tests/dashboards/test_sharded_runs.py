@@ -25,6 +25,7 @@ def test_a_run_missing_one_ranks_parts_is_warned_about_not_shown_smaller(tmp_pat
     at = app(tmp_path / "runs", "sharded", page="overview")
     assert ("Tables missing part files the run committed: expert_load (committed part files missing "
             "(r002-b0000001-0000001.parquet): deleted, or left on another node?") in texts(at.warning), texts(at.warning)
+    assert "Every table is readable" not in texts(at.success)  # it said so under the warning
     at = app(tmp_path / "runs", "sharded", page="load_balance")
     assert "run 'sharded': cannot read `expert_load` (committed part files missing" in texts(at.warning)
     at = app(tmp_path / "runs", "sharded", page="token_explorer")  # tokens and routing: whole
@@ -49,3 +50,23 @@ def test_the_overview_says_how_a_torchrun_record_held_the_model(tmp_path):
             "rank 0.37-0.41 GB.") in texts(at.caption), texts(at.caption)
     at = app(tmp_path / "runs", "one", page="overview")
     assert "Recorded on" not in texts(at.caption) and not at.exception
+
+
+def test_the_overview_says_every_table_is_readable_only_of_a_run_that_lost_none(tmp_path):
+    """A complete run whose run.json lists a table it has no files of: the overview warned of it, then said
+    'Every table is readable.' below the warning; the control, the run whole, says it."""
+    from helpers.synthetic_run import write_run
+
+    run = tmp_path / "runs" / "lost"
+    write_run(run)
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps(info | {"status": "complete", "tables": ["tokens", "routing",
+                                                                                        "expert_load"]}))
+    at = app(tmp_path / "runs", "lost", page="overview")
+    assert "Every table is readable" in texts(at.success) and not at.exception
+    for f in (run / "tokens").glob("*.parquet"):
+        f.unlink()
+    (run / "tokens").rmdir()
+    at = app(tmp_path / "runs", "lost", page="overview")
+    assert "run.json lists tables with no files: tokens" in texts(at.warning), texts(at.warning)
+    assert "Every table is readable" not in texts(at.success)
