@@ -353,7 +353,7 @@ class SteerCommits(Commits):
         # finished part's too (the same command run again computes its own passes and dropped them)
         kept = {} if fresh else self.earlier if self.earlier is not None else self._finished_rows()
         self.others = [u for u in kept if u != LOSS and u not in self.units]
-        self.rows.update({u: kept[u] for u in self.others})
+        self.rows.update({u: kept[u][:1] for u in self.others})  # one steering: one row a prompt (`take`)
         for u in self.others:
             self.units.append(u)
         if fresh:

@@ -397,3 +397,26 @@ def test_a_kept_continuation_of_another_length_is_not_taken_as_this_length(probe
     _reset(counted)
     assert main(_cli(probe_env, out, "--max-new-tokens", "2", "--prompt", "y", "--prompt", "z")) == 0
     assert (counted["loss"], counted["prompts"]) == (0, 1)  # z alone
+
+
+def test_a_prompt_an_older_part_holds_twice_stays_once(probe_env, tmp_path, counted, whole_run):
+    """A part written before a prompt given twice was one unit holds that prompt's row twice: kept as a
+    continuation of a prompt the new command does not give, it stayed twice in the part written over it
+    (the other legacy parts' were kept once); one row a prompt, as the command's own."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from probe.schema import TABLES
+
+    finished, ref, n_prompts, _ = whole_run
+    out = tmp_path / "twice"
+    old = _legacy(finished, out, whole=True)
+    part = out / "steering" / f"{old}.parquet"
+    table = pq.read_table(part).to_pandas()
+    first = table[table.kind == "generation"].iloc[:1]
+    pq.write_table(pa.Table.from_pandas(pd.concat([table, first]), schema=TABLES["steering"], preserve_index=False),
+                   part)
+    assert main(_cli(probe_env, out, "--prompt", "y")) == 0
+    assert (counted["loss"], counted["prompts"]) == (0, 1)
+    gen = _one_part(out, ref).query("kind == 'generation'")
+    assert sorted(gen.prompt) == sorted([*ref[ref.kind == "generation"].prompt, "y"]), gen.prompt.tolist()
