@@ -175,12 +175,12 @@ def _check_routed(run, other, other_dir: Path) -> None:
     """Run vs run compares the routing tables: a run without one is refused by --compare and its cause
     from its run.json (the metrics' 'run has no routing table (... --router-logits none?)' named neither
     the flag nor which run, and guessed where run.json says, a tour)."""
-    from .research import unrecorded_why
+    from .research import lost_words, unrecorded_why
 
     for r, who in ((run, "this run"), (other, "the compared run")):
         if "routing" not in r.tables:
-            why = ("run.json lists routing, whose part files are gone (deleted?)" if "routing" in r.lost_tables
-                   else unrecorded_why(r, "routing"))
+            why = (f"run.json lists routing but the run has {lost_words(r, ['routing'], 'it')}"
+                   if "routing" in r.lost_tables else unrecorded_why(r, "routing"))
             raise ReportError(f"--compare {other_dir}: {who}, {r.path}, has no routing table ({why}); run vs run "
                               "compares the two runs' routes")
 

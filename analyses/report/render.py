@@ -69,8 +69,9 @@ def check_run(path: Path):
         raise ReportError(f"{path}: not a run directory (no run.json)")
     run = probe.open_run(path)
     if "expert_load" in run.lost_tables:  # deleted, not unrecorded: "empty run ... record it first" misled
-        raise ReportError(f"{path}: run.json lists expert_load but the run has {_lost_words(run, ['expert_load'], 'it')}"
-                          ": every section reads it; record the run again")
+        lost = research.lost_words(run, ["expert_load"], "it")
+        raise ReportError(f"{path}: run.json lists expert_load but the run has {lost}: every section reads it; "
+                          "record the run again")
     if not run.files("expert_load") or run.sql("select count(*) from expert_load").fetchall()[0][0] == 0:
         if made_by := _made_by_another_command(run):  # not empty, and record refuses its folder (a tour)
             raise ReportError(f"{path}: {made_by}, with no expert_load, which every section reads: the report is "
@@ -110,20 +111,9 @@ def run_notes(run, ns) -> list[str]:
         notes.append(f"{run.path} is {status!r}{killed}, not complete: the report covers the tokens recorded so far")
     if lost := run.lost_tables:  # they read as empty, and the sections were "not recorded" (a review)
         notes.append(f"{run.path}: run.json lists {', '.join(lost)} but the run has "
-                     f"{_lost_words(run, lost, 'them' if len(lost) > 1 else 'it')}: the sections that read "
+                     f"{research.lost_words(run, lost, 'them' if len(lost) > 1 else 'it')}: the sections that read "
                      f"{'them' if len(lost) > 1 else 'it'} are left out; record the run again for a whole report")
     return notes
-
-
-def _lost_words(run, lost: list[str], them: str) -> str:
-    """'no part files of THEM (deleted?)', or, where a lost table kept some parts (a rank's output
-    missing: read, it would be a smaller run), 'lost part files of THEM (...)' naming the missing ones."""
-    from probe.run import missing_parts
-
-    if not any(run.files(t) for t in lost):
-        return f"no part files of {them} (deleted?)"
-    named = "; ".join(f"{t}: {missing_parts(run.path, t, run.info)}" for t in lost if run.files(t))
-    return f"lost part files of {them} ({named}; deleted, or left on another node?)"
 
 
 def _check_model_sections_can_run(run) -> None:

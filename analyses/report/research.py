@@ -398,7 +398,20 @@ def missing(sec: str, r: dict) -> str:
 
 def not_recorded(r: dict, why: str) -> str:
     """A section's placeholder where its table is not in the run: `why`, unless the run lists tables it
-    has lost (their part files deleted), which the report then names rather than call unrecorded."""
+    has lost (their part files deleted, all or a rank's), which the report then names, as its note does
+    (`lost_words`), rather than call unrecorded."""
     if lost := r.get("lost_tables"):
-        return f"(not in this run: run.json lists {', '.join(lost)}, whose part files are gone: deleted?)"
+        them = "them" if len(lost) > 1 else "it"
+        return f"(not in this run: run.json lists {', '.join(lost)} but the run has {lost_words(r['run'], lost, them)})"
     return f"(not in this run: {why})"
+
+
+def lost_words(run, lost: list[str], them: str) -> str:
+    """'no part files of THEM (deleted?)', or, where a lost table kept some parts (a rank's output
+    missing: read, it would be a smaller run), 'lost part files of THEM (...)' naming the missing ones."""
+    from probe.run import missing_parts
+
+    if not any(run.files(t) for t in lost):
+        return f"no part files of {them} (deleted?)"
+    named = "; ".join(f"{t}: {missing_parts(run.path, t, run.info)}" for t in lost if run.files(t))
+    return f"lost part files of {them} ({named}; deleted, or left on another node?)"

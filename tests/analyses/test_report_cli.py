@@ -272,6 +272,26 @@ def test_a_compare_run_without_routing_is_named_with_its_cause(tmp_path, capsys)
                           "run was recorded with --router-logits none"), err
 
 
+def test_a_compare_run_that_lost_routing_parts_names_them(tmp_path, capsys):
+    """--compare OTHER, a complete run missing one rank's routing parts: the cause said 'whose part files
+    are gone (deleted?)' for a table that kept most of its files (a review); it names the missing part,
+    as the report's note does."""
+    from helpers.synthetic_run import as_two_replicas
+
+    write_run(tmp_path / "r")
+    write_run(tmp_path / "o")
+    info = json.loads((tmp_path / "o" / "run.json").read_text())
+    (tmp_path / "o" / "run.json").write_text(json.dumps(info | {"status": "complete",
+                                                                 "tables": ["tokens", "routing", "expert_load"]}))
+    as_two_replicas(tmp_path / "o", ["tokens", "routing", "expert_load"])
+    (tmp_path / "o" / "routing" / "r002-b0000001-0000001.parquet").unlink()
+    err = _err([str(tmp_path / "r"), "--compare", str(tmp_path / "o"), "--skip-ablation", "--no-progress"], capsys)
+    assert err == (f"error: --compare {tmp_path / 'o'}: the compared run, {tmp_path / 'o'}, has no routing table "
+                   "(run.json lists routing but the run has lost part files of it (routing: "
+                   "r002-b0000001-0000001.parquet; deleted, or left on another node?)); run vs run compares the "
+                   "two runs' routes"), err
+
+
 def test_compare_with_itself_or_a_copy_is_refused(tmp_path, capsys):
     """--compare of the run with itself reported agreement 1.000 everywhere without saying it was the same
     run (a tour): refused in one line, as is a copy of it (the same recording), before any section runs."""
