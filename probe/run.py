@@ -138,29 +138,42 @@ def create_views(con, path: str | Path, tables, temp: bool = False, where: str =
 _DB: tuple[int, object] | None = None  # (the process id that opened it, the database)
 _DB_LOCK = threading.Lock()
 _CATALOGS = itertools.count()
-EMPTY = "_empty"  # the shared database's schema of one table without rows per table of TABLES
+_EMPTY: dict[str, str] = {}  # table: a query of no rows in its columns (`empty_rows`)
 
 
 def _database():
-    """The process's one in-memory DuckDB database, whose cursors are the runs' connections, with a
-    table without rows per table of TABLES in schema `EMPTY` (a run's view of a table it has no part
-    of reads it). Opening a run and querying it cost 30 ms of CPU, half of it opening a database of
-    its own and most of the rest registering an empty table for each absent one; a cursor of this
-    one with a catalog of its own costs 0.4 ms, the whole 3 ms (duckdb 2.0, a 2-core EPYC,
-    2026-12-06). A forked child opens its own (a database's threads do not survive a fork)."""
+    """The process's one in-memory DuckDB database, whose cursors are the runs' connections. Opening a
+    run and querying it cost 30 ms of CPU, half of it opening a database of its own and most of the
+    rest registering an empty table for each absent one; a cursor of this one with a catalog of its
+    own costs 0.4 ms, the whole 3 ms (duckdb 2.0, a 2-core EPYC, 2026-12-06). A forked child opens
+    its own (a database's threads do not survive a fork)."""
     import duckdb
 
     global _DB
     with _DB_LOCK:
         if _DB is None or _DB[0] != os.getpid():
             db = duckdb.connect()
-            db.execute(f"create schema {EMPTY}")
-            for t, schema in TABLES.items():
-                db.register("_rows", schema.empty_table())
-                db.execute(f"create table {EMPTY}.{t} as select * from _rows")
-                db.unregister("_rows")
+            if not _EMPTY:
+                _EMPTY.update({t: _no_rows(db, schema) for t, schema in TABLES.items()})
             _DB = (os.getpid(), db)
         return _DB[1]
+
+
+def _no_rows(db, schema: pa.Schema) -> str:
+    """A query of no rows in `schema`'s columns, typed as DuckDB reads its empty table."""
+    db.register("_rows", schema.empty_table())
+    columns = db.execute("describe select * from _rows").fetchall()
+    db.unregister("_rows")
+    return "select " + ", ".join(f'cast(null as {kind}) as "{name}"' for name, kind, *_ in columns) + " where false"
+
+
+def empty_rows(table: str) -> str:
+    """A query of no rows in `table`'s columns (as its part files read): what a run's view of a table it
+    has no part of selects. A query, not a table: the row-less tables of a schema the runs' connections
+    shared took a caller's `insert into memory._empty.mtp ...`, and every run's table without parts
+    read those rows after (a tour)."""
+    _database()
+    return _EMPTY[table]
 
 
 def run_connection():
@@ -311,7 +324,7 @@ class Run:
 
     def _make_view(self, table: str, lost: bool) -> None:
         """(Re)make `table`'s view: over its part files, raising where one is unreadable or the table
-        is lost, else over the shared table without rows."""
+        is lost, else over a query of no rows in its columns (`empty_rows`)."""
         import duckdb
 
         if table in self._made:  # forgotten with its view: a making that fails below is tried again, not taken as made
@@ -327,7 +340,7 @@ class Run:
             return self._unreadable_view(table, str(e).strip().splitlines()[0])
         if missing:
             cond = f" where {where}" if where else ""
-            self._con.execute(f"create view {table} as select * from memory.{EMPTY}.{table}{cond}")
+            self._con.execute(f"create view {table} as select * from ({empty_rows(table)}){cond}")
 
     def _unreadable_view(self, table: str, error: str) -> None:
         """View `table` (with its schema's columns) over one placeholder row that raises `error`."""
@@ -349,7 +362,7 @@ class Run:
                 raise RunError(f"unknown table {t!r}; tables are {list(TABLES)}")
             before, self._where[t] = self._where.get(t), where
             try:
-                self._views([t]).execute(f"select * from memory.{EMPTY}.{t} where {where}")
+                self._views([t]).execute(f"select * from ({empty_rows(t)}) where {where}")
             except duckdb.Error as e:  # the condition before it holds
                 if before is None:
                     del self._where[t]

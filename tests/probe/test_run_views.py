@@ -66,6 +66,21 @@ def test_a_table_without_parts_reads_empty_in_its_schemas_columns(path):
     assert probe.open_run(path).sql("select count(*) from mtp").fetchall() == [(0,)]
 
 
+def test_a_callers_insert_reaches_no_other_runs_table_without_parts(path):
+    """A table without parts reads a query of no rows, not a table of the database every run's
+    connection shares: an insert into that one (`memory._empty.mtp`) was every run's mtp after."""
+    a, b = probe.open_run(path), probe.open_run(path)
+    assert a.sql("select count(*) from mtp").fetchall() == [(0,)]
+    shared = "select schema_name, table_name from duckdb_tables() where database_name = 'memory'"
+    assert a.con.execute(shared).fetchall() == []  # no table there to write rows into
+    with pytest.raises(probe.RunError, match="_empty"):
+        a.sql("insert into memory._empty.mtp (pos) values (1)")
+    with pytest.raises(duckdb.Error):
+        a.con.execute("insert into mtp (pos) values (1)")  # its own view, as before
+    for run in (a, b, probe.open_run(path)):
+        assert run.sql("select count(*) from mtp").fetchall() == [(0,)]
+
+
 def test_a_view_read_through_the_callers_own_view_follows_its_parts(path, tmp_path):
     """`sql` makes only the views its query names: one made before is still made again when its parts
     change, a view of the caller's may read it."""
