@@ -68,6 +68,9 @@ class CorpusStats:
     empty_domains: list[str] = field(default_factory=list)  # sub-folders of a corpus directory without a text file
     linked_domains: list[str] = field(default_factory=list)  # "link -> folder": sub-folder links read under the folder
     cap: tuple[int, int, int] = (0, 0, 0)  # (--max-tokens, --seq-len, domains with text) when it did
+    # domains with tokens taken and text left when a --max-tokens cap ended the windows (None: not known,
+    # --order corpus under a cap: telling would read the rest of the corpus)
+    capped_domains: list[str] | None = None
 
     def replaced(self, n: int, where: str) -> None:
         """Count `n` characters replaced by U+FFFD in file `where` (its path in the corpus)."""
@@ -309,6 +312,7 @@ def corpus_windows(path: str | Path, encode, seq_len: int, bos_id: int | None, m
         raise CorpusError(f"--order {order!r}: choose {' or '.join(ORDERS)}")
     stats = stats if stats is not None else CorpusStats()
     if order == "corpus":
+        stats.capped_domains = [] if max_tokens is None else None
         return iter_windows(iter_documents(path, stats), encode, seq_len, bos_id, max_tokens)
     return balanced_windows(domain_streams(path, stats), encode, seq_len, bos_id, max_tokens, stats)
 

@@ -271,7 +271,11 @@ def run_info(job: Job, plan: CorpusPlan, opts: RecordOptions, world, m, tables: 
         "tables": tables + (FINAL_TABLES if opts.kv_stats else []) + (["router_bias"] if has_router_bias else []),
         "domains": sorted(plan.per_domain),
         "planned": {"windows": plan.windows, "tokens": plan.tokens, "batches": plan.batches,
-                    "tokens_per_domain": plan.per_domain},
+                    "tokens_per_domain": plan.per_domain,
+                    # the domains --max-tokens cut (text left), so that a domain of few tokens reads as the
+                    # cap's or the corpus's (the report's "tokens scored"); absent where not known
+                    **({"capped_domains": plan.stats.capped_domains} if plan.stats.capped_domains is not None
+                       else {})},
         "versions": {"python": sys.version.split()[0], "torch": torch.__version__, "pyarrow": pa.__version__,
                      "arrow_allocator": pa.default_memory_pool().backend_name,  # probe/allocator.py
                      "dsv3_probe": package_version()},

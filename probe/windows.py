@@ -105,7 +105,7 @@ def balanced_windows(streams: dict[str, Iterator[Document]], encode, seq_len: in
     """Token windows of each domain's documents (`streams`, by domain name), interleaved: each next
     window comes from the domain with the fewest tokens so far, ties by name; a domain that runs out
     leaves the rotation. The domains a `max_tokens` cap left without a token go to
-    `stats.starved_domains` (with `stats.cap`)."""
+    `stats.starved_domains` (with `stats.cap`), those it cut with tokens taken to `stats.capped_domains`."""
     def windows(docs: Iterator[Document]):
         for d in docs:
             for start, w in _doc_windows(d, encode, seq_len, bos_id):
@@ -113,7 +113,7 @@ def balanced_windows(streams: dict[str, Iterator[Document]], encode, seq_len: in
 
     live = {dom: windows(docs) for dom, docs in sorted(streams.items())}
     tokens = dict.fromkeys(live, 0)
-    seq_id, total = 0, 0
+    seq_id, total, cut = 0, 0, None  # cut: the domain whose window the cap shortened
     while live and (max_tokens is None or total < max_tokens):
         dom = min(live, key=lambda k: (tokens[k], k))
         nxt = next(live[dom], None)
@@ -121,22 +121,26 @@ def balanced_windows(streams: dict[str, Iterator[Document]], encode, seq_len: in
             del live[dom]
             continue
         d, start, w = nxt
-        if max_tokens is not None:
-            w = w[: max_tokens - total]
+        if max_tokens is not None and len(w) > max_tokens - total:
+            w, cut = w[: max_tokens - total], dom
         yield Window(seq_id, d.doc_id, d.domain, start, w)
         seq_id += 1
         tokens[dom] += len(w)
         total += len(w)
-    starved = _starved(live, tokens, stats)
+    left = _left(live, cut, stats)
+    stats.capped_domains = [dom for dom in left if tokens[dom]]
+    starved = [dom for dom in left if not tokens[dom]]
     if starved:
         stats.starved_domains[:] = starved
         stats.cap = (max_tokens, seq_len, sum(n > 0 for n in tokens.values()) + len(starved))
 
 
-def _starved(live: dict[str, Iterator], tokens: dict[str, int], stats: CorpusStats) -> list[str]:
-    """The domains still in the rotation when the cap ended it, without a token though they hold one:
-    looked for by reading on to each one's first window, and the documents that read not counted."""
+def _left(live: dict[str, Iterator], cut: str | None, stats: CorpusStats) -> list[str]:
+    """The domains still in the rotation when the cap ended it that hold text it did not take (`cut`,
+    whose window it shortened, does): looked for by reading on to each one's next window, and the
+    documents that read not counted. A domain that ran out as the cap was reached is not one: the
+    report tells a cap that cut a domain from a corpus that holds little of it by these."""
     before = stats.documents, stats.replaced_bytes, list(stats.files_with_replacements)
-    out = [dom for dom, ws in live.items() if not tokens[dom] and next(ws, None) is not None]
+    out = [dom for dom, ws in live.items() if dom == cut or next(ws, None) is not None]
     stats.documents, stats.replaced_bytes, stats.files_with_replacements[:] = before
     return out

@@ -30,38 +30,55 @@ def scored(run, ns, tokens: int, per_domain: dict[str, int]) -> tuple[str, str |
     --importance-tokens a domain of the run's own windows, under its recording cap (its --max-tokens in
     run.json), which they inherit: that cap, not --importance-tokens, limited a 5-token run to 4 tokens
     (a tour). Said per domain, from the tokens the run holds of each (run.json's planned
-    tokens_per_domain): a cap that cut the last domain alone was "--importance-tokens a domain" (a tour).
+    tokens_per_domain): a cap that cut the last domain alone was "--importance-tokens a domain" (a tour),
+    and whether the cap or the corpus left a domain short, from the domains the cap cut (`_short`).
     `per_domain`: the tokens scored in each domain, the run's own (`analyses.ablate.inputs.sample_windows`)."""
     from .research import counted
 
-    info = getattr(run, "info", None) or {}
-    cap = (info.get("options") or {}).get("max_tokens")
-    held = (info.get("planned") or {}).get("tokens_per_domain")
-    if isinstance(held, dict):  # the domains of which the run holds fewer tokens than the flag asks
-        short = {d: int(held[d]) for d in sorted(per_domain) if d in held and held[d] < ns.importance_tokens}
-        reached = cap is not None and sum(held.values()) >= cap  # the run stopped at its cap, not the corpus's end
-        capped = bool(short) and reached and len(short) == len(per_domain)
-    else:  # no record of the run's windows: the cap against the flag's tokens in all
-        short, reached = {}, False
-        capped = cap is not None and cap < ns.importance_tokens * max(len(per_domain), 1)
-    cut = ", ".join(f"{n:,} token{'' if n == 1 else 's'} of {d}" for d, n in short.items())
+    cap = ((getattr(run, "info", None) or {}).get("options") or {}).get("max_tokens")
+    by_cap, small, capped = _short(getattr(run, "info", None) or {}, ns, per_domain)
     if capped:
         limit = f"capped by the run's own --max-tokens {cap:,}, which these sections inherit"
-    elif short:
-        limit = (f"--importance-tokens {ns.importance_tokens:,} a domain, but "
-                 + (f"the run's own windows, up to its --max-tokens {cap:,} (which these sections inherit), hold "
-                    f"{cut}" if reached else f"the corpus holds {cut}"))
+    elif by_cap or small:
+        held = [f"the run's own windows, up to its --max-tokens {cap:,} (which these sections inherit), hold "
+                f"{_tokens_of(by_cap)}"] if by_cap else []
+        held += [f"the corpus holds {_tokens_of(small)}"] if small else []
+        limit = f"--importance-tokens {ns.importance_tokens:,} a domain, but " + ", and ".join(held)
     else:
         limit = f"--importance-tokens {ns.importance_tokens:,} a domain"
     each = f": {', '.join(f'{d} {n:,}' for d, n in sorted(per_domain.items()))};" if len(per_domain) > 1 else ","
     what = f"{counted(tokens, 'token')} scored{each} {limit}"
     if tokens >= MIN_SCORED_TOKENS:
         return what, None
-    more = ("record the run with a larger --max-tokens" if capped or (short and reached) else
-            "pass a larger --importance-tokens, or a --corpus that holds more")
+    more = ("record the run with a larger --max-tokens" + (", or from a --corpus that holds more" if small else "")
+            if capped or by_cap else "pass a larger --importance-tokens, or a --corpus that holds more")
     return what, (f"{counted(tokens, 'token')} scored ({limit}) is too few for these figures to mean anything "
                   f"(under {MIN_SCORED_TOKENS}, each loss delta is a mean over so few tokens that noise decides "
                   f"the ranks, correlations and p-values); {more}")
+
+
+def _short(info: dict, ns, per_domain: dict[str, int]) -> tuple[dict[str, int], dict[str, int], bool]:
+    """The domains of which the run holds fewer tokens than --importance-tokens asks, by what left them
+    short: (those the run's cap cut, those the corpus holds no more of, whether the cap alone limited
+    every domain). run.json's planned capped_domains (the domains the cap cut with text left) tells
+    the two apart; a run recorded before it was noted, by whether it stopped at its cap: every short
+    domain the cap's then, though of several short ones some may be the corpus's whole (a tour)."""
+    cap = (info.get("options") or {}).get("max_tokens")
+    planned = info.get("planned") or {}
+    held, cut = planned.get("tokens_per_domain"), planned.get("capped_domains")
+    if not isinstance(held, dict):  # no record of the run's windows: the cap against the flag's tokens in all
+        return {}, {}, cap is not None and cap < ns.importance_tokens * max(len(per_domain), 1)
+    short = {d: int(held[d]) for d in sorted(per_domain) if d in held and held[d] < ns.importance_tokens}
+    if isinstance(cut, list):
+        by_cap = {d: n for d, n in short.items() if d in cut}
+    else:  # the run stopped at its cap, not the corpus's end: its short domains said as the cap's
+        by_cap = short if cap is not None and sum(held.values()) >= cap else {}
+    small = {d: n for d, n in short.items() if d not in by_cap}
+    return by_cap, small, bool(by_cap) and len(by_cap) == len(per_domain)
+
+
+def _tokens_of(domains: dict[str, int]) -> str:
+    return ", ".join(f"{n:,} token{'' if n == 1 else 's'} of {d}" for d, n in domains.items())
 
 
 def importance(run, ns) -> dict:

@@ -489,6 +489,32 @@ def test_the_tokens_scored_say_which_domain_the_run_held_too_few_of():
         "600 tokens scored: code 300, prose 300; --importance-tokens 300 a domain", None)
 
 
+def test_the_tokens_scored_tell_a_domain_the_cap_cut_from_one_the_corpus_holds_little_of():
+    """A run that stopped at its cap said every short domain was the cap's: one the corpus holds 29 tokens
+    of too (a tour). The domains the cap cut (run.json's planned capped_domains, noted by the record) tell
+    them apart."""
+    ns = NS(importance_tokens=300)
+
+    def run(cap, cut, **held):
+        return NS(info={"options": {"max_tokens": cap}, "planned": {"tokens_per_domain": held, "capped_domains": cut}})
+
+    what, _ = research_model.scored(run(1029, ["code"], code=1000, prose=29), ns, 317, {"code": 290, "prose": 27})
+    assert what.endswith("--importance-tokens 300 a domain, but the corpus holds 29 tokens of prose"), what
+    what, warning = research_model.scored(run(489, ["code", "math"], code=60, math=400, prose=29), ns, 86,
+                                          {"code": 57, "math": 2, "prose": 27})
+    assert what == ("86 tokens scored: code 57, math 2, prose 27; --importance-tokens 300 a domain, but the run's "
+                    "own windows, up to its --max-tokens 489 (which these sections inherit), hold 60 tokens of "
+                    "code, and the corpus holds 29 tokens of prose")
+    assert warning.endswith("record the run with a larger --max-tokens, or from a --corpus that holds more")
+    # every domain short and every one cut: the cap alone
+    few = research_model.scored(run(60, ["code", "prose"], code=31, prose=29), ns, 56, {"code": 29, "prose": 27})
+    assert few[0].endswith("capped by the run's own --max-tokens 60, which these sections inherit")
+    # the cap reached as the corpus ran out: nothing cut, the corpus's domains
+    what, warning = research_model.scored(run(60, [], code=31, prose=29), ns, 56, {"code": 29, "prose": 27})
+    assert what.endswith("but the corpus holds 31 tokens of code, 29 tokens of prose"), what
+    assert warning.endswith("pass a larger --importance-tokens, or a --corpus that holds more")
+
+
 def test_the_run_vs_run_placeholder_names_no_findings_file():
     """'see FINDINGS.md' was written into findings files of other names (--findings OTHER.md) and into
     the HTML report (a tour): the placeholder names the command that makes the run to compare with."""

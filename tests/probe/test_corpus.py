@@ -58,6 +58,29 @@ def test_a_domain_that_runs_out_leaves_the_rest_the_cap(tmp_path):
     assert per == {"a": 6, "b": 94}  # 5 words + BOS, then everything else from b
 
 
+def test_the_stats_name_the_domains_the_cap_cut_not_those_that_ran_out(tmp_path):
+    """What the report tells a cap that cut a domain from a corpus that holds little of it by (run.json's
+    planned capped_domains): the domains with tokens taken and text left when the cap ended the windows."""
+    def cut(c, order="domains", **kw):
+        stats = CorpusStats()
+        list(corpus_windows(c, encode, 16, 0, order=order, stats=stats, **kw))
+        return stats.capped_domains
+
+    c = folder_corpus(tmp_path / "c", docs=(("a", [5]), ("b", [300])))
+    assert cut(c, max_tokens=100) == ["b"]  # a ran out (6 tokens), b's window was cut short
+    assert cut(c) == [] and cut(c, "corpus") == []
+    assert cut(c, "corpus", max_tokens=100) is None  # not known: the rest of the corpus is not read
+    assert cut(folder_corpus(tmp_path / "d"), max_tokens=90) == ["code", "math", "prose"]
+    # the cap reached at the end of both domains' last windows: nothing left, nothing cut
+    assert cut(folder_corpus(tmp_path / "e", docs=(("a", [5]), ("b", [9]))), max_tokens=16) == []
+    # a window taken whole to the cap, its domain with a window left
+    assert cut(folder_corpus(tmp_path / "f", docs=(("a", [15, 3]),)), max_tokens=16) == ["a"]
+    # a cap that leaves a domain without a token: starved, not cut
+    stats = CorpusStats()
+    list(corpus_windows(folder_corpus(tmp_path / "g"), encode, 16, 0, 10, "domains", stats))
+    assert stats.capped_domains == ["code"] and stats.starved_domains == ["math", "prose"]
+
+
 @pytest.mark.parametrize("kind", ["folder", "jsonl", "parquet", "folder_of_jsonl"])
 def test_uncapped_domains_order_holds_the_same_windows(tmp_path, kind):
     rng = np.random.default_rng(1)
@@ -198,6 +221,8 @@ def test_record_spreads_max_tokens_and_records_the_order(probe_env, tmp_path):
     assert spread.df("tokens").groupby("domain").size().to_dict() == per
     first = probe.open_run(record(RecordOptions(out=str(tmp_path / "b"), order="corpus", **opts)))
     assert first.info["planned"]["tokens_per_domain"] == {"code": 400}
+    assert spread.info["planned"]["capped_domains"] == ["code", "prose"]  # the cap cut both (text left)
+    assert "capped_domains" not in first.info["planned"]  # not known in corpus order under a cap
     with pytest.raises(RecordError, match="was recorded with --order corpus, this command gives domains"):
         record(RecordOptions(out=str(tmp_path / "b"), resume=True, **opts))
 
