@@ -84,6 +84,27 @@ def short_path(path) -> str:
     return str(path)
 
 
+def fit_path(path, chars: int) -> str:
+    """`short_path` in at most `chars` characters, for a cell that does not wrap (the Recording options
+    table's: a longer path was cut at its end, the file's name with it; a tour): the folders in its
+    middle give way to `…`, the first one and as many of the last ones as fit kept
+    (/mnt/…/corpora/val.jsonl); a last name too long for that, cut in its own middle. The caption below
+    the table gives it whole."""
+    text = short_path(path)
+    if len(text) <= chars:
+        return text
+    parts = text.split("/")
+    first = 2 if parts[0] == "" and len(parts) > 2 else 1  # an absolute path's first folder, with its root
+    head, middle, tail = "/".join(parts[:first]) + "/", parts[first:-1], parts[-1]
+    while middle and len(head) + len("…/") + len(middle[-1]) + 1 + len(tail) <= chars:
+        tail = f"{middle.pop()}/{tail}"
+    for lead in ([head + "…/"] if middle else []) + ["…/"]:
+        if len(lead) + len(tail) <= chars:
+            return lead + tail
+    keep = max(chars - 1, 2)
+    return tail[:keep // 2] + "…" + tail[len(tail) - (keep - keep // 2):]
+
+
 # the runs table's columns in pixels, together within the page's 938 px column at 1400 px wide (it was
 # 1,100-1,381 px wide, tokens, domains and started behind a scroll bar; a tour); a longer cell wraps
 RUN_COLUMNS = {"run": 120, "kind": 75, "status": 90, "model": 140, "corpus": 200, "tokens": 65,
@@ -127,6 +148,9 @@ def domain_bars(per: dict, title: str, key: str, where=st) -> None:
 
 
 PATH_OPTIONS = ("ckpt", "corpus", "out", "tokenizer")  # the recording options that name a path
+# the Recording options table's columns in pixels: the value column all the room the options' names leave
+# (the page's right 2/5 at 1400 px)
+OPTION_COLUMNS = {"option": 105, "value": 255}
 
 
 def probe_details(ref: data.RunRef) -> None:
@@ -163,14 +187,13 @@ def probe_details(ref: data.RunRef) -> None:
         # an option left unset shows what the run used: the checkpoint and corpus run.json names
         used = {"ckpt": (i.get("checkpoint") or {}).get("path"), "corpus": (i.get("corpus") or {}).get("path")}
         shown = {k: v if v is not None else used.get(k) or "default" for k, v in opts.items()}
-        # a path whole ran past the narrow value column, cut off (a tour): shortened, and whole below
-        whole = {k: str(v) for k, v in shown.items() if k in PATH_OPTIONS and short_path(v) != str(v)}
-        st.dataframe(pd.DataFrame({"option": list(shown), "value": [short_path(v) if k in PATH_OPTIONS else str(v)
-                                                                    for k, v in shown.items()]}),
+        # a path whole ran past the narrow value column, cut off (a tour): fitted to it, and whole below
+        room = int((OPTION_COLUMNS["value"] - CELL_PAD_PX) / CHAR_PX)
+        value = {k: fit_path(v, room) if k in PATH_OPTIONS else str(v) for k, v in shown.items()}
+        whole = {k: str(v) for k, v in shown.items() if k in PATH_OPTIONS and value[k] != str(v)}
+        st.dataframe(pd.DataFrame({"option": list(value), "value": list(value.values())}),
                      hide_index=True, width="stretch", height=ui.whole_table_height(len(shown)),
-                     # the value column all the room the options' names leave (the page's right 2/5 at 1400 px)
-                     column_config={"option": st.column_config.TextColumn(width=105),
-                                    "value": st.column_config.TextColumn(width=255)})
+                     column_config={c: st.column_config.TextColumn(width=w) for c, w in OPTION_COLUMNS.items()})
         if whole:
             st.caption("; ".join(f"{k}: `{v}`" for k, v in whole.items()))
     rep = (i.get("corpus") or {}).get("replaced_bytes", 0)

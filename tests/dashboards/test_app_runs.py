@@ -251,9 +251,30 @@ def test_a_cell_that_fits_its_line_takes_one():
     assert cell_lines("", 90) == 1
 
 
+def test_a_long_path_fits_its_cell_with_its_ends_kept():
+    """A path longer than the Recording options' value column was cut at its end, its file's name lost
+    (a tour): the folders in its middle give way to …, and a name too long alone loses its own middle."""
+    from pathlib import Path
+
+    from dashboards.views.overview import fit_path
+
+    corpus = "/mnt/storage/corpora/the-pile/2026-11/domains/val.jsonl"
+    assert fit_path(corpus, 34) == "/mnt/…/2026-11/domains/val.jsonl"
+    assert fit_path(corpus, 16) == "/mnt/…/val.jsonl" and fit_path(corpus, 12) == "…/val.jsonl"
+    assert fit_path(corpus, len(corpus)) == corpus and fit_path("/mnt/x.jsonl", 34) == "/mnt/x.jsonl"
+    assert fit_path("runs/a/b/c/d/e/f/g/h/i/corpus.jsonl", 24) == "runs/…/h/i/corpus.jsonl"
+    assert fit_path(Path.home() / "a" / "b" / ("x" * 20) / "val.jsonl", 34) == f"~/…/{'x' * 20}/val.jsonl"
+    name = "deepseek-v3-671b-fp8-e4m3-block128-instruct-2026-11"
+    assert fit_path(f"/ckpt/{name}", 34) == "deepseek-v3-671b…-instruct-2026-11"  # 16, …, 17
+    assert fit_path(f"/{name}", 9) == "deep…6-11" and fit_path("", 9) == ""
+    for n in range(3, 60):
+        assert len(fit_path(corpus, n)) <= n and len(fit_path(f"/ckpt/{name}", n)) <= n
+
+
 def test_the_recording_options_show_paths_readably(tmp_path):
     """The narrow "Recording options" table cut long checkpoint and corpus paths off (a tour): they show
-    from ~, and whole in a caption below it; the other options as they were."""
+    from ~ in as many characters as the value column holds (`fit_path`), and whole in a caption below it;
+    the other options as they were."""
     from pathlib import Path
 
     from helpers.synthetic_run import write_run
@@ -266,7 +287,7 @@ def test_the_recording_options_show_paths_readably(tmp_path):
     at = app(tmp_path, "r", page="overview")
     options = next(d.value for d in at.dataframe if "option" in d.value)
     shown = dict(zip(options.option, options.value))
-    assert shown == {"ckpt": f"~/{ckpt.relative_to(Path.home())}", "corpus": "default", "seq_len": "256"}
+    assert shown == {"ckpt": "deepseek-v3-671b…-instruct-2026-11", "corpus": "default", "seq_len": "256"}
     assert f"ckpt: `{ckpt}`" in texts(at.caption)
     table = next(d.proto for d in at.dataframe if "option" in d.value)
     widths = {c: v["width"] for c, v in json.loads(table.columns).items() if c != "_index"}
