@@ -465,8 +465,11 @@ class SteerCommits(Commits):
         self.source = part
 
     def _drop_legacy(self) -> None:
-        """After this part is written: the legacy parts' files deleted, then their run.json entries
-        (an entry left without its file by a stop is dropped by the next write)."""
+        """After this part is written: the legacy parts' files deleted, then their run.json entries.
+        In this order: an entry left without its file by a stop reads as no rows (`_entry` and
+        `_keep_legacy_others` look for the file) and the next write drops it, where a file left
+        without its entry would be read (a table is its part files), every loss row twice, and no
+        command would know it for this part's again (`legacy_parts` finds parts by their entries)."""
         if not self.legacy:
             return
         for name in self.legacy:

@@ -341,9 +341,9 @@ def test_a_stop_while_a_legacy_part_is_replaced_leaves_every_row_once(probe_env,
     assert "adopted" not in probe.open_run(out).info["steering_parts"][name]
 
 
-def test_several_legacy_parts_go_and_keep_their_other_continuations(probe_env, tmp_path, capsys, counted, whole_run):
-    """Commands differing only in their prompts each wrote a legacy part, each with the loss rows: they all
-    go, and the continuations they hold of prompts this command does not give stay."""
+def _two_legacy(finished, out, ref) -> str:
+    """`_legacy`, and a second legacy part beside it, older, of a command that gave prompt "y" alone (its
+    loss rows too: every loss row twice in the table). Returns the second part's name."""
     import json
 
     import pyarrow as pa
@@ -352,10 +352,8 @@ def test_several_legacy_parts_go_and_keep_their_other_continuations(probe_env, t
     from probe.schema import TABLES
     from probe.writer import updating_run_json
 
-    finished, ref, n_prompts, _ = whole_run
-    out = tmp_path / "two"
     _legacy(finished, out)
-    table = probe.open_run(out).df("steering")  # a second legacy part: prompt "y", its loss rows too
+    table = probe.open_run(out).df("steering")
     y = pd.concat([table[table.kind == "loss"],
                    table[table.kind == "generation"].iloc[:1].assign(prompt="y", domain=None, steered_text="Y")])
     with updating_run_json(out) as info:
@@ -368,12 +366,71 @@ def test_several_legacy_parts_go_and_keep_their_other_continuations(probe_env, t
     pq.write_table(pa.Table.from_pandas(y, schema=TABLES["steering"], preserve_index=False),
                    out / "steering" / f"{name}.parquet")
     assert (probe.open_run(out).df("steering").kind == "loss").sum() == 2 * (ref.kind == "loss").sum()
+    return name
+
+
+def test_several_legacy_parts_go_and_keep_their_other_continuations(probe_env, tmp_path, capsys, counted, whole_run):
+    """Commands differing only in their prompts each wrote a legacy part, each with the loss rows: they all
+    go, and the continuations they hold of prompts this command does not give stay."""
+    finished, ref, n_prompts, _ = whole_run
+    out = tmp_path / "two"
+    _two_legacy(finished, out, ref)
     assert main(_cli(probe_env, out)) == 0
     df = _one_part(out, ref)
     assert df[df.kind == "generation"].prompt.tolist() == [*ref[ref.kind == "generation"].prompt, "y"]
     assert df[df.prompt == "y"].steered_text.tolist() == ["Y"]
     assert "under 2 older names" in capsys.readouterr().err
 
+
+
+def test_a_stop_between_dropping_the_legacy_parts_files_and_their_entries_leaves_every_row_once(
+        probe_env, tmp_path, capsys, counted, monkeypatch, whole_run):
+    """Once the part is written, the other legacy parts go: their files, then their run.json entries. A
+    stop between the two (a kill, or run.json not written) leaves entries without files, which nothing
+    reads as rows and the next command drops; their files left without entries would be read, every loss
+    row twice in the table, and no command would know them for this part's again. The stop comes as the
+    second of the two steps starts, whichever it is."""
+    import pathlib
+
+    finished, ref, _, _ = whole_run
+    out = tmp_path / "stopped"
+    second = _two_legacy(finished, out, ref)
+    real_drop, real_update, real_unlink = (run_module.SteerCommits._drop_legacy, run_module.updating_run_json,
+                                           pathlib.Path.unlink)
+    steps: list[str] = []
+
+    def step(kind):
+        if steps and steps[-1] == "armed":
+            steps[-1] = kind
+        elif steps and steps[-1] != kind:
+            raise KeyboardInterrupt
+
+    def drop(self):
+        steps.append("armed")
+        return real_drop(self)
+
+    def update(*a, **k):
+        step("entries")
+        return real_update(*a, **k)
+
+    def unlink(self, *a, **k):
+        step("files")
+        return real_unlink(self, *a, **k)
+
+    monkeypatch.setattr(run_module.SteerCommits, "_drop_legacy", drop)
+    monkeypatch.setattr(run_module, "updating_run_json", update)
+    monkeypatch.setattr(pathlib.Path, "unlink", unlink)
+    assert main(_cli(probe_env, out)) == 130
+    monkeypatch.undo()
+    assert steps in (["files"], ["entries"])  # stopped as the second step started
+    run = probe.open_run(out)
+    df = run.df("steering")
+    pd.testing.assert_frame_equal(df[df.kind == "loss"].reset_index(drop=True), ref[ref.kind == "loss"],
+                                  check_exact=True)
+    assert df[df.kind == "generation"].prompt.tolist() == ["y"]  # the first write: the loss pass, and y kept
+    assert len(run.files("steering")) == 1 and second in run.info["steering_parts"]  # its entry alone left
+    assert main(_cli(probe_env, out)) == 0  # the entry left without its file goes
+    _one_part(out, ref)
 
 
 def test_a_kept_continuation_of_another_length_is_not_taken_as_this_length(probe_env, tmp_path, capsys, counted,
