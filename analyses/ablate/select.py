@@ -432,8 +432,9 @@ def load_spec(path: str | Path) -> list[Ablation]:
 
 def top_vs_random(ns: Iterable[int], *, seeds: Iterable[int] = (0,), mode: str = "reroute",
                   domain: str | None = None, layers=None) -> list[Ablation]:
-    """The DeepSeekMoE comparison as a sweep: for each N, the N most loaded experts of every layer
-    (of `domain` if given) and N random experts per layer for each seed (the control)."""
+    """Top vs random as a sweep: for each N, the N most loaded experts of every layer (of `domain` if
+    given) and N random experts per layer for each seed (the control). Not DeepSeekMoE's Figure 4,
+    which masks each token's own highest-probability experts (docs/metrics.md, "Ablation")."""
     out = []
     for n in ns:
         out.append(Ablation(top=n, domain=domain, mode=mode, layers=layers))

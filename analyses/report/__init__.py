@@ -8,8 +8,9 @@ run's checkpoint (data.py); nothing is hard-coded.
     python -m analyses.report --compare runs/model-val-no-router-bias   # + the run-vs-run section
 
 Sections: per-layer load balance; domain specialisation per layer (NMI, lift heatmaps); loss vs
-fraction of the most-used experts masked (DeepSeekMoE protocol, mode reroute) against the same
-number of random experts (several seeds); per-domain ablation (each domain's own top experts vs the
+fraction of the most-used experts masked (mode reroute: DeepSeekMoE's masking rule, on a fixed set
+of experts rather than each token's own top ones, docs/metrics.md) against the same number of random
+experts (several seeds); per-domain ablation (each domain's own top experts vs the
 other domains'); consecutive-token repetition vs its random baselines; MTP agreement by domain;
 latent-KV effective rank by layer; then the research sections: causal vs observed importance (each
 routed expert removed in turn, `analyses.importance`), expert paths, domain probes (a linear probe of
