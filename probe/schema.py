@@ -242,8 +242,11 @@ DOCS: dict[str, dict[str, str]] = {
         "k_pe_norm_*": "L2 norm statistics of the shared rope key after RoPE",
         "channel_mean": "per-channel mean of c_kv [C]", "channel_var": "per-channel variance [C]",
         "effective_rank": "exp(-sum p_k ln p_k), p_k = eigenvalue_k / sum (Roy & Vetterli), of the "
-                          "latent covariance (accumulated in float64)",
-        "energy90/95/99": "components needed for 90/95/99% of the covariance's energy",
+                          "latent covariance (accumulated in float64); 0.0 where the covariance holds no variance "
+                          "(a layer of fewer than two tokens: no measurement, shown as none by the report and the "
+                          "dashboard), NaN where the latents held NaN or inf",
+        "energy90/95/99": "components needed for 90/95/99% of the covariance's energy (0 and null in those two "
+                          "cases)",
         "bytes_absorb": "cache bytes per token per layer, absorb form: (C + R) x element size (of the checkpoint's "
                         "dtype, as a server caches it, whatever --dtype the run used)",
         "bytes_naive": "naive MLA cache: H x (N + R + V) x element size",
