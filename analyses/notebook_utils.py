@@ -56,6 +56,46 @@ def _domains(run, what: str) -> tuple[list[str], str | None]:
                      "$DSV3_NOTEBOOK_RUN at such a run")
 
 
+def need_tables(run, what: str, *tables: str) -> None:
+    """Raise one clear error, for a notebook's first cell, when the run has no rows in one of `tables`,
+    which `what` reads: the cause as run.json records it (an SGLang import, --no-mtp, --no-kv-stats,
+    --router-logits none). latent_kv, mtp, token_dependence and expert_paths stopped in a later cell
+    on such runs, and specialisation on a stat import said it "has no tokens", not which table it lacks
+    (a tour)."""
+    from analyses.metrics import MetricsError
+    from analyses.metrics._common import need_rows
+
+    for table in tables:
+        try:
+            need_rows(run, table)
+        except MetricsError as e:
+            raise MetricsError(f"{e}; {what} reads it") from None
+
+
+def need_model(run, what: str, files: bool = True) -> None:
+    """Raise one clear error, for a notebook's first cell, when `what` (a part that runs the run's
+    checkpoint on its corpus: ablation, causal importance, steering, the run-vs-run variant) has no
+    model or corpus to run: an import (SGLang's dumps name neither: ablation and run_vs_run raised a
+    KeyError on 'checkpoint', causal_importance advised flags a notebook has none of; a tour), or a
+    run whose checkpoint or corpus is gone or changed (`probe.job.run_inputs`' checks; `files=False`: only
+    that run.json names both, for compare_run, whose variant checkpoint may be written already)."""
+    from analyses.metrics import MetricsError
+    from probe.job import run_inputs
+
+    info = run.info or {}
+    if info.get("kind") == "import":
+        name = (info.get("source") or {}).get("name", "import")
+        raise MetricsError(f"{run.path}: {what} runs the run's checkpoint on its corpus, and this run is an import "
+                           f"({name}) with neither; point $DSV3_NOTEBOOK_RUN at a run recorded with `dsv3-probe "
+                           "record`")
+    named = [(info.get(k) or {}).get("path") for k in ("checkpoint", "corpus")]
+    ckpt, corpus = run_inputs(info, str(run.path), None, None, error=MetricsError, run=run.path) if files else named
+    if not (ckpt and corpus):
+        lost = " and no ".join(k for k, v in (("checkpoint", ckpt), ("corpus", corpus)) if not v)
+        raise MetricsError(f"{run.path}: {what} runs the run's checkpoint on its corpus, and run.json names no "
+                           f"{lost}; point $DSV3_NOTEBOOK_RUN at a run recorded with `dsv3-probe record`")
+
+
 def latent_summary(kv, stats) -> str:
     """The latent_kv notebook's conclusion (markdown): the effective-rank and energy ranges over the
     layers with finite latents of two tokens or more, the layers without (a diverged checkpoint: the
@@ -287,6 +327,7 @@ def compare_run(run, variant: str = "no-router-bias", out: str | Path | None = N
     src = Path(run.path)
     out = Path(out) if out else src.with_name(f"{src.name}-{variant}")
     if not _complete(out):
+        need_model(run, "recording the comparison run (the variant's checkpoint over the run's windows)", files=False)
         ckpt = out.with_name(f"{out.name}-ckpt")
         if not (ckpt / "config.json").exists():
             without_router_bias(run.info["checkpoint"]["path"], ckpt, overwrite=ckpt.exists())

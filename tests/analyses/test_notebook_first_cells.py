@@ -1,0 +1,115 @@
+"""Each notebook's first cell, run in this process (no kernel: a few milliseconds a notebook), on runs
+that lack what the notebook reads: an SGLang import (no checkpoint, corpus, MTP or latent-KV; a stat
+dump has no tokens or routing either) and a record run of only some tables. The notebook stops there
+with one line naming what the run lacks; on such runs ablation and run_vs_run raised a KeyError on
+'checkpoint' from their second cell and inside compare_run, causal_importance advised `--ckpt`, and
+latent_kv, mtp, token_dependence and expert_paths stopped in a later cell (a tour)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from analyses.metrics import MetricsError
+
+NB_DIR = Path(__file__).resolve().parents[2] / "analyses" / "notebooks"
+MODEL = ("ablation", "causal_importance", "steering", "run_vs_run")  # run the run's checkpoint on its corpus
+
+
+def first_cell(name: str, run: Path, monkeypatch) -> dict:
+    """Run notebook `name`'s first code cell on `run` ($DSV3_NOTEBOOK_RUN), returning its namespace."""
+    cells = json.loads((NB_DIR / f"{name}.ipynb").read_text())["cells"]
+    source = "".join(next(c for c in cells if c["cell_type"] == "code")["source"])
+    monkeypatch.setenv("DSV3_NOTEBOOK_RUN", str(run))
+    monkeypatch.delenv("DSV3_NOTEBOOK_COMPARE_RUN", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the cell's setdefault, undone after the test
+    space: dict = {}
+    exec(compile(source, f"{name}.ipynb", "exec"), space)  # noqa: S102 - the repository's own notebook
+    return space
+
+
+@pytest.fixture(scope="module")
+def imports(tmp_path_factory):
+    """SGLang imports of the tiny model's traffic: a stat dump (loads only) and a per_token dump."""
+    from helpers import sglang_dumps as sg
+    from probe.sglang import import_sglang
+
+    base = tmp_path_factory.mktemp("nb_imports")
+    passes, config = sg.traffic(seed=1), sg.config(base / "model")
+    stat = import_sglang(sg.write_stat(base / "stat", passes), base / "run-stat", config=str(config))
+    m = sg.physical_map(redundant=4)
+    per_token = import_sglang(sg.write_per_token(base / "per_token", passes, m)[0].parent, base / "run-per-token",
+                              config=str(config))
+    return {"stat": Path(stat), "per_token": Path(per_token)}
+
+
+@pytest.mark.parametrize("kind", ["stat", "per_token"])
+@pytest.mark.parametrize("name", MODEL)
+def test_a_notebook_that_runs_the_checkpoint_stops_first_on_an_import(imports, kind, name, monkeypatch):
+    with pytest.raises(MetricsError) as e:
+        first_cell(name, imports[kind], monkeypatch)
+    said = str(e.value)
+    assert said.startswith(f"{imports[kind]}: ") and "\n" not in said, said
+    if name == "run_vs_run" and kind == "stat":  # compare_run's own first refusal: nothing to compare
+        assert said.startswith(f"{imports[kind]}: no routing table to compare (imported from a sglang stat dump"), said
+        return
+    assert "runs the run's checkpoint on its corpus, and this run is an import (sglang) with neither; point " \
+           "$DSV3_NOTEBOOK_RUN at a run recorded with `dsv3-probe record`" in said, said
+    assert "--ckpt" not in said, said  # a notebook has no flags
+
+
+@pytest.mark.parametrize("name, table, cause", [
+    ("latent_kv", "kv_stats", "an import (sglang) holds no kv_stats table"),
+    ("mtp", "mtp", "an import (sglang) holds no mtp table"),
+    ("token_dependence", "tokens", "imported from a sglang stat dump, which holds loads per forward pass only"),
+    ("expert_paths", "tokens", "imported from a sglang stat dump, which holds loads per forward pass only"),
+    ("specialisation", "tokens", "imported from a sglang stat dump, which holds loads per forward pass only"),
+])
+def test_a_notebook_stops_first_naming_the_table_a_stat_import_lacks(imports, name, table, cause, monkeypatch):
+    with pytest.raises(MetricsError) as e:
+        first_cell(name, imports["stat"], monkeypatch)
+    said = str(e.value)
+    assert said.startswith(f"{imports['stat']}: run has no {table} table ({cause}") and "\n" not in said, said
+    assert said.endswith(") reads it"), said
+
+
+def test_the_loads_of_an_import_are_enough_for_load_balance(imports, monkeypatch):
+    """The control: what a stat import does hold opens the notebook that reads only it."""
+    assert str(first_cell("load_balance", imports["stat"], monkeypatch)["run"].path) == str(imports["stat"])
+
+
+@pytest.fixture
+def some_tables(tmp_path):
+    """A record run of only some tables: --router-logits none --no-mtp --no-kv-stats (tokens, expert_load)."""
+    from helpers.synthetic_run import write_run
+
+    write_run(tmp_path / "some")
+    shutil.rmtree(tmp_path / "some" / "routing")
+    info = json.loads((tmp_path / "some" / "run.json").read_text())
+    info |= {"options": {"router_logits": "none", "mtp": False, "kv_stats": False}}
+    (tmp_path / "some" / "run.json").write_text(json.dumps(info))
+    return tmp_path / "some"
+
+
+@pytest.mark.parametrize("name, said", [
+    ("latent_kv", "run has no kv_stats table (the run was recorded with --no-kv-stats); this notebook (the latent KV "
+                  "cache's statistics) reads it"),
+    ("mtp", "run has no mtp table (the run was recorded with --no-mtp); this notebook (MTP agreement) reads it"),
+    ("token_dependence", "run has no routing table (the run was recorded with --router-logits none"),
+    ("expert_paths", "run has no routing table (the run was recorded with --router-logits none"),
+    ("specialisation", "run has no routing table (the run was recorded with --router-logits none"),
+])
+def test_a_notebook_stops_first_naming_the_table_a_record_left_out(some_tables, name, said, monkeypatch):
+    with pytest.raises(MetricsError) as e:
+        first_cell(name, some_tables, monkeypatch)
+    assert str(e.value).startswith(f"{some_tables}: {said}"), str(e.value)
+
+
+def test_a_run_that_names_no_checkpoint_is_refused_for_the_notebooks_that_run_one(some_tables, monkeypatch):
+    """A run.json without checkpoint and corpus paths (a hand-made run): the ablation notebook raised a
+    KeyError on 'checkpoint'."""
+    with pytest.raises(MetricsError, match=r"run\.json names no checkpoint and no corpus; point \$DSV3_NOTEBOOK_RUN"):
+        first_cell("ablation", some_tables, monkeypatch)
