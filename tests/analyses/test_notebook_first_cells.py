@@ -3,7 +3,8 @@ that lack what the notebook reads: an SGLang import (no checkpoint, corpus, MTP 
 dump has no tokens or routing either) and a record run of only some tables. The notebook stops there
 with one line naming what the run lacks; on such runs ablation and run_vs_run raised a KeyError on
 'checkpoint' from their second cell and inside compare_run, causal_importance advised `--ckpt`, and
-latent_kv, mtp, token_dependence and expert_paths stopped in a later cell (a tour)."""
+latent_kv, mtp, token_dependence and expert_paths stopped in a later cell (a tour). And a notebook that
+reads only the run's tables, run whole in this process on a run too small for one of its charts."""
 
 from __future__ import annotations
 
@@ -113,3 +114,53 @@ def test_a_run_that_names_no_checkpoint_is_refused_for_the_notebooks_that_run_on
     KeyError on 'checkpoint'."""
     with pytest.raises(MetricsError, match=r"run\.json names no checkpoint and no corpus; point \$DSV3_NOTEBOOK_RUN"):
         first_cell("ablation", some_tables, monkeypatch)
+
+
+def all_cells(name: str, run: Path, monkeypatch) -> tuple[list, list[str]]:
+    """Run every code cell of notebook `name` on `run` in this process: (the figures it showed, the
+    Markdown it displayed). For a notebook that reads the run's tables only (no model, no kernel)."""
+    import IPython.display
+    import plotly.basedatatypes
+
+    figures, shown = [], []
+    monkeypatch.setattr(plotly.basedatatypes.BaseFigure, "show", lambda fig, *a, **k: figures.append(fig))
+    monkeypatch.setattr(IPython.display, "display", lambda *objs, **k: shown.extend(
+        o.data for o in objs if isinstance(o, IPython.display.Markdown)))
+    cells = json.loads((NB_DIR / f"{name}.ipynb").read_text())["cells"]
+    monkeypatch.setenv("DSV3_NOTEBOOK_RUN", str(run))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    space: dict = {}
+    for cell in (c for c in cells if c["cell_type"] == "code"):
+        exec(compile("".join(cell["source"]), f"{name}.ipynb", "exec"), space)  # noqa: S102
+    return figures, shown
+
+
+def one_batch(run: Path) -> Path:
+    """`run` with every expert_load row moved to batch (step) 0, as a run of fewer windows than a batch holds."""
+    import pyarrow.parquet as pq
+
+    for part in (run / "expert_load").rglob("*.parquet"):
+        t = pq.read_table(part)
+        i = t.schema.get_field_index("step")
+        pq.write_table(t.set_column(i, t.schema.field(i), [[0] * len(t)]), part)
+    return run
+
+
+def test_load_balance_on_one_batch_draws_no_batch_chart_and_claims_no_batch_to_batch_finding(tmp_path, monkeypatch):
+    """A run of one batch (300 tokens, under --batch-size windows) got a "MaxVio per batch" chart of one
+    point a layer and the conclusion "about what sampling explains, so the same experts stay hot from
+    batch to batch", which one batch cannot show (a tour)."""
+    from helpers.synthetic_run import write_run
+
+    write_run(tmp_path / "two")
+    figures, said = all_cells("load_balance", tmp_path / "two", monkeypatch)  # the control: two batches
+    assert "MaxVio per batch" in [f.layout.title.text for f in figures]
+    assert "- Per batch, MaxVio averages" in said[-1], said
+    write_run(tmp_path / "one")
+    figures, said = all_cells("load_balance", one_batch(tmp_path / "one"), monkeypatch)
+    assert [f.layout.title.text for f in figures] == ["Relative expert load per MoE layer"]
+    assert said[0] == "**Not measured.** The run holds 1 batch: no batch-to-batch change to chart.", said
+    assert "- Per batch: not measured. The run holds 1 batch (a forward pass), so whether the same experts stay " \
+           "hot from batch to batch cannot be told" in said[-1], said
+    assert "from batch to batch." not in said[-1] and "hot experts change" not in said[-1], said
+    assert "- On 4 GPU(s) with 4 redundant slot(s), EPLB-style placement" in said[-1], said  # the rest still said
