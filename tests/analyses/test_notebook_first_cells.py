@@ -164,3 +164,24 @@ def test_load_balance_on_one_batch_draws_no_batch_chart_and_claims_no_batch_to_b
            "hot from batch to batch cannot be told" in said[-1], said
     assert "from batch to batch." not in said[-1] and "hot experts change" not in said[-1], said
     assert "- On 4 GPU(s) with 4 redundant slot(s), EPLB-style placement" in said[-1], said  # the rest still said
+
+
+def test_ablation_on_one_domain_draws_no_domain_table(tmp_path, monkeypatch):
+    """On a run of one domain the ablation notebook drew "Loss delta: rows evaluated domain, columns domain
+    whose top experts are masked" as one cell, the domain's own experts on itself (what the top-used curve
+    measures already), beside a conclusion that says per-domain masking was not measured (a tour)."""
+    import shutil
+
+    from analyses.notebook_utils import record_small
+    from helpers import make_corpus, make_probe_ckpt
+
+    corpus = make_corpus(tmp_path / "corpus", docs_per_domain=2, scale=1)
+    shutil.rmtree(corpus / "prose")  # code only
+    run = record_small(tmp_path / "one", 200, ckpt=make_probe_ckpt(tmp_path / "ckpt", corpus), corpus=corpus,
+                       seq_len=32, kv_stats=False, mtp=False)
+    monkeypatch.setenv("DSV3_NOTEBOOK_ABLATION_TOKENS", "100")
+    figures, said = all_cells("ablation", run, monkeypatch)
+    assert not [f for f in figures if "masked domain" in (f.layout.xaxis.title.text or "")]
+    assert len(figures) == 1 and figures[0].data[0].name == "top-used masked"  # the curve is still drawn
+    assert "**Not measured.** The domain x masked-domain table compares domains, and this run has one: code." in said[0]
+    assert "- Per-domain masking: not measured" in said[-1], said
