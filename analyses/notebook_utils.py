@@ -56,6 +56,33 @@ def _domains(run, what: str) -> tuple[list[str], str | None]:
                      "$DSV3_NOTEBOOK_RUN at such a run")
 
 
+def heldout_note(run, what: str) -> str | None:
+    """None when every domain of the run's tokens has two windows or more; else why `what`, a held-out
+    score of the domain (`analyses.metrics.heldout_windows`: every 5th window of each domain, its first
+    one included), is not measured: a domain of one window is held out whole, so the probe is scored on
+    a domain it never trained on, whose tokens it can only get wrong (a run of 2,000 tokens over five
+    domains read "a linear probe reads the domain at 58.5%" with two of them untrained; a tour)."""
+    thin = [d for (d,) in run.sql("select domain from tokens group by 1 having count(distinct seq_id) < 2 "
+                                  "order by 1").fetchall()]
+    if not thin:
+        return None
+    names = thin[0] if len(thin) == 1 else f"{', '.join(thin[:-1])} and {thin[-1]}"
+    return (f"{what} holds out one window in five of each domain, and {names} "
+            f"{'has' if len(thin) == 1 else 'have'} one window only: held out whole, never trained on, so "
+            f"{'its' if len(thin) == 1 else 'their'} tokens can only be scored wrong. Record more tokens (two "
+            "windows of every domain), or point $DSV3_NOTEBOOK_RUN at such a run")
+
+
+def need_heldout(run, what: str) -> None:
+    """Raise `heldout_note`'s reason as one clear error, for the first cell of a notebook whose question is
+    a held-out score of the domain (expert_paths)."""
+    from analyses.metrics import MetricsError
+
+    why = heldout_note(run, what)
+    if why:
+        raise MetricsError(f"{run.path}: {why}")
+
+
 def need_tables(run, what: str, *tables: str) -> None:
     """Raise one clear error, for a notebook's first cell, when the run has no rows in one of `tables`,
     which `what` reads: the cause as run.json records it (an SGLang import, --no-mtp, --no-kv-stats,

@@ -185,3 +185,29 @@ def test_ablation_on_one_domain_draws_no_domain_table(tmp_path, monkeypatch):
     assert len(figures) == 1 and figures[0].data[0].name == "top-used masked"  # the curve is still drawn
     assert "**Not measured.** The domain x masked-domain table compares domains, and this run has one: code." in said[0]
     assert "- Per-domain masking: not measured" in said[-1], said
+
+
+def test_a_domain_probe_is_not_scored_on_a_domain_held_out_whole(tmp_path, monkeypatch):
+    """A capped run (2,000 tokens of five domains) had domains of one window, which the held-out split
+    (every 5th window of each domain, its first included) holds out whole: the probes were scored on
+    domains they never trained on, and specialisation's conclusion read "a linear probe reads the domain
+    ... 50.2% to 57.3%" (a tour). The probe says why it is not measured; expert_paths, whose question it
+    is, stops in its first cell."""
+    from helpers.synthetic_run import write_run
+
+    write_run(tmp_path / "thin", n_seq=3)  # code: windows 0 and 2; prose: window 1 only
+    figures, said = all_cells("specialisation", tmp_path / "thin", monkeypatch)
+    why = ("The domain probe holds out one window in five of each domain, and prose has one window only: held out "
+           "whole, never trained on, so its tokens can only be scored wrong. Record more tokens (two windows of "
+           "every domain), or point $DSV3_NOTEBOOK_RUN at such a run")
+    assert f"**Not measured.** {why}." in said, said
+    assert f"- Not measured: {why}." in said[-1] and "A linear probe reads" not in said[-1], said[-1]
+    assert "Domain information in the expert choice" in said[-1]  # what needs no held-out window is still said
+    assert not [f for f in figures if "held-out accuracy" in (f.layout.title.text or "")]
+    with pytest.raises(MetricsError, match=r"thin: this notebook \(the domain predicted from held-out windows' "
+                                           r"paths\) holds out one window in five of each domain, and prose has one"):
+        first_cell("expert_paths", tmp_path / "thin", monkeypatch)
+    write_run(tmp_path / "two", n_seq=4)  # the control: two windows of each domain
+    figures, said = all_cells("specialisation", tmp_path / "two", monkeypatch)
+    assert "A linear probe reads the domain" in said[-1] and "Not measured" not in said[-1], said[-1]
+    assert first_cell("expert_paths", tmp_path / "two", monkeypatch)["run"]
