@@ -20,12 +20,13 @@ NB_DIR = Path(__file__).resolve().parents[2] / "analyses" / "notebooks"
 MODEL = ("ablation", "causal_importance", "steering", "run_vs_run")  # run the run's checkpoint on its corpus
 
 
-def first_cell(name: str, run: Path, monkeypatch) -> dict:
-    """Run notebook `name`'s first code cell on `run` ($DSV3_NOTEBOOK_RUN), returning its namespace."""
+def first_cell(name: str, run: Path, monkeypatch, compare: Path | None = None) -> dict:
+    """Run notebook `name`'s first code cell on `run` ($DSV3_NOTEBOOK_RUN; `compare`:
+    $DSV3_NOTEBOOK_COMPARE_RUN), returning its namespace."""
     cells = json.loads((NB_DIR / f"{name}.ipynb").read_text())["cells"]
     source = "".join(next(c for c in cells if c["cell_type"] == "code")["source"])
     monkeypatch.setenv("DSV3_NOTEBOOK_RUN", str(run))
-    monkeypatch.delenv("DSV3_NOTEBOOK_COMPARE_RUN", raising=False)
+    monkeypatch.setenv("DSV3_NOTEBOOK_COMPARE_RUN", str(compare or ""))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the cell's setdefault, undone after the test
     space: dict = {}
     exec(compile(source, f"{name}.ipynb", "exec"), space)  # noqa: S102 - the repository's own notebook
@@ -211,3 +212,16 @@ def test_a_domain_probe_is_not_scored_on_a_domain_held_out_whole(tmp_path, monke
     figures, said = all_cells("specialisation", tmp_path / "two", monkeypatch)
     assert "A linear probe reads the domain" in said[-1] and "Not measured" not in said[-1], said[-1]
     assert first_cell("expert_paths", tmp_path / "two", monkeypatch)["run"]
+
+
+def test_run_vs_run_refuses_a_run_of_other_windows_in_its_first_cell(tmp_path, monkeypatch):
+    """$DSV3_NOTEBOOK_COMPARE_RUN naming a run of other windows (another corpus, or another cap in
+    corpus order) stopped in the second cell, in routing_agreement_from_runs (a tour)."""
+    from helpers.synthetic_run import write_run
+
+    write_run(tmp_path / "a")
+    write_run(tmp_path / "b", token_seed=7)  # the same positions holding other tokens
+    with pytest.raises(MetricsError, match=r"a and .*b hold different tokens at \d+ matched positions"):
+        first_cell("run_vs_run", tmp_path / "a", monkeypatch, compare=tmp_path / "b")
+    write_run(tmp_path / "c", seed=3, token_seed=0)  # the control: the same windows, other routing
+    assert first_cell("run_vs_run", tmp_path / "a", monkeypatch, compare=tmp_path / "c")["other"]
