@@ -392,7 +392,7 @@ def add_input_flags(p: argparse.ArgumentParser, table: str, *, run_note: str = "
     io.add_argument("--tokenizer", type=path_text, help="tokenizer.json (default: the checkpoint's)")
     io.add_argument("--max-tokens", type=int,
                     help="at most this many tokens in all (default: the run's, and then the job samples within "
-                         "the run's own windows; else all)")
+                         "the run's own windows, unless --order, --seq-len or --bos differ from the run's; else all)")
     io.add_argument("--domain-tokens", type=int, default=domain_tokens,
                     help="at most this many tokens of each domain, in corpus order: with --run and no --max-tokens, "
                          "of the run's own windows (only the domains the run holds, none beyond its tokens); "

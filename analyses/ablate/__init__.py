@@ -16,8 +16,9 @@ window length and token limit from RUN's run.json and the loads for top-N from i
 table (`--loads-from baseline` measures them on the baseline pass instead), and writes the results
 into RUN; `--out DIR` writes them elsewhere (a new run directory holding only `ablations`).
 `--domain-tokens N` takes at most N tokens of each domain: with `--run` and no `--max-tokens`, of the
-run's own windows (the corpus up to the run's cap, so only the domains the run holds); else of every
-domain of the corpus, a balanced sample of at most `--max-tokens` in all (inputs.py `sample_windows`).
+run's own windows (the corpus up to the run's cap, so only the domains the run holds); else, also where
+an `--order`, `--seq-len` or `--bos` given differs from the run's (a note says so), of every domain of
+the corpus, a balanced sample of at most `--max-tokens` in all (inputs.py `sample_windows`).
 Results: one row per ablation and domain (plus domain `all`) in the run's `ablations` table
 (`probe/schema.py`), one part file per command (its name hashes the sweep and the inputs, so
 repeating a command replaces its own part), written under a temporary name and renamed.

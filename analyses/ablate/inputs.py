@@ -45,8 +45,9 @@ class AblateOptions:
     progress: bool = True
     fresh: bool = False  # compute every ablation again, taking nothing from an interrupted attempt (sweep.py)
     # sample within the run's own windows (the corpus read up to the run's cap), not the whole corpus
-    # (`sample_windows`). None: job_defaults decides, True where --run is given and --max-tokens not; True
-    # from a caller with a max_tokens of its own (the report's sweep): at most that many of the run's windows
+    # (`sample_windows`). None: job_defaults decides, True where --run is given and --max-tokens not, and
+    # --order, --seq-len and --bos, where given, are the run's (`run_windows`); True from a caller with a
+    # max_tokens of its own (the report's sweep): at most that many of the run's windows
     within_run: bool | None = None
     run_max_tokens: int | None = None  # the run's own cap (job_defaults), where a sample within it reads to
 
@@ -54,8 +55,9 @@ class AblateOptions:
 def job_defaults(opts: AblateOptions) -> tuple[AblateOptions, dict | None]:
     """Fill unset options from --run's run.json; returns (options, run info). A job that inherits the
     run's --max-tokens (none given) samples within the run's windows (`within_run`), as does one whose
-    caller set `within_run`."""
-    info = None
+    caller set `within_run`; windows other than the run's (`run_windows`) are a sample of the corpus."""
+    info, decided = None, opts.within_run is None
+    given = {k: getattr(opts, k) for k in _WINDOW_OPTIONS}  # before the run's fill them in
     if opts.within_run is None:
         opts.within_run = opts.run is not None and opts.max_tokens is None
     if opts.run is None and opts.out is None:
@@ -76,6 +78,8 @@ def job_defaults(opts: AblateOptions) -> tuple[AblateOptions, dict | None]:
         # a record run from before --order read the corpus in order; a run with no record options
         # (spec only) takes the default, every domain interleaved
         opts.order = opts.order or ro.get("order", "corpus" if "router_logits" in ro else "domains")
+        if opts.within_run:
+            run_windows(opts, ro, given, decided)
     elif opts.loads_from == "run":
         raise AblationError("--loads-from run needs --run RUN")
     opts.order = opts.order or "domains"
@@ -90,6 +94,32 @@ def job_defaults(opts: AblateOptions) -> tuple[AblateOptions, dict | None]:
     if opts.domain_tokens is not None and opts.domain_tokens < 1:
         raise AblationError(f"--domain-tokens {opts.domain_tokens}: must be >= 1")
     return opts, info
+
+
+_WINDOW_OPTIONS = {"order": "--order", "seq_len": "--seq-len", "add_bos": "--bos"}  # what shapes the windows
+
+
+def run_windows(opts: AblateOptions, ro: dict, given: dict, decided: bool) -> None:
+    """Keep a sample within the run only where its windows are the run's own: an --order, --seq-len or
+    --bos given that differs from the run's (its run.json options) makes other windows, which the job's
+    part recorded as `sample: run` (a review). Decided here (`decided`: no caller set `within_run`), the
+    job samples the corpus instead, as with the run's --max-tokens given, and one note on stderr says
+    so; a caller that asked for the run's windows is refused, naming the flag."""
+    run_order = ro.get("order", "corpus" if "router_logits" in ro else "domains")
+    theirs = {"order": run_order, "seq_len": ro.get("seq_len"), "add_bos": ro.get("add_bos")}
+    flag = lambda k, v: ("--bos" if v else "--no-bos") if k == "add_bos" else f"{_WINDOW_OPTIONS[k]} {v}"  # noqa: E731
+    off = [f"{flag(k, v)} (the run's: {theirs[k] if k != 'add_bos' else flag(k, theirs[k])})" for k, v in given.items()
+           if v is not None and theirs[k] is not None and v != theirs[k]]
+    if not off:
+        return
+    if not decided:
+        raise AblationError(f"{off[0]}: a sample within the run's windows takes the run's own; leave it unset")
+    opts.within_run = False
+    if launch_rank0():
+        how = f"as if --max-tokens {opts.max_tokens:,} (the run's) were given" if opts.max_tokens else "whole"
+        print(f"note: {', '.join(off)}: not the run's own windows, so the job samples the corpus {how} (its part "
+              "says sample: corpus); leave the flag unset to sample within the run",
+              file=sys.stderr)
 
 
 def check_finished(run, info: dict | None, error: type[Exception] = AblationError) -> None:
@@ -128,10 +158,11 @@ def limit_per_domain(windows, per_domain: int, total: int | None) -> list:
 
 def sample_windows(opts: AblateOptions, corpus: Path, tok, args) -> tuple[list, list[str]]:
     """The job's windows, in `opts.order`, and the domains among them. Within a run (`opts.within_run`: its
-    --max-tokens inherited, or a caller's choice) the run's own windows, the corpus up to the run's cap, then
-    at most `opts.domain_tokens` of each domain and `opts.max_tokens` in all: the job's domains are the run's
-    and none gets more tokens than the run holds (it scored domains the run's cap had left out, a tour);
-    with --max-tokens given, or no run, `domain_tokens` of every domain of the whole corpus, capped at
+    --max-tokens inherited and its --order, --seq-len and --bos kept, or a caller's choice) the run's own
+    windows, the corpus up to the run's cap, then at most `opts.domain_tokens` of each domain and
+    `opts.max_tokens` in all: the job's domains are the run's and none gets more tokens than the run holds
+    (it scored domains the run's cap had left out, a tour); with --max-tokens given, windows other than
+    the run's (`run_windows`), or no run, `domain_tokens` of every domain of the whole corpus, capped at
     `max_tokens` in all (a balanced sample), or without `domain_tokens` the corpus up to `max_tokens`. An
     empty corpus is an error, and so are windows of one token each, which leave no token to score (its
     loss needs the next)."""

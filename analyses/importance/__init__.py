@@ -13,7 +13,8 @@ run.json and writes into RUN; `--out DIR` writes elsewhere (a new run directory 
 `expert_importance`). The tokens: by default the first 2000 of each domain (`--domain-tokens`; 0 =
 no per-domain cap) of the run's own windows, the corpus read as the run read it (up to its
 --max-tokens, in its --order): the run's domains, none with more tokens than the run holds. With
---max-tokens given (or no --run), of every domain of the corpus, at most --max-tokens in all.
+--max-tokens given (or no --run, or an --order, --seq-len or --bos given unlike the run's: other
+windows than the run's, a note says), of every domain of the corpus, at most --max-tokens in all.
 
 Batched: one baseline pass gives the losses and every expert's load (its top-k assignments, per
 domain); then G removals share each forward pass, the batch repeated G times along the batch

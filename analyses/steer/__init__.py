@@ -18,7 +18,8 @@ chosen experts, normalised over them (norm_topk_prob) and times route_scale.
 Which tokens (`--steer-domain`, repeatable; `--steer-tokens`: words or token ids; both = both
 must hold): all by default. Loss: one baseline pass and one steered pass over the same batches
 (`--domain-tokens` per domain, default 2000: with `--run` and no `--max-tokens`, of the run's own
-windows, so only its domains; else of every domain of the corpus, `--max-tokens` in all);
+windows, so only its domains, unless `--order`, `--seq-len` or `--bos` differ from the run's; else of
+every domain of the corpus, `--max-tokens` in all);
 `steered_tokens` counts the scored tokens the steering applied to, `forced_share` the share of
 (steered token, steered layer) pairs whose top-k holds every steered expert of the layer.
 Generation: greedy continuations (`--max-new-tokens`, default 32) of each `--prompt` (repeatable, a

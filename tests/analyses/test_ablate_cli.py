@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -229,6 +230,34 @@ def test_a_caller_samples_within_the_run_with_a_max_tokens_of_its_own(probe_env,
         sample(whole, max_tokens=300, domain_tokens=150)
     with pytest.raises(AblationError, match="needs --run"):
         job_defaults(AblateOptions(out=str(tmp_path / "o"), within_run=True))
+
+
+def test_windows_other_than_the_runs_are_a_corpus_sample_said_once(probe_env, tmp_path, capsys):
+    """--order, --seq-len or --bos given unlike the run's (no --max-tokens) make windows that are not the run's
+    own: the job samples the corpus, one note says so and its part records sample: corpus (it said `run`);
+    the run's own values given keep the sample within the run, and a caller that set `within_run` is refused."""
+    from analyses.ablate.inputs import job_defaults
+    from analyses.ablate.select import AblationError
+    from helpers.analysis_runs import corpus_order_run
+
+    rec = corpus_order_run(probe_env, tmp_path / "rec", 150)  # order corpus, seq_len 32, BOS on: code only
+    assert job_defaults(AblateOptions(run=str(rec), order="corpus", seq_len=32, add_bos=True))[0].within_run
+    assert capsys.readouterr().err == ""
+    for given, named in (({"seq_len": 16}, "--seq-len 16 (the run's: 32)"),
+                         ({"order": "domains"}, "--order domains (the run's: corpus)"),
+                         ({"add_bos": False}, "--no-bos (the run's: --bos)")):
+        opts, _ = job_defaults(AblateOptions(run=str(rec), **given))
+        err = capsys.readouterr().err
+        assert not opts.within_run and err.count("\n") == 1 and named in err, (given, err)
+        assert "samples the corpus as if --max-tokens 150 (the run's) were given" in err
+        with pytest.raises(AblationError, match=f"^{re.escape(named)}: a sample within the run's windows"):
+            job_defaults(AblateOptions(run=str(rec), max_tokens=100, within_run=True, **given))
+    assert main(["--run", str(rec), "--experts", "1:0", "--domain-tokens", "100", "--seq-len", "16",
+                 "--no-progress"]) == 0
+    assert "not the run's own windows" in capsys.readouterr().err
+    run = probe.open_run(rec)
+    assert [e["sample"] for e in run.info["ablation_parts"].values()] == ["corpus"]
+    assert set(run.df("ablations").domain) == {"all", "code", "prose"}  # the corpus's domains, not the run's
 
 
 def test_help():
