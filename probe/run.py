@@ -79,6 +79,23 @@ def _lost_parts(path: Path, info: dict) -> dict[str, list[str]]:
     return {t: files for t, files in lost.items() if files}
 
 
+def _part_names(path: Path, table: str) -> tuple[str, ...] | None:
+    """The names of `table`'s committed part files, None where its folder is gone: what `Run` compares to
+    know whether a view is current (an empty table's folder deleted, or made again, is a lost table, or
+    one found again; with () either way, a Run's views missed it until a part changed)."""
+    d = path / table
+    return tuple(f.name for f in sorted(d.glob("*.parquet"))) if d.is_dir() else None
+
+
+def _progress_names(path: Path) -> tuple[str, ...]:
+    """The names in the record's progress folder (`_progress/`; () without one): a progress file gone
+    with every part its rank wrote loses a table that rank wrote nothing to, no part name changing."""
+    try:
+        return tuple(sorted(os.listdir(path / PROGRESS)))
+    except OSError:
+        return ()
+
+
 LOST = "listed in run.json but has no part files: deleted? (the run is complete; record it again)"
 
 
@@ -307,12 +324,15 @@ class Run:
         if self._con is None:
             self._con = run_connection()
         want = [t for t in TABLES if t in tables or t in self._made]
-        names = {t: tuple(f.name for f in table_files(self.path, t)) for t in want}
-        self.status  # re-reads run.json: its status and tables decide what is lost too
-        listed = (self.info.get("status"), tuple(self.info.get("tables") or ()))
+        names = {t: _part_names(self.path, t) for t in want}
+        self.status  # re-reads run.json: its status, tables and writers decide what is lost too
+        listed = (self.info.get("status"), tuple(self.info.get("tables") or ()), tuple(_writers(self.info)),
+                  _progress_names(self.path))
+        # every view over the parts it was made over: a part lost since changed them, an empty table's folder
+        # gone its names (None) and a rank's progress file gone (with all it wrote) `listed`
         if listed == self._listed and all((self._made.get(t) or (None,))[::2] == (names[t], self._where.get(t))
                                           for t in want):
-            return self._con  # every view over the parts it was made over: a part lost since changed them
+            return self._con
         self._listed = listed
         lost = lost_tables(self.path, self.info)  # the progress files and every committed part: when remaking
         for t in want:

@@ -135,3 +135,27 @@ def test_a_writer_without_batches_or_a_lost_progress_file_alone_loses_nothing(ru
     (run / PROGRESS / "r002.json").unlink()
     r = probe.open_run(run)
     assert r.lost_tables == [] and r.tables == WRITTEN and len(r.df("tokens")) == 6 * 7
+
+
+def test_an_open_run_sees_an_empty_tables_folder_or_a_progress_file_go_without_a_part_changing(run):
+    """A Run remakes its views only where a table's part names or run.json's status and tables changed (a
+    warm query reads no progress file): an empty table's folder deleted, or a rank's progress file gone
+    where that rank wrote none of a table, left no part name changed, and `sql` still read the lost table
+    as empty, or as the other rank's rows alone, while `df` of the same Run refused it (a review)."""
+    r = probe.open_run(run)
+    assert r.sql("select count(*) from mtp").fetchall() == [(0,)]
+    shutil.rmtree(run / "mtp")
+    with pytest.raises(Exception, match="mtp: listed in run.json but has no part files"):
+        r.sql("select count(*) from mtp").fetchall()
+    (run / "mtp").mkdir()  # and back: found again
+    assert r.sql("select count(*) from mtp").fetchall() == [(0,)]
+    as_two_replicas(run, WRITTEN)
+    (run / "tokens" / "r002-b0000001-0000001.parquet").unlink()  # rank 2 wrote no tokens, and its progress says so
+    named = json.loads((run / PROGRESS / "r002.json").read_text())
+    named["parts"]["tokens"] = {}
+    (run / PROGRESS / "r002.json").write_text(json.dumps(named))
+    assert r.sql("select count(*) from tokens").fetchall()[0][0] == len(r.df("tokens")) > 0
+    (run / PROGRESS / "r002.json").unlink()
+    assert r.lost_tables == ["tokens"]
+    with pytest.raises(Exception, match="all of rank 2's, and its _progress/r002.json"):
+        r.sql("select count(*) from tokens").fetchall()
