@@ -147,6 +147,32 @@ def domain_bars(per: dict, title: str, key: str, where=st) -> None:
                                        colors=[colors[d] for d in doms], fmt=",d"), key=key)
 
 
+def cap_cut(info: dict) -> str | None:
+    """Which domains the run's --max-tokens cut, from run.json's planned capped_domains (the domains the
+    cap cut with text left), so that a short bar of the tokens per domain reads as the cap's or as all
+    the corpus holds; None where the run had no cap or does not say (recorded before the key, or with
+    --order corpus under a cap)."""
+    cap = (info.get("options") or {}).get("max_tokens")
+    planned = info.get("planned") or {}
+    held, cut = sorted(planned.get("tokens_per_domain") or {}), planned.get("capped_domains")
+    if not cap or not isinstance(cut, list) or not held:
+        return None
+    cut, whole, flag = [d for d in held if d in cut], [d for d in held if d not in cut], f"`--max-tokens {cap:,}`"
+    if not whole:
+        return f"{flag} cut every domain: the corpus holds more of each."
+    if not cut:
+        return f"{flag} cut no domain: each bar is all the corpus holds of it."
+    return (f"{flag} cut {_names(cut)} (the corpus holds more); {_names(whole)} "
+            f"{'is' if len(whole) == 1 else 'are'} recorded whole.")
+
+
+def _names(domains: list[str], most: int = 4) -> str:
+    """'a, b and c'; past `most`, 'a, b, c, d and 3 more'."""
+    if len(domains) > most:
+        return f"{', '.join(domains[:most])} and {len(domains) - most} more"
+    return domains[0] if len(domains) == 1 else f"{', '.join(domains[:-1])} and {domains[-1]}"
+
+
 PATH_OPTIONS = ("ckpt", "corpus", "out", "tokenizer")  # the recording options that name a path
 # the Recording options table's columns in pixels: the value column all the room the options' names leave
 # (the page's right 2/5 at 1400 px)
@@ -182,6 +208,8 @@ def probe_details(ref: data.RunRef) -> None:
         st.caption(layout)
     left, right = st.columns([3, 2])
     domain_bars(per, "Tokens per domain", "tokens_per_domain", left)
+    if i.get("status") == "complete" and per and (cut := cap_cut(i)):  # the bars are the plan's then
+        left.caption(cut)
     with right:
         st.markdown("**Recording options**")
         # an option left unset shows what the run used: the checkpoint and corpus run.json names

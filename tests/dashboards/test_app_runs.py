@@ -294,6 +294,35 @@ def test_the_recording_options_show_paths_readably(tmp_path):
     assert widths["value"] > 2 * widths["option"] and sum(widths.values()) <= 365  # the page's right 2/5
 
 
+def test_the_overview_says_which_domains_the_cap_cut(tmp_path):
+    """The tokens per domain drew a domain the run's --max-tokens cut and one the corpus holds no more of
+    alike: run.json's planned capped_domains (new) tells them apart in a caption under the bars; a run
+    recorded before the key, or without a cap, says nothing of it."""
+    from dashboards.views.overview import cap_cut
+    from helpers.synthetic_run import write_run
+
+    write_run(tmp_path / "r", n_seq=2)
+    info = json.loads((tmp_path / "r" / "run.json").read_text())
+    per = {"chinese": 900, "code": 900, "math": 29}
+    info |= {"status": "complete", "options": {"max_tokens": 1829, "seq_len": 256},
+             "planned": {"tokens": 1829, "tokens_per_domain": per, "capped_domains": ["chinese", "code"]}}
+    (tmp_path / "r" / "run.json").write_text(json.dumps(info))
+    said = "`--max-tokens 1,829` cut chinese and code (the corpus holds more); math is recorded whole."
+    assert said in texts(app(tmp_path, "r", page="overview").caption)
+    assert cap_cut(info | {"planned": {"tokens_per_domain": per, "capped_domains": list(per)}}) == \
+        "`--max-tokens 1,829` cut every domain: the corpus holds more of each."
+    assert cap_cut(info | {"planned": {"tokens_per_domain": per, "capped_domains": []}}) == \
+        "`--max-tokens 1,829` cut no domain: each bar is all the corpus holds of it."
+    many = {f"d{n}": 10 for n in range(7)}
+    assert cap_cut(info | {"planned": {"tokens_per_domain": many, "capped_domains": ["d0"]}}) == \
+        "`--max-tokens 1,829` cut d0 (the corpus holds more); d1, d2, d3, d4 and 2 more are recorded whole."
+    assert cap_cut(info | {"planned": {"tokens_per_domain": per}}) is None  # recorded before the key
+    assert cap_cut(info | {"options": {"max_tokens": None}}) is None
+    info["planned"].pop("capped_domains")
+    (tmp_path / "r" / "run.json").write_text(json.dumps(info))
+    assert not any("cut" in c for c in texts(app(tmp_path, "r", page="overview").caption))
+
+
 @pytest.mark.parametrize("kind", ["ablations", "steering"])
 def test_the_runs_table_gives_an_analysis_only_run_the_tokens_it_scored(tmp_path, kind):
     """An `analyses.ablate|steer --out` run had a blank tokens column while its summary below showed the
