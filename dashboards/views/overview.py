@@ -84,25 +84,44 @@ def short_path(path) -> str:
     return str(path)
 
 
-def fit_path(path, chars: int) -> str:
-    """`short_path` in at most `chars` characters, for a cell that does not wrap (the Recording options
-    table's: a longer path was cut at its end, the file's name with it; a tour): the folders in its
-    middle give way to `…`, the first one and as many of the last ones as fit kept
-    (/mnt/…/corpora/val.jsonl); a last name too long for that, cut in its own middle. The caption below
-    the table gives it whole."""
+def fit_path(path, room: float, width=len) -> str:
+    """`short_path` in at most `room`, as `width` measures text (characters by default; `text_px`, pixels),
+    for a cell that does not wrap (the Recording options table's: a longer path was cut at its end, the
+    file's name with it; a tour): the folders in its middle give way to `…`, the first one and as many of
+    the last ones as fit kept (/mnt/…/corpora/val.jsonl); a last name too long for that, cut in its own
+    middle. The caption below the table gives it whole."""
     text = short_path(path)
-    if len(text) <= chars:
+    if width(text) <= room:
         return text
     parts = text.split("/")
     first = 2 if parts[0] == "" and len(parts) > 2 else 1  # an absolute path's first folder, with its root
     head, middle, tail = "/".join(parts[:first]) + "/", parts[first:-1], parts[-1]
-    while middle and len(head) + len("…/") + len(middle[-1]) + 1 + len(tail) <= chars:
+    while middle and width(f"{head}…/{middle[-1]}/{tail}") <= room:
         tail = f"{middle.pop()}/{tail}"
     for lead in ([head + "…/"] if middle else []) + ["…/"]:
-        if len(lead) + len(tail) <= chars:
+        if width(lead + tail) <= room:
             return lead + tail
-    keep = max(chars - 1, 2)
-    return tail[:keep // 2] + "…" + tail[len(tail) - (keep - keep // 2):]
+    cut = tail
+    for keep in range(len(tail) - 1, 1, -1):  # the name's ends, as much of them as fits (2 characters at least)
+        cut = tail[:keep // 2] + "…" + tail[len(tail) - (keep - keep // 2):]
+        if width(cut) <= room:
+            break
+    return cut
+
+
+# each character's width in px in the tables' font (Streamlit's Source Sans at 14 px, as Chromium measures it,
+# 2026-12-06, rounded up to half a pixel); any other (…, CJK) a whole 14 px. A flat 7 px a character, 34 to the
+# options' value column, let MMLU-WMT-MGSM-HU…ANEVAL-2026.jsonl (255 px) run past its 239 px, its end cut off,
+# and showed a lowercase path in two thirds of it (a tour, at 1400 px)
+_GLYPH_PX = {3.0: " ", 3.5: "',.:;ij|", 4.0: "Il", 4.5: "!()-[]f{}", 5.0: "/\\rt", 6.0: '"*?sz', 6.5: "cx",
+             7.0: "0123456789#$+<=>FJLY^_ekvy~", 7.5: "ESVXag", 8.0: "ACPRTZ`bdhnopqu", 8.5: "BK", 9.0: "&DG",
+             9.5: "HNOQU", 10.5: "Mw", 11.5: "W", 12.0: "%@m"}
+GLYPH_PX = {c: w for w, chars in _GLYPH_PX.items() for c in chars}
+
+
+def text_px(text: str) -> float:
+    """`text`'s width in px in the tables' font (`GLYPH_PX`), an estimate no narrower than Chromium draws it."""
+    return sum(GLYPH_PX.get(c, 14.0) for c in text)
 
 
 # the runs table's columns in pixels, together within the page's 938 px column at 1400 px wide (it was
@@ -216,8 +235,8 @@ def probe_details(ref: data.RunRef) -> None:
         used = {"ckpt": (i.get("checkpoint") or {}).get("path"), "corpus": (i.get("corpus") or {}).get("path")}
         shown = {k: v if v is not None else used.get(k) or "default" for k, v in opts.items()}
         # a path whole ran past the narrow value column, cut off (a tour): fitted to it, and whole below
-        room = int((OPTION_COLUMNS["value"] - CELL_PAD_PX) / CHAR_PX)
-        value = {k: fit_path(v, room) if k in PATH_OPTIONS else str(v) for k, v in shown.items()}
+        room = OPTION_COLUMNS["value"] - CELL_PAD_PX
+        value = {k: fit_path(v, room, text_px) if k in PATH_OPTIONS else str(v) for k, v in shown.items()}
         whole = {k: str(v) for k, v in shown.items() if k in PATH_OPTIONS and value[k] != str(v)}
         st.dataframe(pd.DataFrame({"option": list(value), "value": list(value.values())}),
                      hide_index=True, width="stretch", height=ui.whole_table_height(len(shown)),

@@ -271,6 +271,30 @@ def test_a_long_path_fits_its_cell_with_its_ends_kept():
         assert len(fit_path(corpus, n)) <= n and len(fit_path(f"/ckpt/{name}", n)) <= n
 
 
+def test_a_path_fits_the_options_column_by_its_characters_widths(tmp_path):
+    """The options' value column was taken to hold 34 characters of 7 px (a tour, at 1400 px in Chromium):
+    MMLU-WMT-MGSM-HU…ANEVAL-2026.jsonl, 34 characters, is 255 px in the tables' font (Source Sans, 14 px)
+    and ran past the column's 239 px, cut at its end, while a lowercase path left a part of it empty.
+    Measured by each character's width (`text_px`), a path fills the column and no more."""
+    from dashboards.views.overview import CELL_PAD_PX, OPTION_COLUMNS, fit_path, text_px
+    from helpers.synthetic_run import write_run
+
+    room = OPTION_COLUMNS["value"] - CELL_PAD_PX
+    upper = "/data/MMMU/WMT/MMLU-WMT-MGSM-HUMANEVAL-2026.jsonl"
+    lower = "/tmp/a/long/folder/for/the/corpus/of/this/val.jsonl"
+    assert text_px("MMLU-WMT-MGSM-HU…ANEVAL-2026.jsonl") > room  # what the flat estimate showed
+    assert fit_path(upper, room, text_px) == "MMLU-WMT-MGSM-H…EVAL-2026.jsonl"
+    assert fit_path(lower, room, text_px) == "/tmp/…/the/corpus/of/this/val.jsonl"  # 34 gave /tmp/…/corpus/...
+    assert text_px("iiii") < text_px("mmmm") and text_px("中") == 14.0  # one not measured: a whole em
+    for path in (upper, lower, "/x/" + "M" * 40, "/" + "a" * 80, "~/" + "/".join(["ab"] * 40)):
+        assert text_px(fit_path(path, room, text_px)) <= room, path
+    write_run(tmp_path / "r", n_seq=2)
+    info = json.loads((tmp_path / "r" / "run.json").read_text())
+    (tmp_path / "r" / "run.json").write_text(json.dumps(info | {"options": {"corpus": upper}}))
+    options = next(d.value for d in app(tmp_path, "r", page="overview").dataframe if "option" in d.value)
+    assert dict(zip(options.option, options.value))["corpus"] == "MMLU-WMT-MGSM-H…EVAL-2026.jsonl"
+
+
 def test_the_recording_options_show_paths_readably(tmp_path):
     """The narrow "Recording options" table cut long checkpoint and corpus paths off (a tour): they show
     from ~ in as many characters as the value column holds (`fit_path`), and whole in a caption below it;
@@ -287,7 +311,7 @@ def test_the_recording_options_show_paths_readably(tmp_path):
     at = app(tmp_path, "r", page="overview")
     options = next(d.value for d in at.dataframe if "option" in d.value)
     shown = dict(zip(options.option, options.value))
-    assert shown == {"ckpt": "deepseek-v3-671b…-instruct-2026-11", "corpus": "default", "seq_len": "256"}
+    assert shown == {"ckpt": "deepseek-v3-671b-…8-instruct-2026-11", "corpus": "default", "seq_len": "256"}
     assert f"ckpt: `{ckpt}`" in texts(at.caption)
     table = next(d.proto for d in at.dataframe if "option" in d.value)
     widths = {c: v["width"] for c, v in json.loads(table.columns).items() if c != "_index"}
