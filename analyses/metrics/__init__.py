@@ -66,6 +66,8 @@ Expert paths (`paths.py`)
 - domain_information(ids, domains, layers=None, k=1, test=None)   path vs each layer: NMI, AMI, held-out accuracy
 - heldout_accuracy(labels, values, test)  majority-label decoding on held-out rows, and its baseline
 - heldout_windows(seq_id, domain, every=5)   the held-out mask: every `every`-th window of each domain
+- heldout_left_out(labels, test), left_out_note(names)   the domains held out whole (one window), which the
+  held-out scores leave out and name in their `left_out` column; the one sentence every consumer says
 - common_paths(ids, domains=None, token_ids=None, k=1, top=10)   the most used paths, their domain, tokens
 - routes_from_run(run, layers=None) -> Routes   tokens routed at every chosen layer, [T, L, K]
 - path_summary_from_run, domain_information_from_run, common_paths_from_run
@@ -97,8 +99,8 @@ from .balance import (balance_summary, balance_table, balancedness, batch_loads_
                       maxvio_batch_from_run, normalised_entropy, normalised_scores, relative_load,
                       switch_balance, switch_inputs_from_run)
 from .paths import (Routes, common_paths, common_paths_from_run, domain_information, domain_information_from_run,
-                    heldout_accuracy, heldout_windows, path_codes, path_entropy, path_keys, path_summary,
-                    path_summary_from_run, routes_from_run)
+                    heldout_accuracy, heldout_left_out, heldout_windows, left_out_note, path_codes, path_entropy,
+                    path_keys, path_summary, path_summary_from_run, routes_from_run)
 from .routing import (check_comparable, coactivation, coactivation_from_run, layer_agreement_from_run,
                       margin_summary, margins_from_run, random_overlap_baseline, repetition, repetition_from_run,
                       record_agreement, route_changes_from_runs, routing_agreement, routing_agreement_by_layer,
@@ -122,7 +124,8 @@ __all__ = [
     "routing_agreement_by_layer", "routing_agreement_from_runs", "route_changes_from_runs", "score_entropy",
     "score_entropy_from_run",
     "Routes", "common_paths", "common_paths_from_run", "domain_information", "domain_information_from_run",
-    "heldout_accuracy", "heldout_windows", "path_codes", "path_entropy", "path_keys", "path_summary",
+    "heldout_accuracy", "heldout_left_out", "heldout_windows", "left_out_note", "path_codes", "path_entropy",
+    "path_keys", "path_summary",
     "path_summary_from_run", "routes_from_run", "PREDICTORS", "majority_predict", "token_dependence", "token_dependence_from_run",
     "contingency", "contingency_from_run", "domain_contingency_from_run", "domain_nmi", "domain_share", "entropy",
     "expert_vocabulary", "expert_vocabulary_from_run", "lift", "lift_from_run", "mutual_information", "nmi",

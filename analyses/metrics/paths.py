@@ -17,6 +17,8 @@ is nothing to find:
 - heldout_accuracy: the domain predicted as the majority domain of the unit's value on training
   windows, scored on held-out windows (every `every`-th window of each domain: `Routes.heldout`;
   unseen values predict the overall majority), against `majority_baseline` (always the majority domain).
+  A domain of one window is held out whole and never trained on: it is left out of the score, and the
+  `left_out` column names it (a capped run of five domains read 58.5% with two of them scored untrained).
 
 Array versions take ids [T, L, K] (tokens x layers x top-k, best first); run versions read the run's
 `routing` and `tokens` tables (only tokens routed at every chosen layer).
@@ -105,17 +107,40 @@ def path_summary(ids, domains=None, k: int = 1) -> "pandas.DataFrame":  # noqa: 
     return pd.DataFrame(rows)
 
 
+def heldout_left_out(labels, test) -> list[str]:
+    """The labels (domains) held out whole: every row of theirs is in `test`, none in training. A held-out
+    score can only count their rows wrong, so it leaves them out (`heldout_accuracy`, `linear_probe`,
+    `token_dependence_from_run`). Under `heldout_windows` these are the domains of one window: the first
+    window of each domain is held out."""
+    lab, test = np.asarray(labels).reshape(-1), np.asarray(test, bool).reshape(-1)
+    same_length(lab, test, names="labels and test")
+    return sorted(set(lab[test].astype(str).tolist()) - set(lab[~test].astype(str).tolist()))
+
+
+def left_out_note(names) -> str | None:
+    """One sentence on the domains `left_out` names (a list, or the comma-joined `left_out` column of a
+    result), for every page, report and notebook that shows a held-out score; None when there are none."""
+    names = [x for x in (names.split(", ") if isinstance(names, str) else list(names)) if x]
+    if not names:
+        return None
+    said = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+    return (f"left out of the held-out scores: {said} {'has' if len(names) == 1 else 'have'} one window only, "
+            "which the split holds out whole (every 5th window of each domain, its first included), so it was "
+            "never trained on")
+
+
 def heldout_accuracy(labels, values, test) -> tuple[float, float]:
     """(accuracy, majority baseline): predict `labels` of test rows as the majority label of the
     row's `values` on the training rows (ties: smallest label code; values unseen in training: the
-    training majority label). NaN when there is no training or no test row."""
+    training majority label). Test rows of a label with no training row (`heldout_left_out`) are not scored.
+    NaN when there is no training row or no test row left, or fewer than two labels to train on."""
     same_length(np.asarray(labels).reshape(-1), np.asarray(values).reshape(-1), np.asarray(test).reshape(-1),
                 names="labels, values and test")
     lab = np.unique(np.asarray(labels), return_inverse=True)[1].reshape(-1)
     val = np.unique(np.asarray(values), return_inverse=True)[1].reshape(-1)
-    test = np.asarray(test, bool)
-    tr = ~test
-    if not tr.any() or not test.any():
+    tr = ~np.asarray(test, bool).reshape(-1)
+    test = ~tr & np.isin(lab, lab[tr])  # a label never trained on can only be scored wrong
+    if not tr.any() or not test.any() or len(np.unique(lab[tr])) < 2:
         return float("nan"), float("nan")
     L = lab.max() + 1
     counts = np.zeros((val.max() + 1, L), np.int64)
@@ -130,7 +155,8 @@ def domain_information(ids, domains, layers=None, k: int = 1, test=None) -> "pan
     for k > 1, of that layer alone) and one for the whole path. Columns unit, values (distinct values
     seen), domain_nmi (plug-in I/H(domain)), ami (chance-adjusted with the arithmetic normalisation,
     scikit-learn's average_method="arithmetic": (I - E[I]) / ((H(domain) + H(unit)) / 2 - E[I])),
-    heldout_accuracy, majority_baseline (NaN without `test`, a boolean [T] mask of held-out tokens).
+    heldout_accuracy, majority_baseline (NaN without `test`, a boolean [T] mask of held-out tokens),
+    left_out (the domains the held-out accuracy leaves out, comma-joined: `heldout_left_out`; "" for none).
     Fewer than two domains: every measure NaN (nothing to tell apart)."""
     import pandas as pd
     from sklearn.metrics import adjusted_mutual_info_score
@@ -156,7 +182,8 @@ def domain_information(ids, domains, layers=None, k: int = 1, test=None) -> "pan
         acc, base = heldout_accuracy(d, codes, test) if test is not None and len(codes) and two else (float("nan"),) * 2
         rows.append({"unit": unit, "values": int(len(np.unique(codes))), "domain_nmi": nmi_d, "ami": ami,
                      "heldout_accuracy": acc, "majority_baseline": base})
-    return pd.DataFrame(rows)
+    out = ", ".join(heldout_left_out(d, test)) if test is not None and len(d) and two else ""
+    return pd.DataFrame(rows).assign(left_out=out)  # after heldout_accuracy has checked the lengths
 
 
 def common_paths(ids, domains=None, token_ids=None, k: int = 1, top: int = 10,
@@ -209,12 +236,14 @@ class Routes:
         ... window in seq_id order), so that every domain is held out in the same proportion and every
         domain with two windows or more is in training too. A plain seq_id % every would line up with
         the recorder's domain interleave (`--order domains` takes windows from the domains in turn):
-        with five domains every held-out window came from one domain, which training never saw."""
+        with five domains every held-out window came from one domain, which training never saw. A
+        domain of one window is still held out whole: the scores leave it out (`heldout_left_out`)."""
         return heldout_windows(self.seq_id, self.domain, every)
 
 
 def heldout_windows(seq_id, domain, every: int = 5) -> np.ndarray:
-    """`Routes.heldout` on any tokens: [T] True for the tokens of every `every`-th window of each domain."""
+    """`Routes.heldout` on any tokens: [T] True for the tokens of every `every`-th window of each domain
+    (a domain of one window: all of its tokens, which the held-out scores then leave out, `heldout_left_out`)."""
     every = whole_count(every, "every", 2, " (one window in `every` is held out)")  # 2.5 held out windows 0, 5, ...
     seq_id, domain = np.asarray(seq_id), np.asarray(domain)
     test = np.zeros(len(seq_id), bool)

@@ -11,7 +11,9 @@ The "all layers" probe reads the chosen layers' features side by side, [L*E].
 
 The probe is a multinomial logistic regression (scikit-learn, features standardised on the training
 rows, L2 penalty C=1) trained on whole windows and scored on held-out ones (every `every`-th window
-of each domain, `paths.heldout_windows`), so that the tokens of one window never sit on both sides.
+of each domain, `paths.heldout_windows`), so that the tokens of one window never sit on both sides. A
+domain of one window is held out whole: never trained on, it is left out of the score and named in the
+`left_out` column (`paths.heldout_left_out`).
 Two controls stand beside its accuracy: always the training majority domain, and the same probe
 trained on the training tokens' domains shuffled (what that many features fit from noise).
 Balanced accuracy is the mean per-domain recall, which a majority guess holds at 1/D.
@@ -22,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._common import MetricsError, as_run, counted, layer_numbers, n_experts_of_run, need_rows, whole_count
-from .paths import heldout_windows
+from .paths import heldout_left_out, heldout_windows
 
 FEATURES = ("weights", "scores")
 MAX_ROWS = 50_000  # training and held-out tokens each, drawn at random beyond this (the fit is O(rows))
@@ -44,7 +46,8 @@ def routing_features(ids, weights, n_experts: int) -> np.ndarray:
 def linear_probe(features, labels, test, seed: int = 0) -> dict:
     """A logistic-regression probe of `labels` [T] from `features` [T, F], trained on ~test and scored on
     `test` (a [T] boolean mask): accuracy, balanced_accuracy, majority (the training majority's accuracy),
-    shuffled (the probe's accuracy when trained on shuffled labels), n_train, n_test, n_features."""
+    shuffled (the probe's accuracy when trained on shuffled labels), n_train, n_test (the scored tokens),
+    n_features, left_out (labels held out whole, never trained on, so not scored: `heldout_left_out`)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import balanced_accuracy_score
     from sklearn.pipeline import make_pipeline
@@ -53,10 +56,12 @@ def linear_probe(features, labels, test, seed: int = 0) -> dict:
     x, y, test = np.asarray(features, np.float32), np.asarray(labels), np.asarray(test, bool)
     if x.ndim != 2 or not (len(x) == len(y) == len(test)):
         raise MetricsError(f"features {x.shape}, labels {y.shape}, test {test.shape}: expected [T, F], [T], [T]")
-    train = ~test
+    train, left = ~test, heldout_left_out(y, test)
+    test = test & np.isin(y, y[train])  # a label never trained on can only be scored wrong
     if len(np.unique(y[train])) < 2 or not test.any():
         raise MetricsError(f"a probe needs training tokens of two labels or more and held-out tokens "
-                           f"(got {len(np.unique(y[train]))} training labels, {int(test.sum())} held out)")
+                           f"(got {len(np.unique(y[train]))} training labels, {int(test.sum())} held out"
+                           + (f"; {', '.join(left)} held out whole)" if left else ")"))
 
     def fit(target):  # newton-cg: the same fit as lbfgs here in 4-10 iterations, 4x faster on 96 features
         probe = make_pipeline(StandardScaler(), LogisticRegression(solver="newton-cg", max_iter=200))
@@ -69,7 +74,8 @@ def linear_probe(features, labels, test, seed: int = 0) -> dict:
             "balanced_accuracy": float(balanced_accuracy_score(y[test], pred)),
             "majority": float((y[test] == values[counts.argmax()]).mean()),
             "shuffled": float((shuffled == y[test]).mean()),
-            "n_train": int(train.sum()), "n_test": int(test.sum()), "n_features": int(x.shape[1])}
+            "n_train": int(train.sum()), "n_test": int(test.sum()), "n_features": int(x.shape[1]),
+            "left_out": ", ".join(left)}
 
 
 def domain_probe_from_run(run, layers=None, features: str = "weights", every: int = 5,
@@ -93,13 +99,19 @@ def domain_probe_from_run(run, layers=None, features: str = "weights", every: in
         raise MetricsError(f"{run.path}: {counted(len(np.unique(domain)), 'domain')} among the probed tokens; "
                            "a domain probe needs two or more")
     test = heldout_windows(keys >> 32, domain, every)
+    left = heldout_left_out(domain, test)  # one window: held out whole, never trained on
+    if len(np.unique(domain[~test])) < 2:
+        raise MetricsError(f"{run.path}: {counted(len(np.unique(domain[~test])), 'domain')} with a window to train "
+                           f"on ({', '.join(left)}: one window, held out whole); a domain probe needs two or more")
+    keep = ~np.isin(domain, left)  # drawn from the scored tokens only
+    keys, domain, test = keys[keep], domain[keep], test[keep]
     rows = _draw(test, max_rows, seed)
     per_layer = _columns(run, layers, features, keys[rows])
     units = {f"layer {layer}": _dense(per_layer[layer], features, n_experts) for layer in layers}
     if len(units) > 1 and len(rows) * len(units) * next(iter(units.values())).shape[1] <= MAX_COMBINED:
         units["all layers"] = np.concatenate(list(units.values()), axis=1)
     out = [{"unit": unit, "features": features} | linear_probe(x, domain[rows], test[rows], seed)
-           for unit, x in units.items()]
+           | {"left_out": ", ".join(left)} for unit, x in units.items()]
     return pd.DataFrame(out)
 
 

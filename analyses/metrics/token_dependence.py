@@ -15,7 +15,8 @@ context-independent (OpenMoE's finding); the gap to token_and_prev is what conte
 
 Beside it, OLMoE's vocabulary specialisation for the input and for the predicted (next) token
 (`vocabulary_specialisation_from_run`). Held-out windows: every `every`-th window of each domain
-(`Routes.heldout`), so no window is split between training and test and every domain is in both.
+(`Routes.heldout`), so no window is split between training and test and every domain is in both; a
+domain of one window, held out whole, is left out of both and named in the `left_out` column.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._common import MetricsError, whole_count
-from .paths import path_codes, routes_from_run
+from .paths import heldout_left_out, path_codes, routes_from_run
 from .specialisation import vocabulary_specialisation_baseline, vocabulary_specialisation_from_run
 
 PREDICTORS = ("token_id", "prev_token", "position", "prev_and_position", "token_and_prev", "majority")
@@ -100,11 +101,15 @@ def token_dependence_from_run(run, layers=None, every: int = 5, k: int | None = 
     `min_count` times; 1: every id counted). With `baseline`, also its value without specialisation
     (`vocabulary_specialisation_baseline` on the routed tokens: columns vocab_spec_input_baseline,
     vocab_spec_next_baseline). routes: the run's `routes_from_run(run, layers)` when already read
-    (the report shares it with the paths)."""
+    (the report shares it with the paths). left_out: the domains of one window, held out whole and left
+    out of every predictor (`heldout_left_out`), comma-joined; "" for none."""
     import pandas as pd
 
     r = routes if routes is not None else routes_from_run(run, layers)
     test = r.heldout(every)
+    left = heldout_left_out(r.domain, test)  # one window, held out whole: left out of training and scoring
+    keep = ~np.isin(r.domain, left)
+    test, tok, prev, pos, ids = test[keep], r.token_id[keep], r.prev_id[keep], r.pos[keep], r.ids[keep]
     K = r.ids.shape[2]
     k = K if k is None else whole_count(k, "k", why=" (experts of the top-k set)")  # int() read 1.5 as 1
     if not 1 <= k <= K:
@@ -117,10 +122,10 @@ def token_dependence_from_run(run, layers=None, every: int = 5, k: int | None = 
               "vocab_spec_next": float(vs_next.get(layer, np.nan))}
         if baseline:
             vs |= _vocab_baselines(r, j, min_count)
-        targets = [("top1", r.ids[:, j, 0])] + ([("topk", path_codes(r.ids[:, [j]], k)[1])] if k > 1 else [])
+        targets = [("top1", ids[:, j, 0])] + ([("topk", path_codes(ids[:, [j]], k)[1])] if k > 1 else [])
         for target, y in targets:
-            res = token_dependence(r.token_id, r.prev_id, r.pos, y, test)
-            rows.append({"layer": layer, "target": target, **res, **vs})
+            res = token_dependence(tok, prev, pos, y, test)
+            rows.append({"layer": layer, "target": target, **res, **vs, "left_out": ", ".join(left)})
     return pd.DataFrame(rows)
 
 

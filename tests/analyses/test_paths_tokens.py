@@ -422,3 +422,41 @@ def test_layers_named_out_of_order_or_twice(runs):
     assert M.path_keys(empty).shape == (0, 3) and M.path_keys(empty, k=2).shape == (0, 6)
     assert len(M.path_codes(empty)[1]) == 0
     assert M.path_summary(empty).loc[0, "tokens"] == 0
+
+
+def test_heldout_accuracy_leaves_out_a_label_never_trained_on():
+    """A label whose every row is held out can only be scored wrong: it is not scored (nor named
+    trained), and with fewer than two labels to train on there is nothing to tell apart."""
+    labels = ["x", "x", "y", "y", "z", "z"]
+    values = [5, 5, 7, 7, 9, 9]
+    test = [False, True, False, True, True, True]  # z: held out whole
+    acc, base = M.heldout_accuracy(labels, values, test)  # x and y only: both right, majority x right once
+    assert (acc, base) == (1.0, 0.5)  # z's two rows scored wrong read 2/4 (the old score)
+    assert all(np.isnan(M.heldout_accuracy(["x", "x", "y"], [1, 1, 2], [False, True, True])))  # x alone trained
+    assert M.heldout_left_out(labels, test) == ["z"]
+    assert M.left_out_note([]) is None and M.left_out_note("") is None
+    assert M.left_out_note("web").startswith("left out of the held-out scores: web has one window only")
+    assert "prose and web have one window only" in M.left_out_note(["prose", "web"])
+
+
+def test_a_domain_of_one_window_is_left_out_of_the_held_out_scores(tmp_path):
+    """A capped run where a domain has one window: the split holds it out whole, so it was scored but
+    never trained on (a 2,000-token run over five domains read 58.5% with two of them untrained, a
+    tour). The path's held-out accuracy and the token-id predictors leave it out of training and
+    scoring, and name it; AMI still reads every token."""
+    write_run(tmp_path / "r", n_seq=8, seq_len=9, domains=("code", "prose", "web"))  # web: windows 2 and 5
+    a = write_run(tmp_path / "thin", n_seq=5, seq_len=9, domains=("code", "prose", "web"))  # web: window 2 only
+    got = M.domain_information_from_run(tmp_path / "thin").set_index("unit")
+    keep = a["domain"] != "web"  # the run's code and prose
+    ids, dom = _stack(a, a["layers"])[keep], a["domain"][keep].astype(str)
+    want = M.domain_information(ids, dom, a["layers"], 1, _heldout(a["seq"][keep], dom, 5)).set_index("unit")
+    np.testing.assert_allclose(got.heldout_accuracy, want.heldout_accuracy)
+    np.testing.assert_allclose(got.majority_baseline, want.majority_baseline)
+    every = M.domain_information(_stack(a, a["layers"]), a["domain"].astype(str), a["layers"], 1)  # web included
+    np.testing.assert_allclose(got.ami, every.set_index("unit").ami)
+    assert set(got.left_out) == {"web"}
+    assert set(M.domain_information_from_run(tmp_path / "r").left_out) == {""}  # two windows of each: none
+    td = M.token_dependence_from_run(tmp_path / "thin")
+    assert set(td.test_tokens) == {2 * 9} and set(td.train_tokens) == {2 * 9}  # windows 0, 1 held out; 3, 4 trained
+    assert set(td.left_out) == {"web"}
+    assert set(M.token_dependence_from_run(tmp_path / "r").left_out) == {""}

@@ -110,3 +110,24 @@ def test_runs_a_probe_cannot_use_are_refused_by_name(run, tmp_path):
     write_run(tmp_path / "one", n_seq=10, domains=("code",))
     with pytest.raises(M.MetricsError, match="1 domain"):
         M.domain_probe_from_run(tmp_path / "one")
+
+
+def test_a_domain_of_one_window_is_left_out_of_the_probe(tmp_path):
+    """A capped run where a domain has one window: the split holds it out whole and the probe never
+    trains on it, so its tokens could only be scored wrong (a 2,000-token run of five domains read 'a
+    linear probe reads the domain at 58.5%' with two untrained, a tour). It is left out and named."""
+    write_run(tmp_path / "thin", n_seq=11, seq_len=10, domains=("code", "prose", "math", "web", "chat", "wiki"))
+    got = M.domain_probe_from_run(tmp_path / "thin", layers=[2]).iloc[0]  # wiki: window 5 only
+    x, d, test = _by_hand(tmp_path / "thin", 2)
+    assert got.n_test == int((test & (d != "wiki")).sum()) == 5 * 10  # the first window of the five others
+    assert got.left_out == "wiki"
+    keep = d != "wiki"
+    want = M.linear_probe(x[keep], d[keep], test[keep])
+    assert {k: got[k] for k in ("accuracy", "balanced_accuracy", "majority", "shuffled", "n_train")} == \
+        pytest.approx({k: want[k] for k in ("accuracy", "balanced_accuracy", "majority", "shuffled", "n_train")})
+    arr = M.linear_probe(x, d, test)  # the array version leaves it out by itself
+    assert arr["left_out"] == "wiki" and arr["n_test"] == 50 and arr["accuracy"] == pytest.approx(want["accuracy"])
+    write_run(tmp_path / "two", n_seq=3, seq_len=10)  # code: windows 0 and 2; prose: window 1 only
+    with pytest.raises(M.MetricsError, match=r"two: 1 domain with a window to train on \(prose: one window, "
+                                             r"held out whole\); a domain probe needs two or more"):
+        M.domain_probe_from_run(tmp_path / "two")
