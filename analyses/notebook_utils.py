@@ -57,20 +57,31 @@ def _domains(run, what: str) -> tuple[list[str], str | None]:
 
 
 def heldout_note(run, what: str) -> str | None:
-    """None when every domain of the run's tokens has two windows or more; else why `what`, a held-out
-    score of the domain (`analyses.metrics.heldout_windows`: every 5th window of each domain, its first
-    one included), is not measured: a domain of one window is held out whole, so the probe is scored on
-    a domain it never trained on, whose tokens it can only get wrong (a run of 2,000 tokens over five
-    domains read "a linear probe reads the domain at 58.5%" with two of them untrained; a tour)."""
-    thin = [d for (d,) in run.sql("select domain from tokens group by 1 having count(distinct seq_id) < 2 "
-                                  "order by 1").fetchall()]
-    if not thin:
+    """None when two domains or more of the run's tokens have two windows or more, or the run has fewer
+    than two domains (`one_domain_note` says that); else why `what`, a held-out score of the domain, is
+    not measured. The split (`analyses.metrics.heldout_windows`: every 5th window of each domain, its
+    first included) holds a domain of one window out whole, so the scores leave it out, never trained
+    on, and name it beside their figure (`left_out`, `analyses.metrics.left_out_note`; a run of 2,000
+    tokens over five domains read "a linear probe reads the domain at 58.5%" with two of them scored
+    untrained, a tour): with fewer than two domains left there is nothing to tell apart."""
+    n = dict(run.sql("select domain, count(distinct seq_id) from tokens group by 1").fetchall())
+    thin = sorted(d for d, w in n.items() if w < 2)
+    if len(n) < 2 or len(n) - len(thin) >= 2:
         return None
     names = thin[0] if len(thin) == 1 else f"{', '.join(thin[:-1])} and {thin[-1]}"
     return (f"{what} holds out one window in five of each domain, and {names} "
-            f"{'has' if len(thin) == 1 else 'have'} one window only: held out whole, never trained on, so "
-            f"{'its' if len(thin) == 1 else 'their'} tokens can only be scored wrong. Record more tokens (two "
-            "windows of every domain), or point $DSV3_NOTEBOOK_RUN at such a run")
+            f"{'has' if len(thin) == 1 else 'have'} one window only: held out whole and never trained on, "
+            f"which leaves {len(n) - len(thin)} domain{'' if len(n) - len(thin) == 1 else 's'} to train on, and "
+            "it needs two. Record more tokens (two windows of every domain), or point $DSV3_NOTEBOOK_RUN at "
+            "such a run")
+
+
+def left_out_said(result) -> str:
+    """`analyses.metrics.left_out_note` of a held-out result (its `left_out` column), as a Markdown line to
+    say beside its figure and in the conclusions; "" when it left no domain out."""
+    from analyses.metrics import left_out_note
+
+    return left_out_note(sorted({x for v in result["left_out"] for x in str(v).split(", ") if x})) or ""
 
 
 def need_heldout(run, what: str) -> None:

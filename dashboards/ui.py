@@ -195,6 +195,19 @@ def all_held_out_note(ref: data.RunRef, what: str, where=st) -> None:
                "nothing to learn from. Record two windows or more per domain (a larger `--max-tokens`).", icon="ℹ️")
 
 
+def left_out_note(df, where=st, unmeasured: str | None = None) -> None:
+    """Say which domains a held-out score leaves out (its `left_out` column): a domain of one window in the
+    windows read is held out whole and never trained on, so the metric scores the others only, in the
+    sentence the report and the notebooks say (`analyses.metrics.left_out_note`). `unmeasured`: the score
+    that is not measured because fewer than two domains are left to train on. Nothing when none is left out."""
+    from analyses.metrics import left_out_note as note
+
+    said = note(sorted({x for v in df.get("left_out", []) for x in str(v).split(", ") if x}))
+    if said:
+        tail = f" {unmeasured} needs two domains or more to train on, so it is not measured." if unmeasured else ""
+        where.info(said + tail, icon="ℹ️")
+
+
 def analysis_command(ref: data.RunRef, module: str, flags: str = "") -> str:
     """The command line that writes `analyses.<module>`'s results into `ref`. An imported run has no
     checkpoint or corpus of its own and the command refuses it without --ckpt and --corpus: the pages

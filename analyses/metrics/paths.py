@@ -124,9 +124,9 @@ def left_out_note(names) -> str | None:
     if not names:
         return None
     said = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
-    return (f"left out of the held-out scores: {said} {'has' if len(names) == 1 else 'have'} one window only, "
-            "which the split holds out whole (every 5th window of each domain, its first included), so it was "
-            "never trained on")
+    return (f"Left out of the held-out scores: {said} {'has' if len(names) == 1 else 'have'} one window only, "
+            "which the split holds out whole (every 5th window of each domain, its first included), so "
+            f"{'it was' if len(names) == 1 else 'they were'} never trained on.")
 
 
 def heldout_accuracy(labels, values, test) -> tuple[float, float]:

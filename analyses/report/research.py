@@ -226,10 +226,10 @@ def _path_sentences(p: dict) -> list[str]:
     best_acc = layers.heldout_accuracy.idxmax() if layers.heldout_accuracy.notna().any() else best
     held = (f"held-out domain accuracy {acc['path']:.3f} vs {acc[best_acc]:.3f} ({best_acc}; majority "
             f"{t1.loc['path', 'majority_baseline']:.3f})" if pd.notna(acc["path"]) else NO_HELD_OUT)
-    out = [head + f" Domain information: path AMI {t1.loc['path', 'ami']:.3f} vs best single layer ({best}) "
-           f"{layers.ami.max():.3f}; {held}: " + _path_verdict(t1.loc["path", "ami"] > layers.ami.max(),
-                                                             acc["path"] > acc[best_acc] if pd.notna(acc["path"])
-                                                             else None)]
+    out = [_with_left_out(head + f" Domain information: path AMI {t1.loc['path', 'ami']:.3f} vs best single layer "
+                          f"({best}) {layers.ami.max():.3f}; {held}: "
+                          + _path_verdict(t1.loc["path", "ami"] > layers.ami.max(),
+                                          acc["path"] > acc[best_acc] if pd.notna(acc["path"]) else None), info)]
     tk = info[info.target != "top1"]
     if len(tk):
         tk = tk.set_index("unit")
@@ -259,7 +259,7 @@ def _probe_sentence(p: dict) -> str:
             f"{x.unit.replace('layer ', 'L')} {x.accuracy:.3f} ({x.balanced_accuracy:.3f})" for x in g.itertuples())
             + f" (majority {g.majority.iloc[0]:.3f}, the probe trained on shuffled domains "
               f"{lo if lo == hi else f'{lo}-{hi}'}; {counted(int(g.n_test.iloc[0]), 'held-out token')})")
-    return f"{head}: " + "; ".join(parts) + "."
+    return _with_left_out(f"{head}: " + "; ".join(parts) + ".", p["table"])
 
 
 def _token_sentences(td: pd.DataFrame) -> list[str]:
@@ -270,8 +270,8 @@ def _token_sentences(td: pd.DataFrame) -> list[str]:
                         f"{x.majority:.3f})" for x in t.itertuples())
     else:  # nothing held out, or nothing left to train on: every accuracy is NaN
         acc = f"not measured ({TOO_FEW_WINDOWS})"
-    out = ["Token-id dependence (held-out windows, top-1 expert predicted by the token id alone): " + acc + "; "
-           + _vocabulary_clause(t) + "."]
+    out = [_with_left_out("Token-id dependence (held-out windows, top-1 expert predicted by the token id alone): "
+                          + acc + "; " + _vocabulary_clause(t) + ".", td)]
     tk = td[td.target == "topk"]
     if len(tk) and tk.token_id.notna().any():
         out.append("The whole top-k set predicted by the token id: " + ", ".join(
@@ -293,6 +293,31 @@ def _vocabulary_clause(t: pd.DataFrame) -> str:
 
 def _share(x: float) -> str:
     return f"{x:.3f}" if pd.notna(x) else "not measured"
+
+
+def left_out(df: pd.DataFrame | None) -> str | None:
+    """`left_out_note` of a held-out result's `left_out` column: which domains a capped run's held-out
+    scores leave out (one window, held out whole); None for none."""
+    if df is None or "left_out" not in df:
+        return None
+    return M.left_out_note(sorted({x for v in df.left_out for x in str(v).split(", ") if x}))
+
+
+def _with_left_out(text: str, df: pd.DataFrame | None) -> str:
+    """`text`, then the `left_out` sentence of `df` where it has one."""
+    note = left_out(df)
+    return f"{text} {note}" if note else text
+
+
+def _titled(title: str, df: pd.DataFrame | None) -> str:
+    """A figure's `title`, with the `left_out` sentence of `df` in brackets where it has one."""
+    note = left_out(df)
+    return f"{title} ({note[0].lower()}{note[1:].rstrip('.')})" if note else title
+
+
+def _shown(df: pd.DataFrame) -> pd.DataFrame:
+    """A held-out result as its table is printed: the `left_out` column is said in the title instead."""
+    return df.drop(columns="left_out", errors="ignore")
 
 
 def _load_predicts(c: pd.DataFrame) -> str:
@@ -333,7 +358,7 @@ def figures(r: dict) -> dict[str, list]:
         if fig is not None:  # one domain: no domain information to draw or list
             title = "Path vs single layer: domain information (AMI, chance-adjusted)"
             title += " and held-out domain accuracy" if held_out else f"; {NO_HELD_OUT}"
-            out["Expert paths"].append((title, fig, info, False))
+            out["Expert paths"].append((_titled(title, info), fig, _shown(info), False))
         out["Expert paths"] += [
             ("Top-1 paths per domain: distinct paths, entropy (nats), perplexity, top-10 share", None,
              p["summary"], False),
@@ -342,15 +367,17 @@ def figures(r: dict) -> dict[str, list]:
     if pr is not None:
         fig = _bars([(f"{f}: {m}", g.unit, g[m]) for f, g in pr.groupby("features", sort=False)
                      for m in ("accuracy", "shuffled")], "held-out accuracy")
-        out["Domain probes"].append(("The token's domain read linearly from its routing: held-out accuracy, and "
-                                     f"the same probe trained on shuffled domains (majority "
-                                     f"{pr.majority.iloc[0]:.3f})", fig, pr, False))
+        out["Domain probes"].append((_titled("The token's domain read linearly from its routing: held-out "
+                                                    "accuracy, and the same probe trained on shuffled domains "
+                                                    f"(majority {pr.majority.iloc[0]:.3f})", pr), fig, _shown(pr),
+                                     False))
     td = r.get("token_dependence")
     if td is not None:
         t = td[td.target == "top1"]
         fig = _bars([(c, [f"L{x}" for x in t.layer], t[c]) for c in M.PREDICTORS], "held-out accuracy (top-1 expert)")
-        out["Token-id dependence"].append(("Top-1 expert predicted from the token id vs context baselines "
-                                           "(token_dependence_from_run)", fig, td, False))
+        out["Token-id dependence"].append((_titled("Top-1 expert predicted from the token id vs context "
+                                                          "baselines (token_dependence_from_run)", td), fig,
+                                           _shown(td), False))
     rv = r.get("run_vs_run")
     if rv is not None:
         g = rv["agreement"]

@@ -177,6 +177,7 @@ def domain_probe(ref: data.RunRef) -> None:
         fig.update_layout(barmode="group")
         fig.update_yaxes(title="held-out accuracy", tickformat=".0%", range=[0, 1])
         st.plotly_chart(charts.style(fig, "The token's domain read linearly from its routing", 360), key="probe")
+        ui.left_out_note(df)  # a domain of one window in the windows read: held out whole, scored on the others
         st.caption(f"A logistic regression (`analyses.metrics.domain_probe_from_run`) learns the domain from one "
                    f"layer's routing ({df.n_features.iloc[0]} features a layer) on 4 of every 5 windows and is "
                    f"scored on the 5th ({int(df.n_test.iloc[0]):,} held-out tokens, {int(df.n_train.iloc[0]):,} "
@@ -216,6 +217,7 @@ def token_dependence(ref: data.RunRef) -> None:
         else:
             left.plotly_chart(charts.style(fig, "Predicting the top-1 expert: held-out accuracy per predictor",
                                            380), key="tokdep")
+            ui.left_out_note(top1, left)
         vs = go.Figure()
         for col, name, color in (("vocab_spec_input", "input token", "#4C78A8"),
                                  ("vocab_spec_next", "next token", "#E45756")):

@@ -188,19 +188,30 @@ def test_ablation_on_one_domain_draws_no_domain_table(tmp_path, monkeypatch):
     assert "- Per-domain masking: not measured" in said[-1], said
 
 
-def test_a_domain_probe_is_not_scored_on_a_domain_held_out_whole(tmp_path, monkeypatch):
+def test_a_domain_of_one_window_is_left_out_of_the_held_out_scores_and_named(tmp_path, monkeypatch):
     """A capped run (2,000 tokens of five domains) had domains of one window, which the held-out split
     (every 5th window of each domain, its first included) holds out whole: the probes were scored on
     domains they never trained on, and specialisation's conclusion read "a linear probe reads the domain
-    ... 50.2% to 57.3%" (a tour). The probe says why it is not measured; expert_paths, whose question it
-    is, stops in its first cell."""
+    ... 50.2% to 57.3%" (a tour). The scores leave such a domain out and the notebooks name it; with
+    fewer than two domains left to train on the probe says why it is not measured, and expert_paths,
+    whose question it is, stops in its first cell."""
+    from analyses.metrics import domain_probe_from_run, left_out_note
     from helpers.synthetic_run import write_run
 
+    write_run(tmp_path / "left", n_seq=5, domains=("code", "prose", "web"))  # web: window 2 only
+    note = left_out_note(["web"])
+    figures, said = all_cells("specialisation", tmp_path / "left", monkeypatch)
+    probes = domain_probe_from_run(tmp_path / "left")
+    assert note in said and f"held-out accuracy {probes.accuracy[probes.unit != 'all layers'].min():.1%}" in said[-1]
+    assert said[-1].endswith(f"shuffled domains. {note}"), said[-1]
+    assert [f for f in figures if "held-out accuracy" in (f.layout.title.text or "")]
+    _, said = all_cells("expert_paths", tmp_path / "left", monkeypatch)
+    assert note in said and said[-1].endswith(f"\n- {note}"), said[-1]
     write_run(tmp_path / "thin", n_seq=3)  # code: windows 0 and 2; prose: window 1 only
     figures, said = all_cells("specialisation", tmp_path / "thin", monkeypatch)
     why = ("The domain probe holds out one window in five of each domain, and prose has one window only: held out "
-           "whole, never trained on, so its tokens can only be scored wrong. Record more tokens (two windows of "
-           "every domain), or point $DSV3_NOTEBOOK_RUN at such a run")
+           "whole and never trained on, which leaves 1 domain to train on, and it needs two. Record more tokens "
+           "(two windows of every domain), or point $DSV3_NOTEBOOK_RUN at such a run")
     assert f"**Not measured.** {why}." in said, said
     assert f"- Not measured: {why}." in said[-1] and "A linear probe reads" not in said[-1], said[-1]
     assert "Domain information in the expert choice" in said[-1]  # what needs no held-out window is still said
@@ -211,17 +222,5 @@ def test_a_domain_probe_is_not_scored_on_a_domain_held_out_whole(tmp_path, monke
     write_run(tmp_path / "two", n_seq=4)  # the control: two windows of each domain
     figures, said = all_cells("specialisation", tmp_path / "two", monkeypatch)
     assert "A linear probe reads the domain" in said[-1] and "Not measured" not in said[-1], said[-1]
+    assert "Left out" not in " ".join(said)
     assert first_cell("expert_paths", tmp_path / "two", monkeypatch)["run"]
-
-
-def test_run_vs_run_refuses_a_run_of_other_windows_in_its_first_cell(tmp_path, monkeypatch):
-    """$DSV3_NOTEBOOK_COMPARE_RUN naming a run of other windows (another corpus, or another cap in
-    corpus order) stopped in the second cell, in routing_agreement_from_runs (a tour)."""
-    from helpers.synthetic_run import write_run
-
-    write_run(tmp_path / "a")
-    write_run(tmp_path / "b", token_seed=7)  # the same positions holding other tokens
-    with pytest.raises(MetricsError, match=r"a and .*b hold different tokens at \d+ matched positions"):
-        first_cell("run_vs_run", tmp_path / "a", monkeypatch, compare=tmp_path / "b")
-    write_run(tmp_path / "c", seed=3, token_seed=0)  # the control: the same windows, other routing
-    assert first_cell("run_vs_run", tmp_path / "a", monkeypatch, compare=tmp_path / "c")["other"]

@@ -435,8 +435,11 @@ def test_heldout_accuracy_leaves_out_a_label_never_trained_on():
     assert all(np.isnan(M.heldout_accuracy(["x", "x", "y"], [1, 1, 2], [False, True, True])))  # x alone trained
     assert M.heldout_left_out(labels, test) == ["z"]
     assert M.left_out_note([]) is None and M.left_out_note("") is None
-    assert M.left_out_note("web").startswith("left out of the held-out scores: web has one window only")
+    assert M.left_out_note("web") == ("Left out of the held-out scores: web has one window only, which the split "
+                                      "holds out whole (every 5th window of each domain, its first included), so "
+                                      "it was never trained on.")
     assert "prose and web have one window only" in M.left_out_note(["prose", "web"])
+    assert M.left_out_note("prose, web") == M.left_out_note(["prose", "web"])  # a result's column, as it is
 
 
 def test_a_domain_of_one_window_is_left_out_of_the_held_out_scores(tmp_path):

@@ -350,3 +350,40 @@ def test_compare_takes_a_run_of_another_model_as_no_partner_and_an_unstated_coun
     assert ("`a` and `b-other` are runs of two models (routed experts a layer: 8 in `a`, 16 in `b-other`): run vs "
             "run compares expert ids by index") in texts(at.info), texts(at.info)
     assert "Same top-k set" not in [m.label for m in at.metric]
+
+
+@pytest.mark.slow  # a dashboard session over two pages and two runs
+def test_a_domain_of_one_window_is_named_and_left_out_of_the_held_out_scores(tmp_path):
+    """A capped run where one domain has one window: the split holds it out whole and nothing ever
+    trained on it, so the probe, the token-id predictors and the path's domain accuracy counted its
+    tokens as misses (a 2,000-token run over five domains read 58.5%, a tour). Each page draws the
+    score of the other domains and says in one line which domain it left out and why."""
+    from analyses.metrics import domain_information, domain_probe_from_run, left_out_note, routes_from_run
+    from dashboards.research import PROBE_ROWS
+    from helpers.apptest import array, chart
+    from helpers.synthetic_run import write_run
+
+    write_run(tmp_path / "thin", n_seq=11, seq_len=12, domains=("code", "prose", "web", "chat", "math", "wiki"))
+    write_run(tmp_path / "both", n_seq=12, seq_len=12, domains=("code", "prose", "web", "chat", "math", "wiki"))
+    for run in ("thin", "both"):  # its MoE layers 1 and 2, which the paths need to know
+        info = json.loads((tmp_path / run / "run.json").read_text())
+        info["model_args"] |= {"n_layers": 3, "n_dense_layers": 1}
+        (tmp_path / run / "run.json").write_text(json.dumps(info))
+    note = left_out_note(["wiki"])  # window 5 only
+    r = routes_from_run(tmp_path / "thin", [1, 2])
+    keep = r.domain != "wiki"
+    want = domain_information(r.ids[keep], r.domain[keep], r.layers, 1, r.heldout(5)[keep]).set_index("unit")
+    at = app(tmp_path, "thin", page="specialisation")
+    at.toggle(key="probe_on").set_value(True).run()
+    assert not at.error, texts(at.error)
+    probe = domain_probe_from_run(tmp_path / "thin", max_rows=PROBE_ROWS)
+    np.testing.assert_allclose(array(chart(at, "probe")["data"][0]["y"]), probe.accuracy, rtol=1e-9)
+    assert texts(at.info).count(note) == 2, texts(at.info)  # the probe and the token-id predictors
+    open_page(at, "coactivation")
+    assert metric(at, "Domain accuracy") == f"{want.heldout_accuracy['path']:.1%}"  # code..math, wiki left out
+    assert note in texts(at.info) and not at.error
+    at = app(tmp_path, "both", page="specialisation")  # the control: two windows of every domain
+    at.toggle(key="probe_on").set_value(True).run()
+    assert "Left out of the held-out scores" not in texts(at.info) and not at.error
+    open_page(at, "coactivation")
+    assert "Left out of the held-out scores" not in texts(at.info)
