@@ -112,6 +112,7 @@ TABLES: dict[str, pa.Schema] = {
         ("renormalise", pa.bool_()),
         ("shared", pa.bool_()),
         ("n_disabled", pa.int32()),
+        ("token_top", pa.int32()),
         ("domain", pa.string()),
         ("tokens", pa.int64()),
         ("loss", pa.float64()),
@@ -279,7 +280,12 @@ DOCS: dict[str, dict[str, str]] = {
         "renormalise": "zero mode: the remaining weights rescaled to the token's original weight sum "
                        "(false = left as they are; always false for reroute)",
         "shared": "the shared expert was disabled too (in the ablation's layers)",
-        "n_disabled": "routed experts disabled, summed over layers",
+        "n_disabled": "routed experts disabled, summed over layers (token_top: R per ablated layer, each "
+                      "token its own R, so n_disabled / (E x layers) is the ratio of DeepSeekMoE's Figure 4)",
+        "token_top": "R of a per-token ablation (`--token-top R`): each token's own top-R routed experts by its "
+                     "router's selection score (bias included) masked in every ablated layer (zero mode: its "
+                     "first R routed experts dropped); null for the fixed selections (top, random, experts), "
+                     "which disable the same experts for every token",
         "domain": "corpus domain, or `all` for every token",
         "tokens": "tokens scored (positions > 0 of each window)",
         "loss": "mean surprisal under the ablation, nats",

@@ -4,6 +4,7 @@ corpus, and compare the language-model loss per domain with a baseline pass over
     python -m analyses.ablate --run runs/model-val --top 4 --control         # top-4 vs random-4 (reroute)
     python -m analyses.ablate --run runs/model-val --top 2 --domain code     # code's own top-2
     python -m analyses.ablate --run runs/model-val --experts 1:3+5,2:7 --mode zero --renormalise
+    python -m analyses.ablate --run runs/model-val --token-top 2   # each token's own top-2 (DeepSeekMoE Fig. 4)
     python -m analyses.ablate --ckpt CKPT --corpus val.jsonl --out runs/abl --spec sweep.yaml --domain-tokens 4000
     torchrun --nproc-per-node 2 -m analyses.ablate -- --run runs/model-val --spec sweep.yaml   # 2 replicas
     torchrun --nproc-per-node 8 -m analyses.ablate -- --run runs/v3 --top 8 --model-parallel auto --gemm fp8
@@ -33,6 +34,7 @@ Spec file (YAML or JSON; keys as `analyses.ablate.Ablation`):
     - {name: random4, random: 4, seed: 0}           # the control: same count, random experts
     - {name: code-top4, top: 4, domain: code}
     - {name: l1-zero, experts: "1:3+5", mode: zero, renormalise: true, shared: true}
+    - {name: fig4-r2, token_top: 2}                 # each token's own top-2, rerouted (Figure 4)
 
 Under torchrun the ranks form replicas of --model-parallel ranks (each one model, sharded over its
 ranks; probe/job.py): global batch b is evaluated by replica b % R (as `probe record` does) and the
@@ -40,6 +42,7 @@ per-domain sums are added over the replicas, so the table is the same whatever t
 writes it.
 
 Library: select.py (what to disable: `Ablation`, `resolve`, the routing guard, the hooks, `ablated`),
+pertoken.py (`--token-top`: each token's own top-R experts masked, DeepSeekMoE's Figure 4, and its guard),
 run.py (the job: `evaluate`, `ablate`, `write_ablations`), inputs.py (a job's options, its checks of --run
 and --out, the corpus sample, the batches and model: shared with importance and steer), loads.py (the loads
 ranking --top: a run's expert_load or the baseline pass), sweep.py (committing a sweep as it goes and
@@ -56,6 +59,7 @@ __getattr__, __dir__, __all__ = exports(__name__, {
     ".inputs": ("AblateOptions", "check_finished", "check_out", "inputs_key", "job_defaults", "job_meta",
                 "limit_per_domain", "replica_batches", "sample_windows", "start_job"),
     ".loads": ("loads_from_run",),
+    ".pertoken": ("check_token_top", "max_token_top", "token_top_hooks"),
     ".select": ("ALL", "MODES", "Ablation", "AblationError", "Plan", "RouterShape", "ablated", "ablation_hooks",
                 "check_names", "check_routable", "load_spec", "normalise_disabled", "parse_experts", "parse_layers",
                 "plan_hooks", "resolve", "reroute_hook", "top_vs_random", "zero_hook"),

@@ -40,8 +40,12 @@ def parser() -> argparse.ArgumentParser:
     sel.add_argument("--top", type=int, help="disable the N most loaded experts of each layer")
     sel.add_argument("--domain", help="with --top: rank experts by this domain's load")
     sel.add_argument("--random", type=int, help="disable N random experts per layer (the control)")
+    sel.add_argument("--token-top", type=int, metavar="R",
+                     help="disable each token's own top-R experts by its router's selection score, a different set "
+                          "per token (DeepSeekMoE's Figure 4; zero mode: the first R of its chosen K)")
     sel.add_argument("--seed", type=int, help="seed of --random / --control (default 0)")
-    sel.add_argument("--layers", help="comma-separated MoE layers for --top/--random/--shared (default all)")
+    sel.add_argument("--layers",
+                     help="comma-separated MoE layers for --top/--random/--token-top/--shared (default all)")
     sel.add_argument("--shared", action="store_true", help="also disable the shared expert (in --layers)")
     sel.add_argument("--mode", choices=["reroute", "zero"], default="reroute",
                      help="reroute: re-select top-k among the remaining experts (DeepSeekMoE); zero: keep "
@@ -57,7 +61,8 @@ def parser() -> argparse.ArgumentParser:
 def ablations_from_args(ns) -> list[Ablation]:
     from .select import Ablation, AblationError, load_spec
 
-    flags = [f for f in ("experts", "top", "random", "domain", "layers", "name", "seed") if getattr(ns, f) is not None]
+    flags = [f for f in ("experts", "top", "random", "token_top", "domain", "layers", "name", "seed")
+             if getattr(ns, f) is not None]
     flags += [f for f in ("shared", "renormalise", "control") if getattr(ns, f)]
     if ns.spec:
         if flags or ns.mode != "reroute":
@@ -66,22 +71,28 @@ def ablations_from_args(ns) -> list[Ablation]:
     if ns.experts is not None and not ns.experts.replace(",", "").strip():  # "" or ",,": ran a no-op (a review)
         raise AblationError(f"--experts {ns.experts!r}: no experts; give layer:expert[+expert],... e.g. 1:3+5")
     # --top 0 wrote a no-op ablation `top0` (delta 0); the library's Ablation(top=0) stays, the report's baseline
-    for flag in ("top", "random"):
+    for flag in ("top", "random", "token_top"):
         n = getattr(ns, flag)
         if n is not None and n < 1:
-            raise AblationError(f"--{flag} {n}: must be >= 1 (experts to disable per layer)")
+            raise AblationError(f"--{flag.replace('_', '-')} {n}: must be >= 1 (experts to disable per layer"
+                                f"{', per token' if flag == 'token_top' else ''})")
     # --control or --domain without --top said "nothing to ablate" alone, and --domain beside --random or
     # --experts was ignored (an ablation tour): each names the flag it needs
     if ns.domain is not None and ns.top is None:
         raise AblationError(f"--domain {ns.domain}: it picks that domain's own top experts: use it with --top N")
     if ns.control and ns.top is None:
         raise AblationError("--control adds the random counterpart of --top N: use it with --top")
-    if not any(getattr(ns, f) is not None for f in ("experts", "top", "random")) and not ns.shared:
-        raise AblationError("nothing to ablate: pass --experts, --top, --random, --shared or --spec")
+    if not any(getattr(ns, f) is not None for f in ("experts", "top", "random", "token_top")) and not ns.shared:
+        raise AblationError("nothing to ablate: pass --experts, --top, --random, --token-top, --shared or --spec")
+    chosen = [f"--{f.replace('_', '-')}" for f in ("experts", "top", "random", "token_top")
+              if getattr(ns, f) is not None]
+    if len(chosen) > 1:  # Ablation names the spec keys; the command names its flags
+        raise AblationError(f"choose one of --experts, --top, --random, --token-top (got {' and '.join(chosen)})")
     unused(ns)
     seed = 0 if ns.seed is None else ns.seed
     main = Ablation(name=ns.name or "", mode=ns.mode, renormalise=ns.renormalise, experts=ns.experts, top=ns.top,
-                    random=ns.random, domain=ns.domain, seed=seed, layers=ns.layers, shared=ns.shared)
+                    random=ns.random, token_top=ns.token_top, domain=ns.domain, seed=seed, layers=ns.layers,
+                    shared=ns.shared)
     out = [main]
     if ns.control:
         out.append(Ablation(name=f"{main.name}-control", mode=ns.mode, renormalise=ns.renormalise,

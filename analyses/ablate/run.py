@@ -196,7 +196,8 @@ def _rows(a: Ablation, plan: Plan, base_acc: np.ndarray, acc: np.ndarray, domain
             continue
         loss, base = s[0] / s[1], b[0] / b[1]
         rows.append({"ablation": a.name, "spec": plan.spec(), "mode": a.mode, "renormalise": a.renormalise,
-                     "shared": bool(plan.shared_layers), "n_disabled": plan.n_disabled, "domain": d,
+                     "shared": bool(plan.shared_layers), "n_disabled": plan.n_disabled, "token_top": a.token_top,
+                     "domain": d,
                      "tokens": int(s[1]), "loss": loss, "baseline_loss": base, "delta": loss - base,
                      "routing_changed": s[3] / s[2] if s[2] else None,
                      "experts_changed": s[4] / s[2] if s[2] else None, "downstream_layers": n_down})

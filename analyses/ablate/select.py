@@ -11,6 +11,8 @@ Modes (definitions: docs/metrics.md, "Ablation"):
   sets the disabled experts' selection scores to -inf BEFORE group-limited routing, so the group
   scores and the top-k are chosen among the remaining experts. The weights still come from the
   unbiased scores of the experts finally chosen (normalised over them), exactly as in the Gate.
+  The experts disabled here are the same for every token; `token_top` R (pertoken.py) masks each
+  token's own top-R instead, the paper's Figure 4.
   NOTE: with the sigmoid bias a group's score is the sum of its two best selection scores, so a
   group left with fewer than two experts scores -inf and is never chosen (its last expert becomes
   unreachable) while fewer groups are kept than there are; without bias (max) one expert is enough.
@@ -43,7 +45,8 @@ import numpy as np
 import torch
 
 MODES = ("reroute", "zero")
-SPEC_KEYS = ("name", "mode", "renormalise", "experts", "top", "random", "domain", "seed", "layers", "shared")
+SPEC_KEYS = ("name", "mode", "renormalise", "experts", "top", "random", "token_top", "domain", "seed", "layers",
+             "shared")
 ALL = "all"  # the domain of the pooled rows
 RANDOM_DRAWS = 100  # redraws of a random selection that the guard refuses (reroute)
 
@@ -195,8 +198,10 @@ class Ablation:
 
     Selection (at most one of): `experts` {layer: [ids]} (or "1:3+5,2:7"); `top` N = the N most
     loaded experts of every layer in `layers` (by `domain`'s load if given); `random` N = N experts
-    drawn per layer, seeded by (`seed`, layer); none = only the shared expert (`shared`) or nothing.
-    `layers` restricts top/random (default: every MoE layer) and says where `shared` applies.
+    drawn per layer, seeded by (`seed`, layer); `token_top` R = each token's own top-R experts by its
+    router's selection score (DeepSeekMoE's Figure 4 protocol; pertoken.py); none = only the shared expert
+    (`shared`) or nothing. `layers` restricts top/random/token_top (default: every MoE layer) and says
+    where `shared` applies.
     """
     name: str = ""
     mode: str = "reroute"
@@ -204,6 +209,7 @@ class Ablation:
     experts: dict[int, list[int]] | None = None
     top: int | None = None
     random: int | None = None
+    token_top: int | None = None
     domain: str | None = None
     seed: int = 0
     layers: list[int] | None = None
@@ -231,10 +237,10 @@ class Ablation:
         for k in ("renormalise", "shared"):  # a spec file's "false" (a string) was true to Python (a review)
             if not isinstance(getattr(self, k), bool):
                 raise AblationError(f"{who}{k} must be true or false, not {getattr(self, k)!r}")
-        chosen = [k for k in ("experts", "top", "random") if getattr(self, k) is not None]
+        chosen = [k for k in ("experts", "top", "random", "token_top") if getattr(self, k) is not None]
         if len(chosen) > 1:
-            raise AblationError(f"{who}choose one of experts, top, random (got {', '.join(chosen)})")
-        for k in ("top", "random"):
+            raise AblationError(f"{who}choose one of experts, top, random, token_top (got {', '.join(chosen)})")
+        for k in ("top", "random", "token_top"):
             v = getattr(self, k)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
                 raise AblationError(f"{who}{k} must be a non-negative integer, not {v!r}")
@@ -258,6 +264,8 @@ class Ablation:
             sel = f"top{self.top}" + (f"-{self.domain}" if self.domain else "")
         elif self.random is not None:
             sel = f"random{self.random}-s{self.seed}"
+        elif self.token_top is not None:
+            sel = f"token-top{self.token_top}"
         else:
             sel = "none"
         if self.shared:
@@ -279,16 +287,19 @@ class Plan:
     # reroute: experts left unreachable by `disabled` (`also_removed`: alone in a group, which routing
     # scores by its two best), removed as surely as the named ones
     unreachable: dict[int, list[int]] = field(default_factory=dict)
+    token_layers: list[int] = field(default_factory=list)  # token_top: the layers where each token loses its top R
 
     @property
     def n_disabled(self) -> int:
         """Experts the ablation removes: the named ones and, rerouting, those it leaves unreachable (a
-        top16 that stranded one more expert counted 48 of 96 where 49 were gone; a sweep user's review)."""
-        return sum(len(v) for v in self.disabled.values()) + sum(len(v) for v in self.unreachable.values())
+        top16 that stranded one more expert counted 48 of 96 where 49 were gone; a sweep user's review);
+        token_top: R per layer, each token its own (so n_disabled / (E x layers) is Figure 4's ratio)."""
+        return (sum(len(v) for v in self.disabled.values()) + sum(len(v) for v in self.unreachable.values())
+                + (self.ablation.token_top or 0) * len(self.token_layers))
 
     @property
     def first_layer(self) -> int | None:
-        layers = list(self.disabled) + self.shared_layers
+        layers = list(self.disabled) + self.shared_layers + self.token_layers
         return min(layers) if layers else None
 
     def spec(self) -> str:
@@ -303,6 +314,8 @@ class Plan:
         a["disabled"] = {str(k): v for k, v in self.disabled.items()}
         if self.unreachable:  # only where there are some: other entries keep their keys
             a["unreachable"] = {str(k): v for k, v in self.unreachable.items()}
+        if self.ablation.token_top is not None:
+            a["token_layers"] = self.token_layers
         a["shared_layers"] = self.shared_layers
         if self.loads:
             a["loads"] = self.loads
@@ -333,6 +346,13 @@ def resolve(ab: Ablation, shape: RouterShape, loads: Loads | None = None, loads_
             order = np.argsort(-counts, kind="stable")  # ties: lower expert id first
             if ab.top:
                 disabled[layer] = sorted(order[: ab.top].tolist())
+    elif ab.token_top is not None:
+        from .pertoken import check_token_top  # pertoken imports this module
+
+        try:
+            check_token_top(shape, ab.token_top, ab.mode)
+        except AblationError as e:
+            raise AblationError(f"ablation {ab.name!r}: {e}") from None
     elif ab.random is not None:
         if ab.random > shape.n_experts:
             raise AblationError(f"ablation {ab.name!r}: random {ab.random} > the {shape.n_experts} experts of a layer")
@@ -352,7 +372,8 @@ def resolve(ab: Ablation, shape: RouterShape, loads: Loads | None = None, loads_
         shared = layers
     unreachable = {layer: more for layer, ids in disabled.items()
                    if ab.mode == "reroute" and (more := also_removed(shape, ids))}
-    return Plan(ab, disabled, shared, loads_source if ab.needs_loads else None, unreachable)
+    return Plan(ab, disabled, shared, loads_source if ab.needs_loads else None, unreachable,
+                layers if ab.token_top else [])
 
 
 def _draw(ab: Ablation, shape: RouterShape, layer: int) -> list[int]:
@@ -434,7 +455,8 @@ def top_vs_random(ns: Iterable[int], *, seeds: Iterable[int] = (0,), mode: str =
                   domain: str | None = None, layers=None) -> list[Ablation]:
     """Top vs random as a sweep: for each N, the N most loaded experts of every layer (of `domain` if
     given) and N random experts per layer for each seed (the control). Not DeepSeekMoE's Figure 4,
-    which masks each token's own highest-probability experts (docs/metrics.md, "Ablation")."""
+    which masks each token's own highest-probability experts: that is `Ablation(token_top=R)`
+    (pertoken.py; docs/metrics.md, "Ablation")."""
     out = []
     for n in ns:
         out.append(Ablation(top=n, domain=domain, mode=mode, layers=layers))
@@ -499,8 +521,13 @@ def ablated(model, disabled: Mapping, mode: str = "reroute", *, renormalise: boo
 
 
 def plan_hooks(model, plan: Plan) -> list:
-    return ablation_hooks(model, plan.disabled, plan.ablation.mode, renormalise=plan.ablation.renormalise,
-                          shared_layers=plan.shared_layers)
+    from .pertoken import token_top_hooks
+
+    ab = plan.ablation
+    hooks = ablation_hooks(model, plan.disabled, ab.mode, renormalise=ab.renormalise, shared_layers=plan.shared_layers)
+    if plan.token_layers:
+        hooks += token_top_hooks(model, ab.token_top, plan.token_layers, ab.mode, renormalise=ab.renormalise)
+    return hooks
 
 
 def reroute_hook(mask_E: torch.Tensor):

@@ -57,6 +57,8 @@ def _selection(a) -> dict:
     from dataclasses import asdict
 
     d = asdict(a)
+    if d.get("token_top") is None:  # a key added with --token-top: the other selections keep their part names
+        d.pop("token_top", None)
     try:
         if d["experts"] is not None:
             d["experts"] = {str(k): sorted({int(e) for e in v}) for k, v in sorted(d["experts"].items())}
