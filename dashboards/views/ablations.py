@@ -19,7 +19,8 @@ MASKED_CAPTION = ("Each point is one ablation, named as its command named it (`-
                   "the disabled experts' outputs dropped. Rule: top-N, each layer's N most loaded experts (by the "
                   "run's loads, or by the evaluated tokens' with `--loads-from baseline`: the run's domain mix can "
                   "differ from the sample's); random, N drawn at random per layer (the control); chosen, experts "
-                  "named with `--experts`.")
+                  "named with `--experts`; token top-R, each token's own R best experts (`--token-top R`, "
+                  "DeepSeekMoE's Figure 4: its x-axis is this share, R / E).")
 
 
 def masked_caption(pooled: pd.DataFrame) -> str:
@@ -30,7 +31,7 @@ def masked_caption(pooled: pd.DataFrame) -> str:
 
 
 def rule_of(spec: str) -> str:
-    """The selection rule of an ablation's spec JSON: top-N, random or chosen experts."""
+    """The selection rule of an ablation's spec JSON: top-N, random, each token's own top-R or chosen experts."""
     try:
         s = json.loads(spec) if isinstance(spec, str) else {}
     except ValueError:
@@ -40,6 +41,8 @@ def rule_of(spec: str) -> str:
         return f"top-N{' (' + s['domain'] + ')' if s.get('domain') else ''}"
     if s.get("random"):
         return "random"
+    if s.get("token_top"):
+        return "token top-R"
     if s.get("shared") and not s.get("experts"):
         return "shared"
     return "chosen"

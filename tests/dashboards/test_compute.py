@@ -427,6 +427,14 @@ def test_the_masked_fraction_caption_says_when_its_rules_are_single_points():
     assert "Each rule has one size here" not in masked_caption(sweep) and "Mode: reroute" in masked_caption(sweep)
 
 
+def test_a_per_token_ablation_is_its_own_rule_on_the_masked_fraction_curve():
+    """`--token-top R` disables no fixed experts (`disabled` {}): it was plotted as "chosen" experts."""
+    from dashboards.views.ablations import rule_of
+
+    assert rule_of('{"token_top": 2, "disabled": {}, "mode": "zero"}') == "token top-R"
+    assert rule_of('{"experts": {"1": [3]}, "disabled": {"1": [3]}}') == "chosen"
+
+
 def test_experts_ordered_by_the_domain_they_over_serve_then_by_lift():
     # 2 domains x 5 experts: experts 1 and 4 over-serve domain 0 (lifts 1.5 > 1.2), 0 and 2 domain 1 (2.0 >
     # 1.1), expert 3 has no assignments (NaN) and goes last; by hand: [1, 4, 0, 2, 3]
