@@ -224,3 +224,37 @@ def test_a_domain_of_one_window_is_left_out_of_the_held_out_scores_and_named(tmp
     assert "A linear probe reads the domain" in said[-1] and "Not measured" not in said[-1], said[-1]
     assert "Left out" not in " ".join(said)
     assert first_cell("expert_paths", tmp_path / "two", monkeypatch)["run"]
+
+
+def test_latent_kv_opens_a_run_whose_every_layer_diverged(tmp_path, monkeypatch):
+    """A diverged checkpoint's latents hold NaN: the record writes kv_stats rows of NaN rank and no
+    kv_spectrum row for such a layer (probe/stats.py), which latent_summary says ("No layer has finite
+    latents"). The first cell asked kv_spectrum for rows too, and stopped such a run as one whose
+    "kv_spectrum table is empty", as if it were not recorded, where the run's other cells and the
+    summary read it."""
+    import warnings
+    from types import SimpleNamespace
+
+    import torch
+
+    from analyses.notebook_utils import latent_summary
+    from helpers.synthetic_run import write_run
+    from probe.record_tables import write_kv_tables
+    from probe.stats import KVAccumulator
+
+    write_run(tmp_path / "nan")
+    acc = KVAccumulator([1, 2], 4)
+    for i in range(2):
+        acc.add(i, torch.full((3, 4), float("nan")), torch.ones(3, 2))
+    args = SimpleNamespace(dtype="bfloat16", kv_lora_rank=4, qk_rope_head_dim=2, n_heads=2, qk_head_dim=6,
+                           v_head_dim=4, dim=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "latent c_kv held NaN or inf values": the case itself
+        write_kv_tables(tmp_path / "nan", acc, args)
+    space = first_cell("latent_kv", tmp_path / "nan", monkeypatch)
+    run = space["run"]
+    assert len(run.df("kv_stats")) == 2 and len(run.df("kv_spectrum")) == 0
+    from analyses.report import latent_rank
+
+    said = latent_summary(latent_rank(run), run.df("kv_stats"))
+    assert "Layers 1, 2: non-finite latents" in said and "No layer has finite latents" in said, said
