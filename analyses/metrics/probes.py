@@ -83,7 +83,8 @@ def domain_probe_from_run(run, layers=None, features: str = "weights", every: in
     """Probe each chosen MoE layer's routing (default: every recorded layer) for the token's domain, and
     all of them side by side (left out when that matrix would pass MAX_COMBINED values): one row per
     unit ("layer N", "all layers") with `linear_probe`'s columns. Tokens: those with features at every
-    chosen layer; at most `max_rows` training and `max_rows` held-out ones, drawn with `seed`."""
+    chosen layer; at most `max_rows` training and `max_rows` held-out ones, drawn with `seed` (a training token
+    of every domain among them, `_draw`)."""
     import pandas as pd
 
     if features not in FEATURES:
@@ -100,12 +101,13 @@ def domain_probe_from_run(run, layers=None, features: str = "weights", every: in
                            "a domain probe needs two or more")
     test = heldout_windows(keys >> 32, domain, every)
     left = heldout_left_out(domain, test)  # one window: held out whole, never trained on
-    if len(np.unique(domain[~test])) < 2:
-        raise MetricsError(f"{run.path}: {counted(len(np.unique(domain[~test])), 'domain')} with a window to train "
+    trained = np.unique(domain[~test])
+    if len(trained) < 2:
+        raise MetricsError(f"{run.path}: {counted(len(trained), 'domain')} with a window to train "
                            f"on ({', '.join(left)}: one window, held out whole); a domain probe needs two or more")
     keep = ~np.isin(domain, left)  # drawn from the scored tokens only
     keys, domain, test = keys[keep], domain[keep], test[keep]
-    rows = _draw(test, max_rows, seed)
+    rows = _draw(test, domain, trained, max_rows, seed)
     per_layer = _columns(run, layers, features, keys[rows])
     units = {f"layer {layer}": _dense(per_layer[layer], features, n_experts) for layer in layers}
     if len(units) > 1 and len(rows) * len(units) * next(iter(units.values())).shape[1] <= MAX_COMBINED:
@@ -164,14 +166,33 @@ def _columns(run, layers: list[int], features: str, keys: np.ndarray) -> dict:
     return out
 
 
-def _draw(test: np.ndarray, max_rows: int, seed: int) -> np.ndarray:
-    """Row indices: every training and held-out token, or `max_rows` of each drawn at random, sorted."""
+def _draw(test: np.ndarray, labels: np.ndarray, trained: np.ndarray, max_rows: int, seed: int) -> np.ndarray:
+    """Row indices: every training and held-out token, or `max_rows` of each drawn at random, sorted; a
+    domain of `trained` (the `labels` of the training tokens) that the draw missed takes one of its
+    training tokens (`_every_label`): its held-out tokens, a label never trained on, were left out of the
+    score unnamed (`left_out` names the domains of one window only), or the run refused as if the domain
+    were held out whole."""
     rng = np.random.default_rng(seed)
     picked = []
     for side in (~test, test):
         idx = np.flatnonzero(side)
         picked.append(idx if len(idx) <= max_rows else rng.choice(idx, max_rows, replace=False))
+    if len(picked[0]) < (~test).sum():  # drawn: after both draws, so that a draw that missed none is as before
+        picked[0] = _every_label(picked[0], np.flatnonzero(~test), labels, trained, rng)
     return np.sort(np.concatenate(picked))
+
+
+def _every_label(picked: np.ndarray, idx: np.ndarray, labels: np.ndarray, trained: np.ndarray, rng) -> np.ndarray:
+    """`picked` (rows of `idx`) with a row of each label of `trained` (those of `idx`) that it lacks, drawn
+    from that label's, each in place of a row of the label it holds the most of (as many rows, none lost)."""
+    picked = picked.copy()
+    for label in np.setdiff1d(trained, labels[picked]):
+        held, counts = np.unique(labels[picked], return_counts=True)
+        if counts.max() < 2:  # fewer rows than labels: none to give up
+            break
+        spare = np.flatnonzero(labels[picked] == held[counts.argmax()])[-1]  # drawn in random order
+        picked[spare] = rng.choice(idx[labels[idx] == label])
+    return picked
 
 
 def _dense(cols: dict, features: str, n_experts: int) -> np.ndarray:

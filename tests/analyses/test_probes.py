@@ -131,3 +131,21 @@ def test_a_domain_of_one_window_is_left_out_of_the_probe(tmp_path):
     with pytest.raises(M.MetricsError, match=r"two: 1 domain with a window to train on \(prose: one window, "
                                              r"held out whole\); a domain probe needs two or more"):
         M.domain_probe_from_run(tmp_path / "two")
+
+
+def test_a_draw_keeps_a_training_token_of_every_domain(tmp_path):
+    """At most `max_rows` training tokens drawn at random could hold none of a domain: the probe then left
+    that domain's held-out tokens out of its score (a label never trained on), without naming it in
+    `left_out` (which names the domains of one window only), or refused the run as if the domain were
+    'held out whole'. A domain the draw missed takes one of its training tokens in place of one of the
+    domain drawn most; a draw that missed none is as before."""
+    write_run(tmp_path / "r", n_seq=12, seq_len=10, domains=("code", "prose", "web"))  # 30 held-out tokens
+    for seed in range(6):
+        got = M.domain_probe_from_run(tmp_path / "r", layers=[1], max_rows=3, seed=seed).iloc[0]
+        assert (got.n_train, got.n_test, got.left_out) == (3, 3, ""), (seed, got)
+    x, d, test = _by_hand(tmp_path / "r", 1)
+    rng = np.random.default_rng(0)
+    rows = np.sort(np.concatenate([rng.choice(np.flatnonzero(side), 20, replace=False) for side in (~test, test)]))
+    assert len(set(d[rows][~test[rows]])) == 3  # this draw holds every domain: as before
+    got = M.domain_probe_from_run(tmp_path / "r", layers=[1], max_rows=20).iloc[0]
+    assert got.accuracy == pytest.approx(M.linear_probe(x[rows], d[rows], test[rows])["accuracy"])
