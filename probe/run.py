@@ -374,7 +374,8 @@ class Run:
         run's views (`con`, `sql`, `rel`) and in `arrow` and `df`, for good: a view made again over
         changed parts keeps it (a view replacing a table's on `con` did not: a running record's next
         part made the dashboard's sample of its first windows the whole table; a tour). Returns the run;
-        a condition DuckDB cannot apply to a table is a RunError naming it."""
+        a condition DuckDB cannot apply to a table is a RunError naming it, the views then current under
+        the condition before it."""
         import duckdb
 
         for t in tables:
@@ -388,6 +389,10 @@ class Run:
                     del self._where[t]
                 else:
                     self._where[t] = before
+                # every view made again under it now: the refused condition dropped the table's view, made again
+                # only for a query naming the table (a view of the caller's read no table), and stopped the making
+                # of the views after it, which the next check took as current (a table lost meanwhile read empty)
+                self._views([t])
                 why = str(e).strip().splitlines()[0]
                 raise RunError(f"{self.path / t}: cannot hold only the rows where {where!r} ({why})") from None
         return self

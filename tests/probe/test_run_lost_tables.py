@@ -159,3 +159,21 @@ def test_an_open_run_sees_an_empty_tables_folder_or_a_progress_file_go_without_a
     assert r.lost_tables == ["tokens"]
     with pytest.raises(Exception, match="all of rank 2's, and its _progress/r002.json"):
         r.sql("select count(*) from tokens").fetchall()
+
+
+def test_a_refused_condition_leaves_the_next_query_seeing_a_table_lost_meanwhile(run):
+    """The views are checked against run.json's status and tables as they were when last made: a condition
+    refused for a table without parts stopped the making halfway, and the tables after it in TABLES were
+    taken as current from then on, so a table lost meanwhile (the run marked complete without it) read as
+    empty through `sql` while `df` of the same Run refused it."""
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps(info | {"status": "running", "tables": WRITTEN + ["mtp", "kv_stats"]}))
+    r = probe.open_run(run)
+    assert r.sql("select count(*) from kv_stats").fetchall() == [(0,)]  # not written yet: a running run
+    (run / "run.json").write_text(json.dumps(info | {"status": "complete", "tables": WRITTEN + ["mtp", "kv_stats"]}))
+    with pytest.raises(RunError, match=r"mtp: cannot hold only the rows where 'no_such > 1'"):
+        r.restrict(["mtp"], "no_such > 1")  # mtp, before kv_stats in TABLES, has no parts
+    assert r.lost_tables == ["kv_stats"]
+    with pytest.raises(Exception, match="kv_stats: listed in run.json but has no part files"):
+        r.sql("select count(*) from kv_stats").fetchall()
+    assert r.sql("select count(*) from mtp").fetchall() == [(0,)]

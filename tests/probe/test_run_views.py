@@ -143,3 +143,16 @@ def test_a_refused_condition_leaves_a_table_without_parts_readable(path):
         run.restrict(["mtp"], "no_such > 1")
     assert run.sql("select count(*) from mtp").fetchall() == [(0,)] and len(run.df("mtp")) == 0
     assert run.rel("mtp").aggregate("count(*)").fetchall() == [(0,)]
+
+
+def test_a_refused_condition_leaves_a_table_without_parts_to_a_view_of_the_callers(path):
+    """Every table viewed before keeps a current view, which a view the caller made on `con` may read: a
+    condition refused for a table without parts dropped its view, which was made again only for a query
+    naming the table, and the caller's view read 'Table with name mtp does not exist'."""
+    run = probe.open_run(path).restrict(["mtp"], "seq_id < 2")
+    run.con.execute("create view mine as select count(*) as n from mtp")
+    assert run.sql("select n from mine").fetchall() == [(0,)]
+    with pytest.raises(probe.RunError, match=r"mtp: cannot hold only the rows where 'no_such > 1'"):
+        run.restrict(["mtp"], "no_such > 1")
+    assert run.sql("select n from mine").fetchall() == [(0,)]
+    assert run.con.execute("select n from mine").fetchall() == [(0,)]
