@@ -258,3 +258,19 @@ def test_latent_kv_opens_a_run_whose_every_layer_diverged(tmp_path, monkeypatch)
 
     said = latent_summary(latent_rank(run), run.df("kv_stats"))
     assert "Layers 1, 2: non-finite latents" in said and "No layer has finite latents" in said, said
+
+
+def test_token_dependence_names_a_domain_left_out_of_its_held_out_scores(tmp_path, monkeypatch):
+    """The token-id predictors leave a domain of one window out of training and scoring (`left_out`), which
+    the report and the dashboard name beside their accuracies; the notebook printed the same accuracies
+    without a word of it."""
+    from analyses.metrics import left_out_note
+    from helpers.synthetic_run import write_run
+
+    write_run(tmp_path / "left", n_seq=5, domains=("code", "prose", "web"))  # web: window 2 only
+    note = left_out_note(["web"])
+    _, said = all_cells("token_dependence", tmp_path / "left", monkeypatch)
+    assert note in said and said[-1].endswith(f"\n- {note}"), said
+    write_run(tmp_path / "two", n_seq=6, domains=("code", "prose", "web"))  # the control: two windows of each
+    _, said = all_cells("token_dependence", tmp_path / "two", monkeypatch)
+    assert "Left out" not in " ".join(said) and "One token of context adds" in said[-1], said
