@@ -127,20 +127,30 @@ def balanced_windows(streams: dict[str, Iterator[Document]], encode, seq_len: in
         seq_id += 1
         tokens[dom] += len(w)
         total += len(w)
-    left = _left(live, cut, stats)
-    stats.capped_domains = [dom for dom in left if tokens[dom]]
+    left, known = _left(live, cut, stats)
+    stats.capped_domains = [dom for dom in left if tokens[dom]] if known else None
     starved = [dom for dom in left if not tokens[dom]]
     if starved:
         stats.starved_domains[:] = starved
         stats.cap = (max_tokens, seq_len, sum(n > 0 for n in tokens.values()) + len(starved))
 
 
-def _left(live: dict[str, Iterator], cut: str | None, stats: CorpusStats) -> list[str]:
+def _left(live: dict[str, Iterator], cut: str | None, stats: CorpusStats) -> tuple[list[str], bool]:
     """The domains still in the rotation when the cap ended it that hold text it did not take (`cut`,
     whose window it shortened, does): looked for by reading on to each one's next window, and the
     documents that read not counted. A domain that ran out as the cap was reached is not one: the
-    report tells a cap that cut a domain from a corpus that holds little of it by these."""
+    report tells a cap that cut a domain from a corpus that holds little of it by these. With whether
+    every domain was known: a file past the cap that cannot be read is one the windows never needed,
+    which failed a capped record (a review); such a domain is left out, the others still told."""
+    from .corpus import CorpusError  # corpus.py imports this module
+
     before = stats.documents, stats.replaced_bytes, list(stats.files_with_replacements)
-    out = [dom for dom, ws in live.items() if dom == cut or next(ws, None) is not None]
+    out, known = [], True
+    for dom, ws in live.items():
+        try:
+            if dom == cut or next(ws, None) is not None:
+                out.append(dom)
+        except (CorpusError, OSError):
+            known = False
     stats.documents, stats.replaced_bytes, stats.files_with_replacements[:] = before
-    return out
+    return out, known

@@ -81,6 +81,27 @@ def test_the_stats_name_the_domains_the_cap_cut_not_those_that_ran_out(tmp_path)
     assert stats.capped_domains == ["code"] and stats.starved_domains == ["math", "prose"]
 
 
+def test_a_file_past_the_cap_that_cannot_be_read_leaves_what_the_cap_cut_unknown(tmp_path):
+    """Knowing whether the cap cut a domain reads on to its next window: a domain whose windows end at
+    the cap with a file next that cannot be read (gone since the corpus was indexed) failed the capped
+    record on a file it never needed (a review). What the cap cut is then not known (capped_domains
+    None); the windows are the same."""
+    from probe.corpus import domain_streams
+    from probe.windows import balanced_windows
+
+    def capped(max_tokens):
+        c = folder_corpus(tmp_path / str(max_tokens), docs=(("a", [15]), ("b", [15, 15])))
+        stats = CorpusStats()
+        streams = domain_streams(c, stats)
+        (c / "b" / "d1.txt").unlink(missing_ok=True)  # read only past a cap of 32 tokens
+        return [(w.domain, len(w.ids)) for w in balanced_windows(streams, encode, 16, 0, max_tokens, stats)], stats
+
+    got, stats = capped(32)
+    assert got == [("a", 16), ("b", 16)] and stats.capped_domains is None and stats.starved_domains == []
+    with pytest.raises(FileNotFoundError):  # a cap that needs the file still fails on it
+        capped(48)
+
+
 @pytest.mark.parametrize("kind", ["folder", "jsonl", "parquet", "folder_of_jsonl"])
 def test_uncapped_domains_order_holds_the_same_windows(tmp_path, kind):
     rng = np.random.default_rng(1)
