@@ -106,16 +106,51 @@ def _fn_name(fn: Callable) -> str:
 def _did_you_mean(name: str, all_names: list[str]) -> str:
     """' (did you mean ...?)' naming the hook point closest to a mistyped `name`, or '' where none is
     close. A glob is compared with the names' layer-generic forms (`layers.*.hook_resid_post`); a
-    block the model has not (`layers.9.` of a 3-layer model) is told the blocks it has instead."""
+    block the model has not (`layers.9.` of a 3-layer model) is told the blocks it has instead, and a
+    point that other blocks have (the router of a dense layer) which blocks have it."""
     layer = re.match(r"(layers|mtp)\.(\d+)\.", name)
     have = {int(m[1]) for n in all_names if (m := re.match(re.escape(layer[1]) + r"\.(\d+)\.", n))} if layer else set()
     if have and int(layer[2]) not in have:  # not a typo: a block the model has not
         kind = layer[1]
         return f" (this model has {kind}.{min(have)}" + (f" to {kind}.{max(have)})" if len(have) > 1 else " only)")
+    if layer and (elsewhere := _blocks_with(name[layer.end():], layer[1], all_names)):
+        # a point of another kind of block (the router of a dense layer): the nearest name was the
+        # same point in another block, 'did you mean layers.3.ffn.gate.hook_scores?' for layers.0's (a tour)
+        rest = name[layer.end():]
+        return (f" ({layer[1]}.{layer[2]} has no {rest}; {_spans(elsewhere, layer[1])} "
+                f"{'has' if len(elsewhere) == 1 else 'have'} it{_block_note(rest)})")
     if any(c in name for c in "*?["):
         all_names = sorted({re.sub(r"(?<=\.)\d+(?=\.)", "*", n) for n in all_names})
     close = difflib.get_close_matches(name, all_names, n=1, cutoff=0.75)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _blocks_with(rest: str, kind: str, all_names: list[str]) -> list[int]:
+    """The blocks of `kind` (layers, mtp) that have the point `{kind}.{i}.{rest}`."""
+    pattern = re.escape(kind) + r"\.(\d+)\." + re.escape(rest)
+    return sorted(int(m[1]) for n in all_names if (m := re.fullmatch(pattern, n)))
+
+
+def _spans(ids: list[int], kind: str) -> str:
+    """[1, 2, 3, 5] of layers -> 'layers.1 to layers.3, layers.5'."""
+    runs: list[list[int]] = []
+    for i in ids:
+        if runs and i == runs[-1][-1] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return ", ".join(f"{kind}.{r[0]}" + (f" to {kind}.{r[-1]}" if len(r) > 1 else "") for r in runs)
+
+
+def _block_note(rest: str) -> str:
+    """Why a block lacks a point: a dense layer has no router or routed experts, an MoE layer no
+    dense hidden state."""
+    if rest.startswith(("ffn.gate.", "ffn.experts.", "ffn.shared_experts.", "ffn.hook_routed_out",
+                        "ffn.hook_shared_out")):
+        return ": a dense layer has no router or experts"
+    if rest == "ffn.hook_hidden":
+        return ": an MoE layer's is its shared experts', ffn.shared_experts.hook_hidden"
+    return ""
 
 
 def _matcher(names: NameFilter, all_names: list[str]) -> Callable[[str], bool]:

@@ -34,6 +34,26 @@ def test_a_mistyped_hook_name_suggests_the_closest():
         m.run_with_cache(tok, names="layers.9.hook_resid_post")
 
 
+
+def test_a_point_another_kind_of_block_has_names_the_blocks_that_have_it():
+    """The router of the dense layer 0 was 'did you mean layers.2.ffn.gate.hook_scores?', a point of
+    another layer offered as the typo's fix, and a dense hidden state asked of an MoE layer likewise
+    (a tour): the blocks that have the point are named, and why this one has not."""
+    m = random_model("tiny")  # layers.0 dense, layers.1 and 2 MoE
+    tok = torch.zeros(1, 2, dtype=torch.long)
+    with pytest.raises(model.HookError, match=r"no hook point named 'layers\.0\.ffn\.gate\.hook_scores' \(layers\.0 "
+                                              r"has no ffn\.gate\.hook_scores; layers\.1 to layers\.2 have it: a dense "
+                                              r"layer has no router or experts\)"):
+        m.run_with_cache(tok, names="layers.0.ffn.gate.hook_scores")
+    with pytest.raises(model.HookError, match=r"layers\.1 has no ffn\.hook_hidden; layers\.0 has it: an MoE layer's is "
+                                              r"its shared experts', ffn\.shared_experts\.hook_hidden"):
+        m.add_hook("layers.1.ffn.hook_hidden", lambda t, hook: None)
+    _, cache = m.run_with_cache(tok)
+    with pytest.raises(model.HookError, match=r"layers\.0 has no ffn\.experts\.hook_expert_out; layers\.1 to layers\.2"):
+        cache["layers.0.ffn.experts.hook_expert_out"]
+    with pytest.raises(model.HookError, match=r"did you mean 'layers\.2\.ffn\.gate\.hook_scores'"):  # a typo still
+        m.run_with_cache(tok, names="layers.2.ffn.gate.hook_scorez")
+
 def test_a_hook_that_raises_is_named_with_its_hook_point():
     """A hook's own error named its line but not the hook point that ran it (a glob attaches one fn
     to many), and a hook written fn(t) failed inside the forward with '<lambda>() takes 1 positional
