@@ -180,6 +180,16 @@ def _matcher(names: NameFilter, all_names: list[str]) -> Callable[[str], bool]:
     return lambda n: n in exact or any(fnmatch.fnmatchcase(n, p) for p in patterns)
 
 
+def _tl_key(key, all_names: list[str]) -> str:
+    """For TransformerLens's `cache["resid_pre", 2]` key, ': ... is cache[name] here' naming the hook
+    point it means, where one matches; else a pointer to the names."""
+    if not (isinstance(key, tuple) and len(key) == 2 and isinstance(key[0], str) and isinstance(key[1], int)):
+        return " (see model.hook_names())"
+    short, layer = key[0].removeprefix("hook_"), key[1]
+    hit = [n for n in all_names if re.fullmatch(rf"layers\.{layer}\.(\w+\.)*hook_{re.escape(short)}", n)]
+    return f"; TransformerLens's cache[{key!r}] is cache[{hit[0]!r}] here" if len(hit) == 1 else " (see model.hook_names())"
+
+
 class ActivationCache(dict):
     """`run_with_cache`'s dict of name -> tensor. A name it lacks is a one-line HookError saying why
     (opt-in, not named, not reached, or no such hook point), not a bare KeyError of the name."""
@@ -200,6 +210,8 @@ class ActivationCache(dict):
         return self.__copy__()
 
     def __missing__(self, name: str):
+        if not isinstance(name, str):  # a TypeError from deep inside re (the name matched against a pattern)
+            raise HookError(f"cache[{name!r}]: a cache's keys are hook point names (str){_tl_key(name, self._all_names)}")
         if name not in self._all_names:
             why = f"there is no hook point named {name!r}{_did_you_mean(name, self._all_names)}"
         elif name not in self._named and name.endswith(OPT_IN_SUFFIXES):

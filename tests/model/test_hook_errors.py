@@ -54,6 +54,22 @@ def test_a_point_another_kind_of_block_has_names_the_blocks_that_have_it():
     with pytest.raises(model.HookError, match=r"did you mean 'layers\.2\.ffn\.gate\.hook_scores'"):  # a typo still
         m.run_with_cache(tok, names="layers.2.ffn.gate.hook_scorez")
 
+
+def test_a_cache_asked_by_a_key_that_is_not_a_name_says_so():
+    """cache["resid_pre", 2], TransformerLens's key, or cache[3] was a TypeError from inside re
+    ('expected string or bytes-like object, got 'tuple'') while the cache looked for a close name
+    (a tour): a one-line HookError, naming the hook point a TransformerLens key means."""
+    m = random_model("tiny")
+    _, cache = m.run_with_cache(torch.zeros(1, 2, dtype=torch.long))
+    with pytest.raises(model.HookError, match=r"^cache\[\('resid_pre', 2\)\]: a cache's keys are hook point names "
+                                              r"\(str\); TransformerLens's cache\[\('resid_pre', 2\)\] is "
+                                              r"cache\['layers\.2\.hook_resid_pre'\] here$"):
+        cache["resid_pre", 2]
+    with pytest.raises(model.HookError, match=r"is cache\['layers\.1\.attn\.hook_pattern'\] here"):
+        cache["pattern", 1]
+    with pytest.raises(model.HookError, match=r"^cache\[3\]: a cache's keys are hook point names \(str\) \(see"):
+        cache[3]
+
 def test_a_hook_that_raises_is_named_with_its_hook_point():
     """A hook's own error named its line but not the hook point that ran it (a glob attaches one fn
     to many), and a hook written fn(t) failed inside the forward with '<lambda>() takes 1 positional
