@@ -54,6 +54,17 @@ def test_a_tokenizer_with_only_one_of_the_chat_markers_sends_prompts_raw(demo_di
     assert "its chat template is not DeepSeek-V3's" in capsys.readouterr().err
 
 
+
+def test_chat_true_is_refused_where_the_tokenizer_has_no_chat_template(demo_dir, tmp_path):
+    """encode(text, chat=True) on a tokenizer without a chat template (the bundled model's) sent V3's
+    markers as plain text in pieces, and no BOS: a prompt unlike any the model saw, and no error (a tour)."""
+    codec = load_codec(tokenizer_dir(demo_dir, tmp_path, "notemplate", chat_template=None))
+    assert not codec.chat
+    with pytest.raises(GenerateError, match=r"^encode\(chat=True\): this tokenizer has no DeepSeek-V3 chat template "
+                                            r".*; encode with chat=False$"):
+        codec.encode("hi", chat=True)
+    assert codec.encode("hi") == codec.encode("hi", chat=False)  # the control: the default is raw here
+
 def test_a_boolean_eos_token_id_is_refused(demo_dir, tmp_path):
     d = tokenizer_dir(demo_dir, tmp_path, "booleos")
     (d / "generation_config.json").write_text('{"eos_token_id": true}')  # it stopped at token 1
