@@ -264,6 +264,15 @@ class HookedModule(nn.Module):
             for h in handles:
                 h.remove()
 
+    def run_with_hooks(self, *args, fwd_hooks: Iterable[tuple[NameFilter, HookFn]] = (), **kwargs):
+        """`forward(*args, **kwargs)` with `fwd_hooks` attached for this one pass (TransformerLens's
+        spelling of `with model.hooks(fwd_hooks): model(...)`); returns the forward's output."""
+        if "bwd_hooks" in kwargs:  # else forward's "unexpected keyword argument 'bwd_hooks'"
+            raise HookError("run_with_hooks takes no bwd_hooks: for a gradient with respect to an activation, "
+                            "run_with_cache(..., names=..., detach=False) and torch.autograd.grad(out, cache[name])")
+        with self.hooks(fwd_hooks):
+            return self(*args, **kwargs)
+
     def add_hook(self, name_filter: NameFilter, fn: HookFn) -> list[torch.utils.hooks.RemovableHandle]:
         """Attach `fn` to every matching hook point until removed (`handle.remove()` or `reset_hooks()`):
         for a session that keeps an edit across many forwards. Prefer `hooks()`, which always detaches."""

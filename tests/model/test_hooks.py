@@ -552,3 +552,23 @@ def test_an_in_place_edit_of_the_allowed_scores_alone_leaves_a_softmax_routers_w
     want = plain[g + "hook_scores"].gather(1, ca[g + "hook_topk_ids"]) * m.args.route_scale  # unedited scores
     assert torch.equal(ca[g + "hook_topk_weights"], want)
     assert torch.equal(ca[g + "hook_topk_weights"], cb[g + "hook_topk_weights"]) and torch.equal(a, b)
+
+
+def test_run_with_hooks_is_one_pass_with_the_hooks_attached():
+    """TransformerLens's model.run_with_hooks(tokens, fwd_hooks=[...]) was an AttributeError (a tour):
+    it is `with m.hooks(fwd_hooks): m(...)`, forward's arguments passed on, the hooks gone after."""
+    m = random_model("tiny")
+    tok = torch.tensor([[0, 5, 7, 9]])
+    with torch.no_grad():
+        plain = m(tok)
+        scaled = m.run_with_hooks(tok, fwd_hooks=[("layers.1.hook_resid_post", lambda t, hook: t * 2)])
+        with m.hooks([("layers.1.hook_resid_post", lambda t, hook: t * 2)]):
+            assert torch.equal(scaled, m(tok))
+        assert not torch.equal(scaled, plain)
+        assert torch.equal(m(tok), plain)  # detached after the pass
+        at = torch.tensor([[3]])  # forward's keywords reach it
+        last = m.run_with_hooks(tok, logits_at=at, fwd_hooks=[("layers.1.hook_resid_post", lambda t, hook: t * 2)])
+        with m.hooks([("layers.1.hook_resid_post", lambda t, hook: t * 2)]):
+            assert last.shape == (1, 1, m.args.vocab_size) and torch.equal(last, m(tok, logits_at=at))
+    with pytest.raises(model.HookError, match=r"run_with_hooks takes no bwd_hooks: .* detach=False"):
+        m.run_with_hooks(tok, bwd_hooks=[("hook_embed", lambda g, hook: None)])
