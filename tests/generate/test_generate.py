@@ -290,3 +290,27 @@ def test_top_k_keeps_exactly_k_tokens_ties_to_the_lower_id():
     assert p.tolist() == [[0.0, 1.0, 0.0, 0.0, 0.0]] and int(p.argmax()) == int(tied.argmax())
     p2 = SamplingParams(1.0, top_k=2).probs(tied)
     assert (p2 > 0).sum() == 2 and p2[0, 1] == p2[0, 2] == 0.5
+
+
+def test_hooks_attached_around_generate_see_each_pass_as_the_readme_says():
+    """README, "Hook points": hooks around generate() see the padded prefill, then [B, 1] steps, or
+    [B, 2] verify passes and one-position MTP logits with mtp=True; an edit applies to every pass.
+    Pinned since a researcher records per-step activations this way (a tour found it unwritten)."""
+    m = random_model("tiny")
+    prompts, D, V = [[0, 5, 9], [0, 7, 8, 11, 3]], m.args.dim, m.args.vocab_size
+    for mtp, chunk in [(False, 1), (True, 2)]:
+        seen: dict[str, list] = {}
+        rec = lambda t, hook: seen.setdefault(hook.name, []).append(tuple(t.shape))  # noqa: E731
+        with m.hooks([(n, rec) for n in ("layers.1.hook_resid_post", "layers.1.ffn.gate.hook_topk_ids",
+                                         "layers.1.attn.hook_pattern", "mtp.0.hook_logits")]):
+            out = generate(m, prompts, max_new_tokens=4, mtp=mtp)
+        resid = seen["layers.1.hook_resid_post"]
+        assert resid[0] == (2, 5, D) and resid[1:] and set(resid[1:]) == {(2, chunk, D)}
+        assert seen["layers.1.ffn.gate.hook_topk_ids"][0] == (10, m.args.n_activated_experts)
+        pattern = seen["layers.1.attn.hook_pattern"]
+        assert pattern[0] == (2, m.args.n_heads, 5, 5) and all(p[2] == chunk for p in pattern[1:])
+        assert [p[3] for p in pattern[1:]] == sorted(p[3] for p in pattern[1:]) and pattern[1][3] > 5
+        assert set(seen.get("mtp.0.hook_logits", [])) == ({(2, 1, V)} if mtp else set())
+        assert len(seen.get("mtp.0.hook_logits", [])) == out.mtp_passes
+        with m.hooks([("layers.*.hook_resid_post", lambda t, hook: -3 * t)]):  # an edit changes the tokens
+            assert generate(m, prompts, max_new_tokens=4, mtp=mtp).tokens != out.tokens
