@@ -572,3 +572,20 @@ def test_run_with_hooks_is_one_pass_with_the_hooks_attached():
             assert last.shape == (1, 1, m.args.vocab_size) and torch.equal(last, m(tok, logits_at=at))
     with pytest.raises(model.HookError, match=r"run_with_hooks takes no bwd_hooks: .* detach=False"):
         m.run_with_hooks(tok, bwd_hooks=[("hook_embed", lambda g, hook: None)])
+
+
+def test_the_routers_choice_has_no_gradient_its_weights_have():
+    """README, "Hook points": with run_with_cache(detach=False) a logit's gradient reaches the router
+    through hook_topk_weights, hook_scores and hook_logits, never through the selection scores (top-k's
+    ids: piecewise constant) or the integer ids. Pinned: a researcher's attribution over every router
+    point met torch's 'not used in the graph' there, unexplained (a tour)."""
+    m = random_model("tiny")
+    gate = "layers.1.ffn.gate."
+    logits, cache = m.run_with_cache(torch.tensor([[0, 5, 7, 9]]), names=f"{gate}*", detach=False)
+    weights, scores, router_logits, select, groups, allowed = torch.autograd.grad(
+        logits[0, -1, 3], [cache[gate + n] for n in ("hook_topk_weights", "hook_scores", "hook_logits",
+                                                      "hook_select_scores", "hook_group_scores", "hook_allowed_scores")],
+        allow_unused=True)
+    assert all(g is not None and g.abs().sum() > 0 for g in (weights, scores, router_logits))
+    assert select is None and groups is None and allowed is None
+    assert not cache[gate + "hook_topk_ids"].requires_grad and not cache[gate + "hook_topk_ids"].is_floating_point()
