@@ -35,7 +35,7 @@ class TextCodec:
     def encode(self, text: str, *, chat: bool | None = None, system: str | None = None) -> list[int]:
         """Token ids of `text` as generation feeds it: in the chat format where `chat` (None: where the
         checkpoint has a chat template; True where it has none is refused), else raw after BOS where the
-        config adds one."""
+        config adds one (`system` then refused: it has no turn to go in)."""
         chat = self.chat if chat is None else chat
         if chat and not self.chat:
             # V3's markers were sent as plain text in pieces, with no BOS: a prompt the model was never
@@ -43,6 +43,9 @@ class TextCodec:
             raise GenerateError("encode(chat=True): this tokenizer has no DeepSeek-V3 chat template (tokenizer_config"
                                 f".json has no chat_template, or the tokenizer no {USER!r} / {ASSISTANT!r} tokens); "
                                 "encode with chat=False")
+        if system is not None and not chat:  # dropped without a word (the command line refuses --system so)
+            raise GenerateError("encode(system=...): the text is encoded raw (chat=False, or no chat template), so a "
+                                "system text has no turn to go in")
         if chat:
             text = (system or "") + USER + text + ASSISTANT
         # bytes that are not UTF-8 reach Python as lone surrogates (argv, stdin; "\ud83d" in JSON), which

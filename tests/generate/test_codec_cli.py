@@ -65,6 +65,17 @@ def test_chat_true_is_refused_where_the_tokenizer_has_no_chat_template(demo_dir,
         codec.encode("hi", chat=True)
     assert codec.encode("hi") == codec.encode("hi", chat=False)  # the control: the default is raw here
 
+
+def test_a_system_text_is_refused_where_the_text_is_encoded_raw(demo_dir, tmp_path):
+    """encode(text, system=...) with chat=False, or on a tokenizer without a chat template, dropped the
+    system text without a word, where the command line refuses --system so (a tour)."""
+    raw = load_codec(tokenizer_dir(demo_dir, tmp_path, "raw", chat_template=None))
+    chat = load_codec(demo_dir)
+    assert chat.chat and chat.encode("hi", system="Be brief.") != chat.encode("hi")  # the control: it is used
+    for codec, kw in [(raw, {}), (chat, {"chat": False})]:
+        with pytest.raises(GenerateError, match=r"^encode\(system=\.\.\.\): the text is encoded raw .* no turn to go in$"):
+            codec.encode("hi", system="Be brief.", **kw)
+
 def test_a_boolean_eos_token_id_is_refused(demo_dir, tmp_path):
     d = tokenizer_dir(demo_dir, tmp_path, "booleos")
     (d / "generation_config.json").write_text('{"eos_token_id": true}')  # it stopped at token 1
