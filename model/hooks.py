@@ -75,14 +75,29 @@ class HookPoint(nn.Module):
                                  f"hook point's dtype, shape and device, {output.dtype} {tuple(output.shape)} on "
                                  f"{output.device} (or None to keep it)")
             if out is not None and self.index_bound is not None and out.numel():
-                lo, hi = out.min().item(), out.max().item()
-                if lo < 0 or hi >= self.index_bound:
-                    bad = lo if lo < 0 else hi
-                    raise ValueError(f"the hook on {self.name} returned index {bad}; a replacement's indices must "
-                                     f"lie in [0, {self.index_bound})")
+                self._check_indices(out)
             return out
 
         return self.register_forward_hook(_wrapped)
+
+    def _check_indices(self, out: torch.Tensor) -> None:
+        """A replacement of an index point: every index in [0, index_bound), and no index twice in a row
+        (a token's experts): an expert forced into a slot while another slot held it was summed twice,
+        its weight doubled, with no error (a tour). One read back from the device."""
+        rows = out.reshape(-1, out.shape[-1])
+        srt = rows.sort(dim=-1).values
+        twice = (srt[:, 1:] == srt[:, :-1]).any(-1)  # [rows]
+        lo, hi, n_twice, row = torch.stack([rows.min(), rows.max(), twice.sum(), twice.long().argmax()]).tolist()
+        if lo < 0 or hi >= self.index_bound:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"the hook on {self.name} returned index {bad}; a replacement's indices must "
+                             f"lie in [0, {self.index_bound})")
+        if n_twice:
+            ids = rows[row].tolist()
+            dup = next(i for i in ids if ids.count(i) > 1)
+            raise ValueError(f"the hook on {self.name} returned index {dup} twice in row {row} ({ids}; {n_twice} "
+                             "row(s) so): a token's experts must differ, or one is summed twice. To force an "
+                             "expert, replace the slot that holds it, or set its score to +inf at hook_allowed_scores")
 
     def _check_signature(self, fn: HookFn) -> None:
         """A hook is called as fn(tensor, hook): one that cannot take two arguments is refused when

@@ -168,7 +168,15 @@ def test_a_replacement_of_another_shape_names_the_hook():
         with pytest.raises(ValueError, match=rf"the hook on {ids} left an expert id outside \[0, {n_experts}\) in place"):
             with m.hooks([(ids, lambda t, hook: (t.fill_(bad), None)[1])]):
                 m(x)
-    with m.hooks([(ids, lambda t, hook: torch.full_like(t, n_experts - 1))]):  # in range: taken
+    # an expert given twice to a token was summed twice, its weight doubled, with no error (a tour)
+    k = m.args.n_activated_experts
+    twice = lambda t, hook: torch.cat([t[:, :1], t[:, :-1]], dim=1)  # noqa: E731  slot 0's expert in slot 1 too
+    with pytest.raises(ValueError, match=rf"the hook on {ids} returned index \d+ twice in row 0 \(\[(\d+), \1, .*\]; "
+                                         rf"{x.numel()} row\(s\) so\): a token's experts must differ"):
+        with m.hooks([(ids, twice)]):
+            m(x)
+    last_k = torch.arange(n_experts - k, n_experts)
+    with m.hooks([(ids, lambda t, hook: last_k.expand_as(t).clone())]):  # in range, distinct: taken
         last = m(x)
     with m.hooks([(name, lambda t, hook: t * 0)]):
         zeroed = m(x)
