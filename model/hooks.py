@@ -326,8 +326,8 @@ class HookedModule(nn.Module):
         `layers.1.hook_resid_pre`) changes what was cached. Detached unless `detach=False`, and moved to
         `device` if given. With `detach=False` and gradients on, the copy (on the tensor's own device)
         is what the forward goes on with, so `torch.autograd.grad(logit, cache[name])` is the gradient
-        with respect to that activation; a cached `hook_pattern` is then applied as a product, not by
-        the fused kernel (the output moves by rounding).
+        with respect to that activation (weights held still with `requires_grad_(False)` too); a cached
+        `hook_pattern` is then applied as a product, not by the fused kernel (the output moves by rounding).
         """
         if "names_filter" in kwargs:  # else forward's "unexpected keyword argument 'names_filter'"
             raise HookError("run_with_cache takes names=, not TransformerLens's names_filter= (the same filters: a "
@@ -340,6 +340,11 @@ class HookedModule(nn.Module):
         def save(t: torch.Tensor, hook: HookPoint) -> torch.Tensor | None:
             copy = t.detach() if detach else t
             copy = cache[hook.name] = copy.to(device, copy=True) if device is not None else copy.clone()
+            if not detach and torch.is_grad_enabled() and copy.is_floating_point() and not copy.requires_grad:
+                # NOTE: weights held still (m.requires_grad_(False)) left the activations without a graph,
+                # so grad(logit, cache[name]) raised "element 0 of tensors does not require grad" (a
+                # tour): the copy becomes a leaf that does
+                copy.requires_grad_(True)
             # NOTE: a copy nothing downstream read had no gradient: grad(logit, cache[name]) raised "not
             # used in the graph" (a tour); the forward goes on with the copy, the same values
             return copy if copy.requires_grad and copy.device == t.device else None

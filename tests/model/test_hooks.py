@@ -589,3 +589,27 @@ def test_the_routers_choice_has_no_gradient_its_weights_have():
     assert all(g is not None and g.abs().sum() > 0 for g in (weights, scores, router_logits))
     assert select is None and groups is None and allowed is None
     assert not cache[gate + "hook_topk_ids"].requires_grad and not cache[gate + "hook_topk_ids"].is_floating_point()
+
+
+def test_gradients_of_cached_activations_with_the_weights_held_still():
+    """m.requires_grad_(False) (weights held still, no parameter gradients to store) left every
+    activation without a graph: run_with_cache(detach=False) cached tensors that did not require grad
+    and autograd.grad raised 'element 0 of tensors does not require grad' (a tour). The same
+    gradients as with the weights free."""
+    m = random_model("tiny")
+    tok, names = torch.tensor([[0, 5, 7, 9]]), ["layers.1.hook_resid_pre", "layers.1.attn.hook_pattern",
+                                                "layers.2.ffn.gate.hook_topk_weights"]
+
+    def grads():
+        logits, cache = m.run_with_cache(tok, names=names, detach=False)
+        return torch.autograd.grad(logits[0, -1, 3], [cache[n] for n in names])
+
+    free = grads()
+    m.requires_grad_(False)
+    held = grads()
+    for n, a, b in zip(names, free, held):
+        assert b.abs().sum() > 0 and torch.equal(a, b), n
+    assert all(p.grad is None for p in m.parameters())
+    with torch.no_grad():  # no graph asked for: nothing made to require grad
+        _, cache = m.run_with_cache(tok, names=names, detach=False)
+    assert not any(t.requires_grad for t in cache.values())
