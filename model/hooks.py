@@ -332,6 +332,9 @@ class HookedModule(nn.Module):
         if "names_filter" in kwargs:  # else forward's "unexpected keyword argument 'names_filter'"
             raise HookError("run_with_cache takes names=, not TransformerLens's names_filter= (the same filters: a "
                             "name, a glob, a list of names or a predicate)")
+        if not detach and not torch.is_grad_enabled():  # the cache then held no graph, and grad() failed later
+            warnings.warn("run_with_cache(detach=False) under torch.no_grad() or inference_mode(): gradients are off, "
+                          "so the cached activations have none (call it with gradients on)", stacklevel=2)
         all_names = list(self._hook_points)
         match = _matcher(names, all_names)
         selected_names = [n for n in all_names if match(n)]

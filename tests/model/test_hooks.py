@@ -433,8 +433,8 @@ def test_a_cache_kept_in_the_graph_gives_gradients_with_respect_to_its_activatio
         got = torch.autograd.grad(logits[1, -1, 7], [cache[n] for n in names])
     for n, a, b in zip(names, got, ref):
         assert a.abs().sum() > 0 and torch.allclose(a, b, atol=1e-6), n
-    with torch.no_grad():  # without gradients the cache is only observed: the output bit for bit
-        assert torch.equal(m.run_with_cache(x, names=names, detach=False)[0], m(x))
+    with torch.no_grad(), pytest.warns(UserWarning, match="gradients are off"):  # the cache is only observed:
+        assert torch.equal(m.run_with_cache(x, names=names, detach=False)[0], m(x))  # the output bit for bit
     with torch.enable_grad():
         out, _ = m.run_with_cache(x, names="layers.1.hook_resid_post", detach=False)
     assert torch.equal(out.detach(), m(x))
@@ -610,6 +610,8 @@ def test_gradients_of_cached_activations_with_the_weights_held_still():
     for n, a, b in zip(names, free, held):
         assert b.abs().sum() > 0 and torch.equal(a, b), n
     assert all(p.grad is None for p in m.parameters())
-    with torch.no_grad():  # no graph asked for: nothing made to require grad
+    # gradients off: nothing made to require grad, and a warning that says why (detach=False asked for
+    # a graph, and autograd.grad failed later with torch's 'does not require grad')
+    with torch.no_grad(), pytest.warns(UserWarning, match=r"run_with_cache\(detach=False\) under torch\.no_grad\(\)"):
         _, cache = m.run_with_cache(tok, names=names, detach=False)
     assert not any(t.requires_grad for t in cache.values())
