@@ -285,8 +285,14 @@ class HookedModule(nn.Module):
         if "bwd_hooks" in kwargs:  # else forward's "unexpected keyword argument 'bwd_hooks'"
             raise HookError("run_with_hooks takes no bwd_hooks: for a gradient with respect to an activation, "
                             "run_with_cache(..., names=..., detach=False) and torch.autograd.grad(out, cache[name])")
-        with self.hooks(fwd_hooks):
-            return self(*args, **kwargs)
+        pairs, ran = list(fwd_hooks), set()
+        with self.hooks(pairs):  # checks the pairs; then which points they attached to, and which of them ran
+            matched = [set(self._resolve(f)) for f, _ in pairs]
+            named = [n for n in self._hook_points if any(n in m for m in matched)]
+            with self.hooks([(named, lambda t, hook: ran.add(hook.name))] if named else []):
+                out = self(*args, **kwargs)
+        _warn_unreached("run_with_hooks", [n for n in named if n not in ran], len(named))
+        return out
 
     def add_hook(self, name_filter: NameFilter, fn: HookFn) -> list[torch.utils.hooks.RemovableHandle]:
         """Attach `fn` to every matching hook point until removed (`handle.remove()` or `reset_hooks()`):
@@ -357,9 +363,14 @@ class HookedModule(nn.Module):
             raise HookError(f"names={names!r} matches no hook point (see model.hook_names())")
         with self.hooks(selected):
             out = self(*args, **kwargs)
-        unreached = [n for n, _ in selected if n not in cache]
-        if names is not None and unreached:  # asked for by name, and silently absent from the cache before
-            warnings.warn(f"run_with_cache: {len(unreached)} of the {len(selected)} hook points named were not "
-                          f"reached by this forward (e.g. {unreached[0]}): the MTP module runs only with mtp=True, "
-                          "and start_at_layer skips the blocks before it", stacklevel=2)
+        if names is not None:  # asked for by name, and silently absent from the cache before
+            _warn_unreached("run_with_cache", [n for n, _ in selected if n not in cache], len(selected))
         return out, cache
+
+
+def _warn_unreached(method: str, unreached: list[str], n_named: int) -> None:
+    """Warn, for the caller of `method`, that hook points it named were not reached by its forward."""
+    if unreached:
+        warnings.warn(f"{method}: {len(unreached)} of the {n_named} hook points named were not reached by this forward "
+                      f"(e.g. {unreached[0]}): the MTP module runs only with mtp=True, and start_at_layer skips the "
+                      "blocks before it", stacklevel=3)

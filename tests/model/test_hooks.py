@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 
 import pytest
 import torch
@@ -572,6 +573,15 @@ def test_run_with_hooks_is_one_pass_with_the_hooks_attached():
             assert last.shape == (1, 1, m.args.vocab_size) and torch.equal(last, m(tok, logits_at=at))
     with pytest.raises(model.HookError, match=r"run_with_hooks takes no bwd_hooks: .* detach=False"):
         m.run_with_hooks(tok, bwd_hooks=[("hook_embed", lambda g, hook: None)])
+    # a hook on a point this forward does not reach ran never, silently: warned, as run_with_cache does
+    mtp_edit = [("mtp.0.hook_in", lambda t, hook: t * 0), ("layers.1.hook_resid_post", lambda t, hook: None)]
+    with pytest.warns(UserWarning, match=r"run_with_hooks: 1 of the 2 hook points named were not reached .*"
+                                         r"\(e\.g\. mtp\.0\.hook_in\): the MTP module runs only with mtp=True"):
+        m.run_with_hooks(tok, fwd_hooks=mtp_edit)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # reached: no warning
+        m.run_with_hooks(tok, mtp=True, fwd_hooks=mtp_edit)
+    assert m.reset_hooks() == 0  # the observer is gone with the hooks
 
 
 def test_the_routers_choice_has_no_gradient_its_weights_have():
