@@ -224,6 +224,20 @@ class ActivationCache(dict):
     def copy(self) -> ActivationCache:  # dict.copy gave a plain dict
         return self.__copy__()
 
+    def stack(self, names: str | Iterable[str]) -> torch.Tensor:
+        """The cached tensors that a glob or a list of names picks, in forward order, stacked along a new
+        first dimension: `cache.stack("layers.*.hook_resid_post")` is [L, B, S, D] (TransformerLens's
+        `stack_activation`). A point picked but not cached is the HookError `cache[name]` raises."""
+        if not isinstance(names, str) and not (isinstance(names, Iterable) and not callable(names)):
+            raise HookError(f"cache.stack({names!r}): expected a name, a glob or a list of them")
+        match = _matcher(names, self._all_names)  # a name or glob that matches no hook point is refused
+        picked = [self[n] for n in self._all_names if match(n)]
+        shapes = sorted({tuple(t.shape) for t in picked})
+        if len(shapes) > 1:  # torch.stack's 'stack expects each tensor to be equal size'
+            raise HookError(f"cache.stack({names!r}): the points it picks differ in shape ({shapes[0]} and "
+                            f"{shapes[1]}): pick points of one shape (the MTP module's have S-1 positions)")
+        return torch.stack(picked)
+
     def __missing__(self, name: str):
         if not isinstance(name, str):  # a TypeError from deep inside re (the name matched against a pattern)
             raise HookError(f"cache[{name!r}]: a cache's keys are hook point names (str){_tl_key(name, self._all_names)}")

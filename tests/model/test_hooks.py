@@ -625,3 +625,22 @@ def test_gradients_of_cached_activations_with_the_weights_held_still():
     with torch.no_grad(), pytest.warns(UserWarning, match=r"run_with_cache\(detach=False\) under torch\.no_grad\(\)"):
         _, cache = m.run_with_cache(tok, names=names, detach=False)
     assert not any(t.requires_grad for t in cache.values())
+
+
+def test_a_cache_stacks_the_points_a_glob_picks():
+    """cache.stack(glob), TransformerLens's stack_activation: the per-layer loop a logit lens or a
+    per-layer patching plot starts with. Forward order, a new first dimension; points of two shapes
+    (the MTP block's S-1 positions) and points not cached are one-line HookErrors."""
+    m = random_model("tiny")
+    _, cache = m.run_with_cache(torch.tensor([[0, 5, 7, 9], [0, 3, 2, 1]]), mtp=True)
+    resid = cache.stack("layers.*.hook_resid_post")
+    assert resid.shape == (3, 2, 4, m.args.dim)
+    assert all(torch.equal(resid[i], cache[f"layers.{i}.hook_resid_post"]) for i in range(3))
+    ids = cache.stack("layers.*.ffn.gate.hook_topk_ids")  # the MoE layers only: 1 and 2
+    assert torch.equal(ids, torch.stack([cache["layers.1.ffn.gate.hook_topk_ids"], cache["layers.2.ffn.gate.hook_topk_ids"]]))
+    assert torch.equal(cache.stack(["hook_final", "hook_embed"])[0], cache["hook_embed"])  # forward order
+    with pytest.raises(model.HookError, match=r"^cache\.stack\('\*\.hook_resid_post'\): the points it picks differ in "
+                                              r"shape \(\(2, 3, 64\) and \(2, 4, 64\)\)"):
+        cache.stack("*.hook_resid_post")  # the MTP block's too
+    with pytest.raises(model.HookError, match=r"hook_pattern is opt-in"):
+        cache.stack("layers.*.attn.hook_pattern")
