@@ -202,7 +202,9 @@ def _tl_key(key, all_names: list[str]) -> str:
         return " (see model.hook_names())"
     short, layer = key[0].removeprefix("hook_"), key[1]
     hit = [n for n in all_names if re.fullmatch(rf"layers\.{layer}\.(\w+\.)*hook_{re.escape(short)}", n)]
-    return f"; TransformerLens's cache[{key!r}] is cache[{hit[0]!r}] here" if len(hit) == 1 else " (see model.hook_names())"
+    if len(hit) != 1:
+        return " (see model.hook_names())"
+    return f"; TransformerLens's cache[{key!r}] is cache[{hit[0]!r}] here"
 
 
 class ActivationCache(dict):
@@ -240,7 +242,8 @@ class ActivationCache(dict):
 
     def __missing__(self, name: str):
         if not isinstance(name, str):  # a TypeError from deep inside re (the name matched against a pattern)
-            raise HookError(f"cache[{name!r}]: a cache's keys are hook point names (str){_tl_key(name, self._all_names)}")
+            raise HookError(f"cache[{name!r}]: a cache's keys are hook point names (str)"
+                            f"{_tl_key(name, self._all_names)}")
         if name not in self._all_names:
             why = f"there is no hook point named {name!r}{_did_you_mean(name, self._all_names)}"
         elif name not in self._named and name.endswith(OPT_IN_SUFFIXES):

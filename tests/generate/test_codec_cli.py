@@ -73,7 +73,8 @@ def test_a_system_text_is_refused_where_the_text_is_encoded_raw(demo_dir, tmp_pa
     chat = load_codec(demo_dir)
     assert chat.chat and chat.encode("hi", system="Be brief.") != chat.encode("hi")  # the control: it is used
     for codec, kw in [(raw, {}), (chat, {"chat": False})]:
-        with pytest.raises(GenerateError, match=r"^encode\(system=\.\.\.\): the text is encoded raw .* no turn to go in$"):
+        with pytest.raises(GenerateError, match=r"^encode\(system=\.\.\.\): the text is encoded raw .* no turn to go "
+                                                r"in$"):
             codec.encode("hi", system="Be brief.", **kw)
 
 def test_a_boolean_eos_token_id_is_refused(demo_dir, tmp_path):

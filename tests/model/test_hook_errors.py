@@ -49,7 +49,8 @@ def test_a_point_another_kind_of_block_has_names_the_blocks_that_have_it():
                                               r"its shared experts', ffn\.shared_experts\.hook_hidden"):
         m.add_hook("layers.1.ffn.hook_hidden", lambda t, hook: None)
     _, cache = m.run_with_cache(tok)
-    with pytest.raises(model.HookError, match=r"layers\.0 has no ffn\.experts\.hook_expert_out; layers\.1 to layers\.2"):
+    with pytest.raises(model.HookError, match=r"layers\.0 has no ffn\.experts\.hook_expert_out; layers\.1 to "
+                                              r"layers\.2"):
         cache["layers.0.ffn.experts.hook_expert_out"]
     with pytest.raises(model.HookError, match=r"did you mean 'layers\.2\.ffn\.gate\.hook_scores'"):  # a typo still
         m.run_with_cache(tok, names="layers.2.ffn.gate.hook_scorez")

@@ -592,10 +592,10 @@ def test_the_routers_choice_has_no_gradient_its_weights_have():
     m = random_model("tiny")
     gate = "layers.1.ffn.gate."
     logits, cache = m.run_with_cache(torch.tensor([[0, 5, 7, 9]]), names=f"{gate}*", detach=False)
+    points = ("hook_topk_weights", "hook_scores", "hook_logits", "hook_select_scores", "hook_group_scores",
+              "hook_allowed_scores")
     weights, scores, router_logits, select, groups, allowed = torch.autograd.grad(
-        logits[0, -1, 3], [cache[gate + n] for n in ("hook_topk_weights", "hook_scores", "hook_logits",
-                                                      "hook_select_scores", "hook_group_scores", "hook_allowed_scores")],
-        allow_unused=True)
+        logits[0, -1, 3], [cache[gate + n] for n in points], allow_unused=True)
     assert all(g is not None and g.abs().sum() > 0 for g in (weights, scores, router_logits))
     assert select is None and groups is None and allowed is None
     assert not cache[gate + "hook_topk_ids"].requires_grad and not cache[gate + "hook_topk_ids"].is_floating_point()
@@ -637,7 +637,7 @@ def test_a_cache_stacks_the_points_a_glob_picks():
     assert resid.shape == (3, 2, 4, m.args.dim)
     assert all(torch.equal(resid[i], cache[f"layers.{i}.hook_resid_post"]) for i in range(3))
     ids = cache.stack("layers.*.ffn.gate.hook_topk_ids")  # the MoE layers only: 1 and 2
-    assert torch.equal(ids, torch.stack([cache["layers.1.ffn.gate.hook_topk_ids"], cache["layers.2.ffn.gate.hook_topk_ids"]]))
+    assert torch.equal(ids, torch.stack([cache[f"layers.{i}.ffn.gate.hook_topk_ids"] for i in (1, 2)]))
     assert torch.equal(cache.stack(["hook_final", "hook_embed"])[0], cache["hook_embed"])  # forward order
     with pytest.raises(model.HookError, match=r"^cache\.stack\('\*\.hook_resid_post'\): the points it picks differ in "
                                               r"shape \(\(2, 3, 64\) and \(2, 4, 64\)\)"):
