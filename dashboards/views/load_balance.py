@@ -49,7 +49,10 @@ def balance_section(ref: data.RunRef, loads, by_step, E: int, what: str) -> None
     with left, ui.guard("the MaxVio bars"):
         st.plotly_chart(charts.bars(table.layer, table.maxvio_global, title="MaxVio (global) per layer",
                                     xlabel="layer", ylabel="MaxVio", colors="#E45756", height=340), key="maxvio_bars")
-    if by_step is not None and len(by_step):
+    one = one_step_note(ref, by_step, what)
+    if one:
+        right.caption(one)
+    elif by_step is not None and len(by_step):
         with right, ui.guard("the load over batches"):
             mv = compute.maxvio_over_steps(by_step, E)
             series = {lab: (g.step, g.maxvio) for lab, g in mv.groupby("layer", sort=False)}
@@ -60,6 +63,20 @@ def balance_section(ref: data.RunRef, loads, by_step, E: int, what: str) -> None
             note = batch_order_note(ref)
             if note:
                 st.caption(note)
+
+
+def one_step_note(ref: data.RunRef, by_step, what: str) -> str | None:
+    """Why the page draws no load over steps: the steps it covers are one (a run under one batch of
+    windows, a dump of one forward pass, a training window of one step), whose chart of one point a
+    layer showed no change and whose MaxVio equals the global one. None for two steps or more."""
+    if by_step is None or not len(by_step) or by_step["step"].nunique() > 1:
+        return None
+    xl, size = step_word(ref), (ref.info.get("options") or {}).get("batch_size")
+    plural = "steps" if xl == "step" else f"{xl}es"
+    return (f"One {xl} ({what}): no load over {plural} to draw, and its MaxVio is the global one."
+            # no `--batch-size 8` code span: the caption's narrow column broke it after its first hyphen
+            + (f" A run of more windows than its batch size ({size}) shows whether the same experts stay hot "
+               f"from {xl} to {xl}." if xl == "batch" and size else ""))
 
 
 def batch_order_note(ref: data.RunRef) -> str | None:
@@ -163,7 +180,7 @@ def main() -> None:
     with c1, ui.guard("the loads and bias"):
         load_and_bias(ref, layer, rel[i], raw[i], E, what)
     with c2, ui.guard("the per-batch loads"):
-        if by_step is not None and len(by_step):
+        if by_step is not None and len(by_step) and not one_step_note(ref, by_step, what):
             load_per_batch(ref, layer, by_step, E)
 
 

@@ -57,6 +57,29 @@ def test_load_balance_numbers_cover_the_window_and_the_imbalance_ratio_is_per_gp
         np.mean(g.max(1) / g.mean(1) - 1), rel=1e-6)
 
 
+@pytest.mark.slow  # two app sessions
+def test_load_balance_of_one_batch_says_so_instead_of_charting_one_point(tmp_path):
+    """A run under one batch of windows (--max-tokens 2000 on the bundled corpus: 8 windows, one batch)
+    drew 'MaxVio per batch' with one point a layer and a per-batch heatmap of one row (a browser tour)."""
+    from helpers.synthetic_run import write_run
+
+    write_run(tmp_path / "one", n_seq=1)  # every window in the second step: one step of loads
+    info = json.loads((tmp_path / "one" / "run.json").read_text())
+    (tmp_path / "one" / "run.json").write_text(json.dumps(info | {"options": {"batch_size": 8}}))
+    at = app(tmp_path, "one", page="load_balance")
+    assert not at.exception and not at.error, texts(at.error)
+    ids = [c.proto.id for c in at.get("plotly_chart")]
+    assert not any(i.endswith("-maxvio_steps") or i.endswith("-load_steps") for i in ids), ids
+    assert any(i.endswith("-maxvio_bars") for i in ids)  # the rest of the page as before
+    assert ("One batch (whole run): no load over batches to draw, and its MaxVio is the global one. A run of more "
+            "windows than its batch size (8) shows") in texts(at.caption)
+    write_run(tmp_path / "two")  # two batches: both charts, no such note
+    at = app(tmp_path, "two", page="load_balance")
+    ids = [c.proto.id for c in at.get("plotly_chart")]
+    assert any(i.endswith("-maxvio_steps") for i in ids) and any(i.endswith("-load_steps") for i in ids), ids
+    assert "One batch" not in texts(at.caption)
+
+
 @pytest.mark.slow  # a whole app session
 def test_compared_relative_load_heatmaps_share_one_scale(tmp_path):
     write_train_run(tmp_path / "a")
