@@ -109,6 +109,8 @@ def _cursor(ref: RunRef, tables: tuple[str, ...]):
     con = _database().cursor()
     try:
         missing = create_views(con, ref.path, tables, temp=True)
+        if gone := whole_lost(ref, tuple(missing)):  # a table the record wrote, not one it never had
+            raise DataError(f"run {ref.name!r}: cannot read `{gone[0]}` ({lost_why(ref.path, gone[0], ref.info)})")
         if missing:
             raise MissingTable(f"run {ref.name!r} has no `{missing[0]}` table")
         yield con
@@ -124,6 +126,14 @@ def partly_lost(ref: RunRef, tables: tuple[str, ...]) -> list[str]:
     run's; `cached` calls its function with a RunRef of status '', run.json's then)."""
     lost = lost_tables(ref.path, ref.info | {"status": ref.status or ref.info.get("status")})
     return [t for t in tables if t in lost and table_files(ref, t)]
+
+
+def whole_lost(ref: RunRef, tables: tuple[str, ...]) -> list[str]:
+    """Those of `tables` that a complete run lists and that have lost every part file (the folder
+    deleted): read as a table the run never had, the MTP page said the run 'has no `mtp` table' while
+    the Overview warned it was lost (a browser tour)."""
+    lost = lost_tables(ref.path, ref.info | {"status": ref.status or ref.info.get("status")}) if tables else []
+    return [t for t in tables if t in lost and not table_files(ref, t)]
 
 
 def query(ref: RunRef, sql: str, tables: tuple[str, ...], params: list | None = None) -> pd.DataFrame:

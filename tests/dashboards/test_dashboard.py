@@ -228,7 +228,9 @@ def test_latents_of_one_token_give_no_spectrum_nor_a_rank_of_zero(runs, tmp_path
 def test_an_mtp_table_without_rows_is_not_called_missing(runs, tmp_path):
     """A run of windows too short for a draft (`--max-tokens 1`) has an `mtp` folder without rows: the
     MTP page said it 'has no mtp table', as if recorded with --no-mtp (a tour). It now says why it is
-    empty; a run whose folder is gone still gets the missing-table note (the control)."""
+    empty. A complete run whose folder is gone lost the table its run.json lists: the page said it 'has
+    no `mtp` table' too, below the Overview's warning that it was lost (a browser tour); it now warns as
+    for a table that lost some of its parts. A run that never listed the table gets the missing-table note."""
     import shutil
 
     run = shutil.copytree(runs["demo"], tmp_path / "short")
@@ -238,7 +240,13 @@ def test_an_mtp_table_without_rows_is_not_called_missing(runs, tmp_path):
     assert "none of its windows has a position with two more tokens after it" in texts(at.info), texts(at.info)
     shutil.rmtree(run / "mtp")
     at = app(tmp_path, "short", page="mtp")
-    assert "has no `mtp` table" in texts(at.info) and "two more tokens" not in texts(at.info)
+    assert ("run 'short': cannot read `mtp` (listed in run.json but has no part files: deleted?"
+            in texts(at.warning)), texts(at.warning)
+    assert "has no `mtp` table" not in texts(at.info) and "two more tokens" not in texts(at.info)
+    info = json.loads((run / "run.json").read_text())  # as recorded with --no-mtp: run.json lists no mtp
+    (run / "run.json").write_text(json.dumps(info | {"tables": [t for t in info["tables"] if t != "mtp"]}))
+    at = app(tmp_path, "short", page="mtp")
+    assert "has no `mtp` table" in texts(at.info) and not at.warning, texts(at.warning)
 
 
 @pytest.mark.slow
