@@ -169,14 +169,21 @@ def domain_bars(per: dict, title: str, key: str, where=st) -> None:
 def cap_cut(info: dict) -> str | None:
     """Which domains the run's --max-tokens cut, from run.json's planned capped_domains (the domains the
     cap cut with text left), so that a short bar of the tokens per domain reads as the cap's or as all
-    the corpus holds; None where the run had no cap or does not say (recorded before the key, or with
-    --order corpus under a cap)."""
-    cap = (info.get("options") or {}).get("max_tokens")
-    planned = info.get("planned") or {}
-    held, cut = sorted(planned.get("tokens_per_domain") or {}), planned.get("capped_domains")
+    the corpus holds; None where the run had no cap or does not say (recorded before the key). Under
+    --order corpus, which notes none, what the order leaves unknown: a one-domain run of a five-domain
+    corpus drew one bar without a word (a browser tour)."""
+    opts, planned = info.get("options") or {}, info.get("planned") or {}
+    cap, per = opts.get("max_tokens"), planned.get("tokens_per_domain") or {}
+    held, cut, flag = sorted(per), planned.get("capped_domains"), f"`--max-tokens {cap or 0:,}`"
+    if cap and held and cut is None and opts.get("order") == "corpus":
+        if (planned.get("tokens") or sum(per.values())) < cap:
+            return f"{flag} cut no domain: the run holds the whole corpus."
+        return (f"{flag} with `--order corpus`: the corpus's first {cap:,} tokens in its own order, so it may hold "
+                "more of the domain being read where the cap stopped, and domains never reached; the default "
+                "`--order domains` takes a window of each domain in turn.")
     if not cap or not isinstance(cut, list) or not held:
         return None
-    cut, whole, flag = [d for d in held if d in cut], [d for d in held if d not in cut], f"`--max-tokens {cap:,}`"
+    cut, whole = [d for d in held if d in cut], [d for d in held if d not in cut]
     if not whole:
         return f"{flag} cut every domain: the corpus holds more of each."
     if not cut:

@@ -321,7 +321,8 @@ def test_the_recording_options_show_paths_readably(tmp_path):
 def test_the_overview_says_which_domains_the_cap_cut(tmp_path):
     """The tokens per domain drew a domain the run's --max-tokens cut and one the corpus holds no more of
     alike: run.json's planned capped_domains (new) tells them apart in a caption under the bars; a run
-    recorded before the key, or without a cap, says nothing of it."""
+    recorded before the key, or without a cap, says nothing of it, and one of --order corpus what that
+    order leaves unknown."""
     from dashboards.views.overview import cap_cut
     from helpers.synthetic_run import write_run
 
@@ -342,6 +343,16 @@ def test_the_overview_says_which_domains_the_cap_cut(tmp_path):
         "`--max-tokens 1,829` cut d0 (the corpus holds more); d1, d2, d3, d4 and 2 more are recorded whole."
     assert cap_cut(info | {"planned": {"tokens_per_domain": per}}) is None  # recorded before the key
     assert cap_cut(info | {"options": {"max_tokens": None}}) is None
+    # --order corpus notes no capped_domains: a run that stopped at its cap says what the order leaves
+    # unknown (one bar of a five-domain corpus, unexplained, before), one that did not says it is whole
+    corpus = info | {"options": {"max_tokens": 300, "order": "corpus"}}
+    assert cap_cut(corpus | {"planned": {"tokens": 300, "tokens_per_domain": {"chinese": 300}}}) == (
+        "`--max-tokens 300` with `--order corpus`: the corpus's first 300 tokens in its own order, so it may hold "
+        "more of the domain being read where the cap stopped, and domains never reached; the default "
+        "`--order domains` takes a window of each domain in turn.")
+    assert cap_cut(corpus | {"planned": {"tokens": 120, "tokens_per_domain": {"a": 100, "b": 20}}}) == \
+        "`--max-tokens 300` cut no domain: the run holds the whole corpus."
+    assert cap_cut(corpus | {"options": {"max_tokens": None, "order": "corpus"}}) is None
     info["planned"].pop("capped_domains")
     (tmp_path / "r" / "run.json").write_text(json.dumps(info))
     assert not any("cut" in c for c in texts(app(tmp_path, "r", page="overview").caption))
