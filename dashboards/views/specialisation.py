@@ -120,6 +120,9 @@ def top_tokens(ref, layer: str, E: int, tops: pd.DataFrame) -> None:
                             "specialisation (the top-1 experts shuffled across the same tokens) it is "
                             f"{base:.3f}, not 1/N = {1 / E:.3f}: an id seen a few times has a clear favourite by "
                             "chance, and a busy expert takes more than 1/N of every id."))
+        else:  # the column stood empty under the expert picker, unexplained (an SGLang import, a browser tour)
+            st.caption(f"Vocabulary specialisation, {layer}: not measured, no token id occurs {VOCAB_MIN_COUNT} "
+                       "times or more in the sampled tokens.")
     ui.caption_sample(ref)
     with ui.guard("the expert's top tokens"):
         top = data.expert_top_tokens(ref, lnum, int(expert), 15)
