@@ -133,7 +133,8 @@ def top_tokens(ref, layer: str, E: int, tops: pd.DataFrame) -> None:
         top.insert(0, "token", [repr(t) for t in ui.token_text(tok, top.token_id, stream=False)])
         with c2:
             st.dataframe(top.rename(columns={"n": "routed here", "total": "occurrences", "share": "share to expert"}),
-                         hide_index=True, width="stretch", height=250,
+                         # every row: at 250 px the 15 rows scrolled inside the table, the 7th cut in half
+                         hide_index=True, width="stretch", height=ui.whole_table_height(len(top)),
                          column_config={"share to expert": st.column_config.ProgressColumn(
                              format="%.2f", min_value=0, max_value=1)})
         pick = st.selectbox("Snippets for token", top.token_id.tolist(), key="sp_token",
