@@ -234,6 +234,23 @@ def layer_picker(layers: list, key: str, label: str = "MoE layer", index: int = 
     return st.columns(3)[0].selectbox(label, layers, index=min(index, len(layers) - 1), key=key, format_func=shown)
 
 
+def lacks_per_token(ref: data.RunRef, what: str) -> bool:
+    """Whether the run lacks the per-token `tokens` or `routing` table that `what` reads (an SGLang stat
+    or per-pass dump holds loads only); if so, one note says which and what to record. Each section
+    of such a run said 'has no `tokens` table' in a box of its own, under pickers with nothing to pick
+    and a caption of the ~250,000 tokens it sampled (a browser tour)."""
+    missing = [t for t in ("tokens", "routing") if not data.has_table(ref, t)]
+    if missing:
+        # a record run of --router-logits none was told to record a run (a tour): to record it again, with routing
+        again = (ref.info.get("options") or {}).get("router_logits") == "none"
+        st.info(f"{what} needs the per-token `tokens` and `routing` tables, and run `{ref.name}` has "
+                f"no {' and no '.join(f'`{t}`' for t in missing)} table. "
+                + ("It was recorded with `--router-logits none`: record it again without it." if again else
+                   "Record a run with `dsv3-probe record` (a serving engine's per-pass or stat dump holds loads "
+                   "only)."), icon="ℹ️")
+    return bool(missing)
+
+
 def caption_sample(ref: data.RunRef) -> None:
     held = data.tokens_in_run(ref)
     if held and held <= data.SAMPLE_TOKENS:

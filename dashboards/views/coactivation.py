@@ -24,6 +24,8 @@ def main() -> None:
         st.info("The run's model has no MoE layers.")
         return
     E = int((ref.info.get("model_args") or {}).get("n_routed_experts") or 0)
+    if ui.lacks_per_token(ref, "Co-activation and expert paths"):
+        return
     ui.caption_sample(ref)
 
     layer = ui.layer_picker(layers, "co_layer", ref=ref)

@@ -107,6 +107,8 @@ def domain_views(ref: data.RunRef) -> list[str]:
 def top_tokens(ref, layer: str, E: int, tops: pd.DataFrame) -> None:
     """An expert's most routed tokens (default: the first of `tops`), with snippets in context."""
     st.subheader("Top tokens of an expert")
+    if ui.lacks_per_token(ref, "An expert's top tokens"):
+        return
     lnum = data.layer_number(ref, layer)
     c1, c2 = st.columns([1, 3])
     default = int(tops.expert.iloc[0]) if len(tops) else 0
@@ -195,15 +197,7 @@ def token_dependence(ref: data.RunRef) -> None:
     """Held-out accuracy of predicting each layer's top-1 expert from the token id vs context baselines,
     and OLMoE's vocabulary specialisation for the input and the next token."""
     st.subheader("Token-id dependence")
-    missing = [t for t in ("tokens", "routing") if not data.has_table(ref, t)]
-    if missing:
-        # a record run of --router-logits none was told to record a run (a tour): to record it again, with routing
-        again = (ref.info.get("options") or {}).get("router_logits") == "none"
-        st.info(f"Token-id dependence needs the per-token `tokens` and `routing` tables, and run `{ref.name}` has "
-                f"no {' and no '.join(f'`{t}`' for t in missing)} table. "
-                + ("It was recorded with `--router-logits none`: record it again without it." if again else
-                   "Record a run with `dsv3-probe record` (a serving engine's per-pass or stat dump holds loads "
-                   "only)."), icon="ℹ️")
+    if ui.lacks_per_token(ref, "Token-id dependence"):
         return
     with ui.guard("the token-id dependence"):
         td, windows = research.token_dependence(ref)

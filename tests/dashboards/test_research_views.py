@@ -272,6 +272,36 @@ def test_a_record_without_routing_is_told_to_record_again_with_it(tmp_path):
         assert ("Record a run with `dsv3-probe record`" in info) is (option != "none"), info
 
 
+@pytest.mark.slow  # two pages of two runs
+def test_a_run_of_loads_only_gets_one_note_a_section_and_no_sample_caption(tmp_path):
+    """An SGLang stat dump holds loads only: Specialisation's top tokens and the Co-activation page drew
+    an expert picker, layer pickers and a caption of the '~250,000 tokens' sampled, then a 'has no
+    `tokens` table' box a widget (a browser tour). Each says once what it needs; a run with the
+    per-token tables draws them (the control)."""
+    from helpers.synthetic_run import write_run
+
+    for name in ("stat", "full"):
+        write_run(tmp_path / name, n_seq=2)
+        info = json.loads((tmp_path / name / "run.json").read_text())
+        info["model_args"] |= {"n_layers": 3, "n_dense_layers": 1}  # MoE layers 1 and 2, as the tables hold
+        (tmp_path / name / "run.json").write_text(json.dumps(
+            info | ({"kind": "import", "source": {"name": "sglang"}} if name == "stat" else {})))
+    for t in ("tokens", "routing"):
+        shutil.rmtree(tmp_path / "stat" / t)
+    need = ("needs the per-token `tokens` and `routing` tables, and run `stat` has no `tokens` and no `routing` "
+            "table. Record a run with `dsv3-probe record`")
+    for page, what, widget in (("specialisation", "An expert's top tokens", "sp_expert"),
+                               ("coactivation", "Co-activation and expert paths", "co_layer")):
+        at = app(tmp_path, "stat", page=page)
+        assert f"{what} {need}" in texts(at.info) and not at.error, texts(at.info)
+        assert "cannot show" not in texts(at.info), texts(at.info)
+        assert not any("Per-token view" in c.value for c in at.caption), texts(at.caption)
+        assert widget not in [w.key for w in [*at.get("number_input"), *at.selectbox]]
+        at = app(tmp_path, "full", page=page)
+        assert "needs the per-token" not in texts(at.info) and any("Per-token view" in c.value for c in at.caption)
+        assert widget in [w.key for w in [*at.get("number_input"), *at.selectbox]]
+
+
 def _info_only_run(run, **info) -> None:
     """A run of run.json alone (a spec run, an analysis-only run, an import): what the compare page's
     default partner must look past."""
