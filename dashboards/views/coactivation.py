@@ -46,10 +46,23 @@ def main() -> None:
                 title=f"{data.layer_label(ref, layer)}: co-activation N(Eᵢ, Eⱼ) / N(Eᵢ) over {len(ids):,} tokens "
                       f"(pairs within the top-{ids.shape[1]})",
                 height=560), key="coact")
-            st.caption("Row i: of the tokens that chose expert i, the share that also chose expert j "
-                       "(`analyses.metrics.coactivation`; the diagonal is left blank).")
+            st.caption(coactivation_caption(counts))
 
     paths(ref, layers)
+
+
+def coactivation_caption(counts: np.ndarray, most: int = 6) -> str:
+    """The heatmap's caption; `counts` [N]: the tokens that chose each expert. An expert no token chose
+    has a row of no value (0 / 0): on 300 tokens layer 1's expert 3 drew a white band across the
+    heatmap that the caption, naming only the diagonal as blank, left unexplained (a browser tour)."""
+    idle = [int(e) for e in np.flatnonzero(np.asarray(counts) == 0)]
+    blank = "the diagonal is left blank"
+    if idle:
+        named = ", ".join(map(str, idle[:most])) + (f" and {len(idle) - most} more" if len(idle) > most else "")
+        blank += (f", and so is the row of expert {named}, which no token chose" if len(idle) == 1 else
+                  f", and so are the rows of experts {named}, which no token chose")
+    return ("Row i: of the tokens that chose expert i, the share that also chose expert j "
+            f"(`analyses.metrics.coactivation`; {blank}).")
 
 
 def paths(ref: data.RunRef, layers: list[int]) -> None:

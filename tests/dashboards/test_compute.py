@@ -472,3 +472,16 @@ def test_a_running_run_is_compared_by_what_it_holds_not_its_plan(tmp_path):
     assert sample_note(done, half) is None  # the control below: a plan of twice as many, by the plan, warned
     twice = ref("done", "complete", {"tokens": 56, "tokens_per_domain": {"code": 28, "prose": 28}})
     assert "`done` 28 tokens" in sample_note(done, twice)
+
+
+def test_the_co_activation_caption_names_the_blank_rows_of_experts_no_token_chose():
+    """An expert that no token chose has a row of 0 / 0, drawn blank: on a 300-token run layer 1's
+    expert 3 left a white band across the heatmap that the caption did not explain (a browser tour)."""
+    from dashboards.views.coactivation import coactivation_caption
+
+    assert coactivation_caption(np.array([5, 2, 7])).endswith("(`analyses.metrics.coactivation`; the diagonal is "
+                                                               "left blank).")
+    assert coactivation_caption(np.array([5, 0, 7])).endswith(
+        "the diagonal is left blank, and so is the row of expert 1, which no token chose).")
+    many = coactivation_caption(np.array([0] * 8 + [3]))
+    assert many.endswith("and so are the rows of experts 0, 1, 2, 3, 4, 5 and 2 more, which no token chose).")
