@@ -27,6 +27,24 @@ def teacher_forced(ref: data.RunRef, colors: dict) -> None:
     m[0].metric("Agreement (all)", f"{tot:.1%}")
     m[1].metric("Mean acceptance length", f"{1 + tot:.2f}")
     m[2].metric("Positions", f"{int(d.positions.sum()):,}")
+    if len(d) == 1:  # one bar each, the headline's figure again (a one-domain run, a browser tour)
+        row = d.iloc[0]
+        st.caption(f"One domain (`{row.domain}`): its agreement is the figure above; its MTP loss "
+                   f"{row.mtp_loss:.3f} nats, MTP top-1 accuracy {row.accuracy:.1%}.")
+    else:
+        by_domain(d, colors)
+    p = data.mtp_by_position(ref)
+    series = {dom: (g.bucket, g.agree) for dom, g in p.groupby("domain")}
+    # each point is a bucket's mean, drawn at its first position: "position" alone read the first point as
+    # position 0's agreement (a tour)
+    size = data.mtp_bucket_size(ref)
+    st.plotly_chart(charts.lines(series, title="Agreement by position in the window",
+                                 xlabel=f"position (first of each bucket of {size})" if size > 1 else "position",
+                                 ylabel="agreement", colors=colors, fmt=".2%", markers=True), key="agree_pos")
+
+
+def by_domain(d, colors: dict) -> None:
+    """Agreement and MTP loss per domain, side by side."""
     left, right = st.columns(2)
     left.plotly_chart(charts.bars(d.domain, d.agree, title="Agreement by domain", xlabel="domain",
                                   ylabel="agreement", colors=[colors.get(x, "#888") for x in d.domain],
@@ -36,14 +54,6 @@ def teacher_forced(ref: data.RunRef, colors: dict) -> None:
                                    ylabel="loss", colors=[colors.get(x, "#888") for x in d.domain], fmt=".3f",
                                    hover_extra=[f"MTP top-1 accuracy {a:.1%}" for a in d.accuracy]),
                        key="loss_domain")
-    p = data.mtp_by_position(ref)
-    series = {dom: (g.bucket, g.agree) for dom, g in p.groupby("domain")}
-    # each point is a bucket's mean, drawn at its first position: "position" alone read the first point as
-    # position 0's agreement (a tour)
-    size = data.mtp_bucket_size(ref)
-    st.plotly_chart(charts.lines(series, title="Agreement by position in the window",
-                                 xlabel=f"position (first of each bucket of {size})" if size > 1 else "position",
-                                 ylabel="agreement", colors=colors, fmt=".2%", markers=True), key="agree_pos")
 
 
 def speculative(ref: data.RunRef, colors: dict) -> None:

@@ -402,6 +402,29 @@ def test_mtp_agreement_is_over_positions_and_the_drafts_are_counted(page_runs):
     assert array(fig["data"][0]["y"])[0] == pytest.approx(first[first.pos < size].agree.mean())
 
 
+def test_mtp_of_one_domain_says_its_figures_instead_of_one_bar_each(page_runs, tmp_path):
+    """A one-domain run drew 'Agreement by domain' and 'MTP loss by domain' with one bar each, the
+    first the headline figure again (a browser tour): a caption gives the domain's loss instead."""
+    import shutil
+
+    run = shutil.copytree(page_runs / "a", tmp_path / "one")
+    for f in (run / "mtp").glob("*.parquet"):
+        t = pq.read_table(f)
+        pq.write_table(t.filter(pc.equal(t.column("domain"), "code")), f)
+    mtp = pq.read_table(run / "mtp").to_pandas()
+    assert len(mtp) and set(mtp.domain) == {"code"}
+    at = app(tmp_path, "one", page="mtp")
+    ids = [c.proto.id for c in at.get("plotly_chart")]
+    assert not any(i.endswith("-agree_domain") or i.endswith("-loss_domain") for i in ids), ids
+    assert any(i.endswith("-agree_pos") for i in ids) and not at.error
+    assert (f"One domain (`code`): its agreement is the figure above; its MTP loss {mtp.mtp_loss.mean():.3f} nats"
+            in texts(at.caption)), texts(at.caption)
+    at = app(page_runs, "a", page="mtp")  # the control: two domains, both charts
+    ids = [c.proto.id for c in at.get("plotly_chart")]
+    assert any(i.endswith("-agree_domain") for i in ids) and any(i.endswith("-loss_domain") for i in ids)
+    assert "One domain" not in texts(at.caption)
+
+
 def test_ablations_show_the_latest_command_sorted_with_shares_of_every_moe_layers_experts(page_runs):
     ab = pq.read_table(page_runs / "a" / "ablations" / "sweep.parquet").to_pandas()
     at = app(page_runs, "a", page="ablations")
