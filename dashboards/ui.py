@@ -251,6 +251,22 @@ def lacks_per_token(ref: data.RunRef, what: str) -> bool:
     return bool(missing)
 
 
+ENGINES = {"sglang": "SGLang"}  # run.json source names as the engines spell themselves
+
+
+def engine_lacks(ref: data.RunRef, tables: tuple[str, ...], what: str) -> bool:
+    """Whether `ref` is a serving engine's import without any of `tables`, which its dumps never hold;
+    if so, one note says so. An SGLang import's Latent KV page said 'has no `kv_spectrum` table' and
+    'has no `kv_stats` table' in a box each, its MTP page 'has no `mtp` table' above a hint to run
+    `dsv3-probe spec` on it: read as lost tables, or as a flag the import missed (a browser tour)."""
+    source = (ref.info.get("source") or {}).get("name")
+    if not source or any(data.has_table(ref, t) for t in tables):
+        return False
+    st.info(f"Run `{ref.name}` is imported from {ENGINES.get(source, source)}'s dumps, which record expert loads (and, per token, "
+            f"routing), not {what}: record a run with `dsv3-probe record` for this page.", icon="ℹ️")
+    return True
+
+
 def caption_sample(ref: data.RunRef) -> None:
     held = data.tokens_in_run(ref)
     if held and held <= data.SAMPLE_TOKENS:

@@ -40,7 +40,7 @@ def spectrum(ref: data.RunRef) -> None:
 def main() -> None:
     st.title("Latent KV")
     ref = ui.selected_run(("probe",))
-    if ref is None:
+    if ref is None or ui.engine_lacks(ref, ("kv_spectrum", "kv_stats"), "the attention's latent KV"):
         return
     with ui.guard("the latent spectrum"):
         spectrum(ref)

@@ -101,7 +101,7 @@ def speculative(ref: data.RunRef, colors: dict) -> None:
 def main() -> None:
     st.title("MTP")
     ref = ui.selected_run(("probe",))
-    if ref is None:
+    if ref is None or ui.engine_lacks(ref, ("mtp", "spec_decode"), "the MTP module's drafts"):
         return
     colors = ui.domain_colors()
     with ui.guard("the teacher-forced MTP agreement"):

@@ -302,6 +302,29 @@ def test_a_run_of_loads_only_gets_one_note_a_section_and_no_sample_caption(tmp_p
         assert widget in [w.key for w in [*at.get("number_input"), *at.selectbox]]
 
 
+@pytest.mark.slow  # two pages of two runs
+def test_an_import_says_once_that_its_dumps_hold_no_latents_or_drafts(tmp_path):
+    """An SGLang import's Latent KV page said 'has no `kv_spectrum` table' and 'has no `kv_stats`
+    table' in a box each, its MTP page 'has no `mtp` table' above a hint to run `dsv3-probe spec` on it
+    (a browser tour): one note now says a serving engine's dumps hold neither. A recorded run without
+    the tables keeps the missing-table notes (the control)."""
+    from helpers.synthetic_run import write_run
+
+    for name in ("served", "recorded"):
+        write_run(tmp_path / name, n_seq=2)  # routing and loads; no kv_stats, kv_spectrum or mtp
+        info = json.loads((tmp_path / name / "run.json").read_text())
+        if name == "served":
+            info |= {"kind": "import", "source": {"name": "sglang"}}
+        (tmp_path / name / "run.json").write_text(json.dumps(info))
+    for page, what in (("latent_kv", "the attention's latent KV"), ("mtp", "the MTP module's drafts")):
+        at = app(tmp_path, "served", page=page)
+        assert texts(at.info) == (f"Run `served` is imported from SGLang's dumps, which record expert loads (and, per "
+                                  f"token, routing), not {what}: record a run with `dsv3-probe record` for this page.")
+        assert not at.caption or "dsv3-probe spec" not in texts(at.caption)
+        at = app(tmp_path, "recorded", page=page)
+        assert "has no `" in texts(at.info) and "imported" not in texts(at.info), texts(at.info)
+
+
 def _info_only_run(run, **info) -> None:
     """A run of run.json alone (a spec run, an analysis-only run, an import): what the compare page's
     default partner must look past."""
