@@ -248,7 +248,19 @@ def tokens_in_run(ref: RunRef) -> int | None:
         return int(recorded_tokens(ref).tokens.sum())
     if i.get("status") != "complete" and i.get("planned") and not i.get("recorded"):
         return 0
-    return (i.get("recorded") or {}).get("tokens") or (i.get("planned") or {}).get("tokens")
+    held = (i.get("recorded") or {}).get("tokens") or (i.get("planned") or {}).get("tokens")
+    if held is None and i.get("kind") == "import" and has_table(ref, "expert_load"):
+        return imported_tokens(ref)  # counts alone (SGLang stat, per_pass): the runs table said None
+    return held
+
+
+@cached
+def imported_tokens(ref: RunRef) -> int | None:
+    """The tokens of an import of counts: each pass's `expert_load.tokens` (its assignments in the first
+    MoE layer / the top-k, probe/schema.py), one a pass and domain, summed over the passes."""
+    n = query(ref, "select sum(tokens)::bigint as n from (select distinct step, domain, tokens from expert_load "
+                   "where layer = (select min(layer) from expert_load))", ("expert_load",)).n.iloc[0]
+    return None if pd.isna(n) else int(n)
 
 
 @cached

@@ -52,6 +52,15 @@ def metric(at, label: str) -> float:
     return float(next(m.value for m in at.metric if m.label.split(" (")[0] == label))
 
 
+def test_the_runs_table_gives_an_import_of_counts_its_tokens(imported):
+    """A stat or per_pass import records no tokens table and run.json no token count: the Overview's runs
+    table showed its tokens as None (a tour); they are its passes' (assignments / top-k), as per_token's."""
+    at = app(imported["runs"], "per_pass")
+    table = at.dataframe[0].value
+    tokens = dict(zip(table.run, table.tokens))
+    assert tokens == {"stat": 193, "per_pass": 193, "per_token": 193}, tokens
+
+
 def test_serving_replays_the_dumps_placement(imported, tmp_path):
     at = app(imported["runs"], "per_pass", page="serving")
     assert not at.error and not at.warning, (texts(at.error), texts(at.warning))
