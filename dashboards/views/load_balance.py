@@ -125,7 +125,8 @@ def load_and_bias(ref: data.RunRef, layer: str, rel_E, raw_E, E: int, what: str 
         st.caption("The balancing bias is zero for every expert: a model trained without aux-loss-free "
                    "balancing, or one whose bias was zeroed (e.g. `analyses.variants no-router-bias`).")
     elif (ref.info.get("source") or {}).get("name"):
-        st.caption("No balancing bias: a serving engine's dump records loads and routes, not the router's bias.")
+        held = "loads and routes" if data.has_table(ref, "routing") else "loads"  # a stat or per_pass dump: loads only
+        st.caption(f"No balancing bias: a serving engine's dump records {held}, not the router's bias.")
     else:
         st.caption("No balancing bias found (the checkpoint is not readable from here, or has none).")
 

@@ -61,6 +61,15 @@ def test_the_runs_table_gives_an_import_of_counts_its_tokens(imported):
     assert tokens == {"stat": 193, "per_pass": 193, "per_token": 193}, tokens
 
 
+def test_the_load_balance_page_says_what_each_dump_records(imported):
+    """'a serving engine's dump records loads and routes' was said of a stat dump too, which holds loads
+    only (a tour)."""
+    for name, held in (("stat", "loads,"), ("per_pass", "loads,"), ("per_token", "loads and routes,")):
+        at = app(imported["runs"], name, page="load_balance")
+        cap = " ".join(c.value for c in at.caption)
+        assert f"No balancing bias: a serving engine's dump records {held} not the router's bias." in cap, (name, cap)
+
+
 def test_serving_replays_the_dumps_placement(imported, tmp_path):
     at = app(imported["runs"], "per_pass", page="serving")
     assert not at.error and not at.warning, (texts(at.error), texts(at.warning))
