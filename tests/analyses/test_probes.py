@@ -149,3 +149,21 @@ def test_a_draw_keeps_a_training_token_of_every_domain(tmp_path):
     assert len(set(d[rows][~test[rows]])) == 3  # this draw holds every domain: as before
     got = M.domain_probe_from_run(tmp_path / "r", layers=[1], max_rows=20).iloc[0]
     assert got.accuracy == pytest.approx(M.linear_probe(x[rows], d[rows], test[rows])["accuracy"])
+
+
+def test_balanced_accuracy_of_a_label_the_held_out_tokens_lack_is_mean_recall_without_a_warning():
+    """A probe that predicts a label no held-out token has (a domain with training tokens and none held
+    out, common on small runs): balanced accuracy is the mean recall over the held-out labels, by hand,
+    and scikit-learn's 'y_pred contains classes not in y_true' warning no longer reaches the user."""
+    import warnings
+
+    x = np.array([[0.0], [0.1], [1.0], [1.1], [2.0], [2.1], [0.05], [1.05], [2.05], [0.02]], np.float32)
+    y = np.array(["a", "a", "b", "b", "c", "c", "a", "b", "c", "a"])
+    test = np.zeros(len(y), bool)
+    test[[6, 7]] = True  # held out: one a, one b; c is trained on only
+    x_test = x.copy()
+    x_test[7] = 2.05  # the b token looks like c: predicted c, a label no held-out token has
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = M.linear_probe(np.where(test[:, None], x_test, x), y, test)
+    assert got["accuracy"] == 0.5 and got["balanced_accuracy"] == 0.5  # recall a 1, b 0: mean 0.5
