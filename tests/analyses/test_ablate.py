@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from analyses.ablate import Ablation, RouterShape, ablated, check_routable, evaluate
-from helpers.ablate_batches import random_batches
+from helpers.ablate_batches import random_batches, routed_by_hand
 
 torch.set_num_threads(1)
 IDS = "layers.*.ffn.gate.hook_topk_ids"
@@ -46,16 +46,10 @@ def test_reroute_equals_a_reference_router(tiny, tokens):
     with ablated(tiny, {1: sorted(off)}):
         _, cache = tiny.run_with_cache(tokens, names="layers.1.ffn.gate.hook_*")
     logits, bias = cache["layers.1.ffn.gate.hook_logits"].double(), gate.bias.double()
-    per_group, K = 16 // gate.n_groups, gate.topk
     for t in range(0, logits.shape[0], 7):
         score = [1 / (1 + np.exp(-float(v))) for v in logits[t]]
         sel = {e: score[e] + float(bias[e]) for e in range(16) if e not in off}
-        gscore = {}
-        for g in range(gate.n_groups):
-            best = sorted((sel[e] for e in range(g * per_group, (g + 1) * per_group) if e in sel), reverse=True)
-            gscore[g] = best[0] + best[1] if len(best) >= 2 else float("-inf")
-        groups = sorted(gscore, key=gscore.get, reverse=True)[: gate.topk_groups]
-        ids = sorted((e for e in sel if e // per_group in groups), key=sel.get, reverse=True)[:K]
+        ids = routed_by_hand(sel, gate)
         assert cache["layers.1.ffn.gate.hook_topk_ids"][t].tolist() == ids and 7 not in ids
         w = np.array([score[e] for e in ids])
         np.testing.assert_allclose(cache["layers.1.ffn.gate.hook_topk_weights"][t].numpy(),

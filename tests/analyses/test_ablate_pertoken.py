@@ -19,6 +19,7 @@ from analyses.ablate import run as run_module
 from analyses.ablate.__main__ import ablations_from_args, main, parser
 from analyses.ablate.pertoken import max_token_top, token_top_hooks
 from probe.recorders import Batch
+from helpers.ablate_batches import routed_by_hand
 from probe.windows import Window
 
 torch.set_num_threads(1)
@@ -114,7 +115,6 @@ def test_reroute_masks_each_tokens_own_top_r_and_routes_the_rest_as_the_gate(tin
     base = _gate_cache(tiny, tokens, [])
     got = _gate_cache(tiny, tokens, token_top_hooks(tiny, r, [1]))
     score, bias = got["hook_scores"].double(), gate.bias.double()
-    per_group, K = 16 // gate.n_groups, gate.topk
     masked, first = set(), 0
     for t in range(score.shape[0]):
         off = set(sorted(range(16), key=lambda e: -float(score[t, e] + bias[e]))[:r])
@@ -124,12 +124,7 @@ def test_reroute_masks_each_tokens_own_top_r_and_routes_the_rest_as_the_gate(tin
             assert off == set(chosen[:r])
             first += 1
         sel = {e: float(score[t, e] + bias[e]) for e in range(16) if e not in off}
-        gscore = {}
-        for g in range(gate.n_groups):
-            best = sorted((sel[e] for e in range(g * per_group, (g + 1) * per_group) if e in sel), reverse=True)
-            gscore[g] = best[0] + best[1] if len(best) >= 2 else float("-inf")
-        groups = sorted(gscore, key=gscore.get, reverse=True)[: gate.topk_groups]
-        ids = sorted((e for e in sel if e // per_group in groups), key=sel.get, reverse=True)[:K]
+        ids = routed_by_hand(sel, gate)
         assert got["hook_topk_ids"][t].tolist() == ids
         w = np.array([float(score[t, e]) for e in ids])
         np.testing.assert_allclose(got["hook_topk_weights"][t].numpy(), w / w.sum() * gate.route_scale, rtol=1e-5)
