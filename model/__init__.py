@@ -7,6 +7,7 @@
     with model.frozen_weights(m):                     # weights held still: oneDNN reads them pre-packed
         logits = m(tokens)
     stats = m(tokens, targets=next_ids)               # model.TokenStats(nll, top1): no [B, S, V] logits
+    logits, report = model.patch_experts(m, corrupted, clean_cache)   # patching by expert id (model.patching)
 """
 
 from .args import ConfigError, InputError, ModelArgs
@@ -16,7 +17,9 @@ from .head_stats import TokenStats
 from .saving import save
 from .hooks import HookError, HookPoint
 from .parallel import ParallelError
+from .patching import ExpertPatchReport, patch_experts
 from .transformer import MTP, Block, Transformer
 
 __all__ = ["ModelArgs", "ConfigError", "Transformer", "Block", "MTP", "HookPoint", "HookError", "load", "save",
-           "CheckpointError", "ParallelError", "InputError", "frozen_weights", "TokenStats"]
+           "CheckpointError", "ParallelError", "InputError", "frozen_weights", "TokenStats",
+           "patch_experts", "ExpertPatchReport"]

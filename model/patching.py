@@ -1,0 +1,147 @@
+"""Activation patching on the hook points (model/hooks.py): a clean run's activations written into a
+corrupted run, to find where the difference between them is carried.
+
+    _, clean = m.run_with_cache(clean_tokens, names=model.patching.EXPERT_NAMES)
+    logits, report = model.patch_experts(m, corrupted_tokens, clean, experts=[3])
+
+`hook_expert_out` is [T, K, D] in each token's top-k SLOT order, so the same slot of two runs holds
+different experts wherever their routing differs: `patch_experts` matches the slots by expert id.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+
+from .hooks import HookError, HookPoint
+
+# what a clean cache needs for patch_experts: each MoE layer's chosen experts and their outputs
+EXPERT_NAMES = ["layers.*.ffn.gate.hook_topk_ids", "layers.*.ffn.experts.hook_expert_out"]
+_EXPERT_OUT = re.compile(r"layers\.(\d+)\.ffn\.experts\.hook_expert_out")
+
+
+@dataclass
+class ExpertPatchReport:
+    """What `patch_experts` did, per MoE layer: `patched[L]` (token, expert) pairs took the clean run's
+    output; `not_patched[L]` pairs the corrupted run routed to a chosen expert that the clean run did not
+    choose for that token (no clean output to take: left as they were)."""
+    patched: dict[int, int] = field(default_factory=dict)
+    not_patched: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def n_patched(self) -> int:
+        return sum(self.patched.values())
+
+    @property
+    def n_not_patched(self) -> int:
+        return sum(self.not_patched.values())
+
+
+def patch_experts(model, tokens: torch.Tensor, clean_cache, *, layers: Iterable[int] | None = None,
+                  experts: Iterable[int] | None = None, positions: Iterable[int] | None = None,
+                  **forward_kwargs) -> tuple[torch.Tensor, ExpertPatchReport]:
+    """Run `model(tokens, **forward_kwargs)` (the corrupted input) with routed experts' outputs patched
+    in from `clean_cache` BY EXPERT ID: where this run routes token t to expert e in some slot and the
+    clean run chose e for t too, that slot's output becomes the clean run's output of e for t. Returns
+    (logits, ExpertPatchReport).
+
+    `clean_cache`: `run_with_cache(clean_tokens, names=EXPERT_NAMES)` (both points of every layer
+    patched) on tokens of the same [B, S]. `layers`: MoE layer numbers (None: every MoE layer);
+    `experts`: expert ids (None: all); `positions`: sequence positions, of every row (None: all).
+    The routing compared is this run's own at each layer, as patches in earlier layers left it."""
+    B, S = _batch_shape(tokens, "tokens")
+    moe_layers = [int(m[1]) for n in model.hook_names() if (m := _EXPERT_OUT.fullmatch(n))]
+    picked = moe_layers if layers is None else _ints(layers, "layers")
+    if bad := [L for L in picked if L not in moe_layers]:
+        raise ValueError(f"patch_experts: layers={bad[0]} is not an MoE layer of this model (its MoE layers: "
+                         f"{moe_layers})")
+    E = model.hook_points[f"layers.{moe_layers[0]}.ffn.gate.hook_topk_ids"].index_bound if moe_layers else 0
+    want_e = None if experts is None else _ints(experts, "experts")
+    if want_e is not None and (bad := [e for e in want_e if not 0 <= e < E]):
+        raise ValueError(f"patch_experts: experts={bad[0]} is outside this model's [0, {E})")
+    rows = None
+    if positions is not None:
+        pos = _ints(positions, "positions")
+        if bad := [p for p in pos if not 0 <= p < S]:
+            raise ValueError(f"patch_experts: positions={bad[0]} is outside the tokens' [0, {S})")
+        rows = (torch.arange(B)[:, None] * S + torch.tensor(pos, dtype=torch.long)[None]).flatten()
+    report = ExpertPatchReport()
+    live: dict[int, torch.Tensor] = {}  # this run's ids at each layer, read as its router passes them
+    hooks = []
+    for L in picked:
+        clean_ids, clean_out = _clean_pair(clean_cache, L, B * S)
+        hooks.append((f"layers.{L}.ffn.gate.hook_topk_ids", _keep_ids(live, L)))
+        hooks.append((f"layers.{L}.ffn.experts.hook_expert_out",
+                      _expert_patch(live, L, clean_ids, clean_out, want_e, rows, report)))
+    with model.hooks(hooks):
+        logits = model(tokens, **forward_kwargs)
+    return logits, report
+
+
+def _keep_ids(live: dict, L: int) -> Callable:
+    def keep(ids: torch.Tensor, hook: HookPoint) -> None:
+        live[L] = ids.clone()  # a later hook on the point edits its own copy, not ours
+    return keep
+
+
+def _expert_patch(live: dict, L: int, clean_ids: torch.Tensor, clean_out: torch.Tensor, want_e, rows, report):
+    """The hook on layer L's hook_expert_out: slot k of token t takes the clean output of expert
+    ids[t, k] where the clean run chose it for t, among the chosen experts and positions."""
+    def patch(out: torch.Tensor, hook: HookPoint) -> torch.Tensor:
+        ids = live[L]  # [T, K]
+        if out.shape != clean_out.shape:
+            raise ValueError(f"patch_experts: {hook.name} is {tuple(out.shape)} in this run but "
+                             f"{tuple(clean_out.shape)} in the clean cache: patch runs of the same [B, S]")
+        match = ids[:, :, None] == clean_ids.to(ids.device)[:, None, :]  # [T, K (ours), K (clean)]
+        found = match.any(-1)  # [T, K]: the clean run chose this slot's expert for this token
+        asked = torch.ones_like(found)
+        if want_e is not None:
+            asked &= torch.isin(ids, torch.tensor(want_e, device=ids.device))
+        if rows is not None:
+            in_rows = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+            asked &= in_rows.index_fill_(0, rows.to(ids.device), True)[:, None]
+        take = found & asked
+        src = match.long().argmax(-1)  # [T, K]: the clean slot that holds the same expert
+        clean_here = clean_out.to(out.device).gather(1, src[..., None].expand_as(out))
+        report.patched[L] = report.patched.get(L, 0) + int(take.sum())
+        report.not_patched[L] = report.not_patched.get(L, 0) + int((asked & ~found).sum())
+        return torch.where(take[..., None], clean_here, out)
+    return patch
+
+
+def _clean_pair(cache, L: int, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Layer L's clean (ids [T, K], outputs [T, K, D]) from the cache; a one-line error naming what is
+    missing or of the wrong shape."""
+    names = (f"layers.{L}.ffn.gate.hook_topk_ids", f"layers.{L}.ffn.experts.hook_expert_out")
+    got = []
+    for n in names:
+        if n not in cache:
+            raise HookError(f"patch_experts: the clean cache lacks {n}: make it with "
+                            f"run_with_cache(clean_tokens, names=model.patching.EXPERT_NAMES)")
+        got.append(cache[n])
+    ids, out = got
+    if ids.shape != out.shape[:2] or ids.shape[0] != T:
+        raise ValueError(f"patch_experts: the clean cache's {names[0]} is {tuple(ids.shape)} and {names[1]} "
+                         f"{tuple(out.shape)}; the tokens patched have {T} (B*S) rows: patch runs of the same [B, S]")
+    return ids, out
+
+
+def _batch_shape(tokens, what: str) -> tuple[int, int]:
+    if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2:
+        shape = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+        raise ValueError(f"{what}: expected token ids [B, S], got {shape}")
+    return tokens.shape[0], tokens.shape[1]
+
+
+def _ints(values, what: str) -> list[int]:
+    values = [values] if isinstance(values, int) else values
+    try:
+        out = [int(v) for v in values]
+    except (TypeError, ValueError):
+        raise ValueError(f"{what}={values!r}: expected an int or a list of ints") from None
+    if not out:
+        raise ValueError(f"{what}=[]: names nothing to patch (None means all)")
+    return out
