@@ -8,6 +8,7 @@
         logits = m(tokens)
     stats = m(tokens, targets=next_ids)               # model.TokenStats(nll, top1): no [B, S, V] logits
     logits, report = model.patch_experts(m, corrupted, clean_cache)   # patching by expert id (model.patching)
+    table = model.patch_sweep(m, clean, corrupted, "layers.*.hook_resid_post", metric)  # a DataFrame
 """
 
 from .args import ConfigError, InputError, ModelArgs
@@ -17,9 +18,9 @@ from .head_stats import TokenStats
 from .saving import save
 from .hooks import HookError, HookPoint
 from .parallel import ParallelError
-from .patching import ExpertPatchReport, patch_experts
+from .patching import ExpertPatchReport, patch_experts, patch_sweep
 from .transformer import MTP, Block, Transformer
 
 __all__ = ["ModelArgs", "ConfigError", "Transformer", "Block", "MTP", "HookPoint", "HookError", "load", "save",
            "CheckpointError", "ParallelError", "InputError", "frozen_weights", "TokenStats",
-           "patch_experts", "ExpertPatchReport"]
+           "patch_experts", "ExpertPatchReport", "patch_sweep"]

@@ -3,6 +3,7 @@ corrupted run, to find where the difference between them is carried.
 
     _, clean = m.run_with_cache(clean_tokens, names=model.patching.EXPERT_NAMES)
     logits, report = model.patch_experts(m, corrupted_tokens, clean, experts=[3])
+    table = model.patch_sweep(m, clean_tokens, corrupted_tokens, "layers.*.hook_resid_post", metric)
 
 `hook_expert_out` is [T, K, D] in each token's top-k SLOT order, so the same slot of two runs holds
 different experts wherever their routing differs: `patch_experts` matches the slots by expert id.
@@ -11,6 +12,7 @@ different experts wherever their routing differs: `patch_experts` matches the sl
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -145,3 +147,100 @@ def _ints(values, what: str) -> list[int]:
     if not out:
         raise ValueError(f"{what}=[]: names nothing to patch (None means all)")
     return out
+
+
+def patch_sweep(model, clean_tokens: torch.Tensor, corrupted_tokens: torch.Tensor, names,
+                metric: Callable[[torch.Tensor], float], positions: str | Iterable[int] | None = None,
+                **forward_kwargs):
+    """Patch the clean run's activations into the corrupted run one hook point at a time (and with
+    `positions`, one position at a time), and score each patched run's logits with `metric(logits)`
+    (TransformerLens's `patching`). Returns a pandas DataFrame, a row per patched run in forward order:
+    name, position (<NA> where the whole tensor was patched), metric, and the unpatched clean and
+    corrupted runs' metric.
+
+    `names`: a hook point name, a glob or a list of them (as `run_with_cache`'s). `positions`: None (the
+    whole tensor), "each" (every position of [B, S] in turn, all rows at once) or a list of positions.
+    A position is a sequence position: row b*S + s of the router's [T, ...] points, query s of
+    `hook_pattern`. Runs of the same [B, S] only; `forward_kwargs` go to every forward."""
+    import pandas as pd
+
+    if not isinstance(clean_tokens, torch.Tensor) or not isinstance(corrupted_tokens, torch.Tensor) \
+            or clean_tokens.shape != corrupted_tokens.shape:
+        shapes = [list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                  for t in (clean_tokens, corrupted_tokens)]
+        raise ValueError(f"patch_sweep: clean_tokens {shapes[0]} and corrupted_tokens {shapes[1]} differ in shape: "
+                         "patching needs runs of the same [B, S]")
+    B, S = _batch_shape(clean_tokens, "patch_sweep: clean_tokens")
+    picked = model._resolve(names)
+    if bad := [n for n in picked if n.endswith("hook_expert_out")]:
+        raise ValueError(f"patch_sweep: {bad[0]} is in top-k slot order, which differs between runs routed "
+                         "differently: patch experts by id with model.patch_experts")
+    pos = _sweep_positions(positions, S)
+    score = _scorer(metric)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "run_with_cache: .* not reached")  # refused below, by name
+        clean_logits, cache = model.run_with_cache(clean_tokens, names=picked, **forward_kwargs)
+        if missed := [n for n in picked if n not in cache]:
+            raise ValueError(f"patch_sweep: {len(missed)} of the points named were not reached by the clean run "
+                             f"(e.g. {missed[0]}; the MTP module runs only with mtp=True): name points it reaches")
+        clean, corrupted = score(clean_logits), score(model(corrupted_tokens, **forward_kwargs))
+        rows = []
+        for name in picked:
+            for p in pos:
+                hook = _replace(cache[name], None if p is None else _position_index(name, cache[name].shape, B, S, p))
+                logits = model.run_with_hooks(corrupted_tokens, fwd_hooks=[(name, hook)], **forward_kwargs)
+                rows.append((name, p, score(logits)))
+    table = pd.DataFrame(rows, columns=["name", "position", "metric"])
+    table["position"] = table["position"].astype("Int64")
+    return table.assign(clean=clean, corrupted=corrupted)
+
+
+def _sweep_positions(positions, S: int) -> list[int | None]:
+    if positions is None:
+        return [None]
+    if positions == "each":
+        return list(range(S))
+    if isinstance(positions, str):
+        raise ValueError(f"patch_sweep: positions={positions!r}: expected None, 'each' or a list of positions")
+    pos = _ints(positions, "patch_sweep: positions")
+    if bad := [p for p in pos if not 0 <= p < S]:
+        raise ValueError(f"patch_sweep: positions={bad[0]} is outside the tokens' [0, {S})")
+    return pos
+
+
+def _scorer(metric: Callable) -> Callable[[torch.Tensor], float]:
+    if not callable(metric):
+        raise ValueError(f"patch_sweep: metric must be a callable metric(logits) -> float, got {type(metric).__name__}")
+
+    def score(logits: torch.Tensor) -> float:
+        value = metric(logits)
+        try:
+            return float(value)
+        except (TypeError, ValueError, RuntimeError):
+            got = f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(f"patch_sweep: metric(logits) returned {got}; it must return one number") from None
+    return score
+
+
+def _position_index(name: str, shape: torch.Size, B: int, S: int, p: int) -> tuple:
+    """The index of sequence position `p` in hook point `name`'s tensor of `shape`."""
+    if ".ffn.gate.hook_" in name:  # the router's points: [T, ...], row b*S + s
+        return (torch.arange(B) * S + p,)
+    if name.endswith("hook_pattern"):  # [B, H, S, T]: position s's query
+        return (slice(None), slice(None), p)
+    if tuple(shape[:2]) != (B, S):
+        raise ValueError(f"patch_sweep: {name} is {tuple(shape)}, not [B, S, ...] = [{B}, {S}, ...]: patch it "
+                         "whole (positions=None)")
+    return (slice(None), p)
+
+
+def _replace(clean: torch.Tensor, index: tuple | None) -> Callable:
+    """A hook that returns the clean tensor (a copy: a later hook may edit it in place), or the
+    corrupted one with `index` taken from the clean one."""
+    def hook(t: torch.Tensor, hook: HookPoint) -> torch.Tensor:
+        if index is None:
+            return clean.clone()
+        out = t.clone()
+        out[index] = clean[index]
+        return out
+    return hook

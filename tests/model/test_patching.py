@@ -3,6 +3,7 @@ where the clean and corrupted runs route differently."""
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 
@@ -104,3 +105,73 @@ def test_bad_input_is_one_line_naming_it(tiny, pair):
         patching.patch_experts(tiny, corrupted, cc, positions=[10])
     with pytest.raises(ValueError, match=r"hook_topk_ids is \(20, 4\).*the tokens patched have 18 \(B\*S\) rows"):
         patching.patch_experts(tiny, corrupted[:, :9], cc)
+
+
+def metric(logits: torch.Tensor) -> torch.Tensor:
+    """The last position's logit of token 5 less token 7's, over the batch."""
+    return (logits[:, -1, 5] - logits[:, -1, 7]).mean()
+
+
+def by_hand_sweep(m, clean, corrupted, names, positions):
+    """(name, position, metric) of each run patched from the clean one by a hook written out here."""
+    _, cache = m.run_with_cache(clean, names=names)
+    rows = []
+    for name in [n for n in m.hook_names() if n in names]:  # in forward order, as the sweep
+        for p in positions:
+            def hook(t, h, name=name, p=p):
+                if p is None:
+                    return cache[name]
+                out = t.clone()
+                if ".gate." in name:  # [B*S, E]
+                    out.view(2, 10, -1)[:, p] = cache[name].view(2, 10, -1)[:, p]
+                else:
+                    out[:, p] = cache[name][:, p]
+                return out
+            with torch.no_grad():
+                rows.append((name, p, float(metric(m.run_with_hooks(corrupted, fwd_hooks=[(name, hook)])))))
+    return rows
+
+
+def test_a_sweep_is_the_hand_loop(tiny, pair):
+    clean, corrupted = pair
+    names = ["layers.1.hook_resid_pre", "layers.2.hook_resid_post", "layers.1.ffn.gate.hook_scores"]
+    for positions, each in ((None, [None]), ("each", range(10)), ([2, 6], [2, 6])):
+        table = patching.patch_sweep(tiny, clean, corrupted, names, metric, positions=positions)
+        want = by_hand_sweep(tiny, clean, corrupted, names, each)
+        assert list(table.columns) == ["name", "position", "metric", "clean", "corrupted"]
+        assert table["name"].tolist() == [n for n, _, _ in want]
+        assert [None if p is pd.NA else p for p in table["position"].tolist()] == [p for _, p, _ in want]
+        assert table["metric"].tolist() == pytest.approx([v for _, _, v in want], rel=1e-6, abs=1e-6)
+    with torch.no_grad():
+        assert table["clean"].unique().tolist() == pytest.approx([float(metric(tiny(clean)))])
+        assert table["corrupted"].unique().tolist() == pytest.approx([float(metric(tiny(corrupted)))])
+
+
+def test_a_sweep_moves_the_metric_only_where_the_runs_differ(tiny, pair):
+    """Negative control: the embedding patched at positions 0..2, where the two inputs are the same
+    tokens, leaves the corrupted metric as it was; at 3..9 it moves it; the last block's output at the
+    last position, the metric's, is the clean metric itself. A glob picks the points in forward order."""
+    clean, corrupted = pair
+    table = patching.patch_sweep(tiny, clean, corrupted, "hook_embed", metric, positions="each")
+    moved = (table["metric"] - table["corrupted"]).abs()
+    assert (moved[:3] == 0).all() and (moved[3:] > 1e-6).all()
+    table = patching.patch_sweep(tiny, clean, corrupted, "layers.*.hook_resid_post", metric, positions=[9])
+    assert table["name"].tolist() == [f"layers.{i}.hook_resid_post" for i in range(3)]
+    assert table["metric"].iloc[-1] == pytest.approx(table["clean"].iloc[-1], rel=1e-6)
+    assert abs(table["clean"].iloc[0] - table["corrupted"].iloc[0]) > 1e-3
+
+
+def test_bad_sweep_input_is_one_line_naming_it(tiny, pair):
+    clean, corrupted = pair
+    with pytest.raises(ValueError, match=r"clean_tokens \[2, 10\] and corrupted_tokens \[2, 9\] differ in shape"):
+        patching.patch_sweep(tiny, clean, corrupted[:, :9], "hook_embed", metric)
+    with pytest.raises(ValueError, match=r"hook_expert_out is in top-k slot order.*model.patch_experts"):
+        patching.patch_sweep(tiny, clean, corrupted, "layers.1.ffn.experts.hook_expert_out", metric)
+    with pytest.raises(ValueError, match=r"not reached by the clean run \(e.g. mtp.0.hook_in"):
+        patching.patch_sweep(tiny, clean, corrupted, "mtp.0.hook_in", metric)
+    with pytest.raises(ValueError, match=r"metric\(logits\) returned a tensor of shape \(2, 10, 512\)"):
+        patching.patch_sweep(tiny, clean, corrupted, "hook_embed", lambda logits: logits)
+    with pytest.raises(ValueError, match=r"positions='all': expected None, 'each' or a list"):
+        patching.patch_sweep(tiny, clean, corrupted, "hook_embed", metric, positions="all")
+    with pytest.raises(model.HookError, match=r"no hook point named 'hook_embedd'"):
+        patching.patch_sweep(tiny, clean, corrupted, "hook_embedd", metric)
