@@ -82,6 +82,27 @@ def test_the_readme_python_runs_and_its_comments_hold(readme):
     assert {"expert_load", "tokens"} <= set(ns["run"].tables)
 
 
+def test_the_patching_example_patches_by_expert_id_and_sweeps_every_point(readme):
+    """The activation patching example: every (token, expert) pair of experts 3 and 7 at positions 2
+    and 3 of layer 5 is counted once, patched or not; the sweep has a row per block and position, the
+    positions before the changed token (the same inputs) leave the corrupted metric, and the last
+    block's output at the last position restores the clean one."""
+    _, _, ns, _ = readme
+    m, tokens, corrupted, report, table = (ns[k] for k in ("m", "tokens", "corrupted", "report", "table"))
+    _, routed = m.run_with_cache(corrupted, names="layers.5.ffn.gate.hook_topk_ids")
+    ids = routed["layers.5.ffn.gate.hook_topk_ids"][2:4]  # B = 1: rows are positions
+    assert set(report.patched) == {5} and report.patched[5] + report.not_patched[5] == int(torch.isin(ids, torch.tensor([3, 7])).sum())
+    assert len(table) == 21 * 4 and set(table.columns) == {"name", "position", "metric", "clean", "corrupted"}
+    same = table[table["position"] < 2]
+    moved = (table["metric"] - table["corrupted"]).abs()
+    gap = abs(table["clean"].iloc[0] - table["corrupted"].iloc[0])
+    assert len(same) == 42 and moved[same.index].max() < 1e-4 * gap  # rounding only: the experts' GEMMs
+    assert moved.max() > 0.1 * gap                                    # batch these rows with those that differ
+    last = table[(table["name"] == "layers.20.hook_resid_post") & (table["position"] == 3)]
+    assert last["metric"].item() == pytest.approx(last["clean"].item(), rel=1e-6)
+    assert gap > 1e-2
+
+
 def test_an_example_that_calls_what_is_not_there_fails(readme, places):
     """Negative control: a renamed method in an example is an error naming that example's line. The
     examples before it are not run again: the broken one runs on what they left (`readme`'s copy)."""
