@@ -29,8 +29,9 @@ from torch import nn
 HookFn = Callable[[torch.Tensor, "HookPoint"], Union[torch.Tensor, None]]
 NameFilter = Union[str, Callable[[str], bool], Iterable[str], None]
 
-# Hooks whose tensors are large ([B, H, S, T]; [T, K, D]); `run_with_cache` skips them unless named explicitly.
-OPT_IN_SUFFIXES = ("hook_pattern", "hook_expert_out")
+# Hooks whose tensors are large ([B, H, S, T]; [T, K, D]; [B, S, H, D]); `run_with_cache` skips them unless
+# named explicitly.
+OPT_IN_SUFFIXES = ("hook_pattern", "hook_expert_out", "hook_result")
 
 
 class HookError(KeyError):

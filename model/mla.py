@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .args import ConfigError, ModelArgs
+from .attribution import per_head_output, sum_heads
 from .hooks import HookPoint
 from .layers import Linear, RMSNorm, apply_rope, dense_linear, grad_tracked, wide
 
@@ -65,6 +66,7 @@ class MLA(nn.Module):
         self.hook_k_pe = HookPoint()  # [B, S, R] the shared rope key after RoPE (cached too)
         self.hook_pattern = HookPoint()  # [B, H, S, T] softmax probabilities, opt-in
         self.hook_z = HookPoint()  # [B, S, H, V] per-head outputs before wo
+        self.hook_result = HookPoint()  # [B, S, H, D] each head's term of wo's output, opt-in
         self.cache: dict[str, torch.Tensor] = {}  # static KV cache, see `alloc_cache`
         self.latent_attention = "auto"  # absorb only: "auto" (cheaper form per call) or "always"
 
@@ -156,7 +158,20 @@ class MLA(nn.Module):
             else:
                 z = self._attend_expanded(query, kvb, k_pe, mask)
         z = self.hook_z(z)  # [B, S, H, V]
+        if self.hook_result.active:
+            return self._through_result(z)
         return self.wo(z.flatten(2))  # [B, S, D]
+
+    def _through_result(self, z: torch.Tensor) -> torch.Tensor:
+        """wo(z) with each head's term [B, S, H, D] passed through hook_result (opt-in: H residual
+        streams). Only observed, the output is wo's own GEMM, bit for bit (as hook_pattern's fused
+        kernel); replaced or edited in place, it is the sum over heads of what the hook left."""
+        made = per_head_output(self.wo, z)
+        version = made._version
+        result = self.hook_result(made)
+        if result is made and made._version == version:
+            return self.wo(z.flatten(2))
+        return sum_heads(result, self.wo)
 
     def _attend_latent(self, q_nope, q_pe, kv, k_pe, wkv_b, mask) -> torch.Tensor:
         """Attention in latent space: kv [B, T, C], k_pe [B, T, R], wkv_b [H, N+V, C] -> z [B, S, H, V]."""

@@ -44,8 +44,9 @@ all-reduced in that wide dtype and rounded once (`WIDE_PARTIALS`, see `install`)
 one process's bit for bit (on a GPU the Triton kernel accumulates in float32: up to its summation
 order).
 
-Per-rank hook tensors: `*.attn.hook_q_nope`, `hook_q_pe`, `hook_z`, `hook_pattern` hold this rank's
-heads (`attn.head_range`); every other hook is the full tensor on every rank.
+Per-rank hook tensors: `*.attn.hook_q_nope`, `hook_q_pe`, `hook_z`, `hook_pattern`, `hook_result` hold this
+rank's heads (`attn.head_range`; `hook_result` sums to this rank's partial attention output, all-reduced after);
+every other hook is the full tensor on every rank.
 
 Communication sits at module boundaries as forward hooks (plus `ShardedEmbedding`, which keeps the
 name `embed.weight`): "copy in" on each sharded module's input, "reduce out" (head: gather) on its

@@ -23,6 +23,7 @@ TINY_HOOK_NAMES = [
     "layers.0.attn.hook_k_pe",
     "layers.0.attn.hook_pattern",
     "layers.0.attn.hook_z",
+    "layers.0.attn.hook_result",
     "layers.0.hook_attn_out",
     "layers.0.hook_resid_mid",
     "layers.0.hook_ffn_in",
@@ -37,6 +38,7 @@ TINY_HOOK_NAMES = [
     "layers.1.attn.hook_k_pe",
     "layers.1.attn.hook_pattern",
     "layers.1.attn.hook_z",
+    "layers.1.attn.hook_result",
     "layers.1.hook_attn_out",
     "layers.1.hook_resid_mid",
     "layers.1.hook_ffn_in",
@@ -61,6 +63,7 @@ TINY_HOOK_NAMES = [
     "layers.2.attn.hook_k_pe",
     "layers.2.attn.hook_pattern",
     "layers.2.attn.hook_z",
+    "layers.2.attn.hook_result",
     "layers.2.hook_attn_out",
     "layers.2.hook_resid_mid",
     "layers.2.hook_ffn_in",
@@ -87,6 +90,7 @@ TINY_HOOK_NAMES = [
     "mtp.0.block.attn.hook_k_pe",
     "mtp.0.block.attn.hook_pattern",
     "mtp.0.block.attn.hook_z",
+    "mtp.0.block.attn.hook_result",
     "mtp.0.block.hook_attn_out",
     "mtp.0.block.hook_resid_mid",
     "mtp.0.block.hook_ffn_in",
@@ -146,7 +150,7 @@ def test_run_with_cache_shapes():
     }
     for name, shape in expect.items():
         assert tuple(cache[name].shape) == shape, name
-    assert set(cache) == {n for n in TINY_HOOK_NAMES if not n.endswith(("hook_pattern", "hook_expert_out"))}
+    assert set(cache) == {n for n in TINY_HOOK_NAMES if not n.endswith(("hook_pattern", "hook_expert_out", "hook_result"))}
     assert cache["layers.0.ffn.hook_hidden"].shape == (B, S, a.inter_dim)
     assert cache["layers.1.ffn.shared_experts.hook_hidden"].shape == (B, S, a.n_shared_experts * a.moe_inter_dim)
     assert torch.equal(cache["hook_final"], cache["hook_final"].detach())

@@ -114,7 +114,7 @@ def test_sharded_logits_equal_single_process(worker_results, name):
         assert r["world"] == WORLD and r["logits_shape"][-1] > 0
         keys = ["logits_rel_absorb", "logits_rel_naive", "mtp_rel_absorb", "mtp_rel_naive", "decode_rel",
                 "hook_scores_rel", "hook_z_rel", "hook_c_kv_rel", "hook_routed_out_rel", "expert_out_local_rel",
-                "expert_out_routed_rel"]
+                "expert_out_routed_rel", "hook_result_rel", "hook_result_attn_out_rel", "hook_result_replaced_rel"]
         for k in keys:
             if k.startswith("mtp") and k not in r:  # a checkpoint without MTP weights (transformers')
                 continue
@@ -123,6 +123,7 @@ def test_sharded_logits_equal_single_process(worker_results, name):
         assert r["expert_out_others_zero"], "other ranks' experts' outputs are zero rows here"
         assert r["hook_z_shape"][2] * WORLD == ModelArgs.from_hf_config(
             worker_results["_cases"][name]["ckpt"]).n_heads  # per-rank heads
+        assert r["hook_result_shape"][2] == r["hook_z_shape"][2]  # attn.hook_result: this rank's heads too
         print(f"\n{name} rank {r['rank']}: logits max rel {r['logits_rel_absorb']:.2e}"
               + (f", MTP {r['mtp_rel_absorb']:.2e}" if "mtp_rel_absorb" in r else " (no MTP weights)")
               + f", decode {r['decode_rel']:.2e}")

@@ -75,12 +75,30 @@ def forward_checks(full, sh, out: dict) -> None:
         out["expert_out_local_rel"] = rel(e_sh[ex][local], e_ref[ex][local])
         out["expert_out_others_zero"] = bool((e_sh[ex][~local] == 0).all()) and bool((~local).any())
         out["expert_out_routed_rel"] = rel(e_sh[names[4]], c_ref[names[4]])
+        result_checks(full, sh, tok, out)
         # every hidden state (layers, final norm, the MTP block) before the vocab-split head
         hidden = lambda n: n.endswith(("hook_resid_post", "hook_final", "mtp.0.hook_hidden"))  # noqa: E731
         _, c_ref = full.run_with_cache(tok, names=hidden, mtp=has_mtp)
         _, c_sh = sh.run_with_cache(tok, names=hidden, mtp=has_mtp)
         out["hidden_rel"] = max(rel(c_sh[n], c_ref[n]) for n in c_ref)
         out["hidden_hooks"] = len(c_ref)
+
+
+def result_checks(full, sh, tok, out: dict) -> None:
+    """attn.hook_result: this rank's heads, as one process computes them; a replacement on every rank
+    (each keeps its first head) gives the attention output of those heads, the sum of one process's
+    results over them."""
+    rn, ao = "layers.0.attn.hook_result", "layers.0.hook_attn_out"
+    first, end = sh.layers[0].attn.head_range
+    _, r_ref = full.run_with_cache(tok, names=[rn, ao])
+    _, r_sh = sh.run_with_cache(tok, names=[rn, ao])
+    out["hook_result_shape"] = list(r_sh[rn].shape)
+    out["hook_result_rel"] = rel(r_sh[rn], r_ref[rn][:, :, first:end])
+    out["hook_result_attn_out_rel"] = rel(r_sh[ao], r_ref[ao])
+    kept = (torch.arange(full.args.n_heads) % (end - first) == 0)[:, None]  # every rank's first head
+    with sh.hooks([(rn, lambda r, hook: r * (torch.arange(end - first) == 0)[:, None])]):
+        _, k_sh = sh.run_with_cache(tok, names=ao)
+    out["hook_result_replaced_rel"] = rel(k_sh[ao], (r_ref[rn] * kept).sum(2))
 
 
 def mean_rel(a: torch.Tensor, b: torch.Tensor) -> float:

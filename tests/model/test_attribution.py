@@ -1,0 +1,106 @@
+"""Direct logit attribution: per-head attention results (`attn.hook_result`, opt-in; model/attribution.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import model
+from helpers import cast_, random_model
+
+IMPLS = [("absorb", "auto"), ("absorb", "always"), ("naive", "auto")]  # expanded, latent, naive
+
+
+def _set_impl(m, impl: str, latent: str) -> None:
+    m.attn_impl = impl
+    for a in m.attention_modules():
+        a.latent_attention = latent
+
+
+def _tokens(m, shape=(2, 7), seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, m.args.vocab_size, shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("impl,latent", IMPLS)
+@torch.no_grad()
+def test_per_head_results_sum_to_the_attention_output(impl, latent):
+    """hook_result [B, S, H, D]: head h's value output times wo's columns of head h; their sum over H is
+    the block's attention output. Opt-in, and observing it leaves the output wo's own, bit for bit."""
+    m = random_model("tiny", seed=1)
+    _set_impl(m, impl, latent)
+    a, x = m.args, _tokens(m)
+    ref, plain = m.run_with_cache(x)
+    assert "layers.1.attn.hook_result" not in plain  # opt-in
+    with pytest.raises(model.HookError, match=r"layers\.1\.attn\.hook_result is opt-in"):
+        plain["layers.1.attn.hook_result"]
+    logits, c = m.run_with_cache(x, names=["layers.*.attn.hook_result", "layers.*.attn.hook_z",
+                                           "layers.*.hook_attn_out"])
+    assert torch.equal(logits, ref)
+    for i, layer in enumerate(m.layers):
+        r, z = c[f"layers.{i}.attn.hook_result"], c[f"layers.{i}.attn.hook_z"]
+        assert r.shape == (2, 7, a.n_heads, a.dim) and r.dtype == z.dtype
+        torch.testing.assert_close(r.sum(2), c[f"layers.{i}.hook_attn_out"], rtol=1e-5, atol=1e-6)
+        V, wo = a.v_head_dim, layer.attn.wo.weight
+        for h in range(a.n_heads):  # by hand: head h's values through its own columns of wo
+            torch.testing.assert_close(r[:, :, h], z[:, :, h] @ wo[:, h * V:(h + 1) * V].T, rtol=1e-5, atol=1e-6)
+        assert (r.abs().amax(dim=(0, 1, 3)) > 1e-3).all()  # every head contributes: the sum is no accident
+
+
+@pytest.mark.parametrize("impl,latent", IMPLS)
+@torch.no_grad()
+def test_a_replaced_result_is_what_the_block_sums(impl, latent):
+    """A replacement of hook_result (or an edit in place) is applied: the attention output becomes its
+    sum over heads. Zeroing head 2 there equals zeroing head 2's values at hook_z."""
+    m = random_model("tiny", seed=2)
+    _set_impl(m, impl, latent)
+    x, p = _tokens(m, seed=2), "layers.1.attn."
+    _, c = m.run_with_cache(x, names=p + "hook_result")
+    only1 = (torch.arange(m.args.n_heads) == 1)[:, None]
+    with m.hooks([(p + "hook_result", lambda r, hook: r * only1)]):
+        _, replaced = m.run_with_cache(x, names="layers.1.hook_attn_out")
+    torch.testing.assert_close(replaced["layers.1.hook_attn_out"], c[p + "hook_result"][:, :, 1])
+    def in_place(r, hook):
+        r.mul_(only1)
+
+    with m.hooks([(p + "hook_result", in_place)]):
+        _, edited = m.run_with_cache(x, names="layers.1.hook_attn_out")
+    torch.testing.assert_close(edited["layers.1.hook_attn_out"], c[p + "hook_result"][:, :, 1])
+
+    def zero_head2(t, hook):
+        t = t.clone()
+        t[:, :, 2] = 0
+        return t
+
+    with m.hooks([(p + "hook_result", zero_head2)]):
+        by_result = m(x)
+    with m.hooks([(p + "hook_z", zero_head2)]):
+        by_z = m(x)
+    assert (by_result - m(x)).abs().max() > 1e-3  # the control: the ablation moves the logits
+    torch.testing.assert_close(by_result, by_z, rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
+def test_per_head_results_of_an_fp8_resident_wo_sum_to_its_fp8_output():
+    """An FP8-resident wo quantises its input: the per-head results quantise z the same way, so their
+    sum is wo's FP8 output to rounding, not the unquantised product (the control)."""
+    from helpers.checkpoints import FP8_OVERRIDES
+
+    m = random_model("tiny", seed=3, **FP8_OVERRIDES)
+    wo = m.layers[0].attn.wo.make_fp8_()
+    x, p = _tokens(m, seed=3), "layers.0."
+    _, c = m.run_with_cache(x, names=[p + "attn.hook_result", p + "attn.hook_z", p + "hook_attn_out"])
+    out, r = c[p + "hook_attn_out"], c[p + "attn.hook_result"]
+    torch.testing.assert_close(r.sum(2), out, rtol=1e-5, atol=1e-5)
+    unquantised = c[p + "attn.hook_z"].flatten(2) @ wo.dense_weight().T
+    assert (unquantised - out).abs().max() > 1e-4
+
+
+def test_gradients_reach_each_heads_result():
+    """With run_with_cache(detach=False) a logit's gradient with respect to each head's result is its
+    gradient with respect to the attention output (the output is their sum)."""
+    m = random_model("tiny", seed=4)
+    names = ["layers.1.attn.hook_result", "layers.1.hook_attn_out"]
+    logits, cache = m.run_with_cache(_tokens(m, (1, 5), seed=4), names=names, detach=False)
+    g_result, g_out = torch.autograd.grad(logits[0, -1, 3], [cache[n] for n in names])
+    assert g_out.abs().sum() > 0
+    torch.testing.assert_close(g_result, g_out[:, :, None].expand_as(g_result))
