@@ -1,4 +1,12 @@
-"""Direct logit attribution: each head's share of the attention output (`attn.hook_result`).
+"""Direct logit attribution: each head's share of the attention output (`attn.hook_result`) and the
+final norm's scale for pieces of the residual stream (`ActivationCache.apply_final_norm`).
+
+    logits, cache = m.run_with_cache(tokens, names=["hook_embed", "layers.*.hook_attn_out", "layers.*.hook_ffn_out"])
+    pieces = cache.stack(["hook_embed", "layers.*.hook_attn_out", "layers.*.hook_ffn_out"])  # [P, B, S, D]
+    dla = m.head(cache.apply_final_norm(pieces))   # [P, B, S, V]; dla.sum(0) is the logits to rounding
+
+The final norm is y = x / rms(x) * weight: for a fixed rms (the one the whole residual had) it is
+linear, so the pieces the residual is the sum of, each scaled by it, add up to the head's input.
 
 Legend: B batch, S positions, H heads (this rank's), V v_head_dim, D dim.
 """
@@ -7,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from .args import InputError
 from .kernels import act_quant, weight_dequant
 from .layers import Linear, wide
 
@@ -38,3 +47,29 @@ def sum_heads(result: torch.Tensor, wo: Linear) -> torch.Tensor:
     left wide where wo's output is (a tensor-parallel partial, rounded after the all-reduce)."""
     out = result.to(wide(result.dtype)).sum(2)
     return out if wo.wide_output else out.to(result.dtype)
+
+
+def final_scale(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """1 / rms(x) [..., 1] of the final norm's input x [..., D], as RMSNorm computes it (in wide(dtype))."""
+    xf = x.to(wide(x.dtype))
+    return xf.square().mean(-1, keepdim=True).add_(norm.eps).rsqrt_()
+
+
+def apply_final_norm(x: torch.Tensor, scale: torch.Tensor, weight: torch.Tensor, pos=None) -> torch.Tensor:
+    """x [..., B, S, D] (pieces of the residual stream) times scale [B, S, 1] times weight [D], in
+    x's dtype (computed in the wider of x's and scale's). `pos` (an int or a slice) picks the
+    positions x holds: x [..., B, D] for an int, [..., B, S', D] for a slice."""
+    if pos is not None:
+        if isinstance(pos, bool) or not isinstance(pos, (int, slice)):
+            raise InputError(f"cache.apply_final_norm: pos={pos!r}: expected an int or a slice of positions")
+        if isinstance(pos, int) and not -scale.shape[1] <= pos < scale.shape[1]:
+            raise InputError(f"cache.apply_final_norm: pos={pos}: the cached forward had {scale.shape[1]} positions")
+        scale = scale[:, pos]
+    want = (*scale.shape[:-1], weight.shape[0])
+    if not isinstance(x, torch.Tensor) or x.dim() < len(want) or tuple(x.shape[-len(want):]) != want:
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        lead = "[..., B, D]" if isinstance(pos, int) else "[..., B, S, D]"
+        raise InputError(f"cache.apply_final_norm: x of shape {got}: expected {lead} ending in {want}, the cached "
+                         "forward's (per-head results [B, S, H, D]: pass result.movedim(2, 0))")
+    dt = torch.promote_types(x.dtype, scale.dtype)
+    return (x.to(dt) * scale.to(x.device, dt) * weight.to(x.device, dt)).to(x.dtype)

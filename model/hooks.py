@@ -26,6 +26,8 @@ from typing import Union
 import torch
 from torch import nn
 
+from .attribution import apply_final_norm, final_scale
+
 HookFn = Callable[[torch.Tensor, "HookPoint"], Union[torch.Tensor, None]]
 NameFilter = Union[str, Callable[[str], bool], Iterable[str], None]
 
@@ -215,6 +217,8 @@ class ActivationCache(dict):
     def __init__(self, all_names: list[str], named: Iterable[str]) -> None:
         super().__init__()
         self._all_names, self._named = all_names, set(named)
+        # (1 / rms [B, S, 1] of the final norm's input, the norm's weight [D]), for apply_final_norm
+        self._final: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __reduce__(self):  # pickled (torch.save) as an OrderedDict, which torch.load(weights_only=True) reads
         return collections.OrderedDict, (list(self.items()),)
@@ -222,6 +226,7 @@ class ActivationCache(dict):
     def __copy__(self) -> ActivationCache:  # copy.copy went through __reduce__: an OrderedDict, the reasons lost
         new = ActivationCache(self._all_names, self._named)
         new.update(self)
+        new._final = self._final
         return new
 
     def copy(self) -> ActivationCache:  # dict.copy gave a plain dict
@@ -240,6 +245,18 @@ class ActivationCache(dict):
             raise HookError(f"cache.stack({names!r}): the points it picks differ in shape ({shapes[0]} and "
                             f"{shapes[1]}): pick points of one shape (the MTP module's have S-1 positions)")
         return torch.stack(picked)
+
+    def apply_final_norm(self, x: torch.Tensor, pos: int | slice | None = None) -> torch.Tensor:
+        """Pieces of the residual stream x [..., B, S, D] (`stack` of hook_embed, hook_attn_out and
+        hook_ffn_out, or per-head `attn.hook_result`s moved to the front) scaled as the final norm
+        scaled the residual they add up to in this cache's forward: divided by its RMS at each position,
+        times the norm's weight (TransformerLens's `apply_ln_to_stack`). `model.head(...)` of that is
+        each piece's direct logit attribution; summed over the pieces, the logits. `pos` (an int or a
+        slice) when x holds only those positions (x [..., B, D] for an int: `pos=-1`, the last)."""
+        if self._final is None:
+            raise HookError("cache.apply_final_norm: this cache has no final-norm scale: its forward did not reach "
+                            "the final norm (or the cache was not made by run_with_cache)")
+        return apply_final_norm(x, *self._final, pos=pos)
 
     def __missing__(self, name: str):
         if not isinstance(name, str):  # a TypeError from deep inside re (the name matched against a pattern)
@@ -379,11 +396,30 @@ class HookedModule(nn.Module):
         selected = [(n, save) for n in selected_names]
         if not selected:
             raise HookError(f"names={names!r} matches no hook point (see model.hook_names())")
-        with self.hooks(selected):
+        with self.hooks(selected), self._final_scale_to(cache, detach):
             out = self(*args, **kwargs)
         if names is not None:  # asked for by name, and silently absent from the cache before
             _warn_unreached("run_with_cache", [n for n, _ in selected if n not in cache], len(selected))
         return out, cache
+
+    @contextlib.contextmanager
+    def _final_scale_to(self, cache: ActivationCache, detach: bool) -> Iterator[None]:
+        """Record into `cache` the scale the final norm (`self.norm`, where the model has one) gives its
+        input, for `cache.apply_final_norm`: [B, S, 1], one number a position."""
+        norm = getattr(self, "norm", None)
+        if norm is None:
+            yield
+            return
+
+        def record(mod: nn.Module, args: tuple) -> None:
+            scale = final_scale(mod, args[0].detach() if detach else args[0])
+            cache._final = (scale, mod.weight.detach() if detach else mod.weight)
+
+        handle = norm.register_forward_pre_hook(record)
+        try:
+            yield
+        finally:
+            handle.remove()
 
 
 def _warn_unreached(method: str, unreached: list[str], n_named: int) -> None:

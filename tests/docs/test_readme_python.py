@@ -73,6 +73,12 @@ def test_the_readme_python_runs_and_its_comments_hold(readme):
     resid = ns["cache"]["layers.20.hook_resid_pre"]
     torch.testing.assert_close(m(tokens, start_at_layer=20, resid=resid), full, rtol=1e-6, atol=1e-6)
     assert "layers.5.ffn.gate.hook_select_scores" in ns["m"].hook_names()
+    # direct logit attribution: the pieces' shares add up to the last position's logits, and layer 20's
+    # heads' shares to its attention output's
+    dla, heads = ns["dla"].float(), ns["heads"].float()
+    assert dla.shape == (1 + 2 * 21, 1, V) and heads.shape == (m.args.n_heads, 1, V)
+    torch.testing.assert_close(dla.sum(0), ns["out"][:, -1].float(), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(heads.sum(0), dla[1 + 2 * 20], rtol=1e-4, atol=1e-4)  # forward order
     # the model as loaded by default is in the config's dtype, the float32 one as the jobs compute
     assert ns["m32"].embed.weight.dtype == torch.float32 and m.embed.weight.dtype == getattr(torch, m.args.dtype)
     # text to ids: BOS first, then the text's tokens, which decode back to it

@@ -1,4 +1,5 @@
-"""Direct logit attribution: per-head attention results (`attn.hook_result`, opt-in; model/attribution.py)."""
+"""Direct logit attribution: per-head attention results (`attn.hook_result`, opt-in) and
+`cache.apply_final_norm` (model/attribution.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import torch
 
 import model
 from helpers import cast_, random_model
+from model.hooks import ActivationCache
 
 IMPLS = [("absorb", "auto"), ("absorb", "always"), ("naive", "auto")]  # expanded, latent, naive
 
@@ -104,3 +106,53 @@ def test_gradients_reach_each_heads_result():
     g_result, g_out = torch.autograd.grad(logits[0, -1, 3], [cache[n] for n in names])
     assert g_out.abs().sum() > 0
     torch.testing.assert_close(g_result, g_out[:, :, None].expand_as(g_result))
+
+
+@pytest.mark.parametrize("impl", ["absorb", "naive"])
+@torch.no_grad()
+def test_direct_logit_attribution_adds_up_to_the_logits(impl):
+    """The embedding and every block's attention and FFN outputs, through apply_final_norm and the head,
+    sum to the model's logits (float64); so do the per-head results in place of the attention outputs,
+    and the last position alone (pos=-1). Scaled by the norm's weight only, or by the RMS of another
+    residual, they do not (the controls)."""
+    m = cast_(random_model("tiny", seed=5, attn_impl=impl), torch.float64)
+    x = _tokens(m, (2, 9), seed=5)
+    blocks = ["hook_embed", "layers.*.hook_attn_out", "layers.*.hook_ffn_out"]
+    logits, c = m.run_with_cache(x, names=blocks + ["layers.*.attn.hook_result", "layers.*.hook_resid_post"])
+    pieces = c.stack(blocks)  # [1 + 2L, B, S, D]
+    assert pieces.shape[0] == 1 + 2 * len(m.layers)
+    dla = m.head(c.apply_final_norm(pieces))
+    assert dla.dtype == torch.float64 and dla.shape == (len(pieces), 2, 9, m.args.vocab_size)
+    torch.testing.assert_close(dla.sum(0), logits, rtol=0, atol=1e-5)
+    heads = torch.cat([c[f"layers.{i}.attn.hook_result"].movedim(2, 0) for i in range(len(m.layers))])
+    per_head = torch.cat([c.stack(["hook_embed", "layers.*.hook_ffn_out"]), heads])
+    torch.testing.assert_close(m.head(c.apply_final_norm(per_head)).sum(0), logits, rtol=0, atol=1e-5)
+    last = m.head(c.apply_final_norm(pieces[:, :, -1], pos=-1))  # [P, B, V]
+    torch.testing.assert_close(last, dla[:, :, -1], rtol=0, atol=1e-12)
+    torch.testing.assert_close(c.apply_final_norm(c["layers.2.hook_resid_post"]), m.norm(c["layers.2.hook_resid_post"]))
+    # the controls: without the scale, or with the RMS of the residual before the last block
+    assert (m.head(pieces * m.norm.weight).sum(0) - logits).abs().max() > 1e-2
+    earlier = c["layers.1.hook_resid_post"]
+    rms = earlier.square().mean(-1, keepdim=True).add(m.norm.eps).rsqrt()
+    assert (m.head(pieces * rms * m.norm.weight).sum(0) - logits).abs().max() > 1e-2
+
+
+@torch.no_grad()
+def test_apply_final_norm_refuses_what_it_cannot_scale():
+    m = random_model("tiny", seed=6)
+    _, c = m.run_with_cache(_tokens(m, (2, 5), seed=6), names="layers.*.attn.hook_result")
+    r = c["layers.0.attn.hook_result"]  # [B, S, H, D]: the heads must come first
+    with pytest.raises(ValueError, match=r"^cache\.apply_final_norm: x of shape \(2, 5, 4, 64\): expected "
+                                         r"\[\.\.\., B, S, D\] ending in \(2, 5, 64\).*movedim\(2, 0\)"):
+        c.apply_final_norm(r)
+    assert c.apply_final_norm(r.movedim(2, 0)).shape == (4, 2, 5, 64)
+    with pytest.raises(ValueError, match=r"^cache\.apply_final_norm: x of shape \(4, 2, 5, 64\): expected "
+                                         r"\[\.\.\., B, D\] ending in \(2, 64\)"):
+        c.apply_final_norm(r.movedim(2, 0), pos=-1)
+    with pytest.raises(ValueError, match=r"pos=5: the cached forward had 5 positions"):
+        c.apply_final_norm(r.movedim(2, 0)[:, :, 0], pos=5)
+    with pytest.raises(ValueError, match=r"pos=1\.0: expected an int or a slice"):
+        c.apply_final_norm(r.movedim(2, 0)[:, :, 0], pos=1.0)
+    assert c.copy().apply_final_norm(r.movedim(2, 0)[:, :, 1:3], pos=slice(1, 3)).shape == (4, 2, 2, 64)
+    with pytest.raises(model.HookError, match=r"^cache\.apply_final_norm: this cache has no final-norm scale"):
+        ActivationCache(m.hook_names(), []).apply_final_norm(r)
