@@ -48,6 +48,21 @@ def test_per_head_results_sum_to_the_attention_output(impl, latent):
         assert (r.abs().amax(dim=(0, 1, 3)) > 1e-3).all()  # every head contributes: the sum is no accident
 
 
+@torch.no_grad()
+def test_observing_results_in_bfloat16_leaves_the_output_bit_for_bit():
+    """In bfloat16 the heads' sum differs from wo's GEMM in the last bit, which the next blocks can turn
+    into other experts: a hook that only observes hook_result must leave the forward wo's own."""
+    m = cast_(random_model("tiny", seed=1), torch.bfloat16)
+    x = _tokens(m, (4, 64), seed=1)
+    out, c = m.run_with_cache(x, names=["layers.*.attn.hook_result", "layers.*.hook_attn_out"])
+    assert torch.equal(out, m(x))
+    r, attn_out = c["layers.2.attn.hook_result"], c["layers.2.hook_attn_out"]
+    assert r.dtype == torch.bfloat16
+    torch.testing.assert_close(r.float().sum(2), attn_out.float(), rtol=0.02, atol=0.02)
+    with m.hooks([("layers.*.attn.hook_result", lambda r, hook: r.clone())]):  # replaced by an equal copy
+        assert not torch.equal(m(x), out)  # the control: the sum over heads is another rounding
+
+
 @pytest.mark.parametrize("impl,latent", IMPLS)
 @torch.no_grad()
 def test_a_replaced_result_is_what_the_block_sums(impl, latent):
