@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 from collections import defaultdict
+from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -115,8 +116,10 @@ def need_model(run, what: str, files: bool = True) -> None:
     checkpoint on its corpus: ablation, causal importance, steering, the run-vs-run variant) has no
     model or corpus to run: an import (SGLang's dumps name neither: ablation and run_vs_run raised a
     KeyError on 'checkpoint', causal_importance advised flags a notebook has none of; a tour), or a
-    run whose checkpoint or corpus is gone or changed (`probe.job.run_inputs`' checks; `files=False`: only
-    that run.json names both, for compare_run, whose variant checkpoint may be written already)."""
+    run whose checkpoint or corpus is gone or changed (`probe.job.run_inputs`' checks, with the advice of
+    `_notebook_advice`: they said "pass --ckpt", a flag a notebook has none of, and not which part needed it;
+    a tour; `files=False`: only that run.json names both, for compare_run, whose variant checkpoint may be
+    written already)."""
     from analyses.metrics import MetricsError
     from probe.job import run_inputs
 
@@ -127,11 +130,26 @@ def need_model(run, what: str, files: bool = True) -> None:
                            f"({name}) with neither; point $DSV3_NOTEBOOK_RUN at a run recorded with `dsv3-probe "
                            "record`")
     named = [(info.get(k) or {}).get("path") for k in ("checkpoint", "corpus")]
-    ckpt, corpus = run_inputs(info, str(run.path), None, None, error=MetricsError, run=run.path) if files else named
+    advice = partial(_notebook_advice, what)
+    ckpt, corpus = (run_inputs(info, str(run.path), None, None, error=MetricsError, run=run.path, advice=advice)
+                    if files else named)
     if not (ckpt and corpus):
         lost = " and no ".join(k for k, v in (("checkpoint", ckpt), ("corpus", corpus)) if not v)
         raise MetricsError(f"{run.path}: {what} runs the run's checkpoint on its corpus, and run.json names no "
                            f"{lost}; point $DSV3_NOTEBOOK_RUN at a run recorded with `dsv3-probe record`")
+
+
+def _notebook_advice(what: str, lost: str, why: str) -> str:
+    """`probe.job.run_inputs`' advice for a notebook, which has no --ckpt or --corpus: `what` (the
+    notebook's part) needs the run's model, so another run, or the run's files put back. `lost`: the
+    checkpoint, the corpus, both, or a training run's model; `why`: `run_inputs`' reason."""
+    other = "point $DSV3_NOTEBOOK_RUN at a run"
+    verb = "are" if " and " in lost else "is"
+    how = {"unwritten": f"{other} whose model is written",
+           "unnamed": f"{other} recorded with `dsv3-probe record`",
+           "gone": f"{other} whose {lost} {verb} there, or restore the files where run.json names them",
+           "changed": f"{other} recorded on this {lost}, or restore the {lost} the run was recorded with"}[why]
+    return f"{what} runs the run's checkpoint on its corpus: {how}"
 
 
 def latent_summary(kv, stats) -> str:

@@ -126,57 +126,66 @@ def load_tokenizer(path: str | None, ckpt: Path, vocab_size: int, error: type[Ex
 
 
 def run_inputs(info: dict, where: str, ckpt: str | None, corpus: str | None,
-               error: type[Exception] = RecordError, run: str | Path | None = None) -> tuple[str | None, str | None]:
+               error: type[Exception] = RecordError, run: str | Path | None = None,
+               advice=None) -> tuple[str | None, str | None]:
     """--ckpt and --corpus of a job on an existing run (spec, ablate, importance, steer), each
     defaulting to the run's own: its model on its corpus, never the bundled ones standing in
     silently. Refused, unless the flag is given: a training run whose model is not written yet, an
     import (which has neither), a record run whose run.json lost either path, a path the run names
     that is gone, and a checkpoint whose weights
     changed since the run was recorded (ablate, importance and steer took it silently; a review). `run`:
-    the run's directory, where `where` names it otherwise (default `where`)."""
+    the run's directory, where `where` names it otherwise (default `where`). `advice(lost, why)`: what a
+    refusal tells a caller without these flags to do instead of passing one (a notebook: 'pass --ckpt'
+    named a flag it has none of; a tour), `lost` the checkpoint, the corpus or both ('model' for a
+    training run's), `why` 'unwritten', 'unnamed', 'gone' or 'changed'; default: the flag to pass."""
     have = lambda key: (info.get(key) or {}).get("path")  # noqa: E731
+    say = lambda cli, lost, why: cli if advice is None else advice(lost, why)  # noqa: E731
     if info.get("kind") == "train" and not ckpt and not have("checkpoint"):
-        _no_model_yet(info, where, run if run is not None else where, error)
+        _no_model_yet(info, where, run if run is not None else where, error, advice)
     if info.get("kind") == "import" and not (ckpt and corpus):
         raise error(f"{where}: an imported run ({(info.get('source') or {}).get('name', 'import')}) has no "
-                    "checkpoint or corpus of its own: pass --ckpt and --corpus")
+                    "checkpoint or corpus of its own: "
+                    + say("pass --ckpt and --corpus", "checkpoint and corpus", "unnamed"))
     if info.get("kind") is None and "planned" in info:  # a record run names both: the bundled ones stood in
         lost = [(flag, key) for flag, key, given in (("--ckpt", "checkpoint", ckpt), ("--corpus", "corpus", corpus))
                 if not given and not have(key)]
         if lost:
+            what = " and ".join(k for _, k in lost)
             raise error(f"{where}: run.json names no {' and no '.join(k for _, k in lost)} path (a damaged or "
-                        f"hand-edited run.json): pass {' and '.join(f for f, _ in lost)} with what the run was "
-                        "recorded with")
+                        "hand-edited run.json): " + say(f"pass {' and '.join(f for f, _ in lost)} with what the run "
+                                                        "was recorded with", what, "unnamed"))
     if ckpt is None and have("checkpoint"):
         ckpt = have("checkpoint")
         if not (Path(ckpt) / "config.json").is_file():
-            raise error(f"{where}: the run's checkpoint {ckpt} is no longer there; pass --ckpt with the model "
-                        "the run was recorded with")
+            raise error(f"{where}: the run's checkpoint {ckpt} is no longer there; "
+                        + say("pass --ckpt with the model the run was recorded with", "checkpoint", "gone"))
         was = info.get("checkpoint") or {}
         if was.get("fingerprint") and not same_checkpoint(was, checkpoint_identity(Path(ckpt))):
             raise error(f"{where}: the checkpoint at {ckpt} has changed since the run was recorded (its "
-                        "fingerprint or weights sample differs); pass --ckpt to use it anyway")
+                        "fingerprint or weights sample differs); "
+                        + say("pass --ckpt to use it anyway", "checkpoint", "changed"))
     if corpus is None and have("corpus"):
         corpus = have("corpus")
         if not Path(corpus).exists():
-            raise error(f"{where}: the run's corpus {corpus} is no longer there; pass --corpus")
+            raise error(f"{where}: the run's corpus {corpus} is no longer there; "
+                        + say("pass --corpus", "corpus", "gone"))
     return ckpt, corpus
 
 
-def _no_model_yet(info: dict, where: str, run: str | Path, error: type[Exception]) -> None:
+def _no_model_yet(info: dict, where: str, run: str | Path, error: type[Exception], advice=None) -> None:
     """Refuse a training run that has not written its model: still training, or stopped before it did (a
     killed one's run.json still says running, and no job holds it: it read as 'not written yet (status
-    running)', as if it would come, a tour), which says how to resume it."""
+    running)', as if it would come, a tour), which says how to resume it. `advice`: `run_inputs`'."""
     from .writer import stopped_running
 
+    other = "pass --ckpt with the model to use" if advice is None else advice("model", "unwritten")
     killed = stopped_running(run, info)  # asked once: it takes the run's writer lock to ask
     if not killed and info.get("status") != "interrupted":
         raise error(f"{where}: a training run whose model is not written yet (status {info.get('status')!r}): "
-                    "pass --ckpt with the model to use")
+                    f"{other}")
     how = " (its job was killed: run.json still says running, and no job holds the run)" if killed else ""
     raise error(f"{where}: a training run interrupted before it wrote its model{how}: continue it with "
-                "`python -m train ... --resume` (the command that started it, plus --resume), or pass --ckpt with "
-                "the model to use")
+                f"`python -m train ... --resume` (the command that started it, plus --resume), or {other}")
 
 
 def package_version() -> str:

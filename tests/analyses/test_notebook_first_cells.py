@@ -117,6 +117,40 @@ def test_a_run_that_names_no_checkpoint_is_refused_for_the_notebooks_that_run_on
         first_cell("ablation", some_tables, monkeypatch)
 
 
+@pytest.mark.parametrize("name, part", [
+    ("ablation", "this notebook (ablations on the run's checkpoint)"),
+    ("causal_importance", "this notebook (each expert removed from the run's checkpoint)"),
+])
+def test_a_run_whose_checkpoint_or_corpus_is_gone_or_changed_is_refused_in_a_notebooks_words(
+        some_tables, probe_env, name, part, monkeypatch):
+    """`probe.job.run_inputs`' refusals reached the notebooks with its command-line advice ("pass --ckpt
+    ...", a flag a notebook has none of) and without the part that needs the model (a tour)."""
+    from probe.job import checkpoint_identity
+
+    info = json.loads((some_tables / "run.json").read_text())
+    was, corpus = checkpoint_identity(probe_env["ckpt"]), str(probe_env["corpus"])
+    other = "point $DSV3_NOTEBOOK_RUN at a run"
+    for inputs, said, advice in [
+        ({"checkpoint": {"path": str(some_tables / "gone")}, "corpus": {"path": corpus}},
+         f"the run's checkpoint {some_tables / 'gone'} is no longer there",
+         f"{other} whose checkpoint is there, or restore the files where run.json names them"),
+        ({"checkpoint": was | {"fingerprint": "0" * 64}, "corpus": {"path": corpus}},
+         f"the checkpoint at {was['path']} has changed since the run was recorded",
+         f"{other} recorded on this checkpoint, or restore the checkpoint the run was recorded with"),
+        ({"checkpoint": was, "corpus": {"path": str(some_tables / "gone.txt")}},
+         f"the run's corpus {some_tables / 'gone.txt'} is no longer there",
+         f"{other} whose corpus is there, or restore the files where run.json names them")]:
+        (some_tables / "run.json").write_text(json.dumps(info | {"planned": {}} | inputs))
+        with pytest.raises(MetricsError) as e:
+            first_cell(name, some_tables, monkeypatch)
+        assert str(e.value).startswith(f"{some_tables}: {said}"), str(e.value)
+        assert str(e.value).endswith(f"; {part} runs the run's checkpoint on its corpus: {advice}"), str(e.value)
+        assert "pass --" not in str(e.value), str(e.value)  # no flag: a notebook has none
+    (some_tables / "run.json").write_text(json.dumps(info | {"planned": {}, "checkpoint": was,
+                                                             "corpus": {"path": corpus}}))
+    assert "run" in first_cell("ablation", some_tables, monkeypatch)  # the control: both there, as recorded
+
+
 def all_cells(name: str, run: Path, monkeypatch) -> tuple[list, list[str]]:
     """Run every code cell of notebook `name` on `run` in this process: (the figures it showed, the
     Markdown it displayed). For a notebook that reads the run's tables only (no model, no kernel)."""

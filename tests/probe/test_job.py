@@ -247,6 +247,39 @@ def test_the_flags_win_over_the_runs_own_inputs(tmp_path):
     assert run_inputs(info, "runs/x", "mine", None) == ("mine", str(tmp_path / "theirs.txt"))  # unset: the run's
 
 
+def test_a_gone_or_changed_input_is_advised_in_the_callers_words(tmp_path, probe_env):
+    """The CLI is told which flag to pass; a caller without flags (a notebook, `analyses.notebook_utils.
+    need_model`) passed the same "pass --ckpt" on (a tour): `advice(lost, why)` says it instead."""
+    from probe.job import RecordError, checkpoint_identity, run_inputs
+
+    ckpt, corpus = probe_env["ckpt"], probe_env["corpus"]
+    was = checkpoint_identity(ckpt)
+    gone_ckpt = {"checkpoint": {"path": str(tmp_path / "gone")}, "corpus": {"path": str(corpus)}}
+    changed = {"checkpoint": was | {"fingerprint": "0" * 64}, "corpus": {"path": str(corpus)}}
+    gone_corpus = {"checkpoint": was, "corpus": {"path": str(tmp_path / "gone.txt")}}
+    cases = [(gone_ckpt, f"the run's checkpoint {tmp_path / 'gone'} is no longer there; ",
+              "pass --ckpt with the model the run was recorded with", "checkpoint gone"),
+             (changed, f"the checkpoint at {was['path']} has changed since the run was recorded (its fingerprint or "
+                       "weights sample differs); ", "pass --ckpt to use it anyway", "checkpoint changed"),
+             (gone_corpus, f"the run's corpus {tmp_path / 'gone.txt'} is no longer there; ", "pass --corpus",
+              "corpus gone"),
+             ({"planned": {}}, "run.json names no checkpoint and no corpus path (a damaged or hand-edited run.json): ",
+              "pass --ckpt and --corpus with what the run was recorded with", "checkpoint and corpus unnamed")]
+    for info, said, cli, told in cases:
+        with pytest.raises(RecordError) as ei:
+            run_inputs(info, "runs/x", None, None)
+        assert str(ei.value) == f"runs/x: {said}{cli}"  # the CLI's advice, unchanged
+        with pytest.raises(RecordError) as ei:
+            run_inputs(info, "runs/x", None, None, advice=lambda lost, why: f"ADVICE {lost} {why}")
+        assert str(ei.value) == f"runs/x: {said}ADVICE {told}"
+    with pytest.raises(RecordError, match=r"^runs/x: a training run interrupted .* --resume\), or ADVICE model "
+                                          r"unwritten$"):
+        run_inputs({"kind": "train", "status": "interrupted"}, "runs/x", None, None, run=tmp_path,
+                   advice=lambda lost, why: f"ADVICE {lost} {why}")
+    same = {"checkpoint": was, "corpus": {"path": str(corpus)}}  # the control: both there, as recorded
+    assert run_inputs(same, "runs/x", None, None, advice=lambda *a: "unused") == (was["path"], str(corpus))
+
+
 def test_a_record_run_that_lost_its_paths_is_refused_not_filled_in(tmp_path):
     """A record run whose run.json had no checkpoint ran ablate and spec on the bundled model, silently (a
     bad-input audit); now refused unless the flag is given."""
