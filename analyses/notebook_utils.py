@@ -82,7 +82,7 @@ def left_out_said(result) -> str:
     say beside its figure and in the conclusions; "" when it left no domain out."""
     from analyses.metrics import left_out_note
 
-    return left_out_note(sorted({x for v in result["left_out"] for x in str(v).split(", ") if x})) or ""
+    return left_out_note(result) or ""
 
 
 def need_heldout(run, what: str) -> None:

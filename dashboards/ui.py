@@ -202,7 +202,7 @@ def left_out_note(df, where=st, unmeasured: str | None = None) -> None:
     that is not measured because fewer than two domains are left to train on. Nothing when none is left out."""
     from analyses.metrics import left_out_note as note
 
-    said = note(sorted({x for v in df.get("left_out", []) for x in str(v).split(", ") if x}))
+    said = note(df)
     if said:
         tail = f" {unmeasured} needs two domains or more to train on, so it is not measured." if unmeasured else ""
         where.info(said + tail, icon="ℹ️")

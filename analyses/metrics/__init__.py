@@ -66,8 +66,9 @@ Expert paths (`paths.py`)
 - domain_information(ids, domains, layers=None, k=1, test=None)   path vs each layer: NMI, AMI, held-out accuracy
 - heldout_accuracy(labels, values, test)  majority-label decoding on held-out rows, and its baseline
 - heldout_windows(seq_id, domain, every=5)   the held-out mask: every `every`-th window of each domain
-- heldout_left_out(labels, test), left_out_note(names)   the domains held out whole (one window), which the
-  held-out scores leave out and name in their `left_out` column; the one sentence every consumer says
+- heldout_left_out(labels, test), left_out_note(names or result, every=None)   the domains held out whole (one
+  window), which the held-out scores leave out and name in their `left_out` column (a list in each row, the split's
+  `every` in the result's attrs); the one sentence every consumer says
 - common_paths(ids, domains=None, token_ids=None, k=1, top=10)   the most used paths, their domain, tokens
 - routes_from_run(run, layers=None) -> Routes   tokens routed at every chosen layer, [T, L, K]
 - path_summary_from_run, domain_information_from_run, common_paths_from_run

@@ -117,16 +117,29 @@ def heldout_left_out(labels, test) -> list[str]:
     return sorted(set(lab[test].astype(str).tolist()) - set(lab[~test].astype(str).tolist()))
 
 
-def left_out_note(names) -> str | None:
-    """One sentence on the domains `left_out` names (a list, or the comma-joined `left_out` column of a
-    result), for every page, report and notebook that shows a held-out score; None when there are none."""
-    names = [x for x in (names.split(", ") if isinstance(names, str) else list(names)) if x]
+def left_out_note(left_out, every: int | None = None) -> str | None:
+    """One sentence on the domains a held-out score leaves out, for every page, report and notebook that
+    shows one; None when there are none. `left_out`: the domain names (a list; a string is one name), or a
+    held-out result, whose `left_out` column holds each row's list of names (a column joined with ", " split a
+    domain named "a, b" in two: a JSONL `domain` field may hold any text; a tour) and whose `attrs["every"]`
+    the split's `every` (the sentence said "every 5th" whatever it was). `every`: the split's, where
+    `left_out` does not say it (default 5, `heldout_windows`')."""
+    if hasattr(left_out, "columns"):  # a result: the names of all its rows
+        every = left_out.attrs.get("every") if every is None else every
+        left_out = sorted({x for v in left_out.get("left_out", []) for x in v})
+    names = [x for x in ([left_out] if isinstance(left_out, str) else list(left_out)) if x]
     if not names:
         return None
+    every = 5 if every is None else int(every)
     said = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
     return (f"Left out of the held-out scores: {said} {'has' if len(names) == 1 else 'have'} one window only, "
-            "which the split holds out whole (every 5th window of each domain, its first included), so "
+            f"which the split holds out whole (every {_nth(every)} window of each domain, its first included), so "
             f"{'it was' if len(names) == 1 else 'they were'} never trained on.")
+
+
+def _nth(n: int) -> str:
+    """2nd, 3rd, 5th, 11th, 21st."""
+    return f"{n}{'th' if n % 100 in (11, 12, 13) else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
 
 
 def heldout_accuracy(labels, values, test) -> tuple[float, float]:
@@ -156,7 +169,8 @@ def domain_information(ids, domains, layers=None, k: int = 1, test=None) -> "pan
     seen), domain_nmi (plug-in I/H(domain)), ami (chance-adjusted with the arithmetic normalisation,
     scikit-learn's average_method="arithmetic": (I - E[I]) / ((H(domain) + H(unit)) / 2 - E[I])),
     heldout_accuracy, majority_baseline (NaN without `test`, a boolean [T] mask of held-out tokens),
-    left_out (the domains the held-out accuracy leaves out, comma-joined: `heldout_left_out`; "" for none).
+    left_out (the domains the held-out accuracy leaves out, a list in each row: `heldout_left_out`; empty for
+    none).
     Fewer than two domains: every measure NaN (nothing to tell apart)."""
     import pandas as pd
     from sklearn.metrics import adjusted_mutual_info_score
@@ -182,8 +196,8 @@ def domain_information(ids, domains, layers=None, k: int = 1, test=None) -> "pan
         acc, base = heldout_accuracy(d, codes, test) if test is not None and len(codes) and two else (float("nan"),) * 2
         rows.append({"unit": unit, "values": int(len(np.unique(codes))), "domain_nmi": nmi_d, "ami": ami,
                      "heldout_accuracy": acc, "majority_baseline": base})
-    out = ", ".join(heldout_left_out(d, test)) if test is not None and len(d) and two else ""
-    return pd.DataFrame(rows).assign(left_out=out)  # after heldout_accuracy has checked the lengths
+    out = heldout_left_out(d, test) if test is not None and len(d) and two else []
+    return pd.DataFrame(rows).assign(left_out=[list(out) for _ in rows])  # after heldout_accuracy checked lengths
 
 
 def common_paths(ids, domains=None, token_ids=None, k: int = 1, top: int = 10,
@@ -294,9 +308,15 @@ def path_summary_from_run(run, layers=None, k: int = 1) -> "pandas.DataFrame":  
 
 
 def domain_information_from_run(run, layers=None, k: int = 1, every: int = 5) -> "pandas.DataFrame":  # noqa: F821
-    """`domain_information` of a run; held out: every `every`-th window."""
+    """`domain_information` of a run; held out: every `every`-th window (`attrs["every"]`, for `left_out_note`)."""
     r = routes_from_run(run, layers)
-    return domain_information(r.ids, r.domain, r.layers, k, r.heldout(every))
+    return split_every(domain_information(r.ids, r.domain, r.layers, k, r.heldout(every)), every)
+
+
+def split_every(result, every: int):
+    """`result` (a held-out result) with its split's `every` in `attrs["every"]`, where `left_out_note` reads it."""
+    result.attrs["every"] = int(every)
+    return result
 
 
 def common_paths_from_run(run, layers=None, k: int = 1, top: int = 10,

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._common import MetricsError, as_run, counted, layer_numbers, n_experts_of_run, need_rows, whole_count
-from .paths import heldout_left_out, heldout_windows
+from .paths import heldout_left_out, heldout_windows, split_every
 
 FEATURES = ("weights", "scores")
 MAX_ROWS = 50_000  # training and held-out tokens each, drawn at random beyond this (the fit is O(rows))
@@ -89,7 +89,7 @@ def linear_probe(features, labels, test, seed: int = 0) -> dict:
             "majority": float((y[test] == values[counts.argmax()]).mean()),
             "shuffled": float((shuffled == y[test]).mean()),
             "n_train": int(train.sum()), "n_test": int(test.sum()), "n_features": int(x.shape[1]),
-            "left_out": ", ".join(left)}
+            "left_out": list(left)}
 
 
 def domain_probe_from_run(run, layers=None, features: str = "weights", every: int = 5,
@@ -127,8 +127,8 @@ def domain_probe_from_run(run, layers=None, features: str = "weights", every: in
     if len(units) > 1 and len(rows) * len(units) * next(iter(units.values())).shape[1] <= MAX_COMBINED:
         units["all layers"] = np.concatenate(list(units.values()), axis=1)
     out = [{"unit": unit, "features": features} | linear_probe(x, domain[rows], test[rows], seed)
-           | {"left_out": ", ".join(left)} for unit, x in units.items()]
-    return pd.DataFrame(out)
+           | {"left_out": list(left)} for unit, x in units.items()]
+    return split_every(pd.DataFrame(out), every)
 
 
 KEY = "((seq_id::bigint << 32) | pos::bigint)"  # one int64 per token, in (seq_id, pos) order

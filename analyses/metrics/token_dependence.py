@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._common import MetricsError, whole_count
-from .paths import heldout_left_out, path_codes, routes_from_run
+from .paths import heldout_left_out, path_codes, routes_from_run, split_every
 from .specialisation import vocabulary_specialisation_baseline, vocabulary_specialisation_from_run
 
 PREDICTORS = ("token_id", "prev_token", "position", "prev_and_position", "token_and_prev", "majority")
@@ -102,7 +102,7 @@ def token_dependence_from_run(run, layers=None, every: int = 5, k: int | None = 
     (`vocabulary_specialisation_baseline` on the routed tokens: columns vocab_spec_input_baseline,
     vocab_spec_next_baseline). routes: the run's `routes_from_run(run, layers)` when already read
     (the report shares it with the paths). left_out: the domains of one window, held out whole and left
-    out of every predictor (`heldout_left_out`), comma-joined; "" for none."""
+    out of every predictor (`heldout_left_out`), a list in each row; empty for none. `attrs["every"]`: `every`."""
     import pandas as pd
 
     r = routes if routes is not None else routes_from_run(run, layers)
@@ -125,8 +125,8 @@ def token_dependence_from_run(run, layers=None, every: int = 5, k: int | None = 
         targets = [("top1", ids[:, j, 0])] + ([("topk", path_codes(ids[:, [j]], k)[1])] if k > 1 else [])
         for target, y in targets:
             res = token_dependence(tok, prev, pos, y, test)
-            rows.append({"layer": layer, "target": target, **res, **vs, "left_out": ", ".join(left)})
-    return pd.DataFrame(rows)
+            rows.append({"layer": layer, "target": target, **res, **vs, "left_out": list(left)})
+    return split_every(pd.DataFrame(rows), every)
 
 
 def _vocab_baselines(r, j: int, min_count: int) -> dict:

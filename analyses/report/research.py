@@ -300,7 +300,7 @@ def left_out(df: pd.DataFrame | None) -> str | None:
     scores leave out (one window, held out whole); None for none."""
     if df is None or "left_out" not in df:
         return None
-    return M.left_out_note(sorted({x for v in df.left_out for x in str(v).split(", ") if x}))
+    return M.left_out_note(df)
 
 
 def _with_left_out(text: str, df: pd.DataFrame | None) -> str:

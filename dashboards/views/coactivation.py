@@ -164,7 +164,7 @@ def path_stats(ref: data.RunRef, p: dict) -> None:
                 f"{100 * (path.heldout_accuracy - path.majority_baseline):+.1f} pp vs majority" if learned else None,
                 help="held out: the domain guessed as the path's majority domain on training windows, scored "
                      "on every 5th window, against always guessing the majority domain")
-    left_out = {x for x in str(path.left_out).split(", ") if x}  # one window each: held out whole
+    left_out = set(path.left_out)  # one window each: held out whole
     if not learned and left_out >= set(doms):  # it read 'nan%' (a tour)
         ui.all_held_out_note(ref, "The domain accuracy")
     else:  # a capped run's domain of one window read as misses, 58.5% for five domains (a tour)

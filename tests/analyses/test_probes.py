@@ -85,6 +85,7 @@ def test_the_run_version_probes_each_layer_as_its_features_say(run):
         x, d, test = _by_hand(run, layer)
         want = M.linear_probe(x, d, test)
         row = got.loc[f"layer {layer}"]
+        assert row.left_out == want.pop("left_out") == [], layer  # two windows of each domain: none left out
         assert {k: row[k] for k in want} == pytest.approx(want), layer
     # layer 1 routes by token id (ids drawn regardless of domain), layer 2 by domain (code's first choice is
     # one of experts 0-3 80% of the time, prose's one of 4-7): only the second tells the domain
@@ -120,13 +121,13 @@ def test_a_domain_of_one_window_is_left_out_of_the_probe(tmp_path):
     got = M.domain_probe_from_run(tmp_path / "thin", layers=[2]).iloc[0]  # wiki: window 5 only
     x, d, test = _by_hand(tmp_path / "thin", 2)
     assert got.n_test == int((test & (d != "wiki")).sum()) == 5 * 10  # the first window of the five others
-    assert got.left_out == "wiki"
+    assert got.left_out == ["wiki"]
     keep = d != "wiki"
     want = M.linear_probe(x[keep], d[keep], test[keep])
     assert {k: got[k] for k in ("accuracy", "balanced_accuracy", "majority", "shuffled", "n_train")} == \
         pytest.approx({k: want[k] for k in ("accuracy", "balanced_accuracy", "majority", "shuffled", "n_train")})
     arr = M.linear_probe(x, d, test)  # the array version leaves it out by itself
-    assert arr["left_out"] == "wiki" and arr["n_test"] == 50 and arr["accuracy"] == pytest.approx(want["accuracy"])
+    assert arr["left_out"] == ["wiki"] and arr["n_test"] == 50 and arr["accuracy"] == pytest.approx(want["accuracy"])
     write_run(tmp_path / "two", n_seq=3, seq_len=10)  # code: windows 0 and 2; prose: window 1 only
     with pytest.raises(M.MetricsError, match=r"two: 1 domain with a window to train on \(prose: one window, "
                                              r"held out whole\); a domain probe needs two or more"):
@@ -142,7 +143,7 @@ def test_a_draw_keeps_a_training_token_of_every_domain(tmp_path):
     write_run(tmp_path / "r", n_seq=12, seq_len=10, domains=("code", "prose", "web"))  # 30 held-out tokens
     for seed in range(6):
         got = M.domain_probe_from_run(tmp_path / "r", layers=[1], max_rows=3, seed=seed).iloc[0]
-        assert (got.n_train, got.n_test, got.left_out) == (3, 3, ""), (seed, got)
+        assert (got.n_train, got.n_test, got.left_out) == (3, 3, []), (seed, got)
     x, d, test = _by_hand(tmp_path / "r", 1)
     rng = np.random.default_rng(0)
     rows = np.sort(np.concatenate([rng.choice(np.flatnonzero(side), 20, replace=False) for side in (~test, test)]))

@@ -43,3 +43,36 @@ def test_the_report_names_a_domain_left_out_of_the_held_out_scores(tmp_path):
     both = _research(tmp_path / "both")
     assert "Left out" not in " ".join(both["summary"])
     assert not any("Left out" in t for figs in both["figures"].values() for t, *_ in figs)
+
+
+def test_a_domain_named_with_a_comma_is_left_out_under_its_own_name(tmp_path):
+    """A domain name is any text (a JSONL `domain` field): the `left_out` column, its names joined with ", "
+    and split on ", " by every reader, named 'news, world' as two domains, news and world (a tour). It holds
+    a list; the report, the notebooks and the dashboard say the one name."""
+    from analyses.notebook_utils import left_out_said
+    from dashboards import ui
+
+    write_run(tmp_path / "thin", n_seq=11, seq_len=12, domains=DOMAINS[:-1] + ("news, world",))  # window 5 only
+    note = M.left_out_note(["news, world"])
+    assert note.startswith("Left out of the held-out scores: news, world has one window only"), note
+    r = _research(tmp_path / "thin")
+    paths, = [s for s in r["summary"] if s.startswith("Expert paths")]
+    assert paths.endswith(f". {note}"), paths
+    for result in (M.domain_information_from_run(tmp_path / "thin"), M.domain_probe_from_run(tmp_path / "thin"),
+                   M.token_dependence_from_run(tmp_path / "thin")):
+        assert result.left_out.tolist() == [["news, world"]] * len(result)
+        assert left_out_said(result) == research.left_out(result) == note
+        said = []
+        ui.left_out_note(result, where=SimpleNamespace(info=lambda text, icon: said.append(text)))
+        assert said == [note]
+
+
+def test_the_left_out_sentence_names_the_splits_every(tmp_path):
+    """`left_out_note` said "every 5th window" whatever `every` the held-out split used."""
+    write_run(tmp_path / "thin", n_seq=11, seq_len=12, domains=DOMAINS)  # wiki: window 5 only
+    for every, nth in ((5, "5th"), (3, "3rd"), (2, "2nd")):
+        td = M.token_dependence_from_run(tmp_path / "thin", every=every)
+        said = M.left_out_note(td)
+        assert f"(every {nth} window of each domain, its first included)" in said and "wiki" in said, said
+    assert "every 3rd window" in M.left_out_note(M.domain_information_from_run(tmp_path / "thin", every=3))
+    assert "every 2nd window" in M.left_out_note(["wiki"], every=2)
