@@ -124,26 +124,38 @@ def status_banner(ref: data.RunRef) -> None:
 
 def one_domain_note(ref: data.RunRef, doms: list[str], what: str) -> None:
     """Say plainly why a comparison across domains is not drawn for a run with fewer than two."""
+    domains_note(what, [(ref, doms)])
+
+
+def domains_note(what: str, runs: list[tuple[data.RunRef, list[str]]]) -> None:
+    """`one_domain_note` of several runs, each with its domains, in one note: the Compare page said it
+    twice, near word for word, when neither run had two domains (a tour). A reason the runs share is
+    said once."""
+    said = [_few_domains(ref, doms) for ref, doms in runs]
+    if len({tail for _, tail in said}) == 1:
+        body = " and ".join(has for has, _ in said) + said[0][1]
+    else:
+        body = "; ".join(has + tail.rstrip(".") for has, tail in said) + "."
+    st.info(f"{what} compares domains, and {body}", icon="ℹ️")
+
+
+def _few_domains(ref: data.RunRef, doms: list[str]) -> tuple[str, str]:
+    """(what run `ref`, with `doms`, fewer than two, has, what it means: the rest of the sentence)."""
     if not doms:  # no rows yet (a run just started, or tables without rows): not a one-domain corpus
-        st.info(f"{what} compares domains, and run `{ref.name}` has no routed tokens yet.", icon="ℹ️")
-        return
+        return f"run `{ref.name}` has no routed tokens yet", "."
     planned = ref.info.get("domains") or []
     if ref.status != "complete" and len(planned) > len(doms):  # the corpus has more, not reached yet
         then = "continue it with `--resume`" if ref.status == "interrupted" else "they come as it records"
-        st.info(f"{what} compares domains, and run `{ref.name}` ({ref.status}) has rows from {len(doms)} of its "
-                f"{len(planned)} domains so far: {then}.", icon="ℹ️")
-        return
+        return (f"run `{ref.name}` ({ref.status}) has rows from {len(doms)} of its {len(planned)} domains so far",
+                f": {then}.")
     if ref.info.get("kind") == "import":  # serving traffic: one stream, no domains to tell apart
-        st.info(f"{what} compares domains, and run `{ref.name}` is imported serving traffic, one stream "
-                f"(`{doms[0]}`): this view is for runs recorded from a corpus of two or more domains.", icon="ℹ️")
-        return
-    has = f"{what} compares domains, and run `{ref.name}` has {len(doms)} domain{'' if len(doms) == 1 else 's'}"
+        return (f"run `{ref.name}` is imported serving traffic, one stream (`{doms[0]}`)",
+                ": this view is for runs recorded from a corpus of two or more domains.")
+    has = f"run `{ref.name}` has {len(doms)} domain{'' if len(doms) == 1 else 's'} (`{doms[0]}`)"
     if why := one_window_cap(ref.info):  # told to record two or more domains, as it had (a tour)
-        st.info(f"{has} (`{doms[0]}`): {why}.", icon="ℹ️")
-        return
-    st.info(f"{has}{' (`' + doms[0] + '`)' if doms else ''}. Record a corpus with two or more "
-            "(one sub-folder per domain, or a `domain` field per record); with `--max-tokens` the default "
-            "`--order domains` takes tokens from every domain.", icon="ℹ️")
+        return has, f": {why}."
+    return has, (". Record a corpus with two or more (one sub-folder per domain, or a `domain` field per record); "
+                 "with `--max-tokens` the default `--order domains` takes tokens from every domain.")
 
 
 @contextmanager

@@ -114,15 +114,17 @@ def balance(ra: data.RunRef, rb: data.RunRef) -> None:
 def specialisation(probes: list[data.RunRef]) -> None:
     """I(domain; expert) / H(domain) per layer of two probe runs (a run with fewer than two domains says so)."""
     with ui.guard("specialisation"):
-        nm = {}
+        nm, few = {}, []
         for r in probes:
             de = data.domain_expert(r)
             doms = sorted(de.domain.unique())
             if len(doms) < 2:
-                ui.one_domain_note(r, doms, compute.DOMAIN_NMI_LABEL)
+                few.append((r, doms))
                 continue
             E = int((r.info.get("model_args") or {}).get("n_routed_experts") or de.expert.max() + 1)
             nm[r.name] = compute.domain_nmi_by_layer(de, E)
+        if few:  # one note for both runs: two read near word for word (a tour)
+            ui.domains_note(compute.DOMAIN_NMI_LABEL, few)
         if nm:
             grouped(nm, "domain_nmi", f"{compute.DOMAIN_NMI_LABEL} per layer", "I / H(domain)", "cmp_nmi",
                     colors=dict(zip((r.name for r in probes), RUN_COLORS)))

@@ -44,6 +44,29 @@ def test_a_one_domain_run_says_so_instead_of_empty_charts(tmp_path):
         assert want in texts(at.info) and "Record a corpus with two" not in texts(at.info), texts(at.info)
 
 
+def test_compare_says_once_that_neither_run_has_two_domains(tmp_path):
+    """Compare runs of two one-domain runs showed two notes near word for word, one a run (a tour): one
+    names both, and the reason each has says what it has."""
+    from helpers.synthetic_run import write_run
+
+    write_run(tmp_path / "one", domains=("code",))
+    write_run(tmp_path / "uno", seed=1, domains=("prose",))
+    at = app(tmp_path, "one", page="compare")
+    notes = [e.value for e in at.info if "compares domains" in e.value]
+    assert notes == ["I(domain; expert) / H(domain) compares domains, and run `one` has 1 domain (`code`) and run "
+                     "`uno` has 1 domain (`prose`). Record a corpus with two or more (one sub-folder per domain, or "
+                     "a `domain` field per record); with `--max-tokens` the default `--order domains` takes tokens "
+                     "from every domain."], texts(at.info)
+    info = json.loads((tmp_path / "uno" / "run.json").read_text())  # reasons apart: each said, still one note
+    (tmp_path / "uno" / "run.json").write_text(json.dumps(info | {"kind": "import"}))
+    at = app(tmp_path, "one", page="compare")
+    notes = [e.value for e in at.info if "compares domains" in e.value]
+    assert len(notes) == 1 and "run `one` has 1 domain (`code`). Record a corpus" in notes[0] and notes[0].endswith(
+        "; run `uno` is imported serving traffic, one stream (`prose`): this view is for runs recorded from a "
+        "corpus of two or more domains."), texts(at.info)
+    assert not at.error, texts(at.error)
+
+
 def test_the_domain_probe_panel_draws_the_metric_of_the_run(tmp_path):
     """The specialisation page's probe bars (fitted when asked) are `domain_probe_from_run`'s held-out
     accuracies (at most PROBE_ROWS tokens a side), beside the shuffled-domain control; a run without
