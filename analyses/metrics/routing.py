@@ -413,8 +413,35 @@ def _joined_runs(run_a, run_b, check_tokens: bool = True):
                           using (seq_id, pos) where a.token_id <> b.token_id""").fetchall()[0][0]
         if bad:
             raise MetricsError(f"{run_a.path} and {run_b.path} hold different tokens at {bad} matched "
-                               "positions (not the same corpus and windows)")
+                               f"positions ({_tokens_apart(run_a, run_b)})")
     return con
+
+
+# what cuts a corpus into windows: (run.json's options key, how a flag says its value)
+WINDOW_OPTIONS = (("seq_len", lambda v: f"--seq-len {v}"), ("order", lambda v: f"--order {v}"),
+                  ("max_tokens", lambda v: "no --max-tokens" if v is None else f"--max-tokens {v}"),
+                  ("add_bos", lambda v: "--bos" if v else "--no-bos"))
+
+
+def _tokens_apart(run_a, run_b) -> str:
+    """Why two runs hold different tokens at the positions they share, as far as their run.json say: not
+    the same corpus or tokenizer (their fingerprints), or the same corpus cut into other windows (the
+    options of WINDOW_OPTIONS that differ). Two runs of one corpus with another --max-tokens or --seq-len
+    read "not the same corpus and windows", as if the corpus differed (a tour)."""
+    a, b = run_a.info or {}, run_b.info or {}
+    for key in ("corpus", "tokenizer"):
+        (pa, fa), (pb, fb) = (((x.get(key) or {}).get("path"), (x.get(key) or {}).get("fingerprint")) for x in (a, b))
+        if fa and fb and fa != fb:
+            return (f"not the same {key}: the {key} at {pa} changed between them" if pa == pb else
+                    f"not the same {key}: {pa} in {run_a.path}, {pb} in {run_b.path}")
+    oa, ob = a.get("options") or {}, b.get("options") or {}
+    apart = [f"{say(oa[k])} in {run_a.path}, {say(ob[k])} in {run_b.path}"
+             for k, say in WINDOW_OPTIONS if k in oa and k in ob and oa[k] != ob[k]]
+    same = (a.get("corpus") or {}).get("fingerprint") and (a.get("corpus") or {}).get("fingerprint") == \
+        (b.get("corpus") or {}).get("fingerprint")
+    if apart:
+        return f"{'the same corpus' if same else 'the corpus'} cut into other windows: {'; '.join(apart)}"
+    return "not the same corpus and windows"
 
 
 # ------------------------------------------------------------------------------ margins, entropy

@@ -285,6 +285,43 @@ def test_cross_run_agreement_and_negative_control(synth, tmp_path):
     one_line(e)
 
 
+def test_runs_of_different_tokens_are_told_what_differs(tmp_path):
+    """Two runs of one corpus with other windows (another --max-tokens or --seq-len) were told "(not the
+    same corpus and windows)", as if the corpus differed (a tour): the refusal says which differs, as
+    their run.json say it."""
+    import json
+
+    opts = {"seq_len": 7, "order": "domains", "max_tokens": None, "add_bos": True}
+    corpus = {"path": "/data/c.jsonl", "fingerprint": "f1"}
+
+    def run(name, token_seed, **edit):
+        write_run(tmp_path / name, seed=0, token_seed=token_seed)
+        info = json.loads((tmp_path / name / "run.json").read_text())
+        info |= {"corpus": corpus, "tokenizer": {"path": "/m/tokenizer.json", "fingerprint": "t1"},
+                 "options": opts} | edit
+        (tmp_path / name / "run.json").write_text(json.dumps(info))
+        return tmp_path / name
+
+    a = run("a", 0)
+    for name, edit, why in [
+        ("cap", {"options": opts | {"max_tokens": 40}}, "the same corpus cut into other windows: no --max-tokens "
+                                                        f"in {a}, --max-tokens 40 in {tmp_path / 'cap'}"),
+        ("seq", {"options": opts | {"seq_len": 9, "order": "corpus"}},
+         f"the same corpus cut into other windows: --seq-len 7 in {a}, --seq-len 9 in {tmp_path / 'seq'}; "
+         f"--order domains in {a}, --order corpus in {tmp_path / 'seq'}"),
+        ("other", {"corpus": {"path": "/data/d.jsonl", "fingerprint": "f2"}},
+         f"not the same corpus: /data/c.jsonl in {a}, /data/d.jsonl in {tmp_path / 'other'}"),
+        ("edited", {"corpus": corpus | {"fingerprint": "f3"}},
+         "not the same corpus: the corpus at /data/c.jsonl changed between them"),
+        ("tok", {"tokenizer": {"path": "/n/tokenizer.json", "fingerprint": "t2"}},
+         f"not the same tokenizer: /m/tokenizer.json in {a}, /n/tokenizer.json in {tmp_path / 'tok'}"),
+        ("same", {}, "not the same corpus and windows")]:  # run.json name nothing apart: no cause to name
+        with pytest.raises(M.MetricsError) as e:
+            M.routing_agreement_from_runs(a, run(name, 9, **edit))
+        assert re.fullmatch(rf"{re.escape(str(a))} and {re.escape(str(tmp_path / name))} hold different tokens at "
+                            rf"\d+ matched positions \({re.escape(why)}\)", str(e.value)), str(e.value)
+
+
 def test_run_vs_run_refuses_runs_of_models_with_other_expert_counts(synth, tmp_path):
     """Expert ids are compared by index: a run of 16 experts against one of 8 (the same windows and tokens)
     gave an agreement that read as a measurement, where only the report's --compare refused it. Each run
