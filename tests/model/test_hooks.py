@@ -352,8 +352,6 @@ def test_a_named_hook_point_the_forward_never_reached_is_warned_of():
     with pytest.warns(UserWarning, match=r"1 of the 2 hook points named were not reached .*\(e.g. mtp.0.hook_in\)"):
         _, c = m.run_with_cache(x, names=["hook_embed", "mtp.0.hook_in"])
     assert list(c) == ["hook_embed"]
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the controls: every named point reached, or no names given
         m.run_with_cache(x, names=["hook_embed", "mtp.0.hook_in"], mtp=True)
@@ -415,51 +413,6 @@ def test_unknown_hook_names_are_errors():
     _, cache = m.run_with_cache(tok, names=["hook_embed", "layers.*.ffn.gate.hook_topk_ids"])  # the control
     moe = range(m.args.n_dense_layers, m.args.n_layers)
     assert set(cache) == {"hook_embed", *(f"layers.{i}.ffn.gate.hook_topk_ids" for i in moe)}
-
-
-def test_a_cache_kept_in_the_graph_gives_gradients_with_respect_to_its_activations():
-    """run_with_cache(detach=False) cached a copy that nothing downstream read: the gradient of a
-    logit with respect to it raised 'The differentiated Tensor at index 0 appears to not have been
-    used in the graph' (a tour, doing attribution). It is now the gradient the activation itself gets."""
-    m = random_model("tiny", seed=3)
-    x = torch.randint(0, 512, (2, 5))
-    names = ["layers.1.hook_resid_post", "layers.2.hook_resid_pre", "layers.1.attn.hook_pattern",
-             "layers.1.ffn.gate.hook_topk_weights"]
-    kept = {}
-
-    def keep(t, hook):  # the reference: the hook's own replacement, read downstream
-        kept[hook.name] = t.clone()
-        return kept[hook.name]
-
-    with torch.enable_grad():
-        with m.hooks([(names, keep)]):
-            ref = torch.autograd.grad(m(x)[1, -1, 7], [kept[n] for n in names])
-        logits, cache = m.run_with_cache(x, names=names, detach=False)
-        got = torch.autograd.grad(logits[1, -1, 7], [cache[n] for n in names])
-    for n, a, b in zip(names, got, ref):
-        assert a.abs().sum() > 0 and torch.allclose(a, b, atol=1e-6), n
-    with torch.no_grad(), pytest.warns(UserWarning, match="gradients are off"):  # the cache is only observed:
-        assert torch.equal(m.run_with_cache(x, names=names, detach=False)[0], m(x))  # the output bit for bit
-    with torch.enable_grad():
-        out, _ = m.run_with_cache(x, names="layers.1.hook_resid_post", detach=False)
-    assert torch.equal(out.detach(), m(x))
-
-
-@pytest.mark.parametrize("attn_impl", ["absorb", "naive"])
-def test_an_in_place_edit_of_the_queries_works_with_gradients_on(attn_impl):
-    """q_nope was one of split's views: with gradients on (a model outside torch.no_grad, as for
-    attribution) a hook's in-place edit failed with torch's 'Output 0 of SplitWithSizes is a view
-    and is being modified inplace' (a tour). It now equals the same edit as a replacement."""
-    m = random_model("tiny", seed=4, attn_impl=attn_impl)
-    x = torch.randint(0, 512, (2, 5))
-    name = "layers.1.attn.hook_q_nope"
-    with torch.enable_grad():
-        with m.hooks([(name, lambda t, hook: (t.mul_(0.5), None)[1])]):
-            in_place = m(x)
-        in_place[0, -1, 3].backward()
-        with m.hooks([(name, lambda t, hook: t * 0.5)]):
-            copied = m(x)
-    assert torch.allclose(in_place, copied, atol=1e-6) and not torch.allclose(copied, m(x))
 
 
 def test_the_routing_weights_are_the_unbiased_scores_normalised_and_scaled():
@@ -557,94 +510,3 @@ def test_an_in_place_edit_of_the_allowed_scores_alone_leaves_a_softmax_routers_w
     want = plain[g + "hook_scores"].gather(1, ca[g + "hook_topk_ids"]) * m.args.route_scale  # unedited scores
     assert torch.equal(ca[g + "hook_topk_weights"], want)
     assert torch.equal(ca[g + "hook_topk_weights"], cb[g + "hook_topk_weights"]) and torch.equal(a, b)
-
-
-def test_run_with_hooks_is_one_pass_with_the_hooks_attached():
-    """TransformerLens's model.run_with_hooks(tokens, fwd_hooks=[...]) was an AttributeError (a tour):
-    it is `with m.hooks(fwd_hooks): m(...)`, forward's arguments passed on, the hooks gone after."""
-    m = random_model("tiny")
-    tok = torch.tensor([[0, 5, 7, 9]])
-    with torch.no_grad():
-        plain = m(tok)
-        scaled = m.run_with_hooks(tok, fwd_hooks=[("layers.1.hook_resid_post", lambda t, hook: t * 2)])
-        with m.hooks([("layers.1.hook_resid_post", lambda t, hook: t * 2)]):
-            assert torch.equal(scaled, m(tok))
-        assert not torch.equal(scaled, plain)
-        assert torch.equal(m(tok), plain)  # detached after the pass
-        at = torch.tensor([[3]])  # forward's keywords reach it
-        last = m.run_with_hooks(tok, logits_at=at, fwd_hooks=[("layers.1.hook_resid_post", lambda t, hook: t * 2)])
-        with m.hooks([("layers.1.hook_resid_post", lambda t, hook: t * 2)]):
-            assert last.shape == (1, 1, m.args.vocab_size) and torch.equal(last, m(tok, logits_at=at))
-    with pytest.raises(model.HookError, match=r"run_with_hooks takes no bwd_hooks: .* detach=False"):
-        m.run_with_hooks(tok, bwd_hooks=[("hook_embed", lambda g, hook: None)])
-    # a hook on a point this forward does not reach ran never, silently: warned, as run_with_cache does
-    mtp_edit = [("mtp.0.hook_in", lambda t, hook: t * 0), ("layers.1.hook_resid_post", lambda t, hook: None)]
-    with pytest.warns(UserWarning, match=r"run_with_hooks: 1 of the 2 hook points named were not reached .*"
-                                         r"\(e\.g\. mtp\.0\.hook_in\): the MTP module runs only with mtp=True"):
-        m.run_with_hooks(tok, fwd_hooks=mtp_edit)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # reached: no warning
-        m.run_with_hooks(tok, mtp=True, fwd_hooks=mtp_edit)
-    assert m.reset_hooks() == 0  # the observer is gone with the hooks
-
-
-def test_the_routers_choice_has_no_gradient_its_weights_have():
-    """README, "Hook points": with run_with_cache(detach=False) a logit's gradient reaches the router
-    through hook_topk_weights, hook_scores and hook_logits, never through the selection scores (top-k's
-    ids: piecewise constant) or the integer ids. Pinned: a researcher's attribution over every router
-    point met torch's 'not used in the graph' there, unexplained (a tour)."""
-    m = random_model("tiny")
-    gate = "layers.1.ffn.gate."
-    logits, cache = m.run_with_cache(torch.tensor([[0, 5, 7, 9]]), names=f"{gate}*", detach=False)
-    points = ("hook_topk_weights", "hook_scores", "hook_logits", "hook_select_scores", "hook_group_scores",
-              "hook_allowed_scores")
-    weights, scores, router_logits, select, groups, allowed = torch.autograd.grad(
-        logits[0, -1, 3], [cache[gate + n] for n in points], allow_unused=True)
-    assert all(g is not None and g.abs().sum() > 0 for g in (weights, scores, router_logits))
-    assert select is None and groups is None and allowed is None
-    assert not cache[gate + "hook_topk_ids"].requires_grad and not cache[gate + "hook_topk_ids"].is_floating_point()
-
-
-def test_gradients_of_cached_activations_with_the_weights_held_still():
-    """m.requires_grad_(False) (weights held still, no parameter gradients to store) left every
-    activation without a graph: run_with_cache(detach=False) cached tensors that did not require grad
-    and autograd.grad raised 'element 0 of tensors does not require grad' (a tour). The same
-    gradients as with the weights free."""
-    m = random_model("tiny")
-    tok, names = torch.tensor([[0, 5, 7, 9]]), ["layers.1.hook_resid_pre", "layers.1.attn.hook_pattern",
-                                                "layers.2.ffn.gate.hook_topk_weights"]
-
-    def grads():
-        logits, cache = m.run_with_cache(tok, names=names, detach=False)
-        return torch.autograd.grad(logits[0, -1, 3], [cache[n] for n in names])
-
-    free = grads()
-    m.requires_grad_(False)
-    held = grads()
-    for n, a, b in zip(names, free, held):
-        assert b.abs().sum() > 0 and torch.equal(a, b), n
-    assert all(p.grad is None for p in m.parameters())
-    # gradients off: nothing made to require grad, and a warning that says why (detach=False asked for
-    # a graph, and autograd.grad failed later with torch's 'does not require grad')
-    with torch.no_grad(), pytest.warns(UserWarning, match=r"run_with_cache\(detach=False\) under torch\.no_grad\(\)"):
-        _, cache = m.run_with_cache(tok, names=names, detach=False)
-    assert not any(t.requires_grad for t in cache.values())
-
-
-def test_a_cache_stacks_the_points_a_glob_picks():
-    """cache.stack(glob), TransformerLens's stack_activation: the per-layer loop a logit lens or a
-    per-layer patching plot starts with. Forward order, a new first dimension; points of two shapes
-    (the MTP block's S-1 positions) and points not cached are one-line HookErrors."""
-    m = random_model("tiny")
-    _, cache = m.run_with_cache(torch.tensor([[0, 5, 7, 9], [0, 3, 2, 1]]), mtp=True)
-    resid = cache.stack("layers.*.hook_resid_post")
-    assert resid.shape == (3, 2, 4, m.args.dim)
-    assert all(torch.equal(resid[i], cache[f"layers.{i}.hook_resid_post"]) for i in range(3))
-    ids = cache.stack("layers.*.ffn.gate.hook_topk_ids")  # the MoE layers only: 1 and 2
-    assert torch.equal(ids, torch.stack([cache[f"layers.{i}.ffn.gate.hook_topk_ids"] for i in (1, 2)]))
-    assert torch.equal(cache.stack(["hook_final", "hook_embed"])[0], cache["hook_embed"])  # forward order
-    with pytest.raises(model.HookError, match=r"^cache\.stack\('\*\.hook_resid_post'\): the points it picks differ in "
-                                              r"shape \(\(2, 3, 64\) and \(2, 4, 64\)\)"):
-        cache.stack("*.hook_resid_post")  # the MTP block's too
-    with pytest.raises(model.HookError, match=r"hook_pattern is opt-in"):
-        cache.stack("layers.*.attn.hook_pattern")
