@@ -166,7 +166,14 @@ class MLA(nn.Module):
         """wo(z) with each head's term [B, S, H, D] passed through hook_result (opt-in: H residual
         streams). Only observed, the output is wo's own GEMM, bit for bit (as hook_pattern's fused
         kernel); replaced or edited in place, it is the sum over heads of what the hook left."""
-        made = per_head_output(self.wo, z)
+        # NOTE: under torch.inference_mode() the result was an inference tensor, which keeps no version
+        # counter: reading it raised "Inference tensors do not track version counter" for every cache of
+        # hook_result there (a review); made as a normal tensor, an edit in place is still seen
+        if torch.is_inference_mode_enabled():
+            with torch.inference_mode(False), torch.no_grad():
+                made = per_head_output(self.wo, z)
+        else:
+            made = per_head_output(self.wo, z)
         version = made._version
         result = self.hook_result(made)
         if result is made and made._version == version:

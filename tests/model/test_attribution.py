@@ -96,6 +96,27 @@ def test_a_replaced_result_is_what_the_block_sums(impl, latent):
     torch.testing.assert_close(by_result, by_z, rtol=1e-5, atol=1e-5)
 
 
+def test_results_under_inference_mode_are_cached_and_edits_in_place_applied():
+    """Under torch.inference_mode() (a serving loop's) the results were inference tensors, with no version
+    counter to tell an edit in place by: every cache of hook_result raised there (a review)."""
+    m = random_model("tiny", seed=2)
+    x, p = _tokens(m, seed=2), "layers.1."
+    with torch.no_grad():
+        ref, c = m.run_with_cache(x, names=[p + "attn.hook_result", p + "hook_attn_out"])
+
+    def zero_head0(r, hook):
+        r[:, :, 0] = 0
+
+    with torch.inference_mode():
+        out, ci = m.run_with_cache(x, names=[p + "attn.hook_result", p + "hook_attn_out"])
+        with m.hooks([(p + "attn.hook_result", zero_head0)]):
+            _, edited = m.run_with_cache(x, names=p + "hook_attn_out")
+    assert torch.equal(out, ref)  # observed: wo's own output, bit for bit
+    torch.testing.assert_close(ci[p + "attn.hook_result"], c[p + "attn.hook_result"], rtol=0, atol=0)
+    torch.testing.assert_close(edited[p + "hook_attn_out"], c[p + "attn.hook_result"][:, :, 1:].sum(2),
+                               rtol=1e-5, atol=1e-6)
+
+
 @torch.no_grad()
 def test_per_head_results_of_an_fp8_resident_wo_sum_to_its_fp8_output():
     """An FP8-resident wo quantises its input: the per-head results quantise z the same way, so their
