@@ -160,8 +160,8 @@ def patch_sweep(model, clean_tokens: torch.Tensor, corrupted_tokens: torch.Tenso
 
     `names`: a hook point name, a glob or a list of them (as `run_with_cache`'s). `positions`: None (the
     whole tensor), "each" (every position of [B, S] in turn, all rows at once) or a list of positions.
-    A position is a sequence position: row b*S + s of the router's [T, ...] points, query s of
-    `hook_pattern`. Runs of the same [B, S] only; `forward_kwargs` go to every forward."""
+    A position is a sequence position: row b*S + s of the router's [T, ...] points (b*(S-1) + s in the
+    MTP block's), query s of `hook_pattern`. Runs of the same [B, S] only; `forward_kwargs` go to every forward."""
     import pandas as pd
 
     if not isinstance(clean_tokens, torch.Tensor) or not isinstance(corrupted_tokens, torch.Tensor) \
@@ -224,8 +224,14 @@ def _scorer(metric: Callable) -> Callable[[torch.Tensor], float]:
 
 def _position_index(name: str, shape: torch.Size, B: int, S: int, p: int) -> tuple:
     """The index of sequence position `p` in hook point `name`'s tensor of `shape`."""
-    if ".ffn.gate.hook_" in name:  # the router's points: [T, ...], row b*S + s
-        return (torch.arange(B) * S + p,)
+    if ".ffn.gate.hook_" in name:  # the router's points: [T, ...], row b*n + s, n positions a row
+        # NOTE: n is S but for the MTP block's router, whose T is B*(S-1): rows b*S + s patched another
+        # row's tokens there, or fell past its end (an IndexError; a review)
+        n = shape[0] // B
+        if shape[0] != B * n or p >= n:
+            raise ValueError(f"patch_sweep: {name} is {tuple(shape)}, {n} positions of each of {B} rows: positions="
+                             f"{p} is not one of them (the MTP module's have S-1); patch it whole (positions=None)")
+        return (torch.arange(B) * n + p,)
     if name.endswith("hook_pattern"):  # [B, H, S, T]: position s's query
         return (slice(None), slice(None), p)
     if tuple(shape[:2]) != (B, S):

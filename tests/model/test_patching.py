@@ -175,3 +175,32 @@ def test_bad_sweep_input_is_one_line_naming_it(tiny, pair):
         patching.patch_sweep(tiny, clean, corrupted, "hook_embed", metric, positions="all")
     with pytest.raises(model.HookError, match=r"no hook point named 'hook_embedd'"):
         patching.patch_sweep(tiny, clean, corrupted, "hook_embedd", metric)
+
+
+def test_a_sweep_of_the_mtp_router_patches_its_own_rows(tiny, pair):
+    """The MTP block's router points hold B*(S-1) rows: position p is row b*(S-1) + p of each row b (rows
+    b*S + p patched the next row's tokens, or fell past the end, an IndexError; a review)."""
+    clean, corrupted = pair
+    name = "mtp.0.block.ffn.gate.hook_scores"
+
+    def metric_mtp(out):
+        return out[1][:, :, 5].sum()
+
+    with torch.no_grad():
+        _, c = tiny.run_with_cache(clean, names=name, mtp=True)
+    rows = torch.arange(2) * 9 + 4
+    assert c[name].shape[0] == 18
+
+    def by_hand(t, hook):
+        t = t.clone()
+        t[rows] = c[name][rows]
+        return t
+
+    with torch.no_grad():
+        want = float(metric_mtp(tiny.run_with_hooks(corrupted, fwd_hooks=[(name, by_hand)], mtp=True)))
+    table = patching.patch_sweep(tiny, clean, corrupted, name, metric_mtp, positions=[4], mtp=True)
+    assert table["metric"].tolist() == pytest.approx([want], rel=1e-6, abs=1e-6)
+    assert abs(want - table["corrupted"].iloc[0]) > 1e-6  # the control: the patch moves the metric
+    with pytest.raises(ValueError, match=r"mtp.0.block.ffn.gate.hook_scores is \(18, 16\), 9 positions of each "
+                                         r"of 2 rows: positions=9"):
+        patching.patch_sweep(tiny, clean, corrupted, name, metric_mtp, positions=[9], mtp=True)
