@@ -56,7 +56,8 @@ def patch_experts(model, tokens: torch.Tensor, clean_cache, *, layers: Iterable[
     The routing compared is this run's own at each layer, as patches in earlier layers left it."""
     B, S = _batch_shape(tokens, "tokens")
     moe_layers = [int(m[1]) for n in model.hook_names() if (m := _EXPERT_OUT.fullmatch(n))]
-    picked = moe_layers if layers is None else _ints(layers, "layers")
+    # a layer named twice was hooked twice: patched again (the same values) and counted twice in the report
+    picked = moe_layers if layers is None else list(dict.fromkeys(_ints(layers, "layers")))
     if bad := [L for L in picked if L not in moe_layers]:
         raise ValueError(f"patch_experts: layers={bad[0]} is not an MoE layer of this model (its MoE layers: "
                          f"{moe_layers})")

@@ -89,6 +89,8 @@ def test_the_same_run_patched_is_itself_and_every_pair_is_patched(tiny, pair):
     logits, report = patching.patch_experts(tiny, clean, cc)
     torch.testing.assert_close(logits, full, rtol=1e-6, atol=1e-6)
     assert report.n_not_patched == 0 and report.patched == {1: 2 * 10 * 4, 2: 2 * 10 * 4}
+    _, twice = patching.patch_experts(tiny, clean, cc, layers=[2, 2])  # named twice: patched (and counted) once
+    assert twice.patched == {2: 2 * 10 * 4}
 
 
 def test_bad_input_is_one_line_naming_it(tiny, pair):
