@@ -234,6 +234,9 @@ def _position_index(name: str, shape: torch.Size, B: int, S: int, p: int) -> tup
                              f"{p} is not one of them (the MTP module's have S-1); patch it whole (positions=None)")
         return (torch.arange(B) * n + p,)
     if name.endswith("hook_pattern"):  # [B, H, S, T]: position s's query
+        if p >= shape[2]:  # the MTP block's S-1 queries: a bare IndexError of the hook's (a review)
+            raise ValueError(f"patch_sweep: {name} is {tuple(shape)}, {shape[2]} queries: positions={p} is not one "
+                             "of them (the MTP module's have S-1); patch it whole (positions=None)")
         return (slice(None), slice(None), p)
     if tuple(shape[:2]) != (B, S):
         raise ValueError(f"patch_sweep: {name} is {tuple(shape)}, not [B, S, ...] = [{B}, {S}, ...]: patch it "

@@ -206,3 +206,6 @@ def test_a_sweep_of_the_mtp_router_patches_its_own_rows(tiny, pair):
     with pytest.raises(ValueError, match=r"mtp.0.block.ffn.gate.hook_scores is \(18, 16\), 9 positions of each "
                                          r"of 2 rows: positions=9"):
         patching.patch_sweep(tiny, clean, corrupted, name, metric_mtp, positions=[9], mtp=True)
+    with pytest.raises(ValueError, match=r"mtp.0.block.attn.hook_pattern is \(2, 4, 9, 9\), 9 queries: positions=9"):
+        patching.patch_sweep(tiny, clean, corrupted, "mtp.0.block.attn.hook_pattern", metric_mtp, positions=[9],
+                             mtp=True)
