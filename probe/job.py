@@ -184,8 +184,10 @@ def _no_model_yet(info: dict, where: str, run: str | Path, error: type[Exception
         raise error(f"{where}: a training run whose model is not written yet (status {info.get('status')!r}): "
                     f"{other}")
     how = " (its job was killed: run.json still says running, and no job holds the run)" if killed else ""
+    # a caller's advice is a sentence of its own ('ablation runs the run's checkpoint...'), not an 'or' clause
     raise error(f"{where}: a training run interrupted before it wrote its model{how}: continue it with "
-                f"`python -m train ... --resume` (the command that started it, plus --resume), or {other}")
+                f"`python -m train ... --resume` (the command that started it, plus --resume)"
+                + (f", or {other}" if advice is None else f"; {other}"))
 
 
 def package_version() -> str:

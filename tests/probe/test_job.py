@@ -272,7 +272,7 @@ def test_a_gone_or_changed_input_is_advised_in_the_callers_words(tmp_path, probe
         with pytest.raises(RecordError) as ei:
             run_inputs(info, "runs/x", None, None, advice=lambda lost, why: f"ADVICE {lost} {why}")
         assert str(ei.value) == f"runs/x: {said}ADVICE {told}"
-    with pytest.raises(RecordError, match=r"^runs/x: a training run interrupted .* --resume\), or ADVICE model "
+    with pytest.raises(RecordError, match=r"^runs/x: a training run interrupted .* --resume\); ADVICE model "
                                           r"unwritten$"):
         run_inputs({"kind": "train", "status": "interrupted"}, "runs/x", None, None, run=tmp_path,
                    advice=lambda lost, why: f"ADVICE {lost} {why}")
