@@ -65,12 +65,13 @@ def heldout_note(run, what: str) -> str | None:
     on, and name it beside their figure (`left_out`, `analyses.metrics.left_out_note`; a run of 2,000
     tokens over five domains read "a linear probe reads the domain at 58.5%" with two of them scored
     untrained, a tour): with fewer than two domains left there is nothing to tell apart."""
+    from analyses.metrics._common import listed
+
     n = dict(run.sql("select domain, count(distinct seq_id) from tokens group by 1").fetchall())
     thin = sorted(d for d, w in n.items() if w < 2)
     if len(n) < 2 or len(n) - len(thin) >= 2:
         return None
-    names = thin[0] if len(thin) == 1 else f"{', '.join(thin[:-1])} and {thin[-1]}"
-    return (f"{what} holds out one window in five of each domain, and {names} "
+    return (f"{what} holds out one window in five of each domain, and {listed(thin)} "
             f"{'has' if len(thin) == 1 else 'have'} one window only: held out whole and never trained on, "
             f"which leaves {len(n) - len(thin)} domain{'' if len(n) - len(thin) == 1 else 's'} to train on, and "
             "it needs two. Record more tokens (two windows of every domain), or point $DSV3_NOTEBOOK_RUN at "

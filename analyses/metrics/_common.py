@@ -88,6 +88,14 @@ def counted(n: int, noun: str) -> str:
     return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
+def listed(names, most: int | None = None) -> str:
+    """'a', 'a and b', 'a, b and c'; past `most` names, 'a, b, c, d and 3 more': names in a sentence."""
+    names = list(names)
+    if most is not None and len(names) > most:
+        return f"{', '.join(names[:most])} and {len(names) - most} more"
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
 # ------------------------------------------------------------------------------ runs
 def as_run(run):
     """A `probe.Run`, from a Run or a run directory path; anything else is a MetricsError naming what it

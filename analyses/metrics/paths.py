@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._common import MetricsError, as_run, layer_numbers, need_rows, same_length, whole_count
+from ._common import MetricsError, as_run, layer_numbers, listed, need_rows, same_length, whole_count
 from .specialisation import contingency, domain_nmi, entropy
 
 
@@ -131,8 +131,7 @@ def left_out_note(left_out, every: int | None = None) -> str | None:
     if not names:
         return None
     every = 5 if every is None else int(every)
-    said = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
-    return (f"Left out of the held-out scores: {said} {'has' if len(names) == 1 else 'have'} one window only, "
+    return (f"Left out of the held-out scores: {listed(names)} {'has' if len(names) == 1 else 'have'} one window only, "
             f"which the split holds out whole (every {_nth(every)} window of each domain, its first included), so "
             f"{'it was' if len(names) == 1 else 'they were'} never trained on.")
 

@@ -172,6 +172,8 @@ def cap_cut(info: dict) -> str | None:
     the corpus holds; None where the run had no cap or does not say (recorded before the key). Under
     --order corpus, which notes none, what the order leaves unknown: a one-domain run of a five-domain
     corpus drew one bar without a word (a browser tour)."""
+    from analyses.metrics._common import listed
+
     opts, planned = info.get("options") or {}, info.get("planned") or {}
     cap, per = opts.get("max_tokens"), planned.get("tokens_per_domain") or {}
     held, cut, flag = sorted(per), planned.get("capped_domains"), f"`--max-tokens {cap or 0:,}`"
@@ -188,15 +190,8 @@ def cap_cut(info: dict) -> str | None:
         return f"{flag} cut every domain: the corpus holds more of each."
     if not cut:
         return f"{flag} cut no domain: each bar is all the corpus holds of it."
-    return (f"{flag} cut {_names(cut)} (the corpus holds more); {_names(whole)} "
+    return (f"{flag} cut {listed(cut, 4)} (the corpus holds more); {listed(whole, 4)} "
             f"{'is' if len(whole) == 1 else 'are'} recorded whole.")
-
-
-def _names(domains: list[str], most: int = 4) -> str:
-    """'a, b and c'; past `most`, 'a, b, c, d and 3 more'."""
-    if len(domains) > most:
-        return f"{', '.join(domains[:most])} and {len(domains) - most} more"
-    return domains[0] if len(domains) == 1 else f"{', '.join(domains[:-1])} and {domains[-1]}"
 
 
 PATH_OPTIONS = ("ckpt", "corpus", "out", "tokenizer")  # the recording options that name a path
