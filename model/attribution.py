@@ -50,9 +50,8 @@ def sum_heads(result: torch.Tensor, wo: Linear) -> torch.Tensor:
 
 
 def final_scale(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """1 / rms(x) [..., 1] of the final norm's input x [..., D], as RMSNorm computes it (in wide(dtype))."""
-    xf = x.to(wide(x.dtype))
-    return xf.square().mean(-1, keepdim=True).add_(norm.eps).rsqrt_()
+    """1 / rms(x) [..., 1] of the final norm's input x [..., D], as the norm computes it (in wide(dtype))."""
+    return norm.inverse_rms(x.to(wide(x.dtype)))
 
 
 def apply_final_norm(x: torch.Tensor, scale: torch.Tensor, weight: torch.Tensor, pos=None) -> torch.Tensor:

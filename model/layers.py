@@ -125,10 +125,15 @@ class RMSNorm(nn.Module):
         # the weight can scale it in place, unless autograd needs y unchanged (the weight's gradient)
         # or the weight's dtype would promote the product.
         xf = x.to(wide(x.dtype))  # float32, or float64 for a float64 model
-        y = (xf * xf.square().mean(-1, keepdim=True).add_(self.eps).rsqrt_()).to(x.dtype)
+        y = (xf * self.inverse_rms(xf)).to(x.dtype)
         if y.dtype == self.weight.dtype and not grad_tracked(y, self.weight):
             return y.mul_(self.weight)
         return y * self.weight
+
+    def inverse_rms(self, xf: torch.Tensor) -> torch.Tensor:
+        """1 / rms(xf) [..., 1] of a wide input [..., D], as the forward scales it (and direct logit
+        attribution scales the residual's pieces: `model.attribution.final_scale`)."""
+        return xf.square().mean(-1, keepdim=True).add_(self.eps).rsqrt_()
 
     def reset_parameters(self) -> None:
         nn.init.ones_(self.weight)
