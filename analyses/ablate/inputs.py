@@ -75,9 +75,7 @@ def job_defaults(opts: AblateOptions) -> tuple[AblateOptions, dict | None]:
         for k in ("max_tokens", "seq_len", "batch_size", "add_bos"):
             if getattr(opts, k) is None:
                 setattr(opts, k, ro.get(k))
-        # a record run from before --order read the corpus in order; a run with no record options
-        # (spec only) takes the default, every domain interleaved
-        opts.order = opts.order or ro.get("order", "corpus" if "router_logits" in ro else "domains")
+        opts.order = opts.order or run_order(ro)
         if opts.within_run:
             run_windows(opts, ro, given, decided)
     elif opts.loads_from == "run":
@@ -99,14 +97,20 @@ def job_defaults(opts: AblateOptions) -> tuple[AblateOptions, dict | None]:
 _WINDOW_OPTIONS = {"order": "--order", "seq_len": "--seq-len", "add_bos": "--bos"}  # what shapes the windows
 
 
+def run_order(ro: dict) -> str:
+    """The --order a run's windows were read in, from its run.json options: a record run from before
+    --order read the corpus in order; a run with no record options (spec only) takes the default,
+    every domain interleaved."""
+    return ro.get("order", "corpus" if "router_logits" in ro else "domains")
+
+
 def run_windows(opts: AblateOptions, ro: dict, given: dict, decided: bool) -> None:
     """Keep a sample within the run only where its windows are the run's own: an --order, --seq-len or
     --bos given that differs from the run's (its run.json options) makes other windows, which the job's
     part recorded as `sample: run` (a review). Decided here (`decided`: no caller set `within_run`), the
     job samples the corpus instead, as with the run's --max-tokens given, and one note on stderr says
     so; a caller that asked for the run's windows is refused, naming the flag."""
-    run_order = ro.get("order", "corpus" if "router_logits" in ro else "domains")
-    theirs = {"order": run_order, "seq_len": ro.get("seq_len"), "add_bos": ro.get("add_bos")}
+    theirs = {"order": run_order(ro), "seq_len": ro.get("seq_len"), "add_bos": ro.get("add_bos")}
     flag = lambda k, v: ("--bos" if v else "--no-bos") if k == "add_bos" else f"{_WINDOW_OPTIONS[k]} {v}"  # noqa: E731
     off = [f"{flag(k, v)} (the run's: {theirs[k] if k != 'add_bos' else flag(k, theirs[k])})" for k, v in given.items()
            if v is not None and theirs[k] is not None and v != theirs[k]]
