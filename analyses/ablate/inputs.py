@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from analyses.metrics._common import counted
+from analyses.metrics._common import counted, window_flag
 from probe.corpus import CorpusError, corpus_windows, fingerprint
 from probe.job import check_out_parent, check_outside_corpus, check_run_place, run_inputs
 from probe.job_exit import launch_rank0
@@ -94,7 +94,7 @@ def job_defaults(opts: AblateOptions) -> tuple[AblateOptions, dict | None]:
     return opts, info
 
 
-_WINDOW_OPTIONS = {"order": "--order", "seq_len": "--seq-len", "add_bos": "--bos"}  # what shapes the windows
+_WINDOW_OPTIONS = ("order", "seq_len", "add_bos")  # what shapes the windows (a job's flags; `window_flag`)
 
 
 def run_order(ro: dict) -> str:
@@ -111,9 +111,8 @@ def run_windows(opts: AblateOptions, ro: dict, given: dict, decided: bool) -> No
     job samples the corpus instead, as with the run's --max-tokens given, and one note on stderr says
     so; a caller that asked for the run's windows is refused, naming the flag."""
     theirs = {"order": run_order(ro), "seq_len": ro.get("seq_len"), "add_bos": ro.get("add_bos")}
-    flag = lambda k, v: ("--bos" if v else "--no-bos") if k == "add_bos" else f"{_WINDOW_OPTIONS[k]} {v}"  # noqa: E731
-    off = [f"{flag(k, v)} (the run's: {theirs[k] if k != 'add_bos' else flag(k, theirs[k])})" for k, v in given.items()
-           if v is not None and theirs[k] is not None and v != theirs[k]]
+    off = [f"{window_flag(k, v)} (the run's: {theirs[k] if k != 'add_bos' else window_flag(k, theirs[k])})"
+           for k, v in given.items() if v is not None and theirs[k] is not None and v != theirs[k]]
     if not off:
         return
     if not decided:
@@ -187,10 +186,10 @@ def sample_windows(opts: AblateOptions, corpus: Path, tok, args) -> tuple[list, 
     if all(len(w.ids) < 2 for w in windows):
         run_cap = opts.run_max_tokens if opts.within_run else None
         if run_cap is not None and (opts.max_tokens is None or run_cap <= opts.max_tokens):  # the run's cap limited it
-            caps = [f"the run's own {run_cap:,} token{'' if run_cap == 1 else 's'} (its --max-tokens, whose windows "
+            caps = [f"the run's own {counted(run_cap, 'token')} (its --max-tokens, whose windows "
                     "this job samples within; record the run with more)"]
         else:
-            caps = [f"{opts.max_tokens:,} token{'' if opts.max_tokens == 1 else 's'} in all (max_tokens)"] if opts.max_tokens else []
+            caps = [f"{counted(opts.max_tokens, 'token')} in all (max_tokens)"] if opts.max_tokens else []
         caps += [f"{opts.domain_tokens:,} per domain (domain_tokens)"] if opts.domain_tokens else []
         why = f"the sample is capped at {' and '.join(caps)}" if caps else "the documents are one token long"
         each = "holds one token" if len(windows) == 1 else "hold one token each"

@@ -88,6 +88,17 @@ def counted(n: int, noun: str) -> str:
     return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
+# what cuts a corpus into windows: run.json's options key -> how its flag says a value
+WINDOW_FLAGS = {"seq_len": lambda v: f"--seq-len {v}", "order": lambda v: f"--order {v}",
+                "max_tokens": lambda v: "no --max-tokens" if v is None else f"--max-tokens {v}",
+                "add_bos": lambda v: "--bos" if v else "--no-bos"}
+
+
+def window_flag(key: str, value) -> str:
+    """A window option as its flag says it: '--seq-len 128', '--no-bos' (`WINDOW_FLAGS`)."""
+    return WINDOW_FLAGS[key](value)
+
+
 def listed(names, most: int | None = None) -> str:
     """'a', 'a and b', 'a, b and c'; past `most` names, 'a, b, c, d and 3 more': names in a sentence."""
     names = list(names)

@@ -9,8 +9,8 @@ from math import comb
 
 import numpy as np
 
-from ._common import (MetricsError, as_ids, as_run, check_layer, layer_numbers, n_experts_of, n_experts_of_run,
-                      need_rows, not_lost, positive_number, same_length, whole_count)
+from ._common import (WINDOW_FLAGS, MetricsError, as_ids, as_run, check_layer, layer_numbers, n_experts_of,
+                      n_experts_of_run, need_rows, not_lost, positive_number, same_length, whole_count, window_flag)
 from .specialisation import nmi
 
 
@@ -417,16 +417,10 @@ def _joined_runs(run_a, run_b, check_tokens: bool = True):
     return con
 
 
-# what cuts a corpus into windows: (run.json's options key, how a flag says its value)
-WINDOW_OPTIONS = (("seq_len", lambda v: f"--seq-len {v}"), ("order", lambda v: f"--order {v}"),
-                  ("max_tokens", lambda v: "no --max-tokens" if v is None else f"--max-tokens {v}"),
-                  ("add_bos", lambda v: "--bos" if v else "--no-bos"))
-
-
 def _tokens_apart(run_a, run_b) -> str:
     """Why two runs hold different tokens at the positions they share, as far as their run.json say: not
     the same corpus or tokenizer (their fingerprints), or the same corpus cut into other windows (the
-    options of WINDOW_OPTIONS that differ). Two runs of one corpus with another --max-tokens or --seq-len
+    options of WINDOW_FLAGS that differ). Two runs of one corpus with another --max-tokens or --seq-len
     read "not the same corpus and windows", as if the corpus differed (a tour)."""
     a, b = run_a.info or {}, run_b.info or {}
     for key in ("corpus", "tokenizer"):
@@ -435,8 +429,8 @@ def _tokens_apart(run_a, run_b) -> str:
             return (f"not the same {key}: the {key} at {pa} changed between them" if pa == pb else
                     f"not the same {key}: {pa} in {run_a.path}, {pb} in {run_b.path}")
     oa, ob = a.get("options") or {}, b.get("options") or {}
-    apart = [f"{say(oa[k])} in {run_a.path}, {say(ob[k])} in {run_b.path}"
-             for k, say in WINDOW_OPTIONS if k in oa and k in ob and oa[k] != ob[k]]
+    apart = [f"{window_flag(k, oa[k])} in {run_a.path}, {window_flag(k, ob[k])} in {run_b.path}"
+             for k in WINDOW_FLAGS if k in oa and k in ob and oa[k] != ob[k]]
     same = (a.get("corpus") or {}).get("fingerprint") and (a.get("corpus") or {}).get("fingerprint") == \
         (b.get("corpus") or {}).get("fingerprint")
     if apart:

@@ -78,7 +78,9 @@ def _short(info: dict, ns, per_domain: dict[str, int]) -> tuple[dict[str, int], 
 
 
 def _tokens_of(domains: dict[str, int]) -> str:
-    return ", ".join(f"{n:,} token{'' if n == 1 else 's'} of {d}" for d, n in domains.items())
+    from .research import counted
+
+    return ", ".join(f"{counted(n, 'token')} of {d}" for d, n in domains.items())
 
 
 def importance(run, ns) -> dict:
