@@ -123,17 +123,22 @@ def _cursor(ref: RunRef, tables: tuple[str, ...]):
 
 def partly_lost(ref: RunRef, tables: tuple[str, ...]) -> list[str]:
     """Those of `tables` that have part files and have lost others the record committed (a complete
-    run's; `cached` calls its function with a RunRef of status '', run.json's then)."""
-    lost = lost_tables(ref.path, ref.info | {"status": ref.status or ref.info.get("status")})
-    return [t for t in tables if t in lost and table_files(ref, t)]
+    run's)."""
+    return [t for t in _lost(ref, tables) if table_files(ref, t)]
 
 
 def whole_lost(ref: RunRef, tables: tuple[str, ...]) -> list[str]:
     """Those of `tables` that a complete run lists and that have lost every part file (the folder
     deleted): read as a table the run never had, the MTP page said the run 'has no `mtp` table' while
     the Overview warned it was lost (a browser tour)."""
+    return [t for t in _lost(ref, tables) if not table_files(ref, t)]
+
+
+def _lost(ref: RunRef, tables: tuple[str, ...]) -> list[str]:
+    """Those of `tables` that the complete run `ref` has lost, all parts or some (`probe.run.lost_tables`;
+    `cached` calls its function with a RunRef of status '', run.json's then)."""
     lost = lost_tables(ref.path, ref.info | {"status": ref.status or ref.info.get("status")}) if tables else []
-    return [t for t in tables if t in lost and not table_files(ref, t)]
+    return [t for t in tables if t in lost]
 
 
 def query(ref: RunRef, sql: str, tables: tuple[str, ...], params: list | None = None) -> pd.DataFrame:
