@@ -15,7 +15,9 @@ Each layer gets `E + redundant` physical slots, the same number on every GPU; wi
 most 16,384 (MAX_SLOTS: the planner's time grows with the square of the slots).
 
 - replicate: repeatedly give one more replica to the expert with the highest load per replica
-  (a replica serves load / replicas of its expert's tokens);
+  (a replica serves load / replicas of its expert's tokens); experts that measured no load at all (a
+  layer, or in hierarchical mode a node's groups) are planned as evenly loaded, not (as EPLB's rule
+  would) with every redundant slot on the first of them, its copies stacked on one GPU;
 - pack: place items largest first, each onto the least-loaded GPU that still has a free slot;
 - hierarchical (`--mode hierarchical`): the model's expert groups (`n_expert_groups`, the groups
   node-limited routing selects from) are first packed onto nodes the same way (equal groups per
@@ -169,11 +171,15 @@ def _refine(w: np.ndarray, bins: np.ndarray, n_bins: int, rounds: int = 1000) ->
 
 
 def _place(loads: np.ndarray, experts: np.ndarray, n_slots: int, n_gpus: int) -> np.ndarray:
-    """Replicate `experts` (ids into loads) into n_slots and pack onto n_gpus: [n_gpus, n_slots/n_gpus]."""
+    """Replicate `experts` (ids into loads) into n_slots and pack onto n_gpus: [n_gpus, n_slots/n_gpus].
+    Experts that measured no load at all are planned as evenly loaded: by load per replica (all 0) every
+    redundant slot went to the first expert and packing stacked its copies on one GPU (5 of expert 0 on
+    GPU 0 for 32 experts + 8 on 8 GPUs, as EPLB's rule does too), a map no traffic is balanced on."""
     per = n_slots // n_gpus
-    r = replicate(loads[experts], n_slots)
+    x = loads[experts] if loads[experts].any() else np.ones(len(experts))
+    r = replicate(x, n_slots)
     items = np.repeat(experts, r)  # logical id of each replica
-    w = loads[items] / np.repeat(r, r)
+    w = np.repeat(x / r, r)
     bins = _refine(w, pack(w, n_gpus, per), n_gpus)
     out = np.empty((n_gpus, per), dtype=np.int64)
     for g in range(n_gpus):

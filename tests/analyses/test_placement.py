@@ -182,6 +182,28 @@ def test_uniform_loads_are_already_balanced():
     assert p.balancedness_before == 1.0 and p.balancedness_after == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("mode", ["hierarchical", "global"])
+def test_a_layer_with_no_load_spreads_its_replicas_as_for_even_loads(mode):
+    """A layer (or a node's groups) that measured nothing: load per replica ties at 0, so every redundant
+    slot went to expert 0 and packing stacked them, GPU 0 holding expert 0 five times and nothing else
+    (EPLB's rule does the same): exported, that map puts 1/32 of the traffic on GPU 0 and 5/32 on the
+    others. Planned as for even loads, each GPU holds 5 different experts and even traffic is balanced."""
+    from analyses.placement.replay import gpu_loads
+
+    p = plan_placement(np.zeros(32), n_gpus=8, n_nodes=2, n_redundant=8, groups=4, mode=mode)
+    assert np.isnan(p.balancedness_after) and (p.gpu_load == 0).all()  # nothing to balance was measured
+    assert all(len(set(row)) == 5 for row in p.phy_to_log.tolist())  # no expert twice on a GPU
+    np.testing.assert_array_equal(np.sort(p.replicas), [1] * 24 + [2] * 8)  # one spare slot each for 8 experts
+    np.testing.assert_allclose(gpu_loads(np.ones(32), p.phy_to_log.reshape(-1), 8), 4.0)  # even traffic: 32 / 8
+    # hierarchical, a group a node: the node whose group measured nothing is planned alike, the others as measured
+    loads = np.r_[np.arange(1.0, 25.0), np.zeros(8)]  # group 3 (experts 24-31) idle
+    h = plan_placement(loads, n_gpus=8, n_nodes=4, n_redundant=8, groups=4)
+    idle = [row for row in h.phy_to_log.tolist() if max(row) >= 24]
+    assert len(idle) == 2 and all(len(set(row)) == 5 and min(row) >= 24 for row in idle)
+    assert h.replicas[24:].tolist() == [2, 2] + [1] * 6
+    assert h.replicas[:24].tolist() == np.concatenate([replicate(g, 10) for g in loads[:24].reshape(3, 8)]).tolist()
+
+
 @pytest.mark.parametrize("kw, needle", [
     (dict(n_gpus=3, n_redundant=0), "does not divide the 4 slots"),
     (dict(n_gpus=2, n_nodes=3, n_redundant=2), "--nodes 3 does not divide --gpus 2"),
