@@ -380,6 +380,11 @@ def worse_than_current(summary, mode: str, nodes: int) -> str | None:
             f"current placement for those layers{why}")
 
 
+def _json_float(v) -> float | None:
+    """A float for JSON: None (null) for NaN."""
+    return None if np.isnan(v) else float(v)
+
+
 def write_plan(plans: dict, out: Path, config: dict, current: tuple[dict, int] | None = None) -> None:
     """Parquet: the long map table. JSON: config, per-layer summary (with `current`, as `summary_frame`
     takes it, the current placement's balancedness too) and phy_to_log [gpu][slot]."""
@@ -394,10 +399,13 @@ def write_plan(plans: dict, out: Path, config: dict, current: tuple[dict, int] |
             pd.concat([p.to_frame(layer) for layer, p in plans.items()], ignore_index=True).to_parquet(tmp, index=False)
         else:
             now = summary_frame(plans, current).set_index("layer") if current is not None else None
-            layers = [{"layer": int(layer), "balancedness_before": p.balancedness_before,
-                       **({"balancedness_current": float(now.loc[layer, "balancedness_current"])}
+            # a layer that measured no load has no balancedness (NaN): JSON null, as json.dumps' bare NaN
+            # is not JSON (jq, JavaScript and other strict readers refused the whole plan)
+            layers = [{"layer": int(layer), "balancedness_before": _json_float(p.balancedness_before),
+                       **({"balancedness_current": _json_float(now.loc[layer, "balancedness_current"])}
                           if now is not None else {}),
-                       "balancedness_after": p.balancedness_after, "gpu_load_before": p.gpu_load_before.tolist(),
+                       "balancedness_after": _json_float(p.balancedness_after),
+                       "gpu_load_before": p.gpu_load_before.tolist(),
                        "gpu_load_after": p.gpu_load.tolist(), "replicas": p.replicas.tolist(),
                        "phy_to_log": p.phy_to_log.tolist()} for layer, p in plans.items()]
             tmp.write_text(json.dumps({"config": config, "layers": layers}, indent=1) + "\n")

@@ -439,6 +439,22 @@ def test_summary_and_json_report_the_gpu_loads_before_and_after(tmp_path):
     assert layer["balancedness_before"] == pytest.approx(6.5 / 11)
 
 
+def test_json_plan_of_a_layer_without_load_is_strict_json(tmp_path):
+    """A layer that measured nothing has no balancedness (NaN): json.dumps wrote a bare NaN, which is not
+    JSON (jq and JavaScript refuse the file); it is null, and the loaded layer's figures stay numbers."""
+    from analyses.placement import write_plan
+    from analyses.placement.replay import trivial_map
+
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+
+    plans = {1: plan_placement(np.zeros(4), n_gpus=2, n_redundant=2), 2: plan_placement([10, 1, 1, 1], n_gpus=2)}
+    write_plan(plans, tmp_path / "plan.json", {}, ({None: trivial_map(4, 6)}, 2))
+    idle, busy = json.loads((tmp_path / "plan.json").read_text(), parse_constant=refuse)["layers"]
+    assert [idle[k] for k in ("balancedness_before", "balancedness_current", "balancedness_after")] == [None] * 3
+    assert busy["balancedness_after"] == pytest.approx(6.5 / 11) and busy["balancedness_current"] is not None
+
+
 def test_frame_slots_count_from_zero_on_each_gpu_and_physical_is_gpu_major():
     from collections import Counter
 
