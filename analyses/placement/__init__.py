@@ -18,7 +18,9 @@ most 16,384 (MAX_SLOTS: the planner's time grows with the square of the slots).
   (a replica serves load / replicas of its expert's tokens); experts that measured no load at all (a
   layer, or in hierarchical mode a node's groups) are planned as evenly loaded, not (as EPLB's rule
   would) with every redundant slot on the first of them, its copies stacked on one GPU;
-- pack: place items largest first, each onto the least-loaded GPU that still has a free slot;
+- pack: place items largest first, each onto the least-loaded GPU that still has a free slot, then
+  swap pairs of replicas between the most-loaded GPU and another while a swap lowers the maximum
+  (EPLB stops at the greedy packing: same replica counts, a different map, a maximum no higher);
 - hierarchical (`--mode hierarchical`): the model's expert groups (`n_expert_groups`, the groups
   node-limited routing selects from) are first packed onto nodes the same way (equal groups per
   node, by group load); each node then replicates its own experts into its share of the redundant
