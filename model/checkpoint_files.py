@@ -1,13 +1,15 @@
 """The files of a Hugging Face checkpoint directory, before any tensor is read: which safetensors
 files a load reads (`model.safetensors.index.json`'s shards, else `model.safetensors`, else every
 `*.safetensors` file), the index's weight map checked, every file's header (names, shapes, dtypes),
-the index checked against the headers, and the advice for a Git LFS pointer in place of a file.
+the index checked against the headers, the advice for a Git LFS pointer in place of a file, and
+the note for a file shorter or longer than its header says (a download cut short).
 Every problem is a `CheckpointError` of one line naming the file (and the tensor)."""
 
 from __future__ import annotations
 
 import json
 import os
+import struct
 from pathlib import Path
 
 import torch
@@ -97,8 +99,43 @@ def read_headers(files: list[Path]) -> dict[str, tuple[Path, torch.Size, torch.d
                         raise CheckpointError(f"{f}: tensor {k} also appears in {found[k][0].name}")
                     found[k] = (f, torch.Size(sl.get_shape()), DTYPES.get(sl.get_dtype(), sl.get_dtype()))
         except (SafetensorError, OSError) as e:
-            raise CheckpointError(f"{f}: not a readable safetensors file ({e}){lfs_pointer_note(f)}") from None
+            note = lfs_pointer_note(f) or length_note(f)
+            raise CheckpointError(f"{f}: not a readable safetensors file ({e}){note}") from None
     return found
+
+
+MAX_HEADER = 100 << 20  # safetensors refuses a longer header: a length past it is not a header's
+
+
+def length_note(f: Path) -> str:
+    """'; ...' when safetensors file `f` is shorter or longer than its own header says (safetensors'
+    message, 'incomplete metadata, file not fully covered', is the same for both and names no tensor):
+    an interrupted download or copy is cut short, so the note gives the bytes there are of those the
+    header describes and the first tensor cut off; else ''."""
+    try:
+        size = f.stat().st_size
+        with open(f, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                return f"; it is {size} bytes, too short for a safetensors header (an interrupted download?)"
+            (n,) = struct.unpack("<Q", head)
+            if n > MAX_HEADER:
+                return ""
+            if 8 + n > size:
+                return (f"; it is truncated inside its header: {size:,} bytes, the header alone {8 + n:,} "
+                        "(an interrupted download? fetch the file again)")
+            header = json.loads(fh.read(n))
+        ends = sorted((int(v["data_offsets"][1]), k) for k, v in header.items() if k != "__metadata__")
+    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return ""  # not a header this can read: safetensors' own message stands alone
+    want = 8 + n + (ends[-1][0] if ends else 0)
+    if size > want:
+        return f"; it holds {size - want:,} bytes past the {want:,} its header describes (appended to?)"
+    cut = [k for end, k in ends if 8 + n + end > size]
+    if not cut:
+        return ""
+    return (f"; it is truncated: {size:,} of the {want:,} bytes its header describes, {len(cut):,} of its "
+            f"{len(ends):,} tensors cut short from {cut[0]} on (an interrupted download? fetch the file again)")
 
 
 LFS_POINTER = b"version https://git-lfs.github.com/spec/"

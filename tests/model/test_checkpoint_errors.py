@@ -121,12 +121,38 @@ def test_error_integer_tensor_where_a_float_weight_belongs(tiny_copy, dtype):
     load_error(tiny_copy, f, "model.norm.weight", f"unsupported dtype {dtype}")
 
 
-@pytest.mark.parametrize("keep", [0.5, 0.999, 6])
-def test_error_truncated_file(tiny_copy, keep):
+@pytest.mark.parametrize("keep", [0.5, 0.999, -1])
+def test_error_truncated_file_says_so_and_names_the_first_tensor_cut_short(tiny_copy, keep):
+    """A shard cut short (an interrupted download or copy) was safetensors' 'incomplete metadata, file not
+    fully covered', its words for a file too long as well, naming no tensor (a checkpoint tour): the message
+    says the file is truncated, by how much, and from which tensor on."""
     f = tiny_copy / "model.safetensors"
     data = f.read_bytes()
-    f.write_bytes(data[: int(len(data) * keep) if keep < 1 else keep])
-    load_error(tiny_copy, f)
+    n = int.from_bytes(data[:8], "little")  # the format: an 8-byte header length, the JSON header, the data
+    ends = sorted((v["data_offsets"][1], k) for k, v in json.loads(data[8: 8 + n]).items() if k != "__metadata__")
+    keep = len(data) + keep if keep < 0 else int(len(data) * keep)
+    cut = [k for end, k in ends if 8 + n + end > keep]
+    f.write_bytes(data[:keep])
+    load_error(tiny_copy, f, "not a readable safetensors file",
+               f"it is truncated: {keep:,} of the {len(data):,} bytes its header describes, {len(cut):,} of its "
+               f"{len(ends):,} tensors cut short from {cut[0]} on (an interrupted download? fetch the file again)")
+    if keep == len(data) - 1:
+        assert cut == [ends[-1][1]]
+
+
+def test_error_file_cut_inside_its_header_or_longer_than_its_header_says(tiny_copy):
+    f = tiny_copy / "model.safetensors"
+    data = f.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    f.write_bytes(data[:6])
+    load_error(tiny_copy, f, "not a readable safetensors file", "it is 6 bytes, too short for a safetensors header")
+    f.write_bytes(data[: n // 2])
+    load_error(tiny_copy, f, f"it is truncated inside its header: {n // 2:,} bytes, the header alone {8 + n:,}")
+    f.write_bytes(data + b"\0" * 3)  # safetensors' message is the same as for a short file
+    msg = load_error(tiny_copy, f, f"it holds 3 bytes past the {len(data):,} its header describes")
+    assert "truncated" not in msg
+    f.write_bytes(data)  # the control: the same file whole loads
+    model.load(tiny_copy)
 
 
 def test_error_a_git_lfs_pointer_in_place_of_a_shard(sharded_dir, tmp_path):
@@ -253,7 +279,8 @@ def test_inspect_mid_download_checks_the_shards_already_there(fp8_model, tmp_pat
     assert ckpt.inspect(d)["checked"] == "index"  # the control
     there, keep, name = b, b.read_bytes(), v
     for damage, needles in [
-            (lambda: there.write_bytes(keep[: len(keep) // 2]), ["not a readable safetensors file"]),
+            (lambda: there.write_bytes(keep[: len(keep) // 2]),
+             ["not a readable safetensors file", f"it is truncated: {len(keep) // 2:,} of the {len(keep):,} bytes"]),
             (lambda: there.write_text(f"version https://git-lfs.github.com/spec/v1\noid sha256:{'ab' * 32}\n"),
              ["it is a Git LFS pointer"]),
             (lambda: edit_tensors(there, lambda sd: sd | {name: sd[name][:, :-1].contiguous()}),
