@@ -33,7 +33,8 @@ import torch
 
 from .args import ConfigError, ModelArgs, given_path
 from .checkpoint_checks import CheckpointError, _check_tensor, _expected, _index_name_problem, _plan
-from .checkpoint_files import check_index_against_headers, read_headers, read_index, shard_files, weight_files
+from .checkpoint_files import (check_index_against_headers, downloading, read_headers, read_index, shard_files,
+                               weight_files)
 from .checkpoint_stream import stream_tensors
 from .names import Target, ours_to_hf
 from .parallel import Cut, device_for, install, resolve as resolve_shards, shard_
@@ -232,8 +233,9 @@ def inspect(path: str | os.PathLike, *, gemm_impl: str = "bf16", dtype: torch.dt
     """Check a checkpoint without reading any tensor data, for planning a run before the weights are
     on disk. With every shard file present: the full check of `load(..., device="meta")` (every
     name, shape and dtype against the config). When `model.safetensors.index.json` lists shard files
-    that are absent: the index's names against the config (every expected tensor listed, nothing
-    unknown) and the headers of the shards already there (the others' shapes need their files).
+    that are absent (or that aria2c is still filling): the index's names against the config (every
+    expected tensor listed, nothing unknown) and the headers of the shards already there (the others'
+    shapes need their files).
     Returns what was checked:
     {"args", "checked": "headers" | "index", "files", "missing_files", "tensors", "fp8", "mtp"}."""
     path = given_path(path, "path", CheckpointError)
@@ -247,7 +249,7 @@ def inspect(path: str | os.PathLike, *, gemm_impl: str = "bf16", dtype: torch.dt
                 "tensors": None, "fp8": _is_fp8_args(m.args), "mtp": len(m.mtp)}
     weight_map = read_index(index)
     files = sorted(set(weight_map.values()))
-    missing = [f for f in files if not (path / f).exists()]
+    missing = [f for f in files if not (path / f).exists() or downloading(path / f)]  # not fetched whole yet
     if not missing:
         m = load(path, device="meta", gemm_impl=gemm_impl, dtype=dtype, parallel=False)
         return {"args": m.args, "checked": "headers", "files": files, "missing_files": [],

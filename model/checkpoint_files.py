@@ -2,7 +2,8 @@
 files a load reads (`model.safetensors.index.json`'s shards, else `model.safetensors`, else every
 `*.safetensors` file), the index's weight map checked, every file's header (names, shapes, dtypes),
 the index checked against the headers, the advice for a Git LFS pointer in place of a file, and
-the note for a file shorter or longer than its header says (a download cut short).
+the note for a file shorter or longer than its header says (a download cut short); a file aria2c
+is still filling is refused.
 Every problem is a `CheckpointError` of one line naming the file (and the tensor)."""
 
 from __future__ import annotations
@@ -87,10 +88,23 @@ def read_index(index: Path) -> dict[str, str]:
     return weight_map
 
 
+def downloading(f: Path) -> bool:
+    """Whether aria2c is still filling file `f` (its control file `NAME.aria2` lies beside it until the
+    download completes)."""
+    return f.with_name(f.name + ".aria2").exists()
+
+
 def read_headers(files: list[Path]) -> dict[str, tuple[Path, torch.Size, torch.dtype]]:
-    """name -> (file, shape, dtype), from the headers only."""
+    """name -> (file, shape, dtype), from the headers only. A file aria2c has not finished is refused:
+    aria2c allocates the whole file first and writes pieces as they arrive (16 at once with -x 16 -s 16),
+    so an interrupted download has the full length, its header and zeros where pieces are missing, and
+    it loaded without a word."""
     found: dict[str, tuple[Path, torch.Size, torch.dtype]] = {}
     for f in files:
+        if downloading(f):
+            raise CheckpointError(f"{f}: its download is not finished: aria2c's control file {f.name}.aria2 is "
+                                  "beside it, and the pieces not yet fetched are zeros (resume the download; delete "
+                                  "the control file only if the file was fetched whole since)")
         try:
             with safe_open(f, framework="pt") as h:
                 for k in h.keys():

@@ -155,6 +155,26 @@ def test_error_file_cut_inside_its_header_or_longer_than_its_header_says(tiny_co
     model.load(tiny_copy)
 
 
+def test_error_a_shard_aria2c_has_not_finished(fp8_model, tmp_path):
+    """aria2c allocates a file whole and fills it piece by piece: an interrupted download has the full
+    length, its header and zeros where pieces are missing, and loaded without a word (a checkpoint tour).
+    Its control file beside the shard refuses it in load; inspect (--dry-run) counts it as not downloaded."""
+    d = tmp_path / "ckpt"
+    model.save(fp8_model, d, fp8=True, max_shard_bytes=60_000)
+    shard = sorted(d.glob("model-*.safetensors"))[1]
+    data = bytearray(shard.read_bytes())
+    n = int.from_bytes(data[:8], "little")
+    data[8 + n + (len(data) - 8 - n) // 2:] = bytes(len(data) - 8 - n - (len(data) - 8 - n) // 2)  # pieces not fetched
+    shard.write_bytes(data)
+    (d / (shard.name + ".aria2")).write_bytes(b"\0\1" + b"\0" * 30)
+    load_error(d, shard, f"its download is not finished: aria2c's control file {shard.name}.aria2 is beside it",
+               "resume the download")
+    got = ckpt.inspect(d)
+    assert got["checked"] == "index" and got["missing_files"] == [shard.name]
+    (d / (shard.name + ".aria2")).unlink()  # the control: the same zeros load, with nothing to tell them apart
+    model.load(d)
+
+
 def test_error_a_git_lfs_pointer_in_place_of_a_shard(sharded_dir, tmp_path):
     """A clone made without git-lfs holds ~130-byte pointer files in place of the shards, which safetensors
     reads as 'header too large' (a checkpoint tour): the message says what the file is and how to fetch it."""
