@@ -11,8 +11,10 @@ from collections import defaultdict
 import torch
 
 from .args import ModelArgs
-from .names import IGNORED, MTP_SHARED, Target, hf_to_ours, ours_to_hf
+from .names import IGNORED, MTP_SHARED, MTP_TABLE, Target, hf_to_ours, ours_to_hf
 from .transformer import Transformer
+
+MTP_ONLY = {hf for hf, _, _ in MTP_TABLE} | set(MTP_SHARED)  # names an MTP layer has and a main layer lacks
 
 
 class CheckpointError(ValueError):
@@ -94,8 +96,15 @@ def _check_tensor(hf_name: str, headers: dict, args: ModelArgs, expect: dict, pa
 def _unexpected(hf_name: str, args: ModelArgs) -> str:
     """Why tensor `hf_name` has no place in the config's model. A layer past the main ones is an MTP module's:
     a config.json edited to num_nextn_predict_layers 0 (to switch MTP off) over weights that keep it was
-    refused as 'not part of a model with 61 layers', which did not say which key to look at (a checkpoint tour)."""
-    layer = re.match(r"model\.layers\.(\d+)\.", hf_name)
+    refused as 'not part of a model with 61 layers', which did not say which key to look at (a checkpoint tour).
+    An MTP module's own tensor (enorm, eh_proj, ...) in a main layer is a num_hidden_layers that counts the MTP
+    layer too: 62 for DeepSeek-V3 was 'not part of a model with 62 layers' (a checkpoint tour)."""
+    layer = re.match(r"model\.layers\.(\d+)\.(.+)$", hf_name)
+    if layer and int(layer.group(1)) < args.n_layers and layer.group(2) in MTP_ONLY:
+        n = layer.group(1)  # a num_hidden_layers that counts the MTP layer too (62 for DeepSeek-V3)
+        return (f"unexpected tensor {hf_name} (an MTP module's tensor, in layer {n}, which config.json's "
+                f"num_hidden_layers={args.n_layers} makes a main layer: num_hidden_layers counts the main layers "
+                f"only, and the MTP modules follow them, so {n} main layers would make layer {n} MTP module 0)")
     if layer and int(layer.group(1)) >= args.n_layers:
         k = int(layer.group(1)) - args.n_layers
         return (f"unexpected tensor {hf_name} (layer {layer.group(1)} would be MTP module {k}, but the config has "

@@ -82,6 +82,26 @@ def test_mtp_weights_under_a_config_without_mtp_name_the_key(tiny_copy, tmp_path
         ckpt.inspect(d)
 
 
+def test_a_layer_count_that_counts_the_mtp_layer_too_names_the_key(tiny_copy, tmp_path):
+    """num_hidden_layers raised by one to count the MTP layer (62 for DeepSeek-V3) over weights that keep it
+    after the main layers was 'unexpected tensor model.layers.3.eh_proj.weight (not part of a deepseek_v3
+    model with 4 layers)', which did not say the MTP layer was taken for a main one (a checkpoint tour); also
+    from the index alone, as --dry-run plans before the download."""
+    edit_config(tiny_copy, lambda c: c | {"num_hidden_layers": 4})
+    want = ("(an MTP module's tensor, in layer 3, which config.json's num_hidden_layers=4 makes a main layer: "
+            "num_hidden_layers counts the main layers only, and the MTP modules follow them, so 3 main layers "
+            "would make layer 3 MTP module 0)")
+    msg = load_error(tiny_copy, tiny_copy / "model.safetensors", "unexpected tensor model.layers.3.", want)
+    assert "not part of" not in msg
+    from helpers.checkpoints import index_only
+
+    d = index_only(tmp_path / "index", model.ModelArgs.from_name("tiny"))
+    edit_config(d, lambda c: c | {"num_hidden_layers": 4})
+    with pytest.raises(CheckpointError, match=r"model.safetensors.index.json: unexpected tensor model.layers.3.* "
+                                              + re.escape(want) + "$"):
+        ckpt.inspect(d)
+
+
 def test_rotary_inv_freq_buffers_of_old_exports_are_ignored(tiny, tiny_copy):
     # as transformers ignores them: RoPE's frequencies come from the config
     edit_tensors(tiny_copy / "model.safetensors", lambda sd: sd | {
