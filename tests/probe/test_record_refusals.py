@@ -337,3 +337,56 @@ def test_a_bad_window_flag_is_named_with_its_value(probe_env, tmp_path, capsys, 
             *extra, capsys=capsys)
     assert (p.returncode, p.stderr) == (2, f"error: {want}\n")
     assert not out.exists()
+
+
+def test_a_download_gone_wrong_is_one_line_and_leaves_the_run_it_would_overwrite(probe_env, tmp_path, capsys):
+    """The ways a download of DeepSeek-V3's FP8 shards goes wrong, on a checkpoint in its layout (FP8
+    projections with float32 block scales, bfloat16 elsewhere, several shards and their index, the MTP
+    layer after the main ones): each is one line naming the file and the tensor or key, and an --overwrite
+    of a complete run refused so leaves that run as it was (a checkpoint tour)."""
+    import shutil
+
+    import torch
+
+    import model
+    from helpers.checkpoints import edit_config, edit_tensors
+
+    src = tmp_path / "ckpt"
+    model.save(model.load(probe_env["ckpt"], dtype=torch.float32), src, fp8=True, dtype="bfloat16",
+               max_shard_bytes=100_000)
+    shutil.copy(probe_env["ckpt"] / "tokenizer.json", src)
+    shards = sorted(src.glob("model-*.safetensors"))
+    weight_map = json.loads((src / "model.safetensors.index.json").read_text())["weight_map"]
+    w = next(k for k in weight_map if k.endswith("mlp.experts.1.up_proj.weight"))
+    shard = src / weight_map[w]
+    assert len(shards) >= 3 and weight_map[w + "_scale_inv"] == shard.name
+    out = tmp_path / "run"
+    corpus = str(probe_env["corpus"])
+    assert cli("record", "--ckpt", str(src), "--corpus", corpus, "--out", str(out), "--max-tokens", "64",
+               capsys=capsys).returncode == 0
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def index_naming(d):
+        p = d / "model.safetensors.index.json"
+        p.write_text(p.read_text().replace('"weight_map": {', f'"weight_map": {{"{w}.bias": "{shard.name}", '))
+
+    cases = [
+        (lambda d: (d / shard.name).unlink(), [shard.name, "is missing"]),
+        (lambda d: os.truncate(d / shard.name, shard.stat().st_size - 1000), [shard.name, "it is truncated"]),
+        (lambda d: (d / (shard.name + ".aria2")).write_bytes(b"\0" * 32), [shard.name, "download is not finished"]),
+        (index_naming, [shard.name, f"tensor {w}.bias listed in the index is not in the file"]),
+        (lambda d: edit_tensors(d / shard.name, lambda sd: {k: t for k, t in sd.items() if k != w + "_scale_inv"}),
+         [shard.name, f"FP8 tensor {w} has no {w}_scale_inv"]),
+        (lambda d: edit_tensors(d / shard.name, lambda sd: sd | {w + "_scale_inv": torch.ones(3, 3)}),
+         [shard.name, f"tensor {w}_scale_inv has shape [3, 3], expected [1, 1]"]),
+        (lambda d: edit_config(d, lambda c: {k: v for k, v in c.items() if k != "hidden_size"}),
+         ["config.json", "missing required keys ['hidden_size']"]),
+        (lambda d: edit_config(d, lambda c: c | {"model_type": "qwen2_moe"}),
+         ["config.json", "unsupported model_type 'qwen2_moe'"]),
+    ]
+    for i, (damage, needles) in enumerate(cases):
+        d = shutil.copytree(src, tmp_path / f"bad{i}")
+        damage(d)
+        assert_one_line_error(cli("record", "--ckpt", str(d), "--corpus", corpus, "--out", str(out), "--max-tokens",
+                                  "64", "--overwrite", capsys=capsys), str(d), *needles)
+        assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
