@@ -242,10 +242,11 @@ def format_dry_run(job, opts, p: dict) -> str:
     lines = [f"dry run: {job.ckpt} ({a.n_layers} layers, {a.n_routed_experts} experts, vocab {a.vocab_size}"
              f"{', MTP' if ck['mtp'] else ''}{', FP8 checkpoint' if ck['fp8'] else ''}, {_rope(a)})"]
     if ck["checked"] == "index":
-        lines.append(f"  checkpoint: {len(ck['missing_files'])} of {len(ck['files'])} shard files are absent "
-                     f"(e.g. {ck['missing_files'][0]}); checked the {ck['tensors']:,} names of "
+        # not downloaded: absent, or a file aria2c is still filling (model.checkpoint.inspect)
+        lines.append(f"  checkpoint: {len(ck['missing_files'])} of {len(ck['files'])} shard files are not downloaded "
+                     f"yet (e.g. {ck['missing_files'][0]}); checked the {ck['tensors']:,} names of "
                      "model.safetensors.index.json against the config, and the headers of the "
-                     f"{len(ck['files']) - len(ck['missing_files'])} files there")
+                     f"{len(ck['files']) - len(ck['missing_files'])} downloaded")
     else:
         lines.append(f"  checkpoint: every tensor's name, shape and dtype checked against config.json "
                      f"({len(ck['files'])} file{'s' if len(ck['files']) != 1 else ''}, headers only)")

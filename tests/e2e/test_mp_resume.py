@@ -197,7 +197,7 @@ def test_dry_run_plans_671B_from_config_and_index_alone(tmp_path, capsys):
                           "--gemm", "fp8", "--dtype", "bfloat16", "--device-memory", "141", "--device", "cuda")
     print(text)
     assert code == 0, err
-    assert "163 of 163 shard files are absent" in text and "checked the 91,991 names" in text
+    assert "163 of 163 shard files are not downloaded yet" in text and "checked the 91,991 names" in text
     assert "8 rank(s) = 1 replica(s) x 8" in text
     assert "weights                87.02 GB" in text  # 685 GB of FP8 weights + scales over 8 ranks
     assert "fits 141 GB per rank with" in text and "ESTIMATED" in text
