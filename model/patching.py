@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .hooks import HookError, HookPoint
+from .indices import as_ints
 
 # what a clean cache needs for patch_experts: each MoE layer's chosen experts and their outputs
 EXPERT_NAMES = ["layers.*.ffn.gate.hook_topk_ids", "layers.*.ffn.experts.hook_expert_out"]
@@ -52,22 +53,23 @@ def patch_experts(model, tokens: torch.Tensor, clean_cache, *, layers: Iterable[
 
     `clean_cache`: `run_with_cache(clean_tokens, names=EXPERT_NAMES)` (both points of every layer
     patched) on tokens of the same [B, S]. `layers`: MoE layer numbers (None: every MoE layer);
-    `experts`: expert ids (None: all); `positions`: sequence positions, of every row (None: all).
+    `experts`: expert ids (None: all); `positions`: sequence positions, of every row (None: all). Each
+    an int or integers: a list, range, numpy array or integer tensor (flattened); not bools or floats.
     The routing compared is this run's own at each layer, as patches in earlier layers left it."""
     B, S = _batch_shape(tokens, "tokens")
     moe_layers = [int(m[1]) for n in model.hook_names() if (m := _EXPERT_OUT.fullmatch(n))]
     # a layer named twice was hooked twice: patched again (the same values) and counted twice in the report
-    picked = moe_layers if layers is None else list(dict.fromkeys(_ints(layers, "layers")))
+    picked = moe_layers if layers is None else list(dict.fromkeys(_ints(layers, "patch_experts: layers")))
     if bad := [L for L in picked if L not in moe_layers]:
         raise ValueError(f"patch_experts: layers={bad[0]} is not an MoE layer of this model (its MoE layers: "
                          f"{moe_layers})")
     E = model.hook_points[f"layers.{moe_layers[0]}.ffn.gate.hook_topk_ids"].index_bound if moe_layers else 0
-    want_e = None if experts is None else _ints(experts, "experts")
+    want_e = None if experts is None else _ints(experts, "patch_experts: experts")
     if want_e is not None and (bad := [e for e in want_e if not 0 <= e < E]):
         raise ValueError(f"patch_experts: experts={bad[0]} is outside this model's [0, {E})")
     rows = None
     if positions is not None:
-        pos = _ints(positions, "positions")
+        pos = _ints(positions, "patch_experts: positions")
         if bad := [p for p in pos if not 0 <= p < S]:
             raise ValueError(f"patch_experts: positions={bad[0]} is outside the tokens' [0, {S})")
         rows = (torch.arange(B)[:, None] * S + torch.tensor(pos, dtype=torch.long)[None]).flatten()
@@ -140,11 +142,8 @@ def _batch_shape(tokens, what: str) -> tuple[int, int]:
 
 
 def _ints(values, what: str) -> list[int]:
-    values = [values] if isinstance(values, int) else values
-    try:
-        out = [int(v) for v in values]
-    except (TypeError, ValueError):
-        raise ValueError(f"{what}={values!r}: expected an int or a list of ints") from None
+    """Ids or positions as ints (model/indices.py: numpy and tensor integers too); an empty list is refused."""
+    out = as_ints(values, what)
     if not out:
         raise ValueError(f"{what}=[]: names nothing to patch (None means all)")
     return out
@@ -160,7 +159,8 @@ def patch_sweep(model, clean_tokens: torch.Tensor, corrupted_tokens: torch.Tenso
     corrupted runs' metric.
 
     `names`: a hook point name, a glob or a list of them (as `run_with_cache`'s). `positions`: None (the
-    whole tensor), "each" (every position of [B, S] in turn, all rows at once) or a list of positions.
+    whole tensor), "each" (every position of [B, S] in turn, all rows at once) or positions (an int, a
+    list, numpy array or integer tensor).
     A position is a sequence position: row b*S + s of the router's [T, ...] points (b*(S-1) + s in the
     MTP block's), query s of `hook_pattern`. Runs of the same [B, S] only; `forward_kwargs` go to every forward."""
     import pandas as pd
@@ -199,7 +199,7 @@ def patch_sweep(model, clean_tokens: torch.Tensor, corrupted_tokens: torch.Tenso
 def _sweep_positions(positions, S: int) -> list[int | None]:
     if positions is None:
         return [None]
-    if positions == "each":
+    if isinstance(positions, str) and positions == "each":  # an array's == is elementwise (a tour)
         return list(range(S))
     if isinstance(positions, str):
         raise ValueError(f"patch_sweep: positions={positions!r}: expected None, 'each' or a list of positions")

@@ -3,6 +3,7 @@ where the clean and corrupted runs route differently."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -109,6 +110,42 @@ def test_bad_input_is_one_line_naming_it(tiny, pair):
         patching.patch_experts(tiny, corrupted[:, :9], cc)
 
 
+def test_ids_from_numpy_pandas_and_tensors_are_ints(tiny, pair):
+    """Layers, experts and positions given as numpy ints and arrays, a pandas column or integer tensors
+    (a 2-D one flattened) patch what the same Python ints patch (they were refused, or read wrongly)."""
+    clean, corrupted = pair
+    _, cc = tiny.run_with_cache(clean, names=patching.EXPERT_NAMES)
+    want, report = patching.patch_experts(tiny, corrupted, cc, layers=[2], experts=list(range(0, 16, 2)),
+                                           positions=[1, 4, 7])
+    assert report.n_patched > 0 and report.n_not_patched > 0
+    for layers, experts, positions in ((np.int64(2), np.arange(0, 16, 2), np.array([1, 4, 7], dtype=np.int32)),
+                                       ([np.int64(2)], pd.Series(range(0, 16, 2)), torch.tensor([1, 4, 7])),
+                                       (torch.tensor(2), torch.arange(0, 16, 2).view(2, 4), (1, np.int16(4), 7))):
+        got, r = patching.patch_experts(tiny, corrupted, cc, layers=layers, experts=experts, positions=positions)
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+        assert r == report
+
+
+@pytest.mark.parametrize("kw,bad", [
+    ({"experts": [1.5]}, r"experts: 1\.5 is not an integer"),
+    ({"experts": torch.tensor([1.0, 2.0])}, r"experts: 1\.0 \(of a Tensor of torch\.float32\) is not an integer"),
+    ({"experts": [True]}, r"experts: True is not an integer"),
+    ({"layers": np.array([True])}, r"layers: True \(of a ndarray of bool\) is not an integer"),
+    ({"experts": "13"}, r"experts='13': expected an int or integers"),
+    ({"experts": ["3"]}, r"experts: '3' is not an integer"),
+    ({"positions": np.array([2.0])}, r"positions: 2\.0 \(of a ndarray of float64\) is not an integer"),
+    ({"positions": 2.0}, r"positions=2\.0: expected an int or integers"),
+], ids=["float", "float tensor", "bool", "bool array", "string", "strings", "float array", "float scalar"])
+def test_ids_that_are_not_integers_are_refused_not_rounded(tiny, pair, kw, bad):
+    """A float was rounded down (experts=[1.5] patched expert 1), a bool was 1, a string's characters
+    were ids (experts="13": experts 1 and 3); each is now one line naming the argument."""
+    clean, corrupted = pair
+    _, cc = tiny.run_with_cache(clean, names=patching.EXPERT_NAMES)
+    with pytest.raises(ValueError, match=r"^patch_experts: " + bad) as e:
+        patching.patch_experts(tiny, corrupted, cc, **kw)
+    assert "\n" not in str(e.value)
+
+
 def metric(logits: torch.Tensor) -> torch.Tensor:
     """The last position's logit of token 5 less token 7's, over the batch."""
     return (logits[:, -1, 5] - logits[:, -1, 7]).mean()
@@ -177,6 +214,20 @@ def test_bad_sweep_input_is_one_line_naming_it(tiny, pair):
         patching.patch_sweep(tiny, clean, corrupted, "hook_embed", metric, positions="all")
     with pytest.raises(model.HookError, match=r"no hook point named 'hook_embedd'"):
         patching.patch_sweep(tiny, clean, corrupted, "hook_embedd", metric)
+    with pytest.raises(ValueError, match=r"^patch_sweep: positions: 2\.5 is not an integer"):
+        patching.patch_sweep(tiny, clean, corrupted, "hook_embed", metric, positions=[2.5])
+
+
+def test_sweep_positions_from_numpy_and_tensors(tiny, pair):
+    """positions as a numpy array (its == "each" was an ambiguous truth value), a numpy int, an integer
+    tensor: the rows the same Python ints give."""
+    clean, corrupted = pair
+    want = patching.patch_sweep(tiny, clean, corrupted, "hook_embed", metric, positions=[2, 6])
+    for positions in (np.array([2, 6]), torch.tensor([[2], [6]]), [np.int64(2), torch.tensor(6)]):
+        got = patching.patch_sweep(tiny, clean, corrupted, "hook_embed", metric, positions=positions)
+        pd.testing.assert_frame_equal(got, want)
+    one = patching.patch_sweep(tiny, clean, corrupted, "hook_embed", metric, positions=np.int64(6))
+    pd.testing.assert_frame_equal(one, want.iloc[1:].reset_index(drop=True))
 
 
 def test_a_sweep_of_the_mtp_router_patches_its_own_rows(tiny, pair):
