@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from .args import InputError
+from .indices import as_int, shown
 from .kernels import act_quant, weight_dequant
 from .layers import Linear, wide
 
@@ -56,11 +57,11 @@ def final_scale(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def apply_final_norm(x: torch.Tensor, scale: torch.Tensor, weight: torch.Tensor, pos=None) -> torch.Tensor:
     """x [..., B, S, D] (pieces of the residual stream) times scale [B, S, 1] times weight [D], in
-    x's dtype (computed in the wider of x's and scale's). `pos` (an int or a slice) picks the
+    x's dtype (computed in the wider of x's and scale's). `pos` (an integer or a slice) picks the
     positions x holds: x [..., B, D] for an int, [..., B, S', D] for a slice."""
     if pos is not None:
-        if isinstance(pos, bool) or not isinstance(pos, (int, slice)):
-            raise InputError(f"cache.apply_final_norm: pos={pos!r}: expected an int or a slice of positions")
+        if not isinstance(pos, slice) and (pos := as_int(given := pos)) is None:  # numpy's and 0-d tensors' too
+            raise InputError(f"cache.apply_final_norm: pos={shown(given)}: expected an int or a slice of positions")
         if isinstance(pos, int) and not -scale.shape[1] <= pos < scale.shape[1]:
             raise InputError(f"cache.apply_final_norm: pos={pos}: the cached forward had {scale.shape[1]} positions")
         scale = scale[:, pos]

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .attribution import apply_final_norm, final_scale
+from .indices import as_int
 
 HookFn = Callable[[torch.Tensor, "HookPoint"], Union[torch.Tensor, None]]
 NameFilter = Union[str, Callable[[str], bool], Iterable[str], None]
@@ -201,9 +202,9 @@ def _matcher(names: NameFilter, all_names: list[str]) -> Callable[[str], bool]:
 def _tl_key(key, all_names: list[str]) -> str:
     """For TransformerLens's `cache["resid_pre", 2]` key, ': ... is cache[name] here' naming the hook
     point it means, where one matches; else a pointer to the names."""
-    if not (isinstance(key, tuple) and len(key) == 2 and isinstance(key[0], str) and isinstance(key[1], int)):
+    if not (isinstance(key, tuple) and len(key) == 2 and isinstance(key[0], str) and as_int(key[1]) is not None):
         return " (see model.hook_names())"
-    short, layer = key[0].removeprefix("hook_"), key[1]
+    short, layer = key[0].removeprefix("hook_"), as_int(key[1])
     hit = [n for n in all_names if re.fullmatch(rf"layers\.{layer}\.(\w+\.)*hook_{re.escape(short)}", n)]
     if len(hit) != 1:
         return " (see model.hook_names())"

@@ -1,8 +1,8 @@
 """Integer ids and positions as a researcher has them: Python ints, numpy ints and arrays (a pandas
-column's values), integer tensors. What the interpretability calls take (`patch_experts`' layers,
-experts and positions, `patch_sweep`'s positions, `apply_final_norm`'s pos, forward's
-`start_at_layer`, `mtp_logits`' depth) goes through here, so that all of them accept the same
-integers and refuse the same non-integers.
+column's values), integer tensors. The ids and positions model/ takes (`patch_experts`' layers,
+experts and positions, `patch_sweep`'s positions, `cache.apply_final_norm`'s pos, forward's
+`start_at_layer` and an int `start_pos`, `mtp_logits`' depth, the layer of a TransformerLens cache
+key) go through here, so that all of them accept the same integers and refuse the same non-integers.
 
 A bool, a float or a string is refused, never rounded or read character by character: `int(2.7)`
 is 2, and `[int(c) for c in "13"]` is experts 1 and 3.

@@ -16,14 +16,13 @@ Legend: B batch, S positions in this call, T key positions, D dim, V vocab.
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 from torch import nn
 
 from .args import InputError, ModelArgs
 from .head_stats import check_targets, head_stats, logit_stats
 from .hooks import HookedModule, HookPoint
+from .indices import as_int, shown
 from .layers import Embedding, Linear, RMSNorm, rope_cos_sin, rope_inv_freq
 from .mla import MLA
 from .moe import MLP, MoE
@@ -326,9 +325,10 @@ class Transformer(HookedModule):
         tokens = self._check_tokens(tokens)  # an id past the vocabulary was an IndexError of the embedding
         bsz, seqlen = tokens.shape
         self._check_mtp_hidden(h, bsz, seqlen - 1)
-        if isinstance(depth, bool) or not isinstance(depth, numbers.Integral) or not 0 <= depth < len(self.mtp):
-            raise InputError(f"depth={depth!r}: this model has {len(self.mtp)} MTP module(s), "
+        if (d := as_int(depth)) is None or not 0 <= d < len(self.mtp):  # an int: a tensor would key _mtp_filled apart
+            raise InputError(f"depth={shown(depth)}: this model has {len(self.mtp)} MTP module(s), "
                              f"depth 0 to {len(self.mtp) - 1}")
+        depth = d
         start, max_start = self._check_rows(start_pos, lengths, bsz, seqlen, tokens.device,
                                             self._mtp_filled.get(depth), cache=f"MTP block {depth}'s KV cache")
         n = seqlen - 1
@@ -410,8 +410,8 @@ class Transformer(HookedModule):
 
     def _check_resid(self, resid, tokens: torch.Tensor, start: int, use_cache: bool) -> torch.Tensor:
         """The residual stream a forward from block `start` begins with, checked."""
-        if isinstance(start, bool) or not isinstance(start, numbers.Integral) or not 0 < start < len(self.layers):
-            raise InputError(f"start_at_layer={start}: must be an integer between 1 and {len(self.layers) - 1}")
+        if (i := as_int(start)) is None or not 0 < i < len(self.layers):  # numpy's and 0-d tensors' too
+            raise InputError(f"start_at_layer={shown(start)}: must be an integer between 1 and {len(self.layers) - 1}")
         if use_cache:
             raise InputError(f"start_at_layer={start} needs use_cache=False (the skipped blocks' KV cache would be "
                              "stale)")
@@ -432,18 +432,19 @@ class Transformer(HookedModule):
         (zeros, or an earlier prompt's keys).
         One read back from the device for all of it."""
         if isinstance(start_pos, torch.Tensor):
-            if start_pos.numel() not in (1, bsz) or start_pos.is_floating_point():
+            if start_pos.numel() not in (1, bsz) or start_pos.is_floating_point() or start_pos.dtype == torch.bool:
                 raise InputError(f"start_pos: expected an int or {bsz} integer starts (one per row), got "
                                  f"shape {tuple(start_pos.shape)} of {start_pos.dtype}")
             start = start_pos.to(device=dev, dtype=torch.long).reshape(-1).expand(bsz)
-        elif isinstance(start_pos, bool) or not isinstance(start_pos, numbers.Integral):
-            raise InputError(f"start_pos: expected an int or {bsz} integer starts (one per row), got {start_pos!r}")
+        elif as_int(start_pos) is None:
+            raise InputError(f"start_pos: expected an int or {bsz} integer starts (one per row), got "
+                             f"{shown(start_pos)}")
         else:
             if int(start_pos) < 0:
                 raise InputError(f"start_pos must be >= 0, got {int(start_pos)}")
             start = torch.full((bsz,), int(start_pos), device=dev, dtype=torch.long)
         if lengths is not None and (not isinstance(lengths, torch.Tensor) or tuple(lengths.shape) != (bsz,)
-                                    or lengths.is_floating_point()):
+                                    or lengths.is_floating_point() or lengths.dtype == torch.bool):
             got = f"shape {tuple(lengths.shape)} of {lengths.dtype}" if isinstance(lengths, torch.Tensor) \
                 else type(lengths).__name__
             raise InputError(f"lengths: expected {bsz} integer lengths (one per row), got {got}")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -189,6 +190,12 @@ def test_apply_final_norm_refuses_what_it_cannot_scale():
         c.apply_final_norm(r.movedim(2, 0)[:, :, 0], pos=5)
     with pytest.raises(ValueError, match=r"pos=1\.0: expected an int or a slice"):
         c.apply_final_norm(r.movedim(2, 0)[:, :, 0], pos=1.0)
+    for bad in (True, torch.tensor([1]), torch.tensor(1.0)):
+        with pytest.raises(ValueError, match=r"^cache\.apply_final_norm: pos=.*: expected an int or a slice"):
+            c.apply_final_norm(r.movedim(2, 0)[:, :, 0], pos=bad)
+    want = c.apply_final_norm(r.movedim(2, 0)[:, :, 1], pos=1)
+    for pos in (np.int64(1), torch.tensor(1), np.int32(-4)):  # positions from numpy or a tensor (were refused)
+        assert torch.equal(c.apply_final_norm(r.movedim(2, 0)[:, :, 1], pos=pos), want)
     assert c.copy().apply_final_norm(r.movedim(2, 0)[:, :, 1:3], pos=slice(1, 3)).shape == (4, 2, 2, 64)
     with pytest.raises(model.HookError, match=r"^cache\.apply_final_norm: this cache has no final-norm scale"):
         ActivationCache(m.hook_names(), []).apply_final_norm(r)

@@ -4,6 +4,7 @@ spellings, and a hook that leaves too few experts to route to."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -68,6 +69,8 @@ def test_a_cache_asked_by_a_key_that_is_not_a_name_says_so():
         cache["resid_pre", 2]
     with pytest.raises(model.HookError, match=r"is cache\['layers\.1\.attn\.hook_pattern'\] here"):
         cache["pattern", 1]
+    with pytest.raises(model.HookError, match=r"is cache\['layers\.2\.hook_resid_pre'\] here"):
+        cache["resid_pre", np.int64(2)]  # a layer number from numpy
     with pytest.raises(model.HookError, match=r"^cache\[3\]: a cache's keys are hook point names \(str\) \(see"):
         cache[3]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -481,10 +482,14 @@ def test_forward_from_a_later_block_equals_the_full_pass():
     with torch.no_grad():
         for i in range(1, len(m.layers)):
             assert torch.equal(m(tok, lengths=lengths, start_at_layer=i, resid=cap[i]), full), i
+        for i in (np.int64(2), torch.tensor(2)):  # a layer number from numpy or a tensor (was refused)
+            assert torch.equal(m(tok, lengths=lengths, start_at_layer=i, resid=cap[2]), full)
         # negative control: another block's input does not give the same logits
         assert not torch.equal(m(tok, lengths=lengths, start_at_layer=1, resid=cap[len(m.layers) - 1]), full)
         for kw, msg in [({"start_at_layer": 1, "resid": cap[1][:, :5]}, "resid: expected the input of block 1"),
                         ({"start_at_layer": len(m.layers), "resid": cap[1]}, "start_at_layer="),
+                        ({"start_at_layer": torch.tensor([1]), "resid": cap[1]},
+                         r"start_at_layer=tensor\(\[1\]\): must"),
                         ({"resid": cap[1]}, "pass start_at_layer"),
                         ({"start_at_layer": 1, "resid": cap[1], "use_cache": True}, "use_cache=False")]:
             with pytest.raises(ValueError, match=msg):

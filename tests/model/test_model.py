@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -292,6 +293,8 @@ def test_bad_forward_inputs():
     for kw, msg in [(dict(lengths=torch.tensor([4])), r"lengths: expected 2 integer lengths \(one per row\), got shape \(1,\)"),
                     (dict(lengths=[4, 4]), "lengths: expected 2 integer lengths .* got list"),
                     (dict(lengths=torch.tensor([4.0, 4.0])), "got shape .* of torch.float32"),
+                    (dict(lengths=torch.tensor([True, True])), "got shape .* of torch.bool"),  # was lengths 1
+                    (dict(start_pos=torch.tensor([True, False])), "start_pos: .* of torch.bool"),
                     (dict(lengths=torch.tensor([4, 5])), r"lengths must be in \[0, 4\] .* got \[4, 5\]"),
                     (dict(lengths=torch.tensor([-1, 4])), r"lengths must be in \[0, 4\]"),
                     (dict(start_pos=torch.tensor([0, 1, 2])), "start_pos: expected an int or 2 integer starts"),
@@ -350,6 +353,10 @@ def test_bad_forward_inputs():
         m.mtp_logits(h[:, :2], x[:, :2], start_pos=3, use_cache=True)
     with pytest.raises(ValueError, match=r"depth=1: this model has 1 MTP module\(s\), depth 0 to 0"):
         m.mtp_logits(h, x, depth=1)
+    # depth from numpy or a 0-d tensor (refused) is depth 0, its cache's fill kept where depth=0 reads it
+    m(x, use_cache=True)
+    m.mtp_logits(h, x, use_cache=True, depth=torch.tensor(0))
+    assert m.mtp_logits(h[:, :2], x[:, :2], start_pos=3, use_cache=True, depth=np.int64(0)).shape[1] == 1
 
 
 def test_meta_then_to_empty_then_reset_parameters_gives_a_whole_model():
