@@ -55,6 +55,18 @@ class HookPoint(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
+    def layer(self) -> int:
+        """The index of the layer this point is in: 3 for `layers.3.ffn.gate.hook_scores`
+        (TransformerLens's `hook.layer()`), for a hook fn attached to the same point of many layers.
+        A point outside the layers (`hook_embed`, `hook_final`, the MTP module's) is a ValueError."""
+        if m := re.match(r"layers\.(\d+)\.", self.name):
+            return int(m[1])
+        if not self.name:
+            raise ValueError("hook.layer(): this hook point has no name: the model names its points when it is "
+                             "built (setup_hooks)")
+        where = f"is in MTP module {m[1]}, not" if (m := re.match(r"mtp\.(\d+)\.", self.name)) else "is not"
+        raise ValueError(f"hook.layer() on {self.name}: that point {where} in a layer (layers.{{i}}.*)")
+
     @property
     def active(self) -> bool:
         """True when something is attached (lets the model pick a path that materialises the tensor)."""

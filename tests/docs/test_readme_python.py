@@ -73,6 +73,7 @@ def test_the_readme_python_runs_and_its_comments_hold(readme):
     resid = ns["cache"]["layers.20.hook_resid_pre"]
     torch.testing.assert_close(m(tokens, start_at_layer=20, resid=resid), full, rtol=1e-6, atol=1e-6)
     assert "layers.5.ffn.gate.hook_select_scores" in ns["m"].hook_names()
+    assert list(ns["norms"]) == list(range(21))  # hook.layer(): each layer's fn call keyed by its layer, in order
     # direct logit attribution: the pieces' shares add up to the last position's logits, and layer 20's
     # heads' shares to its attention output's
     dla, heads = ns["dla"].float(), ns["heads"].float()

@@ -126,6 +126,25 @@ def test_hook_names_follow_forward_order():
     assert seen == TINY_HOOK_NAMES
 
 
+def test_a_hook_point_knows_its_layer():
+    """hook.layer() (TransformerLens's) is the layer a hook fn runs in, in a pass over every layer; a
+    point outside the layers is a one-line ValueError naming it, with the hook's note."""
+    m = random_model("tiny")
+    seen = []
+    with m.hooks([("layers.*.hook_ffn_out", lambda t, hook: seen.append((hook.name, hook.layer())))]):
+        m(torch.zeros(1, 4, dtype=torch.long))
+    assert seen == [(f"layers.{i}.hook_ffn_out", i) for i in range(3)]
+    assert m.hook_points["layers.2.ffn.gate.hook_topk_ids"].layer() == 2
+    with pytest.raises(ValueError, match=r"^hook\.layer\(\) on hook_embed: that point is not in a layer "
+                                         r"\(layers\.\{i\}\.\*\)") as e:
+        m.run_with_hooks(torch.zeros(1, 4, dtype=torch.long), fwd_hooks=[("hook_embed", lambda t, hook: hook.layer())])
+    assert e.value.__notes__[0].endswith("<lambda> on hook_embed)")  # the hook point the hook ran on
+    with pytest.raises(ValueError, match=r"on mtp\.0\.block\.hook_resid_pre: that point is in MTP module 0, not"):
+        m.hook_points["mtp.0.block.hook_resid_pre"].layer()
+    with pytest.raises(ValueError, match=r"^hook\.layer\(\): this hook point has no name"):
+        model.HookPoint().layer()
+
+
 def test_run_with_cache_shapes():
     m = random_model("tiny")
     a = m.args
