@@ -1,5 +1,6 @@
 """Direct logit attribution: each head's share of the attention output (`attn.hook_result`) and the
-final norm's scale for pieces of the residual stream (`ActivationCache.apply_final_norm`).
+final norm's scale for pieces of the residual stream (`ActivationCache.apply_final_norm`; with
+`mtp=k`, MTP module k's norm for pieces of that module's residual stream).
 
     logits, cache = m.run_with_cache(tokens, names=["hook_embed", "layers.*.hook_attn_out", "layers.*.hook_ffn_out"])
     pieces = cache.stack(["hook_embed", "layers.*.hook_attn_out", "layers.*.hook_ffn_out"])  # [P, B, S, D]
@@ -55,21 +56,23 @@ def final_scale(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return norm.inverse_rms(x.to(wide(x.dtype)))
 
 
-def apply_final_norm(x: torch.Tensor, scale: torch.Tensor, weight: torch.Tensor, pos=None) -> torch.Tensor:
+def apply_final_norm(x: torch.Tensor, scale: torch.Tensor, weight: torch.Tensor, pos=None,
+                     where: str = "the cached forward") -> torch.Tensor:
     """x [..., B, S, D] (pieces of the residual stream) times scale [B, S, 1] times weight [D], in
     x's dtype (computed in the wider of x's and scale's). `pos` (an integer or a slice) picks the
-    positions x holds: x [..., B, D] for an int, [..., B, S', D] for a slice."""
+    positions x holds: x [..., B, D] for an int, [..., B, S', D] for a slice. `where` the scale came
+    from, as a message names it."""
     if pos is not None:
         if not isinstance(pos, slice) and (pos := as_int(given := pos)) is None:  # numpy's and 0-d tensors' too
             raise InputError(f"cache.apply_final_norm: pos={shown(given)}: expected an int or a slice of positions")
         if isinstance(pos, int) and not -scale.shape[1] <= pos < scale.shape[1]:
-            raise InputError(f"cache.apply_final_norm: pos={pos}: the cached forward had {scale.shape[1]} positions")
+            raise InputError(f"cache.apply_final_norm: pos={pos}: {where} had {scale.shape[1]} positions")
         scale = scale[:, pos]
     want = (*scale.shape[:-1], weight.shape[0])
     if not isinstance(x, torch.Tensor) or x.dim() < len(want) or tuple(x.shape[-len(want):]) != want:
         got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         lead = "[..., B, D]" if isinstance(pos, int) else "[..., B, S, D]"
-        raise InputError(f"cache.apply_final_norm: x of shape {got}: expected {lead} ending in {want}, the cached "
-                         "forward's (per-head results [B, S, H, D]: pass result.movedim(2, 0))")
+        raise InputError(f"cache.apply_final_norm: x of shape {got}: expected {lead} ending in {want}, as in {where} "
+                         "(per-head results [B, S, H, D]: pass result.movedim(2, 0))")
     dt = torch.promote_types(x.dtype, scale.dtype)
     return (x.to(dt) * scale.to(x.device, dt) * weight.to(x.device, dt)).to(x.dtype)

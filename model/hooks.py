@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 from .attribution import apply_final_norm, final_scale
-from .indices import as_int
+from .args import InputError
+from .indices import as_int, shown
 
 HookFn = Callable[[torch.Tensor, "HookPoint"], Union[torch.Tensor, None]]
 NameFilter = Union[str, Callable[[str], bool], Iterable[str], None]
@@ -230,8 +231,9 @@ class ActivationCache(dict):
     def __init__(self, all_names: list[str], named: Iterable[str]) -> None:
         super().__init__()
         self._all_names, self._named = all_names, set(named)
-        # (1 / rms [B, S, 1] of the final norm's input, the norm's weight [D]), for apply_final_norm
-        self._final: tuple[torch.Tensor, torch.Tensor] | None = None
+        # (1 / rms [B, S, 1] of a final norm's input, the norm's weight [D]), for apply_final_norm: key
+        # None the model's final norm, k the MTP module k's (before the shared head; S-1 positions)
+        self._norms: dict[int | None, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __reduce__(self):  # pickled (torch.save) as an OrderedDict, which torch.load(weights_only=True) reads
         return collections.OrderedDict, (list(self.items()),)
@@ -239,7 +241,7 @@ class ActivationCache(dict):
     def __copy__(self) -> ActivationCache:  # copy.copy went through __reduce__: an OrderedDict, the reasons lost
         new = ActivationCache(self._all_names, self._named)
         new.update(self)
-        new._final = self._final
+        new._norms = dict(self._norms)
         return new
 
     def copy(self) -> ActivationCache:  # dict.copy gave a plain dict
@@ -259,17 +261,37 @@ class ActivationCache(dict):
                             f"{shapes[1]}): pick points of one shape (the MTP module's have S-1 positions)")
         return torch.stack(picked)
 
-    def apply_final_norm(self, x: torch.Tensor, pos: int | slice | None = None) -> torch.Tensor:
+    def apply_final_norm(self, x: torch.Tensor, pos: int | slice | None = None, *,
+                         mtp: int | None = None) -> torch.Tensor:
         """Pieces of the residual stream x [..., B, S, D] (`stack` of hook_embed, hook_attn_out and
         hook_ffn_out, or per-head `attn.hook_result`s moved to the front) scaled as the final norm
         scaled the residual they add up to in this cache's forward: divided by its RMS at each position,
         times the norm's weight (TransformerLens's `apply_ln_to_stack`). `model.head(...)` of that is
         each piece's direct logit attribution; summed over the pieces, the logits. `pos` (an int or a
-        slice) when x holds only those positions (x [..., B, D] for an int: `pos=-1`, the last)."""
-        if self._final is None:
-            raise HookError("cache.apply_final_norm: this cache has no final-norm scale: its forward did not reach "
-                            "the final norm (or the cache was not made by run_with_cache)")
-        return apply_final_norm(x, *self._final, pos=pos)
+        slice) when x holds only those positions (x [..., B, D] for an int: `pos=-1`, the last).
+
+        `mtp=k`: pieces of MTP module k's residual stream instead, x [..., B, S-1, D] (`mtp.k.hook_in`,
+        `mtp.k.block.hook_attn_out` and `hook_ffn_out`), scaled by that module's own norm: through the
+        same `model.head`, their shares of its logits (`mtp.k.hook_logits`; a forward with mtp=True)."""
+        key = None if mtp is None else as_int(mtp)
+        if mtp is not None and key is None:
+            raise InputError(f"cache.apply_final_norm: mtp={shown(mtp)}: expected the index of an MTP module "
+                             "(0: DeepSeek-V3 has one), or None for the model's final norm")
+        if key not in self._norms:
+            raise HookError(f"cache.apply_final_norm: this cache has no {self._no_norm(key)}")
+        where = "the cached forward" if key is None else f"the cached forward's MTP module {key}"
+        return apply_final_norm(x, *self._norms[key], pos=pos, where=where)
+
+    def _no_norm(self, key: int | None) -> str:
+        """What the cache lacks, and why, for apply_final_norm of norm `key` (None: the final norm)."""
+        if key is None:
+            return ("final-norm scale: its forward did not reach the final norm (or the cache was not made by "
+                    "run_with_cache)")
+        have = sorted({int(m[1]) for n in self._all_names if (m := re.match(r"mtp\.(\d+)\.", n))})
+        if key not in have:
+            return f"MTP module {key}: the model's MTP modules are {have}" if have else "MTP module: the model has none"
+        return (f"scale of MTP module {key}'s norm: its forward did not run the MTP module (run_with_cache(..., "
+                "mtp=True))")
 
     def __missing__(self, name: str):
         if not isinstance(name, str):  # a TypeError from deep inside re (the name matched against a pattern)
@@ -417,22 +439,24 @@ class HookedModule(nn.Module):
 
     @contextlib.contextmanager
     def _final_scale_to(self, cache: ActivationCache, detach: bool) -> Iterator[None]:
-        """Record into `cache` the scale the final norm (`self.norm`, where the model has one) gives its
-        input, for `cache.apply_final_norm`: [B, S, 1], one number a position."""
-        norm = getattr(self, "norm", None)
-        if norm is None:
-            yield
-            return
+        """Record into `cache` the scale each final norm gives its input, for `cache.apply_final_norm`:
+        [B, S, 1], one number a position. The final norm is `self.norm`, and MTP module k's `self.mtp[k].norm`
+        (where the model has them)."""
+        norms = {None: getattr(self, "norm", None)}
+        norms.update((k, getattr(mod, "norm", None)) for k, mod in enumerate(getattr(self, "mtp", ())))
 
-        def record(mod: nn.Module, args: tuple) -> None:
-            scale = final_scale(mod, args[0].detach() if detach else args[0])
-            cache._final = (scale, mod.weight.detach() if detach else mod.weight)
+        def recorder(key: int | None) -> Callable:
+            def record(mod: nn.Module, args: tuple) -> None:
+                scale = final_scale(mod, args[0].detach() if detach else args[0])
+                cache._norms[key] = (scale, mod.weight.detach() if detach else mod.weight)
+            return record
 
-        handle = norm.register_forward_pre_hook(record)
+        handles = [norm.register_forward_pre_hook(recorder(key)) for key, norm in norms.items() if norm is not None]
         try:
             yield
         finally:
-            handle.remove()
+            for h in handles:
+                h.remove()
 
 
 def _warn_unreached(method: str, unreached: list[str], n_named: int) -> None:

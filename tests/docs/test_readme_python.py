@@ -80,6 +80,9 @@ def test_the_readme_python_runs_and_its_comments_hold(readme):
     assert dla.shape == (1 + 2 * 21, 1, V) and heads.shape == (m.args.n_heads, 1, V)
     torch.testing.assert_close(dla.sum(0), ns["out"][:, -1].float(), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(heads.sum(0), dla[1 + 2 * 20], rtol=1e-4, atol=1e-4)  # forward order
+    # and the MTP module's pieces, through its own norm, to its logits
+    assert ns["mtp_dla"].shape == (3, 1, 3, V)
+    torch.testing.assert_close(ns["mtp_dla"].float().sum(0), ns["mtp_out"].float(), rtol=1e-4, atol=1e-4)
     # the model as loaded by default is in the config's dtype, the float32 one as the jobs compute
     assert ns["m32"].embed.weight.dtype == torch.float32 and m.embed.weight.dtype == getattr(torch, m.args.dtype)
     # text to ids: BOS first, then the text's tokens, which decode back to it

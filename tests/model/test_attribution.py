@@ -175,6 +175,44 @@ def test_direct_logit_attribution_adds_up_to_the_logits(impl):
 
 
 @torch.no_grad()
+def test_direct_logit_attribution_on_the_mtp_head_adds_up_to_its_logits():
+    """The MTP module's residual (its block's input and its attention and FFN outputs, or the heads in
+    place of the attention), scaled by its own norm (mtp=0) and through the shared head, sums to its
+    logits (float64); the last MTP position alone too. The main model's final norm, at the same
+    positions, gives another sum (the control: the norm the MTP logits pass is the module's own)."""
+    m = cast_(random_model("tiny", seed=7), torch.float64)
+    x = _tokens(m, (2, 9), seed=7)
+    mtp = ["mtp.0.hook_in", "mtp.0.block.hook_attn_out", "mtp.0.block.hook_ffn_out"]
+    (logits, mtp_logits), c = m.run_with_cache(x, names=mtp + ["mtp.0.block.attn.hook_result"], mtp=True)
+    pieces = c.stack(mtp)  # [3, B, S-1, D]
+    dla = m.head(c.apply_final_norm(pieces, mtp=0))
+    assert dla.dtype == torch.float64 and dla.shape == (3, 2, 8, m.args.vocab_size)
+    torch.testing.assert_close(dla.sum(0), mtp_logits, rtol=0, atol=1e-10)
+    heads = c["mtp.0.block.attn.hook_result"].movedim(2, 0)  # [H, B, S-1, D]
+    per_head = torch.cat([pieces[[0, 2]], heads])
+    torch.testing.assert_close(m.head(c.apply_final_norm(per_head, mtp=np.int64(0))).sum(0), mtp_logits,
+                               rtol=0, atol=1e-10)
+    last = m.head(c.apply_final_norm(pieces[:, :, -1], pos=-1, mtp=0))  # [3, B, V]
+    torch.testing.assert_close(last, dla[:, :, -1], rtol=0, atol=1e-12)
+    main = m.head(c.apply_final_norm(pieces, pos=slice(0, 8)))  # the control: the main model's norm
+    assert (main.sum(0) - mtp_logits).abs().max() > 1e-2
+    with pytest.raises(ValueError, match=r"^cache\.apply_final_norm: pos=8: the cached forward's MTP module 0 had 8 "):
+        c.apply_final_norm(pieces[:, :, -1], pos=8, mtp=0)
+    with pytest.raises(ValueError, match=r"^cache\.apply_final_norm: x of shape \(3, 2, 8, 64\): expected .* ending "
+                                         r"in \(2, 9, 64\), as in the cached forward "):
+        c.apply_final_norm(pieces)  # MTP pieces without mtp=0: the main norm's 9 positions
+    with pytest.raises(ValueError, match=r"^cache\.apply_final_norm: mtp=True: expected the index of an MTP module"):
+        c.apply_final_norm(pieces, mtp=True)
+    with pytest.raises(model.HookError, match=r"^cache\.apply_final_norm: this cache has no MTP module 1: the "
+                                              r"model's MTP modules are \[0\]$"):
+        c.apply_final_norm(pieces, mtp=1)
+    _, plain = m.run_with_cache(x, names="hook_embed")
+    with pytest.raises(model.HookError, match=r"no scale of MTP module 0's norm: its forward did not run the MTP "
+                                              r"module \(run_with_cache\(\.\.\., mtp=True\)\)$"):
+        plain.apply_final_norm(pieces, mtp=0)
+
+
+@torch.no_grad()
 def test_apply_final_norm_refuses_what_it_cannot_scale():
     m = random_model("tiny", seed=6)
     _, c = m.run_with_cache(_tokens(m, (2, 5), seed=6), names="layers.*.attn.hook_result")
