@@ -355,7 +355,9 @@ class HookedModule(nn.Module):
         if "bwd_hooks" in kwargs:  # else forward's "unexpected keyword argument 'bwd_hooks'"
             raise HookError("run_with_hooks takes no bwd_hooks: for a gradient with respect to an activation, "
                             "run_with_cache(..., names=..., detach=False) and torch.autograd.grad(out, cache[name])")
-        pairs, ran = list(fwd_hooks), set()
+        # NOTE: each filter is read twice (attached, then asked which points it named): a generator of
+        # names was empty the second time, "matches no hook point" (a tour); a list reads alike twice
+        pairs, ran = [_reusable(p) for p in fwd_hooks], set()
         with self.hooks(pairs):  # checks the pairs; then which points they attached to, and which of them ran
             matched = [set(self._resolve(f)) for f, _ in pairs]
             named = [n for n in self._hook_points if any(n in m for m in matched)]
@@ -457,6 +459,13 @@ class HookedModule(nn.Module):
         finally:
             for h in handles:
                 h.remove()
+
+
+def _reusable(pair):
+    """A (filter, fn) pair with an iterator filter (a generator of names) read into a list."""
+    if isinstance(pair, (tuple, list)) and len(pair) == 2 and isinstance(pair[0], Iterator):
+        return (list(pair[0]), pair[1])
+    return pair
 
 
 def _warn_unreached(method: str, unreached: list[str], n_named: int) -> None:

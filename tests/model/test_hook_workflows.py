@@ -74,6 +74,9 @@ def test_run_with_hooks_is_one_pass_with_the_hooks_attached():
         last = m.run_with_hooks(tok, logits_at=at, fwd_hooks=[("layers.1.hook_resid_post", lambda t, hook: t * 2)])
         with m.hooks([("layers.1.hook_resid_post", lambda t, hook: t * 2)]):
             assert last.shape == (1, 1, m.args.vocab_size) and torch.equal(last, m(tok, logits_at=at))
+        # names from a generator (read twice inside: empty the second time, "matches no hook point")
+        names = (f"layers.{i}.hook_resid_post" for i in (1,))
+        assert torch.equal(m.run_with_hooks(tok, fwd_hooks=[(names, lambda t, hook: t * 2)]), scaled)
     with pytest.raises(model.HookError, match=r"run_with_hooks takes no bwd_hooks: .* detach=False"):
         m.run_with_hooks(tok, bwd_hooks=[("hook_embed", lambda g, hook: None)])
     # a hook on a point this forward does not reach ran never, silently: warned, as run_with_cache does
