@@ -255,6 +255,8 @@ class ActivationCache(dict):
             raise HookError(f"cache.stack({names!r}): expected a name, a glob or a list of them")
         match = _matcher(names, self._all_names)  # a name or glob that matches no hook point is refused
         picked = [self[n] for n in self._all_names if match(n)]
+        if not picked:  # names=[]: torch.stack's 'stack expects a non-empty TensorList'
+            raise HookError(f"cache.stack({names!r}): names no hook point to stack")
         shapes = sorted({tuple(t.shape) for t in picked})
         if len(shapes) > 1:  # torch.stack's 'stack expects each tensor to be equal size'
             raise HookError(f"cache.stack({names!r}): the points it picks differ in shape ({shapes[0]} and "

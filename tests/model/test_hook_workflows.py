@@ -150,3 +150,5 @@ def test_a_cache_stacks_the_points_a_glob_picks():
         cache.stack("*.hook_resid_post")  # the MTP block's too
     with pytest.raises(model.HookError, match=r"hook_pattern is opt-in"):
         cache.stack("layers.*.attn.hook_pattern")
+    with pytest.raises(model.HookError, match=r"^cache\.stack\(\[\]\): names no hook point to stack$"):
+        cache.stack([])  # a list built by a filter that kept nothing
