@@ -162,7 +162,7 @@ def patch_sweep(model, clean_tokens: torch.Tensor, corrupted_tokens: torch.Tenso
     whole tensor), "each" (every position of [B, S] in turn, all rows at once) or positions (an int, a
     list, numpy array or integer tensor).
     A position is a sequence position: row b*S + s of the router's [T, ...] points (b*(S-1) + s in the
-    MTP block's), query s of `hook_pattern`. Runs of the same [B, S] only; `forward_kwargs` go to every forward."""
+    MTP block's), query s of `hook_pattern`, MTP position s of the MTP module's [B, S-1, ...] points. Runs of the same [B, S] only; `forward_kwargs` go to every forward."""
     import pandas as pd
 
     if not isinstance(clean_tokens, torch.Tensor) or not isinstance(corrupted_tokens, torch.Tensor) \
@@ -185,12 +185,15 @@ def patch_sweep(model, clean_tokens: torch.Tensor, corrupted_tokens: torch.Tenso
             raise ValueError(f"patch_sweep: {len(missed)} of the points named were not reached by the clean run "
                              f"(e.g. {missed[0]}; the MTP module runs only with mtp=True): name points it reaches")
         clean, corrupted = score(clean_logits), score(model(corrupted_tokens, **forward_kwargs))
+        # every (point, position) checked before the first patched run: a position past an MTP point's S-1
+        # was refused only once the runs before it had been made
+        plan = [(name, p, None if p is None else _position_index(name, cache[name].shape, B, S, p))
+                for name in picked for p in pos]
         rows = []
-        for name in picked:
-            for p in pos:
-                hook = _replace(cache[name], None if p is None else _position_index(name, cache[name].shape, B, S, p))
-                logits = model.run_with_hooks(corrupted_tokens, fwd_hooks=[(name, hook)], **forward_kwargs)
-                rows.append((name, p, score(logits)))
+        for name, p, index in plan:
+            logits = model.run_with_hooks(corrupted_tokens, fwd_hooks=[(name, _replace(cache[name], index))],
+                                          **forward_kwargs)
+            rows.append((name, p, score(logits)))
     table = pd.DataFrame(rows, columns=["name", "position", "metric"])
     table["position"] = table["position"].astype("Int64")
     return table.assign(clean=clean, corrupted=corrupted)
@@ -238,9 +241,16 @@ def _position_index(name: str, shape: torch.Size, B: int, S: int, p: int) -> tup
             raise ValueError(f"patch_sweep: {name} is {tuple(shape)}, {shape[2]} queries: positions={p} is not one "
                              "of them (the MTP module's have S-1); patch it whole (positions=None)")
         return (slice(None), slice(None), p)
-    if tuple(shape[:2]) != (B, S):
+    # NOTE: the MTP module's [B, S-1, ...] points (hook_in, its block's residual, hook_logits) were
+    # refused as not [B, S, ...], "patch it whole", though its router's rows and queries were patched
+    # position by position (a tour)
+    mtp = name.startswith("mtp.") and len(shape) >= 2 and tuple(shape[:2]) == (B, S - 1)
+    if tuple(shape[:2]) != (B, S) and not mtp:
         raise ValueError(f"patch_sweep: {name} is {tuple(shape)}, not [B, S, ...] = [{B}, {S}, ...]: patch it "
                          "whole (positions=None)")
+    if p >= shape[1]:
+        raise ValueError(f"patch_sweep: {name} is {tuple(shape)}, {shape[1]} positions: positions={p} is not one "
+                         "of them (the MTP module's have S-1); patch it whole (positions=None)")
     return (slice(None), p)
 
 

@@ -260,3 +260,40 @@ def test_a_sweep_of_the_mtp_router_patches_its_own_rows(tiny, pair):
     with pytest.raises(ValueError, match=r"mtp.0.block.attn.hook_pattern is \(2, 4, 9, 9\), 9 queries: positions=9"):
         patching.patch_sweep(tiny, clean, corrupted, "mtp.0.block.attn.hook_pattern", metric_mtp, positions=[9],
                              mtp=True)
+
+
+def test_a_sweep_of_the_mtp_modules_positions(tiny, pair):
+    """The MTP module's [B, S-1, ...] points are patched at MTP position p, as its router's rows are
+    (they were refused as 'not [B, S, ...]: patch it whole'; a tour); the control: another position
+    gives another metric, and position S-1 is not one of them."""
+    clean, corrupted = pair
+    names = ["mtp.0.hook_in", "mtp.0.block.hook_resid_mid"]
+
+    def metric_mtp(out):
+        return out[1][:, -1, 5].sum()
+
+    with torch.no_grad():
+        _, c = tiny.run_with_cache(clean, names=names, mtp=True)
+    want = []
+    for name in names:
+        for p in (4, 8):
+            def by_hand(t, hook, name=name, p=p):
+                t = t.clone()
+                t[:, p] = c[name][:, p]
+                return t
+            with torch.no_grad():
+                want.append(float(metric_mtp(tiny.run_with_hooks(corrupted, fwd_hooks=[(name, by_hand)], mtp=True))))
+    table = patching.patch_sweep(tiny, clean, corrupted, names, metric_mtp, positions=[4, 8], mtp=True)
+    assert table["position"].tolist() == [4, 8, 4, 8]
+    assert table["metric"].tolist() == pytest.approx(want, rel=1e-6, abs=1e-6)
+    assert abs(want[0] - want[1]) > 1e-6 and abs(want[1] - table["corrupted"].iloc[0]) > 1e-6
+    runs = []
+    handles = tiny.add_hook("hook_embed", lambda t, hook: runs.append(1))
+    try:
+        with pytest.raises(ValueError, match=r"^patch_sweep: mtp\.0\.hook_in is \(2, 9, 64\), 9 positions: positions=9 "
+                                             r"is not one of them \(the MTP module's have S-1\)"):
+            patching.patch_sweep(tiny, clean, corrupted, "mtp.0.hook_in", metric_mtp, positions="each", mtp=True)
+    finally:
+        for h in handles:
+            h.remove()
+    assert len(runs) == 2  # the clean and corrupted runs only: refused before the 9 patched ones
