@@ -92,6 +92,11 @@ def test_the_same_run_patched_is_itself_and_every_pair_is_patched(tiny, pair):
     assert report.n_not_patched == 0 and report.patched == {1: 2 * 10 * 4, 2: 2 * 10 * 4}
     _, twice = patching.patch_experts(tiny, clean, cc, layers=[2, 2])  # named twice: patched (and counted) once
     assert twice.patched == {2: 2 * 10 * 4}
+    # a layer the forward skips (start_at_layer) was left unpatched, with no word and no entry: warned
+    _, c2 = tiny.run_with_cache(clean, names="layers.2.hook_resid_pre")
+    with pytest.warns(UserWarning, match=r"^patch_experts: layers \[1\] were not reached by this forward"):
+        _, skipped = patching.patch_experts(tiny, clean, cc, start_at_layer=2, resid=c2["layers.2.hook_resid_pre"])
+    assert skipped.patched == {2: 2 * 10 * 4}
 
 
 def test_bad_input_is_one_line_naming_it(tiny, pair):
