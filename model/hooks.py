@@ -337,9 +337,7 @@ class HookedModule(nn.Module):
         `run_with_cache`'s `names`); `fn(tensor, hook) -> tensor | None` runs each time the forward
         passes a matching point (returning a tensor replaces the value downstream). Yields the model."""
         handles = []
-        if isinstance(fwd_hooks, tuple) and len(fwd_hooks) == 2 and callable(fwd_hooks[1]):
-            raise HookError(f"hooks() takes a list of (name, fn) pairs; got one pair, {fwd_hooks[0]!r}: "
-                            "write hooks([(name, fn)])")
+        _not_one_pair(fwd_hooks, "hooks()", "hooks([(name, fn)])")
         try:
             for pair in fwd_hooks:
                 if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and callable(pair[1])):
@@ -357,6 +355,8 @@ class HookedModule(nn.Module):
         if "bwd_hooks" in kwargs:  # else forward's "unexpected keyword argument 'bwd_hooks'"
             raise HookError("run_with_hooks takes no bwd_hooks: for a gradient with respect to an activation, "
                             "run_with_cache(..., names=..., detach=False) and torch.autograd.grad(out, cache[name])")
+        # NOTE: one pair, listed below, was two: "hooks() takes (name, fn) pairs; got 'hook_embed'" (a tour)
+        _not_one_pair(fwd_hooks, "run_with_hooks", "fwd_hooks=[(name, fn)]")
         # NOTE: each filter is read twice (attached, then asked which points it named): a generator of
         # names was empty the second time, "matches no hook point" (a tour); a list reads alike twice
         pairs, ran = [_reusable(p) for p in fwd_hooks], set()
@@ -461,6 +461,12 @@ class HookedModule(nn.Module):
         finally:
             for h in handles:
                 h.remove()
+
+
+def _not_one_pair(fwd_hooks, call: str, fix: str) -> None:
+    """One (name, fn) pair where `call` takes a list of them is refused, with the `fix` to write."""
+    if isinstance(fwd_hooks, tuple) and len(fwd_hooks) == 2 and callable(fwd_hooks[1]):
+        raise HookError(f"{call} takes a list of (name, fn) pairs; got one pair, {fwd_hooks[0]!r}: write {fix}")
 
 
 def _reusable(pair):

@@ -420,6 +420,9 @@ def test_unknown_hook_names_are_errors():
     with pytest.raises(model.HookError, match=r"got one pair, 'hook_embed': write hooks\(\[\(name, fn\)\]\)"):
         with m.hooks(("hook_embed", lambda t, hook: None)):
             pass
+    with pytest.raises(model.HookError, match=r"^run_with_hooks takes a list of \(name, fn\) pairs; got one pair, "
+                                              r"'hook_embed': write fwd_hooks=\[\(name, fn\)\]$"):
+        m.run_with_hooks(tok, fwd_hooks=("hook_embed", lambda t, hook: None))  # was "got 'hook_embed'", hooks()'s
     with pytest.raises(model.HookError, match=r"takes \(name, fn\) pairs, fn callable; got \('hook_embed', 3\)"):
         with m.hooks([("hook_embed", 3)]):
             pass
