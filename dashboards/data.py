@@ -31,6 +31,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import streamlit as st
 
+from analyses.metrics._common import listed
 from dashboards.runs import RunRef, _discover, discover, run_kind, signature  # noqa: F401 - the views' data.X
 from probe.run import create_views, lost_tables, lost_why, table_files as run_table_files
 from probe.schema import layer_label as schema_layer_label
@@ -116,7 +117,7 @@ def _cursor(ref: RunRef, tables: tuple[str, ...]):
         yield con
     except (duckdb.Error, OSError) as e:  # MissingTable, a DataError, passes through as it is
         msg = str(e).strip().splitlines()[0][:300]
-        raise DataError(f"run {ref.name!r}: cannot read {', '.join(f'`{t}`' for t in tables)} ({msg})") from None
+        raise DataError(f"run {ref.name!r}: cannot read {listed(f'`{t}`' for t in tables)} ({msg})") from None
     finally:
         con.close()
 

@@ -11,6 +11,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from analyses.metrics._common import listed
 from dashboards import charts, compute, data, ui
 
 
@@ -159,7 +160,7 @@ def importance(ref: data.RunRef) -> None:
         by_layer = {x: d[d.layer == x] for x in layers}
         mixed = [x for x, g in by_layer.items() if "tokens" in g and g.tokens.nunique() > 1]
         if mixed:  # a later measurement of some experts (a notebook's quick look) replaced theirs at another budget
-            st.warning(f"Layer{'s' if len(mixed) > 1 else ''} {', '.join(map(str, mixed))}: the experts were measured "
+            st.warning(f"Layer{'s' if len(mixed) > 1 else ''} {listed(map(str, mixed))}: the experts were measured "
                        f"on different token budgets ({int(d.tokens.min()):,} to {int(d.tokens.max()):,} tokens), so "
                        "their Δ loss and ρ mix them. Measure every expert again at one budget "
                        f"(`python -m analyses.importance --run {ref.path}`).")

@@ -9,6 +9,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from analyses.metrics._common import listed
 from dashboards import charts, compute, data, research, ui
 
 MAX_LINKS = 20
@@ -54,11 +55,12 @@ def main() -> None:
 def coactivation_caption(counts: np.ndarray, most: int = 6) -> str:
     """The heatmap's caption; `counts` [N]: the tokens that chose each expert. An expert no token chose
     has a row of no value (0 / 0): on 300 tokens layer 1's expert 3 drew a white band across the
-    heatmap that the caption, naming only the diagonal as blank, left unexplained (a browser tour)."""
+    heatmap that the caption, naming only the diagonal as blank, left unexplained (a browser tour). The
+    experts are named as a sentence names them, 'experts 3, 7 and 9' (it read 'experts 3, 7, 9')."""
     idle = [int(e) for e in np.flatnonzero(np.asarray(counts) == 0)]
     blank = "the diagonal is left blank"
     if idle:
-        named = ", ".join(map(str, idle[:most])) + (f" and {len(idle) - most} more" if len(idle) > most else "")
+        named = listed(map(str, idle), most)
         blank += (f", and so is the row of expert {named}, which no token chose" if len(idle) == 1 else
                   f", and so are the rows of experts {named}, which no token chose")
     return ("Row i: of the tokens that chose expert i, the share that also chose expert j "
@@ -87,7 +89,7 @@ def paths(ref: data.RunRef, layers: list[int]) -> None:
     with ui.guard("the expert paths"):
         p = research.expert_paths(ref, tuple(chosen))
         if not p["tokens"]:
-            st.info(f"No token is routed at all of layers {', '.join(map(str, chosen))} yet.")
+            st.info(f"No token is routed at all of layers {listed(map(str, chosen))} yet.")
             return
         st.plotly_chart(path_sankey(p["flows"], p["nodes"], chosen, n_links, by), key="sankey")
         if by == "domain":
@@ -137,7 +139,7 @@ def path_sankey(flows: pd.DataFrame, nodes: pd.DataFrame, chosen: list[int], n_l
     links = [(int(s), index[(s, int(a))], index[(s + 1, int(b))], int(n),
               colour(a, d) if by == "domain" else charts.expert_color(a), f"mostly {d} ({ds:.0%})")
              for s, a, b, n, d, ds in zip(shown.step, shown.src, shown.dst, shown.n, shown.domain, shown.domain_share)]
-    title = f"Top-1 expert paths through layers {', '.join(map(str, chosen))}"
+    title = f"Top-1 expert paths through layers {listed(map(str, chosen))}"
     return charts.layered_sankey(columns, links, title=title, height=max(480, min(900, 40 * max(map(len, columns)))))
 
 

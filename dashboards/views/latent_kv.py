@@ -8,6 +8,7 @@ import math
 import plotly.graph_objects as go
 import streamlit as st
 
+from analyses.metrics._common import listed
 from dashboards import charts, data, ui
 
 LAYER_COLORS = charts.EXPERT_PALETTE
@@ -53,7 +54,7 @@ def main() -> None:
         finite = kv.effective_rank.astype(float).map(math.isfinite)
         if not finite.all():  # the probe writes NaN for a layer whose latents were (a diverged checkpoint): the
             bad = [str(int(x)) for x in kv.layer[~finite]]  # mean left it out unsaid (a review)
-            st.warning(f"Layer{'' if len(bad) == 1 else 's'} {', '.join(bad)}: non-finite latents (NaN or inf) in "
+            st.warning(f"Layer{'' if len(bad) == 1 else 's'} {listed(bad)}: non-finite latents (NaN or inf) in "
                        "this recording, so no effective rank or spectrum; the mean below is over the other layers.")
         few = int(kv.tokens.min()) < 2  # a covariance of one token is zero: its rank of 0.0 was shown (a tour)
         if few:

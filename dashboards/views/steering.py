@@ -9,6 +9,7 @@ import json
 import plotly.graph_objects as go
 import streamlit as st
 
+from analyses.metrics._common import listed
 from dashboards import charts, data, ui
 from probe.schema import layer_label
 
@@ -26,7 +27,7 @@ def describe(spec: str) -> str:
     mode = s.get("mode", "?")
     out = f"{mode} {s['bias']:g} · {sel}" if mode == "bias" and "bias" in s else f"{mode} · {sel}"
     if s.get("domains"):
-        out += f" · only {', '.join(s['domains'])} tokens"
+        out += f" · only {listed(s['domains'])} tokens"
     if s.get("token_ids") is not None:
         out += f" · only {len(s['token_ids'])} token ids"
     return out
@@ -100,7 +101,7 @@ def one(g) -> None:
                          "(1 when forcing; lower for a bias the router can refuse)")
         per = loss[loss.domain != "all"]
         st.caption(f"Scored on {int(al.tokens):,} tokens"
-                   + (" (" + ", ".join(f"{r.domain} {int(r.tokens):,}" for r in per.itertuples()) + ")" if len(per) else "")
+                   + (f" ({listed(f'{r.domain} {int(r.tokens):,}' for r in per.itertuples())})" if len(per) else "")
                    + ", the steering command's own sample: the Ablations page's losses come from their commands' "
                      "samples, so their baselines and Δ loss are not on the same tokens as these.")
         st.dataframe(loss[["domain", "tokens", "steered_tokens", "forced_share", "baseline_loss", "loss", "delta"]],

@@ -483,5 +483,18 @@ def test_the_co_activation_caption_names_the_blank_rows_of_experts_no_token_chos
                                                                "left blank).")
     assert coactivation_caption(np.array([5, 0, 7])).endswith(
         "the diagonal is left blank, and so is the row of expert 1, which no token chose).")
+    few = coactivation_caption(np.array([0, 4, 0, 5, 0]))  # it read 'experts 0, 2, 4'
+    assert few.endswith("and so are the rows of experts 0, 2 and 4, which no token chose).")
     many = coactivation_caption(np.array([0] * 8 + [3]))
     assert many.endswith("and so are the rows of experts 0, 1, 2, 3, 4, 5 and 2 more, which no token chose).")
+
+
+def test_a_steerings_description_names_its_domains_as_a_sentence_does():
+    """'only code, math and prose tokens': the Steering page's picker read 'only code, math, prose tokens'."""
+    import json
+
+    from dashboards.views.steering import describe
+
+    spec = {"mode": "force", "experts": {"1": [5, 7]}, "domains": ["code", "math", "prose"]}
+    assert describe(json.dumps(spec)).endswith("· only code, math and prose tokens")
+    assert describe(json.dumps(spec | {"domains": ["code"]})).endswith("· only code tokens")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from analyses.metrics._common import listed
 from helpers.apptest import PAGES, app, open_page, texts
 from helpers.dashboard_runs import dashboard_runs
 
@@ -180,7 +181,7 @@ def test_a_layer_with_non_finite_latents_is_named_not_averaged_away(runs, tmp_pa
                        run / "kv_stats" / "part-0.parquet")
         at = app(tmp_path, "nan", page="latent_kv")
         shown = {m.label: m.value for m in at.metric}
-        layers = ", ".join(str(int(x)) for x in bad_layers)
+        layers = listed([str(int(x)) for x in bad_layers])  # 'Layers 0, 1 and 2' (it read '0, 1, 2')
         assert shown["Mean effective rank"] == want and not at.error, (shown, texts(at.error))
         assert shown["Absorb vs MHA cache"] == f"{kv.bytes_absorb.iloc[0] / kv.bytes_mha.iloc[0]:.1%}"
         noun = "Layer" if len(bad_layers) == 1 else "Layers"  # 'Layer(s) 1' (a tour)
@@ -403,8 +404,8 @@ def test_corrupted_files_are_warnings_not_tracebacks(runs):
         assert not shown["errors"], (page, shown["errors"])
     joined = " ".join({w for shown in demo.values() for w in shown["warnings"]})
     assert "Unreadable Parquet file" in joined  # the overview's health check names the file
-    assert "cannot read `routing`" in joined or "cannot read `routing`, `tokens`" in joined
-    assert "cannot read `tokens`" in joined or "`routing`, `tokens`" in joined
+    assert "cannot read `routing`" in joined
+    assert "cannot read `tokens`" in joined or "cannot read `routing` and `tokens`" in joined
     # pages that do not read the broken tables still draw
     for page in ("load_balance", "latent_kv", "mtp"):
         assert demo[page]["charts"] >= 2, page

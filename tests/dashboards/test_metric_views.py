@@ -458,6 +458,6 @@ def test_steering_shows_each_steerings_all_row_and_its_domains_bars(page_runs):
         assert shown["Share steered"][0] == f"{al.steered_tokens / al.tokens:.1%}" != "100.0%"
         # its sample, per domain (a review set its Δ loss beside the Ablations page's, of other tokens)
         dom = loss[(loss.steer == name) & (loss.domain != "all")]
-        sample = f"Scored on {int(al.tokens):,} tokens (" + ", ".join(
+        sample = f"Scored on {int(al.tokens):,} tokens (" + " and ".join(  # 'code 40 and prose 24' (it read ', ')
             f"{r.domain} {int(r.tokens):,}" for r in dom.itertuples()) + ")"
         assert any(c.value.startswith(sample) for c in at.caption), sample

@@ -50,7 +50,7 @@ def test_expert_paths(runs):
     at = app(runs["good"], "demo", page="coactivation")
     assert not at.error and not at.warning, (texts(at.error), texts(at.warning))
     assert at.multiselect(key="path_layers").value == [1, 2]  # default: every MoE layer
-    assert "Top-1 expert paths through layers 1, 2" in chart_titles(at)
+    assert "Top-1 expert paths through layers 1 and 2" in chart_titles(at)
     assert metric(at, "Distinct paths") == f"{int(summ.distinct_paths['all']):,}"
     assert metric(at, "Path perplexity") == f"{summ.perplexity['all']:.1f}"
     assert metric(at, "Path AMI") == f"{info.ami['path']:.3f}"
@@ -60,7 +60,7 @@ def test_expert_paths(runs):
     assert table.path.iloc[0] == " → ".join(f"E{e}" for e in com.path.iloc[0])
     assert table.domain.tolist() == com.top_domain.tolist()
     at.radio(key="path_color").set_value("domain").run()
-    assert not at.exception and not at.error and "Top-1 expert paths through layers 1, 2" in chart_titles(at)
+    assert not at.exception and not at.error and "Top-1 expert paths through layers 1 and 2" in chart_titles(at)
     assert any("the most common domain of each node" in m.value for m in at.markdown)
     at.multiselect(key="path_layers").set_value([2]).run()
     assert "Pick at least two MoE layers" in texts(at.info)
