@@ -44,11 +44,12 @@ sections: dict[str, list] = {}
 for i, (f, title, icon, section) in enumerate(PAGES):
     sections.setdefault(section, []).append(st.Page(str(here / f), title=title, icon=icon, default=i == 0))
 nav = st.navigation(sections)
+ui.page_style()
 
 with st.sidebar:
     st.markdown("### :material/biotech: DeepSeek-V3 probe")
     runs = ui.all_runs()
-    st.caption(f"Runs directory: `{ui.runs_dir()}`")
+    st.caption(f"Runs directory: {ui.code_html(ui.runs_dir())}", unsafe_allow_html=True)
     if ui.runs_dir_problem():
         st.error(ui.runs_dir_problem())
     if runs:

@@ -367,6 +367,31 @@ def token_text(tok, ids, stream: bool = True) -> list[str]:
 
 _MARKDOWN_CHARS = "\\`*_{}[]()#+-!|$~<>&\"'"
 
+# Every page's style, set once by app.py. Inline code (a flag, a file, a table, a command) is an inline
+# block: one that fits on a line is never broken inside, so it moves to the next line whole (the browser
+# broke `--max-tokens` at its hyphen, `--max-` at one line's end, `tokens` at the next's), and only one
+# longer than the whole line wraps inside it. Code blocks (`pre`) keep their own scroll bar.
+PAGE_CSS = """<style>
+:is([data-testid="stMarkdownContainer"], [data-testid="stCaptionContainer"]) :not(pre) > code {
+  display: inline-block; max-width: 100%; }
+code.dsv3-name > span { white-space: nowrap; }
+</style>"""
+
+
+def page_style() -> None:
+    """The app's CSS (`PAGE_CSS`): only style tags, which Streamlit places without a gap in the page."""
+    st.html(PAGE_CSS)
+
+
+def code_html(name, after: str = "/") -> str:
+    """`name` as inline code for HTML markdown (`unsafe_allow_html=True`) that a line may break after an
+    `after` only (a path's `/`, a module's `.`): each part is kept whole, a `<wbr>` after its separator.
+    A path longer than its line broke wherever the line ended, mid-name (`val.jso` on one line, `nl` on
+    the next; a tour at 1024 px)."""
+    parts = str(name).split(after)
+    spans = [f"<span>{html_text(p + after)}</span>" for p in parts[:-1]] + [f"<span>{html_text(parts[-1])}</span>"]
+    return '<code class="dsv3-name">' + "<wbr>".join(spans) + "</code>"
+
 
 def html_text(s: str) -> str:
     """Text for an HTML snippet passed to st.markdown: every markup character as an entity, so

@@ -187,9 +187,10 @@ def path_stats(ref: data.RunRef, p: dict) -> None:
                     hide_index=True, width="stretch", key="path_summary",
                     column_config={"perplexity": st.column_config.NumberColumn(format="%.1f"),
                                    "top-10 share": st.column_config.NumberColumn(format="%.3f")})
+    # the module's name broken after a dot only: it is longer than the column's line at 1024 px
     right.caption("AMI is chance-adjusted: a path has many more values than one layer's expert, and plug-in "
                   "mutual information would grow with them even without any domain signal "
-                  "(`analyses.metrics.domain_information`).")
+                  f"({ui.code_html('analyses.metrics.domain_information', '.')}).", unsafe_allow_html=True)
 
 
 with ui.guard("this page"):

@@ -243,8 +243,8 @@ def probe_details(ref: data.RunRef) -> None:
         st.dataframe(pd.DataFrame({"option": list(value), "value": list(value.values())}),
                      hide_index=True, width="stretch", height=ui.whole_table_height(len(shown)),
                      column_config={c: st.column_config.TextColumn(width=w) for c, w in OPTION_COLUMNS.items()})
-        if whole:
-            st.caption("; ".join(f"{k}: `{v}`" for k, v in whole.items()))
+        if whole:  # a path breaks after a slash only (it broke mid-name at 1024 px; a tour)
+            st.caption("; ".join(f"{k}: {ui.code_html(v)}" for k, v in whole.items()), unsafe_allow_html=True)
     rep = (i.get("corpus") or {}).get("replaced_bytes", 0)
     if rep:
         st.warning(f"The corpus had {rep:,} bytes that were not valid UTF-8 (replaced); files: "

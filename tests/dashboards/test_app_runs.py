@@ -31,7 +31,9 @@ def test_a_mistyped_runs_directory_is_said_not_replaced(tmp_path, monkeypatch):
         share_component_scan()
         at = AppTest.from_file(APP, default_timeout=60).run()
         assert not at.exception
-        assert f"Runs directory: `{given}`" in texts(at.sidebar.caption)
+        from dashboards.ui import code_html
+
+        assert f"Runs directory: {code_html(given)}" in texts(at.sidebar.caption)
         errors = texts(at.sidebar.error)
         assert (f"Runs directory `{given}`: {said}" in errors) if said else not errors
 
@@ -312,7 +314,9 @@ def test_the_recording_options_show_paths_readably(tmp_path):
     options = next(d.value for d in at.dataframe if "option" in d.value)
     shown = dict(zip(options.option, options.value))
     assert shown == {"ckpt": "deepseek-v3-671b-…8-instruct-2026-11", "corpus": "default", "seq_len": "256"}
-    assert f"ckpt: `{ckpt}`" in texts(at.caption)
+    from dashboards.ui import code_html
+
+    assert f"ckpt: {code_html(ckpt)}" in texts(at.caption)
     table = next(d.proto for d in at.dataframe if "option" in d.value)
     widths = {c: v["width"] for c, v in json.loads(table.columns).items() if c != "_index"}
     assert widths["value"] > 2 * widths["option"] and sum(widths.values()) <= 365  # the page's right 2/5
@@ -375,3 +379,18 @@ def test_the_runs_table_gives_an_analysis_only_run_the_tokens_it_scored(tmp_path
     at = app(tmp_path, "only")
     assert at.dataframe[0].value.tokens.tolist() == [scored]
     assert any(m.label == "Tokens scored" and m.value == f"{scored:,}" for m in at.metric)
+
+
+def test_a_long_name_in_the_text_may_break_only_after_its_separators():
+    """A path in a caption broke wherever the line ended (`val.jso` / `nl`, a tour at 1024 px): `code_html`
+    keeps each folder (or a module's each part) whole, a break allowed after its `/` (or `.`) only, its
+    characters escaped."""
+    import re
+
+    from dashboards.ui import code_html
+
+    html = code_html("/tmp/my-runs/val.jsonl")
+    assert html.startswith('<code class="dsv3-name"><span>') and html.count("<wbr>") == 3
+    parts = [re.sub(r"&#(\d+);", lambda m: chr(int(m[1])), p) for p in re.findall(r"<span>(.*?)</span>", html)]
+    assert parts == ["/", "tmp/", "my-runs/", "val.jsonl"]  # the hyphen is no break: its part is one span
+    assert code_html("analyses.metrics.paths", ".").count("<wbr>") == 2 and "<b>" not in code_html("a/<b>")

@@ -1,6 +1,7 @@
 """End to end: the real `streamlit run` server, every page opened in headless Chromium (Debian
-`chromium`, driven by Python `playwright` through `executable_path`), plotly charts rendered, no
-error text; screenshots saved under a folder the test prints. The test reaches the pages as a user
+`chromium`, driven by Python `playwright` through `executable_path`), in a 1024 px window, plotly
+charts rendered, no error text, no name in the text broken over two lines; screenshots saved under a
+folder the test prints. The test reaches the pages as a user
 does, through the sidebar (the first and last by their URLs): loading each URL afresh reloads the
 whole frontend and took 40 s for the twelve pages, against 25 s this way.
 
@@ -40,6 +41,14 @@ PAGES = {
 }
 ERROR_SELECTORS = ['[data-testid="stException"]', '[data-testid="stAlertContentError"]']
 ERROR_TEXT = ("Traceback (most recent call last)", "StreamlitAPIException", "Could not draw")
+# inline code of one word (a flag, a file, a table; not a name in `ui.code_html`, which may break after a
+# slash or a dot) drawn over more than one line: the lines its text's boxes stand on
+BROKEN_CODE = ("[...document.querySelectorAll(':is([data-testid=\"stMarkdownContainer\"], "
+               "[data-testid=\"stCaptionContainer\"]) :not(pre) > code')]"
+               ".filter(e => !e.closest('[data-stale=\"true\"]') && !e.classList.contains('dsv3-name') "
+               "&& !/\\s/.test(e.textContent.trim())).filter(e => { const r = document.createRange(); "
+               "r.selectNodeContents(e); return new Set([...r.getClientRects()].filter(b => b.width > 0)"
+               ".map(b => Math.round(b.top))).size > 1; }).map(e => e.textContent)")
 
 
 def free_port() -> int:
@@ -118,7 +127,8 @@ def open_page(page, url: str, title: str, charts: int | None, timeout_ms: int = 
             "error_text": [t for t in ERROR_TEXT if t in body],
             # tables whose rows scroll inside them (a reader of the page sees only the first ones)
             "tables_cut": page.evaluate("[...document.querySelectorAll('[data-testid=\"stDataFrame\"] "
-                                        ".dvn-scroller')].filter(e => e.scrollHeight > e.clientHeight + 2).length")}
+                                        ".dvn-scroller')].filter(e => e.scrollHeight > e.clientHeight + 2).length"),
+            "broken_code": page.evaluate(BROKEN_CODE)}
 
 
 def shoot(page, path: Path, width: int, height: int, max_height: int = 5000, settle_ms: int = 700,
@@ -202,7 +212,8 @@ def test_every_page_in_a_real_browser(runs, tmp_path_factory, capsys):
         pytest.skip(msg)
     out = Path(os.environ.get("DSV3_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
     t = time.time()
-    found = browse(runs["good"], out, settle_ms=100, navigate=True, whole=False)
+    # a narrow window (1024 px, the sidebar open): where a name in the text is likeliest to meet a line's end
+    found = browse(runs["good"], out, width=1024, settle_ms=100, navigate=True, whole=False)
     with capsys.disabled():  # shown even when pytest captures output
         print(f"\nscreenshots of every page: {out} ({time.time() - t:.1f} s; seconds to open each: "
               + ", ".join(f"{k} {v['seconds']}" for k, v in found.items() if not k.startswith("_")) + ")")
@@ -211,6 +222,7 @@ def test_every_page_in_a_real_browser(runs, tmp_path_factory, capsys):
     assert "Routing" in nav and "Load balance" in nav and "app" not in nav, nav  # the app's navigation
     for page, f in found.items():
         assert f["errors"] == 0 and not f["error_text"], (page, f)
+        assert f["broken_code"] == [], (page, f["broken_code"])  # a flag or a file's name split over two lines
         assert (out / f"{page}.png").stat().st_size > 10_000, page
     # the overview's short tables (the run's options, its tables' health) and the specialisation page's
     # (an expert's 15 top tokens scrolled inside a 250 px table, its 7th row cut in half) show every row
