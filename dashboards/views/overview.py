@@ -57,17 +57,19 @@ def _tokens(ref: data.RunRef) -> int | None:
 
 
 def _source(ref: data.RunRef) -> str:
+    """The runs table's corpus cell. Its path, one word to the table, is fitted to a line of the column
+    (`fit_path`): longer, the table broke it where the line ended, mid-name (a tour); the run's summary
+    below names it whole."""
     i = ref.info
-    src = i.get("source") or {}
+    src, room = i.get("source") or {}, RUN_COLUMNS["corpus"] - CELL_PAD_PX
     if src.get("name"):
-        # the files' folder, not the first file's path: that one word, longer than the column, could not
-        # wrap and was cut off mid-name (a tour); the summary below lists the files
+        # the files' folder, not the first file's path (the summary below lists the files), on a line of its own
         files = src.get("files") or []
-        where = short_path(os.path.commonpath([str(Path(f).parent) for f in files])) if files else "?"
+        where = fit_path(os.path.commonpath([str(Path(f).parent) for f in files]), room, text_px) if files else "?"
         return f"{src['name']} {src.get('mode', '')} dump: {len(files)} file{'s' * (len(files) != 1)} in {where}"
     if ref.kind == "train":
-        return short_path((i.get("flags") or {}).get("corpus", ""))
-    return short_path((i.get("corpus") or {}).get("path", ""))
+        return fit_path((i.get("flags") or {}).get("corpus", ""), room, text_px)
+    return fit_path((i.get("corpus") or {}).get("path", ""), room, text_px)
 
 
 def short_path(path) -> str:

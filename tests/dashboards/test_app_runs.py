@@ -214,11 +214,12 @@ def test_a_long_run_name_is_shown_whole_under_the_picker(tmp_path):
 
 
 @pytest.mark.slow  # a dashboard session over several pages or runs (the quick loop leaves it out)
-def test_the_runs_table_fits_the_page_and_wraps_a_long_corpus_path(tmp_path):
+def test_the_runs_table_fits_the_page_and_fits_a_long_corpus_path_to_a_line(tmp_path):
     """The Overview's runs table was 1,100-1,381 px wide in the page's 938 px column at 1400 px, tokens,
     domains and started behind a scroll bar, and cut a long corpus path off (a tour): every column now
-    has a width, together within 938 px; a long path is shown from ~ and wraps, in rows tall enough for
-    Streamlit to wrap text (over 64 px) with room for its lines; short cells keep one-line rows."""
+    has a width, together within 938 px. A long path, shown from ~, wrapped over three lines broken
+    mid-name (`code-math-pro` / `se-balanced`, a tour at 1024 px): it is fitted to one line of its column,
+    its root and as many of its last names as fit kept, so its row keeps one line as short cells do."""
     from pathlib import Path
 
     from helpers.synthetic_run import write_run
@@ -235,11 +236,11 @@ def test_the_runs_table_fits_the_page_and_wraps_a_long_corpus_path(tmp_path):
     (tmp_path / "long" / "run.json").write_text(json.dumps(info | {"corpus": {"path": str(path)}}))
     shown = app(tmp_path, "long").dataframe[0]
     cell = dict(zip(shown.value.run, shown.value.corpus))["long"]
-    assert cell == f"~/{path.relative_to(Path.home())}"
-    from dashboards.views.overview import cell_lines
+    from dashboards.views.overview import CELL_PAD_PX, cell_lines, text_px
 
-    lines = cell_lines(cell, widths["corpus"])
-    assert lines >= 3 and shown.proto.row_height >= 26 + 22 * lines > 64
+    assert cell == "~/…/shards"  # code-math-prose-balanced-2026-11/shards: 262 px
+    assert text_px(cell) <= widths["corpus"] - CELL_PAD_PX and cell_lines(cell, widths["corpus"]) == 1
+    assert not shown.proto.HasField("row_height")
 
 
 def test_a_cell_that_fits_its_line_takes_one():

@@ -208,12 +208,15 @@ def test_every_page_on_imported_runs(imported):
 
 def test_the_runs_table_names_a_dumps_folder_not_its_first_files_path(imported):
     """The corpus cell held the first dump file's whole path, a word longer than the column that could not
-    wrap, so its end was cut off and with it the file count (a tour)."""
+    wrap, so its end was cut off and with it the file count (a tour). The folder is fitted to a line of
+    the column, as a corpus path is."""
+    from dashboards.views.overview import CELL_PAD_PX, RUN_COLUMNS, fit_path, text_px
+
     at = app(imported["runs"], "per_pass")
     cell = dict(zip(at.dataframe[0].value.run, at.dataframe[0].value.corpus))["per_pass"]
     files = json.loads((imported["runs"] / "per_pass" / "run.json").read_text())["source"]["files"]
-    folder = str(Path(files[0]).parent)
-    assert len(files) == 2 and cell == f"sglang per_pass dump: 2 files in {folder}"
+    folder = fit_path(Path(files[0]).parent, RUN_COLUMNS["corpus"] - CELL_PAD_PX, text_px)
+    assert len(files) == 2 and cell == f"sglang per_pass dump: 2 files in {folder}" and folder.endswith("/pp")
     assert max(len(w) for w in cell.split()) < len(files[0])  # every word shorter than the path it showed
     # they are listed in the "Source files" expander, open once it is opened (it held a folded `{...}`)
     (listing,) = at.get("json")
