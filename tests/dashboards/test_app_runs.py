@@ -248,10 +248,26 @@ def test_a_cell_that_fits_its_line_takes_one():
     a two-line row (a tour); lines break at spaces, and a word longer than a line where it ends."""
     from dashboards.views.overview import cell_lines
 
-    assert cell_lines("x" * 54, 400) == 1 and cell_lines("x" * 55, 400) == 2
+    assert cell_lines("x" * 54, 400) == 1
     assert cell_lines("chinese, code, literature, math, technical", 150) == 3  # as a browser drew it
+    assert cell_lines("4 layers, dim 192, 32 experts (top-4)", 140) == 2  # the bundled model, as drawn (7 px: 3)
     assert cell_lines("a " + "x" * 60, 400) == 3  # the word starts a line of its own and runs past it
     assert cell_lines("", 90) == 1
+
+
+def test_a_cells_lines_are_measured_as_the_paths_that_fit_it_are():
+    """One estimate of text width: `cell_lines` (a flat 7 px a character) and `text_px` (each glyph's
+    width, which `fit_path` fits the paths with) disagreed, so a path fitted to a line was counted as
+    two, and a word of wide capitals that the browser wraps as one line."""
+    import math
+
+    from dashboards.views.overview import CELL_PAD_PX, cell_lines, fit_path, text_px
+
+    for word in ("i" * 26, "W" * 10, "m" * 17, "data/corpus/val.jsonl", "MMLU-WMT-MGSM-HUMANEVAL-2026.jsonl"):
+        for width in (90, 100, 140, 200):
+            assert cell_lines(word, width) == math.ceil(text_px(word) / (width - CELL_PAD_PX)), (word, width)
+    path = "/data/a/long/folder/for/the/corpora/of/this/run/val.jsonl"
+    assert cell_lines(fit_path(path, 200 - CELL_PAD_PX, text_px), 200) == 1
 
 
 def test_a_long_path_fits_its_cell_with_its_ends_kept():
