@@ -371,10 +371,16 @@ _MARKDOWN_CHARS = "\\`*_{}[]()#+-!|$~<>&\"'"
 # block: one that fits on a line is never broken inside, so it moves to the next line whole (the browser
 # broke `--max-tokens` at its hyphen, `--max-` at one line's end, `tokens` at the next's), and only one
 # longer than the whole line wraps inside it. Code blocks (`pre`) keep their own scroll bar.
+# A metric's value shrinks with the window (36 px from 1500 px up, 24 px at 1000 px), and its label and
+# delta wrap: in a row of five at 1024 px (100 px a column) Streamlit cut them off with an ellipsis
+# (`32 · …`, `Distinct pa…`, `-0.082 vs …`; a tour).
 PAGE_CSS = """<style>
 :is([data-testid="stMarkdownContainer"], [data-testid="stCaptionContainer"]) :not(pre) > code {
   display: inline-block; max-width: 100%; }
 code.dsv3-name > span { white-space: nowrap; }
+[data-testid="stMetricValue"] { font-size: clamp(1.5rem, 2.4vw, 2.25rem); }
+:is([data-testid="stMetricLabel"], [data-testid="stMetricDelta"]) :is([data-testid="stMarkdownContainer"], p, div) {
+  white-space: normal; }
 </style>"""
 
 

@@ -1,7 +1,7 @@
 """End to end: the real `streamlit run` server, every page opened in headless Chromium (Debian
 `chromium`, driven by Python `playwright` through `executable_path`), in a 1024 px window, plotly
-charts rendered, no error text, no name in the text broken over two lines; screenshots saved under a
-folder the test prints. The test reaches the pages as a user
+charts rendered, no error text, no name in the text broken over two lines, no metric cut off;
+screenshots saved under a folder the test prints. The test reaches the pages as a user
 does, through the sidebar (the first and last by their URLs): loading each URL afresh reloads the
 whole frontend and took 40 s for the twelve pages, against 25 s this way.
 
@@ -49,6 +49,10 @@ BROKEN_CODE = ("[...document.querySelectorAll(':is([data-testid=\"stMarkdownCont
                "&& !/\\s/.test(e.textContent.trim())).filter(e => { const r = document.createRange(); "
                "r.selectNodeContents(e); return new Set([...r.getClientRects()].filter(b => b.width > 0)"
                ".map(b => Math.round(b.top))).size > 1; }).map(e => e.textContent)")
+# a metric's label, value or delta cut off at its column's edge (Streamlit ends it with an ellipsis)
+CUT_METRICS = ("[...document.querySelectorAll('[data-testid=\"stMetric\"] [data-testid=\"stMarkdownContainer\"]')]"
+               ".filter(e => !e.closest('[data-stale=\"true\"]') && e.scrollWidth > e.clientWidth + 1)"
+               ".map(e => e.textContent)")
 
 
 def free_port() -> int:
@@ -128,7 +132,7 @@ def open_page(page, url: str, title: str, charts: int | None, timeout_ms: int = 
             # tables whose rows scroll inside them (a reader of the page sees only the first ones)
             "tables_cut": page.evaluate("[...document.querySelectorAll('[data-testid=\"stDataFrame\"] "
                                         ".dvn-scroller')].filter(e => e.scrollHeight > e.clientHeight + 2).length"),
-            "broken_code": page.evaluate(BROKEN_CODE)}
+            "broken_code": page.evaluate(BROKEN_CODE), "cut_metrics": page.evaluate(CUT_METRICS)}
 
 
 def shoot(page, path: Path, width: int, height: int, max_height: int = 5000, settle_ms: int = 700,
@@ -223,6 +227,7 @@ def test_every_page_in_a_real_browser(runs, tmp_path_factory, capsys):
     for page, f in found.items():
         assert f["errors"] == 0 and not f["error_text"], (page, f)
         assert f["broken_code"] == [], (page, f["broken_code"])  # a flag or a file's name split over two lines
+        assert f["cut_metrics"] == [], (page, f["cut_metrics"])  # `32 · …` in a row of five metrics
         assert (out / f"{page}.png").stat().st_size > 10_000, page
     # the overview's short tables (the run's options, its tables' health) and the specialisation page's
     # (an expert's 15 top tokens scrolled inside a 250 px table, its 7th row cut in half) show every row
