@@ -201,8 +201,9 @@ def cap_cut(info: dict) -> str | None:
 
 PATH_OPTIONS = ("ckpt", "corpus", "out", "tokenizer")  # the recording options that name a path
 # the Recording options table's columns in pixels: the value column all the room the options' names leave
-# (the page's right 2/5 at 1400 px)
-OPTION_COLUMNS = {"option": 105, "value": 255}
+# in the page's right half at 1024 px (274 px, the sidebar open); wider windows stretch both. In the right
+# 2/5 it was given 255 px of, 218 px at 1024 px, the table scrolled sideways, the values cut off (a tour)
+OPTION_COLUMNS = {"option": 105, "value": 165}
 
 
 def probe_details(ref: data.RunRef) -> None:
@@ -232,7 +233,7 @@ def probe_details(ref: data.RunRef) -> None:
     c[4].metric("Experts", f"{a.get('n_routed_experts', '?')} · top-{a.get('n_activated_experts', '?')}")
     if layout := _layout(i):
         st.caption(layout)
-    left, right = st.columns([3, 2])
+    left, right = st.columns(2)
     domain_bars(per, "Tokens per domain", "tokens_per_domain", left)
     if i.get("status") == "complete" and per and (cut := cap_cut(i)):  # the bars are the plan's then
         left.caption(cut)
