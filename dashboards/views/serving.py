@@ -82,29 +82,31 @@ def source_caption(ref: data.RunRef, n_passes: int, every: int) -> None:
 
 def controls(ref: data.RunRef, steps: np.ndarray, E: int, current_gpus: int | None, P_now: int | None,
              every: int = 1):
-    c = st.columns([3, 1, 1, 1, 1])
+    # the window on a row of its own, the four choices below it: in one row of five at 1024 px the small
+    # columns (80 px) broke their labels mid-word, `Redund` / `ant slots`, `hierarc` / `hical` (a tour)
+    top, c = st.container(), st.columns(4)
     lo, hi = int(steps[0]), int(steps[-1])
     if lo < hi:
         default = (lo, int(steps[max(0, len(steps) // 2 - 1)])) if len(steps) >= 4 else (lo, hi)
         # in steps of the stride, so that a window holds replayed passes (it could hold none: a review)
-        window = c[0].slider("Plan from passes", lo, hi, default, step=every, key="sv_window",
+        window = top.slider("Plan from passes", lo, hi, default, step=every, key="sv_window",
                              help="The planner sees only these passes' loads; the passes after them show how "
                                   "the plan holds up on traffic it has not seen.")
     else:
         window = (lo, hi)
-        c[0].caption(f"One pass ({lo}): the plan is made from it.")
+        top.caption(f"One pass ({lo}): the plan is made from it.")
     # the planner's own bound (analyses.placement.MAX_SLOTS slots a layer): a cap of 4 x E lay below the
     # default of a dump whose map had more than 5 x E slots, and Streamlit refused to draw the page
     cap = max(0, MAX_SLOTS - E)
     now = max(0, P_now - E) if P_now else 0
-    redundant = int(c[1].number_input("Redundant slots", 0, cap, min(now, cap), key="sv_redundant",
+    redundant = int(c[0].number_input("Redundant slots", 0, cap, min(now, cap), key="sv_redundant",
                                       help="Extra physical experts per layer for replicas of hot experts "
                                            f"(SGLang: --ep-num-redundant-experts); at most {cap:,}, the "
                                            f"planner's {MAX_SLOTS:,} slots a layer less the {E} experts"))
     if now > cap:
-        c[1].caption(f"The current placement's {now:,} redundant slots are more than the planner takes: "
+        c[0].caption(f"The current placement's {now:,} redundant slots are more than the planner takes: "
                      f"{cap:,} offered.")
-    with c[2]:
+    with c[1]:
         # the count the user picked is kept apart from the box's value: when the redundant slots make it
         # divide no more, the nearest count that does is shown, and the picked one comes back once it
         # divides again (each invalid step replaced the choice, which drifted to counts nobody picked and
@@ -123,11 +125,11 @@ def controls(ref: data.RunRef, steps: np.ndarray, E: int, current_gpus: int | No
             why = (f"do not divide {E} + {redundant} = {n} slots" if wanted < 1 or n % wanted else
                    f"would hold {n // wanted} slots each, more than the {E} experts (an expert twice on a GPU)")
             st.caption(f"{wanted} GPUs {why}; {gpus} GPUs taken.")
-    mode = c[3].radio("Planner", ("hierarchical", "global"), key="sv_mode", horizontal=False)
+    mode = c[2].radio("Planner", ("hierarchical", "global"), key="sv_mode", horizontal=False)
     nodes = 1
     if mode == "hierarchical":
         g = _groups(ref, E)
-        with c[4]:
+        with c[3]:
             nodes = _pick("Nodes", [d for d in _divisors(gpus) if g % d == 0], "sv_nodes", 1,
                           help="Groups of experts go to nodes first (hierarchical EPLB)")
     return window, gpus, redundant, nodes, mode

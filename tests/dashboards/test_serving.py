@@ -125,6 +125,12 @@ def test_serving_replays_the_dumps_placement(imported, tmp_path):
 def test_serving_window_and_layout_change_the_plan(imported):
     at = app(imported["runs"], "stat", page="serving")
     assert "carries no placement" in " ".join(c.value for c in at.caption)
+    # the window's slider on a row of its own, the four choices in a quarter of the page each: in one row of
+    # five (3:1:1:1:1) their labels broke mid-word at 1024 px, `Redund` / `ant slots` (a tour)
+    kinds = [(c.weight, [type(x).__name__ for x in c.children.values()]) for c in at.columns]
+    assert not any("Slider" in k for _, k in kinds)
+    assert [(w, k) for w, k in kinds if {"NumberInput", "Radio"} & set(k) or k == ["Selectbox"]][:4] == [
+        (0.25, ["NumberInput"]), (0.25, ["Selectbox"]), (0.25, ["Radio"]), (0.25, ["Selectbox"])]
     assert at.selectbox(key="sv_gpus").value == 8  # stat: SGLang's trivial map, on 8 GPUs by default
     counts = imported["counts"]
     trivial = {layer: np.arange(sg.E) for layer in (1, 2)}
