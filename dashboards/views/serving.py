@@ -259,7 +259,7 @@ def download(ref, r, E, gpus, redundant, nodes: int = 1, mode: str = "hierarchic
                # the planner's choices too: without them the command planned another layout (a review)
                + (f" --nodes {nodes}" if nodes > 1 else "") + (" --mode global" if mode == "global" else "")
                + (f" --steps {steps[0]}-{steps[1]}" if steps else "")
-               + " --format sglang --out plan.json`.")
+               + " --format sglang --out plan.json`")  # no '.': alone on a line after a command that filled one
 
 
 with ui.guard("this page"):

@@ -105,6 +105,7 @@ def test_serving_replays_the_dumps_placement(imported, tmp_path):
     # the command line it offers plans the same: the window as --steps (it planned from every pass; a review)
     cmd = next(c.value for c in at.caption if "python -m analyses.placement" in c.value)
     assert "The same plan from the command line" in cmd and f" --steps {lo}-{hi} " in cmd
+    assert cmd.endswith(" --format sglang --out plan.json`")  # no "." left alone on a line after it
     import shlex
 
     from analyses.placement.__main__ import main as placement
