@@ -10,6 +10,7 @@ balanced value for relative loads and lifts.
 from __future__ import annotations
 
 import numbers
+import textwrap
 
 from collections.abc import Iterable, Sequence
 
@@ -66,6 +67,25 @@ def style(fig: go.Figure, title: str | None = None, height: int = 380, **layout)
     fig.update_layout(height=height, margin=dict(l=10, r=10, t=50 if title else 20, b=10),
                       title=dict(text=title, x=0.01, font=dict(size=15)) if title else None,
                       hoverlabel=dict(font_size=12), legend=dict(orientation="h", y=-0.18), **layout)
+    return fig
+
+
+# A chart in a column gets a share of the page's width, 548 px at 1024 px (the sidebar open) less the
+# columns' gaps; a title (15 px) takes 6.5 px a character on average (36 of them filled 254 px in
+# Chromium), and plotly draws it on one line, cut off at the chart's edge (`I(domain; expert) / H(domain) pe`
+# in 2/5 of the page, a tour at 1024 px)
+NARROW_PAGE_PX, TITLE_CHAR_PX, TITLE_MARGIN_PX = 548, 6.5, 20
+
+
+def fit_title(fig: go.Figure, share: float) -> go.Figure:
+    """`fig`'s title broken into lines at spaces to fit a chart `share` of the page wide at 1024 px, the
+    top margin grown by a line for each line added. A title that fits is left as it is."""
+    title = fig.layout.title.text
+    chars = max(12, int((share * NARROW_PAGE_PX - TITLE_MARGIN_PX) / TITLE_CHAR_PX))
+    if not title or len(title) <= chars:
+        return fig
+    lines = textwrap.wrap(title, chars, break_long_words=False, break_on_hyphens=False)
+    fig.update_layout(title_text="<br>".join(lines), margin_t=(fig.layout.margin.t or 50) + 20 * (len(lines) - 1))
     return fig
 
 

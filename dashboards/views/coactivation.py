@@ -180,8 +180,8 @@ def path_stats(ref: data.RunRef, p: dict) -> None:
                              name="majority baseline (accuracy)", line=dict(color="#444", dash="dot"),
                              hovertemplate="always the majority domain: %{y:.3f}<extra></extra>"))
     fig.update_layout(barmode="group")
-    left.plotly_chart(charts.style(fig, "Domain information: each layer alone vs the whole path", 340),
-                      key="path_info")
+    left.plotly_chart(charts.fit_title(charts.style(fig, "Domain information: each layer alone vs the whole path",
+                                                    340), 0.6), key="path_info")
     right.dataframe(summ[["domain", "tokens", "distinct_paths", "perplexity", "top10_share"]]
                     .rename(columns={"distinct_paths": "paths", "top10_share": "top-10 share"}),
                     hide_index=True, width="stretch", key="path_summary",

@@ -115,8 +115,8 @@ def load_and_bias(ref: data.RunRef, layer: str, rel_E, raw_E, E: int, what: str 
     src = "at the last step" if ref.kind == "train" else "of the checkpoint"
     # the load is summed over the page's window, the bias is one step's: a title saying "at the last step"
     # for both read as the last step's load (a dashboard tour)
-    st.plotly_chart(charts.style(fig, f"{layer}: relative load ({what}) and balancing bias {src}" if has_bias
-                                 else f"{layer}: relative load ({what})", 460, showlegend=False), key="load_bias")
+    title = f"{layer}: relative load ({what})" + (f" and balancing bias {src}" if has_bias else "")
+    st.plotly_chart(charts.fit_title(charts.style(fig, title, 460, showlegend=False), 0.6), key="load_bias")
     if has_bias:
         st.caption(f"Correlation of relative load and bias across experts: {corr:+.2f}. The bias is added to "
                    "the selection score only, so a higher bias means more tokens; aux-loss-free balancing "

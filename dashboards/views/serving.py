@@ -219,7 +219,7 @@ def show(ref, steps, layers, E, r, window, gpus, redundant, nodes: int = 1, mode
         fig.update_xaxes(type="category", title="MoE layer")
         fig.update_yaxes(title="balancedness", range=[0, 1.02])
         title = "Balancedness per layer, mean over the plan window's passes"  # not the summed load's (caption)
-        st.plotly_chart(charts.style(fig, title, 360, barmode="group"), key="sv_layers")
+        st.plotly_chart(charts.fit_title(charts.style(fig, title, 360, barmode="group"), 0.5), key="sv_layers")
     with right:
         layer = ui.layer_picker(layers, "sv_layer", ref=ref)
         i = list(layers).index(layer)

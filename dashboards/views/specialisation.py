@@ -88,9 +88,9 @@ def domain_views(ref: data.RunRef) -> list[str]:
     with ui.guard(f"{compute.DOMAIN_NMI_LABEL} per layer"):
         dn = compute.domain_nmi_by_layer(de, E)
         left, right = st.columns([2, 3])
-        left.plotly_chart(charts.bars(dn.layer, dn.domain_nmi, title=f"{compute.DOMAIN_NMI_LABEL} per layer",
-                                      xlabel="layer", ylabel="I / H(domain)", colors="#4C78A8", height=320),
-                          key="nmi")
+        left.plotly_chart(charts.fit_title(charts.bars(
+            dn.layer, dn.domain_nmi, title=f"{compute.DOMAIN_NMI_LABEL} per layer", xlabel="layer",
+            ylabel="I / H(domain)", colors="#4C78A8", height=320), 0.4), key="nmi")
         with right:
             st.markdown("**Most domain-specific experts of this layer**")
             st.dataframe(tops.head(8), hide_index=True, width="stretch",
@@ -213,8 +213,8 @@ def token_dependence(ref: data.RunRef) -> None:
         if len(top1) and not top1.train_tokens.any():  # every window held out: NaN accuracies, an empty chart
             ui.all_held_out_note(ref, "Each predictor", left)
         else:
-            left.plotly_chart(charts.style(fig, "Predicting the top-1 expert: held-out accuracy per predictor",
-                                           380), key="tokdep")
+            left.plotly_chart(charts.fit_title(charts.style(
+                fig, "Predicting the top-1 expert: held-out accuracy per predictor", 380), 0.6), key="tokdep")
             ui.left_out_note(top1, left)
         vs = go.Figure()
         for col, name, color in (("vocab_spec_input", "input token", "#4C78A8"),
@@ -223,7 +223,8 @@ def token_dependence(ref: data.RunRef) -> None:
                                 hovertemplate=f"%{{x}}<br>{name}: %{{y:.3f}}<extra></extra>"))
         vs.update_layout(barmode="group")
         vs.update_yaxes(title="vocabulary specialisation", range=[0, 1])
-        right.plotly_chart(charts.style(vs, "Vocabulary specialisation: input vs next token", 380), key="vocab_spec")
+        right.plotly_chart(charts.fit_title(charts.style(vs, "Vocabulary specialisation: input vs next token", 380),
+                                            0.4), key="vocab_spec")
         test = int(top1.test_tokens.iloc[0]) if len(top1) else 0
         st.caption(f"Each predictor learns the majority expert of its key (token id, previous token id, position, "
                    f"...) on 4 of every 5 windows and is scored on the 5th ({test:,} held-out tokens; keys never "

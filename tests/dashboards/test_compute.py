@@ -498,3 +498,21 @@ def test_a_steerings_description_names_its_domains_as_a_sentence_does():
     spec = {"mode": "force", "experts": {"1": [5, 7]}, "domains": ["code", "math", "prose"]}
     assert describe(json.dumps(spec)).endswith("· only code, math and prose tokens")
     assert describe(json.dumps(spec | {"domains": ["code"]})).endswith("· only code tokens")
+
+
+def test_a_title_longer_than_its_charts_line_at_1024_px_is_wrapped():
+    """Plotly draws a title on one line, cut off at the chart's edge: `I(domain; expert) / H(domain) pe`
+    in 2/5 of the page at 1024 px (a tour). `fit_title` breaks it at spaces into lines that fit the
+    chart's share of the page, and makes room above the plot for each; a title that fits is left alone."""
+    import plotly.graph_objects as go
+
+    from dashboards import charts
+
+    title = "I(domain; expert) / H(domain) per layer"
+    fig = charts.fit_title(charts.style(go.Figure(), title), 0.4)
+    lines = fig.layout.title.text.split("<br>")
+    room = (0.4 * charts.NARROW_PAGE_PX - charts.TITLE_MARGIN_PX) / charts.TITLE_CHAR_PX
+    assert lines == ["I(domain; expert) / H(domain)", "per layer"] and all(len(x) <= room for x in lines)
+    assert fig.layout.margin.t == 70  # 50 and a line
+    same = charts.fit_title(charts.style(go.Figure(), title), 1.0)  # the whole page: one line
+    assert same.layout.title.text == title and same.layout.margin.t == 50

@@ -277,7 +277,8 @@ def test_load_balance_shows_the_picked_layers_load_and_bias_over_the_last_50_ste
     at.selectbox(key="lb_layer").set_value("layer 2").run()
     fig = chart(at, "load_bias")
     # the bars sum the window, the bias is the last step's; the per-step heatmap says step, not batch
-    assert fig["layout"]["title"]["text"] == "layer 2: relative load (last 50 steps) and balancing bias at the last step"
+    # in 3/5 of the page, wrapped to fit it at 1024 px
+    assert fig["layout"]["title"]["text"] == "layer 2: relative load (last 50 steps) and<br>balancing bias at the last step"
     assert chart(at, "load_steps")["layout"]["title"]["text"] == "layer 2: relative load per step"
     load = step_loads(run, 2, 16, last=50).sum(0)
     rel = load / load.mean()

@@ -74,7 +74,7 @@ def test_token_dependence(runs, tmp_path):
     want = token_dependence_from_run(runs["demo"]).set_index(["layer", "target"])
     at = app(runs["good"], "demo", page="specialisation")
     assert not at.error and not at.warning, (texts(at.error), texts(at.warning))
-    assert any("held-out accuracy per predictor" in t for t in chart_titles(at))
+    assert any("held-out accuracy<br>per predictor" in t for t in chart_titles(at))  # wrapped for 3/5 of the page
     got = frame(at, "token id").set_index(["layer", "target"])
     assert len(got) == len(want) > 0
     np.testing.assert_allclose(got["token id"], want.token_id)
