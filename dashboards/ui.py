@@ -239,11 +239,16 @@ def whole_table_height(n_rows: int, most: int = 40, row: int = 35) -> int:
 
 def layer_picker(layers: list, key: str, label: str = "MoE layer", index: int = 0, ref: data.RunRef | None = None):
     """A layer from `layers`: labels as they are, or the tables' layer numbers with `ref` (shown as
-    `data.layer_label`, 'layer 3')."""
+    `data.layer_label`, 'layer 3'). `LAYER_PICKER_PX` wide wherever it stands: in a third of the page's
+    width, it shrank to 90 px in the Serving page's right half at 1024 px and showed `layer` (a tour)."""
     if not layers:
         return None
     shown = (lambda x: data.layer_label(ref, x)) if ref is not None else str
-    return st.columns(3)[0].selectbox(label, layers, index=min(index, len(layers) - 1), key=key, format_func=shown)
+    return st.selectbox(label, layers, index=min(index, len(layers) - 1), key=key, format_func=shown,
+                        width=LAYER_PICKER_PX)
+
+
+LAYER_PICKER_PX = 180  # a third of the page's 548 px at 1024 px, as the picker took at the top of a page
 
 
 def lacks_per_token(ref: data.RunRef, what: str) -> bool:

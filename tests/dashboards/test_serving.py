@@ -132,6 +132,8 @@ def test_serving_window_and_layout_change_the_plan(imported):
     assert not any("Slider" in k for _, k in kinds)
     assert [(w, k) for w, k in kinds if {"NumberInput", "Radio"} & set(k) or k == ["Selectbox"]][:4] == [
         (0.25, ["NumberInput"]), (0.25, ["Selectbox"]), (0.25, ["Radio"]), (0.25, ["Selectbox"])]
+    # the layer's picker in the right half itself, not in a third of it (90 px at 1024 px: it showed `layer`)
+    assert (0.5, ["Selectbox", "UnknownElement"]) in kinds, kinds
     # the per-layer chart's title in half the page, wrapped to fit it at 1024 px (it was cut after 'the pl')
     assert chart(at, "sv_layers")["layout"]["title"]["text"] == "Balancedness per layer, mean over the<br>plan window's passes"
     assert at.selectbox(key="sv_gpus").value == 8  # stat: SGLang's trivial map, on 8 GPUs by default
