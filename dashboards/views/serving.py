@@ -216,7 +216,7 @@ def show(ref, steps, layers, E, r, window, gpus, redundant, nodes: int = 1, mode
             fig.add_trace(go.Bar(x=[data.layer_label(ref, x) for x in layers], y=mean, name=name,
                                  marker_color=COLORS[name],
                                  hovertemplate=f"{name}<br>%{{x}}: %{{y:.3f}}<extra></extra>"))
-        fig.update_xaxes(type="category", title="MoE layer")
+        fig.update_xaxes(type="category")  # its ticks name the layers; a title there met the legend below
         fig.update_yaxes(title="balancedness", range=[0, 1.02])
         title = "Balancedness per layer, mean over the plan window's passes"  # not the summed load's (caption)
         st.plotly_chart(charts.fit_title(charts.style(fig, title, 360, barmode="group"), 0.5), key="sv_layers")
@@ -226,9 +226,11 @@ def show(ref, steps, layers, E, r, window, gpus, redundant, nodes: int = 1, mode
         fig = go.Figure()
         for name, key in ((NOW, "gpu_now"), (PLAN, "gpu_plan")):
             g = r[key][i]
-            fig.add_trace(go.Bar(x=[f"GPU {k}" for k in range(len(g))], y=g, name=name, marker_color=COLORS[name],
-                                 hovertemplate=f"{name}<br>%{{x}}: %{{y:,.0f}} assignments<extra></extra>"))
-        fig.update_xaxes(type="category")
+            # the GPUs' numbers, the title saying they are GPUs (an axis title sat on the legend): `GPU 0` ...
+            # turned on their side in half the page at 1024 px, cut to `GPl` at the chart's foot (a tour)
+            fig.add_trace(go.Bar(x=[str(k) for k in range(len(g))], y=g, name=name, marker_color=COLORS[name],
+                                 hovertemplate=f"{name}<br>GPU %{{x}}: %{{y:,.0f}} assignments<extra></extra>"))
+        fig.update_xaxes(type="category", tickangle=0)
         # a strided run's bars sum the replayed passes only (they claimed the window's whole load; a review)
         fig.update_yaxes(title="assignments in the plan window" if every == 1 else
                          f"assignments in the window's replayed passes (1 in {every})")

@@ -461,3 +461,16 @@ def test_the_analysis_commands_offered_for_an_import_name_a_checkpoint_and_corpu
         assert f"`python -m analyses.{module} --run {run} --ckpt CKPT --corpus CORPUS{flags}`" in info, info
     open_page(at, "steering")
     assert f"`python -m analyses.steer --run {run} --ckpt CKPT --corpus CORPUS --experts L:E`" in texts(at.info)
+
+
+def test_the_load_per_gpu_names_the_gpus_by_number_under_one_axis_title(imported):
+    """`GPU 0` ... `GPU 7` were turned on their side in half the page at 1024 px and cut to `GPl` at the
+    chart's foot (a tour): the ticks are the GPUs' numbers, level, the chart's title naming them GPUs (an
+    axis title, as 'MoE layer' beside it, sat on the legend)."""
+    at = app(imported["runs"], "stat", page="serving")
+    fig = chart(at, "sv_gpu")
+    gpus = at.selectbox(key="sv_gpus").value
+    assert [t["x"] for t in fig["data"]] == [[str(k) for k in range(gpus)]] * 2
+    assert fig["layout"]["title"]["text"].endswith("load per GPU") and fig["layout"]["xaxis"]["tickangle"] == 0
+    assert "title" not in fig["layout"]["xaxis"]
+    assert "title" not in chart(at, "sv_layers")["layout"]["xaxis"]  # 'MoE layer' sat on its legend
