@@ -230,6 +230,14 @@ def analysis_command(ref: data.RunRef, module: str, flags: str = "") -> str:
     return cmd + (f" {flags}" if flags else "")
 
 
+def command_block(cmd: str) -> str:
+    """`cmd` as a Markdown code block of its own, for a message that gives a command to run: on one line
+    (a scroll bar where it is wider than the box) with the code block's copy button. As inline code a
+    command longer than its line broke where the browser chose, once between the two hyphens of
+    `--control` (`-` at a line's end, `-control` on the next; a tour at 1024 px)."""
+    return f"\n\n```bash\n{cmd}\n```\n\n"
+
+
 def whole_table_height(n_rows: int, most: int = 40, row: int = 35) -> int:
     """Pixels for st.dataframe to show its header and up to `most` rows without a scroll bar of its
     own (`row` px a row: 35, Streamlit's, unless its row_height says otherwise; its default height

@@ -82,9 +82,9 @@ def one_evaluation(ref: data.RunRef, ab):
 
 def sweep(ref: data.RunRef) -> None:
     """The `ablations` table: loss change per domain and the masked-fraction curve."""
-    missing = (f"Run `{ref.name}` has no ablations yet. Run a sweep over it, e.g. top-4 against random-4, with "
-               f"`{ui.analysis_command(ref, 'ablate', '--top 4 --control')}` (it writes `ablations/` into the run "
-               "directory); the results appear here.")
+    missing = (f"Run `{ref.name}` has no ablations yet. Run a sweep over it, e.g. top-4 against random-4, with"
+               + ui.command_block(ui.analysis_command(ref, 'ablate', '--top 4 --control'))
+               + "It writes `ablations/` into the run directory; the results appear here.")
     with ui.guard("the ablation results"):
         ab = ui.result_table(ref, "ablations", data.ablations, missing)
         if ab is None:
@@ -144,8 +144,10 @@ def importance(ref: data.RunRef) -> None:
     """Per layer, each expert's load share against the loss change of removing it, and where they disagree."""
     st.subheader("Causal importance vs load")
     missing = (f"Run `{ref.name}` has no expert importance yet. Measure the loss change of removing each routed "
-               f"expert with `{ui.analysis_command(ref, 'importance')}` (it writes `expert_importance/` into "
-               "the run directory); each expert's load against its causal importance appears here.")
+               f"expert with"
+               + ui.command_block(ui.analysis_command(ref, 'importance'))
+               + "It writes `expert_importance/` into the run directory; each expert's load against its causal "
+               "importance appears here.")
     with ui.guard("the causal importance"):
         imp = ui.result_table(ref, "expert_importance", data.expert_importance, missing)
         if imp is None:
@@ -162,8 +164,8 @@ def importance(ref: data.RunRef) -> None:
         if mixed:  # a later measurement of some experts (a notebook's quick look) replaced theirs at another budget
             st.warning(f"Layer{'s' if len(mixed) > 1 else ''} {listed(map(str, mixed))}: the experts were measured "
                        f"on different token budgets ({int(d.tokens.min()):,} to {int(d.tokens.max()):,} tokens), so "
-                       "their Δ loss and ρ mix them. Measure every expert again at one budget "
-                       f"(`python -m analyses.importance --run {ref.path}`).")
+                       "their Δ loss and ρ mix them. Measure every expert again at one budget with"
+                       + ui.command_block(ui.analysis_command(ref, 'importance')))
         rho = pd.DataFrame({"layer": layers, "rho": [compute.spearman(g.load_share, g.delta)
                                                       for g in by_layer.values()]})
         cols = st.columns(2)

@@ -38,10 +38,11 @@ def main() -> None:
     ref = ui.selected_run(("probe",))
     if ref is None:
         return
-    missing = (f"Run `{ref.name}` has no steering results yet. Steer chosen experts with "
-               f"`{ui.analysis_command(ref, 'steer', '--experts L:E')}` (e.g. `--experts 2:5+7`: force experts 5 "
-               "and 7 of layer 2 into every token's top-k; `--mode bias --bias 2` adds to their scores instead); it writes `steering/` "
-               "into the run directory and the results appear here.")
+    missing = (f"Run `{ref.name}` has no steering results yet. Steer chosen experts with"
+               + ui.command_block(ui.analysis_command(ref, 'steer', '--experts L:E'))
+               + "(e.g. `--experts 2:5+7`: force experts 5 and 7 of layer 2 into every token's top-k; `--mode bias "
+               "--bias 2` adds to their scores instead). It writes `steering/` into the run directory and the results "
+               "appear here.")
     with ui.guard("the steering results"):
         df = ui.result_table(ref, "steering", data.steering, missing)
         if df is None:

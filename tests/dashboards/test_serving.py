@@ -458,9 +458,15 @@ def test_the_analysis_commands_offered_for_an_import_name_a_checkpoint_and_corpu
     at = app(imported["runs"], "per_pass", page="ablations")
     info = texts(at.info)
     for module, flags in (("ablate", " --top 4 --control"), ("importance", "")):
-        assert f"`python -m analyses.{module} --run {run} --ckpt CKPT --corpus CORPUS{flags}`" in info, info
+        assert block(f"python -m analyses.{module} --run {run} --ckpt CKPT --corpus CORPUS{flags}") in info, info
     open_page(at, "steering")
-    assert f"`python -m analyses.steer --run {run} --ckpt CKPT --corpus CORPUS --experts L:E`" in texts(at.info)
+    assert block(f"python -m analyses.steer --run {run} --ckpt CKPT --corpus CORPUS --experts L:E") in texts(at.info)
+
+
+def block(cmd: str) -> str:
+    """A command as the pages give it: a code block of its own (as inline code, a command longer than its
+    line broke where the browser chose, once inside `--control`; a tour at 1024 px)."""
+    return f"\n\n```bash\n{cmd}\n```\n\n"
 
 
 def test_the_load_per_gpu_names_the_gpus_by_number_under_one_axis_title(imported):
