@@ -140,10 +140,15 @@ def test_ids_from_numpy_pandas_and_tensors_are_ints(tiny, pair):
     ({"experts": ["3"]}, r"experts: '3' is not an integer"),
     ({"positions": np.array([2.0])}, r"positions: 2\.0 \(of a ndarray of float64\) is not an integer"),
     ({"positions": 2.0}, r"positions=2\.0: expected an int or integers"),
-], ids=["float", "float tensor", "bool", "bool array", "string", "strings", "float array", "float scalar"])
+    ({"positions": torch.tensor(2.0)}, r"positions=tensor\(2\.\): expected an int or integers"),
+    ({"positions": np.array(2.0)}, r"positions=array\(2\.\): expected an int or integers"),
+    ({"experts": torch.tensor(True)}, r"experts=tensor\(True\): expected an int or integers"),
+], ids=["float", "float tensor", "bool", "bool array", "string", "strings", "float array", "float scalar",
+        "0-d float tensor", "0-d float array", "0-d bool tensor"])
 def test_ids_that_are_not_integers_are_refused_not_rounded(tiny, pair, kw, bad):
     """A float was rounded down (experts=[1.5] patched expert 1), a bool was 1, a string's characters
-    were ids (experts="13": experts 1 and 3); each is now one line naming the argument."""
+    were ids (experts="13": experts 1 and 3); each is now one line naming the argument. A 0-d float or
+    bool tensor or array was iterated: torch's and numpy's 'iteration over a 0-d tensor' (a review)."""
     clean, corrupted = pair
     _, cc = tiny.run_with_cache(clean, names=patching.EXPERT_NAMES)
     with pytest.raises(ValueError, match=r"^patch_experts: " + bad) as e:
