@@ -175,6 +175,18 @@ def test_error_file_cut_inside_its_header_or_longer_than_its_header_says(tiny_co
     model.load(tiny_copy)
 
 
+@pytest.mark.parametrize("header", [b'{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 1e400]}}',
+                                    b"[" * 100_000 + b"]" * 100_000], ids=["infinite offset", "deeply nested"])
+def test_error_a_header_the_length_note_cannot_read_is_safetensors_message_alone(tiny_copy, header):
+    """A damaged or hostile header that safetensors refuses was read again for the length note, whose
+    int(inf) (OverflowError) or json nesting (RecursionError) escaped as that error, not a CheckpointError
+    (a review): the note is left out, safetensors' own message stands."""
+    f = tiny_copy / "model.safetensors"
+    f.write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 4)
+    msg = load_error(tiny_copy, f, "not a readable safetensors file")
+    assert "truncated" not in msg and "past the" not in msg
+
+
 def test_error_a_shard_aria2c_has_not_finished(fp8_model, tmp_path):
     """aria2c allocates a file whole and fills it piece by piece: an interrupted download has the full
     length, its header and zeros where pieces are missing, and loaded without a word (a checkpoint tour).
