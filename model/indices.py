@@ -35,9 +35,10 @@ def as_ints(values, what: str) -> list[int]:
         kind = f" (of a {type(values).__name__} of {values.dtype})" if hasattr(values, "dtype") else ""
     elif as_int(values) is not None:
         items, kind = [values], ""
-    elif isinstance(values, Iterable) and not isinstance(values, (str, bytes)) and getattr(values, "ndim", 1) != 0:
+    elif isinstance(values, Iterable) and not isinstance(values, (str, bytes)) and getattr(values, "ndim", 1) == 1:
         # NOTE: a 0-d float or bool tensor or array is Iterable too, and list() of it was torch's
-        # TypeError 'iteration over a 0-d tensor' (a review): it is refused as a float scalar is
+        # TypeError 'iteration over a 0-d tensor'; a pandas DataFrame (ndim 2, no tolist) iterates over
+        # its column labels, read as ids 0, 1, ... (a review): both are refused as a float scalar is
         items, kind = list(values), ""
     else:
         raise InputError(f"{what}={shown(values)}: expected an int or integers (a list, range, numpy array "

@@ -143,12 +143,14 @@ def test_ids_from_numpy_pandas_and_tensors_are_ints(tiny, pair):
     ({"positions": torch.tensor(2.0)}, r"positions=tensor\(2\.\): expected an int or integers"),
     ({"positions": np.array(2.0)}, r"positions=array\(2\.\): expected an int or integers"),
     ({"experts": torch.tensor(True)}, r"experts=tensor\(True\): expected an int or integers"),
+    ({"positions": pd.DataFrame([[3, 4]])}, r"positions=\s*0\s+1 0\s+3\s+4: expected an int or integers"),
 ], ids=["float", "float tensor", "bool", "bool array", "string", "strings", "float array", "float scalar",
-        "0-d float tensor", "0-d float array", "0-d bool tensor"])
+        "0-d float tensor", "0-d float array", "0-d bool tensor", "data frame"])
 def test_ids_that_are_not_integers_are_refused_not_rounded(tiny, pair, kw, bad):
     """A float was rounded down (experts=[1.5] patched expert 1), a bool was 1, a string's characters
     were ids (experts="13": experts 1 and 3); each is now one line naming the argument. A 0-d float or
-    bool tensor or array was iterated: torch's and numpy's 'iteration over a 0-d tensor' (a review)."""
+    bool tensor or array was iterated: torch's and numpy's 'iteration over a 0-d tensor'; a data frame's
+    column labels (0, 1) were positions 0 and 1 (a review)."""
     clean, corrupted = pair
     _, cc = tiny.run_with_cache(clean, names=patching.EXPERT_NAMES)
     with pytest.raises(ValueError, match=r"^patch_experts: " + bad) as e:
