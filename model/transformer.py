@@ -292,6 +292,11 @@ class Transformer(HookedModule):
     def _residual_in(self, tokens: torch.Tensor, resid, start_at_layer: int, use_cache: bool) -> torch.Tensor:
         """The residual stream the first block run sees: the embedded tokens, or `resid` (checked) when
         forward starts at block `start_at_layer`."""
+        if type(start_at_layer) is not int and as_int(start_at_layer) is None:  # a plain int: no call more
+            # NOTE: a float or bool 0 was 'from the embedding' below: 0.0 then torch's bare 'slice indices must
+            # be integers' at the layers' slice, False a whole forward (a review)
+            raise InputError(f"start_at_layer={shown(start_at_layer)}: must be an integer between 1 and "
+                             f"{len(self.layers) - 1} (0, the default, runs every block)")
         if resid is not None and not start_at_layer:
             raise InputError(f"resid with start_at_layer={start_at_layer!r}: resid is the input of block "
                              "start_at_layer: pass start_at_layer >= 1 with it")

@@ -513,6 +513,11 @@ def test_forward_from_a_later_block_equals_the_full_pass():
                         ({"start_at_layer": torch.tensor([1]), "resid": cap[1]},
                          r"start_at_layer=tensor\(\[1\]\): must"),
                         ({"resid": cap[1]}, "pass start_at_layer"),
+                        # a float or bool 0 was read as 'from the embedding': 0.0 then torch's bare TypeError at
+                        # the layers' slice, False the whole model run (a review)
+                        ({"start_at_layer": 0.0}, r"start_at_layer=0\.0: must be an integer"),
+                        ({"start_at_layer": torch.tensor(0.0), "resid": cap[1]}, r"start_at_layer=tensor\(0\.\): must"),
+                        ({"start_at_layer": False}, "start_at_layer=False: must be an integer"),
                         ({"start_at_layer": 1, "resid": cap[1], "use_cache": True}, "use_cache=False")]:
             with pytest.raises(ValueError, match=msg):
                 m(tok, lengths=lengths, **kw)
