@@ -89,9 +89,36 @@ def read_index(index: Path) -> dict[str, str]:
 
 
 def downloading(f: Path) -> bool:
-    """Whether aria2c is still filling file `f` (its control file `NAME.aria2` lies beside it until the
-    download completes)."""
-    return f.with_name(f.name + ".aria2").exists()
+    """Whether aria2c is still filling file `f`: its control file `NAME.aria2` lies beside it until the
+    download completes, unless that control file records a finished download of f's length (aria2c keeps
+    it, every piece marked fetched, with --force-save, as its GUI front ends set it)."""
+    control = f.with_name(f.name + ".aria2")
+    return control.exists() and not _aria2_finished(control, f.stat().st_size if f.exists() else -1)
+
+
+MAX_CONTROL = 16 << 20  # a control file's bitfield is one bit a piece: 16 MiB is 2**27 pieces
+
+
+def _aria2_finished(control: Path, size: int) -> bool:
+    """Whether aria2 control file `control` marks every piece of a download of `size` bytes fetched and
+    none in flight. Its layout (aria2's technical notes): version (2 bytes; 0: the writing host's byte
+    order, 1: big-endian), extension (4), info-hash length (4) and hash, piece length (4), total length
+    (8), upload length (8), bitfield length (4) and bitfield (piece i: bit 7 - i % 8 of byte i // 8),
+    in-flight piece count (4). A file it cannot read so is not finished."""
+    try:
+        with open(control, "rb") as fh:
+            data = fh.read(MAX_CONTROL)
+        e = {0: "=", 1: ">"}[int.from_bytes(data[:2], "big")]
+        at = 10 + struct.unpack_from(f"{e}I", data, 6)[0]
+        piece, total, _, n_bytes = struct.unpack_from(f"{e}IQQI", data, at)
+        bits = data[at + 24: at + 24 + n_bytes]
+        (in_flight,) = struct.unpack_from(f"{e}I", data, at + 24 + n_bytes)
+    except (OSError, KeyError, struct.error):
+        return False
+    if not piece or total != size or in_flight:
+        return False
+    n = -(-total // piece)
+    return bits == b"\xff" * (n // 8) + (bytes([0xFF00 >> n % 8 & 0xFF]) if n % 8 else b"")
 
 
 def read_headers(files: list[Path]) -> dict[str, tuple[Path, torch.Size, torch.dtype]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import struct
 from pathlib import Path
 
 import pytest
@@ -205,6 +206,39 @@ def test_error_a_shard_aria2c_has_not_finished(fp8_model, tmp_path):
     assert got["checked"] == "index" and got["missing_files"] == [shard.name]
     (d / (shard.name + ".aria2")).unlink()  # the control: the same zeros load, with nothing to tell them apart
     model.load(d)
+
+
+def aria2_control(total: int, piece: int, done: int, version: int = 1) -> bytes:
+    """An aria2 control file (aria2's technical notes: version, extension, info hash, piece length, total
+    length, upload length, bitfield, in-flight pieces) for a download of `total` bytes in pieces of
+    `piece`, the first `done` of them fetched; version 0 in this host's byte order, 1 big-endian."""
+    n = -(-total // piece)
+    bits = bytearray(-(-n // 8))
+    for i in range(done):
+        bits[i // 8] |= 0x80 >> (i % 8)
+    e = ">" if version else "="
+    return (version.to_bytes(2, "big") + struct.pack(f"{e}II", 0, 0)  # no extension, no info hash
+            + struct.pack(f"{e}IQQI", piece, total, 0, len(bits)) + bytes(bits) + struct.pack(f"{e}I", 0))
+
+
+@pytest.mark.parametrize("version", [0, 1])
+def test_a_control_file_aria2c_kept_after_a_finished_download_does_not_refuse_it(fp8_model, tmp_path, version):
+    """aria2c keeps the control file of a finished download with --force-save (as its GUI front ends set
+    it), every piece marked fetched: that shard was refused as unfinished (a review). One piece short, or
+    a control file of another length, still refuses it."""
+    d = tmp_path / "ckpt"
+    model.save(fp8_model, d, fp8=True, max_shard_bytes=60_000)
+    shard = sorted(d.glob("model-*.safetensors"))[1]
+    size, control = shard.stat().st_size, d / (shard.name + ".aria2")
+    n = -(-size // 1024)
+    control.write_bytes(aria2_control(size, 1024, n - 1, version))
+    load_error(d, shard, "its download is not finished")
+    assert ckpt.inspect(d)["missing_files"] == [shard.name]
+    control.write_bytes(aria2_control(size + 1, 1024, -(-(size + 1) // 1024), version))  # another download's
+    load_error(d, shard, "its download is not finished")
+    control.write_bytes(aria2_control(size, 1024, n, version))
+    model.load(d)
+    assert ckpt.inspect(d)["checked"] == "headers"
 
 
 def test_error_a_git_lfs_pointer_in_place_of_a_shard(sharded_dir, tmp_path):
