@@ -50,7 +50,8 @@ each rank reads only its shard; `--replicate` loads the whole model on every ran
 rank runs the same batch; rank 0 alone reads the prompt file and stdin and prints; the prompts and
 each step's sampled tokens are broadcast from the first rank so all ranks stay in step.
 
-Library: `generate(model, prompts, ...)` (decode.py), `SamplingParams` (sampling.py), `TextCodec`,
+Library: `generate(model, prompts, ...)` (decode.py), `SamplingParams` (sampling.py), `TextCodec` (`encode`,
+`decode`, `str_tokens`),
 `load_codec`, `read_prompts`, `write_demo_checkpoint` (text.py); the command is `__main__.py`.
 `python -m model.generate` is an alias of `python -m generate`.
 """

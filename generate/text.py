@@ -59,8 +59,57 @@ class TextCodec:
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
+    def str_tokens(self, text_or_ids) -> list[str] | list[list[str]]:
+        """Each token's own text (TransformerLens's `to_str_tokens`): of a text, encoded as record feeds
+        it (`encode(text, chat=False)`: BOS first where the config adds one, so index i is position i
+        of `m(tokens)` and of a run), or of ids: a list, a 1-D tensor or array; a 2-D [B, S] batch gives
+        a list per row. Special tokens are shown (decode() drops them). A byte that is no whole
+        character within its token (a Chinese character split over two tokens) is a `\\xNN` escape,
+        not U+FFFD; joined, the texts are decode(ids) wherever there is none (probe/token_text.py)."""
+        if isinstance(text_or_ids, str):
+            return self.str_tokens(self.encode(text_or_ids, chat=False))
+        rows = _id_rows(text_or_ids)
+        if rows and isinstance(rows[0], list):
+            return [self._row_strings(row, f"row {r}, ") for r, row in enumerate(rows)]
+        return self._row_strings(rows, "")
+
+    def _row_strings(self, ids: list[int], where: str) -> list[str]:
+        from probe.token_text import text_of, token_bytes
+
+        raw = token_bytes(self.tokenizer, ids)
+        if None in raw:  # id_to_token has no piece for it: an id past the vocabulary
+            i = raw.index(None)
+            raise GenerateError(f"str_tokens: token id {ids[i]} ({where}position {i}) is not in the tokenizer's "
+                                f"vocabulary ({self.tokenizer.get_vocab_size(with_added_tokens=True)} ids)")
+        return [text_of(b) for b in raw]
+
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _id_rows(ids) -> list[int] | list[list[int]]:
+    """Token ids as a list (1-D) or a list of lists (2-D), from a tensor, an array or lists of ints;
+    anything else is a GenerateError naming str_tokens' argument."""
+    given = ids
+    if isinstance(ids, torch.Tensor) or hasattr(ids, "dtype") and hasattr(ids, "tolist"):  # or a numpy array
+        whole = (getattr(ids.dtype, "kind", "") in "iu" if not isinstance(ids, torch.Tensor) else
+                 not (ids.dtype == torch.bool or ids.dtype.is_floating_point or ids.dtype.is_complex))
+        if not whole or ids.ndim not in (1, 2):
+            what = f"dtype {ids.dtype}" if not whole else f"{ids.ndim} dimensions"
+            raise GenerateError(f"str_tokens: ids of {what}; token ids are integers, 1-D or a 2-D [B, S] batch")
+        ids = ids.tolist()
+    if not isinstance(ids, (list, tuple)):
+        raise GenerateError(f"str_tokens: got {given!r:.60} ({type(given).__name__}); give a text, or token ids "
+                            "(a list, a 1-D tensor or a 2-D [B, S] batch)")
+    flat = all(_is_id(i) for i in ids)
+    if not flat and not all(isinstance(r, (list, tuple)) and all(_is_id(i) for i in r) for r in ids):
+        raise GenerateError("str_tokens: token ids must be integers, in a list or a 1-D tensor (or a 2-D [B, S] "
+                            f"batch); got {str(given)[:60]}")
+    return list(ids) if flat else [list(r) for r in ids]
+
+
+def _is_id(i) -> bool:
+    return isinstance(i, int) and not isinstance(i, bool)
 
 
 def _token_text(v) -> str | None:
