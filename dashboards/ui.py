@@ -326,55 +326,28 @@ def tokenizer_for(ref: data.RunRef):
     return None
 
 
-def _byte_table() -> dict[str, int]:
-    """Byte-level BPE spells each byte as one printable character (printable Latin-1 bytes as
-    themselves, the others as chr(256 + n) in byte order); this maps those characters back."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table, n = {chr(b): b for b in keep}, 0
-    for b in range(256):
-        if b not in keep:
-            table[chr(256 + n)] = b
-            n += 1
-    return table
-
-
-_BYTES = _byte_table()
-
-
 def token_text(tok, ids, stream: bool = True) -> list[str]:
-    """Display text of each token id (ids only when the tokenizer is missing).
+    """Display text of each token id (ids only when the tokenizer is missing), from the bytes each
+    stands for (probe/token_text.py, as `TextCodec.str_tokens` and the report read them).
 
-    stream=True (a run of consecutive tokens): byte-level tokens are decoded as one UTF-8 stream, so
+    stream=True (a run of consecutive tokens): the tokens' bytes are decoded as one UTF-8 stream, so
     a character split over several tokens (CJK, emoji) appears on the token that completes it; the
-    tokens before it show "·". stream=False (unrelated tokens): each on its own, a partial
-    character as its bytes (<e5 ad>)."""
+    tokens before it show "·". stream=False (unrelated tokens): each on its own between quotes, as
+    repr() writes it, a byte of a partial character as an escape ('\\xe5\\xad')."""
     if tok is None:
         return [f"#{int(i)}" for i in ids]
     import codecs
 
-    if not stream:
-        out = []
-        for i in ids:
-            piece = tok.id_to_token(int(i)) or f"#{int(i)}"
-            if all(c in _BYTES for c in piece):
-                raw = bytes(_BYTES[c] for c in piece)
-                text = raw.decode("utf-8", errors="replace")
-                out.append(text if "\ufffd" not in text else "<" + raw.hex(" ") + ">")
-            else:
-                out.append(tok.decode([int(i)], skip_special_tokens=False) or piece)
-        return out
-    dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    out = []
-    for i in ids:
-        piece = tok.id_to_token(int(i))
-        if piece is None:
+    from probe.token_text import text_of, token_bytes
+
+    dec, out = codecs.getincrementaldecoder("utf-8")(errors="replace"), []
+    for i, raw in zip(ids, token_bytes(tok, ids)):
+        if raw is None:
             out.append(f"#{int(i)}")
-            continue
-        if all(c in _BYTES for c in piece):
-            text = dec.decode(bytes(_BYTES[c] for c in piece))
-        else:  # not byte-level (a special token or another tokenizer family)
-            text = dec.decode(b"", final=True) + (tok.decode([int(i)], skip_special_tokens=False) or piece)
-        out.append(text if text else "·")
+        elif not stream:
+            out.append(f"'{text_of(raw, quoted=True)}'")
+        else:
+            out.append(dec.decode(raw) or "·")
     return out
 
 

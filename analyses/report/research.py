@@ -51,7 +51,8 @@ def compute_model(run, ns, out: dict) -> None:
 
 
 def token_texts(run, ids) -> list[str]:
-    """Display text of token ids with the run's tokenizer (the ids as text when there is none)."""
+    """Display text of token ids with the run's tokenizer, as `TextCodec.str_tokens` reads them, written
+    as repr() writes text (the ids as text when there is none)."""
     from probe.job import load_tokenizer
 
     ck = Path(str((run.info.get("checkpoint") or {}).get("path", "")))
@@ -59,7 +60,11 @@ def token_texts(run, ids) -> list[str]:
         tok = load_tokenizer((run.info.get("options") or {}).get("tokenizer"), ck, 1 << 30, ValueError)
     except ValueError:
         return [str(i) for i in ids]
-    return [repr(tok.decode([int(i)]))[1:-1] or f"<{int(i)}>" for i in ids]
+    from probe.token_text import token_strings
+
+    # each token's bytes, a partial character's as \xNN escapes: decoded one by one, the tokens of a
+    # Chinese character split in two each read U+FFFD (the bundled tokenizer splits many so)
+    return token_strings(tok, ids, quoted=True, missing="<{id}>")
 
 
 def paths(run, routes=None) -> dict:

@@ -112,7 +112,7 @@ def paths(ref: data.RunRef, layers: list[int]) -> None:
         table = pd.DataFrame({
             "path": [" → ".join(f"E{e}" for e in path) for path in com.path], "tokens": com["count"],
             "share": com.share, "domain": com.top_domain, "domain share": com.top_domain_share,
-            "example tokens": ["  ".join(repr(t) for t in ui.token_text(tok, ids, stream=False))
+            "example tokens": ["  ".join(ui.token_text(tok, ids, stream=False))
                                for ids in com.token_ids]})
         st.markdown(f"**Most common paths** (layers {' → '.join(map(str, chosen))})")
         st.dataframe(table, hide_index=True, width="stretch", key="common_paths", column_config={

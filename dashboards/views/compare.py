@@ -255,7 +255,7 @@ def run_vs_run(ra: data.RunRef, rb: data.RunRef) -> None:
                 st.info("No token's top-k set differs between the two runs.")
                 return
             tok = ui.tokenizer_for(ra)
-            st.dataframe(changed.assign(token=[repr(t) for t in ui.token_text(tok, changed.token_id, stream=False)])
+            st.dataframe(changed.assign(token=ui.token_text(tok, changed.token_id, stream=False))
                          [["token", "domain", "seq_id", "pos", "layers", "top1_changed", "set_changed", "jaccard"]],
                          hide_index=True, width="stretch", height=320, key="cmp_changes",
                          column_config={"jaccard": st.column_config.NumberColumn(format="%.3f")})

@@ -132,7 +132,7 @@ def top_tokens(ref, layer: str, E: int, tops: pd.DataFrame) -> None:
             st.info(f"Expert {expert} is never chosen at {layer} in the sampled tokens.")
             return
         tok = ui.tokenizer_for(ref)
-        top.insert(0, "token", [repr(t) for t in ui.token_text(tok, top.token_id, stream=False)])
+        top.insert(0, "token", ui.token_text(tok, top.token_id, stream=False))
         with c2:
             st.dataframe(top.rename(columns={"n": "routed here", "total": "occurrences", "share": "share to expert"}),
                          # every row: at 250 px the 15 rows scrolled inside the table, the 7th cut in half
