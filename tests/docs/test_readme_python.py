@@ -3,6 +3,8 @@ namespace, on a random checkpoint with the layers its layer numbers name (21) an
 with only their paths replaced and their two illustrative inputs (`next_ids`, `padded`) supplied.
 Then a few of the claims their comments make are checked on what they computed."""
 
+import contextlib
+import io
 import re
 
 import pytest
@@ -25,7 +27,8 @@ def places(tmp_path_factory):
     import model
 
     base = tmp_path_factory.mktemp("readme")
-    model.save(random_model("tiny", n_layers=21), base / "ckpt")
+    # the bundled tokenizer's vocabulary: the token strings example runs the model on the ids it encodes
+    model.save(random_model("tiny", n_layers=21, vocab_size=4096), base / "ckpt")
     for name in ("tokenizer.json", "tokenizer_config.json"):  # the bundled model's tokenizer, for the codec line
         (base / "ckpt" / name).write_bytes((REPO / "data" / "model" / name).read_bytes())
     write_run(base / "run")
@@ -111,6 +114,25 @@ def test_the_patching_example_patches_by_expert_id_and_sweeps_every_point(readme
     last = table[(table["name"] == "layers.20.hook_resid_post") & (table["position"] == 3)]
     assert last["metric"].item() == pytest.approx(last["clean"].item(), rel=1e-6)
     assert gap > 1e-2
+
+
+def test_the_token_strings_example_prints_each_position_with_its_first_choice(readme, places):
+    """The token strings example: a line per position of the encoded text (BOS first), with its token's
+    text (the split character's bytes as escapes) and the expert layer 5's router ranks first."""
+    blocks, _, ns, _ = readme
+    m, codec, text_ids, top1 = ns["m"], ns["codec"], ns["text_ids"], ns["top1"]
+    _, allowed = m.run_with_cache(text_ids, names="layers.5.ffn.gate.hook_allowed_scores")
+    assert torch.equal(top1, allowed["layers.5.ffn.gate.hook_allowed_scores"].argmax(-1))
+    line, code = next(b for b in blocks if "str_tokens(text_ids" in b[1])
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        run_blocks([(line, code)], places, dict(ns))
+    lines = out.getvalue().splitlines()
+    shown = [row[5:17].rstrip() for row in lines]  # "pos  token        E3": the token padded to 12
+    experts = [int(row.rsplit(" E", 1)[1]) for row in lines]
+    assert len(lines) == text_ids.shape[1] and shown[:3] == ["<|bos|>", "def", " mean"]
+    assert shown[-3:] == ["其", "\\xe5\\xb3", "\\xb0"]  # '峰': its bytes, not U+FFFD
+    assert experts == top1.tolist()
 
 
 def test_an_example_that_calls_what_is_not_there_fails(readme, places):
