@@ -58,3 +58,13 @@ def test_the_folder_table_names_every_module():
                 if not f.name.startswith(("_", ".")) and f.suffix in (".py", "")
                 and not _named(row, "analyses", f.name + ("/" if f.is_dir() else ""))]
     assert missing == []
+
+
+def test_the_commands_named_as_a_packages_main_are_packages_with_one():
+    """The commands the README names as "the `__main__.py` of its package" are packages that have one
+    (a command that is a single module's `main`, such as `analyses.variants`, is said apart)."""
+    listed = re.search(r"every command is the `__main__.py` of its package\s*\(([^)]*)\)", README)
+    assert listed, "the README's sentence on where the commands live is gone"
+    modules = re.findall(r"`python -m ([\w.]+)`", listed.group(1))
+    assert {"model", "probe", "analyses.report"} <= set(modules)  # the list was read whole
+    assert [m for m in modules if not (REPO / m.replace(".", "/") / "__main__.py").is_file()] == []
