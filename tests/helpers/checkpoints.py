@@ -7,8 +7,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file, save_file
+
+import model
+from model import CheckpointError
 
 # Dims that are not multiples of 128, some above it: every FP8 weight has partial edge blocks and
 # several have full ones too (wq_a 136x200, w1 300x200, experts 136x200 / 200x136, wo 200x32).
@@ -57,3 +61,15 @@ def index_only(path: Path, args, n_files: int = 163, drop: str | None = None, ad
     wm = {n: f"model-{i * n_files // len(names) + 1:05d}-of-{n_files:06d}.safetensors" for i, n in enumerate(names)}
     (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": wm}))
     return path
+
+
+def load_error(path, *needles) -> str:
+    """model.load(path) must raise a one-line CheckpointError containing every needle."""
+    with pytest.raises(CheckpointError) as ei:
+        model.load(path)
+    msg = str(ei.value)
+    assert isinstance(ei.value, ValueError)
+    assert "\n" not in msg, msg
+    for n in needles:
+        assert str(n) in msg, f"{n!r} not in {msg!r}"
+    return msg
