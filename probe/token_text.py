@@ -45,7 +45,8 @@ def token_bytes(tok, ids: Iterable[int]) -> list[bytes | None]:
     DeepSeek's '<｜begin▁of▁sentence｜>'). Another tokenizer's token is its own decoded text."""
     bl, out = byte_level(tok), []
     for i in ids:
-        piece = tok.id_to_token(int(i)) if int(i) >= 0 else None
+        # tokenizers' ids are 32-bit: past that, id_to_token raised OverflowError, not None
+        piece = tok.id_to_token(int(i)) if 0 <= int(i) < 1 << 32 else None
         if piece is None:
             out.append(None)
         elif bl:

@@ -75,6 +75,8 @@ def test_ids_as_a_tensor_an_array_and_a_batch(codec):
     ([1, [2]], "must be integers"), ([True, 1], "must be integers"), (7, r"got 7 \(int\)"),
     ([5, 99999], r"token id 99999 \(position 1\) is not in the tokenizer's vocabulary \(4096 ids\)"),
     ([[5], [-1]], r"token id -1 \(row 1, position 0\)"),
+    # past what the tokenizer's ids hold (32 bits): its OverflowError was no one line naming str_tokens
+    ([5, 2**32], r"token id 4294967296 \(position 1\) is not"), ([2**64], r"token id 18446744073709551616 "),
 ])
 def test_what_is_no_token_ids_is_one_line_naming_str_tokens(codec, bad, says):
     with pytest.raises(GenerateError, match="str_tokens: .*" + says) as ei:
