@@ -12,6 +12,7 @@ wherever no escape was written; the bytes themselves are `token_bytes`."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 
@@ -37,13 +38,25 @@ def byte_level(tok) -> bool:
     return isinstance(tok.decoder, decoders.ByteLevel)
 
 
+_BYTE_PIECE = re.compile("<0x([0-9A-Fa-f]{2})>")
+
+
+def byte_fallback(tok) -> bool:
+    """Whether the decoder of `tok` reads a '<0xNN>' piece as the byte NN (a ByteFallback step, as in
+    Llama's and Mistral's tokenizers), alone or in a Sequence."""
+    return tok.decoder is not None and b'"ByteFallback"' in tok.decoder.__getstate__()
+
+
 def token_bytes(tok, ids: Iterable[int]) -> list[bytes | None]:
     """The bytes each token id stands for in the decoded text (None for an id the tokenizer lacks).
 
     A byte-level tokenizer's piece is read as its ByteLevel decoder reads it: each character as the
     byte it spells, or the piece's own UTF-8 where a character spells none (a special token such as
-    DeepSeek's '<｜begin▁of▁sentence｜>'). Another tokenizer's token is its own decoded text."""
+    DeepSeek's '<｜begin▁of▁sentence｜>'). Another tokenizer's token is its own decoded text, but a
+    '<0xNN>' piece of a ByteFallback decoder is its byte (decoded alone, a byte of a character split
+    over pieces is U+FFFD)."""
     bl, out = byte_level(tok), []
+    fb = not bl and byte_fallback(tok)
     for i in ids:
         # tokenizers' ids are 32-bit: past that, id_to_token raised OverflowError, not None
         piece = tok.id_to_token(int(i)) if 0 <= int(i) < 1 << 32 else None
@@ -51,6 +64,8 @@ def token_bytes(tok, ids: Iterable[int]) -> list[bytes | None]:
             out.append(None)
         elif bl:
             out.append(bytes(BYTES[c] for c in piece) if all(c in BYTES for c in piece) else piece.encode())
+        elif fb and (m := _BYTE_PIECE.fullmatch(piece)):
+            out.append(bytes([int(m.group(1), 16)]))
         else:
             out.append(tok.decode([int(i)], skip_special_tokens=False).encode())
     return out

@@ -58,3 +58,22 @@ def test_a_table_cell_tells_an_escaped_byte_from_the_texts_own_backslash():
     assert text_of(b"\x8a", quoted=True) == text_of(b"\x8a") == "\\x8a"   # a byte of no character
     assert text_of("\x85".encode(), quoted=True) == "\\u0085"           # a character repr() writes \x85
     assert text_of("峰".encode()[:2] + b"a") == "\\xe5\\xb3a"
+
+
+def test_byte_fallback_pieces_of_another_tokenizer_are_their_bytes():
+    """A tokenizer that is not byte-level but spells bytes as '<0xNN>' pieces (ByteFallback, Llama's and
+    Mistral's): each such token is its byte, as the decoder reads it in a run, not decode([id]) alone,
+    which is U+FFFD for every byte of a character split over pieces."""
+    from tokenizers import Tokenizer, decoders, models
+
+    from probe.token_text import token_bytes, token_strings
+
+    vocab = {"<unk>": 0, "▁hello": 1, **{f"<0x{b:02X}>": 2 + b for b in range(256)}}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], byte_fallback=True, unk_token="<unk>"))
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    ids = [1] + [2 + b for b in "峰".encode()]
+    assert tok.decode(ids) == "hello峰" and tok.decode(ids[1:2]) == "\ufffd"
+    assert token_bytes(tok, ids) == [b"hello", b"\xe5", b"\xb3", b"\xb0"]
+    assert token_strings(tok, ids[1:]) == ["\\xe5", "\\xb3", "\\xb0"]
+    assert token_bytes(tok, [2 + ord("a")]) == [b"a"]
