@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import re
 import shutil
@@ -105,11 +106,12 @@ def _id_rows(ids) -> list[int] | list[list[int]]:
     if not flat and not all(isinstance(r, (list, tuple)) and all(_is_id(i) for i in r) for r in ids):
         raise GenerateError("str_tokens: token ids must be integers, in a list or a 1-D tensor (or a 2-D [B, S] "
                             f"batch); got {str(given)[:60]}")
-    return list(ids) if flat else [list(r) for r in ids]
+    return [int(i) for i in ids] if flat else [[int(i) for i in r] for r in ids]
 
 
 def _is_id(i) -> bool:
-    return isinstance(i, int) and not isinstance(i, bool)
+    """An int, or numpy's (a list of an array's items); not a bool, which is no token id."""
+    return isinstance(i, numbers.Integral) and not isinstance(i, bool)
 
 
 def _token_text(v) -> str | None:

@@ -68,6 +68,8 @@ def test_ids_as_a_tensor_an_array_and_a_batch(codec):
     batch = torch.tensor([ids, ids[::-1]])
     assert codec.str_tokens(batch) == [one, one[::-1]]
     assert codec.str_tokens(batch[0]) == one and codec.str_tokens([]) == []
+    # a list of numpy's integers (list(array), a DataFrame column's values) is ids too: refused as "no integers"
+    assert codec.str_tokens(list(np.array(ids))) == codec.str_tokens([list(np.array(ids))])[0] == one
 
 
 @pytest.mark.parametrize("bad, says", [
