@@ -54,8 +54,9 @@ def md_table(df: pd.DataFrame, index: bool = False, digits: int = 4) -> str:
 
 
 def _cell(text: str) -> str:
-    """A Markdown table cell: line breaks shown as ⏎, pipes escaped (generated text holds both)."""
-    return text.replace("\r", "").replace("\n", "⏎").replace("|", "\\|")
+    """A Markdown table cell: line breaks shown as ⏎, backslashes and pipes escaped (generated text holds
+    them all; Markdown read a token text's `\\\\x8a`, a backslash of its own, as the escape `\\x8a`)."""
+    return text.replace("\r", "").replace("\n", "⏎").replace("\\", "\\\\").replace("|", "\\|")
 
 
 # --------------------------------------------------------------------------------- compute

@@ -165,6 +165,18 @@ def test_markdown_cells_keep_generated_text_on_one_row():
     assert t.splitlines()[2] == "| a⏎b\\|c | 1.5000 |" and len(t.splitlines()) == 3
 
 
+def test_markdown_cells_keep_a_token_texts_backslashes():
+    """Markdown reads a backslash before punctuation as an escape: the token text of a code's own
+    `\\x8a`, written `\\\\x8a` by token_texts, rendered as `\\x8a`, the escape of a byte that is no
+    character, which token_texts writes apart from it. Each backslash is doubled in the cell."""
+    import pandas as pd
+    from analyses.report.render import md_table
+
+    own, byte, pipe = "\\\\x8a", "\\xe5", "\\\\|"  # as token_texts writes them: text_of(quoted=True)
+    t = md_table(pd.DataFrame({"token": [own, byte, pipe]}))
+    assert t.splitlines()[2:] == ["| \\\\\\\\x8a |", "| \\\\xe5 |", "| \\\\\\\\\\| |"]
+
+
 def test_the_run_label_fingerprints_the_weights_not_their_file_times(tmp_path):
     """The label names the checkpoint by its weights' contents: the same in a copy with other file
     times (a fresh clone), different when a weight changes."""
