@@ -251,17 +251,18 @@ def download(ref, r, E, gpus, redundant, nodes: int = 1, mode: str = "hierarchic
     body = json.dumps({"physical_to_logical_map": sglang_map(r["plans"], n_layers, E).tolist()})
     st.download_button("Download the plan for SGLang (plan.json)", body, file_name="plan.json",
                        mime="application/json", icon=":material/download:", key="sv_download")
+    # the planner's choices too: without them the command planned another layout (a review)
+    cmd = (f"python -m analyses.placement {ref.path} --gpus {gpus} --redundant {redundant}"
+           + (f" --nodes {nodes}" if nodes > 1 else "") + (" --mode global" if mode == "global" else "")
+           + (f" --steps {steps[0]}-{steps[1]}" if steps else "") + " --format sglang --out plan.json")
+    # the command a code block of its own, as the Ablations page's: as inline code longer than its line it
+    # broke where the line ended, `--` at one line's end and `format` on the next (a tour at 1024 px)
     st.caption(f"Serve with `--init-expert-location plan.json --ep-num-redundant-experts {redundant}` on "
                f"{gpus} expert-parallel GPUs. "
-               + ("The same plan from the command line: " if not strided else
+               + ("The same plan from the command line:" if not strided else
                   "From the command line, which sums every pass of the window where this page replayed 1 in "
-                  "every few, so its plan can differ a little: ")
-               + f"`python -m "
-               f"analyses.placement {ref.path} --gpus {gpus} --redundant {redundant}"
-               # the planner's choices too: without them the command planned another layout (a review)
-               + (f" --nodes {nodes}" if nodes > 1 else "") + (" --mode global" if mode == "global" else "")
-               + (f" --steps {steps[0]}-{steps[1]}" if steps else "")
-               + " --format sglang --out plan.json`")  # no '.': alone on a line after a command that filled one
+                  "every few, so its plan can differ a little:")
+               + ui.command_block(cmd))
 
 
 with ui.guard("this page"):

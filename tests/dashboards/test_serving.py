@@ -105,7 +105,8 @@ def test_serving_replays_the_dumps_placement(imported, tmp_path):
     # the command line it offers plans the same: the window as --steps (it planned from every pass; a review)
     cmd = next(c.value for c in at.caption if "python -m analyses.placement" in c.value)
     assert "The same plan from the command line" in cmd and f" --steps {lo}-{hi} " in cmd
-    assert cmd.endswith(" --format sglang --out plan.json`")  # no "." left alone on a line after it
+    # a code block of its own: as inline code at 1024 px it broke between `--` and `format` (a tour)
+    assert "\n\n```bash\npython -m analyses.placement " in cmd and cmd.endswith(" --format sglang --out plan.json\n```")
     import shlex
 
     from analyses.placement.__main__ import main as placement
@@ -115,7 +116,7 @@ def test_serving_replays_the_dumps_placement(imported, tmp_path):
         assert placement(shlex.split(line.replace("--out plan.json", f"--out {out}"))) == 0
         return json.loads(out.read_text())["physical_to_logical_map"]
 
-    line = cmd.split("`python -m analyses.placement ")[1].split("`")[0]
+    line = cmd.split("```bash\npython -m analyses.placement ")[1].split("\n```")[0]
     got = planned_by(line)
     assert all(got[layer] == plans[layer].tolist() for layer in (1, 2))
     # control: from every pass, the command plans another placement
