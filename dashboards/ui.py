@@ -356,14 +356,16 @@ _MARKDOWN_CHARS = "\\`*_{}[]()#+-!|$~<>&\"'"
 # Every page's style, set once by app.py. Inline code (a flag, a file, a table, a command) is an inline
 # block: one that fits on a line is never broken inside, so it moves to the next line whole (the browser
 # broke `--max-tokens` at its hyphen, `--max-` at one line's end, `tokens` at the next's), and only one
-# longer than the whole line wraps inside it. Code blocks (`pre`) keep their own scroll bar.
+# longer than the whole line wraps inside it. Code blocks (`pre`) keep their own scroll bar. A name's
+# parts (`code_html`) are inline blocks as well, so one longer than the line wraps inside it: kept on one
+# line (nowrap), a long folder's name ran past the box and was cut at the sidebar's or the column's edge.
 # A metric's value shrinks with the window (36 px from 1500 px up, 24 px at 1000 px), and its label and
 # delta wrap: in a row of five at 1024 px (100 px a column) Streamlit cut them off with an ellipsis
 # (`32 · …`, `Distinct pa…`, `-0.082 vs …`; a tour).
 PAGE_CSS = """<style>
 :is([data-testid="stMarkdownContainer"], [data-testid="stCaptionContainer"]) :not(pre) > code {
   display: inline-block; max-width: 100%; }
-code.dsv3-name > span { white-space: nowrap; }
+code.dsv3-name > span { display: inline-block; max-width: 100%; overflow-wrap: anywhere; }
 [data-testid="stMetricValue"] { font-size: clamp(1.5rem, 2.4vw, 2.25rem); }
 :is([data-testid="stMetricLabel"], [data-testid="stMetricDelta"]) :is([data-testid="stMarkdownContainer"], p, div) {
   white-space: normal; }
@@ -377,7 +379,8 @@ def page_style() -> None:
 
 def code_html(name, after: str = "/") -> str:
     """`name` as inline code for HTML markdown (`unsafe_allow_html=True`) that a line may break after an
-    `after` only (a path's `/`, a module's `.`): each part is kept whole, a `<wbr>` after its separator.
+    `after` only (a path's `/`, a module's `.`): each part is kept whole where it fits a line (one longer
+    wraps inside itself; `PAGE_CSS`), a `<wbr>` after its separator.
     A path longer than its line broke wherever the line ended, mid-name (`val.jso` on one line, `nl` on
     the next; a tour at 1024 px)."""
     parts = str(name).split(after)

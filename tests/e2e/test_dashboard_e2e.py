@@ -49,6 +49,10 @@ BROKEN_CODE = ("[...document.querySelectorAll(':is([data-testid=\"stMarkdownCont
                "&& !/\\s/.test(e.textContent.trim())).filter(e => { const r = document.createRange(); "
                "r.selectNodeContents(e); return new Set([...r.getClientRects()].filter(b => b.width > 0)"
                ".map(b => Math.round(b.top))).size > 1; }).map(e => e.textContent)")
+# a name in `ui.code_html` (a path, a module) wider than its box: a part of it longer than the line ran past
+# the box's edge and was cut off there (the sidebar's runs directory, a long corpus file's name; a tour)
+CUT_NAMES = ("[...document.querySelectorAll('code.dsv3-name')].filter(e => !e.closest('[data-stale=\"true\"]') "
+             "&& e.scrollWidth > e.clientWidth + 1).map(e => e.textContent)")
 # a metric's label, value or delta cut off at its column's edge (Streamlit ends it with an ellipsis)
 CUT_METRICS = ("[...document.querySelectorAll('[data-testid=\"stMetric\"] [data-testid=\"stMarkdownContainer\"]')]"
                ".filter(e => !e.closest('[data-stale=\"true\"]') && e.scrollWidth > e.clientWidth + 1)"
@@ -132,7 +136,8 @@ def open_page(page, url: str, title: str, charts: int | None, timeout_ms: int = 
             # tables whose rows scroll inside them (a reader of the page sees only the first ones)
             "tables_cut": page.evaluate("[...document.querySelectorAll('[data-testid=\"stDataFrame\"] "
                                         ".dvn-scroller')].filter(e => e.scrollHeight > e.clientHeight + 2).length"),
-            "broken_code": page.evaluate(BROKEN_CODE), "cut_metrics": page.evaluate(CUT_METRICS)}
+            "broken_code": page.evaluate(BROKEN_CODE), "cut_metrics": page.evaluate(CUT_METRICS),
+            "cut_names": page.evaluate(CUT_NAMES)}
 
 
 def shoot(page, path: Path, width: int, height: int, max_height: int = 5000, settle_ms: int = 700,
@@ -217,7 +222,11 @@ def test_every_page_in_a_real_browser(runs, tmp_path_factory, capsys):
     out = Path(os.environ.get("DSV3_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
     t = time.time()
     # a narrow window (1024 px, the sidebar open): where a name in the text is likeliest to meet a line's end
-    found = browse(runs["good"], out, width=1024, settle_ms=100, navigate=True, whole=False)
+    # served through a folder name longer than the sidebar's line, which names the runs directory
+    served = runs["good"].parent / "runs_served_through_a_folder_name_longer_than_a_line_of_the_sidebar"
+    if not served.exists():
+        served.symlink_to(runs["good"], target_is_directory=True)
+    found = browse(served, out, width=1024, settle_ms=100, navigate=True, whole=False)
     with capsys.disabled():  # shown even when pytest captures output
         print(f"\nscreenshots of every page: {out} ({time.time() - t:.1f} s; seconds to open each: "
               + ", ".join(f"{k} {v['seconds']}" for k, v in found.items() if not k.startswith("_")) + ")")
@@ -228,6 +237,7 @@ def test_every_page_in_a_real_browser(runs, tmp_path_factory, capsys):
         assert f["errors"] == 0 and not f["error_text"], (page, f)
         assert f["broken_code"] == [], (page, f["broken_code"])  # a flag or a file's name split over two lines
         assert f["cut_metrics"] == [], (page, f["cut_metrics"])  # `32 · …` in a row of five metrics
+        assert f["cut_names"] == [], (page, f["cut_names"])  # a path's long folder name run past its box
         assert (out / f"{page}.png").stat().st_size > 10_000, page
     # the overview's short tables (the run's options, its tables' health) and the specialisation page's
     # (an expert's 15 top tokens scrolled inside a 250 px table, its 7th row cut in half) show every row
