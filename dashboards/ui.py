@@ -356,14 +356,16 @@ _MARKDOWN_CHARS = "\\`*_{}[]()#+-!|$~<>&\"'"
 # Every page's style, set once by app.py. Inline code (a flag, a file, a table, a command) is an inline
 # block: one that fits on a line is never broken inside, so it moves to the next line whole (the browser
 # broke `--max-tokens` at its hyphen, `--max-` at one line's end, `tokens` at the next's), and only one
-# longer than the whole line wraps inside it. Code blocks (`pre`) keep their own scroll bar. A name's
+# longer than the whole line wraps inside it. Code blocks keep their own scroll bar: their `code` is not
+# the `pre`'s child but a `div`'s (`:not(pre) > code` clamped it to the box, the text's end then flush
+# with the box's edge when scrolled there). A name's
 # parts (`code_html`) are inline blocks as well, so one longer than the line wraps inside it: kept on one
 # line (nowrap), a long folder's name ran past the box and was cut at the sidebar's or the column's edge.
 # A metric's value shrinks with the window (36 px from 1500 px up, 24 px at 1000 px), and its label and
 # delta wrap: in a row of five at 1024 px (100 px a column) Streamlit cut them off with an ellipsis
 # (`32 · …`, `Distinct pa…`, `-0.082 vs …`; a tour).
 PAGE_CSS = """<style>
-:is([data-testid="stMarkdownContainer"], [data-testid="stCaptionContainer"]) :not(pre) > code {
+:is([data-testid="stMarkdownContainer"], [data-testid="stCaptionContainer"]) code:not(pre code) {
   display: inline-block; max-width: 100%; }
 code.dsv3-name > span { display: inline-block; max-width: 100%; overflow-wrap: anywhere; }
 [data-testid="stMetricValue"] { font-size: clamp(1.5rem, 2.4vw, 2.25rem); }

@@ -53,6 +53,16 @@ BROKEN_CODE = ("[...document.querySelectorAll(':is([data-testid=\"stMarkdownCont
 # the box's edge and was cut off there (the sidebar's runs directory, a long corpus file's name; a tour)
 CUT_NAMES = ("[...document.querySelectorAll('code.dsv3-name')].filter(e => !e.closest('[data-stale=\"true\"]') "
              "&& e.scrollWidth > e.clientWidth + 1).map(e => e.textContent)")
+# a code block (a command to copy) whose text, scrolled to its end, meets the box's edge instead of ending the
+# space from it that it starts from: the page's rule for inline code reached the block's own `code` (a `div`,
+# not the `pre`, is its parent) and clamped it to the box, which then scrolled by the text alone
+BLOCK_END = ("[...document.querySelectorAll('[data-testid=\"stCode\"] pre')].filter(e => "
+             "!e.closest('[data-stale=\"true\"]') && e.scrollWidth > e.clientWidth).filter(e => { "
+             "const r = document.createRange(); r.selectNodeContents(e.querySelector('code')); "
+             "const box = () => e.getBoundingClientRect(), rects = () => [...r.getClientRects()].filter(b => b.width > 0); "
+             "e.scrollLeft = 0; const lead = Math.min(...rects().map(b => b.left)) - box().left; "
+             "e.scrollLeft = e.scrollWidth; const tail = box().right - Math.max(...rects().map(b => b.right)); "
+             "e.scrollLeft = 0; return tail < lead - 1; }).map(e => e.textContent.slice(0, 60))")
 # a metric's label, value or delta cut off at its column's edge (Streamlit ends it with an ellipsis)
 CUT_METRICS = ("[...document.querySelectorAll('[data-testid=\"stMetric\"] [data-testid=\"stMarkdownContainer\"]')]"
                ".filter(e => !e.closest('[data-stale=\"true\"]') && e.scrollWidth > e.clientWidth + 1)"
@@ -137,7 +147,7 @@ def open_page(page, url: str, title: str, charts: int | None, timeout_ms: int = 
             "tables_cut": page.evaluate("[...document.querySelectorAll('[data-testid=\"stDataFrame\"] "
                                         ".dvn-scroller')].filter(e => e.scrollHeight > e.clientHeight + 2).length"),
             "broken_code": page.evaluate(BROKEN_CODE), "cut_metrics": page.evaluate(CUT_METRICS),
-            "cut_names": page.evaluate(CUT_NAMES)}
+            "cut_names": page.evaluate(CUT_NAMES), "block_end": page.evaluate(BLOCK_END)}
 
 
 def shoot(page, path: Path, width: int, height: int, max_height: int = 5000, settle_ms: int = 700,
@@ -238,6 +248,7 @@ def test_every_page_in_a_real_browser(runs, tmp_path_factory, capsys):
         assert f["broken_code"] == [], (page, f["broken_code"])  # a flag or a file's name split over two lines
         assert f["cut_metrics"] == [], (page, f["cut_metrics"])  # `32 · …` in a row of five metrics
         assert f["cut_names"] == [], (page, f["cut_names"])  # a path's long folder name run past its box
+        assert f["block_end"] == [], (page, f["block_end"])  # a command's code block, its end at the box's edge
         assert (out / f"{page}.png").stat().st_size > 10_000, page
     # the overview's short tables (the run's options, its tables' health) and the specialisation page's
     # (an expert's 15 top tokens scrolled inside a 250 px table, its 7th row cut in half) show every row
