@@ -10,7 +10,7 @@ balanced value for relative loads and lifts.
 from __future__ import annotations
 
 import numbers
-import textwrap
+import re
 
 from collections.abc import Iterable, Sequence
 
@@ -79,14 +79,40 @@ NARROW_PAGE_PX, TITLE_CHAR_PX, TITLE_MARGIN_PX = 548, 6.5, 20
 
 def fit_title(fig: go.Figure, share: float) -> go.Figure:
     """`fig`'s title broken into lines at spaces to fit a chart `share` of the page wide at 1024 px, the
-    top margin grown by a line for each line added. A title that fits is left as it is."""
+    top margin grown by a line for each line added. A title that fits is left as it is. Plotly's markup in
+    it counts for nothing and is never broken: a line it breaks with `<br>` is fitted on its own, and a
+    space inside a tag (`<span style="...">`) is no place to break (textwrap split the tag in two, and
+    counted the tags' characters and the given lines as text of one line: a review)."""
     title = fig.layout.title.text
     chars = max(12, int((share * NARROW_PAGE_PX - TITLE_MARGIN_PX) / TITLE_CHAR_PX))
-    if not title or len(title) <= chars:
+    given = _BREAK.split(title) if title else []
+    if all(_shown_len(line) <= chars for line in given):
         return fig
-    lines = textwrap.wrap(title, chars, break_long_words=False, break_on_hyphens=False)
-    fig.update_layout(title_text="<br>".join(lines), margin_t=(fig.layout.margin.t or 50) + 20 * (len(lines) - 1))
+    lines = [part for line in given for part in _wrap_markup(line, chars)]
+    fig.update_layout(title_text="<br>".join(lines),
+                      margin_t=(fig.layout.margin.t or 50) + 20 * (len(lines) - len(given)))
     return fig
+
+
+_TAG, _BREAK = re.compile(r"<[^>]*>"), re.compile(r"<br\s*/?>", re.IGNORECASE)
+
+
+def _shown_len(text: str) -> int:
+    """The characters of `text` that plotly draws: its tags left out."""
+    return len(_TAG.sub("", text))
+
+
+def _wrap_markup(line: str, chars: int) -> list[str]:
+    """`line` in lines of at most `chars` drawn characters, broken at spaces outside its tags (a word
+    longer than that on a line of its own)."""
+    words = _TAG.sub(lambda m: m.group().replace(" ", "\0"), line).split(" ")
+    lines: list[str] = []
+    for word in words:
+        if lines and _shown_len(f"{lines[-1]} {word}".replace("\0", " ")) <= chars:
+            lines[-1] += f" {word}"
+        else:
+            lines.append(word)
+    return [x.replace("\0", " ") for x in lines if x]
 
 
 def ratio_scale(zmax: float, centre: float = 1.0) -> list:

@@ -6,6 +6,7 @@ keeps (no Streamlit session needed). The data layer's queries: test_data_layer.p
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -516,3 +517,28 @@ def test_a_title_longer_than_its_charts_line_at_1024_px_is_wrapped():
     assert fig.layout.margin.t == 70  # 50 and a line
     same = charts.fit_title(charts.style(go.Figure(), title), 1.0)  # the whole page: one line
     assert same.layout.title.text == title and same.layout.margin.t == 50
+
+
+def test_fit_title_counts_the_drawn_characters_and_never_breaks_a_tag():
+    """Plotly's markup in a title: textwrap counted its tags as text and broke at a space inside one
+    (`<span<br>style=...>`, the tag drawn as text), and read a title's own `<br>` as part of a word, so a
+    title of two lines that fit became three (a review)."""
+    import plotly.graph_objects as go
+
+    from dashboards import charts
+
+    def fitted(title: str, share: float = 0.4):
+        fig = charts.fit_title(charts.style(go.Figure(), title), share)
+        return fig.layout.title.text, fig.layout.margin.t
+
+    room = int((0.4 * charts.NARROW_PAGE_PX - charts.TITLE_MARGIN_PX) / charts.TITLE_CHAR_PX)  # 30 characters
+    coloured = 'Tokens <span style="color:#d62728">steered</span> per layer'  # 26 drawn, 59 in all
+    assert len(coloured) > room and fitted(coloured) == (coloured, 50)
+    two = "Balancedness per layer<br>over the plan window"  # two lines, each within the room
+    assert fitted(two) == (two, 50)
+    text, top = fitted("Balancedness per layer, mean over the plan window's passes<br>layer 3")
+    assert text == "Balancedness per layer, mean<br>over the plan window's passes<br>layer 3" and top == 70
+    # a long coloured title is broken at spaces outside the tag, each line within the room
+    text, top = fitted('Relative load of <span style="color:#d62728">the routed experts</span> in the window')
+    assert text == 'Relative load of <span style="color:#d62728">the routed<br>experts</span> in the window'
+    assert all(len(re.sub("<[^>]*>", "", x)) <= room for x in text.split("<br>")) and top == 70
