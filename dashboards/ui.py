@@ -8,6 +8,7 @@ file into a warning and anything unexpected into an error box naming it, and the
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -99,9 +100,10 @@ def selected_run(kinds: tuple[str, ...] = ("probe", "train")) -> data.RunRef | N
 
 
 def no_runs() -> None:
-    st.info(f"No runs in `{runs_dir()}` yet. Record one with `dsv3-probe record --out {runs_dir()}/NAME`, "
-            f"train one with `python -m train --out {runs_dir()}/NAME`, or start the dashboard on another "
-            "directory: `dsv3-probe dashboard DIR`.", icon="📭")
+    out = shlex.quote(f"{runs_dir()}/NAME")
+    st.info(f"No runs in `{runs_dir()}` yet. Record one with" + command_block(f"dsv3-probe record --out {out}")
+            + "train one with" + command_block(f"python -m train --out {out}")
+            + "or start the dashboard on another directory: `dsv3-probe dashboard DIR`.", icon="📭")
 
 
 def status_banner(ref: data.RunRef) -> None:
@@ -224,7 +226,7 @@ def analysis_command(ref: data.RunRef, module: str, flags: str = "") -> str:
     """The command line that writes `analyses.<module>`'s results into `ref`. An imported run has no
     checkpoint or corpus of its own and the command refuses it without --ckpt and --corpus: the pages
     offered it bare, a line that could only fail (a tour)."""
-    cmd = f"python -m analyses.{module} --run {ref.path}"
+    cmd = f"python -m analyses.{module} --run {shlex.quote(str(ref.path))}"  # a path with a space was two arguments
     if (ref.info.get("source") or {}).get("name"):
         cmd += " --ckpt CKPT --corpus CORPUS"
     return cmd + (f" {flags}" if flags else "")

@@ -414,3 +414,15 @@ def test_a_long_name_in_the_text_may_break_only_after_its_separators():
     parts = [re.sub(r"&#(\d+);", lambda m: chr(int(m[1])), p) for p in re.findall(r"<span>(.*?)</span>", html)]
     assert parts == ["/", "tmp/", "my-runs/", "val.jsonl"]  # the hyphen is no break: its part is one span
     assert code_html("analyses.metrics.paths", ".").count("<wbr>") == 2 and "<b>" not in code_html("a/<b>")
+
+
+def test_analysis_commands_quote_a_run_path_with_a_space(tmp_path):
+    """The command a page offers is pasted into a shell: a run path with a space was two arguments there
+    (`--run /data/my` and `runs/r`), and the job refused the first (a review)."""
+    import shlex
+
+    from dashboards import data, ui
+
+    path = tmp_path / "my runs" / "r"
+    cmd = ui.analysis_command(data.RunRef("r", str(path), "probe", "complete"), "ablate", "--top 4 --control")
+    assert shlex.split(cmd) == ["python", "-m", "analyses.ablate", "--run", str(path), "--top", "4", "--control"]
