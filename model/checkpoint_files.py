@@ -106,8 +106,9 @@ def _aria2_finished(control: Path, size: int) -> bool:
     (8), upload length (8), bitfield length (4) and bitfield (piece i: bit 7 - i % 8 of byte i // 8),
     in-flight piece count (4). A file it cannot read so is not finished."""
     try:
-        with open(control, "rb") as fh:
-            data = fh.read(MAX_CONTROL)
+        if control.stat().st_size > MAX_CONTROL:  # not a control file of a shard (read(MAX_CONTROL) took 16 MiB)
+            return False
+        data = control.read_bytes()
         e = {0: "=", 1: ">"}[int.from_bytes(data[:2], "big")]
         at = 10 + struct.unpack_from(f"{e}I", data, 6)[0]
         piece, total, _, n_bytes = struct.unpack_from(f"{e}IQQI", data, at)
@@ -118,6 +119,8 @@ def _aria2_finished(control: Path, size: int) -> bool:
     if not piece or total != size or in_flight:
         return False
     n = -(-total // piece)
+    if len(bits) != -(-n // 8):  # compared before the expected bitfield is built: size / 8 bytes for 1-byte pieces
+        return False
     return bits == b"\xff" * (n // 8) + (bytes([0xFF00 >> n % 8 & 0xFF]) if n % 8 else b"")
 
 

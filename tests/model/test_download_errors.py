@@ -164,3 +164,26 @@ def test_inspect_mid_download_checks_the_shards_already_there(fp8_model, tmp_pat
         with pytest.raises(CheckpointError) as ei:
             ckpt.inspect(d)
         assert str(ei.value).startswith(f"{there}: ") and all(n in str(ei.value) for n in needles), ei.value
+
+
+def test_a_control_file_with_a_short_bitfield_is_read_without_building_the_whole_one(tmp_path):
+    """A control file of 1-byte pieces whose bitfield is cut short: the bitfield a finished download of
+    the shard would have (size / 8 bytes: 600 MB for a 5 GB shard) was built before the lengths were
+    compared (a review). Now the lengths are compared first: it still counts as unfinished."""
+    import tracemalloc
+
+    from model.checkpoint_files import downloading
+
+    shard = tmp_path / "model-00001-of-00002.safetensors"
+    with open(shard, "wb") as fh:
+        fh.truncate(400 << 20)  # sparse: 400 MiB long, nothing on disk
+    ctl = aria2_control(8, 1, 8)  # a finished 8-byte download's control file, its total edited to the shard's
+    ctl = ctl.replace(struct.pack(">IQ", 1, 8), struct.pack(">IQ", 1, 400 << 20))
+    (tmp_path / (shard.name + ".aria2")).write_bytes(ctl)
+    tracemalloc.start()
+    try:
+        assert downloading(shard)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, f"{peak:,} bytes allocated to read a {len(ctl)}-byte control file"
