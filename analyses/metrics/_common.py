@@ -100,9 +100,13 @@ def window_flag(key: str, value) -> str:
 
 
 def listed(names, most: int | None = None) -> str:
-    """'a', 'a and b', 'a, b and c'; past `most` names, 'a, b, c, d and 3 more': names in a sentence."""
+    """'a', 'a and b', 'a, b and c'; past `most` names (at least 1), 'a, b, c, d and 3 more': names in a
+    sentence. No names: a ValueError, as a sentence cannot list nothing (it was an IndexError)."""
     names = list(names)
-    if most is not None and len(names) > most:
+    if not names:
+        raise ValueError("listed: no names to list")
+    if most is not None and len(names) > max(most, 1):
+        most = max(most, 1)  # most=0 gave ' and 3 more', no name before it
         return f"{', '.join(names[:most])} and {len(names) - most} more"
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 

@@ -530,3 +530,15 @@ def test_something_that_is_no_run_is_named_as_such():
         with pytest.raises(MetricsError) as e:
             balance_table(bad)
         assert str(e.value) == takes + got
+
+
+def test_listed_names_in_a_sentence_and_refuses_to_list_nothing():
+    """`listed` writes names as a sentence does; an empty list was an IndexError and most=0 ' and 3 more'
+    with no name before it (a review)."""
+    from analyses.metrics._common import listed
+
+    assert [listed(n) for n in (["a"], ["a", "b"], ["a", "b", "c"])] == ["a", "a and b", "a, b and c"]
+    assert listed("abcdef", most=2) == "a, b and 4 more" and listed("abc", most=3) == "a, b and c"
+    assert listed("abc", most=0) == "a and 2 more"
+    with pytest.raises(ValueError, match="no names"):
+        listed([])
