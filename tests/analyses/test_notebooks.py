@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow  # torchrun launches, a browser or notebook kernel
 REPO = Path(__file__).resolve().parents[2]
 NB_DIR = REPO / "analyses" / "notebooks"
 NAMES = ["load_balance", "specialisation", "ablation", "latent_kv", "mtp", "causal_importance", "expert_paths",
-         "token_dependence", "run_vs_run", "steering"]
+         "token_dependence", "run_vs_run", "steering", "circuits"]
 WRITERS = ("ablation", "causal_importance", "steering")  # notebooks that write tables into the run
 BUDGET_S = 180  # all notebooks together (the sum of their times)
 _TIMES: dict[str, float] = {}
