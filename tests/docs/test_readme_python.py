@@ -120,7 +120,7 @@ def test_the_token_strings_example_prints_each_position_with_its_first_choice(re
     """The token strings example: a line per position of the encoded text (BOS first), with its token's
     text (the split character's bytes as escapes) and the expert layer 5's router ranks first."""
     blocks, _, ns, _ = readme
-    m, codec, text_ids, top1 = ns["m"], ns["codec"], ns["text_ids"], ns["top1"]
+    m, text_ids, top1 = ns["m"], ns["text_ids"], ns["top1"]
     _, allowed = m.run_with_cache(text_ids, names="layers.5.ffn.gate.hook_allowed_scores")
     assert torch.equal(top1, allowed["layers.5.ffn.gate.hook_allowed_scores"].argmax(-1))
     line, code = next(b for b in blocks if "str_tokens(text_ids" in b[1])
