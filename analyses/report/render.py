@@ -39,6 +39,8 @@ class ReportError(ValueError):
 
 
 def fmt(x, digits: int = 4) -> str:
+    if x is pd.NA:  # a nullable integer column's missing value, as a float's NaN reads
+        return "nan"
     if isinstance(x, (float, np.floating)):
         return "nan" if not np.isfinite(x) else f"{x:.{digits}f}"
     return str(x)
@@ -382,7 +384,10 @@ def _kv_figures(kv: pd.DataFrame) -> list:
                     [go.Scatter(name=f"{p}% energy", x=x, y=kv[f"energy{p}"], mode="lines+markers")
                      for p in (90, 95, 99)])
     title = f"c_kv effective rank and components for 90/95/99% energy (of {int(kv.latent_dim.max())})"
-    return [(title, fig, kv, False)]
+    # counts of components as integers: float since latent_rank's NaN for a layer of under two tokens, they
+    # read 29.0000 in the findings' table
+    counts = kv.assign(**{f"energy{p}": kv[f"energy{p}"].astype("Int64") for p in (90, 95, 99)})
+    return [(title, fig, counts, False)]
 
 
 # ----------------------------------------------------------------------------------- output

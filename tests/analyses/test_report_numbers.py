@@ -380,6 +380,20 @@ def test_latents_of_one_token_give_no_rank_of_zero():
     assert _kv_figures(kv2)[0][1] is not None
 
 
+def test_the_latent_table_writes_component_counts_as_integers():
+    """latent_rank's columns are float (NaN for a layer of under two tokens), so the findings' table read
+    '29.0000' components for 90% energy; they are counts: '29', and 'nan' where not measured."""
+    from analyses.report.render import _kv_figures, md_table
+
+    kv = pd.DataFrame({"layer": [0, 1, 2], "tokens": [9, 9, 9], "latent_dim": [64] * 3,  # layer 2 non-finite
+                       "effective_rank": [30.05, 16.03, np.nan], "energy90": [29.0, 17.0, np.nan],
+                       "energy95": [38.0, 24.0, np.nan], "energy99": [54.0, 42.0, np.nan]})
+    kv["rank_share"] = kv.effective_rank / kv.latent_dim
+    rows = md_table(_kv_figures(kv)[0][2]).splitlines()[2:]
+    assert rows[0] == "| 0 | 9 | 64 | 30.0500 | 29 | 38 | 54 | 0.4695 |", rows
+    assert rows[2] == "| 2 | 9 | 64 | nan | nan | nan | nan | nan |", rows
+
+
 def test_windows_of_one_token_give_no_repetition_of_nan(tmp_path):
     """record --max-tokens 1: no two tokens share a window; the summary read 'L1 nan (uniform 0.031,
     load-matched 1.000)' and the chart drew its baselines beside three all-NaN measured series (a tour)."""
