@@ -238,12 +238,14 @@ def _position_index(name: str, shape: torch.Size, B: int, S: int, p: int) -> tup
         n = shape[0] // B
         if shape[0] != B * n or p >= n:
             raise ValueError(f"patch_sweep: {name} is {tuple(shape)}, {n} positions of each of {B} rows: positions="
-                             f"{p} is not one of them (the MTP module's have S-1); patch it whole (positions=None)")
+                             f"{p} is not one of them (the MTP module's have S-1); ask for positions=range({n}), or patch it "
+                             "whole (positions=None)")
         return (torch.arange(B) * n + p,)
     if name.endswith("hook_pattern"):  # [B, H, S, T]: position s's query
         if p >= shape[2]:  # the MTP block's S-1 queries: a bare IndexError of the hook's (a review)
             raise ValueError(f"patch_sweep: {name} is {tuple(shape)}, {shape[2]} queries: positions={p} is not one "
-                             "of them (the MTP module's have S-1); patch it whole (positions=None)")
+                             f"of them (the MTP module's have S-1); ask for positions=range({shape[2]}), or patch it "
+                             "whole (positions=None)")
         return (slice(None), slice(None), p)
     # NOTE: the MTP module's [B, S-1, ...] points (hook_in, its block's residual, hook_logits) were
     # refused as not [B, S, ...], "patch it whole", though its router's rows and queries were patched
@@ -254,7 +256,8 @@ def _position_index(name: str, shape: torch.Size, B: int, S: int, p: int) -> tup
                          "whole (positions=None)")
     if p >= shape[1]:
         raise ValueError(f"patch_sweep: {name} is {tuple(shape)}, {shape[1]} positions: positions={p} is not one "
-                         "of them (the MTP module's have S-1); patch it whole (positions=None)")
+                         f"of them (the MTP module's have S-1); ask for positions=range({shape[1]}) (positions='each' "
+                         f"takes all {S} of the tokens), or patch it whole (positions=None)")
     return (slice(None), p)
 
 

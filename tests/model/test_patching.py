@@ -303,7 +303,8 @@ def test_a_sweep_of_the_mtp_modules_positions(tiny, pair):
     handles = tiny.add_hook("hook_embed", lambda t, hook: runs.append(1))
     try:
         with pytest.raises(ValueError, match=r"^patch_sweep: mtp\.0\.hook_in is \(2, 9, 64\), 9 positions: positions=9 "
-                                             r"is not one of them \(the MTP module's have S-1\)"):
+                                             r"is not one of them \(the MTP module's have S-1\); ask for "
+                                             r"positions=range\(9\) \(positions='each' takes all 10 of the tokens\)"):
             patching.patch_sweep(tiny, clean, corrupted, "mtp.0.hook_in", metric_mtp, positions="each", mtp=True)
     finally:
         for h in handles:
