@@ -166,7 +166,8 @@ def patch_sweep(model, clean_tokens: torch.Tensor, corrupted_tokens: torch.Tenso
     whole tensor), "each" (every position of [B, S] in turn, all rows at once) or positions (an int, a
     list, numpy array or integer tensor).
     A position is a sequence position: row b*S + s of the router's [T, ...] points (b*(S-1) + s in the
-    MTP block's), query s of `hook_pattern`, MTP position s of the MTP module's [B, S-1, ...] points. Runs of the same [B, S] only; `forward_kwargs` go to every forward."""
+    MTP block's), query s of `hook_pattern`, MTP position s of the MTP module's [B, S-1, ...] points.
+    Runs of the same [B, S] only; `forward_kwargs` go to every forward."""
     import pandas as pd
 
     if not isinstance(clean_tokens, torch.Tensor) or not isinstance(corrupted_tokens, torch.Tensor) \
@@ -238,8 +239,8 @@ def _position_index(name: str, shape: torch.Size, B: int, S: int, p: int) -> tup
         n = shape[0] // B
         if shape[0] != B * n or p >= n:
             raise ValueError(f"patch_sweep: {name} is {tuple(shape)}, {n} positions of each of {B} rows: positions="
-                             f"{p} is not one of them (the MTP module's have S-1); ask for positions=range({n}), or patch it "
-                             "whole (positions=None)")
+                             f"{p} is not one of them (the MTP module's have S-1); ask for positions=range({n}), or "
+                             "patch it whole (positions=None)")
         return (torch.arange(B) * n + p,)
     if name.endswith("hook_pattern"):  # [B, H, S, T]: position s's query
         if p >= shape[2]:  # the MTP block's S-1 queries: a bare IndexError of the hook's (a review)
