@@ -264,8 +264,8 @@ class Transformer(HookedModule):
         mask, n_keys = self._mask(pos, start, lengths, seqlen, end, use_cache, max_start)
         cos, sin = rope_cos_sin(pos, self.rope_inv_freq, self.args.rope_attention_factor)
 
-        h = self._residual_in(tokens, resid, start_at_layer, use_cache)
-        for layer in self.layers[start_at_layer:]:
+        h, first = self._residual_in(tokens, resid, start_at_layer, use_cache)
+        for layer in self.layers[first:]:
             h = layer(h, cos, sin, pos, mask, n_keys, use_cache)
         if use_cache:
             self._note_filled(start, lengths, seqlen, bsz, fresh=max_start == 0)
@@ -289,20 +289,21 @@ class Transformer(HookedModule):
                              "generate/decode.py does")
         return start, max_start
 
-    def _residual_in(self, tokens: torch.Tensor, resid, start_at_layer: int, use_cache: bool) -> torch.Tensor:
-        """The residual stream the first block run sees: the embedded tokens, or `resid` (checked) when
-        forward starts at block `start_at_layer`."""
-        if type(start_at_layer) is not int and as_int(start_at_layer) is None:  # a plain int: no call more
+    def _residual_in(self, tokens: torch.Tensor, resid, start_at_layer, use_cache: bool) -> tuple[torch.Tensor, int]:
+        """(the residual stream the first block run sees, that block's index as an int): the embedded
+        tokens from block 0, or `resid` (checked) when forward starts at block `start_at_layer`."""
+        start = as_int(start_at_layer)  # numpy's and 0-d tensors' ints too, once for the checks and the slice
+        if start is None:
             # NOTE: a float or bool 0 was 'from the embedding' below: 0.0 then torch's bare 'slice indices must
             # be integers' at the layers' slice, False a whole forward (a review)
             raise InputError(f"start_at_layer={shown(start_at_layer)}: must be an integer between 1 and "
                              f"{len(self.layers) - 1} (0, the default, runs every block)")
-        if resid is not None and not start_at_layer:
+        if resid is not None and not start:
             raise InputError(f"resid with start_at_layer={start_at_layer!r}: resid is the input of block "
                              "start_at_layer: pass start_at_layer >= 1 with it")
-        if not start_at_layer:
-            return self.hook_embed(self.embed(tokens))
-        return self._check_resid(resid, tokens, start_at_layer, use_cache)
+        if not start:
+            return self.hook_embed(self.embed(tokens)), 0
+        return self._check_resid(resid, tokens, start, use_cache), start
 
     def _note_filled(self, start: torch.Tensor, lengths, seqlen: int, bsz: int, fresh: bool) -> None:
         """After forward wrote the main KV cache: how far each row now holds; a pass from position 0
@@ -414,8 +415,8 @@ class Transformer(HookedModule):
             check_targets(mtp_targets, (bsz, max(seqlen - 1, 0)), self.args.vocab_size, "mtp_targets")
 
     def _check_resid(self, resid, tokens: torch.Tensor, start: int, use_cache: bool) -> torch.Tensor:
-        """The residual stream a forward from block `start` begins with, checked."""
-        if (i := as_int(start)) is None or not 0 < i < len(self.layers):  # numpy's and 0-d tensors' too
+        """The residual stream a forward from block `start` (an int, `_residual_in`'s) begins with, checked."""
+        if not 0 < start < len(self.layers):
             raise InputError(f"start_at_layer={shown(start)}: must be an integer between 1 and {len(self.layers) - 1}")
         if use_cache:
             raise InputError(f"start_at_layer={start} needs use_cache=False (the skipped blocks' KV cache would be "
