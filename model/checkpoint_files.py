@@ -17,7 +17,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from .checkpoint_checks import CheckpointError
-from .tensor_reader import DTYPES
+from .tensor_reader import DTYPES, HeaderError, read_header
 
 
 def _listed(path: Path) -> tuple[list[Path], dict[str, Path] | None]:
@@ -148,36 +148,26 @@ def read_headers(files: list[Path]) -> dict[str, tuple[Path, torch.Size, torch.d
     return found
 
 
-MAX_HEADER = 100 << 20  # safetensors refuses a longer header: a length past it is not a header's
-
-
 def length_note(f: Path) -> str:
     """'; ...' when safetensors file `f` is shorter or longer than its own header says (safetensors'
     message, 'incomplete metadata, file not fully covered', is the same for both and names no tensor):
     an interrupted download or copy is cut short, so the note gives the bytes there are of those the
     header describes and the first tensor cut off; else ''."""
     try:
-        size = f.stat().st_size
         with open(f, "rb") as fh:
-            head = fh.read(8)
-            if len(head) < 8:
-                return f"; it is {size} bytes, too short for a safetensors header (an interrupted download?)"
-            (n,) = struct.unpack("<Q", head)
-            if n > MAX_HEADER:
-                return ""
-            if 8 + n > size:
-                return (f"; it is truncated inside its header: {size:,} bytes, the header alone {8 + n:,} "
-                        "(an interrupted download? fetch the file again)")
-            header = json.loads(fh.read(n))
+            size = os.fstat(fh.fileno()).st_size
+            header, data = read_header(fh)
         ends = sorted((int(v["data_offsets"][1]), k) for k, v in header.items() if k != "__metadata__")
-    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, RecursionError):
-        # not a header this can read (an offset of 1e400 is int(inf), a deep nesting json's recursion
-        # limit, both of them escaping read_headers before: a review): safetensors' own message stands alone
+    except HeaderError as e:  # cut short inside its header, said; another damage is safetensors' to say
+        return f"; {e}" if e.cut_short else ""
+    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError):
+        # not a header this can read (an offset of 1e400 is int(inf), escaping read_headers before: a
+        # review): safetensors' own message stands alone
         return ""
-    want = 8 + n + (ends[-1][0] if ends else 0)
+    want = data + (ends[-1][0] if ends else 0)
     if size > want:
         return f"; it holds {size - want:,} bytes past the {want:,} its header describes (appended to?)"
-    cut = [k for end, k in ends if 8 + n + end > size]
+    cut = [k for end, k in ends if data + end > size]
     if not cut:
         return ""
     return (f"; it is truncated: {size:,} of the {want:,} bytes its header describes, {len(cut):,} of its "

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import mmap
+import os
 import struct
 import warnings
 from pathlib import Path
@@ -31,8 +32,47 @@ DTYPES = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F
           "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
 
 
+MAX_HEADER = 100 << 20  # safetensors refuses a longer header: a length past it is not a header's
+
+
 class ReadError(OSError):
     """A tensor that cannot be read (short file, bad offsets); the message names file and tensor."""
+
+
+class HeaderError(ValueError):
+    """A safetensors header that cannot be read; the message says why, naming no file (the caller
+    does). `cut_short`: the file ends before its header does (an interrupted download or copy)."""
+
+    def __init__(self, message: str, cut_short: bool = False) -> None:
+        super().__init__(message)
+        self.cut_short = cut_short
+
+
+def read_header(fh) -> tuple[dict, int]:
+    """The header of the safetensors file open in `fh` (binary, at its start) and the byte offset where
+    its data begins: an 8-byte little-endian length, then that many bytes of JSON holding an object.
+    Anything else is a `HeaderError`: a file too short for the length, a length past safetensors' own
+    limit or past the file's end, a header that is not JSON or not an object (read by hand in two
+    places before, one of them taking a header cut short by the file's end, a list, or a length of
+    2**63, an OverflowError, without a word: a review)."""
+    size = os.fstat(fh.fileno()).st_size
+    head = fh.read(8)
+    if len(head) < 8:
+        raise HeaderError(f"it is {size} bytes, too short for a safetensors header (an interrupted download?)",
+                          cut_short=True)
+    (n,) = struct.unpack("<Q", head)
+    if n > MAX_HEADER:
+        raise HeaderError(f"its header length {n:,} is past safetensors' limit of {MAX_HEADER:,} bytes")
+    if 8 + n > size:
+        raise HeaderError(f"it is truncated inside its header: {size:,} bytes, the header alone {8 + n:,} "
+                          "(an interrupted download? fetch the file again)", cut_short=True)
+    try:
+        header = json.loads(fh.read(n))
+    except (ValueError, RecursionError) as e:  # a deep nesting is json's RecursionError; bad UTF-8 a ValueError
+        raise HeaderError(f"its header is not JSON ({type(e).__name__}: {e})") from None
+    if not isinstance(header, dict):
+        raise HeaderError(f"its header is a JSON {type(header).__name__}, not an object of tensors")
+    return header, 8 + n
 
 
 class TensorReader:
@@ -59,12 +99,11 @@ class TensorReader:
         if path not in self._files:
             with open(path, "rb") as fh:
                 try:
-                    (n,) = struct.unpack("<Q", fh.read(8))
-                    header = json.loads(fh.read(n))
-                    mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-                except (struct.error, ValueError) as e:
-                    raise ReadError(f"{path}: not a safetensors file ({e})") from None
-            self._files[path] = (mm, 8 + n, header)
+                    header, data = read_header(fh)
+                except HeaderError as e:
+                    raise ReadError(f"{path}: not a safetensors file: {e}") from None
+                mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            self._files[path] = (mm, data, header)
         return self._files[path]
 
     def _meta(self, path: Path, name: str) -> tuple:
