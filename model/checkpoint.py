@@ -32,7 +32,8 @@ from pathlib import Path
 import torch
 
 from .args import ConfigError, ModelArgs, given_path
-from .checkpoint_checks import CheckpointError, _check_tensor, _expected, _index_name_problem, _plan
+from .checkpoint_checks import (CheckpointError, _check_tensor, _expected, _index_name_problem, _plan,
+                                check_quantization, check_quantization_names)
 from .checkpoint_files import (check_index_against_headers, downloading, read_headers, read_index, shard_files,
                                weight_files)
 from .checkpoint_stream import stream_tensors
@@ -202,6 +203,7 @@ def _open(path: Path) -> tuple[ModelArgs, list[Path], dict]:
     files, weight_map = shard_files(path)
     headers = read_headers(files)
     check_index_against_headers(path, weight_map, headers)
+    check_quantization(path / "config.json", args, headers)
     mtp_prefixes = [f"model.layers.{args.n_layers + k}." for k in range(args.n_mtp_layers)]
     present = [p for p in mtp_prefixes if any(n.startswith(p) for n in headers)]
     args.extra["mtp_weights"] = bool(present)
@@ -272,6 +274,7 @@ def inspect(path: str | os.PathLike, *, gemm_impl: str = "bf16", dtype: torch.dt
         problem = _index_name_problem(n, names, known, args)
         if problem:
             raise CheckpointError(f"{index}: {problem}")
+    check_quantization_names(path / "config.json", index, args, names)
     # every weight; no scale is required: a projection may be stored in bf16 without one, which a
     # load takes (the dtypes are in the headers, not the index; requiring a scale for every FP8-capable
     # weight refused such a checkpoint here and nowhere else, a review)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 
@@ -168,3 +169,74 @@ def _check_complete(meta: Transformer, covered: dict[str, set]) -> None:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise CheckpointError(f"{meta.args.extra.get('checkpoint', 'checkpoint')}: missing tensor "
                               f"{missing[0]}{more}")
+
+
+BLOCKS = [2 ** k for k in range(4, 13)]  # the square block sizes a block-scale grid is matched against
+
+
+def check_quantization(config: Path, args: ModelArgs, headers: dict) -> None:
+    """config.json's quantization_config against the weights' dtypes, before any is checked by it. FP8
+    weights under a config without one (hand-edited, or converted) loaded as if their blocks were 128x128
+    and --dry-run called them not FP8; a config with one over weights none of which is FP8 (cast to
+    bf16, the FP8 config kept beside them, as DeepSeek's fp8_cast_bf16.py leaves it) loaded a float32
+    checkpoint in bfloat16 and was called FP8 (a review). Neither is guessed: each is one line saying
+    what to add or remove."""
+    fp8 = next((n for n, (_, _, dt) in headers.items() if dt == torch.float8_e4m3fn), None)
+    if args.quant_block is None and fp8 is not None:
+        f, _, _ = headers[fp8]
+        blocks = _scale_blocks(headers)
+        scale = headers.get(fp8 + "_scale_inv")
+        has = f" with block scales {fp8}_scale_inv {list(scale[1])}" if scale else ""
+        fits = f"; its scales fit {blocks[0]}x{blocks[0]} blocks and no other" if len(blocks) == 1 else ""
+        raise CheckpointError(f"{config}: no quantization_config, but tensor {fp8} in {f.name} is float8_e4m3fn{has} "
+                              f"(an FP8 checkpoint{fits}): add {_quantization_config(blocks)} to it, as DeepSeek-V3 "
+                              "publishes it (the block size is not guessed)")
+    if args.quant_block is not None and fp8 is None:
+        weight = next((n for n in headers if _fp8_capable(n, args)), next(iter(headers), None))
+        if weight is not None:
+            f, _, dt = headers[weight]
+            raise CheckpointError(f"{config}: quantization_config says FP8, but no tensor is float8_e4m3fn: {weight} "
+                                  f"in {f.name} is {_name(dt)} without a block scale (cast from FP8, the FP8 "
+                                  "config kept?): remove quantization_config from it and set torch_dtype to the "
+                                  f"weights' dtype ({_name(dt)})")
+
+
+def check_quantization_names(config: Path, index: Path, args: ModelArgs, names) -> None:
+    """`check_quantization` from an index's names alone (`inspect` before the shards are downloaded):
+    block scales listed under a config without quantization_config, or none listed under one."""
+    scale = next((n for n in sorted(names) if n.endswith("_scale_inv")), None)
+    if args.quant_block is None and scale is not None:
+        raise CheckpointError(f"{config}: no quantization_config, but {index.name} lists the block scale {scale} of "
+                              f"an FP8 checkpoint: add {_quantization_config([])} to it, as DeepSeek-V3 publishes "
+                              "it (the block size is not guessed)")
+    if args.quant_block is not None and scale is None:
+        raise CheckpointError(f"{config}: quantization_config says FP8, but {index.name} lists no block scale "
+                              "(*_scale_inv), which FP8 weights need: remove quantization_config from it and set "
+                              "torch_dtype to the weights' dtype")
+
+
+def _name(dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _fp8_capable(hf_name: str, args: ModelArgs) -> bool:
+    target = hf_to_ours(hf_name, args)
+    return isinstance(target, Target) and target.fp8
+
+
+def _scale_blocks(headers: dict) -> list[int]:
+    """The square power-of-two block sizes that every FP8 weight's block-scale grid fits."""
+    blocks = BLOCKS
+    for n, (_, shape, dt) in headers.items():
+        scale = headers.get(n + "_scale_inv")
+        if dt == torch.float8_e4m3fn and scale is not None and len(shape) == 2:
+            blocks = [b for b in blocks if tuple(scale[1]) == (-(-shape[0] // b), -(-shape[1] // b))]
+    return blocks
+
+
+def _quantization_config(blocks: list[int]) -> str:
+    """The quantization_config DeepSeek-V3's config.json has, in blocks of `blocks[0]` when that is the
+    only block size the scales fit."""
+    size = f"[{blocks[0]}, {blocks[0]}]" if len(blocks) == 1 else "[the block size it was quantised in]"
+    return ('"quantization_config": {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", '
+            f'"weight_block_size": {size}}}')

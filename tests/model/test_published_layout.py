@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from model import CheckpointError, ModelArgs, Transformer
-from model.checkpoint_checks import _plan
+from model.checkpoint_checks import _plan, check_quantization
 from model.names import MTP_SHARED, ours_to_hf
 
 F8, BF16, F32 = torch.float8_e4m3fn, torch.bfloat16, torch.float32
@@ -109,3 +109,16 @@ def test_a_published_scale_of_the_transposed_block_grid_is_refused_by_name(meta_
     headers[name] = (f, torch.Size(reversed(shape)), dtype)
     with pytest.raises(CheckpointError, match=rf"{name} has shape \[56, 16\], expected \[16, 56\]"):
         _plan(meta_671B, headers)
+
+
+def test_the_published_scales_fit_128_blocks_alone_when_the_config_lacks_quantization_config():
+    """The published config has its quantization_config, which the check takes; without it (a hand-edited
+    config) the published block scales say 128x128 unambiguously, and the load is refused saying so."""
+    headers, args = published_headers(), ModelArgs.from_name("671B")
+    check_quantization(Path("config.json"), args, headers)
+    args.quant_block = None
+    with pytest.raises(CheckpointError, match=r"^config\.json: no quantization_config, but tensor "
+                       r"model\.layers\.0\.self_attn\.q_a_proj\.weight in model-00001-of-000163\.safetensors is "
+                       r"float8_e4m3fn with block scales \S+ \[12, 56\] \(an FP8 checkpoint; its scales fit 128x128 "
+                       r"blocks and no other\): add .*\"weight_block_size\": \[128, 128\]\}"):
+        check_quantization(Path("config.json"), args, headers)
