@@ -34,8 +34,8 @@ import torch
 from .args import ConfigError, ModelArgs, given_path
 from .checkpoint_checks import (CheckpointError, _check_tensor, _expected, _index_name_problem, _plan,
                                 check_quantization, check_quantization_names)
-from .checkpoint_files import (check_index_against_headers, downloading, read_headers, read_index, shard_files,
-                               weight_files)
+from .checkpoint_files import (check_index_against_headers, check_links, downloading, read_headers, read_index,
+                               shard_files, unfinished_download_note, weight_files)
 from .checkpoint_stream import stream_tensors
 from .names import Target, ours_to_hf
 from .parallel import Cut, device_for, install, resolve as resolve_shards, shard_
@@ -197,8 +197,7 @@ def _open(path: Path) -> tuple[ModelArgs, list[Path], dict]:
     """The config (MTP modules counted only when their weights are there) and every shard's header."""
     if why := not_a_directory(path):
         raise CheckpointError(f"{path}: {why}")
-    if not (path / "config.json").exists():
-        raise CheckpointError(f"{path}: no config.json (a Hugging Face checkpoint directory needs one)")
+    _require_config(path)
     args = _config(path)
     files, weight_map = shard_files(path)
     headers = read_headers(files)
@@ -241,8 +240,7 @@ def inspect(path: str | os.PathLike, *, gemm_impl: str = "bf16", dtype: torch.dt
     Returns what was checked:
     {"args", "checked": "headers" | "index", "files", "missing_files", "tensors", "fp8", "mtp"}."""
     path = given_path(path, "path", CheckpointError)
-    if not (path / "config.json").exists():
-        raise CheckpointError(f"{path}: no config.json (a Hugging Face checkpoint directory needs one)")
+    _require_config(path)
     index = path / "model.safetensors.index.json"
     if not index.exists():
         m = load(path, device="meta", gemm_impl=gemm_impl, dtype=dtype, parallel=False)
@@ -251,6 +249,7 @@ def inspect(path: str | os.PathLike, *, gemm_impl: str = "bf16", dtype: torch.dt
                 "tensors": None, "fp8": _is_fp8_args(m.args), "mtp": len(m.mtp)}
     weight_map = read_index(index)
     files = sorted(set(weight_map.values()))
+    check_links([path / f for f in files])  # a link to nothing is no download in progress
     missing = [f for f in files if not (path / f).exists() or downloading(path / f)]  # not fetched whole yet
     if not missing:
         m = load(path, device="meta", gemm_impl=gemm_impl, dtype=dtype, parallel=False)
@@ -298,6 +297,14 @@ def _check_downloaded(meta: Transformer, path: Path, files: list[Path], weight_m
     expect = _expected(meta)
     for hf_name in headers:
         _check_tensor(hf_name, headers, meta.args, expect, partial=True)
+
+
+def _require_config(path: Path) -> None:
+    """config.json is there: not absent, not a symbolic link to nothing (`check_links`)."""
+    check_links([path / "config.json"])
+    if not (path / "config.json").exists():
+        raise CheckpointError(f"{path}: no config.json (a Hugging Face checkpoint directory needs one)"
+                              f"{unfinished_download_note(path)}")
 
 
 def _config(path: Path) -> ModelArgs:

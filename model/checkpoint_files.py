@@ -3,7 +3,8 @@ files a load reads (`model.safetensors.index.json`'s shards, else `model.safeten
 `*.safetensors` file), the index's weight map checked, every file's header (names, shapes, dtypes),
 the index checked against the headers, the advice for a Git LFS pointer in place of a file, and
 the note for a file shorter or longer than its header says (a download cut short); a file aria2c
-is still filling is refused.
+is still filling is refused, a symbolic link to nothing is named as such (a Hugging Face cache
+snapshot without its blobs), and a shard missing from huggingface_hub's download is said unfinished.
 Every problem is a `CheckpointError` of one line naming the file (and the tensor)."""
 
 from __future__ import annotations
@@ -43,15 +44,48 @@ def weight_files(path: str | os.PathLike) -> list[Path]:
 
 
 def shard_files(path: Path) -> tuple[list[Path], dict[str, Path] | None]:
-    """`_listed`, checked: every shard the index names is there; without an index, some file is."""
+    """`_listed`, checked: every shard the index names is there; without an index, some file is. No file
+    is a symbolic link to nothing (`check_links`)."""
+    check_links([path / "model.safetensors.index.json"])
     files, weight_map = _listed(path)
     if weight_map is None and not files:
-        raise CheckpointError(f"{path}: no *.safetensors files")
+        raise CheckpointError(f"{path}: no *.safetensors files{unfinished_download_note(path)}")
+    check_links(files)
     for f in files if weight_map is not None else ():
         if not f.exists():
             some = next(k for k, v in weight_map.items() if v == f)
-            raise CheckpointError(f"{f}: shard listed in model.safetensors.index.json (e.g. for {some}) is missing")
+            raise CheckpointError(f"{f}: shard listed in model.safetensors.index.json (e.g. for {some}) is missing"
+                                  f"{unfinished_download_note(path)}")
     return files, weight_map
+
+
+def check_links(files: list[Path]) -> None:
+    """No file of `files` is a symbolic link to nothing. A Hugging Face cache snapshot's files are links
+    into its blobs/, each made once its blob is whole (huggingface_hub downloads into blobs/*.incomplete
+    and renames it): a link to nothing is a blob deleted since, or a snapshot copied without its blobs/
+    (cp -r and rsync -a copy the relative links), never a download in progress. It was called missing,
+    config.json absent, and --dry-run counted such a shard as not downloaded yet (a review)."""
+    for f in files:
+        if f.is_symlink() and not f.exists():
+            raise CheckpointError(f"{f}: a symbolic link to {os.readlink(f)}, which does not exist (a Hugging Face "
+                                  "cache snapshot whose blob is gone, or one copied without its blobs/ directory: "
+                                  "copy it with cp -rL, or download it again)")
+
+
+def unfinished_download_note(path: Path) -> str:
+    """'; ...' when checkpoint directory `path` is huggingface_hub's, a cache snapshot (snapshots/REV, links
+    into ../../blobs) or a --local-dir download (its .cache/huggingface/download), so that a file missing
+    from it is one huggingface_hub has not finished: it writes a file as *.incomplete there and moves it
+    in (links it into the snapshot) only once it is whole; else ''."""
+    if path.parent.name == "snapshots" and (path.parent.parent / "blobs").is_dir():
+        where, what = path.parent.parent / "blobs", "this cache snapshot"
+    elif (path / ".cache" / "huggingface" / "download").is_dir():
+        where, what = path / ".cache" / "huggingface" / "download", "this --local-dir download"
+    else:
+        return ""
+    n = sum(1 for _ in where.glob("*.incomplete"))
+    return (f": huggingface_hub puts a file into {what} only once it is whole, so its download has not finished "
+            f"({n} partial file{'s' if n != 1 else ''}, *.incomplete, in {where}; run huggingface-cli download again)")
 
 
 def read_index(index: Path) -> dict[str, str]:

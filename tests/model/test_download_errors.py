@@ -1,11 +1,15 @@
 """Checkpoints a download left unfinished or damaged: a shard cut short (inside its header or its data),
 a shard aria2c is still filling (and one it finished that kept its control file), a Git LFS pointer in
-place of a shard, and --dry-run's check of the shards already there. Each is one CheckpointError naming
+place of a shard, a Hugging Face cache snapshot whose download has not finished or whose links point to
+nothing, and --dry-run's check of the shards already there. Each is one CheckpointError naming
 the file and what is wrong with it."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import re
 import shutil
 import struct
 from pathlib import Path
@@ -187,3 +191,67 @@ def test_a_control_file_with_a_short_bitfield_is_read_without_building_the_whole
     finally:
         tracemalloc.stop()
     assert peak < 1 << 20, f"{peak:,} bytes allocated to read a {len(ctl)}-byte control file"
+
+
+def hf_snapshot(src: Path, root: Path) -> Path:
+    """`src` as huggingface_hub's cache holds it: every file a blob under blobs/ (named by its hash), linked
+    from snapshots/REV/NAME by a relative symbolic link; the snapshot directory."""
+    repo = root / "models--org--tiny"
+    snap = repo / "snapshots" / ("a" * 40)
+    (repo / "blobs").mkdir(parents=True)
+    snap.mkdir(parents=True)
+    for f in sorted(src.iterdir()):
+        sha = hashlib.sha256(f.read_bytes()).hexdigest()
+        shutil.copy(f, repo / "blobs" / sha)
+        os.symlink(f"../../blobs/{sha}", snap / f.name)
+    return snap
+
+
+def test_a_hugging_face_cache_snapshot_with_a_download_unfinished_says_so(sharded_dir, tmp_path):
+    """huggingface_hub downloads a file into blobs/HASH.incomplete (2.x: HASH.RANDOM.incomplete), renames it
+    to blobs/HASH when whole and only then links it into the snapshot: an unfinished shard has no link. It
+    was 'missing' without a word of the download; the message now says it has not finished. A stale
+    .incomplete beside a whole blob (a forced download again, interrupted) leaves the linked blob whole."""
+    snap = hf_snapshot(sharded_dir, tmp_path)
+    model.load(snap)  # the control: the whole snapshot loads through its links
+    shard = snap / sorted(p.name for p in snap.glob("*.safetensors"))[1]
+    blob = shard.resolve()
+    blob.with_name(blob.name + ".1a2b3c4d.incomplete").write_bytes(blob.read_bytes()[:100])
+    model.load(snap)
+    shard.unlink()
+    blob.unlink()
+    load_error(snap, f"{shard}: shard listed in model.safetensors.index.json", "is missing: huggingface_hub puts a "
+               "file into this cache snapshot only once it is whole, so its download has not finished (1 partial "
+               f"file, *.incomplete, in {blob.parent}; run huggingface-cli download again)")
+    got = ckpt.inspect(snap)  # --dry-run plans from the index meanwhile
+    assert got["checked"] == "index" and got["missing_files"] == [shard.name]
+
+
+def test_a_local_dir_download_unfinished_says_so(sharded_dir, tmp_path):
+    """`huggingface-cli download --local-dir D` keeps its partial files in D/.cache/huggingface/download."""
+    d = Path(shutil.copytree(sharded_dir, tmp_path / "ckpt"))
+    shard = sorted(d.glob("*.safetensors"))[1]
+    shard.unlink()
+    msg = load_error(d, f"{shard}: shard listed in model.safetensors.index.json")
+    assert msg.endswith("is missing"), msg  # the control: a plain directory says nothing of huggingface_hub
+    (d / ".cache" / "huggingface" / "download").mkdir(parents=True)
+    load_error(d, "is missing: huggingface_hub puts a file into this --local-dir download only once it is whole",
+               "(0 partial files, *.incomplete, in")
+
+
+def test_a_snapshot_link_to_nothing_is_named_as_such_not_as_missing(sharded_dir, tmp_path):
+    """A link whose blob is gone (deleted, or the snapshot copied with cp -r, which keeps the relative links)
+    was 'missing' (a shard) or 'no config.json', which `ls` contradicts, and --dry-run counted the shard as
+    not downloaded yet, which huggingface_hub never leaves so: each is one error naming the link's target."""
+    snap = hf_snapshot(sharded_dir, tmp_path / "cache")
+    shard = snap / sorted(p.name for p in snap.glob("*.safetensors"))[1]
+    target = str(shard.readlink())
+    shard.resolve().unlink()
+    needle = f"{shard}: a symbolic link to {target}, which does not exist"
+    load_error(snap, needle, "copy it with cp -rL, or download it again")
+    with pytest.raises(CheckpointError, match=re.escape(needle)):
+        ckpt.inspect(snap)
+    copied = Path(shutil.copytree(snap, tmp_path / "copied", symlinks=True))
+    load_error(copied, f"{copied / 'config.json'}: a symbolic link to ../../blobs/")
+    with pytest.raises(CheckpointError, match=re.escape(f"{copied / 'config.json'}: a symbolic link to")):
+        ckpt.inspect(copied)
