@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -126,10 +127,13 @@ def text_px(text: str) -> float:
     return sum(GLYPH_PX.get(c, 14.0) for c in text)
 
 
-# the runs table's columns in pixels, together within the page's 938 px column at 1400 px wide (it was
-# 1,100-1,381 px wide, tokens, domains and started behind a scroll bar; a tour); a longer cell wraps
-RUN_COLUMNS = {"run": 120, "kind": 75, "status": 90, "model": 140, "corpus": 200, "tokens": 65,
-               "domains": 150, "started": 90}
+# the runs table's columns in pixels, together within the page's column at 1024 px with the sidebar open
+# (562 px; 938 at 1400 px), a vertical scroll bar's 15 px spared: wider windows stretch every column by as
+# much. Eight columns took 930 px, tokens, domains and started behind a sideways scroll bar below about
+# 1,400 px (a tour): the domains and start times moved to a table of their own under an expander
+# (`MORE_COLUMNS`), the tokens shortened (359K; the summary below gives them whole). A longer cell wraps
+RUN_COLUMNS = {"run": 104, "kind": 60, "status": 86, "model": 116, "corpus": 120, "tokens": 58}
+MORE_COLUMNS = {"run": 110, "domains": 270, "started": 130}  # the expander's box: 32 px narrower
 CELL_PAD_PX = 16  # px: a cell's padding, left and right together
 
 
@@ -138,6 +142,8 @@ def cell_lines(text: str, width: int) -> int:
     longer than a line broken where the line ends), each word measured by `text_px`, as `fit_path`
     measures the paths. A flat 7 px a character made the bundled model's `4 layers, dim 192, 32 experts
     (top-4)`, two lines in the 140 px column in Chromium, three: every row a line taller than its text."""
+    if "\n" in str(text):  # a line break of its own (`break_name`): each line wrapped on its own
+        return sum(cell_lines(line, width) for line in str(text).split("\n"))
     room, lines, used = max(1.0, width - CELL_PAD_PX), 1, 0.0
     for word in str(text).split():
         w = text_px(word)
@@ -149,18 +155,46 @@ def cell_lines(text: str, width: int) -> int:
     return lines
 
 
+def break_name(name: str, width: int) -> str:
+    """`name` for a cell `width` px wide: where longer than a line, a line break after the `-`, `_` or `.`
+    that ends as much of it as fits a line (`text_px`). The table breaks a word longer than its line
+    where the line ends, mid-name (`demo-finetun` / `ed` in the 1024 px window's 104 px run column)."""
+    room, lines = width - CELL_PAD_PX, [""]
+    for part in re.split(r"(?<=[-_.])", name):
+        if lines[-1] and text_px(lines[-1] + part) > room:
+            lines.append("")
+        lines[-1] += part
+    return "\n".join(lines)
+
+
 def runs_table(runs: list[data.RunRef]) -> pd.DataFrame:
     return pd.DataFrame([{
-        "run": r.name, "kind": ui.kind_text(r), "status": r.status, "model": _model(r.info),
-        "corpus": _source(r), "tokens": _tokens(r), "domains": ", ".join(data.domains_of(r)),
-        "started": _when(r.info.get("started")),
+        "run": break_name(r.name, RUN_COLUMNS["run"]), "kind": ui.kind_text(r), "status": r.status,
+        "model": _model(r.info), "corpus": _source(r), "tokens": _tokens(r),
     } for r in runs])
 
 
-def row_lines(table: pd.DataFrame) -> int:
-    """The lines the runs table's tallest row needs (at most 4), its text columns wrapped at their widths."""
-    return min(4, max((cell_lines(v, RUN_COLUMNS[c]) for c in ("run", "kind", "model", "corpus", "domains",
-                                                                  "started") for v in table[c]), default=1))
+def runs_more_table(runs: list[data.RunRef]) -> pd.DataFrame:
+    """The runs table's secondary columns (`MORE_COLUMNS`), shown under an expander below it."""
+    return pd.DataFrame([{"run": break_name(r.name, MORE_COLUMNS["run"]), "domains": ", ".join(data.domains_of(r)),
+                          "started": _when(r.info.get("started"))} for r in runs])
+
+
+def row_lines(table: pd.DataFrame, columns: dict[str, int] = RUN_COLUMNS) -> int:
+    """The lines the tallest row of a table of `columns` needs (at most 4), its text wrapped at their widths."""
+    return min(4, max((cell_lines(v, w) for c, w in columns.items() if c != "tokens" for v in table[c]),
+                      default=1))
+
+
+def wrapped_table(table: pd.DataFrame, columns: dict[str, int], config: dict | None = None) -> None:
+    """`table` in columns of `columns`' widths, its rows as tall as its longest cell's lines: a cell longer
+    than its column wraps, which Streamlit allows in rows taller than 4rem, taken only when a value is that
+    long (and then the 10 rows the table showed, in rows that tall)."""
+    lines = row_lines(table, columns)
+    row = 26 + 22 * lines if lines > 1 else None
+    st.dataframe(table, hide_index=True, width="stretch", row_height=row,
+                 height=ui.whole_table_height(len(table), 10, row) if row else "auto",
+                 column_config={c: st.column_config.Column(width=w) for c, w in columns.items()} | (config or {}))
 
 
 def domain_bars(per: dict, title: str, key: str, where=st) -> None:
@@ -441,18 +475,14 @@ if lost := without_run_json(ui.runs_dir()):  # a half-written run (a tour)
 if not runs:
     ui.no_runs()
 else:
-    table = runs_table(runs)
-    # a cell longer than its column wraps, which Streamlit allows in rows taller than 4rem, taken only
-    # when a value is that long
-    lines = row_lines(table)
-    row = 26 + 22 * lines if lines > 1 else None  # and the 10 rows the table showed, in rows that tall
     paths = ("paths relative to the working folder, or with ~ for the home folder; the run's summary below "
              "names them whole")
-    st.dataframe(table, hide_index=True, width="stretch", row_height=row,
-                 height=ui.whole_table_height(len(table), 10, row) if row else "auto",
-                 column_config={c: st.column_config.Column(width=w) for c, w in RUN_COLUMNS.items()} | {
-                     "tokens": st.column_config.NumberColumn(format="%d", width=RUN_COLUMNS["tokens"]),
-                     "corpus": st.column_config.TextColumn(width=RUN_COLUMNS["corpus"], help=paths)})
+    wrapped_table(runs_table(runs), RUN_COLUMNS, {
+        "tokens": st.column_config.NumberColumn(format="compact", width=RUN_COLUMNS["tokens"],
+                                                help="rounded; the selected run's summary below gives them whole"),
+        "corpus": st.column_config.TextColumn(width=RUN_COLUMNS["corpus"], help=paths)})
+    with st.expander("Domains and start times"):
+        wrapped_table(runs_more_table(runs), MORE_COLUMNS)
     ref = ui.selected_run(("probe", "train", "unknown"))
     if ref is not None:
         st.header(ref.name, divider="gray")

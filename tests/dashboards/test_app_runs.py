@@ -216,8 +216,10 @@ def test_a_long_run_name_is_shown_whole_under_the_picker(tmp_path):
 @pytest.mark.slow  # a dashboard session over several pages or runs (the quick loop leaves it out)
 def test_the_runs_table_fits_the_page_and_fits_a_long_corpus_path_to_a_line(tmp_path):
     """The Overview's runs table was 1,100-1,381 px wide in the page's 938 px column at 1400 px, tokens,
-    domains and started behind a scroll bar, and cut a long corpus path off (a tour): every column now
-    has a width, together within 938 px. A long path, shown from ~, wrapped over three lines broken
+    domains and started behind a scroll bar, and cut a long corpus path off (a tour); given widths, its
+    930 px still scrolled sideways in the 562 px column at 1024 px (a tour): every column now has a width,
+    together within 562 px less a vertical scroll bar's 15, the domains and start times in a second
+    table under an expander, within its box likewise. A long path, shown from ~, wrapped over three lines broken
     mid-name (`code-math-pro` / `se-balanced`, a tour at 1024 px): it is fitted to one line of its column,
     its root and as many of its last names as fit kept, so its row keeps one line as short cells do."""
     from pathlib import Path
@@ -225,11 +227,16 @@ def test_the_runs_table_fits_the_page_and_fits_a_long_corpus_path_to_a_line(tmp_
     from helpers.synthetic_run import write_run
 
     write_run(tmp_path / "short", n_seq=2)
-    table = app(tmp_path, "short").dataframe[0].proto
+    at = app(tmp_path, "short")
+    table, more = at.dataframe[0].proto, at.dataframe[1].proto
+    assert at.expander[0].label == "Domains and start times" and at.dataframe[1].value.run.tolist() == ["short"]
+    # the expander's box is 530 px at 1024 px (528 inside its border), measured in Chromium
+    for shown, columns, room in ((table, {"run", "kind", "status", "model", "corpus", "tokens"}, 562),
+                                 (more, {"run", "domains", "started"}, 528)):
+        w = {c: v.get("width") for c, v in json.loads(shown.columns).items() if c != "_index"}
+        assert set(w) == columns and all(isinstance(x, int) for x in w.values()) and sum(w.values()) <= room - 15, w
     widths = {c: v.get("width") for c, v in json.loads(table.columns).items() if c != "_index"}
-    assert set(widths) >= {"run", "kind", "status", "model", "corpus", "tokens", "domains", "started"}
-    assert all(isinstance(w, int) for w in widths.values()) and sum(widths.values()) <= 938, widths
-    assert not table.HasField("row_height")
+    assert not table.HasField("row_height") and not more.HasField("row_height")
     path = Path.home() / "datasets/deepseek-v3-probe/corpora/code-math-prose-balanced-2026-11/shards"
     write_run(tmp_path / "long", n_seq=2)
     info = json.loads((tmp_path / "long" / "run.json").read_text())
@@ -241,6 +248,19 @@ def test_the_runs_table_fits_the_page_and_fits_a_long_corpus_path_to_a_line(tmp_
     assert cell == "~/…/shards"  # code-math-prose-balanced-2026-11/shards: 262 px
     assert text_px(cell) <= widths["corpus"] - CELL_PAD_PX and cell_lines(cell, widths["corpus"]) == 1
     assert not shown.proto.HasField("row_height")
+
+
+def test_a_run_name_longer_than_its_column_breaks_after_a_hyphen():
+    """In the 104 px run column (the runs table within the 1024 px window) `demo-finetuned` was broken
+    where the line ended, `demo-finetun` over `ed` (a tour): a name breaks after the `-`, `_` or `.`
+    that ends as much of it as fits a line, and its lines are counted as the table draws them."""
+    from dashboards.views.overview import RUN_COLUMNS, break_name, cell_lines
+
+    width = RUN_COLUMNS["run"]
+    assert break_name("demo-finetuned", width) == "demo-\nfinetuned"
+    assert break_name("model-val-no-router-bias", width) == "model-val-no-\nrouter-bias"
+    assert break_name("model-val", width) == "model-val" and break_name("x" * 30, width) == "x" * 30
+    assert cell_lines("demo-\nfinetuned", width) == 2 and cell_lines("a\nb c", 400) == 2
 
 
 def test_a_cell_that_fits_its_line_takes_one():
