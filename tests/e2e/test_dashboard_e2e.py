@@ -5,7 +5,7 @@ screenshots saved under a folder the test prints. The test reaches the pages as 
 does, through the sidebar (the first and last by their URLs): loading each URL afresh reloads the
 whole frontend and took 40 s for the twelve pages, against 25 s this way.
 
-Also a screenshot tool for the README:
+Also a screenshot tool, for any pages of a run (the README's eight: tests/e2e/readme_screenshots.py):
 
     python tests/e2e/test_dashboard_e2e.py RUNS_DIR OUT_DIR [RUN_NAME [PAGE,PAGE...]]   # one PNG per page
 """
