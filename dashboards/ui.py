@@ -226,10 +226,21 @@ def analysis_command(ref: data.RunRef, module: str, flags: str = "") -> str:
     """The command line that writes `analyses.<module>`'s results into `ref`. An imported run has no
     checkpoint or corpus of its own and the command refuses it without --ckpt and --corpus: the pages
     offered it bare, a line that could only fail (a tour)."""
-    cmd = f"python -m analyses.{module} --run {shlex.quote(str(ref.path))}"  # a path with a space was two arguments
+    cmd = f"python -m analyses.{module} --run {path_arg(ref.path)}"
     if (ref.info.get("source") or {}).get("name"):
         cmd += " --ckpt CKPT --corpus CORPUS"
     return cmd + (f" {flags}" if flags else "")
+
+
+def path_arg(path) -> str:
+    """`path` as a command the pages offer gives it to a shell: relative to the working folder when inside it
+    (the runs/ the dashboard was started beside, as a user types it; the whole path ran the Serving page's
+    command past its box), quoted where it needs to be (a path with a space was two arguments, and the
+    Serving page's command did not quote it: a review)."""
+    p = Path(str(path))
+    if p.is_absolute() and p.is_relative_to(Path.cwd()) and p != Path.cwd():
+        p = p.relative_to(Path.cwd())
+    return shlex.quote(str(p))
 
 
 def command_block(cmd: str) -> str:

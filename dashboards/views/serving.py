@@ -252,7 +252,7 @@ def download(ref, r, E, gpus, redundant, nodes: int = 1, mode: str = "hierarchic
     st.download_button("Download the plan for SGLang (plan.json)", body, file_name="plan.json",
                        mime="application/json", icon=":material/download:", key="sv_download")
     # the planner's choices too: without them the command planned another layout (a review)
-    cmd = (f"python -m analyses.placement {ref.path} --gpus {gpus} --redundant {redundant}"
+    cmd = (f"python -m analyses.placement {ui.path_arg(ref.path)} --gpus {gpus} --redundant {redundant}"
            + (f" --nodes {nodes}" if nodes > 1 else "") + (" --mode global" if mode == "global" else "")
            + (f" --steps {steps[0]}-{steps[1]}" if steps else "") + " --format sglang --out plan.json")
     # the command a code block of its own, as the Ablations page's: as inline code longer than its line it

@@ -446,3 +446,18 @@ def test_analysis_commands_quote_a_run_path_with_a_space(tmp_path):
     path = tmp_path / "my runs" / "r"
     cmd = ui.analysis_command(data.RunRef("r", str(path), "probe", "complete"), "ablate", "--top 4 --control")
     assert shlex.split(cmd) == ["python", "-m", "analyses.ablate", "--run", str(path), "--top", "4", "--control"]
+
+
+def test_commands_give_a_run_under_the_working_folder_relative_and_quoted(tmp_path, monkeypatch):
+    """A run beside the dashboard is offered as the user types it (runs/r, not the whole path, which ran
+    the Serving page's command past its box), and the Serving page quotes it too (it did not: a review)."""
+    import shlex
+
+    from dashboards import ui
+
+    monkeypatch.chdir(tmp_path)
+    assert ui.path_arg(tmp_path / "runs" / "r") == "runs/r"
+    assert shlex.split(ui.path_arg(tmp_path / "my runs" / "r")) == ["my runs/r"]
+    outside = tmp_path.parent / "elsewhere" / "r"
+    assert ui.path_arg(outside) == str(outside) and ui.path_arg("runs/r") == "runs/r"
+    assert ui.path_arg(tmp_path) == str(tmp_path)  # the folder itself stays whole, not ''

@@ -481,3 +481,17 @@ def test_the_load_per_gpu_names_the_gpus_by_number_under_one_axis_title(imported
     assert fig["layout"]["title"]["text"].endswith("load per GPU") and fig["layout"]["xaxis"]["tickangle"] == 0
     assert "title" not in fig["layout"]["xaxis"]
     assert "title" not in chart(at, "sv_layers")["layout"]["xaxis"]  # 'MoE layer' sat on its legend
+
+
+def test_the_serving_command_quotes_a_run_path_with_a_space(tmp_path):
+    """The Serving page's placement command is pasted into a shell: a run in `my runs/` was offered
+    unquoted, two arguments there, and the planner refused the first (a review)."""
+    import shlex
+
+    passes = sg.traffic(seed=5, passes=4)
+    import_sglang(sg.write_stat(tmp_path / "stat", passes), tmp_path / "my runs" / "r",
+                  config=str(sg.config(tmp_path / "model")))
+    at = app(tmp_path / "my runs", "r", page="serving")
+    cmd = next(c.value for c in at.caption if "python -m analyses.placement" in c.value)
+    line = cmd.split("```bash\n")[1].split("\n```")[0]
+    assert shlex.split(line)[3] == str(tmp_path / "my runs" / "r")
