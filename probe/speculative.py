@@ -11,8 +11,9 @@ model on the corpus' own tokens). This measures what a server would see: each pr
 `--prompt-tokens` tokens of a corpus document, BOS first) is continued greedily by
 `generate.generate(..., mtp=True)`, where the MTP module drafts one token that the next main
 forward pass verifies; greedy output is the same as without drafts, so only the number of forward
-passes changes. Prompts are taken round robin over the corpus' domains, so any cap keeps every
-domain represented: `--max-prompts`, or `--max-tokens`, a budget of prompt + generated tokens
+passes changes. Prompts are taken round robin over the corpus' domains (in name order), so a cap of
+at least one prompt per domain keeps every domain represented (a smaller one is noted, with the
+domains it left out): `--max-prompts`, or `--max-tokens`, a budget of prompt + generated tokens
 (N // (prompt-tokens + new-tokens) prompts; when both are given the smaller cap wins). Two tables
 are added to `--out` (a new run directory, or a recorded run whose prompts then come from the same
 corpus), and run.json's `spec_decode` summary counts prompts and tokens per domain:
@@ -69,11 +70,13 @@ class SpecOptions:
 
 
 def spec_prompts(corpus: Path, tok, bos: int | None, n_tokens: int, limit: int | None,
-                 stats: CorpusStats | None = None, short: list[str] | None = None) -> list[tuple[str, str, list[int]]]:
+                 stats: CorpusStats | None = None, short: list[str] | None = None,
+                 capped: list[str] | None = None) -> list[tuple[str, str, list[int]]]:
     """(doc_id, domain, prompt ids) for the first `limit` documents with at least `n_tokens` tokens.
-    Documents are taken round-robin over domains, so a limit keeps every domain represented (every
-    domain with a document that long: the others are appended to `short`). `stats` counts what the
-    corpus reader replaced or skipped."""
+    Documents are taken round-robin over domains in name order, so a limit of at least one prompt per
+    domain keeps every domain represented (every domain with a document that long: the others are
+    appended to `short`; those a smaller limit left without a prompt, to `capped`). `stats` counts
+    what the corpus reader replaced or skipped."""
     by_domain: dict[str, list[tuple[str, str, list[int]]]] = {}
     for doc in iter_documents(corpus, stats if stats is not None else CorpusStats()):
         prompts = by_domain.setdefault(doc.domain, [])
@@ -91,7 +94,11 @@ def spec_prompts(corpus: Path, tok, bos: int | None, n_tokens: int, limit: int |
     out, lists = [], [by_domain[d] for d in sorted(by_domain)]
     for i in range(max((len(v) for v in lists), default=0)):
         out += [v[i] for v in lists if i < len(v)]
-    return out[:limit] if limit else out
+    out = out[:limit] if limit else out
+    if capped is not None:
+        kept = {p[1] for p in out}
+        capped += [d for d in sorted(by_domain) if by_domain[d] and d not in kept]
+    return out
 
 
 def _check_out(out: Path, overwrite: bool, corpus: Path) -> None:
@@ -159,14 +166,11 @@ def record_spec(opts: SpecOptions) -> Path:
     tok = load_tokenizer(opts.tokenizer, ckpt, args.vocab_size)
     world = start_world(opts.model_parallel, opts.device, args, job_options(opts))
     agree(world, lambda: _check_out(out, opts.overwrite, corpus))
-    stats, short = CorpusStats(), []
-    prompts = spec_prompts(corpus, tok, args.bos_token_id, opts.prompt_tokens, prompt_limit(opts), stats, short)
-    if short and prompts and world.rank == 0:
-        print(f"note: no document of {', '.join(short)} has {opts.prompt_tokens} tokens for a prompt "
-              f"(--prompt-tokens): no prompt from {'that domain' if len(short) == 1 else 'those domains'}",
-              file=sys.stderr)
-    for note in stats.notes() if world.rank == 0 else ():  # run.json's spec_decode lists them
-        print(note, file=sys.stderr)
+    stats, short, capped = CorpusStats(), [], []
+    prompts = spec_prompts(corpus, tok, args.bos_token_id, opts.prompt_tokens, prompt_limit(opts), stats, short,
+                           capped)
+    for note in _prompt_notes(opts, prompts, short, capped) + stats.notes() if world.rank == 0 else ():
+        print(note, file=sys.stderr)  # run.json's spec_decode lists the corpus reader's
     if not prompts:
         raise CorpusError(f"{corpus}: no document has {opts.prompt_tokens} tokens for a prompt")
     try:  # before the model loads: a generation_config.json that names no ids is refused at once
@@ -190,6 +194,34 @@ def record_spec(opts: SpecOptions) -> Path:
 
     agree(world, write)  # every rank ends the same way: done, or the same one-line error
     return out
+
+
+def _prompt_notes(opts: SpecOptions, prompts: list, short: list[str], capped: list[str]) -> list[str]:
+    """The notes on the domains without a prompt: `short` (no document of --prompt-tokens tokens) and
+    `capped` (left out by a cap below one prompt per domain, which the round robin fills in domain-name
+    order: the last ones were missing from the run without a word; a tour)."""
+    notes = []
+    if short and prompts:
+        notes.append(f"note: no document of {', '.join(short)} has {opts.prompt_tokens} tokens for a prompt "
+                     f"(--prompt-tokens): no prompt from {'that domain' if len(short) == 1 else 'those domains'}")
+    if capped:
+        notes.append(_cap_note(opts, len({p[1] for p in prompts}) + len(capped), capped))
+    return notes
+
+
+def _cap_note(opts: SpecOptions, n: int, capped: list[str]) -> str:
+    """The note on the domains `capped` left without a prompt of `n` that have one: the cap that bound
+    (both when they allow as many prompts) and what covers every domain."""
+    per_prompt, limit, caps = opts.prompt_tokens + opts.new_tokens, prompt_limit(opts), []
+    if opts.max_prompts is not None and opts.max_prompts == limit:
+        caps.append(("--max-prompts", opts.max_prompts, n))
+    if opts.max_tokens is not None and opts.max_tokens // per_prompt == limit:
+        caps.append(("--max-tokens", opts.max_tokens, n * per_prompt))
+    more = ", ..." if len(capped) > 3 else ""
+    return (f"note: {' and '.join(f'{flag} {cap}' for flag, cap, _ in caps)} left {len(capped)} of {n} domains "
+            f"without a prompt ({', '.join(capped[:3])}{more}): prompts are taken round robin over the domains in "
+            f"name order; pass {' and '.join(f'a {flag} of at least {e}' for flag, _, e in caps)} to cover every "
+            "domain")
 
 
 def prompt_limit(opts: SpecOptions) -> int | None:

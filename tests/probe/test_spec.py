@@ -220,6 +220,29 @@ def test_a_domain_without_a_long_enough_document_is_named(probe_env, tmp_path, c
     assert "tiny" not in probe.open_run(out).info["spec_decode"]["prompts_per_domain"]
 
 
+def test_a_cap_below_one_prompt_per_domain_names_the_domains_it_left_out(probe_env, tmp_path, capsys):
+    """A cap smaller than the domains kept the first ones by name and left the rest out of the run without a
+    word, while the README said a cap keeps every domain (a tour): the note names them and the flag that capped."""
+    argv = ["spec", "--ckpt", str(probe_env["ckpt"]), "--corpus", str(probe_env["corpus"]), "--out",
+            str(tmp_path / "s"), "--prompt-tokens", "8", "--new-tokens", "4", "--no-progress"]
+    assert cli_main(argv + ["--max-prompts", "1"]) == 0
+    err = capsys.readouterr().err
+    assert ("note: --max-prompts 1 left 1 of 2 domains without a prompt (prose): prompts are taken round robin over "
+            "the domains in name order; pass a --max-prompts of at least 2 to cover every domain") in err, err
+    assert probe.open_run(tmp_path / "s").info["spec_decode"]["prompts_per_domain"] == {"code": 1}
+    assert cli_main(argv + ["--max-tokens", "23", "--overwrite"]) == 0  # 23 // 12: one prompt
+    err = capsys.readouterr().err
+    assert ("note: --max-tokens 23 left 1 of 2 domains without a prompt (prose): prompts are taken round robin over "
+            "the domains in name order; pass a --max-tokens of at least 24 to cover every domain") in err, err
+    assert cli_main(argv + ["--max-tokens", "12", "--max-prompts", "1", "--overwrite"]) == 0  # both caps bind
+    err = capsys.readouterr().err
+    assert ("note: --max-prompts 1 and --max-tokens 12 left 1 of 2 domains without a prompt (prose): prompts are taken "
+            "round robin over the domains in name order; pass a --max-prompts of at least 2 and a --max-tokens of at "
+            "least 24 to cover every domain") in err, err
+    assert cli_main(argv + ["--max-prompts", "2", "--overwrite"]) == 0  # control: one prompt a domain, no note
+    assert "note" not in capsys.readouterr().err
+
+
 def test_max_prompts_below_zero_is_one_line(tmp_path, capsys):
     """-1 said "must be >= 1" while 0 is taken ("every document"; a review)."""
     assert cli_main(["spec", "--out", str(tmp_path / "o"), "--max-prompts", "-1"]) == 2
