@@ -54,6 +54,44 @@ def test_spec_tables_match_a_direct_generate_call(probe_env, tmp_path):
           f"{summary['generated']} tokens in {summary['forward_passes']} passes")
 
 
+def test_each_draft_is_the_mtp_guess_of_the_greedy_token_two_ahead(tmp_path):
+    """spec_drafts against a computation that shares no decode loop with spec: the prompts continued by plain
+    greedy decoding, the MTP module run once over each whole sequence (row i, from h_i and token i+1, guesses
+    token i+2), and the drafting walked by hand: the first draft is for generated token 1 (token 0 comes from
+    the prefill), an accepted draft also yields the main model's token after it, so the next draft is two
+    further on, a rejected one only one; no draft once the row is done. The bundled model, whose MTP module is
+    trained: the random test model's drafts are all rejected, which leaves the accepted branch unwalked."""
+    from tokenizers import Tokenizer
+
+    from generate import generate
+    from probe.job import DEFAULT_CKPT, DEFAULT_CORPUS
+
+    out = record_spec(SpecOptions(out=str(tmp_path / "spec"), prompt_tokens=16, new_tokens=12, max_prompts=5,
+                                  batch_size=3, progress=False))
+    run = probe.open_run(out)
+    dec, drafts = run.df("spec_decode"), run.df("spec_drafts")
+    m = model.load(DEFAULT_CKPT, dtype=torch.float32)
+    tok = Tokenizer.from_file(str(DEFAULT_CKPT / "tokenizer.json"))
+    want, want_rows = [], []
+    for doc_id, domain, p in spec_prompts(DEFAULT_CORPUS, tok, m.args.bos_token_id, 16, 5):
+        with torch.no_grad():
+            g = generate(m, [p], max_new_tokens=12, stop_ids=[m.args.eos_token_id]).tokens[0]
+            seq = torch.tensor([p + g])
+            _, h = m(seq, return_hidden=True)
+            guess = m.mtp_logits(h, seq)[0].argmax(-1).tolist()  # guess[i]: token i+2 of seq
+        j, n, mine = 1, len(p), []
+        while j < len(g):
+            ok = guess[n + j - 2] == g[j]
+            mine.append((doc_id, domain, j, guess[n + j - 2], ok))
+            j += 2 if ok else 1
+        want_rows += mine
+        want.append((doc_id, len(g), 1 + len(mine), len(mine), sum(r[4] for r in mine)))
+    got = list(zip(drafts.doc_id, drafts.domain, drafts.position, drafts.token, drafts.accepted))
+    assert got == want_rows
+    assert list(zip(dec.doc_id, dec.new_tokens, dec.forward_passes, dec.drafts_proposed, dec.drafts_accepted)) == want
+    assert {r[4] for r in want_rows} == {True, False}  # both branches walked
+
+
 def test_spec_adds_to_a_recorded_run_and_refuses_to_clobber(probe_env, tmp_path, capsys):
     from probe.record import RecordOptions, record
 
