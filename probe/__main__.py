@@ -219,7 +219,8 @@ def _add_spec(sub) -> None:
                    help=f"where prompts come from (default: the bundled {DEFAULT_CORPUS.name})")
     p.add_argument("--out", type=path_text,
                    help="run directory to create or add to (default: runs/<ckpt>-<corpus>-spec)")
-    p.add_argument("--tokenizer", type=path_text, help="tokenizer.json (default: the checkpoint's)")
+    p.add_argument("--tokenizer", type=path_text,
+                   help="tokenizer.json (default: the checkpoint's, or the one --out's run was recorded with)")
     p.add_argument("--prompt-tokens", type=int, default=32, help="prompt length in tokens, BOS included (default 32)")
     p.add_argument("--new-tokens", type=int, default=32, help="tokens to generate per prompt (default 32)")
     p.add_argument("--max-prompts", type=int,

@@ -154,7 +154,8 @@ def record_spec(opts: SpecOptions) -> Path:
     if opts.max_tokens is not None and opts.max_tokens < per_prompt:
         raise RecordError(f"--max-tokens {opts.max_tokens}: less than one prompt's --prompt-tokens + --new-tokens "
                           f"= {per_prompt}")
-    ckpt, corpus, out = resolve_paths(*_run_defaults(opts), opts.out, suffix="-spec")
+    ckpt, corpus, tokenizer = _run_defaults(opts)
+    ckpt, corpus, out = resolve_paths(ckpt, corpus, opts.out, suffix="-spec")
     if not corpus.exists():
         raise CorpusError(f"--corpus {corpus}: corpus not found")
     args = checkpoint_args(ckpt)
@@ -163,7 +164,7 @@ def record_spec(opts: SpecOptions) -> Path:
                           f"the model's max_seq_len {args.max_seq_len}")
     if args.n_mtp_layers < 1:
         raise RecordError(f"{ckpt}: the model has no MTP module (n_mtp_layers = 0): nothing to draft with")
-    tok = load_tokenizer(opts.tokenizer, ckpt, args.vocab_size)
+    tok = load_tokenizer(tokenizer, ckpt, args.vocab_size)
     world = start_world(opts.model_parallel, opts.device, args, job_options(opts))
     agree(world, lambda: _check_out(out, opts.overwrite, corpus))
     stats, short, capped = CorpusStats(), [], []
@@ -288,12 +289,21 @@ def _per_domain(domains: list[str], values) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
-def _run_defaults(opts: SpecOptions) -> tuple[str | None, str | None]:
-    """--ckpt and --corpus, each defaulting to the run's own when --out is an earlier run (which the
-    spec tables join; `probe.job.run_inputs` says what is refused)."""
-    if opts.out and (Path(opts.out) / RUN_JSON).exists():
-        return run_inputs(read_run_json(Path(opts.out)), f"--out {opts.out}", opts.ckpt, opts.corpus, run=opts.out)
-    return opts.ckpt, opts.corpus
+def _run_defaults(opts: SpecOptions) -> tuple[str | None, str | None, str | None]:
+    """--ckpt, --corpus and --tokenizer, each defaulting to the run's own when --out is an earlier run
+    (which the spec tables join; `probe.job.run_inputs` says what is refused): the tokenizer a record
+    was given with --tokenizer, as ablate, importance and steer take it (spec looked for the
+    checkpoint's tokenizer.json instead, and stopped where there was none; a tour)."""
+    if not (opts.out and (Path(opts.out) / RUN_JSON).exists()):
+        return opts.ckpt, opts.corpus, opts.tokenizer
+    info = read_run_json(Path(opts.out))
+    ckpt, corpus = run_inputs(info, f"--out {opts.out}", opts.ckpt, opts.corpus, run=opts.out)
+    tokenizer = opts.tokenizer
+    if tokenizer is None and (info.get("options") or {}).get("tokenizer"):
+        tokenizer = (info.get("tokenizer") or {}).get("path") or info["options"]["tokenizer"]
+        if not Path(tokenizer).is_file():
+            raise RecordError(f"--out {opts.out}: the run's tokenizer {tokenizer} is no longer there; pass --tokenizer")
+    return ckpt, corpus, tokenizer
 
 
 def _write_run(out: Path, rows: dict, drafts: dict, opts: SpecOptions, ckpt: Path, corpus: Path, args, world,

@@ -139,6 +139,32 @@ def test_spec_adds_to_a_recorded_run_and_refuses_to_clobber(probe_env, tmp_path,
     assert cli_main(short + ["--ckpt", str(probe_env["ckpt"])]) == 0  # the flag names it: taken
 
 
+def test_spec_into_a_run_takes_the_tokenizer_it_was_recorded_with(probe_env, tmp_path, capsys):
+    """A run recorded with --tokenizer (a checkpoint without tokenizer.json): spec into it without the flag
+    looked for the checkpoint's own and stopped, where ablate, importance and steer take the run's (a tour)."""
+    import shutil
+
+    from probe.record import RecordOptions, record
+
+    ckpt = shutil.copytree(probe_env["ckpt"], tmp_path / "ckpt")
+    tok = tmp_path / "elsewhere" / "tok.json"
+    tok.parent.mkdir()
+    (ckpt / "tokenizer.json").rename(tok)
+    run_dir = tmp_path / "rec"
+    record(RecordOptions(ckpt=str(ckpt), corpus=str(probe_env["corpus"]), tokenizer=str(tok), out=str(run_dir),
+                         max_tokens=200, seq_len=32, progress=False))
+    argv = ["spec", "--out", str(run_dir), "--prompt-tokens", "8", "--new-tokens", "4", "--max-prompts", "2",
+            "--no-progress"]
+    assert cli_main(argv) == 0, capsys.readouterr().err
+    want = spec_prompts(probe_env["corpus"], _tokenizer(probe_env), 0, 8, 2)
+    assert list(probe.open_run(run_dir).df("spec_decode").doc_id) == [d for d, _, _ in want]
+    tok.rename(tok.with_name("moved.json"))  # gone since: an error naming it, as for a moved checkpoint or corpus
+    assert cli_main(argv + ["--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert str(tok) in err and err.count("\n") == 1, err
+    assert cli_main(argv + ["--overwrite", "--tokenizer", str(tok.with_name("moved.json"))]) == 0  # the flag wins
+
+
 def test_a_run_still_being_recorded_is_refused(probe_env, tmp_path, capsys):
     """spec adds its tables to a run; into one whose record is still writing (run.json says running),
     the record's commits would have gone on beside spec's, as ablate, importance and steer refuse such
