@@ -172,6 +172,20 @@ def run_inputs(info: dict, where: str, ckpt: str | None, corpus: str | None,
     return ckpt, corpus
 
 
+def run_tokenizer(info: dict, where: str, error: type[Exception] = RecordError) -> str | None:
+    """The tokenizer a job on an existing run takes by default: the file the record was given with
+    --tokenizer, as run.json resolved it (the option is kept as typed, relative to where the record ran:
+    ablate and the report looked for it relative to where they ran, and spec not at all; a tour); None
+    when the record used the checkpoint's own, which follows the checkpoint. A file gone since is refused."""
+    given = (info.get("options") or {}).get("tokenizer")
+    if not given:
+        return None
+    path = (info.get("tokenizer") or {}).get("path") or given
+    if not Path(path).is_file():
+        raise error(f"{where}: the run's tokenizer {path} is no longer there; pass --tokenizer")
+    return path
+
+
 def _no_model_yet(info: dict, where: str, run: str | Path, error: type[Exception], advice=None) -> None:
     """Refuse a training run that has not written its model: still training, or stopped before it did (a
     killed one's run.json still says running, and no job holds it: it read as 'not written yet (status

@@ -41,8 +41,8 @@ import torch
 from .ckpt_identity import checkpoint_identity
 from .corpus import CorpusError, CorpusStats, iter_documents
 from .job import (RecordError, agree, check_out_parent, check_outside_corpus, check_run_place, checkpoint_args,
-                  job_options, load_model, load_tokenizer, os_refusal, resolve_paths, run_inputs, signals_held,
-                  start_world)
+                  job_options, load_model, load_tokenizer, os_refusal, resolve_paths, run_inputs, run_tokenizer,
+                  signals_held, start_world)
 from .schema import TABLES
 from .windows import text_pieces
 from .writer import RUN_JSON, read_run_json, refuse_running, table_lock, updating_run_json
@@ -298,12 +298,7 @@ def _run_defaults(opts: SpecOptions) -> tuple[str | None, str | None, str | None
         return opts.ckpt, opts.corpus, opts.tokenizer
     info = read_run_json(Path(opts.out))
     ckpt, corpus = run_inputs(info, f"--out {opts.out}", opts.ckpt, opts.corpus, run=opts.out)
-    tokenizer = opts.tokenizer
-    if tokenizer is None and (info.get("options") or {}).get("tokenizer"):
-        tokenizer = (info.get("tokenizer") or {}).get("path") or info["options"]["tokenizer"]
-        if not Path(tokenizer).is_file():
-            raise RecordError(f"--out {opts.out}: the run's tokenizer {tokenizer} is no longer there; pass --tokenizer")
-    return ckpt, corpus, tokenizer
+    return ckpt, corpus, opts.tokenizer or run_tokenizer(info, f"--out {opts.out}")
 
 
 def _write_run(out: Path, rows: dict, drafts: dict, opts: SpecOptions, ckpt: Path, corpus: Path, args, world,

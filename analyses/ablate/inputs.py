@@ -14,7 +14,7 @@ import numpy as np
 
 from analyses.metrics._common import counted, window_flag
 from probe.corpus import CorpusError, corpus_windows, fingerprint
-from probe.job import check_out_parent, check_outside_corpus, check_run_place, run_inputs
+from probe.job import check_out_parent, check_outside_corpus, check_run_place, run_inputs, run_tokenizer
 from probe.job_exit import launch_rank0
 from probe.recorders import Batch
 from probe.windows import Window
@@ -70,7 +70,7 @@ def job_defaults(opts: AblateOptions) -> tuple[AblateOptions, dict | None]:
         info = read_run_json(Path(opts.run))
         opts.ckpt, opts.corpus = run_inputs(info, str(opts.run), opts.ckpt, opts.corpus, AblationError)
         ro = info.get("options", {})
-        opts.tokenizer = opts.tokenizer or ro.get("tokenizer")
+        opts.tokenizer = opts.tokenizer or run_tokenizer(info, str(opts.run), AblationError)
         opts.run_max_tokens = ro.get("max_tokens")
         for k in ("max_tokens", "seq_len", "batch_size", "add_bos"):
             if getattr(opts, k) is None:

@@ -53,11 +53,11 @@ def compute_model(run, ns, out: dict) -> None:
 def token_texts(run, ids) -> list[str]:
     """Display text of token ids with the run's tokenizer, as `TextCodec.str_tokens` reads them, written
     as repr() writes text (the ids as text when there is none)."""
-    from probe.job import load_tokenizer
+    from probe.job import load_tokenizer, run_tokenizer
 
     ck = Path(str((run.info.get("checkpoint") or {}).get("path", "")))
     try:
-        tok = load_tokenizer((run.info.get("options") or {}).get("tokenizer"), ck, 1 << 30, ValueError)
+        tok = load_tokenizer(run_tokenizer(run.info, str(run.path), ValueError), ck, 1 << 30, ValueError)
     except ValueError:
         return [str(i) for i in ids]
     from probe.token_text import token_strings

@@ -529,3 +529,41 @@ def test_names_moved_out_of_run_py_still_import_from_it_and_the_package():
             if name in package.__all__:
                 assert getattr(package, name) is getattr(home, name), name
     assert {"AblateOptions", "loads_from_run", "sample_windows", "start_job"} <= set(package.__all__)
+
+
+def test_a_run_recorded_with_a_relative_tokenizer_is_read_from_any_folder(probe_env, tmp_path, monkeypatch,
+                                                                          capsys):
+    """A record given `--tokenizer tok.json` keeps the option as typed; ablate (and importance and steer,
+    which share its inputs) took it relative to wherever they ran and stopped there ('--tokenizer tok.json:
+    no tokenizer there'; a tour): the path run.json resolved is taken, and a tokenizer gone since is named."""
+    import shutil
+
+    from analyses.ablate.inputs import job_defaults
+    from probe.record import RecordOptions, record
+
+    ckpt = shutil.copytree(probe_env["ckpt"], tmp_path / "ckpt")
+    (tmp_path / "rec_here").mkdir()
+    (ckpt / "tokenizer.json").rename(tmp_path / "rec_here" / "tok.json")
+    monkeypatch.chdir(tmp_path / "rec_here")
+    record(RecordOptions(ckpt=str(ckpt), corpus=str(probe_env["corpus"]), tokenizer="tok.json",
+                         out=str(tmp_path / "rec"), max_tokens=200, seq_len=32, progress=False))
+    monkeypatch.chdir(tmp_path)
+    opts, _ = job_defaults(AblateOptions(run=str(tmp_path / "rec")))
+    assert Path(opts.tokenizer) == tmp_path / "rec_here" / "tok.json"
+    from analyses.report.research import token_texts  # the report's token texts: they fell back to bare ids
+
+    assert token_texts(probe.open_run(tmp_path / "rec"), [65, 66]) == _texts(tmp_path / "rec_here" / "tok.json", [65, 66]) != ["65", "66"]
+    assert main(["--run", str(tmp_path / "rec"), "--experts", "1:0", "--domain-tokens", "50", "--no-progress"]) == 0
+    (tmp_path / "rec_here" / "tok.json").rename(tmp_path / "rec_here" / "moved.json")
+    assert main(["--run", str(tmp_path / "rec"), "--out", str(tmp_path / "o"), "--experts", "1:0",
+                 "--domain-tokens", "50", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "rec_here/tok.json is no longer there; pass --tokenizer" in err and err.strip().count("\n") == 0, err
+
+
+def _texts(tokenizer: Path, ids) -> list[str]:
+    from tokenizers import Tokenizer
+
+    from probe.token_text import token_strings
+
+    return token_strings(Tokenizer.from_file(str(tokenizer)), ids, quoted=True)
