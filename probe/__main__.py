@@ -243,10 +243,6 @@ def _spec(ns) -> int:
     if ns.max_prompts is not None and ns.max_prompts < 0:
         print(f"error: --max-prompts {ns.max_prompts}: must be >= 0 (0 = every document)", file=sys.stderr)
         return 2
-    if ns.max_prompts is None:  # not given: 64, unless a token budget caps the prompts instead
-        kw["max_prompts"] = None if ns.max_tokens is not None else 64
-    else:
-        kw["max_prompts"] = ns.max_prompts or None
     try:
         out = record_spec(SpecOptions(**kw))
     except KeyboardInterrupt:  # spec writes its tables once every prompt is done: nothing to keep

@@ -48,6 +48,7 @@ from .windows import text_pieces
 from .writer import RUN_JSON, read_run_json, refuse_running, table_lock, updating_run_json
 
 SPEC_TABLES = ("spec_decode", "spec_drafts")
+DEFAULT_PROMPTS = 64  # prompts a job takes when neither --max-prompts nor --max-tokens is given
 
 
 @dataclass
@@ -58,7 +59,10 @@ class SpecOptions:
     tokenizer: str | None = None
     prompt_tokens: int = 32
     new_tokens: int = 32
-    max_prompts: int | None = 64  # None: no cap by prompts
+    # None (not given): DEFAULT_PROMPTS, unless max_tokens caps the prompts instead; 0: every document. As
+    # the CLI's --max-prompts (a caller's max_tokens alone was capped at 64 prompts here and not there; a
+    # tour); after __post_init__ the cap that applies: None for none
+    max_prompts: int | None = None
     max_tokens: int | None = None  # a budget of prompt + new tokens (both caps apply: the smaller wins)
     batch_size: int = 8
     overwrite: bool = False
@@ -67,6 +71,12 @@ class SpecOptions:
     device: str | None = None
     model_parallel: str | int = 1
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_prompts is None:
+            self.max_prompts = DEFAULT_PROMPTS if self.max_tokens is None else None
+        elif self.max_prompts == 0:
+            self.max_prompts = None
 
 
 def spec_prompts(corpus: Path, tok, bos: int | None, n_tokens: int, limit: int | None,
@@ -149,7 +159,7 @@ def record_spec(opts: SpecOptions) -> Path:
     if opts.prompt_tokens < 1 or opts.new_tokens < 1 or opts.batch_size < 1:
         raise RecordError("--prompt-tokens, --new-tokens and --batch-size must be >= 1")
     if opts.max_prompts is not None and opts.max_prompts < 1:
-        raise RecordError("--max-prompts must be >= 1")
+        raise RecordError("--max-prompts must be >= 1 (or 0: every document)")
     per_prompt = opts.prompt_tokens + opts.new_tokens
     if opts.max_tokens is not None and opts.max_tokens < per_prompt:
         raise RecordError(f"--max-tokens {opts.max_tokens}: less than one prompt's --prompt-tokens + --new-tokens "

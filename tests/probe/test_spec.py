@@ -437,10 +437,10 @@ def test_a_document_of_exactly_the_prompt_length_makes_a_prompt(tmp_path):
     assert spec_prompts(c, _WordTokenizer(), 0, 3, None) == [("a/d.txt", "a", [0, 2, 3]), ("b/d.txt", "b", [0, 2, 3])]
 
 
-def test_max_prompts_zero_through_the_api_is_refused(tmp_path):
-    # the CLI maps --max-prompts 0 to None ("every document"); the API's 0 is an error, not "no cap"
+def test_a_negative_max_prompts_through_the_api_is_refused(tmp_path):
+    # the API's max_prompts means what --max-prompts does (0: every document; test_the_api_caps_prompts_as_the_cli_does)
     with pytest.raises(RecordError, match="--max-prompts must be >= 1"):
-        record_spec(SpecOptions(out=str(tmp_path / "s"), max_prompts=0, progress=False))
+        record_spec(SpecOptions(out=str(tmp_path / "s"), max_prompts=-1, progress=False))
     assert not (tmp_path / "s").exists()
 
 
@@ -541,3 +541,15 @@ def test_a_generation_config_naming_no_ids_is_refused_before_the_model_loads(pro
     with pytest.raises(spec.RecordError, match="eos_token_id='</s>' must be a token id"):
         record_spec(SpecOptions(ckpt=str(ck), corpus=str(probe_env["corpus"]), out=str(tmp_path / "s"),
                                 prompt_tokens=8, new_tokens=2, max_prompts=1, progress=False))
+
+
+def test_the_api_caps_prompts_as_the_cli_does():
+    """SpecOptions(max_tokens=N) was still capped at 64 prompts, where the CLI's --max-tokens alone lifts
+    that cap (a tour): the options mean what the flags mean, 0 every document."""
+    from probe.speculative import prompt_limit
+
+    assert prompt_limit(SpecOptions()) == 64
+    assert prompt_limit(SpecOptions(max_tokens=64 * 100)) == 100  # 32 prompt + 32 new tokens a prompt
+    assert prompt_limit(SpecOptions(max_tokens=64 * 100, max_prompts=10)) == 10
+    assert prompt_limit(SpecOptions(max_prompts=0)) is None
+    assert prompt_limit(SpecOptions(max_prompts=7)) == 7
