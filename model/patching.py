@@ -55,7 +55,8 @@ def patch_experts(model, tokens: torch.Tensor, clean_cache, *, layers: Iterable[
     patched) on tokens of the same [B, S]. `layers`: MoE layer numbers (None: every MoE layer);
     `experts`: expert ids (None: all); `positions`: sequence positions, of every row (None: all). Each
     an int or integers: a list, range, numpy array or integer tensor (flattened); not bools or floats.
-    The routing compared is this run's own at each layer, as patches in earlier layers left it."""
+    The routing compared is this run's own at each layer, as patches in earlier layers left it. With
+    `lengths=` (a right-padded batch) a row's padded positions are neither patched nor counted."""
     B, S = _batch_shape(tokens, "tokens")
     moe_layers = [int(m[1]) for n in model.hook_names() if (m := _EXPERT_OUT.fullmatch(n))]
     # a layer named twice was hooked twice: patched again (the same values) and counted twice in the report
@@ -80,7 +81,8 @@ def patch_experts(model, tokens: torch.Tensor, clean_cache, *, layers: Iterable[
         clean_ids, clean_out = _clean_pair(clean_cache, L, B * S)
         hooks.append((f"layers.{L}.ffn.gate.hook_topk_ids", _keep_ids(live, L)))
         hooks.append((f"layers.{L}.ffn.experts.hook_expert_out",
-                      _expert_patch(live, L, clean_ids, clean_out, want_e, rows, report)))
+                      _expert_patch(live, L, clean_ids, clean_out, want_e, rows, report,
+                                    forward_kwargs.get("lengths"))))
     with model.hooks(hooks):
         logits = model(tokens, **forward_kwargs)
     if missed := [L for L in picked if L not in live]:  # a layer start_at_layer skipped: silently unpatched
@@ -96,9 +98,11 @@ def _keep_ids(live: dict, L: int) -> Callable:
     return keep
 
 
-def _expert_patch(live: dict, L: int, clean_ids: torch.Tensor, clean_out: torch.Tensor, want_e, rows, report):
+def _expert_patch(live: dict, L: int, clean_ids: torch.Tensor, clean_out: torch.Tensor, want_e, rows, report,
+                  lengths=None):
     """The hook on layer L's hook_expert_out: slot k of token t takes the clean output of expert
-    ids[t, k] where the clean run chose it for t, among the chosen experts and positions."""
+    ids[t, k] where the clean run chose it for t, among the chosen experts and positions, and with
+    `lengths` (the forward's, checked by it before any hook runs) among each row's real tokens."""
     def patch(out: torch.Tensor, hook: HookPoint) -> torch.Tensor:
         ids = live[L]  # [T, K]
         if out.shape != clean_out.shape:
@@ -112,6 +116,11 @@ def _expert_patch(live: dict, L: int, clean_ids: torch.Tensor, clean_out: torch.
         if rows is not None:
             in_rows = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
             asked &= in_rows.index_fill_(0, rows.to(ids.device), True)[:, None]
+        if lengths is not None:  # NOTE: padded positions are routed too; they were patched and counted in the
+            # report, which then differed from the rows patched one by one (a tour)
+            B = lengths.shape[0]
+            pos = torch.arange(ids.shape[0] // B, device=ids.device)
+            asked &= (pos[None, :] < lengths.to(ids.device)[:, None]).reshape(-1, 1)
         take = found & asked
         src = match.long().argmax(-1)  # [T, K]: the clean slot that holds the same expert
         clean_here = clean_out.to(out.device).gather(1, src[..., None].expand_as(out))

@@ -99,6 +99,25 @@ def test_the_same_run_patched_is_itself_and_every_pair_is_patched(tiny, pair):
     assert skipped.patched == {2: 2 * 10 * 4}
 
 
+def test_a_padded_batch_patches_and_counts_only_its_real_tokens(tiny, pair):
+    """Rows of 10 and 6 tokens right-padded with `lengths=`: the report is the sum of the rows patched
+    alone, and their logits those rows' (the padded positions were patched and counted too)."""
+    clean, corrupted = pair
+    lengths = torch.tensor([10, 6])
+    _, cc = tiny.run_with_cache(clean, names=patching.EXPERT_NAMES, lengths=lengths)
+    logits, report = patching.patch_experts(tiny, corrupted, cc, lengths=lengths)
+    done, left = {}, {}
+    for b, n in enumerate(lengths.tolist()):
+        _, one = tiny.run_with_cache(clean[b:b + 1, :n], names=patching.EXPERT_NAMES)
+        alone, rep = patching.patch_experts(tiny, corrupted[b:b + 1, :n], one)
+        torch.testing.assert_close(logits[b:b + 1, :n], alone, rtol=1e-5, atol=1e-5)
+        for L in rep.patched:
+            done[L] = done.get(L, 0) + rep.patched[L]
+            left[L] = left.get(L, 0) + rep.not_patched[L]
+    assert report.patched == done and report.not_patched == left
+    assert report.n_patched + report.n_not_patched == 16 * 4 * 2  # 16 real tokens, top-4, 2 MoE layers
+
+
 def test_bad_input_is_one_line_naming_it(tiny, pair):
     clean, corrupted = pair
     _, cc = tiny.run_with_cache(clean, names=patching.EXPERT_NAMES)
