@@ -480,8 +480,14 @@ class Transformer(HookedModule):
         if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2:
             shape = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
             raise InputError(f"tokens must be a 2-D [batch, seq] tensor of token ids, got {shape}")
-        if tokens.dtype not in (torch.long, torch.int32, torch.int64):
-            raise InputError(f"tokens must be integer token ids, got dtype {tokens.dtype}")
+        if tokens.dtype not in (torch.long, torch.int32):
+            if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
+                raise InputError(f"tokens must be integer token ids, got dtype {tokens.dtype}")
+            # NOTE: an int16 or uint16 tensor (ids read from a file of them) was told 'must be integer token
+            # ids', which it is (a tour); uint8 is more likely bytes than ids (the forward never took it)
+            why = ("uint8 holds bytes, a text's or an image's, not token ids: encode text with the tokenizer"
+                   if tokens.dtype == torch.uint8 else ".long() converts integer ids")
+            raise InputError(f"tokens must be token ids of dtype torch.long or torch.int32, got {tokens.dtype} ({why})")
         if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.args.vocab_size):
             raise InputError(f"tokens: token ids must be in [0, {self.args.vocab_size}); got "
                              f"[{int(tokens.min())}, {int(tokens.max())}]")

@@ -543,6 +543,14 @@ def test_bad_forward_inputs_raise_model_input_error_naming_argument_and_value():
     n = m.args.max_seq_len
     for args, kw, msg in [((torch.zeros(5, dtype=torch.long),), {}, r"^tokens must be a 2-D .* got \(5,\)$"),
                           ((torch.zeros(1, 3),), {}, r"^tokens must be integer token ids, got dtype torch.float32$"),
+                          ((torch.zeros(1, 3, dtype=torch.int16),), {},
+                           r"^tokens must be token ids of dtype torch.long or torch.int32, got torch.int16 \(\.long\(\) "
+                           r"converts integer ids\)$"),
+                          ((torch.zeros(1, 3, dtype=torch.uint8),), {},
+                           r"^tokens must be token ids of dtype torch.long or torch.int32, got torch.uint8 \(uint8 "
+                           r"holds bytes, .*: encode text with the tokenizer\)$"),
+                          ((torch.zeros(1, 3, dtype=torch.bool),), {}, r"^tokens must be integer token ids, got dtype "
+                           r"torch.bool$"),
                           ((torch.tensor([[1, 512]]),), {}, r"^tokens: token ids must be in \[0, 512\); got \[1, 512\]$"),
                           ((torch.zeros(1, n + 1, dtype=torch.long),), {},
                            rf"^tokens: {n + 1} positions from start_pos=0 reach position {n}, past max_seq_len={n}$"),
