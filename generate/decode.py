@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from model.indices import BYTES_NOT_IDS, bytes_not_ids
 from model.parallel import broadcast_from_first
 
 from .sampling import GenerateError, SamplingParams, propose, verify_drafts
@@ -150,6 +151,8 @@ def _prompt_problem(args, p) -> str:
     ids = torch.as_tensor(list(p) if not isinstance(p, torch.Tensor) else p)
     if ids.is_floating_point() or ids.dtype == torch.bool or ids.dim() != 1:
         return f"expected a flat list of integer token ids, got {ids.dtype} of shape {tuple(ids.shape)}"
+    if bytes_not_ids(ids.dtype):  # a text's bytes were generated from as if they were its tokens (a tour)
+        return f"got {ids.dtype}: {BYTES_NOT_IDS}"
     if int(ids.min()) < 0 or int(ids.max()) >= args.vocab_size:
         return f"token ids must be in [0, {args.vocab_size}), got [{int(ids.min())}, {int(ids.max())}]"
     if len(p) > args.max_seq_len:

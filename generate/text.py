@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from model.indices import BYTES_NOT_IDS, bytes_not_ids
 from probe.errors import given_path
 
 from .sampling import GenerateError
@@ -95,6 +96,8 @@ def _id_rows(ids) -> list[int] | list[list[int]]:
     if isinstance(ids, torch.Tensor) or hasattr(ids, "dtype") and hasattr(ids, "tolist"):  # or a numpy array
         whole = (getattr(ids.dtype, "kind", "") in "iu" if not isinstance(ids, torch.Tensor) else
                  not (ids.dtype == torch.bool or ids.dtype.is_floating_point or ids.dtype.is_complex))
+        if whole and bytes_not_ids(ids.dtype):  # a text's bytes were shown as the tokens they are not ids of
+            raise GenerateError(f"str_tokens: ids of dtype {ids.dtype}: {BYTES_NOT_IDS} (or pass the text itself)")
         if not whole or ids.ndim not in (1, 2):
             what = f"dtype {ids.dtype}" if not whole else f"{ids.ndim} dimensions"
             raise GenerateError(f"str_tokens: ids of {what}; token ids are integers, 1-D or a 2-D [B, S] batch")

@@ -35,6 +35,7 @@ import torch.distributed as dist
 
 from . import layers
 from .args import InputError
+from .indices import BYTES_NOT_IDS, bytes_not_ids
 
 
 IGNORE_INDEX = -100  # a target that asks for no loss (padding), as torch's cross_entropy: its nll is NaN
@@ -160,6 +161,8 @@ def check_targets(targets: torch.Tensor, shape: tuple[int, int], vocab: int, wha
         raise InputError(f"{what}: expected token ids of shape {tuple(shape)}, got {got}")
     if targets.dtype.is_floating_point or targets.dtype == torch.bool:
         raise InputError(f"{what}: expected integer token ids, got dtype {targets.dtype}")
+    if bytes_not_ids(targets.dtype):  # read as ids, the loss of other tokens (a tour)
+        raise InputError(f"{what}: got dtype {targets.dtype}: {BYTES_NOT_IDS}")
     kept = targets[targets != IGNORE_INDEX]
     if kept.numel() and (int(kept.min()) < 0 or int(kept.max()) >= vocab):
         raise InputError(f"{what}: token ids must be in [0, {vocab}) or {IGNORE_INDEX} (no loss); got "

@@ -52,6 +52,16 @@ def as_ints(values, what: str) -> list[int]:
     return out
 
 
+# why uint8 is no token ids (forward, targets, generate's prompts, str_tokens): bytes read as ids name other
+# tokens with no error, and torch reads a uint8 index as a mask
+BYTES_NOT_IDS = "uint8 holds bytes, a text's or an image's, not token ids: encode text with the tokenizer"
+
+
+def bytes_not_ids(dtype) -> bool:
+    """Whether `dtype` (torch's or numpy's) is uint8, which the token-id arguments refuse (BYTES_NOT_IDS)."""
+    return str(dtype) in ("torch.uint8", "uint8")
+
+
 def shown(value, width: int = 60) -> str:
     """repr(value) on one line, cut to about `width` characters (a tensor's repr spans lines)."""
     text = " ".join(repr(value).split())

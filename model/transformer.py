@@ -22,7 +22,7 @@ from torch import nn
 from .args import InputError, ModelArgs
 from .head_stats import check_targets, head_stats, logit_stats
 from .hooks import HookedModule, HookPoint
-from .indices import as_int, shown
+from .indices import BYTES_NOT_IDS, as_int, bytes_not_ids, shown
 from .layers import Embedding, Linear, RMSNorm, rope_cos_sin, rope_inv_freq
 from .mla import MLA
 from .moe import MLP, MoE
@@ -485,8 +485,7 @@ class Transformer(HookedModule):
                 raise InputError(f"tokens must be integer token ids, got dtype {tokens.dtype}")
             # NOTE: an int16 or uint16 tensor (ids read from a file of them) was told 'must be integer token
             # ids', which it is (a tour); uint8 is more likely bytes than ids (the forward never took it)
-            why = ("uint8 holds bytes, a text's or an image's, not token ids: encode text with the tokenizer"
-                   if tokens.dtype == torch.uint8 else ".long() converts integer ids")
+            why = BYTES_NOT_IDS if bytes_not_ids(tokens.dtype) else ".long() converts integer ids"
             raise InputError(f"tokens must be token ids of dtype torch.long or torch.int32, got {tokens.dtype} ({why})")
         if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.args.vocab_size):
             raise InputError(f"tokens: token ids must be in [0, {self.args.vocab_size}); got "

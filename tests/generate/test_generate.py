@@ -103,7 +103,10 @@ def test_max_seq_len_and_bad_input():
                     (dict(prompts="hello"), "prompts: expected a list of token-id lists .* got a string"),
                     (dict(prompts=["hello"]), "prompt 0: expected token ids, got a string"),
                     (dict(prompts=[[1, 2], [5.5, 6]]), "prompt 1: expected a flat list of integer token ids, got torch.float32"),
-                    (dict(prompts=[[1, 512]]), r"prompt 0: token ids must be in \[0, 512\), got \[1, 512\]")]:
+                    (dict(prompts=[[1, 512]]), r"prompt 0: token ids must be in \[0, 512\), got \[1, 512\]"),
+                    # a text's bytes were generated from as if they were its tokens
+                    (dict(prompts=[[1, 2], torch.tensor([1, 2], dtype=torch.uint8)]),
+                     r"^prompt 1: got torch.uint8: uint8 holds bytes, .*: encode text with the tokenizer$")]:
         with pytest.raises(GenerateError, match=msg):
             generate(m, kw.pop("prompts"), **kw)
     with pytest.raises(GenerateError, match="top_k=2.5 must be an integer >= 0"):

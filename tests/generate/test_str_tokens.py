@@ -74,6 +74,9 @@ def test_ids_as_a_tensor_an_array_and_a_batch(codec):
 
 @pytest.mark.parametrize("bad, says", [
     (torch.tensor([1.0, 2.0]), "dtype torch.float32"), (torch.zeros(1, 2, 3, dtype=torch.long), "3 dimensions"),
+    # a text's bytes are no token ids: they were shown as the tokens of those ids
+    (torch.frombuffer(bytearray(b"def"), dtype=torch.uint8), r"ids of dtype torch.uint8: uint8 holds bytes"),
+    (np.frombuffer(b"def", np.uint8), r"ids of dtype uint8: uint8 holds bytes.* \(or pass the text itself\)$"),
     ([1, [2]], "must be integers"), ([True, 1], "must be integers"), (7, r"got 7 \(int\)"),
     ([5, 99999], r"token id 99999 \(position 1\) is not in the tokenizer's vocabulary \(4096 ids\)"),
     ([[5], [-1]], r"token id -1 \(row 1, position 0\)"),

@@ -171,6 +171,8 @@ def test_head_stats_of_a_start_at_layer_pass(tiny):
     (dict(targets=torch.zeros(3, 10, dtype=torch.long)),
      r"targets: expected token ids of shape \(3, 11\), got \(3, 10\)"),
     (dict(targets=torch.zeros(3, 11)), "targets: expected integer token ids, got dtype torch.float32"),
+    (dict(targets=torch.zeros(3, 11, dtype=torch.uint8)), r"^targets: got dtype torch.uint8: uint8 holds bytes, "),
+    (dict(mtp=True, mtp_targets=torch.zeros(3, 10, dtype=torch.uint8)), r"^mtp_targets: got dtype torch.uint8: "),
     (dict(targets=torch.full((3, 11), 10**6)),
      r"targets: token ids must be in \[0, \d+\) or -100 \(no loss\); got \[1000000, 1000000\]"),
     (dict(targets=torch.full((3, 11), -1)), r"targets: token ids must be in \[0, \d+\) or -100 .*got \[-1, -1\]"),
