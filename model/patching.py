@@ -57,7 +57,7 @@ def patch_experts(model, tokens: torch.Tensor, clean_cache, *, layers: Iterable[
     an int or integers: a list, range, numpy array or integer tensor (flattened); not bools or floats.
     The routing compared is this run's own at each layer, as patches in earlier layers left it. With
     `lengths=` (a right-padded batch) a row's padded positions are neither patched nor counted."""
-    B, S = _batch_shape(tokens, "tokens")
+    B, S = _batch_shape(tokens, "patch_experts: tokens")
     moe_layers = [int(m[1]) for n in model.hook_names() if (m := _EXPERT_OUT.fullmatch(n))]
     # a layer named twice was hooked twice: patched again (the same values) and counted twice in the report
     picked = moe_layers if layers is None else list(dict.fromkeys(_ints(layers, "patch_experts: layers")))
@@ -150,7 +150,7 @@ def _clean_pair(cache, L: int, T: int) -> tuple[torch.Tensor, torch.Tensor]:
 def _batch_shape(tokens, what: str) -> tuple[int, int]:
     if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2:
         shape = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
-        raise ValueError(f"{what}: expected token ids [B, S], got {shape}")
+        raise ValueError(f"{what}: expected token ids [B, S] (a 2-D tensor), got {shape}")
     return tokens.shape[0], tokens.shape[1]
 
 
@@ -179,13 +179,12 @@ def patch_sweep(model, clean_tokens: torch.Tensor, corrupted_tokens: torch.Tenso
     Runs of the same [B, S] only; `forward_kwargs` go to every forward."""
     import pandas as pd
 
-    if not isinstance(clean_tokens, torch.Tensor) or not isinstance(corrupted_tokens, torch.Tensor) \
-            or clean_tokens.shape != corrupted_tokens.shape:
-        shapes = [list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-                  for t in (clean_tokens, corrupted_tokens)]
-        raise ValueError(f"patch_sweep: clean_tokens {shapes[0]} and corrupted_tokens {shapes[1]} differ in shape: "
-                         "patching needs runs of the same [B, S]")
+    # NOTE: each checked on its own first: two equal lists were told they 'differ in shape' (a tour)
     B, S = _batch_shape(clean_tokens, "patch_sweep: clean_tokens")
+    _batch_shape(corrupted_tokens, "patch_sweep: corrupted_tokens")
+    if clean_tokens.shape != corrupted_tokens.shape:
+        raise ValueError(f"patch_sweep: clean_tokens {list(clean_tokens.shape)} and corrupted_tokens "
+                         f"{list(corrupted_tokens.shape)} differ in shape: patching needs runs of the same [B, S]")
     picked = model._resolve(names)
     if bad := [n for n in picked if n.endswith("hook_expert_out")]:
         raise ValueError(f"patch_sweep: {bad[0]} is in top-k slot order, which differs between runs routed "

@@ -130,6 +130,9 @@ def test_bad_input_is_one_line_naming_it(tiny, pair):
         patching.patch_experts(tiny, corrupted, cc, experts=[16])
     with pytest.raises(ValueError, match=r"positions=10 is outside the tokens' \[0, 10\)"):
         patching.patch_experts(tiny, corrupted, cc, positions=[10])
+    with pytest.raises(ValueError, match=r"^patch_experts: tokens: expected token ids \[B, S\] \(a 2-D tensor\), got "
+                                         r"\(10,\)$"):
+        patching.patch_experts(tiny, corrupted[0], cc)
     with pytest.raises(ValueError, match=r"hook_topk_ids is \(20, 4\).*the tokens patched have 18 \(B\*S\) rows"):
         patching.patch_experts(tiny, corrupted[:, :9], cc)
 
@@ -235,6 +238,12 @@ def test_bad_sweep_input_is_one_line_naming_it(tiny, pair):
     clean, corrupted = pair
     with pytest.raises(ValueError, match=r"clean_tokens \[2, 10\] and corrupted_tokens \[2, 9\] differ in shape"):
         patching.patch_sweep(tiny, clean, corrupted[:, :9], "hook_embed", metric)
+    # token ids that are no tensor, each named (two equal lists were told they 'differ in shape')
+    with pytest.raises(ValueError, match=r"^patch_sweep: clean_tokens: expected token ids \[B, S\] \(a 2-D tensor\), "
+                                         r"got list$"):
+        patching.patch_sweep(tiny, clean.tolist(), clean.tolist(), "hook_embed", metric)
+    with pytest.raises(ValueError, match=r"^patch_sweep: corrupted_tokens: expected .* got \(10,\)$"):
+        patching.patch_sweep(tiny, clean, corrupted[0], "hook_embed", metric)
     with pytest.raises(ValueError, match=r"hook_expert_out is in top-k slot order.*model.patch_experts"):
         patching.patch_sweep(tiny, clean, corrupted, "layers.1.ffn.experts.hook_expert_out", metric)
     with pytest.raises(ValueError, match=r"not reached by the clean run \(e.g. mtp.0.hook_in"):
