@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -58,6 +58,11 @@ def patch_experts(model, tokens: torch.Tensor, clean_cache, *, layers: Iterable[
     The routing compared is this run's own at each layer, as patches in earlier layers left it. With
     `lengths=` (a right-padded batch) a row's padded positions are neither patched nor counted."""
     B, S = _batch_shape(tokens, "patch_experts: tokens")
+    if not isinstance(clean_cache, Mapping):  # (logits, cache) whole was told the cache 'lacks' a point (a tour)
+        got = ("a tuple: run_with_cache returns (logits, cache), pass the cache" if isinstance(clean_cache, tuple)
+               else f"a {type(clean_cache).__name__}")
+        raise ValueError(f"patch_experts: clean_cache is {got} (run_with_cache(clean_tokens, "
+                         "names=model.patching.EXPERT_NAMES)'s)")
     moe_layers = [int(m[1]) for n in model.hook_names() if (m := _EXPERT_OUT.fullmatch(n))]
     # a layer named twice was hooked twice: patched again (the same values) and counted twice in the report
     picked = moe_layers if layers is None else list(dict.fromkeys(_ints(layers, "patch_experts: layers")))

@@ -124,6 +124,12 @@ def test_bad_input_is_one_line_naming_it(tiny, pair):
     _, only_ids = tiny.run_with_cache(clean, names="layers.*.ffn.gate.hook_topk_ids")
     with pytest.raises(model.HookError, match=r"lacks layers\.1\.ffn\.experts\.hook_expert_out: make it with"):
         patching.patch_experts(tiny, corrupted, only_ids)
+    whole = tiny.run_with_cache(clean, names=patching.EXPERT_NAMES)  # (logits, cache), not the cache
+    with pytest.raises(ValueError, match=r"^patch_experts: clean_cache is a tuple: run_with_cache returns \(logits, "
+                                         r"cache\), pass the cache \(run_with_cache\(clean_tokens, "):
+        patching.patch_experts(tiny, corrupted, whole)
+    with pytest.raises(ValueError, match=r"^patch_experts: clean_cache is a Tensor \(run_with_cache"):
+        patching.patch_experts(tiny, corrupted, whole[0])
     with pytest.raises(ValueError, match=r"layers=0 is not an MoE layer of this model \(its MoE layers: \[1, 2\]\)"):
         patching.patch_experts(tiny, corrupted, cc, layers=[0])
     with pytest.raises(ValueError, match=r"experts=16 is outside this model's \[0, 16\)"):
