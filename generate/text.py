@@ -137,6 +137,9 @@ def load_codec(ckpt: str | os.PathLike, args=None) -> TextCodec:
 
     ckpt = given_path(ckpt, "ckpt", GenerateError)
     path = ckpt / "tokenizer.json"
+    if ckpt.is_file():  # tokenizer.json itself was told it had 'no tokenizer.json' (a tour)
+        raise GenerateError(f"{ckpt}: a file; load_codec takes the checkpoint's folder, the one holding tokenizer.json "
+                            f"and tokenizer_config.json (here {ckpt.parent})")
     if not path.exists():
         raise GenerateError(f"{ckpt}: no tokenizer.json (generation needs the checkpoint's tokenizer)")
     try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -188,6 +189,13 @@ def test_an_empty_checkpoint_path_is_refused_by_name_not_read_as_the_current_fol
     with pytest.raises(GenerateError, match=r"^ckpt='': an empty path \(for the current folder, give \.\)$"):
         load_codec("")
     assert load_codec(".").tokenizer is not None
+
+
+def test_the_tokenizer_file_itself_is_told_to_give_its_folder(demo_dir):
+    """load_codec(".../tokenizer.json") said '.../tokenizer.json: no tokenizer.json'."""
+    with pytest.raises(GenerateError, match=rf"^{re.escape(str(demo_dir / 'tokenizer.json'))}: a file; load_codec "
+                                            rf"takes the checkpoint's folder, .* \(here {re.escape(str(demo_dir))}\)$"):
+        load_codec(demo_dir / "tokenizer.json")
 
 
 def test_output_the_prompt_file_itself_is_refused(demo_dir, tmp_path, capsys, monkeypatch):
