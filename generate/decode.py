@@ -153,6 +153,7 @@ def _prompt_problem(args, p) -> str:
         return f"expected a flat list of integer token ids, got {ids.dtype} of shape {tuple(ids.shape)}"
     if bytes_not_ids(ids.dtype):  # a text's bytes were generated from as if they were its tokens (a tour)
         return f"got {ids.dtype}: {BYTES_NOT_IDS}"
+    ids = ids.long()  # uint16 ids (a token file's) were torch's NotImplementedError '"min_all" not implemented' (a tour)
     if int(ids.min()) < 0 or int(ids.max()) >= args.vocab_size:
         return f"token ids must be in [0, {args.vocab_size}), got [{int(ids.min())}, {int(ids.max())}]"
     if len(p) > args.max_seq_len:

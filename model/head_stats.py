@@ -163,11 +163,12 @@ def check_targets(targets: torch.Tensor, shape: tuple[int, int], vocab: int, wha
         raise InputError(f"{what}: expected integer token ids, got dtype {targets.dtype}")
     if bytes_not_ids(targets.dtype):  # read as ids, the loss of other tokens (a tour)
         raise InputError(f"{what}: got dtype {targets.dtype}: {BYTES_NOT_IDS}")
+    targets = targets.long()  # uint16 ids: torch has no min() of them, nor compares them to -100 (a tour)
     kept = targets[targets != IGNORE_INDEX]
     if kept.numel() and (int(kept.min()) < 0 or int(kept.max()) >= vocab):
         raise InputError(f"{what}: token ids must be in [0, {vocab}) or {IGNORE_INDEX} (no loss); got "
                          f"[{int(kept.min())}, {int(kept.max())}]")
-    return targets.reshape(-1).long()
+    return targets.reshape(-1)
 
 
 def _ignored(nll: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -112,6 +113,12 @@ def test_max_seq_len_and_bad_input():
     with pytest.raises(GenerateError, match="top_k=2.5 must be an integer >= 0"):
         SamplingParams(temperature=0.7, top_k=2.5)
     assert generate(m, [torch.tensor([1, 2])], max_new_tokens=2).tokens[0]  # the control: a tensor prompt
+    # uint16 ids (a token file's dtype) were torch's '"min_all" not implemented for 'UInt16''
+    want = generate(m, [[1, 2, 3]], max_new_tokens=2).tokens
+    assert generate(m, [np.array([1, 2, 3], dtype=np.uint16)], max_new_tokens=2).tokens == want
+    assert generate(m, [torch.tensor([1, 2, 3], dtype=torch.uint16)], max_new_tokens=2).tokens == want
+    with pytest.raises(GenerateError, match=r"^prompt 0: token ids must be in \[0, 512\), got \[600, 600\]$"):
+        generate(m, [np.array([600], dtype=np.uint16)], max_new_tokens=2)
 
 
 # --------------------------------------------------------------------------------------- sampling
