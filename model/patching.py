@@ -113,6 +113,9 @@ def _expert_patch(live: dict, L: int, clean_ids: torch.Tensor, clean_out: torch.
         if out.shape != clean_out.shape:
             raise ValueError(f"patch_experts: {hook.name} is {tuple(out.shape)} in this run but "
                              f"{tuple(clean_out.shape)} in the clean cache: patch runs of the same [B, S]")
+        if out.dtype != clean_out.dtype:  # was the hook point's refusal of 'the hook' patch_experts attached (a tour)
+            raise ValueError(f"patch_experts: {hook.name} is {out.dtype} in this run but {clean_out.dtype} in the clean "
+                             "cache: make the clean cache with this model at its dtype")
         match = ids[:, :, None] == clean_ids.to(ids.device)[:, None, :]  # [T, K (ours), K (clean)]
         found = match.any(-1)  # [T, K]: the clean run chose this slot's expert for this token
         asked = torch.ones_like(found)

@@ -124,6 +124,12 @@ def test_bad_input_is_one_line_naming_it(tiny, pair):
     _, only_ids = tiny.run_with_cache(clean, names="layers.*.ffn.gate.hook_topk_ids")
     with pytest.raises(model.HookError, match=r"lacks layers\.1\.ffn\.experts\.hook_expert_out: make it with"):
         patching.patch_experts(tiny, corrupted, only_ids)
+    # a cache of another dtype (a float32 model's, into a bfloat16 one) was refused as 'the hook on ... returned'
+    # float64: a hook the caller never wrote
+    wide = {k: v.double() if v.is_floating_point() else v for k, v in cc.items()}
+    with pytest.raises(ValueError, match=r"^patch_experts: layers\.1\.ffn\.experts\.hook_expert_out is torch\.float32 "
+                                         r"in this run but torch\.float64 in the clean cache: make the clean cache "):
+        patching.patch_experts(tiny, corrupted, wide)
     whole = tiny.run_with_cache(clean, names=patching.EXPERT_NAMES)  # (logits, cache), not the cache
     with pytest.raises(ValueError, match=r"^patch_experts: clean_cache is a tuple: run_with_cache returns \(logits, "
                                          r"cache\), pass the cache \(run_with_cache\(clean_tokens, "):
