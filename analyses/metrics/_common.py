@@ -28,8 +28,19 @@ def as_loads(load, name: str = "load") -> np.ndarray:
 
 
 def as_ids(ids, name: str = "expert_ids") -> np.ndarray:
-    """[T, K] integer expert ids (a 1-D vector is read as K = 1)."""
+    """[T, K] integer expert ids (a 1-D vector is read as K = 1; a run's list column, one array of K ids a
+    token as `run.df("routing").expert_ids` holds them, as its rows)."""
     a = np.asarray(ids)
+    if a.dtype == object and a.ndim == 1 and a.size:
+        # NOTE: a routing frame's expert_ids column was numpy's 'The truth value of an array with more than
+        # one element is ambiguous' (a tour)
+        rows = [np.asarray(r) for r in a]
+        if len({r.shape for r in rows}) > 1:
+            raise MetricsError(f"{name}: rows of different lengths ({sorted({len(r) for r in rows})[:4]}): expected "
+                               "[tokens, K] expert ids")
+        a = np.stack(rows)
+    if a.size and (a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.number)):  # strings: numpy's 'remainder'
+        raise MetricsError(f"{name}: expert ids must be integers, got {a.dtype} values")
     if a.ndim == 1:
         a = a[:, None]
     if a.ndim != 2:

@@ -205,6 +205,17 @@ def test_contingency_lift_share():
         M.contingency(["a"], [[1, 5]], n_experts=4)
     with pytest.raises(M.MetricsError, match="lengths differ"):
         M.contingency(["a", "b"], [[1, 2]])
+    # a run's list column (run.df("routing").expert_ids: an array a token) is its rows; it was numpy's 'truth
+    # value of an array ... is ambiguous'
+    import pandas as pd
+    column = pd.Series([np.array([0, 1], np.uint16), np.array([1, 2], np.uint16), np.array([0, 2], np.uint16)])
+    assert M.contingency(["a", "b", "a"], column)[1].tolist() == c.tolist()
+    # labels and ids swapped (numpy's "ufunc 'remainder' not supported"), bools (read as experts 0 and 1)
+    for bad, dtype in [(np.array(["a", "b"]), "<U1"), (np.array([[True, False]]), "bool")]:
+        with pytest.raises(M.MetricsError, match=rf"^expert_ids: expert ids must be integers, got {dtype} values$"):
+            M.contingency(["a"] * len(bad), bad)
+    with pytest.raises(M.MetricsError, match=r"^expert_ids: rows of different lengths \(\[1, 2\]\)"):
+        M.contingency(["a", "b"], pd.Series([np.array([1]), np.array([1, 2])]))
     # P(d, e) = 3/8 on the diagonal, P(d) = P(e) = 1/2 -> lift 1.5 and 0.5
     np.testing.assert_allclose(M.lift([[3, 1], [1, 3]]), [[1.5, 0.5], [0.5, 1.5]])
     li = M.lift([[2, 0], [2, 0]])  # expert 1 never chosen: NaN; expert 0 equally shared: 1
