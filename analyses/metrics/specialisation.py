@@ -32,6 +32,10 @@ def contingency(labels, expert_ids, n_experts: int | None = None) -> tuple[list,
 
 
 def _table(c) -> np.ndarray:
+    if isinstance(c, tuple) and len(c) == 2 and isinstance(c[0], list):  # lift(contingency(...)) was numpy's
+        # 'setting an array element with a sequence ... inhomogeneous shape' (a tour)
+        raise MetricsError("contingency: got contingency()'s (labels, counts) pair: pass its counts "
+                           "(labels, counts = contingency(...))")
     c = np.asarray(c, dtype=np.float64)
     if c.ndim != 2:
         raise MetricsError(f"contingency: expected a 2-D [rows, experts] table, got shape {c.shape}")

@@ -224,6 +224,10 @@ def test_contingency_lift_share():
     assert np.isnan(M.lift(np.zeros((2, 2)))).all()
     with pytest.raises(M.MetricsError, match="2-D"):
         M.lift([1, 2])
+    # contingency()'s (labels, counts) pair passed whole was numpy's 'inhomogeneous shape'
+    for f in (M.lift, M.domain_share, M.mutual_information, M.domain_nmi):
+        with pytest.raises(M.MetricsError, match=r"^contingency: got contingency\(\)'s \(labels, counts\) pair: pass "):
+            f(M.contingency(["a", "b", "a"], [[0, 1], [1, 2], [0, 2]]))
 
 
 def test_nmi_matches_scikit_learn():
