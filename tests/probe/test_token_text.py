@@ -32,7 +32,8 @@ def chinese(codec) -> list[int]:
 def test_the_report_shows_each_token_as_str_tokens_does(codec, chinese):
     from analyses.report.research import token_texts
 
-    run = SimpleNamespace(path=REPO / "runs" / "r", info={"checkpoint": {"path": str(REPO / "data" / "model")}, "options": {}})
+    run = SimpleNamespace(path=REPO / "runs" / "r",
+                          info={"checkpoint": {"path": str(REPO / "data" / "model")}, "options": {}})
     texts = token_texts(run, chinese)
     assert not any("\ufffd" in t for t in texts) and any(t.startswith("\\x") for t in texts)
     assert texts == codec.str_tokens(chinese)  # Chinese prose: no quote, backslash or newline to write apart
