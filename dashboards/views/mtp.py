@@ -10,6 +10,13 @@ from dashboards import charts, data, ui
 
 
 def teacher_forced(ref: data.RunRef, colors: dict) -> None:
+    if not data.table_folder_exists(ref, "mtp") and "mtp" not in (ref.info.get("tables") or []):
+        # a spec-only run (or a record with --no-mtp) showed the agreement's definition above 'has no `mtp`
+        # table', which named neither why nor what records it (a tour)
+        st.info(f"Run `{ref.name}` has no teacher-forced agreement (no `mtp` table: a `dsv3-probe spec` run alone, "
+                "or a record with `--no-mtp`): `dsv3-probe record` measures it on the corpus' own tokens.",
+                icon="ℹ️")
+        return
     st.caption("Agreement: the MTP module's top-1 guess of token i+2 equals the main model's top-1 at i+1 "
                "(teacher-forced greedy acceptance). Mean acceptance length = 1 + agreement.")
     if not data.has_table(ref, "mtp") and data.table_folder_exists(ref, "mtp") and ref.status == "complete":

@@ -247,7 +247,9 @@ def test_an_mtp_table_without_rows_is_not_called_missing(runs, tmp_path):
     info = json.loads((run / "run.json").read_text())  # as recorded with --no-mtp: run.json lists no mtp
     (run / "run.json").write_text(json.dumps(info | {"tables": [t for t in info["tables"] if t != "mtp"]}))
     at = app(tmp_path, "short", page="mtp")
-    assert "has no `mtp` table" in texts(at.info) and not at.warning, texts(at.warning)
+    assert ("has no teacher-forced agreement (no `mtp` table: a `dsv3-probe spec` run alone, or a record with "
+            "`--no-mtp`)" in texts(at.info) and not at.warning), texts(at.warning)
+    assert not any(c.value.startswith("Agreement:") for c in at.caption)  # no definition of what is not there
 
 
 @pytest.mark.slow
