@@ -8,6 +8,7 @@ file into a warning and anything unexpected into an error box naming it, and the
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import sys
 from contextlib import contextmanager
@@ -256,6 +257,88 @@ def whole_table_height(n_rows: int, most: int = 40, row: int = 35) -> int:
     own (`row` px a row: 35, Streamlit's, unless its row_height says otherwise; its default height
     stops at 10 rows, which hid the end of short tables such as a run's options and its tables' health)."""
     return 38 + row * max(1, min(n_rows, most))
+
+
+# each character's width in px in the tables' font (Streamlit's Source Sans at 14 px, as Chromium measures it,
+# 2026-12-06, rounded up to half a pixel); any other (…, CJK) a whole 14 px. A flat 7 px a character, 34 to the
+# options' value column, let MMLU-WMT-MGSM-HU…ANEVAL-2026.jsonl (255 px) run past its 239 px, its end cut off,
+# and showed a lowercase path in two thirds of it (a tour, at 1400 px)
+_GLYPH_PX = {3.0: " ", 3.5: "',.:;ij|", 4.0: "Il", 4.5: "!()-[]f{}", 5.0: "/\\rt", 6.0: '"*?sz', 6.5: "cx",
+             7.0: "0123456789#$+<=>FJLY^_ekvy~", 7.5: "ESVXag", 8.0: "ACPRTZ`bdhnopqu", 8.5: "BK", 9.0: "&DG",
+             9.5: "HNOQU", 10.5: "Mw", 11.5: "W", 12.0: "%@m"}
+GLYPH_PX = {c: w for w, chars in _GLYPH_PX.items() for c in chars}
+
+
+def text_px(text: str) -> float:
+    """`text`'s width in px in the tables' font (`GLYPH_PX`), an estimate no narrower than Chromium draws it."""
+    return sum(GLYPH_PX.get(c, 14.0) for c in text)
+
+
+CELL_PAD_PX = 16  # px: a table cell's padding, left and right together
+
+
+def cell_lines(text: str, width: int) -> int:
+    """The lines `text` takes in a column `width` px wide, wrapped at spaces as the table does (a word
+    longer than a line broken where the line ends), each word measured by `text_px`, as the Overview's `fit_path`
+    measures the paths. A flat 7 px a character made the bundled model's `4 layers, dim 192, 32 experts
+    (top-4)`, two lines in the 140 px column in Chromium, three: every row a line taller than its text."""
+    if "\n" in str(text):  # a line break of its own (`break_name`): each line wrapped on its own
+        return sum(cell_lines(line, width) for line in str(text).split("\n"))
+    room, lines, used = max(1.0, width - CELL_PAD_PX), 1, 0.0
+    for word in str(text).split():
+        w = text_px(word)
+        if used and used + GLYPH_PX[" "] + w > room:
+            lines, used = lines + 1, 0.0
+        used += w + (GLYPH_PX[" "] if used else 0.0)
+        while used > room:  # a word past the line's end
+            lines, used = lines + 1, used - room
+    return lines
+
+
+def break_name(name: str, width: int) -> str:
+    """`name` for a cell `width` px wide: where longer than a line, a line break after the `-`, `_` or `.`
+    that ends as much of it as fits a line (`text_px`). The table breaks a word longer than its line
+    where the line ends, mid-name (`demo-finetun` / `ed` in the 1024 px window's 104 px run column)."""
+    room, lines = width - CELL_PAD_PX, [""]
+    for part in re.split(r"(?<=[-_.])", name):
+        if lines[-1] and text_px(lines[-1] + part) > room:
+            lines.append("")
+        lines[-1] += part
+    return "\n".join(lines)
+
+
+def row_lines(table, columns: dict[str, int]) -> int:
+    """The lines the tallest row of a table of `columns` needs (at most 4), its text wrapped at their widths
+    (`cell_lines`); a number takes one line."""
+    return min(4, max((cell_lines(v, w) for c, w in columns.items() if table[c].dtype.kind not in "biuf"
+                       for v in table[c]), default=1))
+
+
+# a table's room at 1024 px, the narrowest window the dashboard is laid out for, with the sidebar open: the
+# page's column is 562 px (938 at 1400 px), an expander's box inside it 528; a table whose rows may outgrow
+# its height spares a vertical scroll bar's 15 px. Columns of widths that fit this room together do not
+# scroll sideways there, and wider windows stretch every column by as much (`wrapped_table`)
+PAGE_PX, EXPANDER_PX, SCROLL_BAR_PX = 562, 528, 15
+
+
+def wrapped_table(table, columns: dict[str, int], config: dict | None = None, key: str | None = None,
+                  most: int = 10) -> None:
+    """`table` in columns of `columns`' widths, its rows as tall as its longest cell's lines: a cell longer
+    than its column wraps, which Streamlit allows in rows taller than 4rem, taken only when a value is that
+    long (and then the `most` rows the table shows before it scrolls, in rows that tall). `config`: the
+    columns' `st.column_config` (a format, a shorter label with the whole name as its help), each given
+    its width in `columns`. Streamlit sized each column to its header and values, and a table of many
+    columns scrolled sideways in the page's column at 1024 px (Load balance, Specialisation, Co-activation,
+    Compare runs; a tour)."""
+    lines = row_lines(table, columns)
+    row = 26 + 22 * lines if lines > 1 else None
+    shown = dict(config or {})
+    for c, w in columns.items():
+        shown[c] = dict(shown.get(c) or {})
+        shown[c]["width"] = shown[c].get("width") or w
+    st.dataframe(table, hide_index=True, width="stretch", row_height=row, key=key,
+                 height=whole_table_height(len(table), most, row or 35) if row or most != 10 else "auto",
+                 column_config=shown)
 
 
 def layer_picker(layers: list, key: str, label: str = "MoE layer", index: int = 0, ref: data.RunRef | None = None):

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import re
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
 from dashboards import charts, data, ui
+from dashboards.ui import CELL_PAD_PX, break_name, text_px, wrapped_table
 from probe.run import lost_tables, lost_why
 from probe.schema import TABLES
 
@@ -112,21 +112,6 @@ def fit_path(path, room: float, width=len) -> str:
     return cut
 
 
-# each character's width in px in the tables' font (Streamlit's Source Sans at 14 px, as Chromium measures it,
-# 2026-12-06, rounded up to half a pixel); any other (…, CJK) a whole 14 px. A flat 7 px a character, 34 to the
-# options' value column, let MMLU-WMT-MGSM-HU…ANEVAL-2026.jsonl (255 px) run past its 239 px, its end cut off,
-# and showed a lowercase path in two thirds of it (a tour, at 1400 px)
-_GLYPH_PX = {3.0: " ", 3.5: "',.:;ij|", 4.0: "Il", 4.5: "!()-[]f{}", 5.0: "/\\rt", 6.0: '"*?sz', 6.5: "cx",
-             7.0: "0123456789#$+<=>FJLY^_ekvy~", 7.5: "ESVXag", 8.0: "ACPRTZ`bdhnopqu", 8.5: "BK", 9.0: "&DG",
-             9.5: "HNOQU", 10.5: "Mw", 11.5: "W", 12.0: "%@m"}
-GLYPH_PX = {c: w for w, chars in _GLYPH_PX.items() for c in chars}
-
-
-def text_px(text: str) -> float:
-    """`text`'s width in px in the tables' font (`GLYPH_PX`), an estimate no narrower than Chromium draws it."""
-    return sum(GLYPH_PX.get(c, 14.0) for c in text)
-
-
 # the runs table's columns in pixels, together within the page's column at 1024 px with the sidebar open
 # (562 px; 938 at 1400 px), a vertical scroll bar's 15 px spared: wider windows stretch every column by as
 # much. Eight columns took 930 px, tokens, domains and started behind a sideways scroll bar below about
@@ -134,37 +119,6 @@ def text_px(text: str) -> float:
 # (`MORE_COLUMNS`), the tokens shortened (359K; the summary below gives them whole). A longer cell wraps
 RUN_COLUMNS = {"run": 104, "kind": 60, "status": 86, "model": 116, "corpus": 120, "tokens": 58}
 MORE_COLUMNS = {"run": 110, "domains": 270, "started": 130}  # the expander's box: 32 px narrower
-CELL_PAD_PX = 16  # px: a cell's padding, left and right together
-
-
-def cell_lines(text: str, width: int) -> int:
-    """The lines `text` takes in a column `width` px wide, wrapped at spaces as the table does (a word
-    longer than a line broken where the line ends), each word measured by `text_px`, as `fit_path`
-    measures the paths. A flat 7 px a character made the bundled model's `4 layers, dim 192, 32 experts
-    (top-4)`, two lines in the 140 px column in Chromium, three: every row a line taller than its text."""
-    if "\n" in str(text):  # a line break of its own (`break_name`): each line wrapped on its own
-        return sum(cell_lines(line, width) for line in str(text).split("\n"))
-    room, lines, used = max(1.0, width - CELL_PAD_PX), 1, 0.0
-    for word in str(text).split():
-        w = text_px(word)
-        if used and used + GLYPH_PX[" "] + w > room:
-            lines, used = lines + 1, 0.0
-        used += w + (GLYPH_PX[" "] if used else 0.0)
-        while used > room:  # a word past the line's end
-            lines, used = lines + 1, used - room
-    return lines
-
-
-def break_name(name: str, width: int) -> str:
-    """`name` for a cell `width` px wide: where longer than a line, a line break after the `-`, `_` or `.`
-    that ends as much of it as fits a line (`text_px`). The table breaks a word longer than its line
-    where the line ends, mid-name (`demo-finetun` / `ed` in the 1024 px window's 104 px run column)."""
-    room, lines = width - CELL_PAD_PX, [""]
-    for part in re.split(r"(?<=[-_.])", name):
-        if lines[-1] and text_px(lines[-1] + part) > room:
-            lines.append("")
-        lines[-1] += part
-    return "\n".join(lines)
 
 
 def runs_table(runs: list[data.RunRef]) -> pd.DataFrame:
@@ -178,23 +132,6 @@ def runs_more_table(runs: list[data.RunRef]) -> pd.DataFrame:
     """The runs table's secondary columns (`MORE_COLUMNS`), shown under an expander below it."""
     return pd.DataFrame([{"run": break_name(r.name, MORE_COLUMNS["run"]), "domains": ", ".join(data.domains_of(r)),
                           "started": _when(r.info.get("started"))} for r in runs])
-
-
-def row_lines(table: pd.DataFrame, columns: dict[str, int] = RUN_COLUMNS) -> int:
-    """The lines the tallest row of a table of `columns` needs (at most 4), its text wrapped at their widths."""
-    return min(4, max((cell_lines(v, w) for c, w in columns.items() if c != "tokens" for v in table[c]),
-                      default=1))
-
-
-def wrapped_table(table: pd.DataFrame, columns: dict[str, int], config: dict | None = None) -> None:
-    """`table` in columns of `columns`' widths, its rows as tall as its longest cell's lines: a cell longer
-    than its column wraps, which Streamlit allows in rows taller than 4rem, taken only when a value is that
-    long (and then the 10 rows the table showed, in rows that tall)."""
-    lines = row_lines(table, columns)
-    row = 26 + 22 * lines if lines > 1 else None
-    st.dataframe(table, hide_index=True, width="stretch", row_height=row,
-                 height=ui.whole_table_height(len(table), 10, row) if row else "auto",
-                 column_config={c: st.column_config.Column(width=w) for c, w in columns.items()} | (config or {}))
 
 
 def domain_bars(per: dict, title: str, key: str, where=st) -> None:

@@ -243,7 +243,7 @@ def test_the_runs_table_fits_the_page_and_fits_a_long_corpus_path_to_a_line(tmp_
     (tmp_path / "long" / "run.json").write_text(json.dumps(info | {"corpus": {"path": str(path)}}))
     shown = app(tmp_path, "long").dataframe[0]
     cell = dict(zip(shown.value.run, shown.value.corpus))["long"]
-    from dashboards.views.overview import CELL_PAD_PX, cell_lines, text_px
+    from dashboards.ui import CELL_PAD_PX, cell_lines, text_px
 
     assert cell == "~/…/shards"  # code-math-prose-balanced-2026-11/shards: 262 px
     assert text_px(cell) <= widths["corpus"] - CELL_PAD_PX and cell_lines(cell, widths["corpus"]) == 1
@@ -254,7 +254,8 @@ def test_a_run_name_longer_than_its_column_breaks_after_a_hyphen():
     """In the 104 px run column (the runs table within the 1024 px window) `demo-finetuned` was broken
     where the line ended, `demo-finetun` over `ed` (a tour): a name breaks after the `-`, `_` or `.`
     that ends as much of it as fits a line, and its lines are counted as the table draws them."""
-    from dashboards.views.overview import RUN_COLUMNS, break_name, cell_lines
+    from dashboards.ui import break_name, cell_lines
+    from dashboards.views.overview import RUN_COLUMNS
 
     width = RUN_COLUMNS["run"]
     assert break_name("demo-finetuned", width) == "demo-\nfinetuned"
@@ -266,7 +267,7 @@ def test_a_run_name_longer_than_its_column_breaks_after_a_hyphen():
 def test_a_cell_that_fits_its_line_takes_one():
     """The wrap estimate, 52 characters a 400 px line, gave a 54-character cell that fits on one line
     a two-line row (a tour); lines break at spaces, and a word longer than a line where it ends."""
-    from dashboards.views.overview import cell_lines
+    from dashboards.ui import cell_lines
 
     assert cell_lines("x" * 54, 400) == 1
     assert cell_lines("chinese, code, literature, math, technical", 150) == 3  # as a browser drew it
@@ -281,7 +282,8 @@ def test_a_cells_lines_are_measured_as_the_paths_that_fit_it_are():
     two, and a word of wide capitals that the browser wraps as one line."""
     import math
 
-    from dashboards.views.overview import CELL_PAD_PX, cell_lines, fit_path, text_px
+    from dashboards.ui import CELL_PAD_PX, cell_lines, text_px
+    from dashboards.views.overview import fit_path
 
     for word in ("i" * 26, "W" * 10, "m" * 17, "data/corpus/val.jsonl", "MMLU-WMT-MGSM-HUMANEVAL-2026.jsonl"):
         for width in (90, 100, 140, 200):
