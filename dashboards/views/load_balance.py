@@ -11,6 +11,23 @@ from plotly.subplots import make_subplots
 
 from dashboards import charts, compute, data, ui
 
+# the balance table's columns in pixels, within the page's column at 1024 px less a vertical scroll bar
+# (`ui.PAGE_PX`; a model of 58 MoE layers scrolls): sized to their headers, the seven took 596 px of its 562
+# and Gini scrolled out of view (a tour). Three headers shortened, their whole names in their help
+BALANCE_COLUMNS = {"layer": 70, "maxvio_global": 76, "maxvio_batch_mean": 112, "balancedness": 102, "cv": 52,
+                   "normalised_entropy": 72, "gini": 52}
+SHORT = {"maxvio_global": ("MaxVio", "MaxVio (global): (max − mean) / mean of the layer's loads summed over the "
+                                     "steps shown"),
+         "maxvio_batch_mean": ("MaxVio (batch)", "MaxVio (batch mean): each batch's MaxVio, averaged over the batches"),
+         "normalised_entropy": ("entropy", "norm. entropy: the entropy of the experts' load shares / ln N")}
+
+
+def metric_column(c: str):
+    """The balance table's column of metric `c`: three decimals, under its short header (`SHORT`) if it has one."""
+    label, help_ = SHORT.get(c, (None, None))
+    return st.column_config.NumberColumn(format="%.3f", label=label, help=help_)
+
+
 def n_experts(ref: data.RunRef, loads) -> int:
     return int((ref.info.get("model_args") or {}).get("n_routed_experts") or loads["expert"].max() + 1)
 
@@ -40,11 +57,13 @@ def balance_section(ref: data.RunRef, loads, by_step, E: int, what: str) -> None
         # the per-GPU columns in a table of their own: beside the seven per-expert ones the table scrolled
         # sideways and cut the last column off at a laptop's width (a dashboard review)
         per_gpu = [c for c in ("imbalance_ratio", "gpu_balancedness") if c in labels and c in table.columns]
-        for key, group in (("lb_table", [c for c in labels if c not in per_gpu]), ("lb_gpu_table", per_gpu)):
-            cols = ["layer"] + [c for c in group if c in table.columns]
-            if len(cols) > 1:
-                st.dataframe(table[cols].rename(columns=labels), hide_index=True, width="stretch", key=key,
-                             column_config={labels[c]: st.column_config.NumberColumn(format="%.3f") for c in cols[1:]})
+        cols = ["layer"] + [c for c in labels if c not in per_gpu and c in table.columns]
+        ui.wrapped_table(table[cols].rename(columns=labels), {labels.get(c, c): BALANCE_COLUMNS[c] for c in cols},
+                         {labels[c]: metric_column(c) for c in cols[1:]}, key="lb_table")
+        if per_gpu:
+            st.dataframe(table[["layer", *per_gpu]].rename(columns=labels), hide_index=True, width="stretch",
+                         key="lb_gpu_table",
+                         column_config={labels[c]: st.column_config.NumberColumn(format="%.3f") for c in per_gpu})
     left, right = st.columns([1, 2])
     with left, ui.guard("the MaxVio bars"):
         st.plotly_chart(charts.bars(table.layer, table.maxvio_global, title="MaxVio (global) per layer",

@@ -63,12 +63,14 @@ BLOCK_END = ("[...document.querySelectorAll('[data-testid=\"stCode\"] pre')].fil
              "e.scrollLeft = 0; const lead = Math.min(...rects().map(b => b.left)) - box().left; "
              "e.scrollLeft = e.scrollWidth; const tail = box().right - Math.max(...rects().map(b => b.right)); "
              "e.scrollLeft = 0; return tail < lead - 1; }).map(e => e.textContent.slice(0, 60))")
-# a metric's label, value or delta cut off at its column's edge (Streamlit ends it with an ellipsis)
 # a table wider than its box (the columns' widths together past the page's column): the reader scrolls it
 # sideways to see its last columns; each as its width over its box's
 WIDE_TABLES = ("[...document.querySelectorAll('[data-testid=\"stDataFrame\"] .dvn-scroller')]"
                ".filter(e => !e.closest('[data-stale=\"true\"]') && e.scrollWidth > e.clientWidth + 1)"
                ".map(e => `${e.scrollWidth} px in ${e.clientWidth} px`)")
+# the pages whose tables are fitted to the page's column at 1024 px (the test asserts none wider than its box)
+FITTED = ("overview", "load_balance")
+# a metric's label, value or delta cut off at its column's edge (Streamlit ends it with an ellipsis)
 CUT_METRICS = ("[...document.querySelectorAll('[data-testid=\"stMetric\"] [data-testid=\"stMarkdownContainer\"]')]"
                ".filter(e => !e.closest('[data-stale=\"true\"]') && e.scrollWidth > e.clientWidth + 1)"
                ".map(e => e.textContent)")
@@ -260,10 +262,11 @@ def test_every_page_in_a_real_browser(runs, tmp_path_factory, capsys):
     # (an expert's 15 top tokens scrolled inside a 250 px table, its 7th row cut in half) show every row
     assert found["overview"]["tables_cut"] == 0, found["overview"]
     assert found["specialisation"]["tables_cut"] == 0, found["specialisation"]
-    # the runs table, every column in the page at 1024 px (the narrowest the dashboard is laid out for):
-    # its eight columns took 930 px, the page's column 562, run to corpus in view and tokens, domains and
-    # started behind a sideways scroll up to a window of about 1,400 px (a tour)
-    assert found["overview"]["wide_tables"] == [], found["overview"]["wide_tables"]
+    # every table's columns in view at 1024 px (the narrowest the dashboard is laid out for): the Overview's
+    # runs table took 930 px of the page's 562, tokens, domains and started behind a sideways scroll up to
+    # a window of about 1,400 px (a tour); Load balance's metrics 596 px (a tour)
+    wide = {page: found[page]["wide_tables"] for page in FITTED if found[page]["wide_tables"]}
+    assert wide == {}, wide
 
 
 if __name__ == "__main__":
