@@ -332,7 +332,7 @@ def wrapped_table(table, columns: dict[str, int], config: dict | None = None, ke
     Compare runs; a tour)."""
     lines = row_lines(table, columns)
     row = 26 + 22 * lines if lines > 1 else None
-    shown = dict(config or {})
+    shown = {c: v for c, v in (config or {}).items() if c in table.columns}
     for c, w in columns.items():
         shown[c] = dict(shown.get(c) or {})
         shown[c]["width"] = shown[c].get("width") or w

@@ -13,6 +13,18 @@ from analyses.metrics.specialisation import VOCAB_MIN_COUNT
 from dashboards import charts, compute, data, research, ui
 
 
+# the tables' columns in pixels at 1024 px, the sidebar open: the most domain-specific experts in the right
+# 3/5 of the page (328 px) took 406 and the top tokens in its right 3/4 (413 px) 453, sized to their headers,
+# their last columns behind a sideways scroll bar (a tour). Neither scrolls down (8 rows; every row shown)
+EXPERT_COLUMNS = {"expert": 52, "domain": 76, "lift": 50, "share": 80, "assignments": 62}
+TOKEN_COLUMNS = {"token": 92, "token_id": 60, "routed here": 88, "occurrences": 60, "share to expert": 96}
+TOKEN_CONFIG = {  # three headers shorter than the names, which their help gives
+    "token_id": st.column_config.NumberColumn(label="id", help="token_id: the token's id in the vocabulary"),
+    "occurrences": st.column_config.NumberColumn(label="seen", help="occurrences: the token's, in the sampled tokens"),
+    "share to expert": st.column_config.ProgressColumn(label="share", help="share to expert: routed here / occurrences",
+                                                       format="%.2f", min_value=0, max_value=1)}
+
+
 def snippet_html(tok, ids: list[int], centre: int, color: str) -> str:
     parts = []
     for j, t in enumerate(ui.token_text(tok, ids)):
@@ -93,10 +105,11 @@ def domain_views(ref: data.RunRef) -> list[str]:
             ylabel="I / H(domain)", colors="#4C78A8", height=320), 0.4), key="nmi")
         with right:
             st.markdown("**Most domain-specific experts of this layer**")
-            st.dataframe(tops.head(8), hide_index=True, width="stretch",
-                         column_config={"lift": st.column_config.NumberColumn(format="%.2f"),
-                                        "share": st.column_config.ProgressColumn(format="%.2f", min_value=0,
-                                                                                 max_value=1)})
+            ui.wrapped_table(tops.head(8), EXPERT_COLUMNS, {
+                "lift": st.column_config.NumberColumn(format="%.2f"),
+                "share": st.column_config.ProgressColumn(format="%.2f", min_value=0, max_value=1),
+                "assignments": st.column_config.NumberColumn(
+                    label="load", help="assignments: the expert's top-k assignments at this layer, every domain")})
         st.caption("I(domain; expert) / H(domain) over top-k assignments: the share of the domain's entropy that "
                    "the chosen expert removes (`analyses.metrics.domain_nmi`). Not the symmetric NMI "
                    "2I / (H(domain) + H(expert)), the `nmi` column of `specialisation_table` (docs/metrics.md).")
@@ -133,12 +146,9 @@ def top_tokens(ref, layer: str, E: int, tops: pd.DataFrame) -> None:
             return
         tok = ui.tokenizer_for(ref)
         top.insert(0, "token", ui.token_text(tok, top.token_id, stream=False))
-        with c2:
-            st.dataframe(top.rename(columns={"n": "routed here", "total": "occurrences", "share": "share to expert"}),
-                         # every row: at 250 px the 15 rows scrolled inside the table, the 7th cut in half
-                         hide_index=True, width="stretch", height=ui.whole_table_height(len(top)),
-                         column_config={"share to expert": st.column_config.ProgressColumn(
-                             format="%.2f", min_value=0, max_value=1)})
+        with c2:  # every row (most=40): at 250 px the 15 rows scrolled inside the table, the 7th cut in half
+            shown = top.rename(columns={"n": "routed here", "total": "occurrences", "share": "share to expert"})
+            ui.wrapped_table(shown, TOKEN_COLUMNS, TOKEN_CONFIG, most=40)
         pick = st.selectbox("Snippets for token", top.token_id.tolist(), key="sp_token",
                             format_func=lambda i: f"{top.set_index('token_id').token[i]} (id {i})")
         snip = data.token_snippets(ref, lnum, int(expert), int(pick))
@@ -236,17 +246,35 @@ def token_dependence(ref: data.RunRef) -> None:
                    "every id counts, those seen once too (each trivially 1.0), so VS input lies above the metric "
                    f"beside the expert picker, which counts ids seen at least {VOCAB_MIN_COUNT} times."
                    + research.sample_note(ref, windows))
-        short = {"token_id": "token id", "prev_token": "prev token", "prev_and_position": "prev + pos",
-                 "token_and_prev": "token + prev", "vocab_spec_input": "VS input", "vocab_spec_next": "VS next",
-                 "test_tokens": "held-out"}
-        table = td[["layer", "target", *PREDICTOR_LABELS, "unseen", "vocab_spec_input", "vocab_spec_next",
-                    "test_tokens"]].rename(columns=short)
-        st.dataframe(table, hide_index=True, width="stretch", key="tokdep_table", column_config={
-            c: st.column_config.NumberColumn(format="%.3f") for c in table.columns if table[c].dtype.kind == "f"})
-        st.caption("Accuracies per predictor (prev: the previous token's id; pos: the position in the window); "
-                   "VS: vocabulary specialisation against the input and the next token. "
-                   "target `topk`: the whole top-k set predicted (one label per distinct set); `unseen`: share of "
-                   "held-out tokens whose id never occurs in training.")
+        dependence_tables(td)
+
+
+# the token-id dependence's columns in pixels, within the page's column at 1024 px less a vertical scroll bar
+# (`ui.PAGE_PX`; two rows a layer scroll for a model of many): its twelve columns took 790 px of the 562, the
+# vocabulary specialisation, unseen ids and held-out tokens out of view (a tour); they moved to a table of
+# their own under an expander (`MORE_DEPENDENCE`, within `ui.EXPANDER_PX`), and the accuracies stay in view
+DEPENDENCE_COLUMNS = {"layer": 56, "target": 58, "token id": 68, "prev": 52, "pos": 52, "prev + pos": 80,
+                      "token + prev": 92, "majority": 70}
+MORE_DEPENDENCE = {"layer": 56, "target": 58, "VS input": 80, "VS next": 80, "unseen": 70, "held-out": 80}
+SHORT = {"token_id": "token id", "prev_token": "prev", "position": "pos", "prev_and_position": "prev + pos",
+         "token_and_prev": "token + prev", "majority": "majority", "vocab_spec_input": "VS input",
+         "vocab_spec_next": "VS next", "test_tokens": "held-out"}
+
+
+def dependence_tables(td: pd.DataFrame) -> None:
+    """The token-id dependence's accuracies per layer and target, and under an expander each layer's
+    vocabulary specialisation, unseen ids and held-out tokens."""
+    table = td[["layer", "target", *PREDICTOR_LABELS, "unseen", "vocab_spec_input", "vocab_spec_next",
+                "test_tokens"]].rename(columns=SHORT)
+    three = {c: st.column_config.NumberColumn(format="%.3f") for c in table.columns if table[c].dtype.kind == "f"}
+    helps = {SHORT[p]: three[SHORT[p]] | {"help": PREDICTOR_LABELS[p]} for p in PREDICTOR_LABELS}
+    ui.wrapped_table(table[list(DEPENDENCE_COLUMNS)], DEPENDENCE_COLUMNS, three | helps, key="tokdep_table")
+    with st.expander("Vocabulary specialisation, unseen ids and held-out tokens"):
+        ui.wrapped_table(table[list(MORE_DEPENDENCE)], MORE_DEPENDENCE, three, key="tokdep_more")
+    st.caption("Accuracies per predictor (prev: the previous token's id; pos: the position in the window); "
+               "VS: vocabulary specialisation against the input and the next token. "
+               "target `topk`: the whole top-k set predicted (one label per distinct set); `unseen`: share of "
+               "held-out tokens whose id never occurs in training.")
 
 
 with ui.guard("this page"):

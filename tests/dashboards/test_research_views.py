@@ -78,7 +78,17 @@ def test_token_dependence(runs, tmp_path):
     got = frame(at, "token id").set_index(["layer", "target"])
     assert len(got) == len(want) > 0
     np.testing.assert_allclose(got["token id"], want.token_id)
-    np.testing.assert_allclose(got["VS next"], want.vocab_spec_next)
+    # the vocabulary specialisation, unseen ids and held-out tokens in a second table, under an expander: the
+    # twelve columns took 790 px of the page's 562 at 1024 px (a tour)
+    more = frame(at, "VS next").set_index(["layer", "target"])
+    assert "VS next" not in got and list(more.index) == list(got.index)
+    np.testing.assert_allclose(more["VS next"], want.vocab_spec_next)
+    # each table's columns within its room at 1024 px: the domain-specific experts in the right 3/5 (328 px)
+    # took 406, the top tokens in the right 3/4 (413 px) 453 (a tour); the two above spare a scroll bar
+    assert len(at.dataframe) == 4
+    for shown, room in zip(at.dataframe, (328, 413, 562 - 15, 528 - 15)):
+        widths = [v.get("width") for c, v in json.loads(shown.proto.columns).items() if c != "_index"]
+        assert None not in widths and sum(widths) <= room, widths
     # a run without a tokens table: a note, not a traceback (the domain views still draw)
     shutil.copytree(runs["demo"], tmp_path / "notokens")
     shutil.rmtree(tmp_path / "notokens" / "tokens")
