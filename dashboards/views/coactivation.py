@@ -13,6 +13,12 @@ from analyses.metrics._common import listed
 from dashboards import charts, compute, data, research, ui
 
 MAX_LINKS = 20
+# the tables' columns in pixels, within the page's column at 1024 px less a vertical scroll bar (`ui.PAGE_PX`):
+# sized to their headers and values, the common paths took 740 px of the 562, the domain share and example
+# tokens out of view, and the paths per domain 341 px of the right 2/5's 216 beside the domain information
+# chart (a tour), now below it at the page's width. A longer cell (a path through many layers, the examples) wraps
+PATH_COLUMNS = {"path": 110, "tokens": 58, "share": 80, "domain": 76, "domain share": 64, "example tokens": 150}
+SUMMARY_COLUMNS = {"domain": 110, "tokens": 90, "paths": 90, "perplexity": 100, "top-10 share": 110}
 
 
 def main() -> None:
@@ -115,9 +121,11 @@ def paths(ref: data.RunRef, layers: list[int]) -> None:
             "example tokens": ["  ".join(ui.token_text(tok, ids, stream=False))
                                for ids in com.token_ids]})
         st.markdown(f"**Most common paths** (layers {' → '.join(map(str, chosen))})")
-        st.dataframe(table, hide_index=True, width="stretch", key="common_paths", column_config={
+        ui.wrapped_table(table, PATH_COLUMNS, {
             "share": st.column_config.ProgressColumn(format="%.3f", min_value=0, max_value=float(com.share.max())),
-            "domain share": st.column_config.NumberColumn(format="%.2f")})
+            "domain share": st.column_config.NumberColumn(
+                format="%.2f", label="in domain", help="domain share: the share of the path's tokens in its domain")},
+            key="common_paths")
 
 
 def path_sankey(flows: pd.DataFrame, nodes: pd.DataFrame, chosen: list[int], n_links: int, by: str):
@@ -182,15 +190,15 @@ def path_stats(ref: data.RunRef, p: dict) -> None:
     fig.update_layout(barmode="group")
     left.plotly_chart(charts.fit_title(charts.style(fig, "Domain information: each layer alone vs the whole path",
                                                     340), 0.6), key="path_info")
-    right.dataframe(summ[["domain", "tokens", "distinct_paths", "perplexity", "top10_share"]]
-                    .rename(columns={"distinct_paths": "paths", "top10_share": "top-10 share"}),
-                    hide_index=True, width="stretch", key="path_summary",
-                    column_config={"perplexity": st.column_config.NumberColumn(format="%.1f"),
-                                   "top-10 share": st.column_config.NumberColumn(format="%.3f")})
     # the module's name broken after a dot only: it is longer than the column's line at 1024 px
     right.caption("AMI is chance-adjusted: a path has many more values than one layer's expert, and plug-in "
                   "mutual information would grow with them even without any domain signal "
                   f"({ui.code_html('analyses.metrics.domain_information', '.')}).", unsafe_allow_html=True)
+    st.markdown("**Paths per domain** (distinct paths, perplexity and the top-10 paths' share of each domain's tokens)")
+    ui.wrapped_table(summ[["domain", "tokens", "distinct_paths", "perplexity", "top10_share"]]
+                     .rename(columns={"distinct_paths": "paths", "top10_share": "top-10 share"}), SUMMARY_COLUMNS,
+                     {"perplexity": st.column_config.NumberColumn(format="%.1f"),
+                      "top-10 share": st.column_config.NumberColumn(format="%.3f")}, key="path_summary")
 
 
 with ui.guard("this page"):
