@@ -11,6 +11,17 @@ from dashboards import charts, compute, data, research, training_data, ui
 from probe.model_shape import model_differences
 
 RUN_COLORS = ("#4C78A8", "#F58518")
+# the changed tokens' columns in pixels, within the page's column at 1024 px less a vertical scroll bar
+# (`ui.PAGE_PX`); four headers shorter than the table's names, which their help gives
+CHANGE_COLUMNS = {"token": 80, "domain": 80, "seq_id": 66, "pos": 50, "layers": 58, "top1_changed": 56,
+                  "set_changed": 74, "jaccard": 64}
+CHANGE_CONFIG = {
+    "seq_id": st.column_config.Column(label="window", help="seq_id: the window the token is in"),
+    "layers": st.column_config.Column(help="layers: the MoE layers compared, those both runs routed the token at"),
+    "top1_changed": st.column_config.Column(label="top-1", help="top1_changed: the layers whose top-1 expert differs"),
+    "set_changed": st.column_config.Column(label="top-k set", help="set_changed: the layers whose top-k set differs"),
+    "jaccard": st.column_config.NumberColumn(
+        label="Jaccard", format="%.3f", help="jaccard: |A ∩ B| / |A ∪ B| of the two top-k sets, mean over the layers")}
 
 
 def loads_of(ref: data.RunRef):
@@ -246,19 +257,17 @@ def run_vs_run(ra: data.RunRef, rb: data.RunRef) -> None:
                                                "<extra></extra>"))
         fig.update_layout(barmode="group")
         fig.update_yaxes(title="agreement", range=[0, 1.02])
-        left, right = st.columns([2, 3])
-        left.plotly_chart(charts.style(fig, "Agreement per layer", 360), key="cmp_agree")
+        # the chart and the table below it each at the page's width: beside the chart, in the right 3/5 (328 px
+        # at 1024 px), the table's eight columns took 528 px, the changes out of view (a tour)
+        st.plotly_chart(charts.style(fig, "Agreement per layer", 360), key="cmp_agree")
         changed = ch[(ch.top1_changed > 0) | (ch.set_changed > 0)]
-        with right:
-            st.markdown("**Tokens whose routes changed most** (lowest mean Jaccard over the layers)")
-            if changed.empty:
-                st.info("No token's top-k set differs between the two runs.")
-                return
-            tok = ui.tokenizer_for(ra)
-            st.dataframe(changed.assign(token=ui.token_text(tok, changed.token_id, stream=False))
-                         [["token", "domain", "seq_id", "pos", "layers", "top1_changed", "set_changed", "jaccard"]],
-                         hide_index=True, width="stretch", height=320, key="cmp_changes",
-                         column_config={"jaccard": st.column_config.NumberColumn(format="%.3f")})
+        st.markdown("**Tokens whose routes changed most** (lowest mean Jaccard over the layers)")
+        if changed.empty:
+            st.info("No token's top-k set differs between the two runs.")
+            return
+        tok = ui.tokenizer_for(ra)
+        ui.wrapped_table(changed.assign(token=ui.token_text(tok, changed.token_id, stream=False))[list(CHANGE_COLUMNS)],
+                         CHANGE_COLUMNS, CHANGE_CONFIG, key="cmp_changes")
         st.caption("Routing rows matched on (window, position, layer); expert ids compared by index, so this "
                    "reads as agreement for two checkpoints of one model (fine-tuned, ablated, re-balanced). "
                    "`analyses.metrics.routing_agreement_from_runs`, `route_changes_from_runs`.")

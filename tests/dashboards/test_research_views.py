@@ -132,6 +132,12 @@ def test_run_vs_run(runs, tmp_path):
     changed = frame(at, "top1_changed")
     assert changed[["seq_id", "pos"]].values.tolist() == ch[["seq_id", "pos"]].values.tolist()
     assert changed.token.str.len().min() > 0
+    # at the page's width, its columns within it at 1024 px less a scroll bar: beside the agreement chart,
+    # in the right 3/5 (328 px), its eight columns took 528 px (a tour)
+    shown = next(d for d in at.dataframe if "top1_changed" in d.value.columns)
+    widths = [v.get("width") for c, v in json.loads(shown.proto.columns).items() if c != "_index"]
+    assert None not in widths and sum(widths) <= 562 - 15, widths
+    assert not [c for c in at.columns if c.dataframe]
     # runs over other windows, or other tokens at the same positions: said in an info box
     from helpers.synthetic_run import write_run
 
