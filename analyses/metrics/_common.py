@@ -36,6 +36,10 @@ def as_ids(ids, name: str = "expert_ids") -> np.ndarray:
         # one element is ambiguous' (a tour)
         rows = [np.asarray(r) for r in a]
         if len({r.shape for r in rows}) > 1:
+            # a missing row (None, NaN) among arrays: the len() below was Python's 'len() of unsized object'
+            if (i := next((i for i, r in enumerate(rows) if r.ndim == 0), None)) is not None:
+                raise MetricsError(f"{name}: row {i} is {a[i]!r}, not a row of expert ids: expected [tokens, K] "
+                                   "expert ids")
             raise MetricsError(f"{name}: rows of different lengths ({sorted({len(r) for r in rows})[:4]}): expected "
                                "[tokens, K] expert ids")
         a = np.stack(rows)

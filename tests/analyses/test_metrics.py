@@ -216,6 +216,11 @@ def test_contingency_lift_share():
             M.contingency(["a"] * len(bad), bad)
     with pytest.raises(M.MetricsError, match=r"^expert_ids: rows of different lengths \(\[1, 2\]\)"):
         M.contingency(["a", "b"], pd.Series([np.array([1]), np.array([1, 2])]))
+    # a row missing from a list column (None, or NaN from a join) is named; it was Python's 'len() of unsized
+    # object' from the message on rows of different lengths
+    for gap in (None, np.nan):
+        with pytest.raises(M.MetricsError, match=rf"^expert_ids: row 1 is {gap}, not a row of expert ids"):
+            M.contingency(["a", "b"], pd.Series([np.array([1, 2]), gap]))
     # P(d, e) = 3/8 on the diagonal, P(d) = P(e) = 1/2 -> lift 1.5 and 0.5
     np.testing.assert_allclose(M.lift([[3, 1], [1, 3]]), [[1.5, 0.5], [0.5, 1.5]])
     li = M.lift([[2, 0], [2, 0]])  # expert 1 never chosen: NaN; expert 0 equally shared: 1
