@@ -32,7 +32,10 @@ DTYPES = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F
           "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
 
 
-MAX_HEADER = 100 << 20  # safetensors refuses a longer header: a length past it is not a header's
+# safetensors refuses a longer header ('header too large'): a length past it is not a header's. Its
+# MAX_HEADER_SIZE, 100,000,000 bytes (100 << 20 here before: a length between was said to be a header cut
+# short by the file's end, an interrupted download, where safetensors called it too large; a review)
+MAX_HEADER = 100_000_000
 
 
 class ReadError(OSError):

@@ -137,10 +137,13 @@ def test_a_truncated_file_names_the_tensor(st_file, tmp_path):
 @pytest.mark.parametrize("head, why", [
     ((2 ** 63 + 5).to_bytes(8, "little") + b"{}", "its header length 9,223,372,036,854,775,813 is past"),
     ((50).to_bytes(8, "little") + b"{}", "it is truncated inside its header: 10 bytes, the header alone 58"),
+    # safetensors' own limit, 100,000,000 bytes (it was 100 << 20 here: this read as a header cut short)
+    ((100_000_001).to_bytes(8, "little") + b"{}", "its header length 100,000,001 is past safetensors' limit of "
+                                                  "100,000,000 bytes"),
     ((2).to_bytes(8, "little") + b"[]", "its header is a JSON list, not an object of tensors"),
     ((200_000).to_bytes(8, "little") + b"[" * 100_000 + b"]" * 100_000, "its header is not JSON (RecursionError"),
     (b"\1\2", "it is 2 bytes, too short for a safetensors header")],
-    ids=["length 2**63", "length past the end", "a list", "deeply nested", "2 bytes"])
+    ids=["length 2**63", "length past the end", "length past the limit", "a list", "deeply nested", "2 bytes"])
 def test_a_header_that_cannot_be_read_is_a_read_error_saying_why(tmp_path, head, why):
     """The reader parsed its header by hand, apart from the loader's length note: a length of 2**63 escaped
     as an OverflowError, a list as a TypeError, a deep nesting as a RecursionError, and a length past the
