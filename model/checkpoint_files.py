@@ -76,7 +76,9 @@ def unfinished_download_note(path: Path) -> str:
     """'; ...' when checkpoint directory `path` is huggingface_hub's, a cache snapshot (snapshots/REV, links
     into ../../blobs) or a --local-dir download (its .cache/huggingface/download), so that a file missing
     from it is one huggingface_hub has not finished: it writes a file as *.incomplete there and moves it
-    in (links it into the snapshot) only once it is whole; else ''."""
+    in (links it into the snapshot) only once it is whole; else ''. A relative `path` is read whole (`.`
+    from inside a snapshot has no parent named snapshots as typed: the note was left out; a review)."""
+    path = Path(os.path.abspath(path))
     if path.parent.name == "snapshots" and (path.parent.parent / "blobs").is_dir():
         where, what = path.parent.parent / "blobs", "this cache snapshot"
     elif (path / ".cache" / "huggingface" / "download").is_dir():

@@ -255,3 +255,17 @@ def test_a_snapshot_link_to_nothing_is_named_as_such_not_as_missing(sharded_dir,
     load_error(copied, f"{copied / 'config.json'}: a symbolic link to ../../blobs/")
     with pytest.raises(CheckpointError, match=re.escape(f"{copied / 'config.json'}: a symbolic link to")):
         ckpt.inspect(copied)
+
+
+def test_a_cache_snapshot_given_as_a_relative_path_says_its_download_is_unfinished(sharded_dir, tmp_path,
+                                                                                   monkeypatch):
+    """The snapshot given as `.` from inside it (or `REV` from snapshots/): its parent's name was read from
+    the path as typed, '' for `.`, and the note that its download has not finished was left out."""
+    snap = hf_snapshot(sharded_dir, tmp_path)
+    shard = snap / sorted(p.name for p in snap.glob("*.safetensors"))[1]
+    shard.resolve().unlink()
+    shard.unlink()
+    note = "is missing: huggingface_hub puts a file into this cache snapshot only once it is whole"
+    for where, given in ((snap, "."), (snap.parent, snap.name)):
+        monkeypatch.chdir(where)
+        load_error(given, "shard listed in model.safetensors.index.json", note)
