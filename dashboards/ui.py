@@ -241,7 +241,9 @@ def path_arg(path) -> str:
     p = Path(str(path))
     if p.is_absolute() and p.is_relative_to(Path.cwd()) and p != Path.cwd():
         p = p.relative_to(Path.cwd())
-    return shlex.quote(str(p))
+    # a relative path that starts with '-' reads as an option: `--run -runs/r` is argparse's 'expected one
+    # argument' (the whole path, /.../-runs/r, was not; a review)
+    return shlex.quote(f"./{p}" if str(p).startswith("-") else str(p))
 
 
 def command_block(cmd: str) -> str:

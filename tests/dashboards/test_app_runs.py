@@ -455,7 +455,7 @@ def test_commands_give_a_run_under_the_working_folder_relative_and_quoted(tmp_pa
     the Serving page's command past its box), and the Serving page quotes it too (it did not: a review)."""
     import shlex
 
-    from dashboards import ui
+    from dashboards import data, ui
 
     monkeypatch.chdir(tmp_path)
     assert ui.path_arg(tmp_path / "runs" / "r") == "runs/r"
@@ -463,3 +463,10 @@ def test_commands_give_a_run_under_the_working_folder_relative_and_quoted(tmp_pa
     outside = tmp_path.parent / "elsewhere" / "r"
     assert ui.path_arg(outside) == str(outside) and ui.path_arg("runs/r") == "runs/r"
     assert ui.path_arg(tmp_path) == str(tmp_path)  # the folder itself stays whole, not ''
+    # a folder named -runs: relative, it read as an option ('expected one argument'), which the whole path did not
+    import argparse
+
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    parser.add_argument("--run")
+    cmd = ui.analysis_command(data.RunRef("r", str(tmp_path / "-runs" / "r"), "probe", "complete"), "ablate")
+    assert parser.parse_args(shlex.split(cmd)[3:]).run == "./-runs/r"
