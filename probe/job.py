@@ -180,9 +180,15 @@ def run_tokenizer(info: dict, where: str, error: type[Exception] = RecordError) 
     given = (info.get("options") or {}).get("tokenizer")
     if not given:
         return None
-    path = (info.get("tokenizer") or {}).get("path") or given
+    resolved = (info.get("tokenizer") or {}).get("path")
+    path = resolved or given
     if not Path(path).is_file():
-        raise error(f"{where}: the run's tokenizer {path} is no longer there; pass --tokenizer")
+        # a run recorded before run.json kept the whole path has the option as typed: a relative one is not
+        # 'no longer there' (a review), it is relative to a folder run.json does not name
+        why = ("is no longer there" if resolved or Path(given).is_absolute() else "is not in this folder: run.json "
+               "keeps it as typed to the record, relative to the folder that ran it (a run recorded before run.json "
+               "kept the whole path)")
+        raise error(f"{where}: the run's tokenizer {path} {why}; pass --tokenizer")
     return path
 
 

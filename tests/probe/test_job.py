@@ -526,6 +526,27 @@ def test_a_killed_training_run_without_its_model_is_called_interrupted_with_the_
     assert run_inputs(info, str(run), "m", None) == ("m", None)  # --ckpt given: used
 
 
+
+def test_an_old_runs_relative_tokenizer_is_said_to_be_relative_to_where_it_was_recorded(tmp_path, monkeypatch):
+    """A run recorded before run.json kept the tokenizer's whole path has --tokenizer as typed; from another
+    folder a relative one was 'no longer there', which sent one to look for a file that is where it was."""
+    from probe.job import RecordError, run_tokenizer
+
+    old = {"options": {"tokenizer": "tok.json"}}  # no "tokenizer" record: the option alone
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tok.json").write_text("{}")
+    assert run_tokenizer(old, "RUN") == "tok.json"  # the control: from the folder it was recorded in
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    with pytest.raises(RecordError) as ei:
+        run_tokenizer(old, "RUN")
+    assert str(ei.value) == ("RUN: the run's tokenizer tok.json is not in this folder: run.json keeps it as typed to "
+                             "the record, relative to the folder that ran it (a run recorded before run.json kept the "
+                             "whole path); pass --tokenizer")
+    gone = {"options": {"tokenizer": "tok.json"}, "tokenizer": {"path": str(tmp_path / "gone.json")}}
+    with pytest.raises(RecordError, match=rf"^RUN: the run's tokenizer {tmp_path}/gone.json is no longer there; "):
+        run_tokenizer(gone, "RUN")
+
 def test_the_names_moved_out_of_probe_job_still_import_from_it():
     """probe/job.py's commands' exits moved to probe/job_exit.py and the checkpoint identity to
     probe/ckpt_identity.py; users' `from probe.job import exit_ranks` keeps working, and gives the same
