@@ -32,8 +32,10 @@ def contingency(labels, expert_ids, n_experts: int | None = None) -> tuple[list,
 
 
 def _table(c) -> np.ndarray:
-    if isinstance(c, tuple) and len(c) == 2 and isinstance(c[0], list):  # lift(contingency(...)) was numpy's
-        # 'setting an array element with a sequence ... inhomogeneous shape' (a tour)
+    if isinstance(c, tuple) and len(c) == 2 and isinstance(c[0], list) and np.ndim(c[1]) == 2:
+        # lift(contingency(...)) was numpy's 'setting an array element with a sequence ... inhomogeneous
+        # shape' (a tour); its counts are 2-D, where a table of two rows written as a tuple has a row there
+        # (refused as such a pair: a review)
         raise MetricsError("contingency: got contingency()'s (labels, counts) pair: pass its counts "
                            "(labels, counts = contingency(...))")
     c = np.asarray(c, dtype=np.float64)
