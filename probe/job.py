@@ -176,7 +176,8 @@ def run_tokenizer(info: dict, where: str, error: type[Exception] = RecordError) 
     """The tokenizer a job on an existing run takes by default: the file the record was given with
     --tokenizer, as run.json resolved it (the option is kept as typed, relative to where the record ran:
     ablate and the report looked for it relative to where they ran, and spec not at all; a tour); None
-    when the record used the checkpoint's own, which follows the checkpoint. A file gone since is refused."""
+    when the record used the checkpoint's own, which follows the checkpoint. A file gone or changed since is
+    refused."""
     given = (info.get("options") or {}).get("tokenizer")
     if not given:
         return None
@@ -189,6 +190,12 @@ def run_tokenizer(info: dict, where: str, error: type[Exception] = RecordError) 
                "keeps it as typed to the record, relative to the folder that ran it (a run recorded before run.json "
                "kept the whole path)")
         raise error(f"{where}: the run's tokenizer {path} {why}; pass --tokenizer")
+    from .corpus import fingerprint
+
+    # a file changed since was taken silently, where a changed checkpoint is refused (a review)
+    if (recorded := (info.get("tokenizer") or {}).get("fingerprint")) and fingerprint(path) != recorded:
+        raise error(f"{where}: the run's tokenizer {path} has changed since the run was recorded (its sha256 is not "
+                    "the one run.json keeps), so its token ids would not be the run's; pass --tokenizer to take it")
     return path
 
 

@@ -547,6 +547,22 @@ def test_an_old_runs_relative_tokenizer_is_said_to_be_relative_to_where_it_was_r
     with pytest.raises(RecordError, match=rf"^RUN: the run's tokenizer {tmp_path}/gone.json is no longer there; "):
         run_tokenizer(gone, "RUN")
 
+
+def test_a_runs_tokenizer_changed_since_it_was_recorded_is_refused(tmp_path):
+    """The tokenizer a run was recorded with, edited since (another vocabulary, merges): a job on the run took
+    it silently, its token ids no longer the run's, where a changed checkpoint is refused (a review)."""
+    from probe.corpus import fingerprint
+    from probe.job import RecordError, run_tokenizer
+
+    tok = tmp_path / "tok.json"
+    tok.write_text('{"model": 1}')
+    info = {"options": {"tokenizer": "tok.json"}, "tokenizer": {"path": str(tok), "fingerprint": fingerprint(tok)}}
+    assert run_tokenizer(info, "RUN") == str(tok)  # the control: unchanged
+    tok.write_text('{"model": 2}')
+    with pytest.raises(RecordError, match=rf"^RUN: the run's tokenizer {tok} has changed since the run was recorded"):
+        run_tokenizer(info, "RUN")
+
+
 def test_the_names_moved_out_of_probe_job_still_import_from_it():
     """probe/job.py's commands' exits moved to probe/job_exit.py and the checkpoint identity to
     probe/ckpt_identity.py; users' `from probe.job import exit_ranks` keeps working, and gives the same
