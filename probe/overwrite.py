@@ -7,6 +7,7 @@ until the new one is complete (`replace_run`, `replace_entries`)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -99,12 +100,24 @@ def say_kept(out: Path, kept: list[str], what: str = "run") -> None:
               + (f" and {len(kept) - 5} more" if len(kept) > 5 else ""), file=sys.stderr)
 
 
+def never_made(out: Path) -> bool:
+    """Whether the folder `out` holds only what a record stopped before it wrote run.json leaves (killed,
+    or a full disk, while it created the run): its locks and run.json's temporary file. Nothing was
+    recorded there, yet the command again was refused as an existing folder, `--overwrite` as not a run
+    and `--resume` as no run (a review): such a folder is taken as a new run's."""
+    return (out / WRITER_LOCK).is_file() and all(e.name in (WRITER_LOCK, f".{RUN_JSON}.lock")
+                                                 or _RUN_JSON_TMP.fullmatch(e.name) for e in out.iterdir())
+
+
+_RUN_JSON_TMP = re.compile(re.escape(f".{RUN_JSON}.tmp") + r"\d+")  # probe.writer.replacing's, + the writer's pid
+
+
 def _of_a_run(entry: Path) -> bool:
     """Whether `entry`, directly in a run directory, is one of the run's own (`clear_run`)."""
     name = entry.name
     if name in (RUN_JSON, PROGRESS, "report.html") or name in TABLES:
         return True
-    if name.startswith(".") and name.endswith((".lock", ".tmp")):
+    if name.startswith(".") and name.endswith((".lock", ".tmp")) or _RUN_JSON_TMP.fullmatch(name):
         return True
     if entry.is_dir() and not entry.is_symlink():  # a table folder of a name this version does not know
         files = list(entry.iterdir())

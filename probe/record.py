@@ -38,7 +38,7 @@ from .job import (DEFAULT_CKPT, DEFAULT_CORPUS, RecordError, agree, bound_heap, 
                   first_line, job_options, load_model, load_tokenizer, os_refusal, package_version,
                   refuse_a_symlinked_out, refuse_a_training_run, resolve_paths, signals_held, start_world,
                   window_length)
-from .overwrite import clear_run, say_kept
+from .overwrite import clear_run, never_made, say_kept
 from .record_loop import record_batches
 from .record_tables import FINAL_TABLES, SESSION_KEYS, router_biases, write_router_bias
 from .writer import (RunError, check_committed, replace_keeping_others, updating_run_json,
@@ -159,12 +159,17 @@ def check_out(out: Path, opts: RecordOptions, corpus: Path | None = None, ckpt: 
     check_run_place(out)
     if opts.overwrite:
         refuse_a_symlinked_out(out)
-    if out.exists() and not (opts.overwrite or opts.resume):
+    unmade = out.is_dir() and never_made(out)  # a record stopped before it wrote run.json: a new run goes there
+    if out.exists() and not unmade and not (opts.overwrite or opts.resume):
         raise RecordError(f"--out {out} exists: pass --overwrite to replace it or --resume to continue it")
     if opts.overwrite:
-        check_replaceable(out, "run.json", "a run directory")
+        if not unmade:
+            check_replaceable(out, "run.json", "a run directory")
         refuse_a_training_run(out)
         check_inputs_outside(out, {"--ckpt": ckpt, "--corpus": corpus, "--tokenizer": opts.tokenizer})
+    if opts.resume and unmade:
+        raise RecordError(f"--resume: {out} holds no run.json: its record stopped before it created the run, so "
+                          "nothing was recorded; run the command without --resume")
     if opts.resume and not (out / "run.json").exists():
         raise RecordError(f"--resume: {out} is not a run directory (no run.json)")
     check_out_parent(out)
@@ -307,7 +312,7 @@ def open_run(out: Path, info: dict, opts: RecordOptions) -> None:
             # end (SESSION_KEYS) does not
             replace_keeping_others(old, info, SESSION_KEYS)
         return
-    if out.exists() and opts.overwrite:
+    if out.exists() and (opts.overwrite or never_made(out)):  # never made: its temporary run.json goes too
         say_kept(out, clear_run(out))  # its writer lock stays: this job holds it
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "run.json", info)

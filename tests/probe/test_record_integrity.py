@@ -193,3 +193,48 @@ def test_the_closing_update_merges_each_replicas_leader_only(tmp_path, second_do
     assert (out / "kv_stats").exists() == second_done
     if second_done:
         assert pq.read_table(out / "kv_stats").column("tokens").to_pylist() == [8]
+
+
+
+def _stopped_creating(env, out, stop, monkeypatch) -> None:
+    """A record of `out` stopped before its run.json was in place."""
+    from probe import record as record_module
+    from probe.writer import WRITER_LOCK
+
+    if stop == "SIGKILL":  # what a kill during run.json's rename leaves (probe.writer.replacing's name)
+        out.mkdir()
+        (out / WRITER_LOCK).touch()
+        (out / ".run.json.tmp4242").write_text('{"status": "runn')
+        return
+
+    def full(path, obj):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(record_module, "write_json_atomic", full)
+        with pytest.raises(RecordError, match="cannot create the run there"):
+            rec(env, out, max_tokens=300)
+    assert sorted(p.name for p in out.iterdir()) == [WRITER_LOCK]
+
+
+@pytest.mark.parametrize("stop", ["SIGKILL", "full disk"])
+def test_a_record_stopped_while_it_created_the_run_can_be_run_again(probe_env, tmp_path, monkeypatch, stop):
+    """A record stopped before its run.json was in place (SIGKILL during the rename leaves the temporary
+    file; a full disk, none) left the folder holding its writer lock: the command again was refused as an
+    existing folder, with --overwrite as not a run directory ("refusing to delete it") and with --resume as
+    no run, so that only deleting the folder by hand went on (a review). The command again records the run,
+    and --overwrite too; --resume says what to run instead, in one line."""
+    import json
+    import shutil
+
+    for i, kw in enumerate(({}, {"overwrite": True})):
+        out = tmp_path / f"r{i}"
+        _stopped_creating(probe_env, out, stop, monkeypatch)
+        with pytest.raises(RecordError) as e:
+            rec(probe_env, out, max_tokens=300, resume=True)
+        assert str(e.value) == (f"--resume: {out} holds no run.json: its record stopped before it created the run, "
+                                "so nothing was recorded; run the command without --resume")
+        rec(probe_env, out, max_tokens=300, **kw)
+        assert json.loads((out / "run.json").read_text())["status"] == "complete"
+        assert not list(out.glob(".run.json.tmp*"))  # the killed job's temporary run.json went
+        shutil.rmtree(out)
