@@ -449,6 +449,7 @@ def check_committed(run: Path, rank: int, tables: list[str]) -> dict[str, dict[s
     run = Path(run)
     progress, _ = load_progress(run, rank)
     if not progress:
+        _check_no_commits(run, rank, tables)
         return {}
     fix = "its rows cannot be recorded again in place: record the run again with --overwrite (or into another --out)"
     for t in tables:
@@ -473,6 +474,20 @@ def check_committed(run: Path, rank: int, tables: list[str]) -> dict[str, dict[s
                 raise RunError(f"--resume: {run}: the {t} table's committed part {t}/{name} {problem}; {fix}")
             verified.setdefault(t, {})[name] = n
     return verified
+
+
+def _check_no_commits(run: Path, rank: int, tables: list[str]) -> None:
+    """A rank without a progress file committed nothing, or was killed in its first commit after the
+    parts' renames and before the progress file's (the one part name those left in each table is
+    recorded again). Parts of more commits than that mean its progress file was lost since (deleted,
+    or not copied with the run): --resume deleted every one and recorded the run from its first batch
+    again, silently (a review); it is a RunError naming the file, as the batch they end at and their
+    accumulators are not known."""
+    names = sorted({f.name for t in tables for f in (run / t).glob(f"r{rank:03d}-b*.parquet")})
+    if len(names) > 1:
+        raise RunError(f"--resume: {run}: {PROGRESS}/r{rank:03d}.json is missing (deleted?) although {len(names)} "
+                       f"committed parts of rank {rank} are there ({names[0]} ... {names[-1]}): restore it, or record the "
+                       "run again with --overwrite (or into another --out)")
 
 
 def truncate_after(run: Path, rank: int, tables: list[str], step: int, key: str = "step") -> None:

@@ -1,7 +1,7 @@
 """--resume over committed state that was damaged after the commit (a part truncated or deleted, a
-table's folder deleted, the progress' accumulator state lost): refused in one line naming the run,
-the table and the part, before run.json says running again, instead of resuming over it and marking
-a run with missing or unreadable rows complete (found by a review)."""
+table's folder deleted, the progress' accumulator state or the progress file itself lost): refused in
+one line naming the run, the table and the part, before run.json says running again, instead of
+resuming over it and marking a run with missing or unreadable rows complete (found by a review)."""
 
 from __future__ import annotations
 
@@ -71,6 +71,9 @@ DAMAGES = {
                          "the routing table's committed part routing/r000-b0000002-0000003.parquet is missing"),
     "accumulator state deleted": (lambda run: [f.unlink() for f in (run / PROGRESS).glob("*.npz")],
                                   "unreadable accumulator state of r000.json"),
+    "progress file deleted": (lambda run: (run / PROGRESS / "r000.json").unlink(),
+                              f"{PROGRESS}/r000.json is missing (deleted?) although 4 committed parts of rank 0 are "
+                              "there (r000-b0000000-0000001.parquet ... r000-b0000006-0000006.parquet): restore it"),
 }
 
 
@@ -112,3 +115,19 @@ def test_resume_of_an_intact_copy_completes_with_every_row(probe_env, interrupte
     (out / "tokens" / "r000-b0000000-0000001.parquet").unlink()  # a first-session part, lost after completion
     with pytest.raises(RecordError, match="tokens/r000-b0000000-0000001.parquet is missing"):
         rec(probe_env, out, resume=True, **KW)
+
+
+def test_resume_after_a_kill_in_the_first_commit_records_its_parts_again(probe_env, interrupted, tmp_path):
+    """The control of "progress file deleted": a record killed in its first commit, after the parts' renames
+    and before its progress file was written, left that commit's parts (one name in each table) and no
+    progress file: --resume records them again, every planned token once."""
+    out = copy(interrupted, tmp_path)
+    shutil.rmtree(out / PROGRESS)
+    for part in out.glob("*/r000-b*.parquet"):
+        if part.name != "r000-b0000000-0000001.parquet":
+            part.unlink()
+    done = probe.open_run(rec(probe_env, out, resume=True, **KW))
+    assert done.status == "complete"
+    n = done.info["planned"]["tokens"]
+    assert len(done.df("tokens")) == n == done.info["recorded"]["tokens"]
+    assert done.df("tokens")[["seq_id", "pos"]].duplicated().sum() == 0
