@@ -374,10 +374,12 @@ class _Run:
         elif ns.time_limit is not None and time.perf_counter() - self.t_start > ns.time_limit * 60 and not last:
             stop_reason = f"--time-limit {ns.time_limit} min"
         if stop_reason or (ns.checkpoint_every and self.step % ns.checkpoint_every == 0) or last:
+            # the rows first: a kill between the two leaves rows past the checkpoint, which a resume drops and
+            # records again; saved first, the checkpoint was past rows that no resume recorded (a review)
+            self.flush("running")
             if self.dist.main:
                 save_state(ns.out / "checkpoint", self.raw, self.opt, self.step, ns, self.tokens_seen, self.run_id)
             self.saved_step = self.step
-            self.flush("running")
         elif self.step % ns.flush_every == 0:
             self.flush("running")
         return stop_reason
