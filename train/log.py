@@ -3,20 +3,24 @@ train_eval, expert_load, router_bias), streamed into the run directory by `probe
 so `probe.open_run` and the dashboard read a training run as they read any run. Rank 0 writes.
 
 Rows are committed at every flush (part files named by their first and last step); a run resumed
-from a checkpoint at step S first drops the rows of later steps (`probe.writer.truncate_after`).
+from a checkpoint at step S first drops the rows of later steps (`probe.writer.truncate_after`), and
+the rows of a validation pass that a kill left in some of its tables only (`whole_evaluations`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import os
+
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
 from probe.job import os_refusal
-from probe.writer import PartWriter, truncate_after
+from probe.writer import PartWriter, parquet_options, truncate_after
 
 from .balance import GateRef, max_violation
 from .data import TrainError
@@ -32,8 +36,7 @@ class TrainLog:
         self.evaluated: set[int] = set()  # steps with a validation pass on record
         if resume_step is not None:
             truncate_after(out, 0, TABLES, resume_step)
-            evals = sorted((out / "train_eval").glob("*.parquet")) if (out / "train_eval").is_dir() else []
-            self.evaluated = {int(s) for f in evals for s in pq.read_table(f, columns=["step"]).column("step").to_pylist()}
+            self.evaluated = whole_evaluations(out, bool(gates))
         self.writer = PartWriter(out, 0, TABLES)
         self.last = resume_step or 0
 
@@ -90,3 +93,43 @@ class TrainLog:
     def commit(self) -> None:
         """Make every row so far durable (rank 0, at flushes and checkpoints)."""
         self.writer.commit(self.last)
+
+
+def whole_evaluations(out: Path, gates: bool) -> set[int]:
+    """The steps whose validation pass is on record in every table it writes (train_eval, and its `val` rows
+    in train_domains and, with `gates`, train_gates). A commit renames its tables' parts one by one: a kill
+    in the final one, which adds the final pass to parts already committed at the last step, left the pass
+    in some tables only, and the resumed run, asking train_eval alone, wrote it twice into the others or
+    never into them (a review). The rows of a pass not in all of them are deleted, to be written again."""
+    tables = ["train_eval", "train_domains"] + (["train_gates"] if gates else [])
+    found = {t: {int(s) for f in _parts(out, t) for s in _val_rows(pq.read_table(f), t).column("step").to_pylist()}
+             for t in tables}
+    whole = set.intersection(*found.values())
+    for t in tables:
+        if found[t] - whole:
+            _drop_val_rows(out, t, found[t] - whole)
+    return whole
+
+
+def _parts(out: Path, table: str) -> list[Path]:
+    return sorted((out / table).glob("*.parquet")) if (out / table).is_dir() else []
+
+
+def _val_rows(rows: pa.Table, table: str) -> pa.Table:
+    """A validation pass's rows of `table` (all of train_eval's)."""
+    return rows if table == "train_eval" else rows.filter(pc.equal(rows["split"], "val"))
+
+
+def _drop_val_rows(out: Path, table: str, steps: set[int]) -> None:
+    """Rewrite `table`'s parts without the validation rows of `steps` (temporary name, then rename)."""
+    for f in _parts(out, table):
+        rows = pq.read_table(f)
+        drop = pc.is_in(rows["step"], pa.array(sorted(steps), rows.schema.field("step").type))
+        if table != "train_eval":
+            drop = pc.and_(drop, pc.equal(rows["split"], "val"))
+        if not pc.any(drop).as_py():
+            continue
+        kept = rows.filter(pc.invert(drop))
+        tmp = f.with_name(f".{f.name}.tmp")
+        pq.write_table(kept, tmp, **parquet_options(kept.schema))
+        os.replace(tmp, f)

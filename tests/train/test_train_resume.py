@@ -332,3 +332,52 @@ def test_a_kill_between_a_checkpoint_and_its_rows_loses_no_row(corpus, tmp_path)
     assert k.df("train_steps").sort_values("step").step.tolist() == list(range(1, 6))
     for t in e.tables:
         assert len(k.df(t)) == len(e.df(t)), t
+
+
+# `python -c` it, with N and the flags: SIGKILL after the Nth part file renamed into place by the run's final
+# commit (the one that adds the final validation pass to the parts committed at the last step)
+KILL_IN_FINAL_COMMIT = """
+import json, os, signal, sys
+from train import loop
+from train.__main__ import main
+n, argv = int(sys.argv[1]), json.loads(sys.argv[2])
+real_flush, real_replace, renamed = loop._Run.flush, os.replace, []
+def flush(self, status, **extra):
+    if status == "complete":
+        renamed.append("final")
+    real_flush(self, status, **extra)
+def replace(src, dst, *a, **kw):
+    real_replace(src, dst, *a, **kw)
+    if renamed and str(dst).endswith(".parquet"):
+        renamed.append(dst)
+        if len(renamed) == n + 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+loop._Run.flush, os.replace = flush, replace
+main(argv)
+"""
+
+
+@pytest.mark.parametrize("renamed", [1, 2])
+def test_a_kill_in_the_final_commit_leaves_each_validation_row_once(corpus, tmp_path, renamed):
+    """The final commit renames the final validation pass's parts table by table (train_domains, train_gates,
+    train_eval): killed between two, the resumed run looked for the pass in train_eval alone, evaluated again
+    and said complete with its rows twice in the tables renamed before the kill (found by killing a run at
+    each of its renames). Each pass is in every table once."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "k"
+    opts = ("--steps", "3", "--eval-every", "0", "--checkpoint-every", "0", "--flush-every", "1")
+    r = subprocess.run([sys.executable, "-c", KILL_IN_FINAL_COMMIT, str(renamed), json.dumps(flags(corpus, out, *opts))],
+                       cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=300)
+    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+    assert probe.open_run(out).status == "interrupted"
+    assert run(parse_args(flags(corpus, out, *opts, "--resume")))["status"] == "complete"
+    k = probe.open_run(out)
+    assert k.df("train_eval").step.tolist() == [3]
+    val = k.df("train_domains").query("split == 'val'")
+    assert sorted(val.domain) == ["chinese", "literature", "math"] and set(val.step) == {3}
+    gates = k.df("train_gates")
+    assert len(gates.query("split == 'val'")) == len(gates.query("split == 'train' and step == 3")) > 0
