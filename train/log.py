@@ -9,9 +9,8 @@ the rows of a validation pass that a kill left in some of its tables only (`whol
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import os
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
