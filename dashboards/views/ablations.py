@@ -24,6 +24,41 @@ MASKED_CAPTION = ("Each point is one ablation, named as its command named it (`-
                   "DeepSeekMoE's Figure 4: its x-axis is this share, R / E).")
 
 
+# the sweep's table in pixels, within the page's column at 1024 px less a vertical scroll bar (`ui.PAGE_PX`; a
+# sweep's ablations times its domains scroll): its eleven columns took 823 px of the 562, the loss change
+# and routes out of view (a tour). The losses stay in view; each ablation's mode and rule (the curve's legend
+# names them) and its routes changed moved to a table under an expander (`ui.EXPANDER_PX`, less a scroll bar)
+SWEEP_COLUMNS = {"domain": 76, "n_disabled": 68, "tokens": 64, "baseline_loss": 72, "loss": 68, "delta": 76}
+MORE_SWEEP = {"domain": 76, "mode": 64, "rule": 124, "routing_changed": 68, "experts_changed": 70}
+NAME_PX = 108  # each table's first column, the ablation's name, as its command named it
+SWEEP_CONFIG = {  # headers shorter than the table's names, which their help gives
+    "n_disabled": st.column_config.NumberColumn(label="disabled", help="n_disabled: routed experts disabled, "
+                                                "summed over the layers"),
+    "baseline_loss": st.column_config.NumberColumn(label="baseline", format="%.4f", help="baseline_loss: mean "
+                                                   "surprisal of the same tokens with nothing disabled, nats"),
+    "loss": st.column_config.NumberColumn(format="%.4f", help="loss: mean surprisal under the ablation, nats"),
+    "delta": st.column_config.NumberColumn(label="Δ loss", format="%+.4f", help="delta: loss − baseline_loss, nats"),
+    "routing_changed": st.column_config.NumberColumn(
+        label="rerouted", format="%.3f", help="routing_changed: share of (token, MoE layer after the first ablated "
+        "one) whose top-k set differs from the baseline's"),
+    "experts_changed": st.column_config.NumberColumn(
+        label="replaced", format="%.3f", help="experts_changed: mean share of the top-k experts replaced, over the "
+        "same (token, layer) pairs")}
+# the experts whose ranks disagree, at the page's width below the ρ chart: in the right 3/5 beside it (328 px
+# at 1024 px) their seven columns took 480 px, the causal rank and the gap out of view (a tour)
+GAP_COLUMNS = {"layer": 60, "expert": 64, "load_share": 84, "load_rank": 76, "delta": 80, "causal_rank": 88,
+               "rank_gap": 72}
+GAP_CONFIG = {
+    "load_share": st.column_config.NumberColumn(label="load share", format="%.4f", help="load_share: the expert's "
+                                                "share of the layer's top-k assignments"),
+    "load_rank": st.column_config.NumberColumn(label="load rank", help="load_rank: 1 = the most loaded"),
+    "delta": st.column_config.NumberColumn(label="Δ loss", format="%+.4f", help="delta: the loss change when the "
+                                           "expert is removed, nats"),
+    "causal_rank": st.column_config.NumberColumn(label="causal rank", help="causal_rank: 1 = the largest Δ loss"),
+    "rank_gap": st.column_config.NumberColumn(label="rank gap", help="rank_gap: load_rank − causal_rank; > 0: more "
+                                              "important than its load suggests")}
+
+
 def masked_caption(pooled: pd.DataFrame) -> str:
     """MASKED_CAPTION, and where every (mode, rule) has one size only, that its points are no curve yet."""
     one_each = pooled.groupby(["mode", "rule"]).frac.nunique().max() < 2
@@ -135,9 +170,21 @@ def sweep(ref: data.RunRef) -> None:
         fig.update_yaxes(title="Δ loss, all tokens (nats)", rangemode="tozero")  # a 0.0005 gap looked large
         st.plotly_chart(charts.style(fig, "Masked-fraction curve", 400), key="masked_curve")
         st.caption(masked_caption(pooled))
-        cols = [c for c in (name, "mode", "rule", "n_disabled", "domain", "tokens", "baseline_loss", "loss", "delta",
-                            "routing_changed", "experts_changed") if c in ab.columns]
-        st.dataframe(ab[cols].sort_values([name, "domain"]), hide_index=True, width="stretch")
+        sweep_tables(ab, name)
+
+
+def sweep_tables(ab: pd.DataFrame, name: str) -> None:
+    """Each ablation's losses per domain, and under an expander its mode, rule and routes changed."""
+    ab = ab.sort_values([name, "domain"])
+    ab[name] = [ui.break_name(str(x), NAME_PX) for x in ab[name]]  # a long name wrapped after a `-` or `_`
+
+    def table(columns: dict[str, int], key: str) -> None:
+        shown = {name: NAME_PX} | {c: w for c, w in columns.items() if c in ab.columns}
+        ui.wrapped_table(ab[list(shown)], shown, SWEEP_CONFIG, key=key)
+
+    table(SWEEP_COLUMNS, "abl_table")
+    with st.expander("Each ablation's mode, rule and routes changed"):
+        table(MORE_SWEEP, "abl_more")
 
 
 def importance(ref: data.RunRef) -> None:
@@ -174,17 +221,13 @@ def importance(ref: data.RunRef) -> None:
             scatter = importance_scatter(by_layer[layer], data.layer_label(ref, layer), rho_of[layer], dom)
             cols[i % 2].plotly_chart(scatter, key=f"imp_scatter_{layer}")
         gaps = compute.rank_disagreement(d, dom, shown or layers, top=10)
-        left, right = st.columns([2, 3]) if len(layers) > 1 else (None, st.container())
-        if left is not None:
-            left.plotly_chart(charts.bars([data.layer_label(ref, x) for x in rho.layer], rho.rho, ylabel="Spearman ρ",
-                                          title=f"Spearman ρ(load share, Δ loss) per layer ({dom})",
-                                          colors="#4C78A8", fmt=".3f", height=380), key="imp_rho")
-        right.markdown("**Experts whose load rank and causal rank disagree most** (rank 1 = largest, ties share "
-                       "their average rank; a positive gap: more important than its load suggests)")
-        right.dataframe(gaps[["layer", "expert", "load_share", "load_rank", "delta", "causal_rank", "rank_gap"]],
-                        hide_index=True, width="stretch", key="imp_gaps",
-                        column_config={"load_share": st.column_config.NumberColumn(format="%.4f"),
-                                       "delta": st.column_config.NumberColumn("Δ loss", format="%+.4f")})
+        if len(layers) > 1:  # the chart and the table below it each at the page's width (`GAP_COLUMNS`)
+            st.plotly_chart(charts.bars([data.layer_label(ref, x) for x in rho.layer], rho.rho, ylabel="Spearman ρ",
+                                        title=f"Spearman ρ(load share, Δ loss) per layer ({dom})",
+                                        colors="#4C78A8", fmt=".3f", height=380), key="imp_rho")
+        st.markdown("**Experts whose load rank and causal rank disagree most** (rank 1 = largest, ties share "
+                    "their average rank; a positive gap: more important than its load suggests)")
+        ui.wrapped_table(gaps[list(GAP_COLUMNS)], GAP_COLUMNS, GAP_CONFIG, key="imp_gaps")
         st.caption("Δ loss: mean surprisal with the expert removed (rerouted to the next-best experts at that layer "
                    "only) minus the baseline, nats. Spearman ρ near 1: the busiest experts are the ones that matter.")
 

@@ -436,9 +436,12 @@ def test_ablations_show_the_latest_command_sorted_with_shares_of_every_moe_layer
     ab = pq.read_table(page_runs / "a" / "ablations" / "sweep.parquet").to_pandas()
     at = app(page_runs, "a", page="ablations")
     assert at.selectbox(key="abl_part").value == "sweep"  # written last (run.json's ablation_parts)
-    table = frame(at, "routing_changed")
-    assert list(zip(table.ablation, table.domain)) == sorted(zip(ab.ablation, ab.domain))
-    np.testing.assert_allclose(table.delta, ab.set_index(["ablation", "domain"]).delta.sort_index(), rtol=1e-6)
+    table, more = frame(at, "delta"), frame(at, "routing_changed")
+    assert list(zip(table.ablation, table.domain)) == list(zip(more.ablation, more.domain)) == sorted(zip(ab.ablation,
+                                                                                                          ab.domain))
+    want = ab.set_index(["ablation", "domain"]).sort_index()
+    np.testing.assert_allclose(table.delta, want.delta, rtol=1e-6)
+    np.testing.assert_allclose(more.routing_changed, want.routing_changed, rtol=1e-6)
     curve = chart(at, "masked_curve")["data"]
     dots = next(t for t in curve if t["mode"] == "markers" and "rand2" in str(t["customdata"]))
     al = ab[(ab.domain == "all") & ab.ablation.isin(["rand2", "rand2-seed1", "rand4"])]
@@ -449,6 +452,31 @@ def test_ablations_show_the_latest_command_sorted_with_shares_of_every_moe_layer
     # the names and rules explained; this sweep has two sizes of random, so no "one point" note
     text = " ".join(c.value for c in at.caption)
     assert "Mode: reroute" in text and "`top4-control`" in text and "Each rule has one size here" not in text
+
+
+def test_ablations_tables_fit_their_columns_at_1024_px(page_runs, tmp_path):
+    """The sweep's table within the page's column at 1024 px (562 px) less a scroll bar: its eleven columns took
+    823 px, the loss change and routes out of view; its mode, rule and routes changed under an expander (528
+    px); the experts whose ranks disagree at the page's width below the ρ chart: in the right 3/5 beside it
+    (328 px) their seven columns took 480 (a tour). A shortened header keeps the table's name as its help."""
+    import shutil
+
+    from helpers.dashboard_runs import write_importance
+
+    shutil.copytree(page_runs / "a", tmp_path / "a")
+    write_importance(tmp_path / "a")
+    at = app(tmp_path, "a", page="ablations")
+    assert not at.exception and not at.error, texts(at.error)
+    rooms = {"baseline_loss": 562 - 15, "routing_changed": 528 - 15, "rank_gap": 562 - 15}
+    for column, room in rooms.items():
+        table = next(d for d in at.dataframe if column in d.value.columns)
+        shown = json.loads(table.proto.columns)
+        widths = [(shown.get(c) or {}).get("width") for c in table.value.columns]  # every column's
+        assert None not in widths and sum(widths) <= room, (column, shown)
+        assert all(v["help"].startswith(c) for c, v in shown.items() if v.get("label") not in (None, c)), shown
+    assert [e.label for e in at.expander] == ["Each ablation's mode, rule and routes changed"]
+    assert frame(at, "routing_changed").columns.tolist()[-4:] == ["mode", "rule", "routing_changed", "experts_changed"]
+    assert not [c for c in at.columns if c.dataframe]  # no table in a column of the page
 
 
 def test_steering_shows_each_steerings_all_row_and_its_domains_bars(page_runs):

@@ -69,7 +69,7 @@ WIDE_TABLES = ("[...document.querySelectorAll('[data-testid=\"stDataFrame\"] .dv
                ".filter(e => !e.closest('[data-stale=\"true\"]') && e.scrollWidth > e.clientWidth + 1)"
                ".map(e => `${e.scrollWidth} px in ${e.clientWidth} px`)")
 # the pages whose tables are fitted to the page's column at 1024 px (the test asserts none wider than its box)
-FITTED = ("overview", "load_balance", "specialisation", "coactivation", "compare")
+FITTED = ("overview", "load_balance", "specialisation", "coactivation", "compare", "ablations")
 # a metric's label, value or delta cut off at its column's edge (Streamlit ends it with an ellipsis)
 CUT_METRICS = ("[...document.querySelectorAll('[data-testid=\"stMetric\"] [data-testid=\"stMarkdownContainer\"]')]"
                ".filter(e => !e.closest('[data-stale=\"true\"]') && e.scrollWidth > e.clientWidth + 1)"
@@ -267,7 +267,8 @@ def test_every_page_in_a_real_browser(runs, tmp_path_factory, capsys):
     # a window of about 1,400 px (a tour); Load balance's metrics 596 px, Specialisation's token-id
     # dependence 790 px, its domain-specific experts 406 in their 328 and top tokens 453 in 413, Co-activation's
     # common paths 740 px and paths per domain 341 in the 216 beside a chart, Compare's changed tokens 528
-    # in the 328 beside a chart (a tour)
+    # in the 328 beside a chart, Ablations' sweep 823 px and its experts whose ranks disagree 480 in the 328
+    # beside a chart (a tour)
     wide = {page: found[page]["wide_tables"] for page in FITTED if found[page]["wide_tables"]}
     assert wide == {}, wide
 
