@@ -43,6 +43,7 @@ from .corpus import CorpusError, CorpusStats, iter_documents
 from .job import (RecordError, agree, check_out_parent, check_outside_corpus, check_run_place, checkpoint_args,
                   job_options, load_model, load_tokenizer, os_refusal, resolve_paths, run_inputs, run_tokenizer,
                   signals_held, start_world)
+from .record import tokenizer_info
 from .schema import TABLES
 from .windows import text_pieces
 from .writer import RUN_JSON, read_run_json, refuse_running, table_lock, updating_run_json
@@ -201,7 +202,7 @@ def record_spec(opts: SpecOptions) -> Path:
     def write() -> None:  # rank 0
         rows, drafts = _tables(prompts, sorted((i, r) for part in parts for i, r in part))
         with os_refusal(f"--out {out}: cannot write the spec tables there"):
-            _write_run(out, rows, drafts, opts, ckpt, corpus, args, world, time.time() - t0, stats)
+            _write_run(out, rows, drafts, opts, (ckpt, corpus, tokenizer), args, world, time.time() - t0, stats)
 
     agree(world, write)  # every rank ends the same way: done, or the same one-line error
     return out
@@ -311,8 +312,11 @@ def _run_defaults(opts: SpecOptions) -> tuple[str | None, str | None, str | None
     return ckpt, corpus, opts.tokenizer or run_tokenizer(info, f"--out {opts.out}")
 
 
-def _write_run(out: Path, rows: dict, drafts: dict, opts: SpecOptions, ckpt: Path, corpus: Path, args, world,
+def _write_run(out: Path, rows: dict, drafts: dict, opts: SpecOptions, inputs: tuple, args, world,
                seconds: float, stats: CorpusStats) -> None:
+    """`inputs`: the checkpoint, the corpus and the tokenizer (--tokenizer or the run's; None: the
+    checkpoint's own)."""
+    ckpt, corpus, tokenizer = inputs
     out.mkdir(parents=True, exist_ok=True)
     proposed, accepted = sum(rows["drafts_proposed"]), sum(rows["drafts_accepted"])
     summary = {"prompts": len(rows["doc_id"]), "prompt_tokens": opts.prompt_tokens, "new_tokens": opts.new_tokens,
@@ -333,7 +337,12 @@ def _write_run(out: Path, rows: dict, drafts: dict, opts: SpecOptions, ckpt: Pat
     # one, or a spec-only run whose tables this command replaces; another kind of run keeps its own
     own = not (out / RUN_JSON).exists() or read_run_json(out).get("kind") == "spec"
     inputs = {"checkpoint": checkpoint_identity(ckpt), "corpus": {"path": str(corpus.resolve())},
-              "model_args": args.to_dict()} if own else {}
+              "model_args": args.to_dict(),
+              # the tokenizer as a record keeps it (`probe.job.run_tokenizer` takes it, the dashboard decodes
+              # with it): a plain --overwrite, and the jobs on the run, took the checkpoint's instead of the
+              # --tokenizer given (a review); none given: the checkpoint's own, which follows --ckpt
+              "tokenizer": tokenizer_info(tokenizer, ckpt),
+              "options": {"tokenizer": str(Path(tokenizer).resolve()) if tokenizer else None}} if own else {}
 
     def new() -> dict:
         return {"status": "complete", "format": 1, "kind": "spec", **inputs, "tables": []}

@@ -165,6 +165,44 @@ def test_spec_into_a_run_takes_the_tokenizer_it_was_recorded_with(probe_env, tmp
     assert cli_main(argv + ["--overwrite", "--tokenizer", str(tok.with_name("moved.json"))]) == 0  # the flag wins
 
 
+def test_a_spec_only_run_keeps_the_tokenizer_it_was_given(probe_env, tmp_path, capsys):
+    """`spec --out NEW --tokenizer T` kept no tokenizer in run.json, so `spec --out NEW --overwrite` without
+    the flag took the checkpoint's (here, where it has none, it stopped), and the jobs and the dashboard on
+    the run decoded with it (a review): run.json keeps T as a record does (path resolved, sha256), and a T
+    changed since is refused; a run on the checkpoint's own tokenizer names no --tokenizer: it follows --ckpt."""
+    import shutil
+
+    from dashboards import data, ui
+    from probe.corpus import fingerprint
+    from probe.job import run_tokenizer
+
+    ckpt = shutil.copytree(probe_env["ckpt"], tmp_path / "ckpt")
+    tok = tmp_path / "elsewhere" / "tok.json"
+    tok.parent.mkdir()
+    (ckpt / "tokenizer.json").rename(tok)
+    out = tmp_path / "new"
+    argv = ["spec", "--out", str(out), "--prompt-tokens", "8", "--new-tokens", "4", "--max-prompts", "2",
+            "--no-progress"]
+    assert cli_main(argv + ["--ckpt", str(ckpt), "--corpus", str(probe_env["corpus"]), "--tokenizer", str(tok)]) == 0
+    info = json.loads((out / "run.json").read_text())
+    assert info["tokenizer"] == {"path": str(tok.resolve()), "fingerprint": fingerprint(tok)}
+    assert run_tokenizer(info, "RUN") == str(tok.resolve())
+    assert ui.tokenizer_for(data.RunRef("new", str(out), "probe", "complete", info)) is not None  # the token texts
+    capsys.readouterr()
+    assert cli_main(argv + ["--overwrite"]) == 0, capsys.readouterr().err  # the run's tokenizer, not the flag's
+    assert json.loads((out / "run.json").read_text())["tokenizer"]["path"] == str(tok.resolve())  # kept
+    tok.write_text(json.dumps(json.loads(tok.read_text()), indent=1))  # the same tokens, another sha256
+    assert cli_main(argv + ["--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert f"the run's tokenizer {tok.resolve()} has changed since" in err and err.count("\n") == 1, err
+    own = tmp_path / "own"  # the control: the checkpoint's own tokenizer, which follows the checkpoint
+    assert cli_main(["spec", "--out", str(own), "--ckpt", str(probe_env["ckpt"]), "--corpus", str(probe_env["corpus"]),
+                     *argv[3:]]) == 0
+    info = json.loads((own / "run.json").read_text())
+    assert run_tokenizer(info, "RUN") is None
+    assert info["tokenizer"]["path"] == str((probe_env["ckpt"] / "tokenizer.json").resolve())
+
+
 def test_a_run_still_being_recorded_is_refused(probe_env, tmp_path, capsys):
     """spec adds its tables to a run; into one whose record is still writing (run.json says running),
     the record's commits would have gone on beside spec's, as ablate, importance and steer refuse such
