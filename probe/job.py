@@ -173,11 +173,11 @@ def run_inputs(info: dict, where: str, ckpt: str | None, corpus: str | None,
 
 
 def run_tokenizer(info: dict, where: str, error: type[Exception] = RecordError) -> str | None:
-    """The tokenizer a job on an existing run takes by default: the file the record was given with
-    --tokenizer, as run.json resolved it (the option is kept as typed, relative to where the record ran:
-    ablate and the report looked for it relative to where they ran, and spec not at all; a tour); None
-    when the record used the checkpoint's own, which follows the checkpoint. A file gone or changed since is
-    refused."""
+    """The tokenizer a job on an existing run takes by default: the file the record (or the spec, ablate,
+    importance or steer --out that made the run) was given with --tokenizer, as run.json resolved it (a
+    record keeps the option as typed, relative to where it ran: ablate and the report looked for it
+    relative to where they ran, and spec not at all; a tour); None when the run used the checkpoint's own,
+    which follows the checkpoint. A file gone or changed since is refused."""
     given = (info.get("options") or {}).get("tokenizer")
     if not given:
         return None

@@ -249,16 +249,30 @@ def note_result_part(out: str | Path, table: str, parts: str, name: str, entry: 
     """Note part `name` in run.json (under its lock): `entry | {"written"}` under `info[parts][name]`,
     and `table` in "tables" unless not `listed` (no part file yet: a table listed without one reads
     as lost, probe.run.lost_tables). A directory without run.json becomes a run of kind `table`
-    with `entry`'s checkpoint, corpus and options."""
+    with `entry`'s checkpoint, corpus, tokenizer and options (`given_tokenizer`)."""
     def new() -> dict:
         return {"status": "complete", "format": 1, "kind": table, "checkpoint": entry["checkpoint"],
-                "corpus": entry["corpus"], "model_args": args.to_dict() if args is not None else None,
-                "options": entry["options"], "tables": [], "started": time.time()}
+                "corpus": entry["corpus"], "tokenizer": entry.get("tokenizer"),
+                "model_args": args.to_dict() if args is not None else None,
+                "options": entry["options"] | {"tokenizer": given_tokenizer(entry)}, "tables": [],
+                "started": time.time()}
 
     with updating_run_json(out, new) as info:
         if listed and table not in info.setdefault("tables", []):
             info["tables"].append(table)
         info.setdefault(parts, {})[name] = entry | {"written": time.time()}
+
+
+def given_tokenizer(entry: dict) -> str | None:
+    """The tokenizer a result part's job was given with --tokenizer (its path, resolved), None where it
+    took the checkpoint's own (`entry`: `analyses.ablate.inputs.job_meta`'s): a run an --out makes keeps
+    it in its options, as a record does, for `probe.job.run_tokenizer` (the jobs, the report and the
+    dashboard on the run took the checkpoint's; a review). A --tokenizer naming the checkpoint's own file
+    reads as that file: a run on it follows the checkpoint."""
+    tok, ckpt = (entry.get("tokenizer") or {}).get("path"), (entry.get("checkpoint") or {}).get("path")
+    if not tok or not ckpt:
+        return None
+    return None if Path(tok) == (Path(ckpt) / "tokenizer.json").resolve() else tok
 
 
 def read_run_json(run: Path) -> dict:

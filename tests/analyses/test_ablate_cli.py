@@ -567,3 +567,36 @@ def _texts(tokenizer: Path, ids) -> list[str]:
     from probe.token_text import token_strings
 
     return token_strings(Tokenizer.from_file(str(tokenizer)), ids, quoted=True)
+
+
+def test_a_run_an_out_makes_keeps_the_tokenizer_it_was_given(probe_env, tmp_path, capsys):
+    """`ablate --out DIR --tokenizer T` (not into a --run) made a run whose run.json kept no tokenizer, so the
+    jobs, the report and the dashboard on it took the checkpoint's (a review; importance and steer write
+    their run.json alike): it keeps T as a record does (path resolved, sha256); a run on the checkpoint's
+    own tokenizer names no --tokenizer, and follows the checkpoint."""
+    import shutil
+
+    from analyses.ablate.inputs import job_defaults
+    from analyses.report.research import token_texts
+    from dashboards import data, ui
+    from probe.corpus import fingerprint
+    from probe.job import run_tokenizer
+
+    ckpt = shutil.copytree(probe_env["ckpt"], tmp_path / "ckpt")
+    tok = tmp_path / "elsewhere" / "tok.json"
+    tok.parent.mkdir()
+    (ckpt / "tokenizer.json").rename(tok)
+    job = ["--corpus", str(probe_env["corpus"]), "--experts", "1:0", "--domain-tokens", "50", "--seq-len", "32",
+           "--no-progress"]
+    assert main(["--ckpt", str(ckpt), "--tokenizer", str(tok), "--out", str(tmp_path / "o"), *job]) == 0
+    info = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert info["kind"] == "ablations"
+    assert info["tokenizer"] == {"path": str(tok.resolve()), "fingerprint": fingerprint(tok)}
+    opts, _ = job_defaults(AblateOptions(run=str(tmp_path / "o")))
+    assert opts.tokenizer == str(tok.resolve())
+    assert token_texts(probe.open_run(tmp_path / "o"), [65, 66]) == _texts(tok, [65, 66]) != ["65", "66"]
+    assert ui.tokenizer_for(data.RunRef("o", str(tmp_path / "o"), "probe", "complete", info)) is not None
+    assert main(["--ckpt", str(probe_env["ckpt"]), "--out", str(tmp_path / "own"), *job]) == 0  # the control
+    info = json.loads((tmp_path / "own" / "run.json").read_text())
+    assert run_tokenizer(info, "RUN") is None
+    assert info["tokenizer"]["path"] == str((probe_env["ckpt"] / "tokenizer.json").resolve())
