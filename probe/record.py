@@ -347,9 +347,10 @@ def check_resumable(old: dict, new: dict, out: Path) -> None:
                               f"recorded (its fingerprint differs), so the run cannot go on from it: restore "
                               f"the {key} as it was, or record the run again with --overwrite")
         if not same:
-            raise RecordError(f"--resume: the {key} differs from the one {out} was recorded with "
-                              f"({old[key].get('path')}): rerun the run's own command with --resume added "
-                              f"({flag} {old[key].get('path')})")
+            # both named: the one given was left to be guessed (a review)
+            raise RecordError(f"--resume: the {key} given ({new[key].get('path')}) differs from the one {out} was "
+                              f"recorded with ({old[key].get('path')}): rerun the run's own command with --resume "
+                              f"added ({flag} {old[key].get('path')})")
     for k, before in keys.items():
         was, now = old["options"].get(k, before), new["options"].get(k)
         if k == "dtype":  # unset is float32 (probe.job.compute_dtype): `--dtype float32` resumes a default run

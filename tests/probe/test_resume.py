@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -134,7 +135,6 @@ def test_resume_refuses_each_option_that_shapes_the_rows(probe_env, big_corpus, 
     pairs below are written out here, not read from it) is refused in one line naming the flag with both
     values, and leaves the run as it was. Without --router-logits among the keys, a --router-logits topk
     resume of a full run went through (a review)."""
-    import re
     import shutil
 
     from probe.record import RESUME_KEYS
@@ -178,8 +178,13 @@ def test_resume_refuses_another_tokenizer_and_a_run_record_did_not_make(probe_en
     tok = json.loads((probe_env["ckpt"] / "tokenizer.json").read_text())
     tok["model"]["merges"] = tok["model"]["merges"][:20]  # the same vocabulary, another tokenisation
     other.write_text(json.dumps(tok))
-    with pytest.raises(RecordError, match=r"--resume: the tokenizer differs from the one .* \(--tokenizer "):
+    was = reference_run.info["tokenizer"]["path"]
+    with pytest.raises(RecordError) as e:
         rec(probe_env, out, tokenizer=str(other), **kw)
+    # both named: the run's, and the one given (the refusal named only the run's, a review)
+    assert str(e.value) == (f"--resume: the tokenizer given ({other.resolve()}) differs from the one {out} was "
+                            f"recorded with ({was}): rerun the run's own command with --resume added (--tokenizer "
+                            f"{was})")
     # a run recorded before run.json named its tokenizer: the option must at least be the same
     info = json.loads((out / "run.json").read_text())
     del info["tokenizer"]
@@ -208,7 +213,9 @@ def test_resume_refuses_a_checkpoint_with_the_same_layout_and_other_weights(prob
     shutil.copytree(reference_run.path, out)
     kw = dict(corpus=big_corpus, seq_len=32, batch_size=2, router_logits="full", max_tokens=MAX_TOKENS, resume=True)
     assert zeroed and reference_run.info["checkpoint"]["sample"]
-    with pytest.raises(RecordError, match=r"--resume: the checkpoint differs from the one .* \(--ckpt "):
+    given = re.escape(str(Path(nobias).resolve()))  # named beside the run's (a review)
+    with pytest.raises(RecordError, match=rf"--resume: the checkpoint given \({given}\) differs from the one .* "
+                                          r"\(--ckpt "):
         rec(dict(probe_env, ckpt=nobias), out, **kw)
     moved = Path(shutil.copytree(probe_env["ckpt"], tmp_path / "moved"))  # the control: a copy elsewhere resumes
     rec(dict(probe_env, ckpt=moved), out, **kw)
