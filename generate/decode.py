@@ -144,8 +144,8 @@ def _check(model, prompts, max_new_tokens: int, mtp: bool) -> None:
 def _prompt_problem(args, p) -> str:
     """Why the model cannot take prompt `p` ('' when it can): not token ids, none, out of the
     vocabulary, or longer than max_seq_len."""
-    if isinstance(p, (str, bytes)):
-        return "expected token ids, got a string (tokenise it first)"
+    if isinstance(p, (str, bytes, bytearray, memoryview)):  # a bytearray's bytes were read as ids (a review)
+        return f"expected token ids, got {'a string' if isinstance(p, str) else type(p).__name__} (tokenise it first)"
     if len(p) == 0:
         return "no tokens"
     ids = torch.as_tensor(list(p) if not isinstance(p, torch.Tensor) else p)

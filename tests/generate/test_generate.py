@@ -103,6 +103,10 @@ def test_max_seq_len_and_bad_input():
     for kw, msg in [(dict(prompts=[[1, 2]], max_new_tokens=2.5), "max_new_tokens=2.5 must be an integer >= 0"),
                     (dict(prompts="hello"), "prompts: expected a list of token-id lists .* got a string"),
                     (dict(prompts=["hello"]), "prompt 0: expected token ids, got a string"),
+                    # a bytearray or memoryview of a text was read as its bytes' ids, where bytes was refused
+                    (dict(prompts=[b"hi"]), r"^prompt 0: expected token ids, got bytes \(tokenise it first\)$"),
+                    (dict(prompts=[[1, 2], bytearray(b"hi")]), r"^prompt 1: expected token ids, got bytearray "),
+                    (dict(prompts=[memoryview(b"hi")]), r"^prompt 0: expected token ids, got memoryview "),
                     (dict(prompts=[[1, 2], [5.5, 6]]), "prompt 1: expected a flat list of integer token ids, got torch.float32"),
                     (dict(prompts=[[1, 512]]), r"prompt 0: token ids must be in \[0, 512\), got \[1, 512\]"),
                     # a text's bytes were generated from as if they were its tokens
