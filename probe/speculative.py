@@ -30,7 +30,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -72,10 +72,13 @@ class SpecOptions:
     device: str | None = None
     model_parallel: str | int = 1
     progress: bool = True
+    # max_prompts is DEFAULT_PROMPTS because none was given (a note named '--max-prompts 64', a flag never typed)
+    default_prompts: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.max_prompts is None:
             self.max_prompts = DEFAULT_PROMPTS if self.max_tokens is None else None
+            self.default_prompts = self.max_prompts is not None
         elif self.max_prompts == 0:
             self.max_prompts = None
 
@@ -230,7 +233,9 @@ def _cap_note(opts: SpecOptions, n: int, capped: list[str]) -> str:
     if opts.max_tokens is not None and opts.max_tokens // per_prompt == limit:
         caps.append(("--max-tokens", opts.max_tokens, n * per_prompt))
     more = ", ..." if len(capped) > 3 else ""
-    return (f"note: {' and '.join(f'{flag} {cap}' for flag, cap, _ in caps)} left {len(capped)} of {n} domains "
+    said = [f"the default of {cap} prompts ({flag})" if flag == "--max-prompts" and opts.default_prompts
+            else f"{flag} {cap}" for flag, cap, _ in caps]
+    return (f"note: {' and '.join(said)} left {len(capped)} of {n} domains "
             f"without a prompt ({', '.join(capped[:3])}{more}): prompts are taken round robin over the domains in "
             f"name order; pass {' and '.join(f'a {flag} of at least {e}' for flag, _, e in caps)} to cover every "
             "domain")

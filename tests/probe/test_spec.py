@@ -591,3 +591,17 @@ def test_the_api_caps_prompts_as_the_cli_does():
     assert prompt_limit(SpecOptions(max_tokens=64 * 100, max_prompts=10)) == 10
     assert prompt_limit(SpecOptions(max_prompts=0)) is None
     assert prompt_limit(SpecOptions(max_prompts=7)) == 7
+
+
+def test_the_default_prompt_cap_is_said_to_be_the_default():
+    """A corpus of more domains than the default 64 prompts: the note said '--max-prompts 64 left ...', a flag
+    the user never typed (the default applied); it says the default, and still which flag raises it."""
+    from probe.speculative import _cap_note
+
+    capped = [f"d{i}" for i in range(64, 70)]
+    note = _cap_note(SpecOptions(prompt_tokens=8, new_tokens=4), 70, capped)
+    assert note.startswith("note: the default of 64 prompts (--max-prompts) left 6 of 70 domains without a prompt "
+                           "(d64, d65, d66, ...)"), note
+    assert note.endswith("pass a --max-prompts of at least 70 to cover every domain"), note
+    typed = _cap_note(SpecOptions(prompt_tokens=8, new_tokens=4, max_prompts=64), 70, capped)  # the control
+    assert typed.startswith("note: --max-prompts 64 left 6 of 70 domains"), typed
