@@ -112,7 +112,7 @@ def need_tables(run, what: str, *tables: str) -> None:
             raise MetricsError(f"{e}; {what} reads it") from None
 
 
-def need_model(run, what: str, files: bool = True) -> None:
+def need_model(run, what: str, files: bool = True, tokenizer: bool = False) -> None:
     """Raise one clear error, for a notebook's first cell, when `what` (a part that runs the run's
     checkpoint on its corpus: ablation, causal importance, steering, the run-vs-run variant) has no
     model or corpus to run: an import (SGLang's dumps name neither: ablation and run_vs_run raised a
@@ -120,9 +120,11 @@ def need_model(run, what: str, files: bool = True) -> None:
     run whose checkpoint or corpus is gone or changed (`probe.job.run_inputs`' checks, with the advice of
     `_notebook_advice`: they said "pass --ckpt", a flag a notebook has none of, and not which part needed it;
     a tour; `files=False`: only that run.json names both, for compare_run, whose variant checkpoint may be
-    written already)."""
+    written already). `tokenizer`: `what` reads the corpus with the run's tokenizer (causal importance and
+    steering: their jobs refused one gone or changed in a later cell, with "pass --tokenizer"; a tour), checked
+    too (`probe.job.run_tokenizer`)."""
     from analyses.metrics import MetricsError
-    from probe.job import run_inputs
+    from probe.job import run_inputs, run_tokenizer
 
     info = run.info or {}
     if info.get("kind") == "import":
@@ -138,19 +140,23 @@ def need_model(run, what: str, files: bool = True) -> None:
         lost = " and no ".join(k for k, v in (("checkpoint", ckpt), ("corpus", corpus)) if not v)
         raise MetricsError(f"{run.path}: {what} runs the run's checkpoint on its corpus, and run.json names no "
                            f"{lost}; point $DSV3_NOTEBOOK_RUN at a run recorded with `dsv3-probe record`")
+    if files and tokenizer:
+        run_tokenizer(info, str(run.path), MetricsError, advice=advice)
 
 
 def _notebook_advice(what: str, lost: str, why: str) -> str:
     """`probe.job.run_inputs`' advice for a notebook, which has no --ckpt or --corpus: `what` (the
     notebook's part) needs the run's model, so another run, or the run's files put back. `lost`: the
-    checkpoint, the corpus, both, or a training run's model; `why`: `run_inputs`' reason."""
+    checkpoint, the corpus, both, a training run's model, or the tokenizer (`probe.job.run_tokenizer`'s);
+    `why`: their reason."""
     other = "point $DSV3_NOTEBOOK_RUN at a run"
     verb = "are" if " and " in lost else "is"
     how = {"unwritten": f"{other} whose model is written",
            "unnamed": f"{other} recorded with `dsv3-probe record`",
            "gone": f"{other} whose {lost} {verb} there, or restore the files where run.json names them",
            "changed": f"{other} recorded on this {lost}, or restore the {lost} the run was recorded with"}[why]
-    return f"{what} runs the run's checkpoint on its corpus: {how}"
+    read = ", read with the tokenizer it was recorded with" if lost == "tokenizer" else ""
+    return f"{what} runs the run's checkpoint on its corpus{read}: {how}"
 
 
 def latent_summary(kv, stats) -> str:

@@ -172,12 +172,15 @@ def run_inputs(info: dict, where: str, ckpt: str | None, corpus: str | None,
     return ckpt, corpus
 
 
-def run_tokenizer(info: dict, where: str, error: type[Exception] = RecordError) -> str | None:
+def run_tokenizer(info: dict, where: str, error: type[Exception] = RecordError, advice=None) -> str | None:
     """The tokenizer a job on an existing run takes by default: the file the record (or the spec, ablate,
     importance or steer --out that made the run) was given with --tokenizer, as run.json resolved it (a
     record keeps the option as typed, relative to where it ran: ablate and the report looked for it
     relative to where they ran, and spec not at all; a tour); None when the run used the checkpoint's own,
-    which follows the checkpoint. A file gone or changed since is refused."""
+    which follows the checkpoint. A file gone or changed since is refused. `advice(lost, why)`: as
+    `run_inputs`' (`lost` 'tokenizer', `why` 'gone' or 'changed'), for a caller without --tokenizer (a
+    notebook was told to pass it; a tour); default: the flag to pass."""
+    say = lambda cli, why: cli if advice is None else advice("tokenizer", why)  # noqa: E731
     given = (info.get("options") or {}).get("tokenizer")
     if not given:
         return None
@@ -189,13 +192,14 @@ def run_tokenizer(info: dict, where: str, error: type[Exception] = RecordError) 
         why = ("is no longer there" if resolved or Path(given).is_absolute() else "is not in this folder: run.json "
                "keeps it as typed to the record, relative to the folder that ran it (a run recorded before run.json "
                "kept the whole path)")
-        raise error(f"{where}: the run's tokenizer {path} {why}; pass --tokenizer")
+        raise error(f"{where}: the run's tokenizer {path} {why}; " + say("pass --tokenizer", "gone"))
     from .corpus import fingerprint
 
     # a file changed since was taken silently, where a changed checkpoint is refused (a review)
     if (recorded := (info.get("tokenizer") or {}).get("fingerprint")) and fingerprint(path) != recorded:
         raise error(f"{where}: the run's tokenizer {path} has changed since the run was recorded (its sha256 is not "
-                    "the one run.json keeps), so its token ids would not be the run's; pass --tokenizer to take it")
+                    "the one run.json keeps), so its token ids would not be the run's; "
+                    + say("pass --tokenizer to take it", "changed"))
     return path
 
 

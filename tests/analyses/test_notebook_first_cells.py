@@ -151,6 +151,43 @@ def test_a_run_whose_checkpoint_or_corpus_is_gone_or_changed_is_refused_in_a_not
     assert "run" in first_cell("ablation", some_tables, monkeypatch)  # the control: both there, as recorded
 
 
+@pytest.mark.parametrize("name, part", [
+    ("steering", "this notebook (steering the run's checkpoint)"),
+    ("causal_importance", "this notebook (each expert removed from the run's checkpoint)"),
+])
+def test_a_run_whose_tokenizer_is_gone_or_changed_is_refused_in_a_notebooks_words(
+        some_tables, probe_env, name, part, monkeypatch):
+    """A run recorded with --tokenizer, the file moved or edited since: the first cell let it by, and the
+    notebook's job refused it in a later cell with "pass --tokenizer", a flag a notebook has none of (a tour)."""
+    from probe.corpus import fingerprint
+    from probe.job import checkpoint_identity
+
+    info = json.loads((some_tables / "run.json").read_text())
+    tok = some_tables.parent / "tok.json"
+    shutil.copy(probe_env["ckpt"] / "tokenizer.json", tok)
+    base = info | {"planned": {}, "checkpoint": checkpoint_identity(probe_env["ckpt"]),
+                   "corpus": {"path": str(probe_env["corpus"])},
+                   "options": info["options"] | {"tokenizer": "tok.json"}}
+    other = "point $DSV3_NOTEBOOK_RUN at a run"
+    for recorded, said, advice in [
+        ({"path": str(some_tables / "gone.json")}, f"the run's tokenizer {some_tables / 'gone.json'} is no longer there",
+         f"{other} whose tokenizer is there, or restore the files where run.json names them"),
+        ({"path": str(tok), "fingerprint": "0" * 64}, f"the run's tokenizer {tok} has changed since the run was recorded",
+         f"{other} recorded on this tokenizer, or restore the tokenizer the run was recorded with")]:
+        (some_tables / "run.json").write_text(json.dumps(base | {"tokenizer": recorded}))
+        with pytest.raises(MetricsError) as e:
+            first_cell(name, some_tables, monkeypatch)
+        assert str(e.value).startswith(f"{some_tables}: {said}"), str(e.value)
+        assert str(e.value).endswith(f"; {part} runs the run's checkpoint on its corpus, read with the tokenizer it "
+                                     f"was recorded with: {advice}"), str(e.value)
+        assert "pass --" not in str(e.value), str(e.value)  # no flag: a notebook has none
+    (some_tables / "run.json").write_text(json.dumps(base | {"tokenizer": {"path": str(some_tables / "gone.json")}}))
+    assert "run" in first_cell("ablation", some_tables, monkeypatch)  # no tokenizer read there: not refused
+    (some_tables / "run.json").write_text(json.dumps(base | {"tokenizer": {"path": str(tok),
+                                                                          "fingerprint": fingerprint(tok)}}))
+    assert "run" in first_cell(name, some_tables, monkeypatch)  # the control: there, as recorded
+
+
 def all_cells(name: str, run: Path, monkeypatch) -> tuple[list, list[str]]:
     """Run every code cell of notebook `name` on `run` in this process: (the figures it showed, the
     Markdown it displayed). For a notebook that reads the run's tables only (no model, no kernel)."""

@@ -563,6 +563,29 @@ def test_a_runs_tokenizer_changed_since_it_was_recorded_is_refused(tmp_path):
         run_tokenizer(info, "RUN")
 
 
+def test_a_runs_tokenizer_gone_or_changed_is_advised_in_the_callers_words(tmp_path):
+    """`run_tokenizer` told every caller to "pass --tokenizer", a flag the notebooks have none of (a tour):
+    `advice(lost, why)` says it instead, as `run_inputs`' does for the checkpoint."""
+    from probe.corpus import fingerprint
+    from probe.job import RecordError, run_tokenizer
+
+    tok = tmp_path / "tok.json"
+    tok.write_text('{"model": 1}')
+    gone = {"options": {"tokenizer": "tok.json"}, "tokenizer": {"path": str(tmp_path / "gone.json")}}
+    changed = {"options": {"tokenizer": "tok.json"}, "tokenizer": {"path": str(tok), "fingerprint": "0" * 64}}
+    advice = lambda lost, why: f"ADVICE {lost} {why}"  # noqa: E731
+    for info, cli, told in [(gone, "pass --tokenizer", "ADVICE tokenizer gone"),
+                            (changed, "pass --tokenizer to take it", "ADVICE tokenizer changed")]:
+        with pytest.raises(RecordError) as ei:
+            run_tokenizer(info, "RUN")
+        assert str(ei.value).startswith("RUN: the run's tokenizer ") and str(ei.value).endswith(f"; {cli}")
+        with pytest.raises(RecordError) as ei:
+            run_tokenizer(info, "RUN", advice=advice)
+        assert str(ei.value).endswith(f"; {told}") and "pass --" not in str(ei.value), str(ei.value)
+    same = {"options": {"tokenizer": "tok.json"}, "tokenizer": {"path": str(tok), "fingerprint": fingerprint(tok)}}
+    assert run_tokenizer(same, "RUN", advice=lambda *a: "unused") == str(tok)  # the control: there, as recorded
+
+
 def test_the_names_moved_out_of_probe_job_still_import_from_it():
     """probe/job.py's commands' exits moved to probe/job_exit.py and the checkpoint identity to
     probe/ckpt_identity.py; users' `from probe.job import exit_ranks` keeps working, and gives the same
