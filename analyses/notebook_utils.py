@@ -369,6 +369,8 @@ def compare_run(run, variant: str = "no-router-bias", out: str | Path | None = N
     its directory. max_tokens: only the run's first windows (the same ones: windows come in a fixed
     order), for a quicker comparison."""
     import probe
+    from analyses.metrics import MetricsError
+    from probe.job import run_tokenizer
     from probe.record import RecordOptions, record
 
     from .variants import without_router_bias
@@ -378,7 +380,6 @@ def compare_run(run, variant: str = "no-router-bias", out: str | Path | None = N
     if isinstance(run, (str, Path)):  # a run directory, as the metrics take one ('str' has no attribute 'tables')
         run = probe.open_run(run)
     if "routing" not in run.tables:  # before recording a whole variant run that cannot be compared (a review)
-        from analyses.metrics import MetricsError
         from analyses.metrics._common import RECORD_AGAIN, unrecorded_why
 
         # the cause as run.json records it, not a guess at --router-logits none (a tour); where it already
@@ -390,13 +391,17 @@ def compare_run(run, variant: str = "no-router-bias", out: str | Path | None = N
     src = Path(run.path)
     out = Path(out) if out else src.with_name(f"{src.name}-{variant}")
     if not _complete(out):
-        need_model(run, "recording the comparison run (the variant's checkpoint over the run's windows)", files=False)
+        what = "recording the comparison run (the variant's checkpoint over the run's windows)"
+        need_model(run, what, files=False)
+        # run.json's whole path, before the variant is written: the option as typed is relative to where the
+        # run was recorded, not to the kernel's folder, and record's refusal named its --tokenizer (a tour)
+        tok = run_tokenizer(run.info, str(run.path), MetricsError, advice=partial(_notebook_advice, what))
         ckpt = out.with_name(f"{out.name}-ckpt")
         if not (ckpt / "config.json").exists():
             without_router_bias(run.info["checkpoint"]["path"], ckpt, overwrite=ckpt.exists())
         o = run.info.get("options") or {}
-        keep = {k: o[k] for k in ("tokenizer", "max_tokens", "order", "seq_len", "batch_size", "add_bos", "dtype",
-                                  "gemm") if o.get(k) is not None}
+        keep = {k: o[k] for k in ("max_tokens", "order", "seq_len", "batch_size", "add_bos", "dtype", "gemm")
+                if o.get(k) is not None} | ({"tokenizer": tok} if tok else {})
         if max_tokens is not None:
             keep["max_tokens"] = min(max_tokens, keep.get("max_tokens") or max_tokens)
         print(f"recording {out}: the {variant} variant of {run.info['checkpoint']['path']} over the same windows ...")

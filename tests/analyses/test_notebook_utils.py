@@ -189,6 +189,49 @@ def test_a_variant_run_is_recorded_with_the_runs_own_window_options(tmp_path, mo
         assert o.ckpt == str(tmp_path / "run-no-router-bias-ckpt") and o.corpus == "c"
 
 
+def test_a_variant_run_takes_the_runs_tokenizer_by_its_whole_path_or_says_it_is_gone(tmp_path, monkeypatch):
+    """The run's --tokenizer as typed is relative to where it was recorded: from a notebook's kernel (in
+    analyses/notebooks/) the variant's record said "--tokenizer rel/tok.json: no tokenizer there", a flag the
+    notebook has none of, of a file that was there; one gone was said so after the variant was written (a tour)."""
+    import probe
+    import probe.record
+    from probe.corpus import fingerprint
+
+    import analyses.variants
+    from analyses.metrics import MetricsError
+
+    tok = tmp_path / "rel" / "tok.json"
+    tok.parent.mkdir()
+    tok.write_text('{"model": 1}')
+    (tmp_path / "kernel").mkdir()
+    monkeypatch.chdir(tmp_path / "kernel")  # not where the run was recorded
+    run = SimpleNamespace(path=str(tmp_path / "run"), tables=["tokens", "routing"],
+                          info={"checkpoint": {"path": "ck"}, "corpus": {"path": "c"},
+                                "options": {"tokenizer": "rel/tok.json"},
+                                "tokenizer": {"path": str(tok), "fingerprint": fingerprint(tok)}})
+    (tmp_path / "run-no-router-bias-ckpt").mkdir()
+    (tmp_path / "run-no-router-bias-ckpt" / "config.json").write_text("{}")  # the variant is there already
+    recorded = []
+    monkeypatch.setattr(probe.record, "record", recorded.append)
+    monkeypatch.setattr(probe, "open_run", Path)
+    notebook_utils.compare_run(run)
+    assert recorded.pop().tokenizer == str(tok)  # run.json's whole path, not the option as typed
+    run.info["options"] = {}  # the control: recorded with the checkpoint's own, none passed
+    notebook_utils.compare_run(run)
+    assert recorded.pop().tokenizer is None
+    run.info |= {"options": {"tokenizer": "rel/tok.json"}, "tokenizer": {"path": str(tmp_path / "gone.json")}}
+    written = []
+    monkeypatch.setattr(analyses.variants, "without_router_bias", lambda *a, **k: written.append(a))
+    with pytest.raises(MetricsError) as e:
+        notebook_utils.compare_run(run, out=tmp_path / "other")
+    assert str(e.value) == (f"{run.path}: the run's tokenizer {tmp_path / 'gone.json'} is no longer there; recording "
+                            "the comparison run (the variant's checkpoint over the run's windows) runs the run's "
+                            "checkpoint on its corpus, read with the tokenizer it was recorded with: point "
+                            "$DSV3_NOTEBOOK_RUN at a run whose tokenizer is there, or restore the files where "
+                            "run.json names them")
+    assert not written and not recorded  # refused before the variant is written
+
+
 def test_the_run_to_compare_may_be_given_by_its_path(tmp_path, monkeypatch):
     """compare_run('runs/model-val'), as the metrics take a run, was "'str' object has no attribute
     'tables'"; a path to no run is the reader's one-line error."""
