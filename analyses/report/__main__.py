@@ -11,7 +11,7 @@ from pathlib import Path
 import analyses.report as package
 from analyses.notebook_utils import DEFAULT_RUN
 from probe.job import (MODEL_FLAGS, add_model_flags, check_file_replaceable, check_not_an_input, check_out_parent,
-                       os_refusal, path_text, run_inputs)
+                       os_refusal, path_text, run_inputs, run_tokenizer)
 from probe.job_exit import (closed_pipe_quiet, exit_ranks, job_error, launch_rank0, one_line_when_a_peer_is_lost,
                             table_errors)
 
@@ -73,6 +73,9 @@ def parser() -> argparse.ArgumentParser:
                    help="checkpoint the model sections run (default: the run's own; needed where it has "
                         "moved or changed, or a training run's model is not written yet)")
     p.add_argument("--corpus", type=path_text, help="corpus the model sections evaluate (default: the run's own)")
+    p.add_argument("--tokenizer", type=path_text,
+                   help="tokenizer.json the model sections read the corpus with (default: the run's own; needed "
+                        "where the file it was recorded with has moved or changed)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     add_model_flags(p.add_argument_group("how the ablations run the model (under torchrun: replicas of "
                                          "--model-parallel ranks, as analyses.ablate)"))
@@ -115,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
             # checked once here and handed to every ablation, importance and steering job, which then
             # read the checkpoint's weights sample no more
             ns.ckpt, ns.corpus = run_inputs(run.info, str(run_dir), ns.ckpt, ns.corpus, ReportError)
+            # the run's tokenizer, gone or changed: its first job refused it, after the report's checks, with
+            # 'pass --tokenizer', a flag the report had none of (a tour)
+            ns.tokenizer = ns.tokenizer or run_tokenizer(run.info, str(run_dir), ReportError)
         html, findings = _outputs(ns, run_dir, run.info)  # before minutes of ablations, not after
         if ns.skip_ablation and (unused := _model_section_flags(ns)):  # dropped without a word (a tour);
             # said after the outputs are checked, so that a refusal stays the one line printed
@@ -200,7 +206,7 @@ def _model_section_flags(ns: argparse.Namespace) -> list[str]:
     """The flags given (other than their defaults) that only the sections running the model read."""
     defaults = parser()
     return [f"--{k.replace('_', '-')}" for k in ("max_tokens", "fractions", "seeds", "domain_top", "batch_size",
-                                                 "importance_tokens", "ckpt", "corpus", *MODEL_FLAGS)
+                                                 "importance_tokens", "ckpt", "corpus", "tokenizer", *MODEL_FLAGS)
             if getattr(ns, k) != defaults.get_default(k)]
 
 
@@ -242,7 +248,7 @@ def _outputs(ns: argparse.Namespace, run_dir: Path, info: dict) -> tuple[Path, P
             raise ReportError(f"{flag} {value}: names a directory; give the file to write, e.g. "
                               f"{value}{'report.html' if flag == '--out' else 'findings.md'}")
     inputs = {"the run's corpus": _path(info.get("corpus")), "the run's tokenizer": _path(info.get("tokenizer")),
-              "--corpus": ns.corpus}
+              "--corpus": ns.corpus, "--tokenizer": ns.tokenizer}
     check_out_parent(html, "--out", file=True)
     check_not_an_input(html, inputs, "--out", ReportError)
     check_file_replaceable(html, (b"<title>DeepSeek-V3 probe findings</title>",), "a report", "--out", ReportError)

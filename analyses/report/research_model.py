@@ -11,7 +11,8 @@ from probe.job import MODEL_FLAGS
 from probe.schema import layer_label
 
 
-INPUT_FLAGS = ("ckpt", "corpus")  # the report's --ckpt and --corpus, for a run whose own are gone or not written
+# the report's --ckpt, --corpus and --tokenizer, for a run whose own are gone, changed or not written
+INPUT_FLAGS = ("ckpt", "corpus", "tokenizer")
 # fewer tokens scored than this, and the importance and steering figures are said to mean nothing: an
 # expert's loss delta (and a domain's steering delta) is a mean of per-token deltas, and over a few dozen
 # tokens their noise decides the ranks and correlations (a 5-token run scored 4 and reported "p 0.026")
@@ -20,7 +21,7 @@ MIN_SCORED_TOKENS = 100
 
 def job_opts(ns) -> dict:
     """The options the report's model sections pass to ablate, importance and steer: the model flags
-    and --ckpt/--corpus, where given (else the jobs take the run's own)."""
+    and --ckpt/--corpus/--tokenizer, where given (else the jobs take the run's own)."""
     return {k: getattr(ns, k) for k in (*MODEL_FLAGS, *INPUT_FLAGS) if getattr(ns, k, None) is not None}
 
 

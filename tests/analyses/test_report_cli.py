@@ -215,6 +215,49 @@ def test_a_run_whose_checkpoint_moved_takes_ckpt_and_corpus_for_the_model_sectio
     assert seen == [(str(moved), str(probe_env["corpus"]))]
 
 
+def test_a_run_whose_tokenizer_moved_takes_the_reports_tokenizer_flag(probe_env, tmp_path, capsys, monkeypatch):
+    """A run recorded with --tokenizer, the file moved since: the report's first job refused it with "pass
+    --tokenizer", a flag the report did not have (a tour). The report has it, checks the run's tokenizer before
+    any section, and hands it to the jobs."""
+    import shutil
+
+    import analyses.ablate
+    from analyses.report import render
+    from probe.record import RecordOptions, record
+
+    tok = tmp_path / "tok.json"
+    shutil.copy(probe_env["ckpt"] / "tokenizer.json", tok)
+    run = tmp_path / "run"
+    record(RecordOptions(ckpt=str(probe_env["ckpt"]), corpus=str(probe_env["corpus"]), out=str(run), seq_len=32,
+                         max_tokens=200, tokenizer=str(tok), progress=False))
+    capsys.readouterr()
+    moved = tok.rename(tmp_path / "moved.json")
+    html = tmp_path / "r.html"
+    computed = []
+    monkeypatch.setattr(report, "compute", lambda *a, **k: computed.append(a) or render.compute(*a, **k))
+    err = _err([str(run), "--out", str(html), "--no-progress"], capsys)
+    assert err == f"error: {run}: the run's tokenizer {tok} is no longer there; pass --tokenizer", err
+    assert not computed and not html.exists()  # said before any section, by the report itself
+    assert "--tokenizer" in report.parser().format_help()
+    seen = []
+
+    def ablate(opts, ablations):  # the first model section: what reaches the job, then stop
+        seen.append(opts.tokenizer)
+        raise analyses.ablate.AblationError("stopped by the test")
+
+    monkeypatch.setattr(analyses.ablate, "ablate", ablate)
+    assert report.main([str(run), "--out", str(html), "--no-progress", "--tokenizer", str(moved)]) == 2
+    assert "stopped by the test" in capsys.readouterr().err
+    assert seen == [str(moved)]
+    shutil.copy(moved, tok)  # the control: the file back where it was recorded, the job takes it
+    assert report.main([str(run), "--out", str(html), "--no-progress"]) == 2
+    assert "stopped by the test" in capsys.readouterr().err and seen[-1] == str(tok)
+    tok.write_text(tok.read_text() + " ")  # changed since: its sha256 is not the run's
+    err = _err([str(run), "--out", str(html), "--no-progress"], capsys)
+    assert err.endswith("has changed since the run was recorded (its sha256 is not the one run.json keeps), so its "
+                        "token ids would not be the run's; pass --tokenizer to take it"), err
+
+
 def test_a_run_another_command_made_is_named_not_called_empty(tmp_path, capsys):
     """A `dsv3-probe spec` run, or one `analyses.ablate --out` wrote, was 'empty run: no expert_load rows
     ...; record it first': it holds its own tables, and record refuses its folder (a tour)."""
