@@ -37,8 +37,9 @@ def lost_tables(path: str | Path, info: dict) -> list[str]:
     """Tables a complete run's run.json lists that have lost part files the run wrote: the table's
     folder is gone, the record job's progress (`_progress/`) names parts committed to it that are gone,
     or a writer's progress file is gone with every part it wrote (a rank's output that another node kept,
-    or deleted). A folder without parts is a table that got no rows (mtp, from windows too short for
-    its target); a running or interrupted run may not have written a table yet. Such a table read as
+    or deleted), or, without `_progress/`, its tokens parts hold fewer rows than run.json's `recorded`
+    count. A folder without parts is a table that got no rows (mtp, from windows too short for its
+    target); a running or interrupted run may not have written a table yet. Such a table read as
     empty, or as the other ranks' rows alone, silently."""
     if info.get("status") != "complete":
         return []
@@ -58,10 +59,11 @@ def _writers(info: dict) -> list[int]:
 
 def _lost_parts(path: Path, info: dict) -> dict[str, list[str]]:
     """{table: its part files that the progress files name committed and are gone, or rank R's parts
-    where R's progress file is gone too}. No progress files (not a record run): {}."""
+    where R's progress file is gone too}. No progress files (not a record run, or its `_progress/` gone):
+    the tokens rows that run.json's `recorded` count says are missing (`_short_of_recorded`)."""
     progress = {int(p.stem[1:]): p for p in sorted((path / PROGRESS).glob("r*.json")) if p.stem[1:].isdigit()}
     if not progress:
-        return {}
+        return _short_of_recorded(path, info)
     lost: dict[str, list[str]] = {}
     named: set[str] = set()
     for rank, p in progress.items():
@@ -77,6 +79,44 @@ def _lost_parts(path: Path, info: dict) -> dict[str, list[str]]:
             if not list((path / t).glob(f"r{rank:03d}-b*.parquet")):
                 lost.setdefault(t, []).append(f"all of rank {rank}'s, and its {PROGRESS}/r{rank:03d}.json")
     return {t: files for t, files in lost.items() if files}
+
+
+def _short_of_recorded(path: Path, info: dict) -> dict[str, list[str]]:
+    """{"tokens": what it lacks} where a record run without progress files (`_progress/` deleted, or not
+    copied with the run) holds fewer tokens rows than run.json's `recorded` count: one part deleted
+    beside it read as a smaller run without a word (a review). {} otherwise, and for a run that records
+    no count (an import, a training run) or lists no tokens table."""
+    recorded = (info.get("recorded") or {}).get("tokens")
+    if not isinstance(recorded, int) or "tokens" not in (info.get("tables") or ()):
+        return {}
+    held = _rows(path / "tokens")
+    if held is None or held >= recorded:  # None: no folder, lost as such
+        return {}
+    return {"tokens": [f"rows of {recorded - held:,} of the {recorded:,} tokens run.json records; with {PROGRESS}/ "
+                       "gone, which parts cannot be said"]}
+
+
+_ROWS: dict[tuple, int] = {}  # (folder, its parts' names, sizes and times): their rows (`_rows`)
+
+
+def _rows(d: Path) -> int | None:
+    """The rows of the part files in folder `d` from their Parquet footers (None: no folder, or a part
+    gone meanwhile or unreadable, which the read names), kept while the parts' names, sizes and times
+    stay: `lost_tables` is checked at every read, and a big run has thousands of parts."""
+    if not d.is_dir():
+        return None
+    try:
+        stats = [(f.name, (st := f.stat()).st_size, st.st_mtime_ns) for f in table_files(d.parent, d.name)]
+        key = (str(d), tuple(stats))
+        rows = _ROWS.get(key)
+        if rows is None:
+            rows = sum(pq.read_metadata(d / name).num_rows for name, *_ in stats)
+            if len(_ROWS) > 256:
+                _ROWS.clear()
+            _ROWS[key] = rows
+        return rows
+    except (OSError, pa.ArrowInvalid):
+        return None
 
 
 def _part_names(path: Path, table: str) -> tuple[str, ...] | None:
