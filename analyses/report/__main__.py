@@ -230,6 +230,15 @@ def _record_default_run(ns: argparse.Namespace) -> None:
     if DEFAULT_RUN.exists():  # record's own advice, "pass --overwrite", named a flag the report does not have
         raise ReportError(f"{DEFAULT_RUN}: the default run's folder exists but holds no run (no run.json), and the "
                           "report does not replace it: move it away, or pass RUN")
+    from .research_model import INPUT_FLAGS
+
+    # the model sections ran these in place of the run's own, over windows the run never read (a review)
+    given = [(f"--{k}", getattr(ns, k)) for k in INPUT_FLAGS if getattr(ns, k) is not None]
+    if given and not ns.skip_ablation:
+        flag, value = given[0]
+        raise ReportError(f"{flag} {value}: no RUN given, and the default run {DEFAULT_RUN} would be recorded now of "
+                          "the bundled model, on its corpus with its tokenizer, not with this; pass RUN, a run "
+                          f"recorded with {flag}")
     print(f"no default run yet: recording {DEFAULT_RUN} (bundled model, whole validation corpus) ...",
           file=sys.stderr)
     try:

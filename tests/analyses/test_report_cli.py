@@ -142,6 +142,31 @@ def test_a_default_run_folder_without_a_run_is_named_not_overwritten(tmp_path, c
     assert [p.name for p in default.iterdir()] == ["mine.txt"]
 
 
+@pytest.mark.parametrize("flag", ["--ckpt", "--corpus", "--tokenizer"])
+def test_a_model_input_flag_without_run_is_refused_before_the_default_run_is_recorded(flag, tmp_path, capsys,
+                                                                                       monkeypatch):
+    """No RUN and no default run yet: the report recorded runs/model-val of the bundled model, with its own
+    checkpoint, corpus and tokenizer, and then ran the model sections on the --ckpt, --corpus or --tokenizer
+    given, over windows the run never read (a review). Refused before anything is recorded; with
+    --skip-ablation the flag changes nothing, and the default run is recorded as before (the control)."""
+    import probe.record
+
+    default = tmp_path / "runs" / "model-val"
+    monkeypatch.setattr(report, "DEFAULT_RUN", default)
+    recorded = []
+    monkeypatch.setattr(probe.record, "record", lambda opts: recorded.append(opts) or (_ for _ in ()).throw(
+        probe.record.RecordError("stopped by the test")))
+    given = str(tmp_path / "mine")
+    err = _err([flag, given, "--no-progress"], capsys)
+    assert err == (f"error: {flag} {given}: no RUN given, and the default run {default} would be recorded now of "
+                   "the bundled model, on its corpus with its tokenizer, not with this; pass RUN, a run recorded "
+                   f"with {flag}"), err
+    assert not recorded and not default.exists()
+    assert report.main([flag, given, "--skip-ablation", "--no-progress"]) == 2
+    assert "stopped by the test" in capsys.readouterr().err and len(recorded) == 1
+    assert recorded[0].out == str(default)
+
+
 def test_a_compare_run_that_is_not_one_names_the_flag(tmp_path, capsys):
     """--compare's refusals read 'PATH: no such run directory', as the report's own run's do: which of
     the two runs was meant went unsaid."""
