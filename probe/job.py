@@ -287,10 +287,14 @@ PER_NODE_OPTIONS = ("ckpt", "corpus", "out", "run", "tokenizer", "progress")
 
 def job_options(opts, **extra) -> dict:
     """A job's options dataclass as `same_options` compares it, plus `extra` (e.g. the ablations a
-    job derived from its flags), without the options that may differ per node."""
+    job derived from its flags), without the options that may differ per node, nor the fields no flag
+    sets (`init=False`: spec's `default_prompts`, whether the prompt cap was typed, refused a node that
+    typed `--max-prompts 64` beside one that typed none as '--default-prompts' differing; a review)."""
     import dataclasses
 
-    return {k: v for k, v in dataclasses.asdict(opts).items() if k not in PER_NODE_OPTIONS} | extra
+    derived = {f.name for f in dataclasses.fields(opts) if not f.init}
+    return {k: v for k, v in dataclasses.asdict(opts).items() if k not in PER_NODE_OPTIONS and k not in derived} \
+        | extra
 
 
 def same_options(world, options: dict) -> None:

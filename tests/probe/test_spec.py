@@ -541,3 +541,14 @@ def test_the_default_prompt_cap_is_said_to_be_the_default():
     assert note.endswith("pass a --max-prompts of at least 70 to cover every domain"), note
     typed = _cap_note(SpecOptions(prompt_tokens=8, new_tokens=4, max_prompts=64), 70, capped)  # the control
     assert typed.startswith("note: --max-prompts 64 left 6 of 70 domains"), typed
+
+
+def test_ranks_that_typed_the_default_prompt_cap_and_none_run_the_same_job():
+    """`default_prompts` (which of the two the cap note says) went into the options every rank compares
+    under torchrun: a node typing `--max-prompts 64` beside one typing none, the same 64 prompts, was
+    refused as "ranks run different jobs: --default-prompts ...", a flag there is none of (a review)."""
+    from probe.job import job_options
+
+    typed = job_options(SpecOptions(prompt_tokens=8, new_tokens=4, max_prompts=64))
+    assert job_options(SpecOptions(prompt_tokens=8, new_tokens=4)) == typed
+    assert job_options(SpecOptions(prompt_tokens=8, new_tokens=4, max_prompts=32)) != typed  # the control
