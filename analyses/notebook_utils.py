@@ -120,9 +120,9 @@ def need_model(run, what: str, files: bool = True, tokenizer: bool = False) -> N
     run whose checkpoint or corpus is gone or changed (`probe.job.run_inputs`' checks, with the advice of
     `_notebook_advice`: they said "pass --ckpt", a flag a notebook has none of, and not which part needed it;
     a tour; `files=False`: only that run.json names both, for compare_run, whose variant checkpoint may be
-    written already). `tokenizer`: `what` reads the corpus with the run's tokenizer (causal importance and
-    steering: their jobs refused one gone or changed in a later cell, with "pass --tokenizer"; a tour), checked
-    too (`probe.job.run_tokenizer`)."""
+    written already). `tokenizer`: `what` reads the corpus with the run's tokenizer (ablation's sweep, causal
+    importance and steering: their jobs refused one gone or changed in a later cell, with "pass --tokenizer";
+    a tour), checked too (`probe.job.run_tokenizer`)."""
     from analyses.metrics import MetricsError
     from probe.job import run_inputs, run_tokenizer
 

@@ -154,11 +154,14 @@ def test_a_run_whose_checkpoint_or_corpus_is_gone_or_changed_is_refused_in_a_not
 @pytest.mark.parametrize("name, part", [
     ("steering", "this notebook (steering the run's checkpoint)"),
     ("causal_importance", "this notebook (each expert removed from the run's checkpoint)"),
+    ("ablation", "this notebook (ablations on the run's checkpoint)"),
 ])
 def test_a_run_whose_tokenizer_is_gone_or_changed_is_refused_in_a_notebooks_words(
         some_tables, probe_env, name, part, monkeypatch):
     """A run recorded with --tokenizer, the file moved or edited since: the first cell let it by, and the
     notebook's job refused it in a later cell with "pass --tokenizer", a flag a notebook has none of (a tour)."""
+    from analyses.ablate import AblateOptions, AblationError
+    from analyses.ablate.inputs import job_defaults
     from probe.corpus import fingerprint
     from probe.job import checkpoint_identity
 
@@ -182,7 +185,10 @@ def test_a_run_whose_tokenizer_is_gone_or_changed_is_refused_in_a_notebooks_word
                                      f"was recorded with: {advice}"), str(e.value)
         assert "pass --" not in str(e.value), str(e.value)  # no flag: a notebook has none
     (some_tables / "run.json").write_text(json.dumps(base | {"tokenizer": {"path": str(some_tables / "gone.json")}}))
-    assert "run" in first_cell("ablation", some_tables, monkeypatch)  # no tokenizer read there: not refused
+    # what the notebook's later cells run reads the corpus with it: the ablation's sweep (`ablate --run`) too,
+    # which the first cell let by (a review)
+    with pytest.raises(AblationError, match="no longer there; pass --tokenizer"):
+        job_defaults(AblateOptions(run=str(some_tables)))
     (some_tables / "run.json").write_text(json.dumps(base | {"tokenizer": {"path": str(tok),
                                                                           "fingerprint": fingerprint(tok)}}))
     assert "run" in first_cell(name, some_tables, monkeypatch)  # the control: there, as recorded
