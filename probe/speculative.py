@@ -317,11 +317,11 @@ def _run_defaults(opts: SpecOptions) -> tuple[str | None, str | None, str | None
     return ckpt, corpus, opts.tokenizer or run_tokenizer(info, f"--out {opts.out}")
 
 
-def _write_run(out: Path, rows: dict, drafts: dict, opts: SpecOptions, inputs: tuple, args, world,
+def _write_run(out: Path, rows: dict, drafts: dict, opts: SpecOptions, sources: tuple, args, world,
                seconds: float, stats: CorpusStats) -> None:
-    """`inputs`: the checkpoint, the corpus and the tokenizer (--tokenizer or the run's; None: the
+    """`sources`: the checkpoint, the corpus and the tokenizer (--tokenizer or the run's; None: the
     checkpoint's own)."""
-    ckpt, corpus, tokenizer = inputs
+    ckpt, corpus, tokenizer = sources
     out.mkdir(parents=True, exist_ok=True)
     proposed, accepted = sum(rows["drafts_proposed"]), sum(rows["drafts_accepted"])
     summary = {"prompts": len(rows["doc_id"]), "prompt_tokens": opts.prompt_tokens, "new_tokens": opts.new_tokens,

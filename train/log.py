@@ -101,8 +101,7 @@ def whole_evaluations(out: Path, gates: bool) -> set[int]:
     in some tables only, and the resumed run, asking train_eval alone, wrote it twice into the others or
     never into them (a review). The rows of a pass not in all of them are deleted, to be written again."""
     tables = ["train_eval", "train_domains"] + (["train_gates"] if gates else [])
-    found = {t: {int(s) for f in _parts(out, t) for s in _val_rows(pq.read_table(f), t).column("step").to_pylist()}
-             for t in tables}
+    found = {t: _val_steps(out, t) for t in tables}
     whole = set.intersection(*found.values())
     for t in tables:
         if found[t] - whole:
@@ -112,6 +111,13 @@ def whole_evaluations(out: Path, gates: bool) -> set[int]:
 
 def _parts(out: Path, table: str) -> list[Path]:
     return sorted((out / table).glob("*.parquet")) if (out / table).is_dir() else []
+
+
+def _val_steps(out: Path, table: str) -> set[int]:
+    """The steps of the validation passes `table` holds, read from its step (and split) columns only."""
+    columns = ["step"] if table == "train_eval" else ["step", "split"]
+    return {int(s) for f in _parts(out, table)
+            for s in _val_rows(pq.read_table(f, columns=columns), table).column("step").to_pylist()}
 
 
 def _val_rows(rows: pa.Table, table: str) -> pa.Table:
