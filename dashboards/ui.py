@@ -239,11 +239,18 @@ def path_arg(path) -> str:
     command past its box), quoted where it needs to be (a path with a space was two arguments, and the
     Serving page's command did not quote it: a review)."""
     p = Path(str(path))
-    if p.is_absolute() and p.is_relative_to(Path.cwd()) and p != Path.cwd():
-        p = p.relative_to(Path.cwd())
+    p = relative_inside(p, Path.cwd()) or p
     # a relative path that starts with '-' reads as an option: `--run -runs/r` is argparse's 'expected one
     # argument' (the whole path, /.../-runs/r, was not; a review)
     return shlex.quote(f"./{p}" if str(p).startswith("-") else str(p))
+
+
+def relative_inside(path: Path, base: Path) -> Path | None:
+    """`path` relative to `base` where it is an absolute path inside it (not `base` itself), else None: how
+    the pages shorten a path, in commands (`path_arg`) and in tables (the Overview's `short_path`)."""
+    if path.is_absolute() and path.is_relative_to(base) and path != base:
+        return path.relative_to(base)
+    return None
 
 
 def command_block(cmd: str) -> str:

@@ -81,9 +81,8 @@ def short_path(path) -> str:
         return ""
     p = Path(str(path))
     for base, shown in ((Path.cwd(), None), (Path.home(), "~")):
-        if p.is_absolute() and p.is_relative_to(base) and p != base:
-            rel = str(p.relative_to(base))
-            return f"{shown}/{rel}" if shown else rel
+        if (rel := ui.relative_inside(p, base)) is not None:
+            return f"{shown}/{rel}" if shown else str(rel)
     return str(path)
 
 
