@@ -31,6 +31,10 @@ torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 # (one per pytest process, xdist workers included, removed when it exits)
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="dsv3-tests-cache-")
 atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)
+# and the processes the tests start make their temporary files in a folder of their own, removed with it:
+# every torchrun launch leaves a torchelastic_* log folder in the temporary directory (17 a suite run)
+os.environ["TMPDIR"] = tempfile.mkdtemp(prefix="dsv3-tests-tmp-")
+atexit.register(shutil.rmtree, os.environ["TMPDIR"], ignore_errors=True)
 
 
 _THREADS: list[int] = []  # torch's thread count when the first test starts (after every module's import)
