@@ -187,7 +187,6 @@ def _stat(dumps: list[Dump], shape: Shape, out: Path, buffer_size: int | None = 
     if not sum(len(order) for _, order in parts):
         raise SGLangError(f"{', '.join(d.path.name for d in dumps[:3])}: every pass row of the stat dump is zero: "
                           "no expert was chosen while it recorded (was the recorder started before the traffic?)")
-    pad = ((0, 0), (0, max(shape.n_experts - parts[0][0].shape[2], 0)))  # the dumps agree on their shape
     if unknown:
         why = ("every row used: it may have wrapped, holding only the last passes" if all(unknown.values()) else
                "several runs of unused rows and no single longer gap among them: it may have wrapped while a "
@@ -197,12 +196,12 @@ def _stat(dumps: list[Dump], shape: Shape, out: Path, buffer_size: int | None = 
               "passes (the Serving page's windows) is not. A server started with "
               "--expert-distribution-recorder-buffer-size -1 keeps every pass in order: import its dumps with "
               "--buffer-size -1.", file=sys.stderr)
-    layers = moe_layers(shape, np.pad(sum(c.sum(0, dtype=np.int64) for c, _ in parts), pad))  # unused rows: 0
+    layers = moe_layers(shape, sum(c.sum(0, dtype=np.int64) for c, _ in parts))  # unused rows: 0
     w = PartWriter(out, 0, ["expert_load"])
     step = 0
     for c, order in parts:  # each dump's used rows in the order written, read where they lie (no copy of the dump)
         for i in order:
-            row = np.pad(c[i], pad)
+            row = c[i]  # as many experts as --config's (model_shape refuses fewer, strip_counts more)
             tokens = int(row[layers[0]].sum(dtype=np.int64) // shape.topk) if layers else 0
             w.append("expert_load", load_rows(step, layers, row, tokens), step)
             step += 1

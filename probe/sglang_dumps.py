@@ -281,6 +281,13 @@ def model_shape(dumps: list[Dump], config: str | None) -> Shape:
     if experts > a.n_routed_experts and not (fused and fused.space == "logical"):
         raise SGLangError(f"{dumps[0].path}: expert id {experts - 1} is outside --config {config} "
                           f"(n_routed_experts={a.n_routed_experts})")
+    if experts < a.n_routed_experts:
+        # SGLang counts every logical expert (stat: logical_count's last dimension) and gives each a slot
+        # of its map: a dump of 16 experts read with a 32-expert config was imported with 16 experts that
+        # never loaded, planned as cold (and its map refused only by the placement command, later)
+        raise SGLangError(f"{dumps[0].path}: the dump has {experts} experts "
+                          f"({'logical_count' if dumps[0].mode == 'stat' else 'its physical-to-logical map'}), "
+                          f"--config {config} has n_routed_experts={a.n_routed_experts}: is it this model's dump?")
     topk = dump_topk(dumps, fused)
     if topk is not None and topk != a.n_activated_experts:
         raise SGLangError(f"{dumps[0].path}: its tokens choose {topk} experts each, --config {config} has "

@@ -472,15 +472,6 @@ def test_a_one_row_buffer_with_its_one_pass_is_read_in_order(world, tmp_path, ca
     assert sg.run_loads(run)[0][1:].tolist() == sg.logical_counts(one)[0][1:].tolist()
 
 
-def test_a_stat_dump_of_fewer_experts_than_the_config_gets_zero_rows_for_the_rest(world, tmp_path):
-    # expert_load holds every expert of the config at every step, as the recorder's does: the analyses
-    # count an expert without a row as missing, not as unused
-    dump = sg.edited_copy(world["stat"], tmp_path / "narrow", lambda d: d.__setitem__("logical_count", d["logical_count"][:, :, :12].clone()))
-    el = probe.open_run(import_sglang(dump, tmp_path / "run", config=str(world["config"]))).df("expert_load")
-    assert (el.groupby(["step", "layer"]).expert.apply(sorted).map(lambda e: e == list(range(sg.E)))).all()
-    assert (el[el.expert >= 12]["count"] == 0).all() and el[el.expert < 12]["count"].sum() > 0
-
-
 def test_per_token_sequences_are_numbered_in_pass_order(world, tmp_path):
     run = probe.open_run(import_sglang(world["per_token"], tmp_path / "run", config=str(world["config"])))
     tok = run.df("tokens").sort_values(["seq_id", "pos"])

@@ -198,6 +198,20 @@ def test_refusals_start_exactly_at_their_bounds(world, tmp_path):
     assert probe.open_run(import_sglang(far, tmp_path / "far", config=base)).df("tokens").pos.max() == 2**31 - 1
 
 
+def test_a_config_of_more_experts_than_the_dump_is_refused(world, tmp_path):
+    """SGLang counts every logical expert (stat's logical_count) and maps each to a slot (per_pass,
+    per_token): a dump of 16 experts is not a 32-expert model's. It was imported with 16 experts that
+    never loaded (stat: planned as cold ones; per_pass: a map the placement command refused later)."""
+    cfg = json.loads(world["config"].read_text()) | {"n_routed_experts": 32}
+    (tmp_path / "e32.json").write_text(json.dumps(cfg))
+    for mode, where in (("stat", "logical_count"), ("per_pass", "its physical-to-logical map"),
+                        ("per_token", "its physical-to-logical map")):
+        with pytest.raises(SGLangError, match=re.escape(f"the dump has 16 experts ({where}), --config "
+                                                        f"{tmp_path / 'e32.json'} has n_routed_experts=32")):
+            import_sglang(world[mode], tmp_path / "run", config=str(tmp_path / "e32.json"))
+        assert not (tmp_path / "run").exists()
+
+
 def test_the_largest_uint16_expert_id_is_read_the_next_refused(world, tmp_path):
     from probe.sglang_dumps import read_dump
 
