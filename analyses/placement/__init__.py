@@ -364,13 +364,22 @@ def summary_frame(plans: dict, current: tuple[dict, int] | None = None):
     return pd.DataFrame(rows)
 
 
-def worse_than_current(summary, mode: str, nodes: int) -> str | None:
+def worse_than_current(summary, mode: str, nodes: int, gpus: int | None = None,
+                       now_gpus: int | None = None) -> str | None:
     """A note when `summary_frame`'s plan balances some layers worse than the current placement (None
     when it does not, or there is no current one): which layers, the largest gap, and what to do. On
     near-uniform loads a hierarchical plan, which keeps each expert group's replicas on one node, can
-    lose to a server's placement made without that constraint (EPLB's hierarchical policy does too)."""
+    lose to a server's placement made without that constraint (EPLB's hierarchical policy does too).
+    A plan for `gpus` GPUs against a current placement on `now_gpus` others is not compared: mean / max
+    GPU load falls as GPUs are added (1.0 on one), so a plan for 4 GPUs was said to balance worse than
+    the server's map on 2, with the advice to keep a placement of another server's shape (the Serving
+    page shows no difference there either)."""
     if "balancedness_current" not in summary:
         return None
+    if gpus is not None and now_gpus is not None and gpus != now_gpus:
+        return (f"note: the current placement runs on {now_gpus} GPUs, the plan on {gpus}: balancedness (mean / max "
+                f"GPU load) falls as GPUs are added, so the two are not compared; pass --gpus {now_gpus} to compare "
+                "them")
     worse = summary[summary.balancedness_current > summary.balancedness_after + 1e-9]
     if worse.empty:
         return None

@@ -115,7 +115,7 @@ def _run(ns) -> int:
     summary = summary_frame(plans, (maps, now_gpus))
     with pd.option_context("display.width", 200, "display.max_rows", 500):
         print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    note = worse_than_current(summary, ns.mode, ns.nodes)
+    note = worse_than_current(summary, ns.mode, ns.nodes, ns.gpus, now_gpus)
     if note:
         print(note)
     if ns.out is not None:

@@ -492,6 +492,23 @@ def test_a_plan_worse_than_the_current_placement_is_said(tmp_path, monkeypatch):
     assert "note: in 1 of 2 layers" in out and "--mode global plans" not in out  # no hint where it cannot help
 
 
+def test_a_plan_for_other_gpus_than_the_servers_is_not_called_worse(tmp_path):
+    """Balancedness (mean / max GPU load) falls as GPUs are added: a plan for 4 GPUs against an imported
+    server's map on 2 was said to balance worse, with the advice to keep the 2-GPU placement."""
+    from helpers import sglang_dumps as sg
+    from probe.sglang import import_sglang
+
+    passes, m = sg.traffic(seed=3), sg.physical_map(redundant=4)  # 20 slots on the server's 2 ranks
+    run = import_sglang(sg.write_per_pass(tmp_path / "dump", passes, m)[0].parent, tmp_path / "run",
+                        config=str(sg.config(tmp_path / "model")))
+    out = _cli(run, "--gpus", 4, "--redundant", 4).stdout
+    assert "current: the server's placement from the import (2 GPUs)" in out
+    assert "balances worse" not in out and "keep the current placement" not in out
+    assert "note: the current placement runs on 2 GPUs, the plan on 4: balancedness (mean / max GPU load) falls" in out
+    same = _cli(run, "--gpus", 2, "--redundant", 4).stdout  # the server's GPUs: compared, and better here
+    assert "note:" not in same and "(2 GPUs)" in same
+
+
 def test_cli_refuses_more_redundant_slots_than_the_gpus_can_use(tmp_path):
     # --redundant 10**12 looped once per slot and hung; past E x (gpus - 1) a GPU holds an expert twice
     write_run(tmp_path / "run", E=8, K=2, groups=4)
