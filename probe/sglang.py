@@ -297,11 +297,13 @@ def _gpus_unknown(dumps: list[Dump], seen: list[int]) -> str | None:
     return None
 
 
-def _gpus_of(dumps: list[Dump], gpus: int | None) -> int | None:
+def _gpus_of(dumps: list[Dump], gpus: int | None, physical: int) -> int | None:
     """The server's expert-parallel size: `gpus` as given (more GPUs than ranks seen: some ranks'
     files were not imported; fewer: EP narrower than the world, which it divides, said when the
     ranks seen are not a multiple), else the ranks seen when nothing says they are not all (said on
-    stderr), else None (said why)."""
+    stderr), else None (said why). Ranks seen that do not split the map's `physical` slots are not
+    all of a server's GPUs (SGLang puts as many on each): a folder of ranks 0-4 of a 288-slot
+    server failed the whole import on the placement read from them ("do not split over 5 GPUs")."""
     seen = _ranks(dumps)
     if gpus is not None:
         if gpus < len(seen) and len(seen) % gpus:
@@ -310,6 +312,8 @@ def _gpus_of(dumps: list[Dump], gpus: int | None) -> int | None:
                   file=sys.stderr)
         return gpus
     why = _gpus_unknown(dumps, seen)
+    if why is None and physical % len(seen):
+        why = f"the map's {physical} physical experts do not split over the {len(seen)} ranks that recorded"
     if why:
         print(f"note: {why}: the server's GPU count is unknown, so its placement is not imported (import every "
               "rank's file, or pass --gpus N)", file=sys.stderr)
@@ -334,10 +338,10 @@ def _write_placement(dumps: list[Dump], shape: Shape, out: Path, layers: list[in
         print(f"note: the files hold different physical-to-logical maps (the server rebalanced between dumps?): "
               f"each file's expert ids are read with its own map; the placement table holds the last one "
               f"({d.path.name})", file=sys.stderr)
-    gpus = _gpus_of(dumps, gpus)
+    P = m.shape[1]
+    gpus = _gpus_of(dumps, gpus, P)
     if gpus is None:
         return None
-    P = m.shape[1]
     if P % gpus:
         raise SGLangError(f"{d.path}: {P} physical experts do not split over {gpus} GPUs")
     per = P // gpus  # `layers`: expert_load's (the config's MoE layers, or without one those that routed)

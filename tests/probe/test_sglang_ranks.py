@@ -198,3 +198,27 @@ def test_tensor_parallel_copies_that_dispatch_to_other_replicas_are_still_copies
     run = probe.open_run(import_sglang(d, tmp_path / "run", config=str(world["config"])))
     assert run.info["source"]["copies_skipped"] == 1
     assert len(run.df("tokens")) == sum(len(p.input_ids) for p in tr)
+
+
+def test_ranks_that_do_not_split_the_map_keep_the_loads_and_no_placement(world, tmp_path, capsys):
+    """SGLang puts as many physical experts on every GPU, so ranks 0-2 of a 4-rank server with a
+    20-slot map are not all of its GPUs: the whole import failed ("20 physical experts do not split over
+    3 GPUs") on a placement the import had guessed, not been told. Now its loads are kept, without a
+    placement, with a note; --gpus that does not split the map is still refused."""
+    passes = sg.traffic(seed=5, passes=3, ranks=4)
+    sg.write_per_pass(tmp_path / "d", passes, world["map"], ranks=4)
+    three = tmp_path / "three"
+    three.mkdir()
+    for rank in range(3):
+        shutil.copy(tmp_path / "d" / sg.rank_file(rank), three)
+    capsys.readouterr()
+    run = probe.open_run(import_sglang(three, tmp_path / "run", config=str(world["config"])))
+    assert "placement" not in run.tables and run.info["source"]["placement"] is None
+    assert run.df("expert_load")["count"].sum() > 0
+    err = capsys.readouterr().err
+    assert "note: the map's 20 physical experts do not split over the 3 ranks that recorded: the server's GPU " \
+           "count is unknown" in err and "placement read as 3" not in err
+    with pytest.raises(SGLangError, match=r"20 physical experts do not split over 3 GPUs"):
+        import_sglang(three, tmp_path / "bad", config=str(world["config"]), gpus=3)
+    ok = probe.open_run(import_sglang(three, tmp_path / "ep4", config=str(world["config"]), gpus=4))
+    assert ok.info["source"]["placement"]["gpus"] == 4  # told: the rest lie elsewhere
