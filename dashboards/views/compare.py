@@ -163,6 +163,12 @@ def held_sample(r: data.RunRef) -> tuple[int, dict[str, int]]:
     tokens table holds so far while it is running or after an interruption (the note set a running
     run's plan, 3,000 tokens, beside the other run while it held none; a tour)."""
     p = r.info.get("planned") or {}
+    if r.status == "complete" and not p and r.info.get("kind") == "import":
+        # counts alone (SGLang stat, per_pass) plan no tokens: their passes' (data.tokens_in_run), of the
+        # one stream they import. They held none, so production traffic beside a corpus run was compared
+        # without the note that a per_token import of the same traffic got (a serving engineer's tour)
+        n = int(data.tokens_in_run(r) or 0)
+        return n, dict.fromkeys((r.info.get("domains") or [])[:1], n) if n else {}
     if r.status == "complete":
         return int(p.get("tokens") or 0), dict(p.get("tokens_per_domain") or {})
     if not data.has_table(r, "tokens"):

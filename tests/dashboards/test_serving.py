@@ -495,3 +495,23 @@ def test_the_serving_command_quotes_a_run_path_with_a_space(tmp_path):
     cmd = next(c.value for c in at.caption if "python -m analyses.placement" in c.value)
     line = cmd.split("```bash\n")[1].split("\n```")[0]
     assert shlex.split(line)[3] == str(tmp_path / "my runs" / "r")
+
+
+def test_an_import_of_counts_beside_a_corpus_run_is_said_to_cover_another_sample(imported, tmp_path):
+    """Compare runs warns when two runs' whole-run figures come from different samples; a per_token import
+    plans its tokens and was warned about beside a corpus run, but a stat or per_pass import of the same
+    traffic plans none and was set beside it without a word. Its tokens are now its passes'."""
+    from dashboards.data import RunRef
+    from dashboards.views.compare import sample_note
+
+    def ref(path):
+        return RunRef(path.name, str(path), "probe", "complete", json.loads((path / "run.json").read_text()))
+
+    corpus = RunRef("corpus", str(tmp_path / "corpus"), "probe", "complete",
+                    {"kind": "probe", "planned": {"tokens": 3000, "tokens_per_domain": {"code": 1500, "prose": 1500}}})
+    for mode in ("stat", "per_pass", "per_token"):
+        note = sample_note(ref(imported["runs"] / mode), corpus)
+        assert note and f"`{mode}` " in note and " tokens (sglang 100%)" in note, (mode, note)
+    # control: the three imports of one traffic are one sample
+    assert sample_note(ref(imported["runs"] / "per_pass"), ref(imported["runs"] / "per_token")) is None
+    assert sample_note(ref(imported["runs"] / "stat"), ref(imported["runs"] / "per_pass")) is None
