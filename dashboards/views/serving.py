@@ -63,10 +63,15 @@ def source_caption(ref: data.RunRef, n_passes: int, every: int) -> None:
     src = ref.info.get("source") or {}
     if src.get("name") == "sglang":
         pl = src.get("placement")
+        # per_pass and per_token dumps always carry the server's map: without a placement, the import left it
+        # out (the GPU count unknown); the page said the dump carried none (a serving engineer's tour)
+        none = ("The dump carries no placement" if src.get("mode") == "stat" else
+                "The dump's map was not imported (the server's GPU count was unknown: import every rank's file, "
+                "or pass `--gpus N`, as the import's note said)")
         st.caption(f"Imported from SGLang's `{src.get('mode')}` expert-distribution dump ({len(src.get('files', []))} "
                    f"file(s), ranks {src.get('ranks')}): {src.get('passes', n_passes):,} forward passes. "
                    + (f"Current placement: the dump's map ({pl['physical_experts']} physical experts on "
-                      f"{pl['gpus']} GPUs)." if pl else "The dump carries no placement: the current one is taken "
+                      f"{pl['gpus']} GPUs)." if pl else f"{none}: the current one is taken "
                       "to be SGLang's trivial map (`--init-expert-location trivial`) with the GPUs and redundant "
                       "slots chosen below.")
                    + " Both placements are replayed on the logical loads, each expert's load split evenly over its "

@@ -515,3 +515,15 @@ def test_an_import_of_counts_beside_a_corpus_run_is_said_to_cover_another_sample
     # control: the three imports of one traffic are one sample
     assert sample_note(ref(imported["runs"] / "per_pass"), ref(imported["runs"] / "per_token")) is None
     assert sample_note(ref(imported["runs"] / "stat"), ref(imported["runs"] / "per_pass")) is None
+
+
+def test_a_per_pass_import_without_its_placement_says_its_map_was_left_out(imported, tmp_path):
+    """per_pass and per_token dumps always carry the server's map; an import of one rank's file keeps no
+    placement (the GPU count unknown), and the Serving page said 'The dump carries no placement'."""
+    passes = sg.traffic(seed=5, passes=4)
+    files = sg.write_per_pass(tmp_path / "pp", passes, sg.physical_map(redundant=4, seed=1))
+    import_sglang(files[0], tmp_path / "runs" / "rank0", config=str(sg.config(tmp_path / "model")))
+    words = texts(app(tmp_path / "runs", "rank0", page="serving").caption)
+    assert "carries no placement" not in words
+    assert "The dump's map was not imported (the server's GPU count was unknown: import every rank's file" in words
+    assert "carries no placement" in texts(app(imported["runs"], "stat", page="serving").caption)  # a stat dump has none
