@@ -77,6 +77,12 @@ def source_caption(ref: data.RunRef, n_passes: int, every: int) -> None:
                    + " Both placements are replayed on the logical loads, each expert's load split evenly over its "
                      "replicas (EPLB's model): the current figures model the server's, they are not its measured "
                      "per-slot counts, and SGLang's own utilisation rate also averages its dense layers in (1.0 each).")
+        if src.get("pass_order_unknown"):  # the import's warning, which the windows below rest on (stderr only)
+            st.warning(f"The order of these passes is unknown: SGLang's circular stat buffer "
+                       f"({', '.join(src.get('full_buffers') or [])}) had no single run of unused rows, so it may "
+                       "have wrapped. The plan window's totals are right, but which passes come before or after it "
+                       "is not: record with `--expert-distribution-recorder-buffer-size -1` and import with "
+                       "`--buffer-size -1` to keep every pass in order.")
     else:
         st.caption("Each recorded batch stands in for a forward pass. Current placement: SGLang's trivial map "
                    "with the GPUs and redundant slots chosen below. Import a server's own traffic with "

@@ -527,3 +527,17 @@ def test_a_per_pass_import_without_its_placement_says_its_map_was_left_out(impor
     assert "carries no placement" not in words
     assert "The dump's map was not imported (the server's GPU count was unknown: import every rank's file" in words
     assert "carries no placement" in texts(app(imported["runs"], "stat", page="serving").caption)  # a stat dump has none
+
+
+def test_a_stat_import_of_unknown_pass_order_is_warned_of_where_the_windows_use_it(tmp_path):
+    """A stat buffer with every row used may have wrapped: the import warns on stderr and records
+    source.pass_order_unknown, but the Serving page, whose plan window and 'later passes' rest on the
+    order, said nothing."""
+    passes = sg.traffic(seed=5, passes=6)
+    cfg = str(sg.config(tmp_path / "model"))
+    import_sglang(sg.write_stat(tmp_path / "full", passes, buffer=6), tmp_path / "runs" / "full", config=cfg)
+    import_sglang(sg.write_stat(tmp_path / "gap", passes, buffer=8), tmp_path / "runs" / "gap", config=cfg)
+    at = app(tmp_path / "runs", "full", page="serving")
+    assert "The order of these passes is unknown" in texts(at.warning)
+    assert "expert_distribution_recorder_1733000000.0.pt" in texts(at.warning)
+    assert "order of these passes" not in texts(app(tmp_path / "runs", "gap", page="serving").warning)  # control
