@@ -118,12 +118,24 @@ def _run(ns) -> int:
     note = worse_than_current(summary, ns.mode, ns.nodes, ns.gpus, now_gpus)
     if note:
         print(note)
+    if ns.steps and _order_unknown(ns.run):
+        print(f"note: --steps {ns.steps[0]}-{ns.steps[1]} picks passes by their order, which is unknown in this import "
+              "(run.json source.pass_order_unknown: SGLang's circular stat buffer may have wrapped); the totals of "
+              "every step are right")
     if ns.out is not None:
         print(f"wrote {ns.out}")
         if ns.format == "sglang":
             print(f"serve with: --init-expert-location {ns.out} --ep-num-redundant-experts {ns.redundant} "
                   f"(expert-parallel size {ns.gpus})")
     return 0
+
+
+def _order_unknown(run) -> bool:
+    """Whether the run's steps are passes of unknown order (a stat import whose circular buffer may have
+    wrapped): `--steps` then picks arbitrary passes, as the Serving page's windows say."""
+    from analyses.metrics._common import as_run
+
+    return bool((as_run(run).info.get("source") or {}).get("pass_order_unknown"))
 
 
 if __name__ == "__main__":

@@ -509,6 +509,21 @@ def test_a_plan_for_other_gpus_than_the_servers_is_not_called_worse(tmp_path):
     assert "note:" not in same and "(2 GPUs)" in same
 
 
+def test_steps_of_an_import_of_unknown_pass_order_are_said_to_be_arbitrary(tmp_path):
+    """--steps picks passes by their order; a stat import whose circular buffer had every row used
+    (source.pass_order_unknown) holds them in an unknown order, which the command did not say."""
+    from helpers import sglang_dumps as sg
+    from probe.sglang import import_sglang
+
+    passes, cfg = sg.traffic(seed=5, passes=6), str(sg.config(tmp_path / "model"))
+    full = import_sglang(sg.write_stat(tmp_path / "full", passes, buffer=6), tmp_path / "full-run", config=cfg)
+    gap = import_sglang(sg.write_stat(tmp_path / "gap", passes, buffer=8), tmp_path / "gap-run", config=cfg)
+    said = "note: --steps 0-2 picks passes by their order, which is unknown in this import"
+    assert said in _cli(full, "--gpus", 2, "--steps", "0-2").stdout
+    assert "picks passes" not in _cli(full, "--gpus", 2).stdout  # every step: the order does not matter
+    assert "picks passes" not in _cli(gap, "--gpus", 2, "--steps", "0-2").stdout  # a known order
+
+
 def test_cli_refuses_more_redundant_slots_than_the_gpus_can_use(tmp_path):
     # --redundant 10**12 looped once per slot and hung; past E x (gpus - 1) a GPU holds an expert twice
     write_run(tmp_path / "run", E=8, K=2, groups=4)
