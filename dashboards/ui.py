@@ -414,21 +414,58 @@ def _tokenizer(path: str):
 
 
 def tokenizer_for(ref: data.RunRef):
-    """The run's tokenizer (probe: the file run.json names, --tokenizer or the checkpoint's; train: its
-    flags), or None."""
-    info = ref.info
-    cands = [(info.get("tokenizer") or {}).get("path"),  # a record's, resolved (the option may be relative)
-             (info.get("options") or {}).get("tokenizer"), (info.get("flags") or {}).get("tokenizer")]
-    ck = (info.get("checkpoint") or {}).get("path")
-    if ck:
-        cands.append(str(Path(ck) / "tokenizer.json"))
-    for c in cands:
-        if c and Path(c).is_file():
-            try:
-                return _tokenizer(str(c))
-            except Exception:  # noqa: BLE001 - an unreadable tokenizer only costs us the text
-                return None
+    """The run's tokenizer (`tokenizer_file`), or None, said on the page above the token texts, which then
+    show ids (`token_text`): a tokenizer other than the run's showed other tokens' texts without a word (a
+    review)."""
+    path, why = tokenizer_file(ref)
+    if path is not None:
+        try:
+            return _tokenizer(path)
+        except Exception as e:  # noqa: BLE001 - an unreadable tokenizer only costs us the text
+            why = f"its tokenizer {path} cannot be read ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+    st.info(f"Token texts are shown as ids (#id): {why}.", icon="ℹ️")
     return None
+
+
+def tokenizer_file(ref: data.RunRef) -> tuple[str | None, str | None]:
+    """(the run's tokenizer file, None), or (None, why there is none): the file run.json names (a record's
+    path, resolved; the option as typed), else a training run's --tokenizer, else the checkpoint's
+    tokenizer.json; a file whose sha256 is not the one run.json recorded is not the run's and is passed
+    over, as `probe.job.run_tokenizer` refuses it for the jobs (its token ids would read as other text)."""
+    info = ref.info
+    kept = info.get("tokenizer") or {}
+    cands = [kept.get("path"), (info.get("options") or {}).get("tokenizer"), (info.get("flags") or {}).get("tokenizer")]
+    if ck := (info.get("checkpoint") or {}).get("path"):
+        cands.append(str(Path(ck) / "tokenizer.json"))
+    cands = list(dict.fromkeys(str(c) for c in cands if c))
+    found = [c for c in cands if Path(c).is_file()]
+    recorded = kept.get("fingerprint")
+    for c in found:
+        # the recorded file's name is hashed with its bytes (probe.corpus.fingerprint): the checkpoint's
+        # tokenizer.json holding the bytes of a --tokenizer tok.json is the same tokenizer
+        if not recorded or _fingerprint(c, Path(kept.get("path") or c).name) == recorded:
+            return c, None
+    was = kept.get("path") or (cands[0] if cands else None)
+    gone = f"the tokenizer it was recorded with, {was}, is no longer there" if was and was not in found else ""
+    if found:
+        return None, "; ".join(filter(None, (gone, f"{' and '.join(found)} {'is' if len(found) == 1 else 'are'} not "
+                                                   "the run's tokenizer (sha256 not the one run.json keeps)")))
+    return None, gone or "run.json names no tokenizer, nor a checkpoint that holds one"
+
+
+_FINGERPRINTS: dict[tuple, str] = {}  # (file, name hashed, size, time): its fingerprint
+
+
+def _fingerprint(path: str, name: str) -> str:
+    """`probe.corpus.fingerprint` of `path`'s bytes under the file name `name`, kept while the file's size
+    and time stay (the pages ask at every rerun)."""
+    from probe.corpus import fingerprint
+
+    st_ = os.stat(path)
+    key = (path, name, st_.st_size, st_.st_mtime_ns)
+    if key not in _FINGERPRINTS:
+        _FINGERPRINTS[key] = fingerprint(path, name=name)
+    return _FINGERPRINTS[key]
 
 
 def token_text(tok, ids, stream: bool = True) -> list[str]:

@@ -285,14 +285,15 @@ def iter_documents(path: str | Path, stats: CorpusStats | None = None) -> Iterat
             yield d
 
 
-def fingerprint(path: str | Path) -> str:
-    """sha256 over every corpus file's relative path and bytes."""
+def fingerprint(path: str | Path, name: str | None = None) -> str:
+    """sha256 over every corpus file's relative path and bytes (a single file: its name, or `name`, that of
+    the file it is asked to be a copy of, and bytes)."""
     root = Path(path)
     h = hashlib.sha256()
     files = _files(root) if root.is_dir() else [root]
     for f in files:
         # the name's bytes: a name that is not UTF-8 has no .encode() (a review)
-        h.update(os.fsencode(f.relative_to(root).as_posix() if root.is_dir() else f.name))
+        h.update(os.fsencode(f.relative_to(root).as_posix() if root.is_dir() else name or f.name))
         with open(f, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)

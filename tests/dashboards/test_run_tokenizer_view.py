@@ -1,0 +1,76 @@
+"""The dashboard's token texts read with the run's own tokenizer only: a tokenizer that is not the one
+run.json's sha256 recorded (the run's gone, the checkpoint's another) is said on the page, and the texts
+are ids, not other tokens' text."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from helpers.apptest import app, texts
+from helpers.dashboard_runs import dashboard_runs
+
+
+@pytest.fixture(scope="module")
+def runs(probe_env, tmp_path_factory):
+    return dashboard_runs(probe_env, tmp_path_factory)
+
+
+def _other_tokenizer(tok, out):
+    """`tok` with the ids of its two longest tokens swapped: another tokenizer, the same vocabulary."""
+    spec = json.loads(tok.read_text())
+    vocab = spec["model"]["vocab"]
+    a, b = sorted(vocab, key=len)[-2:]
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    out.write_text(json.dumps(spec))
+    return vocab[b], vocab[a]  # the ids a and b had
+
+
+def test_token_texts_only_from_the_tokenizer_the_run_was_recorded_with(runs, probe_env, tmp_path):
+    """A run whose tokenizer is gone fell back to the checkpoint's tokenizer.json unchecked, and a run recorded
+    with one tokenizer showed another's texts without a word (a review)."""
+    from dashboards import data, ui
+    from probe.corpus import fingerprint
+
+    run, ckpt = tmp_path / "runs" / "demo", tmp_path / "ckpt"
+    shutil.copytree(runs["demo"], run)
+    shutil.copytree(probe_env["ckpt"], ckpt)
+    info = json.loads((run / "run.json").read_text())
+    info["checkpoint"]["path"] = str(ckpt)
+    info["tokenizer"]["path"] = str(ckpt / "tokenizer.json")  # recorded with the checkpoint's own
+    (run / "run.json").write_text(json.dumps(info))
+
+    def ref():
+        return data.RunRef("demo", str(run), "probe", "complete", json.loads((run / "run.json").read_text()))
+
+    saved = tmp_path / "saved.json"
+    shutil.copy(ckpt / "tokenizer.json", saved)
+    ids = list(_other_tokenizer(saved, tmp_path / "other.json"))
+    right = ui.token_text(ui.tokenizer_for(ref()), ids, stream=False)
+    assert "#" not in "".join(right)  # the control: the run's own tokenizer
+    assert "Token texts are shown as ids" not in texts(app(run.parent, "demo", page="token_explorer").info)
+
+    shutil.copy(tmp_path / "other.json", ckpt / "tokenizer.json")  # the checkpoint's tokenizer changed since
+    assert ui.token_text(ui.tokenizer_for(ref()), ids, stream=False) == [f"#{i}" for i in ids]  # not the swapped texts
+    path, why = ui.tokenizer_file(ref())
+    assert path is None and why == (f"{ckpt / 'tokenizer.json'} is not the run's tokenizer (sha256 not the one "
+                                    "run.json keeps)")
+    assert f"Token texts are shown as ids (#id): {why}." in texts(app(run.parent, "demo", page="token_explorer").info)
+
+    moved = tmp_path / "moved" / "tok.json"  # recorded with a --tokenizer of the same bytes, gone since
+    moved.parent.mkdir()
+    shutil.copy(saved, moved)
+    info["tokenizer"] = {"path": str(moved), "fingerprint": fingerprint(moved)}
+    moved.unlink()
+    (run / "run.json").write_text(json.dumps(info))
+    assert ui.tokenizer_file(ref()) == (None, f"the tokenizer it was recorded with, {moved}, "
+                                              f"is no longer there; {why}")
+    shutil.copy(saved, ckpt / "tokenizer.json")  # the same bytes as the run's, under another name: the run's
+    assert ui.tokenizer_file(ref()) == (str(ckpt / "tokenizer.json"), None)
+    assert ui.token_text(ui.tokenizer_for(ref()), ids, stream=False) == right
+    (ckpt / "tokenizer.json").unlink()
+    assert ui.tokenizer_file(ref())[1] == f"the tokenizer it was recorded with, {moved}, is no longer there"
+    bare = data.RunRef("bare", str(run), "probe", "complete", {})  # a stand-in run: nothing to read texts with
+    assert ui.tokenizer_file(bare) == (None, "run.json names no tokenizer, nor a checkpoint that holds one")
