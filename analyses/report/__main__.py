@@ -74,8 +74,9 @@ def parser() -> argparse.ArgumentParser:
                         "moved or changed, or a training run's model is not written yet)")
     p.add_argument("--corpus", type=path_text, help="corpus the model sections evaluate (default: the run's own)")
     p.add_argument("--tokenizer", type=path_text,
-                   help="tokenizer.json the model sections read the corpus with (default: the run's own; needed "
-                        "where the file it was recorded with has moved or changed)")
+                   help="tokenizer.json the model sections read the corpus with, and the token texts of the "
+                        "expert paths and run vs run are read with (default: the run's own; needed where the file "
+                        "it was recorded with has moved or changed, else those texts are token ids)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     add_model_flags(p.add_argument_group("how the ablations run the model (under torchrun: replicas of "
                                          "--model-parallel ranks, as analyses.ablate)"))
@@ -203,10 +204,11 @@ def _check_same_experts(run, other, other_dir: Path) -> None:
 
 
 def _model_section_flags(ns: argparse.Namespace) -> list[str]:
-    """The flags given (other than their defaults) that only the sections running the model read."""
+    """The flags given (other than their defaults) that only the sections running the model read (not
+    --tokenizer: the token texts of the paths and run vs run sections are read with it too)."""
     defaults = parser()
     return [f"--{k.replace('_', '-')}" for k in ("max_tokens", "fractions", "seeds", "domain_top", "batch_size",
-                                                 "importance_tokens", "ckpt", "corpus", "tokenizer", *MODEL_FLAGS)
+                                                 "importance_tokens", "ckpt", "corpus", *MODEL_FLAGS)
             if getattr(ns, k) != defaults.get_default(k)]
 
 
@@ -233,8 +235,10 @@ def _record_default_run(ns: argparse.Namespace) -> None:
     from .research_model import INPUT_FLAGS
 
     # the model sections ran these in place of the run's own, over windows the run never read (a review)
-    given = [(f"--{k}", getattr(ns, k)) for k in INPUT_FLAGS if getattr(ns, k) is not None]
-    if given and not ns.skip_ablation:
+    # (--tokenizer with --skip-ablation too: the token texts are read with it)
+    given = [(f"--{k}", getattr(ns, k)) for k in INPUT_FLAGS
+             if getattr(ns, k) is not None and (k == "tokenizer" or not ns.skip_ablation)]
+    if given:
         flag, value = given[0]
         raise ReportError(f"{flag} {value}: no RUN given, and the default run {DEFAULT_RUN} would be recorded now of "
                           "the bundled model, on its corpus with its tokenizer, not with this; pass RUN, a run "

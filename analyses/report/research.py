@@ -23,12 +23,12 @@ def compute_tables(run, ns, out: dict) -> None:
     tables = set(run.tables)
     if "routing" in tables and "tokens" in tables:
         routes = M.routes_from_run(run)  # read once: both sections use every routed token
-        out["paths"] = paths(run, routes)
+        out["paths"] = paths(run, routes, getattr(ns, "tokenizer", None))
         out["token_dependence"] = M.token_dependence_from_run(run, routes=routes, min_count=M.VOCAB_MIN_COUNT,
                                                               baseline=True)
         out["probes"] = probes(run)
     if getattr(ns, "compare", None):
-        out["run_vs_run"] = run_vs_run(run, ns.compare)
+        out["run_vs_run"] = run_vs_run(run, ns.compare, getattr(ns, "tokenizer", None))
 
 
 def compute_model(run, ns, out: dict) -> None:
@@ -50,15 +50,39 @@ def compute_model(run, ns, out: dict) -> None:
         out["research_seconds"] = time.time() - t
 
 
-def token_texts(run, ids) -> list[str]:
-    """Display text of token ids with the run's tokenizer, as `TextCodec.str_tokens` reads them, written
-    as repr() writes text (the ids as text when there is none)."""
+def text_tokenizer(run, given: str | None = None):
+    """(the tokenizer the report's token texts read with, None), or (None, why there is none and what to pass):
+    --tokenizer `given`, else the run's own: the file run.json names (`probe.job.run_tokenizer`), else the
+    tokenizer.json of the run's checkpoint, if its sha256 is run.json's. The paths
+    section fell back to ids without a word, even where --tokenizer was given; and a checkpoint's tokenizer
+    changed since the run read as other tokens' text (a review)."""
+    from probe.corpus import fingerprint
     from probe.job import load_tokenizer, run_tokenizer
 
-    ck = Path(str((run.info.get("checkpoint") or {}).get("path", "")))
+    ckpt = (run.info.get("checkpoint") or {}).get("path")
+    ckpt = Path(ckpt) if ckpt else None
     try:
-        tok = load_tokenizer(run_tokenizer(run.info, str(run.path), ValueError), ck, 1 << 30, ValueError)
-    except ValueError:
+        path = given or run_tokenizer(run.info, str(run.path), ValueError)
+        if path is None and ckpt is None:  # an import, a stand-in run: not the tokenizer.json of this folder
+            return None, "run.json names no tokenizer, nor a checkpoint that holds one; pass --tokenizer"
+        if path is None:  # the checkpoint's own, as the run was recorded with
+            own = ckpt / "tokenizer.json"
+            recorded = (run.info.get("tokenizer") or {}).get("fingerprint")
+            if not own.is_file():
+                return None, f"the run's tokenizer, its checkpoint's {own}, is no longer there; pass --tokenizer"
+            if recorded and fingerprint(own) != recorded:
+                return None, (f"the run's tokenizer, its checkpoint's {own}, has changed since the run was recorded "
+                              "(its sha256 is not the one run.json keeps); pass --tokenizer with the run's")
+        return load_tokenizer(path, ckpt, 1 << 30, ValueError), None
+    except ValueError as e:  # run_tokenizer's 'RUN: the run's tokenizer ... ; pass --tokenizer', load_tokenizer's
+        return None, str(e).removeprefix(f"{run.path}: ")
+
+
+def token_texts(run, ids, tok=False) -> list[str]:
+    """Display text of token ids with the run's tokenizer (`tok`, else `text_tokenizer(run)`'s), as
+    `TextCodec.str_tokens` reads them, written as repr() writes text (the ids as text when there is none)."""
+    tok = text_tokenizer(run)[0] if tok is False else tok
+    if tok is None:
         return [str(i) for i in ids]
     from probe.token_text import token_strings
 
@@ -67,19 +91,21 @@ def token_texts(run, ids) -> list[str]:
     return token_strings(tok, ids, quoted=True, missing="<{id}>")
 
 
-def paths(run, routes=None) -> dict:
+def paths(run, routes=None, tokenizer: str | None = None) -> dict:
     """Top-1 path summary per domain, domain information of the path vs each layer (top-1 and the
-    top-k sets), and the most common paths with example tokens (routes: `routes_from_run(run)`)."""
+    top-k sets), and the most common paths with example tokens (routes: `routes_from_run(run)`; their
+    texts: `text_tokenizer`'s, with "ids" saying why where they are token ids)."""
     r = routes if routes is not None else M.routes_from_run(run)
     test = r.heldout(5)
     info1 = M.domain_information(r.ids, r.domain, r.layers, 1, test).assign(target="top1")
     K = r.ids.shape[2]
     infok = M.domain_information(r.ids, r.domain, r.layers, K, test).assign(target=f"top{K} set") if K > 1 else None
     common = M.common_paths(r.ids, r.domain, r.token_id, k=1, top=10, examples=5)
-    common["examples"] = [" ".join(token_texts(run, ids)) for ids in common.pop("token_ids")]
+    tok, ids_why = text_tokenizer(run, tokenizer)
+    common["examples"] = [" ".join(token_texts(run, ids, tok)) for ids in common.pop("token_ids")]
     common["path"] = [" → ".join(f"L{la}:{e}" for la, e in zip(r.layers, p)) for p in common.path]
     return {"summary": M.path_summary(r.ids, r.domain, 1), "information": pd.concat([info1, infok]),
-            "common": common, "layers": r.layers, "K": K, "E": n_experts_of_run(run, "routing")}
+            "common": common, "layers": r.layers, "K": K, "E": n_experts_of_run(run, "routing"), "ids": ids_why}
 
 
 def probes(run) -> dict:
@@ -109,19 +135,21 @@ def _too_few_probe_windows(run) -> str | None:
             f"{sum(w < 2 for w in n.values())} of the {len(n)} domains have one window")
 
 
-def run_vs_run(run, other) -> dict:
+def run_vs_run(run, other, tokenizer: str | None = None) -> dict:
     """Per-layer agreement with another run over the same windows, and the tokens whose routes
-    changed most (with their text)."""
+    changed most (with their text: `paths`')."""
     agr = M.routing_agreement_from_runs(run, other)
     ch = M.route_changes_from_runs(run, other, top=15)
     # the ranking ends in tokens routed alike (Jaccard 1, no first choice changed): not changes, and
     # they filled the table under "changed most" where fewer than 15 changed (all 15 for a run itself)
     ch = ch[(ch.top1_changed > 0) | (ch.set_changed > 0)].reset_index(drop=True)
-    ch.insert(3, "token", token_texts(run, ch.token_id.fillna(0).astype(int)))
+    tok, ids_why = text_tokenizer(run, tokenizer) if len(ch) else (None, None)
+    ch.insert(3, "token", token_texts(run, ch.token_id.fillna(0).astype(int), tok))
     from .render import shown
 
     name = shown(getattr(other, "path", other))
-    return {"agreement": agr, "changes": ch, "other": name, "uncompared": _uncompared(run, other, agr, name)}
+    return {"agreement": agr, "changes": ch, "other": name, "uncompared": _uncompared(run, other, agr, name),
+            "ids": ids_why}
 
 
 def _uncompared(run, other, agr: pd.DataFrame, name: str) -> str | None:
@@ -367,7 +395,7 @@ def figures(r: dict) -> dict[str, list]:
         out["Expert paths"] += [
             ("Top-1 paths per domain: distinct paths, entropy (nats), perplexity, top-10 share", None,
              p["summary"], False),
-            ("The ten most common top-1 paths", None, p["common"], False)]
+            ("The ten most common top-1 paths" + _as_ids(p), None, p["common"], False)]
     pr = (r.get("probes") or {}).get("table")
     if pr is not None:
         fig = _bars([(f"{f}: {m}", g.unit, g[m]) for f, g in pr.groupby("features", sort=False)
@@ -395,11 +423,16 @@ def figures(r: dict) -> dict[str, list]:
         out["Run vs run"].append((f"Routing agreement with {rv['other']} per layer{left}{same}",
                                   fig.update_layout(barmode="group"), g, False))
         if len(changes):
-            out["Run vs run"].append(("Tokens whose routes changed most", None, changes, False))
+            out["Run vs run"].append(("Tokens whose routes changed most" + _as_ids(rv), None, changes, False))
     st = r.get("steering")
     if st is not None:
         out["Steering"] += st["figures"]
     return out
+
+
+def _as_ids(section: dict) -> str:
+    """A table title's note that its tokens are ids, and why (`text_tokenizer`); "" where they are text."""
+    return f" (tokens as ids: {section['ids']})" if section.get("ids") else ""
 
 
 def _bars(series, yaxis_title: str):

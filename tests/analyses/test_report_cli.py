@@ -148,7 +148,8 @@ def test_a_model_input_flag_without_run_is_refused_before_the_default_run_is_rec
     """No RUN and no default run yet: the report recorded runs/model-val of the bundled model, with its own
     checkpoint, corpus and tokenizer, and then ran the model sections on the --ckpt, --corpus or --tokenizer
     given, over windows the run never read (a review). Refused before anything is recorded; with
-    --skip-ablation the flag changes nothing, and the default run is recorded as before (the control)."""
+    --skip-ablation --ckpt and --corpus change nothing, and the default run is recorded as before (the
+    control), where --tokenizer, which the token texts are read with, is refused still."""
     import probe.record
 
     default = tmp_path / "runs" / "model-val"
@@ -163,6 +164,9 @@ def test_a_model_input_flag_without_run_is_refused_before_the_default_run_is_rec
                    f"with {flag}"), err
     assert not recorded and not default.exists()
     assert report.main([flag, given, "--skip-ablation", "--no-progress"]) == 2
+    if flag == "--tokenizer":
+        assert capsys.readouterr().err == f"{err}\n" and not recorded and not default.exists()
+        return
     assert "stopped by the test" in capsys.readouterr().err and len(recorded) == 1
     assert recorded[0].out == str(default)
 

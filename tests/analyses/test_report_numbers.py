@@ -351,7 +351,9 @@ def test_run_vs_run_lists_only_tokens_whose_routes_changed(tmp_path):
     assert one["changes"][["seq_id", "pos", "top1_changed", "set_changed", "jaccard"]].values.tolist() == [
         [0, 3, 1, 0, 1.0]]
     titles = [x[0] for x in research.figures({"run_vs_run": one})["Run vs run"]]
-    assert titles == ["Routing agreement with " + one["other"] + " per layer", "Tokens whose routes changed most"]
+    assert titles == ["Routing agreement with " + one["other"] + " per layer",  # a stand-in run: no tokenizer
+                      "Tokens whose routes changed most (tokens as ids: run.json names no tokenizer, nor a checkpoint "
+                      "that holds one; pass --tokenizer)"]
 
 
 def _base_r(**kw) -> dict:
