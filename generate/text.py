@@ -130,13 +130,16 @@ def _read_json(p: Path) -> dict:
         raise GenerateError(f"{p}: not valid JSON ({e})") from None
 
 
-def load_codec(ckpt: str | os.PathLike, args=None) -> TextCodec:
+def load_codec(ckpt: str | os.PathLike, args=None, tokenizer: str | os.PathLike | None = None) -> TextCodec:
     """tokenizer.json (required) + tokenizer_config.json / generation_config.json (optional). An empty
-    `ckpt` is a GenerateError, not the current folder."""
+    `ckpt` is a GenerateError, not the current folder. `tokenizer`: a tokenizer.json read in place of the
+    checkpoint's (a run's --tokenizer, `probe.job.run_tokenizer`), the checkpoint's configs kept."""
     from tokenizers import Tokenizer
 
     ckpt = given_path(ckpt, "ckpt", GenerateError)
-    path = ckpt / "tokenizer.json"
+    path = Path(tokenizer) if tokenizer else ckpt / "tokenizer.json"
+    if tokenizer and not path.is_file():
+        raise GenerateError(f"{path}: no tokenizer file there")
     if ckpt.is_file():  # tokenizer.json itself was told it had 'no tokenizer.json' (a tour)
         raise GenerateError(f"{ckpt}: a file; load_codec takes the checkpoint's folder, the one holding tokenizer.json "
                             f"and tokenizer_config.json (here {ckpt.parent})")

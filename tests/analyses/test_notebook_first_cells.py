@@ -155,6 +155,7 @@ def test_a_run_whose_checkpoint_or_corpus_is_gone_or_changed_is_refused_in_a_not
     ("steering", "this notebook (steering the run's checkpoint)"),
     ("causal_importance", "this notebook (each expert removed from the run's checkpoint)"),
     ("ablation", "this notebook (ablations on the run's checkpoint)"),
+    ("circuits", "this notebook (the run's checkpoint, hooked)"),
 ])
 def test_a_run_whose_tokenizer_is_gone_or_changed_is_refused_in_a_notebooks_words(
         some_tables, probe_env, name, part, monkeypatch):
@@ -192,6 +193,41 @@ def test_a_run_whose_tokenizer_is_gone_or_changed_is_refused_in_a_notebooks_word
     (some_tables / "run.json").write_text(json.dumps(base | {"tokenizer": {"path": str(tok),
                                                                           "fingerprint": fingerprint(tok)}}))
     assert "run" in first_cell(name, some_tables, monkeypatch)  # the control: there, as recorded
+
+
+def test_circuits_reads_its_prompt_with_the_tokenizer_the_run_was_recorded_with(probe_env, tmp_path, monkeypatch):
+    """The circuits notebook loaded the checkpoint's tokenizer.json, not the run's --tokenizer, where the other
+    notebooks take the run's (a review): its prompt's tokens were another tokenizer's ids and texts."""
+    from tokenizers import Tokenizer
+
+    from probe.record import RecordOptions, record
+    from probe.token_text import token_strings
+
+    ckpt = shutil.copytree(probe_env["ckpt"], tmp_path / "ckpt")
+    tok = tmp_path / "tok.json"
+    shutil.copy(ckpt / "tokenizer.json", tok)
+    spec = json.loads(tok.read_text())  # the checkpoint's now another tokenizer: the ids of "x" and "(" swapped
+    vocab = spec["model"]["vocab"]
+    vocab["x"], vocab["("] = vocab["("], vocab["x"]
+    (ckpt / "tokenizer.json").write_text(json.dumps(spec))
+    record(RecordOptions(ckpt=str(ckpt), corpus=str(probe_env["corpus"]), tokenizer=str(tok), out=str(tmp_path / "run"),
+                         seq_len=32, max_tokens=100, progress=False))
+    cells = [c for c in json.loads((NB_DIR / "circuits.ipynb").read_text())["cells"] if c["cell_type"] == "code"]
+    monkeypatch.setenv("DSV3_NOTEBOOK_RUN", str(tmp_path / "run"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    space: dict = {}
+    for cell in cells[:2]:  # the run, then the model and the prompt's tokens
+        exec(compile("".join(cell["source"]), "circuits.ipynb", "exec"), space)  # noqa: S102
+    run_tok, ckpt_tok = Tokenizer.from_file(str(tok)), Tokenizer.from_file(str(ckpt / "tokenizer.json"))
+    assert space["codec"].tokenizer.to_str() == run_tok.to_str() != ckpt_tok.to_str()
+    ids = space["clean"][0].tolist()[space["codec"].bos_id is not None:]  # BOS aside
+    prompt = "x = (1, 2, 3)"
+    assert ids == run_tok.encode(prompt).ids[:-1] != ckpt_tok.encode(prompt).ids[:-1]
+    assert space["tokens"][-len(ids):] == token_strings(run_tok, ids) and space["tokens"][-len(ids)] == "x"
+    from generate import GenerateError, load_codec
+
+    with pytest.raises(GenerateError, match=f"^{tmp_path / 'gone.json'}: no tokenizer file there$"):
+        load_codec(ckpt, tokenizer=tmp_path / "gone.json")  # not the checkpoint's in its place
 
 
 def all_cells(name: str, run: Path, monkeypatch) -> tuple[list, list[str]]:
