@@ -37,10 +37,10 @@ def lost_tables(path: str | Path, info: dict) -> list[str]:
     """Tables a complete run's run.json lists that have lost part files the run wrote: the table's
     folder is gone, the record job's progress (`_progress/`) names parts committed to it that are gone,
     or a writer's progress file is gone with every part it wrote (a rank's output that another node kept,
-    or deleted), or, without `_progress/`, its tokens parts hold fewer rows than run.json's `recorded`
-    count. A folder without parts is a table that got no rows (mtp, from windows too short for its
-    target); a running or interrupted run may not have written a table yet. Such a table read as
-    empty, or as the other ranks' rows alone, silently."""
+    or deleted), or, without `_progress/`, its parts hold fewer rows than run.json's `recorded` count
+    makes (`recorded_rows`: tokens, routing, mtp, kv_stats). A folder without parts is a table that got
+    no rows (mtp, from windows too short for its target); a running or interrupted run may not have
+    written a table yet. Such a table read as empty, or as the other ranks' rows alone, silently."""
     if info.get("status") != "complete":
         return []
     listed = [t for t in info.get("tables") or [] if t in TABLES]
@@ -60,7 +60,7 @@ def _writers(info: dict) -> list[int]:
 def _lost_parts(path: Path, info: dict) -> dict[str, list[str]]:
     """{table: its part files that the progress files name committed and are gone, or rank R's parts
     where R's progress file is gone too}. No progress files (not a record run, or its `_progress/` gone):
-    the tokens rows that run.json's `recorded` count says are missing (`_short_of_recorded`)."""
+    the rows that run.json's `recorded` count says are missing (`_short_of_recorded`)."""
     progress = {int(p.stem[1:]): p for p in sorted((path / PROGRESS).glob("r*.json")) if p.stem[1:].isdigit()}
     if not progress:
         return _short_of_recorded(path, info)
@@ -82,18 +82,41 @@ def _lost_parts(path: Path, info: dict) -> dict[str, list[str]]:
 
 
 def _short_of_recorded(path: Path, info: dict) -> dict[str, list[str]]:
-    """{"tokens": what it lacks} where a record run without progress files (`_progress/` deleted, or not
-    copied with the run) holds fewer tokens rows than run.json's `recorded` count: one part deleted
-    beside it read as a smaller run without a word (a review). {} otherwise, and for a run that records
-    no count (an import, a training run) or lists no tokens table."""
-    recorded = (info.get("recorded") or {}).get("tokens")
-    if not isinstance(recorded, int) or "tokens" not in (info.get("tables") or ()):
+    """{table: what it lacks} where a record run without progress files (`_progress/` deleted, or not
+    copied with the run) holds fewer rows in a table than run.json says it wrote (`recorded_rows`): one
+    part deleted beside it read as a smaller run without a word (a review; a routing or mtp part too). {}
+    otherwise, and for a run that records no count (an import, a training run)."""
+    lost = {}
+    for table, (want, what) in recorded_rows(info).items():
+        held = _rows(path / table)
+        if held is not None and held < want:  # None: no folder, lost as such
+            lost[table] = [f"rows of {want - held:,} of the {want:,} {what}; with {PROGRESS}/ gone, which parts "
+                           "cannot be said"]
+    return lost
+
+
+def recorded_rows(info: dict) -> dict[str, tuple[int, str]]:
+    """{table: (the rows a record run's run.json says it holds, in words)} for the tables it lists whose rows
+    it says exactly: `tokens`, its `recorded` count; `routing`, a row per token and MoE layer (--router-logits
+    topk or full alike: --sample thins only the scores); `mtp`, a row per token but each window's last, where
+    every planned window was recorded (a complete run); `kv_stats`, a row per layer. Not `expert_load` (a row
+    per batch, layer, expert and domain in the batch), `kv_spectrum` (no rows for a layer whose latents were
+    not finite) nor `router_bias`. Under torchrun the replicas' rows add up to the same."""
+    tokens = (info.get("recorded") or {}).get("tokens")
+    if not isinstance(tokens, int):
         return {}
-    held = _rows(path / "tokens")
-    if held is None or held >= recorded:  # None: no folder, lost as such
-        return {}
-    return {"tokens": [f"rows of {recorded - held:,} of the {recorded:,} tokens run.json records; with {PROGRESS}/ "
-                       "gone, which parts cannot be said"]}
+    args, planned = info.get("model_args") or {}, info.get("planned") or {}
+    want = {"tokens": (tokens, "tokens run.json records")}
+    layers, dense = args.get("n_layers"), args.get("n_dense_layers")
+    if isinstance(layers, int) and isinstance(dense, int):
+        moe = max(layers - dense, 0)
+        want["routing"] = (tokens * moe, f"routing rows of run.json's {tokens:,} tokens ({moe} MoE layers each)")
+        want["kv_stats"] = (layers, "layers of run.json's model")
+    if planned.get("tokens") == tokens and isinstance(windows := planned.get("windows"), int):
+        want["mtp"] = (tokens - windows, f"mtp rows of run.json's {tokens:,} tokens in {windows:,} windows (each "
+                                         "token's but a window's last)")
+    listed = info.get("tables") or ()
+    return {t: w for t, w in want.items() if t in listed}
 
 
 _ROWS: dict[tuple, int] = {}  # (folder, its parts' names, sizes and times): their rows (`_rows`)

@@ -79,6 +79,27 @@ def test_record_four_ranks_two_replicas_equals_one_process(single, four_ranks):
     assert run.df("routing").scores.notna().mean() == pytest.approx(0.5, abs=0.1)
 
 
+def test_a_four_rank_record_without_its_progress_is_whole_until_a_replicas_part_is_lost(four_ranks, tmp_path):
+    """Without `_progress/`, the rows of routing, mtp and kv_stats are checked against run.json's `recorded` count
+    (probe.run.recorded_rows): the two replicas' rows add up to it, and one replica's routing part lost is said."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from probe.writer import PROGRESS
+
+    run = shutil.copytree(four_ranks["rec"].path, tmp_path / "rec")
+    shutil.rmtree(run / PROGRESS)
+    r = probe.open_run(run)
+    assert r.lost_tables == [] and {"routing", "mtp", "kv_stats"} <= set(r.tables)  # no false alarm
+    part = sorted((run / "routing").glob("r002-*.parquet"))[-1]  # the second replica's last
+    gone = pq.read_metadata(part).num_rows
+    part.unlink()
+    assert r.lost_tables == ["routing"]
+    with pytest.raises(Exception, match=f"rows of {gone:,} of the {640 * 2:,} routing rows"):
+        r.df("routing")
+
+
 def test_spec_four_ranks_equals_one_process(single, four_ranks):
     for t in ("spec_decode", "spec_drafts"):
         a, b = sorted_df(four_ranks["spec"], t), sorted_df(single["spec"], t)

@@ -201,3 +201,49 @@ def test_a_complete_record_run_without_its_progress_that_lost_a_part_says_so(run
         assert f"{run / 'tokens'}: {why}" in str(e.value), str(e.value)
     (run / "run.json").write_text(json.dumps(info))  # a run that records no count (an import): nothing to check
     assert r.lost_tables == [] and len(r.df("tokens")) == whole - gone
+
+
+RECORDED_WITH = {"default": {}, "--router-logits full --sample 0.5": {"router_logits": "full", "sample": 0.5},
+                 "--router-logits topk": {"router_logits": "topk"}, "--router-logits none": {"router_logits": "none"},
+                 "--no-kv-stats": {"kv_stats": False}, "--no-mtp": {"mtp": False}}
+
+
+@pytest.fixture(scope="module")
+def recorded(probe_env, tmp_path_factory):
+    """Record runs of 300 tokens in 10 windows, two batches committed apart (a part each), one for each of
+    `RECORDED_WITH`'s flags."""
+    from probe.record import RecordOptions, record
+
+    base = tmp_path_factory.mktemp("recorded")
+    for name, flags in RECORDED_WITH.items():
+        record(RecordOptions(ckpt=str(probe_env["ckpt"]), corpus=str(probe_env["corpus"]), out=str(base / name),
+                             seq_len=32, max_tokens=300, commit_every=1, progress=False, **flags))
+    return base
+
+
+@pytest.mark.parametrize("flags", RECORDED_WITH)
+def test_a_record_run_without_its_progress_that_lost_a_routing_mtp_or_kv_part_says_so(recorded, flags, tmp_path):
+    """Without `_progress/`, only the tokens rows were checked against run.json's `recorded` count: a lost routing
+    or mtp part (or the kv_stats part) read as a smaller run without a word (a review). Their rows are what the
+    count makes (a token's per MoE layer; each token's but a window's last; a layer's), whatever the flags."""
+    run = shutil.copytree(recorded / flags, tmp_path / "run")
+    shutil.rmtree(run / PROGRESS)
+    r = probe.open_run(run)
+    assert r.lost_tables == []  # no false alarm: every row there, whatever the run was recorded with
+    checked = [t for t in ("routing", "mtp", "kv_stats") if t in r.info["tables"]]
+    assert checked == [t for t, off in (("routing", "--router-logits none"), ("mtp", "--no-mtp"),
+                                        ("kv_stats", "--no-kv-stats")) if off != flags]
+    for table in checked:
+        parts = sorted((run / table).glob("*.parquet"))
+        gone = pq.read_metadata(parts[-1]).num_rows
+        parts[-1].rename(tmp_path / "away.parquet")
+        assert r.lost_tables == [table], table
+        with pytest.raises(Exception) as e:
+            r.df(table)
+        said = (f"committed part files missing (rows of {gone:,} of the " if len(parts) > 1 else  # kv_stats: one part
+                "listed in run.json but has no part files")  # read as a table that got no rows before
+        assert f"{run / table}: {said}" in str(e.value) and (len(parts) > 1) == (table != "kv_stats"), str(e.value)
+        (tmp_path / "away.parquet").rename(parts[-1])
+    assert r.lost_tables == []
+    if "routing" in checked:
+        assert r.sql("select count(*) from routing").fetchall() == [(300 * 2,)]  # 2 MoE layers
