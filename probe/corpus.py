@@ -287,10 +287,23 @@ def iter_documents(path: str | Path, stats: CorpusStats | None = None) -> Iterat
 
 def fingerprint(path: str | Path, name: str | None = None) -> str:
     """sha256 over every corpus file's relative path and bytes (a single file: its name, or `name`, that of
-    the file it is asked to be a copy of, and bytes)."""
+    the file it is asked to be a copy of, and bytes). Kept for the process while no file's inode, size or
+    times change: a torchrun record compares it across ranks (`probe.job.same_inputs`) before run.json
+    records it, and read the corpus twice for it."""
     root = Path(path)
-    h = hashlib.sha256()
     files = _files(root) if root.is_dir() else [root]
+    key = (str(root.resolve()), name, tuple((str(f), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                                            for f in files for st in [f.stat()]))
+    if key not in _FINGERPRINTS:
+        _FINGERPRINTS[key] = _sha256(root, files, name)
+    return _FINGERPRINTS[key]
+
+
+_FINGERPRINTS: dict[tuple, str] = {}
+
+
+def _sha256(root: Path, files: list[Path], name: str | None) -> str:
+    h = hashlib.sha256()
     for f in files:
         # the name's bytes: a name that is not UTF-8 has no .encode() (a review)
         h.update(os.fsencode(f.relative_to(root).as_posix() if root.is_dir() else name or f.name))

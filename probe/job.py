@@ -315,6 +315,36 @@ def same_options(world, options: dict) -> None:
                               f"rank {rank}{more}; every node's command must pass the same options")
 
 
+def same_inputs(world, inputs: dict) -> None:
+    """Every rank must read what rank 0 reads: the paths may differ from node to node (PER_NODE_OPTIONS),
+    their contents may not. `inputs`: {flag: (the path as this rank names it, what it holds in words,
+    a digest of its contents)}. A corpus of other text on one node (a stale copy) gave that replica
+    other windows and another number of batches, and the ranks then waited in different collectives
+    until torchrun's timeout (gloo's is 30 minutes), the run holding rows of both corpora; another
+    checkpoint mixed two models' shards. A RecordError on every rank naming the first input that
+    differs, before the model loads."""
+    if world.size == 1:
+        return
+    every = world.broadcast(world.gather({k: (str(path), what, digest) for k, (path, what, digest) in inputs.items()}))
+    for rank, theirs in enumerate(every):
+        for flag, (path, what, digest) in theirs.items():
+            ours = every[0].get(flag)
+            if ours is None or ours[2] != digest:
+                raise RecordError(f"ranks read different inputs: {flag} {path} on rank {rank} {what} than {flag} "
+                                  f"{ours[0] if ours else '(none)'} on rank 0; every node must see the same files "
+                                  "(a shared filesystem, or identical copies)")
+
+
+def checkpoint_digest(ckpt: Path) -> str:
+    """The checkpoint's contents as `same_inputs` compares them: its layout fingerprint and weights
+    sample (`checkpoint_identity`, kept for the process: the run's record reuses it)."""
+    ident = checkpoint_identity(ckpt)
+    return f"{ident['fingerprint']}:{ident['sample']}"
+
+
+CHECKPOINT_DIFFERS = "holds another checkpoint (its config, tensor headers or weights sample differ)"
+
+
 def agree(world, fn):
     """Run `fn` on rank 0 only and share its outcome: its result on every rank, or the same
     RecordError (ValueError) raised on every rank instead of rank 0 alone."""

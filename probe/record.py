@@ -33,11 +33,11 @@ from model.memory import process_memory
 
 from .ckpt_identity import checkpoint_identity, same_checkpoint
 from .corpus import ORDERS, CorpusError, CorpusStats, corpus_windows, fingerprint
-from .job import (DEFAULT_CKPT, DEFAULT_CORPUS, RecordError, agree, bound_heap, check_inputs_outside, check_out_parent,
-                  check_outside_corpus, check_replaceable, check_run_place, checkpoint_args, default_seq_len,
-                  first_line, job_options, load_model, load_tokenizer, os_refusal, package_version,
-                  refuse_a_symlinked_out, refuse_a_training_run, resolve_paths, signals_held, start_world,
-                  window_length)
+from .job import (CHECKPOINT_DIFFERS, DEFAULT_CKPT, DEFAULT_CORPUS, RecordError, agree, bound_heap,
+                  check_inputs_outside, check_out_parent, check_outside_corpus, check_replaceable, check_run_place,
+                  checkpoint_args, checkpoint_digest, default_seq_len, first_line, job_options, load_model,
+                  load_tokenizer, os_refusal, package_version, refuse_a_symlinked_out, refuse_a_training_run,
+                  resolve_paths, same_inputs, signals_held, start_world, window_length)
 from .overwrite import clear_run, never_made, say_kept
 from .record_loop import record_batches
 from .record_tables import FINAL_TABLES, SESSION_KEYS, router_biases, write_router_bias
@@ -200,6 +200,10 @@ def record(opts: RecordOptions) -> Path:
         dry_run(job, opts)
         return job.out
     world = start_world(opts.model_parallel, opts.device, job.args, job_options(opts))
+    tokenizer = Path(opts.tokenizer) if opts.tokenizer else job.ckpt / "tokenizer.json"
+    same_inputs(world, {"--ckpt": (job.ckpt, CHECKPOINT_DIFFERS, checkpoint_digest(job.ckpt)),
+                        "--corpus": (job.corpus, "holds other text (its files' sha256 differs)", fingerprint(job.corpus)),
+                        "--tokenizer": (tokenizer, "is another tokenizer (its sha256 differs)", fingerprint(tokenizer))})
     agree(world, lambda: check_out(job.out, opts, job.corpus, job.ckpt))
     plan = count_corpus(job, opts)
     mem = {"before_load": process_memory()["rss"]}

@@ -26,6 +26,8 @@ corpus), and run.json's `spec_decode` summary counts prompts and tokens per doma
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import signal
 import sys
@@ -40,9 +42,9 @@ import torch
 
 from .ckpt_identity import checkpoint_identity
 from .corpus import CorpusError, CorpusStats, iter_documents
-from .job import (RecordError, agree, check_out_parent, check_outside_corpus, check_run_place, checkpoint_args,
-                  job_options, load_model, load_tokenizer, os_refusal, resolve_paths, run_inputs, run_tokenizer,
-                  signals_held, start_world)
+from .job import (CHECKPOINT_DIFFERS, RecordError, agree, check_out_parent, check_outside_corpus, check_run_place,
+                  checkpoint_args, checkpoint_digest, job_options, load_model, load_tokenizer, os_refusal, resolve_paths,
+                  run_inputs, run_tokenizer, same_inputs, signals_held, start_world)
 from .record import tokenizer_info
 from .schema import TABLES
 from .windows import text_pieces
@@ -188,6 +190,9 @@ def record_spec(opts: SpecOptions) -> Path:
         print(note, file=sys.stderr)  # run.json's spec_decode lists the corpus reader's
     if not prompts:
         raise CorpusError(f"{corpus}: no document has {opts.prompt_tokens} tokens for a prompt")
+    same_inputs(world, {"--ckpt": (ckpt, CHECKPOINT_DIFFERS, checkpoint_digest(ckpt)),
+                        "--corpus": (corpus, "gives other prompts (its text, or the tokenizer, differs)",
+                                     hashlib.sha256(json.dumps(prompts).encode()).hexdigest())})
     try:  # before the model loads: a generation_config.json that names no ids is refused at once
         stops = stop_ids(ckpt, args, tok)
     except GenerateError as e:

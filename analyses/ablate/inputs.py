@@ -207,14 +207,19 @@ def replica_batches(windows: list, batch_size: int, world) -> list[Batch]:
             if b % world.replicas == world.replica]
 
 
-def start_job(opts: AblateOptions, ckpt: Path, args, windows: list, **derived):
+def start_job(opts: AblateOptions, ckpt: Path, args, windows: list, corpus: Path, **derived):
     """The model side of a job, once its inputs are checked: bound the heap, join the ranks (each
-    running the job with rank 0's options and `derived` settings, e.g. the ablations), take this
-    replica's batches and load the model sharded over the replica -> (world, batches, model)."""
-    from probe.job import bound_heap, job_options, load_model, start_world
+    running the job with rank 0's options and `derived` settings, e.g. the ablations, on rank 0's
+    checkpoint and windows of `corpus`: `probe.job.same_inputs`), take this replica's batches and load
+    the model sharded over the replica -> (world, batches, model)."""
+    from probe.job import CHECKPOINT_DIFFERS, bound_heap, checkpoint_digest, job_options, load_model, same_inputs, \
+        start_world
 
     bound_heap()
     world = start_world(opts.model_parallel, opts.device, args, job_options(opts, **derived))
+    same_inputs(world, {"--ckpt": (ckpt, CHECKPOINT_DIFFERS, checkpoint_digest(ckpt)),
+                        "--corpus": (corpus, "gives other token windows (its text, or the tokenizer, differs)",
+                                     windows_digest(windows))})
     batches = replica_batches(windows, opts.batch_size, world)
     return world, batches, load_model(ckpt, world, dtype=opts.dtype, gemm=opts.gemm)
 

@@ -250,7 +250,7 @@ def ablate(opts: AblateOptions, ablations: list[Ablation]):
             raise AblationError(f"ablation {a.name!r}: no tokens of domain {a.domain!r} in the sample; its domains "
                                 f"are {domains}")
     what = "the ablations (--top, --random, --experts, --spec...)"
-    world, batches, m = start_job(opts, ckpt, args, windows, **{what: [repr(a) for a in ablations]})
+    world, batches, m = start_job(opts, ckpt, args, windows, corpus, **{what: [repr(a) for a in ablations]})
     meta = job_meta(ckpt, corpus, opts, windows) | {"loads": source, "world": world.describe()}
     if partial is not None:  # the part's entry in run.json says that --top ranked by an unfinished run's loads
         meta["loads_partial"] = partial

@@ -288,7 +288,7 @@ def importance(opts: ImportanceOptions):
     only the rest (`opts.fresh`: all of them again)."""
     opts, ckpt, corpus, out, args, layers, experts = _prepare(opts)
     windows, domains = _sample(opts, ckpt, corpus, args)
-    world, batches, m = start_job(opts, ckpt, args, windows)
+    world, batches, m = start_job(opts, ckpt, args, windows, corpus)
     meta = job_meta(ckpt, corpus, opts, windows) | {"layers": layers, "experts": experts, "group": opts.group,
                                            "world": world.describe()}
     commits = LayerCommits(out, layers, meta, args, world, fresh=opts.fresh)

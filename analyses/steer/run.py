@@ -236,7 +236,7 @@ def steer(opts: SteerOptions, steering: Steer, token_filter: str | None = None):
                            args.bos_token_id if opts.add_bos else None) if opts.prompts else \
         corpus_prompts(windows, opts.prompt_tokens, decode)
     how = "the steering (--experts, --mode, --bias, --steer-domain, --steer-tokens)"
-    world, batches, m = start_job(opts, ckpt, args, windows, **{how: repr(steering)})
+    world, batches, m = start_job(opts, ckpt, args, windows, corpus, **{how: repr(steering)})
     meta = job_meta(ckpt, corpus, opts, windows, max_new_tokens=opts.max_new_tokens, prompts=[p.text for p in prompts]) | {
         "world": world.describe()}
     commits = SteerCommits(out, steering, prompts, RouterShape.of(args), meta, args, world, fresh=opts.fresh)

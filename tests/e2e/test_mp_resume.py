@@ -17,7 +17,7 @@ import model
 import probe
 from model.parallel import ParallelError
 
-from helpers import random_model
+from helpers import make_corpus, random_model
 from helpers.checkpoints import index_only
 from helpers.mp_jobs import RECORD, ROOT, TABLES, TOPOLOGY, opts, our_frames, record_args, torchrun
 from helpers.processes import HELD_PROBE, hold_env, wait_until_held
@@ -162,6 +162,31 @@ def test_a_rank_lost_mid_job_is_one_line_on_the_other(env, tmp_path, job):
     # either the collective noticed the lost peer first, or torchrun's SIGTERM came first: one line each way
     assert len(lines) == 1 and lines[0].startswith(("error: rank 0 of 2 stopped: ",
                                                     "error: rank 0 of 2 stopped by signal 15 ")), p.stderr[-3000:]
+
+
+@pytest.mark.parametrize("job", ["record", "ablate"])
+def test_a_node_with_another_corpus_is_refused_on_every_rank(env, tmp_path, job):
+    """Paths may differ from node to node, contents not: a rank given another corpus (a stale copy on
+    its node) recorded its replica's windows of that text into the run, or, where the two gave another
+    number of batches, left both ranks waiting in different collectives until torchrun's timeout (found
+    with a per-rank --corpus). Now every rank stops with one line naming both corpora."""
+    other = make_corpus(tmp_path / "other", docs_per_domain=8, seed=3, scale=2)
+    out = tmp_path / "o"
+    argv = (record_args(env, out)[2:] if job == "record" else
+            ["-m", "analyses.ablate", "--ckpt", str(env["ckpt"]), "--corpus", str(env["corpus"]), "--out", str(out),
+             "--dtype", "float64", "--no-progress", "--top", "2", "--seq-len", "32", "--max-tokens", "320",
+             "--loads-from", "baseline"])
+    p = torchrun(2, str(ROOT / "tests" / "workers" / "failing_rank.py"), f"corpus={other}", *argv, timeout=120)
+    assert p.returncode != 0 and not our_frames(p.stderr), p.stderr[-3000:]
+    lines = ["error: " + m for m in re.findall(r"error: (.*?)(?=error: |\n)", p.stderr + "\n")]
+    what = "holds other text (its files' sha256 differs)" if job == "record" else \
+        "gives other token windows (its text, or the tokenizer, differs)"
+    want = (f"error: ranks read different inputs: --corpus {other} on rank 1 {what} than --corpus {env['corpus']} on "
+            "rank 0; every node must see the same files (a shared filesystem, or identical copies)")
+    # as in the layout errors above: a rank stopped by torchrun before it printed says so instead
+    assert want in lines and all(ln == want or re.match(r"error: rank [01] of 2 stopped by signal 15 ", ln)
+                                 for ln in lines), p.stderr[-3000:]
+    assert not (out / "run.json").exists() and not (out / "ablations").exists()
 
 
 @pytest.mark.parametrize("override, field", [

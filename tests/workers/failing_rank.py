@@ -6,6 +6,7 @@ other ranks end (tests/e2e/test_mp_resume.py). Not collected by pytest (no test_
 MODE load: rank 1's `model.load` raises OSError (an unreadable shard, a rank out of memory).
 MODE after-load: rank 1 exits at once after its model loaded (a rank killed while the job runs).
 MODE after-create: rank 1 exits at once after rank 0 created a record run (a rank killed there).
+MODE corpus=PATH: rank 1 reads the corpus at PATH instead of --corpus (a node whose copy differs).
 ARGS: `dsv3-probe`'s, or `-m analyses.ablate ...` (importance, steer) for that command's.
 """
 
@@ -52,6 +53,8 @@ if os.environ.get("RANK") == "1":
             return out
 
         record.agree = agree_then_exit
+    elif mode.startswith("corpus="):
+        argv[argv.index("--corpus") + 1] = mode.removeprefix("corpus=")
     else:
-        sys.exit(f"unknown MODE {mode!r}: load, after-load or after-create")
+        sys.exit(f"unknown MODE {mode!r}: load, after-load, after-create or corpus=PATH")
 sys.exit(main(argv))
