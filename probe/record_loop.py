@@ -107,11 +107,16 @@ def _batches(windows, size: int):
 
 def _restore(out: Path, world, rec: Recorder, writer: PartWriter | None, tables: list[str],
              resume: bool) -> _Progress:
-    """This replica's progress (its writer's, which every rank of the replica reads, so that they
-    all skip the same batches); the writer also drops part files past its last commit and goes on
-    from its committed parts (checked intact: rank 0 checked every writer's before run.json said
-    running, `probe.record.open_run`)."""
-    progress, state = load_progress(out, world.leader) if resume else ({}, {})
+    """This replica's progress (its writer's, which the writer reads and the replica's other ranks take
+    from it, so that they all skip the same batches); the writer also drops part files past its last
+    commit and goes on from its committed parts (checked intact: rank 0 checked every writer's before
+    run.json said running, `probe.record.open_run`).
+
+    NOTE: the other ranks read the progress file themselves before: a rank that writes nothing need not
+    see the run (its node without the shared disk, which a new run never noticed), and one that found no
+    progress began at batch 0 while its writer went on from the last commit: the sharded forward passes
+    then combined two batches' halves into the rows written, until the ranks' collectives parted."""
+    progress, state = load_progress(out, world.rank) if resume and world.writes else ({}, {})
     if writer is not None:
         if progress:  # verified by rank 0 before run.json said running; older progress names no parts
             writer.committed = progress.get("parts") or check_committed(out, world.rank, tables)
@@ -119,6 +124,8 @@ def _restore(out: Path, world, rec: Recorder, writer: PartWriter | None, tables:
         if state:
             rec.kv.load_state(state)
     done = progress.get("done", -1)
+    if resume and world.model_parallel > 1:  # the writer's, on every rank of its replica
+        done = world.broadcast(world.gather(done))[world.leader]
     return _Progress(done=done, tokens=progress.get("tokens", 0), commits=progress.get("commits", 0), last=done)
 
 

@@ -89,7 +89,10 @@ def _launch_and_kill(env, out: Path, victim: int, at: int, *extra: str) -> None:
 def test_two_ranks_one_sharded_model_killed_twice_then_resumed(env, single, tmp_path):
     """`--model-parallel 2` on 2 ranks: the writer (rank 0) is killed mid-run; the resumed run loses
     its other rank later; a second --resume finishes it, equal to one process. (One run through both
-    kills: three launches where two runs took four.)"""
+    kills: three launches where two runs took four.) The second --resume gives rank 1, which writes
+    nothing, a folder where the run is not (a node without the shared disk): it read the progress there
+    and began at batch 0 while its writer went on from the last commit, the sharded forward mixing two
+    batches' halves into the rows written."""
     out = tmp_path / "run"
     _launch_and_kill(env, out, 0, 5)
     first = len(probe.open_run(out).df("tokens"))
@@ -97,7 +100,8 @@ def test_two_ranks_one_sharded_model_killed_twice_then_resumed(env, single, tmp_
     _launch_and_kill(env, out, 1, 13, "--resume")
     partial = probe.open_run(out)
     assert partial.info["resumed"] == 1 and first < len(partial.df("tokens")) < single["rec"].info["recorded"]["tokens"]
-    p = torchrun(2, *record_args(env, out, "--model-parallel", "2", "--resume", max_tokens=RESUME_TOKENS))
+    p = torchrun(2, str(ROOT / "tests" / "workers" / "failing_rank.py"), f"out={tmp_path / 'not-shared'}",
+                 *record_args(env, out, "--model-parallel", "2", "--resume", max_tokens=RESUME_TOKENS)[2:], timeout=120)
     assert p.returncode == 0, p.stderr[-3000:]
     done = probe.open_run(out)
     assert done.status == "complete" and done.info["resumed"] == 2

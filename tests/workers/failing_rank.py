@@ -7,6 +7,7 @@ MODE load: rank 1's `model.load` raises OSError (an unreadable shard, a rank out
 MODE after-load: rank 1 exits at once after its model loaded (a rank killed while the job runs).
 MODE after-create: rank 1 exits at once after rank 0 created a record run (a rank killed there).
 MODE corpus=PATH: rank 1 reads the corpus at PATH instead of --corpus (a node whose copy differs).
+MODE out=PATH: rank 1 is given --out PATH (a rank that does not see the run: a node without the shared disk).
 ARGS: `dsv3-probe`'s, or `-m analyses.ablate ...` (importance, steer) for that command's.
 """
 
@@ -53,8 +54,9 @@ if os.environ.get("RANK") == "1":
             return out
 
         record.agree = agree_then_exit
-    elif mode.startswith("corpus="):
-        argv[argv.index("--corpus") + 1] = mode.removeprefix("corpus=")
+    elif mode.startswith(("corpus=", "out=")):
+        flag, path = mode.split("=", 1)
+        argv[argv.index("--" + flag) + 1] = path
     else:
-        sys.exit(f"unknown MODE {mode!r}: load, after-load, after-create or corpus=PATH")
+        sys.exit(f"unknown MODE {mode!r}: load, after-load, after-create, corpus=PATH or out=PATH")
 sys.exit(main(argv))
