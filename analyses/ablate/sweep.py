@@ -90,6 +90,22 @@ class Commits:
         self.earlier = None if fresh else self._earlier()  # unit -> rows of an unfinished earlier attempt
         self.kept = 0  # units taken from it
         self._finished = False  # the part written with every unit's rows
+        self._same_on_every_rank()
+
+    def _same_on_every_rank(self) -> None:
+        """Every rank must find what rank 0 finds of an earlier attempt (the units it takes, its saved
+        baseline): each rank decides from `out` which passes it runs, and a rank that does not see the
+        run (its node without the shared disk) ran the passes rank 0 took from the earlier attempt, in
+        collectives the others were not in (gloo aborted the job). A RunError on every rank otherwise."""
+        if self.world.size == 1:
+            return
+        mine = (sorted(map(str, self.earlier or {})) if self.resuming else None, self.baseline_saved())
+        every = self.world.broadcast(self.world.gather(mine))
+        if any(theirs != every[0] for theirs in every):
+            rank = next(r for r, theirs in enumerate(every) if theirs != every[0])
+            raise RunError(f"{self.out / self.TABLE}: rank {rank} does not find the earlier {self.WHAT} there that "
+                           f"rank 0 finds (its committed {self.NOUN} or saved baseline): every rank must see --out "
+                           "(a filesystem every node shares); or pass --fresh")
 
     def unit_of(self, row: dict):
         raise NotImplementedError

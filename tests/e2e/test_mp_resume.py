@@ -193,6 +193,42 @@ def test_a_node_with_another_corpus_is_refused_on_every_rank(env, tmp_path, job)
     assert not (out / "run.json").exists() and not (out / "ablations").exists()
 
 
+def test_a_rank_that_does_not_see_an_interrupted_sweep_is_refused_on_every_rank(env, tmp_path, monkeypatch, capsys):
+    """A sweep interrupted after its first ablation, continued by a sharded model whose rank 1 is given a
+    folder where the sweep is not (a node without the shared disk): rank 0 took the baseline and the
+    finished ablation while rank 1 computed them, in collectives rank 0 was not in, and gloo aborted
+    the job. Now both ranks stop with one line before any pass."""
+    from analyses.ablate import run as run_module
+    from analyses.ablate.__main__ import main
+
+    out = tmp_path / "o"
+    argv = ["--ckpt", str(env["ckpt"]), "--corpus", str(env["corpus"]), "--out", str(out), "--dtype", "float64",
+            "--no-progress", "--top", "2", "--control", "--seq-len", "32", "--max-tokens", "320",
+            "--loads-from", "baseline"]
+    real, passes = run_module._ablated, []
+
+    def cut_after_one(*a, **k):  # Ctrl-C as the second ablation starts
+        if passes:
+            raise KeyboardInterrupt
+        passes.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(run_module, "_ablated", cut_after_one)
+    with one_thread():
+        assert main(argv) == 130
+    assert "interrupted: 1 of 2 ablations committed" in capsys.readouterr().err
+    p = torchrun(2, str(ROOT / "tests" / "workers" / "failing_rank.py"), f"out={tmp_path / 'not-shared'}",
+                 "-m", "analyses.ablate", *argv, "--model-parallel", "2", timeout=120)
+    assert p.returncode != 0 and not our_frames(p.stderr), p.stderr[-3000:]
+    lines = ["error: " + m for m in re.findall(r"error: (.*?)(?=error: |\n)", p.stderr + "\n")]
+    said = (": rank 1 does not find the earlier sweep there that rank 0 finds (its committed ablations or saved "
+            "baseline): every rank must see --out (a filesystem every node shares); or pass --fresh")
+    assert f"error: {out / 'ablations'}{said}" in lines or f"error: {tmp_path / 'not-shared' / 'ablations'}{said}" \
+        in lines, p.stderr[-3000:]
+    assert all(ln.endswith(said) or re.match(r"error: rank [01] of 2 stopped by signal 15 ", ln) for ln in lines), \
+        lines
+
+
 @pytest.mark.parametrize("override, field", [
     ({"n_heads": 3}, "n_heads=3"), ({"vocab_size": 513}, "vocab_size=513"),
     ({"n_routed_experts": 15, "n_expert_groups": 3, "n_limited_groups": 2, "n_activated_experts": 4},
