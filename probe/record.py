@@ -228,8 +228,12 @@ def record(opts: RecordOptions) -> Path:
 
         def begin() -> None:  # run by the batch loop under its signal handlers (see record_batches)
             if _create(job, world, create):
+                if world.rank == 0:  # it said "running" for good, no job holding it
+                    with updating_run_json(job.out) as i:
+                        i["status"] = "interrupted"
                 raise RecordError(f"--out {job.out}: a writing rank does not see run.json there: under several "
-                                  "nodes the run directory must be on a filesystem every node shares")
+                                  "nodes the run directory must be on a filesystem every node shares (the run is "
+                                  "marked interrupted: continue it with --resume once every node sees it)")
 
         return record_batches(job, opts, world, m, plan, tables, mem, begin)
 
