@@ -141,7 +141,7 @@ def need_model(run, what: str, files: bool = True, tokenizer: bool = False) -> N
         raise MetricsError(f"{run.path}: {what} runs the run's checkpoint on its corpus, and run.json names no "
                            f"{lost}; point $DSV3_NOTEBOOK_RUN at a run recorded with `dsv3-probe record`")
     if files and tokenizer:
-        run_tokenizer(info, str(run.path), MetricsError, advice=advice)
+        run_tokenizer(info, str(run.path), MetricsError, advice=advice, ckpt=ckpt)
 
 
 def _notebook_advice(what: str, lost: str, why: str) -> str:

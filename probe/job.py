@@ -2,7 +2,8 @@
 resolving the checkpoint, corpus and output, the tokenizer, the window length, the ranks (through
 `model.parallel.init_world`, the one place that creates process groups), loading the model, and the
 command-line flags that choose how the model runs. How a checkpoint is identified in run.json:
-probe/ckpt_identity.py; how the commands' processes end and report errors: probe/job_exit.py.
+probe/ckpt_identity.py; which tokenizer file a run is read with: probe/tokenizer_identity.py; how the commands'
+processes end and report errors: probe/job_exit.py.
 
 Under torchrun, W ranks split into W / M replicas of M = `--model-parallel` consecutive ranks: each
 replica holds one model sharded over its M ranks (tensor + expert parallel, model/parallel.py), the
@@ -172,35 +173,30 @@ def run_inputs(info: dict, where: str, ckpt: str | None, corpus: str | None,
     return ckpt, corpus
 
 
-def run_tokenizer(info: dict, where: str, error: type[Exception] = RecordError, advice=None) -> str | None:
+def run_tokenizer(info: dict, where: str, error: type[Exception] = RecordError, advice=None,
+                  ckpt: str | Path | None = None) -> str | None:
     """The tokenizer a job on an existing run takes by default: the file the record (or the spec, ablate,
     importance or steer --out that made the run) was given with --tokenizer, as run.json resolved it (a
     record keeps the option as typed, relative to where it ran: ablate and the report looked for it
     relative to where they ran, and spec not at all; a tour); None when the run used the checkpoint's own,
-    which follows the checkpoint. A file gone or changed since is refused. `advice(lost, why)`: as
-    `run_inputs`' (`lost` 'tokenizer', `why` 'gone' or 'changed'), for a caller without --tokenizer (a
-    notebook was told to pass it; a tour); default: the flag to pass."""
-    say = lambda cli, why: cli if advice is None else advice("tokenizer", why)  # noqa: E731
-    given = (info.get("options") or {}).get("tokenizer")
-    if not given:
-        return None
-    resolved = (info.get("tokenizer") or {}).get("path")
-    path = resolved or given
-    if not Path(path).is_file():
-        # a run recorded before run.json kept the whole path has the option as typed: a relative one is not
-        # 'no longer there' (a review), it is relative to a folder run.json does not name
-        why = ("is no longer there" if resolved or Path(given).is_absolute() else "is not in this folder: run.json "
-               "keeps it as typed to the record, relative to the folder that ran it (a run recorded before run.json "
-               "kept the whole path)")
-        raise error(f"{where}: the run's tokenizer {path} {why}; " + say("pass --tokenizer", "gone"))
-    from .corpus import fingerprint
+    which follows the checkpoint (`ckpt`, the job's; default the run's). A file gone or changed since is
+    refused, and so is a checkpoint's tokenizer.json whose sha256 is not the run's (it was taken unchecked:
+    the corpus read as other token ids; a review); which file, and why none: `run_tokenizer_file`.
+    `advice(lost, why)`: as `run_inputs`' (`lost` 'tokenizer', `why` 'gone' or 'changed'), for a caller
+    without --tokenizer (a notebook was told to pass it; a tour); default: the flag to pass."""
+    from .tokenizer_identity import run_tokenizer_file, tokenizer_refusal
 
-    # a file changed since was taken silently, where a changed checkpoint is refused (a review)
-    if (recorded := (info.get("tokenizer") or {}).get("fingerprint")) and fingerprint(path) != recorded:
-        raise error(f"{where}: the run's tokenizer {path} has changed since the run was recorded (its sha256 is not "
-                    "the one run.json keeps), so its token ids would not be the run's; "
-                    + say("pass --tokenizer to take it", "changed"))
-    return path
+    found = run_tokenizer_file(info, ckpt)
+    if found.why != "changed" and not (info.get("options") or {}).get("tokenizer"):
+        return None  # the checkpoint's own, or no tokenizer named (load_tokenizer names a file not there)
+    if found.path is not None:
+        return found.path
+    why = "changed" if found.why == "changed" else "gone"
+    mine = found.own and why == "changed"  # the checkpoint's: tokenizer_refusal leaves what it costs unsaid
+    cli = ("pass --tokenizer" if why == "gone" else "pass --tokenizer with the run's tokenizer, or with this file to "
+           "take it anyway" if mine else "pass --tokenizer to take it")
+    cost = ", so its token ids would not be the run's" if mine else ""
+    raise error(f"{where}: {tokenizer_refusal(found)}{cost}; " + (cli if advice is None else advice("tokenizer", why)))
 
 
 def _no_model_yet(info: dict, where: str, run: str | Path, error: type[Exception], advice=None) -> None:

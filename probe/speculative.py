@@ -319,7 +319,7 @@ def _run_defaults(opts: SpecOptions) -> tuple[str | None, str | None, str | None
         return opts.ckpt, opts.corpus, opts.tokenizer
     info = read_run_json(Path(opts.out))
     ckpt, corpus = run_inputs(info, f"--out {opts.out}", opts.ckpt, opts.corpus, run=opts.out)
-    return ckpt, corpus, opts.tokenizer or run_tokenizer(info, f"--out {opts.out}")
+    return ckpt, corpus, opts.tokenizer or run_tokenizer(info, f"--out {opts.out}", ckpt=ckpt)
 
 
 def _write_run(out: Path, rows: dict, drafts: dict, opts: SpecOptions, sources: tuple, args, world,

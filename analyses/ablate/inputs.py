@@ -70,7 +70,7 @@ def job_defaults(opts: AblateOptions) -> tuple[AblateOptions, dict | None]:
         info = read_run_json(Path(opts.run))
         opts.ckpt, opts.corpus = run_inputs(info, str(opts.run), opts.ckpt, opts.corpus, AblationError)
         ro = info.get("options", {})
-        opts.tokenizer = opts.tokenizer or run_tokenizer(info, str(opts.run), AblationError)
+        opts.tokenizer = opts.tokenizer or run_tokenizer(info, str(opts.run), AblationError, ckpt=opts.ckpt)
         opts.run_max_tokens = ro.get("max_tokens")
         for k in ("max_tokens", "seq_len", "batch_size", "add_bos"):
             if getattr(opts, k) is None:

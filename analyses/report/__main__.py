@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             ns.ckpt, ns.corpus = run_inputs(run.info, str(run_dir), ns.ckpt, ns.corpus, ReportError)
             # the run's tokenizer, gone or changed: its first job refused it, after the report's checks, with
             # 'pass --tokenizer', a flag the report had none of (a tour)
-            ns.tokenizer = ns.tokenizer or run_tokenizer(run.info, str(run_dir), ReportError)
+            ns.tokenizer = ns.tokenizer or run_tokenizer(run.info, str(run_dir), ReportError, ckpt=ns.ckpt)
         html, findings = _outputs(ns, run_dir, run.info)  # before minutes of ablations, not after
         if ns.skip_ablation and (unused := _model_section_flags(ns)):  # dropped without a word (a tour);
             # said after the outputs are checked, so that a refusal stays the one line printed

@@ -52,30 +52,23 @@ def compute_model(run, ns, out: dict) -> None:
 
 def text_tokenizer(run, given: str | None = None):
     """(the tokenizer the report's token texts read with, None), or (None, why there is none and what to pass):
-    --tokenizer `given`, else the run's own: the file run.json names (`probe.job.run_tokenizer`), else the
-    tokenizer.json of the run's checkpoint, if its sha256 is run.json's. The paths
-    section fell back to ids without a word, even where --tokenizer was given; and a checkpoint's tokenizer
-    changed since the run read as other tokens' text (a review)."""
-    from probe.corpus import fingerprint
-    from probe.job import load_tokenizer, run_tokenizer
+    --tokenizer `given`, else the run's own as `probe.tokenizer_identity.run_tokenizer_file` decides it for the
+    jobs too: the file run.json names, else the tokenizer.json of the run's checkpoint, each only where its
+    sha256 is run.json's. The paths section fell back to ids without a word, even where --tokenizer was given;
+    and a checkpoint's tokenizer changed since the run read as other tokens' text (a review)."""
+    from probe.job import load_tokenizer
+    from probe.tokenizer_identity import run_tokenizer_file, tokenizer_refusal
 
     ckpt = (run.info.get("checkpoint") or {}).get("path")
-    ckpt = Path(ckpt) if ckpt else None
-    try:
-        path = given or run_tokenizer(run.info, str(run.path), ValueError)
-        if path is None and ckpt is None:  # an import, a stand-in run: not the tokenizer.json of this folder
-            return None, "run.json names no tokenizer, nor a checkpoint that holds one; pass --tokenizer"
-        if path is None:  # the checkpoint's own, as the run was recorded with
-            own = ckpt / "tokenizer.json"
-            recorded = (run.info.get("tokenizer") or {}).get("fingerprint")
-            if not own.is_file():
-                return None, f"the run's tokenizer, its checkpoint's {own}, is no longer there; pass --tokenizer"
-            if recorded and fingerprint(own) != recorded:
-                return None, (f"the run's tokenizer, its checkpoint's {own}, has changed since the run was recorded "
-                              "(its sha256 is not the one run.json keeps); pass --tokenizer with the run's")
-        return load_tokenizer(path, ckpt, 1 << 30, ValueError), None
-    except ValueError as e:  # run_tokenizer's 'RUN: the run's tokenizer ... ; pass --tokenizer', load_tokenizer's
-        return None, str(e).removeprefix(f"{run.path}: ")
+    found = None if given else run_tokenizer_file(run.info)
+    if found is not None and found.path is None:
+        told = {"changed": "pass --tokenizer with the run's" if found.own else "pass --tokenizer to take it"}
+        return None, f"{tokenizer_refusal(found)}; {told.get(found.why, 'pass --tokenizer')}"
+    try:  # the checkpoint's own as load_tokenizer reads it (an unreadable one is not a --tokenizer's)
+        path = given or (None if found.own else found.path)
+        return load_tokenizer(path, Path(ckpt) if ckpt else None, 1 << 30, ValueError), None
+    except ValueError as e:  # load_tokenizer's
+        return None, str(e)
 
 
 def token_texts(run, ids, tok=False) -> list[str]:
