@@ -428,29 +428,25 @@ def tokenizer_for(ref: data.RunRef):
 
 
 def tokenizer_file(ref: data.RunRef) -> tuple[str | None, str | None]:
-    """(the run's tokenizer file, None), or (None, why there is none): the file run.json names (a record's
-    path, resolved; the option as typed), else a training run's --tokenizer, else the checkpoint's
-    tokenizer.json; a file whose sha256 is not the one run.json recorded is not the run's and is passed
-    over, as `probe.job.run_tokenizer` refuses it for the jobs (its token ids would read as other text)."""
-    info = ref.info
-    kept = info.get("tokenizer") or {}
-    cands = [kept.get("path"), (info.get("options") or {}).get("tokenizer"), (info.get("flags") or {}).get("tokenizer")]
-    if ck := (info.get("checkpoint") or {}).get("path"):
-        cands.append(str(Path(ck) / "tokenizer.json"))
-    cands = list(dict.fromkeys(str(c) for c in cands if c))
-    found = [c for c in cands if Path(c).is_file()]
-    recorded = kept.get("fingerprint")
-    for c in found:
-        # the recorded file's name is hashed with its bytes (probe.corpus.fingerprint): the checkpoint's
-        # tokenizer.json holding the bytes of a --tokenizer tok.json is the same tokenizer
-        if not recorded or _fingerprint(c, Path(kept.get("path") or c).name) == recorded:
-            return c, None
-    was = kept.get("path") or (cands[0] if cands else None)
-    gone = f"the tokenizer it was recorded with, {was}, is no longer there" if was and was not in found else ""
-    if found:
-        return None, "; ".join(filter(None, (gone, f"{' and '.join(found)} {'is' if len(found) == 1 else 'are'} not "
-                                                   "the run's tokenizer (sha256 not the one run.json keeps)")))
-    return None, gone or "run.json names no tokenizer, nor a checkpoint that holds one"
+    """(the run's tokenizer file, None), or (None, why there is none), as `probe.tokenizer_identity.
+    run_tokenizer_file` decides it for the jobs too: the file run.json names (a record's path, resolved;
+    the option as typed), else the checkpoint's tokenizer.json, else a training run's --tokenizer; a file
+    whose sha256 is not the one run.json recorded is not the run's (its token ids would read as other text),
+    and one elsewhere that holds the run's bytes stands in for it (the checkpoint's copy of a --tokenizer
+    tok.json is the same tokenizer; a run recorded before run.json kept a sha256 has none: a copy is known by
+    it)."""
+    from probe.tokenizer_identity import run_tokenizer_file, tokenizer_refusal
+
+    found = run_tokenizer_file(ref.info, copies=True, hash_of=_fingerprint)
+    if found.path is not None:
+        return found.path, None
+    if found.why == "unnamed":
+        return None, tokenizer_refusal(found)
+    gone = f"the tokenizer it was recorded with, {found.named}, is no longer there" if found.why in (
+        "gone", "relative") else ""
+    other = found.others and (f"{' and '.join(found.others)} {'is' if len(found.others) == 1 else 'are'} not the "
+                              "run's tokenizer (sha256 not the one run.json keeps)")
+    return None, "; ".join(filter(None, (gone, other)))
 
 
 _FINGERPRINTS: dict[tuple, str] = {}  # (file, name hashed, size, time): its fingerprint

@@ -1,8 +1,10 @@
 """Which tokenizer file a run's token ids are read with, as run.json keeps it (`run_tokenizer_file`): the file
 its --tokenizer named (the path run.json resolved, else the option as typed), else its checkpoint's
-tokenizer.json, each refused where its sha256 is not the one run.json recorded. It decides it for the jobs
-(`probe.job.run_tokenizer`), which checked no checkpoint's tokenizer.json at all (a review), and the report's
-token texts (`analyses.report.research.text_tokenizer`), which say the answer their own way."""
+tokenizer.json, each refused where its sha256 is not the one run.json recorded. The one place that decides it
+for the jobs (`probe.job.run_tokenizer`), the report's token texts (`analyses.report.research.text_tokenizer`)
+and the dashboard's (`dashboards.ui.tokenizer_file`), which each say the answer their own way; they had a
+candidate list and a sha256 comparison each, and the jobs checked no checkpoint's tokenizer.json at all (a
+review)."""
 
 from __future__ import annotations
 

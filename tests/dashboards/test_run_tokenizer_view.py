@@ -74,3 +74,27 @@ def test_token_texts_only_from_the_tokenizer_the_run_was_recorded_with(runs, pro
     assert ui.tokenizer_file(ref())[1] == f"the tokenizer it was recorded with, {moved}, is no longer there"
     bare = data.RunRef("bare", str(run), "probe", "complete", {})  # a stand-in run: nothing to read texts with
     assert ui.tokenizer_file(bare) == (None, "run.json names no tokenizer, nor a checkpoint that holds one")
+
+
+def test_the_dashboard_decides_the_runs_tokenizer_as_the_jobs_do(probe_env, tmp_path):
+    """`tokenizer_file` had its own candidates and sha256 comparison beside the jobs' (`probe.job.run_tokenizer`):
+    it hashed a checkpoint's tokenizer.json under the name of the file run.json resolved, so a download cache's
+    (tokenizer.json linked to a blob) read as another tokenizer and its texts as ids; and for a run recorded
+    before run.json kept a sha256 it took the checkpoint's tokenizer.json, unchecked, for a --tokenizer gone
+    since. Both now as `probe.tokenizer_identity.run_tokenizer_file` decides for the jobs too."""
+    from dashboards import data, ui
+    from probe.record import tokenizer_info
+
+    ckpt = shutil.copytree(probe_env["ckpt"], tmp_path / "snapshot")
+    blob = tmp_path / "blobs" / "0a1b2c"
+    blob.parent.mkdir()
+    (ckpt / "tokenizer.json").rename(blob)
+    (ckpt / "tokenizer.json").symlink_to(blob)
+    info = {"checkpoint": {"path": str(ckpt)}, "tokenizer": tokenizer_info(None, ckpt)}  # as a record keeps it
+    assert ui.tokenizer_file(data.RunRef("cached", str(tmp_path), "probe", "complete", info)) == (str(blob), None)
+    gone = tmp_path / "gone.json"
+    old = {"checkpoint": {"path": str(ckpt)}, "options": {"tokenizer": str(gone)}}  # no sha256 to know a copy by
+    assert ui.tokenizer_file(data.RunRef("old", str(tmp_path), "probe", "complete", old)) == (
+        None, f"the tokenizer it was recorded with, {gone}, is no longer there")
+    shutil.copy(blob, gone)  # the control: the file it names, there, is taken unchecked
+    assert ui.tokenizer_file(data.RunRef("old", str(tmp_path), "probe", "complete", old)) == (str(gone), None)
