@@ -13,6 +13,7 @@ import os
 import re
 import socket
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -82,8 +83,30 @@ def _start_process_group(backend: str | None = None) -> bool:
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend)
+    timeout = collective_timeout()
+    dist.init_process_group(backend, **({"timeout": timeout} if timeout else {}))
     return True
+
+
+TIMEOUT_ENV = "DSV3_DIST_TIMEOUT"
+
+
+def collective_timeout() -> timedelta | None:
+    """How long a rank waits in a collective for the others: `DSV3_DIST_TIMEOUT` seconds, else torch's
+    default (None: 30 minutes on gloo, 10 on NCCL). A dead rank is noticed within a second, but a hung
+    one (a stuck filesystem, a debugger) held the others for gloo's 30 minutes; a sharded 671B load can
+    take longer than a short limit, so it is the user's to set."""
+    raw = os.environ.get(TIMEOUT_ENV)
+    if raw is None or not raw.strip():
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise ParallelError(f"{TIMEOUT_ENV}={raw!r}: give the seconds a rank waits for the others "
+                            "in a collective, a positive number (unset: torch's default)")
+    return timedelta(seconds=seconds)
 
 
 def env_world_size() -> int:

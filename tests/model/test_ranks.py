@@ -92,3 +92,29 @@ def test_parallel_is_resolved_to_shards_of_several_ranks_or_none(monkeypatch):
     assert ranks.resolve(Shards(0, 1)) is None  # one rank: the whole model
     assert ranks.resolve(None) is None and ranks.resolve(False) is None and ranks.resolve("auto") is None
     assert ranks.world_shards() is None and ranks.init_distributed() is None
+
+
+@pytest.mark.parametrize("value, seconds", [(None, None), ("", None), ("90", 90.0), ("2.5", 2.5)])
+def test_the_collective_timeout_is_the_users_seconds_or_torchs_default(monkeypatch, value, seconds):
+    """DSV3_DIST_TIMEOUT reaches init_process_group; unset, torch's default (gloo's 30 minutes) stays."""
+    got = {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(ranks.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(ranks.dist, "init_process_group", lambda backend, **kw: got.update(backend=backend, **kw))
+    if value is None:
+        monkeypatch.delenv(ranks.TIMEOUT_ENV, raising=False)
+    else:
+        monkeypatch.setenv(ranks.TIMEOUT_ENV, value)
+    assert ranks._start_process_group("gloo")
+    assert got.pop("backend") == "gloo"
+    assert got == ({} if seconds is None else {"timeout": __import__("datetime").timedelta(seconds=seconds)})
+
+
+@pytest.mark.parametrize("value", ["ten", "0", "-5", "inf", "nan"])
+def test_a_timeout_that_is_not_positive_seconds_is_refused_naming_the_variable(monkeypatch, value):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(ranks.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(ranks.dist, "init_process_group", lambda *a, **kw: pytest.fail("started a group"))
+    monkeypatch.setenv(ranks.TIMEOUT_ENV, value)
+    with pytest.raises(ParallelError, match=rf"DSV3_DIST_TIMEOUT='{value}': .*positive number"):
+        ranks._start_process_group("gloo")
