@@ -175,11 +175,14 @@ UNRECORDED = {("routing", "router_logits", "none"): "the run was recorded with -
 # the flag that may have left a table out, guessed only where run.json holds no record options to say
 _MAYBE = {"routing": "--router-logits none", "kv_stats": "--no-kv-stats", "kv_spectrum": "--no-kv-stats",
           "mtp": "--no-mtp, or a checkpoint without an MTP layer"}
+# tables the record writes whole when the run completes (probe/record_tables.py's FINAL_TABLES), not batch by batch
+AT_COMPLETION = ("kv_stats", "kv_spectrum")
 
 
 def _recorded_cause(info: dict, table: str) -> str | None:
     """Why run.json says a run has no `table`: an import (a dump of loads per forward pass holds no
-    per-token rows), the record flag that left it out, a checkpoint without MTP weights; else None."""
+    per-token rows), the record flag that left it out, a record not yet complete (the tables it writes
+    at the end), a checkpoint without MTP weights; else None. `info["status"]`: the run's status now."""
     o = info.get("options") or {}
     src = info.get("source") or {}
     if src.get("mode") in ("stat", "per_pass") and table in ("routing", "tokens"):
@@ -190,6 +193,11 @@ def _recorded_cause(info: dict, table: str) -> str | None:
     for (t, flag, value), why in UNRECORDED.items():
         if t == table and o.get(flag, "unset") == value:
             return why
+    if table in AT_COMPLETION and o.get("kv_stats") and info.get("status") in ("running", "interrupted"):
+        # an interrupted record's kv_stats read 'the table was not recorded' (a tour): its sums wait in _progress
+        return (f"the record is still running, and writes {table} when it completes" if info["status"] == "running"
+                else f"the run was interrupted, and the record writes {table} only when the run completes: continue "
+                "it with `dsv3-probe record ... --resume`")
     if table == "mtp" and info.get("mtp_module") is False:
         return "the checkpoint has no MTP weights"
     return None
@@ -198,7 +206,15 @@ def _recorded_cause(info: dict, table: str) -> str | None:
 def unrecorded_why(run, table: str) -> str:
     """Why a run has no `table`, in its own terms (read from its run.json); else 'not recorded'.
     ('the table was not recorded' left a user of --router-logits none to guess which, a tour.)"""
-    return _recorded_cause(getattr(run, "info", None) or {}, table) or f"the {table} table was not recorded"
+    return _recorded_cause(_info_now(run), table) or f"the {table} table was not recorded"
+
+
+def _info_now(run) -> dict:
+    """The run's run.json with its status now: a killed record's run.json still says "running", while
+    no job holds it (`probe.Run.status`, a dashboard `RunRef`'s: "interrupted")."""
+    info = getattr(run, "info", None) or {}
+    status = getattr(run, "status", None)
+    return info | {"status": status} if isinstance(status, str) and status else info
 
 
 def not_lost(run, table: str) -> None:
@@ -217,7 +233,7 @@ def need_rows(run, table: str) -> None:
     run has lost is `not_lost`'s RunError."""
     not_lost(run, table)
     if not run.files(table):
-        info = run.info or {}
+        info = _info_now(run)
         why = _recorded_cause(info, table)
         if why is None:
             guess = table in _MAYBE and not info.get("options")  # no record options to tell: the likely flag

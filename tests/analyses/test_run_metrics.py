@@ -479,6 +479,45 @@ def test_a_table_not_recorded_is_said_as_run_json_says_not_guessed(tmp_path):
         assert str(e.value) == f"{tmp_path / 'r'}: run has no routing table ({why})"
 
 
+def test_latent_tables_of_a_record_not_yet_complete_are_said_to_wait_for_its_end(tmp_path):
+    """The record writes kv_stats and kv_spectrum only when the run completes: an interrupted run's
+    notebook and report said "empty run, or not recorded" / "the kv_stats table was not recorded",
+    though it was recorded with kv stats and --resume writes them (a tour). A killed record (run.json
+    still "running", no job holding the run) counts as interrupted; one at work is still running."""
+    import json
+    import shutil
+
+    import probe
+    from analyses.metrics import MetricsError
+    from analyses.metrics._common import need_rows, unrecorded_why
+    from helpers.synthetic_run import write_run
+    from probe.writer import writer_lock
+
+    out = tmp_path / "r"
+    write_run(out)
+    for t in ("kv_stats", "kv_spectrum"):
+        shutil.rmtree(out / t, ignore_errors=True)
+    info = json.loads((out / "run.json").read_text()) | {"options": {"kv_stats": True}}
+    wait = "the record writes {t} only when the run completes: continue it with `dsv3-probe record ... --resume`"
+    for status in ("interrupted", "running"):  # run.json "running" without a writer: a killed record
+        (out / "run.json").write_text(json.dumps(info | {"status": status}))
+        run = probe.open_run(out)
+        for t in ("kv_stats", "kv_spectrum"):
+            assert unrecorded_why(run, t) == "the run was interrupted, and " + wait.format(t=t)
+        with pytest.raises(MetricsError) as e:
+            need_rows(run, "kv_stats")
+        said = f"the run was interrupted, and {wait.format(t='kv_stats')}"
+        assert str(e.value) == f"{out}: run has no kv_stats table ({said})"
+    with writer_lock(out):  # a record at work
+        assert unrecorded_why(probe.open_run(out), "kv_stats") == ("the record is still running, and writes kv_stats "
+                                                                  "when it completes")
+    # the controls: a complete run that never had them, and an interrupted one recorded with --no-kv-stats
+    (out / "run.json").write_text(json.dumps(info | {"status": "complete"}))
+    assert unrecorded_why(probe.open_run(out), "kv_stats") == "the kv_stats table was not recorded"
+    (out / "run.json").write_text(json.dumps(info | {"status": "interrupted", "options": {"kv_stats": False}}))
+    assert unrecorded_why(probe.open_run(out), "kv_stats") == "the run was recorded with --no-kv-stats"
+
+
 def test_run_repetition_with_one_expert_per_token_has_no_top2_measure(tmp_path):
     # K = 1: there is no second choice, so top2_any is NaN (as the array version says), not same_top1
     a = write_run(tmp_path / "k1", K=1)
