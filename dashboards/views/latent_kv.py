@@ -8,7 +8,7 @@ import math
 import plotly.graph_objects as go
 import streamlit as st
 
-from analyses.metrics._common import listed
+from analyses.metrics._common import listed, unrecorded_why
 from dashboards import charts, data, ui
 
 LAYER_COLORS = charts.EXPERT_PALETTE
@@ -21,6 +21,19 @@ def too_few(ref: data.RunRef) -> str | None:
     n = int(kv.tokens.min()) if kv is not None and len(kv) else None
     return (f"a covariance needs two tokens or more, and the run recorded {n} token{'' if n == 1 else 's'} a layer "
             "(record with a larger `--max-tokens`)" if n is not None and n < 2 else None)
+
+
+def not_written(ref: data.RunRef) -> bool:
+    """Whether the run has neither latent table, as run.json says why (recorded with --no-kv-stats, or
+    a record not yet complete: it writes them at the end); if so, one note says so. Such a run said 'has
+    no `kv_spectrum` table' and 'has no `kv_stats` table' in a box each, naming neither why nor what
+    writes them (a tour). A table the run has lost is left to the reads' warnings."""
+    tables = ("kv_stats", "kv_spectrum")
+    if any(data.has_table(ref, t) for t in tables) or data.whole_lost(ref, tables):
+        return False
+    st.info(f"Run `{ref.name}` has no `kv_stats` or `kv_spectrum` table: {unrecorded_why(ref, 'kv_stats')}.",
+            icon="ℹ️")
+    return True
 
 
 def spectrum(ref: data.RunRef) -> None:
@@ -41,7 +54,8 @@ def spectrum(ref: data.RunRef) -> None:
 def main() -> None:
     st.title("Latent KV")
     ref = ui.selected_run(("probe",))
-    if ref is None or ui.engine_lacks(ref, ("kv_spectrum", "kv_stats"), "the attention's latent KV"):
+    if ref is None or ui.engine_lacks(ref, ("kv_spectrum", "kv_stats"), "the attention's latent KV") \
+            or not_written(ref):
         return
     with ui.guard("the latent spectrum"):
         spectrum(ref)

@@ -347,6 +347,31 @@ def test_an_import_says_once_that_its_dumps_hold_no_latents_or_drafts(tmp_path):
         assert "has no `" in texts(at.info) and "imported" not in texts(at.info), texts(at.info)
 
 
+@pytest.mark.slow  # the page on three runs
+def test_latent_kv_page_says_once_why_a_record_has_no_latent_tables(tmp_path):
+    """A record of --no-kv-stats, or one interrupted before its end (the record writes kv_stats and
+    kv_spectrum only when the run completes), showed 'has no `kv_spectrum` table: cannot show the latent
+    spectrum' and the same of kv_stats in a box each, naming neither why nor that --resume writes them
+    (a tour). One note now says why, and no chart is drawn."""
+    from helpers.synthetic_run import write_run
+
+    said = {"nokv": ({"options": {"kv_stats": False}, "status": "complete"}, "the run was recorded with --no-kv-stats"),
+            # run.json "running" and no job at work on it: a killed record, interrupted
+            "killed": ({"options": {"kv_stats": True}, "status": "running"},
+                       "the run was interrupted, and the record writes kv_stats only when the run completes: "
+                       "continue it with `dsv3-probe record ... --resume`")}
+    for name, (extra, _) in said.items():
+        write_run(tmp_path / name, n_seq=2)  # routing and loads; no kv_stats or kv_spectrum
+        info = json.loads((tmp_path / name / "run.json").read_text()) | extra
+        info["tables"] = [t for t in info["tables"] if t not in ("kv_stats", "kv_spectrum", "mtp")]
+        (tmp_path / name / "run.json").write_text(json.dumps(info))
+    for name, (_, why) in said.items():
+        at = app(tmp_path, name, page="latent_kv")
+        assert [i.value for i in at.info] == [f"Run `{name}` has no `kv_stats` or `kv_spectrum` table: {why}."], \
+            texts(at.info)
+        assert not at.get("plotly_chart") and not at.error and not at.metric
+
+
 def _info_only_run(run, **info) -> None:
     """A run of run.json alone (a spec run, an analysis-only run, an import): what the compare page's
     default partner must look past."""
