@@ -196,6 +196,24 @@ def latent_summary(kv, stats) -> str:
     return "\n".join(lines)
 
 
+def cumulative_energy(spec):
+    """The latent_kv notebook's curves: per layer of `kv_spectrum` rows (layer, component, eigenvalue),
+    `component` counted from 1 and `share` the cumulative energy share sum_{j <= k} lambda_j / sum lambda
+    (negative rounding clipped to 0). A layer whose covariance holds no energy (under two tokens: zero)
+    is left out: its curve was 0 / 0, NaN throughout, drawn as an empty chart with a RuntimeWarning (a
+    tour of `record --max-tokens 1`)."""
+    import numpy as np
+    import pandas as pd
+
+    rows = []
+    for layer, g in spec.sort_values(["layer", "component"]).groupby("layer"):
+        e = np.clip(g.eigenvalue.to_numpy(np.float64), 0, None)
+        if e.sum() > 0:
+            rows.append(pd.DataFrame({"layer": layer, "component": np.arange(1, len(e) + 1),
+                                      "share": np.cumsum(e) / e.sum()}))
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["layer", "component", "share"])
+
+
 def env_int(name: str, default: int) -> int:
     v = os.environ.get(name)
     if v in (None, ""):

@@ -272,3 +272,20 @@ def test_the_default_run_is_used_only_when_complete_else_a_small_run_is_recorded
     assert Path(notebook_utils.default_run(100).path) == tmp_path / "model-val-100tok"
     (tmp_path / "model-val" / "run.json").write_text(json.dumps({"status": "complete"}))
     assert Path(notebook_utils.default_run(100).path) == tmp_path / "model-val"  # the control: complete, so used
+
+
+def test_cumulative_energy_leaves_out_a_layer_without_energy():
+    """The latent_kv notebook drew each layer's cumulative energy as cumsum / sum: a layer of one token
+    (a zero covariance) was 0 / 0, a NaN curve, and `record --max-tokens 1` got an empty chart with a
+    RuntimeWarning (a tour). Such layers are left out; the others' shares are the cumulative sums."""
+    import warnings
+
+    spec = pd.DataFrame({"layer": [1, 1, 1, 0, 0, 0], "component": [2, 0, 1, 0, 1, 2],
+                         "eigenvalue": [-1e-17, 3.0, 1.0, 0.0, 0.0, 0.0]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no 0 / 0
+        curves = notebook_utils.cumulative_energy(spec)
+    assert curves.layer.tolist() == [1, 1, 1]
+    assert curves.component.tolist() == [1, 2, 3]
+    assert curves.share.tolist() == pytest.approx([0.75, 1.0, 1.0])  # the negative rounding clipped to 0
+    assert notebook_utils.cumulative_energy(spec[spec.layer == 0]).empty
