@@ -7,7 +7,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from analyses.ablate.__main__ import main
 from helpers.ablate_batches import random_batches
 from helpers.cli_errors import (assert_one_line_error, assert_out_under_a_file_is_refused, unwritable_msg,
                                   unwritable_out)
+from helpers.processes import TORCHRUN
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[2]
@@ -273,7 +273,7 @@ def test_two_processes_equal_one(probe_env, tmp_path):
     assert main(args) == 0
     # the job's flags after `--`, as the README writes them: torchrun reads an abbreviated option of its
     # own in `--run` (its --run-path) otherwise, and stops; --run takes the first run's own settings
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29531",
+    cmd = [*TORCHRUN, "--nproc-per-node", "2", "--master-port", "29531",
            "-m", "analyses.ablate", "--", "--run", str(tmp_path / "one"), "--out", str(tmp_path / "two"),
            "--top", "2", "--control", "--no-progress"]
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import model
 
 from . import make_corpus, make_tokenizer, random_model
+from .processes import TORCHRUN
 from .threads import one_thread
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,7 +50,7 @@ def opts(env, out, extra: dict) -> dict:
 
 
 def torchrun(nproc: int, *args: str, timeout: int = 300, popen: bool = False, env: dict | None = None):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), *args]
+    cmd = [*TORCHRUN, "--standalone", "--nproc-per-node", str(nproc), *args]
     kw = dict(cwd=ROOT, env=os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"} | (env or {}), text=True,
               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     if popen:

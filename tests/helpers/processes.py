@@ -1,5 +1,5 @@
-"""Commands run as subprocesses: a record job held at a known batch (the kill-then-resume tests), a
-command whose reader has gone (the closed-pipe tests)."""
+"""Commands run as subprocesses: torch's launcher (`TORCHRUN`), a record job held at a known batch (the
+kill-then-resume tests), a command whose reader has gone (the closed-pipe tests)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,30 @@ from pathlib import Path
 
 
 HELD_PROBE = Path(__file__).with_name("held_probe.py")  # run in place of `-m probe`
+
+# `torchrun` (torch.distributed.run's main(), as `python -m torch.distributed.run` runs it), left without the
+# interpreter's teardown once main() has returned or raised: its exit handlers run, then os._exit with the
+# status Python would give. NOTE: tearing down the launcher's modules (torch's) took 0.5-0.8 s after each
+# launch's workers had all exited, which every test's launch waited for (16 launches a suite run; 2-core
+# EPYC, 2026-12-06). The workers leave the same way already (probe.job_exit.exit_ranks).
+_LAUNCHER = """
+import atexit, os, sys, traceback
+from torch.distributed.run import main
+sys.argv[0] = "torchrun"  # its usage and errors name it so (not "-c")
+try:
+    main()
+    code = 0
+except SystemExit as e:
+    code = e.code if isinstance(e.code, int) else (e.code is not None and (print(e.code, file=sys.stderr), 1)[1])
+except BaseException:
+    traceback.print_exc()
+    code = 1
+atexit._run_exitfuncs()
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(int(code))
+"""
+TORCHRUN = [sys.executable, "-c", _LAUNCHER]  # then torchrun's arguments
 
 
 def hold_env(gate: Path, at: int) -> dict[str, str]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from model import ModelArgs, memory, parallel
 from model.parallel import ParallelError, Shards
 
 from helpers import hf_checkpoint, random_model
+from helpers.processes import TORCHRUN
 from helpers.threads import one_thread
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,7 +87,7 @@ def _worker_results(base: Path) -> dict:
     ]
     (base / "cases.json").write_text(json.dumps(cases))
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(WORLD),
+    cmd = [*TORCHRUN, "--standalone", "--nproc-per-node", str(WORLD),
            str(ROOT / "tests" / "workers" / "parallel_worker.py"), str(base / "cases.json")]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
@@ -459,7 +459,7 @@ def test_single_process_parallel_true_is_the_whole_model(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------ generation
 def _torchrun(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(WORLD), *args]
+    cmd = [*TORCHRUN, "--standalone", "--nproc-per-node", str(WORLD), *args]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 

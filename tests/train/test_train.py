@@ -22,6 +22,7 @@ from train import TrainError, parse_args, run
 from train.__main__ import main as train_main
 
 from helpers.cli_errors import unwritable_msg, unwritable_out
+from helpers.processes import TORCHRUN
 from helpers.training import WORDS, flags
 
 
@@ -284,7 +285,6 @@ def test_two_process_gloo_run_matches_one_process(corpus, tmp_path):
     """torchrun with 2 CPU processes (gloo) x batch 2 takes the same steps as 1 process x batch 4."""
     import os
     import subprocess
-    import sys
 
     common = ("--steps", "3", "--eval-every", "0", "--checkpoint-every", "0")
     run(parse_args(flags(corpus, tmp_path / "one", *common)))
@@ -292,8 +292,7 @@ def test_two_process_gloo_run_matches_one_process(corpus, tmp_path):
     argv[argv.index("--batch-size") + 1] = "2"
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR",
                                                             "MASTER_PORT")} | {"OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                        "-m", "train", *argv], cwd=Path(__file__).resolve().parents[2], env=env,
+    r = subprocess.run([*TORCHRUN, "--standalone", "--nproc-per-node", "2", "-m", "train", *argv], cwd=Path(__file__).resolve().parents[2], env=env,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     one, two = probe.open_run(tmp_path / "one"), probe.open_run(tmp_path / "two")
