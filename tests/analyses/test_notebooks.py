@@ -45,9 +45,10 @@ def test_every_notebook_is_there_and_stored_without_outputs():
         assert "default_run()" in code[0].source
 
 
-def _execute(name: str, km) -> tuple:
+def _execute(name: str, km, env: dict[str, str] | None = None) -> tuple:
     """Run one notebook top to bottom in the kernel of `km` (started by the first notebook it runs;
-    a kernel that ran one before has its namespace reset first): (notebook, seconds, exception or None)."""
+    a kernel that ran one before has its namespace reset first): (notebook, seconds, exception or None).
+    env: variables set in the kernel first (`%env`; a kernel started before took this process's)."""
     import nbformat
     from nbclient import NotebookClient
 
@@ -57,11 +58,11 @@ def _execute(name: str, km) -> tuple:
 
     nb = nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
     # a kernel that ran a notebook before starts this one as a new kernel would: no variable, import or
-    # figure of the notebook before. The reset runs as the notebook's first cell, taken out again after:
-    # run on its own it took a client of its own, 0.25 s a notebook
-    reset = km.has_kernel
-    if reset:
-        nb.cells.insert(0, nbformat.v4.new_code_cell("%reset -f"))
+    # figure of the notebook before. The reset (and `env`) runs as the notebook's first cell, taken out
+    # again after: run on its own it took a client of its own, 0.25 s a notebook
+    first = (["%reset -f"] if km.has_kernel else []) + [f"%env {k}={v}" for k, v in (env or {}).items()]
+    if first:
+        nb.cells.insert(0, nbformat.v4.new_code_cell("\n".join(first)))
     t = time.perf_counter()
     try:
         client(nb).execute()
@@ -69,13 +70,30 @@ def _execute(name: str, km) -> tuple:
     except Exception as e:  # noqa: BLE001 - reported by the notebook's own test
         err = e
     finally:
-        if reset:
+        if first:
             del nb.cells[0]
     return nb, time.perf_counter() - t, err
 
 
 @pytest.fixture(scope="module")
-def executed(run_dir):
+def kernels():
+    """Two kernels for this module's notebooks, each started by the first notebook it runs and shut down
+    after the module's last test: `executed` runs the eleven in them, and the one-domain test below two
+    more in one of them (a kernel of its own took ~2 s more to start and import torch, pandas and plotly)."""
+    from queue import Queue
+
+    from jupyter_client.manager import AsyncKernelManager
+
+    pool: Queue = Queue()
+    for _ in range(2):
+        pool.put(AsyncKernelManager(kernel_name="python3"))
+    yield pool
+    while not pool.empty():
+        _shutdown(pool.get())
+
+
+@pytest.fixture(scope="module")
+def executed(run_dir, kernels):
     """Every notebook executed, two kernels at a time (each runs on one thread; CI has two cores):
     the notebooks that write into the run (ablations, importance, steering) one after another as one
     task, so that no two of them update its run.json at once; the others each a task of their own,
@@ -87,18 +105,12 @@ def executed(run_dir):
     imported; every name a notebook uses it must still define itself (a name left by the notebook
     before fails, checked by hand)."""
     from concurrent.futures import ThreadPoolExecutor
-    from queue import Queue
-
-    from jupyter_client.manager import AsyncKernelManager
 
     env = {"DSV3_NOTEBOOK_RUN": str(run_dir), "DSV3_NOTEBOOK_ABLATION_TOKENS": "600",
            "DSV3_NOTEBOOK_IMPORTANCE_EXPERTS": "0-3",  # 12 removals instead of 96
            "OMP_NUM_THREADS": "1"}  # steady on a shared CPU
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    kernels: Queue = Queue()
-    for _ in range(2):
-        kernels.put(AsyncKernelManager(kernel_name="python3"))
 
     def task(names):
         km = kernels.get()
@@ -113,8 +125,6 @@ def executed(run_dir):
             done = pool.map(task, tasks)
             return {k: v for part in done for k, v in part.items()}
     finally:
-        while not kernels.empty():
-            _shutdown(kernels.get())
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -265,14 +275,12 @@ def test_compare_run_refuses_a_run_without_routing_before_recording(tmp_path, mo
                                  "$DSV3_NOTEBOOK_RUN at one that has it"), str(e.value)
 
 
-def test_notebooks_that_compare_domains_in_part_say_so_on_a_one_domain_run(tmp_path, monkeypatch):
+def test_notebooks_that_compare_domains_in_part_say_so_on_a_one_domain_run(tmp_path, monkeypatch, kernels):
     """On a run of one domain latent_kv stopped halfway, in its domain probe ("a probe needs training
     tokens of two labels or more"), and mtp's conclusion named that domain both best and worst (a
     tour): both run to the end, their other figures and conclusions kept, and say plainly what was
     not measured and why."""
     import shutil
-
-    from jupyter_client.manager import AsyncKernelManager
 
     from analyses.notebook_utils import record_small
     from helpers import make_corpus, make_probe_ckpt
@@ -281,13 +289,14 @@ def test_notebooks_that_compare_domains_in_part_say_so_on_a_one_domain_run(tmp_p
     shutil.rmtree(corpus / "prose")  # code only
     run = record_small(tmp_path / "one", 600, ckpt=make_probe_ckpt(tmp_path / "ckpt", corpus), corpus=corpus,
                        seq_len=64)
-    monkeypatch.setenv("DSV3_NOTEBOOK_RUN", str(run))
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    km = AsyncKernelManager(kernel_name="python3")
+    env = {"DSV3_NOTEBOOK_RUN": str(run), "OMP_NUM_THREADS": "1"}
+    for k, v in env.items():  # for a kernel that starts here (this test alone)
+        monkeypatch.setenv(k, v)
+    km = kernels.get()  # a kernel that ran notebooks above, where they ran (its variables set again)
     try:
-        done = {name: _execute(name, km) for name in ("latent_kv", "mtp")}
+        done = {name: _execute(name, km, env) for name in ("latent_kv", "mtp")}
     finally:
-        _shutdown(km)
+        kernels.put(km)
     for name, (nb, _, err) in done.items():
         assert err is None, (name, err)
         outs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
