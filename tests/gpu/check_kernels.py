@@ -198,17 +198,20 @@ def decode_profile(m, prompts: list[list[int]], new: int, dev: torch.device) -> 
     """Where a decode step's time goes, from torch.profiler: generate `new` tokens and 1 token (the
     prompts' prefill and first step), and divide the difference by new - 1. On CUDA: wall ms, GPU
     kernel ms (kernel events, as the profiler's "Self CUDA time total") and kernels a step; on the
-    CPU: wall ms and innermost aten ops a step (each one a kernel launch or a view on a GPU)."""
+    CPU: wall ms and innermost aten ops a step (each one a kernel launch or a view on a GPU).
+    NOTE: on the CPU through torch.autograd.profiler, which torch.profiler wraps: torch.profiler's start
+    reads a CUDA-graphs setting of torch._inductor (`hasattr(torch, "_inductor")`), and importing
+    torch._inductor and torch._dynamo for it took 2-4 s of the CPU smoke's 5-8 s (2-core EPYC, 2026-12-06)."""
     from torch.autograd import DeviceType
+    from torch.autograd.profiler import profile as cpu_profile
     from torch.profiler import ProfilerActivity, profile
 
     from generate import generate
 
     cuda = dev.type == "cuda"
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
 
     def run(n: int) -> tuple[float, float, int]:
-        with profile(activities=acts) as prof:
+        with (profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) if cuda else cpu_profile()) as prof:
             t0 = time.perf_counter()
             generate(m, prompts, max_new_tokens=n)
             if cuda:
@@ -218,7 +221,7 @@ def decode_profile(m, prompts: list[list[int]], new: int, dev: torch.device) -> 
             kern = [e for e in prof.key_averages()
                     if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)]
             return wall * 1e3, sum(e.self_device_time_total for e in kern) / 1e3, sum(e.count for e in kern)
-        leaves = [e for e in prof.events() if e.name.startswith("aten::")
+        leaves = [e for e in prof.function_events if e.name.startswith("aten::")
                   and not any(c.name.startswith("aten::") for c in e.cpu_children)]  # not linear's mm twice
         return wall * 1e3, 0.0, len(leaves)
 
