@@ -280,4 +280,7 @@ def forward_check(dev: torch.device, smoke: bool) -> list[str]:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # NOTE: without the interpreter's teardown of torch (0.4-0.5 s a process), as check_parallel.py
