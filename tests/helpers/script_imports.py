@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import importlib
 import json
+import os
 import runpy
 import sys
 from pathlib import Path
@@ -98,3 +99,6 @@ def main(paths: list[str]) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # NOTE: without the interpreter's teardown of what the scripts imported (torch, streamlit: ~0.5 s)
