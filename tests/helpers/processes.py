@@ -23,8 +23,12 @@ sys.argv[0] = "torchrun"  # its usage and errors name it so (not "-c")
 try:
     main()
     code = 0
-except SystemExit as e:
-    code = e.code if isinstance(e.code, int) else (e.code is not None and (print(e.code, file=sys.stderr), 1)[1])
+except SystemExit as e:  # sys.exit(None | status | message), as the interpreter reads it
+    if e.code is None or isinstance(e.code, int):
+        code = e.code or 0
+    else:
+        print(e.code, file=sys.stderr)
+        code = 1
 except BaseException:
     traceback.print_exc()
     code = 1
