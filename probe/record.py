@@ -201,9 +201,12 @@ def record(opts: RecordOptions) -> Path:
         return job.out
     world = start_world(opts.model_parallel, opts.device, job.args, job_options(opts))
     tokenizer = Path(opts.tokenizer) if opts.tokenizer else job.ckpt / "tokenizer.json"
+    # the tokenizer's bytes under one name on every node: its file name gives no token id, and a node's copy
+    # named otherwise was refused as another tokenizer (a review); a single-file corpus's name is its documents' ids
     same_inputs(world, {"--ckpt": (job.ckpt, CHECKPOINT_DIFFERS, checkpoint_digest(job.ckpt)),
                         "--corpus": (job.corpus, "holds other text (its files' sha256 differs)", fingerprint(job.corpus)),
-                        "--tokenizer": (tokenizer, "is another tokenizer (its sha256 differs)", fingerprint(tokenizer))})
+                        "--tokenizer": (tokenizer, "is another tokenizer (its sha256 differs)",
+                                        fingerprint(tokenizer, name="tokenizer.json"))})
     agree(world, lambda: check_out(job.out, opts, job.corpus, job.ckpt))
     plan = count_corpus(job, opts)
     mem = {"before_load": process_memory()["rss"]}

@@ -211,6 +211,22 @@ def test_a_node_with_another_corpus_is_refused_on_every_rank(env, tmp_path, job)
     assert not (out / "run.json").exists() and not (out / "ablations").exists()
 
 
+def test_a_node_whose_tokenizer_copy_has_another_name_records(env, tmp_path):
+    """Each node may name its copy of the tokenizer as it likes: the ranks compared the files' sha256 with
+    the file name hashed in (`probe.corpus.fingerprint`, as run.json keeps it), so a node's tok.json of the
+    same bytes as the other's tokenizer.json stopped every rank with "is another tokenizer" (a review)."""
+    import shutil
+
+    copy = tmp_path / "node1" / "tok.json"
+    copy.parent.mkdir()
+    shutil.copyfile(env["ckpt"] / "tokenizer.json", copy)
+    out = tmp_path / "o"
+    argv = record_args(env, out, "--tokenizer", str(env["ckpt"] / "tokenizer.json"), max_tokens=128)[2:]
+    p = torchrun(2, str(ROOT / "tests" / "workers" / "failing_rank.py"), f"tokenizer={copy}", *argv, timeout=120)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads((out / "run.json").read_text())["status"] == "complete"
+
+
 def test_a_rank_that_does_not_see_an_interrupted_sweep_is_refused_on_every_rank(env, tmp_path, monkeypatch, capsys):
     """A sweep interrupted after its first ablation, continued by a sharded model whose rank 1 is given a
     folder where the sweep is not (a node without the shared disk): rank 0 took the baseline and the

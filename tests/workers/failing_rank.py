@@ -8,6 +8,7 @@ MODE after-load: rank 1 exits at once after its model loaded (a rank killed whil
 MODE after-create: rank 1 exits at once after rank 0 created a record run (a rank killed there).
 MODE corpus=PATH: rank 1 reads the corpus at PATH instead of --corpus (a node whose copy differs).
 MODE out=PATH: rank 1 is given --out PATH (a rank that does not see the run: a node without the shared disk).
+MODE tokenizer=PATH: rank 1 is given --tokenizer PATH (its node's copy of the tokenizer).
 ARGS: `dsv3-probe`'s, or `-m analyses.ablate ...` (importance, steer) for that command's.
 """
 
@@ -54,9 +55,9 @@ if os.environ.get("RANK") == "1":
             return out
 
         record.agree = agree_then_exit
-    elif mode.startswith(("corpus=", "out=")):
+    elif mode.startswith(("corpus=", "out=", "tokenizer=")):
         flag, path = mode.split("=", 1)
         argv[argv.index("--" + flag) + 1] = path
     else:
-        sys.exit(f"unknown MODE {mode!r}: load, after-load, after-create, corpus=PATH or out=PATH")
+        sys.exit(f"unknown MODE {mode!r}: load, after-load, after-create, corpus=PATH, out=PATH or tokenizer=PATH")
 sys.exit(main(argv))
