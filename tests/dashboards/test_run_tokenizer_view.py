@@ -98,3 +98,27 @@ def test_the_dashboard_decides_the_runs_tokenizer_as_the_jobs_do(probe_env, tmp_
         None, f"the tokenizer it was recorded with, {gone}, is no longer there")
     shutil.copy(blob, gone)  # the control: the file it names, there, is taken unchecked
     assert ui.tokenizer_file(data.RunRef("old", str(tmp_path), "probe", "complete", old)) == (str(gone), None)
+
+
+def test_a_tokenizer_replaced_by_another_of_its_size_and_time_is_not_the_runs(tmp_path):
+    """The page kept each file's sha256 while its size and modification time stayed: another tokenizer put in its
+    place with both kept (`cp -p`, `rsync -a`, an `os.replace` of a copy dated as the file) read as the run's, and
+    its texts as the run's tokens'. A new inode or change time asks again, as `probe.corpus.fingerprint` does."""
+    import os
+
+    from dashboards import data, ui
+    from probe.record import tokenizer_info
+
+    tok = tmp_path / "tok.json"
+    tok.write_text('{"vocab": {"ab": 0, "cd": 1}}')
+    info = {"options": {"tokenizer": str(tok)}, "tokenizer": tokenizer_info(str(tok), tmp_path)}
+    ref = data.RunRef("r", str(tmp_path), "probe", "complete", info)
+    assert ui.tokenizer_file(ref) == (str(tok), None)
+    other = tmp_path / "other.json"
+    other.write_text('{"vocab": {"ab": 1, "cd": 0}}')  # another tokenizer of as many bytes
+    st = tok.stat()
+    os.utime(other, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(other, tok)
+    assert (tok.stat().st_size, tok.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    path, why = ui.tokenizer_file(ref)
+    assert path is None and why == f"{tok} is not the run's tokenizer (sha256 not the one run.json keeps)"
