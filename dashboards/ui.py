@@ -407,7 +407,9 @@ def caption_sample(ref: data.RunRef) -> None:
 
 
 @st.cache_resource(show_spinner=False)
-def _tokenizer(path: str):
+def _tokenizer(path: str, digest: str):
+    """The tokenizer in file `path`, kept for its bytes' sha256 `digest`: kept by path alone, a file written
+    over with another run's tokenizer read as the first one loaded (a review)."""
     from tokenizers import Tokenizer
 
     return Tokenizer.from_file(path)
@@ -420,7 +422,7 @@ def tokenizer_for(ref: data.RunRef):
     path, why = tokenizer_file(ref)
     if path is not None:
         try:
-            return _tokenizer(path)
+            return _tokenizer(path, _fingerprint(path, Path(path).name))
         except Exception as e:  # noqa: BLE001 - an unreadable tokenizer only costs us the text
             why = f"its tokenizer {path} cannot be read ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
     st.info(f"Token texts are shown as ids (#id): {why}.", icon="ℹ️")

@@ -122,3 +122,24 @@ def test_a_tokenizer_replaced_by_another_of_its_size_and_time_is_not_the_runs(tm
     assert (tok.stat().st_size, tok.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
     path, why = ui.tokenizer_file(ref)
     assert path is None and why == f"{tok} is not the run's tokenizer (sha256 not the one run.json keeps)"
+
+
+def test_a_tokenizer_file_rewritten_for_another_run_reads_with_its_new_tokens(probe_env, tmp_path):
+    """The loaded tokenizer was kept by path alone: a file written over with another tokenizer (re-exported
+    in place) and a run recorded with that one showed the first run's tokens' texts, though the sha256 check
+    had passed on the file now there (a review)."""
+    from dashboards import data, ui
+    from probe.record import tokenizer_info
+
+    tok = tmp_path / "tok.json"
+    shutil.copy(probe_env["ckpt"] / "tokenizer.json", tok)
+    ids = list(_other_tokenizer(tok, tmp_path / "other.json"))
+
+    def ref(name):
+        info = {"options": {"tokenizer": str(tok)}, "tokenizer": tokenizer_info(str(tok), tmp_path)}
+        return data.RunRef(name, str(tmp_path / name), "probe", "complete", info)
+
+    first = ui.token_text(ui.tokenizer_for(ref("first")), ids, stream=False)
+    shutil.copy(tmp_path / "other.json", tok)  # the second run's tokenizer, written over the first's
+    second = ui.token_text(ui.tokenizer_for(ref("second")), ids, stream=False)
+    assert "#" not in "".join(first + second) and second == first[::-1]  # the two ids' texts swapped
