@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -289,17 +290,26 @@ def fingerprint(path: str | Path, name: str | None = None) -> str:
     """sha256 over every corpus file's relative path and bytes (a single file: its name, or `name`, that of
     the file it is asked to be a copy of, and bytes). Kept for the process while no file's inode, size or
     times change: a torchrun record compares it across ranks (`probe.job.same_inputs`) before run.json
-    records it, and read the corpus twice for it."""
+    records it, and read the corpus twice for it. Not kept while a file's times are within `RACY_NS` of the
+    hashing: a file written again in the same tick of the filesystem's clock (a kernel's coarse timestamps,
+    NFS's or FAT's seconds) keeps its inode, size and times, and its old sha256 was kept (a review; git's
+    "racy" index entries)."""
     root = Path(path)
     files = _files(root) if root.is_dir() else [root]
+    stats = [(f, f.stat()) for f in files]
     key = (str(root.resolve()), name, tuple((str(f), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-                                            for f in files for st in [f.stat()]))
-    if key not in _FINGERPRINTS:
-        _FINGERPRINTS[key] = _sha256(root, files, name)
-    return _FINGERPRINTS[key]
+                                            for f, st in stats))
+    if key in _FINGERPRINTS:
+        return _FINGERPRINTS[key]
+    began = time.time_ns()
+    digest = _sha256(root, files, name)
+    if all(max(st.st_mtime_ns, st.st_ctime_ns) < began - RACY_NS for _, st in stats):
+        _FINGERPRINTS[key] = digest
+    return digest
 
 
 _FINGERPRINTS: dict[tuple, str] = {}
+RACY_NS = 2_000_000_000  # FAT's modification times are 2 s apart, the coarsest a corpus may sit on
 
 
 def _sha256(root: Path, files: list[Path], name: str | None) -> str:

@@ -290,3 +290,24 @@ def test_a_bad_jsonl_record_is_named_by_its_line_number(tmp_path):
             read(tmp_path / "a.jsonl", order)
         with pytest.raises(ValueError, match=r"b\.jsonl:3: not valid JSON"):
             read(tmp_path / "b.jsonl", order)
+
+
+def test_a_file_written_again_within_its_filesystems_time_tick_is_hashed_again(tmp_path, monkeypatch):
+    """The fingerprint was kept while a file's inode, size and times stayed; a file written again with as many
+    bytes within one tick of the filesystem's clock (coarse kernel timestamps, NFS's or FAT's seconds) keeps
+    them all, and its first sha256 stood for the new bytes (a review). Here every write lands in one tick."""
+    import hashlib
+    import time
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    f = tmp_path / "c.txt"
+    f.write_text("alpha beta")
+    real, now = os.stat(f), time.time_ns()
+    tick = SimpleNamespace(st_mode=real.st_mode, st_ino=real.st_ino, st_size=real.st_size, st_mtime_ns=now,
+                           st_ctime_ns=now)
+    stat = Path.stat
+    monkeypatch.setattr(Path, "stat", lambda self, **k: tick if self == f else stat(self, **k))
+    assert fingerprint(f) == hashlib.sha256(b"c.txt" + b"alpha beta").hexdigest()
+    f.write_text("gamma zeta")  # as many bytes, the same inode and times
+    assert fingerprint(f) == hashlib.sha256(b"c.txt" + b"gamma zeta").hexdigest()
