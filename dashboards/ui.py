@@ -451,20 +451,14 @@ def tokenizer_file(ref: data.RunRef) -> tuple[str | None, str | None]:
     return None, "; ".join(filter(None, (gone, other)))
 
 
-_FINGERPRINTS: dict[tuple, str] = {}  # (file, name hashed, inode, size, times): its fingerprint
-
-
 def _fingerprint(path: str, name: str) -> str:
-    """`probe.corpus.fingerprint` of `path`'s bytes under the file name `name`, kept while the file's inode,
-    size and times stay (the pages ask at every rerun): size and modification time alone kept the sha256 of a
-    tokenizer replaced by another of its size with the time kept (`cp -p`, `rsync -a`; a review)."""
+    """`probe.corpus.fingerprint` of `path`'s bytes under the file name `name`, which keeps it while the file's
+    inode, size and times stay, and not while they are within its clock's tick of the hashing (the pages ask at
+    every rerun; a cache here by size and modification time kept the sha256 of a tokenizer replaced by another
+    of its size with the time kept, `cp -p`, `rsync -a`; a review)."""
     from probe.corpus import fingerprint
 
-    st_ = os.stat(path)
-    key = (path, name, st_.st_ino, st_.st_size, st_.st_mtime_ns, st_.st_ctime_ns)
-    if key not in _FINGERPRINTS:
-        _FINGERPRINTS[key] = fingerprint(path, name=name)
-    return _FINGERPRINTS[key]
+    return fingerprint(path, name=name)
 
 
 def token_text(tok, ids, stream: bool = True) -> list[str]:

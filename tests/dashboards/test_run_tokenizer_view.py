@@ -143,3 +143,28 @@ def test_a_tokenizer_file_rewritten_for_another_run_reads_with_its_new_tokens(pr
     shutil.copy(tmp_path / "other.json", tok)  # the second run's tokenizer, written over the first's
     second = ui.token_text(ui.tokenizer_for(ref("second")), ids, stream=False)
     assert "#" not in "".join(first + second) and second == first[::-1]  # the two ids' texts swapped
+
+
+def test_a_tokenizer_written_again_within_its_time_tick_is_hashed_again(tmp_path, monkeypatch):
+    """The page's own cache of sha256s, by size and time, kept a file's first one where it was written again
+    with as many bytes within a tick of the filesystem's clock; it is `probe.corpus.fingerprint`'s now, which
+    does not keep a sha256 while the file's times are that recent (a review)."""
+    import hashlib
+    import os
+    import time
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from dashboards import ui
+
+    f = tmp_path / "tok.json"
+    f.write_text('{"a": 0}')
+    real, now = os.stat(f), time.time_ns()
+    tick = SimpleNamespace(st_mode=real.st_mode, st_ino=real.st_ino, st_size=real.st_size, st_mtime_ns=now,
+                           st_ctime_ns=now, st_dev=real.st_dev)
+    stat, os_stat = Path.stat, os.stat
+    monkeypatch.setattr(Path, "stat", lambda self, **k: tick if self == f else stat(self, **k))
+    monkeypatch.setattr(os, "stat", lambda p, *a, **k: tick if Path(p) == f else os_stat(p, *a, **k))
+    assert ui._fingerprint(str(f), "t.json") == hashlib.sha256(b't.json{"a": 0}').hexdigest()
+    f.write_text('{"a": 1}')
+    assert ui._fingerprint(str(f), "t.json") == hashlib.sha256(b't.json{"a": 1}').hexdigest()
