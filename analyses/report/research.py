@@ -21,14 +21,17 @@ RESEARCH_SECTIONS = ("Causal vs observed importance", "Expert paths", "Domain pr
 def compute_tables(run, ns, out: dict) -> None:
     """Fill out["paths"], out["token_dependence"] and out["run_vs_run"]: from the run's tables."""
     tables = set(run.tables)
+    # the checkpoint the model sections run (run_inputs': the run's, or --ckpt's where it moved), whose
+    # tokenizer.json run_tokenizer checked as the run's: the texts looked at run.json's path alone (a review)
+    ckpt = None if getattr(ns, "skip_ablation", True) else getattr(ns, "ckpt", None)
     if "routing" in tables and "tokens" in tables:
         routes = M.routes_from_run(run)  # read once: both sections use every routed token
-        out["paths"] = paths(run, routes, getattr(ns, "tokenizer", None))
+        out["paths"] = paths(run, routes, getattr(ns, "tokenizer", None), ckpt)
         out["token_dependence"] = M.token_dependence_from_run(run, routes=routes, min_count=M.VOCAB_MIN_COUNT,
                                                               baseline=True)
         out["probes"] = probes(run)
     if getattr(ns, "compare", None):
-        out["run_vs_run"] = run_vs_run(run, ns.compare, getattr(ns, "tokenizer", None))
+        out["run_vs_run"] = run_vs_run(run, ns.compare, getattr(ns, "tokenizer", None), ckpt)
 
 
 def compute_model(run, ns, out: dict) -> None:
@@ -50,17 +53,18 @@ def compute_model(run, ns, out: dict) -> None:
         out["research_seconds"] = time.time() - t
 
 
-def text_tokenizer(run, given: str | None = None):
+def text_tokenizer(run, given: str | None = None, ckpt: str | None = None):
     """(the tokenizer the report's token texts read with, None), or (None, why there is none and what to pass):
     --tokenizer `given`, else the run's own as `probe.tokenizer_identity.run_tokenizer_file` decides it for the
     jobs too: the file run.json names, else the tokenizer.json of the run's checkpoint, each only where its
     sha256 is run.json's. The paths section fell back to ids without a word, even where --tokenizer was given;
-    and a checkpoint's tokenizer changed since the run read as other tokens' text (a review)."""
+    and a checkpoint's tokenizer changed since the run read as other tokens' text (a review). `ckpt`: the
+    checkpoint the report's jobs run, where not the run's (default: run.json's)."""
     from probe.job import load_tokenizer
     from probe.tokenizer_identity import run_tokenizer_file, tokenizer_refusal
 
-    ckpt = (run.info.get("checkpoint") or {}).get("path")
-    found = None if given else run_tokenizer_file(run.info)
+    found = None if given else run_tokenizer_file(run.info, ckpt)
+    ckpt = ckpt or (run.info.get("checkpoint") or {}).get("path")
     if found is not None and found.path is None:
         told = {"changed": "pass --tokenizer with the run's" if found.own else "pass --tokenizer to take it"}
         return None, f"{tokenizer_refusal(found)}; {told.get(found.why, 'pass --tokenizer')}"
@@ -84,7 +88,7 @@ def token_texts(run, ids, tok=False) -> list[str]:
     return token_strings(tok, ids, quoted=True, missing="<{id}>")
 
 
-def paths(run, routes=None, tokenizer: str | None = None) -> dict:
+def paths(run, routes=None, tokenizer: str | None = None, ckpt: str | None = None) -> dict:
     """Top-1 path summary per domain, domain information of the path vs each layer (top-1 and the
     top-k sets), and the most common paths with example tokens (routes: `routes_from_run(run)`; their
     texts: `text_tokenizer`'s, with "ids" saying why where they are token ids)."""
@@ -94,7 +98,7 @@ def paths(run, routes=None, tokenizer: str | None = None) -> dict:
     K = r.ids.shape[2]
     infok = M.domain_information(r.ids, r.domain, r.layers, K, test).assign(target=f"top{K} set") if K > 1 else None
     common = M.common_paths(r.ids, r.domain, r.token_id, k=1, top=10, examples=5)
-    tok, ids_why = text_tokenizer(run, tokenizer)
+    tok, ids_why = text_tokenizer(run, tokenizer, ckpt)
     common["examples"] = [" ".join(token_texts(run, ids, tok)) for ids in common.pop("token_ids")]
     common["path"] = [" → ".join(f"L{la}:{e}" for la, e in zip(r.layers, p)) for p in common.path]
     return {"summary": M.path_summary(r.ids, r.domain, 1), "information": pd.concat([info1, infok]),
@@ -128,7 +132,7 @@ def _too_few_probe_windows(run) -> str | None:
             f"{sum(w < 2 for w in n.values())} of the {len(n)} domains have one window")
 
 
-def run_vs_run(run, other, tokenizer: str | None = None) -> dict:
+def run_vs_run(run, other, tokenizer: str | None = None, ckpt: str | None = None) -> dict:
     """Per-layer agreement with another run over the same windows, and the tokens whose routes
     changed most (with their text: `paths`')."""
     agr = M.routing_agreement_from_runs(run, other)
@@ -136,7 +140,7 @@ def run_vs_run(run, other, tokenizer: str | None = None) -> dict:
     # the ranking ends in tokens routed alike (Jaccard 1, no first choice changed): not changes, and
     # they filled the table under "changed most" where fewer than 15 changed (all 15 for a run itself)
     ch = ch[(ch.top1_changed > 0) | (ch.set_changed > 0)].reset_index(drop=True)
-    tok, ids_why = text_tokenizer(run, tokenizer) if len(ch) else (None, None)
+    tok, ids_why = text_tokenizer(run, tokenizer, ckpt) if len(ch) else (None, None)
     ch.insert(3, "token", token_texts(run, ch.token_id.fillna(0).astype(int), tok))
     from .render import shown
 

@@ -72,3 +72,28 @@ def test_a_checkpoints_tokenizer_changed_since_is_not_read_as_the_runs(probe_env
     (ckpt / "tokenizer.json").unlink()
     assert text_tokenizer(r)[1] == (f"the run's tokenizer, its checkpoint's {ckpt / 'tokenizer.json'}, is no longer "
                                     "there; pass --tokenizer")
+
+
+def test_a_run_moved_with_its_checkpoint_elsewhere_reads_texts_with_the_ckpt_flags_tokenizer(probe_env, tmp_path):
+    """A run recorded with its checkpoint's own tokenizer.json, moved with the checkpoint to another path: the report
+    took --ckpt for the model sections and checked its tokenizer.json as the run's, but the token texts looked at the
+    run.json's checkpoint path alone and said to pass --tokenizer (a review)."""
+    from types import SimpleNamespace
+
+    import probe
+    from analyses.report.research import compute_tables
+    from probe.record import RecordOptions, record
+
+    ckpt = shutil.copytree(probe_env["ckpt"], tmp_path / "ckpt")
+    record(RecordOptions(ckpt=str(ckpt), corpus=str(probe_env["corpus"]), out=str(tmp_path / "run"), seq_len=32,
+                         max_tokens=100, progress=False))
+    moved = ckpt.rename(tmp_path / "elsewhere")
+    ns = SimpleNamespace(tokenizer=None, ckpt=str(moved), skip_ablation=False, compare=None)
+    out: dict = {}
+    compute_tables(probe.open_run(tmp_path / "run"), ns, out)
+    assert out["paths"]["ids"] is None and not any(e.replace(" ", "").isdigit()
+                                                   for e in out["paths"]["common"]["examples"])
+    out = {}
+    compute_tables(probe.open_run(tmp_path / "run"), SimpleNamespace(**vars(ns) | {"ckpt": None}), out)
+    assert out["paths"]["ids"] == (f"the run's tokenizer, its checkpoint's {ckpt / 'tokenizer.json'}, is no longer "
+                                   "there; pass --tokenizer")  # the control: without --ckpt, none to read with
