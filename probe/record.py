@@ -206,7 +206,8 @@ def record(opts: RecordOptions) -> Path:
     same_inputs(world, {"--ckpt": (job.ckpt, CHECKPOINT_DIFFERS, checkpoint_digest(job.ckpt)),
                         "--corpus": (job.corpus, "holds other text (its files' sha256 differs)", fingerprint(job.corpus)),
                         "--tokenizer": (tokenizer, "is another tokenizer (its sha256 differs)",
-                                        fingerprint(tokenizer, name="tokenizer.json"))})
+                                        fingerprint(tokenizer, name="tokenizer.json"),
+                                        *([] if opts.tokenizer else ["the checkpoint's tokenizer"]))})
     agree(world, lambda: check_out(job.out, opts, job.corpus, job.ckpt))
     plan = count_corpus(job, opts)
     mem = {"before_load": process_memory()["rss"]}

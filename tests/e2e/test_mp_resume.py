@@ -227,6 +227,27 @@ def test_a_node_whose_tokenizer_copy_has_another_name_records(env, tmp_path):
     assert json.loads((out / "run.json").read_text())["status"] == "complete"
 
 
+def test_a_node_whose_checkpoint_holds_another_tokenizer_is_named_by_the_checkpoint(env, tmp_path):
+    """Without --tokenizer each rank reads its checkpoint's tokenizer.json: a node's copy of the checkpoint with
+    another one was refused as "--tokenizer CKPT/tokenizer.json", a flag the command did not have (a review)."""
+    import shutil
+
+    copy = shutil.copytree(env["ckpt"], tmp_path / "node1")
+    spec = json.loads((copy / "tokenizer.json").read_text())
+    vocab = spec["model"]["vocab"]
+    a, b = sorted(vocab, key=len)[-2:]
+    vocab[a], vocab[b] = vocab[b], vocab[a]  # another tokenizer, the same vocabulary
+    (copy / "tokenizer.json").write_text(json.dumps(spec))
+    out = tmp_path / "o"
+    p = torchrun(2, str(ROOT / "tests" / "workers" / "failing_rank.py"), f"ckpt={copy}", *record_args(env, out)[2:],
+                 timeout=120)
+    assert p.returncode != 0 and not our_frames(p.stderr), p.stderr[-3000:]
+    want = (f"error: ranks read different inputs: the checkpoint's tokenizer {copy / 'tokenizer.json'} on rank 1 is "
+            f"another tokenizer (its sha256 differs) than the checkpoint's tokenizer {env['ckpt'] / 'tokenizer.json'} "
+            "on rank 0; every node must see the same files (a shared filesystem, or identical copies)")
+    assert want in p.stderr, p.stderr[-3000:]
+
+
 def test_a_rank_that_does_not_see_an_interrupted_sweep_is_refused_on_every_rank(env, tmp_path, monkeypatch, capsys):
     """A sweep interrupted after its first ablation, continued by a sharded model whose rank 1 is given a
     folder where the sweep is not (a node without the shared disk): rank 0 took the baseline and the

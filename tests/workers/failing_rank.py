@@ -9,6 +9,7 @@ MODE after-create: rank 1 exits at once after rank 0 created a record run (a ran
 MODE corpus=PATH: rank 1 reads the corpus at PATH instead of --corpus (a node whose copy differs).
 MODE out=PATH: rank 1 is given --out PATH (a rank that does not see the run: a node without the shared disk).
 MODE tokenizer=PATH: rank 1 is given --tokenizer PATH (its node's copy of the tokenizer).
+MODE ckpt=PATH: rank 1 is given --ckpt PATH (its node's copy of the checkpoint).
 ARGS: `dsv3-probe`'s, or `-m analyses.ablate ...` (importance, steer) for that command's.
 """
 
@@ -55,9 +56,9 @@ if os.environ.get("RANK") == "1":
             return out
 
         record.agree = agree_then_exit
-    elif mode.startswith(("corpus=", "out=", "tokenizer=")):
+    elif mode.startswith(("corpus=", "out=", "tokenizer=", "ckpt=")):
         flag, path = mode.split("=", 1)
         argv[argv.index("--" + flag) + 1] = path
     else:
-        sys.exit(f"unknown MODE {mode!r}: load, after-load, after-create, corpus=PATH, out=PATH or tokenizer=PATH")
+        sys.exit(f"unknown MODE {mode!r}: load, after-load, after-create, corpus=PATH, out=PATH, tokenizer=PATH or ckpt=PATH")
 sys.exit(main(argv))
