@@ -21,6 +21,7 @@ nothing to take: its units are computed again.
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
 import signal
 import sys
@@ -230,30 +231,51 @@ class Commits:
             return z["base_acc"], z["base_loads"], [torch.from_numpy(p.copy()) for p in parts]
 
     def save_baseline(self, base_acc, base_loads, ids: list, batches: list, domains: list[str]) -> None:
-        """Each replica's leader saves its share (temporary name, then rename); rank 0 notes the
-        unfinished sweep in run.json (what makes a rerun continue it). A failure on any rank is
-        raised on every rank."""
+        """Each replica's leader saves its share (temporary name, then rename), rank 0's first; rank 0
+        notes the unfinished sweep in run.json (what makes a rerun continue it). A failure on any rank
+        is raised on every rank.
+
+        NOTE: a leader that does not find rank 0's share, just saved, in its own view of `out` (its node
+        without the shared disk) saves nothing: its share was left there in a `.sweep-<name>/` that no
+        rerun reads and no commit removes. A rerun computes the baseline again (`baseline_saved`)."""
         from probe.job import agree
 
-        failed = ""
-        ids = ids if self.KEEP_ROUTING else []
-        if self.world.writes:
-            try:
-                self.dir.mkdir(parents=True, exist_ok=True)
-                tmp = self._state(self.world.replica).with_suffix(".tmp.npz")
-                np.savez(tmp, base_acc=base_acc, base_loads=base_loads, replicas=self.world.replicas,
-                         batches=np.array([b.index for b in batches]), domains=json.dumps(domains),
-                         counts=np.array([x.shape[1] for x in ids], np.int64),
-                         ids=np.concatenate([x.numpy() for x in ids], axis=1) if ids else np.zeros((0, 0, 0)))
-                tmp.replace(self._state(self.world.replica))
-            except OSError as e:
-                failed = f"{self.dir}: cannot save the baseline pass ({e})"
+        share = (base_acc, base_loads, ids if self.KEEP_ROUTING else [], batches, domains)
+        attempt = secrets.token_hex(8) if self.world.rank == 0 else None  # tells this attempt's share apart
+        failed = self._save_share(*share, attempt) if self.world.rank == 0 else ""
+        attempt, first = self.world.broadcast((attempt, failed))
+        if first:
+            raise RunError(failed or "another rank could not save its baseline pass")
+        if self.world.writes and self.world.rank != 0 and self._sees_share(0, attempt):
+            failed = self._save_share(*share, attempt)
         if self.world.any(bool(failed)) and not failed:  # every rank learns of a failure (a rank alone
             failed = "another rank could not save its baseline pass"  # raising left the others waiting)
         if failed:
             raise RunError(failed)
         if not self.resuming:  # a rerun's entry already says so, and lists what it keeps
             agree(self.world, lambda: self._note(listed=False))
+
+    def _save_share(self, base_acc, base_loads, ids: list, batches: list, domains: list[str], attempt: str) -> str:
+        """This replica's share of the baseline saved, under `attempt`'s token; what went wrong ("": nothing)."""
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            tmp = self._state(self.world.replica).with_suffix(".tmp.npz")
+            np.savez(tmp, base_acc=base_acc, base_loads=base_loads, replicas=self.world.replicas,
+                     batches=np.array([b.index for b in batches]), domains=json.dumps(domains), attempt=attempt,
+                     counts=np.array([x.shape[1] for x in ids], np.int64),
+                     ids=np.concatenate([x.numpy() for x in ids], axis=1) if ids else np.zeros((0, 0, 0)))
+            tmp.replace(self._state(self.world.replica))
+        except OSError as e:
+            return f"{self.dir}: cannot save the baseline pass ({e})"
+        return ""
+
+    def _sees_share(self, replica: int, attempt: str) -> bool:
+        """Whether `replica`'s share saved by this attempt (`attempt`, its token) is in `dir` as this rank sees it."""
+        try:
+            with np.load(self._state(replica)) as z:
+                return str(z["attempt"]) == attempt
+        except (OSError, ValueError, KeyError, EOFError):
+            return False
 
     # ------------------------------------------------------------------------ the units
     def commit(self, unit, rows: list[dict]) -> None:

@@ -179,3 +179,38 @@ def test_an_attempt_sampled_otherwise_is_computed_again(probe_env, tmp_path, cap
     assert (said in err, "continuing an interrupted sweep: 2 of 4" in err) == (not taken, taken)
     assert len(probe.open_run(out).files("ablations")) == 1
     _no_leftovers(out)
+
+
+def test_a_replica_that_does_not_see_out_saves_no_baseline_there(tmp_path):
+    """Two replicas (each rank a writer of its share of the baseline), rank 1 given a folder where the
+    run is not (a node without the shared disk): it saved its share in `.sweep-<name>/` there, which no
+    rerun reads and no commit removes (rank 0's last commit drops its own). Now a leader saves its share
+    only where it finds rank 0's, just saved; on a shared --out both are saved, as before."""
+    import numpy as np
+    import torch
+    from types import SimpleNamespace
+
+    from analyses.ablate.sweep import Commits
+    from helpers.thread_ranks import ThreadRanks
+
+    class Units(Commits):
+        TABLE, PARTS, FIELD = "ablations", "ablation_parts", "ablations"
+
+    meta = {"checkpoint": {"path": "ckpt"}, "corpus": {"path": "corpus"}, "options": {}}
+
+    def save(outs):
+        def rank(world):
+            c = Units(outs[world.rank], ["a", "b"], {"sweep": 1}, meta, None, world)
+            ids = [torch.zeros(2, 5, 8, dtype=torch.int64)]  # one batch's top-8 ids: [layers, tokens, k]
+            c.save_baseline(np.ones((2, 3)), np.zeros((2, 4)), ids, [SimpleNamespace(index=world.rank)], ["code", "prose"])
+            return c.dir.name
+        return ThreadRanks(2).run(rank)
+
+    shared = tmp_path / "shared"
+    names = save([shared, shared])
+    assert names[0] == names[1] and isinstance(names[0], str), names
+    assert sorted(p.name for p in (shared / "ablations" / names[0]).iterdir()) == ["replica000.npz", "replica001.npz"]
+    run, elsewhere = tmp_path / "run", tmp_path / "not-shared"
+    assert save([run, elsewhere]) == names
+    assert sorted(p.name for p in (run / "ablations" / names[0]).iterdir()) == ["replica000.npz"]
+    assert not elsewhere.exists()

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers.thread_ranks import ThreadRanks
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # A fresh process, since heap thresholds are the whole process's. Allocates a batch-sized activation
@@ -83,57 +85,10 @@ def test_jobs_noting_their_parts_at_once_lose_none(tmp_path):
     assert len(parts) == 120 and json.loads((tmp_path / "run.json").read_text())["status"] == "complete"
 
 
-class _TwoRanks:
-    """Two ranks of a world as threads exchanging objects (broadcast and gather as torch.distributed's)."""
-
-    def __init__(self):
-        import threading
-
-        self.box, self.barrier = {}, threading.Barrier(2)
-
-    def rank(self, r):
-        hub = self
-
-        class World:
-            rank, size = r, 2
-
-            def broadcast(self, obj, src=0):
-                if r == src:
-                    hub.box["b"] = obj
-                hub.barrier.wait()
-                got = hub.box["b"]
-                hub.barrier.wait()
-                return got
-
-            def gather(self, obj):
-                hub.box[r] = obj
-                hub.barrier.wait()
-                got = [hub.box[0], hub.box[1]] if r == 0 else None
-                hub.barrier.wait()
-                return got
-
-        return World()
-
-
 def _run_two(options0, options1):
-    import threading
-
     from probe.job import same_options
 
-    hub, errors = _TwoRanks(), [None, None]
-
-    def run(r, opts):
-        try:
-            same_options(hub.rank(r), opts)
-        except Exception as e:  # noqa: BLE001 - the test looks at what each rank raised
-            errors[r] = e
-
-    threads = [threading.Thread(target=run, args=(r, o)) for r, o in enumerate((options0, options1))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(10)
-    return errors
+    return ThreadRanks(2).run(lambda world: same_options(world, (options0, options1)[world.rank]))
 
 
 def test_ranks_with_different_options_stop_alike_naming_the_flag():
