@@ -140,10 +140,11 @@ def record_batches(job: Job, opts: RecordOptions, world, m, plan: CorpusPlan, ta
     t_start = time.time()
 
     def stuck(signum: int) -> None:  # the watchdog thread: mark the run and leave (see StopOnSignal)
-        if (out / "run.json").exists():  # else stuck before rank 0 created it (begin)
+        marked = (out / "run.json").exists()  # else stuck before rank 0 created it (begin), or not seeing it (_leave)
+        if marked:
             finish(out, "interrupted", opts, job.args, world, time.time() - t_start)
         print(f"error: rank {world.rank} of {world.size} stopped: no progress {STOP_GRACE:g} s after signal {signum} "
-              f"(a peer rank is gone?); {out} is marked interrupted (continue with --resume)", file=sys.stderr, flush=True)
+              f"(a peer rank is gone?); {_said(out, marked)} (continue with --resume)", file=sys.stderr, flush=True)
         os._exit(1)
 
     # the signal handlers (and the watchdog) stay in place through the closing collectives too: a
@@ -170,22 +171,38 @@ def record_batches(job: Job, opts: RecordOptions, world, m, plan: CorpusPlan, ta
         if failure is not None and world.size > 1:
             stop.ignore_from_now()
     if failure is not None:
-        # NOTE: no collective from here on: a peer may be gone. Any surviving rank marks the run.
-        finish(out, "interrupted", opts, job.args, world, elapsed)
-        if isinstance(failure, KeyboardInterrupt):  # a second signal: what was committed stays
-            raise KeyboardInterrupt(f"interrupted by a second signal; {out} is marked interrupted, its committed "
-                                    "batches kept (continue with --resume)") from None
-        if world.size == 1 and not isinstance(failure, OSError):
-            raise failure
-        if world.size == 1:  # a full disk, a lost mount: named with the run, as under torchrun (a review)
-            raise RecordError(f"{first_line(failure)}; {out} is marked interrupted, its committed batches kept "
-                              "(continue with --resume once that is fixed)") from None
-        raise RecordError(f"rank {world.rank} of {world.size} stopped: {first_line(failure)}; {out} is marked "
-                          "interrupted (continue with --resume)") from None
+        _leave(out, failure, opts, job, world, elapsed)
     if status == "interrupted":
         raise KeyboardInterrupt(f"interrupted by signal {stop.signal or 'on another rank'}; {out} is marked "
                                 "interrupted (continue with --resume)")
     return out
+
+
+def _leave(out: Path, failure: BaseException, opts, job: Job, world, elapsed: float) -> None:
+    """This rank stopped on `failure`: mark the run interrupted and raise its one line (no collective:
+    a peer may be gone; any surviving rank marks the run).
+
+    NOTE: a rank that writes nothing need not see the run (`_restore`); one whose folder held no
+    run.json, its writer gone, ended with "not a run directory" from the marking instead of this line.
+    It marks nothing there (the run, "running" with no job holding it, reads as interrupted)."""
+    marked = (out / "run.json").exists() or world.writes
+    if marked:
+        finish(out, "interrupted", opts, job.args, world, elapsed)
+    run = _said(out, marked)
+    if isinstance(failure, KeyboardInterrupt):  # a second signal: what was committed stays
+        raise KeyboardInterrupt(f"interrupted by a second signal; {run}, its committed batches kept (continue "
+                                "with --resume)") from None
+    if world.size == 1 and not isinstance(failure, OSError):
+        raise failure
+    if world.size == 1:  # a full disk, a lost mount: named with the run, as under torchrun (a review)
+        raise RecordError(f"{first_line(failure)}; {run}, its committed batches kept (continue with --resume "
+                          "once that is fixed)") from None
+    raise RecordError(f"rank {world.rank} of {world.size} stopped: {first_line(failure)}; {run} (continue with "
+                      "--resume)") from None
+
+
+def _said(out: Path, marked: bool) -> str:
+    return f"{out} is marked interrupted" if marked else "the run is interrupted"
 
 
 def _close(out: Path, status: str, opts, job: Job, world, elapsed: float, mem: dict):

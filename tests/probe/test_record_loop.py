@@ -92,3 +92,32 @@ def test_a_signal_stops_at_the_rounds_end_with_the_rows_committed():
     status, ran, checks, commits = loop(5, replicas=2, signal_in=4)
     assert status == "interrupted" and ran == [0, 2, 4] and checks == [1, 3, 4]
     assert commits == [(4, 9, False)]
+
+
+def test_a_rank_that_does_not_see_the_run_stops_in_the_other_ranks_words(tmp_path):
+    """A rank of a sharded replica writes nothing and need not see the run; outliving its writer, it
+    marked the run where its folder held none and ended with "not a run directory" in place of the
+    line every other rank gives. It now marks nothing there and says that the run is interrupted; a
+    rank that sees the run marks it, as before."""
+    import json
+
+    import pytest
+
+    from model.ranks import World
+    from probe.job import RecordError
+    from probe.record_loop import _leave
+
+    job, opts = NS(args=NS(n_layers=1, kv_lora_rank=4)), NS(kv_stats=False)
+    lost = RuntimeError("[../gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:29500")
+    blind = tmp_path / "not-shared"
+    with pytest.raises(RecordError) as e:
+        _leave(blind, lost, opts, job, World(rank=1, size=2, model_parallel=2), 1.0)
+    assert str(e.value) == (f"rank 1 of 2 stopped: {lost}; the run is interrupted (continue with --resume)")
+    assert not blind.exists()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"status": "running"}))
+    with pytest.raises(RecordError) as e:
+        _leave(run, lost, opts, job, World(rank=1, size=2, model_parallel=2), 1.0)
+    assert str(e.value) == f"rank 1 of 2 stopped: {lost}; {run} is marked interrupted (continue with --resume)"
+    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
