@@ -373,6 +373,10 @@ def check_resumable(old: dict, new: dict, out: Path) -> None:
                               f"run's own command with --resume added")
     was = old.get("world") or {}
     if (was.get("size"), was.get("model_parallel")) != (new["world"]["size"], new["world"]["model_parallel"]):
-        raise RecordError(f"--resume: the run was recorded with {was.get('size')} ranks in replicas of "
-                          f"{was.get('model_parallel')}, now {new['world']['size']} ranks in replicas of "
+        raise RecordError(f"--resume: the run was recorded with {_ranks(was.get('size'))} in replicas of "
+                          f"{was.get('model_parallel')}, now {_ranks(new['world']['size'])} in replicas of "
                           f"{new['world']['model_parallel']}: resume with the same torchrun and --model-parallel")
+
+
+def _ranks(n) -> str:
+    return f"{n} rank" if n == 1 else f"{n} ranks"

@@ -378,3 +378,19 @@ def test_resume_into_another_jobs_own_run_names_the_job(tmp_path, kind, command)
     with pytest.raises(RecordError, match=rf"^--resume: {tmp_path} is not a record run \(made by `python -m "
                                           rf"{command}`\); pick another --out$"):
         check_resumable(old, new, tmp_path)
+
+
+@pytest.mark.parametrize("was, now, said", [
+    ((2, 1), (1, 1), "recorded with 2 ranks in replicas of 1, now 1 rank in replicas of 1"),
+    ((1, 1), (4, 2), "recorded with 1 rank in replicas of 1, now 4 ranks in replicas of 2")])
+def test_resume_on_another_layout_counts_its_ranks_in_words(tmp_path, was, now, said):
+    """A run recorded on one process, resumed under torchrun (or the other way round), was "recorded
+    with 1 ranks"."""
+    from probe.record import check_resumable
+
+    inputs = {k: {"fingerprint": k} for k in ("checkpoint", "corpus", "tokenizer")}
+    old = inputs | {"options": {}, "world": {"size": was[0], "model_parallel": was[1]}}
+    new = inputs | {"options": {"gemm": "bf16", "order": "corpus"}, "world": {"size": now[0], "model_parallel": now[1]}}
+    with pytest.raises(RecordError) as e:
+        check_resumable(old, new, tmp_path)
+    assert str(e.value) == (f"--resume: the run was {said}: resume with the same torchrun and --model-parallel")
