@@ -231,25 +231,27 @@ def record(opts: RecordOptions) -> Path:
             write_router_bias(job.out, bias_layers, biases)
 
         def begin() -> None:  # run by the batch loop under its signal handlers (see record_batches)
-            if _create(job, world, create):
+            created, unseen = _create(job, world, create)
+            if unseen:
                 if world.rank == 0:  # it said "running" for good, no job holding it
                     with updating_run_json(job.out) as i:
                         i["status"] = "interrupted"
-                raise RecordError(f"--out {job.out}: a writing rank does not see run.json there: under several "
-                                  "nodes the run directory must be on a filesystem every node shares (the run is "
-                                  "marked interrupted: continue it with --resume once every node sees it)")
+                raise RecordError(not_seen(created, unseen))
 
         return record_batches(job, opts, world, m, plan, tables, mem, begin)
 
 
-def _create(job: Job, world, create) -> bool:
-    """Rank 0 creates the run (`create`), every rank agreeing; returns whether a writing rank cannot
-    see it. A peer lost here, after rank 0 created the run and before the batches' own handling,
-    left it "running" for good, and torchrun's SIGTERM could end a rank before it said why (a review)."""
+def _create(job: Job, world, create) -> tuple[str, list]:
+    """Rank 0 creates the run (`create`), every rank agreeing; returns, on every rank, its --out as
+    rank 0 gave it and the writing ranks that cannot see it there ([(rank, its --out)]: the paths may
+    differ from node to node). A peer lost here, after rank 0 created the run and before the batches'
+    own handling, left it "running" for good, and torchrun's SIGTERM could end a rank before it said
+    why (a review)."""
     with signals_held(signal.SIGINT, signal.SIGTERM) if world.size > 1 else contextlib.nullcontext():
         try:
             agree(world, create)
-            return world.any(world.writes and not (job.out / "run.json").exists())
+            seen = world.broadcast(world.gather((world.writes and not (job.out / "run.json").exists(), str(job.out))))
+            return seen[0][1], [(rank, out) for rank, (unseen, out) in enumerate(seen) if unseen]
         except RuntimeError as e:
             if world.size == 1:
                 raise
@@ -260,6 +262,16 @@ def _create(job: Job, world, create) -> bool:
                 signal.signal(s, signal.SIG_IGN)
             raise RecordError(f"rank {world.rank} of {world.size} stopped before recording: {first_line(e)}; "
                               f"{job.out} is marked interrupted (continue with --resume)") from None
+
+
+def not_seen(created: str, unseen: list) -> str:
+    """The refusal of writing ranks (`unseen`: [(rank, its --out)]) that do not see the run rank 0
+    created in `created`: the line named rank 0's --out alone, not which rank looked where."""
+    who = [f"{rank} (--out {out})" for rank, out in unseen]
+    who = f"rank {who[0]} does" if len(who) == 1 else f"ranks {', '.join(who[:-1])} and {who[-1]} do"
+    return (f"--out {created}: rank 0 created the run there, but writing {who} not see its run.json: under "
+            "several nodes the run directory must be on a filesystem every node shares (the run is marked "
+            "interrupted: continue it with --resume once every node sees it)")
 
 
 def tokenizer_info(path: str | None, ckpt: Path) -> dict:

@@ -171,17 +171,18 @@ def test_a_rank_lost_mid_job_is_one_line_on_the_other(env, tmp_path, job):
 def test_a_writing_rank_that_does_not_see_the_run_stops_every_rank_and_marks_it(env, tmp_path):
     """Two replicas (two writers), rank 1 given a folder rank 0 did not create the run in (a node without
     the shared disk): every rank stops before the batches, as before (untested), and the run rank 0
-    created is marked interrupted; it said "running" for good, with no job holding it."""
+    created is marked interrupted; it said "running" for good, with no job holding it. Every rank's
+    line names the rank that did not see the run and its --out (each said its own --out alone)."""
     out, elsewhere = tmp_path / "run", tmp_path / "not-shared"
     p = torchrun(2, str(ROOT / "tests" / "workers" / "failing_rank.py"), f"out={elsewhere}",
                  *record_args(env, out)[2:], timeout=120)
     assert p.returncode != 0 and not our_frames(p.stderr), p.stderr[-3000:]
     lines = ["error: " + m for m in re.findall(r"error: (.*?)(?=error: |\n)", p.stderr + "\n")]
-    said = (": a writing rank does not see run.json there: under several nodes the run directory must be on a "
-            "filesystem every node shares (the run is marked interrupted: continue it with --resume once every "
-            "node sees it)")
-    assert {f"error: --out {out}{said}", f"error: --out {elsewhere}{said}"} & set(lines), p.stderr[-3000:]
-    assert all(ln.endswith(said) or re.match(r"error: rank [01] of 2 stopped by signal 15 ", ln) for ln in lines)
+    want = (f"error: --out {out}: rank 0 created the run there, but writing rank 1 (--out {elsewhere}) does not see "
+            "its run.json: under several nodes the run directory must be on a filesystem every node shares (the run "
+            "is marked interrupted: continue it with --resume once every node sees it)")
+    assert want in lines, p.stderr[-3000:]
+    assert all(ln == want or re.match(r"error: rank [01] of 2 stopped by signal 15 ", ln) for ln in lines), lines
     assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
     assert not (elsewhere / "run.json").exists()
 

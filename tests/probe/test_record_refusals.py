@@ -390,3 +390,31 @@ def test_a_download_gone_wrong_is_one_line_and_leaves_the_run_it_would_overwrite
         assert_one_line_error(cli("record", "--ckpt", str(d), "--corpus", corpus, "--out", str(out), "--max-tokens",
                                   "64", "--overwrite", capsys=capsys), str(d), *needles)
         assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_writing_ranks_that_do_not_see_the_run_are_named_with_their_out(tmp_path):
+    """Two replicas (two writers), rank 1 given a folder rank 0 did not create the run in: every rank
+    stopped with rank 0's --out alone ("a writing rank does not see run.json there"), rank 0's line
+    naming the one folder that held the run. Each now names the ranks that did not see it and where
+    they looked (the paths may differ from node to node). The launch: tests/e2e/test_mp_resume.py."""
+    from types import SimpleNamespace
+
+    from helpers.thread_ranks import ThreadRanks
+    from probe.record import _create, not_seen
+
+    run, elsewhere = tmp_path / "run", tmp_path / "not-shared"
+
+    def create() -> None:  # rank 0, as record's
+        run.mkdir()
+        (run / "run.json").write_text("{}")
+
+    got = ThreadRanks(2).run(lambda world: _create(SimpleNamespace(out=(run, elsewhere)[world.rank]), world, create))
+    assert got == [(str(run), [(1, str(elsewhere))])] * 2
+    assert not_seen(*got[0]) == (f"--out {run}: rank 0 created the run there, but writing rank 1 (--out {elsewhere}) "
+                                 "does not see its run.json: under several nodes the run directory must be on a "
+                                 "filesystem every node shares (the run is marked interrupted: continue it with "
+                                 "--resume once every node sees it)")
+    assert not_seen("/a", [(1, "/b"), (3, "/c")]).startswith(
+        "--out /a: rank 0 created the run there, but writing ranks 1 (--out /b) and 3 (--out /c) do not see its")
+    assert ThreadRanks(2).run(lambda world: _create(SimpleNamespace(out=run), world, lambda: None)) == \
+        [(str(run), [])] * 2  # a shared --out: every writer sees it
