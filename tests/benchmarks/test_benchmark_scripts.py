@@ -46,7 +46,8 @@ def test_the_gpu_checks_runner_passes_in_its_cpu_mode_and_names_what_fails(tmp_p
 
     def run(python: str, out: Path, *steps: str) -> subprocess.CompletedProcess:
         env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "OUT": str(out), "PYTHON": python,
-               "HOME": str(tmp_path), "OMP_NUM_THREADS": "1"}  # one thread each: the suite's other worker runs too
+               "HOME": str(tmp_path), "OMP_NUM_THREADS": "1",  # one thread each: the suite's other worker runs too
+               "TMPDIR": str(tmp_path)}  # its torchrun's torchelastic_* folder goes with the test's
         return subprocess.run(["bash", str(run_all), "--cpu", *steps], capture_output=True, text=True,
                               cwd=tmp_path, env=env, timeout=600)
 
