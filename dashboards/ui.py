@@ -422,7 +422,9 @@ def tokenizer_for(ref: data.RunRef):
     path, why = tokenizer_file(ref)
     if path is not None:
         try:
-            return _tokenizer(path, _fingerprint(path, Path(path).name))
+            from probe.corpus import fingerprint
+
+            return _tokenizer(path, fingerprint(path))
         except Exception as e:  # noqa: BLE001 - an unreadable tokenizer only costs us the text
             why = f"its tokenizer {path} cannot be read ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
     st.info(f"Token texts are shown as ids (#id): {why}.", icon="ℹ️")
@@ -439,7 +441,7 @@ def tokenizer_file(ref: data.RunRef) -> tuple[str | None, str | None]:
     it)."""
     from probe.tokenizer_identity import run_tokenizer_file, tokenizer_refusal
 
-    found = run_tokenizer_file(ref.info, copies=True, hash_of=_fingerprint)
+    found = run_tokenizer_file(ref.info, copies=True)
     if found.path is not None:
         return found.path, None
     if found.why == "unnamed":
@@ -449,16 +451,6 @@ def tokenizer_file(ref: data.RunRef) -> tuple[str | None, str | None]:
     other = found.others and (f"{' and '.join(found.others)} {'is' if len(found.others) == 1 else 'are'} not the "
                               "run's tokenizer (sha256 not the one run.json keeps)")
     return None, "; ".join(filter(None, (gone, other)))
-
-
-def _fingerprint(path: str, name: str) -> str:
-    """`probe.corpus.fingerprint` of `path`'s bytes under the file name `name`, which keeps it while the file's
-    inode, size and times stay, and not while they are within its clock's tick of the hashing (the pages ask at
-    every rerun; a cache here by size and modification time kept the sha256 of a tokenizer replaced by another
-    of its size with the time kept, `cp -p`, `rsync -a`; a review)."""
-    from probe.corpus import fingerprint
-
-    return fingerprint(path, name=name)
 
 
 def token_text(tok, ids, stream: bool = True) -> list[str]:

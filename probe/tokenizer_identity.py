@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .corpus import fingerprint
+
 
 @dataclass(frozen=True)
 class TokenizerFile:
@@ -28,8 +30,7 @@ class TokenizerFile:
     recorded: str | None = None
 
 
-def run_tokenizer_file(info: dict, ckpt: str | Path | None = None, copies: bool = False,
-                       hash_of=None) -> TokenizerFile:
+def run_tokenizer_file(info: dict, ckpt: str | Path | None = None, copies: bool = False) -> TokenizerFile:
     """The tokenizer file of the run whose run.json is `info`: the file a record (or the spec, ablate,
     importance or steer --out that made the run) was given with --tokenizer, else the tokenizer.json of
     `ckpt` (default: the run's checkpoint), else a training run's --tokenizer (one that has no model yet).
@@ -37,8 +38,7 @@ def run_tokenizer_file(info: dict, ckpt: str | Path | None = None, copies: bool 
     tokenizer.json) is not run.json's is not the run's: its token ids would read as other tokens. A run recorded before run.json kept
     a sha256 has its file taken unchecked. `copies`: where that file is gone or changed, another that holds
     its bytes stands in (the checkpoint's tokenizer.json for a --tokenizer tok.json of the same bytes: the same
-    tokenizer), as a reader of token texts may take it; never an unchecked one. `hash_of(path, name)`: the
-    sha256 as `probe.corpus.fingerprint(path, name=name)` gives it (the dashboard keeps them)."""
+    tokenizer), as a reader of token texts may take it; never an unchecked one."""
     kept, options = info.get("tokenizer") or {}, info.get("options") or {}
     was = kept.get("path")
     given, trained = options.get("tokenizer"), (info.get("flags") or {}).get("tokenizer")
@@ -51,14 +51,10 @@ def run_tokenizer_file(info: dict, ckpt: str | Path | None = None, copies: bool 
     if named is None:
         return TokenizerFile(None, "unnamed")
     recorded = kept.get("fingerprint")
-    if hash_of is None:
-        from .corpus import fingerprint
-
-        hash_of = lambda path, name: fingerprint(path, name=name)  # noqa: E731
     # the name the record hashed with the bytes (probe.record.tokenizer_info): the option's, or the checkpoint's
     # tokenizer.json, not that of the file run.json resolved (a download cache links it to a blob of another name)
     name = Path(given).name if given else "tokenizer.json" if mine else Path(was or named).name
-    theirs = lambda path: not recorded or hash_of(path, name) == recorded  # noqa: E731
+    theirs = lambda path: not recorded or fingerprint(path, name=name) == recorded  # noqa: E731
     if Path(named).is_file():
         if theirs(named):
             return TokenizerFile(named, named=named, own=mine, recorded=was)

@@ -155,7 +155,7 @@ def test_a_tokenizer_written_again_within_its_time_tick_is_hashed_again(tmp_path
     from pathlib import Path
     from types import SimpleNamespace
 
-    from dashboards import ui
+    from probe.corpus import fingerprint  # the dashboard's sha256 of a tokenizer (ui.tokenizer_for, _file)
 
     f = tmp_path / "tok.json"
     f.write_text('{"a": 0}')
@@ -165,6 +165,6 @@ def test_a_tokenizer_written_again_within_its_time_tick_is_hashed_again(tmp_path
     stat, os_stat = Path.stat, os.stat
     monkeypatch.setattr(Path, "stat", lambda self, **k: tick if self == f else stat(self, **k))
     monkeypatch.setattr(os, "stat", lambda p, *a, **k: tick if Path(p) == f else os_stat(p, *a, **k))
-    assert ui._fingerprint(str(f), "t.json") == hashlib.sha256(b't.json{"a": 0}').hexdigest()
+    assert fingerprint(str(f), name="t.json") == hashlib.sha256(b't.json{"a": 0}').hexdigest()
     f.write_text('{"a": 1}')
-    assert ui._fingerprint(str(f), "t.json") == hashlib.sha256(b't.json{"a": 1}').hexdigest()
+    assert fingerprint(str(f), name="t.json") == hashlib.sha256(b't.json{"a": 1}').hexdigest()
