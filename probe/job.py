@@ -314,15 +314,16 @@ def same_options(world, options: dict) -> None:
 def same_inputs(world, inputs: dict) -> None:
     """Every rank must read what rank 0 reads: the paths may differ from node to node (PER_NODE_OPTIONS),
     their contents may not. `inputs`: {flag: (the path as this rank names it, what it holds in words,
-    a digest of its contents[, how this rank names the input in place of `flag`: a file no flag named,
-    such as the checkpoint's tokenizer.json])}. A corpus of other text on one node (a stale copy) gave that
+    a function that gives a digest of its contents (called under torchrun only: one process reads nothing
+    for it)[, how this rank names the input in place of `flag`: a file no flag named, such as the
+    checkpoint's tokenizer.json])}. A corpus of other text on one node (a stale copy) gave that
     replica other windows and another number of batches, and the ranks then waited in different collectives
     until torchrun's timeout (gloo's is 30 minutes), the run holding rows of both corpora; another
     checkpoint mixed two models' shards. A RecordError on every rank naming the first input that
     differs, before the model loads."""
     if world.size == 1:
         return
-    every = world.broadcast(world.gather({k: (f"{(named or [k])[0]} {path}", what, digest)
+    every = world.broadcast(world.gather({k: (f"{(named or [k])[0]} {path}", what, digest())
                                           for k, (path, what, digest, *named) in inputs.items()}))
     for rank, theirs in enumerate(every):
         for flag, (shown, what, digest) in theirs.items():

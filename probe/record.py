@@ -203,10 +203,11 @@ def record(opts: RecordOptions) -> Path:
     tokenizer = Path(opts.tokenizer) if opts.tokenizer else job.ckpt / "tokenizer.json"
     # the tokenizer's bytes under one name on every node: its file name gives no token id, and a node's copy
     # named otherwise was refused as another tokenizer (a review); a single-file corpus's name is its documents' ids
-    same_inputs(world, {"--ckpt": (job.ckpt, CHECKPOINT_DIFFERS, checkpoint_digest(job.ckpt)),
-                        "--corpus": (job.corpus, "holds other text (its files' sha256 differs)", fingerprint(job.corpus)),
+    same_inputs(world, {"--ckpt": (job.ckpt, CHECKPOINT_DIFFERS, lambda: checkpoint_digest(job.ckpt)),
+                        "--corpus": (job.corpus, "holds other text (its files' sha256 differs)",
+                                     lambda: fingerprint(job.corpus)),
                         "--tokenizer": (tokenizer, "is another tokenizer (its sha256 differs)",
-                                        fingerprint(tokenizer, name="tokenizer.json"),
+                                        lambda: fingerprint(tokenizer, name="tokenizer.json"),
                                         *([] if opts.tokenizer else ["the checkpoint's tokenizer"]))})
     agree(world, lambda: check_out(job.out, opts, job.corpus, job.ckpt))
     plan = count_corpus(job, opts)

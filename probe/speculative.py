@@ -190,9 +190,9 @@ def record_spec(opts: SpecOptions) -> Path:
         print(note, file=sys.stderr)  # run.json's spec_decode lists the corpus reader's
     if not prompts:
         raise CorpusError(f"{corpus}: no document has {opts.prompt_tokens} tokens for a prompt")
-    same_inputs(world, {"--ckpt": (ckpt, CHECKPOINT_DIFFERS, checkpoint_digest(ckpt)),
+    same_inputs(world, {"--ckpt": (ckpt, CHECKPOINT_DIFFERS, lambda: checkpoint_digest(ckpt)),
                         "--corpus": (corpus, "gives other prompts (its text, or the tokenizer, differs)",
-                                     hashlib.sha256(json.dumps(prompts).encode()).hexdigest())})
+                                     lambda: hashlib.sha256(json.dumps(prompts).encode()).hexdigest())})
     try:  # before the model loads: a generation_config.json that names no ids is refused at once
         stops = stop_ids(ckpt, args, tok)
     except GenerateError as e:

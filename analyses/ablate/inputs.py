@@ -217,9 +217,9 @@ def start_job(opts: AblateOptions, ckpt: Path, args, windows: list, corpus: Path
 
     bound_heap()
     world = start_world(opts.model_parallel, opts.device, args, job_options(opts, **derived))
-    same_inputs(world, {"--ckpt": (ckpt, CHECKPOINT_DIFFERS, checkpoint_digest(ckpt)),
+    same_inputs(world, {"--ckpt": (ckpt, CHECKPOINT_DIFFERS, lambda: checkpoint_digest(ckpt)),
                         "--corpus": (corpus, "gives other token windows (its text, or the tokenizer, differs)",
-                                     windows_digest(windows))})
+                                     lambda: windows_digest(windows))})
     batches = replica_batches(windows, opts.batch_size, world)
     return world, batches, load_model(ckpt, world, dtype=opts.dtype, gemm=opts.gemm)
 
