@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import probe
+from helpers.forked import forked
 from helpers.training import flags
 from train import TrainError, parse_args, run
 
@@ -282,39 +283,37 @@ def test_a_resume_of_a_complete_run_says_so_and_changes_nothing(corpus, tmp_path
     assert more["status"] == "complete" and more["step"] == 3 and "done: 3 steps" in capsys.readouterr().out
 
 
-# `python -c` it, with the step and the flags: SIGKILL once the first of the checkpoint save and the commit
-# of the rows at that step has happened (the order the run takes them in is what the tests look at)
-KILL_AT_CHECKPOINT = """
-import json, os, signal, sys
-from train import loop, log
-from train.__main__ import main
-step, argv = int(sys.argv[1]), json.loads(sys.argv[2])
-real_save, real_commit = loop.save_state, log.TrainLog.commit
-def kill():
-    os.kill(os.getpid(), signal.SIGKILL)
-def save(path, raw, opt, at, *a, **kw):
-    real_save(path, raw, opt, at, *a, **kw)
-    if at == step:
-        kill()
-def commit(self):
-    real_commit(self)
-    if self.last == step:
-        kill()
-loop.save_state, log.TrainLog.commit = save, commit
-main(argv)
-"""
+def _kill_at_checkpoint(step: int, argv: list[str]) -> None:
+    """`python -m train ARGV`, SIGKILLed once the first of the checkpoint save and the commit of the rows
+    at `step` has happened (the order the run takes them in is what the tests look at): in a forked child."""
+    import os
+    import signal
+
+    from train import log, loop
+    from train.__main__ import main
+
+    real_save, real_commit = loop.save_state, log.TrainLog.commit
+
+    def save(path, raw, opt, at, *a, **kw):
+        real_save(path, raw, opt, at, *a, **kw)
+        if at == step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def commit(self):
+        real_commit(self)
+        if self.last == step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    loop.save_state, log.TrainLog.commit = save, commit
+    main(argv)
 
 
 def _killed(corpus, out, step: int, opts) -> None:
-    """`python -m train` with `opts` into `out`, SIGKILLed as KILL_AT_CHECKPOINT says."""
+    """`python -m train` with `opts` into `out`, SIGKILLed as _kill_at_checkpoint says."""
     import signal
-    import subprocess
-    import sys
-    from pathlib import Path
 
-    r = subprocess.run([sys.executable, "-c", KILL_AT_CHECKPOINT, str(step), json.dumps(flags(corpus, out, *opts))],
-                       cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=300)
-    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+    code = forked(_kill_at_checkpoint, step, flags(corpus, out, *opts))
+    assert code == -signal.SIGKILL, f"exit status {code} (its output: the captured stderr)"
 
 
 def test_a_kill_between_a_checkpoint_and_its_rows_loses_no_row(corpus, tmp_path):
@@ -334,27 +333,32 @@ def test_a_kill_between_a_checkpoint_and_its_rows_loses_no_row(corpus, tmp_path)
         assert len(k.df(t)) == len(e.df(t)), t
 
 
-# `python -c` it, with N and the flags: SIGKILL after the Nth part file renamed into place by the run's final
-# commit (the one that adds the final validation pass to the parts committed at the last step)
-KILL_IN_FINAL_COMMIT = """
-import json, os, signal, sys
-from train import loop
-from train.__main__ import main
-n, argv = int(sys.argv[1]), json.loads(sys.argv[2])
-real_flush, real_replace, renamed = loop._Run.flush, os.replace, []
-def flush(self, status, **extra):
-    if status == "complete":
-        renamed.append("final")
-    real_flush(self, status, **extra)
-def replace(src, dst, *a, **kw):
-    real_replace(src, dst, *a, **kw)
-    if renamed and str(dst).endswith(".parquet"):
-        renamed.append(dst)
-        if len(renamed) == n + 1:
-            os.kill(os.getpid(), signal.SIGKILL)
-loop._Run.flush, os.replace = flush, replace
-main(argv)
-"""
+def _kill_in_final_commit(n: int, argv: list[str]) -> None:
+    """`python -m train ARGV`, SIGKILLed after the Nth part file renamed into place by the run's final
+    commit (the one that adds the final validation pass to the parts committed at the last step): in a
+    forked child."""
+    import os
+    import signal
+
+    from train import loop
+    from train.__main__ import main
+
+    real_flush, real_replace, renamed = loop._Run.flush, os.replace, []
+
+    def flush(self, status, **extra):
+        if status == "complete":
+            renamed.append("final")
+        real_flush(self, status, **extra)
+
+    def replace(src, dst, *a, **kw):
+        real_replace(src, dst, *a, **kw)
+        if renamed and str(dst).endswith(".parquet"):
+            renamed.append(dst)
+            if len(renamed) == n + 1:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    loop._Run.flush, os.replace = flush, replace
+    main(argv)
 
 
 @pytest.mark.parametrize("renamed", [1, 2])
@@ -364,15 +368,11 @@ def test_a_kill_in_the_final_commit_leaves_each_validation_row_once(corpus, tmp_
     and said complete with its rows twice in the tables renamed before the kill (found by killing a run at
     each of its renames). Each pass is in every table once."""
     import signal
-    import subprocess
-    import sys
-    from pathlib import Path
 
     out = tmp_path / "k"
     opts = ("--steps", "3", "--eval-every", "0", "--checkpoint-every", "0", "--flush-every", "1")
-    r = subprocess.run([sys.executable, "-c", KILL_IN_FINAL_COMMIT, str(renamed), json.dumps(flags(corpus, out, *opts))],
-                       cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=300)
-    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+    code = forked(_kill_in_final_commit, renamed, flags(corpus, out, *opts))
+    assert code == -signal.SIGKILL, f"exit status {code} (its output: the captured stderr)"
     assert probe.open_run(out).status == "interrupted"
     assert run(parse_args(flags(corpus, out, *opts, "--resume")))["status"] == "complete"
     k = probe.open_run(out)
