@@ -434,8 +434,11 @@ def _agree_part(rank: int, store: str, out: str) -> None:
 
 
 def _two_process_worker(rank: int, root: str) -> None:
-    """Both two-process scenarios in one pair of processes (a spawned pair costs ~5 s of start-up):
-    first the race on the experts measurement, then, with the choices forgotten, rank 0's choice."""
+    """Both two-process scenarios in one pair of processes (a spawned pair cost ~5 s of start-up, a forked
+    one has torch imported): first the race on the experts measurement, then, with the choices forgotten,
+    rank 0's choice."""
+    torch.set_num_threads(1)  # GNU OpenMP's pool is not carried over a fork (helpers/forked.py)
+    gemm.reset()  # what the test process had chosen is not the pair's: each decides for itself
     _racing_part(rank, f"{root}/cache", f"{root}/race")
     gemm.reset()  # the race's experts choice is not the next part's to read
     _agree_part(rank, f"{root}/store", f"{root}/agree")
@@ -443,11 +446,11 @@ def _two_process_worker(rank: int, root: str) -> None:
 
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory):
-    """The folder of what the spawned pair wrote: race.RANK and agree.RANK."""
+    """The folder of what the forked pair wrote: race.RANK and agree.RANK."""
     import torch.multiprocessing as mp
 
     root = tmp_path_factory.mktemp("two_processes")
-    mp.spawn(_two_process_worker, args=(str(root),), nprocs=2)
+    mp.start_processes(_two_process_worker, args=(str(root),), nprocs=2, start_method="fork")
     return root
 
 
