@@ -120,6 +120,34 @@ def test_kill_then_resume_equals_uninterrupted(probe_env, big_corpus, reference_
     assert_same_tables(done, reference_run, TABLES, **FLOAT32)
 
 
+def test_the_table_comparison_sees_one_value_off_in_a_list_column():
+    """assert_same_tables, which the resume tests rest on, stacks the lists of a column to compare them
+    at once: one value off in one row, a list missing in one row, and ragged rows still fail it."""
+    import numpy as np
+    import pandas as pd
+
+    class Run:
+        def __init__(self, lists):
+            self.table = pd.DataFrame({"seq_id": range(len(lists)), "w": lists})
+
+        def df(self, table):
+            return self.table
+
+    def rows(*lists):
+        return [None if v is None else np.array(v, dtype=np.float32) for v in lists]
+
+    same = rows([0.5, 0.25], [1.0, 2.0], None)
+    assert_same_tables(Run(same), Run(rows([0.5, 0.25], [1.0, 2.0], None)), ["t"])
+    for other in (rows([0.5, 0.25], [1.0, 2.001], None), rows([0.5, 0.25], None, [1.0, 2.0]),
+                  rows([0.5, 0.25], [1.0, 2.0], [3.0])):
+        with pytest.raises(AssertionError, match=r"t\W+w"):
+            assert_same_tables(Run(same), Run(other), ["t"])
+    ragged = rows([0.5], [1.0, 2.0], None)
+    assert_same_tables(Run(ragged), Run(rows([0.5], [1.0, 2.0], None)), ["t"])
+    with pytest.raises(AssertionError, match=r"t\W+w"):
+        assert_same_tables(Run(ragged), Run(rows([0.5], [1.0, 2.5], None)), ["t"])
+
+
 def test_resume_refuses_changed_options(probe_env, big_corpus, reference_run, tmp_path):
     import shutil
 
