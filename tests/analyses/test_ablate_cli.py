@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 # ----------------------------------------------------------------------------------- CLI
 def _cli(env, out, *extra):
     return ["--ckpt", str(env["ckpt"]), "--corpus", str(env["corpus"]), "--out", str(out), "--seq-len", "32",
-            "--batch-size", "4", "--max-tokens", "3000", "--no-progress", *extra]
+            "--batch-size", "4", "--max-tokens", "1000", "--no-progress", *extra]
 
 
 @pytest.mark.slow  # a whole app or command: the quick loop leaves it out
@@ -66,7 +66,7 @@ def test_cli_with_a_recorded_run_uses_its_loads(probe_env, tmp_path):
     from probe.record import RecordOptions, record
 
     run_dir = record(RecordOptions(ckpt=str(probe_env["ckpt"]), corpus=str(probe_env["corpus"]),
-                                   out=str(tmp_path / "rec"), max_tokens=3000, seq_len=32, batch_size=4,
+                                   out=str(tmp_path / "rec"), max_tokens=1000, seq_len=32, batch_size=4,
                                    kv_stats=False, mtp=False, progress=False))
     common = dict(seq_len=None, batch_size=None, progress=False)
     _, from_run = ablate(AblateOptions(run=str(run_dir), **common), [Ablation(top=2)])
