@@ -3,29 +3,39 @@ each one's arguments must still be accepted by the parser of the command it name
 it names must be there. tests/helpers/doc_commands.py finds and checks them without running a job."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import REPO
+from helpers.forked import forked
 
-CHECKER = REPO / "tests" / "helpers" / "doc_commands.py"
+
+def _check_into(out: Path, files) -> None:
+    """helpers/doc_commands.py's main(), its JSON written to `out`."""
+    import os
+    import sys
+
+    from helpers.doc_commands import REPO, check, commands
+
+    os.chdir(REPO)
+    sys.path.insert(0, str(REPO))
+    out.write_text(json.dumps(check(commands(list(files)))))
 
 
 def check(*files) -> dict:
-    p = subprocess.run([sys.executable, str(CHECKER), *map(str, files)], capture_output=True, text=True, cwd=REPO,
-                       timeout=300)
-    assert p.returncode == 0, p.stderr[-3000:]
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    """helpers/doc_commands.py's findings on `files`, in a child forked from the test process: each command's
+    module runs there as `__main__`, and this process stays as it was (a fresh interpreter spent ~2 s
+    of CPU importing torch, which a fork has already)."""
+    out = Path(files[-1]).with_name("findings.json")
+    assert forked(_check_into, out, files) == 0, "the check ended early (its traceback: the captured stderr)"
+    return json.loads(out.read_text())
 
 
 @pytest.fixture(scope="module")
 def checked_once(tmp_path_factory) -> tuple[dict, dict, Path]:
-    """The documentation's commands and the broken page's (DOC, below), checked in one fresh process
-    (each such process imports every command's module, ~2 s): (the documentation's findings, the
-    page's, the page). A finding starts with its file, so each side is told apart by the page's path."""
+    """The documentation's commands and the broken page's (DOC, below), checked in one forked process
+    (which runs every command's module, ~2 s): (the documentation's findings, the page's, the page). A
+    finding starts with its file, so each side is told apart by the page's path."""
     from helpers.doc_commands import default_files
 
     page = tmp_path_factory.mktemp("doc") / "page.md"
@@ -36,7 +46,7 @@ def checked_once(tmp_path_factory) -> tuple[dict, dict, Path]:
     return docs, ours, page
 
 
-@pytest.mark.slow  # a fresh process that runs every command's module up to its parser
+@pytest.mark.slow  # a process that runs every command's module up to its parser
 def test_every_documented_command_parses(checked_once):
     found = checked_once[0]
     assert found["problems"] == []
@@ -70,7 +80,7 @@ python my_script.py --anything && python -m pytest -q | head
 """
 
 
-@pytest.mark.slow  # the fresh process above
+@pytest.mark.slow  # the process above
 def test_a_broken_command_is_named_with_its_file_and_line(checked_once):
     """Negative control: each kind of drift the check exists for, in a page of its own."""
     _, found, page = checked_once

@@ -8,7 +8,8 @@ argparse error, with the file and line that show it.
     python tests/helpers/doc_commands.py [FILE...]   # prints one JSON object: {"checked": [...], "problems": [...]}
 
 With no FILE: every tracked Markdown file and the Python files of the project's packages,
-benchmarks/ and tests/gpu/. Run as a fresh process (each command's module runs as `__main__` here).
+benchmarks/ and tests/gpu/. Run in a process of its own (each command's module runs as `__main__`
+there): this script, or a child forked from the tests' process (tests/docs/test_doc_commands.py).
 """
 
 from __future__ import annotations
