@@ -17,7 +17,7 @@ import torch  # noqa: E402
 
 IMPORT_TORCH_S = time.perf_counter() - _t0 if _fresh else None  # for the machine reference (helpers/machine.py)
 
-from helpers import hf_checkpoint, make_corpus, make_probe_ckpt, random_model
+from helpers import hf_checkpoint, make_corpus, make_probe_ckpt, random_model, zygote
 
 # torch's threads per pytest process: the cores shared among xdist's workers (at most 2, at least 1).
 # Two workers of 2 threads each on 2 cores spin against each other in every parallel region, and the
@@ -35,6 +35,8 @@ atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)
 # every torchrun launch leaves a torchelastic_* log folder in the temporary directory (17 a suite run)
 os.environ["TMPDIR"] = tempfile.mkdtemp(prefix="dsv3-tests-tmp-")
 atexit.register(shutil.rmtree, os.environ["TMPDIR"], ignore_errors=True)
+# the torchrun launches' zygote (helpers/zygote.py: no `import torch` a launch), its socket in that folder
+zygote.install(os.environ["TMPDIR"])
 
 
 _THREADS: list[int] = []  # torch's thread count when the first test starts (after every module's import)

@@ -20,7 +20,7 @@ from model.parallel import ParallelError
 from helpers import make_corpus, random_model
 from helpers.checkpoints import index_only
 from helpers.mp_jobs import RECORD, ROOT, TABLES, TOPOLOGY, opts, our_frames, record_args, torchrun
-from helpers.processes import HELD_PROBE, hold_env, wait_until_held
+from helpers.processes import HELD_PROBE, hold_env, wait_until_held, worker_pids
 from helpers.tables import assert_same_tables
 from helpers.threads import one_thread
 
@@ -46,21 +46,6 @@ def single(env):
     return {"rec": probe.open_run(env["base"] / "single")}
 
 
-def _worker_pids(launcher: int) -> dict[int, int]:
-    """{RANK: pid} of the torchrun workers under `launcher` (from /proc)."""
-    out = {}
-    for task in Path(f"/proc/{launcher}/task").iterdir():
-        for pid in (task / "children").read_text().split():
-            try:
-                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            rank = [e for e in environ if e.startswith(b"RANK=")]
-            if rank:
-                out[int(rank[0][5:])] = int(pid)
-    return out
-
-
 def _launch_and_kill(env, out: Path, victim: int, at: int, *extra: str) -> None:
     """Start the sharded record job on 2 ranks, SIGKILL rank `victim` while both are held at the start of
     batch `at`, then let the survivor go on: it must notice, mark the run interrupted and the launch end
@@ -70,7 +55,7 @@ def _launch_and_kill(env, out: Path, victim: int, at: int, *extra: str) -> None:
     assert args[:2] == ["-m", "probe"]
     proc = torchrun(2, str(HELD_PROBE), *args[2:], popen=True, env=hold_env(gate, at))
     assert wait_until_held(proc, gate, ranks=2), "the job ended before batch %d: %s" % (at, proc.stderr.read()[-2000:])
-    pids = _worker_pids(proc.pid)
+    pids = worker_pids(proc.pid)
     assert sorted(pids) == [0, 1], pids
     os.kill(pids[victim], signal.SIGKILL)
     gate.unlink()

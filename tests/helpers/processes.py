@@ -8,36 +8,30 @@ import sys
 import time
 from pathlib import Path
 
+from .zygote import CLIENT, LAUNCH_ENV, Command
+
 
 HELD_PROBE = Path(__file__).with_name("held_probe.py")  # run in place of `-m probe`
 
-# `torchrun` (torch.distributed.run's main(), as `python -m torch.distributed.run` runs it), left without the
-# interpreter's teardown once main() has returned or raised: its exit handlers run, then os._exit with the
-# status Python would give. NOTE: tearing down the launcher's modules (torch's) took 0.5-0.8 s after each
-# launch's workers had all exited, which every test's launch waited for (16 launches a suite run; 2-core
-# EPYC, 2026-12-06). The workers leave the same way already (probe.job_exit.exit_ranks).
-_LAUNCHER = """
-import atexit, os, sys, traceback
-from torch.distributed.run import main
-sys.argv[0] = "torchrun"  # its usage and errors name it so (not "-c")
-try:
-    main()
-    code = 0
-except SystemExit as e:  # sys.exit(None | status | message), as the interpreter reads it
-    if e.code is None or isinstance(e.code, int):
-        code = e.code or 0
-    else:
-        print(e.code, file=sys.stderr)
-        code = 1
-except BaseException:
-    traceback.print_exc()
-    code = 1
-atexit._run_exitfuncs()
-sys.stdout.flush()
-sys.stderr.flush()
-os._exit(int(code))
-"""
-TORCHRUN = [sys.executable, "-c", _LAUNCHER]  # then torchrun's arguments
+# `torchrun`, then its arguments: torch.distributed.run's main(), forked by this pytest process's zygote
+# (zygote.py: no `import torch` a launch) or run by the command's own interpreter where none answers
+TORCHRUN = Command([sys.executable, "-c", CLIENT])
+
+
+def worker_pids(launch: int) -> dict[int, int]:
+    """{RANK: pid} of the workers of the TORCHRUN launch whose process is `launch` (its launcher is the
+    zygote's child, or that process itself without one: either way the workers' environment names it;
+    from /proc)."""
+    marker, found = f"{LAUNCH_ENV}={launch}".encode(), {}
+    for entry in Path("/proc").iterdir():
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0") if entry.name.isdigit() else []
+        except OSError:  # gone, or not ours
+            continue
+        rank = [e for e in environ if e.startswith(b"RANK=")]
+        if marker in environ and rank:
+            found[int(rank[0][5:])] = int(entry.name)
+    return found
 
 
 def hold_env(gate: Path, at: int) -> dict[str, str]:

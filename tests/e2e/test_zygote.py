@@ -1,0 +1,122 @@
+"""The tests' torchrun launches through their zygote (helpers/zygote.py): torchrun's own behaviour (its
+exit status and report, the other rank stopped when one fails), the client's streams, directory and
+environment, signals forwarded, and no process left behind by a killed client or an ended pytest
+process. The workers (tests/workers/zygote_worker.py) import no torch."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import zygote
+from helpers.processes import TORCHRUN, worker_pids
+
+pytestmark = pytest.mark.slow  # torchrun launches
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKER = str(ROOT / "tests" / "workers" / "zygote_worker.py")
+
+
+def _launch(mode: str, cwd: Path, popen: bool = False, **env: str):
+    cmd = [*TORCHRUN, "--standalone", "--nproc-per-node", "2", WORKER, mode]
+    kw = dict(cwd=cwd, env=os.environ | env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(cmd, **kw) if popen else subprocess.run(cmd, timeout=120, **kw)
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _running(pids) -> list[int]:
+    """Those of `pids` that still run (neither gone nor a zombie)."""
+    def alive(pid):
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+    return [pid for pid in pids if alive(pid)]
+
+
+def _workers(launch: int, cwd: Path) -> dict[int, int]:
+    """{RANK: pid} of the launch's two workers, once both have said where they run."""
+    deadline = time.time() + 60
+    while len(list(cwd.glob("r*.ready"))) < 2 and time.time() < deadline:
+        time.sleep(0.02)
+    pids = worker_pids(launch)
+    assert sorted(pids) == [0, 1], pids
+    return pids
+
+
+def _gone(pids, within: float = 30) -> list[int]:
+    """Those of `pids` still running after `within` seconds."""
+    deadline = time.time() + within
+    while _running(pids) and time.time() < deadline:
+        time.sleep(0.02)
+    return _running(pids)
+
+
+def test_a_launch_is_torchruns_forked_by_the_zygote(tmp_path):
+    """The launcher is the zygote's child, in the client's directory and environment, its workers'
+    output on the client's pipes; a failing rank ends the launch as torchrun ends it: the other rank
+    stopped by SIGTERM, exit status 1, torchrun's report naming the root cause."""
+    p = _launch("sleep", tmp_path, popen=True, DSV3_TEST_WORKER_SAYS="hello")
+    launcher = _parent(_workers(p.pid, tmp_path)[0])
+    assert launcher != p.pid and _parent(launcher) == zygote._zygote["proc"].pid
+    p.send_signal(signal.SIGINT)  # forwarded to the launcher, which stops its workers and raises
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 1 and "SignalException: Process %d got signal: 2" % launcher in err, err[-2000:]
+    assert sorted(out.splitlines()) == [f"rank {r}: {tmp_path} hello" for r in (0, 1)]
+    p = _launch("fail", tmp_path)
+    assert p.returncode == 1, p.stderr[-2000:]
+    assert "Root Cause (first observed failure):" in p.stderr and "exitcode  : 3 " in p.stderr
+    assert "exitcode  : -15 " in p.stderr and "(SIGTERM)" in p.stderr, p.stderr[-2000:]
+
+
+def test_a_killed_client_takes_its_launcher_and_workers_with_it(tmp_path):
+    p = _launch("sleep", tmp_path, popen=True)
+    workers = list(_workers(p.pid, tmp_path).values())
+    launcher = _parent(workers[0])
+    p.kill()
+    p.communicate(timeout=60)
+    assert not _gone([launcher, *workers])
+
+
+def test_the_zygote_ends_with_its_pytest_process_and_its_launches_with_it(tmp_path):
+    """A process standing for pytest starts a zygote and a launch through it, then exits without its exit
+    handlers (as a killed pytest would): the zygote, the launcher and its workers go with it."""
+    stand_in = subprocess.Popen([sys.executable, "-c", f"""
+import os, subprocess, sys
+sys.path.insert(0, {str(ROOT / "tests" / "helpers")!r})
+import zygote
+zygote.install({str(tmp_path)!r})
+cmd = zygote.Command([sys.executable, "-c", zygote.CLIENT])
+launch = subprocess.Popen([*cmd, "--standalone", "--nproc-per-node", "2", {WORKER!r}, "sleep"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+print(zygote._zygote["proc"].pid, launch.pid, flush=True)
+sys.stdin.readline()
+os._exit(0)
+"""], cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    server, launch = map(int, stand_in.stdout.readline().split())
+    workers = list(_workers(launch, tmp_path).values())
+    launcher = _parent(workers[0])
+    assert _parent(launcher) == server
+    stand_in.communicate("\n", timeout=60)
+    assert not _gone([server, launcher, *workers, launch])
+
+
+def test_without_a_zygote_the_client_is_the_launcher(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != zygote.ENV}
+    p = subprocess.Popen([*TORCHRUN, "--standalone", "--nproc-per-node", "2", WORKER, "sleep"], cwd=tmp_path, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    workers = _workers(p.pid, tmp_path)
+    assert {_parent(pid) for pid in workers.values()} == {p.pid}
+    p.terminate()
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 1 and "SignalException: Process %d got signal: 15" % p.pid in err, err[-2000:]
+    assert sorted(out.splitlines()) == [f"rank {r}: {tmp_path} None" for r in (0, 1)]

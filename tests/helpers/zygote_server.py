@@ -1,0 +1,144 @@
+"""The zygote's side of the tests' torchrun launches (zygote.py says why and how): it imports
+torch.distributed.run once, then forks one launcher per client that connects, waits on each through a
+pidfd and tells its client how it ended. Run by `zygote.start` as `zygote_server.serve(LISTENER, LIFELINE)`."""
+
+from __future__ import annotations
+
+import builtins
+import json
+import os
+import selectors
+import signal
+import socket
+import struct
+import sys
+import tempfile
+
+from zygote import LAUNCHER
+
+
+class _Launch:
+    """One client's launcher: its pid and pidfd, and the client's socket (None once the client has gone)."""
+
+    def __init__(self, conn: socket.socket, pid: int):
+        self.conn, self.pid, self.pidfd = conn, pid, os.pidfd_open(pid)
+
+
+def serve(listen_fd: int, lifeline: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is pytest's to handle; the lifeline ends this
+    from torch.distributed.run import main  # noqa: F401  (what each launcher forked from here runs)
+
+    listener = socket.socket(fileno=listen_fd)
+    sel = selectors.DefaultSelector()
+    sel.register(listener, selectors.EVENT_READ, "accept")
+    sel.register(lifeline, selectors.EVENT_READ, "lifeline")
+    while True:
+        for key, _ in sel.select():
+            what = key.data
+            if what == "lifeline":  # the pytest process has gone (or stopped this): so do its launches
+                for launch in {k.data for k in sel.get_map().values() if isinstance(k.data, _Launch)}:
+                    _kill_tree(launch.pid)
+                    os.waitpid(launch.pid, 0)
+                os._exit(0)  # no teardown of torch's modules (zygote.LAUNCHER says why)
+            elif what == "accept":
+                conn = listener.accept()[0]
+                request, fds = _receive(conn)
+                if request is None:
+                    conn.close()
+                    continue
+                pid = os.fork()
+                if pid == 0:
+                    _launcher(request, fds, {sel.fileno(), conn.fileno(), *(k.fd for k in sel.get_map().values())})
+                for fd in fds:
+                    os.close(fd)
+                launch = _Launch(conn, pid)
+                sel.register(conn, selectors.EVENT_READ, launch)
+                sel.register(launch.pidfd, selectors.EVENT_READ, launch)
+            elif key.fd == what.pidfd:  # the launcher has ended: its status to the client
+                _, status = os.waitpid(what.pid, 0)
+                sel.unregister(what.pidfd)
+                os.close(what.pidfd)
+                if what.conn is not None:
+                    sel.unregister(what.conn)
+                    try:
+                        what.conn.sendall(b"%d\n" % status)
+                    except OSError:
+                        pass
+                    what.conn.close()
+            elif what.conn is not None:  # from the client: signals to forward, or its end (the launch's)
+                _from_client(sel, what)
+
+
+def _from_client(sel: selectors.BaseSelector, launch: _Launch) -> None:
+    try:
+        signals = launch.conn.recv(64)
+    except OSError:
+        signals = b""
+    if signals:
+        for signum in signals:  # the launcher is not reaped before its pidfd's turn: its pid is its own
+            os.kill(launch.pid, signum)
+        return
+    sel.unregister(launch.conn)
+    launch.conn.close()
+    launch.conn = None
+    _kill_tree(launch.pid)
+
+
+def _receive(conn: socket.socket) -> tuple[dict | None, list[int]]:
+    """A client's request (argv, env, cwd) and its standard input, output and error; (None, []) for a
+    client that went before it had sent them."""
+    conn.settimeout(30)
+    fds: list[int] = []
+    try:
+        data, fds, _, _ = socket.recv_fds(conn, 1 << 16, 3)
+        while len(data) < 4 or len(data) < 4 + struct.unpack("!I", data[:4])[0]:
+            chunk = conn.recv(1 << 16)
+            if not chunk:
+                raise OSError("the client went before its request was whole")
+            data += chunk
+    except OSError:
+        for fd in fds:
+            os.close(fd)
+        return None, []
+    conn.settimeout(None)
+    return json.loads(data[4:]), fds
+
+
+def _launcher(request: dict, fds: list[int], ours: set[int]) -> None:
+    """The forked child: none of the zygote's descriptors (`ours`: a client's socket held here would hide
+    that client's end), the client's standard streams, directory, environment and arguments, the signal
+    dispositions of a fresh interpreter, then zygote.LAUNCHER (which leaves by os._exit)."""
+    try:
+        os.setpgid(0, 0)
+        for fd in ours:
+            os.close(fd)
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+        for fd in set(fds) - {0, 1, 2}:
+            os.close(fd)
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        tempfile.tempdir = None  # read from TMPDIR again
+        sys.argv = ["-c", *request["argv"]]
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        exec(compile(LAUNCHER, "<string>", "exec"), {"__name__": "__main__", "__builtins__": builtins})
+    finally:
+        os._exit(1)
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL `pid` and every process under it, each stopped before its children are read (none forks
+    past this). torchrun's workers are sessions of their own: the launcher's process group misses them."""
+    try:
+        os.kill(pid, signal.SIGSTOP)
+        children = [int(c) for task in os.listdir(f"/proc/{pid}/task")
+                    for c in open(f"/proc/{pid}/task/{task}/children").read().split()]
+    except OSError:
+        children = []
+    for child in children:
+        _kill_tree(child)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
