@@ -3,7 +3,7 @@ whole (parallel=False) and sharded (parallel=True), and compares them. Not a tes
 
     python -m torch.distributed.run --standalone --nproc-per-node 2 tests/workers/parallel_worker.py CASES.json
 
-CASES.json is a list of {"name", "ckpt", "gemm_impl"?, "grads"?, "vs_dequant"?, ...}. Each rank writes one JSON line per
+CASES.json is a list of {"name", "ckpt", "gemm_impl"?, "grads"?, "vs_dequant"?, "lean"?, ...}. Each rank writes one JSON line per
 case to results.rank<R>.jsonl next to CASES.json (errors as {"error": type, "message": ...}).
 """
 
@@ -32,11 +32,14 @@ def tokens_for(m, seed: int = 0, shape=(2, 12)) -> torch.Tensor:
     return torch.randint(0, m.args.vocab_size, shape, generator=g)
 
 
-def forward_checks(full, sh, out: dict) -> None:
+def forward_checks(full, sh, out: dict, lean: bool = False) -> None:
+    """Logits and MTP logits (both attention paths), decode, hooks and hidden states of the shards against
+    the whole model. `lean`: the absorb logits, the router's choices and the hidden states alone (the
+    cases whose tests read no more)."""
     tok = tokens_for(full)
     has_mtp = len(full.mtp) > 0
     with torch.no_grad():
-        for impl in ("absorb", "naive"):
+        for impl in ("absorb",) if lean else ("absorb", "naive"):
             full.attn_impl = sh.attn_impl = impl
             ref = full(tok, mtp=has_mtp)
             got = sh(tok, mtp=has_mtp)
@@ -48,6 +51,24 @@ def forward_checks(full, sh, out: dict) -> None:
                 out[f"mtp_rel_{impl}"] = rel(got[1], ref[1])
                 out[f"mtp_mean_rel_{impl}"] = float((got[1] - ref[1]).abs().mean() / ref[1].abs().mean())
         full.attn_impl = sh.attn_impl = "absorb"
+        if not lean:
+            hook_checks(full, sh, tok, out)
+        # every hidden state (layers, final norm, the MTP block) before the vocab-split head; lean, the
+        # router's choices in the same passes
+        topk = "layers.1.ffn.gate.hook_topk_ids"
+        hidden = lambda n: n.endswith(("hook_resid_post", "hook_final", "mtp.0.hook_hidden")) or (  # noqa: E731
+            lean and n == topk)
+        _, c_ref = full.run_with_cache(tok, names=hidden, mtp=has_mtp)
+        _, c_sh = sh.run_with_cache(tok, names=hidden, mtp=has_mtp)
+        if lean:
+            out["hook_topk_equal"] = bool(torch.equal(c_sh.pop(topk), c_ref.pop(topk)))
+        out["hidden_rel"] = max(rel(c_sh[n], c_ref[n]) for n in c_ref)
+        out["hidden_hooks"] = len(c_ref)
+
+
+def hook_checks(full, sh, tok, out: dict) -> None:
+    """Decode through the KV cache, the router's, attention's and the experts' hooks."""
+    with torch.no_grad():
         # prefill then decode through the (per-rank) KV cache
         ref = full(tok)
         sh(tok[:, :8], use_cache=True)
@@ -76,12 +97,6 @@ def forward_checks(full, sh, out: dict) -> None:
         out["expert_out_others_zero"] = bool((e_sh[ex][~local] == 0).all()) and bool((~local).any())
         out["expert_out_routed_rel"] = rel(e_sh[names[4]], c_ref[names[4]])
         result_checks(full, sh, tok, out)
-        # every hidden state (layers, final norm, the MTP block) before the vocab-split head
-        hidden = lambda n: n.endswith(("hook_resid_post", "hook_final", "mtp.0.hook_hidden"))  # noqa: E731
-        _, c_ref = full.run_with_cache(tok, names=hidden, mtp=has_mtp)
-        _, c_sh = sh.run_with_cache(tok, names=hidden, mtp=has_mtp)
-        out["hidden_rel"] = max(rel(c_sh[n], c_ref[n]) for n in c_ref)
-        out["hidden_hooks"] = len(c_ref)
 
 
 def result_checks(full, sh, tok, out: dict) -> None:
@@ -164,7 +179,7 @@ def run_case(case: dict, keep: list) -> dict:
     out["world"] = sh.shards.world
     layers.LAYOUT_FREE_SUMS = case.get("layout_free_sums", True)  # read at forward time
     try:
-        forward_checks(full, sh, out)
+        forward_checks(full, sh, out, lean=case.get("lean", False))
     finally:
         layers.LAYOUT_FREE_SUMS = True
     bytes_checks(full, sh, out)
