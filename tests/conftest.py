@@ -100,7 +100,7 @@ LONGEST_FIRST = [  # (seconds per file: a full run on the 2-core EPYC, 2026-12-0
     "dashboards/test_dashboard.py",  # ~23 s: every page, several runs
     "e2e/test_dashboard_e2e.py",  # ~21 s: streamlit and chromium
     "e2e/test_mp_jobs.py",  # ~21 s: a four-rank launch of five jobs
-    "analyses/test_report.py", "analyses/test_notebooks.py",  # ~15 s and ~14 s: eleven notebooks in two kernels
+    "analyses/test_report.py", "analyses/test_notebooks.py",  # ~15 s and ~14 s: eleven notebooks in one kernel
     "train/test_train.py", "probe/test_resume.py",  # ~13 s and ~12 s: records stopped and resumed
     "analyses/test_ablate_cli.py", "dashboards/test_metric_views.py",  # ~10 s and ~9 s
     "dashboards/test_serving.py", "model/test_tensor_reader.py",  # ~7 s each

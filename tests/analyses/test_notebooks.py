@@ -18,7 +18,6 @@ REPO = Path(__file__).resolve().parents[2]
 NB_DIR = REPO / "analyses" / "notebooks"
 NAMES = ["load_balance", "specialisation", "ablation", "latent_kv", "mtp", "causal_importance", "expert_paths",
          "token_dependence", "run_vs_run", "steering", "circuits"]
-WRITERS = ("ablation", "causal_importance", "steering")  # notebooks that write tables into the run
 BUDGET_S = 180  # all notebooks together (the sum of their times)
 _TIMES: dict[str, float] = {}
 
@@ -45,9 +44,15 @@ def test_every_notebook_is_there_and_stored_without_outputs():
         assert "default_run()" in code[0].source
 
 
+# what a kernel imports before its first notebook, to freeze it out of the cyclic collector's passes (`_execute`)
+PRELOAD = ("numpy", "pandas", "plotly.graph_objects", "IPython.display", "torch", "sklearn.linear_model", "model",
+           "generate", "analyses.notebook_utils", "analyses.metrics", "analyses.report", "analyses.ablate",
+           "analyses.importance", "analyses.steer", "analyses.placement")
+
+
 def _execute(name: str, km, env: dict[str, str] | None = None) -> tuple:
     """Run one notebook top to bottom in the kernel of `km` (started by the first notebook it runs;
-    a kernel that ran one before has its namespace reset first): (notebook, seconds, exception or None).
+    its namespace reset before every notebook): (notebook, seconds, exception or None).
     env: variables set in the kernel first (`%env`; a kernel started before took this process's)."""
     import nbformat
     from nbclient import NotebookClient
@@ -57,12 +62,16 @@ def _execute(name: str, km, env: dict[str, str] | None = None) -> tuple:
                               resources={"metadata": {"path": str(NB_DIR)}})
 
     nb = nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
-    # a kernel that ran a notebook before starts this one as a new kernel would: no variable, import or
-    # figure of the notebook before. The reset (and `env`) runs as the notebook's first cell, taken out
-    # again after: run on its own it took a client of its own, 0.25 s a notebook
-    first = (["%reset -f"] if km.has_kernel else []) + [f"%env {k}={v}" for k, v in (env or {}).items()]
-    if first:
-        nb.cells.insert(0, nbformat.v4.new_code_cell("\n".join(first)))
+    # every notebook starts as in a new kernel: no variable, import or figure of the notebook before (nor
+    # of the PRELOAD below). The reset (and `env`) runs as the notebook's first cell, taken out again
+    # after: run on its own it took a client of its own, 0.25 s a notebook.
+    # NOTE: a new kernel imports PRELOAD and freezes what it holds then (gc.freeze, with the thresholds
+    # of tests/conftest.py): `%reset -f` runs two full collections, and over torch, pandas and plotly
+    # those took 0.3-0.7 s a notebook, ~5 s of the kernel's ~21 s of CPU (2026-12-06)
+    first = [f"%env {k}={v}" for k, v in (env or {}).items()]
+    if not km.has_kernel:
+        first += ["import gc", "gc.set_threshold(10_000, 20, 100)", "import " + ", ".join(PRELOAD), "gc.freeze()"]
+    nb.cells.insert(0, nbformat.v4.new_code_cell("\n".join(first + ["%reset -f"])))
     t = time.perf_counter()
     try:
         client(nb).execute()
@@ -70,60 +79,41 @@ def _execute(name: str, km, env: dict[str, str] | None = None) -> tuple:
     except Exception as e:  # noqa: BLE001 - reported by the notebook's own test
         err = e
     finally:
-        if first:
-            del nb.cells[0]
+        del nb.cells[0]
     return nb, time.perf_counter() - t, err
 
 
 @pytest.fixture(scope="module")
-def kernels():
-    """Two kernels for this module's notebooks, each started by the first notebook it runs and shut down
-    after the module's last test: `executed` runs the eleven in them, and the one-domain test below two
-    more in one of them (a kernel of its own took ~2 s more to start and import torch, pandas and plotly)."""
-    from queue import Queue
-
+def kernel():
+    """One kernel for this module's notebooks, started by the first notebook it runs and shut down after
+    the module's last test: `executed` runs the eleven in it, and the one-domain test below two more (a
+    kernel of its own took ~2 s more to start and import torch, pandas and plotly)."""
     from jupyter_client.manager import AsyncKernelManager
 
-    pool: Queue = Queue()
-    for _ in range(2):
-        pool.put(AsyncKernelManager(kernel_name="python3"))
-    yield pool
-    while not pool.empty():
-        _shutdown(pool.get())
+    km = AsyncKernelManager(kernel_name="python3")
+    yield km
+    _shutdown(km)
 
 
 @pytest.fixture(scope="module")
-def executed(run_dir, kernels):
-    """Every notebook executed, two kernels at a time (each runs on one thread; CI has two cores):
-    the notebooks that write into the run (ablations, importance, steering) one after another as one
-    task, so that no two of them update its run.json at once; the others each a task of their own,
-    taken by whichever kernel is free.
+def executed(run_dir, kernel):
+    """Every notebook executed, one after another in one kernel.
 
     NOTE: a kernel runs several notebooks, its namespace reset (`%reset -f`) between them, instead of
     a kernel each: starting a kernel and importing torch, pandas and plotly into it was most of a
-    notebook's time (the ten took 55 s in all with a kernel each, 20 s this way). Modules stay
+    notebook's time (the ten took 55 s in all with a kernel each, 20 s in two kernels). Modules stay
     imported; every name a notebook uses it must still define itself (a name left by the notebook
-    before fails, checked by hand)."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    before fails, checked by hand). One kernel, not two side by side: the suite's two xdist workers
+    keep both cores busy, so a second kernel only cost its start (~3 s of CPU: python, ipykernel,
+    torch, pandas, plotly), and the notebooks that write into the run (ablations, importance,
+    steering) no longer need keeping apart so that no two update its run.json at once."""
     env = {"DSV3_NOTEBOOK_RUN": str(run_dir), "DSV3_NOTEBOOK_ABLATION_TOKENS": "600",
            "DSV3_NOTEBOOK_IMPORTANCE_EXPERTS": "0-3",  # 12 removals instead of 96
            "OMP_NUM_THREADS": "1"}  # steady on a shared CPU
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-
-    def task(names):
-        km = kernels.get()
-        try:
-            return {n: _execute(n, km) for n in names}
-        finally:
-            kernels.put(km)
-
     try:
-        tasks = [[n for n in NAMES if n in WRITERS]] + [[n] for n in NAMES if n not in WRITERS]
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            done = pool.map(task, tasks)
-            return {k: v for part in done for k, v in part.items()}
+        return {n: _execute(n, kernel) for n in NAMES}
     finally:
         for k, v in old.items():
             if v is None:
@@ -275,7 +265,7 @@ def test_compare_run_refuses_a_run_without_routing_before_recording(tmp_path, mo
                                  "$DSV3_NOTEBOOK_RUN at one that has it"), str(e.value)
 
 
-def test_notebooks_that_compare_domains_in_part_say_so_on_a_one_domain_run(tmp_path, monkeypatch, kernels):
+def test_notebooks_that_compare_domains_in_part_say_so_on_a_one_domain_run(tmp_path, monkeypatch, kernel):
     """On a run of one domain latent_kv stopped halfway, in its domain probe ("a probe needs training
     tokens of two labels or more"), and mtp's conclusion named that domain both best and worst (a
     tour): both run to the end, their other figures and conclusions kept, and say plainly what was
@@ -292,11 +282,8 @@ def test_notebooks_that_compare_domains_in_part_say_so_on_a_one_domain_run(tmp_p
     env = {"DSV3_NOTEBOOK_RUN": str(run), "OMP_NUM_THREADS": "1"}
     for k, v in env.items():  # for a kernel that starts here (this test alone)
         monkeypatch.setenv(k, v)
-    km = kernels.get()  # a kernel that ran notebooks above, where they ran (its variables set again)
-    try:
-        done = {name: _execute(name, km, env) for name in ("latent_kv", "mtp")}
-    finally:
-        kernels.put(km)
+    # the kernel that ran the notebooks above, where they ran (its variables set again)
+    done = {name: _execute(name, kernel, env) for name in ("latent_kv", "mtp")}
     for name, (nb, _, err) in done.items():
         assert err is None, (name, err)
         outs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
