@@ -40,9 +40,11 @@ def texts_of(values: list[str]) -> str:
 
 
 def visit(runs_dir: Path, run: str, pages) -> dict[str, dict]:
-    """Each of `pages` opened once, in order, in one app on `run`: what each showed (`seen`)."""
-    at = app(runs_dir, run)
-    return {page: seen(open_page(at, page)) for page in pages}
+    """Each of `pages` opened once, in order, in one app on `run`: what each showed (`seen`). The app
+    opens on the first (an app opened on the Overview, then sent to each page, ran the Overview twice)."""
+    first, *rest = pages
+    at = app(runs_dir, run, page=first)
+    return {first: seen(at)} | {page: seen(open_page(at, page)) for page in rest}
 
 
 @pytest.fixture(scope="module")
@@ -360,8 +362,7 @@ def test_running_and_interrupted_runs_are_flagged(runs):
         plan |= {"windows": 2 * plan["windows"], "tokens": 2 * plan["tokens"],
                  "tokens_per_domain": {k: 2 * v for k, v in plan["tokens_per_domain"].items()}}
         (stopped / "run.json").write_text(json.dumps(info))
-        at = app(d, "stopped")
-        open_page(at, "overview")
+        at = app(d, "stopped", page="overview")
         tok = probe.open_run(stopped).df("tokens")
         shown = {m.label: m.value for m in at.metric}
         assert shown["Windows"] == f"{tok.seq_id.nunique():,}" and shown["Documents"] == f"{tok.doc_id.nunique():,}"
@@ -371,8 +372,7 @@ def test_running_and_interrupted_runs_are_flagged(runs):
         info |= {"status": "running"}
         info.pop("recorded", None)
         (stopped / "run.json").write_text(json.dumps(info))
-        at = app(d, "stopped")
-        open_page(at, "overview")
+        at = app(d, "stopped", page="overview")
         assert {m.label: m.value for m in at.metric}["Tokens"] == f"{len(tok):,}"
         open_page(at, "specialisation")
         assert f"Per-token view over all {len(tok):,} tokens of the run." in texts(at.caption)
@@ -383,8 +383,7 @@ def test_running_and_interrupted_runs_are_flagged(runs):
 
         assert domain_chart(open_page(at, "overview"))  # the control: drawn while tokens are there
         shutil.rmtree(stopped / "tokens")
-        at = app(d, "stopped")
-        open_page(at, "overview")
+        at = app(d, "stopped", page="overview")
         shown = {m.label: m.value for m in at.metric}
         assert (shown["Tokens"], shown["Windows"], shown["Documents"]) == ("0", "0", "0"), shown
         assert "no batch committed yet" in texts(at.caption)
@@ -416,8 +415,7 @@ def test_corrupted_files_are_warnings_not_tracebacks(runs):
     for page, shown in loads.items():
         assert not shown["errors"], (page, shown["errors"])
     assert "cannot read `expert_load`" in texts_of(loads["load_balance"]["warnings"])
-    at = app(runs["corrupt"], "badjson")
-    open_page(at, "overview")
+    at = app(runs["corrupt"], "badjson", page="overview")
     assert "run.json unreadable" in texts(at.error) or "run.json unreadable" in texts(at.info + at.warning)
 
 
