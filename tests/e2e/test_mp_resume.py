@@ -27,13 +27,13 @@ from helpers.threads import one_thread
 pytestmark = pytest.mark.slow  # torchrun launches, a browser or notebook kernels: `pytest -m "not slow"` skips them
 
 
-# NOTE: 20 batches of a tiny model (~55 ms each on 2 ranks, float64), committed every 2: the first
-# launch is killed at batch 5, the first resume at batch 13, and the second resume commits 4 more
-# times (2400 tokens, 38 batches, cost ~1 s more of each sharded run and the reference, and crossed
-# no commit boundary the 20 do not). The kills do not race the run: each launch goes through
+# NOTE: 10 batches of a tiny model (~55 ms each on 2 ranks, float64), committed every 2: the first
+# launch is killed at batch 3 (one commit kept), the first resume at batch 7 (two more), and the
+# second resume commits twice more (the 20 batches of before, killed at 5 and 13, crossed no commit
+# boundary these do not). The kills do not race the run: each launch goes through
 # helpers/held_probe.py, which holds both ranks at the start of one batch until the victim is killed
 # (a kill timed from the commits once landed after a loaded machine had finished the run).
-RESUME_TOKENS = 1280
+RESUME_TOKENS = 640
 
 
 @pytest.fixture(scope="module")
@@ -79,10 +79,10 @@ def test_two_ranks_one_sharded_model_killed_twice_then_resumed(env, single, tmp_
     and began at batch 0 while its writer went on from the last commit, the sharded forward mixing two
     batches' halves into the rows written."""
     out = tmp_path / "run"
-    _launch_and_kill(env, out, 0, 5)
+    _launch_and_kill(env, out, 0, 3)
     first = len(probe.open_run(out).df("tokens"))
     assert 0 < first < single["rec"].info["recorded"]["tokens"]
-    _launch_and_kill(env, out, 1, 13, "--resume")
+    _launch_and_kill(env, out, 1, 7, "--resume")
     partial = probe.open_run(out)
     assert partial.info["resumed"] == 1 and first < len(partial.df("tokens")) < single["rec"].info["recorded"]["tokens"]
     p = torchrun(2, str(ROOT / "tests" / "workers" / "failing_rank.py"), f"out={tmp_path / 'not-shared'}",
