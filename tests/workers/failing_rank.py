@@ -1,7 +1,7 @@
 """A torchrun worker for `dsv3-probe ...` whose rank 1 fails on purpose, for the tests of how the
 other ranks end (tests/e2e/test_mp_resume.py). Not collected by pytest (no test_ prefix).
 
-    torchrun --nproc-per-node 2 tests/workers/failing_rank.py MODE [-m MODULE] ARGS...
+    torchrun --nproc-per-node 2 tests/workers/failing_rank.py MODE [MODE...] [-m MODULE] ARGS...
 
 MODE load: rank 1's `model.load` raises OSError (an unreadable shard, a rank out of memory).
 MODE after-load: rank 1 exits at once after its model loaded (a rank killed while the job runs).
@@ -10,6 +10,7 @@ MODE corpus=PATH: rank 1 reads the corpus at PATH instead of --corpus (a node wh
 MODE out=PATH: rank 1 is given --out PATH (a rank that does not see the run: a node without the shared disk).
 MODE tokenizer=PATH: rank 1 is given --tokenizer PATH (its node's copy of the tokenizer).
 MODE ckpt=PATH: rank 1 is given --ckpt PATH (its node's copy of the checkpoint).
+The FLAG=PATH modes may follow one another (a node whose copies differ in several ways).
 ARGS: `dsv3-probe`'s, or `-m analyses.ablate ...` (importance, steer) for that command's.
 """
 
@@ -27,7 +28,11 @@ import importlib  # noqa: E402
 import model  # noqa: E402
 import probe.record as record  # noqa: E402
 
+PER_NODE = ("corpus=", "out=", "tokenizer=", "ckpt=")
 mode, argv = sys.argv[1], sys.argv[2:]
+per_node = [mode] if mode.startswith(PER_NODE) else []
+while per_node and argv[:1] and argv[0].startswith(PER_NODE):
+    per_node.append(argv.pop(0))
 module = "probe"
 if argv[:1] == ["-m"]:
     module, argv = argv[1], argv[2:]
@@ -56,9 +61,9 @@ if os.environ.get("RANK") == "1":
             return out
 
         record.agree = agree_then_exit
-    elif mode.startswith(("corpus=", "out=", "tokenizer=", "ckpt=")):
-        flag, path = mode.split("=", 1)
-        argv[argv.index("--" + flag) + 1] = path
+    elif per_node:
+        for flag, path in (m.split("=", 1) for m in per_node):
+            argv[argv.index("--" + flag) + 1] = path
     else:
         sys.exit(f"unknown MODE {mode!r}: load, after-load, after-create, corpus=PATH, out=PATH, tokenizer=PATH or ckpt=PATH")
 sys.exit(main(argv))
