@@ -4,7 +4,7 @@ Not a pytest module (CI never collects it); it needs a GPU machine.
 
     python tests/gpu/check_jobs.py                  # one GPU (the project need not be installed)
     python tests/gpu/check_jobs.py --max-tokens 200000
-    python tests/gpu/check_jobs.py --cpu            # the script itself: the "device" runs on the CPU too
+    python tests/gpu/check_jobs.py --cpu            # the script itself: the "device" is the CPU too
 
 Records the bundled validation corpus (`--max-tokens`, every domain) three times: float32 on the
 CPU (the reference), float32 on the GPU and bfloat16 on the GPU; then an FP8 copy of the model with
@@ -13,7 +13,9 @@ twins (DSV3_KERNELS=torch) and on the GPU with Triton's kernels, a trained model
 of the kernels; and runs `spec` (greedy decoding with MTP drafts) on the CPU and on the GPU in
 float32. Prints tokens/s of each record, how the GPU's routing compares with the reference
 (identical top-k sets, identical top-1, per layer), the mean loss per domain, and the MTP
-acceptance of both spec runs.
+acceptance of both spec runs. With --cpu the "device" is the CPU, and a device job that would
+repeat a CPU job exactly (float32, FP8 on the default kernels, spec: the same arguments) is that job's
+run, compared as the device's: each job runs once, and the comparisons and reports are the script's.
 
 Passes when, against the CPU's float32 record, the GPU's float32 record keeps >= 99.5% of top-k
 sets identical and moves no domain's mean loss by more than 1e-3 nats, and its bfloat16 record
@@ -94,6 +96,12 @@ def record_run(out: Path, device: str, dtype: str, ns, ckpt: str | None = None, 
     return {"tokens": tokens, "routing": routing, "secs": secs, "label": label}
 
 
+def as_device(run: dict, name: str) -> dict:
+    """The CPU mode's stand-in for a device run that would repeat `run` (the same job, dtype and
+    kernels on the same CPU): its tables and time, labelled as on `name`."""
+    return run | {"label": run["label"].replace(" on cpu", f" on {name}")}
+
+
 def compare(ref: dict, got: dict) -> dict:
     """`record_agreement` of got against ref; no (token, layer) in common is reported as a failed
     check, not a traceback."""
@@ -151,7 +159,10 @@ def main() -> int:
         ref = record_run(Path(d) / "cpu32", "cpu", "float32", ns)
         ok = True
         for dtype, same_min, loss_max in (("float32", SAME_F32, LOSS_F32), ("bfloat16", SAME_BF16, LOSS_BF16)):
-            got = record_run(Path(d) / f"dev-{dtype}", device, dtype, ns, name=dev_name)
+            if ns.cpu and dtype == "float32":  # the reference's job again (the same CPU, dtype and kernels)
+                got = as_device(ref, dev_name)
+            else:
+                got = record_run(Path(d) / f"dev-{dtype}", device, dtype, ns, name=dev_name)
             ok &= report(ref, got, compare(ref, got), same_min, loss_max)
         # FP8 weights and GEMMs: the device's kernels (Triton on a GPU) against the torch twins on the
         # same device (only the GEMMs differ: judged), then against the CPU's twins (routing measured)
@@ -159,11 +170,13 @@ def main() -> int:
         ref8 = record_run(Path(d) / "cpu-fp8", "cpu", "bfloat16", ns, fp8, "fp8")
         twin8 = ref8 if ns.cpu else record_run(Path(d) / "dev-fp8-twins", device, "bfloat16", ns, fp8, "fp8",
                                                impl="torch", name=dev_name)  # on the CPU the twins are the reference
-        got8 = record_run(Path(d) / "dev-fp8", device, "bfloat16", ns, fp8, "fp8", name=dev_name)
+        got8 = as_device(ref8, dev_name) if ns.cpu else record_run(Path(d) / "dev-fp8", device, "bfloat16", ns, fp8,
+                                                                    "fp8", name=dev_name)  # the CPU: ref8's job again
         ok &= report(twin8, got8, compare(twin8, got8), SAME_FP8, LOSS_BF16)
         if not ns.cpu:  # on the CPU the reference is the twins' run: the same comparison again
             ok &= report(ref8, got8, compare(ref8, got8), 0.0, LOSS_BF16)
-        s_ref, s_dev = spec_run(Path(d) / "spec-cpu", "cpu", ns), spec_run(Path(d) / "spec-dev", device, ns)
+        s_ref = spec_run(Path(d) / "spec-cpu", "cpu", ns)
+        s_dev = s_ref if ns.cpu else spec_run(Path(d) / "spec-dev", device, ns)
     spec_ok = s_ref["prompts"] == s_dev["prompts"] and abs(s_dev["rate"] - s_ref["rate"]) <= SPEC_RATE
     print(f"\nspec, float32, {s_dev['prompts']} prompts: MTP drafts accepted {s_ref['rate']:.3f} on the CPU "
           f"({s_ref['secs']:.1f} s), {s_dev['rate']:.3f} on {where} ({s_dev['secs']:.1f} s); tokens per forward "
