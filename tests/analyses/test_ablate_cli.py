@@ -203,6 +203,7 @@ def test_domain_tokens_sample_within_the_run_unless_max_tokens_is_given(probe_en
     assert set(probe.open_run(tmp_path / "o").df("ablations").domain) == {"all", "code", "prose"}
 
 
+@pytest.mark.slow  # 0.8 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_a_caller_samples_within_the_run_with_a_max_tokens_of_its_own(probe_env, tmp_path):
     """`within_run` with max_tokens given (the report's sweep): the run's windows, up to the cap it was
     recorded with, then at most max_tokens of them; a run without a cap: the corpus sample, as without."""
@@ -412,6 +413,7 @@ def test_an_ablation_that_strands_an_expert_says_so_and_counts_it(probe_env, tmp
     assert df.loc["experts-1:0+1+2", "n_disabled"] == 4 and df.loc["experts-1:0+4+8", "n_disabled"] == 3
 
 
+@pytest.mark.slow  # 0.7 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_the_same_command_on_a_moved_run_replaces_its_part(probe_env, tmp_path):
     """A part's key held the run's, checkpoint's and corpus' absolute paths: the same sweep on a copied or moved
     run wrote a second part beside the first, every row twice under one name; and the tokenizer was in neither
@@ -458,6 +460,7 @@ def test_write_ablations_keys_its_part_by_its_inputs_content(tiny, tmp_path):
     assert len(probe.open_run(tmp_path / "o").files("ablations")) == 2
 
 
+@pytest.mark.slow  # 0.6 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_top_by_the_loads_of_an_interrupted_record_says_they_are_partial(probe_env, tmp_path, capsys, monkeypatch):
     """--top ranked experts by the expert_load of a record stopped by Ctrl-C, silently (a review): it
     is taken, with one line naming the partial loads and the tokens they cover, and the part's entry

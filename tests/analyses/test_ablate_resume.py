@@ -114,6 +114,7 @@ def test_interrupted_in_the_first_ablation_keeps_the_baseline(probe_env, tmp_pat
     _no_leftovers(out)
 
 
+@pytest.mark.slow  # 0.9 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_negative_control_nothing_is_taken_across_options_finished_sweeps_or_fresh(probe_env, tmp_path, capsys,
                                                                                   counted, whole_run):
     """The counts above can fail: other options (another key), a finished sweep and --fresh compute
@@ -151,6 +152,7 @@ def _sample(out, sample, digest=None):
             entry["windows_digest"] = digest
 
 
+@pytest.mark.slow  # 1.0 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 @pytest.mark.parametrize("sample, digest, options, taken", [
     ("run", None, ("--domain-tokens", "150"), False),  # another sample, capped: none taken
     (None, None, ("--domain-tokens", "150"), True),  # none said: the whole corpus, as this command's

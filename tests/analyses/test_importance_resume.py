@@ -141,6 +141,7 @@ def test_a_layer_a_newer_measurement_took_is_measured_again(probe_env, tmp_path,
     _no_leftovers(out)
 
 
+@pytest.mark.slow  # 0.8 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_negative_control_nothing_is_taken_across_options_finished_jobs_or_fresh(probe_env, tmp_path, capsys,
                                                                                 counted, whole_run):
     """The counts above can fail: other options (another part), a finished job and --fresh run the
@@ -163,6 +164,7 @@ def test_negative_control_nothing_is_taken_across_options_finished_jobs_or_fresh
     pd.testing.assert_frame_equal(probe.open_run(finished).df("expert_importance"), ref, check_exact=True)
 
 
+@pytest.mark.slow  # 1.4 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 @pytest.mark.parametrize("cap, taken", [(150, False), (None, True)])
 def test_a_layer_of_the_whole_corpus_is_not_taken_into_a_run_sample(probe_env, tmp_path, capsys, counted, cap, taken):
     """A job given --run (no --max-tokens) interrupted before such jobs sampled within the run's windows

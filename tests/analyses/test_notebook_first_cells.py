@@ -280,6 +280,7 @@ def test_load_balance_on_one_batch_draws_no_batch_chart_and_claims_no_batch_to_b
     assert "- On 4 GPU(s) with 4 redundant slot(s), EPLB-style placement" in said[-1], said  # the rest still said
 
 
+@pytest.mark.slow  # 0.6 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_ablation_on_one_domain_draws_no_domain_table(tmp_path, monkeypatch):
     """On a run of one domain the ablation notebook drew "Loss delta: rows evaluated domain, columns domain
     whose top experts are masked" as one cell, the domain's own experts on itself (what the top-used curve
@@ -301,6 +302,7 @@ def test_ablation_on_one_domain_draws_no_domain_table(tmp_path, monkeypatch):
     assert "- Per-domain masking: not measured" in said[-1], said
 
 
+@pytest.mark.slow  # 1.0 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_a_domain_of_one_window_is_left_out_of_the_held_out_scores_and_named(tmp_path, monkeypatch):
     """A capped run (2,000 tokens of five domains) had domains of one window, which the held-out split
     (every 5th window of each domain, its first included) holds out whole: the probes were scored on

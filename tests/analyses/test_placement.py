@@ -280,6 +280,7 @@ def test_cli_on_a_synthetic_run(tmp_path):
     assert all(lay["balancedness_after"] >= lay["balancedness_before"] - 1e-12 for lay in j["layers"])
 
 
+@pytest.mark.slow  # 0.8 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_cli_errors_are_one_line(tmp_path, monkeypatch):
     write_run(tmp_path / "run", E=8, groups=4)
     write_run(tmp_path / "empty", empty=True)

@@ -70,6 +70,7 @@ def test_report_has_every_section(run_dir, tmp_path, capsys):
     assert {"top0", f"top{E // 8}", f"random{E // 8}-s0", f"random{E // 8}-s1"} <= set(rows.ablation)
 
 
+@pytest.mark.slow  # 1.6 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_only_the_writing_rank_computes_the_table_sections(run_dir, monkeypatch):
     """Under torchrun every rank runs the model sections (ablations, importance, steering) together;
     the sections read from the run's tables alone are computed by the rank that writes (rank 0) only."""
@@ -86,6 +87,7 @@ def test_only_the_writing_rank_computes_the_table_sections(run_dir, monkeypatch)
     assert scans == [1] and {"balance", "repetition", "paths", "token_dependence", "summary"} <= set(first)
 
 
+@pytest.mark.slow  # 0.6 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_loss_vs_masked_comes_from_the_ablation_api(run_dir):
     # 200 tokens (40 a domain): the top experts still move the loss; 1,000 took twice the CPU
     sw = ablation_sweep(run_dir, max_tokens=200, fractions=(1 / 8,), seeds=(0, 1))
@@ -142,6 +144,7 @@ def test_a_reader_that_stops_early_does_not_cost_the_files(run_dir, tmp_path):
     assert html.stat().st_size > 0 and md.stat().st_size > 0
 
 
+@pytest.mark.slow  # 1.5 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_a_one_domain_run_is_reported_as_such(tmp_path, capsys):
     """Domain specialisation and the per-domain ablation need two domains: the report says so."""
     from helpers.synthetic_run import write_run
@@ -297,6 +300,7 @@ def test_a_complete_run_that_lost_expert_load_is_not_called_empty(tmp_path, caps
                    "every section reads it; record the run again")
 
 
+@pytest.mark.slow  # 0.3 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_a_complete_run_missing_one_ranks_parts_is_warned_about_not_read_as_smaller(tmp_path, capsys):
     """A sharded record's second replica's parts deleted (or left on its node's own disk): the report
     read the first replica's tokens alone as the run, without a word (a tour); it now names the
@@ -395,6 +399,7 @@ def test_too_few_windows_to_hold_out_is_not_measured_not_nan(tmp_path):
     assert {b.name for b in path_fig.data} == {"top1: ami", "top2 set: ami"}  # no all-NaN accuracy bars
 
 
+@pytest.mark.slow  # 0.6 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_one_domain_leaves_out_the_path_information_figure(tmp_path):
     """One domain (a corpus of one .jsonl file, an SGLang per_token import): the summary said domain
     information is not measured, yet "Path vs single layer" drew four all-NaN series over an all-NaN
@@ -433,6 +438,7 @@ def test_a_sweep_whose_every_masked_count_was_refused_says_not_measured():
     assert not any("0 of 0" in x or "loss delta ;" in x for x in s)
 
 
+@pytest.mark.slow  # 0.5 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_the_report_shows_vocabulary_specialisation_as_the_dashboard_does_beside_its_baseline(tmp_path):
     """The report counted every id (min_count 1: an id seen once scores 1) and showed no baseline;
     the dashboard counts ids seen VOCAB_MIN_COUNT times and shows the shuffled baseline (a review)."""
@@ -465,6 +471,7 @@ def test_the_report_shows_vocabulary_specialisation_as_the_dashboard_does_beside
     assert plain.loc[(2, "top1"), "vocab_spec_input"] > td.loc[(2, "top1"), "vocab_spec_input"] + 0.05
 
 
+@pytest.mark.slow  # 0.5 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_an_import_is_labelled_and_told_it_has_one_stream(tmp_path, capsys):
     """An SGLang import's header said `checkpoint ?` and its one-domain line advised recording a corpus
     with sub-folders, which an import cannot do (a review)."""
@@ -506,6 +513,7 @@ def test_the_importance_scatter_has_its_own_table_of_every_expert(tmp_path, monk
     assert "spearman" in figs[1][2] and figs[1][1] is None  # the correlation: an entry of its own
 
 
+@pytest.mark.slow  # 0.8 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_a_recorded_mtp_table_without_rows_is_told_from_a_missing_one(tmp_path, capsys):
     """record --max-tokens 1 makes the mtp table and no window gives it a row: the section said
     '(not in this run: the table was not recorded)', which reads as a record made with --no-mtp (a tour)."""
@@ -544,6 +552,7 @@ def test_one_domain_under_a_cap_within_the_first_window_is_told_to_record_more_t
         assert _one_domain({"run": NS(info={"options": opts}), "domains": ["code"]}) == ONE_DOMAIN.format("code")
 
 
+@pytest.mark.slow  # 0.6 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_the_findings_say_why_a_section_is_missing_as_the_html_does(tmp_path, capsys):
     """--findings left a section without numbers out, heading and all (a run without routing lost paths,
     probes and token-id dependence without a word), where the HTML says why in its place (a tour)."""

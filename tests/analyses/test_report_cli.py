@@ -112,6 +112,7 @@ def test_outputs_over_the_files_the_run_was_recorded_from_are_refused(tmp_path, 
     assert f"is inside --corpus {folder}" in err and not any(folder.iterdir())
 
 
+@pytest.mark.slow  # 0.7 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_an_existing_file_is_replaced_only_when_it_is_a_report_or_findings(tmp_path, capsys):
     """--out or --findings naming a user's own file (notes.md) replaced it without a word (a tour)."""
     run, notes = tmp_path / "r", tmp_path / "notes.md"
@@ -183,6 +184,7 @@ def test_a_compare_run_that_is_not_one_names_the_flag(tmp_path, capsys):
         assert err.startswith(f"error: --compare {tmp_path / other}") and err.endswith(why), err
 
 
+@pytest.mark.slow  # 1.1 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_flags_of_the_model_sections_are_said_to_change_nothing_with_skip_ablation(tmp_path, capsys):
     # --seeds, --ckpt, --dtype ... with --skip-ablation were dropped without a word
     write_run(tmp_path / "r", domains=("code", "prose"))
@@ -311,6 +313,7 @@ def test_a_run_another_command_made_is_named_not_called_empty(tmp_path, capsys):
         "the report is of a run that `dsv3-probe record` made (pass one; the dashboard shows this one)")
 
 
+@pytest.mark.slow  # 0.6 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_a_compare_run_of_a_model_with_other_expert_counts_is_refused(tmp_path, capsys):
     """--compare of a run of another model (16 routed experts against 32) compared expert ids by index
     and reported top-1 agreement 0.030 as a measurement: the ids name different experts (a tour)."""
@@ -364,6 +367,7 @@ def test_a_compare_run_that_lost_routing_parts_names_them(tmp_path, capsys):
                    "two runs' routes"), err
 
 
+@pytest.mark.slow  # 0.6 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_compare_with_itself_or_a_copy_is_refused(tmp_path, capsys):
     """--compare of the run with itself reported agreement 1.000 everywhere without saying it was the same
     run (a tour): refused in one line, as is a copy of it (the same recording), before any section runs."""
@@ -390,6 +394,7 @@ def _edit_run_json(run, **fields) -> dict:
     return info
 
 
+@pytest.mark.slow  # 2.3 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_a_copy_is_known_by_its_recording_not_by_an_identical_run_json(tmp_path, capsys):
     """A copied run was recognised only while both run.json files stayed identical: once its paths
     were rewritten (a moved checkpoint or corpus, another --out) or a job noted its parts in either

@@ -5,6 +5,8 @@ say so in one sentence; the numbers they print are the metrics' of the other dom
 
 from __future__ import annotations
 
+import pytest
+
 from types import SimpleNamespace
 
 import probe
@@ -21,6 +23,7 @@ def _research(run) -> dict:
     return {"summary": research.summary(out), "figures": research.figures(out), **out}
 
 
+@pytest.mark.slow  # 0.8 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_the_report_names_a_domain_left_out_of_the_held_out_scores(tmp_path):
     """A 2,000-token run over five domains read 'a linear probe reads the domain at 58.5%' with two
     domains scored but never trained on (a tour)."""
@@ -45,6 +48,7 @@ def test_the_report_names_a_domain_left_out_of_the_held_out_scores(tmp_path):
     assert not any("Left out" in t for figs in both["figures"].values() for t, *_ in figs)
 
 
+@pytest.mark.slow  # 0.6 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_a_domain_named_with_a_comma_is_left_out_under_its_own_name(tmp_path):
     """A domain name is any text (a JSONL `domain` field): the `left_out` column, its names joined with ", "
     and split on ", " by every reader, named 'news, world' as two domains, news and world (a tour). It holds
@@ -67,6 +71,7 @@ def test_a_domain_named_with_a_comma_is_left_out_under_its_own_name(tmp_path):
         assert said == [note]
 
 
+@pytest.mark.slow  # 0.3 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_the_left_out_sentence_names_the_splits_every(tmp_path):
     """`left_out_note` said "every 5th window" whatever `every` the held-out split used."""
     write_run(tmp_path / "thin", n_seq=11, seq_len=12, domains=DOMAINS)  # wiki: window 5 only

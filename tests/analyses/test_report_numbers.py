@@ -257,6 +257,7 @@ def test_report_paths_hold_out_every_fifth_window_and_use_the_top_k_sets(tmp_pat
     assert p["E"] == 8 and p["K"] == 2
 
 
+@pytest.mark.slow  # 0.4 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_report_probes_weights_and_scores_and_says_why_not(tmp_path):
     """The domain-probe section: both feature kinds where the run kept scores (the synthetic run keeps
     them on even windows), its sentence from those rows, and with one domain the reason in its place."""
@@ -414,6 +415,7 @@ def test_windows_of_one_token_give_no_repetition_of_nan(tmp_path):
     assert _repetition_figures(rep)[0][1] is not None and "not measured" not in line and "L1 " in line
 
 
+@pytest.mark.slow  # 0.4 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_run_vs_run_names_the_layers_only_one_run_has(tmp_path):
     """--compare of a run of a model with fewer MoE layers (same experts): the agreement covered the
     layers both have, and the others went unsaid from the summary and the chart (a tour)."""

@@ -4,6 +4,8 @@ speaks of the run's domains (analyses.ablate.inputs.sample_windows, `within_run`
 
 from __future__ import annotations
 
+import pytest
+
 import probe
 from analyses.report import __main__ as report
 from analyses.report import ablation_sweep
@@ -23,6 +25,7 @@ def test_the_importance_section_of_a_one_domain_run_scores_that_domain_alone(pro
     assert "pass a larger --importance-tokens" in got["too_few"]
 
 
+@pytest.mark.slow  # 0.5 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_the_tokens_scored_name_the_domain_the_run_s_cap_cut(probe_env, tmp_path):
     """A run whose cap (order corpus) took code whole and 29 tokens of prose: the importance section said
     '--importance-tokens 300 a domain', as the cap was over 300 x 2 (a tour); it names prose's 29."""
@@ -41,6 +44,7 @@ def test_the_tokens_scored_name_the_domain_the_run_s_cap_cut(probe_env, tmp_path
                              f"{code + 29:,} (which these sections inherit), hold 29 tokens of prose")
 
 
+@pytest.mark.slow  # 0.6 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_the_masking_sweep_of_a_one_domain_run_evaluates_that_domain_alone(probe_env, tmp_path):
     """The sweep passes the report's --max-tokens to ablate, which then took a balanced sample of every
     corpus domain: a run whose cap (order corpus) held code alone had code and prose evaluated, while the

@@ -30,6 +30,7 @@ def _paths_title(run_dir, findings, capsys, *flags) -> str:
     return next(x for x in findings.read_text().splitlines() if x.startswith("The ten most common top-1 paths"))
 
 
+@pytest.mark.slow  # 1.3 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_the_paths_token_texts_say_why_they_are_ids_and_take_the_tokenizer_flag(run, tmp_path, capsys):
     """The paths section showed token ids without a word where the run's tokenizer had moved, and took no
     --tokenizer: it asked nothing of the report's flag (a review)."""
@@ -74,6 +75,7 @@ def test_a_checkpoints_tokenizer_changed_since_is_not_read_as_the_runs(probe_env
                                     "there; pass --tokenizer")
 
 
+@pytest.mark.slow  # 0.6 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_a_run_moved_with_its_checkpoint_elsewhere_reads_texts_with_the_ckpt_flags_tokenizer(probe_env, tmp_path):
     """A run recorded with its checkpoint's own tokenizer.json, moved with the checkpoint to another path: the report
     took --ckpt for the model sections and checked its tokenizer.json as the run's, but the token texts looked at the

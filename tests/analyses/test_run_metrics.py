@@ -208,6 +208,7 @@ def test_run_repetition_coactivation_agreement_margins(synth):
         assert la[k] == pytest.approx(v), k
 
 
+@pytest.mark.slow  # 0.7 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_two_runs_are_joined_on_a_catalog_of_the_call_s_own_in_the_process_s_database(synth, tmp_path):
     """Run vs run opened a DuckDB database per call (15 ms of CPU); it is a cursor of probe.run's one
     database with a catalog of its own: its views ra, rb and ta are seen by no run and no other call,

@@ -236,6 +236,7 @@ def _cli(env, out, *extra):
             "--no-progress", *extra]
 
 
+@pytest.mark.slow  # 1.0 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_cli_end_to_end_writes_the_steering_table(probe_env, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(_cli(probe_env, out, "--experts", "1:3+5,2:7", "--steer-domain", "code")) == 0
@@ -300,6 +301,7 @@ def test_cli_bad_inputs_are_one_line_errors(probe_env, tmp_path, capsys, extra, 
     assert_one_line_error(main(_cli(probe_env, tmp_path / "o", *extra)), capsys, msg, tmp_path / "o")
 
 
+@pytest.mark.slow  # 0.6 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_a_run_is_steered_within_its_own_windows(probe_env, tmp_path, capsys):
     """With --run and no --max-tokens, --domain-tokens samples within the run's windows: no domain gets
     more tokens than the run holds (a run's 30 tokens of prose were steered as 100, read from the whole

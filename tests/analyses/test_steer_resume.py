@@ -149,6 +149,7 @@ def test_negative_control_nothing_is_taken_across_options_finished_commands_or_f
     pd.testing.assert_frame_equal(probe.open_run(finished).df("steering"), ref, check_exact=True)
 
 
+@pytest.mark.slow  # 0.6 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_other_generation_options_alone_take_the_loss_pass_and_replace_the_part(probe_env, tmp_path, capsys, counted,
                                                                                 whole_run):
     """A command differing from a finished one only in --max-new-tokens or its prompts computed the loss

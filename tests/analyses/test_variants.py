@@ -142,6 +142,7 @@ def test_a_router_without_bias_has_nothing_to_remove(tmp_path):
     assert list((tmp_path / "out").iterdir()) == []
 
 
+@pytest.mark.slow  # 0.3 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_compare_run_records_the_variant_over_the_same_windows(ckpt, tmp_path):
     import probe
     from analyses.metrics import routing_agreement_from_runs

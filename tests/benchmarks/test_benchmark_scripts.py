@@ -111,6 +111,7 @@ def benchmarks_path(monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
 
 
+@pytest.mark.slow  # 0.4 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_the_dashboard_bench_refuses_a_run_folder_it_did_not_write(tmp_path):
     """--out runs deleted runs/train and runs/big whatever they held (a real training run; a review)."""
     (tmp_path / "train").mkdir()
@@ -123,6 +124,7 @@ def test_the_dashboard_bench_refuses_a_run_folder_it_did_not_write(tmp_path):
     assert (tmp_path / "train" / "run.json").read_text() == "{}" and not (tmp_path / "big").exists()
 
 
+@pytest.mark.slow  # 0.4 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_the_dashboard_bench_remakes_its_runs_for_another_row_count(tmp_path, monkeypatch, capsys, benchmarks_path):
     """--out reused its old runs whatever --rows asked; --out at a file was a NotADirectoryError (a review).
     The pages are not timed here, and the training run is short."""
@@ -300,6 +302,7 @@ def test_the_record_benchs_memory_part_prints_the_tokens_recorded(tmp_path, monk
     assert "5,000 tokens recorded (10,000 asked)" in out and "5.0x tokens" in out and "10x tokens" not in out
 
 
+@pytest.mark.slow  # 0.5 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_the_head_stats_bench_compares_every_position_of_both_heads(benchmarks_path):
     """Only the main head's first 4,096 positions were compared, though the docstring said the two ways
     give the same statistics, and --mtp computes the MTP head's too (a review)."""

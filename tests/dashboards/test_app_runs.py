@@ -116,6 +116,7 @@ def test_a_killed_record_or_training_run_is_interrupted_not_running(tmp_path):
             assert probe.open_run(run).status == "running"
 
 
+@pytest.mark.slow  # 0.3 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_queries_share_one_database_each_with_views_of_its_own_run(tmp_path):
     """Every query runs on a cursor of one database (dashboards.data._database) with temporary views:
     queries of two runs at once, from eight threads as Streamlit's sessions run, each read their own

@@ -446,6 +446,7 @@ def test_a_table_without_rows_is_told_from_a_lost_one(runs, tmp_path):
         assert "run.json lists tables with no files: mtp" in texts(at.warning) and "No rows" not in texts(at.info)
 
 
+@pytest.mark.slow  # 1.2 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_a_link_to_a_missing_run_says_so(runs):
     """?run=NAME naming no run showed the first run as if it were the one asked for, and rewrote the
     link (found by a review); now a warning names both, until another run is picked."""
@@ -471,6 +472,7 @@ def test_a_link_to_a_missing_run_says_so(runs):
     assert at.session_state["run"] == other and "No run" not in texts(at.warning)
 
 
+@pytest.mark.slow  # 0.7 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_a_spec_only_run_has_an_overview_of_its_own(runs, tmp_path):
     """A run holding only `dsv3-probe spec`'s tables showed zeros, an empty options table and no
     domains (found by a review); the overview now summarises its prompts and acceptance."""

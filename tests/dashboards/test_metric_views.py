@@ -123,6 +123,7 @@ def test_vocabulary_specialisation_is_shown_beside_its_baseline(tmp_path):
             "tokens.") in texts(at.caption), texts(at.caption)
 
 
+@pytest.mark.slow  # 0.8 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_a_run_left_out_of_a_compared_chart_does_not_lend_its_colour(tmp_path):
     """Run A with one domain is left out of the specialisation chart; run B's bars were then drawn in
     A's colour, with no legend, so they read as A's (a review)."""
@@ -139,6 +140,7 @@ def test_a_run_left_out_of_a_compared_chart_does_not_lend_its_colour(tmp_path):
     assert nmi[0]["data"][0]["marker"]["color"] == RUN_COLORS[1] and nmi[0]["layout"]["showlegend"] is True
 
 
+@pytest.mark.slow  # 0.5 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_the_most_domain_specific_experts_are_ranked_by_their_best_domains_lift(tmp_path):
     from helpers.synthetic_run import write_run
 
@@ -236,6 +238,7 @@ def _result_tables(run) -> None:
     (run / "run.json").write_text(json.dumps(info))
 
 
+@pytest.mark.slow  # 1.8 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_co_activation_rows_are_the_first_experts_and_paths_are_scored_against_the_best_layer(tmp_path):
     from analyses.metrics import domain_information, routes_from_run
 
@@ -270,6 +273,7 @@ def test_co_activation_rows_are_the_first_experts_and_paths_are_scored_against_t
     assert "Path AMI" not in metrics(at) and "Distinct paths" in metrics(at) and not at.error
 
 
+@pytest.mark.slow  # 0.6 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_load_balance_shows_the_picked_layers_load_and_bias_over_the_last_50_steps_by_default(tmp_path):
     run = write_train_run(tmp_path / "t", steps=80)
     at = app(tmp_path, "t", page="load_balance")
@@ -351,6 +355,7 @@ def test_overview_figures_of_a_training_run(page_runs):
     assert f"1 of {len(files)} files unreadable." in texts(at.caption)
 
 
+@pytest.mark.slow  # 0.3 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_token_explorer_colours_and_routes_by_the_picked_layer(page_runs):
     import html
     import re
@@ -454,6 +459,7 @@ def test_ablations_show_the_latest_command_sorted_with_shares_of_every_moe_layer
     assert "Mode: reroute" in text and "`top4-control`" in text and "Each rule has one size here" not in text
 
 
+@pytest.mark.slow  # 0.3 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_ablations_tables_fit_their_columns_at_1024_px(page_runs, tmp_path):
     """The sweep's table within the page's column at 1024 px (562 px) less a scroll bar: its eleven columns took
     823 px, the loss change and routes out of view; its mode, rule and routes changed under an expander (528

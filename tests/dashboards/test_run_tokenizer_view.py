@@ -28,6 +28,7 @@ def _other_tokenizer(tok, out):
     return vocab[b], vocab[a]  # the ids a and b had
 
 
+@pytest.mark.slow  # 0.5 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_token_texts_only_from_the_tokenizer_the_run_was_recorded_with(runs, probe_env, tmp_path):
     """A run whose tokenizer is gone fell back to the checkpoint's tokenizer.json unchecked, and a run recorded
     with one tokenizer showed another's texts without a word (a review)."""

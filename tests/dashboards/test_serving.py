@@ -52,6 +52,7 @@ def metric(at, label: str) -> float:
     return float(next(m.value for m in at.metric if m.label.split(" (")[0] == label))
 
 
+@pytest.mark.slow  # 0.9 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_the_runs_table_gives_an_import_of_counts_its_tokens(imported):
     """A stat or per_pass import records no tokens table and run.json no token count: the Overview's runs
     table showed its tokens as None (a tour); they are its passes' (assignments / top-k), as per_token's."""
@@ -61,6 +62,7 @@ def test_the_runs_table_gives_an_import_of_counts_its_tokens(imported):
     assert tokens == {"stat": 193, "per_pass": 193, "per_token": 193}, tokens
 
 
+@pytest.mark.slow  # 0.6 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_the_load_balance_page_says_what_each_dump_records(imported):
     """'a serving engine's dump records loads and routes' was said of a stat dump too, which holds loads
     only (a tour)."""
@@ -70,6 +72,7 @@ def test_the_load_balance_page_says_what_each_dump_records(imported):
         assert f"No balancing bias: a serving engine's dump records {held} not the router's bias." in cap, (name, cap)
 
 
+@pytest.mark.slow  # 1.0 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_serving_replays_the_dumps_placement(imported, tmp_path):
     at = app(imported["runs"], "per_pass", page="serving")
     assert not at.error and not at.warning, (texts(at.error), texts(at.warning))
@@ -124,6 +127,7 @@ def test_serving_replays_the_dumps_placement(imported, tmp_path):
     assert any(every_pass[layer] != plans[layer].tolist() for layer in (1, 2))
 
 
+@pytest.mark.slow  # 0.9 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_serving_window_and_layout_change_the_plan(imported):
     at = app(imported["runs"], "stat", page="serving")
     assert "carries no placement" in " ".join(c.value for c in at.caption)
@@ -271,6 +275,7 @@ def test_pages_on_an_import_speak_of_passes_and_draw_no_idle_widget(imported):
     assert len(at.get("plotly_chart")) == 2 and not [r for r in at.radio if r.key == "path_color"]
 
 
+@pytest.mark.slow  # 0.4 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_a_page_for_other_runs_names_an_import_as_the_sidebar_does(imported, tmp_path):
     import shutil
 
@@ -340,6 +345,7 @@ def test_a_plan_for_another_gpu_count_is_not_scored_against_the_servers(imported
     assert any(f"the plan on {other}" in i.value and "Pick 2 GPUs to compare them" in i.value for i in at.info)
 
 
+@pytest.mark.slow  # 0.4 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_serving_per_layer_bars_cover_the_plan_window_and_the_gpu_bars_the_picked_layer(imported):
     counts, m = imported["counts"], imported["map"]
     at = app(imported["runs"], "per_pass", page="serving")
@@ -420,6 +426,7 @@ def test_the_gpu_counts_offered_are_those_the_placement_command_takes():
     assert gpu_options(1, 0) == [1]
 
 
+@pytest.mark.slow  # 0.3 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_a_dump_with_many_redundant_slots_opens_with_its_own_count(tmp_path):
     """The Redundant slots box was capped at 4 x E while its default is the dump's own count: a map
     of 6 x E slots asked Streamlit for 80 above a max of 64, and the page was a red box. The box now
@@ -518,6 +525,7 @@ def test_an_import_of_counts_beside_a_corpus_run_is_said_to_cover_another_sample
     assert sample_note(ref(imported["runs"] / "stat"), ref(imported["runs"] / "per_pass")) is None
 
 
+@pytest.mark.slow  # 0.3 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_a_per_pass_import_without_its_placement_says_its_map_was_left_out(imported, tmp_path):
     """per_pass and per_token dumps always carry the server's map; an import of one rank's file keeps no
     placement (the GPU count unknown), and the Serving page said 'The dump carries no placement'."""
@@ -530,6 +538,7 @@ def test_a_per_pass_import_without_its_placement_says_its_map_was_left_out(impor
     assert "carries no placement" in texts(app(imported["runs"], "stat", page="serving").caption)  # a stat dump has none
 
 
+@pytest.mark.slow  # 0.4 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_a_stat_import_of_unknown_pass_order_is_warned_of_where_the_windows_use_it(tmp_path):
     """A stat buffer with every row used may have wrapped: the import warns on stderr and records
     source.pass_order_unknown, but the Serving page, whose plan window and 'later passes' rest on the

@@ -44,6 +44,7 @@ def test_a_one_domain_run_says_so_instead_of_empty_charts(tmp_path):
         assert want in texts(at.info) and "Record a corpus with two" not in texts(at.info), texts(at.info)
 
 
+@pytest.mark.slow  # 0.4 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_compare_says_once_that_neither_run_has_two_domains(tmp_path):
     """Compare runs of two one-domain runs showed two notes near word for word, one a run (a tour): one
     names both, and the reason each has says what it has."""
@@ -67,6 +68,7 @@ def test_compare_says_once_that_neither_run_has_two_domains(tmp_path):
     assert not at.error, texts(at.error)
 
 
+@pytest.mark.slow  # 0.6 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_the_domain_probe_panel_draws_the_metric_of_the_run(tmp_path):
     """The specialisation page's probe bars (fitted when asked) are `domain_probe_from_run`'s held-out
     accuracies (at most PROBE_ROWS tokens a side), beside the shuffled-domain control; a run without
@@ -92,6 +94,7 @@ def test_the_domain_probe_panel_draws_the_metric_of_the_run(tmp_path):
     assert at.radio(key="probe_features").options == ["weights"]  # no --router-logits full: no scores
 
 
+@pytest.mark.slow  # 0.7 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_the_domain_heatmap_orders_experts_by_domain_or_by_id(tmp_path):
     """With 256 experts in id order a domain's experts do not show as a block: by default the heatmap's
     columns follow `compute.experts_by_domain` of the layer's lifts; "by id" puts them back."""

@@ -371,6 +371,7 @@ def test_signals_are_held_with_torchs_threads_running_and_delivered_at_the_end()
         signal.signal(signal.SIGINT, old)
 
 
+@pytest.mark.slow  # 0.6 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 @pytest.mark.parametrize("command", ["train", "generate"])
 def test_ctrl_c_while_a_command_imports_torch_is_one_line(command):
     """`python -m train` and `python -m generate` import torch with their package, before main() can

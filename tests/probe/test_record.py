@@ -414,6 +414,7 @@ def test_mtp_rows_of_a_short_window_padded_in_its_batch():
     assert got["mtp_loss"] == [0.5, 1.5, 2.5, None, 4.5, None]
 
 
+@pytest.mark.slow  # 0.7 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_the_dry_runs_table_sizes_follow_each_tables_own_rows():
     """--dry-run measured every table on routing's sample, which shrinks as its rows widen: with
     --router-logits full expert_load came out 15x larger, and a larger --batch-size (fewer expert_load

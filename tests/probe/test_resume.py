@@ -316,6 +316,7 @@ def test_two_processes_equal_one(probe_env, big_corpus, reference_run, tmp_path)
     assert_same_tables(run2, reference_run, TABLES, **FLOAT32)
 
 
+@pytest.mark.slow  # 0.7 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_a_rank_stuck_after_a_signal_is_stopped_by_the_watchdog():
     """Under several ranks a signal starts a watchdog: if the loop (here: a sleep standing for a
     collective that waits on a dead peer) has not ended `grace` seconds later, on_stuck runs; a loop

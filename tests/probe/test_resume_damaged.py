@@ -100,6 +100,7 @@ def test_resume_over_damaged_committed_state_is_refused_and_leaves_the_run_as_it
     assert files(out) == before  # nothing pruned or written
 
 
+@pytest.mark.slow  # 0.6 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_resume_of_an_intact_copy_completes_with_every_row(probe_env, interrupted, tmp_path):
     """The positive control: the same copy undamaged resumes and completes, every planned token once;
     a second --resume of the complete run checks the parts of both sessions and finds nothing to do."""
@@ -117,6 +118,7 @@ def test_resume_of_an_intact_copy_completes_with_every_row(probe_env, interrupte
         rec(probe_env, out, resume=True, **KW)
 
 
+@pytest.mark.slow  # 0.6 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_resume_after_a_kill_in_the_first_commit_records_its_parts_again(probe_env, interrupted, tmp_path):
     """The control of "progress file deleted": a record killed in its first commit, after the parts' renames
     and before its progress file was written, left that commit's parts (one name in each table) and no

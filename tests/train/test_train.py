@@ -134,6 +134,7 @@ def test_balance_none_keeps_bias_zero_and_switch_adds_loss(corpus, tmp_path):
     assert (gates[gates.split == "train"].bias_norm == 0).all() and r.df("train_steps").aux_loss.between(0.02, 0.2).all()
 
 
+@pytest.mark.slow  # 2.4 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 # --------------------------------------------------------------------------------------- bad input
 def test_bad_input_errors(corpus, tmp_path, capsys, monkeypatch):
     with pytest.raises(TrainError, match="corpus too small for one batch"):
@@ -323,6 +324,7 @@ def test_the_bias_schedule_follows_the_lr_shape_even_at_lr_0():
     assert lr_at(5, zero) == 0.0
 
 
+@pytest.mark.slow  # 2.0 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_an_unwritable_default_token_cache_is_skipped_not_fatal(corpus, tmp_path, capsys):
     """The default cache (CORPUS/token_cache) of a corpus that cannot take it (read-only, or a file
     there) failed after the corpus was tokenised; now training goes on without the cache."""
@@ -336,6 +338,7 @@ def test_an_unwritable_default_token_cache_is_skipped_not_fatal(corpus, tmp_path
     assert "note: the tokenised corpus is not cached (--token-cache" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # 0.5 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_a_non_finite_gradient_is_not_applied_and_the_advice_names_the_saved_step(corpus, tmp_path, monkeypatch):
     """A finite loss with a NaN gradient updated the weights to NaN, the next checkpoint kept them, and
     the error sent the user back to that checkpoint (a review). The step is not applied, the run stops
@@ -368,6 +371,7 @@ def test_a_non_finite_gradient_is_not_applied_and_the_advice_names_the_saved_ste
                               "--checkpoint-every", "0")))
 
 
+@pytest.mark.slow  # 0.3 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_without_mtp_its_loss_is_null_and_unseen_val_domains_get_rows(corpus, tmp_path, capsys):
     """train_steps.mtp_loss was NaN, not null, without MTP; a validation domain the training split
     lacks was averaged into val_loss but had no train_domains row (a review); the closing summary
