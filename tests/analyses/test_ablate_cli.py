@@ -274,7 +274,7 @@ def test_two_processes_equal_one(probe_env, tmp_path):
     assert main(args) == 0
     # the job's flags after `--`, as the README writes them: torchrun reads an abbreviated option of its
     # own in `--run` (its --run-path) otherwise, and stops; --run takes the first run's own settings
-    cmd = [*TORCHRUN, "--nproc-per-node", "2", "--master-port", "29531",
+    cmd = [*TORCHRUN, "--standalone", "--nproc-per-node", "2",
            "-m", "analyses.ablate", "--", "--run", str(tmp_path / "one"), "--out", str(tmp_path / "two"),
            "--top", "2", "--control", "--no-progress"]
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,

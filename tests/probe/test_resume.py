@@ -303,7 +303,7 @@ def test_a_second_signal_stops_at_once_and_keeps_the_committed_batches(probe_env
 @pytest.mark.slow
 def test_two_processes_equal_one(probe_env, big_corpus, reference_run, tmp_path):
     out = tmp_path / "run2"
-    cmd = [*TORCHRUN, "--nproc-per-node", "2", "--master-port", "29517",
+    cmd = [*TORCHRUN, "--standalone", "--nproc-per-node", "2",
            "-m", "probe", *record_cmd(probe_env, big_corpus, out, "--router-logits", "full")[3:]]
     p = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"PYTHONPATH": str(REPO),
                                                                                 "OMP_NUM_THREADS": "1"})
