@@ -334,14 +334,14 @@ def same_inputs(world, inputs: dict) -> None:
                                   "files (a shared filesystem, or identical copies)")
 
 
-def checkpoint_digest(ckpt: Path) -> str:
-    """The checkpoint's contents as `same_inputs` compares them: its layout fingerprint and weights
-    sample (`checkpoint_identity`, kept for the process: the run's record reuses it)."""
-    ident = checkpoint_identity(ckpt)
-    return f"{ident['fingerprint']}:{ident['sample']}"
+def checkpoint_input(ckpt: Path) -> tuple:
+    """`same_inputs`' entry for --ckpt, the same in every job: its contents compared as its layout
+    fingerprint and weights sample (`checkpoint_identity`, kept for the process: the run's record reuses it)."""
+    def digest() -> str:
+        ident = checkpoint_identity(ckpt)
+        return f"{ident['fingerprint']}:{ident['sample']}"
 
-
-CHECKPOINT_DIFFERS = "holds another checkpoint (its config, tensor headers or weights sample differ)"
+    return ckpt, "holds another checkpoint (its config, tensor headers or weights sample differ)", digest
 
 
 def agree(world, fn):

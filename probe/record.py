@@ -33,9 +33,9 @@ from model.memory import process_memory
 
 from .ckpt_identity import checkpoint_identity, same_checkpoint
 from .corpus import ORDERS, CorpusError, CorpusStats, corpus_windows, fingerprint
-from .job import (CHECKPOINT_DIFFERS, DEFAULT_CKPT, DEFAULT_CORPUS, RecordError, agree, bound_heap,
+from .job import (DEFAULT_CKPT, DEFAULT_CORPUS, RecordError, agree, bound_heap,
                   check_inputs_outside, check_out_parent, check_outside_corpus, check_replaceable, check_run_place,
-                  checkpoint_args, checkpoint_digest, default_seq_len, first_line, job_options, load_model,
+                  checkpoint_args, checkpoint_input, default_seq_len, first_line, job_options, load_model,
                   load_tokenizer, os_refusal, package_version, refuse_a_symlinked_out, refuse_a_training_run,
                   resolve_paths, same_inputs, signals_held, start_world, window_length)
 from .overwrite import clear_run, never_made, say_kept
@@ -203,7 +203,7 @@ def record(opts: RecordOptions) -> Path:
     tokenizer = Path(opts.tokenizer) if opts.tokenizer else job.ckpt / "tokenizer.json"
     # the tokenizer's bytes under one name on every node: its file name gives no token id, and a node's copy
     # named otherwise was refused as another tokenizer (a review); a single-file corpus's name is its documents' ids
-    same_inputs(world, {"--ckpt": (job.ckpt, CHECKPOINT_DIFFERS, lambda: checkpoint_digest(job.ckpt)),
+    same_inputs(world, {"--ckpt": checkpoint_input(job.ckpt),
                         "--corpus": (job.corpus, "holds other text (its files' sha256 differs)",
                                      lambda: fingerprint(job.corpus)),
                         "--tokenizer": (tokenizer, "is another tokenizer (its sha256 differs)",

@@ -42,8 +42,8 @@ import torch
 
 from .ckpt_identity import checkpoint_identity
 from .corpus import CorpusError, CorpusStats, iter_documents
-from .job import (CHECKPOINT_DIFFERS, RecordError, agree, check_out_parent, check_outside_corpus, check_run_place,
-                  checkpoint_args, checkpoint_digest, job_options, load_model, load_tokenizer, os_refusal, resolve_paths,
+from .job import (RecordError, agree, check_out_parent, check_outside_corpus, check_run_place,
+                  checkpoint_args, checkpoint_input, job_options, load_model, load_tokenizer, os_refusal, resolve_paths,
                   run_inputs, run_tokenizer, same_inputs, signals_held, start_world)
 from .record import tokenizer_info
 from .schema import TABLES
@@ -190,7 +190,7 @@ def record_spec(opts: SpecOptions) -> Path:
         print(note, file=sys.stderr)  # run.json's spec_decode lists the corpus reader's
     if not prompts:
         raise CorpusError(f"{corpus}: no document has {opts.prompt_tokens} tokens for a prompt")
-    same_inputs(world, {"--ckpt": (ckpt, CHECKPOINT_DIFFERS, lambda: checkpoint_digest(ckpt)),
+    same_inputs(world, {"--ckpt": checkpoint_input(ckpt),
                         "--corpus": (corpus, "gives other prompts (its text, or the tokenizer, differs)",
                                      lambda: hashlib.sha256(json.dumps(prompts).encode()).hexdigest())})
     try:  # before the model loads: a generation_config.json that names no ids is refused at once

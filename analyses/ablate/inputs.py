@@ -212,12 +212,11 @@ def start_job(opts: AblateOptions, ckpt: Path, args, windows: list, corpus: Path
     running the job with rank 0's options and `derived` settings, e.g. the ablations, on rank 0's
     checkpoint and windows of `corpus`: `probe.job.same_inputs`), take this replica's batches and load
     the model sharded over the replica -> (world, batches, model)."""
-    from probe.job import CHECKPOINT_DIFFERS, bound_heap, checkpoint_digest, job_options, load_model, same_inputs, \
-        start_world
+    from probe.job import bound_heap, checkpoint_input, job_options, load_model, same_inputs, start_world
 
     bound_heap()
     world = start_world(opts.model_parallel, opts.device, args, job_options(opts, **derived))
-    same_inputs(world, {"--ckpt": (ckpt, CHECKPOINT_DIFFERS, lambda: checkpoint_digest(ckpt)),
+    same_inputs(world, {"--ckpt": checkpoint_input(ckpt),
                         "--corpus": (corpus, "gives other token windows (its text, or the tokenizer, differs)",
                                      lambda: windows_digest(windows))})
     batches = replica_batches(windows, opts.batch_size, world)
