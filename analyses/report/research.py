@@ -5,6 +5,7 @@ step (numbers into the report dict), summary sentences and figures, like the sec
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 
@@ -24,14 +25,16 @@ def compute_tables(run, ns, out: dict) -> None:
     # the checkpoint the model sections run (run_inputs': the run's, or --ckpt's where it moved), whose
     # tokenizer.json run_tokenizer checked as the run's: the texts looked at run.json's path alone (a review)
     ckpt = None if getattr(ns, "skip_ablation", True) else getattr(ns, "ckpt", None)
+    # the run's tokenizer found and loaded once for both sections' token texts
+    text = functools.cache(lambda: text_tokenizer(run, getattr(ns, "tokenizer", None), ckpt))
     if "routing" in tables and "tokens" in tables:
         routes = M.routes_from_run(run)  # read once: both sections use every routed token
-        out["paths"] = paths(run, routes, getattr(ns, "tokenizer", None), ckpt)
+        out["paths"] = paths(run, routes, text=text)
         out["token_dependence"] = M.token_dependence_from_run(run, routes=routes, min_count=M.VOCAB_MIN_COUNT,
                                                               baseline=True)
         out["probes"] = probes(run)
     if getattr(ns, "compare", None):
-        out["run_vs_run"] = run_vs_run(run, ns.compare, getattr(ns, "tokenizer", None), ckpt)
+        out["run_vs_run"] = run_vs_run(run, ns.compare, text=text)
 
 
 def compute_model(run, ns, out: dict) -> None:
@@ -88,17 +91,17 @@ def token_texts(run, ids, tok=False) -> list[str]:
     return token_strings(tok, ids, quoted=True, missing="<{id}>")
 
 
-def paths(run, routes=None, tokenizer: str | None = None, ckpt: str | None = None) -> dict:
+def paths(run, routes=None, text=None) -> dict:
     """Top-1 path summary per domain, domain information of the path vs each layer (top-1 and the
     top-k sets), and the most common paths with example tokens (routes: `routes_from_run(run)`; their
-    texts: `text_tokenizer`'s, with "ids" saying why where they are token ids)."""
+    texts: `text()`, default `text_tokenizer(run)`, with "ids" saying why where they are token ids)."""
     r = routes if routes is not None else M.routes_from_run(run)
     test = r.heldout(5)
     info1 = M.domain_information(r.ids, r.domain, r.layers, 1, test).assign(target="top1")
     K = r.ids.shape[2]
     infok = M.domain_information(r.ids, r.domain, r.layers, K, test).assign(target=f"top{K} set") if K > 1 else None
     common = M.common_paths(r.ids, r.domain, r.token_id, k=1, top=10, examples=5)
-    tok, ids_why = text_tokenizer(run, tokenizer, ckpt)
+    tok, ids_why = text() if text else text_tokenizer(run)
     common["examples"] = [" ".join(token_texts(run, ids, tok)) for ids in common.pop("token_ids")]
     common["path"] = [" → ".join(f"L{la}:{e}" for la, e in zip(r.layers, p)) for p in common.path]
     return {"summary": M.path_summary(r.ids, r.domain, 1), "information": pd.concat([info1, infok]),
@@ -132,15 +135,15 @@ def _too_few_probe_windows(run) -> str | None:
             f"{sum(w < 2 for w in n.values())} of the {len(n)} domains have one window")
 
 
-def run_vs_run(run, other, tokenizer: str | None = None, ckpt: str | None = None) -> dict:
+def run_vs_run(run, other, text=None) -> dict:
     """Per-layer agreement with another run over the same windows, and the tokens whose routes
-    changed most (with their text: `paths`')."""
+    changed most (with their text: `paths`', `text` as there)."""
     agr = M.routing_agreement_from_runs(run, other)
     ch = M.route_changes_from_runs(run, other, top=15)
     # the ranking ends in tokens routed alike (Jaccard 1, no first choice changed): not changes, and
     # they filled the table under "changed most" where fewer than 15 changed (all 15 for a run itself)
     ch = ch[(ch.top1_changed > 0) | (ch.set_changed > 0)].reset_index(drop=True)
-    tok, ids_why = text_tokenizer(run, tokenizer, ckpt) if len(ch) else (None, None)
+    tok, ids_why = (text() if text else text_tokenizer(run)) if len(ch) else (None, None)
     ch.insert(3, "token", token_texts(run, ch.token_id.fillna(0).astype(int), tok))
     from .render import shown
 
