@@ -69,6 +69,7 @@ def _assert_same(got, ref):
 
 
 # -------------------------------------------------------------------------- the measurement
+@pytest.mark.slow  # 0.8 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_batched_removals_equal_one_ablation_per_expert(tiny64):
     batches = _batches()
     got = measure(tiny64, batches, group=5)  # 16 experts: blocks of 5, 5, 5 and 1
@@ -175,6 +176,7 @@ def test_loads_equal_counts_from_the_recorded_routing(recorded):
     np.testing.assert_allclose(all_rows.baseline_loss, tokens.loss.astype("float64").mean(), rtol=1e-6)
 
 
+@pytest.mark.slow  # 0.7 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_command_end_to_end_and_rerun_replaces_its_part(probe_env, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(_cli(probe_env, out, "--layers", "1", "--experts", "0-3,9")) == 0
@@ -226,6 +228,7 @@ def test_command_without_a_run(tmp_path, capsys):
     assert "--layers" in parser().format_help() and "torchrun" in parser().format_help()
 
 
+@pytest.mark.slow  # 1.0 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_a_run_is_scored_within_its_own_windows_unless_max_tokens_is_given(probe_env, tmp_path):
     """With --run and no --max-tokens, --domain-tokens samples within the run's windows: a run whose cap
     (order corpus) held code alone had code and prose scored, the report saying it had one domain (a
@@ -358,6 +361,7 @@ def test_a_new_measurement_of_an_expert_replaces_the_older_one(tmp_path):
     assert not list((out / TABLE).glob(".*tmp*"))
 
 
+@pytest.mark.slow  # 0.5 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_two_jobs_superseding_each_other_at_once_keep_one_measurement(tmp_path):
     """Two importance jobs on the same experts finishing together deleted each other's parts: the
     table was left empty and run.json listed a part that was gone (a review). Their writes now take

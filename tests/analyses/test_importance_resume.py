@@ -121,6 +121,7 @@ def test_interrupted_in_the_first_layer_keeps_the_baseline(probe_env, tmp_path, 
     _no_leftovers(out)
 
 
+@pytest.mark.slow  # 0.5 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_a_layer_a_newer_measurement_took_is_measured_again(probe_env, tmp_path, capsys, counted, whole):
     """Another command (other options) measuring layer 1 takes its rows out of the unfinished part
     (`supersede`): the rerun measures layer 1 again rather than taking a layer with rows missing."""

@@ -78,6 +78,7 @@ def _by_hand(run, layer: int, E: int = 8):
     return x, r.domain.to_numpy(), heldout_windows(r.seq_id.to_numpy(), r.domain.to_numpy(), 5)
 
 
+@pytest.mark.slow  # 0.5 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_the_run_version_probes_each_layer_as_its_features_say(run):
     got = M.domain_probe_from_run(run).set_index("unit")
     assert list(got.index) == ["layer 1", "layer 2", "all layers"]

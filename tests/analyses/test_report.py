@@ -112,6 +112,7 @@ def test_loss_vs_masked_comes_from_the_ablation_api(run_dir):
         assert sw.domains.loc[d, d] == pytest.approx(float(r.delta.iloc[0]))
 
 
+@pytest.mark.slow  # 1.2 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_domain_top_out_of_range_is_refused_before_any_pass(run_dir, capsys, tmp_path):
     """--domain-top 99 on 32 experts ran the report with every per-domain selection refused by the
     routing guard, and the text said the run had fewer than two domains (a review)."""
@@ -381,6 +382,7 @@ def _research(run, **kw) -> dict:
     return {"summary": research.summary(out), "figures": research.figures(out), **out}
 
 
+@pytest.mark.slow  # 0.8 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_too_few_windows_to_hold_out_is_not_measured_not_nan(tmp_path):
     """One window a domain (record --max-tokens 600): nothing left to train on, so every held-out
     accuracy is NaN. The summary printed `L1 nan (previous token nan, ...)` and the token-id chart drew
@@ -489,6 +491,7 @@ def test_an_import_is_labelled_and_told_it_has_one_stream(tmp_path, capsys):
     assert "sub-folder" not in text and "checkpoint ?" not in text
 
 
+@pytest.mark.slow  # 0.7 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_the_importance_scatter_has_its_own_table_of_every_expert(tmp_path, monkeypatch):
     """README: the report prints every figure as a table. The load share vs loss delta scatter was paired
     with the per-layer correlation table, and its per-expert points appeared nowhere (a review)."""

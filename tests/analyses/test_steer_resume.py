@@ -125,6 +125,7 @@ def test_interrupted_before_anything_finished_commits_nothing(probe_env, tmp_pat
     pd.testing.assert_frame_equal(probe.open_run(out).df("steering"), ref, check_exact=True)
 
 
+@pytest.mark.slow  # 0.5 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_negative_control_nothing_is_taken_across_options_finished_commands_or_fresh(probe_env, tmp_path, capsys,
                                                                                    counted, whole_run):
     """The counts above can fail: other options (another part), a finished command and --fresh run

@@ -500,6 +500,7 @@ def test_a_spec_only_run_has_an_overview_of_its_own(runs, tmp_path):
     assert "A `dsv3-probe spec` run" in texts(at.caption) and not at.error
 
 
+@pytest.mark.slow  # 1.9 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 @pytest.mark.parametrize("kind, cmd", [("ablations", "analyses.ablate"), ("expert_importance", "analyses.importance"),
                                        ("steering", "analyses.steer")])
 def test_an_analysis_only_run_has_an_overview_of_its_own(runs, tmp_path, kind, cmd):

@@ -300,6 +300,7 @@ def test_load_balance_shows_the_picked_layers_load_and_bias_over_the_last_50_ste
     assert f"Correlation of relative load and bias across experts: {corr:+.2f}." in texts(at.caption), [c.value[:70] for c in at.caption]
 
 
+@pytest.mark.slow  # 1.0 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_compare_starts_from_the_selected_run_against_the_next_of_its_kind_over_its_last_50_steps(page_runs):
     at = app(page_runs, "c", page="compare")
     assert (at.selectbox(key="cmp_a").value, at.selectbox(key="cmp_b").value) == ("c", "b")  # d and a are probes

@@ -200,6 +200,7 @@ def test_steering_page(runs):
     assert not at.error and not at.get("plotly_chart")
 
 
+@pytest.mark.slow  # 1.4 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_steering_page_keeps_two_commands_of_one_name_apart(runs, tmp_path):
     """Two commands may write a steering of the same name with other options (two part files): the
     page offers each part on its own instead of mixing their rows; a prompt with a blank line and

@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from helpers import REPO, random_model
 from helpers.synthetic_run import write_run
 
+pytestmark = pytest.mark.slow  # the README's examples on a 21-layer checkpoint: 3-4 s on the 2-core EPYC (2026-12-07)
+
 PATHS = {'"path/to/DeepSeek-V3"': "ckpt", '"runs/model-val"': "run"}
 
 

@@ -357,6 +357,7 @@ def codecs_bom(encoding: str) -> bytes:
     return {"utf-16-be": codecs.BOM_UTF16_BE, "utf-16-le": codecs.BOM_UTF16_LE}[encoding]
 
 
+@pytest.mark.slow  # 0.6 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_a_long_document_is_tokenised_in_pieces_to_the_same_ids(tmp_path):
     """A document is tokenised in pieces cut before a single space between non-space characters, so a
     cap reads only what it needs (a 21 MB document took 5.6 GB for 3,000 tokens, a review): with the

@@ -158,6 +158,7 @@ def test_resume_refuses_changed_options(probe_env, big_corpus, reference_run, tm
         rec(probe_env, out, corpus=big_corpus, resume=True, router_logits="full", batch_size=2)
 
 
+@pytest.mark.slow  # 0.4 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_resume_refuses_each_option_that_shapes_the_rows(probe_env, big_corpus, reference_run, tmp_path):
     """--resume with any one option that decides what is recorded changed (each of RESUME_KEYS; the
     pairs below are written out here, not read from it) is refused in one line naming the flag with both

@@ -204,6 +204,7 @@ def test_metrics_and_placement_work_on_an_import(world, tmp_path):
     assert all(p.balancedness_after >= p.balancedness_before for p in plans.values())
 
 
+@pytest.mark.slow  # 0.4 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_the_model_jobs_do_not_stand_the_bundled_model_in_for_an_import(world, tmp_path, capsys):
     """An import has loads but no model or text: ablate says to pass --ckpt and --corpus (before, the
     bundled model and corpus stood in silently), and the report (per_token: with paths, which domain

@@ -83,6 +83,7 @@ def test_bad_dumps_are_one_line_errors_naming_the_file(world, tmp_path, capsys, 
         assert code == 2 and err.startswith("error: ") and "\n" not in err and msg in err, err
 
 
+@pytest.mark.slow  # 0.5 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_broken_fields_are_named_and_leave_nothing_behind(world, tmp_path, capsys):
     """Fields of the wrong kind (found by a review: a -1 in the map counted as the last expert,
     negative or float counts taken, a record without its pass id a KeyError, extend_seq_lens that do

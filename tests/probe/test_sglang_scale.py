@@ -9,6 +9,7 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from probe.sglang_dumps import Dump, Shape
@@ -216,6 +217,7 @@ def test_a_dump_a_reader_refused_before_emptying_a_record_is_read_again_whole(tm
     assert all(d.consumed == "per_pass" for d in dumps)
 
 
+@pytest.mark.slow  # 0.8 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_stat_reads_each_dumps_rows_where_they_lie(tmp_path):
     """Each stat dump's used rows were copied out (c[order]) and the dumps joined (np.concatenate): a
     folder of 20 DeepSeek-V3 dumps of 1,000-pass buffers (1.2 GB) was held three times (3.75 GB peak,

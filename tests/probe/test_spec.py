@@ -54,6 +54,7 @@ def test_spec_tables_match_a_direct_generate_call(probe_env, tmp_path):
           f"{summary['generated']} tokens in {summary['forward_passes']} passes")
 
 
+@pytest.mark.slow  # 1.4 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_each_draft_is_the_mtp_guess_of_the_greedy_token_two_ahead(tmp_path):
     """spec_drafts against a computation that shares no decode loop with spec: the prompts continued by plain
     greedy decoding, the MTP module run once over each whole sequence (row i, from h_i and token i+1, guesses
@@ -92,6 +93,7 @@ def test_each_draft_is_the_mtp_guess_of_the_greedy_token_two_ahead(tmp_path):
     assert {r[4] for r in want_rows} == {True, False}  # both branches walked
 
 
+@pytest.mark.slow  # 0.7 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_spec_adds_to_a_recorded_run_and_refuses_to_clobber(probe_env, tmp_path, capsys):
     from probe.record import RecordOptions, record
 
@@ -301,6 +303,7 @@ def test_spec_needs_mtp_weights(tmp_path, probe_env):
                                 progress=False))
 
 
+@pytest.mark.slow  # 0.5 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_a_token_budget_takes_prompts_round_robin_over_domains(probe_env, tmp_path, capsys):
     """--max-tokens N: N // (prompt + new tokens) prompts, round robin over the domains, with no default
     --max-prompts cap on top; run.json's summary counts prompts and tokens per domain; with both caps the

@@ -395,6 +395,7 @@ def test_without_mtp_its_loss_is_null_and_unseen_val_domains_get_rows(corpus, tm
     assert r.df("train_eval").val_loss.iloc[-1] == pytest.approx(val.loss.mean())
 
 
+@pytest.mark.slow  # 1.2 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_mtp_weight_0_with_an_mtp_module_says_it_stays_untrained(corpus, tmp_path, capsys):
     """--mtp-weight 0 ('skip MTP') still built and saved the MTP module, untrained: generate --mtp then
     drafted from random weights, and nothing said so."""
