@@ -241,11 +241,13 @@ DOCS: dict[str, dict[str, str]] = {
         "latent_dim": "kv_lora_rank C",
         "latent_norm_*": "L2 norm statistics of c_kv after kv_norm",
         "k_pe_norm_*": "L2 norm statistics of the shared rope key after RoPE",
-        "channel_mean": "per-channel mean of c_kv [C]", "channel_var": "per-channel variance [C]",
+        "channel_mean": "per-channel mean of c_kv [C]", "channel_var": "per-channel variance [C] (0.0 within the float64 "
+                                                                      "subtraction's rounding: docs/metrics.md)",
         "effective_rank": "exp(-sum p_k ln p_k), p_k = eigenvalue_k / sum (Roy & Vetterli), of the "
                           "latent covariance (accumulated in float64); 0.0 where the covariance holds no variance "
                           "(a layer of fewer than two tokens: no measurement, shown as none by the report and the "
-                          "dashboard), NaN where the latents held NaN or inf",
+                          "dashboard; or one whose latents never varied: the float64 subtraction's rounding is "
+                          "taken as none, docs/metrics.md), NaN where the latents held NaN or inf",
         "energy90/95/99": "components needed for 90/95/99% of the covariance's energy (0 and null in those two "
                           "cases)",
         "bytes_absorb": "cache bytes per token per layer, absorb form: (C + R) x element size (of the checkpoint's "
