@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from .file_memo import FileMemo
+
 
 def checkpoint_fingerprint(ckpt: Path) -> str:
     """sha256 of config.json and every safetensors header (names, shapes, offsets): cheap, and it
@@ -19,20 +21,22 @@ def checkpoint_fingerprint(ckpt: Path) -> str:
 def checkpoint_identity(ckpt: Path) -> dict:
     """What run.json keeps of a run's checkpoint: its path, layout fingerprint and weights sample
     (each weight file read once for both). Kept for the process while no file's inode, size or
-    times change: a job on a run checks the run's checkpoint and then records it (spec read each
-    file twice)."""
+    times change (`probe.file_memo`: not while a file is as recent as the filesystem's clock's tick,
+    and the last 32 only): a job on a run checks the run's checkpoint and then records it (spec read
+    each file twice)."""
     from model.checkpoint_files import weight_files
 
     files = [ckpt / "config.json", *weight_files(ckpt)]
-    key = (str(ckpt.resolve()), tuple((f.name, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-                                      for f in files for st in [f.stat()]))
-    if key not in _IDENTITIES:
+    path = str(ckpt.resolve())
+
+    def identity() -> dict:
         fingerprint, sample = _checkpoint_hashes(ckpt, sample=True)
-        _IDENTITIES[key] = {"path": key[0], "fingerprint": fingerprint, "sample": sample}
-    return dict(_IDENTITIES[key])
+        return {"path": path, "fingerprint": fingerprint, "sample": sample}
+
+    return dict(_IDENTITIES.get(path, files, identity))
 
 
-_IDENTITIES: dict[tuple, dict] = {}
+_IDENTITIES = FileMemo()
 
 
 def same_checkpoint(recorded: dict, now: dict) -> bool:

@@ -30,13 +30,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .file_memo import FileMemo
 from .text_bytes import (BINARY_PROBE, decode, decode_as, is_binary, is_string, jsonl_lines, mend, parquet_strings,
                          parquet_strings_counted, shown)
 from .windows import Window, balanced_windows, iter_windows
@@ -289,27 +289,15 @@ def iter_documents(path: str | Path, stats: CorpusStats | None = None) -> Iterat
 def fingerprint(path: str | Path, name: str | None = None) -> str:
     """sha256 over every corpus file's relative path and bytes (a single file: its name, or `name`, that of
     the file it is asked to be a copy of, and bytes). Kept for the process while no file's inode, size or
-    times change: a torchrun record compares it across ranks (`probe.job.same_inputs`) before run.json
-    records it, and read the corpus twice for it. Not kept while a file's times are within `RACY_NS` of the
-    hashing: a file written again in the same tick of the filesystem's clock (a kernel's coarse timestamps,
-    NFS's or FAT's seconds) keeps its inode, size and times, and its old sha256 was kept (a review; git's
-    "racy" index entries)."""
+    times change (`probe.file_memo`: not while a file is as recent as the filesystem's clock's tick, and
+    the last 32 only): a torchrun record compares it across ranks (`probe.job.same_inputs`) before run.json
+    records it, and read the corpus twice for it."""
     root = Path(path)
     files = _files(root) if root.is_dir() else [root]
-    stats = [(f, f.stat()) for f in files]
-    key = (str(root.resolve()), name, tuple((str(f), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-                                            for f, st in stats))
-    if key in _FINGERPRINTS:
-        return _FINGERPRINTS[key]
-    began = time.time_ns()
-    digest = _sha256(root, files, name)
-    if all(max(st.st_mtime_ns, st.st_ctime_ns) < began - RACY_NS for _, st in stats):
-        _FINGERPRINTS[key] = digest
-    return digest
+    return _FINGERPRINTS.get((str(root.resolve()), name), files, lambda: _sha256(root, files, name))
 
 
-_FINGERPRINTS: dict[tuple, str] = {}
-RACY_NS = 2_000_000_000  # FAT's modification times are 2 s apart, the coarsest a corpus may sit on
+_FINGERPRINTS = FileMemo()
 
 
 def _sha256(root: Path, files: list[Path], name: str | None) -> str:

@@ -262,12 +262,15 @@ def test_a_run_recorded_before_weights_samples_matches_on_its_fingerprint():
 
 
 def test_a_checkpoints_identity_is_read_once_until_a_file_changes(probe_env, tmp_path, monkeypatch):
-    """spec checked the run's checkpoint and then recorded it, reading every weight file twice."""
+    """spec checked the run's checkpoint and then recorded it, reading every weight file twice. (The copy's
+    times are this second's: `RACY_NS` 0 lets it be kept; test_file_memo.py has the tick.)"""
     import shutil
 
     import probe.ckpt_identity as identity
+    import probe.file_memo
     from helpers.checkpoints import edit_tensors
 
+    monkeypatch.setattr(probe.file_memo, "RACY_NS", 0)
     ckpt = shutil.copytree(probe_env["ckpt"], tmp_path / "ckpt")
     reads = []
     real = identity._checkpoint_hashes
