@@ -4,8 +4,6 @@ than a tensor (so that every boundary case is crossed)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -18,6 +16,7 @@ from model.parallel import Cut
 from model.tensor_reader import ReadError, TensorReader, copy_range
 
 from helpers import random_model
+from helpers.load_peak import load_peak
 
 
 @pytest.fixture
@@ -155,57 +154,6 @@ def test_a_header_that_cannot_be_read_is_a_read_error_saying_why(tmp_path, head,
     assert str(ei.value).startswith(f"{f}: not a safetensors file: {why}"), ei.value
 
 
-PEAK_SCRIPT = """
-import sys, torch, model
-from model import tensor_reader
-from model.memory import process_memory
-tensor_reader.CHUNK = int(sys.argv[2])
-model.load(sys.argv[1], device="meta")  # imports and builds everything a load needs, reads no data
-before = process_memory()["rss"]
-m = model.load(sys.argv[1], dtype=torch.float32)
-weights = sum(t.numel() * t.element_size() for t in m.state_dict().values())
-print(process_memory()["peak_rss"] - before, weights)
-"""
-PEAK_RESET = Path("/proc/self/clear_refs")  # "5" written there makes the peak (VmHWM) the memory now (Linux)
-
-
-def _peak_in_a_fork(ckpt, chunk: int, out) -> None:
-    """PEAK_SCRIPT in a child forked from the test process, with its peak reset to the memory it has."""
-    from model.memory import process_memory
-
-    tensor_reader.CHUNK = chunk
-    model.load(ckpt, device="meta")
-    PEAK_RESET.write_text("5")  # the test process's peak came with the fork
-    before = process_memory()["rss"]
-    m = model.load(ckpt, dtype=torch.float32)
-    weights = sum(t.numel() * t.element_size() for t in m.state_dict().values())
-    Path(out).write_text(f"{process_memory()['peak_rss'] - before} {weights}")
-
-
-def _load_peak(ckpt, chunk: int) -> tuple[int, int]:
-    """(growth of the resident memory at its peak over a load of `ckpt` in chunks of `chunk` bytes, the
-    weights' bytes), in a process of its own: forked where its peak can be reset (a fresh interpreter
-    spent ~2.5 s importing torch and the model for a load of 0.5 s; the two measured alike, 291 and 295
-    MB, 407 and 405 MB), else a fresh one."""
-    import os
-    import subprocess
-    import sys
-
-    if PEAK_RESET.exists():
-        from helpers.forked import forked
-
-        out = Path(ckpt).with_name(f"peak-{chunk}")
-        assert forked(_peak_in_a_fork, ckpt, chunk, out) == 0
-        grown, weights = map(int, out.read_text().split())
-        return grown, weights
-    root = Path(__file__).resolve().parents[2]
-    p = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(ckpt), str(chunk)], cwd=root, capture_output=True,
-                       text=True, timeout=120, env=os.environ | {"PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"})
-    assert p.returncode == 0, p.stderr[-2000:]
-    grown, weights = map(int, p.stdout.split())
-    return grown, weights
-
-
 @pytest.mark.slow  # two processes load 280 MB each
 def test_a_load_holds_the_weights_plus_one_chunk(tmp_path):
     """The full-width finding as a regression test: a load's resident memory grows by the weights and
@@ -214,8 +162,8 @@ def test_a_load_holds_the_weights_plus_one_chunk(tmp_path):
     embedding) on top of the weights."""
     m = random_model("tiny", seed=0, vocab_size=65536, dim=512)  # embedding and head 134 MB each
     model.save(m, tmp_path / "ck")
-    grown, weights = _load_peak(tmp_path / "ck", 4 << 20)
-    big, _ = _load_peak(tmp_path / "ck", 1 << 30)
+    grown, weights = load_peak(tmp_path / "ck", 4 << 20)
+    big, _ = load_peak(tmp_path / "ck", 1 << 30)
     print(f"\nload of {weights / 1e6:.0f} MB of weights: resident memory grew {grown / 1e6:.0f} MB in 4 MB chunks, "
           f"{big / 1e6:.0f} MB in one chunk per tensor")
     assert weights > 270e6
