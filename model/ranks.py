@@ -230,6 +230,15 @@ class World:
         dist.gather_object(obj, box, dst=0)
         return box
 
+    def everyone(self, obj) -> list:
+        """Every rank's picklable `obj`, in rank order, on every rank (one all-gather: what the jobs' ranks
+        compare to agree on their inputs, options and progress)."""
+        if self.size == 1:
+            return [obj]
+        box = [None] * self.size
+        dist.all_gather_object(box, obj)
+        return box
+
     def broadcast(self, obj, src: int = 0):
         """Rank `src`'s picklable `obj` on every rank."""
         if self.size == 1:

@@ -301,7 +301,7 @@ def same_options(world, options: dict) -> None:
         return
     first = world.broadcast(options)
     mine = {k: options.get(k) for k in sorted(first.keys() | options.keys()) if first.get(k) != options.get(k)}
-    differ = world.broadcast(world.gather(mine))
+    differ = world.everyone(mine)
     for rank, diff in enumerate(differ):
         if diff:
             key, value = next(iter(diff.items()))
@@ -323,8 +323,8 @@ def same_inputs(world, inputs: dict) -> None:
     differs, before the model loads."""
     if world.size == 1:
         return
-    every = world.broadcast(world.gather({k: (f"{(named or [k])[0]} {path}", what, digest())
-                                          for k, (path, what, digest, *named) in inputs.items()}))
+    every = world.everyone({k: (f"{(named or [k])[0]} {path}", what, digest())
+                            for k, (path, what, digest, *named) in inputs.items()})
     for rank, theirs in enumerate(every):
         for flag, (shown, what, digest) in theirs.items():
             ours = every[0].get(flag)

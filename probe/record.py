@@ -251,7 +251,7 @@ def _create(job: Job, world, create) -> tuple[str, list]:
     with signals_held(signal.SIGINT, signal.SIGTERM) if world.size > 1 else contextlib.nullcontext():
         try:
             agree(world, create)
-            seen = world.broadcast(world.gather((world.writes and not (job.out / "run.json").exists(), str(job.out))))
+            seen = world.everyone((world.writes and not (job.out / "run.json").exists(), str(job.out)))
             return seen[0][1], [(rank, out) for rank, (unseen, out) in enumerate(seen) if unseen]
         except RuntimeError as e:
             if world.size == 1:

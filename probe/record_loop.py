@@ -125,7 +125,7 @@ def _restore(out: Path, world, rec: Recorder, writer: PartWriter | None, tables:
             rec.kv.load_state(state)
     done = progress.get("done", -1)
     if resume and world.model_parallel > 1:  # the writer's, on every rank of its replica
-        done = world.broadcast(world.gather(done))[world.leader]
+        done = world.everyone(done)[world.leader]
     return _Progress(done=done, tokens=progress.get("tokens", 0), commits=progress.get("commits", 0), last=done)
 
 

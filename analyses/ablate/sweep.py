@@ -101,7 +101,7 @@ class Commits:
         if self.world.size == 1:
             return
         mine = (sorted(map(str, self.earlier or {})) if self.resuming else None, self.baseline_saved())
-        every = self.world.broadcast(self.world.gather(mine))
+        every = self.world.everyone(mine)
         if any(theirs != every[0] for theirs in every):
             rank = next(r for r, theirs in enumerate(every) if theirs != every[0])
             raise RunError(f"{self.out / self.TABLE}: rank {rank} does not find the earlier {self.WHAT} there that "

@@ -1,5 +1,5 @@
 """A torchrun job's ranks as threads of this process: `model.ranks.World`s whose collectives (broadcast,
-gather, any, barrier) pass pickled objects through a hub, for tests of what the jobs' ranks agree on
+gather, everyone, any, barrier) pass pickled objects through a hub, for tests of what the jobs' ranks agree on
 without a launch (each torchrun launch costs the suite seconds).
 
     results = ThreadRanks(2).run(lambda world: job_step(world, ...))  # what each rank returned or raised
@@ -62,6 +62,9 @@ class _ThreadWorld(World):
 
     def any(self, flag: bool) -> bool:
         return any(self._all(bool(flag)))
+
+    def everyone(self, obj) -> list:
+        return self._all(obj)
 
     def broadcast(self, obj, src: int = 0):
         return self._all(obj)[src]

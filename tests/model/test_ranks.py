@@ -34,6 +34,7 @@ def test_one_process_needs_no_process_group():
     w = World()
     assert w.any(True) and not w.any(False)  # a stop request of the one rank is seen
     assert w.gather({"a": 1}) == [{"a": 1}] and w.gather_leaders(5) == [5] and w.broadcast("x") == "x"
+    assert w.everyone(3) == [3]
     w.barrier()
 
 
