@@ -364,8 +364,7 @@ def check_resumable(old: dict, new: dict, out: Path) -> None:
     else:  # a run recorded before run.json named its tokenizer: the option at least must match
         fingerprinted, keys = (("checkpoint", "--ckpt"), ("corpus", "--corpus")), RESUME_KEYS | {"tokenizer": None}
     for key, flag in fingerprinted:
-        same = (same_checkpoint(old[key], new[key]) if key == "checkpoint" else
-                old[key]["fingerprint"] == new[key]["fingerprint"])
+        same = _same_input(key, old, new)
         if not same and old[key].get("path") == new[key].get("path"):  # the advice below named the command
             # just run (a review): the same path with other contents cannot be resumed
             raise RecordError(f"--resume: the {key} at {old[key].get('path')} has changed since {out} was "
@@ -389,6 +388,23 @@ def check_resumable(old: dict, new: dict, out: Path) -> None:
         raise RecordError(f"--resume: the run was recorded with {_ranks(was.get('size'))} in replicas of "
                           f"{was.get('model_parallel')}, now {_ranks(new['world']['size'])} in replicas of "
                           f"{new['world']['model_parallel']}: resume with the same torchrun and --model-parallel")
+
+
+def _same_input(key: str, old: dict, new: dict) -> bool:
+    """Whether --resume's checkpoint, corpus or tokenizer is the run's. A tokenizer is its bytes: a copy named
+    otherwise is the same tokenizer, but its sha256 (`tokenizer_info`) is under its own name and was refused
+    as another (a review), so it is hashed again under the name the record's was (the --tokenizer's, else the
+    checkpoint's tokenizer.json, whatever file that resolved to). A single-file corpus's name is its
+    documents' ids: another name is another corpus."""
+    if key == "checkpoint":
+        return same_checkpoint(old[key], new[key])
+    if old[key]["fingerprint"] == new[key]["fingerprint"]:
+        return True
+    if key != "tokenizer" or not Path(new[key]["path"]).is_file():
+        return False
+    given = (old.get("options") or {}).get("tokenizer")
+    return fingerprint(new[key]["path"], name=Path(given).name if given else "tokenizer.json") == \
+        old[key]["fingerprint"]
 
 
 def _ranks(n) -> str:

@@ -424,3 +424,31 @@ def test_resume_on_another_layout_counts_its_ranks_in_words(tmp_path, was, now, 
     with pytest.raises(RecordError) as e:
         check_resumable(old, new, tmp_path)
     assert str(e.value) == (f"--resume: the run was {said}: resume with the same torchrun and --model-parallel")
+
+
+def test_resume_takes_a_copy_of_the_runs_tokenizer_named_otherwise(probe_env, tmp_path):
+    """--resume with a --tokenizer that holds the run's tokenizer's bytes under another name was refused as
+    another tokenizer: the record's sha256 is of the name and the bytes (a review). The control: other bytes
+    under that name are refused."""
+    import shutil
+
+    from probe.corpus import fingerprint
+    from probe.record import check_resumable, tokenizer_info
+
+    own = probe_env["ckpt"] / "tokenizer.json"
+    copy = shutil.copy(own, tmp_path / "tok-copy.json")
+    world = {"size": 1, "model_parallel": 1}
+    for given in (None, str(shutil.copy(own, tmp_path / "given.json"))):  # the checkpoint's, or a --tokenizer's
+        inputs = {k: {"path": k, "fingerprint": k} for k in ("checkpoint", "corpus")}
+        old = inputs | {"options": {"tokenizer": given, "gemm": "bf16", "order": "corpus"}, "world": world,
+                        "tokenizer": tokenizer_info(given, probe_env["ckpt"])}
+        new = inputs | {"options": {"tokenizer": str(copy), "gemm": "bf16", "order": "corpus"}, "world": world,
+                        "tokenizer": tokenizer_info(str(copy), probe_env["ckpt"])}
+        assert new["tokenizer"]["fingerprint"] != old["tokenizer"]["fingerprint"]  # the names differ
+        check_resumable(old, new, tmp_path)
+        other = tmp_path / "tok-other.json"
+        other.write_bytes(own.read_bytes().replace(b'"merges"', b'"merges" ', 1))
+        new["tokenizer"] = tokenizer_info(str(other), probe_env["ckpt"])
+        with pytest.raises(RecordError, match=r"--resume: the tokenizer given \(.*tok-other.json\) differs"):
+            check_resumable(old, new, tmp_path)
+    assert fingerprint(copy, name="tokenizer.json") == fingerprint(own)
