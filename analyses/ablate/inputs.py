@@ -58,6 +58,7 @@ def job_defaults(opts: AblateOptions) -> tuple[AblateOptions, dict | None]:
     caller set `within_run`; windows other than the run's (`run_windows`) are a sample of the corpus."""
     info, decided = None, opts.within_run is None
     given = {k: getattr(opts, k) for k in _WINDOW_OPTIONS}  # before the run's fill them in
+    inputs = {"corpus": opts.corpus, "tokenizer": opts.tokenizer}
     if opts.within_run is None:
         opts.within_run = opts.run is not None and opts.max_tokens is None
     if opts.run is None and opts.out is None:
@@ -77,7 +78,7 @@ def job_defaults(opts: AblateOptions) -> tuple[AblateOptions, dict | None]:
                 setattr(opts, k, ro.get(k))
         opts.order = opts.order or run_order(ro)
         if opts.within_run:
-            run_windows(opts, ro, given, decided)
+            run_windows(opts, ro, given, decided, other_inputs(info, inputs))
     elif opts.loads_from == "run":
         raise AblationError("--loads-from run needs --run RUN")
     opts.order = opts.order or "domains"
@@ -104,18 +105,44 @@ def run_order(ro: dict) -> str:
     return ro.get("order", "corpus" if "router_logits" in ro else "domains")
 
 
-def run_windows(opts: AblateOptions, ro: dict, given: dict, decided: bool) -> None:
+def other_inputs(info: dict, given: dict) -> list[str]:
+    """The --corpus and --tokenizer given that are not the run's: other bytes than run.json's sha256 (the
+    corpus's files by their relative paths, so a moved corpus is still the run's; the tokenizer under the name
+    the record hashed it by). Their windows are not the run's, yet were sampled as `sample: run` (a review).
+    A run that kept no sha256 takes them unchecked."""
+    off = []
+    for key, path in given.items():
+        kept = info.get(key) or {}
+        if path is None or not kept.get("fingerprint") or not Path(path).exists():
+            continue
+        if key == "tokenizer":
+            named = (info.get("options") or {}).get("tokenizer")
+            same = fingerprint(path, name=Path(named).name if named else "tokenizer.json") == kept["fingerprint"]
+        else:
+            same = fingerprint(path) == kept["fingerprint"]
+        if not same:
+            off.append(f"--{key} {path} (the run's: {kept.get('path')}; other bytes)")
+    return off
+
+
+def run_windows(opts: AblateOptions, ro: dict, given: dict, decided: bool, inputs_off: list[str] = ()) -> None:
     """Keep a sample within the run only where its windows are the run's own: an --order, --seq-len or
     --bos given that differs from the run's (its run.json options) makes other windows, which the job's
-    part recorded as `sample: run` (a review). Decided here (`decided`: no caller set `within_run`), the
+    part recorded as `sample: run` (a review); so do a --corpus or --tokenizer of other bytes than the
+    run's (`inputs_off`, from `other_inputs`). Decided here (`decided`: no caller set `within_run`), the
     job samples the corpus instead, as with the run's --max-tokens given, and one note on stderr says
     so; a caller that asked for the run's windows is refused, naming the flag."""
     theirs = {"order": run_order(ro), "seq_len": ro.get("seq_len"), "add_bos": ro.get("add_bos")}
     off = [f"{window_flag(k, v)} (the run's: {theirs[k] if k != 'add_bos' else window_flag(k, theirs[k])})"
            for k, v in given.items() if v is not None and theirs[k] is not None and v != theirs[k]]
+    off += inputs_off
     if not off:
         return
     if not decided:
+        if inputs_off and off[0] == inputs_off[0]:
+            key = off[0].split()[0][2:]
+            raise AblationError(f"{off[0]}: a sample within the run's windows reads the run's own {key} (its bytes, "
+                                "wherever it lies now)")
         raise AblationError(f"{off[0]}: a sample within the run's windows takes the run's own; leave it unset")
     opts.within_run = False
     if launch_rank0():

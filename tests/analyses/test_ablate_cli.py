@@ -261,6 +261,39 @@ def test_windows_other_than_the_runs_are_a_corpus_sample_said_once(probe_env, tm
     assert set(run.df("ablations").domain) == {"all", "code", "prose"}  # the corpus's domains, not the run's
 
 
+def test_a_corpus_or_tokenizer_of_other_bytes_is_a_corpus_sample_said_once(probe_env, tmp_path, capsys):
+    """A --corpus or --tokenizer given with --run that holds other bytes than the run's made other windows,
+    sampled as the run's own (`sample: run`; a review): now a corpus sample with one note, as for --seq-len.
+    A copy of the run's corpus moved elsewhere and a copy of its tokenizer named otherwise are the run's."""
+    import json
+    import shutil
+
+    from analyses.ablate.inputs import job_defaults
+    from analyses.ablate.select import AblationError
+    from helpers.analysis_runs import corpus_order_run
+
+    rec = corpus_order_run(probe_env, tmp_path / "rec", 150)
+    moved = shutil.copytree(probe_env["corpus"], tmp_path / "moved")
+    tok = shutil.copy(probe_env["ckpt"] / "tokenizer.json", tmp_path / "tok-copy.json")
+    for same in ({"corpus": str(moved)}, {"tokenizer": str(tok)}, {"corpus": str(moved), "tokenizer": str(tok)}):
+        assert job_defaults(AblateOptions(run=str(rec), **same))[0].within_run, same
+        assert capsys.readouterr().err == ""
+    other = shutil.copytree(probe_env["corpus"], tmp_path / "other")
+    first = next(p for p in sorted(other.rglob("*")) if p.is_file())
+    first.write_bytes(first.read_bytes() + b"\n")
+    merges = json.loads(tok.read_text())
+    merges["model"]["merges"] = merges["model"]["merges"][:20]
+    (tmp_path / "tok-other.json").write_text(json.dumps(merges))
+    for key, path in (("corpus", other), ("tokenizer", tmp_path / "tok-other.json")):
+        opts, _ = job_defaults(AblateOptions(run=str(rec), **{key: str(path)}))
+        err = capsys.readouterr().err
+        assert not opts.within_run and err.count("\n") == 1, (key, err)
+        assert f"--{key} {path} (the run's: " in err and "samples the corpus as if --max-tokens 150" in err
+        with pytest.raises(AblationError, match=f"^--{key} {re.escape(str(path))} .*: a sample within the run's "
+                                                f"windows reads the run's own {key} \\(its bytes, wherever it lies now\\)$"):
+            job_defaults(AblateOptions(run=str(rec), max_tokens=100, within_run=True, **{key: str(path)}))
+
+
 def test_help():
     from analyses.ablate.__main__ import parser
 
