@@ -209,29 +209,93 @@ def _replicate_note(ns, world) -> str | None:
     return "note: --replicate has no effect in one process (under torchrun it loads a whole model on every rank)"
 
 
+def _check_flags(ns) -> None:
+    """The flags checked first (the prompts' source, --max-new-tokens, the --output and --demo paths),
+    before the ranks start and the model loads: each refusal names its flag."""
+    if not (ns.prompt or ns.prompt_file or ns.interactive):
+        raise GenerateError("give --prompt, --prompt-file or --interactive")
+    if ns.max_new_tokens < 0:
+        raise GenerateError(f"--max-new-tokens {ns.max_new_tokens} must be >= 0")
+    for flag, path, file in (("--output", ns.output, True), ("--demo", ns.demo, False)):
+        if path:  # before the model loads and generates, not after
+            check_out_parent(Path(path), flag, file=file, error=GenerateError)
+    if ns.demo and (why := demo_refusal(ns.demo)):
+        raise GenerateError(f"--demo {ns.demo}: {why}")
+    if ns.output and ns.prompt_file and Path(ns.output).resolve() == Path(ns.prompt_file).resolve():
+        # the results were appended to the prompts: the next run read them back as prompts too
+        raise GenerateError(f"--output {ns.output}: the same file as --prompt-file; give the results their own")
+
+
+def _checkpoint(ns, world) -> str:
+    """The checkpoint directory to load: --ckpt, or --demo's, written (once) by rank 0 while the others
+    wait for it."""
+    from model.checkpoint import not_a_directory
+
+    ckpt = ns.ckpt
+    if ns.demo:
+        if world.rank == 0:
+            with os_refusal(f"--demo {ns.demo}: cannot write the demo checkpoint", GenerateError):
+                write_demo_checkpoint(ns.demo)
+        world.barrier()
+        ckpt = ns.demo
+    if why := not_a_directory(ckpt):
+        raise GenerateError(f"--ckpt {ckpt}: {why}")
+    return ckpt
+
+
+def _codec(ns, ckpt: str) -> TextCodec:
+    """The checkpoint's tokenizer, read before the weights (fail fast); --system is refused where the
+    prompts go raw."""
+    from model import ModelArgs
+
+    codec = load_codec(ckpt, ModelArgs.from_hf_config(ckpt))  # before the weights: fail fast
+    if ns.system is not None and (ns.no_chat_template or not codec.chat):  # it was dropped without a word
+        why = "--no-chat-template" if ns.no_chat_template else f"{ckpt}'s tokenizer has no chat format"
+        raise GenerateError(f"--system: the prompts are sent raw ({why}), so a system text has no turn to go in")
+    return codec
+
+
+def _load_model(ns, ckpt: str, world, dtype):
+    """The model on this rank (whole, or its shards); rank 0 says how the ranks hold it, and --mtp is
+    refused for a checkpoint without MTP weights."""
+    from model import load
+
+    m = load(ckpt, dtype=dtype, device=world.device,
+             gemm_impl=ns.gemm, parallel=world.shards if world.shards is not None else False)
+    if world.rank == 0 and world.size > 1:
+        how = "a whole model on every rank" if ns.replicate else "tensor + expert parallel shards"
+        print(f"[{world.size} ranks: {how}]", file=sys.stderr, flush=True)
+    if ns.mtp and not len(m.mtp):
+        raise GenerateError(f"{ckpt}: --mtp needs MTP weights, and this checkpoint has none")
+    return m
+
+
+def _sources(ns, n: int) -> list[str]:
+    """Each of the n prompts named as it was given: its flag and place (--prompt first, then the file's)."""
+    return [f"--prompt #{i + 1}" if i < len(ns.prompt) else
+            f"--prompt-file {ns.prompt_file}: prompt {i - len(ns.prompt) + 1}" for i in range(n)]
+
+
+def _interrupted_line(ns) -> str:
+    """What Ctrl-C prints: 'interrupted', and with --output what was appended to it before."""
+    kept = getattr(ns, "appended", 0)
+    said = (f" ({kept} line{'s' * (kept != 1)} appended to {ns.output} before it; not the generation in "
+            "progress)" if kept else f" (nothing was appended to {ns.output})")
+    return "\ninterrupted" + (said if ns.output else "")
+
+
 def main(argv: list[str] | None = None) -> None:
     ns = build_parser().parse_args(argv)
 
-    from model import CheckpointError, ConfigError, ModelArgs, ParallelError, load
-    from model.checkpoint import float_dtype, not_a_directory
+    from model import CheckpointError, ConfigError, ParallelError
+    from model.checkpoint import float_dtype
     from model.kernels import KernelError
     from model.parallel import World, init_world
 
     code = None  # the exit status once main's work ended normally or with a reported error
     world = World()
     try:
-        if not (ns.prompt or ns.prompt_file or ns.interactive):
-            raise GenerateError("give --prompt, --prompt-file or --interactive")
-        if ns.max_new_tokens < 0:
-            raise GenerateError(f"--max-new-tokens {ns.max_new_tokens} must be >= 0")
-        for flag, path, file in (("--output", ns.output, True), ("--demo", ns.demo, False)):
-            if path:  # before the model loads and generates, not after
-                check_out_parent(Path(path), flag, file=file, error=GenerateError)
-        if ns.demo and (why := demo_refusal(ns.demo)):
-            raise GenerateError(f"--demo {ns.demo}: {why}")
-        if ns.output and ns.prompt_file and Path(ns.output).resolve() == Path(ns.prompt_file).resolve():
-            # the results were appended to the prompts: the next run read them back as prompts too
-            raise GenerateError(f"--output {ns.output}: the same file as --prompt-file; give the results their own")
+        _check_flags(ns)
         sampling = _sampling(ns)
         dtype = float_dtype(ns.dtype, "--dtype")  # model.load's own parsing: a bad name is one line, here
         # every rank one whole model (--replicate), or all ranks one sharded model
@@ -240,30 +304,11 @@ def main(argv: list[str] | None = None) -> None:
             if note and world.rank == 0:
                 print(note, file=sys.stderr)
         texts = _prompts_from_rank0(ns, world)
-        ckpt = ns.ckpt
-        if ns.demo:
-            if world.rank == 0:
-                with os_refusal(f"--demo {ns.demo}: cannot write the demo checkpoint", GenerateError):
-                    write_demo_checkpoint(ns.demo)
-            world.barrier()
-            ckpt = ns.demo
-        if why := not_a_directory(ckpt):
-            raise GenerateError(f"--ckpt {ckpt}: {why}")
-        codec = load_codec(ckpt, ModelArgs.from_hf_config(ckpt))  # before the weights: fail fast
-        if ns.system is not None and (ns.no_chat_template or not codec.chat):  # it was dropped without a word
-            why = "--no-chat-template" if ns.no_chat_template else f"{ckpt}'s tokenizer has no chat format"
-            raise GenerateError(f"--system: the prompts are sent raw ({why}), so a system text has no turn to go in")
-        m = load(ckpt, dtype=dtype, device=world.device,
-                 gemm_impl=ns.gemm, parallel=world.shards if world.shards is not None else False)
-        if world.rank == 0 and world.size > 1:
-            how = "a whole model on every rank" if ns.replicate else "tensor + expert parallel shards"
-            print(f"[{world.size} ranks: {how}]", file=sys.stderr, flush=True)
-        if ns.mtp and not len(m.mtp):
-            raise GenerateError(f"{ckpt}: --mtp needs MTP weights, and this checkpoint has none")
+        ckpt = _checkpoint(ns, world)
+        codec = _codec(ns, ckpt)
+        m = _load_model(ns, ckpt, world, dtype)
         if texts:
-            sources = [f"--prompt #{i + 1}" if i < len(ns.prompt) else
-                       f"--prompt-file {ns.prompt_file}: prompt {i - len(ns.prompt) + 1}" for i in range(len(texts))]
-            _run_batch(m, codec, texts, ns, world.rank, sampling, sources=sources)
+            _run_batch(m, codec, texts, ns, world.rank, sampling, sources=_sources(ns, len(texts)))
         if ns.interactive:
             _interactive(m, codec, ns, world, sampling)
         code = 0
@@ -273,10 +318,7 @@ def main(argv: list[str] | None = None) -> None:
         code = 2
     except KeyboardInterrupt:  # Ctrl-C while generating or at the interactive prompt: one line, not a traceback
         if world.rank == 0:
-            kept = getattr(ns, "appended", 0)
-            said = (f" ({kept} line{'s' * (kept != 1)} appended to {ns.output} before it; not the generation in "
-                    "progress)" if kept else f" (nothing was appended to {ns.output})")
-            print("\ninterrupted" + (said if ns.output else ""), file=sys.stderr)
+            print(_interrupted_line(ns), file=sys.stderr)
         code = 130
     finally:
         if world.size > 1:
