@@ -41,11 +41,32 @@ GB = 1e9
 
 def dry_run(job, opts) -> dict:
     """Check and plan a record job (see the module docstring); prints the plan, returns it."""
-    from model.checkpoint import CheckpointError, inspect
-    from model.memory import forward_plan, kv_cache_bytes, shard_plan
-    from model.parallel import check_world, env_world_size, model_parallel_flag, model_parallel_size
-
     from .record import check_out, count_corpus
+
+    args = job.args
+    world, mp = _world_plan(args, opts)
+    ck, dtype = _inspect_checkpoint(job, opts)
+    check_out(job.out, opts, job.corpus, job.ckpt)
+    corpus = count_corpus(job, opts)
+    mtp = bool(opts.mtp and ck["mtp"])
+    args.n_mtp_layers = ck["mtp"]
+    dev, weights, act, kv = _memory_plan(args, opts, mp, dtype, mtp)
+    per_token = table_bytes_per_token(args, opts, mtp)
+    plan = {"world_size": world, "model_parallel": mp, "replicas": world // mp, "device": dev, "checkpoint": ck,
+            "corpus": {"tokens": corpus.tokens, "windows": corpus.windows, "per_domain": corpus.per_domain},
+            "weights": weights, "kv_cache": kv, "activations": act, "table_bytes_per_token": per_token}
+    _add_totals(plan, job, opts, corpus.tokens)
+    if launch_rank0():  # under torchrun every rank plans the same; rank 0 prints it
+        print(format_dry_run(job, opts, plan))
+        for note in corpus.stats.notes():  # what the record would say of its corpus: skipped files, a cap
+            print(note, file=sys.stderr)  # that leaves domains out (a review)
+    return plan
+
+
+def _world_plan(args, opts) -> tuple[int, int]:
+    """dry_run's first step: the ranks to plan for (--world-size, else torchrun's), --device-memory
+    checked, and the model-parallel size, checked against the model; (world, model parallel)."""
+    from model.parallel import check_world, env_world_size, model_parallel_flag, model_parallel_size
 
     world = opts.world_size if opts.world_size is not None else env_world_size()
     if world < 1:
@@ -57,18 +78,28 @@ def dry_run(job, opts) -> dict:
     given = (f"--world-size {world}" if opts.world_size is not None else None if "WORLD_SIZE" in os.environ
              else "no --world-size given: pass the ranks to plan for")  # outside torchrun: no process to speak of
     mp = model_parallel_size(opts.model_parallel, world, given)
-    args = job.args
     check_world(args, mp, model_parallel_flag(opts.model_parallel))
+    return world, mp
+
+
+def _inspect_checkpoint(job, opts) -> tuple[dict, torch.dtype]:
+    """dry_run's second step: --dtype and --gemm checked, and the checkpoint read from its headers
+    (no weight loaded); (what model.checkpoint.inspect says of it, the compute dtype)."""
+    from model.checkpoint import CheckpointError, inspect
+
     check_model_flags(opts.dtype, opts.gemm)
     dtype = compute_dtype(opts.dtype)
     try:
-        ck = inspect(job.ckpt, gemm_impl=opts.gemm, dtype=dtype)
+        return inspect(job.ckpt, gemm_impl=opts.gemm, dtype=dtype), dtype
     except CheckpointError as e:
         raise RecordError(str(e)) from None
-    check_out(job.out, opts, job.corpus, job.ckpt)
-    corpus = count_corpus(job, opts)
-    mtp = bool(opts.mtp and ck["mtp"])
-    args.n_mtp_layers = ck["mtp"]
+
+
+def _memory_plan(args, opts, mp: int, dtype: torch.dtype, mtp: bool) -> tuple[str, dict, dict, dict]:
+    """dry_run's memory step: the device planned for, and per rank the weights' bytes, a forward pass's
+    activations and the KV cache; (device, weights, activations, KV cache)."""
+    from model.memory import forward_plan, kv_cache_bytes, shard_plan
+
     with flag_advice():  # shard_plan also checks FP8 block alignment
         weights = shard_plan(args, mp, fp8=opts.gemm in FP8_RESIDENT, dtype=dtype,
                              quantised_activations=opts.gemm == "fp8")
@@ -86,29 +117,27 @@ def dry_run(job, opts) -> dict:
                        dequantised=weights["largest_fp8_weight_bytes"] if twin or opts.gemm != "fp8" else 0,
                        mtp=mtp, captures=caps, head_stats=dev,
                        fp8_twin_per_token=weights["fp8_twin_bytes_per_token"] if twin else 0)
-    kv = kv_cache_bytes(args, opts.batch_size, opts.seq_len, dtype, mtp)
-    per_token = table_bytes_per_token(args, opts, mtp)
-    plan = {"world_size": world, "model_parallel": mp, "replicas": world // mp, "device": dev, "checkpoint": ck,
-            "corpus": {"tokens": corpus.tokens, "windows": corpus.windows, "per_domain": corpus.per_domain},
-            "weights": weights, "kv_cache": kv, "activations": act, "table_bytes_per_token": per_token}
+    return dev, weights, act, kv_cache_bytes(args, opts.batch_size, opts.seq_len, dtype, mtp)
+
+
+def _add_totals(plan: dict, job, opts, tokens: int) -> None:
+    """dry_run's last step: the plan's totals (bytes per rank, the run's size on disk) and its verdict,
+    "fits", added to `plan`."""
+    weights, args = plan["weights"], job.args
     # float32 on a CPU: the jobs pack a copy of the weights for oneDNN where it fits in half the memory
     # available (probe.job.packed_copy_bytes, which they ask too); left out of the plan, the measured
     # peak was twice it (a review)
-    weights["packed_bytes"] = packed_copy_bytes(weights["float32_per_rank_bytes"]) if dev == "cpu" else 0
+    cpu = plan["device"] == "cpu"
+    weights["packed_bytes"] = packed_copy_bytes(weights["float32_per_rank_bytes"]) if cpu else 0
     plan["per_rank"] = (weights["per_rank_bytes"] + weights["absorb_dense_bytes"] + weights["packed_bytes"]
-                        + act["peak"])
+                        + plan["activations"]["peak"])
     # each writer's accumulator state (`_progress/*.npz`), whatever the token count: 128 MB per writer for
     # DeepSeek-V3, and a fifth of a small run of the bundled model (it was left out of the size)
     plan["state_bytes"] = plan["replicas"] * state_bytes(args.n_layers, args.kv_lora_rank)
-    plan["run_bytes"] = int(sum(per_token.values()) * corpus.tokens) + plan["state_bytes"]
+    plan["run_bytes"] = int(sum(plan["table_bytes_per_token"].values()) * tokens) + plan["state_bytes"]
     # what the command's exit status says (1: does not fit): --device-memory per rank, the disk at --out
     plan["fits"] = ((opts.device_memory is None or plan["per_rank"] <= opts.device_memory * GB)
                     and shutil.disk_usage(_existing(job.out)).free > plan["run_bytes"])
-    if launch_rank0():  # under torchrun every rank plans the same; rank 0 prints it
-        print(format_dry_run(job, opts, plan))
-        for note in corpus.stats.notes():  # what the record would say of its corpus: skipped files, a cap
-            print(note, file=sys.stderr)  # that leaves domains out (a review)
-    return plan
 
 
 def capture_bytes(args, opts, dtype: torch.dtype) -> dict:
