@@ -133,6 +133,24 @@ def per_token(dumps: list[Dump], shape: Shape, out: Path) -> dict:
     record's physical ids are let go once mapped: the dumps are read once (marked consumed; a second
     read of them is refused, naming the file; marked consumed with the first)."""
     check_unread(dumps)
+    kept, copies, empty, drafts = _kept_records(dumps, shape)
+    if not kept:
+        raise SGLangError(f"{', '.join(d.path.name for d in dumps[:3])}: no per_token record chose an expert (every "
+                          "id -1): nothing was routed while it recorded")
+    kept.sort(key=lambda x: x[0])
+    _count_fused(shape, kept)
+    _check_vocab(shape, kept)
+    layers = moe_layers(shape, sum(_counts(lg, range(len(lg)), shape) for *_, lg in kept))
+    passes, tokens = _write_token_tables(kept, layers, shape, out)
+    return {"passes": passes, "records": len(kept), "moe_layers": layers, "tokens": tokens, "topk_assumed": False,
+            "ranks_counted_the_same_tokens": copies > 0, "copies_skipped": copies, "empty_records_skipped": empty,
+            "draft_records_skipped": drafts}
+
+
+def _kept_records(dumps: list[Dump], shape: Shape) -> tuple[list, int, int, int]:
+    """per_token's reading step: each record's logical ids, its physical ids let go (the first one
+    marks the dumps read); (kept: (pass, file, record, logical ids) per record, pipeline stages merged;
+    tensor-parallel copies skipped, empty records skipped, draft records skipped)."""
     kept, seen, copies, empty, drafts = [], set(), 0, 0, 0
     owners: dict[tuple, Path] = {}
     at: dict[tuple, int] = {}  # (pass, rank, gatherer key) -> its index in kept
@@ -158,18 +176,23 @@ def per_token(dumps: list[Dump], shape: Shape, out: Path) -> dict:
         for r, lg in zip(records, logical):
             _claim(owners, d, r, (lg >= 0).reshape(len(lg), -1).any(1))
             _keep_or_merge(kept, at, d, r, lg)
-    if not kept:
-        raise SGLangError(f"{', '.join(d.path.name for d in dumps[:3])}: no per_token record chose an expert (every "
-                          "id -1): nothing was routed while it recorded")
-    kept.sort(key=lambda x: x[0])
-    _count_fused(shape, kept)
+    return kept, copies, empty, drafts
+
+
+def _check_vocab(shape: Shape, kept: list) -> None:
+    """Refuse a kept record whose input ids fall outside --config's vocabulary (another model's dump);
+    without a config, nothing to check."""
     vocab = (shape.args or {}).get("vocab_size")
     for fp, d, r, _ in kept if vocab else ():
         top = max(map(int, r["input_ids"]), default=-1)
         if top >= vocab:
             raise SGLangError(f"{d.path}: pass {fp} holds input id {top}, outside the vocabulary of --config "
                               f"(vocab_size={vocab}): is it this model's dump?")
-    layers = moe_layers(shape, sum(_counts(lg, range(len(lg)), shape) for *_, lg in kept))
+
+
+def _write_token_tables(kept: list, layers: list[int], shape: Shape, out: Path) -> tuple[int, int]:
+    """per_token's writing step: the tokens, routing and expert_load tables of the kept records (sorted
+    by pass), one step per forward pass; (passes, tokens)."""
     w = PartWriter(out, 0, ["tokens", "routing", "expert_load"])
     step_of = {fp: i for i, fp in enumerate(sorted({fp for fp, *_ in kept}))}  # one step per pass
     per_pass: dict[int, list] = {}
@@ -186,10 +209,7 @@ def per_token(dumps: list[Dump], shape: Shape, out: Path) -> dict:
     for fp, (counts, n) in sorted(per_pass.items()):
         w.append("expert_load", load_rows(step_of[fp], layers, counts, n), step_of[fp])
     w.commit(max(len(step_of) - 1, 0))
-    return {"passes": len(step_of), "records": len(kept), "moe_layers": layers,
-            "tokens": sum(n for _, n in per_pass.values()), "topk_assumed": False,
-            "ranks_counted_the_same_tokens": copies > 0, "copies_skipped": copies, "empty_records_skipped": empty,
-            "draft_records_skipped": drafts}
+    return len(step_of), sum(n for _, n in per_pass.values())
 
 
 def _count_fused(shape: Shape, kept: list) -> None:
