@@ -295,22 +295,24 @@ _KINDS = {  # annotation -> (what a value must be, as a message says it; the tes
     "float": ("a number", lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool)),
     "bool": ("true or false", lambda v: isinstance(v, bool)),
     "str": ("a string", lambda v: isinstance(v, str)),
+    # eos_token_id: "1" or ["1"] was a TypeError from the vocabulary check, [1.5] passed (found by a review)
+    "list[int]": ("a list of integers", lambda v: isinstance(v, list) and all(_KINDS["int"][1](i) for i in v)),
 }
 
 
 def _type_problem(value: Any, annotation: str) -> str | None:
     """What `value` should have been for a field annotated `annotation` (e.g. "int | None"), or None
-    when it fits. Only the scalar kinds are checked; a config's JSON gives strings where a number
+    when it fits. Only the kinds of `_KINDS` are checked; a config's JSON gives strings where a number
     belongs, and those would otherwise fail far from the file that holds them."""
     parts = [a.strip() for a in str(annotation).split("|")]
     if value is None and "None" in parts:
         return None
-    scalars = [a for a in parts if a in _KINDS]
-    if not scalars or len(scalars) < len([a for a in parts if a != "None"]):
-        return None  # a list, tuple or dict is allowed too: left to the field's own checks
-    if any(_KINDS[a][1](value) for a in scalars):
+    kinds = [a for a in parts if a in _KINDS]
+    if not kinds or len(kinds) < len([a for a in parts if a != "None"]):
+        return None  # a tuple or dict is allowed too: left to the field's own checks
+    if any(_KINDS[a][1](value) for a in kinds):
         return None
-    return " or ".join([_KINDS[a][0] for a in scalars] + (["null"] if "None" in parts else []))
+    return " or ".join([_KINDS[a][0] for a in kinds] + (["null"] if "None" in parts else []))
 
 
 def _field_problem(a: ModelArgs) -> str | None:

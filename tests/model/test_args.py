@@ -286,6 +286,11 @@ def test_plain_rope_frequencies():
     (dict(bos_token_id=5000), ["bos_token_id=5000 must be a token id in [0, vocab_size="]),
     (dict(bos_token_id=-1), ["bos_token_id=-1 must be a token id"]),
     (dict(eos_token_id=[1, 5000]), ["eos_token_id=[1, 5000] must be a token id"]),
+    # a string or strings: a TypeError from inside the id check; a float in the list passed (a review)
+    (dict(eos_token_id="1"), ["eos_token_id='1' must be an integer or a list of integers or null"]),
+    (dict(eos_token_id=["1"]), ["eos_token_id=['1'] must be an integer or a list of integers or null"]),
+    (dict(eos_token_id=[1.5]), ["eos_token_id=[1.5] must be an integer or a list of integers or null"]),
+    (dict(eos_token_id=(1, 2)), ["eos_token_id=(1, 2) must be an integer or a list of integers or null"]),
     # sizes and RoPE parameters that failed inside torch or math (found by a review)
     (dict(moe_inter_dim=-32), ["moe_inter_dim=-32 must be positive"]),
     (dict(inter_dim=0), ["inter_dim=0 must be positive"]),
