@@ -183,7 +183,23 @@ def _mean(a: np.ndarray) -> float:
 
 def show(ref, steps, layers, E, r, window, gpus, redundant, nodes: int = 1, mode: str = "hierarchical",
          every: int = 1) -> None:
+    """The replay `r` drawn: the balancedness figures, the per-pass chart, the per-layer and per-GPU
+    charts side by side, and the plan to download."""
     per_pass = {NOW: np.nanmean(r["now"], 1), PLAN: np.nanmean(r["plan"], 1)}
+    _figures(r, steps, window, gpus, per_pass)
+    _passes_chart(steps, window, per_pass)
+    left, right = st.columns(2)
+    with left:
+        _layers_chart(ref, layers, r)
+    with right:
+        _gpus_chart(ref, layers, r, every)
+    whole = window[0] <= min(steps) and window[1] >= max(steps)
+    download(ref, r, E, gpus, redundant, nodes, mode, steps=None if whole else tuple(window), strided=every > 1)
+
+
+def _figures(r: dict, steps, window, gpus: int, per_pass: dict) -> None:
+    """The first step of `show`: the balancedness of both placements, in the plan window and after it
+    (the planned one's difference only at the same GPU count), and of the window's summed load."""
     win = r["window"]
     later = np.asarray(steps) > window[1]  # the passes after the window (not those before it; a review)
     alike = r["now_gpus"] == gpus  # balancedness falls with the GPU count: deltas only at the same count
@@ -211,6 +227,10 @@ def show(ref, steps, layers, E, r, window, gpus, redundant, nodes: int = 1, mode
                f"planned {agg['plan']:.3f}. Each forward pass waits for its busiest GPU, so the per-pass values above "
                "are what a server feels; small passes are noisy, and a plan for the window's total can lose to "
                "another placement pass by pass.")
+
+
+def _passes_chart(steps, window, per_pass: dict) -> None:
+    """The second step of `show`: both placements' balancedness pass by pass, the plan window shaded."""
     fig = charts.lines({k: (steps, v) for k, v in per_pass.items()}, title="Balancedness per forward pass "
                        "(mean / max GPU load, averaged over MoE layers)", xlabel="pass", ylabel="balancedness",
                        colors=COLORS, fmt=".3f", markers=len(steps) <= 60)
@@ -219,36 +239,39 @@ def show(ref, steps, layers, E, r, window, gpus, redundant, nodes: int = 1, mode
                   annotation_text="plan window", annotation_position="top left", annotation_yanchor="bottom")
     fig.update_yaxes(range=[0, 1.02])
     st.plotly_chart(fig, key="sv_passes")
-    left, right = st.columns(2)
-    with left:
-        fig = go.Figure()
-        for name, key in ((NOW, "now"), (PLAN, "plan")):
-            mean = np.nanmean(np.where(win[:, None], r[key], np.nan), 0)
-            fig.add_trace(go.Bar(x=[data.layer_label(ref, x) for x in layers], y=mean, name=name,
-                                 marker_color=COLORS[name],
-                                 hovertemplate=f"{name}<br>%{{x}}: %{{y:.3f}}<extra></extra>"))
-        fig.update_xaxes(type="category")  # its ticks name the layers; a title there met the legend below
-        fig.update_yaxes(title="balancedness", range=[0, 1.02])
-        title = "Balancedness per layer, mean over the plan window's passes"  # not the summed load's (caption)
-        st.plotly_chart(charts.fit_title(charts.style(fig, title, 360, barmode="group"), 0.5), key="sv_layers")
-    with right:
-        layer = ui.layer_picker(layers, "sv_layer", ref=ref)
-        i = list(layers).index(layer)
-        fig = go.Figure()
-        for name, key in ((NOW, "gpu_now"), (PLAN, "gpu_plan")):
-            g = r[key][i]
-            # the GPUs' numbers, the title saying they are GPUs (an axis title sat on the legend): `GPU 0` ...
-            # turned on their side in half the page at 1024 px, cut to `GPl` at the chart's foot (a tour)
-            fig.add_trace(go.Bar(x=[str(k) for k in range(len(g))], y=g, name=name, marker_color=COLORS[name],
-                                 hovertemplate=f"{name}<br>GPU %{{x}}: %{{y:,.0f}} assignments<extra></extra>"))
-        fig.update_xaxes(type="category", tickangle=0)
-        # a strided run's bars sum the replayed passes only (they claimed the window's whole load; a review)
-        fig.update_yaxes(title="assignments in the plan window" if every == 1 else
-                         f"assignments in the window's replayed passes (1 in {every})")
-        st.plotly_chart(charts.style(fig, f"{data.layer_label(ref, layer)}: load per GPU", 320, barmode="group"),
-                        key="sv_gpu")
-    whole = window[0] <= min(steps) and window[1] >= max(steps)
-    download(ref, r, E, gpus, redundant, nodes, mode, steps=None if whole else tuple(window), strided=every > 1)
+
+
+def _layers_chart(ref, layers, r: dict) -> None:
+    """The third step of `show` (the left half): each MoE layer's balancedness over the plan window."""
+    fig = go.Figure()
+    for name, key in ((NOW, "now"), (PLAN, "plan")):
+        mean = np.nanmean(np.where(r["window"][:, None], r[key], np.nan), 0)
+        fig.add_trace(go.Bar(x=[data.layer_label(ref, x) for x in layers], y=mean, name=name,
+                             marker_color=COLORS[name],
+                             hovertemplate=f"{name}<br>%{{x}}: %{{y:.3f}}<extra></extra>"))
+    fig.update_xaxes(type="category")  # its ticks name the layers; a title there met the legend below
+    fig.update_yaxes(title="balancedness", range=[0, 1.02])
+    title = "Balancedness per layer, mean over the plan window's passes"  # not the summed load's (caption)
+    st.plotly_chart(charts.fit_title(charts.style(fig, title, 360, barmode="group"), 0.5), key="sv_layers")
+
+
+def _gpus_chart(ref, layers, r: dict, every: int) -> None:
+    """The fourth step of `show` (the right half): a picked layer's load per GPU in the plan window."""
+    layer = ui.layer_picker(layers, "sv_layer", ref=ref)
+    i = list(layers).index(layer)
+    fig = go.Figure()
+    for name, key in ((NOW, "gpu_now"), (PLAN, "gpu_plan")):
+        g = r[key][i]
+        # the GPUs' numbers, the title saying they are GPUs (an axis title sat on the legend): `GPU 0` ...
+        # turned on their side in half the page at 1024 px, cut to `GPl` at the chart's foot (a tour)
+        fig.add_trace(go.Bar(x=[str(k) for k in range(len(g))], y=g, name=name, marker_color=COLORS[name],
+                             hovertemplate=f"{name}<br>GPU %{{x}}: %{{y:,.0f}} assignments<extra></extra>"))
+    fig.update_xaxes(type="category", tickangle=0)
+    # a strided run's bars sum the replayed passes only (they claimed the window's whole load; a review)
+    fig.update_yaxes(title="assignments in the plan window" if every == 1 else
+                     f"assignments in the window's replayed passes (1 in {every})")
+    st.plotly_chart(charts.style(fig, f"{data.layer_label(ref, layer)}: load per GPU", 320, barmode="group"),
+                    key="sv_gpu")
 
 
 def download(ref, r, E, gpus, redundant, nodes: int = 1, mode: str = "hierarchical",
