@@ -71,6 +71,16 @@ def domain_views(ref: data.RunRef) -> list[str]:
         tops = pd.DataFrame({"expert": np.argsort(-C.sum(0))})  # the busiest expert first
         top_tokens(ref, layer, E, tops)
         return doms
+    share, lift = _domain_heatmap(layer, doms, C, E, c2, c3)
+    tops = _specific_experts(doms, C, share, lift, E)
+    _nmi_and_experts(de, E, tops)
+    top_tokens(ref, layer, E, tops)
+    return doms
+
+
+def _domain_heatmap(layer: str, doms: list[str], C: np.ndarray, E: int, c2, c3) -> tuple[np.ndarray, np.ndarray]:
+    """The heatmap step of `domain_views`: the lift / share and expert-order radios (in the columns `c2`
+    and `c3`) and the layer's domain x expert heatmap; returns the layer's share and lift."""
     view = c2.radio("Show", ["lift", "share"], horizontal=True, key="sp_view",
                     captions=["P(domain | expert) / P(domain): > 1 = over-serves the domain",
                               "P(domain | expert): each expert's load split over domains"])
@@ -89,14 +99,24 @@ def domain_views(ref: data.RunRef) -> list[str]:
         st.plotly_chart(charts.heatmap(z[:, order], order, doms, title=f"{layer}: domain × expert ({zl})",
                                        xlabel="expert", ylabel="domain", zlabel=zl, colorscale=cs, zmid=mid,
                                        fmt=".3f", customdata=custom, extra_hover=hover), key="dom_exp")
+    return share, lift
 
+
+def _specific_experts(doms: list[str], C: np.ndarray, share: np.ndarray, lift: np.ndarray, E: int) -> pd.DataFrame:
+    """The ranking step of `domain_views`: each expert's most over-served domain, its lift and share
+    there, most domain-specific first (experts with too few assignments left out)."""
     best = np.nanargmax(np.nan_to_num(lift, nan=-1), axis=0)
     tops = pd.DataFrame({"expert": range(E), "domain": [doms[i] for i in best],
                          "lift": [lift[i, e] for e, i in enumerate(best)],
                          "share": [share[i, e] for e, i in enumerate(best)],
                          "assignments": C.sum(0).astype(int)})
     # experts with a handful of assignments have noisy lifts: rank those with at least a tenth of the mean
-    tops = tops[tops.assignments >= 0.1 * C.sum() / max(E, 1)].sort_values("lift", ascending=False)
+    return tops[tops.assignments >= 0.1 * C.sum() / max(E, 1)].sort_values("lift", ascending=False)
+
+
+def _nmi_and_experts(de: pd.DataFrame, E: int, tops: pd.DataFrame) -> None:
+    """The per-layer step of `domain_views`: I(domain; expert) / H(domain) of every layer beside the
+    chosen layer's most domain-specific experts (`tops`), and what the metric is."""
     with ui.guard(f"{compute.DOMAIN_NMI_LABEL} per layer"):
         dn = compute.domain_nmi_by_layer(de, E)
         left, right = st.columns([2, 3])
@@ -113,8 +133,6 @@ def domain_views(ref: data.RunRef) -> list[str]:
         st.caption("I(domain; expert) / H(domain) over top-k assignments: the share of the domain's entropy that "
                    "the chosen expert removes (`analyses.metrics.domain_nmi`). Not the symmetric NMI "
                    "2I / (H(domain) + H(expert)), the `nmi` column of `specialisation_table` (docs/metrics.md).")
-    top_tokens(ref, layer, E, tops)
-    return doms
 
 
 def top_tokens(ref, layer: str, E: int, tops: pd.DataFrame) -> None:
