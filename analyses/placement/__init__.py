@@ -212,14 +212,42 @@ def plan_placement(loads, n_gpus: int, n_nodes: int = 1, n_redundant: int = 0, g
                    mode: str = "hierarchical") -> Placement:
     """Plan one layer: loads [E] per logical expert -> a `Placement` on n_gpus GPUs in n_nodes nodes
     with E + n_redundant slots in all (see the module docstring for the policy)."""
+    x = _loads(loads)
+    E = len(x)
+    _check_layout(E, n_gpus, n_nodes, n_redundant, groups, mode)
+    n_slots = E + n_redundant
+    per = n_slots // n_gpus
+    if mode == "global":
+        plan = _place(x, np.arange(E), n_slots, n_gpus)
+    else:
+        plan = _hierarchical(x, n_slots, n_gpus, n_nodes, groups)
+    out = Placement(x, plan, n_nodes, mode)
+    if n_gpus > E:  # no contiguous layout to fall back to: some GPUs would get no expert of their own
+        return out  # (one slot a GPU, as DeepSeek's 256 + 64 experts on 320 GPUs; it crashed: a review)
+    fallback = _contiguous(x, n_gpus, per)  # per >= ceil(E / gpus) and every chunk non-empty: each fits
+    if mode == "global" or n_nodes == 1 or _keeps_groups(fallback, n_nodes, groups, E):
+        alt = Placement(x, fallback, n_nodes, mode)
+        if _max(alt.gpu_load) < _max(out.gpu_load) - 1e-9:
+            out = alt
+    return out
+
+
+def _loads(loads) -> np.ndarray:
+    """`plan_placement`'s first step: the loads as a float64 vector, refused unless a non-empty 1-D
+    vector of finite, non-negative values."""
     x = np.asarray(loads, dtype=np.float64)
     if x.ndim != 1 or len(x) == 0:
         raise PlacementError(f"loads: expected a non-empty 1-D vector of expert loads, got shape {x.shape}")
     if not np.isfinite(x).all() or (x < 0).any():
         raise PlacementError("loads: must be finite and non-negative")
+    return x
+
+
+def _check_layout(E: int, n_gpus: int, n_nodes: int, n_redundant: int, groups: int, mode: str) -> None:
+    """`plan_placement`'s second step: refuse a mode, a count or a layout it cannot plan for E experts
+    (the expert groups' own checks are hierarchical mode's, in `_hierarchical`)."""
     if mode not in ("hierarchical", "global"):
         raise PlacementError(f"mode={mode!r}: choose 'hierarchical' or 'global'")
-    E = len(x)
     for name, v in (("gpus", n_gpus), ("nodes", n_nodes), ("groups", groups)):
         if v < 1:
             raise PlacementError(f"--{name} must be >= 1, got {v}")
@@ -241,34 +269,27 @@ def plan_placement(loads, n_gpus: int, n_nodes: int = 1, n_redundant: int = 0, g
                              f"{n_redundant} redundant): every GPU needs the same number of slots")
     if n_gpus % n_nodes:
         raise PlacementError(f"--nodes {n_nodes} does not divide --gpus {n_gpus}")
-    per = n_slots // n_gpus
-    if mode == "global":
-        plan = _place(x, np.arange(E), n_slots, n_gpus)
-    else:
-        if E % groups:
-            raise PlacementError(f"{E} experts do not split into {groups} groups")
-        if groups % n_nodes:
-            hint = ("; a run imported without --config knows no groups: pass --groups with the model's "
-                    "n_expert_groups (8 for DeepSeek-V3)" if groups == 1 else "")
-            raise PlacementError(f"{groups} expert groups are not divisible by --nodes {n_nodes}{hint}; or pass --mode "
-                                 "global (deepseek-ai/EPLB and SGLang fall back to it silently here)")
-        # NOTE: (E + R) % gpus == 0, gpus % nodes == 0 and E % nodes == 0 imply R % nodes == 0:
-        # every node gets the same number of redundant slots.
-        gsize = E // groups
-        members = np.arange(E).reshape(groups, gsize)
-        node_of_group = pack(x[members].sum(1), n_nodes, groups // n_nodes)
-        gpn = n_gpus // n_nodes
-        plan = np.concatenate([_place(x, members[node_of_group == n].reshape(-1), n_slots // n_nodes, gpn)
-                               for n in range(n_nodes)])
-    out = Placement(x, plan, n_nodes, mode)
-    if n_gpus > E:  # no contiguous layout to fall back to: some GPUs would get no expert of their own
-        return out  # (one slot a GPU, as DeepSeek's 256 + 64 experts on 320 GPUs; it crashed: a review)
-    fallback = _contiguous(x, n_gpus, per)  # per >= ceil(E / gpus) and every chunk non-empty: each fits
-    if mode == "global" or n_nodes == 1 or _keeps_groups(fallback, n_nodes, groups, E):
-        alt = Placement(x, fallback, n_nodes, mode)
-        if _max(alt.gpu_load) < _max(out.gpu_load) - 1e-9:
-            out = alt
-    return out
+
+
+def _hierarchical(x: np.ndarray, n_slots: int, n_gpus: int, n_nodes: int, groups: int) -> np.ndarray:
+    """`plan_placement`'s hierarchical step: the expert groups packed onto nodes by group load, then
+    each node's experts placed on its GPUs in its share of the slots; the map, node after node."""
+    E = len(x)
+    if E % groups:
+        raise PlacementError(f"{E} experts do not split into {groups} groups")
+    if groups % n_nodes:
+        hint = ("; a run imported without --config knows no groups: pass --groups with the model's "
+                "n_expert_groups (8 for DeepSeek-V3)" if groups == 1 else "")
+        raise PlacementError(f"{groups} expert groups are not divisible by --nodes {n_nodes}{hint}; or pass --mode "
+                             "global (deepseek-ai/EPLB and SGLang fall back to it silently here)")
+    # NOTE: (E + R) % gpus == 0, gpus % nodes == 0 and E % nodes == 0 imply R % nodes == 0:
+    # every node gets the same number of redundant slots.
+    gsize = E // groups
+    members = np.arange(E).reshape(groups, gsize)
+    node_of_group = pack(x[members].sum(1), n_nodes, groups // n_nodes)
+    gpn = n_gpus // n_nodes
+    return np.concatenate([_place(x, members[node_of_group == n].reshape(-1), n_slots // n_nodes, gpn)
+                           for n in range(n_nodes)])
 
 
 def _max(v: np.ndarray) -> float:
