@@ -232,11 +232,23 @@ def pages(runs: Path) -> dict:
 
     # st.cache_data outside a server warns on every call
     logging.getLogger("streamlit.runtime.caching.cache_data_api").setLevel(logging.ERROR)
-    from dashboards import compute, data, research
+    from dashboards import data
 
     refs = {r.name: r for r in data.discover(runs)}
     ref, tr = refs["big"], refs["train"]
-    u = lambda f: f.uncached  # noqa: E731 - the function behind the st.cache_data wrapper
+    return _routing_pages(runs, ref) | _table_pages(ref, tr)
+
+
+def _uncached(f):
+    """The function behind the st.cache_data wrapper `f`."""
+    return f.uncached
+
+
+def _routing_pages(runs: Path, ref) -> dict:
+    """`pages`' first five: the pages that read the probe run's routing, token and load tables."""
+    from dashboards import compute, data, research
+
+    u = _uncached
 
     def overview():
         data._discover.clear()
@@ -271,6 +283,17 @@ def pages(runs: Path) -> dict:
         ids = u(data.layer_topk)(ref, 1)
         compute.coactivation(ids, E)
         u(research.expert_paths)(ref, tuple(data.moe_layers(ref)))  # the paths Sankey, all layers (its default)
+
+    return {"Overview": overview, "Load balance": load_balance, "Specialisation": specialisation,
+            "Token explorer": token_explorer, "Co-activation & flow": coactivation}
+
+
+def _table_pages(ref, tr) -> dict:
+    """`pages`' last seven: the pages of the probe run's other tables (KV, MTP, ablations, the serving
+    replay, steering), the comparison of the run with itself, and the training run's page."""
+    from dashboards import compute, data
+
+    u = _uncached
 
     def latent_kv():
         u(data.kv_stats)(ref)
@@ -308,10 +331,8 @@ def pages(runs: Path) -> dict:
         u(data.bias_by_step)(tr, "layer1", 10)
         u(data.total_loads)(tr, 50)
 
-    return {"Overview": overview, "Load balance": load_balance, "Specialisation": specialisation,
-            "Token explorer": token_explorer, "Co-activation & flow": coactivation, "Latent KV": latent_kv,
-            "MTP": mtp, "Ablations": ablations, "Serving": serving, "Steering": steering, "Compare runs": compare,
-            "Training": training}
+    return {"Latent KV": latent_kv, "MTP": mtp, "Ablations": ablations, "Serving": serving, "Steering": steering,
+            "Compare runs": compare, "Training": training}
 
 
 def main() -> int:
