@@ -58,19 +58,11 @@ def build_env(root: Path, docs: int = 24, scale: int = 8):
 
 
 def overhead(ckpt: Path, corpus: Path, repeats: int) -> None:
+    """Part 1: a plain forward and the recorder's configurations timed on the same 4 batches,
+    interleaved `repeats` times, printed against the plain forward."""
     import torch
 
-    import model
-    from probe.corpus import iter_documents
-    from probe.windows import iter_windows
-    from probe.recorders import Batch, RecordConfig, Recorder
-    from probe.writer import PartWriter
-    from tokenizers import Tokenizer
-
-    m = model.load(ckpt, dtype=torch.float32)
-    tok = Tokenizer.from_file(str(ckpt / "tokenizer.json"))
-    wins = list(iter_windows(iter_documents(corpus), lambda t: tok.encode(t).ids, 256, 0, max_tokens=4 * 256 * 6))
-    batches = [Batch(i, wins[i * 4:(i + 1) * 4]) for i in range(len(wins) // 4)][:4]
+    m, batches = _overhead_batches(ckpt, corpus)
     tmp = Path(tempfile.mkdtemp())
     commits: list[float] = []
 
@@ -80,27 +72,62 @@ def overhead(ckpt: Path, corpus: Path, repeats: int) -> None:
                 m(b.tokens, lengths=b.lengths)
 
     def recorder(router_logits, kv=False, mtp=False, sample=1.0):
-        cfg = RecordConfig(router_logits=router_logits, sample=sample, kv_stats=kv, mtp=mtp)
-        rec = Recorder(m, cfg, ["code", "prose"])
-        tables = ["tokens", "expert_load"] + (["routing"] if router_logits != "none" else []) + (["mtp"] if mtp else [])
-        w = PartWriter(tmp / f"{router_logits}{kv}{mtp}{sample}", 0, tables)
-
-        def run():
-            """Returns the seconds to leave out: the commit beyond its share at the real cadence."""
-            for b in batches:
-                for t, cols in rec.run(b).items():
-                    if cols:
-                        w.append(t, cols, b.index)
-            t0 = time.perf_counter()
-            w.commit(batches[-1].index, {}, rec.kv.state())
-            dt = time.perf_counter() - t0
-            commits.append(dt)
-            return dt * (1 - len(batches) / COMMIT_EVERY)
-        return run
+        return _recorded(m, batches, tmp / f"{router_logits}{kv}{mtp}{sample}", commits, router_logits, kv, mtp,
+                         sample)
 
     cases = {"plain forward": plain, "record topk": recorder("topk"), "record full": recorder("full"),
              "record full, sample 0.1": recorder("full", sample=0.1),
              "record topk + kv-stats": recorder("topk", kv=True), "record topk + mtp": recorder("topk", mtp=True)}
+    times = _interleaved(cases, repeats, commits)
+    _print_overhead(times, batches, repeats, commits)
+
+
+def _overhead_batches(ckpt: Path, corpus: Path) -> tuple:
+    """The overhead part's first step: the float32 model, and 4 batches of 4 windows of 256 tokens
+    from the corpus."""
+    import torch
+
+    import model
+    from probe.corpus import iter_documents
+    from probe.recorders import Batch
+    from probe.windows import iter_windows
+    from tokenizers import Tokenizer
+
+    m = model.load(ckpt, dtype=torch.float32)
+    tok = Tokenizer.from_file(str(ckpt / "tokenizer.json"))
+    wins = list(iter_windows(iter_documents(corpus), lambda t: tok.encode(t).ids, 256, 0, max_tokens=4 * 256 * 6))
+    return m, [Batch(i, wins[i * 4:(i + 1) * 4]) for i in range(len(wins) // 4)][:4]
+
+
+def _recorded(m, batches: list, out: Path, commits: list[float], router_logits: str, kv: bool, mtp: bool,
+              sample: float):
+    """The overhead part's recorder case: a Recorder on `m` and its PartWriter under `out`, and the
+    timed run of `batches` through them (its commit's time appended to `commits`)."""
+    from probe.recorders import RecordConfig, Recorder
+    from probe.writer import PartWriter
+
+    cfg = RecordConfig(router_logits=router_logits, sample=sample, kv_stats=kv, mtp=mtp)
+    rec = Recorder(m, cfg, ["code", "prose"])
+    tables = ["tokens", "expert_load"] + (["routing"] if router_logits != "none" else []) + (["mtp"] if mtp else [])
+    w = PartWriter(out, 0, tables)
+
+    def run():
+        """Returns the seconds to leave out: the commit beyond its share at the real cadence."""
+        for b in batches:
+            for t, cols in rec.run(b).items():
+                if cols:
+                    w.append(t, cols, b.index)
+        t0 = time.perf_counter()
+        w.commit(batches[-1].index, {}, rec.kv.state())
+        dt = time.perf_counter() - t0
+        commits.append(dt)
+        return dt * (1 - len(batches) / COMMIT_EVERY)
+    return run
+
+
+def _interleaved(cases: dict, repeats: int, commits: list[float]) -> dict[str, list[float]]:
+    """The overhead part's timing: every case once (warm-up; its commits forgotten), then `repeats`
+    rounds of every case in turn; each case's seconds less the commit time it leaves out."""
     for f in cases.values():
         f()
     times = {k: [] for k in cases}
@@ -110,6 +137,11 @@ def overhead(ckpt: Path, corpus: Path, repeats: int) -> None:
             t0 = time.perf_counter()
             excess = f() or 0.0
             times[k].append(time.perf_counter() - t0 - excess)
+    return times
+
+
+def _print_overhead(times: dict[str, list[float]], batches: list, repeats: int, commits: list[float]) -> None:
+    """The overhead part's table: each case's median and best seconds, against the plain forward's."""
     base = statistics.median(times["plain forward"])
     best = min(times["plain forward"])
     n = sum(int(b.lengths.sum()) for b in batches)
