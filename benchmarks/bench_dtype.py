@@ -115,6 +115,23 @@ def print_gemms(ckpt: str | None, batch_size: int) -> None:
 
 
 def main() -> None:
+    """Record in each dtype, then print the CPU's flags, each record's speed and its agreement with float32."""
+    ns = _flags()
+    runs, secs, choice = _record_variants(ns)
+    n = len(runs["float32"][0])
+    print(f"CPU flags: {' '.join(cpu_flags()) or 'none of amx/avx512'}; float32 GEMMs: "
+          f"{choice.path if choice else 'n/a'}")
+    labels = {"float32": "float32", "bfloat16": "bfloat16", "fp8": "fp8 (FP8 weights and GEMMs, bf16)"}
+    width = max(len(labels[name]) for name in runs)
+    for name in runs:
+        ratio = "" if name == "float32" else f": {secs['float32'] / secs[name]:.2f}x float32"
+        print(f"{labels[name]:{width}} {n / secs[name]:9,.0f} tokens/s ({secs[name]:.1f} s){ratio}")
+    for name in [v for v in runs if v != "float32"]:
+        _print_agreement(runs, name, labels[name], n)
+
+
+def _flags():
+    """`main`'s first step: the flags, a bad one answered before anything heavy is imported."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", help="checkpoint (default: the bundled model)")
     p.add_argument("--corpus", help="corpus (default: the bundled validation corpus)")
@@ -130,9 +147,14 @@ def main() -> None:
         p.error("--config makes a random checkpoint; it cannot be combined with --ckpt")
     if ns.config and not Path(ns.config).is_file():
         p.error(f"--config {ns.config}: no such file")
+    return ns
 
+
+def _record_variants(ns) -> tuple[dict, dict, object]:
+    """`main`'s second step: the same record in float32, bfloat16 (and with --fp8 an FP8 copy) in a
+    temporary directory, then the GEMM timings; returns each variant's tokens and routing, its
+    seconds, and the float32 GEMM path the records took."""
     import probe
-    from analyses.metrics import record_agreement
     from model import gemm
     from probe.record import RecordOptions, record
 
@@ -157,24 +179,23 @@ def main() -> None:
             runs[name] = (run.df("tokens"), run.df("routing", columns=["seq_id", "pos", "layer", "expert_ids"]))
         choice = gemm.current()
         print_gemms(ns.ckpt, ns.batch_size)
-    n = len(runs["float32"][0])
-    print(f"CPU flags: {' '.join(cpu_flags()) or 'none of amx/avx512'}; float32 GEMMs: "
-          f"{choice.path if choice else 'n/a'}")
-    labels = {"float32": "float32", "bfloat16": "bfloat16", "fp8": "fp8 (FP8 weights and GEMMs, bf16)"}
-    width = max(len(labels[name]) for name in runs)
-    for name in runs:
-        ratio = "" if name == "float32" else f": {secs['float32'] / secs[name]:.2f}x float32"
-        print(f"{labels[name]:{width}} {n / secs[name]:9,.0f} tokens/s ({secs[name]:.1f} s){ratio}")
-    for name in [v for v in runs if v != "float32"]:
-        c = record_agreement(*runs["float32"], *runs[name])
-        print(f"{labels[name]} against float32: {n:,} tokens, {c['pairs']:,} (token, MoE layer) pairs, K = {c['K']}")
-        print(f"top-k set identical {100 * c['same_set']:.2f}%, top-1 identical {100 * c['top1']:.2f}%, "
-              f"experts differing per pair {c['differ']:.3f} of {c['K']}")
-        for layer, v in c["per_layer"].items():
-            print(f"  layer {layer}: top-k set identical {100 * v:.2f}%")
-        print(f"mean loss per domain (nats): float32 / {name} / difference")
-        for dom, row in c["loss"].iterrows():
-            print(f"  {dom:12} {row.loss_ref:.4f} / {row.loss_got:.4f} / {row.loss_got - row.loss_ref:+.4f}")
+    return runs, secs, choice
+
+
+def _print_agreement(runs: dict, name: str, label: str, n: int) -> None:
+    """`main`'s last step, for each variant but float32 (`name`, printed as `label`): its routing and loss
+    against float32's."""
+    from analyses.metrics import record_agreement
+
+    c = record_agreement(*runs["float32"], *runs[name])
+    print(f"{label} against float32: {n:,} tokens, {c['pairs']:,} (token, MoE layer) pairs, K = {c['K']}")
+    print(f"top-k set identical {100 * c['same_set']:.2f}%, top-1 identical {100 * c['top1']:.2f}%, "
+          f"experts differing per pair {c['differ']:.3f} of {c['K']}")
+    for layer, v in c["per_layer"].items():
+        print(f"  layer {layer}: top-k set identical {100 * v:.2f}%")
+    print(f"mean loss per domain (nats): float32 / {name} / difference")
+    for dom, row in c["loss"].iterrows():
+        print(f"  {dom:12} {row.loss_ref:.4f} / {row.loss_got:.4f} / {row.loss_got - row.loss_ref:+.4f}")
 
 
 if __name__ == "__main__":
