@@ -291,7 +291,7 @@ def _routing_pages(runs: Path, ref) -> dict:
 def _table_pages(ref, tr) -> dict:
     """`pages`' last seven: the pages of the probe run's other tables (KV, MTP, ablations, the serving
     replay, steering), the comparison of the run with itself, and the training run's page."""
-    from dashboards import compute, data
+    from dashboards import compute, data, training_data
 
     u = _uncached
 
@@ -326,9 +326,9 @@ def _table_pages(ref, tr) -> dict:
         u(data.steering)(ref)
 
     def training():
-        u(data.train_metrics)(tr)
-        u(data.eval_metrics)(tr)
-        u(data.bias_by_step)(tr, "layer1", 10)
+        u(training_data.train_metrics)(tr)
+        u(training_data.eval_metrics)(tr)
+        u(training_data.bias_by_step)(tr, "layer1", 10)
         u(data.total_loads)(tr, 50)
 
     return {"Latent KV": latent_kv, "MTP": mtp, "Ablations": ablations, "Serving": serving, "Steering": steering,

@@ -151,6 +151,24 @@ def test_the_dashboard_bench_remakes_its_runs_for_another_row_count(tmp_path, mo
     assert e.value.code == 2 and f"--out {tmp_path / 'file'}: not a directory" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # 2.9 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
+def test_every_page_of_the_dashboard_bench_does_its_work_on_the_smallest_runs(tmp_path, monkeypatch, benchmarks_path):
+    """The Training page's work called data.train_metrics, eval_metrics and bias_by_step, which had moved
+    to dashboards/training_data.py: the bench stopped at its last page with an AttributeError (found
+    splitting `pages`). Every page of the app is there, and each one's work runs (not timed) on the
+    bench's smallest runs, the training run short."""
+    import bench_dashboard as bd
+    from helpers.apptest import PAGES
+
+    short = bd.synth_train_run
+    monkeypatch.setattr(bd, "synth_train_run", lambda out: short(out, steps=100))  # one evaluation
+    bd.build_runs(tmp_path, 4096)
+    pages = bd.pages(tmp_path)
+    assert sorted(pages) == sorted(PAGES.values())
+    for work in pages.values():
+        work()
+
+
 def test_the_dashboard_benchs_docstring_counts_the_gates_its_training_run_has(tmp_path, benchmarks_path):
     """The docstring said 4 gates; the training run has 8 (a review)."""
     import re
