@@ -329,7 +329,6 @@ def _table_pages(ref, tr) -> dict:
         u(training_data.train_metrics)(tr)
         u(training_data.eval_metrics)(tr)
         u(training_data.bias_by_step)(tr, "layer1", 10)
-        u(data.total_loads)(tr, 50)
 
     return {"Latent KV": latent_kv, "MTP": mtp, "Ablations": ablations, "Serving": serving, "Steering": steering,
             "Compare runs": compare, "Training": training}
