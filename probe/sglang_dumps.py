@@ -170,9 +170,11 @@ def _check_fields(d: Dump) -> None:
         c = _counts(d, d.data["logical_count"], "logical_count", 3)
         if not len(c):
             raise SGLangError(f"{d.path}: logical_count holds no passes (a buffer of 0 rows)")
+        _no_empty_dims(d, c, "logical_count", "[passes, layers, experts]")
         _scalar(d, d.data.get("rank", 0), "rank")
         return
     m = _ints(d, d.data.get("last_physical_to_logical_map"), "last_physical_to_logical_map", 2)
+    _no_empty_dims(d, m, "last_physical_to_logical_map", "[layers, physical experts]")
     if m.numel() and int(m.max()) > MAX_EXPERT_ID:
         raise SGLangError(f"{d.path}: last_physical_to_logical_map names expert {int(m.max())}; ids above "
                           f"{MAX_EXPERT_ID} are not expert ids")
@@ -201,6 +203,15 @@ def _check_fields(d: Dump) -> None:
         if lens is not None and len(lens := _seq(d, lens, f"extend_seq_lens of {where}")) and int(lens.sum()) != n:
             raise SGLangError(f"{d.path}: {where}'s extend_seq_lens sum to {int(lens.sum())}, "
                               f"but it has {n} input_ids")
+
+
+def _no_empty_dims(d: Dump, t, name: str, dims: str) -> None:
+    """One line naming the file where tensor `t` has a dimension of size 0 (no layers, no experts): an
+    empty map was torch's "max(): Expected reduction dim" traceback, and a logical_count without layers
+    or experts was called a dump whose every pass counted nothing."""
+    if 0 in t.shape:
+        raise SGLangError(f"{d.path}: {name} has shape {list(t.shape)} ({dims}): a server's dump has at least one "
+                          "of each")
 
 
 def _mode(data: dict, path: Path) -> str:

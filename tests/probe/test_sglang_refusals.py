@@ -368,3 +368,22 @@ def test_tensors_torch_cannot_reduce_are_one_line_errors(world, tmp_path, capsys
         assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
         assert re.search(rf"\.pt: {field}.* (holds torch\.\w+ values|is a torch\.sparse_coo tensor)", err), err
         assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("mode,cut", [("per_pass", (slice(None), slice(0))), ("per_token", (slice(0),)),
+                                      ("stat", (slice(None), slice(0))), ("stat", (slice(None), slice(None), slice(0)))])
+def test_a_map_or_counts_with_a_dimension_of_0_is_one_line(world, tmp_path, capsys, mode, cut):
+    """A physical-to-logical map of no slots or no layers passed its checks (a 2-D tensor of integers) and
+    failed in model_shape's max() with torch's RuntimeError traceback; a logical_count of no layers or no
+    experts was called a dump whose every pass counted nothing. With and without --config."""
+    from probe.__main__ import main
+
+    field = "logical_count" if mode == "stat" else "last_physical_to_logical_map"
+    dump = sg.edited_copy(world[mode], tmp_path / "cut", lambda d: d.__setitem__(field, d[field][cut]))
+    for config in ([], ["--config", str(world["config"])]):
+        code = main(["import", "sglang", str(dump), "--out", str(tmp_path / "run"), *config])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+        assert re.search(rf"\.pt: {field} has shape \[[0-9, ]*\b0\b[0-9, ]*\] \(.*\): a server's dump has at least "
+                         "one of each", err), err
+        assert not (tmp_path / "run").exists() and not list(tmp_path.glob(".*importing"))
