@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from .errors import given_path
 from .schema import TABLES
-from .writer import PROGRESS, RunError, read_run_json, run_status
+from .writer import PROGRESS, RunError, progress_parts, read_run_json, run_status
 
 
 def table_files(path: str | Path, table: str) -> list[Path]:
@@ -68,12 +68,12 @@ def _lost_parts(path: Path, info: dict) -> dict[str, list[str]]:
     named: set[str] = set()
     for rank, p in progress.items():
         try:
-            parts = json.loads(p.read_text()).get("parts") or {}
-            for t, files in parts.items():
-                named |= {t} if files else set()
-                lost.setdefault(t, []).extend(f for f in files if not (path / t / f).is_file())
-        except (OSError, ValueError, AttributeError):  # unreadable: --resume says so; nothing known here
+            parts = progress_parts(json.loads(p.read_text())) or {}
+        except (OSError, ValueError):  # unreadable or damaged: --resume says so; nothing known here
             continue
+        for t, files in parts.items():
+            named |= {t} if files else set()
+            lost.setdefault(t, []).extend(f for f in files if not (path / t / f).is_file())
     for rank in (r for r in _writers(info) if r not in progress):
         for t in named:
             if not list((path / t).glob(f"r{rank:03d}-b*.parquet")):

@@ -436,6 +436,7 @@ def load_progress(run: Path, rank: int) -> tuple[dict, dict[str, np.ndarray]]:
     try:
         progress = json.loads(p.read_text())
         state = Path(run) / PROGRESS / progress["state"]
+        progress_parts(progress)
     except (OSError, ValueError, TypeError, KeyError) as e:
         raise RunError(f"{p}: unreadable progress file ({type(e).__name__}: {e}); {advice}") from None
     try:
@@ -444,6 +445,23 @@ def load_progress(run: Path, rank: int) -> tuple[dict, dict[str, np.ndarray]]:
     except (OSError, ValueError, EOFError) as e:
         raise RunError(f"{state}: unreadable accumulator state of {p.name} ({first_line(e, None)}); {advice}") from None
     return progress, arrays
+
+
+def progress_parts(progress) -> dict[str, dict[str, int]] | None:
+    """A progress file's committed parts, {table: {part file: rows}} (None: progress written before
+    commits named their parts); anything else, a damaged or hand-edited file, is a ValueError saying so:
+    parts {"tokens": 5} were a TypeError traceback from --resume and from every read of the run
+    (`probe.run.lost_tables`), and a part name "ab" of a string read as lost parts a and b."""
+    if not isinstance(progress, dict):
+        raise ValueError(f"a JSON {_json_type(progress)}, not an object")
+    parts = progress.get("parts")
+    if parts is None:
+        return None
+    if not (isinstance(parts, dict) and all(isinstance(files, dict) and all(
+            isinstance(name, str) and (rows is None or type(rows) is int) for name, rows in files.items())
+            for files in parts.values())):
+        raise ValueError("its 'parts' is not {table: {part file: rows}}")
+    return parts
 
 
 def _rank_parts(run: Path, table: str, rank: int, done: int) -> dict[str, None]:

@@ -247,3 +247,18 @@ def test_a_record_run_without_its_progress_that_lost_a_routing_mtp_or_kv_part_sa
     assert r.lost_tables == []
     if "routing" in checked:
         assert r.sql("select count(*) from routing").fetchall() == [(300 * 2,)]  # 2 MoE layers
+
+
+@pytest.mark.parametrize("parts", [{"tokens": 5}, {"tokens": [5]}, {"tokens": "ab"}, ["tokens"]])
+def test_a_progress_file_whose_parts_are_damaged_is_no_traceback_nor_lost_letters(run, parts):
+    """A progress file whose `parts` is not {table: {part file: rows}} (hand-edited, damaged) was a
+    TypeError traceback from every read of the run (`lost_tables` on a complete run), or named its
+    letters as lost parts ("committed part files missing (a, b)"): nothing is known from it, as from
+    an unreadable one; the tables read (a table gone is still lost)."""
+    (run / PROGRESS).mkdir()
+    (run / PROGRESS / "r000.json").write_text(json.dumps({"done": 1, "parts": parts}))
+    r = probe.open_run(run)
+    assert r.lost_tables == [] and r.tables == WRITTEN and "status='complete'" in repr(r)
+    assert len(r.df("tokens")) == r.sql("select count(*) from tokens").fetchall()[0][0] > 0
+    shutil.rmtree(run / "routing")
+    assert r.lost_tables == ["routing"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -285,16 +286,29 @@ def test_check_committed_of_progress_that_names_no_parts_checks_the_parts_presen
         check_committed(run, 0, [T])
 
 
+def set_parts(run, parts) -> None:
+    p = run / PROGRESS / "r000.json"
+    p.write_text(json.dumps(json.loads(p.read_text()) | {"parts": parts}))
+
+
 @pytest.mark.parametrize("damage, says", [
     (lambda run: (run / PROGRESS / "r000.json").write_text("{"), "r000.json: unreadable progress file"),
     (lambda run: next((run / PROGRESS).glob("*.npz")).unlink(), "unreadable accumulator state of r000.json"),
+    # parts of another shape, hand-edited or damaged: --resume's check_committed was an AttributeError or a
+    # TypeError traceback, or took a name's letters for parts
+    *((lambda run, parts=parts: set_parts(run, parts), "r000.json: unreadable progress file (ValueError: its "
+       "'parts' is not {table: {part file: rows}})") for parts in (
+        {T: 5}, {T: ["r000-b0000000-0000001.parquet"]}, {T: "r000-b0000000-0000001.parquet"},
+        {T: {"r000-b0000000-0000001.parquet": "6"}}, ["r000-b0000000-0000001.parquet"])),
 ])
 def test_damaged_progress_is_one_line_naming_the_file(tmp_path, damage, says):
     run = committed_run(tmp_path)
     damage(run)
-    with pytest.raises(RunError, match=says) as e:
+    with pytest.raises(RunError, match=re.escape(says) if "parts" in says else says) as e:
         load_progress(run, 0)
     assert "\n" not in str(e.value) and "--overwrite" in str(e.value)
+    with pytest.raises(RunError, match="--resume|unreadable"):  # what --resume checks first
+        check_committed(run, 0, [T])
     assert check_committed(run, 1, [T]) == {}  # a rank that committed nothing: nothing to check
 
 
