@@ -290,6 +290,16 @@ def read_run_json(run: Path) -> dict:
         if want is not None and value is not None and not isinstance(value, want):
             raise RunError(f"{p}: field {key!r} is a JSON {_json_type(value)}, not {_JSON_NAMES[want]} "
                            "(a damaged or hand-edited run.json)")
+    for key in RUN_JSON_NAMES:  # ["tokens", 3] or [{...}]: a TypeError in every read's `lost_tables` before
+        odd = [x for x in info.get(key) or () if not isinstance(x, str)]
+        if odd:
+            raise RunError(f"{p}: field {key!r} holds a JSON {_json_type(odd[0])}, not only strings "
+                           "(a damaged or hand-edited run.json)")
+    for key, sub in RUN_JSON_COUNTS:  # {"size": "8"}: a TypeError in every read of a run with _progress/
+        value = (info.get(key) or {}).get(sub)
+        if value is not None and type(value) is not int:
+            raise RunError(f"{p}: field '{key}.{sub}' is a JSON {_json_type(value)}, not an integer "
+                           "(a damaged or hand-edited run.json)")
     return info
 
 
@@ -301,11 +311,16 @@ RUN_JSON_TYPES: dict[str, type] = {
     **dict.fromkeys(("tables", "domains"), list), **dict.fromkeys(("status", "kind"), str)}
 
 
+RUN_JSON_NAMES = ("tables", "domains")  # arrays of names
+# numbers inside run.json's objects that readers count with (`probe.run`'s writers of a record's tables)
+RUN_JSON_COUNTS = (("world", "size"), ("world", "model_parallel"), ("planned", "batches"))
+
 _JSON_NAMES = {dict: "an object", list: "an array", str: "a string"}
 
 
 def _json_type(value) -> str:
-    return {dict: "object", list: "array", str: "string", bool: "boolean"}.get(type(value), "number")
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(value),
+                                                                                                  "number")
 
 
 class PartWriter:

@@ -7,6 +7,7 @@ not have written a table yet: both still read as empty."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pyarrow.parquet as pq
@@ -262,3 +263,27 @@ def test_a_progress_file_whose_parts_are_damaged_is_no_traceback_nor_lost_letter
     assert len(r.df("tokens")) == r.sql("select count(*) from tokens").fetchall()[0][0] > 0
     shutil.rmtree(run / "routing")
     assert r.lost_tables == ["routing"]
+
+
+@pytest.mark.parametrize("edit, says", [
+    ({"tables": [{"name": "tokens"}, "routing"]}, "field 'tables' holds a JSON object, not only strings"),
+    ({"tables": ["tokens", ["routing"]]}, "field 'tables' holds a JSON array, not only strings"),
+    ({"domains": ["code", None]}, "field 'domains' holds a JSON null, not only strings"),
+    ({"world": {"size": "2", "model_parallel": 1}}, "field 'world.size' is a JSON string, not an integer"),
+    ({"world": {"size": 2, "model_parallel": 1.0}}, "field 'world.model_parallel' is a JSON number, not an integer"),
+    ({"planned": {"batches": "4"}}, "field 'planned.batches' is a JSON string, not an integer"),
+])
+def test_a_run_json_whose_names_or_counts_have_another_type_is_one_line(run, edit, says):
+    """Names in run.json's `tables` (or `domains`) that are not strings, and a `world` or `planned` count
+    that is not an integer (hand-edited, damaged), opened: every read then stopped in `lost_tables` with
+    a TypeError ("unhashable type: 'dict'", "unsupported operand type(s) for //") where the run has
+    `_progress/`. They are refused at open, naming run.json and the field, as a field of another type is."""
+    (run / PROGRESS).mkdir()
+    (run / PROGRESS / "r000.json").write_text(json.dumps({"done": 1, "parts": {"tokens": {}}}))
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps(info | edit))
+    with pytest.raises(RunError, match=re.escape(f"{run / 'run.json'}: {says} (a damaged or hand-edited run.json)")):
+        probe.open_run(run)
+    good = {"tables": WRITTEN, "domains": ["code"], "world": {"size": 1, "model_parallel": 1}, "planned": {"batches": 4}}
+    (run / "run.json").write_text(json.dumps(info | {k: good[k] for k in edit}))  # the control: the right types read
+    assert probe.open_run(run).tables == WRITTEN
