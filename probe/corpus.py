@@ -13,7 +13,8 @@ Accepted `--corpus` forms:
 - a `.txt` (or any text) file: one document (a binary file is refused);
 - a `.jsonl` file: one JSON object per line with `text`, optional `domain` and `id`;
 - a `.parquet` file: columns `text`, optional `domain` and `id`.
-A record's domain is its folder's when it has none (null or ""), else its value as a string (0 is "0").
+A record's domain is its folder's when it has none (null or ""), else its value as a string (0 is "0");
+a domain or id that is an object, an array or bytes (a Parquet column of structs, lists or binary) is refused.
 Text is UTF-8, or UTF-16 / UTF-32 when the file starts with their byte-order mark (JSONL too).
 Bytes that are not UTF-8, and lone surrogate escapes in JSON strings (`"\ud83d"` without its pair),
 are replaced by U+FFFD and counted (`CorpusStats.replaced_bytes`; the jobs print a note naming the
@@ -204,6 +205,9 @@ def _parquet(path: Path, rel: str, default_domain: str, stats: CorpusStats,
     kind = pf.schema_arrow.field("text").type
     if not is_string(kind):
         raise CorpusError(f"{path}: the 'text' column must hold strings, it holds {kind}")
+    for c in ("domain", "id"):
+        if c in cols and not _name_kind(kind := pf.schema_arrow.field(c).type):
+            raise CorpusError(f"{path}: the {c!r} column must hold strings or numbers, it holds {kind}")
     want = [c for c in ("text", "domain", "id") if c in cols]
     row = 0
     for batch in pf.iter_batches(columns=want, batch_size=1024):
@@ -219,6 +223,18 @@ def _parquet(path: Path, rel: str, default_domain: str, stats: CorpusStats,
             where = f"{rel}:{row}"
             yield Document(str(did[j]) if did[j] is not None else where,
                            _domain(_name_or(dom[j], default_domain), f"{path}:{row}"), text[j])
+
+
+def _name_kind(kind) -> bool:
+    """Whether the values of a Parquet domain or id column of type `kind` read as names: strings, numbers,
+    booleans (a dictionary of them too); lists, structs and bytes became Python's repr of each value
+    ("[1]", "b'code'"), silently."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    return not (pa.types.is_nested(kind) or pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
+                or pa.types.is_fixed_size_binary(kind) or getattr(pa.types, "is_binary_view", lambda t: False)(kind))
 
 
 def _entries(path: str | Path, stats: CorpusStats | None = None) -> tuple[Path, list[tuple[Path, str, str]]]:
@@ -388,6 +404,11 @@ def _record(path: Path, i: int, line: str, rel: str = "", stats: CorpusStats | N
         raise CorpusError(f"{path}:{i + 1}: not valid JSON ({e.msg})") from None
     if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
         raise CorpusError(f"{path}:{i + 1}: a JSONL record needs a string field 'text'")
+    for key in ("domain", "id"):  # {"a": 1} became the domain "{'a': 1}", Python's repr of it, silently
+        if isinstance(value := rec.get(key), (dict, list)):
+            kind = "an object" if isinstance(value, dict) else "an array"
+            raise CorpusError(f"{path}:{i + 1}: field {key!r} is {kind}; a record's domain and id are strings "
+                              "or numbers")
     rec["text"] = mend(rec["text"], rel, stats)
     return rec
 

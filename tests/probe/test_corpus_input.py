@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections import Counter
 
 import numpy as np
@@ -311,3 +312,31 @@ def test_a_file_written_again_within_its_filesystems_time_tick_is_hashed_again(t
     assert fingerprint(f) == hashlib.sha256(b"c.txt" + b"alpha beta").hexdigest()
     f.write_text("gamma zeta")  # as many bytes, the same inode and times
     assert fingerprint(f) == hashlib.sha256(b"c.txt" + b"gamma zeta").hexdigest()
+
+
+def test_a_domain_or_id_that_is_a_list_an_object_or_bytes_is_named(tmp_path):
+    """A JSONL domain or id that is an object or an array, and a Parquet domain or id column of lists,
+    structs or bytes, were read as Python's repr of each value: the domain "{'lang': 'en'}" or "b'code'",
+    silently. They are one line naming the file (and line) and the field; numbers and booleans stay
+    domains as strings (test_a_domain_0_or_false_is_a_domain)."""
+    cases = {}
+    for n, (key, value, kind) in enumerate((("domain", {"lang": "en"}, "an object"), ("domain", ["code"], "an array"),
+                                            ("id", [1, 2], "an array"))):
+        p = tmp_path / f"j{n}.jsonl"
+        p.write_text(json.dumps({"text": "alpha"}) + "\n" + json.dumps({"text": "beta", key: value}) + "\n")
+        cases[p] = rf"j{n}\.jsonl:2: field '{key}' is {kind}; a record's domain and id are strings or numbers"
+    for n, (key, column, kind) in enumerate((("domain", pa.array([b"code", b"prose"]), "binary"),
+                                             ("domain", pa.array([["code"], ["prose"]]), "list<element: string>"),
+                                             ("id", pa.array([{"n": 1}, {"n": 2}]), "struct<n: int64>"))):
+        p = tmp_path / f"p{n}.parquet"
+        pq.write_table(pa.table({"text": ["alpha", "beta"], key: column}), p)
+        cases[p] = rf"p{n}\.parquet: the '{key}' column must hold strings or numbers, it holds {re.escape(kind)}"
+    for path, says in cases.items():
+        for order in ORDERS:
+            with pytest.raises(ValueError, match=says):
+                read(path, order)
+    ok = tmp_path / "ok.parquet"  # the control: a pandas category column (a dictionary of strings) is names
+    pq.write_table(pa.table({"text": ["alpha", "beta"], "domain": pa.array(["code", "prose"]).dictionary_encode(),
+                             "id": [7, 8]}), ok)
+    for order in ORDERS:
+        assert sorted((w.domain, w.doc_id) for w in read(ok, order)) == [("code", "7"), ("prose", "8")]
