@@ -22,7 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import given_path
+from .errors import first_line, given_path
 from .schema import TABLES
 from .writer import PROGRESS, RunError, progress_parts, read_run_json, run_status
 
@@ -360,8 +360,8 @@ class Run:
                 if attempt == 2:
                     raise RunError(f"{self.path / table}: its part files keep changing while read ({e})") from None
                 files = self.files(table)
-            except (pa.ArrowInvalid, OSError) as e:
-                raise RunError(f"{self.path / table}: unreadable part file ({e})") from None
+            except (pa.ArrowException, OSError) as e:  # a column of another type: ArrowNotImplementedError, a traceback
+                raise RunError(f"{self.path / table}: unreadable part file ({first_line(e)})") from None
 
     def df(self, table: str, columns: list[str] | None = None):
         """The table as a pandas DataFrame (loads it; prefer `rel`/`sql` for big tables)."""

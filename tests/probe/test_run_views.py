@@ -157,3 +157,24 @@ def test_a_refused_condition_leaves_a_table_without_parts_to_a_view_of_the_calle
         run.restrict(["mtp"], "no_such > 1")
     assert run.sql("select n from mine").fetchall() == [(0,)]
     assert run.con.execute("select n from mine").fetchall() == [(0,)]
+
+
+@pytest.mark.parametrize("column, values", [("token_id", [[1]]), ("doc_pos", [{"a": 1}]), ("pos", [1.5])])
+def test_a_part_whose_column_has_another_type_is_a_run_error_naming_the_table(path, column, values):
+    """A part file whose column cannot be cast to the schema's type (a foreign or hand-made file):
+    lists or structs where the schema has integers made `Run.arrow` and `Run.df` raise pyarrow's
+    ArrowNotImplementedError ("Unsupported cast from list<...>"), a traceback through every command
+    that reads the table; it is a RunError naming the table, as an unreadable part is, in one line."""
+    import pyarrow.parquet as pq
+
+    from probe.writer import RunError
+
+    part = sorted((path / "tokens").glob("*.parquet"))[0]
+    t = pq.read_table(part)
+    pq.write_table(t.set_column(t.schema.get_field_index(column), column, pa.array(values * len(t))), part)
+    run = probe.open_run(path)
+    for read in (lambda: run.df("tokens"), lambda: run.arrow("tokens", columns=[column])):
+        with pytest.raises(RunError, match=f"{path / 'tokens'}: unreadable part file \\(") as e:
+            read()
+        assert "\n" not in str(e.value)
+    assert len(run.df("routing")) > 0  # the other tables read
