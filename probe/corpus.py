@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import first_line
 from .file_memo import FileMemo
 from .text_bytes import (BINARY_PROBE, decode, decode_as, is_binary, is_string, jsonl_lines, mend, parquet_strings,
                          parquet_strings_counted, shown)
@@ -402,6 +403,8 @@ def _record(path: Path, i: int, line: str, rel: str = "", stats: CorpusStats | N
         rec = json.loads(line)
     except json.JSONDecodeError as e:
         raise CorpusError(f"{path}:{i + 1}: not valid JSON ({e.msg})") from None
+    except (ValueError, RecursionError) as e:  # valid JSON that Python will not read: a traceback, or no file named
+        raise CorpusError(f"{path}:{i + 1}: JSON that Python cannot read ({first_line(e, 120)})") from None
     if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
         raise CorpusError(f"{path}:{i + 1}: a JSONL record needs a string field 'text'")
     for key in ("domain", "id"):  # {"a": 1} became the domain "{'a': 1}", Python's repr of it, silently

@@ -293,6 +293,20 @@ def test_a_bad_jsonl_record_is_named_by_its_line_number(tmp_path):
             read(tmp_path / "b.jsonl", order)
 
 
+def test_json_that_python_cannot_read_is_named_by_its_line_number(tmp_path):
+    """Valid JSON that json.loads refuses with another error than JSONDecodeError: an integer of more
+    than 4,300 digits (Python's limit on int() of a string; a ValueError naming no file) and arrays
+    nested deeper than the interpreter's recursion limit (a RecursionError traceback)."""
+    big, deep = tmp_path / "big.jsonl", tmp_path / "deep.jsonl"
+    big.write_text('{"text": "alpha"}\n{"text": "beta", "id": ' + "7" * 5000 + "}\n")
+    deep.write_text('{"text": "alpha", "id": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    for order in ORDERS:
+        with pytest.raises(ValueError, match=r"big\.jsonl:2: JSON that Python cannot read \(Exceeds the limit"):
+            read(big, order)
+        with pytest.raises(ValueError, match=r"deep\.jsonl:1: JSON that Python cannot read \(maximum recursion"):
+            read(deep, order)
+
+
 def test_a_file_written_again_within_its_filesystems_time_tick_is_hashed_again(tmp_path, monkeypatch):
     """The fingerprint was kept while a file's inode, size and times stayed; a file written again with as many
     bytes within one tick of the filesystem's clock (coarse kernel timestamps, NFS's or FAT's seconds) keeps
