@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from model.indices import BYTES_NOT_IDS, bytes_not_ids
+from model.indices import BYTES_NOT_IDS, as_int, bytes_not_ids, shown
 from model.parallel import broadcast_from_first
 
 from .sampling import GenerateError, SamplingParams, propose, verify_drafts
@@ -128,10 +128,13 @@ class PromptError(GenerateError):
 
 
 def _check(model, prompts, max_new_tokens: int, mtp: bool) -> None:
-    if isinstance(prompts, (str, bytes)) or len(prompts) == 0:
-        raise GenerateError("no prompts" if not isinstance(prompts, (str, bytes)) else
-                            "prompts: expected a list of token-id lists (tokenise text first, e.g. with "
+    if isinstance(prompts, (str, bytes)):
+        raise GenerateError("prompts: expected a list of token-id lists (tokenise text first, e.g. with "
                             "generate.text), got a string")
+    if not hasattr(prompts, "__len__") or not hasattr(prompts, "__getitem__"):  # None, a generator: len()'s TypeError
+        raise GenerateError(f"prompts: expected a list of token-id lists, got {type(prompts).__name__}")
+    if len(prompts) == 0:
+        raise GenerateError("no prompts")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 0:
         raise GenerateError(f"max_new_tokens={max_new_tokens!r} must be an integer >= 0")
     for i, p in enumerate(prompts):
@@ -146,9 +149,17 @@ def _prompt_problem(args, p) -> str:
     vocabulary, or longer than max_seq_len."""
     if isinstance(p, (str, bytes, bytearray, memoryview)):  # a bytearray's bytes were read as ids (a review)
         return f"expected token ids, got {'a string' if isinstance(p, str) else type(p).__name__} (tokenise it first)"
+    if as_int(p) is not None:  # one prompt's ids given as the batch ([1, 2, 3], a 1-D tensor): len()'s TypeError
+        return (f"a single token id ({as_int(p)}), not a list of them: prompts is a list of prompts, each a list "
+                "of token ids (one prompt: [ids])")
+    if not hasattr(p, "__len__"):  # None, a generator
+        return f"expected token ids (a list, array or tensor of them), got {type(p).__name__}"
     if len(p) == 0:
         return "no tokens"
-    ids = torch.as_tensor(list(p) if not isinstance(p, torch.Tensor) else p)
+    try:  # ragged ([1, [2]]) or of strings (['a']): torch's TypeError or ValueError from the conversion
+        ids = torch.as_tensor(list(p) if not isinstance(p, torch.Tensor) else p)
+    except (TypeError, ValueError, RuntimeError):
+        return f"expected a flat list of integer token ids, got {shown(p)}"
     if ids.is_floating_point() or ids.dtype == torch.bool or ids.dim() != 1:
         return f"expected a flat list of integer token ids, got {ids.dtype} of shape {tuple(ids.shape)}"
     if bytes_not_ids(ids.dtype):  # a text's bytes were generated from as if they were its tokens (a tour)

@@ -125,6 +125,27 @@ def test_max_seq_len_and_bad_input():
         generate(m, [np.array([600], dtype=np.uint16)], max_new_tokens=2)
 
 
+def test_prompts_that_are_not_lists_of_ids_are_named(tiny):
+    """One prompt's ids given as the batch (generate(m, [1, 2, 3]), or a 1-D tensor), prompts of None, a
+    generator, a ragged list or a list of strings were Python's or torch's TypeError/ValueError from
+    inside the check ('object of type 'int' has no len()', 'too many dimensions 'str''): each is one
+    GenerateError naming the prompt (a bug hunt)."""
+    for prompts, msg in [([1, 2, 3], r"^prompt 0: a single token id \(1\), not a list of them: .*one prompt: \[ids\]"),
+                         (torch.tensor([7, 2, 3]), r"^prompt 0: a single token id \(7\), not a list of them"),
+                         ([[1, 2], None],
+                          r"^prompt 1: expected token ids \(a list, array or tensor of them\), got NoneType$"),
+                         ([[1, [2]]], r"^prompt 0: expected a flat list of integer token ids, got \[1, \[2\]\]$"),
+                         ([["a", "b"]], r"^prompt 0: expected a flat list of integer token ids, got \['a', 'b'\]$"),
+                         (None, r"^prompts: expected a list of token-id lists, got NoneType$"),
+                         ((p for p in [[1, 2]]), r"^prompts: expected a list of token-id lists, got generator$")]:
+        with pytest.raises(GenerateError, match=msg):
+            generate(tiny, prompts, max_new_tokens=2)
+    # the controls: a batch as a 2-D tensor or numpy array runs its rows
+    want = generate(tiny, [[1, 2, 3], [4, 5, 6]], max_new_tokens=2).tokens
+    assert generate(tiny, torch.tensor([[1, 2, 3], [4, 5, 6]]), max_new_tokens=2).tokens == want
+    assert generate(tiny, np.array([[1, 2, 3], [4, 5, 6]]), max_new_tokens=2).tokens == want
+
+
 # --------------------------------------------------------------------------------------- sampling
 def test_a_temperature_that_float32_rounds_to_0_is_greedy(tiny):
     """1e-50 passed the check and divided the logits by a float32 0: NaN probabilities, a traceback
