@@ -323,6 +323,25 @@ def test_error_fp8_scales_not_finite_or_not_float_and_fp8_vectors(fp8_dir, tmp_p
     model.load(d)
 
 
+def test_error_fp8_scales_of_a_one_byte_float_before_any_tensor_is_read(fp8_dir, tmp_path):
+    """Block scales stored as float8_e4m3fn passed the header check as floating point: --dry-run (inspect)
+    called the checkpoint good, and the load failed inside the scales' finiteness check with torch's
+    '"isfinite" not implemented for 'Float8_e4m3fn'' (a bug hunt). Both refuse it from the header, naming
+    the scale; bfloat16 scales still load."""
+    name = "model.layers.0.mlp.down_proj.weight_scale_inv"
+    d = Path(shutil.copytree(fp8_dir, tmp_path / "fp8_scales"))
+    edit_tensors(d / "model.safetensors", lambda sd: sd | {name: sd[name].to(torch.float8_e4m3fn)})
+    needles = [d / "model.safetensors", name, "has dtype torch.float8_e4m3fn", "16 bits or more"]
+    load_error(d, *needles)
+    with pytest.raises(CheckpointError) as e:
+        ckpt.inspect(d)
+    assert all(str(n) in str(e.value) for n in needles), e.value
+    d = Path(shutil.copytree(fp8_dir, tmp_path / "bf16_scales"))  # the control: scales in bfloat16 load
+    edit_tensors(d / "model.safetensors", lambda sd: sd | {name: sd[name].to(torch.bfloat16)})
+    assert ckpt.inspect(d)["checked"] == "headers"
+    model.load(d)
+
+
 @pytest.mark.parametrize("value, dtype", [(float("nan"), torch.bfloat16), (float("inf"), torch.float32),
                                           (float("-inf"), torch.bfloat16)])
 def test_error_a_weight_that_is_not_finite(tiny_copy, value, dtype):
