@@ -412,6 +412,7 @@ class HookedModule(nn.Module):
         if "names_filter" in kwargs:  # else forward's "unexpected keyword argument 'names_filter'"
             raise HookError("run_with_cache takes names=, not TransformerLens's names_filter= (the same filters: a "
                             "name, a glob, a list of names or a predicate)")
+        device = _cache_device(device)
         if not detach and not torch.is_grad_enabled():  # the cache then held no graph, and grad() failed later
             warnings.warn("run_with_cache(detach=False) under torch.no_grad() or inference_mode(): gradients are off, "
                           "so the cached activations have none (call it with gradients on)", stacklevel=2)
@@ -461,6 +462,23 @@ class HookedModule(nn.Module):
         finally:
             for h in handles:
                 h.remove()
+
+
+def _cache_device(device) -> torch.device | None:
+    """run_with_cache's `device`, checked before the forward: a name torch lacks ('gpu'), or a CUDA device this
+    machine does not have, was torch's error from inside the first hook that copied to it, mid-forward (a bug
+    hunt); each is one InputError."""
+    if device is None:
+        return None
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):  # torch lists its 20 device types, or its overloads (5.0)
+        raise InputError(f"run_with_cache: device={device!r}: expected 'cpu', 'cuda', 'cuda:N' or a "
+                         "torch.device") from None
+    if device.type == "cuda" and not (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()):
+        have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        raise InputError(f"run_with_cache: device={str(device)!r}: this machine's torch sees {have} CUDA device(s)")
+    return device
 
 
 def _not_one_pair(fwd_hooks, call: str, fix: str) -> None:

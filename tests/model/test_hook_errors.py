@@ -143,6 +143,29 @@ def test_transformerlens_names_filter_is_named():
         m.run_with_cache(torch.zeros(1, 2, dtype=torch.long), names_filter="hook_embed")
 
 
+def test_a_cache_device_this_machine_lacks_is_refused_before_the_forward():
+    """run_with_cache(device="gpu") was torch's list of its 20 device types, and device="cuda" on a machine
+    without one torch's 'Torch not compiled with CUDA enabled' (an AssertionError), each from inside the
+    first hook that copied to it, mid-forward (a bug hunt): one InputError, before any hook runs."""
+    m = random_model("tiny")
+    tok = torch.zeros(1, 2, dtype=torch.long)
+    ran = []
+    m.add_hook("hook_embed", lambda t, hook: ran.append(hook.name))
+    cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    try:
+        for device, msg in [("gpu", r"^run_with_cache: device='gpu': expected 'cpu', 'cuda', 'cuda:N' or a torch"),
+                            (5.0, r"^run_with_cache: device=5\.0: expected 'cpu', 'cuda'"),
+                            (f"cuda:{cuda}", rf"^run_with_cache: device='cuda:{cuda}': this machine's torch sees "
+                                             rf"{cuda} CUDA device\(s\)$")]:
+            with pytest.raises(model.InputError, match=msg):
+                m.run_with_cache(tok, names="hook_embed", device=device)
+        assert ran == []  # refused before the forward
+        _, cache = m.run_with_cache(tok, names="hook_embed", device="cpu")  # the control
+        assert cache["hook_embed"].device.type == "cpu" and ran == ["hook_embed"]
+    finally:
+        m.reset_hooks()
+
+
 def test_a_replacement_of_another_shape_names_the_hook():
     """A hook that returns a tensor of another shape, or something not a tensor, fails at the hook
     with its name, not blocks later inside RoPE or a GEMM; a same-shape one is taken (the control)."""
