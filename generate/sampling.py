@@ -21,6 +21,10 @@ class SamplingParams:
     seed: int | None = None
 
     def __post_init__(self) -> None:
+        for name in ("temperature", "top_p"):  # "0.7" was a TypeError from the range check; True ran as 1.0
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise GenerateError(f"{name}={value!r} must be a number")
         if not 0 <= self.temperature < float("inf"):
             raise GenerateError(f"temperature={self.temperature} must be >= 0 and finite (0 = greedy)")
         if not 0 < self.top_p <= 1:

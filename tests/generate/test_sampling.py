@@ -4,6 +4,7 @@ rows without room, forward-pass counts and the input checks, against hand comput
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,6 +14,22 @@ from generate import GenerateError, SamplingParams, generate, propose, verify_dr
 def test_a_negative_top_k_is_refused():
     with pytest.raises(GenerateError, match=r"top_k=-1 must be an integer >= 0 \(0 = off\)"):
         SamplingParams(1.0, top_k=-1)
+
+
+def test_a_temperature_or_top_p_that_is_not_a_number_is_refused():
+    """temperature="0.7" (as read from a JSON or YAML config's text) or None was Python's TypeError from the
+    range check ("'<=' not supported between instances of 'int' and 'str'"), and temperature=True sampled
+    at 1.0 (a bug hunt): each is one GenerateError naming the field."""
+    for kw, msg in [(dict(temperature="0.7"), r"^temperature='0\.7' must be a number$"),
+                    (dict(temperature=None), r"^temperature=None must be a number$"),
+                    (dict(temperature=True), r"^temperature=True must be a number$"),
+                    (dict(temperature=1.0, top_p="0.9"), r"^top_p='0\.9' must be a number$"),
+                    (dict(temperature=1.0, top_p=False), r"^top_p=False must be a number$")]:
+        with pytest.raises(GenerateError, match=msg):
+            SamplingParams(**kw)
+    # the controls: an int, and numpy's floats, are numbers
+    assert SamplingParams(1, top_p=np.float32(0.9)).probs(torch.zeros(1, 4)).shape == (1, 4)
+    assert not SamplingParams(np.float64(0.5)).greedy
 
 
 def test_top_k_one_below_the_vocabulary_drops_the_least_likely_token():
