@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from model.indices import BYTES_NOT_IDS, as_int, bytes_not_ids, shown
+from model.args import InputError
+from model.indices import BYTES_NOT_IDS, as_int, as_ints, bytes_not_ids, shown
 from model.parallel import broadcast_from_first
 
 from .sampling import GenerateError, SamplingParams, propose, verify_drafts
@@ -100,13 +101,14 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int = 6
              on_token: OnToken | None = None, draft_fn: DraftFn | None = None) -> GenerationOutput:
     """Generate for a batch of token-id prompts (different lengths allowed) with the static KV cache.
 
+    stop_ids: the token ids that end a row (one id or a list of them; the stop token is the row's last).
     mtp: speculative decoding with MTP drafts (see the package docstring); needs MTP weights.
     on_token(i, token, finished): called as each token of prompt i is committed (streaming).
     draft_fn: replaces the MTP module's own draft choice, e.g. an oracle for upper-bound studies;
         gets the MTP logits [B, V] and the sequence index each draft is for; returns [B] token ids.
     """
     _check(model, prompts, max_new_tokens, mtp)
-    b = _start(model, prompts, max_new_tokens, sampling or SamplingParams(), stop_ids, mtp, on_token)
+    b = _start(model, prompts, max_new_tokens, sampling or SamplingParams(), _stop_set(stop_ids), mtp, on_token)
     if all(b.done):  # nothing to generate (max_new_tokens=0, or prompts filling max_seq_len)
         return b.out
     padded, lengths, h = _prefill(b, prompts)
@@ -144,6 +146,15 @@ def _check(model, prompts, max_new_tokens: int, mtp: bool) -> None:
         raise GenerateError("mtp=True but this model has no MTP module (its checkpoint has no MTP layer)")
 
 
+def _stop_set(stop_ids) -> set[int]:
+    """`stop_ids` as a set of ints: one id or ids (model/indices.py's integers). Each was int()'d: stop_ids=1
+    was a TypeError ('int' object is not iterable), "12" stopped at ids 1 and 2, and 1.5 at id 1 (a bug hunt)."""
+    try:
+        return set(as_ints(stop_ids, "stop_ids"))
+    except InputError as e:
+        raise GenerateError(str(e)) from None
+
+
 def _prompt_problem(args, p) -> str:
     """Why the model cannot take prompt `p` ('' when it can): not token ids, none, out of the
     vocabulary, or longer than max_seq_len."""
@@ -172,7 +183,8 @@ def _prompt_problem(args, p) -> str:
     return ""
 
 
-def _start(model, prompts, max_new_tokens: int, sampling: SamplingParams, stop_ids, mtp: bool, on_token) -> _Batch:
+def _start(model, prompts, max_new_tokens: int, sampling: SamplingParams, stop_ids: set[int], mtp: bool,
+           on_token) -> _Batch:
     """Budgets per row, the KV cache sized for the longest row, an empty output."""
     lens, limit = [len(p) for p in prompts], model.args.max_seq_len
     budget = [min(max_new_tokens, limit - n) for n in lens]
@@ -189,7 +201,7 @@ def _start(model, prompts, max_new_tokens: int, sampling: SamplingParams, stop_i
     gen = torch.Generator(device=dev).manual_seed(sampling.seed) if sampling.seed is not None else None
     # NOTE: the ranks holding one sharded model must pick the same tokens: the first rank's choice wins
     sync = functools.partial(broadcast_from_first, shards=getattr(model, "shards", None))
-    return _Batch(model, sampling, out, budget, [k == 0 for k in budget], {int(s) for s in stop_ids}, cache_len,
+    return _Batch(model, sampling, out, budget, [k == 0 for k in budget], stop_ids, cache_len,
                   on_token, gen, sync)
 
 

@@ -62,6 +62,27 @@ def test_stop_token_ends_a_row(tiny):
 
 
 @torch.no_grad()
+def test_stop_ids_one_id_or_ids_and_nothing_else(tiny):
+    """stop_ids were each int()'d: one id (stop_ids=eos) was a TypeError ('int' object is not iterable), a
+    string of digits "12" stopped at ids 1 and 2, 1.5 at id 1, and [m.args.eos_token_id] of a list of ids a
+    TypeError (a bug hunt). One id or integers run; anything else is one GenerateError naming stop_ids."""
+    prompts = prompts_of([6, 11], seed=1)
+    ref = generate(tiny, prompts, max_new_tokens=12)
+    stop = ref.tokens[0][4]
+    want = generate(tiny, prompts, max_new_tokens=12, stop_ids=[stop]).tokens
+    assert want[0] == ref.tokens[0][: ref.tokens[0].index(stop) + 1]  # the control: it does stop
+    for ids in (stop, np.int64(stop), torch.tensor([stop]), (stop,), {stop, 10**6}):
+        assert generate(tiny, prompts, max_new_tokens=12, stop_ids=ids).tokens == want
+    digits = str(stop)
+    for ids, msg in [(digits, rf"^stop_ids='{digits}': expected an int or integers"),
+                     ([stop + 0.5], rf"^stop_ids: {stop + 0.5} is not an integer"),
+                     ([[stop, 1]], rf"^stop_ids: \[{stop}, 1\] is not an integer"),
+                     (None, r"^stop_ids=None: expected an int or integers")]:
+        with pytest.raises(GenerateError, match=msg):
+            generate(tiny, prompts, max_new_tokens=12, stop_ids=ids)
+
+
+@torch.no_grad()
 def test_streaming_callback_order(tiny):
     seen = []
     res = generate(tiny, prompts_of([5, 8], seed=2), max_new_tokens=6,
