@@ -352,7 +352,9 @@ def _size_problem(a: ModelArgs) -> str | None:
                               ("qk_nope_head_dim", 0, True), ("max_seq_len", 1, True)):
         if when and getattr(a, name) < floor:
             return f"{name}={getattr(a, name)} must be {'positive' if floor else '>= 0'}"
-    if a.n_mtp_layers > 1:  # module k>0 needs module k-1's hidden states and token i+k+1: not built
+    # module k>0 needs module k-1's hidden states and token i+k+1: not built. A negative depth passed and built
+    # no module, while the memory plan counted one layer less (a bug hunt)
+    if not 0 <= a.n_mtp_layers <= 1:
         return (f"n_mtp_layers={a.n_mtp_layers}: MTP depth 0 or 1 only (DeepSeek-V3 ships depth 1; deeper "
                 "modules would run unchained)")
     return None

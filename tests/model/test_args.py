@@ -423,6 +423,15 @@ def test_mtp_depth_beyond_one_is_refused():
     assert ModelArgs.from_hf_config(TINY_HF | {"num_nextn_predict_layers": 0}).n_mtp_layers == 0  # the control
 
 
+def test_a_negative_mtp_depth_is_refused():
+    """num_nextn_predict_layers=-1 passed every check: no MTP module was built (range(-1)), the memory plan
+    counted n_layers - 1 layers' KV cache, and MTP weights beside it were 'unexpected' (a bug hunt)."""
+    with pytest.raises(ConfigError, match=r"^config dict: invalid ModelArgs: n_mtp_layers=-1: MTP depth 0 or 1 only"):
+        ModelArgs.from_hf_config(TINY_HF | {"num_nextn_predict_layers": -1})
+    with pytest.raises(ConfigError, match=r"^invalid ModelArgs: n_mtp_layers=-1: MTP depth 0 or 1 only"):
+        ModelArgs(n_mtp_layers=-1)
+
+
 def _drop(cfg: dict, key: str) -> dict:
     out = {k: v for k, v in cfg.items() if k != key.split(".")[0]}
     if "." in key:
