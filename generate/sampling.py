@@ -74,11 +74,30 @@ def propose(mtp_logits: torch.Tensor, seq_index: torch.Tensor, sampling: Samplin
     """A draft token per row and its proposal distribution q ([B, V], or None = deterministic);
     `sync` makes the ranks that hold one sharded model agree on it."""
     if draft_fn is not None:
-        return sync(draft_fn(mtp_logits, seq_index).to(mtp_logits.device, torch.long).reshape(-1)), None
+        return sync(_drafts(draft_fn(mtp_logits, seq_index), *mtp_logits.shape).to(mtp_logits.device)), None
     if sampling.greedy:
         return sync(mtp_logits.argmax(dim=-1)), None
     q = sampling.probs(mtp_logits)
     return sync(torch.multinomial(q, 1, generator=gen)[:, 0]), q
+
+
+def _drafts(got, rows: int, vocab: int) -> torch.Tensor:
+    """A draft_fn's return, checked: `rows` integer token ids in [0, vocab), as a flat long tensor. Another
+    count was torch's 'stack expects each tensor to be equal size' in the next pass, an id past the
+    vocabulary that pass's 'tokens: token ids must be in [0, V)', float ids were truncated to integers, and a
+    list an AttributeError (a bug hunt): each is one GenerateError naming draft_fn."""
+    try:
+        ids = torch.as_tensor(got)
+    except (TypeError, ValueError, RuntimeError):
+        ids = None
+    if ids is None or ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool or ids.numel() != rows:
+        what = f"{ids.dtype} of shape {tuple(ids.shape)}" if ids is not None else type(got).__name__
+        raise GenerateError(f"draft_fn returned {what}; it must return one integer token id per row ({rows})")
+    ids = ids.reshape(-1).long()
+    lo, hi = (int(v) for v in torch.aminmax(ids))
+    if lo < 0 or hi >= vocab:
+        raise GenerateError(f"draft_fn returned token id {lo if lo < 0 else hi}; drafts must lie in [0, {vocab})")
+    return ids
 
 
 def verify_drafts(logits: torch.Tensor, draft: torch.Tensor, q: torch.Tensor | None, sampling: SamplingParams,

@@ -278,6 +278,33 @@ def oracle(prompts, reference, every=1, recorded=None):
 
 
 @torch.no_grad()
+def test_drafts_a_draft_fn_returns_are_checked(tiny):
+    """draft_fn's drafts were used as they came: another count was torch's 'stack expects each tensor to be
+    equal size', an id past the vocabulary the next pass's 'tokens: token ids must be in [0, 512)', a float
+    id truncated (5.7 drafted token 5) and a list an AttributeError (a bug hunt). Each is one GenerateError
+    naming draft_fn; a list or array of integers drafts as the tensor does."""
+    prompts = prompts_of([10, 4], seed=6)
+    ref = generate(tiny, prompts, max_new_tokens=8)
+    for returned, msg in [(lambda n: torch.zeros(n + 1, dtype=torch.long),
+                           r"^draft_fn returned torch.int64 of shape \(3,\); it must return one integer token id per "
+                           r"row \(2\)$"),
+                          (lambda n: torch.full((n,), 5.7), r"^draft_fn returned torch.float32 of shape \(2,\)"),
+                          (lambda n: torch.full((n,), 512), r"^draft_fn returned token id 512; drafts must lie in "
+                                                            r"\[0, 512\)$"),
+                          (lambda n: [-1] * n, r"^draft_fn returned token id -1; drafts must lie in \[0, 512\)$"),
+                          (lambda n: None, r"^draft_fn returned NoneType; it must return one integer token id")]:
+        with pytest.raises(GenerateError, match=msg):
+            generate(tiny, prompts, max_new_tokens=8, mtp=True,
+                     draft_fn=lambda logits, index, returned=returned: returned(len(index)))
+    right = oracle(prompts, ref.tokens)
+    for kind in (lambda t: t.tolist(), lambda t: t.numpy(), lambda t: t[:, None]):  # the controls: a list, an
+        # array, and [B, 1], draft as the [B] tensor does
+        spec = generate(tiny, prompts, max_new_tokens=8, mtp=True,
+                        draft_fn=lambda logits, index, kind=kind: kind(right(logits, index)))
+        assert spec.tokens == ref.tokens and spec.acceptance_rate == 1.0
+
+
+@torch.no_grad()
 @pytest.mark.parametrize("every", [1, 2, 3])
 def test_speculative_accept_path_with_oracle_drafts(tiny, every):
     """Random-model drafts are almost never accepted; oracle drafts exercise acceptance (all, or a
