@@ -83,6 +83,27 @@ def test_stop_ids_one_id_or_ids_and_nothing_else(tiny):
 
 
 @torch.no_grad()
+def test_options_of_the_wrong_kind_are_named_before_the_prefill(tiny):
+    """sampling={"temperature": 0.6} was an AttributeError ('dict' object has no attribute 'seed'), and an
+    on_token or draft_fn that is no function a TypeError at the first token or draft, after the prefill
+    (a bug hunt): each is one GenerateError naming the option, before any forward pass."""
+    passes = []
+    tiny.add_hook("hook_embed", lambda t, hook: passes.append(1))
+    try:
+        for kw, msg in [(dict(sampling={"temperature": 0.6}),
+                         r"^sampling=\{'temperature': 0\.6\}: expected a SamplingParams .*, or None for greedy"),
+                        (dict(on_token="print"), r"^on_token='print': expected a function, or None$"),
+                        (dict(mtp=True, draft_fn=[1, 2]), r"^draft_fn=\[1, 2\]: expected a function, or None$")]:
+            with pytest.raises(GenerateError, match=msg):
+                generate(tiny, [[1, 2, 3]], max_new_tokens=2, **kw)
+        assert passes == []  # refused before the prefill
+        generate(tiny, [[1, 2, 3]], max_new_tokens=2, sampling=SamplingParams(0.6, seed=0), on_token=lambda *a: None)
+        assert passes  # the control ran
+    finally:
+        tiny.reset_hooks()
+
+
+@torch.no_grad()
 def test_streaming_callback_order(tiny):
     seen = []
     res = generate(tiny, prompts_of([5, 8], seed=2), max_new_tokens=6,
