@@ -562,6 +562,9 @@ def _from_hf(cfg: dict[str, Any], where: str) -> ModelArgs:
         # transformers' rotate-half RoPE; ours rotates interleaved pairs, as DeepSeek's checkpoints need
         raise ConfigError(f"{where}: rope_interleave={cfg['rope_interleave']!r} is not supported: this model "
                           "rotates interleaved pairs, as DeepSeek's own checkpoints do (true or absent)")
+    if not isinstance(cfg.get("tie_word_embeddings", False), (bool, type(None))):
+        # "false" (a string) is truthy: it was refused as 'tie_word_embeddings=true' (a bug hunt)
+        raise ConfigError(f"{where}: tie_word_embeddings={cfg['tie_word_embeddings']!r} must be true or false")
     if cfg.get("tie_word_embeddings"):
         raise ConfigError(f"{where}: tie_word_embeddings=true is not supported: DeepSeek models keep an "
                           "output head (lm_head.weight) of their own")

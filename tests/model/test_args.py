@@ -347,6 +347,8 @@ def test_invalid_args(overrides, fields):
     # transformers' rotate-half RoPE would give other logits (0.77 apart) had it been taken silently
     (dict(rope_interleave=False), ["config dict: rope_interleave=False is not supported"]),
     (dict(tie_word_embeddings=True), ["tie_word_embeddings=true is not supported"]),
+    # "false" (a string) was refused as 'tie_word_embeddings=true' (a bug hunt)
+    (dict(tie_word_embeddings="false"), ["config dict: tie_word_embeddings='false' must be true or false"]),
     (dict(torch_dtype="int8"), ["config dict: torch_dtype='int8' is not a floating-point dtype"]),
     (dict(torch_dtype=16), ["torch_dtype=16 is not a floating-point dtype"]),
     (dict(torch_dtype="float8_e4m3fn"), ["torch_dtype='float8_e4m3fn' is not a floating-point dtype"]),
