@@ -417,7 +417,8 @@ def _yarn_mscale(factor: float, m: float) -> float:
 def _moe_from_hf(cfg: dict[str, Any], model_type: str, where: str) -> dict[str, Any]:
     """The expert counts and group limit, as transformers' router for `model_type` reads them."""
     if cfg.get("moe_layer_freq", 1) != 1:
-        raise ConfigError(f"{where}: moe_layer_freq={cfg['moe_layer_freq']} is not supported (only 1)")
+        # (!r: the string "1" was 'moe_layer_freq=1 is not supported (only 1)'; a bug hunt)
+        raise ConfigError(f"{where}: moe_layer_freq={cfg['moe_layer_freq']!r} is not supported (only 1)")
     if cfg.get("n_routed_experts") is None:  # an explicit null: a dense-only config
         return {"n_routed_experts": 1, "n_expert_groups": 1, "n_limited_groups": 1, "n_activated_experts": 1,
                 "n_dense_layers": cfg["num_hidden_layers"]}

@@ -319,6 +319,8 @@ def test_invalid_args(overrides, fields):
     (dict(model_type="llama"), ["config dict", "model_type", "llama"]),
     (dict(hidden_size=None), ["config dict", "hidden_size"]),
     (dict(moe_layer_freq=2), ["moe_layer_freq"]),
+    # the string "1" was 'moe_layer_freq=1 is not supported (only 1)' (a bug hunt)
+    (dict(moe_layer_freq="1"), ["config dict: moe_layer_freq='1' is not supported (only 1)"]),
     (dict(rope_scaling={"type": "linear", "factor": 2.0}), ["rope type", "linear"]),
     (dict(quantization_config={"quant_method": "gptq"}), ["quant_method", "gptq"]),
     (dict(hidden_size="32"), ["config dict: hidden_size='32' must be an integer"]),  # named by the HF key
