@@ -350,6 +350,15 @@ def make_fp8_resident(model: Transformer, names=None, *, block: int = 128, scale
     `model.args` then records the block and `scale_fmt` (what `model.save(fp8=True)` writes into
     config.json); weights already resident in another block size or scale format are refused, since
     one checkpoint describes one of each."""
+    # NOTE: checked before any weight changes: block=0 was a ZeroDivisionError, -1 torch's unflatten error,
+    # "128" a TypeError, 100 converted every weight and failed at the first forward (the kernels tile by
+    # powers of two), and one name as a str was read character by character ('not FP8-capable weights: ['.',
+    # '0', '_']') (a bug hunt)
+    if isinstance(block, bool) or not isinstance(block, int) or block < 16 or block & (block - 1):
+        raise ValueError(f"block={block!r}: FP8-resident weights are kept in square blocks of a power of two "
+                         ">= 16 (the FP8 kernels tile by them), e.g. 128")
+    if isinstance(names, str):
+        raise ValueError(f"names={names!r}: expected parameter names (a list of them), not one string")
     capable = {ours for _, ours, _, fp8 in ours_to_hf(model) if fp8}
     names = capable if names is None else set(names)
     unknown = sorted(names - capable)

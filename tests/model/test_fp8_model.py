@@ -176,6 +176,28 @@ def test_make_fp8_resident_on_a_random_model():
     assert rels(got, ref)[0] <= MEAN_REL
 
 
+def test_make_fp8_resident_refuses_a_block_or_names_it_cannot_use_before_changing_a_weight():
+    """block=0 was a ZeroDivisionError, -1 a torch error of several lines, "128" a TypeError, and 100 made
+    every weight FP8 and failed only at the first forward, in the kernels; names="layers.0.attn.wq_a.weight"
+    was read character by character (a bug hunt). Each is one ValueError, the model left as it was."""
+    m = random_model("tiny", seed=2, **FP8_OVERRIDES)
+    before = {n: p.clone() for n, p in m.state_dict().items()}
+    for kw, msg in [(dict(block=0), r"^block=0: FP8-resident weights are kept in square blocks of a power of two "
+                                    r">= 16 \(the FP8 kernels tile by them\), e\.g\. 128$"),
+                    (dict(block=-1), r"^block=-1: "), (dict(block="128"), r"^block='128': "),
+                    (dict(block=100), r"^block=100: "), (dict(block=8), r"^block=8: "),
+                    (dict(block=True), r"^block=True: "),
+                    (dict(names="layers.0.attn.wq_a.weight"), r"^names='layers\.0\.attn\.wq_a\.weight': expected "
+                                                             r"parameter names \(a list of them\), not one string$")]:
+        with pytest.raises(ValueError, match=msg):
+            model.checkpoint.make_fp8_resident(m, **kw)
+    after = m.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[n], t) for n, t in before.items())
+    model.checkpoint.make_fp8_resident(m, ["layers.0.attn.wq_a.weight"], block=64)  # the control
+    assert m.layers[0].attn.wq_a.fp8 and m.layers[0].attn.wq_a.block == 64 and not m.layers[0].attn.wo.fp8
+    assert m(tokens(m, seed=2)).isfinite().all()
+
+
 def test_ue8m0_checkpoint_uses_power_of_two_activation_scales(fp8_dir, tmp_path, resident):
     d = Path(shutil.copytree(fp8_dir, tmp_path / "ue8m0"))
     cfg = json.loads((d / "config.json").read_text())
