@@ -17,7 +17,7 @@ from pathlib import Path
 import streamlit as st
 
 from probe.job import DEFAULT_RUNS
-from probe.run import one_window_cap
+from probe.run import lost_why, one_window_cap
 
 from . import charts, data
 
@@ -370,6 +370,8 @@ def lacks_per_token(ref: data.RunRef, what: str) -> bool:
     of such a run said 'has no `tokens` table' in a box of its own, under pickers with nothing to pick
     and a caption of the ~250,000 tokens it sampled (a browser tour)."""
     missing = [t for t in ("tokens", "routing") if not data.has_table(ref, t)]
+    if lost_note(ref, ("tokens", "routing"), what):
+        return True
     if missing:
         # a record run of --router-logits none was told to record a run (a tour): to record it again, with routing
         again = (ref.info.get("options") or {}).get("router_logits") == "none"
@@ -379,6 +381,18 @@ def lacks_per_token(ref: data.RunRef, what: str) -> bool:
                    "Record a run with `dsv3-probe record` (a serving engine's per-pass or stat dump holds loads "
                    "only)."), icon="ℹ️")
     return bool(missing)
+
+
+def lost_note(ref: data.RunRef, tables: tuple[str, ...], what: str) -> bool:
+    """Whether the complete run `ref` has lost one of `tables` whole (its folder deleted, run.json listing
+    it: `data.whole_lost`); if so, one warning says which and why. Such a run read as one that never had
+    the table: its per-token sections said 'has no `routing` table. Record a run with `dsv3-probe record`'
+    while the Overview warned that the table was lost (a hunt)."""
+    lost = data.whole_lost(ref, tables)
+    if lost:
+        st.warning(f"{what} reads {' and '.join(f'`{t}`' for t in tables)}, and run `{ref.name}` cannot read "
+                   f"`{lost[0]}` ({lost_why(ref.path, lost[0], ref.info)}).", icon="⚠️")
+    return bool(lost)
 
 
 ENGINES = {"sglang": "SGLang"}  # run.json source names as the engines spell themselves

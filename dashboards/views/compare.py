@@ -229,6 +229,8 @@ def main() -> None:
 def run_vs_run(ra: data.RunRef, rb: data.RunRef) -> None:
     """Per-layer routing agreement of two probe runs over the same windows, and the tokens that moved most."""
     st.subheader("Run vs run: the same tokens' routing")
+    if any(ui.lost_note(r, ("routing",), "Run vs run") for r in (ra, rb)):
+        return
     missing = [r.name for r in (ra, rb) if not data.has_table(r, "routing")]
     if missing:
         st.info(f"Run vs run compares routing token by token, and {' and '.join(f'`{n}`' for n in missing)} "

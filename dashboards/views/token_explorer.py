@@ -124,7 +124,9 @@ def loss_chart(toks, texts, top1) -> None:
 
 def route_of_one_token(ref, route, toks, texts) -> None:
     st.subheader("Route of one token through the layers")
-    if route is None or route.empty:
+    if route is None:  # the read failed, and its guard said why (a lost table read as `--router-logits none`)
+        return
+    if route.empty:
         st.info("No routing rows for this document (recorded with `--router-logits none`?).")
         return
     opts = list(range(len(toks)))

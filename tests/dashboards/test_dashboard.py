@@ -254,6 +254,33 @@ def test_an_mtp_table_without_rows_is_not_called_missing(runs, tmp_path):
     assert not any(c.value.startswith("Agreement:") for c in at.caption)  # no definition of what is not there
 
 
+@pytest.mark.slow  # a dashboard session over several pages or runs (the quick loop leaves it out)
+def test_a_lost_routing_table_is_warned_about_not_called_never_recorded(runs, tmp_path):
+    """A complete run whose `routing` folder is gone (run.json lists it): Specialisation, Co-activation
+    and Compare runs said it 'has no `routing` table' and told it to record a run, the Token explorer 'No
+    routing rows for this document (recorded with `--router-logits none`?)' below its warning that the
+    table was lost, while the Overview warned that it was lost (a hunt). They now warn that it is lost."""
+    import shutil
+
+    run = shutil.copytree(runs["demo"], tmp_path / "a")
+    shutil.copytree(runs["demo"], tmp_path / "b")  # Compare runs' second run, routing kept
+    shutil.rmtree(run / "routing")
+    lost = "run `a` cannot read `routing` (listed in run.json but has no part files: deleted?"
+    for page, what in (("specialisation", "Token-id dependence"), ("coactivation", "Co-activation and expert paths"),
+                       ("compare", "Run vs run")):
+        at = app(tmp_path, "a", page=page)
+        assert f"{what} reads" in texts(at.warning) and lost in texts(at.warning), (page, texts(at.warning))
+        assert "has no `routing` table" not in texts(at.info) and "Record a run" not in texts(at.info), texts(at.info)
+    at = app(tmp_path, "a", page="token_explorer")
+    assert "run 'a': cannot read `routing` (listed in run.json" in texts(at.warning), texts(at.warning)
+    assert "--router-logits none" not in texts(at.info), texts(at.info)
+    shutil.rmtree(tmp_path / "b")
+    info = json.loads((run / "run.json").read_text())  # as recorded with --router-logits none: no routing listed
+    (run / "run.json").write_text(json.dumps(info | {"tables": [t for t in info["tables"] if t != "routing"]}))
+    at = app(tmp_path, "a", page="coactivation")
+    assert "has no `routing` table" in texts(at.info) and not at.warning, texts(at.warning)
+
+
 @pytest.mark.slow
 def test_a_run_without_rows_is_not_called_a_zero_domain_run(tmp_path):
     from helpers.synthetic_run import write_run
