@@ -68,10 +68,13 @@ def metric_call(refs: tuple[RunRef, ...], what: str, fn):
     from analyses.metrics import MetricsError
     from probe.writer import RunError
 
-    def named(msg: str) -> str:
+    def path_of(r: RunRef) -> str:
         # a path is named only where it ends: runs/cap's replace turned runs/capc into `cap`c (a tour)
+        return re.escape(str(Path(r.path))) + r"(?![\w-]|\.\w)"
+
+    def named(msg: str) -> str:
         for r in refs:
-            msg = re.sub(re.escape(str(Path(r.path))) + r"(?![\w-]|\.\w)", lambda _, n=r.name: f"`{n}`", msg)
+            msg = re.sub(path_of(r), lambda _, n=r.name: f"`{n}`", msg)
         return msg
 
     try:
@@ -79,8 +82,10 @@ def metric_call(refs: tuple[RunRef, ...], what: str, fn):
     except MetricsError as e:
         raise MissingTable(named(str(e))) from None
     except (duckdb.Error, OSError, RunError) as e:
-        msg = named(str(e).strip().splitlines()[0][:300])
-        raise DataError(f"run {refs[0].name!r}: cannot read {what} ({msg})") from None
+        first = str(e).strip().splitlines()[0][:300]
+        # the run whose file failed: run vs run blamed run A for run B's lost table (a hunt)
+        run = next((r for r in refs if re.search(path_of(r), first)), refs[0])
+        raise DataError(f"run {run.name!r}: cannot read {what} ({named(first)})") from None
 
 
 @cached
@@ -156,8 +161,9 @@ def _run_vs_run(a: tuple, b: tuple, top: int) -> dict:
 
     ra, rb = (RunRef(name, path, "probe", "") for name, path, _ in (a, b))
     try:
-        agree = metric_call((ra, rb), "`routing`", lambda: m.routing_agreement_from_runs(ra.path, rb.path))
-        changes = metric_call((ra, rb), "`routing`", lambda: m.route_changes_from_runs(ra.path, rb.path, top=top))
+        read = "`routing`, `tokens`"  # the tables joined: the tokens checked alike at each position
+        agree = metric_call((ra, rb), read, lambda: m.routing_agreement_from_runs(ra.path, rb.path))
+        changes = metric_call((ra, rb), read, lambda: m.route_changes_from_runs(ra.path, rb.path, top=top))
     except MissingTable as e:  # kept in the cache: runs over different windows are not re-joined each time
         return {"error": str(e)}
     return {"agreement": agree, "changes": changes}

@@ -159,6 +159,25 @@ def test_run_vs_run(runs, tmp_path):
     assert metric(at, "Same top-1 expert") == metric(at, "Same top-k set") == "100.0%"
 
 
+@pytest.mark.slow  # a dashboard session over several pages or runs (the quick loop leaves it out)
+def test_run_vs_run_names_the_run_whose_table_failed(runs, tmp_path):
+    """Run B's lost `tokens` (a complete run whose folder was deleted) read "run 'a': cannot read
+    `routing` (`b`/tokens: ...)": run A, whose tables were whole, was named, and the table the comparison
+    reads beside routing was not (a hunt). Either way round, the run whose table failed is named."""
+    for name in ("a", "b", "c"):
+        shutil.copytree(runs["demo"], tmp_path / name)
+    shutil.rmtree(tmp_path / "b" / "tokens")
+    for picked, other in (("a", "b"), ("b", "a")):
+        at = app(tmp_path, picked, page="compare")
+        at.selectbox(key="cmp_b").set_value(other).run()
+        shown = texts(at.warning)
+        assert ("run 'b': cannot read `routing`, `tokens` (`b`/tokens: listed in run.json but has no part files"
+                in shown and "run 'a'" not in shown), shown
+    at = app(tmp_path, "a", page="compare")  # the control: a run against a whole copy
+    at.selectbox(key="cmp_b").set_value("c").run()
+    assert not at.warning and metric(at, "Same top-1 expert") == "100.0%", texts(at.warning)
+
+
 @pytest.mark.slow  # a whole app or command: the quick loop leaves it out
 def test_causal_importance(runs):
     from scipy.stats import spearmanr
