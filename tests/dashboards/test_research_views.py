@@ -317,6 +317,34 @@ def test_a_record_without_routing_is_told_to_record_again_with_it(tmp_path):
         assert ("Record a run with `dsv3-probe record`" in info) is (option != "none"), info
 
 
+def test_a_record_before_its_first_commit_is_not_told_to_record_a_run(tmp_path):
+    """A record at work that has committed no batch yet has its tables' folders and no part: Specialisation
+    and Co-activation told it to 'Record a run with `dsv3-probe record`' (a hunt), as an SGLang dump of
+    loads is. They now say its tables fill in as it commits, or, killed first, how to continue it."""
+    from helpers.synthetic_run import write_run
+    from probe.writer import writer_lock
+
+    write_run(tmp_path / "r", n_seq=2)
+    for t in ("tokens", "routing"):
+        for f in (tmp_path / "r" / t).glob("*.parquet"):
+            f.unlink()
+    info = json.loads((tmp_path / "r" / "run.json").read_text())
+    info["model_args"] |= {"n_layers": 3, "n_dense_layers": 1}
+    (tmp_path / "r" / "run.json").write_text(json.dumps(info | {"status": "running"}))
+    with writer_lock(tmp_path / "r"):  # the record at work
+        for page, what in (("coactivation", "Co-activation and expert paths"),
+                           ("specialisation", "Token-id dependence")):
+            shown = texts(app(tmp_path, "r", page=page).info)
+            assert (f"{what} needs the per-token `tokens` and `routing` tables, and run `r` has no `tokens` and no "
+                    "`routing` table yet: the record commits them batch by batch" in shown), shown
+            assert "Record a run" not in shown
+    shown = texts(app(tmp_path, "r", page="coactivation").info)  # killed: no job holds it
+    assert "yet: the record was interrupted before its first commit; continue it with `dsv3-probe record ... " \
+           "--resume`." in shown and "Record a run" not in shown, shown
+    (tmp_path / "r" / "run.json").write_text(json.dumps(info))  # the control: a run that ended without them
+    assert "Record a run with `dsv3-probe record`" in texts(app(tmp_path, "r", page="coactivation").info)
+
+
 @pytest.mark.slow  # two pages of two runs
 def test_a_run_of_loads_only_gets_one_note_a_section_and_no_sample_caption(tmp_path):
     """An SGLang stat dump holds loads only: Specialisation's top tokens and the Co-activation page drew
