@@ -79,7 +79,10 @@ def gate_over_steps(ref, info: dict, tm, gates: dict[str, str]) -> None:
     """One gate's per-expert bias and relative load over the steps, as two heatmaps."""
     gate = st.selectbox("Gate", list(gates), key="tr_gate", format_func=gates.get)
     steps = int(info.get("step") or tm.step.max())
-    bb = training_data.bias_by_step(ref, gate, max(1, steps // 200))
+    # at most ~200 rows of the steps the run logged loads at (`--load-every N`: N, 2N, ...): a stride counted
+    # over every step kept every other logged step of a 420-step run of --load-every 7 (a hunt)
+    logged = max(1, int((info.get("flags") or {}).get("load_every") or 1))
+    bb = training_data.bias_by_step(ref, gate, logged * max(1, steps // logged // 200))
     if bb.empty:
         st.info("No per-expert loads logged for this gate.")
         return

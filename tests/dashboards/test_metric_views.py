@@ -337,6 +337,24 @@ def test_training_headline_and_curves_follow_the_logged_steps(page_runs):
     assert heat["zmax"] == pytest.approx(np.abs(b).max(), rel=1e-6) and heat["zmin"] == -heat["zmax"]
 
 
+@pytest.mark.slow  # 420 training steps written, and a page
+def test_a_gates_bias_over_steps_keeps_every_step_a_load_every_run_logged(tmp_path):
+    """The Training page drew a gate's bias and load at every (step // 200)-th step, counted over every
+    step: a run of `--load-every 7` logs its loads at steps 7, 14, ..., and a 420-step one showed those at
+    multiples of 14 alone, half of its 60 logged steps and nothing to say so (a hunt). The stride now
+    counts the logged steps, so under 200 of them are all drawn."""
+    run = write_train_run(tmp_path / "t", steps=420)
+    for t in ("router_bias", "expert_load"):  # as `python -m train --load-every 7` logs them
+        for f in (run / t).glob("*.parquet"):
+            tab = pq.read_table(f)
+            pq.write_table(tab.filter(np.asarray(tab.column("step")) % 7 == 0), f)
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps(info | {"flags": info["flags"] | {"load_every": 7}}))
+    at = app(tmp_path, "t", page="training")
+    for key in ("bias_heat", "load_heat"):
+        assert array(chart(at, key)["data"][0]["y"]).tolist() == list(range(7, 421, 7)), key
+
+
 def test_overview_figures_of_a_training_run(page_runs):
     info = json.loads((page_runs / "b" / "run.json").read_text())
     at = app(page_runs, "b", page="overview")
