@@ -1,0 +1,167 @@
+"""Dashboard pages on runs that lack a table, or whose table has no rows, or is lost, or whose run.json is not
+where it should be: each page says which, and never calls one the other (split from test_dashboard.py, whose
+`runs` it shares through helpers.dashboard_runs: one recording a test process)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from helpers.apptest import app, texts
+from helpers.dashboard_runs import dashboard_runs
+
+
+@pytest.fixture(scope="module")
+def runs(probe_env, tmp_path_factory):
+    return dashboard_runs(probe_env, tmp_path_factory)
+
+
+@pytest.mark.slow  # a dashboard session over several pages or runs (the quick loop leaves it out)
+def test_an_mtp_table_without_rows_is_not_called_missing(runs, tmp_path):
+    """A run of windows too short for a draft (`--max-tokens 1`) has an `mtp` folder without rows: the
+    MTP page said it 'has no mtp table', as if recorded with --no-mtp (a tour). It now says why it is
+    empty. A complete run whose folder is gone lost the table its run.json lists: the page said it 'has
+    no `mtp` table' too, below the Overview's warning that it was lost (a browser tour); it now warns as
+    for a table that lost some of its parts. A run that never listed the table gets the missing-table note."""
+    import shutil
+
+    run = shutil.copytree(runs["demo"], tmp_path / "short")
+    for f in (run / "mtp").glob("*.parquet"):
+        f.unlink()
+    at = app(tmp_path, "short", page="mtp")
+    assert "none of its windows has a position with two more tokens after it" in texts(at.info), texts(at.info)
+    shutil.rmtree(run / "mtp")
+    at = app(tmp_path, "short", page="mtp")
+    assert ("run 'short': cannot read `mtp` (listed in run.json but has no part files: deleted?"
+            in texts(at.warning)), texts(at.warning)
+    assert "has no `mtp` table" not in texts(at.info) and "two more tokens" not in texts(at.info)
+    info = json.loads((run / "run.json").read_text())  # as recorded with --no-mtp: run.json lists no mtp
+    (run / "run.json").write_text(json.dumps(info | {"tables": [t for t in info["tables"] if t != "mtp"]}))
+    at = app(tmp_path, "short", page="mtp")
+    assert ("has no teacher-forced agreement (no `mtp` table: a `dsv3-probe spec` run alone, or a record with "
+            "`--no-mtp`)" in texts(at.info) and not at.warning), texts(at.warning)
+    assert not any(c.value.startswith("Agreement:") for c in at.caption)  # no definition of what is not there
+
+
+@pytest.mark.slow  # a dashboard session over several pages or runs (the quick loop leaves it out)
+def test_a_lost_routing_table_is_warned_about_not_called_never_recorded(runs, tmp_path):
+    """A complete run whose `routing` folder is gone (run.json lists it): Specialisation, Co-activation
+    and Compare runs said it 'has no `routing` table' and told it to record a run, the Token explorer 'No
+    routing rows for this document (recorded with `--router-logits none`?)' below its warning that the
+    table was lost, while the Overview warned that it was lost (a hunt). They now warn that it is lost."""
+    import shutil
+
+    run = shutil.copytree(runs["demo"], tmp_path / "a")
+    shutil.copytree(runs["demo"], tmp_path / "b")  # Compare runs' second run, routing kept
+    shutil.rmtree(run / "routing")
+    lost = "run `a` cannot read `routing` (listed in run.json but has no part files: deleted?"
+    for page, what in (("specialisation", "Token-id dependence"), ("coactivation", "Co-activation and expert paths"),
+                       ("compare", "Run vs run")):
+        at = app(tmp_path, "a", page=page)
+        assert f"{what} reads" in texts(at.warning) and lost in texts(at.warning), (page, texts(at.warning))
+        assert "has no `routing` table" not in texts(at.info) and "Record a run" not in texts(at.info), texts(at.info)
+    at = app(tmp_path, "a", page="token_explorer")
+    assert "run 'a': cannot read `routing` (listed in run.json" in texts(at.warning), texts(at.warning)
+    assert "--router-logits none" not in texts(at.info), texts(at.info)
+    shutil.rmtree(tmp_path / "b")
+    info = json.loads((run / "run.json").read_text())  # as recorded with --router-logits none: no routing listed
+    (run / "run.json").write_text(json.dumps(info | {"tables": [t for t in info["tables"] if t != "routing"]}))
+    at = app(tmp_path, "a", page="coactivation")
+    assert "has no `routing` table" in texts(at.info) and not at.warning, texts(at.warning)
+
+
+@pytest.mark.slow
+def test_a_run_without_rows_is_not_called_a_zero_domain_run(tmp_path):
+    from helpers.synthetic_run import write_run
+
+    import pyarrow.parquet as pq
+
+    from probe.schema import TABLES
+
+    write_run(tmp_path / "a")
+    write_run(tmp_path / "b")
+    for d in (tmp_path / "b").iterdir():  # every table's parts replaced by one without rows
+        if d.is_dir():
+            for f in d.glob("*.parquet"):
+                f.unlink()
+            pq.write_table(TABLES[d.name].empty_table(), d / "part-0.parquet")
+    at = app(tmp_path, "a", page="compare")
+    at.selectbox(key="cmp_b").set_value("b").run()
+    info = texts(at.info)
+    assert not at.error and "0 domains" not in info and "has no routed tokens yet" in info, info
+    assert "`b` has no expert loads yet." in info and not any(  # no balance "comparison" of run A alone
+        c.proto.id.endswith(("-cmp_maxvio", "-cmp_bal")) for c in at.get("plotly_chart"))
+
+
+@pytest.mark.slow
+def test_a_table_without_rows_is_told_from_a_lost_one(runs, tmp_path):
+    """A complete run whose mtp table got no rows (windows too short for its i+2 target) keeps the
+    table's empty folder and its progress names no mtp part: the overview says so plainly; a run that
+    lost the folder, or parts its progress names committed, is warned about."""
+    import shutil
+
+    def no_rows(t):  # as the writer leaves a table that got no rows: no part, none noted committed
+        unlink_parts(t)
+        for p in (t.parent / "_progress").glob("r*.json"):
+            progress = json.loads(p.read_text())
+            p.write_text(json.dumps(progress | {"parts": {k: v for k, v in progress["parts"].items() if k != "mtp"}}))
+
+    def unlink_parts(t):
+        for f in t.glob("*.parquet"):
+            f.unlink()
+
+    for name, damage in (("no-rows", no_rows), ("lost", shutil.rmtree), ("parts-lost", unlink_parts)):
+        shutil.copytree(runs["demo"], tmp_path / name)
+        damage(tmp_path / name / "mtp")
+    at = app(tmp_path, "no-rows", page="overview")
+    assert "No rows recorded in: mtp" in texts(at.info) and "no files" not in texts(at.warning)
+    for name in ("lost", "parts-lost"):
+        at = app(tmp_path, name, page="overview")
+        assert "run.json lists tables with no files: mtp" in texts(at.warning) and "No rows" not in texts(at.info)
+
+
+@pytest.mark.slow  # 1.2 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
+def test_a_link_to_a_missing_run_says_so(runs):
+    """?run=NAME naming no run showed the first run as if it were the one asked for, and rewrote the
+    link (found by a review); now a warning names both, until another run is picked."""
+    from streamlit.testing.v1 import AppTest
+
+    from helpers.apptest import APP, share_component_scan
+
+    def open_link(name):
+        share_component_scan()
+        at = AppTest.from_file(APP, default_timeout=120)
+        at.session_state["runs_dir"] = str(runs["good"])
+        at.query_params["run"] = name
+        return at.run()
+
+    at = open_link("missing")
+    first = at.session_state["run"]
+    assert f"No run `missing` in `{runs['good']}`: showing `{first}` instead." in texts(at.warning)
+    other = next(name for name in ("demo-stopped", "demo") if name != first)
+    at.session_state["run"] = other  # picked in the sidebar
+    at.run()
+    assert "No run `missing`" not in texts(at.warning)
+    at = open_link(other)  # the control: a link to a run opens it, no warning
+    assert at.session_state["run"] == other and "No run" not in texts(at.warning)
+
+
+@pytest.mark.slow  # a dashboard session over several pages or runs (the quick loop leaves it out)
+def test_a_folder_of_tables_without_run_json_is_named_not_left_out_silently(tmp_path):
+    """A run folder whose run.json is gone was missing from the runs list without a word, and a runs
+    directory of only such folders said 'No runs yet' (a tour): the Overview now names them."""
+    from helpers.synthetic_run import write_run
+
+    write_run(tmp_path / "kept", n_seq=2)
+    write_run(tmp_path / "lost", n_seq=2)
+    (tmp_path / "lost" / "run.json").unlink()
+    (tmp_path / "notes").mkdir()  # a folder of something else: not named
+    (tmp_path / ".imp.importing" / "expert_load").mkdir(parents=True)  # nor an import's work in progress
+    at = app(tmp_path, "kept")
+    info = texts(at.info)
+    assert "Not listed: `lost` holds a run's tables but no run.json" in info and "notes" not in info
+    assert "importing" not in info
+    assert at.dataframe[0].value.run.tolist() == ["kept"] and not at.error
+    (tmp_path / "lost" / "run.json").write_text((tmp_path / "kept" / "run.json").read_text())
+    assert "Not listed" not in texts(app(tmp_path, "kept").info)  # the control: back in the list
