@@ -108,7 +108,7 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int = 6
         gets the MTP logits [B, V] and the sequence index each draft is for; returns [B] token ids.
     """
     _check(model, prompts, max_new_tokens, mtp)
-    _check_options(sampling, on_token, draft_fn)
+    _check_options(sampling, on_token, draft_fn, mtp)
     b = _start(model, prompts, max_new_tokens, sampling or SamplingParams(), _stop_set(stop_ids), mtp, on_token)
     if all(b.done):  # nothing to generate (max_new_tokens=0, or prompts filling max_seq_len)
         return b.out
@@ -147,16 +147,20 @@ def _check(model, prompts, max_new_tokens: int, mtp: bool) -> None:
         raise GenerateError("mtp=True but this model has no MTP module (its checkpoint has no MTP layer)")
 
 
-def _check_options(sampling, on_token, draft_fn) -> None:
+def _check_options(sampling, on_token, draft_fn, mtp: bool) -> None:
     """The options' kinds, before the cache is sized and the prefill runs: a dict as sampling was an
     AttributeError ('dict' object has no attribute 'seed'), and an on_token or draft_fn that is no function a
-    TypeError at the first token or draft, after the prefill (a bug hunt)."""
+    TypeError at the first token or draft, after the prefill (a bug hunt); a draft_fn without mtp=True, which
+    drafts nothing, was ignored in silence (an oracle study then measured plain decoding)."""
     if sampling is not None and not isinstance(sampling, SamplingParams):
         raise GenerateError(f"sampling={shown(sampling)}: expected a SamplingParams (e.g. SamplingParams(temperature="
                             "0.6, top_p=0.95)), or None for greedy decoding")
     for name, fn in (("on_token", on_token), ("draft_fn", draft_fn)):
         if fn is not None and not callable(fn):
             raise GenerateError(f"{name}={shown(fn)}: expected a function, or None")
+    if draft_fn is not None and not mtp:
+        raise GenerateError("draft_fn is given but mtp=False: drafts are made only with mtp=True (speculative "
+                            "decoding with the MTP module); pass mtp=True, or no draft_fn")
 
 
 def _stop_set(stop_ids) -> set[int]:

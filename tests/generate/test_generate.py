@@ -93,7 +93,10 @@ def test_options_of_the_wrong_kind_are_named_before_the_prefill(tiny):
         for kw, msg in [(dict(sampling={"temperature": 0.6}),
                          r"^sampling=\{'temperature': 0\.6\}: expected a SamplingParams .*, or None for greedy"),
                         (dict(on_token="print"), r"^on_token='print': expected a function, or None$"),
-                        (dict(mtp=True, draft_fn=[1, 2]), r"^draft_fn=\[1, 2\]: expected a function, or None$")]:
+                        (dict(mtp=True, draft_fn=[1, 2]), r"^draft_fn=\[1, 2\]: expected a function, or None$"),
+                        # a draft function without mtp drafted nothing and was ignored in silence
+                        (dict(draft_fn=lambda logits, at: logits.argmax(-1)),
+                         r"^draft_fn is given but mtp=False: drafts are made only with mtp=True")]:
             with pytest.raises(GenerateError, match=msg):
                 generate(tiny, [[1, 2, 3]], max_new_tokens=2, **kw)
         assert passes == []  # refused before the prefill
