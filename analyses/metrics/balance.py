@@ -274,12 +274,16 @@ def balance_table(run, n_gpus: int | None = None) -> "pandas.DataFrame":  # noqa
     """One row per MoE layer with every balance metric (`balance_summary`): MaxVio global and per
     batch (mean, max), balancedness, imbalance ratio (averaged over batches; per GPU of the
     contiguous placement when n_gpus is given, else per expert), CV, normalised entropy, Gini, Jain,
-    relative-load range, Switch f.P (from rows with full scores; NaN without). Aggregation in SQL."""
+    relative-load range, Switch f.P (from rows with full scores; NaN without, and where a complete run
+    has lost its routing table: `probe.run.lost_tables`). Aggregation in SQL."""
     import pandas as pd
 
     run = as_run(run)
     loads = layer_loads_from_run(run)
-    sw = switch_inputs_from_run(run)
+    # the Switch column alone reads routing: a run that lost it keeps its balance table, that column NaN as
+    # without scores (the report noted the loss, said it left out the sections that read routing, then
+    # stopped here with the RunError: no report at all)
+    sw = {} if "routing" in (getattr(run, "lost_tables", None) or ()) else switch_inputs_from_run(run)
     rows = []
     for layer, load in loads.items():
         _, b = batch_loads_from_run(run, layer)

@@ -9,6 +9,7 @@ import json
 import re
 import shutil
 
+import pandas as pd
 import pytest
 
 import probe
@@ -83,3 +84,18 @@ def test_a_metric_of_a_run_that_lost_a_tables_folder_says_so_not_that_it_was_not
     shutil.rmtree(run / table)
     with pytest.raises(RunError, match=f"^{re.escape(str(run / table))}: listed in run.json but has no part files"):
         call(str(run), other)
+
+
+def test_balance_table_of_a_run_that_lost_routing_is_its_loads_with_switch_nan(runs):
+    """balance_table reads routing for its Switch column alone: a complete run that lost routing (a rank's
+    parts, or the folder) raised the RunError for the whole table, which the report's balance section
+    reads of every run (it stopped there, after noting it would leave out the sections of routing)."""
+    run, _ = runs
+    whole = M.balance_table(probe.open_run(run))
+    assert whole.switch.notna().all()  # the synthetic run keeps full scores on some rows
+    (run / "routing" / GONE).unlink()
+    part = M.balance_table(probe.open_run(run))
+    assert part.switch.isna().all()
+    pd.testing.assert_frame_equal(part.drop(columns="switch"), whole.drop(columns="switch"))
+    shutil.rmtree(run / "routing")
+    assert M.balance_table(str(run)).switch.isna().all()

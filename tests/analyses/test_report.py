@@ -292,6 +292,20 @@ def test_a_complete_run_that_lost_a_listed_table_is_warned_about_not_called_unre
     assert "was not recorded" not in doc
 
 
+def test_a_complete_run_that_lost_routing_is_reported_without_its_sections(tmp_path, capsys):
+    """A complete run whose routing folder was deleted: the report noted that the sections reading it are
+    left out, then stopped with the loss as its error, in the balance section, whose Switch column alone
+    reads routing (no report at all). It reports, the sections of routing said lost, Switch NaN."""
+    run = _complete_run_without(tmp_path, "routing")
+    rc = report.main([str(run), "--out", str(tmp_path / "r.html"), "--skip-ablation", "--no-progress"])
+    out, err = capsys.readouterr()
+    assert rc == 0 and f"note: {run}: run.json lists routing but the run has no part files of it (deleted?)" in err
+    assert "error:" not in err, err
+    doc = (tmp_path / "r.html").read_text()
+    assert "(not in this run: run.json lists routing but the run has no part files of it (deleted?))" in doc
+    assert "MaxVio_global per layer L1 " in out
+
+
 def test_a_complete_run_that_lost_expert_load_is_not_called_empty(tmp_path, capsys):
     """expert_load deleted from a complete run: the report refused it as 'empty run: no expert_load
     rows (status 'complete'); record it first', a run that holds all its other tables."""
