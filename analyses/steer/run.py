@@ -207,8 +207,12 @@ def steer(opts: SteerOptions, steering: Steer, token_filter: str | None = None):
     the same command computes only the rest (`opts.fresh`: all of them again)."""
     opts, info = job_defaults(opts)
     check_finished(opts.run, info, SteerError)
-    if opts.max_new_tokens < 0 or opts.prompt_tokens < 1:
-        raise SteerError("--max-new-tokens must be >= 0 and --prompt-tokens >= 1")
+    # each flag named with its value, as job_defaults names its own (it said "--max-new-tokens must be >= 0 and
+    # --prompt-tokens >= 1" for either, naming neither the one at fault nor what it was given)
+    if opts.max_new_tokens < 0:
+        raise SteerError(f"--max-new-tokens {opts.max_new_tokens}: must be >= 0 (greedy tokens per continuation)")
+    if opts.prompt_tokens < 1:
+        raise SteerError(f"--prompt-tokens {opts.prompt_tokens}: must be >= 1 (tokens of each domain's prompt)")
     ckpt, corpus, out, args, tok = _inputs(opts)
     stops = _stops(ckpt, args, tok)
     try:  # refuse bad experts before reading the corpus, naming the flag as the job's other errors do

@@ -294,7 +294,9 @@ def test_cli_end_to_end_writes_the_steering_table(probe_env, tmp_path, capsys):
     # a digit to str.isdigit that int() refuses: was "invalid literal for int()" (a review)
     (["--experts", "1:2", "--steer-tokens", "\u00b2"], "--steer-tokens '\u00b2': not a single token"),
     (["--experts", "1:2", "--bias", "0.5"], "--bias applies to --mode bias only (this command gives --mode force)"),
-    (["--experts", "1:2", "--prompt-tokens", "0"], "--max-new-tokens must be >= 0 and --prompt-tokens >= 1"),
+    # each flag named with its value: it was "--max-new-tokens must be >= 0 and --prompt-tokens >= 1" for either
+    (["--experts", "1:2", "--prompt-tokens", "0"], "error: --prompt-tokens 0: must be >= 1 (tokens of each domain's"),
+    (["--experts", "1:2", "--max-new-tokens", "-1"], "error: --max-new-tokens -1: must be >= 0 (greedy tokens per"),
     ([], "nothing to steer: pass --experts"),
     (["--experts", "1:2", "--prompt", " "], "--prompt '': an empty prompt"),  # it generated from BOS alone
 ])
