@@ -33,7 +33,9 @@ def need_domains(run, what: str) -> list[str]:
     compares domains, and on one domain it crashed deep in pandas or printed empty conclusions
     (a review)."""
     from analyses.metrics import MetricsError
+    from analyses.metrics._common import not_lost
 
+    not_lost(run, "tokens")  # a table the run has lost: the RunError every metric raises, naming its parts
     domains, why = _domains(run, what)
     if why:
         raise MetricsError(f"{run.path}: {why}")
@@ -42,19 +44,36 @@ def need_domains(run, what: str) -> list[str]:
 
 def one_domain_note(run, what: str) -> str | None:
     """None when the run's tokens hold two domains or more; else why `what`, a part of a notebook that
-    compares domains, is not measured, for the notebook to show in its place (on one domain the
+    compares domains, is not measured (one domain, or a tokens table the run has lost: `_tokens_lost`),
+    for the notebook to show in its place (on one domain the
     latent_kv notebook's domain probe raised "a probe needs training tokens of two labels" halfway
     through, and mtp's conclusion named the one domain both best and worst; a tour)."""
     return _domains(run, what)[1]
 
 
 def _domains(run, what: str) -> tuple[list[str], str | None]:
+    if lost := _tokens_lost(run, what):
+        return [], lost
     domains = [d for (d,) in run.sql("select distinct domain from tokens order by 1").fetchall()]
     if len(domains) >= 2:
         return domains, None
     return domains, (f"{what} compares domains, and this run has {'one: ' + domains[0] if domains else 'no tokens'}. "
                      "Record a corpus with several domains (folders, or a `domain` field), or point "
                      "$DSV3_NOTEBOOK_RUN at such a run")
+
+
+def _tokens_lost(run, what: str) -> str | None:
+    """Why `what` is not measured where the run (complete) has lost its tokens table (its folder, or a rank's
+    parts: `probe.run.lost_tables`), else None. The notes read the table and raised DuckDB's 'Invalid Input
+    Error' wrapping the loss halfway through a notebook (latent_kv, mtp: they read tokens for this part alone)."""
+    from analyses.metrics._common import not_lost
+    from probe.writer import RunError
+
+    try:
+        not_lost(run, "tokens")
+    except RunError as e:
+        return f"{what} reads the run's tokens table, which it has lost ({e})"
+    return None
 
 
 def heldout_note(run, what: str) -> str | None:
@@ -64,9 +83,12 @@ def heldout_note(run, what: str) -> str | None:
     first included) holds a domain of one window out whole, so the scores leave it out, never trained
     on, and name it beside their figure (`left_out`, `analyses.metrics.left_out_note`; a run of 2,000
     tokens over five domains read "a linear probe reads the domain at 58.5%" with two of them scored
-    untrained, a tour): with fewer than two domains left there is nothing to tell apart."""
+    untrained, a tour): with fewer than two domains left there is nothing to tell apart. A tokens table the
+    run has lost is a reason too (`_tokens_lost`)."""
     from analyses.metrics._common import listed
 
+    if lost := _tokens_lost(run, what):
+        return lost
     n = dict(run.sql("select domain, count(distinct seq_id) from tokens group by 1").fetchall())
     thin = sorted(d for d, w in n.items() if w < 2)
     if len(n) < 2 or len(n) - len(thin) >= 2:
@@ -90,7 +112,9 @@ def need_heldout(run, what: str) -> None:
     """Raise `heldout_note`'s reason as one clear error, for the first cell of a notebook whose question is
     a held-out score of the domain (expert_paths)."""
     from analyses.metrics import MetricsError
+    from analyses.metrics._common import not_lost
 
+    not_lost(run, "tokens")  # as need_domains
     why = heldout_note(run, what)
     if why:
         raise MetricsError(f"{run.path}: {why}")

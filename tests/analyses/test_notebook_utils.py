@@ -289,3 +289,37 @@ def test_cumulative_energy_leaves_out_a_layer_without_energy():
     assert curves.component.tolist() == [1, 2, 3]
     assert curves.share.tolist() == pytest.approx([0.75, 1.0, 1.0])  # the negative rounding clipped to 0
     assert notebook_utils.cumulative_energy(spec[spec.layer == 0]).empty
+
+
+@pytest.mark.parametrize("lose", ["folder", "a rank's parts"])
+def test_the_domain_notes_of_a_run_that_lost_its_tokens_say_so(tmp_path, lose):
+    """latent_kv's domain probe and mtp's domain ranking read tokens only through one_domain_note (latent_kv
+    then heldout_note): a complete run that lost its tokens table (the folder, or one rank's parts) raised
+    DuckDB's 'Invalid Input Error' wrapping the loss halfway through the notebook. The notes say the part is
+    not measured and why; need_domains and need_heldout raise the RunError every metric raises."""
+    import shutil
+
+    import probe
+    from helpers.synthetic_run import as_two_replicas, write_run
+    from probe.writer import RunError
+
+    run = tmp_path / "run"
+    write_run(run)
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps(info | {"status": "complete", "tables": ["tokens", "routing",
+                                                                                      "expert_load"]}))
+    as_two_replicas(run, ["tokens", "routing", "expert_load"])
+    assert notebook_utils.one_domain_note(probe.open_run(run), "The domain probe") is None  # whole: two domains
+    if lose == "folder":
+        shutil.rmtree(run / "tokens")
+    else:
+        (run / "tokens" / "r002-b0000001-0000001.parquet").unlink()
+    r = probe.open_run(run)
+    for note in (notebook_utils.one_domain_note(r, "The domain probe"),
+                 notebook_utils.heldout_note(r, "The domain probe")):
+        assert note.startswith(f"The domain probe reads the run's tokens table, which it has lost ({run / 'tokens'}: "
+                               ), note
+        assert "\n" not in note and "Error" not in note
+    for need in (notebook_utils.need_domains, notebook_utils.need_heldout):
+        with pytest.raises(RunError, match=f"^{run / 'tokens'}: "):
+            need(r, "this notebook (x)")
