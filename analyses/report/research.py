@@ -268,15 +268,17 @@ def _path_sentences(p: dict) -> list[str]:
         tk = tk.set_index("unit")
         lk = tk.drop(index="path")
         path = tk.loc["path"]
+        # why the set path's accuracy can fall below a layer's: said only where tokens were held out (with none,
+        # "many held-out tokens follow a path never seen in training" described tokens that do not exist)
+        unseen = ", so many held-out tokens follow a path never seen in training"
         if lk.heldout_accuracy.notna().any():
             bk = lk.heldout_accuracy.idxmax()
             held = (f"held-out domain accuracy {path.heldout_accuracy:.3f} vs {lk.loc[bk, 'heldout_accuracy']:.3f} "
                     f"({bk})")
         else:
-            held = NO_HELD_OUT
+            held, unseen = NO_HELD_OUT, ""
         out.append(f"With the whole top-{p['K']} set per layer as the path: AMI {path.ami:.3f} vs best "
-                   f"single layer {lk.ami.max():.3f}, {held}; {int(path['values']):,} distinct set "
-                   "paths, so many held-out tokens follow a path never seen in training.")
+                   f"single layer {lk.ami.max():.3f}, {held}; {int(path['values']):,} distinct set paths{unseen}.")
     return out
 
 

@@ -223,6 +223,12 @@ def test_path_sentences_without_held_out_figures():
     summary = pd.DataFrame({"domain": ["all"], "distinct_paths": [900], "perplexity": [300.0], "top10_share": [0.1]})
     text = " ".join(_path_sentences({"summary": summary, "information": info, "layers": [1, 2], "E": 32, "K": 4}))
     assert text.count("held-out domain accuracy not measured") == 2 and "AMI 0.900" in text and "nan" not in text
+    # nothing held out: no held-out token to follow an unseen path (the sentence said "many" did)
+    assert "5,000 distinct set paths." in text and "held-out tokens follow" not in text
+    held = info.assign(heldout_accuracy=[0.6, 0.7, 0.8, 0.5, 0.6, 0.4], majority_baseline=0.5)
+    text = " ".join(_path_sentences({"summary": summary, "information": held, "layers": [1, 2], "E": 32, "K": 4}))
+    assert ("held-out domain accuracy 0.400 vs 0.600 (layer 2); 5,000 distinct set paths, so many held-out tokens "
+            "follow a path never seen in training.") in text
     # the chart's title and axis name only the AMI bars it draws (they named the accuracy as well)
     from analyses.report.research import figures
 
