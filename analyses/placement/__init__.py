@@ -352,12 +352,19 @@ def current_placement(run, n_experts: int, n_gpus: int, n_redundant: int) -> tup
     serving engine's (`placement` table, from `dsv3-probe import sglang` of a dump that carries one),
     else SGLang's default for the plan's slots, `trivial_map(E, E + R)` on n_gpus GPUs, the Serving page's
     "current placement" (the CLI compared against the contiguous split alone, without the replicas or
-    the map the server ran; a serving engineer's review)."""
+    the map the server ran; a serving engineer's review). An import that has lost its `placement` table
+    (`probe.run.lost_tables`) has no known current placement: no maps (the current balancedness NaN)."""
     from analyses.metrics._common import as_run
 
     from .replay import maps_from_rows, trivial_map
 
     run = as_run(run)
+    if "placement" in (getattr(run, "lost_tables", None) or ()):
+        from probe.run import lost_message
+
+        # the server's map is gone (its folder deleted, or left behind in a copy): SGLang's trivial map stood in,
+        # said to be the placement the loads ran on, and the plan was compared with a map the server never held
+        return {}, n_gpus, f"unknown, the run has lost the server's ({lost_message(run.path, 'placement', run.info)})"
     if run.files("placement"):
         maps, gpus = maps_from_rows(run.sql(PLACEMENT_ROWS).df())
         return maps, gpus, f"the server's placement from the import ({gpus} GPUs)"

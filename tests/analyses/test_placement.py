@@ -510,6 +510,30 @@ def test_a_plan_for_other_gpus_than_the_servers_is_not_called_worse(tmp_path):
     assert "note:" not in same and "(2 GPUs)" in same
 
 
+def test_an_import_that_lost_its_placement_has_no_current_placement_not_the_trivial_one(tmp_path):
+    """The server's map deleted from an import (its placement folder, or left behind in a copy): the command
+    took SGLang's trivial map as "the placement the loads ran on", without a word, and compared the plan with
+    it. It plans, and says the current placement is unknown and why (no balancedness for it)."""
+    import shutil
+
+    from helpers import sglang_dumps as sg
+    from probe.sglang import import_sglang
+
+    passes, m = sg.traffic(seed=3), sg.physical_map(redundant=4)
+    run = import_sglang(sg.write_per_pass(tmp_path / "dump", passes, m)[0].parent, tmp_path / "run",
+                        config=str(sg.config(tmp_path / "model")))
+    assert "current: the server's placement from the import (2 GPUs)" in _cli(run, "--gpus", 2).stdout  # whole
+    shutil.rmtree(run / "placement")
+    done = _cli(run, "--gpus", 2, "--redundant", 4, "--out", tmp_path / "plan.json")
+    assert done.returncode == 0, done.stderr
+    assert (f"current: unknown, the run has lost the server's ({run / 'placement'}: listed in run.json but has no "
+            "part files") in done.stdout
+    assert "trivial map" not in done.stdout and "note: in" not in done.stdout
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert plan["config"]["current"].startswith("unknown, the run has lost the server's (")
+    assert all(layer["balancedness_current"] is None for layer in plan["layers"])
+
+
 def test_steps_of_an_import_of_unknown_pass_order_are_said_to_be_arbitrary(tmp_path):
     """--steps picks passes by their order; a stat import whose circular buffer had every row used
     (source.pass_order_unknown) holds them in an unknown order, which the command did not say."""
