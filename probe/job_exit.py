@@ -31,6 +31,7 @@ def closed_pipe_quiet(main):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 141
         except KeyboardInterrupt as e:  # a job's own message, where it raised one, says what it kept
+            last_line_coming()
             print(f"\n{first_line(e) if str(e) else 'interrupted'}", file=sys.stderr, flush=True)
             return exit_ranks(130)
     return wrapped
@@ -63,7 +64,7 @@ def one_line_when_a_peer_is_lost(main):
         try:
             return main(*args, **kwargs)
         except RuntimeError as e:
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # leaving: a second SIGTERM must not cut the line
+            last_line_coming()
             print(f"error: rank {rank} of {world} stopped: {first_line(e)}{tail}", file=sys.stderr, flush=True)
             return exit_ranks(1)
     return wrapped
@@ -77,8 +78,24 @@ def job_error(e: BaseException, message: str | None = None) -> int:
     `closed_pipe_quiet`."""
     if isinstance(e, BrokenPipeError):
         raise e
+    last_line_coming()
     print(f"error: {message if message is not None else e}", file=sys.stderr)
     return exit_ranks(2)
+
+
+def last_line_coming() -> None:
+    """A torchrun rank about to print why it ends: torchrun's SIGTERM must neither cut that line nor add a
+    second. Once a rank exits non-zero torchrun stops the others, and one that had printed its own `error:`
+    line and was leaving then also said 'rank 1 of 2 stopped by signal 15' and exited 1 (a loaded machine,
+    three xdist workers on two cores). SIGTERM is ignored from here: the process ends at once after."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return
+    import signal
+
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    except ValueError:  # not the main thread: its handler stays
+        pass
 
 
 def table_errors() -> tuple[type[BaseException], ...]:

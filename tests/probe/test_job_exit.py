@@ -1,0 +1,50 @@
+"""probe.job_exit under torchrun: a rank that has said why it ends says nothing more when torchrun's SIGTERM
+comes (torchrun stops every other rank once one exits non-zero). (Its other behaviours: test_job.py.)"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from helpers.forked import forked
+
+
+class _SignalledWhileShown:
+    """A message whose str() sends this process SIGTERM: torchrun's signal arriving as the line is printed."""
+
+    def __str__(self) -> str:
+        os.kill(os.getpid(), signal.SIGTERM)
+        return "--model-parallel 3 does not divide the world size 2"
+
+
+def _rank_1_failing(err_path: str, how: str) -> None:
+    """Rank 1 of 2 (its environment as torchrun sets it), its stderr into `err_path`, ending by `how`."""
+    from probe.job_exit import closed_pipe_quiet, job_error, one_line_when_a_peer_is_lost
+
+    os.environ.update(WORLD_SIZE="2", RANK="1")
+    import sys
+
+    os.dup2(os.open(err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 2)  # the signal handler writes to fd 2
+    sys.stderr = open(2, "w", buffering=1, closefd=False)  # print()s too (pytest's capture is not fd 2)
+
+    @closed_pipe_quiet
+    @one_line_when_a_peer_is_lost
+    def main() -> int:
+        if how == "error":
+            return job_error(ValueError("unused"), _SignalledWhileShown())
+        if how == "peer lost":
+            raise RuntimeError(_SignalledWhileShown())
+        raise KeyboardInterrupt(_SignalledWhileShown())
+
+    os._exit(main())
+
+
+def test_a_rank_that_said_why_it_ends_adds_no_stopped_by_signal_line(tmp_path):
+    for how, code, line in (("error", 2, "error: --model-parallel 3 does not divide the world size 2"),
+                            ("peer lost", 1, "error: rank 1 of 2 stopped: --model-parallel 3 does not divide"),
+                            ("ctrl-c", 130, "--model-parallel 3 does not divide the world size 2")):
+        err = tmp_path / f"{how}.txt"
+        assert forked(_rank_1_failing, str(err), how) == code, (how, err.read_text())
+        lines = err.read_text().strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(line), (how, lines)
+        assert "stopped by signal" not in err.read_text()
