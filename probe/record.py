@@ -39,6 +39,7 @@ from .job import (DEFAULT_CKPT, DEFAULT_CORPUS, RecordError, agree, bound_heap,
                   load_tokenizer, os_refusal, package_version, refuse_a_symlinked_out, refuse_a_training_run,
                   resolve_paths, same_inputs, signals_held, start_world, window_length)
 from .overwrite import clear_run, never_made, say_kept
+from .run import MADE_BY
 from .record_loop import record_batches
 from .record_tables import FINAL_TABLES, SESSION_KEYS, router_biases, write_router_bias
 from .writer import (RunError, check_committed, replace_keeping_others, updating_run_json,
@@ -343,9 +344,6 @@ def open_run(out: Path, info: dict, opts: RecordOptions) -> None:
     write_json_atomic(out / "run.json", info)
 
 
-MADE_BY = {"import": "`dsv3-probe import`", "spec": "`dsv3-probe spec`", "train": "`python -m train`",
-           "ablations": "`python -m analyses.ablate`", "expert_importance": "`python -m analyses.importance`",
-           "steering": "`python -m analyses.steer`"}  # the commands that write run.json's "kind"
 
 
 def check_resumable(old: dict, new: dict, out: Path) -> None:

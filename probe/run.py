@@ -159,7 +159,16 @@ def _progress_names(path: Path) -> tuple[str, ...]:
         return ()
 
 
-LOST = "listed in run.json but has no part files: deleted? (the run is complete; record it again)"
+MADE_BY = {"import": "`dsv3-probe import`", "spec": "`dsv3-probe spec`", "train": "`python -m train`",
+           "ablations": "`python -m analyses.ablate`", "expert_importance": "`python -m analyses.importance`",
+           "steering": "`python -m analyses.steer`"}  # the commands that write run.json's "kind"
+
+
+def _again(info: dict) -> str:
+    """How a complete run that lost a table is made whole again: recorded (a record run), else made again by
+    the command that made it (an SGLang import was told to 'record it again', a bug hunt)."""
+    kind = info.get("kind")
+    return "record it again" if kind not in MADE_BY else f"make it again with {MADE_BY[kind]}"
 
 
 def missing_parts(path: str | Path, table: str, info: dict | None = None) -> str:
@@ -171,10 +180,11 @@ def missing_parts(path: str | Path, table: str, info: dict | None = None) -> str
 
 def lost_why(path: str | Path, table: str, info: dict | None = None) -> str:
     """Why a lost table (`lost_tables`) cannot be read: no part files, or which of them are gone."""
+    info = read_run_json(Path(path)) if info is None else info
     if not table_files(path, table):
-        return LOST
+        return f"listed in run.json but has no part files: deleted? (the run is complete; {_again(info)})"
     return (f"committed part files missing ({missing_parts(path, table, info)}): deleted, or left on another "
-            "node? (the run is complete; record it again, or copy them back)")
+            f"node? (the run is complete; {_again(info)}, or copy them back)")
 
 
 def lost_message(path: str | Path, table: str, info: dict | None = None) -> str:

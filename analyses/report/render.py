@@ -86,7 +86,7 @@ def check_run(path: Path):
 def _made_by_another_command(run) -> str | None:
     """What a run without expert_load holds where a command other than record made it (a spec run, an
     ablate/importance/steer --out run): "a run made by CMD (it holds T1, T2)"; None otherwise."""
-    from probe.record import MADE_BY
+    from probe.run import MADE_BY
 
     kind = run.info.get("kind")
     if kind not in MADE_BY:

@@ -287,3 +287,17 @@ def test_a_run_json_whose_names_or_counts_have_another_type_is_one_line(run, edi
     good = {"tables": WRITTEN, "domains": ["code"], "world": {"size": 1, "model_parallel": 1}, "planned": {"batches": 4}}
     (run / "run.json").write_text(json.dumps(info | {k: good[k] for k in edit}))  # the control: the right types read
     assert probe.open_run(run).tables == WRITTEN
+
+
+@pytest.mark.parametrize("kind, again", [(None, "record it again"), ("import", "make it again with `dsv3-probe import`"),
+                                         ("train", "make it again with `python -m train`")])
+def test_a_lost_table_is_made_again_by_the_command_that_made_the_run(run, kind, again):
+    """An SGLang import (or a training run) that lost a table was told to 'record it again' (a bug hunt)."""
+    from probe.run import lost_message
+
+    info = json.loads((run / "run.json").read_text()) | ({"kind": kind} if kind else {})
+    (run / "run.json").write_text(json.dumps(info))
+    shutil.rmtree(run / "tokens")
+    assert lost_message(run, "tokens").endswith(f"(the run is complete; {again})")
+    with pytest.raises(RunError, match=re.escape(f"(the run is complete; {again})")):
+        probe.open_run(run).df("tokens")
