@@ -76,6 +76,8 @@ def nmi(contingency, average: str = "arithmetic") -> float:
     scikit-learn's `normalized_mutual_info_score`), geometric, min or max of H(A), H(B), or "rows"
     = H(A) (the domain-normalised form `domain_nmi` uses). Follows scikit-learn's conventions: 1 when
     both sides are constant, 0 when only one is; 0 for an empty table."""
+    if average not in _AVERAGES:  # checked first: a typo returned 0 or 1 on a constant side, unrefused (a bug hunt)
+        raise MetricsError(f"average={average!r}: choose one of {list(_AVERAGES)}")
     c = _table(contingency)
     if c.sum() <= 0:
         return 0.0
@@ -87,9 +89,10 @@ def nmi(contingency, average: str = "arithmetic") -> float:
     if ha == 0 or hb == 0:
         return 0.0
     norms = {"arithmetic": (ha + hb) / 2, "geometric": np.sqrt(ha * hb), "min": min(ha, hb), "max": max(ha, hb)}
-    if average not in norms:
-        raise MetricsError(f"average={average!r}: choose one of {[*norms, 'rows']}")
     return float(mutual_information(c) / norms[average])
+
+
+_AVERAGES = ("arithmetic", "geometric", "min", "max", "rows")  # nmi's normalisers
 
 
 def domain_nmi(contingency) -> float:

@@ -57,6 +57,17 @@ def test_mutual_information_and_nmi():
     assert M.domain_nmi(np.zeros((2, 3))) == 0.0  # empty
 
 
+def test_nmi_refuses_an_average_it_does_not_know_whatever_the_table():
+    """average='typo' was refused only where both sides vary: a constant side returned 1 or 0 first (a bug hunt)."""
+    from analyses.metrics import MetricsError
+
+    for c in (np.array([[4, 1], [1, 4]]), np.array([[3, 4, 5]]), np.array([[5], [5]]), np.zeros((2, 2))):
+        with pytest.raises(MetricsError, match=r"^average='typo': choose one of \['arithmetic', 'geometric', 'min', "
+                                               r"'max', 'rows'\]$"):
+            M.nmi(c, average="typo")
+    assert M.nmi(np.array([[3, 4, 5]]), average="max") == 0.0 and M.nmi(np.array([[5]]), average="min") == 1.0
+
+
 def test_bad_shapes():
     with pytest.raises(ValueError, match="1-D"):
         M.maxvio([[1, 2], [3, 4]])
