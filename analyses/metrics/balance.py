@@ -37,6 +37,8 @@ def maxvio_batch(batch_loads) -> np.ndarray:
     b = np.asarray(batch_loads, dtype=np.float64)
     if b.ndim != 2:
         raise MetricsError(f"batch_loads: expected [batches, experts], got shape {b.shape}")
+    for i, row in enumerate(b):  # a bad row was named `load`, an argument no caller gave (a bug hunt)
+        as_loads(row, f"batch_loads[{i}]")
     return np.array([maxvio(row) for row in b], dtype=np.float64)
 
 

@@ -73,6 +73,16 @@ def test_bad_shapes():
         M.maxvio([[1, 2], [3, 4]])
 
 
+def test_a_bad_batch_load_row_is_named_by_its_argument_and_row():
+    """balance_summary's and maxvio_batch's batch loads: a non-finite or negative row was 'load: loads must be
+    finite', an argument neither caller was given (a bug hunt)."""
+    for bad, needle in (([[1, 2], [1, float("inf")]], r"^batch_loads\[1\]: loads must be finite$"),
+                        ([[1, -2], [1, 1]], r"^batch_loads\[0\]: negative load -2")):
+        for fn in (M.maxvio_batch, lambda b: M.balance_summary([2, 3], batch_loads=b)):
+            with pytest.raises(M.MetricsError, match=needle):
+                fn(bad)
+
+
 # ------------------------------------------------------------------------------ load balance
 @pytest.mark.parametrize("bad, needle", [([[1, 2], [3, 4]], "1-D"), ([], "empty"), ([1, -2, 3], "negative"),
                                          ([1, float("nan")], "finite")])
