@@ -12,7 +12,7 @@ Accepted `--corpus` forms:
   with U+FFFD in its document id and domain);
 - a `.txt` (or any text) file: one document (a binary file is refused);
 - a `.jsonl` file: one JSON object per line with `text`, optional `domain` and `id`;
-- a `.parquet` file: columns `text`, optional `domain` and `id`.
+- a `.parquet` file: columns `text`, optional `domain` and `id` (either suffix in any case).
 A record's domain is its folder's when it has none (null or ""), else its value as a string (0 is "0");
 a domain or id that is an object, an array or bytes (a Parquet column of structs, lists or binary) is refused.
 Text is UTF-8, or UTF-16 / UTF-32 when the file starts with their byte-order mark (JSONL too).
@@ -248,7 +248,7 @@ def _entries(path: str | Path, stats: CorpusStats | None = None) -> tuple[Path, 
         files = _files(root)
         if not files:
             raise CorpusError(f"{root}: corpus directory has no files (names starting with '.' are not read)")
-        binary = [f for f in files if f.suffix != ".parquet" and is_binary(f)]
+        binary = [f for f in files if _form(f) != ".parquet" and is_binary(f)]
         if binary and len(binary) == len(files):
             raise CorpusError(f"{root}: corpus directory has no text files (all {len(files)} are binary, "
                               f"e.g. {binary[0].name})")
@@ -263,10 +263,16 @@ def _entries(path: str | Path, stats: CorpusStats | None = None) -> tuple[Path, 
         if stats is not None:
             _note_domainless(root, {Path(rel).parts[0] for _, rel, _ in entries}, stats)
         return root, entries
-    if root.suffix != ".parquet" and is_binary(root):  # read as text it was bytes of mojibake (a review)
+    if _form(root) != ".parquet" and is_binary(root):  # read as text it was bytes of mojibake (a review)
         raise CorpusError(f"{root}: not a text file (a NUL byte in its first {BINARY_PROBE // 1024} KiB: weights, an "
                           "archive, an image?); decompress or convert it, or pass a folder of text files")
     return root, [(root, shown(root.name), "default")]
+
+
+def _form(f: Path) -> str:
+    """How a corpus file is read, by its suffix in any case: `.jsonl` records, `.parquet` columns, else text (a
+    `notes.JSONL` was read as one text document of JSON syntax, and a `data.PARQUET` skipped as binary)."""
+    return f.suffix.lower()
 
 
 def _note_domainless(root: Path, held: set[str], stats: CorpusStats) -> None:
@@ -292,9 +298,9 @@ def iter_documents(path: str | Path, stats: CorpusStats | None = None) -> Iterat
     stats = stats if stats is not None else CorpusStats()
     _, entries = _entries(path, stats)
     for f, rel, domain in entries:
-        if f.suffix == ".jsonl":
+        if _form(f) == ".jsonl":
             docs = _jsonl(f, rel, domain, stats)
-        elif f.suffix == ".parquet":
+        elif _form(f) == ".parquet":
             docs = _parquet(f, rel, domain, stats)
         else:
             docs = iter([Document(rel, domain, decode(f.read_bytes(), rel, stats))])
@@ -375,9 +381,9 @@ def domain_streams(path: str | Path, stats: CorpusStats | None = None) -> dict[s
 def _index(path, stats: CorpusStats | None = None) -> Iterator[_Ref]:
     _, entries = _entries(path, stats)
     for f, rel, domain in entries:
-        if f.suffix == ".jsonl":
+        if _form(f) == ".jsonl":
             yield from _index_jsonl(f, rel, domain, stats)
-        elif f.suffix == ".parquet":
+        elif _form(f) == ".parquet":
             for i, doc in enumerate(_parquet(f, rel, domain, stats, texts=False)):
                 yield _Ref("parquet", f, rel, i, 0, 0, doc.domain, doc.doc_id)
         else:

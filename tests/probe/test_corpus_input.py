@@ -354,3 +354,24 @@ def test_a_domain_or_id_that_is_a_list_an_object_or_bytes_is_named(tmp_path):
                              "id": [7, 8]}), ok)
     for order in ORDERS:
         assert sorted((w.domain, w.doc_id) for w in read(ok, order)) == [("code", "7"), ("prose", "8")]
+
+
+def test_a_files_form_is_its_suffix_in_any_case(tmp_path):
+    """notes.JSONL was read as one text document of JSON syntax, data.PARQUET skipped as a binary file (a bug hunt):
+    the suffix decides in any case, in a folder and as the corpus itself, as lower case does."""
+    from probe.corpus import domain_streams
+
+    for upper in (False, True):
+        root = tmp_path / f"upper-{upper}"
+        (root / "code").mkdir(parents=True)
+        j, p = ("a.JSONL", "b.PARQUET") if upper else ("a.jsonl", "b.parquet")
+        (root / "code" / j).write_text(json.dumps({"text": "def f(): pass", "id": "j0"}) + "\n")
+        pq.write_table(pa.table({"text": ["x = 1"], "id": ["p0"]}), root / "code" / p)
+        stats = CorpusStats()
+        docs = [(d.doc_id, d.domain, d.text) for d in iter_documents(root, stats)]
+        assert docs == [("j0", "code", "def f(): pass"), ("p0", "code", "x = 1")], docs
+        assert stats.skipped_binary == []
+        streamed = sorted((d.doc_id, d.text) for ds in domain_streams(root).values() for d in ds)
+        assert streamed == [("j0", "def f(): pass"), ("p0", "x = 1")]
+        assert [d.doc_id for d in iter_documents(root / "code" / j)] == ["j0"]
+        assert [d.doc_id for d in iter_documents(root / "code" / p)] == ["p0"]
