@@ -105,7 +105,8 @@ def one_evaluation(ref: data.RunRef, ab):
         rows = ab[ab.part == p]
         toks = rows[rows.domain == "all"].tokens.max() if (rows.domain == "all").any() else rows.tokens.sum()
         when = (parts.get(p) or {}).get("written")
-        stamp = time.strftime(" · %Y-%m-%d %H:%M", time.localtime(when)) if when else ""
+        # in UTC, as the Overview's times (it was the server's local time, unsaid: a bug hunt)
+        stamp = time.strftime(" · %Y-%m-%d %H:%M UTC", time.gmtime(when)) if when else ""
         pending = (parts.get(p) or {}).get("pending")  # a sweep interrupted (analyses/ablate/sweep.py)
         left = f", unfinished: {len(pending)} to go" if pending else ""
         return f"{rows.ablation.nunique()} ablations on {int(toks):,} tokens{stamp}{left} ({p[:6]})"

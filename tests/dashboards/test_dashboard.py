@@ -258,10 +258,15 @@ def test_ablations_of_several_commands_are_shown_one_evaluation_at_a_time(runs, 
     second = first.assign(tokens=first.tokens * 2, delta=first.delta + 1.0, loss=first.loss + 1.0)
     pq.write_table(pa.Table.from_pandas(second, schema=TABLES["ablations"], preserve_index=False),
                    tmp_path / "two" / "ablations" / "other.parquet")
+    info = json.loads((tmp_path / "two" / "run.json").read_text())
+    parts = info.get("ablation_parts") or {}
+    parts["other"] = (parts.get("other") or {}) | {"written": 86400 * 365 + 3600 * 13 + 60 * 5}  # 1971-01-01 13:05
+    (tmp_path / "two" / "run.json").write_text(json.dumps(info | {"ablation_parts": parts}))
     at = app(tmp_path, "two", page="ablations")
     assert not at.error and "2 commands wrote ablations" in " ".join(c.value for c in at.caption)
     box = at.selectbox(key="abl_part")
     assert len(box.options) == 2
+    assert sum("· 1971-01-01 13:05 UTC" in o for o in box.options) == 1, box.options  # in UTC, as the Overview
     shown = at.dataframe[0].value
     assert len(shown) == len(first) and shown.delta.nunique() == first.delta.nunique()
     before = sorted(shown.delta)
