@@ -482,7 +482,11 @@ def _cache_device(device) -> torch.device | None:
 
 
 def _not_one_pair(fwd_hooks, call: str, fix: str) -> None:
-    """One (name, fn) pair where `call` takes a list of them is refused, with the `fix` to write."""
+    """One (name, fn) pair where `call` takes a list of them is refused, with the `fix` to write; so is what is
+    no list at all (None, a function: a TypeError from the loop over it, a bug hunt)."""
+    if fwd_hooks is None or callable(fwd_hooks) or isinstance(fwd_hooks, (str, bytes, dict)) \
+            or not isinstance(fwd_hooks, Iterable):
+        raise HookError(f"{call} takes a list of (name, fn) pairs; got {fwd_hooks!r}: write {fix}")
     if isinstance(fwd_hooks, tuple) and len(fwd_hooks) == 2 and callable(fwd_hooks[1]):
         raise HookError(f"{call} takes a list of (name, fn) pairs; got one pair, {fwd_hooks[0]!r}: write {fix}")
 

@@ -242,3 +242,20 @@ def test_a_hook_that_leaves_too_few_experts_is_refused(groups):
     with m.hooks([(g + "hook_select_scores", keep(allowed))]):
         _, c = m.run_with_cache(toks, names=g + "hook_topk_ids")
     assert set(c[g + "hook_topk_ids"].flatten().tolist()) <= set(allowed)
+
+
+def test_hooks_given_no_list_of_pairs_say_what_to_write():
+    """hooks(None) and run_with_hooks(fwd_hooks=fn) were TypeErrors from the loop over them ('NoneType' object is
+    not iterable; a bug hunt): one HookError each, with what to write."""
+    m = random_model("tiny", seed=0)
+    fn = lambda t, hook: None  # noqa: E731
+    for bad in (None, fn, "hook_embed", 3):
+        with pytest.raises(model.HookError, match=r"^hooks\(\) takes a list of \(name, fn\) pairs; got .*: write "
+                                                  r"hooks\(\[\(name, fn\)\]\)$"):
+            with m.hooks(bad):
+                pass
+        with pytest.raises(model.HookError, match=r"^run_with_hooks takes a list of \(name, fn\) pairs; got .*: "
+                                                  r"write fwd_hooks=\[\(name, fn\)\]$"):
+            m.run_with_hooks(torch.tensor([[1, 2]]), fwd_hooks=bad)
+    with m.hooks([("hook_embed", fn)]):  # the control: a list of pairs
+        m(torch.tensor([[1, 2]]))
