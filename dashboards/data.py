@@ -113,7 +113,7 @@ def _cursor(ref: RunRef, tables: tuple[str, ...]):
         if gone := whole_lost(ref, tuple(missing)):  # a table the record wrote, not one it never had
             raise DataError(f"run {ref.name!r}: cannot read `{gone[0]}` ({lost_why(ref.path, gone[0], ref.info)})")
         if missing:
-            raise MissingTable(f"run {ref.name!r} has no `{missing[0]}` table")
+            raise missing_table(ref, missing[0])
         yield con
     except (duckdb.Error, OSError) as e:  # MissingTable, a DataError, passes through as it is
         msg = str(e).strip().splitlines()[0][:300]
@@ -126,6 +126,21 @@ def partly_lost(ref: RunRef, tables: tuple[str, ...]) -> list[str]:
     """Those of `tables` that have part files and have lost others the record committed (a complete
     run's)."""
     return [t for t in _lost(ref, tables) if table_files(ref, t)]
+
+
+def missing_table(ref: RunRef, table: str) -> "MissingTable":
+    """The MissingTable a page shows (`ui.guard`): `table` is not in run `ref`. A record at work that lists it
+    has not written it yet, and one interrupted before writing it can go on: both were told only that the run
+    'has no `expert_load` table' on the Load balance, Serving and MTP pages (a bug hunt)."""
+    said = f"run {ref.name!r} has no `{table}` table"
+    if ref.kind == "probe" and ref.info.get("kind") is None and table in (ref.info.get("tables") or ()):
+        status = ref.status or ref.info.get("status")
+        if status == "running":
+            return MissingTable(f"{said} yet (the record writes it as it goes, or as it ends)")
+        if status == "interrupted":
+            return MissingTable(f"{said}: the record was interrupted before writing it; continue it with "
+                                "`dsv3-probe record ... --resume`")
+    return MissingTable(said)
 
 
 def whole_lost(ref: RunRef, tables: tuple[str, ...]) -> list[str]:
@@ -566,7 +581,7 @@ def _with_part(ref: RunRef, table: str) -> pd.DataFrame:
     with `part`: the name of the file it came from."""
     files = table_files(ref, table)
     if not files:
-        raise MissingTable(f"run {ref.name!r} has no `{table}` table")
+        raise missing_table(ref, table)
     return query(ref, "select *, parse_filename(filename, true) as part from read_parquet("
                       f"[{', '.join(_quote(str(f)) for f in files)}], filename = true, union_by_name = true)", ())
 

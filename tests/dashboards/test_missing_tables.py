@@ -165,3 +165,27 @@ def test_a_folder_of_tables_without_run_json_is_named_not_left_out_silently(tmp_
     assert at.dataframe[0].value.run.tolist() == ["kept"] and not at.error
     (tmp_path / "lost" / "run.json").write_text((tmp_path / "kept" / "run.json").read_text())
     assert "Not listed" not in texts(app(tmp_path, "kept").info)  # the control: back in the list
+
+
+@pytest.mark.slow  # a dashboard session over several pages or runs (the quick loop leaves it out)
+def test_a_record_at_work_or_interrupted_says_its_table_is_not_written_yet(runs, tmp_path):
+    """A record that lists `expert_load` and has not written it: the Load balance page said only that the run
+    'has no `expert_load` table' (a bug hunt). Running: not yet; interrupted: continue it with --resume. The
+    control: a complete run that never listed the table is told only that it has none."""
+    import shutil
+
+    said = "Run 'a' has no `expert_load` table"
+    for status, more in (("running", " yet (the record writes it as it goes, or as it ends)"),
+                         ("interrupted", ": the record was interrupted before writing it; continue it with "
+                                         "`dsv3-probe record ... --resume`"),
+                         ("complete", ": cannot show")):
+        run = tmp_path / status / "a"
+        shutil.copytree(runs["demo"], run)
+        shutil.rmtree(run / "expert_load")
+        info = json.loads((run / "run.json").read_text()) | {"status": status}
+        if status == "complete":
+            info["tables"] = [t for t in info["tables"] if t != "expert_load"]
+        (run / "run.json").write_text(json.dumps(info))
+        at = app(tmp_path / status, "a", page="load_balance")
+        assert any(t.startswith(said + more) for t in texts(at.info).split(" | ")), (status, texts(at.info))
+        assert not at.error
