@@ -194,6 +194,20 @@ def _nanmax(a) -> float:
 
 
 # ------------------------------------------------------------------------------ runs
+def _step_range(steps) -> tuple[int, int]:
+    """`steps` as (first, last) integers, first <= last: 2.5 was cut to 2, and (9, 3) read as no rows,
+    refused as 'no expert_load rows in steps 9-3' (a bug hunt)."""
+    from model.indices import as_int
+
+    pair = list(steps) if isinstance(steps, (tuple, list)) else None
+    ends = [as_int(s) for s in pair] if pair is not None and len(pair) == 2 else [None]
+    if None in ends:
+        raise MetricsError(f"steps={steps!r}: expected (first, last), two integer steps")
+    if ends[0] > ends[1]:
+        raise MetricsError(f"steps={steps!r}: the first step is after the last")
+    return ends[0], ends[1]
+
+
 def layer_loads_from_run(run, steps: tuple[int, int] | None = None) -> dict[int, np.ndarray]:
     """layer -> total load per expert over the whole run (`expert_load` summed over steps and domains
     in SQL), or over its steps first..last (inclusive) with `steps`; index = expert id, experts with no
@@ -201,7 +215,8 @@ def layer_loads_from_run(run, steps: tuple[int, int] | None = None) -> dict[int,
     run = as_run(run)
     need_rows(run, "expert_load")
     E = n_experts_of_run(run)
-    where = "" if steps is None else f" where step between {int(steps[0])} and {int(steps[1])}"
+    steps = None if steps is None else _step_range(steps)
+    where = "" if steps is None else f" where step between {steps[0]} and {steps[1]}"
     rows = run.sql(f"select layer, expert, sum(count) as n from expert_load{where} group by all").fetchnumpy()
     if steps is not None and not len(rows["layer"]):
         first, last = run.sql("select min(step), max(step) from expert_load").fetchall()[0]

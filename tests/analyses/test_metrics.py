@@ -409,3 +409,22 @@ def test_entropy_of_one_outcome_is_zero_not_negative_zero():
     for h in (M.entropy([5]), M.path_entropy(np.array([3, 3, 3])), M.normalised_entropy([5, 0, 0, 0]),
               *M.score_entropy([[1.0, 0.0, 0.0]]), *M.path_summary(np.array([[2, 1], [2, 1]])).path_entropy):
         assert h == 0 and math.copysign(1, h) == 1 and f"{h:.4f}" == "0.0000", h
+
+
+def test_a_step_range_is_two_integer_steps_first_to_last(tmp_path):
+    """layer_loads_from_run(steps=(0, 1.5)) cut 1.5 to 1, and (1, 0) was 'no expert_load rows in steps 1-0' (a bug
+    hunt): both refused by name; an inclusive range of integers (numpy's too) sums those steps."""
+    import probe
+    from helpers.synthetic_run import write_run
+
+    a = write_run(tmp_path / "r")
+    run = probe.open_run(tmp_path / "r")
+    for bad, said in (((0, 1.5), r"two integer steps"), ((1, 0), r"the first step is after the last"),
+                      ((0,), r"two integer steps"), ("01", r"two integer steps")):
+        with pytest.raises(M.MetricsError, match=rf"^steps={re.escape(repr(bad))}: .*{said}"):
+            M.layer_loads_from_run(run, bad)
+    layer = a["layers"][0]
+    ids = a["ids"][layer]
+    for steps in ((1, 1), (np.int64(0), np.int64(1))):
+        want = np.bincount(ids[(a["step"] >= steps[0]) & (a["step"] <= steps[1])].reshape(-1), minlength=a["E"])
+        np.testing.assert_array_equal(M.layer_loads_from_run(run, steps)[layer], want)
