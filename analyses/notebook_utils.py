@@ -48,12 +48,12 @@ def one_domain_note(run, what: str) -> str | None:
     for the notebook to show in its place (on one domain the
     latent_kv notebook's domain probe raised "a probe needs training tokens of two labels" halfway
     through, and mtp's conclusion named the one domain both best and worst; a tour)."""
-    return _domains(run, what)[1]
+    return _tokens_lost(run, what) or _domains(run, what)[1]
 
 
 def _domains(run, what: str) -> tuple[list[str], str | None]:
-    if lost := _tokens_lost(run, what):
-        return [], lost
+    """The run's domains, and why `what` cannot compare them where they are fewer than two (the tokens
+    table read as it is: `need_domains` and `one_domain_note` check first that the run has not lost it)."""
     domains = [d for (d,) in run.sql("select distinct domain from tokens order by 1").fetchall()]
     if len(domains) >= 2:
         return domains, None
@@ -85,10 +85,13 @@ def heldout_note(run, what: str) -> str | None:
     tokens over five domains read "a linear probe reads the domain at 58.5%" with two of them scored
     untrained, a tour): with fewer than two domains left there is nothing to tell apart. A tokens table the
     run has lost is a reason too (`_tokens_lost`)."""
+    return _tokens_lost(run, what) or _thin_domains(run, what)
+
+
+def _thin_domains(run, what: str) -> str | None:
+    """`heldout_note`'s reason but a lost tokens table (`need_heldout` and `heldout_note` check that first)."""
     from analyses.metrics._common import listed
 
-    if lost := _tokens_lost(run, what):
-        return lost
     n = dict(run.sql("select domain, count(distinct seq_id) from tokens group by 1").fetchall())
     thin = sorted(d for d, w in n.items() if w < 2)
     if len(n) < 2 or len(n) - len(thin) >= 2:
@@ -115,7 +118,7 @@ def need_heldout(run, what: str) -> None:
     from analyses.metrics._common import not_lost
 
     not_lost(run, "tokens")  # as need_domains
-    why = heldout_note(run, what)
+    why = _thin_domains(run, what)
     if why:
         raise MetricsError(f"{run.path}: {why}")
 
