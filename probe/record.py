@@ -40,6 +40,7 @@ from .job import (DEFAULT_CKPT, DEFAULT_CORPUS, RecordError, agree, bound_heap,
                   resolve_paths, same_inputs, signals_held, start_world, window_length)
 from .overwrite import clear_run, never_made, say_kept
 from .run import MADE_BY
+from .tokenizer_identity import holds_recorded_tokenizer
 from .record_loop import record_batches
 from .record_tables import FINAL_TABLES, SESSION_KEYS, router_biases, write_router_bias
 from .writer import (RunError, check_committed, replace_keeping_others, updating_run_json,
@@ -391,18 +392,14 @@ def check_resumable(old: dict, new: dict, out: Path) -> None:
 def _same_input(key: str, old: dict, new: dict) -> bool:
     """Whether --resume's checkpoint, corpus or tokenizer is the run's. A tokenizer is its bytes: a copy named
     otherwise is the same tokenizer, but its sha256 (`tokenizer_info`) is under its own name and was refused
-    as another (a review), so it is hashed again under the name the record's was (the --tokenizer's, else the
-    checkpoint's tokenizer.json, whatever file that resolved to). A single-file corpus's name is its
+    as another (a review), so it is hashed again under the name the record's was
+    (`probe.tokenizer_identity.holds_recorded_tokenizer`). A single-file corpus's name is its
     documents' ids: another name is another corpus."""
     if key == "checkpoint":
         return same_checkpoint(old[key], new[key])
     if old[key]["fingerprint"] == new[key]["fingerprint"]:
         return True
-    if key != "tokenizer" or not Path(new[key]["path"]).is_file():
-        return False
-    given = (old.get("options") or {}).get("tokenizer")
-    return fingerprint(new[key]["path"], name=Path(given).name if given else "tokenizer.json") == \
-        old[key]["fingerprint"]
+    return key == "tokenizer" and Path(new[key]["path"]).is_file() and holds_recorded_tokenizer(old, new[key]["path"])
 
 
 def _ranks(n) -> str:

@@ -14,6 +14,16 @@ from pathlib import Path
 from .corpus import fingerprint
 
 
+def holds_recorded_tokenizer(info: dict, path: str | Path) -> bool:
+    """Whether the file at `path` holds the bytes of the tokenizer whose sha256 run.json `info` recorded
+    (`probe.record.tokenizer_info`), hashed under the name that sha256 was taken under: the --tokenizer's,
+    else the checkpoint's tokenizer.json (whatever file that resolved to). A copy named otherwise is the
+    same tokenizer (`record --resume` refused one; the jobs on a run compare a --tokenizer this way)."""
+    given = (info.get("options") or {}).get("tokenizer")
+    return fingerprint(path, name=Path(given).name if given else "tokenizer.json") == \
+        (info.get("tokenizer") or {}).get("fingerprint")
+
+
 @dataclass(frozen=True)
 class TokenizerFile:
     """`run_tokenizer_file`'s answer. `path`: the run's tokenizer file, or None, with `why`: 'gone' (`named` is

@@ -16,6 +16,7 @@ from analyses.metrics._common import counted, window_flag
 from probe.corpus import CorpusError, corpus_windows, fingerprint
 from probe.job import check_out_parent, check_outside_corpus, check_run_place, run_inputs, run_tokenizer
 from probe.job_exit import launch_rank0
+from probe.tokenizer_identity import holds_recorded_tokenizer
 from probe.recorders import Batch
 from probe.windows import Window
 from probe.writer import read_run_json, refuse_running
@@ -115,11 +116,7 @@ def other_inputs(info: dict, given: dict) -> list[str]:
         kept = info.get(key) or {}
         if path is None or not kept.get("fingerprint") or not Path(path).exists():
             continue
-        if key == "tokenizer":
-            named = (info.get("options") or {}).get("tokenizer")
-            same = fingerprint(path, name=Path(named).name if named else "tokenizer.json") == kept["fingerprint"]
-        else:
-            same = fingerprint(path) == kept["fingerprint"]
+        same = holds_recorded_tokenizer(info, path) if key == "tokenizer" else fingerprint(path) == kept["fingerprint"]
         if not same:
             off.append(f"--{key} {path} (the run's: {kept.get('path')}; other bytes)")
     return off
