@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 import streamlit as st
 
 from analyses.metrics._common import listed
-from dashboards.runs import RunRef, _discover, discover, run_kind, signature  # noqa: F401 - the views' data.X
+from dashboards.runs import RunRef, _discover, discover, run_kind, signature, unfinished_record  # noqa: F401 - data.X
 from probe.run import create_views, lost_tables, lost_why, table_files as run_table_files
 from probe.schema import layer_label as schema_layer_label
 
@@ -133,14 +133,14 @@ def missing_table(ref: RunRef, table: str) -> "MissingTable":
     has not written it yet, and one interrupted before writing it can go on: both were told only that the run
     'has no `expert_load` table' on the Load balance, Serving and MTP pages (a bug hunt)."""
     said = f"run {ref.name!r} has no `{table}` table"
-    if ref.kind == "probe" and ref.info.get("kind") is None and table in (ref.info.get("tables") or ()):
-        status = ref.status or ref.info.get("status")
-        if status == "running":
-            return MissingTable(f"{said} yet (the record writes it as it goes, or as it ends)")
-        if status == "interrupted":
-            return MissingTable(f"{said}: the record was interrupted before writing it; continue it with "
-                                "`dsv3-probe record ... --resume`")
+    status = unfinished_record(ref) if table in (ref.info.get("tables") or ()) else None
+    if status == "running":
+        return MissingTable(f"{said} yet (the record writes it as it goes, or as it ends)")
+    if status == "interrupted":
+        return MissingTable(f"{said}: the record was interrupted before writing it; continue it with "
+                            "`dsv3-probe record ... --resume`")
     return MissingTable(said)
+
 
 
 def whole_lost(ref: RunRef, tables: tuple[str, ...]) -> list[str]:

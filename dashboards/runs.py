@@ -90,3 +90,12 @@ def discover(root: str | Path) -> list[RunRef]:
     root = Path(root)
     return [replace(r, status=run_status(r.path, r.info)) if r.status == "running" else r
             for r in _discover(str(root.resolve()), _dir_signature(root))]
+
+
+def unfinished_record(ref: RunRef) -> str | None:
+    """'running' or 'interrupted' where `ref` is a record (a probe run no other command made) that has not
+    finished, whose tables may not be written yet; else None."""
+    status = ref.status or ref.info.get("status")
+    if ref.kind == "probe" and ref.info.get("kind") is None and status in ("running", "interrupted"):
+        return status
+    return None

@@ -384,8 +384,8 @@ def _per_token_advice(ref: data.RunRef) -> str:
     if (ref.info.get("options") or {}).get("router_logits") == "none":
         return ". It was recorded with `--router-logits none`: record it again without it."
     # a record at work before its first commit was told to record a run (a hunt): its tables are on their way
-    if ref.kind == "probe" and ref.info.get("kind") is None and ref.status in ("running", "interrupted"):
-        return (" yet: the record commits them batch by batch, and they fill in as it goes." if ref.status == "running"
+    if status := data.unfinished_record(ref):
+        return (" yet: the record commits them batch by batch, and they fill in as it goes." if status == "running"
                 else " yet: the record was interrupted before its first commit; continue it with "
                      "`dsv3-probe record ... --resume`.")
     return ". Record a run with `dsv3-probe record` (a serving engine's per-pass or stat dump holds loads only)."
