@@ -14,7 +14,7 @@ from generate import (GenerateError, GenerationOutput, SamplingParams, TextCodec
 from generate.decode import PromptError
 from generate.text import demo_refusal
 from probe.job import check_out_parent, os_refusal, path_text
-from probe.job_exit import exit_ranks
+from probe.job_exit import exit_ranks, whole_lines_on_stderr
 
 
 class Streamer:
@@ -286,6 +286,7 @@ def _interrupted_line(ns) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ns = build_parser().parse_args(argv)
+    whole_lines_on_stderr()  # under torchrun: the ranks' lines and torchrun's do not cut into each other
 
     from model import CheckpointError, ConfigError, ParallelError
     from model.checkpoint import float_dtype

@@ -53,6 +53,7 @@ def one_line_when_a_peer_is_lost(main):
             return main(*args, **kwargs)
         import signal
 
+        whole_lines_on_stderr()
         rank = os.environ.get("RANK", "?")
         tail = " (another rank failed or was stopped)"
 
@@ -68,6 +69,21 @@ def one_line_when_a_peer_is_lost(main):
             print(f"error: rank {rank} of {world} stopped: {first_line(e)}{tail}", file=sys.stderr, flush=True)
             return exit_ranks(1)
     return wrapped
+
+
+def whole_lines_on_stderr() -> None:
+    """A torchrun worker's stderr goes out a line at a time. Python 3.11 writes stderr through to the
+    file at every write, and print() writes the text and its newline apart: under torchrun, whose ranks
+    and own log share one stream, another process's line could land between them ("error: ... (torchrun
+    started 2 processes)W1207 ... Sending process 6896 closing signal SIGTERM", seen on a loaded
+    machine). Buffered to the newline instead, each line is one write (atomic on a pipe up to 4 KiB).
+    A single process keeps Python's default."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return
+    try:
+        sys.stderr.reconfigure(line_buffering=True, write_through=False)
+    except (AttributeError, ValueError, OSError):  # not a text stream of its own (a test's capture): as it is
+        pass
 
 
 def job_error(e: BaseException, message: str | None = None) -> int:

@@ -7,7 +7,7 @@ import sys
 
 from model import ConfigError
 from model.kernels import KernelError
-from probe.job_exit import exit_ranks
+from probe.job_exit import exit_ranks, whole_lines_on_stderr
 
 from . import TrainError, parse_args, run
 
@@ -23,6 +23,7 @@ def _terminate(signum, frame):
 
 def main(argv: list[str] | None = None) -> None:
     ns = parse_args(argv)
+    whole_lines_on_stderr()  # under torchrun: the ranks' lines and torchrun's do not cut into each other
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         run(ns)

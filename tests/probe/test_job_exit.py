@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 from helpers.forked import forked
 
@@ -48,3 +49,45 @@ def test_a_rank_that_said_why_it_ends_adds_no_stopped_by_signal_line(tmp_path):
         lines = err.read_text().strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(line), (how, lines)
         assert "stopped by signal" not in err.read_text()
+
+
+_INTERLEAVED = r'''
+import os, sys, threading
+from probe.job_exit import one_line_when_a_peer_is_lost
+
+stop = threading.Event()
+
+def torchruns_log():  # another writer on the same stream, as torchrun's own log and the other rank are
+    while not stop.is_set():
+        os.write(2, b"W torchrun: Sending process closing signal SIGTERM\n")
+
+@one_line_when_a_peer_is_lost
+def main():
+    t = threading.Thread(target=torchruns_log)
+    t.start()
+    for i in range(3000):
+        print(f"error: rank 1 of 2 stopped: line {i}", file=sys.stderr)
+    stop.set()
+    t.join()
+
+main()
+'''
+
+
+def test_a_ranks_lines_reach_a_shared_stderr_whole(tmp_path):
+    """Under torchrun (WORLD_SIZE > 1), a print() to stderr is one write: no other writer's line lands
+    between its text and its newline (a rank's error line and torchrun's log line came out as one line)."""
+    import subprocess
+    import sys
+
+    ROOT = Path(__file__).resolve().parents[2]
+
+    script = tmp_path / "rank.py"
+    script.write_text(_INTERLEAVED)
+    p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                       env=os.environ | {"WORLD_SIZE": "2", "RANK": "1", "PYTHONPATH": str(ROOT)})
+    assert p.returncode == 0, p.stderr[-2000:]
+    lines = p.stderr.splitlines()
+    ours = [ln for ln in lines if ln.startswith("error: ")]
+    assert ours == [f"error: rank 1 of 2 stopped: line {i}" for i in range(3000)]
+    assert set(lines) - set(ours) == {"W torchrun: Sending process closing signal SIGTERM"}
