@@ -75,6 +75,12 @@ class Batch:
     def valid(self) -> torch.Tensor:  # [B, S] bool
         return torch.arange(self.tokens.shape[1])[None] < self.lengths[:, None]
 
+    @property
+    def scored(self) -> torch.Tensor:  # [B, S] bool
+        """The tokens a surprisal is computed for (`surprisal`): every valid one but a window's first,
+        which nothing predicts. What the jobs count as scored, whatever value the model gives them."""
+        return self.valid & (torch.arange(self.tokens.shape[1]) > 0)[None]
+
 
 def logit_stats(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(nll, top1), two [B, N] CPU tensors from logits [B, N, V] (any float dtype) and targets
@@ -89,10 +95,12 @@ def _next_tokens(tokens: torch.Tensor) -> torch.Tensor:
 
 def surprisal(batch: Batch, nll_next: torch.Tensor) -> torch.Tensor:
     """[B, S] surprisal of each token from logit_stats' nll against the next tokens (position p's
-    loss is the prediction at p-1's); NaN at position 0 and at padding."""
+    loss is the prediction at p-1's); NaN at position 0 and at padding, the positions `Batch.scored`
+    leaves out. A scored position holds what the model gave, NaN or inf included: tell the two apart
+    by `Batch.scored`, not by isnan."""
     B, S = batch.tokens.shape
     nll = torch.full((B, S), float("nan"))
-    nll[:, 1:] = torch.where(batch.valid[:, 1:], nll_next[:, :-1], float("nan"))
+    nll[:, 1:] = torch.where(batch.scored[:, 1:], nll_next[:, :-1], float("nan"))
     return nll
 
 

@@ -289,9 +289,10 @@ DOCS: dict[str, dict[str, str]] = {
                      "first R routed experts dropped); null for the fixed selections (top, random, experts), "
                      "which disable the same experts for every token",
         "domain": "corpus domain, or `all` for every token",
-        "tokens": "tokens scored (positions > 0 of each window)",
-        "loss": "mean surprisal under the ablation, nats",
-        "baseline_loss": "mean surprisal of the same tokens with nothing disabled",
+        "tokens": "tokens scored (positions > 0 of each window), whatever surprisal the model gave them",
+        "loss": "mean surprisal under the ablation, nats; NaN (or inf) where the model gave a scored token a "
+                "NaN (or infinite) surprisal (see above)",
+        "baseline_loss": "mean surprisal of the same tokens with nothing disabled (NaN or inf likewise)",
         "delta": "loss - baseline_loss",
         "routing_changed": "share of (token, MoE layer after the first ablated layer, ablated or not; "
                            "every MoE layer when nothing is disabled) whose top-k set differs from the "
@@ -303,12 +304,12 @@ DOCS: dict[str, dict[str, str]] = {
         "layer": "MoE layer whose expert was removed (`python -m analyses.importance`)",
         "expert": "the routed expert removed (reroute: its selection score set to -inf at this layer only)",
         "domain": "corpus domain, or `all` for every token",
-        "tokens": "tokens scored (positions > 0 of each window)",
+        "tokens": "tokens scored (positions > 0 of each window), whatever surprisal the model gave them",
         "load": "top-k assignments the expert received at this layer, baseline pass (every position of "
                 "each window, the first included: it is routed, though it has no target to score)",
         "load_share": "load / (routed tokens x K): the expert's share of the layer's assignments",
-        "baseline_loss": "mean surprisal of the tokens with nothing removed, nats",
-        "loss": "mean surprisal with the expert removed",
+        "baseline_loss": "mean surprisal of the tokens with nothing removed, nats (NaN or inf: see above)",
+        "loss": "mean surprisal with the expert removed (NaN or inf: see above)",
         "delta": "loss - baseline_loss (the expert's causal importance)",
     },
     "steering": {
@@ -316,12 +317,13 @@ DOCS: dict[str, dict[str, str]] = {
         "spec": "the steering as JSON: experts per layer, force or bias, which tokens",
         "kind": "`loss`: one row per domain (and `all`); `generation`: one row per prompt",
         "domain": "corpus domain, `all`, or the prompt's domain (null when none)",
-        "tokens": "loss rows: tokens scored; generation rows: tokens generated",
+        "tokens": "loss rows: tokens scored, whatever surprisal the model gave them; generation rows: tokens "
+                  "generated",
         "steered_tokens": "tokens the steering applied to (loss rows: of those scored)",
         "forced_share": "share of (steered token, steered layer) pairs whose top-k holds every steered "
                         "expert (1.0 when forcing; lower for a bias)",
         "baseline_loss": "loss rows: mean surprisal without steering, nats (null for generation rows)",
-        "loss": "loss rows: mean surprisal with steering",
+        "loss": "loss rows: mean surprisal with steering (NaN or inf: see above)",
         "delta": "loss - baseline_loss",
         "prompt": "generation rows: the prompt text",
         "baseline_text": "generation rows: greedy continuation without steering",

@@ -22,7 +22,9 @@ an `--order`, `--seq-len` or `--bos` given differs from the run's (a note says s
 the corpus, a balanced sample of at most `--max-tokens` in all (inputs.py `sample_windows`).
 Results: one row per ablation and domain (plus domain `all`) in the run's `ablations` table
 (`probe/schema.py`), one part file per command (its name hashes the sweep and the inputs, so
-repeating a command replaces its own part), written under a temporary name and renamed.
+repeating a command replaces its own part), written under a temporary name and renamed. A NaN (or inf)
+surprisal the model gives at a scored token is kept in the sums: that domain's loss and `all`'s are NaN
+(or inf), and one warning line per pass says how many (run.py `add_loss`, docs/run-tables.md).
 Each ablation is committed as it finishes (the part written again with it): Ctrl-C keeps the
 finished ones, and running the same command again takes them (and the baseline pass) and
 computes only the rest; `--fresh` computes them all again (sweep.py). An attempt that sampled other
@@ -55,7 +57,7 @@ from probe.lazy import exports
 # `python -m analyses.ablate --help` runs this file first
 __getattr__, __dir__, __all__ = exports(__name__, {
     ".run": ("ablate", "add_loss", "baseline_pass", "evaluate", "forward_batch", "reduce_entry", "saved_or_baseline",
-             "write_ablations"),
+             "warn_nonfinite", "write_ablations"),
     ".inputs": ("AblateOptions", "check_finished", "check_out", "inputs_key", "job_defaults", "job_meta",
                 "limit_per_domain", "replica_batches", "sample_windows", "start_job"),
     ".loads": ("loads_from_run",),

@@ -21,9 +21,9 @@ from .inputs import (AblateOptions, check_finished, check_out, inputs_key, job_d
                      limit_per_domain, replica_batches, sample_windows, start_job)
 from .loads import loads_from_run, run_loads  # noqa: F401
 from .select import ALL, Ablation, AblationError, Loads, Plan, RouterShape, check_names, plan_hooks, resolve
-from .sweep import Sweep
+from .sweep import LOSS, Sweep
 
-ACC = ("nll", "n", "pairs", "changed", "replaced")  # per-domain sums of an ablation pass
+ACC = LOSS + ("pairs", "changed", "replaced")  # per-domain sums of an ablation pass
 
 
 # ------------------------------------------------------------------------------ evaluation
@@ -35,7 +35,8 @@ def _domains_of(batch: Batch, index: dict[str, int]) -> np.ndarray:
 
 @torch.no_grad()
 def forward_batch(model, batch: Batch, moe_layers: list[int], hooks: list) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> (per-token surprisal [B, S] with NaN at pos 0 / padding, top-k ids [L, n_valid, K] int16)."""
+    """-> (per-token surprisal [B, S] with NaN at pos 0 / padding (`Batch.scored` tells them from a NaN
+    of the model's), top-k ids [L, n_valid, K] int16)."""
     cap: dict[str, torch.Tensor] = {}
 
     def save(t, hook):
@@ -49,12 +50,29 @@ def forward_batch(model, batch: Batch, moe_layers: list[int], hooks: list) -> tu
     return nll, ids.to(torch.int16)
 
 
-def add_loss(acc_D2: np.ndarray, nll: torch.Tensor, dom: np.ndarray) -> None:
-    """acc[:, 0] += per-domain surprisal sums, acc[:, 1] += scored tokens (float64)."""
-    flat = nll.reshape(-1).double().numpy()
-    ok = ~np.isnan(flat)
-    acc_D2[:, 0] += np.bincount(dom[ok], flat[ok], len(acc_D2))
-    acc_D2[:, 1] += np.bincount(dom[ok], minlength=len(acc_D2))
+def add_loss(acc_D3: np.ndarray, nll: torch.Tensor, dom: np.ndarray, scored: torch.Tensor) -> None:
+    """Per domain (float64, the columns of `LOSS`): acc[:, 0] += the surprisal sums of the scored tokens
+    (`scored` [B, S]: `Batch.scored`), acc[:, 1] += scored tokens, acc[:, 2] += those whose surprisal is
+    NaN or inf. A scored token's surprisal is summed as the model gave it: a NaN of the model makes its
+    domain's mean NaN, where telling scored tokens by isnan dropped it and the mean covered fewer
+    tokens than the baseline's, a normal-looking number (`warn_nonfinite` says so)."""
+    flat, ok = nll.reshape(-1).double().numpy(), scored.reshape(-1).numpy()
+    D = len(acc_D3)
+    acc_D3[:, 0] += np.bincount(dom[ok], flat[ok], D)
+    acc_D3[:, 1] += np.bincount(dom[ok], minlength=D)
+    acc_D3[:, 2] += np.bincount(dom[ok & ~np.isfinite(flat)], minlength=D)
+
+
+def warn_nonfinite(what: str, bad_D: np.ndarray, scored: int, domains: list[str], world=None) -> None:
+    """One line on stderr (rank 0) where `what`'s pass gave scored tokens a NaN or inf surprisal
+    (bad_D: how many per domain, of `scored` in all): the model's own output, kept in the sums, so
+    those domains' rows and `all`'s hold a NaN (or inf) loss."""
+    if not bad_D.sum() or (world is not None and world.rank != 0):
+        return
+    where = ", ".join(d for d, n in zip(domains, bad_D) if n)
+    print(f"warning: {what}: {int(bad_D.sum()):,} of {scored:,} scored tokens got a NaN or infinite surprisal from "
+          f"the model (domain {where}): those rows' loss, and the {ALL!r} row's, is NaN or inf in the table",
+          file=sys.stderr, flush=True)
 
 
 def _pairs_changed(ids, base, layers: slice) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,6 +105,7 @@ def evaluate(model, batches: list[Batch], ablations: list[Ablation], *, domains:
                               if not a.needs_loads or loads is not None}
     base_acc, base_loads, stored = saved_or_baseline(model, batches, domains, shape, tick, world, loads is None,
                                                      sweep)
+    warn_nonfinite("the baseline pass (nothing ablated)", base_acc[:, 2], int(base_acc[:, 1].sum()), domains, world)
     if loads is None:
         loads = {d: base_loads[i] for i, d in enumerate(domains)} | {ALL: base_loads.sum(0)}
         loads_source = "baseline"
@@ -98,6 +117,7 @@ def evaluate(model, batches: list[Batch], ablations: list[Ablation], *, domains:
         if rows[a.name] is None:
             acc = _ablated(model, batches, stored, plans[a.name], shape, len(domains), tick)
             acc = reduce_entry(acc, i, len(ablations), world)
+            warn_nonfinite(f"ablation {a.name!r}", acc[:, 2], int(acc[:, 1].sum()), domains, world)
             rows[a.name] = _rows(a, plans[a.name], base_acc, acc, domains, shape.moe_layers)
             if sweep is not None:
                 sweep.commit(a.name, rows[a.name])
@@ -144,16 +164,16 @@ def _batch_domains(batch: Batch, index: dict[str, int]) -> tuple[np.ndarray, np.
 
 
 def baseline_pass(model, batches: list[Batch], domains: list[str], shape: RouterShape, tick):
-    """The pass with nothing disabled: per-domain loss sums [D, 2], loads [D, L, E], and each batch's
+    """The pass with nothing disabled: per-domain loss sums [D, len(LOSS)], loads [D, L, E], and each batch's
     top-k ids and token domains (what the ablated passes compare against)."""
     moe, E = shape.moe_layers, shape.n_experts
     index = {d: i for i, d in enumerate(domains)}
     D = len(domains)
-    base_acc, base_loads, stored = np.zeros((D, 2)), np.zeros((D, len(moe), E), np.int64), []
+    base_acc, base_loads, stored = np.zeros((D, len(LOSS))), np.zeros((D, len(moe), E), np.int64), []
     for batch in batches:
         nll, ids = forward_batch(model, batch, moe, [])
         dom_tok, dom_nll = _batch_domains(batch, index)
-        add_loss(base_acc, nll, dom_nll)
+        add_loss(base_acc, nll, dom_nll, batch.scored)
         for j in range(len(moe)):
             key = torch.from_numpy(dom_tok.astype(np.int64))[:, None] * E + ids[j].long()
             base_loads[:, j] += torch.bincount(key.reshape(-1), minlength=D * E).reshape(D, E).numpy()
@@ -163,8 +183,8 @@ def baseline_pass(model, batches: list[Batch], domains: list[str], shape: Router
 
 
 def _ablated(model, batches: list[Batch], stored: list, plan: Plan, shape: RouterShape, D: int, tick) -> np.ndarray:
-    """One ablation's pass: per-domain sums [D, len(ACC)] (loss, tokens, compared pairs, changed
-    top-k sets, replaced experts)."""
+    """One ablation's pass: per-domain sums [D, len(ACC)] (loss, tokens, NaN or inf tokens, compared
+    pairs, changed top-k sets, replaced experts)."""
     moe, K = shape.moe_layers, shape.topk
     acc = np.zeros((D, len(ACC)))
     hooks = plan_hooks(model, plan)
@@ -174,12 +194,12 @@ def _ablated(model, batches: list[Batch], stored: list, plan: Plan, shape: Route
     n_down = len(moe[down])
     for batch, (base_ids, dom_tok, dom_nll) in zip(batches, stored):
         nll, ids = forward_batch(model, batch, moe, hooks)
-        add_loss(acc, nll, dom_nll)
+        add_loss(acc, nll, dom_nll, batch.scored)
         if n_down:
             changed, replaced = _pairs_changed(ids, base_ids, down)
-            acc[:, 2] += np.bincount(dom_tok, minlength=D) * n_down
-            acc[:, 3] += np.bincount(dom_tok, changed.numpy(), D)
-            acc[:, 4] += np.bincount(dom_tok, replaced.numpy() / K, D)
+            acc[:, 3] += np.bincount(dom_tok, minlength=D) * n_down
+            acc[:, 4] += np.bincount(dom_tok, changed.numpy(), D)
+            acc[:, 5] += np.bincount(dom_tok, replaced.numpy() / K, D)
         tick()
     return acc
 
@@ -199,8 +219,8 @@ def _rows(a: Ablation, plan: Plan, base_acc: np.ndarray, acc: np.ndarray, domain
                      "shared": bool(plan.shared_layers), "n_disabled": plan.n_disabled, "token_top": a.token_top,
                      "domain": d,
                      "tokens": int(s[1]), "loss": loss, "baseline_loss": base, "delta": loss - base,
-                     "routing_changed": s[3] / s[2] if s[2] else None,
-                     "experts_changed": s[4] / s[2] if s[2] else None, "downstream_layers": n_down})
+                     "routing_changed": s[4] / s[3] if s[3] else None,
+                     "experts_changed": s[5] / s[3] if s[3] else None, "downstream_layers": n_down})
     return rows
 
 

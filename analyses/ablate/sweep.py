@@ -35,6 +35,9 @@ import torch
 from probe.writer import RunError, note_result_part, part_name, read_run_json, write_result_part
 
 TABLE, PARTS = "ablations", "ablation_parts"
+# a pass's per-domain loss sums (run.add_loss), the first columns of every job's sums and the whole of the saved
+# baseline's: surprisal, scored tokens, and those of them the model gave a NaN or inf surprisal
+LOSS = ("nll", "n", "nonfinite")
 # a part's `sample` (job_meta): where its windows were taken; an entry without one was written before
 # jobs given --run sampled within the run's windows, when every job sampled the corpus
 SAMPLES = {"corpus": "the whole corpus", "run": "the run's own windows"}
@@ -204,13 +207,14 @@ class Commits:
         return self.dir / f"replica{replica:03d}.npz"
 
     def baseline_saved(self) -> bool:
-        """Every replica's share of the baseline is saved, for this layout (the same on every rank)."""
+        """Every replica's share of the baseline is saved, for this layout (the same on every rank). One
+        saved before its sums counted the NaN surprisals (`LOSS`; it dropped them) is computed again."""
         if not self.resuming:
             return False
         for r in range(self.world.replicas):
             try:
                 with np.load(self._state(r)) as z:
-                    if int(z["replicas"]) != self.world.replicas:
+                    if int(z["replicas"]) != self.world.replicas or z["base_acc"].shape[-1] != len(LOSS):
                         return False
             except (OSError, ValueError, KeyError, EOFError):
                 return False

@@ -23,7 +23,7 @@ import torch
 
 from analyses.ablate.inputs import (AblateOptions, check_finished, check_out, inputs_key, job_defaults, job_meta,
                                     sample_windows, start_job)
-from analyses.ablate.run import add_loss, reduce_entry, saved_or_baseline
+from analyses.ablate.run import LOSS, add_loss, reduce_entry, saved_or_baseline, warn_nonfinite
 from analyses.ablate.select import ALL, AblationError, RouterShape, also_removed, check_routable
 from analyses.ablate.sweep import Commits
 from analyses.importance import TOKEN_BUDGET
@@ -165,11 +165,12 @@ def suffix_nll(model, big: Batch, layer: int, resid: torch.Tensor, hooks: list) 
 
 def removal_sums(model, batches: list[Batch], stored: list, layers: list[int], experts: list[int], group: int,
                  n_domains: int, tick) -> np.ndarray:
-    """Per (layer, expert, domain): [surprisal sum, scored tokens] with that expert removed at that
-    layer, `group` removals per forward pass -> [len(layers), len(experts), D, 2] float64. The blocks
+    """Per (layer, expert, domain): the loss sums of `LOSS` (surprisal, scored tokens, NaN or inf ones)
+    with that expert removed at that layer, `group` removals per forward pass -> [len(layers),
+    len(experts), D, len(LOSS)] float64. The blocks
     before the layer run once per batch (`block_input`); each group of removals runs only the
     blocks from the layer on, on that input repeated (`suffix_nll`)."""
-    acc = np.zeros((len(layers), len(experts), n_domains, 2))
+    acc = np.zeros((len(layers), len(experts), n_domains, len(LOSS)))
     chunks = [list(range(s, min(s + group, len(experts)))) for s in range(0, len(experts), group)]
     for li, layer in enumerate(layers):
         name = f"layers.{layer}.ffn.gate.hook_select_scores"
@@ -181,7 +182,7 @@ def removal_sums(model, batches: list[Batch], stored: list, layers: list[int], e
                 hook = rows_reroute_hook([experts[k] for k in chunk], batch.tokens.numel())
                 nll = suffix_nll(model, big, layer, h.repeat(len(chunk), 1, 1), [(name, hook)])
                 for g, k in enumerate(chunk):
-                    add_loss(acc[li, k], nll[g * B: (g + 1) * B], dom_nll)
+                    add_loss(acc[li, k], nll[g * B: (g + 1) * B], dom_nll, batch.scored)
                 tick()
     return acc
 
@@ -209,6 +210,8 @@ def measure(model, batches: list[Batch], layers=None, experts=None, *, domains: 
         raise ImportanceError(f"--group {group}: must be >= 1")
     tick = progress or (lambda: None)
     base_acc, base_loads, stored = saved_or_baseline(model, batches, domains, shape, tick, world, True, commits)
+    warn_nonfinite("importance, the baseline pass (nothing removed)", base_acc[:, 2], int(base_acc[:, 1].sum()),
+                   domains, world)
     moe_index = [shape.moe_layers.index(x) for x in layers]
     loads_DLX, assigned_DL = base_loads[:, moe_index][:, :, experts], base_loads[:, moe_index].sum(-1)
     rows = {}
@@ -216,7 +219,8 @@ def measure(model, batches: list[Batch], layers=None, experts=None, *, domains: 
         rows[layer] = commits.take(layer) if commits is not None else None
         if rows[layer] is None:
             acc = removal_sums(model, batches, stored, [layer], experts, group, len(domains), tick)[0]
-            acc = reduce_entry(acc, li, len(layers), world)  # as the whole [L', X, D, 2] at once: bit for bit
+            acc = reduce_entry(acc, li, len(layers), world)  # as the whole [L', X, D, 3] at once: bit for bit
+            _warn_removals(layer, experts, acc, domains, world)
             rows[layer] = layer_rows(layer, experts, domains, base_acc, loads_DLX[:, li], assigned_DL[:, li], acc)
             if commits is not None:
                 commits.commit(layer, rows[layer])
@@ -225,14 +229,27 @@ def measure(model, batches: list[Batch], layers=None, experts=None, *, domains: 
     return pd.DataFrame([r for layer in layers for r in rows[layer]], columns=TABLES[TABLE].names)
 
 
+def _warn_removals(layer: int, experts: list[int], acc: np.ndarray, domains: list[str], world) -> None:
+    """One line for a layer whose removals (acc [X, D, len(LOSS)]) gave scored tokens a NaN or inf
+    surprisal, naming those experts (`warn_nonfinite`)."""
+    bad = [k for k in range(len(experts)) if acc[k, :, 2].sum()]
+    if not bad:
+        return
+    named = ", ".join(str(experts[k]) for k in bad[:8]) + (f" and {len(bad) - 8} more" if len(bad) > 8 else "")
+    what = f"importance, layer {layer}, expert{'s' * (len(bad) > 1)} {named} removed"
+    if len(bad) > 1:
+        what += f" (each in turn: the tokens counted over the {len(bad)} removals)"
+    warn_nonfinite(what, acc[bad, :, 2].sum(0), int(acc[bad, :, 1].sum()), domains, world)
+
+
 def layer_rows(layer, experts, domains, base_acc, loads_DX, assigned_D, acc) -> list[dict]:
-    """One layer's rows: base_acc [D, 2], loads of the chosen experts [D, X], all assignments [D]
-    (routed tokens x K), acc [X, D, 2]."""
+    """One layer's rows: base_acc [D, len(LOSS)], loads of the chosen experts [D, X], all assignments
+    [D] (routed tokens x K), acc [X, D, len(LOSS)]."""
     groups = [(ALL, slice(None))] + [(d, j) for j, d in enumerate(domains)]
     rows = []
     for k, e in enumerate(experts):
         for dom, j in groups:
-            (b_nll, n), (nll, n_abl) = base_acc[j].reshape(-1, 2).sum(0), acc[k, j].reshape(-1, 2).sum(0)
+            (b_nll, n), (nll, n_abl) = (x.reshape(-1, len(LOSS)).sum(0)[:2] for x in (base_acc[j], acc[k, j]))
             assigned = int(np.sum(assigned_D[j]))
             if n == 0 or assigned == 0:
                 continue

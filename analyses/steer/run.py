@@ -10,11 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from analyses.ablate.inputs import (AblateOptions, check_finished, check_out, inputs_key, job_defaults, job_meta,
                                     sample_windows, start_job)
-from analyses.ablate.run import add_loss, forward_batch
+from analyses.ablate.run import LOSS, add_loss, forward_batch, warn_nonfinite
 from analyses.ablate.select import ALL, RouterShape, experts_label
 from analyses.ablate.sweep import Commits
 from probe.corpus import CorpusError
@@ -24,7 +23,7 @@ from probe.writer import RunError, part_name, read_run_json, updating_run_json, 
 
 from .hooks import Steer, SteerError, steered
 
-LOSS_ACC = ("nll", "n", "steered", "pairs", "hits")  # per-domain sums of a steered pass
+LOSS_ACC = LOSS + ("steered", "pairs", "hits")  # per-domain sums of a steered pass
 
 
 # ------------------------------------------------------------------------------ loss rows
@@ -42,14 +41,17 @@ def evaluate(model, batches: list[Batch], steers: list[Steer], *, domains: list[
     domains = domains if domains is not None else sorted({w.domain for b in batches for w in b.windows})
     index = {d: i for i, d in enumerate(domains)}
     tick = progress or (lambda: None)
-    base = np.zeros((len(domains), 2))
+    base = np.zeros((len(domains), len(LOSS)))
     for batch in batches:
         nll, _ = forward_batch(model, batch, [], [])
-        add_loss(base, nll, _token_domains(batch, index))
+        add_loss(base, nll, _token_domains(batch, index), batch.scored)
         tick()
     acc = np.stack([_steered_pass(model, batches, s, index, tick) for s in steers]) if steers else \
         np.zeros((0, len(domains), len(LOSS_ACC)))
     base, acc = _sum(base, world), _sum(acc, world)
+    warn_nonfinite("steer, the baseline pass (nothing steered)", base[:, 2], int(base[:, 1].sum()), domains, world)
+    for s, a in zip(steers, acc):
+        warn_nonfinite(f"steering {s.name!r}", a[:, 2], int(a[:, 1].sum()), domains, world)
     return _loss_rows(steers, shape, base, acc, domains)
 
 
@@ -77,13 +79,13 @@ def _steered_pass(model, batches: list[Batch], steer: Steer, index: dict[str, in
             st.row_domains = [w.domain for w in batch.windows]
             nll, _ = forward_batch(model, batch, [], [])
             dom = _token_domains(batch, index)
-            add_loss(acc[:, :2], nll, dom)
-            scored = ~torch.isnan(nll.reshape(-1))
+            add_loss(acc[:, :len(LOSS)], nll, dom, batch.scored)
+            scored = batch.scored.reshape(-1)  # a token the model gave a NaN is still scored (add_loss)
             rows = (st.last_rows.cpu() & scored).numpy()
-            acc[:, 2] += np.bincount(dom[rows], minlength=D)
-            acc[:, 3] += np.bincount(dom[rows], minlength=D) * len(st.layers)
+            acc[:, 3] += np.bincount(dom[rows], minlength=D)
+            acc[:, 4] += np.bincount(dom[rows], minlength=D) * len(st.layers)
             for hit in st.last_hits.values():
-                acc[:, 4] += np.bincount(dom[(hit.cpu() & scored).numpy()], minlength=D)
+                acc[:, 5] += np.bincount(dom[(hit.cpu() & scored).numpy()], minlength=D)
             tick()
     return acc
 
@@ -100,7 +102,7 @@ def _loss_rows(steers: list[Steer], shape: RouterShape, base: np.ndarray, acc: n
                 continue
             loss, bl = a[0] / a[1], b[0] / b[1]
             rows.append({"steer": s.name, "spec": spec, "kind": "loss", "domain": d, "tokens": int(a[1]),
-                         "steered_tokens": int(a[2]), "forced_share": a[4] / a[3] if a[3] else None,
+                         "steered_tokens": int(a[3]), "forced_share": a[5] / a[4] if a[4] else None,
                          "baseline_loss": bl, "loss": loss, "delta": loss - bl})
     return pd.DataFrame(rows, columns=TABLES["steering"].names)
 

@@ -114,6 +114,30 @@ def test_interrupted_in_the_first_ablation_keeps_the_baseline(probe_env, tmp_pat
     _no_leftovers(out)
 
 
+def test_a_baseline_saved_before_the_nonfinite_count_is_computed_again(probe_env, tmp_path, capsys, counted, whole):
+    """A baseline saved by an attempt whose loss sums were [D, 2] (surprisal, tokens: a NaN of the model
+    dropped, not counted) is not taken: the rerun computes it again, with the count of NaN or inf tokens
+    (run.add_loss), and takes the committed ablations as before."""
+    import numpy as np
+
+    spec, ref, n_batches = whole
+    out = tmp_path / "cut"
+    counted["stop_at"] = 2
+    assert main(_cli(probe_env, out, spec)) == 130
+    (saved,) = (out / "ablations").glob(".sweep-*/replica000.npz")
+    with np.load(saved) as z:
+        old = dict(z)
+    assert old["base_acc"].shape[1] == 3
+    np.savez(saved, **(old | {"base_acc": old["base_acc"][:, :2]}))  # as the older code saved it
+    counted.update(passes=0, forwards=0, stop_at=None)
+    capsys.readouterr()
+    assert main(_cli(probe_env, out, spec)) == 0
+    assert "2 of 4 ablations taken from the earlier attempt" in capsys.readouterr().err
+    assert counted["passes"] == 2 and counted["forwards"] == 3 * n_batches  # the baseline and two ablations
+    pd.testing.assert_frame_equal(probe.open_run(out).df("ablations"), ref, check_exact=True)
+    _no_leftovers(out)
+
+
 @pytest.mark.slow  # 0.9 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 def test_negative_control_nothing_is_taken_across_options_finished_sweeps_or_fresh(probe_env, tmp_path, capsys,
                                                                                   counted, whole_run):
