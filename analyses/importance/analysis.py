@@ -115,13 +115,15 @@ def load_vs_importance(df_or_run, domain: str = "all") -> pd.DataFrame:
     many different token counts its experts were measured on: more than 1 when a later measurement of
     some experts, e.g. a notebook's quick look, replaced theirs at another budget; warned), spearman
     (with its p-value spearman_p) and pearson (load_share vs delta), the most important expert
-    (top_expert, lowest id among ties) with its top_delta and top_load_share."""
+    (top_expert, lowest id among ties) with its top_delta and top_load_share: all three None where
+    some expert's delta is NaN (the model gave a NaN surprisal, which the job keeps: any expert could
+    be the top one), as the correlations are then NaN."""
     import warnings
 
     df = _domain_rows(importance_table(df_or_run), domain)
     out = []
     for layer, g in df.groupby("layer", sort=True):
-        top = g.loc[g.delta.idxmax()]
+        top = None if g.delta.isna().any() else g.loc[g.delta.idxmax()]  # idxmax raised on a layer all NaN
         budgets = g.tokens.nunique() if "tokens" in g else None
         if budgets and budgets > 1:  # it said the largest budget, as if every expert had it (a review)
             warnings.warn(f"expert_importance, layer {int(layer)} ({domain}): its experts were measured on "
@@ -131,8 +133,9 @@ def load_vs_importance(df_or_run, domain: str = "all") -> pd.DataFrame:
                     "token_budgets": budgets,
                     "spearman": spearman(g.load_share, g.delta), "spearman_p": spearman_p(g.load_share, g.delta),
                     "pearson": pearson(g.load_share, g.delta),
-                    "top_expert": int(top.expert), "top_delta": float(top.delta),
-                    "top_load_share": float(top.load_share)})
+                    "top_expert": None if top is None else int(top.expert),
+                    "top_delta": None if top is None else float(top.delta),
+                    "top_load_share": None if top is None else float(top.load_share)})
     return pd.DataFrame(out, columns=["layer", "experts", "tokens", "token_budgets", "spearman", "spearman_p",
                                       "pearson", "top_expert", "top_delta", "top_load_share"])
 

@@ -226,8 +226,10 @@ def _curve(rows: pd.DataFrame, counts, seeds, E: int) -> pd.DataFrame:
     out = []
     for n in counts:
         top = pooled.loss.get(f"top{n}", np.nan)
-        rnd = np.array([pooled.loss.get(f"random{n}-s{s}", np.nan) for s in seeds]) if n else np.array([top])
-        rnd = rnd[np.isfinite(rnd)]
+        # the seeds the routing guard did not refuse (those in the table), a NaN loss of the model's kept: it makes
+        # the mean NaN, where dropping every non-finite one averaged it away
+        rnd = np.array([pooled.loss[k] for k in (f"random{n}-s{s}" for s in seeds) if k in pooled.index] if n
+                       else [top], dtype=float)
         out.append({"masked": n, "fraction": n / E, "baseline_loss": base, "top_loss": top,
                     "top_delta": top - base, "random_loss": rnd.mean() if len(rnd) else np.nan,
                     "random_delta": rnd.mean() - base if len(rnd) else np.nan,

@@ -183,8 +183,17 @@ def _sweep_summary(sw) -> list[str]:
            else "ranked by load over the whole run")
     head = (f"Masking the most-used experts ({how}; reroute, {research.counted(sw.options['tokens'], 'token')}, "
             f"at most {sw.options['domain_tokens']} per domain): ")
-    s = (_curve_sentences(sw, c, head) if len(c) else
-         [head + "not measured (the routing guard refused every selection; see the refused selections)."])
+    # measured, but a loss is NaN or inf: the model's own output, which the job keeps (and warned of)
+    skipped = getattr(sw, "skipped", None) or {}
+    refused = sw.curve.masked.map(lambda n: f"top{n}" in skipped) | (sw.curve.random_seeds == 0)
+    nan = sw.curve[(sw.curve.masked > 0) & ~refused & ~sw.curve.index.isin(c.index)]
+    s = _curve_sentences(sw, c, head) if len(c) else [] if len(nan) else [
+        head + "not measured (the routing guard refused every selection; see the refused selections)."]
+    if len(nan):
+        E = sw.options["n_experts"]
+        at = ", ".join(f"{int(n)}/{E}" for n in nan.masked)
+        s.append((f"{head}not" if not len(c) else "Not") + f" compared at {at}: a loss there is NaN or infinite, "
+                 "the model's own output (the ablate job warned of it).")
     ds = sw.domain_summary.dropna(subset=["own", "on_others"])
     n_own = int(ds.own_above_on_others_mean.astype(bool).sum())
     n_row = int((ds.own > ds.by_others).sum())

@@ -213,7 +213,8 @@ def _importance_sentence(imp: dict) -> str:
             f"{tokens}): Spearman(load share, loss delta) per layer " + ", ".join(
                 _layer_rho(x, imp.get("table")) for x in c.itertuples())
             + f"; {_load_predicts(c)}. Most important: " + ", ".join(
-                f"L{int(x.layer)} expert {int(x.top_expert)} ({x.top_delta:+.4f})" for x in c.itertuples()) + ".")
+                f"L{int(x.layer)} expert {int(x.top_expert)} ({x.top_delta:+.4f})" if pd.notna(x.top_expert) else
+                f"L{int(x.layer)} n/a (a loss delta is NaN)" for x in c.itertuples()) + ".")
 
 
 def _layer_rho(x, table: pd.DataFrame | None) -> str:

@@ -194,3 +194,62 @@ def test_steer_keeps_a_nan_of_the_steered_pass_and_warns(tiny, monkeypatch, caps
     assert (got.forced_share == ref.forced_share).all() and np.isfinite(got.baseline_loss).all()
     _warned(capsys.readouterr().err, "steering 's'", 1, _tokens(batches, "all"), "prose")
 
+
+# ------------------------------------------------------------------ the readers of the tables
+def _importance_rows() -> "pd.DataFrame":
+    """expert_importance rows of two layers: layer 1's every delta NaN (a broken baseline), layer 2's
+    expert 2 alone (a NaN of its removal)."""
+    import pandas as pd
+
+    rows = []
+    for layer in (1, 2):
+        for e in range(4):
+            delta = np.nan if layer == 1 or e == 2 else 0.01 * (e + 1)
+            rows.append({"layer": layer, "expert": e, "domain": "all", "tokens": 100, "load": 10 * (e + 1),
+                         "load_share": (e + 1) / 10, "baseline_loss": 5.0, "loss": 5.0 + delta, "delta": delta})
+    return pd.DataFrame(rows)
+
+
+def test_importance_summaries_say_a_nan_delta_and_do_not_crash():
+    """load_vs_importance took a layer's top expert by idxmax, which raised on a layer whose every
+    delta is NaN and skipped a NaN one (the top could be that expert): the top is None there, and the
+    report's sentence says n/a."""
+    from analyses.importance import load_vs_importance, rank_disagreement
+    from analyses.report import research
+
+    df = _importance_rows()
+    corr = load_vs_importance(df).set_index("layer")
+    assert corr.top_expert.isna().all() and corr.top_delta.isna().all() and corr.spearman.isna().all()
+    assert len(rank_disagreement(df, top=2)) == 4  # NaN ranks sort last, no error
+    s = research._importance_sentence({"correlation": corr.reset_index(), "tokens": 100, "table": df})
+    assert "L1 nan (some expert's load share or loss delta is not a number)" in s
+    assert "Most important: L1 n/a (a loss delta is NaN), L2 n/a (a loss delta is NaN)." in s
+    good = df.assign(delta=df.delta.fillna(0.0))  # the control: numbers give the top expert
+    assert load_vs_importance(good).top_expert.tolist() == [0, 3]
+
+
+def test_the_reports_sweep_curve_keeps_a_nan_seed_and_says_so():
+    """The report's masking curve averaged the random seeds' losses less every non-finite one: a seed
+    the model gave a NaN vanished from the mean like a refused one (absent from the table). A seed in
+    the table now makes its fraction's mean NaN, and the summary names the fraction."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from analyses.report.data import _curve
+    from analyses.report.render import _sweep_summary
+
+    loss = {"top0": 5.0, "top2": 5.3, "random2-s0": 5.1, "random2-s1": np.nan, "top4": 5.6, "random4-s0": 5.2}
+    rows = pd.DataFrame({"ablation": list(loss), "domain": "all", "loss": list(loss.values()), "baseline_loss": 5.0})
+    curve = _curve(rows, [0, 2, 4], [0, 1], 16).set_index("masked")
+    assert np.isnan(curve.random_delta[2]) and curve.random_seeds[2] == 2
+    assert curve.random_delta[4] == pytest.approx(0.2) and curve.random_seeds[4] == 1  # seed 1 refused: absent
+    sw = SimpleNamespace(curve=curve.reset_index(), skipped={"random4-s1": "refused"},
+                         options={"rank_by": "eval", "tokens": 1000, "domain_tokens": 200, "n_experts": 16,
+                                  "domain_top": 2},
+                         domain_summary=pd.DataFrame(columns=["domain", "own", "on_others", "by_others",
+                                                              "own_above_on_others_mean"]))
+    s = _sweep_summary(sw)
+    assert "4/16 -> +0.6000 (random +0.2000, 1 seed)" in s[0] and "2/16 ->" not in s[0]
+    assert s[1] == ("Not compared at 2/16: a loss there is NaN or infinite, the model's own output (the ablate job "
+                    "warned of it).")
