@@ -131,7 +131,8 @@ def sweep(ref: data.RunRef) -> None:
         colors = ui.domain_colors()
         per = ab[ab.domain != "all"] if (ab.domain != "all").any() else ab
         if per[name].nunique() > 6:  # many ablations: a heatmap reads better than grouped bars
-            t = per.pivot_table(index=name, columns="domain", values="delta", aggfunc="mean")
+            # dropna=False: an ablation whose every delta is NaN (the model's, kept: run.py add_loss) stays, blank
+            t = per.pivot_table(index=name, columns="domain", values="delta", aggfunc="mean", dropna=False)
             t = t.loc[per.drop_duplicates(name)[name]]  # the sweep's order
             st.plotly_chart(charts.heatmap(t.to_numpy(), list(t.columns), list(t.index),
                                            title="Loss change per domain for each ablation (nats)", xlabel="domain",
@@ -159,7 +160,8 @@ def sweep(ref: data.RunRef) -> None:
         fig = go.Figure()
         for i, ((mode, rule), g) in enumerate(pooled.groupby(["mode", "rule"])):
             color = charts.DOMAIN_PALETTE[i % len(charts.DOMAIN_PALETTE)]
-            mean = g.groupby("frac", as_index=False).delta.mean()  # repeated draws (seeds) averaged
+            # repeated draws (seeds) averaged, a NaN one included (a gap): not the mean of the others
+            mean = g.groupby("frac", as_index=False).delta.agg(lambda x: x.mean(skipna=False))
             fig.add_trace(go.Scatter(x=mean.frac, y=mean.delta, mode="lines+markers", name=f"{mode} · {rule}",
                                      line=dict(color=color), legendgroup=f"{mode}{rule}", hoverinfo="skip"))
             fig.add_trace(go.Scatter(x=g.frac, y=g.delta, mode="markers", marker=dict(color=color, size=8),
