@@ -210,6 +210,7 @@ def _importance_rows() -> "pd.DataFrame":
     return pd.DataFrame(rows)
 
 
+@pytest.mark.slow  # 0.56 s (the summaries' first imports)
 def test_importance_summaries_say_a_nan_delta_and_do_not_crash():
     """load_vs_importance took a layer's top expert by idxmax, which raised on a layer whose every
     delta is NaN and skipped a NaN one (the top could be that expert): the top is None there, and the
