@@ -227,13 +227,22 @@ def layer_agreement_from_run(run, layers: list[int] | None = None) -> "pandas.Da
     (or consecutive entries of `layers`) over the same tokens, in SQL (routing joined to itself on
     seq_id, pos). Expert ids are compared by index (meaningful for upcycled or tied experts);
     nmi_top1 needs no mapping. Columns layer_a, layer_b, tokens, top1_same, set_same, overlap, jaccard,
-    nmi_top1."""
+    nmi_top1. A layer named twice, or with no routing rows: an error naming it (layers=[1, 1] compared
+    layer 1 with itself, an agreement of 1 that was never measured)."""
     import pandas as pd
 
     run = as_run(run)
     need_rows(run, "routing")
     have = [int(r[0]) for r in run.sql("select distinct layer from routing order by 1").fetchall()]
-    layers = have if layers is None else [check_layer(run, x) for x in layer_numbers(layers)]
+    layers = have if layers is None else layer_numbers(layers)
+    bad = [x for x in layers if x not in have]
+    if bad:
+        raise MetricsError(f"layers {layers}: layer {', '.join(map(str, bad))} has no routing rows "
+                           f"(MoE layers recorded: {have})")
+    twice = sorted({x for x in layers if layers.count(x) > 1})
+    if twice:
+        raise MetricsError(f"layers {layers}: layer {', '.join(map(str, twice))} named twice; agreement is "
+                           "between two different layers")
     frames = []
     for la, lb in zip(layers[:-1], layers[1:]):
         frames.append(_agreement_sql(run.con, f"(select * from routing where layer = {la})",

@@ -391,6 +391,24 @@ def test_a_layer_that_is_not_a_whole_number_is_refused_by_name(synth):
     assert M.routes_from_run(run, (layer,)).layers == [layer]  # any sequence of numbers is a list of layers
 
 
+def test_layer_agreement_refuses_a_layer_named_twice_or_not_recorded_by_name(synth):
+    """layers=[1, 1] compared layer 1 with itself (agreement 1 on every measure, never measured), and [1, 2, 1]
+    measured 1 and 2 twice; a layer not recorded is named with the layers that were."""
+    run, a = synth
+    one, two = a["layers"][:2]
+    for layers in ([one, one], [one, two, one]):
+        with pytest.raises(M.MetricsError, match=rf"^layers \[{', '.join(map(str, layers))}\]: layer {one} named "
+                                                 r"twice; agreement is between two different layers$") as e:
+            M.layer_agreement_from_run(run, layers)
+        one_line(e)
+    recorded = ", ".join(map(str, a["layers"]))
+    with pytest.raises(M.MetricsError, match=rf"^layers \[{one}, 0, 99\]: layer 0, 99 has no routing rows "
+                                             rf"\(MoE layers recorded: \[{recorded}\]\)$"):
+        M.layer_agreement_from_run(run, [one, 0, 99])
+    got = M.layer_agreement_from_run(run, [two, one])  # any order of distinct layers is still measured
+    assert (got.layer_a.tolist(), got.layer_b.tolist()) == ([two], [one])
+
+
 def test_the_run_versions_refuse_counts_and_thresholds_outside_their_meaning_by_name(synth):
     """expert_vocabulary_from_run(top=0) gave every expert an empty list of ids, margins_from_run(near=-1)
     a share of 0 in every layer, min_count=0 counted every id and 2.5 read as 2 (3 in the array version);
