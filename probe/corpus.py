@@ -12,7 +12,8 @@ Accepted `--corpus` forms:
   with U+FFFD in its document id and domain);
 - a `.txt` (or any text) file: one document (a binary file is refused);
 - a `.jsonl` file: one JSON object per line with `text`, optional `domain` and `id`;
-- a `.parquet` file: columns `text`, optional `domain` and `id` (either suffix in any case).
+- a `.parquet` file: columns `text` (strings, or a dictionary of strings as pandas writes a category column),
+  optional `domain` and `id` (either suffix in any case).
 A record's domain is its folder's when it has none (null or ""), else its value as a string (0 is "0");
 a domain or id that is an object, an array or bytes (a Parquet column of structs, lists or binary) is refused.
 Text is UTF-8, or UTF-16 / UTF-32 when the file starts with their byte-order mark (JSONL too).

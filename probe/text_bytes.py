@@ -134,8 +134,12 @@ def parquet_strings_counted(column) -> tuple[list, list[int]]:
 
 
 def is_string(kind) -> bool:
+    """Whether an Arrow column of type `kind` holds strings: string, large_string, string_view, or a
+    dictionary of them (pandas writes a category column so; a text column of one was refused)."""
     import pyarrow as pa
 
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
     return (pa.types.is_string(kind) or pa.types.is_large_string(kind)
             or getattr(pa.types, "is_string_view", lambda t: False)(kind))  # pyarrow 16+
 

@@ -238,6 +238,41 @@ def test_parquet_strings_that_are_not_utf8_are_replaced_and_counted(tmp_path):
     assert counts[0] == counts[1] == (5, ["c.parquet"])  # é, \xff\xfe and the domain's two é
 
 
+def test_a_parquet_text_column_of_a_dictionary_of_strings_is_read(tmp_path):
+    """A text column that is a dictionary of strings (a pandas category column, `dictionary<values=string>`)
+    was refused as "the 'text' column must hold strings", though readable; it is read as the plain column
+    is, in both orders (through row groups and after a null, for the lazy reader), its bytes that are not
+    UTF-8 replaced and counted. A dictionary of bytes is still refused with the same line."""
+    import pandas as pd
+
+    cat = tmp_path / "cat.parquet"
+    pd.DataFrame({"text": pd.Categorical(["alpha beta", "gamma", None, "alpha beta"]),
+                  "domain": ["x", "y", "x", "y"]}).to_parquet(cat, row_group_size=2)
+    assert pa.types.is_dictionary(pq.ParquetFile(cat).schema_arrow.field("text").type)
+    want = [("cat.parquet:1", "x", "alpha beta"), ("cat.parquet:2", "y", "gamma"), ("cat.parquet:4", "y", "alpha beta")]
+    assert [(d.doc_id, d.domain, d.text) for d in iter_documents(cat)] == want
+    for order in ORDERS:
+        got = sorted((w.doc_id, w.domain, w.ids.tolist()) for w in read(cat, order))
+        assert got == sorted((i, d, [0, *encode(t)]) for i, d, t in want), order
+    def strings(values):
+        return pa.array(values, pa.binary()).view(pa.string()).dictionary_encode()
+
+    bad = tmp_path / "bad.parquet"  # bytes that are not UTF-8 in the dictionaries: replaced, not a UnicodeDecodeError
+    pq.write_table(pa.table({"text": strings([b"caf\xe9 alpha", b"beta", b"caf\xe9 alpha"]),
+                             "domain": strings([b"x", b"y\xe9", b"y\xe9"])}), bad, row_group_size=2)
+    for order in ORDERS:
+        stats = CorpusStats()
+        got = sorted((w.domain, w.ids.tolist()) for w in read(bad, order, stats=stats))
+        assert got == [("x", [0, 1, 2]), ("y\ufffd", [0, 1, 2]), ("y\ufffd", [0, 3])], order
+        assert (stats.replaced_bytes, stats.files_with_replacements) == (4, ["bad.parquet"]), order
+    raw = tmp_path / "raw.parquet"
+    pq.write_table(pa.table({"text": pa.array([b"alpha", b"beta", b"alpha"]).dictionary_encode()}), raw)
+    for order in ORDERS:
+        with pytest.raises(ValueError, match=r"raw\.parquet: the 'text' column must hold strings, it holds "
+                                             r"dictionary<values=binary, indices=int32, ordered=0>$"):
+            read(raw, order)
+
+
 def test_a_domain_0_or_false_is_a_domain(tmp_path):
     """`rec.get("domain") or default` made the domains 0 and false the folder's. Only a missing,
     null or "" domain is the folder's; any other value is the domain, as a string."""
