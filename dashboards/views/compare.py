@@ -61,26 +61,47 @@ def comparable(a: data.RunRef, b: data.RunRef) -> bool:
 
 
 def default_partner(a: data.RunRef, runs: list[data.RunRef]) -> int:
-    """The index in `runs` of run B's default: the first run after A (round the list) that is
-    `comparable`, else the next of A's kind, else the next."""
+    """The index in `runs` (the runs the page offers, each with loads: `offered`) of run B's default:
+    the first run after A (round the list) that is `comparable`, else the next of A's kind, else the next."""
     i = runs.index(a)
     order = runs[i + 1:] + runs[:i]
     pick = next((r for r in order if comparable(a, r)), None) or next((r for r in order if r.kind == a.kind), order[0])
     return runs.index(pick)
 
 
+def offered(runs: list[data.RunRef]) -> tuple[list[data.RunRef], list[data.RunRef]]:
+    """(the runs the page can compare, those it cannot): every section compares loads, so a run without
+    expert loads (a spec, ablation or analysis-only run, a record with none yet) is no run A or B. With
+    no partner for A, run B was the next such run, and the page compared nothing ("`b-spec` has no
+    expert loads yet"; a review)."""
+    has = [data.has_table(r, "expert_load") for r in runs]
+    return [r for r, h in zip(runs, has) if h], [r for r, h in zip(runs, has) if not h]
+
+
+def _none_offered(runs: list[data.RunRef], left: list[data.RunRef]) -> None:
+    """Say plainly why fewer than two runs can be compared, naming the runs left out."""
+    said = ", ".join(f"`{r.name}`" for r in left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
+    why = (f": {said} {'holds' if len(left) == 1 else 'hold'} none (a spec, ablation or analysis-only run, or a "
+           "record with none yet)") if left else ""
+    st.info(f"Comparing needs two runs with expert loads (records, imports of loads, training runs); this directory "
+            f"holds {len(runs)} such run{'' if len(runs) == 1 else 's'}{why}.")
+
+
 def pick_runs():
-    """Runs A and B from two select boxes (B defaults to `default_partner`), with their status
-    banners; None when the directory holds fewer than two runs."""
-    runs = [r for r in ui.all_runs() if r.kind in ("probe", "train")]
+    """Runs A and B from two select boxes of the `offered` runs (B defaults to `default_partner`), with
+    their status banners; None, said plainly, when fewer than two runs can be compared."""
+    every = [r for r in ui.all_runs() if r.kind in ("probe", "train")]
+    runs, left = offered(every)
     if len(runs) < 2:
-        if not runs:
+        if not every:
             ui.no_runs()
         else:
-            st.info("Comparing needs at least two runs in the directory.")
+            _none_offered(runs, left)
         return None
     names = [r.name for r in runs]
     cur = st.session_state.get(ui.RUN_KEY)
+    if cur in (r.name for r in left):
+        st.info(f"`{cur}` holds no expert loads to compare: pick two of the runs that do.")
     ia = names.index(cur) if cur in names else 0
     c1, c2 = st.columns(2)
     a = c1.selectbox("Run A", names, index=ia, key="cmp_a")

@@ -434,7 +434,9 @@ def _info_only_run(run, **info) -> None:
 def test_compare_defaults_run_b_to_a_run_it_can_compare(tmp_path):
     """Run B defaulted to the next run of A's kind: here a spec run, then an analysis-only run, then an
     import of another model, none of which holds anything to compare with A's routing. It now takes the
-    next run of the same shape with routing, and the next of A's kind only when none fits."""
+    next run of the same shape with routing, and the next of A's kind only when none fits. With no run of
+    loads beside A, B was still the spec run, beside which the page compared nothing ("`b-spec` has no
+    expert loads yet"): the runs without loads are offered as neither A nor B, and the page says so."""
     from helpers.synthetic_run import write_run
 
     args = {"n_routed_experts": 8, "n_activated_experts": 2, "n_expert_groups": 4}
@@ -448,10 +450,20 @@ def test_compare_defaults_run_b_to_a_run_it_can_compare(tmp_path):
     at = app(tmp_path, "a", page="compare")
     assert at.selectbox(key="cmp_b").value == "e" and not at.error, texts(at.error)
     assert metric(at, "Same top-k set")  # run vs run drawn: there was something to compare
+    assert at.selectbox(key="cmp_a").options == at.selectbox(key="cmp_b").options == ["a", "d-import", "e"]
+    at = app(tmp_path, "c-ablate", page="compare")  # picked in the sidebar, it is no run A
+    assert "`c-ablate` holds no expert loads to compare: pick two of the runs that do." in texts(at.info)
+    assert (at.selectbox(key="cmp_a").value, at.selectbox(key="cmp_b").value) == ("a", "e"), texts(at.info)
     shutil.rmtree(tmp_path / "e")
-    shutil.rmtree(tmp_path / "d-import")
     at = app(tmp_path, "a", page="compare")
-    assert at.selectbox(key="cmp_b").value == "b-spec"  # nothing fits: the next run of A's kind, as before
+    assert at.selectbox(key="cmp_b").value == "d-import"  # no run it can compare: the next run with loads
+    shutil.rmtree(tmp_path / "d-import")
+    at = app(tmp_path, "a", page="compare")  # a alone holds loads: no run B, and why
+    assert not [b for b in at.selectbox if b.key in ("cmp_a", "cmp_b")] and not at.get("plotly_chart")
+    assert not at.error, texts(at.error)
+    assert ("Comparing needs two runs with expert loads (records, imports of loads, training runs); this directory "
+            "holds 1 such run: `b-spec`, `c-ablate` hold none (a spec, ablation or analysis-only run, or a record "
+            "with none yet).") in texts(at.info), texts(at.info)
 
 
 def test_two_runs_without_routing_are_named_in_one_sentence(tmp_path):
