@@ -371,6 +371,8 @@ def _numerics_problem(a: ModelArgs) -> str | None:
         for name in ("rope_factor", "original_seq_len", "beta_fast", "beta_slow"):
             if not getattr(a, name) > 0:
                 return f"{name}={getattr(a, name)} must be positive (YaRN)"
+        if a.rope_factor < 1:  # the rotary frequencies were left as they are, silently (`precompute_freqs_cis`)
+            return f"rope_factor={a.rope_factor} must be at least 1 (YaRN's context-extension factor)"
     return None
 
 
@@ -485,6 +487,9 @@ def _rope_from_hf(cfg: dict[str, Any], where: str) -> dict[str, Any]:
     factor = num("factor", 1.0)
     if not factor > 0:  # 0 was read as 1.0 (no extension); transformers makes inf frequencies of it
         raise ConfigError(f"{where}: {name}.factor={factor} must be positive (YaRN's context-extension factor)")
+    if factor < 1:  # read as no extension, silently (transformers only warns): a typo, or a config not for YaRN
+        raise ConfigError(f"{where}: {name}.factor={factor} must be at least 1 (YaRN's context-extension factor: "
+                          "the trained context times it)")
     m, m_all = num("mscale", 0.0), num("mscale_all_dim", 0.0)
     kw["rope_factor"] = factor
     # absent: the context the model was trained at is taken to be max_position_embeddings, as transformers does

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -301,6 +302,8 @@ def test_plain_rope_frequencies():
     (dict(norm_eps=-1.0), ["norm_eps=-1.0 must be positive"]),
     (dict(rope_type="yarn", rope_factor=4.0, original_seq_len=0), ["original_seq_len=0 must be positive (YaRN)"]),
     (dict(rope_type="yarn", rope_factor=4.0, beta_fast=-1.0), ["beta_fast=-1.0 must be positive (YaRN)"]),
+    # below 1 YaRN's frequencies were left as they are, silently (a review)
+    (dict(rope_type="yarn", rope_factor=0.5), ["rope_factor=0.5 must be at least 1 (YaRN's context-extension factor)"]),
 ])
 def test_invalid_args(overrides, fields):
     with pytest.raises(ConfigError) as ei:
@@ -329,6 +332,11 @@ def test_invalid_args(overrides, fields):
     (dict(rope_scaling="yarn"), ["config dict: rope_scaling='yarn' must be an object"]),
     (dict(rope_scaling={"type": "yarn", "factor": "40"}), ["config dict: rope_scaling.factor='40' must be a number"]),
     (dict(rope_scaling={"type": "yarn", "factor": 0}), ["config dict: rope_scaling.factor=0.0 must be positive"]),
+    # transformers only warns; it was read as no extension, silently (a review)
+    (dict(rope_scaling={"type": "yarn", "factor": 0.5}),
+     ["config dict: rope_scaling.factor=0.5 must be at least 1 (YaRN's context-extension factor"]),
+    (dict(rope_parameters={"rope_type": "yarn", "factor": 0.25}), ["config dict: rope_parameters.factor=0.25 must be "
+                                                                   "at least 1"]),
     (dict(rope_scaling={"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096.5}),
      ["rope_scaling.original_max_position_embeddings=4096.5 must be an integer"]),
     (dict(rope_parameters={"rope_type": "default", "rope_theta": "1e4"}),
@@ -362,6 +370,20 @@ def test_invalid_hf_config(overrides, fields):
     assert "\n" not in msg
     for f in fields:
         assert f in msg, f"{f!r} not in {msg!r}"
+
+
+def test_a_yarn_factor_below_1_is_named_with_config_json(tmp_path):
+    """A YaRN factor below 1 shrinks no context and extends none: transformers only warns, and it was read as no
+    extension without a word (a review). It is one line naming config.json's field and the value; 1 (no
+    extension) is still read."""
+    cfg = TINY_HF | {"rope_scaling": TINY_HF["rope_scaling"] | {"factor": 0.5}}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(tmp_path / 'config.json'))}: rope_scaling\.factor=0\.5 "
+                                          r"must be at least 1 \(YaRN's context-extension factor: the trained context "
+                                          r"times it\)$"):
+        ModelArgs.from_hf_config(tmp_path)
+    one = ModelArgs.from_hf_config(TINY_HF | {"rope_scaling": TINY_HF["rope_scaling"] | {"factor": 1}})
+    assert (one.rope_type, one.rope_factor) == ("yarn", 1.0)
 
 
 # A small V2 config (V2 236B style routing) in Hugging Face keys.
