@@ -208,10 +208,16 @@ def one_window_cap(info: dict) -> str | None:
 
 
 def create_views(con, path: str | Path, tables, temp: bool = False, where: str = "") -> list[str]:
-    """One DuckDB view per table over its part files (older parts lacking a newer column read it as
-    null); returns the tables that have no part file (no view made). temp: temporary views, seen
-    only by this connection (a cursor of a database that other connections share); where: an SQL
-    condition the views' rows hold (`Run.restrict`)."""
+    """One DuckDB view per table over its part files, in the table's schema as `Run.arrow` reads each
+    part: its columns only, in its types (older parts lacking a newer column read it as null); returns
+    the tables that have no part file (no view made). A stray part (a foreign or hand-made file) whose
+    token_id held strings was refused by `Run.df` and read by the views as a VARCHAR column, and one
+    with other columns added them to the table (a review); now a value that cannot be cast is DuckDB's
+    error when a query reads it (DuckDB rounds a fraction cast to an integer, which `Run.df` refuses).
+    The casts and the union cost about 1 ms of CPU a view (a small run opened and queried: 4.4-5.2 ms
+    against 3.0-3.6 ms, a 2-core EPYC, 2026-12-07). temp: temporary views, seen only by this connection
+    (a cursor of a database that other connections share); where: an SQL condition the views' rows hold
+    (`Run.restrict`)."""
     missing = []
     for t in tables:
         files = table_files(path, t)
@@ -221,7 +227,10 @@ def create_views(con, path: str | Path, tables, temp: bool = False, where: str =
         lst = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
         kind = "temp view" if temp else "view"
         cond = f" where {where}" if where else ""
-        con.execute(f"create {kind} {t} as select * from read_parquet([{lst}], union_by_name = true){cond}")
+        cols = ", ".join(f'cast("{name}" as {type_}) as "{name}"' for name, type_ in _columns(t))
+        # by name with the schema's rows of none: a column no part holds is there, null
+        con.execute(f"create {kind} {t} as select {cols} from (select * from read_parquet([{lst}], union_by_name = "
+                    f"true) union all by name {empty_rows(t)}){cond}")
     return missing
 
 
@@ -229,14 +238,16 @@ _DB: tuple[int, object] | None = None  # (the process id that opened it, the dat
 _DB_LOCK = threading.Lock()
 _CATALOGS = itertools.count()
 _EMPTY: dict[str, str] = {}  # table: a query of no rows in its columns (`empty_rows`)
+_COLUMNS: dict[str, list[tuple[str, str]]] = {}  # table: its columns' names and DuckDB types (`_columns`)
 
 
 def _database():
     """The process's one in-memory DuckDB database, whose cursors are the runs' connections. Opening a
     run and querying it cost 30 ms of CPU, half of it opening a database of its own and most of the
     rest registering an empty table for each absent one; a cursor of this one with a catalog of its
-    own costs 0.4 ms, the whole 3 ms (duckdb 2.0, a 2-core EPYC, 2026-12-06). A forked child opens
-    its own (a database's threads do not survive a fork)."""
+    own costs 0.4 ms, the whole 3 ms (duckdb 2.0, a 2-core EPYC, 2026-12-06; about 1 ms more since the
+    views read in the schema's types, `create_views`). A forked child opens its own (a database's
+    threads do not survive a fork)."""
     import duckdb
 
     global _DB
@@ -244,17 +255,29 @@ def _database():
         if _DB is None or _DB[0] != os.getpid():
             db = duckdb.connect()
             if not _EMPTY:
-                _EMPTY.update({t: _no_rows(db, schema) for t, schema in TABLES.items()})
+                _COLUMNS.update({t: _types(db, schema) for t, schema in TABLES.items()})
+                _EMPTY.update({t: _no_rows(_COLUMNS[t]) for t in TABLES})
             _DB = (os.getpid(), db)
         return _DB[1]
 
 
-def _no_rows(db, schema: pa.Schema) -> str:
-    """A query of no rows in `schema`'s columns, typed as DuckDB reads its empty table."""
+def _types(db, schema: pa.Schema) -> list[tuple[str, str]]:
+    """`schema`'s columns' names and types as DuckDB reads its empty table."""
     db.register("_rows", schema.empty_table())
     columns = db.execute("describe select * from _rows").fetchall()
     db.unregister("_rows")
-    return "select " + ", ".join(f'cast(null as {kind}) as "{name}"' for name, kind, *_ in columns) + " where false"
+    return [(name, kind) for name, kind, *_ in columns]
+
+
+def _no_rows(columns: list[tuple[str, str]]) -> str:
+    """A query of no rows in `columns` (names and DuckDB types)."""
+    return "select " + ", ".join(f'cast(null as {kind}) as "{name}"' for name, kind in columns) + " where false"
+
+
+def _columns(table: str) -> list[tuple[str, str]]:
+    """`table`'s columns' names and DuckDB types, as its part files read."""
+    _database()
+    return _COLUMNS[table]
 
 
 def empty_rows(table: str) -> str:

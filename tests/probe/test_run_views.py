@@ -178,3 +178,36 @@ def test_a_part_whose_column_has_another_type_is_a_run_error_naming_the_table(pa
             read()
         assert "\n" not in str(e.value)
     assert len(run.df("routing")) > 0  # the other tables read
+
+
+def test_a_stray_part_reads_in_the_views_as_run_df_reads_it(path):
+    """Every reader takes the same part files (`probe.run.table_files`: a final name, whoever wrote it), but
+    the views read them by DuckDB's union of their columns: a stray part (a foreign or hand-made file) with
+    another column added it to the table and widened token_id to BIGINT, and one whose token_id held strings,
+    which `Run.df` refuses, read token_id as VARCHAR (a review). The views now read each part as `Run.df`
+    does: the schema's columns in its types, a column the part lacks null, a value that cannot be cast an
+    error naming the column."""
+    import pyarrow.parquet as pq
+
+    def stray(t):
+        pq.write_table(t, path / "tokens" / "r000-b0000009-0000009.parquet")
+
+    t = pq.read_table(sorted((path / "tokens").glob("*.parquet"))[0])
+    before = probe.open_run(path).sql("describe tokens").fetchall()
+    token_id = t.schema.get_field_index("token_id")
+    stray(t.set_column(token_id, "token_id", t["token_id"].cast(pa.int64())).drop_columns(["loss"])
+          .append_column("note", pa.array(["copied"] * len(t))))
+    run = probe.open_run(path)
+    assert run.sql("describe tokens").fetchall() == before
+    got = run.sql("select * from tokens").to_arrow_table()
+    got = got.read_all() if hasattr(got, "read_all") else got  # duckdb 2 gives a batch reader, 1.x a table
+    keys = [("seq_id", "ascending"), ("pos", "ascending"), ("doc_id", "ascending"), ("loss", "ascending")]
+    assert got.cast(TABLES["tokens"]).sort_by(keys).equals(run.arrow("tokens").sort_by(keys))
+    assert run.sql("select count(*) from tokens where loss is null").fetchall() == [(len(t),)]
+    stray(t.set_column(token_id, "token_id", pa.array(["x"] * len(t))))
+    run = probe.open_run(path)
+    with pytest.raises(probe.RunError, match=f"{path / 'tokens'}: unreadable part file"):
+        run.df("tokens")
+    with pytest.raises(duckdb.ConversionException, match="token_id"):
+        run.sql("select * from tokens").fetchall()
+    assert len(run.df("routing")) == run.sql("select count(*) from routing").fetchall()[0][0] > 0
