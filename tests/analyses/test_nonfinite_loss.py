@@ -196,7 +196,7 @@ def test_steer_keeps_a_nan_of_the_steered_pass_and_warns(tiny, monkeypatch, caps
 
 
 # ------------------------------------------------------------------ the readers of the tables
-def _importance_rows() -> "pd.DataFrame":
+def _importance_rows() -> "pd.DataFrame":  # noqa: F821 (pandas, imported where used)
     """expert_importance rows of two layers: layer 1's every delta NaN (a broken baseline), layer 2's
     expert 2 alone (a NaN of its removal)."""
     import pandas as pd

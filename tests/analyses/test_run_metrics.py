@@ -156,7 +156,6 @@ def test_run_vocabulary_equals_array_versions(synth):
     assert cur.loc[1, "vocabulary_specialisation"] == 1.0  # layer 1 routes by token id
 
 
-
 def test_run_margins_keep_a_layer_without_any_finite_margin(tmp_path):
     """A layer whose every margin is null (the kept groups held no (K+1)-th expert) is a row of count 0
     with NaN statistics, as margin_summary reports it; it was left out of the table (a review)."""
@@ -449,92 +448,6 @@ def test_record_agreement_by_hand():
     assert c["loss_move"] == pytest.approx(0.25)
     with pytest.raises(M.MetricsError, match="share no"):
         M.record_agreement(toks, ref, toks, got.assign(seq_id=got.seq_id + 9))
-
-
-def test_a_table_not_recorded_names_the_flag_that_leaves_it_out(tmp_path):
-    """A notebook on a run recorded with --no-kv-stats said "empty run, or not recorded" without the
-    flag (a review)."""
-    import shutil
-
-    import probe
-    from analyses.metrics import MetricsError
-    from analyses.metrics._common import need_rows
-    from helpers.synthetic_run import write_run
-
-    write_run(tmp_path / "r")
-    shutil.rmtree(tmp_path / "r" / "routing")
-    run = probe.open_run(tmp_path / "r")
-    for table, flag in (("routing", "--router-logits none"), ("kv_stats", "--no-kv-stats"), ("mtp", "--no-mtp")):
-        with pytest.raises(MetricsError, match=rf"run has no {table} table \(empty run, or not recorded: "
-                                               rf"recorded with {flag}"):
-            need_rows(run, table)
-    with pytest.raises(MetricsError, match=r"run has no spec_decode table \(empty run, or not recorded\)$"):
-        need_rows(run, "spec_decode")
-    need_rows(run, "tokens")  # the control: a table that is there
-
-
-def test_a_table_not_recorded_is_said_as_run_json_says_not_guessed(tmp_path):
-    """need_rows guessed 'recorded with --router-logits none?' for a run without routing rows where
-    run.json said why (a tour): it now reads the cause from run.json, as the report does, and guesses
-    only where run.json holds no record options."""
-    import json
-    import shutil
-
-    import probe
-    from analyses.metrics import MetricsError
-    from analyses.metrics._common import need_rows
-    from helpers.synthetic_run import write_run
-
-    write_run(tmp_path / "r")
-    shutil.rmtree(tmp_path / "r" / "routing")
-    info = json.loads((tmp_path / "r" / "run.json").read_text())
-    said = ("the run was recorded with --router-logits none, which keeps no per-token routing; record it again "
-            "with --router-logits topk (the default)")
-    for options, why in (({"router_logits": "none"}, said),
-                         ({"router_logits": "topk"}, "empty run, or not recorded")):  # not a flag it was not given
-        (tmp_path / "r" / "run.json").write_text(json.dumps(info | {"options": options}))
-        with pytest.raises(MetricsError) as e:
-            need_rows(probe.open_run(tmp_path / "r"), "routing")
-        assert str(e.value) == f"{tmp_path / 'r'}: run has no routing table ({why})"
-
-
-def test_latent_tables_of_a_record_not_yet_complete_are_said_to_wait_for_its_end(tmp_path):
-    """The record writes kv_stats and kv_spectrum only when the run completes: an interrupted run's
-    notebook and report said "empty run, or not recorded" / "the kv_stats table was not recorded",
-    though it was recorded with kv stats and --resume writes them (a tour). A killed record (run.json
-    still "running", no job holding the run) counts as interrupted; one at work is still running."""
-    import json
-    import shutil
-
-    import probe
-    from analyses.metrics import MetricsError
-    from analyses.metrics._common import need_rows, unrecorded_why
-    from helpers.synthetic_run import write_run
-    from probe.writer import writer_lock
-
-    out = tmp_path / "r"
-    write_run(out)
-    for t in ("kv_stats", "kv_spectrum"):
-        shutil.rmtree(out / t, ignore_errors=True)
-    info = json.loads((out / "run.json").read_text()) | {"options": {"kv_stats": True}}
-    wait = "the record writes {t} only when the run completes: continue it with `dsv3-probe record ... --resume`"
-    for status in ("interrupted", "running"):  # run.json "running" without a writer: a killed record
-        (out / "run.json").write_text(json.dumps(info | {"status": status}))
-        run = probe.open_run(out)
-        for t in ("kv_stats", "kv_spectrum"):
-            assert unrecorded_why(run, t) == "the run was interrupted, and " + wait.format(t=t)
-        with pytest.raises(MetricsError) as e:
-            need_rows(run, "kv_stats")
-        said = f"the run was interrupted, and {wait.format(t='kv_stats')}"
-        assert str(e.value) == f"{out}: run has no kv_stats table ({said})"
-    with writer_lock(out):  # a record at work
-        assert unrecorded_why(probe.open_run(out), "kv_stats") == ("the record is still running, and writes kv_stats "
-                                                                  "when it completes")
-    # the controls: a complete run that never had them, and an interrupted one recorded with --no-kv-stats
-    (out / "run.json").write_text(json.dumps(info | {"status": "complete"}))
-    assert unrecorded_why(probe.open_run(out), "kv_stats") == "the kv_stats table was not recorded"
-    (out / "run.json").write_text(json.dumps(info | {"status": "interrupted", "options": {"kv_stats": False}}))
-    assert unrecorded_why(probe.open_run(out), "kv_stats") == "the run was recorded with --no-kv-stats"
 
 
 def test_run_repetition_with_one_expert_per_token_has_no_top2_measure(tmp_path):

@@ -1,4 +1,5 @@
-"""ModelArgs: reading published Hugging Face configs, the shipped JSONs, round trips, YaRN, bad configs.
+"""ModelArgs: reading published Hugging Face configs, the shipped JSONs, round trips, YaRN as published, bad
+configs (RoPE and YaRN frequencies: test_args_yarn.py).
 
     python -m pytest tests/model/test_args.py -q
 """
@@ -8,7 +9,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import re
 
 import numpy as np
 import pytest
@@ -211,37 +211,11 @@ def test_round_trip_plain_rope_is_a_fixed_point():
     assert ModelArgs.from_hf_config(a.to_hf_config()) == a
 
 
-# ------------------------------------------------------------------------------------- YaRN
-def test_yarn_correction_range_671B():
-    a = ModelArgs.from_name("671B")
-    d, L0, theta = a.qk_rope_head_dim, a.original_seq_len, a.rope_theta
-
-    def corr(rotations):  # the pair index whose wavelength fits `rotations` times into L0
-        return d * math.log(L0 / (rotations * 2 * math.pi)) / (2 * math.log(theta))
-
-    low, high = math.floor(corr(a.beta_fast)), math.ceil(corr(a.beta_slow))
-    assert (low, high) == (10, 23)
-
-    base = 1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
-    got = rope_inv_freq(a).double()
-    assert got.shape == (d // 2,)
-    untouched = torch.isclose(got, base, rtol=1e-6, atol=0)
-    interpolated = torch.isclose(got, base / a.rope_factor, rtol=1e-6, atol=0)
-    assert untouched.nonzero().flatten().tolist() == list(range(0, low + 1))  # ramp 0 at index low
-    assert interpolated.nonzero().flatten().tolist() == list(range(high, d // 2))  # ramp 1 from high
-    mid = slice(low + 1, high)
-    assert ((got[mid] < base[mid]) & (got[mid] > base[mid] / a.rope_factor)).all()
-    # in between, a linear blend: keep = 1 - (i - low) / (high - low)
-    i = torch.arange(d // 2, dtype=torch.float64)
-    keep = 1 - ((i - low) / (high - low)).clamp(0, 1)
-    assert torch.allclose(got, base * keep + base / a.rope_factor * (1 - keep), rtol=1e-6, atol=0)
-
-
-
+# ----------------------------------------------- YaRN (the frequencies' other tests: test_args_yarn.py)
 def test_yarn_frequencies_are_deepseeks_reference_bit_for_bit():
     """The 671B config's frequencies as DeepSeek's inference code computes them (precompute_freqs_cis,
     every step in float32), re-typed here: equal bit for bit. In float64 rounded once, 12 of the 32
-    were a float32 step off (a review), which the tolerance tests above do not see."""
+    were a float32 step off (a review), which the tolerance tests (test_args_yarn.py) do not see."""
     a = ModelArgs.from_hf_config(V3_HF)
     dim, base, factor = 64, 10000.0, 40
 
@@ -259,12 +233,6 @@ def test_yarn_frequencies_are_deepseeks_reference_bit_for_bit():
     f64 = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
     r64 = torch.clamp((torch.arange(dim // 2, dtype=torch.float64) - low) / (high - low), 0, 1)
     assert not torch.equal((f64 / factor * r64 + f64 * (1 - r64)).float(), want)
-
-def test_plain_rope_frequencies():
-    a = ModelArgs.from_hf_config(TINY_HF | {"rope_scaling": None})
-    d = a.qk_rope_head_dim
-    want = 1.0 / a.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
-    assert torch.allclose(rope_inv_freq(a).double(), want, rtol=1e-6)
 
 
 # ------------------------------------------------------------------------------- bad configs
@@ -370,20 +338,6 @@ def test_invalid_hf_config(overrides, fields):
     assert "\n" not in msg
     for f in fields:
         assert f in msg, f"{f!r} not in {msg!r}"
-
-
-def test_a_yarn_factor_below_1_is_named_with_config_json(tmp_path):
-    """A YaRN factor below 1 shrinks no context and extends none: transformers only warns, and it was read as no
-    extension without a word (a review). It is one line naming config.json's field and the value; 1 (no
-    extension) is still read."""
-    cfg = TINY_HF | {"rope_scaling": TINY_HF["rope_scaling"] | {"factor": 0.5}}
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ConfigError, match=rf"^{re.escape(str(tmp_path / 'config.json'))}: rope_scaling\.factor=0\.5 "
-                                          r"must be at least 1 \(YaRN's context-extension factor: the trained context "
-                                          r"times it\)$"):
-        ModelArgs.from_hf_config(tmp_path)
-    one = ModelArgs.from_hf_config(TINY_HF | {"rope_scaling": TINY_HF["rope_scaling"] | {"factor": 1}})
-    assert (one.rope_type, one.rope_factor) == ("yarn", 1.0)
 
 
 # A small V2 config (V2 236B style routing) in Hugging Face keys.
@@ -520,40 +474,6 @@ def test_v2_norm_topk_prob_is_not_read_and_v3_topk_method_is_not_read():
     assert (v2.n_expert_groups, v2.n_limited_groups) == (4, 4)
 
 
-def test_yarn_truncate_false_keeps_the_ramp_ends_unrounded():
-    """`truncate: false` (transformers' YaRN option): the correction range is not rounded to whole
-    pair indices; the frequencies match transformers' own, and differ from the rounded ones."""
-    from transformers import DeepseekV3Config
-    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
-
-    rope = HF_TINY["rope_scaling"] | {"truncate": False}
-    a = ModelArgs.from_hf_config(TINY_HF | {"rope_scaling": rope})
-    assert a.rope_truncate is False and ModelArgs.from_hf_config(a.to_hf_config()) == a
-    hf_freq, _ = ROPE_INIT_FUNCTIONS["yarn"](DeepseekV3Config(**(HF_TINY | {"rope_scaling": rope})))
-    ours = rope_inv_freq(a)
-    assert torch.allclose(ours, hf_freq.float(), rtol=1e-6), (ours, hf_freq)
-    rounded = rope_inv_freq(ModelArgs.from_hf_config(TINY_HF))
-    assert (ours - rounded).abs().max() > 1e-3  # the control: rounding changes them
-
-
-@pytest.mark.parametrize("rope", [
-    {k: v for k, v in HF_TINY["rope_scaling"].items() if k != "original_max_position_embeddings"},
-    {k: v for k, v in HF_TINY["rope_scaling"].items() if k != "mscale_all_dim"} | {"mscale": 0.5},
-    HF_TINY["rope_scaling"] | {"beta_fast": 0, "beta_slow": 0},
-])
-def test_yarn_keys_left_out_or_zero_give_transformers_frequencies_and_cos_sin_factor(rope):
-    # transformers: no original_max_position_embeddings = max_position_embeddings (256 here, not 4096);
-    # mscale without mscale_all_dim = the factor from ln(factor) alone; beta 0 = the defaults 32 / 1
-    from transformers import DeepseekV3Config
-    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
-
-    a = ModelArgs.from_hf_config(TINY_HF | {"rope_scaling": rope})
-    hf = DeepseekV3Config(**copy.deepcopy(HF_TINY | {"rope_scaling": rope}))
-    hf_freq, hf_factor = ROPE_INIT_FUNCTIONS["yarn"](hf)
-    assert torch.allclose(rope_inv_freq(a), hf_freq.float(), rtol=1e-6), (rope_inv_freq(a), hf_freq)
-    assert a.rope_attention_factor == pytest.approx(hf_factor)
-
-
 def test_null_group_keys_mean_no_group_limit():
     plain = ModelArgs.from_hf_config(TINY_HF | {"n_group": 1, "topk_group": 1})
     for key in ("n_group", "topk_group"):  # either one null: the other one alone does not limit groups
@@ -605,16 +525,3 @@ def test_unknown_field():
     assert issubclass(ConfigError, ValueError)
 
 
-@pytest.mark.parametrize("rope", [
-    {"rope_theta": 10.0},  # high = ceil(corr(beta_slow)) = 5 > R/2 - 1 = 3: clamped at R - 1 = 7, as the references do
-    {"rope_scaling": HF_TINY["rope_scaling"] | {"beta_slow": 16}},  # floor(corr(32)) and ceil(corr(16)) both clamp to 0: low == high
-])
-def test_yarn_frequencies_match_transformers_at_the_correction_ranges_edges(rope):
-    from transformers import DeepseekV3Config
-    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
-
-    cfg = TINY_HF | rope
-    hf_freq, _ = ROPE_INIT_FUNCTIONS["yarn"](DeepseekV3Config(**{k: v for k, v in cfg.items() if k != "model_type"}))
-    ours = rope_inv_freq(ModelArgs.from_hf_config(cfg))
-    assert torch.isfinite(ours).all()
-    assert torch.allclose(ours, hf_freq.float(), rtol=1e-6), (ours, hf_freq)
