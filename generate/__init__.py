@@ -40,7 +40,7 @@ explicitly: both static KV caches (main and MTP) are overwritten in place at the
 by the next step, and attention never reaches past a row's own position. Greedy drafts are
 accepted iff they equal the main model's argmax, so greedy output is identical to plain greedy
 decoding (in float32; in bfloat16 the 2-token verify pass rounds differently from a 1-token step,
-and a near-tied argmax can flip, as batching can: README, "generate"); with sampling the standard
+and a near-tied argmax can flip, as batching can: README, "Generation"); with sampling the standard
 speculative-sampling rule (accept with min(1, p/q), else resample from max(p - q, 0)) keeps the
 main model's distribution. `generate()` returns the acceptance counts per prompt and draft
 position, and the tokens per forward pass.

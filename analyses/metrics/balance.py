@@ -1,4 +1,4 @@
-"""Load-balance metrics (metrics.md, "Load balance"): array versions and run versions.
+"""Load-balance metrics (metrics.md, "Balance"): array versions and run versions.
 
 A load is the number of (token, top-k slot) assignments an expert received, so a layer's loads sum
 to T*K and the perfectly balanced load is mean_load = T*K/N (N routed experts).
@@ -43,7 +43,7 @@ def maxvio_batch(batch_loads) -> np.ndarray:
 
 
 def relative_load(load) -> np.ndarray:
-    """load_i / mean_load (DeepSeek-V3 report, Fig. 9; metrics.md "Relative expert load");
+    """load_i / mean_load (DeepSeek-V3 report, Fig. 9; metrics.md "relative load");
     1 everywhere = balanced. NaN everywhere for an empty layer."""
     x = as_loads(load)
     m = x.mean()

@@ -1,4 +1,4 @@
-"""Routing-pattern metrics (metrics.md, "Specialization" second half): consecutive-token repetition
+"""Routing-pattern metrics (metrics.md, "Routing patterns"): consecutive-token repetition
 with random baselines, co-activation, cross-layer and cross-run routing agreement, score margins and
 routing entropy. Array versions and run versions (DuckDB SQL over `routing`; only aggregates return).
 """
@@ -169,7 +169,7 @@ def coactivation_from_run(run, layer: int, normalise: bool = True) -> np.ndarray
 # ------------------------------------------------------------------------------ agreement
 def routing_agreement(ids_a, ids_b) -> dict:
     """Agreement of two routings of the same tokens (two layers, expert ids mapped by index, or two
-    checkpoints; metrics.md "Router saturation / cross-layer agreement"):
+    checkpoints; metrics.md "Agreement and saturation"):
 
     - top1_same: share of tokens with the same first choice;
     - set_same: share of tokens with the same top-k set, in any order (0 when the two K differ);
@@ -496,7 +496,7 @@ def margins_from_run(run, near: float = 0.01) -> "pandas.DataFrame":  # noqa: F8
 
 
 def score_entropy(scores) -> np.ndarray:
-    """Routing entropy per token (metrics.md "Router saturation"): H(s_t / sum s_t) / ln N of the
+    """Routing entropy per token (metrics.md "Agreement and saturation"): H(s_t / sum s_t) / ln N of the
     normalised score distribution [T, N] -> [T]; 1 = indifferent router, 0 = one expert.
     NaN for all-zero rows; 1 when N = 1."""
     s = np.asarray(scores, dtype=np.float64)

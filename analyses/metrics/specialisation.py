@@ -19,7 +19,7 @@ VOCAB_MIN_COUNT = 5
 # ------------------------------------------------------------------------------ arrays
 def contingency(labels, expert_ids, n_experts: int | None = None) -> tuple[list, np.ndarray]:
     """(sorted distinct labels, [D, N] counts): how often tokens of each label (domain) were assigned
-    to each expert (metrics.md "Domain specialization"). Every one of a token's K top-k assignments
+    to each expert (metrics.md "Domain specialisation"). Every one of a token's K top-k assignments
     counts once, so row d sums to K x (tokens of d). expert_ids: [T, K] (or [T] for top-1)."""
     ids = as_ids(expert_ids)
     labels = np.asarray(labels)
@@ -60,7 +60,7 @@ def entropy(p) -> float:
 
 def mutual_information(contingency) -> float:
     """I(A; B) = sum_ab p(a,b) ln(p(a,b) / (p(a) p(b))) in nats from a contingency table of counts
-    [A, B] (metrics.md "Domain specialization"). 0 for an empty table."""
+    [A, B] (metrics.md "Domain specialisation"). 0 for an empty table."""
     c = _table(contingency)
     n = c.sum()
     if n <= 0:
@@ -97,7 +97,7 @@ _AVERAGES = ("arithmetic", "geometric", "min", "max", "rows")  # nmi's normalise
 
 def domain_nmi(contingency) -> float:
     """Normalised mutual information I(domain; expert) / H(domain) from a domain x expert table of
-    top-k assignment counts (metrics.md "Domain specialization", NMI divided by H(domain)): the
+    top-k assignment counts (metrics.md "Domain specialisation", NMI divided by H(domain)): the
     fraction of the domain's uncertainty that knowing a token's chosen expert removes
     (0 = experts ignore domains, 1 = experts identify the domain).
     Each of a token's K assignments counts once. 0 when there is a single domain or no data."""
@@ -115,7 +115,7 @@ def domain_share(contingency) -> np.ndarray:
 
 def lift(contingency) -> np.ndarray:
     """Lift [D, N] = P(domain | expert) / P(domain) = P(expert | domain) / P(expert) (metrics.md
-    "Domain specialization": per-expert domain share against P(domain)); 1 = no preference, > 1 = the
+    "Domain specialisation": per-expert domain share against P(domain)); 1 = no preference, > 1 = the
     expert over-serves the domain. NaN where the expert or the domain has no load."""
     c = _table(contingency)
     n = c.sum()
