@@ -51,11 +51,13 @@ def test_every_documented_command_parses(checked_once):
     found = checked_once[0]
     assert found["problems"] == []
     checked = "\n".join(found["checked"])
-    # the Quickstart's two commands, torchrun's flags after `--`, a script, a usage synopsis, a notebook
+    # the Quickstart's two commands, torchrun's flags after `--`, a script, a usage synopsis, a notebook,
+    # a script's flags after its name alone
     for line in ("README.md:63: dsv3-probe record", "README.md:64: pip install -e '.[test]'",
                  "-m analyses.ablate -- --run runs/v3 --top 8", "python benchmarks/bench_prefill.py",
                  "python -m analyses.steer --run RUN --experts 2:5+7 --mode force --steer-domain code",
-                 "jupyter execute analyses/notebooks/mtp.ipynb"):
+                 "jupyter execute analyses/notebooks/mtp.ipynb",
+                 "docs/performance.md:157: python benchmarks/bench_record.py --part memory"):
         assert line in checked
     assert len(found["checked"]) >= 250
 
@@ -77,6 +79,8 @@ streamlit run dashboards/missing.py -- runs/
 python -m analyses.steer --run RUN --experts 2:5 [--mode force\\|bias] [--steer-domain code]
 python my_script.py --anything && python -m pytest -q | head
 ```
+
+A script's flags after its name: `bench_prefill.py --repeatz 3`, `check_record.py --cpu` (`bench_threads.py`: a file).
 """
 
 
@@ -93,10 +97,13 @@ def test_a_broken_command_is_named_with_its_file_and_line(checked_once):
     assert "benchmarks/bench_gone.py: no such file" in problems
     assert "no extra gpu in pyproject.toml" in problems
     assert "dashboards/missing.py: no such file" in problems
-    assert len(found["problems"]) == 7, problems
+    assert f"{page}:19: python benchmarks/bench_prefill.py --repeatz 3" in problems  # by its name alone
+    assert "unrecognized arguments: --repeatz 3" in problems
+    assert len(found["problems"]) == 8, problems
     # what passed: the mentions, the placeholders, the synopsis; a user's own script and pytest are not ours
     checked = "\n".join(found["checked"])
     assert f"{page}:3: dsv3-probe record" in checked and f"{page}:3: python -m analyses.placement" in checked
     assert "analyses.placement RUN --gpus G --redundant R" in checked
     assert "analyses.steer --run RUN --experts 2:5 --mode force --steer-domain code" in checked
     assert "my_script" not in checked and "-m pytest" not in checked
+    assert f"{page}:19: python tests/gpu/check_record.py --cpu" in checked and "bench_threads" not in checked

@@ -1,6 +1,7 @@
 """Do the commands the documentation shows still parse? Every `dsv3-probe ...`, `python -m ...`,
 `python path/to/script.py ...` and `torchrun ...` line of the Markdown files (fenced blocks and
-inline code) and of the project's module docstrings is handed to the parser of the command it names,
+inline code, where a script's flags may follow its name alone: `bench_record.py --part memory`) and
+of the project's module docstrings is handed to the parser of the command it names,
 as that command would receive it, and stopped there: no job runs. A flag renamed or removed, a
 subcommand or module moved, a choice dropped, a script or file deleted shows up as that command's
 argparse error, with the file and line that show it.
@@ -64,6 +65,24 @@ class Parsed(Exception):
 
 
 # ----------------------------------------------------------------------------------------- finding
+def _script_span(span: str) -> str:
+    """An inline span that runs one of SCRIPT_DIRS' scripts without its interpreter, by path or by name
+    (`bench_record.py --part memory`, `check_parallel.py --cpu`), as the `python` line it stands for;
+    any other span (a script named without arguments among them) as it is."""
+    words = span.split()
+    if len(words) < 2 or not words[0].endswith(".py"):
+        return span
+    if "/" in words[0]:
+        found = [words[0]] if any(words[0].startswith(d + "/") for d in SCRIPT_DIRS) else []
+    else:
+        found = [f"{d}/{words[0]}" for d in SCRIPT_DIRS if (REPO / d / words[0]).is_file()]
+    return f"python {found[0]} {' '.join(words[1:])}" if len(found) == 1 else span
+
+
+def _inline(line: str) -> list[str]:
+    return [_script_span(s.strip()) for s in _INLINE.findall(line)]
+
+
 def _starts_a_command(text: str) -> bool:
     first = text.split(maxsplit=1)[0] if text.split() else ""
     return first in PROGRAMS or any(text.startswith(" ".join(p) + " ") for p in FILE_ARGS)
@@ -104,8 +123,7 @@ def from_markdown(text: str, name: str) -> list[Command]:
         if fence is not None:
             block.append((no, line))
         else:
-            found += [Command(f"{name}:{no}", s.strip(), mention=True) for s in _INLINE.findall(line)
-                      if _starts_a_command(s.strip())]
+            found += [Command(f"{name}:{no}", s, mention=True) for s in _inline(line) if _starts_a_command(s)]
     return found
 
 
@@ -122,8 +140,8 @@ def from_docstrings(source: str, name: str) -> list[Command]:
     lines = [(first + i, line) for i, line in enumerate(doc.splitlines())]
     found = [Command(f"{name}:{n}", t) for n, t in _logical_lines(lines) if _starts_a_command(t)]
     for no, line in lines:
-        found += [Command(f"{name}:{no}", s.strip(), mention=True) for s in _INLINE.findall(line)
-                  if _starts_a_command(s.strip()) and not _starts_a_command(line.strip())]
+        found += [Command(f"{name}:{no}", s, mention=True) for s in _inline(line)
+                  if _starts_a_command(s) and not _starts_a_command(line.strip())]
     return found
 
 
