@@ -1,9 +1,11 @@
 """Claims of the README's prose that the code can answer cheaply: which jobs take a flag, which
-modules the folder table names. A job or a module added without the README saying so fails here."""
+modules the folder table names, the signatures it writes out. A job or a module added without the
+README saying so, or a default changed under it, fails here."""
 
 import argparse
 import importlib
 import re
+
 
 from helpers import REPO
 
@@ -68,3 +70,59 @@ def test_the_commands_named_as_a_packages_main_are_packages_with_one():
     modules = re.findall(r"`python -m ([\w.]+)`", listed.group(1))
     assert {"model", "probe", "analyses.report"} <= set(modules)  # the list was read whole
     assert [m for m in modules if not (REPO / m.replace(".", "/") / "__main__.py").is_file()] == []
+
+
+_CALL = re.compile(r"`((?:model|generate|probe|analyses)(?:\.\w+)+)\(([^`]*)\)`")
+
+
+def _arguments(text: str) -> list[str]:
+    """A call's arguments as written, split at the commas outside brackets."""
+    out, depth, word = [], 0, ""
+    for ch in text:
+        depth += ch in "([{" and 1 or ch in ")]}" and -1 or 0
+        if ch == "," and depth == 0:
+            out.append(word.strip())
+            word = ""
+        else:
+            word += ch
+    return [w for w in out + [word.strip()] if w]
+
+
+def signature_problems(readme: str) -> list[str]:
+    """The README's signatures of our functions (`model.load(path, *, dtype=None, ...)`) against the
+    code: every keyword it names is a parameter, and a default it writes as a literal is the default."""
+    import ast
+    import inspect
+
+    problems = []
+    for m in _CALL.finditer(readme):
+        module, name = m.group(1).rsplit(".", 1)
+        params = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+        loose = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        for arg in _arguments(m.group(2)):
+            key, eq, written = (s.strip() for s in arg.partition("="))
+            if not eq or not key.isidentifier():
+                continue  # positional (named as the prose likes), `*`, `...`
+            if key not in params:
+                problems += [] if loose else [f"{m.group(1)}: no parameter {key}"]
+                continue
+            try:
+                value = ast.literal_eval(written)
+            except (ValueError, SyntaxError):
+                continue  # `max_new_tokens=` (a value of yours), `sampling=SamplingParams(...)`
+            if value != params[key].default:
+                problems.append(f"{m.group(1)}: {key}={written}, but its default is {params[key].default!r}")
+    return problems
+
+
+def test_the_signatures_the_readme_writes_are_the_code_s():
+    assert len(_CALL.findall(README)) >= 4  # model.load, model.save, generate.generate, ablate.ablated
+    assert signature_problems(README) == []
+
+
+def test_a_signature_out_of_date_is_named():
+    """Negative control: a default changed and a keyword renamed, in a page of its own."""
+    page = ('`model.load(path, *, dtype=None, attn_impl="naive")` and\n'
+            '`model.save(m, dir, *, fp8=False, max_shard=None)`; `generate.generate(model, prompts, max_new_tokens=)`')
+    assert signature_problems(page) == ["model.load: attn_impl=\"naive\", but its default is 'absorb'",
+                                        "model.save: no parameter max_shard"]
