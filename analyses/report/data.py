@@ -245,20 +245,29 @@ def _curve(rows: pd.DataFrame, counts, seeds, E: int) -> pd.DataFrame:
 def _domain_table(rows: pd.DataFrame, domains: list[str], n: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """[evaluated domain x masked domain] deltas, and per domain: own = its own top experts' delta
     on itself; by_others = mean delta on it of the other domains' top experts (row, off-diagonal);
-    on_others = mean delta its top experts cause on the other domains (column, off-diagonal)."""
-    mat = pd.DataFrame(np.nan, index=pd.Index(domains, name="evaluated"),
-                       columns=pd.Index(domains, name="masked"))
+    on_others = mean delta its top experts cause on the other domains (column, off-diagonal).
+    A cell with no row (a selection the ablation refused) is left out of those means; a row whose
+    delta is NaN (the model's own NaN surprisal, which the ablate job keeps) makes them NaN, as it
+    makes that row's loss, instead of a mean over the other cells alone."""
+    index, columns = pd.Index(domains, name="evaluated"), pd.Index(domains, name="masked")
+    mat = pd.DataFrame(np.nan, index=index, columns=columns)
+    nan_row = pd.DataFrame(False, index=index, columns=columns)
     for m in domains:
         sub = rows[(rows.ablation == f"own{n}-{m}") & (rows.domain != "all")]
         for _, r in sub.iterrows():
             if r.domain in mat.index:
                 mat.loc[r.domain, m] = r.delta
+                nan_row.loc[r.domain, m] = bool(pd.isna(r.delta))
+
+    def mean(cells: pd.Series, nan: pd.Series) -> float:
+        return np.nan if nan.any() or not len(cells) else cells.mean()
+
     out = []
     for d in domains:
         others = [x for x in domains if x != d]
         own = mat.loc[d, d]
-        by = mat.loc[d, others].mean() if others else np.nan
-        on = mat.loc[others, d].mean() if others else np.nan
+        by = mean(mat.loc[d, others], nan_row.loc[d, others])
+        on = mean(mat.loc[others, d], nan_row.loc[others, d])
         out.append({"domain": d, "own": own, "by_others": by, "on_others": on,
                     "own_minus_by_others": own - by, "own_minus_on_others": own - on,
                     "own_above_on_others_mean": bool(own > on) if np.isfinite(own) and np.isfinite(on) else None})

@@ -196,8 +196,14 @@ def _sweep_summary(sw) -> list[str]:
                  "the model's own output (the ablate job warned of it).")
     ds = sw.domain_summary.dropna(subset=["own", "on_others"])
     n_own = int(ds.own_above_on_others_mean.astype(bool).sum())
-    n_row = int((ds.own > ds.by_others).sum())
-    if not len(ds) and len(sw.domain_summary) >= 2:
+    n_row, of_row = int((ds.own > ds.by_others).sum()), int(ds.by_others.notna().sum())  # NaN: a NaN loss
+    rows = getattr(sw, "rows", None)
+    own = rows.ablation.str.startswith(f"own{sw.options['domain_top']}-") if rows is not None and len(rows) else []
+    nan_loss = bool(len(own) and rows[own].delta.isna().any())  # the model's own NaN, kept by the job
+    nan_said = " or a loss there is NaN or infinite, the model's own output (the ablate job warned of it)"
+    if not len(ds) and len(sw.domain_summary) >= 2 and nan_loss:
+        s.append(f"Per-domain ablation: not measured (a selection was refused{nan_said}).")
+    elif not len(ds) and len(sw.domain_summary) >= 2:
         s.append("Per-domain ablation: not measured (the routing guard refused every domain's selection; see "
                  "the refused selections).")
     elif not len(ds):
@@ -207,10 +213,11 @@ def _sweep_summary(sw) -> list[str]:
         s.append(f"Per-domain ablation (each domain's top {sw.options['domain_top']} experts per layer by its "
                  "load over the whole run; reroute): a domain's "
                  f"own experts hurt it more than they hurt the other domains (mean) for {n_own} of {len(ds)} "
-                 f"domains, and more than the other domains' experts hurt it (mean) for {n_row} of {len(ds)}; "
+                 f"domains, and more than the other domains' experts hurt it (mean) for {n_row} of {of_row}; "
                  "own deltas "
                  + ", ".join(f"{x.domain} {x.own:+.4f} (on others {x.on_others:+.4f})" for x in ds.itertuples())
-                 + ".")
+                 + "." + (f" Left out: {len(sw.domain_summary) - len(ds)} domain(s) where a selection was refused"
+                          f"{nan_said}." if nan_loss and len(ds) < len(sw.domain_summary) else ""))
     return s
 
 

@@ -254,3 +254,39 @@ def test_the_reports_sweep_curve_keeps_a_nan_seed_and_says_so():
     assert "4/16 -> +0.6000 (random +0.2000, 1 seed)" in s[0] and "2/16 ->" not in s[0]
     assert s[1] == ("Not compared at 2/16: a loss there is NaN or infinite, the model's own output (the ablate job "
                     "warned of it).")
+
+
+def test_the_reports_per_domain_sentence_says_a_nan_delta_not_a_refusal():
+    """A NaN delta of one domain's own-experts ablation leaves that domain out of the per-domain sentence
+    (its means are NaN, `_domain_table`) and says why; where every domain is left out, the sentence said
+    the routing guard refused every selection, which it had not."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from analyses.report.data import _domain_table
+    from analyses.report.render import _sweep_summary
+
+    doms = ["code", "math", "prose"]
+
+    def summary(nan_at: list[tuple[str, str]]) -> str:
+        rows = pd.DataFrame([{"ablation": f"own2-{m}", "domain": d,
+                              "delta": np.nan if (d, m) in nan_at else 0.1 + 0.2 * (d == m)}
+                             for d in doms for m in doms])
+        _, ds = _domain_table(rows, doms, 2)
+        sw = SimpleNamespace(curve=pd.DataFrame({"masked": [0, 4], "top_delta": [0.0, 0.3], "random_delta": [0.0, 0.1],
+                                                 "random_delta_std": [np.nan, 0.01], "random_seeds": [0, 2]}), skipped={}, rows=rows,
+                             domain_summary=ds, options={"rank_by": "eval", "tokens": 900, "domain_tokens": 300,
+                                                         "n_experts": 16, "domain_top": 2})
+        return _sweep_summary(sw)[-1]
+
+    assert "for 3 of 3 domains" in summary([]) and "Left out" not in summary([])  # the control
+    one = summary([("code", "math")])  # math's own experts on code: math's on_others is NaN
+    # math left out (its experts' mean on the others is NaN); code's by_others is NaN: not counted either way
+    assert "for 2 of 2 domains, and more than the other domains' experts hurt it (mean) for 1 of 1;" in one
+    assert "math" not in one.split("own deltas")[1].split("Left out")[0]
+    assert one.endswith("Left out: 1 domain(s) where a selection was refused or a loss there is NaN or infinite, "
+                        "the model's own output (the ablate job warned of it).")
+    every = summary([(d, m) for d in doms for m in doms])
+    assert every == ("Per-domain ablation: not measured (a selection was refused or a loss there is NaN or "
+                     "infinite, the model's own output (the ablate job warned of it)).")

@@ -195,6 +195,27 @@ def test_ablation_sweep_curve_and_domain_table_by_hand(tmp_path, monkeypatch):
     assert ds.loc["prose", "by_others"] == pytest.approx(0.1) and ds.loc["prose", "on_others"] == pytest.approx(0.3)
 
 
+def test_domain_table_means_skip_a_refused_cell_but_not_a_nan_delta():
+    """by_others / on_others leave out a cell with no row (the ablation refused that domain's
+    selection) but are NaN where a row's delta is NaN (the model's own NaN, which the ablate job keeps):
+    they were the mean of the other cells, a normal-looking number."""
+    def rows_of(cells: dict) -> pd.DataFrame:
+        return pd.DataFrame([{"ablation": f"own2-{m}", "domain": d, "delta": v} for (d, m), v in cells.items()])
+
+    doms = ["code", "math", "prose"]
+    cells = {(d, m): 0.1 * (i + 1) + 0.01 * j for i, d in enumerate(doms) for j, m in enumerate(doms)}
+    _, clean = rd._domain_table(rows_of(cells), doms, 2)
+    clean = clean.set_index("domain")
+    assert clean.loc["code", "by_others"] == pytest.approx((0.11 + 0.12) / 2)
+    refused = {k: v for k, v in cells.items() if k != ("code", "math")}  # math's selection gave no row on code
+    _, s = rd._domain_table(rows_of(refused), doms, 2)
+    assert s.set_index("domain").loc["code", "by_others"] == pytest.approx(0.12)
+    _, s = rd._domain_table(rows_of(cells | {("code", "math"): float("nan")}), doms, 2)
+    s = s.set_index("domain")
+    assert np.isnan(s.loc["code", "by_others"]) and np.isnan(s.loc["math", "on_others"])
+    assert s.loc["prose", "by_others"] == pytest.approx(clean.loc["prose", "by_others"])  # the others as before
+
+
 def test_masked_counts_round_but_mask_at_least_one_and_refuse_more_than_all():
     assert rd.masked_counts(32, [1 / 64, 1 / 8]) == [0, 1, 4]  # 0.5 rounds to 0: still one expert
     with pytest.raises(ValueError, match="fraction 1.5 out of range"):
