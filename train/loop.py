@@ -371,7 +371,7 @@ class _Run:
         stop_reason = None
         if ns.stop_at is not None and self.step >= ns.stop_at and not last:
             stop_reason = f"--stop-at {ns.stop_at}"
-        elif ns.time_limit is not None and time.perf_counter() - self.t_start > ns.time_limit * 60 and not last:
+        elif ns.time_limit is not None and not last and self._out_of_time():
             stop_reason = f"--time-limit {ns.time_limit} min"
         if stop_reason or (ns.checkpoint_every and self.step % ns.checkpoint_every == 0) or last:
             # the rows first: a kill between the two leaves rows past the checkpoint, which a resume drops and
@@ -383,6 +383,13 @@ class _Run:
         elif self.step % ns.flush_every == 0:
             self.flush("running")
         return stop_reason
+
+    def _out_of_time(self) -> bool:
+        """Whether --time-limit has passed, on every rank when on any rank's clock: each rank read its own,
+        rank 0 (its checkpoint and rows written after each step) later than the others, so one rank
+        stopped while another went on to the next step and died in its all-reduce (a traceback, and
+        torchrun's failure)."""
+        return self.dist.ranks.any(time.perf_counter() - self.t_start > self.ns.time_limit * 60)
 
     def evaluate(self) -> dict:
         if not self.data.val:

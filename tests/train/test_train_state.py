@@ -174,3 +174,28 @@ def test_an_empty_path_flag_is_refused_not_taken_for_the_current_folder(flag, ca
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.endswith(f"error: argument {flag}: an empty path (for the current folder, give .)\n")
     assert parse_args([flag, "."]) is not None
+
+
+def test_a_time_limit_passed_on_one_ranks_clock_stops_every_rank(tmp_path):
+    """Each rank read --time-limit off its own clock, rank 0 (writing its rows and checkpoints after each
+    step) later than the others: one rank stopped while the other went on into the next step, which died
+    in its all-reduce with the first gone (a traceback, and torchrun's failure; found by a review)."""
+    import time
+
+    from helpers.thread_ranks import ThreadRanks
+
+    from train.loop import _Run
+    from train.steps import Dist
+
+    ns = parse_args(["--out", str(tmp_path / "run"), "--steps", "10", "--time-limit", "1", "--eval-every", "0",
+                     "--checkpoint-every", "0", "--flush-every", "100"])
+
+    def after_step(world):
+        dist = Dist("cpu")
+        dist.ranks, dist.rank = world, 1  # nothing written: the ranks' agreement is what is looked at
+        r = _Run(ns, dist, step=3)
+        if world.rank == 0:  # its clock past the minute, the other rank's not
+            r.t_start = time.perf_counter() - 61
+        return r._after_step()
+
+    assert ThreadRanks(2).run(after_step) == ["--time-limit 1.0 min"] * 2
