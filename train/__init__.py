@@ -43,7 +43,8 @@ probe/schema.py): `train_steps` (one row per step: losses, lr, grad norm, tokens
 (loss per domain, each step and each evaluation), `train_gates` (MaxVio and bias norm per MoE
 router), `train_eval` (validation loss, MTP agreement), `expert_load` and `router_bias` (per expert,
 every --load-every steps), `run.json` (status, flags, model args, final figures, the run's id),
-`checkpoint/state.pt` (model + optimizer + step + RNG + the run's id, for --resume: a checkpoint is
+`checkpoint/state.pt` (model + optimizer + step + RNG + the run's id and processes, for --resume, which
+notes the flags given that change what it computes, --batch-size as the global batch: a checkpoint is
 resumed only into a new --out or the run whose id it carries; a --resume of a run already complete at
 its --steps says so and changes nothing, after a note naming the flags given that differ from the
 run's own, which it did not use) and, when finished, `model/`: a

@@ -114,7 +114,8 @@ class _Run:
             raise TrainError(f"--stop-at {ns.stop_at}: the checkpoint in {where} is already at step {saved['step']} "
                              f"(pass a later step, or leave --stop-at out to go on to step {ns.steps})")
         if saved is not None and (done := completed_run(ns.out, saved, ns.steps)) is not None:
-            if dist.main and (changed := changed_flags(saved, ns)):  # first: these flags were not used at all
+            # first: these flags were not used at all
+            if dist.main and (changed := changed_flags(saved, ns, dist.world)):
                 print("note: the run is complete, so these flags, which differ from the run's own, were not used: "
                       + ", ".join(changed), file=sys.stderr)
             if dist.main:
@@ -222,7 +223,7 @@ class _Run:
         torch.set_rng_state(saved["rng"]["torch"])
         if saved["rng"].get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
-        if (changed := changed_flags(saved, self.ns)) and self.dist.main:
+        if (changed := changed_flags(saved, self.ns, self.dist.world)) and self.dist.main:
             print("note: resuming with changed flags: " + ", ".join(changed), file=sys.stderr)
 
     def _wrap(self, raw: Transformer):
@@ -378,7 +379,8 @@ class _Run:
             # records again; saved first, the checkpoint was past rows that no resume recorded (a review)
             self.flush("running")
             if self.dist.main:
-                save_state(ns.out / "checkpoint", self.raw, self.opt, self.step, ns, self.tokens_seen, self.run_id)
+                save_state(ns.out / "checkpoint", self.raw, self.opt, self.step, ns, self.tokens_seen, self.run_id,
+                           self.dist.world)
             self.saved_step = self.step
         elif self.step % ns.flush_every == 0:
             self.flush("running")

@@ -22,18 +22,31 @@ def config_record(ns: argparse.Namespace) -> dict:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(ns).items()}
 
 
-def changed_flags(saved: dict, ns: argparse.Namespace) -> list[str]:
+def changed_flags(saved: dict, ns: argparse.Namespace, world: int = 1) -> list[str]:
     """The flags that change what a resumed run computes (`RESUME_CHECKED`) whose values differ from
     those the checkpoint was saved with, each as "name saved -> now"; paths compared as the folders
-    they name."""
+    they name. --batch-size is compared as the global batch, times the processes (`world` now, the
+    checkpoint's `world`): a run resumed under torchrun with another number of processes doubled or
+    halved its batch without a word, and 1 x 16 resumed as 2 x 8, the same batches, was reported."""
     then, now = saved.get("flags", {}), config_record(ns)
 
     def same(k: str) -> bool:
         a, b = then.get(k), now.get(k)
+        if k == "batch_size" and saved.get("world") is not None and a is not None and b is not None:
+            return a * saved["world"] == b * world  # a checkpoint without its world: the flag alone
         return a == b or k in ("corpus", "tokenizer") and a is not None and b is not None and \
             Path(a).resolve() == Path(b).resolve()
 
-    return [f"{k} {then.get(k)} -> {now.get(k)}" for k in RESUME_CHECKED if not same(k)]
+    def change(k: str) -> str:
+        if k == "batch_size" and saved.get("world") is not None:
+            return f"batch_size {then.get(k)} x {_processes(saved['world'])} -> {now.get(k)} x {_processes(world)}"
+        return f"{k} {then.get(k)} -> {now.get(k)}"
+
+    return [change(k) for k in RESUME_CHECKED if not same(k)]
+
+
+def _processes(n: int) -> str:
+    return f"{n} process{'' if n == 1 else 'es'}"
 
 
 def resume_dir(ns: argparse.Namespace) -> Path | None:
@@ -105,9 +118,10 @@ def check_resume_shape(saved: dict, args: ModelArgs, where: Path) -> None:
 
 
 def save_state(path: Path, raw: Transformer, opt, step: int, ns: argparse.Namespace, tokens_seen: int,
-               run_id: str | None = None) -> None:
+               run_id: str | None = None, world: int = 1) -> None:
+    """The resumable state in PATH/state.pt; `world`: the processes whose --batch-size rows made each step."""
     path.mkdir(parents=True, exist_ok=True)
-    state = {"run_id": run_id,
+    state = {"run_id": run_id, "world": world,
         "model": raw.state_dict(), "optimizer": opt.state_dict(), "step": step, "tokens_seen": tokens_seen,
         "rng": {"torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},

@@ -306,6 +306,8 @@ def test_two_process_gloo_run_matches_one_process(corpus, tmp_path):
     np.testing.assert_allclose(g2.bias_norm, g1.bias_norm, atol=1e-6)
     assert (g2.maxvio == g1.maxvio).all()
     assert two.info["world"]["size"] == 2
+    # what a resume compares its global batch with (train.state.changed_flags)
+    assert torch.load(tmp_path / "two" / "checkpoint" / "state.pt", weights_only=False)["world"] == 2
 
 
 def test_the_bias_schedule_follows_the_lr_shape_even_at_lr_0():

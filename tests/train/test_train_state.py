@@ -199,3 +199,25 @@ def test_a_time_limit_passed_on_one_ranks_clock_stops_every_rank(tmp_path):
         return r._after_step()
 
     assert ThreadRanks(2).run(after_step) == ["--time-limit 1.0 min"] * 2
+
+
+def test_a_resume_under_another_number_of_processes_reports_a_changed_global_batch(tmp_path):
+    """--batch-size is per process: a run resumed under torchrun with twice the processes trained on twice
+    the batch without a note, and 1 x 4 resumed as 2 x 2, the same batches, was reported as changed (a
+    review). The checkpoint keeps the processes it was saved with; one saved before that compares the flag."""
+    from train.state import changed_flags
+
+    a = step_run(tmp_path / "a", STREAMS, "--batch-size", "4")
+    save_state(tmp_path / "ck", a.raw, a.opt, 0, a.ns, 0, world=1)
+    saved = load_state(tmp_path / "ck", a.raw.args)
+    assert saved["world"] == 1
+
+    def changed(batch: str, world: int, saved=saved) -> list[str]:
+        return changed_flags(saved, parse_args(["--out", str(tmp_path / "a"), "--seq-len", "8", "--lr", "1e-3",
+                                                "--warmup-steps", "2", "--steps", "10", "--batch-size", batch]), world)
+
+    assert changed("4", 1) == changed("2", 2) == []
+    assert changed("4", 2) == ["batch_size 4 x 1 process -> 4 x 2 processes"]
+    assert changed("1", 2) == ["batch_size 4 x 1 process -> 1 x 2 processes"]
+    older = {k: v for k, v in saved.items() if k != "world"}
+    assert changed("4", 2, older) == [] and changed("2", 2, older) == ["batch_size 4 -> 2"]
