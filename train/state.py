@@ -9,9 +9,11 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from model import ModelArgs, Transformer
 from model import save as save_hf
+from probe.errors import first_line
 from probe.writer import RunError, read_run_json, replace_dir, write_json_atomic
 
 from .data import SPECIAL_TOKENS, TrainError
@@ -119,31 +121,64 @@ def check_resume_shape(saved: dict, args: ModelArgs, where: Path) -> None:
 
 def save_state(path: Path, raw: Transformer, opt, step: int, ns: argparse.Namespace, tokens_seen: int,
                run_id: str | None = None, world: int = 1) -> None:
-    """The resumable state in PATH/state.pt; `world`: the processes whose --batch-size rows made each step."""
-    path.mkdir(parents=True, exist_ok=True)
+    """The resumable state in PATH/state.pt; `world`: the processes whose --batch-size rows made each step.
+    Written as state.pt.tmp, then renamed; a write that fails (a full disk) is a TrainError naming the
+    file, and the partial temporary is removed, as after a Ctrl-C: it stayed, filling the disk, so that the
+    run could not even mark itself interrupted (a traceback, run.json left "running")."""
     state = {"run_id": run_id, "world": world,
         "model": raw.state_dict(), "optimizer": opt.state_dict(), "step": step, "tokens_seen": tokens_seen,
         "rng": {"torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
         "model_args": raw.args.to_dict(), "flags": config_record(ns),
     }
-    tmp = path / "state.pt.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path / "state.pt")
+    tmp, why = path / "state.pt.tmp", None
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        torch.save(state, tmp)
+        os.replace(tmp, path / "state.pt")
+    except (OSError, RuntimeError) as e:  # torch's writer raises a RuntimeError where the disk is full
+        why = _why(e, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if why is not None:  # raised here, not in the handler: the error's frames held torch's writer, and its
+        # file open, so that the disk stayed full after the unlink
+        raise TrainError(f"{path / 'state.pt'}: cannot save the checkpoint ({why}); the one saved there before, "
+                         "if any, is as it was")
+
+
+def _why(e: Exception, where: Path) -> str:
+    """Why a write in `where` failed: an OSError's reason; torch's and safetensors' writers do not say that
+    the disk is full, so a folder with under 1 MiB free is said to be full."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    try:
+        full = where.exists() and shutil.disk_usage(where).free < 2**20
+    except OSError:
+        full = False
+    return "no space left on the device" if full else first_line(e)
 
 
 def save_final(raw: Transformer, out: Path, tokenizer: Path, dtype: torch.dtype) -> Path:
-    """HF checkpoint + tokenizer files in OUT/model (built in model.tmp, then renamed)."""
-    final, tmp = out / "model", out / "model.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    save_hf(raw, tmp, dtype=dtype)
-    shutil.copyfile(tokenizer, tmp / "tokenizer.json")
-    write_json_atomic(tmp / "tokenizer_config.json", {
-        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": SPECIAL_TOKENS[0],
-        "eos_token": SPECIAL_TOKENS[1], "pad_token": SPECIAL_TOKENS[2], "add_bos_token": True,
-        "model_max_length": raw.args.max_seq_len})
-    replace_dir(tmp, final)  # the previous model stays whole until this one is in place
+    """HF checkpoint + tokenizer files in OUT/model (built in model.tmp, then renamed). A write that fails
+    (a full disk) is a TrainError naming OUT/model, with model.tmp removed (as `save_state` says why)."""
+    final, tmp, why = out / "model", out / "model.tmp", None
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        save_hf(raw, tmp, dtype=dtype)
+        shutil.copyfile(tokenizer, tmp / "tokenizer.json")
+        write_json_atomic(tmp / "tokenizer_config.json", {
+            "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": SPECIAL_TOKENS[0],
+            "eos_token": SPECIAL_TOKENS[1], "pad_token": SPECIAL_TOKENS[2], "add_bos_token": True,
+            "model_max_length": raw.args.max_seq_len})
+        replace_dir(tmp, final)  # the previous model stays whole until this one is in place
+    except (OSError, RuntimeError, SafetensorError) as e:
+        why = _why(e, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if why is not None:
+        raise TrainError(f"{final}: cannot save the trained model ({why}); the last step's checkpoint is kept, "
+                         "to --resume from")
     return final
 
 
