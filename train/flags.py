@@ -102,7 +102,7 @@ def _run_flags(r) -> None:
     r.add_argument("--time-limit", type=float, default=None, help="stop (with a checkpoint) after this many minutes")
     r.add_argument("--save-dtype", choices=("float32", "bfloat16"), default="bfloat16",
                    help="dtype of the final Hugging Face checkpoint (the router stays float32)")
-    r.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda")
+    r.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
     r.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,13 +113,21 @@ class Dist:
 
     def __init__(self, device_flag: str) -> None:
         from model.parallel import init_world
+        from model.ranks import env_world_size
 
         want_cuda = device_flag.startswith("cuda") or (device_flag == "auto" and torch.cuda.is_available())
-        if device_flag not in ("auto", "cpu") and not device_flag.startswith("cuda"):
-            raise TrainError(f"--device={device_flag!r}: choose auto, cpu or cuda")
+        if device_flag not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d+)?", device_flag):
+            raise TrainError(f"--device={device_flag!r}: choose auto, cpu, cuda or cuda:N")
         if want_cuda and not torch.cuda.is_available():
-            raise TrainError("--device=cuda but torch sees no CUDA device")
-        self.ranks = init_world(1, device="cuda" if want_cuda else "cpu")
+            raise TrainError(f"--device={device_flag} but torch sees no CUDA device")
+        if ":" in device_flag and env_world_size() > 1:  # every rank would take that one GPU
+            raise TrainError(f"--device={device_flag}: under torchrun each process takes its own GPU (LOCAL_RANK): "
+                             "pass --device cuda")
+        if ":" in device_flag and int(device_flag.split(":")[1]) >= (n := torch.cuda.device_count()):
+            raise TrainError(f"--device={device_flag}: torch sees {n} CUDA device{'s' * (n != 1)} (cuda:0"
+                             f"{f' to cuda:{n - 1}' if n > 1 else ''})")
+        # cuda:N as given: it was passed on as "cuda", which trains on this rank's LOCAL_RANK GPU (cuda:0 alone)
+        self.ranks = init_world(1, device=device_flag if ":" in device_flag else "cuda" if want_cuda else "cpu")
         self.world, self.rank, self.device = self.ranks.size, self.ranks.rank, torch.device(self.ranks.device)
 
     @property

@@ -176,3 +176,29 @@ def test_the_bias_settling_draws_fresh_batches_after_the_last_training_step(tmp_
     assert len(set(drawn)) == 9 and min(drawn) >= 10
     assert r.info["bias_settle"]["updates"] == 2 and set(r.info["bias_settle"]["maxvio_pooled"]) == set(r.gate_mods)
     assert all(len(h) == 3 for h in r.info["bias_settle"]["maxvio_pooled"].values())
+
+
+def test_device_cuda_n_trains_on_that_gpu_and_a_device_torch_lacks_is_one_line(monkeypatch):
+    """--device cuda:1 was passed on as "cuda", which put the run on cuda:0 (the LOCAL_RANK GPU) without a
+    word, beside whatever ran there; cudaXYZ was taken for cuda, and a GPU past the last was torch's traceback."""
+    import model.parallel
+    from model.ranks import World
+
+    from train import TrainError
+
+    asked = []
+    monkeypatch.delenv("WORLD_SIZE", raising=False)  # one process
+    monkeypatch.setattr(model.parallel, "init_world", lambda mp, device: asked.append(device) or World(device=device))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert [Dist(flag).device for flag in ("cuda:1", "cuda", "cpu")] == [torch.device(d) for d in ("cuda:1", "cuda",
+                                                                                                     "cpu")]
+    assert asked == ["cuda:1", "cuda", "cpu"]
+    with pytest.raises(TrainError, match=r"^--device=cuda:2: torch sees 2 CUDA devices \(cuda:0 to cuda:1\)$"):
+        Dist("cuda:2")
+    with pytest.raises(TrainError, match=r"^--device='cudaXYZ': choose auto, cpu, cuda or cuda:N$"):
+        Dist("cudaXYZ")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(TrainError, match=r"^--device=cuda:1: under torchrun each process takes its own GPU"):
+        Dist("cuda:1")
+    assert asked == ["cuda:1", "cuda", "cpu"]  # refused before any process group
