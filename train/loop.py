@@ -256,13 +256,20 @@ class _Run:
         not kept: a resumed run that stops again kept the model and figures of its first end."""
         if not self.dist.main:
             return
-        self.log.commit()
         self.info.update(status=status, updated=time.time(), step=self.step, tokens_seen=self.tokens_seen, **extra)
-        try:
-            with updating_run_json(self.ns.out, new=dict) as on_disk:
-                replace_keeping_others(on_disk, self.info, SESSION_KEYS)
-        except RunError:  # an unreadable run.json: this run's own record replaces it, as it always did
-            write_json_atomic(self.ns.out / "run.json", self.info)
+        with self._writing():
+            self.log.commit()
+            try:
+                with updating_run_json(self.ns.out, new=dict) as on_disk:
+                    replace_keeping_others(on_disk, self.info, SESSION_KEYS)
+            except RunError:  # an unreadable run.json: this run's own record replaces it, as it always did
+                write_json_atomic(self.ns.out / "run.json", self.info)
+
+    def _writing(self):
+        """The run's rows and run.json written in this block: a write the OS refuses (a full disk) is a
+        one-line TrainError naming --out; it was pyarrow's OSError traceback, chained to a second one
+        from marking the run interrupted."""
+        return os_refusal(f"--out {self.ns.out}: cannot write the run's rows and run.json", TrainError)
 
     # --------------------------------------------------------------------------------- steps
     def _loop(self) -> dict:
@@ -288,7 +295,11 @@ class _Run:
             self.bar.close()
             if self.info.get("status") != "complete":  # a stop said "KeyboardInterrupt: " (SIGTERM "_Terminated: ")
                 why = (str(e) or "Ctrl-C") if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
-                self.flush("interrupted", error=why.splitlines()[0])
+                try:
+                    self.flush("interrupted", error=why.splitlines()[0])
+                except TrainError:  # a full disk: run.json cannot be marked either; the run's own error first
+                    if not isinstance(e, TrainError):
+                        raise
             raise
         self.flush("interrupted", stop_reason=stop_reason)
         if self.dist.main:
@@ -354,9 +365,10 @@ class _Run:
     def _log_step(self, row: dict, domain_loss: list[float], loads: torch.Tensor) -> None:
         if self.dist.main:
             biases = [self.gate_mods[g.label].bias for g in self.gates]
-            self.log.step(row, domain_loss, loads, biases)
-            if self.step % self.ns.load_every == 0 and self.gates:
-                self.log.loads(self.step, loads, biases, row["tokens"], self.ns.seq_len)
+            with self._writing():  # a table's rows go to disk once they fill a row group
+                self.log.step(row, domain_loss, loads, biases)
+                if self.step % self.ns.load_every == 0 and self.gates:
+                    self.log.loads(self.step, loads, biases, row["tokens"], self.ns.seq_len)
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{row['lm_loss']:.3f}", tok_s=f"{row['tokens_per_s']:,.0f}", refresh=False)
 

@@ -381,3 +381,36 @@ def test_a_kill_in_the_final_commit_leaves_each_validation_row_once(corpus, tmp_
     assert sorted(val.domain) == ["chinese", "literature", "math"] and set(val.step) == {3}
     gates = k.df("train_gates")
     assert len(gates.query("split == 'val'")) == len(gates.query("split == 'train' and step == 3")) > 0
+
+
+def test_a_disk_that_fills_is_one_line_naming_out_also_after_a_ctrl_c(corpus, tmp_path, monkeypatch):
+    """A commit of the rows on a full disk raised pyarrow's OSError, a traceback chained to a second one from
+    marking the run interrupted (reproduced on a full tmpfs). A Ctrl-C whose run cannot be marked says why,
+    rather than that the run is marked interrupted."""
+    import errno
+    import re
+
+    from probe.writer import PartWriter
+    from train import loop
+
+    commits = []
+
+    def full_after_the_first(self, *a, **kw):  # the disk fills once the run has begun
+        commits.append(1)
+        if len(commits) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(PartWriter, "commit", full_after_the_first)
+    said = r"^--out {}: cannot write the run's rows and run.json \(No space left on device\)$"
+    with pytest.raises(TrainError, match=said.format(re.escape(str(tmp_path / "run")))):
+        run(parse_args(flags(corpus, tmp_path / "run", "--steps", "2", "--eval-every", "0")))
+    assert len(commits) == 3  # the run's start, its last step, then marking it interrupted
+
+    def ctrl_c(self, *a, **kw):
+        raise KeyboardInterrupt
+
+    commits.clear()
+    monkeypatch.setattr(loop._Run, "_train_step", ctrl_c)
+    with pytest.raises(TrainError, match=said.format(re.escape(str(tmp_path / "again")))):
+        run(parse_args(flags(corpus, tmp_path / "again", "--steps", "2", "--eval-every", "0")))
+    assert probe.open_run(tmp_path / "again").info["status"] == "running"  # as the error says: not marked
