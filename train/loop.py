@@ -102,6 +102,11 @@ class _Run:
         saved = load_state(where, args) if where is not None else None
         if saved is not None:
             check_resume_run(saved, where, ns.out)
+            if dist.main and run_id(ns.out) is None and where.resolve() != (ns.out / "checkpoint").resolve():
+                # it went on without a word, into the default runs/train where --out was left out (a review)
+                print(f"note: --resume {ns.resume}: a new run in --out {ns.out}, from the checkpoint in {where} "
+                      f"(step {saved['step']}); the rows up to step {saved['step']} stay in the run "
+                      "that saved it", file=sys.stderr)
         # the run's id, in run.json and every checkpoint: a resume continues the run whose id it carries;
         # a new --out started from another run's checkpoint is a run of its own
         self.run_id = run_id(ns.out) or uuid.uuid4().hex

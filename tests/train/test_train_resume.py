@@ -232,7 +232,7 @@ def test_a_second_process_in_a_run_being_trained_is_refused(corpus, tmp_path):
     assert again["status"] == "complete"
 
 
-def test_a_resume_into_another_training_runs_out_is_refused(corpus, tmp_path):
+def test_a_resume_into_another_training_runs_out_is_refused(corpus, tmp_path, capsys):
     """--resume A/checkpoint --out B, B another run (here another --seed), kept B's first rows under
     A's later ones and replaced B's checkpoint and model (a tour): refused before anything is
     written. A new --out may start from the checkpoint; A's own --out continues it."""
@@ -250,9 +250,13 @@ def test_a_resume_into_another_training_runs_out_is_refused(corpus, tmp_path):
     shutil.copytree(a / "checkpoint", b / "checkpoint")
     with pytest.raises(TrainError, match=rf"the checkpoint was saved by the run in {a}, but --out {b} holds another"):
         run(parse_args(flags(corpus, b, *common, "--seed", "7", "--resume")))
+    capsys.readouterr()
     assert run(parse_args(flags(corpus, tmp_path / "c", *common, "--resume", str(a))))["step"] == 3
+    assert (f"note: --resume {a}: a new run in --out {tmp_path / 'c'}, from the checkpoint in {a / 'checkpoint'} "
+            "(step 1); the rows up to step 1 stay in the run that saved it") in capsys.readouterr().err
     assert json.loads((tmp_path / "c" / "run.json").read_text())["run_id"] != json.loads((a / "run.json").read_text())["run_id"]
     assert run(parse_args(flags(corpus, a, *common, "--resume", str(a / "checkpoint"))))["step"] == 3
+    assert "a new run" not in capsys.readouterr().err  # its own run, continued
 
 
 def test_a_resume_of_a_complete_run_says_so_and_changes_nothing(corpus, tmp_path, capsys):
