@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
@@ -21,6 +22,22 @@ def _terminate(signum, frame):
     raise _Terminated("SIGTERM")  # what run.json's error says
 
 
+def _stopped_line(ns, code: int) -> str:
+    """What a stopped run says: the run marked interrupted and how to go on; under torchrun, a rank other
+    than 0 that torchrun stopped (SIGTERM: another rank failed or was stopped) says only that, as the
+    other commands' ranks do (`probe.job_exit`): it said the run was marked interrupted, which rank 0
+    alone does, also where rank 0 had ended on a refusal before the run began (found by the train hunt)."""
+    world, rank = int(os.environ.get("WORLD_SIZE", "1") or 1), os.environ.get("RANK", "0")
+    if code == 143 and world > 1 and rank != "0":
+        return f"error: rank {rank} of {world} stopped by signal 15 (another rank failed or was stopped)"
+    # before its first checkpoint there is nothing to resume: --resume refused, and so did a fresh run
+    # in the same --out (it holds a run), so the advice to resume led nowhere
+    how = ("continue it with --resume, from its last checkpoint" if (ns.out / "checkpoint" / "state.pt").exists()
+           else "no checkpoint was saved yet: delete it to start again")
+    return (f"\n{'terminated' if code == 143 else 'interrupted'}: the run in {ns.out}, if it had begun, is "
+            f"marked interrupted ({how})")
+
+
 def main(argv: list[str] | None = None) -> None:
     ns = parse_args(argv)
     whole_lines_on_stderr()  # under torchrun: the ranks' lines and torchrun's do not cut into each other
@@ -33,12 +50,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: one line, as the other commands (it was a traceback)
         code = 143 if isinstance(e, _Terminated) else 130
-        # before its first checkpoint there is nothing to resume: --resume refused, and so did a fresh run
-        # in the same --out (it holds a run), so the advice to resume led nowhere
-        how = ("continue it with --resume, from its last checkpoint" if (ns.out / "checkpoint" / "state.pt").exists()
-               else "no checkpoint was saved yet: delete it to start again")
-        print(f"\n{'terminated' if code == 143 else 'interrupted'}: the run in {ns.out}, if it had begun, is "
-              f"marked interrupted ({how})", file=sys.stderr)
+        print(_stopped_line(ns, code), file=sys.stderr)
         exit_ranks(code)
         raise SystemExit(code) from None
     finally:

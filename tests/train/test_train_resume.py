@@ -155,6 +155,36 @@ def test_resume_reports_another_corpus_and_settleflags(corpus, tmp_path, capsys)
     assert "tokenizer " in capsys.readouterr().err
 
 
+def _rank_1_terminated(err_path: str, argv: list[str]) -> None:
+    """Rank 1 of 2 (its environment as torchrun sets it) stopped by torchrun's SIGTERM; stderr into a file."""
+    import os
+    import sys
+
+    import train.__main__ as cli
+
+    os.environ.update(WORLD_SIZE="2", RANK="1")
+    os.dup2(os.open(err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 2)
+    sys.stderr = open(2, "w", buffering=1, closefd=False)
+
+    def terminated(ns):
+        raise cli._Terminated("SIGTERM")
+
+    cli.run = terminated
+    try:
+        cli.main(argv)
+    except SystemExit as e:
+        sys.stderr.flush()
+        os._exit(e.code)
+
+
+def test_a_rank_other_than_0_stopped_by_torchrun_does_not_say_it_marked_the_run(corpus, tmp_path):
+    """Rank 0 alone marks the run interrupted; rank 1, stopped by torchrun because rank 0 ended (here
+    before the run began), said 'terminated: the run ... is marked interrupted' (found by the train hunt)."""
+    err = tmp_path / "err.txt"
+    assert forked(_rank_1_terminated, str(err), flags(corpus, tmp_path / "run")) == 143
+    assert err.read_text().strip() == "error: rank 1 of 2 stopped by signal 15 (another rank failed or was stopped)"
+
+
 def test_a_stop_while_settling_marks_the_run_interrupted(corpus, tmp_path, monkeypatch):
     """Ctrl-C or SIGTERM during the bias settling (about a minute in the shipped recipe), the final
     evaluation or the save left run.json saying "running" (a review)."""
