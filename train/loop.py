@@ -461,10 +461,12 @@ class _Run:
 
 def _final_line(final: dict, domains: list[str], gates: list[str]) -> str:
     """The closing summary; a figure the run never measured (no MTP module, or --mtp-weight 0 leaving its
-    gate unrouted) is left out rather than printed as 'nan'."""
+    gate unrouted, no MoE layer) is left out rather than printed as 'nan' or as a label alone."""
     vio = {g: final[f"val_maxvio_{g}"] for g in gates}
     line = "  val loss " + " ".join(f"{d}={final[f'val_loss_{d}']:.3f}" for d in domains)
-    line += "  MaxVio_global " + " ".join(f"{g}={v:.2f}" for g, v in vio.items() if math.isfinite(v))
+    measured = [f"{g}={v:.2f}" for g, v in vio.items() if math.isfinite(v)]
+    if measured:  # none: a model without MoE layers printed the label alone
+        line += "  MaxVio_global " + " ".join(measured)
     if math.isfinite(final["val_mtp_agree"]):
         line += f"  MTP agreement {final['val_mtp_agree']:.1%}"
     return line

@@ -202,3 +202,14 @@ def test_device_cuda_n_trains_on_that_gpu_and_a_device_torch_lacks_is_one_line(m
     with pytest.raises(TrainError, match=r"^--device=cuda:1: under torchrun each process takes its own GPU"):
         Dist("cuda:1")
     assert asked == ["cuda:1", "cuda", "cpu"]  # refused before any process group
+
+
+def test_the_closing_line_leaves_out_what_the_run_never_measured():
+    """No MoE layer: the MaxVio label was printed alone ("  MaxVio_global "); no MTP: no agreement."""
+    from train.loop import _final_line
+
+    final = {"val_loss_code": 2.0, "val_maxvio_layer1": 0.25, "val_mtp_agree": 0.5}
+    assert _final_line(final, ["code"], ["layer1"]) == ("  val loss code=2.000  MaxVio_global layer1=0.25  "
+                                                        "MTP agreement 50.0%")
+    dense = {"val_loss_code": 2.0, "val_mtp_agree": float("nan")}
+    assert _final_line(dense, ["code"], []) == "  val loss code=2.000"
