@@ -45,7 +45,7 @@ router), `train_eval` (validation loss, MTP agreement), `expert_load` and `route
 every --load-every steps), `run.json` (status, flags, model args, final figures, the run's id),
 `checkpoint/state.pt` (model + optimizer + step + RNG + the run's id and processes, for --resume, which
 notes the flags given that change what it computes, --batch-size as the global batch: a checkpoint is
-resumed only into a new --out or the run whose id it carries; a --resume of a run already complete at
+resumed only into a new --out, a new run that says so, or the run whose id it carries; a --resume of a run already complete at
 its --steps says so and changes nothing, after a note naming the flags given that differ from the
 run's own, which it did not use) and, when finished, `model/`: a
 Hugging Face checkpoint (`model.save`) that transformers' DeepseekV3ForCausalLM also reads, with

@@ -14,13 +14,13 @@ from .data import TrainError
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "data" / "model_config.json"
 BALANCE_MODES = ("aux-free", "switch", "none")
-# flags that change what a resumed run computes; a resume with other values is allowed but reported
-# (the corpus, the settle phase and the tokenizer too: they changed silently before; reviews); batch_size is
-# compared as the global batch, times the processes (train.state.changed_flags)
+# flags that change what a resumed run computes; a resume with other values is allowed but reported (the
+# corpus, the settle phase, the tokenizer and the validation windows too: they changed silently before;
+# reviews); batch_size is compared as the global batch, times the processes (train.state.changed_flags)
 RESUME_CHECKED = ("seed", "batch_size", "seq_len", "lr", "min_lr_ratio", "warmup_steps", "steps", "weight_decay",
                   "beta1", "beta2", "grad_clip", "mtp_weight", "balance", "bias_update_speed", "bias_schedule",
                   "seq_aux_weight", "switch_weight", "mix_alpha", "corpus", "settle_updates", "settle_batches",
-                  "settle_speed", "tokenizer")
+                  "settle_speed", "tokenizer", "eval_windows")
 
 
 # ------------------------------------------------------------------------------------------ flags

@@ -221,6 +221,10 @@ def test_a_resume_under_another_number_of_processes_reports_a_changed_global_bat
     assert changed("1", 2) == ["batch_size 4 x 1 process -> 1 x 2 processes"]
     older = {k: v for k, v in saved.items() if k != "world"}
     assert changed("4", 2, older) == [] and changed("2", 2, older) == ["batch_size 4 -> 2"]
+    # the validation windows: later validation figures measured on other windows (it was not said; the train hunt)
+    fewer = parse_args(["--out", str(tmp_path / "a"), "--seq-len", "8", "--lr", "1e-3", "--warmup-steps", "2",
+                        "--steps", "10", "--batch-size", "4", "--eval-windows", str(a.ns.eval_windows // 2)])
+    assert changed_flags(saved, fewer) == [f"eval_windows {a.ns.eval_windows} -> {a.ns.eval_windows // 2}"]
 
 
 @pytest.mark.slow  # 1.5 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
