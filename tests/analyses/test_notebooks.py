@@ -141,6 +141,13 @@ def test_notebook_runs(name, run_dir, executed):
     assert any(str(run_dir) in o.get("text", "") for o in outs), "the notebook did not open the test run"
     # figures go out as plotly's MIME bundle, which JupyterLab renders inline (plotly's lab extension)
     assert any("application/vnd.plotly.v1+json" in o.get("data", {}) for o in outs), "no inline plotly figure"
+    # every chart says what it shows and what its bars or lines measure (the ablation curve had no title; the
+    # bars of mtp, expert_paths, run_vs_run and specialisation's repetition no y-axis title: a tour)
+    for fig in _figures(nb):
+        title = (fig["layout"].get("title") or {}).get("text")
+        assert title, f"{name}: a figure without a title"
+        if {t.get("type") for t in fig["data"]} <= {"bar", "scatter"}:
+            assert ((fig["layout"].get("yaxis") or {}).get("title") or {}).get("text"), f"{name}: {title!r}: no y title"
     # the conclusion is Markdown displayed by the last cell, built from computed values
     last = [c for c in nb.cells if c.cell_type == "code"][-1]
     md = [o.data["text/markdown"] for o in last.outputs if o.output_type == "display_data"
