@@ -148,6 +148,8 @@ def test_notebook_runs(name, run_dir, executed):
         assert title, f"{name}: a figure without a title"
         if {t.get("type") for t in fig["data"]} <= {"bar", "scatter"}:
             assert ((fig["layout"].get("yaxis") or {}).get("title") or {}).get("text"), f"{name}: {title!r}: no y title"
+    # a note shown only when it has something to say (an empty Markdown left a blank output under a table)
+    assert all(o.data["text/markdown"].strip() for o in outs if "text/markdown" in o.get("data", {})), name
     # the conclusion is Markdown displayed by the last cell, built from computed values
     last = [c for c in nb.cells if c.cell_type == "code"][-1]
     md = [o.data["text/markdown"] for o in last.outputs if o.output_type == "display_data"
