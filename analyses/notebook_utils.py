@@ -139,6 +139,20 @@ def need_tables(run, what: str, *tables: str) -> None:
             raise MetricsError(f"{e}; {what} reads it") from None
 
 
+def tables_note(run, what: str, *tables: str) -> str | None:
+    """None when the run has rows in every one of `tables`; else `need_tables`' reason, for a notebook to
+    show in place of `what`, a part of it that reads them, and run on (specialisation refused a run
+    recorded with --router-logits none in its first cell, though its domain x expert part reads
+    `expert_load` alone; a tour)."""
+    from analyses.metrics import MetricsError
+
+    try:
+        need_tables(run, what, *tables)
+    except MetricsError as e:
+        return str(e)
+    return None
+
+
 def need_model(run, what: str, files: bool = True, tokenizer: bool = False) -> None:
     """Raise one clear error, for a notebook's first cell, when `what` (a part that runs the run's
     checkpoint on its corpus: ablation, causal importance, steering, the run-vs-run variant) has no

@@ -3,7 +3,8 @@ that lack what the notebook reads: an SGLang import (no checkpoint, corpus, MTP 
 dump has no tokens or routing either) and a record run of only some tables. The notebook stops there
 with one line naming what the run lacks; on such runs ablation and run_vs_run raised a KeyError on
 'checkpoint' from their second cell and inside compare_run, causal_importance advised `--ckpt`, and
-latent_kv, mtp, token_dependence and expert_paths stopped in a later cell (a tour). And a notebook that
+latent_kv, mtp, token_dependence and expert_paths stopped in a later cell (a tour); specialisation opens a
+run without routing (its domain part reads expert_load) and says what it leaves out. And a notebook that
 reads only the run's tables, run whole in this process on a run too small for one of its charts."""
 
 from __future__ import annotations
@@ -102,12 +103,21 @@ def some_tables(tmp_path):
     ("mtp", "run has no mtp table (the run was recorded with --no-mtp); this notebook (MTP agreement) reads it"),
     ("token_dependence", "run has no routing table (the run was recorded with --router-logits none"),
     ("expert_paths", "run has no routing table (the run was recorded with --router-logits none"),
-    ("specialisation", "run has no routing table (the run was recorded with --router-logits none"),
 ])
 def test_a_notebook_stops_first_naming_the_table_a_record_left_out(some_tables, name, said, monkeypatch):
     with pytest.raises(MetricsError) as e:
         first_cell(name, some_tables, monkeypatch)
     assert str(e.value).startswith(f"{some_tables}: {said}"), str(e.value)
+
+
+def test_specialisation_opens_a_run_without_routing_saying_what_it_leaves_out(some_tables, monkeypatch):
+    """specialisation stopped here on a run recorded with --router-logits none, though its domain x expert
+    part reads expert_load alone (a tour): it opens the run, and its routing parts show `no_routing`."""
+    space = first_cell("specialisation", some_tables, monkeypatch)
+    assert str(space["run"].path) == str(some_tables)
+    assert space["no_routing"].startswith(f"{some_tables}: run has no routing table (the run was recorded with "
+                                          "--router-logits none"), space["no_routing"]
+    assert space["no_routing"].endswith("(token ids, adjacent tokens, the domain probe) reads it"), space["no_routing"]
 
 
 def test_a_run_that_names_no_checkpoint_is_refused_for_the_notebooks_that_run_one(some_tables, monkeypatch):

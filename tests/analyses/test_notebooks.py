@@ -258,6 +258,37 @@ def test_notebooks_that_compare_domains_refuse_a_one_domain_run(tmp_path):
         assert "need_domains(run" in first.source, name
 
 
+
+def test_specialisation_shows_its_domain_part_on_a_run_without_routing(tmp_path):
+    """specialisation refused a run recorded with --router-logits none in its first cell, its domain x
+    expert part too, which reads expert_load alone (a tour): it now needs tokens and expert_load there,
+    and `tables_note` says in the place of the routing parts why they were not measured."""
+    import shutil
+
+    import nbformat
+
+    import probe
+    from analyses.metrics import specialisation_table
+    from analyses.notebook_utils import tables_note
+    from helpers.synthetic_run import write_run
+
+    write_run(tmp_path / "r")
+    assert tables_note(probe.open_run(tmp_path / "r"), "x", "routing") is None
+    shutil.rmtree(tmp_path / "r" / "routing")  # as --router-logits none records it
+    info = json.loads((tmp_path / "r" / "run.json").read_text())
+    (tmp_path / "r" / "run.json").write_text(json.dumps(info | {"options": {"router_logits": "none"}}))
+    run = probe.open_run(tmp_path / "r")
+    said = tables_note(run, "the token-level half", "routing")
+    assert said.startswith(f"{run.path}: run has no routing table (the run was recorded with --router-logits none"), said
+    assert said.endswith("; the token-level half reads it"), said
+    assert specialisation_table(run).domain_nmi.notna().all()  # the domain part: expert_load alone
+    cells = [c.source for c in nbformat.read(NB_DIR / "specialisation.ipynb", as_version=4).cells if c.cell_type == "code"]
+    assert '"tokens", "expert_load")' in cells[0] and 'tables_note(run, ' in cells[0], cells[0]
+    # the cells that read routing run only with it
+    assert [c for c in cells if "repetition_from_run(run)" in c][0].count("if no_routing:") == 1
+    assert "no_routing or heldout_note(" in [c for c in cells if "domain_probe_from_run(run)" in c][0]
+
+
 def test_a_relative_run_path_is_the_repositorys_when_not_under_the_kernels_folder(run_dir, tmp_path, monkeypatch):
     """Jupyter starts a kernel in the notebook's folder: DSV3_NOTEBOOK_RUN=runs/r1, the user's run
     under the repository root, recorded a new run in analyses/notebooks/runs/r1 and analysed that
