@@ -153,7 +153,21 @@ def tables_note(run, what: str, *tables: str) -> str | None:
     return None
 
 
-def need_model(run, what: str, files: bool = True, tokenizer: bool = False) -> None:
+def model_note(run, what: str) -> str | None:
+    """None when `what`, a part of a notebook that runs the run's checkpoint over the run's own recorded
+    tokens, can (`need_model`'s checks, the corpus left out); else why not, for the notebook to show in its
+    place and run on (latent_kv's domain probe stopped halfway with "CheckpointError: ...: no such
+    directory" on a run whose checkpoint was gone, and would have probed a changed one silently; a tour)."""
+    from analyses.metrics import MetricsError
+
+    try:
+        need_model(run, what, on_corpus=False)
+    except MetricsError as e:
+        return str(e)
+    return None
+
+
+def need_model(run, what: str, files: bool = True, tokenizer: bool = False, on_corpus: bool = True) -> None:
     """Raise one clear error, for a notebook's first cell, when `what` (a part that runs the run's
     checkpoint on its corpus: ablation, causal importance, steering, the run-vs-run variant) has no
     model or corpus to run: an import (SGLang's dumps name neither: ablation and run_vs_run raised a
@@ -163,7 +177,8 @@ def need_model(run, what: str, files: bool = True, tokenizer: bool = False) -> N
     a tour; `files=False`: only that run.json names both, for compare_run, whose variant checkpoint may be
     written already). `tokenizer`: `what` reads the corpus with the run's tokenizer (ablation's sweep, causal
     importance and steering: their jobs refused one gone or changed in a later cell, with "pass --tokenizer";
-    a tour), checked too (`probe.job.run_tokenizer`)."""
+    a tour), checked too (`probe.job.run_tokenizer`). `on_corpus=False`: `what` runs the checkpoint on the run's
+    own recorded tokens, not on its corpus (latent_kv's probe), so the corpus is not checked."""
     from analyses.metrics import MetricsError
     from probe.job import run_inputs, run_tokenizer
 
@@ -174,9 +189,10 @@ def need_model(run, what: str, files: bool = True, tokenizer: bool = False) -> N
                            f"({name}) with neither; point $DSV3_NOTEBOOK_RUN at a run recorded with `dsv3-probe "
                            "record`")
     named = [(info.get(k) or {}).get("path") for k in ("checkpoint", "corpus")]
-    advice = partial(_notebook_advice, what)
-    ckpt, corpus = (run_inputs(info, str(run.path), None, None, error=MetricsError, run=run.path, advice=advice)
-                    if files else named)
+    advice = partial(_notebook_advice, what, on=" on its corpus" if on_corpus else "")
+    unchecked = None if on_corpus else (named[1] or "(not read)")  # given, so run_inputs leaves it be
+    ckpt, corpus = (run_inputs(info, str(run.path), None, unchecked, error=MetricsError, run=run.path,
+                               advice=advice) if files else named)
     if not (ckpt and corpus):
         lost = " and no ".join(k for k, v in (("checkpoint", ckpt), ("corpus", corpus)) if not v)
         raise MetricsError(f"{run.path}: {what} runs the run's checkpoint on its corpus, and run.json names no "
@@ -185,11 +201,11 @@ def need_model(run, what: str, files: bool = True, tokenizer: bool = False) -> N
         run_tokenizer(info, str(run.path), MetricsError, advice=advice, ckpt=ckpt)
 
 
-def _notebook_advice(what: str, lost: str, why: str) -> str:
+def _notebook_advice(what: str, lost: str, why: str, on: str = " on its corpus") -> str:
     """`probe.job.run_inputs`' advice for a notebook, which has no --ckpt or --corpus: `what` (the
     notebook's part) needs the run's model, so another run, or the run's files put back. `lost`: the
     checkpoint, the corpus, both, a training run's model, or the tokenizer (`probe.job.run_tokenizer`'s);
-    `why`: their reason."""
+    `why`: their reason; `on`: what `what` runs the checkpoint on, as said."""
     other = "point $DSV3_NOTEBOOK_RUN at a run"
     verb = "are" if " and " in lost else "is"
     how = {"unwritten": f"{other} whose model is written",
@@ -197,7 +213,7 @@ def _notebook_advice(what: str, lost: str, why: str) -> str:
            "gone": f"{other} whose {lost} {verb} there, or restore the files where run.json names them",
            "changed": f"{other} recorded on this {lost}, or restore the {lost} the run was recorded with"}[why]
     read = ", read with the tokenizer it was recorded with" if lost == "tokenizer" else ""
-    return f"{what} runs the run's checkpoint on its corpus{read}: {how}"
+    return f"{what} runs the run's checkpoint{on}{read}: {how}"
 
 
 def latent_summary(kv, stats) -> str:

@@ -289,6 +289,45 @@ def test_specialisation_shows_its_domain_part_on_a_run_without_routing(tmp_path)
     assert "no_routing or heldout_note(" in [c for c in cells if "domain_probe_from_run(run)" in c][0]
 
 
+
+def test_latent_kv_says_its_probe_was_not_measured_without_the_runs_checkpoint(tmp_path, probe_env):
+    """latent_kv's domain probe re-runs the run's windows through its checkpoint, and on a run whose checkpoint
+    was gone it stopped halfway with "CheckpointError: ...: no such directory" (a tour); a changed one it would
+    have probed silently. `model_note` says why in the probe's place (`need_model`'s checks), the corpus left
+    unchecked: the probe reads the run's recorded tokens, not its corpus."""
+    import nbformat
+
+    import probe
+    from analyses.metrics import MetricsError
+    from analyses.notebook_utils import model_note, need_model
+    from helpers.synthetic_run import write_run
+    from probe.job import checkpoint_identity
+
+    write_run(tmp_path / "r")
+    info = json.loads((tmp_path / "r" / "run.json").read_text())
+    what = "the domain probe (it hooks the latent c_kv)"
+
+    def with_inputs(ckpt: dict, corpus: str):
+        (tmp_path / "r" / "run.json").write_text(json.dumps(info | {"checkpoint": ckpt, "corpus": {"path": corpus}}))
+        return probe.open_run(tmp_path / "r")
+
+    was = checkpoint_identity(probe_env["ckpt"])
+    gone = with_inputs({"path": str(tmp_path / "gone")}, str(probe_env["corpus"]))
+    assert model_note(gone, what) == (f"{gone.path}: the run's checkpoint {tmp_path / 'gone'} is no longer there; "
+                                      f"{what} runs the run's checkpoint: point $DSV3_NOTEBOOK_RUN at a run whose "
+                                      "checkpoint is there, or restore the files where run.json names them")
+    changed = with_inputs(was | {"fingerprint": "0" * 64}, str(probe_env["corpus"]))
+    assert "has changed since the run was recorded" in model_note(changed, what)
+    no_corpus = with_inputs(was, str(tmp_path / "gone.txt"))
+    assert model_note(no_corpus, what) is None  # its recorded tokens are what it reads
+    with pytest.raises(MetricsError, match="corpus .* is no longer there"):  # where the corpus is read: refused
+        need_model(no_corpus, what)
+    cells = [c.source for c in nbformat.read(NB_DIR / "latent_kv.ipynb", as_version=4).cells if c.cell_type == "code"]
+    probe_cell = [c for c in cells if "model.load(" in c][0]
+    assert "model_note(run, " in probe_cell, probe_cell
+    assert probe_cell.index("model_note(run, ") < probe_cell.index("if one:") < probe_cell.index("model.load(")
+
+
 def test_a_relative_run_path_is_the_repositorys_when_not_under_the_kernels_folder(run_dir, tmp_path, monkeypatch):
     """Jupyter starts a kernel in the notebook's folder: DSV3_NOTEBOOK_RUN=runs/r1, the user's run
     under the repository root, recorded a new run in analyses/notebooks/runs/r1 and analysed that
