@@ -208,6 +208,25 @@ def test_specialisation_says_the_vocabulary_baseline_it_pointed_to(executed):
     assert "dashboard gives the shuffled baseline" not in said
 
 
+
+def test_circuits_does_not_give_the_patch_that_restores_by_construction_as_its_finding(executed):
+    """circuits concluded "layer 0's input at position 3 (' (') restores most: 100.0%": the first block's
+    input where the prompts differ is the clean prompt itself, whole by construction, while the finding, that
+    by layer 3 the bracket is read at the last position (74.4% there), went unsaid (a tour). The trivial patch
+    is said as such, and the peak taken over the later blocks' inputs."""
+    import re
+
+    nb, _, err = executed["circuits"]
+    assert err is None, err
+    said = _conclusion(nb)
+    m = re.search(r"Patching the first block's input where the prompts differ \(position [\d, ]+\) restores "
+                  r"([\d.]+)%: that is the clean prompt itself, by construction\. Of the later blocks' inputs, layer "
+                  r"(\d+)'s at position \d+ \(.*\) restores most: (-?[\d.]+)%\.", said)
+    assert m, said
+    assert float(m.group(1)) == pytest.approx(100, abs=0.05) and int(m.group(2)) > 0, m.groups()
+    assert "Of the residual-stream patches" not in said
+
+
 def test_notebooks_fit_the_time_budget():
     if len(_TIMES) < len(NAMES):
         pytest.skip("not every notebook ran in this session")
