@@ -4,7 +4,8 @@ dump has no tokens or routing either) and a record run of only some tables. The 
 with one line naming what the run lacks; on such runs ablation and run_vs_run raised a KeyError on
 'checkpoint' from their second cell and inside compare_run, causal_importance advised `--ckpt`, and
 latent_kv, mtp, token_dependence and expert_paths stopped in a later cell (a tour); specialisation opens a
-run without routing (its domain part reads expert_load) and says what it leaves out. And a notebook that
+run without routing (its domain part reads expert_load), and latent_kv one without kv_stats where its probe can
+run, and say what they leave out. And a notebook that
 reads only the run's tables, run whole in this process on a run too small for one of its charts."""
 
 from __future__ import annotations
@@ -108,6 +109,20 @@ def test_a_notebook_stops_first_naming_the_table_a_record_left_out(some_tables, 
     with pytest.raises(MetricsError) as e:
         first_cell(name, some_tables, monkeypatch)
     assert str(e.value).startswith(f"{some_tables}: {said}"), str(e.value)
+
+
+def test_latent_kv_opens_a_run_without_kv_stats_where_its_probe_can_run(some_tables, probe_env, monkeypatch):
+    """latent_kv stopped here on a run recorded with --no-kv-stats, though its domain probe hooks the latent
+    itself through the run's checkpoint (a tour): with that checkpoint there it opens the run and says the
+    statistics were not measured (`no_stats`); without it (above) it still stops, having nothing to show."""
+    from probe.job import checkpoint_identity
+
+    info = json.loads((some_tables / "run.json").read_text())
+    info |= {"checkpoint": checkpoint_identity(probe_env["ckpt"]), "corpus": {"path": str(probe_env["corpus"])}}
+    (some_tables / "run.json").write_text(json.dumps(info))
+    space = first_cell("latent_kv", some_tables, monkeypatch)
+    assert space["no_stats"] == (f"{some_tables}: run has no kv_stats table (the run was recorded with --no-kv-stats); "
+                                 "the statistics half of this notebook (effective rank, spectrum, cache cost) reads it")
 
 
 def test_specialisation_opens_a_run_without_routing_saying_what_it_leaves_out(some_tables, monkeypatch):
