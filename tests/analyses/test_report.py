@@ -134,14 +134,20 @@ def test_a_reader_that_stops_early_does_not_cost_the_files(run_dir, tmp_path):
     import sys
 
     html, md = tmp_path / "r.html", tmp_path / "r.md"
-    p = subprocess.Popen([sys.executable, "-m", "analyses.report", str(run_dir), "--skip-ablation", "--no-progress",
-                          "--importance-tokens", "0", "--out", str(html), "--findings", str(md)],
-                         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=os.environ | {"PYTHONPATH": str(REPO)})
-    p.stdout.readline()  # `| head -1`
-    p.stdout.close()
-    err = p.stderr.read()
-    assert p.wait(timeout=300) == 141 and "error" not in err, err
+    # a reader gone before the first line (`| head -0`): reading a line and then closing, as `head -1` does,
+    # raced the report's ~18 KB of text into the pipe's 64 KiB buffer, which a slow reader let it finish
+    # (exit 0, once on a loaded machine); with no reader at all, every write fails, at any speed
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        p = subprocess.run([sys.executable, "-m", "analyses.report", str(run_dir), "--skip-ablation", "--no-progress",
+                            "--importance-tokens", "0", "--out", str(html), "--findings", str(md)],
+                           cwd=REPO, stdout=write, stderr=subprocess.PIPE, text=True, timeout=300,
+                           env=os.environ | {"PYTHONPATH": str(REPO)})
+    finally:
+        os.close(write)
+    err = p.stderr
+    assert p.returncode == 141 and "error" not in err, err
     assert html.stat().st_size > 0 and md.stat().st_size > 0
 
 
