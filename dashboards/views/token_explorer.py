@@ -45,9 +45,6 @@ def main() -> None:
     sub = docs if dom == "all" else docs[docs.domain == dom]
     doc_id = c2.selectbox("Document", sub.doc_id.tolist(), key="te_doc",
                           format_func=lambda d: f"{d}  ({int(sub.set_index('doc_id').tokens[d]):,} tokens)")
-    layers = data.moe_layers(ref)
-    layer = (c3.selectbox("MoE layer", layers, key="te_layer", format_func=lambda x: data.layer_label(ref, x))
-             if layers else None)
     d = docs.set_index("doc_id").loc[doc_id]
 
     with ui.guard("the document's tokens"):
@@ -56,13 +53,15 @@ def main() -> None:
             st.caption(f"First {MAX_TOKENS:,} tokens of the document.")
         tok = ui.tokenizer_for(ref)
         texts = ui.token_text(tok, toks.token_id)
-        route = None
-        with ui.guard("the routing of this document"):
-            route = data.doc_routing(ref, int(toks.seq_id.min()), int(toks.seq_id.max()))
+        route = doc_routing(ref, toks)
+        # a layer to pick only where there are routes to colour by (the picker changed nothing without them)
+        layers = data.moe_layers(ref) if route is not None else []
+        layer = (c3.selectbox("MoE layer", layers, key="te_layer", format_func=lambda x: data.layer_label(ref, x))
+                 if layers else None)
         top1, tips = routes_and_tips(route, layer, toks, texts)
-        st.markdown(f"**{ui.html_text(str(doc_id))}** · coloured by the top-1 expert at "
-                    f"{data.layer_label(ref, layer) if layer is not None else 'no layer'}; "
-                    "hover a token for its route.")
+        st.markdown(f"**{ui.html_text(str(doc_id))}** · " + (
+            f"coloured by the top-1 expert at {data.layer_label(ref, layer)}; hover a token for its route."
+            if layer is not None else "hover a token for its id and loss."))
         st.markdown(token_html(texts, top1, tips), unsafe_allow_html=True)
         if any(e is not None for e in top1):
             st.markdown(expert_chips(top1), unsafe_allow_html=True)
@@ -77,11 +76,25 @@ def main() -> None:
         route_of_one_token(ref, route, toks, texts)
 
 
+def doc_routing(ref: data.RunRef, toks):
+    """The routing rows of the windows `toks` lies in, or None once the page has said why there are none:
+    a run recorded without them (`--router-logits none`: `ui.lacks_per_token`'s note, with what to do) or a
+    read that failed (`ui.guard`'s, a lost table's warning among them). Without them the page called its plain
+    text 'coloured by the top-1 expert at layer 1', under a layer picker that did nothing (a browser tour)."""
+    if not data.has_table(ref, "routing") and not data.whole_lost(ref, ("routing",)):
+        ui.lacks_per_token(ref, "Colouring the text by expert and a token's route")
+        return None
+    with ui.guard("the routing of this document"):
+        return data.doc_routing(ref, int(toks.seq_id.min()), int(toks.seq_id.max()))
+    return None
+
+
 def routes_and_tips(route, layer, toks, texts) -> tuple[list, list[str]]:
     """Each token's top-1 expert at `layer` (None where not routed) and its hover text: the token, its
     id and place, its top-k experts with their weights, its loss and selection-score margin."""
     if route is None or layer is None:
-        return [None] * len(toks), [f"{t!r} id {i}" for t, i in zip(texts, toks.token_id)]
+        return [None] * len(toks), [f"{t!r} id {i} · doc pos {p}\nloss " + (f"{x:.3f} nats" if x == x else "—")
+                                    for t, i, p, x in zip(texts, toks.token_id, toks.doc_pos, toks.loss)]
     r = route[route.layer == layer].set_index(["seq_id", "pos"])
     look = {k: (ids, w, m) for k, ids, w, m in zip(r.index, r.expert_ids, r.expert_weights, r.margin_1)}
     top1, tips = [None] * len(toks), []
@@ -118,14 +131,15 @@ def loss_chart(toks, texts, top1) -> None:
                       "%{customdata[1]}<extra></extra>"))
     fig.update_xaxes(title="position in document")
     fig.update_yaxes(title="token loss (nats)")
-    st.plotly_chart(charts.style(fig, "Token loss along the document (marker colour = top-1 expert)", 300),
-                    key="doc_loss")
+    coloured = any(e is not None for e in top1)  # grey markers (no routing) were titled by their colour
+    title = "Token loss along the document" + (" (marker colour = top-1 expert)" if coloured else "")
+    st.plotly_chart(charts.style(fig, title, 300), key="doc_loss")
 
 
 def route_of_one_token(ref, route, toks, texts) -> None:
-    st.subheader("Route of one token through the layers")
-    if route is None:  # the read failed, and its guard said why (a lost table read as `--router-logits none`)
+    if route is None:  # no routing, and `doc_routing` said why: no heading over nothing (a browser tour)
         return
+    st.subheader("Route of one token through the layers")
     if route.empty:
         st.info("No routing rows for this document (recorded with `--router-logits none`?).")
         return

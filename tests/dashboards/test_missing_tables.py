@@ -189,3 +189,36 @@ def test_a_record_at_work_or_interrupted_says_its_table_is_not_written_yet(runs,
         at = app(tmp_path / status, "a", page="load_balance")
         assert any(t.startswith(said + more) for t in texts(at.info).split(" | ")), (status, texts(at.info))
         assert not at.error
+
+
+def test_the_token_explorer_of_a_run_without_routing_shows_the_text_and_says_why_only_that(tmp_path):
+    """A record of `--router-logits none` on the Token explorer: under a note that the run 'has no `routing`
+    table: cannot show the routing of this document', the page called its plain text 'coloured by the top-1
+    expert at layer 1' under a layer picker that changed nothing, titled the loss chart's grey markers
+    'marker colour = top-1 expert' and drew a 'Route of one token' heading with nothing below it (a browser
+    tour). It now says once what is missing and what to do, and draws the text and its losses alone. The
+    control: the same run with its routing."""
+    import shutil
+
+    from helpers.synthetic_run import write_run
+
+    for run, routed in (("bare", False), ("routed", True)):
+        write_run(tmp_path / run, n_seq=2)
+        info = json.loads((tmp_path / run / "run.json").read_text())
+        info["model_args"] |= {"n_layers": 3, "n_dense_layers": 1}  # MoE layers 1 and 2, the picker's
+        if not routed:  # as `--router-logits none` leaves a run: no routing folder, none listed
+            shutil.rmtree(tmp_path / run / "routing")
+            info |= {"options": {"router_logits": "none"}, "tables": [t for t in info["tables"] if t != "routing"]}
+        (tmp_path / run / "run.json").write_text(json.dumps(info))
+        at = app(tmp_path, run, page="token_explorer")
+        assert not at.error and not at.warning, (run, texts(at.error), texts(at.warning))
+        markdown = " ".join(m.value for m in at.markdown)
+        titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
+        assert ("coloured by the top-1 expert at layer 1" in markdown) is routed, markdown
+        assert ("te_layer" in [s.key for s in at.selectbox]) is routed
+        assert ("Route of one token through the layers" in [h.value for h in at.subheader]) is routed
+        assert any(t.startswith("Token loss along the document") for t in titles), titles
+        assert any("marker colour = top-1 expert" in t for t in titles) is routed, titles
+        assert ("class='tokdoc'" in markdown and "d0" in markdown), markdown  # the text, in either case
+        assert ("recorded with `--router-logits none`: record it again without it" in texts(at.info)) is not routed
+        assert "cannot show the routing of this document" not in texts(at.info), texts(at.info)
