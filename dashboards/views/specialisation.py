@@ -192,10 +192,14 @@ def domain_probe(ref: data.RunRef) -> None:
                    "windows, beside the same probe trained on shuffled domains "
                    "(`analyses.metrics.domain_probe_from_run`).")
         return
-    full = (ref.info.get("options") or {}).get("router_logits") == "full"
-    features = st.radio("Features", ["weights", "scores"] if full else ["weights"], horizontal=True,
-                        key="probe_features", captions=["gate weights of the top-k experts (0 elsewhere)",
-                                                        "every expert's router score"][:2 if full else 1])
+    # a choice only where the run holds every expert's score: a radio of weights alone did nothing (a tour)
+    if (ref.info.get("options") or {}).get("router_logits") == "full":
+        features = st.radio("Features", ["weights", "scores"], horizontal=True, key="probe_features",
+                            captions=["gate weights of the top-k experts (0 elsewhere)", "every expert's router score"])
+    else:
+        features = "weights"
+        st.caption("Features: the gate weights of the top-k experts (0 elsewhere); a run recorded with "
+                   "`--router-logits full` can use every expert's router score instead.")
     with ui.guard("the domain probe"), st.spinner("Fitting the probes…"):
         df, windows = research.domain_probe(ref, features)
         fig = go.Figure()

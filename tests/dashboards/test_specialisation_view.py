@@ -91,7 +91,16 @@ def test_the_domain_probe_panel_draws_the_metric_of_the_run(tmp_path):
     np.testing.assert_allclose(bars["majority domain"], want.majority, rtol=1e-9)
     np.testing.assert_allclose(bars["probe"], want.accuracy, rtol=1e-9)
     np.testing.assert_allclose(bars["probe on shuffled domains"], want.shuffled, rtol=1e-9)
-    assert at.radio(key="probe_features").options == ["weights"]  # no --router-logits full: no scores
+    # no --router-logits full: no scores to choose, so no choice (a radio of one option did nothing; a browser
+    # tour), a caption naming the features instead; the control: a run of full scores offers both
+    assert "probe_features" not in [r.key for r in at.radio], [r.key for r in at.radio]
+    assert any(c.value.startswith("Features: the gate weights of the top-k experts") for c in at.caption)
+    info = json.loads((tmp_path / "r" / "run.json").read_text())
+    (tmp_path / "r" / "run.json").write_text(json.dumps(info | {"options": {"router_logits": "full"}}))
+    at = app(tmp_path, "r", page="specialisation")
+    at.toggle(key="probe_on").set_value(True).run()
+    assert at.radio(key="probe_features").options == ["weights", "scores"] and not at.error
+    assert not any(c.value.startswith("Features:") for c in at.caption)
 
 
 @pytest.mark.slow  # 0.7 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
