@@ -563,10 +563,12 @@ def spec_by_domain(ref: RunRef) -> pd.DataFrame:
 
 
 @cached
-def spec_by_position(ref: RunRef) -> pd.DataFrame:
-    """domain, position (generated token index), proposed, acceptance of the drafts at that position."""
-    return query(ref, "select domain, position, count(*) as proposed, avg(accepted::int) as acceptance "
-                      "from spec_drafts group by all order by domain, position", ("spec_drafts",))
+def spec_by_position(ref: RunRef, size: int = 1) -> pd.DataFrame:
+    """domain, position (the first of its bucket of `size` generated positions), proposed, acceptance."""
+    _count("size", size)
+    return query(ref, "select domain, ((position - 1) // ?) * ? + 1 as position, count(*) as proposed, "
+                      "avg(accepted::int) as acceptance from spec_drafts group by all order by domain, position",
+                 ("spec_drafts",), [size, size])
 
 
 @cached

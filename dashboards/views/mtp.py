@@ -63,6 +63,15 @@ def by_domain(d, colors: dict) -> None:
                        key="loss_domain")
 
 
+def spec_bucket_size(ref: data.RunRef, buckets: int = 8) -> int:
+    """Generated positions that a point of acceptance by position averages: spec's new tokens (run.json's
+    `spec_decode`, else its default 32) in `buckets`. A point a position held each prompt's one draft there:
+    with a few prompts a domain every point read 0%, 50% or 100%, the domains' lines crossing at every step
+    (a browser tour of a 10-prompt run)."""
+    new = int((ref.info.get("spec_decode") or {}).get("new_tokens") or 32)
+    return max(1, -(-new // buckets))
+
+
 def speculative(ref: data.RunRef, colors: dict) -> None:
     st.subheader("Speculative decoding with MTP drafts")
     if not data.has_table(ref, "spec_decode"):
@@ -99,10 +108,16 @@ def speculative(ref: data.RunRef, colors: dict) -> None:
     if not proposed:
         return
     with ui.guard("acceptance by position"):
-        p = data.spec_by_position(ref)
+        size = spec_bucket_size(ref)
+        p = data.spec_by_position(ref, size)
         series = {dom: (g.position, g.acceptance) for dom, g in p.groupby("domain")}
-        st.plotly_chart(charts.lines(series, title="Acceptance by generated position", xlabel="generated token",
-                                     ylabel="acceptance", colors=colors, fmt=".2%", markers=True), key="spec_pos")
+        st.plotly_chart(charts.lines(series, title="Acceptance by generated position",
+                                     xlabel=f"generated token (first of each bucket of {size})" if size > 1
+                                     else "generated token", ylabel="acceptance", colors=colors, fmt=".2%",
+                                     markers=True), key="spec_pos")
+        lo, hi = int(p.proposed.min()), int(p.proposed.max())
+        st.caption(f"Each point: the drafts of {size} generated position{'s' * (size > 1)} of a domain's prompts "
+                   f"({lo:,}{f' to {hi:,}' if hi != lo else ''} drafts a point).")
 
 
 def main() -> None:

@@ -521,3 +521,20 @@ def test_steering_shows_each_steerings_all_row_and_its_domains_bars(page_runs):
         sample = f"Scored on {int(al.tokens):,} tokens (" + " and ".join(  # 'code 40 and prose 24' (it read ', ')
             f"{r.domain} {int(r.tokens):,}" for r in dom.itertuples()) + ")"
         assert any(c.value.startswith(sample) for c in at.caption), sample
+
+
+def test_spec_acceptance_by_position_is_a_buckets_mean_over_enough_drafts_to_read(page_runs):
+    """Acceptance by generated position drew each position of each domain alone: with a few prompts a domain
+    every point was 0%, 50% or 100%, and the five domains' lines crossed at every step (a browser tour of a
+    10-prompt spec run). Each point is now the mean of a bucket of positions (spec's new tokens in 8), drawn at
+    its first position as the axis says, and a caption gives how many drafts a point holds."""
+    drafts = pq.read_table(page_runs / "a" / "spec_drafts").to_pandas()
+    at = app(page_runs, "a", page="mtp")
+    fig = chart(at, "spec_pos")
+    size = 4  # `dsv3-probe spec`'s default 32 new tokens (run.json names none here) in 8 buckets
+    assert fig["layout"]["xaxis"]["title"]["text"] == f"generated token (first of each bucket of {size})"
+    d = drafts[drafts.domain == fig["data"][0]["name"]]
+    assert array(fig["data"][0]["x"]).tolist() == [1, 5, 9, 13]  # of positions 1..15
+    assert array(fig["data"][0]["y"])[0] == pytest.approx(d[d.position <= size].accepted.mean())
+    n = drafts.groupby(["domain", (drafts.position - 1) // size]).size()
+    assert n.min() < n.max() and f"({n.min()} to {n.max()} drafts a point)" in texts(at.caption), texts(at.caption)
