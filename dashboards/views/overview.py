@@ -161,6 +161,9 @@ def cap_cut(info: dict) -> str | None:
     if not cap or not isinstance(cut, list) or not held:
         return None
     cut, whole = [d for d in held if d in cut], [d for d in held if d not in cut]
+    if len(held) == 1:  # 'cut every domain: the corpus holds more of each', under one bar (a browser tour)
+        return (f"{flag} cut the run's one domain, {held[0]}: the corpus holds more of it." if cut else
+                f"{flag} cut nothing: the bar is all the corpus holds of {held[0]}.")
     if not whole:
         return f"{flag} cut every domain: the corpus holds more of each."
     if not cut:

@@ -385,6 +385,12 @@ def test_the_overview_says_which_domains_the_cap_cut(tmp_path):
         "`--max-tokens 1,829` cut every domain: the corpus holds more of each."
     assert cap_cut(info | {"planned": {"tokens_per_domain": per, "capped_domains": []}}) == \
         "`--max-tokens 1,829` cut no domain: each bar is all the corpus holds of it."
+    # a run of one domain: 'cut every domain: the corpus holds more of each' under its one bar (a browser tour)
+    one = {"code": 1829}
+    assert cap_cut(info | {"planned": {"tokens_per_domain": one, "capped_domains": ["code"]}}) == \
+        "`--max-tokens 1,829` cut the run's one domain, code: the corpus holds more of it."
+    assert cap_cut(info | {"planned": {"tokens_per_domain": one, "capped_domains": []}}) == \
+        "`--max-tokens 1,829` cut nothing: the bar is all the corpus holds of code."
     many = {f"d{n}": 10 for n in range(7)}
     assert cap_cut(info | {"planned": {"tokens_per_domain": many, "capped_domains": ["d0"]}}) == \
         "`--max-tokens 1,829` cut d0 (the corpus holds more); d1, d2, d3, d4 and 2 more are recorded whole."
