@@ -421,7 +421,7 @@ def _joined_runs(run_a, run_b, check_tokens: bool = True):
         bad = con.sql(f"""select count(*) from ta a join read_parquet({files(run_b, 'tokens')}) b
                           using (seq_id, pos) where a.token_id <> b.token_id""").fetchall()[0][0]
         if bad:
-            raise MetricsError(f"{run_a.path} and {run_b.path} hold different tokens at {bad} matched "
+            raise MetricsError(f"{run_a.path} and {run_b.path} hold different tokens at {bad:,} matched "
                                f"positions ({_tokens_apart(run_a, run_b)})")
     return con
 

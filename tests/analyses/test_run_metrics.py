@@ -322,6 +322,17 @@ def test_runs_of_different_tokens_are_told_what_differs(tmp_path):
                             rf"\d+ matched positions \({re.escape(why)}\)", str(e.value)), str(e.value)
 
 
+def test_run_vs_run_counts_the_positions_of_other_tokens_as_the_other_figures_are_written(tmp_path):
+    """Two runs of other tokens over the same windows were told apart 'at 18822 matched positions', beside the
+    dashboard's '20,000 tokens' and the report's counts, all written with thousands separators (a browser tour
+    of the Compare page). The count is written as they are."""
+    write_run(tmp_path / "a", n_seq=200, seq_len=10, vocab=50)
+    write_run(tmp_path / "b", n_seq=200, seq_len=10, vocab=50, token_seed=7)
+    with pytest.raises(M.MetricsError) as e:
+        M.routing_agreement_from_runs(tmp_path / "a", tmp_path / "b")
+    assert re.search(r"hold different tokens at \d{1,3}(,\d{3})+ matched positions", str(e.value)), str(e.value)
+
+
 def test_run_vs_run_refuses_runs_of_models_with_other_expert_counts(synth, tmp_path):
     """Expert ids are compared by index: a run of 16 experts against one of 8 (the same windows and tokens)
     gave an agreement that read as a measurement, where only the report's --compare refused it. Each run
