@@ -32,7 +32,8 @@ import pyarrow.parquet as pq
 import streamlit as st
 
 from analyses.metrics._common import listed
-from dashboards.runs import RunRef, _discover, discover, run_kind, signature, unfinished_record  # noqa: F401 - data.X
+from dashboards.runs import (RunRef, _discover, discover, results_only, run_kind, signature,  # noqa: F401 - data.X
+                            unfinished_record)
 from probe.run import create_views, lost_tables, lost_why, table_files as run_table_files
 from probe.schema import layer_label as schema_layer_label
 
@@ -139,6 +140,8 @@ def missing_table(ref: RunRef, table: str) -> "MissingTable":
     if status == "interrupted":
         return MissingTable(f"{said}: the record was interrupted before writing it; continue it with "
                             "`dsv3-probe record ... --resume`")
+    if only := results_only(ref):
+        return MissingTable(f"{said}, as {only}")
     return MissingTable(said)
 
 

@@ -99,3 +99,21 @@ def unfinished_record(ref: RunRef) -> str | None:
     if ref.kind == "probe" and ref.info.get("kind") is None and status in ("running", "interrupted"):
         return status
     return None
+
+
+# a run that one command wrote its results into alone (run.json's `kind`): what it holds, and the page showing it
+RESULTS_ONLY = {"spec": ("`dsv3-probe spec`", "speculative decoding", "MTP"),
+                "ablations": ("`analyses.ablate --out`", "ablations", "Ablations"),
+                "expert_importance": ("`analyses.importance --out`", "causal importance", "Ablations"),
+                "steering": ("`analyses.steer --out`", "steering", "Steering")}
+
+
+def results_only(ref: RunRef) -> str | None:
+    """'a `dsv3-probe spec` run records speculative decoding (the MTP page), not a corpus's routing' for a run
+    that one command wrote its results into alone, else None: the routing pages told such a run only that it
+    'has no `expert_load` table', and to record a run as 'a serving engine's dump holds loads only' (a tour)."""
+    if (kind := ref.info.get("kind")) not in RESULTS_ONLY:
+        return None
+    cmd, what, page = RESULTS_ONLY[kind]
+    article = "an" if cmd.startswith("`a") else "a"
+    return f"{article} {cmd} run records {what} (the {page} page), not a corpus's routing"

@@ -388,6 +388,8 @@ def _per_token_advice(ref: data.RunRef) -> str:
         return (" yet: the record commits them batch by batch, and they fill in as it goes." if status == "running"
                 else " yet: the record was interrupted before its first commit; continue it with "
                      "`dsv3-probe record ... --resume`.")
+    if only := data.results_only(ref):  # a spec run was told of a serving engine's dump (a browser tour)
+        return f": {only}. `dsv3-probe record` records them."
     return ". Record a run with `dsv3-probe record` (a serving engine's per-pass or stat dump holds loads only)."
 
 

@@ -222,3 +222,26 @@ def test_the_token_explorer_of_a_run_without_routing_shows_the_text_and_says_why
         assert ("class='tokdoc'" in markdown and "d0" in markdown), markdown  # the text, in either case
         assert ("recorded with `--router-logits none`: record it again without it" in texts(at.info)) is not routed
         assert "cannot show the routing of this document" not in texts(at.info), texts(at.info)
+
+
+def test_a_spec_run_is_told_on_the_routing_pages_what_it_holds(tmp_path):
+    """A `dsv3-probe spec` run of its own (`--out runs/new`) on the routing pages: Load balance said only that
+    it 'has no `expert_load` table', Specialisation and Co-activation to record a run as 'a serving engine's
+    per-pass or stat dump holds loads only' (a browser tour). They now say what the run holds and where it is
+    shown. The control: a run of no such kind is told as before."""
+    from helpers.dashboard_runs import write_spec
+
+    for run, kind in (("spec", "spec"), ("other", None)):
+        (tmp_path / run).mkdir()
+        write_spec(tmp_path / run)
+        args = {"n_layers": 3, "n_dense_layers": 1, "n_routed_experts": 8, "n_activated_experts": 2}
+        info = {"status": "complete", "format": 1, "kind": kind, "model_args": args,
+                "tables": ["spec_decode", "spec_drafts"]}
+        (tmp_path / run / "run.json").write_text(json.dumps(info))
+        said = "a `dsv3-probe spec` run records speculative decoding (the MTP page), not a corpus's routing"
+        at = app(tmp_path, run, page="load_balance")
+        assert (f"Run '{run}' has no `expert_load` table, as {said}: cannot show" in texts(at.info)) is bool(kind)
+        for page in ("specialisation", "coactivation"):
+            info = texts(app(tmp_path, run, page=page).info)
+            assert (f"has no `tokens` and no `routing` table: {said}." in info) is bool(kind), (page, info)
+            assert ("serving engine" in info) is not bool(kind), (page, info)
