@@ -229,8 +229,11 @@ def probe_details(ref: data.RunRef) -> None:
         st.warning(f"The corpus had {rep:,} bytes that were not valid UTF-8 (replaced); files: "
                    f"{', '.join((i.get('corpus') or {}).get('files_with_replacements', [])[:5])}")
     if opts.get("router_logits") == "none":
-        st.info("Recorded with `--router-logits none`: no routing table (Token explorer and Co-activation "
-                "need it).")
+        # every view that reads it: naming two, the others (the domain probe left out of its page unsaid) read
+        # as unaffected (a browser tour)
+        st.info("Recorded with `--router-logits none`: no routing table, which the Token explorer's colours and "
+                "routes, Specialisation's top tokens, domain probe and token-id dependence, Co-activation & flow "
+                "and Compare runs' run vs run read.")
 
 
 def _layout(i: dict) -> str | None:

@@ -245,3 +245,22 @@ def test_a_spec_run_is_told_on_the_routing_pages_what_it_holds(tmp_path):
             info = texts(app(tmp_path, run, page=page).info)
             assert (f"has no `tokens` and no `routing` table: {said}." in info) is bool(kind), (page, info)
             assert ("serving engine" in info) is not bool(kind), (page, info)
+
+
+def test_the_overview_of_a_run_without_routing_names_every_view_that_needs_it(tmp_path):
+    """The Overview of a `--router-logits none` record said the Token explorer and Co-activation need the
+    routing table, while Specialisation's top tokens, domain probe and token-id dependence and Compare
+    runs' run vs run need it too, the probe's section left out of its page without a word (a browser tour)."""
+    import shutil
+
+    from helpers.synthetic_run import write_run
+
+    write_run(tmp_path / "bare", n_seq=2)
+    shutil.rmtree(tmp_path / "bare" / "routing")
+    info = json.loads((tmp_path / "bare" / "run.json").read_text())
+    info |= {"options": {"router_logits": "none"}, "tables": [t for t in info["tables"] if t != "routing"]}
+    (tmp_path / "bare" / "run.json").write_text(json.dumps(info))
+    note = [t for t in texts(app(tmp_path, "bare").info).split(" | ") if "--router-logits none" in t]
+    assert note == ["Recorded with `--router-logits none`: no routing table, which the Token explorer's colours and "
+                    "routes, Specialisation's top tokens, domain probe and token-id dependence, Co-activation & flow "
+                    "and Compare runs' run vs run read."], note
