@@ -96,9 +96,13 @@ def main() -> None:
         forms = ["bytes_absorb", "bytes_naive", "bytes_mha"]
         names = ["MLA absorb (C + R)", "MLA naive (H·(N+R+V))", "standard MHA (2·dim)"]
         vals = [int(kv[f].iloc[0]) for f in forms]
-        right.plotly_chart(charts.bars(names, vals, title="KV cache bytes per token per layer", xlabel="form",
-                                       ylabel="bytes", colors=["#54A24B", "#EECA3B", "#E45756"], fmt=",d"),
-                           key="bytes")
+        # of the checkpoint's dtype, as a server caches it, whatever the run computed in: 'bytes' alone read as the
+        # run's float32 elements (a browser tour)
+        elem = (ref.info.get("model_args") or {}).get("dtype")
+        title = "KV cache bytes per token per layer" + (f" ({elem} elements)" if elem else "")
+        fig = charts.bars(names, vals, title=title, xlabel="form", ylabel="bytes",
+                          colors=["#54A24B", "#EECA3B", "#E45756"], fmt=",d")
+        right.plotly_chart(charts.fit_title(fig, 0.5), key="bytes")  # the page's right half at 1024 px
         with st.expander("Norm statistics per layer"):
             st.dataframe(kv, hide_index=True, width="stretch")
 

@@ -476,3 +476,24 @@ def test_domains_only_a_table_names_get_colours(tmp_path):
     at = app(tmp_path, "a")
     assert not at.error, texts(at.error)
     assert any(c.proto.id.endswith("-tokens_per_domain") for c in at.get("plotly_chart"))
+
+
+@pytest.mark.slow  # a dashboard session over several pages or runs (the quick loop leaves it out)
+def test_the_kv_cache_bytes_name_the_dtype_they_count(runs, tmp_path):
+    """The cache bytes per token are the checkpoint's dtype's (bfloat16: 2 bytes an element) whatever dtype the
+    run computed in (float32 by default): the chart said 'bytes' alone, which read as the run's 4-byte elements
+    (a browser tour). Its title names the dtype; a run.json that names none says nothing of it."""
+    import shutil
+
+    from helpers.apptest import chart
+
+    dtype = json.loads((runs["demo"] / "run.json").read_text())["model_args"]["dtype"]
+    at = app(runs["good"], "demo", page="latent_kv")
+    title = chart(at, "bytes")["layout"]["title"]["text"]  # broken to fit half the page at 1024 px
+    assert title.replace("<br>", " ") == f"KV cache bytes per token per layer ({dtype} elements)", title
+    run = shutil.copytree(runs["demo"], tmp_path / "nodtype")
+    info = json.loads((run / "run.json").read_text())
+    info["model_args"].pop("dtype")
+    (run / "run.json").write_text(json.dumps(info))
+    at = app(tmp_path, "nodtype", page="latent_kv")
+    assert chart(at, "bytes")["layout"]["title"]["text"] == "KV cache bytes per token per layer"
