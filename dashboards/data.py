@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import re
-import struct
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,6 +31,7 @@ import pyarrow.parquet as pq
 import streamlit as st
 
 from analyses.metrics._common import listed
+from dashboards.ckpt_vectors import safetensors_vectors
 from dashboards.runs import (RunRef, _discover, discover, results_only, run_kind, signature,  # noqa: F401 - data.X
                             unfinished_record)
 from probe.run import create_views, lost_tables, lost_why, table_files as run_table_files
@@ -379,33 +379,11 @@ def bias(ref: RunRef) -> pd.DataFrame:
     ck = Path((ref.info.get("checkpoint") or {}).get("path", "") or "/nonexistent")
     rows = []
     for f in sorted(ck.glob("*.safetensors")) if ck.is_dir() else []:
-        for name, arr in _safetensors_vectors(f, "e_score_correction_bias").items():
+        for name, arr in safetensors_vectors(f, "e_score_correction_bias").items():
             parts = name.split(".")
             layer = int(parts[parts.index("layers") + 1]) if "layers" in parts else -1
             rows += [{"layer": layer_label(ref, layer), "expert": i, "bias": float(v)} for i, v in enumerate(arr)]
     return pd.DataFrame(rows, columns=["layer", "expert", "bias"])
-
-
-def _safetensors_vectors(path: Path, suffix: str) -> dict[str, np.ndarray]:
-    """Read the small tensors whose name ends with `suffix` straight from a safetensors file (8-byte
-    header length, JSON header, raw little-endian data), so the dashboard needs no torch."""
-    out = {}
-    with open(path, "rb") as fh:
-        n = struct.unpack("<Q", fh.read(8))[0]
-        header = json.loads(fh.read(n))
-        for name, meta in header.items():
-            if not name.endswith(suffix) or not isinstance(meta, dict):
-                continue
-            a, b = meta["data_offsets"]
-            fh.seek(8 + n + a)
-            raw = fh.read(b - a)
-            if meta["dtype"] == "F32":
-                out[name] = np.frombuffer(raw, "<f4").astype(np.float64)
-            elif meta["dtype"] == "BF16":
-                out[name] = (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view("<f4").astype(np.float64)
-            elif meta["dtype"] == "F16":
-                out[name] = np.frombuffer(raw, "<f2").astype(np.float64)
-    return out
 
 
 # ------------------------------------------------------------------------------ specialisation
