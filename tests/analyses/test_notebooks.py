@@ -157,7 +157,6 @@ def test_notebook_runs(name, run_dir, executed):
     assert md and md[0].startswith("- ") and any(ch.isdigit() for ch in md[0])
 
 
-
 def _conclusion(nb) -> str:
     """The Markdown the notebook's last code cell displays (its computed conclusion)."""
     last = [c for c in nb.cells if c.cell_type == "code"][-1]
@@ -189,7 +188,6 @@ def test_vocabulary_specialisation_is_said_beside_its_shuffled_baseline(executed
     assert {"input token", "input token, experts shuffled", "next token", "next token, experts shuffled"} <= set(bars)
 
 
-
 def test_specialisation_says_the_vocabulary_baseline_it_pointed_to(executed):
     """specialisation said a token id "goes to its most common first-choice expert 74.1% of the time" and
     sent the reader to the dashboard for what chance gives (a tour): it now computes that value itself
@@ -206,7 +204,6 @@ def test_specialisation_says_the_vocabulary_baseline_it_pointed_to(executed):
     spec, base = map(float, m.groups())
     assert 0 < base < spec <= 100, m.groups()
     assert "dashboard gives the shuffled baseline" not in said
-
 
 
 def test_circuits_does_not_give_the_patch_that_restores_by_construction_as_its_finding(executed):
@@ -277,7 +274,6 @@ def test_notebooks_that_compare_domains_refuse_a_one_domain_run(tmp_path):
         assert "need_domains(run" in first.source, name
 
 
-
 def test_specialisation_shows_its_domain_part_on_a_run_without_routing(tmp_path):
     """specialisation refused a run recorded with --router-logits none in its first cell, its domain x
     expert part too, which reads expert_load alone (a tour): it now needs tokens and expert_load there,
@@ -306,7 +302,6 @@ def test_specialisation_shows_its_domain_part_on_a_run_without_routing(tmp_path)
     # the cells that read routing run only with it
     assert [c for c in cells if "repetition_from_run(run)" in c][0].count("if no_routing:") == 1
     assert "no_routing or heldout_note(" in [c for c in cells if "domain_probe_from_run(run)" in c][0]
-
 
 
 def test_latent_kv_says_its_probe_was_not_measured_without_the_runs_checkpoint(tmp_path, probe_env):
