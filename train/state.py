@@ -107,16 +107,22 @@ def completed_run(out: Path, saved: dict, steps: int) -> dict | None:
     return None
 
 
-def check_resume_shape(saved: dict, args: ModelArgs, where: Path) -> None:
-    """A checkpoint of another architecture cannot be resumed: name the differing fields."""
+def check_resume_shape(saved: dict, args: ModelArgs, where: Path, flags: dict | None = None) -> None:
+    """A checkpoint of another architecture cannot be resumed: name the differing fields, and the --config
+    and --set flags the checkpoint's run was given (`flags`, its saved flags), which build its model
+    again: the fields alone left the user to find which config made them (found by the train hunt)."""
     theirs, ours = saved, args.to_dict()
     diff = [k for k in ours if theirs.get(k) != ours[k]]
     if diff:
         shown = diff[:4]
         more = f" (and {len(diff) - 4} more)" if len(diff) > 4 else ""
+        made = ""
+        if (flags or {}).get("config"):
+            sets = "".join(f" --set {x}" for x in flags.get("overrides") or [])
+            made = f"; its run was given --config {flags['config']}{sets}: pass the same to resume it"
         raise TrainError(f"cannot resume from {where}: it holds a model with "
                          + ", ".join(f"{k}={theirs.get(k)}" for k in shown)
-                         + "; this run builds " + ", ".join(f"{k}={ours[k]}" for k in shown) + more)
+                         + "; this run builds " + ", ".join(f"{k}={ours[k]}" for k in shown) + more + made)
 
 
 def save_state(path: Path, raw: Transformer, opt, step: int, ns: argparse.Namespace, tokens_seen: int,
@@ -190,5 +196,5 @@ def load_state(where: Path, args: ModelArgs) -> dict:
     except Exception as e:  # a truncated or foreign file: torch raises many kinds
         raise TrainError(f"cannot resume from {where}: state.pt is not a training checkpoint "
                          f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-    check_resume_shape(saved_args, args, where)
+    check_resume_shape(saved_args, args, where, saved.get("flags") if isinstance(saved, dict) else None)
     return saved

@@ -200,8 +200,11 @@ def test_bad_input_errors(corpus, tmp_path, capsys, monkeypatch):
     # resume from a checkpoint of another shape
     run(parse_args(flags(corpus, tmp_path / "r", "--steps", "2", "--eval-every", "0")))
     with pytest.raises(TrainError, match=r"cannot resume from .*checkpoint: it holds a model with dim=64.*"
-                                         r"this run builds dim=48"):
+                                         r"this run builds dim=48") as e:
         run(parse_args(flags(corpus, tmp_path / "r", "--steps", "4", "--set", "dim=48", "--resume")))
+    saved_with = parse_args(flags(corpus, tmp_path / "r"))  # the run's own flags name its config (a train hunt)
+    sets = "".join(f" --set {x}" for x in saved_with.overrides)
+    assert str(e.value).endswith(f"; its run was given --config {saved_with.config}{sets}: pass the same to resume it")
     for flag, value, msg in (("--lr", "nan", "--lr=nan must be a finite number"),
                              ("--beta1", "1.5", r"--beta1=1.5 must be in \[0, 1\)"),
                              ("--stop-at", "-1", "--stop-at=-1 must be a step of at least 1"),
