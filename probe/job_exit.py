@@ -48,7 +48,7 @@ def one_line_when_a_peer_is_lost(main):
     RuntimeError is a bug to see whole: it is raised as it came."""
     @functools.wraps(main)
     def wrapped(*args, **kwargs):
-        world = int(os.environ.get("WORLD_SIZE", "1") or 1)  # no torch import: --help stays light
+        world = launch_world()
         if world <= 1:
             return main(*args, **kwargs)
         import signal
@@ -78,7 +78,7 @@ def whole_lines_on_stderr() -> None:
     started 2 processes)W1207 ... Sending process 6896 closing signal SIGTERM", seen on a loaded
     machine). Buffered to the newline instead, each line is one write (atomic on a pipe up to 4 KiB).
     A single process keeps Python's default."""
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+    if launch_world() <= 1:
         return
     try:
         sys.stderr.reconfigure(line_buffering=True, write_through=False)
@@ -104,7 +104,7 @@ def last_line_coming() -> None:
     second. Once a rank exits non-zero torchrun stops the others, and one that had printed its own `error:`
     line and was leaving then also said 'rank 1 of 2 stopped by signal 15' and exited 1 (a loaded machine,
     three xdist workers on two cores). SIGTERM is ignored from here: the process ends at once after."""
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+    if launch_world() <= 1:
         return
     import signal
 
@@ -122,6 +122,12 @@ def table_errors() -> tuple[type[BaseException], ...]:
     import duckdb
 
     return (duckdb.Error,)
+
+
+def launch_world() -> int:
+    """The processes of this torchrun launch (its WORLD_SIZE variable; 1 for a plain process), read without
+    importing torch: `--help` and the dashboard stay light."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
 
 
 def launch_rank0() -> bool:

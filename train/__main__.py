@@ -8,7 +8,7 @@ import sys
 
 from model import ConfigError
 from model.kernels import KernelError
-from probe.job_exit import exit_ranks, whole_lines_on_stderr
+from probe.job_exit import exit_ranks, launch_rank0, launch_world, whole_lines_on_stderr
 
 from . import TrainError, parse_args, run
 
@@ -27,8 +27,8 @@ def _stopped_line(ns, code: int) -> str:
     than 0 that torchrun stopped (SIGTERM: another rank failed or was stopped) says only that, as the
     other commands' ranks do (`probe.job_exit`): it said the run was marked interrupted, which rank 0
     alone does, also where rank 0 had ended on a refusal before the run began (found by the train hunt)."""
-    world, rank = int(os.environ.get("WORLD_SIZE", "1") or 1), os.environ.get("RANK", "0")
-    if code == 143 and world > 1 and rank != "0":
+    world, rank = launch_world(), os.environ.get("RANK", "0")
+    if code == 143 and world > 1 and not launch_rank0():
         return f"error: rank {rank} of {world} stopped by signal 15 (another rank failed or was stopped)"
     # before its first checkpoint there is nothing to resume: --resume refused, and so did a fresh run
     # in the same --out (it holds a run), so the advice to resume led nowhere
