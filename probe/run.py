@@ -237,7 +237,6 @@ def create_views(con, path: str | Path, tables, temp: bool = False, where: str =
 _DB: tuple[int, object] | None = None  # (the process id that opened it, the database)
 _DB_LOCK = threading.Lock()
 _CATALOGS = itertools.count()
-_EMPTY: dict[str, str] = {}  # table: a query of no rows in its columns (`empty_rows`)
 _COLUMNS: dict[str, list[tuple[str, str]]] = {}  # table: its columns' names and DuckDB types (`_columns`)
 
 
@@ -254,9 +253,8 @@ def _database():
     with _DB_LOCK:
         if _DB is None or _DB[0] != os.getpid():
             db = duckdb.connect()
-            if not _EMPTY:
+            if not _COLUMNS:
                 _COLUMNS.update({t: _types(db, schema) for t, schema in TABLES.items()})
-                _EMPTY.update({t: _no_rows(_COLUMNS[t]) for t in TABLES})
             _DB = (os.getpid(), db)
         return _DB[1]
 
@@ -285,8 +283,7 @@ def empty_rows(table: str) -> str:
     has no part of selects. A query, not a table: the row-less tables of a schema the runs' connections
     shared took a caller's `insert into memory._empty.mtp ...`, and every run's table without parts
     read those rows after (a tour)."""
-    _database()
-    return _EMPTY[table]
+    return _no_rows(_columns(table))
 
 
 def run_connection():
