@@ -144,13 +144,7 @@ def tables_note(run, what: str, *tables: str) -> str | None:
     show in place of `what`, a part of it that reads them, and run on (specialisation refused a run
     recorded with --router-logits none in its first cell, though its domain x expert part reads
     `expert_load` alone; a tour)."""
-    from analyses.metrics import MetricsError
-
-    try:
-        need_tables(run, what, *tables)
-    except MetricsError as e:
-        return str(e)
-    return None
+    return _refusal(need_tables, run, what, *tables)
 
 
 def model_note(run, what: str) -> str | None:
@@ -158,10 +152,16 @@ def model_note(run, what: str) -> str | None:
     tokens, can (`need_model`'s checks, the corpus left out); else why not, for the notebook to show in its
     place and run on (latent_kv's domain probe stopped halfway with "CheckpointError: ...: no such
     directory" on a run whose checkpoint was gone, and would have probed a changed one silently; a tour)."""
+    return _refusal(need_model, run, what, on_corpus=False)
+
+
+def _refusal(need, *args, **kwargs) -> str | None:
+    """The MetricsError a notebook's `need_*` check raises, as the note a notebook shows in its part's place
+    (None: nothing refused)."""
     from analyses.metrics import MetricsError
 
     try:
-        need_model(run, what, on_corpus=False)
+        need(*args, **kwargs)
     except MetricsError as e:
         return str(e)
     return None

@@ -145,7 +145,6 @@ def missing_table(ref: RunRef, table: str) -> "MissingTable":
     return MissingTable(said)
 
 
-
 def whole_lost(ref: RunRef, tables: tuple[str, ...]) -> list[str]:
     """Those of `tables` that a complete run lists and that have lost every part file (the folder
     deleted): read as a table the run never had, the MTP page said the run 'has no `mtp` table' while

@@ -345,8 +345,6 @@ def open_run(out: Path, info: dict, opts: RecordOptions) -> None:
     write_json_atomic(out / "run.json", info)
 
 
-
-
 def check_resumable(old: dict, new: dict, out: Path) -> None:
     made_by = MADE_BY.get(old.get("kind"), "another command")
     for need in ("checkpoint", "corpus", "options"):

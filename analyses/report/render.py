@@ -198,8 +198,8 @@ def _sweep_summary(sw) -> list[str]:
     n_own = int(ds.own_above_on_others_mean.astype(bool).sum())
     n_row, of_row = int((ds.own > ds.by_others).sum()), int(ds.by_others.notna().sum())  # NaN: a NaN loss
     rows = getattr(sw, "rows", None)
-    own = rows.ablation.str.startswith(f"own{sw.options['domain_top']}-") if rows is not None and len(rows) else []
-    nan_loss = bool(len(own) and rows[own].delta.isna().any())  # the model's own NaN, kept by the job
+    nan_loss = rows is not None and len(rows) > 0 and bool(  # the model's own NaN, kept by the job
+        rows[rows.ablation.str.startswith(f"own{sw.options['domain_top']}-")].delta.isna().any())
     nan_said = " or a loss there is NaN or infinite, the model's own output (the ablate job warned of it)"
     if not len(ds) and len(sw.domain_summary) >= 2 and nan_loss:
         s.append(f"Per-domain ablation: not measured (a selection was refused{nan_said}).")

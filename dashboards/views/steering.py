@@ -92,9 +92,10 @@ def one(g) -> None:
     if len(loss):
         al = loss[loss.domain == "all"].iloc[0] if (loss.domain == "all").any() else loss.iloc[0]
         c = st.columns(4)
+        measured = al.delta == al.delta  # NaN: the model gave a NaN surprisal at a scored token (kept, warned of)
         nan = " (NaN: the model gave a NaN surprisal at a scored token, which the job keeps and warned of)"
-        c[0].metric(f"Δ loss ({al.domain})", f"{al.delta:+.4f}" if al.delta == al.delta else "n/a",
-                    help=f"{al.loss:.4f} vs {al.baseline_loss:.4f} nats" + (nan if al.delta != al.delta else ""))
+        c[0].metric(f"Δ loss ({al.domain})", f"{al.delta:+.4f}" if measured else "n/a",
+                    help=f"{al.loss:.4f} vs {al.baseline_loss:.4f} nats" + ("" if measured else nan))
         c[1].metric("Steered tokens", f"{int(al.steered_tokens):,}", help=f"of {int(al.tokens):,} tokens scored")
         c[2].metric("Share steered", f"{al.steered_tokens / al.tokens:.1%}" if al.tokens else "–",
                     help="share of the scored tokens the steering applied to: all of them, unless --steer-tokens "
