@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -163,6 +164,17 @@ def _conclusion(nb) -> str:
     return "\n".join(o.data["text/markdown"] for o in last.outputs if "text/markdown" in o.get("data", {}))
 
 
+def _said(executed, name: str, pattern: str):
+    """(the notebook `name`, run without an error; its conclusion; the groups `pattern` finds there, which
+    must be there)."""
+    nb, _, err = executed[name]
+    assert err is None, err
+    said = _conclusion(nb)
+    m = re.search(pattern, said)
+    assert m, said
+    return nb, said, m.groups()
+
+
 def _figures(nb) -> list[dict]:
     """The notebook's plotly figures, as the JSON of their MIME bundles."""
     return [o.data["application/vnd.plotly.v1+json"] for c in nb.cells if c.cell_type == "code" for o in c.outputs
@@ -174,16 +186,10 @@ def test_vocabulary_specialisation_is_said_beside_its_shuffled_baseline(executed
     beside it: 0.83 for the input token and 0.66 for the next read as strong, where the experts shuffled
     across the same tokens score 0.47, an id seen once scoring 1 either way (a tour). It now sets the
     shuffled value (`baseline=True`, as the report) beside each, in its figure and its conclusion."""
-    import re
-
-    nb, _, err = executed["token_dependence"]
-    assert err is None, err
-    said = _conclusion(nb)
-    m = re.search(r"is ([\d.]+) for the input token vs ([\d.]+) for the next token, against ([\d.]+) and ([\d.]+) "
-                  r"with the experts shuffled across the same tokens", said)
-    assert m, said
-    spec_in, spec_next, base_in, base_next = map(float, m.groups())
-    assert 0 < base_in < spec_in <= 1 and 0 < base_next < spec_next <= 1, m.groups()
+    nb, _, got = _said(executed, "token_dependence", r"is ([\d.]+) for the input token vs ([\d.]+) for the next "
+                       r"token, against ([\d.]+) and ([\d.]+) with the experts shuffled across the same tokens")
+    spec_in, spec_next, base_in, base_next = map(float, got)
+    assert 0 < base_in < spec_in <= 1 and 0 < base_next < spec_next <= 1, got
     bars = {t.get("name"): t for f in _figures(nb) for t in f["data"]}
     assert {"input token", "input token, experts shuffled", "next token", "next token, experts shuffled"} <= set(bars)
 
@@ -193,16 +199,11 @@ def test_specialisation_says_the_vocabulary_baseline_it_pointed_to(executed):
     sent the reader to the dashboard for what chance gives (a tour): it now computes that value itself
     (`vocabulary_specialisation_baseline`, the first choices shuffled across the same tokens, 20.9% on the
     bundled run) and says it beside the measured one."""
-    import re
-
-    nb, _, err = executed["specialisation"]
-    assert err is None, err
-    said = _conclusion(nb)
-    m = re.search(r"goes to its most common first-choice expert ([\d.]+)% of the time \(mean over layers\), "
-                  r"against ([\d.]+)% with the first choices shuffled across the same tokens", said)
-    assert m, said
-    spec, base = map(float, m.groups())
-    assert 0 < base < spec <= 100, m.groups()
+    _, said, got = _said(executed, "specialisation", r"goes to its most common first-choice expert ([\d.]+)% of the "
+                         r"time \(mean over layers\), against ([\d.]+)% with the first choices shuffled across the "
+                         r"same tokens")
+    spec, base = map(float, got)
+    assert 0 < base < spec <= 100, got
     assert "dashboard gives the shuffled baseline" not in said
 
 
@@ -211,16 +212,11 @@ def test_circuits_does_not_give_the_patch_that_restores_by_construction_as_its_f
     input where the prompts differ is the clean prompt itself, whole by construction, while the finding, that
     by layer 3 the bracket is read at the last position (74.4% there), went unsaid (a tour). The trivial patch
     is said as such, and the peak taken over the later blocks' inputs."""
-    import re
-
-    nb, _, err = executed["circuits"]
-    assert err is None, err
-    said = _conclusion(nb)
-    m = re.search(r"Patching the first block's input where the prompts differ \(position [\d, ]+\) restores "
-                  r"([\d.]+)%: that is the clean prompt itself, by construction\. Of the later blocks' inputs, layer "
-                  r"(\d+)'s at position \d+ \(.*\) restores most: (-?[\d.]+)%\.", said)
-    assert m, said
-    assert float(m.group(1)) == pytest.approx(100, abs=0.05) and int(m.group(2)) > 0, m.groups()
+    _, said, got = _said(executed, "circuits", r"Patching the first block's input where the prompts differ "
+                         r"\(position [\d, ]+\) restores ([\d.]+)%: that is the clean prompt itself, by construction\. "
+                         r"Of the later blocks' inputs, layer (\d+)'s at position \d+ \(.*\) restores most: "
+                         r"(-?[\d.]+)%\.")
+    assert float(got[0]) == pytest.approx(100, abs=0.05) and int(got[1]) > 0, got
     assert "Of the residual-stream patches" not in said
 
 
