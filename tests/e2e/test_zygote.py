@@ -5,6 +5,7 @@ process. The workers (tests/workers/zygote_worker.py) import no torch."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -53,6 +54,12 @@ def _workers(launch: int, cwd: Path) -> dict[int, int]:
     return pids
 
 
+def _forked(cwd: Path) -> list[int]:
+    """The pids the launch's workers wrote in their `rR.ready` (the processes forked from the zygote,
+    where worker_pids finds their clients)."""
+    return [int(p.read_text()) for p in sorted(cwd.glob("r*.ready"))]
+
+
 def _gone(pids, within: float = 30) -> list[int]:
     """Those of `pids` still running after `within` seconds."""
     deadline = time.time() + within
@@ -66,8 +73,12 @@ def test_a_launch_is_torchruns_forked_by_the_zygote(tmp_path):
     output on the client's pipes; a failing rank ends the launch as torchrun ends it: the other rank
     stopped by SIGTERM, exit status 1, torchrun's report naming the root cause."""
     p = _launch("sleep", tmp_path, popen=True, DSV3_TEST_WORKER_SAYS="hello")
-    launcher = _parent(_workers(p.pid, tmp_path)[0])
+    clients = _workers(p.pid, tmp_path)
+    launcher = _parent(clients[0])
     assert launcher != p.pid and _parent(launcher) == zygote._zygote["proc"].pid
+    # each worker is the zygote's child too, its client (what torchrun started) the launcher's
+    workers = _forked(tmp_path)
+    assert {_parent(w) for w in workers} == {zygote._zygote["proc"].pid} and not set(workers) & set(clients.values())
     p.send_signal(signal.SIGINT)  # forwarded to the launcher, which stops its workers and raises
     out, err = p.communicate(timeout=60)
     assert p.returncode == 1 and "SignalException: Process %d got signal: 2" % launcher in err, err[-2000:]
@@ -79,12 +90,44 @@ def test_a_launch_is_torchruns_forked_by_the_zygote(tmp_path):
 
 
 def test_a_killed_client_takes_its_launcher_and_workers_with_it(tmp_path):
+    """The launch's client killed: its launcher, the workers' clients and the workers go. A worker's
+    client killed (as a test kills a rank): its worker goes, and torchrun reports that rank's SIGKILL."""
     p = _launch("sleep", tmp_path, popen=True)
     workers = list(_workers(p.pid, tmp_path).values())
     launcher = _parent(workers[0])
     p.kill()
     p.communicate(timeout=60)
-    assert not _gone([launcher, *workers])
+    assert not _gone([launcher, *workers, *_forked(tmp_path)])
+    for ready in tmp_path.glob("r*.ready"):
+        ready.unlink()
+    p = _launch("sleep", tmp_path, popen=True)
+    clients, forked = _workers(p.pid, tmp_path), _forked(tmp_path)
+    os.kill(clients[1], signal.SIGKILL)
+    assert not _gone([forked[1]], within=10)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 1 and "exitcode  : -9 (pid: %d)" % clients[1] in err, err[-2000:]
+    assert not _gone(forked)
+
+
+def test_a_forked_worker_is_what_a_fresh_interpreter_would_be(tmp_path):
+    """What a worker sees of its interpreter (arguments, path, streams, signals, torch's threads from
+    $OMP_NUM_THREADS, a temporary folder from $TMPDIR, its own session, none of the project imported)
+    is the same forked from the zygote as in a fresh interpreter (DSV3_TEST_EXEC_WORKERS=1), and each
+    worker draws its own random numbers."""
+    env = dict(OMP_NUM_THREADS="1", PYTHONPATH=f"extra{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+               TMPDIR=str(tmp_path))
+    seen = {}
+    for how in ("0", "1"):
+        p = _launch("fresh", tmp_path, DSV3_TEST_EXEC_WORKERS=how, **env)
+        assert p.returncode == 1 and "exitcode  : 4 " in p.stderr, p.stderr[-2000:]
+        ranks = sorted((json.loads(line) for line in p.stdout.splitlines()), key=lambda r: r["rank"])
+        draws = [r.pop("random") for r in ranks]
+        assert len(ranks) == 2 and draws[0][0] != draws[1][0] and draws[0][1] != draws[1][1]
+        parents = {r.pop("parent") for r in ranks}
+        assert (parents == {zygote._zygote["proc"].pid}) == (how == "0"), (how, parents)
+        seen[how] = [r | {"pid": None} for r in ranks]
+    assert seen["0"] == seen["1"], [(k, a[k], b[k]) for a, b in zip(*seen.values()) for k in a if a[k] != b.get(k)]
+    assert seen["0"][0]["threads"] == 1 and seen["0"][0]["path"][1] == str(tmp_path / "extra")
 
 
 def test_the_zygote_ends_with_its_pytest_process_and_its_launches_with_it(tmp_path):

@@ -29,6 +29,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import shlex
 import signal
 import socket
 import struct
@@ -68,6 +69,36 @@ os._exit(int(code))
 """
 # the `-c` program of helpers.processes.TORCHRUN (then torchrun's arguments)
 CLIENT = f"import sys; sys.path.insert(0, {HERE!r}); import zygote; del sys.path[0]; zygote.client()"
+# the `-c` program a launcher from the zygote starts each Python worker with, in place of the interpreter
+# (then the worker's interpreter arguments: `-u -m MODULE ...` or `-u SCRIPT ...`)
+WORKER_CLIENT = f"import sys; sys.path.insert(0, {HERE!r}); import zygote; del sys.path[0]; zygote.client('worker')"
+EXEC_WORKERS = "DSV3_TEST_EXEC_WORKERS"  # "1" in a launch's environment: its workers are fresh interpreters
+
+
+def python_command(argv: list[str]) -> dict | None:
+    """An interpreter's command line that a worker forked from the zygote can run: `[-u] -m MODULE ARGS`
+    or `[-u] SCRIPT ARGS` as {"unbuffered", "module" | "script", "args"}; None for any other (`-c`, -X,
+    -W, ...: such a worker is a fresh interpreter)."""
+    unbuffered = False
+    while argv[:1] == ["-u"]:
+        unbuffered, argv = True, argv[1:]
+    if len(argv) >= 2 and argv[0] == "-m":
+        return {"unbuffered": unbuffered, "module": argv[1], "args": argv[2:]}
+    if argv and not argv[0].startswith("-"):
+        return {"unbuffered": unbuffered, "script": argv[0], "args": argv[1:]}
+    return None
+
+
+def python_wrapper(directory: str) -> str:
+    """An executable in `directory` that stands for the interpreter: each `[-u] -m MODULE ...` or
+    `[-u] SCRIPT ...` it is given runs forked from this process's zygote (started here), any other command
+    line in the interpreter itself; for scripts that take their Python by path (tests/gpu/run_all.sh)."""
+    start()
+    path = os.path.join(directory, "python-via-zygote")
+    with open(path, "w") as f:
+        f.write(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -c {shlex.quote(WORKER_CLIENT)} \"$@\"\n")
+    os.chmod(path, 0o755)
+    return path
 
 
 class Command(list):
@@ -129,13 +160,18 @@ def stop() -> None:
 
 
 # ------------------------------------------------------------------------------------- the client
-def client() -> None:
-    """What TORCHRUN's interpreter runs: the launch through the zygote, or the launcher here without one."""
-    os.environ[LAUNCH_ENV] = str(os.getpid())
+def client(kind: str = "launch") -> None:
+    """What TORCHRUN's interpreter runs (`kind` "launch"): the launch through the zygote, or the launcher
+    here without one. What a zygote launcher's Python worker runs ("worker", WORKER_CLIENT): the worker
+    forked from the zygote, or the interpreter it stands for (exec) without one."""
+    if kind == "launch":
+        os.environ[LAUNCH_ENV] = str(os.getpid())
     sock = _connect(os.environ.get(ENV))
+    if kind == "worker" and (sock is None or python_command(sys.argv[1:]) is None):
+        os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
     if sock is None:
         exec(compile(LAUNCHER, "<string>", "exec"), {"__name__": "__main__"})  # leaves by os._exit
-    request = json.dumps({"argv": sys.argv[1:], "env": dict(os.environ), "cwd": os.getcwd()}).encode()
+    request = json.dumps({"kind": kind, "argv": sys.argv[1:], "env": dict(os.environ), "cwd": os.getcwd()}).encode()
     request = struct.pack("!I", len(request)) + request
     sent = socket.send_fds(sock, [request], [_open_fd(fd) for fd in (0, 1, 2)])
     sock.sendall(request[sent:])
@@ -152,11 +188,11 @@ def client() -> None:
     while not status.endswith(b"\n"):
         chunk = sock.recv(64)
         if not chunk:
-            print("error: the tests' torchrun zygote went away during the launch", file=sys.stderr)
+            print(f"error: the tests' torchrun zygote went away during the {kind}", file=sys.stderr)
             os._exit(1)
         status += chunk
     code = os.waitstatus_to_exitcode(int(status))
-    if code < 0:  # the launcher's death by a signal is the client's
+    if code < 0:  # the launcher's (worker's) death by a signal is the client's
         for signum in FORWARDED:
             signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), -code)

@@ -1,6 +1,7 @@
 """The zygote's side of the tests' torchrun launches (zygote.py says why and how): it imports
-torch.distributed.run once, then forks one launcher per client that connects, waits on each through a
-pidfd and tells its client how it ended. Run by `zygote.start` as `zygote_server.serve(LISTENER, LIFELINE)`."""
+torch.distributed.run once, then forks one launcher per launch client that connects, and one worker per
+worker client (a launcher's Python worker, run by zygote_python), waits on each through a pidfd and tells
+its client how it ended. Run by `zygote.start` as `zygote_server.serve(LISTENER, LIFELINE)`."""
 
 from __future__ import annotations
 
@@ -14,19 +15,23 @@ import struct
 import sys
 import tempfile
 
-from zygote import LAUNCHER
+import zygote_python
+from zygote import LAUNCHER, python_command
 
 
 class _Launch:
-    """One client's launcher: its pid and pidfd, and the client's socket (None once the client has gone)."""
+    """One client's launcher or worker: its pid and pidfd, and the client's socket (None once the client
+    has gone). A worker is a session of its own, as torchrun starts them: signals go to its group."""
 
-    def __init__(self, conn: socket.socket, pid: int):
-        self.conn, self.pid, self.pidfd = conn, pid, os.pidfd_open(pid)
+    def __init__(self, conn: socket.socket, pid: int, worker: bool):
+        self.conn, self.pid, self.pidfd, self.worker = conn, pid, os.pidfd_open(pid), worker
 
 
 def serve(listen_fd: int, lifeline: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is pytest's to handle; the lifeline ends this
     from torch.distributed.run import main  # noqa: F401  (what each launcher forked from here runs)
+
+    zygote_python.capture()
 
     listener = socket.socket(fileno=listen_fd)
     sel = selectors.DefaultSelector()
@@ -46,12 +51,14 @@ def serve(listen_fd: int, lifeline: int) -> None:
                 if request is None:
                     conn.close()
                     continue
+                worker = request.get("kind") == "worker"
                 pid = os.fork()
                 if pid == 0:
-                    _launcher(request, fds, {sel.fileno(), conn.fileno(), *(k.fd for k in sel.get_map().values())})
+                    ours = {sel.fileno(), conn.fileno(), *(k.fd for k in sel.get_map().values())}
+                    (_worker if worker else _launcher)(request, fds, ours)
                 for fd in fds:
                     os.close(fd)
-                launch = _Launch(conn, pid)
+                launch = _Launch(conn, pid, worker)
                 sel.register(conn, selectors.EVENT_READ, launch)
                 sel.register(launch.pidfd, selectors.EVENT_READ, launch)
             elif key.fd == what.pidfd:  # the launcher has ended: its status to the client
@@ -75,8 +82,11 @@ def _from_client(sel: selectors.BaseSelector, launch: _Launch) -> None:
     except OSError:
         signals = b""
     if signals:
-        for signum in signals:  # the launcher is not reaped before its pidfd's turn: its pid is its own
-            os.kill(launch.pid, signum)
+        for signum in signals:  # the child is not reaped before its pidfd's turn: its pid is its own
+            try:
+                (os.killpg if launch.worker else os.kill)(launch.pid, signum)
+            except ProcessLookupError:  # a worker's group has gone, its leader not yet reaped
+                pass
         return
     sel.unregister(launch.conn)
     launch.conn.close()
@@ -104,25 +114,43 @@ def _receive(conn: socket.socket) -> tuple[dict | None, list[int]]:
     return json.loads(data[4:]), fds
 
 
+def _adopt(request: dict, fds: list[int], ours: set[int]) -> None:
+    """In a forked child: none of the zygote's descriptors (`ours`: a client's socket held here would hide
+    that client's end), the client's standard streams, directory and environment."""
+    for fd in ours:
+        os.close(fd)
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+    for fd in set(fds) - {0, 1, 2}:
+        os.close(fd)
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    tempfile.tempdir = None  # read from TMPDIR again
+
+
 def _launcher(request: dict, fds: list[int], ours: set[int]) -> None:
-    """The forked child: none of the zygote's descriptors (`ours`: a client's socket held here would hide
-    that client's end), the client's standard streams, directory, environment and arguments, the signal
-    dispositions of a fresh interpreter, then zygote.LAUNCHER (which leaves by os._exit)."""
+    """The forked launcher: the client's streams, directory, environment and arguments, the signal
+    dispositions of a fresh interpreter, its Python workers through the zygote, then zygote.LAUNCHER
+    (which leaves by os._exit)."""
     try:
         os.setpgid(0, 0)
-        for fd in ours:
-            os.close(fd)
-        for target, fd in enumerate(fds):
-            os.dup2(fd, target)
-        for fd in set(fds) - {0, 1, 2}:
-            os.close(fd)
-        os.chdir(request["cwd"])
-        os.environ.clear()
-        os.environ.update(request["env"])
-        tempfile.tempdir = None  # read from TMPDIR again
+        _adopt(request, fds, ours)
         sys.argv = ["-c", *request["argv"]]
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        zygote_python.workers_through_the_zygote()
         exec(compile(LAUNCHER, "<string>", "exec"), {"__name__": "__main__", "__builtins__": builtins})
+    finally:
+        os._exit(1)
+
+
+def _worker(request: dict, fds: list[int], ours: set[int]) -> None:
+    """The forked worker: a session of its own (as torchrun starts one), the client's streams, directory
+    and environment, then its command line as a fresh interpreter runs it (zygote_python)."""
+    try:
+        os.setsid()
+        _adopt(request, fds, ours)
+        zygote_python.run(python_command(request["argv"]))
     finally:
         os._exit(1)
 
