@@ -21,9 +21,10 @@ from .inputs import (AblateOptions, check_finished, check_out, inputs_key, job_d
                      limit_per_domain, replica_batches, sample_windows, start_job)
 from .loads import loads_from_run, run_loads  # noqa: F401
 from .select import ALL, Ablation, AblationError, Loads, Plan, RouterShape, check_names, plan_hooks, resolve
-from .sweep import LOSS, Sweep
+from .sweep import LOSS, N, NLL, NONFINITE, Sweep
 
 ACC = LOSS + ("pairs", "changed", "replaced")  # per-domain sums of an ablation pass
+PAIRS, CHANGED, REPLACED = (ACC.index(c) for c in ("pairs", "changed", "replaced"))
 
 
 # ------------------------------------------------------------------------------ evaluation
@@ -51,22 +52,25 @@ def forward_batch(model, batch: Batch, moe_layers: list[int], hooks: list) -> tu
 
 
 def add_loss(acc_D3: np.ndarray, nll: torch.Tensor, dom: np.ndarray, scored: torch.Tensor) -> None:
-    """Per domain (float64, the columns of `LOSS`): acc[:, 0] += the surprisal sums of the scored tokens
-    (`scored` [B, S]: `Batch.scored`), acc[:, 1] += scored tokens, acc[:, 2] += those whose surprisal is
-    NaN or inf. A scored token's surprisal is summed as the model gave it: a NaN of the model makes its
+    """Per domain (float64, the columns of `LOSS`): acc[:, NLL] += the surprisal sums of the scored tokens
+    (`scored` [B, S]: `Batch.scored`), acc[:, N] += scored tokens, acc[:, NONFINITE] += those whose surprisal
+    is NaN or inf. A scored token's surprisal is summed as the model gave it: a NaN of the model makes its
     domain's mean NaN, where telling scored tokens by isnan dropped it and the mean covered fewer
     tokens than the baseline's, a normal-looking number (`warn_nonfinite` says so)."""
     flat, ok = nll.reshape(-1).double().numpy(), scored.reshape(-1).numpy()
     D = len(acc_D3)
-    acc_D3[:, 0] += np.bincount(dom[ok], flat[ok], D)
-    acc_D3[:, 1] += np.bincount(dom[ok], minlength=D)
-    acc_D3[:, 2] += np.bincount(dom[ok & ~np.isfinite(flat)], minlength=D)
+    acc_D3[:, NLL] += np.bincount(dom[ok], flat[ok], D)
+    acc_D3[:, N] += np.bincount(dom[ok], minlength=D)
+    acc_D3[:, NONFINITE] += np.bincount(dom[ok & ~np.isfinite(flat)], minlength=D)
 
 
-def warn_nonfinite(what: str, bad_D: np.ndarray, scored: int, domains: list[str], world=None) -> None:
-    """One line on stderr (rank 0) where `what`'s pass gave scored tokens a NaN or inf surprisal
-    (bad_D: how many per domain, of `scored` in all): the model's own output, kept in the sums, so
-    those domains' rows and `all`'s hold a NaN (or inf) loss."""
+def warn_nonfinite(what: str, sums: np.ndarray, domains: list[str], world=None) -> None:
+    """One line on stderr (rank 0) where `what`'s pass (or passes) gave scored tokens a NaN or inf surprisal:
+    `sums` [..., D, C] are per-domain sums whose first columns are `LOSS` (add_loss's), added up over the
+    leading axes. The model's own output, kept in the sums, so those domains' rows and `all`'s hold a NaN
+    (or inf) loss."""
+    per_domain = sums.reshape(-1, len(domains), sums.shape[-1]).sum(0)
+    bad_D, scored = per_domain[:, NONFINITE], int(per_domain[:, N].sum())
     if not bad_D.sum() or (world is not None and world.rank != 0):
         return
     where = ", ".join(d for d, n in zip(domains, bad_D) if n)
@@ -105,7 +109,7 @@ def evaluate(model, batches: list[Batch], ablations: list[Ablation], *, domains:
                               if not a.needs_loads or loads is not None}
     base_acc, base_loads, stored = saved_or_baseline(model, batches, domains, shape, tick, world, loads is None,
                                                      sweep)
-    warn_nonfinite("the baseline pass (nothing ablated)", base_acc[:, 2], int(base_acc[:, 1].sum()), domains, world)
+    warn_nonfinite("the baseline pass (nothing ablated)", base_acc, domains, world)
     if loads is None:
         loads = {d: base_loads[i] for i, d in enumerate(domains)} | {ALL: base_loads.sum(0)}
         loads_source = "baseline"
@@ -117,7 +121,7 @@ def evaluate(model, batches: list[Batch], ablations: list[Ablation], *, domains:
         if rows[a.name] is None:
             acc = _ablated(model, batches, stored, plans[a.name], shape, len(domains), tick)
             acc = reduce_entry(acc, i, len(ablations), world)
-            warn_nonfinite(f"ablation {a.name!r}", acc[:, 2], int(acc[:, 1].sum()), domains, world)
+            warn_nonfinite(f"ablation {a.name!r}", acc, domains, world)
             rows[a.name] = _rows(a, plans[a.name], base_acc, acc, domains, shape.moe_layers)
             if sweep is not None:
                 sweep.commit(a.name, rows[a.name])
@@ -197,9 +201,9 @@ def _ablated(model, batches: list[Batch], stored: list, plan: Plan, shape: Route
         add_loss(acc, nll, dom_nll, batch.scored)
         if n_down:
             changed, replaced = _pairs_changed(ids, base_ids, down)
-            acc[:, 3] += np.bincount(dom_tok, minlength=D) * n_down
-            acc[:, 4] += np.bincount(dom_tok, changed.numpy(), D)
-            acc[:, 5] += np.bincount(dom_tok, replaced.numpy() / K, D)
+            acc[:, PAIRS] += np.bincount(dom_tok, minlength=D) * n_down
+            acc[:, CHANGED] += np.bincount(dom_tok, changed.numpy(), D)
+            acc[:, REPLACED] += np.bincount(dom_tok, replaced.numpy() / K, D)
         tick()
     return acc
 
@@ -212,15 +216,15 @@ def _rows(a: Ablation, plan: Plan, base_acc: np.ndarray, acc: np.ndarray, domain
     rows = []
     for d, (b, s) in [(ALL, (base_acc.sum(0), acc.sum(0)))] + [
             (dom, (base_acc[j], acc[j])) for j, dom in enumerate(domains)]:
-        if s[1] == 0:
+        if s[N] == 0:
             continue
-        loss, base = s[0] / s[1], b[0] / b[1]
+        loss, base = s[NLL] / s[N], b[NLL] / b[N]
         rows.append({"ablation": a.name, "spec": plan.spec(), "mode": a.mode, "renormalise": a.renormalise,
                      "shared": bool(plan.shared_layers), "n_disabled": plan.n_disabled, "token_top": a.token_top,
                      "domain": d,
-                     "tokens": int(s[1]), "loss": loss, "baseline_loss": base, "delta": loss - base,
-                     "routing_changed": s[4] / s[3] if s[3] else None,
-                     "experts_changed": s[5] / s[3] if s[3] else None, "downstream_layers": n_down})
+                     "tokens": int(s[N]), "loss": loss, "baseline_loss": base, "delta": loss - base,
+                     "routing_changed": s[CHANGED] / s[PAIRS] if s[PAIRS] else None,
+                     "experts_changed": s[REPLACED] / s[PAIRS] if s[PAIRS] else None, "downstream_layers": n_down})
     return rows
 
 

@@ -38,6 +38,7 @@ TABLE, PARTS = "ablations", "ablation_parts"
 # a pass's per-domain loss sums (run.add_loss), the first columns of every job's sums and the whole of the saved
 # baseline's: surprisal, scored tokens, and those of them the model gave a NaN or inf surprisal
 LOSS = ("nll", "n", "nonfinite")
+NLL, N, NONFINITE = range(len(LOSS))  # their columns
 # a part's `sample` (job_meta): where its windows were taken; an entry without one was written before
 # jobs given --run sampled within the run's windows, when every job sampled the corpus
 SAMPLES = {"corpus": "the whole corpus", "run": "the run's own windows"}

@@ -24,6 +24,7 @@ import torch
 from analyses.ablate.inputs import (AblateOptions, check_finished, check_out, inputs_key, job_defaults, job_meta,
                                     sample_windows, start_job)
 from analyses.ablate.run import LOSS, add_loss, reduce_entry, saved_or_baseline, warn_nonfinite
+from analyses.ablate.sweep import NONFINITE
 from analyses.ablate.select import ALL, AblationError, RouterShape, also_removed, check_routable
 from analyses.ablate.sweep import Commits
 from analyses.importance import TOKEN_BUDGET
@@ -210,8 +211,7 @@ def measure(model, batches: list[Batch], layers=None, experts=None, *, domains: 
         raise ImportanceError(f"--group {group}: must be >= 1")
     tick = progress or (lambda: None)
     base_acc, base_loads, stored = saved_or_baseline(model, batches, domains, shape, tick, world, True, commits)
-    warn_nonfinite("importance, the baseline pass (nothing removed)", base_acc[:, 2], int(base_acc[:, 1].sum()),
-                   domains, world)
+    warn_nonfinite("importance, the baseline pass (nothing removed)", base_acc, domains, world)
     moe_index = [shape.moe_layers.index(x) for x in layers]
     loads_DLX, assigned_DL = base_loads[:, moe_index][:, :, experts], base_loads[:, moe_index].sum(-1)
     rows = {}
@@ -232,14 +232,14 @@ def measure(model, batches: list[Batch], layers=None, experts=None, *, domains: 
 def _warn_removals(layer: int, experts: list[int], acc: np.ndarray, domains: list[str], world) -> None:
     """One line for a layer whose removals (acc [X, D, len(LOSS)]) gave scored tokens a NaN or inf
     surprisal, naming those experts (`warn_nonfinite`)."""
-    bad = [k for k in range(len(experts)) if acc[k, :, 2].sum()]
+    bad = [k for k in range(len(experts)) if acc[k, :, NONFINITE].sum()]
     if not bad:
         return
     named = ", ".join(str(experts[k]) for k in bad[:8]) + (f" and {len(bad) - 8} more" if len(bad) > 8 else "")
     what = f"importance, layer {layer}, expert{'s' * (len(bad) > 1)} {named} removed"
     if len(bad) > 1:
         what += f" (each in turn: the tokens counted over the {len(bad)} removals)"
-    warn_nonfinite(what, acc[bad, :, 2].sum(0), int(acc[bad, :, 1].sum()), domains, world)
+    warn_nonfinite(what, acc[bad], domains, world)
 
 
 def layer_rows(layer, experts, domains, base_acc, loads_DX, assigned_D, acc) -> list[dict]:

@@ -14,6 +14,7 @@ import numpy as np
 from analyses.ablate.inputs import (AblateOptions, check_finished, check_out, inputs_key, job_defaults, job_meta,
                                     sample_windows, start_job)
 from analyses.ablate.run import LOSS, add_loss, forward_batch, warn_nonfinite
+from analyses.ablate.sweep import N, NLL
 from analyses.ablate.select import ALL, RouterShape, experts_label
 from analyses.ablate.sweep import Commits
 from probe.corpus import CorpusError
@@ -24,6 +25,7 @@ from probe.writer import RunError, part_name, read_run_json, updating_run_json, 
 from .hooks import Steer, SteerError, steered
 
 LOSS_ACC = LOSS + ("steered", "pairs", "hits")  # per-domain sums of a steered pass
+STEERED, PAIRS, HITS = (LOSS_ACC.index(c) for c in ("steered", "pairs", "hits"))
 
 
 # ------------------------------------------------------------------------------ loss rows
@@ -49,9 +51,9 @@ def evaluate(model, batches: list[Batch], steers: list[Steer], *, domains: list[
     acc = np.stack([_steered_pass(model, batches, s, index, tick) for s in steers]) if steers else \
         np.zeros((0, len(domains), len(LOSS_ACC)))
     base, acc = _sum(base, world), _sum(acc, world)
-    warn_nonfinite("steer, the baseline pass (nothing steered)", base[:, 2], int(base[:, 1].sum()), domains, world)
+    warn_nonfinite("steer, the baseline pass (nothing steered)", base, domains, world)
     for s, a in zip(steers, acc):
-        warn_nonfinite(f"steering {s.name!r}", a[:, 2], int(a[:, 1].sum()), domains, world)
+        warn_nonfinite(f"steering {s.name!r}", a, domains, world)
     return _loss_rows(steers, shape, base, acc, domains)
 
 
@@ -82,10 +84,10 @@ def _steered_pass(model, batches: list[Batch], steer: Steer, index: dict[str, in
             add_loss(acc[:, :len(LOSS)], nll, dom, batch.scored)
             scored = batch.scored.reshape(-1)  # a token the model gave a NaN is still scored (add_loss)
             rows = (st.last_rows.cpu() & scored).numpy()
-            acc[:, 3] += np.bincount(dom[rows], minlength=D)
-            acc[:, 4] += np.bincount(dom[rows], minlength=D) * len(st.layers)
+            acc[:, STEERED] += np.bincount(dom[rows], minlength=D)
+            acc[:, PAIRS] += np.bincount(dom[rows], minlength=D) * len(st.layers)
             for hit in st.last_hits.values():
-                acc[:, 5] += np.bincount(dom[(hit.cpu() & scored).numpy()], minlength=D)
+                acc[:, HITS] += np.bincount(dom[(hit.cpu() & scored).numpy()], minlength=D)
             tick()
     return acc
 
@@ -98,11 +100,11 @@ def _loss_rows(steers: list[Steer], shape: RouterShape, base: np.ndarray, acc: n
         spec = s.spec(shape)
         for d, b, a in [(ALL, base.sum(0), acc[i].sum(0))] + [(dom, base[j], acc[i, j]) for j, dom in
                                                                enumerate(domains)]:
-            if a[1] == 0:
+            if a[N] == 0:
                 continue
-            loss, bl = a[0] / a[1], b[0] / b[1]
-            rows.append({"steer": s.name, "spec": spec, "kind": "loss", "domain": d, "tokens": int(a[1]),
-                         "steered_tokens": int(a[3]), "forced_share": a[5] / a[4] if a[4] else None,
+            loss, bl = a[NLL] / a[N], b[NLL] / b[N]
+            rows.append({"steer": s.name, "spec": spec, "kind": "loss", "domain": d, "tokens": int(a[N]),
+                         "steered_tokens": int(a[STEERED]), "forced_share": a[HITS] / a[PAIRS] if a[PAIRS] else None,
                          "baseline_loss": bl, "loss": loss, "delta": loss - bl})
     return pd.DataFrame(rows, columns=TABLES["steering"].names)
 
