@@ -10,6 +10,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from probe.run import MADE_BY
 from probe.schema import TABLES
 from probe.writer import run_status
 
@@ -102,10 +103,10 @@ def unfinished_record(ref: RunRef) -> str | None:
 
 
 # a run that one command wrote its results into alone (run.json's `kind`): what it holds, and the page showing it
-RESULTS_ONLY = {"spec": ("`dsv3-probe spec`", "speculative decoding", "MTP"),
-                "ablations": ("`analyses.ablate --out`", "ablations", "Ablations"),
-                "expert_importance": ("`analyses.importance --out`", "causal importance", "Ablations"),
-                "steering": ("`analyses.steer --out`", "steering", "Steering")}
+# run.json "kind" of a run that a command wrote its results into alone: what it records, and on which page
+# (the command: probe.run.MADE_BY)
+RESULTS_ONLY = {"spec": ("speculative decoding", "MTP"), "ablations": ("ablations", "Ablations"),
+                "expert_importance": ("causal importance", "Ablations"), "steering": ("steering", "Steering")}
 
 
 def results_only(ref: RunRef) -> str | None:
@@ -114,6 +115,5 @@ def results_only(ref: RunRef) -> str | None:
     'has no `expert_load` table', and to record a run as 'a serving engine's dump holds loads only' (a tour)."""
     if (kind := ref.info.get("kind")) not in RESULTS_ONLY:
         return None
-    cmd, what, page = RESULTS_ONLY[kind]
-    article = "an" if cmd.startswith("`a") else "a"
-    return f"{article} {cmd} run records {what} (the {page} page), not a corpus's routing"
+    what, page = RESULTS_ONLY[kind]
+    return f"a {MADE_BY[kind]} run records {what} (the {page} page), not a corpus's routing"

@@ -247,6 +247,20 @@ def test_a_spec_run_is_told_on_the_routing_pages_what_it_holds(tmp_path):
             assert ("serving engine" in info) is not bool(kind), (page, info)
 
 
+def test_a_results_only_run_is_named_by_the_command_that_writes_its_kind():
+    """The dashboard's words for a results-only run take the command from probe.run.MADE_BY, as the lost
+    tables' advice and the report do (it had its own words for the commands: `analyses.ablate --out`)."""
+    from types import SimpleNamespace
+
+    from dashboards.runs import RESULTS_ONLY, results_only
+    from probe.run import MADE_BY
+
+    assert set(RESULTS_ONLY) <= set(MADE_BY)
+    said = results_only(SimpleNamespace(info={"kind": "ablations"}))
+    assert said == "a `python -m analyses.ablate` run records ablations (the Ablations page), not a corpus's routing"
+    assert results_only(SimpleNamespace(info={"kind": "import"})) is None  # an import holds loads: not results only
+
+
 def test_the_overview_of_a_run_without_routing_names_every_view_that_needs_it(tmp_path):
     """The Overview of a `--router-logits none` record said the Token explorer and Co-activation need the
     routing table, while Specialisation's top tokens, domain probe and token-id dependence and Compare
