@@ -19,6 +19,16 @@ the client's: `processes.worker_pids` finds its workers by the client's pid in t
 workers with it (torchrun's workers are sessions of their own: the launcher's process group misses
 them). Without ENV, or with no zygote answering, the client runs the launcher itself, as before.
 
+The launcher's workers come from the zygote too (zygote_python.py). torchrun starts each worker as
+`python -u -m MODULE ...` or `python -u SCRIPT ...`; a launcher forked here starts WORKER_CLIENT with the
+same arguments instead, a client like the one above, and the zygote forks a child that runs the command
+as a fresh interpreter would. torchrun sees the client: its pid, its signals (forwarded to the worker's
+process group), its exit status (the worker's). NOTE: a worker's own `import torch` was ~1.5-2 s of CPU,
+~60 workers a suite run. test_mp_resume.py, test_mp_jobs.py and test_parallel.py took 44.1 s with
+forked workers against 60.8 s with fresh interpreters, one after the other in one command (2-core EPYC,
+2026-12-07 ~05:55 UTC). `DSV3_TEST_EXEC_WORKERS=1` in a launch's environment (or the suite's) gives
+fresh interpreters.
+
 The zygote starts at a pytest process's first launch (`Command`) and ends with that process: when the
 pipe it holds the read end of closes (its lifeline), it kills the launches still running and exits.
 The zygote's side is zygote_server.py. Only standard-library imports here: the client imports this

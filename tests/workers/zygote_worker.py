@@ -29,7 +29,8 @@ if mode == "fresh":
         "streams": [(s.encoding, s.errors, s.write_through, s.line_buffering) for s in (sys.stdout, sys.stderr)],
         "sigint": signal.getsignal(signal.SIGINT) is signal.default_int_handler,
         "sigterm": signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, "threads": torch.get_num_threads(),
-        "tmp": __import__("tempfile").gettempdir(), "random": [random.random(), float(numpy.random.random())], "pid": os.getpid(), "parent": os.getppid(), "session": os.getsid(0) == os.getpid(),
+        "tmp": __import__("tempfile").gettempdir(), "random": [random.random(), float(numpy.random.random())],
+        "pid": os.getpid(), "parent": os.getppid(), "session": os.getsid(0) == os.getpid(),
         "workers_project": "probe" in sys.modules}) + "\n")  # one write: the other rank's goes to the same pipe
     sys.stdout.flush()
     sys.exit(4)
