@@ -14,6 +14,7 @@ import socket
 import struct
 import sys
 import tempfile
+import traceback
 
 import zygote_python
 from zygote import LAUNCHER, python_command
@@ -61,7 +62,7 @@ def serve(listen_fd: int, lifeline: int) -> None:
                 launch = _Launch(conn, pid, worker)
                 sel.register(conn, selectors.EVENT_READ, launch)
                 sel.register(launch.pidfd, selectors.EVENT_READ, launch)
-            elif key.fd == what.pidfd:  # the launcher has ended: its status to the client
+            elif key.fd == what.pidfd:  # the launcher (worker) has ended: its status to the client
                 _, status = os.waitpid(what.pid, 0)
                 sel.unregister(what.pidfd)
                 os.close(what.pidfd)
@@ -151,6 +152,8 @@ def _worker(request: dict, fds: list[int], ours: set[int]) -> None:
         os.setsid()
         _adopt(request, fds, ours)
         zygote_python.run(python_command(request["argv"]))
+    except BaseException:  # before the command ran (zygote_python.run leaves by os._exit): on its stderr
+        traceback.print_exc()
     finally:
         os._exit(1)
 
