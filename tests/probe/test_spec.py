@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -231,6 +232,44 @@ def test_an_overwrite_stopped_while_writing_leaves_the_run_as_it_was(probe_env, 
     record_spec(SpecOptions(max_prompts=2, overwrite=True, **kw))  # the control: it does replace them
     run = probe.open_run(out)
     assert run.info["spec_decode"]["prompts"] == len(run.df("spec_decode")) == 2
+
+
+def test_a_sigterm_while_the_tables_are_renamed_waits_for_the_summary(probe_env, tmp_path, monkeypatch):
+    """The renames and run.json's summary held off Ctrl-C but not SIGTERM (a scheduler's timeout,
+    torchrun stopping a rank), whose default ends the process where it stands: one between the
+    renames left the new spec_decode beside the old spec_drafts and the old summary (found by a
+    tour). The handler here notes the run as a killed process would leave it."""
+    import signal
+
+    import probe.speculative as spec
+
+    out = tmp_path / "run"
+    kw = dict(ckpt=str(probe_env["ckpt"]), corpus=str(probe_env["corpus"]), out=str(out), prompt_tokens=8,
+              new_tokens=4, progress=False)
+    record_spec(SpecOptions(max_prompts=3, **kw))
+    left = []
+
+    def killed(signum, frame):
+        run = probe.open_run(out)
+        left.append((run.info["spec_decode"]["prompts"], len(run.df("spec_decode")),
+                     run.df("spec_drafts").doc_id.nunique()))
+        raise KeyboardInterrupt("terminated")
+
+    real_replace, calls = spec.os.replace, []
+
+    def replace(src, dst):
+        real_replace(src, dst)
+        calls.append(Path(dst).parent.name)  # the tables' renames, then run.json's
+        if len(calls) == 1:
+            signal.raise_signal(signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, killed)
+    try:
+        monkeypatch.setattr(spec.os, "replace", replace)
+        record_spec(SpecOptions(max_prompts=2, overwrite=True, **kw))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert calls[:2] == ["spec_decode", "spec_drafts"] and left == [(2, 2, 2)]  # delivered once all were in
 
 
 def test_binary_files_are_skipped_with_a_note(probe_env, tmp_path, capsys):
