@@ -164,14 +164,7 @@ def record_spec(opts: SpecOptions) -> Path:
     from generate import GenerateError
     from generate.text import stop_ids
 
-    if opts.prompt_tokens < 1 or opts.new_tokens < 1 or opts.batch_size < 1:
-        raise RecordError("--prompt-tokens, --new-tokens and --batch-size must be >= 1")
-    if opts.max_prompts is not None and opts.max_prompts < 1:
-        raise RecordError("--max-prompts must be >= 1 (or 0: every document)")
-    per_prompt = opts.prompt_tokens + opts.new_tokens
-    if opts.max_tokens is not None and opts.max_tokens < per_prompt:
-        raise RecordError(f"--max-tokens {opts.max_tokens}: less than one prompt's --prompt-tokens + --new-tokens "
-                          f"= {per_prompt}")
+    _check_numbers(opts)
     ckpt, corpus, tokenizer = _run_defaults(opts)
     ckpt, corpus, out = resolve_paths(ckpt, corpus, opts.out, suffix="-spec")
     if not corpus.exists():
@@ -216,6 +209,21 @@ def record_spec(opts: SpecOptions) -> Path:
 
     agree(world, write)  # every rank ends the same way: done, or the same one-line error
     return out
+
+
+def _check_numbers(opts: SpecOptions) -> None:
+    """The numeric options, each out of range refused with its flag and value (the three sizes were
+    refused in one message naming all three; a tour)."""
+    for flag, n in (("--prompt-tokens", opts.prompt_tokens), ("--new-tokens", opts.new_tokens),
+                    ("--batch-size", opts.batch_size)):
+        if n < 1:
+            raise RecordError(f"{flag} {n}: must be >= 1")
+    if opts.max_prompts is not None and opts.max_prompts < 1:
+        raise RecordError("--max-prompts must be >= 1 (or 0: every document)")
+    per_prompt = opts.prompt_tokens + opts.new_tokens
+    if opts.max_tokens is not None and opts.max_tokens < per_prompt:
+        raise RecordError(f"--max-tokens {opts.max_tokens}: less than one prompt's --prompt-tokens + --new-tokens "
+                          f"= {per_prompt}")
 
 
 def _prompt_notes(opts: SpecOptions, prompts: list, short: list[str], capped: list[str]) -> list[str]:

@@ -174,7 +174,10 @@ def test_a_run_still_being_recorded_is_refused(probe_env, tmp_path, capsys):
 
 @pytest.mark.parametrize("kw, msg", [
     (dict(prompt_tokens=500, new_tokens=100), "max_seq_len"),
-    (dict(new_tokens=0), ">= 1"),
+    # the flag that is out of range, with its value, as the other commands say it (spec named all three)
+    (dict(new_tokens=0), "^--new-tokens 0: must be >= 1$"),
+    (dict(prompt_tokens=-2), "^--prompt-tokens -2: must be >= 1$"),
+    (dict(batch_size=0), "^--batch-size 0: must be >= 1$"),
     (dict(prompt_tokens=200, new_tokens=8, corpus="short.txt"), "no document has 200 tokens"),
     # a path the user typed is named with its flag (both said only "PATH: ...")
     (dict(corpus="nope.jsonl"), "^--corpus .*nope.jsonl: corpus not found$"),
