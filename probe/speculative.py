@@ -6,17 +6,20 @@
     torchrun --nproc-per-node 2 -m probe spec --ckpt CKPT --out runs/x --model-parallel 2   # one sharded model
     torchrun --nproc-per-node 4 -m probe spec --ckpt CKPT --out runs/x --model-parallel 2   # 2 replicas of 2
 
-The `mtp` table of `record` measures teacher-forced agreement (the MTP head against the main
-model on the corpus' own tokens). This measures what a server would see: each prompt (the first
+The `mtp` table of `record` measures teacher-forced agreement (the MTP head against the main model
+on the corpus' own tokens). This measures what a server would see: each prompt (the first
 `--prompt-tokens` tokens of a corpus document, BOS first) is continued greedily by
-`generate.generate(..., mtp=True)`, where the MTP module drafts one token that the next main
-forward pass verifies; greedy output is the same as without drafts, so only the number of forward
-passes changes. Prompts are taken round robin over the corpus' domains (in name order), so a cap of
-at least one prompt per domain keeps every domain represented (a smaller one is noted, with the
-domains it left out): `--max-prompts`, or `--max-tokens`, a budget of prompt + generated tokens
-(N // (prompt-tokens + new-tokens) prompts; when both are given the smaller cap wins). Two tables
-are added to `--out` (a new run directory, or a recorded run whose prompts then come from the same
-corpus), and run.json's `spec_decode` summary counts prompts and tokens per domain:
+`generate.generate(..., mtp=True)`, where the MTP module drafts one token that the next main forward
+pass verifies; greedy output is the same as without drafts in float32 (the default), so only the
+number of forward passes changes (with --dtype bfloat16 a 2-token verify pass rounds differently
+from a 1-token step, and a near-tied argmax can flip: 3 of the bundled model's 64 default prompts
+continued otherwise than plain greedy decoding, 2026-12-07). Prompts are taken round robin over the
+corpus' domains (in name order), so a cap of at least one prompt per domain keeps every domain
+represented (a smaller one is noted, with the domains it left out): `--max-prompts`, or
+`--max-tokens`, a budget of prompt + generated tokens (N // (prompt-tokens + new-tokens) prompts;
+when both are given the smaller cap wins). Two tables are added to `--out` (a new run directory, or
+a recorded run whose prompts then come from the same corpus), and run.json's `spec_decode` summary
+counts prompts and tokens per domain:
 
 - `spec_decode`: one row per prompt: tokens generated, main forward passes, drafts proposed and
   accepted, tokens per forward pass;
