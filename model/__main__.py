@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from probe.job import path_text
+from probe.job import path_text, tokenizer_fits
 
 from . import CheckpointError, ConfigError, ModelArgs, Transformer, load
 from .checkpoint import not_a_directory
@@ -48,6 +48,9 @@ def _tokens(ns, m: Transformer) -> torch.Tensor:
         # in argv) as U+FFFD; the raw tokenizer left BOS out (another loss than a run's) and raised
         # a TypeError traceback on such bytes
         codec = load_codec(ns.ckpt, m.args)
+        # another model's tokenizer: an id past the vocabulary was the forward's error, naming no file,
+        # and a text whose ids all fell within it ran on the wrong tokens (a checkpoint tour)
+        tokenizer_fits(codec.tokenizer, Path(ns.ckpt) / "tokenizer.json", m.args.vocab_size, ValueError)
         ids = codec.encode(ns.text, chat=False)
         if len(ids) == (codec.bos_id is not None):
             raise ValueError(f"--text {ns.text!r}: no tokens to run")

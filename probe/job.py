@@ -116,6 +116,13 @@ def load_tokenizer(path: str | None, ckpt: Path, vocab_size: int, error: type[Ex
 
         flag = "--tokenizer " if path else ""  # a file the user named: say which flag named it
         raise error(f"{flag}{p}: not a tokenizers JSON file ({e}){lfs_pointer_note(p)}") from None
+    tokenizer_fits(tok, p, vocab_size, error)
+    return tok
+
+
+def tokenizer_fits(tok, p: Path, vocab_size: int, error: type[Exception] = RecordError) -> None:
+    """`error` naming the file `p` where the tokenizer `tok` has ids past the model's vocabulary (a
+    tokenizer of another model; `python -m model summary --text` asks it too)."""
     # its largest id, not its count: a vocabulary with gaps in its ids counts fewer tokens than it can
     # produce, and an id past the embedding failed the first forward pass (a checkpoint tour)
     n, top = tok.get_vocab_size(with_added_tokens=True), max(tok.get_vocab(with_added_tokens=True).values(), default=-1)
@@ -123,7 +130,6 @@ def load_tokenizer(path: str | None, ckpt: Path, vocab_size: int, error: type[Ex
         ids = f"has {n} tokens" + (f" with ids up to {top}" if top + 1 != n else "")
         raise error(f"{p} {ids} but the checkpoint's vocab_size is {vocab_size}: "
                     "tokenizer and checkpoint do not belong together")
-    return tok
 
 
 def run_inputs(info: dict, where: str, ckpt: str | None, corpus: str | None,

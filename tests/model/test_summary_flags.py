@@ -72,6 +72,25 @@ def test_summary_text_runs_as_record_feeds_it(capsys):
     assert out == "" and err == f"error: --text: {n:,} tokens, longer than the model's max_seq_len 1024\n"
 
 
+@pytest.mark.parametrize("text", ["def f(x):", "a"])
+def test_summary_refuses_a_tokenizer_larger_than_the_checkpoints_vocabulary(text, tiny_dir, tmp_path, capsys):
+    """A tokenizer.json of another model beside the weights: a text with an id past the vocabulary was the
+    forward's 'tokens: token ids must be in [0, 512)' (naming neither the file nor the flag), and one whose
+    ids all fell within it ran, its loss that of the wrong tokens. record refuses such a tokenizer by name."""
+    import shutil
+
+    from helpers.models import REPO
+
+    ckpt = shutil.copytree(tiny_dir, tmp_path / "ckpt")  # vocab_size 512
+    shutil.copy(REPO / "data" / "tokenizer.json", ckpt / "tokenizer.json")  # 4,096 tokens
+    with pytest.raises(SystemExit) as e:
+        main(["summary", "--ckpt", str(ckpt), "--text", text])
+    out, err = capsys.readouterr()
+    assert e.value.code == 2 and out == ""
+    assert err == (f"error: {ckpt / 'tokenizer.json'} has 4096 tokens but the checkpoint's vocab_size is 512: "
+                   "tokenizer and checkpoint do not belong together\n"), err
+
+
 @pytest.mark.slow  # a command end to end in a fresh process (the quick loop leaves these out)
 @pytest.mark.parametrize("argv", [["params", "--config", "tiny", "--world-size", "2"],
                                   ["summary", "--batch", "1", "--seq-len", "4"]])
