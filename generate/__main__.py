@@ -13,7 +13,7 @@ from generate import (GenerateError, GenerationOutput, SamplingParams, TextCodec
                       read_prompts, write_demo_checkpoint)
 from generate.decode import PromptError
 from generate.text import demo_refusal
-from probe.job import check_out_parent, os_refusal, path_text
+from probe.job import check_out_parent, os_refusal, path_text, tokenizer_fits
 from probe.job_exit import exit_ranks, whole_lines_on_stderr
 
 
@@ -248,7 +248,11 @@ def _codec(ns, ckpt: str) -> TextCodec:
     prompts go raw."""
     from model import ModelArgs
 
-    codec = load_codec(ckpt, ModelArgs.from_hf_config(ckpt))  # before the weights: fail fast
+    args = ModelArgs.from_hf_config(ckpt)
+    codec = load_codec(ckpt, args)  # before the weights: fail fast
+    # another model's tokenizer: a prompt with an id past the vocabulary was refused after the weights were
+    # read, and one whose ids all fell within it was generated from on the wrong tokens (a checkpoint tour)
+    tokenizer_fits(codec.tokenizer, Path(ckpt) / "tokenizer.json", args.vocab_size, GenerateError)
     if ns.system is not None and (ns.no_chat_template or not codec.chat):  # it was dropped without a word
         why = "--no-chat-template" if ns.no_chat_template else f"{ckpt}'s tokenizer has no chat format"
         raise GenerateError(f"--system: the prompts are sent raw ({why}), so a system text has no turn to go in")

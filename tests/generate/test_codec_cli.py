@@ -221,3 +221,18 @@ def test_an_empty_path_is_refused_by_its_flag(argv, demo_dir, capsys):
     code, _, err = run_cli(capsys, *argv, "--prompt", "hi", "--max-new-tokens", 1)
     flag = argv[-2]
     assert code == 2 and err.endswith(f"error: argument {flag}: an empty path (for the current folder, give .)\n"), err
+
+
+@pytest.mark.parametrize("prompt", ["a", "hello world"])
+def test_cli_refuses_a_tokenizer_larger_than_the_checkpoints_vocabulary(prompt, demo_dir, tmp_path, capsys):
+    """Another model's tokenizer.json beside the weights: a prompt with an id past the vocabulary was
+    refused only after the weights were read, and one whose ids all fell within it was generated from,
+    on the wrong tokens. record and `python -m model summary --text` refuse such a tokenizer by name."""
+    from helpers.models import REPO
+
+    ckpt = Path(shutil.copytree(demo_dir, tmp_path / "ckpt"))  # vocab_size 260
+    shutil.copy(REPO / "data" / "tokenizer.json", ckpt / "tokenizer.json")  # 4,096 tokens
+    code, out, err = run_cli(capsys, "--ckpt", ckpt, "--prompt", prompt, "--no-chat-template", "--max-new-tokens", 2)
+    assert code == 2 and out == "", out
+    assert err.endswith(f"error: {ckpt / 'tokenizer.json'} has 4096 tokens but the checkpoint's vocab_size is 260: "
+                        "tokenizer and checkpoint do not belong together\n"), err
