@@ -188,8 +188,10 @@ class ModelArgs:
             where = str(p)
             if not p.exists():
                 run_model = p.parent / "model"  # a training run's folder (python -m train --out) given for its model
+                from .checkpoint_files import cache_folder_note  # (it imports this module)
+
                 hint = f"; a training run keeps its model in {run_model}" if (run_model / "config.json").exists() \
-                    else ""
+                    else cache_folder_note(p.parent)
                 raise ConfigError(f"{where}: not found (a checkpoint directory needs a config.json{hint})")
             try:
                 cfg = json.loads(p.read_text())

@@ -34,8 +34,8 @@ import torch
 from .args import ConfigError, ModelArgs, given_path
 from .checkpoint_checks import (CheckpointError, _check_tensor, _expected, _index_name_problem, _plan,
                                 check_quantization, check_quantization_names)
-from .checkpoint_files import (check_index_against_headers, check_links, downloading, read_headers, read_index,
-                               shard_files, unfinished_download_note, weight_files)
+from .checkpoint_files import (cache_folder_note, check_index_against_headers, check_links, downloading, read_headers,
+                               read_index, shard_files, unfinished_download_note, weight_files)
 from .checkpoint_stream import stream_tensors
 from .names import Target, ours_to_hf
 from .parallel import Cut, device_for, install, resolve as resolve_shards, shard_
@@ -304,7 +304,7 @@ def _require_config(path: Path) -> None:
     check_links([path / "config.json"])
     if not (path / "config.json").exists():
         raise CheckpointError(f"{path}: no config.json (a Hugging Face checkpoint directory needs one)"
-                              f"{unfinished_download_note(path)}")
+                              f"{unfinished_download_note(path)}{cache_folder_note(path)}")
 
 
 def _config(path: Path) -> ModelArgs:

@@ -90,6 +90,23 @@ def unfinished_download_note(path: Path) -> str:
             f"({n} partial file{'s' if n != 1 else ''}, *.incomplete, in {where}; run huggingface-cli download again)")
 
 
+def cache_folder_note(path: Path) -> str:
+    """'; ...' when directory `path` is a model's folder in huggingface_hub's cache (models--ORG--NAME, with
+    blobs/ and snapshots/) or its snapshots/, given in place of the checkpoint: a snapshot, snapshots/REV
+    (the one refs/main names, or the only one); else ''."""
+    path = Path(os.path.abspath(path))
+    repo = path.parent if path.name == "snapshots" else path
+    if not ((repo / "blobs").is_dir() and (repo / "snapshots").is_dir()):
+        return ""
+    snaps = sorted(p for p in (repo / "snapshots").iterdir() if p.is_dir())
+    main = repo / "refs" / "main"
+    rev = main.read_text().strip() if main.is_file() else ""
+    if rev and (repo / "snapshots" / rev).is_dir():
+        snaps = [repo / "snapshots" / rev]
+    where = f"its snapshot {snaps[0]}" if len(snaps) == 1 else f"one of its snapshots in {repo / 'snapshots'}"
+    return f"; this is a Hugging Face cache folder: the checkpoint is {where}"
+
+
 def read_index(index: Path) -> dict[str, str]:
     """The weight map of a `model.safetensors.index.json`: tensor name -> shard file name (a plain
     name in the same directory), checked."""

@@ -269,3 +269,24 @@ def test_a_cache_snapshot_given_as_a_relative_path_says_its_download_is_unfinish
     for where, given in ((snap, "."), (snap.parent, snap.name)):
         monkeypatch.chdir(where)
         load_error(given, "shard listed in model.safetensors.index.json", note)
+
+
+def test_a_cache_folder_given_for_its_snapshot_names_the_snapshot(sharded_dir, tmp_path):
+    """huggingface-cli download without --local-dir leaves the checkpoint in
+    models--ORG--NAME/snapshots/REV: the cache's model folder (or its snapshots/) given in its place was
+    'no config.json', which did not say where the checkpoint is."""
+    snap = hf_snapshot(sharded_dir, tmp_path)
+    repo = snap.parent.parent
+    note = f"a Hugging Face cache folder: the checkpoint is its snapshot {snap}"
+    for given in (repo, snap.parent):
+        load_error(given, f"{given}: no config.json", note)
+        with pytest.raises(model.ConfigError, match=re.escape(note)):  # what generate reads first
+            model.ModelArgs.from_hf_config(given)
+    other = repo / "snapshots" / ("b" * 40)  # a second revision: refs/main says which is the branch's
+    shutil.copytree(snap, other, symlinks=True)
+    load_error(repo, f"{repo}: no config.json", "; this is a Hugging Face cache folder: the checkpoint is one of "
+               f"its snapshots in {repo / 'snapshots'}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("b" * 40)
+    load_error(repo, f"the checkpoint is its snapshot {other}")
+    load_error(tmp_path, f"{tmp_path}: no config.json (a Hugging Face checkpoint directory needs one)")  # a plain one
