@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .args import ModelArgs
+from .args import ModelArgs, given_path
 from .checkpoint import CheckpointError, float_dtype
 from .checkpoint_files import read_index
 from .fp8 import dequantize_block, quantize_block
@@ -89,7 +89,7 @@ def write_checkpoint(path: str | os.PathLike, args: ModelArgs, tensors: Iterable
     checkpoint stays whole and loadable until the new index replaces the old one (the commit; an
     index is written for one file too). config.json follows it at once, then the old weight files
     go. A failure before the commit leaves the directory as it was."""
-    path = Path(path)
+    path = given_path(path, "path", CheckpointError)  # "" wrote into the current folder, which load("") refuses
     if max_shard_bytes is not None and (isinstance(max_shard_bytes, bool) or not isinstance(max_shard_bytes, (int, float))
                                         or not max_shard_bytes > 0):
         raise CheckpointError(f"max_shard_bytes={max_shard_bytes!r}: expected a positive number of bytes (or None)")

@@ -243,3 +243,18 @@ def test_a_bfloat16_save_keeps_the_router_in_float32(tiny, tmp_path):
         assert w.dtype == sd[k].dtype == torch.float32 and torch.equal(sd[k], w), k
         assert not torch.equal(w.bfloat16().float(), w)  # the control: bf16 would round these
     assert sd["model.layers.1.mlp.experts.0.up_proj.weight"].dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("path, msg", [("", "path='': an empty path (for the current folder, give .)"),
+                                       (" ", "path=' ': an empty path (for the current folder, give .)"),
+                                       (5, "path=5: expected a path (str or os.PathLike), not int")])
+def test_a_save_to_an_empty_path_is_refused_as_a_load_from_it_is(tiny, tmp_path, monkeypatch, path, msg):
+    """model.save(m, "") wrote the checkpoint into the current folder (Path('') is '.'), which
+    model.load("") then refused; and model.save(m, 5) was Path's own TypeError."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError) as e:
+        model.save(tiny, path)
+    assert str(e.value) == msg
+    assert list(tmp_path.iterdir()) == []
+    model.save(tiny, ".")  # the control: the current folder, given as such
+    assert (tmp_path / "config.json").exists()
