@@ -95,7 +95,10 @@ def write_checkpoint(path: str | os.PathLike, args: ModelArgs, tensors: Iterable
         raise CheckpointError(f"max_shard_bytes={max_shard_bytes!r}: expected a positive number of bytes (or None)")
     if path.exists() and not path.is_dir():
         raise CheckpointError(f"{path}: a file, not a checkpoint directory")
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file where a parent folder belongs, a read-only place: mkdir's own error
+        raise CheckpointError(f"{path}: cannot make the checkpoint directory ({e.strerror or e})") from None
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"  # this save's temporary and (if needed) final names
     placed: list[Path] = []  # new weight files renamed into place, not yet committed by the index
     committed = False

@@ -258,3 +258,13 @@ def test_a_save_to_an_empty_path_is_refused_as_a_load_from_it_is(tiny, tmp_path,
     assert list(tmp_path.iterdir()) == []
     model.save(tiny, ".")  # the control: the current folder, given as such
     assert (tmp_path / "config.json").exists()
+
+
+def test_a_save_under_a_file_is_refused_by_name(tiny, tmp_path):
+    """A folder that cannot be made (a file where a parent folder belongs) was mkdir's own
+    NotADirectoryError, as a CheckpointError is everywhere else a save's path is wrong."""
+    (tmp_path / "f.txt").write_text("x")
+    with pytest.raises(CheckpointError) as e:
+        model.save(tiny, tmp_path / "f.txt" / "ckpt")
+    assert str(e.value).startswith(f"{tmp_path / 'f.txt' / 'ckpt'}: cannot make the checkpoint directory ("), e.value
+    assert "\n" not in str(e.value) and (tmp_path / "f.txt").read_text() == "x"
