@@ -330,7 +330,7 @@ def resolve(parallel) -> Shards | None:
         return init_distributed()
     if isinstance(parallel, Shards):
         return parallel if parallel.world > 1 else None
-    raise ParallelError(f"parallel={parallel!r}: pass True, False or a model.parallel.Shards")
+    raise ParallelError(f"parallel={parallel!r}: pass 'auto', True, False or a model.parallel.Shards")
 
 
 def device_for(device, shards: Shards | None):

@@ -4,6 +4,8 @@ tests run it under torchrun)."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -94,6 +96,14 @@ def test_parallel_is_resolved_to_shards_of_several_ranks_or_none(monkeypatch):
     assert ranks.resolve(None) is None and ranks.resolve(False) is None and ranks.resolve("auto") is None
     assert ranks.world_shards() is None and ranks.init_distributed() is None
 
+
+
+@pytest.mark.parametrize("bad", ["foo", 2, "Auto"])
+def test_a_parallel_it_cannot_take_is_refused_with_every_value_it_can(bad):
+    """The refusal left out "auto", model.load's own default (README: `parallel="auto"`)."""
+    with pytest.raises(ParallelError, match=rf"^parallel={re.escape(repr(bad))}: pass 'auto', True, False or a "
+                                            r"model\.parallel\.Shards$"):
+        ranks.resolve(bad)
 
 @pytest.mark.parametrize("value, seconds", [(None, None), ("", None), ("90", 90.0), ("2.5", 2.5)])
 def test_the_collective_timeout_is_the_users_seconds_or_torchs_default(monkeypatch, value, seconds):
