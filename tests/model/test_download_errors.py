@@ -170,6 +170,27 @@ def test_inspect_mid_download_checks_the_shards_already_there(fp8_model, tmp_pat
         assert str(ei.value).startswith(f"{there}: ") and all(n in str(ei.value) for n in needles), ei.value
 
 
+def test_inspect_mid_download_refuses_a_tensor_the_index_puts_in_a_shard_still_missing(sharded_dir, tmp_path):
+    """A tensor stored in a shard already downloaded but listed in the index under one still missing: the load
+    refuses it (listed in one shard, stored in another), and --dry-run passed it, checking the index's entries
+    for the shards on disk only (a checkpoint tour)."""
+    d = Path(shutil.copytree(sharded_dir, tmp_path / "ckpt"))
+    p = d / "model.safetensors.index.json"
+    index = json.loads(p.read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    name = next(k for k, v in index["weight_map"].items() if v == shards[0])
+    (d / shards[1]).rename(tmp_path / "away.safetensors")  # not downloaded yet
+    assert ckpt.inspect(d)["checked"] == "index"  # the control: the index as it was
+    index["weight_map"][name] = shards[1]
+    p.write_text(json.dumps(index))
+    with pytest.raises(CheckpointError) as ei:
+        ckpt.inspect(d)
+    assert str(ei.value) == (f"{p}: tensor {name} is listed in {shards[1]} but stored in {shards[0]} (a stale or "
+                             "hand-edited index)")
+    (tmp_path / "away.safetensors").rename(d / shards[1])  # downloaded: the load refuses it the same way
+    load_error(d, str(ei.value))
+
+
 def test_a_control_file_with_a_short_bitfield_is_read_without_building_the_whole_one(tmp_path):
     """A control file of 1-byte pieces whose bitfield is cut short: the bitfield a finished download of
     the shard would have (size / 8 bytes: 600 MB for a 5 GB shard) was built before the lengths were
