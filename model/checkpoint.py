@@ -195,8 +195,6 @@ def _check_layer_count(where: Path, args: ModelArgs, names) -> None:
 
 def _open(path: Path) -> tuple[ModelArgs, list[Path], dict]:
     """The config (MTP modules counted only when their weights are there) and every shard's header."""
-    if why := not_a_directory(path):
-        raise CheckpointError(f"{path}: {why}")
     _require_config(path)
     args = _config(path)
     files, weight_map = shard_files(path)
@@ -304,7 +302,11 @@ def _check_downloaded(meta: Transformer, path: Path, files: list[Path], weight_m
 
 
 def _require_config(path: Path) -> None:
-    """config.json is there: not absent, not a symbolic link to nothing (`check_links`)."""
+    """`path` is a directory and its config.json is there: not absent, not a symbolic link to nothing
+    (`check_links`). A file or a path to nothing was 'no config.json' from `inspect` (--dry-run's
+    check), where `load` said what it is (a checkpoint tour)."""
+    if why := not_a_directory(path):
+        raise CheckpointError(f"{path}: {why}")
     check_links([path / "config.json"])
     if not (path / "config.json").exists():
         raise CheckpointError(f"{path}: no config.json (a Hugging Face checkpoint directory needs one)"

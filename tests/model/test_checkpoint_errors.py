@@ -414,6 +414,16 @@ def test_error_not_a_directory(tiny_dir, tmp_path):
     load_error(tmp_path / "nowhere", tmp_path / "nowhere")
 
 
+@pytest.mark.parametrize("what", ["file", "nowhere"])
+def test_inspect_of_a_file_or_a_path_to_nothing_says_so(tiny_dir, tmp_path, what):
+    """`inspect` (--dry-run's check) said '<path>: no config.json' of a shard file given for the directory,
+    and of a path to nothing, where `load` says what the path is."""
+    path = tiny_dir / "model.safetensors" if what == "file" else tmp_path / "nowhere"
+    with pytest.raises(CheckpointError) as ei:
+        ckpt.inspect(path)
+    assert str(ei.value) == f"{path}: " + ("not a checkpoint directory" if what == "file" else "no such directory")
+
+
 def test_an_empty_path_is_refused_by_name_not_read_as_the_current_folder(tiny_dir, monkeypatch):
     """Path('') is '.': model.load("") (an unset variable in a notebook) loaded whatever checkpoint the
     current folder held, and elsewhere said '.: no config.json'."""
