@@ -32,8 +32,8 @@ from pathlib import Path
 import torch
 
 from .args import ConfigError, ModelArgs, given_path
-from .checkpoint_checks import (CheckpointError, _check_tensor, _expected, _index_name_problem, _plan,
-                                check_quantization, check_quantization_names)
+from .checkpoint_checks import (CheckpointError, _check_scale_has_fp8_weight, _check_tensor, _expected,
+                                _index_name_problem, _plan, check_quantization, check_quantization_names)
 from .checkpoint_files import (cache_folder_note, check_index_against_headers, check_links, downloading, read_headers,
                                read_index, shard_files, unfinished_download_note, weight_files)
 from .checkpoint_stream import stream_tensors
@@ -299,6 +299,10 @@ def _check_downloaded(meta: Transformer, path: Path, files: list[Path], weight_m
     expect = _expected(meta)
     for hf_name in headers:
         _check_tensor(hf_name, headers, meta.args, expect, partial=True)
+        # a weight on disk whose block scale the index puts in a shard still missing must be FP8: a bf16 one
+        # (cast from FP8, its scales kept) passed --dry-run and was refused by the load (a checkpoint tour)
+        if hf_name + "_scale_inv" in weight_map and hf_name + "_scale_inv" not in headers:
+            _check_scale_has_fp8_weight(hf_name + "_scale_inv", weight_map[hf_name + "_scale_inv"], headers)
 
 
 def _require_config(path: Path) -> None:

@@ -15,6 +15,7 @@ import struct
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 import model
@@ -188,6 +189,28 @@ def test_inspect_mid_download_refuses_a_tensor_the_index_puts_in_a_shard_still_m
     assert str(ei.value) == (f"{p}: tensor {name} is listed in {shards[1]} but stored in {shards[0]} (a stale or "
                              "hand-edited index)")
     (tmp_path / "away.safetensors").rename(d / shards[1])  # downloaded: the load refuses it the same way
+    load_error(d, str(ei.value))
+
+
+def test_inspect_mid_download_refuses_a_weight_cast_from_fp8_whose_scale_is_still_missing(fp8_model, tmp_path):
+    """A bf16 weight on disk whose block scale the index puts in a shard not downloaded yet (a weight cast from FP8,
+    its scale kept): the load refuses it (the scale would be dropped), and --dry-run passed it, looking at a
+    weight's scale only when that was on disk too (a checkpoint tour)."""
+    d = tmp_path / "ckpt"
+    model.save(fp8_model, d, fp8=True, max_shard_bytes=60_000)
+    j = json.loads((d / "model.safetensors.index.json").read_text())["weight_map"]
+    w = next(k for k in j if k + "_scale_inv" in j)
+    home, other = d / j[w], d / next(f for f in sorted(set(j.values())) if f != j[w])
+    scale = load_file(home)[w + "_scale_inv"]  # the scale moved into another shard, the index kept in step
+    edit_tensors(home, lambda sd: {k: t for k, t in sd.items() if k != w + "_scale_inv"})
+    edit_tensors(other, lambda sd: sd | {w + "_scale_inv": scale})
+    other.rename(tmp_path / "away.safetensors")  # not downloaded yet
+    assert ckpt.inspect(d)["checked"] == "index"  # the control: the FP8 weight as saved
+    edit_tensors(home, lambda sd: sd | {w: sd[w].to(torch.bfloat16)})
+    with pytest.raises(CheckpointError) as ei:
+        ckpt.inspect(d)
+    assert str(ei.value).startswith(f"{home}: tensor {w} is torch.bfloat16 but has a block scale {w}_scale_inv"), ei.value
+    (tmp_path / "away.safetensors").rename(other)  # downloaded: the load refuses it the same way
     load_error(d, str(ei.value))
 
 
