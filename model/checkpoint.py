@@ -297,11 +297,12 @@ def _check_downloaded(meta: Transformer, path: Path, files: list[Path], weight_m
     check_index_against_headers(path, {k: path / v for k, v in weight_map.items() if v in on_disk or k in headers},
                                 headers)
     expect = _expected(meta)
+    elsewhere = {k for k, v in weight_map.items() if v not in on_disk}
     for hf_name in headers:
-        _check_tensor(hf_name, headers, meta.args, expect, partial=True)
+        _check_tensor(hf_name, headers, meta.args, expect, elsewhere)
         # a weight on disk whose block scale the index puts in a shard still missing must be FP8: a bf16 one
         # (cast from FP8, its scales kept) passed --dry-run and was refused by the load (a checkpoint tour)
-        if hf_name + "_scale_inv" in weight_map and hf_name + "_scale_inv" not in headers:
+        if hf_name + "_scale_inv" in elsewhere:
             _check_scale_has_fp8_weight(hf_name + "_scale_inv", weight_map[hf_name + "_scale_inv"], headers)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from pathlib import Path
+from typing import Collection
 
 import torch
 
@@ -66,16 +67,18 @@ def _expected(meta: Transformer) -> dict[str, torch.Tensor]:
     return expect
 
 
-def _check_tensor(hf_name: str, headers: dict, args: ModelArgs, expect: dict, partial: bool = False) -> Target | None:
+def _check_tensor(hf_name: str, headers: dict, args: ModelArgs, expect: dict,
+                  elsewhere: Collection[str] = ()) -> Target | None:
     """Checkpoint tensor `hf_name` against the model: its place, shape, dtype and block scale. Returns where
     it loads, None for a tensor not loaded (a block scale, an ignored buffer, the MTP layer's copies).
-    partial: `headers` are the shards downloaded so far, so a weight's scale or a scale's weight may be in
-    one still missing (`inspect`)."""
+    elsewhere: the names the index puts in shards not downloaded yet (`inspect`; `headers` are those on
+    disk), where a weight's scale or a scale's weight may be. A scale listed nowhere is missing: it was
+    not looked for once any shard was (an FP8 weight without one passed --dry-run; a checkpoint tour)."""
     f, shape, dt = headers[hf_name]
     if IGNORED.match(hf_name):
         return None
     if hf_name.endswith("_scale_inv"):
-        if not (partial and hf_name[: -len("_scale_inv")] not in headers):
+        if hf_name[: -len("_scale_inv")] not in elsewhere:
             _check_scale_has_fp8_weight(hf_name, f, headers)
         return None
     target = hf_to_ours(hf_name, args)
@@ -88,7 +91,7 @@ def _check_tensor(hf_name: str, headers: dict, args: ModelArgs, expect: dict, pa
     _check_shape(hf_name, f, shape, target, expect, args)
     if dt == torch.float8_e4m3fn:
         _check_fp8_weight(hf_name, f, shape, headers, args.quant_block or (128, 128),
-                          scale_elsewhere=partial and hf_name + "_scale_inv" not in headers)
+                          scale_elsewhere=hf_name + "_scale_inv" in elsewhere)
     elif not (dt.is_floating_point if isinstance(dt, torch.dtype) else False):
         raise CheckpointError(f"{f}: tensor {hf_name} has unsupported dtype {dt}")
     return target

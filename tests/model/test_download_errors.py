@@ -214,6 +214,24 @@ def test_inspect_mid_download_refuses_a_weight_cast_from_fp8_whose_scale_is_stil
     load_error(d, str(ei.value))
 
 
+def test_inspect_mid_download_refuses_an_fp8_weight_whose_scale_the_index_lists_nowhere(fp8_model, tmp_path):
+    """An FP8 weight on disk whose block scale is in no shard, the index listing none: the load refuses it, and
+    --dry-run passed it once any shard was still missing, taking the scale for one in a shard not downloaded."""
+    d = tmp_path / "ckpt"
+    model.save(fp8_model, d, fp8=True, max_shard_bytes=60_000)
+    j = json.loads((d / "model.safetensors.index.json").read_text())["weight_map"]
+    w = next(k for k in j if k + "_scale_inv" in j)
+    home, other = d / j[w], d / next(f for f in sorted(set(j.values())) if f != j[w])
+    other.rename(tmp_path / "away.safetensors")  # not downloaded yet
+    assert ckpt.inspect(d)["checked"] == "index"  # the control: the scale beside its weight
+    edit_tensors(home, lambda sd: {k: t for k, t in sd.items() if k != w + "_scale_inv"})  # the index in step
+    with pytest.raises(CheckpointError) as ei:
+        ckpt.inspect(d)
+    assert str(ei.value) == f"{home}: FP8 tensor {w} has no {w}_scale_inv"
+    (tmp_path / "away.safetensors").rename(other)  # downloaded: the load refuses it the same way
+    load_error(d, str(ei.value))
+
+
 def test_a_control_file_with_a_short_bitfield_is_read_without_building_the_whole_one(tmp_path):
     """A control file of 1-byte pieces whose bitfield is cut short: the bitfield a finished download of
     the shard would have (size / 8 bytes: 600 MB for a 5 GB shard) was built before the lengths were
