@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -401,6 +402,17 @@ def test_margin_summary_and_score_entropy():
     np.testing.assert_allclose(M.score_entropy([[1, 1], [1, 0], [0, 0]]), [1.0, 0.0, np.nan])
     np.testing.assert_allclose(M.score_entropy([[0.5, 0.25, 0.25]]), [1.5 * math.log(2) / math.log(3)])
     np.testing.assert_allclose(M.score_entropy([[0.3]]), [1.0])
+
+
+def test_score_entropy_is_over_ln_n_as_metrics_md_says():
+    """metrics.md called it "the entropy of a token's normalised scores", which reads as nats: the value
+    `score_entropy` gives is that entropy over ln N (a bundled run's layer 1: 3.398 nats, reported 0.980).
+    A figure set beside a paper's routing entropy in nats was off by ln N (3.47 for 32 experts)."""
+    uniform = M.score_entropy([[0.2, 0.2, 0.2, 0.2]])[0]
+    assert uniform == pytest.approx(1.0) and abs(uniform - math.log(4)) > 0.3  # not ln 4 nats
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
+    said = re.search(r"\*\*Agreement and saturation\*\*.*?(?=\n- \*\*)", doc, re.S).group(0)
+    assert "H(s_t / sum_j s_j,t) / ln N" in said and "`score_entropy`" in said, said
 
 
 def test_entropy_of_one_outcome_is_zero_not_negative_zero():
