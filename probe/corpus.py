@@ -71,6 +71,7 @@ class CorpusStats:
     starved_domains: list[str] = field(default_factory=list)  # domains with text a --max-tokens cap left empty
     empty_domains: list[str] = field(default_factory=list)  # sub-folders of a corpus directory without a text file
     linked_domains: list[str] = field(default_factory=list)  # "link -> folder": sub-folder links read under the folder
+    empty_documents: list[str] = field(default_factory=list)  # ids of the documents read that had no token
     cap: tuple[int, int, int] = (0, 0, 0)  # (--max-tokens, --seq-len, domains with text) when it did
     # domains with tokens taken and text left when a --max-tokens cap ended the windows (None: not known,
     # --order corpus under a cap: telling would read the rest of the corpus)
@@ -94,7 +95,18 @@ class CorpusStats:
     def notes(self) -> list[str]:
         """The jobs' notes on what the reader skipped or replaced (record and spec print them)."""
         return [n for n in (self.binary_note(), self.replaced_note(), self.empty_note(), self.linked_note(),
-                            self.cap_note()) if n]
+                            self.tokenless_note(), self.cap_note()) if n]
+
+    def tokenless_note(self) -> str | None:
+        """The jobs' note on the documents read that had no token (None when none): an empty text makes no
+        window, so run.json's corpus.documents counted a document the tokens table had no row of, and a
+        domain folder of empty files left the run's domains, without a word (a review)."""
+        s = self.empty_documents
+        if not s:
+            return None
+        more = ", ..." if len(s) > 3 else ""
+        return (f"note: {len(s)} document(s) without a token left out ({', '.join(s[:3])}{more}): an empty text makes "
+                "no window; run.json lists them")
 
     def empty_note(self) -> str | None:
         """The jobs' note on the sub-folders of a corpus directory that hold no text file (None when none):
@@ -349,7 +361,7 @@ def corpus_windows(path: str | Path, encode, seq_len: int, bos_id: int | None, m
     stats = stats if stats is not None else CorpusStats()
     if order == "corpus":
         stats.capped_domains = [] if max_tokens is None else None
-        return iter_windows(iter_documents(path, stats), encode, seq_len, bos_id, max_tokens)
+        return iter_windows(iter_documents(path, stats), encode, seq_len, bos_id, max_tokens, stats.empty_documents)
     return balanced_windows(domain_streams(path, stats), encode, seq_len, bos_id, max_tokens, stats)
 
 

@@ -292,7 +292,8 @@ def run_info(job: Job, plan: CorpusPlan, opts: RecordOptions, world, m, tables: 
         "corpus": {"path": str(job.corpus.resolve()), "fingerprint": fingerprint(job.corpus),
                    "documents": plan.stats.documents, "replaced_bytes": plan.stats.replaced_bytes,
                    "files_with_replacements": plan.stats.files_with_replacements[:100],
-                   "skipped_binary_files": plan.stats.skipped_binary[:100]},
+                   "skipped_binary_files": plan.stats.skipped_binary[:100],
+                   "empty_documents": plan.stats.empty_documents[:100]},
         "tokenizer": tokenizer_info(opts.tokenizer, job.ckpt),
         "model_args": job.args.to_dict(), "mtp_module": bool(len(m.mtp)),
         # the dtype the forward ran in: model_args.dtype is the checkpoint's (its config's torch_dtype, what

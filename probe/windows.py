@@ -83,12 +83,13 @@ def _doc_windows(d: Document, encode, seq_len: int, bos_id: int | None) -> Itera
 
 
 def iter_windows(docs: Iterator[Document], encode, seq_len: int, bos_id: int | None,
-                 max_tokens: int | None = None) -> Iterator[Window]:
+                 max_tokens: int | None = None, empty: list[str] | None = None) -> Iterator[Window]:
     """Token windows in the order of `docs`. `encode(text) -> list[int]`. Stops after `max_tokens`
-    tokens (the last window is cut so the total is exact)."""
+    tokens (the last window is cut so the total is exact). The ids of the documents without a token
+    go to `empty` when given."""
     seq_id, total = 0, 0
     for d in docs:
-        for start, w in _doc_windows(d, encode, seq_len, bos_id):
+        for start, w in _tokenless_to(empty, d, _doc_windows(d, encode, seq_len, bos_id)):
             if max_tokens is not None:
                 w = w[: max_tokens - total]
                 if not len(w):
@@ -100,6 +101,16 @@ def iter_windows(docs: Iterator[Document], encode, seq_len: int, bos_id: int | N
                 return
 
 
+def _tokenless_to(empty: list[str] | None, d: Document, windows: Iterator) -> Iterator:
+    """`windows`, one document's; its id appended to `empty` (when given) where it has none."""
+    seen = False
+    for x in windows:
+        seen = True
+        yield x
+    if not seen and empty is not None:
+        empty.append(d.doc_id)
+
+
 def balanced_windows(streams: dict[str, Iterator[Document]], encode, seq_len: int, bos_id: int | None,
                      max_tokens: int | None, stats: CorpusStats) -> Iterator[Window]:
     """Token windows of each domain's documents (`streams`, by domain name), interleaved: each next
@@ -108,7 +119,7 @@ def balanced_windows(streams: dict[str, Iterator[Document]], encode, seq_len: in
     `stats.starved_domains` (with `stats.cap`), those it cut with tokens taken to `stats.capped_domains`."""
     def windows(docs: Iterator[Document]):
         for d in docs:
-            for start, w in _doc_windows(d, encode, seq_len, bos_id):
+            for start, w in _tokenless_to(stats.empty_documents, d, _doc_windows(d, encode, seq_len, bos_id)):
                 yield d, start, w
 
     live = {dom: windows(docs) for dom, docs in sorted(streams.items())}
@@ -144,7 +155,7 @@ def _left(live: dict[str, Iterator], cut: str | None, stats: CorpusStats) -> tup
     which failed a capped record (a review); such a domain is left out, the others still told."""
     from .corpus import CorpusError  # corpus.py imports this module
 
-    before = stats.documents, stats.replaced_bytes, list(stats.files_with_replacements)
+    before = stats.documents, stats.replaced_bytes, list(stats.files_with_replacements), list(stats.empty_documents)
     out, known = [], True
     for dom, ws in live.items():
         try:
@@ -152,5 +163,5 @@ def _left(live: dict[str, Iterator], cut: str | None, stats: CorpusStats) -> tup
                 out.append(dom)
         except (CorpusError, OSError):
             known = False
-    stats.documents, stats.replaced_bytes, stats.files_with_replacements[:] = before
+    stats.documents, stats.replaced_bytes, stats.files_with_replacements[:], stats.empty_documents[:] = before
     return out, known

@@ -104,13 +104,18 @@ def test_a_cap_below_a_window_per_domain_names_the_domains_it_left_out(tmp_path)
     for cap, order in ((64, "domains"), (None, "domains"), (40, "corpus")):  # every domain got some; no cap;
         stats = CorpusStats()  # the corpus order, which reads the corpus in order by design
         read(c, order, max_tokens=cap, stats=stats)
-        assert stats.notes() == [], (cap, order)
+        assert stats.cap_note() is None, (cap, order)
+        assert stats.notes() == ([EMPTY_E] if cap is None else []), (cap, order)  # e's empty text read: no cap
+
+
+EMPTY_E = "note: 1 document(s) without a token left out (e/d.txt): an empty text makes no window; run.json lists them"
 
 
 def test_an_empty_domain_folder_is_named_in_a_note(tmp_path):
     """A sub-folder without a text file (empty, or binary files only) was left out of the run without a
     word: the run had one domain fewer than the folders. A note names it, in both orders; a folder
-    with an empty document is a domain read as any other (the cap note's "e" above), not named."""
+    with an empty document is not named there (the cap note's "e" above): the note on documents
+    without a token names its file."""
     c = domains_corpus(tmp_path / "c", {"a": 20, "b": 20})
     (c / "empty").mkdir()
     (c / "bin").mkdir()
@@ -121,9 +126,32 @@ def test_an_empty_domain_folder_is_named_in_a_note(tmp_path):
         assert {w.domain for w in read(c, order, stats=stats)} == {"a", "b"}
         assert stats.notes()[1:] == ["note: 2 sub-folder(s) of the corpus without a text file left out (bin, empty): "
                                      "each sub-folder is a domain only where it holds text"], order
-    stats = CorpusStats()  # the control: every folder holds text
+    stats = CorpusStats()  # the control: every folder holds text (e an empty one: the note on empty documents)
     read(domains_corpus(tmp_path / "d", {"a": 20, "e": 0}), "domains", stats=stats)
-    assert stats.notes() == []
+    assert stats.empty_note() is None and stats.notes() == [EMPTY_E]
+
+
+def test_a_document_without_a_token_is_named_in_a_note(tmp_path):
+    """An empty text file, or a JSONL record with "text": "", makes no window (a run of one BOS token
+    was recorded as complete, a review), but it went without a word: run.json's corpus.documents
+    counted it while the tokens table had no row of it, and a domain folder of empty files vanished
+    from the run's domains. It is named, in both orders, and only when read: the documents read on to
+    after a --max-tokens cap (to tell the capped domains) are not."""
+    c = domains_corpus(tmp_path / "c", {"a": 20, "only_empty": 0})
+    (c / "a" / "blank.txt").write_text("")
+    (c / "mixed.jsonl").write_text('{"text": "alpha beta", "domain": "m"}\n{"text": "", "domain": "m"}\n'
+                                   '{"text": "", "id": "nil"}\n')
+    want = ["a/blank.txt", "mixed.jsonl:2", "nil", "only_empty/d.txt"]
+    for order in ORDERS:
+        stats = CorpusStats()
+        docs = {w.doc_id for w in read(c, order, stats=stats)}
+        assert docs == {"a/d.txt", "mixed.jsonl:1"} and stats.documents == 6, order
+        assert sorted(stats.empty_documents) == want, order
+        assert stats.notes() == [f"note: 4 document(s) without a token left out ({', '.join(stats.empty_documents[:3])}"
+                                 ", ...): an empty text makes no window; run.json lists them"], order
+    stats = CorpusStats()  # a cap that a's first window fills (a/blank.txt read before it): the rest read only
+    read(c, "domains", max_tokens=8, stats=stats)  # to tell what it cut, nil and only_empty/d.txt among them
+    assert stats.empty_documents == ["a/blank.txt"] and stats.documents == 2
 
 
 def test_a_linked_domain_folder_read_under_its_target_is_not_called_empty(tmp_path):

@@ -450,6 +450,22 @@ def test_a_dry_run_says_which_domains_a_cap_leaves_out(probe_env, tmp_path, caps
     assert "without a token" not in capsys.readouterr().err and not (tmp_path / "run").exists()
 
 
+def test_a_record_names_the_documents_without_a_token(probe_env, tmp_path, capsys):
+    """A domain folder holding only an empty file left the run without a word: run.json counted its
+    document, the tokens table and run.json's domains had none of it. The note names it and run.json's
+    corpus.empty_documents lists it."""
+    (tmp_path / "c" / "alpha").mkdir(parents=True)
+    (tmp_path / "c" / "alpha" / "d.txt").write_text("alpha words " * 20)
+    (tmp_path / "c" / "blank").mkdir()
+    (tmp_path / "c" / "blank" / "e.txt").write_text("")
+    rec(probe_env, tmp_path / "run", corpus=tmp_path / "c")
+    assert "note: 1 document(s) without a token left out (blank/e.txt)" in capsys.readouterr().err
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert (info["corpus"]["documents"], info["corpus"]["empty_documents"], info["domains"]) == \
+        (2, ["blank/e.txt"], ["alpha"])
+    assert set(probe.open_run(tmp_path / "run").df("tokens").doc_id) == {"alpha/d.txt"}
+
+
 def test_spectrum_summary_by_hand():
     """Effective rank exp(-sum p ln p) and the fewest components holding 90/95/99% of the variance
     (docs/metrics.md), by hand: [9, 1] holds exactly 90% in one component; zero eigenvalues add nothing
