@@ -2,7 +2,8 @@
 
 Accepted `--corpus` forms:
 - a directory: every file below it is read in sorted path order (symbolic links to folders followed,
-  each real folder once, under its own path where the corpus holds it, not through a link; hidden
+  each real folder once, under its own path where the corpus holds it, not through a link, and each
+  linked file likewise once, the links left named in `CorpusStats.linked_files`; hidden
   files and folders, whose names start with ".", such as .git, are not read; an unreadable folder or
   a broken link is an error); `*.jsonl` and `*.parquet` files as
   records (below), any other file as one plain-text document, except binary files (a NUL byte in
@@ -71,6 +72,7 @@ class CorpusStats:
     starved_domains: list[str] = field(default_factory=list)  # domains with text a --max-tokens cap left empty
     empty_domains: list[str] = field(default_factory=list)  # sub-folders of a corpus directory without a text file
     linked_domains: list[str] = field(default_factory=list)  # "link -> folder": sub-folder links read under the folder
+    linked_files: list[str] = field(default_factory=list)  # "link -> file": file links whose file is read elsewhere
     empty_documents: list[str] = field(default_factory=list)  # ids of the documents read that had no token
     cap: tuple[int, int, int] = (0, 0, 0)  # (--max-tokens, --seq-len, domains with text) when it did
     # domains with tokens taken and text left when a --max-tokens cap ended the windows (None: not known,
@@ -95,7 +97,17 @@ class CorpusStats:
     def notes(self) -> list[str]:
         """The jobs' notes on what the reader skipped or replaced (record and spec print them)."""
         return [n for n in (self.binary_note(), self.replaced_note(), self.empty_note(), self.linked_note(),
-                            self.tokenless_note(), self.cap_note()) if n]
+                            self.linked_files_note(), self.tokenless_note(), self.cap_note()) if n]
+
+    def linked_files_note(self) -> str | None:
+        """The jobs' note on the links to a file the corpus reads under another path (None when none):
+        each was read as a document of its own, the file's text counted twice (a review)."""
+        s = self.linked_files
+        if not s:
+            return None
+        more = ", ..." if len(s) > 3 else ""
+        return (f"note: {len(s)} linked file(s) of the corpus left, their files read under another path "
+                f"({', '.join(s[:3])}{more}): each file is read once")
 
     def tokenless_note(self) -> str | None:
         """The jobs' note on the documents read that had no token (None when none): an empty text makes no
@@ -153,15 +165,16 @@ class CorpusStats:
                 f"({', '.join(f[:3])}{more}): convert them to UTF-8 if they are text in another encoding")
 
 
-def _files(root: Path) -> list[Path]:
+def _files(root: Path, linked: list[str] | None = None) -> list[Path]:
     """Every file below `root` in sorted path order: symbolic links to folders followed (each real
     folder once, so a link to an ancestor ends), hidden files and folders left out. A linked folder
     that the corpus also holds as a real folder (not through a link) is read there only: the first
     path reached in the file system's listing order won, so `code/examples -> ../prose` could make
     prose's files the domain code, and prose vanish (a review). An unreadable folder or a broken link
     is a CorpusError: they vanished silently, and `rglob` did not follow linked folders either, while
-    '.git' became a domain (a review)."""
-    held = {os.path.realpath(d) for d, _, _ in _walk(root, followlinks=False)}
+    '.git' became a domain (a review). Each file is read once too (`_once`; the links left named in `linked`)."""
+    walked = list(_walk(root, followlinks=False))
+    held = {os.path.realpath(d) for d, _, _ in walked}
     out, seen = [], set()
     for d, dirs, names in _walk(root, followlinks=True):
         real = os.path.realpath(d)
@@ -179,7 +192,25 @@ def _files(root: Path) -> list[Path]:
                 raise CorpusError(f"{p}: a broken symbolic link in the corpus (its target {os.readlink(p)} is not there)")
             if p.is_file():
                 out.append(p)
-    return sorted(out)
+    own = {os.path.realpath(p) for d, _, names in walked for p in (os.path.join(d, n) for n in names)
+           if not os.path.islink(p)}
+    return _once(root, sorted(out), own, linked)
+
+
+def _once(root: Path, files: list[Path], own: set[str], linked: list[str] | None) -> list[Path]:
+    """`files` with each file once: under its own path where the corpus holds it there (`own`: the real
+    paths of the files reached through no link), else under the first link to it in path order; the
+    links left go to `linked` as "link -> path read" (paths relative to `root`)."""
+    first: dict[str, Path] = {}
+    for p in files:
+        real = os.path.realpath(p)
+        if real not in first or (real in own and not p.is_symlink() and first[real].is_symlink()):
+            first[real] = p
+    kept = set(first.values())
+    if linked is not None:
+        linked[:] = [f"{shown(p.relative_to(root).as_posix())} -> "
+                     f"{shown(first[os.path.realpath(p)].relative_to(root).as_posix())}" for p in files if p not in kept]
+    return [p for p in files if p in kept]
 
 
 def _walk(root: Path, followlinks: bool) -> Iterator[tuple[str, list[str], list[str]]]:
@@ -258,7 +289,7 @@ def _entries(path: str | Path, stats: CorpusStats | None = None) -> tuple[Path, 
     if not root.exists():
         raise CorpusError(f"{root}: corpus not found")
     if root.is_dir():
-        files = _files(root)
+        files = _files(root, None if stats is None else stats.linked_files)
         if not files:
             raise CorpusError(f"{root}: corpus directory has no files (names starting with '.' are not read)")
         binary = [f for f in files if _form(f) != ".parquet" and is_binary(f)]

@@ -172,6 +172,27 @@ def test_a_linked_domain_folder_read_under_its_target_is_not_called_empty(tmp_pa
             "(alias -> prose): each folder is read once"], order
 
 
+def test_a_linked_file_is_read_once(tmp_path):
+    """Linked folders were read once, but a link to a file was read as a document of its own: `a/dup.txt
+    -> x.txt` and `b/other.txt -> ../a/x.txt` counted a/x.txt's text three times. A file is read once, under
+    its own path where the corpus holds it, else under the first link in path order; a note names the
+    links left, and a link to a file outside the corpus is read as before."""
+    c = domains_corpus(tmp_path / "c", {"a": 5, "b": 7})
+    (c / "a" / "dup.txt").symlink_to("d.txt")
+    (c / "b" / "other.txt").symlink_to("../a/d.txt")
+    out = tmp_path / "out.txt"
+    out.write_text(words(3))
+    for name in ("b/z_out.txt", "b/out.txt"):
+        (c / name).symlink_to(out)
+    for order in ORDERS:
+        stats = CorpusStats()
+        got = Counter(w.doc_id for w in read(c, order, stats=stats))
+        assert sorted(got) == ["a/d.txt", "b/d.txt", "b/out.txt"] and stats.documents == 3, order
+        assert stats.notes() == ["note: 3 linked file(s) of the corpus left, their files read under another path "
+                                 "(a/dup.txt -> a/d.txt, b/other.txt -> a/d.txt, b/z_out.txt -> b/out.txt): "
+                                 "each file is read once"], order
+
+
 class _Listing:
     """os.scandir's answer with its entries in a given order (os.walk iterates it in a with block)."""
 
