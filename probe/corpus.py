@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,8 +92,7 @@ class CorpusStats:
         s = self.skipped_binary
         if not s:
             return None
-        more = ", ..." if len(s) > 3 else ""
-        return f"note: {len(s)} binary file(s) in the corpus skipped ({', '.join(s[:3])}{more}); run.json lists them"
+        return f"note: {len(s)} binary file(s) in the corpus skipped ({_some(s)}); run.json lists them"
 
     def notes(self) -> list[str]:
         """The jobs' notes on what the reader skipped or replaced (record and spec print them)."""
@@ -105,9 +105,8 @@ class CorpusStats:
         s = self.linked_files
         if not s:
             return None
-        more = ", ..." if len(s) > 3 else ""
         return (f"note: {len(s)} linked file(s) of the corpus left, their files read under another path "
-                f"({', '.join(s[:3])}{more}): each file is read once")
+                f"({_some(s)}): each file is read once")
 
     def tokenless_note(self) -> str | None:
         """The jobs' note on the documents read that had no token (None when none): an empty text makes no
@@ -116,8 +115,7 @@ class CorpusStats:
         s = self.empty_documents
         if not s:
             return None
-        more = ", ..." if len(s) > 3 else ""
-        return (f"note: {len(s)} document(s) without a token left out ({', '.join(s[:3])}{more}): an empty text makes "
+        return (f"note: {len(s)} document(s) without a token left out ({_some(s)}): an empty text makes "
                 "no window; run.json lists them")
 
     def empty_note(self) -> str | None:
@@ -126,8 +124,7 @@ class CorpusStats:
         s = self.empty_domains
         if not s:
             return None
-        more = ", ..." if len(s) > 3 else ""
-        return (f"note: {len(s)} sub-folder(s) of the corpus without a text file left out ({', '.join(s[:3])}{more}): "
+        return (f"note: {len(s)} sub-folder(s) of the corpus without a text file left out ({_some(s)}): "
                 "each sub-folder is a domain only where it holds text")
 
     def linked_note(self) -> str | None:
@@ -136,9 +133,8 @@ class CorpusStats:
         s = self.linked_domains
         if not s:
             return None
-        more = ", ..." if len(s) > 3 else ""
         return (f"note: {len(s)} sub-folder(s) of the corpus link to a folder it holds under its own path, whose "
-                f"domain reads it ({', '.join(s[:3])}{more}): each folder is read once")
+                f"domain reads it ({_some(s)}): each folder is read once")
 
     def cap_note(self) -> str | None:
         """The jobs' note on the domains a --max-tokens cap left without a token (None when none): each
@@ -148,9 +144,8 @@ class CorpusStats:
         if not s:
             return None
         cap, seq_len, n = self.cap
-        more = ", ..." if len(s) > 3 else ""
         fit = f"a --seq-len of at most {cap // n:,} or " if cap // n >= 2 else ""
-        return (f"note: --max-tokens {cap:,} left {len(s)} of {n} domains without a token ({', '.join(s[:3])}{more}): "
+        return (f"note: --max-tokens {cap:,} left {len(s)} of {n} domains without a token ({_some(s)}): "
                 f"each domain takes a window of up to --seq-len {seq_len:,} tokens in turn; pass {fit}"
                 f"a --max-tokens of at least {n * seq_len:,} to cover every domain")
 
@@ -160,9 +155,18 @@ class CorpusStats:
         f = self.files_with_replacements
         if not self.replaced_bytes:
             return None
-        more = ", ..." if len(f) > 3 else ""
         return (f"note: {self.replaced_bytes:,} byte(s) that are not UTF-8 replaced by U+FFFD in {len(f)} file(s) "
-                f"({', '.join(f[:3])}{more}): convert them to UTF-8 if they are text in another encoding")
+                f"({_some(f)}): convert them to UTF-8 if they are text in another encoding")
+
+
+def _some(names: list[str]) -> str:
+    """The first three of `names` for a note, control characters escaped ("\\n", "\\x1b"): a file name
+    with a newline ran a note over several lines (a review)."""
+    listed = ", ".join(_CONTROL.sub(lambda m: repr(m.group())[1:-1], x) for x in names[:3])
+    return listed + (", ..." if len(names) > 3 else "")
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def _files(root: Path, linked: list[str] | None = None) -> list[Path]:

@@ -193,6 +193,25 @@ def test_a_linked_file_is_read_once(tmp_path):
                                  "each file is read once"], order
 
 
+def test_a_note_is_one_line_whatever_the_names_hold(tmp_path):
+    """A file or folder name may hold a newline or a terminal escape: the notes printed it as it is, so
+    a note ran over several lines (or recoloured the terminal). Control characters are shown escaped
+    in the notes; the documents' ids and domains keep the names as they are."""
+    c = tmp_path / "c"
+    (c / "dom\ntwo").mkdir(parents=True)
+    (c / "dom\ntwo" / "lat\nin.txt").write_bytes(b"caf\xe9 alpha")
+    (c / "dom\ntwo" / "im\x1b[31mg.png").write_bytes(b"\x89PNG\x00")
+    (c / "dom\ntwo" / "blank\r.txt").write_text("")
+    (c / "em\tpty").mkdir()
+    for order in ORDERS:
+        stats = CorpusStats()
+        assert {(w.domain, w.doc_id) for w in read(c, order, stats=stats)} == {("dom\ntwo", "dom\ntwo/lat\nin.txt")}
+        notes = stats.notes()
+        assert len(notes) == 4 and all("\n" not in n and "\r" not in n and "\x1b" not in n for n in notes), notes
+        assert "(dom\\ntwo/im\\x1b[31mg.png)" in notes[0] and "(dom\\ntwo/lat\\nin.txt)" in notes[1], notes
+        assert "(em\\tpty)" in notes[2] and "(dom\\ntwo/blank\\r.txt)" in notes[3], notes
+
+
 class _Listing:
     """os.scandir's answer with its entries in a given order (os.walk iterates it in a with block)."""
 
