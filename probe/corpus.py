@@ -30,6 +30,7 @@ corpus recipe and training: probe/bundled_corpus.py.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -75,6 +76,8 @@ class CorpusStats:
     linked_domains: list[str] = field(default_factory=list)  # "link -> folder": sub-folder links read under the folder
     linked_files: list[str] = field(default_factory=list)  # "link -> file": file links whose file is read elsewhere
     empty_documents: list[str] = field(default_factory=list)  # ids of the documents read that had no token
+    renamed_ids: list[str] = field(default_factory=list)  # "id -> id#2": documents whose id an earlier one holds
+    _ids: dict[str, int] = field(default_factory=dict, repr=False)  # each id given -> its next repeat's number
     cap: tuple[int, int, int] = (0, 0, 0)  # (--max-tokens, --seq-len, domains with text) when it did
     # domains with tokens taken and text left when a --max-tokens cap ended the windows (None: not known,
     # --order corpus under a cap: telling would read the rest of the corpus)
@@ -97,7 +100,8 @@ class CorpusStats:
     def notes(self) -> list[str]:
         """The jobs' notes on what the reader skipped or replaced (record and spec print them)."""
         return [n for n in (self.binary_note(), self.replaced_note(), self.empty_note(), self.linked_note(),
-                            self.linked_files_note(), self.tokenless_note(), self.cap_note()) if n]
+                            self.linked_files_note(), self.renamed_note(), self.tokenless_note(),
+                            self.cap_note()) if n]
 
     def linked_files_note(self) -> str | None:
         """The jobs' note on the links to a file the corpus reads under another path (None when none):
@@ -107,6 +111,29 @@ class CorpusStats:
             return None
         return (f"note: {len(s)} linked file(s) of the corpus left, their files read under another path "
                 f"({_some(s)}): each file is read once")
+
+    def unique_id(self, doc_id: str) -> str:
+        """`doc_id`, or where an earlier document of this read holds it, `doc_id#2` (#3, ...: the first
+        number no id holds), noted in `renamed_ids`: JSONL shards numbered from 1 each made documents of
+        one doc_id, which the tables and the dashboard's document list took for one (a review)."""
+        if doc_id not in self._ids:
+            self._ids[doc_id] = 2
+            return doc_id
+        k = self._ids[doc_id]
+        while f"{doc_id}#{k}" in self._ids:
+            k += 1
+        self._ids[doc_id], new = k + 1, f"{doc_id}#{k}"
+        self._ids[new] = 2
+        self.renamed_ids.append(f"{doc_id} -> {new}")
+        return new
+
+    def renamed_note(self) -> str | None:
+        """The jobs' note on the documents `unique_id` renamed (None when none)."""
+        s = self.renamed_ids
+        if not s:
+            return None
+        return (f"note: {len(s)} document(s) renamed, their id an earlier document's ({_some(s)}): each document's "
+                "rows are its own")
 
     def tokenless_note(self) -> str | None:
         """The jobs' note on the documents read that had no token (None when none): an empty text makes no
@@ -354,6 +381,7 @@ def iter_documents(path: str | Path, stats: CorpusStats | None = None) -> Iterat
             docs = iter([Document(rel, domain, decode(f.read_bytes(), rel, stats))])
         for d in docs:
             stats.documents += 1
+            d.doc_id = stats.unique_id(d.doc_id)
             yield d
 
 
@@ -422,7 +450,7 @@ def domain_streams(path: str | Path, stats: CorpusStats | None = None) -> dict[s
     stats = stats if stats is not None else CorpusStats()
     refs: dict[str, list[_Ref]] = {}
     for r in _index(path, stats):
-        refs.setdefault(r.domain, []).append(r)
+        refs.setdefault(r.domain, []).append(dataclasses.replace(r, doc_id=stats.unique_id(r.doc_id)))
     return {dom: _read_refs(rs, stats) for dom, rs in sorted(refs.items())}
 
 

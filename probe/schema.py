@@ -197,7 +197,7 @@ TABLES: dict[str, pa.Schema] = {
 }
 DOCS: dict[str, dict[str, str]] = {
     "tokens": {
-        "doc_id": "document id (the corpus record's `id`, else `relative/path` or `file:line`)",
+        "doc_id": "document id (the corpus record's `id`, else `relative/path` or `file:line`; `#2`, `#3` appended to a repeat)",
         "seq_id": "global index of the sequence window (documents are cut into windows of --seq-len)",
         "pos": "position inside the window (0-based; the model sees each window on its own)",
         "doc_pos": "position inside the whole document (window start + pos)",

@@ -212,6 +212,28 @@ def test_a_note_is_one_line_whatever_the_names_hold(tmp_path):
         assert "(em\\tpty)" in notes[2] and "(dom\\ntwo/blank\\r.txt)" in notes[3], notes
 
 
+def test_a_repeated_document_id_is_told_apart(tmp_path):
+    """JSONL shards often number their records from 0 or 1 each: three documents with the id 1 (and a
+    text file whose path is a record's id) were recorded under one doc_id, so the dashboard's document
+    list made one document of them, its tokens interleaved. A repeat keeps its id with "#2", "#3" (the
+    first holds it), in both orders alike, and a note names them."""
+    c = tmp_path / "c"
+    (c / "a").mkdir(parents=True)
+    (c / "b").mkdir()
+    (c / "a" / "x.jsonl").write_text('{"text": "alpha", "id": 1}\n{"text": "beta", "id": 1}\n'
+                                     '{"text": "gamma", "id": "1#2"}\n')
+    (c / "a" / "z.txt").write_text("delta")
+    (c / "b" / "y.jsonl").write_text('{"text": "eta", "id": 1}\n{"text": "zeta", "id": "a/z.txt"}\n')
+    want = {("1", "alpha"), ("1#2", "beta"), ("1#2#2", "gamma"), ("a/z.txt", "delta"), ("1#3", "eta"),
+            ("a/z.txt#2", "zeta")}
+    for order in ORDERS:
+        stats = CorpusStats()
+        got = {(w.doc_id, WORDS[w.ids[1] - 2]) for w in read(c, order, stats=stats)}
+        assert got == want, order
+        assert stats.notes() == ["note: 4 document(s) renamed, their id an earlier document's (1 -> 1#2, "
+                                 "1#2 -> 1#2#2, 1 -> 1#3, ...): each document's rows are its own"], order
+
+
 class _Listing:
     """os.scandir's answer with its entries in a given order (os.walk iterates it in a with block)."""
 
