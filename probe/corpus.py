@@ -76,6 +76,7 @@ class CorpusStats:
     linked_domains: list[str] = field(default_factory=list)  # "link -> folder": sub-folder links read under the folder
     linked_files: list[str] = field(default_factory=list)  # "link -> file": file links whose file is read elsewhere
     empty_documents: list[str] = field(default_factory=list)  # ids of the documents read that had no token
+    special_files: list[str] = field(default_factory=list)  # pipes, sockets, devices below a corpus directory
     renamed_ids: list[str] = field(default_factory=list)  # "id -> id#2": documents whose id an earlier one holds
     _ids: dict[str, int] = field(default_factory=dict, repr=False)  # each id given -> its next repeat's number
     cap: tuple[int, int, int] = (0, 0, 0)  # (--max-tokens, --seq-len, domains with text) when it did
@@ -100,7 +101,7 @@ class CorpusStats:
     def notes(self) -> list[str]:
         """The jobs' notes on what the reader skipped or replaced (record and spec print them)."""
         return [n for n in (self.binary_note(), self.replaced_note(), self.empty_note(), self.linked_note(),
-                            self.linked_files_note(), self.renamed_note(), self.tokenless_note(),
+                            self.linked_files_note(), self.special_note(), self.renamed_note(), self.tokenless_note(),
                             self.cap_note()) if n]
 
     def linked_files_note(self) -> str | None:
@@ -111,6 +112,15 @@ class CorpusStats:
             return None
         return (f"note: {len(s)} linked file(s) of the corpus left, their files read under another path "
                 f"({_some(s)}): each file is read once")
+
+    def special_note(self) -> str | None:
+        """The jobs' note on the files below a corpus directory that are not regular files (None when none):
+        a pipe was left out without a word (a review)."""
+        s = self.special_files
+        if not s:
+            return None
+        return (f"note: {len(s)} file(s) of the corpus that are not regular files skipped ({_some(s)}): pipes, "
+                "sockets and devices are not read")
 
     def unique_id(self, doc_id: str) -> str:
         """`doc_id`, or where an earlier document of this read holds it, `doc_id#2` (#3, ...: the first
@@ -196,17 +206,18 @@ def _some(names: list[str]) -> str:
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
-def _files(root: Path, linked: list[str] | None = None) -> list[Path]:
+def _files(root: Path, stats: CorpusStats | None = None) -> list[Path]:
     """Every file below `root` in sorted path order: symbolic links to folders followed (each real
     folder once, so a link to an ancestor ends), hidden files and folders left out. A linked folder
     that the corpus also holds as a real folder (not through a link) is read there only: the first
     path reached in the file system's listing order won, so `code/examples -> ../prose` could make
     prose's files the domain code, and prose vanish (a review). An unreadable folder or a broken link
     is a CorpusError: they vanished silently, and `rglob` did not follow linked folders either, while
-    '.git' became a domain (a review). Each file is read once too (`_once`; the links left named in `linked`)."""
+    '.git' became a domain (a review). Each file is read once too (`_once`; the links left named in
+    `stats.linked_files`). Pipes, sockets and devices are not read, named in `stats.special_files`."""
     walked = list(_walk(root, followlinks=False))
     held = {os.path.realpath(d) for d, _, _ in walked}
-    out, seen = [], set()
+    out, seen, special = [], set(), []
     for d, dirs, names in _walk(root, followlinks=True):
         real = os.path.realpath(d)
         if real in seen:
@@ -221,11 +232,12 @@ def _files(root: Path, linked: list[str] | None = None) -> list[Path]:
                 continue
             if not p.exists():
                 raise CorpusError(f"{p}: a broken symbolic link in the corpus (its target {os.readlink(p)} is not there)")
-            if p.is_file():
-                out.append(p)
+            (out if p.is_file() else special).append(p)
     own = {os.path.realpath(p) for d, _, names in walked for p in (os.path.join(d, n) for n in names)
            if not os.path.islink(p)}
-    return _once(root, sorted(out), own, linked)
+    if stats is not None:
+        stats.special_files[:] = [shown(p.relative_to(root).as_posix()) for p in sorted(special)]
+    return _once(root, sorted(out), own, None if stats is None else stats.linked_files)
 
 
 def _once(root: Path, files: list[Path], own: set[str], linked: list[str] | None) -> list[Path]:
@@ -320,7 +332,7 @@ def _entries(path: str | Path, stats: CorpusStats | None = None) -> tuple[Path, 
     if not root.exists():
         raise CorpusError(f"{root}: corpus not found")
     if root.is_dir():
-        files = _files(root, None if stats is None else stats.linked_files)
+        files = _files(root, stats)
         if not files:
             raise CorpusError(f"{root}: corpus directory has no files (names starting with '.' are not read)")
         binary = [f for f in files if _form(f) != ".parquet" and is_binary(f)]

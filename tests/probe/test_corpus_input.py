@@ -234,6 +234,18 @@ def test_a_repeated_document_id_is_told_apart(tmp_path):
                                  "1#2 -> 1#2#2, 1 -> 1#3, ...): each document's rows are its own"], order
 
 
+def test_a_pipe_in_the_corpus_is_skipped_with_a_note(tmp_path):
+    """A named pipe (or a socket, a device) below the corpus was left out without a word, the only
+    skipped file no note named. It is still not read (a pipe would wait for a writer), and named."""
+    c = domains_corpus(tmp_path / "c", {"a": 5})
+    os.mkfifo(c / "a" / "pipe")
+    for order in ORDERS:
+        stats = CorpusStats()
+        assert {w.doc_id for w in read(c, order, stats=stats)} == {"a/d.txt"} and stats.documents == 1, order
+        assert stats.notes() == ["note: 1 file(s) of the corpus that are not regular files skipped (a/pipe): pipes, "
+                                 "sockets and devices are not read"], order
+
+
 class _Listing:
     """os.scandir's answer with its entries in a given order (os.walk iterates it in a with block)."""
 
