@@ -152,8 +152,8 @@ class CorpusStats:
         s = self.empty_documents
         if not s:
             return None
-        return (f"note: {len(s)} document(s) without a token left out ({_some(s)}): an empty text makes "
-                "no window; run.json lists them")
+        return (f"note: {len(s)} document(s) without a token left out ({_some(s)}): an empty or null "
+                "text makes no window; run.json lists them")
 
     def empty_note(self) -> str | None:
         """The jobs' note on the sub-folders of a corpus directory that hold no text file (None when none):
@@ -279,8 +279,8 @@ def _jsonl(path: Path, rel: str, default_domain: str, stats: CorpusStats) -> Ite
 
 def _parquet(path: Path, rel: str, default_domain: str, stats: CorpusStats,
              texts: bool = True) -> Iterator[Document]:
-    """The documents of a Parquet file, a row without text (null) skipped; `texts` False: their texts
-    left empty, not read (the lazy reader's index)."""
+    """The documents of a Parquet file, a row without text (null) skipped, named in `stats.empty_documents`;
+    `texts` False: their texts left empty, not read (the lazy reader's index)."""
     import pyarrow.parquet as pq
 
     try:
@@ -306,9 +306,11 @@ def _parquet(path: Path, rel: str, default_domain: str, stats: CorpusStats,
                     for c in ("domain", "id"))
         for j in range(n):
             row += 1
-            if text[j] is None:
-                continue
             where = f"{rel}:{row}"
+            if text[j] is None:  # no document, named with those without a token: it went without a word
+                if stats is not None:
+                    stats.empty_documents.append(str(did[j]) if did[j] is not None else where)
+                continue
             yield Document(str(did[j]) if did[j] is not None else where,
                            _domain(_name_or(dom[j], default_domain), f"{path}:{row}"), text[j])
 

@@ -108,7 +108,7 @@ def test_a_cap_below_a_window_per_domain_names_the_domains_it_left_out(tmp_path)
         assert stats.notes() == ([EMPTY_E] if cap is None else []), (cap, order)  # e's empty text read: no cap
 
 
-EMPTY_E = "note: 1 document(s) without a token left out (e/d.txt): an empty text makes no window; run.json lists them"
+EMPTY_E = "note: 1 document(s) without a token left out (e/d.txt): an empty or null text makes no window; run.json lists them"
 
 
 def test_an_empty_domain_folder_is_named_in_a_note(tmp_path):
@@ -148,7 +148,7 @@ def test_a_document_without_a_token_is_named_in_a_note(tmp_path):
         assert docs == {"a/d.txt", "mixed.jsonl:1"} and stats.documents == 6, order
         assert sorted(stats.empty_documents) == want, order
         assert stats.notes() == [f"note: 4 document(s) without a token left out ({', '.join(stats.empty_documents[:3])}"
-                                 ", ...): an empty text makes no window; run.json lists them"], order
+                                 ", ...): an empty or null text makes no window; run.json lists them"], order
     stats = CorpusStats()  # a cap that a's first window fills (a/blank.txt read before it): the rest read only
     read(c, "domains", max_tokens=8, stats=stats)  # to tell what it cut, nil and only_empty/d.txt among them
     assert stats.empty_documents == ["a/blank.txt"] and stats.documents == 2
@@ -170,6 +170,19 @@ def test_a_linked_domain_folder_read_under_its_target_is_not_called_empty(tmp_pa
             "only where it holds text",
             "note: 1 sub-folder(s) of the corpus link to a folder it holds under its own path, whose domain reads it "
             "(alias -> prose): each folder is read once"], order
+
+
+def test_a_parquet_row_whose_text_is_null_is_named_in_the_note(tmp_path):
+    """A Parquet row whose text is null is no document (JSONL's "text": null is refused), but it was left
+    out without a word. It is named with the documents without a token, by its id or row."""
+    c = tmp_path / "c"
+    c.mkdir()
+    pq.write_table(pa.table({"text": ["alpha beta", None, "gamma", None], "id": [None, None, "g", "n"]}),
+                   c / "t.parquet")
+    for order in ORDERS:
+        stats = CorpusStats()
+        assert [w.doc_id for w in read(c, order, stats=stats)] == ["t.parquet:1", "g"], order
+        assert stats.empty_documents == ["t.parquet:2", "n"] and stats.documents == 2, order
 
 
 def test_a_linked_file_is_read_once(tmp_path):
