@@ -251,8 +251,10 @@ def _once(root: Path, files: list[Path], own: set[str], linked: list[str] | None
             first[real] = p
     kept = set(first.values())
     if linked is not None:
-        linked[:] = [f"{shown(p.relative_to(root).as_posix())} -> "
-                     f"{shown(first[os.path.realpath(p)].relative_to(root).as_posix())}" for p in files if p not in kept]
+        def rel(f: Path) -> str:
+            return shown(f.relative_to(root).as_posix())
+
+        linked[:] = [f"{rel(p)} -> {rel(first[os.path.realpath(p)])}" for p in files if p not in kept]
     return [p for p in files if p in kept]
 
 

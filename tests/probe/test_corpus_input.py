@@ -108,7 +108,8 @@ def test_a_cap_below_a_window_per_domain_names_the_domains_it_left_out(tmp_path)
         assert stats.notes() == ([EMPTY_E] if cap is None else []), (cap, order)  # e's empty text read: no cap
 
 
-EMPTY_E = "note: 1 document(s) without a token left out (e/d.txt): an empty or null text makes no window; run.json lists them"
+EMPTY_E = ("note: 1 document(s) without a token left out (e/d.txt): an empty or null text makes no window; run.json "
+           "lists them")
 
 
 def test_an_empty_domain_folder_is_named_in_a_note(tmp_path):
