@@ -31,6 +31,7 @@ corpus recipe and training: probe/bundled_corpus.py.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -231,13 +232,25 @@ def _files(root: Path, stats: CorpusStats | None = None) -> list[Path]:
             if n.startswith("."):
                 continue
             if not p.exists():
-                raise CorpusError(f"{p}: a broken symbolic link in the corpus (its target {os.readlink(p)} is not there)")
+                _broken(p)
             (out if p.is_file() else special).append(p)
     own = {os.path.realpath(p) for d, _, names in walked for p in (os.path.join(d, n) for n in names)
            if not os.path.islink(p)}
     if stats is not None:
         stats.special_files[:] = [shown(p.relative_to(root).as_posix()) for p in sorted(special)]
     return _once(root, sorted(out), own, None if stats is None else stats.linked_files)
+
+
+def _broken(p: Path) -> None:
+    """Refuse the link `p` that leads to no file: its target missing, or links that lead back to
+    themselves (a loop was called a missing target, which it is not)."""
+    try:
+        os.stat(p)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise CorpusError(f"{p}: a symbolic link in the corpus that leads back to itself (through "
+                              f"{os.readlink(p)}); remove it or point it at a file") from None
+    raise CorpusError(f"{p}: a broken symbolic link in the corpus (its target {os.readlink(p)} is not there)")
 
 
 def _once(root: Path, files: list[Path], own: set[str], linked: list[str] | None) -> list[Path]:

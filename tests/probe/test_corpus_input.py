@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from probe.corpus import CorpusStats, corpus_windows, fingerprint, iter_documents
+from probe.corpus import CorpusError, CorpusStats, corpus_windows, fingerprint, iter_documents
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
 ORDERS = ("corpus", "domains")
@@ -184,6 +184,21 @@ def test_a_parquet_row_whose_text_is_null_is_named_in_the_note(tmp_path):
         stats = CorpusStats()
         assert [w.doc_id for w in read(c, order, stats=stats)] == ["t.parquet:1", "g"], order
         assert stats.empty_documents == ["t.parquet:2", "n"] and stats.documents == 2, order
+
+
+def test_a_loop_of_file_links_is_called_a_loop(tmp_path):
+    """`l1 -> l2`, `l2 -> l1` was refused as "a broken symbolic link (its target l2 is not there)", which
+    it is not: l2 is there. The error says the links go round in a loop; a missing target is as before."""
+    c = domains_corpus(tmp_path / "c", {"a": 5})
+    (c / "a" / "l1").symlink_to("l2")
+    (c / "a" / "l2").symlink_to("l1")
+    for order in ORDERS:
+        with pytest.raises(CorpusError, match=r"^\S+/c/a/l1: a symbolic link in the corpus that leads back to "
+                                              r"itself \(through l2\); remove it or point it at a file$"):
+            read(c, order)
+    (c / "a" / "l2").unlink()
+    with pytest.raises(CorpusError, match=r"a/l1: a broken symbolic link in the corpus \(its target l2 is not there\)"):
+        read(c, "corpus")
 
 
 def test_a_linked_file_is_read_once(tmp_path):
