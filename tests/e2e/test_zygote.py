@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[2]
 WORKER = str(ROOT / "tests" / "workers" / "zygote_worker.py")
 
 
-def _launch(mode: str, cwd: Path, popen: bool = False, **env: str):
-    cmd = [*TORCHRUN, "--standalone", "--nproc-per-node", "2", WORKER, mode]
+def _launch(mode: str, cwd: Path, popen: bool = False, script: str = WORKER, **env: str):
+    cmd = [*TORCHRUN, "--standalone", "--nproc-per-node", "2", script, mode]
     kw = dict(cwd=cwd, env=os.environ | env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     return subprocess.Popen(cmd, **kw) if popen else subprocess.run(cmd, timeout=120, **kw)
 
@@ -113,12 +114,15 @@ def test_a_forked_worker_is_what_a_fresh_interpreter_would_be(tmp_path):
     """What a worker sees of its interpreter (arguments, path, streams, signals, torch's threads from
     $OMP_NUM_THREADS, a temporary folder from $TMPDIR, its own session, none of the project imported)
     is the same forked from the zygote as in a fresh interpreter (DSV3_TEST_EXEC_WORKERS=1), and each
-    worker draws its own random numbers."""
+    worker draws its own random numbers. The script is given by a relative path: its directory leads
+    sys.path, argv[0] is as given and __file__ absolute."""
     env = dict(OMP_NUM_THREADS="1", PYTHONPATH=f"extra{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
                TMPDIR=str(tmp_path))
+    (tmp_path / "sub").mkdir()
+    shutil.copy(WORKER, tmp_path / "sub" / "w.py")
     seen = {}
     for how in ("0", "1"):
-        p = _launch("fresh", tmp_path, DSV3_TEST_EXEC_WORKERS=how, **env)
+        p = _launch("fresh", tmp_path, script="sub/w.py", DSV3_TEST_EXEC_WORKERS=how, **env)
         assert p.returncode == 1 and "exitcode  : 4 " in p.stderr, p.stderr[-2000:]
         ranks = sorted((json.loads(line) for line in p.stdout.splitlines()), key=lambda r: r["rank"])
         draws = [r.pop("random") for r in ranks]
@@ -127,7 +131,8 @@ def test_a_forked_worker_is_what_a_fresh_interpreter_would_be(tmp_path):
         assert (parents == {zygote._zygote["proc"].pid}) == (how == "0"), (how, parents)
         seen[how] = [r | {"pid": None} for r in ranks]
     assert seen["0"] == seen["1"], [(k, a[k], b[k]) for a, b in zip(*seen.values()) for k in a if a[k] != b.get(k)]
-    assert seen["0"][0]["threads"] == 1 and seen["0"][0]["path"][1] == str(tmp_path / "extra")
+    assert seen["0"][0]["threads"] == 1 and seen["0"][0]["path"] == [str(tmp_path / "sub"), str(tmp_path / "extra")]
+    assert seen["0"][0]["argv"] == ["sub/w.py", "fresh"] and seen["0"][0]["file"] == str(tmp_path / "sub" / "w.py")
 
 
 def test_the_zygote_ends_with_its_pytest_process_and_its_launches_with_it(tmp_path):

@@ -57,7 +57,7 @@ def run(command: dict) -> None:
             runpy.run_module(command["module"], run_name="__main__", alter_sys=True)
         else:
             sys.argv = [command["script"], *command["args"]]
-            runpy.run_path(command["script"], run_name="__main__")
+            _run_script(command["script"])
         code = 0
     except SystemExit as e:
         code = _exit_status(e)
@@ -71,6 +71,24 @@ def run(command: dict) -> None:
         sys.excepthook(*sys.exc_info())
         code = 1
     _leave(code)
+
+
+def _run_script(script: str) -> None:
+    """`script` as the interpreter runs `python SCRIPT`: in a new `__main__` module, its __file__ the
+    absolute path (Python 3.9+) while sys.argv[0] stays as given (runpy.run_path set argv[0] to the path
+    it was given, and put the zygote's `__main__` back after)."""
+    import builtins
+    import importlib.machinery
+    import types
+
+    path = os.path.abspath(script)
+    main = types.ModuleType("__main__")
+    main.__dict__.update(__file__=path, __cached__=None, __builtins__=builtins,
+                         __loader__=importlib.machinery.SourceFileLoader("__main__", path))
+    sys.modules["__main__"] = main
+    with io.open_code(path) as f:
+        code = compile(f.read(), path, "exec")  # bytes: a coding cookie is read as the interpreter reads it
+    exec(code, main.__dict__)
 
 
 def workers_through_the_zygote() -> None:

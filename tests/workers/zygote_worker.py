@@ -25,7 +25,7 @@ if mode == "fresh":
     import torch
 
     sys.stdout.write(json.dumps({
-        "rank": rank, "argv": sys.argv, "path": sys.path[:2], "name": __name__, "cwd": os.getcwd(),
+        "rank": rank, "argv": sys.argv, "file": __file__, "path": sys.path[:2], "name": __name__, "cwd": os.getcwd(),
         "streams": [(s.encoding, s.errors, s.write_through, s.line_buffering) for s in (sys.stdout, sys.stderr)],
         "sigint": signal.getsignal(signal.SIGINT) is signal.default_int_handler,
         "sigterm": signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, "threads": torch.get_num_threads(),
