@@ -210,9 +210,12 @@ class Experts(nn.Module):
             return self._per_assignment(x_TD, weights_TK, order, counts, fp8_in, acc)
         tok_A = order // K  # token of each sorted assignment (A = T*K assignments)
         w_A = weights_TK.flatten()[order].to(x_TD.dtype)
-        if not fp8_in and self._padding_pays(x_TD, counts):
+        # NOTE: the weights carry a gradient of their own where x does not: a router point cached with
+        # detach=False (or a hook's replacement) in a model held still, requires_grad_(False); the
+        # in-place paths then failed in torch.mm(out=) (a tour)
+        if not fp8_in and not grad_tracked(weights_TK) and self._padding_pays(x_TD, counts):
             out_TD = self._onednn_padded(x_TD, w_A, tok_A, counts)
-        elif self._dense_inference(x_TD):
+        elif not grad_tracked(weights_TK) and self._dense_inference(x_TD):
             out_TD = self._gathered(x_TD, w_A, tok_A, counts, acc)
         else:
             out_TD = self._one_expert_at_a_time(x_TD, w_A, tok_A, counts, fp8_in, acc)

@@ -133,6 +133,25 @@ def test_gradients_of_cached_activations_with_the_weights_held_still():
     assert not any(t.requires_grad for t in cache.values())
 
 
+@pytest.mark.parametrize("point", ["hook_topk_weights", "hook_scores", "hook_logits"])
+def test_a_router_point_alone_gives_its_gradient_with_the_weights_held_still(point):
+    """With the weights held still and a router point the only one cached (detach=False), the routing
+    weights carried the only gradient of the MoE's inputs: the experts took their in-place inference
+    path and torch.mm(out=) refused ('don't support automatic differentiation'; a tour). The gradient
+    is the one the weights free give."""
+    m = random_model("tiny")
+    tok, name = torch.tensor([[0, 5, 7, 9, 11, 2]]), f"layers.2.ffn.gate.{point}"
+
+    def grad():
+        logits, cache = m.run_with_cache(tok, names=name, detach=False)
+        return torch.autograd.grad(logits[0, -1, 3], cache[name])[0]
+
+    free = grad()
+    m.requires_grad_(False)
+    held = grad()
+    assert held.abs().sum() > 0 and torch.equal(free, held)
+
+
 def test_a_cache_stacks_the_points_a_glob_picks():
     """cache.stack(glob), TransformerLens's stack_activation: the per-layer loop a logit lens or a
     per-layer patching plot starts with. Forward order, a new first dimension; points of two shapes
