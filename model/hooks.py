@@ -77,6 +77,7 @@ class HookPoint(nn.Module):
         self._check_signature(fn)
 
         def _wrapped(module: nn.Module, args: tuple, output: torch.Tensor):
+            version = _version(output) if self.index_bound is not None else None
             try:
                 out = fn(output, self)
             except Exception as e:  # the traceback named the hook's own line, never which hook point ran it
@@ -93,11 +94,16 @@ class HookPoint(nn.Module):
                                  f"{output.device} (or None to keep it)")
             if out is not None and self.index_bound is not None and out.numel():
                 self._check_indices(out)
+            elif out is None and self.index_bound is not None and output.numel() and (
+                    version is None or _version(output) != version):
+                # NOTE: an edit in place went unchecked: ids made to repeat were summed twice, with no
+                # error, where the same edit returned as a copy was refused (a tour)
+                self._check_indices(output, "left, edited in place,")
             return out
 
         return self.register_forward_hook(_wrapped)
 
-    def _check_indices(self, out: torch.Tensor) -> None:
+    def _check_indices(self, out: torch.Tensor, did: str = "returned") -> None:
         """A replacement of an index point: every index in [0, index_bound), and no index twice in a row
         (a token's experts): an expert forced into a slot while another slot held it was summed twice,
         its weight doubled, with no error (a tour). One read back from the device."""
@@ -107,12 +113,12 @@ class HookPoint(nn.Module):
         lo, hi, n_twice, row = torch.stack([rows.min(), rows.max(), twice.sum(), twice.long().argmax()]).tolist()
         if lo < 0 or hi >= self.index_bound:
             bad = lo if lo < 0 else hi
-            raise ValueError(f"the hook on {self.name} returned index {bad}; a replacement's indices must "
+            raise ValueError(f"the hook on {self.name} {did} index {bad}; a replacement's indices must "
                              f"lie in [0, {self.index_bound})")
         if n_twice:
             ids = rows[row].tolist()
             dup = next(i for i in ids if ids.count(i) > 1)
-            raise ValueError(f"the hook on {self.name} returned index {dup} twice in row {row} ({ids}; {n_twice} "
+            raise ValueError(f"the hook on {self.name} {did} index {dup} twice in row {row} ({ids}; {n_twice} "
                              "row(s) so): a token's experts must differ, or one is summed twice. To force an "
                              "expert, replace the slot that holds it, or set its score to +inf at hook_allowed_scores")
 
@@ -129,6 +135,11 @@ class HookPoint(nn.Module):
 
     def extra_repr(self) -> str:
         return self.name
+
+
+def _version(t: torch.Tensor) -> int | None:
+    """t's version counter (bumped by each edit in place), or None for an inference tensor, which keeps none."""
+    return None if t.is_inference() else t._version
 
 
 def _fn_name(fn: Callable) -> str:
