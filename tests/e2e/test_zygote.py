@@ -168,3 +168,36 @@ def test_without_a_zygote_the_client_is_the_launcher(tmp_path):
     out, err = p.communicate(timeout=60)
     assert p.returncode == 1 and "SignalException: Process %d got signal: 15" % p.pid in err, err[-2000:]
     assert sorted(out.splitlines()) == [f"rank {r}: {tmp_path} None" for r in (0, 1)]
+
+
+def test_a_child_that_ends_as_its_client_forwards_a_signal_leaves_the_zygote_serving(tmp_path):
+    """A worker's end and its client's forwarded signal read by the zygote in one batch of events: the
+    client's event, stale once the end had unregistered its socket, ended the zygote with an exception,
+    and every launch through it then 'went away' (seen once in a helper's run of the torchrun tests).
+    The zygote is stopped while the worker ends and the client forwards SIGTERM, so both wait for it."""
+    wrapper = zygote.python_wrapper(str(tmp_path))
+    server = zygote._zygote["proc"]
+    gate, script = tmp_path / "gate", tmp_path / "gated.py"
+    script.write_text("import os, sys, time\nopen(sys.argv[1] + '.ready', 'w').write(str(os.getpid()))\n"
+                      "while os.path.exists(sys.argv[1]):\n    time.sleep(0.01)\n")
+    gate.touch()
+    p = subprocess.Popen([wrapper, str(script), str(gate)], cwd=tmp_path)
+    ready = tmp_path / "gate.ready"
+    deadline = time.time() + 60
+    while not (ready.exists() and ready.read_text()) and time.time() < deadline:
+        time.sleep(0.02)
+    worker = int(ready.read_text())
+    assert _parent(worker) == server.pid  # forked by the zygote
+    os.kill(server.pid, signal.SIGSTOP)
+    try:
+        gate.unlink()  # the worker ends (a zombie until the zygote reaps it)
+        while Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z" and time.time() < deadline:
+            time.sleep(0.02)
+        p.send_signal(signal.SIGTERM)  # the client forwards it: a byte on its socket
+        time.sleep(0.3)
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+    assert p.wait(timeout=60) == 0  # the worker had ended (status 0) before the signal
+    again = _launch("ok", tmp_path)  # the next launch: through the zygote, which still serves
+    assert again.returncode == 0, again.stderr[-2000:]  # (it had 'gone away during the launch')
+    assert server.poll() is None, "the zygote ended"

@@ -40,6 +40,11 @@ def serve(listen_fd: int, lifeline: int) -> None:
     sel.register(lifeline, selectors.EVENT_READ, "lifeline")
     while True:
         for key, _ in sel.select():
+            if sel.get_map().get(key.fd) is not key:
+                # NOTE: unregistered by an earlier event of this batch (a child's end and its client's
+                # forwarded signal came together): read as the client's, its closed socket's unregister
+                # raised and ended the zygote, every launch through it 'went away' (a helper's run)
+                continue
             what = key.data
             if what == "lifeline":  # the pytest process has gone (or stopped this): so do its launches
                 for launch in {k.data for k in sel.get_map().values() if isinstance(k.data, _Launch)}:
@@ -86,8 +91,8 @@ def _from_client(sel: selectors.BaseSelector, launch: _Launch) -> None:
         for signum in signals:  # the child is not reaped before its pidfd's turn: its pid is its own
             try:
                 (os.killpg if launch.worker else os.kill)(launch.pid, signum)
-            except ProcessLookupError:  # a worker's group has gone, its leader not yet reaped
-                pass
+            except ProcessLookupError:  # a worker not yet a session of its own (setsid): the worker itself
+                os.kill(launch.pid, signum)
         return
     sel.unregister(launch.conn)
     launch.conn.close()
