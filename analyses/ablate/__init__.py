@@ -15,7 +15,8 @@ corpus, and compare the language-model loss per domain with a baseline pass over
 Every ablation of one command shares one baseline pass. `--run RUN` takes the checkpoint, corpus,
 window length and token limit from RUN's run.json and the loads for top-N from its `expert_load`
 table (`--loads-from baseline` measures them on the baseline pass instead), and writes the results
-into RUN; `--out DIR` writes them elsewhere (a new run directory holding only `ablations`).
+into RUN; `--out DIR` writes them elsewhere (a new run directory holding only `ablations`; an existing
+run of another checkpoint is refused).
 `--domain-tokens N` takes at most N tokens of each domain: with `--run` and no `--max-tokens`, of the
 run's own windows (the corpus up to the run's cap, so only the domains the run holds); else, also where
 an `--order`, `--seq-len` or `--bos` given differs from the run's (a note says so), of every domain of

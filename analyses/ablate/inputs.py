@@ -154,14 +154,32 @@ def check_finished(run, info: dict | None, error: type[Exception] = AblationErro
     refuse_running(run, info, error)
 
 
-def check_out(out: Path, corpus: Path | None = None) -> None:
+def check_out(out: Path, corpus: Path | None = None, ckpt: Path | None = None, run: str | Path | None = None) -> None:
     if out.exists() and not out.is_dir():
         raise AblationError(f"--out {out}: is a file, not a directory")
     check_outside_corpus(out, corpus, "the table", AblationError, "the corpus")
     check_run_place(out, error=AblationError)
     if out.is_dir() and any(out.iterdir()) and not (out / "run.json").exists():
         raise AblationError(f"--out {out}: not a run directory (no run.json) and not empty")
+    if ckpt is not None:
+        check_out_checkpoint(out, Path(ckpt), run)
     check_out_parent(out, error=AblationError)  # before a model loads, not when the table is written
+
+
+def check_out_checkpoint(out: Path, ckpt: Path, run: str | Path | None) -> None:
+    """Refuse an --out that is a run of another checkpoint than the job's: `--out runs/a --ckpt B` wrote
+    model B's rows into run a's table, beside its own model's, and the dashboard and the report read
+    them as run a's (a sweep user's tour). The run given as --run is not checked here: `run_inputs`
+    checked its checkpoint, and a --ckpt given with it is the caller's choice ("use it anyway")."""
+    from probe.ckpt_identity import checkpoint_identity, same_checkpoint
+
+    if not (out / "run.json").is_file() or (run is not None and Path(run).resolve() == out.resolve()):
+        return
+    was = read_run_json(out).get("checkpoint") or {}
+    if was.get("fingerprint") and not same_checkpoint(was, checkpoint_identity(ckpt)):
+        raise AblationError(f"--out {out}: a run of another checkpoint ({was.get('path')}) than this job's {ckpt} "
+                            "(config, tensor headers or weights sample differ): its tables would hold two models' "
+                            "rows; write into another --out")
 
 
 # ------------------------------------------------------------------------------ the sample and the model

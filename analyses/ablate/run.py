@@ -244,7 +244,7 @@ def ablate(opts: AblateOptions, ablations: list[Ablation]):
     opts, info = job_defaults(opts)
     check_finished(opts.run, info)
     ckpt, corpus, out = resolve_paths(opts.ckpt, opts.corpus, opts.out or opts.run, error=AblationError)
-    check_out(out, corpus)
+    check_out(out, corpus, ckpt, opts.run)
     args = checkpoint_args(ckpt, AblationError)
     opts.seq_len = window_length(opts.seq_len, args, AblationError)
     shape = RouterShape.of(args)

@@ -281,7 +281,7 @@ def _prepare(opts: ImportanceOptions):
     if opts.group is not None and opts.group < 1:
         raise ImportanceError(f"--group {opts.group}: must be >= 1")
     ckpt, corpus, out = resolve_paths(opts.ckpt, opts.corpus, opts.out or opts.run, error=ImportanceError)
-    check_out(out, corpus)
+    check_out(out, corpus, ckpt, opts.run)
     args = checkpoint_args(ckpt, ImportanceError)
     opts.seq_len = window_length(opts.seq_len, args, ImportanceError)
     layers, experts = check_selection(RouterShape.of(args), opts.layers, opts.experts)

@@ -270,7 +270,7 @@ def _inputs(opts: SteerOptions):
     from probe.job import checkpoint_args, load_tokenizer, resolve_paths, window_length
 
     ckpt, corpus, out = resolve_paths(opts.ckpt, opts.corpus, opts.out or opts.run, error=SteerError)
-    check_out(out, corpus)
+    check_out(out, corpus, ckpt, opts.run)
     args = checkpoint_args(ckpt, SteerError)
     opts.seq_len = window_length(opts.seq_len, args, SteerError)
     tok = load_tokenizer(opts.tokenizer, ckpt, args.vocab_size, SteerError)
