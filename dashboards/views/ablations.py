@@ -93,27 +93,55 @@ def main() -> None:
     importance(ref)
 
 
+def evaluation_of(entry: dict, part: str) -> str:
+    """What makes two commands' rows comparable: the windows they evaluated (`windows_digest`), the
+    model and tokenizer, and the precision. A part whose run.json entry has no digest is its own."""
+    if not entry.get("windows_digest"):
+        return f"part:{part}"
+    opts = entry.get("options") or {}
+    ckpt, tok = entry.get("checkpoint") or {}, entry.get("tokenizer") or {}
+    return json.dumps([entry["windows_digest"], ckpt.get("fingerprint"), ckpt.get("sample"), tok.get("fingerprint"),
+                       opts.get("dtype"), opts.get("gemm")])
+
+
 def one_evaluation(ref: data.RunRef, ab):
-    """The rows of one command (part file) when several wrote ablations: each evaluated its own tokens,
-    so their rows, often under the same names, must not be averaged together. The latest by default."""
+    """The rows of one evaluation when several commands wrote ablations: those that evaluated other tokens
+    (or another model or precision) must not be averaged together, while a sweep scripted as one command
+    per ablation, each on the same tokens, is one evaluation (it was one part a time, one ablation each:
+    no curve, a sweep user's tour). A name measured by two of its commands shows the latest. The evaluation
+    of the latest command by default."""
     if "part" not in ab or ab.part.nunique() <= 1:
         return ab
     parts = (ref.info.get("ablation_parts") or {})
-    order = sorted(ab.part.unique(), key=lambda p: -float((parts.get(p) or {}).get("written") or 0))
+    latest = sorted(ab.part.unique(), key=lambda p: -float((parts.get(p) or {}).get("written") or 0))
+    groups: dict[str, list[str]] = {}
+    for p in latest:  # each evaluation's commands, latest first; keyed by its latest command's part
+        groups.setdefault(evaluation_of(parts.get(p) or {}, p), []).append(p)
+    members = {g[0]: g for g in groups.values()}
+
+    def rows_of(first: str):
+        rows = ab[ab.part.isin(members[first])]
+        rank = {p: i for i, p in enumerate(members[first])}  # 0: the latest
+        newest = rows.groupby("ablation").part.agg(lambda x: min(x, key=rank.get))
+        return rows[rows.part == rows.ablation.map(newest)]
 
     def label(p: str) -> str:
-        rows = ab[ab.part == p]
+        rows = rows_of(p)
         toks = rows[rows.domain == "all"].tokens.max() if (rows.domain == "all").any() else rows.tokens.sum()
         when = (parts.get(p) or {}).get("written")
         # in UTC, as the Overview's times (it was the server's local time, unsaid: a bug hunt)
         stamp = time.strftime(" · %Y-%m-%d %H:%M UTC", time.gmtime(when)) if when else ""
         pending = (parts.get(p) or {}).get("pending")  # a sweep interrupted (analyses/ablate/sweep.py)
         left = f", unfinished: {len(pending)} to go" if pending else ""
-        return f"{rows.ablation.nunique()} ablations on {int(toks):,} tokens{stamp}{left} ({p[:6]})"
+        more = f", {len(members[p])} commands" if len(members[p]) > 1 else ""
+        return f"{rows.ablation.nunique()} ablations on {int(toks):,} tokens{stamp}{left} ({p[:6]}{more})"
 
-    st.caption(f"{len(order)} commands wrote ablations into this run, each on its own tokens: one is shown at a time.")
-    pick = st.selectbox("Evaluation", order, format_func=label, key="abl_part")
-    return ab[ab.part == pick].drop(columns="part")
+    if len(members) == 1:
+        return rows_of(latest[0]).drop(columns="part")
+    st.caption(f"{len(latest)} commands wrote ablations into this run, on {len(members)} different samples of tokens "
+               "(or models): one is shown at a time, its commands together.")
+    pick = st.selectbox("Evaluation", list(members), format_func=label, key="abl_part")
+    return rows_of(pick).drop(columns="part")
 
 
 def sweep(ref: data.RunRef) -> None:
