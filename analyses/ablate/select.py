@@ -188,7 +188,11 @@ def parse_layers(value) -> list[int] | None:
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)):
         raise AblationError(f"layers {value!r}: expected a list of layer indices")
-    return sorted({_int(x.strip() if isinstance(x, str) else x, "layer") for x in items})
+    try:
+        return sorted({_int(x.strip() if isinstance(x, str) else x, "layer") for x in items})
+    except AblationError as e:  # `--layers ''` (an unset shell variable) said "layer '' is not an integer"
+        raise AblationError(f"layers {value!r}: {e}; give MoE layer indices, e.g. 1,3 (leave it out for all)") \
+            from None
 
 
 # ---------------------------------------------------------------------------- selections

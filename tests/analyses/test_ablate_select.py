@@ -328,3 +328,15 @@ def test_default_names_tell_renormalise_and_shared_apart(tmp_path):
     assert len(set(names)) == len(kinds)
     assert [("renorm" in n, "shared" in n) for n in names] == [
         (k.get("renormalise", False), k.get("shared", False)) for k in kinds]
+
+
+def test_layers_that_are_not_integers_are_named_as_layers(tmp_path, capsys):
+    """`--layers ''` (an unset shell variable in a sweep script) said "layer '' is not an integer", naming
+    neither the flag nor what it wants; the spec key `layers` the same."""
+    from analyses.ablate.__main__ import main
+    from helpers.cli_errors import assert_one_line_error
+
+    assert_one_line_error(main(["--out", str(tmp_path / "o"), "--top", "2", "--layers", ""]), capsys,
+                          "layers '': layer '' is not an integer; give MoE layer indices, e.g. 1,3")
+    with pytest.raises(AblationError, match=r"^layers \[1, 'x'\]: layer 'x' is not an integer; give"):
+        Ablation(top=2, layers=[1, "x"])
