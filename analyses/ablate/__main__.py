@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
 
     opts = AblateOptions(**{k: v for k, v in vars(ns).items() if k in AblateOptions.__dataclass_fields__})
     try:
-        out, df = ablate(opts, ablations_from_args(ns))
+        with terminated_as_ctrl_c():
+            out, df = ablate(opts, ablations_from_args(ns))
     except (AblationError, CorpusError, RunError, ValueError, OSError, *table_errors()) as e:
         return job_error(e)
     if launch_rank0():
@@ -131,6 +132,18 @@ def main(argv: list[str] | None = None) -> int:
         print(show.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
         print(f"wrote {out / 'ablations'}")
     return exit_ranks(0)
+
+
+def terminated_as_ctrl_c():
+    """In a single process, SIGTERM (`timeout`, a scheduler's stop) is Ctrl-C: the sweep says what it
+    committed and how to go on, and exits 130 (it ended at once, silent, status 143, and left its
+    temporary part file). Under torchrun the ranks' own handling stays (`one_line_when_a_peer_is_lost`)."""
+    import contextlib
+
+    from probe.job import terminate_as_interrupt
+    from probe.job_exit import launch_world
+
+    return terminate_as_interrupt() if launch_world() <= 1 else contextlib.nullcontext()
 
 
 if __name__ == "__main__":

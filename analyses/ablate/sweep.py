@@ -319,7 +319,8 @@ class Commits:
         from probe.job import signals_held
 
         entry = self.meta | {self.FIELD: self._done(), "pending": self._pending()}
-        with signals_held(signal.SIGINT):  # run.json as a whole or not at all (write_json_atomic) anyway
+        # run.json as a whole or not at all (write_json_atomic) anyway
+        with signals_held(signal.SIGINT, signal.SIGTERM):
             note_result_part(self.out, self.TABLE, self.PARTS, self.name, entry, self.args, listed)
 
     def _write(self) -> None:
@@ -327,7 +328,7 @@ class Commits:
 
         pending = self._pending()
         note = {self.FIELD: self._done()} | ({"pending": pending} if pending else {})
-        with signals_held(signal.SIGINT):  # the part and its run.json entry together
+        with signals_held(signal.SIGINT, signal.SIGTERM):  # the part and its run.json entry together
             self.write_part(self.df(), note)
         if not pending:
             shutil.rmtree(self.dir, ignore_errors=True)

@@ -240,3 +240,35 @@ def test_a_replica_that_does_not_see_out_saves_no_baseline_there(tmp_path):
     assert save([run, elsewhere]) == names
     assert sorted(p.name for p in (run / "ablations" / names[0]).iterdir()) == ["replica000.npz"]
     assert not elsewhere.exists()
+
+
+def test_sigterm_mid_sweep_is_ctrl_c_and_a_rerun_computes_the_rest(probe_env, tmp_path, whole):
+    """SIGTERM (`timeout`, a scheduler) ended a sweep at once: exit status 143, not a word of what was
+    committed or that the same command continues it. It now stops as Ctrl-C does (one line, 130), and
+    the rerun takes the committed ablations. In a child process: SIGTERM's default ends the process."""
+    import json
+    import subprocess
+    import sys
+
+    spec, ref, _ = whole
+    out = tmp_path / "cut"
+    script = ("import os, signal, sys\n"
+              "from analyses.ablate import run\n"
+              "from analyses.ablate.__main__ import main\n"
+              "real, n = run._ablated, []\n"
+              "def ablated(*a, **k):\n"
+              "    if len(n) == 1:\n"
+              "        os.kill(os.getpid(), signal.SIGTERM)\n"
+              "    n.append(1)\n"
+              "    return real(*a, **k)\n"
+              "run._ablated = ablated\n"
+              f"sys.exit(main({json.dumps(_cli(probe_env, out, spec))}))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 130, done.stderr
+    assert f"interrupted: 1 of 4 ablations committed in {out / 'ablations'}" in done.stderr.strip().splitlines()[-1]
+    (entry,) = probe.open_run(out).info["ablation_parts"].values()
+    assert entry["ablations"] == ["top2"] and entry["pending"] == ["random2", "z", "r1"]
+    assert not [p for p in (out / "ablations").glob(".*") if not p.name.startswith(".sweep-")]  # no temporary
+    assert main(_cli(probe_env, out, spec)) == 0
+    pd.testing.assert_frame_equal(probe.open_run(out).df("ablations"), ref)
+    _no_leftovers(out)
