@@ -10,7 +10,7 @@ surprisal per domain against one shared baseline pass, and ask whether load pred
 
 `--run RUN` takes the checkpoint, corpus, window length, batch size and token limit from RUN's
 run.json and writes into RUN; `--out DIR` writes elsewhere (a new run directory holding only
-`expert_importance`). The tokens: by default the first 2000 of each domain (`--domain-tokens`; 0 =
+`expert_importance`; an existing run of another checkpoint is refused). The tokens: by default the first 2000 of each domain (`--domain-tokens`; 0 =
 no per-domain cap) of the run's own windows, the corpus read as the run read it (up to its
 --max-tokens, in its --order): the run's domains, none with more tokens than the run holds. With
 --max-tokens given (or no --run, or an --order, --seq-len or --bos given unlike the run's: other

@@ -28,7 +28,8 @@ repeat run once; no domain, so a domain filter does not exclude them) or, by def
 step, one prompt at a time.
 
 `--run RUN` takes the checkpoint, corpus, window length and token limit from RUN's run.json and
-writes into RUN; `--out DIR` writes elsewhere (a new run directory holding only `steering`).
+writes into RUN; `--out DIR` writes elsewhere (a new run directory holding only `steering`; an
+existing run of another checkpoint is refused).
 Results: rows of kind `loss` (per domain and `all`) and `generation` (per prompt) in the run's
 `steering` table (probe/schema.py), one part file per command (its name hashes the steering, the
 inputs and the options but the generation ones, so repeating a command replaces its own part),
