@@ -94,10 +94,7 @@ class CorpusStats:
 
     def binary_note(self) -> str | None:
         """The jobs' note on the binary files the reader skipped (None when there were none)."""
-        s = self.skipped_binary
-        if not s:
-            return None
-        return f"note: {len(s)} binary file(s) in the corpus skipped ({_some(s)}); run.json lists them"
+        return _listed(self.skipped_binary, "binary file(s) in the corpus skipped", "; run.json lists them")
 
     def notes(self) -> list[str]:
         """The jobs' notes on what the reader skipped or replaced (record and spec print them)."""
@@ -108,20 +105,14 @@ class CorpusStats:
     def linked_files_note(self) -> str | None:
         """The jobs' note on the links to a file the corpus reads under another path (None when none):
         each was read as a document of its own, the file's text counted twice (a review)."""
-        s = self.linked_files
-        if not s:
-            return None
-        return (f"note: {len(s)} linked file(s) of the corpus left, their files read under another path "
-                f"({_some(s)}): each file is read once")
+        return _listed(self.linked_files, "linked file(s) of the corpus left, their files read under another path",
+                       ": each file is read once")
 
     def special_note(self) -> str | None:
         """The jobs' note on the files below a corpus directory that are not regular files (None when none):
         a pipe was left out without a word (a review)."""
-        s = self.special_files
-        if not s:
-            return None
-        return (f"note: {len(s)} file(s) of the corpus that are not regular files skipped ({_some(s)}): pipes, "
-                "sockets and devices are not read")
+        return _listed(self.special_files, "file(s) of the corpus that are not regular files skipped",
+                       ": pipes, sockets and devices are not read")
 
     def unique_id(self, doc_id: str) -> str:
         """`doc_id`, or where an earlier document of this read holds it, `doc_id#2` (#3, ...: the first
@@ -140,39 +131,27 @@ class CorpusStats:
 
     def renamed_note(self) -> str | None:
         """The jobs' note on the documents `unique_id` renamed (None when none)."""
-        s = self.renamed_ids
-        if not s:
-            return None
-        return (f"note: {len(s)} document(s) renamed, their id an earlier document's ({_some(s)}): each document's "
-                "rows are its own")
+        return _listed(self.renamed_ids, "document(s) renamed, their id an earlier document's",
+                       ": each document's rows are its own")
 
     def tokenless_note(self) -> str | None:
         """The jobs' note on the documents read that had no token (None when none): an empty text makes no
         window, so run.json's corpus.documents counted a document the tokens table had no row of, and a
         domain folder of empty files left the run's domains, without a word (a review)."""
-        s = self.empty_documents
-        if not s:
-            return None
-        return (f"note: {len(s)} document(s) without a token left out ({_some(s)}): an empty or null "
-                "text makes no window; run.json lists them")
+        return _listed(self.empty_documents, "document(s) without a token left out",
+                       ": an empty or null text makes no window; run.json lists them")
 
     def empty_note(self) -> str | None:
         """The jobs' note on the sub-folders of a corpus directory that hold no text file (None when none):
         an empty domain folder was left out of the run without a word, the run's domains one fewer."""
-        s = self.empty_domains
-        if not s:
-            return None
-        return (f"note: {len(s)} sub-folder(s) of the corpus without a text file left out ({_some(s)}): "
-                "each sub-folder is a domain only where it holds text")
+        return _listed(self.empty_domains, "sub-folder(s) of the corpus without a text file left out",
+                       ": each sub-folder is a domain only where it holds text")
 
     def linked_note(self) -> str | None:
         """The jobs' note on the sub-folders that link to a folder the corpus holds under its own path
         (None when none): read there only, they were named in the empty note as folders without a text file."""
-        s = self.linked_domains
-        if not s:
-            return None
-        return (f"note: {len(s)} sub-folder(s) of the corpus link to a folder it holds under its own path, whose "
-                f"domain reads it ({_some(s)}): each folder is read once")
+        return _listed(self.linked_domains, "sub-folder(s) of the corpus link to a folder it holds under its own "
+                       "path, whose domain reads it", ": each folder is read once")
 
     def cap_note(self) -> str | None:
         """The jobs' note on the domains a --max-tokens cap left without a token (None when none): each
@@ -195,6 +174,11 @@ class CorpusStats:
             return None
         return (f"note: {self.replaced_bytes:,} byte(s) that are not UTF-8 replaced by U+FFFD in {len(f)} file(s) "
                 f"({_some(f)}): convert them to UTF-8 if they are text in another encoding")
+
+
+def _listed(items: list[str], what: str, tail: str) -> str | None:
+    """A note on `items`, "note: N WHAT (the first three)TAIL"; None when there are none."""
+    return f"note: {len(items)} {what} ({_some(items)}){tail}" if items else None
 
 
 def _some(names: list[str]) -> str:
