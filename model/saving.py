@@ -9,15 +9,17 @@ checkpoint directory re-written in FP8, its other files alongside).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from .args import ModelArgs, given_path
@@ -88,12 +90,16 @@ def write_checkpoint(path: str | os.PathLike, args: ModelArgs, tensors: Iterable
     `model-N-of-M.safetensors`, else the same with a suffix of this save's own), so the old
     checkpoint stays whole and loadable until the new index replaces the old one (the commit; an
     index is written for one file too). config.json follows it at once, then the old weight files
-    go. A failure before the commit leaves the directory as it was."""
+    go. A failure before the commit leaves the directory as it was (and the folders this save made
+    are removed). A folder that cannot be written (read-only, a full disk) is one CheckpointError naming
+    it, the OSError or safetensors' error its cause."""
     path = given_path(path, "path", CheckpointError)  # "" wrote into the current folder, which load("") refuses
     if max_shard_bytes is not None and (isinstance(max_shard_bytes, bool) or not isinstance(max_shard_bytes, (int, float))
                                         or not max_shard_bytes > 0):
         raise CheckpointError(f"max_shard_bytes={max_shard_bytes!r}: expected a positive number of bytes (or None)")
-    if path.exists() and not path.is_dir():
+    with _write_errors(path):  # the first folder this save makes, if any (exists() raises where one may not enter)
+        made = next((p for p in [*reversed(path.parents), path] if not p.exists()), None)
+    if made is None and not path.is_dir():
         raise CheckpointError(f"{path}: a file, not a checkpoint directory")
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -104,26 +110,46 @@ def write_checkpoint(path: str | os.PathLike, args: ModelArgs, tensors: Iterable
     committed = False
     try:
         parts, total = _write_parts(path, tensors, max_shard_bytes, tag)
-        names = _free_names(path, len(parts), tag[-8:])
-        stale = [f for f in _weight_files(path) if f.name not in names]
-        for i, fname in enumerate(names):
-            os.replace(path / f".part-{i:05d}-{tag}.safetensors.tmp", path / fname)
-            placed.append(path / fname)
-        config_tmp = _write_json_tmp(path / "config.json", _hf_config(args, fp8, dtype, block), tag)
-        index_tmp = _write_json_tmp(path / INDEX, {"metadata": {"total_size": total},
-                                                   "weight_map": {n: fname for fname, part in zip(names, parts)
-                                                                  for n in part}}, tag)
-        os.replace(index_tmp, path / INDEX)  # the commit: a load now reads the new weight files only
-        committed = True
-        os.replace(config_tmp, path / "config.json")
+        with _write_errors(path):
+            names = _free_names(path, len(parts), tag[-8:])
+            stale = [f for f in _weight_files(path) if f.name not in names]
+            for i, fname in enumerate(names):
+                os.replace(path / f".part-{i:05d}-{tag}.safetensors.tmp", path / fname)
+                placed.append(path / fname)
+            config_tmp = _write_json_tmp(path / "config.json", _hf_config(args, fp8, dtype, block), tag)
+            index_tmp = _write_json_tmp(path / INDEX, {"metadata": {"total_size": total},
+                                                       "weight_map": {n: fname for fname, part in zip(names, parts)
+                                                                      for n in part}}, tag)
+            os.replace(index_tmp, path / INDEX)  # the commit: a load now reads the new weight files only
+            committed = True
+            os.replace(config_tmp, path / "config.json")
     finally:
         for tmp in path.glob(f".*-{tag}*.tmp"):
             tmp.unlink(missing_ok=True)
         if not committed:
             for f in placed:
                 f.unlink(missing_ok=True)
+            for p in [path, *path.parents] if made else []:  # no empty folders left where there were none
+                with contextlib.suppress(OSError):
+                    p.rmdir()
+                if p == made:
+                    break
     for f in stale:
         f.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _write_errors(path: Path) -> Iterator[None]:
+    """An OSError or safetensors' error while writing into `path` as one CheckpointError naming the
+    folder: a read-only folder was safetensors' "I/O error: Permission denied ... at path
+    .tmpXXXX" from inside `save_file`, a full disk os.replace's OSError (a review)."""
+    try:
+        yield
+    except (OSError, SafetensorError) as e:
+        why = re.search(r"I/O error: (.+?) \(os error \d+\)", str(e))
+        why = why[1] if why else (e.strerror if isinstance(e, OSError) and e.strerror else None)
+        raise CheckpointError(f"{path}: cannot write the checkpoint into this folder "
+                              f"({why or (str(e).splitlines() or [type(e).__name__])[0]})") from e
 
 
 def _free_names(path: Path, n: int, suffix: str) -> list[str]:
@@ -158,8 +184,9 @@ def _write_parts(path: Path, tensors: Iterable[tuple[str, torch.Tensor]],
 
     def flush() -> None:
         tmp = path / f".part-{len(parts):05d}-{tag}.safetensors.tmp"
-        save_file({n: t.contiguous() for n, t in shard.items()}, str(tmp), metadata={"format": "pt"})
-        os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates 0600 files; a checkpoint is shared
+        with _write_errors(path):
+            save_file({n: t.contiguous() for n, t in shard.items()}, str(tmp), metadata={"format": "pt"})
+            os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates 0600 files; a checkpoint is shared
         parts.append(list(shard))
 
     for name, t in tensors:

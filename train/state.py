@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
-from model import ModelArgs, Transformer
+from model import CheckpointError, ModelArgs, Transformer
 from model import save as save_hf
 from probe.errors import first_line
 from probe.writer import RunError, read_run_json, replace_dir, write_json_atomic
@@ -180,6 +180,8 @@ def save_final(raw: Transformer, out: Path, tokenizer: Path, dtype: torch.dtype)
         replace_dir(tmp, final)  # the previous model stays whole until this one is in place
     except (OSError, RuntimeError, SafetensorError) as e:
         why = _why(e, out)
+    except CheckpointError as e:  # model.save's one line for a folder it cannot write: its cause says why
+        why = _why(e.__cause__ or e, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if why is not None:

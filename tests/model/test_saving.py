@@ -1,12 +1,14 @@
 """Saving checkpoints (model.saving): a save over an existing checkpoint replaces it whole or, when it
-fails, leaves it as it was; shard names and numbering, file permissions, FP8 saves keeping the
-model's block and scale format, and bfloat16 saves keeping the router in float32."""
+fails, leaves it as it was; a folder it cannot write, one line; shard names and numbering, file
+permissions, FP8 saves keeping the model's block and scale format, and bfloat16 saves keeping the
+router in float32."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,7 @@ from model.saving import write_checkpoint
 
 from helpers import random_model
 from helpers.checkpoints import FP8_OVERRIDES, tokens_for
+from helpers.forked import forked
 
 
 def test_saving_over_a_checkpoint_replaces_it_whole(tiny, sharded_dir, tmp_path):
@@ -81,8 +84,9 @@ def test_a_save_that_fails_while_replacing_leaves_the_old_checkpoint_whole(tiny,
         return real(src, dst)
 
     monkeypatch.setattr(saving.os, "replace", failing)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(CheckpointError) as e:
         model.save(changed, d, max_shard_bytes=400_000)
+    assert str(e.value) == f"{d}: cannot write the checkpoint into this folder (No space left on device)"
     monkeypatch.setattr(saving.os, "replace", real)
     if fail_at == "config":  # after the commit: the new weights, the old config (the same model here)
         assert torch.equal(model.load(d)(tokens_for(changed)), changed(tokens_for(changed)))
@@ -112,7 +116,7 @@ def test_a_failed_save_over_a_checkpoint_holding_some_of_its_shard_names_leaves_
         return real(src, dst)
 
     monkeypatch.setattr(saving.os, "replace", failing)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(CheckpointError, match=r"cannot write the checkpoint into this folder \(No space left"):
         model.save(random_model("tiny", seed=9), d, max_shard_bytes=300_000)  # as many shards as the old one
     monkeypatch.setattr(saving.os, "replace", real)
     tok = tokens_for(tiny)
@@ -268,3 +272,67 @@ def test_a_save_under_a_file_is_refused_by_name(tiny, tmp_path):
         model.save(tiny, tmp_path / "f.txt" / "ckpt")
     assert str(e.value).startswith(f"{tmp_path / 'f.txt' / 'ckpt'}: cannot make the checkpoint directory ("), e.value
     assert "\n" not in str(e.value) and (tmp_path / "f.txt").read_text() == "x"
+
+
+NOBODY = 65534  # the user a root test drops to: root writes into a chmod 555 folder all the same
+
+
+def _save_as_nobody(m, out: Path, w: int) -> None:
+    """Forked: model.save(m, out) as a user that may not write in `out`; what happened, into pipe `w`."""
+    if os.geteuid() == 0:
+        os.setgroups([])
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
+    try:
+        open(out / "probe.txt", "w").close()
+        said = "the folder took a file"  # then the test would prove nothing
+    except PermissionError:
+        try:
+            model.save(m, out)
+            said = "saved"
+        except Exception as e:
+            said = f"{type(e).__name__}: {e}"
+    os.write(w, said.encode())
+
+
+def test_a_save_into_a_read_only_folder_is_one_line_and_leaves_it_as_it_was(tiny, tiny_dir):
+    """A folder the user may not write (chmod 555) was safetensors' "Error while serializing: I/O error:
+    Permission denied (os error 13) at path .../.tmpXXXX", raised from inside save_file. Run as another
+    user where the test runs as root, whom the mode does not stop."""
+    top = Path(tempfile.mkdtemp(prefix="dsv3-ro-"))  # under /tmp, not pytest's 0700 folders: nobody may enter
+    try:
+        os.chmod(top, 0o755)
+        d = Path(shutil.copytree(tiny_dir, top / "ckpt"))
+        before = {p.name: p.read_bytes() for p in d.iterdir()}
+        os.chmod(d, 0o555)
+        r, w = os.pipe()
+        assert forked(_save_as_nobody, random_model("tiny", seed=9), d, w) == 0
+        os.close(w)
+        with os.fdopen(r) as f:
+            said = f.read()
+        assert said == f"CheckpointError: {d}: cannot write the checkpoint into this folder (Permission denied)"
+        assert {p.name: p.read_bytes() for p in d.iterdir()} == before  # no temporary file left
+        tok = tokens_for(tiny)
+        assert torch.equal(model.load(d)(tok), tiny(tok))
+    finally:
+        os.chmod(top / "ckpt", 0o755)
+        shutil.rmtree(top)
+
+
+def test_a_save_the_disk_cannot_hold_is_one_line_and_leaves_no_folder_behind(tiny, tmp_path, monkeypatch):
+    """safetensors' error for a full disk names a temporary file and no folder; the folder the save
+    made for the checkpoint (and its parent) go with its partial files."""
+    import model.saving as saving
+    from safetensors import SafetensorError
+
+    def full(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"partial")
+        raise SafetensorError(f"Error while serializing: I/O error: No space left on device (os error 28) "
+                              f"at path \"{filename}\"")
+
+    monkeypatch.setattr(saving, "save_file", full)
+    with pytest.raises(CheckpointError) as e:
+        model.save(tiny, tmp_path / "new" / "ckpt")
+    want = "cannot write the checkpoint into this folder (No space left on device)"
+    assert str(e.value) == f"{tmp_path / 'new' / 'ckpt'}: {want}"
+    assert list(tmp_path.iterdir()) == []

@@ -273,3 +273,21 @@ def test_a_checkpoint_or_model_the_disk_cannot_hold_is_one_line_and_leaves_no_pa
                                          r"checkpoint is kept, to --resume from$") as e:
         save_final(r.raw, tmp_path / "run", REPO / "data" / "tokenizer.json", torch.float32)
     assert not (tmp_path / "run" / "model.tmp").exists() and opened[1]() is None and e.value
+
+
+@pytest.mark.slow  # 0.9 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
+def test_a_trained_model_that_model_save_cannot_write_is_a_train_error(tmp_path, monkeypatch):
+    """model.save refuses a folder it cannot write with a CheckpointError (the OSError its cause):
+    save_final caught only the OSError, so that error escaped the command as a traceback."""
+    import model.saving
+
+    r = step_run(tmp_path / "run", STREAMS)
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(model.saving, "save_file", read_only)
+    with pytest.raises(TrainError, match=r"/run/model: cannot save the trained model \(Permission denied\); the last "
+                                         r"step's checkpoint is kept, to --resume from$"):
+        save_final(r.raw, tmp_path / "run", REPO / "data" / "tokenizer.json", torch.float32)
+    assert not (tmp_path / "run" / "model.tmp").exists() and not (tmp_path / "run" / "model").exists()
