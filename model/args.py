@@ -17,6 +17,7 @@ import json
 import math
 import numbers
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 
 SUPPORTED_MODEL_TYPES = ("deepseek_v3", "deepseek_v2")
 FLOAT_DTYPES = ("bfloat16", "float16", "float32", "float64")  # what config.json torch_dtype may name
+ROUTE_SCALE_MAX = 100  # routed_scaling_factor's ceiling: the published checkpoints' largest is 16 (V2, V2.5)
 
 
 class ConfigError(ValueError):
@@ -330,6 +332,9 @@ def _field_problem(a: ModelArgs) -> str | None:
     for name in ("route_scale", "rope_attention_factor"):  # a negative route scale flipped every expert's sign
         if not getattr(a, name) > 0:
             return f"{name}={getattr(a, name)} must be positive"
+    if a.route_scale > ROUTE_SCALE_MAX:  # 1e30 loaded and ran: the bundled model's logits were all 0
+        return (f"route_scale={a.route_scale} must be at most {ROUTE_SCALE_MAX} (it scales the routed experts' "
+                "output: DeepSeek-V3 has 2.5, V2 16, V2-Lite 1)")
     return None
 
 
@@ -595,5 +600,8 @@ def _from_hf(cfg: dict[str, Any], where: str) -> ModelArgs:
     kw.update(_dtype_from_hf(cfg, where))
     try:
         return ModelArgs(**kw)
-    except ConfigError as e:
-        raise ConfigError(f"{where}: {e}") from None
+    except ConfigError as e:  # a field read from a key is named by the key (routed_scaling_factor=nan was
+        # "route_scale=nan", a name the file does not have; a bug hunt)
+        msg, keys = str(e).removeprefix("invalid ModelArgs: "), {ours: hf for hf, ours in _HF_KEYS.items()}
+        msg = re.sub(r"\b\w+\b", lambda m: keys.get(m[0], m[0]), msg) if msg.partition("=")[0] in keys else str(e)
+        raise ConfigError(f"{where}: {msg}") from None

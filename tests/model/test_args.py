@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -283,8 +284,8 @@ def test_invalid_args(overrides, fields):
 
 
 @pytest.mark.parametrize("overrides,fields", [
-    (dict(n_group=5), ["config dict", "n_routed_experts", "n_expert_groups"]),
-    (dict(num_experts_per_tok=9), ["config dict", "n_activated_experts"]),
+    (dict(n_group=5), ["config dict: n_routed_experts=16 must be a positive multiple of n_group=5"]),
+    (dict(num_experts_per_tok=9), ["config dict: num_experts_per_tok=9 must be in [1, 8] (topk_group x experts"]),
     (dict(qk_rope_head_dim=7), ["config dict", "qk_rope_head_dim"]),
     (dict(scoring_func="relu"), ["config dict", "scoring_func", "relu"]),
     (dict(model_type="llama"), ["config dict", "model_type", "llama"]),
@@ -378,10 +379,10 @@ def test_config_keys_that_would_change_the_arithmetic_are_read_or_refused(overri
 
 
 @pytest.mark.parametrize("overrides,needle", [
-    (dict(routed_scaling_factor=float("nan")), "route_scale=nan must be finite"),
-    (dict(routed_scaling_factor=-2.5), "route_scale=-2.5 must be positive"),
+    (dict(routed_scaling_factor=float("nan")), "routed_scaling_factor=nan must be finite"),
+    (dict(routed_scaling_factor=-2.5), "routed_scaling_factor=-2.5 must be positive"),
     (dict(rope_theta=float("inf")), "rope_theta=inf must be finite"),
-    (dict(rms_norm_eps=float("nan")), "norm_eps=nan must be finite"),
+    (dict(rms_norm_eps=float("nan")), ": rms_norm_eps=nan must be finite"),
 ])
 def test_non_finite_or_negative_numbers_are_refused(overrides, needle, tmp_path):
     """json reads NaN and Infinity: routed_scaling_factor NaN gave NaN logits, -2.5 and rope_theta
@@ -395,10 +396,28 @@ def test_non_finite_or_negative_numbers_are_refused(overrides, needle, tmp_path)
     assert ModelArgs.from_hf_config(TINY_HF).route_scale > 0  # the control
 
 
+@pytest.mark.parametrize("value", [100.5, 1e30, 10**40])
+def test_an_absurd_routed_scaling_factor_is_refused_by_its_key(value, tmp_path):
+    """routed_scaling_factor had a floor and no ceiling: 1e30 loaded and ran, the bundled model's logits
+    all 0. The message names the file and the key (it named route_scale, which the file does not have)."""
+    p = tmp_path / "config.json"
+    p.write_text(json.dumps(TINY_HF | {"routed_scaling_factor": value}))
+    with pytest.raises(ConfigError) as e:
+        ModelArgs.from_hf_config(tmp_path)
+    assert str(e.value) == (f"{p}: routed_scaling_factor={value} must be at most 100 (it scales the routed "
+                            "experts' output: DeepSeek-V3 has 2.5, V2 16, V2-Lite 1)")
+    at_most = rf"^invalid ModelArgs: route_scale={re.escape(str(value))} must be at most 100 "
+    with pytest.raises(ConfigError, match=at_most):
+        ModelArgs.from_dict(ModelArgs.from_name("tiny").to_dict() | {"route_scale": value})
+    for fine in (1.0, 2.5, 16.0, 100):  # the controls: the published values, and the ceiling itself
+        p.write_text(json.dumps(TINY_HF | {"routed_scaling_factor": fine}))
+        assert ModelArgs.from_hf_config(tmp_path).route_scale == fine
+
+
 def test_mtp_depth_beyond_one_is_refused():
     """A second MTP module never ran (forward ran module 0 only, and depth 1 was fed the main model's
     states instead of module 0's; a review): configs with depth 2+ are refused, naming the field."""
-    with pytest.raises(ConfigError, match="n_mtp_layers=2: MTP depth 0 or 1 only"):
+    with pytest.raises(ConfigError, match="num_nextn_predict_layers=2: MTP depth 0 or 1 only"):
         ModelArgs.from_hf_config(TINY_HF | {"num_nextn_predict_layers": 2})
     assert ModelArgs.from_hf_config(TINY_HF | {"num_nextn_predict_layers": 0}).n_mtp_layers == 0  # the control
 
@@ -406,7 +425,7 @@ def test_mtp_depth_beyond_one_is_refused():
 def test_a_negative_mtp_depth_is_refused():
     """num_nextn_predict_layers=-1 passed every check: no MTP module was built (range(-1)), the memory plan
     counted n_layers - 1 layers' KV cache, and MTP weights beside it were 'unexpected' (a bug hunt)."""
-    with pytest.raises(ConfigError, match=r"^config dict: invalid ModelArgs: n_mtp_layers=-1: MTP depth 0 or 1 only"):
+    with pytest.raises(ConfigError, match=r"^config dict: num_nextn_predict_layers=-1: MTP depth 0 or 1 only"):
         ModelArgs.from_hf_config(TINY_HF | {"num_nextn_predict_layers": -1})
     with pytest.raises(ConfigError, match=r"^invalid ModelArgs: n_mtp_layers=-1: MTP depth 0 or 1 only"):
         ModelArgs(n_mtp_layers=-1)

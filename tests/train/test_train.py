@@ -154,7 +154,8 @@ def test_bad_input_errors(corpus, tmp_path, capsys, monkeypatch):
     hf = json.loads((Path(__file__).resolve().parents[2] / "data" / "model" / "config.json").read_text())
     (tmp_path / "hf.json").write_text(json.dumps(hf | {"n_routed_experts": 30}))
     (tmp_path / "list.json").write_text("[1, 2]")
-    with pytest.raises(TrainError, match=rf"^--config {tmp_path / 'hf.json'}: invalid ModelArgs: n_routed_experts=30"):
+    with pytest.raises(TrainError, match=rf"^--config {tmp_path / 'hf.json'}: n_routed_experts=30 must be a "
+                                         r"positive multiple of n_group=4"):
         run(parse_args(flags(corpus, tmp_path / "x", "--config", str(tmp_path / "hf.json"))))
     with pytest.raises(TrainError, match=rf"^--config {tmp_path / 'list.json'}: a JSON list, not a config object"):
         run(parse_args(flags(corpus, tmp_path / "x", "--config", str(tmp_path / "list.json"))))
