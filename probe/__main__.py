@@ -221,7 +221,8 @@ def _add_spec(sub) -> None:
                    help="run directory to create or add to (default: runs/<ckpt>-<corpus>-spec)")
     p.add_argument("--tokenizer", type=path_text,
                    help="tokenizer.json (default: the checkpoint's, or the one --out's run was recorded with)")
-    p.add_argument("--prompt-tokens", type=int, default=32, help="prompt length in tokens, BOS included (default 32)")
+    p.add_argument("--prompt-tokens", type=int, default=32,
+                   help="prompt length in tokens, BOS included (default 32; at least 2 where the model has a BOS)")
     p.add_argument("--new-tokens", type=int, default=32, help="tokens to generate per prompt (default 32)")
     p.add_argument("--max-prompts", type=int,
                    help="prompts, round-robin over domains (default 64, or no cap when --max-tokens is given; "

@@ -176,6 +176,9 @@ def record_spec(opts: SpecOptions) -> Path:
     if opts.prompt_tokens + opts.new_tokens > args.max_seq_len:
         raise RecordError(f"--prompt-tokens + --new-tokens = {opts.prompt_tokens + opts.new_tokens} exceeds "
                           f"the model's max_seq_len {args.max_seq_len}")
+    if opts.prompt_tokens < 2 and args.bos_token_id is not None:  # every prompt was [BOS], silently (a bug hunt)
+        raise RecordError(f"--prompt-tokens {opts.prompt_tokens}: must be >= 2 (BOS included: a prompt of 1 token "
+                          "is the model's BOS alone, the same for every document)")
     if args.n_mtp_layers < 1:
         raise RecordError(f"{ckpt}: the model has no MTP module (n_mtp_layers = 0): nothing to draft with")
     tok = load_tokenizer(tokenizer, ckpt, args.vocab_size)

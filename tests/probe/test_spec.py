@@ -177,6 +177,9 @@ def test_a_run_still_being_recorded_is_refused(probe_env, tmp_path, capsys):
     # the flag that is out of range, with its value, as the other commands say it (spec named all three)
     (dict(new_tokens=0), "^--new-tokens 0: must be >= 1$"),
     (dict(prompt_tokens=-2), "^--prompt-tokens -2: must be >= 1$"),
+    # every prompt was the BOS alone, whatever its document, and the run was written without a word
+    (dict(prompt_tokens=1), r"^--prompt-tokens 1: must be >= 2 \(BOS included: a prompt of 1 token is the model's "
+                            r"BOS alone, the same for every document\)$"),
     (dict(batch_size=0), "^--batch-size 0: must be >= 1$"),
     (dict(prompt_tokens=200, new_tokens=8, corpus="short.txt"), "no document has 200 tokens"),
     # a path the user typed is named with its flag (both said only "PATH: ...")
@@ -454,6 +457,23 @@ def test_a_document_of_exactly_the_prompt_length_makes_a_prompt(tmp_path):
     assert spec_prompts(c, _WordTokenizer(), 0, 4, None, short=short) == [("a/d.txt", "a", [0, 2, 3, 1])]
     assert short == ["b"]
     assert spec_prompts(c, _WordTokenizer(), 0, 3, None) == [("a/d.txt", "a", [0, 2, 3]), ("b/d.txt", "b", [0, 2, 3])]
+
+
+@pytest.mark.slow  # 2.0 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
+def test_a_one_token_prompt_is_refused_only_where_it_would_be_the_bos_alone(probe_env, tmp_path):
+    """--prompt-tokens 1 counts the BOS: every prompt was [BOS], whatever its document, and the run was written
+    as if the domains had been prompted. A model without a BOS takes it: the prompt is the document's first token."""
+    import shutil
+
+    kw = dict(corpus=str(probe_env["corpus"]), prompt_tokens=1, new_tokens=2, max_prompts=2, progress=False)
+    with pytest.raises(RecordError, match=r"^--prompt-tokens 1: must be >= 2 \(BOS included"):
+        record_spec(SpecOptions(ckpt=str(probe_env["ckpt"]), out=str(tmp_path / "s"), **kw))
+    assert not (tmp_path / "s").exists()
+    ck = Path(shutil.copytree(probe_env["ckpt"], tmp_path / "nobos"))
+    cfg = json.loads((ck / "config.json").read_text())
+    (ck / "config.json").write_text(json.dumps(cfg | {"bos_token_id": None}))
+    out = record_spec(SpecOptions(ckpt=str(ck), out=str(tmp_path / "s"), **kw))
+    assert probe.open_run(out).info["spec_decode"]["prompts"] == 2
 
 
 def test_a_negative_max_prompts_through_the_api_is_refused(tmp_path):
