@@ -162,10 +162,25 @@ def _did_you_mean(name: str, all_names: list[str]) -> str:
         rest = name[layer.end():]
         return (f" ({layer[1]}.{layer[2]} has no {rest}; {_spans(elsewhere, layer[1])} "
                 f"{'has' if len(elsewhere) == 1 else 'have'} it{_block_note(rest)})")
+    if end := _model_end(name, all_names):
+        return end
     if any(c in name for c in "*?["):
         all_names = sorted({re.sub(r"(?<=\.)\d+(?=\.)", "*", n) for n in all_names})
     close = difflib.get_close_matches(name, all_names, n=1, cutoff=0.75)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _model_end(name: str, all_names: list[str]) -> str:
+    """For a name other toolkits give the head or the final norm (TransformerLens's `hook_unembed`,
+    `ln_final.hook_normalized`), ' (...)' saying what this model has there; else ''. The closest name
+    was the other end: 'hook_unembed' was 'did you mean hook_embed?' (a bug hunt)."""
+    if re.fullmatch(r"(hook_)?(ln_final|final_norm|norm)(\.hook_\w+)?", name):
+        return " (did you mean 'hook_final'? the final norm's output)"
+    if not re.fullmatch(r"(hook_)?(unembed|logits|lm_head|head)(\.hook_\w+)?", name):
+        return ""
+    mtp = [n for n in all_names if re.fullmatch(r"mtp\.\d+\.hook_logits", n)]
+    return (" (the head has no hook point: its input is 'hook_final', after the final norm, and its logits are "
+            "what forward returns" + (f"; the MTP module's are {mtp[0]!r})" if mtp else ")"))
 
 
 def _blocks_with(rest: str, kind: str, all_names: list[str]) -> list[int]:

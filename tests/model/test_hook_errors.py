@@ -4,6 +4,8 @@ spellings, and a hook that leaves too few experts to route to."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -35,6 +37,31 @@ def test_a_mistyped_hook_name_suggests_the_closest():
         m.run_with_cache(tok, names="layers.9.hook_resid_post")
 
 
+
+
+def test_the_heads_and_final_norms_names_from_other_toolkits_say_what_this_model_has():
+    """'hook_unembed' (the head, as TransformerLens calls it) was 'did you mean hook_embed?', the other end
+    of the model: the head has no hook point, and the message says where its input and logits are."""
+    m = random_model("tiny")
+    tok = torch.zeros(1, 2, dtype=torch.long)
+    head = (r" \(the head has no hook point: its input is 'hook_final', after the final norm, and its logits are "
+            r"what forward returns; the MTP module's are 'mtp\.0\.hook_logits'\) \(see model\.hook_names\(\)\)$")
+    for name in ("hook_unembed", "unembed.hook_out", "hook_logits", "lm_head"):
+        with pytest.raises(model.HookError, match=rf"^no hook point named '{re.escape(name)}'{head}"):
+            m.add_hook(name, lambda t, hook: None)
+        with pytest.raises(model.HookError, match=r"the head has no hook point: its input is 'hook_final'"):
+            m.run_with_cache(tok, names=name)
+    without_mtp = random_model("tiny", n_mtp_layers=0)
+    with pytest.raises(model.HookError, match=r"and its logits are what forward returns\) \(see"):
+        without_mtp.add_hook("hook_unembed", lambda t, hook: None)
+    with pytest.raises(model.HookError, match=r"no hook point named 'ln_final\.hook_normalized' \(did you mean "
+                                              r"'hook_final'\? the final norm's output\)"):
+        m.add_hook("ln_final.hook_normalized", lambda t, hook: None)
+    with pytest.raises(model.HookError, match=r"\(did you mean 'hook_embed'\?\)"):  # the control: a typo of it
+        m.add_hook("hook_embd", lambda t, hook: None)
+    _, cache = m.run_with_cache(tok)
+    with pytest.raises(model.HookError, match=r"no hook point named 'hook_unembed' \(the head has no hook point"):
+        cache["hook_unembed"]
 
 def test_a_point_another_kind_of_block_has_names_the_blocks_that_have_it():
     """The router of the dense layer 0 was 'did you mean layers.2.ffn.gate.hook_scores?', a point of
