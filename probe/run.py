@@ -213,9 +213,13 @@ def create_views(con, path: str | Path, tables, temp: bool = False, where: str =
     the tables that have no part file (no view made). A stray part (a foreign or hand-made file) whose
     token_id held strings was refused by `Run.df` and read by the views as a VARCHAR column, and one
     with other columns added them to the table (a review); now a value that cannot be cast is DuckDB's
-    error when a query reads it (DuckDB rounds a fraction cast to an integer, which `Run.df` refuses).
-    The casts and the union cost about 1 ms of CPU a view (a small run opened and queried: 4.4-5.2 ms
-    against 3.0-3.6 ms, a 2-core EPYC, 2026-12-07). temp: temporary views, seen only by this connection
+    error when a query reads it, and so is a fraction in an integer column (`_read_as`: DuckDB's cast
+    rounded it where `Run.df` refuses it). The casts and the union cost about 1 ms of CPU a view (a small
+    run opened and queried: 4.4-5.2 ms against 3.0-3.6 ms, a 2-core EPYC, 2026-12-07), reading the parts'
+    types first (`describe`, for that check) about 0.3-0.5 ms more (7.6-7.7 ms against 8.3-8.7 ms for a
+    run of two tables' views; 173-179 ms against 203-212 ms with 401 parts, the same EPYC, 2026-12-07:
+    their footers read once more). A check per row that folded away for integer parts cost 3 ms a
+    view to plan instead. temp: temporary views, seen only by this connection
     (a cursor of a database that other connections share); where: an SQL condition the views' rows hold
     (`Run.restrict`)."""
     missing = []
@@ -227,11 +231,34 @@ def create_views(con, path: str | Path, tables, temp: bool = False, where: str =
         lst = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
         kind = "temp view" if temp else "view"
         cond = f" where {where}" if where else ""
-        cols = ", ".join(f'cast("{name}" as {type_}) as "{name}"' for name, type_ in _columns(t))
         # by name with the schema's rows of none: a column no part holds is there, null
-        con.execute(f"create {kind} {t} as select {cols} from (select * from read_parquet([{lst}], union_by_name = "
-                    f"true) union all by name {empty_rows(t)}){cond}")
+        parts = f"select * from read_parquet([{lst}], union_by_name = true)"
+        held = {name: kind_ for name, kind_, *_ in con.execute(f"describe {parts}").fetchall()}
+        cols = ", ".join(f'{_read_as(name, type_, held.get(name), Path(path) / t)} as "{name}"'
+                         for name, type_ in _columns(t))
+        con.execute(f"create {kind} {t} as select {cols} from ({parts} union all by name {empty_rows(t)}){cond}")
     return missing
+
+
+_WHOLE = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT")
+
+
+def _read_as(name: str, type_: str, held: str | None, where: Path) -> str:
+    """The SQL expression reading column `name` of a table's parts (at `where`), which they hold as the
+    DuckDB type `held` (None: no part holds it), in the schema's type `type_`. A fraction read into an
+    integer type (or a list of one) is an error naming the column and the value: DuckDB's cast rounds
+    it (2.5 to 2, half to even; '2.5' to 3), so a stray part of float counts summed short where
+    `Run.df` refuses it (Arrow's cast)."""
+    col, elem = f'"{name}"', type_.removesuffix("[]")
+    cast = f"cast({col} as {type_})"
+    if elem not in _WHOLE or not held or held.removesuffix("[]") in (*_WHOLE, "BOOLEAN"):
+        return cast
+    frac = "try_cast({x} as DOUBLE) <> trunc(try_cast({x} as DOUBLE))"
+    if elem != type_:  # a list: any element a fraction
+        frac = f"list_bool_or(list_transform({col}, lambda x: {frac.format(x='x')}))"
+    msg = f"{where}: column {col} holds ".replace("'", "''")
+    return (f"case when {frac.format(x=col)} then error('{msg}' || cast({col} as VARCHAR) || "
+            f"', not a whole number (the schema''s {type_})') else {cast} end")
 
 
 _DB: tuple[int, object] | None = None  # (the process id that opened it, the database)
