@@ -50,7 +50,8 @@ def parser() -> argparse.ArgumentParser:
                    help="tokens the ablations evaluate (default 20000), split evenly between the run's domains, "
                         "of its own windows: within the --max-tokens it was recorded with, as the other sections")
     p.add_argument("--fractions", type=fractions_arg, default=list(rd.FRACTIONS),
-                   help="fractions of the routed experts to mask per layer (default 1/16,1/8,1/4)")
+                   help="fractions of the routed experts to mask per layer, each a whole number of experts "
+                        "(rounded half up, at least one; default 1/16,1/8,1/4)")
     p.add_argument("--seeds", type=int, default=len(rd.SEEDS),
                    help=f"random-masking seeds per fraction (default {len(rd.SEEDS)})")
     p.add_argument("--rank-by", choices=rd.RANK_BY, default="eval",

@@ -9,6 +9,7 @@ the ablation API (`analyses.ablate`); nothing here defines a metric of its own.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,12 +105,15 @@ class Sweep:
 
 
 def masked_counts(n_experts: int, fractions) -> list[int]:
-    """0 plus round(f * E) for each fraction (distinct, sorted; at least 1 for f > 0)."""
+    """0 plus f * E rounded half up for each fraction (distinct, sorted; at least 1 for f > 0). Not
+    Python's round, which takes a half to the even number: 3/64 and 5/64 of 32 experts both masked 2,
+    one point of the sweep where two were asked for. The product is rounded to 9 decimals first, so
+    that a decimal fraction's half is one (0.145 x 100 is 14.499999999999998 in floats)."""
     out = {0}
     for f in fractions:
         if not 0 <= f <= 1:
             raise ValueError(f"fraction {f} out of range: expected 0..1 of the {n_experts} experts")
-        out.add(max(1, round(f * n_experts)) if f > 0 else 0)
+        out.add(max(1, math.floor(round(f * n_experts, 9) + 0.5)) if f > 0 else 0)
     return sorted(out)
 
 
@@ -121,9 +125,9 @@ def ablation_sweep(run, *, max_tokens: int | None = 20_000, fractions=FRACTIONS,
                    balanced: bool = True, rank_by: str = "eval", compare_run_ranking: bool = False,
                    model_opts: dict | None = None) -> Sweep:
     """DeepSeekMoE-style masking on the run's checkpoint, through `analyses.ablate` (one or two
-    calls, each with its baseline pass over the same tokens): for each count n = f * E, the n
-    most-used experts of every MoE layer vs n random experts per layer for each seed (mode
-    reroute); and, per domain, that domain's own top-`domain_top` experts (default E/8), ranked by
+    calls, each with its baseline pass over the same tokens): for each count n = f * E (rounded half
+    up, `masked_counts`), the n most-used experts of every MoE layer vs n random experts per layer for
+    each seed (mode reroute); and, per domain, that domain's own top-`domain_top` experts (default E/8), ranked by
     the run's per-domain `expert_load` (a domain's own ranking does not depend on the domain mix).
     Evaluated on at most `max_tokens` tokens of the run's own windows (the corpus read as the run read
     it, up to the cap it was recorded with; the whole corpus where it had none), so the sweep's domains

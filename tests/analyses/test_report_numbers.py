@@ -217,9 +217,22 @@ def test_domain_table_means_skip_a_refused_cell_but_not_a_nan_delta():
 
 
 def test_masked_counts_round_but_mask_at_least_one_and_refuse_more_than_all():
-    assert rd.masked_counts(32, [1 / 64, 1 / 8]) == [0, 1, 4]  # 0.5 rounds to 0: still one expert
+    assert rd.masked_counts(32, [1 / 128, 1 / 64, 1 / 8]) == [0, 1, 4]  # 0.25 rounds to 0: still one expert
     with pytest.raises(ValueError, match="fraction 1.5 out of range"):
         rd.masked_counts(32, [1.5])
+
+
+def test_masked_counts_round_a_half_up_so_fractions_an_expert_apart_stay_apart():
+    """Python's round takes a half to the even number: 3/64 and 5/64 of 32 experts (1.5 and 2.5) both
+    masked 2, and 0.7 and 0.9 of 5 (3.5 and 4.5) both 4, so a sweep asked for three fractions measured
+    two (the curve's masked counts, and the ablations' n_disabled, one point where the options listed
+    two), and 5/64 masked less than asked where 3/64 masked more. A half rounds up, a decimal fraction's
+    half too (0.145 x 100 is 14.499999999999998 in floats)."""
+    assert rd.masked_counts(32, [3 / 64, 5 / 64]) == [0, 2, 3]
+    assert rd.masked_counts(5, [0.7, 0.9]) == [0, 4, 5]
+    assert rd.masked_counts(100, [0.145]) == [0, 15]
+    for E in range(1, 65):  # (k + 1/2) / E for every k: each its own count, k + 1
+        assert rd.masked_counts(E, [(k + 0.5) / E for k in range(E)]) == list(range(E + 1))
 
 
 # ------------------------------------------------------------------------------ tables of a run
