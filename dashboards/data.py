@@ -30,6 +30,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import streamlit as st
 
+from analyses.metrics import speculative
 from analyses.metrics._common import listed
 from dashboards.ckpt_vectors import safetensors_vectors
 from dashboards.runs import (RunRef, _discover, discover, results_only, run_kind, signature,  # noqa: F401 - data.X
@@ -534,21 +535,18 @@ def mtp_by_position(ref: RunRef, buckets: int = 16) -> pd.DataFrame:
 
 @cached
 def spec_by_domain(ref: RunRef) -> pd.DataFrame:
-    """domain, prompts, proposed, accepted, acceptance (accepted / proposed), tokens_per_forward
-    (new tokens / forward passes): speculative decoding with MTP drafts (`dsv3-probe spec`)."""
-    return query(ref, "select domain, count(*) as prompts, sum(drafts_proposed) as proposed, "
-                      "sum(drafts_accepted) as accepted, sum(drafts_accepted) / nullif(sum(drafts_proposed), 0) "
-                      "as acceptance, sum(new_tokens) / nullif(sum(forward_passes), 0) as tokens_per_forward "
-                      "from spec_decode group by domain order by domain", ("spec_decode",))
+    """`analyses.metrics.spec_by_domain` of the run: domain, prompts, proposed, accepted, acceptance,
+    mean_length, tokens_per_forward (speculative decoding with MTP drafts, `dsv3-probe spec`)."""
+    with _cursor(ref, ("spec_decode",)) as con:
+        return speculative.spec_by_domain(con)
 
 
 @cached
 def spec_by_position(ref: RunRef, size: int = 1) -> pd.DataFrame:
-    """domain, position (the first of its bucket of `size` generated positions), proposed, acceptance."""
-    _count("size", size)
-    return query(ref, "select domain, ((position - 1) // ?) * ? + 1 as position, count(*) as proposed, "
-                      "avg(accepted::int) as acceptance from spec_drafts group by all order by domain, position",
-                 ("spec_drafts",), [size, size])
+    """`analyses.metrics.spec_by_position`: domain, position (the first of its bucket of `size` generated
+    positions), proposed, acceptance."""
+    with _cursor(ref, ("spec_drafts",)) as con:
+        return speculative.spec_by_position(con, size)
 
 
 @cached

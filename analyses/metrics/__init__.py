@@ -90,6 +90,13 @@ Run vs run (`routing.py`): routing_agreement_from_runs (also share_of_a / share_
 route_changes_from_runs(run_a, run_b, top=20): the tokens whose routes changed most. Both, and
 check_comparable, refuse runs of models with other routed or activated expert counts
 (probe.model_shape): expert ids are compared by index.
+
+Speculative decoding (`speculative.py`; `dsv3-probe spec`'s tables, the dashboard's MTP page and the report)
+- spec_by_domain(con), spec_by_position(con, size=1)   acceptance per domain (with mean_length, tokens per
+  forward pass) and by generated position, on a connection with the tables as views (`run.con`)
+- spec_totals(by_domain)                  the whole run's prompts, drafts, acceptance rate, mean acceptance length
+- spec_bucket_size(info, buckets=8)       generated positions a point of acceptance by position averages
+- spec_by_domain_from_run(run), spec_by_position_from_run(run, size=1)
 """
 
 from __future__ import annotations
@@ -107,6 +114,8 @@ from .routing import (check_comparable, coactivation, coactivation_from_run, lay
                       record_agreement, route_changes_from_runs, routing_agreement, routing_agreement_by_layer,
                       routing_agreement_from_runs, score_entropy, score_entropy_from_run)
 from .probes import FEATURES as PROBE_FEATURES, domain_probe_from_run, linear_probe, routing_features
+from .speculative import (spec_bucket_size, spec_by_domain, spec_by_domain_from_run, spec_by_position,
+                          spec_by_position_from_run, spec_totals)
 from .token_dependence import PREDICTORS, majority_predict, token_dependence, token_dependence_from_run
 from .specialisation import (contingency, contingency_from_run, domain_contingency_from_run, domain_nmi,
                              domain_share, entropy, expert_vocabulary, expert_vocabulary_from_run, lift,
@@ -133,4 +142,6 @@ __all__ = [
     "specialisation_table", "VOCAB_MIN_COUNT", "vocabulary_specialisation", "vocabulary_specialisation_baseline",
     "vocabulary_specialisation_from_run",
     "PROBE_FEATURES", "domain_probe_from_run", "linear_probe", "routing_features",
+    "spec_bucket_size", "spec_by_domain", "spec_by_domain_from_run", "spec_by_position", "spec_by_position_from_run",
+    "spec_totals",
 ]

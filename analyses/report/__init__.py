@@ -12,9 +12,11 @@ fraction of the most-used experts masked (mode reroute: DeepSeekMoE's masking ru
 of experts rather than each token's own top ones, docs/metrics.md) against the same number of random
 experts (several seeds); per-domain ablation (each domain's own top experts vs the
 other domains'); consecutive-token repetition vs its random baselines; MTP agreement by domain;
-latent-KV effective rank by layer; then the research sections: causal vs observed importance (each
-routed expert removed in turn, `analyses.importance`), expert paths, domain probes (a linear probe of
-the domain from each layer's routing), token-id dependence, run vs run (with `--compare RUN`, a run
+speculative decoding with MTP drafts (acceptance rate and mean acceptance length, per domain and by
+generated position, where `dsv3-probe spec --out RUN` added its tables to the run; the dashboard's MTP
+page's figures through its functions, `analyses.metrics.speculative`); latent-KV effective rank by
+layer; then the research sections: causal vs observed importance (each routed expert removed in turn,
+`analyses.importance`), expert paths, domain probes (a linear probe of the domain from each layer's routing), token-id dependence, run vs run (with `--compare RUN`, a run
 of the same model over the same windows; the run itself, or a copy, is refused) and steering (the most
 specialised domain's experts forced on, `analyses.steer`). Every model section samples the run's own
 windows (the corpus up to the cap the run was recorded with, its --max-tokens: only the domains the run
@@ -26,13 +28,14 @@ under 100 (too few for their figures to mean anything).
 
 Library: data.py (the numbers behind each section and the notebooks, from `analyses.metrics` and
 the ablation API), research.py and research_model.py (the research sections; the latter runs the
-model), render.py (sections, figures, HTML and Markdown); the command is `__main__.py`.
+model), spec.py (the speculative-decoding section), render.py (sections, figures, HTML and Markdown);
+the command is `__main__.py`.
 """
 
 from .data import (FRACTIONS, RANK_BY, SEEDS, Sweep, ablation_sweep, balance, latent_rank, masked_counts, mtp_by_domain,
-                   relative_loads, repetition, run_label, specialisation)
+                   relative_loads, repetition, run_label, spec_decoding, specialisation)
 from .render import ReportError, check_run, compute, figures, print_text, summary, write_findings, write_html
 
 __all__ = ["ablation_sweep", "balance", "latent_rank", "masked_counts", "mtp_by_domain", "relative_loads",
-           "repetition", "run_label", "specialisation", "Sweep", "FRACTIONS", "SEEDS", "RANK_BY", "ReportError",
-           "check_run", "compute", "figures", "print_text", "summary", "write_findings", "write_html"]
+           "repetition", "run_label", "spec_decoding", "specialisation", "Sweep", "FRACTIONS", "SEEDS", "RANK_BY",
+           "ReportError", "check_run", "compute", "figures", "print_text", "summary", "write_findings", "write_html"]

@@ -4,6 +4,7 @@ the ablation API (`analyses.ablate`); nothing here defines a metric of its own.
 
     from analyses.report import data as rd
     rd.balance(run); rd.specialisation(run); rd.repetition(run); rd.mtp_by_domain(run); rd.latent_rank(run)
+    rd.spec_decoding(run)                                # a run `dsv3-probe spec` added its tables to
     sweep = rd.ablation_sweep(run, max_tokens=20000)     # loss vs masked fraction, per-domain ablation
 """
 
@@ -19,6 +20,8 @@ import pandas as pd
 from analyses.metrics import (MetricsError, balance_table, layer_loads_from_run, lift_from_run, relative_load,
                               repetition_from_run, specialisation_table)
 from analyses.metrics._common import as_run, need_rows
+from analyses.metrics.speculative import (spec_bucket_size, spec_by_domain_from_run, spec_by_position_from_run,
+                                          spec_totals)
 from probe.schema import layer_label
 
 FRACTIONS = (1 / 16, 1 / 8, 1 / 4)
@@ -71,6 +74,21 @@ def mtp_by_domain(run) -> pd.DataFrame:
     per = run.sql(q.format(key="domain", group="group by domain order by domain")).df()
     allr = run.sql(q.format(key="'all'", group="")).df()
     return pd.concat([per, allr], ignore_index=True)
+
+
+def spec_decoding(run) -> dict:
+    """Speculative decoding with MTP drafts (`dsv3-probe spec`'s tables), the figures of the dashboard's MTP
+    page through its functions (`analyses.metrics.speculative`): `by_domain` (prompts, drafts proposed and
+    accepted, acceptance, mean_length, tokens_per_forward), `totals` (`spec_totals`: the whole run's, its
+    acceptance None where no draft was proposed), `size` (generated positions a bucket, `spec_bucket_size`)
+    and `by_position` (acceptance per domain and bucket; None without a draft, or without spec_drafts)."""
+    run = as_run(run)
+    by_domain = spec_by_domain_from_run(run)
+    totals = spec_totals(by_domain)
+    size = spec_bucket_size(run.info)
+    by_position = (spec_by_position_from_run(run, size) if totals["proposed"] and "spec_drafts" in run.tables
+                   else None)
+    return {"by_domain": by_domain, "totals": totals, "size": size, "by_position": by_position}
 
 
 def latent_rank(run) -> pd.DataFrame:

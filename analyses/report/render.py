@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from . import data as rd
-from . import research
+from . import research, spec
 from .research_model import job_opts
 from analyses.notebook_utils import DEFAULT_RUN
 from probe.run import one_window_cap
@@ -30,8 +30,8 @@ ONE_DOMAIN_IMPORT = ("the run is imported serving traffic, one stream ({}): doma
 NO_PAIRS = ("every window holds one token (a record with --max-tokens 1, or documents of one token), so no token "
             "has a neighbour to share an expert with")
 SECTIONS = ("Summary", "Load balance", "Domain specialisation", "Loss vs masked experts",
-            "Per-domain ablation", "Consecutive-token repetition", "MTP agreement", "Latent KV effective rank",
-            *research.RESEARCH_SECTIONS)
+            "Per-domain ablation", "Consecutive-token repetition", "MTP agreement", spec.SECTION,
+            "Latent KV effective rank", *research.RESEARCH_SECTIONS)
 
 
 class ReportError(ValueError):
@@ -169,6 +169,7 @@ def compute(run_dir: Path, ns, writer: bool = True) -> dict:
         out["domains"] = [d for (d,) in run.sql("select distinct domain from expert_load order by 1").fetchall()]
         out["repetition"] = rd.repetition(run) if "routing" in tables else None
         out["mtp"] = rd.mtp_by_domain(run) if "mtp" in tables else None
+        out["spec"] = rd.spec_decoding(run) if "spec_decode" in tables else None
         out["kv"] = rd.latent_rank(run) if "kv_stats" in tables else None
         research.compute_tables(run, ns, out)
         out["summary"] = summary(out)
@@ -266,6 +267,8 @@ def summary(r: dict) -> list[str]:
     if m is not None:
         s.append("Teacher-forced MTP agreement: " + ", ".join(
             f"{x.domain} {x.agreement:.3f}" for x in m.itertuples()) + ".")
+    if r.get("spec") is not None:
+        s.append(spec.sentence(r["spec"]))
     kv = r["kv"]
     if kv is not None and (few := kv_too_few(kv)):
         s.append(f"Latent c_kv effective rank: not measured ({few}).")
@@ -293,6 +296,8 @@ def figures(r: dict) -> dict[str, list]:
         out["Consecutive-token repetition"] += _repetition_figures(r["repetition"])
     if r["mtp"] is not None:
         out["MTP agreement"] += _mtp_figures(r["mtp"])
+    if r.get("spec") is not None:
+        out[spec.SECTION] += spec.figures(r["spec"])
     if r["kv"] is not None:
         out["Latent KV effective rank"] += _kv_figures(r["kv"])
     return out | research.figures(r)
@@ -445,6 +450,8 @@ def _missing(sec: str, r: dict) -> str:
         return f"(skipped: {r.get('skip_reason') or '--skip-ablation'})"
     if sec in research.RESEARCH_SECTIONS:
         return research.missing(sec, r)
+    if sec == spec.SECTION:
+        return spec.missing(r)
     run = r["run"]
     if sec == "MTP agreement" and run.status == "complete" and (Path(run.path) / "mtp").is_dir() \
             and not r.get("lost_tables"):  # recorded without a row: "not recorded" read as --no-mtp (a tour)
@@ -500,7 +507,7 @@ def write_findings(r: dict, figs: dict, path: Path, argv: list[str]) -> Path:
     lines += [f"- {x}" for x in r["summary"]]
     keep = {"Load balance": [0], "Domain specialisation": [0], "Loss vs masked experts": None,
             "Per-domain ablation": None, "Consecutive-token repetition": None, "MTP agreement": None,
-            "Latent KV effective rank": None} | dict.fromkeys(research.RESEARCH_SECTIONS)
+            spec.SECTION: None, "Latent KV effective rank": None} | dict.fromkeys(research.RESEARCH_SECTIONS)
     for sec, which in keep.items():
         items = figs[sec] if which is None else [figs[sec][i] for i in which if i < len(figs[sec])]
         lines += ["", f"## {sec}"]

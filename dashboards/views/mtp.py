@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from analyses.metrics.speculative import spec_bucket_size, spec_totals
 from dashboards import charts, data, ui
 
 
@@ -63,15 +64,6 @@ def by_domain(d, colors: dict) -> None:
                        key="loss_domain")
 
 
-def spec_bucket_size(ref: data.RunRef, buckets: int = 8) -> int:
-    """Generated positions that a point of acceptance by position averages: spec's new tokens (run.json's
-    `spec_decode`, else its default 32) in `buckets`. A point a position held each prompt's one draft there:
-    with a few prompts a domain every point read 0%, 50% or 100%, the domains' lines crossing at every step
-    (a browser tour of a 10-prompt run)."""
-    new = int((ref.info.get("spec_decode") or {}).get("new_tokens") or 32)
-    return max(1, -(-new // buckets))
-
-
 def speculative(ref: data.RunRef, colors: dict) -> None:
     st.subheader("Speculative decoding with MTP drafts")
     if not data.has_table(ref, "spec_decode"):
@@ -82,21 +74,22 @@ def speculative(ref: data.RunRef, colors: dict) -> None:
     if d.empty:
         st.info("The spec_decode table is empty.")
         return
-    proposed = int(d.proposed.sum())  # none (one new token a prompt, or every prompt ended at once): 0/0 is
-    acc = d.accepted.sum() / proposed if proposed else None  # no rate, and no length below 1 (a review)
+    t = spec_totals(d)  # no draft proposed (one new token a prompt): no rate, and no length below 1 (a review)
+    proposed, acc = t["proposed"], t["acceptance"]
     m = st.columns(4)
     m[0].metric("Acceptance rate", f"{acc:.1%}" if acc is not None else "n/a", help="accepted drafts / proposed drafts")
-    m[1].metric("Mean acceptance length", f"{1 + acc:.2f}" if acc is not None else "n/a",
+    m[1].metric("Mean acceptance length", f"{t['mean_length']:.2f}" if acc is not None else "n/a",
                 help="1 + accepted / proposed: the tokens a verifying pass yields with one MTP draft a pass, "
                      "before a prompt's last pass is cut at its new-token budget")
-    m[2].metric("Prompts", f"{int(d.prompts.sum()):,}")
-    m[3].metric("Drafts proposed", f"{int(d.proposed.sum()):,}")
+    m[2].metric("Prompts", f"{t['prompts']:,}")
+    m[3].metric("Drafts proposed", f"{proposed:,}")
     left, right = st.columns(2)
     if proposed:
         left.plotly_chart(charts.bars(d.domain, d.acceptance, title="Acceptance rate by domain", xlabel="domain",
                                       ylabel="acceptance", colors=[colors.get(x, "#888") for x in d.domain],
-                                      fmt=".2%", hover_extra=[f"{a:,} of {p:,} drafts"
-                                                              for a, p in zip(d.accepted, d.proposed)]),
+                                      fmt=".2%", hover_extra=[f"{a:,} of {p:,} drafts; mean acceptance length {n:.2f}"
+                                                              for a, p, n in zip(d.accepted, d.proposed,
+                                                                                 d.mean_length)]),
                           key="spec_domain")
     else:  # the acceptance charts were drawn empty, without a word (a tour)
         left.info("No MTP draft was proposed: every prompt stopped before a draft could be verified (e.g. "
@@ -108,7 +101,7 @@ def speculative(ref: data.RunRef, colors: dict) -> None:
     if not proposed:
         return
     with ui.guard("acceptance by position"):
-        size = spec_bucket_size(ref)
+        size = spec_bucket_size(ref.info)
         p = data.spec_by_position(ref, size)
         series = {dom: (g.position, g.acceptance) for dom, g in p.groupby("domain")}
         st.plotly_chart(charts.lines(series, title="Acceptance by generated position",

@@ -5,6 +5,7 @@ test_report_cli.py)."""
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from helpers.cli_errors import assert_one_line_error
 from analyses.report import __main__ as report
 from analyses.report import ablation_sweep, masked_counts
 from analyses.report.render import SECTIONS
+from probe.speculative import SpecOptions, record_spec
 
 REPO = Path(__file__).resolve().parents[2]
 torch.set_num_threads(1)  # the ablations run in this process: one thread is steady on a shared CPU
@@ -33,6 +35,12 @@ def test_report_has_every_section(run_dir, tmp_path, capsys):
     from analyses.notebook_utils import compare_run
 
     out, findings = tmp_path / "r" / "report.html", tmp_path / "FINDINGS.md"
+    # a copy of the run with `dsv3-probe spec`'s tables added (the Speculative decoding section's), the shared
+    # run left as the other tests read it
+    run_dir = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    record_spec(SpecOptions(ckpt=str(probe.open_run(run_dir).info["checkpoint"]["path"]),
+                            corpus=str(probe.open_run(run_dir).info["corpus"]["path"]), out=str(run_dir),
+                            prompt_tokens=12, new_tokens=10, max_prompts=4, batch_size=4, progress=False))
     # the same windows with the router bias removed: the run's first windows, a few per domain (run vs run
     # compares the windows both runs hold; the whole run took twice as long)
     other = compare_run(probe.open_run(run_dir), out=tmp_path / "no-bias", max_tokens=TOKENS // 2)
@@ -58,10 +66,10 @@ def test_report_has_every_section(run_dir, tmp_path, capsys):
     md = findings.read_text()
     assert "python -m analyses.report" in md and "--max-tokens 600" in md
     for sec in ("Loss vs masked experts", "Per-domain ablation", "Consecutive-token repetition", "MTP agreement",
-                "Latent KV effective rank", "Causal vs observed importance", "Expert paths", "Token-id dependence",
+                "Speculative decoding", "Latent KV effective rank", "Causal vs observed importance", "Expert paths", "Token-id dependence",
                 "Run vs run", "Steering"):
         assert f"## {sec}" in md
-    for needle in ("Spearman(load share, loss delta)", "Expert paths (top-1", "Token-id dependence (held-out",
+    for needle in ("Spearman(load share, loss delta)", "Speculative decoding with MTP drafts (", "Expert paths (top-1", "Token-id dependence (held-out",
                    "Run vs run (", "Steering (", "tokens scored: "):
         assert needle in md, needle  # a summary sentence per research section, with its numbers
     # the curve's numbers come from the run's ablations table, written by the ablation API
