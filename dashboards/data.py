@@ -33,8 +33,8 @@ import streamlit as st
 from analyses.metrics import speculative
 from analyses.metrics._common import listed
 from dashboards.ckpt_vectors import safetensors_vectors
-from dashboards.runs import (RunRef, _discover, discover, results_only, run_kind, signature,  # noqa: F401 - data.X
-                            unfinished_record)
+from dashboards.runs import (RECORD_PER_TOKEN, RunRef, _discover, discover, results_only,  # noqa: F401 - data.X
+                            run_kind, signature, unfinished_record, why_missing)
 from probe.run import create_views, lost_tables, lost_why, table_files as run_table_files
 from probe.schema import layer_label as schema_layer_label
 
@@ -131,19 +131,11 @@ def partly_lost(ref: RunRef, tables: tuple[str, ...]) -> list[str]:
 
 
 def missing_table(ref: RunRef, table: str) -> "MissingTable":
-    """The MissingTable a page shows (`ui.guard`): `table` is not in run `ref`. A record at work that lists it
-    has not written it yet, and one interrupted before writing it can go on: both were told only that the run
-    'has no `expert_load` table' on the Load balance, Serving and MTP pages (a bug hunt)."""
-    said = f"run {ref.name!r} has no `{table}` table"
-    status = unfinished_record(ref) if table in (ref.info.get("tables") or ()) else None
-    if status == "running":
-        return MissingTable(f"{said} yet (the record writes it as it goes, or as it ends)")
-    if status == "interrupted":
-        return MissingTable(f"{said}: the record was interrupted before writing it; continue it with "
-                            "`dsv3-probe record ... --resume`")
-    if only := results_only(ref):
-        return MissingTable(f"{said}, as {only}")
-    return MissingTable(said)
+    """The MissingTable a page shows (`ui.guard`): `table` is not in run `ref`, and why where run.json tells
+    (`why_missing`). A record at work that lists it has not written it yet, and one interrupted before writing
+    it can go on: both were told only that the run 'has no `expert_load` table' on the Load balance, Serving
+    and MTP pages (a bug hunt)."""
+    return MissingTable(f"run {ref.name!r} has no `{table}` table{why_missing(ref, (table,))}")
 
 
 def whole_lost(ref: RunRef, tables: tuple[str, ...]) -> list[str]:

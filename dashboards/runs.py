@@ -1,6 +1,7 @@
 """The dashboard's runs: every run directory directly under the folder it serves (`discover`), each as a
-`RunRef` (name, path, kind, status, run.json), and a run's file signature, the cache key of every query
-(`dashboards.data` re-exports these for the views)."""
+`RunRef` (name, path, kind, status, run.json), a run's file signature, the cache key of every query, and
+what a run is when it lacks a table (`why_missing`: the words a page's error and a note say); `dashboards.data`
+re-exports these for the views."""
 
 from __future__ import annotations
 
@@ -117,3 +118,29 @@ def results_only(ref: RunRef) -> str | None:
         return None
     what, page = RESULTS_ONLY[kind]
     return f"a {MADE_BY[kind]} run records {what} (the {page} page), not a corpus's routing"
+
+
+# `why_missing`'s advice to a run without per-token tables where run.json gives no cause (`ui.lacks_per_token`)
+RECORD_PER_TOKEN = "Record a run with `dsv3-probe record` (a serving engine's per-pass or stat dump holds loads only)"
+
+
+def why_missing(ref: RunRef, tables: tuple[str, ...], advice: str = "") -> str:
+    """The words after "run R has no `T` table" (or "no `T` and no `U` table") that say why `ref` lacks
+    `tables`, where run.json tells: a record of `--router-logits none` keeps no routing; a record at work
+    that lists them has not written them yet, and one interrupted before writing them can go on; a run that
+    one command wrote its results into alone holds those (`results_only`). Where it tells nothing, `advice`
+    (a sentence: what would record them) or ''. No full stop: `missing_table`'s error, which `ui.guard` ends
+    with ': cannot show ...', and `ui.lacks_per_token`'s note, which ends its sentence, both say them (each
+    carried these branches in words of its own)."""
+    them = "them" if len(tables) > 1 else "it"
+    if "routing" in tables and (ref.info.get("options") or {}).get("router_logits") == "none":
+        # a record of it was told to record a run (a tour): to record it again, with routing
+        return ", as it was recorded with `--router-logits none`; record it again without it"
+    status = unfinished_record(ref) if set(tables) & set(ref.info.get("tables") or ()) else None
+    if status == "running":
+        return f" yet (the record writes {them} as it goes, or as it ends)"
+    if status == "interrupted":
+        return f": the record was interrupted before writing {them}; continue it with `dsv3-probe record ... --resume`"
+    if only := results_only(ref):  # a spec run was told of a serving engine's dump (a browser tour)
+        return f", as {only}"
+    return f". {advice}" if advice else ""

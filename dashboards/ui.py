@@ -374,23 +374,9 @@ def lacks_per_token(ref: data.RunRef, what: str) -> bool:
         return True
     if missing:
         st.info(f"{what} needs the per-token `tokens` and `routing` tables, and run `{ref.name}` has "
-                f"no {' and no '.join(f'`{t}`' for t in missing)} table{_per_token_advice(ref)}", icon="ℹ️")
+                f"no {' and no '.join(f'`{t}`' for t in missing)} table"
+                f"{data.why_missing(ref, tuple(missing), data.RECORD_PER_TOKEN)}.", icon="ℹ️")
     return bool(missing)
-
-
-def _per_token_advice(ref: data.RunRef) -> str:
-    """The end of `lacks_per_token`'s note: what to do for a run without per-token tables, by what the run is."""
-    # a record run of --router-logits none was told to record a run (a tour): to record it again, with routing
-    if (ref.info.get("options") or {}).get("router_logits") == "none":
-        return ". It was recorded with `--router-logits none`: record it again without it."
-    # a record at work before its first commit was told to record a run (a hunt): its tables are on their way
-    if status := data.unfinished_record(ref):
-        return (" yet: the record commits them batch by batch, and they fill in as it goes." if status == "running"
-                else " yet: the record was interrupted before its first commit; continue it with "
-                     "`dsv3-probe record ... --resume`.")
-    if only := data.results_only(ref):  # a spec run was told of a serving engine's dump (a browser tour)
-        return f": {only}. `dsv3-probe record` records them."
-    return ". Record a run with `dsv3-probe record` (a serving engine's per-pass or stat dump holds loads only)."
 
 
 def lost_note(ref: data.RunRef, tables: tuple[str, ...], what: str) -> bool:

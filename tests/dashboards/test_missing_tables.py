@@ -220,7 +220,7 @@ def test_the_token_explorer_of_a_run_without_routing_shows_the_text_and_says_why
         assert any(t.startswith("Token loss along the document") for t in titles), titles
         assert any("marker colour = top-1 expert" in t for t in titles) is routed, titles
         assert ("class='tokdoc'" in markdown and "d0" in markdown), markdown  # the text, in either case
-        assert ("recorded with `--router-logits none`: record it again without it" in texts(at.info)) is not routed
+        assert ("recorded with `--router-logits none`; record it again without it." in texts(at.info)) is not routed
         assert "cannot show the routing of this document" not in texts(at.info), texts(at.info)
 
 
@@ -243,7 +243,7 @@ def test_a_spec_run_is_told_on_the_routing_pages_what_it_holds(tmp_path):
         assert (f"Run '{run}' has no `expert_load` table, as {said}: cannot show" in texts(at.info)) is bool(kind)
         for page in ("specialisation", "coactivation"):
             info = texts(app(tmp_path, run, page=page).info)
-            assert (f"has no `tokens` and no `routing` table: {said}." in info) is bool(kind), (page, info)
+            assert (f"has no `tokens` and no `routing` table, as {said}." in info) is bool(kind), (page, info)
             assert ("serving engine" in info) is not bool(kind), (page, info)
 
 
@@ -278,3 +278,40 @@ def test_the_overview_of_a_run_without_routing_names_every_view_that_needs_it(tm
     assert note == ["Recorded with `--router-logits none`: no routing table, which the Token explorer's colours and "
                     "routes, Specialisation's top tokens, domain probe and token-id dependence, Co-activation & flow "
                     "and Compare runs' run vs run read."], note
+
+
+WHY_MISSING = {  # run.json of a run without tokens and routing -> the words after "has no `routing` table"
+    "router logits none": ({"status": "complete", "options": {"router_logits": "none"}},
+                           ", as it was recorded with `--router-logits none`; record it again without it"),
+    "running": ({"status": "running", "tables": ["tokens", "routing"]},
+                " yet (the record writes {} as it goes, or as it ends)"),
+    "interrupted": ({"status": "interrupted", "tables": ["tokens", "routing"]},
+                    ": the record was interrupted before writing {}; continue it with "
+                    "`dsv3-probe record ... --resume`"),
+    "spec": ({"status": "complete", "kind": "spec"}, ", as a `dsv3-probe spec` run records speculative decoding (the "
+                                                     "MTP page), not a corpus's routing"),
+    "said nothing": ({"status": "complete"}, ""),
+}
+
+
+def test_a_page_s_error_and_the_per_token_note_say_why_a_table_is_missing_in_one_wording(tmp_path, monkeypatch):
+    """`data.missing_table` (a page's error) and `ui.lacks_per_token` (the per-token sections' note) carried the
+    same branches (a record of --router-logits none, a record at work or interrupted, a results-only run) in
+    words of their own: 'yet (the record writes it as it goes, or as it ends)' against 'yet: the record commits
+    them batch by batch, and they fill in as it goes.', and missing_table said nothing of --router-logits none.
+    Both now end with `data.why_missing`'s words; the note alone adds the advice where run.json says nothing."""
+    from dashboards import data, ui
+
+    shown = []
+    monkeypatch.setattr(ui.st, "info", lambda text, **_: shown.append(text))
+    for name, (info, why) in WHY_MISSING.items():
+        ref = data.RunRef("r", str(tmp_path), "probe", info["status"], info)  # a folder of no table
+        assert str(data.missing_table(ref, "routing")) == "run 'r' has no `routing` table" + why.format("it"), name
+        assert ui.lacks_per_token(ref, "Co-activation"), name
+        note = ("Co-activation needs the per-token `tokens` and `routing` tables, and run `r` has no `tokens` and no "
+                "`routing` table" + (why.format("them") or f". {data.RECORD_PER_TOKEN}") + ".")
+        assert shown.pop() == note, name
+    # the control: a table other than routing is no --router-logits none's, nor a record's that does not list it
+    for name in ("router logits none", "running"):
+        ref = data.RunRef("r", str(tmp_path), "probe", WHY_MISSING[name][0]["status"], WHY_MISSING[name][0])
+        assert str(data.missing_table(ref, "kv_stats")) == "run 'r' has no `kv_stats` table", name

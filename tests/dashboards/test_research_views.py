@@ -313,7 +313,7 @@ def test_a_record_without_routing_is_told_to_record_again_with_it(tmp_path):
         info = json.loads((tmp_path / run / "run.json").read_text())
         (tmp_path / run / "run.json").write_text(json.dumps(info | {"options": {"router_logits": option}}))
         info = texts(app(tmp_path, run, page="specialisation").info)
-        assert ("recorded with `--router-logits none`: record it again without it" in info) is (option == "none")
+        assert ("recorded with `--router-logits none`; record it again without it." in info) is (option == "none")
         assert ("Record a run with `dsv3-probe record`" in info) is (option != "none"), info
 
 
@@ -336,11 +336,11 @@ def test_a_record_before_its_first_commit_is_not_told_to_record_a_run(tmp_path):
                            ("specialisation", "Token-id dependence")):
             shown = texts(app(tmp_path, "r", page=page).info)
             assert (f"{what} needs the per-token `tokens` and `routing` tables, and run `r` has no `tokens` and no "
-                    "`routing` table yet: the record commits them batch by batch" in shown), shown
+                    "`routing` table yet (the record writes them as it goes, or as it ends)." in shown), shown
             assert "Record a run" not in shown
     shown = texts(app(tmp_path, "r", page="coactivation").info)  # killed: no job holds it
-    assert "yet: the record was interrupted before its first commit; continue it with `dsv3-probe record ... " \
-           "--resume`." in shown and "Record a run" not in shown, shown
+    assert "`routing` table: the record was interrupted before writing them; continue it with `dsv3-probe record " \
+           "... --resume`." in shown and "Record a run" not in shown, shown
     (tmp_path / "r" / "run.json").write_text(json.dumps(info))  # the control: a run that ended without them
     assert "Record a run with `dsv3-probe record`" in texts(app(tmp_path, "r", page="coactivation").info)
 
