@@ -77,8 +77,9 @@ def check_run(path: Path):
                           "record the run again")
     if not run.files("expert_load") or run.sql("select count(*) from expert_load").fetchall()[0][0] == 0:
         if made_by := _made_by_another_command(run):  # not empty, and record refuses its folder (a tour)
+            into = f"; {spec.INTO_A_RECORD}" if run.info.get("kind") == "spec" else ""
             raise ReportError(f"{path}: {made_by}, with no expert_load, which every section reads: the report is "
-                              "of a run that `dsv3-probe record` made (pass one; the dashboard shows this one)")
+                              f"of a run that `dsv3-probe record` made (pass one; the dashboard shows this one{into})")
         raise ReportError(f"{path}: empty run: no expert_load rows (status {run.status!r}); record it first")
     return run
 

@@ -14,6 +14,9 @@ from .research import not_recorded
 SECTION = "Speculative decoding"
 NOT_RUN = ("`dsv3-probe spec --out RUN` generates with MTP drafts and records how many are accepted, "
            "spec_decode and spec_drafts")
+# a spec run of its own has no expert_load, which the report needs: what gives a report this section
+INTO_A_RECORD = (f"`dsv3-probe spec --out RUN` of a recorded run adds its tables there, for the report's {SECTION} "
+                 "section")
 NO_DRAFT = ("no MTP draft was proposed (every prompt stopped before a draft could be verified, e.g. "
             "`dsv3-probe spec --new-tokens 1`), so there is no acceptance, by domain or by position; run it with "
             "more --new-tokens")

@@ -301,7 +301,9 @@ def test_a_run_another_command_made_is_named_not_called_empty(tmp_path, capsys):
                                                "tables": ["spec_decode"]}))
     pq.write_table(pa.table({"prompt": [0]}), spec / "spec_decode" / "part-0.parquet")
     why = ("a run made by `dsv3-probe spec` (it holds spec_decode), with no expert_load, which every section reads: "
-           "the report is of a run that `dsv3-probe record` made (pass one; the dashboard shows this one)")
+           "the report is of a run that `dsv3-probe record` made (pass one; the dashboard shows this one; "
+           "`dsv3-probe spec --out RUN` of a recorded run adds its tables there, for the report's Speculative decoding "
+           "section)")
     assert _err([str(spec), "--skip-ablation"], capsys) == f"error: {spec}: {why}"
     write_run(tmp_path / "run")
     assert _err([str(tmp_path / "run"), "--skip-ablation", "--compare", str(spec)], capsys) == \
