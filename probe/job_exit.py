@@ -56,9 +56,10 @@ def one_line_when_a_peer_is_lost(main):
         whole_lines_on_stderr()
         rank = os.environ.get("RANK", "?")
         tail = " (another rank failed or was stopped)"
+        say_on_stop(None)  # a note of an earlier call's job (tests call main() again) is not this one's
 
         def stopped(signum, frame):
-            os.write(2, f"error: rank {rank} of {world} stopped by signal {signum}{tail}\n".encode())
+            os.write(2, f"error: rank {rank} of {world} stopped by signal {signum}{tail}{_kept()}\n".encode())
             os._exit(1)
 
         signal.signal(signal.SIGTERM, stopped)
@@ -66,9 +67,36 @@ def one_line_when_a_peer_is_lost(main):
             return main(*args, **kwargs)
         except RuntimeError as e:
             last_line_coming()
-            print(f"error: rank {rank} of {world} stopped: {first_line(e)}{tail}", file=sys.stderr, flush=True)
+            print(f"error: rank {rank} of {world} stopped: {first_line(e)}{tail}{_kept()}", file=sys.stderr,
+                  flush=True)
             return exit_ranks(1)
     return wrapped
+
+
+_on_stop = None  # say_on_stop's note
+
+
+def say_on_stop(note) -> None:
+    """Under torchrun, what `note()` returns when the rank stops (a str; "" adds nothing) ends the line of a
+    rank that a lost peer or torchrun's SIGTERM stops (`one_line_when_a_peer_is_lost`): what the job has
+    kept by then and how to go on.
+    A job that commits its results as it goes sets it (`analyses.ablate.sweep.Commits`: ablate, importance,
+    steer), as its Ctrl-C says them; without it a sweep stopped under torchrun (a rank killed, a
+    scheduler's SIGTERM to torchrun) said only "stopped by signal 15 (another rank failed or was
+    stopped)", where one process said which ablations were committed and to run the command again.
+    None: no note."""
+    global _on_stop
+    _on_stop = note
+
+
+def _kept() -> str:
+    """`; <the job's note>` (say_on_stop), or "" where there is none. Called from a signal handler: a note
+    that fails says nothing rather than end the rank with a traceback."""
+    try:
+        said = _on_stop() if _on_stop is not None else ""
+    except Exception:  # noqa: BLE001 - the rank is leaving: its one line matters more than the note
+        said = ""
+    return f"; {said}" if said else ""
 
 
 def whole_lines_on_stderr() -> None:

@@ -32,6 +32,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from probe.job_exit import say_on_stop
 from probe.writer import RunError, note_result_part, part_name, read_run_json, write_result_part
 
 TABLE, PARTS = "ablations", "ablation_parts"
@@ -96,6 +97,7 @@ class Commits:
         self.kept = 0  # units taken from it
         self._finished = False  # the part written with every unit's rows
         self._same_on_every_rank()
+        say_on_stop(self._said_on_stop)  # under torchrun, a rank stopped by a lost peer or SIGTERM says it too
 
     def _same_on_every_rank(self) -> None:
         """Every rank must find what rank 0 finds of an earlier attempt (the units it takes, its saved
@@ -351,11 +353,20 @@ class Commits:
 
     def interrupted(self) -> KeyboardInterrupt:
         """What Ctrl-C says: what was kept and how to go on."""
+        return KeyboardInterrupt(f"interrupted: {self.committed_note() or 'nothing was committed'}")
+
+    def committed_note(self) -> str:
+        """What this attempt has kept for a rerun and how to go on ("": nothing, not even a saved baseline)."""
         done = len(self.rows)
         if not done and not self.dir.exists():
-            return KeyboardInterrupt("interrupted: nothing was committed")
-        return KeyboardInterrupt(f"interrupted: {done} of {len(self.units)} {self.NOUN} committed in "
-                                 f"{self.out / self.TABLE}; run the same command again to compute the rest")
+            return ""
+        return (f"{done} of {len(self.units)} {self.NOUN} committed in {self.out / self.TABLE}; run the same "
+                "command again to compute the rest")
+
+    def _said_on_stop(self) -> str:
+        """`committed_note()` for the line of a torchrun rank stopped by a lost peer or SIGTERM
+        (probe.job_exit.say_on_stop); nothing once the part is written whole (no rest to compute)."""
+        return "" if self._finished else self.committed_note()
 
 
 class Sweep(Commits):

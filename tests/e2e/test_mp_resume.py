@@ -164,6 +164,30 @@ def test_a_rank_lost_mid_job_is_one_line_on_the_other(env, tmp_path, job):
                                                     "error: rank 0 of 2 stopped by signal 15 ")), p.stderr[-3000:]
 
 
+def test_a_rank_lost_mid_sweep_leaves_a_line_that_says_what_was_committed(env, tmp_path, capsys):
+    """ablate on a sharded model, rank 1 killed after the first ablation's commit: the survivor said only
+    that it stopped, where Ctrl-C says which ablations were kept and to run the command again (found
+    running the README's layouts by hand). Now its line says it, and the same command in one process
+    takes the committed ablation and computes the rest."""
+    from analyses.ablate.__main__ import main
+
+    out = tmp_path / "o"
+    argv = ["--ckpt", str(env["ckpt"]), "--corpus", str(env["corpus"]), "--out", str(out), "--dtype", "float64",
+            "--no-progress", "--top", "2", "--control", "--seq-len", "32", "--max-tokens", "320",
+            "--loads-from", "baseline"]
+    p = torchrun(2, str(ROOT / "tests" / "workers" / "failing_rank.py"), "after-commit", "-m", "analyses.ablate",
+                 *argv, "--model-parallel", "2", timeout=120)
+    assert p.returncode != 0 and not our_frames(p.stderr), p.stderr[-3000:]
+    lines = ["error: " + m for m in re.findall(r"error: (.*?)(?=error: |\n)", p.stderr + "\n")]
+    # the lost peer's error or torchrun's SIGTERM, whichever reaches rank 0 first: the same note after either
+    kept = f"; 1 of 2 ablations committed in {out / 'ablations'}; run the same command again to compute the rest"
+    assert len(lines) == 1 and lines[0].startswith("error: rank 0 of 2 stopped") and lines[0].endswith(kept), \
+        p.stderr[-3000:]
+    with one_thread():
+        assert main(argv) == 0
+    assert "ablate: continuing an interrupted sweep: 1 of 2 ablations" in capsys.readouterr().err
+
+
 def test_a_writing_rank_that_does_not_see_the_run_stops_every_rank_and_marks_it(env, tmp_path):
     """Two replicas (two writers), rank 1 given a folder rank 0 did not create the run in (a node without
     the shared disk): every rank stops before the batches, as before (untested), and the run rank 0

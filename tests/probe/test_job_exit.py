@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 from helpers.forked import forked
@@ -91,3 +92,49 @@ def test_a_ranks_lines_reach_a_shared_stderr_whole(tmp_path):
     ours = [ln for ln in lines if ln.startswith("error: ")]
     assert ours == [f"error: rank 1 of 2 stopped: line {i}" for i in range(3000)]
     assert set(lines) - set(ours) == {"W torchrun: Sending process closing signal SIGTERM"}
+
+
+
+_KEPT = "2 of 4 ablations committed in RUN/ablations; run the same command again to compute the rest"
+
+
+def _rank_0_stopped_with_a_note(err_path: str, how: str, note: bool) -> None:
+    """Rank 0 of 2 whose job noted what it keeps (`say_on_stop`, as a sweep does) or not, its stderr into
+    `err_path`, stopped by `how`: its peer lost (a collective's RuntimeError) or torchrun's SIGTERM. A first
+    main() call of the process notes the same and ends well: an earlier call's note is not the second's."""
+    from probe.job_exit import one_line_when_a_peer_is_lost, say_on_stop
+
+    os.environ.update(WORLD_SIZE="2", RANK="0")
+    import sys
+
+    os.dup2(os.open(err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 2)
+    sys.stderr = open(2, "w", buffering=1, closefd=False)
+
+    @one_line_when_a_peer_is_lost
+    def main(stop: bool) -> int:
+        if note or not stop:
+            say_on_stop(lambda: _KEPT)
+        if not stop:
+            return 0
+        if how == "peer lost":
+            raise RuntimeError("Connection closed by peer [127.0.0.1]:1234")
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)  # the handler ends the process first
+        return 0
+
+    main(False)
+    os._exit(main(True))
+
+
+def test_a_rank_stopped_by_a_lost_peer_or_sigterm_says_what_its_job_kept(tmp_path):
+    """An ablate (or importance) sweep under torchrun stopped by a killed rank or a scheduler's SIGTERM to
+    torchrun said only "stopped by signal 15 (another rank failed or was stopped)", where one process said
+    which ablations it had committed and to run the command again. Now the line ends with the job's note."""
+    for how, line in (("peer lost", "error: rank 0 of 2 stopped: Connection closed by peer [127.0.0.1]:1234 "
+                                    "(another rank failed or was stopped)"),
+                      ("sigterm", "error: rank 0 of 2 stopped by signal 15 (another rank failed or was stopped)")):
+        for note in (True, False):
+            err = tmp_path / f"{how}-{note}.txt"
+            assert forked(_rank_0_stopped_with_a_note, str(err), how, note) == 1, err.read_text()
+            want = f"{line}; {_KEPT}" if note else line
+            assert err.read_text().strip().splitlines() == [want], (how, note)

@@ -6,6 +6,7 @@ other ranks end (tests/e2e/test_mp_resume.py). Not collected by pytest (no test_
 MODE load: rank 1's `model.load` raises OSError (an unreadable shard, a rank out of memory).
 MODE after-load: rank 1 exits at once after its model loaded (a rank killed while the job runs).
 MODE after-create: rank 1 exits at once after rank 0 created a record run (a rank killed there).
+MODE after-commit: rank 1 exits at once after a sweep's first commit (ablate, importance: a rank killed mid-sweep).
 MODE corpus=PATH: rank 1 reads the corpus at PATH instead of --corpus (a node whose copy differs).
 MODE out=PATH: rank 1 is given --out PATH (a rank that does not see the run: a node without the shared disk).
 MODE tokenizer=PATH: rank 1 is given --tokenizer PATH (its node's copy of the tokenizer).
@@ -61,9 +62,19 @@ if os.environ.get("RANK") == "1":
             return out
 
         record.agree = agree_then_exit
+    elif mode == "after-commit":
+        from analyses.ablate.sweep import Commits
+
+        real_commit = Commits.commit
+
+        def commit_then_exit(self, *a, **k):
+            real_commit(self, *a, **k)
+            os._exit(3)
+
+        Commits.commit = commit_then_exit
     elif per_node:
         for flag, path in (m.split("=", 1) for m in per_node):
             argv[argv.index("--" + flag) + 1] = path
     else:
-        sys.exit(f"unknown MODE {mode!r}: load, after-load, after-create, corpus=PATH, out=PATH, tokenizer=PATH or ckpt=PATH")
+        sys.exit(f"unknown MODE {mode!r}: load, after-load, after-create, after-commit, corpus=PATH, out=PATH, tokenizer=PATH or ckpt=PATH")
 sys.exit(main(argv))
