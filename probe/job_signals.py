@@ -1,6 +1,7 @@
 """Signals around a job's steps: Ctrl-C while a command starts (`quiet_start`), SIGTERM turned into
-Ctrl-C so that a half-written temporary is removed (`terminate_as_interrupt`), and signals held
-pending while steps that must not be cut in two run (`signals_held`). `probe.job` re-exports them."""
+Ctrl-C so that a half-written temporary is removed (`terminate_as_interrupt`; in a sweep that commits
+as it goes, in a single process, `terminated_as_ctrl_c`), and signals held pending while steps that
+must not be cut in two run (`signals_held`). `probe.job` re-exports them."""
 
 from __future__ import annotations
 
@@ -85,3 +86,14 @@ def signals_held(*signums: int):
                 signal.signal(s, signal.SIG_DFL if h is None else h)
         for s in dict.fromkeys(held):
             signal.raise_signal(s)
+
+
+def terminated_as_ctrl_c():
+    """Around a job that commits as it goes (ablate's ablations, importance's layers, steer's passes:
+    `analyses.ablate.sweep.Commits`): in a single process, SIGTERM (`timeout`, a scheduler's stop, a
+    notebook kernel shut down) is Ctrl-C (`terminate_as_interrupt`), so the job says what it committed
+    and how to go on and exits 130; it ended at once, silent, with status 143, and left its temporary
+    part file. Under torchrun the ranks' own handling stays (`probe.job_exit.one_line_when_a_peer_is_lost`)."""
+    from .job_exit import launch_world
+
+    return terminate_as_interrupt() if launch_world() <= 1 else contextlib.nullcontext()

@@ -13,7 +13,7 @@ use_system_allocator()
 
 import analyses.ablate as package  # noqa: E402
 from probe.corpus import CorpusError  # noqa: E402
-from probe.job import add_input_flags  # noqa: E402
+from probe.job import add_input_flags, terminated_as_ctrl_c  # noqa: E402
 from probe.job_exit import (closed_pipe_quiet, exit_ranks, job_error, launch_rank0,  # noqa: E402
                             one_line_when_a_peer_is_lost, table_errors)
 from probe.writer import RunError  # noqa: E402
@@ -132,18 +132,6 @@ def main(argv: list[str] | None = None) -> int:
         print(show.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
         print(f"wrote {out / 'ablations'}")
     return exit_ranks(0)
-
-
-def terminated_as_ctrl_c():
-    """In a single process, SIGTERM (`timeout`, a scheduler's stop) is Ctrl-C: the sweep says what it
-    committed and how to go on, and exits 130 (it ended at once, silent, status 143, and left its
-    temporary part file). Under torchrun the ranks' own handling stays (`one_line_when_a_peer_is_lost`)."""
-    import contextlib
-
-    from probe.job import terminate_as_interrupt
-    from probe.job_exit import launch_world
-
-    return terminate_as_interrupt() if launch_world() <= 1 else contextlib.nullcontext()
 
 
 if __name__ == "__main__":

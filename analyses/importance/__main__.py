@@ -14,7 +14,7 @@ use_system_allocator()
 
 import analyses.importance as package  # noqa: E402
 from probe.corpus import CorpusError  # noqa: E402
-from probe.job import add_input_flags  # noqa: E402
+from probe.job import add_input_flags, terminated_as_ctrl_c  # noqa: E402
 from probe.job_exit import (closed_pipe_quiet, exit_ranks, job_error, launch_rank0,  # noqa: E402
                             one_line_when_a_peer_is_lost, table_errors)
 from probe.writer import RunError  # noqa: E402
@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if ns.show < 0:
             raise ImportanceError(f"--show {ns.show}: must be >= 0")
-        out, df = importance(options(ns))
+        with terminated_as_ctrl_c():  # what was committed is kept, one line says so
+            out, df = importance(options(ns))
     except (ImportanceError, CorpusError, RunError, ValueError, OSError, *table_errors()) as e:
         return job_error(e)
     if launch_rank0():

@@ -14,7 +14,7 @@ use_system_allocator()
 
 import analyses.steer as package  # noqa: E402
 from probe.corpus import CorpusError  # noqa: E402
-from probe.job import add_input_flags  # noqa: E402
+from probe.job import add_input_flags, terminated_as_ctrl_c  # noqa: E402
 from probe.job_exit import (closed_pipe_quiet, exit_ranks, job_error, launch_rank0,  # noqa: E402
                             one_line_when_a_peer_is_lost, table_errors)
 from probe.writer import RunError  # noqa: E402
@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
             raise AblationError(f"--bias applies to --mode bias only (this command gives --mode {ns.mode})")
         s = Steer(name=ns.name or "", experts=ns.experts, mode=ns.mode, bias=1.0 if ns.bias is None else ns.bias,
                   domains=ns.steer_domain)
-        out, df = steer(_options(ns), s, token_filter=ns.steer_tokens)
+        with terminated_as_ctrl_c():  # what was committed is kept, one line says so
+            out, df = steer(_options(ns), s, token_filter=ns.steer_tokens)
     except (AblationError, CorpusError, RunError, ValueError, OSError, *table_errors()) as e:
         return job_error(e)
     if launch_rank0():

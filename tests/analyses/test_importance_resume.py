@@ -3,6 +3,8 @@ analyses.importance` keeps the layers it finished, and rerunning the same comman
 
 from __future__ import annotations
 
+import signal
+
 import pandas as pd
 import pytest
 
@@ -192,3 +194,27 @@ def test_a_layer_of_the_whole_corpus_is_not_taken_into_a_run_sample(probe_env, t
             "this command samples from the run's own windows: none of its layers taken, all 2 computed again")
     assert (said in err, "continuing an interrupted measurement: 1 of 2 layers" in err) == (not taken, taken)
     _no_leftovers(rec)
+
+
+def test_sigterm_mid_job_is_ctrl_c_and_a_rerun_measures_the_rest(probe_env, tmp_path, whole):
+    """SIGTERM (`timeout`, a scheduler, a closed notebook kernel) after the first layer's commit ended
+    the job at once: exit status 143, not a word of the layer kept or that the same command goes on.
+    It now stops as Ctrl-C does: one line naming what was kept, 130, and the rerun measures the rest.
+    In a child process: SIGTERM's default ends the process."""
+    from helpers.processes import signalled_at
+
+    ref, _ = whole
+    out = tmp_path / "cut"
+    done = signalled_at("analyses.importance.__main__:main", "analyses.importance.run:removal_sums", 1,
+                        signal.SIGTERM, _cli(probe_env, out))
+    assert done.returncode == 130, done.stderr
+    said = (f"interrupted: 1 of 2 layers committed in {out / 'expert_importance'}; run the same command again to "
+            "compute the rest")
+    assert done.stderr.strip().splitlines()[-1] == said and done.stderr.count("interrupted") == 1, done.stderr
+    (entry,) = probe.open_run(out).info["importance_parts"].values()
+    assert entry["measured_layers"] == [1] and entry["pending"] == [2]
+    assert main(_cli(probe_env, out)) == 0
+    # float32 losses: the child process rounds some in their last bits otherwise than this one (its thread
+    # count); the rows, their keys and every integer are the same
+    pd.testing.assert_frame_equal(probe.open_run(out).df("expert_importance"), ref, rtol=1e-5, atol=1e-5)
+    _no_leftovers(out)

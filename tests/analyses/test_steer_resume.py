@@ -5,6 +5,7 @@ command runs only the rest."""
 from __future__ import annotations
 
 import shutil
+import signal
 
 import pandas as pd
 import pytest
@@ -479,3 +480,27 @@ def test_a_prompt_an_older_part_holds_twice_stays_once(probe_env, tmp_path, coun
     assert (counted["loss"], counted["prompts"]) == (0, 1)
     gen = _one_part(out, ref).query("kind == 'generation'")
     assert sorted(gen.prompt) == sorted([*ref[ref.kind == "generation"].prompt, "y"]), gen.prompt.tolist()
+
+
+def test_sigterm_mid_command_is_ctrl_c_and_a_rerun_runs_the_rest(probe_env, tmp_path, whole):
+    """SIGTERM (`timeout`, a scheduler, a closed notebook kernel) after the first prompt's commit ended
+    the command at once: exit status 143, not a word of the passes kept or that the same command goes
+    on. It now stops as Ctrl-C does: one line naming what was kept, 130, and the rerun runs the rest.
+    In a child process: SIGTERM's default ends the process."""
+    from helpers.processes import signalled_at
+
+    ref, n_prompts, _ = whole
+    out, n = tmp_path / "cut", 1 + n_prompts
+    done = signalled_at("analyses.steer.__main__:main", "analyses.steer.run:generations", 1, signal.SIGTERM,
+                        _cli(probe_env, out))  # as the second prompt's pass starts: the loss pass and one prompt's kept
+    assert done.returncode == 130, done.stderr
+    said = (f"interrupted: 2 of {n} steering passes committed in {out / 'steering'}; run the same command again "
+            "to compute the rest")
+    assert done.stderr.strip().splitlines()[-1] == said and done.stderr.count("interrupted") == 1, done.stderr
+    (entry,) = probe.open_run(out).info["steering_parts"].values()
+    assert len(entry["committed"]) == 2 and len(entry["pending"]) == n_prompts - 1
+    assert main(_cli(probe_env, out)) == 0
+    # float32 losses: the child process rounds some in their last bits otherwise than this one (its thread
+    # count); the rows, their keys and every integer are the same
+    pd.testing.assert_frame_equal(probe.open_run(out).df("steering"), ref, rtol=1e-5, atol=1e-5)
+    _finished(out, n)

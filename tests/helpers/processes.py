@@ -62,3 +62,27 @@ def reader_gone(*args: str, timeout: float = 120) -> tuple[int, str]:
     proc.stdout.close()
     err = proc.stderr.read()
     return proc.wait(timeout=timeout), err
+
+
+def signalled_at(main: str, target: str, at: int, signum: int, argv: list[str], timeout: float = 300):
+    """`main(argv)` (main: "module:function") in a process of its own whose `target` ("module:function",
+    replaced there) sends that process `signum` as its call number `at` (from 0) starts: a real signal,
+    met by the command's own handlers and otherwise by Python's defaults (SIGTERM's and SIGHUP's end the
+    process), which a signal raised inside pytest is not. One torch thread. The CompletedProcess."""
+    import json
+    import os
+
+    (mod, name), (main_mod, main_fn) = target.split(":"), main.split(":")
+    script = ("import importlib, os, sys\n"
+              f"mod, calls = importlib.import_module({mod!r}), []\n"
+              f"real = getattr(mod, {name!r})\n"
+              "def hooked(*a, **k):\n"
+              f"    if len(calls) == {at}:\n"
+              f"        os.kill(os.getpid(), {int(signum)})\n"
+              "    calls.append(1)\n"
+              "    return real(*a, **k)\n"
+              f"setattr(mod, {name!r}, hooked)\n"
+              f"from {main_mod} import {main_fn} as main\n"
+              f"sys.exit(main({json.dumps(argv)}))\n")
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout,
+                          env=os.environ | {"OMP_NUM_THREADS": "1"})
