@@ -101,7 +101,7 @@ def _options(ns) -> RecordOptions:
 
 
 def _record_interrupted(e: KeyboardInterrupt) -> int:
-    """Ctrl-C or SIGTERM during a record: one line, exit status 130. The job names what it kept (and
+    """Ctrl-C, SIGTERM or SIGHUP during a record: one line, exit status 130. The job names what it kept (and
     --resume) once it has begun; before that nothing was written."""
     print(f"\n{str(e) or 'interrupted before anything was recorded'}", file=sys.stderr)
     return 130

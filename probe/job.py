@@ -23,7 +23,8 @@ from .errors import EMPTY_PATH, RecordError, first_line
 from .ckpt_identity import SAMPLE_BYTES, checkpoint_fingerprint  # noqa: F401
 from .job_exit import (  # noqa: F401
     closed_pipe_quiet, exit_ranks, job_error, launch_rank0, one_line_when_a_peer_is_lost, table_errors)
-from .job_signals import quiet_start, signals_held, terminate_as_interrupt, terminated_as_ctrl_c  # noqa: F401
+from .job_signals import (quiet_start, signals_held, stop_signals, terminate_as_interrupt,  # noqa: F401
+                          terminated_as_ctrl_c)
 from .out_paths import (  # noqa: F401
     check_file_replaceable, check_inputs_outside, check_not_an_input, check_out_parent, check_outside_corpus,
     check_replaceable, check_run_place, os_refusal, refuse_a_symlinked_out, refuse_a_training_run)

@@ -40,9 +40,10 @@ def closed_pipe_quiet(main):
 def one_line_when_a_peer_is_lost(main):
     """Decorator for the main() of a command that runs under torchrun: a rank whose peer died (its
     collective raises torch.distributed's RuntimeError: "Connection closed by peer", "Read error"),
-    or that torchrun stops with SIGTERM because a peer failed, prints one line naming itself and the
-    cause and exits 1, instead of a traceback of ~75 frames or nothing at all (found by a review,
-    for spec, ablate, importance and steer). The SIGTERM handler writes its line and leaves at once
+    or that torchrun stops with SIGTERM because a peer failed (or a closed terminal's SIGHUP reaches),
+    prints one line naming itself and the cause and exits 1, instead of a traceback of ~75 frames or
+    nothing at all (found by a review, for spec, ablate, importance and steer). The SIGTERM (and
+    SIGHUP) handler writes its line and leaves at once
     (an exception raised from it inside `import torch` came out as torch's AttributeError); a job's
     own handling comes first (record's SIGTERM marks its run interrupted). In a single process a
     RuntimeError is a bug to see whole: it is raised as it came."""
@@ -53,6 +54,8 @@ def one_line_when_a_peer_is_lost(main):
             return main(*args, **kwargs)
         import signal
 
+        from .job_signals import stop_signals
+
         whole_lines_on_stderr()
         rank = os.environ.get("RANK", "?")
         tail = " (another rank failed or was stopped)"
@@ -62,7 +65,8 @@ def one_line_when_a_peer_is_lost(main):
             os.write(2, f"error: rank {rank} of {world} stopped by signal {signum}{tail}{_kept()}\n".encode())
             os._exit(1)
 
-        signal.signal(signal.SIGTERM, stopped)
+        for s in stop_signals(ctrl_c=False):  # SIGTERM, and SIGHUP (a closed terminal) unless ignored
+            signal.signal(s, stopped)
         try:
             return main(*args, **kwargs)
         except RuntimeError as e:
@@ -131,13 +135,17 @@ def last_line_coming() -> None:
     """A torchrun rank about to print why it ends: torchrun's SIGTERM must neither cut that line nor add a
     second. Once a rank exits non-zero torchrun stops the others, and one that had printed its own `error:`
     line and was leaving then also said 'rank 1 of 2 stopped by signal 15' and exited 1 (a loaded machine,
-    three xdist workers on two cores). SIGTERM is ignored from here: the process ends at once after."""
+    three xdist workers on two cores). SIGTERM (and SIGHUP) is ignored from here: the process ends at once
+    after."""
     if launch_world() <= 1:
         return
     import signal
 
+    from .job_signals import stop_signals
+
     try:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for s in stop_signals(ctrl_c=False):
+            signal.signal(s, signal.SIG_IGN)
     except ValueError:  # not the main thread: its handler stays
         pass
 

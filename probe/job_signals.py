@@ -1,7 +1,8 @@
-"""Signals around a job's steps: Ctrl-C while a command starts (`quiet_start`), SIGTERM turned into
-Ctrl-C so that a half-written temporary is removed (`terminate_as_interrupt`; in a sweep that commits
-as it goes, in a single process, `terminated_as_ctrl_c`), and signals held pending while steps that
-must not be cut in two run (`signals_held`). `probe.job` re-exports them."""
+"""Signals around a job's steps: Ctrl-C while a command starts (`quiet_start`), SIGTERM and SIGHUP
+turned into Ctrl-C so that a half-written temporary is removed (`terminate_as_interrupt`; in a sweep
+that commits as it goes, in a single process, `terminated_as_ctrl_c`), signals held pending while
+steps that must not be cut in two run (`signals_held`), and which signals stop a job
+(`stop_signals`). `probe.job` re-exports them."""
 
 from __future__ import annotations
 
@@ -34,12 +35,26 @@ def quiet_start():
             signal.signal(signal.SIGINT, previous)
 
 
+def stop_signals(ctrl_c: bool = True) -> tuple[int, ...]:
+    """The signals that stop a job as Ctrl-C does: SIGINT (without `ctrl_c`, not it), SIGTERM (`timeout`,
+    a scheduler's stop) and SIGHUP (its terminal or ssh session closed: Python's default ended the
+    process where it stood, a record's run.json saying "running" for good), for the jobs' handlers and
+    `signals_held`. Less SIGHUP where this process ignores it: started by `nohup`, to outlive its
+    terminal, which a handler of ours would undo."""
+    import signal
+
+    hup = getattr(signal, "SIGHUP", None)  # none on Windows
+    kept = hup is not None and signal.getsignal(hup) is not signal.SIG_IGN
+    return (signal.SIGINT,) * ctrl_c + (signal.SIGTERM,) + ((hup,) if kept else ())
+
+
 @contextlib.contextmanager
 def terminate_as_interrupt():
-    """In this block SIGTERM raises KeyboardInterrupt("terminated"), as Ctrl-C does, so that the
-    `finally` that removes a half-written temporary runs: Python's default ended the process where it
-    stood (an import or a variant stopped by `timeout` or a scheduler left its temporary folder, for a
-    variant a copy of the checkpoint under a name no later run removes; a tour). Main thread only."""
+    """In this block SIGTERM raises KeyboardInterrupt("terminated"), and SIGHUP KeyboardInterrupt("hung
+    up") (`stop_signals`: unless ignored), as Ctrl-C does, so that the `finally` that removes a
+    half-written temporary runs: Python's default ended the process where it stood (an import or a
+    variant stopped by `timeout` or a scheduler left its temporary folder, for a variant a copy of the
+    checkpoint under a name no later run removes; a tour). Main thread only."""
     import signal
     import threading
 
@@ -48,13 +63,14 @@ def terminate_as_interrupt():
         return
 
     def stop(signum, frame):
-        raise KeyboardInterrupt("terminated")
+        raise KeyboardInterrupt("terminated" if signum == signal.SIGTERM else "hung up")
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    previous = {s: signal.signal(s, stop) for s in stop_signals(ctrl_c=False)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+        for s, h in previous.items():
+            signal.signal(s, signal.SIG_DFL if h is None else h)
 
 
 @contextlib.contextmanager
@@ -91,9 +107,10 @@ def signals_held(*signums: int):
 def terminated_as_ctrl_c():
     """Around a job that commits as it goes (ablate's ablations, importance's layers, steer's passes:
     `analyses.ablate.sweep.Commits`): in a single process, SIGTERM (`timeout`, a scheduler's stop, a
-    notebook kernel shut down) is Ctrl-C (`terminate_as_interrupt`), so the job says what it committed
-    and how to go on and exits 130; it ended at once, silent, with status 143, and left its temporary
-    part file. Under torchrun the ranks' own handling stays (`probe.job_exit.one_line_when_a_peer_is_lost`)."""
+    notebook kernel shut down) and SIGHUP (a closed terminal) are Ctrl-C (`terminate_as_interrupt`), so
+    the job says what it committed and how to go on and exits 130; it ended at once, silent, with status
+    143 (129), and left its temporary part file. Under torchrun the ranks' own handling stays
+    (`probe.job_exit.one_line_when_a_peer_is_lost`)."""
     from .job_exit import launch_world
 
     return terminate_as_interrupt() if launch_world() <= 1 else contextlib.nullcontext()

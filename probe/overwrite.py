@@ -12,7 +12,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from .job_signals import signals_held
+from .job_signals import signals_held, stop_signals
 from .schema import TABLES
 from .writer import PROGRESS, RUN_JSON, WRITER_LOCK, replace_dir, writer_lock
 
@@ -53,16 +53,15 @@ def replace_entries(tmp: Path, out: Path, ours, last: str | None = None, leave: 
     """Put the complete directory `tmp`'s entries into `out` for --overwrite, in place of `out`'s of the
     same names and those `ours(entry)` says an earlier output wrote; the rest stays and is returned by
     name to be said (`say_kept`; `leave`'s names are not). The old entries go into a hidden folder in
-    `out` first, deleted once every new one is in (`last`'s name last), with Ctrl-C and SIGTERM held;
-    a failed move puts them back: a stop leaves the old ones in that folder at worst, which the next
-    --overwrite deletes. Where `out` is not there yet, `tmp` is simply renamed (`replace_dir`)."""
-    import signal
-
+    `out` first, deleted once every new one is in (`last`'s name last), with Ctrl-C, SIGTERM and
+    SIGHUP held (`stop_signals`); a failed move puts them back: a stop leaves the old ones in that
+    folder at worst, which the next --overwrite deletes. Where `out` is not there yet, `tmp` is simply
+    renamed (`replace_dir`)."""
     if not out.exists():
         replace_dir(tmp, out)
         return []
     aside, kept, moved = out / f"{_ASIDE}{os.getpid()}.tmp", [], []
-    with signals_held(signal.SIGINT, signal.SIGTERM):
+    with signals_held(*stop_signals()):
         if aside.exists():
             shutil.rmtree(aside)
         aside.mkdir()

@@ -37,7 +37,7 @@ from .job import (DEFAULT_CKPT, DEFAULT_CORPUS, RecordError, agree, bound_heap,
                   check_inputs_outside, check_out_parent, check_outside_corpus, check_replaceable, check_run_place,
                   checkpoint_args, checkpoint_input, default_seq_len, first_line, job_options, load_model,
                   load_tokenizer, os_refusal, package_version, refuse_a_symlinked_out, refuse_a_training_run,
-                  resolve_paths, same_inputs, signals_held, start_world, window_length)
+                  resolve_paths, same_inputs, signals_held, start_world, stop_signals, window_length)
 from .overwrite import clear_run, never_made, say_kept
 from .run import MADE_BY
 from .tokenizer_identity import holds_recorded_tokenizer
@@ -250,7 +250,7 @@ def _create(job: Job, world, create) -> tuple[str, list]:
     differ from node to node). A peer lost here, after rank 0 created the run and before the batches'
     own handling, left it "running" for good, and torchrun's SIGTERM could end a rank before it said
     why (a review)."""
-    with signals_held(signal.SIGINT, signal.SIGTERM) if world.size > 1 else contextlib.nullcontext():
+    with signals_held(*stop_signals()) if world.size > 1 else contextlib.nullcontext():
         try:
             agree(world, create)
             seen = world.everyone((world.writes and not (job.out / "run.json").exists(), str(job.out)))
@@ -261,7 +261,7 @@ def _create(job: Job, world, create) -> tuple[str, list]:
             if (job.out / "run.json").exists():
                 with updating_run_json(job.out) as i:
                     i["status"] = "interrupted"
-            for s in (signal.SIGINT, signal.SIGTERM):  # leaving: a held signal must not cut the message
+            for s in stop_signals():  # leaving: a held signal must not cut the message
                 signal.signal(s, signal.SIG_IGN)
             raise RecordError(f"rank {world.rank} of {world.size} stopped before recording: {first_line(e)}; "
                               f"{job.out} is marked interrupted (continue with --resume)") from None

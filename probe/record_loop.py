@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from model.memory import process_memory
 
-from .job import RecordError, first_line
+from .job import RecordError, first_line, stop_signals
 from .recorders import Batch, RecordConfig, Recorder
 from .record_tables import finish
 from .writer import PartWriter, check_committed, load_progress, prune_uncommitted
@@ -30,7 +30,8 @@ STOP_GRACE = float(os.environ.get("DSV3_STOP_GRACE", "20"))  # seconds a rank ma
 
 
 class StopOnSignal:
-    """SIGINT / SIGTERM set a flag that the loop reads between batches; a second signal stops now.
+    """SIGINT / SIGTERM / SIGHUP (`stop_signals`: a closed terminal left run.json "running" for good)
+    set a flag that the loop reads between batches; a second signal stops now.
 
     With `on_stuck` (several ranks): a watchdog thread learns of the signal at once, through the
     signal wakeup fd, even while the main thread is blocked in a collective, and calls `on_stuck`
@@ -46,13 +47,13 @@ class StopOnSignal:
         self.leaving = False  # set when this rank leaves after a failure: signals are then ignored
 
     def ignore_from_now(self) -> None:
-        """This rank is leaving (a peer is gone): from the end of the block on, SIGINT and SIGTERM are
+        """This rank is leaving (a peer is gone): from the end of the block on, the stop signals are
         ignored instead of restored, so that torchrun's SIGTERM, which follows a peer's death at a
         moment of its own, cannot kill the rank between marking the run and saying so."""
         self.leaving = True
 
     def __enter__(self):
-        for s in (signal.SIGINT, signal.SIGTERM):
+        for s in stop_signals():
             self._old[s] = signal.signal(s, self._handle)
         if self.on_stuck is not None:
             r, w = socket.socketpair()

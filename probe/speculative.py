@@ -32,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -47,7 +46,7 @@ from .ckpt_identity import checkpoint_identity
 from .corpus import CorpusError, CorpusStats, iter_documents
 from .job import (RecordError, agree, check_out_parent, check_outside_corpus, check_run_place,
                   checkpoint_args, checkpoint_input, job_options, load_model, load_tokenizer, os_refusal, resolve_paths,
-                  run_inputs, run_tokenizer, same_inputs, signals_held, start_world)
+                  run_inputs, run_tokenizer, same_inputs, signals_held, start_world, stop_signals)
 from .record import tokenizer_info
 from .schema import TABLES
 from .windows import text_pieces
@@ -136,17 +135,17 @@ def _check_out(out: Path, overwrite: bool, corpus: Path) -> None:
 def _write_tables(out: Path, tables: dict[str, dict], commit) -> None:
     """Each table as one part file, `part-0.parquet`, replacing the table's old parts: first every
     table under a temporary name (a failure removes them and leaves the run as it was), then, with
-    Ctrl-C and SIGTERM held off, the renames and `commit()` (run.json), so the tables and the summary
-    change together; a Ctrl-C during them takes effect after, when the job is done anyway, and a SIGTERM
-    ends the process after (held only from Ctrl-C, one between the renames left the new spec_decode
-    beside the old spec_drafts and the old summary; a tour)."""
+    Ctrl-C, SIGTERM and SIGHUP held off (`stop_signals`), the renames and `commit()` (run.json), so the
+    tables and the summary change together; a Ctrl-C during them takes effect after, when the job is
+    done anyway, and a SIGTERM or SIGHUP ends the process after (held only from Ctrl-C, one between the
+    renames left the new spec_decode beside the old spec_drafts and the old summary; a tour)."""
     tmps = {t: out / t / f".part-0.parquet.tmp{os.getpid()}" for t in tables}
     try:
         for t, columns in tables.items():
             tmps[t].parent.mkdir(parents=True, exist_ok=True)
             pq.write_table(pa.table(columns, schema=TABLES[t]), tmps[t], compression="zstd")
         try:  # two specs into one run take turns here: their tables and summaries pair up
-            with signals_held(signal.SIGINT, signal.SIGTERM), table_lock(out, "spec_decode"):
+            with signals_held(*stop_signals()), table_lock(out, "spec_decode"):
                 for t, tmp in tmps.items():
                     os.replace(tmp, out / t / "part-0.parquet")
                     for old in (out / t).glob("*.parquet"):

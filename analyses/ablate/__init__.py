@@ -26,7 +26,7 @@ Results: one row per ablation and domain (plus domain `all`) in the run's `ablat
 repeating a command replaces its own part), written under a temporary name and renamed. A NaN (or inf)
 surprisal the model gives at a scored token is kept in the sums: that domain's loss and `all`'s are NaN
 (or inf), and one warning line per pass says how many (run.py `add_loss`, docs/run-tables.md).
-Each ablation is committed as it finishes (the part written again with it): Ctrl-C (or SIGTERM) keeps the
+Each ablation is committed as it finishes (the part written again with it): Ctrl-C (or SIGTERM, SIGHUP) keeps the
 finished ones, and running the same command again takes them (and the baseline pass) and
 computes only the rest; `--fresh` computes them all again (sweep.py). An attempt that sampled other
 windows (its part's `windows_digest`, and its `sample`: the run's own or the whole corpus) gives nothing: all computed again.

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
-import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -318,19 +317,19 @@ class Commits:
         return [u for u in self.units if u not in self.rows]
 
     def _note(self, listed: bool) -> None:
-        from probe.job import signals_held
+        from probe.job import signals_held, stop_signals
 
         entry = self.meta | {self.FIELD: self._done(), "pending": self._pending()}
         # run.json as a whole or not at all (write_json_atomic) anyway
-        with signals_held(signal.SIGINT, signal.SIGTERM):
+        with signals_held(*stop_signals()):
             note_result_part(self.out, self.TABLE, self.PARTS, self.name, entry, self.args, listed)
 
     def _write(self) -> None:
-        from probe.job import signals_held
+        from probe.job import signals_held, stop_signals
 
         pending = self._pending()
         note = {self.FIELD: self._done()} | ({"pending": pending} if pending else {})
-        with signals_held(signal.SIGINT, signal.SIGTERM):  # the part and its run.json entry together
+        with signals_held(*stop_signals()):  # the part and its run.json entry together
             self.write_part(self.df(), note)
         if not pending:
             shutil.rmtree(self.dir, ignore_errors=True)

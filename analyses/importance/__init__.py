@@ -35,7 +35,7 @@ the most important experts.
 
 Interrupted: each layer is committed as it finishes (the part rewritten whole; run.json's entry lists
 `measured_layers` and `pending`), and the baseline pass's sums are saved under
-`expert_importance/.sweep-<part>/`. Ctrl-C or SIGTERM keeps the finished layers; running the same command again
+`expert_importance/.sweep-<part>/`. Ctrl-C, SIGTERM or SIGHUP keeps the finished layers; running the same command again
 continues (one line says what it took) and measures only the missing layers, with the table an
 uninterrupted run writes, bit for bit. `--fresh` measures everything again; another command (other
 layers, experts, options or inputs) takes nothing (run.py, `LayerCommits`), nor does an attempt that

@@ -34,7 +34,7 @@ Results: rows of kind `loss` (per domain and `all`) and `generation` (per prompt
 `steering` table (probe/schema.py), one part file per command (its name hashes the steering, the
 inputs and the options but the generation ones, so repeating a command replaces its own part),
 written under a temporary name and renamed. Each pass (the loss pass, then each prompt's
-continuations) is committed as it finishes: Ctrl-C or SIGTERM keeps them, and rerunning the same command runs
+continuations) is committed as it finishes: Ctrl-C, SIGTERM or SIGHUP keeps them, and rerunning the same command runs
 only the missing ones (`--fresh`: all again; run.py `SteerCommits`). A command that differs from an
 earlier one only in --prompt, --prompt-tokens or --max-new-tokens takes that part's loss pass (and
 the continuations of the prompts both give, of as many tokens), computes the rest and replaces the

@@ -242,30 +242,24 @@ def test_a_replica_that_does_not_see_out_saves_no_baseline_there(tmp_path):
     assert not elsewhere.exists()
 
 
-def test_sigterm_mid_sweep_is_ctrl_c_and_a_rerun_computes_the_rest(probe_env, tmp_path, whole):
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGHUP"])
+def test_sigterm_mid_sweep_is_ctrl_c_and_a_rerun_computes_the_rest(probe_env, tmp_path, whole, signum):
     """SIGTERM (`timeout`, a scheduler) ended a sweep at once: exit status 143, not a word of what was
-    committed or that the same command continues it. It now stops as Ctrl-C does (one line, 130), and
-    the rerun takes the committed ablations. In a child process: SIGTERM's default ends the process."""
-    import json
-    import subprocess
-    import sys
+    committed or that the same command continues it; SIGHUP (a closed terminal or ssh session) as well,
+    129. It now stops as Ctrl-C does (one line, 130), and the rerun takes the committed ablations. In a
+    child process: the signals' defaults end the process."""
+    import signal
+
+    from helpers.processes import signalled_at
 
     spec, ref, _ = whole
     out = tmp_path / "cut"
-    script = ("import os, signal, sys\n"
-              "from analyses.ablate import run\n"
-              "from analyses.ablate.__main__ import main\n"
-              "real, n = run._ablated, []\n"
-              "def ablated(*a, **k):\n"
-              "    if len(n) == 1:\n"
-              "        os.kill(os.getpid(), signal.SIGTERM)\n"
-              "    n.append(1)\n"
-              "    return real(*a, **k)\n"
-              "run._ablated = ablated\n"
-              f"sys.exit(main({json.dumps(_cli(probe_env, out, spec))}))\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    done = signalled_at("analyses.ablate.__main__:main", "analyses.ablate.run:_ablated", 1, getattr(signal, signum),
+                        _cli(probe_env, out, spec))
     assert done.returncode == 130, done.stderr
-    assert f"interrupted: 1 of 4 ablations committed in {out / 'ablations'}" in done.stderr.strip().splitlines()[-1]
+    said = (f"interrupted: 1 of 4 ablations committed in {out / 'ablations'}; run the same command again to compute "
+            "the rest")
+    assert done.stderr.strip().splitlines()[-1] == said and done.stderr.count("interrupted") == 1, done.stderr
     (entry,) = probe.open_run(out).info["ablation_parts"].values()
     assert entry["ablations"] == ["top2"] and entry["pending"] == ["random2", "z", "r1"]
     assert not [p for p in (out / "ablations").glob(".*") if not p.name.startswith(".sweep-")]  # no temporary

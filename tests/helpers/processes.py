@@ -68,12 +68,14 @@ def signalled_at(main: str, target: str, at: int, signum: int, argv: list[str], 
     """`main(argv)` (main: "module:function") in a process of its own whose `target` ("module:function",
     replaced there) sends that process `signum` as its call number `at` (from 0) starts: a real signal,
     met by the command's own handlers and otherwise by Python's defaults (SIGTERM's and SIGHUP's end the
-    process), which a signal raised inside pytest is not. One torch thread. The CompletedProcess."""
+    process), which a signal raised inside pytest is not. SIGHUP starts at its default, as a terminal
+    starts a command, even where pytest runs under nohup. One torch thread. The CompletedProcess."""
     import json
     import os
 
     (mod, name), (main_mod, main_fn) = target.split(":"), main.split(":")
-    script = ("import importlib, os, sys\n"
+    script = ("import importlib, os, signal, sys\n"
+              "signal.signal(signal.SIGHUP, signal.SIG_DFL)\n"
               f"mod, calls = importlib.import_module({mod!r}), []\n"
               f"real = getattr(mod, {name!r})\n"
               "def hooked(*a, **k):\n"

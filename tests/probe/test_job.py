@@ -374,6 +374,37 @@ def test_signals_are_held_with_torchs_threads_running_and_delivered_at_the_end()
         signal.signal(signal.SIGINT, old)
 
 
+def test_a_hangup_is_a_stop_unless_the_process_ignores_it_as_nohup_does():
+    """SIGHUP (a closed terminal or ssh session) ended a job where it stood, as SIGTERM once did: it is
+    now one of the stop signals, turned into Ctrl-C as SIGTERM is (its own words) and put back after.
+    Started under `nohup` (SIGHUP ignored, to outlive the terminal) it stays ignored: a handler of ours
+    would end the job that nohup kept."""
+    import signal
+
+    from probe.job import stop_signals, terminate_as_interrupt
+
+    hup = signal.signal(signal.SIGHUP, signal.SIG_DFL)  # Python's default, whether or not pytest runs under nohup
+    try:
+        before = {s: signal.getsignal(s) for s in (signal.SIGHUP, signal.SIGTERM)}
+        assert stop_signals() == (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        assert stop_signals(ctrl_c=False) == (signal.SIGTERM, signal.SIGHUP)
+        for signum, said in ((signal.SIGHUP, "hung up"), (signal.SIGTERM, "terminated")):
+            with pytest.raises(KeyboardInterrupt, match=f"^{said}$"):
+                with terminate_as_interrupt():
+                    # without a handler of its own, the signal would end the test process itself
+                    assert signal.getsignal(signum) is not before[signum], f"{signum!r} is left to Python's default"
+                    signal.raise_signal(signum)
+        assert {s: signal.getsignal(s) for s in before} == before
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as `nohup` starts a command
+        assert stop_signals() == (signal.SIGINT, signal.SIGTERM)
+        with terminate_as_interrupt():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            signal.raise_signal(signal.SIGHUP)  # ignored: the block goes on
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, hup)
+
+
 @pytest.mark.slow  # 0.6 s on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 @pytest.mark.parametrize("command", ["train", "generate"])
 def test_ctrl_c_while_a_command_imports_torch_is_one_line(command):

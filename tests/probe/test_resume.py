@@ -120,6 +120,41 @@ def test_kill_then_resume_equals_uninterrupted(probe_env, big_corpus, reference_
     assert_same_tables(done, reference_run, TABLES, **FLOAT32)
 
 
+@pytest.mark.slow  # a record process stopped and resumed end to end
+@pytest.mark.parametrize("nohup", [False, True])
+def test_a_hangup_marks_the_run_interrupted_unless_under_nohup(probe_env, big_corpus, reference_run, tmp_path, nohup):
+    """SIGHUP (the terminal or ssh session closed) sent to a record process mid-run: Python's default
+    ended it where it stood, run.json saying "running" for good and the batches since the last commit
+    lost. Now it stops as on SIGTERM: the batch in flight finishes, the rows are committed, the run is
+    marked interrupted, one line says so, exit status 130, and --resume completes a run equal to the
+    uninterrupted one. Started as `nohup` starts it (SIGHUP ignored) the hangup changes nothing."""
+    out, gate = tmp_path / "run", tmp_path / "gate"
+    env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"} | hold_env(gate, 5)
+    cmd = record_cmd(probe_env, big_corpus, out, "--router-logits", "full", "--commit-every", "2")
+    # as `nohup` starts it, or as a terminal does (whether or not pytest runs under nohup)
+    hup = lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN if nohup else signal.SIG_DFL)  # noqa: E731
+    proc = subprocess.Popen([cmd[0], str(HELD_PROBE), *cmd[3:]], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, preexec_fn=hup)
+    assert wait_until_held(proc, gate), "the run ended before batch 5: " + proc.stderr.read()[-2000:]
+    proc.send_signal(signal.SIGHUP)  # held at the start of batch 5: batches 0-3 committed, 4 written
+    gate.unlink()
+    _, err = proc.communicate(timeout=120)
+    run = probe.open_run(out)
+    if nohup:
+        assert proc.returncode == 0 and run.status == "complete", err[-2000:]
+        assert_same_tables(run, reference_run, TABLES, **FLOAT32)
+        return
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1] == (f"interrupted by signal {int(signal.SIGHUP)}; {out} is marked "
+                                            "interrupted (continue with --resume)"), err[-2000:]
+    assert run.info["status"] == "interrupted" and "kv_stats" not in run.tables
+    assert run.df("tokens").seq_id.nunique() == 12  # batches 0-5 of 2 windows: the one in flight finished
+    done = probe.open_run(rec(probe_env, out, corpus=big_corpus, seq_len=32, batch_size=2, router_logits="full",
+                              max_tokens=MAX_TOKENS, resume=True))
+    assert done.status == "complete" and done.info["resumed"] == 1
+    assert_same_tables(done, reference_run, TABLES, **FLOAT32)
+
+
 def test_the_table_comparison_sees_one_value_off_in_a_list_column():
     """assert_same_tables, which the resume tests rest on, stacks the lists of a column to compare them
     at once: one value off in one row, a list missing in one row, and ragged rows still fail it."""
@@ -342,24 +377,26 @@ def test_a_rank_stuck_after_a_signal_is_stopped_by_the_watchdog():
 def test_a_rank_leaving_after_a_failure_ignores_the_signals_that_follow():
     """A rank whose peer died leaves the loop, marks the run and says so; torchrun's SIGTERM comes at a
     moment of its own, and must not kill the rank in between: after ignore_from_now the block ends
-    with SIGINT and SIGTERM ignored. Without it the handlers in place before are restored (control)."""
+    with SIGINT, SIGTERM and SIGHUP ignored. Without it the handlers in place before are restored
+    (control)."""
     from probe.record_loop import StopOnSignal
 
     def mine(signum, frame):  # what the process had before the loop
         raise AssertionError("the previous handler ran")
 
-    old = {s: signal.signal(s, mine) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: signal.signal(s, mine) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         with StopOnSignal() as stop:
             stop.ignore_from_now()
-        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert [signal.getsignal(s) for s in old] == [signal.SIG_IGN] * 3
         os.kill(os.getpid(), signal.SIGTERM)  # ignored: the test goes on
+        os.kill(os.getpid(), signal.SIGHUP)
         time.sleep(0.05)
         for s in old:
             signal.signal(s, mine)
         with StopOnSignal():
             pass
-        assert signal.getsignal(signal.SIGTERM) is mine and signal.getsignal(signal.SIGINT) is mine
+        assert [signal.getsignal(s) for s in old] == [mine] * 3
     finally:
         for s, h in old.items():
             signal.signal(s, h)

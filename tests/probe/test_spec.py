@@ -240,13 +240,15 @@ def test_an_overwrite_stopped_while_writing_leaves_the_run_as_it_was(probe_env, 
     assert run.info["spec_decode"]["prompts"] == len(run.df("spec_decode")) == 2
 
 
-def test_a_sigterm_while_the_tables_are_renamed_waits_for_the_summary(probe_env, tmp_path, monkeypatch):
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGHUP"])
+def test_a_sigterm_while_the_tables_are_renamed_waits_for_the_summary(probe_env, tmp_path, monkeypatch, signum):
     """The renames and run.json's summary held off Ctrl-C but not SIGTERM (a scheduler's timeout,
-    torchrun stopping a rank), whose default ends the process where it stands: one between the
-    renames left the new spec_decode beside the old spec_drafts and the old summary (found by a
-    tour). The handler here notes the run as a killed process would leave it."""
+    torchrun stopping a rank) nor SIGHUP (a closed terminal), whose default ends the process where it
+    stands: one between the renames left the new spec_decode beside the old spec_drafts and the old
+    summary (found by a tour). The handler here notes the run as a killed process would leave it."""
     import signal
 
+    signum = getattr(signal, signum)
     import probe.speculative as spec
 
     out = tmp_path / "run"
@@ -267,14 +269,14 @@ def test_a_sigterm_while_the_tables_are_renamed_waits_for_the_summary(probe_env,
         real_replace(src, dst)
         calls.append(Path(dst).parent.name)  # the tables' renames, then run.json's
         if len(calls) == 1:
-            signal.raise_signal(signal.SIGTERM)
+            signal.raise_signal(signum)
 
-    previous = signal.signal(signal.SIGTERM, killed)
+    previous = signal.signal(signum, killed)
     try:
         monkeypatch.setattr(spec.os, "replace", replace)
         record_spec(SpecOptions(max_prompts=2, overwrite=True, **kw))
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signum, previous)
     assert calls[:2] == ["spec_decode", "spec_drafts"] and left == [(2, 2, 2)]  # delivered once all were in
 
 
