@@ -52,6 +52,9 @@ Hugging Face checkpoint (`model.save`) that transformers' DeepseekV3ForCausalLM 
 `tokenizer.json` next to it. Rank 0 alone prints and writes. A step whose loss is not a finite
 number (a learning rate that blew the weights up) ends the run with an error at once: its row is in
 `train_steps`, `run.json` says `interrupted`, and the checkpoint keeps the last step saved before it.
+Ctrl-C, SIGTERM (a scheduler, torchrun) or SIGHUP (the terminal or ssh session closed; not under
+nohup) stops a run with one line and `run.json` `interrupted` (exit status 130, 143, 129): --resume
+continues it from its last checkpoint.
 
 Library: `run(flags)` (loop.py) with its pieces in steps.py (losses, schedules, ranks), balance.py,
 data.py, state.py and log.py; the command is `__main__.py` (`python -m model.train` is an alias).

@@ -9,17 +9,25 @@ import sys
 from model import ConfigError
 from model.kernels import KernelError
 from probe.job_exit import exit_ranks, launch_rank0, launch_world, whole_lines_on_stderr
+from probe.job_signals import stop_signals
 
 from . import TrainError, parse_args, run
 
 
 class _Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler, torchrun stopping its ranks), handled as Ctrl-C is: the loop marks the run
-    interrupted. Left to Python's default, the process died with run.json saying "running" (a review)."""
+    """SIGTERM (a scheduler, torchrun stopping its ranks) or SIGHUP (the terminal or ssh session closed;
+    `stop_signals`: not under nohup), handled as Ctrl-C is: the loop marks the run interrupted. Left to
+    Python's default, the process died with run.json saying "running" (a review). Its one argument, the
+    signal's name, is what run.json's error says."""
+
+    @property
+    def code(self) -> int:
+        """The exit status, 128 + the signal's number, as a shell reports a process it ended (143, 129)."""
+        return 128 + signal.Signals[self.args[0]]
 
 
 def _terminate(signum, frame):
-    raise _Terminated("SIGTERM")  # what run.json's error says
+    raise _Terminated(signal.Signals(signum).name)
 
 
 def _stopped_line(ns, code: int) -> str:
@@ -28,33 +36,34 @@ def _stopped_line(ns, code: int) -> str:
     other commands' ranks do (`probe.job_exit`): it said the run was marked interrupted, which rank 0
     alone does, also where rank 0 had ended on a refusal before the run began (found by the train hunt)."""
     world, rank = launch_world(), os.environ.get("RANK", "0")
-    if code == 143 and world > 1 and not launch_rank0():
-        return f"error: rank {rank} of {world} stopped by signal 15 (another rank failed or was stopped)"
+    if code != 130 and world > 1 and not launch_rank0():
+        return f"error: rank {rank} of {world} stopped by signal {code - 128} (another rank failed or was stopped)"
     # before its first checkpoint there is nothing to resume: --resume refused, and so did a fresh run
     # in the same --out (it holds a run), so the advice to resume led nowhere
     how = ("continue it with --resume, from its last checkpoint" if (ns.out / "checkpoint" / "state.pt").exists()
            else "no checkpoint was saved yet: delete it to start again")
-    return (f"\n{'terminated' if code == 143 else 'interrupted'}: the run in {ns.out}, if it had begun, is "
-            f"marked interrupted ({how})")
+    said = {143: "terminated", 129: "hung up"}.get(code, "interrupted")
+    return f"\n{said}: the run in {ns.out}, if it had begun, is marked interrupted ({how})"
 
 
 def main(argv: list[str] | None = None) -> None:
     ns = parse_args(argv)
     whole_lines_on_stderr()  # under torchrun: the ranks' lines and torchrun's do not cut into each other
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    previous = {s: signal.signal(s, _terminate) for s in stop_signals(ctrl_c=False)}
     try:
         run(ns)
     except (TrainError, ConfigError, KernelError) as e:  # KernelError: a mistyped DSV3_ONEDNN (model/gemm.py)
         print(f"error: {e}", file=sys.stderr)
         exit_ranks(2)  # under torchrun: leave without interpreter teardown (probe.job_exit.exit_ranks says why)
         raise SystemExit(2) from None
-    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: one line, as the other commands (it was a traceback)
-        code = 143 if isinstance(e, _Terminated) else 130
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM or SIGHUP: one line, as the other commands (it was a traceback)
+        code = e.code if isinstance(e, _Terminated) else 130
         print(_stopped_line(ns, code), file=sys.stderr)
         exit_ranks(code)
         raise SystemExit(code) from None
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, h in previous.items():
+            signal.signal(s, signal.SIG_DFL if h is None else h)
     exit_ranks(0)
 
 

@@ -100,35 +100,44 @@ def test_ctrl_c_is_one_line_and_exit_status_130(corpus, tmp_path, monkeypatch, c
     assert e.value.code == 130 and err.count("\n") == 0 and "is marked interrupted (continue it with --resume" in err
 
 
-def test_sigterm_marks_the_run_interrupted_and_exits_143(corpus, tmp_path, capsys):
-    """SIGTERM (a scheduler, torchrun) killed the process with run.json saying "running" (a review):
-    now it is handled as Ctrl-C, the run marked interrupted, one line, exit status 143, and the
-    handler put back afterwards."""
+@pytest.mark.parametrize("name, code, said", [("SIGTERM", 143, "terminated"), ("SIGHUP", 129, "hung up")])
+def test_sigterm_or_sighup_marks_the_run_interrupted_and_exits_128_plus_it(corpus, tmp_path, capsys, name, code, said):
+    """SIGTERM (a scheduler, torchrun) killed the process with run.json saying "running" (a review), and
+    SIGHUP (a closed terminal) as well: now each is handled as Ctrl-C is, the run marked interrupted
+    with the signal's name, one line, exit status 128 + the signal (143, 129), and the handlers put back
+    afterwards."""
     import os
     import signal
 
     import train.__main__ as cli
     from train import loop
 
+    signum = getattr(signal, name)
     real_step = loop._Run._train_step
     calls = []
 
     def step_then_term(self, *a, **kw):
         calls.append(1)
         if len(calls) == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
+            # without a handler of the command's own, the signal would end the test process itself
+            assert signal.getsignal(signum) is not before[signum], f"{name} is left to Python's default"
+            os.kill(os.getpid(), signum)
         return real_step(self, *a, **kw)
 
-    before = signal.getsignal(signal.SIGTERM)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(loop._Run, "_train_step", step_then_term)
-        with pytest.raises(SystemExit) as e:
-            cli.main(flags(corpus, tmp_path / "run", "--steps", "6", "--eval-every", "0"))
+    hup = signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as a terminal starts it, whether or not pytest runs under nohup
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(loop._Run, "_train_step", step_then_term)
+            with pytest.raises(SystemExit) as e:
+                cli.main(flags(corpus, tmp_path / "run", "--steps", "6", "--eval-every", "0"))
+        assert {s: signal.getsignal(s) for s in before} == before
+    finally:
+        signal.signal(signal.SIGHUP, hup)
     err = capsys.readouterr().err.strip()
-    assert e.value.code == 143 and err.startswith("terminated: the run in") and err.count("\n") == 0, err
+    assert e.value.code == code and err.startswith(f"{said}: the run in") and err.count("\n") == 0, err
     info = probe.open_run(tmp_path / "run").info
-    assert info["status"] == "interrupted" and info["error"] == "SIGTERM"  # it said "_Terminated: "
-    assert signal.getsignal(signal.SIGTERM) == before
+    assert info["status"] == "interrupted" and info["error"] == name  # it said "_Terminated: "
 
 
 def test_resume_reports_another_corpus_and_settleflags(corpus, tmp_path, capsys):
