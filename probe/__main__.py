@@ -31,7 +31,8 @@ use_system_allocator()
 from .corpus import CorpusError  # noqa: E402
 from .job import (DEFAULT_CKPT, DEFAULT_CORPUS, DEFAULT_RUNS, RecordError, add_model_flags, path_text,  # noqa: E402
                   terminate_as_interrupt)
-from .job_exit import closed_pipe_quiet, exit_ranks, job_error, launch_rank0, one_line_when_a_peer_is_lost  # noqa: E402
+from .job_exit import (closed_pipe_quiet, exit_ranks, job_error, launch_rank0,  # noqa: E402
+                       one_line_when_a_peer_is_lost, say_stopped)
 from .writer import RunError, read_run_json  # noqa: E402
 
 if TYPE_CHECKING:
@@ -103,7 +104,7 @@ def _options(ns) -> RecordOptions:
 def _record_interrupted(e: KeyboardInterrupt) -> int:
     """Ctrl-C, SIGTERM or SIGHUP during a record: one line, exit status 130. The job names what it kept (and
     --resume) once it has begun; before that nothing was written."""
-    print(f"\n{str(e) or 'interrupted before anything was recorded'}", file=sys.stderr)
+    say_stopped(f"\n{str(e) or 'interrupted before anything was recorded'}")
     return 130
 
 

@@ -32,9 +32,19 @@ def closed_pipe_quiet(main):
             return 141
         except KeyboardInterrupt as e:  # a job's own message, where it raised one, says what it kept
             last_line_coming()
-            print(f"\n{first_line(e) if str(e) else 'interrupted'}", file=sys.stderr, flush=True)
+            say_stopped(f"\n{first_line(e) if str(e) else 'interrupted'}")
             return exit_ranks(130)
     return wrapped
+
+
+def say_stopped(line: str) -> None:
+    """A stopped command's last line on stderr, where its terminal may be gone: after SIGHUP (a closed
+    terminal or ssh session) a write to it fails (EIO), and that OSError ended a record that had
+    marked its run interrupted with a traceback no one saw and exit status 1 instead of 130."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except OSError:
+        pass
 
 
 def one_line_when_a_peer_is_lost(main):

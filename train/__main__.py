@@ -8,7 +8,7 @@ import sys
 
 from model import ConfigError
 from model.kernels import KernelError
-from probe.job_exit import exit_ranks, launch_rank0, launch_world, whole_lines_on_stderr
+from probe.job_exit import exit_ranks, launch_rank0, launch_world, say_stopped, whole_lines_on_stderr
 from probe.job_signals import stop_signals
 
 from . import TrainError, parse_args, run
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM or SIGHUP: one line, as the other commands (it was a traceback)
         code = e.code if isinstance(e, _Terminated) else 130
-        print(_stopped_line(ns, code), file=sys.stderr)
+        say_stopped(_stopped_line(ns, code))  # its terminal may be gone (SIGHUP)
         exit_ranks(code)
         raise SystemExit(code) from None
     finally:

@@ -138,3 +138,28 @@ def test_a_rank_stopped_by_a_lost_peer_or_sigterm_says_what_its_job_kept(tmp_pat
             assert forked(_rank_0_stopped_with_a_note, str(err), how, note) == 1, err.read_text()
             want = f"{line}; {_KEPT}" if note else line
             assert err.read_text().strip().splitlines() == [want], (how, note)
+
+
+def test_a_stop_whose_terminal_is_gone_still_exits_130(monkeypatch):
+    """After SIGHUP (a closed terminal or ssh session) writing the last line fails (EIO): that OSError
+    came out of the command as a traceback no one saw, exit status 1, although the job had kept what it
+    committed. The line is left unsaid and the status stays 130."""
+    import errno
+    import sys
+
+    from probe.job_exit import closed_pipe_quiet
+
+    class HungUp:
+        def write(self, text):
+            raise OSError(errno.EIO, "Input/output error")
+
+        def flush(self):
+            raise OSError(errno.EIO, "Input/output error")
+
+    @closed_pipe_quiet
+    def main() -> int:
+        raise KeyboardInterrupt("interrupted: 1 of 2 layers committed in RUN/expert_importance")
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(sys, "stderr", HungUp())
+    assert main() == 130

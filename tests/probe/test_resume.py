@@ -121,32 +121,43 @@ def test_kill_then_resume_equals_uninterrupted(probe_env, big_corpus, reference_
 
 
 @pytest.mark.slow  # a record process stopped and resumed end to end
-@pytest.mark.parametrize("nohup", [False, True])
-def test_a_hangup_marks_the_run_interrupted_unless_under_nohup(probe_env, big_corpus, reference_run, tmp_path, nohup):
+@pytest.mark.parametrize("how", ["hangup", "terminal gone", "nohup"])
+def test_a_hangup_marks_the_run_interrupted_unless_under_nohup(probe_env, big_corpus, reference_run, tmp_path, how):
     """SIGHUP (the terminal or ssh session closed) sent to a record process mid-run: Python's default
     ended it where it stood, run.json saying "running" for good and the batches since the last commit
     lost. Now it stops as on SIGTERM: the batch in flight finishes, the rows are committed, the run is
     marked interrupted, one line says so, exit status 130, and --resume completes a run equal to the
-    uninterrupted one. Started as `nohup` starts it (SIGHUP ignored) the hangup changes nothing."""
+    uninterrupted one. With its terminal gone (a pseudo-terminal whose other end is closed: writing
+    the line fails, EIO) the status is 130 all the same; it was 1, an OSError traceback. Started as
+    `nohup` starts it (SIGHUP ignored) the hangup changes nothing."""
+    import pty
+
     out, gate = tmp_path / "run", tmp_path / "gate"
     env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"} | hold_env(gate, 5)
     cmd = record_cmd(probe_env, big_corpus, out, "--router-logits", "full", "--commit-every", "2")
     # as `nohup` starts it, or as a terminal does (whether or not pytest runs under nohup)
-    hup = lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN if nohup else signal.SIG_DFL)  # noqa: E731
-    proc = subprocess.Popen([cmd[0], str(HELD_PROBE), *cmd[3:]], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, preexec_fn=hup)
-    assert wait_until_held(proc, gate), "the run ended before batch 5: " + proc.stderr.read()[-2000:]
+    hup = lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN if how == "nohup" else signal.SIG_DFL)  # noqa: E731
+    terminal, held = pty.openpty() if how == "terminal gone" else (None, None)
+    io = dict(stdout=held, stderr=held) if held is not None else dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([cmd[0], str(HELD_PROBE), *cmd[3:]], text=True, env=env, preexec_fn=hup, **io)
+    if held is not None:
+        os.close(held)
+    assert wait_until_held(proc, gate), f"the run ended before batch 5 (exit status {proc.poll()})"
+    if terminal is not None:
+        os.close(terminal)  # the terminal is gone: what the command writes now fails
     proc.send_signal(signal.SIGHUP)  # held at the start of batch 5: batches 0-3 committed, 4 written
     gate.unlink()
     _, err = proc.communicate(timeout=120)
+    err = err or ""
     run = probe.open_run(out)
-    if nohup:
+    if how == "nohup":
         assert proc.returncode == 0 and run.status == "complete", err[-2000:]
         assert_same_tables(run, reference_run, TABLES, **FLOAT32)
         return
     assert proc.returncode == 130, err[-2000:]
-    assert err.strip().splitlines()[-1] == (f"interrupted by signal {int(signal.SIGHUP)}; {out} is marked "
-                                            "interrupted (continue with --resume)"), err[-2000:]
+    if how == "hangup":
+        assert err.strip().splitlines()[-1] == (f"interrupted by signal {int(signal.SIGHUP)}; {out} is marked "
+                                                "interrupted (continue with --resume)"), err[-2000:]
     assert run.info["status"] == "interrupted" and "kv_stats" not in run.tables
     assert run.df("tokens").seq_id.nunique() == 12  # batches 0-5 of 2 windows: the one in flight finished
     done = probe.open_run(rec(probe_env, out, corpus=big_corpus, seq_len=32, batch_size=2, router_logits="full",
