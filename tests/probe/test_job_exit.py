@@ -94,7 +94,6 @@ def test_a_ranks_lines_reach_a_shared_stderr_whole(tmp_path):
     assert set(lines) - set(ours) == {"W torchrun: Sending process closing signal SIGTERM"}
 
 
-
 _KEPT = "2 of 4 ablations committed in RUN/ablations; run the same command again to compute the rest"
 
 
