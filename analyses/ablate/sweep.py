@@ -95,6 +95,7 @@ class Commits:
         self.earlier = None if fresh else self._earlier()  # unit -> rows of an unfinished earlier attempt
         self.kept = 0  # units taken from it
         self._finished = False  # the part written with every unit's rows
+        self._writing = None  # the unit whose commit is under way: in `rows`, not yet said committed
         self._same_on_every_rank()
         say_on_stop(self._said_on_stop)  # under torchrun, a rank stopped by a lost peer or SIGTERM says it too
 
@@ -290,7 +291,9 @@ class Commits:
         from probe.job import agree
 
         self.rows[unit] = rows
+        self._writing = unit  # a rank stopped in the write (or waiting on rank 0's) cannot tell it is in
         agree(self.world, self._write)
+        self._writing = None  # the other ranks: rank 0 has written it
         self._finished = not self._pending()  # on every rank (rank 0 alone writes)
 
     def finish(self) -> None:
@@ -331,6 +334,7 @@ class Commits:
         note = {self.FIELD: self._done()} | ({"pending": pending} if pending else {})
         with signals_held(*stop_signals()):  # the part and its run.json entry together
             self.write_part(self.df(), note)
+            self._writing = None  # in the part: so said where a stop held here ends the commit at the block's end
         if not pending:
             shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -355,8 +359,10 @@ class Commits:
         return KeyboardInterrupt(f"interrupted: {self.committed_note() or 'nothing was committed'}")
 
     def committed_note(self) -> str:
-        """What this attempt has kept for a rerun and how to go on ("": nothing, not even a saved baseline)."""
-        done = len(self.rows)
+        """What this attempt has kept for a rerun and how to go on ("": nothing, not even a saved baseline).
+        A unit whose commit has not returned is not counted: a rank whose peer died while it waited on rank
+        0's write said "1 of 2 ablations committed" where rank 0 had written nothing (a review)."""
+        done = len(self.rows) - (self._writing is not None)
         if not done and not self.dir.exists():
             return ""
         return (f"{done} of {len(self.units)} {self.NOUN} committed in {self.out / self.TABLE}; run the same "

@@ -266,3 +266,56 @@ def test_sigterm_mid_sweep_is_ctrl_c_and_a_rerun_computes_the_rest(probe_env, tm
     assert main(_cli(probe_env, out, spec)) == 0
     pd.testing.assert_frame_equal(probe.open_run(out).df("ablations"), ref)
     _no_leftovers(out)
+
+
+def test_a_rank_whose_peer_dies_mid_commit_does_not_say_that_unit_committed(tmp_path):
+    """Rank 1 waits in a commit's broadcast while rank 0 writes the part; rank 0 killed there (the lost
+    peer the rank's line is for) wrote nothing, yet rank 1's line said "1 of 2 ablations committed": the
+    unit was counted once its rows were in hand, before the write. A unit is said committed once its
+    commit has returned."""
+    from types import SimpleNamespace
+
+    from analyses.ablate.sweep import Commits
+
+    class Units(Commits):
+        TABLE, PARTS, FIELD, NOUN = "ablations", "ablation_parts", "ablations", "ablations"
+
+    def lost(_):
+        raise RuntimeError("Connection closed by peer [127.0.0.1]:1234")
+
+    world = SimpleNamespace(size=2, rank=1, replicas=1, everyone=lambda mine: [mine, mine], broadcast=lost)
+    meta = {"checkpoint": {"path": "ckpt"}, "corpus": {"path": "corpus"}, "options": {}}
+    c = Units(tmp_path / "run", ["a", "b"], {"sweep": 1}, meta, None, world)
+    with pytest.raises(RuntimeError):
+        c.commit("a", [{"ablation": "a"}])
+    assert not (tmp_path / "run").exists()  # nothing was written
+    assert c._said_on_stop() == ""
+    assert str(c.interrupted()) == "interrupted: nothing was committed"
+
+
+def test_a_stop_held_through_a_commits_write_says_that_unit_committed(tmp_path):
+    """Ctrl-C (or SIGTERM) during the write is held to the write's end and raised there, out of the
+    commit: the unit is in the part, and the line says so ('1 of 2', not 'nothing was committed')."""
+    import os
+    import signal
+    from types import SimpleNamespace
+
+    from analyses.ablate.sweep import Commits
+
+    class Units(Commits):
+        TABLE, PARTS, FIELD, NOUN = "ablations", "ablation_parts", "ablations", "ablations"
+
+    written = []
+
+    def write_part(df, note):
+        written.append(note)
+        os.kill(os.getpid(), signal.SIGINT)  # held until the write is done
+
+    world = SimpleNamespace(size=1, rank=0, replicas=1, broadcast=lambda x: x)
+    meta = {"checkpoint": {"path": "ckpt"}, "corpus": {"path": "corpus"}, "options": {}}
+    c = Units(tmp_path / "run", ["a", "b"], {"sweep": 1}, meta, None, world)
+    c.write_part = write_part
+    with pytest.raises(KeyboardInterrupt):
+        c.commit("a", [{"ablation": "a"}])
+    assert written == [{"ablations": ["a"], "pending": ["b"]}]
+    assert str(c.interrupted()).startswith("interrupted: 1 of 2 ablations committed in ")
