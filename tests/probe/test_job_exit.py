@@ -162,3 +162,39 @@ def test_a_stop_whose_terminal_is_gone_still_exits_130(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.setattr(sys, "stderr", HungUp())
     assert main() == 130
+
+
+def _rank_1_hung_up_with_its_terminal_gone() -> None:
+    """Rank 1 of 2 whose stderr is a terminal that is gone (a pseudo-terminal whose other end is closed:
+    a write fails, EIO), stopped by SIGHUP in a job that reports a failed write of its own (an OSError)
+    with exit status 2."""
+    import pty
+
+    from probe.job_exit import one_line_when_a_peer_is_lost
+
+    os.environ.update(WORLD_SIZE="2", RANK="1")
+    terminal, held = pty.openpty()
+    os.dup2(held, 2)
+    os.close(held)
+    os.close(terminal)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as a terminal starts a command
+
+    @one_line_when_a_peer_is_lost
+    def main() -> int:
+        try:
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(30)  # the handler ends the process first
+        except OSError:
+            return 2
+        return 0
+
+    os._exit(main())
+
+
+def test_a_rank_stopped_with_its_terminal_gone_leaves_and_the_job_does_not_see_an_oserror():
+    """Under torchrun the ranks write to torchrun's terminal; a closed one hangs them all up. The stop
+    handler's line then failed (EIO), and that OSError was raised into the job where it stood: a job
+    that reports its own failed writes took it for one (a sweep's 'cannot save the baseline pass
+    (Input/output error)', exit status 2) and the rank did not leave as stopped. The line is left
+    unsaid and the rank exits 1."""
+    assert forked(_rank_1_hung_up_with_its_terminal_gone) == 1
