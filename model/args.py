@@ -475,8 +475,19 @@ def _from_hf(cfg: dict[str, Any], where: str) -> ModelArgs:
     kw.update(_dtype_from_hf(cfg, where))
     try:
         return ModelArgs(**kw)
-    except ConfigError as e:  # a field read from a key is named by the key (routed_scaling_factor=nan was
-        # "route_scale=nan", a name the file does not have; a bug hunt)
-        msg, keys = str(e).removeprefix("invalid ModelArgs: "), {ours: hf for hf, ours in _HF_KEYS.items()}
-        msg = re.sub(r"\b\w+\b", lambda m: keys.get(m[0], m[0]), msg) if msg.partition("=")[0] in keys else str(e)
-        raise ConfigError(f"{where}: {msg}") from None
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {_named_by_keys(str(e), cfg, kw)}") from None
+
+
+def _named_by_keys(msg: str, cfg: dict[str, Any], kw: dict[str, Any]) -> str:
+    """ModelArgs' message `msg` with each field read from a key of `cfg` named by that key
+    (routed_scaling_factor=nan was "route_scale=nan", a name the file does not have; a bug hunt). A field
+    whose value is not its key's keeps its name: a greedy V2 router's n_limited_groups is n_group, and
+    'topk_group x experts per group' bounded num_experts_per_tok with topk_group 1 in the file (a review).
+    Unchanged where the message does not begin with such a field."""
+    keys = {ours: hf for hf, ours in _HF_KEYS.items()
+            if ours in kw and (kw[ours] is cfg.get(hf) or kw[ours] == cfg.get(hf))}  # `is`: a NaN read as it is
+    body = msg.removeprefix("invalid ModelArgs: ")
+    if body.partition("=")[0] not in keys:
+        return msg
+    return re.sub(r"\b\w+\b", lambda m: keys.get(m[0], m[0]), body)

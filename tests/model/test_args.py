@@ -544,3 +544,19 @@ def test_unknown_field():
     assert issubclass(ConfigError, ValueError)
 
 
+
+
+def test_a_field_the_file_does_not_give_is_not_named_by_a_key_of_it():
+    """Errors name a field by its config.json key, words of the message included; but a V2 router of
+    topk_method 'greedy' limits no group (n_limited_groups is n_group, whatever topk_group says), and the
+    bound of num_experts_per_tok was said to be 'topk_group x experts per group' with topk_group 1 in the
+    file: 1 x 8, not the 32 said. A field whose value is not its key's keeps its own name."""
+    v2 = TINY_HF | {"model_type": "deepseek_v2", "scoring_func": "softmax", "norm_topk_prob": False,
+                    "topk_method": "greedy", "n_routed_experts": 32, "n_group": 4, "topk_group": 1}
+    with pytest.raises(ConfigError) as e:
+        ModelArgs.from_hf_config(v2 | {"num_experts_per_tok": 99})
+    assert str(e.value) == ("config dict: num_experts_per_tok=99 must be in [1, 32] (n_limited_groups x experts per "
+                            "group)")
+    with pytest.raises(ConfigError) as e:  # the control: group-limited, topk_group is the limit
+        ModelArgs.from_hf_config(v2 | {"topk_method": "group_limited_greedy", "topk_group": 2, "num_experts_per_tok": 99})
+    assert str(e.value) == "config dict: num_experts_per_tok=99 must be in [1, 16] (topk_group x experts per group)"
