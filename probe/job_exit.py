@@ -72,8 +72,9 @@ def one_line_when_a_peer_is_lost(main):
         say_on_stop(None)  # a note of an earlier call's job (tests call main() again) is not this one's
 
         def stopped(signum, frame):
+            line = f"error: rank {rank} of {world} stopped by signal {signum}{stop_cause(signum)}{_kept()}\n"
             try:  # a closed terminal (SIGHUP) fails the write (EIO): raised here, the job took it for its own
-                os.write(2, f"error: rank {rank} of {world} stopped by signal {signum}{tail}{_kept()}\n".encode())
+                os.write(2, line.encode())
             except OSError:
                 pass
             os._exit(1)
@@ -88,6 +89,17 @@ def one_line_when_a_peer_is_lost(main):
                   flush=True)
             return exit_ranks(1)
     return wrapped
+
+
+def stop_cause(signum: int) -> str:
+    """' (why)' after "rank R of W stopped by signal N": torchrun's SIGTERM follows another rank's end (or
+    a stop of torchrun's), and SIGHUP is the terminal or ssh session that torchrun and its ranks share
+    closing, which every rank said was "another rank failed or was stopped" (a review)."""
+    import signal
+
+    if signum == getattr(signal, "SIGHUP", None):
+        return " (its terminal or ssh session closed)"
+    return " (another rank failed or was stopped)"
 
 
 _on_stop = None  # say_on_stop's note

@@ -8,7 +8,7 @@ import sys
 
 from model import ConfigError
 from model.kernels import KernelError
-from probe.job_exit import exit_ranks, launch_rank0, launch_world, say_stopped, whole_lines_on_stderr
+from probe.job_exit import exit_ranks, launch_rank0, launch_world, say_stopped, stop_cause, whole_lines_on_stderr
 from probe.job_signals import stop_signals
 
 from . import TrainError, parse_args, run
@@ -32,12 +32,13 @@ def _terminate(signum, frame):
 
 def _stopped_line(ns, code: int) -> str:
     """What a stopped run says: the run marked interrupted and how to go on; under torchrun, a rank other
-    than 0 that torchrun stopped (SIGTERM: another rank failed or was stopped) says only that, as the
-    other commands' ranks do (`probe.job_exit`): it said the run was marked interrupted, which rank 0
-    alone does, also where rank 0 had ended on a refusal before the run began (found by the train hunt)."""
+    than 0 that torchrun stopped (SIGTERM: another rank failed or was stopped; SIGHUP: its terminal
+    closed, `stop_cause`) says only that, as the other commands' ranks do (`probe.job_exit`): it said the
+    run was marked interrupted, which rank 0 alone does, also where rank 0 had ended on a refusal before
+    the run began (found by the train hunt)."""
     world, rank = launch_world(), os.environ.get("RANK", "0")
     if code != 130 and world > 1 and not launch_rank0():
-        return f"error: rank {rank} of {world} stopped by signal {code - 128} (another rank failed or was stopped)"
+        return f"error: rank {rank} of {world} stopped by signal {code - 128}{stop_cause(code - 128)}"
     # before its first checkpoint there is nothing to resume: --resume refused, and so did a fresh run
     # in the same --out (it holds a run), so the advice to resume led nowhere
     how = ("continue it with --resume, from its last checkpoint" if (ns.out / "checkpoint" / "state.pt").exists()

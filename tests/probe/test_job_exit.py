@@ -198,3 +198,34 @@ def test_a_rank_stopped_with_its_terminal_gone_leaves_and_the_job_does_not_see_a
     (Input/output error)', exit status 2) and the rank did not leave as stopped. The line is left
     unsaid and the rank exits 1."""
     assert forked(_rank_1_hung_up_with_its_terminal_gone) == 1
+
+
+def _rank_1_stopped_by(err_path: str, signum: int) -> None:
+    """Rank 1 of 2, its stderr into `err_path`, sent `signum` in its job."""
+    import sys
+
+    from probe.job_exit import one_line_when_a_peer_is_lost
+
+    os.environ.update(WORLD_SIZE="2", RANK="1")
+    os.dup2(os.open(err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 2)
+    sys.stderr = open(2, "w", buffering=1, closefd=False)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as a terminal starts a command
+
+    @one_line_when_a_peer_is_lost
+    def main() -> int:
+        os.kill(os.getpid(), signum)
+        time.sleep(30)  # the handler ends the process first
+        return 0
+
+    os._exit(main())
+
+
+def test_a_rank_hung_up_says_its_terminal_closed_not_that_another_rank_failed(tmp_path):
+    """A closed terminal hangs up torchrun and its ranks together (one process group): each rank said it was
+    'stopped by signal 1 (another rank failed or was stopped)', a cause that was not the one. SIGTERM's
+    line, which torchrun sends once another rank ended, is the control."""
+    for signum, cause in ((signal.SIGHUP, "its terminal or ssh session closed"),
+                          (signal.SIGTERM, "another rank failed or was stopped")):
+        err = tmp_path / f"{int(signum)}.txt"
+        assert forked(_rank_1_stopped_by, str(err), signum) == 1, err.read_text()
+        assert err.read_text().strip() == f"error: rank 1 of 2 stopped by signal {int(signum)} ({cause})"

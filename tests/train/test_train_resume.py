@@ -457,3 +457,17 @@ def test_a_disk_that_fills_is_one_line_naming_out_also_after_a_ctrl_c(corpus, tm
     with pytest.raises(TrainError, match=said.format(re.escape(str(tmp_path / "again")))):
         run(parse_args(flags(corpus, tmp_path / "again", "--steps", "2", "--eval-every", "0")))
     assert probe.open_run(tmp_path / "again").info["status"] == "running"  # as the error says: not marked
+
+
+def test_a_rank_other_than_0_hung_up_says_its_terminal_closed(tmp_path, monkeypatch):
+    """A closed terminal hangs up torchrun's ranks with it: rank 1's line said 'stopped by signal 1 (another
+    rank failed or was stopped)', not the cause. SIGTERM's line is the control."""
+    from types import SimpleNamespace
+
+    import train.__main__ as cli
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    ns = SimpleNamespace(out=tmp_path / "run")
+    assert cli._stopped_line(ns, 129) == "error: rank 1 of 2 stopped by signal 1 (its terminal or ssh session closed)"
+    assert cli._stopped_line(ns, 143) == "error: rank 1 of 2 stopped by signal 15 (another rank failed or was stopped)"
