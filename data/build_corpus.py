@@ -51,6 +51,7 @@ if __package__ in (None, ""):  # `python data/build_corpus.py`: make `data.*` im
 from data.mathgen import math_document  # noqa: E402
 from probe.bundled_corpus import read_documents  # noqa: E402
 from probe.job import check_out_parent, path_arg, terminate_as_interrupt  # noqa: E402
+from probe.job_exit import say_stopped  # noqa: E402
 
 DATA_DIR = Path(__file__).resolve().parent
 DOMAINS = ("literature", "technical", "code", "chinese", "math")
@@ -527,8 +528,8 @@ def main(argv: list[str] | None = None) -> None:
     except CorpusError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    except KeyboardInterrupt:  # one line, as the other commands (it was a traceback)
-        print(f"\ninterrupted: nothing written ({ns.out} is as it was)", file=sys.stderr)
+    except KeyboardInterrupt:  # one line, as the other commands (it was a traceback); its terminal may be gone
+        say_stopped(f"\ninterrupted: nothing written ({ns.out} is as it was)")
         raise SystemExit(130) from None
     for domain, st in m["domains"].items():
         tr, va = st.get("train", {}), st.get("val", {})

@@ -25,6 +25,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # 
 from data.build_corpus import DATA_DIR, CorpusError, read_jsonl  # noqa: E402
 from probe.job import (check_file_replaceable, check_not_an_input, check_out_parent, first_line,  # noqa: E402
                        path_arg, terminate_as_interrupt)
+from probe.job_exit import say_stopped  # noqa: E402
 from probe.writer import replacing  # noqa: E402
 
 SPECIAL_TOKENS = ("<|bos|>", "<|eos|>", "<|pad|>")
@@ -118,7 +119,7 @@ def _train(ns: argparse.Namespace) -> tuple[Tokenizer, list[dict]]:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:  # while training or saving (the temporary is gone): one line, not a traceback
-        print(f"\ninterrupted: nothing written ({ns.out} is as it was)", file=sys.stderr)
+        say_stopped(f"\ninterrupted: nothing written ({ns.out} is as it was)")  # its terminal may be gone (SIGHUP)
         raise SystemExit(130) from None
     return tok, val
 
@@ -143,8 +144,7 @@ def main(argv: list[str] | None = None) -> None:
         with terminate_as_interrupt():
             _print_validation(tok, val)
     except KeyboardInterrupt:  # a traceback before (SIGTERM ended it without a word); the tokenizer is saved
-        print(f"\ninterrupted: the validation figures were cut short; {ns.out} is written and complete",
-              file=sys.stderr)
+        say_stopped(f"\ninterrupted: the validation figures were cut short; {ns.out} is written and complete")
         raise SystemExit(130) from None
 
 

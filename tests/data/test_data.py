@@ -366,6 +366,30 @@ def _a_built_corpus(tmp_path):
     return out, files, args, {name: (out / name).read_bytes() for name in files}
 
 
+def test_a_build_hung_up_with_its_terminal_gone_exits_130(tmp_path, monkeypatch):
+    """SIGHUP stops a build as Ctrl-C (`terminate_as_interrupt`: KeyboardInterrupt 'hung up') and the old
+    corpus is put back; its terminal is gone, so the stop line's write failed (EIO): an OSError traceback
+    out of the command, exit status 1. The line is left unsaid, 130."""
+    import sys
+
+    from helpers.processes import HungUp
+
+    out, files, args, before = _a_built_corpus(tmp_path)
+    real_replace = os.replace
+
+    def hung_up(src, dst):
+        if str(src).endswith("val.jsonl.tmp"):
+            monkeypatch.setattr(sys, "stderr", HungUp())
+            raise KeyboardInterrupt("hung up")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(bc.os, "replace", hung_up)
+    with pytest.raises(SystemExit) as e:
+        bc.main([*args, "--math-chars", "40000"])
+    assert e.value.code == 130
+    assert {name: (out / name).read_bytes() for name in files} == before
+
+
 def test_a_rename_that_fails_part_way_puts_the_old_corpus_back(tmp_path, capsys, monkeypatch):
     # the second of three renames fails: train.jsonl, already replaced, must get its old text back
     out, files, args, before = _a_built_corpus(tmp_path)

@@ -306,3 +306,31 @@ def test_the_data_commands_name_themselves_as_they_are_run(capsys):
         with pytest.raises(SystemExit):
             module.main(["--help"])
         assert capsys.readouterr().out.startswith(f"usage: python -m data.{name} "), name
+
+
+@pytest.mark.parametrize("when", ["training", "validation figures"])
+def test_tokenizer_command_hung_up_with_its_terminal_gone_exits_130(tmp_path, monkeypatch, when):
+    """SIGHUP stops the command as Ctrl-C (`terminate_as_interrupt`: KeyboardInterrupt 'hung up'), and its
+    terminal is gone: the stop line's write failed (EIO), an OSError traceback out of the command and exit
+    status 1, where the temporary was removed (or the tokenizer written). The line is left unsaid, 130."""
+    import sys
+
+    from helpers.processes import HungUp
+
+    for split in ("train.jsonl", "val.jsonl"):
+        (tmp_path / split).write_text(json.dumps({"id": "a", "domain": "math", "text": TEXTS[0]}) + "\n")
+    out = tmp_path / "tok.json"
+    tok = tokenizer.train_tokenizer(TEXTS, 300)
+
+    def hung_up(*a, **kw):
+        monkeypatch.setattr(sys, "stderr", HungUp())
+        raise KeyboardInterrupt("hung up")
+
+    class Stopped:  # the saved tokenizer, whose encoding for the figures is stopped
+        save, get_vocab_size, encode = tok.save, tok.get_vocab_size, hung_up
+
+    monkeypatch.setattr(tokenizer, "train_tokenizer", hung_up if when == "training" else lambda texts, v, f: Stopped())
+    with pytest.raises(SystemExit) as e:
+        tokenizer.main(["--corpus", str(tmp_path), "--out", str(out), "--vocab-size", "300"])
+    assert e.value.code == 130
+    assert out.exists() is (when == "validation figures")

@@ -88,3 +88,13 @@ def signalled_at(main: str, target: str, at: int, signum: int, argv: list[str], 
               f"sys.exit(main({json.dumps(argv)}))\n")
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout,
                           env=os.environ | {"OMP_NUM_THREADS": "1"})
+
+
+class HungUp:
+    """A stream whose terminal is gone (a closed terminal or ssh session, SIGHUP): every write fails, EIO."""
+
+    def write(self, text):
+        raise OSError(5, "Input/output error")
+
+    def flush(self):
+        raise OSError(5, "Input/output error")
