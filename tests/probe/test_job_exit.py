@@ -143,17 +143,10 @@ def test_a_stop_whose_terminal_is_gone_still_exits_130(monkeypatch):
     """After SIGHUP (a closed terminal or ssh session) writing the last line fails (EIO): that OSError
     came out of the command as a traceback no one saw, exit status 1, although the job had kept what it
     committed. The line is left unsaid and the status stays 130."""
-    import errno
     import sys
 
+    from helpers.processes import HungUp
     from probe.job_exit import closed_pipe_quiet
-
-    class HungUp:
-        def write(self, text):
-            raise OSError(errno.EIO, "Input/output error")
-
-        def flush(self):
-            raise OSError(errno.EIO, "Input/output error")
 
     @closed_pipe_quiet
     def main() -> int:
