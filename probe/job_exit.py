@@ -85,8 +85,7 @@ def one_line_when_a_peer_is_lost(main):
             return main(*args, **kwargs)
         except RuntimeError as e:
             last_line_coming()
-            print(f"error: rank {rank} of {world} stopped: {first_line(e)}{tail}{_kept()}", file=sys.stderr,
-                  flush=True)
+            say_stopped(f"error: rank {rank} of {world} stopped: {first_line(e)}{tail}{_kept()}")  # terminal gone?
             return exit_ranks(1)
     return wrapped
 
