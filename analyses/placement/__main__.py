@@ -34,7 +34,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=step_range, default=None, metavar="FIRST-LAST",
                    help="plan from expert_load's steps FIRST..LAST only, inclusive (a record's batches, a server "
                         "dump's forward passes, training steps; the dashboard's Serving page names its plan window "
-                        "this way); default: every step")
+                        "this way; a window reaching past the run's steps is noted with the ones it holds); default: "
+                        "every step")
     p.add_argument("--groups", type=int, default=None,
                    help="expert groups for --mode hierarchical (default: run.json model_args n_expert_groups)")
     p.add_argument("--mode", choices=("hierarchical", "global"), default=None,
@@ -118,6 +119,8 @@ def _run(ns) -> int:
     note = worse_than_current(summary, ns.mode, ns.nodes, ns.gpus, now_gpus)
     if note:
         print(note)
+    if ns.steps and (outside := _steps_outside(ns.run, ns.steps)):
+        print(outside)
     if ns.steps and _order_unknown(ns.run):
         print(f"note: --steps {ns.steps[0]}-{ns.steps[1]} picks passes by their order, which is unknown in this import "
               "(run.json source.pass_order_unknown: SGLang's circular stat buffer may have wrapped); the totals of "
@@ -128,6 +131,19 @@ def _run(ns) -> int:
             print(f"serve with: --init-expert-location {ns.out} --ep-num-redundant-experts {ns.redundant} "
                   f"(expert-parallel size {ns.gpus})")
     return 0
+
+
+def _steps_outside(run, steps: tuple[int, int]) -> str | None:
+    """The note for a `--steps` window that reaches past the run's first or last step: the plan is of the
+    steps inside it only, which the table above does not show (a window that holds none is an error)."""
+    from analyses.metrics._common import as_run
+
+    first, last = as_run(run).sql("select min(step), max(step) from expert_load").fetchall()[0]
+    if steps[0] >= first and steps[1] <= last:
+        return None
+    used = f"{max(steps[0], first)}-{min(steps[1], last)}"
+    return (f"note: --steps {steps[0]}-{steps[1]} reaches past the run's steps {first}-{last}: the plan is of steps "
+            f"{used} only")
 
 
 def _order_unknown(run) -> bool:

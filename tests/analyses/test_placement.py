@@ -339,6 +339,17 @@ def test_steps_plan_from_those_steps_only_and_a_bad_range_is_one_line(tmp_path):
     assert p.stderr.count("\n") == 1  # the range the run has not: one line from the command itself
 
 
+def test_a_steps_window_past_the_runs_steps_says_which_steps_it_planned_from(tmp_path):
+    """A --steps window that reaches past the run's last step planned from the steps inside it and said
+    nothing (a serving engineer's `--steps 100-300` of a 188-step run: a review): a note names them."""
+    write_run(tmp_path / "run", E=8, groups=4)  # steps 0 and 1
+    p = _cli(tmp_path / "run", "--gpus", 2, "--redundant", 2, "--steps", "1-9")
+    assert p.returncode == 0, p.stderr
+    assert "note: --steps 1-9 reaches past the run's steps 0-1: the plan is of steps 1-1 only" in p.stdout
+    inside = _cli(tmp_path / "run", "--gpus", 2, "--redundant", 2, "--steps", "0-1")
+    assert inside.returncode == 0 and "reaches past" not in inside.stdout  # control: a window within the run
+
+
 def test_a_damaged_part_file_is_one_line(tmp_path):
     """A truncated expert_load part (an interrupted copy of a run) gave an 11-frame DuckDB traceback
     (a review): DuckDB's errors are reported as one line naming the file."""
