@@ -269,7 +269,7 @@ def summary(r: dict) -> list[str]:
         s.append("Teacher-forced MTP agreement: " + ", ".join(
             f"{x.domain} {x.agreement:.3f}" for x in m.itertuples()) + ".")
     if r.get("spec") is not None:
-        s.append(spec.sentence(r["spec"]))
+        s.append(spec.sentence(r["spec"], r["domains"]))
     kv = r["kv"]
     if kv is not None and (few := kv_too_few(kv)):
         s.append(f"Latent c_kv effective rank: not measured ({few}).")
@@ -298,7 +298,7 @@ def figures(r: dict) -> dict[str, list]:
     if r["mtp"] is not None:
         out["MTP agreement"] += _mtp_figures(r["mtp"])
     if r.get("spec") is not None:
-        out[spec.SECTION] += spec.figures(r["spec"])
+        out[spec.SECTION] += spec.figures(r["spec"], r["domains"])
     if r["kv"] is not None:
         out["Latent KV effective rank"] += _kv_figures(r["kv"])
     return out | research.figures(r)

@@ -22,17 +22,27 @@ NO_DRAFT = ("no MTP draft was proposed (every prompt stopped before a draft coul
             "more --new-tokens")
 
 
-def sentence(s: dict) -> str:
-    """The summary's sentence of `data.spec_decoding`'s figures."""
+def sentence(s: dict, domains: list[str] | None = None) -> str:
+    """The summary's sentence of `data.spec_decoding`'s figures; `domains`, the run's, those with no prompt
+    named (`unprompted`)."""
     t, d = s["totals"], s["by_domain"]
     head = f"Speculative decoding with MTP drafts (`dsv3-probe spec`, {t['prompts']:,} prompts): "
     per_pass = ", ".join(f"{x.domain} {x.tokens_per_forward:.3f}" for x in d.itertuples())
+    none = f" {unprompted(s, domains).capitalize()}." if unprompted(s, domains) else ""
     if t["acceptance"] is None:
-        return f"{head}{NO_DRAFT}. Tokens per forward pass {per_pass}."
+        return f"{head}{NO_DRAFT}. Tokens per forward pass {per_pass}.{none}"
     return (f"{head}acceptance rate {t['acceptance']:.3f} ({t['accepted']:,} of {t['proposed']:,} drafts), mean "
             f"acceptance length {t['mean_length']:.3f}; by domain " + ", ".join(
                 f"{x.domain} {_share(x.acceptance)} (length {_share(x.mean_length)})" for x in d.itertuples())
-            + f"; tokens per forward pass {per_pass}.")
+            + f"; tokens per forward pass {per_pass}.{none}")
+
+
+def unprompted(s: dict, domains: list[str] | None) -> str:
+    """'no prompt of math, technical, which the run holds': the run's domains the spec measured nothing of
+    (its --max-prompts below the domains' count, or no document of --prompt-tokens tokens), which its
+    per-domain figures leave out without a word; '' where it covered them all (or `domains` is None)."""
+    left = [x for x in domains or () if x not in set(s["by_domain"].domain)]
+    return f"no prompt of {', '.join(left)}, which the run holds" if left else ""
 
 
 def _share(x) -> str:
@@ -40,9 +50,10 @@ def _share(x) -> str:
     return "none proposed" if pd.isna(x) else f"{x:.3f}"
 
 
-def figures(s: dict) -> list:
+def figures(s: dict, domains: list[str] | None = None) -> list:
     """[(title, figure or None, table, show index)]: the whole run's figures, acceptance and tokens per
-    forward pass by domain, and acceptance by generated position per domain (where a draft was proposed)."""
+    forward pass by domain (the run's `domains` without a prompt named), and acceptance by generated
+    position per domain (where a draft was proposed)."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -56,7 +67,9 @@ def figures(s: dict) -> list:
     fig = make_subplots(rows=1, cols=2, subplot_titles=("Acceptance rate", "Tokens per forward pass"))
     fig.add_trace(go.Bar(name="acceptance rate", x=d.domain, y=d.acceptance), row=1, col=1)
     fig.add_trace(go.Bar(name="tokens per forward pass", x=d.domain, y=d.tokens_per_forward), row=1, col=2)
-    out.append(("Acceptance and tokens per forward pass by domain", fig.update_layout(showlegend=False), d, False))
+    none = f" ({unprompted(s, domains)})" if unprompted(s, domains) else ""
+    out.append((f"Acceptance and tokens per forward pass by domain{none}", fig.update_layout(showlegend=False), d,
+                False))
     p = s["by_position"]
     if p is None:
         return out

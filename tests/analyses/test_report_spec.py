@@ -119,6 +119,24 @@ def test_the_section_draws_the_whole_run_the_domains_and_the_positions(spec_run)
 
 
 @pytest.mark.slow  # a spec run on the bundled model: ~2 s on the 2-core EPYC (the quick loop leaves it out)
+def test_the_run_s_domains_without_a_prompt_are_named_in_the_summary_and_the_domains_figure(spec_run):
+    """A spec of fewer prompts than the run's domains (`--max-prompts 3` into a run of five) listed the
+    domains it had and left the others out without a word, in the summary and in the per-domain table
+    (a review): both name the run's domains that had no prompt."""
+    s = rd.spec_decoding(spec_run)
+    have = list(s["by_domain"].domain)
+    r = _summed(s) | {"domains": sorted(have + ["poetry", "zoology"])}
+    line = next(x for x in summary(r) if x.startswith("Speculative decoding"))
+    assert line.endswith(". No prompt of poetry, zoology, which the run holds."), line
+    title = spec.figures(s, r["domains"])[1][0]
+    assert title == ("Acceptance and tokens per forward pass by domain (no prompt of poetry, zoology, which the run "
+                     "holds)")
+    covered = _summed(s) | {"domains": have}  # the control: every domain of the run has its prompts
+    assert "prompt of" not in next(x for x in summary(covered) if x.startswith("Speculative decoding"))
+    assert spec.figures(s, have)[1][0] == "Acceptance and tokens per forward pass by domain"
+
+
+@pytest.mark.slow  # a spec run on the bundled model: ~2 s on the 2-core EPYC (the quick loop leaves it out)
 def test_a_spec_run_without_a_draft_says_so_and_draws_no_acceptance(tmp_path):
     """One new token a prompt: the prefill gives it, no draft is verified, and 0/0 is no rate (the MTP page says
     'n/a' and draws no acceptance chart): the section says why, keeps tokens per forward pass, draws no position."""
