@@ -12,8 +12,8 @@ import pandas as pd
 from .research import not_recorded
 
 SECTION = "Speculative decoding"
-NOT_RUN = ("`dsv3-probe spec --out RUN` generates with MTP drafts and records how many are accepted, "
-           "spec_decode and spec_drafts")
+NOT_RUN = ("spec_decode and spec_drafts, the tables `dsv3-probe spec --out RUN` adds to a run; it generates with MTP "
+           "drafts and records how many are accepted")
 # a spec run of its own has no expert_load, which the report needs: what gives a report this section
 INTO_A_RECORD = (f"`dsv3-probe spec --out RUN` of a recorded run adds its tables there, for the report's {SECTION} "
                  "section")

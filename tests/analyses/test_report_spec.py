@@ -154,8 +154,8 @@ def test_a_run_without_spec_tables_has_the_section_s_placeholder_and_no_sentence
     """The control: no spec tables, no sentence and no figure; the placeholder says what makes them."""
     assert not any(x.startswith("Speculative decoding") for x in summary(_summed(None)))
     assert _missing(spec.SECTION, {"lost_tables": [], "run": None, "domains": ["a", "b"]}) == (
-        "(not in this run: `dsv3-probe spec --out RUN` generates with MTP drafts and records how many are accepted, "
-        "spec_decode and spec_drafts)")
+        "(not in this run: spec_decode and spec_drafts, the tables `dsv3-probe spec --out RUN` adds to a run; it "
+        "generates with MTP drafts and records how many are accepted)")
 
 
 @pytest.mark.slow  # a small record and the report twice without the model sections: ~8 s on the 2-core EPYC
@@ -168,7 +168,7 @@ def test_the_report_of_a_record_gains_the_section_once_spec_adds_its_tables(tmp_
     assert report.main(argv) == 0  # the control: a record alone
     text = capsys.readouterr().out
     assert SECTIONS.index(spec.SECTION) == SECTIONS.index("MTP agreement") + 1
-    assert f"## {spec.SECTION}\n(not in this run: `dsv3-probe spec --out RUN`" in text
+    assert f"## {spec.SECTION}\n(not in this run: spec_decode and spec_drafts, the tables `dsv3-probe spec" in text
     assert "- Speculative decoding" not in text
     _spec(run)  # `dsv3-probe spec --out RUN`: its tables added to the record
     assert report.main(argv) == 0
