@@ -65,6 +65,23 @@ def test_spec_summary_rates_by_hand(monkeypatch, tmp_path, capsys):
     # 36 tokens / 24 passes; each pass gives its own token plus an accepted draft a quarter of the time
     assert "4 prompts, 36 tokens in 24 forward passes (1.50 tokens/pass)" in out
     assert "MTP draft acceptance 25.0% (5/20), mean acceptance length 1.25" in out
+    assert out.endswith(f"wrote {tmp_path}\n")  # a recorded run's run.json: the tables were added to it
+
+
+def test_spec_says_when_its_out_is_a_new_run_of_the_spec_tables_alone(monkeypatch, tmp_path, capsys):
+    """`dsv3-probe spec --out runs/model-vall` (a typo for the recorded runs/model-val) made a run of the
+    spec tables alone and said only 'wrote runs/model-vall', as for a record it added them to (a review):
+    the report of the record then had no section, and of this run refuses it. The line says which it is."""
+    import probe.speculative
+
+    info = {"prompts": 4, "generated": 36, "forward_passes": 24, "drafts_proposed": 20, "drafts_accepted": 5,
+            "acceptance_rate": 0.25}
+    (tmp_path / "run.json").write_text(json.dumps({"kind": "spec", "spec_decode": info}))
+    monkeypatch.setattr(probe.speculative, "record_spec", lambda opts: tmp_path)
+    assert cli.main(["spec", "--out", str(tmp_path)]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last == (f"wrote {tmp_path}: a run of the spec tables alone, no record (the dashboard shows it; for the "
+                    "report's Speculative decoding section, `dsv3-probe spec --out RUN` of a recorded run adds them there)")
 
 
 def test_a_value_error_from_a_job_is_one_line(monkeypatch, capsys):
