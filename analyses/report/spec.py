@@ -78,7 +78,9 @@ def figures(s: dict, domains: list[str] | None = None) -> list:
     lines = go.Figure([go.Scatter(name=dom, x=g.position, y=g.acceptance, mode="lines+markers")
                        for dom, g in p.groupby("domain")])
     lines.update_layout(xaxis_title=axis, yaxis_title="acceptance")
-    bucket = f"each point the drafts of {size} generated positions" if size > 1 else "each point one position"
+    # the table's rows too (stdout, --findings), where a row's `position` is the first of its bucket
+    bucket = (f"each point and row the drafts of {size} generated positions, from its position on" if size > 1
+              else "each point and row one position")
     out.append((f"Acceptance by generated position per domain ({bucket}; proposed: its drafts)", lines, p, False))
     return out
 

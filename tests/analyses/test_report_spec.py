@@ -116,6 +116,10 @@ def test_the_section_draws_the_whole_run_the_domains_and_the_positions(spec_run)
     assert whole.drafts_proposed == s["totals"]["proposed"] and whole.acceptance_rate == s["totals"]["acceptance"]
     assert [tr.name for tr in figs[2][1].data] == sorted(s["by_domain"].domain)
     assert figs[2][1].layout.xaxis.title.text == "generated token (first of each bucket of 2)"
+    # the table (stdout, --findings) has no axis: its title says a row's position starts its bucket
+    assert figs[2][0] == ("Acceptance by generated position per domain (each point and row the drafts of 2 generated "
+                          "positions, from its position on; proposed: its drafts)")
+    assert figs[2][2].position.tolist()[:2] == [1, 3]
 
 
 @pytest.mark.slow  # a spec run on the bundled model: ~2 s on the 2-core EPYC (the quick loop leaves it out)
