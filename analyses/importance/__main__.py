@@ -56,7 +56,7 @@ def options(ns) -> ImportanceOptions:
 
 def summary(df, out, show: int) -> str:
     """Per layer: Spearman's rho (load_share vs delta), Pearson's r, the most important experts."""
-    from .analysis import load_vs_importance, undefined_why
+    from .analysis import few_experts_note, load_vs_importance, undefined_why
 
     lines = []
     corr = load_vs_importance(df) if len(df) else None
@@ -67,6 +67,7 @@ def summary(df, out, show: int) -> str:
         why = undefined_why(g.load_share, g.delta)
         rho = f"Spearman rho(load share, delta) = {row.spearman:+.3f}, Pearson r = {row.pearson:+.3f}"
         rho = rho if why is None else f"Spearman rho(load share, delta) = nan, Pearson r = nan ({why})"
+        rho += f" ({few})" if why is None and (few := few_experts_note(len(g))) else ""
         lines.append(f"layer {row.layer}: {row.experts} expert{'s' if row.experts != 1 else ''}, {row.tokens:,} "
                      f"tokens: {rho}" + (f"; top by delta: {tops}" if show else ""))
     lines.append(f"wrote {out / 'expert_importance'}")

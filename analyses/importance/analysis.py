@@ -100,6 +100,19 @@ def undefined_why(load_share, delta) -> str | None:
     return None
 
 
+FEW_EXPERTS = 5  # below it a rank correlation takes few values: over 2 experts it is +1 or -1, over 3 one of four
+
+
+def few_experts_note(n: int) -> str | None:
+    """Words for a summary where `n` experts (2 to FEW_EXPERTS - 1) give a rho that says little: over 2 it
+    is always +1 or -1, over 3 one of -1, -0.5, +0.5, +1; None otherwise. `--experts 3-5` printed
+    "rho = -1.000" as if it were a finding (a tour)."""
+    if not 2 <= n < FEW_EXPERTS:
+        return None
+    values = {2: "always +1 or -1", 3: "one of -1, -0.5, +0.5, +1", 4: "a multiple of 0.2"}[n]  # untied ranks
+    return f"over {n} experts a rank correlation is {values}: select at least {FEW_EXPERTS} for a trend"
+
+
 def spearman_p(x, y) -> float:
     """Two-sided p-value of Spearman's rho against no association (scipy's t approximation); NaN
     when rho is undefined."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -525,7 +526,8 @@ def test_an_undefined_rho_says_why_in_the_summary_the_report_and_the_dashboard(t
     assert "same delta" in undefined_why([0.4, 0.6], [0.1, 0.1])
     two = _table([0.4, 0.6], [0.01, 0.03])
     assert undefined_why(two.load_share, two.delta) is None  # the control: defined, no reason given
-    assert "= +1.000, Pearson r = +1.000;" in summary(two, tmp_path, 3) and "needs" not in summary(two, tmp_path, 3)
+    assert "= +1.000, Pearson r = +1.000 (over 2 experts" in summary(two, tmp_path, 3)
+    assert "needs" not in summary(two, tmp_path, 3)
     both = pd.concat([one, two.assign(layer=2)], ignore_index=True)
     sentence = _importance_sentence({"correlation": load_vs_importance(both), "tokens": 100, "table": both})
     assert "per layer L1 nan (a rank correlation needs at least two experts, and 1 was measured), L2 +1.00 (p " \
@@ -534,3 +536,17 @@ def test_an_undefined_rho_says_why_in_the_summary_the_report_and_the_dashboard(t
     assert title == "layer 1 (all): Spearman ρ = nan<br><sup>a rank correlation needs at least two experts, and 1 was " \
                     "measured</sup>", title
     assert importance_scatter(two, "layer 1", 1.0, "all").layout.title.text == "layer 1 (all): Spearman ρ = 1.000"
+
+
+def test_a_rho_over_a_few_experts_says_how_little_it_can_say():
+    """`--experts 3-5` printed "rho = -1.000" as if it were a finding (a tour): over 2 experts a rank
+    correlation is always +1 or -1, over 3 one of four values. Below 5 experts the summary says so."""
+    from analyses.importance.__main__ import summary
+
+    for n, words in [(2, "always +1 or -1"), (3, "one of -1, -0.5, +0.5, +1"), (4, "a multiple of 0.2")]:
+        df = _table([0.1 * (i + 1) for i in range(n)], [0.01 * (n - i) for i in range(n)])
+        line = summary(df, Path("out"), 0).splitlines()[0]
+        assert line.endswith(f"= -1.000 (over {n} experts a rank correlation is {words}: select at least 5 "
+                             "for a trend)"), line
+    five = _table([0.1, 0.2, 0.3, 0.4, 0.5], [0.05, 0.04, 0.03, 0.02, 0.01])  # the control: enough experts
+    assert summary(five, Path("out"), 0).splitlines()[0].endswith("Pearson r = -1.000")
