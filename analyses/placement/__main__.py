@@ -112,10 +112,11 @@ def _run(ns) -> int:
     import pandas as pd
 
     print(f"balancedness (mean / max GPU load) before: experts in order, {E} / {ns.gpus} a GPU, no replicas; "
-          f"current: {what}; after: the plan")
+          f"current: {what}; after: the plan; GPU loads in token-expert assignments (a replica carries its "
+          "expert's load over its replicas, so fractions show); replicated: the experts given more than one slot")
     summary = summary_frame(plans, (maps, now_gpus))
     with pd.option_context("display.width", 200, "display.max_rows", 500):
-        print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        print(summary.to_string(index=False, formatters=_column_formats(summary)))
     note = worse_than_current(summary, ns.mode, ns.nodes, ns.gpus, now_gpus)
     if note:
         print(note)
@@ -131,6 +132,13 @@ def _run(ns) -> int:
             print(f"serve with: --init-expert-location {ns.out} --ep-num-redundant-experts {ns.redundant} "
                   f"(expert-parallel size {ns.gpus})")
     return 0
+
+
+def _column_formats(summary) -> dict:
+    """The table's number formats: balancedness to 4 places, GPU loads (token-expert assignments, fractions
+    where replicas share a load) to 1; they printed as '192297.0000' (a tour)."""
+    return {c: ((lambda v: f"{v:.1f}") if "load" in c else (lambda v: f"{v:.4f}"))
+            for c in summary.columns if summary[c].dtype.kind == "f"}
 
 
 def _steps_outside(run, steps: tuple[int, int]) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -262,6 +263,10 @@ def test_cli_on_a_synthetic_run(tmp_path):
     p = _cli(tmp_path / "run", "--gpus", 4, "--nodes", 2, "--redundant", 4, "--out", out)
     assert p.returncode == 0, p.stderr
     assert "balancedness_before" in p.stdout and "balancedness_after" in p.stdout
+    rows = [ln.split() for ln in p.stdout.splitlines() if ln.split()[:1] in ([str(x)] for x in arrays["layers"])]
+    assert rows and all(re.fullmatch(r"\d\.\d{4}", c) for r in rows for c in r[1:4]), p.stdout  # balancedness
+    assert all(re.fullmatch(r"\d+\.\d", c) for r in rows for c in r[4:7]), p.stdout  # loads: '192297.0000' was
+    assert all(re.fullmatch(r"\d+", r[7]) for r in rows), p.stdout  # replicated: a count
     df = pd.read_parquet(out)
     assert list(df.columns) == ["layer", "node", "gpu", "slot", "physical", "logical", "replicas", "predicted_load"]
     assert sorted(df.layer.unique()) == arrays["layers"]
