@@ -103,6 +103,7 @@ def _run(ns) -> int:
     maps, now_gpus, what = current_placement(ns.run, E, ns.gpus, ns.redundant)
     config = {"run": str(ns.run), "gpus": ns.gpus, "nodes": ns.nodes, "redundant": ns.redundant,
               "groups": groups, "mode": ns.mode, "steps": list(ns.steps) if ns.steps else None,
+              "steps_planned": _steps_held(ns.run, ns.steps) if ns.steps else None,
               "before": "experts in order, no replicas", "current": what}
     with os_refusal(f"--out {ns.out}: cannot write it there"):  # checked above; not everything is foreseeable
         if ns.format == "table" and ns.out is not None:
@@ -149,9 +150,19 @@ def _steps_outside(run, steps: tuple[int, int]) -> str | None:
     first, last = as_run(run).sql("select min(step), max(step) from expert_load").fetchall()[0]
     if steps[0] >= first and steps[1] <= last:
         return None
-    used = f"{max(steps[0], first)}-{min(steps[1], last)}"
+    used = "-".join(map(str, _steps_held(run, steps)))
     return (f"note: --steps {steps[0]}-{steps[1]} reaches past the run's steps {first}-{last}: the plan is of steps "
             f"{used} only")
+
+
+def _steps_held(run, steps: tuple[int, int]) -> list[int]:
+    """[first, last] of the run's steps inside the `--steps` window: what the plan was made from (the
+    table's JSON kept only the window asked for, which may reach past the run's steps; a tour)."""
+    from analyses.metrics._common import as_run
+
+    first, last = int(steps[0]), int(steps[1])
+    return list(as_run(run).sql(f"select min(step), max(step) from expert_load where step between {first} and "
+                                f"{last}").fetchall()[0])
 
 
 def _order_unknown(run) -> bool:

@@ -348,9 +348,11 @@ def test_a_steps_window_past_the_runs_steps_says_which_steps_it_planned_from(tmp
     """A --steps window that reaches past the run's last step planned from the steps inside it and said
     nothing (a serving engineer's `--steps 100-300` of a 188-step run: a review): a note names them."""
     write_run(tmp_path / "run", E=8, groups=4)  # steps 0 and 1
-    p = _cli(tmp_path / "run", "--gpus", 2, "--redundant", 2, "--steps", "1-9")
+    p = _cli(tmp_path / "run", "--gpus", 2, "--redundant", 2, "--steps", "1-9", "--out", tmp_path / "plan.json")
     assert p.returncode == 0, p.stderr
     assert "note: --steps 1-9 reaches past the run's steps 0-1: the plan is of steps 1-1 only" in p.stdout
+    config = json.loads((tmp_path / "plan.json").read_text())["config"]  # the file says so too
+    assert config["steps"] == [1, 9] and config["steps_planned"] == [1, 1]
     inside = _cli(tmp_path / "run", "--gpus", 2, "--redundant", 2, "--steps", "0-1")
     assert inside.returncode == 0 and "reaches past" not in inside.stdout  # control: a window within the run
 
