@@ -96,6 +96,7 @@ Speculative decoding (`speculative.py`; `dsv3-probe spec`'s tables, the dashboar
   forward pass) and by generated position, on a connection with the tables as views (`run.con`)
 - spec_totals(by_domain)                  the whole run's prompts, drafts, acceptance rate, mean acceptance length
 - spec_bucket_size(info, buckets=8)       generated positions a point of acceptance by position averages
+- unprompted_domains(by_domain, domains)  the run's domains the spec held no prompt of
 - spec_by_domain_from_run(run), spec_by_position_from_run(run, size=1)
 """
 
@@ -115,7 +116,7 @@ from .routing import (check_comparable, coactivation, coactivation_from_run, lay
                       routing_agreement_from_runs, score_entropy, score_entropy_from_run)
 from .probes import FEATURES as PROBE_FEATURES, domain_probe_from_run, linear_probe, routing_features
 from .speculative import (spec_bucket_size, spec_by_domain, spec_by_domain_from_run, spec_by_position,
-                          spec_by_position_from_run, spec_totals)
+                          spec_by_position_from_run, spec_totals, unprompted_domains)
 from .token_dependence import PREDICTORS, majority_predict, token_dependence, token_dependence_from_run
 from .specialisation import (contingency, contingency_from_run, domain_contingency_from_run, domain_nmi,
                              domain_share, entropy, expert_vocabulary, expert_vocabulary_from_run, lift,
@@ -143,5 +144,5 @@ __all__ = [
     "vocabulary_specialisation_from_run",
     "PROBE_FEATURES", "domain_probe_from_run", "linear_probe", "routing_features",
     "spec_bucket_size", "spec_by_domain", "spec_by_domain_from_run", "spec_by_position", "spec_by_position_from_run",
-    "spec_totals",
+    "spec_totals", "unprompted_domains",
 ]

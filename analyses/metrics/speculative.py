@@ -59,6 +59,14 @@ def spec_totals(by_domain: pd.DataFrame) -> dict:
             "acceptance": acceptance, "mean_length": 1 + acceptance if acceptance is not None else None}
 
 
+def unprompted_domains(by_domain: pd.DataFrame, domains) -> list[str]:
+    """The run's `domains` that `spec_by_domain`'s rows hold no prompt of (spec's --max-prompts below the
+    domains' count, or no document of --prompt-tokens tokens): per-domain figures leave them out without a
+    word, so the report and the dashboard name them."""
+    have = set(by_domain.domain)
+    return [d for d in domains or () if d not in have]
+
+
 def spec_by_domain_from_run(run) -> pd.DataFrame:
     """`spec_by_domain` of a run (a `probe.Run` or its directory) that holds spec_decode rows."""
     run = as_run(run)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from analyses.metrics.speculative import unprompted_domains
+
 from .research import not_recorded
 
 SECTION = "Speculative decoding"
@@ -41,7 +43,7 @@ def unprompted(s: dict, domains: list[str] | None) -> str:
     """'no prompt of math, technical, which the run holds': the run's domains the spec measured nothing of
     (its --max-prompts below the domains' count, or no document of --prompt-tokens tokens), which its
     per-domain figures leave out without a word; '' where it covered them all (or `domains` is None)."""
-    left = [x for x in domains or () if x not in set(s["by_domain"].domain)]
+    left = unprompted_domains(s["by_domain"], domains)
     return f"no prompt of {', '.join(left)}, which the run holds" if left else ""
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from analyses.metrics.speculative import spec_bucket_size, spec_totals
+from analyses.metrics.speculative import spec_bucket_size, spec_totals, unprompted_domains
 from dashboards import charts, data, ui
 
 
@@ -74,6 +74,10 @@ def speculative(ref: data.RunRef, colors: dict) -> None:
     if d.empty:
         st.info("The spec_decode table is empty.")
         return
+    if left := unprompted_domains(d, [x for x in data.domains_of(ref) if x != "all"]):  # the report says so too
+        st.caption(f"No prompt of {', '.join(left)}, which the run holds: spec's --max-prompts was below the "
+                   "domains' count, or no document of theirs had --prompt-tokens tokens. The figures below leave "
+                   f"{'it' if len(left) == 1 else 'them'} out.")
     t = spec_totals(d)  # no draft proposed (one new token a prompt): no rate, and no length below 1 (a review)
     proposed, acc = t["proposed"], t["acceptance"]
     m = st.columns(4)

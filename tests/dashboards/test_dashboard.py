@@ -466,6 +466,30 @@ def test_a_spec_run_without_a_single_draft_shows_no_acceptance(runs, tmp_path):
     assert "No MTP draft was proposed" in texts(at.info)
 
 
+@pytest.mark.slow  # a whole app or command: the quick loop leaves it out
+def test_the_mtp_page_names_the_domains_a_spec_held_no_prompt_of(runs, tmp_path):
+    """A spec with fewer prompts than the run's domains (`--max-prompts 3` into a five-domain run) drew its
+    per-domain figures over the domains it prompted and said nothing of the rest; the report names them,
+    and so does the page now, through the same function."""
+    import shutil
+
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    run = Path(shutil.copytree(runs["good"] / "demo", tmp_path / "runs" / "demo"))
+    for t in ("spec_decode", "spec_drafts"):  # code's prompts only: prose's are gone
+        part = run / t / "part-0.parquet"
+        rows = pq.read_table(part)
+        pq.write_table(rows.filter(pc.equal(rows["domain"], "code")), part)
+    at = open_page(app(tmp_path / "runs", "demo", page="overview"), "mtp")
+    said = [c.value for c in at.caption if c.value.startswith("No prompt of")]
+    assert said == ["No prompt of prose, which the run holds: spec's --max-prompts was below the domains' count, "
+                    "or no document of theirs had --prompt-tokens tokens. The figures below leave it out."], said
+    assert not at.exception and not at.error
+    whole = open_page(app(runs["good"], "demo", page="overview"), "mtp")  # the control: every domain prompted
+    assert not [c.value for c in whole.caption if c.value.startswith("No prompt of")]
+
+
 def test_domains_only_a_table_names_get_colours(tmp_path):
     """A run whose run.json lists no domains (written by a user's own code, not `record`) but whose
     tokens table has some: the overview's bars looked their colours up among run.json's domains only
