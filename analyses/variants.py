@@ -23,11 +23,14 @@ import shutil
 import sys
 from pathlib import Path
 
-from probe.job import (check_inputs_outside, check_not_an_input, check_out_parent, check_replaceable, os_refusal,
-                       path_text, refuse_a_symlinked_out, terminate_as_interrupt)
-from probe.job_exit import closed_pipe_quiet
-from probe.out_paths import is_checkpoint_file
-from probe.overwrite import replace_entries, say_kept
+from probe.job_signals import quiet_start, signals_held, stop_signals, terminate_as_interrupt
+
+with quiet_start(__name__ == "__main__"):  # Ctrl-C while pyarrow is imported: one line, not a traceback
+    from probe.job import (check_inputs_outside, check_not_an_input, check_out_parent, check_replaceable,
+                           os_refusal, path_text, refuse_a_symlinked_out)
+    from probe.job_exit import closed_pipe_quiet
+    from probe.out_paths import is_checkpoint_file
+    from probe.overwrite import replace_entries, say_kept
 
 BIAS = "e_score_correction_bias"
 
@@ -60,8 +63,14 @@ def _checked_source(ckpt: Path) -> list[Path]:
 
 def without_router_bias(ckpt: str | Path, out: str | Path, overwrite: bool = False) -> tuple[Path, int]:
     """Copy `ckpt` to `out` with every router bias zeroed; returns (out, tensors zeroed)."""
-    from safetensors import safe_open
-    from safetensors.torch import save_file
+    # Ctrl-C, SIGTERM and SIGHUP held while torch is imported, then met as KeyboardInterrupt before anything is
+    # written: raised inside `import torch` one ended the process by its C++ abort (status 134, "terminate called
+    # after throwing ... KeyboardInterrupt"), or by SIGINT after its one line (-2, not 130) (a real signal, a review)
+    with signals_held(*stop_signals()):
+        from safetensors import safe_open
+        from safetensors.torch import save_file
+
+        import model.checkpoint  # noqa: F401 - _checked_source's, imported here with the signals held
 
     ckpt, out = Path(ckpt), Path(out)
     files = _checked_source(ckpt)

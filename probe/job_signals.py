@@ -12,7 +12,7 @@ import sys
 
 
 @contextlib.contextmanager
-def quiet_start():
+def quiet_start(command: bool | None = None):
     """Around a command package's imports (torch: a second or two): Ctrl-C there ends the process at
     once with one line and exit status 130, as it does once the command's main() runs, instead of a
     traceback from inside `import torch`. By a handler that exits (os._exit: nothing has been done
@@ -20,14 +20,18 @@ def quiet_start():
     traceback, and a bare `except:` in an imported module swallowed another (the command then ran).
     Only under `python -m PACKAGE`, which imports the package before its __main__ and sets
     sys.argv[0] to "-m" meanwhile (Python's documented value while it locates the module); a library
-    import keeps Python's handler."""
+    import keeps Python's handler. A command that is a module, not a package (`python -m
+    analyses.variants`), runs its imports once sys.argv[0] is its file: it says so, `command=__name__ ==
+    "__main__"`."""
     import signal
 
     def stop(signum, frame):
         os.write(2, b"\ninterrupted while starting: nothing was done\n")
         os._exit(130)
 
-    previous = signal.signal(signal.SIGINT, stop) if sys.argv[:1] == ["-m"] else None
+    if command is None:
+        command = sys.argv[:1] == ["-m"]
+    previous = signal.signal(signal.SIGINT, stop) if command else None
     try:
         yield
     finally:

@@ -264,3 +264,84 @@ def test_a_ckpt_that_is_not_a_checkpoint_names_the_flag(tmp_path, capsys):
         assert variants.main(["no-router-bias", "--ckpt", str(ckpt), "--out", str(tmp_path / "v")]) == 2
         assert capsys.readouterr().err == f"error: --ckpt {ckpt}: {why}\n"
     assert not (tmp_path / "v").exists()
+
+
+def _signalled_on_import(module: str, signum: int, argv: list[str], as_command: bool = False):
+    """`main(argv)` of analyses.variants in a process of its own (`python -m analyses.variants ARGV` with
+    `as_command`) that sends itself `signum` (a real signal) when `module` is first looked for, that is
+    as its import begins. SIGHUP starts at its default, as a terminal starts a command. Returns (exit
+    status, stderr, whether torch was imported whole by the end)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from helpers.models import REPO
+
+    run = ("import runpy\nsys.argv = ['-m', *ARGV]\n"
+           "try:\n    runpy.run_module('analyses.variants', run_name='__main__', alter_sys=True)\n"
+           "finally:\n    report()\n") if as_command else (
+           "from analyses.variants import main\ntry:\n    code = main(ARGV)\nfinally:\n    report()\nsys.exit(code)\n")
+    script = ("import os, signal, sys\n"
+              "signal.signal(signal.SIGHUP, signal.SIG_DFL)\n"
+              f"ARGV = {json.dumps(argv)}\n"
+              "def report():\n"
+              "    print('torch whole:', hasattr(sys.modules.get('torch'), 'Tensor'), file=sys.stderr)\n"
+              "class Stop:\n"
+              "    def find_spec(self, name, path=None, target=None):\n"
+              f"        if name == {module!r}:\n"
+              "            sys.meta_path.remove(self)\n"
+              f"            os.kill(os.getpid(), {int(signum)})\n"
+              "        return None\n"
+              "sys.meta_path.insert(0, Stop())\n" + run)
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env=os.environ | {"OMP_NUM_THREADS": "1"})
+    lines = done.stderr.strip().split("\n")  # the last says whether torch is whole, unless it left at once (os._exit)
+    whole = lines.pop() if lines[-1].startswith("torch whole: ") else ""
+    return done.returncode, "\n".join(lines).strip(), whole == "torch whole: True"
+
+
+@pytest.mark.parametrize("signum,said", [("SIGINT", "interrupted"), ("SIGTERM", "terminated"), ("SIGHUP", "hung up")])
+def test_a_real_signal_while_torch_is_imported_is_met_once_it_is_in(ckpt, tmp_path, signum, said):
+    """A real signal during the job's `import torch` raised KeyboardInterrupt inside it: the process
+    then ended by torch's C++ abort (134: "terminate called after throwing ... KeyboardInterrupt"), or
+    by SIGINT after its one line instead of exit status 130 (a review, `timeout` and Ctrl-C against
+    `python -m analyses.variants`). Held until torch is in, it is the one line and 130, nothing written."""
+    import signal
+
+    (tmp_path / "out").mkdir()
+    code, err, whole = _signalled_on_import("torch", getattr(signal, signum),
+                                            ["no-router-bias", "--ckpt", str(ckpt[0]), "--out", str(tmp_path / "out" / "nb")])
+    assert (code, err) == (130, said)
+    assert whole, "the signal was met inside `import torch`"
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_ctrl_c_while_the_command_starts_is_one_line(ckpt, tmp_path):
+    """`python -m analyses.variants` imports pyarrow before its main() (about a second): Ctrl-C there was
+    a KeyboardInterrupt traceback from inside pyarrow's import."""
+    import signal
+
+    (tmp_path / "out").mkdir()
+    code, err, _ = _signalled_on_import("pyarrow", signal.SIGINT, ["no-router-bias", "--ckpt", str(ckpt[0]), "--out",
+                                                                    str(tmp_path / "out" / "nb")], as_command=True)
+    assert (code, err) == (130, "interrupted while starting: nothing was done")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize("signum,said", [("SIGINT", "interrupted"), ("SIGTERM", "terminated"), ("SIGHUP", "hung up")])
+def test_a_real_signal_mid_copy_of_an_overwrite_keeps_the_earlier_variant(ckpt, tmp_path, signum, said):
+    """A real signal while the new variant is copied (its second file besides the weights): one line, 130,
+    the temporary folder removed and --out as it was (the earlier variant whole, not half replaced)."""
+    import signal
+
+    from helpers.processes import signalled_at
+
+    out = tmp_path / "out" / "nb"
+    variants.without_router_bias(ckpt[0], out)
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    done = signalled_at("analyses.variants:main", "shutil:copy2", 1, getattr(signal, signum),
+                        ["no-router-bias", "--ckpt", str(ckpt[0]), "--out", str(out), "--overwrite"])
+    assert (done.returncode, done.stderr.strip()) == (130, said)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["nb"]
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
