@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING
 from model.memory import process_memory
 
 from .job import RecordError, first_line, stop_signals
+from .job_exit import say_stopped
 from .recorders import Batch, RecordConfig, Recorder
 from .record_tables import finish
 from .writer import PartWriter, check_committed, load_progress, prune_uncommitted
@@ -140,13 +140,8 @@ def record_batches(job: Job, opts: RecordOptions, world, m, plan: CorpusPlan, ta
     rec = Recorder(m, cfg, domains=sorted(plan.per_domain))
     t_start = time.time()
 
-    def stuck(signum: int) -> None:  # the watchdog thread: mark the run and leave (see StopOnSignal)
-        marked = (out / "run.json").exists()  # else stuck before rank 0 created it (begin), or not seeing it (_leave)
-        if marked:
-            finish(out, "interrupted", opts, job.args, world, time.time() - t_start)
-        print(f"error: rank {world.rank} of {world.size} stopped: no progress {STOP_GRACE:g} s after signal {signum} "
-              f"(a peer rank is gone?); {_said(out, marked)} (continue with --resume)", file=sys.stderr, flush=True)
-        os._exit(1)
+    def stuck(signum: int) -> None:  # the watchdog thread (see StopOnSignal)
+        leave_stuck(out, opts, job, world, time.time() - t_start, signum)
 
     # the signal handlers (and the watchdog) stay in place through the closing collectives too: a
     # peer may die, and torchrun then send SIGTERM, while this rank waits in the final gather
@@ -200,6 +195,21 @@ def _leave(out: Path, failure: BaseException, opts, job: Job, world, elapsed: fl
                           "once that is fixed)") from None
     raise RecordError(f"rank {world.rank} of {world.size} stopped: {first_line(failure)}; {run} (continue with "
                       "--resume)") from None
+
+
+def leave_stuck(out: Path, opts, job: Job, world, elapsed: float, signum: int) -> None:
+    """The watchdog thread's end of a rank that made no progress `STOP_GRACE` seconds after signal `signum`
+    (`StopOnSignal`'s on_stuck): mark the run interrupted, say so, and leave the process at once, whatever
+    the marking or the line does. The line was a print: with the terminal gone (SIGHUP, every write EIO)
+    it raised in the thread, which died there, and the stuck rank never left (a review)."""
+    try:
+        marked = (out / "run.json").exists()  # else stuck before rank 0 created it (begin), or not seeing it (_leave)
+        if marked:
+            finish(out, "interrupted", opts, job.args, world, elapsed)
+        say_stopped(f"error: rank {world.rank} of {world.size} stopped: no progress {STOP_GRACE:g} s after signal "
+                    f"{signum} (a peer rank is gone?); {_said(out, marked)} (continue with --resume)")
+    finally:
+        os._exit(1)
 
 
 def _said(out: Path, marked: bool) -> str:

@@ -385,6 +385,30 @@ def test_a_rank_stuck_after_a_signal_is_stopped_by_the_watchdog():
     assert calls == []
 
 
+def test_a_stuck_rank_leaves_though_its_terminal_is_gone(tmp_path):
+    """The watchdog's stuck path said its line with print: with the terminal gone (SIGHUP: every write
+    fails, EIO) that raised in the watchdog thread, which died, and the rank stayed stuck instead of
+    leaving with status 1. In a forked child whose stderr fails, stuck in a sleep standing for a
+    collective that waits on a dead peer: it leaves by the watchdog (1), not by the sleep's end (7)."""
+    import functools
+    from types import SimpleNamespace
+
+    from helpers.processes import HungUp
+    from probe.record_loop import StopOnSignal, leave_stuck
+
+    world = SimpleNamespace(rank=1, size=2)
+    pid = os.fork()
+    if pid == 0:  # the child: never returns to pytest
+        try:
+            sys.stderr = HungUp()
+            with StopOnSignal(functools.partial(leave_stuck, tmp_path / "run", None, None, world, 0.0), grace=0.05):
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(60)
+        finally:
+            os._exit(7)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 1
+
+
 def test_a_rank_leaving_after_a_failure_ignores_the_signals_that_follow():
     """A rank whose peer died leaves the loop, marks the run and says so; torchrun's SIGTERM comes at a
     moment of its own, and must not kill the rank in between: after ignore_from_now the block ends
