@@ -169,12 +169,31 @@ def compute(run_dir: Path, ns, writer: bool = True) -> dict:
         out["relative_load"] = rd.relative_loads(run)
         out["domains"] = [d for (d,) in run.sql("select distinct domain from expert_load order by 1").fetchall()]
         out["repetition"] = rd.repetition(run) if "routing" in tables else None
-        out["mtp"] = rd.mtp_by_domain(run) if "mtp" in tables else None
-        out["spec"] = rd.spec_decoding(run) if "spec_decode" in tables else None
-        out["kv"] = rd.latent_rank(run) if "kv_stats" in tables else None
+        rows = with_rows(run, tables)
+        out["mtp"] = rd.mtp_by_domain(run) if "mtp" in rows else None
+        out["spec"] = rd.spec_decoding(run) if "spec_decode" in rows else None
+        out["kv"] = rd.latent_rank(run) if "kv_stats" in rows else None
         research.compute_tables(run, ns, out)
         out["summary"] = summary(out)
     return out
+
+
+OPTIONAL = ("mtp", "spec_decode", "kv_stats")  # a record's optional tables (--no-mtp, --kv-stats) and spec's
+
+
+def with_rows(run, tables: set[str]) -> set[str]:
+    """The `OPTIONAL` tables of `tables` (the run's) that hold a row. One whose part files hold none (a stray or
+    hand-made file) gives its section's placeholder, as the table without part files does: its section's
+    computation (`need_rows`) failed the whole report, after the ablation sweep had run (a review)."""
+    return {t for t in OPTIONAL if t in tables and run.sql(f"select count(*) from {t}").fetchall()[0][0]}
+
+
+def _rowless(r: dict, table: str) -> str | None:
+    """The placeholder of a section whose `table` has part files but no row (`with_rows`); None otherwise."""
+    run = r.get("run")
+    if run is None or r.get("lost_tables") or not run.files(table):
+        return None
+    return f"(not measured: the run's {table} table has part files but no row: a stray or hand-made file?)"
 
 
 def _sweep_summary(sw) -> list[str]:
@@ -452,7 +471,7 @@ def _missing(sec: str, r: dict) -> str:
     if sec in research.RESEARCH_SECTIONS:
         return research.missing(sec, r)
     if sec == spec.SECTION:
-        return spec.missing(r)
+        return _rowless(r, "spec_decode") or spec.missing(r)
     run = r["run"]
     if sec == "MTP agreement" and run.status == "complete" and (Path(run.path) / "mtp").is_dir() \
             and not r.get("lost_tables"):  # recorded without a row: "not recorded" read as --no-mtp (a tour)
@@ -460,7 +479,7 @@ def _missing(sec: str, r: dict) -> str:
                 "tokens after it, which the MTP head's guess of token i+2 is scored against; record longer windows "
                 "or a larger --max-tokens)")
     table = {"Consecutive-token repetition": "routing", "MTP agreement": "mtp"}.get(sec, "kv_stats")
-    return research.not_recorded(r, research.unrecorded_why(run, table))
+    return _rowless(r, table) or research.not_recorded(r, research.unrecorded_why(run, table))
 
 
 def write_html(r: dict, figs: dict, path: Path, argv: list[str]) -> Path:

@@ -184,3 +184,25 @@ def test_the_report_of_a_record_gains_the_section_once_spec_adds_its_tables(tmp_
     assert "### Acceptance by generated position per domain" in section and "(not in this run" not in section
     doc = (tmp_path / "r.html").read_text()
     assert f">{spec.SECTION}</h2>" in doc and "Acceptance and tokens per forward pass by domain" in doc
+
+
+@pytest.mark.parametrize("table,section", [("spec_decode", spec.SECTION), ("mtp", "MTP agreement"),
+                                           ("kv_stats", "Latent KV effective rank")])
+def test_an_optional_table_without_a_row_is_the_section_s_placeholder(tmp_path, capsys, table, section):
+    """A spec_decode part of no row (a stray or hand-made file) failed the whole report ("run's spec_decode
+    table is empty", exit 2) once every other section, the ablation sweep first, had run; so did an mtp or
+    kv_stats part of none. Each is now its section's placeholder, as the table without part files is."""
+    import pyarrow.parquet as pq
+
+    from analyses.report import __main__ as report
+    from helpers.synthetic_run import write_run
+    from probe.schema import TABLES
+
+    run = tmp_path / "run"
+    write_run(run)
+    (run / table).mkdir()
+    pq.write_table(TABLES[table].empty_table(), run / table / "part-r000-000000.parquet")
+    assert report.main([str(run), "--skip-ablation", "--importance-tokens", "0", "--out", str(tmp_path / "r.html")]) == 0
+    text = capsys.readouterr().out
+    assert (f"## {section}\n(not measured: the run's {table} table has part files but no row: a stray or hand-made "
+            "file?)") in text
