@@ -56,7 +56,7 @@ Library: `generate(model, prompts, ...)` (decode.py), `SamplingParams` (sampling
 `python -m model.generate` is an alias of `python -m generate`.
 """
 
-from probe.job import quiet_start
+from probe.job_signals import quiet_start
 
 with quiet_start():  # `python -m generate`: Ctrl-C while torch is imported (generate/__main__ takes it from there)
     from .decode import DraftFn, GenerationOutput, OnToken, generate

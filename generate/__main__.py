@@ -8,13 +8,16 @@ import sys
 import time
 from pathlib import Path
 
-import generate as package
-from generate import (GenerateError, GenerationOutput, SamplingParams, TextCodec, generate, load_codec,
-                      read_prompts, write_demo_checkpoint)
-from generate.decode import PromptError
-from generate.text import demo_refusal
-from probe.job import check_out_parent, os_refusal, path_text, tokenizer_fits
-from probe.job_exit import exit_ranks, whole_lines_on_stderr
+from probe.job_signals import quiet_start
+
+with quiet_start(__name__ == "__main__"):  # Ctrl-C while the command imports: one line, not a traceback
+    import generate as package
+    from generate import (GenerateError, GenerationOutput, SamplingParams, TextCodec, generate, load_codec,
+                          read_prompts, write_demo_checkpoint)
+    from generate.decode import PromptError
+    from generate.text import demo_refusal
+    from probe.job import check_out_parent, os_refusal, path_text, tokenizer_fits
+    from probe.job_exit import exit_ranks, whole_lines_on_stderr
 
 
 class Streamer:
@@ -338,8 +341,9 @@ def cli() -> int:
     """main() in a process of its own: `python -m generate` and its alias `python -m model.generate`.
     A reader that stops early (`| head`) was a BrokenPipeError traceback from the streaming print: exit
     141, as the analyses commands do."""
-    from probe.job_exit import closed_pipe_quiet
-    from probe.teardown import quick_teardown
+    with quiet_start(True):  # a process of its own: Ctrl-C here is one line, as in the package's imports
+        from probe.job_exit import closed_pipe_quiet
+        from probe.teardown import quick_teardown
 
     quick_teardown()
     return closed_pipe_quiet(main)()

@@ -11,15 +11,18 @@
     table = model.patch_sweep(m, clean, corrupted, "layers.*.hook_resid_post", metric)  # a DataFrame
 """
 
-from .args import ConfigError, InputError, ModelArgs
-from .checkpoint import CheckpointError, load
-from .frozen import frozen_weights
-from .head_stats import TokenStats
-from .saving import save
-from .hooks import HookError, HookPoint
-from .parallel import ParallelError
-from .patching import ExpertPatchReport, patch_experts, patch_sweep
-from .transformer import MTP, Block, Transformer
+from probe.job_signals import quiet_start
+
+with quiet_start():  # `python -m model`: Ctrl-C while torch is imported (model/__main__ takes it from there)
+    from .args import ConfigError, InputError, ModelArgs
+    from .checkpoint import CheckpointError, load
+    from .frozen import frozen_weights
+    from .head_stats import TokenStats
+    from .saving import save
+    from .hooks import HookError, HookPoint
+    from .parallel import ParallelError
+    from .patching import ExpertPatchReport, patch_experts, patch_sweep
+    from .transformer import MTP, Block, Transformer
 
 __all__ = ["ModelArgs", "ConfigError", "Transformer", "Block", "MTP", "HookPoint", "HookError", "load", "save",
            "CheckpointError", "ParallelError", "InputError", "frozen_weights", "TokenStats",

@@ -14,13 +14,16 @@ import sys
 import time
 from pathlib import Path
 
-import torch
+from probe.job_signals import quiet_start
 
-from probe.job import path_text, tokenizer_fits
+with quiet_start(__name__ == "__main__"):  # Ctrl-C while the command imports: one line, not a traceback
+    import torch
 
-from . import CheckpointError, ConfigError, ModelArgs, Transformer, load
-from .checkpoint import not_a_directory
-from .memory import available_memory
+    from probe.job import path_text, tokenizer_fits
+
+    from . import CheckpointError, ConfigError, ModelArgs, Transformer, load
+    from .checkpoint import not_a_directory
+    from .memory import available_memory
 
 
 def _build(ns) -> Transformer:
@@ -208,8 +211,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from probe.job_exit import closed_pipe_quiet
-    from probe.teardown import quick_teardown
+    with quiet_start(True):  # as the imports above
+        from probe.job_exit import closed_pipe_quiet
+        from probe.teardown import quick_teardown
 
     quick_teardown()
     # `python -m model params ... | head -1` ended in a BrokenPipeError traceback: exit 141, as the

@@ -2,6 +2,9 @@
 (It imports nothing until run, so the model package never loads the training code.)"""
 
 if __name__ == "__main__":
-    from train.__main__ import cli
+    from probe.job_signals import quiet_start
+
+    with quiet_start(True):  # Ctrl-C while the command imports: one line, not a traceback
+        from train.__main__ import cli
 
     cli()

@@ -28,12 +28,16 @@ from .allocator import reader_env, use_system_allocator
 
 use_system_allocator()
 
-from .corpus import CorpusError  # noqa: E402
-from .job import (DEFAULT_CKPT, DEFAULT_CORPUS, DEFAULT_RUNS, RecordError, add_model_flags, path_text,  # noqa: E402
-                  terminate_as_interrupt)
-from .job_exit import (closed_pipe_quiet, exit_ranks, job_error, launch_rank0,  # noqa: E402
-                       one_line_when_a_peer_is_lost, say_stopped)
-from .writer import RunError, read_run_json  # noqa: E402
+from .job_signals import quiet_start  # noqa: E402
+
+# Ctrl-C while the command imports: one line, not a traceback (`python -m probe`, the console script)
+with quiet_start(__name__ == "__main__" or Path(sys.argv[0]).stem == "dsv3-probe"):
+    from .corpus import CorpusError
+    from .job import (DEFAULT_CKPT, DEFAULT_CORPUS, DEFAULT_RUNS, RecordError, add_model_flags, path_text,
+                      terminate_as_interrupt)
+    from .job_exit import (closed_pipe_quiet, exit_ranks, job_error, launch_rank0, one_line_when_a_peer_is_lost,
+                           say_stopped)
+    from .writer import RunError, read_run_json
 
 if TYPE_CHECKING:
     from .record import RecordOptions
@@ -326,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def cli() -> int:
     """The console script `dsv3-probe`: main() in a process of its own (pyproject.toml)."""
-    from .teardown import quick_teardown
+    with quiet_start(True):  # as the imports above
+        from .teardown import quick_teardown
 
     quick_teardown()
     return main()

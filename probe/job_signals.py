@@ -20,9 +20,11 @@ def quiet_start(command: bool | None = None):
     traceback, and a bare `except:` in an imported module swallowed another (the command then ran).
     Only under `python -m PACKAGE`, which imports the package before its __main__ and sets
     sys.argv[0] to "-m" meanwhile (Python's documented value while it locates the module); a library
-    import keeps Python's handler. A command that is a module, not a package (`python -m
-    analyses.variants`), runs its imports once sys.argv[0] is its file: it says so, `command=__name__ ==
-    "__main__"`."""
+    import keeps Python's handler. A command's own module (a package's __main__, `python -m
+    analyses.variants`) runs its imports once sys.argv[0] is its file: it says so, `command=__name__ ==
+    "__main__"` (probe/__main__ also for the console script `dsv3-probe`). Every command wraps each step
+    of its start that imports in one (its package's imports, its __main__'s, those just before main()),
+    so that the only gap left is this small module's own import."""
     import signal
 
     def stop(signum, frame):

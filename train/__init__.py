@@ -60,7 +60,7 @@ Library: `run(flags)` (loop.py) with its pieces in steps.py (losses, schedules, 
 data.py, state.py and log.py; the command is `__main__.py` (`python -m model.train` is an alias).
 """
 
-from probe.job import quiet_start
+from probe.job_signals import quiet_start
 
 with quiet_start():  # `python -m train`: Ctrl-C while torch is imported (train/__main__ takes it from there)
     from .balance import (GateRef, RoutingTap, expert_counts, max_violation, moe_gates, seq_balance_loss,

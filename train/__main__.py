@@ -6,12 +6,14 @@ import os
 import signal
 import sys
 
-from model import ConfigError
-from model.kernels import KernelError
-from probe.job_exit import exit_ranks, launch_rank0, launch_world, say_stopped, stop_cause, whole_lines_on_stderr
-from probe.job_signals import stop_signals
+from probe.job_signals import quiet_start, stop_signals
 
-from . import TrainError, parse_args, run
+with quiet_start(__name__ == "__main__"):  # Ctrl-C while the command imports: one line, not a traceback
+    from model import ConfigError
+    from model.kernels import KernelError
+    from probe.job_exit import exit_ranks, launch_rank0, launch_world, say_stopped, stop_cause, whole_lines_on_stderr
+
+    from . import TrainError, parse_args, run
 
 
 class _Terminated(KeyboardInterrupt):
@@ -70,7 +72,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def cli() -> None:
     """main() in a process of its own: `python -m train` and its alias `python -m model.train`."""
-    from probe.teardown import quick_teardown
+    with quiet_start(True):  # a process of its own: Ctrl-C here is one line, as in the package's imports
+        from probe.teardown import quick_teardown
 
     quick_teardown()
     main()

@@ -51,9 +51,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+from probe.job_signals import quiet_start
 
-from probe.writer import replacing
+with quiet_start():  # `python -m analyses.placement`: Ctrl-C while numpy is imported (its __main__ takes it from there)
+    import numpy as np
+
+    from probe.writer import replacing
 
 
 class PlacementError(ValueError):

@@ -6,12 +6,15 @@ import argparse
 import sys
 from pathlib import Path
 
-import analyses.placement as package
-from analyses.placement import (PlacementError, current_placement, plan_run, run_groups, run_loads, summary_frame,
-                                worse_than_current, write_plan)
-from analyses.placement.export import FORMATS, export, is_placement_file
-from probe.job import RecordError, check_out_parent, os_refusal, path_arg, path_text
-from probe.job_exit import closed_pipe_quiet, job_error, table_errors
+from probe.job_signals import quiet_start
+
+with quiet_start(__name__ == "__main__"):  # Ctrl-C while the command imports: one line, not a traceback
+    import analyses.placement as package
+    from analyses.placement import (PlacementError, current_placement, plan_run, run_groups, run_loads, summary_frame,
+                                    worse_than_current, write_plan)
+    from analyses.placement.export import FORMATS, export, is_placement_file
+    from probe.job import RecordError, check_out_parent, os_refusal, path_arg, path_text
+    from probe.job_exit import closed_pipe_quiet, job_error, table_errors
 
 
 def step_range(text: str) -> tuple[int, int]:

@@ -32,9 +32,12 @@ model), spec.py (the speculative-decoding section), render.py (sections, figures
 the command is `__main__.py`.
 """
 
-from .data import (FRACTIONS, RANK_BY, SEEDS, Sweep, ablation_sweep, balance, latent_rank, masked_counts, mtp_by_domain,
-                   relative_loads, repetition, run_label, spec_decoding, specialisation)
-from .render import ReportError, check_run, compute, figures, print_text, summary, write_findings, write_html
+from probe.job_signals import quiet_start
+
+with quiet_start():  # `python -m analyses.report`: Ctrl-C while pandas is imported (its __main__ takes it from there)
+    from .data import (FRACTIONS, RANK_BY, SEEDS, Sweep, ablation_sweep, balance, latent_rank, masked_counts,
+                       mtp_by_domain, relative_loads, repetition, run_label, spec_decoding, specialisation)
+    from .render import ReportError, check_run, compute, figures, print_text, summary, write_findings, write_html
 
 __all__ = ["ablation_sweep", "balance", "latent_rank", "masked_counts", "mtp_by_domain", "relative_loads",
            "repetition", "run_label", "spec_decoding", "specialisation", "Sweep", "FRACTIONS", "SEEDS", "RANK_BY",

@@ -8,15 +8,18 @@ import sys
 import time
 from pathlib import Path
 
-import analyses.report as package
-from analyses.notebook_utils import DEFAULT_RUN
-from probe.job import (MODEL_FLAGS, add_model_flags, check_file_replaceable, check_not_an_input, check_out_parent,
-                       os_refusal, path_text, run_inputs, run_tokenizer)
-from probe.job_exit import (closed_pipe_quiet, exit_ranks, job_error, launch_rank0, one_line_when_a_peer_is_lost,
-                            table_errors)
+from probe.job_signals import quiet_start
 
-from . import data as rd
-from .render import ReportError, check_run, compute, figures, print_text, run_notes, write_findings, write_html
+with quiet_start(__name__ == "__main__"):  # Ctrl-C while the command imports: one line, not a traceback
+    import analyses.report as package
+    from analyses.notebook_utils import DEFAULT_RUN
+    from probe.job import (MODEL_FLAGS, add_model_flags, check_file_replaceable, check_not_an_input, check_out_parent,
+                           os_refusal, path_text, run_inputs, run_tokenizer)
+    from probe.job_exit import (closed_pipe_quiet, exit_ranks, job_error, launch_rank0, one_line_when_a_peer_is_lost,
+                                table_errors)
+
+    from . import data as rd
+    from .render import ReportError, check_run, compute, figures, print_text, run_notes, write_findings, write_html
 
 
 def fractions_arg(text: str) -> list[float]:
@@ -298,7 +301,8 @@ def _write(r: dict, html: Path, findings: Path | None, argv: list[str], t0: floa
 
 
 if __name__ == "__main__":
-    from probe.teardown import quick_teardown
+    with quiet_start(True):  # as the imports above
+        from probe.teardown import quick_teardown
 
     quick_teardown()
     sys.exit(main())
