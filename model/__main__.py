@@ -19,7 +19,7 @@ from probe.job_signals import quiet_start
 with quiet_start(__name__ == "__main__"):  # Ctrl-C while the command imports: one line, not a traceback
     import torch
 
-    from probe.job import path_text, tokenizer_fits
+    from probe.job import SubcommandParser, path_text, tokenizer_fits
 
     from . import CheckpointError, ConfigError, ModelArgs, Transformer, load
     from .checkpoint import not_a_directory
@@ -181,7 +181,7 @@ def params(ns) -> int:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m model", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="cmd", required=True)
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=SubcommandParser)
     s = sub.add_parser("summary", help="forward pass and a routing / latent summary")
     s.add_argument("--ckpt", type=path_text, help="Hugging Face checkpoint directory (default: random weights)")
     s.add_argument("--config", help="shipped config for random weights (default: tiny)")

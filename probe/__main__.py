@@ -33,8 +33,8 @@ from .job_signals import quiet_start  # noqa: E402
 # Ctrl-C while the command imports: one line, not a traceback (`python -m probe`, the console script)
 with quiet_start(__name__ == "__main__" or Path(sys.argv[0]).stem == "dsv3-probe"):
     from .corpus import CorpusError
-    from .job import (DEFAULT_CKPT, DEFAULT_CORPUS, DEFAULT_RUNS, RecordError, add_model_flags, path_text,
-                      terminate_as_interrupt)
+    from .job import (DEFAULT_CKPT, DEFAULT_CORPUS, DEFAULT_RUNS, RecordError, SubcommandParser, add_model_flags,
+                      path_text, terminate_as_interrupt)
     from .job_exit import (closed_pipe_quiet, exit_ranks, job_error, launch_rank0, one_line_when_a_peer_is_lost,
                            say_stopped)
     from .writer import RunError, read_run_json
@@ -309,7 +309,7 @@ def _import(ns) -> int:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dsv3-probe", description="Look inside DeepSeek-V3 models.")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=SubcommandParser)
     _add_record(sub)
     _add_spec(sub)
     _add_import(sub)

@@ -39,6 +39,20 @@ DTYPES = ("float32", "bfloat16", "float64")
 MODEL_FLAGS = ("dtype", "gemm", "device", "model_parallel")  # the options add_model_flags adds
 
 
+class SubcommandParser(argparse.ArgumentParser):
+    """A subcommand's parser (`add_subparsers(parser_class=SubcommandParser)`: dsv3-probe's, `python -m
+    model`'s): an argument it does not take is refused here, with its own usage and name ("dsv3-probe spec:
+    error: unrecognized arguments: --prompt-tokns 8"). argparse handed it to the top-level parser, whose
+    usage names none of the subcommand's flags. Only the subcommands': the top-level parser stays
+    argparse's own (tests/helpers/doc_commands.py stops each command once its parse_args has parsed)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        ns, extra = super().parse_known_args(args, namespace)
+        if extra:
+            self.error(f"unrecognized arguments: {' '.join(extra)}")
+        return ns, extra
+
+
 # ------------------------------------------------------------------------------ inputs
 def path_text(text: str) -> str:
     """argparse type of a path flag kept as text: an empty value (an unset shell variable) is refused,

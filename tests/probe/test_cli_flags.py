@@ -95,6 +95,27 @@ def test_a_value_error_from_a_job_is_one_line(monkeypatch, capsys):
     assert capsys.readouterr().err == "error: --batch-size 0: must be >= 1\n"
 
 
+@pytest.mark.parametrize("command, argv, prog, unknown", [
+    ("probe", ["spec", "--prompt-tokns", "8"], "dsv3-probe spec", "--prompt-tokns 8"),  # for --prompt-tokens
+    ("probe", ["record", "--max-tokens", "8", "--maxtokens", "3"], "dsv3-probe record", "--maxtokens 3"),
+    ("probe", ["import", "sglang", "dumps", "--overwite"], "dsv3-probe import", "--overwite"),
+    ("model", ["params", "--confg", "671B"], "python -m model params", "--confg 671B"),
+])
+def test_a_subcommands_unknown_flag_is_refused_with_its_usage(command, argv, prog, unknown, capsys):
+    """argparse refused a flag that a subcommand does not take with the top-level usage ("usage:
+    dsv3-probe [-h] {record,spec,import,dashboard} ..."), which names none of the subcommand's flags:
+    now the subcommand's usage, with the flags it does take, and its name in the error."""
+    from model.__main__ import main as model_main
+
+    main = {"probe": cli.main, "model": model_main}[command]
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert err.startswith(f"usage: {prog} [-h] "), err
+    assert err.endswith(f"\n{prog}: error: unrecognized arguments: {unknown}\n"), err
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
