@@ -81,13 +81,14 @@ def spec_decoding(run) -> dict:
     page through its functions (`analyses.metrics.speculative`): `by_domain` (prompts, drafts proposed and
     accepted, acceptance, mean_length, tokens_per_forward), `totals` (`spec_totals`: the whole run's, its
     acceptance None where no draft was proposed), `size` (generated positions a bucket, `spec_bucket_size`)
-    and `by_position` (acceptance per domain and bucket; None without a draft, or without spec_drafts)."""
+    and `by_position` (acceptance per domain and bucket; None without a draft, or without a spec_drafts row:
+    a part file of none, stray or hand-made, failed the whole report in `need_rows`, as a table absent does not)."""
     run = as_run(run)
     by_domain = spec_by_domain_from_run(run)
     totals = spec_totals(by_domain)
     size = spec_bucket_size(run.info)
-    by_position = (spec_by_position_from_run(run, size) if totals["proposed"] and "spec_drafts" in run.tables
-                   else None)
+    drafts = "spec_drafts" in run.tables and run.sql("select count(*) from spec_drafts").fetchall()[0][0] > 0
+    by_position = spec_by_position_from_run(run, size) if totals["proposed"] and drafts else None
     return {"by_domain": by_domain, "totals": totals, "size": size, "by_position": by_position}
 
 

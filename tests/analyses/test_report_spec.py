@@ -154,6 +154,24 @@ def test_a_spec_run_without_a_draft_says_so_and_draws_no_acceptance(tmp_path):
     assert math.isnan(figs[0][2].acceptance_rate.iloc[0])
 
 
+def test_a_spec_drafts_part_without_a_row_beside_proposed_drafts_draws_no_position(spec_run, tmp_path):
+    """spec_decode proposed drafts but spec_drafts' part file holds no row (a stray or hand-made file): the
+    by-position part is None, as where spec_drafts is absent; it failed the whole report ("run's spec_drafts
+    table is empty"). The rest of the section is the run's, unchanged."""
+    import shutil
+
+    from probe.schema import TABLES
+
+    run = shutil.copytree(spec_run, tmp_path / "run")
+    shutil.rmtree(run / "spec_drafts")
+    (run / "spec_drafts").mkdir()
+    pq.write_table(TABLES["spec_drafts"].empty_table(), run / "spec_drafts" / "part-r000-000000.parquet")
+    s, whole = rd.spec_decoding(run), rd.spec_decoding(spec_run)
+    assert s["totals"] == whole["totals"] and s["totals"]["proposed"] > 0 and whole["by_position"] is not None
+    assert s["by_position"] is None
+    assert [f[0] for f in spec.figures(s)] == [f[0] for f in spec.figures(whole)][:2]
+
+
 def test_a_run_without_spec_tables_has_the_section_s_placeholder_and_no_sentence():
     """The control: no spec tables, no sentence and no figure; the placeholder says what makes them."""
     assert not any(x.startswith("Speculative decoding") for x in summary(_summed(None)))
