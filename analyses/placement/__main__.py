@@ -74,16 +74,21 @@ def check_replaceable_plan(out: Path) -> None:
         raise RecordError(f"--out {out}: exists and is not a placement file; write to a new file (or delete it first)")
 
 
-def _run(ns) -> int:
+def _check_out(ns) -> None:
+    """--out against --format, its folder and what it would replace: before any planning."""
     if ns.format != "table" and ns.out is None:
         raise PlacementError(f"--format {ns.format} writes a file: pass --out plan.json (or .pt)")
     if ns.format != "table" and ns.out.suffix not in (".json", ".pt"):
         raise PlacementError(f"--out {ns.out}: --format {ns.format} writes a .json or .pt file")
     if ns.format == "table" and ns.out is not None and ns.out.suffix not in (".parquet", ".json"):
-        raise PlacementError(f"--out {ns.out}: --format table writes a .parquet or .json file")  # before planning
+        raise PlacementError(f"--out {ns.out}: --format table writes a .parquet or .json file")
     if ns.out is not None:
         check_out_parent(ns.out, file=True)
         check_replaceable_plan(ns.out)
+
+
+def _run(ns) -> int:
+    _check_out(ns)
     planning = [f"--{k}" for k in ("gpus", "nodes", "redundant", "groups", "mode") if getattr(ns, k) is not None]
     if ns.format == "logical-count" and planning:
         # the loads are written as measured; SGLang plans from them with its own EP size
