@@ -37,6 +37,7 @@ with quiet_start(__name__ == "__main__" or Path(sys.argv[0]).stem == "dsv3-probe
                       path_text, terminate_as_interrupt)
     from .job_exit import (closed_pipe_quiet, exit_ranks, job_error, launch_rank0, one_line_when_a_peer_is_lost,
                            say_stopped)
+    from .teardown import quick_teardown
     from .writer import RunError, read_run_json
 
 if TYPE_CHECKING:
@@ -330,9 +331,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def cli() -> int:
     """The console script `dsv3-probe`: main() in a process of its own (pyproject.toml)."""
-    with quiet_start(True):  # as the imports above
-        from .teardown import quick_teardown
-
     quick_teardown()
     return main()
 

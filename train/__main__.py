@@ -12,6 +12,7 @@ with quiet_start(__name__ == "__main__"):  # Ctrl-C while the command imports: o
     from model import ConfigError
     from model.kernels import KernelError
     from probe.job_exit import exit_ranks, launch_rank0, launch_world, say_stopped, stop_cause, whole_lines_on_stderr
+    from probe.teardown import quick_teardown
 
     from . import TrainError, parse_args, run
 
@@ -72,9 +73,6 @@ def main(argv: list[str] | None = None) -> None:
 
 def cli() -> None:
     """main() in a process of its own: `python -m train` and its alias `python -m model.train`."""
-    with quiet_start(True):  # a process of its own: Ctrl-C here is one line, as in the package's imports
-        from probe.teardown import quick_teardown
-
     quick_teardown()
     main()
 

@@ -17,6 +17,7 @@ with quiet_start(__name__ == "__main__"):  # Ctrl-C while the command imports: o
                            os_refusal, path_text, run_inputs, run_tokenizer)
     from probe.job_exit import (closed_pipe_quiet, exit_ranks, job_error, launch_rank0, one_line_when_a_peer_is_lost,
                                 table_errors)
+    from probe.teardown import quick_teardown
 
     from . import data as rd
     from .render import ReportError, check_run, compute, figures, print_text, run_notes, write_findings, write_html
@@ -301,8 +302,5 @@ def _write(r: dict, html: Path, findings: Path | None, argv: list[str], t0: floa
 
 
 if __name__ == "__main__":
-    with quiet_start(True):  # as the imports above
-        from probe.teardown import quick_teardown
-
     quick_teardown()
     sys.exit(main())

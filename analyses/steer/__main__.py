@@ -20,6 +20,7 @@ with quiet_start(__name__ == "__main__"):  # Ctrl-C while the command imports: o
     from probe.job import add_input_flags, terminated_as_ctrl_c  # noqa: E402
     from probe.job_exit import (closed_pipe_quiet, exit_ranks, job_error, launch_rank0,  # noqa: E402
                                 one_line_when_a_peer_is_lost, table_errors)
+    from probe.teardown import quick_teardown  # noqa: E402
     from probe.writer import RunError  # noqa: E402
 
 from . import MODES
@@ -124,8 +125,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    with quiet_start(True):  # as the imports above
-        from probe.teardown import quick_teardown
-
     quick_teardown()
     sys.exit(main())
