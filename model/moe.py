@@ -213,9 +213,10 @@ class Experts(nn.Module):
         # NOTE: the weights carry a gradient of their own where x does not: a router point cached with
         # detach=False (or a hook's replacement) in a model held still, requires_grad_(False); the
         # in-place paths then failed in torch.mm(out=) (a tour)
-        if not fp8_in and not grad_tracked(weights_TK) and self._padding_pays(x_TD, counts):
+        in_place = not grad_tracked(weights_TK)
+        if not fp8_in and in_place and self._padding_pays(x_TD, counts):
             out_TD = self._onednn_padded(x_TD, w_A, tok_A, counts)
-        elif not grad_tracked(weights_TK) and self._dense_inference(x_TD):
+        elif in_place and self._dense_inference(x_TD):
             out_TD = self._gathered(x_TD, w_A, tok_A, counts, acc)
         else:
             out_TD = self._one_expert_at_a_time(x_TD, w_A, tok_A, counts, fp8_in, acc)
