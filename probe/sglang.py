@@ -196,7 +196,7 @@ def _stat(dumps: list[Dump], shape: Shape, out: Path, buffer_size: int | None = 
               "passes (the Serving page's windows) is not. A server started with "
               "--expert-distribution-recorder-buffer-size -1 keeps every pass in order: import its dumps with "
               "--buffer-size -1.", file=sys.stderr)
-    layers = moe_layers(shape, sum(c.sum(0, dtype=np.int64) for c, _ in parts))  # unused rows: 0
+    layers = moe_layers(shape, sum(c.sum(0, dtype=np.int64) for c, _ in parts), dumps)  # unused rows: 0
     w = PartWriter(out, 0, ["expert_load"])
     step = 0
     for c, order in parts:  # each dump's used rows in the order written, read where they lie (no copy of the dump)

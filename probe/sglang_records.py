@@ -20,11 +20,20 @@ from .sglang_dumps import DOMAIN, Dump, SGLangError, Shape, check_unread, consum
 from .writer import PartWriter
 
 
-def moe_layers(shape: Shape, counts_LE: np.ndarray) -> list[int]:
-    """Layers that route: not dense per the config; without one, those that counted something."""
-    if shape.args is not None:
-        return [i for i in range(shape.n_layers) if i not in shape.dense]
-    return [i for i in range(shape.n_layers) if counts_LE[i].sum() > 0]
+def moe_layers(shape: Shape, counts_LE: np.ndarray, dumps: list[Dump]) -> list[int]:
+    """Layers that route: not dense per the config; without one, those that counted something.
+    `counts_LE`: the dumps' counts [L, E] summed. A layer the config runs dense that counted is
+    another model's dump, refused: SGLang's dense layers select no expert, so their rows stay 0
+    (its counts were dropped without a word, the rest imported as this model's)."""
+    if shape.args is None:
+        return [i for i in range(shape.n_layers) if counts_LE[i].sum() > 0]
+    counted = [i for i in shape.dense if counts_LE[i].sum() > 0]
+    if counted:
+        raise SGLangError(f"{', '.join(d.path.name for d in dumps[:3])}: layer {counted[0]} counted "
+                          f"{int(counts_LE[counted[0]].sum())} expert selections, but --config has "
+                          f"first_k_dense_replace={len(shape.dense)} (layers 0..{len(shape.dense) - 1} dense, "
+                          "choosing no expert): is it this model's dump?")
+    return [i for i in range(shape.n_layers) if i not in shape.dense]
 
 
 def load_rows(step: int, layers: list[int], counts_LE: np.ndarray, tokens: int) -> pa.RecordBatch:
@@ -94,14 +103,14 @@ def per_pass(dumps: list[Dump], shape: Shape, out: Path) -> dict:
     passes = {fp: total // k if repeated else total for fp, (total, k) in sums.items()}
     if repeated and shape.fused:  # its slot counted once, as the routed counts are
         shape.fused.dropped //= min(n)
-    return _write_passes(passes, shape, out) | {"ranks_counted_the_same_tokens": repeated,
+    return _write_passes(passes, shape, out, dumps) | {"ranks_counted_the_same_tokens": repeated,
                                                 "empty_records_skipped": empty, "draft_records_skipped": drafts}
 
 
-def _write_passes(passes: dict[int, np.ndarray], shape: Shape, out: Path) -> dict:
+def _write_passes(passes: dict[int, np.ndarray], shape: Shape, out: Path, dumps: list[Dump]) -> dict:
     """per_pass's expert_load, one step per forward pass in pass order, and its run.json keys."""
     order = sorted(passes)
-    layers = moe_layers(shape, sum(passes.values()))
+    layers = moe_layers(shape, sum(passes.values()), dumps)
     w = PartWriter(out, 0, ["expert_load"])
     for step, fp in enumerate(order):
         c = passes[fp]
@@ -140,7 +149,7 @@ def per_token(dumps: list[Dump], shape: Shape, out: Path) -> dict:
     kept.sort(key=lambda x: x[0])
     _count_fused(shape, kept)
     _check_vocab(shape, kept)
-    layers = moe_layers(shape, sum(_counts(lg, range(len(lg)), shape) for *_, lg in kept))
+    layers = moe_layers(shape, sum(_counts(lg, range(len(lg)), shape) for *_, lg in kept), dumps)
     passes, tokens = _write_token_tables(kept, layers, shape, out)
     return {"passes": passes, "records": len(kept), "moe_layers": layers, "tokens": tokens, "topk_assumed": False,
             "ranks_counted_the_same_tokens": copies > 0, "copies_skipped": copies, "empty_records_skipped": empty,

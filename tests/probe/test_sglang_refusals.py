@@ -387,3 +387,25 @@ def test_a_map_or_counts_with_a_dimension_of_0_is_one_line(world, tmp_path, caps
         assert re.search(rf"\.pt: {field} has shape \[[0-9, ]*\b0\b[0-9, ]*\] \(.*\): a server's dump has at least "
                          "one of each", err), err
         assert not (tmp_path / "run").exists() and not list(tmp_path.glob(".*importing"))
+
+
+@pytest.mark.parametrize("mode", ["stat", "per_pass", "per_token"])
+def test_a_config_whose_dense_layers_the_dump_routed_in_is_refused(world, tmp_path, capsys, mode):
+    """SGLang's dense layers select no expert, so their counts stay 0: a dump that routed in a layer
+    --config runs dense (first_k_dense_replace=2 against the tiny model's 1) is another model's. Its
+    counts of that layer were dropped without a word and the rest imported as this model's."""
+    from probe.__main__ import main
+
+    cfg = json.loads(world["config"].read_text()) | {"first_k_dense_replace": 2}
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "config.json").write_text(json.dumps(cfg))
+    code = main(["import", "sglang", str(world[mode]), "--config", str(tmp_path / "cfg" / "config.json"),
+                 "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and "\n" not in err and "Traceback" not in err
+    assert re.search(r"expert_distribution_recorder_[\d.]+(_0)?\.pt.*: layer 1 counted \d+ expert selections, but "
+                     r"--config has first_k_dense_replace=2 \(layers 0\.\.1 dense", err), err
+    assert not (tmp_path / "run").exists()
+    # the model's own config (layer 0 dense, which counted nothing) imports
+    assert probe.open_run(import_sglang(world[mode], tmp_path / "ok", config=str(world["config"]))).info["model_args"][
+        "n_dense_layers"] == 1
