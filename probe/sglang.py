@@ -41,7 +41,8 @@ decode pass one sequence per token; records repeated on several ranks kept once)
 (logical expert ids; SGLang records no weights), and `placement` when the dump carries the
 physical-to-logical map (the GPU of a slot: slot // (physical experts / GPUs), the GPUs being
 --gpus, else the ranks that recorded when nothing says they are not all: see `_gpus_of`). Layers the model runs dense
-(`first_k_dense_replace` of --config), or that counted nothing when no config is given, are skipped. Files are read with
+(`first_k_dense_replace` of --config), or that counted nothing when no config is given, are skipped; with
+--config, a dense layer that counted or a MoE layer that did not is refused (sglang_records.moe_layers). Files are read with
 `torch.load(weights_only=True)`: a file that holds pickled Python objects is refused, never run.
 A server that fuses the shared expert into the routed ones appends an id past them to every token's
 top-k: told from the dump where it can be, that slot is set aside (probe/sglang_fused.py, run.json

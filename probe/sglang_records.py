@@ -22,18 +22,42 @@ from .writer import PartWriter
 
 def moe_layers(shape: Shape, counts_LE: np.ndarray, dumps: list[Dump]) -> list[int]:
     """Layers that route: not dense per the config; without one, those that counted something.
-    `counts_LE`: the dumps' counts [L, E] summed. A layer the config runs dense that counted is
-    another model's dump, refused: SGLang's dense layers select no expert, so their rows stay 0
-    (its counts were dropped without a word, the rest imported as this model's)."""
+    `counts_LE`: the dumps' counts [L, E] summed (some layer counted: the modes refuse a dump that
+    chose nothing). With a config, a dump is refused where a layer it runs dense counted (SGLang's
+    dense layers select no expert, so their rows stay 0: another model's dump, whose counts of that
+    layer were dropped without a word) or where some of its MoE layers counted nothing while others
+    did (every token a server routes passes every MoE layer: one pipeline stage's files of several,
+    or a model with more dense layers; imported, those layers read as never loaded, planned as evenly
+    loaded and named MoE layers in the import's summary line)."""
     if shape.args is None:
         return [i for i in range(shape.n_layers) if counts_LE[i].sum() > 0]
+    files = ", ".join(d.path.name for d in dumps[:3])
+    dense = f"--config has first_k_dense_replace={len(shape.dense)}"
     counted = [i for i in shape.dense if counts_LE[i].sum() > 0]
     if counted:
-        raise SGLangError(f"{', '.join(d.path.name for d in dumps[:3])}: layer {counted[0]} counted "
-                          f"{int(counts_LE[counted[0]].sum())} expert selections, but --config has "
-                          f"first_k_dense_replace={len(shape.dense)} (layers 0..{len(shape.dense) - 1} dense, "
-                          "choosing no expert): is it this model's dump?")
-    return [i for i in range(shape.n_layers) if i not in shape.dense]
+        raise SGLangError(f"{files}: layer {counted[0]} counted {int(counts_LE[counted[0]].sum())} expert selections, "
+                          f"but {dense} (layers 0..{len(shape.dense) - 1} dense, choosing no expert): is it this "
+                          "model's dump?")
+    layers = [i for i in range(shape.n_layers) if i not in shape.dense]
+    idle = [i for i in layers if not counts_LE[i].any()]
+    if idle:
+        raise SGLangError(f"{files}: MoE layer(s) {_spans(idle)} counted nothing while layer(s) "
+                          f"{_spans([i for i in layers if i not in idle])} counted (every token routes in every MoE "
+                          "layer): a pipeline-parallel server's dump without some stage's files (import every "
+                          f"stage's), or another model's ({dense}, {shape.n_layers} layers)? Without --config the "
+                          "layers that counted are imported")
+    return layers
+
+
+def _spans(layers: list[int]) -> str:
+    """Layer numbers as runs, "3..30, 45": a model's 58 MoE layers in a line."""
+    runs: list[list[int]] = []
+    for i in layers:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ", ".join(str(a) if a == b else f"{a}..{b}" for a, b in runs)
 
 
 def load_rows(step: int, layers: list[int], counts_LE: np.ndarray, tokens: int) -> pa.RecordBatch:
@@ -104,7 +128,7 @@ def per_pass(dumps: list[Dump], shape: Shape, out: Path) -> dict:
     if repeated and shape.fused:  # its slot counted once, as the routed counts are
         shape.fused.dropped //= min(n)
     return _write_passes(passes, shape, out, dumps) | {"ranks_counted_the_same_tokens": repeated,
-                                                "empty_records_skipped": empty, "draft_records_skipped": drafts}
+                                                       "empty_records_skipped": empty, "draft_records_skipped": drafts}
 
 
 def _write_passes(passes: dict[int, np.ndarray], shape: Shape, out: Path, dumps: list[Dump]) -> dict:

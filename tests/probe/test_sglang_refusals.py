@@ -409,3 +409,30 @@ def test_a_config_whose_dense_layers_the_dump_routed_in_is_refused(world, tmp_pa
     # the model's own config (layer 0 dense, which counted nothing) imports
     assert probe.open_run(import_sglang(world[mode], tmp_path / "ok", config=str(world["config"]))).info["model_args"][
         "n_dense_layers"] == 1
+
+
+@pytest.mark.parametrize("mode", ["stat", "per_pass", "per_token"])
+def test_a_moe_layer_that_counted_nothing_is_refused_with_a_config(world, tmp_path, capsys, mode):
+    """Every token a server routes passes every MoE layer, so a dump whose MoE layer 2 counted
+    nothing while layer 1 counted is one pipeline stage's files of two (or a model with more dense
+    layers than --config's). It was imported with layer 2 as a MoE layer that never loaded (the
+    summary said "MoE layers 1..2"; the placement planned it as evenly loaded). Without --config the
+    layers that counted are imported, as before."""
+    from probe.__main__ import main
+
+    def drop_layer_2(d):
+        if "logical_count" in d:
+            d["logical_count"][:, 2] = 0
+        for r in d.get("records", ()):
+            if "topk_ids_of_layer" in r:
+                r["topk_ids_of_layer"][2] = -1
+            r["global_physical_count"][2] = 0
+
+    stage = sg.edited_copy(world[mode], tmp_path / "stage0", drop_layer_2)  # a folder (stat: of its one file)
+    code = main(["import", "sglang", str(stage), "--config", str(world["config"]), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and "\n" not in err and "Traceback" not in err
+    assert "MoE layer(s) 2 counted nothing while layer(s) 1 counted" in err and "first_k_dense_replace=1" in err, err
+    assert not (tmp_path / "run").exists()
+    run = probe.open_run(import_sglang(stage, tmp_path / "no-config"))
+    assert run.info["source"]["moe_layers"] == [1] and set(run.df("expert_load").layer) == {1}
