@@ -178,6 +178,7 @@ def _check_fields(d: Dump) -> None:
     if m.numel() and int(m.max()) > MAX_EXPERT_ID:
         raise SGLangError(f"{d.path}: last_physical_to_logical_map names expert {int(m.max())}; ids above "
                           f"{MAX_EXPERT_ID} are not expert ids")
+    _every_expert_placed(d, m)
     for i, r in enumerate(d.data["records"]):
         need = ("forward_pass_id", "global_physical_count") if d.mode == "per_pass" else \
             ("forward_pass_id", "input_ids", "positions", "topk_ids_of_layer")
@@ -203,6 +204,22 @@ def _check_fields(d: Dump) -> None:
         if lens is not None and len(lens := _seq(d, lens, f"extend_seq_lens of {where}")) and int(lens.sum()) != n:
             raise SGLangError(f"{d.path}: {where}'s extend_seq_lens sum to {int(lens.sum())}, "
                               f"but it has {n} input_ids")
+
+
+def _every_expert_placed(d: Dump, m) -> None:
+    """One line naming the file and the layer where the map [layers, physical] gives a logical expert
+    (0 to the map's largest id) no physical slot: SGLang places every one in every layer (its trivial
+    map, EPLB's and a loaded map's, whose expert without a slot it could not dispatch). Imported, the
+    map became the run's placement, and `analyses.placement` failed on it later, after its table's
+    header, naming neither the layer nor the dump ("experts [5] have no slot in the map")."""
+    a = m.numpy().astype(np.int64)
+    E = int(a.max()) + 1
+    held = np.bincount((np.arange(len(a))[:, None] * E + a).reshape(-1), minlength=len(a) * E).reshape(len(a), E)
+    layer, missing = next(((i, np.flatnonzero(row == 0)) for i, row in enumerate(held) if not row.all()), (None, None))
+    if layer is not None:
+        raise SGLangError(f"{d.path}: last_physical_to_logical_map gives logical expert(s) {missing[:8].tolist()} of "
+                          f"layer {layer} no physical slot (experts 0..{E - 1}): SGLang places every logical expert "
+                          "in every layer")
 
 
 def _no_empty_dims(d: Dump, t, name: str, dims: str) -> None:

@@ -57,7 +57,7 @@ def test_bad_dumps_are_one_line_errors_naming_the_file(world, tmp_path, capsys, 
     other = tmp_path / "two-servers"
     files = sg.write_per_pass(other, world["passes"], world["map"])
     d = torch.load(files[1], weights_only=True)
-    d["last_physical_to_logical_map"] = d["last_physical_to_logical_map"][:, :10] % 8
+    d["last_physical_to_logical_map"] = torch.arange(10).repeat(sg.L, 1) % 8  # 8 experts, each placed
     torch.save(d, files[1])
     cases.append((other, "the dumps disagree on the number of physical experts (files of different servers?)"))
     for path, msg in cases:
@@ -219,7 +219,8 @@ def test_the_largest_uint16_expert_id_is_read_the_next_refused(world, tmp_path):
     src = sorted(world["per_pass"].glob("*.pt"))[0]
     for value, ok in ((65535, True), (65536, False)):
         d = torch.load(src, weights_only=True)
-        d["last_physical_to_logical_map"][1, 0] = value
+        # experts 0..value, each placed in every layer (SGLang's maps hold every expert)
+        d["last_physical_to_logical_map"] = torch.arange(value + 1).repeat(sg.L, 1)
         torch.save(d, tmp_path / f"{value}.pt")
         if ok:  # the routing table keeps expert ids as uint16: 65535 is one
             assert read_dump(tmp_path / f"{value}.pt").mode == "per_pass"
@@ -436,3 +437,23 @@ def test_a_moe_layer_that_counted_nothing_is_refused_with_a_config(world, tmp_pa
     assert not (tmp_path / "run").exists()
     run = probe.open_run(import_sglang(stage, tmp_path / "no-config"))
     assert run.info["source"]["moe_layers"] == [1] and set(run.df("expert_load").layer) == {1}
+
+
+@pytest.mark.parametrize("mode", ["per_pass", "per_token"])
+def test_a_map_that_gives_an_expert_no_slot_is_refused_at_the_import(world, tmp_path, capsys, mode):
+    """SGLang places every logical expert in every layer. A map whose layer 1 holds expert 6 where
+    expert 5 was was imported as the run's placement, and `analyses.placement` failed on it later,
+    after printing its table's header, naming neither the layer nor the dump."""
+    from probe.__main__ import main
+
+    def unplace_5(d):
+        m = d["last_physical_to_logical_map"]
+        m[1][m[1] == 5] = 6
+
+    bad = sg.edited_copy(world[mode], tmp_path / "bad", unplace_5)
+    code = main(["import", "sglang", str(bad), "--config", str(world["config"]), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and "\n" not in err and "Traceback" not in err
+    assert re.search(r"bad/expert_distribution_recorder_[\d.]+_0\.pt: last_physical_to_logical_map gives logical "
+                     r"expert\(s\) \[5\] of layer 1 no physical slot \(experts 0\.\.15\)", err), err
+    assert not (tmp_path / "run").exists()
