@@ -259,7 +259,12 @@ def find_dumps(dump: str | Path) -> list[Dump]:
         raise SGLangError(f"{p}: no such file or directory")
     files = sorted(p.glob("*.pt")) if p.is_dir() else [p]
     if not files:
-        raise SGLangError(f"{p}: no *.pt dump files in this directory")
+        # a multi-node server writes each node's ranks' files on that node: copied back as one folder per
+        # node, they were "no *.pt dump files" without a word on where they lie
+        inner = sorted(p.glob("*/*.pt"))
+        where = (f" (its sub-folders hold {len(inner)}, as {inner[0].relative_to(p)}; they are not searched: put "
+                 "one recording's files of every rank in one folder and import that)") if inner else ""
+        raise SGLangError(f"{p}: no *.pt dump files in this directory{where}")
     dumps = [read_dump(f) for f in files]
     modes = sorted({d.mode for d in dumps})
     if len(modes) > 1:

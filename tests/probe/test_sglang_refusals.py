@@ -457,3 +457,21 @@ def test_a_map_that_gives_an_expert_no_slot_is_refused_at_the_import(world, tmp_
     assert re.search(r"bad/expert_distribution_recorder_[\d.]+_0\.pt: last_physical_to_logical_map gives logical "
                      r"expert\(s\) \[5\] of layer 1 no physical slot \(experts 0\.\.15\)", err), err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_folder_whose_dumps_lie_in_sub_folders_says_where(world, tmp_path, capsys):
+    """A multi-node server writes each node's ranks' files on that node; copied back one folder per
+    node, the import said only "no *.pt dump files in this directory"."""
+    from probe.__main__ import main
+
+    for node, f in enumerate(sorted(world["per_pass"].glob("*.pt"))):
+        (tmp_path / "dumps" / f"node{node}").mkdir(parents=True)
+        shutil.copy(f, tmp_path / "dumps" / f"node{node}")
+    code = main(["import", "sglang", str(tmp_path / "dumps"), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and "\n" not in err and "Traceback" not in err
+    assert "dumps: no *.pt dump files in this directory (its sub-folders hold 2, as node0/" in err, err
+    assert "they are not searched" in err
+    (tmp_path / "empty").mkdir()  # a folder without any: as before
+    assert main(["import", "sglang", str(tmp_path / "empty"), "--out", str(tmp_path / "run")]) != 0
+    assert capsys.readouterr().err.strip().endswith("empty: no *.pt dump files in this directory")
