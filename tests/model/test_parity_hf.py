@@ -350,3 +350,51 @@ def test_the_hooked_attention_pattern_is_transformers_eager_attention(cases):
         for i, ref in enumerate(want):
             diff = float((cache[f"layers.{i}.attn.hook_pattern"] - ref).abs().max())
             assert diff < 1e-5, (attn_impl, i, diff)
+
+
+# ------------------------------------------------------------------------------------- router ties
+def router_pair(family: str, *, experts: int, groups: int, limit: int, seed: int, **hf_overrides):
+    """Our Gate and transformers' router of `family` over one random float32 weight (no bias)."""
+    import transformers
+    from transformers.models.deepseek_v2 import modeling_deepseek_v2 as v2
+    from transformers.models.deepseek_v3 import modeling_deepseek_v3 as v3
+    from model import ModelArgs
+    from model.moe import Gate
+
+    base = HF_TINY if family == "DeepseekV3" else V2_BASE
+    sizes = dict(hidden_size=8, n_routed_experts=experts, num_experts_per_tok=8, n_group=groups, topk_group=limit)
+    cfg = getattr(transformers, f"{family}Config")(**base | sizes | hf_overrides)
+    ref = (v3.DeepseekV3TopkRouter if family == "DeepseekV3" else v2.DeepseekV2TopkRouter)(cfg)
+    ours = Gate(ModelArgs.from_hf_config(cfg.to_dict()))
+    w = torch.randn(experts, 8, generator=torch.Generator().manual_seed(seed))
+    w[5] = w[3]  # exact ties wherever expert 3 scores: duplicated rows
+    w[experts - 1] = w[3]
+    with torch.no_grad():
+        ours.weight.copy_(w)
+        ref.weight.copy_(w)
+        if ours.bias is not None:
+            ours.bias.zero_()
+    return ours, ref
+
+
+@pytest.mark.parametrize("family, groups, limit, extra", [
+    ("DeepseekV3", 8, 4, {}), ("DeepseekV3", 1, 1, {}), ("DeepseekV3", 8, 8, {}),
+    ("DeepseekV3", 8, 4, {"norm_topk_prob": False}),
+    ("DeepseekV2", 1, 1, {"topk_method": "greedy"}), ("DeepseekV2", 8, 3, {"topk_method": "group_limited_greedy"}),
+])
+@torch.no_grad()
+def test_exact_ties_in_the_router_choose_the_experts_transformers_chooses(family, groups, limit, extra):
+    """Exactly equal scores (an all-zero input ties every expert, duplicated router rows tie three) choose
+    the same experts with the same weights as transformers' router: both leave ties to torch.topk,
+    whose pick among equals is neither the lowest nor the highest id (docs/deepseek-v3.md, router)."""
+    ours, ref = router_pair(family, experts=64, groups=groups, limit=limit, seed=groups + limit, **extra)
+    x = torch.cat([torch.zeros(3, 8), torch.randn(500, 8, generator=torch.Generator().manual_seed(0))])
+    w, ids, _ = ours(x)
+    _, ref_w, ref_ids = ref(x)
+    (a, ia), (b, ib) = ids.sort(-1), ref_ids.sort(-1)
+    assert torch.equal(a, b)
+    # (the normalising sums add the same K weights in another order: a few ulps apart at most)
+    torch.testing.assert_close(w.gather(1, ia), ref_w.gather(1, ib).to(w.dtype), rtol=1e-6, atol=0)
+    # the control: where every expert ties, breaking ties by the lowest (a stable sort) or the highest id
+    # would choose other experts, so this compares tie rules, not only scores
+    assert a[0].tolist() not in (list(range(8)), list(range(56, 64)))
