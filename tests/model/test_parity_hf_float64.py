@@ -233,7 +233,7 @@ def test_v2_corners_equal_transformers_in_float64(ckpt, name, v2_rotation64):
 @pytest.mark.parametrize("impl", ["absorb", "naive"])
 def test_decode_through_the_kv_cache_equals_transformers_full_forward_in_float64(ckpt, impl):
     """A prefill of 40 tokens, then one token at a time to 90 (across position 64, where YaRN's
-    original context ends); then rows of different prefill lengths decoding together."""
+    original context ends); then rows of different prefill lengths (right-padded) decoding together."""
     hf = load_hf64(ckpt("base"))
     x = tokens(hf.config.vocab_size, (3, 90), seed=2)
     want = hf(x).logits
@@ -242,7 +242,7 @@ def test_decode_through_the_kv_cache_equals_transformers_full_forward_in_float64
     assert rel(got, want) <= REL64, rel(got, want)
     m.reset_cache()
     lengths = torch.tensor([30, 35, 40])
-    m(x[:, :40], lengths=lengths, use_cache=True)
+    m(x[:, :40].masked_fill(torch.arange(40) >= lengths[:, None], 0), lengths=lengths, use_cache=True)  # padded
     steps = [m(x.gather(1, (lengths + s)[:, None]), start_pos=lengths + s) for s in range(20)]
     ragged = torch.stack([want[r, lengths[r]:lengths[r] + 20] for r in range(3)])
     assert rel(torch.cat(steps, 1), ragged) <= REL64
