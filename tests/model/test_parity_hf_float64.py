@@ -205,8 +205,10 @@ def test_v3_corners_equal_transformers_in_float64(ckpt, name):
     hf = load_hf64(ckpt(name))
     x = tokens(hf.config.vocab_size)  # positions 0-249: past original_max_position_embeddings (64)
     want, want_ids = hf_routed(hf, x)
-    for impl in ("absorb", "naive"):
-        m = model.load(ckpt(name), dtype=torch.float64, attn_impl=impl)
+    for impl in ("absorb", "naive", "absorb-latent"):  # -latent: latent-space attention in the prefill too
+        m = model.load(ckpt(name), dtype=torch.float64, attn_impl=impl.removesuffix("-latent"))
+        for a in m.attention_modules():
+            a.latent_attention = "always" if impl.endswith("-latent") else "auto"
         assert m.args.original_seq_len == 64 < x.shape[1] and m.args.rope_factor == 4
         got, ids = routed(m, x)
         r = rel(got, want)
