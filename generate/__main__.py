@@ -28,14 +28,20 @@ class Streamer:
 
     def push(self, i: int, tok: int, final: bool = False) -> str:
         self.ids[i].append(tok)
-        text = self.codec.decode(self.ids[i])
+        text = self._decode(i)
         if text.endswith("\ufffd") and not final:
             return ""
         new, self.shown[i] = text[len(self.shown[i]):], text
         return new
 
     def text(self, i: int) -> str:
-        return self.codec.decode(self.ids[i])
+        return self._decode(i)
+
+    def _decode(self, i: int) -> str:
+        # the tokenizer's own decode, not codec.decode, which refuses an id past the tokenizer's vocabulary: a
+        # model's vocabulary may be wider (DeepSeek-V3's 129,280 rows for 128,815 tokens), and such an id, which
+        # has no text, is left out of the stream rather than end it
+        return self.codec.tokenizer.decode(self.ids[i], skip_special_tokens=True)
 
 
 def _prompts_from_rank0(ns, world) -> list[str]:

@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +47,9 @@ class TextCodec:
         if system is not None and not chat:  # dropped without a word (the command line refuses --system so)
             raise GenerateError("encode(system=...): the text is encoded raw (chat=False, or no chat template), so a "
                                 "system text has no turn to go in")
+        if not isinstance(text, str):  # a list of texts was the TypeError of the regex below (a tour)
+            raise GenerateError(f"encode: expected one text (a str), got {type(text).__name__}"
+                                + ("; encode each text on its own" if isinstance(text, (list, tuple)) else ""))
         if chat:
             text = (system or "") + USER + text + ASSISTANT
         # bytes that are not UTF-8 reach Python as lone surrogates (argv, stdin; "\ud83d" in JSON), which
@@ -58,8 +60,24 @@ class TextCodec:
         bos = self.chat_bos_id if chat else self.bos_id
         return ([bos] if bos is not None else []) + ids
 
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+    def decode(self, ids) -> str | list[str]:
+        """The text of token ids, special tokens left out: of the ids `str_tokens` takes (a list, a 1-D tensor
+        or array), or a list of texts, one per row, of a 2-D [B, S] batch (the [1, S] tokens a forward takes
+        too). An id past the vocabulary is a GenerateError naming it, as in `str_tokens`.
+        NOTE: it read list(ids) as they came: a [1, S] tensor was torch's 'only integer tensors of a single
+        element can be converted to an index', a negative id an OverflowError, one past the vocabulary the
+        empty string and a text's uint8 bytes other tokens' text, with no error (a tour)."""
+        rows = _id_rows(ids, "decode")
+        if rows and isinstance(rows[0], list):
+            return [self._decode_row(row, f"row {r}, ") for r, row in enumerate(rows)]
+        return self._decode_row(rows, "")
+
+    def _decode_row(self, ids: list[int], where: str) -> str:
+        n = self.tokenizer.get_vocab_size(with_added_tokens=True)
+        if bad := next(((i, t) for i, t in enumerate(ids) if not 0 <= t < n), None):
+            raise GenerateError(f"decode: token id {bad[1]} ({where}position {bad[0]}) is not in the tokenizer's "
+                                f"vocabulary ({n} ids)")
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def str_tokens(self, text_or_ids) -> list[str] | list[list[str]]:
         """Each token's own text (TransformerLens's `to_str_tokens`): of a text, encoded as record feeds
@@ -89,25 +107,27 @@ class TextCodec:
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def _id_rows(ids) -> list[int] | list[list[int]]:
+def _id_rows(ids, what: str = "str_tokens") -> list[int] | list[list[int]]:
     """Token ids as a list (1-D) or a list of lists (2-D), from a tensor, an array or lists of ints;
-    anything else is a GenerateError naming str_tokens' argument."""
+    anything else is a GenerateError naming the argument of `what` (str_tokens, decode)."""
     given = ids
     if isinstance(ids, torch.Tensor) or hasattr(ids, "dtype") and hasattr(ids, "tolist"):  # or a numpy array
         whole = (getattr(ids.dtype, "kind", "") in "iu" if not isinstance(ids, torch.Tensor) else
                  not (ids.dtype == torch.bool or ids.dtype.is_floating_point or ids.dtype.is_complex))
         if whole and bytes_not_ids(ids.dtype):  # a text's bytes were shown as the tokens they are not ids of
-            raise GenerateError(f"str_tokens: ids of dtype {ids.dtype}: {BYTES_NOT_IDS} (or pass the text itself)")
+            text = " (or pass the text itself)" if what == "str_tokens" else ""
+            raise GenerateError(f"{what}: ids of dtype {ids.dtype}: {BYTES_NOT_IDS}{text}")
         if not whole or ids.ndim not in (1, 2):
-            what = f"dtype {ids.dtype}" if not whole else f"{ids.ndim} dimensions"
-            raise GenerateError(f"str_tokens: ids of {what}; token ids are integers, 1-D or a 2-D [B, S] batch")
+            kind = f"dtype {ids.dtype}" if not whole else f"{ids.ndim} dimensions"
+            raise GenerateError(f"{what}: ids of {kind}; token ids are integers, 1-D or a 2-D [B, S] batch")
         ids = ids.tolist()
     if not isinstance(ids, (list, tuple)):
-        raise GenerateError(f"str_tokens: got {given!r:.60} ({type(given).__name__}); give a text, or token ids "
+        text = "a text, or " if what == "str_tokens" else ""
+        raise GenerateError(f"{what}: got {given!r:.60} ({type(given).__name__}); give {text}token ids "
                             "(a list, a 1-D tensor or a 2-D [B, S] batch)")
     flat = all(_is_id(i) for i in ids)
     if not flat and not all(isinstance(r, (list, tuple)) and all(_is_id(i) for i in r) for r in ids):
-        raise GenerateError("str_tokens: token ids must be integers, in a list or a 1-D tensor (or a 2-D [B, S] "
+        raise GenerateError(f"{what}: token ids must be integers, in a list or a 1-D tensor (or a 2-D [B, S] "
                             f"batch); got {str(given)[:60]}")
     return [int(i) for i in ids] if flat else [[int(i) for i in r] for r in ids]
 

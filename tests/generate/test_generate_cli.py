@@ -53,6 +53,10 @@ def test_codec_chat_format_and_stops(demo_dir):
     s = Streamer(codec, 1)
     b1, b2 = tok.encode("é", add_special_tokens=False).ids
     assert s.push(0, b1) == "" and s.push(0, b2) == "é"
+    # a model's vocabulary may be wider than its tokenizer's (DeepSeek-V3's): an id past the tokenizer's has no
+    # text, and the stream goes on (codec.decode refuses it; the stream does not ask it)
+    past = tok.get_vocab_size(with_added_tokens=True)
+    assert s.push(0, past) == "" and s.push(0, b1) == "" and s.push(0, b2) == "é" and s.text(0) == "éé"
 
 
 def chat_free(tok, text: str) -> list[int]:

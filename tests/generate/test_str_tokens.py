@@ -95,3 +95,37 @@ def test_special_tokens_of_another_spelling_show_as_their_text(demo_dir):
     codec = load_codec(demo_dir)
     texts = codec.str_tokens(codec.encode("hi", chat=True))
     assert texts == ["<｜begin▁of▁sentence｜>", "<｜User｜>", "h", "i", "<｜Assistant｜>"]
+
+
+def test_decode_takes_the_ids_str_tokens_takes(codec):
+    """decode of a [1, S] batch (the tokens a forward takes) was torch's 'only integer tensors of a single
+    element can be converted to an index': it reads the ids str_tokens reads, a text per row of a batch."""
+    ids = codec.encode("def mean(xs):")
+    text = codec.decode(ids)
+    assert text == "def mean(xs):"
+    assert codec.decode(torch.tensor(ids)) == codec.decode(np.array(ids)) == codec.decode(tuple(ids)) == text
+    batch = torch.tensor([ids, ids])
+    assert codec.decode(batch) == codec.decode(batch.numpy()) == codec.decode(batch.tolist()) == [text, text]
+    assert codec.decode(batch[:1]) == [text] and codec.decode([]) == ""
+
+
+@pytest.mark.parametrize("bad, says", [
+    # past the vocabulary: the empty string with no error; a negative id: the tokenizer's OverflowError
+    ([5, 99999], r"token id 99999 \(position 1\) is not in the tokenizer's vocabulary \(4096 ids\)"),
+    ([[5], [-1]], r"token id -1 \(row 1, position 0\)"),
+    # a text's bytes decoded as the tokens of those ids: 'def' read back as another text, with no error
+    (torch.frombuffer(bytearray(b"def"), dtype=torch.uint8), r"ids of dtype torch.uint8: uint8 holds bytes"),
+    (torch.tensor(5), "ids of 0 dimensions"), ([1.0, 2.0], "must be integers"), ("def", r"got 'def' \(str\)"),
+])
+def test_what_decode_cannot_read_is_one_line_naming_decode(codec, bad, says):
+    with pytest.raises(GenerateError, match="^decode: .*" + says) as ei:
+        codec.decode(bad)
+    assert "\n" not in str(ei.value)
+
+
+def test_encode_of_no_text_is_one_line(codec):
+    """A list of texts was the TypeError of a regular expression inside encode."""
+    with pytest.raises(GenerateError, match=r"^encode: expected one text \(a str\), got list; encode each text"):
+        codec.encode(["def", "mean"])
+    with pytest.raises(GenerateError, match=r"^encode: expected one text \(a str\), got int$"):
+        codec.encode(5)
