@@ -17,6 +17,7 @@ import os
 import re
 import threading
 import weakref
+from collections.abc import Iterable
 from pathlib import Path
 
 import pyarrow as pa
@@ -391,14 +392,15 @@ class Run:
             raise RunError(f"unknown table {table!r}; tables are {list(TABLES)}")
         return table_files(self.path, table)
 
-    def arrow(self, table: str, columns: list[str] | None = None) -> pa.Table:
-        """The table (or only `columns`; only the rows `restrict` keeps) as one pyarrow Table in the
-        schema of `probe.schema.TABLES`, read whole into memory; an empty table with that schema where
-        the run has no part yet (a complete run that lists the table in run.json and has lost its parts,
-        or some: a RunError)."""
+    def arrow(self, table: str, columns: str | list[str] | None = None) -> pa.Table:
+        """The table (or only `columns`: a column's name or a list, or tuple, of names; only the rows
+        `restrict` keeps) as one pyarrow Table in the schema of `probe.schema.TABLES`, read whole into
+        memory; an empty table with that schema where the run has no part yet (a complete run that lists
+        the table in run.json and has lost its parts, or some: a RunError)."""
         files = self.files(table)
         self.check_not_lost(table)
         schema = TABLES[table]
+        columns = self._column_names(table, columns)
         unknown = [c for c in columns or () if c not in schema.names]
         if unknown:
             raise RunError(f"{self.path / table}: no column {', '.join(map(repr, unknown))}; its columns are "
@@ -420,9 +422,23 @@ class Run:
             except (pa.ArrowException, OSError) as e:  # a column of another type: ArrowNotImplementedError, a traceback
                 raise RunError(f"{self.path / table}: unreadable part file ({first_line(e)})") from None
 
-    def df(self, table: str, columns: list[str] | None = None):
-        """The table as a pandas DataFrame (loads it; prefer `rel`/`sql` for big tables)."""
+    def df(self, table: str, columns: str | list[str] | None = None):
+        """The table (or only `columns`, as `arrow` takes them) as a pandas DataFrame (loads it; prefer
+        `rel`/`sql` for big tables)."""
         return self.arrow(table, columns).to_pandas()
+
+    def _column_names(self, table: str, columns) -> list[str] | None:
+        """`columns` as a list of names: one name (a str) or an iterable of them. NOTE: a str was read letter
+        by letter ("no column 'l', 'o', 's', 's'") and a tuple was pyarrow's "Expected a list or a dict for
+        'columns'" (a tour)."""
+        if columns is None:
+            return None
+        names = [columns] if isinstance(columns, str) else columns
+        if isinstance(names, Iterable) and not isinstance(names, (bytes, dict)):
+            names = list(names)
+            if all(isinstance(c, str) for c in names):
+                return names
+        raise RunError(f"{self.path / table}: columns={columns!r:.80}: expected a column's name or a list of names")
 
     @property
     def con(self):

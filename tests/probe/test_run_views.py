@@ -259,3 +259,20 @@ def test_a_fraction_in_an_integer_column_is_an_error_in_the_views_as_in_run_df(p
     run = probe.open_run(path)
     by_sql = sorted(list(r[0]) for r in run.sql("select expert_ids from routing").fetchall())
     assert by_sql == sorted(list(x) for x in run.df("routing").expert_ids) and [1, 3] in by_sql
+
+
+def test_columns_is_a_name_or_names_in_a_list_or_a_tuple(path):
+    """`df`/`arrow`'s `columns`: a str was read letter by letter ("no column 'l', 'o', 's', 's'"), a tuple was
+    pyarrow's "Expected a list or a dict for 'columns'"; a restricted table reads them alike."""
+    run = probe.open_run(path)
+    whole = run.df("tokens", columns=["domain", "loss"])
+    assert list(whole.columns) == ["domain", "loss"] and len(whole) > 0
+    assert run.df("tokens", columns=("domain", "loss")).equals(whole)
+    assert run.df("tokens", columns="loss").equals(whole[["loss"]])
+    assert run.arrow("tokens", columns="loss").schema.names == ["loss"]
+    assert run.df("spec_decode", columns=("domain",)).shape == (0, 1)  # a table without parts
+    run.restrict(["tokens"], "pos > 0")
+    assert list(run.df("tokens", columns="loss").columns) == ["loss"] and run.df("tokens", columns=("loss",)).shape[1] == 1
+    for bad in (5, ["loss", 5], b"loss"):
+        with pytest.raises(probe.RunError, match=r"tokens: columns=.*: expected a column's name or a list of names$"):
+            run.df("tokens", columns=bad)
