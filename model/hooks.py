@@ -391,7 +391,7 @@ class HookedModule(nn.Module):
             named = [n for n in self._hook_points if any(n in m for m in matched)]
             with self.hooks([(named, lambda t, hook: ran.add(hook.name))] if named else []):
                 out = self(*args, **kwargs)
-        _warn_unreached("run_with_hooks", [n for n in named if n not in ran], len(named))
+        _warn_unreached("run_with_hooks", _unreached([f for f, _ in pairs], named, ran), len(named))
         return out
 
     def add_hook(self, name_filter: NameFilter, fn: HookFn) -> list[torch.utils.hooks.RemovableHandle]:
@@ -439,6 +439,7 @@ class HookedModule(nn.Module):
             raise HookError("run_with_cache takes names=, not TransformerLens's names_filter= (the same filters: a "
                             "name, a glob, a list of names or a predicate)")
         device = _cache_device(device)
+        names = list(names) if isinstance(names, Iterator) else names  # read twice: picked, then warned of
         if not detach and not torch.is_grad_enabled():  # the cache then held no graph, and grad() failed later
             warnings.warn("run_with_cache(detach=False) under torch.no_grad() or inference_mode(): gradients are off, "
                           "so the cached activations have none (call it with gradients on)", stacklevel=2)
@@ -465,7 +466,7 @@ class HookedModule(nn.Module):
         with self.hooks(selected), self._final_scale_to(cache, detach):
             out = self(*args, **kwargs)
         if names is not None:  # asked for by name, and silently absent from the cache before
-            _warn_unreached("run_with_cache", [n for n, _ in selected if n not in cache], len(selected))
+            _warn_unreached("run_with_cache", _unreached([names], selected_names, cache), len(selected))
         return out, cache
 
     @contextlib.contextmanager
@@ -522,6 +523,22 @@ def _reusable(pair):
     if isinstance(pair, (tuple, list)) and len(pair) == 2 and isinstance(pair[0], Iterator):
         return (list(pair[0]), pair[1])
     return pair
+
+
+def _unreached(filters: list, named: list[str], reached) -> list[str]:
+    """The points of `named` (what `filters` picked) that the forward did not reach (not in `reached`), less
+    the MTP module's that a predicate or a glob picked with points of the layers in a forward without the
+    MTP module: TransformerLens's `lambda n: n.endswith("hook_resid_post")` picks mtp.0.block.hook_resid_post
+    too, and was warned of on every forward without mtp=True (a tour). An MTP point named by its own name,
+    or a filter that picks only the MTP module's, is still warned of."""
+    missed = [n for n in named if n not in reached]
+    if any(n.startswith("mtp.") for n in reached) or all(n.startswith("mtp.") for n in named):
+        return missed
+    exact = set()
+    for f in filters:
+        items = [f] if isinstance(f, str) else f if isinstance(f, (list, tuple, set)) else []
+        exact.update(n for n in items if isinstance(n, str) and not any(c in n for c in "*?["))
+    return [n for n in missed if not n.startswith("mtp.") or n in exact]
 
 
 def _warn_unreached(method: str, unreached: list[str], n_named: int) -> None:

@@ -378,6 +378,30 @@ def test_a_named_hook_point_the_forward_never_reached_is_warned_of():
         m.run_with_cache(x)
 
 
+def test_a_filter_that_picks_the_mtp_modules_points_with_the_layers_is_not_warned_of_them():
+    """TransformerLens's predicate `lambda n: n.endswith("hook_resid_post")` (or the glob "*hook_resid_post")
+    picks mtp.0.block.hook_resid_post too: every forward without mtp=True warned of it. Named by its own
+    name, or by a filter of the MTP module's points alone, it still is."""
+    m = random_model("tiny", seed=7)
+    x = torch.randint(0, 512, (1, 5))
+    post = lambda n: n.endswith("hook_resid_post")  # noqa: E731
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, c = m.run_with_cache(x, names=post)
+        _, g = m.run_with_cache(x, names="*hook_resid_post")
+        m.run_with_hooks(x, fwd_hooks=[(post, lambda t, hook: None)])
+        m.run_with_hooks(x, fwd_hooks=[(["hook_embed", "*.hook_resid_post"], lambda t, hook: None)])
+    assert list(c) == list(g) == [f"layers.{i}.hook_resid_post" for i in range(m.args.n_layers)]
+    _, both = m.run_with_cache(x, names=post, mtp=True)
+    assert "mtp.0.block.hook_resid_post" in both
+    for names in (lambda n: n.startswith("mtp."), "mtp.0.*", ["*hook_resid_post", "mtp.0.hook_in"],
+                  (n for n in ["hook_embed", "mtp.0.hook_in"])):
+        with pytest.warns(UserWarning, match=r"run_with_cache: .* not reached .*\(e\.g\. mtp\.0\."):
+            m.run_with_cache(x, names=names)
+    with pytest.warns(UserWarning, match=r"run_with_hooks: 1 of the .* not reached .*\(e\.g\. mtp\.0\.hook_in\)"):
+        m.run_with_hooks(x, fwd_hooks=[(post, lambda t, hook: None), ("mtp.0.hook_in", lambda t, hook: None)])
+
+
 def test_persistent_hooks_until_reset():
     """add_hook keeps a hook across forwards (a notebook session's edit); reset_hooks removes every hook."""
     m = random_model("tiny", seed=7)
