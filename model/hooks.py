@@ -276,7 +276,8 @@ class ActivationCache(dict):
     def stack(self, names: str | Iterable[str]) -> torch.Tensor:
         """The cached tensors that a glob or a list of names picks, in forward order, stacked along a new
         first dimension: `cache.stack("layers.*.hook_resid_post")` is [L, B, S, D] (TransformerLens's
-        `stack_activation`). A point picked but not cached is the HookError `cache[name]` raises."""
+        `stack_activation`); `model.hook_names(names)` lists them in the same order, the stack's labels. A
+        point picked but not cached is the HookError `cache[name]` raises."""
         if not isinstance(names, str) and not (isinstance(names, Iterable) and not callable(names)):
             raise HookError(f"cache.stack({names!r}): expected a name, a glob or a list of them")
         match = _matcher(names, self._all_names)  # a name or glob that matches no hook point is refused
@@ -351,9 +352,16 @@ class HookedModule(nn.Module):
     def hook_points(self) -> dict[str, HookPoint]:
         return self._hook_points
 
-    def hook_names(self) -> list[str]:
-        """Every hook point's name, in the order the forward pass reaches them."""
-        return list(self._hook_points)
+    def hook_names(self, names: NameFilter = None) -> list[str]:
+        """Every hook point's name, in the order the forward pass reaches them; with `names` (a name, a glob, a
+        list of them or a predicate, as `run_with_cache` takes them) those it picks, opt-in points included:
+        the order `ActivationCache.stack(names)` stacks them in, so its labels (the stack's order is forward
+        order, not a list's own: `hook_names(["hook_embed", "layers.*.hook_attn_out", "layers.*.hook_ffn_out"])`
+        interleaves the layers' attention and FFN outputs)."""
+        if names is None:
+            return list(self._hook_points)
+        match = _matcher(names, list(self._hook_points))
+        return [n for n in self._hook_points if match(n)]
 
     @contextlib.contextmanager
     def hooks(self, fwd_hooks: Iterable[tuple[NameFilter, HookFn]] = ()) -> Iterator["HookedModule"]:

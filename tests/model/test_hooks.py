@@ -402,6 +402,26 @@ def test_a_filter_that_picks_the_mtp_modules_points_with_the_layers_is_not_warne
         m.run_with_hooks(x, fwd_hooks=[(post, lambda t, hook: None), ("mtp.0.hook_in", lambda t, hook: None)])
 
 
+def test_hook_names_of_a_filter_are_the_labels_of_its_stack():
+    """cache.stack(names) stacks in forward order, not a list's own order, and nothing named the points it
+    stacked but the caller's own copy of the matching: hook_names(names) lists them in that order."""
+    m = random_model("tiny", seed=7)
+    x = torch.randint(0, 512, (1, 5))
+    pieces = ["hook_embed", "layers.*.hook_attn_out", "layers.*.hook_ffn_out"]
+    _, c = m.run_with_cache(x, names=pieces)
+    labels = m.hook_names(pieces)
+    L = m.args.n_layers
+    assert labels[:3] == ["hook_embed", "layers.0.hook_attn_out", "layers.0.hook_ffn_out"] and len(labels) == 1 + 2 * L
+    stack = c.stack(pieces)
+    assert all(torch.equal(stack[i], c[n]) for i, n in enumerate(labels))
+    backwards = ["layers.1.hook_resid_post", "layers.0.hook_resid_post"]  # a list's order is not kept
+    assert m.hook_names(backwards) == backwards[::-1]
+    assert m.hook_names(lambda n: n.endswith("attn.hook_pattern"))[0] == "layers.0.attn.hook_pattern"  # opt-in too
+    assert m.hook_names() == list(m.hook_points) and m.hook_names("hook_embed") == ["hook_embed"]
+    with pytest.raises(model.HookError, match=r"no hook point named 'hook_embd' \(did you mean 'hook_embed'\?\)"):
+        m.hook_names("hook_embd")
+
+
 def test_persistent_hooks_until_reset():
     """add_hook keeps a hook across forwards (a notebook session's edit); reset_hooks removes every hook."""
     m = random_model("tiny", seed=7)
