@@ -323,6 +323,11 @@ def run_connection():
     con = db.cursor()
     name = f"run{next(_CATALOGS)}"
     con.execute(f"attach ':memory:' as {name}; use {name}")
+    # NOTE: a name no table has is looked up in the caller's variables (DuckDB's replacement scan of a
+    # DataFrame or Arrow table), but DuckDB looks in the frame that calls it alone: Run.sql's own, so a
+    # DataFrame of the caller's joined in `run.sql` was "Table with name ... does not exist" where
+    # `run.con.sql` found it (a tour); every frame outward, the caller's among them, is searched
+    con.execute("set python_scan_all_frames = true")
     weakref.finalize(con, _detach, db, name).atexit = False
     return con
 
@@ -543,7 +548,8 @@ class Run:
 
     def sql(self, query: str):
         """A DuckDB relation of `query` over this run's tables (one view per table, empty where the run
-        has no parts). A name that is no table is one line naming the run and its tables (it was
+        has no parts), and the caller's DataFrames and Arrow tables by their variables' names, as
+        `duckdb.sql` reads them. A name that is neither is one line naming the run and its tables (it was
         DuckDB's two lines suggesting one of its own catalogue tables; a review)."""
         import duckdb
 

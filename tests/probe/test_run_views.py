@@ -11,6 +11,7 @@ import re
 import shutil
 
 import duckdb
+import pandas as pd
 import pyarrow as pa
 import pytest
 
@@ -276,3 +277,24 @@ def test_columns_is_a_name_or_names_in_a_list_or_a_tuple(path):
     for bad in (5, ["loss", 5], b"loss"):
         with pytest.raises(probe.RunError, match=r"tokens: columns=.*: expected a column's name or a list of names$"):
             run.df("tokens", columns=bad)
+
+
+def test_sql_joins_a_dataframe_of_the_callers_by_its_name(path):
+    """DuckDB looks a name no table has up in the variables of the frame that calls it: Run.sql's own, so
+    `run.sql` refused a DataFrame of the caller's ("Table with name labels does not exist") that `run.con.sql`
+    joined. Every frame outward is searched now; a name that is nowhere is still one line."""
+    run = probe.open_run(path)
+    domains = sorted(run.df("tokens").domain.unique())
+    labels = pd.DataFrame({"domain": domains, "label": [d.upper() for d in domains]})
+    query = "select label, count(*) n from tokens join labels using (domain) group by all order by all"
+    got = run.sql(query).df()
+    assert list(got.label) == [d.upper() for d in domains] and got.n.sum() == len(run.df("tokens"))
+    assert got.equals(run.con.sql(query).df())
+    arrow = pa.table({"domain": domains[:1]})
+    assert run.sql("select count(*) from tokens join arrow using (domain)").fetchall()[0][0] > 0
+
+    def deeper():  # the caller's caller's variables too, as duckdb.sql reads a notebook's from a helper
+        return run.sql("select count(*) from labels").fetchall()[0][0]
+    assert deeper() == len(domains)
+    with pytest.raises(probe.RunError, match=r"Table with name nosuch does not exist!.*a run's tables are"):
+        run.sql("select * from nosuch")
