@@ -162,7 +162,7 @@ def _did_you_mean(name: str, all_names: list[str]) -> str:
         rest = name[layer.end():]
         return (f" ({layer[1]}.{layer[2]} has no {rest}; {_spans(elsewhere, layer[1])} "
                 f"{'has' if len(elsewhere) == 1 else 'have'} it{_block_note(rest)})")
-    if end := _model_end(name, all_names):
+    if end := _model_end(name, all_names) or _tl_point(name, all_names):
         return end
     if any(c in name for c in "*?["):
         all_names = sorted({re.sub(r"(?<=\.)\d+(?=\.)", "*", n) for n in all_names})
@@ -181,6 +181,34 @@ def _model_end(name: str, all_names: list[str]) -> str:
     mtp = [n for n in all_names if re.fullmatch(r"mtp\.\d+\.hook_logits", n)]
     return (" (the head has no hook point: its input is 'hook_final', after the final norm, and its logits are "
             "what forward returns" + (f"; the MTP module's are {mtp[0]!r})" if mtp else ")"))
+
+
+# TransformerLens's names of a block's points that this model names otherwise: its own (two where MLA makes
+# one in parts), and what a note says of them
+_TL_POINTS = {"hook_mlp_in": ("hook_ffn_in",), "hook_mlp_out": ("hook_ffn_out",),
+              "ln1.hook_normalized": ("hook_attn_in",), "ln2.hook_normalized": ("hook_ffn_in",),
+              "mlp.hook_post": ("ffn.hook_hidden",),
+              "attn.hook_q": ("attn.hook_q_nope", "attn.hook_q_pe"), "attn.hook_k": ("attn.hook_c_kv", "attn.hook_k_pe"),
+              "attn.hook_v": ("attn.hook_c_kv",), "attn.hook_attn_scores": ("attn.hook_pattern",)}
+_TL_NOTES = {"attn.hook_q": ": MLA's query in its two parts, the second after RoPE",
+             "attn.hook_k": ": MLA's keys are the latent expanded by wkv_b, with one RoPE key all heads share",
+             "attn.hook_v": ": MLA's values are the latent expanded by wkv_b",
+             "attn.hook_attn_scores": ": the probabilities; the scores before the softmax have no hook point"}
+
+
+def _tl_point(name: str, all_names: list[str]) -> str:
+    """For TransformerLens's name of a block's point (`blocks.2.hook_mlp_out`, `layers.2.attn.hook_q`),
+    ' (...)' naming this model's; else ''. The closest name was another point: 'layers.0.hook_resid_post'
+    for `mlp.hook_post`, 'attn.hook_z' for `attn.hook_q` (a tour)."""
+    m = re.fullmatch(r"(blocks|layers)\.(\d+|\*)\.(.+)", name)
+    ours = m and _TL_POINTS.get(m[3])  # `blocks.2.hook_resid_pre`, a point of the same name: did you mean
+    if not ours:
+        return ""
+    full = [f"layers.{m[2]}.{r}" for r in ours]
+    if all(any(fnmatch.fnmatchcase(a, f) for a in all_names) for f in full):
+        return f" (TransformerLens's {name!r} is {' and '.join(map(repr, full))} here{_TL_NOTES.get(m[3], '')})"
+    why = _did_you_mean(full[0], all_names)[2:-1] if len(full) == 1 else ""  # a block without it, or none such
+    return f" (TransformerLens's {name!r} would be {full[0]!r}" + (f": {why})" if why else ", which this model has not)")
 
 
 def _blocks_with(rest: str, kind: str, all_names: list[str]) -> list[int]:

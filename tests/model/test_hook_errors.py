@@ -293,3 +293,32 @@ def test_hooks_given_no_list_of_pairs_say_what_to_write():
             m.run_with_hooks(torch.tensor([[1, 2]]), fwd_hooks=bad)
     with m.hooks([("hook_embed", fn)]):  # the control: a list of pairs
         m(torch.tensor([[1, 2]]))
+
+
+def test_transformerlens_names_of_points_named_otherwise_here_say_which():
+    """TransformerLens's names of points this model names otherwise were pointed at other points, the
+    closest spelling: `mlp.hook_post` (the MLP's hidden state) at 'layers.0.hook_resid_post', `attn.hook_q` at
+    'attn.hook_z'. Each names this model's (both of MLA's parts), and why where a block has none."""
+    m = random_model("tiny")
+    tok = torch.zeros(1, 2, dtype=torch.long)
+    _, cache = m.run_with_cache(tok)
+    cases = [("blocks.0.mlp.hook_post", r"is 'layers\.0\.ffn\.hook_hidden' here\)"),
+             ("blocks.2.hook_mlp_out", r"is 'layers\.2\.hook_ffn_out' here\)"),
+             ("layers.1.hook_mlp_in", r"is 'layers\.1\.hook_ffn_in' here\)"),
+             ("blocks.1.ln2.hook_normalized", r"is 'layers\.1\.hook_ffn_in' here\)"),
+             ("layers.1.attn.hook_q", r"is 'layers\.1\.attn\.hook_q_nope' and 'layers\.1\.attn\.hook_q_pe' here: MLA's"),
+             ("blocks.1.attn.hook_k", r"is 'layers\.1\.attn\.hook_c_kv' and 'layers\.1\.attn\.hook_k_pe' here: MLA's"),
+             ("layers.1.attn.hook_attn_scores", r"is 'layers\.1\.attn\.hook_pattern' here: the probabilities"),
+             # an MoE layer has no dense hidden state; a block past the model's
+             ("blocks.1.mlp.hook_post", r"would be 'layers\.1\.ffn\.hook_hidden': layers\.1 has no ffn\.hook_hidden; "
+                                        r"layers\.0 has it: an MoE layer's is its shared experts'"),
+             ("blocks.9.hook_mlp_out", r"would be 'layers\.9\.hook_ffn_out': this model has layers\.0 to layers\.2\)")]
+    for name, says in cases:
+        told = rf"no hook point named '{re.escape(name)}' \(TransformerLens's '{re.escape(name)}' " + says
+        with pytest.raises(model.HookError, match=told):
+            cache[name]
+        with pytest.raises(model.HookError, match=told):
+            m.add_hook(name, lambda t, hook: None)
+    with pytest.raises(model.HookError, match=r"names='blocks\.\*\.hook_mlp_out' matches no hook point \(Transformer"
+                                              r"Lens's 'blocks\.\*\.hook_mlp_out' is 'layers\.\*\.hook_ffn_out' here\)"):
+        m.run_with_cache(tok, names="blocks.*.hook_mlp_out")
