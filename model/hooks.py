@@ -362,7 +362,8 @@ class ActivationCache(dict):
         elif name not in self._named:
             why = f"{name} was not among the names= this cache was made with"
         else:
-            why = f"{name} was not reached by this forward (MTP runs only with mtp=True; start_at_layer skips blocks)"
+            why = (f"{name} was not reached by this forward (MTP runs only with mtp=True; start_at_layer and "
+                   "stop_at_layer skip blocks)")
         raise HookError(f"cache[{name!r}]: not cached: {why}")
 
 
@@ -582,4 +583,4 @@ def _warn_unreached(method: str, unreached: list[str], n_named: int) -> None:
     if unreached:
         warnings.warn(f"{method}: {len(unreached)} of the {n_named} hook points named were not reached by this forward "
                       f"(e.g. {unreached[0]}): the MTP module runs only with mtp=True, and start_at_layer skips the "
-                      "blocks before it", stacklevel=3)
+                      "blocks before it (stop_at_layer those from it on)", stacklevel=3)

@@ -223,7 +223,7 @@ class Transformer(HookedModule):
     def forward(self, tokens: torch.Tensor, start_pos: int | torch.Tensor = 0, *,
                 lengths: torch.Tensor | None = None, use_cache: bool = False, mtp: bool = False,
                 return_hidden: bool = False, logits_at: torch.Tensor | None = None,
-                start_at_layer: int = 0, resid: torch.Tensor | None = None,
+                start_at_layer: int = 0, resid: torch.Tensor | None = None, stop_at_layer: int | None = None,
                 targets: torch.Tensor | None = None, mtp_targets: torch.Tensor | None = None):
         """tokens [B, S] -> logits [B, S, V] for every position.
 
@@ -244,6 +244,11 @@ class Transformer(HookedModule):
             block (what its hook_resid_pre saw in a full pass over the same tokens): the embedding
             and earlier blocks are skipped, so the logits equal the full pass's when resid does (for
             analyses that change a late layer many times, e.g. analyses.importance). No KV cache.
+        stop_at_layer: run only the blocks before it and return the residual stream [B, S, D] there, the
+            input of block stop_at_layer (0: the embedding; n_layers: the last block's output, before the
+            final norm; negative counts from the end), as TransformerLens's stop_at_layer: so
+            `forward(tokens, start_at_layer=L, resid=forward(tokens, stop_at_layer=L))` is the whole pass.
+            No KV cache, and nothing else to return (no mtp, return_hidden, logits_at or targets).
         targets: [B, S] token ids: return model.head_stats.TokenStats (nll [B, S] float32: the loss of
             targets[:, p] under the prediction at p, NaN where the target is -100, e.g. padding;
             top1 [B, S]: the argmax) in place of the logits. The head then runs a block of rows at a time and no [B, S, V] logits exist, on any rank
@@ -258,6 +263,8 @@ class Transformer(HookedModule):
         if max_start > 0:
             use_cache = True
         end = self._check_end(max_start, seqlen)
+        stop = self._check_stop(stop_at_layer, start_at_layer, use_cache, mtp=mtp, return_hidden=return_hidden,
+                                logits_at=logits_at is not None, targets=targets is not None)
         pos = start[:, None] + torch.arange(seqlen, device=dev)  # [B, S]
         if use_cache:
             self._ensure_cache(bsz, end, fresh=max_start == 0)
@@ -265,8 +272,10 @@ class Transformer(HookedModule):
         cos, sin = rope_cos_sin(pos, self.rope_inv_freq, self.args.rope_attention_factor)
 
         h, first = self._residual_in(tokens, resid, start_at_layer, use_cache)
-        for layer in self.layers[first:]:
+        for layer in self.layers[first:stop]:
             h = layer(h, cos, sin, pos, mask, n_keys, use_cache)
+        if stop is not None:
+            return h
         if use_cache:
             self._note_filled(start, lengths, seqlen, bsz, fresh=max_start == 0)
         h = self.hook_final(self.norm(h))
@@ -413,6 +422,28 @@ class Transformer(HookedModule):
                              "with it")
         if mtp_targets is not None:  # checked here so that a wrong one is named as the caller named it
             check_targets(mtp_targets, (bsz, max(seqlen - 1, 0)), self.args.vocab_size, "mtp_targets")
+
+    def _check_stop(self, stop_at_layer, start_at_layer, use_cache: bool, **asked: bool) -> int | None:
+        """stop_at_layer as the index of the first block forward does not run (None: it runs them all),
+        checked against start_at_layer, the KV cache and what else forward is `asked` to return."""
+        if stop_at_layer is None:
+            return None
+        n = len(self.layers)
+        stop = as_int(stop_at_layer)
+        if stop is None or not -n <= stop <= n:
+            raise InputError(f"stop_at_layer={shown(stop_at_layer)}: must be an integer between 0 and {n} (the "
+                             f"residual stream into that block; {n}: out of the last) or -{n} to -1 from the end")
+        stop += n if stop < 0 else 0
+        if stop < (first := as_int(start_at_layer) or 0):
+            raise InputError(f"stop_at_layer={shown(stop_at_layer)} is before start_at_layer={first}: no block "
+                             "would run")
+        if other := next((k for k, v in asked.items() if v), None):
+            raise InputError(f"stop_at_layer with {other}: a forward that stops at a block returns the residual "
+                             "stream there, and nothing else")
+        if use_cache:
+            raise InputError("stop_at_layer needs use_cache=False and start_pos=0 (the KV cache of the blocks after "
+                             "it would be stale)")
+        return stop
 
     def _check_resid(self, resid, tokens: torch.Tensor, start: int, use_cache: bool) -> torch.Tensor:
         """The residual stream a forward from block `start` (an int, `_residual_in`'s) begins with, checked."""

@@ -77,11 +77,14 @@ def test_the_readme_python_runs_and_its_comments_hold(readme):
     # the hook example: blocks 20.. from the cached residual give the same logits
     resid = ns["cache"]["layers.20.hook_resid_pre"]
     torch.testing.assert_close(m(tokens, start_at_layer=20, resid=resid), full, rtol=1e-6, atol=1e-6)
+    assert torch.equal(ns["h20"], resid)  # stop_at_layer=20: the residual stream into block 20
     assert "layers.5.ffn.gate.hook_select_scores" in ns["m"].hook_names()
     assert list(ns["norms"]) == list(range(21))  # hook.layer(): each layer's fn call keyed by its layer, in order
     # direct logit attribution: the pieces' shares add up to the last position's logits, and layer 20's
     # heads' shares to its attention output's
     dla, heads = ns["dla"].float(), ns["heads"].float()
+    assert ns["labels"][:3] == ["hook_embed", "layers.0.hook_attn_out", "layers.0.hook_ffn_out"]  # the stack's order
+    assert len(ns["labels"]) == 1 + 2 * 21 and ns["labels"][-1] == "layers.20.hook_ffn_out"
     assert dla.shape == (1 + 2 * 21, 1, V) and heads.shape == (m.args.n_heads, 1, V)
     torch.testing.assert_close(dla.sum(0), ns["out"][:, -1].float(), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(heads.sum(0), dla[1 + 2 * 20], rtol=1e-4, atol=1e-4)  # forward order
