@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .hooks import HookError, HookPoint
+from .hooks import HookError, HookPoint, _unreached
 from .indices import as_ints
 
 # what a clean cache needs for patch_experts: each MoE layer's chosen experts and their outputs
@@ -179,7 +179,8 @@ def patch_sweep(model, clean_tokens: torch.Tensor, corrupted_tokens: torch.Tenso
     name, position (<NA> where the whole tensor was patched), metric, and the unpatched clean and
     corrupted runs' metric.
 
-    `names`: a hook point name, a glob or a list of them (as `run_with_cache`'s). `positions`: None (the
+    `names`: a hook point name, a glob, a list of them or a predicate (as `run_with_cache`'s; the MTP module's
+    points it picks with the layers' are left out of a forward without mtp=True). `positions`: None (the
     whole tensor), "each" (every position of [B, S] in turn, all rows at once) or positions (an int, a
     list, numpy array or integer tensor).
     A position is a sequence position: row b*S + s of the router's [T, ...] points (b*(S-1) + s in the
@@ -202,9 +203,12 @@ def patch_sweep(model, clean_tokens: torch.Tensor, corrupted_tokens: torch.Tenso
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", "run_with_cache: .* not reached")  # refused below, by name
         clean_logits, cache = model.run_with_cache(clean_tokens, names=picked, **forward_kwargs)
-        if missed := [n for n in picked if n not in cache]:
+        # the MTP module's points a predicate or a glob picks with the layers' are left out where it did not run
+        # (run_with_cache does not warn of them): "*hook_resid_post" was refused for mtp.0.block.hook_resid_post
+        if missed := _unreached([names], picked, cache):
             raise ValueError(f"patch_sweep: {len(missed)} of the points named were not reached by the clean run "
                              f"(e.g. {missed[0]}; the MTP module runs only with mtp=True): name points it reaches")
+        picked = [n for n in picked if n in cache]
         clean, corrupted = score(clean_logits), score(model(corrupted_tokens, **forward_kwargs))
         # every (point, position) checked before the first patched run: a position past an MTP point's S-1
         # was refused only once the runs before it had been made

@@ -232,6 +232,22 @@ def test_a_sweep_is_the_hand_loop(tiny, pair):
         assert table["corrupted"].unique().tolist() == pytest.approx([float(metric(tiny(corrupted)))])
 
 
+def test_a_sweep_of_a_predicate_or_glob_leaves_out_the_mtp_points_it_also_picks(tiny, pair):
+    """TransformerLens's `lambda n: n.endswith("hook_resid_post")` (or "*hook_resid_post") picks
+    mtp.0.block.hook_resid_post too, and the sweep was refused for it without mtp=True: the layers' are swept.
+    Named by its name, it still is refused; with mtp=True it is swept too."""
+    clean, corrupted = pair
+    layers = [f"layers.{i}.hook_resid_post" for i in range(tiny.args.n_layers)]
+    want = patching.patch_sweep(tiny, clean, corrupted, layers, metric)
+    for names in (lambda n: n.endswith("hook_resid_post"), "*hook_resid_post"):
+        table = patching.patch_sweep(tiny, clean, corrupted, names, metric)
+        assert table["name"].tolist() == layers and table["metric"].tolist() == want["metric"].tolist()
+    with pytest.raises(ValueError, match=r"1 of the points named were not reached by the clean run \(e\.g\. mtp\.0\.hook_in"):
+        patching.patch_sweep(tiny, clean, corrupted, ["*hook_resid_post", "mtp.0.hook_in"], metric)
+    both = patching.patch_sweep(tiny, clean, corrupted, "*hook_resid_post", lambda out: metric(out[0]), mtp=True)
+    assert both["name"].tolist() == layers + ["mtp.0.block.hook_resid_post"]
+
+
 def test_a_sweep_moves_the_metric_only_where_the_runs_differ(tiny, pair):
     """Negative control: the embedding patched at positions 0..2, where the two inputs are the same
     tokens, leaves the corrupted metric as it was; at 3..9 it moves it; the last block's output at the
