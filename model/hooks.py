@@ -188,7 +188,8 @@ def _model_end(name: str, all_names: list[str]) -> str:
 _TL_POINTS = {"hook_mlp_in": ("hook_ffn_in",), "hook_mlp_out": ("hook_ffn_out",),
               "ln1.hook_normalized": ("hook_attn_in",), "ln2.hook_normalized": ("hook_ffn_in",),
               "mlp.hook_post": ("ffn.hook_hidden",),
-              "attn.hook_q": ("attn.hook_q_nope", "attn.hook_q_pe"), "attn.hook_k": ("attn.hook_c_kv", "attn.hook_k_pe"),
+              "attn.hook_q": ("attn.hook_q_nope", "attn.hook_q_pe"),
+              "attn.hook_k": ("attn.hook_c_kv", "attn.hook_k_pe"),
               "attn.hook_v": ("attn.hook_c_kv",), "attn.hook_attn_scores": ("attn.hook_pattern",)}
 _TL_NOTES = {"attn.hook_q": ": MLA's query in its two parts, the second after RoPE",
              "attn.hook_k": ": MLA's keys are the latent expanded by wkv_b, with one RoPE key all heads share",
@@ -208,7 +209,8 @@ def _tl_point(name: str, all_names: list[str]) -> str:
     if all(any(fnmatch.fnmatchcase(a, f) for a in all_names) for f in full):
         return f" (TransformerLens's {name!r} is {' and '.join(map(repr, full))} here{_TL_NOTES.get(m[3], '')})"
     why = _did_you_mean(full[0], all_names)[2:-1] if len(full) == 1 else ""  # a block without it, or none such
-    return f" (TransformerLens's {name!r} would be {full[0]!r}" + (f": {why})" if why else ", which this model has not)")
+    return f" (TransformerLens's {name!r} would be {full[0]!r}" + (f": {why})" if why else
+                                                                    ", which this model has not)")
 
 
 def _blocks_with(rest: str, kind: str, all_names: list[str]) -> list[int]:

@@ -92,8 +92,8 @@ def patch_experts(model, tokens: torch.Tensor, clean_cache, *, layers: Iterable[
         logits = model(tokens, **forward_kwargs)
     if missed := [L for L in picked if L not in live]:  # a layer start_at_layer skipped: silently unpatched
         warnings.warn(f"patch_experts: layers {missed} were not reached by this forward (start_at_layer skips the "
-                      "blocks before it, stop_at_layer those from it on): nothing was patched there, and the report has no entry for them",
-                      stacklevel=2)
+                      "blocks before it, stop_at_layer those from it on): nothing was patched there, and the report "
+                      "has no entry for them", stacklevel=2)
     return logits, report
 
 

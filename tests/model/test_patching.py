@@ -242,7 +242,8 @@ def test_a_sweep_of_a_predicate_or_glob_leaves_out_the_mtp_points_it_also_picks(
     for names in (lambda n: n.endswith("hook_resid_post"), "*hook_resid_post"):
         table = patching.patch_sweep(tiny, clean, corrupted, names, metric)
         assert table["name"].tolist() == layers and table["metric"].tolist() == want["metric"].tolist()
-    with pytest.raises(ValueError, match=r"1 of the points named were not reached by the clean run \(e\.g\. mtp\.0\.hook_in"):
+    with pytest.raises(ValueError, match=r"1 of the points named were not reached by the clean run "
+                                         r"\(e\.g\. mtp\.0\.hook_in"):
         patching.patch_sweep(tiny, clean, corrupted, ["*hook_resid_post", "mtp.0.hook_in"], metric)
     both = patching.patch_sweep(tiny, clean, corrupted, "*hook_resid_post", lambda out: metric(out[0]), mtp=True)
     assert both["name"].tolist() == layers + ["mtp.0.block.hook_resid_post"]

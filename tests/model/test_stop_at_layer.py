@@ -20,16 +20,18 @@ def test_the_residual_stream_into_each_block_and_back(m):
     x = torch.randint(0, m.args.vocab_size, (2, 6))
     n = m.args.n_layers
     with torch.no_grad():
-        full, cache = m.run_with_cache(x, names=["hook_embed", "layers.*.hook_resid_pre", f"layers.{n - 1}.hook_resid_post"])
+        last = f"layers.{n - 1}.hook_resid_post"
+        full, cache = m.run_with_cache(x, names=["hook_embed", "layers.*.hook_resid_pre", last])
         assert torch.equal(m(x, stop_at_layer=0), cache["hook_embed"])
         for L in range(1, n):
             resid = m(x, stop_at_layer=L)
             assert torch.equal(resid, cache[f"layers.{L}.hook_resid_pre"])
             assert torch.equal(m(x, start_at_layer=L, resid=resid), full)  # the two halves make the whole pass
             assert torch.equal(m(x, stop_at_layer=L - n), resid)  # from the end, as TransformerLens counts
-        assert torch.equal(m(x, stop_at_layer=n), cache[f"layers.{n - 1}.hook_resid_post"])  # before the final norm
+        assert torch.equal(m(x, stop_at_layer=n), cache[last])  # before the final norm
         mid = m(x, stop_at_layer=1)
-        assert torch.equal(m(x, start_at_layer=1, resid=mid, stop_at_layer=n - 1), cache[f"layers.{n - 1}.hook_resid_pre"])
+        between = m(x, start_at_layer=1, resid=mid, stop_at_layer=n - 1)
+        assert torch.equal(between, cache[f"layers.{n - 1}.hook_resid_pre"])
         # the blocks after it do not run: their hooks are not called
         ran = []
         with pytest.warns(UserWarning, match=r"2 of the 3 hook points named were not reached by this forward \(e\.g\. "

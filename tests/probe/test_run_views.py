@@ -273,7 +273,8 @@ def test_columns_is_a_name_or_names_in_a_list_or_a_tuple(path):
     assert run.arrow("tokens", columns="loss").schema.names == ["loss"]
     assert run.df("spec_decode", columns=("domain",)).shape == (0, 1)  # a table without parts
     run.restrict(["tokens"], "pos > 0")
-    assert list(run.df("tokens", columns="loss").columns) == ["loss"] and run.df("tokens", columns=("loss",)).shape[1] == 1
+    assert list(run.df("tokens", columns="loss").columns) == ["loss"]
+    assert run.df("tokens", columns=("loss",)).shape[1] == 1
     for bad in (5, ["loss", 5], b"loss"):
         with pytest.raises(probe.RunError, match=r"tokens: columns=.*: expected a column's name or a list of names$"):
             run.df("tokens", columns=bad)
