@@ -420,8 +420,18 @@ class HookedModule(nn.Module):
         if "bwd_hooks" in kwargs:  # else forward's "unexpected keyword argument 'bwd_hooks'"
             raise HookError("run_with_hooks takes no bwd_hooks: for a gradient with respect to an activation, "
                             "run_with_cache(..., names=..., detach=False) and torch.autograd.grad(out, cache[name])")
+        if "names" in kwargs:  # else forward's "unexpected keyword argument 'names'"
+            raise HookError("run_with_hooks caches nothing, so takes no names=: run_with_cache(..., names=..., "
+                            "fwd_hooks=[(name, fn)]) caches a hooked pass")
+        with self._hooked(fwd_hooks, "run_with_hooks"):
+            return self(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def _hooked(self, fwd_hooks, method: str) -> Iterator[None]:
+        """`fwd_hooks` attached for one pass of `method` (run_with_hooks, run_with_cache), which is then
+        warned of the points they named that the pass did not reach."""
         # NOTE: one pair, listed below, was two: "hooks() takes (name, fn) pairs; got 'hook_embed'" (a tour)
-        _not_one_pair(fwd_hooks, "run_with_hooks", "fwd_hooks=[(name, fn)]")
+        _not_one_pair(fwd_hooks, method, "fwd_hooks=[(name, fn)]")
         # NOTE: each filter is read twice (attached, then asked which points it named): a generator of
         # names was empty the second time, "matches no hook point" (a tour); a list reads alike twice
         pairs, ran = [_reusable(p) for p in fwd_hooks], set()
@@ -429,9 +439,9 @@ class HookedModule(nn.Module):
             matched = [set(self._resolve(f)) for f, _ in pairs]
             named = [n for n in self._hook_points if any(n in m for m in matched)]
             with self.hooks([(named, lambda t, hook: ran.add(hook.name))] if named else []):
-                out = self(*args, **kwargs)
-        _warn_unreached("run_with_hooks", _unreached([f for f, _ in pairs], named, ran), len(named))
-        return out
+                yield
+        # the caller's frame is 5 up: this generator, contextlib's __exit__, run_with_hooks or run_with_cache
+        _warn_unreached(method, _unreached([f for f, _ in pairs], named, ran), len(named), stacklevel=5)
 
     def add_hook(self, name_filter: NameFilter, fn: HookFn) -> list[torch.utils.hooks.RemovableHandle]:
         """Attach `fn` to every matching hook point until removed (`handle.remove()` or `reset_hooks()`):
@@ -460,7 +470,8 @@ class HookedModule(nn.Module):
             point._forward_hooks.clear()
         return n
 
-    def run_with_cache(self, *args, names: NameFilter = None, detach: bool = True, device=None, **kwargs):
+    def run_with_cache(self, *args, names: NameFilter = None, detach: bool = True, device=None,
+                       fwd_hooks: Iterable[tuple[NameFilter, HookFn]] = (), **kwargs):
         """Run `forward(*args, **kwargs)` and return `(output, cache)` with `cache[name] = tensor` (a dict;
         a name it lacks raises a HookError that says why).
 
@@ -473,6 +484,8 @@ class HookedModule(nn.Module):
         is what the forward goes on with, so `torch.autograd.grad(logit, cache[name])` is the gradient
         with respect to that activation (weights held still with `requires_grad_(False)` too); a cached
         `hook_pattern` is then applied as a product, not by the fused kernel (the output moves by rounding).
+        `fwd_hooks`: (name, fn) pairs attached for this pass, as `run_with_hooks` takes them, before the
+        cache's own: a point they edit is cached as they left it (a patched or ablated run's activations).
         """
         if "names_filter" in kwargs:  # else forward's "unexpected keyword argument 'names_filter'"
             raise HookError("run_with_cache takes names=, not TransformerLens's names_filter= (the same filters: a "
@@ -502,7 +515,7 @@ class HookedModule(nn.Module):
         selected = [(n, save) for n in selected_names]
         if not selected:
             raise HookError(f"names={names!r} matches no hook point (see model.hook_names())")
-        with self.hooks(selected), self._final_scale_to(cache, detach):
+        with self._hooked(fwd_hooks, "run_with_cache"), self.hooks(selected), self._final_scale_to(cache, detach):
             out = self(*args, **kwargs)
         if names is not None:  # asked for by name, and silently absent from the cache before
             _warn_unreached("run_with_cache", _unreached([names], selected_names, cache), len(selected))
@@ -580,9 +593,9 @@ def _unreached(filters: list, named: list[str], reached) -> list[str]:
     return [n for n in missed if not n.startswith("mtp.") or n in exact]
 
 
-def _warn_unreached(method: str, unreached: list[str], n_named: int) -> None:
+def _warn_unreached(method: str, unreached: list[str], n_named: int, stacklevel: int = 3) -> None:
     """Warn, for the caller of `method`, that hook points it named were not reached by its forward."""
     if unreached:
         warnings.warn(f"{method}: {len(unreached)} of the {n_named} hook points named were not reached by this forward "
                       f"(e.g. {unreached[0]}): the MTP module runs only with mtp=True, and start_at_layer skips the "
-                      "blocks before it (stop_at_layer those from it on)", stacklevel=3)
+                      "blocks before it (stop_at_layer those from it on)", stacklevel=stacklevel)

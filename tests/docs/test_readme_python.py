@@ -78,6 +78,9 @@ def test_the_readme_python_runs_and_its_comments_hold(readme):
     resid = ns["cache"]["layers.20.hook_resid_pre"]
     torch.testing.assert_close(m(tokens, start_at_layer=20, resid=resid), full, rtol=1e-6, atol=1e-6)
     assert torch.equal(ns["h20"], resid)  # stop_at_layer=20: the residual stream into block 20
+    with torch.no_grad():  # run_with_cache's fwd_hooks: the cache holds the pass as they left it
+        edited = m.run_with_hooks(tokens, stop_at_layer=4, fwd_hooks=[("layers.3.hook_resid_post", lambda t, h: t * 0.9)])
+    torch.testing.assert_close(ns["hooked"]["layers.4.hook_resid_pre"], edited, rtol=0, atol=0)
     assert "layers.5.ffn.gate.hook_select_scores" in ns["m"].hook_names()
     assert list(ns["norms"]) == list(range(21))  # hook.layer(): each layer's fn call keyed by its layer, in order
     # direct logit attribution: the pieces' shares add up to the last position's logits, and layer 20's

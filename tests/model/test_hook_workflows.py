@@ -171,3 +171,38 @@ def test_a_cache_stacks_the_points_a_glob_picks():
         cache.stack("layers.*.attn.hook_pattern")
     with pytest.raises(model.HookError, match=r"^cache\.stack\(\[\]\): names no hook point to stack$"):
         cache.stack([])  # a list built by a filter that kept nothing
+
+
+def test_run_with_cache_takes_fwd_hooks_and_caches_what_they_left():
+    """The activations of a hooked pass (an ablation, a patch) were a `with m.hooks(...)` around
+    run_with_cache: its fwd_hooks= was forward's 'unexpected keyword argument', and run_with_hooks(names=)
+    likewise. run_with_cache attaches them before its own, so the cache holds what they left."""
+    m = random_model("tiny", seed=3)
+    x = torch.randint(0, 512, (1, 6))
+    with torch.no_grad():
+        _, plain = m.run_with_cache(x, names="layers.*.ffn.gate.hook_topk_ids")
+    banned = int(plain.stack("layers.*.ffn.gate.hook_topk_ids")[0, 0, 0])  # chosen unhooked
+
+    def ban(s, hook):
+        return s.index_fill(-1, torch.tensor([banned]), float("-inf"))
+
+    hooks = [("layers.*.ffn.gate.hook_select_scores", ban)]
+    with torch.no_grad():
+        out, cache = m.run_with_cache(x, names="layers.*.ffn.gate.hook_topk_ids", fwd_hooks=hooks)
+        assert torch.equal(out, m.run_with_hooks(x, fwd_hooks=hooks))
+        with m.hooks(hooks):
+            _, scoped = m.run_with_cache(x, names="layers.*.ffn.gate.hook_topk_ids")
+    ids = cache.stack("layers.*.ffn.gate.hook_topk_ids")
+    assert torch.equal(ids, scoped.stack("layers.*.ffn.gate.hook_topk_ids")) and not (ids == banned).any()
+    assert all(not p.active for p in m.hook_points.values())  # detached after
+    with pytest.raises(model.HookError, match=r"^run_with_cache takes a list of \(name, fn\) pairs; got one pair"):
+        m.run_with_cache(x, fwd_hooks=hooks[0])
+    with pytest.raises(model.HookError, match=r"^run_with_hooks caches nothing, so takes no names=: run_with_cache"):
+        m.run_with_hooks(x, fwd_hooks=hooks, names="hook_embed")
+    # a hook on a point the pass does not reach is warned of, at the caller's line
+    with pytest.warns(UserWarning, match=r"^run_with_cache: 1 of the 1 hook points named were not reached") as got:
+        m.run_with_cache(x, names="hook_embed", fwd_hooks=[("mtp.0.hook_in", lambda t, hook: None)])
+    assert got[0].filename == __file__
+    with pytest.warns(UserWarning, match=r"^run_with_hooks: 1 of the 1 hook points") as got:
+        m.run_with_hooks(x, fwd_hooks=[("mtp.0.hook_in", lambda t, hook: None)])
+    assert got[0].filename == __file__
