@@ -474,16 +474,17 @@ def _unreached(filters: list, named: list[str], reached) -> list[str]:
     """The points of `named` (what `filters` picked) that the forward did not reach (not in `reached`), less
     the MTP module's that a predicate or a glob picked with points of the layers in a forward without the
     MTP module: TransformerLens's `lambda n: n.endswith("hook_resid_post")` picks mtp.0.block.hook_resid_post
-    too, and was warned of on every forward without mtp=True (a tour). An MTP point named by its own name,
-    or a filter that picks only the MTP module's, is still warned of."""
+    too, and was warned of on every forward without mtp=True (a tour). An MTP point named by its own name or
+    a glob of the MTP module's ("mtp.0.*"), or by a filter that picks only the MTP module's, is still warned of."""
     missed = [n for n in named if n not in reached]
     if any(n.startswith("mtp.") for n in reached) or all(n.startswith("mtp.") for n in named):
         return missed
-    exact = set()
+    asked = set()  # the MTP points a name or a glob of the MTP module's picks
     for f in filters:
         items = [f] if isinstance(f, str) else f if isinstance(f, (list, tuple, set)) else []
-        exact.update(n for n in items if isinstance(n, str) and not any(c in n for c in "*?["))
-    return [n for n in missed if not n.startswith("mtp.") or n in exact]
+        asked.update(n for n in missed for i in items if isinstance(i, str) and (i == n or i.startswith("mtp.")
+                                                                                 and fnmatch.fnmatchcase(n, i)))
+    return [n for n in missed if not n.startswith("mtp.") or n in asked]
 
 
 def _warn_unreached(method: str, unreached: list[str], n_named: int, stacklevel: int = 3) -> None:

@@ -395,7 +395,7 @@ def test_a_filter_that_picks_the_mtp_modules_points_with_the_layers_is_not_warne
     _, both = m.run_with_cache(x, names=post, mtp=True)
     assert "mtp.0.block.hook_resid_post" in both
     for names in (lambda n: n.startswith("mtp."), "mtp.0.*", ["*hook_resid_post", "mtp.0.hook_in"],
-                  (n for n in ["hook_embed", "mtp.0.hook_in"])):
+                  (n for n in ["hook_embed", "mtp.0.hook_in"]), ["layers.*.hook_resid_post", "mtp.0.*"]):
         with pytest.warns(UserWarning, match=r"run_with_cache: .* not reached .*\(e\.g\. mtp\.0\."):
             m.run_with_cache(x, names=names)
     with pytest.warns(UserWarning, match=r"run_with_hooks: 1 of the .* not reached .*\(e\.g\. mtp\.0\.hook_in\)"):
