@@ -42,6 +42,7 @@ import sys
 import sysconfig
 import tarfile
 import tempfile
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -359,10 +360,12 @@ def duplicates_note(dups: list[dict]) -> str | None:
     return f"note: {len(dups):,} {said} not held out: {shown}{more} (manifest.json: cross_split_duplicates)"
 
 
-def one_side_note(manifest: dict) -> str | None:
+def one_side_note(manifest: dict, capped: set[str] | None = None) -> str | None:
     """The build's note on domains the split left on one side (None when every domain is on both): a
     domain of one document, as a tiny --max-chars leaves it, cannot be split, and its validation (or
-    training) file got none of its text without a word (a tour)."""
+    training) file got none of its text without a word (a tour). `capped`: the domains the cap cut
+    (None: any may be); --max-chars is named only for those, since raising it gives a folder's domain
+    of one document (--source) no second one."""
     doms = manifest["domains"]
     lost = [(side, [d for d in sorted(doms) if side not in doms[d]]) for side in ("val", "train")]
     said = [f"no {'validation' if side == 'val' else 'training'} document for {', '.join(names)} "
@@ -370,8 +373,9 @@ def one_side_note(manifest: dict) -> str | None:
     if not said:
         return None
     cap = manifest.get("max_chars_per_domain")
+    cut = cap and (capped is None or any(d in capped for _, names in lost for d in names))
     return (f"note: {'; '.join(said)}: a domain of one document cannot be split"
-            + (f" (--max-chars {cap:,} kept one; raise it for two or more)" if cap else ""))
+            + (f" (--max-chars {cap:,} kept one; raise it for two or more)" if cut else ""))
 
 
 def _write_all(out: Path, files: dict[str, bytes]) -> None:
@@ -528,8 +532,9 @@ def _domains(ns: argparse.Namespace) -> list[str] | None:
     return domains
 
 
-def _build(ns: argparse.Namespace) -> dict:
-    """Check the flags and --out, collect the documents, write the corpus; returns its manifest."""
+def _build(ns: argparse.Namespace) -> tuple[dict, set[str]]:
+    """Check the flags and --out, collect the documents, write the corpus; returns its manifest and the
+    domains the cap cut."""
     domains = _domains(ns)
     if ns.max_chars < 0:  # 0: no cap
         raise CorpusError(f"--max-chars {ns.max_chars}: must be positive")
@@ -554,14 +559,16 @@ def _build(ns: argparse.Namespace) -> dict:
     if not docs:
         raise CorpusError("no document was collected: nothing to write")
     with terminate_as_interrupt():  # SIGTERM left NAME.tmp files, read as documents of a corpus folder
-        return write_corpus(ns.out, docs, seed=ns.seed, val_fraction=ns.val_fraction,
-                            max_chars=ns.max_chars or None, extra=extra)
+        m = write_corpus(ns.out, docs, seed=ns.seed, val_fraction=ns.val_fraction,
+                         max_chars=ns.max_chars or None, extra=extra)
+    kept = {d: sum(side["documents"] for side in st.values()) for d, st in m["domains"].items()}
+    return m, {d for d, n in Counter(d.domain for d in docs).items() if kept.get(d, 0) < n}
 
 
 def main(argv: list[str] | None = None) -> None:
     ns = _parser().parse_args(argv)
     try:
-        m = _build(ns)
+        m, capped = _build(ns)
     except CorpusError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -573,7 +580,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{domain:<11} train {tr.get('documents', 0):>5} docs {tr.get('chars', 0):>10,} chars   "
               f"val {va.get('documents', 0):>4} docs {va.get('chars', 0):>9,} chars")
     print(f"wrote {ns.out}/train.jsonl, val.jsonl, manifest.json")
-    for note in (duplicates_note(m["cross_split_duplicates"]), one_side_note(m)):
+    for note in (duplicates_note(m["cross_split_duplicates"]), one_side_note(m, capped)):
         if note:
             print(note, file=sys.stderr)
 

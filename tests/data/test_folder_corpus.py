@@ -121,3 +121,20 @@ def test_bad_input_is_one_line_when_run_as_a_module(folder, tmp_path, monkeypatc
                    f"error: --out {out}: lies inside --source {folder}, whose every file is read as a document; "
                    "write the corpus elsewhere")
     assert not out.exists()
+
+
+def test_a_domain_of_one_document_is_not_blamed_on_the_cap_it_was_under(tmp_path, capsys):
+    """A folder's domain of one short file cannot be split whatever --max-chars is: the note told the
+    user to raise --max-chars for two or more documents, which gave none. It still does where the cap
+    cut the domain."""
+    for d in ("one", "many"):
+        (tmp_path / "texts" / d).mkdir(parents=True)
+    (tmp_path / "texts" / "one" / "a.txt").write_text(_prose(2))
+    for i in range(4):
+        (tmp_path / "texts" / "many" / f"{i}.txt").write_text(_prose(2, seed=i))
+    bc.main(["--source", str(tmp_path / "texts"), "--out", str(tmp_path / "a")])
+    err = capsys.readouterr().err
+    assert "no validation document for one " in err and "--max-chars" not in err, err
+    bc.main(["--source", str(tmp_path / "texts"), "--out", str(tmp_path / "b"), "--max-chars", "10"])
+    err = capsys.readouterr().err
+    assert "no validation document for many, one " in err and "--max-chars 10 kept one" in err, err
