@@ -43,8 +43,10 @@ probe/schema.py): `train_steps` (one row per step: losses, lr, grad norm, tokens
 (loss per domain, each step and each evaluation), `train_gates` (MaxVio and bias norm per MoE
 router), `train_eval` (validation loss, MTP agreement), `expert_load` and `router_bias` (per expert,
 every --load-every steps), `run.json` (status, flags, model args, final figures, the run's id),
-`checkpoint/state.pt` (model + optimizer + step + RNG + the run's id and processes, for --resume, which
-notes the flags given that change what it computes, --batch-size as the global batch: a checkpoint is
+`checkpoint/state.pt` (model + optimizer + step + RNG + the run's id and processes + the SHA-256 of the
+corpus's splits and the tokenizer file, for --resume, which notes the flags given that change what it
+computes, --batch-size as the global batch, and those inputs where their content changed since (a corpus
+rebuilt, a tokenizer retrained under the same paths): a checkpoint is
 resumed only into a new --out, a new run that says so, or the run whose id it carries; a --resume of a run already complete at
 its --steps says so and changes nothing, after a note naming the flags given that differ from the
 run's own, which it did not use) and, when finished, `model/`: a

@@ -70,6 +70,16 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def input_digests(corpus: Path, tokenizer: Path) -> dict[str, str | None]:
+    """The SHA-256 of what a run's batches are made of: the corpus's two splits (None: no val.jsonl)
+    and the tokenizer file. A checkpoint keeps them, so that a resume on a corpus rebuilt or a tokenizer
+    retrained since says so: it went on without a word on batches other than the run's own, under the
+    same paths (a tour)."""
+    val = corpus / "val.jsonl"
+    return {"train.jsonl": _sha256(corpus / "train.jsonl"), "val.jsonl": _sha256(val) if val.is_file() else None,
+            "tokenizer": _sha256(tokenizer)}
+
+
 def _cache_file(cache_dir: Path, jsonl: Path, tok) -> Path:
     """`STEM-WHICH-CONTENT.npz`: WHICH names the corpus file (its full path) with the tokenizer and the
     cache format, CONTENT the file's SHA-256, so that a cache of an edited corpus is told from the

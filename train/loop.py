@@ -24,11 +24,11 @@ from probe.job import check_out_parent, os_refusal
 from probe.writer import RunError, replace_keeping_others, updating_run_json, write_json_atomic, writer_lock
 
 from .balance import RoutingTap, moe_gates, settle_biases, update_bias
-from .data import Batches, TrainError, check_corpus_dir, load_tokenizer, token_streams, val_windows
+from .data import Batches, TrainError, check_corpus_dir, input_digests, load_tokenizer, token_streams, val_windows
 from .flags import check_flags
 from .log import TABLES, TrainLog
-from .state import (changed_flags, check_resume_run, completed_run, config_record, load_state, resume_dir, run_id,
-                    save_final, save_state)
+from .state import (changed_flags, changed_inputs, check_resume_run, completed_run, config_record, load_state,
+                    resume_dir, run_id, save_final, save_state)
 from .steps import Dist, bias_speed_at, evaluate, forward_losses, lr_at, make_optimizer, model_args
 
 
@@ -63,6 +63,7 @@ class _Data:
     val: dict  # domain -> validation windows
     train_tokens: dict
     val_tokens: dict
+    inputs: dict = field(default_factory=dict)  # the SHA-256 of the splits and the tokenizer, kept in each checkpoint
 
 
 def _param_count(args, built: int = 64) -> int:
@@ -211,8 +212,8 @@ class _Run:
             if not val_streams:  # a missing or empty val.jsonl: the run ended with no val loss and no word why
                 print(f"note: {ns.corpus / 'val.jsonl'} is missing or holds no documents: the run has no "
                       "validation (no val loss, no train_eval rows)", file=sys.stderr)
-        return _Data(batches, val,
-                     {d: int(len(s)) for d, s in train_streams.items()}, {d: int(len(s)) for d, s in val_streams.items()})
+        return _Data(batches, val, {d: int(len(s)) for d, s in train_streams.items()},
+                     {d: int(len(s)) for d, s in val_streams.items()}, input_digests(ns.corpus, ns.tokenizer))
 
     def _restore(self, saved: dict, where: Path) -> None:
         """Model, optimizer, step and RNG from a checkpoint (flags that differ are reported)."""
@@ -230,6 +231,9 @@ class _Run:
             torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
         if (changed := changed_flags(saved, self.ns, self.dist.world)) and self.dist.main:
             print("note: resuming with changed flags: " + ", ".join(changed), file=sys.stderr)
+        if (edited := changed_inputs(saved, self.data.inputs, self.ns)) and self.dist.main:
+            print(f"note: resuming on inputs whose content changed since the checkpoint was saved: {', '.join(edited)}"
+                  " (the steps from here are not those the run would have made on its own)", file=sys.stderr)
 
     def _wrap(self, raw: Transformer):
         if self.dist.world == 1:
@@ -397,7 +401,7 @@ class _Run:
             self.flush("running")
             if self.dist.main:
                 save_state(ns.out / "checkpoint", self.raw, self.opt, self.step, ns, self.tokens_seen, self.run_id,
-                           self.dist.world)
+                           self.dist.world, self.data.inputs)
             self.saved_step = self.step
         elif self.step % ns.flush_every == 0:
             self.flush("running")

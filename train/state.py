@@ -125,9 +125,19 @@ def check_resume_shape(saved: dict, args: ModelArgs, where: Path, flags: dict | 
                          + "; this run builds " + ", ".join(f"{k}={ours[k]}" for k in shown) + more + made)
 
 
+def changed_inputs(saved: dict, inputs: dict, ns: argparse.Namespace) -> list[str]:
+    """The inputs (`train.data.input_digests`) whose content differs from the checkpoint's, named as
+    the note names them; none for a checkpoint saved before checkpoints kept them."""
+    names = {"train.jsonl": f"{ns.corpus / 'train.jsonl'}", "val.jsonl": f"{ns.corpus / 'val.jsonl'}",
+             "tokenizer": f"--tokenizer {ns.tokenizer}"}
+    then = saved.get("inputs") or {}
+    return [names.get(k, k) for k in then if then[k] != inputs.get(k)]
+
+
 def save_state(path: Path, raw: Transformer, opt, step: int, ns: argparse.Namespace, tokens_seen: int,
-               run_id: str | None = None, world: int = 1) -> None:
-    """The resumable state in PATH/state.pt; `world`: the processes whose --batch-size rows made each step.
+               run_id: str | None = None, world: int = 1, inputs: dict | None = None) -> None:
+    """The resumable state in PATH/state.pt; `world`: the processes whose --batch-size rows made each step,
+    `inputs`: the SHA-256 of the corpus's splits and the tokenizer (`changed_inputs`).
     Written as state.pt.tmp, then renamed; a write that fails (a full disk) is a TrainError naming the
     file, and the partial temporary is removed, as after a Ctrl-C: it stayed, filling the disk, so that the
     run could not even mark itself interrupted (a traceback, run.json left "running")."""
@@ -135,7 +145,7 @@ def save_state(path: Path, raw: Transformer, opt, step: int, ns: argparse.Namesp
         "model": raw.state_dict(), "optimizer": opt.state_dict(), "step": step, "tokens_seen": tokens_seen,
         "rng": {"torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-        "model_args": raw.args.to_dict(), "flags": config_record(ns),
+        "model_args": raw.args.to_dict(), "flags": config_record(ns), "inputs": inputs,
     }
     tmp, why = path / "state.pt.tmp", None
     try:

@@ -164,6 +164,26 @@ def test_resume_reports_another_corpus_and_settleflags(corpus, tmp_path, capsys)
     assert "tokenizer " in capsys.readouterr().err
 
 
+def test_resume_reports_a_corpus_rebuilt_and_a_tokenizer_retrained_under_the_same_paths(corpus, tmp_path, capsys):
+    """A user who rebuilds the corpus (`data.build_corpus --source` into the same --out) or retrains the
+    tokenizer while a run is stopped, then resumes it: the flags are the same, so it went on without a
+    word on batches that are not the run's own. The checkpoint keeps the inputs' SHA-256 now."""
+    mine = shutil.copytree(corpus, tmp_path / "mine", ignore=shutil.ignore_patterns("token_cache"))
+    common = ("--steps", "5", "--eval-every", "0", "--checkpoint-every", "0")
+    run(parse_args(flags(mine, tmp_path / "r", *common, "--stop-at", "2")))
+    capsys.readouterr()
+    run(parse_args(flags(mine, tmp_path / "r", *common, "--resume", "--stop-at", "3")))  # as it was: no note
+    assert "note: resuming" not in capsys.readouterr().err
+    lines = (mine / "train.jsonl").read_text().splitlines(keepends=True)
+    (mine / "train.jsonl").write_text("".join(lines[1:] + lines[:1]))  # the same documents, in another order
+    (mine / "tokenizer.json").write_text((mine / "tokenizer.json").read_text() + "\n")  # saved again
+    run(parse_args(flags(mine, tmp_path / "r", *common, "--resume", "--stop-at", "4")))
+    err = capsys.readouterr().err
+    assert (f"note: resuming on inputs whose content changed since the checkpoint was saved: {mine / 'train.jsonl'}, "
+            f"--tokenizer {mine / 'tokenizer.json'} (the steps") in err, err
+    assert "changed flags" not in err
+
+
 def _rank_1_terminated(err_path: str, argv: list[str]) -> None:
     """Rank 1 of 2 (its environment as torchrun sets it) stopped by torchrun's SIGTERM; stderr into a file."""
     import os
