@@ -1,6 +1,7 @@
 """The bundled corpus's JSON-lines files (`data/corpus/train.jsonl`, `val.jsonl`), read whole, for
 the corpus recipe (`data.build_corpus`, `data.report`, `data.tokenizer`) and training (`train.data`).
-The record jobs stream corpora of any form instead (probe/corpus.py)."""
+The record jobs stream corpora of any form instead (probe/corpus.py), but not the folder that holds
+such files with their manifest (`check_not_a_built_corpus`)."""
 
 from __future__ import annotations
 
@@ -48,3 +49,20 @@ def _utf8_lines(path: Path, error: type[Exception]) -> Iterator[tuple[int, str]]
                 yield i, line
     except OSError as e:
         raise error(f"{path}: cannot be read ({e.strerror or e})") from None
+
+
+def check_not_a_built_corpus(path: Path, error: type[Exception]) -> None:
+    """A job's --corpus may be one split of a corpus `data.build_corpus` wrote, not its folder (a
+    manifest.json there listing train.jsonl): read as a corpus folder, its manifest.json was a document
+    of domain `default`, its training split was scored with its validation split as one corpus, and
+    training's token cache beside them was a sub-folder noted as no domain (a tour)."""
+    if not path.is_dir():
+        return
+    try:
+        files = json.loads((path / "manifest.json").read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):  # no manifest, or not the recipe's: a folder of texts
+        return
+    if isinstance(files, dict) and "train.jsonl" in files:
+        raise error(f"--corpus {path}: a corpus that data.build_corpus wrote, whose manifest.json would be read "
+                    f"as a document of domain 'default' and its two splits as one corpus; pass one split, e.g. "
+                    f"--corpus {path / 'val.jsonl'}")

@@ -16,6 +16,7 @@ import argparse
 import contextlib
 from pathlib import Path
 
+from .bundled_corpus import check_not_a_built_corpus
 from .ckpt_identity import checkpoint_identity, same_checkpoint
 from .errors import EMPTY_PATH, RecordError, first_line
 
@@ -86,6 +87,7 @@ def resolve_paths(ckpt: str | None, corpus: str | None, out: str | None, suffix:
         raise error(f"--ckpt {ckpt_p}: no such directory")
     if not ckpt_p.is_dir() or not (ckpt_p / "config.json").exists():
         raise error(f"--ckpt {ckpt_p}: not a checkpoint directory (no config.json)")
+    check_not_a_built_corpus(corpus_p, error)
     out_p = Path(out) if out else DEFAULT_RUNS / f"{ckpt_p.name}-{corpus_p.stem}{suffix}"
     return ckpt_p, corpus_p, out_p
 

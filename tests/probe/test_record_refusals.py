@@ -270,6 +270,26 @@ def test_out_inside_the_corpus_and_a_symlinked_out_are_refused_before_anything_i
     assert (tmp_path / "r" / "run.json").exists()
 
 
+def test_the_folder_of_a_built_corpus_is_refused_naming_a_split(probe_env, tmp_path):
+    """`--corpus corpora/mine`, the folder `data.build_corpus` wrote, instead of one of its splits: its
+    manifest.json was recorded as a document of domain `default` beside both splits (a tour). A folder
+    whose manifest.json is the user's own is a folder of texts as before."""
+    from data.build_corpus import Doc, write_corpus
+
+    built = tmp_path / "mine"
+    docs = [Doc(f"d/x/{i:04d}", "d", "s", f"text {i} " * 40) for i in range(4)]
+    write_corpus(built, docs, seed=0, val_fraction=0.3, max_chars=None, extra={"source": {}})
+    with pytest.raises(RecordError) as e:
+        rec(probe_env, tmp_path / "r", corpus=built, max_tokens=200)
+    assert str(e.value) == (f"--corpus {built}: a corpus that data.build_corpus wrote, whose manifest.json would be "
+                            "read as a document of domain 'default' and its two splits as one corpus; pass one "
+                            f"split, e.g. --corpus {built / 'val.jsonl'}")
+    assert not (tmp_path / "r").exists()
+    (built / "manifest.json").write_text('{"files": "a note of my own"}')
+    rec(probe_env, tmp_path / "r", corpus=built, max_tokens=200)
+    assert "default" in probe.open_run(tmp_path / "r").info["planned"]["tokens_per_domain"]
+
+
 def test_overwrite_refuses_a_run_that_holds_the_jobs_own_inputs(probe_env, tmp_path):
     """Recording into a training run (its model at runs/NAME/model) with --overwrite deleted the model
     it was reading, and the new run.json named a checkpoint that no longer existed (a review)."""
