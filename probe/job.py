@@ -86,10 +86,21 @@ def resolve_paths(ckpt: str | None, corpus: str | None, out: str | None, suffix:
     if not ckpt_p.exists():
         raise error(f"--ckpt {ckpt_p}: no such directory")
     if not ckpt_p.is_dir() or not (ckpt_p / "config.json").exists():
-        raise error(f"--ckpt {ckpt_p}: not a checkpoint directory (no config.json)")
+        raise error(f"--ckpt {ckpt_p}: not a checkpoint directory (no config.json){_training_run_note(ckpt_p)}")
     check_not_a_built_corpus(corpus_p, error)
     out_p = Path(out) if out else DEFAULT_RUNS / f"{ckpt_p.name}-{corpus_p.stem}{suffix}"
     return ckpt_p, corpus_p, out_p
+
+
+def _training_run_note(ckpt: Path) -> str:
+    """Where a training run given as --ckpt keeps its model: the run's folder was refused with no word of
+    its model/ inside (a tour)."""
+    if (ckpt / "model" / "config.json").is_file():
+        return f"; a training run: its model is {ckpt / 'model'}"
+    if (ckpt / "checkpoint" / "state.pt").is_file():
+        return (f"; a training run not finished, whose model/ is written when it completes (continue it with "
+                f"python -m train --out {ckpt} --resume)")
+    return ""
 
 
 def checkpoint_args(ckpt: Path, error: type[Exception] = RecordError):

@@ -290,6 +290,27 @@ def test_the_folder_of_a_built_corpus_is_refused_naming_a_split(probe_env, tmp_p
     assert "default" in probe.open_run(tmp_path / "r").info["planned"]["tokens_per_domain"]
 
 
+def test_a_training_run_given_as_ckpt_names_its_model(probe_env, tmp_path):
+    """`--ckpt runs/mine`, the training run, instead of its model/: "not a checkpoint directory" said
+    nothing of the model inside it, nor that an unfinished run has none yet."""
+    import shutil
+
+    from probe.job import resolve_paths
+
+    train_run, corpus = tmp_path / "mine", str(probe_env["corpus"])
+    (train_run / "checkpoint").mkdir(parents=True)
+    (train_run / "checkpoint" / "state.pt").write_bytes(b"")
+    with pytest.raises(RecordError) as e:
+        resolve_paths(str(train_run), corpus, str(tmp_path / "r"))
+    assert str(e.value) == (f"--ckpt {train_run}: not a checkpoint directory (no config.json); a training run not "
+                            "finished, whose model/ is written when it completes (continue it with python -m train "
+                            f"--out {train_run} --resume)")
+    shutil.copytree(probe_env["ckpt"], train_run / "model")
+    with pytest.raises(RecordError) as e:
+        resolve_paths(str(train_run), corpus, str(tmp_path / "r"))
+    assert str(e.value).endswith(f"(no config.json); a training run: its model is {train_run / 'model'}")
+
+
 def test_overwrite_refuses_a_run_that_holds_the_jobs_own_inputs(probe_env, tmp_path):
     """Recording into a training run (its model at runs/NAME/model) with --overwrite deleted the model
     it was reading, and the new run.json named a checkpoint that no longer existed (a review)."""
