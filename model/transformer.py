@@ -278,7 +278,13 @@ class Transformer(HookedModule):
             return h
         if use_cache:
             self._note_filled(start, lengths, seqlen, bsz, fresh=max_start == 0)
-        h = self.hook_final(self.norm(h))
+        return self._outputs(self.hook_final(self.norm(h)), tokens, start, lengths, use_cache, logits_at=logits_at,
+                             targets=targets, mtp=mtp, mtp_targets=mtp_targets, return_hidden=return_hidden)
+
+    def _outputs(self, h, tokens, start, lengths, use_cache: bool, *, logits_at, targets, mtp: bool, mtp_targets,
+                 return_hidden: bool):
+        """What forward returns from the final norm's output h: the logits (or the targets' TokenStats),
+        then the MTP module's if asked, then h if asked; a tuple when more than one."""
         out = [self.head(_select(h, logits_at)) if targets is None else self.head_stats(h, targets)]
         if mtp:
             out.append(self.mtp_logits(h, tokens, start, lengths, use_cache, targets=mtp_targets))

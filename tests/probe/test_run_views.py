@@ -286,12 +286,13 @@ def test_sql_joins_a_dataframe_of_the_callers_by_its_name(path):
     joined. Every frame outward is searched now; a name that is nowhere is still one line."""
     run = probe.open_run(path)
     domains = sorted(run.df("tokens").domain.unique())
-    labels = pd.DataFrame({"domain": domains, "label": [d.upper() for d in domains]})
+    # read by name by the queries (DuckDB's replacement scan), hence the noqa
+    labels = pd.DataFrame({"domain": domains, "label": [d.upper() for d in domains]})  # noqa: F841
     query = "select label, count(*) n from tokens join labels using (domain) group by all order by all"
     got = run.sql(query).df()
     assert list(got.label) == [d.upper() for d in domains] and got.n.sum() == len(run.df("tokens"))
     assert got.equals(run.con.sql(query).df())
-    arrow = pa.table({"domain": domains[:1]})
+    arrow = pa.table({"domain": domains[:1]})  # noqa: F841
     assert run.sql("select count(*) from tokens join arrow using (domain)").fetchall()[0][0] > 0
 
     def deeper():  # the caller's caller's variables too, as duckdb.sql reads a notebook's from a helper
