@@ -15,6 +15,7 @@ import itertools
 import json
 import os
 import re
+import sys
 import threading
 import weakref
 from collections.abc import Iterable
@@ -323,11 +324,6 @@ def run_connection():
     con = db.cursor()
     name = f"run{next(_CATALOGS)}"
     con.execute(f"attach ':memory:' as {name}; use {name}")
-    # NOTE: a name no table has is looked up in the caller's variables (DuckDB's replacement scan of a
-    # DataFrame or Arrow table), but DuckDB looks in the frame that calls it alone: Run.sql's own, so a
-    # DataFrame of the caller's joined in `run.sql` was "Table with name ... does not exist" where
-    # `run.con.sql` found it (a tour); every frame outward, the caller's among them, is searched
-    con.execute("set python_scan_all_frames = true")
     weakref.finalize(con, _detach, db, name).atexit = False
     return con
 
@@ -549,16 +545,31 @@ class Run:
     def sql(self, query: str):
         """A DuckDB relation of `query` over this run's tables (one view per table, empty where the run
         has no parts), and the caller's DataFrames and Arrow tables by their variables' names, as
-        `duckdb.sql` reads them. A name that is neither is one line naming the run and its tables (it was
+        `duckdb.sql` reads them (the calling function's variables, then its module's; not those of the
+        functions that called it). A name that is neither is one line naming the run and its tables (it was
         DuckDB's two lines suggesting one of its own catalogue tables; a review)."""
         import duckdb
 
         named = [t for t in TABLES if re.search(rf"\b{t}\b", query, re.IGNORECASE)]
+        # NOTE: DuckDB looks a name no table has up in the variables of the frame that calls it, which was this
+        # one: a caller's DataFrame was "Table with name ... does not exist" (a tour), and one named `query` or
+        # `named` was this method's str or list. Every frame outward (python_scan_all_frames) then read a
+        # variable of that name in any caller up the stack, an unrelated DataFrame or an IPython internal's
+        # object (a review); so the query is run in a frame of the caller's own variables, as duckdb.sql is
+        caller = sys._getframe(1)
         try:
-            return self._views(named).sql(query)
+            where = {**caller.f_locals, "_run_con_": self._views(named), "_run_query_": query}
+            return eval("_run_con_.sql(_run_query_)", caller.f_globals, where)
         except duckdb.CatalogException as e:
             why = str(e).strip().splitlines()[0].removeprefix("Catalog Error: ")
             raise RunError(f"{self.path}: {why} (a run's tables are {list(TABLES)})") from None
+        except duckdb.InvalidInputException as e:  # a variable of the name that is no table: DuckDB's two lines
+            if "replacement scan" not in str(e):
+                raise
+            m = re.search(r'Object "(.+?)" of type "(.+?)"', str(e))
+            what = f"{m[1]!r} is a {m[2]} of the caller's" if m else first_line(e)
+            raise RunError(f"{self.path}: {what}, not a DataFrame or Arrow table (a name that is no table of the "
+                           f"run's {list(TABLES)} is read from the caller's variable of that name)") from None
 
 
 def open_run(path: str | Path) -> Run:

@@ -295,8 +295,41 @@ def test_sql_joins_a_dataframe_of_the_callers_by_its_name(path):
     arrow = pa.table({"domain": domains[:1]})  # noqa: F841
     assert run.sql("select count(*) from tokens join arrow using (domain)").fetchall()[0][0] > 0
 
-    def deeper():  # the caller's caller's variables too, as duckdb.sql reads a notebook's from a helper
-        return run.sql("select count(*) from labels").fetchall()[0][0]
-    assert deeper() == len(domains)
     with pytest.raises(probe.RunError, match=r"Table with name nosuch does not exist!.*a run's tables are"):
         run.sql("select * from nosuch")
+
+
+def test_sql_reads_the_callers_own_variables_and_no_others(path):
+    """Run.sql's own variables (`query`, `named`) hid a caller's DataFrame of the same name, and with every frame
+    searched (python_scan_all_frames) a helper's query of a name it has not read a DataFrame of its caller's
+    caller; as duckdb.sql, the calling function's variables alone are read, and one that is no DataFrame is one
+    line, not DuckDB's two naming a line of the code."""
+    run = probe.open_run(path)
+    query = pd.DataFrame({"x": [1, 2, 3]})  # noqa: F841 (read by name by the queries)
+    named = pa.table({"x": [1, 2]})  # noqa: F841
+    assert run.sql("select count(*) from query").fetchall() == [(3,)]
+    assert run.sql("select count(*) from named").fetchall() == [(2,)]
+    labels = pd.DataFrame({"x": [1]})  # noqa: F841
+
+    def helper():  # a helper that forgot its own `labels`: its caller's is not read in its place
+        return run.sql("select count(*) from labels")
+    with pytest.raises(probe.RunError, match=r"Table with name labels does not exist!.*a run's tables are"):
+        helper()
+    assert duckdb_default_reads_alike()
+
+    def shadowing():
+        labels = "not a table"  # noqa: F841
+        return run.sql("select * from labels")
+    with pytest.raises(probe.RunError, match=r"^\S+: 'labels' is a str of the caller's, not a DataFrame or Arrow "
+                                             r"table \(a name that is no table of the run's \[.*\] is read from"):
+        shadowing()
+    assert "\n" not in str(pytest.raises(probe.RunError, shadowing).value)
+
+
+def duckdb_default_reads_alike() -> bool:
+    """duckdb.sql, in a function with no `labels` of its own, does not read its caller's."""
+    try:
+        duckdb.sql("select count(*) from labels")
+    except duckdb.CatalogException:
+        return True
+    return False
