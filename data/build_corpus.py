@@ -51,7 +51,7 @@ if __package__ in (None, ""):  # `python data/build_corpus.py`: make `data.*` im
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.mathgen import math_document  # noqa: E402
-from probe.bundled_corpus import read_documents  # noqa: E402
+from probe.bundled_corpus import check_not_a_built_corpus, is_built_corpus, read_documents  # noqa: E402
 from probe.job import check_out_parent, check_outside_corpus, path_arg, terminate_as_interrupt  # noqa: E402
 from probe.job_exit import say_stopped  # noqa: E402
 
@@ -473,13 +473,7 @@ def _check_ours(out: Path) -> None:
     """`out` may hold a corpus this command built (a manifest.json listing its files) or none of the
     files it writes: a folder holding the user's own train.jsonl had it replaced without a word (a tour)."""
     names = [n for n in ("train.jsonl", "val.jsonl", "manifest.json") if (out / n).exists()]
-    if not names:
-        return
-    try:
-        ours = "train.jsonl" in json.loads((out / "manifest.json").read_text(encoding="utf-8"))["files"]
-    except (OSError, ValueError, KeyError, TypeError):
-        ours = False
-    if not ours:
+    if names and not is_built_corpus(out):
         raise CorpusError(f"--out {out}: holds {', '.join(names)} but no manifest.json of a corpus built here; "
                           "they would be replaced: pass another --out (or move them away)")
 
@@ -552,6 +546,9 @@ def _build(ns: argparse.Namespace) -> tuple[dict, set[str]]:
 
         # a rebuild read the last build's splits as documents of a domain named after --out (probe.out_paths)
         check_outside_corpus(ns.out, ns.source, "the corpus", error=CorpusError, name="--source")
+        check_not_a_built_corpus(ns.source, CorpusError, "--source",
+                                 f"train on it as it is (python -m train --corpus {ns.source}), or build from the "
+                                 "folder of texts it was built from")
         docs, source, notes = folder_documents(ns.source, min_chars=ns.min_chars, error=CorpusError, domains=domains)
         for note in notes:
             print(note, file=sys.stderr)

@@ -51,18 +51,24 @@ def _utf8_lines(path: Path, error: type[Exception]) -> Iterator[tuple[int, str]]
         raise error(f"{path}: cannot be read ({e.strerror or e})") from None
 
 
-def check_not_a_built_corpus(path: Path, error: type[Exception]) -> None:
-    """A job's --corpus may be one split of a corpus `data.build_corpus` wrote, not its folder (a
-    manifest.json there listing train.jsonl): read as a corpus folder, its manifest.json was a document
-    of domain `default`, its training split was scored with its validation split as one corpus, and
-    training's token cache beside them was a sub-folder noted as no domain (a tour)."""
-    if not path.is_dir():
-        return
+def is_built_corpus(path: Path) -> bool:
+    """Whether `path` is a folder `data.build_corpus` wrote: a manifest.json there listing train.jsonl
+    (a manifest.json of the user's own, or none, is a folder of texts)."""
     try:
         files = json.loads((path / "manifest.json").read_text(encoding="utf-8"))["files"]
-    except (OSError, ValueError, KeyError, TypeError):  # no manifest, or not the recipe's: a folder of texts
-        return
-    if isinstance(files, dict) and "train.jsonl" in files:
-        raise error(f"--corpus {path}: a corpus that data.build_corpus wrote, whose manifest.json would be read "
-                    f"as a document of domain 'default' and its two splits as one corpus; pass one split, e.g. "
-                    f"--corpus {path / 'val.jsonl'}")
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return isinstance(files, dict) and "train.jsonl" in files
+
+
+def check_not_a_built_corpus(path: Path, error: type[Exception], flag: str = "--corpus",
+                             advice: str | None = None) -> None:
+    """A job's --corpus may be one split of a corpus `data.build_corpus` wrote, not its folder: read as a
+    corpus folder, its manifest.json was a document of domain `default`, its training split was scored with
+    its validation split as one corpus, and training's token cache beside them was a sub-folder noted as
+    no domain (a tour). `flag`: the flag that named it, and `advice` what to pass instead where that is not
+    one split (`data.build_corpus --source` read it so too)."""
+    if path.is_dir() and is_built_corpus(path):
+        raise error(f"{flag} {path}: a corpus that data.build_corpus wrote, whose manifest.json would be read "
+                    "as a document of domain 'default' and its two splits as one corpus; "
+                    + (advice or f"pass one split, e.g. {flag} {path / 'val.jsonl'}"))

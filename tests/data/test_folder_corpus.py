@@ -138,3 +138,23 @@ def test_a_domain_of_one_document_is_not_blamed_on_the_cap_it_was_under(tmp_path
     bc.main(["--source", str(tmp_path / "texts"), "--out", str(tmp_path / "b"), "--max-chars", "10"])
     err = capsys.readouterr().err
     assert "no validation document for many, one " in err and "--max-chars 10 kept one" in err, err
+
+
+def test_a_built_corpus_is_refused_as_the_source_of_another(folder, tmp_path, capsys):
+    """--source read the folder of a corpus built before as texts: its manifest.json was a training document
+    of domain `default`, and its two splits were pooled and split again, without a word. A folder whose
+    manifest.json is the user's own is texts as before."""
+    bc.main(["--source", str(folder), "--out", str(tmp_path / "a"), "--domains", "prose"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        bc.main(["--source", str(tmp_path / "a"), "--out", str(tmp_path / "b")])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == (
+        f"error: --source {tmp_path / 'a'}: a corpus that data.build_corpus wrote, whose manifest.json would be "
+        "read as a document of domain 'default' and its two splits as one corpus; train on it as it is (python -m "
+        f"train --corpus {tmp_path / 'a'}), or build from the folder of texts it was built from\n")
+    assert not (tmp_path / "b").exists()
+    (folder / "prose" / "manifest.json").write_text('{"files": ["my", "own"]}')
+    bc.main(["--source", str(folder / "prose"), "--out", str(tmp_path / "c"), "--min-chars", "1"])
+    assert "manifest.json" in {d["id"].split("/")[0] for d in _read(tmp_path / "c", "train")
+                               + _read(tmp_path / "c", "val")}
