@@ -36,11 +36,15 @@ def did_you_mean(name: str, all_names: list[str]) -> str:
 
 
 def _model_end(name: str, all_names: list[str]) -> str:
-    """For a name other toolkits give the head or the final norm (TransformerLens's `hook_unembed`,
-    `ln_final.hook_normalized`), ' (...)' saying what this model has there; else ''. The closest name
-    was the other end: 'hook_unembed' was 'did you mean hook_embed?' (a bug hunt)."""
+    """For a name other toolkits give the head, the final norm or the positional embedding (TransformerLens's
+    `hook_unembed`, `ln_final.hook_normalized`, `hook_pos_embed`), ' (...)' saying what this model has there;
+    else ''. The closest name was the other end, or the token embedding: 'hook_unembed' was 'did you mean
+    hook_embed?' (a bug hunt), and 'hook_pos_embed' too (a review)."""
     if re.fullmatch(r"(hook_)?(ln_final|final_norm|norm)(\.hook_\w+)?", name):
         return " (did you mean 'hook_final'? the final norm's output)"
+    if re.fullmatch(r"(hook_)?(pos_embed|pos_emb|wpe)(\.hook_\w+)?", name):  # was 'did you mean hook_embed?'
+        return (" (this model has no positional embedding: RoPE rotates the queries and keys in each attention, "
+                "attn.hook_q_pe and attn.hook_k_pe; 'hook_embed' is the token embedding alone)")
     if not re.fullmatch(r"(hook_)?(unembed|logits|lm_head|head)(\.hook_\w+)?", name):
         return ""
     mtp = [n for n in all_names if re.fullmatch(r"mtp\.\d+\.hook_logits", n)]

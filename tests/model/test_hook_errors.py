@@ -57,6 +57,13 @@ def test_the_heads_and_final_norms_names_from_other_toolkits_say_what_this_model
     with pytest.raises(model.HookError, match=r"no hook point named 'ln_final\.hook_normalized' \(did you mean "
                                               r"'hook_final'\? the final norm's output\)"):
         m.add_hook("ln_final.hook_normalized", lambda t, hook: None)
+    # TransformerLens's positional embedding: RoPE is none, and the token embedding is not it
+    for name in ("hook_pos_embed", "pos_embed.hook_out"):
+        with pytest.raises(model.HookError, match=rf"^no hook point named '{re.escape(name)}' \(this model has no "
+                                                  r"positional embedding: RoPE rotates the queries and keys in each "
+                                                  r"attention, attn\.hook_q_pe and attn\.hook_k_pe; 'hook_embed' is "
+                                                  r"the token embedding alone\) \(see model\.hook_names\(\)\)$"):
+            m.add_hook(name, lambda t, hook: None)
     with pytest.raises(model.HookError, match=r"\(did you mean 'hook_embed'\?\)"):  # the control: a typo of it
         m.add_hook("hook_embd", lambda t, hook: None)
     _, cache = m.run_with_cache(tok)
