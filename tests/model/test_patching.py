@@ -245,6 +245,10 @@ def test_a_sweep_of_a_predicate_or_glob_leaves_out_the_mtp_points_it_also_picks(
     with pytest.raises(ValueError, match=r"1 of the points named were not reached by the clean run "
                                          r"\(e\.g\. mtp\.0\.hook_in"):
         patching.patch_sweep(tiny, clean, corrupted, ["*hook_resid_post", "mtp.0.hook_in"], metric)
+    # a generator of names alike: read up when the points were picked, it then named none, and the sweep left
+    # mtp.0.hook_in out without a word
+    with pytest.raises(ValueError, match=r"\(e\.g\. mtp\.0\.hook_in"):
+        patching.patch_sweep(tiny, clean, corrupted, iter(["*hook_resid_post", "mtp.0.hook_in"]), metric)
     both = patching.patch_sweep(tiny, clean, corrupted, "*hook_resid_post", lambda out: metric(out[0]), mtp=True)
     assert both["name"].tolist() == layers + ["mtp.0.block.hook_resid_post"]
 
