@@ -36,8 +36,7 @@ def changed_flags(saved: dict, ns: argparse.Namespace, world: int = 1) -> list[s
         a, b = then.get(k), now.get(k)
         if k == "batch_size" and saved.get("world") is not None and a is not None and b is not None:
             return a * saved["world"] == b * world  # a checkpoint without its world: the flag alone
-        return a == b or k in ("corpus", "tokenizer") and a is not None and b is not None and \
-            Path(a).resolve() == Path(b).resolve()
+        return a == b or k in ("corpus", "tokenizer") and _same_path(a, b)
 
     def change(k: str) -> str:
         if k == "batch_size" and saved.get("world") is not None:
@@ -45,6 +44,11 @@ def changed_flags(saved: dict, ns: argparse.Namespace, world: int = 1) -> list[s
         return f"{k} {then.get(k)} -> {now.get(k)}"
 
     return [change(k) for k in RESUME_CHECKED if not same(k)]
+
+
+def _same_path(a: str | None, b: str | None) -> bool:
+    """Two paths of a flag name the same file or folder (`data/corpus` and `./data/../data/corpus`)."""
+    return a is not None and b is not None and Path(a).resolve() == Path(b).resolve()
 
 
 def _processes(n: int) -> str:
@@ -127,11 +131,15 @@ def check_resume_shape(saved: dict, args: ModelArgs, where: Path, flags: dict | 
 
 def changed_inputs(saved: dict, inputs: dict, ns: argparse.Namespace) -> list[str]:
     """The inputs (`train.data.input_digests`) whose content differs from the checkpoint's, named as
-    the note names them; none for a checkpoint saved before checkpoints kept them."""
+    the note names them; none for a checkpoint saved before checkpoints kept them, nor for those of a
+    --corpus or --tokenizer that names another path than the checkpoint's (`changed_flags` notes the
+    flag: another corpus's splits were also said to have 'changed since', a review)."""
     names = {"train.jsonl": f"{ns.corpus / 'train.jsonl'}", "val.jsonl": f"{ns.corpus / 'val.jsonl'}",
              "tokenizer": f"--tokenizer {ns.tokenizer}"}
-    then = saved.get("inputs") or {}
-    return [names.get(k, k) for k in then if then[k] != inputs.get(k)]
+    flag = {"train.jsonl": "corpus", "val.jsonl": "corpus", "tokenizer": "tokenizer"}
+    then, flags = saved.get("inputs") or {}, saved.get("flags", {})
+    return [names.get(k, k) for k in then if then[k] != inputs.get(k)
+            and (k not in flag or _same_path(flags.get(flag[k]), str(getattr(ns, flag[k]))))]
 
 
 def save_state(path: Path, raw: Transformer, opt, step: int, ns: argparse.Namespace, tokens_seen: int,

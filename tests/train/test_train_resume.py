@@ -184,6 +184,22 @@ def test_resume_reports_a_corpus_rebuilt_and_a_tokenizer_retrained_under_the_sam
     assert "changed flags" not in err
 
 
+def test_resume_on_another_corpus_notes_the_flag_not_a_change_of_content(corpus, tmp_path, capsys):
+    """Another --corpus, of other text, was noted twice: as the changed flag, and as splits whose content had
+    'changed since the checkpoint was saved', which they had not (another folder's). The flag alone is
+    noted; the same path edited is the content note's."""
+    other = shutil.copytree(corpus, tmp_path / "other", ignore=shutil.ignore_patterns("token_cache"))
+    lines = (other / "train.jsonl").read_text().splitlines(keepends=True)
+    (other / "train.jsonl").write_text("".join(lines[1:] + lines[:1]))
+    common = ("--steps", "5", "--eval-every", "0", "--checkpoint-every", "0")
+    run(parse_args(flags(corpus, tmp_path / "r", *common, "--stop-at", "2")))
+    capsys.readouterr()
+    run(parse_args(flags(corpus, tmp_path / "r", *common, "--resume", "--stop-at", "3") + ["--corpus", str(other)]))
+    err = capsys.readouterr().err
+    assert f"note: resuming with changed flags: corpus {corpus} -> {other}" in err, err
+    assert "content changed" not in err, err
+
+
 def _rank_1_terminated(err_path: str, argv: list[str]) -> None:
     """Rank 1 of 2 (its environment as torchrun sets it) stopped by torchrun's SIGTERM; stderr into a file."""
     import os
