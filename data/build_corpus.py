@@ -63,6 +63,7 @@ MIN_DOC_CHARS = 200
 # characters each, so 300 M characters (75,000 sets, about 35 s and 1.3 GB of memory) stay within the
 # five digits; 10**12 generated without end (a tour)
 MAX_MATH_CHARS = 300_000_000
+DEFAULT_MATH_CHARS = 2_500_000  # --math-chars's default
 
 
 class CorpusError(RuntimeError):
@@ -490,7 +491,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--source", type=path_arg, default=None,
                    help="build from this folder of your own texts instead of the five sources (a sub-folder per "
                         "domain, read as the record job's `--corpus` reads it; data/README.md, \"Your own corpus\")")
-    p.add_argument("--cache", type=path_arg, default=DATA_DIR / "cache",
+    p.add_argument("--cache", type=path_arg, default=None,
                    help="where the sdists are kept / downloaded to (default: data/cache)")
     p.add_argument("--offline", action="store_true", help="never run pip: the sdists must already be in --cache")
     p.add_argument("--seed", type=int, default=0, help="seed of the cap, the split and the math generator")
@@ -499,11 +500,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="cap on characters per domain before the split: documents are kept (in seeded-hash "
                         "order) until the domain reaches it, the one that reaches it included, so a domain ends "
                         "less than one document past it (0 = no cap; default 4,000,000)")
-    p.add_argument("--math-chars", type=int, default=2_500_000,
+    p.add_argument("--math-chars", type=int, default=None,
                    help=f"characters of generated mathematics, in whole sets of about 4,000 characters, so at least "
                         f"this many and less than one set more (default 2,500,000; at most {MAX_MATH_CHARS:,}: the "
                         "sets are numbered set00000-set99999)")
-    p.add_argument("--min-chars", type=int, default=MIN_DOC_CHARS,
+    p.add_argument("--min-chars", type=int, default=None,
                    help=f"--source: a document of fewer characters is left out, with a note (default {MIN_DOC_CHARS})")
     p.add_argument("--domains", default=None, help="comma-separated subset of " + ", ".join(DOMAINS)
                    + " (with --source: of the folder's domains; default: all)")
@@ -526,9 +527,27 @@ def _domains(ns: argparse.Namespace) -> list[str] | None:
     return domains
 
 
+def _one_kind_flags(ns: argparse.Namespace) -> None:
+    """Refuse the flags of the other kind of build, then give the rest their defaults: --min-chars reads
+    --source's documents alone, --math-chars, --cache and --offline the five sources' (either was ignored
+    without a word; a review)."""
+    if ns.source is None and ns.min_chars is not None:
+        raise CorpusError(f"--min-chars {ns.min_chars}: --source's flag (the five sources' documents are cut "
+                          f"at {MIN_DOC_CHARS} characters); pass --source DIR, or leave it out")
+    given = [f for f, v in (("--math-chars", ns.math_chars), ("--cache", ns.cache), ("--offline", ns.offline))
+             if v not in (None, False)]
+    if ns.source is not None and given:
+        raise CorpusError(f"{', '.join(given)}: the five sources' flag{'s' * (len(given) > 1)}, not read with "
+                          f"--source {ns.source}; leave {'them' if len(given) > 1 else 'it'} out")
+    ns.min_chars = MIN_DOC_CHARS if ns.min_chars is None else ns.min_chars
+    ns.math_chars = DEFAULT_MATH_CHARS if ns.math_chars is None else ns.math_chars
+    ns.cache = DATA_DIR / "cache" if ns.cache is None else ns.cache
+
+
 def _build(ns: argparse.Namespace) -> tuple[dict, set[str]]:
     """Check the flags and --out, collect the documents, write the corpus; returns its manifest and the
     domains the cap cut."""
+    _one_kind_flags(ns)
     domains = _domains(ns)
     if ns.max_chars < 0:  # 0: no cap
         raise CorpusError(f"--max-chars {ns.max_chars}: must be positive")

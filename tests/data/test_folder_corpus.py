@@ -158,3 +158,20 @@ def test_a_built_corpus_is_refused_as_the_source_of_another(folder, tmp_path, ca
     bc.main(["--source", str(folder / "prose"), "--out", str(tmp_path / "c"), "--min-chars", "1"])
     assert "manifest.json" in {d["id"].split("/")[0] for d in _read(tmp_path / "c", "train")
                                + _read(tmp_path / "c", "val")}
+
+
+@pytest.mark.parametrize("source, args, said", [
+    (True, ["--math-chars", "4000"], "--math-chars: the five sources' flag, not read with --source {src}; leave it out"),
+    (True, ["--offline", "--cache", "c"], "--cache, --offline: the five sources' flags, not read with --source {src}; "
+                                          "leave them out"),
+    (False, ["--min-chars", "1"], "--min-chars 1: --source's flag (the five sources' documents are cut at 200 "
+                                  "characters); pass --source DIR, or leave it out")])
+def test_a_flag_of_the_other_kind_of_build_is_refused_not_ignored(folder, tmp_path, capsys, source, args, said):
+    """--min-chars without --source, and the five sources' --math-chars, --cache and --offline with it, were
+    read by nothing: the build went on as if they were not given, and the manifest recorded --min-chars' value
+    for a build that had not used it."""
+    with pytest.raises(SystemExit) as e:
+        bc.main(["--source", str(folder)] * source + ["--out", str(tmp_path / "a"), *args])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == f"error: {said.format(src=folder)}\n"
+    assert not (tmp_path / "a").exists()
