@@ -98,8 +98,10 @@ def _training_run_note(ckpt: Path) -> str:
     if (ckpt / "model" / "config.json").is_file():
         return f"; a training run: its model is {ckpt / 'model'}"
     if (ckpt / "checkpoint" / "state.pt").is_file():
+        # the flags it was started with too: without them, --resume went on with the bundled corpus and
+        # tokenizer, noted only as changed flags (a review)
         return (f"; a training run not finished, whose model/ is written when it completes (continue it with "
-                f"python -m train --out {ckpt} --resume)")
+                f"python -m train --out {ckpt} --resume and the flags it was started with, its run.json's)")
     return ""
 
 

@@ -304,7 +304,7 @@ def test_a_training_run_given_as_ckpt_names_its_model(probe_env, tmp_path):
         resolve_paths(str(train_run), corpus, str(tmp_path / "r"))
     assert str(e.value) == (f"--ckpt {train_run}: not a checkpoint directory (no config.json); a training run not "
                             "finished, whose model/ is written when it completes (continue it with python -m train "
-                            f"--out {train_run} --resume)")
+                            f"--out {train_run} --resume and the flags it was started with, its run.json's)")
     shutil.copytree(probe_env["ckpt"], train_run / "model")
     with pytest.raises(RecordError) as e:
         resolve_paths(str(train_run), corpus, str(tmp_path / "r"))
