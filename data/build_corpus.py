@@ -31,7 +31,6 @@ byte-identical files.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import os
@@ -51,6 +50,7 @@ if __package__ in (None, ""):  # `python data/build_corpus.py`: make `data.*` im
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.mathgen import math_document  # noqa: E402
+from data.write_files import write_all  # noqa: E402
 from probe.bundled_corpus import check_not_a_built_corpus, is_built_corpus, read_documents  # noqa: E402
 from probe.job import check_out_parent, check_outside_corpus, path_arg, terminate_as_interrupt  # noqa: E402
 from probe.job_exit import say_stopped  # noqa: E402
@@ -379,64 +379,6 @@ def one_side_note(manifest: dict, capped: set[str] | None = None) -> str | None:
             + (f" (--max-chars {cap:,} kept one; raise it for two or more)" if cut else ""))
 
 
-def _write_all(out: Path, files: dict[str, bytes]) -> None:
-    """Write each file to NAME.tmp in `out`, then rename them all. A write that fails (a full disk, a
-    folder in the way) or is interrupted removes the temporaries made and leaves the old files as they
-    were; the failure is a CorpusError naming the file. It replaced train.jsonl, left the old val.jsonl
-    and manifest.json and a traceback (a review). A rename that fails part way puts back the files
-    already replaced, so a corpus is never half old, half new."""
-    made: list[Path] = []
-    swapped: list[tuple[Path, Path | None]] = []  # (file, its old version set aside, or None)
-    where = out
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        for name in files:  # a rename onto a folder would fail after the first file was replaced
-            if (out / name).is_dir():
-                raise CorpusError(f"{out / name}: is a directory, not a file; move it away")
-        for name, data in files.items():
-            where = out / f"{name}.tmp"
-            with open(where, "wb") as f:
-                made.append(where)
-                f.write(data)
-        for tmp in made:
-            where = tmp.with_suffix("")
-            swapped.append((where, _set_aside(where)))
-            os.replace(tmp, where)
-    except OSError as e:
-        _put_back(swapped)
-        raise CorpusError(f"{where}: cannot write ({e.strerror or e})") from None
-    except KeyboardInterrupt:  # between two renames: the corpus was left half new, the old files set aside
-        _put_back(swapped)
-        raise
-    finally:
-        for tmp in made:  # those renamed are gone already
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
-    for _, old in swapped:
-        if old is not None:
-            with contextlib.suppress(OSError):
-                old.unlink()
-
-
-def _set_aside(path: Path) -> Path | None:
-    """Rename an existing `path` to a hidden name of this process's (for _put_back); None if there was none."""
-    if not path.exists():
-        return None
-    old = path.with_name(f".{path.name}.{os.getpid()}.old")  # never a name a user's own file may have
-    os.replace(path, old)
-    return old
-
-
-def _put_back(swapped: list[tuple[Path, Path | None]]) -> None:
-    """Undo _write_all's renames: each old file back in its place, each new file with no old one removed."""
-    for path, old in reversed(swapped):
-        with contextlib.suppress(OSError):
-            if old is None:
-                path.unlink(missing_ok=True)
-            else:
-                os.replace(old, path)
-
-
 def write_corpus(out: Path, docs: list[Doc], *, seed: int, val_fraction: float, max_chars: int | None,
                  extra: dict | None = None) -> dict:
     """Cap per domain, split, write train.jsonl / val.jsonl / manifest.json (each under a temporary
@@ -466,7 +408,7 @@ def write_corpus(out: Path, docs: list[Doc], *, seed: int, val_fraction: float, 
             st["chars"] += len(d.text)
     manifest["cross_split_duplicates"] = cross_split_duplicates(train, val)
     files["manifest.json"] = (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-    _write_all(out, files)
+    write_all(out, files, CorpusError)
     return manifest
 
 
