@@ -63,8 +63,11 @@ def domain_views(ref: data.RunRef) -> list[str]:
         return []
     E = E or int(de.expert.max() + 1)
     layers = compute.layer_order(de.layer)
-    c1, c2, c3 = st.columns([1, 2, 1])
-    layer = c1.selectbox("MoE layer", layers, key="sp_layer")
+    # a layer to pick only where a view below reads one: one domain (no heatmap) and no per-token tables (no
+    # top tokens), as an SGLang stat or per_pass import, left the picker above two notes, changing nothing (a tour)
+    pick = de.domain.nunique() >= 2 or all(data.has_table(ref, t) for t in ("tokens", "routing"))
+    c1, c2, c3 = st.columns([1, 2, 1]) if pick else (None, None, None)
+    layer = c1.selectbox("MoE layer", layers, key="sp_layer") if pick else layers[0]
     doms, C = compute.contingency(de, layer, E)
     if len(doms) < 2:  # no heatmap to switch, so no lift / share radio (it was drawn and did nothing)
         ui.one_domain_note(ref, doms, "Domain specialisation (share, lift, I / H(domain))")
