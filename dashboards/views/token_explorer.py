@@ -39,9 +39,14 @@ def main() -> None:
     docs = ui.rows("the document list", lambda: data.documents(ref), "No tokens recorded yet.")
     if docs is None:
         return
-    c1, c2, c3 = st.columns([1, 2, 1])
-    doms = ["all"] + sorted(docs.domain.dropna().unique())
-    dom = c1.selectbox("Domain", doms, key="te_domain")
+    doms = sorted(docs.domain.dropna().unique())
+    # a domain to pick only among two or more: a run of one domain (an SGLang import, a corpus of one folder)
+    # offered `all` and that domain, the same documents either way (a tour)
+    if len(doms) >= 2:
+        c1, c2, c3 = st.columns([1, 2, 1])
+        dom = c1.selectbox("Domain", ["all"] + doms, key="te_domain")
+    else:
+        (c2, c3), dom = st.columns([3, 1]), "all"
     sub = docs if dom == "all" else docs[docs.domain == dom]
     doc_id = c2.selectbox("Document", sub.doc_id.tolist(), key="te_doc",
                           format_func=lambda d: f"{d}  ({int(sub.set_index('doc_id').tokens[d]):,} tokens)")

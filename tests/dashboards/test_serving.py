@@ -273,6 +273,8 @@ def test_pages_on_an_import_speak_of_passes_and_draw_no_idle_widget(imported):
     assert at.selectbox(key="sp_layer").value == "layer 1"  # the layer picker still serves the top tokens
     open_page(at, "coactivation")  # nor a colour-by-domain radio over one stream's paths
     assert len(at.get("plotly_chart")) == 2 and not [r for r in at.radio if r.key == "path_color"]
+    open_page(at, "token_explorer")  # nor a domain picker offering `all` and `sglang`, the same documents
+    assert len(at.get("plotly_chart")) == 1 and sorted(s.key for s in at.selectbox) == ["run", "te_doc", "te_layer"]
     for run in ("stat", "per_pass"):  # loads alone, one stream: no heatmap nor top tokens to pick a layer for
         at = app(imported["runs"], run, page="specialisation")
         assert "one stream" in texts(at.info) and "needs the per-token" in texts(at.info), run
