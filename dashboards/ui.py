@@ -92,9 +92,12 @@ def selected_run(kinds: tuple[str, ...] = ("probe", "train")) -> data.RunRef | N
                     + ("Record one with `dsv3-probe record`." if "probe" in kinds
                        else f"Train one with `python -m train --out {runs_dir()}/NAME`."))
             return None
-        # named as the sidebar names it ('sglang import', not the 'probe' kind an import has)
-        st.info(f"`{ref.name}` ({kind_text(ref)}) is not a {what} run: this page shows {what} runs.")
-        pick = st.selectbox(f"{what.capitalize()} run", [r.name for r in other], key=f"pick_{what}")
+        # named as the sidebar names it ('sglang import', not the 'probe' kind an import has); a picker only
+        # among two or more: one of one, the only train run beside probe runs, changed nothing (a tour)
+        shown = "" if len(other) > 1 else f", here `{other[0].name}`"
+        st.info(f"`{ref.name}` ({kind_text(ref)}) is not a {what} run: this page shows {what} runs{shown}.")
+        pick = (st.selectbox(f"{what.capitalize()} run", [r.name for r in other], key=f"pick_{what}")
+                if len(other) > 1 else other[0].name)
         ref = next(r for r in other if r.name == pick)
     status_banner(ref)
     return ref

@@ -290,7 +290,12 @@ def test_a_page_for_other_runs_names_an_import_as_the_sidebar_does(imported, tmp
     shutil.copytree(imported["runs"] / "per_token", tmp_path / "per_token")
     write_train_run(tmp_path / "t", steps=3)
     at = app(tmp_path, "per_token", page="training")
-    assert "`per_token` (sglang import) is not a train run: this page shows train runs." in texts(at.info)
+    assert "`per_token` (sglang import) is not a train run: this page shows train runs, here `t`." in texts(at.info)
+    # the one train run named, not offered in a picker of one (which changed nothing); with two, a picker
+    assert not [s for s in at.selectbox if s.key == "pick_train"] and at.metric
+    write_train_run(tmp_path / "u", steps=3)
+    at = app(tmp_path, "per_token", page="training")
+    assert at.selectbox(key="pick_train").options == ["t", "u"] and "here `" not in texts(at.info)
 
 
 def test_run_json_names_the_source(imported):
