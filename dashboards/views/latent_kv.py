@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
@@ -104,7 +105,24 @@ def main() -> None:
                           colors=["#54A24B", "#EECA3B", "#E45756"], fmt=",d")
         right.plotly_chart(charts.fit_title(fig, 0.5), key="bytes")  # the page's right half at 1024 px
         with st.expander("Norm statistics per layer"):
-            st.dataframe(kv, hide_index=True, width="stretch")
+            ui.wrapped_table(norm_table(ref, kv), NORM_COLUMNS, NORM_CONFIG, most=2 * len(kv))
+
+
+# the norms a row per layer and vector, in an expander's 528 px at 1024 px (ui.EXPANDER_PX): the whole kv_stats
+# row, 19 columns (tokens and latent_dim repeating the metrics, the ranks and bytes the charts), took 1,707 px
+# at 1400 px, the k_pe norms and the rest behind a sideways scroll (a tour)
+NORM_COLUMNS = {"layer": 70, "vector": 150, "mean": 72, "std": 72, "min": 72, "max": 72}
+NORM_CONFIG = {c: st.column_config.NumberColumn(format="%.4f", help=f"the {c} of the vector's L2 norm over the "
+                                                 "run's tokens") for c in ("mean", "std", "min", "max")}
+VECTORS = {"latent_norm": "c_kv after kv_norm", "k_pe_norm": "k_pe after RoPE"}
+
+
+def norm_table(ref: data.RunRef, kv) -> pd.DataFrame:
+    """kv_stats' L2 norm statistics, a row per layer and vector (the latent, the shared RoPE key)."""
+    rows = [{"layer": data.layer_label(ref, r.layer), "vector": name,
+             **{s: float(getattr(r, f"{col}_{s}")) for s in ("mean", "std", "min", "max")}}
+            for r in kv.itertuples() for col, name in VECTORS.items()]
+    return pd.DataFrame(rows, columns=list(NORM_COLUMNS))
 
 
 with ui.guard("this page"):

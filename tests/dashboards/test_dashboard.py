@@ -195,6 +195,30 @@ def test_a_layer_with_non_finite_latents_is_named_not_averaged_away(runs, tmp_pa
         assert ("No layer has finite latents" in text) == (len(bad_layers) == len(kv))
 
 
+def test_the_norm_statistics_are_the_runs_norms_in_columns_that_fit_an_expander(runs):
+    """The expander titled "Norm statistics per layer" showed the whole kv_stats row, 19 columns in 1,707 px
+    at 1400 px, its k_pe norms behind a sideways scroll (a tour): now a row per layer and vector, the
+    norms as kv_stats holds them, in columns that fit the expander at 1024 px."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from dashboards import ui
+
+    kv = pq.read_table(runs["demo"] / "kv_stats").to_pandas().sort_values("layer", ignore_index=True)
+    at = app(runs["good"], "demo", page="latent_kv")
+    table = at.dataframe[0]
+    shown = table.value
+    assert list(shown.columns) == ["layer", "vector", "mean", "std", "min", "max"] and len(shown) == 2 * len(kv)
+    for vec, col in (("c_kv after kv_norm", "latent_norm"), ("k_pe after RoPE", "k_pe_norm")):
+        rows = shown[shown.vector == vec]
+        assert rows.layer.tolist() == [f"layer {int(x)}" for x in kv.layer]
+        for stat in ("mean", "std", "min", "max"):
+            assert rows[stat].tolist() == pytest.approx(kv[f"{col}_{stat}"].tolist()), (vec, stat)
+    widths = [v.get("width") for c, v in json.loads(table.proto.columns).items() if c != "_index"]
+    assert None not in widths and sum(widths) <= ui.EXPANDER_PX, widths
+
+
 @pytest.mark.slow  # a dashboard session over several pages or runs (the quick loop leaves it out)
 def test_latents_of_one_token_give_no_spectrum_nor_a_rank_of_zero(runs, tmp_path):
     """`dsv3-probe record --max-tokens 1`: a covariance of one token is zero, so the spectrum's shares
