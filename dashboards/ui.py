@@ -501,14 +501,15 @@ _MARKDOWN_CHARS = "\\`*_{}[]()#+-!|$~<>&\"'"
 # with the box's edge when scrolled there). A name's
 # parts (`code_html`) are inline blocks as well, so one longer than the line wraps inside it: kept on one
 # line (nowrap), a long folder's name ran past the box and was cut at the sidebar's or the column's edge.
-# A metric's value shrinks with the window (36 px from 1500 px up, 24 px at 1000 px), and its label and
-# delta wrap: in a row of five at 1024 px (100 px a column) Streamlit cut them off with an ellipsis
-# (`32 · …`, `Distinct pa…`, `-0.082 vs …`; a tour).
+# A metric's value shrinks with the window (36 px from 1470 px up, 33.6 px at 1400, 20.4 px at 1024), and its
+# label and delta wrap: in a row of five at 1024 px (100 px a column) Streamlit cut them off with an ellipsis
+# (`32 · …`, `Distinct pa…`, `-0.082 vs …`; a tour). At 24.6 px there (2.4vw) DeepSeek-V3's `256 · top-8`
+# took 107 px, an import's `per_token` 105 and a long training run's `11,468,800` tokens 110 (a tour).
 PAGE_CSS = """<style>
 :is([data-testid="stMarkdownContainer"], [data-testid="stCaptionContainer"]) code:not(pre code) {
   display: inline-block; max-width: 100%; }
 code.dsv3-name > span { display: inline-block; max-width: 100%; overflow-wrap: anywhere; }
-[data-testid="stMetricValue"] { font-size: clamp(1.5rem, 2.4vw, 2.25rem); }
+[data-testid="stMetricValue"] { font-size: clamp(1.25rem, calc(3.5vw - 15.4px), 2.25rem); }
 :is([data-testid="stMetricLabel"], [data-testid="stMetricDelta"]) :is([data-testid="stMarkdownContainer"], p, div) {
   white-space: normal; }
 </style>"""

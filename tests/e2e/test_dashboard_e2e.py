@@ -273,6 +273,42 @@ def test_every_page_in_a_real_browser(runs, tmp_path_factory, capsys):
     assert wide == {}, wide
 
 
+
+def test_the_overview_metrics_of_a_deepseek_v3_import_fit_at_1024_px(tmp_path):
+    """An SGLang import of DeepSeek-V3 (256 experts, top-8, a per_token dump): in the Overview's row of five
+    metrics at 1024 px, `256 · top-8` took 107 px and `per_token` 105 of their columns' 100, cut off by an
+    ellipsis (a tour; the runs of the test above have 32 experts at most). One page in a browser of its own."""
+    import json
+
+    from playwright.sync_api import sync_playwright
+
+    from helpers import sglang_dumps as sg
+    from probe.sglang import import_sglang
+
+    if not have_chromium():
+        pytest.fail(f"{CHROMIUM} not found: install Debian `chromium` (.ci/run does)")
+    passes = sg.traffic(seed=1, passes=2)
+    run = tmp_path / "runs" / "v3"
+    import_sglang(sg.write_per_token(tmp_path / "pt", passes, sg.physical_map())[0].parent, run,
+                  config=str(sg.config(tmp_path / "model")))
+    info = json.loads((run / "run.json").read_text())  # the value's width is what counts: DeepSeek-V3's
+    info["model_args"].update(n_routed_experts=256, n_activated_experts=8)
+    (run / "run.json").write_text(json.dumps(info))
+    server = Server(run.parent, tmp_path / "streamlit.log")
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+            page = browser.new_page(viewport={"width": 1024, "height": 1000})
+            found = open_page(page, f"{server.url}/?run=v3", "Overview", None, settle_ms=100)
+            page.wait_for_function("document.querySelectorAll('[data-testid=\"stMetricValue\"]').length >= 5")
+            found["cut_metrics"] = page.evaluate(CUT_METRICS)  # once the row has drawn whole
+            shown = page.evaluate("[...document.querySelectorAll('[data-testid=\"stMetricValue\"]')].map(e => e.textContent)")
+            browser.close()
+    finally:
+        server.close()
+    assert {"per_token", "256 · top-8"} <= set(shown) and not found["errors"], (shown, found)
+    assert found["cut_metrics"] == [], found["cut_metrics"]
+
 if __name__ == "__main__":
     runs_dir, out_dir = Path(sys.argv[1]), Path(sys.argv[2])
     only = sys.argv[4].split(",") if len(sys.argv) > 4 else None
