@@ -188,6 +188,8 @@ def path_stats(ref: data.RunRef, p: dict) -> None:
                              name="majority baseline (accuracy)", line=dict(color="#444", dash="dot"),
                              hovertemplate="always the majority domain: %{y:.3f}<extra></extra>"))
     fig.update_layout(barmode="group")
+    # the two measures share the axis, both from 0 to 1; it stood untitled (a tour)
+    fig.update_yaxes(title="AMI or accuracy (0 to 1)")
     left.plotly_chart(charts.fit_title(charts.style(fig, "Domain information: each layer alone vs the whole path",
                                                     340), 0.6), key="path_info")
     # the module's name broken after a dot only: it is longer than the column's line at 1024 px

@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from helpers.apptest import app, open_page, texts
+from helpers.apptest import app, array, chart, open_page, texts
 from helpers.dashboard_runs import dashboard_runs
 
 
@@ -55,6 +55,9 @@ def test_expert_paths(runs):
     assert metric(at, "Path perplexity") == f"{summ.perplexity['all']:.1f}"
     assert metric(at, "Path AMI") == f"{info.ami['path']:.3f}"
     assert metric(at, "Domain accuracy") == f"{info.heldout_accuracy['path']:.1%}"
+    shown = chart(at, "path_info")
+    np.testing.assert_allclose([array(t["y"]) for t in shown["data"][:2]], [info.ami, info.heldout_accuracy])
+    assert shown["layout"]["yaxis"]["title"]["text"] == "AMI or accuracy (0 to 1)"  # both on one axis: named
     table = frame(at, "example tokens")
     assert table.tokens.tolist() == com["count"].tolist()
     # both tables at the page's width, their columns within it at 1024 px less a scroll bar: the common paths
