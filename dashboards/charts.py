@@ -66,8 +66,15 @@ def style(fig: go.Figure, title: str | None = None, height: int = 380, **layout)
     _set_template(fig)
     fig.update_layout(height=height, margin=dict(l=10, r=10, t=50 if title else 20, b=10),
                       title=dict(text=title, x=0.01, font=dict(size=15)) if title else None,
-                      hoverlabel=dict(font_size=12), legend=dict(orientation="h", y=-0.18), **layout)
+                      hoverlabel=dict(font_size=12), legend=LEGEND, **layout)
     return fig
+
+
+# The legend at the figure's foot, plotly's margin making room for it below the x axis's title (8 px apart
+# whatever the rows). At y=-0.18 of the plot's height its box met the title, and the more rows it wrapped
+# into the less room was left, as the plot shrank to make room for them: the masked-fraction curve's
+# `share of routed experts disabled` under its 7 rules at 1024 px, the Training page's `step` (a tour)
+LEGEND = dict(orientation="h", yref="container", yanchor="bottom", y=0)
 
 
 # A chart in a column gets a share of the page's width, 548 px at 1024 px (the sidebar open) less the

@@ -75,6 +75,14 @@ CUT_METRICS = ("[...document.querySelectorAll('[data-testid=\"stMetric\"] [data-
                ".filter(e => !e.closest('[data-stale=\"true\"]') && e.scrollWidth > e.clientWidth + 1)"
                ".map(e => e.textContent)")
 
+# a chart's legend over its x axis's title (their boxes overlapping): hung below the plot at a share of its
+# height, a legend of two or three rows rose over `share of routed experts disabled` and `step` (a tour)
+LEGEND_OVER_TITLE = ("[...document.querySelectorAll('.js-plotly-plot')].filter(e => !e.closest('[data-stale=\"true\"]'))"
+                     ".filter(e => { const t = e.querySelector('.xtitle'), l = e.querySelector('.legend'); "
+                     "if (!t || !l) return false; const a = t.getBoundingClientRect(), b = l.getBoundingClientRect(); "
+                     "return a.bottom > b.top + 1 && a.top < b.bottom - 1 && a.right > b.left && a.left < b.right; })"
+                     ".map(e => e.querySelector('.gtitle')?.textContent)")
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -155,7 +163,8 @@ def open_page(page, url: str, title: str, charts: int | None, timeout_ms: int = 
                                         ".dvn-scroller')].filter(e => e.scrollHeight > e.clientHeight + 2).length"),
             "wide_tables": page.evaluate(WIDE_TABLES),
             "broken_code": page.evaluate(BROKEN_CODE), "cut_metrics": page.evaluate(CUT_METRICS),
-            "cut_names": page.evaluate(CUT_NAMES), "block_end": page.evaluate(BLOCK_END)}
+            "cut_names": page.evaluate(CUT_NAMES), "block_end": page.evaluate(BLOCK_END),
+            "legend_over_title": page.evaluate(LEGEND_OVER_TITLE)}
 
 
 def shoot(page, path: Path, width: int, height: int, max_height: int = 5000, settle_ms: int = 700,
@@ -257,6 +266,7 @@ def test_every_page_in_a_real_browser(runs, tmp_path_factory, capsys):
         assert f["cut_metrics"] == [], (page, f["cut_metrics"])  # `32 · …` in a row of five metrics
         assert f["cut_names"] == [], (page, f["cut_names"])  # a path's long folder name run past its box
         assert f["block_end"] == [], (page, f["block_end"])  # a command's code block, its end at the box's edge
+        assert f["legend_over_title"] == [], (page, f["legend_over_title"])  # `step` under the legend's rows
         assert (out / f"{page}.png").stat().st_size > 10_000, page
     # the overview's short tables (the run's options, its tables' health) and the specialisation page's
     # (an expert's 15 top tokens scrolled inside a 250 px table, its 7th row cut in half) show every row
