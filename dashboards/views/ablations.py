@@ -206,7 +206,10 @@ def sweep(ref: data.RunRef) -> None:
 
 def sweep_tables(ab: pd.DataFrame, name: str) -> None:
     """Each ablation's losses per domain, and under an expander its mode, rule and routes changed."""
-    ab = ab.sort_values([name, "domain"])
+    # in the sweep's order, as the heatmap's rows, `all` first: sorted by name, top16 came before top2 and
+    # random16-s0 between random1-s1 and random2-s0, and the rows no longer matched the heatmap's (a tour)
+    order = {n: i for i, n in enumerate(ab[name].drop_duplicates())}
+    ab = ab.assign(_at=ab[name].map(order), _all=ab.domain != "all").sort_values(["_at", "_all", "domain"])
     ab[name] = [ui.break_name(str(x), NAME_PX) for x in ab[name]]  # a long name wrapped after a `-` or `_`
 
     def table(columns: dict[str, int], key: str) -> None:

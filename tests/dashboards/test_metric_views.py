@@ -461,9 +461,12 @@ def test_ablations_show_the_latest_command_sorted_with_shares_of_every_moe_layer
     at = app(page_runs, "a", page="ablations")
     assert at.selectbox(key="abl_part").value == "sweep"  # written last (run.json's ablation_parts)
     table, more = frame(at, "delta"), frame(at, "routing_changed")
-    assert list(zip(table.ablation, table.domain)) == list(zip(more.ablation, more.domain)) == sorted(zip(ab.ablation,
-                                                                                                          ab.domain))
-    want = ab.set_index(["ablation", "domain"]).sort_index()
+    # the sweep's order (the heatmap's rows), each ablation's `all` first: by name, top16 came before top2
+    swept = list(ab.ablation.drop_duplicates())
+    rows = sorted(zip(ab.ablation, ab.domain), key=lambda r: (swept.index(r[0]), r[1] != "all", r[1]))
+    assert list(zip(table.ablation, table.domain)) == list(zip(more.ablation, more.domain)) == rows
+    assert swept != sorted(swept)  # the fixture's sweep is not in name order, so the order is the sweep's
+    want = ab.set_index(["ablation", "domain"]).loc[rows]
     np.testing.assert_allclose(table.delta, want.delta, rtol=1e-6)
     np.testing.assert_allclose(more.routing_changed, want.routing_changed, rtol=1e-6)
     curve = chart(at, "masked_curve")["data"]
