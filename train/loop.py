@@ -428,13 +428,21 @@ class _Run:
         ns, dist = self.ns, self.dist
         if not (ns.balance == "aux-free" and ns.settle_updates and self.gates):
             return
+        from tqdm.auto import tqdm
+
         t0 = time.perf_counter()
+        # NOTE: the phase forwards (updates + 1) x batches batches after the last step's bar closed: three
+        # minutes of silence after a 30-step run's one minute, the run still "running" (a tour)
+        bar = tqdm(total=(ns.settle_updates + 1) * ns.settle_batches, desc="settling the bias (weights frozen)",
+                   unit="batch", disable=not dist.main or ns.no_progress, leave=False)
 
         def settle_batch(i: int) -> torch.Tensor:  # training batches after the last step's
+            bar.update(1)
             return self.data.batches.get(ns.steps + i, dist.rank, dist.world)[0].to(dist.device)
 
-        history = settle_biases(self.raw, self.tap, self.gate_mods, settle_batch, ns.settle_updates,
-                                ns.settle_batches, ns.settle_speed, dist.all_reduce)
+        with bar:
+            history = settle_biases(self.raw, self.tap, self.gate_mods, settle_batch, ns.settle_updates,
+                                    ns.settle_batches, ns.settle_speed, dist.all_reduce)
         self.info["bias_settle"] = {"updates": ns.settle_updates, "batches_per_update": ns.settle_batches,
                                     "speed": ns.settle_speed, "seconds": time.perf_counter() - t0,
                                     "maxvio_pooled": history}

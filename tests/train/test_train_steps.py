@@ -178,6 +178,18 @@ def test_the_bias_settling_draws_fresh_batches_after_the_last_training_step(tmp_
     assert all(len(h) == 3 for h in r.info["bias_settle"]["maxvio_pooled"].values())
 
 
+def test_the_bias_settling_shows_its_progress_unless_told_not_to(tmp_path, capsys):
+    """The phase ran for minutes after the steps' bar had closed, without a word (a tour)."""
+    r = step_run(tmp_path, STREAMS, "--settle-updates", "2", "--settle-batches", "3")
+    r.info, r.ns.no_progress = {}, False
+    r._settle()
+    err = capsys.readouterr().err
+    assert "settling the bias (weights frozen)" in err and "/9 " in err  # (2 + 1) x 3 batches
+    r.ns.no_progress = True
+    r._settle()
+    assert "settling the bias" not in capsys.readouterr().err
+
+
 def test_device_cuda_n_trains_on_that_gpu_and_a_device_torch_lacks_is_one_line(monkeypatch):
     """--device cuda:1 was passed on as "cuda", which put the run on cuda:0 (the LOCAL_RANK GPU) without a
     word, beside whatever ran there; cudaXYZ was taken for cuda, and a GPU past the last was torch's traceback."""
