@@ -105,6 +105,27 @@ def gate_over_steps(ref, info: dict, tm, gates: dict[str, str]) -> None:
                        key="load_heat")
 
 
+def settled_bias(info: dict, gates: dict[str, str]) -> None:
+    """MaxVio of each gate's pooled loads over the bias settling after the last step (run.json's
+    `bias_settle`), where the run had one. NOTE: the shipped model carries the settled bias, which no
+    table holds (router_bias ends at the last step), and the page said nothing of the phase (a tour)."""
+    settle = info.get("bias_settle") or {}
+    pooled = {g: h for g, h in (settle.get("maxvio_pooled") or {}).items() if h}
+    if not pooled:
+        return
+    st.subheader("The bias settled after the last step")
+    colors = {label: charts.EXPERT_PALETTE[i % len(charts.EXPERT_PALETTE)] for i, label in enumerate(gates.values())}
+    series = {gates.get(g, g): (list(range(len(h))), h) for g, h in pooled.items()}
+    st.plotly_chart(charts.lines(series, title="MaxVio of pooled loads while the bias settled", xlabel="settle update",
+                                 ylabel="MaxVio", colors=colors, height=300), key="settle")
+    per = settle.get("batches_per_update")
+    took = settle.get("seconds")
+    st.caption(f"With the weights frozen, the bias moved {settle.get('updates', '?')} times by a step decaying to 0, "
+               f"each on the loads pooled over {per or '?'} fresh training batches; update 0 is where training left "
+               "it, the last point where it settled" + (f" ({took:.0f} s)" if isinstance(took, (int, float)) else "")
+               + ". The run's model carries the settled bias; the bias heatmap above ends at the last training step.")
+
+
 def lr_and_throughput(tm, w: int) -> None:
     left, right = st.columns(2)
     left.plotly_chart(charts.lines({"lr": (tm.step, tm.lr)}, title="Learning rate", xlabel="step", ylabel="lr",
@@ -138,6 +159,8 @@ def main() -> None:
     st.subheader("Bias and load of one gate over steps")
     with ui.guard("the per-expert bias"):
         gate_over_steps(ref, info, tm, gates)
+    with ui.guard("the bias settling"):
+        settled_bias(info, gates)
     with st.expander("Learning rate and throughput"):
         lr_and_throughput(tm, w)
 

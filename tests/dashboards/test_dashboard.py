@@ -107,6 +107,16 @@ def test_training_runs(runs, train_pages):
     assert not at.exception and not at.error and len(at.get("plotly_chart")) >= 6
 
 
+def test_the_training_page_shows_the_bias_settling_where_the_run_had_one(runs, train_pages):
+    """The phase after the last step moved the bias of the model the run ships; the page said nothing of it."""
+    shown = train_pages["training"]
+    caption = next((c for c in shown["captions"] if "settled bias" in c), "")
+    assert "moved 3 times" in caption and "8 fresh training batches" in caption and "(12 s)" in caption
+    at = app(runs["good"], "train-nobal", page="training")  # balance none: no settling
+    assert not at.exception and not any("settled" in c.value for c in at.caption)
+    assert "The bias settled after the last step" not in [h.value for h in at.subheader]
+
+
 OLD_LAYER_LABEL = re.compile(r"\b(?:layer|mtp)\d+\b")  # 'layer3', 'mtp0': the pages now say 'layer 3', 'MTP 0'
 
 
