@@ -44,7 +44,8 @@ ranks; probe/job.py): global batch b is evaluated by replica b % R (as `probe re
 per-domain sums are added over the replicas, so the table is the same whatever the layout; rank 0
 writes it.
 
-Library: select.py (what to disable: `Ablation`, `resolve`, the routing guard, the hooks, `ablated`),
+Library: select.py (what to disable: `Ablation`, `resolve`, the routing guard, the hooks, `ablated`), spec.py
+(sweeps: spec files, checked whole before the first pass, and the names a sweep must not repeat),
 pertoken.py (`--token-top`: each token's own top-R experts masked, DeepSeekMoE's Figure 4, and its guard),
 run.py (the job: `evaluate`, `ablate`, `write_ablations`), inputs.py (a job's options, its checks of --run
 and --out, the corpus sample, the batches and model: shared with importance and steer), loads.py (the loads
@@ -64,6 +65,7 @@ __getattr__, __dir__, __all__ = exports(__name__, {
     ".loads": ("loads_from_run",),
     ".pertoken": ("check_token_top", "max_token_top", "token_top_hooks"),
     ".select": ("ALL", "MODES", "Ablation", "AblationError", "Plan", "RouterShape", "ablated", "ablation_hooks",
-                "check_names", "check_routable", "load_spec", "normalise_disabled", "parse_experts", "parse_layers",
-                "plan_hooks", "resolve", "reroute_hook", "top_vs_random", "zero_hook"),
+                "check_routable", "normalise_disabled", "parse_experts", "parse_layers", "plan_hooks", "resolve",
+                "reroute_hook", "zero_hook"),
+    ".spec": ("check_names", "load_spec", "top_vs_random"),
 })

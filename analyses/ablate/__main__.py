@@ -63,7 +63,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def ablations_from_args(ns) -> list[Ablation]:
-    from .select import Ablation, AblationError, load_spec
+    from .select import Ablation, AblationError
+    from .spec import load_spec
 
     flags = [f for f in ("experts", "top", "random", "token_top", "domain", "layers", "name", "seed")
              if getattr(ns, f) is not None]

@@ -20,7 +20,8 @@ from probe.writer import write_result_part
 from .inputs import (AblateOptions, check_finished, check_out, inputs_key, job_defaults, job_meta,  # noqa: F401
                      limit_per_domain, replica_batches, sample_windows, start_job)
 from .loads import loads_from_run, run_loads  # noqa: F401
-from .select import ALL, Ablation, AblationError, Loads, Plan, RouterShape, check_names, plan_hooks, resolve
+from .select import ALL, Ablation, AblationError, Loads, Plan, RouterShape, plan_hooks, resolve
+from .spec import check_names
 from .sweep import LOSS, N, NLL, NONFINITE, Sweep
 
 ACC = LOSS + ("pairs", "changed", "replaced")  # per-domain sums of an ablation pass

@@ -1,5 +1,5 @@
-"""Expert ablations, the core: what to disable (selections and spec files), the routing guard,
-and the hooks that disable experts. The job that runs them over a corpus is run.py.
+"""Expert ablations, the core: what to disable (selections), the routing guard, and the hooks that
+disable experts. A sweep's spec files are spec.py's; the job that runs them over a corpus is run.py.
 
     from analyses.ablate import ablated
     with ablated(model, {1: [3, 5], 2: [7]}, mode="reroute"):   # layer -> disabled routed experts
@@ -39,7 +39,6 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -402,78 +401,6 @@ def _draw(ab: Ablation, shape: RouterShape, layer: int) -> list[int]:
         return first
     raise AblationError(f"ablation {ab.name!r}: no routable draw of {ab.random} random experts in layer {layer} "
                         f"after {RANDOM_DRAWS} tries")
-
-
-# ----------------------------------------------------------------------------- spec files
-def load_spec(path: str | Path) -> list[Ablation]:
-    """A sweep: a YAML or JSON list of ablations (or {"ablations": [...]}), each a mapping of
-    SPEC_KEYS, e.g. `- {name: top4, mode: reroute, top: 4}`."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise AblationError(f"spec file {path}: cannot read it ({e.strerror})") from None
-    except UnicodeDecodeError as e:  # it said "'utf-8' codec can't decode ...", naming no file
-        raise AblationError(f"spec file {path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
-                            f"{e.start}); a sweep is a YAML or JSON list") from None
-    try:
-        if path.suffix == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
-    except Exception as e:  # noqa: BLE001 - json and yaml raise their own types
-        raise AblationError(f"spec file {path}: malformed ({' '.join(str(e).split())})") from None
-    if isinstance(data, dict) and set(data) == {"ablations"}:
-        data = data["ablations"]
-    if not isinstance(data, list) or not data:
-        raise AblationError(f"spec file {path}: expected a non-empty list of ablations (or {{ablations: [...]}})")
-    out = []
-    for i, item in enumerate(data):
-        if not isinstance(item, dict):
-            raise AblationError(f"spec file {path}: ablation #{i + 1} is not a mapping")
-        unknown = sorted(set(item) - set(SPEC_KEYS))
-        if unknown:
-            raise AblationError(f"spec file {path}: ablation #{i + 1}: unknown key {unknown[0]!r} "
-                                f"(allowed: {', '.join(SPEC_KEYS)})")
-        try:
-            out.append(Ablation(**item))
-        except (AblationError, TypeError) as e:
-            raise AblationError(f"spec file {path}: ablation #{i + 1}: {e}") from None
-        if out[-1].experts is not None and not any(out[-1].experts.values()):  # as --experts "" (a review): a
-            # typo ran a no-op with delta 0; the library's Ablation(experts={}) stays, a baseline control
-            raise AblationError(f"spec file {path}: ablation #{i + 1} ({out[-1].name!r}): experts names no "
-                                "expert; give layer:expert[+expert],... e.g. 1:3+5")
-        if out[-1].layers == []:  # `layers: []` left top/random/shared nothing to act on: a no-op with delta 0
-            raise AblationError(f"spec file {path}: ablation #{i + 1} ({out[-1].name!r}): layers names no layer; "
-                                "leave it out for every MoE layer, or list some, e.g. [1, 3]")
-    try:
-        check_names(out)
-    except AblationError as e:
-        raise AblationError(f"spec file {path}: {e}") from None
-    return out
-
-
-def top_vs_random(ns: Iterable[int], *, seeds: Iterable[int] = (0,), mode: str = "reroute",
-                  domain: str | None = None, layers=None) -> list[Ablation]:
-    """Top vs random as a sweep: for each N, the N most loaded experts of every layer (of `domain` if
-    given) and N random experts per layer for each seed (the control). Not DeepSeekMoE's Figure 4,
-    which masks each token's own highest-probability experts: that is `Ablation(token_top=R)`
-    (pertoken.py; docs/metrics.md, "Ablation")."""
-    out = []
-    for n in ns:
-        out.append(Ablation(top=n, domain=domain, mode=mode, layers=layers))
-        out += [Ablation(random=n, seed=s, mode=mode, layers=layers) for s in seeds]
-    return out
-
-
-def check_names(ablations: list[Ablation]) -> None:
-    seen = set()
-    for a in ablations:
-        if a.name in seen:
-            raise AblationError(f"two ablations are named {a.name!r}: names must be unique")
-        seen.add(a.name)
 
 
 # ---------------------------------------------------------------------------------- hooks
