@@ -45,7 +45,7 @@ per-domain sums are added over the replicas, so the table is the same whatever t
 writes it.
 
 Library: select.py (what to disable: `Ablation`, `resolve`, the routing guard, the hooks, `ablated`), spec.py
-(sweeps: spec files, checked whole before the first pass, and the names a sweep must not repeat),
+(sweeps: spec files, checked whole before the first pass, and the names and selections a sweep must not repeat),
 pertoken.py (`--token-top`: each token's own top-R experts masked, DeepSeekMoE's Figure 4, and its guard),
 run.py (the job: `evaluate`, `ablate`, `write_ablations`), inputs.py (a job's options, its checks of --run
 and --out, the corpus sample, the batches and model: shared with importance and steer), loads.py (the loads
@@ -67,5 +67,5 @@ __getattr__, __dir__, __all__ = exports(__name__, {
     ".select": ("ALL", "MODES", "Ablation", "AblationError", "Plan", "RouterShape", "ablated", "ablation_hooks",
                 "check_routable", "normalise_disabled", "parse_experts", "parse_layers", "plan_hooks", "resolve",
                 "reroute_hook", "zero_hook"),
-    ".spec": ("check_names", "load_spec", "top_vs_random"),
+    ".spec": ("check_names", "check_repeats", "load_spec", "selection_key", "top_vs_random"),
 })

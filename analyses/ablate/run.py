@@ -21,7 +21,7 @@ from .inputs import (AblateOptions, check_finished, check_out, inputs_key, job_d
                      limit_per_domain, replica_batches, sample_windows, start_job)
 from .loads import loads_from_run, run_loads  # noqa: F401
 from .select import ALL, Ablation, AblationError, Loads, Plan, RouterShape, plan_hooks, resolve
-from .spec import check_names
+from .spec import check_names, check_repeats
 from .sweep import LOSS, N, NLL, NONFINITE, Sweep
 
 ACC = LOSS + ("pairs", "changed", "replaced")  # per-domain sums of an ablation pass
@@ -242,6 +242,7 @@ def ablate(opts: AblateOptions, ablations: list[Ablation]):
     if not ablations:
         raise AblationError("nothing to ablate: pass --experts, --top, --random, --shared or --spec")
     check_names(ablations)
+    check_repeats(ablations)
     opts, info = job_defaults(opts)
     check_finished(opts.run, info)
     ckpt, corpus, out = resolve_paths(opts.ckpt, opts.corpus, opts.out or opts.run, error=AblationError)

@@ -1,14 +1,15 @@
 """Sweeps: a spec file's list of ablations, checked whole before the first forward pass (`load_spec`);
-the names a sweep's ablations must not repeat (`check_names`); and the top-vs-random sweep built in
-Python (`top_vs_random`). What each ablation disables is select.py's."""
+what every sweep's ablations must be, however they were written (`check_names`, `check_repeats`); and the
+top-vs-random sweep built in Python (`top_vs_random`). What each ablation disables is select.py's."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from dataclasses import asdict
 from pathlib import Path
 
-from .select import SPEC_KEYS, Ablation, AblationError
+from .select import SPEC_KEYS, Ablation, AblationError, experts_label
 
 
 def load_spec(path: str | Path) -> list[Ablation]:
@@ -38,6 +39,7 @@ def load_spec(path: str | Path) -> list[Ablation]:
     out = [_entry(path, i, item) for i, item in enumerate(data)]
     try:
         check_names(out)
+        check_repeats(out)
     except AblationError as e:
         raise AblationError(f"spec file {path}: {e}") from None
     return out
@@ -85,3 +87,28 @@ def check_names(ablations: list[Ablation]) -> None:
             raise AblationError(f"two ablations are named {a.name!r}: names must be unique")
         seen.add(a.name)
 
+
+def check_repeats(ablations: list[Ablation]) -> None:
+    """Refuse one ablation given twice under two names: every pass is deterministic, so the second
+    computed the first's rows again, and the table and the dashboard's curve held the one measurement
+    twice (a sweep user's tour). The same selection however written (`1:5+3` is `1:3+5`; a seed
+    counts only where it draws)."""
+    seen: dict[str, str] = {}
+    for a in ablations:
+        key = selection_key(a)
+        if key in seen:
+            raise AblationError(f"ablations {seen[key]!r} and {a.name!r} are the same ablation "
+                                f"({a.default_name()}): each would be computed again under its own name; keep one")
+        seen[key] = a.name
+
+
+def selection_key(a: Ablation) -> str:
+    """What an ablation disables and how, as JSON: everything but its name, the experts and layers
+    sorted, and the seed only where it draws."""
+    d = asdict(a)
+    del d["name"]
+    if a.random is None:
+        del d["seed"]
+    if a.experts is not None:
+        d["experts"] = experts_label(a.experts)
+    return json.dumps(d, sort_keys=True, default=str)
