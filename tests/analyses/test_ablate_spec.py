@@ -43,3 +43,26 @@ def test_one_ablation_under_two_names_is_refused(tmp_path, capsys):
                [Ablation(name="a", experts="1:3"), Ablation(name="b", experts={1: [3, 3]})])
     assert one_line(e).startswith("ablations 'a' and 'b' are the same ablation (experts-1:3)")
     assert not (tmp_path / "o").exists()
+
+
+def test_keys_the_selection_ignores_are_refused_as_the_command_refuses_their_flags(tmp_path, capsys):
+    """`seed: 3` beside `top: 2` drew nothing, and `layers: [2]` beside `experts: "1:3"` ablated layer 1,
+    each without a word, where the command refuses `--seed` and `--layers` there (a sweep user's tour)."""
+    drew = "seeds the draw of random, and this ablation draws nothing"
+    bad = {"top-seed": ("{name: a, top: 2, seed: 3}", f"seed 3 {drew}"),
+           "experts-seed": ('{name: a, experts: "1:3", seed: 2}', f"seed 2 {drew}"),
+           "token-top-seed": ("{name: a, token_top: 1, seed: 1}", f"seed 1 {drew}"),
+           "experts-layers": ('{name: a, experts: "1:3", layers: [2]}', "layers [2]: it chooses the layers of top, "
+                              "random, token_top and shared; experts names its own (layer:expert, e.g. 2:3+5)")}
+    for kind, (entry, msg) in bad.items():
+        path = tmp_path / f"{kind}.yaml"
+        path.write_text(f"- {{name: first, top: 1}}\n- {entry}\n")
+        with pytest.raises(AblationError) as e:
+            load_spec(path)
+        assert one_line(e) == f"spec file {path}: ablation #2 ('a'): {msg}"
+    assert_one_line_error(main(["--out", str(tmp_path / "o"), "--spec", str(tmp_path / "experts-layers.yaml")]),
+                          capsys, "ablation #2 ('a'): layers [2]: it chooses the layers", tmp_path / "o")
+    # controls: where the key does act, and the default seed an Ablation written out whole holds
+    (tmp_path / "ok.yaml").write_text('- {name: a, random: 2, seed: 3}\n- {name: b, experts: "1:3", layers: [2], '
+                                      "shared: true}\n- {name: c, top: 2, layers: [1], seed: 0}\n")
+    assert [a.seed for a in load_spec(tmp_path / "ok.yaml")] == [3, 0, 0]
