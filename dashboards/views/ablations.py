@@ -17,11 +17,13 @@ from dashboards import charts, compute, data, ui
 
 MASKED_CAPTION = ("Each point is one ablation, named as its command named it (`--top 4 --control` writes `top4` and "
                   "`top4-control`). Mode: reroute, each token's top-k chosen again among the experts left; zero, "
-                  "the disabled experts' outputs dropped. Rule: top-N, each layer's N most loaded experts (by the "
+                  "the disabled experts' outputs dropped (renormalised: the remaining weights rescaled to the "
+                  "token's original sum). Rule: top-N, each layer's N most loaded experts (by the "
                   "run's loads, or by the evaluated tokens' with `--loads-from baseline`: the run's domain mix can "
                   "differ from the sample's); random, N drawn at random per layer (the control); chosen, experts "
                   "named with `--experts`; token top-R, each token's own R best experts (`--token-top R`, "
-                  "DeepSeekMoE's Figure 4: its x-axis is this share, R / E).")
+                  "DeepSeekMoE's Figure 4: its x-axis is this share, R / E); + shared, the shared expert disabled too "
+                  "(not counted in the share).")
 
 
 # the sweep's table in pixels, within the page's column at 1024 px less a vertical scroll bar (`ui.PAGE_PX`; a
@@ -67,21 +69,32 @@ def masked_caption(pooled: pd.DataFrame) -> str:
 
 
 def rule_of(spec: str) -> str:
-    """The selection rule of an ablation's spec JSON: top-N, random, each token's own top-R or chosen experts."""
+    """The selection rule of an ablation's spec JSON: top-N, random, each token's own top-R or chosen experts,
+    `+ shared` where the shared expert goes too (it is not in n_disabled: `top2` and `top2+shared` sat at one
+    share, averaged as one rule's two draws; a sweep user's tour), or the shared expert alone."""
     try:
         s = json.loads(spec) if isinstance(spec, str) else {}
     except ValueError:
         return "?"
     s = s.get("ablation", s) if isinstance(s, dict) else {}
     if s.get("top"):
-        return f"top-N{' (' + s['domain'] + ')' if s.get('domain') else ''}"
-    if s.get("random"):
-        return "random"
-    if s.get("token_top"):
-        return "token top-R"
-    if s.get("shared") and not s.get("experts"):
+        rule = f"top-N{' (' + s['domain'] + ')' if s.get('domain') else ''}"
+    elif s.get("random"):
+        rule = "random"
+    elif s.get("token_top"):
+        rule = "token top-R"
+    elif s.get("shared") and not s.get("experts"):
         return "shared"
-    return "chosen"
+    else:
+        rule = "chosen"
+    return rule + (" + shared" if s.get("shared") else "")
+
+
+def mode_of(ab: pd.DataFrame) -> pd.Series:
+    """Each row's mode, `zero renormalised` where the remaining weights were rescaled: a different ablation
+    from plain zero at the same share, which the curve averaged with it (a sweep user's tour)."""
+    renorm = ab["renormalise"].fillna(False).astype(bool) if "renormalise" in ab else False
+    return ab["mode"].where(~renorm, ab["mode"] + " renormalised")
 
 
 def main() -> None:
@@ -180,7 +193,9 @@ def sweep(ref: data.RunRef) -> None:
             st.plotly_chart(charts.style(fig, "Loss change per domain for each ablation", 420), key="delta_domain")
 
         pooled = ab[ab.domain == "all"] if (ab.domain == "all").any() else \
-            ab.groupby([name, "mode", "rule", "n_disabled"], as_index=False).delta.mean()
+            ab.groupby([c for c in (name, "mode", "renormalise", "rule", "n_disabled") if c in ab], as_index=False
+                       ).delta.mean()
+        pooled = pooled.assign(mode=mode_of(pooled))  # the curve's series: zero renormalised apart from zero
         E = int((ref.info.get("model_args") or {}).get("n_routed_experts") or 0)
         n_layers = len(data.moe_layers(ref)) or 1
         pooled = pooled.assign(frac=pooled.n_disabled / (E * n_layers) if E else pooled.n_disabled)

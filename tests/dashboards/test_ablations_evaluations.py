@@ -52,3 +52,32 @@ def test_commands_on_the_same_tokens_are_one_evaluation_and_a_remeasured_name_sh
     assert list(top4) == list(again.set_index("domain").delta.sort_index())  # the latest, not both
     box.set_value("p3").run()
     assert list(at.dataframe[0].value.ablation.unique()) == ["zero-top2"]
+
+
+def test_renormalised_and_shared_ablations_are_series_of_their_own_on_the_curve(tmp_path):
+    """`--mode zero` beside `--mode zero --renormalise`, and `--top 2` beside `--top 2 --shared`, disable as
+    many routed experts (n_disabled) by one mode and rule: the masked-fraction curve put each pair in one
+    series and drew the mean of two different ablations as its point, as if they were two seeds of one (a
+    sweep user's tour)."""
+    from helpers.apptest import array, chart
+
+    run = tmp_path / "a"
+    write_run(run)
+    write_ablations(run)
+    rows = pq.read_table(run / "ablations" / "sweep.parquet").to_pandas()
+    renorm = rows[rows.ablation == "zero-top2"].assign(ablation="zero-top2-renorm", renormalise=True,
+                                                       delta=lambda d: d.delta + 1.0)
+    shared = rows[rows.ablation == "top2"].assign(ablation="top2+shared", shared=True, delta=lambda d: d.delta + 2.0,
+                                                  spec=lambda d: d.spec.str.replace('"top": 2', '"top": 2, "shared": '
+                                                                                    "true"))
+    _part(run, "sweep", pd.concat([rows, renorm, shared]))
+    at = app(tmp_path, "a", page="ablations")
+    assert not at.error and not at.exception
+    lines = {t["name"]: t for t in chart(at, "masked_curve")["data"] if t["mode"] == "lines+markers"}
+    assert set(lines) == {"reroute · top-N", "reroute · random", "zero · top-N", "zero renormalised · top-N",
+                          "reroute · top-N + shared"}, set(lines)
+    pooled = pd.concat([rows, renorm, shared]).query("domain == 'all'").set_index("ablation").delta
+    for name, ablation in (("zero · top-N", "zero-top2"), ("zero renormalised · top-N", "zero-top2-renorm"),
+                           ("reroute · top-N + shared", "top2+shared")):
+        assert list(array(lines[name]["y"])) == [pooled[ablation]], name  # its own delta, no mean with another
+    assert array(lines["reroute · top-N"]["y"])[0] == pooled["top2"]
