@@ -165,3 +165,33 @@ def test_reroute_with_only_the_kept_number_of_groups_left(tiny, tokens):
     check_routable(RouterShape.of(tiny.args), 1, off)
     got = _ids(tiny, tokens, disabled={1: off})[1]
     assert (got >= 8).all() and (got.sort(-1).values.diff(dim=-1) != 0).all()
+
+
+def test_an_expert_no_token_chose_changes_nothing_zeroed_and_rerouted_only_through_its_group():
+    """docs/metrics.md, "Ablation": zeroing experts no token chose leaves every logit as it was; rerouting
+    them moves a token only where its kept groups change (a group is scored by its two best experts, so
+    one it never chose can hold its group up). On the bundled model's first 40 tokens, layer 1's unchosen
+    experts (a sweep user's check) move two tokens that way."""
+    import generate
+    import model
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    m = model.load(repo / "data" / "model", dtype="float32")
+    first = json.loads((repo / "data" / "corpus" / "val.jsonl").open().readline())["text"]
+    ids = torch.tensor([generate.load_codec(repo / "data" / "model").encode(first, chat=False)[:40]])
+    g = "layers.1.ffn.gate."
+    names = [g + "hook_topk_ids", g + "hook_group_scores", g + "hook_allowed_scores"]
+    ref, base = m.run_with_cache(ids, names=names)
+    unused = sorted(set(range(m.args.n_routed_experts)) - set(base[g + "hook_topk_ids"].flatten().tolist()))
+    assert unused
+    for renormalise in (False, True):
+        with ablated(m, {1: unused}, mode="zero", renormalise=renormalise):
+            assert torch.equal(m(ids), ref)
+    with ablated(m, {1: unused}):
+        _, got = m.run_with_cache(ids, names=names)
+    moved = (got[g + "hook_topk_ids"].sort(-1).values != base[g + "hook_topk_ids"].sort(-1).values).any(-1)
+    kept = [torch.isfinite(c[g + "hook_allowed_scores"]).view(len(moved), m.args.n_expert_groups, -1).any(-1)
+            for c in (base, got)]  # the groups each token keeps: those whose experts stay allowed
+    regrouped = (kept[0] != kept[1]).any(-1)
+    assert moved.sum() == 2 and torch.equal(moved, moved & regrouped)
