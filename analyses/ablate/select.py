@@ -254,6 +254,10 @@ class Ablation:
             raise AblationError(f"{who}domain {self.domain!r}: name a domain of the run (or leave it out for all)")
         if self.renormalise and self.mode != "zero":
             raise AblationError(f"{who}renormalise applies to mode zero only")
+        if self.layers is not None and self.experts is not None and not self.shared:  # ignored: `experts: "1:3",
+            # layers: [2]` ablated layer 1 without a word, where the command refuses --layers beside --experts
+            raise AblationError(f"{who}layers {self.layers}: it chooses the layers of top, random, token_top and "
+                                "shared; experts names its own (layer:expert, e.g. 2:3+5)")
         if self.renormalise and not chosen:  # shared alone: nothing to rescale, accepted without a word (a tour)
             raise AblationError(f"{who}renormalise rescales the routed experts left after mode zero, and this "
                                 "ablation disables none (shared alone)")

@@ -64,16 +64,12 @@ def _entry(path: Path, i: int, item) -> Ablation:
     if a.layers == []:  # `layers: []` left top/random/shared nothing to act on: a no-op with delta 0
         raise AblationError(f"{where}: layers names no layer; leave it out for every MoE layer, or list some, "
                             "e.g. [1, 3]")
-    # keys the selection ignores, refused as the command refuses their flags (__main__.py `unused`): `seed: 3`
-    # beside `top` and `layers: [2]` beside `experts: "1:3"` ran, the one drawing nothing and the other
-    # ablating layer 1, without a word (a sweep user's tour). The default seed stays: an Ablation written
-    # out whole (`vars`, `asdict`) holds `seed: 0` whatever it selects
+    # a key the selection ignores, refused as the command refuses its flag (__main__.py `unused`; `layers`
+    # beside `experts`: Ablation's own check): `seed: 3` beside `top` drew nothing, without a word (a sweep
+    # user's tour). The default seed stays: an Ablation written out whole (`vars`, `asdict`) holds `seed: 0`
     if a.seed != 0 and a.random is None:
         raise AblationError(f"{where}: seed {item['seed']!r} seeds the draw of random, and this ablation draws "
                             "nothing")
-    if a.layers is not None and a.experts is not None and not a.shared:
-        raise AblationError(f"{where}: layers {a.layers}: it chooses the layers of top, random, token_top and "
-                            "shared; experts names its own (layer:expert, e.g. 2:3+5)")
     return a
 
 

@@ -59,9 +59,14 @@ def test_keys_the_selection_ignores_are_refused_as_the_command_refuses_their_fla
         path.write_text(f"- {{name: first, top: 1}}\n- {entry}\n")
         with pytest.raises(AblationError) as e:
             load_spec(path)
-        assert one_line(e) == f"spec file {path}: ablation #2 ('a'): {msg}"
+        who = "ablation #2: ablation 'a'" if kind == "experts-layers" else "ablation #2 ('a')"  # Ablation's check
+        assert one_line(e) == f"spec file {path}: {who}: {msg}"
     assert_one_line_error(main(["--out", str(tmp_path / "o"), "--spec", str(tmp_path / "experts-layers.yaml")]),
-                          capsys, "ablation #2 ('a'): layers [2]: it chooses the layers", tmp_path / "o")
+                          capsys, "ablation #2: ablation 'a': layers [2]: it chooses the layers", tmp_path / "o")
+    # and in Python: the same Ablation ablated layer 1 under Python's ablate as well
+    with pytest.raises(AblationError) as e:
+        Ablation(name="a", experts="1:3", layers=[2])
+    assert one_line(e) == f"ablation 'a': {bad['experts-layers'][1]}"
     # controls: where the key does act, and the default seed an Ablation written out whole holds
     (tmp_path / "ok.yaml").write_text('- {name: a, random: 2, seed: 3}\n- {name: b, experts: "1:3", layers: [2], '
                                       "shared: true}\n- {name: c, top: 2, layers: [1], seed: 0}\n")
