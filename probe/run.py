@@ -264,6 +264,13 @@ def _read_as(name: str, type_: str, held: str | None, where: Path) -> str:
 
 
 _DB: tuple[int, object] | None = None  # (the process id that opened it, the database)
+# DuckDB's allocator gives back what a query freed in bulk only past this size (its default 512 MiB): the
+# report's read of a 2.15M-token run's routes (`analyses.metrics.routes_from_run`) kept 1.8 GB resident for
+# good, 319 MiB of it the arrays returned, and peaked at 1.9 GB; given back at every bulk free, 0.6 GB was
+# left after the next query, and the peak was 1.4 GB (the bundled model, a 2-core EPYC, 2026-12-07). Nonzero
+# thresholds down to 64 MiB kept it all (each free is smaller). The whole report (--skip-ablation) on that run:
+# peak 3.01 -> 2.44 GB, 95 -> 98 s of CPU (pages given back and faulted in again); on the 359k-token run, the same.
+BULK_FREE_FLUSH = "0MB"
 _DB_LOCK = threading.Lock()
 _CATALOGS = itertools.count()
 _COLUMNS: dict[str, list[tuple[str, str]]] = {}  # table: its columns' names and DuckDB types (`_columns`)
@@ -282,6 +289,7 @@ def _database():
     with _DB_LOCK:
         if _DB is None or _DB[0] != os.getpid():
             db = duckdb.connect()
+            db.execute(f"set allocator_bulk_deallocation_flush_threshold = '{BULK_FREE_FLUSH}'")
             if not _COLUMNS:
                 _COLUMNS.update({t: _types(db, schema) for t, schema in TABLES.items()})
             _DB = (os.getpid(), db)
