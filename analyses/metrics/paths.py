@@ -184,15 +184,19 @@ def domain_information(ids, domains, layers=None, k: int = 1, test=None) -> "pan
     units = [(f"layer {x}", path_codes(a[:, [j]], k)[1]) for j, x in enumerate(names)]
     units.append(("path", path_codes(a, k)[1]))
     rows = []
-    two = len(set(d.tolist())) >= 2  # with one domain there is no domain information to measure
+    # the domains as codes in their names' order, once: each measure of each unit sorted the names again (a
+    # third of this function's time on a 2.15M-token run); the measures depend only on which tokens share one
+    seen, dc = np.unique(d, return_inverse=True)
+    dc = dc.reshape(-1)
+    two = len(seen) >= 2  # with one domain there is no domain information to measure
     for unit, codes in units:
         if len(codes) and two:
-            _, table = contingency(d, codes)
+            _, table = contingency(dc, codes)
             nmi_d = domain_nmi(table)
-            ami = float(adjusted_mutual_info_score(d, codes, average_method="arithmetic"))
+            ami = float(adjusted_mutual_info_score(dc, codes, average_method="arithmetic"))
         else:
             nmi_d = ami = float("nan")
-        acc, base = heldout_accuracy(d, codes, test) if test is not None and len(codes) and two else (float("nan"),) * 2
+        acc, base = heldout_accuracy(dc, codes, test) if test is not None and len(codes) and two else (float("nan"),) * 2
         rows.append({"unit": unit, "values": int(len(np.unique(codes))), "domain_nmi": nmi_d, "ami": ami,
                      "heldout_accuracy": acc, "majority_baseline": base})
     out = heldout_left_out(d, test) if test is not None and len(d) and two else []
