@@ -110,7 +110,13 @@ def settled_bias(info: dict, gates: dict[str, str]) -> None:
     `bias_settle`), where the run had one. NOTE: the shipped model carries the settled bias, which no
     table holds (router_bias ends at the last step), and the page said nothing of the phase (a tour)."""
     settle = info.get("bias_settle") or {}
-    pooled = {g: h for g, h in (settle.get("maxvio_pooled") or {}).items() if h}
+    history = settle.get("maxvio_pooled") if isinstance(settle, dict) else None
+    if not isinstance(history, dict) or not all(isinstance(h, list) for h in history.values()):
+        if settle:  # a hand-edited or foreign run.json: one line, not a Python error
+            raise data.DataError("run.json's bias_settle has no maxvio_pooled mapping of each gate to its MaxVio "
+                                 "values")
+        return
+    pooled = {g: h for g, h in history.items() if h}
     if not pooled:
         return
     st.subheader("The bias settled after the last step")
@@ -118,12 +124,21 @@ def settled_bias(info: dict, gates: dict[str, str]) -> None:
     series = {gates.get(g, g): (list(range(len(h))), h) for g, h in pooled.items()}
     st.plotly_chart(charts.lines(series, title="MaxVio of pooled loads while the bias settled", xlabel="settle update",
                                  ylabel="MaxVio", colors=colors, height=300), key="settle")
-    per = settle.get("batches_per_update")
-    took = settle.get("seconds")
-    st.caption(f"With the weights frozen, the bias moved {settle.get('updates', '?')} times by a step decaying to 0, "
-               f"each on the loads pooled over {per or '?'} fresh training batches; update 0 is where training left "
-               "it, the last point where it settled" + (f" ({took:.0f} s)" if isinstance(took, (int, float)) else "")
-               + ". The run's model carries the settled bias; the bias heatmap above ends at the last training step.")
+    st.caption(settle_caption(settle, pooled))
+
+
+def settle_caption(settle: dict, pooled: dict[str, list]) -> str:
+    """What the settling chart's points are. A run trained before the measure after the last update (train/
+    balance.py settle_biases: `updates` + 1 values a gate) holds `updates` values, the last taken before the
+    last update: the caption called it where the bias settled, which that run never measured."""
+    updates, per, took = settle.get("updates"), settle.get("batches_per_update"), settle.get("seconds")
+    older = isinstance(updates, int) and all(len(h) == updates for h in pooled.values())
+    last = ("the last point the loads before the last update (this run predates the measure after it: where the "
+            "bias settled was not measured)" if older else "the last point where it settled")
+    return (f"With the weights frozen, the bias moved {updates if updates is not None else '?'} times by a step "
+            f"decaying to 0, each on the loads pooled over {per or '?'} fresh training batches; update 0 is where "
+            f"training left it, {last}" + (f" ({took:.0f} s)" if isinstance(took, (int, float)) else "")
+            + ". The run's model carries the settled bias; the bias heatmap above ends at the last training step.")
 
 
 def lr_and_throughput(tm, w: int) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from analyses.metrics._common import listed
-from helpers.apptest import PAGES, app, open_page, texts
+from helpers.apptest import PAGES, app, array, chart, open_page, texts
 from helpers.dashboard_runs import dashboard_runs
 
 # plotly charts each page must draw for the complete probe run `demo`
@@ -115,6 +115,34 @@ def test_the_training_page_shows_the_bias_settling_where_the_run_had_one(runs, t
     at = app(runs["good"], "train-nobal", page="training")  # balance none: no settling
     assert not at.exception and not any("settled" in c.value for c in at.caption)
     assert "The bias settled after the last step" not in [h.value for h in at.subheader]
+
+
+@pytest.mark.slow  # five visits of the Training page, 0.8 s on the 2-core EPYC (2026-12-07)
+def test_the_bias_settling_of_an_older_or_odd_run_json_is_not_called_settled(tmp_path):
+    """A run trained before the settling measured its loads after the last update holds `updates` values a
+    gate, the last before that update: the caption called it where the bias settled (a review). A
+    bias_settle without its mapping of gates to values is one line, not a Python error."""
+    from helpers.dashboard_runs import write_train_run
+
+    run = write_train_run(tmp_path / "t", steps=3)
+    info = json.loads((run / "run.json").read_text())
+    settle = info["bias_settle"]
+    for values, settled in ((4, True), (3, False)):  # updates + 1 (the format now), updates (the older)
+        settle["maxvio_pooled"] = {g: [0.9, 0.6, 0.4, 0.3][:values] for g in settle["maxvio_pooled"]}
+        (run / "run.json").write_text(json.dumps(info))
+        at = app(tmp_path, "t", page="training")
+        caption = next(c.value for c in at.caption if "settled bias" in c.value)
+        assert not at.exception and ("the last point where it settled" in caption) == settled, caption
+        assert ("the last point the loads before the last update" in caption) == (not settled), caption
+        drawn = chart(at, "settle")["data"]  # a line a gate, named as the page names its layer, its values
+        assert [t["name"] for t in drawn] == ["layer 1", "layer 2", "MTP 0"]
+        assert all(list(array(t["y"])) == [0.9, 0.6, 0.4, 0.3][:values] for t in drawn)
+    for odd in ({"updates": 3}, {"maxvio_pooled": [0.9, 0.3]}, {"maxvio_pooled": {"layer1": 0.3}}):
+        info["bias_settle"] = odd
+        (run / "run.json").write_text(json.dumps(info))
+        at = app(tmp_path, "t", page="training")
+        assert not at.exception and not at.error, odd
+        assert "run.json's bias_settle has no maxvio_pooled mapping" in texts(at.warning), odd
 
 
 OLD_LAYER_LABEL = re.compile(r"\b(?:layer|mtp)\d+\b")  # 'layer3', 'mtp0': the pages now say 'layer 3', 'MTP 0'
