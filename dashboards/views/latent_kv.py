@@ -105,7 +105,7 @@ def main() -> None:
                           colors=["#54A24B", "#EECA3B", "#E45756"], fmt=",d")
         right.plotly_chart(charts.fit_title(fig, 0.5), key="bytes")  # the page's right half at 1024 px
         with st.expander("Norm statistics per layer"):
-            ui.wrapped_table(norm_table(ref, kv), NORM_COLUMNS, NORM_CONFIG, most=2 * len(kv))
+            ui.wrapped_table(norm_table(ref, kv), NORM_COLUMNS, NORM_CONFIG, most=min(2 * len(kv), NORM_ROWS))
 
 
 # the norms a row per layer and vector, in an expander's 528 px at 1024 px (ui.EXPANDER_PX): the whole kv_stats
@@ -114,6 +114,9 @@ def main() -> None:
 NORM_COLUMNS = {"layer": 70, "vector": 150, "mean": 72, "std": 72, "min": 72, "max": 72}
 NORM_CONFIG = {c: st.column_config.NumberColumn(format="%.4f", help=f"the {c} of the vector's L2 norm over the "
                                                  "run's tokens") for c in ("mean", "std", "min", "max")}
+# every row shown up to 40, as the pages' whole tables (`ui.whole_table_height`); past them it scrolls: two rows a
+# layer, DeepSeek-V3's 61 MLA layers stood 4,308 px tall in the expander (a review)
+NORM_ROWS = 40
 VECTORS = {"latent_norm": "c_kv after kv_norm", "k_pe_norm": "k_pe after RoPE"}
 
 

@@ -257,6 +257,42 @@ def test_the_norm_statistics_are_the_runs_norms_in_columns_that_fit_an_expander(
     assert None not in widths and sum(widths) <= ui.EXPANDER_PX, widths
 
 
+def test_the_norm_statistics_of_a_deep_model_scroll_inside_their_table(runs, tmp_path, monkeypatch):
+    """Two rows a layer, each shown before the table scrolled: DeepSeek-V3's 61 MLA layers made a table of
+    122 rows, 4,308 px tall in its expander (a review). At most 40 rows show, as the pages' whole tables."""
+    import shutil
+
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dashboards import ui
+    from probe.schema import TABLES
+
+    run = shutil.copytree(runs["demo"], tmp_path / "deep")
+    kv = pq.read_table(run / "kv_stats").to_pandas().sort_values("layer", ignore_index=True)
+    deep = pd.concat([kv.iloc[[0]]] * 61, ignore_index=True).assign(layer=range(61))
+    for f in (run / "kv_stats").glob("*.parquet"):
+        f.unlink()
+    pq.write_table(pa.Table.from_pandas(deep, schema=TABLES["kv_stats"], preserve_index=False),
+                   run / "kv_stats" / "part-0.parquet")
+    info = json.loads((run / "run.json").read_text())
+    info["model_args"]["n_layers"] = 60  # and its MTP layer, 61 in all, as DeepSeek-V3
+    (run / "run.json").write_text(json.dumps(info))
+    heights, whole = {}, ui.whole_table_height
+    for name, n in (("demo", len(kv)), ("deep", 61)):
+        asked = []  # the table's height, as wrapped_table asks for it (AppTest does not show it)
+        monkeypatch.setattr(ui, "whole_table_height", lambda rows, most=40, row=35: asked.append(
+            (rows, most)) or whole(rows, most, row))
+        at = app(runs["good"] if name == "demo" else tmp_path, name, page="latent_kv")
+        monkeypatch.undo()
+        assert not at.exception and not at.error, (name, texts(at.error), at.exception)
+        table = next(d for d in at.dataframe if "vector" in d.value)
+        assert len(table.value) == 2 * n and not at.exception, name
+        heights[name] = [whole(rows, most) for rows, most in asked if rows == 2 * n]
+    assert heights == {"demo": [whole(2 * len(kv))], "deep": [whole(40)]}, heights
+
+
 @pytest.mark.slow  # a dashboard session over several pages or runs (the quick loop leaves it out)
 def test_latents_of_one_token_give_no_spectrum_nor_a_rank_of_zero(runs, tmp_path):
     """`dsv3-probe record --max-tokens 1`: a covariance of one token is zero, so the spectrum's shares
