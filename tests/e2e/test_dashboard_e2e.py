@@ -283,7 +283,6 @@ def test_every_page_in_a_real_browser(runs, tmp_path_factory, capsys):
     assert wide == {}, wide
 
 
-
 def test_the_overview_metrics_of_a_deepseek_v3_import_fit_at_1024_px(tmp_path):
     """An SGLang import of DeepSeek-V3 (256 experts, top-8, a per_token dump): in the Overview's row of five
     metrics at 1024 px, `256 · top-8` took 107 px and `per_token` 105 of their columns' 100, cut off by an
@@ -318,6 +317,7 @@ def test_the_overview_metrics_of_a_deepseek_v3_import_fit_at_1024_px(tmp_path):
         server.close()
     assert {"per_token", "256 · top-8"} <= set(shown) and not found["errors"], (shown, found)
     assert found["cut_metrics"] == [], found["cut_metrics"]
+
 
 if __name__ == "__main__":
     runs_dir, out_dir = Path(sys.argv[1]), Path(sys.argv[2])
