@@ -68,7 +68,7 @@ class TextCodec:
         element can be converted to an index', a negative id an OverflowError, one past the vocabulary the
         empty string and a text's uint8 bytes other tokens' text, with no error (a tour)."""
         rows = _id_rows(ids, "decode")
-        if rows and isinstance(rows[0], list):
+        if _batched(ids, rows):
             return [self._decode_row(row, f"row {r}, ") for r, row in enumerate(rows)]
         return self._decode_row(rows, "")
 
@@ -89,7 +89,7 @@ class TextCodec:
         if isinstance(text_or_ids, str):
             return self.str_tokens(self.encode(text_or_ids, chat=False))
         rows = _id_rows(text_or_ids)
-        if rows and isinstance(rows[0], list):
+        if _batched(text_or_ids, rows):
             return [self._row_strings(row, f"row {r}, ") for r, row in enumerate(rows)]
         return self._row_strings(rows, "")
 
@@ -130,6 +130,12 @@ def _id_rows(ids, what: str = "str_tokens") -> list[int] | list[list[int]]:
         raise GenerateError(f"{what}: token ids must be integers, in a list or a 1-D tensor (or a 2-D [B, S] "
                             f"batch); got {str(given)[:60]}")
     return [int(i) for i in ids] if flat else [[int(i) for i in r] for r in ids]
+
+
+def _batched(ids, rows: list) -> bool:
+    """Whether `rows` (`_id_rows(ids)`) are a 2-D batch's: a [0, S] tensor's are an empty list, which read
+    as one empty sequence (decode gave "", not [], a review)."""
+    return getattr(ids, "ndim", None) == 2 or bool(rows) and isinstance(rows[0], list)
 
 
 def _is_id(i) -> bool:

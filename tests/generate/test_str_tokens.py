@@ -107,6 +107,8 @@ def test_decode_takes_the_ids_str_tokens_takes(codec):
     batch = torch.tensor([ids, ids])
     assert codec.decode(batch) == codec.decode(batch.numpy()) == codec.decode(batch.tolist()) == [text, text]
     assert codec.decode(batch[:1]) == [text] and codec.decode([]) == ""
+    # a batch of no rows is no rows, as a 2-D tensor or array: it read as one empty sequence ("")
+    assert codec.decode(batch[:0]) == codec.decode(batch[:0].numpy()) == codec.str_tokens(batch[:0]) == []
 
 
 @pytest.mark.parametrize("bad, says", [
