@@ -8,7 +8,7 @@ import difflib
 import fnmatch
 import re
 
-from .indices import as_int
+from .indices import as_int, consecutive_runs
 
 
 def did_you_mean(name: str, all_names: list[str]) -> str:
@@ -90,13 +90,7 @@ def _blocks_with(rest: str, kind: str, all_names: list[str]) -> list[int]:
 
 def _spans(ids: list[int], kind: str) -> str:
     """[1, 2, 3, 5] of layers -> 'layers.1 to layers.3, layers.5'."""
-    runs: list[list[int]] = []
-    for i in ids:
-        if runs and i == runs[-1][-1] + 1:
-            runs[-1].append(i)
-        else:
-            runs.append([i])
-    return ", ".join(f"{kind}.{r[0]}" + (f" to {kind}.{r[-1]}" if len(r) > 1 else "") for r in runs)
+    return ", ".join(f"{kind}.{a}" + (f" to {kind}.{b}" if b > a else "") for a, b in consecutive_runs(ids))
 
 
 def _block_note(rest: str) -> str:

@@ -66,3 +66,15 @@ def shown(value, width: int = 60) -> str:
     """repr(value) on one line, cut to about `width` characters (a tensor's repr spans lines)."""
     text = " ".join(repr(value).split())
     return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def consecutive_runs(ids: Iterable[int]) -> list[tuple[int, int]]:
+    """Ascending ints as runs of consecutive ones, (first, last) each: [1, 2, 3, 5] -> [(1, 3), (5, 5)]
+    (layer numbers in one line of a message: model/hook_suggest.py's, probe/sglang_records.py's)."""
+    runs: list[list[int]] = []
+    for i in ids:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return [(a, b) for a, b in runs]

@@ -50,14 +50,11 @@ def moe_layers(shape: Shape, counts_LE: np.ndarray, dumps: list[Dump]) -> list[i
 
 
 def _spans(layers: list[int]) -> str:
-    """Layer numbers as runs, "3..30, 45": a model's 58 MoE layers in a line."""
-    runs: list[list[int]] = []
-    for i in layers:
-        if runs and i == runs[-1][1] + 1:
-            runs[-1][1] = i
-        else:
-            runs.append([i, i])
-    return ", ".join(str(a) if a == b else f"{a}..{b}" for a, b in runs)
+    """Layer numbers as runs, "3..30, 45": a model's 58 MoE layers in a line (only with --config, whose
+    reading has imported the model package already)."""
+    from model.indices import consecutive_runs
+
+    return ", ".join(str(a) if a == b else f"{a}..{b}" for a, b in consecutive_runs(layers))
 
 
 def load_rows(step: int, layers: list[int], counts_LE: np.ndarray, tokens: int) -> pa.RecordBatch:
