@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from probe.bundled_corpus import read_documents
+from probe.file_memo import FileMemo
 
 SPECIAL_TOKENS = ("<|bos|>", "<|eos|>", "<|pad|>")  # ids 0, 1, 2 (data/tokenizer.py)
 # a cache file's array names: "domain:" + the domain. Saved as the domains themselves, a domain named `file`
@@ -62,7 +63,15 @@ def load_tokenizer(path: Path):
     return tok
 
 
+_DIGESTS = FileMemo()  # a split hashed to name its token cache is hashed once more for the checkpoint's digests
+
+
 def _sha256(path: Path) -> str:
+    """The file's SHA-256, kept for the process while the file stays as it was (probe.file_memo)."""
+    return _DIGESTS.get("sha256", [Path(path)], lambda: _hash_file(path))
+
+
+def _hash_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
