@@ -144,7 +144,19 @@ def test_fp8_resident_bf16_and_kv_cache(fp8_dir):
     m(tok[:, :7], use_cache=True)
     assert m.layers[0].attn.cache["kv"].dtype == torch.bfloat16  # the cache is in the compute dtype
     step = torch.cat([m(tok[:, 7:9], start_pos=7), m(tok[:, 9:], start_pos=9)], 1)
-    assert rels(step, full[:, 7:])[0] < 0.02  # bf16 rounding of a different chunking
+    # NOTE: how far a different chunking moves bf16 logits depends on the CPU: the fused attention
+    # kernel rounds one bf16 ulp differently at 7 keys than at 12 masked ones, and the next FP8
+    # activation quantisation turns that ulp into a whole e4m3 step (and here one expert flip). The
+    # mean difference was under 2% on AVX-512 hosts and 5.8% on an AVX2-only EPYC (2026-12-07). So
+    # the bound is the model's own: decoding with the bf16 cache is no farther from the float32
+    # model than the full bf16 forward is (11% there; decoding at positions off by one: 43%)
+    f32 = model.load(fp8_dir, dtype=torch.float32, gemm_impl="fp8")
+    for a in f32.attention_modules():
+        a.latent_attention = "always"
+    ref = f32(tok)[:, 7:]
+    bf16_gap = rels(full[:, 7:], ref)[0]
+    assert bf16_gap < MEAN_REL
+    assert rels(step, ref)[0] < 1.5 * bf16_gap, (rels(step, ref), bf16_gap)
 
 
 def test_fp8_resident_save_round_trip(resident, dense, fp8_dir, tmp_path):
