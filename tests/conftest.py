@@ -6,6 +6,7 @@ import atexit
 import gc
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -19,6 +20,13 @@ IMPORT_TORCH_S = time.perf_counter() - _t0 if _fresh else None  # for the machin
 
 from helpers import hf_checkpoint, make_corpus, make_probe_ckpt, random_model, zygote
 
+# Ctrl-C as at a terminal: a shell that starts the suite in the background without job control (`bash
+# .ci/run &` in a script, nohup) leaves SIGINT ignored, Python then keeps it ignored, and the tests of
+# what a job does on Ctrl-C (a stop held through a write, a command stopped mid-way) saw nothing
+# happen (two failed so in a clean-clone run, 2026-12-07). The jobs keep an ignored SIGINT ignored,
+# as they should; the tests are of a process in the foreground.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 # torch's threads per pytest process: the cores shared among xdist's workers (at most 2, at least 1).
 # Two workers of 2 threads each on 2 cores spin against each other in every parallel region, and the
 # tests' models are tiny: a 1,280-token record took 0.75-0.89 s on one thread against 5.2-10.1 s on
