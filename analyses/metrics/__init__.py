@@ -69,7 +69,8 @@ Expert paths (`paths.py`)
 - heldout_left_out(labels, test), left_out_note(names or result, every=None)   the domains held out whole (one
   window), which the held-out scores leave out and name in their `left_out` column (a list in each row, the split's
   `every` in the result's attrs); the one sentence every consumer says
-- common_paths(ids, domains=None, token_ids=None, k=1, top=10)   the most used paths, their domain, tokens
+- common_paths(ids, domains=None, token_ids=None, k=1, top=10)   the most used paths, their domain (with two or more
+  domains), tokens
 - routes_from_run(run, layers=None) -> Routes   tokens routed at every chosen layer, [T, L, K]
 - path_summary_from_run, domain_information_from_run, common_paths_from_run
 

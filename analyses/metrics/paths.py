@@ -206,8 +206,10 @@ def domain_information(ids, domains, layers=None, k: int = 1, test=None) -> "pan
 def common_paths(ids, domains=None, token_ids=None, k: int = 1, top: int = 10,
                  examples: int = 5) -> "pandas.DataFrame":  # noqa: F821
     """The `top` most common paths: path (list, experts per layer; k > 1: sorted sets flattened
-    layer by layer), count, share, and with `domains` the path's most common domain and its share of
-    the path's tokens, with `token_ids` the path's most frequent token ids (ties by id)."""
+    layer by layer), count, share, and with `domains` of two or more distinct values the path's most
+    common domain and its share of the path's tokens (top_domain, top_domain_share; with fewer there is
+    no such column: every path's domain would be the one domain, its share 1), with `token_ids` the
+    path's most frequent token ids (ties by id)."""
     import pandas as pd
 
     top = whole_count(top, "top", why=" (paths listed)")  # top=-1 listed all but the rarest path
@@ -220,11 +222,12 @@ def common_paths(ids, domains=None, token_ids=None, k: int = 1, top: int = 10,
     for name, x in (("domains", d), ("token_ids", t)):
         if x is not None:
             same_length(codes, x, names=f"ids and {name}")
+    two_domains = d is not None and len(np.unique(d)) >= 2
     rows = []
     for p in order:
         m = codes == p
         row = {"path": uniq[p].tolist(), "count": int(n[p]), "share": float(n[p] / len(codes))}
-        if d is not None:
+        if two_domains:
             vals, c = np.unique(d[m], return_counts=True)
             j = np.lexsort((vals, -c))[0]
             row |= {"top_domain": str(vals[j]), "top_domain_share": float(c[j] / m.sum())}

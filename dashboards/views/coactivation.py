@@ -115,13 +115,16 @@ def paths(ref: data.RunRef, layers: list[int]) -> None:
     with ui.guard("the most common paths"):
         tok = ui.tokenizer_for(ref)
         com = p["common"]
+        # no domain columns with fewer than two domains (common_paths leaves them out): every path's domain
+        # was the one domain, 'in domain' 1.00 on every row; the statistics below say the run has one
+        domains = {"domain": com.top_domain, "domain share": com.top_domain_share} if "top_domain" in com else {}
         table = pd.DataFrame({
             "path": [" → ".join(f"E{e}" for e in path) for path in com.path], "tokens": com["count"],
-            "share": com.share, "domain": com.top_domain, "domain share": com.top_domain_share,
+            "share": com.share, **domains,
             "example tokens": ["  ".join(ui.token_text(tok, ids, stream=False))
                                for ids in com.token_ids]})
         st.markdown(f"**Most common paths** (layers {' → '.join(map(str, chosen))})")
-        ui.wrapped_table(table, PATH_COLUMNS, {
+        ui.wrapped_table(table, {c: w for c, w in PATH_COLUMNS.items() if c in table}, {
             "share": st.column_config.ProgressColumn(format="%.3f", min_value=0, max_value=float(com.share.max())),
             "domain share": st.column_config.NumberColumn(
                 format="%.2f", label="in domain", help="domain share: the share of the path's tokens in its domain")},

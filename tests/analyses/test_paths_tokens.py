@@ -147,6 +147,13 @@ def test_common_paths_top_domain_and_examples_go_by_count():
     assert c.token_ids.tolist() == [[7, 4, 5]]  # the most frequent first, then ties by id
 
 
+def test_common_paths_of_one_domain_have_no_domain_columns():
+    """One domain: every path's top_domain was it and its share 1.0, two columns saying nothing."""
+    c = M.common_paths(IDS, ["a"] * 4, token_ids=[7, 8, 9, 9], top=2)
+    assert list(c.columns) == ["path", "count", "share", "token_ids"] and c["count"].tolist() == [2, 1]
+    assert "top_domain" in M.common_paths(IDS, DOM, top=2)  # the control: two domains keep them
+
+
 # ------------------------------------------------------------------------------ token-id dependence
 def _reference_majority(keys, labels, test, fallback):
     """Independent plain-Python majority predictor (ties: smallest label)."""

@@ -372,9 +372,20 @@ def test_one_domain_leaves_out_the_path_information_figure(tmp_path):
     assert "Domain information: not measured (the run has one domain)." in r["summary"][0]
     titles = [t for t, *_ in r["figures"]["Expert paths"]]
     assert titles and not any(t.startswith("Path vs single layer") for t in titles)
+    # nor the common paths' domain columns, the one domain and a share of 1 on every row
+    assert list(_common_paths(r).columns) == ["path", "count", "share", "examples"]
     write_run(tmp_path / "two", domains=("code", "prose"), n_seq=12)  # the control: two domains draw it
-    fig = _research(tmp_path / "two")["figures"]["Expert paths"][0][1]
+    two = _research(tmp_path / "two")
+    fig = two["figures"]["Expert paths"][0][1]
     assert fig is not None and len(fig.data) == 4
+    assert list(_common_paths(two).columns) == ["path", "count", "share", "top_domain", "top_domain_share", "examples"]
+
+
+def _common_paths(r: dict):
+    """The report's table of the most common paths, from `_research`'s figures."""
+    found = [t for title, _, t, _ in r["figures"]["Expert paths"] if title.startswith("The ten most common")]
+    assert len(found) == 1
+    return found[0]
 
 
 def test_a_sweep_whose_every_masked_count_was_refused_says_not_measured():
