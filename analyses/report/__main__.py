@@ -13,6 +13,7 @@ from probe.job_signals import quiet_start
 with quiet_start(__name__ == "__main__"):  # Ctrl-C while the command imports: one line, not a traceback
     import analyses.report as package
     from analyses.notebook_utils import DEFAULT_RUN
+    from probe.bundled_corpus import check_not_a_built_corpus
     from probe.job import (MODEL_FLAGS, add_model_flags, check_file_replaceable, check_not_an_input, check_out_parent,
                            os_refusal, path_text, run_inputs, run_tokenizer)
     from probe.job_exit import (closed_pipe_quiet, exit_ranks, job_error, launch_rank0, one_line_when_a_peer_is_lost,
@@ -101,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         _check_numbers(ns)
+        if ns.corpus and not ns.skip_ablation:  # the folder of a built corpus: refused by the first ablation
+            check_not_a_built_corpus(Path(ns.corpus), ReportError)  # job after minutes of work; now at once
         other = None
         if ns.compare:  # before the default run is recorded and minutes of ablations run, not after
             try:

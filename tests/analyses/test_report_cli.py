@@ -172,6 +172,34 @@ def test_a_model_input_flag_without_run_is_refused_before_the_default_run_is_rec
     assert recorded[0].out == str(default)
 
 
+def test_the_folder_of_a_built_corpus_is_refused_before_any_job(tmp_path, capsys, monkeypatch):
+    """--corpus corpora/mine, the folder data.build_corpus wrote, not one of its splits: the report's first
+    ablation job refused it, after the report's checks and minutes of work (a tour). Now the report refuses
+    it at once, in the jobs' own words; one of its splits goes on (the control)."""
+    from analyses.ablate import AblationError
+    from analyses.report.render import ReportError
+    from data.build_corpus import Doc, write_corpus
+    from probe.job import resolve_paths
+
+    write_run(tmp_path / "r", domains=("code", "prose"))
+    built = tmp_path / "mine"
+    write_corpus(built, [Doc(f"d/x/{i:04d}", "d", "s", f"text {i} " * 40) for i in range(4)], seed=0,
+                 val_fraction=0.3, max_chars=None, extra={"source": {}})
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text("{}")  # all the job's path checks ask of a checkpoint
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    computed = []
+    monkeypatch.setattr(report, "compute", lambda *a, **k: computed.append(a) or (_ for _ in ()).throw(
+        ReportError("stopped by the test")))
+    argv = [str(tmp_path / "r"), "--out", str(tmp_path / "r.html"), "--no-progress", "--corpus"]
+    err = _err([*argv, str(built)], capsys)
+    with pytest.raises(AblationError) as job:  # what the ablation job says of it
+        resolve_paths(str(tmp_path / "ckpt"), str(built), str(tmp_path / "abl"), error=AblationError)
+    assert err == f"error: {job.value}" and err.startswith(f"error: --corpus {built}: a corpus that data.build_corpus")
+    assert not computed and sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert _err([*argv, str(built / "val.jsonl")], capsys) == "error: stopped by the test" and len(computed) == 1
+
+
 def test_a_compare_run_that_is_not_one_names_the_flag(tmp_path, capsys):
     """--compare's refusals read 'PATH: no such run directory', as the report's own run's do: which of
     the two runs was meant went unsaid."""
