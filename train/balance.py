@@ -102,8 +102,10 @@ def max_violation(load: torch.Tensor) -> float:
     return float((load.max() - mean) / mean) if mean > 0 else float("nan")
 
 
-def _pooled_loads(raw: Transformer, tap: RoutingTap, get_batch, first: int, pooled: int, all_reduce) -> torch.Tensor:
-    """Each gate's expert loads [G, E] over batches first .. first + pooled - 1, summed over ranks."""
+def _pooled_loads(raw: Transformer, tap: RoutingTap, get_batch, first: int, pooled: int, all_reduce,
+                  done=None) -> torch.Tensor:
+    """Each gate's expert loads [G, E] over batches first .. first + pooled - 1, summed over ranks;
+    `done()` after each batch's forward pass but the last (whose loads the caller still uses)."""
     E, use_mtp = raw.args.n_routed_experts, len(raw.mtp) > 0
     loads = torch.zeros(len(tap.gates), E, device=raw.embed.weight.device)
     for i in range(first, first + pooled):
@@ -114,24 +116,30 @@ def _pooled_loads(raw: Transformer, tap: RoutingTap, get_batch, first: int, pool
         for gi, g in enumerate(tap.gates):
             if g.label in tap.ids:
                 loads[gi] += expert_counts(tap.ids[g.label], E)
+        if done is not None and i < first + pooled - 1:
+            done()
     return all_reduce(loads)
 
 
 @torch.no_grad()
 def settle_biases(raw: Transformer, tap: RoutingTap, gate_mods: dict, get_batch, updates: int, pooled: int,
-                  speed: float, all_reduce) -> dict[str, list[float]]:
+                  speed: float, all_reduce, done=None) -> dict[str, list[float]]:
     """Bias-only updates with the weights frozen: `updates` times, count each gate's loads over
     `pooled` batches (`get_batch(i)` -> windows [B, S+1], i = 0, 1, ...; loads summed over ranks by
     `all_reduce`) and move the bias by -gamma_u * sign(load - mean), gamma_u = speed * (1 - u/updates).
     Then pool `pooled` more fresh batches to measure where the bias settled. Returns per gate
     `updates` + 1 MaxVio values of the pooled loads: before each update (the first is where training
-    left the bias), then after the last update (where it settled)."""
+    left the bias), then after the last update (where it settled). `done()`, if given, once per batch when
+    its work is over: after its forward pass, a pool's last batch after the update its pool made (a
+    progress bar that counted each batch as `get_batch` handed it out read 9/9 during the last forward)."""
     labels = [g.label for g in tap.gates]
     history: dict[str, list[float]] = {label: [] for label in labels}
     for u in range(updates + 1):
-        loads = _pooled_loads(raw, tap, get_batch, u * pooled, pooled, all_reduce)
+        loads = _pooled_loads(raw, tap, get_batch, u * pooled, pooled, all_reduce, done)
         for gi, label in enumerate(labels):
             history[label].append(max_violation(loads[gi]))
             if u < updates:
                 update_bias(gate_mods[label].bias, loads[gi], speed * (1 - u / updates))
+        if done is not None:
+            done()
     return history

@@ -190,6 +190,26 @@ def test_the_bias_settling_shows_its_progress_unless_told_not_to(tmp_path, capsy
     assert "settling the bias" not in capsys.readouterr().err
 
 
+def test_the_bias_settling_counts_a_batch_once_its_forward_is_done(tmp_path, capsys, monkeypatch):
+    """The bar counted each batch as it was drawn, so it read 9/9 while the last forward pass still ran."""
+    import tqdm.auto
+
+    bars, seen = [], []
+
+    class Bar(tqdm.auto.tqdm):  # the phase's bar, kept to be read during each forward pass
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            bars.append(self)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+    r = step_run(tmp_path, STREAMS, "--settle-updates", "2", "--settle-batches", "3")
+    r.info, r.ns.no_progress = {}, False
+    r.raw.register_forward_pre_hook(lambda *_: seen.append(bars[-1].n))
+    r._settle()
+    # (2 + 1) x 3 forward passes: during the k-th, k batches are done; 9/9 once the last one is
+    assert len(bars) == 1 and seen == list(range(9)) and bars[0].n == bars[0].total == 9
+
+
 def test_device_cuda_n_trains_on_that_gpu_and_a_device_torch_lacks_is_one_line(monkeypatch):
     """--device cuda:1 was passed on as "cuda", which put the run on cuda:0 (the LOCAL_RANK GPU) without a
     word, beside whatever ran there; cudaXYZ was taken for cuda, and a GPU past the last was torch's traceback."""
