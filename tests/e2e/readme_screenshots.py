@@ -8,7 +8,7 @@ Token explorer, Co-activation & flow, Serving, Steering, Compare runs) and Train
 `streamlit run` server, each page shot once the charts it placed have drawn). A page that shows an
 error, or a browser error, writes nothing: the command names the page and stops. A PNG over
 `--max-kb` (500) is saved again with Pillow's `optimize`, and in 256 colours if that leaves it over
-(on 2026-12-06 the eight came out at 197-483 KB as shot, and none needed either); the sizes are printed.
+(on 2026-12-07 the eight came out at 195-483 KB as shot, and none needed either); the sizes are printed.
 """
 
 from __future__ import annotations
