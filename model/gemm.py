@@ -91,12 +91,29 @@ def _interleaved(fns: dict, repeats: int = REPEATS) -> dict[str, float]:
     for fn in fns.values():
         fn()
     ts: dict[str, list[float]] = {p: [] for p in fns}
+    names = list(fns)
     for i in range(repeats):
-        for p in (PATHS if i % 2 == 0 else PATHS[::-1]):
+        for p in (names if i % 2 == 0 else names[::-1]):
             t0 = time.perf_counter()
             fns[p]()
             ts[p].append(time.perf_counter() - t0)
     return {p: sorted(v)[len(v) // 2] for p, v in ts.items()}
+
+
+def low_precision_speed(dtype: torch.dtype, width: int, rows: int = 128) -> float:
+    """How fast `dtype` (bfloat16, float16) GEMMs run on this CPU against float32: float32's seconds over
+    `dtype`'s for F.linear of [rows, w] by [w, w] (w = min(width, 512): a few ms even where `dtype` is
+    emulated), the calls interleaved, 5 each. Below 1, `dtype` is the slower. A CPU without native
+    bfloat16 matrix products (AVX-512 BF16, AMX) computes them another way: on a 2-core AVX2-only AMD
+    EPYC (2026-12-07) they ran at 11 GF/s against float32's 169, and a bfloat16 record at 0.23x
+    float32's tokens/s (benchmarks/bench_dtype.py)."""
+    w = max(1, min(width, 512))
+    gen = torch.Generator().manual_seed(0)
+    x, m = torch.randn(rows, w, generator=gen), torch.randn(w, w, generator=gen)
+    xl, ml = x.to(dtype), m.to(dtype)
+    with torch.no_grad():
+        t = _interleaved({"float32": lambda: F.linear(x, m), "low": lambda: F.linear(xl, ml)}, repeats=5)
+    return t["float32"] / t["low"]
 
 
 def onednn_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

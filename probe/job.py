@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 from pathlib import Path
 
 from .bundled_corpus import check_not_a_built_corpus
@@ -442,7 +443,26 @@ def load_model(ckpt: Path, world, *, dtype: str | None = None, gemm: str = "bf16
         raise RecordError(f"the model did not load on every rank ({first})")
     if packing_fits(m):
         model.frozen_weights(m)
+    if world.rank == 0:
+        note_slow_dtype(dtype, m.args.dim, world.device)
     return m
+
+
+def note_slow_dtype(dtype: str | None, width: int, device) -> None:
+    """One line on standard error when --dtype bfloat16 (float16) GEMMs run at under half float32's speed on
+    this CPU (measured: model.gemm.low_precision_speed, a few ms): without native bfloat16 matrix products
+    a record ran at 0.23x float32's tokens/s, with no word of why (a 2-core AVX2-only EPYC, 2026-12-07)."""
+    import torch
+
+    if dtype not in ("bfloat16", "float16") or torch.device(device).type != "cpu":
+        return
+    from model.gemm import low_precision_speed
+
+    speed = low_precision_speed(getattr(torch, dtype), width)
+    if speed < 0.5:
+        print(f"note: --dtype {dtype}: this CPU runs {dtype} matrix products at {speed:.2f}x float32's speed "
+              f"(measured; no native {dtype} GEMMs, such as AVX-512 BF16 or AMX, here), so this job runs "
+              "several times slower than with --dtype float32", file=sys.stderr)
 
 
 def packing_fits(m, available: int | None = None) -> bool:
