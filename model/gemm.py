@@ -18,6 +18,7 @@ which library is faster depends on their size.
     from model import gemm
     gemm.choice()            # GemmChoice(path='onednn', source='measured', reason='...', ...)
     gemm.experts_choice(192, 64)   # GemmChoice(path='linear', ...): the bundled model's experts
+    gemm.low_precision_speed(torch.bfloat16, 192)   # bf16 against float32 GEMMs here (0.11 without native bf16)
 """
 
 from __future__ import annotations
