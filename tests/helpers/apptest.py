@@ -23,13 +23,15 @@ def share_script_cache() -> None:
     server keeps one for all its sessions: AppTest builds a new ScriptCache for each run, so every
     widget change or page switch parsed, rewrote (Streamlit's "magic") and compiled app.py and the
     page again, about a tenth of a page's run (py-spy, 2026-12-06). The scripts do not change while
-    the tests run."""
+    the tests run. AppTest holds two: the pages manager's (the pages) and its script runner's (app.py,
+    run first on every run): replacing the first alone still compiled app.py on each of the ~120 runs of
+    test_dashboard.py (cProfile of the script thread, 2026-12-07)."""
     from streamlit.runtime.scriptrunner.script_cache import ScriptCache
-    from streamlit.testing.v1 import app_test
+    from streamlit.testing.v1 import app_test, local_script_runner
 
     if app_test.ScriptCache is ScriptCache:  # not yet replaced in this process
         shared = ScriptCache()
-        app_test.ScriptCache = lambda: shared
+        app_test.ScriptCache = local_script_runner.ScriptCache = lambda: shared
 
 
 def share_component_scan() -> None:
