@@ -15,7 +15,7 @@ import model
 import probe
 
 from helpers import random_model
-from helpers.mp_jobs import (ABLATE, ABLATIONS, IMPORTANCE, RECORD, REPORT, ROOT, SPEC, STEER, STEERING, TABLES,
+from helpers.mp_jobs import (ABLATE, ABLATIONS, IMPORTANCE, RECORD_JOBS, REPORT, ROOT, SPEC, STEER, STEERING, TABLES,
                              TOPOLOGY, opts, torchrun)
 from helpers.tables import assert_same_tables, sorted_df
 from helpers.threads import one_thread
@@ -38,7 +38,7 @@ def single(env):
 
     base = env["base"] / "single"
     with one_thread():
-        record(RecordOptions(**opts(env, base / "rec", RECORD)))
+        record(RecordOptions(**opts(env, base / "rec", RECORD_JOBS)))
         record_spec(SpecOptions(**opts(env, base / "spec", SPEC)))
         ablate(AblateOptions(**opts(env, base / "abl", ABLATE)), [Ablation(**a) for a in ABLATIONS])
         importance(ImportanceOptions(**opts(env, base / "imp", IMPORTANCE)))
@@ -52,7 +52,7 @@ def four_ranks(env):
     """The same three jobs under torchrun: 4 ranks = 2 replicas of a model sharded over 2 ranks."""
     base = env["base"] / "four"
     mp = {"model_parallel": 2}
-    jobs = {"record": opts(env, base / "rec", RECORD | mp), "spec": opts(env, base / "spec", SPEC | mp),
+    jobs = {"record": opts(env, base / "rec", RECORD_JOBS | mp), "spec": opts(env, base / "spec", SPEC | mp),
             "ablate": opts(env, base / "abl", ABLATE | mp) | {"ablations": ABLATIONS},
             "importance": opts(env, base / "imp", IMPORTANCE | mp),
             "steer": opts(env, base / "steer", STEER | mp) | {"steering": STEERING},
@@ -161,6 +161,6 @@ def test_negative_control_another_model_differs(env, single):
     model.save(random_model("tiny", seed=12, **TOPOLOGY), other)
     (other / "tokenizer.json").write_bytes((env["ckpt"] / "tokenizer.json").read_bytes())
     with one_thread():
-        out = record(RecordOptions(**opts(env, env["base"] / "other", RECORD) | {"ckpt": str(other)}))
+        out = record(RecordOptions(**opts(env, env["base"] / "other", RECORD_JOBS) | {"ckpt": str(other)}))
     with pytest.raises(AssertionError):
         assert_same_tables(probe.open_run(out), single["rec"], ["routing"])

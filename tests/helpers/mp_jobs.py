@@ -23,13 +23,19 @@ TOPOLOGY = dict(n_routed_experts=256, n_expert_groups=8, n_limited_groups=4, n_a
 RECORD = dict(seq_len=32, batch_size=2, router_logits="full", sample=0.5, dtype="float64", max_tokens=640,
               progress=False)
 SPEC = dict(prompt_tokens=12, new_tokens=8, max_prompts=6, batch_size=2, dtype="float64", progress=False)
-ABLATE = dict(seq_len=32, batch_size=2, max_tokens=320, dtype="float64", progress=False, loads_from="baseline")
+ABLATE = dict(seq_len=32, batch_size=4, max_tokens=320, dtype="float64", progress=False, loads_from="baseline")
 ABLATIONS = [{"name": "top8", "top": 8}, {"name": "rand8", "random": 8, "seed": 1},
              {"name": "zero", "experts": {1: [0, 5, 77]}, "mode": "zero", "shared": True}]
-IMPORTANCE = dict(seq_len=32, batch_size=2, max_tokens=320, dtype="float64", progress=False, experts="0-2,200", group=2)
-STEER = dict(seq_len=32, batch_size=2, domain_tokens=100, dtype="float64", progress=False, prompt_tokens=8,
+IMPORTANCE = dict(seq_len=32, batch_size=4, max_tokens=320, dtype="float64", progress=False, experts="0-2,200", group=2)
+STEER = dict(seq_len=32, batch_size=4, domain_tokens=100, dtype="float64", progress=False, prompt_tokens=8,
              max_new_tokens=4)
 STEERING = {"name": "force-1:5+77", "experts": "1:5+77", "mode": "force"}
+# test_mp_jobs.py's record: RECORD's 640 tokens in batches of 4 windows (5 batches: 3 and 2 per replica),
+# the report's ablations then too (a run's batch size is theirs), as ABLATE, IMPORTANCE and STEER (3
+# batches: a replica still runs two). A forward of this tiny model costs about the same at 2 or 4
+# windows: the file's CPU (user + sys, children included) 40.7-49.0 s, mean 43.8, at 2 and 37.8-40.5 s, mean
+# 39.4, at 4 (five runs each, alternated, `-n 0`, a shared 2-core EPYC, 2026-12-07)
+RECORD_JOBS = RECORD | {"batch_size": 4}
 TABLES = ["tokens", "routing", "expert_load", "mtp", "kv_stats", "kv_spectrum", "router_bias"]
 REPORT = ["--max-tokens", "300", "--fractions", "1/32", "--seeds", "1", "--no-progress", "--dtype", "float64",
           "--importance-tokens", "0"]  # the importance job is compared on its own
