@@ -384,7 +384,7 @@ class HookedModule(nn.Module):
             raise HookError("run_with_cache takes names=, not TransformerLens's names_filter= (the same filters: a "
                             "name, a glob, a list of names or a predicate)")
         device = _cache_device(device)
-        names = list(names) if isinstance(names, Iterator) else names  # read twice: picked, then warned of
+        names = reread(names)  # picked, then warned of
         if not detach and not torch.is_grad_enabled():  # the cache then held no graph, and grad() failed later
             warnings.warn("run_with_cache(detach=False) under torch.no_grad() or inference_mode(): gradients are off, "
                           "so the cached activations have none (call it with gradients on)", stacklevel=2)
@@ -466,8 +466,14 @@ def _not_one_pair(fwd_hooks, call: str, fix: str) -> None:
 def _reusable(pair):
     """A (filter, fn) pair with an iterator filter (a generator of names) read into a list."""
     if isinstance(pair, (tuple, list)) and len(pair) == 2 and isinstance(pair[0], Iterator):
-        return (list(pair[0]), pair[1])
+        return (reread(pair[0]), pair[1])
     return pair
+
+
+def reread(names: NameFilter) -> NameFilter:
+    """A name filter that will be read more than once (picked, then asked what it named): an iterator (a
+    generator of names) read into a list, which then reads alike every time; any other filter as it is."""
+    return list(names) if isinstance(names, Iterator) else names
 
 
 def _unreached(filters: list, named: list[str], reached) -> list[str]:

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import torch
 
-from .hooks import HookError, HookPoint, _unreached
+from .hooks import HookError, HookPoint, _unreached, reread
 from .indices import as_ints
 
 # what a clean cache needs for patch_experts: each MoE layer's chosen experts and their outputs
@@ -194,7 +194,7 @@ def patch_sweep(model, clean_tokens: torch.Tensor, corrupted_tokens: torch.Tenso
     if clean_tokens.shape != corrupted_tokens.shape:
         raise ValueError(f"patch_sweep: clean_tokens {list(clean_tokens.shape)} and corrupted_tokens "
                          f"{list(corrupted_tokens.shape)} differ in shape: patching needs runs of the same [B, S]")
-    names = list(names) if isinstance(names, Iterator) else names  # read twice: picked, then asked what it named
+    names = reread(names)  # picked, then asked what it named
     picked = model._resolve(names)
     if bad := [n for n in picked if n.endswith("hook_expert_out")]:
         raise ValueError(f"patch_sweep: {bad[0]} is in top-k slot order, which differs between runs routed "
