@@ -105,7 +105,7 @@ def max_violation(load: torch.Tensor) -> float:
 def _pooled_loads(raw: Transformer, tap: RoutingTap, get_batch, first: int, pooled: int, all_reduce,
                   done=None) -> torch.Tensor:
     """Each gate's expert loads [G, E] over batches first .. first + pooled - 1, summed over ranks;
-    `done()` after each batch's forward pass but the last (whose loads the caller still uses)."""
+    `done()` after each batch's forward pass."""
     E, use_mtp = raw.args.n_routed_experts, len(raw.mtp) > 0
     loads = torch.zeros(len(tap.gates), E, device=raw.embed.weight.device)
     for i in range(first, first + pooled):
@@ -116,7 +116,7 @@ def _pooled_loads(raw: Transformer, tap: RoutingTap, get_batch, first: int, pool
         for gi, g in enumerate(tap.gates):
             if g.label in tap.ids:
                 loads[gi] += expert_counts(tap.ids[g.label], E)
-        if done is not None and i < first + pooled - 1:
+        if done is not None:
             done()
     return all_reduce(loads)
 
@@ -129,9 +129,9 @@ def settle_biases(raw: Transformer, tap: RoutingTap, gate_mods: dict, get_batch,
     `all_reduce`) and move the bias by -gamma_u * sign(load - mean), gamma_u = speed * (1 - u/updates).
     Then pool `pooled` more fresh batches to measure where the bias settled. Returns per gate
     `updates` + 1 MaxVio values of the pooled loads: before each update (the first is where training
-    left the bias), then after the last update (where it settled). `done()`, if given, once per batch when
-    its work is over: after its forward pass, a pool's last batch after the update its pool made (a
-    progress bar that counted each batch as `get_batch` handed it out read 9/9 during the last forward)."""
+    left the bias), then after the last update (where it settled). `done()`, if given, once per batch after
+    its forward pass (a progress bar that counted each batch as `get_batch` handed it out read 9/9 during
+    the last forward)."""
     labels = [g.label for g in tap.gates]
     history: dict[str, list[float]] = {label: [] for label in labels}
     for u in range(updates + 1):
@@ -140,6 +140,4 @@ def settle_biases(raw: Transformer, tap: RoutingTap, gate_mods: dict, get_batch,
             history[label].append(max_violation(loads[gi]))
             if u < updates:
                 update_bias(gate_mods[label].bias, loads[gi], speed * (1 - u / updates))
-        if done is not None:
-            done()
     return history

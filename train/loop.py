@@ -439,7 +439,7 @@ class _Run:
         def settle_batch(i: int) -> torch.Tensor:  # training batches after the last step's
             return self.data.batches.get(ns.steps + i, dist.rank, dist.world)[0].to(dist.device)
 
-        with bar:  # a batch counted once its forward pass (and the update it ends) is done, not when drawn
+        with bar:  # a batch counted once its forward pass is done, not when drawn
             history = settle_biases(self.raw, self.tap, self.gate_mods, settle_batch, ns.settle_updates,
                                     ns.settle_batches, ns.settle_speed, dist.all_reduce, done=lambda: bar.update(1))
         self.info["bias_settle"] = {"updates": ns.settle_updates, "batches_per_update": ns.settle_batches,
