@@ -5,11 +5,13 @@ from __future__ import annotations
 import atexit
 import gc
 import os
+import resource
 import shutil
 import signal
 import sys
 import tempfile
 import time
+import warnings
 
 import pytest
 
@@ -154,3 +156,34 @@ def pytest_terminal_summary(terminalreporter):
         from helpers.machine import reference
 
         terminalreporter.write_line(reference(IMPORT_TORCH_S))
+
+
+
+# The quick loop (`pytest -m "not slow"`) leaves out tests that start fresh processes (pyproject.toml's
+# marker). A test outside the mark whose child processes, reaped while it ran, used this much CPU (one
+# `import torch` is 1.1-2.5 s) is named in the warnings summary, so that a new one is seen: twelve such
+# tests were 29.5 s of a 86-second quick loop on the AVX2-only EPYC (2026-12-07) before they were marked.
+CHILD_CPU_SLOW_S = 1.0
+
+
+class SlowChildWarning(pytest.PytestWarning):
+    """An unmarked test whose child processes took the quick loop's time."""
+
+
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+@pytest.fixture(autouse=True)
+def _children_of_quick_tests(request):
+    if request.node.get_closest_marker("slow"):
+        yield
+        return
+    before = _children_cpu()
+    yield
+    used = _children_cpu() - before
+    if used >= CHILD_CPU_SLOW_S:
+        warnings.warn(SlowChildWarning(
+            f"{request.node.nodeid}: its child processes used {used:.1f} s of CPU; mark it slow "
+            "(`pytest -m 'not slow'`, the quick loop, leaves out tests that start fresh processes)"))

@@ -196,6 +196,7 @@ def test_a_layer_of_the_whole_corpus_is_not_taken_into_a_run_sample(probe_env, t
     _no_leftovers(rec)
 
 
+@pytest.mark.slow  # 2.8 s: a child process that imports torch, signalled mid-job (the AVX2-only EPYC, 2026-12-07)
 def test_sigterm_mid_job_is_ctrl_c_and_a_rerun_measures_the_rest(probe_env, tmp_path, whole):
     """SIGTERM (`timeout`, a scheduler, a closed notebook kernel) after the first layer's commit ended
     the job at once: exit status 143, not a word of the layer kept or that the same command goes on.

@@ -206,6 +206,7 @@ def test_the_report_of_a_record_gains_the_section_once_spec_adds_its_tables(tmp_
 
 @pytest.mark.parametrize("table,section", [("spec_decode", spec.SECTION), ("mtp", "MTP agreement"),
                                            ("kv_stats", "Latent KV effective rank")])
+@pytest.mark.slow  # 0.7-0.9 s each: a report end to end (the AVX2-only EPYC, 2026-12-07)
 def test_an_optional_table_without_a_row_is_the_section_s_placeholder(tmp_path, capsys, table, section):
     """A spec_decode part of no row (a stray or hand-made file) failed the whole report ("run's spec_decode
     table is empty", exit 2) once every other section, the ablation sweep first, had run; so did an mtp or

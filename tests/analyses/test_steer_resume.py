@@ -482,6 +482,7 @@ def test_a_prompt_an_older_part_holds_twice_stays_once(probe_env, tmp_path, coun
     assert sorted(gen.prompt) == sorted([*ref[ref.kind == "generation"].prompt, "y"]), gen.prompt.tolist()
 
 
+@pytest.mark.slow  # 3.2 s: a child process that imports torch, signalled mid-command (the AVX2-only EPYC, 2026-12-07)
 def test_sigterm_mid_command_is_ctrl_c_and_a_rerun_runs_the_rest(probe_env, tmp_path, whole):
     """SIGTERM (`timeout`, a scheduler, a closed notebook kernel) after the first prompt's commit ended
     the command at once: exit status 143, not a word of the passes kept or that the same command goes

@@ -301,6 +301,7 @@ def _signalled_on_import(module: str, signum: int, argv: list[str], as_command: 
     return done.returncode, "\n".join(lines).strip(), whole == "torch whole: True"
 
 
+@pytest.mark.slow  # 2.2-2.5 s each: a child process signalled while it imports torch (the AVX2-only EPYC, 2026-12-07)
 @pytest.mark.parametrize("signum,said", [("SIGINT", "interrupted"), ("SIGTERM", "terminated"), ("SIGHUP", "hung up")])
 def test_a_real_signal_while_torch_is_imported_is_met_once_it_is_in(ckpt, tmp_path, signum, said):
     """A real signal during the job's `import torch` raised KeyboardInterrupt inside it: the process
@@ -329,6 +330,7 @@ def test_ctrl_c_while_the_command_starts_is_one_line(ckpt, tmp_path):
     assert list((tmp_path / "out").iterdir()) == []
 
 
+@pytest.mark.slow  # 2.3-2.8 s each: a child process that imports torch, signalled mid-copy (the AVX2-only EPYC, 2026-12-07)
 @pytest.mark.parametrize("signum,said", [("SIGINT", "interrupted"), ("SIGTERM", "terminated"), ("SIGHUP", "hung up")])
 def test_a_real_signal_mid_copy_of_an_overwrite_keeps_the_earlier_variant(ckpt, tmp_path, signum, said):
     """A real signal while the new variant is copied (its second file besides the weights): one line, 130,

@@ -499,6 +499,7 @@ def test_the_names_moved_out_of_model_checkpoint_still_import_from_it():
         assert getattr(ckpt, name) is getattr(checkpoint_files, name), name
 
 
+@pytest.mark.slow  # 2.4 s: a fresh interpreter that imports the model package (torch) (the AVX2-only EPYC, 2026-12-07)
 def test_the_model_library_imports_nothing_from_probe():
     """model/ is the library probe/ stands on: none of its modules but the command (`python -m model`,
     its __main__.py, which shares the jobs' flag checks) imports probe, so that loading a model never

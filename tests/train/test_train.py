@@ -411,6 +411,7 @@ def test_mtp_weight_0_with_an_mtp_module_says_it_stays_untrained(corpus, tmp_pat
         "(pass --set n_mtp_layers=0 to build the model without it)" in capsys.readouterr().err.splitlines()
 
 
+@pytest.mark.slow  # 1.8 s: a training run (the AVX2-only EPYC, 2026-12-07)
 def test_a_training_domain_shorter_than_one_window_is_named(corpus, tmp_path, capsys):
     """A domain whose training tokens do not fill one window is never sampled: its train_domains
     rows were NaN and the run said nothing of it."""
