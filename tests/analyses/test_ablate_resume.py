@@ -242,7 +242,7 @@ def test_a_replica_that_does_not_see_out_saves_no_baseline_there(tmp_path):
     assert not elsewhere.exists()
 
 
-@pytest.mark.slow  # 2.7 s each: a child process that imports torch, signalled mid-sweep (the AVX2-only EPYC, 2026-12-07)
+@pytest.mark.slow  # 2.7 s each: a child that imports torch, signalled mid-sweep (the AVX2-only EPYC, 2026-12-07)
 @pytest.mark.parametrize("signum", ["SIGTERM", "SIGHUP"])
 def test_sigterm_mid_sweep_is_ctrl_c_and_a_rerun_computes_the_rest(probe_env, tmp_path, whole, signum):
     """SIGTERM (`timeout`, a scheduler) ended a sweep at once: exit status 143, not a word of what was

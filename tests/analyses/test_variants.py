@@ -330,7 +330,7 @@ def test_ctrl_c_while_the_command_starts_is_one_line(ckpt, tmp_path):
     assert list((tmp_path / "out").iterdir()) == []
 
 
-@pytest.mark.slow  # 2.3-2.8 s each: a child process that imports torch, signalled mid-copy (the AVX2-only EPYC, 2026-12-07)
+@pytest.mark.slow  # 2.3-2.8 s each: a child that imports torch, signalled mid-copy (the AVX2-only EPYC, 2026-12-07)
 @pytest.mark.parametrize("signum,said", [("SIGINT", "interrupted"), ("SIGTERM", "terminated"), ("SIGHUP", "hung up")])
 def test_a_real_signal_mid_copy_of_an_overwrite_keeps_the_earlier_variant(ckpt, tmp_path, signum, said):
     """A real signal while the new variant is copied (its second file besides the weights): one line, 130,

@@ -107,6 +107,7 @@ def test_training_runs(runs, train_pages):
     assert not at.exception and not at.error and len(at.get("plotly_chart")) >= 6
 
 
+@pytest.mark.slow  # 2.9-4.7 s: train_pages' three pages, no other quick test's (the AVX2-only EPYC, 2026-12-07)
 def test_the_training_page_shows_the_bias_settling_where_the_run_had_one(runs, train_pages):
     """The phase after the last step moved the bias of the model the run ships; the page said nothing of it."""
     shown = train_pages["training"]

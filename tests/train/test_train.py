@@ -427,6 +427,7 @@ def test_a_training_domain_shorter_than_one_window_is_named(corpus, tmp_path, ca
         in capsys.readouterr().err.splitlines()
 
 
+@pytest.mark.slow  # 1.2-2.3 s: a training run (the AVX2-only EPYC, 2026-12-07)
 def test_a_validation_domain_shorter_than_one_window_is_named(corpus, tmp_path, capsys):
     """A validation domain too short for one window was left out of every evaluation, silently (a
     split of only such domains gave a run with no validation figures at all)."""
