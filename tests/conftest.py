@@ -166,10 +166,6 @@ def pytest_terminal_summary(terminalreporter):
 CHILD_CPU_SLOW_S = 1.0
 
 
-class SlowChildWarning(pytest.PytestWarning):
-    """An unmarked test whose child processes took the quick loop's time."""
-
-
 def _children_cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
@@ -184,6 +180,8 @@ def _children_of_quick_tests(request):
     yield
     used = _children_cpu() - before
     if used >= CHILD_CPU_SLOW_S:
-        warnings.warn(SlowChildWarning(
+        # pytest's own class: xdist rebuilds a worker's warning from its class's module, and this
+        # conftest's class was not found there (the worker went down)
+        warnings.warn(pytest.PytestWarning(
             f"{request.node.nodeid}: its child processes used {used:.1f} s of CPU; mark it slow "
             "(`pytest -m 'not slow'`, the quick loop, leaves out tests that start fresh processes)"))
