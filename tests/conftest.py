@@ -20,7 +20,7 @@ import torch  # noqa: E402
 
 IMPORT_TORCH_S = time.perf_counter() - _t0 if _fresh else None  # for the machine reference (helpers/machine.py)
 
-from helpers import hf_checkpoint, make_corpus, make_probe_ckpt, random_model, zygote
+from helpers import hf_checkpoint, make_corpus, make_probe_ckpt, random_model, threads, zygote
 
 # Ctrl-C as at a terminal: a shell that starts the suite in the background without job control (`bash
 # .ci/run &` in a script, nohup) leaves SIGINT ignored, Python then keeps it ignored, and the tests of
@@ -36,7 +36,9 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 # before this only because test modules that set it at import (test_ablate_cli.py, ...) are collected by
 # every worker; a run of a few files (`pytest tests/model`) did not.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
+_THREADS_EACH = max(1, min(2, (os.cpu_count() or 1) // _WORKERS))
+torch.set_num_threads(_THREADS_EACH)
+threads.for_children(_THREADS_EACH)  # and as many for the processes an xdist worker's tests start
 # model/gemm.py caches its measured CPU GEMM choice in the user's cache directory: not the tests'
 # (one per pytest process, xdist workers included, removed when it exits)
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="dsv3-tests-cache-")
