@@ -160,7 +160,6 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(reference(IMPORT_TORCH_S))
 
 
-
 # The quick loop (`pytest -m "not slow"`) leaves out tests that start fresh processes (pyproject.toml's
 # marker). A test outside the mark whose child processes, reaped while it ran, used this much CPU (one
 # `import torch` is 1.1-2.5 s) is named in the warnings summary, so that a new one is seen: twelve such
