@@ -162,8 +162,8 @@ def pytest_terminal_summary(terminalreporter):
 
 # The quick loop (`pytest -m "not slow"`) leaves out tests that start fresh processes (pyproject.toml's
 # marker). A test outside the mark whose child processes, reaped while it ran, used this much CPU (one
-# `import torch` is 1.1-2.5 s) is named in the warnings summary, so that a new one is seen: twelve such
-# tests were 29.5 s of a 86-second quick loop on the AVX2-only EPYC (2026-12-07) before they were marked.
+# `import torch` is 1.1-2.5 s) is named in the warnings summary, so that a new one is seen: eleven such
+# tests were 28.6 s of an 86-second quick loop on the AVX2-only EPYC (2026-12-07) before they were marked.
 CHILD_CPU_SLOW_S = 1.0
 
 
