@@ -58,6 +58,15 @@ def test_a_packages_submodule_is_reached_as_an_attribute():
     assert out.stdout.split() == ["False", "['ablations']", "False"], out.stdout
 
 
+def test_the_metrics_package_imports_no_pandas():
+    """analyses.metrics is imported by the ranks of every ablation, steering, record and spec job (through
+    the jobs' input checks, analyses.metrics._common), where its speculative module imported pandas, about
+    0.2 s a rank, for its type hints alone (DuckDB's .df() imports pandas when a table is made)."""
+    code = "import sys, analyses.metrics; print('pandas' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False"], out.stdout
+
+
 def _interrupted(*args, **kwargs):
     raise KeyboardInterrupt
 
