@@ -57,7 +57,8 @@ DOMAIN_TOKENS = 2000  # the command's default sample: this many tokens of every 
 # NOTE: imported on first use (probe/lazy.py): run.py imports torch, and
 # `python -m analyses.importance --help` runs this file first
 __getattr__, __dir__, __all__ = exports(__name__, {
-    ".analysis": ("TABLE", "ImportanceError", "correlation_by_domain", "importance_table", "load_vs_importance",
+    ".table": ("TABLE", "ImportanceError"),
+    ".analysis": ("correlation_by_domain", "importance_table", "load_vs_importance",
                   "pearson", "rank_disagreement", "spearman", "undefined_why"),
     ".run": ("ImportanceOptions", "check_selection", "default_group", "importance",
              "measure", "parse_ids", "rows_reroute_hook", "write_importance"),

@@ -19,12 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-TABLE = "expert_importance"
-
-
-class ImportanceError(ValueError):
-    """A bad request for an importance measurement (one line, naming the flag or the run)."""
-
+from .table import TABLE, ImportanceError  # noqa: F401 - the package's names, here too
 
 KEY = ["layer", "expert", "domain"]
 

@@ -67,6 +67,17 @@ def test_the_metrics_package_imports_no_pandas():
     assert out.stdout.split() == ["False"], out.stdout
 
 
+@pytest.mark.slow  # 2-3 s: a fresh interpreter that imports torch
+def test_the_jobs_import_no_pandas_before_they_make_a_table():
+    """A job's every rank imports its modules: analyses.metrics' speculative module (above) and the
+    importance job's table name and error, which its run.py took from the pandas-based analysis module,
+    put pandas (about 0.2 s) on the ranks of every ablation, importance, steering, record and spec job."""
+    code = ("import sys, analyses.ablate.run, analyses.importance.run, analyses.steer.run, probe.record, "
+            "probe.speculative; print('pandas' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False"], out.stdout
+
+
 def _interrupted(*args, **kwargs):
     raise KeyboardInterrupt
 
