@@ -46,7 +46,8 @@ evaluated by replica b % R and the per-domain sums are added over the replicas; 
 
 Library: run.py (`measure` on a loaded model, the job `importance`, `write_importance`),
 analysis.py (`load_vs_importance`, `correlation_by_domain`, `rank_disagreement`: pure functions of
-the table); the command is `__main__.py`.
+the table), table.py (the table's name and `ImportanceError`, for the ranks: no pandas, no torch); the
+command is `__main__.py`.
 """
 
 from probe.lazy import exports
