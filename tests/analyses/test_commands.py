@@ -58,22 +58,18 @@ def test_a_packages_submodule_is_reached_as_an_attribute():
     assert out.stdout.split() == ["False", "['ablations']", "False"], out.stdout
 
 
-def test_the_metrics_package_imports_no_pandas():
-    """analyses.metrics is imported by the ranks of every ablation, steering, record and spec job (through
-    the jobs' input checks, analyses.metrics._common), where its speculative module imported pandas, about
-    0.2 s a rank, for its type hints alone (DuckDB's .df() imports pandas when a table is made)."""
-    code = "import sys, analyses.metrics; print('pandas' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["False"], out.stdout
-
-
-@pytest.mark.slow  # 2-3 s: a fresh interpreter that imports torch
-def test_the_jobs_import_no_pandas_before_they_make_a_table():
-    """A job's every rank imports its modules: analyses.metrics' speculative module (above) and the
-    importance job's table name and error, which its run.py took from the pandas-based analysis module,
-    put pandas (about 0.2 s) on the ranks of every ablation, importance, steering, record and spec job."""
-    code = ("import sys, analyses.ablate.run, analyses.importance.run, analyses.steer.run, probe.record, "
-            "probe.speculative; print('pandas' in sys.modules)")
+@pytest.mark.parametrize("modules", [
+    "analyses.metrics",
+    pytest.param("analyses.ablate.run, analyses.importance.run, analyses.steer.run, probe.record, probe.speculative",
+                 marks=pytest.mark.slow, id="jobs"),  # 2-3 s: a fresh interpreter that imports torch
+])
+def test_the_jobs_import_no_pandas_before_they_make_a_table(modules):
+    """A job's every rank imports its modules, and two put pandas (about 0.2 s) on the ranks of every
+    ablation, importance, steering, record and spec job: analyses.metrics' speculative module, for its
+    type hints alone (DuckDB's .df() imports pandas when a table is made; the jobs import the package
+    through their input checks, analyses.metrics._common), and the importance job's run.py, for a table
+    name and an error class it took from the pandas-based analysis module."""
+    code = f"import sys, {modules}; print('pandas' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False"], out.stdout
 
