@@ -8,7 +8,8 @@ CWD holding its pid, and exits 0.
 MODE fail: as ok, then rank 1 exits 3 and rank 0 sleeps (until torchrun stops it).
 MODE sleep: as ok, then every rank sleeps (until it is stopped).
 MODE fresh: each rank prints, as one JSON line, what a fresh interpreter has that a worker forked from the
-tests' zygote must be given (helpers/zygote_python.py), then exits 4 (this one imports torch).
+tests' zygote must be given (helpers/zygote_python.py), then, once both ranks have (each creates `said.RUN_ID.R`
+in CWD), exits 4 (this one imports torch).
 """
 
 import json
@@ -33,6 +34,13 @@ if mode == "fresh":
         "pid": os.getpid(), "parent": os.getppid(), "session": os.getsid(0) == os.getpid(),
         "workers_project": "probe" in sys.modules}) + "\n")  # one write: the other rank's goes to the same pipe
     sys.stdout.flush()
+    # both ranks' lines out before either fails: torchrun stops the other rank once one has failed, and a
+    # rank still importing torch then said nothing (one line of two, in a clean-clone CI, 2026-12-07)
+    said = f"said.{os.environ.get('TORCHELASTIC_RUN_ID', '')}."  # this launch's (the test launches twice in CWD)
+    open(f"{said}{rank}", "w").close()
+    deadline = time.time() + 60
+    while not os.path.exists(f"{said}{1 - rank}") and time.time() < deadline:
+        time.sleep(0.01)
     sys.exit(4)
 sys.stdout.write(f"rank {rank}: {os.getcwd()} {os.environ.get('DSV3_TEST_WORKER_SAYS')}\n")  # one write (a line whole)
 sys.stdout.flush()
