@@ -11,19 +11,21 @@
     table = model.patch_sweep(m, clean, corrupted, "layers.*.hook_resid_post", metric)  # a DataFrame
 """
 
-from probe.job_signals import quiet_start
+from probe.lazy import exports
 
-with quiet_start():  # `python -m model`: Ctrl-C while torch is imported (model/__main__ takes it from there)
-    from .args import ConfigError, InputError, ModelArgs
-    from .checkpoint import CheckpointError, load
-    from .frozen import frozen_weights
-    from .head_stats import TokenStats
-    from .saving import save
-    from .hooks import HookError, HookPoint
-    from .parallel import ParallelError
-    from .patching import ExpertPatchReport, patch_experts, patch_sweep
-    from .transformer import MTP, Block, Transformer
-
-__all__ = ["ModelArgs", "ConfigError", "Transformer", "Block", "MTP", "HookPoint", "HookError", "load", "save",
-           "CheckpointError", "ParallelError", "InputError", "frozen_weights", "TokenStats",
-           "patch_experts", "ExpertPatchReport", "patch_sweep"]
+# NOTE: imported on first use (probe/lazy.py): `import model` imports no torch until a name of the model's
+# is used, so that what reads runs and needs one torch-free helper of the model's (`model.indices.as_int` in
+# analyses.metrics, the checkpoint's files in the report's label) does not pay torch's import (~1.5-2.5 s,
+# ~300 MB) for it. `python -m model` imports what it runs in its __main__, under `quiet_start`.
+__getattr__, __dir__, __all__ = exports(__name__, {
+    ".args": ("ModelArgs", "ConfigError", "InputError"),
+    ".checkpoint_files": ("CheckpointError",),  # torch-free: commands name it before they load a model
+    ".checkpoint": ("load",),
+    ".frozen": ("frozen_weights",),
+    ".head_stats": ("TokenStats",),
+    ".saving": ("save",),
+    ".hooks": ("HookError", "HookPoint"),
+    ".parallel": ("ParallelError",),
+    ".patching": ("ExpertPatchReport", "patch_experts", "patch_sweep"),
+    ".transformer": ("MTP", "Block", "Transformer"),
+})

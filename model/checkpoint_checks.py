@@ -13,14 +13,11 @@ from typing import Collection
 import torch
 
 from .args import ModelArgs
+from .checkpoint_files import CheckpointError  # re-exported: defined there, torch-free
 from .names import IGNORED, MTP_SHARED, MTP_TABLE, Target, hf_to_ours, ours_to_hf
 from .transformer import Transformer
 
 MTP_ONLY = {hf for hf, _, _ in MTP_TABLE} | set(MTP_SHARED)  # names an MTP layer has and a main layer lacks
-
-
-class CheckpointError(ValueError):
-    """A checkpoint we cannot load; the message names the file and the tensor."""
 
 
 def _index_name_problem(n: str, names: set[str], known: set[str], args: ModelArgs) -> str | None:

@@ -14,11 +14,20 @@ import os
 import struct
 from pathlib import Path
 
-import torch
+from typing import TYPE_CHECKING
+
 from safetensors import SafetensorError, safe_open
 
-from .checkpoint_checks import CheckpointError
-from .tensor_reader import DTYPES, HeaderError, read_header
+from .safetensors_header import HeaderError, read_header
+
+if TYPE_CHECKING:
+    import torch
+
+
+class CheckpointError(ValueError):
+    """A checkpoint we cannot load; the message names the file and the tensor. (Defined here, in a module
+    that imports no torch, for what only lists or fingerprints a checkpoint's files, such as the report's
+    label of a run; model.checkpoint and model.checkpoint_checks re-export it.)"""
 
 
 def _listed(path: Path) -> tuple[list[Path], dict[str, Path] | None]:
@@ -182,6 +191,10 @@ def read_headers(files: list[Path]) -> dict[str, tuple[Path, torch.Size, torch.d
     aria2c allocates the whole file first and writes pieces as they arrive (16 at once with -x 16 -s 16),
     so an interrupted download has the full length, its header and zeros where pieces are missing, and
     it loaded without a word."""
+    import torch
+
+    from .tensor_reader import DTYPES
+
     found: dict[str, tuple[Path, torch.Size, torch.dtype]] = {}
     for f in files:
         if downloading(f):

@@ -503,10 +503,11 @@ def test_the_names_moved_out_of_model_checkpoint_still_import_from_it():
 def test_the_model_library_imports_nothing_from_probe():
     """model/ is the library probe/ stands on: none of its modules but the command (`python -m model`,
     its __main__.py, which shares the jobs' flag checks) imports probe, so that loading a model never
-    imports the recorders (a module split must not pull one in). One exception: `probe.job_signals`'
-    `quiet_start`, the standard-library-only guard every command's start is wrapped in (model/__init__'s
-    `import torch` is `python -m model`'s start); importing model then loads that module and the probe
-    package's lazy __init__, nothing else of probe (checked in a fresh interpreter)."""
+    imports the recorders (a module split must not pull one in). Two exceptions, both standard-library
+    only: `probe.job_signals`' `quiet_start`, the guard every command's start is wrapped in, and
+    `probe.lazy`, whose exports make model/__init__ import its names on first use. Importing model then
+    loads the probe package's lazy __init__ and probe.lazy, no torch until a name is used, and the whole
+    library nothing more of probe (checked in a fresh interpreter)."""
     import ast
     import subprocess
     import sys
@@ -520,8 +521,12 @@ def test_the_model_library_imports_nothing_from_probe():
             names = ([a.name for a in node.names] if isinstance(node, ast.Import)
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
             found += [f"{f.name}: {n}" for n in names
-                      if (n == "probe" or n.startswith("probe.")) and n != "probe.job_signals"]
+                      if (n == "probe" or n.startswith("probe.")) and n not in ("probe.job_signals", "probe.lazy")]
     assert len(list(root.glob("*.py"))) > 20 and found == []
-    code = "import sys, model; print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] == 'probe')))"
-    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert loaded == ["probe", "probe.job_signals", "probe.lazy"], loaded
+    said = "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] == 'probe')), 'torch' in sys.modules)"
+    # the torch-free helpers that readers of runs import (model.indices in analyses.metrics, the checkpoint's
+    # files in the report's label): no torch either
+    code = (f"import sys, model, model.indices, model.checkpoint_files; {said}; "
+            f"[getattr(model, n) for n in model.__all__]; {said}")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == ["probe probe.lazy False", "probe probe.lazy True"], out
