@@ -43,15 +43,13 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from .errors import AblationError  # re-exported: the other modules and commands import it from here
+
 MODES = ("reroute", "zero")
 SPEC_KEYS = ("name", "mode", "renormalise", "experts", "top", "random", "token_top", "domain", "seed", "layers",
              "shared")
 ALL = "all"  # the domain of the pooled rows
 RANDOM_DRAWS = 100  # redraws of a random selection that the guard refuses (reroute)
-
-
-class AblationError(ValueError):
-    """A bad ablation request (one line, naming the culprit)."""
 
 
 # ----------------------------------------------------------------------------- the router

@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     from analyses.ablate import AblationError
     from analyses.metrics import MetricsError
     from probe.corpus import CorpusError
-    from probe.record import RecordError
+    from probe.errors import RecordError
     from probe.writer import RunError
 
     try:

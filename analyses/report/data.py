@@ -308,8 +308,7 @@ def run_label(run) -> str:
     dumps) has no checkpoint: "none (imported from SGLang)"."""
     import hashlib
 
-    from model.checkpoint import CheckpointError
-    from model.checkpoint_files import weight_files
+    from model.checkpoint_files import CheckpointError, weight_files  # no torch: the label reads files only
 
     run = as_run(run)
     if run.info.get("kind") == "import":

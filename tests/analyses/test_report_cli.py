@@ -458,3 +458,28 @@ def test_a_copy_is_known_by_its_recording_not_by_an_identical_run_json(tmp_path,
     assert "(the same dump files, imported again)" in err, err
     _edit_run_json(tmp_path / "copy", source=source | {"files": ["/a/expert_distribution_recorder_2.pt"]})
     assert report.main([str(tmp_path / "r"), "--compare", str(tmp_path / "copy"), *fast]) == 0
+
+
+@pytest.mark.slow  # a fresh interpreter
+def test_a_report_without_the_model_sections_imports_no_torch(tmp_path):
+    """--skip-ablation reads the run and the checkpoint's files (its label's fingerprint) only: torch came
+    in through the error classes the command catches (AblationError beside the ablation code) and the
+    model package, whose __init__ imported everything, for `model.checkpoint_files.weight_files` (the
+    report of a 4,000-token run 6.0 -> 4.5 s and 500 -> 315 MB peak, the AVX2-only EPYC, 2026-12-07)."""
+    import subprocess
+    import sys
+
+    run, ckpt = tmp_path / "run", tmp_path / "ckpt"
+    write_run(run, domains=("code", "prose"))
+    ckpt.mkdir()
+    (ckpt / "model.safetensors").write_bytes(b"\0" * 64)  # listed and fingerprinted, never loaded
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps(info | {"checkpoint": {"path": str(ckpt)}}))
+    html = tmp_path / "report.html"
+    code = ("import atexit, runpy, sys; atexit.register(lambda: print('torch imported:', 'torch' in sys.modules)); "
+            f"sys.argv = ['report', {str(run)!r}, '--skip-ablation', '--no-progress', '--out', {str(html)!r}]; "
+            "runpy.run_module('analyses.report', run_name='__main__')")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.rstrip().endswith("torch imported: False"), p.stdout[-500:]
+    assert f"{ckpt} (weights " in html.read_text()  # the label read the checkpoint's files
