@@ -16,7 +16,7 @@ from probe.lazy import exports
 # NOTE: imported on first use (probe/lazy.py): `import model` imports no torch until a name of the model's
 # is used, so that what reads runs and needs one torch-free helper of the model's (`model.indices.as_int` in
 # analyses.metrics, the checkpoint's files in the report's label) does not pay torch's import (~1.5-2.5 s,
-# ~300 MB) for it. `python -m model` imports what it runs in its __main__, under `quiet_start`.
+# ~190 MB) for it. `python -m model` imports what it runs in its __main__, under `quiet_start`.
 __getattr__, __dir__, __all__ = exports(__name__, {
     ".args": ("ModelArgs", "ConfigError", "InputError"),
     ".checkpoint_files": ("CheckpointError",),  # torch-free: commands name it before they load a model

@@ -13,7 +13,6 @@ import json
 import os
 import struct
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from safetensors import SafetensorError, safe_open

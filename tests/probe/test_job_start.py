@@ -26,7 +26,7 @@ sys.meta_path.insert(0, Stop())
 
 @pytest.mark.slow  # 0.1-0.5 s each on the 2-core EPYC (2026-12-07): the quick loop leaves it out
 @pytest.mark.parametrize("argv, module", [
-    (["-m", "model", "--help"], "torch"),  # model/__init__, under `python -m`
+    (["-m", "model", "--help"], "torch"),  # its __main__'s imports (model/__init__.py imports no torch)
     (["-m", "model", "--help"], "probe.teardown"),  # its __main__, just before main()
     (["-m", "model.train", "--help"], "torch"),  # the alias imports train's package as a library
     (["-m", "generate", "--help"], "probe.job_exit"),  # what its package imported before quiet_start was on
