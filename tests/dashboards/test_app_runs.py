@@ -54,9 +54,16 @@ def test_the_apptests_of_a_process_share_one_component_scan(monkeypatch):
 
 
 @pytest.mark.slow  # a fresh process
-def test_dashboards_never_import_torch():
+def test_dashboards_never_import_torch(tmp_path):
+    """Nor do the metrics the pages call: a step window's loads (the Serving page's plan of passes FIRST..LAST)
+    checked its steps with model.indices, and `import model` imported torch with everything until the
+    package's names were imported on first use (2026-12-07)."""
+    from helpers.synthetic_run import write_run
+
+    write_run(tmp_path / "run")
     code = ("import sys; import dashboards.data, dashboards.charts, dashboards.ui, dashboards.compute; "
             "import analyses.metrics; dashboards.compute.spearman([1, 2, 3], [1, 3, 2]); "  # the library's ranks
+            f"assert analyses.metrics.layer_loads_from_run({str(tmp_path / 'run')!r}, steps=(0, 1)); "
             "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'torch')))")
     out = subprocess.run([sys.executable, "-c", "import json; " + code], cwd=REPO, capture_output=True, text=True,
                          check=True)
