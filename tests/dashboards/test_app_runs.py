@@ -55,9 +55,10 @@ def test_the_apptests_of_a_process_share_one_component_scan(monkeypatch):
 
 @pytest.mark.slow  # a fresh process
 def test_dashboards_never_import_torch(tmp_path):
-    """Nor do the metrics the pages call: a step window's loads (the Serving page's plan of passes FIRST..LAST)
-    checked its steps with model.indices, and `import model` imported torch with everything until the
-    package's names were imported on first use (2026-12-07)."""
+    """Nor does the metrics library the pages stand on, a step window's loads included (`layer_loads_from_run(run,
+    steps)`, what `python -m analyses.placement --steps` reads): it checks the steps with model.indices, and
+    `import model` imported torch with everything until the package's names were imported on first use
+    (2026-12-07)."""
     from helpers.synthetic_run import write_run
 
     write_run(tmp_path / "run")
