@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .table import TABLE, ImportanceError  # noqa: F401 - the package's names, here too
+from .table import TABLE, ImportanceError
 
 KEY = ["layer", "expert", "domain"]
 

@@ -33,7 +33,7 @@ from probe.recorders import Batch, model_token_nll
 from probe.schema import TABLES
 from probe.writer import replacing, table_lock, updating_run_json, write_result_part
 
-from .table import TABLE, ImportanceError  # noqa: F401 - defined where neither torch nor pandas is imported
+from .table import TABLE, ImportanceError
 
 
 # ------------------------------------------------------------------------------ selection
