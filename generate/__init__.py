@@ -56,14 +56,15 @@ Library: `generate(model, prompts, ...)` (decode.py), `SamplingParams` (sampling
 `python -m model.generate` is an alias of `python -m generate`.
 """
 
-from probe.job_signals import quiet_start
+from probe.lazy import exports
 
-with quiet_start():  # `python -m generate`: Ctrl-C while torch is imported (generate/__main__ takes it from there)
-    from .decode import DraftFn, GenerationOutput, OnToken, generate
-    from .sampling import GenerateError, SamplingParams, propose, verify_drafts
-    from .text import (ASSISTANT, BOS_TEXT, EOS_TEXT, USER, TextCodec, load_codec, read_prompts,
-                       write_demo_checkpoint)
-
-__all__ = ["generate", "GenerationOutput", "SamplingParams", "GenerateError", "TextCodec", "load_codec",
-           "read_prompts", "write_demo_checkpoint", "propose", "verify_drafts", "OnToken", "DraftFn", "USER",
-           "ASSISTANT", "BOS_TEXT", "EOS_TEXT"]
+# NOTE: imported on first use (probe/lazy.py), and `python -m generate` imports torch once its flags parse
+# (generate/__main__.py), so that `--help` answers at once (it took about 2 s, nearly all of it importing
+# torch). `from generate import generate` works as before.
+__getattr__, __dir__, __all__ = exports(__name__, {
+    ".decode": ("generate", "GenerationOutput", "OnToken", "DraftFn"),
+    ".errors": ("GenerateError",),
+    ".sampling": ("SamplingParams", "propose", "verify_drafts"),
+    ".text": ("TextCodec", "load_codec", "read_prompts", "write_demo_checkpoint", "USER", "ASSISTANT", "BOS_TEXT",
+              "EOS_TEXT"),
+})

@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from probe.job_signals import quiet_start
 
 with quiet_start(__name__ == "__main__"):  # Ctrl-C while the command imports: one line, not a traceback
     import generate as package
-    from generate import (GenerateError, GenerationOutput, SamplingParams, TextCodec, generate, load_codec,
-                          read_prompts, write_demo_checkpoint)
-    from generate.decode import PromptError
-    from generate.text import demo_refusal
+    from generate.errors import GenerateError
     from probe.job import check_out_parent, os_refusal, path_text, tokenizer_fits
     from probe.job_exit import exit_ranks, whole_lines_on_stderr
+
+if TYPE_CHECKING:
+    from generate import GenerationOutput, SamplingParams, TextCodec
+
+# NOTE: torch and the model are imported once the flags parse (main(), and each step where it runs), so that
+# `--help` and a mistyped flag answer at once (they took about 2 s, nearly all of it importing torch).
 
 
 class Streamer:
@@ -46,6 +51,8 @@ class Streamer:
 
 def _prompts_from_rank0(ns, world) -> list[str]:
     """The --prompt / --prompt-file texts, read by rank 0 alone and broadcast (errors too)."""
+    from generate.text import read_prompts
+
     box: list = [None, None]
     if world.rank == 0:
         try:
@@ -62,6 +69,8 @@ def _run_batch(m, codec: TextCodec, texts: list[str], ns, rank: int, sampling: S
                sources: list[str]) -> GenerationOutput:
     """Generate for `texts` and print (and append to --output) the results; a text the model cannot take
     is refused by generate()'s own check, named as `sources` names it (its flag and place)."""
+    from generate.decode import PromptError, generate
+
     prompts = [codec.encode(t, chat=not ns.no_chat_template and codec.chat, system=ns.system) for t in texts]
     streamer = Streamer(codec, len(prompts))
     single = len(prompts) == 1
@@ -193,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _sampling(ns) -> SamplingParams:
     """SamplingParams from the flags; a bad value names its flag (SamplingParams' own message names
     the field, e.g. top_p=1.5, which is not what was typed)."""
+    from generate.sampling import SamplingParams
+
     try:
         return SamplingParams(ns.temperature, ns.top_p, ns.top_k, ns.seed)
     except GenerateError as e:  # "top_p=1.5 must be ..." -> "--top-p 1.5 must be ..."
@@ -221,6 +232,8 @@ def _replicate_note(ns, world) -> str | None:
 def _check_flags(ns) -> None:
     """The flags checked first (the prompts' source, --max-new-tokens, the --output and --demo paths),
     before the ranks start and the model loads: each refusal names its flag."""
+    from generate.text import demo_refusal
+
     if not (ns.prompt or ns.prompt_file or ns.interactive):
         raise GenerateError("give --prompt, --prompt-file or --interactive")
     if ns.max_new_tokens < 0:
@@ -238,6 +251,7 @@ def _check_flags(ns) -> None:
 def _checkpoint(ns, world) -> str:
     """The checkpoint directory to load: --ckpt, or --demo's, written (once) by rank 0 while the others
     wait for it."""
+    from generate.text import write_demo_checkpoint
     from model.checkpoint import not_a_directory
 
     ckpt = ns.ckpt
@@ -255,6 +269,7 @@ def _checkpoint(ns, world) -> str:
 def _codec(ns, ckpt: str) -> TextCodec:
     """The checkpoint's tokenizer, read before the weights (fail fast); --system is refused where the
     prompts go raw."""
+    from generate.text import load_codec
     from model import ModelArgs
 
     args = ModelArgs.from_hf_config(ckpt)
@@ -297,14 +312,16 @@ def _interrupted_line(ns) -> str:
     return "\ninterrupted" + (said if ns.output else "")
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, *, command: bool = False) -> None:
+    """The command; `command`: in a process of its own (cli()), where Ctrl-C while torch is imported is one line."""
     ns = build_parser().parse_args(argv)
     whole_lines_on_stderr()  # under torchrun: the ranks' lines and torchrun's do not cut into each other
 
-    from model import CheckpointError, ConfigError, ParallelError
-    from model.checkpoint import float_dtype
-    from model.kernels import KernelError
-    from model.parallel import World, init_world
+    with quiet_start(command):  # torch and the model, once the flags parse: --help answered without them
+        from model import CheckpointError, ConfigError, ParallelError
+        from model.checkpoint import float_dtype
+        from model.kernels import KernelError
+        from model.parallel import World, init_world
 
     code = None  # the exit status once main's work ended normally or with a reported error
     world = World()
@@ -352,7 +369,7 @@ def cli() -> int:
         from probe.teardown import quick_teardown
 
     quick_teardown()
-    return closed_pipe_quiet(main)()
+    return closed_pipe_quiet(functools.partial(main, command=True))()
 
 
 if __name__ == "__main__":

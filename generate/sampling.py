@@ -8,9 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-
-class GenerateError(ValueError):
-    """Bad generation input (one line naming the problem)."""
+from .errors import GenerateError  # re-exported: the package's modules take it from here
 
 
 @dataclass

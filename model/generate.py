@@ -5,12 +5,10 @@ import sys
 
 from probe.job_signals import quiet_start
 
-with quiet_start(__name__ == "__main__"):  # Ctrl-C while the command imports: one line, not a traceback
+if __name__ == "__main__":  # the command: its flags parse before torch is imported (generate/__main__.py)
+    with quiet_start(True):  # Ctrl-C while the command imports: one line, not a traceback
+        from generate.__main__ import cli
+    sys.exit(cli())
+else:
     from generate import *  # noqa: F401,F403
     from generate import __all__  # noqa: F401
-
-if __name__ == "__main__":
-    with quiet_start(True):
-        from generate.__main__ import cli
-
-    sys.exit(cli())

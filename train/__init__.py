@@ -63,14 +63,21 @@ data.py, state.py and log.py; the command is `__main__.py` (`python -m model.tra
 """
 
 from probe.job_signals import quiet_start
+from probe.lazy import exports
 
-with quiet_start():  # `python -m train`: Ctrl-C while torch is imported (train/__main__ takes it from there)
-    from .balance import (GateRef, RoutingTap, expert_counts, max_violation, moe_gates, seq_balance_loss,
-                          settle_biases, switch_balance_loss, update_bias)
-    from .data import TrainError
+with quiet_start():  # `python -m train`: Ctrl-C while the package imports (train/__main__ takes it from there)
     from .flags import build_parser
-    from .loop import run
-    from .steps import forward_losses, make_optimizer
+
+# NOTE: the library is imported on first use (probe/lazy.py), and the command imports torch once its flags
+# parse (train/__main__.py), so that `python -m train --help` answers at once (it took about 2 s, nearly
+# all of it importing torch). `from train import run` works as before.
+__getattr__, __dir__, _names = exports(__name__, {
+    ".loop": ("run",),
+    ".errors": ("TrainError",),
+    ".balance": ("GateRef", "RoutingTap", "expert_counts", "max_violation", "moe_gates", "seq_balance_loss",
+                 "settle_biases", "switch_balance_loss", "update_bias"),
+    ".steps": ("forward_losses", "make_optimizer"),
+})
 
 
 def parse_args(argv: list[str] | None = None):
@@ -78,6 +85,4 @@ def parse_args(argv: list[str] | None = None):
     return build_parser(__doc__).parse_args(argv)
 
 
-__all__ = ["run", "parse_args", "TrainError", "GateRef", "RoutingTap", "expert_counts", "max_violation", "moe_gates",
-           "seq_balance_loss", "settle_biases", "switch_balance_loss", "update_bias", "forward_losses",
-           "make_optimizer"]
+__all__ = ["parse_args", *_names]

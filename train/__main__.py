@@ -9,12 +9,12 @@ import sys
 from probe.job_signals import quiet_start, stop_signals
 
 with quiet_start(__name__ == "__main__"):  # Ctrl-C while the command imports: one line, not a traceback
-    from model import ConfigError
-    from model.kernels import KernelError
+    from model.args import ConfigError
     from probe.job_exit import exit_ranks, launch_rank0, launch_world, say_stopped, stop_cause, whole_lines_on_stderr
     from probe.teardown import quick_teardown
 
-    from . import TrainError, parse_args, run
+    from . import parse_args
+    from .errors import TrainError
 
 
 class _Terminated(KeyboardInterrupt):
@@ -50,8 +50,13 @@ def _stopped_line(ns, code: int) -> str:
     return f"\n{said}: the run in {ns.out}, if it had begun, is marked interrupted ({how})"
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, *, command: bool = False) -> None:
+    """The command; `command`: in a process of its own (cli()), where Ctrl-C while torch is imported is one line."""
     ns = parse_args(argv)
+    with quiet_start(command):  # torch and the loop, once the flags parse: --help answered without them
+        from model.kernels import KernelError
+
+        from .loop import run
     whole_lines_on_stderr()  # under torchrun: the ranks' lines and torchrun's do not cut into each other
     previous = {s: signal.signal(s, _terminate) for s in stop_signals(ctrl_c=False)}
     try:
@@ -74,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
 def cli() -> None:
     """main() in a process of its own: `python -m train` and its alias `python -m model.train`."""
     quick_teardown()
-    main()
+    main(command=True)
 
 
 if __name__ == "__main__":

@@ -16,15 +16,13 @@ import torch
 from probe.bundled_corpus import read_documents
 from probe.file_memo import FileMemo
 
+from .errors import TrainError  # re-exported: the package's modules take it from here
+
 SPECIAL_TOKENS = ("<|bos|>", "<|eos|>", "<|pad|>")  # ids 0, 1, 2 (data/tokenizer.py)
 # a cache file's array names: "domain:" + the domain. Saved as the domains themselves, a domain named `file`
 # was np.savez's own argument (a TypeError) and one named `allow_pickle` its flag (left out of the cache)
 CACHE_KEY = "domain:"
 CACHE_FORMAT = "token-streams 2"  # in the cache's name: files of the first format are not read
-
-
-class TrainError(RuntimeError):
-    """Bad input to training: the message is one line naming the problem."""
 
 
 def _corpus_file(path: Path) -> Path:

@@ -9,7 +9,7 @@ from pathlib import Path
 from probe.job import DEFAULT_RUNS, check_out_parent, check_run_place, path_arg
 from probe.writer import RunError, read_run_json
 
-from .data import TrainError
+from .errors import TrainError
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "data" / "model_config.json"

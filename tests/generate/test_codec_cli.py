@@ -94,14 +94,14 @@ def test_an_empty_jsonl_prompt_is_refused(tmp_path):
 
 # ------------------------------------------------------------------------------------- the CLI
 def test_cli_sends_raw_prompts_for_a_checkpoint_without_a_chat_template(demo_dir, tmp_path, capsys, monkeypatch):
-    import generate.__main__ as cli
+    import generate.decode as decode  # where the command takes generate() from once its flags parse
 
     ckpt = Path(shutil.copytree(demo_dir, tmp_path / "notemplate"))
     cfg = json.loads((ckpt / "tokenizer_config.json").read_text())
     del cfg["chat_template"]
     (ckpt / "tokenizer_config.json").write_text(json.dumps(cfg))
-    seen, real = [], cli.generate
-    monkeypatch.setattr(cli, "generate", lambda m, prompts, **kw: seen.append(prompts) or real(m, prompts, **kw))
+    seen, real = [], decode.generate
+    monkeypatch.setattr(decode, "generate", lambda m, prompts, **kw: seen.append(prompts) or real(m, prompts, **kw))
     code, _, err = run_cli(capsys, "--ckpt", ckpt, "--prompt", "hi", "--max-new-tokens", 1)
     assert code == 0, err
     tok = load_codec(ckpt).tokenizer

@@ -342,7 +342,7 @@ def test_params_cli_world_size(capsys):
 
 @pytest.mark.slow  # a command end to end on the bundled model
 def test_summary_cli_and_its_errors(capsys, tmp_path, monkeypatch):
-    import model.__main__ as cli
+    import model.commands as cli
     from model.__main__ import main
 
     from helpers.models import REPO

@@ -103,7 +103,7 @@ def test_a_closed_pipe_ends_the_command_quietly(argv):
 
 def test_summary_refuses_a_batch_beyond_memory_and_a_seed_torch_cannot_take(capsys, monkeypatch):
     # both were tracebacks: the allocator's for 10**12 rows of random tokens, torch's overflow for the seed
-    import model.__main__ as cli
+    import model.commands as cli
 
     monkeypatch.setattr(cli, "available_memory", lambda: 2**30)
     for argv, msg in ((["--batch", str(10**12)], f"--batch {10**12} x --seq-len 128: the logits alone would take "),

@@ -82,11 +82,12 @@ def test_resume_from_an_earlier_checkpoint_drops_the_later_rows(corpus, tmp_path
 def test_ctrl_c_is_one_line_and_exit_status_130(corpus, tmp_path, monkeypatch, capsys):
     """`python -m train` showed a KeyboardInterrupt traceback on Ctrl-C (found by a review)."""
     import train.__main__ as cli
+    import train.loop
 
     def interrupted(ns):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "run", interrupted)
+    monkeypatch.setattr(train.loop, "run", interrupted)  # where the command takes run() from once its flags parse
     with pytest.raises(SystemExit) as e:
         cli.main(flags(corpus, tmp_path / "run"))
     err = capsys.readouterr().err.strip()
@@ -206,6 +207,7 @@ def _rank_1_terminated(err_path: str, argv: list[str]) -> None:
     import sys
 
     import train.__main__ as cli
+    import train.loop
 
     os.environ.update(WORLD_SIZE="2", RANK="1")
     os.dup2(os.open(err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 2)
@@ -214,7 +216,7 @@ def _rank_1_terminated(err_path: str, argv: list[str]) -> None:
     def terminated(ns):
         raise cli._Terminated("SIGTERM")
 
-    cli.run = terminated
+    train.loop.run = terminated  # where the command takes run() from once its flags parse
     try:
         cli.main(argv)
     except SystemExit as e:
