@@ -4,7 +4,6 @@ without importing torch, and the packages' lazy exports (probe/lazy.py) resolve 
 from __future__ import annotations
 
 import importlib
-import json
 import signal
 import subprocess
 import sys
@@ -15,29 +14,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = ("analyses.ablate", "analyses.importance", "analyses.steer")
 
-# `python -m X --help` for each command in one fresh process (runpy: the package first, then __main__)
-HELP = """
-import contextlib, io, json, runpy, sys
-usage = {}
-for m in %r:
-    sys.argv, buf = [m, "--help"], io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        try:
-            runpy.run_module(m, run_name="__main__", alter_sys=True)
-        except SystemExit:
-            pass
-    usage[m] = buf.getvalue().splitlines()[0]
-print(json.dumps({"usage": usage, "torch": sorted(k for k in sys.modules if k.split(".")[0] == "torch")}))
-""" % (COMMANDS,)
-
 
 def test_help_never_imports_torch():
     """Each command's --help took 1.3-2.7 s, nearly all of it importing torch; now the packages export
     lazily and the commands import their jobs after parsing."""
-    out = subprocess.run([sys.executable, "-c", HELP], cwd=ROOT, capture_output=True, text=True, check=True)
-    got = json.loads(out.stdout.strip().splitlines()[-1])
-    assert got["torch"] == []
-    assert all(got["usage"][m].startswith(f"usage: python -m {m} [-h] [--run RUN]") for m in COMMANDS), got["usage"]
+    from helpers.processes import help_of
+
+    usage, torch_modules = help_of(*COMMANDS)
+    assert torch_modules == []
+    assert all(usage[m].startswith(f"usage: python -m {m} [-h] [--run RUN]") for m in COMMANDS), usage
 
 
 @pytest.mark.parametrize("name", COMMANDS)

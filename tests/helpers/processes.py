@@ -1,5 +1,6 @@
 """Commands run as subprocesses: torch's launcher (`TORCHRUN`), a record job held at a known batch (the
-kill-then-resume tests), a command whose reader has gone (the closed-pipe tests)."""
+kill-then-resume tests), a command whose reader has gone (the closed-pipe tests), commands' --help in a
+fresh interpreter (what their start imports)."""
 
 from __future__ import annotations
 
@@ -98,3 +99,31 @@ class HungUp:
 
     def flush(self):
         raise OSError(5, "Input/output error")
+
+
+# `python -m X --help` for each X given, in one fresh interpreter (runpy: the package first, then __main__)
+_HELP = """
+import contextlib, io, json, runpy, sys
+usage = {}
+for m in sys.argv[1:]:
+    sys.argv, buf = [m, "--help"], io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        try:
+            runpy.run_module(m, run_name="__main__", alter_sys=True)
+        except SystemExit:
+            pass
+    usage[m] = buf.getvalue().splitlines()[0]
+print(json.dumps({"usage": usage, "torch": sorted(k for k in sys.modules if k.split(".")[0] == "torch")}))
+"""
+
+
+def help_of(*modules: str) -> tuple[dict[str, str], list[str]]:
+    """({module: the first line of `python -m MODULE --help`}, the torch modules imported meanwhile), all
+    from one fresh interpreter in the repository's root."""
+    import json
+
+    out = subprocess.run([sys.executable, "-c", _HELP, *modules], cwd=Path(__file__).resolve().parents[2],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    return got["usage"], got["torch"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -63,32 +62,15 @@ def test_ctrl_c_while_a_command_imports_is_one_line(tmp_path, argv, module):
     assert not (tmp_path / "run").exists() and not (tmp_path / "demo").exists()
 
 
-# `python -m X --help` for each command in one fresh interpreter (runpy: the package first, then __main__)
-HELP = """
-import contextlib, io, json, runpy, sys
-usage = {}
-for m in sys.argv[1:]:
-    sys.argv, buf = [m, "--help"], io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        try:
-            runpy.run_module(m, run_name="__main__", alter_sys=True)
-        except SystemExit:
-            pass
-    usage[m] = buf.getvalue().splitlines()[0]
-print(json.dumps({"usage": usage, "torch": sorted(k for k in sys.modules if k.split(".")[0] == "torch")}))
-"""
-
-
 def test_the_model_train_and_generate_commands_answer_help_without_torch():
     """`python -m model`, `train` and `generate` (and the aliases `model.train`, `model.generate`) imported
     torch before they parsed their flags: --help took 1.6-2.4 s, nearly all of it that import, where the
     other commands answer in a few tenths of a second. Their packages now export lazily and the commands
     import torch once the flags parse."""
+    from helpers.processes import help_of
+
     commands = ["model", "train", "generate", "model.train", "model.generate"]
-    out = subprocess.run([sys.executable, "-c", HELP, *commands], cwd=ROOT, capture_output=True, text=True,
-                         timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    got = json.loads(out.stdout.strip().splitlines()[-1])
-    assert got["torch"] == [], got["torch"][:5]
+    usage, torch_modules = help_of(*commands)
+    assert torch_modules == [], torch_modules[:5]
     for m in commands:
-        assert got["usage"][m].startswith(f"usage: python -m {m.removeprefix('model.')} "), got["usage"]
+        assert usage[m].startswith(f"usage: python -m {m.removeprefix('model.')} "), usage
