@@ -443,6 +443,7 @@ def test_a_validation_domain_shorter_than_one_window_is_named(corpus, tmp_path, 
         in capsys.readouterr().err.splitlines()
 
 
+@pytest.mark.slow  # a training run: 1.9-2.4 s on the AVX2-only EPYC (2026-12-07), the quick loop's longest
 def test_a_corpus_with_an_empty_val_split_is_said_to_have_no_validation(corpus, tmp_path, capsys):
     """An empty (or missing) val.jsonl gave a run with no val loss and no train_eval rows, without a word."""
     import shutil
