@@ -502,12 +502,12 @@ def test_the_names_moved_out_of_model_checkpoint_still_import_from_it():
 @pytest.mark.slow  # 2.4 s: a fresh interpreter that imports the model package (torch) (the AVX2-only EPYC, 2026-12-07)
 def test_the_model_library_imports_nothing_from_probe():
     """model/ is the library probe/ stands on: none of its modules but the command (`python -m model`:
-    __main__.py, its flags, and commands.py, what they run; both share the jobs' flag checks) imports
-    probe, so that loading a model never imports the recorders (a module split must not pull one in).
-    Two exceptions, both standard-library only: `probe.job_signals`' `quiet_start`, the guard every
-    command's start is wrapped in, and `probe.lazy`, whose exports make model/__init__ import its names on first use. Importing model then
-    loads the probe package's lazy __init__ and probe.lazy, no torch until a name is used, and the whole
-    library nothing more of probe (checked in a fresh interpreter)."""
+    __main__.py, its flags, and commands.py, what they run; both share the jobs' flag checks) imports probe, so
+    that loading a model never imports the recorders (a module split must not pull one in). Two exceptions, both
+    standard-library only: `probe.job_signals`' `quiet_start`, the guard every command's start is wrapped in,
+    and `probe.lazy`, whose exports make model/__init__ import its names on first use. Importing model then
+    loads the probe package's lazy __init__ and probe.lazy, no torch until a name is used, and the whole library
+    nothing more of probe (checked in a fresh interpreter)."""
     import ast
     import subprocess
     import sys
