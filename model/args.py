@@ -25,6 +25,11 @@ from .args_checks import PROBLEM_STEPS, _type_problem
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
+
+def shipped_configs() -> list[str]:
+    """The names `ModelArgs.from_name` takes ('16B', '236B', '671B', 'V3.1', 'tiny')."""
+    return sorted(p.stem.removeprefix("config_") for p in CONFIG_DIR.glob("config_*.json"))
+
 SUPPORTED_MODEL_TYPES = ("deepseek_v3", "deepseek_v2")
 FLOAT_DTYPES = ("bfloat16", "float16", "float32", "float64")  # what config.json torch_dtype may name
 
@@ -160,8 +165,7 @@ class ModelArgs:
         """A shipped size: '671B', 'V3.1', '236B', '16B' or 'tiny'."""
         path = CONFIG_DIR / f"config_{name}.json"
         if not path.exists():
-            names = sorted(p.stem.removeprefix("config_") for p in CONFIG_DIR.glob("config_*.json"))
-            raise ConfigError(f"no shipped config {name!r}; available: {names}")
+            raise ConfigError(f"no shipped config {name!r}; available: {shipped_configs()}")
         return cls.from_json(path)
 
     def to_dict(self) -> dict[str, Any]:

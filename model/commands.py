@@ -10,7 +10,7 @@ import torch
 
 from probe.job import tokenizer_fits
 
-from .args import ModelArgs
+from .args import ModelArgs, shipped_configs
 from .checkpoint import load, not_a_directory
 from .memory import available_memory
 from .transformer import Transformer
@@ -19,7 +19,7 @@ from .transformer import Transformer
 def _build(ns) -> Transformer:
     if ns.ckpt:
         return load(ns.ckpt, dtype=torch.float32)
-    args = ModelArgs.from_name(ns.config)
+    args = _shipped(ns.config)
     with torch.device("meta"):
         need = sum(p.numel() for p in Transformer(args).parameters()) * 4
     have = available_memory()
@@ -29,6 +29,13 @@ def _build(ns) -> Transformer:
                          f"{ns.config}` counts its parameters without memory")
     torch.manual_seed(ns.seed)
     return Transformer(args, dtype=torch.float32).eval()
+
+
+def _shipped(name: str) -> ModelArgs:
+    """The shipped config `--config` names; a name there is none of is refused naming the flag."""
+    if name not in shipped_configs():  # ModelArgs.from_name's own message named no flag
+        raise ValueError(f"--config {name}: not a shipped config; available: {', '.join(shipped_configs())}")
+    return ModelArgs.from_name(name)
 
 
 def _tokens(ns, m: Transformer) -> torch.Tensor:
@@ -127,7 +134,7 @@ def params(ns) -> int:
             raise ValueError(f"{flag} {value:g}: must be > 0")
     if ns.device_memory == float("inf"):  # it printed "fits inf GB per rank with inf GB to spare"
         raise ValueError(f"--device-memory {ns.device_memory:g}: must be a finite number of GB per rank")
-    args = ModelArgs.from_name(ns.config)
+    args = _shipped(ns.config)
     for flag, given in (("--dense", ns.dense), ("--device-memory", ns.device_memory),
                         ("--batch-size", ns.batch_size is not None), ("--seq-len", ns.seq_len is not None)):
         if given and not ns.world_size:  # per rank: without --world-size they were dropped silently

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from model import ConfigError, ModelArgs, Transformer
-from model.args import _HF_KEYS
+from model.args import _HF_KEYS, shipped_configs
 
 from .balance import RoutingTap, expert_counts, max_violation, seq_balance_loss, switch_balance_loss
 from .data import TrainError
@@ -54,6 +54,9 @@ def model_args(ns: argparse.Namespace, vocab_size: int) -> ModelArgs:
             raise TrainError(f"--config {src}: {str(e).removeprefix('config dict: ')}") from None
         d = base.to_dict()
     else:
+        if src not in shipped_configs():  # ModelArgs.from_name's own message named neither the flag nor files
+            raise TrainError(f"--config {src}: neither a config file nor a shipped config (available: "
+                             f"{', '.join(shipped_configs())})")
         d = ModelArgs.from_name(src).to_dict()
     for item in ns.overrides:
         key, sep, value = item.partition("=")

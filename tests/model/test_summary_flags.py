@@ -120,3 +120,13 @@ def test_params_refuses_an_infinite_device_memory(capsys):
         main(["params", "--config", "tiny", "--world-size", "2", "--device-memory", "inf"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and err == "error: --device-memory inf: must be a finite number of GB per rank\n", err
+
+
+@pytest.mark.parametrize("command", ["params", "summary"])
+def test_a_config_that_is_not_shipped_is_refused_naming_the_flag(command, capsys):
+    # it was ModelArgs.from_name's "no shipped config 'nope'; available: [...]", which named no flag
+    with pytest.raises(SystemExit) as e:
+        main([command, "--config", "nope"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err == "error: --config nope: not a shipped config; available: 16B, 236B, 671B, " \
+        "V3.1, tiny\n", err

@@ -161,6 +161,11 @@ def test_bad_input_errors(corpus, tmp_path, capsys, monkeypatch):
         run(parse_args(flags(corpus, tmp_path / "x", "--config", str(tmp_path / "list.json"))))
     with pytest.raises(TrainError, match="ModelArgs has no field 'bogus'"):
         run(parse_args(flags(corpus, tmp_path / "x", "--set", "bogus=1")))
+    # a name that is neither a file nor a shipped config: ModelArgs.from_name's message named neither the flag
+    # nor that a file was looked for
+    with pytest.raises(TrainError, match=r"^--config nope: neither a config file nor a shipped config \(available: "
+                                         r"16B, 236B, 671B, V3\.1, tiny\)$"):
+        run(parse_args(flags(corpus, tmp_path / "x", "--config", "nope")))
     # the name OUT/model/config.json shows: the message named only the miss
     with pytest.raises(TrainError, match=r"no field 'num_nextn_predict_layers' \(the Hugging Face name of "
                                          r"n_mtp_layers: --set n_mtp_layers=0\)$"):
