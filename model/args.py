@@ -30,6 +30,7 @@ def shipped_configs() -> list[str]:
     """The names `ModelArgs.from_name` takes ('16B', '236B', '671B', 'V3.1', 'tiny')."""
     return sorted(p.stem.removeprefix("config_") for p in CONFIG_DIR.glob("config_*.json"))
 
+
 SUPPORTED_MODEL_TYPES = ("deepseek_v3", "deepseek_v2")
 FLOAT_DTYPES = ("bfloat16", "float16", "float32", "float64")  # what config.json torch_dtype may name
 

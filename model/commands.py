@@ -32,7 +32,7 @@ def _build(ns) -> Transformer:
 
 
 def _shipped(name: str) -> ModelArgs:
-    """The shipped config `--config` names; a name there is none of is refused naming the flag."""
+    """The shipped config `--config` names; any other name is refused, naming the flag."""
     if name not in shipped_configs():  # ModelArgs.from_name's own message named no flag
         raise ValueError(f"--config {name}: not a shipped config; available: {', '.join(shipped_configs())}")
     return ModelArgs.from_name(name)
