@@ -84,10 +84,6 @@ def paths(ref: data.RunRef, layers: list[int]) -> None:
     chosen = sorted(c1.multiselect("MoE layers (a path: the top-1 expert at each, in layer order)", layers,
                                    default=layers, key="path_layers", format_func=lambda x: data.layer_label(ref, x)))
     n_links = c2.slider("Largest flows per layer step", 5, 100, MAX_LINKS, step=5, key="path_links")
-    by = "expert"
-    if len(ref.info.get("domains") or []) != 1:  # one domain (an import's stream) paints every flow alike
-        by = c3.radio("Colour by", ["expert", "domain"], horizontal=True, key="path_color",
-                      help="domain: each flow and node in the most common domain of its tokens")
     if len(chosen) < 2:
         st.info("Pick at least two MoE layers: a path is a token's top-1 expert at each chosen layer.")
         return
@@ -97,6 +93,12 @@ def paths(ref: data.RunRef, layers: list[int]) -> None:
         if not p["tokens"]:
             st.info(f"No token is routed at all of layers {listed(map(str, chosen))} yet.")
             return
+        by = "expert"
+        # offered by the domains of the tokens drawn, not run.json's list: one domain (an import's stream,
+        # a corpus without domain folders) paints every flow alike, and a run.json may list none
+        if len(p["domains"]) > 1:
+            by = c3.radio("Colour by", ["expert", "domain"], horizontal=True, key="path_color",
+                          help="domain: each flow and node in the most common domain of its tokens")
         st.plotly_chart(path_sankey(p["flows"], p["nodes"], chosen, n_links, by), key="sankey")
         if by == "domain":
             dcol = ui.domain_colors()
