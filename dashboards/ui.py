@@ -257,11 +257,37 @@ def relative_inside(path: Path, base: Path) -> Path | None:
 
 
 def command_block(cmd: str) -> str:
-    """`cmd` as a Markdown code block of its own, for a message that gives a command to run: on one line
-    (a scroll bar where it is wider than the box) with the code block's copy button. As inline code a
-    command longer than its line broke where the browser chose, once between the two hyphens of
+    """`cmd` as a Markdown code block of its own, for a message that gives a command to run, with the code
+    block's copy button; longer than `COMMAND_WIDTH`, in lines as `command_lines` breaks it. As inline code
+    a command longer than its line broke where the browser chose, once between the two hyphens of
     `--control` (`-` at a line's end, `-control` on the next; a tour at 1024 px)."""
-    return f"\n\n```bash\n{cmd}\n```\n\n"
+    return f"\n\n```bash\n{command_lines(cmd)}\n```\n\n"
+
+
+# characters of a line that the narrowest box shows whole: a message's (st.info) at 1024 px, 502 px at 8.4 px a
+# character less 2 x 16 px of padding (Chromium, 2026-12-07)
+COMMAND_WIDTH = 55
+
+
+def command_lines(cmd: str, width: int = COMMAND_WIDTH) -> str:
+    """`cmd` as the lines a shell reads as one command: where it is longer than `width`, broken before an
+    option (`--x` and its values stay on one line), each line but the last ending in ` \\`, the next
+    indented. On one line the Serving page's placement command ran past its box at 1400 px, its
+    `--out plan.json` cut to `plan.jso` behind a scroll bar (the README's screenshot)."""
+    if len(cmd) <= width:
+        return cmd
+    parts: list[list[str]] = [[]]
+    for word in shlex.split(cmd):
+        if word.startswith("--") and parts[-1]:
+            parts.append([])
+        parts[-1].append(shlex.quote(word))
+    lines = [" ".join(parts[0])]
+    for part in (" ".join(words) for words in parts[1:]):
+        if len(lines[-1]) + len(part) + 3 <= width:  # the part, its space and the line's ' \'
+            lines[-1] += " " + part
+        else:
+            lines.append("    " + part)
+    return " \\\n".join(lines)
 
 
 def whole_table_height(n_rows: int, most: int = 40, row: int = 35) -> int:

@@ -465,6 +465,45 @@ def test_analysis_commands_quote_a_run_path_with_a_space(tmp_path):
     assert shlex.split(cmd) == ["python", "-m", "analyses.ablate", "--run", str(path), "--top", "4", "--control"]
 
 
+def test_a_long_command_is_given_in_lines_that_a_shell_reads_as_the_same_command(tmp_path):
+    """The Serving page's placement command ran past its box at 1400 px on one line (`--out plan.jso`, the
+    README's screenshot). Longer than the width, a command is broken before its options, each line but the
+    last ending in ' \\': bash must read the same words from the lines as from the one line."""
+    import shlex
+
+    from dashboards import ui
+
+    def words(text: str) -> list[str] | None:  # what bash passes a command written so (None: bash failed)
+        done = subprocess.run(["bash", "-c", "printf '%s\\0' " + text.split(" ", 3)[3]], capture_output=True,
+                              text=True)
+        return text.split(" ", 3)[:3] + done.stdout.split("\0")[:-1] if done.returncode == 0 else None
+
+    spaced = shlex.quote(str(tmp_path / "my runs" / "a run"))
+    commands = [
+        "python -m analyses.placement runs/model-val --gpus 8 --redundant 0 --steps 0-93 --format sglang --out plan.json",
+        f"python -m analyses.ablate --run {spaced} --ckpt CKPT --corpus CORPUS --top 4 --control",
+        f"python -m analyses.steer --run {spaced}{'/deeper' * 12} --experts L:E",  # a part over the width
+        "python -m analyses.importance --run runs/r",  # short: as it was
+    ]
+    for cmd in commands:
+        lines = ui.command_lines(cmd)
+        assert words(lines) == words(cmd) == shlex.split(cmd), (cmd, lines)
+        rows = lines.split("\n")
+        assert (len(rows) > 1) == (len(cmd) > ui.COMMAND_WIDTH), lines
+        assert all(r.endswith(" \\") for r in rows[:-1]) and all(r.startswith("    --") for r in rows[1:])
+        # every line within the width but one whose single option is longer by itself
+        assert all(len(r) <= ui.COMMAND_WIDTH or r.count(" --") <= 1 for r in rows), lines
+        assert ui.command_block(cmd) == f"\n\n```bash\n{lines}\n```\n\n"
+    # the placement command of the README's screenshot, in three lines
+    assert ui.command_lines(commands[0]).split("\n") == [
+        "python -m analyses.placement runs/model-val --gpus 8 \\", "    --redundant 0 --steps 0-93 --format sglang \\",
+        "    --out plan.json"]
+    # control: the same lines without their backslashes are three commands to bash (the second, `--redundant
+    # ...`, not found), not one
+    broken = ui.command_lines(commands[0]).replace(" \\\n", "\n")
+    assert broken.count("\n") == 2 and words(broken) is None
+
+
 def test_commands_give_a_run_under_the_working_folder_relative_and_quoted(tmp_path, monkeypatch):
     """A run beside the dashboard is offered as the user types it (runs/r, not the whole path, which ran
     the Serving page's command past its box), and the Serving page quotes it too (it did not: a review)."""

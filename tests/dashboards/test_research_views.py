@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from helpers.apptest import app, array, chart, open_page, texts
+from helpers.apptest import app, array, chart, one_line, open_page, texts
 from helpers.dashboard_runs import dashboard_runs
 
 
@@ -202,7 +202,7 @@ def test_causal_importance(runs):
         at.selectbox(key="imp_domain").set_value("code").run()
         titles = chart_titles(at)
     at = app(runs["good"], "demo-running", page="ablations")
-    assert "python -m analyses.importance --run" in texts(at.info) and not at.error
+    assert "python -m analyses.importance --run" in one_line(texts(at.info)) and not at.error
 
 
 @pytest.mark.slow  # a dashboard session over several pages or runs (the quick loop leaves it out)
@@ -221,7 +221,7 @@ def test_steering_page(runs):
         assert "into the quiet town." in shown and len(gen) == 2
     assert "&#60;b&#62;bold&#60;/b&#62;" in shown and "<b>bold</b>" not in shown  # texts are escaped
     at = app(runs["good"], "demo-running", page="steering")
-    assert "python -m analyses.steer --run" in texts(at.info) and "--experts L:E" in texts(at.info)
+    assert "python -m analyses.steer --run" in one_line(texts(at.info)) and "--experts L:E" in texts(at.info)
     assert not at.error and not at.get("plotly_chart")
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from helpers import sglang_dumps as sg
 from probe.sglang import import_sglang
-from helpers.apptest import PAGES, app, array, chart, open_page, texts
+from helpers.apptest import PAGES, app, array, chart, one_line, open_page, texts
 
 PASSES = 12
 
@@ -106,7 +106,7 @@ def test_serving_replays_the_dumps_placement(imported, tmp_path):
     dl = at.get("download_button")
     assert dl and "plan.json" in dl[0].proto.label
     # the command line it offers plans the same: the window as --steps (it planned from every pass; a review)
-    cmd = next(c.value for c in at.caption if "python -m analyses.placement" in c.value)
+    cmd = one_line(next(c.value for c in at.caption if "python -m analyses.placement" in c.value))
     assert "The same plan from the command line" in cmd and f" --steps {lo}-{hi} " in cmd
     # a code block of its own: as inline code at 1024 px it broke between `--` and `format` (a tour)
     assert "\n\n```bash\npython -m analyses.placement " in cmd and cmd.endswith(" --format sglang --out plan.json\n```")
@@ -119,7 +119,7 @@ def test_serving_replays_the_dumps_placement(imported, tmp_path):
         assert placement(shlex.split(line.replace("--out plan.json", f"--out {out}"))) == 0
         return json.loads(out.read_text())["physical_to_logical_map"]
 
-    line = cmd.split("```bash\npython -m analyses.placement ")[1].split("\n```")[0]
+    line = one_line(cmd).split("```bash\npython -m analyses.placement ")[1].split("\n```")[0]
     got = planned_by(line)
     assert all(got[layer] == plans[layer].tolist() for layer in (1, 2))
     # control: from every pass, the command plans another placement
@@ -151,7 +151,7 @@ def test_serving_window_and_layout_change_the_plan(imported):
     at.slider(key="sv_window").set_value((0, PASSES - 1)).run()
     assert not at.exception and not at.error
     assert not any(m.label == "Planned, later passes" for m in at.metric)  # nothing held out any more
-    cmd = next(c.value for c in at.caption if "python -m analyses.placement" in c.value)
+    cmd = one_line(next(c.value for c in at.caption if "python -m analyses.placement" in c.value))
     assert "The same plan from the command line" in cmd and "--steps" not in cmd  # every pass: no range needed
     at.number_input(key="sv_redundant").set_value(8).run()
     assert at.selectbox(key="sv_gpus").value == 8 and not at.error  # 24 slots: 8 GPUs still divide them
@@ -174,7 +174,7 @@ def test_serving_window_and_layout_change_the_plan(imported):
     assert any("4 GPUs do not divide 16 + 2 = 18 slots; 3 GPUs taken" in c.value for c in at.caption)
     # the command line it offers plans what the page planned: the planner's mode too (a review)
     at.radio(key="sv_mode").set_value("global").run()
-    cmd = next(c.value for c in at.caption if "python -m analyses.placement" in c.value)
+    cmd = one_line(next(c.value for c in at.caption if "python -m analyses.placement" in c.value))
     assert " --mode global --format sglang" in cmd and "--redundant 2" in cmd
 
 
@@ -381,7 +381,7 @@ def test_serving_per_layer_bars_cover_the_plan_window_and_the_gpu_bars_the_picke
     nodes = [int(c) for c in at.selectbox(key="sv_nodes").options]
     assert nodes == [d for d in range(1, n_slots + 1) if n_slots % d == 0 and groups % d == 0] != [1] and not at.error
     at.selectbox(key="sv_nodes").set_value(2).run()
-    cmd = next(c.value for c in at.caption if "python -m analyses.placement" in c.value)
+    cmd = one_line(next(c.value for c in at.caption if "python -m analyses.placement" in c.value))
     assert f"--gpus {n_slots} --redundant 4 --nodes 2 --steps " in cmd  # the node count it planned with
 
 
@@ -476,11 +476,11 @@ def test_the_analysis_commands_offered_for_an_import_name_a_checkpoint_and_corpu
     the bare command (and ablate without anything to ablate, which it refuses too; a tour)."""
     run = imported["runs"] / "per_pass"
     at = app(imported["runs"], "per_pass", page="ablations")
-    info = texts(at.info)
+    info = one_line(texts(at.info))
     for module, flags in (("ablate", " --top 4 --control"), ("importance", "")):
         assert block(f"python -m analyses.{module} --run {run} --ckpt CKPT --corpus CORPUS{flags}") in info, info
     open_page(at, "steering")
-    assert block(f"python -m analyses.steer --run {run} --ckpt CKPT --corpus CORPUS --experts L:E") in texts(at.info)
+    assert block(f"python -m analyses.steer --run {run} --ckpt CKPT --corpus CORPUS --experts L:E") in one_line(texts(at.info))
 
 
 def block(cmd: str) -> str:
@@ -511,8 +511,8 @@ def test_the_serving_command_quotes_a_run_path_with_a_space(tmp_path):
     import_sglang(sg.write_stat(tmp_path / "stat", passes), tmp_path / "my runs" / "r",
                   config=str(sg.config(tmp_path / "model")))
     at = app(tmp_path / "my runs", "r", page="serving")
-    cmd = next(c.value for c in at.caption if "python -m analyses.placement" in c.value)
-    line = cmd.split("```bash\n")[1].split("\n```")[0]
+    cmd = one_line(next(c.value for c in at.caption if "python -m analyses.placement" in c.value))
+    line = one_line(cmd).split("```bash\n")[1].split("\n```")[0]
     assert shlex.split(line)[3] == str(tmp_path / "my runs" / "r")
 
 

@@ -89,6 +89,12 @@ def texts(elems) -> str:
     return " | ".join(e.value for e in elems)
 
 
+def one_line(text: str) -> str:
+    """A page's text with each command it gives on one line: its code blocks break a long command into
+    lines a shell joins (`dashboards.ui.command_lines`: ' \\', a newline and an indent)."""
+    return text.replace(" \\\n    ", " ")
+
+
 def array(v) -> np.ndarray:
     """A plotly JSON array: a list, or numpy's typed-array form {dtype, bdata (base64)[, shape]}."""
     if isinstance(v, dict):
