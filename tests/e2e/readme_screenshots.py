@@ -6,7 +6,8 @@ Seven pages of the probe run (`--run`, the Quickstart's `model-val`: Load balanc
 Token explorer, Co-activation & flow, Serving, Steering, Compare runs) and Training of the training run
 (`--train-run`), each 1400 px wide and whole (`test_dashboard_e2e.browse`: headless Chromium on the real
 `streamlit run` server, each page shot once the charts it placed have drawn). A page that shows an
-error, or a browser error, writes nothing: the command names the page and stops. A PNG over
+error, a browser error or a command cut off by its code block's edge writes nothing: the command names
+the page and stops. A PNG over
 `--max-kb` (500) is saved again with Pillow's `optimize`, and in 256 colours if that leaves it over
 (on 2026-12-07 the eight came out at 195-483 KB as shot, and none needed either); the sizes are printed.
 """
@@ -48,11 +49,15 @@ def check_runs(runs_dir: Path, names: list[str]) -> None:
 
 
 def problems(found: dict) -> list[str]:
-    """What makes a page's shot unfit for the README: error boxes or text, and the browser's own errors."""
+    """What makes a page's shot unfit for the README: error boxes or text, the browser's own errors, and a
+    command whose code block scrolls (its end cut off in the picture: `--out plan.jso` on the Serving page)."""
     out = [f"browser error: {e}" for e in found.get("_js_errors", [])]
     for page, f in found.items():
-        if not page.startswith("_") and (f["errors"] or f["error_text"]):
+        if page.startswith("_"):
+            continue
+        if f["errors"] or f["error_text"]:
             out.append(f"{page}: {f['errors']} error box(es), {f['error_text']}")
+        out += [f"{page}: a command's code block scrolls, its end cut off: {c!r}" for c in f.get("scrolled_code", [])]
     return out
 
 

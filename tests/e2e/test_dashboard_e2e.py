@@ -63,6 +63,11 @@ BLOCK_END = ("[...document.querySelectorAll('[data-testid=\"stCode\"] pre')].fil
              "e.scrollLeft = 0; const lead = Math.min(...rects().map(b => b.left)) - box().left; "
              "e.scrollLeft = e.scrollWidth; const tail = box().right - Math.max(...rects().map(b => b.right)); "
              "e.scrollLeft = 0; return tail < lead - 1; }).map(e => e.textContent.slice(0, 60))")
+# a code block (a command to copy) wider than its box: the reader scrolls it to see its end (the Serving page's
+# placement command, cut at `--out plan.jso` in the README's screenshot, before dashboards.ui.command_lines)
+SCROLLED_CODE = ("[...document.querySelectorAll('[data-testid=\"stCode\"] pre')].filter(e => "
+                 "!e.closest('[data-stale=\"true\"]') && e.scrollWidth > e.clientWidth + 1)"
+                 ".map(e => e.textContent.slice(0, 60))")
 # a table wider than its box (the columns' widths together past the page's column): the reader scrolls it
 # sideways to see its last columns; each as its width over its box's
 WIDE_TABLES = ("[...document.querySelectorAll('[data-testid=\"stDataFrame\"] .dvn-scroller')]"
@@ -164,6 +169,7 @@ def open_page(page, url: str, title: str, charts: int | None, timeout_ms: int = 
             "wide_tables": page.evaluate(WIDE_TABLES),
             "broken_code": page.evaluate(BROKEN_CODE), "cut_metrics": page.evaluate(CUT_METRICS),
             "cut_names": page.evaluate(CUT_NAMES), "block_end": page.evaluate(BLOCK_END),
+            "scrolled_code": page.evaluate(SCROLLED_CODE),
             "legend_over_title": page.evaluate(LEGEND_OVER_TITLE)}
 
 

@@ -32,6 +32,10 @@ def test_a_page_with_an_error_or_a_browser_error_is_named():
                       "steering": {"errors": 1, "error_text": ["Traceback (most recent call last)"]}})
     assert found == ["browser error: TypeError: x",
                      "steering: 1 error box(es), ['Traceback (most recent call last)']"], found
+    # a command cut off at the box's edge in the picture
+    cut = problems({"serving": ok | {"scrolled_code": ["python -m analyses.placement runs/model-val --gpus 8"]}})
+    assert cut == ["serving: a command's code block scrolls, its end cut off: "
+                   "'python -m analyses.placement runs/model-val --gpus 8'"], cut
 
 
 def test_a_png_over_the_limit_is_brought_under_it_and_one_under_is_kept_as_shot(tmp_path):
