@@ -91,9 +91,8 @@ def metric_call(refs: tuple[RunRef, ...], what: str, fn):
 @cached
 def expert_paths(ref: RunRef, layers: tuple[int, ...], top: int = 10) -> dict:
     """Top-1 expert paths over `layers` (tokens routed at all of them, first `windows` windows):
-    tokens, windows, domains (those of the tokens, sorted), summary (`path_summary`), information
-    (`domain_information`, every 5th window held out), common (`common_paths`, `top` rows), flows and
-    nodes (`compute.path_flows`)."""
+    tokens, windows, summary (`path_summary`), information (`domain_information`, every 5th window
+    held out), common (`common_paths`, `top` rows), flows and nodes (`compute.path_flows`)."""
     from analyses import metrics as m
 
     from . import compute
@@ -104,8 +103,7 @@ def expert_paths(ref: RunRef, layers: tuple[int, ...], top: int = 10) -> dict:
     out = {"tokens": len(r.ids), "windows": windows}
     if len(r.ids):
         flows, nodes = compute.path_flows(r.ids[:, :, 0], r.domain)
-        out |= {"domains": sorted(pd.unique(pd.Series(r.domain, dtype=str))),
-                "summary": m.path_summary(r.ids, r.domain, 1), "flows": flows, "nodes": nodes,
+        out |= {"summary": m.path_summary(r.ids, r.domain, 1), "flows": flows, "nodes": nodes,
                 "information": m.domain_information(r.ids, r.domain, r.layers, 1, r.heldout(5)),
                 "common": m.common_paths(r.ids, r.domain, r.token_id, 1, top)}
     return out

@@ -96,7 +96,7 @@ def paths(ref: data.RunRef, layers: list[int]) -> None:
         by = "expert"
         # offered by the domains of the tokens drawn, not run.json's list: one domain (an import's stream,
         # a corpus without domain folders) paints every flow alike, and a run.json may list none
-        if len(p["domains"]) > 1:
+        if len(path_domains(p)) > 1:
             by = c3.radio("Colour by", ["expert", "domain"], horizontal=True, key="path_color",
                           help="domain: each flow and node in the most common domain of its tokens")
         st.plotly_chart(path_sankey(p["flows"], p["nodes"], chosen, n_links, by), key="sankey")
@@ -156,6 +156,12 @@ def path_sankey(flows: pd.DataFrame, nodes: pd.DataFrame, chosen: list[int], n_l
     return charts.layered_sankey(columns, links, title=title, height=max(480, min(900, 40 * max(map(len, columns)))))
 
 
+def path_domains(p: dict) -> list[str]:
+    """The domains of the tokens on `research.expert_paths`' paths (its summary's rows but "all")."""
+    summ = p["summary"]
+    return sorted(summ.domain[summ.domain != "all"])
+
+
 def path_stats(ref: data.RunRef, p: dict) -> None:
     """Distinct paths and perplexity, and how much the path tells about the domain vs each layer alone."""
     summ, info = p["summary"], p["information"]
@@ -166,7 +172,7 @@ def path_stats(ref: data.RunRef, p: dict) -> None:
     c[0].metric("Distinct paths", f"{int(al.distinct_paths):,}", help="distinct top-1 paths among the tokens")
     c[1].metric("Path perplexity", f"{al.perplexity:.1f}", help="e^H(path): the effective number of paths")
     c[2].metric("Top-10 paths' share", f"{al.top10_share:.1%}")
-    doms = sorted(summ.domain[summ.domain != "all"])
+    doms = path_domains(p)
     if len(doms) < 2:
         ui.one_domain_note(ref, doms, "The domain information of paths")
         return
