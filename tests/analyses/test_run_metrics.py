@@ -473,6 +473,55 @@ def test_run_repetition_with_one_expert_per_token_has_no_top2_measure(tmp_path):
         assert math.isnan(M.repetition(a["ids"][layer], seq_id=a["seq"], n_experts=a["E"])["top2_any"])
 
 
+def _rewrite_routing(run, change) -> None:
+    """Each routing part of `run` replaced by `change(table)`."""
+    import pyarrow.parquet as pq
+
+    for f in sorted((run / "routing").glob("*.parquet")):
+        pq.write_table(change(pq.read_table(f)), f)
+
+
+def test_run_repetition_puts_each_layers_rows_in_window_order_first(tmp_path):
+    # the run version reads a layer's rows and pairs neighbours, so rows stored out of window order
+    # (several ranks' parts, a part written in another order) must be sorted first; reversed and
+    # shuffled parts give the same table as the stored order
+    import shutil
+
+    import pyarrow as pa
+
+    a = write_run(tmp_path / "sorted", n_seq=8)
+    want = M.repetition_from_run(tmp_path / "sorted")
+    assert (want.pairs == 8 * 6).all() and len(want) == len(a["layers"])
+    rng = np.random.default_rng(1)
+    for name, order in (("reversed", lambda n: np.arange(n)[::-1]), ("shuffled", rng.permutation)):
+        shutil.copytree(tmp_path / "sorted", tmp_path / name)
+        _rewrite_routing(tmp_path / name, lambda t: t.take(pa.array(order(t.num_rows))))
+        got = M.repetition_from_run(tmp_path / name)
+        assert got.equals(want), name
+    # control: the array version on the reversed rows, unsorted, finds no adjacent pair at all
+    layer = a["layers"][0]
+    assert M.repetition(a["ids"][layer][::-1], seq_id=a["seq"][::-1], pos=a["pos"][::-1])["pairs"] == 0
+
+
+def test_run_repetition_names_the_layer_of_a_routing_row_that_is_short_or_missing(tmp_path):
+    import pyarrow as pa
+
+    a = write_run(tmp_path / "r")
+    layer = a["layers"][1]
+
+    def shorten(t):  # the first row of `layer` in each part loses its last expert
+        ids = t.column("expert_ids").to_pylist()
+        first = t.column("layer").to_pylist().index(layer)
+        ids[first] = ids[first][:-1]
+        return t.set_column(t.schema.get_field_index("expert_ids"), "expert_ids",
+                            pa.array(ids, t.schema.field("expert_ids").type))
+    _rewrite_routing(tmp_path / "r", shorten)
+    with pytest.raises(M.MetricsError, match=f"routing layer {layer}: expert_ids: rows of different lengths") as e:
+        M.repetition_from_run(tmp_path / "r")
+    one_line(e)
+    assert M.repetition_from_run(tmp_path / "r", layer=a["layers"][0]).pairs.iloc[0] > 0  # the other layer reads
+
+
 def test_in_memory_agreement_shares_are_of_each_side(synth):
     # a holds every second row of b: all of a is matched (share 1), about half of b
     run, _ = synth
