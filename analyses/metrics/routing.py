@@ -191,49 +191,27 @@ def routing_agreement(ids_a, ids_b) -> dict:
     out = {"tokens": len(a)}
     if not len(a):
         return out | dict.fromkeys(["top1_same", "set_same", "overlap", "jaccard", "nmi_top1"], float("nan"))
-    inter = (a[:, :, None] == b[:, None, :]).any(2).sum(1)
+    inter = np.zeros(len(a), np.int64)  # |A ∩ B|, a column of B at a time ([T, K_a], not [T, K_a, K_b])
+    for j in range(b.shape[1]):
+        inter += (a == b[:, j, None]).any(1)
     union = a.shape[1] + b.shape[1] - inter
     E = int(max(a.max(), b.max())) + 1
-    c = np.zeros((E, E))
-    np.add.at(c, (a[:, 0], b[:, 0]), 1)
-    set_same = (np.sort(a, 1) == np.sort(b, 1)).all(1).mean() if a.shape[1] == b.shape[1] else 0.0
+    c = np.bincount(a[:, 0] * E + b[:, 0], minlength=E * E).reshape(E, E).astype(np.float64)
+    set_same = 0.0
+    if a.shape[1] == b.shape[1]:  # sorted rows equal, sorted a block of rows at a time (not two sorted copies)
+        step = 1 << 18
+        set_same = sum(int((np.sort(a[i:i + step], 1) == np.sort(b[i:i + step], 1)).all(1).sum())
+                       for i in range(0, len(a), step)) / len(a)
     return out | {"top1_same": float((a[:, 0] == b[:, 0]).mean()), "set_same": float(set_same),
                   "overlap": float(inter.mean() / a.shape[1]),
                   "jaccard": float((inter / union).mean()), "nmi_top1": nmi(c)}
 
 
-def _agreement_sql(con, a: str, b: str, on: str) -> "pandas.DataFrame":  # noqa: F821
-    """Aggregate routing_agreement in SQL over `a join b on ...`; returns per (la, lb) rows with
-    top1_same, set_same, overlap, jaccard and nmi_top1 (from a GROUP BY top-1 pair contingency)."""
-    import pandas as pd
-
-    j = f"from {a} a join {b} b on {on}"
-    m = con.sql(f"""
-        select a.layer as layer_a, b.layer as layer_b, count(*) as tokens,
-               avg((a.expert_ids[1] = b.expert_ids[1])::int) as top1_same,
-               avg((list_sort(a.expert_ids) = list_sort(b.expert_ids))::int) as set_same,
-               avg(len(list_intersect(a.expert_ids, b.expert_ids)) / len(a.expert_ids)) as overlap,
-               avg(len(list_intersect(a.expert_ids, b.expert_ids))
-                   / (len(a.expert_ids) + len(b.expert_ids) - len(list_intersect(a.expert_ids, b.expert_ids))))
-                   as jaccard
-        {j} group by all order by all""").df()
-    c = con.sql(f"""select a.layer as layer_a, b.layer as layer_b, a.expert_ids[1] as ea, b.expert_ids[1] as eb,
-                           count(*) as n {j} group by all""").fetchnumpy()
-    vals = []
-    for la, lb in zip(m["layer_a"], m["layer_b"]):
-        s = (c["layer_a"] == la) & (c["layer_b"] == lb)
-        ea, eb = c["ea"][s].astype(np.int64), c["eb"][s].astype(np.int64)
-        t = np.zeros((ea.max() + 1, eb.max() + 1))
-        t[ea, eb] = c["n"][s]
-        vals.append(nmi(t))
-    m["nmi_top1"] = vals
-    return pd.DataFrame(m)
-
-
 def layer_agreement_from_run(run, layers: list[int] | None = None) -> "pandas.DataFrame":  # noqa: F821
     """Cross-layer routing agreement (`routing_agreement`) between consecutive MoE layers
-    (or consecutive entries of `layers`) over the same tokens, in SQL (routing joined to itself on
-    seq_id, pos). Expert ids are compared by index (meaningful for upcycled or tied experts);
+    (or consecutive entries of `layers`) over the same tokens (seq_id, pos), a layer read at a time and
+    measured by `routing_agreement` (a self-join of the routing table in SQL took 52-53 s for 8 layers
+    of 2M tokens, this 14 s; docs/performance.md, "Runs at 2 million tokens"). Expert ids are compared by index (meaningful for upcycled or tied experts);
     nmi_top1 needs no mapping. Columns layer_a, layer_b, tokens, top1_same, set_same, overlap, jaccard,
     nmi_top1. A layer named twice, or with no routing rows: an error naming it (layers=[1, 1] compared
     layer 1 with itself, an agreement of 1 that was never measured)."""
@@ -251,35 +229,54 @@ def layer_agreement_from_run(run, layers: list[int] | None = None) -> "pandas.Da
     if twice:
         raise MetricsError(f"layers {layers}: layer {', '.join(map(str, twice))} named twice; agreement is "
                            "between two different layers")
-    frames = []
-    for la, lb in zip(layers[:-1], layers[1:]):
-        frames.append(_agreement_sql(run.con, f"(select * from routing where layer = {la})",
-                                     f"(select * from routing where layer = {lb})",
-                                     "a.seq_id = b.seq_id and a.pos = b.pos"))
+    rows, read = [], {}
+    for la, lb in zip(layers[:-1], layers[1:]):  # each layer read once, two held at a time
+        read = {n: read.get(n) or _layer_routing(run, n) for n in (la, lb)}
+        ids_a, ids_b = _matched(read[la], read[lb])
+        if len(ids_a):
+            rows.append({"layer_a": la, "layer_b": lb, **routing_agreement(ids_a, ids_b)})
     cols = ["layer_a", "layer_b", "tokens", "top1_same", "set_same", "overlap", "jaccard", "nmi_top1"]
-    return pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _matched(a: tuple, b: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """The expert ids of two layers' readings (`_layer_routing`: ids, seq_id, pos) at the positions
+    both hold, row for row (both as they are when they hold the same positions). The windows' ids become dense codes first, so a position's key (code x
+    width + pos) fits an int64 whatever ids the runs gave their windows."""
+    (ids_a, seq_a, pos_a), (ids_b, seq_b, pos_b) = a, b
+    if np.array_equal(seq_a, seq_b) and np.array_equal(pos_a, pos_b):  # the layers of one run: the same tokens
+        return ids_a, ids_b
+    codes = np.unique(np.concatenate([seq_a, seq_b]), return_inverse=True)[1].reshape(-1)
+    width = int(max(pos_a.max(initial=0), pos_b.max(initial=0))) + 1
+    key_a, key_b = codes[:len(seq_a)] * width + pos_a, codes[len(seq_a):] * width + pos_b
+    _, i, j = np.intersect1d(key_a, key_b, return_indices=True)
+    return ids_a[i], ids_b[j]
 
 
 def routing_agreement_from_runs(run_a, run_b, check_tokens: bool = True) -> "pandas.DataFrame":  # noqa: F821
     """Cross-run routing agreement per MoE layer (`routing_agreement`): two runs over the same tokens
-    (e.g. two checkpoints on one corpus), routing rows matched on (seq_id, pos, layer) in SQL.
+    (e.g. two checkpoints on one corpus), routing rows matched on (seq_id, pos, layer), a layer of
+    each run read at a time and measured by `routing_agreement`.
     check_tokens: the matched positions must hold the same token ids (from both runs' `tokens`),
     else an error. Columns layer, tokens, top1_same, set_same, overlap, jaccard, nmi_top1, share_of_a and
     share_of_b (the matched share of each run's routed tokens at that layer: below 1 when the runs
     saw partly different windows). No shared position at all, or runs of models with other expert
     counts (ids compared by index name different experts): an error saying so."""
+    import pandas as pd
+
     run_a, run_b = as_run(run_a), as_run(run_b)
-    con = _joined_runs(run_a, run_b, check_tokens)
-    df = _agreement_sql(con, "ra", "rb", "a.seq_id = b.seq_id and a.pos = b.pos and a.layer = b.layer")
-    if df.empty:
+    _joined_runs(run_a, run_b, check_tokens)  # its checks: the same model and, at shared positions, tokens
+    layers = [sorted(int(r[0]) for r in x.sql("select distinct layer from routing").fetchall()) for x in (run_a, run_b)]
+    rows = []
+    for n in (n for n in layers[0] if n in layers[1]):
+        a, b = _layer_routing(run_a, n), _layer_routing(run_b, n)
+        ids_a, ids_b = _matched(a, b)
+        if len(ids_a):
+            rows.append({"layer": n, **routing_agreement(ids_a, ids_b),
+                         "share_of_a": len(ids_a) / len(a[0]), "share_of_b": len(ids_b) / len(b[0])})
+    if not rows:
         raise _nothing_shared(run_a, run_b)
-    sizes = con.sql("""select layer, count(*) filter (where side = 'a') as na, count(*) filter (where side = 'b') as nb
-                       from (select layer, 'a' as side from ra union all select layer, 'b' from rb)
-                       group by layer""").df().set_index("layer")
-    df = df.drop(columns="layer_b").rename(columns={"layer_a": "layer"})
-    df["share_of_a"] = df.tokens / df.layer.map(sizes.na).astype(float)
-    df["share_of_b"] = df.tokens / df.layer.map(sizes.nb).astype(float)
-    return df
+    return pd.DataFrame(rows)
 
 
 def routing_agreement_by_layer(routing_a, routing_b) -> "pandas.DataFrame":  # noqa: F821

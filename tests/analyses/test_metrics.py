@@ -392,6 +392,19 @@ def test_routing_agreement_of_two_top_k_sizes():
     assert got["set_same"] == 0 and got["top1_same"] == 0.5 and got["tokens"] == 2
 
 
+def test_routing_agreement_over_more_rows_than_one_block_of_its_set_comparison():
+    """set_same compares sorted rows a block of 2**18 rows at a time: over 300,000 tokens every third
+    row holds the same set in reverse order and the others a set shifted by one expert (never the
+    same set of 4 of 64), so exactly a third match, whichever block a row falls in."""
+    rng = np.random.default_rng(0)
+    a = (rng.integers(0, 64, (300_000, 1)) + np.array([0, 5, 11, 23])) % 64  # distinct ids a row
+    same = np.arange(len(a)) % 3 == 0
+    b = np.where(same[:, None], a[:, ::-1], (a + 1) % 64)
+    got = M.routing_agreement(a, b)
+    assert got["set_same"] == same.mean() and got["top1_same"] == 0 and got["tokens"] == len(a)
+    assert M.routing_agreement(a, a[:, ::-1])["set_same"] == 1.0
+
+
 def test_margin_summary_and_score_entropy():
     s = M.margin_summary([0.0, 0.005, 0.1, np.nan])
     assert s["count"] == 3 and s["near"] == pytest.approx(2 / 3)
