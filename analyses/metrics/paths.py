@@ -43,7 +43,7 @@ def _as_routes(ids) -> np.ndarray:
         raise MetricsError(f"ids: expected [tokens, layers, K] expert ids, got shape {a.shape}")
     if a.size and (not np.issubdtype(a.dtype, np.integer) or a.min() < 0):
         raise MetricsError("ids: expert ids must be non-negative integers")
-    return a.astype(np.int64)
+    return a.astype(np.int64, copy=False)  # a run's routes are int64 already (a copy: 0.77 GB, 2M tokens x 8 layers)
 
 
 def path_keys(ids, k: int = 1) -> np.ndarray:
@@ -68,7 +68,7 @@ def path_codes(ids, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
     # the rank of each row's prefix in lexicographic order, one column at a time: 1-D sorts of int64
     # (np.unique(axis=0) sorts the rows as records, ~10x slower); the same codes
     code = np.zeros(len(keys), np.int64)
-    for col in keys.T.astype(np.int64):
+    for col in keys.T:  # int64 already (_as_routes)
         code = np.unique(code * (int(col.max()) + 1) + col, return_inverse=True)[1].reshape(-1)
     _, first = np.unique(code, return_index=True)
     return keys[first], code
@@ -290,21 +290,47 @@ def routes_from_run(run, layers=None) -> Routes:
         raise MetricsError(f"layers {layers}: layer {', '.join(map(str, twice))} named twice; a path visits each "
                            "layer once")
     layers = sorted(layers)  # a path runs in layer order, whatever order the layers were named in
-    inlist = ", ".join(map(str, layers))
-    df = run.sql(f"""
-        with r as (select seq_id, pos, list(expert_ids order by layer) as ids, count(*) as n
-                   from routing where layer in ({inlist}) group by seq_id, pos)
-        select r.seq_id, r.pos, t.token_id, coalesce(p.token_id, -1) as prev_id, t.domain, r.ids
-        from r join tokens t using (seq_id, pos)
-        left join tokens p on p.seq_id = r.seq_id and p.pos = r.pos - 1
-        where r.n = {len(layers)} order by r.seq_id, r.pos""").arrow()
-    df = df.read_all() if hasattr(df, "read_all") else df  # duckdb 2 gives a batch reader, 1.x a table
-    ids = df.column("ids").combine_chunks().flatten().flatten().to_numpy(zero_copy_only=False)
-    T = df.num_rows
-    return Routes(layers, df.column("seq_id").to_numpy(), df.column("pos").to_numpy(),
-                  df.column("token_id").to_numpy(), df.column("prev_id").to_numpy(),
-                  df.column("domain").to_numpy(zero_copy_only=False).astype(str),
-                  ids.reshape(T, len(layers), -1).astype(np.int64) if T else np.zeros((0, len(layers), 1), np.int64))
+    tok = run.sql("select seq_id, pos, token_id, domain from tokens order by seq_id, pos").arrow()
+    tok = tok.read_all() if hasattr(tok, "read_all") else tok  # duckdb 2 gives a batch reader, 1.x a table
+    seq, pos, token_id = (tok.column(c).to_numpy() for c in ("seq_id", "pos", "token_id"))
+    prev_id = np.full(len(seq), -1, token_id.dtype)  # the token one position back in the same window, if recorded
+    back = (seq[1:] == seq[:-1]) & (pos[1:] == pos[:-1] + 1)
+    prev_id[1:][back] = token_id[:-1][back]
+    ids, held = _routed_ids(run, layers, seq, pos)
+    keep = held == len(layers)
+    if not keep.any():
+        ids = np.zeros((0, len(layers), 1), np.int64)
+    elif not keep.all():
+        ids = ids[keep]
+    domain = tok.column("domain").to_numpy(zero_copy_only=False).astype(str)
+    return Routes(layers, seq[keep], pos[keep], token_id[keep], prev_id[keep], domain[keep], ids)
+
+
+def _routed_ids(run, layers: list[int], seq: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every layer's expert ids at the tokens' positions (seq, pos: sorted), read a layer at a time:
+    ids [T, L, K] (int64) and, per token, how many of the layers routed it. Grouping every layer's lists
+    by position in SQL (one query) peaked at 3.10 GB for 8 layers of 2M tokens, top-6, where the result
+    is 0.77 GB; this way 1.36 GB (docs/performance.md, "Runs at 2 million tokens")."""
+    from .routing import _layer_routing
+
+    windows = np.unique(seq)
+    width = int(pos.max(initial=0)) + 1
+    key = np.searchsorted(windows, seq) * width + pos  # sorted, as the tokens are
+    ids, held = None, np.zeros(len(seq), np.int64)
+    for i, n in enumerate(layers):
+        got, s, p = _layer_routing(run, n)
+        w = np.searchsorted(windows, s).clip(max=len(windows) - 1)
+        k = w * width + p
+        at = np.searchsorted(key, k).clip(max=len(key) - 1)
+        ok = (windows[w] == s) & (p >= 0) & (p < width) & (key[at] == k)  # a position the tokens hold
+        if ids is None:
+            ids = np.zeros((len(seq), len(layers), got.shape[1]), np.int64)
+        elif got.shape[1] != ids.shape[2]:
+            raise MetricsError(f"routing layer {n}: top-{got.shape[1]} expert ids where layer {layers[0]} has "
+                               f"top-{ids.shape[2]}: a path needs one K")
+        ids[at[ok], i] = got[ok]
+        held[at[ok]] += 1
+    return ids, held
 
 
 def path_summary_from_run(run, layers=None, k: int = 1) -> "pandas.DataFrame":  # noqa: F821

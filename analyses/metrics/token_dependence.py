@@ -109,7 +109,8 @@ def token_dependence_from_run(run, layers=None, every: int = 5, k: int | None = 
     test = r.heldout(every)
     left = heldout_left_out(r.domain, test)  # one window, held out whole: left out of training and scoring
     keep = ~np.isin(r.domain, left)
-    test, tok, prev, pos, ids = test[keep], r.token_id[keep], r.prev_id[keep], r.pos[keep], r.ids[keep]
+    sel = slice(None) if keep.all() else keep  # views when nothing is left out: ids[keep] copied all routes
+    test, tok, prev, pos, ids = test[sel], r.token_id[sel], r.prev_id[sel], r.pos[sel], r.ids[sel]
     K = r.ids.shape[2]
     k = K if k is None else whole_count(k, "k", why=" (experts of the top-k set)")  # int() read 1.5 as 1
     if not 1 <= k <= K:

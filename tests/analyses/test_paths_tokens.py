@@ -264,6 +264,7 @@ def test_run_paths_equal_array_versions(runs):
     np.testing.assert_array_equal(r.ids, ids)
     np.testing.assert_array_equal(r.token_id, a["token_id"])
     assert r.prev_id[0] == -1 and r.prev_id[1] == a["token_id"][0]
+    np.testing.assert_array_equal(r.prev_id, np.where(a["pos"] > 0, np.roll(a["token_id"], 1), -1))
     got = M.domain_information_from_run(d / "a", every=5)
     want = M.domain_information(ids, a["domain"].astype(str), a["layers"], 1,
                                 _heldout(a["seq"], a["domain"].astype(str), 5))
@@ -289,7 +290,36 @@ def test_routes_leave_out_a_token_not_routed_at_every_layer(tmp_path):
     r = M.routes_from_run(tmp_path / "r")
     keep = ~((a["seq"] == 0) & (a["pos"] == 3))
     np.testing.assert_array_equal(r.ids, _stack(a, a["layers"])[keep])
+    # the next token's previous token is still (0, 3)'s, which the tokens table holds
+    np.testing.assert_array_equal(r.prev_id, np.where(a["pos"] > 0, np.roll(a["token_id"], 1), -1)[keep])
     assert len(M.routes_from_run(tmp_path / "r", layers=[1]).ids) == len(a["seq"])  # layer 1 alone: every token
+
+
+def test_routes_read_parts_in_any_row_order_and_refuse_layers_of_two_top_k_sizes(tmp_path):
+    # a layer at a time into the tokens' rows: routing and tokens parts stored shuffled read the same
+    import shutil
+
+    from helpers.cli_errors import one_line
+
+    a = write_run(tmp_path / "r")
+    want = M.routes_from_run(tmp_path / "r")
+    shutil.copytree(tmp_path / "r", tmp_path / "shuffled")
+    rng = np.random.default_rng(3)
+    for f in sorted((tmp_path / "shuffled").glob("*/*.parquet")):  # every table's parts
+        t = pq.read_table(f)
+        pq.write_table(t.take(pa.array(rng.permutation(t.num_rows))), f)
+    got = M.routes_from_run(tmp_path / "shuffled")
+    for field in ("seq_id", "pos", "token_id", "prev_id", "domain", "ids"):
+        np.testing.assert_array_equal(getattr(got, field), getattr(want, field), err_msg=field)
+    np.testing.assert_array_equal(got.ids, _stack(a, a["layers"]))
+    for f in (tmp_path / "r" / "routing").glob("*.parquet"):  # layer 2 keeps only its first choice
+        t = pq.read_table(f)
+        ids = [x[:1] if layer == 2 else x for x, layer in zip(t["expert_ids"].to_pylist(), t["layer"].to_pylist())]
+        pq.write_table(t.set_column(t.schema.get_field_index("expert_ids"), "expert_ids",
+                                    pa.array(ids, t.schema.field("expert_ids").type)), f)
+    with pytest.raises(M.MetricsError, match="routing layer 2: top-1 expert ids where layer 1 has top-2") as e:
+        M.routes_from_run(tmp_path / "r")
+    one_line(e)
 
 
 def test_run_token_dependence(runs):
