@@ -1,7 +1,8 @@
 """Routing-pattern metrics (metrics.md, "Routing patterns"): consecutive-token repetition
 with random baselines, co-activation, cross-layer and cross-run routing agreement, score margins and
 routing entropy. Array versions and run versions (DuckDB SQL over `routing`; only aggregates return,
-but repetition reads one layer's rows at a time and measures them with the array version).
+except that repetition and routing agreement read a layer's rows at a time and measure them with the
+array versions: SQL self-joins of the routing table held every layer's lists or ran 3x slower).
 """
 
 from __future__ import annotations
@@ -211,8 +212,8 @@ def layer_agreement_from_run(run, layers: list[int] | None = None) -> "pandas.Da
     """Cross-layer routing agreement (`routing_agreement`) between consecutive MoE layers
     (or consecutive entries of `layers`) over the same tokens (seq_id, pos), a layer read at a time and
     measured by `routing_agreement` (a self-join of the routing table in SQL took 52-53 s for 8 layers
-    of 2M tokens, this 14 s; docs/performance.md, "Runs at 2 million tokens"). Expert ids are compared by index (meaningful for upcycled or tied experts);
-    nmi_top1 needs no mapping. Columns layer_a, layer_b, tokens, top1_same, set_same, overlap, jaccard,
+    of 2M tokens, this 14 s; docs/performance.md, "Runs at 2 million tokens"). Expert ids are compared
+    by index (meaningful for upcycled or tied experts); nmi_top1 needs no mapping. Columns layer_a, layer_b, tokens, top1_same, set_same, overlap, jaccard,
     nmi_top1. A layer named twice, or with no routing rows: an error naming it (layers=[1, 1] compared
     layer 1 with itself, an agreement of 1 that was never measured)."""
     import pandas as pd
@@ -241,8 +242,9 @@ def layer_agreement_from_run(run, layers: list[int] | None = None) -> "pandas.Da
 
 def _matched(a: tuple, b: tuple) -> tuple[np.ndarray, np.ndarray]:
     """The expert ids of two layers' readings (`_layer_routing`: ids, seq_id, pos) at the positions
-    both hold, row for row (both as they are when they hold the same positions). The windows' ids become dense codes first, so a position's key (code x
-    width + pos) fits an int64 whatever ids the runs gave their windows."""
+    both hold, row for row (both as they are when they hold the same positions). The windows' ids
+    become dense codes first, so a position's key (code x width + pos) fits an int64 whatever ids the
+    runs gave their windows."""
     (ids_a, seq_a, pos_a), (ids_b, seq_b, pos_b) = a, b
     if np.array_equal(seq_a, seq_b) and np.array_equal(pos_a, pos_b):  # the layers of one run: the same tokens
         return ids_a, ids_b
@@ -266,7 +268,8 @@ def routing_agreement_from_runs(run_a, run_b, check_tokens: bool = True) -> "pan
 
     run_a, run_b = as_run(run_a), as_run(run_b)
     _joined_runs(run_a, run_b, check_tokens)  # its checks: the same model and, at shared positions, tokens
-    layers = [sorted(int(r[0]) for r in x.sql("select distinct layer from routing").fetchall()) for x in (run_a, run_b)]
+    layers = [sorted(int(r[0]) for r in x.sql("select distinct layer from routing").fetchall())
+              for x in (run_a, run_b)]
     rows = []
     for n in (n for n in layers[0] if n in layers[1]):
         a, b = _layer_routing(run_a, n), _layer_routing(run_b, n)
