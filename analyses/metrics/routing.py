@@ -213,9 +213,10 @@ def layer_agreement_from_run(run, layers: list[int] | None = None) -> "pandas.Da
     (or consecutive entries of `layers`) over the same tokens (seq_id, pos), a layer read at a time and
     measured by `routing_agreement` (a self-join of the routing table in SQL took 52-53 s for 8 layers
     of 2M tokens, this 14 s; docs/performance.md, "Runs at 2 million tokens"). Expert ids are compared
-    by index (meaningful for upcycled or tied experts); nmi_top1 needs no mapping. Columns layer_a, layer_b, tokens, top1_same, set_same, overlap, jaccard,
-    nmi_top1. A layer named twice, or with no routing rows: an error naming it (layers=[1, 1] compared
-    layer 1 with itself, an agreement of 1 that was never measured)."""
+    by index (meaningful for upcycled or tied experts); nmi_top1 needs no mapping. Columns layer_a,
+    layer_b, tokens, top1_same, set_same, overlap, jaccard, nmi_top1. A layer named twice, or with no
+    routing rows: an error naming it (layers=[1, 1] compared layer 1 with itself, an agreement of 1
+    that was never measured)."""
     import pandas as pd
 
     run = as_run(run)
