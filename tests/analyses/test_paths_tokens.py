@@ -407,6 +407,37 @@ def test_route_changes_equal_a_plain_reference_in_order(runs, layers):
     assert len({r[5] for r in want}) < len(want)  # ties in Jaccard: the order of top1_changed is checked
 
 
+def test_route_changes_count_the_layers_a_position_is_shared_at(runs, tmp_path):
+    # run b lost (window 0, position 3) at layer 2 and (window 1, position 0) at layer 1: each is
+    # compared at the other layer only, the rest at both, and the table is the hand reference's
+    import shutil
+
+    import pyarrow.compute as pc
+
+    d, a, b = runs
+    shutil.copytree(d / "b", tmp_path / "b")
+    lost = {(0, 3): 2, (1, 0): 1}
+    for f in (tmp_path / "b" / "routing").glob("*.parquet"):
+        t = pq.read_table(f)
+        gone = None
+        for (q, p_), layer in lost.items():
+            one = pc.and_(pc.and_(pc.equal(t["seq_id"], q), pc.equal(t["pos"], p_)), pc.equal(t["layer"], layer))
+            gone = one if gone is None else pc.or_(gone, one)
+        pq.write_table(t.filter(pc.invert(gone)), f)
+    got = M.route_changes_from_runs(d / "a", tmp_path / "b", top=len(a["seq"])).set_index(["seq_id", "pos"])
+    assert len(got) == len(a["seq"])
+    for (q, p_), layer in lost.items():
+        other = [x for x in a["layers"] if x != layer]
+        row = next(r for r in _route_changes_by_hand(a, b, other) if (r[0], r[1]) == (q, p_))
+        assert got.loc[(q, p_), "layers"] == 1
+        assert got.loc[(q, p_), "jaccard"] == pytest.approx(row[5])
+        assert got.loc[(q, p_), "top1_changed"] == row[3] and got.loc[(q, p_), "set_changed"] == row[4]
+    both = _route_changes_by_hand(a, b, a["layers"])
+    rest = [r for r in both if (r[0], r[1]) not in lost]
+    assert (got.drop(index=list(lost)).layers == 2).all()
+    np.testing.assert_allclose(got.loc[[(r[0], r[1]) for r in rest], "jaccard"], [r[5] for r in rest])
+
+
 def test_run_vs_run_no_shared_windows(runs, tmp_path):
     d, _, _ = runs
     write_run(tmp_path / "far", n_seq=10, seq_len=9)
