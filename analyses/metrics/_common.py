@@ -260,10 +260,15 @@ def layer_numbers(layers, name: str = "layers") -> list[int]:
     return [layer_number(x, name) for x in layers]
 
 
+def recorded_layers(run, table: str = "routing") -> list[int]:
+    """The layers `table` of `run` has rows of, in order (a run's MoE layers, for routing)."""
+    return [int(r[0]) for r in run.sql(f"select distinct layer from {table} order by 1").fetchall()]
+
+
 def check_layer(run, layer, table: str = "routing") -> int:
     n = layer_number(layer)
     not_lost(run, table)
-    layers = [int(r[0]) for r in run.sql(f"select distinct layer from {table} order by 1").fetchall()]
+    layers = recorded_layers(run, table)
     if n not in layers:
         raise MetricsError(f"layer {layer} has no {table} rows (MoE layers recorded: {layers})")
     return n

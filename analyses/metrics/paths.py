@@ -30,7 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._common import MetricsError, as_run, layer_numbers, listed, need_rows, same_length, whole_count
+from ._common import (MetricsError, as_run, layer_numbers, listed, need_rows, recorded_layers, same_length,
+                      whole_count)
 from .specialisation import contingency, domain_nmi, entropy
 
 
@@ -280,7 +281,7 @@ def routes_from_run(run, layers=None) -> Routes:
     run = as_run(run)
     need_rows(run, "routing")
     need_rows(run, "tokens")
-    have = [int(r[0]) for r in run.sql("select distinct layer from routing order by 1").fetchall()]
+    have = recorded_layers(run)
     layers = have if layers is None else layer_numbers(layers)
     bad = [x for x in layers if x not in have]
     if bad or not layers:

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import MetricsError, as_run, counted, layer_numbers, n_experts_of_run, need_rows, whole_count
+from ._common import (MetricsError, as_run, counted, layer_numbers, n_experts_of_run, need_rows, recorded_layers,
+                      whole_count)
 from .paths import heldout_left_out, heldout_windows, split_every
 
 FEATURES = ("weights", "scores")
@@ -135,7 +136,7 @@ KEY = "((seq_id::bigint << 32) | pos::bigint)"  # one int64 per token, in (seq_i
 
 
 def _layers(run, layers) -> list[int]:
-    have = [int(r[0]) for r in run.sql("select distinct layer from routing order by 1").fetchall()]
+    have = recorded_layers(run)
     layers = have if layers is None else sorted(set(layer_numbers(layers)))
     if not layers or any(x not in have for x in layers):
         raise MetricsError(f"layers {layers}: no routing rows (MoE layers recorded: {have})")

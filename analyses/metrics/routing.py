@@ -13,7 +13,8 @@ from math import comb
 import numpy as np
 
 from ._common import (WINDOW_FLAGS, MetricsError, as_ids, as_run, check_layer, layer_numbers, n_experts_of,
-                      n_experts_of_run, need_rows, not_lost, positive_number, same_length, whole_count, window_flag)
+                      n_experts_of_run, need_rows, not_lost, positive_number, recorded_layers, same_length, whole_count,
+                      window_flag)
 from .specialisation import nmi
 
 
@@ -108,10 +109,7 @@ def repetition_from_run(run, layer: int | None = None) -> "pandas.DataFrame":  #
     run = as_run(run)
     need_rows(run, "routing")
     E = n_experts_of_run(run, "routing")
-    if layer is not None:
-        layers = [check_layer(run, layer)]
-    else:
-        layers = [int(r[0]) for r in run.sql("select distinct layer from routing order by 1").fetchall()]
+    layers = [check_layer(run, layer)] if layer is not None else recorded_layers(run)
     rows = []
     for n in layers:
         ids, seq, pos = _layer_routing(run, n)
@@ -226,7 +224,7 @@ def layer_agreement_from_run(run, layers: list[int] | None = None) -> "pandas.Da
 
     run = as_run(run)
     need_rows(run, "routing")
-    have = [int(r[0]) for r in run.sql("select distinct layer from routing order by 1").fetchall()]
+    have = recorded_layers(run)
     layers = have if layers is None else layer_numbers(layers)
     bad = [x for x in layers if x not in have]
     if bad:
@@ -279,10 +277,8 @@ def routing_agreement_from_runs(run_a, run_b, check_tokens: bool = True) -> "pan
 
     run_a, run_b = as_run(run_a), as_run(run_b)
     _joined_runs(run_a, run_b, check_tokens)  # its checks: the same model and, at shared positions, tokens
-    layers = [sorted(int(r[0]) for r in x.sql("select distinct layer from routing").fetchall())
-              for x in (run_a, run_b)]
     rows = []
-    for n in (n for n in layers[0] if n in layers[1]):
+    for n in _shared_layers(run_a, run_b):
         a, b = _layer_routing(run_a, n), _layer_routing(run_b, n)
         ids_a, ids_b = _matched(a, b)
         if len(ids_a):
@@ -291,6 +287,12 @@ def routing_agreement_from_runs(run_a, run_b, check_tokens: bool = True) -> "pan
     if not rows:
         raise _nothing_shared(run_a, run_b)
     return pd.DataFrame(rows)
+
+
+def _shared_layers(run_a, run_b) -> list[int]:
+    """The MoE layers both runs recorded routing of, in order."""
+    b = set(recorded_layers(run_b))
+    return [n for n in recorded_layers(run_a) if n in b]
 
 
 def routing_agreement_by_layer(routing_a, routing_b) -> "pandas.DataFrame":  # noqa: F821
@@ -359,9 +361,7 @@ def route_changes_from_runs(run_a, run_b, top: int = 20,
         layers = [check_layer(run_b, check_layer(run_a, x)) for x in layer_numbers(layers)]
     con = _joined_runs(run_a, run_b)
     if layers is None:
-        have = [sorted(int(r[0]) for r in x.sql("select distinct layer from routing").fetchall())
-                for x in (run_a, run_b)]
-        layers = [n for n in have[0] if n in have[1]]
+        layers = _shared_layers(run_a, run_b)
     if not layers:
         raise _nothing_shared(run_a, run_b)
     # one key a position of run a (its window's rank x width + pos), and per key sums over the layers

@@ -119,7 +119,7 @@ def test_serving_replays_the_dumps_placement(imported, tmp_path):
         assert placement(shlex.split(line.replace("--out plan.json", f"--out {out}"))) == 0
         return json.loads(out.read_text())["physical_to_logical_map"]
 
-    line = one_line(cmd).split("```bash\npython -m analyses.placement ")[1].split("\n```")[0]
+    line = cmd.split("```bash\npython -m analyses.placement ")[1].split("\n```")[0]
     got = planned_by(line)
     assert all(got[layer] == plans[layer].tolist() for layer in (1, 2))
     # control: from every pass, the command plans another placement
@@ -512,7 +512,7 @@ def test_the_serving_command_quotes_a_run_path_with_a_space(tmp_path):
                   config=str(sg.config(tmp_path / "model")))
     at = app(tmp_path / "my runs", "r", page="serving")
     cmd = one_line(next(c.value for c in at.caption if "python -m analyses.placement" in c.value))
-    line = one_line(cmd).split("```bash\n")[1].split("\n```")[0]
+    line = cmd.split("```bash\n")[1].split("\n```")[0]
     assert shlex.split(line)[3] == str(tmp_path / "my runs" / "r")
 
 
