@@ -47,19 +47,23 @@ def majority_predict(keys, labels, test, fallback=None) -> np.ndarray:
     tr = ~test
     if not tr.any():
         raise MetricsError("no training rows (every row is held out)")
-    # sparse (key, label) counts: one row per pair seen in training, never a dense keys x labels table;
-    # each pair as one int64 code (a 1-D unique sorts 10x faster than np.unique(axis=0) on row pairs)
-    width = int(y.max()) + 1
-    codes, n = np.unique(k[tr] * width + y[tr], return_counts=True)
-    pairs = np.stack([codes // width, codes % width], 1)
-    order = np.lexsort((pairs[:, 1], -n, pairs[:, 0]))  # by key, then count desc, then label asc
-    pairs = pairs[order]
-    first = np.r_[True, pairs[1:, 0] != pairs[:-1, 0]]
-    best = np.full(int(k.max()) + 1, -1, np.int64)
-    best[pairs[first, 0]] = pairs[first, 1]
+    if y.min() < 0:  # a pair's code and the counts take labels as offsets
+        raise MetricsError(f"labels: {y.min()} is not a label code (non-negative integers, e.g. np.unique's inverse)")
+    width, keys = int(y.max()) + 1, int(k.max()) + 1
+    cell = k[tr] * width + y[tr]  # each (key, label) pair as one int64 code
+    if keys * width <= 4 * len(k) + 4096:  # a keys x labels table no larger than a few columns of the rows
+        counts = np.bincount(cell, minlength=keys * width).reshape(keys, width)
+        best = np.where(counts.any(1), counts.argmax(1), -1)  # argmax: the first of tied labels, the smallest
+    else:  # sparse counts, one per pair seen in training (a 1-D unique sorts 10x faster than one over row pairs)
+        codes, n = np.unique(cell, return_counts=True)
+        pairs = np.stack([codes // width, codes % width], 1)
+        order = np.lexsort((pairs[:, 1], -n, pairs[:, 0]))  # by key, then count desc, then label asc
+        pairs = pairs[order]
+        first = np.r_[True, pairs[1:, 0] != pairs[:-1, 0]]
+        best = np.full(keys, -1, np.int64)
+        best[pairs[first, 0]] = pairs[first, 1]
     if fallback is None:
-        labels_tr, counts_tr = np.unique(y[tr], return_counts=True)
-        fallback = np.full(int(test.sum()), labels_tr[np.lexsort((labels_tr, -counts_tr))[0]])
+        fallback = np.full(int(test.sum()), np.bincount(y[tr]).argmax())  # ties: the smallest label
     pred = best[k[test]]
     return np.where(pred >= 0, pred, fallback)
 
@@ -67,7 +71,7 @@ def majority_predict(keys, labels, test, fallback=None) -> np.ndarray:
 def _pair(a, b) -> np.ndarray:
     """One integer code per (a, b) pair."""
     a, b = _codes(a), _codes(b)
-    return _codes(a * (int(b.max()) + 1) + b)
+    return _codes(a * (int(b.max(initial=0)) + 1) + b)  # (no rows: every domain left out)
 
 
 def token_dependence(token_id, prev_id, pos, labels, test) -> dict:
@@ -79,16 +83,27 @@ def token_dependence(token_id, prev_id, pos, labels, test) -> dict:
     tok, prev, p = (np.asarray(x) for x in (token_id, prev_id, pos))
     if not (len(tok) == len(prev) == len(p) == len(y) == len(test)):
         raise MetricsError("token_id, prev_id, pos, labels and test: lengths differ")
+    return _scores(_predictor_keys(tok, prev, p), y, test)
+
+
+def _predictor_keys(tok, prev, p) -> dict:
+    """{predictor: [T] non-negative codes of what it knows}: the same for every layer's labels, so that a run's
+    layers share them (the pairs and the previous ids, -1 at a window's start, each took a sort a layer)."""
+    tok, prev, p = _codes(tok), _codes(prev), _codes(p)
+    return {"token_id": tok, "prev_token": prev, "position": p, "prev_and_position": _pair(prev, p),
+            "token_and_prev": _pair(tok, prev), "majority": np.zeros(len(tok), np.int64)}
+
+
+def _scores(keys: dict, y: np.ndarray, test: np.ndarray) -> dict:
+    """`token_dependence`'s result from `_predictor_keys`' codes, labels y [T] and the held-out mask."""
     out = {"train_tokens": int((~test).sum()), "test_tokens": int(test.sum())}
     if not test.any() or test.all():
         return out | {"unseen": float("nan")} | {x: float("nan") for x in PREDICTORS}
     yt = y[test]
-    by_token = majority_predict(tok, y, test)
-    by_prev = majority_predict(prev, y, test)
-    preds = {"token_id": by_token, "prev_token": by_prev, "position": majority_predict(p, y, test),
-             "prev_and_position": majority_predict(_pair(prev, p), y, test, by_prev),
-             "token_and_prev": majority_predict(_pair(tok, prev), y, test, by_token),
-             "majority": majority_predict(np.zeros(len(y), np.int64), y, test)}
+    preds = {name: majority_predict(keys[name], y, test) for name in ("token_id", "prev_token", "position", "majority")}
+    preds["prev_and_position"] = majority_predict(keys["prev_and_position"], y, test, preds["prev_token"])
+    preds["token_and_prev"] = majority_predict(keys["token_and_prev"], y, test, preds["token_id"])
+    tok = keys["token_id"]
     out["unseen"] = float((~np.isin(tok[test], tok[~test])).mean())
     return out | {name: float((preds[name] == yt).mean()) for name in PREDICTORS}
 
@@ -117,7 +132,7 @@ def token_dependence_from_run(run, layers=None, every: int = 5, k: int | None = 
         raise MetricsError(f"k={k}: must be between 1 and K={K}")
     vs_in, vs_next = (vocabulary_specialisation_from_run(run, against, min_count).set_index("layer")
                       ["vocabulary_specialisation"] for against in ("current", "next"))
-    rows = []
+    keys, rows = _predictor_keys(tok, prev, pos), []
     for j, layer in enumerate(r.layers):
         vs = {"vocab_spec_input": float(vs_in.get(layer, np.nan)),
               "vocab_spec_next": float(vs_next.get(layer, np.nan))}
@@ -125,7 +140,7 @@ def token_dependence_from_run(run, layers=None, every: int = 5, k: int | None = 
             vs |= _vocab_baselines(r, j, min_count)
         targets = [("top1", ids[:, j, 0])] + ([("topk", path_codes(ids[:, [j]], k)[1])] if k > 1 else [])
         for target, y in targets:
-            res = token_dependence(tok, prev, pos, y, test)
+            res = _scores(keys, np.asarray(y, np.int64), test)
             rows.append({"layer": layer, "target": target, **res, **vs, "left_out": list(left)})
     return split_every(pd.DataFrame(rows), every)
 

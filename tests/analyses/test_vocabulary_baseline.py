@@ -66,3 +66,13 @@ def test_run_version_vocab_entropy_is_nan_for_a_one_id_expert(tmp_path):
     one = v[v.distinct_ids == 1]
     assert len(one) and one.vocab_entropy.isna().all()
     assert np.isfinite(v[v.distinct_ids > 1].vocab_entropy).all()
+
+
+def test_wide_expert_ids_count_sparsely_to_the_same_values():
+    """An ids x experts table that would be large (expert ids x 1000) is counted one pair at a time: the metric
+    and its baseline (the same shuffles) are those of the narrow ids."""
+    ids, top1 = unspecialised(seed=2)
+    top1 = np.where(ids % 3 == 0, ids % 8, top1)  # some specialisation, so that the values differ from chance
+    for f in (vocabulary_specialisation, vocabulary_specialisation_baseline):
+        assert f(ids, top1 * 1000, min_count=5) == f(ids, top1, min_count=5)
+    assert vocabulary_specialisation(ids, top1, min_count=5) > vocabulary_specialisation_baseline(ids, top1, min_count=5)
