@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from analyses import metrics as M
+from helpers.majority import reference_majority
 from helpers.synthetic_run import write_run
 
 # 4 tokens, 2 layers, K = 2 (best first)
@@ -155,20 +156,6 @@ def test_common_paths_of_one_domain_have_no_domain_columns():
 
 
 # ------------------------------------------------------------------------------ token-id dependence
-def _reference_majority(keys, labels, test, fallback):
-    """Independent plain-Python majority predictor (ties: smallest label)."""
-    by_key: dict = {}
-    for k, y, t in zip(keys, labels, test):
-        if not t:
-            by_key.setdefault(k, Counter())[y] += 1
-    out = []
-    for i, (k, t) in enumerate(zip(keys, test)):
-        if t:
-            c = by_key.get(k)
-            out.append(min(c, key=lambda y: (-c[y], y)) if c else fallback[len(out)])
-    return np.array(out)
-
-
 @pytest.mark.parametrize("scale", [1, 1000])
 def test_majority_predict_matches_reference(scale):
     """Small key and label ranges count in a keys x labels table, wide labels (x 1000) sparsely: both as the
@@ -178,7 +165,7 @@ def test_majority_predict_matches_reference(scale):
     test = rng.random(300) < 0.3
     glob = Counter(labels[~test].tolist())
     fb = np.full(test.sum(), min(glob, key=lambda y: (-glob[y], y)))
-    np.testing.assert_array_equal(M.majority_predict(keys, labels, test), _reference_majority(keys, labels, test, fb))
+    np.testing.assert_array_equal(M.majority_predict(keys, labels, test), reference_majority(keys, labels, test, fb))
     with pytest.raises(M.MetricsError, match="no training rows"):
         M.majority_predict(keys, labels, np.ones(300, bool))
     with pytest.raises(M.MetricsError, match="labels: -1 is not a label code"):
@@ -486,71 +473,6 @@ def test_token_dependence_reuses_routes_read_once(runs):
     r = M.routes_from_run(d / "a")
     a, b = M.token_dependence_from_run(d / "a", every=5), M.token_dependence_from_run(d / "a", every=5, routes=r)
     assert a.equals(b) and len(a)
-
-
-@pytest.mark.parametrize("k", [1, 2, 4])
-def test_path_codes_rank_rows_as_numpy_unique_does(k):
-    """The column-by-column ranking gives np.unique(axis=0)'s distinct rows and codes (negative control:
-    a column order swapped gives other codes)."""
-    from analyses.metrics.paths import path_codes, path_keys
-
-    ids = np.random.default_rng(k).integers(0, 9, (4000, 3, 4))
-    uniq, codes = path_codes(ids, k)
-    want_uniq, want_codes = np.unique(path_keys(ids, k), axis=0, return_inverse=True)
-    assert np.array_equal(uniq, want_uniq) and np.array_equal(codes, want_codes.reshape(-1))
-    _, swapped = path_codes(ids[:, ::-1], k)
-    assert not np.array_equal(swapped, codes)
-
-
-@pytest.mark.parametrize("k", [1, 3])
-def test_path_codes_of_wide_ids_rank_as_numpy_unique_does(k):
-    """Ids too wide for a path's columns to share one int64 key (each near 2^40): the key is ranked part-way
-    and packing goes on from the ranks; codes and distinct paths stay np.unique(axis=0)'s."""
-    from analyses.metrics.paths import path_codes, path_keys
-
-    rng = np.random.default_rng(k)
-    ids = rng.integers(0, 4, (3000, 5, 3)) * (1 << 40) + rng.integers(0, 3, (3000, 5, 3))
-    uniq, codes = path_codes(ids, k)
-    want_uniq, want_codes = np.unique(path_keys(ids, k), axis=0, return_inverse=True)
-    assert len(want_uniq) > 100 and np.array_equal(uniq, want_uniq) and np.array_equal(codes, want_codes.reshape(-1))
-
-
-@pytest.mark.parametrize("x", [np.array([5, 3, 5, 0, 9]), np.array([7, -1, 7, 2]), np.array([1 << 50, 3, 1 << 50]),
-                               np.array(["b", "a", "b"]), np.array([4, 2, 4], np.uint64), np.zeros(0, np.int64)])
-def test_dense_ranks_are_numpy_uniques_inverse(x):
-    from analyses.metrics.paths import dense_ranks
-
-    got = dense_ranks(x)
-    assert got.dtype == np.int64 and np.array_equal(got, np.unique(x, return_inverse=True)[1].reshape(-1))
-
-
-def test_domain_information_equals_a_plain_reference():
-    """Every column of every unit (each layer's top-1 and top-k sets, and the path) against codes from
-    np.unique(axis=0), scikit-learn's mutual information and AMI, and the plain-Python majority predictor."""
-    from sklearn.metrics import adjusted_mutual_info_score, mutual_info_score
-
-    from analyses.metrics.paths import path_keys
-
-    rng = np.random.default_rng(7)
-    T, names = 3000, np.array(["code", "math", "zh"])
-    dc = rng.integers(0, 3, T)
-    ids = rng.integers(0, 6, (T, 3, 2))
-    ids[:, 1, 0] = np.where(rng.random(T) < 0.7, dc + 6, ids[:, 1, 0])  # layer 1's first choice follows the domain
-    test = rng.random(T) < 0.25
-    for k in (1, 2):
-        got = M.domain_information(ids, names[dc], [1, 2, 3], k, test).set_index("unit")
-        for unit, sub in [(f"layer {j + 1}", ids[:, [j]]) for j in range(3)] + [("path", ids)]:
-            codes = np.unique(path_keys(sub, k), axis=0, return_inverse=True)[1].reshape(-1)
-            h = -sum(p * math.log(p) for p in np.bincount(dc) / T)
-            glob = Counter(dc[~test].tolist())
-            fb = np.full(test.sum(), min(glob, key=lambda y: (-glob[y], y)))
-            pred = _reference_majority(codes, dc, test, fb)
-            want = [len(set(codes.tolist())), mutual_info_score(dc, codes) / h,
-                    adjusted_mutual_info_score(dc, codes, average_method="arithmetic"),
-                    (pred == dc[test]).mean(), (fb == dc[test]).mean()]
-            row = got.loc[unit, ["values", "domain_nmi", "ami", "heldout_accuracy", "majority_baseline"]]
-            np.testing.assert_allclose(row.to_numpy(float), want, rtol=1e-9, atol=1e-12, err_msg=f"k={k} {unit}")
-    assert got.loc["layer 2", "heldout_accuracy"] > got.loc["layer 2", "majority_baseline"] + 0.3  # it can fail
 
 
 def test_layers_named_out_of_order_or_twice(runs):
