@@ -71,7 +71,8 @@ Expert paths (`paths.py`)
   `every` in the result's attrs); the one sentence every consumer says
 - common_paths(ids, domains=None, token_ids=None, k=1, top=10)   the most used paths, their domain (with two or more
   domains), tokens
-- routes_from_run(run, layers=None) -> Routes   tokens routed at every chosen layer, [T, L, K]
+- routes_from_run(run, layers=None, compact=False) -> Routes   tokens routed at every chosen layer, [T, L, K] (int64;
+  compact: int16 for up to 32,767 experts, a quarter of the memory)
 - path_summary_from_run, domain_information_from_run, common_paths_from_run
 
 Token-id dependence (`token_dependence.py`)

@@ -44,7 +44,8 @@ def _as_routes(ids) -> np.ndarray:
         raise MetricsError(f"ids: expected [tokens, layers, K] expert ids, got shape {a.shape}")
     if a.size and not np.issubdtype(a.dtype, np.integer):
         raise MetricsError("ids: expert ids must be non-negative integers")
-    a = a.astype(np.int64, copy=False)  # a run's routes are int64 already (a copy: 0.77 GB, 2M tokens x 8 layers)
+    if a.dtype == np.uint64:  # the one type a code's int64 key cannot add in place; any other is kept (no copy:
+        a = a.astype(np.int64)  # a compact run's int16 routes as int64 were 0.77 GB for 2M tokens x 8 layers)
     if a.size and a.min() < 0:  # after the cast: a uint64 id past 2^63 reads negative there, and codes pack ids
         raise MetricsError("ids: expert ids must be non-negative integers (below 2^63)")
     return a
@@ -330,8 +331,9 @@ def common_paths(ids, domains=None, token_ids=None, k: int = 1, top: int = 10,
 # ------------------------------------------------------------------------------ runs
 @dataclass
 class Routes:
-    """Tokens routed at every one of `layers`: ids [T, L, K], with their window, position, token id,
-    previous token id (-1 at a window's first position) and domain, ordered by (seq_id, pos)."""
+    """Tokens routed at every one of `layers`: ids [T, L, K] (int64; `routes_from_run(compact=True)`: the
+    smallest signed type that holds them), with their window, position, token id, previous token id (-1 at a
+    window's first position) and domain, ordered by (seq_id, pos)."""
     layers: list[int]
     seq_id: np.ndarray
     pos: np.ndarray
@@ -363,9 +365,12 @@ def heldout_windows(seq_id, domain, every: int = 5) -> np.ndarray:
     return test
 
 
-def routes_from_run(run, layers=None) -> Routes:
+def routes_from_run(run, layers=None, compact: bool = False) -> Routes:
     """The run's routing as one array [T, L, K] over the tokens routed at every chosen MoE layer
-    (default: every recorded one), joined to `tokens` for ids and domains."""
+    (default: every recorded one), joined to `tokens` for ids and domains. The ids are int64, or with
+    `compact` the smallest signed integer type that holds them (int16 for DeepSeek-V3's 256 experts: a
+    quarter of the memory, 0.93 GB for 1M tokens at its 58 MoE layers against 3.7 GB; the report reads them
+    so, and every array function here takes them; arithmetic of your own on them can overflow)."""
     run = as_run(run)
     need_rows(run, "routing")
     need_rows(run, "tokens")
@@ -385,7 +390,7 @@ def routes_from_run(run, layers=None) -> Routes:
     prev_id = np.full(len(seq), -1, token_id.dtype)  # the token one position back in the same window, if recorded
     back = (seq[1:] == seq[:-1]) & (pos[1:] == pos[:-1] + 1)
     prev_id[1:][back] = token_id[:-1][back]
-    ids, held = _routed_ids(run, layers, seq, pos)
+    ids, held = _routed_ids(run, layers, seq, pos, np.int16 if compact else np.int64)
     keep = held == len(layers)
     if not keep.any():
         ids = np.zeros((0, len(layers), 1), np.int64)
@@ -395,9 +400,10 @@ def routes_from_run(run, layers=None) -> Routes:
     return Routes(layers, seq[keep], pos[keep], token_id[keep], prev_id[keep], domain[keep], ids)
 
 
-def _routed_ids(run, layers: list[int], seq: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _routed_ids(run, layers: list[int], seq: np.ndarray, pos: np.ndarray,
+                dtype=np.int64) -> tuple[np.ndarray, np.ndarray]:
     """Every layer's expert ids at the tokens' positions (seq, pos: sorted), read a layer at a time:
-    ids [T, L, K] (int64) and, per token, how many of the layers routed it. Grouping every layer's lists
+    ids [T, L, K] (`dtype`, widened where a layer's ids need it) and, per token, how many of the layers routed it. Grouping every layer's lists
     by position in SQL (one query) peaked at 3.10 GB for 8 layers of 2M tokens, top-6, where the result
     is 0.77 GB; this way 1.36 GB (docs/performance.md, "Runs at 2 million tokens")."""
     from .routing import _layer_routing
@@ -413,10 +419,12 @@ def _routed_ids(run, layers: list[int], seq: np.ndarray, pos: np.ndarray) -> tup
         at = np.searchsorted(key, k).clip(max=len(key) - 1)
         ok = (windows[w] == s) & (p >= 0) & (p < width) & (key[at] == k)  # a position the tokens hold
         if ids is None:
-            ids = np.zeros((len(seq), len(layers), got.shape[1]), np.int64)
+            ids = np.zeros((len(seq), len(layers), got.shape[1]), dtype)
         elif got.shape[1] != ids.shape[2]:
             raise MetricsError(f"routing layer {n}: top-{got.shape[1]} expert ids where layer {layers[0]} has "
                                f"top-{ids.shape[2]}: a path needs one K")
+        if got.size and int(got.max()) > np.iinfo(ids.dtype).max:  # (compact) a layer of wider ids than the first
+            ids = ids.astype(np.promote_types(ids.dtype, np.min_scalar_type(-int(got.max()))))
         ids[at[ok], i] = got[ok]
         held[at[ok]] += 1
     return ids, held

@@ -28,7 +28,7 @@ def compute_tables(run, ns, out: dict) -> None:
     # the run's tokenizer found and loaded once for both sections' token texts
     text = functools.cache(lambda: text_tokenizer(run, getattr(ns, "tokenizer", None), ckpt))
     if "routing" in tables and "tokens" in tables:
-        routes = M.routes_from_run(run)  # read once: both sections use every routed token
+        routes = M.routes_from_run(run, compact=True)  # read once: both sections use every routed token
         out["paths"] = paths(run, routes, text=text)
         out["token_dependence"] = M.token_dependence_from_run(run, routes=routes, min_count=M.VOCAB_MIN_COUNT,
                                                               baseline=True)

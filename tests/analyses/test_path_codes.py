@@ -76,3 +76,27 @@ def test_domain_information_equals_a_plain_reference():
             row = got.loc[unit, ["values", "domain_nmi", "ami", "heldout_accuracy", "majority_baseline"]]
             np.testing.assert_allclose(row.to_numpy(float), want, rtol=1e-9, atol=1e-12, err_msg=f"k={k} {unit}")
     assert got.loc["layer 2", "heldout_accuracy"] > got.loc["layer 2", "majority_baseline"] + 0.3  # it can fail
+
+
+def test_compact_routes_give_every_measure_the_int64_routes_give(tmp_path):
+    """`routes_from_run(compact=True)` (the report's reading) holds the ids as int16, a quarter of the memory, and
+    every array function takes them as they are: the same codes, tables and predictors as from int64. Ids past
+    int16 (40,000 experts) widen the array at the layer that needs it (layer 1 routes by token id, < 11)."""
+    import pandas as pd
+
+    from helpers.synthetic_run import write_run
+
+    write_run(tmp_path / "r", layers=(1, 2, 3), n_seq=10, seq_len=9)
+    wide, small = M.routes_from_run(tmp_path / "r"), M.routes_from_run(tmp_path / "r", compact=True)
+    assert wide.ids.dtype == np.int64 and small.ids.dtype == np.int16 and np.array_equal(wide.ids, small.ids)
+    test = wide.heldout(5)
+    for k in (1, 2):
+        assert np.array_equal(M.path_codes(small.ids, k)[1], M.path_codes(wide.ids, k)[1])
+        for f in (lambda r: M.domain_information(r.ids, r.domain, r.layers, k, test), lambda r: M.path_summary(r.ids, r.domain, k),
+                  lambda r: M.common_paths(r.ids, r.domain, r.token_id, k)):
+            pd.testing.assert_frame_equal(f(small), f(wide))
+    pd.testing.assert_frame_equal(M.token_dependence_from_run(tmp_path / "r", routes=small, baseline=True),
+                                  M.token_dependence_from_run(tmp_path / "r", routes=wide, baseline=True))
+    write_run(tmp_path / "many", E=40_000, layers=(1, 2), n_seq=10, seq_len=9)
+    wide, small = M.routes_from_run(tmp_path / "many"), M.routes_from_run(tmp_path / "many", compact=True)
+    assert wide.ids.max() > 32_767 and small.ids.dtype == np.int32 and np.array_equal(wide.ids, small.ids)
