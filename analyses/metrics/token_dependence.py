@@ -55,13 +55,14 @@ def majority_predict(keys, labels, test, fallback=None) -> np.ndarray:
         counts = np.bincount(cell, minlength=keys * width).reshape(keys, width)
         best = np.where(counts.any(1), counts.argmax(1), -1)  # argmax: the first of tied labels, the smallest
     else:  # sparse counts, one per pair seen in training (a 1-D unique sorts 10x faster than one over row pairs)
-        codes, n = np.unique(cell, return_counts=True)
-        pairs = np.stack([codes // width, codes % width], 1)
-        order = np.lexsort((pairs[:, 1], -n, pairs[:, 0]))  # by key, then count desc, then label asc
-        pairs = pairs[order]
-        first = np.r_[True, pairs[1:, 0] != pairs[:-1, 0]]
+        codes, n = np.unique(cell, return_counts=True)  # sorted by key, then label
+        key = codes // width
+        starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+        group = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(key)]))
+        top = np.flatnonzero(n == np.maximum.reduceat(n, starts)[group])  # each key's most counted pairs ...
+        top = top[np.r_[True, group[top][1:] != group[top][:-1]]]  # ... the first of them, its smallest label
         best = np.full(keys, -1, np.int64)
-        best[pairs[first, 0]] = pairs[first, 1]
+        best[key[top]] = codes[top] % width
     if fallback is None:
         fallback = np.full(int(test.sum()), np.bincount(y[tr]).argmax())  # ties: the smallest label
     pred = best[k[test]]

@@ -157,17 +157,18 @@ def test_common_paths_of_one_domain_have_no_domain_columns():
 
 # ------------------------------------------------------------------------------ token-id dependence
 @pytest.mark.parametrize("scale", [1, 1000])
-def test_majority_predict_matches_reference(scale):
+@pytest.mark.parametrize("rows, n_keys", [(300, 9), (2000, 400)])  # the second: ties at most keys
+def test_majority_predict_matches_reference(scale, rows, n_keys):
     """Small key and label ranges count in a keys x labels table, wide labels (x 1000) sparsely: both as the
     reference."""
     rng = np.random.default_rng(3)
-    keys, labels = rng.integers(0, 9, 300), rng.integers(0, 4, 300) * scale
-    test = rng.random(300) < 0.3
+    keys, labels = rng.integers(0, n_keys, rows), rng.integers(0, 4, rows) * scale
+    test = rng.random(rows) < 0.3
     glob = Counter(labels[~test].tolist())
     fb = np.full(test.sum(), min(glob, key=lambda y: (-glob[y], y)))
     np.testing.assert_array_equal(M.majority_predict(keys, labels, test), reference_majority(keys, labels, test, fb))
     with pytest.raises(M.MetricsError, match="no training rows"):
-        M.majority_predict(keys, labels, np.ones(300, bool))
+        M.majority_predict(keys, labels, np.ones(rows, bool))
     with pytest.raises(M.MetricsError, match="labels: -1 is not a label code"):
         M.majority_predict(keys, labels - 1, test)
 
