@@ -124,11 +124,17 @@ def domain_probe_from_run(run, layers=None, features: str = "weights", every: in
     keys, domain, test = keys[keep], domain[keep], test[keep]
     rows = _draw(test, domain, trained, max_rows, seed)
     per_layer = _columns(run, layers, features, keys[rows])
-    units = {f"layer {layer}": _dense(per_layer[layer], features, n_experts) for layer in layers}
-    if len(units) > 1 and len(rows) * len(units) * next(iter(units.values())).shape[1] <= MAX_COMBINED:
-        units["all layers"] = np.concatenate(list(units.values()), axis=1)
-    out = [{"unit": unit, "features": features} | linear_probe(x, domain[rows], test[rows], seed)
-           | {"left_out": list(left)} for unit, x in units.items()]
+
+    def probe(unit: str, x: np.ndarray) -> dict:
+        return {"unit": unit, "features": features} | linear_probe(x, domain[rows], test[rows], seed) \
+            | {"left_out": list(left)}
+
+    # a layer's [rows, E] features made for its probe and dropped after it: held for every layer at once they were
+    # 5.3 GB for DeepSeek-V3's 58 MoE layers of 256 experts at the 90k rows drawn (docs/performance.md)
+    out = [probe(f"layer {layer}", _dense(per_layer[layer], features, n_experts)) for layer in layers]
+    width = per_layer[layers[0]]["scores"].shape[1] if features == "scores" else n_experts
+    if len(layers) > 1 and len(rows) * len(layers) * width <= MAX_COMBINED:
+        out.append(probe("all layers", np.concatenate([_dense(per_layer[x], features, n_experts) for x in layers], 1)))
     return split_every(pd.DataFrame(out), every)
 
 
