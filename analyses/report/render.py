@@ -447,10 +447,37 @@ def print_text(r: dict, figs: dict) -> None:
         for title, _, table, index in figs[sec]:
             print(f"\n### {title}")
             if table.shape[1] > 12 and all(isinstance(c, (int, np.integer)) for c in table.columns):
-                print("(transposed: one row per expert)")  # layer/domain x expert tables
-                print(table.T.rename_axis("expert").to_string(float_format=lambda x: f"{x:.2f}"))
+                _print_expert_table(table)  # layer/domain x expert tables
             else:
                 print(table.to_string(index=index, float_format=lambda x: f"{x:.4f}"))
+
+
+# An expert table of more experts prints the standouts of each row on stdout, the HTML's heatmap every value: a
+# run of DeepSeek-V3's shape (256 experts, 58 MoE layers) printed 15,000 lines of lift tables
+WIDE_EXPERTS, STANDOUTS = 64, 5
+
+
+def _print_expert_table(table: pd.DataFrame) -> None:
+    """A [layers or domains, experts] table on stdout: one row per expert, or, past WIDE_EXPERTS experts, each
+    layer's or domain's STANDOUTS highest and lowest experts (ties: the lower expert id first)."""
+    t = table.T.rename_axis("expert")
+    if len(t) <= WIDE_EXPERTS:
+        print("(transposed: one row per expert)")
+        print(t.to_string(float_format=lambda x: f"{x:.2f}"))
+        return
+    by = table.index.name or "row"
+    print(f"({len(t)} experts: the {STANDOUTS} highest and the {STANDOUTS} lowest of each {by}, as expert: value; "
+          "the HTML report's heatmap holds every value)")
+
+    def listed(col: pd.Series) -> str:
+        return ", ".join(f"{e}: {v:.2f}" for e, v in col.items())
+
+    rows = {}
+    for c in t.columns:
+        col = t[c].astype(float).dropna()
+        rows[c] = {"highest": listed(col.sort_values(ascending=False, kind="stable").head(STANDOUTS)),
+                   "lowest": listed(col.sort_values(kind="stable").head(STANDOUTS))}
+    print(pd.DataFrame.from_dict(rows, orient="index").rename_axis(by).to_string())
 
 
 def _one_domain(r: dict) -> str:
