@@ -262,15 +262,18 @@ def _routing_pages(runs: Path, ref) -> dict:
         compute.maxvio_over_steps(by_step, E)
         u(data.bias)(ref)
 
+    first = data.moe_layers(ref)[0]  # the page's default layer (the run's first MoE layer)
+
     def specialisation():
         de = u(data.domain_expert)(ref)
         compute.domain_nmi_by_layer(de, E)
-        doms, C = compute.contingency(de, "layer1", E)
+        doms, C = compute.contingency(de, f"layer {first}", E)  # ("layer1" matched no row: an empty table)
+        assert C.sum() > 0, f"layer {first}: no domain x expert counts"
         compute.metric("lift")(C)
-        tt = u(data.token_top1)(ref, 1)
+        tt = u(data.token_top1)(ref, first)
         compute.metric("vocabulary_specialisation")(tt.token_id.to_numpy(), tt.e1.to_numpy(), min_count=5)
-        top = u(data.expert_top_tokens)(ref, 1, 7, 15)
-        u(data.token_snippets)(ref, 1, 7, int(top.token_id.iloc[0]))
+        top = u(data.expert_top_tokens)(ref, first, 7, 15)
+        u(data.token_snippets)(ref, first, 7, int(top.token_id.iloc[0]))
         u(research.token_dependence)(ref)  # token-id dependence section
 
     def token_explorer():
@@ -280,7 +283,7 @@ def _routing_pages(runs: Path, ref) -> dict:
         u(data.doc_routing)(ref, int(toks.seq_id.min()), int(toks.seq_id.max()))
 
     def coactivation():
-        ids = u(data.layer_topk)(ref, 1)
+        ids = u(data.layer_topk)(ref, first)
         compute.coactivation(ids, E)
         u(research.expert_paths)(ref, tuple(data.moe_layers(ref)))  # the paths Sankey, all layers (its default)
 
@@ -328,7 +331,7 @@ def _table_pages(ref, tr) -> dict:
     def training():
         u(training_data.train_metrics)(tr)
         u(training_data.eval_metrics)(tr)
-        u(training_data.bias_by_step)(tr, "layer1", 10)
+        assert len(u(training_data.bias_by_step)(tr, f"layer {DENSE}", 10)), "no router bias rows"  # the first gate
 
     return {"Latent KV": latent_kv, "MTP": mtp, "Ablations": ablations, "Serving": serving, "Steering": steering,
             "Compare runs": compare, "Training": training}

@@ -200,14 +200,20 @@ def serving_replay(steps: np.ndarray, layers: list[int], X: np.ndarray, window: 
             "plans": plans, "now_gpus": now_gpus}
 
 
-def _majority(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """keys..., n, domain (the most common domain, ties by name), domain_share: rows `keys` + domain."""
-    g = df.groupby([*keys, "domain"], sort=False).size().rename("n").reset_index()
-    tot = g.groupby(keys).n.sum().rename("total")
-    top = g.sort_values(["n", "domain"], ascending=[False, True]).drop_duplicates(keys).set_index(keys)
-    out = tot.to_frame().join(top.rename(columns={"n": "top"})).reset_index()
-    out["domain_share"] = out.top / out.total
-    return out.drop(columns="top").rename(columns={"total": "n"})
+def _majority(columns: dict, dc: np.ndarray, names: np.ndarray) -> pd.DataFrame:
+    """The columns' distinct rows (non-negative integer arrays, in sorted order) with n (tokens), domain (the most
+    common domain, ties by name) and domain_share; dc: each token's domain as its index into the sorted `names`.
+    Counted by np.bincount: a pandas groupby a column pair took 2.6 s for the 58 MoE layers of DeepSeek-V3's shape."""
+    key = np.zeros(len(dc), np.int64)
+    for col in columns.values():
+        key = key * (int(col.max()) + 1) + col  # expert ids: the product of their ranges fits an int64
+    uniq, inv = np.unique(key, return_inverse=True)
+    counts = np.bincount(inv.reshape(-1) * len(names) + dc, minlength=len(uniq) * len(names)).reshape(len(uniq), -1)
+    rows = np.empty(len(uniq), np.int64)
+    rows[inv.reshape(-1)] = np.arange(len(key))  # a token of each distinct row
+    n, top = counts.sum(1), counts.argmax(1)  # argmax: the first of tied domains, the first by name
+    return pd.DataFrame({name: col[rows] for name, col in columns.items()}
+                        | {"n": n, "domain": names[top].astype(object), "domain_share": counts.max(1) / n})
 
 
 def path_flows(top1: np.ndarray, domains: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -215,12 +221,15 @@ def path_flows(top1: np.ndarray, domains: np.ndarray) -> tuple[pd.DataFrame, pd.
 
     flows: step j (column j -> j + 1), src, dst, n (tokens), domain (their most common domain) and
     domain_share; nodes: col, expert, n, domain, domain_share. Largest flows first."""
-    top1, domains = np.asarray(top1), np.asarray(domains).astype(str)
-    flows = [_majority(pd.DataFrame({"src": top1[:, j], "dst": top1[:, j + 1], "domain": domains}), ["src", "dst"])
-             .assign(step=j) for j in range(top1.shape[1] - 1)]
-    nodes = [_majority(pd.DataFrame({"expert": top1[:, j], "domain": domains}), ["expert"]).assign(col=j)
-             for j in range(top1.shape[1])]
+    top1 = np.asarray(top1)
+    names, dc = np.unique(np.asarray(domains).astype(str), return_inverse=True)
+    dc = dc.reshape(-1)
     cols = ["step", "src", "dst", "n", "domain", "domain_share"]
+    if not len(top1):
+        return pd.DataFrame(columns=cols), pd.DataFrame(columns=["col", "expert", "n", "domain", "domain_share"])
+    flows = [_majority({"src": top1[:, j], "dst": top1[:, j + 1]}, dc, names).assign(step=j)
+             for j in range(top1.shape[1] - 1)]
+    nodes = [_majority({"expert": top1[:, j]}, dc, names).assign(col=j) for j in range(top1.shape[1])]
     f = pd.concat(flows, ignore_index=True)[cols] if flows else pd.DataFrame(columns=cols)
     nd = pd.concat(nodes, ignore_index=True)[["col", "expert", "n", "domain", "domain_share"]]
     return f.sort_values(["step", "n"], ascending=[True, False], ignore_index=True), nd

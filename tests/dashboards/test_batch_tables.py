@@ -43,3 +43,30 @@ def test_the_figures_built_on_them_are_unchanged():
         steps, loads = _pivot(by_step, lab, n)
         want = loads.max(1) / loads.mean(1) - 1  # MaxVio_batch: max load over mean load, less one
         assert np.array_equal(part.step, steps) and np.allclose(part.maxvio, want), lab
+
+
+def _pandas_majority(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """The pandas groupby `compute.path_flows` counted with before (its reference): keys..., n, domain, domain_share."""
+    g = df.groupby([*keys, "domain"], sort=False).size().rename("n").reset_index()
+    tot = g.groupby(keys).n.sum().rename("total")
+    top = g.sort_values(["n", "domain"], ascending=[False, True]).drop_duplicates(keys).set_index(keys)
+    out = tot.to_frame().join(top.rename(columns={"n": "top"})).reset_index()
+    out["domain_share"] = out.top / out.total
+    return out.drop(columns="top").rename(columns={"total": "n"})
+
+
+def test_path_flows_equal_the_pandas_groupby():
+    """The Sankey's flows and nodes, counted by np.bincount, as pandas' groupby counted them: few experts and
+    domains, so that most rows tie between domains (ties go to the first name)."""
+    rng = np.random.default_rng(2)
+    top1, domains = rng.integers(0, 4, (600, 3)), rng.choice(["web", "code", "zh"], 600)
+    flows, nodes = compute.path_flows(top1, domains)
+    want_f = pd.concat([_pandas_majority(pd.DataFrame({"src": top1[:, j], "dst": top1[:, j + 1], "domain": domains}),
+                                         ["src", "dst"]).assign(step=j) for j in range(2)], ignore_index=True)
+    want_f = want_f[["step", "src", "dst", "n", "domain", "domain_share"]].sort_values(
+        ["step", "n"], ascending=[True, False], ignore_index=True)
+    want_n = pd.concat([_pandas_majority(pd.DataFrame({"expert": top1[:, j], "domain": domains}), ["expert"]).assign(col=j)
+                        for j in range(3)], ignore_index=True)[["col", "expert", "n", "domain", "domain_share"]]
+    pd.testing.assert_frame_equal(flows, want_f)
+    pd.testing.assert_frame_equal(nodes, want_n)
+    assert (flows.domain_share < 1).mean() > 0.5  # mixed flows: the domain choice is exercised
