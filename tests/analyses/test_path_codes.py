@@ -100,3 +100,27 @@ def test_compact_routes_give_every_measure_the_int64_routes_give(tmp_path):
     write_run(tmp_path / "many", E=40_000, layers=(1, 2), n_seq=10, seq_len=9)
     wide, small = M.routes_from_run(tmp_path / "many"), M.routes_from_run(tmp_path / "many", compact=True)
     assert wide.ids.max() > 32_767 and small.ids.dtype == np.int32 and np.array_equal(wide.ids, small.ids)
+
+
+def test_layers_read_several_a_query_give_the_routes_read_one_a_query(tmp_path, monkeypatch):
+    """`routes_from_run` reads as many layers a query as ROWS_PER_READ allows (every query scans the routing
+    parts): a layer a query, two, and all three give the same routes, from parts stored shuffled too."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from analyses.metrics import routing
+    from helpers.synthetic_run import write_run
+
+    write_run(tmp_path / "r", layers=(1, 2, 3), n_seq=10, seq_len=9)
+    for f in sorted((tmp_path / "r" / "routing").glob("*.parquet")):
+        t = pq.read_table(f)
+        pq.write_table(t.take(pa.array(np.random.default_rng(1).permutation(t.num_rows))), f)
+    got, sql = {}, routing._read_layers
+    for rows in (1, 2 * 90, 10 ** 6):  # 90 tokens a layer
+        monkeypatch.setattr(routing, "ROWS_PER_READ", rows)
+        queries = []
+        monkeypatch.setattr(routing, "_read_layers", lambda run, layers: queries.append(layers) or sql(run, layers))
+        got[rows] = M.routes_from_run(tmp_path / "r").ids
+        assert queries == {1: [[1], [2], [3]], 180: [[1, 2], [3]], 10 ** 6: [[1, 2, 3]]}[rows]
+    assert np.array_equal(got[1], got[180]) and np.array_equal(got[1], got[10 ** 6])
+    assert np.array_equal(got[1][:, 1], M.routes_from_run(tmp_path / "r", layers=[2]).ids[:, 0])
