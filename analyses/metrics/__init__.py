@@ -100,6 +100,9 @@ Speculative decoding (`speculative.py`; `dsv3-probe spec`'s tables, the dashboar
 - spec_bucket_size(info, buckets=8)       generated positions a point of acceptance by position averages
 - unprompted_domains(by_domain, domains)  the run's domains the spec held no prompt of
 - spec_by_domain_from_run(run), spec_by_position_from_run(run, size=1)
+
+The run versions of the routing metrics and the paths read a run's routing a MoE layer at a time (several a
+query where they are small), in window order (`readings.py`, internal).
 """
 
 from __future__ import annotations

@@ -403,11 +403,11 @@ def routes_from_run(run, layers=None, compact: bool = False) -> Routes:
 def _routed_ids(run, layers: list[int], seq: np.ndarray, pos: np.ndarray,
                 dtype=np.int64) -> tuple[np.ndarray, np.ndarray]:
     """Every layer's expert ids at the tokens' positions (seq, pos: sorted), read a layer at a time (several a
-    query where they are small: `routing._layer_readings`): ids [T, L, K] (`dtype`, widened where a layer's ids
+    query where they are small: `readings._layer_readings`): ids [T, L, K] (`dtype`, widened where a layer's ids
     need it) and, per token, how many of the layers routed it. Grouping every layer's lists by position in SQL
     (one query) peaked at 3.10 GB for 8 layers of 2M tokens, top-6, where the result is 0.77 GB; this way
     1.36 GB (docs/performance.md, "Runs at 2 million tokens")."""
-    from .routing import _layer_readings
+    from .readings import _layer_readings
 
     windows = np.unique(seq)
     width = int(pos.max(initial=0)) + 1

@@ -15,6 +15,7 @@ import numpy as np
 from ._common import (WINDOW_FLAGS, MetricsError, as_ids, as_run, check_layer, layer_numbers, n_experts_of,
                       n_experts_of_run, need_rows, not_lost, positive_number, recorded_layers, same_length, whole_count,
                       window_flag)
+from .readings import _layer_routing
 from .specialisation import nmi
 
 
@@ -115,59 +116,6 @@ def repetition_from_run(run, layer: int | None = None) -> "pandas.DataFrame":  #
         ids, seq, pos = _layer_routing(run, n)
         rows.append({"layer": n, **repetition(ids, seq_id=seq, pos=pos, n_experts=E)})
     return pd.DataFrame(rows)
-
-
-def _layer_routing(run, layer: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Layer `layer`'s routing rows as (expert_ids [T, K], seq_id, pos), sorted by (seq_id, pos): the
-    parts of several ranks interleave their windows."""
-    return _reading(_read_layers(run, [layer]), layer)
-
-
-# rows a grouped read of several layers' routing holds at most (`_layer_readings`): about 70 MB of them
-ROWS_PER_READ = 1 << 21
-
-
-def _layer_readings(run, layers: list[int], tokens: int):
-    """(layer, `_layer_routing(run, layer)`) of each of `layers` in turn, read several layers a query where a
-    layer holds about `tokens` rows and ROWS_PER_READ allows: every query scans the run's routing parts, and a
-    layer a query was 58 scans for DeepSeek-V3's MoE layers (1.6 s of a dashboard page's 2.4 s at its shape)."""
-    group = max(1, ROWS_PER_READ // max(1, int(tokens)))
-    for i in range(0, len(layers), group):
-        part = layers[i:i + group]
-        t = _read_layers(run, part)
-        for n in part:
-            yield n, _reading(t, n)
-
-
-def _read_layers(run, layers: list[int]):
-    """The routing rows (layer, seq_id, pos, expert_ids) of `layers`, as one arrow table."""
-    t = run.sql(f"select layer, seq_id, pos, expert_ids from routing where layer in ({', '.join(map(str, layers))})"
-                ).arrow()
-    return t.read_all() if hasattr(t, "read_all") else t  # duckdb 2 gives a batch reader, 1.x a table
-
-
-def _reading(t, layer: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`_layer_routing` of layer `layer`'s rows in the table `t` (`_read_layers`)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    layers = t.column("layer").to_numpy()
-    if not (layers == layer).all():
-        t = t.filter(pa.array(layers == layer))
-    seq, pos = t.column("seq_id").to_numpy(), t.column("pos").to_numpy()
-    lists = t.column("expert_ids").combine_chunks()
-    lengths = pc.list_value_length(lists).to_numpy(zero_copy_only=False)
-    name = f"routing layer {layer}: expert_ids"
-    flat = lists.flatten()
-    if len(lists) and lists.null_count == flat.null_count == 0 and (lengths == lengths[0]).all():  # [T, K]
-        ids = flat.to_numpy().reshape(len(lists), int(lengths[0]))  # as stored (uint16)
-    else:  # a missing or a shorter row: the array version's error, naming it
-        ids = as_ids(lists.to_numpy(zero_copy_only=False), name)
-    step, ahead = np.diff(seq), np.diff(pos)
-    if not ((step > 0) | ((step == 0) & (ahead > 0))).all():
-        order = np.lexsort((pos, seq))
-        ids, seq, pos = ids[order], seq[order], pos[order]
-    return ids, seq, pos
 
 
 # ------------------------------------------------------------------------------ co-activation

@@ -108,18 +108,18 @@ def test_layers_read_several_a_query_give_the_routes_read_one_a_query(tmp_path, 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from analyses.metrics import routing
+    from analyses.metrics import readings
     from helpers.synthetic_run import write_run
 
     write_run(tmp_path / "r", layers=(1, 2, 3), n_seq=10, seq_len=9)
     for f in sorted((tmp_path / "r" / "routing").glob("*.parquet")):
         t = pq.read_table(f)
         pq.write_table(t.take(pa.array(np.random.default_rng(1).permutation(t.num_rows))), f)
-    got, sql = {}, routing._read_layers
+    got, sql = {}, readings._read_layers
     for rows in (1, 2 * 90, 10 ** 6):  # 90 tokens a layer
-        monkeypatch.setattr(routing, "ROWS_PER_READ", rows)
+        monkeypatch.setattr(readings, "ROWS_PER_READ", rows)
         queries = []
-        monkeypatch.setattr(routing, "_read_layers", lambda run, layers: queries.append(layers) or sql(run, layers))
+        monkeypatch.setattr(readings, "_read_layers", lambda run, layers: queries.append(layers) or sql(run, layers))
         got[rows] = M.routes_from_run(tmp_path / "r").ids
         assert queries == {1: [[1], [2], [3]], 180: [[1, 2], [3]], 10 ** 6: [[1, 2, 3]]}[rows]
     assert np.array_equal(got[1], got[180]) and np.array_equal(got[1], got[10 ** 6])
