@@ -413,7 +413,7 @@ def _routed_ids(run, layers: list[int], seq: np.ndarray, pos: np.ndarray,
     width = int(pos.max(initial=0)) + 1
     key = np.searchsorted(windows, seq) * width + pos  # sorted, as the tokens are
     ids, held = None, np.zeros(len(seq), np.int64)
-    for i, (n, (got, s, p)) in enumerate(_layer_readings(run, layers, len(seq))):
+    for i, (n, (got, s, p)) in enumerate(_layer_readings(run, layers)):
         w = np.searchsorted(windows, s).clip(max=len(windows) - 1)
         k = w * width + p
         at = np.searchsorted(key, k).clip(max=len(key) - 1)

@@ -9,26 +9,25 @@ import numpy as np
 from ._common import as_ids
 
 
-def _layer_routing(run, layer: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Layer `layer`'s routing rows as (expert_ids [T, K], seq_id, pos), sorted by (seq_id, pos): the
-    parts of several ranks interleave their windows."""
-    return _reading(_read_layers(run, [layer]), layer)
-
-
 # rows a grouped read of several layers' routing holds at most (`_layer_readings`): about 70 MB of them
 ROWS_PER_READ = 1 << 21
 
 
-def _layer_readings(run, layers: list[int], tokens: int):
-    """(layer, `_layer_routing(run, layer)`) of each of `layers` in turn, read several layers a query where a
-    layer holds about `tokens` rows and ROWS_PER_READ allows: every query scans the run's routing parts, and a
-    layer a query was 58 scans for DeepSeek-V3's MoE layers (1.6 s of a dashboard page's 2.4 s at its shape)."""
-    group = max(1, ROWS_PER_READ // max(1, int(tokens)))
-    for i in range(0, len(layers), group):
+def _layer_readings(run, layers: list[int]):
+    """(layer, its reading) of each of `layers` in turn, a reading being the layer's routing rows as
+    (expert_ids [T, K], seq_id, pos) sorted by (seq_id, pos) (`_reading`). The first layer is read alone; the rest
+    as many a query as ROWS_PER_READ allows at the first one's rows: every query scans the run's routing parts,
+    and a layer a query was 58 scans for DeepSeek-V3's MoE layers (1.6 s of a dashboard page's 2.4 s at its
+    shape), while a run of 2M tokens a layer still reads one a query."""
+    i, group = 0, 1
+    while i < len(layers):
         part = layers[i:i + group]
         t = _read_layers(run, part)
         for n in part:
             yield n, _reading(t, n)
+        if i == 0:
+            group = max(1, ROWS_PER_READ // max(1, t.num_rows))
+        i += len(part)
 
 
 def _read_layers(run, layers: list[int]):
@@ -39,7 +38,8 @@ def _read_layers(run, layers: list[int]):
 
 
 def _reading(t, layer: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`_layer_routing` of layer `layer`'s rows in the table `t` (`_read_layers`)."""
+    """Layer `layer`'s rows in the table `t` (`_read_layers`) as (expert_ids [T, K], seq_id, pos), sorted by
+    (seq_id, pos): the parts of several ranks interleave their windows."""
     import pyarrow as pa
     import pyarrow.compute as pc
 

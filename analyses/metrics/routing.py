@@ -15,7 +15,7 @@ import numpy as np
 from ._common import (WINDOW_FLAGS, MetricsError, as_ids, as_run, check_layer, layer_numbers, n_experts_of,
                       n_experts_of_run, need_rows, not_lost, positive_number, recorded_layers, same_length, whole_count,
                       window_flag)
-from .readings import _layer_routing
+from .readings import _layer_readings
 from .specialisation import nmi
 
 
@@ -112,8 +112,7 @@ def repetition_from_run(run, layer: int | None = None) -> "pandas.DataFrame":  #
     E = n_experts_of_run(run, "routing")
     layers = [check_layer(run, layer)] if layer is not None else recorded_layers(run)
     rows = []
-    for n in layers:
-        ids, seq, pos = _layer_routing(run, n)
+    for n, (ids, seq, pos) in _layer_readings(run, layers):
         rows.append({"layer": n, **repetition(ids, seq_id=seq, pos=pos, n_experts=E)})
     return pd.DataFrame(rows)
 
@@ -179,14 +178,20 @@ def routing_agreement(ids_a, ids_b) -> dict:
     union = a.shape[1] + b.shape[1] - inter
     E = int(max(a.max(), b.max())) + 1
     c = np.bincount(a[:, 0] * E + b[:, 0], minlength=E * E).reshape(E, E).astype(np.float64)
-    set_same = 0.0
-    if a.shape[1] == b.shape[1]:  # sorted rows equal, sorted a block of rows at a time (not two sorted copies)
-        step = 1 << 18
-        set_same = sum(int((np.sort(a[i:i + step], 1) == np.sort(b[i:i + step], 1)).all(1).sum())
-                       for i in range(0, len(a), step)) / len(a)
+    set_same = _same_sets(a, b).mean()
     return out | {"top1_same": float((a[:, 0] == b[:, 0]).mean()), "set_same": float(set_same),
                   "overlap": float(inter.mean() / a.shape[1]),
                   "jaccard": float((inter / union).mean()), "nmi_top1": nmi(c)}
+
+
+def _same_sets(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[T] bools: rows t of two [T, K] id arrays hold the same set (none where their K differ), sorted a block of
+    rows at a time, not two sorted copies of the whole arrays."""
+    if a.shape[1] != b.shape[1] or not len(a):
+        return np.zeros(len(a), bool)
+    step = 1 << 18
+    return np.concatenate([(np.sort(a[i:i + step], 1) == np.sort(b[i:i + step], 1)).all(1)
+                           for i in range(0, len(a), step)])
 
 
 def layer_agreement_from_run(run, layers: list[int] | None = None) -> "pandas.DataFrame":  # noqa: F821
@@ -212,18 +217,20 @@ def layer_agreement_from_run(run, layers: list[int] | None = None) -> "pandas.Da
     if twice:
         raise MetricsError(f"layers {layers}: layer {', '.join(map(str, twice))} named twice; agreement is "
                            "between two different layers")
-    rows, read = [], {}
-    for la, lb in zip(layers[:-1], layers[1:]):  # each layer read once, two held at a time
-        read = {n: read.get(n) or _layer_routing(run, n) for n in (la, lb)}
-        ids_a, ids_b = _matched(read[la], read[lb])
-        if len(ids_a):
-            rows.append({"layer_a": la, "layer_b": lb, **routing_agreement(ids_a, ids_b)})
+    rows, before = [], None
+    for lb, b in _layer_readings(run, layers):  # each layer read once, two held at a time
+        if before is not None:
+            la, a = before
+            ids_a, ids_b = _matched(a, b)
+            if len(ids_a):
+                rows.append({"layer_a": la, "layer_b": lb, **routing_agreement(ids_a, ids_b)})
+        before = lb, b
     cols = ["layer_a", "layer_b", "tokens", "top1_same", "set_same", "overlap", "jaccard", "nmi_top1"]
     return pd.DataFrame(rows, columns=cols)
 
 
 def _matched(a: tuple, b: tuple) -> tuple[np.ndarray, np.ndarray]:
-    """The expert ids of two layers' readings (`_layer_routing`: ids, seq_id, pos) at the positions
+    """The expert ids of two layers' readings (`readings._layer_readings`: ids, seq_id, pos) at the positions
     both hold, row for row."""
     i, j = _shared_rows(a, b)
     return a[0][i], b[0][j]
@@ -256,8 +263,7 @@ def routing_agreement_from_runs(run_a, run_b, check_tokens: bool = True) -> "pan
     run_a, run_b = as_run(run_a), as_run(run_b)
     _joined_runs(run_a, run_b, check_tokens)  # its checks: the same model and, at shared positions, tokens
     rows = []
-    for n in _shared_layers(run_a, run_b):
-        a, b = _layer_routing(run_a, n), _layer_routing(run_b, n)
+    for n, a, b in _both_readings(run_a, run_b, _shared_layers(run_a, run_b)):
         ids_a, ids_b = _matched(a, b)
         if len(ids_a):
             rows.append({"layer": n, **routing_agreement(ids_a, ids_b),
@@ -265,6 +271,12 @@ def routing_agreement_from_runs(run_a, run_b, check_tokens: bool = True) -> "pan
     if not rows:
         raise _nothing_shared(run_a, run_b)
     return pd.DataFrame(rows)
+
+
+def _both_readings(run_a, run_b, layers: list[int]):
+    """(layer, run a's reading, run b's) of each of `layers` (`readings._layer_readings` of each run)."""
+    for (n, a), (_, b) in zip(_layer_readings(run_a, layers), _layer_readings(run_b, layers)):
+        yield n, a, b
 
 
 def _shared_layers(run_a, run_b) -> list[int]:
@@ -346,8 +358,8 @@ def route_changes_from_runs(run_a, run_b, top: int = 20,
     windows = run_a.sql("select distinct seq_id from routing order by 1").fetchnumpy()["seq_id"]
     width = int(run_a.sql("select max(pos) from routing").fetchall()[0][0]) + 1
     keys, sums = np.zeros(0, np.int64), [np.zeros(0, np.int64) for _ in range(3)] + [np.zeros(0)]
-    for n in layers:  # a layer of each run at a time
-        seq, pos, *changes = _changes_at(_layer_routing(run_a, n), _layer_routing(run_b, n))
+    for _, a, b in _both_readings(run_a, run_b, layers):  # a layer of each run at a time
+        seq, pos, *changes = _changes_at(a, b)
         keys, sums = _added(keys, sums, np.searchsorted(windows, seq) * width + pos, [np.ones(len(seq)), *changes])
     if not len(keys):
         raise _nothing_shared(run_a, run_b)
@@ -375,12 +387,12 @@ def _added(keys: np.ndarray, sums: list, key: np.ndarray, values: list) -> tuple
 
 
 def _changes_at(a: tuple, b: tuple) -> tuple:
-    """Layer readings of two runs (`_layer_routing`) at the positions both hold: seq_id, pos, first
+    """Layer readings of two runs (`readings._layer_readings`) at the positions both hold: seq_id, pos, first
     choice changed, set changed (sorted rows differ) and |A ∩ B| / |A ∪ B| per position."""
     i, j = _shared_rows(a, b)
     x, y = a[0][i].astype(np.int64), b[0][j].astype(np.int64)
     inter = _intersections(x, y)
-    same_set = (np.sort(x, 1) == np.sort(y, 1)).all(1) if x.shape[1] == y.shape[1] else np.zeros(len(x), bool)
+    same_set = _same_sets(x, y)
     return (a[1][i], a[2][i], (x[:, 0] != y[:, 0]).astype(np.int64), (~same_set).astype(np.int64),
             inter / (x.shape[1] + y.shape[1] - inter))
 

@@ -103,24 +103,27 @@ def test_compact_routes_give_every_measure_the_int64_routes_give(tmp_path):
 
 
 def test_layers_read_several_a_query_give_the_routes_read_one_a_query(tmp_path, monkeypatch):
-    """`routes_from_run` reads as many layers a query as ROWS_PER_READ allows (every query scans the routing
-    parts): a layer a query, two, and all three give the same routes, from parts stored shuffled too."""
+    """`routes_from_run` and the routing metrics read the first layer alone and the rest as many a query as
+    ROWS_PER_READ allows at its rows (every query scans the routing parts): a layer a query, two, and all
+    the rest give the same routes and repetition, from parts stored shuffled too."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from analyses.metrics import readings
     from helpers.synthetic_run import write_run
 
-    write_run(tmp_path / "r", layers=(1, 2, 3), n_seq=10, seq_len=9)
+    write_run(tmp_path / "r", layers=(1, 2, 3, 4), n_seq=10, seq_len=9)
     for f in sorted((tmp_path / "r" / "routing").glob("*.parquet")):
         t = pq.read_table(f)
         pq.write_table(t.take(pa.array(np.random.default_rng(1).permutation(t.num_rows))), f)
-    got, sql = {}, readings._read_layers
+    got, rep, sql = {}, {}, readings._read_layers
     for rows in (1, 2 * 90, 10 ** 6):  # 90 tokens a layer
         monkeypatch.setattr(readings, "ROWS_PER_READ", rows)
         queries = []
         monkeypatch.setattr(readings, "_read_layers", lambda run, layers: queries.append(layers) or sql(run, layers))
         got[rows] = M.routes_from_run(tmp_path / "r").ids
-        assert queries == {1: [[1], [2], [3]], 180: [[1, 2], [3]], 10 ** 6: [[1, 2, 3]]}[rows]
+        assert queries == {1: [[1], [2], [3], [4]], 180: [[1], [2, 3], [4]], 10 ** 6: [[1], [2, 3, 4]]}[rows]
+        rep[rows] = M.repetition_from_run(tmp_path / "r")
     assert np.array_equal(got[1], got[180]) and np.array_equal(got[1], got[10 ** 6])
+    assert rep[1].equals(rep[180]) and rep[1].equals(rep[10 ** 6])
     assert np.array_equal(got[1][:, 1], M.routes_from_run(tmp_path / "r", layers=[2]).ids[:, 0])
