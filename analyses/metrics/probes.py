@@ -12,8 +12,8 @@ The "all layers" probe reads the chosen layers' features side by side, [L*E].
 The probe is a multinomial logistic regression (scikit-learn, features standardised on the training
 rows, L2 penalty C=1; a matrix at most SPARSE_AT nonzero, as the gate weights are (K of E a token), is
 scaled to unit variance without centring, as a sparse matrix: the unpenalised intercept takes up the
-means, so the model is the same, and the fit reads K values a token instead of E) trained on whole windows and scored on held-out ones (every `every`-th window
-of each domain, `paths.heldout_windows`), so that the tokens of one window never sit on both sides. A
+means, so the model is the same, and the fit reads K values a token instead of E), trained on whole
+windows and scored on held-out ones (every `every`-th window of each domain, `paths.heldout_windows`), so that the tokens of one window never sit on both sides. A
 domain of one window is held out whole: never trained on, it is left out of the score and named in the
 `left_out` column (`paths.heldout_left_out`).
 Two controls stand beside its accuracy: always the training majority domain, and the same probe
@@ -37,14 +37,20 @@ MAX_COMBINED = 1 << 27  # float32 values of the all-layers matrix (512 MiB); mor
 
 def routing_features(ids, weights, n_experts: int) -> np.ndarray:
     """[T, E] float32: each token's gate weight at its chosen experts, 0 elsewhere (ids, weights [T, K])."""
+    ids, w = _routes(ids, weights, n_experts)
+    x = np.zeros((len(ids), n_experts), np.float32)
+    np.put_along_axis(x, ids, w, axis=1)
+    return x
+
+
+def _routes(ids, weights, n_experts: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids int64, weights float32), two [T, K] arrays of ids in [0, n_experts), or a MetricsError."""
     ids, w = np.asarray(ids, np.int64), np.asarray(weights, np.float32)
     if ids.shape != w.shape or ids.ndim != 2:
         raise MetricsError(f"ids {ids.shape} and weights {w.shape}: expected two [tokens, K] arrays")
     if ids.size and (ids.min() < 0 or ids.max() >= n_experts):
         raise MetricsError(f"ids: expert id out of range [0, {n_experts})")
-    x = np.zeros((len(ids), n_experts), np.float32)
-    np.put_along_axis(x, ids, w, axis=1)
-    return x
+    return ids, w
 
 
 def _balanced_accuracy(y_true, pred) -> float:
@@ -71,8 +77,9 @@ def linear_probe(features, labels, test, seed: int = 0) -> dict:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    x, y, test = np.asarray(features, np.float32), np.asarray(labels), np.asarray(test, bool)
-    if x.ndim != 2 or not (len(x) == len(y) == len(test)):
+    x = features if _is_sparse(features) else np.asarray(features, np.float32)
+    y, test = np.asarray(labels), np.asarray(test, bool)
+    if x.ndim != 2 or not (x.shape[0] == len(y) == len(test)):
         raise MetricsError(f"features {x.shape}, labels {y.shape}, test {test.shape}: expected [T, F], [T], [T]")
     train, left = ~test, heldout_left_out(y, test)
     test = test & np.isin(y, y[train])  # a label never trained on can only be scored wrong
@@ -98,13 +105,20 @@ def linear_probe(features, labels, test, seed: int = 0) -> dict:
             "left_out": list(left)}
 
 
-def _fit_matrix(x: np.ndarray):
-    """`x` as the probe fits it: a scipy CSR matrix where at most SPARSE_AT of it is nonzero, else `x`.
+def _is_sparse(x) -> bool:
+    return hasattr(x, "tocsr")  # a scipy sparse matrix or array (scipy is imported where one is made)
+
+
+def _fit_matrix(x):
+    """`x` as the probe fits it: a scipy CSR matrix where at most SPARSE_AT of it is nonzero, else `x` (a
+    sparse `x` as CSR float32, whatever its share of nonzeros: `_features` decided).
     NOTE: the gate weights of DeepSeek-V3's shape (8 of 256 experts a token) at the 90k tokens a layer's probe
     draws: its two fits took 0.96-1.38 s dense and centred, 0.31-0.42 s sparse and uncentred (the same 8 Newton
     iterations; 1 prediction of 45,000 held-out tokens different, at the solver's tolerance); dense but
     uncentred 1.07-1.14 s. A dense matrix of router scores fits as before (uncentred it took 8 iterations
     to 7, 0.55-0.63 s against 0.47; a throwaway script, the AVX2-only EPYC, 2026-12-08)."""
+    if _is_sparse(x):
+        return x.tocsr().astype(np.float32)
     if x.size and np.count_nonzero(x) <= SPARSE_AT * x.size:
         from scipy import sparse
 
@@ -150,10 +164,10 @@ def domain_probe_from_run(run, layers=None, features: str = "weights", every: in
 
     # a layer's [rows, E] features made for its probe and dropped after it: held for every layer at once they were
     # 5.3 GB for DeepSeek-V3's 58 MoE layers of 256 experts at the 90k rows drawn (docs/performance.md)
-    out = [probe(f"layer {layer}", _dense(per_layer[layer], features, n_experts)) for layer in layers]
+    out = [probe(f"layer {layer}", _features([per_layer[layer]], features, n_experts)) for layer in layers]
     width = per_layer[layers[0]]["scores"].shape[1] if features == "scores" else n_experts
     if len(layers) > 1 and len(rows) * len(layers) * width <= MAX_COMBINED:
-        out.append(probe("all layers", np.concatenate([_dense(per_layer[x], features, n_experts) for x in layers], 1)))
+        out.append(probe("all layers", _features([per_layer[x] for x in layers], features, n_experts)))
     return split_every(pd.DataFrame(out), every)
 
 
@@ -235,8 +249,36 @@ def _every_label(picked: np.ndarray, idx: np.ndarray, labels: np.ndarray, traine
     return picked
 
 
-def _dense(cols: dict, features: str, n_experts: int) -> np.ndarray:
-    """[T, E] float32 features of one layer's columns."""
+def _features(layers: list[dict], features: str, n_experts: int):
+    """The [T, len(layers) * E] features of these layers' columns side by side, as `linear_probe` fits them
+    (`_fit_matrix`): router scores dense; gate weights as a CSR matrix where at most SPARSE_AT of it is nonzero,
+    made from the ids without a dense [T, E] copy (the conversion of that copy was 8.9 s of the probes' 68 s at
+    DeepSeek-V3's shape, 2026-12-08; the same matrix: `_weights_csr`), else dense."""
     if features == "scores":
-        return cols["scores"].astype(np.float32)
-    return routing_features(cols["expert_ids"], cols["expert_weights"], n_experts)
+        return np.concatenate([cols["scores"].astype(np.float32) for cols in layers], 1)
+    parts = [_weights_csr(cols["expert_ids"], cols["expert_weights"], n_experts) for cols in layers]
+    if any(p is None for p in parts):  # an expert twice in a row (a damaged run): as the dense form reads it
+        return _fit_matrix(np.concatenate([routing_features(c["expert_ids"], c["expert_weights"], n_experts)
+                                           for c in layers], 1))
+    from scipy import sparse
+
+    x = parts[0] if len(parts) == 1 else sparse.hstack(parts, format="csr")
+    if x.nnz > SPARSE_AT * x.shape[0] * x.shape[1]:
+        return x.toarray()
+    return x
+
+
+def _weights_csr(ids, weights, n_experts: int):
+    """`routing_features(ids, weights, n_experts)` as the CSR matrix scipy makes of it (columns in order, no
+    stored zero), or None where a row names an expert twice (the dense form keeps the last of its weights)."""
+    from scipy import sparse
+
+    ids, w = _routes(ids, weights, n_experts)
+    order = np.argsort(ids, axis=1, kind="stable")
+    ids, w = np.take_along_axis(ids, order, 1), np.take_along_axis(w, order, 1)
+    if (np.diff(ids, axis=1) == 0).any():
+        return None
+    indptr = np.arange(len(ids) + 1) * ids.shape[1]
+    x = sparse.csr_matrix((w.reshape(-1), ids.reshape(-1), indptr), shape=(len(ids), n_experts))
+    x.eliminate_zeros()
+    return x

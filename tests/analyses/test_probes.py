@@ -175,20 +175,20 @@ def test_balanced_accuracy_of_a_label_the_held_out_tokens_lack_is_mean_recall_wi
 def test_one_layers_features_are_held_at_a_time(tmp_path, monkeypatch):
     """Each layer's [rows, E] features are made for its probe and dropped after it: holding every layer's at once
     peaked at 6.3 GB on a 200k-token run of DeepSeek-V3's shape (58 MoE layers of 256 experts). Counted by weak
-    references to the per-layer matrices alive while each probe fits (the all-layers probe fits their concatenation,
-    made from matrices already dropped)."""
+    references to the feature matrices alive while each probe fits (the all-layers probe's is the one matrix of its
+    own fit)."""
     import weakref
 
     from analyses.metrics import probes
 
     write_run(tmp_path / "r", layers=(1, 2, 3), n_seq=40, seq_len=10)
-    made, alive, dense, fit = [], [], probes._dense, probes.linear_probe
-    monkeypatch.setattr(probes, "_dense", lambda *a: made.append(weakref.ref(x := dense(*a))) or x)
+    made, alive, features, fit = [], [], probes._features, probes.linear_probe
+    monkeypatch.setattr(probes, "_features", lambda *a: made.append(weakref.ref(x := features(*a))) or x)
     monkeypatch.setattr(probes, "linear_probe", lambda *a, **kw: alive.append(sum(r() is not None for r in made))
                         or fit(*a, **kw))
     got = M.domain_probe_from_run(tmp_path / "r")
-    assert list(got.unit) == ["layer 1", "layer 2", "layer 3", "all layers"]
-    assert alive == [1, 1, 1, 0], alive  # (all three at once, [3, 3, 3, 3], before)
+    assert list(got.unit) == ["layer 1", "layer 2", "layer 3", "all layers"] and len(made) == 4
+    assert alive == [1, 1, 1, 1], alive  # (all three at once, [3, 3, 3, 3], before)
 
 
 def test_gate_weights_fit_sparse_and_uncentred_as_the_centred_dense_fit():
@@ -223,3 +223,31 @@ def test_gate_weights_fit_sparse_and_uncentred_as_the_centred_dense_fit():
     assert abs(got["shuffled"] - reference(shuffled)) <= 2 / test.sum()
     # the control: another model (a penalty 100x stronger) is told apart at that tolerance
     assert abs(got["accuracy"] - reference(y[~test], C=0.01)) > 2 / test.sum()
+
+
+def test_the_gate_weights_matrix_made_from_the_ids_is_the_one_made_from_the_dense_features():
+    """The probe's sparse gate weights are built from the ids (no [T, E] copy): the same CSR matrix scipy makes of
+    `routing_features` (columns in order, a zero weight not stored), so a probe of a run equals a probe of its
+    features by hand. A row naming an expert twice (a damaged run) gives None, and the probe reads the dense form."""
+    from scipy import sparse
+
+    from analyses.metrics import probes
+
+    rng = np.random.default_rng(0)
+    ids = np.stack([rng.permutation(16)[:4] for _ in range(50)])
+    w = rng.random((50, 4)).astype(np.float32)
+    w[3, 1] = 0.0
+    got, want = probes._weights_csr(ids, w, 16), sparse.csr_matrix(M.routing_features(ids, w, 16))
+    assert got.has_sorted_indices and got.nnz == want.nnz == 50 * 4 - 1
+    for a in ("data", "indices", "indptr"):
+        assert np.array_equal(getattr(got, a), getattr(want, a)), a
+    both = probes._features([{"expert_ids": ids, "expert_weights": w}] * 2, "weights", 16)
+    assert np.array_equal(both.toarray(), np.concatenate([want.toarray()] * 2, 1))
+    ids[5, 2] = ids[5, 0]
+    assert probes._weights_csr(ids, w, 16) is None
+    one = probes._features([{"expert_ids": ids, "expert_weights": w}], "weights", 16)
+    assert np.array_equal(one.toarray(), M.routing_features(ids, w, 16))  # the last weight of the twice-named one
+    dense = probes._features([{"expert_ids": np.tile([3, 1], (50, 1)), "expert_weights": w[:, :2] + 1}], "weights", 4)
+    assert isinstance(dense, np.ndarray)  # half nonzero: above SPARSE_AT, dense as `_fit_matrix` keeps it
+    with pytest.raises(M.MetricsError, match=r"out of range \[0, 8\)"):
+        probes._weights_csr(ids, w, 8)
