@@ -55,17 +55,13 @@ def _routes(ids, weights, n_experts: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _balanced_accuracy(y_true, pred) -> float:
     """scikit-learn's balanced accuracy: the mean recall over the labels of the held-out tokens, a
-    prediction of a label they lack a miss. scikit-learn warns of such a prediction ('y_pred contains
-    classes not in y_true'), which a probe of a small run makes as a matter of course (a domain drawn
-    for training with no held-out token scored): the figure is as defined, so the warning, which
-    reached a notebook's or the report's user as if something were wrong, is not passed on."""
-    import warnings
-
-    from sklearn.metrics import balanced_accuracy_score
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "y_pred contains classes not in y_true", UserWarning)
-        return float(balanced_accuracy_score(y_true, pred))
+    prediction of a label they lack a miss. (scikit-learn's `balanced_accuracy_score` gives the same
+    figure and warns of such a prediction, 'y_pred contains classes not in y_true', which a probe of a
+    small run makes as a matter of course; it also took 79 ms a call on 41k held-out domain names, 4.6 s
+    of the probes at DeepSeek-V3's 58 layers, by a confusion matrix of the labels as strings.)"""
+    labels, inv = np.unique(y_true, return_inverse=True)
+    hits = np.bincount(inv.reshape(-1), weights=(np.asarray(pred) == y_true), minlength=len(labels))
+    return float((hits / np.bincount(inv.reshape(-1), minlength=len(labels))).mean())
 
 
 def linear_probe(features, labels, test, seed: int = 0) -> dict:

@@ -251,3 +251,26 @@ def test_the_gate_weights_matrix_made_from_the_ids_is_the_one_made_from_the_dens
     assert isinstance(dense, np.ndarray)  # half nonzero: above SPARSE_AT, dense as `_fit_matrix` keeps it
     with pytest.raises(M.MetricsError, match=r"out of range \[0, 8\)"):
         probes._weights_csr(ids, w, 8)
+
+
+def test_balanced_accuracy_equals_scikit_learns():
+    """The probe's balanced accuracy (a bincount of recalls) against scikit-learn's balanced_accuracy_score, on
+    string labels with predictions of labels the held-out tokens lack (where scikit-learn warns)."""
+    import warnings
+
+    from sklearn.metrics import balanced_accuracy_score
+
+    from analyses.metrics import probes
+
+    rng = np.random.default_rng(5)
+    names = np.array(["code", "math", "prose", "web", "wiki"])
+    for n, k in ((1, 1), (7, 2), (500, 3), (2000, 5)):
+        y, pred = names[rng.integers(0, k, n)], names[rng.integers(0, 5, n)]
+        pred[: n // 3] = y[: n // 3]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            want = balanced_accuracy_score(y, pred)
+        assert probes._balanced_accuracy(y, pred) == pytest.approx(want, abs=1e-12), (n, k)
+    # the control: plain accuracy is another figure on unbalanced labels
+    y = np.array(["a"] * 9 + ["b"])
+    assert probes._balanced_accuracy(y, np.array(["a"] * 10)) == 0.5 != (y == "a").mean()
