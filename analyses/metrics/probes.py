@@ -13,9 +13,10 @@ The probe is a multinomial logistic regression (scikit-learn, features standardi
 rows, L2 penalty C=1; a matrix at most SPARSE_AT nonzero, as the gate weights are (K of E a token), is
 scaled to unit variance without centring, as a sparse matrix: the unpenalised intercept takes up the
 means, so the model is the same, and the fit reads K values a token instead of E), trained on whole
-windows and scored on held-out ones (every `every`-th window of each domain, `paths.heldout_windows`), so that the tokens of one window never sit on both sides. A
-domain of one window is held out whole: never trained on, it is left out of the score and named in the
-`left_out` column (`paths.heldout_left_out`).
+windows and scored on held-out ones (every `every`-th window of each domain, `paths.heldout_windows`),
+so that the tokens of one window never sit on both sides. A domain of one window is held out whole:
+never trained on, it is left out of the score and named in the `left_out` column
+(`paths.heldout_left_out`).
 Two controls stand beside its accuracy: always the training majority domain, and the same probe
 trained on the training tokens' domains shuffled (what that many features fit from noise).
 Balanced accuracy is the mean per-domain recall, which a majority guess holds at 1/D.
@@ -68,7 +69,8 @@ def linear_probe(features, labels, test, seed: int = 0) -> dict:
     """A logistic-regression probe of `labels` [T] from `features` [T, F], trained on ~test and scored on
     `test` (a [T] boolean mask): accuracy, balanced_accuracy, majority (the training majority's accuracy),
     shuffled (the probe's accuracy when trained on shuffled labels), n_train, n_test (the scored tokens),
-    n_features, left_out (labels held out whole, never trained on, so not scored: `heldout_left_out`)."""
+    n_features, left_out (labels held out whole, never trained on, so not scored: `heldout_left_out`).
+    `features` may be a scipy sparse matrix: it is fitted as one, scaled but not centred (`_fit_matrix`)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
