@@ -354,17 +354,17 @@ def route_changes_from_runs(run_a, run_b, top: int = 20,
         layers = _shared_layers(run_a, run_b)
     if not layers:
         raise _nothing_shared(run_a, run_b)
-    # one int64 key a position, (seq_id << 32) | pos in (seq_id, pos) order, and per key sums over the layers
-    # (keyed by the window's rank in run a, the windows and the widest one were two more scans of its routing)
+    # one key a position of run a (its window's rank x width + pos), and per key sums over the layers
+    windows = run_a.sql("select distinct seq_id from routing order by 1").fetchnumpy()["seq_id"]
+    width = int(run_a.sql("select max(pos) from routing").fetchall()[0][0]) + 1
     keys, sums = np.zeros(0, np.int64), [np.zeros(0, np.int64) for _ in range(3)] + [np.zeros(0)]
     for _, a, b in _both_readings(run_a, run_b, layers):  # a layer of each run at a time
         seq, pos, *changes = _changes_at(a, b)
-        key = (seq.astype(np.int64) << 32) | pos.astype(np.int64)
-        keys, sums = _added(keys, sums, key, [np.ones(len(seq)), *changes])
+        keys, sums = _added(keys, sums, np.searchsorted(windows, seq) * width + pos, [np.ones(len(seq)), *changes])
     if not len(keys):
         raise _nothing_shared(run_a, run_b)
     count, top1, sets, jac = sums
-    out = {"seq_id": keys >> 32, "pos": (keys & 0xFFFFFFFF).astype(np.int32), "layers": count,
+    out = {"seq_id": windows[keys // width], "pos": (keys % width).astype(np.int32), "layers": count,
            "top1_changed": top1.astype(np.int32), "set_changed": sets.astype(np.int32), "jaccard": jac / count}
     pick = np.lexsort((out["pos"], out["seq_id"], -top1, out["jaccard"]))[:top]
     return _with_tokens(con, {k: v[pick] for k, v in out.items()})
