@@ -10,6 +10,7 @@ from collections import Counter
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pandas as pd
 import pytest
 
 from analyses import metrics as M
@@ -398,6 +399,25 @@ def test_route_changes_equal_a_plain_reference_in_order(runs, layers):
     assert got[cols].values.tolist() == [list(r[:5]) for r in want]
     np.testing.assert_allclose(got.jaccard, [r[5] for r in want])
     assert len({r[5] for r in want}) < len(want)  # ties in Jaccard: the order of top1_changed is checked
+
+
+def test_route_changes_take_window_ids_of_any_size(runs, tmp_path):
+    """A position's key is its window's rank in run a, not the window id itself: window ids past 2^31 (a run of
+    another tool's ids) give the table of small ids, shifted (`(seq_id << 32) | pos` wrapped past them)."""
+    import shutil
+
+    d, a, b = runs
+    shift = (1 << 32) + (1 << 40)
+    for name in ("a", "b"):
+        shutil.copytree(d / name, tmp_path / name)
+        for f in [*(tmp_path / name / "routing").glob("*.parquet"), *(tmp_path / name / "tokens").glob("*.parquet")]:
+            t = pq.read_table(f)
+            i = t.schema.get_field_index("seq_id")
+            pq.write_table(t.set_column(i, "seq_id", pa.array(t["seq_id"].to_numpy() + shift)), f)
+    got = M.route_changes_from_runs(tmp_path / "a", tmp_path / "b", top=len(a["seq"]))
+    want = M.route_changes_from_runs(d / "a", d / "b", top=len(a["seq"]))
+    assert (got.seq_id - shift).tolist() == want.seq_id.tolist() and got.seq_id.min() > 1 << 40
+    pd.testing.assert_frame_equal(got.drop(columns="seq_id"), want.drop(columns="seq_id"))
 
 
 def test_route_changes_count_the_layers_a_position_is_shared_at(runs, tmp_path):
