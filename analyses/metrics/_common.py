@@ -58,6 +58,17 @@ def as_ids(ids, name: str = "expert_ids") -> np.ndarray:
     return a
 
 
+def table_fits(cells: int, rows: int) -> bool:
+    """Whether a dense table of `cells` counts (or a lookup indexed by values below `cells`) is worth making for
+    `rows` rows: no larger than a few columns of them. Else the counts are taken sparse, by a sort."""
+    return cells <= 4 * rows + 4096
+
+
+def small_codes(x: np.ndarray) -> bool:
+    """Whether the 1-D array `x` holds non-negative integers small enough to index a table (`table_fits`)."""
+    return x.dtype.kind in "iu" and bool(x.size) and x.min() >= 0 and table_fits(int(x.max()) + 1, x.size)
+
+
 def whole_count(value, name: str, least: int = 1, why: str = "", error: type[Exception] = MetricsError) -> int:
     """`value` as an int of at least `least`: a whole number (3, numpy's 3, 3.0). A count or size
     argument outside its meaning was taken without a word (top=0 gave every expert an empty list of

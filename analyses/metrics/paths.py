@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._common import (MetricsError, as_run, layer_numbers, listed, need_rows, recorded_layers, same_length,
-                      whole_count)
+                      small_codes, whole_count)
 from .specialisation import domain_nmi, entropy
 
 
@@ -88,7 +88,7 @@ def dense_ranks(x) -> np.ndarray:
     inverse gives it: through a table of the values seen where they are small non-negative integers (no sort;
     expert ids, codes that are ranks already), else np.unique."""
     x = np.asarray(x).reshape(-1)
-    if x.dtype.kind in "iu" and x.size and x.min() >= 0 and x.max() < 4 * x.size + 4096:
+    if small_codes(x):
         seen = np.zeros(int(x.max()) + 1, bool)
         seen[x] = True
         return (np.cumsum(seen, dtype=np.int64) - 1)[x]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._common import (MetricsError, as_ids, as_run, check_layer, n_experts_of, n_experts_of_run, need_rows, same_length,
-                      whole_count)
+                      table_fits, whole_count)
 
 # Vocabulary specialisation as the dashboard and the report show it: over the ids seen at least this
 # many times (an id seen once scores 1 whatever the routing), beside `vocabulary_specialisation_baseline`
@@ -146,7 +146,7 @@ def _top_share(inv: np.ndarray, e: np.ndarray, tot: np.ndarray, keep: np.ndarray
     [ids, N] table where it is small, else sparse (one count per (id, expert) pair seen)."""
     E = int(e.max()) + 1
     cell = inv.astype(np.int64) * E + e
-    if len(tot) * E <= 4 * len(e) + 4096:  # an ids x experts table no larger than a few columns of the tokens
+    if table_fits(len(tot) * E, len(e)):  # an ids x experts table
         top = np.bincount(cell, minlength=len(tot) * E).reshape(len(tot), E).max(1).astype(np.float64)
     else:
         pairs, n = np.unique(cell, return_counts=True)

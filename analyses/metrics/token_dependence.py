@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import MetricsError, whole_count
+from ._common import MetricsError, small_codes, table_fits, whole_count
 from .paths import heldout_left_out, path_codes, routes_from_run, split_every
 from .specialisation import vocabulary_specialisation_baseline, vocabulary_specialisation_from_run
 
@@ -34,7 +34,7 @@ def _codes(x) -> np.ndarray:
     """Non-negative integer codes, equal where x is equal: small non-negative integers (token ids,
     positions) as they are, anything else through np.unique (a sort)."""
     x = np.asarray(x).reshape(-1)
-    if x.dtype.kind in "iu" and x.size and x.min() >= 0 and x.max() < 4 * x.size + 4096:
+    if small_codes(x):
         return x.astype(np.int64, copy=False)
     return np.unique(x, return_inverse=True)[1].reshape(-1)
 
@@ -51,7 +51,7 @@ def majority_predict(keys, labels, test, fallback=None) -> np.ndarray:
         raise MetricsError(f"labels: {y.min()} is not a label code (non-negative integers, e.g. np.unique's inverse)")
     width, keys = int(y.max()) + 1, int(k.max()) + 1
     cell = k[tr] * width + y[tr]  # each (key, label) pair as one int64 code
-    if keys * width <= 4 * len(k) + 4096:  # a keys x labels table no larger than a few columns of the rows
+    if table_fits(keys * width, len(k)):  # a keys x labels table
         counts = np.bincount(cell, minlength=keys * width).reshape(keys, width)
         best = np.where(counts.any(1), counts.argmax(1), -1)  # argmax: the first of tied labels, the smallest
     else:  # sparse counts, one per pair seen in training (a 1-D unique sorts 10x faster than one over row pairs)
