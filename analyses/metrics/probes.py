@@ -116,7 +116,7 @@ def _fit_matrix(x):
     uncentred 1.07-1.14 s. A dense matrix of router scores fits as before (uncentred it took 8 iterations
     to 7, 0.55-0.63 s against 0.47; a throwaway script, the AVX2-only EPYC, 2026-12-08)."""
     if _is_sparse(x):
-        return x.tocsr().astype(np.float32)
+        return x.tocsr().astype(np.float32, copy=False)  # `_weights_csr` made it so: no copy
     if x.size and np.count_nonzero(x) <= SPARSE_AT * x.size:
         from scipy import sparse
 
